@@ -1,0 +1,225 @@
+"""The oracle protocol: a plain callable ``params -> float`` plus optional capabilities.
+
+Each capability is its own runtime-checkable Protocol, discovered once per estimate by
+:func:`capabilities`. :class:`Oracle` wraps a user oracle once: it checks every loss value
+(a finite real scalar), counts ``nfev`` and names the failing query in an
+:class:`~zoracle.OracleError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ._backend import to_numpy
+from ._errors import OracleError
+
+__all__ = [
+    "LossOracle",
+    "BatchOracle",
+    "CoordinateOracle",
+    "SplitOracle",
+    "DataOracle",
+    "Capabilities",
+    "capabilities",
+    "Oracle",
+]
+
+
+@runtime_checkable
+class LossOracle(Protocol):
+    """Any callable ``params -> float``: the only thing the core needs from a model."""
+
+    def __call__(self, params) -> float: ...
+
+
+@runtime_checkable
+class BatchOracle(Protocol):
+    """Evaluates many parameter vectors in one call: ``(k, d) -> (k,)``."""
+
+    def batch(self, params_batch) -> Any: ...
+
+
+@runtime_checkable
+class CoordinateOracle(Protocol):
+    """CGE fast path: the loss at ``params + step * e_i`` for each ``i`` in ``coords``."""
+
+    def coordinate_losses(self, params, coords, step) -> Any: ...
+
+
+@runtime_checkable
+class SplitOracle(Protocol):
+    """Feature reuse: the model is ``f_L o ... o f_1`` over contiguous parameter blocks.
+
+    ``prefix(params, block)`` returns the activations entering ``block`` (they do not depend
+    on the block's own parameters); ``suffix(features, params, block, coords, step)`` returns
+    the losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``.
+    """
+
+    blocks: Sequence[slice]
+
+    def prefix(self, params, block: int) -> Any: ...
+
+    def suffix(self, features, params, block: int, coords, step) -> Any: ...
+
+
+@runtime_checkable
+class DataOracle(Protocol):
+    """Minibatch training: ``bind(batch)`` returns an oracle every query of a step shares."""
+
+    def bind(self, batch) -> LossOracle: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Which optional protocols an oracle implements (checked once)."""
+
+    batch: bool = False
+    coordinate: bool = False
+    split: bool = False
+    data: bool = False
+
+    @property
+    def best(self) -> str:
+        """The planner's choice for CGE: split > coordinate > batch > call."""
+        for name in ("split", "coordinate", "batch"):
+            if getattr(self, name):
+                return name
+        return "call"
+
+
+def capabilities(oracle) -> Capabilities:
+    """Discover the optional capabilities of ``oracle`` (or of the oracle it wraps)."""
+    if isinstance(oracle, Oracle):
+        return oracle.caps
+    return Capabilities(
+        batch=isinstance(oracle, BatchOracle),
+        coordinate=isinstance(oracle, CoordinateOracle),
+        split=isinstance(oracle, SplitOracle) and len(getattr(oracle, "blocks", ())) > 0,
+        data=isinstance(oracle, DataOracle),
+    )
+
+
+def _describe(value) -> str:
+    try:
+        r = repr(value)
+    except Exception:  # a repr that fails must not hide the real report
+        r = f"<{type(value).__name__}>"
+    return r if len(r) < 200 else r[:197] + "..."
+
+
+def check_scalar(value, query: str) -> float:
+    """``value`` as a Python float, or :class:`OracleError` naming ``query``."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (complex, np.complexfloating)):
+        raise OracleError(query, _describe(value), detail="expected a finite real scalar")
+    shape = getattr(value, "shape", ())
+    if shape not in ((), (1,)):
+        raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {tuple(shape)}")
+    try:
+        out = float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError) as exc:
+        raise OracleError(query, _describe(value), detail=f"expected a finite real scalar ({exc})") from None
+    if not np.isfinite(out):
+        raise OracleError(query, out, detail="expected a finite loss")
+    return out
+
+
+def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> np.ndarray:
+    """``values`` as a finite float64 host array of shape ``(n,)``.
+
+    ``query_of(j)`` names query ``j``; ``what`` names the whole call for shape errors.
+    """
+    try:
+        arr = np.asarray(to_numpy(values.detach().cpu() if hasattr(values, "detach") else values))
+    except Exception as exc:
+        raise OracleError(what, _describe(values), detail=f"could not convert to an array ({exc})") from None
+    if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":
+        raise OracleError(what, _describe(values), detail="expected real losses")
+    arr = arr.astype(np.float64, copy=False).reshape(-1) if arr.shape in ((n,), (n, 1)) else arr
+    if arr.shape != (n,):
+        raise OracleError(what, _describe(values), detail=f"expected {n} losses, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        j = int(bad[0])
+        raise OracleError(query_of(j), float(arr[j]), detail=f"expected a finite loss ({bad.size} non-finite in this call)")
+    return arr
+
+
+class Oracle:
+    """One picklable wrapper around a user oracle: validates, casts, counts.
+
+    Parameters
+    ----------
+    fn : callable
+        The user's oracle, ``params -> float``, optionally with the capability methods.
+
+    Notes
+    -----
+    ``nfev`` counts loss values the oracle produced through this wrapper (a batch of ``k``
+    rows counts ``k``). Parameters are passed in the caller's dtype; losses come back as
+    float64 on the host.
+    """
+
+    def __init__(self, fn):
+        if isinstance(fn, Oracle):
+            fn = fn.fn
+        if not callable(fn):
+            from ._errors import ArgumentError
+
+            raise ArgumentError(
+                f"`oracle` must be callable (params -> float), got {type(fn).__name__}; "
+                "wrap your model in a function or use an adapter from zoracle.adapters"
+            )
+        self.fn = fn
+        self.caps = capabilities(fn)
+        self.nfev = 0
+
+    # plain calls -----------------------------------------------------------------------
+    def __call__(self, params, query: str = "the query point") -> float:
+        try:
+            value = self.fn(params)
+        except OracleError:
+            raise
+        except Exception as exc:
+            raise OracleError(query, cause=exc) from exc
+        self.nfev += 1
+        return check_scalar(value, query)
+
+    def _vector(self, thunk, n, query_of, what) -> np.ndarray:
+        try:
+            values = thunk()
+        except OracleError:
+            raise
+        except Exception as exc:
+            raise OracleError(what, cause=exc) from exc
+        self.nfev += n
+        return check_vector(values, n, query_of, what)
+
+    # capabilities ---------------------------------------------------------------------
+    def batch(self, params_batch, query_of, what) -> np.ndarray:
+        return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what)
+
+    def coordinate_losses(self, params, coords, step, query_of, what) -> np.ndarray:
+        return self._vector(lambda: self.fn.coordinate_losses(params, coords, step), len(coords), query_of, what)
+
+    @property
+    def blocks(self) -> Sequence[slice]:
+        return self.fn.blocks
+
+    def prefix(self, params, block: int):
+        try:
+            return self.fn.prefix(params, block)
+        except OracleError:
+            raise
+        except Exception as exc:
+            raise OracleError(f"prefix of block {block}", cause=exc) from exc
+
+    def suffix(self, features, params, block, coords, step, query_of, what) -> np.ndarray:
+        return self._vector(
+            lambda: self.fn.suffix(features, params, block, coords, step), len(coords), query_of, what
+        )
+
+    def __repr__(self) -> str:
+        return f"Oracle({self.fn!r}, caps={self.caps})"

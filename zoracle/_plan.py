@@ -1,0 +1,203 @@
+"""Evaluation planner: turns an estimate into picklable tasks, grouped by capability.
+
+A task is a shard of queries that one worker evaluates in one go. ``task.run(oracle,
+params)`` returns a float64 array of shape ``(len(task.steps), task.size)``: row ``s``
+holds the losses for the ``s``-th signed step. Executors only ever see tasks; they ship the
+oracle once and call ``run`` on their workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._backend import namespace
+from ._oracle import Oracle
+
+__all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block"]
+
+#: queries per oracle call when the oracle does not declare ``max_queries_per_call``
+DEFAULT_CHUNK = 2048
+
+
+def _chunks(n: int, size: int):
+    size = max(1, int(size))
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
+def _fmt_step(s: float) -> str:
+    return f"{s:+.3g}"
+
+
+@dataclass(frozen=True)
+class BaseTask:
+    """The loss at the unperturbed parameters (one query)."""
+
+    steps: tuple = (0.0,)
+    size: int = 1
+    cost: float = 1.0
+
+    def run(self, oracle: Oracle, params) -> np.ndarray:
+        return np.array([[oracle(params, "the base point (unperturbed params)")]])
+
+
+@dataclass(frozen=True)
+class CoordTask:
+    """Losses at ``params + s * e_i`` for each ``i`` in ``coords`` and each ``s`` in ``steps``.
+
+    ``mode`` is the capability used: ``"split"`` (feature reuse inside ``block``),
+    ``"coordinate"``, ``"batch"`` (dense ``(k, d)`` chunks of ``rows`` rows) or ``"call"``.
+    """
+
+    coords: np.ndarray
+    steps: tuple
+    mode: str
+    block: int = -1
+    chunk: int = DEFAULT_CHUNK
+    cost: float = field(default=0.0, compare=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.coords)
+
+    def run(self, oracle: Oracle, params) -> np.ndarray:
+        coords = self.coords
+        out = np.empty((len(self.steps), len(coords)))
+        xp = namespace(params)
+        if self.mode == "split":
+            feats = oracle.prefix(params, self.block)
+        for si, step in enumerate(self.steps):
+            tag = _fmt_step(step)
+            for lo, hi in _chunks(len(coords), self.chunk):
+                c = coords[lo:hi]
+
+                def query_of(j, c=c, tag=tag):
+                    return f"coordinate {int(c[j])} (step {tag})"
+
+                what = f"coordinates {int(c[0])}..{int(c[-1])} ({len(c)} queries, step {tag})"
+                if self.mode == "split":
+                    out[si, lo:hi] = oracle.suffix(feats, params, self.block, c, step, query_of, what)
+                elif self.mode == "coordinate":
+                    out[si, lo:hi] = oracle.coordinate_losses(params, c, step, query_of, what)
+                elif self.mode == "batch":
+                    X = xp.tile(params, (len(c), 1))
+                    X[xp.arange(len(c)), xp.asarray(c)] += params.dtype.type(step)
+                    out[si, lo:hi] = oracle.batch(X, query_of, what)
+                else:
+                    x = params.copy()
+                    for j, i in enumerate(c.tolist()):
+                        old = x[i].copy()
+                        x[i] = old + params.dtype.type(step)
+                        out[si, lo + j] = oracle(x, query_of(j))
+                        x[i] = old  # restore the exact value, no drift
+        return out
+
+
+def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=np, dtype=np.float64):
+    """Directions ``lo..hi-1`` as rows of a ``(hi - lo, d)`` array.
+
+    Direction ``i`` is drawn from its own generator seeded by ``(root, i)``: the same
+    directions whatever the chunking or the number of workers.
+    """
+    U = np.empty((hi - lo, d))
+    for r, i in enumerate(range(lo, hi)):
+        U[r] = np.random.default_rng([root, i]).standard_normal(d)
+    if distribution == "sphere":
+        U /= np.linalg.norm(U, axis=1, keepdims=True)
+    return xp.asarray(U, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DirectionTask:
+    """Losses at ``params + s * mu * u_i`` for directions ``lo..hi-1`` (RGE)."""
+
+    root: int
+    lo: int
+    hi: int
+    steps: tuple
+    distribution: str
+    use_batch: bool
+    chunk: int
+    cost: float = field(default=0.0, compare=False)
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+    def run(self, oracle: Oracle, params) -> np.ndarray:
+        xp = namespace(params)
+        d = params.shape[0]
+        out = np.empty((len(self.steps), self.size))
+        for clo, chi in _chunks(self.size, self.chunk):
+            U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution, xp, params.dtype)
+            for si, step in enumerate(self.steps):
+                tag = "+mu" if step > 0 else "-mu"
+
+                def query_of(j, base=self.lo + clo, tag=tag):
+                    return f"direction {base + j} ({tag})"
+
+                what = f"directions {self.lo + clo}..{self.lo + chi - 1} ({tag})"
+                X = params[None, :] + params.dtype.type(step) * U
+                if self.use_batch:
+                    out[si, clo:chi] = oracle.batch(X, query_of, what)
+                else:
+                    for j in range(chi - clo):
+                        out[si, clo + j] = oracle(X[j], query_of(j))
+        return out
+
+
+def _block_of(coords: np.ndarray, blocks) -> np.ndarray:
+    starts = np.array([b.start for b in blocks])
+    stops = np.array([b.stop for b in blocks])
+    idx = np.searchsorted(starts, coords, side="right") - 1
+    ok = (idx >= 0) & (coords < stops[np.clip(idx, 0, None)])
+    if not ok.all():
+        bad = int(coords[~ok][0])
+        raise ValueError(f"coordinate {bad} lies in no block of the SplitOracle")
+    return idx
+
+
+def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize: int,
+             budget_bytes: int, n_workers: int = 1) -> list:
+    """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has."""
+    mode = oracle.caps.best
+    chunk = int(getattr(oracle.fn, "max_queries_per_call", DEFAULT_CHUNK))
+    n_workers = max(1, int(n_workers))
+    tasks = []
+    if mode == "split":
+        blocks = list(oracle.blocks)
+        costs = getattr(oracle.fn, "block_costs", None)
+        owner = _block_of(coords, blocks)
+        for b in np.unique(owner):
+            cb = coords[owner == b]
+            # one prefix per task: only split a block when workers would otherwise idle
+            pieces = min(n_workers, max(1, len(cb) // max(1, chunk // 4)))
+            w = float(costs[b]) if costs is not None else 1.0
+            for part in np.array_split(cb, pieces):
+                if len(part):
+                    tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps)))
+        return tasks
+    if mode == "batch":
+        chunk = max(1, min(chunk, budget_bytes // max(1, d * itemsize)))
+    elif mode == "call":
+        chunk = max(1, -(-len(coords) // (4 * n_workers))) if n_workers > 1 else max(1, len(coords))
+    per_task = chunk if n_workers > 1 or mode == "call" else max(chunk, len(coords))
+    for lo, hi in _chunks(len(coords), per_task):
+        tasks.append(CoordTask(coords[lo:hi], steps, mode, -1, chunk, cost=float((hi - lo) * len(steps))))
+    return tasks
+
+
+def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str, d: int,
+             itemsize: int, budget_bytes: int, n_workers: int = 1) -> list:
+    use_batch = oracle.caps.batch
+    # direction blocks are built on the host in float64 as well: budget for both
+    chunk = max(1, min(q, budget_bytes // max(1, d * (itemsize + 8))))
+    n_workers = max(1, int(n_workers))
+    per_task = max(1, -(-q // n_workers)) if n_workers > 1 else q
+    per_task = min(per_task, max(chunk, per_task))
+    return [
+        DirectionTask(root, lo, hi, steps, distribution, use_batch, chunk, cost=float((hi - lo) * len(steps)))
+        for lo, hi in _chunks(q, per_task)
+    ]
