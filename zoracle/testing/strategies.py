@@ -1,0 +1,45 @@
+"""Hypothesis strategies for property-testing zoracle and your own oracles (needs hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from ._quadratic import QuadraticOracle
+
+__all__ = ["params_arrays", "quadratic_oracles", "quadratic_problems"]
+
+
+def params_arrays(dim=st.integers(1, 50), dtype=np.float64, scale: float = 10.0):
+    """Finite 1-D parameter arrays of the given dtype."""
+    return dim.flatmap(
+        lambda d: st.lists(
+            st.floats(-scale, scale, allow_nan=False, allow_infinity=False, width=32), min_size=d, max_size=d
+        ).map(lambda v: np.asarray(v, dtype=dtype))
+    )
+
+
+@st.composite
+def quadratic_oracles(draw, dim=st.integers(1, 50), n_blocks=st.integers(1, 4), psd: bool = False):
+    """``QuadraticOracle`` with random A (symmetric; PSD if asked), b, and contiguous blocks."""
+    d = draw(dim)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((d, d))
+    A = M @ M.T / d if psd else 0.5 * (M + M.T)
+    b = rng.standard_normal(d)
+    k = min(draw(n_blocks), d)
+    cuts = sorted(rng.choice(np.arange(1, d), size=k - 1, replace=False).tolist()) if k > 1 else []
+    edges = [0, *cuts, d]
+    blocks = [slice(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+    return QuadraticOracle(A, b, c=float(rng.standard_normal()), blocks=blocks)
+
+
+@st.composite
+def quadratic_problems(draw, dim=st.integers(1, 50), **kw):
+    """``(oracle, params)`` pairs with a known gradient ``oracle.grad(params)``."""
+    oracle = draw(quadratic_oracles(dim=dim, **kw))
+    d = oracle.A.shape[0]
+    seed = draw(st.integers(0, 2**32 - 1))
+    x = np.random.default_rng(seed).uniform(-3, 3, size=d)
+    return oracle, x
