@@ -1,0 +1,44 @@
+"""Shared test configuration: a deterministic hypothesis profile and backend parametrization."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_or_reason():
+    """CuPy when it is installed *and* a CUDA device answers; otherwise the skip reason."""
+    try:
+        import cupy
+    except ImportError:
+        return None, "cupy is not installed (pip install 'zoracle[gpu]')"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None, "no CUDA device"
+        cupy.zeros(1).sum()  # a real device call: raises without a driver
+    except Exception as exc:  # no driver / no device: skip, never fail
+        return None, f"CuPy present but no usable GPU ({type(exc).__name__})"
+    return cupy, ""
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def xp(request):
+    """The same test body on NumPy and, where a GPU exists, on CuPy."""
+    if request.param == "numpy":
+        return np
+    cupy, reason = _cupy_or_reason()
+    if cupy is None:
+        pytest.skip(reason)
+    return cupy

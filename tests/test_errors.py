@@ -1,0 +1,178 @@
+"""Bad input is rejected before the first query; failing oracles are reported by query."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+from zoracle.testing import QuadraticOracle
+
+
+class Counting:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return float(x @ x)
+
+
+BAD_INPUTS = [
+    (dict(estimator=zo.CGE(), params=np.array([1.0, np.nan])), "`params` must be finite"),
+    (dict(estimator=zo.CGE(), params=np.ones((2, 2))), "`params` must be 1-D"),
+    (dict(estimator=zo.CGE(), params=np.arange(3)), "dtype float32 or float64"),
+    (dict(estimator=zo.CGE(), params=[1.0, 2.0]), "1-D float32 or float64 array"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[0, 3]), "`coordinates` must lie in [0, 3)"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[-1]), "`coordinates` must lie in [0, 3)"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[1, 1]), "must not repeat indices, got 1"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[0.5]), "integer index array"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=np.ones(2, bool)), "mask must have shape (3,)"),
+    (dict(estimator=zo.RGE(), params=np.ones(3), coordinates=[0]), "only supported by CGE"),
+    (dict(estimator="cge", params=np.ones(3)), "`estimator` must be zo.CGE"),
+    (dict(estimator=zo.RGE(), params=np.ones(3), rng="seed"), "`rng` must be"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), budget_bytes=0), "`budget_bytes`"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INPUTS)
+def test_bad_input_rejected_before_any_query(kwargs, message):
+    oracle = Counting()
+    params = kwargs.pop("params")
+    estimator = kwargs.pop("estimator")
+    with pytest.raises(zo.ArgumentError) as info:
+        zo.estimate_gradient(oracle, params, estimator, **kwargs)
+    assert message in str(info.value)
+    assert oracle.calls == 0
+    assert isinstance(info.value, (zo.ZoracleError, ValueError))
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: zo.CGE(mu=0), "`mu` must be a finite number > 0"),
+        (lambda: zo.CGE(mu=-0.1), "got -0.1"),
+        (lambda: zo.RGE(mu=float("nan")), "`mu`"),
+        (lambda: zo.CGE(scheme="backward"), "`scheme` must be one of 'forward', 'central'; got 'backward'"),
+        (lambda: zo.RGE(directions=0), "`directions` must be an integer >= 1"),
+        (lambda: zo.RGE(directions=2.5), "`directions`"),
+        (lambda: zo.RGE(distribution="uniform"), "'gaussian', 'sphere'"),
+    ],
+)
+def test_estimator_hyperparameters_validated(make, message):
+    with pytest.raises(zo.ArgumentError) as info:
+        make()
+    assert message in str(info.value)
+
+
+def test_non_callable_oracle():
+    with pytest.raises(zo.ArgumentError, match="`oracle` must be callable"):
+        zo.estimate_gradient(42, np.ones(3))
+
+
+class NanAt:
+    """NaN whenever coordinate ``bad`` is perturbed, on every capability path."""
+
+    def __init__(self, bad, path):
+        self.bad, self.path = bad, path
+        self.q = QuadraticOracle(np.eye(30))
+
+    def __call__(self, x):
+        return float("nan") if self._hit(x) else self.q(x)
+
+    def _hit(self, x):
+        return x[self.bad] != 1.0
+
+    def batch(self, X):
+        return np.array([self(row) for row in X])
+
+    def coordinate_losses(self, x, coords, step):
+        return np.array([np.nan if c == self.bad else self.q(x) for c in coords])
+
+
+def _only(obj, path):
+    class View:
+        def __call__(self, x):
+            return obj(x)
+
+    if path == "batch":
+        View.batch = lambda self, X: obj.batch(X)
+    if path == "coordinate":
+        View.coordinate_losses = lambda self, x, c, s: obj.coordinate_losses(x, c, s)
+    return View()
+
+
+@pytest.mark.parametrize("path", ["call", "batch", "coordinate"])
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_nan_at_coordinate_17_is_named(path, scheme):
+    x = np.ones(30)
+    before = x.copy()
+    with pytest.raises(zo.OracleError) as info:
+        zo.estimate_gradient(_only(NanAt(17, path), path), x, zo.CGE(scheme=scheme))
+    err = info.value
+    assert "coordinate 17" in err.query and "coordinate 17" in str(err)
+    assert np.isnan(err.value)
+    assert isinstance(err, RuntimeError)
+    np.testing.assert_array_equal(x, before)  # the caller's params are untouched
+
+
+def test_raising_oracle_is_wrapped_with_the_query():
+    def f(x):
+        if x[17] != 1.0:
+            raise KeyError("simulator crashed")
+        return float(x.sum())
+
+    with pytest.raises(zo.OracleError) as info:
+        zo.estimate_gradient(f, np.ones(30), zo.CGE())
+    assert "coordinate 17" in str(info.value) and "KeyError" in str(info.value)
+    assert isinstance(info.value.cause, KeyError) and info.value.__cause__ is info.value.cause
+
+
+def test_rge_failure_names_the_direction():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return float("inf") if len(calls) == 4 else float(x.sum())
+
+    with pytest.raises(zo.OracleError, match=r"direction 2 \(\+mu\)"):
+        zo.estimate_gradient(f, np.ones(5), zo.RGE(directions=5), rng=0)
+
+
+@pytest.mark.parametrize(
+    "value,fragment",
+    [(np.ones(2), "expected a scalar"), ("1.0x", "finite real scalar"), (1 + 2j, "finite real scalar"),
+     (True, "finite real scalar"), (None, "finite real scalar"), (float("inf"), "finite loss")],
+)
+def test_non_scalar_losses_rejected(value, fragment):
+    with pytest.raises(zo.OracleError, match=fragment) as info:
+        zo.estimate_gradient(lambda x: value, np.ones(3))
+    assert "base point" in info.value.query
+
+
+def test_batch_with_wrong_shape_is_reported():
+    class Bad:
+        def __call__(self, x):
+            return 0.0
+
+        def batch(self, X):
+            return np.zeros(X.shape[0] + 1)
+
+    with pytest.raises(zo.OracleError, match="expected 3 losses"):
+        zo.estimate_gradient(Bad(), np.ones(3))
+
+
+def test_oracle_error_pickles_with_its_fields():
+    class Unpicklable(Exception):
+        def __init__(self):
+            super().__init__("no")
+            self.lock = __import__("threading").Lock()
+
+    for cause in (ValueError("boom"), Unpicklable()):
+        err = zo.OracleError("coordinate 3 (step +0.005)", None, cause)
+        back = pickle.loads(pickle.dumps(err))
+        assert back.query == err.query and str(cause) in str(back)
+    err = zo.OracleError("direction 1 (+mu)", float("nan"))
+    assert pickle.loads(pickle.dumps(err)).query == "direction 1 (+mu)"

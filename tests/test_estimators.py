@@ -1,0 +1,240 @@
+"""Estimator math: CGE / sparse CGE / RGE against analytic gradients and SciPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import approx_fprime, rosen, rosen_der, rosen_hess
+
+import zoracle as zo
+from zoracle.testing import QuadraticOracle
+from zoracle.testing.strategies import quadratic_problems
+
+# ---------------------------------------------------------------------------------------
+# oracles exposing exactly one capability, so every planner path is exercised
+
+
+class CallOnly:
+    def __init__(self, q):
+        self.q = q
+
+    def __call__(self, x):
+        return self.q(x)
+
+
+class BatchOnly(CallOnly):
+    def batch(self, X):
+        return self.q.batch(X)
+
+
+class CoordOnly(CallOnly):
+    def coordinate_losses(self, x, coords, step):
+        return self.q.coordinate_losses(x, coords, step)
+
+
+PATHS = {
+    "call": CallOnly,
+    "batch": BatchOnly,
+    "coordinate": CoordOnly,
+    "split": lambda q: q,  # QuadraticOracle itself declares every capability: split wins
+}
+
+
+def _quad_on(xp, q):
+    """The same quadratic with its arrays on backend ``xp``."""
+    return QuadraticOracle(xp.asarray(q.A), xp.asarray(q.b), q.c, q.blocks)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@given(problem=quadratic_problems(dim=st.integers(1, 200), n_blocks=st.integers(1, 5)))
+@settings(max_examples=15)
+def test_central_cge_exact_on_quadratics(path, problem):
+    q, x = problem
+    oracle = PATHS[path](q)
+    est = zo.estimate_gradient(oracle, x, zo.CGE(mu=5e-3, scheme="central"))
+    g = q.grad(x)
+    assert zo.capabilities(oracle).best == path
+    assert np.linalg.norm(est.grad - g) <= 1e-7 * max(1.0, np.linalg.norm(g))
+    assert est.nfev == 2 * x.size + 1
+    assert est.loss == pytest.approx(q(x), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@given(problem=quadratic_problems(dim=st.integers(1, 200)), mu=st.sampled_from([1e-4, 5e-3, 1e-1]))
+@settings(max_examples=15)
+def test_forward_cge_bias_bound(path, problem, mu):
+    q, x = problem
+    est = zo.estimate_gradient(PATHS[path](q), x, zo.CGE(mu=mu))
+    g = q.grad(x)
+    roundoff = 1e-12 * (abs(q(x)) + 1) / mu
+    bound = mu * np.max(np.abs(np.diag(q.A))) / 2 + roundoff
+    assert np.max(np.abs(est.grad - g)) <= bound * (1 + 1e-9)
+    assert est.nfev == x.size + 1
+
+
+def test_backends_agree_on_quadratic(xp):
+    rng = np.random.default_rng(3)
+    q = QuadraticOracle(rng.standard_normal((30, 30)), rng.standard_normal(30), blocks=[slice(0, 10), slice(10, 30)])
+    qx = _quad_on(xp, q)
+    x = xp.asarray(rng.standard_normal(30))
+    for path, make in PATHS.items():
+        est = zo.estimate_gradient(make(qx), x, zo.CGE(scheme="central"))
+        assert type(est.grad) is type(x), path
+        g = q.grad(np.asarray(x.get() if hasattr(x, "get") else x))
+        got = est.grad.get() if hasattr(est.grad, "get") else est.grad
+        np.testing.assert_allclose(got, g, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_kept(xp, dtype):
+    x = xp.asarray(np.linspace(-1, 1, 7), dtype=dtype)
+    f = lambda p: float((p.astype(xp.float64) ** 2).sum())  # noqa: E731
+    for est in (zo.CGE(), zo.CGE(scheme="central"), zo.RGE(directions=3)):
+        e = zo.estimate_gradient(f, x, est, rng=0)
+        assert e.grad.dtype == dtype and e.grad.shape == x.shape
+    e = zo.estimate_gradient(f, x, zo.CGE(mu=1e-2, scheme="central"))
+    got = e.grad.get() if hasattr(e.grad, "get") else e.grad
+    tol = 1e-3 if dtype == np.float32 else 1e-8
+    np.testing.assert_allclose(got, 2 * np.linspace(-1, 1, 7), atol=tol)
+
+
+def test_rosenbrock_matches_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.5, 1.5, size=50)
+    mu = 1e-6
+    est = zo.estimate_gradient(rosen, x, zo.CGE(mu=mu))
+    ref = approx_fprime(x, rosen, mu)
+    np.testing.assert_allclose(est.grad, ref, rtol=1e-8, atol=1e-8)
+    # forward bias: mu/2 * f''(xi) on [x_i, x_i + mu]; f'' is convex in x_i, so its max is at an end
+    mu = 1e-3
+    est = zo.estimate_gradient(rosen, x, zo.CGE(mu=mu))
+    h_lo = np.abs(np.diag(rosen_hess(x)))
+    h_hi = np.array([abs(rosen_hess(x + mu * np.eye(50)[i])[i, i]) for i in range(50)])
+    bound = mu / 2 * np.maximum(h_lo, h_hi) + 1e-9
+    assert np.all(np.abs(est.grad - rosen_der(x)) <= bound)
+    central = zo.estimate_gradient(rosen, x, zo.CGE(mu=mu, scheme="central"))
+    assert np.max(np.abs(central.grad - rosen_der(x))) < np.max(np.abs(est.grad - rosen_der(x)))
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+@given(problem=quadratic_problems(dim=st.integers(2, 60)), data=st.data())
+@settings(max_examples=20)
+def test_sparse_cge_equals_dense_on_its_coordinates(scheme, problem, data):
+    q, x = problem
+    d = x.size
+    coords = data.draw(st.lists(st.integers(0, d - 1), min_size=1, max_size=d, unique=True))
+    for oracle in (q, CallOnly(q), BatchOnly(q)):
+        dense = zo.estimate_gradient(oracle, x, zo.CGE(scheme=scheme))
+        sparse = zo.estimate_gradient(oracle, x, zo.CGE(scheme=scheme), coordinates=np.array(coords))
+        np.testing.assert_allclose(sparse.grad[coords], dense.grad[coords], rtol=1e-12, atol=1e-12)
+        rest = np.setdiff1d(np.arange(d), coords)
+        assert np.all(sparse.grad[rest] == 0.0)
+        nnz = len(coords)
+        assert sparse.nfev == (nnz + 1 if scheme == "forward" else 2 * nnz + 1)
+    mask = np.zeros(d, bool)
+    mask[coords] = True
+    by_mask = zo.estimate_gradient(q, x, zo.CGE(scheme=scheme), coordinates=mask)
+    np.testing.assert_array_equal(by_mask.grad, zo.estimate_gradient(q, x, zo.CGE(scheme=scheme), coordinates=np.sort(coords)).grad)
+
+
+@given(problem=quadratic_problems(dim=st.integers(1, 40)), a=st.floats(-3, 3), b=st.floats(-3, 3),
+       seed=st.integers(0, 2**31))
+@settings(max_examples=25)
+def test_estimators_are_linear_in_the_loss(problem, a, b, seed):
+    q, x = problem
+    p = QuadraticOracle(np.eye(x.size), np.ones(x.size))
+    combo = lambda z: a * q(z) + b * p(z)  # noqa: E731
+    for est in (zo.CGE(), zo.CGE(scheme="central"), zo.RGE(directions=5), zo.RGE(directions=4, scheme="central", distribution="sphere")):
+        lhs = zo.estimate_gradient(combo, x, est, rng=seed).grad
+        rhs = a * zo.estimate_gradient(q, x, est, rng=seed).grad + b * zo.estimate_gradient(p, x, est, rng=seed).grad
+        scale = 1 + np.abs(lhs).max() + np.abs(rhs).max()
+        np.testing.assert_allclose(lhs, rhs, atol=1e-9 * scale / est.mu * 1e-2 + 1e-9 * scale)
+
+
+def test_rge_mean_converges_to_smoothed_gradient():
+    """Probabilistic (seeds fixed): E[RGE] = grad of the Gaussian-smoothed loss.
+
+    For l(x) = sum cos(x), l_mu(x) = E l(x + mu u) = exp(-mu^2/2) sum cos(x), whose gradient
+    differs from l's by the factor exp(-mu^2/2) (0.78 at mu = 0.7): the test tells them apart.
+    """
+    f = lambda z: float(np.cos(z).sum())  # noqa: E731
+    x = np.array([0.3, -1.2, 2.0, 0.7])
+    mu = 0.7
+    target = -np.sin(x) * np.exp(-mu**2 / 2)
+    for scheme in ("forward", "central"):
+        ests = np.array([
+            zo.estimate_gradient(f, x, zo.RGE(mu=mu, directions=50, scheme=scheme), rng=s).grad for s in range(400)
+        ])
+        mean, se = ests.mean(0), ests.std(0, ddof=1) / np.sqrt(len(ests))
+        assert np.all(np.abs(mean - target) < 5 * se), (scheme, mean, target, se)
+        assert np.linalg.norm(mean - target) < 0.5 * np.linalg.norm(-np.sin(x) - target)
+
+
+def test_rge_sphere_is_unbiased_on_linear_functions():
+    """Probabilistic (seeds fixed): d * E[(g.u) u] = g for u uniform on the sphere."""
+    g = np.array([1.0, -2.0, 0.5, 3.0, 0.0])
+    f = lambda z: float(g @ z)  # noqa: E731
+    ests = np.array([
+        zo.estimate_gradient(f, np.zeros(5), zo.RGE(directions=40, distribution="sphere"), rng=s).grad for s in range(300)
+    ])
+    se = ests.std(0, ddof=1) / np.sqrt(len(ests))
+    assert np.all(np.abs(ests.mean(0) - g) < 5 * se + 1e-12)
+
+
+def test_rge_deterministic_for_seed_and_independent_of_chunking():
+    q = QuadraticOracle(np.diag(np.arange(1.0, 31.0)), np.ones(30))
+    x = np.linspace(-1, 1, 30)
+    a = zo.estimate_gradient(q, x, zo.RGE(directions=64), rng=7)
+    b = zo.estimate_gradient(BatchOnly(q), x, zo.RGE(directions=64), rng=7, budget_bytes=30 * 8 * 5)
+    c = zo.estimate_gradient(CallOnly(q), x, zo.RGE(directions=64), rng=np.random.default_rng(7))
+    # same directions; only the round-off of the batched vs looped loss differs
+    tol = 1e-10 * np.abs(a.grad).max()
+    np.testing.assert_allclose(a.grad, b.grad, rtol=0, atol=tol)
+    np.testing.assert_allclose(a.grad, c.grad, rtol=0, atol=tol)
+    assert a.nfev == b.nfev == c.nfev == 65
+    d = zo.estimate_gradient(q, x, zo.RGE(directions=64), rng=8)
+    assert not np.allclose(a.grad, d.grad)
+
+
+def test_batch_chunks_respect_memory_budget():
+    calls = []
+
+    class Rec(BatchOnly):
+        def batch(self, X):
+            calls.append(X.shape)
+            return super().batch(X)
+
+    d = 1000
+    q = QuadraticOracle(np.eye(d))
+    budget = 8 * d * 16
+    zo.estimate_gradient(Rec(q), np.ones(d), zo.CGE(), coordinates=np.arange(0, d, 3), budget_bytes=budget)
+    assert calls and max(k for k, _ in calls) <= 16
+    assert sum(k for k, _ in calls) == len(range(0, d, 3))
+
+
+class SumSquares:
+    """A vectorizable million-dimensional oracle with a CoordinateOracle fast path."""
+
+    def __call__(self, x):
+        return float(x @ x)
+
+    def coordinate_losses(self, x, coords, step):
+        c = np.asarray(coords)
+        return float(x @ x) + 2 * step * x[c] + step**2
+
+
+def test_sparse_cge_in_a_million_dimensions_allocates_no_dense_matrix():
+    import tracemalloc
+
+    d, k = 1_000_000, 10_000
+    x = np.random.default_rng(0).standard_normal(d)
+    coords = np.random.default_rng(1).choice(d, size=k, replace=False)
+    tracemalloc.start()
+    est = zo.estimate_gradient(SumSquares(), x, zo.CGE(scheme="central"), coordinates=coords)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 * 2**20  # a dense k x d float64 matrix would be 80 GB
+    np.testing.assert_allclose(est.grad[coords], 2 * x[coords], rtol=1e-6, atol=1e-6)
+    assert est.nfev == 2 * k + 1
