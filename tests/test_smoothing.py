@@ -1,0 +1,169 @@
+"""Randomized smoothing: statistics against independent SciPy computations, certify/predict.
+
+Probabilistic tests fix their seeds; tolerances are several binomial standard deviations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+import zoracle as zo
+from zoracle import smoothing as sm
+
+
+def threshold(z):
+    """Base classifier on 1-D inputs: class 1 iff the (single) coordinate is > 0."""
+    return (z.reshape(len(z), -1)[:, 0] > 0).astype(np.int64)
+
+
+class Counting:
+    """Wraps a classifier and records the size of every call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.sizes = []
+
+    def __call__(self, z):
+        self.sizes.append(len(z))
+        return self.fn(z)
+
+
+@pytest.mark.parametrize("n_a,n", [(1, 1), (0, 10), (5, 10), (99, 100), (100, 100), (731, 1000), (100000, 100000)])
+@pytest.mark.parametrize("alpha", [0.001, 0.05])
+def test_lower_bound_matches_exact_binomial_interval(n_a, n, alpha):
+    # independent: scipy's exact (Clopper-Pearson) two-sided interval at 1 - 2 alpha has the
+    # one-sided alpha lower bound as its lower end
+    expected = stats.binomtest(n_a, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+    assert sm.lower_confidence_bound(n_a, n, alpha) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_lower_bound_vectorized_and_closed_form():
+    n_a = np.array([0, 3, 10])
+    got = sm.lower_confidence_bound(n_a, np.array([10, 10, 10]), 0.01)
+    assert got[0] == 0.0
+    assert got[2] == pytest.approx(0.01 ** (1 / 10))  # all agree: Beta(n, 1) quantile is alpha^(1/n)
+    assert got[1] == pytest.approx(stats.beta.ppf(0.01, 3, 8))
+
+
+@pytest.mark.parametrize("a", [0.1, 0.2, 0.4, -0.3])
+def test_certify_matches_independent_computation(a):
+    sigma, n0, n, alpha = 0.5, 1000, 4000, 0.001
+    cert = sm.certify(threshold, np.array([a]), sigma=sigma, n0=n0, n=n, alpha=alpha, num_classes=2, rng=7)
+    true_class = int(a > 0)
+    p_true = stats.norm.cdf(abs(a) / sigma)  # known probability of the true class
+    # n_a counts the class the n0 selection samples chose; with |a| >= 0.1 that is the true class
+    assert cert.n == n
+    assert abs(cert.n_a / n - p_true) < 5 * np.sqrt(p_true * (1 - p_true) / n)
+    bound = stats.beta.ppf(alpha, cert.n_a, n - cert.n_a + 1)
+    assert cert.p_lower == pytest.approx(bound, rel=1e-12)
+    if bound < 0.5:
+        assert cert.abstained and np.isnan(cert.radius)
+    else:
+        assert cert.prediction == true_class
+        assert cert.radius == pytest.approx(sigma * stats.norm.ppf(bound), rel=1e-12)
+        # the exact radius of this smoothed classifier is |a|; the certificate is a lower bound
+        assert abs(a) - 0.15 < cert.radius <= abs(a) + 0.02
+
+
+def test_certify_abstains_exactly_below_one_half():
+    # x = 0: class probabilities are exactly 1/2 each, so the bound is below 1/2
+    cert = sm.certify(threshold, np.array([0.0]), sigma=1.0, n0=10, n=500, num_classes=2, rng=0)
+    assert cert.abstained and cert.prediction == sm.ABSTAIN
+    assert cert.p_lower < 0.5 and np.isnan(cert.radius)
+    # boundary: the abstain rule is `bound < 0.5` (a bound of exactly 1/2 certifies radius 0)
+    n = 1000
+    for n_a in range(480, 620):
+        b = stats.beta.ppf(0.001, n_a, n - n_a + 1)
+        assert (sm.radius(n_a, n, 0.001, 0.3) < 0) == (b < 0.5)
+
+
+@given(n=st.integers(1, 5000), data=st.data(), alpha=st.sampled_from([1e-3, 1e-2, 0.05]),
+       sigma=st.floats(0.01, 2.0))
+def test_radius_monotone_in_agreeing_samples(n, data, alpha, sigma):
+    n_a = data.draw(st.integers(0, n - 1))
+    assert sm.radius(n_a + 1, n, alpha, sigma) >= sm.radius(n_a, n, alpha, sigma)
+
+
+@given(n_a=st.integers(1, 3000), alpha=st.sampled_from([1e-3, 1e-2]))
+def test_radius_equals_formula(n_a, alpha):
+    n = n_a + 17
+    expected = 0.25 * stats.norm.ppf(stats.beta.ppf(alpha, n_a, n - n_a + 1))
+    assert sm.radius(n_a, n, alpha, 0.25) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_noise_is_batched_across_points():
+    clf = Counting(threshold)
+    x = np.array([[2.0], [-2.0], [3.0]])
+    res = sm.certify_batch(clf, x, sigma=0.1, n0=50, n=1000, num_classes=2, batch_size=1024, rng=1)
+    # 3 * 50 selection samples in one call, 3 * 1000 estimation samples in 3 calls
+    assert clf.sizes == [150, 1024, 1024, 952]
+    assert res.predictions.tolist() == [1, 0, 1]
+    assert res.n_a.tolist() == [1000, 1000, 1000]  # samples were attributed to their own point
+    assert res.queries == 3 * 1050
+    assert res.abstain_rate == 0.0
+    assert res.certified_accuracy([1, 0, 0], [0.0]).tolist() == [2 / 3]
+
+
+def test_scores_output_and_seed_reproducibility():
+    def scores(z):
+        v = z.reshape(len(z), -1)[:, 0]
+        return np.stack([-v, v], axis=1)
+
+    a = sm.certify(scores, np.array([0.3]), sigma=0.5, n0=20, n=300, num_classes=2, rng=3)
+    b = sm.certify(threshold, np.array([0.3]), sigma=0.5, n0=20, n=300, num_classes=2, rng=3)
+    assert a == b
+
+
+def test_sample_counts_sum_and_dtype():
+    counts = sm.sample_counts(threshold, np.zeros((2, 1), np.float32), 333, 1.0, num_classes=3, batch_size=100, rng=0)
+    assert counts.shape == (2, 3) and counts.sum(axis=1).tolist() == [333, 333]
+    assert counts[:, 2].tolist() == [0, 0]
+
+
+def test_predict():
+    assert sm.predict(threshold, np.array([1.0]), sigma=0.5, n=400, num_classes=2, rng=0) == 1
+    assert sm.predict(threshold, np.array([-1.0]), sigma=0.5, n=400, num_classes=2, rng=0) == 0
+    assert sm.predict(threshold, np.array([0.0]), sigma=0.5, n=400, alpha=1e-6, num_classes=2, rng=0) == sm.ABSTAIN
+
+
+def test_num_classes_from_attribute():
+    class Clf:
+        num_classes = 2
+
+        def __call__(self, z):
+            return threshold(z)
+
+    assert sm.certify(Clf(), np.array([1.0]), sigma=0.2, n0=5, n=50, rng=0).prediction == 1
+    with pytest.raises(zo.ArgumentError, match="num_classes"):
+        sm.certify(threshold, np.array([1.0]), sigma=0.2, n0=5, n=50)
+
+
+def test_certified_accuracy():
+    acc = sm.certified_accuracy([0.3, np.nan, 0.8, 0.1], [True, False, True, True], [0.0, 0.25, 0.5, 1.0])
+    assert acc.tolist() == [0.75, 0.5, 0.25, 0.0]
+    with pytest.raises(zo.ArgumentError, match="boolean"):
+        sm.certified_accuracy([0.1], [1])
+    with pytest.raises(zo.ArgumentError, match="same length"):
+        sm.certified_accuracy([0.1, 0.2], [True])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sigma": 0.0}, "sigma"), ({"sigma": -1.0}, "sigma"), ({"sigma": 0.5, "alpha": 1.5}, "alpha"),
+    ({"sigma": 0.5, "n": 0}, "`n`"), ({"sigma": 0.5, "n0": 0}, "n0"), ({"sigma": 0.5, "batch_size": 0}, "batch_size"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        sm.certify(threshold, np.array([1.0]), num_classes=2, **kwargs)
+
+
+def test_bad_classifier_output():
+    with pytest.raises(zo.OracleError, match="integer labels"):
+        sm.certify(lambda z: np.zeros(3), np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=2)
+    with pytest.raises(zo.OracleError, match="labels must lie"):
+        sm.certify(lambda z: np.full(len(z), 5), np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=2)
+    with pytest.raises(zo.ArgumentError, match="counts"):
+        sm.lower_confidence_bound(5, 3, 0.01)

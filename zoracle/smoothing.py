@@ -1,0 +1,403 @@
+r"""Randomized smoothing: predict and certify a smoothed classifier (Cohen et al., 2019).
+
+Framework-free (NumPy and SciPy). The base classifier is any callable that maps a batch of
+inputs ``(k, *shape)`` to integer labels ``(k,)`` or class scores ``(k, C)`` (argmax is
+taken), e.g. :class:`zoracle.adapters.onnx.OnnxClassifier` or a denoiser followed by one.
+The smoothed classifier is
+
+.. math::
+    g(x) = \arg\max_c \; P_{\delta \sim N(0, \sigma^2 I)}\big[f(x + \delta) = c\big].
+
+:func:`certify` returns the top class and a radius ``R = sigma * Phi^-1(pA_lower)`` within
+which ``g`` provably does not change (in L2), where ``pA_lower`` is the one-sided
+Clopper-Pearson lower confidence bound on the top-class probability; it abstains when
+``pA_lower < 1/2``. Noise samples are drawn and classified in large batches
+(``batch_size`` inputs per call), across test points too (:func:`certify_batch`), so a
+certificate with ``n`` samples costs about ``n / batch_size`` classifier calls.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+
+from ._errors import ArgumentError, OracleError
+from ._estimators import as_generator
+
+__all__ = [
+    "ABSTAIN",
+    "Certificate",
+    "CertificateBatch",
+    "certified_accuracy",
+    "certify",
+    "certify_batch",
+    "lower_confidence_bound",
+    "predict",
+    "radius",
+    "sample_counts",
+]
+
+#: The label :func:`predict` and :func:`certify` return when they abstain.
+ABSTAIN = -1
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+        raise ArgumentError(f"`alpha` must be a probability in (0, 1) (e.g. 0.001), got {alpha!r}")
+    return float(alpha)
+
+
+def _check_sigma(sigma) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma <= 0:
+        raise ArgumentError(f"`sigma` must be a finite noise level > 0 (e.g. 0.25), got {sigma!r}")
+    return float(sigma)
+
+
+# ---------------------------------------------------------------------------------------
+# the statistics
+def lower_confidence_bound(n_a, n, alpha):
+    r"""One-sided Clopper-Pearson lower bound on a binomial proportion.
+
+    .. math:: \underline{p_A} = \mathrm{Beta}^{-1}(\alpha;\, n_A,\, n - n_A + 1)
+
+    which is exceeded by the true proportion with probability at least ``1 - alpha``; it is
+    0 when ``n_a == 0``.
+
+    Parameters
+    ----------
+    n_a : int or int array
+        Successes (noise samples classified as the top class), ``0 <= n_a <= n``.
+    n : int or int array
+        Trials.
+    alpha : float
+        Failure probability in (0, 1).
+
+    Returns
+    -------
+    float or float array
+
+    Examples
+    --------
+    >>> from zoracle.smoothing import lower_confidence_bound
+    >>> round(float(lower_confidence_bound(100, 100, 0.001)), 4)  # = 0.001 ** (1 / 100)
+    0.9333
+    """
+    alpha = _check_alpha(alpha)
+    n_a_arr = np.asarray(n_a)
+    n_arr = np.asarray(n)
+    if n_a_arr.dtype.kind not in "iu" or n_arr.dtype.kind not in "iu":
+        raise ArgumentError(f"`n_a` and `n` must be integer counts, got {n_a!r} and {n!r}")
+    if np.any(n_arr < 1) or np.any(n_a_arr < 0) or np.any(n_a_arr > n_arr):
+        raise ArgumentError(f"counts must satisfy 0 <= n_a <= n and n >= 1, got n_a={n_a!r}, n={n!r}")
+    a = n_a_arr.astype(np.float64)
+    b = (n_arr - n_a_arr + 1).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = stats.beta.ppf(alpha, np.where(a > 0, a, 1.0), b)
+    bound = np.where(a > 0, bound, 0.0)
+    return float(bound) if bound.ndim == 0 else bound
+
+
+def radius(n_a, n, alpha, sigma):
+    r"""Certified L2 radius ``sigma * Phi^-1(pA_lower)`` from top-class counts.
+
+    ``pA_lower`` is :func:`lower_confidence_bound`. The value is negative (``-inf`` when
+    ``n_a == 0``) exactly when ``pA_lower < 1/2``: :func:`certify` abstains there. More
+    agreeing samples never shrink the radius (it is nondecreasing in ``n_a``).
+
+    Examples
+    --------
+    >>> from zoracle.smoothing import radius
+    >>> round(float(radius(1000, 1000, 0.001, 0.25)), 4)
+    0.6158
+    """
+    sigma = _check_sigma(sigma)
+    p = lower_confidence_bound(n_a, n, alpha)
+    with np.errstate(divide="ignore"):
+        r = sigma * stats.norm.ppf(p)
+    return float(r) if np.ndim(r) == 0 else r
+
+
+def certified_accuracy(radii, correct, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
+    """Share of points predicted correctly with a certified radius ``>= r``, for each ``r``.
+
+    Parameters
+    ----------
+    radii : float array (m,)
+        Certified radii; NaN (or any negative value) for abstentions.
+    correct : bool array (m,)
+        Whether the smoothed prediction equals the label (False for abstentions).
+    r_grid : sequence of float
+        Radii at which to report.
+
+    Returns
+    -------
+    float array (len(r_grid),)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zoracle.smoothing import certified_accuracy
+    >>> certified_accuracy([0.3, np.nan, 0.8, 0.1], [True, False, True, False], [0, 0.5]).tolist()
+    [0.5, 0.25]
+    """
+    radii = np.asarray(radii, dtype=np.float64).reshape(-1)
+    correct = np.asarray(correct).reshape(-1)
+    if correct.dtype != bool:
+        raise ArgumentError(f"`correct` must be a boolean array, got dtype {correct.dtype}; use preds == labels")
+    if radii.shape != correct.shape:
+        raise ArgumentError(f"`radii` and `correct` must have the same length, got {radii.shape} and {correct.shape}")
+    if radii.size == 0:
+        raise ArgumentError("`radii` is empty; certify at least one point")
+    grid = np.asarray(r_grid, dtype=np.float64).reshape(-1)
+    ok = correct & ~np.isnan(radii)
+    with np.errstate(invalid="ignore"):
+        return np.array([np.mean(ok & (radii >= r)) for r in grid])
+
+
+# ---------------------------------------------------------------------------------------
+# sampling
+def _labels(out, k: int, num_classes: int | None) -> np.ndarray:
+    arr = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out)
+    if arr.ndim == 2 and arr.shape[0] == k:
+        arr = arr.argmax(axis=1)
+    elif arr.shape != (k,) or arr.dtype.kind not in "iu":
+        raise OracleError(
+            f"a batch of {k} noisy inputs", f"array of shape {arr.shape}, dtype {arr.dtype}",
+            detail=f"the classifier must return {k} integer labels or a ({k}, C) score array",
+        )
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes)):
+        raise OracleError(f"a batch of {k} noisy inputs", int(arr.max() if arr.min() >= 0 else arr.min()),
+                          detail=f"labels must lie in [0, {num_classes})")
+    return arr
+
+
+def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classes: int,
+                  batch_size: int = 10_000, rng=None) -> np.ndarray:
+    """Class counts of ``classifier(x_i + delta)`` over ``num`` Gaussian draws per point.
+
+    Parameters
+    ----------
+    classifier : callable
+        ``(k, *shape) -> (k,) labels or (k, C) scores``.
+    x : array (m, *shape)
+        Points; noise is drawn in ``x``'s float dtype.
+    num : int
+        Noise samples per point.
+    sigma : float
+        Noise standard deviation.
+    num_classes : int
+        Number of classes C.
+    batch_size : int
+        Noisy inputs per classifier call; samples of several points share a call.
+    rng : Generator, int or None
+
+    Returns
+    -------
+    int64 array (m, num_classes)
+    """
+    sigma = _check_sigma(sigma)
+    num = _check_int("num", num, 1)
+    num_classes = _check_int("num_classes", num_classes, 2)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    gen = as_generator(rng)
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ArgumentError("`x` must be finite, got a NaN or inf entry")
+    m = x.shape[0]
+    counts = np.zeros((m, num_classes), dtype=np.int64)
+    total = m * num
+    # walk the flattened (point, sample) grid in chunks of batch_size noisy inputs
+    for lo in range(0, total, batch_size):
+        hi = min(total, lo + batch_size)
+        owner = np.arange(lo, hi) // num
+        noisy = x[owner] + gen.standard_normal((hi - lo,) + x.shape[1:], dtype=x.dtype) * x.dtype.type(sigma)
+        labels = _labels(classifier(noisy), hi - lo, num_classes)
+        np.add.at(counts, (owner, labels), 1)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------
+# predict / certify
+@dataclass(frozen=True)
+class Certificate:
+    """Result of :func:`certify` for one point.
+
+    Attributes
+    ----------
+    prediction : int
+        The smoothed classifier's class, or ``ABSTAIN`` (-1).
+    radius : float
+        Certified L2 radius; NaN when abstaining.
+    p_lower : float
+        Lower confidence bound on the top-class probability.
+    n_a : int
+        Of the ``n`` estimation samples, how many the base classifier put in the top class.
+    n : int
+        Estimation samples.
+    """
+
+    prediction: int
+    radius: float
+    p_lower: float
+    n_a: int
+    n: int
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+
+@dataclass(frozen=True)
+class CertificateBatch:
+    """Result of :func:`certify_batch`: one entry per point, as arrays.
+
+    ``predictions`` (int, ``ABSTAIN`` = -1), ``radii`` (NaN when abstaining), ``p_lower``,
+    ``n_a``; ``n`` estimation samples per point; ``queries`` classifier evaluations in all
+    (``m * (n0 + n)``).
+    """
+
+    predictions: np.ndarray
+    radii: np.ndarray
+    p_lower: np.ndarray
+    n_a: np.ndarray
+    n: int
+    queries: int
+
+    @property
+    def abstain_rate(self) -> float:
+        return float(np.mean(self.predictions == ABSTAIN))
+
+    def correct(self, labels) -> np.ndarray:
+        """Boolean array: prediction equals label (False where abstaining)."""
+        return self.predictions == np.asarray(labels).reshape(-1)
+
+    def certified_accuracy(self, labels, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
+        return certified_accuracy(self.radii, self.correct(labels), r_grid)
+
+    def __getitem__(self, i) -> Certificate:
+        return Certificate(int(self.predictions[i]), float(self.radii[i]), float(self.p_lower[i]),
+                           int(self.n_a[i]), self.n)
+
+
+def _infer_classes(classifier, x, num_classes):
+    if num_classes is not None:
+        return _check_int("num_classes", num_classes, 2)
+    n = getattr(classifier, "num_classes", None)
+    if isinstance(n, numbers.Integral) and n >= 2:
+        return int(n)
+    raise ArgumentError("`num_classes` is required (the classifier has no integer `num_classes` attribute)")
+
+
+def certify_batch(classifier: Callable, x, *, sigma: float, n0: int = 100, n: int = 100_000,
+                  alpha: float = 0.001, num_classes: int | None = None, batch_size: int = 10_000,
+                  rng=None) -> CertificateBatch:
+    """CERTIFY (Cohen et al., 2019) for each point of ``x``, noise batched across points.
+
+    For each point: ``n0`` noisy samples choose the top class ``c``; ``n`` fresh samples
+    count ``n_A`` = how many the base classifier puts in ``c``;
+    ``pA_lower = Beta^-1(alpha; n_A, n - n_A + 1)``; abstain if ``pA_lower < 1/2``, else
+    return ``c`` with radius ``sigma * Phi^-1(pA_lower)``. With probability at least
+    ``1 - alpha`` each returned certificate is correct.
+
+    Parameters
+    ----------
+    classifier : callable
+        ``(k, *shape) -> (k,) labels or (k, C) scores``.
+    x : array (m, *shape)
+        Points to certify (one leading point axis).
+    sigma, n0, n, alpha
+        Noise level, selection samples, estimation samples, failure probability.
+    num_classes : int, optional
+        Defaults to ``classifier.num_classes`` when present.
+    batch_size : int
+        Noisy inputs per classifier call.
+    rng : Generator, int or None
+
+    Returns
+    -------
+    CertificateBatch
+    """
+    sigma = _check_sigma(sigma)
+    n0 = _check_int("n0", n0, 1)
+    n = _check_int("n", n, 1)
+    alpha = _check_alpha(alpha)
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ArgumentError(f"`x` must hold at least one point along axis 0, got shape {x.shape}")
+    num_classes = _infer_classes(classifier, x, num_classes)
+    gen = as_generator(rng)
+    c0 = sample_counts(classifier, x, n0, sigma, num_classes=num_classes, batch_size=batch_size, rng=gen)
+    top = c0.argmax(axis=1)
+    c1 = sample_counts(classifier, x, n, sigma, num_classes=num_classes, batch_size=batch_size, rng=gen)
+    n_a = c1[np.arange(x.shape[0]), top]
+    p_lower = np.asarray(lower_confidence_bound(n_a, np.full_like(n_a, n), alpha), dtype=np.float64).reshape(-1)
+    certified = p_lower >= 0.5
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radii = np.where(certified, sigma * stats.norm.ppf(p_lower), np.nan)
+    preds = np.where(certified, top, ABSTAIN).astype(np.int64)
+    return CertificateBatch(preds, radii, p_lower, n_a, n, x.shape[0] * (n0 + n))
+
+
+def certify(classifier: Callable, x, *, sigma: float, n0: int = 100, n: int = 100_000,
+            alpha: float = 0.001, num_classes: int | None = None, batch_size: int = 10_000,
+            rng=None) -> Certificate:
+    """CERTIFY one point ``x`` (no leading point axis); see :func:`certify_batch`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zoracle.smoothing import certify
+    >>> sign = lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int)
+    >>> c = certify(sign, np.array([1.0]), sigma=0.5, n0=100, n=2000, num_classes=2, rng=0)
+    >>> c.prediction, c.radius > 0.5
+    (1, True)
+    """
+    x = np.asarray(x)
+    return certify_batch(classifier, x[None], sigma=sigma, n0=n0, n=n, alpha=alpha, num_classes=num_classes,
+                         batch_size=batch_size, rng=rng)[0]
+
+
+def predict(classifier: Callable, x, *, sigma: float, n: int = 100_000, alpha: float = 0.001,
+            num_classes: int | None = None, batch_size: int = 10_000, rng=None) -> int:
+    """PREDICT (Cohen et al., 2019): the smoothed class of one point ``x``, or ``ABSTAIN``.
+
+    Draws ``n`` noisy samples; with top two counts ``n_A >= n_B`` it returns the top class
+    when a two-sided binomial test of ``n_A`` out of ``n_A + n_B`` against 1/2 has p-value
+    ``<= alpha``, else abstains. The probability of returning a class other than ``g(x)``
+    is at most ``alpha``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zoracle.smoothing import predict
+    >>> sign = lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int)
+    >>> predict(sign, np.array([2.0]), sigma=0.5, n=500, num_classes=2, rng=0)
+    1
+    """
+    sigma = _check_sigma(sigma)
+    n = _check_int("n", n, 1)
+    alpha = _check_alpha(alpha)
+    x = np.asarray(x)
+    num_classes = _infer_classes(classifier, x, num_classes)
+    counts = sample_counts(classifier, x[None], n, sigma, num_classes=num_classes, batch_size=batch_size,
+                           rng=as_generator(rng))[0]
+    order = np.argsort(counts, kind="stable")[::-1]
+    n_a, n_b = int(counts[order[0]]), int(counts[order[1]])
+    if stats.binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+        return ABSTAIN
+    return int(order[0])
