@@ -238,3 +238,21 @@ def test_sparse_cge_in_a_million_dimensions_allocates_no_dense_matrix():
     assert peak < 64 * 2**20  # a dense k x d float64 matrix would be 80 GB
     np.testing.assert_allclose(est.grad[coords], 2 * x[coords], rtol=1e-6, atol=1e-6)
     assert est.nfev == 2 * k + 1
+
+
+def test_sparse_cge_and_rge_on_backend(xp):
+    rng = np.random.default_rng(5)
+    q = QuadraticOracle(rng.standard_normal((40, 40)), rng.standard_normal(40), blocks=[slice(0, 15), slice(15, 40)])
+    qx = _quad_on(xp, q)
+    x = xp.asarray(rng.standard_normal(40))
+    coords = np.array([3, 17, 20, 39])
+    for make in PATHS.values():
+        est = zo.estimate_gradient(make(qx), x, zo.CGE(scheme="central"), coordinates=xp.asarray(coords))
+        got = est.grad.get() if hasattr(est.grad, "get") else np.asarray(est.grad)
+        g = q.grad(x.get() if hasattr(x, "get") else x)
+        np.testing.assert_allclose(got[coords], g[coords], rtol=1e-7, atol=1e-7)
+        assert np.count_nonzero(got) == len(coords) and est.nfev == 2 * len(coords) + 1
+    a = zo.estimate_gradient(qx, x, zo.RGE(directions=16), rng=3)
+    b = zo.estimate_gradient(q, np.asarray(x.get() if hasattr(x, "get") else x), zo.RGE(directions=16), rng=3)
+    ga = a.grad.get() if hasattr(a.grad, "get") else a.grad
+    np.testing.assert_allclose(ga, b.grad, rtol=1e-9, atol=1e-9)  # same directions on both backends
