@@ -1,0 +1,359 @@
+"""ONNX models served by onnxruntime as query-only (black-box) classifiers.
+
+``OnnxClassifier(path_or_bytes)`` reads the model's declared input (name, shape, dtype) and
+checks every query against it, so a wrong shape, dtype or a non-finite input fails with a
+message naming what was expected and what was given, before onnxruntime sees it. It counts
+queries (one per input sample) and can enforce a query budget. The CUDA execution provider
+is used when onnxruntime offers it (``pip install 'zoracle[onnx-gpu]'``), the CPU one
+otherwise (``pip install 'zoracle[onnx]'``).
+
+Importing this module imports onnxruntime: that is how a user opts in.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "zoracle.adapters.onnx needs onnxruntime: pip install 'zoracle[onnx]' (or 'zoracle[onnx-gpu]' for CUDA)"
+    ) from exc
+
+from zoracle._errors import ArgumentError, ZoracleError
+
+__all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class QueryBudgetExceeded(ZoracleError, RuntimeError):
+    """A query would take an :class:`OnnxClassifier` past its query budget.
+
+    Attributes
+    ----------
+    requested : int
+        Samples the refused call asked for.
+    used, budget : int
+        Samples already evaluated, and the budget.
+    """
+
+    def __init__(self, requested: int, used: int, budget: int):
+        self.requested, self.used, self.budget = requested, used, budget
+        super().__init__(
+            f"query budget exceeded: this call needs {requested} queries but only {budget - used} of "
+            f"{budget} are left; raise `budget` or call reset_queries()"
+        )
+
+    def __reduce__(self):
+        return (self.__class__, (self.requested, self.used, self.budget))
+
+
+def default_providers() -> list:
+    """``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when CUDA is available, else CPU."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join("N" if i == 0 and d is None else ("?" if d is None else str(d))
+                           for i, d in enumerate(shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _dims(shape) -> tuple:
+    """Declared dims with every symbolic / unknown dimension as None."""
+    return tuple(d if isinstance(d, numbers.Integral) and d > 0 else None for d in shape)
+
+
+def _read_model(model) -> tuple[bytes, str]:
+    if hasattr(model, "SerializeToString"):  # an onnx.ModelProto, e.g. from skl2onnx
+        return model.SerializeToString(), f"{type(model).__name__} object"
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model), f"{len(model)} bytes"
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise ArgumentError(f"`model`: no such ONNX file {path!r}; check the path (export it first?)")
+        if os.path.isdir(path):
+            raise ArgumentError(f"`model`: {path!r} is a directory, expected an .onnx file")
+        with open(path, "rb") as fh:
+            return fh.read(), repr(path)
+    raise ArgumentError(
+        f"`model` must be a path, bytes or an onnx.ModelProto, got {type(model).__name__}"
+    )
+
+
+class OnnxClassifier:
+    """An ONNX classifier as a query-only black box.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or onnx.ModelProto
+        The model. A missing, empty, truncated or non-ONNX file raises
+        :class:`~zoracle.ArgumentError` here, at construction.
+    providers : list, optional
+        onnxruntime execution providers; default :func:`default_providers` (CUDA when
+        available, else CPU). Names not offered by this onnxruntime build are rejected.
+    output : str or int, optional
+        Which model output to return. Default: the first floating-point output of rank 2
+        (class scores: logits or probabilities); else a scikit-learn ZipMap probability
+        output (list of dicts, converted to an array); else the first output. An integer
+        rank-1 output (e.g. skl2onnx's ``label``) makes ``__call__`` return labels.
+    budget : int, optional
+        Most samples this classifier may evaluate in all; a call that would exceed it raises
+        :class:`QueryBudgetExceeded` without running.
+    input : str, optional
+        Input name when the model has several inputs.
+    cast : bool
+        Cast floating inputs of another float dtype to the declared one instead of raising.
+    batch_size : int, optional
+        Most samples per onnxruntime call (dynamic batch axis); a fixed batch axis always
+        uses its declared size, padding the last chunk.
+    session_options : onnxruntime.SessionOptions, optional
+
+    Attributes
+    ----------
+    input_name, input_shape, input_dtype
+        The declared input; ``input_shape[0]`` is None for a dynamic batch axis.
+    output_name : str
+    output_kind : str
+        ``"scores"`` or ``"labels"``.
+    num_classes : int or None
+        From the output's declared shape, or learned on the first call.
+    queries : int
+        Samples evaluated so far (padding excluded).
+    calls : int
+        onnxruntime ``run`` calls so far.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from skl2onnx import to_onnx
+    >>> from zoracle.adapters.onnx import OnnxClassifier
+    >>> X = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32); y = (X[:, 0] > 0).astype(int)
+    >>> clf = OnnxClassifier(to_onnx(LogisticRegression().fit(X, y), X[:1]), budget=100)
+    >>> clf(X[:5]).shape, clf.output_kind, clf.queries
+    ((5, 2), 'scores', 5)
+    """
+
+    def __init__(self, model, providers=None, *, output=None, budget: int | None = None,
+                 input: str | None = None, cast: bool = False, batch_size: int | None = None,
+                 session_options=None):
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0):
+            raise ArgumentError(f"`budget` must be a non-negative integer or None, got {budget!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                       or batch_size < 1):
+            raise ArgumentError(f"`batch_size` must be a positive integer or None, got {batch_size!r}")
+        self._bytes, self._source = _read_model(model)
+        if not self._bytes:
+            raise ArgumentError(f"`model` {self._source} is empty; re-export the ONNX file")
+        self.providers_requested = self._check_providers(providers)
+        self._session_options = session_options
+        self.budget = None if budget is None else int(budget)
+        self.cast = bool(cast)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self._input_choice, self._output_choice = input, output
+        self.queries = 0
+        self.calls = 0
+        self._open()
+
+    # construction ------------------------------------------------------------------------
+    @staticmethod
+    def _check_providers(providers) -> list:
+        if providers is None:
+            return default_providers()
+        if isinstance(providers, str):
+            providers = [providers]
+        available = ort.get_available_providers()
+        for p in providers:
+            name = p[0] if isinstance(p, tuple) else p
+            if name not in available:
+                raise ArgumentError(
+                    f"`providers`: {name!r} is not available in this onnxruntime build; available: {available}"
+                    + (" (install onnxruntime-gpu, not next to onnxruntime: pip install 'zoracle[onnx-gpu]')"
+                       if name == "CUDAExecutionProvider" else "")
+                )
+        return list(providers)
+
+    def _open(self) -> None:
+        try:
+            self.session = ort.InferenceSession(self._bytes, sess_options=self._session_options,
+                                                providers=self.providers_requested)
+        except Exception as exc:
+            raise ArgumentError(
+                f"`model` {self._source} is not a loadable ONNX model (truncated, corrupted or not ONNX?): "
+                f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+            ) from None
+        self.providers = self.session.get_providers()
+        inputs = self.session.get_inputs()
+        if self._input_choice is None:
+            if len(inputs) != 1:
+                raise ArgumentError(
+                    f"the model has {len(inputs)} inputs {[i.name for i in inputs]}; pass `input=` to choose one"
+                )
+            node = inputs[0]
+        else:
+            match = [i for i in inputs if i.name == self._input_choice]
+            if not match:
+                raise ArgumentError(f"`input`={self._input_choice!r} is not a model input; inputs: {[i.name for i in inputs]}")
+            node = match[0]
+        if node.type not in _DTYPES:
+            raise ArgumentError(f"unsupported input type {node.type} for input {node.name!r}")
+        if len(node.shape) == 0:
+            raise ArgumentError(f"input {node.name!r} is a scalar; a classifier needs a batch axis")
+        self.input_name = node.name
+        self.input_shape = _dims(node.shape)
+        self.input_dtype = np.dtype(_DTYPES[node.type])
+        self._pick_output(self.session.get_outputs())
+
+    def _pick_output(self, outputs) -> None:
+        choice = self._output_choice
+        if choice is None:
+            scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")
+                      and len(o.shape) == 2]
+            zipmaps = [o for o in outputs if o.type.startswith("seq(map(")]
+            node = (scores or zipmaps or list(outputs))[0]
+        elif isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
+            if not 0 <= choice < len(outputs):
+                raise ArgumentError(f"`output`={choice} is out of range; the model has {len(outputs)} outputs")
+            node = outputs[choice]
+        else:
+            match = [o for o in outputs if o.name == choice]
+            if not match:
+                raise ArgumentError(f"`output`={choice!r} is not a model output; outputs: {[o.name for o in outputs]}")
+            node = match[0]
+        self.output_name = node.name
+        self._zipmap = node.type.startswith("seq(map(")
+        is_int_vector = node.type in ("tensor(int64)", "tensor(int32)") and len(node.shape) == 1
+        if not (self._zipmap or is_int_vector or (node.type in _DTYPES and len(node.shape) == 2)):
+            raise ArgumentError(
+                f"output {node.name!r} ({node.type}, shape {node.shape}) is neither class scores (N, C) nor "
+                f"labels (N,); choose another with `output=`"
+            )
+        self.output_kind = "labels" if is_int_vector else "scores"
+        last = node.shape[-1] if (not self._zipmap and len(node.shape) == 2) else None
+        self.num_classes = int(last) if isinstance(last, numbers.Integral) and last > 0 else None
+
+    # pickling: sessions do not pickle, the model bytes do ------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["session"]
+        state["_session_options"] = None  # SessionOptions do not pickle either
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    # queries ---------------------------------------------------------------------------
+    @property
+    def remaining(self) -> int | None:
+        """Queries left under the budget (None without a budget)."""
+        return None if self.budget is None else self.budget - self.queries
+
+    def reset_queries(self) -> None:
+        """Set the query and call counters back to zero."""
+        self.queries = 0
+        self.calls = 0
+
+    def check_input(self, x) -> np.ndarray:
+        """``x`` as the array the model expects, or :class:`~zoracle.ArgumentError` saying why not."""
+        expected = _shape_str(self.input_shape)
+        if not isinstance(x, np.ndarray):
+            if hasattr(x, "detach") or hasattr(x, "get"):
+                raise ArgumentError(
+                    f"`x` must be a NumPy array, got {type(x).__name__}; convert it (x.detach().cpu().numpy() / x.get())"
+                )
+            x = np.asarray(x)
+        if x.ndim != len(self.input_shape):
+            hint = "; add a batch axis (x[None])" if x.ndim == len(self.input_shape) - 1 else ""
+            raise ArgumentError(
+                f"`x` for input {self.input_name!r} must have shape {expected} (N = batch), got {x.shape}{hint}"
+            )
+        for axis, (want, got) in enumerate(zip(self.input_shape, x.shape)):
+            if axis > 0 and want is not None and want != got:
+                raise ArgumentError(
+                    f"`x` for input {self.input_name!r} must have shape {expected} (N = batch), got {x.shape} "
+                    f"(axis {axis} is {got}, expected {want})"
+                )
+        if x.shape[0] == 0:
+            raise ArgumentError(f"`x` holds no samples (shape {x.shape}); pass at least one")
+        if x.dtype != self.input_dtype:
+            castable = x.dtype.kind == "f" and self.input_dtype.kind == "f"
+            if not (self.cast and castable):
+                raise ArgumentError(
+                    f"`x` for input {self.input_name!r} must have dtype {self.input_dtype}, got {x.dtype}; "
+                    f"use x.astype(np.{self.input_dtype.name})"
+                    + (" or OnnxClassifier(..., cast=True)" if castable else "")
+                )
+            x = x.astype(self.input_dtype)
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                bad = int(np.flatnonzero(~finite)[0])
+                raise ArgumentError(
+                    f"`x` must be finite; sample {bad} (of {x.shape[0]}) holds NaN or inf "
+                    f"({int((~finite).sum())} such samples)"
+                )
+        return np.ascontiguousarray(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        if self._zipmap:
+            keys = sorted(out[0])
+            out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
+        return np.asarray(out)
+
+    def __call__(self, x) -> np.ndarray:
+        """Class scores ``(N, C)`` (or labels ``(N,)`` for a label output) for a batch ``x``."""
+        x = self.check_input(x)
+        n = x.shape[0]
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetExceeded(n, self.queries, self.budget)
+        fixed = self.input_shape[0]
+        step = fixed if fixed is not None else (self.batch_size or n)
+        parts = []
+        for lo in range(0, n, step):
+            chunk = x[lo:lo + step]
+            real = chunk.shape[0]
+            if fixed is not None and real < fixed:  # a fixed batch axis: pad, then drop the padding
+                pad = np.zeros((fixed - real,) + chunk.shape[1:], dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append(self._run(chunk)[:real])
+        self.queries += n
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if self.output_kind == "scores":
+            if out.ndim != 2 or out.shape[0] != n:
+                raise ZoracleError(f"output {self.output_name!r} returned shape {out.shape}, expected ({n}, C)")
+            if self.num_classes is None:
+                self.num_classes = int(out.shape[1])
+        return out
+
+    def predict(self, x) -> np.ndarray:
+        """Predicted labels ``(N,)`` (int64)."""
+        out = self(x)
+        return (out if self.output_kind == "labels" else out.argmax(axis=1)).astype(np.int64)
+
+    def __repr__(self) -> str:
+        return (f"OnnxClassifier({self._source}, input={self.input_name!r} {_shape_str(self.input_shape)} "
+                f"{self.input_dtype}, output={self.output_name!r} ({self.output_kind}), "
+                f"providers={self.providers}, queries={self.queries}"
+                + (f"/{self.budget}" if self.budget is not None else "") + ")")

@@ -1,0 +1,199 @@
+"""OnnxClassifier: agreement with the exporting framework, input checks, budgets, providers."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+from zoracle.adapters.onnx import OnnxClassifier, QueryBudgetExceeded, default_providers  # noqa: E402
+
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _export(model, path, batch=None):
+    example = torch.zeros(batch or 2, 1, 8, 8)
+    kwargs = {} if batch else {"dynamic_axes": {"x": {0: "batch"}, "logits": {0: "batch"}}}
+    with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=["x"], output_names=["logits"],
+                          dynamo=False, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(torch_model, tmp_path_factory):
+    return _export(torch_model, tmp_path_factory.mktemp("onnx") / "cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).uniform(0, 1, size=(37, 1, 8, 8)).astype(np.float32)
+
+
+def test_agrees_with_torch(torch_model, onnx_path, batch):
+    clf = OnnxClassifier(onnx_path)
+    got = clf(batch)
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(batch)).numpy()
+    assert got.shape == (37, 10)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert clf.input_name == "x" and clf.input_shape == (None, 1, 8, 8) and clf.input_dtype == np.float32
+    assert clf.output_kind == "scores" and clf.num_classes == 10
+    assert clf.queries == 37 and clf.calls == 1
+    np.testing.assert_array_equal(clf.predict(batch), want.argmax(1))
+    assert clf.queries == 74
+
+
+def test_fixed_batch_axis_is_split_and_padded(torch_model, tmp_path, batch):
+    clf = OnnxClassifier(_export(torch_model, tmp_path / "fixed.onnx", batch=8))
+    assert clf.input_shape[0] == 8
+    got = clf(batch)  # 37 samples -> 5 calls of 8, the last padded
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert clf.calls == 5 and clf.queries == 37
+    np.testing.assert_allclose(clf(batch[:3]), want[:3], atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_batch_chunked(onnx_path, batch):
+    clf = OnnxClassifier(onnx_path, batch_size=10)
+    np.testing.assert_allclose(clf(batch), OnnxClassifier(onnx_path)(batch), atol=1e-6)
+    assert clf.calls == 4
+
+
+def test_sklearn_model_via_skl2onnx():
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    model = LogisticRegression(max_iter=300).fit(X, y)
+    # default conversion: labels + a ZipMap (list of dicts) probability output
+    clf = OnnxClassifier(skl2onnx.to_onnx(model, X[:1]))
+    np.testing.assert_allclose(clf(X[:50]), model.predict_proba(X[:50]), atol=1e-4)
+    np.testing.assert_array_equal(clf.predict(X[:50]), model.predict(X[:50]))
+    assert clf.num_classes == 10
+    # a plain tensor probability output, and the label output chosen explicitly
+    proto = skl2onnx.to_onnx(model, X[:1], options={id(model): {"zipmap": False}})
+    probs = OnnxClassifier(proto)
+    assert probs.output_name == "probabilities" and probs.num_classes == 10
+    np.testing.assert_allclose(probs(X[:50]), model.predict_proba(X[:50]), atol=1e-4)
+    labels = OnnxClassifier(proto.SerializeToString(), output="label")
+    assert labels.output_kind == "labels"
+    np.testing.assert_array_equal(labels(X[:50]), model.predict(X[:50]))
+    np.testing.assert_array_equal(labels.predict(X[:50]), model.predict(X[:50]))
+    with pytest.raises(zo.ArgumentError, match="not a model output"):
+        OnnxClassifier(proto, output="nope")
+    with pytest.raises(zo.ArgumentError, match=r"shape \(N, 64\).*got \(3, 8, 8\)"):
+        probs(X[:3].reshape(3, 8, 8))
+
+
+def test_rejects_bad_queries(onnx_path, batch):
+    clf = OnnxClassifier(onnx_path)
+    with pytest.raises(zo.ArgumentError, match=r"shape \(N, 1, 8, 8\).*got \(37, 1, 8, 7\).*axis 3"):
+        clf(batch[..., :7])
+    with pytest.raises(zo.ArgumentError, match=r"add a batch axis"):
+        clf(batch[0])
+    with pytest.raises(zo.ArgumentError, match=r"dtype float32, got float64.*astype"):
+        clf(batch.astype(np.float64))
+    bad = batch.copy()
+    bad[5, 0, 2, 2] = np.nan
+    with pytest.raises(zo.ArgumentError, match="sample 5 .* NaN or inf"):
+        clf(bad)
+    with pytest.raises(zo.ArgumentError, match="no samples"):
+        clf(batch[:0])
+    with pytest.raises(zo.ArgumentError, match="NumPy array"):
+        clf(torch.from_numpy(batch))
+    assert clf.queries == 0 and clf.calls == 0  # nothing reached onnxruntime
+    # cast=True accepts another float dtype
+    np.testing.assert_allclose(OnnxClassifier(onnx_path, cast=True)(batch.astype(np.float64)), clf(batch), atol=1e-6)
+
+
+def test_rejects_bad_files(onnx_path, tmp_path):
+    with pytest.raises(zo.ArgumentError, match="no such ONNX file"):
+        OnnxClassifier(tmp_path / "missing.onnx")
+    data = onnx_path.read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(zo.ArgumentError, match="not a loadable ONNX model"):
+        OnnxClassifier(truncated)
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    with pytest.raises(zo.ArgumentError, match="not a loadable ONNX model"):
+        OnnxClassifier(text)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(zo.ArgumentError, match="empty"):
+        OnnxClassifier(empty)
+    with pytest.raises(zo.ArgumentError, match="directory"):
+        OnnxClassifier(tmp_path)
+    with pytest.raises(zo.ArgumentError, match="must be a path"):
+        OnnxClassifier(3.5)
+
+
+def test_query_budget(onnx_path, batch):
+    clf = OnnxClassifier(onnx_path, budget=50)
+    clf(batch[:30])
+    assert clf.remaining == 20
+    with pytest.raises(QueryBudgetExceeded, match="needs 30 queries but only 20 of 50"):
+        clf(batch[:30])
+    assert clf.queries == 30  # the refused call did not run
+    clf(batch[:20])
+    assert clf.remaining == 0
+    with pytest.raises(zo.ZoracleError):
+        clf(batch[:1])
+    clf.reset_queries()
+    assert clf.queries == 0 and clf(batch[:1]).shape == (1, 10)
+    with pytest.raises(zo.ArgumentError, match="budget"):
+        OnnxClassifier(onnx_path, budget=-1)
+
+
+def test_providers(onnx_path):
+    clf = OnnxClassifier(onnx_path)
+    expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider"
+    assert clf.providers[0] == expected == default_providers()[0]
+    assert OnnxClassifier(onnx_path, providers=["CPUExecutionProvider"]).providers == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(zo.ArgumentError, match="not available.*onnx-gpu"):
+            OnnxClassifier(onnx_path, providers=["CUDAExecutionProvider"])
+
+
+def test_pickle_roundtrip(onnx_path, batch):
+    clf = OnnxClassifier(onnx_path, budget=100)
+    clf(batch[:10])
+    twin = pickle.loads(pickle.dumps(clf))
+    assert twin.queries == 10 and twin.budget == 100
+    np.testing.assert_array_equal(twin(batch[:5]), clf(batch[:5]))
+    assert "cnn.onnx" in repr(clf) and "queries=15/100" in repr(clf)
+
+
+def test_works_with_smoothing(onnx_path):
+    from zoracle import smoothing
+
+    clf = OnnxClassifier(onnx_path)
+    x = np.full((2, 1, 8, 8), 0.5, np.float32)
+    res = smoothing.certify_batch(clf, x, sigma=0.25, n0=10, n=200, batch_size=1000, rng=0)
+    assert clf.queries == 2 * 210 and clf.calls == 2  # noise batched: one call per phase
+    assert res.predictions.shape == (2,)
