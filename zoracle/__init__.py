@@ -22,6 +22,12 @@ from ._oracle import (
     SplitOracle,
     capabilities,
 )
+from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._masks import DynamicMasks, keep_counts, random_masks
+from ._optim import AdamState, Optimizer, SGDState, SignState, adam, sgd, sign_sgd
+from ._pruning import layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._schedules import constant_schedule, cosine_schedule, linear_warmup, step_schedule
+from ._train import History, Minibatches, TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -72,4 +78,32 @@ __all__ = [
     "ZoracleError",
     "capabilities",
     "estimate_gradient",
+    # training (DeepZero)
+    "AdamState",
+    "CheckpointError",
+    "DynamicMasks",
+    "History",
+    "Minibatches",
+    "Optimizer",
+    "SGDState",
+    "SignState",
+    "TrainResult",
+    "adam",
+    "constant_schedule",
+    "cosine_schedule",
+    "keep_counts",
+    "layer_ratios",
+    "linear_warmup",
+    "load_checkpoint",
+    "random_masks",
+    "random_ratios",
+    "save_checkpoint",
+    "sgd",
+    "sign_sgd",
+    "smart_ratio",
+    "split_blocks",
+    "step_schedule",
+    "train",
+    "uniform_ratios",
+    "zo_grasp",
 ]

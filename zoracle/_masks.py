@@ -1,0 +1,120 @@
+"""Dynamic gradient masks: the coordinate sets of sparse CGE (DeepZero's protocol).
+
+Layer-wise keep ratios are fixed once (from ZO-GraSP, Smart Ratio or uniform). Every
+``interval`` epochs a fresh random mask is drawn per scored block with *exactly* that
+block's kept count; unscored blocks (biases, norm layers) are always dense. The mask of
+a period is a pure function of ``(seed, period)``, so a resumed run redraws exactly the
+masks an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._errors import ArgumentError
+
+__all__ = ["keep_counts", "random_masks", "DynamicMasks"]
+
+
+def _slices(blocks) -> list:
+    out = []
+    for i, b in enumerate(blocks):
+        s = getattr(b, "slice", b)
+        if not isinstance(s, slice) or s.start is None or s.stop is None or s.stop <= s.start:
+            raise ArgumentError(
+                f"`blocks[{i}]` must be a slice(start, stop) with stop > start (or a record with "
+                f"`.slice`), got {b!r}"
+            )
+        out.append(slice(int(s.start), int(s.stop)))
+    return out
+
+
+def keep_counts(blocks, ratios) -> np.ndarray:
+    """Kept coordinates per block: ``round(ratio * size)``, at least 1 where the ratio is > 0."""
+    sl = _slices(blocks)
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (len(sl),):
+        raise ArgumentError(f"`ratios` must have one keep ratio per block ({len(sl)}), got shape {r.shape}")
+    if not np.all(np.isfinite(r)) or (r < 0).any() or (r > 1).any():
+        raise ArgumentError(f"`ratios` are keep ratios and must lie in [0, 1], got {r.tolist()}")
+    sizes = np.array([s.stop - s.start for s in sl])
+    k = np.rint(r * sizes).astype(np.int64)
+    k[(r > 0) & (k == 0)] = 1
+    return np.minimum(k, sizes)
+
+
+def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
+    """One random coordinate set: exactly ``keep_counts(blocks, ratios)[l]`` per block.
+
+    Parameters
+    ----------
+    blocks : sequence of slice (or records with ``.slice``)
+        The scored blocks, positions in the flat parameter vector.
+    ratios : array
+        Keep ratio per block.
+    rng : numpy Generator
+    dense : sequence of slice
+        Blocks always kept whole (biases, norm layers).
+
+    Returns
+    -------
+    ndarray of int64
+        Sorted flat indices (the ``coordinates`` of sparse CGE).
+    """
+    sl = _slices(blocks)
+    counts = keep_counts(sl, ratios)
+    parts = []
+    for s, k in zip(sl, counts):
+        n = s.stop - s.start
+        if k:
+            parts.append(s.start + np.sort(rng.choice(n, size=int(k), replace=False)))
+    for s in _slices(dense):
+        parts.append(np.arange(s.start, s.stop))
+    if not parts:
+        raise ArgumentError("every keep ratio is 0 and no dense block is given: the mask is empty")
+    idx = np.sort(np.concatenate(parts)).astype(np.int64)
+    if np.unique(idx).size != idx.size:
+        raise ArgumentError("`blocks` and `dense` overlap; every parameter may belong to one block only")
+    return idx
+
+
+@dataclass(frozen=True)
+class DynamicMasks:
+    """Masks redrawn every ``interval`` epochs from ``(seed, epoch // interval)``.
+
+    Examples
+    --------
+    >>> m = DynamicMasks([slice(0, 10), slice(10, 30)], [0.5, 0.1], seed=0, interval=2)
+    >>> len(m.coordinates(0)), bool((m.coordinates(0) == m.coordinates(1)).all())
+    (7, True)
+    """
+
+    blocks: tuple
+    ratios: tuple
+    seed: int
+    interval: int = 5
+    dense: tuple = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "blocks", tuple(_slices(self.blocks)))
+        object.__setattr__(self, "dense", tuple(_slices(self.dense)))
+        object.__setattr__(self, "ratios", tuple(float(r) for r in np.asarray(self.ratios, dtype=float).ravel()))
+        keep_counts(self.blocks, self.ratios)  # validates
+        iv = self.interval
+        if isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1:
+            raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs), got {iv!r}")
+
+    def period(self, epoch: int) -> int:
+        return int(epoch) // self.interval
+
+    def coordinates(self, epoch: int) -> np.ndarray:
+        """The sorted coordinate set used during ``epoch``."""
+        rng = np.random.default_rng([int(self.seed) % 2**63, 0x6D61736B, self.period(epoch)])
+        return random_masks(self.blocks, self.ratios, rng, dense=self.dense)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return keep_counts(self.blocks, self.ratios)

@@ -1,0 +1,182 @@
+"""Optimizers as pure ``init`` / ``update`` pairs with NamedTuple state.
+
+``opt = zo.sgd(0.1, momentum=0.9)``; ``state = opt.init(params)``; then per step
+``params, state = opt.update(grad, state, params)``. ``update`` never modifies its
+inputs; the state is a NamedTuple of a step counter and arrays, so a checkpoint can store
+it field by field without pickle. ``lr`` is a float or a schedule ``step -> lr``;
+``update(..., lr=value)`` overrides it for one step (``zoracle.train`` does this when
+given its own ``schedule``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, NamedTuple
+
+from ._backend import namespace
+from ._errors import ArgumentError
+from ._schedules import as_schedule, describe_schedule
+
+__all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
+
+
+class Optimizer(NamedTuple):
+    """An optimizer: ``init(params) -> state``, ``update(grad, state, params, lr=None) -> (params, state)``.
+
+    Attributes
+    ----------
+    init, update : callable
+        The pure pair.
+    lr : float or schedule
+        The learning rate the optimizer was built with.
+    name : str
+        Short name, e.g. ``"sgd"``.
+    config : str
+        Every hyperparameter as text (checkpoints compare it to catch mismatched settings).
+    """
+
+    init: Callable
+    update: Callable
+    lr: Any
+    name: str
+    config: str
+
+
+class SGDState(NamedTuple):
+    count: int
+    momentum: Any  # velocity buffer (zeros when momentum == 0)
+
+
+class AdamState(NamedTuple):
+    count: int
+    mu: Any  # first moment
+    nu: Any  # second moment
+
+
+class SignState(NamedTuple):
+    count: int
+
+
+def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}")
+    if value < lo or value > hi or (hi_open and value == hi):
+        bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"
+        raise ArgumentError(f"`{name}` must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _lr_at(schedule, state_count, lr):
+    value = schedule(int(state_count)) if lr is None else lr
+    return float(value)
+
+
+def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:
+    r"""Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
+
+    With ``g = grad + weight_decay * params`` and velocity ``v``:
+    ``v <- momentum * v + g``; step ``d = g + momentum * v`` (Nesterov) or ``d = v``;
+    ``params <- params - lr * d`` (PyTorch's convention, no dampening).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> opt = sgd(0.5, momentum=0.9)
+    >>> p, s = opt.update(np.array([1.0]), opt.init(np.array([0.0])), np.array([0.0]))
+    >>> p.tolist(), s.count
+    ([-0.5], 1)
+    """
+    schedule = as_schedule(lr, "lr")
+    momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
+    weight_decay = _number("weight_decay", weight_decay)
+    if nesterov and momentum == 0:
+        raise ArgumentError("`nesterov=True` needs `momentum` > 0 (e.g. momentum=0.9)")
+
+    def init(params):
+        return SGDState(0, namespace(params).zeros_like(params))
+
+    def update(grad, state, params, lr=None):
+        step = _lr_at(schedule, state.count, lr)
+        g = grad + weight_decay * params if weight_decay else grad
+        if momentum:
+            v = momentum * state.momentum + g
+            d = g + momentum * v if nesterov else v
+        else:
+            v, d = state.momentum, g
+        new = (params - params.dtype.type(step) * d).astype(params.dtype, copy=False)
+        return new, SGDState(state.count + 1, v.astype(params.dtype, copy=False))
+
+    config = f"sgd(lr={describe_schedule(lr)}, momentum={momentum}, nesterov={bool(nesterov)}, weight_decay={weight_decay})"
+    return Optimizer(init, update, lr, "sgd", config)
+
+
+def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Optimizer:
+    r"""Adam with bias correction; ``weight_decay`` is decoupled (AdamW).
+
+    ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``,
+    ``params <- params - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * params)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> opt = adam(0.1)
+    >>> p, s = opt.update(np.array([3.0]), opt.init(np.zeros(1)), np.zeros(1))
+    >>> np.round(p, 6).tolist()  # the first Adam step has size lr
+    [-0.1]
+    """
+    schedule = as_schedule(lr, "lr")
+    b1 = _number("b1", b1, 0.0, 1.0, hi_open=True)
+    b2 = _number("b2", b2, 0.0, 1.0, hi_open=True)
+    eps = _number("eps", eps)
+    weight_decay = _number("weight_decay", weight_decay)
+
+    def init(params):
+        xp = namespace(params)
+        return AdamState(0, xp.zeros_like(params), xp.zeros_like(params))
+
+    def update(grad, state, params, lr=None):
+        xp = namespace(params)
+        step = _lr_at(schedule, state.count, lr)
+        t = state.count + 1
+        m = b1 * state.mu + (1 - b1) * grad
+        v = b2 * state.nu + (1 - b2) * grad * grad
+        mhat = m / (1 - b1**t)
+        vhat = v / (1 - b2**t)
+        d = mhat / (xp.sqrt(vhat) + eps)
+        if weight_decay:
+            d = d + weight_decay * params
+        new = (params - step * d).astype(params.dtype, copy=False)
+        return new, AdamState(t, m.astype(params.dtype, copy=False), v.astype(params.dtype, copy=False))
+
+    config = f"adam(lr={describe_schedule(lr)}, b1={b1}, b2={b2}, eps={eps}, weight_decay={weight_decay})"
+    return Optimizer(init, update, lr, "adam", config)
+
+
+def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
+    """Sign-SGD: ``params <- params - lr * sign(grad + weight_decay * params)``.
+
+    Robust to the scale of a noisy ZO estimate (only signs are used).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> opt = sign_sgd(0.1)
+    >>> opt.update(np.array([5.0, -0.01, 0.0]), opt.init(np.zeros(3)), np.zeros(3))[0].tolist()
+    [-0.1, 0.1, 0.0]
+    """
+    schedule = as_schedule(lr, "lr")
+    weight_decay = _number("weight_decay", weight_decay)
+
+    def init(params):
+        return SignState(0)
+
+    def update(grad, state, params, lr=None):
+        xp = namespace(params)
+        step = _lr_at(schedule, state.count, lr)
+        g = grad + weight_decay * params if weight_decay else grad
+        new = (params - params.dtype.type(step) * xp.sign(g)).astype(params.dtype, copy=False)
+        return new, SignState(state.count + 1)
+
+    config = f"sign_sgd(lr={describe_schedule(lr)}, weight_decay={weight_decay})"
+    return Optimizer(init, update, lr, "sign_sgd", config)

@@ -1,0 +1,178 @@
+"""Schedules: pure functions ``step -> value`` for learning rates and smoothing parameters.
+
+A schedule is any callable taking the (0-based) optimizer step and returning a float.
+Everywhere a learning rate ``lr`` or a smoothing parameter ``mu`` is accepted, a plain
+float means a constant. The factories here return small frozen dataclasses, so a schedule
+can be compared, printed and recorded in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from ._errors import ArgumentError
+
+__all__ = [
+    "Schedule",
+    "constant_schedule",
+    "cosine_schedule",
+    "step_schedule",
+    "linear_warmup",
+    "as_schedule",
+    "describe_schedule",
+]
+
+Schedule = Callable[[int], float]
+FloatOrSchedule = Union[float, Schedule]
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ArgumentError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class constant_schedule:
+    """``step -> value`` for every step.
+
+    Examples
+    --------
+    >>> constant_schedule(0.1)(1000)
+    0.1
+    """
+
+    value: float
+
+    def __post_init__(self):
+        _positive("value", self.value, allow_zero=True)
+
+    def __call__(self, step: int) -> float:
+        return float(self.value)
+
+
+@dataclass(frozen=True)
+class cosine_schedule:
+    r"""Cosine decay from ``init`` to ``final`` over ``total_steps``, after a linear warm-up.
+
+    .. math::
+        v(t) = \text{final} + \tfrac12(\text{init} - \text{final})
+               \left(1 + \cos\frac{\pi (t - w)}{T - w}\right), \quad w \le t < T
+
+    and ``v(t) = init * (t + 1) / w`` for ``t < w`` (``w = warmup_steps``); ``final``
+    after ``total_steps``.
+
+    Examples
+    --------
+    >>> s = cosine_schedule(0.1, total_steps=100, warmup_steps=10)
+    >>> round(s(0), 4), round(s(9), 4), round(s(10), 4), round(s(100), 4)
+    (0.01, 0.1, 0.1, 0.0)
+    """
+
+    init: float
+    total_steps: int
+    warmup_steps: int = 0
+    final: float = 0.0
+
+    def __post_init__(self):
+        _positive("init", self.init)
+        _positive("final", self.final, allow_zero=True)
+        _count("total_steps", self.total_steps, 1)
+        _count("warmup_steps", self.warmup_steps, 0)
+        if self.warmup_steps >= self.total_steps and self.total_steps > 1:
+            raise ArgumentError(
+                f"`warmup_steps` ({self.warmup_steps}) must be < `total_steps` ({self.total_steps})"
+            )
+
+    def __call__(self, step: int) -> float:
+        w, T = self.warmup_steps, self.total_steps
+        if step < w:
+            return self.init * (step + 1) / w
+        if step >= T:
+            return float(self.final)
+        frac = (step - w) / max(1, T - w)
+        return self.final + 0.5 * (self.init - self.final) * (1.0 + math.cos(math.pi * frac))
+
+
+@dataclass(frozen=True)
+class step_schedule:
+    """Multiply by ``gamma`` every ``step_size`` steps (after a linear warm-up).
+
+    Examples
+    --------
+    >>> s = step_schedule(1.0, step_size=10, gamma=0.5)
+    >>> s(0), s(9), s(10), s(25)
+    (1.0, 1.0, 0.5, 0.25)
+    """
+
+    init: float
+    step_size: int
+    gamma: float = 0.1
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        _positive("init", self.init)
+        _count("step_size", self.step_size, 1)
+        _positive("gamma", self.gamma)
+        _count("warmup_steps", self.warmup_steps, 0)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.init * (step + 1) / self.warmup_steps
+        return self.init * self.gamma ** ((step - self.warmup_steps) // self.step_size)
+
+
+@dataclass(frozen=True)
+class linear_warmup:
+    """Ramp linearly to ``schedule(warmup_steps)`` over ``warmup_steps``, then follow ``schedule``.
+
+    ``schedule`` may be a float (a constant after the warm-up) or any schedule.
+
+    Examples
+    --------
+    >>> s = linear_warmup(0.2, warmup_steps=4)
+    >>> [round(s(t), 3) for t in range(6)]
+    [0.05, 0.1, 0.15, 0.2, 0.2, 0.2]
+    """
+
+    schedule: FloatOrSchedule
+    warmup_steps: int
+
+    def __post_init__(self):
+        _count("warmup_steps", self.warmup_steps, 0)
+        as_schedule(self.schedule, "schedule")
+
+    def __call__(self, step: int) -> float:
+        inner = as_schedule(self.schedule, "schedule")
+        if step < self.warmup_steps:
+            return inner(self.warmup_steps) * (step + 1) / self.warmup_steps
+        return inner(step)
+
+
+def as_schedule(value: FloatOrSchedule, name: str = "lr") -> Schedule:
+    """A float as :class:`constant_schedule`; a callable unchanged; anything else an error."""
+    if callable(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ArgumentError(
+            f"`{name}` must be a number >= 0 or a schedule (a callable step -> value), got {value!r}"
+        )
+    return constant_schedule(float(value))
+
+
+def describe_schedule(value) -> str:
+    """A stable text description (recorded in checkpoints to detect mismatched settings)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value) if hasattr(type(value), "__dataclass_fields__") else f"<{type(value).__name__}>"

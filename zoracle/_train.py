@@ -1,0 +1,545 @@
+"""``zoracle.train``: the DeepZero training loop (sparse CGE + dynamic masks + any optimizer).
+
+Every random choice is a pure function of one root seed and a counter: RGE directions of
+step ``t`` come from ``(root, t)``, the masks of epoch ``e`` from ``(root, e // interval)``
+and :class:`Minibatches` orders epoch ``e`` from ``(seed, e)``. A checkpoint therefore
+only needs params, optimizer state, the root seed and the position ``(epoch, batch)`` to
+make a resumed run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import numbers
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._backend import namespace, to_numpy
+from ._checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from ._errors import ArgumentError
+from ._estimators import CGE, RGE, as_generator, estimate_gradient, validate_params
+from ._masks import DynamicMasks, _slices
+from ._optim import Optimizer, sgd
+from ._oracle import DataOracle
+from ._pruning import SCORED_KINDS, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._schedules import as_schedule, describe_schedule
+
+__all__ = ["train", "TrainResult", "History", "Minibatches", "RATIO_METHODS"]
+
+log = logging.getLogger("zoracle")
+
+RATIO_METHODS = ("zo_grasp", "smart", "uniform", "random")
+
+
+@dataclass(frozen=True)
+class Minibatches:
+    """Deterministic minibatches: epoch ``e`` is shuffled by ``default_rng((seed, e))``.
+
+    ``batches(epoch)`` returns the list of batches of that epoch, each a tuple of the
+    arrays indexed by the same rows (NumPy arrays or torch tensors). Because the order is
+    a function of ``(seed, epoch)``, a resumed run sees the same batches.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mb = Minibatches((np.arange(10), np.arange(10) * 2), batch_size=4, seed=0)
+    >>> len(mb), [len(b[0]) for b in mb(0)], bool((mb(3)[0][0] == mb(3)[0][0]).all())
+    (3, [4, 4, 2], True)
+    """
+
+    arrays: tuple
+    batch_size: int
+    shuffle: bool = True
+    drop_last: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        arrays = tuple(self.arrays) if isinstance(self.arrays, (tuple, list)) else (self.arrays,)
+        object.__setattr__(self, "arrays", arrays)
+        n = {len(a) for a in arrays}
+        if len(n) != 1:
+            raise ArgumentError(f"`arrays` must share their first dimension, got lengths {sorted(n)}")
+        bs = self.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+            raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
+
+    @property
+    def n(self) -> int:
+        return len(self.arrays[0])
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __call__(self, epoch: int) -> list:
+        idx = np.arange(self.n)
+        if self.shuffle:
+            idx = np.random.default_rng([int(self.seed) % 2**63, int(epoch)]).permutation(self.n)
+        out = []
+        for k in range(len(self)):
+            rows = idx[k * self.batch_size:(k + 1) * self.batch_size]
+            out.append(tuple(_take(a, rows) for a in self.arrays))
+        return out
+
+
+def _take(a, rows):
+    if type(a).__module__.startswith("torch"):
+        import torch  # only reached when the caller already holds torch tensors
+
+        return a[torch.as_tensor(rows)]
+    return a[rows]
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-step and per-epoch records (dicts of plain numbers).
+
+    Step records: ``step, epoch, loss, lr, mu, nfev, seconds``. Epoch records: ``epoch,
+    loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev``, ``total_nfev``,
+    ``seconds`` and every metric ``eval_fn`` returned.
+    """
+
+    steps: tuple = ()
+    epochs: tuple = ()
+
+    def column(self, name: str, level: str = "step") -> np.ndarray:
+        """One field over all step (or ``level="epoch"``) records, NaN where missing."""
+        recs = self.steps if level == "step" else self.epochs
+        return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    params : array
+        Final parameters (the input's backend and dtype).
+    history : History
+    nfev : int
+        Every loss value queried, pruning scores included.
+    steps, epochs : int
+        Optimizer steps and completed epochs.
+    seconds : float
+        Wall time of this call (a resumed run counts only its own part).
+    ratios : ndarray or None
+        Keep ratio per scored block (sparse training only).
+    coordinates : ndarray or None
+        The last mask used (sparse training only).
+    optimizer_state : NamedTuple
+    stopped : bool
+        True when a callback stopped training early.
+    """
+
+    params: Any
+    history: History
+    nfev: int
+    steps: int
+    epochs: int
+    seconds: float
+    ratios: Any = None
+    coordinates: Any = None
+    optimizer_state: Any = None
+    stopped: bool = False
+
+    @property
+    def loss(self) -> float:
+        return float(self.history.steps[-1]["loss"]) if self.history.steps else float("nan")
+
+
+# --------------------------------------------------------------------------------------
+def _epoch_batches(batches, epoch: int, steps_per_epoch):
+    if batches is None:
+        return [None] * (steps_per_epoch or 1)
+    if callable(batches):
+        out = list(batches(epoch))
+    else:
+        out = list(batches)
+    if steps_per_epoch is not None:
+        out = out[:steps_per_epoch]
+    if not out:
+        raise ArgumentError(f"`batches` gave no batch for epoch {epoch}")
+    return out
+
+
+def _check_batches(batches) -> None:
+    if batches is None or callable(batches) or isinstance(batches, Sequence):
+        return
+    raise ArgumentError(
+        f"`batches` must be re-iterable in a fixed order: a list of batches, a callable epoch -> batches, "
+        f"or zo.Minibatches(...); got {type(batches).__name__} (an iterator cannot be replayed on resume)"
+    )
+
+
+def _count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _resolve_blocks(oracle, blocks, d):
+    if blocks is None:
+        blocks = getattr(oracle, "param_info", None) or getattr(oracle, "blocks", None) or [slice(0, d)]
+    return list(blocks)
+
+
+def _bound(oracle, batch):
+    if batch is None:
+        if not callable(oracle):
+            raise ArgumentError("the oracle is not callable; pass `batches=` so it can be bound with `bind(batch)`")
+        return oracle
+    if not isinstance(oracle, DataOracle):
+        raise ArgumentError(
+            f"`batches` were given but the oracle ({type(oracle).__name__}) has no `bind(batch)`; "
+            "drop `batches` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
+        )
+    return oracle.bind(batch)
+
+
+def _json_number(v):
+    v = float(v)
+    return v if np.isfinite(v) else str(v)
+
+
+def _metrics(value) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    return {"eval": float(value)}
+
+
+def _state_arrays(state) -> dict:
+    return {f"opt/{k}": to_numpy(v) for k, v in state._asdict().items() if k != "count"}
+
+
+def _restore_state(template, arrays, count, xp, path):
+    fields = {}
+    for k, v in template._asdict().items():
+        if k == "count":
+            fields[k] = int(count)
+            continue
+        key = f"opt/{k}"
+        if key not in arrays:
+            raise CheckpointError(f"checkpoint {path!r} lacks optimizer field {k!r}; it was written by another optimizer")
+        a = arrays[key]
+        if a.shape != tuple(v.shape) or a.dtype != to_numpy(v).dtype:
+            raise CheckpointError(
+                f"checkpoint {path!r}: optimizer field {k!r} has shape {a.shape} dtype {a.dtype}, "
+                f"expected {tuple(v.shape)} {to_numpy(v).dtype}"
+            )
+        fields[k] = xp.asarray(a)
+    return type(template)(**fields)
+
+
+def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
+          estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
+          sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
+          ranking: str = "magnitude", grasp_directions: int = 192, grasp_batch=None,
+          mask_shuffle_interval: int = 5, executor=None, eval_fn=None, eval_every: int = 1,
+          callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
+          progress: bool = True) -> TrainResult:
+    """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
+
+    Per step: bind the oracle to the step's batch (every query of the step sees it),
+    estimate the gradient (sparse CGE over the epoch's mask when ``sparsity`` is set),
+    apply ``optimizer``. This is DeepZero's loop when ``estimator=CGE()``,
+    ``sparsity=0.9``, ``ratios="zo_grasp"``, ``optimizer=sgd(0.1, momentum=0.9,
+    weight_decay=5e-4)`` with a cosine schedule.
+
+    Parameters
+    ----------
+    oracle : callable or DataOracle
+        A plain oracle (``batches=None``) or one with ``bind(batch)``.
+    params : array
+        Initial flat parameters (not modified).
+    batches : list, callable or Minibatches, optional
+        The batches of an epoch: a list (same order each epoch), or ``epoch -> batches``
+        (:class:`Minibatches` shuffles by ``(seed, epoch)``). Must be replayable for resume.
+    epochs : int
+    steps_per_epoch : int, optional
+        Steps per epoch for a plain oracle (default 1); truncates ``batches`` otherwise.
+    estimator : CGE or RGE
+        Default ``CGE()``.
+    optimizer : Optimizer
+        Default ``sgd(0.1)``.
+    schedule : schedule, optional
+        Learning rate per step (overrides the optimizer's own ``lr``).
+    mu : float or schedule, optional
+        Smoothing parameter per step (overrides the estimator's ``mu``).
+    sparsity : float, optional
+        Gradient sparsity of sparse CGE (0.9 = estimate 10% of the scored weights).
+    ratios : {"zo_grasp", "smart", "uniform", "random"} or array
+        Layer-wise keep ratios over the scored blocks; ZO-GraSP is computed once on
+        ``grasp_batch`` (default: the first batch) with ``grasp_directions`` directions.
+    blocks : sequence of slice or records, optional
+        Parameter blocks; default the oracle's ``param_info``, else its ``blocks``, else one
+        block. Records whose ``kind`` is not in ``score_kinds`` (and parameters in no
+        block) get dense CGE.
+    ranking : {"magnitude", "grasp"}
+        ZO-GraSP ranking (see :func:`zoracle.layer_ratios`).
+    mask_shuffle_interval : int
+        Epochs between fresh random masks.
+    executor : optional
+        Passed to every estimate; never closed here.
+    eval_fn : callable, optional
+        ``params -> float or dict`` at the end of every ``eval_every`` epochs (and the last).
+    callbacks : sequence of callable
+        ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"``; returning
+        True stops training.
+    checkpoint : path, optional
+        Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
+        end of each epoch (``"epoch"``) and at the end.
+    resume : path or True, optional
+        Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists).
+        A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`.
+    rng : Generator, int or None
+        Root of every random choice (directions, masks, ZO-GraSP).
+    progress : bool
+        tqdm progress bar with loss, lr and queries/s; off: ``logging`` at INFO per epoch.
+
+    Returns
+    -------
+    TrainResult
+
+    Examples
+    --------
+    >>> import numpy as np, zoracle as zo
+    >>> res = zo.train(lambda x: float(((x - 3) ** 2).sum()), np.zeros(4), epochs=50,
+    ...                optimizer=zo.sgd(0.1), progress=False)
+    >>> np.allclose(res.params, 3, atol=1e-2), res.nfev
+    (True, 250)
+    """
+    t_start = time.perf_counter()
+    params = validate_params(params)
+    xp = namespace(params)
+    d = params.shape[0]
+    epochs = _count("epochs", epochs, 0)
+    if steps_per_epoch is not None:
+        steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
+    eval_every = _count("eval_every", eval_every, 1)
+    _check_batches(batches)
+    estimator = CGE() if estimator is None else estimator
+    if not isinstance(estimator, (CGE, RGE)):
+        raise ArgumentError(f"`estimator` must be zo.CGE(...) or zo.RGE(...), got {type(estimator).__name__}")
+    optimizer = sgd(0.1) if optimizer is None else optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, got {type(optimizer).__name__}")
+    lr_sched = as_schedule(schedule, "schedule") if schedule is not None else None
+    mu_sched = as_schedule(mu, "mu") if mu is not None else None
+    if checkpoint_every != "epoch":
+        checkpoint_every = _count("checkpoint_every", checkpoint_every, 1)
+    callbacks = list(callbacks) if callbacks else []
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise ArgumentError(f"`callbacks[{i}]` must be callable (event, record, params), got {type(cb).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
+    sparse = sparsity is not None
+    if sparse:
+        if isinstance(estimator, RGE):
+            raise ArgumentError("`sparsity` needs zo.CGE() (sparse CGE); RGE perturbs every parameter")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
+            raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
+        if isinstance(ratios, str) and ratios not in RATIO_METHODS:
+            raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
+        _count("mask_shuffle_interval", mask_shuffle_interval, 1)
+    if resume is True:
+        if checkpoint is None:
+            raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
+        resume = checkpoint if os.path.exists(os.fspath(checkpoint)) else None
+    elif resume is not None:
+        resume = os.fspath(resume)
+
+    all_blocks = _resolve_blocks(oracle, blocks, d)
+    scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
+    if sparse:
+        covered = np.zeros(d, dtype=bool)
+        for s in scored + dense:
+            if s.stop > d:
+                raise ArgumentError(f"block {s} reaches past params of length {d}")
+            covered[s] = True
+        gaps = np.flatnonzero(~covered)
+        if gaps.size:  # parameters in no block are estimated densely
+            splits = np.flatnonzero(np.diff(gaps) > 1) + 1
+            dense += [slice(int(g[0]), int(g[-1]) + 1) for g in np.split(gaps, splits)]
+        if not scored:
+            raise ArgumentError(f"`sparsity` is set but no block has a kind in `score_kinds` {tuple(score_kinds)}")
+
+    config = {
+        "d": d,
+        "dtype": str(params.dtype),
+        "estimator": repr(estimator),
+        "optimizer": optimizer.config,
+        "schedule": describe_schedule(schedule) if schedule is not None else None,
+        "mu": describe_schedule(mu) if mu is not None else None,
+        "sparsity": None if not sparse else float(sparsity),
+        "mask_shuffle_interval": int(mask_shuffle_interval) if sparse else None,
+        "blocks": [[s.start, s.stop] for s in scored] if sparse else None,
+        "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        config["seed"] = int(rng)
+
+    state = optimizer.init(params)
+    steps_hist, epoch_hist = [], []
+    step = epoch = pos = 0
+    nfev = 0
+    keep = None
+    if resume is not None:
+        arrays, meta = load_checkpoint(resume)
+        check_compatible(resume, meta.get("config", {}), config)
+        if "params" not in arrays:
+            raise CheckpointError(f"checkpoint {resume!r} has no params")
+        saved = arrays["params"]
+        params = xp.asarray(saved.astype(params.dtype, copy=False))
+        state = _restore_state(state, arrays, meta["opt_count"], xp, resume)
+        root = int(meta["root"])
+        step, epoch, pos, nfev = int(meta["step"]), int(meta["epoch"]), int(meta["pos"]), int(meta["nfev"])
+        steps_hist, epoch_hist = list(meta["history"]["steps"]), list(meta["history"]["epochs"])
+        if sparse:
+            keep = np.asarray(arrays["ratios"], dtype=np.float64)
+        log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
+    else:
+        root = int(as_generator(rng).integers(2**63))
+        params = params.copy()
+
+    first = None
+    if sparse and keep is None:
+        if not isinstance(ratios, str):
+            keep = np.asarray(ratios, dtype=np.float64).ravel()
+            if keep.shape != (len(scored),):
+                raise ArgumentError(f"`ratios` must have one keep ratio per scored block ({len(scored)}), got shape {keep.shape}")
+        elif ratios == "uniform" or (ratios == "zo_grasp" and len(scored) == 1):
+            keep = uniform_ratios(scored, sparsity)
+        elif ratios == "smart":
+            kinds = [getattr(b, "kind", None) or "conv" for b in all_blocks
+                     if getattr(b, "kind", None) is None or b.kind in tuple(score_kinds)]
+            keep = smart_ratio(scored, sparsity, kinds=kinds)
+        elif ratios == "random":
+            keep = random_ratios(scored, sparsity, rng=np.random.default_rng([root, 3]))
+        else:
+            gb = grasp_batch
+            if gb is None and batches is not None:
+                first = _epoch_batches(batches, 0, steps_per_epoch)
+                gb = first[0]
+            target = _bound(oracle, gb)
+            scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
+                              rng=np.random.default_rng([root, 2]), executor=executor)
+            nfev += 2 * (grasp_directions + 1)
+            keep = layer_ratios(scores, scored, sparsity, ranking=ranking)
+            log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
+    masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
+
+    def save():
+        if checkpoint is None:
+            return
+        arrays = {"params": to_numpy(params), **_state_arrays(state)}
+        if sparse:
+            arrays["ratios"] = keep
+            arrays["coordinates"] = masks.coordinates(epoch)
+        meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
+                "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist}}
+        save_checkpoint(checkpoint, arrays, meta)
+
+    from tqdm.auto import tqdm
+
+    batches_of = {}
+
+    def epoch_batches(e):
+        if e not in batches_of:
+            batches_of.clear()
+            batches_of[e] = first if (e == 0 and first is not None) else _epoch_batches(batches, e, steps_per_epoch)
+        return batches_of[e]
+
+    total_steps = None if batches is not None and steps_per_epoch is None and not hasattr(batches, "__len__") else (
+        epochs * (steps_per_epoch or (len(batches) if batches is not None else 1)))
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step",
+               dynamic_ncols=True, leave=False)
+    stopped = False
+    coords = None
+    t_rate, n_rate = time.perf_counter(), 0
+    try:
+        while epoch < epochs and not stopped:
+            blist = epoch_batches(epoch)
+            coords = masks.coordinates(epoch) if sparse else None
+            while pos < len(blist):
+                t0 = time.perf_counter()
+                est = estimator if mu_sched is None else dataclasses.replace(estimator, mu=float(mu_sched(step)))
+                bound = _bound(oracle, blist[pos])
+                step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, RGE) else None
+                g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor)
+                lr = float(lr_sched(step)) if lr_sched is not None else float(as_schedule(optimizer.lr)(int(state.count)))
+                params, state = optimizer.update(g.grad, state, params, lr=lr)
+                if not bool(xp.isfinite(params).all()):
+                    raise ArgumentError(
+                        f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
+                        f"lower the learning rate (lr was {lr:g})"
+                    )
+                nfev += g.nfev
+                rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": float(est.mu),
+                       "nfev": int(g.nfev), "seconds": time.perf_counter() - t0}
+                steps_hist.append(rec)
+                step += 1
+                pos += 1
+                n_rate += g.nfev
+                now = time.perf_counter()
+                if progress:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}", qps=f"{n_rate / max(now - t_rate, 1e-9):.0f}",
+                                    refresh=False)
+                else:
+                    log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
+                for cb in callbacks:
+                    if cb("step", rec, params) is True:
+                        stopped = True
+                if (checkpoint_every != "epoch" and step % checkpoint_every == 0 and pos < len(blist)
+                        and not stopped):
+                    save()
+                if stopped:
+                    break
+            if pos >= len(blist):
+                t0 = time.perf_counter()
+                mine = [r for r in steps_hist if r["epoch"] == epoch]
+                losses = [float(r["loss"]) for r in mine]
+                erec = {"epoch": epoch, "loss": _json_number(np.mean(losses)) if losses else None,
+                        "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
+                        "total_nfev": int(nfev)}
+                if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                    erec.update(_metrics(eval_fn(params)))
+                erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
+                epoch_hist.append(erec)
+                shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
+                log.info("epoch %d/%d: %s", epoch + 1, epochs, shown)
+                if progress:
+                    bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                for cb in callbacks:
+                    if cb("epoch", erec, params) is True:
+                        stopped = True
+                epoch += 1
+                pos = 0
+                if checkpoint_every == "epoch" or not stopped:
+                    save()
+    finally:
+        bar.close()
+    if checkpoint is not None:
+        save()
+    return TrainResult(
+        params=params,
+        history=History(tuple(steps_hist), tuple(epoch_hist)),
+        nfev=int(nfev),
+        steps=int(step),
+        epochs=int(epoch),
+        seconds=time.perf_counter() - t_start,
+        ratios=keep,
+        coordinates=coords,
+        optimizer_state=state,
+        stopped=stopped,
+    )
