@@ -121,8 +121,8 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     ``common_random_numbers=True`` (default) both estimates use the *same* directions:
     their difference is then ``P (grad(theta + mu ghat) - grad(theta))`` with
     ``P = U U^T / q``, so the large, direction-dependent noise of each estimate cancels
-    (measured on a 60-d quadratic with q = 6d: Pearson 0.99 vs -theta (H g) with common
-    directions, about 0.5 with independent ones).
+    (measured on random 30-d quadratics with q = 16d: mean Pearson 0.94 with
+    -theta * (H g) with common directions, 0.14 with independent ones).
 
     Parameters
     ----------

@@ -1,0 +1,119 @@
+"""Optimizers and schedules: pure init/update pairs, reference formulas, schedule shapes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import zoracle as zo
+
+
+def _run(opt, grads, p0):
+    p, s = p0.copy(), opt.init(p0)
+    for g in grads:
+        p, s = opt.update(g, s, p)
+    return p, s
+
+
+def test_sgd_momentum_nesterov_weight_decay_match_torch_convention():
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(6)]
+    for nesterov in (False, True):
+        lr, m, wd = 0.1, 0.9, 5e-4
+        p, v = p0.copy(), np.zeros(5)
+        for g in grads:  # PyTorch's SGD update written out
+            g = g + wd * p
+            v = m * v + g
+            p = p - lr * (g + m * v if nesterov else v)
+        got, state = _run(zo.sgd(lr, momentum=m, nesterov=nesterov, weight_decay=wd), grads, p0)
+        np.testing.assert_allclose(got, p, rtol=1e-12)
+        assert state.count == 6 and isinstance(state, zo.SGDState)
+
+
+def test_update_is_pure():
+    opt = zo.sgd(0.1, momentum=0.9)
+    p = np.ones(3)
+    s = opt.init(p)
+    g = np.full(3, 2.0)
+    p2, s2 = opt.update(g, s, p)
+    assert p.tolist() == [1.0, 1.0, 1.0] and s.count == 0 and not s.momentum.any()
+    p3, _ = opt.update(g, s, p)
+    np.testing.assert_array_equal(p2, p3)
+
+
+def test_adam_matches_reference_formula():
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal(4)
+    grads = [rng.standard_normal(4) for _ in range(5)]
+    p, m, v = p0.copy(), np.zeros(4), np.zeros(4)
+    for t, g in enumerate(grads, 1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        p = p - 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    got, state = _run(zo.adam(0.01), grads, p0)
+    np.testing.assert_allclose(got, p, rtol=1e-12)
+    assert isinstance(state, zo.AdamState) and state.count == 5
+
+
+@given(st.lists(st.floats(-10, 10), min_size=1, max_size=8))
+def test_sign_sgd_moves_by_lr_against_the_sign(g):
+    g = np.array(g)
+    p, _ = zo.sign_sgd(0.25).update(g, zo.sign_sgd(0.25).init(np.zeros_like(g)), np.zeros_like(g))
+    np.testing.assert_array_equal(p, -0.25 * np.sign(g))
+
+
+def test_float32_params_stay_float32():
+    p = np.ones(3, dtype=np.float32)
+    for opt in (zo.sgd(0.1, momentum=0.9, weight_decay=1e-3), zo.adam(0.1), zo.sign_sgd(0.1)):
+        new, _ = opt.update(np.ones(3, dtype=np.float32), opt.init(p), p)
+        assert new.dtype == np.float32
+
+
+def test_lr_schedule_and_override():
+    sched = zo.step_schedule(1.0, step_size=1, gamma=0.5)
+    opt = zo.sgd(sched)
+    p, s = np.zeros(1), opt.init(np.zeros(1))
+    steps = []
+    for _ in range(3):
+        new, s = opt.update(np.ones(1), s, p)
+        steps.append(float(p[0] - new[0]))
+        p = new
+    assert steps == [1.0, 0.5, 0.25]
+    new, _ = opt.update(np.ones(1), s, p, lr=0.125)
+    assert float(p[0] - new[0]) == 0.125
+
+
+def test_cosine_schedule_shape():
+    s = zo.cosine_schedule(0.1, total_steps=110, warmup_steps=10)
+    warm = [s(t) for t in range(10)]
+    assert np.all(np.diff(warm) > 0) and math.isclose(warm[-1], 0.1)
+    decay = [s(t) for t in range(10, 111)]
+    assert np.all(np.diff(decay) <= 1e-15) and math.isclose(s(60), 0.05) and s(110) == 0.0
+
+
+def test_linear_warmup_wraps_a_schedule():
+    inner = zo.cosine_schedule(1.0, total_steps=100)
+    s = zo.linear_warmup(inner, warmup_steps=5)
+    assert math.isclose(s(4), inner(5)) and s(0) == pytest.approx(inner(5) / 5) and s(50) == inner(50)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: zo.sgd(-1.0), "lr"),
+        (lambda: zo.sgd(0.1, momentum=1.0), "momentum"),
+        (lambda: zo.sgd(0.1, nesterov=True), "nesterov"),
+        (lambda: zo.adam(0.1, b2=1.5), "b2"),
+        (lambda: zo.sign_sgd("fast"), "lr"),
+        (lambda: zo.cosine_schedule(0.1, total_steps=10, warmup_steps=10), "warmup_steps"),
+        (lambda: zo.step_schedule(0.1, step_size=0), "step_size"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(make, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        make()

@@ -1,0 +1,151 @@
+"""ZO-GraSP scores, layer-wise ratios (GraSP, Smart Ratio, uniform, random) and dynamic masks."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import zoracle as zo
+from zoracle.testing import QuadraticOracle
+
+P = namedtuple("P", "name slice shape kind")
+
+
+def _quadratic(seed, d=30):
+    r = np.random.default_rng(seed)
+    M = r.standard_normal((d, d))
+    A = M @ M.T / d + 0.5 * np.eye(d)
+    b, theta = r.standard_normal(d), r.standard_normal(d)
+    return QuadraticOracle(A, b), theta, -theta * (A @ (A @ theta + b))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zo_grasp_matches_exact_grasp_scores_on_a_quadratic(seed):
+    oracle, theta, exact = _quadratic(seed)
+    scores = zo.zo_grasp(oracle, theta, directions=20 * theta.size, rng=seed)
+    assert np.corrcoef(scores, exact)[0, 1] >= 0.9
+
+
+def test_common_random_numbers_beat_independent_directions():
+    # probabilistic (fixed seeds): the mean over 6 quadratics separates the two by far
+    crn, ind = [], []
+    for seed in range(6):
+        oracle, theta, exact = _quadratic(seed)
+        for common, out in ((True, crn), (False, ind)):
+            s = zo.zo_grasp(oracle, theta, directions=8 * theta.size, rng=seed, common_random_numbers=common)
+            out.append(np.corrcoef(s, exact)[0, 1])
+    assert np.mean(crn) > 0.8 and np.mean(crn) > np.mean(ind) + 0.4
+
+
+def test_zo_grasp_counts_and_blocks():
+    oracle, theta, _ = _quadratic(0, d=10)
+    counted = []
+
+    def f(x):
+        counted.append(1)
+        return oracle(x)
+
+    s = zo.zo_grasp(f, theta, blocks=[slice(2, 5)], directions=7, rng=0)
+    assert len(counted) == 2 * (7 + 1)
+    assert np.all(s[:2] == 0) and np.all(s[5:] == 0) and np.any(s[2:5] != 0)
+
+
+def test_zo_grasp_binds_a_data_oracle_to_the_batch():
+    class Data:
+        def bind(self, batch):
+            c = np.asarray(batch, dtype=float)
+            return lambda x: float(((x - c) ** 2).sum())
+
+    s = zo.zo_grasp(Data(), np.zeros(3), batch=[1.0, 2.0, 3.0], directions=60, rng=0)
+    assert s.shape == (3,) and np.all(s == 0)  # theta = 0 => every GraSP score is 0
+    with pytest.raises(zo.ArgumentError, match="batch"):
+        zo.zo_grasp(lambda x: 0.0, np.zeros(3), batch=[1.0])
+
+
+def test_layer_ratios_rankings():
+    scores = np.array([-9.0, 8.0, 0.1, -0.2, 0.3, 7.0])
+    blocks = [slice(0, 2), slice(2, 6)]
+    # magnitude keeps |S| in {9, 8, 7}; grasp keeps the lowest signed {-9, -0.2, 0.1}
+    np.testing.assert_allclose(zo.layer_ratios(scores, blocks, 0.5), [1.0, 0.25])
+    np.testing.assert_allclose(zo.layer_ratios(scores, blocks, 0.5, ranking="grasp"), [0.5, 0.5])
+    with pytest.raises(zo.ArgumentError, match="ranking"):
+        zo.layer_ratios(scores, blocks, 0.5, ranking="random")
+
+
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=6), st.floats(0.0, 0.99), st.integers(0, 5))
+def test_total_kept_count_is_exact(sizes, sparsity, seed):
+    starts = np.cumsum([0] + sizes)
+    blocks = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    n = starts[-1]
+    want = round((1 - sparsity) * n)
+    scores = np.random.default_rng(seed).standard_normal(n)
+    for r in (zo.layer_ratios(scores, blocks, sparsity), zo.uniform_ratios(blocks, sparsity),
+              zo.random_ratios(blocks, sparsity, rng=seed), zo.smart_ratio(blocks, sparsity)):
+        assert np.all((r >= 0) & (r <= 1))
+        assert zo.keep_counts(blocks, r).sum() == want
+
+
+def test_smart_ratio_formula_with_linear_fixed_and_clipping():
+    # 4 scored layers: conv(10), conv(1000), conv(1000), linear(1000); sparsity 0.5 keeps 1505
+    blocks = [P("c1", slice(0, 10), (10,), "conv"), P("c2", slice(10, 1010), (1000,), "conv"),
+              P("c3", slice(1010, 2010), (1000,), "conv"), P("fc", slice(2010, 3010), (1000,), "linear")]
+    r = zo.smart_ratio(blocks, 0.5)
+    L = 4
+    w = [(L - l + 1) ** 2 + (L - l + 1) for l in (1, 2, 3)]  # 20, 12, 6
+    assert r[3] == 0.3  # linear keep ratio fixed at 0.3
+    # budget for convs: 1505 - 300 = 1205; c1 would get c*20 > 1 -> clipped to 1, the rest re-solved
+    assert r[0] == 1.0
+    c = (1205 - 10) / (w[1] * 1000 + w[2] * 1000)
+    np.testing.assert_allclose(r[1:3], [c * w[1], c * w[2]], atol=1e-3)
+    assert zo.keep_counts(blocks, r).sum() == 1505
+    assert r[1] / r[2] == pytest.approx(2.0, rel=1e-2)
+
+
+def test_smart_ratio_when_linear_alone_exceeds_the_budget():
+    blocks = [P("c", slice(0, 100), (100,), "conv"), P("fc", slice(100, 1100), (1000,), "linear")]
+    with pytest.warns(UserWarning, match="linear"):
+        r = zo.smart_ratio(blocks, 0.99)
+    assert zo.keep_counts(blocks, r).sum() == 11 and r[0] == 0
+
+
+def test_split_blocks_scores_weights_only():
+    info = [P("conv.w", slice(0, 8), (8,), "conv"), P("conv.b", slice(8, 10), (2,), "bias"),
+            P("bn.w", slice(10, 12), (2,), "norm"), P("fc.w", slice(12, 20), (8,), "linear")]
+    scored, dense = zo.split_blocks(info)
+    assert scored == [slice(0, 8), slice(12, 20)] and dense == [slice(8, 10), slice(10, 12)]
+    scored, dense = zo.split_blocks(info, score_kinds=("conv", "linear", "norm"))
+    assert slice(10, 12) in scored
+
+
+# -- dynamic masks --------------------------------------------------------------------
+@given(st.lists(st.integers(1, 200), min_size=1, max_size=5), st.floats(0.0, 1.0), st.integers(0, 100))
+def test_masks_keep_exactly_each_layers_count(sizes, ratio, seed):
+    starts = np.cumsum([0] + sizes)
+    blocks = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    ratios = np.full(len(blocks), ratio)
+    idx = zo.random_masks(blocks, ratios, np.random.default_rng(seed), dense=[slice(int(starts[-1]), int(starts[-1]) + 3)])
+    counts = zo.keep_counts(blocks, ratios)
+    for s, k in zip(blocks, counts):
+        assert ((idx >= s.start) & (idx < s.stop)).sum() == k
+    assert np.all(np.diff(idx) > 0) and idx[-3:].tolist() == [starts[-1], starts[-1] + 1, starts[-1] + 2]
+
+
+def test_masks_same_seed_same_masks_and_redraw_at_intervals():
+    blocks, ratios = [slice(0, 500), slice(500, 1500)], [0.1, 0.05]
+    a = zo.DynamicMasks(blocks, ratios, seed=3, interval=2)
+    b = zo.DynamicMasks(blocks, ratios, seed=3, interval=2)
+    for e in range(6):
+        np.testing.assert_array_equal(a.coordinates(e), b.coordinates(e))
+    assert np.array_equal(a.coordinates(0), a.coordinates(1))
+    assert not np.array_equal(a.coordinates(1), a.coordinates(2))
+    c = zo.DynamicMasks(blocks, ratios, seed=3, interval=3)
+    assert np.array_equal(c.coordinates(2), c.coordinates(0)) and not np.array_equal(c.coordinates(3), c.coordinates(0))
+    assert not np.array_equal(zo.DynamicMasks(blocks, ratios, seed=4).coordinates(0), a.coordinates(0))
+    with pytest.raises(zo.ArgumentError, match="mask_shuffle_interval"):
+        zo.DynamicMasks(blocks, ratios, seed=0, interval=0)
+    with pytest.raises(zo.ArgumentError, match="ratios"):
+        zo.DynamicMasks(blocks, [0.1, 1.5], seed=0)
