@@ -1,12 +1,82 @@
-"""Executors run the planner's tasks: serially here, across workers in the parallel ones.
+"""Executors run the planner's shards: serially, or across processes, devices and clusters.
 
 An executor is a context manager with ``n_workers`` and ``run(oracle, params, tasks) ->
-list of arrays`` (one result per task, in task order). It holds the oracle once per worker.
+list of arrays`` (one result per task, in task order); ``estimate_gradient`` and
+``zoracle.train`` take one as ``executor=``. Forward parallelism (DeepZero): the gradient
+is a sum of per-shard partial gradients, so sharding never changes the estimate beyond
+summation order, and RGE directions are seeded per direction, not per worker.
+
+What travels
+    Each worker receives an oracle **once** (keyed by a token, the first time it runs a
+    shard of it) and keeps it; per run only the parameters (once per worker), the shard
+    descriptions and, for a bound data oracle, the batch travel. A bound oracle that
+    defines ``unbind() -> (parent, batch)`` (with ``parent.bind(batch)`` equivalent to it)
+    travels as the batch only: the parent is shipped once and re-bound on the worker.
+    Oracles are recognised by identity: after mutating an oracle in place, call
+    ``executor.forget(oracle)`` (or pass a new object) so workers get the new state.
+
+Balancing
+    Shards are cut by estimated cost, not by count: seconds per coordinate are measured
+    from the shards workers actually ran (per oracle, per capability and per SplitOracle
+    block), so the first run is balanced by count (or by a SplitOracle's optional
+    ``block_costs``) and later runs by measured cost, without extra oracle queries.
+
+Faults
+    A shard whose worker dies, or whose oracle raises, is retried once on another worker
+    (a process worker that died is replaced). A second failure raises: an
+    :class:`~zoracle.OracleError` naming the query, the shard and the workers when the
+    oracle raised, else a :class:`ShardFailed` (a ZoracleError) naming the shard and both
+    causes. A wrong loss value (NaN, wrong shape) is deterministic: it raises the
+    OracleError at once, without a retry. An estimate is all-or-nothing: no partial
+    gradient is returned, so parameters and optimizer state are never half-updated.
+
+Examples
+--------
+>>> import numpy as np, zoracle as zo
+>>> from zoracle.executors import JoblibExecutor
+>>> with JoblibExecutor(2, backend="threading") as ex:
+...     est = zo.estimate_gradient(lambda x: float(x @ x), np.arange(4.0), zo.CGE(), executor=ex)
+>>> est.nfev
+5
 """
 
 from __future__ import annotations
 
-__all__ = ["SerialExecutor"]
+import numbers
+import os
+from typing import Protocol, runtime_checkable
+
+from ._errors import ArgumentError
+from ._executors_cluster import DaskExecutor as _Dask
+from ._executors_cluster import RayExecutor as _Ray
+from ._executors_cluster import parse_local
+from ._executors_core import RunStats, ShardFailed
+from ._executors_local import ProcessPool, ThreadPool, current_device
+
+__all__ = [
+    "Executor",
+    "SerialExecutor",
+    "JoblibExecutor",
+    "DeviceExecutor",
+    "DaskExecutor",
+    "RayExecutor",
+    "RunStats",
+    "ShardFailed",
+    "current_device",
+    "add_executor_arguments",
+    "from_args",
+]
+
+BACKENDS = ("loky", "threading")
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """What ``estimate_gradient(..., executor=...)`` needs: a worker count and a map over shards."""
+
+    n_workers: int
+
+    def run(self, oracle, params, tasks) -> list: ...
 
 
 class SerialExecutor:
@@ -25,3 +95,192 @@ class SerialExecutor:
 
     def run(self, oracle, params, tasks) -> list:
         return [t.run(oracle, params) for t in tasks]
+
+
+def _check_count(name: str, value, allow_all: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (value < 1 and not (allow_all and value == -1)):
+        hint = " (or -1 for one per CPU)" if allow_all else ""
+        raise ArgumentError(f"`{name}` must be an integer >= 1{hint}, got {value!r}")
+    return int(value) if value != -1 else max(1, os.cpu_count() or 1)
+
+
+class JoblibExecutor:
+    """Shards across ``n_jobs`` local workers: processes (``"loky"``) or threads.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Number of workers; ``-1`` for one per CPU.
+    backend : {"loky", "threading"}
+        ``"loky"``: persistent worker processes, started on ``__enter__`` (or the first
+        run) and stopped on ``close``. Oracles are serialized with cloudpickle (joblib's
+        loky serializer), so lambdas and closures work; each process keeps the oracles it
+        received. Parameters reach workers as NumPy arrays. ``"threading"``: threads in this
+        process calling the caller's own oracle object concurrently; fast to start, useful
+        when the oracle releases the GIL (NumPy BLAS, torch, onnxruntime) and only for
+        thread-safe oracles.
+
+    Notes
+    -----
+    ``last_run`` (:class:`RunStats`) reports shards, retries, wall and busy seconds of the
+    last run; ``pids`` lists the worker processes (``"loky"``).
+    """
+
+    def __init__(self, n_jobs: int = 2, backend: str = "loky"):
+        self.n_jobs = _check_count("n_jobs", n_jobs, allow_all=True)
+        if backend not in BACKENDS:
+            raise ArgumentError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+        self.backend = backend
+        self._impl = ProcessPool(self.n_jobs) if backend == "loky" else ThreadPool(self.n_jobs)
+
+    n_workers = property(lambda self: self._impl.n_workers)
+    last_run = property(lambda self: self._impl.last_run)
+    pids = property(lambda self: self._impl.pids if self.backend == "loky" else [os.getpid()])
+
+    def __enter__(self):
+        self._impl.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def start(self) -> None:
+        """Start the workers now (otherwise on ``__enter__`` or the first run)."""
+        self._impl.start()
+
+    def close(self) -> None:
+        """Stop the workers (processes exit and are joined; no orphans)."""
+        self._impl.close()
+
+    def forget(self, oracle) -> None:
+        """Make workers drop ``oracle`` (it is sent again, e.g. after an in-place change)."""
+        self._impl.forget(oracle)
+
+    def run(self, oracle, params, tasks) -> list:
+        return self._impl.run(oracle, params, tasks)
+
+    def __repr__(self) -> str:
+        return f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r})"
+
+
+class DeviceExecutor(ProcessPool):
+    """One persistent worker process per device, each with its own copy of the oracle.
+
+    Parameters
+    ----------
+    devices : sequence
+        One entry per worker, e.g. ``["cuda:0", "cuda:1"]`` (or ``["cpu", "cpu"]``). When an
+        oracle arrives on worker ``i`` and defines ``to_device(device)``, the worker queries
+        ``oracle.to_device(devices[i])`` (called once per oracle; return the moved copy).
+        Code inside a worker can read its device with :func:`current_device`.
+
+    Notes
+    -----
+    Workers are spawned processes, so each initialises its own CUDA context; parameters
+    reach workers as NumPy arrays and each worker moves them to its device inside the
+    oracle. Shards are balanced by measured cost, so a slower device gets less work.
+    """
+
+    def __init__(self, devices):
+        if isinstance(devices, (str, bytes)) or not hasattr(devices, "__len__") or len(devices) == 0:
+            raise ArgumentError(
+                f"`devices` must be a non-empty list such as ['cuda:0', 'cuda:1'], got {devices!r}"
+            )
+        super().__init__(len(devices), devices=list(devices))
+
+    def __repr__(self) -> str:
+        return f"DeviceExecutor({self.devices!r})"
+
+
+class DaskExecutor(_Dask):
+    """Shards on a Dask cluster (``pip install 'zoracle[dask]'``).
+
+    Parameters
+    ----------
+    client : distributed.Client, str or None
+        A connected client (left open on ``close``), a scheduler address such as
+        ``"tcp://10.0.0.5:8786"``, or ``"local"`` / ``"local:N"`` / None to start a
+        ``LocalCluster`` bound to 127.0.0.1 (no dashboard) with ``N`` single-threaded worker
+        processes (default: one per CPU), stopped on ``close``.
+    n_workers : int, optional
+        Workers of the local cluster (overrides ``local:N``).
+    **cluster_kwargs
+        Passed to ``distributed.LocalCluster`` for a local cluster.
+
+    Notes
+    -----
+    The oracle is scattered once to every worker (``broadcast=True``) and stays in worker
+    memory; per run the parameters are broadcast once and each shard carries only its
+    description. Dask itself reschedules a shard whose worker dies; zoracle retries a
+    shard that raised once more on another worker.
+    """
+
+
+class RayExecutor(_Ray):
+    """Shards on Ray actors, one per worker (``pip install 'zoracle[ray]'``).
+
+    Parameters
+    ----------
+    address : str or None
+        None, ``"local"`` or ``"local:N"``: start Ray locally on 127.0.0.1 (no dashboard,
+        ``N`` CPUs, default all) and shut it down on ``close``; otherwise the address of a
+        running cluster (``"auto"``, ``"ray://host:10001"``). An already initialised Ray
+        session is reused and left running.
+    n_workers : int, optional
+        Number of actors (default: the cluster's CPU count).
+    **init_kwargs
+        Passed to ``ray.init``, e.g. ``_temp_dir="/tmp/zr"`` to keep Ray's session files
+        (sockets, logs) out of the default location; Ray limits socket paths to about 100
+        characters, so keep that directory short.
+
+    Notes
+    -----
+    Each actor keeps the oracles it received (``ray.put`` once, sent to an actor the first
+    time it runs a shard of that oracle) and the parameters of the current run. A dead
+    actor is replaced and its shard retried on another one.
+    """
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_executor_arguments(parser) -> None:
+    """Add ``--workers N``, ``--dask ADDRESS`` and ``--ray ADDRESS`` to an argparse parser."""
+    group = parser.add_argument_group("parallelism (pick at most one)")
+    group.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="evaluate shards in N local worker processes (default 1: serial)")
+    group.add_argument("--dask", default=None, metavar="ADDRESS",
+                       help="run shards on a Dask scheduler at ADDRESS (tcp://host:8786), "
+                            "or 'local' / 'local:N' for a loopback-only local cluster")
+    group.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run shards on a Ray cluster at ADDRESS ('auto', ray://host:10001), "
+                            "or 'local' / 'local:N' to start Ray on 127.0.0.1")
+
+
+def from_args(args):
+    """The executor the parsed ``args`` ask for (a context manager), or None for serial.
+
+    Raises :class:`~zoracle.ArgumentError` when more than one of ``--workers N`` (N > 1),
+    ``--dask`` and ``--ray`` is given, or when N < 1.
+    """
+    workers = getattr(args, "workers", 1)
+    dask = getattr(args, "dask", None)
+    ray = getattr(args, "ray", None)
+    if workers is None:
+        workers = 1
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ArgumentError(f"--workers must be an integer >= 1, got {workers!r}")
+    chosen = [name for name, on in (("--workers", workers > 1), ("--dask", dask), ("--ray", ray)) if on]
+    if len(chosen) > 1:
+        raise ArgumentError(f"pick one of --workers, --dask, --ray; got {' and '.join(chosen)}")
+    for flag, value in (("--dask", dask), ("--ray", ray)):
+        if value is not None:
+            if not str(value).strip():
+                raise ArgumentError(f"{flag} needs an address (or 'local'), got an empty string")
+            parse_local(value, flag)  # validates 'local:N'
+    if dask:
+        return DaskExecutor(dask)
+    if ray:
+        return RayExecutor(ray)
+    if workers > 1:
+        return JoblibExecutor(workers, backend="loky")
+    return None

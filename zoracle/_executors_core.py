@@ -1,0 +1,415 @@
+"""Machinery shared by the parallel executors: what travels, what workers keep, who runs what.
+
+Three pieces, each independent of the transport (processes, threads, Dask, Ray):
+
+* :class:`Registry` (driver side) gives every oracle object a token the first time an
+  executor sees it, so workers are sent an oracle once and afterwards only its token.
+  A bound :class:`~zoracle.DataOracle` that defines ``unbind() -> (parent, batch)``
+  travels as the parent's token plus the batch; workers re-bind locally.
+* :class:`WorkerState` (worker side) keeps the oracles, bound oracles and parameters a
+  worker has received and runs one task at a time on them.
+* :func:`schedule` hands shards to idle workers, largest estimated cost first, retries a
+  failed shard once on another worker and reassembles results in task order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import math
+import time
+import traceback
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ._errors import OracleError, ZoracleError
+from ._oracle import Oracle
+from ._plan import BaseTask, CoordTask, DirectionTask
+
+__all__ = ["Registry", "WorkerState", "Payload", "RunStats", "schedule", "reshard", "describe_task"]
+
+#: oracles (and batches) a worker keeps before dropping the least recently used
+KEEP_ORACLES = 4
+
+
+def describe_task(task) -> str:
+    """A short human description of a shard, for error messages."""
+    if isinstance(task, CoordTask):
+        c = task.coords
+        where = f" in block {task.block}" if task.mode == "split" else ""
+        return f"{len(c)} coordinates {int(c[0])}..{int(c[-1])}{where} ({task.mode})"
+    if isinstance(task, DirectionTask):
+        return f"directions {task.lo}..{task.hi - 1}"
+    if isinstance(task, BaseTask):
+        return "the base point"
+    return type(task).__name__
+
+
+# ----------------------------------------------------------------------------- driver side
+@dataclass(frozen=True)
+class Payload:
+    """What one run needs on a worker, each item named by a token.
+
+    ``oracle`` is the user oracle (or the parent of a bound DataOracle when ``batch`` is
+    set); ``batch`` the bound batch; ``params`` the parameters of this run.
+    """
+
+    oracle_token: str
+    oracle: object
+    batch_token: str | None
+    batch: object
+    params_token: str
+    params: object
+
+    @property
+    def spec(self) -> tuple:
+        return (self.oracle_token, self.batch_token, self.params_token)
+
+
+class Registry:
+    """Tokens for objects by identity; keeps a strong reference so an id is never reused."""
+
+    def __init__(self, keep: int = KEEP_ORACLES):
+        self.keep = keep
+        self._items: OrderedDict = OrderedDict()  # id(obj) -> (obj, token)
+
+    def token(self, obj) -> tuple[str, list]:
+        """``(token, dropped_tokens)`` for ``obj``; dropped ones left the cache."""
+        key = id(obj)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is obj:
+            self._items.move_to_end(key)
+            return hit[1], []
+        token = uuid.uuid4().hex[:16]
+        self._items[key] = (obj, token)
+        dropped = []
+        while len(self._items) > self.keep:
+            dropped.append(self._items.popitem(last=False)[1][1])
+        return token, dropped
+
+    def forget(self, obj) -> str | None:
+        hit = self._items.pop(id(obj), None)
+        return hit[1] if hit is not None else None
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def split_bound(fn):
+    """``(parent, batch)`` for a bound oracle implementing ``unbind``, else ``(fn, None)``."""
+    unbind = getattr(fn, "unbind", None)
+    if callable(unbind):
+        parent, batch = unbind()
+        return parent, batch
+    return fn, None
+
+
+# ----------------------------------------------------------------------------- worker side
+class WorkerState:
+    """Oracles, bound oracles and parameters one worker holds, by token.
+
+    ``device`` (DeviceExecutor) is handed to an oracle's optional ``to_device(device)``
+    once, when the oracle arrives; the returned object is what the worker queries.
+    """
+
+    def __init__(self, device=None, keep: int = KEEP_ORACLES):
+        self.device = device
+        self.keep = keep
+        self.oracles: OrderedDict = OrderedDict()  # token -> user oracle (or parent)
+        self.bound: OrderedDict = OrderedDict()  # (token, batch_token) -> Oracle wrapper
+        self.params: tuple = (None, None)  # (token, array): only the current run's
+
+    def has(self, token) -> bool:
+        return token in self.oracles
+
+    def put_oracle(self, token, fn) -> None:
+        if isinstance(fn, (bytes, bytearray)):
+            fn = pickle.loads(fn)  # cloudpickle output loads with plain pickle
+        move = getattr(fn, "to_device", None)
+        if self.device is not None and callable(move):
+            fn = move(self.device)
+        self.oracles[token] = fn
+        while len(self.oracles) > self.keep:
+            old, _ = self.oracles.popitem(last=False)
+            self.drop(old)
+
+    def drop(self, token) -> None:
+        self.oracles.pop(token, None)
+        for key in [k for k in self.bound if k[0] == token]:
+            del self.bound[key]
+
+    def oracle(self, oracle_token, batch_token, batch) -> Oracle:
+        key = (oracle_token, batch_token)
+        hit = self.bound.get(key)
+        if hit is not None:
+            return hit
+        if oracle_token not in self.oracles:
+            raise ZoracleError(f"worker has no oracle for token {oracle_token} (it was dropped); please report")
+        fn = self.oracles[oracle_token]
+        if batch_token is not None:
+            fn = fn.bind(batch)
+        wrapped = Oracle(fn)
+        self.bound[key] = wrapped
+        while len(self.bound) > self.keep:
+            self.bound.popitem(last=False)
+        return wrapped
+
+    def run(self, spec, task, oracle=None, batch=None, params=None):
+        """Run ``task``; items not held yet come in ``oracle`` / ``batch`` / ``params``.
+
+        Returns ``(losses, seconds)``.
+        """
+        oracle_token, batch_token, params_token = spec
+        if oracle is not None and oracle_token not in self.oracles:
+            self.put_oracle(oracle_token, oracle)
+        if params is not None:
+            self.params = (params_token, params)
+        if self.params[0] != params_token:
+            raise ZoracleError("worker received a shard without this run's parameters; please report")
+        wrapped = self.oracle(oracle_token, batch_token, batch)
+        t0 = time.perf_counter()
+        out = task.run(wrapped, self.params[1])
+        return np.asarray(out, dtype=np.float64), time.perf_counter() - t0
+
+
+def portable_error(exc: BaseException):
+    """``exc`` if it pickles, else a RuntimeError carrying its type and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def run_task_guarded(oracle: Oracle, task, params):
+    """``task.run`` as ``("ok", losses, seconds)`` or ``("err", exception, traceback_text)``."""
+    try:
+        t0 = time.perf_counter()
+        out = np.asarray(task.run(oracle, params), dtype=np.float64)
+        return ("ok", out, time.perf_counter() - t0)
+    except BaseException as exc:  # reported to the driver, which decides about retries
+        return ("err", portable_error(exc), traceback.format_exc(limit=8))
+
+
+def run_guarded(state: WorkerState, spec, task, **items):
+    """``("ok", losses, seconds)`` or ``("err", exception, traceback_text)``; never raises."""
+    try:
+        out, secs = state.run(spec, task, **items)
+        return ("ok", out, secs)
+    except BaseException as exc:  # reported to the driver, which decides about retries
+        return ("err", portable_error(exc), traceback.format_exc(limit=8))
+
+
+# ----------------------------------------------------------------------------- sharding
+@dataclass(frozen=True)
+class RunStats:
+    """What the last ``run`` of an executor did.
+
+    Attributes
+    ----------
+    shards : int
+        Shards sent to workers (after cost balancing).
+    retries : int
+        Shards that failed once and ran again on another worker.
+    wall_s : float
+        Wall-clock seconds of the run on the driver.
+    busy_s : float
+        Seconds workers spent inside ``task.run`` (summed over shards).
+    n_workers : int
+        Workers available during the run.
+    """
+
+    shards: int
+    retries: int
+    wall_s: float
+    busy_s: float
+    n_workers: int
+
+    @property
+    def overhead_per_shard_s(self) -> float:
+        """Idle-or-transfer seconds per shard: ``(wall_s * n_workers - busy_s) / shards``."""
+        return max(0.0, self.wall_s * self.n_workers - self.busy_s) / max(1, self.shards)
+
+
+def cost_key(task):
+    if isinstance(task, CoordTask):
+        return ("coord", task.mode, task.block)
+    if isinstance(task, DirectionTask):
+        return ("dir", task.use_batch)
+    return ("base",)
+
+
+def _pieces(task, p: int) -> list:
+    if p <= 1:
+        return [task]
+    if isinstance(task, CoordTask):
+        parts = [c for c in np.array_split(task.coords, p) if len(c)]
+        return [replace(task, coords=c, cost=task.cost * len(c) / task.size) for c in parts]
+    if isinstance(task, DirectionTask):
+        edges = np.linspace(task.lo, task.hi, p + 1).round().astype(int)
+        return [replace(task, lo=int(a), hi=int(b), cost=task.cost * (b - a) / task.size)
+                for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [task]
+
+
+def reshard(tasks, n_workers: int, unit_cost, per_worker: int = 3, min_size: int = 1):
+    """Split tasks so that shards have balanced estimated cost.
+
+    ``unit_cost(task)`` is the estimated seconds (or any consistent unit) per column of
+    ``task`` (a coordinate or a direction, all its steps included). Tasks costlier than
+    ``total / (per_worker * n_workers)`` are cut into that many equal pieces (never below
+    ``min_size`` columns). Returns ``(shards, costs, groups)``: ``groups[i]`` lists the shard
+    indices whose results, concatenated along columns, give task ``i``'s result.
+    """
+    est = [float(unit_cost(t)) * t.size for t in tasks]
+    total = sum(est)
+    target = total / max(1, per_worker * n_workers) if n_workers > 1 else math.inf
+    shards, costs, groups = [], [], []
+    for t, c in zip(tasks, est):
+        p = 1
+        if isinstance(t, (CoordTask, DirectionTask)) and c > target > 0:
+            p = min(math.ceil(c / target), max(1, t.size // max(1, min_size)))
+        pieces = _pieces(t, p)
+        groups.append(list(range(len(shards), len(shards) + len(pieces))))
+        for piece in pieces:
+            shards.append(piece)
+            costs.append(c * piece.size / t.size)
+    return shards, costs, groups
+
+
+class CostModel:
+    """Seconds per column, learnt from the shards workers ran, per oracle and task kind.
+
+    Until a kind was measured, a SplitOracle's optional ``block_costs`` (relative cost of
+    one coordinate's suffix per block) is used, and 1.0 otherwise. Measured costs come from
+    real shards, so balancing never spends extra oracle queries.
+    """
+
+    def __init__(self):
+        self._seen: OrderedDict = OrderedDict()  # (token, key) -> seconds per column
+
+    def unit(self, token, fn, task) -> float:
+        key = (token, cost_key(task))
+        if key in self._seen:
+            return self._seen[key]
+        hinted = getattr(fn, "block_costs", None)
+        if isinstance(task, CoordTask) and task.mode == "split" and hinted is not None:
+            return float(hinted[task.block]) * len(task.steps)
+        measured = [v for (tok, k), v in self._seen.items() if tok == token]
+        scale = float(np.median(measured)) if measured else 1.0
+        return scale * len(task.steps)
+
+    def learn(self, token, task, seconds: float) -> None:
+        if task.size <= 0 or seconds <= 0:
+            return
+        key = (token, cost_key(task))
+        per = seconds / task.size
+        old = self._seen.get(key)
+        self._seen[key] = per if old is None else 0.5 * (old + per)
+        self._seen.move_to_end(key)
+        while len(self._seen) > 64:
+            self._seen.popitem(last=False)
+
+
+# ----------------------------------------------------------------------------- scheduling
+def _deterministic(exc) -> bool:
+    """A loss value that is wrong (NaN, wrong shape) will be wrong again: no retry."""
+    return isinstance(exc, OracleError) and exc.cause is None
+
+
+def _annotate(exc: BaseException, shard: int, n: int, task, where) -> BaseException:
+    note = f" [shard {shard + 1}/{n}: {describe_task(task)}, on {where}]"
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (exc.args[0] + note,) + tuple(exc.args[1:])
+    exc.shard = shard
+    return exc
+
+
+class ShardFailed(ZoracleError):
+    """A shard failed on two workers (the cause is chained)."""
+
+
+_job_ids = itertools.count()
+
+
+def schedule(backend, shards, costs, stats_cb=None):
+    """Run ``shards`` on ``backend``'s workers; results in shard order.
+
+    ``backend`` provides ``idle()`` (idle worker handles), ``workers()`` (all live ones),
+    ``name(w)`` (a stable label such as a pid), ``submit(w, jid, shard)`` and
+    ``wait() -> [(w, jid, outcome)]`` with outcome ``("ok", losses, seconds)``,
+    ``("err", exc, traceback_text)`` or ``("dead", reason)``; ``abort()`` stops in-flight work.
+
+    A shard that fails is retried once on a worker it has not failed on (the same one only
+    when no other exists). A second failure raises: the oracle's own
+    :class:`~zoracle.OracleError` (annotated with the shard) when the oracle raised, else a
+    :class:`ZoracleError` naming the shard and both causes. A wrong loss value (NaN, bad
+    shape) is deterministic and raises at once, without retry.
+    """
+    n = len(shards)
+    results = [None] * n
+    queue = deque(sorted(range(n), key=lambda i: -costs[i]))
+    failed_on = [[] for _ in range(n)]
+    inflight = {}  # jid -> (shard index, worker)
+    retries = 0
+    busy = 0.0
+    try:
+        while queue or inflight:
+            for w in backend.idle():
+                if not queue:
+                    break
+                live = {backend.name(x) for x in backend.workers()}
+                pick = None
+                for i in queue:
+                    bad = {name for name, _ in failed_on[i]}
+                    if backend.name(w) not in bad or not (live - bad):
+                        pick = i
+                        break
+                if pick is None:
+                    continue
+                queue.remove(pick)
+                jid = next(_job_ids)
+                inflight[jid] = (pick, w)
+                backend.submit(w, jid, shards[pick])
+            for w, jid, outcome in backend.wait():
+                if jid not in inflight:
+                    continue  # a stale answer from an aborted run
+                i, _ = inflight.pop(jid)
+                if outcome[0] == "ok":
+                    results[i] = outcome[1]
+                    busy += outcome[2]
+                    if stats_cb is not None:
+                        stats_cb(shards[i], outcome[2])
+                    continue
+                where = backend.name(w)
+                if outcome[0] == "dead":
+                    cause = ZoracleError(f"worker {where} died: {outcome[1]}")
+                    tb = ""
+                else:
+                    cause, tb = outcome[1], outcome[2]
+                if _deterministic(cause):
+                    raise _annotate(cause, i, n, shards[i], where)
+                failed_on[i].append((where, cause))
+                if len(failed_on[i]) >= 2:
+                    (w1, c1), (w2, c2) = failed_on[i]
+                    if isinstance(cause, OracleError):
+                        raise _annotate(cause, i, n, shards[i], f"{w2}, after failing on {w1} too")
+                    err = ShardFailed(
+                        f"shard {i + 1}/{n} ({describe_task(shards[i])}) failed twice: on {w1}: "
+                        f"{type(c1).__name__}: {c1}; then on {w2}: {type(c2).__name__}: {c2}"
+                        + (f"\nworker traceback:\n{tb}" if tb else "")
+                    )
+                    err.shard = i
+                    raise err from cause
+                retries += 1
+                queue.appendleft(i)
+    except BaseException:
+        if inflight:
+            backend.abort([w for _, w in inflight.values()])
+        raise
+    return results, retries, busy

@@ -1,0 +1,427 @@
+"""Local executors: persistent worker processes (one per core or per device) and threads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import weakref
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+
+import numpy as np
+
+from ._backend import to_numpy
+from ._errors import ZoracleError
+from ._executors_core import (
+    CostModel,
+    Payload,
+    Registry,
+    RunStats,
+    WorkerState,
+    reshard,
+    run_guarded,
+    run_task_guarded,
+    schedule,
+    split_bound,
+)
+
+__all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
+
+_CURRENT_DEVICE = None
+
+
+def current_device():
+    """The device of the DeviceExecutor worker running this code (None elsewhere)."""
+    return _CURRENT_DEVICE
+
+
+# ----------------------------------------------------------------------------- base class
+class ShardedExecutor:
+    """Shared ``run``: tokens, cost balancing, scheduling, reassembly (private base)."""
+
+    n_workers: int = 1
+    #: shards per worker the cost balancer aims for (more = better balance, more overhead)
+    shards_per_worker: int = 3
+
+    def __init__(self):
+        self._registry = Registry()
+        self._bound = Registry(keep=2)
+        self._costs = CostModel()
+        self._lock = threading.Lock()
+        self.last_run: RunStats | None = None
+
+    # context manager -----------------------------------------------------------------
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def forget(self, oracle) -> None:
+        """Drop ``oracle`` from the workers (send it again next time, e.g. after mutating it)."""
+        token = self._registry.forget(getattr(oracle, "fn", oracle))
+        if token is not None:
+            self._dropped([token])
+
+    def _dropped(self, tokens) -> None:
+        pass
+
+    def _payload(self, oracle, params) -> Payload:
+        parent, batch = split_bound(oracle.fn)
+        otoken, dropped = self._registry.token(parent)
+        if dropped:
+            self._dropped(dropped)
+        btoken = self._bound.token(oracle.fn)[0] if batch is not None else None
+        return Payload(otoken, parent, btoken, batch, uuid.uuid4().hex[:16], params)
+
+    def _backend(self, payload, oracle):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def run(self, oracle, params, tasks) -> list:
+        """Losses for every task (in task order), computed on the workers."""
+        if not tasks:
+            return []
+        with self._lock:  # one run at a time per executor
+            self.start()
+            payload = self._payload(oracle, params)
+            shards, costs, groups = reshard(
+                tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, payload.oracle, t),
+                per_worker=self.shards_per_worker,
+            )
+            backend = self._backend(payload, oracle)
+            t0 = time.perf_counter()
+            results, retries, busy = schedule(
+                backend, shards, costs, lambda t, s: self._costs.learn(payload.oracle_token, t, s)
+            )
+            wall = time.perf_counter() - t0
+            self.last_run = RunStats(len(shards), retries, wall, busy, self.n_workers)
+        return [results[g[0]] if len(g) == 1 else np.concatenate([results[j] for j in g], axis=1)
+                for g in groups]
+
+
+# ----------------------------------------------------------------------------- processes
+def _cloudpickle():
+    try:
+        import cloudpickle
+    except ImportError:  # joblib < 1.5 vendors it
+        from joblib.externals import cloudpickle
+    return cloudpickle
+
+
+def _worker_main(fd: int) -> None:
+    """Loop of a worker process: receive ``run`` messages, answer with losses or an error.
+
+    The first message carries the driver's ``sys.path`` and this worker's device. Workers
+    are started with ``python -c`` (not multiprocessing's spawn), so the driver's
+    ``__main__`` is never re-imported: scripts need no ``if __name__ == "__main__"`` guard.
+    """
+    global _CURRENT_DEVICE
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    conn = Connection(fd)
+    try:
+        _, path, device = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
+    sys.path[:] = path + [p for p in sys.path if p not in path]
+    _CURRENT_DEVICE = device
+    state = WorkerState(device)
+    while True:
+        try:
+            msg = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):  # the driver went away: exit, never linger as an orphan
+            return
+        kind = msg[0]
+        if kind == "stop":
+            return
+        if kind == "drop":
+            state.drop(msg[1])
+            continue
+        _, jid, spec, task, items = msg
+        try:
+            out = run_guarded(state, spec, task, **items)
+            data = pickle.dumps((jid, out), protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:  # an unpicklable result must still be reported
+            data = pickle.dumps((jid, ("err", RuntimeError(f"{type(exc).__name__}: {exc}"), "")))
+        try:
+            conn.send_bytes(data)
+        except (EOFError, OSError):
+            return
+
+
+_CHILD = "import sys; from zoracle._executors_local import _worker_main; _worker_main(int(sys.argv[1]))"
+
+
+class _Proc:
+    """One worker process and what the driver knows it holds."""
+
+    def __init__(self, index: int, device):
+        from multiprocessing.connection import Connection
+
+        self.index = index
+        self.device = device
+        mine, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # the child must import this very zoracle, whatever its cwd
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(mine.detach())
+        self.has: set = set()  # oracle tokens
+        self.bound: set = set()  # (oracle token, batch token)
+        self.params_token = None
+        self.jid = None
+        self.send(("init", list(sys.path), device))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def name(self) -> str:
+        dev = f", device {self.device!r}" if self.device is not None else ""
+        return f"worker {self.index} (pid {self.proc.pid}{dev})"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, msg) -> None:
+        self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def stop(self, grace: float = 2.0) -> None:
+        try:
+            if self.alive():
+                self.send(("stop",))
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+def _stop_all(procs) -> None:
+    for p in list(procs):
+        p.stop()
+    procs.clear()
+
+
+class _ProcBackend:
+    def __init__(self, pool: "ProcessPool", payload: Payload):
+        self.pool = pool
+        self.payload = payload
+
+    def workers(self):
+        return self.pool._procs
+
+    def idle(self):
+        return [p for p in self.pool._procs if p.jid is None]
+
+    def name(self, w) -> str:
+        return w.name
+
+    def submit(self, w, jid, shard) -> None:
+        pl = self.payload
+        items = {}
+        if pl.oracle_token not in w.has:
+            items["oracle"] = self.pool._blob(pl.oracle_token, pl.oracle)
+        if pl.batch_token is not None and (pl.oracle_token, pl.batch_token) not in w.bound:
+            items["batch"] = pl.batch
+        if w.params_token != pl.params_token:
+            items["params"] = pl.params
+        w.jid = jid
+        try:
+            w.send(("run", jid, pl.spec, shard, items))
+        except (OSError, ValueError):
+            return  # a dead worker: wait() reports it through its sentinel
+        w.has.add(pl.oracle_token)
+        if pl.batch_token is not None:
+            w.bound.add((pl.oracle_token, pl.batch_token))
+        w.params_token = pl.params_token
+
+    def wait(self):
+        from multiprocessing.connection import wait as mp_wait
+
+        busy = {p.conn: p for p in self.pool._procs if p.jid is not None}
+        if not busy:
+            return []
+        out = []
+        for conn in mp_wait(list(busy)):
+            p = busy[conn]
+            jid = p.jid
+            try:
+                rjid, outcome = pickle.loads(p.conn.recv_bytes())
+                p.jid = None
+                out.append((p, rjid, outcome))
+                continue
+            except (EOFError, OSError):  # the socket closed: the process is gone
+                pass
+            try:
+                code = p.proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            reason = f"exit code {code}" + (f" (signal {-code})" if code is not None and code < 0 else "")
+            self.pool._replace(p)
+            out.append((p, jid, ("dead", reason)))
+        return out
+
+    def abort(self, workers) -> None:
+        for p in workers:
+            if p in self.pool._procs and p.jid is not None:
+                self.pool._replace(p)
+
+
+class ProcessPool(ShardedExecutor):
+    """Persistent worker processes, one per slot; optionally one device per slot (private)."""
+
+    def __init__(self, n_workers: int, devices=None):
+        super().__init__()
+        self.n_workers = int(n_workers)
+        self.devices = list(devices) if devices is not None else [None] * self.n_workers
+        self._procs: list = []
+        self._blobs: dict = {}
+        self._finalizer = None
+
+    def start(self) -> None:
+        if self._procs:
+            return
+        self._procs = [_Proc(i, dev) for i, dev in enumerate(self.devices)]
+        # interpreter exit or garbage collection must not leave workers behind
+        self._finalizer = weakref.finalize(self, _stop_all, self._procs)
+
+    def close(self) -> None:
+        """Stop every worker process and wait for it to exit."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._procs = []
+        self._blobs.clear()
+        self._registry.clear()
+        self._bound.clear()
+
+    @property
+    def pids(self) -> list:
+        """Process ids of the live workers (for monitoring and tests)."""
+        return [p.pid for p in self._procs]
+
+    def _replace(self, p) -> None:
+        i = self._procs.index(p)
+        try:
+            p.stop(grace=0.2)
+        except Exception:  # a half-dead process: the new one matters more
+            pass
+        self._procs[i] = _Proc(p.index, p.device)
+
+    def _blob(self, token, fn) -> bytes:
+        blob = self._blobs.get(token)
+        if blob is None:
+            try:
+                blob = _cloudpickle().dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise ZoracleError(
+                    f"the oracle {type(fn).__name__} cannot be sent to worker processes ({type(exc).__name__}: "
+                    f"{exc}); make it picklable or use JoblibExecutor(backend='threading')"
+                ) from exc
+            self._blobs[token] = blob
+        return blob
+
+    def _dropped(self, tokens) -> None:
+        for t in tokens:
+            self._blobs.pop(t, None)
+            for p in self._procs:
+                if t in p.has:
+                    p.has.discard(t)
+                    p.bound = {b for b in p.bound if b[0] != t}
+                    try:
+                        p.send(("drop", t))
+                    except (OSError, ValueError):
+                        pass
+
+    def _backend(self, payload, oracle):
+        host = to_numpy(payload.params)  # workers get NumPy; CuPy stays on the driver's GPU
+        payload = Payload(payload.oracle_token, payload.oracle, payload.batch_token, payload.batch,
+                          payload.params_token, np.ascontiguousarray(host))
+        return _ProcBackend(self, payload)
+
+
+# ----------------------------------------------------------------------------- threads
+class _ThreadBackend:
+    def __init__(self, pool: "ThreadPool", oracle, params):
+        self.pool = pool
+        self.oracle = oracle
+        self.params = params
+        self.busy: dict = {}  # slot -> (jid, future)
+
+    def workers(self):
+        return list(range(self.pool.n_workers))
+
+    def idle(self):
+        return [s for s in range(self.pool.n_workers) if s not in self.busy]
+
+    def name(self, w) -> str:
+        return f"thread {w}"
+
+    def submit(self, w, jid, shard) -> None:
+        oracle, params = self.oracle, self.params
+
+        self.busy[w] = (jid, self.pool._pool.submit(run_task_guarded, oracle, shard, params))
+
+    def wait(self):
+        if not self.busy:
+            return []
+        futs = {f: (w, jid) for w, (jid, f) in self.busy.items()}
+        done, _ = futures_wait(list(futs), return_when=FIRST_COMPLETED)
+        out = []
+        for f in done:
+            w, jid = futs[f]
+            del self.busy[w]
+            out.append((w, jid, f.result()))
+        return out
+
+    def abort(self, workers) -> None:
+        for w in workers:  # threads cannot be killed: let them finish, drop their answers
+            jid, f = self.busy.pop(w, (None, None))
+            if f is not None:
+                f.cancel()
+
+
+class ThreadPool(ShardedExecutor):
+    """A pool of threads in this process sharing the caller's oracle object (private)."""
+
+    def __init__(self, n_workers: int):
+        super().__init__()
+        self.n_workers = int(n_workers)
+        self._pool = None
+
+    def start(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.n_workers, thread_name_prefix="zoracle-worker")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _backend(self, payload, oracle):
+        return _ThreadBackend(self, oracle, payload.params)
+
