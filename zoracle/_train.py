@@ -492,9 +492,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 n_rate += g.nfev
                 now = time.perf_counter()
                 if progress:
-                    bar.update(1)
                     bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}", qps=f"{n_rate / max(now - t_rate, 1e-9):.0f}",
                                     refresh=False)
+                    bar.update(1)
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
                 for cb in callbacks:
@@ -519,14 +519,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
                 log.info("epoch %d/%d: %s", epoch + 1, epochs, shown)
                 if progress:
-                    bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                    bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 for cb in callbacks:
                     if cb("epoch", erec, params) is True:
                         stopped = True
                 epoch += 1
                 pos = 0
-                if checkpoint_every == "epoch" or not stopped:
-                    save()
+                save()
     finally:
         bar.close()
     if checkpoint is not None:

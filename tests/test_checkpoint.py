@@ -1,0 +1,163 @@
+"""Checkpoints: atomic npz + JSON, resume (also after a real SIGKILL), clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+
+P = namedtuple("P", "name slice shape kind")
+
+# one training setup shared by the in-process runs and the killed subprocess
+SETUP = textwrap.dedent(
+    """
+    import numpy as np, zoracle as zo
+    from collections import namedtuple
+    P = namedtuple("P", "name slice shape kind")
+
+    class LinReg:
+        def bind(self, batch):
+            X, y = batch
+            return lambda w: float(np.mean((X @ w[:-1] + w[-1] - y) ** 2))
+
+    r = np.random.default_rng(0)
+    X = r.standard_normal((96, 30)); y = X @ r.standard_normal(30) + 0.3
+    BLOCKS = [P("a", slice(0, 10), (10,), "linear"), P("b", slice(10, 30), (20,), "conv"),
+              P("bias", slice(30, 31), (1,), "bias")]
+
+    def run(checkpoint=None, resume=None, callbacks=(), checkpoint_every=1, epochs=6):
+        return zo.train(LinReg(), np.full(31, 0.05), batches=zo.Minibatches((X, y), 16, seed=2), epochs=epochs,
+                        estimator=zo.CGE(mu=1e-3), sparsity=0.6, blocks=BLOCKS, ratios="zo_grasp",
+                        grasp_directions=24, mask_shuffle_interval=2,
+                        optimizer=zo.sgd(zo.cosine_schedule(0.05, total_steps=36, warmup_steps=6), momentum=0.9,
+                                         nesterov=True, weight_decay=5e-4),
+                        eval_fn=lambda p: float(np.mean((X @ p[:-1] + p[-1] - y) ** 2)),
+                        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                        callbacks=callbacks, rng=11, progress=False)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ns = {}
+    exec(SETUP, ns)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    return setup["run"]()
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
+    ckpt = tmp_path / "run.npz"
+    script = tmp_path / "child.py"
+    script.write_text(SETUP + textwrap.dedent(
+        f"""
+        import os, signal, sys
+        def die(event, rec, params):
+            # killed for real, mid-epoch (step 15 of 36: epoch 2, batch 3 of 6), after step 14's checkpoint
+            if event == "step" and rec["step"] == 15 and sys.argv[1] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+        res = run(checkpoint={str(ckpt)!r}, resume=True, callbacks=[die])
+        np.save({str(tmp_path / 'final.npy')!r}, res.params)
+        """
+    ))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    first = subprocess.run([sys.executable, str(script), "kill"], env=env, capture_output=True, timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stderr.decode()
+    arrays, meta = zo.load_checkpoint(ckpt)
+    assert (meta["epoch"], meta["pos"], meta["step"]) == (2, 3, 15)  # mid-epoch
+    assert not (tmp_path / "final.npy").exists()
+    second = subprocess.run([sys.executable, str(script), "resume"], env=env, capture_output=True, timeout=120)
+    assert second.returncode == 0, second.stderr.decode()
+    final = np.load(tmp_path / "final.npy")
+    assert final.tobytes() == reference.params.tobytes()  # bit for bit
+    _, meta = zo.load_checkpoint(ckpt)
+    assert meta["step"] == 36 and len(meta["history"]["steps"]) == 36 and len(meta["history"]["epochs"]) == 6
+
+
+def test_resume_restores_history_masks_and_counts(tmp_path, setup, reference):
+    ckpt = tmp_path / "c.npz"
+
+    class Crash(Exception):
+        pass
+
+    def crash(event, rec, params):
+        if event == "step" and rec["step"] == 20:
+            raise Crash
+
+    with pytest.raises(Crash):
+        setup["run"](checkpoint=ckpt, checkpoint_every=4, callbacks=[crash])
+    arrays, meta = zo.load_checkpoint(ckpt)
+    assert meta["step"] == 20 and set(arrays) >= {"params", "opt/momentum", "ratios", "coordinates"}
+    res = setup["run"](checkpoint=ckpt, resume=ckpt)
+    assert res.params.tobytes() == reference.params.tobytes()
+    assert res.nfev == reference.nfev
+    np.testing.assert_array_equal(res.ratios, reference.ratios)
+    np.testing.assert_array_equal(res.coordinates, reference.coordinates)
+    assert [e["epoch"] for e in res.history.epochs] == list(range(6))
+    assert res.history.column("eval", "epoch")[-1] == reference.history.column("eval", "epoch")[-1]
+
+
+def test_resume_can_extend_a_finished_run(tmp_path, setup):
+    ckpt = tmp_path / "c.npz"
+    setup["run"](checkpoint=ckpt, epochs=2)
+    res = setup["run"](checkpoint=ckpt, resume=ckpt, epochs=3)
+    assert res.epochs == 3 and res.steps == 18
+
+
+def test_corrupt_truncated_and_foreign_files_raise(tmp_path, setup):
+    ckpt = tmp_path / "c.npz"
+    setup["run"](checkpoint=ckpt, epochs=1)
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(zo.CheckpointError, match="corrupt or truncated"):
+        setup["run"](checkpoint=ckpt, resume=ckpt)
+    ckpt.write_bytes(b"not a zip at all")
+    with pytest.raises(zo.CheckpointError, match="corrupt"):
+        setup["run"](resume=ckpt)
+    np.savez(tmp_path / "other.npz", params=np.zeros(31))
+    with pytest.raises(zo.CheckpointError, match="not a zoracle checkpoint"):
+        setup["run"](resume=tmp_path / "other.npz")
+    with pytest.raises(zo.CheckpointError, match="does not exist"):
+        setup["run"](resume=tmp_path / "missing.npz")
+
+
+def test_mismatched_settings_raise_and_name_the_setting(tmp_path, setup):
+    ckpt = tmp_path / "c.npz"
+    setup["run"](checkpoint=ckpt, epochs=1)
+    with pytest.raises(zo.CheckpointError, match="optimizer"):
+        zo.train(setup["LinReg"](), np.full(31, 0.05), batches=[(setup["X"], setup["y"])], sparsity=0.6,
+                 blocks=setup["BLOCKS"], optimizer=zo.sgd(0.01), rng=11, resume=ckpt, progress=False)
+    with pytest.raises(zo.CheckpointError, match="d: checkpoint has 31, this run has 5"):
+        zo.train(lambda x: float(x @ x), np.ones(5), resume=ckpt, progress=False)
+
+
+def test_save_is_atomic_and_pickle_free(tmp_path, monkeypatch):
+    path = tmp_path / "x.npz"
+    zo.save_checkpoint(path, {"a": np.arange(3)}, {"k": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError):
+        zo.save_checkpoint(path, {"a": np.arange(5)}, {"k": 2})
+    monkeypatch.undo()
+    arrays, meta = zo.load_checkpoint(path)  # the old checkpoint survived intact
+    assert arrays["a"].tolist() == [0, 1, 2] and meta["k"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["x.npz"]  # no temporary file left behind
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(z["__meta__"].tobytes())
+    assert header["format"] == "zoracle-checkpoint"

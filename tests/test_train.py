@@ -1,0 +1,176 @@
+"""zoracle.train: plain and data oracles, sparse CGE with dynamic masks, history, progress, errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+from zoracle.executors import SerialExecutor
+
+P = namedtuple("P", "name slice shape kind")
+
+
+class LinReg:
+    """A NumPy DataOracle: mean squared error of a linear model on a bound batch."""
+
+    def __init__(self):
+        self.binds = []
+
+    def bind(self, batch):
+        X, y = batch
+        self.binds.append(np.asarray(y).copy())
+        return lambda w: float(np.mean((X @ w[:-1] + w[-1] - y) ** 2))
+
+
+def _data(n=64, d=5, seed=0):
+    r = np.random.default_rng(seed)
+    X = r.standard_normal((n, d))
+    w = r.standard_normal(d)
+    return X, X @ w + 0.5, w
+
+
+def test_plain_oracle_converges_and_counts_queries():
+    target = np.arange(4.0)
+    res = zo.train(lambda x: float(((x - target) ** 2).sum()), np.zeros(4), epochs=30, steps_per_epoch=2,
+                   optimizer=zo.sgd(0.1, momentum=0.5), progress=False)
+    np.testing.assert_allclose(res.params, target, atol=1e-2)
+    assert res.nfev == 60 * 5 and res.steps == 60 and res.epochs == 30
+    assert len(res.history.steps) == 60 and len(res.history.epochs) == 30
+    assert res.history.column("loss")[-1] < 1e-3 < res.history.column("loss")[0]
+
+
+def test_data_oracle_history_eval_and_same_seed_same_result():
+    X, y, w = _data()
+    mb = zo.Minibatches((X, y), batch_size=16, seed=1)
+
+    def run():
+        return zo.train(LinReg(), np.zeros(6), batches=mb, epochs=20, estimator=zo.CGE(scheme="central"),
+                        optimizer=zo.sgd(zo.cosine_schedule(0.1, total_steps=80, warmup_steps=4), momentum=0.9),
+                        eval_fn=lambda p: {"err": float(np.abs(p[:-1] - w).max())}, eval_every=5, rng=0,
+                        progress=False)
+
+    a, b = run(), run()
+    np.testing.assert_array_equal(a.params, b.params)
+    assert a.steps == 80 and a.nfev == 80 * (2 * 6 + 1)
+    step = a.history.steps[0]
+    assert set(step) >= {"step", "epoch", "loss", "lr", "mu", "nfev", "seconds"}
+    assert step["lr"] == pytest.approx(0.1 / 4) and step["nfev"] == 13
+    epochs = a.history.epochs
+    assert [("err" in e) for e in epochs] == [(i + 1) % 5 == 0 for i in range(20)]
+    assert epochs[-1]["err"] < 0.05 and epochs[-1]["total_nfev"] == a.nfev
+    assert epochs[0]["loss"] == pytest.approx(np.mean(a.history.column("loss")[:4]))
+
+
+def test_batch_order_is_a_function_of_seed_and_epoch():
+    X, y, _ = _data(n=32)
+    o1, o2 = LinReg(), LinReg()
+    for o in (o1, o2):
+        zo.train(o, np.zeros(6), batches=zo.Minibatches((X, y), 8, seed=5), epochs=3, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(o1.binds, o2.binds))
+    assert not np.array_equal(o1.binds[0], o1.binds[4])  # epochs are reshuffled
+
+
+def test_sparse_cge_uses_exact_mask_sizes_and_redraws_masks():
+    X, y, _ = _data(n=32, d=40)
+    info = [P("w", slice(0, 40), (40,), "linear"), P("b", slice(40, 41), (1,), "bias")]
+    seen = []
+    res = zo.train(LinReg(), np.zeros(41), batches=[(X, y)], epochs=4, sparsity=0.75, blocks=info,
+                   ratios="uniform", mask_shuffle_interval=2, rng=3, progress=False,
+                   callbacks=[lambda ev, rec, p: seen.append((ev, rec["nfev"])) if ev == "step" else None])
+    assert [n for _, n in seen] == [10 + 1 + 1] * 4  # 10 kept weights + dense bias + base point
+    np.testing.assert_allclose(res.ratios, [0.25])
+    masks = zo.DynamicMasks([slice(0, 40)], [0.25], seed=0, interval=2, dense=[slice(40, 41)])
+    assert len(masks.coordinates(0)) == 11 and len(res.coordinates) == 11 and 40 in res.coordinates
+
+
+def test_zo_grasp_ratios_are_computed_once_and_counted():
+    X, y, _ = _data(n=32, d=30)
+    blocks = [P("a", slice(0, 10), (10,), "linear"), P("b", slice(10, 30), (20,), "linear"),
+              P("c", slice(30, 31), (1,), "bias")]
+    res = zo.train(LinReg(), np.full(31, 0.1), batches=[(X, y)], epochs=1, sparsity=0.5, blocks=blocks,
+                   grasp_directions=16, rng=0, progress=False)
+    assert zo.keep_counts(blocks[:2], res.ratios).sum() == 15
+    assert res.nfev == 2 * 17 + (15 + 1 + 1)
+
+
+def test_rge_and_mu_schedule_and_adam():
+    res = zo.train(lambda x: float(x @ x), np.ones(8), epochs=200, estimator=zo.RGE(directions=8),
+                   optimizer=zo.adam(0.05), mu=zo.step_schedule(1e-2, step_size=100, gamma=0.1), rng=0,
+                   progress=False)
+    assert float(res.params @ res.params) < 1e-2 * 8
+    mus = res.history.column("mu")
+    assert mus[0] == pytest.approx(1e-2) and mus[-1] == pytest.approx(1e-3)
+
+
+def test_executor_is_used_and_not_closed():
+    class Recording(SerialExecutor):
+        calls = 0
+        closed = False
+
+        def run(self, oracle, params, tasks):
+            Recording.calls += 1
+            return super().run(oracle, params, tasks)
+
+        def close(self):
+            Recording.closed = True
+
+    ex = Recording()
+    zo.train(lambda x: float(x @ x), np.ones(3), epochs=3, executor=ex, progress=False)
+    assert Recording.calls == 3 and not Recording.closed
+
+
+def test_callback_stops_training():
+    res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=10,
+                   callbacks=[lambda ev, rec, p: ev == "epoch" and rec["epoch"] == 2], progress=False)
+    assert res.stopped and res.epochs == 3
+
+
+def test_progress_bar_and_logging(capsys, caplog):
+    def slow(x):
+        time.sleep(0.03)
+        return float(x @ x)
+
+    zo.train(slow, np.ones(3), epochs=3, progress=True)
+    err = capsys.readouterr().err
+    assert "qps" in err and "lr" in err and "loss" in err
+    with caplog.at_level(logging.INFO, logger="zoracle"):
+        zo.train(lambda x: float(x @ x), np.ones(3), epochs=2, progress=False)
+    assert capsys.readouterr().err == ""
+    assert sum("epoch" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sparsity=0.9, estimator=zo.RGE()), "sparsity"),
+        (dict(sparsity=1.0), "sparsity"),
+        (dict(batches=iter([1, 2])), "re-iterable"),
+        (dict(batches=[1, 2]), "bind"),
+        (dict(eval_every=0), "eval_every"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(sparsity=0.5, ratios="best"), "ratios"),
+        (dict(resume=True), "checkpoint"),
+        (dict(optimizer=zo.sgd(1e308)), "diverged"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_bad_arguments_raise_named_errors(kwargs, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, progress=False, **kwargs)
+
+
+def test_logistic_regression_breast_cancer_plain_numpy_function():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "logreg_breast_cancer.py"
+    spec = importlib.util.spec_from_file_location("logreg_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main()
+    assert out["test_acc"] >= 0.94
