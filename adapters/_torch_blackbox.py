@@ -1,0 +1,209 @@
+"""Hybrid mode: a black-box function as a torch op whose backward is estimated by ZO."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from zoracle._backend import is_cupy
+from zoracle._errors import ArgumentError, OracleError
+from zoracle._estimators import CGE, RGE, as_generator
+
+__all__ = ["blackbox", "BlackBox"]
+
+
+def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif is_cupy(value):
+        t = torch.from_dlpack(value)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+    return t.detach().to(device=like.device, dtype=like.dtype)
+
+
+def _repeat(t, k: int):
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(np.asarray(t))
+    return t.unsqueeze(0).expand((k,) + tuple(t.shape)).reshape((k * t.shape[0],) + tuple(t.shape[1:]))
+
+
+class _Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, box, *context):
+        with torch.no_grad():
+            y = box._eval(x.detach(), context, 1)
+        ctx.box, ctx.context = box, context
+        ctx.save_for_backward(x.detach(), y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, y = ctx.saved_tensors
+        with torch.no_grad():
+            g = ctx.box._vjp(x, ctx.context, y, grad_out)
+        return (g, None) + (None,) * len(ctx.context)
+
+
+class BlackBox:
+    """A black-box function of a batch as a differentiable torch op (see :func:`blackbox`)."""
+
+    def __init__(self, fn, estimator, rng, max_rows):
+        self.fn = fn
+        self.estimator = estimator
+        self._rng = as_generator(rng)
+        self.max_rows = max_rows
+        self.nfev = 0  # samples evaluated through fn (forward + backward)
+
+    def __call__(self, x: torch.Tensor, *context) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ArgumentError(f"blackbox input `x` must be a floating torch tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ArgumentError(f"blackbox input `x` must have a leading batch dimension, got shape {tuple(x.shape)}")
+        for i, c in enumerate(context):
+            if getattr(c, "shape", (None,))[0] != x.shape[0]:
+                raise ArgumentError(f"blackbox context argument {i} must have {x.shape[0]} rows like `x`, "
+                                    f"got shape {tuple(getattr(c, 'shape', ()))}")
+        return _Function.apply(x, self, *context)
+
+    # ------------------------------------------------------------------ internals
+    def _eval(self, X: torch.Tensor, context, k: int) -> torch.Tensor:
+        """``fn`` on ``X`` (k * N rows, perturbation-major) with the context repeated ``k`` times."""
+        ctx = tuple(_repeat(c, k) if k > 1 else c for c in context)
+        try:
+            out = self.fn(X, *ctx)
+        except Exception as exc:
+            raise OracleError(f"blackbox fn on {X.shape[0]} rows", cause=exc) from exc
+        out = _as_tensor(out, X)
+        if out.dim() == 0 or out.shape[0] != X.shape[0]:
+            raise OracleError(f"blackbox fn on {X.shape[0]} rows", tuple(out.shape),
+                              detail=f"expected per-sample outputs with {X.shape[0]} rows")
+        if not torch.isfinite(out).all():
+            raise OracleError(f"blackbox fn on {X.shape[0]} rows", "non-finite values", detail="expected finite outputs")
+        self.nfev += X.shape[0]
+        return out
+
+    def _phi(self, X, context, k, grad_out) -> torch.Tensor:
+        """``<grad_out_n, fn(X)_n>`` per row, shape (k, N), evaluated in chunks of rows."""
+        N = grad_out.shape[0]
+        per = max(1, self.max_rows // N)
+        vals = []
+        Xv = X.reshape((k, N) + tuple(X.shape[1:]))
+        for lo in range(0, k, per):
+            kk = min(per, k - lo)
+            out = self._eval(Xv[lo:lo + kk].reshape((kk * N,) + tuple(X.shape[1:])), context, kk)
+            out = out.reshape((kk, N, -1))
+            vals.append((out * grad_out.reshape(1, N, -1)).sum(-1))
+        return torch.cat(vals)
+
+    def _vjp(self, x, context, y, grad_out) -> torch.Tensor:
+        est = self.estimator
+        N = x.shape[0]
+        D = x[0].numel()
+        phi0 = (y.reshape(N, -1) * grad_out.reshape(N, -1)).sum(-1)  # (N,)
+        xf = x.reshape(N, D)
+        if isinstance(est, CGE):
+            grad = torch.zeros_like(xf)
+            per = max(1, self.max_rows // N)
+            for lo in range(0, D, per):
+                idx = torch.arange(lo, min(D, lo + per), device=x.device)
+                k = idx.numel()
+
+                def shifted(s):
+                    Xp = xf.unsqueeze(0).repeat(k, 1, 1)          # (k, N, D)
+                    base = Xp[torch.arange(k), :, idx]            # (k, N)
+                    new = base + s
+                    Xp[torch.arange(k), :, idx] = new
+                    return Xp, new - base
+
+                Xp, hp = shifted(est.mu)
+                fp = self._phi(Xp.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
+                if est.scheme == "forward":
+                    g = (fp - phi0) / hp
+                else:
+                    Xm, hm = shifted(-est.mu)
+                    fm = self._phi(Xm.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
+                    g = (fp - fm) / (hp - hm)
+                grad[:, lo:lo + k] = g.T
+            return grad.reshape(x.shape)
+        # RGE: each sample gets its own q directions
+        q, mu = est.directions, est.mu
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(int(self._rng.integers(2**63)))
+        U = torch.randn((q, N, D), generator=gen, device=x.device, dtype=x.dtype)
+        if est.distribution == "sphere":
+            U = U / U.norm(dim=-1, keepdim=True)
+        fp = self._phi((xf.unsqueeze(0) + mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
+        if est.scheme == "forward":
+            coef = (fp - phi0) / mu
+        else:
+            fm = self._phi((xf.unsqueeze(0) - mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
+            coef = (fp - fm) / (2 * mu)
+        scale = (D if est.distribution == "sphere" else 1.0) / q
+        grad = torch.einsum("qn,qnd->nd", coef, U) * scale
+        return grad.reshape(x.shape)
+
+    def __repr__(self) -> str:
+        return f"blackbox({getattr(self.fn, '__name__', type(self.fn).__name__)}, {self.estimator})"
+
+
+def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox:
+    r"""Wrap a black-box function as a differentiable torch op with a ZO backward.
+
+    Signature of the returned op: ``op(x, *context) -> y`` where ``x`` is a floating tensor
+    ``(N, ...)`` (the differentiable input), ``context`` are optional per-sample tensors or
+    arrays with ``N`` rows (labels, ...; not differentiated) and ``y = fn(x, *context)``
+    has ``N`` rows (scalars per sample or any per-sample shape).
+
+    The backward estimates the vector-Jacobian product **per sample** from ``fn`` values
+    only: for sample ``n`` with upstream gradient ``v_n`` it estimates the gradient of
+    ``phi_n(x_n) = <v_n, fn(x)_n>`` (ZO-AE-DS style). ``fn`` must treat rows independently;
+    all perturbations of a backward go through ``fn`` as batches of ``k * N`` rows
+    (perturbation-major, context repeated ``k`` times), at most ``max_rows`` per call.
+
+    - ``zo.RGE(mu, directions=q, distribution, scheme)``: ``q`` random directions per
+      sample, ``g_n = (phi/q) sum_i [phi_n(x_n + mu u_i) - phi_n(x_n)] / mu * u_i``
+      (``phi = D`` for ``"sphere"``, 1 for ``"gaussian"``); ``q * N`` rows per backward
+      (twice that for the central scheme).
+    - ``zo.CGE(mu, scheme)``: one query per input coordinate and sample, ``D * N`` rows
+      (``2 D N`` central); exact up to O(mu) / O(mu^2).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x, *context)``: torch tensors in, a tensor or array with ``N`` rows out. It may
+        leave torch (NumPy, onnxruntime, a simulator); its result is moved back to ``x``'s
+        device and dtype.
+    estimator : zo.RGE or zo.CGE, optional
+        Default ``zo.RGE(mu=5e-3, directions=192, distribution="sphere")``.
+    rng : Generator, int or None
+        Seeds the RGE directions (a fresh child seed every backward).
+    max_rows : int
+        Most rows per ``fn`` call.
+
+    Returns
+    -------
+    BlackBox
+        Callable op; ``op.nfev`` counts rows evaluated by ``fn``.
+
+    Examples
+    --------
+    >>> import torch, zoracle as zo
+    >>> from zoracle.adapters.torch import blackbox
+    >>> op = blackbox(lambda x: (x ** 2).sum(1).numpy(), zo.CGE(mu=1e-4, scheme="central"))
+    >>> x = torch.tensor([[1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    >>> op(x).sum().backward()
+    >>> [round(v, 4) for v in x.grad[0].tolist()]
+    [2.0, -4.0]
+    """
+    if not callable(fn):
+        raise ArgumentError(f"`fn` must be callable (x, *context) -> per-sample outputs, got {fn!r}")
+    if estimator is None:
+        estimator = RGE(mu=5e-3, directions=192, distribution="sphere")
+    if not isinstance(estimator, (CGE, RGE)):
+        raise ArgumentError(f"`estimator` must be zo.RGE(...) or zo.CGE(...), got {type(estimator).__name__}")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 1:
+        raise ArgumentError(f"`max_rows` must be a positive integer, got {max_rows!r}")
+    return BlackBox(fn, estimator, rng, int(max_rows))

@@ -1,0 +1,318 @@
+"""The step chain behind TorchOracle: how a model is split, run and perturbed in batches.
+
+A model is run as a chain of *steps* over a *state*, a tuple of tensors whose first entry is
+the main activation (every entry has the batch as its first dimension). A step either
+applies a module to the main activation or maps the whole state (residual forks and joins).
+Steps that own trainable parameters are the oracle's blocks.
+
+Perturbed outputs of one step are built for ``k`` coordinates at once as a ``(k, B, ...)``
+tensor, then flattened to ``k * B`` rows for the rest of the chain:
+
+- ``Linear``: perturbing ``W[i, j]`` by ``h`` adds ``h * x[..., j]`` to output unit ``i``;
+  the bias ``b[i]`` adds ``h``.
+- ``Conv2d``: perturbing ``W[o, c, p, q]`` adds ``h`` times input channel ``c`` (of ``o``'s
+  group), padded and shifted by ``(p, q)`` with the layer's stride and dilation, to output
+  channel ``o``.
+- ``BatchNorm``: perturbing ``weight[c]`` adds ``h * xhat[:, c]`` (the normalized input) to
+  channel ``c``; ``bias[c]`` adds ``h``.
+- anything else: a loop that perturbs the parameter in place, runs the step on the ``B``
+  samples, and restores the exact old value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Step", "fork", "Chain", "norm_context"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+         nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One step of a model's forward chain, for models that declare their own split.
+
+    A model opts into feature reuse by defining ``zoracle_steps(self) -> list`` whose items
+    are modules (applied to the main activation) or ``Step`` objects; running the items in
+    order on the state ``(x,)`` must equal ``model(x)``.
+
+    Parameters
+    ----------
+    module : nn.Module, optional
+        The module owning this step's parameters (None for a parameter-free step).
+    fn : callable, optional
+        ``state -> state`` (a tuple of tensors, batch first; a single tensor return means a
+        one-entry state). When None, the step is ``state[0] <- module(state[0])``.
+    name : str, optional
+        Shown in ``TorchOracle.block_names``.
+
+    Notes
+    -----
+    ``fn`` must treat every row of the state independently except through BatchNorm
+    modules (the oracle runs many perturbations as one batch; see ``TorchOracle``).
+    """
+
+    module: Optional[nn.Module] = None
+    fn: Optional[Callable] = None
+    name: str = ""
+
+    def __call__(self, state: tuple) -> tuple:
+        if self.fn is None:
+            return (self.module(state[0]),) + tuple(state[1:])
+        out = self.fn(state)
+        return out if isinstance(out, tuple) else (out,)
+
+
+def _fork(state):
+    return (state[0],) + tuple(state)
+
+
+#: a parameter-free step that duplicates the main activation (the start of a residual branch)
+fork = Step(fn=_fork, name="fork")
+
+
+# ---------------------------------------------------------------------------------------
+# BatchNorm and dropout semantics inside the oracle
+# ---------------------------------------------------------------------------------------
+class _NormState:
+    """Shared run-time settings read by the patched BatchNorm forwards."""
+
+    def __init__(self):
+        self.groups = 1
+        self.update = False
+
+
+def _bn_forward(mod, ctx: _NormState, x):
+    batch_stats = mod.training or mod.running_mean is None
+    if not batch_stats:
+        return F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
+    g = ctx.groups
+    if g == 1:
+        if ctx.update and mod.running_mean is not None:
+            mod.num_batches_tracked.add_(1)
+            m = mod.momentum if mod.momentum is not None else 1.0 / float(mod.num_batches_tracked)
+            return F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias, True, m, mod.eps)
+        return F.batch_norm(x, None, None, mod.weight, mod.bias, True, 0.0, mod.eps)
+    return _grouped_bn(x, g, mod.weight, mod.bias, mod.eps)
+
+
+def _grouped_bn(x, g, weight, bias, eps):
+    """Train-mode batch norm with separate statistics for each of ``g`` row groups."""
+    n, c = x.shape[0], x.shape[1]
+    xv = x.reshape(g, n // g, c, -1)
+    var, mean = torch.var_mean(xv, dim=(1, 3), unbiased=False, keepdim=True)
+    y = (xv - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.view(1, 1, c, 1) + bias.view(1, 1, c, 1)
+    return y.reshape(x.shape)
+
+
+def bn_normalized(mod, x):
+    """BatchNorm's normalized input ``xhat`` (no affine), with the same statistics as forward."""
+    if mod.training or mod.running_mean is None:
+        return F.batch_norm(x, None, None, None, None, True, 0.0, mod.eps)
+    return F.batch_norm(x, mod.running_mean, mod.running_var, None, None, False, 0.0, mod.eps)
+
+
+@contextlib.contextmanager
+def norm_context(model: nn.Module, groups: int = 1, update: bool = False):
+    """Run ``model`` with oracle semantics.
+
+    BatchNorm in train mode normalizes each of ``groups`` equal row groups with its own
+    batch statistics (one group per perturbation) and updates running statistics only when
+    ``update`` (plain calls); eval-mode BatchNorm uses the running statistics. Dropout is
+    the identity: finite differences need a deterministic loss.
+    """
+    ctx = _NormState()
+    ctx.groups, ctx.update = int(groups), bool(update)
+    patched = []
+    try:
+        for m in model.modules():
+            if isinstance(m, _BN):
+                m.forward = (lambda x, m=m: _bn_forward(m, ctx, x))
+                patched.append(m)
+            elif isinstance(m, _DROPOUT):
+                m.forward = _identity
+                patched.append(m)
+        yield ctx
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
+
+
+def _identity(x):
+    return x
+
+
+def set_groups(ctx: _NormState, g: int) -> None:
+    ctx.groups = int(g)
+
+
+# ---------------------------------------------------------------------------------------
+# chain extraction
+# ---------------------------------------------------------------------------------------
+def _flatten_sequential(seq: nn.Sequential, prefix: str, out: list) -> None:
+    for name, child in seq.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential):
+            _flatten_sequential(child, full + ".", out)
+        else:
+            out.append(Step(module=child, name=full))
+
+
+def _module_names(model: nn.Module) -> dict:
+    return {id(m): n for n, m in model.named_modules()}
+
+
+def steps_from_items(model: nn.Module, items) -> list:
+    """Normalize a declared split (modules and ``Step`` objects) into named ``Step`` objects."""
+    names = _module_names(model)
+    steps = []
+    for i, item in enumerate(items):
+        if isinstance(item, Step):
+            nm = item.name or (names.get(id(item.module), f"step{i}") if item.module is not None else f"step{i}")
+            steps.append(Step(item.module, item.fn, nm))
+        elif isinstance(item, nn.Module):
+            steps.append(Step(module=item, name=names.get(id(item), f"step{i}")))
+        else:
+            raise TypeError(f"item {i} is {type(item).__name__}; expected an nn.Module or Step")
+    return steps
+
+
+def extract_steps(model: nn.Module):
+    """``(steps, "")`` for a model with a usable split, else ``(None, reason)``."""
+    if hasattr(model, "zoracle_steps"):
+        return steps_from_items(model, list(model.zoracle_steps())), ""
+    if isinstance(model, nn.Sequential):
+        steps: list = []
+        _flatten_sequential(model, "", steps)
+        return steps, ""
+    return None, (f"{type(model).__name__} is neither an nn.Sequential nor declares zoracle_steps(); "
+                  "every perturbation runs a full forward (no feature reuse)")
+
+
+# ---------------------------------------------------------------------------------------
+# perturbed outputs of one step
+# ---------------------------------------------------------------------------------------
+@dataclass
+class BlockParams:
+    """The trainable parameters of one block: tensors, their role in the module, offsets."""
+
+    params: list      # list of nn.Parameter
+    roles: list       # attribute names in the module ("weight", "bias", ...) or dotted names
+    offsets: np.ndarray  # start of each parameter inside the block (plus the total at the end)
+
+
+def fast_kind(module) -> str:
+    """Which closed-form perturbation builder applies to ``module`` ('' for the generic loop)."""
+    if type(module) is nn.Linear:
+        return "linear"
+    if type(module) is nn.Conv2d:
+        return "conv2d"
+    if type(module) in _BN and module.affine:
+        return "bn"
+    return ""
+
+
+def prepare_cache(kind: str, module, x, out):
+    """What a fast builder needs besides the step input and output (computed once per prefix)."""
+    if kind == "conv2d":
+        pad = module._reversed_padding_repeated_twice
+        if any(pad):
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            return F.pad(x, pad, mode=mode)
+        return x
+    if kind == "bn":
+        return bn_normalized(module, x)
+    return None
+
+
+def _split_roles(bp: BlockParams, local: torch.Tensor):
+    """Group local (within-block) indices by parameter: yields (role, positions, idx_in_param)."""
+    offs = torch.as_tensor(bp.offsets, device=local.device)
+    which = torch.searchsorted(offs[1:], local, right=True)
+    for p_i in torch.unique(which).tolist():
+        pos = torch.nonzero(which == p_i).flatten()
+        yield bp.roles[p_i], pos, local[pos] - int(bp.offsets[p_i])
+
+
+def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, h):
+    """``(k, B, ...)`` outputs of the step for each perturbation ``(local[r], h[r])``."""
+    k = local.shape[0]
+    Y = out.unsqueeze(0).repeat((k,) + (1,) * out.dim())
+    ar_all = torch.arange(k, device=out.device)
+    for role, pos, idx in _split_roles(bp, local):
+        ar, hr = ar_all[pos], h[pos]
+        if kind == "linear":
+            if role == "weight":
+                i, j = idx // module.in_features, idx % module.in_features
+                Y[ar, ..., i] += hr.view((-1,) + (1,) * (x.dim() - 1)) * x[..., j].movedim(-1, 0)
+            else:
+                Y[ar, ..., idx] += hr.view((-1,) + (1,) * (x.dim() - 1))
+        elif kind == "conv2d":
+            if role == "weight":
+                O, Cg, kh, kw = module.weight.shape
+                o = idx // (Cg * kh * kw)
+                rem = idx % (Cg * kh * kw)
+                c, rem = rem // (kh * kw), rem % (kh * kw)
+                p, q = rem // kw, rem % kw
+                ci = (o // (O // module.groups)) * Cg + c
+                Ho, Wo = out.shape[-2], out.shape[-1]
+                sh, sw = module.stride
+                dh, dw = module.dilation
+                dev = out.device
+                rows = p[:, None] * dh + sh * torch.arange(Ho, device=dev)[None, :]
+                cols = q[:, None] * dw + sw * torch.arange(Wo, device=dev)[None, :]
+                G = cache[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
+                Y[ar, :, o] += hr.view(-1, 1, 1, 1) * G.transpose(0, 1)
+            else:
+                Y[ar, :, idx] += hr.view((-1,) + (1,) * (out.dim() - 1))
+        elif kind == "bn":
+            if role == "weight":
+                xh = cache[:, idx].transpose(0, 1)  # (k, B, *spatial)
+                Y[ar, :, idx] += hr.view((-1,) + (1,) * (xh.dim() - 1)) * xh
+            else:
+                Y[ar, :, idx] += hr.view((-1,) + (1,) * (out.dim() - 1))
+        else:  # pragma: no cover - guarded by fast_kind
+            raise AssertionError(kind)
+    return Y
+
+
+def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h) -> list:
+    """Per-perturbation states of a step without a closed form: perturb in place, run, restore."""
+    outs = []
+    local_l = local.tolist()
+    offs = bp.offsets
+    for r, li in enumerate(local_l):
+        p_i = int(np.searchsorted(offs[1:], li, side="right"))
+        flat = bp.params[p_i].data.view(-1)
+        j = li - int(offs[p_i])
+        old = flat[j].clone()
+        flat[j] = old + h[r]
+        try:
+            outs.append(step(state))
+        finally:
+            flat[j] = old
+    return outs
+
+
+class Chain:
+    """Runs a list of steps; ``run(state, lo, hi)`` applies steps ``lo..hi-1``."""
+
+    def __init__(self, steps: list):
+        self.steps = list(steps)
+
+    def run(self, state: tuple, lo: int = 0, hi: Optional[int] = None) -> tuple:
+        for s in self.steps[lo:hi]:
+            state = s(state)
+        return state

@@ -1,0 +1,647 @@
+"""PyTorch adapter: ``TorchOracle`` (a model + per-sample loss as a zoracle oracle) and
+``blackbox`` (a black-box function as a differentiable torch op with a ZO backward).
+
+Importing this module imports torch: that is how a user opts in (``pip install 'zoracle[torch]'``).
+
+``TorchOracle`` implements every capability the core planner knows: plain calls,
+``batch`` (many parameter vectors), ``coordinate_losses`` (CGE), ``prefix``/``suffix``
+(feature reuse) and ``bind`` (a fixed minibatch). Its fast path evaluates ``k``
+coordinate perturbations of one block as one batch of ``k * B`` samples through the rest of
+the network, building the perturbed layer outputs in closed form (rank-one updates of the
+cached unperturbed output) instead of copying weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoracle._backend import is_cupy
+from zoracle._errors import ArgumentError, OracleError
+
+from ._torch_blackbox import blackbox
+from ._torch_chain import (
+    BlockParams,
+    Chain,
+    Step,
+    fast_kind,
+    fork,
+    generic_outputs,
+    norm_context,
+    perturbed_outputs,
+    prepare_cache,
+    extract_steps,
+    steps_from_items,
+    _NORM,
+)
+
+__all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "to_torch"]
+
+_CPU_BUDGET = 32 * 2**20
+_GPU_BUDGET = 1024 * 2**20
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One trainable parameter in the flat vector.
+
+    ``kind`` is ``"conv"`` / ``"linear"`` (weights of Conv / Linear layers, the ones ZO-GraSP
+    scores), ``"norm"`` (normalization weights), ``"bias"`` or ``"other"``.
+    """
+
+    name: str
+    slice: slice
+    shape: tuple
+    kind: str
+
+
+def _param_kind(module, attr: str) -> str:
+    if attr == "bias":
+        return "bias"
+    if isinstance(module, nn.modules.conv._ConvNd) and attr == "weight":
+        return "conv"
+    if isinstance(module, nn.Linear) and attr == "weight":
+        return "linear"
+    if isinstance(module, _NORM):
+        return "norm"
+    return "other"
+
+
+def _as_torch_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in table:
+        raise ArgumentError(f"`dtype` must be float32 or float64 (torch, numpy or a string), got {dtype!r}")
+    return table[name]
+
+
+def to_torch(x, device=None, dtype=None) -> torch.Tensor:
+    """``x`` (NumPy, CuPy or torch) as a tensor; CuPy crosses by DLPack, NumPy by ``from_numpy``."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif is_cupy(x):
+        t = torch.from_dlpack(x)
+    else:
+        a = np.asarray(x)
+        t = torch.from_numpy(np.ascontiguousarray(a)) if a.dtype != object else torch.as_tensor(a.tolist())
+    if device is not None or dtype is not None:
+        t = t.to(device=device if device is not None else t.device,
+                 dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+    return t
+
+
+class _Features:
+    """Activations entering a block (opaque to the planner), plus the fast path's caches."""
+
+    __slots__ = ("block", "state", "out", "cache", "batch_size")
+
+    def __init__(self, block, state, out, cache, batch_size):
+        self.block, self.state, self.out, self.cache, self.batch_size = block, state, out, cache, batch_size
+
+    def __repr__(self):
+        shapes = [tuple(s.shape) for s in self.state]
+        return f"<features entering block {self.block}: {shapes}>"
+
+
+class _Core:
+    """What every bound copy of one TorchOracle shares: model, layout, split, measurements."""
+
+    def __init__(self, model, steps, reason):
+        self.model = model
+        self.steps = steps
+        self.reason = reason
+        self.warned = False
+        self.vmap_ok = True
+        self.probe = {}      # per-sample shape key -> per-step state bytes per sample
+        self.costs = {}      # per-sample shape key -> block costs
+
+
+class TorchOracle:
+    """A PyTorch model and a per-sample loss as a zoracle oracle over the flat parameters.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in the mode it is in (``train()`` or ``eval()``, see BatchNorm below).
+        Its trainable parameters (``requires_grad``) form the flat vector; frozen ones stay
+        fixed. The oracle shares the module: every query loads the flat vector into it.
+    loss_fn : callable
+        ``loss_fn(outputs, targets)`` returning **per-sample** losses of shape ``(N,)``,
+        e.g. ``nn.CrossEntropyLoss(reduction="none")``. The oracle's loss is their mean over
+        the minibatch. ``loss_fn`` may be a black box (convert to NumPy, call onnxruntime,
+        return a tensor without grad): batched evaluation calls it **once** on ``k * B``
+        samples (outputs of ``k`` perturbations stacked perturbation-major, targets
+        repeated ``k`` times) and reshapes the result to ``(k, B)``.
+    batch : (x, y), optional
+        The minibatch every query sees (NumPy or torch). Without it, use ``bind(batch)``.
+    dtype : torch/numpy dtype or str, optional
+        Converts the model (``model.to(dtype)``). Default: the model's dtype.
+    device : torch.device or str, optional
+        Moves the model. Default: the model's device.
+    budget_bytes : int, optional
+        Memory for the activations of one batched suffix chunk (k perturbations x B
+        samples). Default 32 MiB on CPU (cache friendly), 1 GiB on CUDA.
+    blocks : None, "none" or list, optional
+        None: the split is derived (``nn.Sequential``, flattened recursively, or the model's
+        own ``zoracle_steps()``). ``"none"``: no feature reuse; every perturbation is a
+        full forward, vectorized with ``torch.func.vmap``. A list of modules / ``Step``
+        objects: this split (running them in order on ``(x,)`` must equal ``model(x)``).
+    update_stats : bool
+        Plain calls (``oracle(params)``, the base point of every estimate, once per step)
+        update BatchNorm running statistics in train mode, like one first-order training
+        forward. Perturbation queries never do.
+
+    Notes
+    -----
+    **BatchNorm.** In ``train()`` mode every perturbed forward is normalized with its *own*
+    minibatch statistics, exactly as a plain call on that minibatch is; ``k`` perturbations
+    batched together are normalized as ``k`` separate groups of ``B`` samples. In ``eval()``
+    mode the running statistics are used. Perturbation queries (``batch``,
+    ``coordinate_losses``, ``prefix``, ``suffix``) never change running statistics.
+    **Dropout** is the identity inside the oracle (finite differences need a deterministic
+    loss). Other layers must treat samples independently.
+
+    **Split.** Each step of the chain that owns parameters is one block; ``prefix``
+    returns the activations entering it, ``suffix`` builds the ``k`` perturbed outputs of
+    the block (closed form for Linear, Conv2d and affine BatchNorm; a perturb-run-restore
+    loop for other layers) and runs the rest of the chain on ``k * B`` rows at once.
+    Models without a usable split fall back to full forwards (a one-time warning says so).
+
+    Examples
+    --------
+    >>> import numpy as np, torch, zoracle as zo
+    >>> from zoracle.adapters.torch import TorchOracle
+    >>> torch.manual_seed(0) and None
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    >>> x, y = np.random.default_rng(0).standard_normal((5, 3)), np.array([0, 1, 1, 0, 1])
+    >>> oracle = TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none"), (x, y))
+    >>> theta = oracle.initial_params()
+    >>> est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-5, scheme="central"))
+    >>> est.grad.shape, est.nfev
+    ((26,), 53)
+    """
+
+    def __init__(self, model, loss_fn, batch=None, *, dtype=None, device=None, budget_bytes=None,
+                 blocks=None, update_stats: bool = True):
+        if not isinstance(model, nn.Module):
+            raise ArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise ArgumentError(f"`loss_fn` must be callable (outputs, targets) -> per-sample losses, got {loss_fn!r}")
+        tdtype = _as_torch_dtype(dtype)
+        if tdtype is not None or device is not None:
+            model.to(device=device, dtype=tdtype)
+        if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral)
+                                         or budget_bytes < 1):
+            raise ArgumentError(f"`budget_bytes` must be a positive integer (bytes), got {budget_bytes!r}")
+        self.loss_fn = loss_fn
+        self.update_stats = bool(update_stats)
+        self._budget = budget_bytes
+        self._core = self._build_core(model, blocks)
+        self._x = self._y = None
+        if batch is not None:
+            self._set_batch(batch)
+
+    # ---------------------------------------------------------------- construction
+    @staticmethod
+    def _build_core(model, blocks) -> _Core:
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise ArgumentError("`model` has no trainable parameters (requires_grad=True); nothing to estimate")
+        if isinstance(blocks, str):
+            if blocks != "none":
+                raise ArgumentError(f"`blocks` must be None, 'none' or a list of modules/Steps, got {blocks!r}")
+            steps, reason = None, ""
+        elif blocks is not None:
+            try:
+                steps, reason = steps_from_items(model, list(blocks)), ""
+            except TypeError as exc:
+                raise ArgumentError(f"`blocks`: {exc}") from None
+        else:
+            try:
+                steps, reason = extract_steps(model)
+            except TypeError as exc:
+                raise ArgumentError(f"`model.zoracle_steps()`: {exc}") from None
+        core = _Core(model, None, reason)
+        names = {id(p): n for n, p in trainable}
+        if steps is not None:
+            owned, order = {}, []
+            ok = True
+            for si, st in enumerate(steps):
+                if st.module is None:
+                    continue
+                for attr, p in st.module.named_parameters():
+                    if not p.requires_grad:
+                        continue
+                    if id(p) in owned:
+                        ok = False
+                        reason = f"parameter {names.get(id(p), attr)} belongs to two steps (shared weights)"
+                    owned[id(p)] = si
+                    order.append((si, attr, p))
+            missing = [n for n, p in trainable if id(p) not in owned]
+            if missing:
+                ok = False
+                reason = f"parameters {missing[:3]} belong to no step of the split"
+            if ok:
+                core.steps = steps
+                core.chain = Chain(steps)
+                core.layout = order
+            else:
+                core.reason = reason + "; every perturbation runs a full forward (no feature reuse)"
+        if core.steps is None:
+            core.layout = [(-1, names[id(p)], p) for n, p in trainable]
+            core.chain = Chain([Step(module=model, name="model")])
+        # flat layout
+        off = 0
+        params, info, block_slices, block_names, block_steps, block_params = [], [], [], [], [], []
+        mods = {id(p): (m, a) for m in model.modules() for a, p in m.named_parameters(recurse=False)}
+        cur = None
+        for si, attr, p in core.layout:
+            n = p.numel()
+            sl = slice(off, off + n)
+            mod, a = mods[id(p)]
+            info.append(ParamInfo(names[id(p)], sl, tuple(p.shape), _param_kind(mod, a)))
+            params.append(p)
+            if si >= 0:
+                if cur is None or cur[0] != si:
+                    cur = [si, off, [], [], [0]]
+                    block_steps.append(cur)
+                cur[2].append(p)
+                cur[3].append(attr)
+                cur[4].append(cur[4][-1] + n)
+            off += n
+        core.d = off
+        core.params = params
+        core.info = info
+        core.block_steps = [c[0] for c in block_steps]
+        core.blocks = [slice(c[1], c[1] + c[4][-1]) for c in block_steps]
+        core.block_params = [BlockParams(c[2], c[3], np.asarray(c[4], dtype=np.int64)) for c in block_steps]
+        core.block_names = [core.steps[c[0]].name for c in block_steps]
+        core.kinds = [fast_kind(core.steps[c[0]].module) if core.steps[c[0]].fn is None else ""
+                      for c in block_steps]
+        if len(set(core.block_steps)) != len(core.block_steps):  # a step's params not contiguous
+            core.reason = "a step's parameters are not contiguous in forward order"
+            core.blocks, core.block_steps = [], []
+        return core
+
+    def _set_batch(self, batch):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
+        x, y = batch
+        dev, dt = self.device, self.dtype
+        self._x = to_torch(x, dev, dt)
+        self._y = None if y is None else to_torch(y, dev)
+        if self._y is not None and self._y.shape[0] != self._x.shape[0]:
+            raise ArgumentError(f"`batch`: x has {self._x.shape[0]} samples but y has {self._y.shape[0]}")
+        if self._x.shape[0] == 0:
+            raise ArgumentError("`batch` is empty; pass at least one sample")
+
+    def bind(self, batch) -> "TorchOracle":
+        """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""
+        new = copy.copy(self)
+        new._set_batch(batch)
+        return new
+
+    # ---------------------------------------------------------------- public layout
+    @property
+    def model(self) -> nn.Module:
+        return self._core.model
+
+    @property
+    def device(self) -> torch.device:
+        return self._core.params[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._core.params[0].dtype
+
+    @property
+    def size(self) -> int:
+        """Number of trainable parameters (length of the flat vector)."""
+        return self._core.d
+
+    @property
+    def blocks(self) -> list:
+        """Contiguous parameter ranges in forward order, one per step owning parameters."""
+        return list(self._core.blocks)
+
+    @property
+    def block_names(self) -> list:
+        return list(self._core.block_names)
+
+    @property
+    def parameter_names(self) -> list:
+        return [i.name for i in self._core.info]
+
+    @property
+    def param_info(self) -> list:
+        """``ParamInfo(name, slice, shape, kind)`` for every trainable parameter, in flat order."""
+        return list(self._core.info)
+
+    @property
+    def max_queries_per_call(self) -> int:
+        """Coordinates per ``suffix`` call the planner should send (the largest block chunk)."""
+        if self._x is None or not self._core.blocks:
+            return 4096
+        return int(max(self._chunk(b) for b in range(len(self._core.blocks))))
+
+    @property
+    def block_costs(self):
+        """Measured relative cost of one perturbation's suffix, per block (None until bound)."""
+        if self._x is None or not self._core.blocks:
+            return None
+        key = self._key()
+        if key not in self._core.costs:
+            self._core.costs[key] = self._measure_costs()
+        return list(self._core.costs[key])
+
+    def initial_params(self) -> np.ndarray:
+        """The module's current trainable parameters as one flat NumPy array (model dtype)."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in self._core.params])
+        return flat.cpu().numpy().copy()
+
+    def load(self, params) -> None:
+        """Write the flat vector ``params`` into the module's parameters."""
+        self._load(params)
+
+    def _load(self, params) -> torch.Tensor:
+        d = self._core.d
+        t = to_torch(params, self.device, self.dtype)
+        if t.dim() != 1 or t.shape[0] != d:
+            raise ArgumentError(f"`params` must be a flat vector of length {d}, got shape {tuple(t.shape)}")
+        with torch.no_grad():
+            for p, info in zip(self._core.params, self._core.info):
+                p.data.copy_(t[info.slice].view_as(p))
+        return t
+
+    # ---------------------------------------------------------------- evaluation helpers
+    def _require_batch(self):
+        if self._x is None:
+            raise ArgumentError(
+                "TorchOracle has no minibatch: pass batch=(x, y) to TorchOracle(...) or call "
+                "oracle.bind((x, y)) and query the returned oracle"
+            )
+
+    def _warn_fallback(self):
+        core = self._core
+        if not core.warned and core.reason and not core.blocks:
+            core.warned = True
+            warnings.warn(f"TorchOracle: {core.reason}", RuntimeWarning, stacklevel=3)
+
+    def _key(self):
+        return tuple(self._x.shape[1:])
+
+    def _targets(self, k: int):
+        y = self._y
+        if y is None or k == 1:
+            return y
+        return y.repeat((k,) + (1,) * (y.dim() - 1))
+
+    def _loss(self, outputs, k: int) -> torch.Tensor:
+        B = self._x.shape[0]
+        vals = self.loss_fn(outputs, self._targets(k))
+        vals = to_torch(vals, outputs.device)
+        if vals.dim() != 1 or vals.shape[0] != k * B:
+            if vals.numel() == 1 and k * B > 1:
+                raise ArgumentError(
+                    f"`loss_fn` returned a scalar; it must return per-sample losses of shape ({k * B},), "
+                    "e.g. nn.CrossEntropyLoss(reduction='none')"
+                )
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},), got {tuple(vals.shape)}")
+        return vals.reshape(k, B).mean(dim=1)
+
+    def _probe(self):
+        """Bytes per sample of the state after each step (measured once per input shape)."""
+        key = self._key()
+        if key not in self._core.probe:
+            sizes = []
+            with torch.no_grad(), norm_context(self.model):
+                state = (self._x[:1].clone(),)
+                for st in self._core.chain.steps:
+                    state = st(state)
+                    sizes.append(sum(s[:1].numel() * s.element_size() for s in state))
+            self._core.probe[key] = sizes
+        return self._core.probe[key]
+
+    def _chunk(self, block: int) -> int:
+        sizes = self._probe()
+        si = self._core.block_steps[block]
+        per = 3 * max(sizes[si:]) * self._x.shape[0]
+        budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+        return max(1, budget // max(1, per))
+
+    def _measure_costs(self) -> list:
+        """Time each step on the bound batch; a block's cost is the time of its suffix."""
+        steps = self._core.chain.steps
+        times = np.zeros(len(steps))
+        with torch.no_grad(), norm_context(self.model):
+            for _ in range(2):
+                state = (self._x,)
+                for i, st in enumerate(steps):
+                    t0 = time.perf_counter()
+                    state = st(state)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[i] += time.perf_counter() - t0
+        tail = np.cumsum(times[::-1])[::-1]
+        costs = np.array([tail[si] for si in self._core.block_steps])
+        return (costs / costs.max()).tolist()
+
+    # ---------------------------------------------------------------- the oracle protocol
+    def __call__(self, params) -> float:
+        """Mean per-sample loss of the bound minibatch at ``params``."""
+        self._require_batch()
+        self._load(params)
+        with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats):
+            out = self._core.chain.run((self._x,))[0]
+            return float(self._loss(out, 1)[0])
+
+    def batch(self, params_batch) -> np.ndarray:
+        """Losses for each row of ``params_batch`` (k, d); vectorized full forwards."""
+        self._require_batch()
+        P = to_torch(params_batch, self.device, self.dtype)
+        if P.dim() != 2 or P.shape[1] != self._core.d:
+            raise ArgumentError(f"`params_batch` must have shape (k, {self._core.d}), got {tuple(P.shape)}")
+        return self._full_batched(P).cpu().double().numpy()
+
+    def _full_batched(self, P: torch.Tensor) -> torch.Tensor:
+        k = P.shape[0]
+        out = torch.empty(k, dtype=P.dtype, device=P.device)
+        B = self._x.shape[0]
+        sizes = self._probe()
+        budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+        chunk = max(1, budget // max(1, 3 * max(sizes) * B + P.shape[1] * P.element_size()))
+        for lo in range(0, k, chunk):
+            out[lo:lo + chunk] = self._full_chunk(P[lo:lo + chunk])
+        return out
+
+    def _full_chunk(self, P: torch.Tensor) -> torch.Tensor:
+        k = P.shape[0]
+        core = self._core
+        if core.vmap_ok:
+            try:
+                return self._vmapped(P)
+            except Exception as exc:  # an op vmap cannot batch: loop instead, say so once
+                core.vmap_ok = False
+                warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
+                              "batched queries run one full forward each", RuntimeWarning, stacklevel=4)
+        outs = []
+        with torch.no_grad(), norm_context(self.model):
+            for r in range(k):
+                self._load(P[r])
+                outs.append(core.chain.run((self._x,))[0])
+        with torch.no_grad():
+            return self._loss(torch.cat(outs), k)
+
+    def _vmapped(self, P: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        core, k = self._core, P.shape[0]
+        model = self.model
+        names = {id(p): n for n, p in model.named_parameters()}
+        keys = [names[id(p)] for p in core.params]
+        x = self._x
+
+        def run(flat):
+            d = {key: flat[i.slice].view(i.shape) for key, i in zip(keys, core.info)}
+            return functional_call(model, d, (x,), strict=False, tie_weights=False)
+
+        with torch.no_grad(), norm_context(model):
+            outs = vmap(run, randomness="error")(P)  # (k, B, ...)
+            return self._loss(outs.reshape((k * x.shape[0],) + tuple(outs.shape[2:])), k)
+
+    def coordinate_losses(self, params, coords, step) -> np.ndarray:
+        """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (block by block)."""
+        self._require_batch()
+        c = np.asarray(coords, dtype=np.int64).reshape(-1)
+        out = np.empty(len(c))
+        if not self._core.blocks:
+            self._warn_fallback()
+            theta = self._load(params)
+            idx = torch.as_tensor(c, device=self.device)
+            B = self._x.shape[0]
+            sizes = self._probe()
+            budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+            chunk = max(1, budget // max(1, 3 * max(sizes) * B + theta.numel() * theta.element_size()))
+            for lo in range(0, len(c), chunk):
+                ii = idx[lo:lo + chunk]
+                P = theta.unsqueeze(0).repeat(len(ii), 1)
+                P[torch.arange(len(ii), device=self.device), ii] += step
+                out[lo:lo + chunk] = self._full_chunk(P).cpu().double().numpy()
+            return out
+        starts = np.array([b.start for b in self._core.blocks])
+        owner = np.searchsorted(starts, c, side="right") - 1
+        for b in np.unique(owner):
+            sel = np.flatnonzero(owner == b)
+            feats = self.prefix(params, int(b))
+            out[sel] = self.suffix(feats, params, int(b), c[sel], step)
+        return out
+
+    def prefix(self, params, block: int) -> _Features:
+        """Activations entering ``block`` (and the fast path's caches) at ``params``."""
+        self._require_batch()
+        core = self._core
+        if not core.blocks:
+            raise ArgumentError("this TorchOracle has no blocks (no feature reuse); use coordinate_losses")
+        block = self._check_block(block)
+        self._load(params)
+        si = core.block_steps[block]
+        st = core.chain.steps[si]
+        kind = core.kinds[block]
+        with torch.no_grad(), norm_context(self.model):
+            state = core.chain.run((self._x,), 0, si)
+            out = cache = None
+            if kind:
+                x = state[0]
+                out = st.module(x)
+                cache = prepare_cache(kind, st.module, x, out)
+        return _Features(block, state, out, cache, self._x.shape[0])
+
+    def _check_block(self, block) -> int:
+        n = len(self._core.blocks)
+        if isinstance(block, bool) or not isinstance(block, numbers.Integral) or not 0 <= block < n:
+            raise ArgumentError(f"`block` must be an integer in [0, {n}), got {block!r}")
+        return int(block)
+
+    def suffix(self, features, params, block: int, coords, step) -> np.ndarray:
+        """Losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``."""
+        self._require_batch()
+        block = self._check_block(block)
+        if not isinstance(features, _Features) or features.block != block:
+            raise ArgumentError(f"`features` must come from prefix(params, {block}) of this oracle")
+        core = self._core
+        blk = core.blocks[block]
+        c = np.asarray(coords, dtype=np.int64).reshape(-1)
+        if c.size and (c.min() < blk.start or c.max() >= blk.stop):
+            raise ArgumentError(f"`coords` must lie in block {block} = [{blk.start}, {blk.stop}), got "
+                                f"{int(c[(c < blk.start) | (c >= blk.stop)][0])}")
+        theta = self._load(params)
+        idx = torch.as_tensor(c, device=self.device)
+        with torch.no_grad():
+            base = theta[idx]
+            h = (base + step) - base  # the representable step, as a perturbed copy would see it
+        local = idx - blk.start
+        out = torch.empty(len(c), dtype=torch.float64)
+        chunk = self._chunk(block)
+        for lo in range(0, len(c), chunk):
+            out[lo:lo + chunk] = self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk]).cpu()
+        return out.numpy()
+
+    def _suffix_chunk(self, feats: _Features, block: int, local, h) -> torch.Tensor:
+        core = self._core
+        si = core.block_steps[block]
+        st = core.chain.steps[si]
+        kind = core.kinds[block]
+        k = local.shape[0]
+        with torch.no_grad(), norm_context(self.model) as ctx:
+            if kind:
+                Y = perturbed_outputs(kind, st.module, feats.state[0], feats.out, feats.cache,
+                                      core.block_params[block], local, h)
+                rest = tuple(_repeat(s, k) for s in feats.state[1:])
+                state = (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest
+            else:
+                outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
+                state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
+            ctx.groups = k
+            state = core.chain.run(state, si + 1)
+            return self._loss(state[0], k)
+
+    # ---------------------------------------------------------------- evaluation
+    def predict(self, params, x, *, batch_size: int = 1024, train: bool = False) -> np.ndarray:
+        """Model outputs for ``x`` at ``params`` (no grad, in chunks of ``batch_size``).
+
+        ``train=False`` evaluates in eval mode (BatchNorm running statistics, no dropout) and
+        restores the model's mode afterwards; ``train=True`` uses each chunk's statistics.
+        """
+        self._load(params)
+        xt = to_torch(x, self.device, self.dtype)
+        model = self.model
+        was = model.training
+        outs = []
+        try:
+            model.train(bool(train))
+            with torch.no_grad(), norm_context(model):
+                for lo in range(0, xt.shape[0], batch_size):
+                    outs.append(self._core.chain.run((xt[lo:lo + batch_size],))[0])
+        finally:
+            model.train(was)
+        return torch.cat(outs).cpu().numpy()
+
+    def __repr__(self) -> str:
+        b = "unbound" if self._x is None else f"batch={tuple(self._x.shape)}"
+        return (f"TorchOracle({type(self.model).__name__}, d={self._core.d}, blocks={len(self._core.blocks)}, "
+                f"{b}, dtype={self.dtype}, device={self.device})")
+
+
+def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.unsqueeze(0).expand((k,) + tuple(t.shape)).reshape((k * t.shape[0],) + tuple(t.shape[1:]))
+
