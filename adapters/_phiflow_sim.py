@@ -1,0 +1,394 @@
+"""The unsteady 2D wake flow behind a cylinder, written with PhiFlow 3.4 (NumPy backend).
+
+States cross this module's boundary as plain NumPy arrays of staggered face velocities:
+``vx`` with shape ``(B, nx + 1, ny)`` (x-faces at ``x = i * dx``) and ``vy`` with shape
+``(B, nx, ny)`` (y-faces at ``y = (j + 1) * dy``; the inflow face at ``y = 0`` is fixed by the
+boundary condition and not stored). ``B`` is a batch of independent simulations: PhiFlow runs
+them as one batch dimension, which costs little more than one simulation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math as _math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from phi import math as pm
+from phi.field import StaggeredGrid
+from phi.geom import Box, Sphere
+from phi.physics import advect, diffuse, fluid
+
+from zoracle._errors import ArgumentError, ZoracleError
+
+__all__ = [
+    "WakeFlow",
+    "SimulationError",
+    "Reference",
+    "downsample",
+    "reference_trajectories",
+    "vorticity",
+    "default_cache_dir",
+]
+
+#: bump when the simulation code changes what a cached trajectory holds
+CACHE_VERSION = 1
+
+
+class SimulationError(ZoracleError, FloatingPointError):
+    """The simulation produced non-finite velocities; the message names the step and the runs."""
+
+
+@dataclass(frozen=True)
+class WakeFlow:
+    """Unsteady 2D wake flow behind a cylinder (Um et al. 2020), one resolution.
+
+    Domain ``[0, width] x [0, height]``, cylinder of ``radius`` at ``center``, inflow
+    ``v_y = inflow`` through the bottom, open (zero-gradient) sides and top. One step of
+    ``dt``: explicit diffusion (sub-stepped when needed for stability), semi-Lagrangian
+    self-advection, pressure projection with the cylinder as obstacle (CG to ``tol``).
+    The kinematic viscosity is ``inflow * 2 * radius / Re``.
+
+    Parameters
+    ----------
+    nx, ny : int
+        Cells along x and y (default 32 x 64: the coarse grid of the benchmark).
+    tol : float
+        Relative and absolute tolerance of the CG pressure solve.
+    kick : float
+        Amplitude of the small asymmetric x-velocity blob in the initial state that starts
+        the vortex shedding deterministically.
+
+    Examples
+    --------
+    >>> flow = WakeFlow(nx=16, ny=32)
+    >>> vx, vy = flow.initial(2)
+    >>> vx.shape, vy.shape
+    ((2, 17, 32), (2, 16, 32))
+    """
+
+    nx: int = 32
+    ny: int = 64
+    width: float = 100.0
+    height: float = 200.0
+    center: tuple = (50.0, 50.0)
+    radius: float = 10.0
+    inflow: float = 1.0
+    dt: float = 1.0
+    tol: float = 1e-5
+    max_iter: int = 2000
+    kick: float = 0.5
+
+    def __post_init__(self):
+        for name in ("nx", "ny"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 4:
+                raise ArgumentError(f"`{name}` must be an integer >= 4, got {v!r}")
+        for name in ("width", "height", "radius", "inflow", "dt", "tol"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v <= 0:
+                raise ArgumentError(f"`{name}` must be a finite number > 0, got {v!r}")
+        object.__setattr__(self, "center", tuple(float(c) for c in self.center))
+
+    # geometry ----------------------------------------------------------------------------
+    @property
+    def dx(self) -> float:
+        return self.width / self.nx
+
+    @property
+    def dy(self) -> float:
+        return self.height / self.ny
+
+    @property
+    def shapes(self) -> tuple:
+        """Shapes of one state's ``(vx, vy)`` without the batch axis."""
+        return (self.nx + 1, self.ny), (self.nx, self.ny)
+
+    def coarsened(self, factor: int) -> "WakeFlow":
+        """The same flow on a grid ``factor`` times coarser in each direction."""
+        if self.nx % factor or self.ny % factor:
+            raise ArgumentError(f"the grid {self.nx}x{self.ny} is not divisible by the factor {factor}")
+        return WakeFlow(**{**asdict(self), "nx": self.nx // factor, "ny": self.ny // factor})
+
+    def viscosity(self, re) -> np.ndarray:
+        """Kinematic viscosity ``U * D / Re`` for Reynolds number(s) ``re``."""
+        re = np.asarray(re, dtype=np.float64)
+        if not np.all(np.isfinite(re)) or np.any(re <= 0):
+            raise ArgumentError(f"Reynolds numbers must be finite and > 0, got {re.tolist()}")
+        return self.inflow * 2 * self.radius / re
+
+    def substeps(self, re) -> int:
+        """Explicit-diffusion sub-steps that keep ``nu dt / dx^2`` under 0.2 (stable)."""
+        nu = float(np.max(self.viscosity(re)))
+        return max(1, _math.ceil(nu * self.dt / (0.2 * min(self.dx, self.dy) ** 2)))
+
+    def fluid_mask(self) -> np.ndarray:
+        """``(nx, ny)`` boolean mask of cells whose centre lies outside the cylinder."""
+        xc = (np.arange(self.nx) + 0.5) * self.dx
+        yc = (np.arange(self.ny) + 0.5) * self.dy
+        X, Y = np.meshgrid(xc, yc, indexing="ij")
+        # cells touched by the rasterized obstacle are excluded with one cell of margin
+        r = np.hypot(X - self.center[0], Y - self.center[1])
+        return r > self.radius + 1.5 * max(self.dx, self.dy)
+
+    # phi objects -------------------------------------------------------------------------
+    def _phi(self):
+        bounds = Box(x=self.width, y=self.height)
+        bc = {"x": pm.extrapolation.ZERO_GRADIENT, "y-": pm.vec(x=0.0, y=self.inflow),
+              "y+": pm.extrapolation.ZERO_GRADIENT}
+        with pm.NUMPY:
+            template = StaggeredGrid(0.0, bc, bounds, x=self.nx, y=self.ny)
+        obstacle = Sphere(x=self.center[0], y=self.center[1], radius=self.radius)
+        return template, obstacle
+
+    # states ------------------------------------------------------------------------------
+    def initial(self, batch: int = 1, dtype=np.float32) -> tuple:
+        """Uniform inflow plus a small asymmetric x-velocity blob behind the cylinder."""
+        (sx, sy) = self.shapes
+        xf = np.arange(sx[0]) * self.dx
+        yc = (np.arange(sx[1]) + 0.5) * self.dy
+        X, Y = np.meshgrid(xf, yc, indexing="ij")
+        cx, cy = self.center
+        blob = self.kick * np.exp(-((X - cx) ** 2 + (Y - cy - 2.5 * self.radius) ** 2) / (2 * self.radius ** 2))
+        vx = np.broadcast_to(blob, (batch,) + sx).astype(dtype)
+        vy = np.full((batch,) + sy, self.inflow, dtype=dtype)
+        return vx.copy(), vy
+
+    def to_phi(self, vx, vy, template=None):
+        """A PhiFlow ``StaggeredGrid`` (batch dimension ``sim``) from face arrays."""
+        if template is None:
+            template, _ = self._phi()
+        tx = pm.tensor(vx, pm.batch("sim"), pm.spatial("x,y"))
+        ty = pm.tensor(vy, pm.batch("sim"), pm.spatial("x,y"))
+        return template.with_values(pm.stack([tx, ty], pm.dual(vector="x,y")))
+
+    @staticmethod
+    def from_phi(v, native: bool = False) -> tuple:
+        """Face arrays ``(vx, vy)`` (batch first) of a ``StaggeredGrid`` with batch dim ``sim``."""
+        tx, ty = pm.unstack(v.values, "~vector")
+        if native:
+            return tx.native("sim,x,y"), ty.native("sim,x,y")
+        return tx.numpy("sim,x,y"), ty.numpy("sim,x,y")
+
+    def simulate(self, vx, vy, re, steps: int, *, correct=None, record: bool = False,
+                 start: int = 0, check: bool = True):
+        """Advance a batch of states by ``steps`` solver steps.
+
+        Parameters
+        ----------
+        vx, vy : array
+            Face velocities, shapes ``(B, nx + 1, ny)`` and ``(B, nx, ny)``: NumPy arrays, or
+            torch tensors (then PhiFlow's torch backend runs and the result is differentiable).
+        re : array_like
+            Reynolds number per batch entry, shape ``(B,)`` (or a scalar).
+        steps : int
+            Solver steps to take.
+        correct : callable, optional
+            ``correct(vx, vy, t) -> (vx, vy)`` applied after every solver step ``t`` (a
+            correction network; solver-in-the-loop).
+        record : bool
+            Return every state (``(B, steps + 1, ...)`` arrays) instead of the last one.
+        start : int
+            Number of the first step, used in error messages.
+        check : bool
+            Raise :class:`SimulationError` as soon as a state is not finite.
+
+        Returns
+        -------
+        (vx, vy)
+            The final (or every) state, same kind of arrays as the input.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ArgumentError(f"`steps` must be an integer >= 0, got {steps!r}")
+        is_torch = not isinstance(vx, np.ndarray)
+        B = vx.shape[0]
+        if tuple(vx.shape[1:]) != self.shapes[0] or tuple(vy.shape[1:]) != self.shapes[1] or vy.shape[0] != B:
+            raise ArgumentError(
+                f"state shapes {tuple(vx.shape)}, {tuple(vy.shape)} do not match the grid: expected "
+                f"(B, {self.nx + 1}, {self.ny}) and (B, {self.nx}, {self.ny})"
+            )
+        re = np.broadcast_to(np.asarray(re, dtype=np.float64), (B,))
+        nu = pm.tensor(self.viscosity(re), pm.batch("sim"))
+        sub = self.substeps(re)
+        template, obstacle = self._phi()
+        solve = pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter)
+        v = self.to_phi(vx, vy, template)
+        pressure = None
+        hist = [(vx, vy)] if record else None
+        cx, cy = vx, vy
+        for t in range(steps):
+            v = diffuse.explicit(v, nu, self.dt, substeps=sub)
+            v = advect.semi_lagrangian(v, v, self.dt)
+            s = solve if pressure is None else pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter, x0=pressure)
+            v, pressure = fluid.make_incompressible(v, [obstacle], s)
+            cx, cy = self.from_phi(v, native=is_torch)
+            if check:
+                self._check_finite(cx, cy, start + t)
+            if correct is not None:
+                cx, cy = correct(cx, cy, start + t)
+                if check:
+                    self._check_finite(cx, cy, start + t, after="the correction")
+                v = self.to_phi(cx, cy, template)
+            if record:
+                hist.append((cx, cy))
+        if not record:
+            return cx, cy
+        if is_torch:
+            import torch
+
+            return torch.stack([h[0] for h in hist], 1), torch.stack([h[1] for h in hist], 1)
+        return np.stack([h[0] for h in hist], 1), np.stack([h[1] for h in hist], 1)
+
+    @staticmethod
+    def _check_finite(vx, vy, t, after="the solver"):
+        if isinstance(vx, np.ndarray):
+            bad = ~(np.isfinite(vx).reshape(vx.shape[0], -1).all(1) & np.isfinite(vy).reshape(vy.shape[0], -1).all(1))
+        else:
+            import torch
+
+            with torch.no_grad():
+                bad = (~(torch.isfinite(vx).flatten(1).all(1) & torch.isfinite(vy).flatten(1).all(1))).cpu().numpy()
+        if bad.any():
+            runs = np.flatnonzero(bad)
+            shown = ", ".join(map(str, runs[:8].tolist())) + (", ..." if runs.size > 8 else "")
+            raise SimulationError(
+                f"the wake-flow simulation produced non-finite velocities at step {t} after {after} "
+                f"(batch entries {shown} of {bad.size}); lower the correction's magnitude, the time "
+                "step or the Reynolds number"
+            )
+
+    def divergence(self, vx, vy) -> np.ndarray:
+        """Finite-volume divergence ``(B, nx, ny)`` of face velocities (inflow face included)."""
+        vx, vy = np.asarray(vx), np.asarray(vy)
+        inflow = np.full(vy.shape[:-1] + (1,), self.inflow, dtype=vy.dtype)
+        fy = np.concatenate([inflow, vy], axis=-1)
+        return (vx[:, 1:, :] - vx[:, :-1, :]) / self.dx + (fy[:, :, 1:] - fy[:, :, :-1]) / self.dy
+
+
+def downsample(vx, vy, factor: int) -> tuple:
+    """Fine face velocities to a grid ``factor`` times coarser, conserving face fluxes.
+
+    A coarse face carries the mean of the ``factor`` fine faces it covers, so the coarse
+    divergence of a cell is the mean of the fine divergences inside it (a divergence-free
+    fine field stays divergence-free). Works on any leading batch axes.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ArgumentError(f"`factor` must be an integer >= 1, got {factor!r}")
+    vx, vy = np.asarray(vx), np.asarray(vy)
+    f = factor
+    nxf, nyf = vy.shape[-2], vy.shape[-1]
+    if nxf % f or nyf % f or vx.shape[-2] != nxf + 1 or vx.shape[-1] != nyf:
+        raise ArgumentError(
+            f"fine faces of shapes {vx.shape[-2:]} and {vy.shape[-2:]} cannot be coarsened by {f}: "
+            "the grid must be divisible by the factor"
+        )
+    lead = vx.shape[:-2]
+    cx = vx[..., ::f, :].reshape(lead + (nxf // f + 1, nyf // f, f)).mean(-1)
+    cy = vy[..., :, f - 1::f].reshape(lead + (nxf // f, f, nyf // f)).mean(-2)
+    return cx.astype(vx.dtype, copy=False), cy.astype(vy.dtype, copy=False)
+
+
+def vorticity(flow: WakeFlow, vx, vy) -> np.ndarray:
+    """Vorticity ``dvy/dx - dvx/dy`` at cell centres, shape ``(..., nx, ny)``."""
+    vx, vy = np.asarray(vx, dtype=np.float64), np.asarray(vy, dtype=np.float64)
+    ux = 0.5 * (vx[..., 1:, :] + vx[..., :-1, :])
+    inflow = np.full(vy.shape[:-1] + (1,), flow.inflow)
+    fy = np.concatenate([inflow, vy], axis=-1)
+    uy = 0.5 * (fy[..., 1:] + fy[..., :-1])
+    return np.gradient(uy, flow.dx, axis=-2) - np.gradient(ux, flow.dy, axis=-1)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Downsampled fine trajectories: ``vx (R, T + 1, nx + 1, ny)``, ``vy (R, T + 1, nx, ny)``."""
+
+    vx: np.ndarray
+    vy: np.ndarray
+    re: np.ndarray
+    path: str = ""
+    cached: bool = False
+    seconds: float = 0.0
+
+    def select(self, runs) -> "Reference":
+        idx = np.asarray(runs)
+        return Reference(self.vx[idx], self.vy[idx], self.re[idx], self.path, self.cached, self.seconds)
+
+
+def default_cache_dir() -> Path:
+    """``$ZORACLE_CACHE`` or ``~/.cache/zoracle``."""
+    root = os.environ.get("ZORACLE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zoracle")
+    return Path(root)
+
+
+def _key(fine: WakeFlow, re, warmup, steps, factor) -> tuple:
+    meta = {"version": CACHE_VERSION, "flow": asdict(fine), "re": [float(r) for r in re],
+            "warmup": int(warmup), "steps": int(steps), "factor": int(factor)}
+    blob = json.dumps(meta, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20], blob
+
+
+def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int = 0, steps: int = 100,
+                           cache_dir=None, progress=None) -> Reference:
+    """Fine trajectories for each Reynolds number, downsampled by ``factor``; cached on disk.
+
+    The fine solver runs all Reynolds numbers as one batch for ``warmup`` steps (the
+    initial transient, not recorded) and then ``steps`` recorded steps. The result is stored
+    as ``wake-<key>.npz`` under ``cache_dir`` (default :func:`default_cache_dir`), keyed by
+    every parameter that changes it: the fine flow's settings, the Reynolds numbers,
+    ``warmup``, ``steps``, ``factor`` and the cache format version.
+
+    Returns
+    -------
+    Reference
+        ``vx``/``vy`` of shape ``(R, steps + 1, ...)`` on the coarse grid, and ``re``.
+    """
+    import time
+
+    re = np.atleast_1d(np.asarray(re, dtype=np.float64))
+    fine.viscosity(re)  # validates
+    for name, v, lo in (("warmup", warmup, 0), ("steps", steps, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+    fine.coarsened(factor)  # validates divisibility
+    key, blob = _key(fine, re, warmup, steps, factor)
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = directory / f"wake-{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["meta"]) == blob:
+                    return Reference(z["vx"], z["vy"], z["re"], str(path), True, float(z["seconds"]))
+        except (OSError, KeyError, ValueError):
+            pass  # a damaged cache file is recomputed and replaced below
+    t0 = time.perf_counter()
+    vx, vy = fine.initial(len(re))
+    if warmup:
+        if progress:
+            progress(f"fine solver {fine.nx}x{fine.ny}: {warmup} warm-up steps for Re = {re.tolist()}")
+        vx, vy = fine.simulate(vx, vy, re, warmup)
+    if progress:
+        progress(f"fine solver {fine.nx}x{fine.ny}: {steps} recorded steps")
+    cx, cy = [vx], [vy]
+    out_x, out_y = [downsample(vx, vy, factor)[0]], [downsample(vx, vy, factor)[1]]
+    del cx, cy
+
+    def keep(fx, fy, t):
+        dx_, dy_ = downsample(fx, fy, factor)
+        out_x.append(dx_)
+        out_y.append(dy_)
+        return fx, fy
+
+    fine.simulate(vx, vy, re, steps, correct=keep, start=warmup)
+    seconds = time.perf_counter() - t0
+    vxs, vys = np.stack(out_x, 1), np.stack(out_y, 1)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    os.close(fd)
+    with open(tmp, "wb") as fh:
+        np.savez(fh, vx=vxs, vy=vys, re=re, meta=np.array(blob), seconds=np.array(seconds))
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    return Reference(vxs, vys, re, str(path), False, seconds)

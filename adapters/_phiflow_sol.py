@@ -1,0 +1,412 @@
+"""Solver-in-the-loop correction: a small torch CNN corrects the coarse PhiFlow solver.
+
+The solver is a black box to the oracle: :class:`SolverInTheLoop` only ever runs it
+forward (NumPy backend) and never asks it for gradients. All parameter vectors of one
+oracle call run as one batched simulation: ``k`` networks (``torch.func.vmap`` over the
+stacked parameters) correct ``k x n`` coarse simulations that PhiFlow advances along one
+batch dimension.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from zoracle._errors import ArgumentError
+
+from ._phiflow_sim import Reference, WakeFlow
+
+__all__ = [
+    "ParamBlock",
+    "correction_net",
+    "flat_params",
+    "SolverInTheLoop",
+    "rollout",
+    "mean_abs_error",
+    "fit_offline",
+    "fit_differentiable",
+]
+
+
+@dataclass(frozen=True)
+class ParamBlock:
+    """One tensor of the network inside the flat parameter vector."""
+
+    name: str
+    slice: slice
+    shape: tuple
+    kind: str  # "conv" (scored by sparse CGE) or "bias" (estimated densely)
+
+
+class _CorrectionNet(nn.Module):
+    def __init__(self, channels: int, kernel: int, layers: int):
+        super().__init__()
+        widths = [3] + [channels] * (layers - 1) + [2]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, kernel, padding=kernel // 2) for a, b in zip(widths[:-1], widths[1:])
+        )
+
+    def forward(self, x):
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.convs) - 1:
+                x = torch.relu(x)
+        return x
+
+
+def correction_net(channels: int = 8, kernel: int = 5, layers: int = 3, seed: int = 0,
+                   out_scale: float = 0.1) -> nn.Module:
+    """A small CNN ``(N, 3, nx + 1, ny) -> (N, 2, nx + 1, ny)``.
+
+    Inputs: ``vx``, ``vy`` (zero-padded to ``vx``'s shape) and the Reynolds-number feature
+    ``log(Re / 200)``. Output: the velocity correction (``vy``'s channel is cropped back).
+    The last layer is initialised ``out_scale`` times smaller, so training starts near
+    the uncorrected solver. An all-zero parameter vector is exactly "no correction".
+    """
+    for name, v, lo in (("channels", channels, 1), ("kernel", kernel, 1), ("layers", layers, 2)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+    if kernel % 2 == 0:
+        raise ArgumentError(f"`kernel` must be odd (same-size convolutions), got {kernel}")
+    g = torch.Generator().manual_seed(int(seed))
+    net = _CorrectionNet(channels, kernel, layers)
+    with torch.no_grad():
+        for conv in net.convs:
+            bound = 1.0 / np.sqrt(conv.in_channels * kernel * kernel)
+            conv.weight.copy_(torch.empty_like(conv.weight).uniform_(-bound, bound, generator=g))
+            conv.bias.zero_()
+        net.convs[-1].weight.mul_(out_scale)
+    return net
+
+
+def flat_params(net: nn.Module) -> np.ndarray:
+    """The network's parameters as one flat float64 NumPy vector (``named_parameters`` order)."""
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).double().numpy()
+
+
+def _blocks(net: nn.Module) -> list:
+    out, pos = [], 0
+    for name, p in net.named_parameters():
+        n = p.numel()
+        out.append(ParamBlock(name, slice(pos, pos + n), tuple(p.shape), "bias" if name.endswith("bias") else "conv"))
+        pos += n
+    return out
+
+
+def _re_feature(re) -> np.ndarray:
+    return np.log(np.asarray(re, dtype=np.float64) / 200.0)
+
+
+class _Corrector:
+    """``k`` copies of one network architecture with stacked parameters, applied at once."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.blocks = _blocks(net)
+        self.d = self.blocks[-1].slice.stop
+
+        def one(p, x):
+            return functional_call(self.net, p, (x,))
+
+        self._batched = vmap(one)
+
+    def params(self, P: torch.Tensor) -> dict:
+        k = P.shape[0]
+        return {b.name: P[:, b.slice].reshape((k,) + b.shape) for b in self.blocks}
+
+    def features(self, vx, vy, re_feat):
+        """``(..., 3, nx + 1, ny)`` network input from face arrays of shape ``(..., .., ..)``."""
+        pad = torch.zeros(vy.shape[:-2] + (1, vy.shape[-1]), dtype=vy.dtype, device=vy.device)
+        vyp = torch.cat([vy, pad], dim=-2)
+        ref = torch.as_tensor(re_feat, dtype=vx.dtype).reshape(re_feat.shape + (1, 1)).expand(vx.shape)
+        return torch.stack([vx, vyp, ref], dim=-3)
+
+    def apply(self, P: torch.Tensor, vx, vy, re_feat):
+        """Corrected ``(vx, vy)``; ``vx``: ``(k, n, nx + 1, ny)``, ``P``: ``(k, d)``."""
+        x = self.features(vx, vy, re_feat)
+        out = self._batched(self.params(P), x)
+        return vx + out[:, :, 0], vy + out[:, :, 1, :-1]
+
+
+def _as_matrix(params_batch, d: int) -> np.ndarray:
+    P = np.asarray(params_batch.get() if hasattr(params_batch, "get") else params_batch)
+    if P.ndim == 1:
+        P = P[None]
+    if P.ndim != 2 or P.shape[1] != d:
+        raise ArgumentError(f"parameters must have shape (k, {d}), got {P.shape}")
+    return P
+
+
+class SolverInTheLoop:
+    """Loss oracle of a correction network trained *through* a black-box coarse solver.
+
+    ``loss(theta)`` starts from downsampled fine states ``(run, frame)``, alternates
+    ``unroll`` coarse solver steps with the correction ``v <- v + net_theta(v, Re)`` and
+    returns the mean squared difference between each corrected state and the downsampled
+    fine state of the same step (averaged over the steps, the start states and the faces).
+
+    Capabilities: plain call, ``batch`` (``k`` parameter vectors as one PhiFlow batch of
+    ``k * n`` simulations), ``coordinate_losses`` (sparse CGE without a dense matrix) and
+    ``bind`` (another set of start states: a minibatch). ``max_queries_per_call`` sets how
+    many parameter vectors the planner puts into one batched simulation. ``param_info``
+    marks the convolution weights (scored by sparse CGE) and the biases (estimated densely).
+
+    Parameters
+    ----------
+    flow : WakeFlow
+        The coarse solver.
+    net : torch.nn.Module
+        The correction network (see :func:`correction_net`); used as an architecture, its
+        own parameters are ignored in favour of the flat vector passed to the oracle.
+    reference : Reference
+        Downsampled fine trajectories on ``flow``'s grid.
+    starts : array of shape (n, 2), optional
+        ``(run, frame)`` start states; default every ``unroll``-th frame of every run.
+    unroll : int
+        Solver steps per loss evaluation (the paper unrolls 16).
+    max_queries_per_call : int
+        Parameter vectors per batched simulation.
+    """
+
+    def __init__(self, flow: WakeFlow, net: nn.Module, reference: Reference, *, starts=None, unroll: int = 4,
+                 max_queries_per_call: int = 64):
+        if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
+            raise ArgumentError(f"`unroll` must be an integer >= 1, got {unroll!r}")
+        T = reference.vx.shape[1] - 1
+        if unroll > T:
+            raise ArgumentError(f"`unroll`={unroll} exceeds the {T} recorded reference steps; record more steps")
+        if tuple(reference.vx.shape[2:]) != flow.shapes[0]:
+            raise ArgumentError(
+                f"the reference grid {reference.vx.shape[2:]} does not match the coarse solver's faces {flow.shapes[0]}"
+            )
+        self.flow = flow
+        self.reference = reference
+        self.unroll = int(unroll)
+        self.corrector = _Corrector(net)
+        self.param_info = self.corrector.blocks
+        self.d = self.corrector.d
+        self.max_queries_per_call = int(max_queries_per_call)
+        if starts is None:
+            frames = np.arange(0, T - self.unroll + 1, self.unroll)
+            starts = np.array([(r, f) for r in range(len(reference.re)) for f in frames])
+        self.starts = self._check_starts(starts)
+        self.solver_seconds = 0.0
+        self.solver_calls = 0
+
+    def _check_starts(self, starts) -> np.ndarray:
+        if isinstance(starts, tuple) and len(starts) == 1:  # a zo.Minibatches row tuple
+            starts = starts[0]
+        s = np.asarray(starts)
+        if s.ndim != 2 or s.shape[1] != 2 or s.shape[0] < 1 or s.dtype.kind not in "iu":
+            raise ArgumentError(f"`starts` must be an integer array of (run, frame) rows, got shape {s.shape}")
+        R, T = self.reference.vx.shape[0], self.reference.vx.shape[1] - 1
+        bad = (s[:, 0] < 0) | (s[:, 0] >= R) | (s[:, 1] < 0) | (s[:, 1] + self.unroll > T)
+        if bad.any():
+            raise ArgumentError(
+                f"start {s[bad][0].tolist()} is out of range: runs are 0..{R - 1}, frames 0..{T - self.unroll} "
+                f"(unroll {self.unroll})"
+            )
+        return s.astype(np.int64)
+
+    # DataOracle --------------------------------------------------------------------------
+    def bind(self, batch) -> "SolverInTheLoop":
+        """The same oracle on other start states (a minibatch of ``(run, frame)`` rows)."""
+        new = object.__new__(SolverInTheLoop)
+        new.__dict__.update(self.__dict__)
+        new.starts = self._check_starts(batch)
+        return new
+
+    # LossOracle / BatchOracle / CoordinateOracle ----------------------------------------
+    def __call__(self, params) -> float:
+        return float(self.batch(np.asarray(params)[None])[0])
+
+    def coordinate_losses(self, params, coords, step):
+        """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (one batched run)."""
+        p = np.asarray(params.get() if hasattr(params, "get") else params)
+        coords = np.asarray(coords, dtype=np.int64)
+        X = np.repeat(p[None], len(coords), axis=0)
+        X[np.arange(len(coords)), coords] += p.dtype.type(step)
+        return self.batch(X)
+
+    def batch(self, params_batch) -> np.ndarray:
+        """Loss of each row of ``params_batch`` (``(k, d)``), all in one batched simulation."""
+        P = _as_matrix(params_batch, self.d)
+        k, n, m = P.shape[0], len(self.starts), self.unroll
+        ref = self.reference
+        r, f = self.starts[:, 0], self.starts[:, 1]
+        vx0 = np.tile(ref.vx[r, f], (k, 1, 1))
+        vy0 = np.tile(ref.vy[r, f], (k, 1, 1))
+        re = np.tile(ref.re[r], k)
+        re_feat = _re_feature(ref.re[r]).astype(np.float32)
+        Pt = torch.as_tensor(P, dtype=torch.float32)
+        sq = np.zeros(k)
+        count = (ref.vx[0, 0].size + ref.vy[0, 0].size) * n * m
+
+        def correct(vx, vy, t):
+            with torch.no_grad():
+                cx, cy = self.corrector.apply(
+                    Pt, torch.from_numpy(vx).reshape((k, n) + vx.shape[1:]),
+                    torch.from_numpy(vy).reshape((k, n) + vy.shape[1:]), re_feat)
+            cx, cy = cx.numpy(), cy.numpy()
+            tx, ty = ref.vx[r, f + t + 1], ref.vy[r, f + t + 1]
+            sq[:] += ((cx - tx) ** 2).reshape(k, -1).sum(1, dtype=np.float64)
+            sq[:] += ((cy - ty) ** 2).reshape(k, -1).sum(1, dtype=np.float64)
+            return cx.reshape((k * n,) + cx.shape[2:]), cy.reshape((k * n,) + cy.shape[2:])
+
+        t0 = time.perf_counter()
+        self.flow.simulate(vx0, vy0, re, m, correct=correct)
+        self.solver_seconds += time.perf_counter() - t0
+        self.solver_calls += 1
+        return sq / count
+
+    def __repr__(self) -> str:
+        return (f"SolverInTheLoop(flow={self.flow.nx}x{self.flow.ny}, d={self.d}, starts={len(self.starts)}, "
+                f"unroll={self.unroll})")
+
+
+def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, steps: int, *, frame: int = 0):
+    """Corrected coarse trajectories for every parameter vector and every reference run.
+
+    All ``k x R`` simulations run as one batch. A zero parameter vector is the uncorrected
+    solver (SRC).
+
+    Returns
+    -------
+    (vx, vy)
+        Arrays of shape ``(k, R, steps + 1, ...)`` starting at the reference ``frame``.
+    """
+    corr = _Corrector(net)
+    P = _as_matrix(params_batch, corr.d)
+    k, R = P.shape[0], len(reference.re)
+    if steps + frame > reference.vx.shape[1] - 1:
+        raise ArgumentError(f"`steps`={steps} from frame {frame} exceeds the {reference.vx.shape[1] - 1} recorded steps")
+    vx0 = np.tile(reference.vx[:, frame], (k, 1, 1))
+    vy0 = np.tile(reference.vy[:, frame], (k, 1, 1))
+    re = np.tile(reference.re, k)
+    re_feat = _re_feature(reference.re).astype(np.float32)
+    Pt = torch.as_tensor(P, dtype=torch.float32)
+
+    def correct(vx, vy, t):
+        with torch.no_grad():
+            cx, cy = corr.apply(Pt, torch.from_numpy(vx).reshape((k, R) + vx.shape[1:]),
+                                torch.from_numpy(vy).reshape((k, R) + vy.shape[1:]), re_feat)
+        return cx.numpy().reshape(vx.shape), cy.numpy().reshape(vy.shape)
+
+    tx, ty = flow.simulate(vx0, vy0, re, steps, correct=correct, record=True)
+    return tx.reshape((k, R) + tx.shape[1:]), ty.reshape((k, R) + ty.shape[1:])
+
+
+def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
+    """MAE per parameter vector: mean ``|v - v_ref|`` over runs, steps ``1..T`` and faces."""
+    tx, ty = traj
+    T = tx.shape[2] - 1
+    rx = reference.vx[None, :, frame + 1:frame + T + 1]
+    ry = reference.vy[None, :, frame + 1:frame + T + 1]
+    ex = np.abs(tx[:, :, 1:] - rx).reshape(tx.shape[0], -1)
+    ey = np.abs(ty[:, :, 1:] - ry).reshape(ty.shape[0], -1)
+    return (ex.sum(1, dtype=np.float64) + ey.sum(1, dtype=np.float64)) / (ex.shape[1] + ey.shape[1])
+
+
+def _load(net: nn.Module, params) -> nn.Module:
+    net = _clone(net)
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(np.asarray(params), dtype=torch.float32), net.parameters())
+    return net
+
+
+def _clone(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net)
+
+
+def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs: int = 200, lr: float = 1e-3,
+                batch_size: int = 32, seed: int = 0, params=None):
+    """NON baseline: fit the correction on precomputed (one coarse step, fine) pairs.
+
+    Every recorded frame ``t`` of every run is advanced by one coarse step (one batched
+    simulation); the network learns ``net(step(ref_t)) ~ ref_{t+1} - step(ref_t)`` with Adam
+    and autograd through the network only; the solver is not in the training loop.
+
+    Returns
+    -------
+    (params, seconds)
+    """
+    R, T1 = reference.vx.shape[:2]
+    vx = reference.vx[:, :-1].reshape((-1,) + reference.vx.shape[2:])
+    vy = reference.vy[:, :-1].reshape((-1,) + reference.vy.shape[2:])
+    re = np.repeat(reference.re, T1 - 1)
+    t0 = time.perf_counter()
+    sx, sy = flow.simulate(vx, vy, re, 1)
+    tx = torch.from_numpy(reference.vx[:, 1:].reshape(sx.shape).astype(np.float32))
+    ty = torch.from_numpy(reference.vy[:, 1:].reshape(sy.shape).astype(np.float32))
+    sx, sy = torch.from_numpy(sx.astype(np.float32)), torch.from_numpy(sy.astype(np.float32))
+    feat = torch.as_tensor(_re_feature(re), dtype=torch.float32)
+    net = _clone(net) if params is None else _load(net, params)
+    corr = _Corrector(net)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(int(seed))
+    N = sx.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(N, generator=g)
+        for lo in range(0, N, batch_size):
+            idx = perm[lo:lo + batch_size]
+            x = corr.features(sx[idx], sy[idx], feat[idx].numpy())
+            out = net(x)
+            loss = ((sx[idx] + out[:, 0] - tx[idx]) ** 2).mean() + ((sy[idx] + out[:, 1, :-1] - ty[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return flat_params(net), time.perf_counter() - t0
+
+
+def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, starts, unroll: int = 4,
+                       iterations: int = 50, lr: float = 1e-3, batch_size: int = 8, seed: int = 0, params=None,
+                       callback=None):
+    """FO-SOL baseline: the same solver-in-the-loop loss, differentiated by autograd.
+
+    The coarse solver runs on PhiFlow's torch backend (the pressure solve is differentiated
+    implicitly by PhiFlow), so the gradient flows through ``unroll`` solver steps.
+
+    Returns
+    -------
+    (params, seconds)
+    """
+    import phi.torch  # noqa: F401  (registers PhiFlow's torch backend)
+
+    net = _clone(net) if params is None else _load(net, params)
+    corr = _Corrector(net)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    starts = np.asarray(starts)
+    t0 = time.perf_counter()
+    for it in range(iterations):
+        rows = starts[rng.choice(len(starts), size=min(batch_size, len(starts)), replace=False)]
+        r, f = rows[:, 0], rows[:, 1]
+        feat = _re_feature(reference.re[r]).astype(np.float32)
+        vx = torch.from_numpy(reference.vx[r, f].astype(np.float32))
+        vy = torch.from_numpy(reference.vy[r, f].astype(np.float32))
+        losses = []
+
+        def correct(cx, cy, t):
+            x = corr.features(cx, cy, feat)
+            out = net(x)
+            nx_, ny_ = cx + out[:, 0], cy + out[:, 1, :-1]
+            tx = torch.from_numpy(reference.vx[r, f + t + 1].astype(np.float32))
+            ty = torch.from_numpy(reference.vy[r, f + t + 1].astype(np.float32))
+            n_faces = tx[0].numel() + ty[0].numel()
+            losses.append((((nx_ - tx) ** 2).flatten(1).sum(1) + ((ny_ - ty) ** 2).flatten(1).sum(1)).mean() / n_faces)
+            return nx_, ny_
+
+        flow.simulate(vx, vy, reference.re[r], unroll, correct=correct)
+        loss = torch.stack(losses).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if callback is not None:
+            callback(it, float(loss))
+    return flat_params(net), time.perf_counter() - t0
