@@ -99,11 +99,22 @@ class Registry:
 
 
 def split_bound(fn):
-    """``(parent, batch)`` for a bound oracle implementing ``unbind``, else ``(fn, None)``."""
+    """``(parent, batch)`` for a bound oracle implementing ``unbind``, else ``(fn, None)``.
+
+    The optional protocol: ``unbind()`` returns ``(parent, batch)`` such that
+    ``parent.bind(batch)`` behaves like the bound oracle, or None when the object is not
+    bound. ``parent`` should be the same object every step (it is shipped once).
+    """
     unbind = getattr(fn, "unbind", None)
     if callable(unbind):
-        parent, batch = unbind()
-        return parent, batch
+        got = unbind()
+        if got is not None:
+            parent, batch = got
+            if not callable(getattr(parent, "bind", None)):
+                raise ZoracleError(
+                    f"{type(fn).__name__}.unbind() returned a parent without bind(batch): {type(parent).__name__}"
+                )
+            return parent, batch
     return fn, None
 
 
@@ -297,11 +308,19 @@ class CostModel:
         key = (token, cost_key(task))
         if key in self._seen:
             return self._seen[key]
-        hinted = getattr(fn, "block_costs", None)
-        if isinstance(task, CoordTask) and task.mode == "split" and hinted is not None:
-            return float(hinted[task.block]) * len(task.steps)
-        measured = [v for (tok, k), v in self._seen.items() if tok == token]
-        scale = float(np.median(measured)) if measured else 1.0
+        measured = {k: v for (tok, k), v in self._seen.items() if tok == token}
+        if isinstance(task, CoordTask) and task.mode == "split":
+            try:
+                hinted = getattr(fn, "block_costs", None)
+            except Exception:  # a hint that fails to compute is no reason to fail the run
+                hinted = None
+            if hinted is not None:
+                # hints are relative: put them on the measured scale when one exists
+                ratios = [v / float(hinted[k[2]]) for k, v in measured.items()
+                          if k[:2] == ("coord", "split") and 0 <= k[2] < len(hinted) and float(hinted[k[2]]) > 0]
+                scale = float(np.median(ratios)) if ratios else 1.0
+                return float(hinted[task.block]) * scale
+        scale = float(np.median(list(measured.values()))) if measured else 1.0
         return scale * len(task.steps)
 
     def learn(self, token, task, seconds: float) -> None:

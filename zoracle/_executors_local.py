@@ -100,7 +100,7 @@ class ShardedExecutor:
             self.start()
             payload = self._payload(oracle, params)
             shards, costs, groups = reshard(
-                tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, payload.oracle, t),
+                tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, oracle.fn, t),
                 per_worker=self.shards_per_worker,
             )
             backend = self._backend(payload, oracle)
@@ -165,13 +165,16 @@ def _worker_main(fd: int) -> None:
             return
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                "NUMEXPR_NUM_THREADS")
+
 _CHILD = "import sys; from zoracle._executors_local import _worker_main; _worker_main(int(sys.argv[1]))"
 
 
 class _Proc:
     """One worker process and what the driver knows it holds."""
 
-    def __init__(self, index: int, device):
+    def __init__(self, index: int, device, threads: int | None = None):
         from multiprocessing.connection import Connection
 
         self.index = index
@@ -181,6 +184,10 @@ class _Proc:
         # the child must import this very zoracle, whatever its cwd
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        if threads is not None:  # n workers x all cores each would oversubscribe the CPU
+            for var in _THREAD_VARS:
+                env.setdefault(var, str(threads))
+        self.threads = threads
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
@@ -221,6 +228,12 @@ class _Proc:
 
 
 def _stop_all(procs) -> None:
+    for p in list(procs):  # ask all first, so they wind down in parallel
+        try:
+            if p.alive():
+                p.send(("stop",))
+        except (OSError, ValueError):
+            pass
     for p in list(procs):
         p.stop()
     procs.clear()
@@ -298,6 +311,8 @@ class ProcessPool(ShardedExecutor):
         super().__init__()
         self.n_workers = int(n_workers)
         self.devices = list(devices) if devices is not None else [None] * self.n_workers
+        #: threads per worker for OpenMP/BLAS/torch (cores / workers, like loky); None: library default
+        self.threads = max(1, (os.cpu_count() or 1) // self.n_workers)
         self._procs: list = []
         self._blobs: dict = {}
         self._finalizer = None
@@ -305,7 +320,7 @@ class ProcessPool(ShardedExecutor):
     def start(self) -> None:
         if self._procs:
             return
-        self._procs = [_Proc(i, dev) for i, dev in enumerate(self.devices)]
+        self._procs = [_Proc(i, dev, self.threads) for i, dev in enumerate(self.devices)]
         # interpreter exit or garbage collection must not leave workers behind
         self._finalizer = weakref.finalize(self, _stop_all, self._procs)
 
@@ -330,7 +345,7 @@ class ProcessPool(ShardedExecutor):
             p.stop(grace=0.2)
         except Exception:  # a half-dead process: the new one matters more
             pass
-        self._procs[i] = _Proc(p.index, p.device)
+        self._procs[i] = _Proc(p.index, p.device, self.threads)
 
     def _blob(self, token, fn) -> bytes:
         blob = self._blobs.get(token)

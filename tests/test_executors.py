@@ -1,0 +1,455 @@
+"""Executors: parallel estimates equal serial ones, oracles travel once, shards balance by cost.
+
+Local executors only (serial, process pool, threads, devices); Dask and Ray live in
+test_executors_cluster.py, faults in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import zoracle as zo
+from zoracle._executors_core import CostModel, Registry, reshard
+from zoracle._plan import BaseTask, CoordTask, DirectionTask
+from zoracle.executors import (
+    DeviceExecutor,
+    JoblibExecutor,
+    SerialExecutor,
+    add_executor_arguments,
+    current_device,
+    from_args,
+)
+from zoracle.testing import QuadraticOracle
+
+D = 40
+
+
+# ----------------------------------------------------------------------------- oracles
+def _wave(x):
+    return float(np.sum(np.sin(x) ** 2) + 0.1 * np.sum(x[:-1] * x[1:]))
+
+
+class BatchWave:
+    """A BatchOracle (no split / coordinate capability)."""
+
+    def __call__(self, x):
+        return _wave(x)
+
+    def batch(self, X):
+        return np.sum(np.sin(X) ** 2, axis=1) + 0.1 * np.sum(X[:, :-1] * X[:, 1:], axis=1)
+
+
+class CountingData:
+    """A DataOracle whose bound copies implement ``unbind``; unpickling is logged to a file."""
+
+    def __init__(self, log, scale=1.0):
+        self.log = log
+        self.scale = scale
+        self.data = None
+        self.parent = None
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if state["data"] is None:  # only the parent is counted
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    def bind(self, batch):
+        new = CountingData(self.log, self.scale)
+        new.data = np.asarray(batch, dtype=np.float64)
+        new.parent = self
+        return new
+
+    def unbind(self):
+        return None if self.parent is None else (self.parent, self.data)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if state["parent"] is not None:
+            raise AssertionError("a bound CountingData must travel through unbind(), not whole")
+        return state
+
+    def __call__(self, x):
+        scale = self.parent.scale if self.parent is not None else self.scale
+        return float(scale * np.sum((x - self.data) ** 2) + np.sum(np.cos(x)))
+
+
+class DeviceProbe:
+    """Records the device each worker moved it to (through ``to_device``)."""
+
+    def __init__(self, device=None):
+        self.device = device
+
+    def to_device(self, device):
+        return DeviceProbe(device)
+
+    def __call__(self, x):
+        if self.device is not None and self.device != current_device():
+            raise RuntimeError(f"oracle on {self.device} ran in a worker for {current_device()}")
+        return _wave(x)
+
+
+def quadratic(d=D, blocks=((0, 10), (10, 25), (25, D))):
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((d, d))
+    return QuadraticOracle(M @ M.T / d, rng.standard_normal(d), blocks=[slice(a, b) for a, b in blocks])
+
+
+def oracles():
+    return {"callable": _wave, "batch": BatchWave(), "split": quadratic()}
+
+
+ESTIMATORS = {
+    "cge": (zo.CGE(mu=1e-4), None),
+    "cge-central": (zo.CGE(mu=1e-3, scheme="central"), None),
+    "sparse": (zo.CGE(mu=1e-4), np.arange(3, D, 3)),
+    "rge": (zo.RGE(mu=1e-3, directions=23), None),
+    "rge-sphere-central": (zo.RGE(mu=1e-3, directions=9, distribution="sphere", scheme="central"), None),
+}
+
+
+def params(seed=0, dtype=np.float64):
+    return np.random.default_rng(seed).standard_normal(D).astype(dtype)
+
+
+def assert_same(a, b):
+    scale = max(1.0, float(np.max(np.abs(b.grad))))
+    np.testing.assert_allclose(a.grad, b.grad, rtol=0, atol=1e-12 * scale)
+    assert a.loss == b.loss
+    assert a.nfev == b.nfev
+    assert a.grad.dtype == b.grad.dtype
+
+
+def no_children(pids, timeout=5.0):
+    """True once none of ``pids`` is a live (non-zombie) process."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def loky2():
+    with JoblibExecutor(2, backend="loky") as ex:
+        yield ex
+    assert no_children(ex.pids)
+
+
+@pytest.fixture(scope="module")
+def threads2():
+    with JoblibExecutor(2, backend="threading") as ex:
+        yield ex
+
+
+@pytest.fixture(params=["serial", "loky2", "threading2"])
+def executor(request, loky2, threads2):
+    return {"serial": SerialExecutor(), "loky2": loky2, "threading2": threads2}[request.param]
+
+
+# ----------------------------------------------------------------------------- equality
+@pytest.mark.parametrize("kind", ["callable", "batch", "split"])
+@pytest.mark.parametrize("est_name", list(ESTIMATORS))
+def test_parallel_equals_serial(executor, kind, est_name):
+    oracle = oracles()[kind]
+    est, coords = ESTIMATORS[est_name]
+    x = params()
+    ref = zo.estimate_gradient(oracle, x, est, coordinates=coords, rng=7)
+    for _ in range(2):  # the second run is balanced by measured cost
+        got = zo.estimate_gradient(oracle, x, est, coordinates=coords, rng=7, executor=executor)
+        assert_same(got, ref)
+
+
+def test_float32_params_keep_dtype(loky2):
+    x = params(dtype=np.float32)
+    ref = zo.estimate_gradient(_wave, x, zo.CGE(mu=1e-2))
+    got = zo.estimate_gradient(_wave, x, zo.CGE(mu=1e-2), executor=loky2)
+    assert_same(got, ref)
+
+
+def test_rge_directions_do_not_depend_on_worker_count():
+    x = params(1)
+    est = zo.RGE(mu=1e-3, directions=31)
+    ref = zo.estimate_gradient(_wave, x, est, rng=11)
+    with JoblibExecutor(3, backend="threading") as ex:
+        assert ex.n_workers == 3
+        got = zo.estimate_gradient(_wave, x, est, rng=11, executor=ex)
+    assert ex.last_run.shards >= 3
+    assert_same(got, ref)
+
+
+def test_work_is_spread_over_workers(loky2, tmp_path):
+    log = tmp_path / "pids.txt"
+
+    def who(x, log=str(log)):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.002)  # long enough that one worker cannot drain the queue alone
+        return float(np.sum(x**2))
+
+    zo.estimate_gradient(who, params(), zo.CGE(), executor=loky2)
+    run = loky2.last_run
+    assert run.shards >= 2 * loky2.n_workers  # planner + balancer give every worker work
+    assert run.busy_s > 0 and run.wall_s > 0 and run.overhead_per_shard_s >= 0
+    assert set(map(int, log.read_text().split())) == set(loky2.pids)
+
+
+# ----------------------------------------------------------------------------- shipping
+def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):
+    log = tmp_path / "unpickled.txt"
+    parent = CountingData(str(log))
+    rng = np.random.default_rng(0)
+    x = params()
+    with JoblibExecutor(2, backend="loky") as ex:
+        for step in range(4):
+            bound = parent.bind(rng.standard_normal(D))
+            ref = zo.estimate_gradient(bound, x, zo.CGE(mu=1e-4))
+            got = zo.estimate_gradient(bound, x, zo.CGE(mu=1e-4), executor=ex)
+            assert_same(got, ref)
+        pids = ex.pids
+    lines = log.read_text().split()
+    # at most once per worker, whatever the number of steps and shards
+    assert 1 <= len(lines) <= 2
+    assert set(map(int, lines)) <= set(pids)
+
+
+def test_forget_resends_a_mutated_oracle():
+    oracle = CountingData(os.devnull, scale=1.0)
+    bound = oracle.bind(np.ones(D))
+    x = params()
+    with JoblibExecutor(2, backend="loky") as ex:
+        a = zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+        oracle.scale = 3.0  # mutated in place: the workers still hold the old copy
+        stale = zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+        ex.forget(oracle)
+        fresh = zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+    assert_same(stale, a)
+    assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
+    assert not np.allclose(fresh.grad, a.grad)
+
+
+def test_unpicklable_oracle_names_the_fix():
+    import threading
+
+    lock = threading.Lock()
+
+    def locked(x):
+        with lock:
+            return float(x @ x)
+
+    with JoblibExecutor(2, backend="loky") as ex:
+        with pytest.raises(zo.ZoracleError, match="threading"):
+            zo.estimate_gradient(locked, params(), zo.CGE(), executor=ex)
+    with JoblibExecutor(2, backend="threading") as ex:  # threads share the object: fine
+        zo.estimate_gradient(locked, params(), zo.CGE(), executor=ex)
+
+
+def test_registry_reuses_tokens_by_identity():
+    reg = Registry(keep=2)
+    a, b, c = object(), object(), object()
+    ta, _ = reg.token(a)
+    assert reg.token(a) == (ta, [])
+    tb, _ = reg.token(b)
+    tc, dropped = reg.token(c)
+    assert dropped == [ta] and len({ta, tb, tc}) == 3
+    assert reg.token(a)[0] != ta  # dropped: a new token, sent again
+
+
+# ----------------------------------------------------------------------------- balancing
+def _split_tasks(sizes, steps=(1e-3,)):
+    tasks, lo = [], 0
+    for b, n in enumerate(sizes):
+        tasks.append(CoordTask(np.arange(lo, lo + n), steps, "split", b, 2048, cost=float(n)))
+        lo += n
+    return tasks
+
+
+def test_reshard_cuts_costly_blocks_and_keeps_column_order():
+    tasks = [BaseTask()] + _split_tasks([100, 100])
+    unit = {0: 10.0, 1: 1.0}
+    shards, costs, groups = reshard(tasks, 2, lambda t: unit.get(getattr(t, "block", 1), 1.0))
+    pieces0 = [shards[j] for j in groups[1]]
+    pieces1 = [shards[j] for j in groups[2]]
+    assert len(pieces0) > len(pieces1) >= 1  # the 10x costlier block is cut finer
+    np.testing.assert_array_equal(np.concatenate([p.coords for p in pieces0]), tasks[1].coords)
+    target = sum(costs) / 6
+    assert max(costs) <= 1.01 * target * 2  # no shard much above the target
+    d = DirectionTask(1, 5, 45, (1e-3,), "gaussian", False, 8)
+    shards, _, groups = reshard([d], 2, lambda t: 1.0)
+    assert [(s.lo, s.hi) for s in shards] == sorted((s.lo, s.hi) for s in shards)
+    assert shards[0].lo == 5 and shards[-1].hi == 45 and len(shards) == 6
+
+
+def test_cost_model_learns_per_block_and_scales_hints():
+    cm = CostModel()
+    t0, t1 = _split_tasks([10, 10])
+
+    class Hinted:
+        block_costs = [4.0, 1.0]
+
+    assert cm.unit("tok", Hinted(), t0) == 4 * cm.unit("tok", Hinted(), t1)  # hints before any measurement
+    assert cm.unit("tok", object(), t0) == cm.unit("tok", object(), t1)  # no hint: by count
+    cm.learn("tok", t1, 0.5)  # 0.05 s per coordinate in block 1
+    assert cm.unit("tok", Hinted(), t1) == pytest.approx(0.05)
+    assert cm.unit("tok", Hinted(), t0) == pytest.approx(0.2)  # hint 4x, on the measured scale
+    cm.learn("tok", t0, 0.1)
+    assert cm.unit("tok", Hinted(), t0) == pytest.approx(0.01)  # measurement beats the hint
+
+
+def test_measured_costs_balance_an_uneven_split_oracle():
+    """Block 0 costs 20x more per coordinate: after one run its coordinates are spread out."""
+
+    class Uneven(QuadraticOracle):
+        def suffix(self, features, x, block, coords, step):
+            time.sleep((2e-3 if block == 0 else 1e-4) * len(coords))
+            return super().suffix(features, x, block, coords, step)
+
+    oracle = Uneven(np.eye(D), blocks=[slice(0, 10), slice(10, D)])
+    x = params()
+    with JoblibExecutor(2, backend="threading") as ex:
+        zo.estimate_gradient(oracle, x, zo.CGE(), executor=ex)
+        zo.estimate_gradient(oracle, x, zo.CGE(), executor=ex)
+        run = ex.last_run
+    # the expensive block alone is ~20 ms of work: balanced, wall is near half the busy time
+    assert run.shards >= 4
+    assert run.wall_s < 0.85 * run.busy_s + 0.01
+
+
+# ----------------------------------------------------------------------------- devices
+def test_device_executor_one_worker_per_device():
+    x = params()
+    oracle = DeviceProbe()
+    ref = zo.estimate_gradient(oracle, x, zo.CGE(mu=1e-4))
+    with DeviceExecutor(["cpu", "cpu:1"]) as ex:
+        assert ex.n_workers == 2 and len(set(ex.pids)) == 2
+        for _ in range(2):
+            got = zo.estimate_gradient(oracle, x, zo.CGE(mu=1e-4), executor=ex)
+            assert_same(got, ref)
+        pids = ex.pids
+    assert current_device() is None
+    assert no_children(pids)
+
+
+def test_device_executor_rejects_empty_devices():
+    with pytest.raises(zo.ArgumentError, match="devices"):
+        DeviceExecutor([])
+    with pytest.raises(zo.ArgumentError, match="devices"):
+        DeviceExecutor("cuda:0")
+
+
+# ----------------------------------------------------------------------------- lifecycle
+def test_close_leaves_no_processes_and_executor_restarts():
+    ex = JoblibExecutor(2)
+    with ex:
+        zo.estimate_gradient(_wave, params(), zo.CGE(), executor=ex)
+        first = ex.pids
+    assert no_children(first)
+    with ex:  # a closed executor starts fresh workers
+        got = zo.estimate_gradient(_wave, params(), zo.CGE(), executor=ex)
+        assert set(ex.pids).isdisjoint(first)
+        second = ex.pids
+    assert_same(got, zo.estimate_gradient(_wave, params(), zo.CGE()))
+    assert no_children(second)
+
+
+def test_workers_exit_when_the_driver_dies(tmp_path):
+    script = (
+        "import sys, numpy as np, zoracle as zo\n"
+        "from zoracle.executors import JoblibExecutor\n"
+        "ex = JoblibExecutor(2).__enter__()\n"
+        "zo.estimate_gradient(lambda x: float(x @ x), np.ones(4), zo.CGE(), executor=ex)\n"
+        "print(' '.join(map(str, ex.pids)), flush=True)\n"
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    assert no_children(pids, timeout=10)
+
+
+def test_argument_errors():
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(zo.ArgumentError, match="n_jobs"):
+            JoblibExecutor(bad)
+    with pytest.raises(zo.ArgumentError, match="'loky', 'threading'"):
+        JoblibExecutor(2, backend="dask")
+    assert JoblibExecutor(-1).n_workers == max(1, os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- CLI helpers
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_executor_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_helpers():
+    parser = argparse.ArgumentParser()
+    add_executor_arguments(parser)
+    for action in parser._actions:
+        if action.dest in ("workers", "dask", "ray"):
+            assert action.help
+    assert from_args(_parse([])) is None
+    assert from_args(_parse(["--workers", "1"])) is None
+    ex = from_args(_parse(["--workers", "3"]))
+    assert isinstance(ex, JoblibExecutor) and ex.n_workers == 3 and ex.backend == "loky"
+    dask = from_args(_parse(["--dask", "local:2"]))
+    assert type(dask).__name__ == "DaskExecutor" and dask.client is None  # nothing started yet
+    ray = from_args(_parse(["--ray", "tcp://10.0.0.1:6379"]))
+    assert type(ray).__name__ == "RayExecutor"
+    with pytest.raises(zo.ArgumentError, match="--workers and --dask"):
+        from_args(_parse(["--workers", "2", "--dask", "local"]))
+    with pytest.raises(zo.ArgumentError, match="--workers"):
+        from_args(_parse(["--workers", "0"]))
+    with pytest.raises(zo.ArgumentError, match="local:N"):
+        from_args(_parse(["--ray", "local:x"]))
+
+
+def test_core_import_does_not_load_cluster_libraries():
+    code = (
+        "import sys, numpy as np, zoracle as zo, zoracle.executors as e\n"
+        "with e.JoblibExecutor(2) as ex:\n"
+        "    zo.estimate_gradient(lambda x: float(x @ x), np.ones(3), zo.CGE(), executor=ex)\n"
+        "bad = [m for m in ('dask', 'distributed', 'ray', 'torch', 'cupy') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- torch
+def test_torch_oracle_feature_reuse_equals_serial(loky2, threads2):
+    torch = pytest.importorskip("torch")
+    tz = pytest.importorskip("zoracle.adapters.torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4), torch.nn.Tanh(),
+                              torch.nn.Linear(4, 3)).double()
+    base = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none"))
+    assert zo.capabilities(base.bind((np.zeros((2, 5)), np.zeros(2, dtype=int)))).split
+    theta = base.initial_params()
+    rng = np.random.default_rng(0)
+    for step in range(2):
+        batch = (rng.standard_normal((12, 5)), rng.integers(0, 3, 12))
+        oracle = base.bind(batch)
+        for est in (zo.CGE(mu=1e-4), zo.RGE(mu=1e-3, directions=7)):
+            ref = zo.estimate_gradient(oracle, theta, est, rng=step)
+            for ex in (SerialExecutor(), loky2, threads2):
+                assert_same(zo.estimate_gradient(oracle, theta, est, rng=step, executor=ex), ref)
