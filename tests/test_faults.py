@@ -1,0 +1,204 @@
+"""Faults in parallel estimates: killed workers, raising oracles, bad losses; no orphans.
+
+Every oracle here misbehaves only inside a worker process (never in the test process),
+coordinated through files in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import zoracle as zo
+from zoracle.executors import JoblibExecutor, ShardFailed
+
+D = 24
+
+
+def _loss(x):
+    return float(np.sum(np.sin(x) ** 2) + 0.05 * np.sum(x) ** 2)
+
+
+def _claim(path) -> bool:
+    """True for the first process (and only the first) to call this with ``path``."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+class KillOnce:
+    """SIGKILLs the first worker process that evaluates a query."""
+
+    def __init__(self, flag):
+        self.flag = flag
+        self.driver = os.getpid()  # set here: workers import this module afresh
+
+    def __call__(self, x):
+        if os.getpid() != self.driver and _claim(self.flag):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _loss(x)
+
+
+class KillAt:
+    """SIGKILLs any worker that perturbs coordinate ``i`` (so the retry dies as well)."""
+
+    def __init__(self, base, i):
+        self.base, self.i = base.copy(), i
+        self.driver = os.getpid()
+
+    def __call__(self, x):
+        if os.getpid() != self.driver and x[self.i] != self.base[self.i]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _loss(x)
+
+
+class FailOnOneWorker:
+    """Raises on every call in the first worker process that claims ``flag``."""
+
+    def __init__(self, flag):
+        self.flag = flag
+        self.driver = os.getpid()
+
+    def __call__(self, x):
+        if os.getpid() != self.driver:
+            _claim(self.flag)
+            with open(self.flag) as f:
+                if f.read().strip() == str(os.getpid()):
+                    raise ConnectionError("simulator on this worker is down")
+        return _loss(x)
+
+
+class BadAt:
+    """Raises (``mode="raise"``) or returns NaN (``mode="nan"``) when coordinate ``i`` moves."""
+
+    def __init__(self, base, i, mode, log=None):
+        self.base, self.i, self.mode, self.log = base.copy(), i, mode, log
+
+    def __call__(self, x):
+        if x[self.i] != self.base[self.i]:
+            if self.log:
+                with open(self.log, "a") as f:
+                    f.write(f"{os.getpid()}\n")
+            if self.mode == "raise":
+                raise ValueError("boom")
+            return float("nan")
+        return _loss(x)
+
+
+def params():
+    return np.random.default_rng(5).standard_normal(D)
+
+
+def gone(pids, timeout=10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        live = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    live.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not live:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def children() -> set:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def watch():
+    """Asserts the test leaves no child process of this test process behind."""
+    before = children()
+    yield
+    assert gone(children() - before)
+
+
+def test_killed_worker_is_replaced_and_shard_retried(tmp_path, watch):
+    x = params()
+    ref = zo.estimate_gradient(_loss, x, zo.CGE())
+    with JoblibExecutor(2) as ex:
+        first = ex.pids
+        got = zo.estimate_gradient(KillOnce(str(tmp_path / "killed")), x, zo.CGE(), executor=ex)
+        assert ex.last_run.retries >= 1
+        after = ex.pids
+        again = zo.estimate_gradient(KillOnce(str(tmp_path / "killed")), x, zo.CGE(), executor=ex)
+    killed = int((tmp_path / "killed").read_text())
+    assert killed in first and killed not in after  # replaced by a fresh worker
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-12)
+    assert got.nfev == ref.nfev and got.loss == ref.loss
+    np.testing.assert_allclose(again.grad, ref.grad, rtol=0, atol=1e-12)
+    assert gone(first + after)
+
+
+def test_shard_killing_every_worker_raises_naming_shard_and_cause(watch):
+    x = params()
+    with JoblibExecutor(2) as ex:
+        with pytest.raises(ShardFailed) as info:
+            zo.estimate_gradient(KillAt(x, 7), x, zo.CGE(), executor=ex)
+        msg = str(info.value)
+        assert "shard" in msg and "failed twice" in msg and "coordinates" in msg
+        assert "died" in msg and "signal 9" in msg
+        assert isinstance(info.value, zo.ZoracleError)
+        # the executor is still usable after the failure
+        ok = zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex)
+        pids = ex.pids
+    np.testing.assert_allclose(ok.grad, zo.estimate_gradient(_loss, x, zo.CGE()).grad, rtol=0, atol=1e-12)
+    assert gone(pids)
+
+
+def test_oracle_failing_on_one_worker_is_retried_elsewhere(tmp_path, watch):
+    x = params()
+    ref = zo.estimate_gradient(_loss, x, zo.RGE(directions=16), rng=3)
+    with JoblibExecutor(2) as ex:
+        got = zo.estimate_gradient(FailOnOneWorker(str(tmp_path / "bad")), x, zo.RGE(directions=16), rng=3,
+                                   executor=ex)
+        assert ex.last_run.retries >= 1
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_oracle_raising_everywhere_gives_oracle_error_with_shard_and_cause(backend, tmp_path, watch):
+    x = params()
+    log = tmp_path / "calls.txt"
+    with JoblibExecutor(2, backend=backend) as ex:
+        with pytest.raises(zo.OracleError) as info:
+            zo.estimate_gradient(BadAt(x, 7, "raise", str(log)), x, zo.CGE(), executor=ex)
+    err = info.value
+    assert isinstance(err, zo.ZoracleError)
+    assert err.query.startswith("coordinate 7")
+    assert isinstance(err.cause, ValueError)
+    msg = str(err)
+    assert "ValueError: boom" in msg and "shard" in msg and "after failing on" in msg
+    assert len(log.read_text().split()) == 2  # tried once, retried once: no endless retries
+
+
+def test_nan_loss_is_not_retried(tmp_path, watch):
+    x = params()
+    log = tmp_path / "calls.txt"
+    with JoblibExecutor(2) as ex:
+        with pytest.raises(zo.OracleError, match=r"nan at coordinate 7 .*shard") as info:
+            zo.estimate_gradient(BadAt(x, 7, "nan", str(log)), x, zo.CGE(), executor=ex)
+    assert info.value.cause is None
+    assert len(log.read_text().split()) == 1  # a wrong value is deterministic
+
+
+def test_training_step_failure_leaves_params_untouched(tmp_path, watch):
+    x = params()
+    before = x.copy()
+    with JoblibExecutor(2) as ex:
+        with pytest.raises(zo.OracleError):
+            zo.train(BadAt(x, 3, "raise"), x, epochs=1, estimator=zo.CGE(), executor=ex, progress=False)
+    np.testing.assert_array_equal(x, before)
