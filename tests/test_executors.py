@@ -273,10 +273,10 @@ def test_registry_reuses_tokens_by_identity():
 
 
 # ----------------------------------------------------------------------------- balancing
-def _split_tasks(sizes, steps=(1e-3,)):
+def _split_tasks(sizes, steps=(1e-3,), chunk=5):
     tasks, lo = [], 0
     for b, n in enumerate(sizes):
-        tasks.append(CoordTask(np.arange(lo, lo + n), steps, "split", b, 2048, cost=float(n)))
+        tasks.append(CoordTask(np.arange(lo, lo + n), steps, "split", b, chunk, cost=float(n)))
         lo += n
     return tasks
 
@@ -291,6 +291,10 @@ def test_reshard_cuts_costly_blocks_and_keeps_column_order():
     np.testing.assert_array_equal(np.concatenate([p.coords for p in pieces0]), tasks[1].coords)
     target = sum(costs) / 6
     assert max(costs) <= 1.01 * target * 2  # no shard much above the target
+    for piece in pieces0 + pieces1:  # cut between suffix calls of 5 coordinates only
+        assert (piece.coords[0] - tasks[piece.block + 1].coords[0]) % 5 == 0
+    one_call = _split_tasks([100], chunk=2048)
+    assert len(reshard(one_call, 2, lambda t: 1.0)[0]) == 1  # a single call is never cut
     d = DirectionTask(1, 5, 45, (1e-3,), "gaussian", False, 8)
     shards, _, groups = reshard([d], 2, lambda t: 1.0)
     assert [(s.lo, s.hi) for s in shards] == sorted((s.lo, s.hi) for s in shards)
@@ -317,6 +321,8 @@ def test_measured_costs_balance_an_uneven_split_oracle():
     """Block 0 costs 20x more per coordinate: after one run its coordinates are spread out."""
 
     class Uneven(QuadraticOracle):
+        max_queries_per_call = 2  # many small suffix calls: room to balance
+
         def suffix(self, features, x, block, coords, step):
             time.sleep((2e-3 if block == 0 else 1e-4) * len(coords))
             return super().suffix(features, x, block, coords, step)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-import traceback
 
 import numpy as np
 
 from ._backend import to_numpy
 from ._errors import ArgumentError
-from ._executors_core import Payload, WorkerState, portable_error, run_guarded, run_task_guarded
+from ._executors_core import Payload, WorkerState, error_outcome, run_guarded, run_task_guarded
 from ._executors_local import ShardedExecutor
 
 __all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
@@ -54,7 +53,7 @@ def _dask_run(spec, shard, oracle, batch, params):
                 _DASK_STATE.put_oracle(spec[0], oracle)
             wrapped = _DASK_STATE.oracle(spec[0], spec[1], batch)
     except BaseException as exc:  # reported to the driver, which decides about retries
-        return ("err", portable_error(exc), traceback.format_exc(limit=8))
+        return error_outcome(exc)
     return run_task_guarded(wrapped, shard, params)
 
 
@@ -298,7 +297,6 @@ class RayExecutor(ShardedExecutor):
             if self._local:
                 kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
                 kw.setdefault("include_dashboard", False)
-                kw.setdefault("_node_ip_address", "127.0.0.1")
                 kw.setdefault("log_to_driver", False)
                 kw.setdefault("configure_logging", False)
                 ray.init(**kw)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._errors import OracleError, ZoracleError
 from ._oracle import Oracle
-from ._plan import BaseTask, CoordTask, DirectionTask
+from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "Payload", "RunStats", "schedule", "reshard", "describe_task"]
 
@@ -197,6 +197,15 @@ def portable_error(exc: BaseException):
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def error_outcome(exc: BaseException) -> tuple:
+    """``("err", exception, traceback_text, message)`` ready to cross a process boundary.
+
+    The message travels separately: an exception's ``__reduce__`` may rebuild it without
+    every detail of the original text.
+    """
+    return ("err", portable_error(exc), traceback.format_exc(limit=8), str(exc))
+
+
 def run_task_guarded(oracle: Oracle, task, params):
     """``task.run`` as ``("ok", losses, seconds)`` or ``("err", exception, traceback_text)``."""
     try:
@@ -204,7 +213,7 @@ def run_task_guarded(oracle: Oracle, task, params):
         out = np.asarray(task.run(oracle, params), dtype=np.float64)
         return ("ok", out, time.perf_counter() - t0)
     except BaseException as exc:  # reported to the driver, which decides about retries
-        return ("err", portable_error(exc), traceback.format_exc(limit=8))
+        return error_outcome(exc)
 
 
 def run_guarded(state: WorkerState, spec, task, **items):
@@ -213,7 +222,7 @@ def run_guarded(state: WorkerState, spec, task, **items):
         out, secs = state.run(spec, task, **items)
         return ("ok", out, secs)
     except BaseException as exc:  # reported to the driver, which decides about retries
-        return ("err", portable_error(exc), traceback.format_exc(limit=8))
+        return error_outcome(exc)
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -255,17 +264,25 @@ def cost_key(task):
     return ("base",)
 
 
-def _pieces(task, p: int) -> list:
-    if p <= 1:
-        return [task]
+def batched(task) -> bool:
+    """Whether one oracle call of ``task`` covers several queries (``task.chunk`` of them)."""
     if isinstance(task, CoordTask):
-        parts = [c for c in np.array_split(task.coords, p) if len(c)]
-        return [replace(task, coords=c, cost=task.cost * len(c) / task.size) for c in parts]
-    if isinstance(task, DirectionTask):
-        edges = np.linspace(task.lo, task.hi, p + 1).round().astype(int)
-        return [replace(task, lo=int(a), hi=int(b), cost=task.cost * (b - a) / task.size)
-                for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    return [task]
+        return task.mode != "call"
+    return isinstance(task, DirectionTask) and task.use_batch
+
+
+def _pieces(task, p: int) -> list:
+    """``task`` cut into at most ``p`` pieces, between oracle calls when calls are batched.
+
+    Each piece keeps ``task.chunk`` and starts on a call boundary, so the pieces make the
+    very oracle calls ``task`` would make: the losses are bitwise those of the whole task.
+    """
+    if p <= 1 or not isinstance(task, (CoordTask, DirectionTask)):
+        return [task]
+    spans = call_groups(task.size, task.chunk if batched(task) else 1, p)
+    if isinstance(task, CoordTask):
+        return [replace(task, coords=task.coords[a:b], cost=task.cost * (b - a) / task.size) for a, b in spans]
+    return [replace(task, lo=task.lo + a, hi=task.lo + b, cost=task.cost * (b - a) / task.size) for a, b in spans]
 
 
 def reshard(tasks, n_workers: int, unit_cost, per_worker: int = 3, min_size: int = 1):
@@ -353,6 +370,14 @@ class ShardFailed(ZoracleError):
     """A shard failed on two workers (the cause is chained)."""
 
 
+class WorkerDied(ZoracleError):
+    """The worker running a shard exited (killed, crashed, out of memory)."""
+
+
+def _cause_text(exc) -> str:
+    return str(exc) if isinstance(exc, WorkerDied) else f"{type(exc).__name__}: {exc}"
+
+
 _job_ids = itertools.count()
 
 
@@ -407,10 +432,12 @@ def schedule(backend, shards, costs, stats_cb=None):
                     continue
                 where = backend.name(w)
                 if outcome[0] == "dead":
-                    cause = ZoracleError(f"worker {where} died: {outcome[1]}")
+                    cause = WorkerDied(f"the worker died ({outcome[1]})")
                     tb = ""
                 else:
                     cause, tb = outcome[1], outcome[2]
+                    if len(outcome) > 3 and isinstance(outcome[3], str) and str(cause) != outcome[3]:
+                        cause.args = (outcome[3],)  # the original text, details included
                 if _deterministic(cause):
                     raise _annotate(cause, i, n, shards[i], where)
                 failed_on[i].append((where, cause))
@@ -420,7 +447,7 @@ def schedule(backend, shards, costs, stats_cb=None):
                         raise _annotate(cause, i, n, shards[i], f"{w2}, after failing on {w1} too")
                     err = ShardFailed(
                         f"shard {i + 1}/{n} ({describe_task(shards[i])}) failed twice: on {w1}: "
-                        f"{type(c1).__name__}: {c1}; then on {w2}: {type(c2).__name__}: {c2}"
+                        f"{_cause_text(c1)}; then on {w2}: {_cause_text(c2)}"
                         + (f"\nworker traceback:\n{tb}" if tb else "")
                     )
                     err.shard = i

@@ -15,7 +15,7 @@ import numpy as np
 from ._backend import namespace
 from ._oracle import Oracle
 
-__all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block"]
+__all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
 
 #: queries per oracle call when the oracle does not declare ``max_queries_per_call``
 DEFAULT_CHUNK = 2048
@@ -25,6 +25,21 @@ def _chunks(n: int, size: int):
     size = max(1, int(size))
     for lo in range(0, n, size):
         yield lo, min(n, lo + size)
+
+
+def call_groups(n: int, chunk: int, groups: int) -> list:
+    """Split ``n`` queries, called ``chunk`` at a time, into at most ``groups`` spans of whole calls.
+
+    Spans start at multiples of ``chunk``, so running each span with the same ``chunk``
+    makes exactly the oracle calls a single run over all ``n`` would make: a batched
+    oracle whose per-row results depend on the batch (BLAS blocking) returns bitwise the
+    same losses whatever the number of workers.
+    """
+    chunk = max(1, int(chunk))
+    calls = -(-n // chunk)
+    pieces = max(1, min(int(groups), calls))
+    edges = np.linspace(0, calls, pieces + 1).round().astype(int)
+    return [(int(a) * chunk, min(n, int(b) * chunk)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _fmt_step(s: float) -> str:
@@ -172,12 +187,12 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
         owner = _block_of(coords, blocks)
         for b in np.unique(owner):
             cb = coords[owner == b]
-            # one prefix per task: only split a block when workers would otherwise idle
-            pieces = min(n_workers, max(1, len(cb) // max(1, chunk // 4)))
+            # one prefix per task: only split a block when workers would otherwise idle, and
+            # only between suffix calls, so every call sees the queries a serial run gives it
             w = float(costs[b]) if costs is not None else 1.0
-            for part in np.array_split(cb, pieces):
-                if len(part):
-                    tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps)))
+            for lo, hi in call_groups(len(cb), chunk, n_workers):
+                part = cb[lo:hi]
+                tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps)))
         return tasks
     if mode == "batch":
         chunk = max(1, min(chunk, budget_bytes // max(1, d * itemsize)))
@@ -195,9 +210,9 @@ def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str,
     # direction blocks are built on the host in float64 as well: budget for both
     chunk = max(1, min(q, budget_bytes // max(1, d * (itemsize + 8))))
     n_workers = max(1, int(n_workers))
-    per_task = max(1, -(-q // n_workers)) if n_workers > 1 else q
-    per_task = min(per_task, max(chunk, per_task))
+    # a batch call's rows are split between tasks only at call boundaries (same calls as serial)
+    spans = call_groups(q, chunk, n_workers) if use_batch else list(_chunks(q, -(-q // n_workers)))
     return [
         DirectionTask(root, lo, hi, steps, distribution, use_batch, chunk, cost=float((hi - lo) * len(steps)))
-        for lo, hi in _chunks(q, per_task)
+        for lo, hi in spans
     ]
