@@ -80,7 +80,7 @@ class DefenseConfig:
 
 
 FULL = DefenseConfig()
-QUICK = replace(FULL, classifier_epochs=10, pretrain_steps=300, steps=60, batch=32, test_points=120, n0=32, n=1000)
+QUICK = replace(FULL, classifier_epochs=10, pretrain_steps=300, steps=200, batch=32, n0=16, n=300)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,188 @@
+"""``zoracle defense``: the smoke run (fixed seeds), the gradient paths, the black-box discipline."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("sklearn")
+from zoracle.adapters.onnx import OnnxClassifier, QueryBudgetExceeded  # noqa: E402
+from zoracle.adapters.torch import TorchOracle  # noqa: E402
+from zoracle.apps import _defense_train as T  # noqa: E402
+from zoracle.apps import defense  # noqa: E402
+from zoracle.cli import main as cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``zoracle defense --quick --json --out DIR`` once for the module (about 20 s)."""
+    out = tmp_path_factory.mktemp("defense")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli(["defense", "--quick", "--json", "--out", str(out)])
+    return rc, buf.getvalue(), out
+
+
+def test_quick_json_deepzero_beats_no_denoiser(quick_run):
+    rc, stdout, _ = quick_run
+    assert rc == 0
+    result = json.loads(stdout)
+    assert set(result) == {"none", "deepzero", "hybrid", "fo"}
+    for row in result.values():
+        assert list(row) == ["0", "0.25", "0.5", "0.75"]
+        acc = np.array(list(row.values()))
+        assert ((acc >= 0) & (acc <= 1)).all()
+        assert (np.diff(acc) <= 0).all()  # certified accuracy never grows with the radius
+    # the acceptance check (sigma = 0.25, fixed seeds): DeepZero beats no denoiser at r = 0
+    assert result["deepzero"]["0"] > result["none"]["0"]
+    # and, with a wide margin at this size, at r = 0.25 (so do the other denoisers)
+    for name in ("deepzero", "hybrid", "fo"):
+        assert result[name]["0.25"] > result["none"]["0.25"] + 0.03
+
+
+def test_quick_writes_report(quick_run):
+    _, stdout, out = quick_run
+    md = (out / "defense.md").read_text()
+    for name in ("none", "mse", "deepzero", "hybrid", "fo"):
+        assert defense.LABELS[name] in md
+    assert "86.02" in md and "63.60" in md  # the paper's table sits next to ours
+    assert "zoracle defense --quick" in md
+    assert (out / "defense.png").stat().st_size > 1000
+    data = json.loads((out / "defense.json").read_text())
+    assert data["certified"]["deepzero"] == json.loads(stdout)["deepzero"]
+    # both ZO rows spent the same loss evaluations per estimate; FO none through the black box
+    rows = data["rows"]
+    assert rows["deepzero"]["queries_per_estimate"] == rows["hybrid"]["queries_per_estimate"] == 65
+    assert rows["fo"]["train_queries"] == 0 and rows["deepzero"]["train_queries"] > 0
+    assert rows["none"]["certify_queries"] == 360 * (16 + 300)
+    assert os.path.exists(out / "classifier.onnx")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sigma", "-1"], "--sigma"),
+    (["--n", "abc"], "--n"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["defense", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--alpha", "2"], "alpha"), (["--test-points", "1000"], "test-points"), (["--queries", "5"], "queries"),
+])
+def test_bad_values_are_argument_errors(argv, message, capsys):
+    assert cli(["defense", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# the pieces, on a tiny black box
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    Xtr, ytr, _, _ = T.load_digits_split(0)
+    clf = T.train_classifier(Xtr[:300], ytr[:300], epochs=2, seed=0)
+    path = tmp_path_factory.mktemp("bb") / "f.onnx"
+    T.export_onnx(clf, path)
+    torch.manual_seed(1)
+    den = T.Denoiser()
+    T.pretrain_mse(den, Xtr, sigma=0.25, steps=20, batch=32, seed=0)
+    return clf, path, den, Xtr[:300], ytr[:300]
+
+
+def _fo_grad(den, clf, noisy, t):
+    den.zero_grad()
+    torch.nn.functional.cross_entropy(clf(den(torch.from_numpy(noisy))), torch.from_numpy(t)).backward()
+    return torch.cat([p.grad.reshape(-1) for p in den.parameters()]).numpy().astype(np.float64)
+
+
+def test_deepzero_estimate_matches_white_box_gradient(tiny):
+    clf, path, den, X, y = tiny
+    bb = OnnxClassifier(path)
+    noisy, t = T.NoisyBatches(X, y, sigma=0.25, batch=32, steps_per_epoch=1, seed=0)(0)[0]
+    oracle = TorchOracle(den, T.BlackBoxLoss(bb)).bind((noisy, t))
+    theta = oracle.initial_params()
+    coords = np.sort(np.random.default_rng(0).choice(theta.size, 60, replace=False))
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-2, scheme="central"), coordinates=coords)
+    want = _fo_grad(den, clf, noisy, t)[coords]
+    got = est.grad[coords]
+    assert np.dot(got, want) / np.linalg.norm(got) / np.linalg.norm(want) > 0.98
+    assert bb.queries == 32 * (2 * 60 + 1)  # every loss value went through the ONNX file
+
+
+def test_hybrid_chain_matches_white_box_gradient(tiny):
+    from zoracle.adapters.torch import blackbox
+
+    clf, path, den, X, y = tiny
+    bb = OnnxClassifier(path)
+    noisy, t = T.NoisyBatches(X, y, sigma=0.25, batch=32, steps_per_epoch=1, seed=3)(0)[0]
+    op = blackbox(T.BlackBoxLoss(bb), zo.CGE(mu=1e-2, scheme="central"))
+    den.zero_grad()
+    op(den(torch.from_numpy(noisy)), torch.from_numpy(t)).mean().backward()
+    got = torch.cat([p.grad.reshape(-1) for p in den.parameters()]).numpy().astype(np.float64)
+    want = _fo_grad(den, clf, noisy, t)
+    assert np.dot(got, want) / np.linalg.norm(got) / np.linalg.norm(want) > 0.98
+
+
+def test_deepzero_training_only_queries_the_black_box(tiny):
+    _, path, den, X, y = tiny
+    targets = OnnxClassifier(path).predict(X)
+    d = T.Denoiser()
+    d.load_state_dict(den.state_dict())
+    before = [p.detach().clone() for p in d.parameters()]
+    bb = OnnxClassifier(path)
+    log = T.train_deepzero(d, bb, X, targets, sigma=0.25, steps=4, batch=16, queries=40, lr=1e-3, seed=0,
+                           ratios="uniform", steps_per_mask=2)
+    assert log.steps == 4 and log.queries_per_estimate == 40
+    assert log.queries == bb.queries == 4 * 40 * 16
+    assert any(not torch.equal(a, b) for a, b in zip(before, d.parameters()))
+    # a black box with a small budget stops the training: the loss is only reachable by queries
+    with pytest.raises(zo.OracleError, match="query budget exceeded") as exc:
+        T.train_deepzero(d, OnnxClassifier(path, budget=1000), X, targets, sigma=0.25, steps=4, batch=16,
+                         queries=40, lr=1e-3, seed=0, ratios="uniform")
+    assert isinstance(exc.value.cause, QueryBudgetExceeded)
+
+
+def test_sparsity_for_query_budget(tiny):
+    den = tiny[2]
+    oracle = TorchOracle(den, T.BlackBoxLoss(None))
+    n_bias = sum(p.numel() for n, p in den.named_parameters() if n.endswith("bias"))
+    s = T.deepzero_sparsity(oracle, 65)
+    assert round((1 - s) * (oracle.size - n_bias)) + n_bias + 1 == 65
+    with pytest.raises(zo.ArgumentError, match="queries"):
+        T.deepzero_sparsity(oracle, n_bias + 1)
+
+
+def test_noisy_batches_replay():
+    X = np.random.default_rng(0).random((50, 1, 8, 8), dtype=np.float32)
+    b = T.NoisyBatches(X, np.arange(50), sigma=0.5, batch=8, steps_per_epoch=3, seed=4)
+    a1, a2 = b(2), b(2)
+    assert len(a1) == 3 and all(np.array_equal(u[0], v[0]) for u, v in zip(a1, a2))
+    assert not np.array_equal(b(1)[0][0], a1[0][0])
+    assert len(list(b.steps(7))) == 7
+    noisy, t = a1[0]
+    assert (noisy - X[t]).std() == pytest.approx(0.5, rel=0.2)
+
+
+def test_denoiser_split_matches_forward():
+    torch.manual_seed(0)
+    den = T.Denoiser()
+    torch.nn.init.normal_(den.conv3.weight)
+    x = torch.rand(4, 1, 8, 8)
+    state = (x,)
+    for st in den.zoracle_steps():
+        state = st(state) if isinstance(st, T.Step) else (st(state[0]),) + tuple(state[1:])
+    torch.testing.assert_close(state[0], den(x))
