@@ -459,3 +459,15 @@ def test_torch_oracle_feature_reuse_equals_serial(loky2, threads2):
             ref = zo.estimate_gradient(oracle, theta, est, rng=step)
             for ex in (SerialExecutor(), loky2, threads2):
                 assert_same(zo.estimate_gradient(oracle, theta, est, rng=step, executor=ex), ref)
+
+
+# ----------------------------------------------------------------------------- training
+def test_train_with_executor_equals_serial(loky2):
+    parent = CountingData(os.devnull)
+    rng = np.random.default_rng(4)
+    batches = [rng.standard_normal(D) for _ in range(3)]
+    kw = dict(batches=batches, epochs=2, estimator=zo.CGE(mu=1e-4), progress=False, rng=0)
+    ref = zo.train(parent, params(), **kw)
+    got = zo.train(parent, params(), executor=loky2, **kw)
+    np.testing.assert_allclose(got.params, ref.params, rtol=0, atol=1e-12)
+    assert got.nfev == ref.nfev and got.steps == ref.steps == 6

@@ -41,6 +41,8 @@ def _import(name: str, extra: str):
 
 
 # ----------------------------------------------------------------------------- Dask
+#: parameter vectors up to this size travel inside each shard instead of being scattered
+_INLINE_BYTES = 1 << 20
 _DASK_STATE = WorkerState()
 _DASK_LOCK = threading.Lock()
 
@@ -63,18 +65,18 @@ class _DaskBackend:
         self.payload = payload
         self.futs = futs
         self.busy: dict = {}  # slot -> (jid, future)
+        self._slots = None
 
     def workers(self):
-        info = self.ex.client.scheduler_info(n_workers=-1) if self._takes_n() else self.ex.client.scheduler_info()
-        return [(addr, k) for addr, w in sorted(info["workers"].items()) for k in range(int(w.get("nthreads", 1)))]
-
-    def _takes_n(self) -> bool:
-        import inspect
-
-        try:
-            return "n_workers" in inspect.signature(self.ex.client.scheduler_info).parameters
-        except (TypeError, ValueError):
-            return False
+        if self._slots is None:  # asked once per run, and again after a failure
+            client = self.ex.client
+            try:
+                info = client.scheduler_info(n_workers=-1)
+            except TypeError:  # older distributed
+                info = client.scheduler_info()
+            self._slots = [(addr, k) for addr, w in sorted(info["workers"].items())
+                           for k in range(int(w.get("nthreads", 1)))]
+        return self._slots
 
     def idle(self):
         return [s for s in self.workers() if s not in self.busy]
@@ -103,7 +105,10 @@ class _DaskBackend:
             del self.busy[w]
             if fut.status == "finished":
                 out.append((w, jid, fut.result()))
+                if out[-1][2][0] != "ok":
+                    self._slots = None
             else:
+                self._slots = None
                 exc = fut.exception() if fut.status == "error" else None
                 out.append((w, jid, ("dead", f"{type(exc).__name__}: {exc}" if exc is not None else fut.status)))
         return out
@@ -172,8 +177,10 @@ class DaskExecutor(ShardedExecutor):
         c = self.client
         if payload.oracle_token not in self._futs:
             self._futs[payload.oracle_token] = c.scatter(payload.oracle, broadcast=True, hash=False)
+        host = np.ascontiguousarray(to_numpy(payload.params))
+        # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
-                "params": c.scatter(np.ascontiguousarray(to_numpy(payload.params)), broadcast=True, hash=False)}
+                "params": c.scatter(host, broadcast=True, hash=False) if host.nbytes > _INLINE_BYTES else host}
         if payload.batch_token is not None:
             futs["batch"] = c.scatter(payload.batch, hash=False)
         return _DaskBackend(self, payload, futs)
@@ -199,6 +206,11 @@ class _RayWorker:
         if "params" in got:  # the object store hands out read-only views
             got["params"] = np.array(got["params"])
         return run_guarded(self.state, spec, shard, **got)
+
+
+def _short(exc, limit: int = 600) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 class _RayActor:
@@ -260,9 +272,11 @@ class _RayBackend:
             w.ref = None
             try:
                 out.append((w, jid, ray.get(ref)))
-            except Exception as exc:  # the actor died (RayActorError) or could not run
+            except ray.exceptions.RayActorError as exc:  # the actor's process is gone
                 self.ex._replace(w)
-                out.append((w, jid, ("dead", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")))
+                out.append((w, jid, ("dead", f"{type(exc).__name__}: {_short(exc)}")))
+            except Exception as exc:  # could not run at all, e.g. the oracle failed to unpickle
+                out.append((w, jid, ("err", RuntimeError(f"{type(exc).__name__}: {_short(exc)}"), "")))
         return out
 
     def abort(self, workers) -> None:
