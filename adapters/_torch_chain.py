@@ -316,3 +316,120 @@ class Chain:
         for s in self.steps[lo:hi]:
             state = s(state)
         return state
+
+
+# ---------------------------------------------------------------------------------------
+# channel deltas: one perturbation changes one output unit / channel of its layer
+# ---------------------------------------------------------------------------------------
+_ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
+        nn.Softplus, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Identity) + _DROPOUT
+
+
+def channel_ok(kind: str, out) -> bool:
+    """Whether the channel-delta path applies to this block's output layout."""
+    return (kind == "linear" and out.dim() == 2) or (kind in ("conv2d", "bn") and out.dim() in (2, 4))
+
+
+def channel_local(step: Step) -> bool:
+    """A step acting on each unit / channel separately (the delta stays in one channel)."""
+    return step.fn is None and (isinstance(step.module, _ACT) or type(step.module) in _BN)
+
+
+def absorbs(step: Step, base_in) -> bool:
+    """A layer that turns a one-channel delta into a dense output cheaply."""
+    m = step.module
+    if step.fn is not None:
+        return False
+    if type(m) is nn.Linear:
+        return base_in.dim() == 2
+    return type(m) is nn.Conv2d and m.groups == 1 and base_in.dim() == 4
+
+
+def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local, h):
+    """``(ch, col)``: the channel each perturbation changes and its new values ``(k, B, ...)``."""
+    k = local.shape[0]
+    ch = torch.empty(k, dtype=torch.long, device=out.device)
+    col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=out.device)
+    for role, pos, idx in _split_roles(bp, local):
+        hr = h[pos]
+        if kind == "linear":
+            if role == "weight":
+                i, j = idx // module.in_features, idx % module.in_features
+                col[pos] = out[:, i].T + hr[:, None] * x[:, j].T
+            else:
+                i = idx
+                col[pos] = out[:, i].T + hr[:, None]
+        elif kind == "conv2d":
+            if role == "weight":
+                O, Cg, kh, kw = module.weight.shape
+                o = idx // (Cg * kh * kw)
+                rem = idx % (Cg * kh * kw)
+                c, rem = rem // (kh * kw), rem % (kh * kw)
+                p, q = rem // kw, rem % kw
+                ci = (o // (O // module.groups)) * Cg + c
+                Ho, Wo = out.shape[-2], out.shape[-1]
+                sh, sw = module.stride
+                dh, dw = module.dilation
+                dev = out.device
+                rows = p[:, None] * dh + sh * torch.arange(Ho, device=dev)[None, :]
+                cols = q[:, None] * dw + sw * torch.arange(Wo, device=dev)[None, :]
+                G = cache[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
+                i = o
+                col[pos] = out[:, o].transpose(0, 1) + hr.view(-1, 1, 1, 1) * G.transpose(0, 1)
+            else:
+                i = idx
+                col[pos] = out[:, i].transpose(0, 1) + hr.view(-1, 1, 1, 1)
+        else:  # bn
+            i = idx
+            sl = out[:, i].transpose(0, 1)
+            shape = (-1,) + (1,) * (sl.dim() - 1)
+            if role == "weight":
+                col[pos] = sl + hr.view(shape) * cache[:, i].transpose(0, 1)
+            else:
+                col[pos] = sl + hr.view(shape)
+        ch[pos] = i
+    return ch, col
+
+
+def channel_step(step: Step, col, ch, groups_stats: bool):
+    """Apply a channel-local step to the changed channels ``col`` (k, B, ...)."""
+    m = step.module
+    if type(m) not in _BN:
+        return _identity(col) if isinstance(m, _DROPOUT) else m(col)
+    shape = (col.shape[0],) + (1,) * (col.dim() - 1)
+    if m.training or m.running_mean is None:
+        var, mean = torch.var_mean(col, dim=tuple(range(1, col.dim())), unbiased=False, keepdim=True)
+        y = (col - mean) * torch.rsqrt(var + m.eps)
+    else:
+        y = (col - m.running_mean[ch].view(shape)) * torch.rsqrt(m.running_var[ch].view(shape) + m.eps)
+    if m.weight is not None:
+        y = y * m.weight[ch].view(shape) + m.bias[ch].view(shape)
+    return y
+
+
+def absorb(step: Step, col, ch, base_in, base_out):
+    """Dense ``(k, B, ...)`` output of a Linear/Conv2d whose input changed in one channel."""
+    m = step.module
+    delta = col - base_in[:, ch].transpose(0, 1)  # (k, B, ...)
+    if type(m) is nn.Linear:
+        w = m.weight[:, ch].T  # (k, out)
+        return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1))
+    k, B = delta.shape[0], delta.shape[1]
+    w = m.weight[:, ch].transpose(0, 1).reshape(k * m.out_channels, 1, *m.kernel_size)
+    inp = delta.transpose(0, 1)  # (B, k, H, W)
+    if m.padding_mode != "zeros":
+        inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        pad = 0
+    else:
+        pad = m.padding
+    d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=k)  # (B, k*O, Ho, Wo)
+    d = d.reshape((B, k, m.out_channels) + tuple(d.shape[-2:])).transpose(0, 1)
+    return base_out.unsqueeze(0) + d
+
+
+def materialize(base, col, ch):
+    """Dense ``(k, B, ...)`` tensor: ``base`` repeated with channel ``ch[r]`` replaced by ``col[r]``."""
+    k = col.shape[0]
+    Y = base.unsqueeze(0).repeat((k,) + (1,) * base.dim())
+    Y[torch.arange(k, device=base.device), :, ch] = col
+    return Y

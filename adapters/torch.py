@@ -39,6 +39,13 @@ from ._torch_chain import (
     prepare_cache,
     extract_steps,
     steps_from_items,
+    channel_ok,
+    channel_local,
+    absorbs,
+    perturbed_channels,
+    channel_step,
+    absorb,
+    materialize,
     _NORM,
 )
 
@@ -102,10 +109,11 @@ def to_torch(x, device=None, dtype=None) -> torch.Tensor:
 class _Features:
     """Activations entering a block (opaque to the planner), plus the fast path's caches."""
 
-    __slots__ = ("block", "state", "out", "cache", "batch_size")
+    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk")
 
-    def __init__(self, block, state, out, cache, batch_size):
+    def __init__(self, block, state, out, cache, batch_size, walk=None):
         self.block, self.state, self.out, self.cache, self.batch_size = block, state, out, cache, batch_size
+        self.walk = walk  # channel-delta path: (stop step, absorbs?, base input at stop, base output)
 
     def __repr__(self):
         shapes = [tuple(s.shape) for s in self.state]
@@ -559,12 +567,25 @@ class TorchOracle:
         kind = core.kinds[block]
         with torch.no_grad(), norm_context(self.model):
             state = core.chain.run((self._x,), 0, si)
-            out = cache = None
+            out = cache = walk = None
             if kind:
                 x = state[0]
                 out = st.module(x)
                 cache = prepare_cache(kind, st.module, x, out)
-        return _Features(block, state, out, cache, self._x.shape[0])
+                if channel_ok(kind, out):
+                    walk = self._walk(si, out)
+        return _Features(block, state, out, cache, self._x.shape[0], walk)
+
+    def _walk(self, si: int, out):
+        """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
+        steps = self._core.chain.steps
+        j, h = si + 1, out
+        while j < len(steps) and channel_local(steps[j]):
+            h = steps[j](( h,))[0]
+            j += 1
+        if j < len(steps) and absorbs(steps[j], h):
+            return (j, True, h, steps[j]((h,))[0])
+        return (j, False, h, None)
 
     def _check_block(self, block) -> int:
         n = len(self._core.blocks)
@@ -603,16 +624,29 @@ class TorchOracle:
         kind = core.kinds[block]
         k = local.shape[0]
         with torch.no_grad(), norm_context(self.model) as ctx:
+            rest = tuple(_repeat(s, k) for s in feats.state[1:])
+            if feats.walk is not None:
+                ch, col = perturbed_channels(kind, st.module, feats.state[0], feats.out, feats.cache,
+                                             core.block_params[block], local, h)
+                stop, absorbed, base_in, base_out = feats.walk
+                for j in range(si + 1, stop):
+                    col = channel_step(core.chain.steps[j], col, ch, True)
+                if absorbed:
+                    Y, start = absorb(core.chain.steps[stop], col, ch, base_in, base_out), stop + 1
+                else:
+                    Y, start = materialize(base_in, col, ch), stop
+                ctx.groups = k
+                state = _run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start)
+                return self._loss(state[0], k)
             if kind:
                 Y = perturbed_outputs(kind, st.module, feats.state[0], feats.out, feats.cache,
                                       core.block_params[block], local, h)
-                rest = tuple(_repeat(s, k) for s in feats.state[1:])
                 state = (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest
             else:
                 outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
                 state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
             ctx.groups = k
-            state = core.chain.run(state, si + 1)
+            state = _run_owned(core.chain.steps, state, si + 1)
             return self._loss(state[0], k)
 
     # ---------------------------------------------------------------- evaluation
@@ -640,6 +674,20 @@ class TorchOracle:
         b = "unbound" if self._x is None else f"batch={tuple(self._x.shape)}"
         return (f"TorchOracle({type(self.model).__name__}, d={self._core.d}, blocks={len(self._core.blocks)}, "
                 f"{b}, dtype={self.dtype}, device={self.device})")
+
+
+def _run_owned(steps, state, start: int):
+    """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place."""
+    for st in steps[start:]:
+        m = st.module
+        if st.fn is None and type(m) is nn.ReLU:
+            x = state[0]
+            ptr = x.untyped_storage().data_ptr()
+            if all(s.untyped_storage().data_ptr() != ptr for s in state[1:]):
+                state = (torch.relu_(x),) + tuple(state[1:])
+                continue
+        state = st(state)
+    return state
 
 
 def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
