@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError
+from ._errors import ArgumentError, ZoracleError
 from ._executors_core import Payload, WorkerState, error_outcome, run_guarded, run_task_guarded
 from ._executors_local import ShardedExecutor
 
@@ -176,17 +176,20 @@ class DaskExecutor(ShardedExecutor):
     def _backend(self, payload, oracle):
         c = self.client
         if payload.oracle_token not in self._futs:
-            self._futs[payload.oracle_token] = c.scatter(payload.oracle, broadcast=True, hash=False)
+            # scattered inside a list, so an oracle that is also a container stays one object
+            self._futs[payload.oracle_token] = c.scatter([payload.oracle], broadcast=True, hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
                 "params": c.scatter(host, broadcast=True, hash=False) if host.nbytes > _INLINE_BYTES else host}
         if payload.batch_token is not None:
-            futs["batch"] = c.scatter(payload.batch, hash=False)
+            futs["batch"] = c.scatter([payload.batch], hash=False)[0]  # an (x, y) tuple stays one object
         return _DaskBackend(self, payload, futs)
 
 
 # ----------------------------------------------------------------------------- Ray
+#: seconds to wait for the actors to come up before reporting a cluster without room
+_ACTOR_START_S = 120.0
 class _RayWorker:
     """A Ray actor holding oracles by token (the class is wrapped by ``ray.remote`` lazily)."""
 
@@ -321,7 +324,15 @@ class RayExecutor(ShardedExecutor):
         self.n_workers = int(n)
         self._remote = ray.remote(num_cpus=1)(_RayWorker)
         handles = [self._remote.remote() for _ in range(self.n_workers)]
-        pids = ray.get([h.pid.remote() for h in handles])
+        try:
+            pids = ray.get([h.pid.remote() for h in handles], timeout=_ACTOR_START_S)
+        except ray.exceptions.GetTimeoutError:
+            for h in handles:
+                ray.kill(h)
+            raise ZoracleError(
+                f"RayExecutor: {self.n_workers} actors (1 CPU each) did not start within {_ACTOR_START_S:.0f} s; "
+                f"the cluster has {ray.available_resources().get('CPU', 0):g} free CPUs: pass a smaller n_workers"
+            ) from None
         self._actors = [_RayActor(h, i, p) for i, (h, p) in enumerate(zip(handles, pids))]
 
     def _replace(self, w) -> None:
