@@ -17,8 +17,11 @@ import psutil
 import pytest
 
 import zoracle as zo
+from hypothesis import given
+from hypothesis import strategies as st
+
 from zoracle._executors_core import CostModel, Registry, reshard
-from zoracle._plan import BaseTask, CoordTask, DirectionTask
+from zoracle._plan import BaseTask, CoordTask, DirectionTask, call_groups
 from zoracle.executors import (
     DeviceExecutor,
     JoblibExecutor,
@@ -299,6 +302,34 @@ def test_reshard_cuts_costly_blocks_and_keeps_column_order():
     shards, _, groups = reshard([d], 2, lambda t: 1.0)
     assert [(s.lo, s.hi) for s in shards] == sorted((s.lo, s.hi) for s in shards)
     assert shards[0].lo == 5 and shards[-1].hi == 45 and len(shards) == 6
+
+
+@given(n=st.integers(1, 300), chunk=st.integers(1, 64), groups=st.integers(1, 9))
+def test_call_groups_are_whole_calls(n, chunk, groups):
+    spans = call_groups(n, chunk, groups)
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    assert all(a < b for a, b in spans) and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert all(a % chunk == 0 for a, _ in spans)  # every span starts on a call boundary
+    assert len(spans) == min(groups, -(-n // chunk))
+
+
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4), chunk=st.integers(1, 16),
+       workers=st.integers(1, 4), mode=st.sampled_from(["split", "batch", "call"]),
+       costs=st.lists(st.floats(0.01, 100.0), min_size=4, max_size=4))
+def test_reshard_preserves_columns_and_calls(sizes, chunk, workers, mode, costs):
+    tasks, lo = [BaseTask()], 0
+    for b, n in enumerate(sizes):
+        tasks.append(CoordTask(np.arange(lo, lo + n), (1e-3,), mode, b, chunk, cost=float(n)))
+        lo += n
+    shards, est, groups = reshard(tasks, workers, lambda t: costs[max(0, getattr(t, "block", 0))])
+    assert len(est) == len(shards) and sorted(j for g in groups for j in g) == list(range(len(shards)))
+    assert isinstance(shards[groups[0][0]], BaseTask)
+    for t, g in zip(tasks[1:], groups[1:]):
+        pieces = [shards[j] for j in g]
+        np.testing.assert_array_equal(np.concatenate([p.coords for p in pieces]), t.coords)
+        if mode != "call":  # batched calls are never cut: same calls as the whole task
+            assert all((p.coords[0] - t.coords[0]) % chunk == 0 for p in pieces)
+        assert all(p.chunk == t.chunk and p.mode == t.mode and p.block == t.block for p in pieces)
 
 
 def test_cost_model_learns_per_block_and_scales_hints():
