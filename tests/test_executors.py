@@ -233,6 +233,17 @@ def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):
     assert set(map(int, lines)) <= set(pids)
 
 
+def test_many_bound_oracles_reused_out_of_order(loky2):
+    """More live bound oracles than workers keep batches for: evicted ones are re-sent."""
+    parent = CountingData(os.devnull)
+    rng = np.random.default_rng(9)
+    bound = [parent.bind(rng.standard_normal(D)) for _ in range(7)]
+    x = params()
+    for i in [0, 1, 2, 3, 4, 5, 6, 0, 3, 6, 1, 0]:
+        assert_same(zo.estimate_gradient(bound[i], x, zo.CGE(), executor=loky2),
+                    zo.estimate_gradient(bound[i], x, zo.CGE()))
+
+
 def test_forget_resends_a_mutated_oracle():
     oracle = CountingData(os.devnull, scale=1.0)
     bound = oracle.bind(np.ones(D))

@@ -9,7 +9,15 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._errors import ArgumentError, ZoracleError
-from ._executors_core import Payload, WorkerState, error_outcome, run_guarded, run_task_guarded
+from ._executors_core import (
+    KEEP_ORACLES,
+    BatchMirror,
+    Payload,
+    WorkerState,
+    error_outcome,
+    run_guarded,
+    run_task_guarded,
+)
 from ._executors_local import ShardedExecutor
 
 __all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
@@ -43,7 +51,7 @@ def _import(name: str, extra: str):
 # ----------------------------------------------------------------------------- Dask
 #: parameter vectors up to this size travel inside each shard instead of being scattered
 _INLINE_BYTES = 1 << 20
-_DASK_STATE = WorkerState()
+_DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a bounded cache
 _DASK_LOCK = threading.Lock()
 
 
@@ -53,7 +61,9 @@ def _dask_run(spec, shard, oracle, batch, params):
         with _DASK_LOCK:  # worker threads share one cache
             if spec[0] not in _DASK_STATE.oracles:
                 _DASK_STATE.put_oracle(spec[0], oracle)
-            wrapped = _DASK_STATE.oracle(spec[0], spec[1], batch)
+            if spec[1] is not None and (spec[0], spec[1]) not in _DASK_STATE.batches:
+                _DASK_STATE.put_batch((spec[0], spec[1]), batch)
+            wrapped = _DASK_STATE.oracle(spec[0], spec[1])
     except BaseException as exc:  # reported to the driver, which decides about retries
         return error_outcome(exc)
     return run_task_guarded(wrapped, shard, params)
@@ -222,7 +232,7 @@ class _RayActor:
         self.index = index
         self.pid = pid
         self.has: set = set()
-        self.bound: set = set()
+        self.bound = BatchMirror()
         self.params_token = None
         self.ref = None
 
@@ -259,7 +269,7 @@ class _RayBackend:
         w.ref = w.handle.run.remote(pl.spec, shard, items)
         self.busy[w.ref] = (w, jid)
         w.has.add(pl.oracle_token)
-        if pl.batch_token is not None:
+        if "batch" in items:
             w.bound.add((pl.oracle_token, pl.batch_token))
         w.params_token = pl.params_token
 
@@ -375,6 +385,7 @@ class RayExecutor(ShardedExecutor):
             for a in self._actors:
                 if t in a.has:
                     a.has.discard(t)
+                    a.bound.drop(t)
                     a.handle.drop.remote(t)
 
     def _backend(self, payload, oracle):

@@ -29,10 +29,12 @@ from ._errors import OracleError, ZoracleError
 from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
-__all__ = ["Registry", "WorkerState", "Payload", "RunStats", "schedule", "reshard", "describe_task"]
+__all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task"]
 
-#: oracles (and batches) a worker keeps before dropping the least recently used
+#: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
+#: bound batches a worker keeps (first in, first out; the driver mirrors the rule)
+KEEP_BATCHES = 4
 
 
 def describe_task(task) -> str:
@@ -119,22 +121,52 @@ def split_bound(fn):
 
 
 # ----------------------------------------------------------------------------- worker side
+_UNSET = object()
+
+
+class BatchMirror:
+    """The driver's exact copy of which bound batches a worker holds.
+
+    Worker and driver apply the same first-in-first-out rule with the same capacity to the
+    same sequence of batches (the driver records a batch when it sends it, the worker when
+    it receives it), so the driver never omits a batch the worker has dropped.
+    """
+
+    def __init__(self, keep: int = KEEP_BATCHES):
+        self.keep = keep
+        self.keys: OrderedDict = OrderedDict()
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys
+
+    def add(self, key) -> None:
+        self.keys[key] = None
+        while len(self.keys) > self.keep:
+            self.keys.popitem(last=False)
+
+    def drop(self, token) -> None:
+        for key in [k for k in self.keys if k[0] == token]:
+            del self.keys[key]
+
+
 class WorkerState:
-    """Oracles, bound oracles and parameters one worker holds, by token.
+    """Oracles, bound batches and parameters one worker holds, by token.
 
     ``device`` (DeviceExecutor) is handed to an oracle's optional ``to_device(device)``
     once, when the oracle arrives; the returned object is what the worker queries.
+    Oracles stay until the driver drops them (``keep=None``) or, with ``keep``, the least
+    recently received ones go first (for transports that send the oracle with every
+    shard). Batches follow :class:`BatchMirror`'s rule.
     """
 
-    def __init__(self, device=None, keep: int = KEEP_ORACLES):
+    def __init__(self, device=None, keep: int | None = None, keep_batches: int = KEEP_BATCHES):
         self.device = device
         self.keep = keep
         self.oracles: OrderedDict = OrderedDict()  # token -> user oracle (or parent)
-        self.bound: OrderedDict = OrderedDict()  # (token, batch_token) -> Oracle wrapper
+        self.batches: OrderedDict = OrderedDict()  # (token, batch_token) -> batch, FIFO
+        self.keep_batches = keep_batches
+        self.wrapped: dict = {}  # (token, batch_token or None) -> Oracle wrapper
         self.params: tuple = (None, None)  # (token, array): only the current run's
-
-    def has(self, token) -> bool:
-        return token in self.oracles
 
     def put_oracle(self, token, fn) -> None:
         if isinstance(fn, (bytes, bytearray)):
@@ -143,32 +175,40 @@ class WorkerState:
         if self.device is not None and callable(move):
             fn = move(self.device)
         self.oracles[token] = fn
-        while len(self.oracles) > self.keep:
+        while self.keep is not None and len(self.oracles) > self.keep:
             old, _ = self.oracles.popitem(last=False)
             self.drop(old)
 
+    def put_batch(self, key, batch) -> None:
+        self.batches[key] = batch
+        while len(self.batches) > self.keep_batches:
+            old, _ = self.batches.popitem(last=False)
+            self.wrapped.pop(old, None)
+
     def drop(self, token) -> None:
         self.oracles.pop(token, None)
-        for key in [k for k in self.bound if k[0] == token]:
-            del self.bound[key]
+        for key in [k for k in self.batches if k[0] == token]:
+            del self.batches[key]
+        for key in [k for k in self.wrapped if k[0] == token]:
+            del self.wrapped[key]
 
-    def oracle(self, oracle_token, batch_token, batch) -> Oracle:
+    def oracle(self, oracle_token, batch_token) -> Oracle:
         key = (oracle_token, batch_token)
-        hit = self.bound.get(key)
+        hit = self.wrapped.get(key)
         if hit is not None:
             return hit
         if oracle_token not in self.oracles:
-            raise ZoracleError(f"worker has no oracle for token {oracle_token} (it was dropped); please report")
+            raise ZoracleError(f"worker has no oracle for token {oracle_token}; please report")
         fn = self.oracles[oracle_token]
         if batch_token is not None:
-            fn = fn.bind(batch)
+            if key not in self.batches:
+                raise ZoracleError(f"worker has no batch for token {batch_token}; please report")
+            fn = fn.bind(self.batches[key])
         wrapped = Oracle(fn)
-        self.bound[key] = wrapped
-        while len(self.bound) > self.keep:
-            self.bound.popitem(last=False)
+        self.wrapped[key] = wrapped
         return wrapped
 
-    def run(self, spec, task, oracle=None, batch=None, params=None):
+    def run(self, spec, task, oracle=None, batch=_UNSET, params=None):
         """Run ``task``; items not held yet come in ``oracle`` / ``batch`` / ``params``.
 
         Returns ``(losses, seconds)``.
@@ -176,11 +216,13 @@ class WorkerState:
         oracle_token, batch_token, params_token = spec
         if oracle is not None and oracle_token not in self.oracles:
             self.put_oracle(oracle_token, oracle)
+        if batch is not _UNSET and (oracle_token, batch_token) not in self.batches:
+            self.put_batch((oracle_token, batch_token), batch)
         if params is not None:
             self.params = (params_token, params)
         if self.params[0] != params_token:
             raise ZoracleError("worker received a shard without this run's parameters; please report")
-        wrapped = self.oracle(oracle_token, batch_token, batch)
+        wrapped = self.oracle(oracle_token, batch_token)
         t0 = time.perf_counter()
         out = task.run(wrapped, self.params[1])
         return np.asarray(out, dtype=np.float64), time.perf_counter() - t0

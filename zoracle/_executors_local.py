@@ -20,6 +20,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._errors import ZoracleError
 from ._executors_core import (
+    BatchMirror,
     CostModel,
     Payload,
     Registry,
@@ -193,7 +194,7 @@ class _Proc:
         theirs.close()
         self.conn = Connection(mine.detach())
         self.has: set = set()  # oracle tokens
-        self.bound: set = set()  # (oracle token, batch token)
+        self.bound = BatchMirror()  # (oracle token, batch token) the worker holds
         self.params_token = None
         self.jid = None
         self.send(("init", list(sys.path), device))
@@ -268,7 +269,7 @@ class _ProcBackend:
         except (OSError, ValueError):
             return  # a dead worker: wait() reports it through its sentinel
         w.has.add(pl.oracle_token)
-        if pl.batch_token is not None:
+        if "batch" in items:
             w.bound.add((pl.oracle_token, pl.batch_token))
         w.params_token = pl.params_token
 
@@ -366,7 +367,7 @@ class ProcessPool(ShardedExecutor):
             for p in self._procs:
                 if t in p.has:
                     p.has.discard(t)
-                    p.bound = {b for b in p.bound if b[0] != t}
+                    p.bound.drop(t)
                     try:
                         p.send(("drop", t))
                     except (OSError, ValueError):
