@@ -1,0 +1,268 @@
+"""``zoracle demo``: DeepZero vs first-order SGD vs RGE on the bundled scikit-learn digits.
+
+One small CNN (no download: ``sklearn.datasets.load_digits``), three trainings from the same
+initial weights on the same minibatches:
+
+* **DeepZero**: ZO-GraSP layer-wise keep ratios (q = 192 directions on 25 samples per
+  class), sparse CGE at 90% gradient sparsity over random masks redrawn every
+  ``--mask-interval`` epochs (biases dense), feature reuse through the torch adapter's
+  prefix/suffix split (used automatically by ``estimate_gradient``), SGD with momentum
+  0.9, weight decay 5e-4 and a cosine schedule with one warm-up epoch;
+* **FO**: the same model and recipe with autograd gradients (the upper reference);
+* **RGE**: randomized estimates with as many directions per step as DeepZero spends
+  queries, so both use the same query budget.
+
+It prints a table (test accuracy, loss queries, wall time) and, with ``--json``, one JSON
+object ``{"deepzero": {...}, "fo": {...}, "rge": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+HELP = "train a small CNN on scikit-learn digits with DeepZero vs first-order vs RGE"
+
+METHODS = ("deepzero", "fo", "rge")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs for every method (default 35; 3 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run in well under a minute (3 epochs)")
+    parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
+    parser.add_argument("--sparsity", type=float, default=0.9,
+                        help="DeepZero gradient sparsity over conv/linear weights, in [0, 1) (default 0.9)")
+    parser.add_argument("--ratios", default="zo_grasp", choices=("zo_grasp", "smart", "uniform", "random"),
+                        help="layer-wise keep ratios of DeepZero (default zo_grasp)")
+    parser.add_argument("--mask-interval", type=int, default=1,
+                        help="epochs between fresh random masks (default 1; the paper uses 5 over 50 epochs)")
+    parser.add_argument("--lr", type=float, default=0.3, help="peak learning rate of DeepZero (default 0.3)")
+    parser.add_argument("--fo-lr", type=float, default=0.1, help="peak learning rate of first-order SGD (default 0.1)")
+    parser.add_argument("--rge-lr", type=float, default=0.02, help="peak learning rate of the RGE run (default 0.02)")
+    parser.add_argument("--mu", type=float, default=5e-3, help="finite-difference step of CGE and RGE (default 5e-3)")
+    parser.add_argument("--methods", default="deepzero,fo,rge",
+                        help="comma-separated subset of deepzero,fo,rge to run (default all three)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and all ZO randomness")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: this model's ops are too small to gain from more)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--plot", metavar="PATH", default=None, help="save training curves to this image (matplotlib)")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar per training run")
+    try:
+        from zoracle.executors import add_executor_arguments
+    except ImportError:  # pragma: no cover - older core without parallel executors
+        return
+    add_executor_arguments(parser)
+
+
+def _check(args) -> list:
+    from zoracle import ArgumentError
+
+    if args.epochs is None:
+        args.epochs = 3 if args.quick else 35
+    if args.epochs < 1:
+        raise ArgumentError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise ArgumentError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.sparsity < 1:
+        raise ArgumentError(f"--sparsity must be in [0, 1) (0.9 = keep 10%), got {args.sparsity}")
+    if args.mask_interval < 1:
+        raise ArgumentError(f"--mask-interval must be >= 1, got {args.mask_interval}")
+    for name in ("lr", "fo_lr", "rge_lr", "mu"):
+        v = getattr(args, name)
+        if not v > 0:
+            raise ArgumentError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    if args.threads < 1:
+        raise ArgumentError(f"--threads must be >= 1, got {args.threads}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ArgumentError(f"--methods must list some of {', '.join(METHODS)}, got {args.methods!r}")
+    return methods
+
+
+def make_model(seed: int):
+    """conv3x3(1->8)-ReLU, conv3x3(8->16, stride 2)-ReLU, 2x2 average pool, linear(64->10); 1898 weights.
+
+    No BatchNorm: in train mode every perturbation needs its own batch statistics, which
+    costs far more than the convolutions at this size (see docs/training.md).
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 10),
+    )
+
+
+def _accuracy(oracle, params, x, y) -> float:
+    return float((oracle.predict(params, x).argmax(1) == y).mean())
+
+
+def run_zo(kind, args, data, p0, executor, budget=None) -> dict:
+    """Train with DeepZero (``kind="deepzero"``) or RGE at ``budget`` total queries."""
+    import torch
+
+    import zoracle as zo
+    from zoracle.adapters.torch import TorchOracle
+
+    from ._digits import per_class
+
+    model = make_model(args.seed)
+    oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
+    oracle.load(p0)
+    batches = zo.Minibatches((data.x_train, data.y_train), args.batch_size, seed=args.seed)
+    steps = args.epochs * len(batches)
+
+    def sched(lr):
+        return zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(batches), steps - 1))
+
+    common = dict(batches=batches, epochs=args.epochs, executor=executor, rng=args.seed, progress=args.progress,
+                  eval_fn=lambda p: {"test_acc": _accuracy(oracle, p, data.x_test, data.y_test)})
+    t0 = time.perf_counter()
+    if kind == "deepzero":
+        res = zo.train(oracle, p0, estimator=zo.CGE(mu=args.mu), sparsity=args.sparsity, ratios=args.ratios,
+                       grasp_batch=per_class(data.x_train, data.y_train, 25, seed=args.seed), grasp_directions=192,
+                       mask_shuffle_interval=args.mask_interval,
+                       optimizer=zo.sgd(sched(args.lr), momentum=0.9, weight_decay=5e-4), **common)
+    else:
+        q = max(1, int(round(budget / steps)) - 1)  # q directions + the base point = DeepZero's queries per step
+        res = zo.train(oracle, p0, estimator=zo.RGE(mu=args.mu, directions=q),
+                       optimizer=zo.sgd(sched(args.rge_lr), momentum=0.9, weight_decay=5e-4), **common)
+    seconds = time.perf_counter() - t0
+    out = {"test_acc": _accuracy(oracle, res.params, data.x_test, data.y_test), "queries": int(res.nfev),
+           "seconds": seconds, "curve": [e.get("test_acc") for e in res.history.epochs],
+           "loss": [float(e["loss"]) for e in res.history.epochs]}
+    if kind == "deepzero":
+        names = [i.name for i in oracle.param_info if i.kind in ("conv", "linear")]
+        out["ratios"] = {n: round(float(r), 4) for n, r in zip(names, res.ratios)}
+        out["queries_per_step"] = int(res.history.steps[-1]["nfev"])
+    else:
+        out["directions"] = q
+    return out
+
+
+def run_fo(args, data, p0) -> dict:
+    """First-order SGD (autograd) with the same model, initial weights, batches and recipe."""
+    import torch
+
+    import zoracle as zo
+    from zoracle.adapters.torch import TorchOracle
+
+    model = make_model(args.seed)
+    oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
+    oracle.load(p0)
+    xt, yt = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    batches = zo.Minibatches((xt, yt), args.batch_size, seed=args.seed)
+    steps = args.epochs * len(batches)
+    sched = zo.cosine_schedule(args.fo_lr, total_steps=steps, warmup_steps=min(len(batches), steps - 1))
+    opt = torch.optim.SGD(model.parameters(), lr=args.fo_lr, momentum=0.9, weight_decay=5e-4)
+    t0 = time.perf_counter()
+    step, curve, losses = 0, [], []
+    for epoch in range(args.epochs):
+        model.train()
+        total = 0.0
+        for x, y in batches(epoch):
+            for g in opt.param_groups:
+                g["lr"] = sched(step)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            step += 1
+        losses.append(total / len(batches))
+        curve.append(_accuracy(oracle, oracle.initial_params(), data.x_test, data.y_test))
+    seconds = time.perf_counter() - t0
+    # one forward + one backward per step: reported as `steps` gradient evaluations
+    return {"test_acc": curve[-1], "queries": step, "seconds": seconds, "curve": curve, "loss": losses}
+
+
+def _table(results: dict, args) -> str:
+    rows = [("method", "test acc", "queries", "wall time")]
+    label = {"deepzero": f"DeepZero (sparse CGE {args.sparsity:.0%}, {args.ratios})",
+             "fo": "first-order SGD (autograd)", "rge": "RGE, same query budget"}
+    for m in METHODS:
+        if m in results:
+            r = results[m]
+            q = f"{r['queries']:,}" + (" grads" if m == "fo" else "")
+            rows.append((label[m], f"{100 * r['test_acc']:.2f}%", q, f"{r['seconds']:.1f} s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for m, r in results.items():
+        ep = range(1, len(r["curve"]) + 1)
+        axes[0].plot(ep, [100 * a for a in r["curve"]], marker=".", label=m)
+        axes[1].plot(ep, r["loss"], marker=".", label=m)
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="digits: test accuracy")
+    axes[1].set(xlabel="epoch", ylabel="training loss", title="mean minibatch loss", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    methods = _check(args)
+    import torch
+
+    from ._digits import load_digits_split
+
+    torch.set_num_threads(args.threads)
+    try:
+        from zoracle.executors import from_args
+    except ImportError:  # pragma: no cover
+        from_args = None
+    executor = from_args(args) if from_args is not None else None
+    data = load_digits_split(seed=args.seed)
+    from zoracle.adapters.torch import TorchOracle
+
+    p0 = TorchOracle(make_model(args.seed), torch.nn.CrossEntropyLoss(reduction="none")).initial_params()
+    results = {}
+    log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
+    log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
+        f"{args.epochs} epochs, batch {args.batch_size}")
+    try:
+        if executor is not None:
+            executor.__enter__()
+        if "fo" in methods:
+            results["fo"] = run_fo(args, data, p0)
+            log(f"fo: {100 * results['fo']['test_acc']:.2f}% in {results['fo']['seconds']:.1f} s")
+        if "deepzero" in methods or "rge" in methods:
+            dz = run_zo("deepzero", args, data, p0, executor)
+            if "deepzero" in methods:
+                results["deepzero"] = dz
+                log(f"deepzero: {100 * dz['test_acc']:.2f}% in {dz['seconds']:.1f} s, ratios {dz['ratios']}")
+            if "rge" in methods:
+                results["rge"] = run_zo("rge", args, data, p0, executor, budget=dz["queries"])
+                log(f"rge: {100 * results['rge']['test_acc']:.2f}% in {results['rge']['seconds']:.1f} s")
+    finally:
+        if executor is not None:
+            executor.__exit__(None, None, None)
+    ordered = {m: results[m] for m in METHODS if m in results}
+    if args.plot:
+        _plot(ordered, args.plot)
+        log(f"saved training curves to {args.plot}")
+    if args.json:
+        print(json.dumps({m: {k: r[k] for k in ("test_acc", "queries", "seconds")} | {"details": {
+            k: v for k, v in r.items() if k not in ("test_acc", "queries", "seconds")}} for m, r in ordered.items()}))
+    else:
+        print(_table(ordered, args))
+    return 0
