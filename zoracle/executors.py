@@ -213,7 +213,9 @@ class DaskExecutor(_Dask):
     The oracle is scattered once to every worker (``broadcast=True``) and stays in worker
     memory; per run the parameters are broadcast once and each shard carries only its
     description. Dask itself reschedules a shard whose worker dies; zoracle retries a
-    shard that raised once more on another worker.
+    shard that raised once more on another worker. Workers with several threads run
+    shards of their one copy of the oracle concurrently, so give them thread-safe oracles
+    (a local cluster started here has one thread per worker process).
     """
 
 
