@@ -212,7 +212,11 @@ class _Proc:
         return self.proc.poll() is None
 
     def send(self, msg) -> None:
-        self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # e.g. a batch holding a lambda: cloudpickle's output loads with pickle
+            data = _cloudpickle().dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self.conn.send_bytes(data)
 
     def stop(self, grace: float = 2.0) -> None:
         try:
