@@ -357,6 +357,9 @@ def test_cost_model_learns_per_block_and_scales_hints():
     assert cm.unit("tok", Hinted(), t0) == pytest.approx(0.2)  # hint 4x, on the measured scale
     cm.learn("tok", t0, 0.1)
     assert cm.unit("tok", Hinted(), t0) == pytest.approx(0.01)  # measurement beats the hint
+    central = CoordTask(np.arange(5), (1e-3, -1e-3), "split", 0, 5)
+    assert cm.unit("tok", Hinted(), central) == pytest.approx(0.02)  # two queries per column
+    assert cm.unit("other", object(), t0) == 1.0  # another oracle starts from scratch
 
 
 def test_measured_costs_balance_an_uneven_split_oracle():

@@ -353,7 +353,7 @@ def reshard(tasks, n_workers: int, unit_cost, per_worker: int = 3, min_size: int
 
 
 class CostModel:
-    """Seconds per column, learnt from the shards workers ran, per oracle and task kind.
+    """Seconds per query, learnt from the shards workers ran, per oracle and task kind.
 
     Until a kind was measured, a SplitOracle's optional ``block_costs`` (relative cost of
     one coordinate's suffix per block) is used, and 1.0 otherwise. Measured costs come from
@@ -361,9 +361,13 @@ class CostModel:
     """
 
     def __init__(self):
-        self._seen: OrderedDict = OrderedDict()  # (token, key) -> seconds per column
+        self._seen: OrderedDict = OrderedDict()  # (token, key) -> seconds per query
 
     def unit(self, token, fn, task) -> float:
+        """Estimated cost of one column of ``task`` (one query per step)."""
+        return self._per_query(token, fn, task) * len(task.steps)
+
+    def _per_query(self, token, fn, task) -> float:
         key = (token, cost_key(task))
         if key in self._seen:
             return self._seen[key]
@@ -379,14 +383,13 @@ class CostModel:
                           if k[:2] == ("coord", "split") and 0 <= k[2] < len(hinted) and float(hinted[k[2]]) > 0]
                 scale = float(np.median(ratios)) if ratios else 1.0
                 return float(hinted[task.block]) * scale
-        scale = float(np.median(list(measured.values()))) if measured else 1.0
-        return scale * len(task.steps)
+        return float(np.median(list(measured.values()))) if measured else 1.0
 
     def learn(self, token, task, seconds: float) -> None:
         if task.size <= 0 or seconds <= 0:
             return
         key = (token, cost_key(task))
-        per = seconds / task.size
+        per = seconds / (task.size * len(task.steps))
         old = self._seen.get(key)
         self._seen[key] = per if old is None else 0.5 * (old + per)
         self._seen.move_to_end(key)
