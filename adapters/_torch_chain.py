@@ -237,47 +237,54 @@ def prepare_cache(kind: str, module, x, out):
     return None
 
 
-def _split_roles(bp: BlockParams, local: torch.Tensor):
-    """Group local (within-block) indices by parameter: yields (role, positions, idx_in_param)."""
-    offs = torch.as_tensor(bp.offsets, device=local.device)
-    which = torch.searchsorted(offs[1:], local, right=True)
-    for p_i in torch.unique(which).tolist():
-        pos = torch.nonzero(which == p_i).flatten()
-        yield bp.roles[p_i], pos, local[pos] - int(bp.offsets[p_i])
+def _split_roles(bp: BlockParams, local, device):
+    """Group local (within-block) indices by parameter.
+
+    ``local`` is a NumPy array; yields ``(role, pos, idx)`` with ``pos`` the positions in
+    ``local`` (None for all of them) and ``idx`` the NumPy indices inside the parameter.
+    """
+    which = np.searchsorted(bp.offsets[1:], local, side="right")
+    if which[0] == which[-1] and (len(which) < 3 or (which == which[0]).all()):
+        p_i = int(which[0])
+        yield bp.roles[p_i], None, local - int(bp.offsets[p_i])
+        return
+    for p_i in np.unique(which).tolist():
+        pos = np.flatnonzero(which == p_i)
+        yield bp.roles[p_i], torch.from_numpy(pos).to(device), local[pos] - int(bp.offsets[p_i])
+
+
+def _t(a, device):
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
 def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, h):
     """``(k, B, ...)`` outputs of the step for each perturbation ``(local[r], h[r])``."""
-    k = local.shape[0]
+    k = len(local)
     Y = out.unsqueeze(0).repeat((k,) + (1,) * out.dim())
     ar_all = torch.arange(k, device=out.device)
-    for role, pos, idx in _split_roles(bp, local):
-        ar, hr = ar_all[pos], h[pos]
+    dev = out.device
+    for role, pos, idx in _split_roles(bp, local, dev):
+        ar, hr = (ar_all, h) if pos is None else (ar_all[pos], h[pos])
         if kind == "linear":
             if role == "weight":
-                i, j = idx // module.in_features, idx % module.in_features
+                i, j = _t(idx // module.in_features, dev), _t(idx % module.in_features, dev)
                 Y[ar, ..., i] += hr.view((-1,) + (1,) * (x.dim() - 1)) * x[..., j].movedim(-1, 0)
             else:
-                Y[ar, ..., idx] += hr.view((-1,) + (1,) * (x.dim() - 1))
+                Y[ar, ..., _t(idx, dev)] += hr.view((-1,) + (1,) * (x.dim() - 1))
         elif kind == "conv2d":
             if role == "weight":
-                O, Cg, kh, kw = module.weight.shape
-                o = idx // (Cg * kh * kw)
-                rem = idx % (Cg * kh * kw)
-                c, rem = rem // (kh * kw), rem % (kh * kw)
-                p, q = rem // kw, rem % kw
-                ci = (o // (O // module.groups)) * Cg + c
+                o, ci, p, q = (_t(a, dev) for a in _conv_index(module, idx))
                 Ho, Wo = out.shape[-2], out.shape[-1]
                 sh, sw = module.stride
                 dh, dw = module.dilation
-                dev = out.device
                 rows = p[:, None] * dh + sh * torch.arange(Ho, device=dev)[None, :]
                 cols = q[:, None] * dw + sw * torch.arange(Wo, device=dev)[None, :]
                 G = cache[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
                 Y[ar, :, o] += hr.view(-1, 1, 1, 1) * G.transpose(0, 1)
             else:
-                Y[ar, :, idx] += hr.view((-1,) + (1,) * (out.dim() - 1))
+                Y[ar, :, _t(idx, dev)] += hr.view((-1,) + (1,) * (out.dim() - 1))
         elif kind == "bn":
+            idx = _t(idx, dev)
             if role == "weight":
                 xh = cache[:, idx].transpose(0, 1)  # (k, B, *spatial)
                 Y[ar, :, idx] += hr.view((-1,) + (1,) * (xh.dim() - 1)) * xh
@@ -291,9 +298,8 @@ def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, 
 def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h) -> list:
     """Per-perturbation states of a step without a closed form: perturb in place, run, restore."""
     outs = []
-    local_l = local.tolist()
     offs = bp.offsets
-    for r, li in enumerate(local_l):
+    for r, li in enumerate(np.asarray(local).tolist()):
         p_i = int(np.searchsorted(offs[1:], li, side="right"))
         flat = bp.params[p_i].data.view(-1)
         j = li - int(offs[p_i])
@@ -345,50 +351,63 @@ def absorbs(step: Step, base_in) -> bool:
     return type(m) is nn.Conv2d and m.groups == 1 and base_in.dim() == 4
 
 
+def _conv_index(module, idx):
+    """``(o, input channel, p, q)`` NumPy indices of flat Conv2d weight positions ``idx``."""
+    O, Cg, kh, kw = module.weight.shape
+    o, rem = np.divmod(idx, Cg * kh * kw)
+    c, rem = np.divmod(rem, kh * kw)
+    p, q = np.divmod(rem, kw)
+    return o, (o // (O // module.groups)) * Cg + c, p, q
+
+
 def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local, h):
-    """``(ch, col)``: the channel each perturbation changes and its new values ``(k, B, ...)``."""
-    k = local.shape[0]
-    ch = torch.empty(k, dtype=torch.long, device=out.device)
-    col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=out.device)
-    for role, pos, idx in _split_roles(bp, local):
-        hr = h[pos]
+    """``(ch, col)``: the channel each perturbation changes and its new values ``(k, B, ...)``.
+
+    ``local`` holds NumPy indices inside the block, ``h`` the representable steps (torch).
+    """
+    k = len(local)
+    dev = out.device
+    ch = np.empty(k, dtype=np.int64)
+    col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=dev)
+    for role, pos, idx in _split_roles(bp, local, dev):
+        hr = h if pos is None else h[pos]
+        dst = col if pos is None else None
         if kind == "linear":
             if role == "weight":
-                i, j = idx // module.in_features, idx % module.in_features
-                col[pos] = out[:, i].T + hr[:, None] * x[:, j].T
+                i, j = np.divmod(idx, module.in_features)
+                val = torch.addcmul(out[:, _t(i, dev)].T, hr[:, None], x[:, _t(j, dev)].T)
             else:
                 i = idx
-                col[pos] = out[:, i].T + hr[:, None]
+                val = out[:, _t(i, dev)].T + hr[:, None]
         elif kind == "conv2d":
             if role == "weight":
-                O, Cg, kh, kw = module.weight.shape
-                o = idx // (Cg * kh * kw)
-                rem = idx % (Cg * kh * kw)
-                c, rem = rem // (kh * kw), rem % (kh * kw)
-                p, q = rem // kw, rem % kw
-                ci = (o // (O // module.groups)) * Cg + c
+                i, ci, p, q = _conv_index(module, idx)
                 Ho, Wo = out.shape[-2], out.shape[-1]
                 sh, sw = module.stride
                 dh, dw = module.dilation
-                dev = out.device
-                rows = p[:, None] * dh + sh * torch.arange(Ho, device=dev)[None, :]
-                cols = q[:, None] * dw + sw * torch.arange(Wo, device=dev)[None, :]
-                G = cache[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
-                i = o
-                col[pos] = out[:, o].transpose(0, 1) + hr.view(-1, 1, 1, 1) * G.transpose(0, 1)
+                rows = _t(p[:, None] * dh + sh * np.arange(Ho)[None, :], dev)
+                cols = _t(q[:, None] * dw + sw * np.arange(Wo)[None, :], dev)
+                G = cache[:, _t(ci, dev)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
+                val = torch.addcmul(out[:, _t(i, dev)].transpose(0, 1), hr.view(-1, 1, 1, 1), G.transpose(0, 1))
             else:
                 i = idx
-                col[pos] = out[:, i].transpose(0, 1) + hr.view(-1, 1, 1, 1)
+                val = out[:, _t(i, dev)].transpose(0, 1) + hr.view(-1, 1, 1, 1)
         else:  # bn
             i = idx
-            sl = out[:, i].transpose(0, 1)
+            it = _t(i, dev)
+            sl = out[:, it].transpose(0, 1)
             shape = (-1,) + (1,) * (sl.dim() - 1)
             if role == "weight":
-                col[pos] = sl + hr.view(shape) * cache[:, i].transpose(0, 1)
+                val = torch.addcmul(sl, hr.view(shape), cache[:, it].transpose(0, 1))
             else:
-                col[pos] = sl + hr.view(shape)
-        ch[pos] = i
-    return ch, col
+                val = sl + hr.view(shape)
+        if dst is None:
+            col[pos] = val
+            ch[pos.cpu().numpy()] = i
+        else:
+            col = val
+            ch[:] = i
+    return _t(ch, dev), col
 
 
 def channel_step(step: Step, col, ch, groups_stats: bool):
@@ -413,7 +432,8 @@ def absorb(step: Step, col, ch, base_in, base_out):
     delta = col - base_in[:, ch].transpose(0, 1)  # (k, B, ...)
     if type(m) is nn.Linear:
         w = m.weight[:, ch].T  # (k, out)
-        return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1))
+        Z = torch.empty((delta.shape[0],) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
+        return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1), out=Z)
     k, B = delta.shape[0], delta.shape[1]
     w = m.weight[:, ch].transpose(0, 1).reshape(k * m.out_channels, 1, *m.kernel_size)
     inp = delta.transpose(0, 1)  # (B, k, H, W)
@@ -424,7 +444,8 @@ def absorb(step: Step, col, ch, base_in, base_out):
         pad = m.padding
     d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=k)  # (B, k*O, Ho, Wo)
     d = d.reshape((B, k, m.out_channels) + tuple(d.shape[-2:])).transpose(0, 1)
-    return base_out.unsqueeze(0) + d
+    Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
+    return torch.add(base_out.unsqueeze(0), d, out=Z)
 
 
 def materialize(base, col, ch):

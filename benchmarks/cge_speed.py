@@ -1,0 +1,22 @@
+"""CGE speed benchmark: reference vs in-place naive vs batched vs feature reuse vs FLOP limit.
+
+Usage::
+
+    python benchmarks/cge_speed.py            # MLP and CNN, table on stdout
+    python benchmarks/cge_speed.py --quick    # under a minute on 2 cores
+    python benchmarks/cge_speed.py --json     # {"mlp": {...}, "cnn": {...}}
+    python benchmarks/cge_speed.py --device cuda --model resnet20
+
+Same as ``zoracle bench``; see :mod:`zoracle.apps.bench` for the columns. The exit code is 1
+when the benchmark's own gradient check fails.
+"""
+
+import argparse
+import sys
+
+from zoracle.apps import bench
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=bench.HELP)
+    bench.add_arguments(parser)
+    sys.exit(bench.main(parser.parse_args()))
