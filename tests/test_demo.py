@@ -23,7 +23,7 @@ def test_demo_quick_json_and_plot(tmp_path, capsys):
         assert {"test_acc", "queries", "seconds"} <= set(m) and 0 <= m["test_acc"] <= 1 and m["seconds"] > 0
     dz, rge = out["deepzero"], out["rge"]
     # same query budget: RGE's directions per step + 1 = DeepZero's average queries per step
-    assert abs(rge["queries"] - dz["queries"]) <= dz["details"]["queries_per_step"] * 0.05 * 2 + 2 * 90
+    assert abs(rge["queries"] - dz["queries"]) <= 0.01 * dz["queries"]
     assert dz["details"]["queries_per_step"] < 0.2 * 1898  # 90% sparse: ~10% of weights + dense biases
     assert out["deepzero"]["test_acc"] > 0.2  # far above chance (0.1) after 2 epochs
     assert plot.stat().st_size > 1000
