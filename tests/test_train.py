@@ -174,3 +174,21 @@ def test_logistic_regression_breast_cancer_plain_numpy_function():
     spec.loader.exec_module(mod)
     out = mod.main()
     assert out["test_acc"] >= 0.94
+
+
+def test_torch_oracle_param_info_drives_the_masks():
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).double()
+    r = np.random.default_rng(0)
+    x, y = r.standard_normal((40, 4)), r.integers(0, 2, 40)
+    oracle = TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none"))
+    res = zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), 20, seed=0), epochs=3,
+                   sparsity=0.5, ratios="uniform", rng=0, progress=False,
+                   eval_fn=lambda p: float((oracle.predict(p, x).argmax(1) == y).mean()))
+    # 18 weights -> 9 kept (6 + 3), biases (3 + 2) dense, + the base point
+    assert [s["nfev"] for s in res.history.steps] == [15] * 6
+    assert set(range(12, 15)) <= set(res.coordinates.tolist())  # first bias: always estimated
+    assert res.history.epochs[-1]["eval"] >= 0.0 and res.history.column("loss")[-1] < res.history.column("loss")[0]
