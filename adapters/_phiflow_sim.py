@@ -162,8 +162,8 @@ class WakeFlow:
         """A PhiFlow ``StaggeredGrid`` (batch dimension ``sim``) from face arrays."""
         if template is None:
             template, _ = self._phi()
-        tx = pm.tensor(vx, pm.batch("sim"), pm.spatial("x,y"))
-        ty = pm.tensor(vy, pm.batch("sim"), pm.spatial("x,y"))
+        tx = pm.wrap(vx, pm.batch("sim"), pm.spatial("x,y"))
+        ty = pm.wrap(vy, pm.batch("sim"), pm.spatial("x,y"))
         return template.with_values(pm.stack([tx, ty], pm.dual(vector="x,y")))
 
     @staticmethod
@@ -214,6 +214,14 @@ class WakeFlow:
         re = np.broadcast_to(np.asarray(re, dtype=np.float64), (B,))
         nu = pm.tensor(self.viscosity(re), pm.batch("sim"))
         sub = self.substeps(re)
+        if is_torch:
+            from phiml.backend.torch import TORCH as backend
+        else:
+            backend = pm.NUMPY
+        with backend:  # PhiFlow samples on its default backend: keep it that of the state
+            return self._loop(vx, vy, nu, sub, steps, correct, record, start, check, is_torch)
+
+    def _loop(self, vx, vy, nu, sub, steps, correct, record, start, check, is_torch):
         template, obstacle = self._phi()
         solve = pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter)
         v = self.to_phi(vx, vy, template)

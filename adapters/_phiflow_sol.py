@@ -47,8 +47,11 @@ class _CorrectionNet(nn.Module):
     def __init__(self, channels: int, kernel: int, layers: int):
         super().__init__()
         widths = [3] + [channels] * (layers - 1) + [2]
+        # no bias on the output: a uniform velocity offset is the stiffest direction of the
+        # unrolled loss (its curvature dwarfs every other parameter's) and corrects nothing local
         self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, kernel, padding=kernel // 2) for a, b in zip(widths[:-1], widths[1:])
+            nn.Conv2d(a, b, kernel, padding=kernel // 2, bias=i < layers - 1)
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
         )
 
     def forward(self, x):
@@ -63,7 +66,7 @@ def correction_net(channels: int = 8, kernel: int = 5, layers: int = 3, seed: in
                    out_scale: float = 0.1) -> nn.Module:
     """A small CNN ``(N, 3, nx + 1, ny) -> (N, 2, nx + 1, ny)``.
 
-    Inputs: ``vx``, ``vy`` (zero-padded to ``vx``'s shape) and the Reynolds-number feature
+    Inputs: ``vx``, ``vy - inflow`` (zero-padded to ``vx``'s shape) and the Reynolds-number feature
     ``log(Re / 200)``. Output: the velocity correction (``vy``'s channel is cropped back).
     The last layer is initialised ``out_scale`` times smaller, so training starts near
     the uncorrected solver. An all-zero parameter vector is exactly "no correction".
@@ -79,7 +82,8 @@ def correction_net(channels: int = 8, kernel: int = 5, layers: int = 3, seed: in
         for conv in net.convs:
             bound = 1.0 / np.sqrt(conv.in_channels * kernel * kernel)
             conv.weight.copy_(torch.empty_like(conv.weight).uniform_(-bound, bound, generator=g))
-            conv.bias.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
         net.convs[-1].weight.mul_(out_scale)
     return net
 
@@ -105,8 +109,9 @@ def _re_feature(re) -> np.ndarray:
 class _Corrector:
     """``k`` copies of one network architecture with stacked parameters, applied at once."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, inflow: float = 1.0):
         self.net = net
+        self.inflow = float(inflow)
         self.blocks = _blocks(net)
         self.d = self.blocks[-1].slice.stop
 
@@ -122,7 +127,7 @@ class _Corrector:
     def features(self, vx, vy, re_feat):
         """``(..., 3, nx + 1, ny)`` network input from face arrays of shape ``(..., .., ..)``."""
         pad = torch.zeros(vy.shape[:-2] + (1, vy.shape[-1]), dtype=vy.dtype, device=vy.device)
-        vyp = torch.cat([vy, pad], dim=-2)
+        vyp = torch.cat([vy - self.inflow, pad], dim=-2)  # deviations from the inflow: O(0.1) inputs
         ref = torch.as_tensor(re_feat, dtype=vx.dtype).reshape(re_feat.shape + (1, 1)).expand(vx.shape)
         return torch.stack([vx, vyp, ref], dim=-3)
 
@@ -171,10 +176,14 @@ class SolverInTheLoop:
         Solver steps per loss evaluation (the paper unrolls 16).
     max_queries_per_call : int
         Parameter vectors per batched simulation.
+    relative : bool
+        Divide the loss by the uncorrected solver's loss on the same start states (SRC, one
+        extra simulation in the same batch): 1.0 means "no better than no correction", and
+        learning rates carry over between grids and minibatches.
     """
 
     def __init__(self, flow: WakeFlow, net: nn.Module, reference: Reference, *, starts=None, unroll: int = 4,
-                 max_queries_per_call: int = 64):
+                 max_queries_per_call: int = 64, relative: bool = False):
         if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
             raise ArgumentError(f"`unroll` must be an integer >= 1, got {unroll!r}")
         T = reference.vx.shape[1] - 1
@@ -187,10 +196,11 @@ class SolverInTheLoop:
         self.flow = flow
         self.reference = reference
         self.unroll = int(unroll)
-        self.corrector = _Corrector(net)
+        self.corrector = _Corrector(net, flow.inflow)
         self.param_info = self.corrector.blocks
         self.d = self.corrector.d
         self.max_queries_per_call = int(max_queries_per_call)
+        self.relative = bool(relative)
         if starts is None:
             frames = np.arange(0, T - self.unroll + 1, self.unroll)
             starts = np.array([(r, f) for r in range(len(reference.re)) for f in frames])
@@ -236,6 +246,8 @@ class SolverInTheLoop:
     def batch(self, params_batch) -> np.ndarray:
         """Loss of each row of ``params_batch`` (``(k, d)``), all in one batched simulation."""
         P = _as_matrix(params_batch, self.d)
+        if self.relative:  # the uncorrected solver rides along as one more row
+            P = np.concatenate([P, np.zeros((1, self.d), dtype=P.dtype)])
         k, n, m = P.shape[0], len(self.starts), self.unroll
         ref = self.reference
         r, f = self.starts[:, 0], self.starts[:, 1]
@@ -262,6 +274,8 @@ class SolverInTheLoop:
         self.flow.simulate(vx0, vy0, re, m, correct=correct)
         self.solver_seconds += time.perf_counter() - t0
         self.solver_calls += 1
+        if self.relative:
+            return sq[:-1] / sq[-1]
         return sq / count
 
     def __repr__(self) -> str:
@@ -280,7 +294,7 @@ def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, 
     (vx, vy)
         Arrays of shape ``(k, R, steps + 1, ...)`` starting at the reference ``frame``.
     """
-    corr = _Corrector(net)
+    corr = _Corrector(net, flow.inflow)
     P = _as_matrix(params_batch, corr.d)
     k, R = P.shape[0], len(reference.re)
     if steps + frame > reference.vx.shape[1] - 1:
@@ -347,7 +361,7 @@ def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs:
     sx, sy = torch.from_numpy(sx.astype(np.float32)), torch.from_numpy(sy.astype(np.float32))
     feat = torch.as_tensor(_re_feature(re), dtype=torch.float32)
     net = _clone(net) if params is None else _load(net, params)
-    corr = _Corrector(net)
+    corr = _Corrector(net, flow.inflow)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(int(seed))
     N = sx.shape[0]
@@ -371,15 +385,17 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
 
     The coarse solver runs on PhiFlow's torch backend (the pressure solve is differentiated
     implicitly by PhiFlow), so the gradient flows through ``unroll`` solver steps.
+    ``callback(iteration, loss, net)`` runs after each step (the gradients are still held
+    in ``net``'s parameters).
 
     Returns
     -------
     (params, seconds)
     """
-    import phi.torch  # noqa: F401  (registers PhiFlow's torch backend)
+    from phiml.backend.torch import TORCH
 
     net = _clone(net) if params is None else _load(net, params)
-    corr = _Corrector(net)
+    corr = _Corrector(net, flow.inflow)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     starts = np.asarray(starts)
@@ -402,11 +418,12 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
             losses.append((((nx_ - tx) ** 2).flatten(1).sum(1) + ((ny_ - ty) ** 2).flatten(1).sum(1)).mean() / n_faces)
             return nx_, ny_
 
-        flow.simulate(vx, vy, reference.re[r], unroll, correct=correct)
-        loss = torch.stack(losses).mean()
-        opt.zero_grad()
-        loss.backward()
+        with TORCH:  # the adjoint pressure solves run during backward, on the default backend
+            flow.simulate(vx, vy, reference.re[r], unroll, correct=correct)
+            loss = torch.stack(losses).mean()
+            opt.zero_grad()
+            loss.backward()
         opt.step()
         if callback is not None:
-            callback(it, float(loss))
+            callback(it, float(loss), net)
     return flat_params(net), time.perf_counter() - t0

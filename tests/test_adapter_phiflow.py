@@ -1,0 +1,181 @@
+"""zoracle.adapters.phiflow: the wake-flow solver, its cache and the solver-in-the-loop oracle."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("phi")
+torch = pytest.importorskip("torch")
+
+import zoracle as zo  # noqa: E402
+from zoracle.adapters import phiflow as pf  # noqa: E402
+from zoracle.testing import check_oracle  # noqa: E402
+
+warnings.filterwarnings("ignore", module="phi")
+warnings.filterwarnings("ignore", module="phiml")
+
+TINY = pf.WakeFlow(nx=16, ny=32)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Downsampled fine trajectories on an 8x16 coarse grid (fine 16x32): a few seconds."""
+    cache = tmp_path_factory.mktemp("wake-cache")
+    return pf.reference_trajectories(TINY, [150.0, 400.0], factor=2, warmup=4, steps=6, cache_dir=cache)
+
+
+def test_downsample_is_flux_conserving():
+    """A coarse cell's divergence is the mean of the fine divergences it covers."""
+    rng = np.random.default_rng(0)
+    fine = pf.WakeFlow(nx=16, ny=32)
+    vx = rng.standard_normal((2, 17, 32))
+    vy = rng.standard_normal((2, 16, 32))
+    cx, cy = pf.downsample(vx, vy, 4)
+    assert cx.shape == (2, 5, 8) and cy.shape == (2, 4, 8)
+    coarse = fine.coarsened(4)
+    div_f = fine.divergence(vx, vy)
+    div_c = coarse.divergence(cx, cy)
+    block_mean = div_f.reshape(2, 4, 4, 8, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(div_c, block_mean, atol=1e-12)
+    with pytest.raises(zo.ArgumentError, match="divisible"):
+        pf.downsample(vx, vy, 3)
+
+
+def test_step_is_finite_and_divergence_free_to_solver_tolerance():
+    flow = TINY
+    vx, vy = flow.initial(2)
+    ox, oy = flow.simulate(vx, vy, [150.0, 600.0], 4)
+    assert np.isfinite(ox).all() and np.isfinite(oy).all()
+    div = flow.divergence(ox, oy)[:, flow.fluid_mask()]
+    assert np.abs(div).max() < 10 * flow.tol
+    # the initial state is not divergence-free: the projection did the work
+    assert np.abs(flow.divergence(vx, vy)[:, flow.fluid_mask()]).max() > 100 * flow.tol
+
+
+def test_batched_simulation_equals_one_by_one():
+    flow = TINY
+    vx, vy = flow.initial(3)
+    vx = vx + 0.05 * np.random.default_rng(1).standard_normal(vx.shape).astype(np.float32)
+    re = [120.0, 300.0, 900.0]
+    bx, by = flow.simulate(vx, vy, re, 3)
+    for i in range(3):
+        sx, sy = flow.simulate(vx[i:i + 1], vy[i:i + 1], re[i], 3)
+        np.testing.assert_allclose(sx[0], bx[i], atol=10 * flow.tol)
+        np.testing.assert_allclose(sy[0], by[i], atol=10 * flow.tol)
+
+
+def test_nan_raises_an_error_naming_the_step():
+    flow = TINY
+    vx, vy = flow.initial(2)
+
+    def poison(cx, cy, t):
+        if t == 2:
+            cx = cx.copy()
+            cx[1, 3, 3] = np.nan
+        return cx, cy
+
+    with pytest.raises(pf.SimulationError, match=r"step 2 .*batch entries 1 of 2"):
+        flow.simulate(vx, vy, [150.0, 150.0], 4, correct=poison)
+    bad = vx.copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(pf.SimulationError, match="step 5"):
+        flow.simulate(bad, vy, 150.0, 1, start=5)
+
+
+def test_arguments_are_validated():
+    with pytest.raises(zo.ArgumentError, match="nx"):
+        pf.WakeFlow(nx=2)
+    with pytest.raises(zo.ArgumentError, match="Reynolds"):
+        TINY.viscosity([100.0, -1.0])
+    vx, vy = TINY.initial(1)
+    with pytest.raises(zo.ArgumentError, match="do not match the grid"):
+        TINY.simulate(vx[:, :-1], vy, 100.0, 1)
+
+
+def test_reference_cache_is_keyed_by_parameters(tmp_path):
+    a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    assert not a.cached and a.vx.shape == (1, 3, 9, 16) and a.vy.shape == (1, 3, 8, 16)
+    b = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    assert b.cached and b.path == a.path
+    np.testing.assert_array_equal(a.vx, b.vx)
+    c = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=2, steps=2, cache_dir=tmp_path)
+    assert not c.cached and c.path != a.path
+    np.testing.assert_array_equal(c.vx[0, 0], b.vx[0, 1])  # one more warm-up step = one frame later
+    assert len(list(tmp_path.glob("wake-*.npz"))) == 2
+
+
+def test_oracle_passes_check_oracle_and_batches_equal_calls(reference):
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=2).bind(np.array([[0, 0], [1, 2]]))
+    p = pf.flat_params(net)
+    caps = zo.capabilities(oracle)
+    assert caps.batch and caps.coordinate and caps.data and not caps.split
+    report = check_oracle(oracle, p, step=1e-2)
+    assert report["batch"] < 1e-6 and report["coordinate_losses"] < 1e-6
+    # sparse CGE through the batched path equals one-by-one forward differences
+    coords = np.array([0, 7, 40, p.size - 1])
+    est = zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-2), coordinates=coords)
+    base = oracle(p)
+    for i in coords:
+        x = p.copy()
+        x[i] += 1e-2
+        assert est.grad[i] == pytest.approx((oracle(x) - base) / 1e-2, rel=1e-4, abs=1e-9)
+    assert est.nfev == len(coords) + 1 and np.count_nonzero(est.grad) <= len(coords)
+
+
+def test_zero_params_are_the_uncorrected_solver(reference):
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=3, kernel=3)
+    zeros = np.zeros(pf.flat_params(net).size)
+    traj = pf.rollout(coarse, net, reference, zeros[None], 3)
+    src = coarse.simulate(reference.vx[:, 0], reference.vy[:, 0], reference.re, 3, record=True)
+    np.testing.assert_allclose(traj[0][0], src[0], atol=1e-6)
+    rel = pf.SolverInTheLoop(coarse, net, reference, unroll=2, relative=True)
+    assert rel(zeros) == pytest.approx(1.0)
+    assert rel(zeros + 0.05) > 1.0  # a uniform wrong correction is worse than none
+
+
+def test_bind_validates_start_states(reference):
+    coarse = TINY.coarsened(2)
+    oracle = pf.SolverInTheLoop(coarse, pf.correction_net(channels=2, kernel=3), reference, unroll=2)
+    with pytest.raises(zo.ArgumentError, match="out of range"):
+        oracle.bind(np.array([[0, 5]]))
+    with pytest.raises(zo.ArgumentError, match="unroll"):
+        pf.SolverInTheLoop(coarse, pf.correction_net(channels=2, kernel=3), reference, unroll=7)
+
+
+def test_fo_gradient_matches_finite_differences(reference):
+    """PhiFlow's torch backend differentiates the unrolled loss (FO-SOL's premise)."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3, seed=3, out_scale=1.0)
+    p = pf.flat_params(net)
+    starts = np.array([[0, 0]])
+    grads = {}
+
+    def grab(it, loss, trained):
+        grads["g"] = torch.cat([q.grad.reshape(-1) for q in trained.parameters()]).double().numpy()
+
+    # lr ~ 0: the recorded gradient belongs to the initial parameters
+    pf.fit_differentiable(coarse, net, reference, starts=starts, unroll=1, iterations=1, lr=1e-12,
+                          batch_size=1, callback=grab)
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=1, starts=starts)
+    coords = np.argsort(-np.abs(grads["g"]))[:3]
+    est = zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-3, scheme="central"), coordinates=coords)
+    np.testing.assert_allclose(est.grad[coords], grads["g"][coords], rtol=0.05)
+
+
+@pytest.mark.slow
+def test_wake_sheds_at_the_default_reynolds_number():
+    """Transverse velocity behind the cylinder oscillates (coarse 32x64, Re 300, 320 steps)."""
+    flow = pf.WakeFlow(nx=32, ny=64)
+    vx, vy = flow.initial(1)
+    tx, _ = flow.simulate(vx, vy, 300.0, 320, record=True)
+    probe = tx[0, 100:, flow.nx // 2, int(flow.ny * 0.45)]  # x = 50, y = 90: behind the cylinder
+    assert np.isfinite(tx).all()
+    centred = probe - probe.mean()
+    crossings = np.count_nonzero(np.diff(np.sign(centred)) != 0)
+    assert probe.max() - probe.min() > 0.1 and crossings >= 3
