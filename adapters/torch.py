@@ -141,7 +141,9 @@ class TorchOracle:
     model : nn.Module
         Evaluated in the mode it is in (``train()`` or ``eval()``, see BatchNorm below).
         Its trainable parameters (``requires_grad``) form the flat vector; frozen ones stay
-        fixed. The oracle shares the module: every query loads the flat vector into it.
+        fixed. The oracle shares the module: every query loads the flat vector into it, so
+        after queries the module holds the last queried parameters (``load(params)`` sets
+        them explicitly).
     loss_fn : callable
         ``loss_fn(outputs, targets)`` returning **per-sample** losses of shape ``(N,)``,
         e.g. ``nn.CrossEntropyLoss(reduction="none")``. The oracle's loss is their mean over
@@ -395,11 +397,11 @@ class TorchOracle:
         per_step = []
         try:
             with torch.no_grad(), norm_context(self.model):
-                state = (self._x[:1].clone(),)
+                state = (self._x,)
                 for st in steps:
                     flops.clear()
                     state = st(state)
-                    per_step.append(sum(flops.values()))
+                    per_step.append(sum(flops.values()) // self._x.shape[0])
         finally:
             for h in hooks:
                 h.remove()
@@ -471,10 +473,11 @@ class TorchOracle:
         if key not in self._core.probe:
             sizes = []
             with torch.no_grad(), norm_context(self.model):
-                state = (self._x[:1].clone(),)
+                state = (self._x,)
+                B = self._x.shape[0]
                 for st in self._core.chain.steps:
                     state = st(state)
-                    sizes.append(sum(s[:1].numel() * s.element_size() for s in state))
+                    sizes.append(sum(s.numel() * s.element_size() for s in state) // B)
             self._core.probe[key] = sizes
         return self._core.probe[key]
 

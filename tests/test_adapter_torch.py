@@ -1,0 +1,345 @@
+"""TorchOracle: feature-reuse CGE against torch autograd, BatchNorm semantics, layout, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import zoracle as zo  # noqa: E402
+from zoracle.adapters.torch import Step, TorchOracle, cross_entropy, fork  # noqa: E402
+from zoracle.adapters.torch_models import DigitsCNN, ResNet20, make_cnn, make_mlp  # noqa: E402
+from zoracle.testing import check_oracle  # noqa: E402
+
+CE = nn.CrossEntropyLoss(reduction="none")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def data(shape, n, seed=0, dtype=np.float64, classes=10):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n,) + shape).astype(dtype), rng.integers(0, classes, n)
+
+
+def autograd(model, x, y):
+    model.zero_grad()
+    loss = CE(model(torch.as_tensor(x)), torch.as_tensor(y)).mean()
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad]).numpy()
+
+
+def relerr(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def buffers(model):
+    return {n: b.clone() for n, b in model.named_buffers()}
+
+
+# ---------------------------------------------------------------------------- gradients
+def test_mlp_central_cge_matches_autograd_all_coordinates():
+    torch.manual_seed(0)
+    model = make_mlp(in_features=16, hidden=16, depth=4).double()
+    x, y = data((16,), 12)
+    oracle = TorchOracle(model, CE, (x, y))
+    theta = oracle.initial_params()
+    assert len(oracle.blocks) == 5
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-5, scheme="central"))
+    assert est.nfev == 2 * theta.size + 1
+    assert relerr(est.grad, autograd(model, x, y)) < 1e-6
+    check_oracle(oracle, theta)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cnn_batchnorm_central_cge_matches_autograd(mode):
+    torch.manual_seed(1)
+    model = DigitsCNN(width=4).double()
+    x, y = data((1, 8, 8), 10, seed=1)
+    model.train()
+    model(torch.as_tensor(x))  # give eval mode non-trivial running statistics
+    getattr(model, mode)()
+    before = buffers(model)
+    oracle = TorchOracle(model, CE, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    check_oracle(oracle, theta)
+    after = buffers(model)
+    assert all(torch.equal(before[k], after[k]) for k in before), "oracle queries moved running stats"
+    oracle.load(theta)  # queries leave the last queried parameters in the shared module
+    assert relerr(est.grad, autograd(model, x, y)) < 1e-6
+
+
+def test_cnn_float32_forward_cosine():
+    torch.manual_seed(2)
+    model = make_cnn(channels=8)
+    x, y = data((1, 8, 8), 32, seed=2, dtype=np.float32)
+    oracle = TorchOracle(model, cross_entropy, (x, y))
+    theta = oracle.initial_params()
+    assert theta.dtype == np.float32
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3))
+    assert est.grad.dtype == np.float32
+    assert cosine(est.grad.astype(np.float64), autograd(model, x, y).astype(np.float64)) >= 0.99
+
+
+def test_benchmark_cnn_check_oracle_float64():
+    torch.manual_seed(3)
+    model = make_cnn(channels=4).double()
+    x, y = data((1, 8, 8), 6, seed=3)
+    oracle = TorchOracle(model, CE, (x, y))
+    check_oracle(oracle, oracle.initial_params(), n_coords=16)
+
+
+def _spread_coords(oracle, rng, total):
+    """Coordinates in every block, more where the suffix is cheap (late blocks)."""
+    costs = np.asarray(oracle.block_costs)
+    w = 1.0 / np.maximum(costs, 0.05)
+    counts = np.maximum(8, np.round(total * w / w.sum())).astype(int)
+    parts = [rng.choice(np.arange(b.start, b.stop), size=min(int(c), b.stop - b.start), replace=False)
+             for b, c in zip(oracle.blocks, counts)]
+    return np.sort(np.concatenate(parts))
+
+
+def test_resnet20_split_check_oracle_and_autograd():
+    torch.manual_seed(4)
+    model = ResNet20().double()
+    assert 265_000 < sum(p.numel() for p in model.parameters()) < 275_000
+    x, y = data((3, 32, 32), 2, seed=4)
+    oracle = TorchOracle(model, CE, (x, y))
+    assert len(oracle.blocks) == 39  # every conv and BatchNorm, plus the head (reference: 12)
+    theta = oracle.initial_params()
+    check_oracle(oracle, theta, n_coords=4, rng=1)
+    coords = _spread_coords(oracle, np.random.default_rng(0), 2300)
+    assert len(coords) >= 2000
+    owner = np.searchsorted([b.start for b in oracle.blocks], coords, side="right") - 1
+    assert set(owner.tolist()) == set(range(39))
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"), coordinates=coords)
+    g = autograd(model, x, y)
+    assert relerr(est.grad[coords], g[coords]) < 1e-6
+    assert np.all(np.delete(est.grad, coords) == 0)
+
+
+def test_resnet20_forward_equals_plain_blocks():
+    torch.manual_seed(5)
+    model = ResNet20(width=4).double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    ref = x
+    ref = torch.relu(model.bn1(model.conv1(ref)))
+    for blk in model.layers:
+        ref = nn.Module.__call__(blk, ref)  # BasicBlock.forward, written without the chain
+    ref = model.linear(ref.mean(dim=(2, 3)))
+    assert torch.allclose(model(x), ref)
+
+
+# ---------------------------------------------------------------------------- BatchNorm stats
+def test_running_stats_updated_only_by_plain_calls():
+    torch.manual_seed(6)
+    model = DigitsCNN(width=4).double().train()
+    x, y = data((1, 8, 8), 8, seed=6)
+    oracle = TorchOracle(model, CE, (x, y))
+    theta = oracle.initial_params()
+    before = buffers(model)
+    feats = oracle.prefix(theta, 2)
+    oracle.suffix(feats, theta, 2, np.arange(oracle.blocks[2].start, oracle.blocks[2].start + 5), 1e-3)
+    oracle.coordinate_losses(theta, np.array([0, 5, 100]), 1e-3)
+    oracle.batch(np.stack([theta, theta]))
+    assert all(torch.equal(before[k], buffers(model)[k]) for k in before)
+    l1 = oracle(theta)
+    moved = buffers(model)
+    assert not torch.equal(before["1.running_mean"], moved["1.running_mean"])
+    assert oracle(theta) == l1  # train-mode loss does not depend on running stats
+    model.eval()
+    frozen = buffers(model)
+    oracle(theta)
+    assert all(torch.equal(frozen[k], buffers(model)[k]) for k in frozen)
+
+
+def test_batched_suffix_uses_per_perturbation_batch_statistics():
+    # a BatchNorm after the perturbed layer must normalize each perturbation separately
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 6), nn.BatchNorm1d(6),
+                          nn.ReLU(), nn.Linear(6, 3)).double().train()
+    x, y = data((5,), 9, seed=7, classes=3)
+    oracle = TorchOracle(model, CE, (x, y))
+    theta = oracle.initial_params()
+    coords = np.arange(theta.size)
+    got = oracle.coordinate_losses(theta, coords, 0.3)
+    want = []
+    for i in coords:
+        t = theta.copy()
+        t[i] += 0.3
+        want.append(oracle(t))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- other layer paths
+def test_conv_variants_and_dense_paths():
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, padding_mode="reflect"), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), nn.BatchNorm2d(4), nn.GELU(),
+        nn.Conv2d(4, 3, 2, padding="same", bias=False), nn.Sigmoid(),
+        nn.Flatten(), nn.Linear(3 * 16, 5),
+    ).double()
+    x, y = data((2, 8, 8), 4, seed=8, classes=5)
+    oracle = TorchOracle(model, CE, (x, y))
+    theta = oracle.initial_params()
+    check_oracle(oracle, theta, n_coords=24)
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    assert relerr(est.grad, autograd(model, x, y)) < 1e-6
+
+
+class _Tokens(nn.Module):
+    """A non-Sequential model (no split): the oracle falls back to vectorized full forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.lin(x)).flatten(1))
+
+
+def test_fallback_and_generic_layers_warn_once_and_stay_exact():
+    torch.manual_seed(9)
+    model = _Tokens().double()
+    x, y = data((3, 4), 5, seed=9, classes=3)
+    oracle = TorchOracle(model, CE, (x, y))
+    assert oracle.blocks == []
+    theta = oracle.initial_params()
+    with pytest.warns(RuntimeWarning, match="full forward"):
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    assert relerr(est.grad, autograd(model, x, y)) < 1e-6
+    # the same layers declared as steps: 3-D Linear (dense path), LayerNorm (generic loop)
+    split = TorchOracle(model, CE, (x, y), blocks=[model.lin, model.norm, nn.Flatten(), model.head])
+    assert len(split.blocks) == 3
+    check_oracle(split, theta)
+    est2 = zo.estimate_gradient(split, theta, zo.CGE(mu=1e-6, scheme="central"))
+    np.testing.assert_allclose(est2.grad, est.grad, rtol=1e-7, atol=1e-9)
+
+
+def test_declared_steps_with_fork():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def zoracle_steps(self):
+            return [fork, self.a, nn.Tanh(), self.b, Step(fn=lambda s: (s[0] + s[1],), name="join"), self.head]
+
+        def forward(self, x):
+            return self.head(self.b(torch.tanh(self.a(x))) + x)
+
+    torch.manual_seed(10)
+    model = Res().double()
+    x, y = data((3,), 7, seed=10, classes=2)
+    oracle = TorchOracle(model, CE, (x, y))
+    assert oracle.block_names == ["a", "b", "head"]
+    theta = oracle.initial_params()
+    check_oracle(oracle, theta)
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    assert relerr(est.grad, autograd(model, x, y)) < 1e-6
+
+
+# ---------------------------------------------------------------------------- layout and API
+def test_layout_load_bind_predict():
+    torch.manual_seed(11)
+    model = DigitsCNN(width=4).double()
+    model[1].weight.requires_grad_(False)  # frozen parameters stay out of the flat vector
+    oracle = TorchOracle(model, CE)
+    names = oracle.parameter_names
+    assert "1.weight" not in names and names[0] == "0.weight"
+    info = {i.name: i for i in oracle.param_info}
+    assert info["0.weight"].kind == "conv" and info["8.weight"].kind == "linear"
+    assert info["0.bias"].kind == "bias" and info["4.weight"].kind == "norm"
+    assert sum(i.slice.stop - i.slice.start for i in oracle.param_info) == oracle.size
+    theta = oracle.initial_params()
+    assert theta.shape == (oracle.size,) and theta.dtype == np.float64
+    with pytest.raises(zo.ArgumentError, match="bind"):
+        oracle(theta)
+    x, y = data((1, 8, 8), 6, seed=11)
+    bound = oracle.bind((torch.as_tensor(x), torch.as_tensor(y)))
+    assert bound.model is model
+    new = theta + 0.01
+    bound.load(new)
+    np.testing.assert_array_equal(oracle.initial_params(), new)
+    model.train()
+    out = bound.predict(new, x, batch_size=4)
+    assert out.shape == (6, 10) and model.training
+    model.eval()
+    np.testing.assert_allclose(out, model(torch.as_tensor(x)).detach().numpy(), rtol=1e-12)
+    assert isinstance(bound.max_queries_per_call, int) and bound.max_queries_per_call >= 1
+    costs = bound.block_costs
+    assert len(costs) == len(bound.blocks) and max(costs) == 1.0 and min(costs) > 0
+    with pytest.raises(zo.ArgumentError, match="length"):
+        bound(theta[:-1])
+
+
+def test_blackbox_loss_fn_and_errors():
+    torch.manual_seed(12)
+    model = make_mlp(in_features=4, hidden=5, depth=2, num_classes=3).double()
+    x, y = data((4,), 6, seed=12, classes=3)
+
+    calls = []
+
+    def numpy_loss(out, target):  # a black box: leaves torch, returns an array
+        calls.append(out.shape[0])
+        o, t = out.numpy(), target.numpy()
+        o = o - o.max(1, keepdims=True)
+        return np.log(np.exp(o).sum(1)) - o[np.arange(len(t)), t]
+
+    bb = TorchOracle(model, numpy_loss, (x, y))
+    ref = TorchOracle(model, CE, (x, y))
+    theta = bb.initial_params()
+    coords = np.arange(theta.size)
+    np.testing.assert_allclose(bb.coordinate_losses(theta, coords, 1e-3), ref.coordinate_losses(theta, coords, 1e-3),
+                               rtol=1e-12)
+    assert max(calls) > x.shape[0]  # batched: one call on k * B samples
+    scalar = TorchOracle(model, nn.CrossEntropyLoss(), (x, y))
+    with pytest.raises(zo.ArgumentError, match="reduction"):
+        scalar.coordinate_losses(theta, coords[:4], 1e-3)
+    with pytest.raises(zo.ArgumentError, match="nn.Module"):
+        TorchOracle(lambda z: z, CE)
+    with pytest.raises(zo.ArgumentError, match="blocks"):
+        TorchOracle(model, CE, blocks="auto")
+    with pytest.raises(zo.ArgumentError, match="dtype"):
+        TorchOracle(model, CE, dtype="int8")
+    with pytest.raises(zo.ArgumentError, match="pair"):
+        ref.bind(x)
+    with pytest.raises(zo.ArgumentError, match="block"):
+        ref.suffix(ref.prefix(theta, 0), theta, 0, [theta.size - 1], 1e-3)
+
+
+def test_dtype_argument_and_float32_params_into_float64_model():
+    torch.manual_seed(13)
+    model = make_mlp(in_features=3, hidden=4, depth=1, num_classes=2)
+    x, y = data((3,), 5, seed=13, dtype=np.float32, classes=2)
+    oracle = TorchOracle(model, CE, (x, y), dtype="float64")
+    assert oracle.dtype == torch.float64 and next(model.parameters()).dtype == torch.float64
+    theta = oracle.initial_params()
+    assert np.isfinite(oracle(theta.astype(np.float32)))
+
+
+def test_cross_entropy_helper_matches_torch():
+    logits = torch.randn(50, 7, dtype=torch.float64) * 3
+    logits[3] -= 500  # a row far below the batch maximum takes the exact per-row path
+    t = torch.randint(0, 7, (50,))
+    torch.testing.assert_close(cross_entropy(logits, t), CE(logits, t))
