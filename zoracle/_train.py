@@ -354,6 +354,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if checkpoint is None:
             raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
         resume = checkpoint if os.path.exists(os.fspath(checkpoint)) else None
+        if resume is None:
+            log.info("no checkpoint at %s yet: starting a fresh run", os.fspath(checkpoint))
     elif resume is not None:
         resume = os.fspath(resume)
 
