@@ -275,9 +275,13 @@ def run(args) -> dict:
         torch.device(args.device)
     except RuntimeError:
         raise zo.ArgumentError(f"`--device` must be a torch device such as cpu or cuda, got {args.device!r}") from None
+    old = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    models = args.model or ["mlp", "cnn"]
-    return {name: bench_model(name, args, torch) for name in dict.fromkeys(models)}
+    try:
+        models = args.model or ["mlp", "cnn"]
+        return {name: bench_model(name, args, torch) for name in dict.fromkeys(models)}
+    finally:
+        torch.set_num_threads(old)
 
 
 def main(args) -> int:
