@@ -205,21 +205,23 @@ def deepzero_sparsity(oracle: TorchOracle, queries: int) -> float:
 
 def train_deepzero(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: int, batch: int, queries: int,
                    lr: float, seed: int, mu: float = 5e-3, momentum: float = 0.9, ratios: str = "zo_grasp",
-                   steps_per_mask: int = 10) -> TrainLog:
+                   steps_per_mask: int = 10, optimizer: str = "adam") -> TrainLog:
     """DeepZero: sparse CGE on the denoiser's parameters, the loss through the black box.
 
     :class:`~zoracle.adapters.torch.TorchOracle` evaluates all perturbations of a step as one
     batch (feature reuse through the denoiser's split) and its per-sample loss sends them to
     the ONNX model in one call; :func:`zoracle.train` runs DeepZero's loop (ZO-GraSP keep
-    ratios, a fresh random mask every ``steps_per_mask`` steps, SGD with momentum). The
-    sparsity is set so one estimate costs ``queries`` loss evaluations on a minibatch.
+    ratios, a fresh random mask every ``steps_per_mask`` steps) with ``zo.adam(lr)`` (the
+    optimizer of the other rows) or ``optimizer="sgd"`` (SGD with ``momentum``, the
+    reference recipe). The sparsity is set so one estimate costs ``queries`` loss
+    evaluations on a minibatch.
     """
     oracle = TorchOracle(denoiser, BlackBoxLoss(bb))
     sparsity = deepzero_sparsity(oracle, queries)
     batches = NoisyBatches(X, targets, sigma=sigma, batch=batch, steps_per_epoch=steps_per_mask, seed=seed)
     q0 = bb.queries
     res = zo.train(oracle, oracle.initial_params(), batches=batches, epochs=-(-steps // steps_per_mask),
-                   estimator=zo.CGE(mu=mu), optimizer=zo.sgd(lr, momentum=momentum), sparsity=sparsity,
+                   estimator=zo.CGE(mu=mu), optimizer=zo.adam(lr) if optimizer == "adam" else zo.sgd(lr, momentum=momentum), sparsity=sparsity,
                    ratios=ratios, mask_shuffle_interval=1, rng=seed, progress=False)
     oracle.load(res.params)
     per_step = res.history.column("nfev")

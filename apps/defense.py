@@ -13,8 +13,9 @@ fo        first-order through the white-box torch classifier (upper bound)
 ========  ==========================================================================
 
 The two ZO rows spend the same black-box loss evaluations per gradient estimate
-(``--queries``, default 65: the 64 input pixels plus the base point). All denoisers start
-from the same MSE pre-trained denoiser (white-box, the denoiser is ours; ``--pretrain-steps
+(``--queries``, default 65: the 64 input pixels plus the base point). All three train with
+Adam at the same learning rate, on the same noisy minibatches, for the same number of steps,
+starting from the same MSE pre-trained denoiser (white-box, the denoiser is ours; ``--pretrain-steps
 0`` turns it off).
 
 ``zoracle defense --quick --json`` prints ``{"none" | "deepzero" | "hybrid" | "fo": {"0",
@@ -68,8 +69,7 @@ class DefenseConfig:
     steps: int = 1500
     batch: int = 64
     queries: int = 65
-    lr_deepzero: float = 2e-3
-    lr_adam: float = 3e-3
+    lr: float = 1e-3
     mu: float = 5e-3
     test_points: int = 360
     n0: int = 100
@@ -182,11 +182,11 @@ def _run(config: DefenseConfig, out, log) -> DefenseReport:
     for name in ("deepzero", "hybrid", "fo"):
         den = copy.deepcopy(base)
         if name == "deepzero":
-            logs[name] = T.train_deepzero(den, bb, Xtr, targets, queries=c.queries, lr=c.lr_deepzero, mu=c.mu, **kwargs)
+            logs[name] = T.train_deepzero(den, bb, Xtr, targets, queries=c.queries, lr=c.lr, mu=c.mu, **kwargs)
         elif name == "hybrid":
-            logs[name] = T.train_hybrid(den, bb, Xtr, targets, lr=c.lr_adam, mu=c.mu, **kwargs)
+            logs[name] = T.train_hybrid(den, bb, Xtr, targets, lr=c.lr, mu=c.mu, **kwargs)
         else:
-            logs[name] = T.train_fo(den, clf, Xtr, targets, lr=c.lr_adam, **kwargs)
+            logs[name] = T.train_fo(den, clf, Xtr, targets, lr=c.lr, **kwargs)
         denoisers[name] = den.eval()
         L = logs[name]
         log(f"{name}: {L.steps} steps, {L.queries} black-box queries "
@@ -362,8 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive(int), help=f"minibatch size (default {f.batch})")
     parser.add_argument("--queries", type=_positive(int),
                         help=f"black-box loss evaluations per ZO estimate; the hybrid row uses 65 (default {f.queries})")
-    parser.add_argument("--lr-deepzero", type=_positive(float), help=f"DeepZero SGD learning rate (default {f.lr_deepzero})")
-    parser.add_argument("--lr-adam", type=_positive(float), help=f"Adam learning rate of hybrid and FO (default {f.lr_adam})")
+    parser.add_argument("--lr", type=_positive(float), help=f"Adam learning rate of all three denoisers (default {f.lr})")
     parser.add_argument("--test-points", type=_positive(int), help=f"test digits to certify (default {f.test_points}, at most 360)")
     parser.add_argument("--n0", type=_positive(int), help=f"selection noise samples per point (default {f.n0})")
     parser.add_argument("--n", type=_positive(int), help=f"estimation noise samples per point (default {f.n})")
@@ -376,7 +375,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> DefenseConfig:
     config = QUICK if args.quick else FULL
     changes = {k: getattr(args, k) for k in ("sigma", "seed", "steps", "pretrain_steps", "batch", "queries",
-                                             "lr_deepzero", "lr_adam", "test_points", "n0", "n", "alpha",
+                                             "lr", "test_points", "n0", "n", "alpha",
                                              "classifier_epochs", "threads") if getattr(args, k, None) is not None}
     config = replace(config, **changes)
     if not 0 < config.alpha < 1:
