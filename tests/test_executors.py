@@ -517,3 +517,17 @@ def test_train_with_executor_equals_serial(loky2):
     got = zo.train(parent, params(), executor=loky2, **kw)
     np.testing.assert_allclose(got.params, ref.params, rtol=0, atol=1e-12)
     assert got.nfev == ref.nfev and got.steps == ref.steps == 6
+
+
+def test_gpu_script_dry_run_on_cpu_devices():
+    """benchmarks/gpu_devices.py (the multi-GPU check) runs end to end on CPU "devices"."""
+    pytest.importorskip("torch")
+    import json
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_devices.py")
+    out = subprocess.run([sys.executable, script, "--cpu-devices", "2", "--channels", "2", "--batch", "8",
+                          "--repeats", "1", "--json"], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == ["cpu", "cpu"] and res["queries"] == res["params"] + 1
+    assert res["max_rel_diff"] <= 1e-9 and res["shards"] >= 2
