@@ -6,6 +6,7 @@ and its auth token go to a short temporary directory, never to the home director
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ D = te.D
 # Ray reads its auth settings once, when it is first imported: set them before anything
 # imports ray. The token lives in a short temporary directory, never in ~/.ray.
 _RAY_TMP = tempfile.mkdtemp(prefix="zr", dir="/tmp")  # Ray's socket paths must stay < 108 chars
+atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)  # also when no test here ran
 (Path(_RAY_TMP) / "auth_token").write_text(secrets.token_hex(32))
 _RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(Path(_RAY_TMP) / "auth_token"),
             "RAY_USAGE_STATS_ENABLED": "0"}
