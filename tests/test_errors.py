@@ -176,3 +176,9 @@ def test_oracle_error_pickles_with_its_fields():
         assert back.query == err.query and str(cause) in str(back)
     err = zo.OracleError("direction 1 (+mu)", float("nan"))
     assert pickle.loads(pickle.dumps(err)).query == "direction 1 (+mu)"
+
+
+def test_oracle_error_keeps_its_detail_across_pickling():
+    err = zo.OracleError("coordinate 4 (step +0.005)", float("nan"), detail="expected a finite loss")
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == str(err) and "expected a finite loss" in str(back)

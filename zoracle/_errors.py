@@ -33,6 +33,7 @@ class OracleError(ZoracleError, RuntimeError):
         self.query = query
         self.value = value
         self.cause = cause
+        self.detail = detail
         if cause is not None:
             msg = f"oracle raised at {query}: {type(cause).__name__}: {cause}"
         else:
@@ -47,4 +48,4 @@ class OracleError(ZoracleError, RuntimeError):
             pickle.dumps(cause)
         except Exception:
             cause = RuntimeError(f"{type(cause).__name__}: {cause}")
-        return (self.__class__, (self.query, self.value, cause))
+        return (self.__class__, (self.query, self.value, cause, self.detail))
