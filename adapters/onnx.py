@@ -212,7 +212,8 @@ class OnnxClassifier:
         else:
             match = [i for i in inputs if i.name == self._input_choice]
             if not match:
-                raise ArgumentError(f"`input`={self._input_choice!r} is not a model input; inputs: {[i.name for i in inputs]}")
+                names = [i.name for i in inputs]
+                raise ArgumentError(f"`input`={self._input_choice!r} is not a model input; inputs: {names}")
             node = match[0]
         if node.type not in _DTYPES:
             raise ArgumentError(f"unsupported input type {node.type} for input {node.name!r}")
@@ -279,7 +280,8 @@ class OnnxClassifier:
         if not isinstance(x, np.ndarray):
             if hasattr(x, "detach") or hasattr(x, "get"):
                 raise ArgumentError(
-                    f"`x` must be a NumPy array, got {type(x).__name__}; convert it (x.detach().cpu().numpy() / x.get())"
+                    f"`x` must be a NumPy array, got {type(x).__name__}; "
+                    "convert it (x.detach().cpu().numpy() / x.get())"
                 )
             x = np.asarray(x)
         if x.ndim != len(self.input_shape):

@@ -220,8 +220,9 @@ def train_deepzero(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: i
     sparsity = deepzero_sparsity(oracle, queries)
     batches = NoisyBatches(X, targets, sigma=sigma, batch=batch, steps_per_epoch=steps_per_mask, seed=seed)
     q0 = bb.queries
+    opt = zo.adam(lr) if optimizer == "adam" else zo.sgd(lr, momentum=momentum)
     res = zo.train(oracle, oracle.initial_params(), batches=batches, epochs=-(-steps // steps_per_mask),
-                   estimator=zo.CGE(mu=mu), optimizer=zo.adam(lr) if optimizer == "adam" else zo.sgd(lr, momentum=momentum), sparsity=sparsity,
+                   estimator=zo.CGE(mu=mu), optimizer=opt, sparsity=sparsity,
                    ratios=ratios, mask_shuffle_interval=1, rng=seed, progress=False)
     oracle.load(res.params)
     per_step = res.history.column("nfev")
@@ -230,15 +231,18 @@ def train_deepzero(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: i
 
 
 def train_hybrid(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: int, batch: int, lr: float,
-                 seed: int, mu: float = 5e-3) -> TrainLog:
+                 seed: int, mu: float = 5e-3, queries: int = 65) -> TrainLog:
     """ZO-AE-DS style: a ZO estimate w.r.t. the black box's input, chained into autograd.
 
-    ``blackbox(loss, CGE)`` differences each of the 64 input pixels (all samples of the
-    minibatch perturbed together, their losses kept apart): 64 + 1 black-box loss
-    evaluations per estimate, the surrogate ``sum(z * stopgrad(g))`` carries it through the
-    white-box denoiser; Adam updates the denoiser.
+    With ``queries == 65`` (the 64 pixels plus the base point), ``blackbox(loss, CGE)``
+    differences every input pixel, all samples of the minibatch perturbed together and
+    their losses kept apart; any other budget uses RGE with ``queries - 1`` directions per
+    sample. The surrogate ``sum(z * stopgrad(g))`` carries the estimate through the
+    white-box denoiser; Adam updates it.
     """
-    op = blackbox(BlackBoxLoss(bb), zo.CGE(mu=mu), max_rows=1 << 20)
+    n_in = int(np.prod(X.shape[1:]))
+    est = zo.CGE(mu=mu) if queries - 1 == n_in else zo.RGE(mu=mu, directions=queries - 1, distribution="sphere")
+    op = blackbox(BlackBoxLoss(bb), est, rng=seed, max_rows=1 << 20)
     opt = torch.optim.Adam(denoiser.parameters(), lr=lr)
     batches = NoisyBatches(X, targets, sigma=sigma, batch=batch, steps_per_epoch=10, seed=seed)
     start, q0, losses = time.perf_counter(), bb.queries, []

@@ -184,7 +184,7 @@ def _run(config: DefenseConfig, out, log) -> DefenseReport:
         if name == "deepzero":
             logs[name] = T.train_deepzero(den, bb, Xtr, targets, queries=c.queries, lr=c.lr, mu=c.mu, **kwargs)
         elif name == "hybrid":
-            logs[name] = T.train_hybrid(den, bb, Xtr, targets, lr=c.lr, mu=c.mu, **kwargs)
+            logs[name] = T.train_hybrid(den, bb, Xtr, targets, queries=c.queries, lr=c.lr, mu=c.mu, **kwargs)
         else:
             logs[name] = T.train_fo(den, clf, Xtr, targets, lr=c.lr, **kwargs)
         denoisers[name] = den.eval()
@@ -353,17 +353,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small CI-sized run (fewer steps, test points and noise samples)")
     parser.add_argument("--json", action="store_true",
                         help='print {"none"|"deepzero"|"hybrid"|"fo": {"0","0.25","0.5","0.75": certified accuracy}}')
-    parser.add_argument("--out", metavar="DIR", help="write defense.md, defense.png, defense.json and the ONNX model here")
-    parser.add_argument("--sigma", type=_positive(float), help=f"noise level of smoothing and training (default {f.sigma})")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write defense.md, defense.png, defense.json and the ONNX model here")
+    parser.add_argument("--sigma", type=_positive(float),
+                        help=f"noise level of smoothing and training (default {f.sigma})")
     parser.add_argument("--seed", type=_nonneg_int, help="seed of data split, models, noise (default 0)")
     parser.add_argument("--steps", type=_nonneg_int, help=f"denoiser training steps per method (default {f.steps})")
     parser.add_argument("--pretrain-steps", type=_nonneg_int,
                         help=f"white-box MSE pre-training steps, 0 = none (default {f.pretrain_steps})")
     parser.add_argument("--batch", type=_positive(int), help=f"minibatch size (default {f.batch})")
     parser.add_argument("--queries", type=_positive(int),
-                        help=f"black-box loss evaluations per ZO estimate; the hybrid row uses 65 (default {f.queries})")
-    parser.add_argument("--lr", type=_positive(float), help=f"Adam learning rate of all three denoisers (default {f.lr})")
-    parser.add_argument("--test-points", type=_positive(int), help=f"test digits to certify (default {f.test_points}, at most 360)")
+                        help="black-box loss evaluations per ZO estimate, both ZO rows; 65 = CGE over the 64 pixels "
+                             f"in the hybrid row, other values use RGE there (default {f.queries})")
+    parser.add_argument("--lr", type=_positive(float),
+                        help=f"Adam learning rate of all three denoisers (default {f.lr})")
+    parser.add_argument("--test-points", type=_positive(int),
+                        help=f"test digits to certify (default {f.test_points}, at most 360)")
     parser.add_argument("--n0", type=_positive(int), help=f"selection noise samples per point (default {f.n0})")
     parser.add_argument("--n", type=_positive(int), help=f"estimation noise samples per point (default {f.n})")
     parser.add_argument("--alpha", type=_positive(float), help=f"certification failure probability (default {f.alpha})")
@@ -383,7 +388,9 @@ def config_from_args(args) -> DefenseConfig:
     if config.test_points > 360:
         raise ArgumentError(f"`--test-points` must be at most 360 (the held-out digits), got {config.test_points}")
     if config.queries < 19:
-        raise ArgumentError(f"`--queries` must be at least 19 (17 dense biases + 1 weight + base), got {config.queries}")
+        raise ArgumentError(
+            f"`--queries` must be at least 19 (17 dense biases + 1 weight + base), got {config.queries}"
+        )
     return config
 
 

@@ -186,3 +186,15 @@ def test_denoiser_split_matches_forward():
     for st in den.zoracle_steps():
         state = st(state) if isinstance(st, T.Step) else (st(state[0]),) + tuple(state[1:])
     torch.testing.assert_close(state[0], den(x))
+
+
+@pytest.mark.parametrize("queries", [65, 21])
+def test_hybrid_spends_the_same_budget(tiny, queries):
+    _, path, den, X, y = tiny
+    bb = OnnxClassifier(path)
+    d = T.Denoiser()
+    d.load_state_dict(den.state_dict())
+    log = T.train_hybrid(d, bb, X, OnnxClassifier(path).predict(X), sigma=0.25, steps=3, batch=16, lr=1e-3, seed=0,
+                         queries=queries)
+    # CGE over the 64 pixels (65) or RGE with queries - 1 directions: `queries` loss evaluations per estimate
+    assert log.queries_per_estimate == queries and log.queries == bb.queries == 3 * 16 * queries
