@@ -45,6 +45,8 @@ from ._torch_chain import (
     perturbed_channels,
     channel_step,
     absorb,
+    absorb_flatten_linear,
+    flatten_linear,
     materialize,
     _NORM,
 )
@@ -621,12 +623,14 @@ class TorchOracle:
         """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
         steps = self._core.chain.steps
         j, h = si + 1, out
-        while j < len(steps) and channel_local(steps[j]):
-            h = steps[j](( h,))[0]
+        while j < len(steps) and channel_local(steps[j], h):
+            h = steps[j]((h,))[0]
             j += 1
         if j < len(steps) and absorbs(steps[j], h):
-            return (j, True, h, steps[j]((h,))[0])
-        return (j, False, h, None)
+            return (j, "layer", h, steps[j]((h,))[0])
+        if flatten_linear(steps, j, h):
+            return (j, "flatten", h, steps[j + 1](steps[j]((h,)))[0])
+        return (j, "", h, None)
 
     def _check_block(self, block) -> int:
         n = len(self._core.blocks)
@@ -674,8 +678,11 @@ class TorchOracle:
                 stop, absorbed, base_in, base_out = feats.walk
                 for j in range(si + 1, stop):
                     col = channel_step(core.chain.steps[j], col, ch, True)
-                if absorbed:
+                if absorbed == "layer":
                     Y, start = absorb(core.chain.steps[stop], col, ch, base_in, base_out), stop + 1
+                elif absorbed == "flatten":
+                    lin = core.chain.steps[stop + 1].module
+                    Y, start = absorb_flatten_linear(lin, col, ch, base_in, base_out), stop + 2
                 else:
                     Y, start = materialize(base_in, col, ch), stop
                 ctx.groups = k
@@ -723,6 +730,12 @@ def _run_owned(steps, state, start: int):
     """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place."""
     for st in steps[start:]:
         m = st.module
+        if st.fn is None and type(m) is nn.MaxPool2d and state[0].dim() == 4 and state[0].device.type == "cpu":
+            # CPU max pooling of many small NCHW planes is an order of magnitude slower than
+            # channels-last; the maximum is exact either way
+            out = m(state[0].contiguous(memory_format=torch.channels_last))
+            state = (out.contiguous(),) + tuple(state[1:])
+            continue
         if st.fn is None and type(m) is nn.ReLU:
             x = state[0]
             ptr = x.untyped_storage().data_ptr()
