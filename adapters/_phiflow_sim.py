@@ -224,6 +224,8 @@ class WakeFlow:
     def _loop(self, vx, vy, nu, sub, steps, correct, record, start, check, is_torch):
         template, obstacle = self._phi()
         solve = pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter)
+        if check:
+            self._check_finite(vx, vy, start, after="nothing: the initial state")
         v = self.to_phi(vx, vy, template)
         pressure = None
         hist = [(vx, vy)] if record else None
@@ -232,7 +234,14 @@ class WakeFlow:
             v = diffuse.explicit(v, nu, self.dt, substeps=sub)
             v = advect.semi_lagrangian(v, v, self.dt)
             s = solve if pressure is None else pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter, x0=pressure)
-            v, pressure = fluid.make_incompressible(v, [obstacle], s)
+            try:
+                v, pressure = fluid.make_incompressible(v, [obstacle], s)
+            except pm.ConvergenceException as exc:
+                raise SimulationError(
+                    f"the pressure solve of the wake-flow simulation failed at step {start + t} "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); the state is likely non-finite or blown up: "
+                    "lower the correction's magnitude, the time step or the Reynolds number"
+                ) from None
             cx, cy = self.from_phi(v, native=is_torch)
             if check:
                 self._check_finite(cx, cy, start + t)

@@ -60,8 +60,8 @@ class Config:
 
     @staticmethod
     def quick() -> "Config":
-        return Config(fine_nx=64, warmup=24, steps=10, train_re=(150.0, 600.0), test_re=(300.0,), unroll=3,
-                      channels=4, zo_steps=6, starts_per_step=3, non_epochs=30, fo_steps=2, speedup_k=3)
+        return Config(fine_nx=64, warmup=16, steps=8, train_re=(150.0, 600.0), test_re=(300.0,), unroll=2,
+                      channels=4, zo_steps=6, starts_per_step=3, lr=2e-3, non_epochs=30, fo_steps=1, speedup_k=3)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unroll", type=int, default=None, help="solver steps unrolled per loss (paper: 16)")
     parser.add_argument("--zo-steps", type=int, default=None, help="ZO-SOL optimizer steps")
     parser.add_argument("--sparsity", type=float, default=None, help="gradient sparsity of sparse CGE (default 0.95)")
-    parser.add_argument("--lr", type=float, default=None, help="ZO-SOL learning rate (Adam; default 3e-4)")
+    parser.add_argument("--lr", type=float, default=None, help="ZO-SOL learning rate (Adam; default 3e-4, quick 2e-3)")
     parser.add_argument("--fo-steps", type=int, default=None, help="FO-SOL optimizer steps (0 skips FO-SOL)")
     parser.add_argument("--no-fo", action="store_true", help="skip FO-SOL (reported as null)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the vorticity plot")
@@ -232,7 +232,7 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
                                                batch_size=cfg.starts_per_step, seed=cfg.seed, params=p0)
             params["FO-SOL"] = p_fo
             results["FO-SOL"] = MethodResult("FO-SOL", None, s_fo, cfg.fo_steps,
-                                             f"{cfg.fo_steps} steps, each a forward + backward pass")
+                                             f"{cfg.fo_steps} step(s), each a forward + backward pass")
         except Exception as exc:  # the torch backend may not differentiate some PhiFlow build
             results["FO-SOL"] = MethodResult("FO-SOL", None, 0.0, 0, f"omitted: {type(exc).__name__}: {exc}")
             log(f"FO-SOL omitted: {exc}")

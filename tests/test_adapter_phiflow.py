@@ -103,7 +103,8 @@ def test_reference_cache_is_keyed_by_parameters(tmp_path):
     np.testing.assert_array_equal(a.vx, b.vx)
     c = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=2, steps=2, cache_dir=tmp_path)
     assert not c.cached and c.path != a.path
-    np.testing.assert_array_equal(c.vx[0, 0], b.vx[0, 1])  # one more warm-up step = one frame later
+    # one more warm-up step = one frame later (up to the pressure solve's warm start: tolerance)
+    np.testing.assert_allclose(c.vx[0, 0], b.vx[0, 1], atol=20 * TINY.tol)
     assert len(list(tmp_path.glob("wake-*.npz"))) == 2
 
 
