@@ -192,3 +192,20 @@ def test_torch_oracle_param_info_drives_the_masks():
     assert [s["nfev"] for s in res.history.steps] == [15] * 6
     assert set(range(12, 15)) <= set(res.coordinates.tolist())  # first bias: always estimated
     assert res.history.epochs[-1]["eval"] >= 0.0 and res.history.column("loss")[-1] < res.history.column("loss")[0]
+
+
+def test_train_keeps_the_backend_and_dtype(xp, tmp_path):
+    """Same body on NumPy and (where a GPU exists) CuPy: params, optimizer state and checkpoints."""
+    target = xp.arange(6, dtype=xp.float32)
+
+    def loss(x):
+        return float(((x - target) ** 2).sum())
+
+    kw = dict(epochs=40, sparsity=0.5, ratios="uniform", blocks=[slice(0, 6)], mask_shuffle_interval=1,
+              optimizer=zo.sgd(0.1, momentum=0.5), rng=0, progress=False)
+    res = zo.train(loss, xp.zeros(6, dtype=xp.float32), checkpoint=tmp_path / "c.npz", **kw)
+    assert type(res.params) is type(target) and res.params.dtype == xp.float32
+    assert type(res.optimizer_state.momentum) is type(target)
+    assert float(abs(res.params - target).max()) < 0.05
+    again = zo.train(loss, xp.zeros(6, dtype=xp.float32), resume=tmp_path / "c.npz", **kw)
+    assert type(again.params) is type(target) and bool((again.params == res.params).all())
