@@ -60,9 +60,9 @@ def test_batched_simulation_equals_one_by_one():
     vx, vy = flow.initial(3)
     vx = vx + 0.05 * np.random.default_rng(1).standard_normal(vx.shape).astype(np.float32)
     re = [120.0, 300.0, 900.0]
-    bx, by = flow.simulate(vx, vy, re, 3)
-    for i in range(3):
-        sx, sy = flow.simulate(vx[i:i + 1], vy[i:i + 1], re[i], 3)
+    bx, by = flow.simulate(vx, vy, re, 2)
+    for i in (0, 2):
+        sx, sy = flow.simulate(vx[i:i + 1], vy[i:i + 1], re[i], 2)
         np.testing.assert_allclose(sx[0], bx[i], atol=10 * flow.tol)
         np.testing.assert_allclose(sy[0], by[i], atol=10 * flow.tol)
 
@@ -111,14 +111,14 @@ def test_reference_cache_is_keyed_by_parameters(tmp_path):
 def test_oracle_passes_check_oracle_and_batches_equal_calls(reference):
     coarse = TINY.coarsened(2)
     net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
-    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=2).bind(np.array([[0, 0], [1, 2]]))
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=1).bind(np.array([[0, 0], [1, 2]]))
     p = pf.flat_params(net)
     caps = zo.capabilities(oracle)
     assert caps.batch and caps.coordinate and caps.data and not caps.split
-    report = check_oracle(oracle, p, step=1e-2)
+    report = check_oracle(oracle, p, step=1e-2, n_coords=3, n_rows=2)
     assert report["batch"] < 1e-6 and report["coordinate_losses"] < 1e-6
     # sparse CGE through the batched path equals one-by-one forward differences
-    coords = np.array([0, 7, 40, p.size - 1])
+    coords = np.array([7, p.size - 1])
     est = zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-2), coordinates=coords)
     base = oracle(p)
     for i in coords:
@@ -132,12 +132,13 @@ def test_zero_params_are_the_uncorrected_solver(reference):
     coarse = TINY.coarsened(2)
     net = pf.correction_net(channels=3, kernel=3)
     zeros = np.zeros(pf.flat_params(net).size)
-    traj = pf.rollout(coarse, net, reference, zeros[None], 3)
-    src = coarse.simulate(reference.vx[:, 0], reference.vy[:, 0], reference.re, 3, record=True)
+    traj = pf.rollout(coarse, net, reference, zeros[None], 2)
+    src = coarse.simulate(reference.vx[:, 0], reference.vy[:, 0], reference.re, 2, record=True)
     np.testing.assert_allclose(traj[0][0], src[0], atol=1e-6)
-    rel = pf.SolverInTheLoop(coarse, net, reference, unroll=2, relative=True)
-    assert rel(zeros) == pytest.approx(1.0)
-    assert rel(zeros + 0.05) > 1.0  # a uniform wrong correction is worse than none
+    rel = pf.SolverInTheLoop(coarse, net, reference, unroll=1, relative=True, starts=np.array([[0, 0], [1, 1]]))
+    losses = rel.batch(np.stack([zeros, zeros + 0.05]))
+    assert losses[0] == pytest.approx(1.0)
+    assert losses[1] > 1.0  # a crude uniform correction is worse than none
 
 
 def test_bind_validates_start_states(reference):

@@ -95,20 +95,35 @@ def test_cnn_float32_forward_cosine():
     assert cosine(est.grad.astype(np.float64), autograd(model, x, y).astype(np.float64)) >= 0.99
 
 
-def test_benchmark_cnn_check_oracle_float64():
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_benchmark_cnn_split_equals_full_forwards(mode):
+    # eval mode: no layer mixes samples, so unchanged (perturbation, sample) pairs are skipped
     torch.manual_seed(3)
     model = make_cnn(channels=4).double()
     x, y = data((1, 8, 8), 6, seed=3)
-    oracle = TorchOracle(model, CE, (x, y))
-    check_oracle(oracle, oracle.initial_params(), n_coords=16)
+    model.train()
+    model(torch.as_tensor(x))
+    getattr(model, mode)()
+    oracle = TorchOracle(model, CE, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    check_oracle(oracle, theta, n_coords=16)
+    full = TorchOracle(model, CE, (x, y), blocks="none", update_stats=False)
+    coords = np.arange(theta.size)
+    np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-2), full.coordinate_losses(theta, coords, 1e-2),
+                               rtol=1e-12, atol=1e-12)
 
 
 def _spread_coords(oracle, rng, total):
     """Coordinates in every block, more where the suffix is cheap (late blocks)."""
-    costs = np.asarray(oracle.block_costs)
-    w = 1.0 / np.maximum(costs, 0.05)
-    counts = np.maximum(8, np.round(total * w / w.sum())).astype(int)
-    parts = [rng.choice(np.arange(b.start, b.stop), size=min(int(c), b.stop - b.start), replace=False)
+    flops = np.asarray(oracle.suffix_flops(), dtype=np.float64)
+    w = 1.0 / np.maximum(flops, 0.05 * flops.max())
+    sizes = np.array([b.stop - b.start for b in oracle.blocks])
+    counts = np.minimum(sizes, np.maximum(8, np.round(total * w / w.sum()).astype(int)))
+    while counts.sum() < total:  # top up the cheapest blocks that still have room
+        room = np.flatnonzero(counts < sizes)
+        j = room[np.argmax(w[room])]
+        counts[j] = min(sizes[j], counts[j] + (total - counts.sum()))
+    parts = [rng.choice(np.arange(b.start, b.stop), size=int(c), replace=False)
              for b, c in zip(oracle.blocks, counts)]
     return np.sort(np.concatenate(parts))
 
@@ -122,7 +137,7 @@ def test_resnet20_split_check_oracle_and_autograd():
     assert len(oracle.blocks) == 39  # every conv and BatchNorm, plus the head (reference: 12)
     theta = oracle.initial_params()
     check_oracle(oracle, theta, n_coords=4, rng=1)
-    coords = _spread_coords(oracle, np.random.default_rng(0), 2300)
+    coords = _spread_coords(oracle, np.random.default_rng(0), 2000)
     assert len(coords) >= 2000
     owner = np.searchsorted([b.start for b in oracle.blocks], coords, side="right") - 1
     assert set(owner.tolist()) == set(range(39))
@@ -186,7 +201,8 @@ def test_batched_suffix_uses_per_perturbation_batch_statistics():
 
 
 # ---------------------------------------------------------------------------- other layer paths
-def test_conv_variants_and_dense_paths():
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_conv_variants_and_dense_paths(mode):
     torch.manual_seed(8)
     model = nn.Sequential(
         nn.Conv2d(2, 4, 3, stride=2, padding=1, padding_mode="reflect"), nn.ReLU(),
@@ -195,6 +211,7 @@ def test_conv_variants_and_dense_paths():
         nn.Flatten(), nn.Linear(3 * 16, 5),
     ).double()
     x, y = data((2, 8, 8), 4, seed=8, classes=5)
+    getattr(model, mode)()
     oracle = TorchOracle(model, CE, (x, y))
     theta = oracle.initial_params()
     check_oracle(oracle, theta, n_coords=24)
