@@ -1,16 +1,13 @@
 """Solver-in-the-loop correction of a coarse PhiFlow wake-flow solver, trained with ZO (ZO-SOL).
 
-Same as ``zoracle sol``; run ``python examples/sol.py --quick`` for the CI size (about a
-minute) or without flags for the default size (about 15 minutes; fine trajectories are
-cached under ~/.cache/zoracle). ``--help`` lists the size flags.
+Same as ``zoracle sol``: ``python examples/sol.py --quick`` runs the CI size (under a
+minute on a quiet machine), no flags the default size (about 15 minutes; the fine
+trajectories are cached under ~/.cache/zoracle). ``--help`` lists the size flags.
 """
 
-import argparse
 import sys
 
-from zoracle.apps import sol
+from zoracle import cli
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=sol.HELP)
-    sol.add_arguments(parser)
-    sys.exit(sol.main(parser.parse_args()))
+    sys.exit(cli.main(["sol", *sys.argv[1:]]))
