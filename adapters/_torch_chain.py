@@ -488,3 +488,33 @@ def materialize(base, col, ch):
     Y = base.unsqueeze(0).repeat((k,) + (1,) * base.dim())
     Y[torch.arange(k, device=base.device), :, ch] = col
     return Y
+
+
+def absorb_rows(kind: str, m, delta, chs, base_out_rows):
+    """Like :func:`absorb` for ``M`` (perturbation, sample) rows: ``delta`` is ``(M, ...)``."""
+    M = delta.shape[0]
+    if kind == "flatten":
+        C = m.in_features // delta[0].numel()
+        w = m.weight.view(m.out_features, C, -1)[:, chs, :].permute(1, 2, 0)  # (M, H*W, out)
+        return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
+    if type(m) is nn.Linear:
+        return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight[:, chs].T)
+    w = m.weight[:, chs].transpose(0, 1).reshape(M * m.out_channels, 1, *m.kernel_size)
+    inp = delta.unsqueeze(0)  # (1, M, H, W)
+    if m.padding_mode != "zeros":
+        inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        pad = 0
+    else:
+        pad = m.padding
+    d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=M)
+    return base_out_rows + d.reshape((M, m.out_channels) + tuple(d.shape[-2:]))
+
+
+def sample_coupling(steps) -> bool:
+    """Whether any of ``steps`` mixes samples (BatchNorm with batch statistics)."""
+    for st in steps:
+        mods = st.module.modules() if st.module is not None else ()
+        for m in mods:
+            if type(m) in _BN and (m.training or m.running_mean is None):
+                return True
+    return False

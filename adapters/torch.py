@@ -46,6 +46,8 @@ from ._torch_chain import (
     channel_step,
     absorb,
     absorb_flatten_linear,
+    absorb_rows,
+    sample_coupling,
     flatten_linear,
     materialize,
     _NORM,
@@ -469,6 +471,47 @@ class TorchOracle:
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},), got {tuple(vals.shape)}")
         return vals.reshape(k, B).mean(dim=1)
 
+    def _loss_rows(self, outputs, targets) -> torch.Tensor:
+        """Per-sample losses of ``outputs`` (one loss_fn call), checked to have one per row."""
+        n = outputs.shape[0]
+        vals = to_torch(self.loss_fn(outputs, targets), outputs.device)
+        if vals.dim() != 1 or vals.shape[0] != n:
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},), got {tuple(vals.shape)}; "
+                                "e.g. nn.CrossEntropyLoss(reduction='none')")
+        return vals
+
+    def _sparse_rows(self, feats, col, ch, k):
+        """Losses when most (perturbation, sample) pairs leave the activations unchanged.
+
+        Only the changed pairs run through the rest of the network; the others keep the
+        base per-sample loss. Returns None when too many pairs changed to be worth it.
+        """
+        steps = self._core.chain.steps
+        stop, absorbed, base_in, base_out, base_losses = feats.walk
+        B = base_in.shape[0]
+        ref = base_in[:, ch].transpose(0, 1)
+        changed = (col != ref).reshape(k, B, -1).any(dim=-1)
+        n = int(changed.sum())
+        if n > 0.7 * k * B:
+            return None
+        L = base_losses.unsqueeze(0).expand(k, B).clone()
+        if n:
+            r, b = changed.nonzero(as_tuple=True)
+            delta = col[r, b] - ref[r, b]
+            chs = ch[r]
+            if absorbed:
+                m = steps[stop + 1].module if absorbed == "flatten" else steps[stop].module
+                Y = absorb_rows(absorbed, m, delta, chs, base_out[b])
+                start = stop + (2 if absorbed == "flatten" else 1)
+            else:
+                Y = base_in[b].clone()
+                Y[torch.arange(n, device=Y.device), chs] = col[r, b]
+                start = stop
+            rest = tuple(s[b] for s in feats.state[1:])
+            out = _run_owned(steps, (Y,) + rest, start)[0]
+            L[r, b] = self._loss_rows(out, None if self._y is None else self._y[b]).to(L.dtype)
+        return L.mean(dim=1)
+
     def _probe(self):
         """Bytes per sample of the state after each step (measured once per input shape)."""
         key = self._key()
@@ -616,10 +659,10 @@ class TorchOracle:
                 out = st.module(x)
                 cache = prepare_cache(kind, st.module, x, out)
                 if channel_ok(kind, out):
-                    walk = self._walk(si, out)
+                    walk = self._walk(si, out, state[1:])
         return _Features(block, state, out, cache, self._x.shape[0], walk)
 
-    def _walk(self, si: int, out):
+    def _walk(self, si: int, out, state_rest):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
         steps = self._core.chain.steps
         j, h = si + 1, out
@@ -627,10 +670,19 @@ class TorchOracle:
             h = steps[j]((h,))[0]
             j += 1
         if j < len(steps) and absorbs(steps[j], h):
-            return (j, "layer", h, steps[j]((h,))[0])
-        if flatten_linear(steps, j, h):
-            return (j, "flatten", h, steps[j + 1](steps[j]((h,)))[0])
-        return (j, "", h, None)
+            kind, base_out, start = "layer", steps[j]((h,))[0], j + 1
+        elif flatten_linear(steps, j, h):
+            kind, base_out, start = "flatten", steps[j + 1](steps[j]((h,)))[0], j + 2
+        else:
+            kind, base_out, start = "", None, j
+        # samples whose activations a perturbation leaves unchanged keep their base loss,
+        # unless a later layer mixes samples (train-mode BatchNorm)
+        base_losses = None
+        if not sample_coupling(steps[start:]):
+            state = (base_out if kind else h,) + tuple(state_rest)
+            out_ = _run_owned(steps, tuple(t.clone() for t in state), start)[0]
+            base_losses = self._loss_rows(out_, self._y)
+        return (j, kind, h, base_out, base_losses)
 
     def _check_block(self, block) -> int:
         n = len(self._core.blocks)
@@ -675,9 +727,13 @@ class TorchOracle:
             if feats.walk is not None:
                 ch, col = perturbed_channels(kind, st.module, feats.state[0], feats.out, feats.cache,
                                              core.block_params[block], local, h)
-                stop, absorbed, base_in, base_out = feats.walk
+                stop, absorbed, base_in, base_out, base_losses = feats.walk
                 for j in range(si + 1, stop):
                     col = channel_step(core.chain.steps[j], col, ch, True)
+                if base_losses is not None:
+                    sparse = self._sparse_rows(feats, col, ch, k)
+                    if sparse is not None:
+                        return sparse
                 if absorbed == "layer":
                     Y, start = absorb(core.chain.steps[stop], col, ch, base_in, base_out), stop + 1
                 elif absorbed == "flatten":
