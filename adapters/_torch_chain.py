@@ -498,8 +498,8 @@ def absorb_rows(kind: str, m, delta, chs, base_out_rows):
         w = m.weight.view(m.out_features, C, -1)[:, chs, :].permute(1, 2, 0)  # (M, H*W, out)
         return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
     if type(m) is nn.Linear:
-        return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight[:, chs].T)
-    w = m.weight[:, chs].transpose(0, 1).reshape(M * m.out_channels, 1, *m.kernel_size)
+        return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight.t().contiguous().index_select(0, chs))
+    w = m.weight.transpose(0, 1).contiguous().index_select(0, chs).reshape(M * m.out_channels, 1, *m.kernel_size)
     inp = delta.unsqueeze(0)  # (1, M, H, W)
     if m.padding_mode != "zeros":
         inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)

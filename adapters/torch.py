@@ -489,27 +489,30 @@ class TorchOracle:
         steps = self._core.chain.steps
         stop, absorbed, base_in, base_out, base_losses = feats.walk
         B = base_in.shape[0]
-        ref = base_in[:, ch].transpose(0, 1)
-        changed = (col != ref).reshape(k, B, -1).any(dim=-1)
-        n = int(changed.sum())
+        D = col - base_in[:, ch].transpose(0, 1)  # (k, B, ...) change of the perturbed channel
+        changed = (D != 0).reshape(k * B, -1).any(dim=-1)
+        flat = changed.nonzero().squeeze(1)
+        n = flat.shape[0]
         if n > 0.7 * k * B:
             return None
         L = base_losses.unsqueeze(0).expand(k, B).clone()
         if n:
-            r, b = changed.nonzero(as_tuple=True)
-            delta = col[r, b] - ref[r, b]
-            chs = ch[r]
+            r, b = flat // B, flat % B
+            tail = tuple(col.shape[2:])
+            delta = D.reshape((k * B,) + tail).index_select(0, flat)
+            chs = ch.index_select(0, r)
             if absorbed:
                 m = steps[stop + 1].module if absorbed == "flatten" else steps[stop].module
-                Y = absorb_rows(absorbed, m, delta, chs, base_out[b])
+                Y = absorb_rows(absorbed, m, delta, chs, base_out.index_select(0, b))
                 start = stop + (2 if absorbed == "flatten" else 1)
             else:
-                Y = base_in[b].clone()
-                Y[torch.arange(n, device=Y.device), chs] = col[r, b]
+                Y = base_in.index_select(0, b)
+                Y[torch.arange(n, device=Y.device), chs] = col.reshape((k * B,) + tail).index_select(0, flat)
                 start = stop
-            rest = tuple(s[b] for s in feats.state[1:])
+            rest = tuple(s.index_select(0, b) for s in feats.state[1:])
             out = _run_owned(steps, (Y,) + rest, start)[0]
-            L[r, b] = self._loss_rows(out, None if self._y is None else self._y[b]).to(L.dtype)
+            vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))
+            L.view(-1).index_copy_(0, flat, vals.to(L.dtype))
         return L.mean(dim=1)
 
     def _probe(self):
