@@ -55,7 +55,7 @@ from ._torch_chain import (
 
 __all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "cross_entropy", "to_torch"]
 
-_CPU_BUDGET = 8 * 2**20
+_CPU_BUDGET = 16 * 2**20
 _GPU_BUDGET = 1024 * 2**20
 
 
@@ -163,7 +163,7 @@ class TorchOracle:
         Moves the model. Default: the model's device.
     budget_bytes : int, optional
         Memory for the activations of one batched suffix chunk (k perturbations x B
-        samples). Default 8 MiB on CPU (cache friendly), 1 GiB on CUDA.
+        samples). Default 16 MiB on CPU (cache friendly), 1 GiB on CUDA.
     blocks : None, "none" or list, optional
         None: the split is derived (``nn.Sequential``, flattened recursively, or the model's
         own ``zoracle_steps()``). ``"none"``: no feature reuse; every perturbation is a
@@ -529,10 +529,23 @@ class TorchOracle:
             self._core.probe[key] = sizes
         return self._core.probe[key]
 
-    def _chunk(self, block: int) -> int:
+    def _chunk(self, block: int, feats=None) -> int:
+        """Perturbations per batched suffix call within the memory budget.
+
+        Dense path: ``3 * B *`` the largest per-sample state of the suffix. Channel-delta
+        path: one channel up to the absorbing layer, dense states after it.
+        """
         sizes = self._probe()
         si = self._core.block_steps[block]
-        per = 3 * max(sizes[si:]) * self._x.shape[0]
+        B = self._x.shape[0]
+        if feats is not None and feats.walk is not None:
+            stop, absorbed, base_in = feats.walk[:3]
+            start = stop + {"layer": 1, "flatten": 2}.get(absorbed, 0)
+            one = base_in[:, :1].numel() * base_in.element_size()  # one channel, all samples
+            dense = max(sizes[start - 1:], default=0) * B
+            per = 3 * (one + dense)
+        else:
+            per = 3 * max(sizes[si:]) * B
         budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
         return max(1, budget // max(1, per))
 
@@ -711,7 +724,7 @@ class TorchOracle:
             base = theta[idx]
             h = (base + step) - base  # the representable step, as a perturbed copy would see it
         local = c - blk.start
-        chunk = self._chunk(block)
+        chunk = self._chunk(block, features)
         parts = []
         with torch.no_grad(), norm_context(self.model) as ctx:
             for lo in range(0, len(c), chunk):
