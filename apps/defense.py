@@ -239,7 +239,7 @@ def markdown(report: DefenseReport) -> str:
     c = report.config
     fo = report.rows.get("fo")
     head = ("| method | " + " | ".join(f"r = {r:g}" for r in RADII)
-            + " | abstain | gap to FO (r = 0 / 0.25) | black-box queries (train) | queries / estimate "
+            + " | abstain | FO minus row (r = 0 / 0.25) | black-box queries (train) | queries / estimate "
               "| train time | certify time |")
     lines = [
         f"Certified accuracy (%) on scikit-learn digits, {c.test_points} test points, sigma = {c.sigma}, "
@@ -291,7 +291,7 @@ def plot(report: DefenseReport, path: str) -> None:
                 linestyle="--" if name in ("none", "mse") else "-")
     ax.set_xlabel("L2 radius r")
     ax.set_ylabel("certified accuracy")
-    ax.set_title(f"Denoised smoothing through an ONNX black box (digits, sigma = {report.config.sigma})")
+    ax.set_title(f"Denoised smoothing, ONNX black box (digits, sigma = {report.config.sigma})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
