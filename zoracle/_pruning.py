@@ -19,7 +19,6 @@ Blocks are slices of the flat parameter vector, or records with ``.slice`` (and
 
 from __future__ import annotations
 
-import logging
 import numbers
 import warnings
 
@@ -42,7 +41,6 @@ __all__ = [
     "RANKINGS",
 ]
 
-log = logging.getLogger("zoracle")
 
 #: parameter kinds scored by default (everything else gets dense CGE)
 SCORED_KINDS = ("conv", "linear")

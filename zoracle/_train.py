@@ -24,7 +24,7 @@ from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from ._errors import ArgumentError
 from ._estimators import CGE, RGE, as_generator, estimate_gradient, validate_params
-from ._masks import DynamicMasks, _slices
+from ._masks import DynamicMasks
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
 from ._pruning import SCORED_KINDS, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
