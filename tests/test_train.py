@@ -209,3 +209,14 @@ def test_train_keeps_the_backend_and_dtype(xp, tmp_path):
     assert float(abs(res.params - target).max()) < 0.05
     again = zo.train(loss, xp.zeros(6, dtype=xp.float32), resume=tmp_path / "c.npz", **kw)
     assert type(again.params) is type(target) and bool((again.params == res.params).all())
+
+
+def test_quickstart_example_runs(capsys):
+    import pathlib
+    import runpy
+
+    runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("CGE: 21 queries") and out[2].startswith("trained:")
+    loss, optimum = (float(w.rstrip(")")) for w in (out[2].split()[2], out[2].split()[4]))
+    assert loss < optimum * 1.01
