@@ -501,8 +501,14 @@ class TorchOracle:
             tail = tuple(col.shape[2:])
             delta = D.reshape((k * B,) + tail).index_select(0, flat)
             chs = ch.index_select(0, r)
-            if absorbed:
-                m = steps[stop + 1].module if absorbed == "flatten" else steps[stop].module
+            m = steps[stop].module if absorbed == "layer" else None
+            if absorbed == "layer" and type(m) is nn.Linear and 2 * n > k * B:
+                # many changed rows: the broadcast rank-one update of all k*B rows and one
+                # gather beat two gathers of the changed rows
+                Y = absorb(steps[stop], col, ch, base_in, base_out).reshape(k * B, -1).index_select(0, flat)
+                start = stop + 1
+            elif absorbed:
+                m = steps[stop + 1].module if absorbed == "flatten" else m
                 Y = absorb_rows(absorbed, m, delta, chs, base_out.index_select(0, b))
                 start = stop + (2 if absorbed == "flatten" else 1)
             else:
