@@ -223,9 +223,19 @@ def main(args) -> int:
     methods = _check(args)
     import torch
 
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _main(args, methods)
+    finally:  # main() may run inside a larger program (tests): leave torch as found
+        torch.set_num_threads(previous_threads)
+
+
+def _main(args, methods) -> int:
+    import torch
+
     from ._digits import load_digits_split
 
-    torch.set_num_threads(args.threads)
     try:
         from zoracle.executors import from_args
     except ImportError:  # pragma: no cover
