@@ -161,3 +161,37 @@ def test_save_is_atomic_and_pickle_free(tmp_path, monkeypatch):
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(z["__meta__"].tobytes())
     assert header["format"] == "zoracle-checkpoint"
+
+
+def test_oracle_state_outside_params_is_saved_and_restored(tmp_path):
+    class Stateful:
+        """A loss whose running mean (like BatchNorm statistics) changes on every plain call."""
+
+        def __init__(self):
+            self.running = np.zeros(2)
+
+        def __call__(self, x):
+            self.running = 0.9 * self.running + 0.1 * x[:2]
+            return float(((x - 1) ** 2).sum())
+
+        def state_arrays(self):
+            return {"running": self.running.copy()}
+
+        def load_state_arrays(self, arrays):
+            self.running = arrays["running"].copy()
+
+    ref = Stateful()
+    zo.train(ref, np.zeros(3), epochs=6, progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash(event, rec, params):
+        if event == "epoch" and rec["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        zo.train(Stateful(), np.zeros(3), epochs=6, checkpoint=tmp_path / "c.npz", callbacks=[crash], progress=False)
+    fresh = Stateful()
+    zo.train(fresh, np.zeros(3), epochs=6, resume=tmp_path / "c.npz", progress=False)
+    np.testing.assert_array_equal(fresh.running, ref.running)

@@ -296,6 +296,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``) and at the end.
+        An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
+        outside the flat parameters, such as BatchNorm running statistics) has that state
+        saved and restored too.
     resume : path or True, optional
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists).
         A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`.
@@ -408,6 +411,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         steps_hist, epoch_hist = list(meta["history"]["steps"]), list(meta["history"]["epochs"])
         if sparse:
             keep = np.asarray(arrays["ratios"], dtype=np.float64)
+        extra = {k[len("oracle/"):]: v for k, v in arrays.items() if k.startswith("oracle/")}
+        if extra or callable(getattr(oracle, "load_state_arrays", None)):
+            if not callable(getattr(oracle, "load_state_arrays", None)):
+                raise CheckpointError(f"checkpoint {resume!r} holds oracle state but the oracle has no load_state_arrays()")
+            oracle.load_state_arrays(extra)
         log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
     else:
         root = int(as_generator(rng).integers(2**63))
@@ -444,6 +452,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if checkpoint is None:
             return
         arrays = {"params": to_numpy(params), **_state_arrays(state)}
+        if callable(getattr(oracle, "state_arrays", None)):  # e.g. BatchNorm running statistics
+            arrays.update({f"oracle/{k}": to_numpy(v) for k, v in oracle.state_arrays().items()})
         if sparse:
             arrays["ratios"] = keep
             arrays["coordinates"] = masks.coordinates(epoch)
