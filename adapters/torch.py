@@ -17,97 +17,39 @@ import copy
 import numbers
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from zoracle._backend import is_cupy
-from zoracle._errors import ArgumentError, OracleError
+from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_chain import (
-    BlockParams,
-    Chain,
     Step,
-    fast_kind,
-    fork,
-    generic_outputs,
-    norm_context,
-    perturbed_outputs,
-    prepare_cache,
-    extract_steps,
-    steps_from_items,
-    channel_ok,
-    channel_local,
-    absorbs,
-    perturbed_channels,
-    channel_step,
     absorb,
     absorb_flatten_linear,
     absorb_rows,
-    sample_coupling,
+    absorbs,
+    channel_local,
+    channel_ok,
+    channel_step,
     flatten_linear,
+    fork,
+    generic_outputs,
     materialize,
-    _NORM,
+    norm_context,
+    perturbed_channels,
+    perturbed_outputs,
+    prepare_cache,
+    sample_coupling,
 )
+from ._torch_layout import ParamInfo, _as_torch_dtype, build_core, cross_entropy, repeat_rows, run_owned, to_torch
 
 __all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "cross_entropy", "to_torch"]
 
 _CPU_BUDGET = 16 * 2**20
 _GPU_BUDGET = 1024 * 2**20
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """One trainable parameter in the flat vector.
-
-    ``kind`` is ``"conv"`` / ``"linear"`` (weights of Conv / Linear layers, the ones ZO-GraSP
-    scores), ``"norm"`` (normalization weights), ``"bias"`` or ``"other"``.
-    """
-
-    name: str
-    slice: slice
-    shape: tuple
-    kind: str
-
-
-def _param_kind(module, attr: str) -> str:
-    if attr == "bias":
-        return "bias"
-    if isinstance(module, nn.modules.conv._ConvNd) and attr == "weight":
-        return "conv"
-    if isinstance(module, nn.Linear) and attr == "weight":
-        return "linear"
-    if isinstance(module, _NORM):
-        return "norm"
-    return "other"
-
-
-def _as_torch_dtype(dtype):
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in table:
-        raise ArgumentError(f"`dtype` must be float32 or float64 (torch, numpy or a string), got {dtype!r}")
-    return table[name]
-
-
-def to_torch(x, device=None, dtype=None) -> torch.Tensor:
-    """``x`` (NumPy, CuPy or torch) as a tensor; CuPy crosses by DLPack, NumPy by ``from_numpy``."""
-    if isinstance(x, torch.Tensor):
-        t = x
-    elif is_cupy(x):
-        t = torch.from_dlpack(x)
-    else:
-        a = np.asarray(x)
-        t = torch.from_numpy(np.ascontiguousarray(a)) if a.dtype != object else torch.as_tensor(a.tolist())
-    if device is not None or dtype is not None:
-        t = t.to(device=device if device is not None else t.device,
-                 dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
-    return t
 
 
 class _Features:
@@ -122,19 +64,6 @@ class _Features:
     def __repr__(self):
         shapes = [tuple(s.shape) for s in self.state]
         return f"<features entering block {self.block}: {shapes}>"
-
-
-class _Core:
-    """What every bound copy of one TorchOracle shares: model, layout, split, measurements."""
-
-    def __init__(self, model, steps, reason):
-        self.model = model
-        self.steps = steps
-        self.reason = reason
-        self.warned = False
-        self.vmap_ok = True
-        self.probe = {}      # per-sample shape key -> per-step state bytes per sample
-        self.costs = {}      # per-sample shape key -> block costs
 
 
 class TorchOracle:
@@ -219,93 +148,12 @@ class TorchOracle:
         self.loss_fn = loss_fn
         self.update_stats = bool(update_stats)
         self._budget = budget_bytes
-        self._core = self._build_core(model, blocks)
+        self._core = build_core(model, blocks)
         self._x = self._y = None
         if batch is not None:
             self._set_batch(batch)
 
     # ---------------------------------------------------------------- construction
-    @staticmethod
-    def _build_core(model, blocks) -> _Core:
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not trainable:
-            raise ArgumentError("`model` has no trainable parameters (requires_grad=True); nothing to estimate")
-        if isinstance(blocks, str):
-            if blocks != "none":
-                raise ArgumentError(f"`blocks` must be None, 'none' or a list of modules/Steps, got {blocks!r}")
-            steps, reason = None, ""
-        elif blocks is not None:
-            try:
-                steps, reason = steps_from_items(model, list(blocks)), ""
-            except TypeError as exc:
-                raise ArgumentError(f"`blocks`: {exc}") from None
-        else:
-            try:
-                steps, reason = extract_steps(model)
-            except TypeError as exc:
-                raise ArgumentError(f"`model.zoracle_steps()`: {exc}") from None
-        core = _Core(model, None, reason)
-        names = {id(p): n for n, p in trainable}
-        if steps is not None:
-            owned, order = {}, []
-            ok = True
-            for si, st in enumerate(steps):
-                if st.module is None:
-                    continue
-                for attr, p in st.module.named_parameters():
-                    if not p.requires_grad:
-                        continue
-                    if id(p) in owned:
-                        ok = False
-                        reason = f"parameter {names.get(id(p), attr)} belongs to two steps (shared weights)"
-                    owned[id(p)] = si
-                    order.append((si, attr, p))
-            missing = [n for n, p in trainable if id(p) not in owned]
-            if missing:
-                ok = False
-                reason = f"parameters {missing[:3]} belong to no step of the split"
-            if ok:
-                core.steps = steps
-                core.chain = Chain(steps)
-                core.layout = order
-            else:
-                core.reason = reason + "; every perturbation runs a full forward (no feature reuse)"
-        if core.steps is None:
-            core.layout = [(-1, names[id(p)], p) for n, p in trainable]
-            core.chain = Chain([Step(module=model, name="model")])
-        # flat layout
-        off = 0
-        params, info, block_slices, block_names, block_steps, block_params = [], [], [], [], [], []
-        mods = {id(p): (m, a) for m in model.modules() for a, p in m.named_parameters(recurse=False)}
-        cur = None
-        for si, attr, p in core.layout:
-            n = p.numel()
-            sl = slice(off, off + n)
-            mod, a = mods[id(p)]
-            info.append(ParamInfo(names[id(p)], sl, tuple(p.shape), _param_kind(mod, a)))
-            params.append(p)
-            if si >= 0:
-                if cur is None or cur[0] != si:
-                    cur = [si, off, [], [], [0]]
-                    block_steps.append(cur)
-                cur[2].append(p)
-                cur[3].append(attr)
-                cur[4].append(cur[4][-1] + n)
-            off += n
-        core.d = off
-        core.params = params
-        core.info = info
-        core.block_steps = [c[0] for c in block_steps]
-        core.blocks = [slice(c[1], c[1] + c[4][-1]) for c in block_steps]
-        core.block_params = [BlockParams(c[2], c[3], np.asarray(c[4], dtype=np.int64)) for c in block_steps]
-        core.block_names = [core.steps[c[0]].name for c in block_steps]
-        core.kinds = [fast_kind(core.steps[c[0]].module) if core.steps[c[0]].fn is None else ""
-                      for c in block_steps]
-        if len(set(core.block_steps)) != len(core.block_steps):  # a step's params not contiguous
-            core.reason = "a step's parameters are not contiguous in forward order"
-            core.blocks, core.block_steps = [], []
-        return core
-
     def _set_batch(self, batch):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
@@ -516,7 +364,7 @@ class TorchOracle:
                 Y[torch.arange(n, device=Y.device), chs] = col.reshape((k * B,) + tail).index_select(0, flat)
                 start = stop
             rest = tuple(s.index_select(0, b) for s in feats.state[1:])
-            out = _run_owned(steps, (Y,) + rest, start)[0]
+            out = run_owned(steps, (Y,) + rest, start)[0]
             vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))
             L.view(-1).index_copy_(0, flat, vals.to(L.dtype))
         return L.mean(dim=1)
@@ -702,7 +550,7 @@ class TorchOracle:
         base_losses = None
         if not sample_coupling(steps[start:]):
             state = (base_out if kind else h,) + tuple(state_rest)
-            out_ = _run_owned(steps, tuple(t.clone() for t in state), start)[0]
+            out_ = run_owned(steps, tuple(t.clone() for t in state), start)[0]
             base_losses = self._loss_rows(out_, self._y)
         return (j, kind, h, base_out, base_losses)
 
@@ -745,7 +593,7 @@ class TorchOracle:
         kind = core.kinds[block]
         k = len(local)
         if True:
-            rest = tuple(_repeat(s, k) for s in feats.state[1:])
+            rest = tuple(repeat_rows(s, k) for s in feats.state[1:])
             if feats.walk is not None:
                 ch, col = perturbed_channels(kind, st.module, feats.state[0], feats.out, feats.cache,
                                              core.block_params[block], local, h)
@@ -764,7 +612,7 @@ class TorchOracle:
                 else:
                     Y, start = materialize(base_in, col, ch), stop
                 ctx.groups = k
-                state = _run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start)
+                state = run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start)
                 return self._loss(state[0], k)
             if kind:
                 Y = perturbed_outputs(kind, st.module, feats.state[0], feats.out, feats.cache,
@@ -774,7 +622,7 @@ class TorchOracle:
                 outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
                 state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
             ctx.groups = k
-            state = _run_owned(core.chain.steps, state, si + 1)
+            state = run_owned(core.chain.steps, state, si + 1)
             return self._loss(state[0], k)
 
     # ---------------------------------------------------------------- evaluation
@@ -802,47 +650,3 @@ class TorchOracle:
         b = "unbound" if self._x is None else f"batch={tuple(self._x.shape)}"
         return (f"TorchOracle({type(self.model).__name__}, d={self._core.d}, blocks={len(self._core.blocks)}, "
                 f"{b}, dtype={self.dtype}, device={self.device})")
-
-
-def _run_owned(steps, state, start: int):
-    """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place."""
-    for st in steps[start:]:
-        m = st.module
-        if st.fn is None and type(m) is nn.MaxPool2d and state[0].dim() == 4 and state[0].device.type == "cpu":
-            # CPU max pooling of many small NCHW planes is an order of magnitude slower than
-            # channels-last; the maximum is exact either way
-            out = m(state[0].contiguous(memory_format=torch.channels_last))
-            state = (out.contiguous(),) + tuple(state[1:])
-            continue
-        if st.fn is None and type(m) is nn.ReLU:
-            x = state[0]
-            ptr = x.untyped_storage().data_ptr()
-            if all(s.untyped_storage().data_ptr() != ptr for s in state[1:]):
-                state = (torch.relu_(x),) + tuple(state[1:])
-                continue
-        state = st(state)
-    return state
-
-
-def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy ``logsumexp(outputs) - outputs[target]``, shape ``(N,)``.
-
-    Equal to ``nn.CrossEntropyLoss(reduction="none")`` for class-index targets, and several
-    times faster on CPU for the narrow outputs of batched perturbations.
-    """
-    picked = outputs.gather(1, targets.reshape(-1, 1).long()).squeeze(1)
-    if outputs.shape[0] == 0 or not outputs.is_floating_point():
-        return torch.logsumexp(outputs, dim=1) - picked
-    # one shift for the whole batch (a contiguous reduction, much faster than a max per
-    # row of a narrow matrix); rows that would underflow get the exact per-row shift
-    m = outputs.max()
-    s = torch.exp(outputs - m).sum(dim=1)
-    tiny = torch.finfo(outputs.dtype).tiny * 2**40
-    if not bool(torch.isfinite(m)) or bool((s < tiny).any()):
-        return torch.logsumexp(outputs, dim=1) - picked
-    return s.log_().add_(m) - picked
-
-
-def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
-    return t.unsqueeze(0).expand((k,) + tuple(t.shape)).reshape((k * t.shape[0],) + tuple(t.shape[1:]))
-
