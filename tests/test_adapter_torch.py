@@ -207,7 +207,7 @@ def test_conv_variants_and_dense_paths(mode):
     model = nn.Sequential(
         nn.Conv2d(2, 4, 3, stride=2, padding=1, padding_mode="reflect"), nn.ReLU(),
         nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), nn.BatchNorm2d(4), nn.GELU(),
-        nn.Conv2d(4, 3, 2, padding="same", bias=False), nn.Sigmoid(),
+        nn.Conv2d(4, 3, 3, padding="same", bias=False), nn.Sigmoid(),
         nn.Flatten(), nn.Linear(3 * 16, 5),
     ).double()
     x, y = data((2, 8, 8), 4, seed=8, classes=5)
