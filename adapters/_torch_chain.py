@@ -227,13 +227,35 @@ def fast_kind(module) -> str:
     return ""
 
 
+#: largest unfolded conv input (patches) cached per prefix; beyond it, gather from the input
+_UNFOLD_BYTES = 256 * 2**20
+
+
+def conv_patches(module, cache, ci, p, q, out, dev):
+    """``(B, k, Ho, Wo)``: input channel ``ci`` shifted by ``(p, q)`` for each perturbation."""
+    Ho, Wo = out.shape[-2], out.shape[-1]
+    kh, kw = module.kernel_size
+    if cache.dim() == 3:  # unfolded patches
+        rows = _t(ci * (kh * kw) + p * kw + q, dev)
+        return cache.index_select(1, rows).view(cache.shape[0], -1, Ho, Wo)
+    sh, sw = module.stride
+    dh, dw = module.dilation
+    rows = _t(p[:, None] * dh + sh * np.arange(Ho)[None, :], dev)
+    cols = _t(q[:, None] * dw + sw * np.arange(Wo)[None, :], dev)
+    return cache[:, _t(ci, dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 def prepare_cache(kind: str, module, x, out):
     """What a fast builder needs besides the step input and output (computed once per prefix)."""
     if kind == "conv2d":
         pad = module._reversed_padding_repeated_twice
         if any(pad):
             mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            return F.pad(x, pad, mode=mode)
+            x = F.pad(x, pad, mode=mode)
+        kh, kw = module.kernel_size
+        if x.numel() * kh * kw * x.element_size() <= _UNFOLD_BYTES:
+            # patches (B, C*kh*kw, Ho*Wo): one weight's shifted input is a row gather
+            return F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
         return x
     if kind == "bn":
         return bn_normalized(module, x)
@@ -276,13 +298,9 @@ def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, 
                 Y[ar, ..., _t(idx, dev)] += hr.view((-1,) + (1,) * (x.dim() - 1))
         elif kind == "conv2d":
             if role == "weight":
-                o, ci, p, q = (_t(a, dev) for a in _conv_index(module, idx))
-                Ho, Wo = out.shape[-2], out.shape[-1]
-                sh, sw = module.stride
-                dh, dw = module.dilation
-                rows = p[:, None] * dh + sh * torch.arange(Ho, device=dev)[None, :]
-                cols = q[:, None] * dw + sw * torch.arange(Wo, device=dev)[None, :]
-                G = cache[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
+                o_np, ci, p, q = _conv_index(module, idx)
+                o = _t(o_np, dev)
+                G = conv_patches(module, cache, ci, p, q, out, dev)  # (B, k, Ho, Wo)
                 Y[ar, :, o] += hr.view(-1, 1, 1, 1) * G.transpose(0, 1)
             else:
                 Y[ar, :, _t(idx, dev)] += hr.view((-1,) + (1,) * (out.dim() - 1))
@@ -400,12 +418,7 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
         elif kind == "conv2d":
             if role == "weight":
                 i, ci, p, q = _conv_index(module, idx)
-                Ho, Wo = out.shape[-2], out.shape[-1]
-                sh, sw = module.stride
-                dh, dw = module.dilation
-                rows = _t(p[:, None] * dh + sh * np.arange(Ho)[None, :], dev)
-                cols = _t(q[:, None] * dw + sw * np.arange(Wo)[None, :], dev)
-                G = cache[:, _t(ci, dev)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, k, Ho, Wo)
+                G = conv_patches(module, cache, ci, p, q, out, dev)  # (B, k, Ho, Wo)
                 val = torch.addcmul(out[:, _t(i, dev)].transpose(0, 1), hr.view(-1, 1, 1, 1), G.transpose(0, 1))
             else:
                 i = idx
