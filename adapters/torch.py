@@ -487,6 +487,9 @@ class TorchOracle:
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (block by block)."""
         self._require_batch()
         c = np.asarray(coords, dtype=np.int64).reshape(-1)
+        d = self._core.d
+        if c.size and (c.min() < 0 or c.max() >= d):
+            raise ArgumentError(f"`coords` must lie in [0, {d}), got {int(c[(c < 0) | (c >= d)][0])}")
         out = np.empty(len(c))
         if not self._core.blocks:
             self._warn_fallback()

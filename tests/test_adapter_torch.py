@@ -345,6 +345,8 @@ def test_blackbox_loss_fn_and_errors():
         TorchOracle(model, CE, dtype="int8")
     with pytest.raises(zo.ArgumentError, match="pair"):
         ref.bind(x)
+    with pytest.raises(zo.ArgumentError, match="coords"):
+        ref.coordinate_losses(theta, [theta.size], 1e-3)
     with pytest.raises(zo.ArgumentError, match="block"):
         ref.suffix(ref.prefix(theta, 0), theta, 0, [theta.size - 1], 1e-3)
 
