@@ -170,7 +170,50 @@ class TorchOracle:
         """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""
         new = copy.copy(self)
         new._set_batch(batch)
+        new._parent = getattr(self, "_parent", None) or self
+        new._raw_batch = batch
         return new
+
+    def unbind(self):
+        """``(parent, batch)`` for an oracle made by ``bind``, else None.
+
+        Parallel executors use it to ship the (large) model once per worker and only the
+        minibatch with every step.
+        """
+        parent = getattr(self, "_parent", None)
+        return None if parent is None else (parent, self._raw_batch)
+
+    def to_device(self, device) -> "TorchOracle":
+        """Move the model (and a bound batch) to ``device``; ``DeviceExecutor`` calls it once per worker."""
+        self._core.model.to(device)
+        if self._x is not None:
+            self._set_batch((self._x, self._y))
+        return self
+
+    def state_arrays(self) -> dict:
+        """The module's buffers (BatchNorm running statistics) as NumPy arrays, by name.
+
+        ``zoracle.train`` saves them in checkpoints, since they live outside the flat
+        parameters and change in train mode.
+        """
+        return {name: b.detach().cpu().numpy().copy() for name, b in self._core.model.named_buffers()}
+
+    def load_state_arrays(self, arrays: dict) -> None:
+        """Restore buffers saved by :meth:`state_arrays` (names and shapes must match)."""
+        buffers = dict(self._core.model.named_buffers())
+        missing = sorted(set(buffers) - set(arrays))
+        extra = sorted(set(arrays) - set(buffers))
+        if missing or extra:
+            raise ArgumentError(
+                f"buffer names differ from this model's: missing {missing[:5]}, unexpected {extra[:5]}; "
+                "the state was saved from another model"
+            )
+        with torch.no_grad():
+            for name, b in buffers.items():
+                a = torch.as_tensor(np.asarray(arrays[name]))
+                if tuple(a.shape) != tuple(b.shape):
+                    raise ArgumentError(f"buffer {name!r} has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
+                b.copy_(a.to(device=b.device, dtype=b.dtype))
 
     # ---------------------------------------------------------------- public layout
     @property
