@@ -411,3 +411,35 @@ def test_unbind_state_arrays_and_resume_keep_batchnorm_statistics(tmp_path):
     np.testing.assert_array_equal(resumed.params, full.params)
     for k in stats_full:
         np.testing.assert_array_equal(stats_resumed[k], stats_full[k])
+
+
+def test_prefix_reuses_the_base_call_per_sample_losses():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    calls = []
+
+    def counted(out, y):
+        calls.append(out.shape[0])
+        return nn.functional.cross_entropy(out, y, reduction="none")
+
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((16, 5)), rng.integers(0, 3, 16))
+    oracle = TorchOracle(net, counted, batch)
+    theta = oracle.initial_params()
+    fresh = TorchOracle(net, counted, batch)
+    want = [fresh.suffix(fresh.prefix(theta, b), theta, b, np.arange(blk.start, blk.stop), 1e-3)
+            for b, blk in enumerate(fresh.blocks)]
+    n_fresh = len(calls)
+    calls.clear()
+    oracle(theta)
+    assert calls == [16]
+    feats = [oracle.prefix(theta, b) for b in range(len(oracle.blocks))]
+    assert calls == [16]  # no further black-box rows for the base point
+    got = [oracle.suffix(f, theta, b, np.arange(blk.start, blk.stop), 1e-3)
+           for b, (f, blk) in enumerate(zip(feats, oracle.blocks))]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    before = len(calls)
+    oracle.prefix(theta + 0.01, 0)  # other params: the cache does not apply
+    assert calls[before:] == [16]
+    assert n_fresh > len(oracle.blocks)  # without a base call, each prefix asks loss_fn once more
