@@ -50,18 +50,18 @@ class Config:
     zo_steps: int = 60
     starts_per_step: int = 4
     sparsity: float = 0.95
-    lr: float = 3e-4
+    lr: float = 1e-4
+    init: str = "non"
     mu: float = 5e-3
     non_epochs: int = 60
     fo_steps: int = 30
-    fo_lr: float = 2e-3
     speedup_k: int = 8
     seed: int = 0
 
     @staticmethod
     def quick() -> "Config":
         return Config(fine_nx=64, warmup=16, steps=8, train_re=(150.0, 600.0), test_re=(300.0,), unroll=2,
-                      channels=4, zo_steps=6, starts_per_step=3, lr=2e-3, non_epochs=30, fo_steps=1, speedup_k=3)
+                      channels=4, zo_steps=6, starts_per_step=3, lr=3e-4, non_epochs=30, fo_steps=1, speedup_k=3)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unroll", type=int, default=None, help="solver steps unrolled per loss (paper: 16)")
     parser.add_argument("--zo-steps", type=int, default=None, help="ZO-SOL optimizer steps")
     parser.add_argument("--sparsity", type=float, default=None, help="gradient sparsity of sparse CGE (default 0.95)")
-    parser.add_argument("--lr", type=float, default=None, help="ZO-SOL learning rate (Adam; default 3e-4, quick 2e-3)")
+    parser.add_argument("--lr", type=float, default=None, help="ZO-SOL and FO-SOL learning rate (Adam; default 1e-4, quick 3e-4)")
+    parser.add_argument("--init", choices=("non", "zero"), default=None,
+                        help="start ZO-SOL and FO-SOL from the NON fit (default) or from no correction")
     parser.add_argument("--fo-steps", type=int, default=None, help="FO-SOL optimizer steps (0 skips FO-SOL)")
     parser.add_argument("--no-fo", action="store_true", help="skip FO-SOL (reported as null)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the vorticity plot")
@@ -107,7 +109,7 @@ def config_from_args(args) -> Config:
     for flag, field in (("fine_nx", "fine_nx"), ("factor", "factor"), ("warmup", "warmup"), ("steps", "steps"),
                         ("train_re", "train_re"), ("test_re", "test_re"), ("unroll", "unroll"),
                         ("zo_steps", "zo_steps"), ("sparsity", "sparsity"), ("lr", "lr"), ("fo_steps", "fo_steps"),
-                        ("seed", "seed")):
+                        ("seed", "seed"), ("init", "init")):
         v = getattr(args, flag, None)
         if v is not None:
             over[field] = v
@@ -209,12 +211,14 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
     results["NON"] = MethodResult("NON", None, s_non, 0, f"{train.vx.shape[0] * (train.vx.shape[1] - 1)} "
                                   "precomputed one-step pairs, no solver in the loop")
 
-    log(f"ZO-SOL: sparse CGE at {cfg.sparsity:.0%} gradient sparsity, {cfg.zo_steps} steps")
+    start = p_non if cfg.init == "non" else p0
+    log(f"ZO-SOL: sparse CGE at {cfg.sparsity:.0%} gradient sparsity, {cfg.zo_steps} steps from "
+        f"{'the NON fit' if cfg.init == 'non' else 'no correction'}")
     batches = zo.Minibatches((oracle.starts,), batch_size=min(cfg.starts_per_step, len(oracle.starts)),
                              seed=cfg.seed)
     epochs = -(-cfg.zo_steps // len(batches))
     t0 = time.perf_counter()
-    res = zo.train(oracle, p0, batches=batches, epochs=epochs, steps_per_epoch=min(len(batches), cfg.zo_steps),
+    res = zo.train(oracle, start, batches=batches, epochs=epochs, steps_per_epoch=min(len(batches), cfg.zo_steps),
                    estimator=zo.CGE(mu=cfg.mu), optimizer=zo.adam(cfg.lr), sparsity=cfg.sparsity,
                    ratios="uniform", mask_shuffle_interval=1, rng=cfg.seed, progress=False,
                    callbacks=[lambda event, record, _p: event == "step" and record["step"] + 1 >= cfg.zo_steps])
@@ -228,8 +232,8 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
         log(f"FO-SOL: autograd through PhiFlow's torch backend, {cfg.fo_steps} steps")
         try:
             p_fo, s_fo = pf.fit_differentiable(coarse, net, train, starts=oracle.starts, unroll=cfg.unroll,
-                                               iterations=cfg.fo_steps, lr=cfg.fo_lr,
-                                               batch_size=cfg.starts_per_step, seed=cfg.seed, params=p0)
+                                               iterations=cfg.fo_steps, lr=cfg.lr,
+                                               batch_size=cfg.starts_per_step, seed=cfg.seed, params=start)
             params["FO-SOL"] = p_fo
             results["FO-SOL"] = MethodResult("FO-SOL", None, s_fo, cfg.fo_steps,
                                              f"{cfg.fo_steps} step(s), each a forward + backward pass")
@@ -284,7 +288,8 @@ def markdown(res: SolResult) -> str:
     c = cfg.fine_nx // cfg.factor
     lines = [
         f"Wake flow, fine {cfg.fine_nx}x{2 * cfg.fine_nx} -> coarse {c}x{2 * c}; train Re {list(cfg.train_re)}, "
-        f"test Re {list(cfg.test_re)}; {cfg.steps}-step test rollouts; unroll {cfg.unroll}.",
+        f"test Re {list(cfg.test_re)}; {cfg.steps}-step test rollouts; unroll {cfg.unroll}; "
+        f"ZO-SOL and FO-SOL start from {'the NON fit' if cfg.init == 'non' else 'no correction'}.",
         "",
         "| method | test MAE (here) | MAE / SRC | paper MAE | train wall s | loss queries | notes |",
         "|---|---|---|---|---|---|---|",
