@@ -389,14 +389,13 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
         vx, vy = fine.simulate(vx, vy, re, warmup)
     if progress:
         progress(f"fine solver {fine.nx}x{fine.ny}: {steps} recorded steps")
-    cx, cy = [vx], [vy]
-    out_x, out_y = [downsample(vx, vy, factor)[0]], [downsample(vx, vy, factor)[1]]
-    del cx, cy
+    first = downsample(vx, vy, factor)
+    out_x, out_y = [first[0]], [first[1]]
 
-    def keep(fx, fy, t):
-        dx_, dy_ = downsample(fx, fy, factor)
-        out_x.append(dx_)
-        out_y.append(dy_)
+    def keep(fx, fy, t):  # record the downsampled state; the fine state continues unchanged
+        cx, cy = downsample(fx, fy, factor)
+        out_x.append(cx)
+        out_y.append(cy)
         return fx, fy
 
     fine.simulate(vx, vy, re, steps, correct=keep, start=warmup)
