@@ -314,7 +314,12 @@ def main(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     t0 = time.perf_counter()
     plot = None if (out is None or args.no_plot) else os.path.join(out, "vorticity.png")
-    res = run(cfg, cache=args.cache, log=log, plot_path=plot)
+    try:
+        res = run(cfg, cache=args.cache, log=log, plot_path=plot)
+    except ImportError as exc:
+        from zoracle._errors import ZoracleError
+
+        raise ZoracleError(f"{exc}; install with: pip install 'zoracle[phiflow,torch,apps]'") from None
     table = markdown(res)
     total = time.perf_counter() - t0
     if out is not None:
