@@ -18,7 +18,7 @@ COMMANDS = {
     "demo": ("demo", "apps", "train a small CNN on scikit-learn digits with DeepZero vs first-order vs RGE"),
     "bench": ("bench", "apps", "run the CGE speed benchmark (reference vs naive vs batched vs feature reuse vs FLOP limit)"),
     "defense": ("defense", "apps", "train a denoiser in front of a black-box ONNX classifier; certify it"),
-    "sol": ("sol", "phiflow", "solver-in-the-loop correction of a coarse PhiFlow wake-flow solver (ZO-SOL)"),
+    "sol": ("sol", "phiflow,apps", "solver-in-the-loop correction of a coarse PhiFlow wake-flow solver (ZO-SOL)"),
 }
 
 
