@@ -97,7 +97,8 @@ class CoordTask:
                 elif self.mode == "coordinate":
                     out[si, lo:hi] = oracle.coordinate_losses(params, c, step, query_of, what)
                 elif self.mode == "batch":
-                    X = xp.tile(params, (len(c), 1))
+                    X = xp.empty((len(c), params.shape[0]), dtype=params.dtype)
+                    X[...] = params  # a broadcast copy: several times faster than tile
                     X[xp.arange(len(c)), xp.asarray(c)] += params.dtype.type(step)
                     out[si, lo:hi] = oracle.batch(X, query_of, what)
                 else:
