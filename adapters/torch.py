@@ -163,6 +163,12 @@ class TorchOracle:
         dev, dt = self.device, self.dtype
         self._x = to_torch(x, dev, dt)
         self._y = None if y is None else to_torch(y, dev)
+        # a batch deserialized by a cluster can sit at any address; vectorized kernels pick
+        # their reduction order by alignment, so own 64-byte aligned copies (same bits anywhere)
+        if self._x.data_ptr() % 64:
+            self._x = self._x.clone()
+        if self._y is not None and self._y.data_ptr() % 64:
+            self._y = self._y.clone()
         if self._y is not None and self._y.shape[0] != self._x.shape[0]:
             raise ArgumentError(f"`batch`: x has {self._x.shape[0]} samples but y has {self._y.shape[0]}")
         if self._x.shape[0] == 0:
@@ -613,10 +619,14 @@ class TorchOracle:
         base_losses = None
         if not sample_coupling(steps[start:]):
             base_losses = None if params is None else self._cached_base_rows(params)
-        if base_losses is None and not sample_coupling(steps[start:]):
-            state = (base_out if kind else h,) + tuple(state_rest)
-            out_ = run_owned(steps, tuple(t.clone() for t in state), start)[0]
-            base_losses = self._loss_rows(out_, self._y)
+            if base_losses is None:
+                # the same full forward a plain call makes, so the rows are bitwise those of
+                # oracle(params) whichever process computed them (sharded = serial)
+                with norm_context(self.model, 1, update=False):
+                    out_ = self._core.chain.run((self._x,))[0]
+                base_losses = self._loss_rows(out_, self._y)
+                if params is not None:
+                    self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), base_losses)
         return (j, kind, h, base_out, base_losses)
 
     def _check_block(self, block) -> int:
