@@ -1,6 +1,6 @@
 """Certified black-box defense: a denoiser trained with DeepZero in front of an ONNX classifier.
 
-A thin wrapper around ``zoracle defense`` (see docs/defense.md). Examples::
+A thin wrapper around ``zoracle defense`` (see the README section "Certified black-box defense"). Examples::
 
     python examples/defense.py --quick              # about 20 s: Markdown table on stdout
     python examples/defense.py --out results/defense  # the README run: table, plot, JSON
