@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +72,7 @@ def _children() -> set:
 
 
 def _gone(pids, timeout=20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        live = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    live.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not live:
-            return True
-        time.sleep(0.1)
-    return False
+    return te.no_children(pids, timeout)
 
 
 def _loss(x):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import numpy as np
 import psutil
@@ -16,6 +15,8 @@ import pytest
 
 import zoracle as zo
 from zoracle.executors import JoblibExecutor, ShardFailed
+
+from test_executors import no_children  # noqa: E402  (shared process check)
 
 D = 24
 
@@ -99,19 +100,7 @@ def params():
 
 
 def gone(pids, timeout=10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        live = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    live.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not live:
-            return True
-        time.sleep(0.05)
-    return False
+    return no_children(pids, timeout)
 
 
 def children() -> set:
