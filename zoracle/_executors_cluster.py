@@ -259,19 +259,10 @@ class _RayBackend:
 
     def submit(self, w, jid, shard) -> None:
         pl = self.payload
-        items = {}
-        if pl.oracle_token not in w.has:
-            items["oracle"] = self.refs["oracle"]
-        if pl.batch_token is not None and (pl.oracle_token, pl.batch_token) not in w.bound:
-            items["batch"] = self.refs["batch"]
-        if w.params_token != pl.params_token:
-            items["params"] = self.refs["params"]
+        items = {n: self.refs[n] for n in pl.missing(w)}
         w.ref = w.handle.run.remote(pl.spec, shard, items)
         self.busy[w.ref] = (w, jid)
-        w.has.add(pl.oracle_token)
-        if "batch" in items:
-            w.bound.add((pl.oracle_token, pl.batch_token))
-        w.params_token = pl.params_token
+        pl.delivered(w, items)
 
     def wait(self):
         import ray

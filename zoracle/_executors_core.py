@@ -70,6 +70,23 @@ class Payload:
     def spec(self) -> tuple:
         return (self.oracle_token, self.batch_token, self.params_token)
 
+    def missing(self, w) -> list:
+        """Items worker ``w`` lacks for this run, from the driver's mirror of its caches
+        (``w.has`` oracle tokens, ``w.bound`` (oracle, batch) pairs, ``w.params_token``)."""
+        names = [] if self.oracle_token in w.has else ["oracle"]
+        if self.batch_token is not None and (self.oracle_token, self.batch_token) not in w.bound:
+            names.append("batch")
+        if w.params_token != self.params_token:
+            names.append("params")
+        return names
+
+    def delivered(self, w, names) -> None:
+        """Record in ``w``'s mirror that the items ``names`` reached it."""
+        w.has.add(self.oracle_token)
+        if "batch" in names:
+            w.bound.add((self.oracle_token, self.batch_token))
+        w.params_token = self.params_token
+
 
 class Registry:
     """Tokens for objects by identity; keeps a strong reference so an id is never reused."""

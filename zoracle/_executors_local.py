@@ -260,22 +260,15 @@ class _ProcBackend:
 
     def submit(self, w, jid, shard) -> None:
         pl = self.payload
-        items = {}
-        if pl.oracle_token not in w.has:
-            items["oracle"] = self.pool._blob(pl.oracle_token, pl.oracle)
-        if pl.batch_token is not None and (pl.oracle_token, pl.batch_token) not in w.bound:
-            items["batch"] = pl.batch
-        if w.params_token != pl.params_token:
-            items["params"] = pl.params
+        values = {"oracle": lambda: self.pool._blob(pl.oracle_token, pl.oracle),
+                  "batch": lambda: pl.batch, "params": lambda: pl.params}
+        items = {n: values[n]() for n in pl.missing(w)}
         w.jid = jid
         try:
             w.send(("run", jid, pl.spec, shard, items))
         except (OSError, ValueError):
             return  # a dead worker: wait() reports it through its sentinel
-        w.has.add(pl.oracle_token)
-        if "batch" in items:
-            w.bound.add((pl.oracle_token, pl.batch_token))
-        w.params_token = pl.params_token
+        pl.delivered(w, items)
 
     def wait(self):
         from multiprocessing.connection import wait as mp_wait
