@@ -29,7 +29,8 @@ from ._errors import OracleError, ZoracleError
 from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
-__all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task"]
+__all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
+           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -416,8 +417,13 @@ class CostModel:
 
 # ----------------------------------------------------------------------------- scheduling
 def _deterministic(exc) -> bool:
-    """A loss value that is wrong (NaN, wrong shape) will be wrong again: no retry."""
-    return isinstance(exc, OracleError) and exc.cause is None
+    """A loss value that is wrong (NaN, wrong shape) will be wrong again: no retry.
+
+    So will a nested run of the executor from inside its own oracle.
+    """
+    if isinstance(exc, NestedRunError):
+        return True
+    return isinstance(exc, OracleError) and (exc.cause is None or isinstance(exc.cause, NestedRunError))
 
 
 def _annotate(exc: BaseException, shard: int, n: int, task, where) -> BaseException:
@@ -432,6 +438,39 @@ class ShardFailed(ZoracleError):
     """A shard failed on two workers (the cause is chained)."""
 
 
+class ShardTimeout(ShardFailed, TimeoutError):
+    """A shard ran longer than the executor's ``timeout`` (the message names shard and worker).
+
+    Attributes
+    ----------
+    shard : int
+        Index of the shard (0-based) in the run.
+    worker : str
+        The worker it was running on.
+    timeout : float
+        The limit, in seconds.
+    """
+
+
+class NestedRunError(ZoracleError, RuntimeError):
+    """An oracle called ``run`` on the executor that is running it (this would deadlock)."""
+
+
+def check_timeout(timeout):
+    """``timeout`` as a positive float or None, else an ArgumentError."""
+    import numbers
+
+    from ._errors import ArgumentError
+
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not (0 < float(timeout) < math.inf):
+        raise ArgumentError(
+            f"`timeout` must be a positive number of seconds per shard (or None for no limit), got {timeout!r}"
+        )
+    return float(timeout)
+
+
 class WorkerDied(ZoracleError):
     """The worker running a shard exited (killed, crashed, out of memory)."""
 
@@ -443,7 +482,16 @@ def _cause_text(exc) -> str:
 _job_ids = itertools.count()
 
 
-def schedule(backend, shards, costs, stats_cb=None):
+def _timed_out(shard: int, n: int, task, where: str, timeout: float) -> ShardTimeout:
+    err = ShardTimeout(
+        f"shard {shard + 1}/{n} ({describe_task(task)}) did not finish within timeout={timeout:g} s on {where}; "
+        "the oracle hangs or is slower than the limit: fix the oracle or pass a larger `timeout`"
+    )
+    err.shard, err.worker, err.timeout = shard, where, timeout
+    return err
+
+
+def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     """Run ``shards`` on ``backend``'s workers; results in shard order.
 
     ``backend`` provides ``idle()`` (idle worker handles), ``workers()`` (all live ones),
@@ -456,12 +504,18 @@ def schedule(backend, shards, costs, stats_cb=None):
     :class:`~zoracle.OracleError` (annotated with the shard) when the oracle raised, else a
     :class:`ZoracleError` naming the shard and both causes. A wrong loss value (NaN, bad
     shape) is deterministic and raises at once, without retry.
+
+    With ``timeout`` (seconds), ``wait(timeout)`` must return (possibly nothing) within
+    that time; a shard running longer raises :class:`ShardTimeout` naming the shard and the
+    worker (no retry; ``abort`` stops the in-flight work). A ``KeyboardInterrupt`` (or
+    any other non-``Exception``) raised by the oracle propagates as it is.
     """
     n = len(shards)
     results = [None] * n
     queue = deque(sorted(range(n), key=lambda i: -costs[i]))
     failed_on = [[] for _ in range(n)]
     inflight = {}  # jid -> (shard index, worker)
+    started = {}  # jid -> perf_counter at submission
     retries = 0
     busy = 0.0
     try:
@@ -481,11 +535,18 @@ def schedule(backend, shards, costs, stats_cb=None):
                 queue.remove(pick)
                 jid = next(_job_ids)
                 inflight[jid] = (pick, w)
+                started[jid] = time.perf_counter()
                 backend.submit(w, jid, shards[pick])
-            for w, jid, outcome in backend.wait():
+            if timeout is None:
+                answers = backend.wait()
+            else:
+                left = min(started[j] for j in inflight) + timeout - time.perf_counter() if inflight else 0.0
+                answers = backend.wait(max(0.0, left))
+            for w, jid, outcome in answers:
                 if jid not in inflight:
                     continue  # a stale answer from an aborted run
                 i, _ = inflight.pop(jid)
+                started.pop(jid, None)
                 if outcome[0] == "ok":
                     results[i] = outcome[1]
                     busy += outcome[2]
@@ -493,6 +554,8 @@ def schedule(backend, shards, costs, stats_cb=None):
                         stats_cb(shards[i], outcome[2])
                     continue
                 where = backend.name(w)
+                if outcome[0] == "err" and not isinstance(outcome[1], Exception):
+                    raise outcome[1]  # KeyboardInterrupt, SystemExit: never retried nor wrapped
                 if outcome[0] == "dead":
                     cause = WorkerDied(f"the worker died ({outcome[1]})")
                     tb = ""
@@ -516,6 +579,12 @@ def schedule(backend, shards, costs, stats_cb=None):
                     raise err from cause
                 retries += 1
                 queue.appendleft(i)
+            if timeout is not None:
+                now = time.perf_counter()
+                late = [j for j in inflight if now - started[j] >= timeout]
+                if late:
+                    i, w = inflight[late[0]]
+                    raise _timed_out(i, n, shards[i], backend.name(w), timeout)
     except BaseException:
         if inflight:
             backend.abort([w for _, w in inflight.values()])

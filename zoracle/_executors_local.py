@@ -22,10 +22,12 @@ from ._errors import ZoracleError
 from ._executors_core import (
     BatchMirror,
     CostModel,
+    NestedRunError,
     Payload,
     Registry,
     RunStats,
     WorkerState,
+    check_timeout,
     reshard,
     run_guarded,
     run_task_guarded,
@@ -36,6 +38,8 @@ from ._executors_core import (
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
 
 _CURRENT_DEVICE = None
+#: ids of the executors whose shard the current thread is running (nested-run detection)
+_RUNNING = threading.local()
 
 
 def current_device():
@@ -51,11 +55,14 @@ class ShardedExecutor:
     #: shards per worker the cost balancer aims for (more = better balance, more overhead)
     shards_per_worker: int = 3
 
-    def __init__(self):
+    def __init__(self, timeout=None):
         self._registry = Registry()
         self._bound = Registry(keep=2)
         self._costs = CostModel()
         self._lock = threading.Lock()
+        self._owner = None  # the thread inside run()
+        #: seconds a shard may run before :class:`ShardTimeout` (None: no limit)
+        self.timeout = check_timeout(timeout)
         self.last_run: RunStats | None = None
 
     # context manager -----------------------------------------------------------------
@@ -97,20 +104,34 @@ class ShardedExecutor:
         """Losses for every task (in task order), computed on the workers."""
         if not tasks:
             return []
+        if id(self) in getattr(_RUNNING, "ids", ()) or self._owner == threading.get_ident():
+            raise NestedRunError(
+                f"{type(self).__name__}.run was called from inside an oracle it is running (a nested "
+                "estimate_gradient / train on the same executor would deadlock); use a second executor, "
+                "or SerialExecutor, inside the oracle"
+            )
         with self._lock:  # one run at a time per executor
-            self.start()
-            payload = self._payload(oracle, params)
-            shards, costs, groups = reshard(
-                tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, oracle.fn, t),
-                per_worker=self.shards_per_worker,
-            )
-            backend = self._backend(payload, oracle)
-            t0 = time.perf_counter()
-            results, retries, busy = schedule(
-                backend, shards, costs, lambda t, s: self._costs.learn(payload.oracle_token, t, s)
-            )
-            wall = time.perf_counter() - t0
-            self.last_run = RunStats(len(shards), retries, wall, busy, self.n_workers)
+            self._owner = threading.get_ident()
+            try:
+                return self._run_locked(oracle, params, tasks)
+            finally:
+                self._owner = None
+
+    def _run_locked(self, oracle, params, tasks) -> list:
+        self.start()
+        payload = self._payload(oracle, params)
+        shards, costs, groups = reshard(
+            tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, oracle.fn, t),
+            per_worker=self.shards_per_worker,
+        )
+        backend = self._backend(payload, oracle)
+        t0 = time.perf_counter()
+        results, retries, busy = schedule(
+            backend, shards, costs, lambda t, s: self._costs.learn(payload.oracle_token, t, s),
+            timeout=self.timeout,
+        )
+        wall = time.perf_counter() - t0
+        self.last_run = RunStats(len(shards), retries, wall, busy, self.n_workers)
         return [results[g[0]] if len(g) == 1 else np.concatenate([results[j] for j in g], axis=1)
                 for g in groups]
 
@@ -124,16 +145,51 @@ def _cloudpickle():
     return cloudpickle
 
 
-def _worker_main(fd: int) -> None:
+#: seconds between two checks of the parent-death watchdog
+WATCH_PARENT_S = 0.5
+
+
+def die_with_parent(parent: int, pdeathsig: bool = True) -> None:
+    """Make this process exit when ``parent`` exits, even while it is inside an oracle call.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``;
+    only when the parent started us from its main thread, since the signal follows the
+    thread that forked). Everywhere, a daemon thread also polls ``os.getppid()`` and exits
+    the process once it differs from ``parent`` (the driver died, SIGKILL included).
+    """
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except Exception:  # no prctl (musl oddities, sandboxes): the watchdog still runs
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(WATCH_PARENT_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="zoracle-parent-watch", daemon=True).start()
+
+
+def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
     """Loop of a worker process: receive ``run`` messages, answer with losses or an error.
 
     The first message carries the driver's ``sys.path`` and this worker's device. Workers
     are started with ``python -c`` (not multiprocessing's spawn), so the driver's
     ``__main__`` is never re-imported: scripts need no ``if __name__ == "__main__"`` guard.
+    A worker exits when the driver does, even in the middle of an oracle call.
     """
     global _CURRENT_DEVICE
     from multiprocessing.connection import Connection
 
+    if parent:
+        die_with_parent(parent, bool(pdeathsig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     conn = Connection(fd)
     try:
@@ -169,7 +225,8 @@ def _worker_main(fd: int) -> None:
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                 "NUMEXPR_NUM_THREADS")
 
-_CHILD = "import sys; from zoracle._executors_local import _worker_main; _worker_main(int(sys.argv[1]))"
+_CHILD = ("import sys; from zoracle._executors_local import _worker_main; "
+          "_worker_main(*map(int, sys.argv[1:4]))")
 
 
 class _Proc:
@@ -189,7 +246,9 @@ class _Proc:
             for var in _THREAD_VARS:
                 env.setdefault(var, str(threads))
         self.threads = threads
-        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
+        main_thread = threading.current_thread() is threading.main_thread()
+        argv = [str(theirs.fileno()), str(os.getpid()), str(int(main_thread))]
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, *argv],
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(mine.detach())
@@ -270,14 +329,14 @@ class _ProcBackend:
             return  # a dead worker: wait() reports it through its sentinel
         pl.delivered(w, items)
 
-    def wait(self):
+    def wait(self, timeout=None):
         from multiprocessing.connection import wait as mp_wait
 
         busy = {p.conn: p for p in self.pool._procs if p.jid is not None}
         if not busy:
             return []
         out = []
-        for conn in mp_wait(list(busy)):
+        for conn in mp_wait(list(busy), timeout):
             p = busy[conn]
             jid = p.jid
             try:
@@ -305,8 +364,8 @@ class _ProcBackend:
 class ProcessPool(ShardedExecutor):
     """Persistent worker processes, one per slot; optionally one device per slot (private)."""
 
-    def __init__(self, n_workers: int, devices=None):
-        super().__init__()
+    def __init__(self, n_workers: int, devices=None, timeout=None):
+        super().__init__(timeout)
         self.n_workers = int(n_workers)
         self.devices = list(devices) if devices is not None else [None] * self.n_workers
         #: threads per worker for OpenMP/BLAS/torch (cores / workers, like loky); None: library default
@@ -395,15 +454,13 @@ class _ThreadBackend:
         return f"thread {w}"
 
     def submit(self, w, jid, shard) -> None:
-        oracle, params = self.oracle, self.params
+        self.busy[w] = (jid, self.pool._pool.submit(_run_in_thread, id(self.pool), self.oracle, shard, self.params))
 
-        self.busy[w] = (jid, self.pool._pool.submit(run_task_guarded, oracle, shard, params))
-
-    def wait(self):
+    def wait(self, timeout=None):
         if not self.busy:
             return []
         futs = {f: (w, jid) for w, (jid, f) in self.busy.items()}
-        done, _ = futures_wait(list(futs), return_when=FIRST_COMPLETED)
+        done, _ = futures_wait(list(futs), timeout=timeout, return_when=FIRST_COMPLETED)
         out = []
         for f in done:
             w, jid = futs[f]
@@ -412,17 +469,32 @@ class _ThreadBackend:
         return out
 
     def abort(self, workers) -> None:
+        stuck = False
         for w in workers:  # threads cannot be killed: let them finish, drop their answers
             jid, f = self.busy.pop(w, (None, None))
-            if f is not None:
-                f.cancel()
+            if f is not None and not f.cancel() and not f.done():
+                stuck = True
+        if stuck:  # later runs get fresh threads instead of queueing behind a hung oracle
+            self.pool._abandon()
+
+
+def _run_in_thread(owner: int, oracle, shard, params):
+    """A shard in a pool thread, marked so that a nested run of ``owner`` fails fast."""
+    ids = getattr(_RUNNING, "ids", None)
+    if ids is None:
+        ids = _RUNNING.ids = set()
+    ids.add(owner)
+    try:
+        return run_task_guarded(oracle, shard, params)
+    finally:
+        ids.discard(owner)
 
 
 class ThreadPool(ShardedExecutor):
     """A pool of threads in this process sharing the caller's oracle object (private)."""
 
-    def __init__(self, n_workers: int):
-        super().__init__()
+    def __init__(self, n_workers: int, timeout=None):
+        super().__init__(timeout)
         self.n_workers = int(n_workers)
         self._pool = None
 
@@ -433,6 +505,12 @@ class ThreadPool(ShardedExecutor):
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _abandon(self) -> None:
+        """Leave a pool whose thread hangs in an oracle (after a timeout) to finish alone."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     def _backend(self, payload, oracle):

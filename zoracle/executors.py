@@ -30,6 +30,16 @@ Faults
     OracleError at once, without a retry. An estimate is all-or-nothing: no partial
     gradient is returned, so parameters and optimizer state are never half-updated.
 
+Hangs and interrupts
+    Every executor takes ``timeout=`` (seconds per shard, default None: no limit). A shard
+    running longer raises :class:`ShardTimeout` naming the shard and the worker; a worker
+    process running it is killed and replaced (a thread cannot be killed: it is left to
+    finish and later runs use fresh threads). Worker processes exit when the driver dies,
+    even in the middle of an oracle call (a parent-death signal on Linux plus a watchdog).
+    A ``KeyboardInterrupt`` raised inside an oracle propagates unchanged (no retry). Calling
+    ``run`` on an executor from inside an oracle it is running raises
+    :class:`NestedRunError` instead of deadlocking.
+
 Examples
 --------
 >>> import numpy as np, zoracle as zo
@@ -50,7 +60,7 @@ from ._errors import ArgumentError
 from ._executors_cluster import DaskExecutor as _Dask
 from ._executors_cluster import RayExecutor as _Ray
 from ._executors_cluster import parse_local
-from ._executors_core import RunStats, ShardFailed
+from ._executors_core import NestedRunError, RunStats, ShardFailed, ShardTimeout, check_timeout, describe_task
 from ._executors_local import ProcessPool, ThreadPool, current_device
 
 __all__ = [
@@ -62,6 +72,8 @@ __all__ = [
     "RayExecutor",
     "RunStats",
     "ShardFailed",
+    "ShardTimeout",
+    "NestedRunError",
     "current_device",
     "add_executor_arguments",
     "from_args",
@@ -80,9 +92,20 @@ class Executor(Protocol):
 
 
 class SerialExecutor:
-    """Runs every task in this process, in order (the default)."""
+    """Runs every task in this process, in order (the default).
+
+    Parameters
+    ----------
+    timeout : float, optional
+        Seconds a task may run; a longer one raises :class:`ShardTimeout`. With a timeout
+        each task runs in a helper thread that the caller waits for (a hung oracle cannot be
+        stopped: its thread is left to finish in the background).
+    """
 
     n_workers = 1
+
+    def __init__(self, timeout=None):
+        self.timeout = check_timeout(timeout)
 
     def __enter__(self):
         return self
@@ -94,7 +117,35 @@ class SerialExecutor:
         pass
 
     def run(self, oracle, params, tasks) -> list:
-        return [t.run(oracle, params) for t in tasks]
+        if self.timeout is None:
+            return [t.run(oracle, params) for t in tasks]
+        return [self._timed(i, len(tasks), t, oracle, params) for i, t in enumerate(tasks)]
+
+    def _timed(self, i, n, task, oracle, params):
+        import threading
+
+        box = {}
+
+        def work():
+            try:
+                box["ok"] = task.run(oracle, params)
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["err"] = exc
+
+        worker = threading.Thread(target=work, name="zoracle-serial", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            err = ShardTimeout(
+                f"shard {i + 1}/{n} ({describe_task(task)}) did not finish within timeout={self.timeout:g} s "
+                f"on the calling process (SerialExecutor); the oracle hangs or is slower than the limit: "
+                "fix the oracle or pass a larger `timeout`"
+            )
+            err.shard, err.worker, err.timeout = i, "the calling process", self.timeout
+            raise err
+        if "err" in box:
+            raise box["err"]
+        return box["ok"]
 
 
 def _check_count(name: str, value, allow_all: bool = False) -> int:
@@ -119,6 +170,8 @@ class JoblibExecutor:
         process calling the caller's own oracle object concurrently; fast to start, useful
         when the oracle releases the GIL (NumPy BLAS, torch, onnxruntime) and only for
         thread-safe oracles.
+    timeout : float, optional
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
 
     Notes
     -----
@@ -126,15 +179,17 @@ class JoblibExecutor:
     last run; ``pids`` lists the worker processes (``"loky"``).
     """
 
-    def __init__(self, n_jobs: int = 2, backend: str = "loky"):
+    def __init__(self, n_jobs: int = 2, backend: str = "loky", *, timeout=None):
         self.n_jobs = _check_count("n_jobs", n_jobs, allow_all=True)
         if backend not in BACKENDS:
             raise ArgumentError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
         self.backend = backend
-        self._impl = ProcessPool(self.n_jobs) if backend == "loky" else ThreadPool(self.n_jobs)
+        pool = ProcessPool if backend == "loky" else ThreadPool
+        self._impl = pool(self.n_jobs, timeout=timeout)
 
     n_workers = property(lambda self: self._impl.n_workers)
     last_run = property(lambda self: self._impl.last_run)
+    timeout = property(lambda self: self._impl.timeout)
     pids = property(lambda self: self._impl.pids if self.backend == "loky" else [os.getpid()])
 
     def __enter__(self):
@@ -174,6 +229,8 @@ class DeviceExecutor(ProcessPool):
         oracle arrives on worker ``i`` and defines ``to_device(device)``, the worker queries
         ``oracle.to_device(devices[i])`` (called once per oracle; return the moved copy).
         Code inside a worker can read its device with :func:`current_device`.
+    timeout : float, optional
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
 
     Notes
     -----
@@ -182,12 +239,12 @@ class DeviceExecutor(ProcessPool):
     oracle. Shards are balanced by measured cost, so a slower device gets less work.
     """
 
-    def __init__(self, devices):
+    def __init__(self, devices, *, timeout=None):
         if isinstance(devices, (str, bytes)) or not hasattr(devices, "__len__") or len(devices) == 0:
             raise ArgumentError(
                 f"`devices` must be a non-empty list such as ['cuda:0', 'cuda:1'], got {devices!r}"
             )
-        super().__init__(len(devices), devices=list(devices))
+        super().__init__(len(devices), devices=list(devices), timeout=timeout)
 
     def __repr__(self) -> str:
         return f"DeviceExecutor({self.devices!r})"
