@@ -4,16 +4,29 @@
 checks every query against it, so a wrong shape, dtype or a non-finite input fails with a
 message naming what was expected and what was given, before onnxruntime sees it. It counts
 queries (one per input sample) and can enforce a query budget. The CUDA execution provider
-is used when onnxruntime offers it (``pip install 'zoracle[onnx-gpu]'``), the CPU one
-otherwise (``pip install 'zoracle[onnx]'``).
+is used when onnxruntime offers it and a CUDA device answers (``pip install
+'zoracle[onnx-gpu]'``), the CPU one otherwise (``pip install 'zoracle[onnx]'``).
+
+Budget and copies
+    A call is charged for all its samples before it runs, so a call that fails partway is
+    still counted. Copies made by pickling (executors ship the classifier to worker
+    processes) share one counter: pickling a classifier moves its count into a small
+    ledger file (mode 0600, in the temporary directory, removed when the original is
+    garbage collected) that every copy on the same machine updates under a file lock. A
+    copy with a budget refuses to run where the ledger cannot be reached (another machine,
+    or after the original was collected), so copies together never exceed the budget.
 
 Importing this module imports onnxruntime: that is how a user opts in.
 """
 
 from __future__ import annotations
 
+import ctypes
 import numbers
 import os
+import socket
+import tempfile
+import weakref
 
 import numpy as np
 
@@ -63,12 +76,82 @@ class QueryBudgetExceeded(ZoracleError, RuntimeError):
         return (self.__class__, (self.requested, self.used, self.budget))
 
 
+#: largest input one call of a fixed-batch model may need (padding included)
+MAX_FIXED_BATCH_BYTES = 256 << 20
+
+
+def _cuda_device_present() -> bool:
+    """Whether a CUDA driver is installed and reports at least one device."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return False
+    try:
+        count = ctypes.c_int(0)
+        return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except Exception:  # a driver stub without the symbols
+        return False
+
+
 def default_providers() -> list:
-    """``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when CUDA is available, else CPU."""
+    """``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when onnxruntime offers CUDA and a
+    CUDA device answers, else ``["CPUExecutionProvider"]``.
+
+    onnxruntime-gpu lists CUDA as available even without a GPU or driver, and then prints
+    errors on every session before falling back: the device is checked here instead.
+    """
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
+    if "CUDAExecutionProvider" in available and _cuda_device_present():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+class _Ledger:
+    """A query counter in a file shared by pickled copies on one machine (flock'ed)."""
+
+    def __init__(self, path: str, host: str):
+        self.path, self.host = path, host
+
+    @classmethod
+    def create(cls, count: int) -> "_Ledger":
+        fd, path = tempfile.mkstemp(prefix="zoracle-onnx-queries-")  # mode 0600
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(int(count)))
+        return cls(path, socket.gethostname())
+
+    def reachable(self) -> bool:
+        return self.host == socket.gethostname() and os.path.exists(self.path)
+
+    def update(self, fn) -> int:
+        """``fn(count) -> new count`` under an exclusive lock; returns the new count."""
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except ImportError:  # no flock (Windows): copies in one process only are safe
+                pass
+            raw = os.pread(fd, 64, 0) if hasattr(os, "pread") else os.read(fd, 64)
+            new = int(fn(int(raw or b"0")))
+            data = str(new).encode()
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, data)
+            return new
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _shape_str(shape) -> str:
@@ -137,7 +220,8 @@ class OnnxClassifier:
     num_classes : int or None
         From the output's declared shape, or learned on the first call.
     queries : int
-        Samples evaluated so far (padding excluded).
+        Samples evaluated so far (padding excluded), by this classifier and its pickled copies;
+        a call is counted before it runs, so one that fails partway counts too.
     calls : int
         onnxruntime ``run`` calls so far.
 
@@ -170,7 +254,8 @@ class OnnxClassifier:
         self.cast = bool(cast)
         self.batch_size = None if batch_size is None else int(batch_size)
         self._input_choice, self._output_choice = input, output
-        self.queries = 0
+        self._queries = 0
+        self._ledger = None  # the counter shared with pickled copies, created on first pickling
         self.calls = 0
         self._open()
 
@@ -203,11 +288,12 @@ class OnnxClassifier:
             ) from None
         self.providers = self.session.get_providers()
         inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ArgumentError(
+                f"`model` {self._source} has {len(inputs)} inputs {[i.name for i in inputs]}; OnnxClassifier feeds "
+                "exactly one: export the model with a single input (fold the others in as constants)"
+            )
         if self._input_choice is None:
-            if len(inputs) != 1:
-                raise ArgumentError(
-                    f"the model has {len(inputs)} inputs {[i.name for i in inputs]}; pass `input=` to choose one"
-                )
             node = inputs[0]
         else:
             match = [i for i in inputs if i.name == self._input_choice]
@@ -222,7 +308,21 @@ class OnnxClassifier:
         self.input_name = node.name
         self.input_shape = _dims(node.shape)
         self.input_dtype = np.dtype(_DTYPES[node.type])
+        self._check_fixed_batch()
         self._pick_output(self.session.get_outputs())
+
+    def _check_fixed_batch(self) -> None:
+        """A fixed batch axis pads every call to its size: refuse sizes that cannot be padded."""
+        fixed, rest = self.input_shape[0], self.input_shape[1:]
+        if fixed is None or any(d is None for d in rest):
+            return
+        need = int(fixed) * int(np.prod(rest, dtype=np.int64)) * self.input_dtype.itemsize
+        if need > MAX_FIXED_BATCH_BYTES:
+            raise ArgumentError(
+                f"input {self.input_name!r} declares a fixed batch axis of {fixed} samples: every call would pad "
+                f"its samples to {need / 2**30:.2f} GiB (limit {MAX_FIXED_BATCH_BYTES >> 20} MiB); re-export the "
+                "model with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={name: {0: 'batch'}}))"
+            )
 
     def _pick_output(self, outputs) -> None:
         choice = self._output_choice
@@ -254,6 +354,9 @@ class OnnxClassifier:
 
     # pickling: sessions do not pickle, the model bytes do ------------------------------------
     def __getstate__(self):
+        if self._ledger is None:  # from now on this object and its copies share one counter
+            self._ledger = _Ledger.create(self._queries)
+            weakref.finalize(self, _unlink, self._ledger.path)
         state = self.__dict__.copy()
         del state["session"]
         state["_session_options"] = None  # SessionOptions do not pickle either
@@ -265,14 +368,48 @@ class OnnxClassifier:
 
     # queries ---------------------------------------------------------------------------
     @property
+    def queries(self) -> int:
+        """Samples evaluated so far, by this classifier and every pickled copy of it."""
+        ledger = self._ledger
+        if ledger is not None and ledger.reachable():
+            return ledger.update(lambda used: used)
+        return self._queries
+
+    @property
     def remaining(self) -> int | None:
         """Queries left under the budget (None without a budget)."""
         return None if self.budget is None else self.budget - self.queries
 
     def reset_queries(self) -> None:
-        """Set the query and call counters back to zero."""
-        self.queries = 0
+        """Set the query and call counters back to zero (the shared one too, for every copy)."""
+        self._queries = 0
         self.calls = 0
+        if self._ledger is not None and self._ledger.reachable():
+            self._ledger.update(lambda used: 0)
+
+    def _charge(self, n: int) -> None:
+        """Count ``n`` samples before they run, or raise QueryBudgetExceeded without counting."""
+        budget = self.budget
+
+        def add(used):
+            if budget is not None and used + n > budget:
+                raise QueryBudgetExceeded(n, used, budget)
+            return used + n
+
+        ledger = self._ledger
+        if ledger is None:
+            self._queries = add(self._queries)
+        elif ledger.reachable():
+            self._queries = ledger.update(add)
+        elif budget is None:
+            self._queries += n  # counting only: this copy counts for itself
+        else:
+            raise ZoracleError(
+                f"this copy of an OnnxClassifier with budget={budget} cannot reach the shared query counter "
+                f"{ledger.path} (another machine, or the original object was garbage collected); copies share "
+                "one budget only on the machine of the original: keep the original alive, or use budget=None "
+                "on remote workers"
+            )
 
     def check_input(self, x) -> np.ndarray:
         """``x`` as the array the model expects, or :class:`~zoracle.ArgumentError` saying why not."""
@@ -328,8 +465,7 @@ class OnnxClassifier:
         """Class scores ``(N, C)`` (or labels ``(N,)`` for a label output) for a batch ``x``."""
         x = self.check_input(x)
         n = x.shape[0]
-        if self.budget is not None and self.queries + n > self.budget:
-            raise QueryBudgetExceeded(n, self.queries, self.budget)
+        self._charge(n)  # counted before running: a call that fails partway still counts
         fixed = self.input_shape[0]
         step = fixed if fixed is not None else (self.batch_size or n)
         parts = []
@@ -340,7 +476,6 @@ class OnnxClassifier:
                 pad = np.zeros((fixed - real,) + chunk.shape[1:], dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             parts.append(self._run(chunk)[:real])
-        self.queries += n
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self.output_kind == "scores":
             if out.ndim != 2 or out.shape[0] != n:

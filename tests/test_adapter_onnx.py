@@ -188,7 +188,8 @@ def test_pickle_roundtrip(onnx_path, batch):
     twin = pickle.loads(pickle.dumps(clf))
     assert twin.queries == 10 and twin.budget == 100
     np.testing.assert_array_equal(twin(batch[:5]), clf(batch[:5]))
-    assert "cnn.onnx" in repr(clf) and "queries=15/100" in repr(clf)
+    assert twin.queries == clf.queries == 20  # copies share one counter
+    assert "cnn.onnx" in repr(clf) and "queries=20/100" in repr(clf)
 
 
 def test_works_with_smoothing(onnx_path):

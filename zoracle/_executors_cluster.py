@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import shutil
+import stat
+import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -48,6 +53,67 @@ def _import(name: str, extra: str):
         raise ImportError(f"{name} is needed for this executor; install it with pip install 'zoracle[{extra}]'") from exc
 
 
+# ----------------------------------------------------------------------------- __main__ guard
+def _is_main_test(node) -> bool:
+    """Whether ``node`` is ``__name__ == "__main__"`` (either side)."""
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
+        return False
+    sides = [node.left, node.comparators[0]]
+    return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+            and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+
+def unguarded_main_line(frame=None):
+    """Line of the script's top-level statement that led here, when it is not under
+    ``if __name__ == "__main__":``; None when guarded, interactive or not run as a script."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return None
+    frame = frame or sys._getframe(1)
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.lineno <= line <= node.end_lineno:
+            return None
+    return line
+
+
+def check_main_guard(what: str, spec: str) -> None:
+    """Refuse to start spawned workers from an unguarded script (they re-import it).
+
+    Dask's worker processes start with multiprocessing's "spawn" (or "forkserver"), which
+    re-runs the script's top level in every worker: without a guard each worker would try
+    to start a cluster of its own and fail with pages of tracebacks.
+    """
+    import multiprocessing
+
+    try:
+        import dask
+
+        method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
+    except Exception:  # no config: Dask's default
+        method = "spawn"
+    if method == "fork" or multiprocessing.parent_process() is not None:
+        return
+    line = unguarded_main_line(sys._getframe(1))
+    if line is not None:
+        script = os.path.basename(sys.modules["__main__"].__file__)
+        raise ZoracleError(
+            f"{what}({spec!r}) starts worker processes that re-import {script}, and line {line} of it runs "
+            f"outside `if __name__ == \"__main__\":`; move the code that runs the executor under that guard "
+            f"(or pass the address of a running scheduler)"
+        )
+
+
 # ----------------------------------------------------------------------------- Dask
 #: parameter vectors up to this size travel inside each shard instead of being scattered
 _INLINE_BYTES = 1 << 20
@@ -76,6 +142,7 @@ class _DaskBackend:
         self.futs = futs
         self.busy: dict = {}  # slot -> (jid, future)
         self._slots = None
+        self._lost = False
 
     def workers(self):
         if self._slots is None:  # asked once per run, and again after a failure
@@ -95,6 +162,9 @@ class _DaskBackend:
         return f"dask worker {w[0]}"
 
     def submit(self, w, jid, shard) -> None:
+        if self._lost:  # inputs were forgotten with a dead worker: send them again
+            self.futs = self.ex._inputs(self.payload, refresh=True)
+            self._lost = False
         f = self.futs
         fut = self.ex.client.submit(
             _dask_run, self.payload.spec, shard, f["oracle"], f.get("batch"), f["params"],
@@ -102,13 +172,20 @@ class _DaskBackend:
         )
         self.busy[w] = (jid, fut)
 
-    def wait(self):
+    def wait(self, timeout=None):
         from distributed import wait as dask_wait
 
         if not self.busy:
             return []
         futs = {fut: (w, jid) for w, (jid, fut) in self.busy.items()}
-        done = dask_wait(list(futs), return_when="FIRST_COMPLETED").done
+        failure = None
+        try:
+            dask_wait(list(futs), timeout=timeout, return_when="FIRST_COMPLETED")
+        except Exception as exc:  # a timeout, or futures cancelled with a dead worker's data
+            failure = exc  # the statuses below say which
+        done = [f for f in futs if f.done()]
+        if not done and failure is not None and not isinstance(failure, TimeoutError):
+            raise failure  # e.g. the scheduler went away: nothing to retry on
         out = []
         for fut in done:
             w, jid = futs[fut]
@@ -117,6 +194,12 @@ class _DaskBackend:
                 out.append((w, jid, fut.result()))
                 if out[-1][2][0] != "ok":
                     self._slots = None
+            elif fut.status == "cancelled":
+                # the scheduler forgot an input (the oracle or batch lived only on a worker that
+                # died): a lost shard, retried after sending the inputs again
+                self._slots = None
+                self._lost = True
+                out.append((w, jid, ("dead", "its inputs were lost with a worker that died (cancelled)")))
             else:
                 self._slots = None
                 exc = fut.exception() if fut.status == "error" else None
@@ -133,8 +216,8 @@ class _DaskBackend:
 class DaskExecutor(ShardedExecutor):
     """Shards on a Dask cluster; see :class:`zoracle.executors.DaskExecutor`."""
 
-    def __init__(self, client=None, *, n_workers: int | None = None, **cluster_kwargs):
-        super().__init__()
+    def __init__(self, client=None, *, n_workers: int | None = None, timeout=None, **cluster_kwargs):
+        super().__init__(timeout)
         self._spec = client
         self._local, count = parse_local(client, "client")
         self._count = n_workers if n_workers is not None else count
@@ -144,6 +227,7 @@ class DaskExecutor(ShardedExecutor):
         self.client = None
         self.cluster = None
         self._owns_client = False
+        self._scratch = None  # the local cluster's local_directory, removed on close
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self.n_workers = int(self._count or 1)
 
@@ -152,12 +236,7 @@ class DaskExecutor(ShardedExecutor):
             return
         distributed = _import("distributed", "dask")
         if self._local:
-            kw = dict(n_workers=self._count or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None)
-            kw.update(self._cluster_kwargs)
-            self.cluster = distributed.LocalCluster(**kw)
-            self.client = distributed.Client(self.cluster)
-            self._owns_client = True
+            self._start_local(distributed)
         elif isinstance(self._spec, str):
             self.client = distributed.Client(self._spec)
             self._owns_client = True
@@ -167,24 +246,64 @@ class DaskExecutor(ShardedExecutor):
         threads = sum(int(w.get("nthreads", 1)) for w in info["workers"].values())
         self.n_workers = max(1, threads)
 
+    def _start_local(self, distributed) -> None:
+        """A LocalCluster on 127.0.0.1: no dashboard, no HTTP routes, a private scratch dir."""
+        import dask
+
+        check_main_guard("DaskExecutor", self._spec if isinstance(self._spec, str) else "local")
+        kw = dict(n_workers=self._count or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                  host="127.0.0.1", dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0")
+        if "local_directory" not in self._cluster_kwargs:
+            self._scratch = tempfile.mkdtemp(prefix="zoracle-dask-")
+            kw["local_directory"] = self._scratch
+        kw.update(self._cluster_kwargs)
+        # Dask always starts an HTTP server; with no routes it serves nothing (no /info,
+        # /json/identity.json, /eventstream), and never on the well-known :8787. Broadcast
+        # copies of the oracle must stay on every worker: the memory manager must not
+        # reduce them to one replica that a dying worker would take along.
+        quiet = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": [],
+                 "distributed.scheduler.active-memory-manager.start": False}
+        try:
+            with dask.config.set(quiet):
+                self.cluster = distributed.LocalCluster(**kw)
+                self.client = distributed.Client(self.cluster)
+        except BaseException:
+            self._remove_scratch()
+            raise
+        self._owns_client = True
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
     def close(self) -> None:
         """Release the oracle copies; stop the client and cluster this executor started."""
         self._futs.clear()
         self._registry.clear()
-        if self._owns_client and self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-        self.client = None
-        self.cluster = None
-        self._owns_client = False
+        try:
+            if self._owns_client and self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.client = None
+            self.cluster = None
+            self._owns_client = False
+            self._remove_scratch()
 
     def _dropped(self, tokens) -> None:
         for t in tokens:
             self._futs.pop(t, None)
 
-    def _backend(self, payload, oracle):
+    def _inputs(self, payload, refresh: bool = False) -> dict:
+        """Futures (or inline values) of the oracle, parameters and batch of a run.
+
+        ``refresh`` scatters everything again (after the scheduler forgot an input).
+        """
         c = self.client
+        if refresh:
+            self._futs.pop(payload.oracle_token, None)
         if payload.oracle_token not in self._futs:
             # scattered inside a list, so an oracle that is also a container stays one object
             self._futs[payload.oracle_token] = c.scatter([payload.oracle], broadcast=True, hash=False)[0]
@@ -194,7 +313,10 @@ class DaskExecutor(ShardedExecutor):
                 "params": c.scatter(host, broadcast=True, hash=False) if host.nbytes > _INLINE_BYTES else host}
         if payload.batch_token is not None:
             futs["batch"] = c.scatter([payload.batch], hash=False)[0]  # an (x, y) tuple stays one object
-        return _DaskBackend(self, payload, futs)
+        return futs
+
+    def _backend(self, payload, oracle):
+        return _DaskBackend(self, payload, self._inputs(payload))
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -224,6 +346,39 @@ class _RayWorker:
 def _short(exc, limit: int = 600) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _token_path():
+    """The auth token file Ray reads (``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``)."""
+    from pathlib import Path
+
+    env = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(env) if env else Path.home() / ".ray" / "auth_token"
+
+
+def _private_token() -> None:
+    """Keep Ray's auth token file private (0600), creating it that way when Ray would.
+
+    Ray enables token auth for new local sessions and writes a missing token file with the
+    default umask (world-readable). Before ``ray.init`` a missing token is created here with
+    mode 0600; after it any token file this user owns is narrowed to 0600.
+    """
+    import secrets
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    path = _token_path()
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        st = path.stat()
+        if st.st_uid == getattr(os, "getuid", lambda: st.st_uid)() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # a read-only home: Ray reports its own error if it needs the file
+        pass
 
 
 class _RayActor:
@@ -264,12 +419,12 @@ class _RayBackend:
         self.busy[w.ref] = (w, jid)
         pl.delivered(w, items)
 
-    def wait(self):
+    def wait(self, timeout=None):
         import ray
 
         if not self.busy:
             return []
-        ready, _ = ray.wait(list(self.busy), num_returns=1)
+        ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
         out = []
         for ref in ready:
             w, jid = self.busy.pop(ref)
@@ -293,15 +448,20 @@ class _RayBackend:
 class RayExecutor(ShardedExecutor):
     """Shards on Ray actors; see :class:`zoracle.executors.RayExecutor`."""
 
-    def __init__(self, address=None, *, n_workers: int | None = None, **init_kwargs):
-        super().__init__()
+    def __init__(self, address=None, *, n_workers: int | None = None, allow_network: bool = False,
+                 timeout=None, **init_kwargs):
+        super().__init__(timeout)
         self.address = address
         self._local, count = parse_local(address, "address")
         self._count = n_workers if n_workers is not None else count
         if self._count is not None and (isinstance(self._count, bool) or int(self._count) < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
+        if not isinstance(allow_network, bool):
+            raise ArgumentError(f"`allow_network` must be True or False, got {allow_network!r}")
+        self.allow_network = allow_network
         self._init_kwargs = init_kwargs
         self._owns_ray = False
+        self._session_dir = None  # the private temp dir of a local session, removed on close
         self._actors: list = []
         self._refs: dict = {}  # oracle token -> ObjectRef
         self.n_workers = int(self._count or 1)
@@ -313,11 +473,7 @@ class RayExecutor(ShardedExecutor):
         if not ray.is_initialized():
             kw = dict(self._init_kwargs)
             if self._local:
-                kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
-                kw.setdefault("include_dashboard", False)
-                kw.setdefault("log_to_driver", False)
-                kw.setdefault("configure_logging", False)
-                ray.init(**kw)
+                self._init_local(ray, kw)
             else:
                 ray.init(address=self.address, **kw)
             self._owns_ray = True
@@ -335,6 +491,35 @@ class RayExecutor(ShardedExecutor):
                 f"the cluster has {ray.available_resources().get('CPU', 0):g} free CPUs: pass a smaller n_workers"
             ) from None
         self._actors = [_RayActor(h, i, p) for i, (h, p) in enumerate(zip(handles, pids))]
+
+    def _init_local(self, ray, kw) -> None:
+        """Start a local Ray session: only with ``allow_network=True`` (see the class notes)."""
+        if not self.allow_network:
+            raise ArgumentError(
+                f"RayExecutor({self.address!r}) would start a local Ray session whose servers (GCS, raylet, "
+                "workers) listen on every network interface: Ray cannot bind them to 127.0.0.1. Pass "
+                "allow_network=True to accept that (token authentication is on, the token file private), "
+                "or use DaskExecutor('local') / JoblibExecutor, which stay on loopback"
+            )
+        kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
+        kw.setdefault("include_dashboard", False)
+        kw.setdefault("log_to_driver", False)
+        kw.setdefault("configure_logging", False)
+        if "_temp_dir" not in kw:  # Ray's socket paths must stay short: a private dir under /tmp
+            self._session_dir = tempfile.mkdtemp(prefix="zr", dir="/tmp" if os.path.isdir("/tmp") else None)
+            kw["_temp_dir"] = self._session_dir
+        _private_token()
+        try:
+            ray.init(**kw)
+        except BaseException:
+            self._remove_session_dir()
+            raise
+        _private_token()
+
+    def _remove_session_dir(self) -> None:
+        if self._session_dir is not None:
+            shutil.rmtree(self._session_dir, ignore_errors=True)
+            self._session_dir = None
 
     def _replace(self, w) -> None:
         import ray
@@ -366,9 +551,12 @@ class RayExecutor(ShardedExecutor):
         self._actors = []
         self._refs.clear()
         self._registry.clear()
-        if self._owns_ray and ray.is_initialized():
-            ray.shutdown()
-        self._owns_ray = False
+        try:
+            if self._owns_ray and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            self._owns_ray = False
+            self._remove_session_dir()
 
     def _dropped(self, tokens) -> None:
         for t in tokens:

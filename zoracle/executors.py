@@ -258,10 +258,16 @@ class DaskExecutor(_Dask):
     client : distributed.Client, str or None
         A connected client (left open on ``close``), a scheduler address such as
         ``"tcp://10.0.0.5:8786"``, or ``"local"`` / ``"local:N"`` / None to start a
-        ``LocalCluster`` bound to 127.0.0.1 (no dashboard) with ``N`` single-threaded worker
-        processes (default: one per CPU), stopped on ``close``.
+        ``LocalCluster`` with ``N`` single-threaded worker processes (default: one per CPU),
+        stopped on ``close``. A local cluster listens on 127.0.0.1 only, serves no dashboard
+        and no HTTP routes, and keeps its scratch files in a private temporary directory
+        removed on ``close``. Its workers are spawned processes that re-import the calling
+        script: a script without ``if __name__ == "__main__":`` around the code that starts
+        it gets a :class:`~zoracle.ZoracleError` saying so, before anything starts.
     n_workers : int, optional
         Workers of the local cluster (overrides ``local:N``).
+    timeout : float, optional
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
     **cluster_kwargs
         Passed to ``distributed.LocalCluster`` for a local cluster.
 
@@ -269,10 +275,12 @@ class DaskExecutor(_Dask):
     -----
     The oracle is scattered once to every worker (``broadcast=True``) and stays in worker
     memory; per run the parameters are broadcast once and each shard carries only its
-    description. Dask itself reschedules a shard whose worker dies; zoracle retries a
-    shard that raised once more on another worker. Workers with several threads run
-    shards of their one copy of the oracle concurrently, so give them thread-safe oracles
-    (a local cluster started here has one thread per worker process).
+    description. Dask itself reschedules a shard whose worker dies; when the scheduler
+    forgot a shard's inputs with the dead worker, they are sent again and the shard is
+    retried (once) like any lost shard. zoracle retries a shard that raised once more on
+    another worker. Workers with several threads run shards of their one copy of the
+    oracle concurrently, so give them thread-safe oracles (a local cluster started here
+    has one thread per worker process).
     """
 
 
@@ -282,16 +290,25 @@ class RayExecutor(_Ray):
     Parameters
     ----------
     address : str or None
-        None, ``"local"`` or ``"local:N"``: start Ray locally on 127.0.0.1 (no dashboard,
-        ``N`` CPUs, default all) and shut it down on ``close``; otherwise the address of a
-        running cluster (``"auto"``, ``"ray://host:10001"``). An already initialised Ray
-        session is reused and left running.
+        None, ``"local"`` or ``"local:N"``: start Ray on this machine (no dashboard, ``N``
+        CPUs, default all) and shut it down on ``close``; otherwise the address of a running
+        cluster (``"auto"``, ``"ray://host:10001"``). An already initialised Ray session is
+        reused and left running.
     n_workers : int, optional
         Number of actors (default: the cluster's CPU count).
+    allow_network : bool
+        Ray cannot bind a local session to loopback: its GCS server, raylet and workers
+        listen on every interface. Starting one therefore raises
+        :class:`~zoracle.ArgumentError` unless ``allow_network=True``. The session then runs
+        with token authentication, its auth token file mode 0600, and its files in a private
+        temporary directory removed on ``close``.
+    timeout : float, optional
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit); the actor
+        running it is killed and replaced.
     **init_kwargs
-        Passed to ``ray.init``, e.g. ``_temp_dir="/tmp/zr"`` to keep Ray's session files
-        (sockets, logs) out of the default location; Ray limits socket paths to about 100
-        characters, so keep that directory short.
+        Passed to ``ray.init``, e.g. ``_temp_dir="/tmp/zr"`` to choose where Ray keeps its
+        session files (sockets, logs); Ray limits socket paths to about 100 characters, so
+        keep that directory short.
 
     Notes
     -----
@@ -312,7 +329,12 @@ def add_executor_arguments(parser) -> None:
                             "or 'local' / 'local:N' for a loopback-only local cluster")
     group.add_argument("--ray", default=None, metavar="ADDRESS",
                        help="run shards on a Ray cluster at ADDRESS ('auto', ray://host:10001), "
-                            "or 'local' / 'local:N' to start Ray on 127.0.0.1")
+                            "or 'local' / 'local:N' to start Ray here (needs --allow-network)")
+    group.add_argument("--allow-network", action="store_true",
+                       help="let --ray local start a Ray session that listens on every interface "
+                            "(Ray cannot bind to loopback; token auth stays on)")
+    group.add_argument("--shard-timeout", dest="timeout", type=float, default=None, metavar="SECONDS",
+                       help="fail a shard that runs longer than SECONDS (default: no limit)")
 
 
 def from_args(args):
@@ -324,6 +346,7 @@ def from_args(args):
     workers = getattr(args, "workers", 1)
     dask = getattr(args, "dask", None)
     ray = getattr(args, "ray", None)
+    timeout = check_timeout(getattr(args, "timeout", None))
     if workers is None:
         workers = 1
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
@@ -337,9 +360,9 @@ def from_args(args):
                 raise ArgumentError(f"{flag} needs an address (or 'local'), got an empty string")
             parse_local(value, flag)  # validates 'local:N'
     if dask:
-        return DaskExecutor(dask)
+        return DaskExecutor(dask, timeout=timeout)
     if ray:
-        return RayExecutor(ray)
+        return RayExecutor(ray, allow_network=bool(getattr(args, "allow_network", False)), timeout=timeout)
     if workers > 1:
-        return JoblibExecutor(workers, backend="loky")
-    return None
+        return JoblibExecutor(workers, backend="loky", timeout=timeout)
+    return SerialExecutor(timeout=timeout) if timeout is not None else None
