@@ -6,9 +6,7 @@ and its auth token go to a short temporary directory, never to the home director
 
 from __future__ import annotations
 
-import atexit
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -27,26 +25,39 @@ import test_executors as te  # noqa: E402  (shared oracles)
 
 D = te.D
 
-# Ray reads its auth settings once, when it is first imported: set them before anything
-# imports ray. The token lives in a short temporary directory, never in ~/.ray.
-_RAY_TMP = tempfile.mkdtemp(prefix="zr", dir="/tmp")  # Ray's socket paths must stay < 108 chars
-atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)  # also when no test here ran
-(Path(_RAY_TMP) / "auth_token").write_text(secrets.token_hex(32))
-_RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(Path(_RAY_TMP) / "auth_token"),
-            "RAY_USAGE_STATS_ENABLED": "0"}
-_SAVED_ENV = {k: os.environ.get(k) for k in _RAY_ENV}
-os.environ.update(_RAY_ENV)
+# Ray's session files and auth token live under pytest's temporary directory (removed
+# with it), never in ~/.ray or /tmp/zr*. Ray reads the token path when it first loads
+# the token: the environment is set once per session, before the first Ray session.
+_RAY_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_env():
-    yield
-    for k, v in _SAVED_ENV.items():
+@pytest.fixture(scope="session")
+def ray_env(tmp_path_factory):
+    """A short, private directory for Ray (socket paths must stay < 108 chars), with the env set."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:  # not importorskip: Ray reads the env when imported
+        pytest.skip("ray not installed (pip install 'zoracle[ray]')")
+    base = tmp_path_factory.mktemp("r")
+    os.chmod(base, 0o700)
+    saved = {k: os.environ.get(k) for k in _RAY_ENV_KEYS}
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(base / "auth_token"),
+                       "RAY_USAGE_STATS_ENABLED": "0"})
+    yield base
+    for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    shutil.rmtree(_RAY_TMP, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dask_dir(tmp_path_factory):
+    """Dask's local_directory for the tests' clusters (no /tmp/dask-scratch-space)."""
+    path = tmp_path_factory.mktemp("dask")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _by_value(*modules, ray=False):
@@ -109,28 +120,30 @@ class RaiseAt:
 
 
 # ----------------------------------------------------------------------------- clusters
-def _dask():
+def dask_cluster(local_directory, n=2, **kw):
+    """A loopback Dask LocalCluster executor whose files stay in ``local_directory``."""
     pytest.importorskip("distributed", reason="dask[distributed] not installed (pip install 'zoracle[dask]')")
     _by_value(te, sys.modules[__name__])
     before = _children()
-    with DaskExecutor("local:2") as ex:
+    with DaskExecutor(f"local:{n}", local_directory=str(local_directory), **kw) as ex:
         yield ex
     assert _gone(_children() - before), "Dask workers left behind"
 
 
-def _ray():
-    pytest.importorskip("ray", reason="ray not installed (pip install 'zoracle[ray]')")
+def ray_cluster(base, n=2, **kw):
+    """A local Ray session (allow_network=True: Ray cannot bind to loopback) in ``base``."""
     _by_value(te, sys.modules[__name__], ray=True)
-    tmp = tempfile.mkdtemp(prefix="s", dir=_RAY_TMP)
-    home_ray = Path.home() / ".ray"
-    home_had = home_ray.exists()
+    tmp = tempfile.mkdtemp(prefix="s", dir=base)
+    home_token = Path.home() / ".ray" / "auth_token"
+    home_had = home_token.exists()
     before = _children()
-    with RayExecutor("local:2", _temp_dir=tmp) as ex:
+    with RayExecutor(f"local:{n}", allow_network=True, _temp_dir=tmp, **kw) as ex:
         ex.tmp = tmp
         yield ex
     left = _children() - before
     assert _gone(left), f"Ray processes left behind: {_describe(left)}"
-    assert home_had or not home_ray.exists(), "Ray wrote into ~/.ray"
+    assert home_had or not home_token.exists(), "Ray wrote a token into ~/.ray"
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _describe(pids):
@@ -204,8 +217,9 @@ class ClusterContract:
 
 class TestDask(ClusterContract):
     @pytest.fixture(scope="class")
-    def cluster(self):
-        yield from _dask()
+    @classmethod
+    def cluster(cls, dask_dir):
+        yield from dask_cluster(dask_dir)
 
     def test_local_cluster_is_loopback_only(self, cluster):
         info = cluster.client.scheduler_info()
@@ -220,10 +234,11 @@ class TestDask(ClusterContract):
 
 class TestRay(ClusterContract):
     @pytest.fixture(scope="class")
-    def cluster(self):
-        yield from _ray()
+    @classmethod
+    def cluster(cls, ray_env):
+        yield from ray_cluster(ray_env)
 
-    def test_session_lives_in_the_temp_dir(self, cluster):
+    def test_session_lives_in_the_temp_dir(self, cluster, ray_env):
         """Ray cannot bind its core to loopback (it rewrites 127.0.0.1 to the node's address):
         the local session runs without dashboard, with token auth, its files in the temp dir."""
         import ray
@@ -231,6 +246,8 @@ class TestRay(ClusterContract):
         assert ray.is_initialized() and ray.get_runtime_context().get_node_id()
         session = Path(cluster.tmp) / "session_latest"
         assert session.exists() and (session / "logs").is_dir()
-        assert os.environ["RAY_AUTH_TOKEN_PATH"].startswith(_RAY_TMP)
+        token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+        assert token.parent == ray_env and token.exists()
+        assert token.stat().st_mode & 0o077 == 0, "the auth token file is readable by others"
         assert len(cluster.pids) == 2 and all(psutil.pid_exists(p) for p in cluster.pids)
         assert [n["Alive"] for n in ray.nodes()] == [True]

@@ -535,8 +535,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 queue.remove(pick)
                 jid = next(_job_ids)
                 inflight[jid] = (pick, w)
-                started[jid] = time.perf_counter()
                 backend.submit(w, jid, shards[pick])
+                started[jid] = time.perf_counter()  # after submit: a worker's start-up is not the shard's
             if timeout is None:
                 answers = backend.wait()
             else:

@@ -199,6 +199,10 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
     sys.path[:] = path + [p for p in sys.path if p not in path]
     _CURRENT_DEVICE = device
     state = WorkerState(device)
+    try:  # booted: from here on a shard's time is the oracle's, not Python's start-up
+        conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    except (EOFError, OSError):
+        return
     while True:
         try:
             msg = pickle.loads(conn.recv_bytes())
@@ -221,6 +225,9 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
         except (EOFError, OSError):
             return
 
+
+#: seconds a worker process may take to start before its first shard is sent anyway
+BOOT_S = 60.0
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                 "NUMEXPR_NUM_THREADS")
@@ -256,7 +263,23 @@ class _Proc:
         self.bound = BatchMirror()  # (oracle token, batch token) the worker holds
         self.params_token = None
         self.jid = None
+        self.ready = False
         self.send(("init", list(sys.path), device))
+
+    def wait_ready(self, timeout: float = BOOT_S) -> None:
+        """Block until the worker finished starting (its first message), at most ``timeout`` s.
+
+        Shard timeouts then measure the shard, not the interpreter start-up. A worker that
+        died or never answers is left to the caller's send / wait to report.
+        """
+        if self.ready:
+            return
+        try:
+            if self.conn.poll(timeout):
+                msg = pickle.loads(self.conn.recv_bytes())
+                self.ready = msg[0] == "ready"
+        except (EOFError, OSError):
+            pass
 
     @property
     def pid(self) -> int:
@@ -322,6 +345,7 @@ class _ProcBackend:
         values = {"oracle": lambda: self.pool._blob(pl.oracle_token, pl.oracle),
                   "batch": lambda: pl.batch, "params": lambda: pl.params}
         items = {n: values[n]() for n in pl.missing(w)}
+        w.wait_ready()
         w.jid = jid
         try:
             w.send(("run", jid, pl.spec, shard, items))
