@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import pickle
 import warnings
 
@@ -200,3 +202,86 @@ def test_works_with_smoothing(onnx_path):
     res = smoothing.certify_batch(clf, x, sigma=0.25, n0=10, n=200, batch_size=1000, rng=0)
     assert clf.queries == 2 * 210 and clf.calls == 2  # noise batched: one call per phase
     assert res.predictions.shape == (2,)
+
+
+# ----------------------------------------------------------------------------- hardening (issue 11)
+def _graph_model(inputs, batch):
+    """A tiny ONNX model: the sum of ``inputs`` (each ``(batch, 10)`` float32), as scores."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    vi = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, 10]) for name in inputs]
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 10])
+    node = (helper.make_node("Sum", list(inputs), ["scores"]) if len(inputs) > 1
+            else helper.make_node("Identity", list(inputs), ["scores"]))
+    graph = helper.make_graph([node], "g", vi, [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class _FailingSecondRun:
+    """Wraps a session: the second ``run`` fails (a device error halfway through a call)."""
+
+    def __init__(self, session):
+        self.session, self.n = session, 0
+
+    def run(self, *args, **kwargs):
+        self.n += 1
+        if self.n == 2:
+            raise RuntimeError("device lost")
+        return self.session.run(*args, **kwargs)
+
+
+def test_budget_counts_failed_calls_and_is_shared_by_copies(torch_model, tmp_path, batch):
+    clf = OnnxClassifier(_export(torch_model, tmp_path / "fixed8.onnx", batch=8), budget=100)
+    clf.session = _FailingSecondRun(clf.session)
+    with pytest.raises(RuntimeError, match="device lost"):
+        clf(batch[:20])  # 3 calls of 8: the second fails
+    assert clf.queries == 20 and clf.remaining == 80  # the failed call is counted
+    shared = OnnxClassifier(_export(torch_model, tmp_path / "dyn.onnx"), budget=10)
+    a, b = pickle.loads(pickle.dumps(shared)), pickle.loads(pickle.dumps(shared))
+    a(batch[:6])
+    with pytest.raises(QueryBudgetExceeded, match="needs 6 queries but only 4 of 10"):
+        b(batch[:6])
+    assert shared.queries == a.queries == b.queries == 6
+    b(batch[:4])
+    with pytest.raises(QueryBudgetExceeded):
+        shared(batch[:1])
+    ledger = shared._ledger.path
+    assert os.stat(ledger).st_mode & 0o077 == 0
+    del shared
+    gc.collect()
+    assert not os.path.exists(ledger)  # removed with the original
+    with pytest.raises(zo.ZoracleError, match="cannot reach the shared query counter"):
+        a(batch[:1])  # a budgeted copy never runs without the shared count
+
+
+def test_huge_fixed_batch_axis_is_rejected_at_construction():
+    with pytest.raises(zo.ArgumentError, match=r"fixed batch axis of 10000000 samples.*dynamic batch axis"):
+        OnnxClassifier(_graph_model(["x"], 10_000_000))
+    small = OnnxClassifier(_graph_model(["x"], 4))
+    assert small(np.ones((2, 10), np.float32)).shape == (2, 10) and small.queries == 2
+
+
+def test_two_input_model_is_rejected_at_construction():
+    model = _graph_model(["a", "b"], None)
+    for kwargs in ({}, {"input": "a"}):
+        with pytest.raises(zo.ArgumentError, match=r"2 inputs \['a', 'b'\].*single input"):
+            OnnxClassifier(model, **kwargs)
+
+
+def test_no_cuda_attempt_without_a_cuda_device(onnx_path, monkeypatch, capfd):
+    """onnxruntime-gpu lists CUDA even on a machine without one: check the device instead."""
+    import zoracle.adapters.onnx as zonnx
+
+    monkeypatch.setattr(zonnx.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(zonnx, "_cuda_device_present", lambda: False, raising=False)
+    capfd.readouterr()
+    assert default_providers() == ["CPUExecutionProvider"]
+    clf = OnnxClassifier(onnx_path)
+    assert clf.providers == ["CPUExecutionProvider"]
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -263,6 +263,8 @@ class DaskExecutor(ShardedExecutor):
         # reduce them to one replica that a dying worker would take along.
         quiet = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": [],
                  "distributed.scheduler.active-memory-manager.start": False}
+        if self._scratch is not None:  # the scheduler's own scratch space too
+            quiet["temporary-directory"] = self._scratch
         try:
             with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
