@@ -106,7 +106,7 @@ _DRIVER = """
 import os, sys, time
 import numpy as np
 import zoracle as zo
-from zoracle.executors import JoblibExecutor
+from zoracle.executors import DaskExecutor, JoblibExecutor, RayExecutor
 
 class RecordAndHang:
     def __init__(self, folder):
@@ -117,31 +117,52 @@ class RecordAndHang:
         return 0.0
 
 if __name__ == "__main__":
-    with JoblibExecutor(2) as ex:
+    kind = sys.argv[2]
+    if kind == "dask":
+        ex = DaskExecutor("local:2", local_directory=sys.argv[3])
+    elif kind == "ray":
+        ex = RayExecutor("local:2", allow_network=True, _temp_dir=sys.argv[3], include_dashboard=False)
+    else:
+        ex = JoblibExecutor(2)
+    with ex:
         zo.estimate_gradient(RecordAndHang(sys.argv[1]), np.zeros(4), zo.CGE(), executor=ex)
 """
 
 
-def test_workers_die_with_a_sigkilled_driver(tmp_path):
+def _tree(pid):
+    try:
+        return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return [pid]
+
+
+@pytest.mark.parametrize("kind", ["loky", pytest.param("dask", marks=pytest.mark.slow),
+                                  pytest.param("ray", marks=pytest.mark.slow)])
+def test_workers_die_with_a_sigkilled_driver(kind, tmp_path, request):
+    """Workers inside an oracle call (and, for Ray, its agents) exit when the driver is SIGKILLed."""
+    if kind != "loky":
+        pytest.importorskip("distributed" if kind == "dask" else "ray")
+    files = request.getfixturevalue("ray_env") / "orphans" if kind == "ray" else tmp_path / "scratch"
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER)
     seen = tmp_path / "pids"
     seen.mkdir()
-    driver = subprocess.Popen([sys.executable, str(script), str(seen)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    pids = []
+    driver = subprocess.Popen([sys.executable, str(script), str(seen), kind, str(files)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids, tree = [], []
     try:
-        end = time.monotonic() + 60
+        end = time.monotonic() + 120
         while len(pids) < 2 and time.monotonic() < end and driver.poll() is None:
             time.sleep(0.1)
             pids = [int(p) for p in os.listdir(seen)]
         assert len(pids) == 2, "the workers never entered the oracle"
+        tree = _tree(driver.pid)
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
-        assert te.no_children(pids, timeout=10), "workers outlived the killed driver"
+        assert te.no_children(set(pids + tree) - {driver.pid}, timeout=15), "processes outlived the killed driver"
     finally:
         driver.kill()
-        for pid in pids:  # on failure, leave nothing behind
+        for pid in set(pids + tree) - {driver.pid}:  # on failure, leave nothing behind
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:

@@ -350,6 +350,67 @@ def _short(exc, limit: int = 600) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+_REAPER = """
+import os, shutil, signal, sys, time
+driver, folder, procs = int(sys.argv[1]), sys.argv[2], [p.split(":") for p in sys.argv[3:]]
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+while os.getppid() == driver:
+    time.sleep(0.5)
+for pid, start in procs:
+    if started(pid) == start:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+if folder:
+    time.sleep(1.0)
+    shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+def _proc_table() -> dict:
+    """``{pid: (ppid, start time)}`` from /proc (Linux); empty elsewhere."""
+    table = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                table[int(name)] = (int(fields[1]), fields[19])
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def start_reaper(folder: str | None):
+    """A watchdog that SIGKILLs this driver's current descendants (and removes ``folder``)
+    if the driver dies without closing, e.g. on SIGKILL. Linux only; returns the process."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return None
+    table, me = _proc_table(), os.getpid()
+    kids, frontier = [], [me]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, start) in table.items():
+            if ppid == parent:
+                kids.append(f"{pid}:{start}")
+                frontier.append(pid)
+    return subprocess.Popen([sys.executable, "-c", _REAPER, str(me), folder or "", *kids],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
 def _token_path():
     """The auth token file Ray reads (``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``)."""
     from pathlib import Path
@@ -464,6 +525,7 @@ class RayExecutor(ShardedExecutor):
         self._init_kwargs = init_kwargs
         self._owns_ray = False
         self._session_dir = None  # the private temp dir of a local session, removed on close
+        self._reaper = None  # kills the local session's processes if this driver dies
         self._actors: list = []
         self._refs: dict = {}  # oracle token -> ObjectRef
         self.n_workers = int(self._count or 1)
@@ -493,6 +555,8 @@ class RayExecutor(ShardedExecutor):
                 f"the cluster has {ray.available_resources().get('CPU', 0):g} free CPUs: pass a smaller n_workers"
             ) from None
         self._actors = [_RayActor(h, i, p) for i, (h, p) in enumerate(zip(handles, pids))]
+        if self._owns_ray and self._local:  # Ray's agents outlive a killed driver: reap them
+            self._reaper = start_reaper(self._session_dir)
 
     def _init_local(self, ray, kw) -> None:
         """Start a local Ray session: only with ``allow_network=True`` (see the class notes)."""
@@ -558,6 +622,10 @@ class RayExecutor(ShardedExecutor):
                 ray.shutdown()
         finally:
             self._owns_ray = False
+            if self._reaper is not None:  # a clean close: nothing to reap
+                self._reaper.kill()
+                self._reaper.wait()
+                self._reaper = None
             self._remove_session_dir()
 
     def _dropped(self, tokens) -> None:

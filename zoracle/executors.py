@@ -301,7 +301,9 @@ class RayExecutor(_Ray):
         listen on every interface. Starting one therefore raises
         :class:`~zoracle.ArgumentError` unless ``allow_network=True``. The session then runs
         with token authentication, its auth token file mode 0600, and its files in a private
-        temporary directory removed on ``close``.
+        temporary directory removed on ``close``. On Linux a small watchdog process kills
+        the session's processes (Ray's agents otherwise outlive it) and removes that
+        directory if the driver dies without closing, e.g. on SIGKILL.
     timeout : float, optional
         Seconds a shard may run before :class:`ShardTimeout` (default: no limit); the actor
         running it is killed and replaced.
