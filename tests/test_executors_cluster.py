@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import psutil
 import pytest
 
 import zoracle as zo
-from zoracle.executors import DaskExecutor, RayExecutor
+from zoracle.executors import DaskExecutor, RayExecutor, ShardTimeout
 
 sys.path.insert(0, os.path.dirname(__file__))
 import test_executors as te  # noqa: E402  (shared oracles)
@@ -106,6 +107,18 @@ class KillOnce:
             else:
                 os.close(fd)
                 os.kill(os.getpid(), signal.SIGKILL)
+        return _loss(x)
+
+
+class HangAt:
+    """Hangs for ``seconds`` when coordinate ``i`` moves away from 0."""
+
+    def __init__(self, i, seconds):
+        self.i, self.seconds = i, seconds
+
+    def __call__(self, x):
+        if x[self.i] != 0.0:
+            time.sleep(self.seconds)
         return _loss(x)
 
 
@@ -204,6 +217,21 @@ class ClusterContract:
             zo.estimate_gradient(RaiseAt(x, 5), x, zo.CGE(), executor=cluster)
         assert info.value.query.startswith("coordinate 5")
         assert "KeyError" in str(info.value) and "shard" in str(info.value)
+
+    def test_timeout_names_shard_and_worker(self, cluster):
+        x = np.zeros(D)
+        cluster.timeout = 1.5
+        try:
+            t0 = time.perf_counter()
+            with pytest.raises(ShardTimeout,
+                               match=r"shard \d+/\d+ \(.+\) did not finish within timeout=1.5 s on "
+                                     r"(dask worker tcp://127\.0\.0\.1:\d+|ray actor \d \(pid \d+\))"):
+                zo.estimate_gradient(HangAt(3, 4.0), x, zo.CGE(), executor=cluster)
+            assert time.perf_counter() - t0 < 4.0
+        finally:
+            cluster.timeout = None
+        te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster),
+                       zo.estimate_gradient(_loss, x, zo.CGE()))  # still usable
 
     def test_survives_a_killed_worker(self, cluster, tmp_path):
         x = te.params()
