@@ -81,8 +81,9 @@ def unguarded_main_line(frame=None):
             tree = ast.parse(fh.read())
     except (OSError, SyntaxError, ValueError):
         return None
-    for node in tree.body:
-        if isinstance(node, ast.If) and _is_main_test(node.test) and node.lineno <= line <= node.end_lineno:
+    for node in ast.walk(tree):  # any `if` mentioning __name__ == "__main__", at any depth
+        if (isinstance(node, ast.If) and node.lineno <= line <= node.end_lineno
+                and any(_is_main_test(t) for t in ast.walk(node.test))):
             return None
     return line
 
