@@ -118,8 +118,8 @@ class RecordAndHang:
 
 if __name__ == "__main__":
     kind = sys.argv[2]
-    if kind == "dask":
-        ex = DaskExecutor("local:2", local_directory=sys.argv[3])
+    if kind == "dask":  # its scratch dir goes to $TMPDIR
+        ex = DaskExecutor("local:2")
     elif kind == "ray":
         ex = RayExecutor("local:2", allow_network=True, _temp_dir=sys.argv[3], include_dashboard=False)
     else:
@@ -142,13 +142,15 @@ def test_workers_die_with_a_sigkilled_driver(kind, tmp_path, request):
     """Workers inside an oracle call (and, for Ray, its agents) exit when the driver is SIGKILLed."""
     if kind != "loky":
         pytest.importorskip("distributed" if kind == "dask" else "ray")
-    files = request.getfixturevalue("ray_env") / "orphans" if kind == "ray" else tmp_path / "scratch"
+    files = request.getfixturevalue("ray_env") / "orphans" if kind == "ray" else tmp_path / "tmp"
+    files.mkdir()
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER)
     seen = tmp_path / "pids"
     seen.mkdir()
     driver = subprocess.Popen([sys.executable, str(script), str(seen), kind, str(files)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, TMPDIR=str(files)))
     pids, tree = [], []
     try:
         end = time.monotonic() + 120
@@ -160,6 +162,11 @@ def test_workers_die_with_a_sigkilled_driver(kind, tmp_path, request):
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
         assert te.no_children(set(pids + tree) - {driver.pid}, timeout=15), "processes outlived the killed driver"
+        if kind == "dask":  # the executor's private scratch dir went with it
+            end = time.monotonic() + 10
+            while os.listdir(files) and time.monotonic() < end:
+                time.sleep(0.2)
+            assert os.listdir(files) == []
     finally:
         driver.kill()
         for pid in set(pids + tree) - {driver.pid}:  # on failure, leave nothing behind

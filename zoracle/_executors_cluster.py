@@ -229,6 +229,7 @@ class DaskExecutor(ShardedExecutor):
         self.cluster = None
         self._owns_client = False
         self._scratch = None  # the local cluster's local_directory, removed on close
+        self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self.n_workers = int(self._count or 1)
 
@@ -274,6 +275,8 @@ class DaskExecutor(ShardedExecutor):
             self._remove_scratch()
             raise
         self._owns_client = True
+        if self._scratch is not None:  # a SIGKILLed driver must not leave its scratch dir behind
+            self._reaper = start_reaper(self._scratch)
 
     def _remove_scratch(self) -> None:
         if self._scratch is not None:
@@ -293,6 +296,8 @@ class DaskExecutor(ShardedExecutor):
             self.client = None
             self.cluster = None
             self._owns_client = False
+            _stop_reaper(self._reaper)
+            self._reaper = None
             self._remove_scratch()
 
     def _dropped(self, tokens) -> None:
@@ -410,6 +415,12 @@ def start_reaper(folder: str | None):
     return subprocess.Popen([sys.executable, "-c", _REAPER, str(me), folder or "", *kids],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+
+
+def _stop_reaper(reaper) -> None:
+    if reaper is not None:
+        reaper.kill()
+        reaper.wait()
 
 
 def _token_path():
@@ -623,10 +634,8 @@ class RayExecutor(ShardedExecutor):
                 ray.shutdown()
         finally:
             self._owns_ray = False
-            if self._reaper is not None:  # a clean close: nothing to reap
-                self._reaper.kill()
-                self._reaper.wait()
-                self._reaper = None
+            _stop_reaper(self._reaper)  # a clean close: nothing to reap
+            self._reaper = None
             self._remove_session_dir()
 
     def _dropped(self, tokens) -> None:
