@@ -55,7 +55,7 @@ class BaseTask:
     cost: float = 1.0
 
     def run(self, oracle: Oracle, params) -> np.ndarray:
-        return np.array([[oracle(params, "the base point (unperturbed params)")]])
+        return np.array([[oracle(params, "the base point (unperturbed params)", fresh=True)]])
 
 
 @dataclass(frozen=True)
