@@ -214,7 +214,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: i
     return out.reshape(shape, order="F" if fortran else "C")
 
 
-def load_checkpoint(path, expected: dict | None = None, prefixes=()):
+def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None):
     """``(arrays, meta)`` from a checkpoint written by :func:`save_checkpoint`.
 
     Parameters
@@ -224,6 +224,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=()):
         ``name -> (shape or None, dtypes or None)``: read only these members (plus those
         whose name starts with one of ``prefixes``), and refuse one whose shape or dtype
         differs. Members not expected are never read. Default: read every member.
+    check : callable, optional
+        ``check(meta)`` runs after the header is read and before any array is.
 
     Raises
     ------
@@ -253,6 +255,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=()):
             if meta.get("version") != VERSION:
                 raise CheckpointError(f"checkpoint {path!r} has format version {meta.get('version')!r}, this "
                                       f"zoracle reads version {VERSION}; {_FIX}")
+            if check is not None:
+                check(meta)
             arrays = {}
             for name, info in members.items():
                 if name == _META:
