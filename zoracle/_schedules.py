@@ -182,7 +182,7 @@ def as_schedule(value: FloatOrSchedule, name: str = "lr") -> Schedule:
 def _label(schedule) -> str:
     if hasattr(type(schedule), "__dataclass_fields__"):
         return repr(schedule)
-    return getattr(schedule, "__qualname__", None) or type(schedule).__name__
+    return getattr(schedule, "__name__", None) or type(schedule).__name__
 
 
 def check_value(raw, where: str, positive: bool = False) -> float:
