@@ -155,6 +155,8 @@ def readonly(params):
     are copied.
     """
     if isinstance(params, np.ndarray):
+        if not params.flags.writeable:  # already protected (e.g. a row of a read-only batch view)
+            return params
         view = params.view()
         view.flags.writeable = False
         return view

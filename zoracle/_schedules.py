@@ -222,7 +222,10 @@ def fingerprint(schedule: Schedule, name: str, total_steps: int | None, positive
     reach, so a changed schedule is caught even when it is an opaque callable. Every value
     is checked with :func:`schedule_value` (so a bad schedule fails before the first query).
     """
-    steps = [t for t in FINGERPRINT_STEPS if total_steps is None and t == 0 or total_steps is not None and t < total_steps]
+    if total_steps is None:  # the run's length is unknown: only the first step is sure to be reached
+        steps = [0]
+    else:
+        steps = [t for t in FINGERPRINT_STEPS if t < total_steps]
     return {"steps": steps, "values": [schedule_value(schedule, t, name, positive) for t in steps]}
 
 
