@@ -258,7 +258,12 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         when present: split > coordinate > batch > one call per query for CGE, batch > calls
         for RGE.
     params : array
-        Flat 1-D float32/float64 NumPy or CuPy array; never modified.
+        Flat 1-D float32/float64 NumPy or CuPy array; never modified. Tensors of other
+        libraries (torch, JAX) are rejected with the conversion to use. The oracle never
+        gets an array through which it could corrupt another query: a read-only view per
+        query, or a private copy per capability call (see :class:`zoracle.Oracle`). A ``mu``
+        that is not a representable step at ``params`` (``(x + mu) - x`` zero or not
+        finite in params' dtype) raises :class:`ArgumentError` before any query.
     estimator : CGE or RGE
         Default ``CGE()``.
     coordinates : int array or bool mask, optional

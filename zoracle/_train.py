@@ -280,7 +280,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     optimizer : Optimizer
         Default ``sgd(0.1)``.
     schedule : schedule, optional
-        Learning rate per step (overrides the optimizer's own ``lr``).
+        Learning rate per step (overrides the optimizer's own ``lr``). Every value must be a
+        finite number >= 0; the values at the steps the run will reach among
+        ``FINGERPRINT_STEPS`` are checked before the first query.
     mu : float or schedule, optional
         Smoothing parameter per step (overrides the estimator's ``mu``).
     sparsity : float, optional
@@ -305,13 +307,18 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         True stops training.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
-        end of each epoch (``"epoch"``) and at the end.
+        end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
+        eval loses no steps) and at the end. A path that cannot be written raises
+        :class:`~zoracle.ArgumentError` before the first query.
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
     resume : path or True, optional
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists).
-        A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`.
+        A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`: the
+        settings, the learning-rate and ``mu`` schedules (their values at a fixed set of
+        steps, so a changed callable is caught too), every header field and every array's
+        dtype, shape and values are checked against this run before anything is used.
     rng : Generator, int or None
         Root of every random choice (directions, masks, ZO-GraSP).
     progress : bool
