@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import zoracle as zo
 from zoracle import smoothing
@@ -305,3 +307,38 @@ def test_errors_name_the_real_problem(tmp_path):
         with pytest.raises(zo.CheckpointError, match=f"'{key}'"):
             _run(None, resume=bad)
     assert set(header) >= {"step", "epoch", "pos", "nfev", "opt_count", "root", "history", "fingerprints"}
+
+
+# any single tampered header field: a CheckpointError or a normal resume, never a raw exception
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                    st.text(max_size=5), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
+                                                                                              st.integers(), max_size=2))
+_FIELDS = ["step", "epoch", "pos", "nfev", "opt_count", "root", "config", "history", "fingerprints",
+           ("config", "d"), ("history", "steps"), ("history", "epochs"), ("fingerprints", "lr"),
+           ("history", "steps", 1, "epoch"), ("history", "steps", 0, "loss"), ("history", "steps", 4, "step"),
+           ("fingerprints", "lr", "steps")]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "c.npz"
+    _run(path)
+    return path
+
+
+@given(field=st.sampled_from(_FIELDS), value=_VALUES)
+def test_any_tampered_header_field_gives_a_checkpoint_error_or_a_clean_resume(saved, tmp_path_factory, field, value):
+    def edit(meta):
+        keys = field if isinstance(field, tuple) else (field,)
+        node = meta
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+
+    folder = tmp_path_factory.mktemp("t")
+    bad = _tamper(saved, folder / "bad.npz", meta_edit=edit)
+    try:
+        res = _run(folder / "out.npz", resume=bad, epochs=3)
+    except zo.CheckpointError:
+        return
+    assert res.steps == 9 and np.isfinite(res.params).all()
