@@ -168,17 +168,19 @@ def check_step(params, mu: float, scheme: str, estimator: str) -> None:
 
     The step is ``(x + mu) - x`` in the parameters' dtype; where it rounds to zero (``mu``
     below the spacing of the floats near ``x``) or overflows, the finite difference is 0,
-    NaN or inf. ``params`` is a host array of the coordinates that will be perturbed.
+    NaN or inf. ``params`` (NumPy or CuPy) holds the coordinates that will be perturbed;
+    only the verdict leaves the device.
     """
-    x = np.asarray(params)
-    t = x.dtype.type
+    xp = namespace(params)
+    t = np.dtype(params.dtype).type
     with np.errstate(over="ignore", invalid="ignore"):
         m = t(mu)
-        bad = ~(((x + m) - x) > 0) | ~np.isfinite(x + m)
+        bad = ~(((params + m) - params) > 0) | ~xp.isfinite(params + m)
         if scheme == "central":
-            bad |= ~((x - (x - m)) > 0) | ~np.isfinite(x - m)
-    if not bad.any():
+            bad |= ~((params - (params - m)) > 0) | ~xp.isfinite(params - m)
+    if not bool(bad.any()):
         return
+    x, bad = to_numpy(params), to_numpy(bad)
     i = int(np.flatnonzero(bad)[0])
     scale = float(np.max(np.abs(x)))
     if not np.isfinite(float(m)) or not np.isfinite(float(x[i]) + float(m)) or float(m) > np.finfo(x.dtype).max / 4:
@@ -298,7 +300,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         coords = np.arange(d) if coordinates is None else _validate_coordinates(coordinates, d)
         if rng is not None:
             as_generator(rng)  # validate only; CGE is deterministic
-        check_step(to_numpy(params[xp.asarray(coords)]), estimator.mu, estimator.scheme, "CGE")
+        check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE")
         tasks = [BaseTask()] + plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize,
                                         budget_bytes, n_workers)
         results = _run(executor, wrapped, params, tasks)
@@ -320,7 +322,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     if coordinates is not None:
         raise ArgumentError("`coordinates` (sparse estimation) is only supported by CGE; use zo.CGE() or drop it")
     gen = as_generator(rng)
-    check_step(to_numpy(params), estimator.mu, estimator.scheme, "RGE")
+    check_step(params, estimator.mu, estimator.scheme, "RGE")
     root = int(gen.integers(2**63))
     q = estimator.directions
     tasks = [BaseTask()] + plan_rge(wrapped, root, q, estimator.steps, estimator.distribution, d,
