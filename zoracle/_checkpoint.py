@@ -234,6 +234,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         and what to do), or an array of another shape or dtype than ``expected``.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path or start without `resume`")
     size = os.path.getsize(path)
