@@ -122,6 +122,9 @@ def test_a_step_that_is_not_representable_is_rejected_before_any_query(estimator
     calls = []
     with pytest.raises(zo.ArgumentError, match=f"mu=.*scale max\\|params\\| {scale}|mu=.*{scale}"):
         zo.estimate_gradient(lambda x: calls.append(1) or float(x @ x), params, estimator)
+    with pytest.raises(zo.ArgumentError, match=f"mu=.*{scale}"):  # also a mu schedule, at its later steps
+        zo.train(lambda x: calls.append(1) or float(x @ x), params, estimator=estimator, epochs=3, progress=False,
+                 mu=lambda t: 1e-3 if t < 2 else estimator.mu)
     assert calls == []
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_writable, save_checkpoint
 from ._errors import ArgumentError
-from ._estimators import CGE, RGE, as_generator, estimate_gradient, validate_params
+from ._estimators import CGE, RGE, as_generator, check_step, estimate_gradient, validate_params
 from ._masks import DynamicMasks
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
@@ -385,6 +385,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
+    mus = prints["mu"]["values"] if mu_sched is not None else [estimator.mu]
+    for m in {min(mus), max(mus)}:  # a step that is not representable at the initial params fails now
+        check_step(params, m, estimator.scheme, type(estimator).__name__)
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
