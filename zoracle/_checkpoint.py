@@ -3,37 +3,135 @@
 The JSON (format tag, version, settings, counters, history) is stored inside the archive
 as a ``uint8`` array, so params, optimizer state and metadata are written together and
 a single ``os.replace`` makes the update atomic: a run killed while saving leaves the
-previous checkpoint intact. Loading uses ``allow_pickle=False``; a truncated, corrupt or
-foreign file raises :class:`CheckpointError`, never a silent restart.
+previous checkpoint intact. Each writer uses its own temporary name (host, pid and a random
+token), so two writers of one checkpoint never collide; temporary files left by a killed
+writer of this host are removed by the next save.
+
+Loading never unpickles and never trusts the archive: only the expected members are read,
+each ``.npy`` header is parsed first, and a member whose declared size exceeds what its
+shape and dtype allow (or the archive's own size) is refused before any byte is read. A
+truncated, corrupt or foreign file raises :class:`CheckpointError`, never a silent restart.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
+import uuid
 import zipfile
+import zlib
 
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ZoracleError
+from ._errors import ArgumentError, ZoracleError
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible", "check_writable",
+           "FORMAT", "VERSION"]
 
 FORMAT = "zoracle-checkpoint"
 VERSION = 1
 _META = "__meta__"
+_FIX = "delete it to start over, or resume from another checkpoint"
 
 
 class CheckpointError(ZoracleError):
     """A checkpoint could not be read, or it does not match the run resuming from it."""
 
 
+# -------------------------------------------------------------------------------- writing
+def _host_tag() -> str:
+    return format(zlib.crc32(socket.gethostname().encode("utf-8", "replace")), "08x")
+
+
+def _tmp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def _tmp_path(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f"{_tmp_prefix(path)}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours (EPERM), or cannot tell: keep its file
+        return True
+    return True
+
+
+def clean_stale(path) -> list:
+    """Remove temporary files of ``path`` left by writers of this host that no longer run.
+
+    Files of live processes (another writer mid-save), of this process and of other hosts
+    are kept. Returns the names removed. POSIX only (elsewhere nothing is removed).
+    """
+    path = os.fspath(path)
+    if os.name != "posix":
+        return []
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix, host = _tmp_prefix(path), _host_tag()
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):].split("-")
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+            pid = int(parts[1])  # this version's names: host-pid-token
+        elif len(parts) == 1 and parts[0].isdigit():
+            pid = int(parts[0])  # older versions: pid only
+        else:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def check_writable(path, name: str = "checkpoint") -> str:
+    """Fail now, before any query, when ``path`` cannot be written; returns the path.
+
+    Creates the folder if needed and writes (then removes) a temporary file next to
+    ``path``, exactly as a save would. Also removes stale temporary files (see
+    :func:`clean_stale`).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ArgumentError(f"`{name}` {path!r} is a directory; pass a file path such as {os.path.join(path, 'run.npz')!r}")
+    tmp = _tmp_path(path)
+    try:
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with open(tmp, "xb") as f:
+            f.write(b"0")
+        os.remove(tmp)
+    except OSError as exc:
+        raise ArgumentError(
+            f"`{name}` {path!r} cannot be written ({type(exc).__name__}: {exc.strerror or exc}); "
+            "choose a writable folder"
+        ) from None
+    clean_stale(path)
+    return path
+
+
 def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     """Atomically write ``arrays`` (name -> array) and ``meta`` (JSON-serializable) to ``path``.
 
     The file is first written next to ``path`` (same directory, so ``os.replace`` is an
-    atomic rename), flushed and fsynced. Returns the path written.
+    atomic rename) under a name unique to this writer, flushed and fsynced. Returns the
+    path written.
 
     Examples
     --------
@@ -53,7 +151,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     payload[_META] = blob
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **payload)
@@ -71,44 +169,123 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
             os.close(fd)
     except OSError:
         pass
+    clean_stale(path)
     return path
 
 
-def load_checkpoint(path):
+# -------------------------------------------------------------------------------- reading
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: int, spec=None) -> np.ndarray:
+    """One ``.npy`` member, its header checked before any data is read (never unpickles)."""
+    name = info.filename[:-4]
+    if info.file_size > limit:
+        raise CheckpointError(
+            f"checkpoint {path!r}: member {name!r} declares {info.file_size} bytes, more than the "
+            f"{limit} it may hold; the file is corrupt or not written by zoracle; {_FIX}"
+        )
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version} in member {name!r}")
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise CheckpointError(f"checkpoint {path!r}: member {name!r} has dtype {dtype}; only numeric arrays "
+                                  f"are read (never pickled objects); {_FIX}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes + f.tell() != info.file_size:
+            raise ValueError(f"member {name!r}: header says {shape} {dtype} but the member holds "
+                             f"{info.file_size - f.tell()} data bytes")
+        if spec is not None:
+            want_shape, want_dtypes = spec
+            if (want_shape is not None and tuple(shape) != tuple(want_shape)) or (
+                    want_dtypes is not None and dtype not in want_dtypes):
+                raise CheckpointError(
+                    f"checkpoint {path!r}: array {name!r} has shape {tuple(shape)} dtype {dtype}, this run expects "
+                    f"shape {want_shape} dtype {' or '.join(map(str, want_dtypes or ['any']))}; "
+                    f"resume with the same settings or {_FIX}"
+                )
+        out = np.empty(math.prod(shape), dtype=dtype)
+        if nbytes and f.readinto(memoryview(out.view(np.uint8))) != nbytes:
+            raise EOFError(f"member {name!r} ends early")
+        if f.read(1):  # also makes zipfile check the CRC
+            raise ValueError(f"member {name!r} is longer than its header says")
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
+def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None):
     """``(arrays, meta)`` from a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path : path
+    expected : dict, optional
+        ``name -> (shape or None, dtypes or None)``: read only these members (plus those
+        whose name starts with one of ``prefixes``), and refuse one whose shape or dtype
+        differs. Members not expected are never read. Default: read every member.
+    check : callable, optional
+        ``check(meta)`` runs after the header is read and before any array is.
 
     Raises
     ------
     CheckpointError
         Missing, truncated, corrupt or not a zoracle checkpoint (the message says which
-        and what to do).
+        and what to do), or an array of another shape or dtype than ``expected``.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path or start without `resume`")
-    fix = "delete it to start over, or resume from another checkpoint"
+    size = os.path.getsize(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
-            if _META not in names:
-                raise CheckpointError(f"{path!r} is an .npz file but not a zoracle checkpoint (no {_META!r}); {fix}")
-            meta = json.loads(z[_META].tobytes().decode("utf-8"))
-            arrays = {k: z[k] for k in names if k != _META}
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise CheckpointError(f"{path!r} is a single .npy array, not a zoracle checkpoint (.npz written by "
+                                  f"zoracle.train or save_checkpoint); {_FIX}")
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            if _META not in members:
+                raise CheckpointError(f"{path!r} is an .npz file but not a zoracle checkpoint (no {_META!r}); {_FIX}")
+            blob = _read_member(zf, members[_META], path, size)
+            meta = json.loads(blob.tobytes().decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path!r} is not a zoracle checkpoint (format "
+                                      f"{meta.get('format') if isinstance(meta, dict) else None!r}); {_FIX}")
+            if meta.get("version") != VERSION:
+                raise CheckpointError(f"checkpoint {path!r} has format version {meta.get('version')!r}, this "
+                                      f"zoracle reads version {VERSION}; {_FIX}")
+            if check is not None:
+                check(meta)
+            arrays = {}
+            for name, info in members.items():
+                if name == _META:
+                    continue
+                if expected is None:
+                    arrays[name] = _read_member(zf, info, path, size)
+                elif name in expected:
+                    shape, dtypes = expected[name]
+                    dtypes = None if dtypes is None else tuple(np.dtype(t) for t in dtypes)
+                    limit = size if shape is None else min(size, 4096 + math.prod(shape) * max(
+                        (t.itemsize for t in dtypes or ()), default=16))
+                    arrays[name] = _read_member(zf, info, path, limit, (shape, dtypes))
+                elif any(name.startswith(p) for p in prefixes):
+                    arrays[name] = _read_member(zf, info, path, size)
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {fix}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path!r} is not a zoracle checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}); {fix}")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(
-            f"checkpoint {path!r} has format version {meta.get('version')!r}, this zoracle reads version {VERSION}; {fix}"
-        )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError, UnicodeDecodeError,
+            NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}") from None
     return arrays, meta
 
 
 def check_compatible(path, saved: dict, expected: dict) -> None:
     """Raise :class:`CheckpointError` listing every setting in ``expected`` that ``saved`` contradicts."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r}: header field 'config' is {type(saved).__name__}, "
+                              f"expected an object; {_FIX}")
     diffs = [
         f"{k}: checkpoint has {saved.get(k)!r}, this run has {v!r}"
         for k, v in expected.items()

@@ -35,7 +35,7 @@ class OracleError(ZoracleError, RuntimeError):
         self.cause = cause
         self.detail = detail
         if cause is not None:
-            msg = f"oracle raised at {query}: {type(cause).__name__}: {cause}"
+            msg = f"oracle raised at {query}: {type(cause).__name__}: {cause}{'; ' + detail if detail else ''}"
         else:
             msg = f"oracle returned {value!r} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)

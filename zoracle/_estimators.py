@@ -135,6 +135,13 @@ def as_generator(rng) -> np.random.Generator:
 def validate_params(params, name: str = "params"):
     """Check ``params`` is a finite 1-D float32/float64 NumPy or CuPy array."""
     xp = namespace(params)
+    if _is_foreign_array(params):
+        kind = f"{type(params).__module__.split('.')[0]}.{type(params).__name__}"
+        raise ArgumentError(
+            f"`{name}` is a {kind}; zoracle works on NumPy (or CuPy) arrays and returns the same kind. "
+            f"Pass np.asarray({name}.detach().cpu()) (torch) or np.from_dlpack({name}), and convert the "
+            "result back yourself (e.g. torch.from_numpy(result))"
+        )
     if not hasattr(params, "dtype") or not hasattr(params, "ndim"):
         raise ArgumentError(
             f"`{name}` must be a 1-D float32 or float64 array, got {type(params).__name__}; "
@@ -156,11 +163,56 @@ def validate_params(params, name: str = "params"):
     return params
 
 
+def check_step(params, mu: float, scheme: str, estimator: str) -> None:
+    """Raise :class:`ArgumentError` when ``mu`` is not a representable step at ``params``.
+
+    The step is ``(x + mu) - x`` in the parameters' dtype; where it rounds to zero (``mu``
+    below the spacing of the floats near ``x``) or overflows, the finite difference is 0,
+    NaN or inf. ``params`` (NumPy or CuPy) holds the coordinates that will be perturbed;
+    only the verdict leaves the device.
+    """
+    xp = namespace(params)
+    t = np.dtype(params.dtype).type
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = t(mu)
+        bad = ~(((params + m) - params) > 0) | ~xp.isfinite(params + m)
+        if scheme == "central":
+            bad |= ~((params - (params - m)) > 0) | ~xp.isfinite(params - m)
+    if not bool(bad.any()):
+        return
+    x, bad = to_numpy(params), to_numpy(bad)
+    i = int(np.flatnonzero(bad)[0])
+    scale = float(np.max(np.abs(x)))
+    if not np.isfinite(float(m)) or not np.isfinite(float(x[i]) + float(m)) or float(m) > np.finfo(x.dtype).max / 4:
+        fix = "use a smaller mu (e.g. 5e-3)"
+        why = f"overflows {x.dtype}"
+    else:
+        need = float(np.spacing(t(max(scale, float(np.finfo(x.dtype).tiny))))) * 1024
+        fix = f"use mu >= {need:.3g} (about 1000 float spacings at this scale), or rescale the parameters"
+        why = f"rounds to a zero step in {x.dtype}"
+    raise ArgumentError(
+        f"{estimator}(mu={mu!r}) is not a representable step: params + mu {why} at index {i} "
+        f"(params[{i}] = {float(x[i]):.6g}; parameter scale max|params| = {scale:.3g}); {fix}"
+    )
+
+
+def _is_foreign_array(params) -> bool:
+    """A tensor or array of another library (torch, JAX, DLPack / array-API objects)."""
+    if isinstance(params, np.ndarray) or namespace(params) is not np:
+        return False
+    return any(hasattr(params, a) for a in ("__dlpack__", "__array_namespace__", "detach"))
+
+
 def _validate_coordinates(coordinates, d: int) -> np.ndarray:
     c = to_numpy(coordinates)
     if c.dtype == bool:
         if c.shape != (d,):
             raise ArgumentError(f"a boolean `coordinates` mask must have shape ({d},), got {c.shape}")
+        if not c.any():
+            raise ArgumentError(
+                f"the boolean `coordinates` mask of length {d} is all False: there is no coordinate to "
+                "estimate; set at least one entry True, or pass None for dense CGE"
+            )
         return np.flatnonzero(c)
     c = np.asarray(c)
     if c.ndim != 1 or (c.size and c.dtype.kind not in "iu"):
@@ -208,7 +260,12 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         when present: split > coordinate > batch > one call per query for CGE, batch > calls
         for RGE.
     params : array
-        Flat 1-D float32/float64 NumPy or CuPy array; never modified.
+        Flat 1-D float32/float64 NumPy or CuPy array; never modified. Tensors of other
+        libraries (torch, JAX) are rejected with the conversion to use. The oracle never
+        gets an array through which it could corrupt another query: a read-only view per
+        query, or a private copy per capability call (see :class:`zoracle.Oracle`). A ``mu``
+        that is not a representable step at ``params`` (``(x + mu) - x`` zero or not
+        finite in params' dtype) raises :class:`ArgumentError` before any query.
     estimator : CGE or RGE
         Default ``CGE()``.
     coordinates : int array or bool mask, optional
@@ -243,6 +300,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         coords = np.arange(d) if coordinates is None else _validate_coordinates(coordinates, d)
         if rng is not None:
             as_generator(rng)  # validate only; CGE is deterministic
+        check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE")
         tasks = [BaseTask()] + plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize,
                                         budget_bytes, n_workers)
         results = _run(executor, wrapped, params, tasks)
@@ -264,6 +322,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     if coordinates is not None:
         raise ArgumentError("`coordinates` (sparse estimation) is only supported by CGE; use zo.CGE() or drop it")
     gen = as_generator(rng)
+    check_step(params, estimator.mu, estimator.scheme, "RGE")
     root = int(gen.integers(2**63))
     q = estimator.directions
     tasks = [BaseTask()] + plan_rge(wrapped, root, q, estimator.steps, estimator.distribution, d,

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 from ._backend import namespace
 from ._errors import ArgumentError
-from ._schedules import as_schedule, describe_schedule
+from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
 
@@ -68,8 +68,9 @@ def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
 
 
 def _lr_at(schedule, state_count, lr):
-    value = schedule(int(state_count)) if lr is None else lr
-    return float(value)
+    if lr is None:
+        return schedule_value(schedule, int(state_count), "lr")
+    return check_value(lr, "`lr` passed to update()")
 
 
 def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:

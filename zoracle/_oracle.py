@@ -147,6 +147,38 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
     return arr
 
 
+def readonly(params):
+    """``params`` as the oracle may see it: a read-only NumPy view, or a private copy.
+
+    A view costs nothing and makes ``x += 1`` inside an oracle raise instead of silently
+    corrupting every later query of the estimate. Arrays without a read-only flag (CuPy)
+    are copied.
+    """
+    if isinstance(params, np.ndarray):
+        if not params.flags.writeable:  # already protected (e.g. a row of a read-only batch view)
+            return params
+        view = params.view()
+        view.flags.writeable = False
+        return view
+    return params.copy()
+
+
+def private(params):
+    """A fresh copy of ``params`` (for capability calls, made once per call of many queries)."""
+    return params.copy()
+
+
+_READONLY_HINT = (
+    "the oracle tried to modify the parameters it was given, which are read-only so that no query "
+    "can corrupt another; work on a copy (x = x.copy()) inside the oracle"
+)
+
+
+def _raised(query: str, exc: Exception) -> OracleError:
+    ro = isinstance(exc, ValueError) and "read-only" in str(exc)
+    return OracleError(query, cause=exc, detail=_READONLY_HINT if ro else "")
+
+
 class Oracle:
     """One picklable wrapper around a user oracle: validates, casts, counts.
 
@@ -160,6 +192,12 @@ class Oracle:
     ``nfev`` counts loss values the oracle produced through this wrapper (a batch of ``k``
     rows counts ``k``). Parameters are passed in the caller's dtype; losses come back as
     float64 on the host.
+
+    No oracle can corrupt a later query through the array it is given: a single query gets
+    a read-only view (free; ``fresh=True`` gives a private copy instead, used once per
+    estimate for the base point), and a capability call (``coordinate_losses``, ``prefix``,
+    ``suffix``), which answers many queries at once, gets its own copy of the parameters.
+    A batch is built fresh for each call and never reused.
     """
 
     def __init__(self, fn):
@@ -177,13 +215,13 @@ class Oracle:
         self.nfev = 0
 
     # plain calls -----------------------------------------------------------------------
-    def __call__(self, params, query: str = "the query point") -> float:
+    def __call__(self, params, query: str = "the query point", fresh: bool = False) -> float:
         try:
-            value = self.fn(params)
+            value = self.fn(private(params) if fresh else readonly(params))
         except OracleError:
             raise
         except Exception as exc:
-            raise OracleError(query, cause=exc) from exc
+            raise _raised(query, exc) from exc
         self.nfev += 1
         return check_scalar(value, query)
 
@@ -193,7 +231,7 @@ class Oracle:
         except OracleError:
             raise
         except Exception as exc:
-            raise OracleError(what, cause=exc) from exc
+            raise _raised(what, exc) from exc
         self.nfev += n
         return check_vector(values, n, query_of, what)
 
@@ -202,7 +240,7 @@ class Oracle:
         return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what)
 
     def coordinate_losses(self, params, coords, step, query_of, what) -> np.ndarray:
-        return self._vector(lambda: self.fn.coordinate_losses(params, coords, step), len(coords), query_of, what)
+        return self._vector(lambda: self.fn.coordinate_losses(private(params), coords, step), len(coords), query_of, what)
 
     @property
     def blocks(self) -> Sequence[slice]:
@@ -210,15 +248,15 @@ class Oracle:
 
     def prefix(self, params, block: int):
         try:
-            return self.fn.prefix(params, block)
+            return self.fn.prefix(private(params), block)
         except OracleError:
             raise
         except Exception as exc:
-            raise OracleError(f"prefix of block {block}", cause=exc) from exc
+            raise _raised(f"prefix of block {block}", exc) from exc
 
     def suffix(self, features, params, block, coords, step, query_of, what) -> np.ndarray:
         return self._vector(
-            lambda: self.fn.suffix(features, params, block, coords, step), len(coords), query_of, what
+            lambda: self.fn.suffix(features, private(params), block, coords, step), len(coords), query_of, what
         )
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._backend import namespace
-from ._oracle import Oracle
+from ._oracle import Oracle, readonly
 
 __all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
 
@@ -55,7 +55,7 @@ class BaseTask:
     cost: float = 1.0
 
     def run(self, oracle: Oracle, params) -> np.ndarray:
-        return np.array([[oracle(params, "the base point (unperturbed params)")]])
+        return np.array([[oracle(params, "the base point (unperturbed params)", fresh=True)]])
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,12 @@ class CoordTask:
                     out[si, lo:hi] = oracle.batch(X, query_of, what)
                 else:
                     x = params.copy()
+                    # one read-only view for all queries: it follows the edits below, the oracle cannot write
+                    xv = readonly(x) if isinstance(x, np.ndarray) else x
                     for j, i in enumerate(c.tolist()):
                         old = x[i].copy()
                         x[i] = old + params.dtype.type(step)
-                        out[si, lo + j] = oracle(x, query_of(j))
+                        out[si, lo + j] = oracle(xv, query_of(j))
                         x[i] = old  # restore the exact value, no drift
         return out
 
@@ -160,8 +162,9 @@ class DirectionTask:
                 if self.use_batch:
                     out[si, clo:chi] = oracle.batch(X, query_of, what)
                 else:
+                    Xv = readonly(X) if isinstance(X, np.ndarray) else X
                     for j in range(chi - clo):
-                        out[si, clo + j] = oracle(X[j], query_of(j))
+                        out[si, clo + j] = oracle(Xv[j], query_of(j))
         return out
 
 

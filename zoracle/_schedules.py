@@ -23,7 +23,15 @@ __all__ = [
     "linear_warmup",
     "as_schedule",
     "describe_schedule",
+    "schedule_value",
+    "check_value",
+    "fingerprint",
+    "FINGERPRINT_STEPS",
 ]
+
+#: The steps at which a schedule's values are recorded in a checkpoint (those a run reaches).
+FINGERPRINT_STEPS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000,
+                     50_000, 100_000, 200_000, 500_000, 1_000_000)
 
 Schedule = Callable[[int], float]
 FloatOrSchedule = Union[float, Schedule]
@@ -169,6 +177,56 @@ def as_schedule(value: FloatOrSchedule, name: str = "lr") -> Schedule:
             f"`{name}` must be a number >= 0 or a schedule (a callable step -> value), got {value!r}"
         )
     return constant_schedule(float(value))
+
+
+def _label(schedule) -> str:
+    if hasattr(type(schedule), "__dataclass_fields__"):
+        return repr(schedule)
+    return getattr(schedule, "__name__", None) or type(schedule).__name__
+
+
+def check_value(raw, where: str, positive: bool = False) -> float:
+    """``raw`` as a finite float ``>= 0`` (``> 0`` if ``positive``), else :class:`ArgumentError` naming ``where``."""
+    bad = isinstance(raw, (bool, str, bytes)) or getattr(raw, "shape", ()) not in ((), (1,))
+    try:
+        value = float(raw.item() if hasattr(raw, "item") else raw)
+    except (TypeError, ValueError):
+        bad, value = True, math.nan
+    if bad or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        shown = repr(raw)
+        shown = shown if len(shown) < 80 else shown[:77] + "..."
+        raise ArgumentError(f"{where} is {shown}; it must be a finite number {'> 0' if positive else '>= 0'}")
+    return value
+
+
+def schedule_value(schedule: Schedule, step: int, name: str = "lr", positive: bool = False) -> float:
+    """``schedule(step)`` checked by :func:`check_value`: the one check every schedule value passes.
+
+    A negative, NaN, infinite or non-numeric value (or an exception) names the schedule,
+    the step and the value.
+    """
+    where = f"the `{name}` schedule {_label(schedule)} at step {step}"
+    try:
+        raw = schedule(int(step))
+    except ArgumentError:
+        raise
+    except Exception as exc:
+        raise ArgumentError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    return check_value(raw, f"the value of {where}", positive)
+
+
+def fingerprint(schedule: Schedule, name: str, total_steps: int | None, positive: bool = False) -> dict:
+    """The schedule's values at the :data:`FINGERPRINT_STEPS` below ``total_steps``.
+
+    Recorded in checkpoints: a resumed run compares the values at the steps both runs
+    reach, so a changed schedule is caught even when it is an opaque callable. Every value
+    is checked with :func:`schedule_value` (so a bad schedule fails before the first query).
+    """
+    if total_steps is None:  # the run's length is unknown: only the first step is sure to be reached
+        steps = [0]
+    else:
+        steps = [t for t in FINGERPRINT_STEPS if t < total_steps]
+    return {"steps": steps, "values": [schedule_value(schedule, t, name, positive) for t in steps]}
 
 
 def describe_schedule(value) -> str:

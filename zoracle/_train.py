@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointError, check_writable, save_checkpoint
 from ._errors import ArgumentError
-from ._estimators import CGE, RGE, as_generator, estimate_gradient, validate_params
+from ._estimators import CGE, RGE, as_generator, check_step, estimate_gradient, validate_params
 from ._masks import DynamicMasks
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
 from ._pruning import SCORED_KINDS, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
-from ._schedules import as_schedule, describe_schedule
+from ._resume import read_resume
+from ._schedules import as_schedule, describe_schedule, fingerprint, schedule_value
 
 __all__ = ["train", "TrainResult", "History", "Minibatches", "RATIO_METHODS"]
 
@@ -207,35 +208,44 @@ def _json_number(v):
     return v if np.isfinite(v) else str(v)
 
 
-def _metrics(value) -> dict:
+def _metric(v, where):
+    try:
+        if isinstance(v, (str, bytes)) or getattr(v, "shape", ()) not in ((), (1,)):
+            raise TypeError
+        return float(v.item() if hasattr(v, "item") else v)
+    except (TypeError, ValueError):
+        shown = repr(v)
+        raise ArgumentError(
+            f"{where} is {shown if len(shown) < 80 else shown[:77] + '...'}; `eval_fn` must return a number "
+            "or a dict of numbers"
+        ) from None
+
+
+def _metrics(value, epoch) -> dict:
     if value is None:
         return {}
+    where = f"the value `eval_fn` returned at epoch {epoch}"
     if isinstance(value, dict):
-        return {str(k): float(v) for k, v in value.items()}
-    return {"eval": float(value)}
+        return {str(k): _metric(v, f"{where} for {k!r}") for k, v in value.items()}
+    return {"eval": _metric(value, where)}
 
 
 def _state_arrays(state) -> dict:
     return {f"opt/{k}": to_numpy(v) for k, v in state._asdict().items() if k != "count"}
 
 
-def _restore_state(template, arrays, count, xp, path):
-    fields = {}
-    for k, v in template._asdict().items():
-        if k == "count":
-            fields[k] = int(count)
-            continue
-        key = f"opt/{k}"
-        if key not in arrays:
-            raise CheckpointError(f"checkpoint {path!r} lacks optimizer field {k!r}; it was written by another optimizer")
-        a = arrays[key]
-        if a.shape != tuple(v.shape) or a.dtype != to_numpy(v).dtype:
-            raise CheckpointError(
-                f"checkpoint {path!r}: optimizer field {k!r} has shape {a.shape} dtype {a.dtype}, "
-                f"expected {tuple(v.shape)} {to_numpy(v).dtype}"
-            )
-        fields[k] = xp.asarray(a)
+def _restore_state(template, saved: dict, count: int, xp):
+    fields = {k: (int(count) if k == "count" else xp.asarray(saved[k])) for k in template._asdict()}
     return type(template)(**fields)
+
+
+def _steps_per_epoch(batches, steps_per_epoch):
+    """Steps of one epoch when known before the run (for schedule fingerprints)."""
+    if batches is None:
+        return steps_per_epoch or 1
+    if hasattr(batches, "__len__"):
+        return min(len(batches), steps_per_epoch or len(batches))
+    return steps_per_epoch
 
 
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
@@ -270,7 +280,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     optimizer : Optimizer
         Default ``sgd(0.1)``.
     schedule : schedule, optional
-        Learning rate per step (overrides the optimizer's own ``lr``).
+        Learning rate per step (overrides the optimizer's own ``lr``). Every value must be a
+        finite number >= 0; the values at the steps the run will reach among
+        ``FINGERPRINT_STEPS`` are checked before the first query.
     mu : float or schedule, optional
         Smoothing parameter per step (overrides the estimator's ``mu``).
     sparsity : float, optional
@@ -295,13 +307,18 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         True stops training.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
-        end of each epoch (``"epoch"``) and at the end.
+        end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
+        eval loses no steps) and at the end. A path that cannot be written raises
+        :class:`~zoracle.ArgumentError` before the first query.
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
     resume : path or True, optional
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists).
-        A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`.
+        A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`: the
+        settings, the learning-rate and ``mu`` schedules (their values at a fixed set of
+        steps, so a changed callable is caught too), every header field and every array's
+        dtype, shape and values are checked against this run before anything is used.
     rng : Generator, int or None
         Root of every random choice (directions, masks, ZO-GraSP).
     progress : bool
@@ -361,6 +378,16 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             log.info("no checkpoint at %s yet: starting a fresh run", os.fspath(checkpoint))
     elif resume is not None:
         resume = os.fspath(resume)
+    if checkpoint is not None:
+        check_writable(checkpoint)  # before the first query, not after the first epoch
+    per_epoch = _steps_per_epoch(batches, steps_per_epoch)
+    total = None if per_epoch is None else epochs * per_epoch
+    lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
+    prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
+              "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
+    mus = prints["mu"]["values"] if mu_sched is not None else [estimator.mu]
+    for m in {min(mus), max(mus)}:  # a step that is not representable at the initial params fails now
+        check_step(params, m, estimator.scheme, type(estimator).__name__)
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
@@ -399,19 +426,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     nfev = 0
     keep = None
     if resume is not None:
-        arrays, meta = load_checkpoint(resume)
-        check_compatible(resume, meta.get("config", {}), config)
-        if "params" not in arrays:
-            raise CheckpointError(f"checkpoint {resume!r} has no params")
-        saved = arrays["params"]
-        params = xp.asarray(saved.astype(params.dtype, copy=False))
-        state = _restore_state(state, arrays, meta["opt_count"], xp, resume)
-        root = int(meta["root"])
-        step, epoch, pos, nfev = int(meta["step"]), int(meta["epoch"]), int(meta["pos"]), int(meta["nfev"])
-        steps_hist, epoch_hist = list(meta["history"]["steps"]), list(meta["history"]["epochs"])
-        if sparse:
-            keep = np.asarray(arrays["ratios"], dtype=np.float64)
-        extra = {k[len("oracle/"):]: v for k, v in arrays.items() if k.startswith("oracle/")}
+        got = read_resume(resume, config=config, fingerprints=prints, params=params, state=state, sparse=sparse,
+                          n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch)
+        params = xp.asarray(got["params"])
+        state = _restore_state(state, got["opt"], got["opt_count"], xp)
+        root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
+        steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
+        keep = got["keep"]
+        extra = got["oracle"]
         if extra or callable(getattr(oracle, "load_state_arrays", None)):
             if not callable(getattr(oracle, "load_state_arrays", None)):
                 raise CheckpointError(f"checkpoint {resume!r} holds oracle state but the oracle has no load_state_arrays()")
@@ -458,7 +480,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             arrays["ratios"] = keep
             arrays["coordinates"] = masks.coordinates(epoch)
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
-                "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist}}
+                "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist},
+                "fingerprints": prints}
         save_checkpoint(checkpoint, arrays, meta)
 
     from tqdm.auto import tqdm
@@ -481,14 +504,19 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     try:
         while epoch < epochs and not stopped:
             blist = epoch_batches(epoch)
+            if pos > len(blist):
+                raise CheckpointError(f"checkpoint {resume!r}: header field 'pos' is {pos}, but epoch {epoch} has "
+                                      f"only {len(blist)} batches; resume with the same batches or start over")
             coords = masks.coordinates(epoch) if sparse else None
             while pos < len(blist):
                 t0 = time.perf_counter()
-                est = estimator if mu_sched is None else dataclasses.replace(estimator, mu=float(mu_sched(step)))
+                est = estimator if mu_sched is None else dataclasses.replace(
+                    estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
                 bound = _bound(oracle, blist[pos])
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, RGE) else None
                 g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor)
-                lr = float(lr_sched(step)) if lr_sched is not None else float(as_schedule(optimizer.lr)(int(state.count)))
+                lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
+                                    "schedule" if lr_sched is not None else "lr")
                 params, state = optimizer.update(g.grad, state, params, lr=lr)
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
@@ -518,6 +546,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if stopped:
                     break
             if pos >= len(blist):
+                save()  # the epoch's steps are safe before eval_fn or a callback can fail
                 t0 = time.perf_counter()
                 mine = [r for r in steps_hist if r["epoch"] == epoch]
                 losses = [float(r["loss"]) for r in mine]
@@ -525,7 +554,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                    erec.update(_metrics(eval_fn(params)))
+                    erec.update(_metrics(eval_fn(params), epoch))
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
                 epoch_hist.append(erec)
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
@@ -537,7 +566,6 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         stopped = True
                 epoch += 1
                 pos = 0
-                save()
     finally:
         bar.close()
     if checkpoint is not None:

@@ -168,20 +168,46 @@ def certified_accuracy(radii, correct, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndar
 
 # ---------------------------------------------------------------------------------------
 # sampling
-def _labels(out, k: int, num_classes: int | None) -> np.ndarray:
+def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
+    """The classifier's output for ``k`` noisy inputs as ``k`` int64 labels, or :class:`OracleError`.
+
+    Accepted: ``(k,)`` integer labels, a ``(k, 1)`` integer label column, or ``(k, C)``
+    floating-point scores (argmax) with ``C == num_classes`` and every score finite.
+    ``sample_of(j)`` names row ``j`` of the batch in errors.
+    """
+    what = f"a batch of {k} noisy inputs"
     arr = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out)
-    if arr.ndim == 2 and arr.shape[0] == k:
+    shown = f"array of shape {arr.shape}, dtype {arr.dtype}"
+    want = f"the classifier must return {k} integer labels (shape ({k},)) or a ({k}, C) float score array"
+    if arr.dtype.kind not in "iuf":
+        raise OracleError(what, shown, detail=want)
+    if arr.ndim == 2 and arr.shape == (k, 1) and arr.dtype.kind in "iu":
+        arr = arr.reshape(k)
+    if arr.ndim == 2:
+        if arr.shape[0] != k or arr.dtype.kind != "f":
+            raise OracleError(what, shown, detail=want + " (labels of the wrong length or layout, e.g. an argmax "
+                                                          "over the batch axis instead of the class axis)")
+        if num_classes is not None and arr.shape[1] != num_classes:
+            raise OracleError(what, shown, detail=f"scores must have one column per class ({num_classes})")
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            j = int(np.flatnonzero(~finite)[0])
+            name = sample_of(j) if sample_of is not None else f"row {j} of {what}"
+            raise OracleError(name, _row(arr[j]), detail=f"scores must be finite ({int((~finite).sum())} of {k} "
+                                                            "rows in this batch are not)")
         arr = arr.argmax(axis=1)
     elif arr.shape != (k,) or arr.dtype.kind not in "iu":
-        raise OracleError(
-            f"a batch of {k} noisy inputs", f"array of shape {arr.shape}, dtype {arr.dtype}",
-            detail=f"the classifier must return {k} integer labels or a ({k}, C) score array",
-        )
+        raise OracleError(what, shown, detail=want)
     arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes)):
-        raise OracleError(f"a batch of {k} noisy inputs", int(arr.max() if arr.min() >= 0 else arr.min()),
+        raise OracleError(what, int(arr.max() if arr.min() >= 0 else arr.min()),
                           detail=f"labels must lie in [0, {num_classes})")
     return arr
+
+
+def _row(scores) -> str:
+    r = np.array2string(np.asarray(scores), precision=4, threshold=8)
+    return r if len(r) < 120 else r[:117] + "..."
 
 
 def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classes: int,
@@ -226,7 +252,8 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
         hi = min(total, lo + batch_size)
         owner = np.arange(lo, hi) // num
         noisy = x[owner] + gen.standard_normal((hi - lo,) + x.shape[1:], dtype=x.dtype) * x.dtype.type(sigma)
-        labels = _labels(classifier(noisy), hi - lo, num_classes)
+        labels = _labels(classifier(noisy), hi - lo, num_classes,
+                         lambda j, lo=lo: f"noise sample {(lo + j) % num} of point {(lo + j) // num}")
         np.add.at(counts, (owner, labels), 1)
     return counts
 

@@ -1,0 +1,347 @@
+"""Hardening of the core (issue 11): one test per class of probe finding.
+
+Silent wrong results become correct results or typed errors; no work is lost to a late
+error; every error names its source. Each test failed on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import zoracle as zo
+from zoracle import smoothing
+from zoracle.testing import QuadraticOracle
+
+D = 5
+
+
+def _quad():
+    r = np.random.default_rng(0)
+    M = r.standard_normal((D, D))
+    return QuadraticOracle(M @ M.T + np.eye(D), b=r.standard_normal(D), blocks=[slice(0, 2), slice(2, D)])
+
+
+class _Mutating:
+    """Exposes only the capabilities in ``caps``; every method corrupts the array it is given."""
+
+    def __init__(self, caps, mutate=True):
+        self.q = _quad()
+        self.d = 1.0 if mutate else 0.0
+        self.max_queries_per_call = 2  # several calls per estimate, so a corruption would carry over
+        for name in caps:
+            setattr(self, name, getattr(self, "_" + name))
+        self.blocks = self.q.blocks if "suffix" in caps else []
+
+    def __call__(self, x):
+        v = self.q(x)
+        x += self.d
+        return v
+
+    def _batch(self, X):
+        v = self.q.batch(X)
+        X += self.d
+        return v
+
+    def _coordinate_losses(self, x, coords, step):
+        v = self.q.coordinate_losses(x, coords, step)
+        x += self.d
+        return v
+
+    def _prefix(self, x, block):
+        v = self.q.prefix(x, block)
+        x += self.d
+        return v
+
+    def _suffix(self, feats, x, block, coords, step):
+        v = self.q.suffix(feats, x, block, coords, step)
+        x += self.d
+        return v
+
+
+# ---------------------------------------------------------------- silent wrong results
+@pytest.mark.parametrize("caps,estimator", [
+    ((), zo.CGE()),
+    (("batch",), zo.CGE()),
+    (("coordinate_losses",), zo.CGE(scheme="central")),
+    (("prefix", "suffix"), zo.CGE()),
+    ((), zo.RGE(directions=4)),
+    (("batch",), zo.RGE(directions=4, scheme="central")),
+])
+def test_an_oracle_that_modifies_its_input_cannot_corrupt_other_queries(caps, estimator):
+    x0 = np.linspace(-1, 1, D)
+    clean = zo.estimate_gradient(_Mutating(caps, mutate=False), x0.copy(), estimator, rng=3) if caps else \
+        zo.estimate_gradient(_quad(), x0, estimator, rng=3)
+    try:
+        got = zo.estimate_gradient(_Mutating(caps), x0, estimator, rng=3)
+    except zo.OracleError as exc:  # a single query is a read-only view: the write itself fails, and says so
+        assert "read-only" in str(exc) and "copy" in str(exc)
+        assert caps == ()  # capability calls get private copies and give the clean result
+        return
+    np.testing.assert_array_equal(got.grad, clean.grad)
+    assert got.loss == clean.loss
+
+
+def test_certify_rejects_non_finite_scores_and_misshaped_labels():
+    x = np.array([1.0])
+    kw = dict(sigma=0.5, n0=10, n=50, num_classes=3, rng=0)
+    with pytest.raises(zo.OracleError, match="noise sample 0 of point 0"):
+        smoothing.certify(lambda z: np.full((len(z), 3), np.nan), x, **kw)
+
+    def half_nan(z):
+        s = np.zeros((len(z), 3))
+        s[1::2] = np.nan
+        return s
+
+    with pytest.raises(zo.OracleError, match="noise sample 1 of point 0.*finite"):
+        smoothing.certify(half_nan, x, **kw)
+    argmax_axis0 = lambda z: np.ones((len(z), 3)).argmax(axis=0)[None]  # noqa: E731 (ONNX ArgMax(axis=0))
+    with pytest.raises(zo.OracleError, match="wrong length"):
+        smoothing.certify(argmax_axis0, x, **dict(kw, batch_size=1))
+    with pytest.raises(zo.OracleError, match="one column per class"):
+        smoothing.certify(lambda z: np.ones((len(z), 5)), x, **kw)
+
+
+@pytest.mark.parametrize("estimator,params,scale", [
+    (zo.CGE(mu=1e-20), np.ones(3), "= 1"),
+    (zo.CGE(mu=1e39), np.ones(3, np.float32), "overflows float32"),
+    (zo.RGE(mu=1e-20), np.full(3, 1e6), "= 1e\\+06"),
+    (zo.CGE(mu=1e-9, scheme="central"), np.full(3, 1e8), "= 1e\\+08"),
+])
+def test_a_step_that_is_not_representable_is_rejected_before_any_query(estimator, params, scale):
+    calls = []
+    with pytest.raises(zo.ArgumentError, match=f"mu=.*scale max\\|params\\| {scale}|mu=.*{scale}"):
+        zo.estimate_gradient(lambda x: calls.append(1) or float(x @ x), params, estimator)
+    with pytest.raises(zo.ArgumentError, match=f"mu=.*{scale}"):  # also a mu schedule, at its later steps
+        zo.train(lambda x: calls.append(1) or float(x @ x), params, estimator=estimator, epochs=3, progress=False,
+                 mu=lambda t: 1e-3 if t < 2 else estimator.mu)
+    assert calls == []
+
+
+@pytest.mark.parametrize("schedule", [lambda t: -0.1, lambda t: float("nan"), lambda t: 0.1 if t < 2 else np.inf])
+def test_a_schedule_with_a_negative_or_non_finite_value_fails_before_any_query(schedule):
+    calls = []
+    with pytest.raises(zo.ArgumentError, match="`schedule` schedule <lambda> at step"):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=4, schedule=schedule, progress=False)
+    assert calls == []
+    with pytest.raises(zo.ArgumentError, match="`mu` schedule"):
+        zo.train(lambda x: float(x @ x), np.ones(3), epochs=4, mu=lambda t: 0.0, progress=False)
+
+
+def _run(path, epochs=2, schedule=lambda t: 0.1 / (1 + t), resume=None, d=4, **kw):
+    return zo.train(lambda x: float(((x - 1) ** 2).sum()), np.zeros(d), epochs=epochs, steps_per_epoch=3,
+                    schedule=schedule, optimizer=zo.sgd(0.1, momentum=0.9), checkpoint=path, resume=resume,
+                    rng=0, progress=False, **kw)
+
+
+def _tamper(path, out, meta_edit=None, arrays_edit=None):
+    arrays, meta = zo.load_checkpoint(path)
+    if meta_edit:
+        meta_edit(meta)
+    if arrays_edit:
+        arrays_edit(arrays)
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(out, arrays, meta)
+    return out
+
+
+def test_resume_validates_the_schedule_every_header_field_and_every_array(tmp_path):
+    ckpt = tmp_path / "c.npz"
+    _run(ckpt)
+    with pytest.raises(zo.CheckpointError, match="another `lr` schedule: at step 1"):
+        _run(tmp_path / "d.npz", resume=ckpt, schedule=lambda t: 0.1 / (1 + 2 * t))
+    assert _run(tmp_path / "e.npz", resume=ckpt, epochs=3).steps == 9  # same schedule, longer run: fine
+
+    def setter(key, value):
+        return lambda m: m.__setitem__(key, value)
+
+    cases = [
+        (setter("epoch", 10**30), "'epoch'"),
+        (setter("pos", -1), "'pos'"),
+        (setter("step", -5), "'step'"),
+        (setter("nfev", 1e300), "'nfev'"),
+        (setter("nfev", 3), "'nfev'"),
+        (setter("opt_count", "7"), "'opt_count'"),
+        (setter("root", None), "'root'"),
+        (setter("history", []), "'history'"),
+        (lambda m: m.pop("step"), "'step'"),
+        (lambda m: m.pop("config"), "'config'"),
+        (lambda m: m["history"]["steps"][2].__setitem__("nfev", "many"), "history.steps\\[2\\].nfev"),
+        (lambda m: m["fingerprints"]["lr"]["values"].__setitem__(1, 9.0), "another `lr` schedule"),
+    ]
+    for i, (edit, field) in enumerate(cases):
+        bad = _tamper(ckpt, tmp_path / f"bad{i}.npz", meta_edit=edit)
+        with pytest.raises(zo.CheckpointError, match=field):
+            _run(tmp_path / "out.npz", resume=bad)
+    array_cases = [
+        (lambda a: a.__setitem__("params", np.zeros(3)), "'params' has shape \\(3,\\)"),
+        (lambda a: a.__setitem__("params", np.zeros(4, np.int64)), "'params' has shape \\(4,\\) dtype int64"),
+        (lambda a: a.__setitem__("params", np.full(4, np.nan)), "'params' holds NaN"),
+        (lambda a: a.__setitem__("opt/momentum", np.zeros(7)), "'opt/momentum'"),
+        (lambda a: a.pop("opt/momentum"), "lacks the arrays \\['opt/momentum'\\]"),
+    ]
+    for i, (edit, field) in enumerate(array_cases):
+        bad = _tamper(ckpt, tmp_path / f"arr{i}.npz", arrays_edit=edit)
+        with pytest.raises(zo.CheckpointError, match=field):
+            _run(tmp_path / "out.npz", resume=bad)
+
+
+# ---------------------------------------------------------------- lost work and late errors
+def test_no_work_is_lost_to_a_failing_eval_or_an_unwritable_checkpoint(tmp_path):
+    ckpt = tmp_path / "c.npz"
+
+    def bad_eval(params):
+        raise RuntimeError("eval crashed")
+
+    with pytest.raises(RuntimeError, match="eval crashed"):
+        _run(ckpt, eval_fn=bad_eval)
+    _, meta = zo.load_checkpoint(ckpt)
+    assert meta["step"] == 3 and meta["pos"] == 3  # the epoch's steps were saved before eval_fn ran
+    resumed = _run(ckpt, resume=ckpt)
+    assert resumed.params.tobytes() == _run(tmp_path / "ref.npz").params.tobytes()
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    calls = []
+    for where in (blocker / "run.npz", tmp_path):
+        with pytest.raises(zo.ArgumentError, match="`checkpoint`"):
+            zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), checkpoint=where, progress=False)
+    assert calls == []
+
+
+def test_concurrent_writers_do_not_collide_and_stale_temp_files_are_removed(tmp_path):
+    path = tmp_path / "run.npz"
+    errors = []
+
+    def writer(k):
+        try:
+            for i in range(15):
+                zo.save_checkpoint(path, {"a": np.full(20_000, float(k))}, {"i": i, "k": k})
+        except Exception as exc:  # pragma: no cover - the failure being tested
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    arrays, meta = zo.load_checkpoint(path)
+    assert (arrays["a"] == meta["k"]).all()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        from zoracle._checkpoint import _host_tag
+
+        stale = [f".run.npz.tmp-{dead.pid}", f".run.npz.tmp-{_host_tag()}-{dead.pid}-0123456789ab"]
+        kept = [f".run.npz.tmp-{_host_tag()}-{live.pid}-0123456789ab", ".other.npz.tmp-1"]
+        for name in stale + kept:
+            (tmp_path / name).write_bytes(b"partial")
+        zo.save_checkpoint(path, {"a": np.zeros(2)}, {})
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + ["run.npz"])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_huge_extra_member_is_never_read_and_declared_sizes_are_checked(tmp_path):
+    ckpt = tmp_path / "c.npz"
+    _run(ckpt)
+    with zipfile.ZipFile(ckpt, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("extra.npy", "w", force_zip64=True) as f:
+            f.write(np.lib.format.magic(1, 0))
+            block = bytes(2**22)
+            for _ in range(64):  # 256 MiB of zeros, about 250 KiB on disk
+                f.write(block)
+    assert ckpt.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        res = _run(tmp_path / "out.npz", resume=ckpt, epochs=3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.steps == 9 and peak < 16 * 2**20
+    with pytest.raises(zo.CheckpointError, match="'extra' declares 268435"):
+        zo.load_checkpoint(ckpt)  # without a list of expected members, the declared size is refused
+
+    with zipfile.ZipFile(tmp_path / "lying.npz", "w") as z:  # a header that promises more than the member holds
+        with z.open("__meta__.npy", "w") as f:
+            blob = json.dumps({"format": "zoracle-checkpoint", "version": 1}).encode()
+            np.lib.format.write_array(f, np.frombuffer(blob, np.uint8))
+        with z.open("params.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    with pytest.raises(zo.CheckpointError, match="corrupt or truncated"):
+        zo.load_checkpoint(tmp_path / "lying.npz")
+
+
+# ---------------------------------------------------------------- unclear errors
+def test_errors_name_the_real_problem(tmp_path):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(zo.ArgumentError, match="`params` is a torch.Tensor; zoracle works on NumPy"):
+        zo.estimate_gradient(lambda x: 1.0, torch.ones(3))
+    with pytest.raises(zo.ArgumentError, match="all False"):
+        zo.estimate_gradient(lambda x: 1.0, np.ones(3), coordinates=np.zeros(3, bool))
+    with pytest.raises(zo.ArgumentError, match="`eval_fn` returned at epoch 0 for 'acc' is 'high'"):
+        _run(None, eval_fn=lambda p: {"acc": "high"})
+    with pytest.raises(zo.ArgumentError, match="`schedule` schedule <lambda> at step 0 is 'fast'"):
+        _run(None, schedule=lambda t: "fast")
+    np.save(tmp_path / "params.npy", np.zeros(4))
+    with pytest.raises(zo.CheckpointError, match="single .npy array"):
+        _run(None, resume=tmp_path / "params.npy")
+    ckpt = tmp_path / "c.npz"
+    _run(ckpt)
+    with zipfile.ZipFile(ckpt) as z:
+        header = json.loads(np.lib.format.read_array(z.open("__meta__.npy")).tobytes())
+    for key in ("step", "epoch", "pos", "nfev", "opt_count", "root", "history"):
+        bad = _tamper(ckpt, tmp_path / f"no_{key}.npz", meta_edit=lambda m, key=key: m.pop(key))
+        with pytest.raises(zo.CheckpointError, match=f"'{key}'"):
+            _run(None, resume=bad)
+    assert set(header) >= {"step", "epoch", "pos", "nfev", "opt_count", "root", "history", "fingerprints"}
+
+
+# any single tampered header field: a CheckpointError or a normal resume, never a raw exception
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                    st.text(max_size=5), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
+                                                                                              st.integers(), max_size=2))
+_FIELDS = ["step", "epoch", "pos", "nfev", "opt_count", "root", "config", "history", "fingerprints",
+           ("config", "d"), ("history", "steps"), ("history", "epochs"), ("fingerprints", "lr"),
+           ("history", "steps", 1, "epoch"), ("history", "steps", 0, "loss"), ("history", "steps", 4, "step"),
+           ("fingerprints", "lr", "steps")]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "c.npz"
+    _run(path)
+    return path
+
+
+@given(field=st.sampled_from(_FIELDS), value=_VALUES)
+def test_any_tampered_header_field_gives_a_checkpoint_error_or_a_clean_resume(saved, tmp_path_factory, field, value):
+    def edit(meta):
+        keys = field if isinstance(field, tuple) else (field,)
+        node = meta
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+
+    folder = tmp_path_factory.mktemp("t")
+    bad = _tamper(saved, folder / "bad.npz", meta_edit=edit)
+    try:
+        res = _run(folder / "out.npz", resume=bad, epochs=3)
+    except zo.CheckpointError:
+        return
+    assert res.steps == 9 and np.isfinite(res.params).all()

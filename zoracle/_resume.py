@@ -1,0 +1,160 @@
+"""Resume without trusting the checkpoint: every header field and array is checked against the run.
+
+:func:`read_resume` is the one validation layer between a checkpoint file and
+:func:`zoracle.train`: settings (``check_compatible``), schedule fingerprints, every
+counter (type, range and consistency with the history), every history record, and every
+array's dtype, shape and values. Anything implausible raises :class:`CheckpointError`
+naming the field; nothing reaches the training loop as a raw ``KeyError`` or ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._backend import to_numpy
+from ._checkpoint import CheckpointError, check_compatible, load_checkpoint
+
+__all__ = ["read_resume", "compare_fingerprints"]
+
+_MAX_COUNT = 2**53  # counters above this are not exact in JSON / float64: implausible
+_FIX = "delete it to start over, or resume from another checkpoint"
+
+
+def _bad(path, field, value, want):
+    shown = repr(value)
+    shown = shown if len(shown) < 80 else shown[:77] + "..."
+    return CheckpointError(f"checkpoint {path!r}: header field {field!r} is {shown}, expected {want}; {_FIX}")
+
+
+def _int(meta, key, path, lo=0, hi=_MAX_COUNT, field=None):
+    v = meta.get(key) if isinstance(meta, dict) else None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
+        raise _bad(path, field or key, v, f"an integer in [{lo}, {hi}]")
+    return int(v)
+
+
+def _number(rec, key, path, field, lo=-np.inf, allow_text=False):
+    v = rec.get(key)
+    if allow_text and v in ("nan", "inf", "-inf"):
+        return v
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v >= lo) or (not allow_text and not np.isfinite(v)):
+        raise _bad(path, field, v, f"a finite number >= {lo}" if lo > -np.inf else "a number")
+    return v
+
+
+def _history(meta, path, step, epoch, pos):
+    hist = meta.get("history")
+    if not isinstance(hist, dict) or not isinstance(hist.get("steps"), list) or not isinstance(hist.get("epochs"), list):
+        raise _bad(path, "history", type(hist).__name__, "an object with lists 'steps' and 'epochs'")
+    steps, epochs = hist["steps"], hist["epochs"]
+    if len(steps) != step:
+        raise _bad(path, "step", step, f"the number of step records ({len(steps)})")
+    if len(epochs) != epoch:
+        raise _bad(path, "epoch", epoch, f"the number of epoch records ({len(epochs)})")
+    last = 0
+    for i, r in enumerate(steps):
+        f = f"history.steps[{i}]"
+        if not isinstance(r, dict):
+            raise _bad(path, f, r, "an object")
+        _int(r, "step", path, i, i, f + ".step")
+        last = _int(r, "epoch", path, last, epoch, f + ".epoch")
+        _int(r, "nfev", path, field=f + ".nfev")
+        _number(r, "loss", path, f + ".loss", allow_text=True)
+        _number(r, "lr", path, f + ".lr", lo=0.0)
+        _number(r, "mu", path, f + ".mu", lo=0.0)
+        _number(r, "seconds", path, f + ".seconds", lo=0.0)
+    here = sum(1 for r in steps if r["epoch"] == epoch)
+    if here != pos:
+        raise _bad(path, "pos", pos, f"the number of step records of epoch {epoch} ({here})")
+    for j, r in enumerate(epochs):
+        if not isinstance(r, dict) or r.get("epoch") != j:
+            raise _bad(path, f"history.epochs[{j}]", r, f"an object with 'epoch': {j}")
+    return steps, epochs
+
+
+def compare_fingerprints(path, saved, current: dict) -> None:
+    """Raise when a schedule's values differ from the checkpoint's at any step both runs reach."""
+    if not isinstance(saved, dict):
+        raise _bad(path, "fingerprints", saved, "an object (schedule name -> steps and values)")
+    for name, fp in current.items():
+        old = saved.get(name)
+        if old is None and fp is None:
+            continue
+        if fp is None or old is None:
+            raise CheckpointError(
+                f"checkpoint {path!r} was written with{'out' if old is None else ''} a `{name}` schedule, this run "
+                f"has {'one' if old is None else 'none'}; resume with the same settings, or {_FIX}"
+            )
+        if (not isinstance(old, dict) or not isinstance(old.get("steps"), list) or not isinstance(old.get("values"), list)
+                or len(old["steps"]) != len(old["values"])):
+            raise _bad(path, f"fingerprints.{name}", old, "an object with equally long 'steps' and 'values'")
+        mine = dict(zip(fp["steps"], fp["values"]))
+        for t, v in zip(old["steps"], old["values"]):
+            if t in mine and mine[t] != v:
+                raise CheckpointError(
+                    f"checkpoint {path!r} was written with another `{name}` schedule: at step {t} it gave {v!r}, "
+                    f"this run's gives {mine[t]!r}; resume with the same schedule, or {_FIX}"
+                )
+
+
+def _finite(path, name, a):
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise CheckpointError(f"checkpoint {path!r}: array {name!r} holds NaN or inf; {_FIX}")
+
+
+def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse: bool, n_scored: int,
+                oracle, steps_per_epoch=None) -> dict:
+    """Load and validate a training checkpoint for this run; a dict of what the loop needs.
+
+    ``params`` and ``state`` (the optimizer's initial state) give the expected shapes and
+    dtypes; ``oracle.state_arrays()``, when present, those of the oracle's own state.
+    """
+    p = np.asarray(to_numpy(params))
+    expected = {"params": (p.shape, (p.dtype,))}
+    for k, v in state._asdict().items():
+        if k != "count":
+            v = np.asarray(to_numpy(v))
+            expected[f"opt/{k}"] = (v.shape, (v.dtype,))
+    if sparse:
+        expected["ratios"] = ((n_scored,), (np.float64,))
+    template = None
+    if callable(getattr(oracle, "state_arrays", None)):
+        template = {k: np.asarray(to_numpy(v)) for k, v in oracle.state_arrays().items()}
+        expected.update({f"oracle/{k}": (v.shape, (v.dtype,)) for k, v in template.items()})
+    header = {}
+
+    def check(meta):
+        check_compatible(path, meta.get("config"), config)
+        if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
+            compare_fingerprints(path, meta.get("fingerprints"), fingerprints)
+        root = meta.get("root")
+        if not isinstance(root, str) or not root.isdigit() or int(root) >= 2**63:
+            raise _bad(path, "root", root, "a decimal seed string below 2**63")
+        step = _int(meta, "step", path)
+        epoch = _int(meta, "epoch", path, hi=step)
+        pos = _int(meta, "pos", path, hi=steps_per_epoch if steps_per_epoch is not None else _MAX_COUNT)
+        opt_count = _int(meta, "opt_count", path, hi=step)
+        steps, epochs = _history(meta, path, step, epoch, pos)
+        used = sum(int(r["nfev"]) for r in steps)
+        nfev = _int(meta, "nfev", path, lo=used)
+        header.update(root=int(root), step=step, epoch=epoch, pos=pos, opt_count=opt_count, steps=steps,
+                      epochs=epochs, nfev=nfev)
+
+    arrays, _ = load_checkpoint(path, expected, prefixes=() if template is not None else ("oracle/",), check=check)
+
+    missing = [k for k in expected if k not in arrays]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} lacks the arrays {missing}; it was written by another run "
+                              f"(optimizer, sparsity or oracle); {_FIX}")
+    for k, a in arrays.items():
+        _finite(path, k, a)
+    keep = None
+    if sparse:
+        keep = arrays["ratios"]
+        if ((keep < 0) | (keep > 1)).any():
+            raise CheckpointError(f"checkpoint {path!r}: keep ratios must lie in [0, 1], got {keep.tolist()}; {_FIX}")
+    extra = {k[len("oracle/"):]: v for k, v in arrays.items() if k.startswith("oracle/")}
+    opt = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+    return dict(header, params=arrays["params"], opt=opt, keep=keep, oracle=extra)
