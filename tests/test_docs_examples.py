@@ -33,3 +33,18 @@ def test_train_torch_example_rejects_a_single_epoch(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_torch.py"), "--epochs", "1"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--epochs must be >= 2" in r.stderr
+
+
+def test_estimators_benchmark_pins_and_prints_blas_threads():
+    pytest.importorskip("threadpoolctl")
+    import json
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimators.py"), "--d", "300", "--n", "16",
+                        "--threads", "1", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["blas"] and all(b["threads"] == 1 for b in out["blas"])
+    assert out["call_nfev"] == out["batch_nfev"] == out["coordinate_nfev"] == 301 and out["max_rel_diff"] < 1e-6
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimators.py"), "--d", "300", "--n", "16"],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and table.stdout.startswith("BLAS: ") and "1 thread" in table.stdout.splitlines()[0]
