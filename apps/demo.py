@@ -88,7 +88,7 @@ def make_model(seed: int):
     """conv3x3(1->8)-ReLU, conv3x3(8->16, stride 2)-ReLU, 2x2 average pool, linear(64->10); 1898 weights.
 
     No BatchNorm: in train mode every perturbation needs its own batch statistics, which
-    costs far more than the convolutions at this size (see the README section on `zoracle demo`).
+    costs far more than the convolutions at this size (see docs/benchmarks.md, `zoracle demo`).
     """
     import torch
     from torch import nn
