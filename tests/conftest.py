@@ -44,7 +44,7 @@ def _cupy_or_reason():
     try:
         import cupy
     except ImportError:
-        return None, "cupy is not installed (pip install 'zoracle[gpu]')"
+        return None, 'cupy is not installed (pip install -e ".[gpu]")'
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None, "no CUDA device"
