@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _missing(name: str, what: str) -> SystemExit:
     extra = COMMANDS[name][1]
-    return SystemExit(f"zoracle {name}: needs the '{extra}' extra ({what}); install it with: "
+    plural = "s" if "," in extra else ""
+    return SystemExit(f"zoracle {name}: needs the '{extra}' extra{plural} ({what}); install it with: "
                       + INSTALL.format(extra=extra))
 
 
