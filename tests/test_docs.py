@@ -23,6 +23,27 @@ OPTIONAL = {"torch": "torch", "sklearn": "scikit-learn", "onnxruntime": "onnxrun
             "dask": "dask", "ray": "ray"}
 
 
+ADAPTERS = {"torch": "torch", "torch_models": "torch", "onnx": "onnxruntime", "phiflow": "phi"}
+
+
+def needed_modules(code: str) -> set:
+    """Top-level modules a block imports, zoracle's adapters mapped to their framework."""
+    lines = [ln for ln in code.splitlines() if re.match(r"\s*(import|from)\s", ln)]
+    out = set()
+    for name in re.findall(r"[A-Za-z_][\w.]*", " ".join(lines)):
+        parts = name.split(".")
+        out.add(parts[0])
+        if parts[:2] == ["zoracle", "adapters"] and len(parts) > 2:
+            out.add(ADAPTERS.get(parts[2], parts[2]))
+    return out
+
+
+def test_needed_modules_sees_frameworks_behind_adapters():
+    code = "import numpy as np, torch, zoracle as zo\nfrom zoracle.adapters.onnx import OnnxClassifier\nx = 1\n"
+    assert {"numpy", "torch", "zoracle", "onnxruntime"} <= needed_modules(code)
+    assert "x" not in needed_modules(code)
+
+
 def python_blocks():
     """(page, line, code) for every ```python block, in page order."""
     out = []
@@ -45,7 +66,7 @@ def test_the_docs_have_python_blocks():
 
 @pytest.mark.parametrize("page, line, code", BLOCKS)
 def test_python_block_runs_as_written(page, line, code, tmp_path):
-    for module in sorted(set(re.findall(r"^\s*(?:import|from)\s+(\w+)", code, re.M)) & set(OPTIONAL)):
+    for module in sorted(needed_modules(code) & set(OPTIONAL)):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"needs {OPTIONAL[module]}")
     # warnings raised by zoracle itself are errors here too, as in the rest of the suite
