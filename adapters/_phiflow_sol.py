@@ -425,5 +425,5 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
             loss.backward()
         opt.step()
         if callback is not None:
-            callback(it, float(loss), net)
+            callback(it, float(loss.detach()), net)
     return flat_params(net), time.perf_counter() - t0

@@ -30,7 +30,8 @@ METHODS = ("deepzero", "fo", "rge")
 def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs for every method (default 35; 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run in well under a minute (3 epochs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a 3-epoch smoke test of the pipeline; too short to rank the methods (not a comparison)")
     parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
     parser.add_argument("--sparsity", type=float, default=0.9,
                         help="DeepZero gradient sparsity over conv/linear weights, in [0, 1) (default 0.9)")
@@ -87,7 +88,7 @@ def make_model(seed: int):
     """conv3x3(1->8)-ReLU, conv3x3(8->16, stride 2)-ReLU, 2x2 average pool, linear(64->10); 1898 weights.
 
     No BatchNorm: in train mode every perturbation needs its own batch statistics, which
-    costs far more than the convolutions at this size (see the README section on `zoracle demo`).
+    costs far more than the convolutions at this size (see docs/benchmarks.md, `zoracle demo`).
     """
     import torch
     from torch import nn
@@ -198,7 +199,12 @@ def _table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def _plot(results: dict, path: str) -> None:
+#: printed by every --quick run: its numbers must not be read as a ranking
+SMOKE_NOTE = ("smoke test (--quick, {epochs} epochs): checks that every method runs; {epochs} epochs cannot rank "
+              "the methods, so this is not a comparison (run `zoracle demo` for that)")
+
+
+def _plot(results: dict, path: str, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,6 +220,8 @@ def _plot(results: dict, path: str) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -268,11 +276,13 @@ def _main(args, methods) -> int:
             executor.__exit__(None, None, None)
     ordered = {m: results[m] for m in METHODS if m in results}
     if args.plot:
-        _plot(ordered, args.plot)
+        _plot(ordered, args.plot, title=SMOKE_NOTE.split(":")[0] + ": not a comparison" if args.quick else None)
         log(f"saved training curves to {args.plot}")
     if args.json:
         print(json.dumps({m: {k: r[k] for k in ("test_acc", "queries", "seconds")} | {"details": {
             k: v for k, v in r.items() if k not in ("test_acc", "queries", "seconds")}} for m, r in ordered.items()}))
     else:
         print(_table(ordered, args))
+    if args.quick:  # on stdout under the table; on stderr with --json (stdout stays one JSON object)
+        print(SMOKE_NOTE.format(epochs=args.epochs), file=sys.stderr if args.json else sys.stdout)
     return 0

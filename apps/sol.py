@@ -319,7 +319,7 @@ def main(args) -> int:
     except ImportError as exc:
         from zoracle._errors import ZoracleError
 
-        raise ZoracleError(f"{exc}; install with: pip install 'zoracle[phiflow,torch,apps]'") from None
+        raise ZoracleError(f"{exc}; install with: pip install -e \".[phiflow,apps]\"  (from the zoracle clone)") from None
     table = markdown(res)
     total = time.perf_counter() - t0
     if out is not None:

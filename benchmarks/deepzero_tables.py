@@ -1,4 +1,4 @@
-"""Regenerate the DeepZero result tables of the README's results section.
+"""Regenerate the DeepZero result tables in docs/benchmarks.md (paper reproductions).
 
 Three experiments, all offline (scikit-learn digits; MNIST-1D generated procedurally by
 ``mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())``):

@@ -7,6 +7,11 @@ the coordinate path uses the rank-one structure ``A (w + s e_i) = A w + s A[:, i
 
     python benchmarks/estimators.py            # table
     python benchmarks/estimators.py --json     # {"d", "call_s", "batch_s", "coordinate_s", "batch_speedup", ...}
+    python benchmarks/estimators.py --threads 2
+
+BLAS threads are pinned for the whole run (threadpoolctl; default 1) and printed: the same
+path can take 20x longer with an oversubscribed BLAS pool on a busy machine, so timings
+are only comparable at a stated thread count.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import zoracle as zo
 
@@ -71,12 +77,21 @@ def main(argv=None) -> int:
     p.add_argument("--d", type=int, default=10_000, help="parameter dimension (default 10000)")
     p.add_argument("--n", type=int, default=64, help="data set size (default 64)")
     p.add_argument("--repeats", type=int, default=1, help="repeat each path, keep the fastest")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads, pinned for the run (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = p.parse_args(argv)
-    r = run(a.d, a.n, repeats=a.repeats)
+    if a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
+    with threadpool_limits(limits=a.threads, user_api="blas"):
+        blas = [{"library": i["internal_api"], "threads": i["num_threads"]} for i in threadpool_info()
+                if i["user_api"] == "blas"]
+        r = run(a.d, a.n, repeats=a.repeats)
+    r["blas"] = blas
     if a.json:
         print(json.dumps(r))
         return 0
+    libs = ", ".join(f"{b['library']} {b['threads']} thread{'s' if b['threads'] != 1 else ''}" for b in blas)
+    print(f"BLAS: {libs or 'none found by threadpoolctl'}")
     print(f"full forward CGE, d = {r['d']}, logistic loss on n = {r['n']} samples ({r['call_nfev']} queries each)")
     print(f"{'path':<12}{'seconds':>10}{'speed-up':>10}")
     for name in ("call", "batch", "coordinate"):

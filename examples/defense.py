@@ -1,9 +1,9 @@
 """Certified black-box defense: a denoiser trained with DeepZero in front of an ONNX classifier.
 
-A thin wrapper around ``zoracle defense`` (see the README section "Certified black-box defense"). Examples::
+A thin wrapper around ``zoracle defense`` (see docs/defense.md). Examples::
 
-    python examples/defense.py --quick              # about 20 s: Markdown table on stdout
-    python examples/defense.py --out results/defense  # the README run: table, plot, JSON
+    python examples/defense.py --quick              # 20-90 s on 2 cores (quiet to loaded): Markdown table
+    python examples/defense.py --out results/defense  # the run in docs/defense.md: table, plot, JSON
 
 Every flag of ``zoracle defense --help`` works here too.
 """

@@ -1,7 +1,7 @@
 """zoracle quickstart: train through a black box that only returns loss values.
 
 The "model" is a plain Python function ``params -> float``; nothing is differentiated.
-Run: ``python examples/quickstart.py`` (well under a second).
+Run: ``python examples/quickstart.py`` (under a second of CPU time).
 """
 
 import numpy as np

@@ -1,7 +1,7 @@
 """Solver-in-the-loop correction of a coarse PhiFlow wake-flow solver, trained with ZO (ZO-SOL).
 
 Same as ``zoracle sol``: ``python examples/sol.py --quick`` runs the CI size (under a
-minute on a quiet machine), no flags the default size (about 15 minutes; the fine
+minute on 2 quiet cores, about 95 s loaded), no flags the default size (about 15 minutes; the fine
 trajectories are cached under ~/.cache/zoracle). ``--help`` lists the size flags.
 """
 

@@ -1,16 +1,37 @@
-"""Shared test configuration: a deterministic hypothesis profile and backend parametrization."""
+"""Shared test configuration: a deterministic hypothesis profile, backend parametrization,
+and one temporary directory per test session that is removed when the session ends."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Everything the suite and the processes it starts put in the temporary directory (Dask's
+# dask-scratch-space, worker files, tmp_path) lands in this session directory, removed at the
+# end: TMPDIR is inherited by every subprocess and worker. Short, for Unix socket paths.
+_SESSION_TMP = tempfile.mkdtemp(prefix="zt-", dir=tempfile.gettempdir())
+_PREVIOUS_TMPDIR = os.environ.get("TMPDIR")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None  # recomputed from TMPDIR on next use
+
+
+def pytest_unconfigure(config):
+    if _PREVIOUS_TMPDIR is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = _PREVIOUS_TMPDIR
+    tempfile.tempdir = None
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
 settings.register_profile(
-    "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
+    "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True, database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", deadline=None, max_examples=200)
@@ -23,7 +44,7 @@ def _cupy_or_reason():
     try:
         import cupy
     except ImportError:
-        return None, "cupy is not installed (pip install 'zoracle[gpu]')"
+        return None, 'cupy is not installed (pip install -e ".[gpu]")'
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None, "no CUDA device"

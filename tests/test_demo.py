@@ -37,6 +37,57 @@ def test_demo_quick_prints_the_table():
     lines = r.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["method", "test", "acc"]
     assert any(line.startswith("DeepZero") for line in lines) and any(line.startswith("first-order") for line in lines)
+    # a quick run must not be read as a ranking of the methods: it says so under the table
+    assert lines[-1].startswith("smoke test (--quick, 1 epochs)") and "not a comparison" in lines[-1]
+
+
+def test_full_run_prints_no_smoke_note(capsys):
+    assert main(["demo", "--epochs", "1", "--methods", "fo"]) == 0
+    out = capsys.readouterr()
+    assert "smoke test" not in out.out + out.err
+
+
+COMMANDS = ["demo", "bench", "defense", "sol"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_missing_extra_is_one_line_naming_it(command):
+    # a core-only install: the frameworks cannot be imported (find_spec -> None, import -> error)
+    code = ("import sys\nfor m in ('torch', 'sklearn', 'phi', 'onnxruntime', 'onnx', 'skl2onnx'): sys.modules[m] = None\n"
+            f"from zoracle.cli import main\nsys.exit(main([{command!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"zoracle {command}: needs the '" in lines[0] and 'pip install -e ".[' in lines[0]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["demo", "--quick", "--plot", "{file}/curves.png"], "--plot"),
+    (["demo", "--quick", "--plot", "{dir}"], "--plot"),
+    (["demo", "--quick", "--plot", "{dir}/missing/curves.png"], "--plot"),
+    (["defense", "--quick", "--out", "{file}"], "--out"),
+    (["sol", "--quick", "--out", "{file}/sub"], "--out"),
+    (["sol", "--quick", "--cache", "{file}/cache"], "--cache"),
+])
+def test_unwritable_output_paths_fail_before_any_work(argv, flag, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    argv = [a.format(file=blocker, dir=tmp_path) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "zoracle", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"zoracle {argv[0]}: error: {flag} ") and "cannot write" in lines[0]
+    assert r.stdout == ""  # nothing ran
+
+
+def test_output_directories_are_created_up_front(tmp_path):
+    from zoracle.cli import check_outputs
+
+    class Args:
+        out, cache, plot = str(tmp_path / "new" / "out"), None, str(tmp_path / "curves.png")
+
+    check_outputs("demo", Args)
+    assert (tmp_path / "new" / "out").is_dir() and not (tmp_path / "curves.png").exists()
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import os
 import sys
+import tempfile
 
 from ._errors import ZoracleError
+
+#: how a user installs an extra: zoracle is not on PyPI, so always from the clone
+INSTALL = 'pip install -e ".[{extra}]"  (from the zoracle clone)'
 
 #: subcommand -> (module under zoracle.apps, extra that provides its dependencies, one-line help)
 COMMANDS = {
@@ -20,6 +26,18 @@ COMMANDS = {
     "defense": ("defense", "apps", "train a denoiser in front of a black-box ONNX classifier; certify it"),
     "sol": ("sol", "phiflow,apps", "solver-in-the-loop correction of a coarse PhiFlow wake-flow solver (ZO-SOL)"),
 }
+
+
+#: subcommand -> the top-level modules it cannot start without (checked before anything runs)
+REQUIRES = {
+    "demo": ("torch", "sklearn"),
+    "bench": ("torch",),
+    "defense": ("torch", "sklearn", "onnx", "onnxruntime", "skl2onnx"),
+    "sol": ("phi", "torch"),
+}
+
+#: argument -> kind of output path the commands write (checked before the first query)
+OUTPUTS = {"plot": "file", "out": "dir", "cache": "dir"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,14 +55,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing(name: str, what: str) -> SystemExit:
+    extra = COMMANDS[name][1]
+    plural = "s" if "," in extra else ""
+    return SystemExit(f"zoracle {name}: needs the '{extra}' extra{plural} ({what}); install it with: "
+                      + INSTALL.format(extra=extra))
+
+
 def _load(name: str):
-    module, extra, _ = COMMANDS[name]
+    for top in REQUIRES.get(name, ()):
+        if importlib.util.find_spec(top) is None:
+            raise _missing(name, f"No module named {top!r}")
     try:
-        return importlib.import_module(f"zoracle.apps.{module}")
+        return importlib.import_module(f"zoracle.apps.{COMMANDS[name][0]}")
     except ImportError as exc:
-        raise SystemExit(
-            f"zoracle {name}: missing dependency ({exc}); install it with: pip install 'zoracle[{extra}]'"
-        ) from None
+        raise _missing(name, str(exc)) from None
+
+
+def _writable(path: str, kind: str) -> str | None:
+    """None when ``path`` can be written as a ``kind`` ("file" or "dir"), else why not."""
+    target = os.path.abspath(os.path.expanduser(path))
+    try:
+        if kind == "dir":
+            if os.path.exists(target) and not os.path.isdir(target):
+                return "it exists and is not a directory"
+            os.makedirs(target, exist_ok=True)
+            where = target
+        else:
+            if os.path.isdir(target):
+                return "it is a directory; give a file name"
+            where = os.path.dirname(target)
+            if not os.path.isdir(where):
+                return f"its directory {where} does not exist"
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_outputs(name: str, args) -> None:
+    """Every output path of a command is writable, checked before any work (one-line error)."""
+    for attr, kind in OUTPUTS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        why = _writable(str(value), kind)
+        if why is not None:
+            raise SystemExit(f"zoracle {name}: error: {flag} {value}: cannot write there ({why})")
+    if getattr(args, "plot", None) is not None and importlib.util.find_spec("matplotlib") is None:
+        raise _missing(name, "--plot needs matplotlib")
 
 
 def main(argv=None) -> int:
@@ -56,8 +117,12 @@ def main(argv=None) -> int:
         sub = _Parser(prog=f"zoracle {argv[0]}", description=COMMANDS[argv[0]][2])
         mod.add_arguments(sub)
         args = sub.parse_args(argv[1:])
+        check_outputs(argv[0], args)
         try:
             return int(mod.main(args) or 0)
+        except ModuleNotFoundError as exc:  # a dependency imported late (e.g. matplotlib for --plot)
+            print(str(_missing(argv[0], str(exc))), file=sys.stderr)
+            return 1
         except ZoracleError as exc:
             print(f"zoracle {argv[0]}: error: {exc}", file=sys.stderr)
             return 1

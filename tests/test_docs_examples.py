@@ -1,0 +1,50 @@
+"""The examples the docs point to run as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_torch_example_trains_checkpoints_resumes_and_plots(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_torch.py"), "--epochs", "2", "--out", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr  # feature reuse through zoracle_steps(): no fallback warning
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("stopped after epoch 1 of 2") and lines[1].startswith("resumed and finished 2 epochs")
+    first, total = (int(line.split(" queries")[0].split()[-1].replace(",", "")) for line in lines[:2])
+    assert 0 < first < total  # the resumed run continued the counters, it did not start over
+    assert (out / "checkpoint.npz").stat().st_size > 0 and (out / "train_torch.png").stat().st_size > 1000
+
+
+def test_train_torch_example_rejects_a_single_epoch(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_torch.py"), "--epochs", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--epochs must be >= 2" in r.stderr
+
+
+def test_estimators_benchmark_pins_and_prints_blas_threads():
+    pytest.importorskip("threadpoolctl")
+    import json
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimators.py"), "--d", "300", "--n", "16",
+                        "--threads", "1", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["blas"] and all(b["threads"] == 1 for b in out["blas"])
+    assert out["call_nfev"] == out["batch_nfev"] == out["coordinate_nfev"] == 301 and out["max_rel_diff"] < 1e-6
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimators.py"), "--d", "300", "--n", "16"],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and table.stdout.startswith("BLAS: ") and "1 thread" in table.stdout.splitlines()[0]
