@@ -33,14 +33,14 @@ _RAY_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLE
 
 
 @pytest.fixture(scope="session")
-def ray_env(tmp_path_factory):
+def ray_env():
     """A short, private directory for Ray (socket paths must stay < 108 chars), with the env set."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:  # not importorskip: Ray reads the env when imported
         pytest.skip("ray not installed (pip install 'zoracle[ray]')")
-    base = tmp_path_factory.mktemp("r")
-    os.chmod(base, 0o700)
+    # not under pytest's basetemp: its depth pushes Ray's socket paths past 107 bytes
+    base = Path(tempfile.mkdtemp(prefix="r"))  # mkdtemp: mode 0700; TMPDIR is the suite's own dir
     saved = {k: os.environ.get(k) for k in _RAY_ENV_KEYS}
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(base / "auth_token"),
                        "RAY_USAGE_STATS_ENABLED": "0"})
