@@ -65,6 +65,10 @@ class Step:
     module: Optional[nn.Module] = None
     fn: Optional[Callable] = None
     name: str = ""
+    #: trainable parameters ``fn`` reads directly (graph capture: ``get_attr`` and modules inside a function step)
+    params: tuple = ()
+    #: ``fn`` treats samples independently, so it may run on any subset of rows
+    rowwise: bool = True
 
     def __call__(self, state: tuple) -> tuple:
         if self.fn is None:
@@ -127,33 +131,102 @@ def bn_normalized(mod, x):
     return F.batch_norm(x, mod.running_mean, mod.running_var, None, None, False, 0.0, mod.eps)
 
 
+def _own_forward_grouped(mod, ctx: _NormState, x, *args, **kwargs):
+    """A BatchNorm subclass's own forward, run once per row group (its statistics per group)."""
+    fwd = type(mod).forward
+    g = ctx.groups
+    if g == 1:
+        return fwd(mod, x, *args, **kwargs)
+    return torch.cat([fwd(mod, part, *args, **kwargs) for part in x.chunk(g)])
+
+
+_DROPOUT_FUNCS = None
+
+
+def _dropout_funcs():
+    global _DROPOUT_FUNCS
+    if _DROPOUT_FUNCS is None:
+        ident = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+                 torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout}
+        _DROPOUT_FUNCS = (ident, {F.scaled_dot_product_attention, F.multi_head_attention_forward})
+    return _DROPOUT_FUNCS
+
+
+class _NoDropout(torch.overrides.TorchFunctionMode):
+    """Functional dropout is the identity and attention runs with ``dropout_p = 0``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        ident, attn = _dropout_funcs()
+        if func in ident:
+            return args[0] if args else kwargs["input"]
+        if func in attn:
+            if func is F.scaled_dot_product_attention:
+                if len(args) > 4:
+                    args = args[:4] + (0.0,) + tuple(args[5:])
+                kwargs["dropout_p"] = 0.0
+            else:  # multi_head_attention_forward: dropout_p is its 11th positional argument
+                if len(args) > 10:
+                    args = args[:10] + (0.0,) + tuple(args[11:])
+                else:
+                    kwargs["dropout_p"] = 0.0
+        return func(*args, **kwargs)
+
+
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+
+
 @contextlib.contextmanager
 def norm_context(model: nn.Module, groups: int = 1, update: bool = False):
     """Run ``model`` with oracle semantics.
 
     BatchNorm in train mode normalizes each of ``groups`` equal row groups with its own
     batch statistics (one group per perturbation) and updates running statistics only when
-    ``update`` (plain calls); eval-mode BatchNorm uses the running statistics. Dropout is
-    the identity: finite differences need a deterministic loss.
+    ``update`` (plain calls); eval-mode BatchNorm uses the running statistics. A BatchNorm
+    subclass keeps its own ``forward`` (run once per group; its buffers are restored unless
+    ``update``). Dropout, module and functional (attention included), is the identity:
+    finite differences need a deterministic loss. In-place activations run out of place, so
+    cached activations are never overwritten.
     """
     ctx = _NormState()
     ctx.groups, ctx.update = int(groups), bool(update)
-    patched = []
+    patched, flags, saved = [], [], []
+    mode = _NoDropout()
     try:
         for m in model.modules():
-            if isinstance(m, _BN):
+            if type(m) in _BN:
                 m.forward = (lambda x, m=m: _bn_forward(m, ctx, x))
+                patched.append(m)
+            elif isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
+                if not update:
+                    saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
+                m.forward = (lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
                 patched.append(m)
             elif isinstance(m, _DROPOUT):
                 m.forward = _identity
                 patched.append(m)
-        yield ctx
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
+                flags.append((m, "inplace", True))
+            if isinstance(m, nn.MultiheadAttention) and m.dropout:
+                flags.append((m, "dropout", m.dropout))
+                m.dropout = 0.0
+        mode.__enter__()
+        try:
+            yield ctx
+        finally:
+            mode.__exit__(None, None, None)
     finally:
         for m in patched:
             m.__dict__.pop("forward", None)
+        for m, attr, v in flags:
+            setattr(m, attr, v)
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
 
 
-def _identity(x):
+def _identity(x, *args, **kwargs):
     return x
 
 
@@ -164,15 +237,6 @@ def set_groups(ctx: _NormState, g: int) -> None:
 # ---------------------------------------------------------------------------------------
 # chain extraction
 # ---------------------------------------------------------------------------------------
-def _flatten_sequential(seq: nn.Sequential, prefix: str, out: list) -> None:
-    for name, child in seq.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            _flatten_sequential(child, full + ".", out)
-        else:
-            out.append(Step(module=child, name=full))
-
-
 def _module_names(model: nn.Module) -> dict:
     return {id(m): n for n, m in model.named_modules()}
 
@@ -193,15 +257,19 @@ def steps_from_items(model: nn.Module, items) -> list:
 
 
 def extract_steps(model: nn.Module):
-    """``(steps, "")`` for a model with a usable split, else ``(None, reason)``."""
+    """``(steps, "")`` for a model with a usable split, else ``(None, reason)``.
+
+    A model declaring ``zoracle_steps()`` is split as declared; any other model (an
+    ``nn.Sequential`` included) is split by graph capture (``_torch_graph``).
+    """
     if hasattr(model, "zoracle_steps"):
         return steps_from_items(model, list(model.zoracle_steps())), ""
-    if isinstance(model, nn.Sequential):
-        steps: list = []
-        _flatten_sequential(model, "", steps)
-        return steps, ""
-    return None, (f"{type(model).__name__} is neither an nn.Sequential nor declares zoracle_steps(); "
-                  "every perturbation runs a full forward (no feature reuse)")
+    from ._torch_graph import trace_steps
+
+    steps, reason = trace_steps(model)
+    if steps is None:
+        return None, reason + "; every perturbation runs a full forward (no feature reuse)"
+    return steps, ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,7 +433,7 @@ def channel_local(step: Step, base) -> bool:
     if step.fn is not None:
         return False
     m = step.module
-    return isinstance(m, _ACT) or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
+    return type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
 
 
 def flatten_linear(steps, j: int, base) -> bool:
@@ -449,7 +517,7 @@ def channel_step(step: Step, col, ch, groups_stats: bool):
             return m(col.contiguous(memory_format=torch.channels_last)).contiguous()
         return m(col)
     if type(m) not in _BN:
-        return _identity(col) if isinstance(m, _DROPOUT) else m(col)
+        return _identity(col) if type(m) in _DROPOUT else m(col)
     shape = (col.shape[0],) + (1,) * (col.dim() - 1)
     if m.training or m.running_mean is None:
         flat = col.reshape(col.shape[0], -1)
@@ -524,10 +592,13 @@ def absorb_rows(kind: str, m, delta, chs, base_out_rows):
 
 
 def sample_coupling(steps) -> bool:
-    """Whether any of ``steps`` mixes samples (BatchNorm with batch statistics)."""
+    """Whether any of ``steps`` may mix samples (BatchNorm with batch statistics, or a
+    captured function step not known to act row by row)."""
     for st in steps:
+        if st.fn is not None and not st.rowwise:
+            return True
         mods = st.module.modules() if st.module is not None else ()
         for m in mods:
-            if type(m) in _BN and (m.training or m.running_mean is None):
+            if isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
                 return True
     return False

@@ -26,6 +26,7 @@ from zoracle._backend import namespace
 from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
+from ._torch_exact import first_bind, full_coordinate_losses, reference_loss, shared_suffix
 from ._torch_chain import (
     Step,
     absorb,
@@ -173,6 +174,8 @@ class TorchOracle:
             raise ArgumentError(f"`batch`: x has {self._x.shape[0]} samples but y has {self._y.shape[0]}")
         if self._x.shape[0] == 0:
             raise ArgumentError("`batch` is empty; pass at least one sample")
+        if self._core.scalar_loss is None or not self._core.checked:
+            first_bind(self)
 
     def bind(self, batch) -> "TorchOracle":
         """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""
@@ -358,25 +361,33 @@ class TorchOracle:
         return cached[1][: k * y.shape[0]]
 
     def _loss(self, outputs, k: int) -> torch.Tensor:
+        """Mean loss of each of ``k`` perturbation groups of ``B`` rows, shape ``(k,)``."""
         B = self._x.shape[0]
-        vals = self.loss_fn(outputs, self._targets(k))
-        vals = to_torch(vals, outputs.device)
+        if self._core.scalar_loss:
+            # a mean-reduced loss_fn: one call per perturbation group
+            y = self._y
+            parts = outputs.reshape((k, B) + tuple(outputs.shape[1:]))
+            return torch.stack([self._scalar(parts[r], y) for r in range(k)])
+        vals = to_torch(self.loss_fn(outputs, self._targets(k)), outputs.device)
         if vals.dim() != 1 or vals.shape[0] != k * B:
-            if vals.numel() == 1 and k * B > 1:
-                raise ArgumentError(
-                    f"`loss_fn` returned a scalar; it must return per-sample losses of shape ({k * B},), "
-                    "e.g. nn.CrossEntropyLoss(reduction='none')"
-                )
-            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},), got {tuple(vals.shape)}")
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},) or one mean "
+                                f"loss (a scalar) for {k * B} rows, got shape {tuple(vals.shape)}")
         return vals.reshape(k, B).mean(dim=1)
+
+    def _scalar(self, outputs, targets) -> torch.Tensor:
+        v = to_torch(self.loss_fn(outputs, targets), outputs.device)
+        if v.numel() != 1:
+            raise ArgumentError(f"`loss_fn` returned a scalar for the first minibatch but shape {tuple(v.shape)} "
+                                "now; it must keep one convention")
+        return v.reshape(())
 
     def _loss_rows(self, outputs, targets) -> torch.Tensor:
         """Per-sample losses of ``outputs`` (one loss_fn call), checked to have one per row."""
         n = outputs.shape[0]
         vals = to_torch(self.loss_fn(outputs, targets), outputs.device)
         if vals.dim() != 1 or vals.shape[0] != n:
-            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},), got {tuple(vals.shape)}; "
-                                "e.g. nn.CrossEntropyLoss(reduction='none')")
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},) or one mean loss "
+                                f"(a scalar), got {tuple(vals.shape)}")
         return vals
 
     def _sparse_rows(self, feats, col, ch, k):
@@ -473,16 +484,29 @@ class TorchOracle:
 
     # ---------------------------------------------------------------- the oracle protocol
     def __call__(self, params) -> float:
-        """Mean per-sample loss of the bound minibatch at ``params``."""
+        """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off."""
         self._require_batch()
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats):
-            out = self._core.chain.run((self._x,))[0]
+            out = self.model(self._x)
+            if self._core.scalar_loss:
+                self._base_rows = None
+                return float(self._scalar(out, self._y))
             rows = self._loss_rows(out, self._y)
         # the per-sample losses at the base point: the fast suffix path reuses them for the
         # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again
         self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), rows)
         return float(rows.reshape(1, -1).mean(dim=1)[0])
+
+    def reference_loss(self, params) -> float:
+        """The loss of a plain, unpatched ``model(x)`` at ``params`` (dropout off, buffers kept).
+
+        ``zoracle.testing.check_oracle`` and the self-check at the first bind compare every
+        fast path against it.
+        """
+        self._require_batch()
+        self._load(params)
+        return reference_loss(self, self._x, self._y)
 
     def batch(self, params_batch) -> np.ndarray:
         """Losses for each row of ``params_batch`` (k, d); vectorized full forwards."""
@@ -548,18 +572,7 @@ class TorchOracle:
         out = np.empty(len(c))
         if not self._core.blocks:
             self._warn_fallback()
-            theta = self._load(params)
-            idx = torch.as_tensor(c, device=self.device)
-            B = self._x.shape[0]
-            sizes = self._probe()
-            budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
-            chunk = max(1, budget // max(1, 3 * max(sizes) * B + theta.numel() * theta.element_size()))
-            for lo in range(0, len(c), chunk):
-                ii = idx[lo:lo + chunk]
-                P = theta.unsqueeze(0).repeat(len(ii), 1)
-                P[torch.arange(len(ii), device=self.device), ii] += step
-                out[lo:lo + chunk] = self._full_chunk(P).cpu().double().numpy()
-            return out
+            return full_coordinate_losses(self, params, c, step)
         starts = np.array([b.start for b in self._core.blocks])
         owner = np.searchsorted(starts, c, side="right") - 1
         for b in np.unique(owner):
@@ -617,13 +630,13 @@ class TorchOracle:
         # samples whose activations a perturbation leaves unchanged keep their base loss,
         # unless a later layer mixes samples (train-mode BatchNorm)
         base_losses = None
-        if not sample_coupling(steps[start:]):
+        if not self._core.scalar_loss and not sample_coupling(steps[start:]):
             base_losses = None if params is None else self._cached_base_rows(params)
             if base_losses is None:
                 # the same full forward a plain call makes, so the rows are bitwise those of
                 # oracle(params) whichever process computed them (sharded = serial)
                 with norm_context(self.model, 1, update=False):
-                    out_ = self._core.chain.run((self._x,))[0]
+                    out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
                     self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), base_losses)
@@ -667,6 +680,8 @@ class TorchOracle:
         st = core.chain.steps[si]
         kind = core.kinds[block]
         k = len(local)
+        if core.shared[block]:
+            return shared_suffix(self, feats, block, local, h, ctx)
         if True:
             rest = tuple(repeat_rows(s, k) for s in feats.state[1:])
             if feats.walk is not None:
@@ -716,7 +731,7 @@ class TorchOracle:
             model.train(bool(train))
             with torch.no_grad(), norm_context(model):
                 for lo in range(0, xt.shape[0], batch_size):
-                    outs.append(self._core.chain.run((xt[lo:lo + batch_size],))[0])
+                    outs.append(model(xt[lo:lo + batch_size]))
         finally:
             model.train(was)
         return torch.cat(outs).cpu().numpy()

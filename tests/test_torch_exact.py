@@ -1,0 +1,228 @@
+"""TorchOracle is exact or refuses: models written the torchvision / timm way (in-place
+activations, residual adds in forward(), attention dropout, BN+activation subclasses,
+shared modules, tied weights) give the textbook perturb / forward / restore gradient."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import zoracle as zo  # noqa: E402
+from zoracle.adapters import torch_models as tm  # noqa: E402
+from zoracle.adapters.torch import TorchOracle  # noqa: E402
+from zoracle.testing import check_oracle  # noqa: E402
+
+CE_ROWS = nn.CrossEntropyLoss(reduction="none")
+MU = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _dropout_off(model):
+    """Dropout off in a train-mode model, the way a user would do it by hand."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            saved.append((m, "p", m.p))
+            m.p = 0.0
+        if isinstance(m, nn.MultiheadAttention):
+            saved.append((m, "dropout", m.dropout))
+            m.dropout = 0.0
+    return saved
+
+
+def _restore(saved):
+    for m, attr, v in saved:
+        setattr(m, attr, v)
+
+
+def model_loss(model, x, y, loss_fn):
+    """The model's own loss with dropout off (a plain forward, nothing patched)."""
+    saved = _dropout_off(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(x))
+            v = loss_fn(out, torch.as_tensor(y))
+            return float(v.mean())
+    finally:
+        model.load_state_dict(state)
+        _restore(saved)
+
+
+def textbook(model, x, y, loss_fn, theta, coords, mu):
+    """Central differences by the textbook loop: perturb in place, full forward, restore."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for p in params])
+    with torch.no_grad():
+        flat = torch.as_tensor(theta)
+        for p, a, b in zip(params, starts[:-1], starts[1:]):
+            p.copy_(flat[a:b].view_as(p))
+    g = np.empty(len(coords))
+    for r, i in enumerate(coords):
+        t = int(np.searchsorted(starts, i, side="right") - 1)
+        view = params[t].data.view(-1)
+        j = int(i - starts[t])
+        old = view[j].clone()
+        vals = []
+        for s in (mu, -mu):
+            view[j] = old + s
+            vals.append(model_loss(model, x, y, loss_fn))
+            view[j] = old
+        hp = float((old + mu) - old)
+        hm = float((old - mu) - old)
+        g[r] = (vals[0] - vals[1]) / (hp - hm)
+    return g
+
+
+def spread_coords(model, per_tensor=3, seed=0):
+    """A few coordinates in every trainable parameter tensor (first, last, random)."""
+    rng = np.random.default_rng(seed)
+    out, off = [], 0
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        n = p.numel()
+        pick = {0, n - 1} | set(rng.integers(0, n, max(0, per_tensor - 2)).tolist())
+        out += [off + j for j in sorted(pick)]
+        off += n
+    return np.array(sorted(set(out)))
+
+
+def flat_order_theta(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad]).numpy().copy()
+
+
+def check_exact(model, x, y, loss_fn, *, expect_warning=None, blocks=None):
+    """CGE of the oracle on spread coordinates equals the textbook loop; loss equals the model's."""
+    coords = spread_coords(model)
+    theta_model = flat_order_theta(model)
+    want = textbook(model, x, y, loss_fn, theta_model, coords, MU)
+    kw = {} if blocks is None else {"blocks": blocks}
+    if expect_warning:
+        with pytest.warns(RuntimeWarning, match=expect_warning):
+            oracle = TorchOracle(model, loss_fn, (x, y), update_stats=False, **kw)
+            theta = oracle.initial_params()
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"),
+                                       coordinates=_to_oracle(oracle, model, coords))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            oracle = TorchOracle(model, loss_fn, (x, y), update_stats=False, **kw)
+            theta = oracle.initial_params()
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"),
+                                       coordinates=_to_oracle(oracle, model, coords))
+    got = est.grad[_to_oracle(oracle, model, coords)]
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
+    assert err < 1e-7, (err, got[:5], want[:5])
+    assert abs(oracle(theta) - model_loss(model, x, y, loss_fn)) <= 1e-12 * max(1.0, abs(oracle(theta)))
+    again = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"),
+                                 coordinates=_to_oracle(oracle, model, coords))
+    assert np.array_equal(est.grad, again.grad)
+    return oracle
+
+
+def _to_oracle(oracle, model, coords):
+    """Map flat indices in ``model.parameters()`` order to the oracle's flat order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for p in params])
+    where = {i.name: i.slice.start for i in oracle.param_info}
+    out = []
+    for i in coords:
+        t = int(np.searchsorted(starts, i, side="right") - 1)
+        out.append(where[names[id(params[t])]] + int(i - starts[t]))
+    return np.array(out)
+
+
+def zoo(name, n=6, seed=0):
+    torch.manual_seed(seed)
+    model = tm.ZOO[name].build().double().train()
+    x, y = tm.zoo_batch(name, n, seed=seed + 1)
+    return model, x, y
+
+
+def test_issue_repro_inplace_relu_after_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)).double()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert len(oracle.blocks) == 2
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Hardtanh,
+                                 nn.Mish])
+def test_inplace_activations_after_conv_and_bn(act):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), act(inplace=True), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                          act(inplace=True), nn.Flatten(), nn.Linear(16, 3)).double().train()
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 2, 6, 6)), rng.integers(0, 3, 5)
+    check_exact(model, x, y, CE_ROWS)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "conv1d_groupnorm", "text", "bn_act",
+                                  "shared_tied", "shared_sequential", "vit"])
+def test_zoo_models_equal_the_textbook_loop(name):
+    model, x, y = zoo(name)
+    check_exact(model, x, y, CE_ROWS)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit", "text"])
+def test_mean_reduced_loss_fn(name):
+    model, x, y = zoo(name, seed=2)
+    check_exact(model, x, y, nn.CrossEntropyLoss())
+
+
+def test_mean_reduced_mse():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 4)), rng.standard_normal((5, 2))
+    check_exact(model, x, y, nn.MSELoss())
+
+
+def test_functional_attention_dropout_is_identity():
+    class SDPA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(4, 12)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            h = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+            h = F.dropout(h, 0.3, training=self.training)
+            return self.head(h.mean(1))
+
+    torch.manual_seed(4)
+    model = SDPA().double().train()
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((5, 3, 4)), rng.integers(0, 3, 5)
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    assert oracle(theta) == oracle(theta)
+    with torch.no_grad():
+        out = model.head(F.scaled_dot_product_attention(*model.qkv(torch.as_tensor(x)).chunk(3, -1)).mean(1))
+    assert abs(oracle(theta) - float(CE_ROWS(out, torch.as_tensor(y)).mean())) < 1e-12
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"))
+    assert np.array_equal(est.grad, zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central")).grad)
+
+
+def test_check_oracle_compares_against_the_unpatched_model():
+    model, x, y = zoo("bn_act")
+    oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False)
+    check_oracle(oracle, oracle.initial_params())
