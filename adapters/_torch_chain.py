@@ -22,6 +22,7 @@ tensor, then flattened to ``k * B`` rows for the rest of the chain:
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -193,7 +194,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False):
     patched, flags, saved = [], [], []
     mode = _NoDropout()
     try:
-        for m in model.modules():
+        for m in _special_modules(model):
             if type(m) in _BN:
                 m.forward = (lambda x, m=m: _bn_forward(m, ctx, x))
                 patched.append(m)
@@ -224,6 +225,27 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False):
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
+
+
+_SPECIAL = weakref.WeakKeyDictionary()
+
+
+def _special_modules(model: nn.Module) -> list:
+    """The submodules ``norm_context`` patches (BatchNorm, dropout, in-place, attention), cached
+    per model and refreshed when its number of submodules changes."""
+    n = sum(1 for _ in model.modules())
+    hit = _SPECIAL.get(model)
+    if hit is None or hit[0] != n:
+        mods = [m for m in model.modules() if isinstance(m, (_BATCHNORM, nn.MultiheadAttention) + _DROPOUT)
+                or hasattr(m, "inplace")]
+        hit = _SPECIAL[model] = (n, mods)
+    return hit[1]
+
+
+def vmap_safe(model: nn.Module) -> bool:
+    """False when a BatchNorm subclass in train mode would update its buffers inside ``vmap``."""
+    return not any(type(m) not in _BN and isinstance(m, _BATCHNORM) and m.training and m.running_mean is not None
+                   for m in _special_modules(model))
 
 
 def _identity(x, *args, **kwargs):

@@ -107,6 +107,7 @@ def build_core(model, blocks) -> _Core:
         except TypeError as exc:
             raise ArgumentError(f"`model.zoracle_steps()`: {exc}") from None
     core = _Core(model, None, reason)
+    core.blocks_arg = blocks
     names = {id(p): n for n, p in trainable}
     shared_steps = set()
     if steps is not None:

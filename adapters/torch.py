@@ -45,6 +45,7 @@ from ._torch_chain import (
     perturbed_outputs,
     prepare_cache,
     sample_coupling,
+    vmap_safe,
 )
 from ._torch_layout import ParamInfo, _as_torch_dtype, build_core, cross_entropy, repeat_rows, run_owned, to_torch
 
@@ -530,7 +531,7 @@ class TorchOracle:
     def _full_chunk(self, P: torch.Tensor) -> torch.Tensor:
         k = P.shape[0]
         core = self._core
-        if core.vmap_ok:
+        if core.vmap_ok and vmap_safe(self.model):
             try:
                 return self._vmapped(P)
             except Exception as exc:  # an op vmap cannot batch: loop instead, say so once

@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import zoracle as zo  # noqa: E402
+import zoracle.testing  # noqa: E402,F401
 from zoracle.adapters import torch_models as tm  # noqa: E402
 from zoracle.adapters.torch import TorchOracle  # noqa: E402
 from zoracle.testing import check_oracle  # noqa: E402
@@ -174,14 +175,28 @@ def test_inplace_activations_after_conv_and_bn(act):
     check_exact(model, x, y, CE_ROWS)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "conv1d_groupnorm", "text", "bn_act",
-                                  "shared_tied", "shared_sequential", "vit"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=SLOW), pytest.param("mobilenet_v3_small", marks=SLOW),
+                                  "conv1d_groupnorm", "text", "bn_act", "shared_tied", "shared_sequential", "vit"])
 def test_zoo_models_equal_the_textbook_loop(name):
     model, x, y = zoo(name)
     check_exact(model, x, y, CE_ROWS)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit", "text"])
+def test_torchvision_style_blocks_equal_the_textbook_loop():
+    """Fast version of the ResNet-18 / MobileNetV3 cases: one residual block each, as written there."""
+    torch.manual_seed(7)
+    model = nn.Sequential(tm.ConvBNAct(3, 8, 3, 2, act=nn.Hardswish), tm.InvertedResidual(8, 3, 16, 8, True, nn.ReLU, 1),
+                          tm.TVBasicBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).double()
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((5, 3, 8, 8)), rng.integers(0, 4, 5)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert "1.block.2.fc1" in oracle.block_names and "2.conv2" in oracle.block_names  # SE block, residual block
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=SLOW), "vit", "text", "bn_act"])
 def test_mean_reduced_loss_fn(name):
     model, x, y = zoo(name, seed=2)
     check_exact(model, x, y, nn.CrossEntropyLoss())
@@ -225,4 +240,71 @@ def test_functional_attention_dropout_is_identity():
 def test_check_oracle_compares_against_the_unpatched_model():
     model, x, y = zoo("bn_act")
     oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False)
-    check_oracle(oracle, oracle.initial_params())
+    theta = oracle.initial_params()
+    assert oracle.reference_loss(theta) == pytest.approx(model_loss(model, x, y, CE_ROWS), rel=1e-14)
+    report = check_oracle(oracle, theta)
+    assert report["reference"] < 1e-12
+    # an oracle whose every path agrees with itself but not with the plain model is caught
+    twin = BNActLike()
+    twin.load_state_dict(model.state_dict(), strict=False)
+    wrong = TorchOracle(twin.double().train(), CE_ROWS, (x, y), update_stats=False)
+    wrong.reference_loss = oracle.reference_loss
+    with pytest.raises(zo.testing.OracleCheckError, match="reference"):
+        check_oracle(wrong, theta)
+
+
+class BNActLike(tm.BNActNet):
+    """BNActNet with stock BatchNorm2d (the activations of BatchNormAct2d lost): a different function."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(8), nn.BatchNorm2d(16)
+
+
+class _BatchCentered(nn.Module):
+    """Subtracts the minibatch mean: mixes samples in a way the oracle cannot batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        return self.fc2(h - h.mean(0, keepdim=True))
+
+
+class _MutatingLinear(nn.Linear):
+    """A Linear subclass whose own forward scales its input in place (a leaf run as written)."""
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return super().forward(x)
+
+
+def test_self_check_refuses_a_split_that_mixes_perturbations():
+    torch.manual_seed(5)
+    model = _BatchCentered().double()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    oracle = check_exact(model, x, y, CE_ROWS, expect_warning=r"block fc1 \(Linear\).*full forward")
+    assert oracle.blocks == []
+
+
+def test_self_check_refuses_a_leaf_that_writes_into_its_input():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), _MutatingLinear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    check_exact(model, x, y, CE_ROWS, expect_warning="full forward")
+
+
+def test_torchvision_resnet_blocks_list_its_layers():
+    model, x, y = zoo("resnet18", n=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    names = oracle.block_names
+    assert len(names) == 41  # 20 convolutions, 20 BatchNorms, fc
+    assert names[:2] == ["conv1", "bn1"] and names[-1] == "fc"
+    assert "layer2.0.downsample.0" in names and "layer4.1.bn2" in names
+    assert oracle.param_info[0].name == "conv1.weight"
