@@ -119,10 +119,11 @@ def _grouped_bn(x, g, weight, bias, eps):
     # torch.var_mean over several dimensions
     dev = xv - xv.mean(dim=(1, 3), keepdim=True)
     var = (dev * dev).mean(dim=(1, 3), keepdim=True)
-    y = dev * torch.rsqrt(var + eps)
-    if weight is not None:
-        y = y * weight.view(1, 1, c, 1) + bias.view(1, 1, c, 1)
-    return y.reshape(x.shape)
+    scale = torch.rsqrt(var + eps)
+    if weight is None:
+        return (dev * scale).reshape(x.shape)
+    # the affine map folded into one (g, C) scale and one fused multiply-add pass
+    return torch.addcmul(bias.view(1, 1, c, 1), dev, scale * weight.view(1, 1, c, 1)).reshape(x.shape)
 
 
 def bn_normalized(mod, x):
