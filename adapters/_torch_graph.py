@@ -111,11 +111,16 @@ class _Program:
         return tuple(env[n] for n in self.out_names)
 
 
-def _arrange(idx: tuple):
-    def arrange(state):
-        return tuple(state[i] for i in idx)
-    arrange.arrange = True  # moves cached tensors: run_owned must not write into its result
-    return arrange
+class _arrange:
+    """Reorder / drop state entries (picklable, so an oracle ships to worker processes)."""
+
+    arrange = True  # moves cached tensors: run_owned must not write into its result
+
+    def __init__(self, idx: tuple):
+        self.idx = idx
+
+    def __call__(self, state):
+        return tuple(state[i] for i in self.idx)
 
 
 def trace_steps(model: nn.Module):

@@ -6,9 +6,14 @@ Importing this module imports torch: that is how a user opts in (``pip install '
 ``TorchOracle`` implements every capability the core planner knows: plain calls,
 ``batch`` (many parameter vectors), ``coordinate_losses`` (CGE), ``prefix``/``suffix``
 (feature reuse) and ``bind`` (a fixed minibatch). Its fast path evaluates ``k``
-coordinate perturbations of one block as one batch of ``k * B`` samples through the rest of
-the network, building the perturbed layer outputs in closed form (rank-one updates of the
-cached unperturbed output) instead of copying weights.
+coordinate perturbations of one block as one batch of ``k * B`` samples through the part of
+the captured graph downstream of the block, building the perturbed layer outputs in closed
+form (rank-one updates of the cached unperturbed output) instead of copying weights.
+
+Modules: ``_torch_graph`` (torch.fx capture into a step chain), ``_torch_chain`` (steps,
+closed forms, oracle semantics of BatchNorm / dropout / in-place ops), ``_torch_layout``
+(flat layout, blocks), ``_torch_exact`` (reference ``model(x)``, self-check, full-forward
+fallback), ``_torch_blackbox`` (``blackbox``).
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ class _Features:
 
 
 class TorchOracle:
-    """A PyTorch model and a per-sample loss as a zoracle oracle over the flat parameters.
+    """A PyTorch model and a loss as a zoracle oracle over the flat parameters.
 
     Parameters
     ----------
@@ -81,12 +86,16 @@ class TorchOracle:
         after queries the module holds the last queried parameters (``load(params)`` sets
         them explicitly).
     loss_fn : callable
-        ``loss_fn(outputs, targets)`` returning **per-sample** losses of shape ``(N,)``,
-        e.g. ``nn.CrossEntropyLoss(reduction="none")``. The oracle's loss is their mean over
-        the minibatch. ``loss_fn`` may be a black box (convert to NumPy, call onnxruntime,
-        return a tensor without grad): batched evaluation calls it **once** on ``k * B``
-        samples (outputs of ``k`` perturbations stacked perturbation-major, targets
-        repeated ``k`` times) and reshapes the result to ``(k, B)``.
+        ``loss_fn(outputs, targets)`` returning either **per-sample** losses of shape
+        ``(N,)`` (e.g. ``nn.CrossEntropyLoss(reduction="none")``; the oracle's loss is their
+        mean) or **one scalar** (PyTorch's default ``reduction="mean"``, e.g.
+        ``F.cross_entropy``, ``nn.MSELoss()``; the oracle's loss is that scalar). The
+        convention is read from the first bound minibatch. Per-sample losses are faster:
+        batched evaluation calls ``loss_fn`` **once** on ``k * B`` samples (outputs of ``k``
+        perturbations stacked perturbation-major, targets repeated ``k`` times), and samples
+        a perturbation leaves unchanged keep their base loss; a scalar ``loss_fn`` is called
+        once per perturbation on its ``B`` samples. ``loss_fn`` may be a black box (convert
+        to NumPy, call onnxruntime, return a tensor without grad).
     batch : (x, y), optional
         The minibatch every query sees (NumPy or torch). Without it, use ``bind(batch)``.
     dtype : torch/numpy dtype or str, optional
@@ -97,10 +106,11 @@ class TorchOracle:
         Memory for the activations of one batched suffix chunk (k perturbations x B
         samples). Default 16 MiB on CPU (cache friendly), 1 GiB on CUDA.
     blocks : None, "none" or list, optional
-        None: the split is derived (``nn.Sequential``, flattened recursively, or the model's
-        own ``zoracle_steps()``). ``"none"``: no feature reuse; every perturbation is a
-        full forward, vectorized with ``torch.func.vmap``. A list of modules / ``Step``
-        objects: this split (running them in order on ``(x,)`` must equal ``model(x)``).
+        None: the split is captured from the model's graph (``torch.fx``; any module,
+        ``nn.Sequential`` included, see ``_torch_graph``), or taken from the model's own
+        ``zoracle_steps()``. ``"none"``: no feature reuse; every perturbation is a full
+        forward. A list of modules / ``Step`` objects: this split (running them in order on
+        ``(x,)`` must equal ``model(x)``).
     update_stats : bool
         Plain calls (``oracle(params)``, the base point of every estimate, once per step)
         update BatchNorm running statistics in train mode, like one first-order training
@@ -113,14 +123,26 @@ class TorchOracle:
     batched together are normalized as ``k`` separate groups of ``B`` samples. In ``eval()``
     mode the running statistics are used. Perturbation queries (``batch``,
     ``coordinate_losses``, ``prefix``, ``suffix``) never change running statistics.
-    **Dropout** is the identity inside the oracle (finite differences need a deterministic
-    loss). Other layers must treat samples independently.
+    **Dropout**, module and functional (``F.dropout``, attention's ``dropout_p`` in
+    ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention``), is the identity
+    inside the oracle (finite differences need a deterministic loss). A BatchNorm subclass
+    with its own ``forward`` (timm's ``BatchNormAct2d``) runs that forward, once per
+    perturbation group. Other layers must treat samples independently.
 
-    **Split.** Each step of the chain that owns parameters is one block; ``prefix``
-    returns the activations entering it, ``suffix`` builds the ``k`` perturbed outputs of
-    the block (closed form for Linear, Conv2d and affine BatchNorm; a perturb-run-restore
-    loop for other layers) and runs the rest of the chain on ``k * B`` rows at once.
-    Models without a usable split fall back to full forwards (a one-time warning says so).
+    **Split.** The model's graph is captured once (``torch.fx``: residual adds, shared
+    modules, tied weights, in-place activations made out of place; stock ``torch.nn``
+    modules and their subclasses are leaves). Each step that first uses a parameter is one
+    block; ``prefix`` returns the activations entering it (cached for the bound
+    minibatch), ``suffix`` builds the ``k`` perturbed outputs of the block (closed form for
+    exact ``nn.Linear``, ``nn.Conv2d`` and affine ``nn.BatchNorm*``; a perturb-run-restore
+    loop for other layers and subclasses) and runs only the steps downstream on ``k * B``
+    rows at once. A parameter used by several steps is perturbed in place and the rest run
+    per perturbation. **Exact or refuse:** at the first bound minibatch the split is checked
+    against the plain ``model(x)`` (its loss, and every block's suffix loss for a
+    perturbed coordinate); a model that cannot be traced or fails the check runs full
+    forwards, and one warning names the reason and the block. Full forwards perturb one
+    parameter tensor at a time (in place, or overridden through
+    ``torch.func.functional_call`` and vectorized), never copying the whole vector.
 
     Examples
     --------

@@ -308,3 +308,23 @@ def test_torchvision_resnet_blocks_list_its_layers():
     assert names[:2] == ["conv1", "bn1"] and names[-1] == "fc"
     assert "layer2.0.downsample.0" in names and "layer4.1.bn2" in names
     assert oracle.param_info[0].name == "conv1.weight"
+
+
+@pytest.mark.parametrize("name", ["bn_act", "text", "shared_tied"])
+@pytest.mark.parametrize("loss_fn", [CE_ROWS, nn.CrossEntropyLoss()], ids=["rows", "mean"])
+def test_full_forward_fallback_equals_the_textbook_loop(name, loss_fn):
+    model, x, y = zoo(name, n=5, seed=3)
+    oracle = check_exact(model, x, y, loss_fn, blocks="none")
+    assert oracle.blocks == []
+
+
+def test_captured_oracle_pickles_for_worker_processes():
+    import pickle
+
+    model, x, y = zoo("shared_tied", n=4)
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    twin = pickle.loads(pickle.dumps(oracle))
+    coords = np.arange(0, theta.size, 7)
+    assert twin.block_names == oracle.block_names
+    assert np.array_equal(twin.coordinate_losses(theta, coords, 1e-3), oracle.coordinate_losses(theta, coords, 1e-3))
