@@ -87,7 +87,7 @@ def first_bind(oracle) -> None:
     n = min(2, oracle._x.shape[0])
     probe._x = oracle._x[:n].clone()
     probe._y = None if oracle._y is None else oracle._y[:n].clone()
-    probe._base_rows = probe._ycache = None
+    probe._base_rows = probe._ycache = probe._state_cache = None
     try:
         reason = _check_split(probe, theta)
         if reason and oracle.dtype != torch.float64 and _recheck_float64(oracle, probe):
@@ -109,6 +109,7 @@ def retire_split(oracle, reason: str) -> None:
     core.chain = Chain([Step(module=core.model, name="model")])
     core.probe.clear()
     core.costs.clear()
+    core.downstream.clear()
     oracle._warn_fallback()
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from ._torch_chain import Step
 
-__all__ = ["trace_steps"]
+__all__ = ["trace_steps", "downstream"]
 
 #: node targets that act on each sample (row) separately, whatever their arguments
 _ROWWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.getitem,
@@ -89,6 +89,10 @@ class _Program:
         self.nodes = [(n.name, n.op) + _functional(n) for n in nodes]
         self.inputs = inputs
         self.out_names = out_names
+        used = {i.name for n in nodes for i in n.all_input_nodes}
+        #: positions of the state entries the nodes read, and of those passed through unchanged
+        self.reads = [i for i, name in enumerate(inputs) if name in used]
+        self.passthrough = [inputs.index(name) for name in out_names[1:]]
 
     def __call__(self, state: tuple) -> tuple:
         env = dict(zip(self.inputs, state))
@@ -244,3 +248,43 @@ def _rowwise(nodes: list) -> bool:
         elif n.op == "call_module":
             return False
     return True
+
+
+def _width(step, n: int):
+    """Number of state entries after ``step`` given ``n`` before it (None: unknown)."""
+    if step.fn is None:
+        return n
+    if isinstance(step.fn, _arrange):
+        return len(step.fn.idx)
+    if isinstance(step.fn, _Program):
+        return 1 + len(step.fn.passthrough)
+    return None
+
+
+def downstream(steps: list, si: int):
+    """Which steps read a value that a perturbation of step ``si`` changes.
+
+    Returns a list of booleans (one per step; steps up to ``si`` are False), or None when a
+    declared function step hides its dependencies (then every later step runs). Steps that
+    are not downstream (the other branch of a fork, a shortcut's convolution) keep their
+    cached outputs in the suffix.
+    """
+    n = 1
+    for st in steps[:si + 1]:
+        n = _width(st, n)
+        if n is None:
+            return None
+    dirty = [True] + [False] * (n - 1)
+    mask = [False] * len(steps)
+    for j in range(si + 1, len(steps)):
+        fn = steps[j].fn
+        if fn is None:
+            mask[j] = dirty[0]
+        elif isinstance(fn, _arrange):
+            dirty = [dirty[i] for i in fn.idx]
+        elif isinstance(fn, _Program):
+            mask[j] = any(dirty[i] for i in fn.reads)
+            dirty = [mask[j]] + [dirty[i] for i in fn.passthrough]
+        else:
+            return None
+    return mask

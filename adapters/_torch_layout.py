@@ -79,6 +79,7 @@ class _Core:
         self.checked = False     # the split's self-check ran (once, at the first bound batch)
         self.scalar_loss = None  # loss_fn returns one mean loss (True) or per-sample losses (False)
         self.shared = []
+        self.downstream = {}     # block step -> which later steps a perturbation reaches
         self.probe = {}      # per-sample shape key -> per-step state bytes per sample
         self.costs = {}      # per-sample shape key -> block costs
 
@@ -176,11 +177,23 @@ def build_core(model, blocks) -> _Core:
     return core
 
 
-def run_owned(steps, state, start: int):
-    """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place."""
+def run_owned(steps, state, start: int, mask=None, fill=None):
+    """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place.
+
+    With ``mask`` (``downstream``), a step the perturbations do not reach is not run: its
+    output is ``fill(j)``, the cached base output of step ``j`` for these rows.
+    """
     fresh = True  # state[0] was computed by this run (never a cached activation)
-    for st in steps[start:]:
+    for j in range(start, len(steps)):
+        st = steps[j]
         m = st.module
+        if mask is not None and not mask[j]:
+            pas = getattr(st.fn, "passthrough", None)
+            if st.fn is None or pas is not None:
+                rest = tuple(state[1:]) if st.fn is None else tuple(state[i] for i in pas)
+                state = (fill(j),) + rest
+                fresh = False
+                continue
         if st.fn is not None:  # may return cached tensors or views of them
             state = st(state)
             fresh = False

@@ -31,6 +31,7 @@ from zoracle._backend import namespace
 from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
+from ._torch_graph import downstream
 from ._torch_exact import first_bind, full_coordinate_losses, reference_loss, shared_suffix
 from ._torch_chain import (
     Step,
@@ -60,12 +61,30 @@ _CPU_BUDGET = 16 * 2**20
 _GPU_BUDGET = 1024 * 2**20
 
 
+def _same(old, params) -> bool:
+    if type(old) is not type(params) or old.shape != params.shape:
+        return False
+    return torch.equal(old, params) if torch.is_tensor(params) else bool(namespace(params).array_equal(old, params))
+
+
+def _keep(feats, k: int = 1, rows=None) -> tuple:
+    """``(mask, fill)`` for run_owned: cached outputs of the steps a perturbation does not reach,
+    repeated for ``k`` perturbations or gathered for the sample indices ``rows``."""
+    if feats.keep is None:
+        return ()
+    mask, states = feats.keep
+    if rows is not None:
+        return mask, lambda j: states[j + 1][0].index_select(0, rows)
+    return mask, lambda j: repeat_rows(states[j + 1][0], k)
+
+
 class _Features:
     """Activations entering a block (opaque to the planner), plus the fast path's caches."""
 
-    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk")
+    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk", "keep")
 
-    def __init__(self, block, state, out, cache, batch_size, walk=None):
+    def __init__(self, block, state, out, cache, batch_size, walk=None, keep=None):
+        self.keep = keep  # (downstream mask, base states entering each step) or None
         self.block, self.state, self.out, self.cache, self.batch_size = block, state, out, cache, batch_size
         self.walk = walk  # channel-delta path: (stop step, absorbs?, base input at stop, base output)
 
@@ -184,6 +203,7 @@ class TorchOracle:
             raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
         x, y = batch
         self._base_rows = None  # base losses belong to one minibatch
+        self._state_cache = None  # and so do the cached activations
         dev, dt = self.device, self.dtype
         self._x = to_torch(x, dev, dt)
         self._y = None if y is None else to_torch(y, dev)
@@ -242,6 +262,7 @@ class TorchOracle:
                 f"buffer names differ from this model's: missing {missing[:5]}, unexpected {extra[:5]}; "
                 "the state was saved from another model"
             )
+        self._state_cache = None  # eval-mode activations depend on the running statistics
         with torch.no_grad():
             for name, b in buffers.items():
                 a = torch.as_tensor(np.asarray(arrays[name]))
@@ -449,7 +470,7 @@ class TorchOracle:
                 Y[torch.arange(n, device=Y.device), chs] = col.reshape((k * B,) + tail).index_select(0, flat)
                 start = stop
             rest = tuple(s.index_select(0, b) for s in feats.state[1:])
-            out = run_owned(steps, (Y,) + rest, start)[0]
+            out = run_owned(steps, (Y,) + rest, start, *_keep(feats, rows=b))[0]
             vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))
             L.view(-1).index_copy_(0, flat, vals.to(L.dtype))
         return L.mean(dim=1)
@@ -615,8 +636,9 @@ class TorchOracle:
         si = core.block_steps[block]
         st = core.chain.steps[si]
         kind = core.kinds[block]
+        states = self._states(params)
+        state = states[si]
         with torch.no_grad(), norm_context(self.model):
-            state = core.chain.run((self._x,), 0, si)
             out = cache = walk = None
             if kind:
                 x = state[0]
@@ -624,18 +646,36 @@ class TorchOracle:
                 cache = prepare_cache(kind, st.module, x, out)
                 if channel_ok(kind, out):
                     walk = self._walk(si, out, state[1:], params)
-        return _Features(block, state, out, cache, self._x.shape[0], walk)
+        mask = core.downstream.setdefault(si, downstream(core.chain.steps, si))
+        keep = None if mask is None or all(mask[si + 1:]) else (mask, states)
+        return _Features(block, state, out, cache, self._x.shape[0], walk, keep)
+
+    def _states(self, params) -> list:
+        """The state entering every step at ``params`` (one chain run, cached per params):
+        every node's value for the bound minibatch, read by prefixes and by suffixes for the
+        steps a perturbation does not reach."""
+        cached = self._state_cache
+        if cached is not None and cached[2] == self.model.training and _same(cached[0], params):
+            return cached[1]
+        self._load(params)
+        states = [(self._x,)]
+        with torch.no_grad(), norm_context(self.model):
+            for st in self._core.chain.steps:
+                states.append(st(states[-1]))
+        self._state_cache = (params.clone() if torch.is_tensor(params) else params.copy(), states, self.model.training)
+        return states
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_state_cache"] = None  # activations stay with the process that computed them
+        return state
 
     def _cached_base_rows(self, params):
         """Per-sample base losses from the last plain call, if it was at these params."""
         cached = getattr(self, "_base_rows", None)
         if cached is None:
             return None
-        old = cached[0]
-        if type(old) is not type(params) or old.shape != params.shape:
-            return None
-        same = torch.equal(old, params) if torch.is_tensor(params) else bool(namespace(params).array_equal(old, params))
-        return cached[1] if same else None
+        return cached[1] if _same(cached[0], params) else None
 
     def _walk(self, si: int, out, state_rest, params=None):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
@@ -725,7 +765,8 @@ class TorchOracle:
                 else:
                     Y, start = materialize(base_in, col, ch), stop
                 ctx.groups = k
-                state = run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start)
+                state = run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start,
+                                  *_keep(feats, k))
                 return self._loss(state[0], k)
             if kind:
                 Y = perturbed_outputs(kind, st.module, feats.state[0], feats.out, feats.cache,
@@ -735,7 +776,7 @@ class TorchOracle:
                 outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
                 state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
             ctx.groups = k
-            state = run_owned(core.chain.steps, state, si + 1)
+            state = run_owned(core.chain.steps, state, si + 1, *_keep(feats, k))
             return self._loss(state[0], k)
 
     # ---------------------------------------------------------------- evaluation

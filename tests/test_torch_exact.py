@@ -328,3 +328,40 @@ def test_captured_oracle_pickles_for_worker_processes():
     coords = np.arange(0, theta.size, 7)
     assert twin.block_names == oracle.block_names
     assert np.array_equal(twin.coordinate_losses(theta, coords, 1e-3), oracle.coordinate_losses(theta, coords, 1e-3))
+
+
+class _TwoBranch(nn.Module):
+    """Two parallel branches joined by a concatenation: a perturbation in one branch leaves
+    the other's activations unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.a1, self.a2 = nn.Linear(4, 6), nn.Linear(6, 5)
+        self.b1, self.b2 = nn.Linear(4, 6), nn.Linear(6, 5)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x):
+        a = self.a2(self.act(self.a1(x)))
+        b = self.b2(self.act(self.b1(x)))
+        return self.head(torch.cat([a, b], dim=1))
+
+
+def test_suffix_runs_only_the_steps_downstream_of_the_block():
+    torch.manual_seed(8)
+    model = _TwoBranch().double()
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert oracle.block_names == ["a1", "a2", "b1", "b2", "head"]
+    calls = []
+    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n in ("b1", "b2", "a2")]
+    try:
+        theta = oracle.initial_params()
+        feats = oracle.prefix(theta, 0)
+        calls.clear()
+        oracle.suffix(feats, theta, 0, np.arange(oracle.blocks[0].start, oracle.blocks[0].stop), 1e-3)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert "b1" not in calls and "b2" not in calls  # the other branch comes from the cache
