@@ -313,8 +313,12 @@ def fast_kind(module) -> str:
         return "linear"
     if type(module) is nn.Conv2d:
         return "conv2d"
-    if type(module) in _BN and module.affine:
-        return "bn"
+    if (type(module) in _BN or type(module) is nn.GroupNorm) and module.affine:
+        return "bn"  # per-channel affine of a normalized input (GroupNorm's xhat in the cache)
+    if type(module) is nn.LayerNorm and module.elementwise_affine:
+        return "ln"
+    if type(module) is nn.Embedding and module.max_norm is None:
+        return "emb"
     return ""
 
 
@@ -349,7 +353,11 @@ def prepare_cache(kind: str, module, x, out):
             return F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
         return x
     if kind == "bn":
+        if type(module) is nn.GroupNorm:
+            return F.group_norm(x, module.num_groups, None, None, module.eps)
         return bn_normalized(module, x)
+    if kind == "ln":
+        return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
     return None
 
 
@@ -402,6 +410,23 @@ def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, 
                 Y[ar, :, idx] += hr.view((-1,) + (1,) * (xh.dim() - 1)) * xh
             else:
                 Y[ar, :, idx] += hr.view((-1,) + (1,) * (out.dim() - 1))
+        elif kind == "ln":
+            # weight / bias index the trailing normalized dimensions, flattened
+            nd = len(module.normalized_shape)
+            Yf = Y.view(tuple(Y.shape[:Y.dim() - nd]) + (-1,))
+            t = _t(idx, dev)
+            shape = (-1,) + (1,) * (Yf.dim() - 2)
+            if role == "weight":
+                xh = cache.reshape(tuple(cache.shape[:cache.dim() - nd]) + (-1,))
+                Yf[ar, ..., t] += hr.view(shape) * xh[..., t].movedim(-1, 0)
+            else:
+                Yf[ar, ..., t] += hr.view(shape)
+        elif kind == "emb":
+            # W[v, j] feeds output unit j of every position holding token v
+            v, j = np.divmod(idx, module.embedding_dim)
+            shape = (-1,) + (1,) * x.dim()
+            hit = (x.unsqueeze(0) == _t(v, dev).view(shape)).to(Y.dtype)
+            Y[ar, ..., _t(j, dev)] += hr.view(shape) * hit
         else:  # pragma: no cover - guarded by fast_kind
             raise AssertionError(kind)
     return Y

@@ -365,3 +365,29 @@ def test_suffix_runs_only_the_steps_downstream_of_the_block():
         for h in hooks:
             h.remove()
     assert "b1" not in calls and "b2" not in calls  # the other branch comes from the cache
+
+
+class _TokensNorm(nn.Module):
+    """Embedding, a LayerNorm over two trailing dimensions, GroupNorm, head: closed forms for each."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4, padding_idx=0)
+        self.ln = nn.LayerNorm((5, 4))
+        self.gn = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, tokens):
+        h = self.ln(self.emb(tokens))                     # (N, 5, 4)
+        h = self.gn(h.transpose(1, 2)).transpose(1, 2)    # channels = embedding dims
+        return self.head(torch.tanh(h).flatten(1))
+
+
+def test_closed_forms_for_embedding_layernorm_groupnorm():
+    torch.manual_seed(9)
+    model = _TokensNorm().double()
+    rng = np.random.default_rng(9)
+    x, y = rng.integers(0, 7, (6, 5)), rng.integers(0, 3, 6)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    kinds = dict(zip(oracle.block_names, oracle._core.kinds))
+    assert kinds == {"emb": "emb", "ln": "ln", "gn": "bn", "head": "linear"}
