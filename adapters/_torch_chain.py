@@ -22,6 +22,7 @@ tensor, then flattened to ``k * B`` rows for the rest of the chain:
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -65,6 +66,10 @@ class Step:
     module: Optional[nn.Module] = None
     fn: Optional[Callable] = None
     name: str = ""
+    #: trainable parameters ``fn`` reads directly (graph capture: ``get_attr`` and modules inside a function step)
+    params: tuple = ()
+    #: ``fn`` treats samples independently, so it may run on any subset of rows
+    rowwise: bool = True
 
     def __call__(self, state: tuple) -> tuple:
         if self.fn is None:
@@ -114,10 +119,11 @@ def _grouped_bn(x, g, weight, bias, eps):
     # torch.var_mean over several dimensions
     dev = xv - xv.mean(dim=(1, 3), keepdim=True)
     var = (dev * dev).mean(dim=(1, 3), keepdim=True)
-    y = dev * torch.rsqrt(var + eps)
-    if weight is not None:
-        y = y * weight.view(1, 1, c, 1) + bias.view(1, 1, c, 1)
-    return y.reshape(x.shape)
+    scale = torch.rsqrt(var + eps)
+    if weight is None:
+        return (dev * scale).reshape(x.shape)
+    # the affine map folded into one (g, C) scale and one fused multiply-add pass
+    return torch.addcmul(bias.view(1, 1, c, 1), dev, scale * weight.view(1, 1, c, 1)).reshape(x.shape)
 
 
 def bn_normalized(mod, x):
@@ -127,33 +133,123 @@ def bn_normalized(mod, x):
     return F.batch_norm(x, mod.running_mean, mod.running_var, None, None, False, 0.0, mod.eps)
 
 
+def _own_forward_grouped(mod, ctx: _NormState, x, *args, **kwargs):
+    """A BatchNorm subclass's own forward, run once per row group (its statistics per group)."""
+    fwd = type(mod).forward
+    g = ctx.groups
+    if g == 1:
+        return fwd(mod, x, *args, **kwargs)
+    return torch.cat([fwd(mod, part, *args, **kwargs) for part in x.chunk(g)])
+
+
+_DROPOUT_FUNCS = None
+
+
+def _dropout_funcs():
+    global _DROPOUT_FUNCS
+    if _DROPOUT_FUNCS is None:
+        ident = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+                 torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout}
+        _DROPOUT_FUNCS = (ident, {F.scaled_dot_product_attention, F.multi_head_attention_forward})
+    return _DROPOUT_FUNCS
+
+
+class _NoDropout(torch.overrides.TorchFunctionMode):
+    """Functional dropout is the identity and attention runs with ``dropout_p = 0``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        ident, attn = _dropout_funcs()
+        if func in ident:
+            return args[0] if args else kwargs["input"]
+        if func in attn:
+            if func is F.scaled_dot_product_attention:
+                if len(args) > 4:
+                    args = args[:4] + (0.0,) + tuple(args[5:])
+                kwargs["dropout_p"] = 0.0
+            else:  # multi_head_attention_forward: dropout_p is its 11th positional argument
+                if len(args) > 10:
+                    args = args[:10] + (0.0,) + tuple(args[11:])
+                else:
+                    kwargs["dropout_p"] = 0.0
+        return func(*args, **kwargs)
+
+
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+
+
 @contextlib.contextmanager
 def norm_context(model: nn.Module, groups: int = 1, update: bool = False):
     """Run ``model`` with oracle semantics.
 
     BatchNorm in train mode normalizes each of ``groups`` equal row groups with its own
     batch statistics (one group per perturbation) and updates running statistics only when
-    ``update`` (plain calls); eval-mode BatchNorm uses the running statistics. Dropout is
-    the identity: finite differences need a deterministic loss.
+    ``update`` (plain calls); eval-mode BatchNorm uses the running statistics. A BatchNorm
+    subclass keeps its own ``forward`` (run once per group; its buffers are restored unless
+    ``update``). Dropout, module and functional (attention included), is the identity:
+    finite differences need a deterministic loss. In-place activations run out of place, so
+    cached activations are never overwritten.
     """
     ctx = _NormState()
     ctx.groups, ctx.update = int(groups), bool(update)
-    patched = []
+    patched, flags, saved = [], [], []
+    mode = _NoDropout()
     try:
-        for m in model.modules():
-            if isinstance(m, _BN):
+        for m in _special_modules(model):
+            if type(m) in _BN:
                 m.forward = (lambda x, m=m: _bn_forward(m, ctx, x))
+                patched.append(m)
+            elif isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
+                if not update:
+                    saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
+                m.forward = (lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
                 patched.append(m)
             elif isinstance(m, _DROPOUT):
                 m.forward = _identity
                 patched.append(m)
-        yield ctx
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
+                flags.append((m, "inplace", True))
+            if isinstance(m, nn.MultiheadAttention) and m.dropout:
+                flags.append((m, "dropout", m.dropout))
+                m.dropout = 0.0
+        mode.__enter__()
+        try:
+            yield ctx
+        finally:
+            mode.__exit__(None, None, None)
     finally:
         for m in patched:
             m.__dict__.pop("forward", None)
+        for m, attr, v in flags:
+            setattr(m, attr, v)
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
 
 
-def _identity(x):
+_SPECIAL = weakref.WeakKeyDictionary()
+
+
+def _special_modules(model: nn.Module) -> list:
+    """The submodules ``norm_context`` patches (BatchNorm, dropout, in-place, attention), cached
+    per model and refreshed when its number of submodules changes."""
+    n = sum(1 for _ in model.modules())
+    hit = _SPECIAL.get(model)
+    if hit is None or hit[0] != n:
+        mods = [m for m in model.modules() if isinstance(m, (_BATCHNORM, nn.MultiheadAttention) + _DROPOUT)
+                or hasattr(m, "inplace")]
+        hit = _SPECIAL[model] = (n, mods)
+    return hit[1]
+
+
+def vmap_safe(model: nn.Module) -> bool:
+    """False when a BatchNorm subclass in train mode would update its buffers inside ``vmap``."""
+    return not any(type(m) not in _BN and isinstance(m, _BATCHNORM) and m.training and m.running_mean is not None
+                   for m in _special_modules(model))
+
+
+def _identity(x, *args, **kwargs):
     return x
 
 
@@ -164,15 +260,6 @@ def set_groups(ctx: _NormState, g: int) -> None:
 # ---------------------------------------------------------------------------------------
 # chain extraction
 # ---------------------------------------------------------------------------------------
-def _flatten_sequential(seq: nn.Sequential, prefix: str, out: list) -> None:
-    for name, child in seq.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            _flatten_sequential(child, full + ".", out)
-        else:
-            out.append(Step(module=child, name=full))
-
-
 def _module_names(model: nn.Module) -> dict:
     return {id(m): n for n, m in model.named_modules()}
 
@@ -193,15 +280,19 @@ def steps_from_items(model: nn.Module, items) -> list:
 
 
 def extract_steps(model: nn.Module):
-    """``(steps, "")`` for a model with a usable split, else ``(None, reason)``."""
+    """``(steps, "")`` for a model with a usable split, else ``(None, reason)``.
+
+    A model declaring ``zoracle_steps()`` is split as declared; any other model (an
+    ``nn.Sequential`` included) is split by graph capture (``_torch_graph``).
+    """
     if hasattr(model, "zoracle_steps"):
         return steps_from_items(model, list(model.zoracle_steps())), ""
-    if isinstance(model, nn.Sequential):
-        steps: list = []
-        _flatten_sequential(model, "", steps)
-        return steps, ""
-    return None, (f"{type(model).__name__} is neither an nn.Sequential nor declares zoracle_steps(); "
-                  "every perturbation runs a full forward (no feature reuse)")
+    from ._torch_graph import trace_steps
+
+    steps, reason = trace_steps(model)
+    if steps is None:
+        return None, reason + "; every perturbation runs a full forward (no feature reuse)"
+    return steps, ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,8 +313,12 @@ def fast_kind(module) -> str:
         return "linear"
     if type(module) is nn.Conv2d:
         return "conv2d"
-    if type(module) in _BN and module.affine:
-        return "bn"
+    if (type(module) in _BN or type(module) is nn.GroupNorm) and module.affine:
+        return "bn"  # per-channel affine of a normalized input (GroupNorm's xhat in the cache)
+    if type(module) is nn.LayerNorm and module.elementwise_affine:
+        return "ln"
+    if type(module) is nn.Embedding and module.max_norm is None:
+        return "emb"
     return ""
 
 
@@ -258,7 +353,11 @@ def prepare_cache(kind: str, module, x, out):
             return F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
         return x
     if kind == "bn":
+        if type(module) is nn.GroupNorm:
+            return F.group_norm(x, module.num_groups, None, None, module.eps)
         return bn_normalized(module, x)
+    if kind == "ln":
+        return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
     return None
 
 
@@ -311,6 +410,23 @@ def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, 
                 Y[ar, :, idx] += hr.view((-1,) + (1,) * (xh.dim() - 1)) * xh
             else:
                 Y[ar, :, idx] += hr.view((-1,) + (1,) * (out.dim() - 1))
+        elif kind == "ln":
+            # weight / bias index the trailing normalized dimensions, flattened
+            nd = len(module.normalized_shape)
+            Yf = Y.view(tuple(Y.shape[:Y.dim() - nd]) + (-1,))
+            t = _t(idx, dev)
+            shape = (-1,) + (1,) * (Yf.dim() - 2)
+            if role == "weight":
+                xh = cache.reshape(tuple(cache.shape[:cache.dim() - nd]) + (-1,))
+                Yf[ar, ..., t] += hr.view(shape) * xh[..., t].movedim(-1, 0)
+            else:
+                Yf[ar, ..., t] += hr.view(shape)
+        elif kind == "emb":
+            # W[v, j] feeds output unit j of every position holding token v
+            v, j = np.divmod(idx, module.embedding_dim)
+            shape = (-1,) + (1,) * x.dim()
+            hit = (x.unsqueeze(0) == _t(v, dev).view(shape)).to(Y.dtype)
+            Y[ar, ..., _t(j, dev)] += hr.view(shape) * hit
         else:  # pragma: no cover - guarded by fast_kind
             raise AssertionError(kind)
     return Y
@@ -365,7 +481,7 @@ def channel_local(step: Step, base) -> bool:
     if step.fn is not None:
         return False
     m = step.module
-    return isinstance(m, _ACT) or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
+    return type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
 
 
 def flatten_linear(steps, j: int, base) -> bool:
@@ -449,7 +565,7 @@ def channel_step(step: Step, col, ch, groups_stats: bool):
             return m(col.contiguous(memory_format=torch.channels_last)).contiguous()
         return m(col)
     if type(m) not in _BN:
-        return _identity(col) if isinstance(m, _DROPOUT) else m(col)
+        return _identity(col) if type(m) in _DROPOUT else m(col)
     shape = (col.shape[0],) + (1,) * (col.dim() - 1)
     if m.training or m.running_mean is None:
         flat = col.reshape(col.shape[0], -1)
@@ -524,10 +640,13 @@ def absorb_rows(kind: str, m, delta, chs, base_out_rows):
 
 
 def sample_coupling(steps) -> bool:
-    """Whether any of ``steps`` mixes samples (BatchNorm with batch statistics)."""
+    """Whether any of ``steps`` may mix samples (BatchNorm with batch statistics, or a
+    captured function step not known to act row by row)."""
     for st in steps:
+        if st.fn is not None and not st.rowwise:
+            return True
         mods = st.module.modules() if st.module is not None else ()
         for m in mods:
-            if type(m) in _BN and (m.training or m.running_mean is None):
+            if isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
                 return True
     return False

@@ -76,6 +76,10 @@ class _Core:
         self.reason = reason
         self.warned = False
         self.vmap_ok = True
+        self.checked = False     # the split's self-check ran (once, at the first bound batch)
+        self.scalar_loss = None  # loss_fn returns one mean loss (True) or per-sample losses (False)
+        self.shared = []
+        self.downstream = {}     # block step -> which later steps a perturbation reaches
         self.probe = {}      # per-sample shape key -> per-step state bytes per sample
         self.costs = {}      # per-sample shape key -> block costs
 
@@ -104,19 +108,25 @@ def build_core(model, blocks) -> _Core:
         except TypeError as exc:
             raise ArgumentError(f"`model.zoracle_steps()`: {exc}") from None
     core = _Core(model, None, reason)
+    core.blocks_arg = blocks
     names = {id(p): n for n, p in trainable}
+    shared_steps = set()
     if steps is not None:
         owned, order = {}, []
         ok = True
         for si, st in enumerate(steps):
-            if st.module is None:
-                continue
-            for attr, p in st.module.named_parameters():
-                if not p.requires_grad:
+            items = list(st.module.named_parameters()) if st.module is not None else []
+            items += [(names.get(id(p), "param"), p) for p in st.params]
+            here = set()
+            for attr, p in items:
+                if not p.requires_grad or id(p) in here:
                     continue
+                here.add(id(p))
                 if id(p) in owned:
-                    ok = False
-                    reason = f"parameter {names.get(id(p), attr)} belongs to two steps (shared weights)"
+                    # one parameter feeds several steps (a module called twice, tied weights):
+                    # the block of its first use runs every later step per perturbation
+                    shared_steps.add(owned[id(p)])
+                    continue
                 owned[id(p)] = si
                 order.append((si, attr, p))
         missing = [n for n, p in trainable if id(p) not in owned]
@@ -158,32 +168,57 @@ def build_core(model, blocks) -> _Core:
     core.blocks = [slice(c[1], c[1] + c[4][-1]) for c in block_steps]
     core.block_params = [BlockParams(c[2], c[3], np.asarray(c[4], dtype=np.int64)) for c in block_steps]
     core.block_names = [core.steps[c[0]].name for c in block_steps]
-    core.kinds = [fast_kind(core.steps[c[0]].module) if core.steps[c[0]].fn is None else ""
-                  for c in block_steps]
+    core.shared = [c[0] in shared_steps for c in block_steps]
+    core.kinds = [fast_kind(core.steps[c[0]].module) if core.steps[c[0]].fn is None and c[0] not in shared_steps
+                  else "" for c in block_steps]
     if len(set(core.block_steps)) != len(core.block_steps):  # a step's params not contiguous
         core.reason = "a step's parameters are not contiguous in forward order"
         core.blocks, core.block_steps = [], []
     return core
 
 
-def run_owned(steps, state, start: int):
-    """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place."""
-    for st in steps[start:]:
+def run_owned(steps, state, start: int, mask=None, fill=None):
+    """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place.
+
+    With ``mask`` (``downstream``), a step the perturbations do not reach is not run: its
+    output is ``fill(j)``, the cached base output of step ``j`` for these rows.
+    """
+    fresh = True  # state[0] was computed by this run (never a cached activation)
+    for j in range(start, len(steps)):
+        st = steps[j]
         m = st.module
+        if mask is not None and not mask[j]:
+            pas = getattr(st.fn, "passthrough", None)
+            if st.fn is None or pas is not None:
+                rest = tuple(state[1:]) if st.fn is None else tuple(state[i] for i in pas)
+                state = (fill(j),) + rest
+                fresh = False
+                continue
+        if st.fn is not None:  # may return cached tensors or views of them
+            state = st(state)
+            fresh = False
+            continue
         if st.fn is None and type(m) is nn.MaxPool2d and state[0].dim() == 4 and state[0].device.type == "cpu":
             # CPU max pooling of many small NCHW planes is an order of magnitude slower than
             # channels-last; the maximum is exact either way
             out = m(state[0].contiguous(memory_format=torch.channels_last))
             state = (out.contiguous(),) + tuple(state[1:])
+            fresh = True
             continue
-        if st.fn is None and type(m) is nn.ReLU:
+        if fresh and type(m) is nn.ReLU:
             x = state[0]
             ptr = x.untyped_storage().data_ptr()
             if all(s.untyped_storage().data_ptr() != ptr for s in state[1:]):
                 state = (torch.relu_(x),) + tuple(state[1:])
                 continue
         state = st(state)
+        # stock layers that allocate their output (Identity, Flatten, Dropout may return views)
+        fresh = type(m).__module__.startswith("torch.nn") and not isinstance(m, _VIEWS)
     return state
+
+
+_VIEWS = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+          nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,14 @@ Importing this module imports torch: that is how a user opts in (``pip install '
 ``TorchOracle`` implements every capability the core planner knows: plain calls,
 ``batch`` (many parameter vectors), ``coordinate_losses`` (CGE), ``prefix``/``suffix``
 (feature reuse) and ``bind`` (a fixed minibatch). Its fast path evaluates ``k``
-coordinate perturbations of one block as one batch of ``k * B`` samples through the rest of
-the network, building the perturbed layer outputs in closed form (rank-one updates of the
-cached unperturbed output) instead of copying weights.
+coordinate perturbations of one block as one batch of ``k * B`` samples through the part of
+the captured graph downstream of the block, building the perturbed layer outputs in closed
+form (rank-one updates of the cached unperturbed output) instead of copying weights.
+
+Modules: ``_torch_graph`` (torch.fx capture into a step chain), ``_torch_chain`` (steps,
+closed forms, oracle semantics of BatchNorm / dropout / in-place ops), ``_torch_layout``
+(flat layout, blocks), ``_torch_exact`` (reference ``model(x)``, self-check, full-forward
+fallback), ``_torch_blackbox`` (``blackbox``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from zoracle._backend import namespace
 from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
+from ._torch_graph import downstream
+from ._torch_exact import first_bind, full_coordinate_losses, reference_loss, shared_suffix
 from ._torch_chain import (
     Step,
     absorb,
@@ -44,6 +51,7 @@ from ._torch_chain import (
     perturbed_outputs,
     prepare_cache,
     sample_coupling,
+    vmap_safe,
 )
 from ._torch_layout import ParamInfo, _as_torch_dtype, build_core, cross_entropy, repeat_rows, run_owned, to_torch
 
@@ -53,12 +61,30 @@ _CPU_BUDGET = 16 * 2**20
 _GPU_BUDGET = 1024 * 2**20
 
 
+def _same(old, params) -> bool:
+    if type(old) is not type(params) or old.shape != params.shape:
+        return False
+    return torch.equal(old, params) if torch.is_tensor(params) else bool(namespace(params).array_equal(old, params))
+
+
+def _keep(feats, k: int = 1, rows=None) -> tuple:
+    """``(mask, fill)`` for run_owned: cached outputs of the steps a perturbation does not reach,
+    repeated for ``k`` perturbations or gathered for the sample indices ``rows``."""
+    if feats.keep is None:
+        return ()
+    mask, states = feats.keep
+    if rows is not None:
+        return mask, lambda j: states[j + 1][0].index_select(0, rows)
+    return mask, lambda j: repeat_rows(states[j + 1][0], k)
+
+
 class _Features:
     """Activations entering a block (opaque to the planner), plus the fast path's caches."""
 
-    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk")
+    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk", "keep")
 
-    def __init__(self, block, state, out, cache, batch_size, walk=None):
+    def __init__(self, block, state, out, cache, batch_size, walk=None, keep=None):
+        self.keep = keep  # (downstream mask, base states entering each step) or None
         self.block, self.state, self.out, self.cache, self.batch_size = block, state, out, cache, batch_size
         self.walk = walk  # channel-delta path: (stop step, absorbs?, base input at stop, base output)
 
@@ -68,7 +94,7 @@ class _Features:
 
 
 class TorchOracle:
-    """A PyTorch model and a per-sample loss as a zoracle oracle over the flat parameters.
+    """A PyTorch model and a loss as a zoracle oracle over the flat parameters.
 
     Parameters
     ----------
@@ -79,12 +105,16 @@ class TorchOracle:
         after queries the module holds the last queried parameters (``load(params)`` sets
         them explicitly).
     loss_fn : callable
-        ``loss_fn(outputs, targets)`` returning **per-sample** losses of shape ``(N,)``,
-        e.g. ``nn.CrossEntropyLoss(reduction="none")``. The oracle's loss is their mean over
-        the minibatch. ``loss_fn`` may be a black box (convert to NumPy, call onnxruntime,
-        return a tensor without grad): batched evaluation calls it **once** on ``k * B``
-        samples (outputs of ``k`` perturbations stacked perturbation-major, targets
-        repeated ``k`` times) and reshapes the result to ``(k, B)``.
+        ``loss_fn(outputs, targets)`` returning either **per-sample** losses of shape
+        ``(N,)`` (e.g. ``nn.CrossEntropyLoss(reduction="none")``; the oracle's loss is their
+        mean) or **one scalar** (PyTorch's default ``reduction="mean"``, e.g.
+        ``F.cross_entropy``, ``nn.MSELoss()``; the oracle's loss is that scalar). The
+        convention is read from the first bound minibatch. Per-sample losses are faster:
+        batched evaluation calls ``loss_fn`` **once** on ``k * B`` samples (outputs of ``k``
+        perturbations stacked perturbation-major, targets repeated ``k`` times), and samples
+        a perturbation leaves unchanged keep their base loss; a scalar ``loss_fn`` is called
+        once per perturbation on its ``B`` samples. ``loss_fn`` may be a black box (convert
+        to NumPy, call onnxruntime, return a tensor without grad).
     batch : (x, y), optional
         The minibatch every query sees (NumPy or torch). Without it, use ``bind(batch)``.
     dtype : torch/numpy dtype or str, optional
@@ -95,10 +125,11 @@ class TorchOracle:
         Memory for the activations of one batched suffix chunk (k perturbations x B
         samples). Default 16 MiB on CPU (cache friendly), 1 GiB on CUDA.
     blocks : None, "none" or list, optional
-        None: the split is derived (``nn.Sequential``, flattened recursively, or the model's
-        own ``zoracle_steps()``). ``"none"``: no feature reuse; every perturbation is a
-        full forward, vectorized with ``torch.func.vmap``. A list of modules / ``Step``
-        objects: this split (running them in order on ``(x,)`` must equal ``model(x)``).
+        None: the split is captured from the model's graph (``torch.fx``; any module,
+        ``nn.Sequential`` included, see ``_torch_graph``), or taken from the model's own
+        ``zoracle_steps()``. ``"none"``: no feature reuse; every perturbation is a full
+        forward. A list of modules / ``Step`` objects: this split (running them in order on
+        ``(x,)`` must equal ``model(x)``).
     update_stats : bool
         Plain calls (``oracle(params)``, the base point of every estimate, once per step)
         update BatchNorm running statistics in train mode, like one first-order training
@@ -111,14 +142,26 @@ class TorchOracle:
     batched together are normalized as ``k`` separate groups of ``B`` samples. In ``eval()``
     mode the running statistics are used. Perturbation queries (``batch``,
     ``coordinate_losses``, ``prefix``, ``suffix``) never change running statistics.
-    **Dropout** is the identity inside the oracle (finite differences need a deterministic
-    loss). Other layers must treat samples independently.
+    **Dropout**, module and functional (``F.dropout``, attention's ``dropout_p`` in
+    ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention``), is the identity
+    inside the oracle (finite differences need a deterministic loss). A BatchNorm subclass
+    with its own ``forward`` (timm's ``BatchNormAct2d``) runs that forward, once per
+    perturbation group. Other layers must treat samples independently.
 
-    **Split.** Each step of the chain that owns parameters is one block; ``prefix``
-    returns the activations entering it, ``suffix`` builds the ``k`` perturbed outputs of
-    the block (closed form for Linear, Conv2d and affine BatchNorm; a perturb-run-restore
-    loop for other layers) and runs the rest of the chain on ``k * B`` rows at once.
-    Models without a usable split fall back to full forwards (a one-time warning says so).
+    **Split.** The model's graph is captured once (``torch.fx``: residual adds, shared
+    modules, tied weights, in-place activations made out of place; stock ``torch.nn``
+    modules and their subclasses are leaves). Each step that first uses a parameter is one
+    block; ``prefix`` returns the activations entering it (cached for the bound
+    minibatch), ``suffix`` builds the ``k`` perturbed outputs of the block (closed form for
+    exact ``nn.Linear``, ``nn.Conv2d`` and affine ``nn.BatchNorm*``; a perturb-run-restore
+    loop for other layers and subclasses) and runs only the steps downstream on ``k * B``
+    rows at once. A parameter used by several steps is perturbed in place and the rest run
+    per perturbation. **Exact or refuse:** at the first bound minibatch the split is checked
+    against the plain ``model(x)`` (its loss, and every block's suffix loss for a
+    perturbed coordinate); a model that cannot be traced or fails the check runs full
+    forwards, and one warning names the reason and the block. Full forwards perturb one
+    parameter tensor at a time (in place, or overridden through
+    ``torch.func.functional_call`` and vectorized), never copying the whole vector.
 
     Examples
     --------
@@ -160,6 +203,7 @@ class TorchOracle:
             raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
         x, y = batch
         self._base_rows = None  # base losses belong to one minibatch
+        self._state_cache = None  # and so do the cached activations
         dev, dt = self.device, self.dtype
         self._x = to_torch(x, dev, dt)
         self._y = None if y is None else to_torch(y, dev)
@@ -173,6 +217,8 @@ class TorchOracle:
             raise ArgumentError(f"`batch`: x has {self._x.shape[0]} samples but y has {self._y.shape[0]}")
         if self._x.shape[0] == 0:
             raise ArgumentError("`batch` is empty; pass at least one sample")
+        if self._core.scalar_loss is None or not self._core.checked:
+            first_bind(self)
 
     def bind(self, batch) -> "TorchOracle":
         """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""
@@ -216,6 +262,7 @@ class TorchOracle:
                 f"buffer names differ from this model's: missing {missing[:5]}, unexpected {extra[:5]}; "
                 "the state was saved from another model"
             )
+        self._state_cache = None  # eval-mode activations depend on the running statistics
         with torch.no_grad():
             for name, b in buffers.items():
                 a = torch.as_tensor(np.asarray(arrays[name]))
@@ -358,25 +405,33 @@ class TorchOracle:
         return cached[1][: k * y.shape[0]]
 
     def _loss(self, outputs, k: int) -> torch.Tensor:
+        """Mean loss of each of ``k`` perturbation groups of ``B`` rows, shape ``(k,)``."""
         B = self._x.shape[0]
-        vals = self.loss_fn(outputs, self._targets(k))
-        vals = to_torch(vals, outputs.device)
+        if self._core.scalar_loss:
+            # a mean-reduced loss_fn: one call per perturbation group
+            y = self._y
+            parts = outputs.reshape((k, B) + tuple(outputs.shape[1:]))
+            return torch.stack([self._scalar(parts[r], y) for r in range(k)])
+        vals = to_torch(self.loss_fn(outputs, self._targets(k)), outputs.device)
         if vals.dim() != 1 or vals.shape[0] != k * B:
-            if vals.numel() == 1 and k * B > 1:
-                raise ArgumentError(
-                    f"`loss_fn` returned a scalar; it must return per-sample losses of shape ({k * B},), "
-                    "e.g. nn.CrossEntropyLoss(reduction='none')"
-                )
-            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},), got {tuple(vals.shape)}")
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},) or one mean "
+                                f"loss (a scalar) for {k * B} rows, got shape {tuple(vals.shape)}")
         return vals.reshape(k, B).mean(dim=1)
+
+    def _scalar(self, outputs, targets) -> torch.Tensor:
+        v = to_torch(self.loss_fn(outputs, targets), outputs.device)
+        if v.numel() != 1:
+            raise ArgumentError(f"`loss_fn` returned a scalar for the first minibatch but shape {tuple(v.shape)} "
+                                "now; it must keep one convention")
+        return v.reshape(())
 
     def _loss_rows(self, outputs, targets) -> torch.Tensor:
         """Per-sample losses of ``outputs`` (one loss_fn call), checked to have one per row."""
         n = outputs.shape[0]
         vals = to_torch(self.loss_fn(outputs, targets), outputs.device)
         if vals.dim() != 1 or vals.shape[0] != n:
-            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},), got {tuple(vals.shape)}; "
-                                "e.g. nn.CrossEntropyLoss(reduction='none')")
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},) or one mean loss "
+                                f"(a scalar), got {tuple(vals.shape)}")
         return vals
 
     def _sparse_rows(self, feats, col, ch, k):
@@ -415,7 +470,7 @@ class TorchOracle:
                 Y[torch.arange(n, device=Y.device), chs] = col.reshape((k * B,) + tail).index_select(0, flat)
                 start = stop
             rest = tuple(s.index_select(0, b) for s in feats.state[1:])
-            out = run_owned(steps, (Y,) + rest, start)[0]
+            out = run_owned(steps, (Y,) + rest, start, *_keep(feats, rows=b))[0]
             vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))
             L.view(-1).index_copy_(0, flat, vals.to(L.dtype))
         return L.mean(dim=1)
@@ -473,16 +528,29 @@ class TorchOracle:
 
     # ---------------------------------------------------------------- the oracle protocol
     def __call__(self, params) -> float:
-        """Mean per-sample loss of the bound minibatch at ``params``."""
+        """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off."""
         self._require_batch()
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats):
-            out = self._core.chain.run((self._x,))[0]
+            out = self.model(self._x)
+            if self._core.scalar_loss:
+                self._base_rows = None
+                return float(self._scalar(out, self._y))
             rows = self._loss_rows(out, self._y)
         # the per-sample losses at the base point: the fast suffix path reuses them for the
         # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again
         self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), rows)
         return float(rows.reshape(1, -1).mean(dim=1)[0])
+
+    def reference_loss(self, params) -> float:
+        """The loss of a plain, unpatched ``model(x)`` at ``params`` (dropout off, buffers kept).
+
+        ``zoracle.testing.check_oracle`` and the self-check at the first bind compare every
+        fast path against it.
+        """
+        self._require_batch()
+        self._load(params)
+        return reference_loss(self, self._x, self._y)
 
     def batch(self, params_batch) -> np.ndarray:
         """Losses for each row of ``params_batch`` (k, d); vectorized full forwards."""
@@ -506,7 +574,7 @@ class TorchOracle:
     def _full_chunk(self, P: torch.Tensor) -> torch.Tensor:
         k = P.shape[0]
         core = self._core
-        if core.vmap_ok:
+        if core.vmap_ok and vmap_safe(self.model):
             try:
                 return self._vmapped(P)
             except Exception as exc:  # an op vmap cannot batch: loop instead, say so once
@@ -548,18 +616,7 @@ class TorchOracle:
         out = np.empty(len(c))
         if not self._core.blocks:
             self._warn_fallback()
-            theta = self._load(params)
-            idx = torch.as_tensor(c, device=self.device)
-            B = self._x.shape[0]
-            sizes = self._probe()
-            budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
-            chunk = max(1, budget // max(1, 3 * max(sizes) * B + theta.numel() * theta.element_size()))
-            for lo in range(0, len(c), chunk):
-                ii = idx[lo:lo + chunk]
-                P = theta.unsqueeze(0).repeat(len(ii), 1)
-                P[torch.arange(len(ii), device=self.device), ii] += step
-                out[lo:lo + chunk] = self._full_chunk(P).cpu().double().numpy()
-            return out
+            return full_coordinate_losses(self, params, c, step)
         starts = np.array([b.start for b in self._core.blocks])
         owner = np.searchsorted(starts, c, side="right") - 1
         for b in np.unique(owner):
@@ -579,8 +636,9 @@ class TorchOracle:
         si = core.block_steps[block]
         st = core.chain.steps[si]
         kind = core.kinds[block]
+        states = self._states(params)
+        state = states[si]
         with torch.no_grad(), norm_context(self.model):
-            state = core.chain.run((self._x,), 0, si)
             out = cache = walk = None
             if kind:
                 x = state[0]
@@ -588,18 +646,36 @@ class TorchOracle:
                 cache = prepare_cache(kind, st.module, x, out)
                 if channel_ok(kind, out):
                     walk = self._walk(si, out, state[1:], params)
-        return _Features(block, state, out, cache, self._x.shape[0], walk)
+        mask = core.downstream.setdefault(si, downstream(core.chain.steps, si))
+        keep = None if mask is None or all(mask[si + 1:]) else (mask, states)
+        return _Features(block, state, out, cache, self._x.shape[0], walk, keep)
+
+    def _states(self, params) -> list:
+        """The state entering every step at ``params`` (one chain run, cached per params):
+        every node's value for the bound minibatch, read by prefixes and by suffixes for the
+        steps a perturbation does not reach."""
+        cached = self._state_cache
+        if cached is not None and cached[2] == self.model.training and _same(cached[0], params):
+            return cached[1]
+        self._load(params)
+        states = [(self._x,)]
+        with torch.no_grad(), norm_context(self.model):
+            for st in self._core.chain.steps:
+                states.append(st(states[-1]))
+        self._state_cache = (params.clone() if torch.is_tensor(params) else params.copy(), states, self.model.training)
+        return states
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_state_cache"] = None  # activations stay with the process that computed them
+        return state
 
     def _cached_base_rows(self, params):
         """Per-sample base losses from the last plain call, if it was at these params."""
         cached = getattr(self, "_base_rows", None)
         if cached is None:
             return None
-        old = cached[0]
-        if type(old) is not type(params) or old.shape != params.shape:
-            return None
-        same = torch.equal(old, params) if torch.is_tensor(params) else bool(namespace(params).array_equal(old, params))
-        return cached[1] if same else None
+        return cached[1] if _same(cached[0], params) else None
 
     def _walk(self, si: int, out, state_rest, params=None):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
@@ -617,13 +693,13 @@ class TorchOracle:
         # samples whose activations a perturbation leaves unchanged keep their base loss,
         # unless a later layer mixes samples (train-mode BatchNorm)
         base_losses = None
-        if not sample_coupling(steps[start:]):
+        if not self._core.scalar_loss and not sample_coupling(steps[start:]):
             base_losses = None if params is None else self._cached_base_rows(params)
             if base_losses is None:
                 # the same full forward a plain call makes, so the rows are bitwise those of
                 # oracle(params) whichever process computed them (sharded = serial)
                 with norm_context(self.model, 1, update=False):
-                    out_ = self._core.chain.run((self._x,))[0]
+                    out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
                     self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), base_losses)
@@ -667,6 +743,8 @@ class TorchOracle:
         st = core.chain.steps[si]
         kind = core.kinds[block]
         k = len(local)
+        if core.shared[block]:
+            return shared_suffix(self, feats, block, local, h, ctx)
         if True:
             rest = tuple(repeat_rows(s, k) for s in feats.state[1:])
             if feats.walk is not None:
@@ -687,7 +765,8 @@ class TorchOracle:
                 else:
                     Y, start = materialize(base_in, col, ch), stop
                 ctx.groups = k
-                state = run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start)
+                state = run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start,
+                                  *_keep(feats, k))
                 return self._loss(state[0], k)
             if kind:
                 Y = perturbed_outputs(kind, st.module, feats.state[0], feats.out, feats.cache,
@@ -697,7 +776,7 @@ class TorchOracle:
                 outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
                 state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
             ctx.groups = k
-            state = run_owned(core.chain.steps, state, si + 1)
+            state = run_owned(core.chain.steps, state, si + 1, *_keep(feats, k))
             return self._loss(state[0], k)
 
     # ---------------------------------------------------------------- evaluation
@@ -716,7 +795,7 @@ class TorchOracle:
             model.train(bool(train))
             with torch.no_grad(), norm_context(model):
                 for lo in range(0, xt.shape[0], batch_size):
-                    outs.append(self._core.chain.run((xt[lo:lo + batch_size],))[0])
+                    outs.append(model(xt[lo:lo + batch_size]))
         finally:
             model.train(was)
         return torch.cat(outs).cpu().numpy()

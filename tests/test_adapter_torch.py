@@ -224,7 +224,7 @@ def test_conv_variants_and_dense_paths(mode, unfold, monkeypatch):
 
 
 class _Tokens(nn.Module):
-    """A non-Sequential model (no split): the oracle falls back to vectorized full forwards."""
+    """A non-Sequential model: graph capture splits it (3-D Linear, LayerNorm, flatten, Linear)."""
 
     def __init__(self):
         super().__init__()
@@ -236,25 +236,40 @@ class _Tokens(nn.Module):
         return self.head(self.norm(self.lin(x)).flatten(1))
 
 
+class _Branchy(_Tokens):
+    """Data-dependent control flow: torch.fx cannot trace it, so the oracle runs full forwards."""
+
+    def forward(self, x):
+        h = self.norm(self.lin(x))
+        h = torch.stack([row for row in h.unbind(1)], 1)  # iterating a traced value stops torch.fx
+        return self.head(h.flatten(1))
+
+
 def test_fallback_and_generic_layers_warn_once_and_stay_exact():
     torch.manual_seed(9)
-    model = _Tokens().double()
+    model = _Branchy().double()
     x, y = data((3, 4), 5, seed=9, classes=3)
     oracle = TorchOracle(model, CE, (x, y))
     assert oracle.blocks == []
     theta = oracle.initial_params()
-    with pytest.warns(RuntimeWarning, match="full forward"):
+    with pytest.warns(RuntimeWarning, match="cannot trace.*full forward"):
         est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
     assert relerr(est.grad, autograd(model, x, y)) < 1e-6
-    # the same layers declared as steps: 3-D Linear (dense path), LayerNorm (generic loop)
-    split = TorchOracle(model, CE, (x, y), blocks=[model.lin, model.norm, nn.Flatten(), model.head])
-    assert len(split.blocks) == 3
+    # the same layers captured as a graph: 3-D Linear (dense path), LayerNorm (generic loop)
+    plain = _Tokens().double()
+    plain.load_state_dict(model.state_dict())
+    split = TorchOracle(plain, CE, (x, y))
+    assert split.block_names == ["lin", "norm", "head"]
     check_oracle(split, theta)
     est2 = zo.estimate_gradient(split, theta, zo.CGE(mu=1e-6, scheme="central"))
     np.testing.assert_allclose(est2.grad, est.grad, rtol=1e-7, atol=1e-9)
+    # and declared as steps
+    declared = TorchOracle(plain, CE, (x, y), blocks=[plain.lin, plain.norm, nn.Flatten(), plain.head])
+    np.testing.assert_allclose(zo.estimate_gradient(declared, theta, zo.CGE(mu=1e-6, scheme="central")).grad,
+                               est.grad, rtol=1e-7, atol=1e-9)
 
 
 def test_declared_steps_with_fork():
@@ -334,9 +349,12 @@ def test_blackbox_loss_fn_and_errors():
     np.testing.assert_allclose(bb.coordinate_losses(theta, coords, 1e-3), ref.coordinate_losses(theta, coords, 1e-3),
                                rtol=1e-12)
     assert max(calls) > x.shape[0]  # batched: one call on k * B samples
-    scalar = TorchOracle(model, nn.CrossEntropyLoss(), (x, y))
-    with pytest.raises(zo.ArgumentError, match="reduction"):
-        scalar.coordinate_losses(theta, coords[:4], 1e-3)
+    scalar = TorchOracle(model, nn.CrossEntropyLoss(), (x, y))  # mean-reduced: one call per perturbation
+    np.testing.assert_allclose(scalar.coordinate_losses(theta, coords, 1e-3), ref.coordinate_losses(theta, coords, 1e-3),
+                               rtol=1e-12)
+    assert scalar(theta) == pytest.approx(ref(theta), rel=1e-14)
+    with pytest.raises(zo.ArgumentError, match="per-sample losses"):
+        TorchOracle(model, lambda o, t: o, (x, y))
     with pytest.raises(zo.ArgumentError, match="nn.Module"):
         TorchOracle(lambda z: z, CE)
     with pytest.raises(zo.ArgumentError, match="blocks"):

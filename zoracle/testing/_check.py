@@ -25,8 +25,10 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
                  rtol: float = 1e-6, atol: float = 1e-8, rng=0) -> dict:
     """Check ``oracle``'s declared capabilities against plain calls at ``params``.
 
-    Checks: the oracle returns a finite scalar and is deterministic; ``batch`` equals a loop
-    of calls; ``coordinate_losses`` equals calls at ``params + step * e_i``; for a
+    Checks: the oracle returns a finite scalar and is deterministic; it equals
+    ``oracle.reference_loss(params)`` where the oracle offers one (TorchOracle: the plain,
+    unpatched ``model(x)``), which then replaces plain calls as the reference below;
+    ``batch`` equals a loop of calls; ``coordinate_losses`` equals calls at ``params + step * e_i``; for a
     SplitOracle, ``blocks`` are contiguous, ordered, disjoint and cover ``[0, d)``, and
     ``prefix`` + ``suffix`` equal full evaluations for coordinates sampled in every block.
 
@@ -48,8 +50,12 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     failures, report = [], {}
     dt = params.dtype.type
 
+    # an oracle that runs a model through its own machinery (TorchOracle) offers the plain,
+    # unpatched evaluation as ``reference_loss``: every fast path is compared against it
+    reference = getattr(oracle, "reference_loss", None)
+
     def call(x):
-        v = oracle(x)
+        v = reference(x) if reference is not None else oracle(x)
         return float(v)
 
     def perturbed(i, s):
@@ -57,10 +63,15 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         x[i] = x[i] + dt(s)
         return x
 
-    base = call(params)
+    base = float(oracle(params))
     if not np.isfinite(base):
         failures.append(f"call: loss at params is {base}, expected finite")
-    again = call(params)
+    if reference is not None:
+        ok, dev = _close(base, call(params), rtol, atol)
+        report["reference"] = dev
+        if not ok:
+            failures.append(f"reference: oracle(params) deviates from reference_loss(params) by {dev:.3g}")
+    again = float(oracle(params))
     ok, dev = _close(base, again, 0, 0)
     report["determinism"] = dev
     if not ok:

@@ -1,0 +1,263 @@
+"""Exact or refuse: the reference ``model(x)``, the self-check of a captured split, the
+full-forward fallback and the per-perturbation loop for shared parameters.
+
+A gradient must never be silently wrong. At the first bound minibatch the split (captured
+graph or declared steps) is compared against the plain model: the loss of the whole chain
+against ``model(x)``, then, for every block, the suffix loss of one coordinate against a
+plain perturbed forward, alone and batched with a second coordinate (so a step that mixes
+perturbations shows). Any
+mismatch, or an error, retires the split: every perturbation runs a full forward, and one
+warning names the block and the deviation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoracle._errors import ArgumentError
+
+from ._torch_chain import _DROPOUT, _NoDropout, norm_context, vmap_safe
+from ._torch_layout import Chain, Step, to_torch
+
+__all__ = ["first_bind", "reference_loss", "full_coordinate_losses", "shared_suffix"]
+
+#: relative step of the self-check's perturbations: large, so a wrong path cannot hide in round-off
+_CHECK_STEP = 0.5
+
+
+@contextlib.contextmanager
+def plain_context(model: nn.Module):
+    """The user's own forward, unpatched: dropout off (modules, functional, attention),
+    buffers (running statistics) restored afterwards, nothing else touched."""
+    flags = []
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    for m in model.modules():
+        if isinstance(m, _DROPOUT) and m.p:
+            flags.append((m, "p", m.p))
+            m.p = 0.0
+        if isinstance(m, nn.MultiheadAttention) and m.dropout:
+            flags.append((m, "dropout", m.dropout))
+            m.dropout = 0.0
+    mode = _NoDropout()
+    try:
+        with torch.no_grad(), mode:
+            yield
+    finally:
+        for m, attr, v in flags:
+            setattr(m, attr, v)
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def reference_loss(oracle, x, y) -> float:
+    """Loss of the plain ``model(x)`` (module parameters as loaded), dropout off."""
+    with plain_context(oracle.model):
+        out = oracle.model(x)
+        v = to_torch(oracle.loss_fn(out, y), out.device)
+    return float(v.double().mean())
+
+
+def first_bind(oracle) -> None:
+    """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
+    core = oracle._core
+    if core.scalar_loss is None:
+        with torch.no_grad(), norm_context(oracle.model):
+            v = to_torch(oracle.loss_fn(oracle.model(oracle._x), oracle._y))
+        B = oracle._x.shape[0]
+        scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)
+        if not scalar and tuple(v.shape) != (B,):
+            raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({B},) or one mean loss "
+                                f"(a scalar), got shape {tuple(v.shape)}; e.g. nn.CrossEntropyLoss()")
+        core.scalar_loss = bool(scalar)
+    if core.checked:
+        return
+    core.checked = True
+    if not core.blocks:
+        return
+    theta = oracle._load(oracle.initial_params()).clone()
+    # the split's structure does not depend on the batch size: check on (at most) 2 samples
+    probe = copy.copy(oracle)
+    n = min(2, oracle._x.shape[0])
+    probe._x = oracle._x[:n].clone()
+    probe._y = None if oracle._y is None else oracle._y[:n].clone()
+    probe._base_rows = probe._ycache = probe._state_cache = None
+    try:
+        reason = _check_split(probe, theta)
+        if reason and oracle.dtype != torch.float64 and _recheck_float64(oracle, probe):
+            reason = ""
+    except ArgumentError:
+        raise
+    except Exception as exc:  # any error on the fast path: refuse it
+        reason = f"the captured split failed ({type(exc).__name__}: {str(exc)[:200]})"
+    finally:
+        oracle._load(theta)
+    if reason:
+        retire_split(oracle, reason)
+
+
+def retire_split(oracle, reason: str) -> None:
+    core = oracle._core
+    core.reason = reason + "; every perturbation runs a full forward (no feature reuse)"
+    core.blocks, core.block_steps, core.block_names = [], [], []
+    core.chain = Chain([Step(module=core.model, name="model")])
+    core.probe.clear()
+    core.costs.clear()
+    core.downstream.clear()
+    oracle._warn_fallback()
+
+
+def _close(got: float, want: float, scale: float, dtype) -> bool:
+    # round-off only: a wrong path moves the loss by about step * |gradient|, far more.
+    # BatchNorm over two samples amplifies round-off ~1e4 times (float64 keeps 1e-12)
+    rel = 1e-9 if dtype == torch.float64 else 2000 * torch.finfo(dtype).eps
+    return abs(got - want) <= rel * (abs(scale) + 1.0)
+
+
+def _recheck_float64(oracle, probe) -> bool:
+    """Whether the same split passes the self-check on a float64 copy of the model (round-off
+    of float32 through ill-conditioned layers can exceed any fixed tolerance)."""
+    core = oracle._core
+    model, blocks = copy.deepcopy((core.model, core.blocks_arg))
+    x = probe._x.double() if probe._x.is_floating_point() else probe._x
+    y = probe._y.double() if probe._y is not None and probe._y.is_floating_point() else probe._y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        twin = type(oracle)(model, oracle.loss_fn, (x, y), dtype=torch.float64, blocks=blocks, update_stats=False)
+    return bool(twin._core.blocks)
+
+
+def _check_split(oracle, theta) -> str:
+    core = oracle._core
+    x, y = oracle._x, oracle._y
+    ref0 = reference_loss(oracle, x, y)
+    with torch.no_grad(), norm_context(oracle.model):
+        out = core.chain.run((x,))[0]
+        got0 = float(oracle._loss(out, 1)[0])
+    if not _close(got0, ref0, ref0, oracle.dtype):
+        return (f"the captured graph of {type(core.model).__name__} gives loss {got0:.10g} but model(x) gives "
+                f"{ref0:.10g}")
+    for b, blk in enumerate(core.blocks):
+        # two coordinates batched together (a step mixing perturbations shows as a
+        # difference from the first one alone), the first also against model(x)
+        i = int(blk.start)
+        feats = oracle.prefix(theta, b)
+        pair = oracle.suffix(feats, theta, b, [i, blk.stop - 1] if blk.stop - blk.start > 1 else [i, i], _CHECK_STEP)
+        alone = float(oracle.suffix(feats, theta, b, [i], _CHECK_STEP)[0])
+        want = _perturbed_reference(oracle, theta, i, _CHECK_STEP)
+        scale = max(abs(ref0), abs(want))
+        for got in (alone, float(pair[0])):
+            if not _close(got, want, scale, oracle.dtype):
+                name = core.block_names[b]
+                mod = core.steps[core.block_steps[b]].module
+                what = f"{name} ({type(mod).__name__})" if mod is not None else name
+                return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
+                        f"on the captured graph but {want:.10g} on model(x)")
+    return ""
+
+
+def _perturbed_reference(oracle, theta, i: int, step: float) -> float:
+    p, j = _locate(oracle._core, i)
+    flat = p.data.view(-1)
+    old = flat[j].clone()
+    flat[j] = old + step
+    try:
+        return reference_loss(oracle, oracle._x, oracle._y)
+    finally:
+        flat[j] = old
+
+
+def _locate(core, i: int):
+    starts = [inf.slice.start for inf in core.info]
+    t = int(np.searchsorted(starts, i, side="right") - 1)
+    return core.params[t], int(i - starts[t])
+
+
+def shared_suffix(oracle, feats, block: int, local, h, ctx) -> torch.Tensor:
+    """A block whose parameter feeds several steps: perturb in place, run the rest, restore."""
+    core = oracle._core
+    bp = core.block_params[block]
+    si = core.block_steps[block]
+    ctx.groups = 1
+    vals = []
+    for r, li in enumerate(np.asarray(local).tolist()):
+        t = int(np.searchsorted(bp.offsets[1:], li, side="right"))
+        flat = bp.params[t].data.view(-1)
+        j = li - int(bp.offsets[t])
+        old = flat[j].clone()
+        flat[j] = old + h[r]
+        try:
+            out = core.chain.run(feats.state, si)[0]
+            vals.append(oracle._loss(out, 1)[0])
+        finally:
+            flat[j] = old
+    return torch.stack(vals)
+
+
+def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
+    """Losses at ``params + step * e_i`` by full forwards, never copying the whole vector.
+
+    Coordinates are grouped by parameter tensor. A tensor small enough for several copies
+    in the memory budget is overridden per perturbation through ``torch.func.functional_call``
+    and the forwards are vectorized with ``vmap``; a large one is perturbed in place, one
+    forward per coordinate (the textbook loop), and restored exactly.
+    """
+    core = oracle._core
+    oracle._load(params)
+    model = oracle.model
+    out = np.empty(len(c))
+    starts = np.array([i.slice.start for i in core.info])
+    owner = np.searchsorted(starts, c, side="right") - 1
+    names = {id(p): n for n, p in model.named_parameters()}
+    B = oracle._x.shape[0]
+    budget = oracle._budget or (1024 * 2**20 if oracle.device.type == "cuda" else 16 * 2**20)
+    per = 3 * max(oracle._probe()) * B
+    with torch.no_grad(), norm_context(model):
+        for t in np.unique(owner).tolist():
+            sel = np.flatnonzero(owner == t)
+            p = core.params[t]
+            loc = c[sel] - int(starts[t])
+            chunk = max(1, budget // max(1, per + p.numel() * p.element_size()))
+            lo = 0
+            if core.vmap_ok and chunk >= 4 and len(sel) > 1 and vmap_safe(model):
+                try:
+                    for lo in range(0, len(sel), chunk):
+                        out[sel[lo:lo + chunk]] = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step)
+                    continue
+                except Exception as exc:  # an op vmap cannot batch: loop instead, say so once
+                    core.vmap_ok = False
+                    warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
+                                  "full forwards run one at a time", RuntimeWarning, stacklevel=4)
+            flat = p.data.view(-1)
+            for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
+                old = flat[j].clone()
+                flat[j] = old + step
+                try:
+                    out[r] = float(oracle._loss(model(oracle._x), 1)[0])
+                finally:
+                    flat[j] = old
+    return out
+
+
+def _vmapped_tensor(oracle, name: str, p, loc, step) -> np.ndarray:
+    from torch.func import functional_call, vmap
+
+    k = len(loc)
+    model, x = oracle.model, oracle._x
+    W = p.detach().reshape(1, -1).repeat(k, 1)
+    ar = torch.arange(k, device=W.device)
+    ii = torch.as_tensor(np.asarray(loc), device=W.device)
+    W[ar, ii] = W[ar, ii] + step
+
+    def run(w):
+        return functional_call(model, {name: w.view(p.shape)}, (x,), strict=False, tie_weights=True)
+
+    outs = vmap(run, randomness="error")(W)  # (k, B, ...)
+    vals = oracle._loss(outs.reshape((k * x.shape[0],) + tuple(outs.shape[2:])), k)
+    return vals.double().cpu().numpy()

@@ -1,0 +1,290 @@
+"""Graph capture: any ``nn.Module`` as the step chain that feature reuse runs on.
+
+Why ``torch.fx.symbolic_trace`` and not ``torch.export``: the oracle must run the *user's*
+modules (their parameters are the ones it perturbs in place, and a subclass with its own
+``forward`` must run that forward), at any batch size (``k * B`` rows per suffix call), on
+CPU and GPU, in train mode. fx records calls to submodules as ``call_module`` nodes that
+point at the live modules, stops at leaf modules we choose, and replays with plain Python;
+``torch.export`` lowers everything to ATen ops on copies of the parameters, specializes
+shapes unless told otherwise, decomposes BatchNorm/attention (losing the closed forms), and
+takes seconds per model. What fx cannot trace (data-dependent control flow) is refused:
+the oracle then runs full forwards and says so once.
+
+How the graph becomes a chain. The nodes are visited in topological order. A node whose
+value depends on the input's *data* is an **activation**: it is computed by one step and
+kept in the state (a tuple of batch-first tensors) while later nodes still need it, so a
+suffix reads it from the cache instead of recomputing it. Everything else (parameters read
+with ``get_attr``, shapes, constants, parameter-only arithmetic) is **inlined**: recomputed
+inside each step that uses it. A ``call_module`` node applying a module to one activation
+becomes a module step (the closed forms and the one-channel walk apply when the module is an
+exact stock class); every other activation is a function step that evaluates its node
+(plus inlined ancestors) from the state. In-place operations are made functional
+(``x += y`` traces to ``add``; ``relu_`` runs as ``relu``; ``inplace=True`` keyword
+arguments become False; in-place modules are switched out of place by ``norm_context``).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ._torch_chain import Step
+
+__all__ = ["trace_steps", "downstream"]
+
+#: node targets that act on each sample (row) separately, whatever their arguments
+_ROWWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.getitem,
+                  torch.add, torch.sub, torch.mul, torch.relu, torch.sigmoid, torch.tanh, torch.flatten,
+                  nn.functional.relu, nn.functional.gelu, nn.functional.silu, nn.functional.hardswish,
+                  nn.functional.hardsigmoid, nn.functional.relu6, nn.functional.leaky_relu}
+_ROWWISE_METHODS = {"add", "sub", "mul", "div", "relu", "sigmoid", "tanh", "view", "reshape", "transpose",
+                    "permute", "contiguous", "to", "unsqueeze", "squeeze", "expand", "clamp"}
+_META_METHODS = {"size", "dim", "numel", "type", "get_device"}
+
+
+class _Tracer(fx.Tracer):
+    """fx's default leaves (``torch.nn`` modules) plus any subclass of a stock ``torch.nn``
+    class: its own ``forward`` runs as written, as one opaque step."""
+
+    def __init__(self, all_leaves: bool = False):
+        super().__init__()
+        self.all_leaves = all_leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and type(m).forward in (
+                nn.Sequential.forward, nn.Module.forward):
+            return False
+        if self.all_leaves or super().is_leaf_module(m, qualname):
+            return True
+        return any(c.__module__.startswith("torch.nn") and c is not nn.Module and c is not nn.Sequential
+                   for c in type(m).__mro__[1:])
+
+
+def _functional(node: fx.Node):
+    """``(target, args, kwargs)`` of ``node`` with in-place variants replaced by out-of-place ones."""
+    target, kwargs = node.target, dict(node.kwargs)
+    if kwargs.get("inplace") is True:
+        kwargs["inplace"] = False
+    if node.op == "call_function":
+        name = getattr(target, "__name__", "")
+        if target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+            target = {operator.iadd: operator.add, operator.isub: operator.sub,
+                      operator.imul: operator.mul, operator.itruediv: operator.truediv}[target]
+        elif name.endswith("_") and not name.startswith("_") and hasattr(torch, name[:-1]):
+            target = getattr(torch, name[:-1])
+    elif node.op == "call_method" and target.endswith("_") and not target.startswith("_") \
+            and hasattr(torch.Tensor, target[:-1]):
+        target = target[:-1]
+    return target, node.args, kwargs
+
+
+class _Program:
+    """Evaluate a list of fx nodes; ``inputs`` name the nodes read from the state, in order."""
+
+    def __init__(self, root: nn.Module, nodes: list, inputs: list, out_names: list):
+        self.root = root
+        self.nodes = [(n.name, n.op) + _functional(n) for n in nodes]
+        self.inputs = inputs
+        self.out_names = out_names
+        used = {i.name for n in nodes for i in n.all_input_nodes}
+        #: positions of the state entries the nodes read, and of those passed through unchanged
+        self.reads = [i for i, name in enumerate(inputs) if name in used]
+        self.passthrough = [inputs.index(name) for name in out_names[1:]]
+
+    def __call__(self, state: tuple) -> tuple:
+        env = dict(zip(self.inputs, state))
+        load = lambda a: env[a.name]  # noqa: E731
+        root = self.root
+        for name, op, target, args, kwargs in self.nodes:
+            a = fx.node.map_arg(args, load)
+            kw = fx.node.map_arg(kwargs, load)
+            if op == "get_attr":
+                v = root
+                for part in target.split("."):
+                    v = getattr(v, part)
+            elif op == "call_module":
+                v = root.get_submodule(target)(*a, **kw)
+            elif op == "call_method":
+                v = getattr(a[0], target)(*a[1:], **kw)
+            else:
+                v = target(*a, **kw)
+            env[name] = v
+        return tuple(env[n] for n in self.out_names)
+
+
+class _arrange:
+    """Reorder / drop state entries (picklable, so an oracle ships to worker processes)."""
+
+    arrange = True  # moves cached tensors: run_owned must not write into its result
+
+    def __init__(self, idx: tuple):
+        self.idx = idx
+
+    def __call__(self, state):
+        return tuple(state[i] for i in self.idx)
+
+
+def trace_steps(model: nn.Module):
+    """``(steps, "")`` from the traced graph of ``model``, or ``(None, reason)``.
+
+    Tracing stops at stock ``torch.nn`` modules and their subclasses; when the full trace
+    fails, it is retried with every non-container submodule as a leaf (an ``nn.Sequential``
+    of untraceable modules still splits between them).
+    """
+    graph, err = None, None
+    for leaves in (False, True):
+        try:
+            graph = _Tracer(leaves).trace(model)
+            break
+        except Exception as exc:  # data-dependent control flow, unsupported Python
+            err = err or exc
+    if graph is None:
+        return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]})"
+    return _graph_steps(model, list(graph.nodes))
+
+
+def _graph_steps(model, nodes):
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return None, f"{type(model).__name__}.forward takes {len(placeholders)} inputs; the oracle feeds one"
+    out_node = next(n for n in nodes if n.op == "output")
+    if not isinstance(out_node.args[0], fx.Node):
+        return None, f"{type(model).__name__}.forward returns a {type(out_node.args[0]).__name__}, not one tensor"
+    for n in nodes:
+        if n.op == "call_function" and n.target is operator.setitem:
+            return None, f"{type(model).__name__}.forward assigns into a tensor in place ({n.name})"
+    order = {n: i for i, n in enumerate(nodes)}
+    # activations: nodes whose value depends on the input's data (not only on its shape)
+    meta, act = set(), {placeholders[0]}
+    for n in nodes:
+        if n.op in ("placeholder", "output"):
+            continue
+        ins = n.all_input_nodes
+        if (n.op == "call_function" and n.target is getattr) or (n.op == "call_method" and n.target in _META_METHODS):
+            meta.add(n)
+        elif ins and all(i in meta for i in ins) and n.op == "call_function" and n.target is operator.getitem:
+            meta.add(n)
+        elif any(i in act for i in ins):
+            act.add(n)
+    # activations that are tuples (chunk, split, attention's (out, weights)) are recomputed
+    # by the steps that index them instead of being kept in the state
+    multi = {n for n in act if n.op != "placeholder" and n.users
+             and all(u.op == "call_function" and u.target is operator.getitem for u in n.users)}
+    state = act - multi
+
+    def inlined(n):
+        """Ancestors of ``n`` recomputed in its step, in topological order."""
+        seen, stack = set(), [i for i in n.all_input_nodes if i not in state]
+        while stack:
+            m = stack.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            stack += [i for i in m.all_input_nodes if i not in state]
+        return sorted(seen, key=order.get)
+
+    plan, last_use = [], {}
+    for n in nodes:
+        if n not in state or n.op == "placeholder":
+            continue
+        extra = inlined(n)
+        ins = list(dict.fromkeys(i for m in extra + [n] for i in m.all_input_nodes if i in state))
+        plan.append((n, extra, ins))
+        for i in ins:
+            last_use[i] = order[n]
+    final = out_node.args[0]
+    last_use[final] = len(nodes)
+    steps, layout = [], [placeholders[0]]
+    for n, extra, ins in plan:
+        live_after = [v for v in layout if last_use.get(v, -1) > order[n]]
+        mod = model.get_submodule(n.target) if n.op == "call_module" else None
+        if mod is not None and not extra and len(n.args) == 1 and not n.kwargs and ins == [n.args[0]]:
+            want = [n.args[0]] + live_after  # keeps the input after pos 0 when it is used later
+            if layout != want:
+                steps.append(Step(fn=_arrange(tuple(layout.index(v) for v in want)), name="arrange"))
+            steps.append(Step(module=mod, name=n.target))
+        else:
+            prog = _Program(model, extra + [n], [v.name for v in layout], [n.name] + [v.name for v in live_after])
+            steps.append(Step(fn=prog, name=n.target if n.op == "call_module" else n.name,
+                              params=_reads_params(model, extra + [n]), rowwise=_rowwise(extra + [n])))
+        layout = [n] + live_after
+    if final not in state:
+        return None, f"{type(model).__name__}.forward returns a value that does not depend on its input"
+    if layout != [final]:
+        steps.append(Step(fn=_arrange((layout.index(final),)), name="output"))
+    return steps, ""
+
+
+def _reads_params(model: nn.Module, nodes: list) -> tuple:
+    """Parameters a function step uses: those of its modules and those it reads by name."""
+    out = []
+    for n in nodes:
+        if n.op == "call_module":
+            out += list(model.get_submodule(n.target).parameters())
+        elif n.op == "get_attr":
+            v = model
+            for part in n.target.split("."):
+                v = getattr(v, part)
+            data_users = [u for u in n.users if not (u.op == "call_function" and u.target is getattr)]
+            if isinstance(v, nn.Parameter) and data_users:
+                out.append(v)
+    return tuple(out)
+
+
+def _rowwise(nodes: list) -> bool:
+    """Whether a function step treats samples independently (safe to evaluate only changed rows)."""
+    for n in nodes:
+        if n.op == "call_function":
+            if n.target is getattr:
+                continue
+            if n.target not in _ROWWISE_FUNCS:
+                return False
+        elif n.op == "call_method":
+            if n.target not in _ROWWISE_METHODS and n.target not in _META_METHODS:
+                return False
+        elif n.op == "call_module":
+            return False
+    return True
+
+
+def _width(step, n: int):
+    """Number of state entries after ``step`` given ``n`` before it (None: unknown)."""
+    if step.fn is None:
+        return n
+    if isinstance(step.fn, _arrange):
+        return len(step.fn.idx)
+    if isinstance(step.fn, _Program):
+        return 1 + len(step.fn.passthrough)
+    return None
+
+
+def downstream(steps: list, si: int):
+    """Which steps read a value that a perturbation of step ``si`` changes.
+
+    Returns a list of booleans (one per step; steps up to ``si`` are False), or None when a
+    declared function step hides its dependencies (then every later step runs). Steps that
+    are not downstream (the other branch of a fork, a shortcut's convolution) keep their
+    cached outputs in the suffix.
+    """
+    n = 1
+    for st in steps[:si + 1]:
+        n = _width(st, n)
+        if n is None:
+            return None
+    dirty = [True] + [False] * (n - 1)
+    mask = [False] * len(steps)
+    for j in range(si + 1, len(steps)):
+        fn = steps[j].fn
+        if fn is None:
+            mask[j] = dirty[0]
+        elif isinstance(fn, _arrange):
+            dirty = [dirty[i] for i in fn.idx]
+        elif isinstance(fn, _Program):
+            mask[j] = any(dirty[i] for i in fn.reads)
+            dirty = [mask[j]] + [dirty[i] for i in fn.passthrough]
+        else:
+            return None
+    return mask

@@ -1,0 +1,393 @@
+"""TorchOracle is exact or refuses: models written the torchvision / timm way (in-place
+activations, residual adds in forward(), attention dropout, BN+activation subclasses,
+shared modules, tied weights) give the textbook perturb / forward / restore gradient."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import zoracle as zo  # noqa: E402
+import zoracle.testing  # noqa: E402,F401
+from zoracle.adapters import torch_models as tm  # noqa: E402
+from zoracle.adapters.torch import TorchOracle  # noqa: E402
+from zoracle.testing import check_oracle  # noqa: E402
+
+CE_ROWS = nn.CrossEntropyLoss(reduction="none")
+MU = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _dropout_off(model):
+    """Dropout off in a train-mode model, the way a user would do it by hand."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            saved.append((m, "p", m.p))
+            m.p = 0.0
+        if isinstance(m, nn.MultiheadAttention):
+            saved.append((m, "dropout", m.dropout))
+            m.dropout = 0.0
+    return saved
+
+
+def _restore(saved):
+    for m, attr, v in saved:
+        setattr(m, attr, v)
+
+
+def model_loss(model, x, y, loss_fn):
+    """The model's own loss with dropout off (a plain forward, nothing patched)."""
+    saved = _dropout_off(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(x))
+            v = loss_fn(out, torch.as_tensor(y))
+            return float(v.mean())
+    finally:
+        model.load_state_dict(state)
+        _restore(saved)
+
+
+def textbook(model, x, y, loss_fn, theta, coords, mu):
+    """Central differences by the textbook loop: perturb in place, full forward, restore."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for p in params])
+    with torch.no_grad():
+        flat = torch.as_tensor(theta)
+        for p, a, b in zip(params, starts[:-1], starts[1:]):
+            p.copy_(flat[a:b].view_as(p))
+    g = np.empty(len(coords))
+    for r, i in enumerate(coords):
+        t = int(np.searchsorted(starts, i, side="right") - 1)
+        view = params[t].data.view(-1)
+        j = int(i - starts[t])
+        old = view[j].clone()
+        vals = []
+        for s in (mu, -mu):
+            view[j] = old + s
+            vals.append(model_loss(model, x, y, loss_fn))
+            view[j] = old
+        hp = float((old + mu) - old)
+        hm = float((old - mu) - old)
+        g[r] = (vals[0] - vals[1]) / (hp - hm)
+    return g
+
+
+def spread_coords(model, per_tensor=3, seed=0):
+    """A few coordinates in every trainable parameter tensor (first, last, random)."""
+    rng = np.random.default_rng(seed)
+    out, off = [], 0
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        n = p.numel()
+        pick = {0, n - 1} | set(rng.integers(0, n, max(0, per_tensor - 2)).tolist())
+        out += [off + j for j in sorted(pick)]
+        off += n
+    return np.array(sorted(set(out)))
+
+
+def flat_order_theta(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad]).numpy().copy()
+
+
+def check_exact(model, x, y, loss_fn, *, expect_warning=None, blocks=None):
+    """CGE of the oracle on spread coordinates equals the textbook loop; loss equals the model's."""
+    coords = spread_coords(model)
+    theta_model = flat_order_theta(model)
+    want = textbook(model, x, y, loss_fn, theta_model, coords, MU)
+    kw = {} if blocks is None else {"blocks": blocks}
+    if expect_warning:
+        with pytest.warns(RuntimeWarning, match=expect_warning):
+            oracle = TorchOracle(model, loss_fn, (x, y), update_stats=False, **kw)
+            theta = oracle.initial_params()
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"),
+                                       coordinates=_to_oracle(oracle, model, coords))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            oracle = TorchOracle(model, loss_fn, (x, y), update_stats=False, **kw)
+            theta = oracle.initial_params()
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"),
+                                       coordinates=_to_oracle(oracle, model, coords))
+    got = est.grad[_to_oracle(oracle, model, coords)]
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
+    assert err < 1e-7, (err, got[:5], want[:5])
+    assert abs(oracle(theta) - model_loss(model, x, y, loss_fn)) <= 1e-12 * max(1.0, abs(oracle(theta)))
+    again = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"),
+                                 coordinates=_to_oracle(oracle, model, coords))
+    assert np.array_equal(est.grad, again.grad)
+    return oracle
+
+
+def _to_oracle(oracle, model, coords):
+    """Map flat indices in ``model.parameters()`` order to the oracle's flat order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for p in params])
+    where = {i.name: i.slice.start for i in oracle.param_info}
+    out = []
+    for i in coords:
+        t = int(np.searchsorted(starts, i, side="right") - 1)
+        out.append(where[names[id(params[t])]] + int(i - starts[t]))
+    return np.array(out)
+
+
+def zoo(name, n=6, seed=0):
+    torch.manual_seed(seed)
+    model = tm.ZOO[name].build().double().train()
+    x, y = tm.zoo_batch(name, n, seed=seed + 1)
+    return model, x, y
+
+
+def test_issue_repro_inplace_relu_after_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)).double()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert len(oracle.blocks) == 2
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Hardtanh,
+                                 nn.Mish])
+def test_inplace_activations_after_conv_and_bn(act):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), act(inplace=True), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                          act(inplace=True), nn.Flatten(), nn.Linear(16, 3)).double().train()
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 2, 6, 6)), rng.integers(0, 3, 5)
+    check_exact(model, x, y, CE_ROWS)
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=SLOW), pytest.param("mobilenet_v3_small", marks=SLOW),
+                                  "conv1d_groupnorm", "text", "bn_act", "shared_tied", "shared_sequential", "vit"])
+def test_zoo_models_equal_the_textbook_loop(name):
+    model, x, y = zoo(name)
+    check_exact(model, x, y, CE_ROWS)
+
+
+def test_torchvision_style_blocks_equal_the_textbook_loop():
+    """Fast version of the ResNet-18 / MobileNetV3 cases: one residual block each, as written there."""
+    torch.manual_seed(7)
+    model = nn.Sequential(tm.ConvBNAct(3, 8, 3, 2, act=nn.Hardswish), tm.InvertedResidual(8, 3, 16, 8, True, nn.ReLU, 1),
+                          tm.TVBasicBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).double()
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((5, 3, 8, 8)), rng.integers(0, 4, 5)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert "1.block.2.fc1" in oracle.block_names and "2.conv2" in oracle.block_names  # SE block, residual block
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=SLOW), "vit", "text", "bn_act"])
+def test_mean_reduced_loss_fn(name):
+    model, x, y = zoo(name, seed=2)
+    check_exact(model, x, y, nn.CrossEntropyLoss())
+
+
+def test_mean_reduced_mse():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 4)), rng.standard_normal((5, 2))
+    check_exact(model, x, y, nn.MSELoss())
+
+
+def test_functional_attention_dropout_is_identity():
+    class SDPA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(4, 12)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            h = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+            h = F.dropout(h, 0.3, training=self.training)
+            return self.head(h.mean(1))
+
+    torch.manual_seed(4)
+    model = SDPA().double().train()
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((5, 3, 4)), rng.integers(0, 3, 5)
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    assert oracle(theta) == oracle(theta)
+    with torch.no_grad():
+        out = model.head(F.scaled_dot_product_attention(*model.qkv(torch.as_tensor(x)).chunk(3, -1)).mean(1))
+    assert abs(oracle(theta) - float(CE_ROWS(out, torch.as_tensor(y)).mean())) < 1e-12
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central"))
+    assert np.array_equal(est.grad, zo.estimate_gradient(oracle, theta, zo.CGE(mu=MU, scheme="central")).grad)
+
+
+def test_check_oracle_compares_against_the_unpatched_model():
+    model, x, y = zoo("bn_act")
+    oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    assert oracle.reference_loss(theta) == pytest.approx(model_loss(model, x, y, CE_ROWS), rel=1e-14)
+    report = check_oracle(oracle, theta)
+    assert report["reference"] < 1e-12
+    # an oracle whose every path agrees with itself but not with the plain model is caught
+    twin = BNActLike()
+    twin.load_state_dict(model.state_dict(), strict=False)
+    wrong = TorchOracle(twin.double().train(), CE_ROWS, (x, y), update_stats=False)
+    wrong.reference_loss = oracle.reference_loss
+    with pytest.raises(zo.testing.OracleCheckError, match="reference"):
+        check_oracle(wrong, theta)
+
+
+class BNActLike(tm.BNActNet):
+    """BNActNet with stock BatchNorm2d (the activations of BatchNormAct2d lost): a different function."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(8), nn.BatchNorm2d(16)
+
+
+class _BatchCentered(nn.Module):
+    """Subtracts the minibatch mean: mixes samples in a way the oracle cannot batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        return self.fc2(h - h.mean(0, keepdim=True))
+
+
+class _MutatingLinear(nn.Linear):
+    """A Linear subclass whose own forward scales its input in place (a leaf run as written)."""
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return super().forward(x)
+
+
+def test_self_check_refuses_a_split_that_mixes_perturbations():
+    torch.manual_seed(5)
+    model = _BatchCentered().double()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    oracle = check_exact(model, x, y, CE_ROWS, expect_warning=r"block fc1 \(Linear\).*full forward")
+    assert oracle.blocks == []
+
+
+def test_self_check_refuses_a_leaf_that_writes_into_its_input():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), _MutatingLinear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    check_exact(model, x, y, CE_ROWS, expect_warning="full forward")
+
+
+def test_torchvision_resnet_blocks_list_its_layers():
+    model, x, y = zoo("resnet18", n=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    names = oracle.block_names
+    assert len(names) == 41  # 20 convolutions, 20 BatchNorms, fc
+    assert names[:2] == ["conv1", "bn1"] and names[-1] == "fc"
+    assert "layer2.0.downsample.0" in names and "layer4.1.bn2" in names
+    assert oracle.param_info[0].name == "conv1.weight"
+
+
+@pytest.mark.parametrize("name", ["bn_act", "text", "shared_tied"])
+@pytest.mark.parametrize("loss_fn", [CE_ROWS, nn.CrossEntropyLoss()], ids=["rows", "mean"])
+def test_full_forward_fallback_equals_the_textbook_loop(name, loss_fn):
+    model, x, y = zoo(name, n=5, seed=3)
+    oracle = check_exact(model, x, y, loss_fn, blocks="none")
+    assert oracle.blocks == []
+
+
+def test_captured_oracle_pickles_for_worker_processes():
+    import pickle
+
+    model, x, y = zoo("shared_tied", n=4)
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    twin = pickle.loads(pickle.dumps(oracle))
+    coords = np.arange(0, theta.size, 7)
+    assert twin.block_names == oracle.block_names
+    assert np.array_equal(twin.coordinate_losses(theta, coords, 1e-3), oracle.coordinate_losses(theta, coords, 1e-3))
+
+
+class _TwoBranch(nn.Module):
+    """Two parallel branches joined by a concatenation: a perturbation in one branch leaves
+    the other's activations unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.a1, self.a2 = nn.Linear(4, 6), nn.Linear(6, 5)
+        self.b1, self.b2 = nn.Linear(4, 6), nn.Linear(6, 5)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x):
+        a = self.a2(self.act(self.a1(x)))
+        b = self.b2(self.act(self.b1(x)))
+        return self.head(torch.cat([a, b], dim=1))
+
+
+def test_suffix_runs_only_the_steps_downstream_of_the_block():
+    torch.manual_seed(8)
+    model = _TwoBranch().double()
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert oracle.block_names == ["a1", "a2", "b1", "b2", "head"]
+    calls = []
+    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n in ("b1", "b2", "a2")]
+    try:
+        theta = oracle.initial_params()
+        feats = oracle.prefix(theta, 0)
+        calls.clear()
+        oracle.suffix(feats, theta, 0, np.arange(oracle.blocks[0].start, oracle.blocks[0].stop), 1e-3)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert "b1" not in calls and "b2" not in calls  # the other branch comes from the cache
+
+
+class _TokensNorm(nn.Module):
+    """Embedding, a LayerNorm over two trailing dimensions, GroupNorm, head: closed forms for each."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4, padding_idx=0)
+        self.ln = nn.LayerNorm((5, 4))
+        self.gn = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, tokens):
+        h = self.ln(self.emb(tokens))                     # (N, 5, 4)
+        h = self.gn(h.transpose(1, 2)).transpose(1, 2)    # channels = embedding dims
+        return self.head(torch.tanh(h).flatten(1))
+
+
+def test_closed_forms_for_embedding_layernorm_groupnorm():
+    torch.manual_seed(9)
+    model = _TokensNorm().double()
+    rng = np.random.default_rng(9)
+    x, y = rng.integers(0, 7, (6, 5)), rng.integers(0, 3, 6)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    kinds = dict(zip(oracle.block_names, oracle._core.kinds))
+    assert kinds == {"emb": "emb", "ln": "ln", "gn": "bn", "head": "linear"}

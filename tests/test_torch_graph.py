@@ -1,0 +1,147 @@
+"""Graph capture, property-tested: random models written with in-place activations, residual
+adds in forward(), shared modules and dropout give, through the captured graph, exactly the
+losses of plain perturbed forwards (perturb in place, model(x) with dropout off, restore)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from zoracle.adapters._torch_graph import downstream, trace_steps  # noqa: E402
+from zoracle.adapters.torch import TorchOracle  # noqa: E402
+
+CE_ROWS = nn.CrossEntropyLoss(reduction="none")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: thread hand-offs would dominate on a shared machine
+    yield
+    torch.set_num_threads(old)
+
+
+ACTS = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Mish, nn.Tanh]
+
+
+class _Random(nn.Module):
+    """Linear layers with an activation each (in place or not), optional residual adds written
+    ``h += ...`` in forward(), an optional shared activation instance and dropout."""
+
+    def __init__(self, widths, acts, inplace, residual, shared, norm, p):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.acts = nn.ModuleList(ACTS[i](inplace=True) if ip and ACTS[i] is not nn.Tanh else ACTS[i]()
+                                  for i, ip in zip(acts, inplace))
+        self.residual = [r and a == b for r, a, b in zip(residual, widths[:-1], widths[1:])]
+        self.shared = shared
+        self.norm = nn.LayerNorm(widths[-1]) if norm else nn.Identity()
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(widths[-1], 3)
+
+    def forward(self, x):
+        h = x
+        for i, lin in enumerate(self.layers):
+            out = self.acts[0 if self.shared else i](lin(h))
+            if self.residual[i]:
+                out += h
+            h = out
+        return self.head(self.drop(self.norm(h)))
+
+
+@st.composite
+def random_models(draw):
+    depth = draw(st.integers(1, 3))
+    widths = [4] + [draw(st.sampled_from([4, 5])) for _ in range(depth)]
+    acts = [draw(st.integers(0, len(ACTS) - 1)) for _ in range(depth)]
+    inplace = [draw(st.booleans()) for _ in range(depth)]
+    residual = [draw(st.booleans()) for _ in range(depth)]
+    return (widths, acts, inplace, residual, draw(st.booleans()), draw(st.booleans()),
+            draw(st.sampled_from([0.0, 0.5])), draw(st.integers(0, 2**16)))
+
+
+def plain_losses(model, x, y, coords, step):
+    """Textbook: perturb one parameter in place, full forward with dropout off, restore."""
+    params = [p for p in model.parameters()]
+    starts = np.cumsum([0] + [p.numel() for p in params])
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    saved = [m.p for m in drops]
+    for m in drops:
+        m.p = 0.0
+    out = []
+    try:
+        with torch.no_grad():
+            for i in coords:
+                t = int(np.searchsorted(starts, i, side="right") - 1)
+                v = params[t].data.view(-1)
+                j = int(i - starts[t])
+                old = v[j].clone()
+                v[j] = old + step
+                out.append(float(CE_ROWS(model(x), y).mean()))
+                v[j] = old
+    finally:
+        for m, p in zip(drops, saved):
+            m.p = p
+    return np.array(out)
+
+
+@given(spec=random_models())
+@settings(max_examples=20)
+def test_captured_graph_equals_plain_perturbed_forwards(spec):
+    widths, acts, inplace, residual, shared, norm, p, seed = spec
+    torch.manual_seed(seed)
+    model = _Random(widths, acts, inplace, residual, shared, norm, p).double().train()
+    rng = np.random.default_rng(seed)
+    x, y = torch.as_tensor(rng.standard_normal((5, 4))), torch.as_tensor(rng.integers(0, 3, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback: the graph is captured and passes its self-check
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert len(oracle.blocks) == len(widths) + (1 if norm else 0)
+    theta = oracle.initial_params()
+    # the oracle's flat order is the model's parameter order for these models
+    assert [i.name for i in oracle.param_info] == [n for n, _ in model.named_parameters()]
+    coords = np.unique(rng.integers(0, theta.size, 12))
+    for step in (1e-3, -0.3):
+        got = oracle.coordinate_losses(theta, coords, step)
+        want = plain_losses(model, x, y, coords, step)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_untraceable_model_is_refused_with_a_reason():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.lin(x)
+            return h if h.sum() > 0 else -h
+
+    steps, reason = trace_steps(Branchy())
+    assert steps is None and "cannot trace Branchy" in reason
+
+
+def test_downstream_mask_follows_the_residual_graph():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.skip, self.head = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.b(torch.relu(self.a(x))) + self.skip(x))
+
+    steps, _ = trace_steps(Res())
+    names = [s.name for s in steps]
+    mask = downstream(steps, names.index("a"))
+    reached = {s.name for s, m in zip(steps, mask) if m}
+    assert {"b", "head"} <= reached and "skip" not in reached
+    mask = downstream(steps, names.index("skip"))
+    reached = {s.name for s, m in zip(steps, mask) if m}
+    assert "head" in reached and "b" not in reached
