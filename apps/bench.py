@@ -393,6 +393,46 @@ def deepzero_cge(model, x, y, coords, mu, torch):
     return grad, float(base), _now() - t0
 
 
+def _deepzero_flop_ratio(model, oracle, x, coords, torch):
+    """Multiply-add FLOPs of (a') over those of the oracle's suffixes on ``coords`` (None without a split).
+
+    (a') runs every Linear / Conv layer from the owning module on; the oracle counts its
+    suffixes with ``suffix_flops()`` (the perturbed layer's closed form is not counted).
+    """
+    blocks = oracle.blocks
+    if not blocks:
+        return None
+    mods = _deepzero_modules(model, torch.nn.functional)
+    count, hooks = [0], []
+
+    def hook(mod, inp, out):
+        w = mod.weight
+        count[0] += 2 * (w.numel() // w.shape[0]) * out.numel() if not isinstance(mod, torch.nn.Linear) \
+            else 2 * w.numel() * (out.numel() // out.shape[-1])
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            hooks.append(m.register_forward_hook(hook))
+    per_module, h = [], x[:1]
+    try:
+        with torch.no_grad():
+            for m in mods:
+                count[0] = 0
+                h = m(h)
+                per_module.append(count[0])
+    finally:
+        for hk in hooks:
+            hk.remove()
+    tail = np.cumsum(per_module[::-1])[::-1]
+    named = [n for n, p in model.named_parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for p in model.parameters() if p.requires_grad])
+    owner = np.searchsorted(starts, coords, side="right") - 1
+    ref = float(sum(tail[_deepzero_module_of(named[k])] for k in owner))
+    flops = np.asarray(oracle.suffix_flops(), dtype=np.float64)
+    ours = float(flops[np.searchsorted([b.start for b in blocks], coords, side="right") - 1].sum())
+    return ref / ours if ours > 0 else None
+
+
 def bench_deepzero(args, torch) -> dict:
     """(a') against ``TorchOracle`` CGE on ResNet-20: same weights, minibatch and coordinates."""
     import zoracle as zo
@@ -427,6 +467,7 @@ def bench_deepzero(args, torch) -> dict:
     ok = same and cosine >= 0.999 and all(np.array_equal(g, gr) for gr in grads[1:])
     return {
         "deepzero_s": dz_s, "reuse_s": zo_s, "ratios": {"deepzero": dz_s / zo_s},
+        "flop_ratio": _deepzero_flop_ratio(model, oracle, xt, coords, torch),
         "d": int(theta.size), "coords": int(len(coords)), "batch": int(x.shape[0]), "dtype": args.dtype,
         "device": str(device), "threads": int(torch.get_num_threads()),
         "clock": "cpu" if _CLOCK[0] is time.process_time else "wall", "modules": 12,
@@ -507,6 +548,7 @@ def _table(results: dict) -> str:
             lines += [_header(name, r) + f" modules=12 blocks={r['blocks']}",
                       f"  (a') DeepZero training path {r['deepzero_s']:10.3f} s   {r['ratios']['deepzero']:8.2f} x (d)",
                       f"  (d) TorchOracle CGE         {r['reuse_s']:10.3f} s",
+                      "  suffix FLOPs (a') / (d): " + ("n/a" if r["flop_ratio"] is None else f"{r['flop_ratio']:.2f}"),
                       f"  check: cosine={c['cosine']:.6f} split==model={c['split_equals_model']} "
                       f"-> {'OK' if c['ok'] else 'FAILED'}"]
         elif name == "fallback":

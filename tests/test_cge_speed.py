@@ -69,7 +69,8 @@ def test_deepzero_split_is_resnet20_and_its_gradient_matches_zoracle():
     args = _args(["--model", "deepzero", "--coords", "40", "--batch", "4", "--repeat", "1", "--dtype", "float64",
                   "--mu", "1e-6"])
     r = bench.run(args)["deepzero"]
-    assert {"deepzero_s", "reuse_s", "ratios", "check"} <= set(r) and r["modules"] == 12
+    assert {"deepzero_s", "reuse_s", "ratios", "check", "flop_ratio"} <= set(r) and r["modules"] == 12
+    assert r["flop_ratio"] is None or r["flop_ratio"] >= 1  # a finer split never runs more suffix FLOPs
     assert r["ratios"]["deepzero"] == pytest.approx(r["deepzero_s"] / r["reuse_s"])
     c = r["check"]
     assert c["split_equals_model"] and c["ok"] and c["loss_diff"] < 1e-12
