@@ -57,7 +57,8 @@ for name, entry in ZOO.items():
         o = TorchOracle(model, cross_entropy, (x, y), update_stats=False)
         th = o.initial_params()
         rng = np.random.default_rng(0)
-        params = [p for p in model.parameters() if p.requires_grad]
+        named = dict(model.named_parameters())  # the oracle's flat order: param_info
+        params = [named[i.name] for i in o.param_info]
         assert np.array_equal(th, torch.cat([p.detach().reshape(-1) for p in params]).cpu().numpy())
         starts = np.cumsum([0] + [p.numel() for p in params])
         coords = np.unique(np.concatenate([rng.integers(a, b, min(4, b - a)) for a, b in zip(starts[:-1], starts[1:])]))
