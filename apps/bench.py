@@ -17,6 +17,21 @@ not depend on the coordinate: with ``--quick`` (or on ResNet-20) they run on a r
 subset and their time is scaled to the full coordinate set (the table says so). The
 benchmark checks itself: (d) twice gives bit-identical gradients, and (d) agrees with (b)
 on (b)'s coordinates within float tolerance.
+
+Models: ``mlp`` and ``cnn`` (``nn.Sequential``), ``resnet20`` (``zoracle_steps()``), and
+``resnet18`` (torchvision layout, width 8) and ``mobilenet_v3_small`` (width 0.25), written
+the way torchvision writes them, with no annotation for zoracle. Two more comparisons:
+
+``deepzero``: (a') DeepZero's training path (``DistributedCGEModel.calculate_grads`` in the
+    reference code), reimplemented: ResNet-20 split at its 12 module boundaries, every
+    module's input cached once, then per coordinate perturb in place, one batch-B forward
+    through the remaining modules, restore; forward differences. Against ``TorchOracle`` CGE
+    on the same weights, minibatch and coordinates; reports the ratio and the cosine.
+``fallback``: ``TorchOracle(blocks="none")`` (full forwards, no feature reuse) against the
+    textbook loop (b) on a model with over a million parameters.
+
+``--json`` prints every time and, under ``ratios``, every ratio ``other / zoracle`` (above 1:
+zoracle is faster).
 """
 
 from __future__ import annotations
@@ -27,11 +42,15 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 
 import numpy as np
 
 HELP = "run the CGE speed benchmark (reference vs naive vs batched vs feature reuse vs FLOP limit)"
-MODELS = ("mlp", "cnn", "resnet20")
+MODELS = ("mlp", "cnn", "resnet20", "resnet18", "mobilenet_v3_small", "deepzero", "fallback")
+DEFAULT_MODELS = ("mlp", "cnn", "resnet18", "mobilenet_v3_small", "deepzero", "fallback")
+ZOO_MODELS = ("resnet18", "mobilenet_v3_small")  # torchvision-style, from torch_models.ZOO
+FALLBACK_WIDTH = 24  # torchvision-style ResNet-18 at width 24: 1.59M parameters
 
 
 def _positive_int(s):
@@ -50,24 +69,29 @@ def _positive_float(s):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", choices=MODELS,
-                        help="model to benchmark (repeatable; default: mlp and cnn)")
+                        help="model or comparison to run (repeatable; default: all but resnet20)")
     parser.add_argument("--quick", action="store_true",
-                        help="subsample the slow columns (a)-(c) and use fewer repeats (under 60 s on 2 cores)")
+                        help="subsample the slow columns (a)-(c) and use fewer repeats (about 2 CPU minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="model dtype (default float32)")
     parser.add_argument("--batch", type=_positive_int, default=None,
-                        help="minibatch size (default 128; 2 for resnet20 on CPU, 256 on CUDA)")
+                        help="minibatch size (default 128 for mlp/cnn; 32 for the torchvision-style models, "
+                             "deepzero and fallback; resnet20 2; 256 on CUDA)")
     parser.add_argument("--mu", type=_positive_float, default=5e-3, help="CGE step (default 5e-3, forward differences)")
     parser.add_argument("--threads", type=_positive_int, default=1,
                         help="torch CPU threads (default 1: on a small shared CPU, threads slow the tiny naive forwards)")
-    parser.add_argument("--repeat", type=_positive_int, default=None, help="timed repeats of (d), best kept (default 3, quick 2)")
+    parser.add_argument("--repeat", type=_positive_int, default=None,
+                        help="timed repeats, best kept (default 3; quick 2, 1 for deepzero and fallback)")
     parser.add_argument("--naive-coords", type=_positive_int, default=None,
-                        help="coordinates timed for (a)-(c) (default: all; quick 1500 for (b), 400 for (a) and (c))")
+                        help="coordinates timed for (a)-(c) (default: all; quick 1500 for (b), 400 for (a) and (c), "
+                             "400 and 200 for the larger models)")
     parser.add_argument("--sparsity", type=float, default=None,
                         help="fraction of coordinates left out of CGE (default 0 for mlp/cnn, 0.9 for resnet20)")
     parser.add_argument("--coords", type=_positive_int, default=None,
-                        help="cap on the coordinates of (d) (a random, block-spread subset; default no cap)")
+                        help="cap on the coordinates of (d) (a random subset; default no cap for mlp/cnn/resnet20, "
+                             "2000 (quick 1000) for resnet18/mobilenet_v3_small, 1000 for deepzero, "
+                             "200 (quick 100) for fallback)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model, data and coordinate subsets")
     parser.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
                         help="timer: wall clock, or this process's CPU time (robust on a shared machine); "
@@ -75,18 +99,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+def _default_batch(name, args):
+    if args.batch:
+        return args.batch
+    if str(args.device).startswith("cuda"):
+        return 256
+    return {"mlp": 128, "cnn": 128, "resnet20": 2}.get(name, 32)
+
+
 def _build(name, args, torch):
-    from zoracle.adapters.torch_models import ResNet20, make_cnn, make_mlp
+    from zoracle.adapters.torch_models import ZOO, ResNet20, make_cnn, make_mlp, zoo_batch
 
     torch.manual_seed(args.seed)
-    cuda = str(args.device).startswith("cuda")
+    B = _default_batch(name, args)
+    if name in ZOO_MODELS:
+        x, y = zoo_batch(name, B, seed=args.seed, dtype=args.dtype)
+        return ZOO[name].build(), x, y
     if name == "mlp":
-        model, shape, B = make_mlp(), (64,), 128
+        model, shape = make_mlp(), (64,)
     elif name == "cnn":
-        model, shape, B = make_cnn(), (1, 8, 8), 128
+        model, shape = make_cnn(), (1, 8, 8)
     else:
-        model, shape, B = ResNet20(), (3, 32, 32), (256 if cuda else 2)
-    B = args.batch or B
+        model, shape = ResNet20(), (3, 32, 32)
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((B,) + shape).astype(args.dtype)
     y = rng.integers(0, 10, B)
@@ -120,12 +154,23 @@ def _matmul_throughput(torch, device, dtype) -> float:
     return 2 * n**3 / best
 
 
+def _dropouts(model, torch):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+
+
 def _naive(model, loss_fn, x, y, coords, mu, reference: bool, torch):
-    """Forward-difference losses by one full forward per coordinate (columns a and b)."""
+    """Forward-difference losses by one full forward per coordinate (columns a and b).
+
+    The model stays in its mode (BatchNorm in train mode uses minibatch statistics) with
+    dropout switched off, as inside the oracle; running statistics are restored afterwards.
+    """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     sizes = np.cumsum([0] + [p.numel() for _, p in named])
     out = np.empty(len(coords))
     buffers = {n: b.clone() for n, b in model.named_buffers()}
+    drop = _dropouts(model, torch)
+    for m in drop:
+        m.eval()
     t0 = _now()
     with torch.no_grad():
         if reference:
@@ -148,6 +193,8 @@ def _naive(model, loss_fn, x, y, coords, mu, reference: bool, torch):
                 flat[j] = old
         _ = out.sum()
     elapsed = _now() - t0
+    for m in drop:
+        m.train()
     for n, b in model.named_buffers():  # train-mode forwards moved BatchNorm running stats
         b.copy_(buffers[n])
     return out, elapsed
@@ -159,7 +206,71 @@ def _subset(coords, n, rng):
     return np.sort(rng.choice(coords, size=n, replace=False))
 
 
+def _timed_estimates(oracle, theta, est, coords, repeat, torch, device):
+    """CGE estimates on ``coords``: (best seconds of the first ``repeat``, grads, loss, warnings).
+
+    Runs at least twice: the second run checks that estimates are repeatable.
+    """
+    import zoracle as zo
+
+    d = theta.size
+    grads, times = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(max(2, repeat)):
+            _sync(torch, device)
+            t = _now()
+            g = zo.estimate_gradient(oracle, theta, est, coordinates=coords if len(coords) < d else None)
+            _sync(torch, device)
+            times.append(_now() - t)
+            grads.append(np.asarray(g.grad)[coords].astype(np.float64))
+    msgs = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    return min(times[:repeat]), grads, float(g.loss), msgs
+
+
+def _agreement(theta, coords, grad, cb, fb, f0, mu) -> tuple:
+    """(max |g - g_b|, tolerance) of an estimate against loop (b) on (b)'s coordinates."""
+    xb = theta[cb]
+    # (b) perturbs torch parameters in place: its step is the model dtype's representable step
+    h = ((xb + xb.dtype.type(mu)) - xb).astype(np.float64)
+    gb = (fb - f0) / h
+    gd = grad[np.searchsorted(coords, cb)]
+    eps = float(np.finfo(theta.dtype).eps)
+    return float(np.max(np.abs(gd - gb))), 32 * eps * max(1.0, abs(f0)) / mu
+
+
+def _flop_limit(oracle, coords, batch, torch, device, tdtype):
+    """Column (e) in seconds, or None when the oracle has no split to count suffixes on."""
+    blocks = oracle.blocks
+    if not blocks:
+        return None, None, None
+    flops = oracle.suffix_flops()
+    owner = np.searchsorted([b.start for b in blocks], coords, side="right") - 1
+    total = float(sum(np.bincount(owner, minlength=len(flops)) * np.asarray(flops, dtype=np.float64))) * batch
+    thr = _matmul_throughput(torch, device, tdtype)
+    return total / thr, thr, total
+
+
+def _model_coords(name, d, args, rng):
+    if name == "resnet20":
+        sparsity = args.sparsity if args.sparsity is not None else 0.9
+    else:
+        sparsity = args.sparsity if args.sparsity is not None else 0.0
+    if not 0 <= sparsity < 1:
+        import zoracle as zo
+
+        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {sparsity}")
+    coords = np.arange(d)
+    if sparsity > 0:
+        coords = np.sort(rng.choice(d, size=max(1, int(round(d * (1 - sparsity)))), replace=False))
+    cap = args.coords or ((1000 if args.quick else 2000) if name in ZOO_MODELS else None)
+    if cap and cap < len(coords):
+        coords = _subset(coords, cap, rng)
+    return coords, sparsity
+
+
 def bench_model(name: str, args, torch) -> dict:
+    """Columns (a)-(e) on one model (see the module docstring)."""
     import zoracle as zo
     from zoracle.adapters.torch import TorchOracle, cross_entropy
 
@@ -172,33 +283,19 @@ def bench_model(name: str, args, torch) -> dict:
     theta = oracle.initial_params()
     d = theta.size
     rng = np.random.default_rng(args.seed + 1)
-    sparsity = args.sparsity if args.sparsity is not None else (0.9 if name == "resnet20" else 0.0)
-    if not 0 <= sparsity < 1:
-        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {sparsity}")
-    coords = np.arange(d)
-    if sparsity > 0:
-        coords = np.sort(rng.choice(d, size=max(1, int(round(d * (1 - sparsity)))), replace=False))
-    if args.coords and args.coords < len(coords):
-        coords = _subset(coords, args.coords, rng)
+    coords, sparsity = _model_coords(name, d, args, rng)
     n = len(coords)
     est = zo.CGE(mu=args.mu)
     repeat = args.repeat or (2 if args.quick else 3)
 
     # (d) feature reuse, twice for the repeatability check, then timed repeats
-    grads, times = [], []
-    for _ in range(max(2, repeat)):
-        _sync(torch, device)
-        t = _now()
-        g = zo.estimate_gradient(oracle, theta, est, coordinates=coords if n < d else None)
-        times.append(_now() - t)
-        grads.append(np.asarray(g.grad)[coords].astype(np.float64))
-    reuse_s, f0 = min(times), g.loss
+    reuse_s, grads, f0, msgs = _timed_estimates(oracle, theta, est, coords, repeat, torch, device)
     repeatable = all(np.array_equal(grads[0], gr) for gr in grads[1:])
 
-    big = name == "resnet20"
-    n_b = args.naive_coords or (1500 if args.quick else (256 if big else n))
-    n_a = args.naive_coords or (400 if args.quick else (64 if big else n))
-    n_c = args.naive_coords or (400 if args.quick else (64 if big else n))
+    big = name != "mlp" and name != "cnn"
+    n_b = args.naive_coords or ((400 if big else 1500) if args.quick else (256 if name == "resnet20" else n))
+    n_a = args.naive_coords or ((200 if big else 400) if args.quick else (64 if big else n))
+    n_c = args.naive_coords or ((200 if big else 400) if args.quick else (64 if name == "resnet20" else n))
     xt = torch.as_tensor(x, device=device)
     yt = torch.as_tensor(y, device=device)
     cb = _subset(coords, n_b, rng)
@@ -208,67 +305,263 @@ def bench_model(name: str, args, torch) -> dict:
     oracle.load(theta)
     batched = TorchOracle(model, loss_fn, (x, y), update_stats=False, blocks="none")
     cc = _subset(coords, n_c, rng)
-    t = _now()
-    zo.estimate_gradient(batched, theta, est, coordinates=cc)
-    tc = _now() - t
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # blocks="none" is asked for, not a fallback
+        t = _now()
+        zo.estimate_gradient(batched, theta, est, coordinates=cc)
+        tc = _now() - t
 
-    # (e) FLOP limit on the same coordinates
-    flops = oracle.suffix_flops()
-    owner = np.searchsorted([b.start for b in oracle.blocks], coords, side="right") - 1
-    total = float(sum(np.bincount(owner, minlength=len(flops)) * np.asarray(flops, dtype=np.float64))) * x.shape[0]
-    thr = _matmul_throughput(torch, device, tdtype)
-
-    # agreement of (d) with (b) on (b)'s coordinates
-    xb = theta[cb]
-    h = ((xb + xb.dtype.type(args.mu)) - xb).astype(np.float64)
-    # (b) perturbs torch parameters in place: its step is the model dtype's representable step
-    gb = (fb - f0) / h
-    gd = grads[0][np.searchsorted(coords, cb)]
-    eps = float(np.finfo(theta.dtype).eps)
-    tol = 32 * eps * max(1.0, abs(f0)) / args.mu
-    diff = float(np.max(np.abs(gd - gb)))
+    limit_s, thr, total = _flop_limit(oracle, coords, x.shape[0], torch, device, tdtype)
+    diff, tol = _agreement(theta, coords, grads[0], cb, fb, f0, args.mu)
     res = {
         "reference_s": ta * n / len(ca),
         "inplace_s": tb * n / len(cb),
         "batched_s": tc * n / len(cc),
         "reuse_s": reuse_s,
-        "limit_s": total / thr,
+        "limit_s": limit_s,
         "d": int(d), "coords": int(n), "batch": int(x.shape[0]), "dtype": args.dtype, "device": str(device),
         "threads": int(torch.get_num_threads()), "clock": "cpu" if _CLOCK[0] is time.process_time else "wall",
-        "matmul_gflops": thr / 1e9, "suffix_gflop": total / 1e9,
+        "matmul_gflops": None if thr is None else thr / 1e9, "suffix_gflop": None if total is None else total / 1e9,
+        "blocks": len(oracle.blocks), "warnings": msgs,
         "timed_coords": {"reference": int(len(ca)), "inplace": int(len(cb)), "batched": int(len(cc)), "reuse": int(n)},
         "coords_per_s": n / reuse_s,
         "check": {"repeatable": bool(repeatable), "max_abs_diff_vs_inplace": diff, "tol": tol,
                   "ok": bool(repeatable and diff <= tol)},
         "grad_sha256": hashlib.sha256(grads[0].tobytes()).hexdigest()[:16],
     }
-    if big:
+    res["ratios"] = {k: (None if res[f"{k}_s"] is None else res[f"{k}_s"] / reuse_s)
+                     for k in ("reference", "inplace", "batched", "limit")}
+    if name == "resnet20":
         steps = int(np.ceil(50000 / x.shape[0]))
         per_step = (d * (1 - (sparsity or 0.9))) / res["coords_per_s"]
         res["epoch_minutes_at_90pct_sparsity"] = steps * per_step / 60
     return res
 
 
-def _table(results: dict) -> str:
-    lines = []
+# ------------------------------------------------------------------------------------------
+# (a') DeepZero's training path, reimplemented: the reference's ``calculate_grads`` splits
+# ResNet-20 into 12 modules (conv1, bn1 + ReLU, the 9 residual blocks with the average pool
+# after the last, fc), caches every module's input once per minibatch, then for each
+# coordinate perturbs one entry in place, runs one batch-B forward from the input of the
+# module owning it to the loss, and restores it.
+def _deepzero_modules(model, F):
+    """ResNet-20 (``torch_models.ResNet20``) as the reference's 12 modules, in forward order."""
+    last = model.layers[-1]
+
+    def stem_bn(t):
+        return F.relu(model.bn1(t))
+
+    def last_pool(t):
+        return F.adaptive_avg_pool2d(last(t), 1).flatten(1)
+
+    return [model.conv1, stem_bn] + list(model.layers[:-1]) + [last_pool, model.linear]
+
+
+def _deepzero_module_of(name: str) -> int:
+    """Index of the module (of the 12) that owns the parameter ``name``."""
+    parts = name.split(".")
+    if parts[0] == "layers":
+        return 2 + int(parts[1])
+    return {"conv1": 0, "bn1": 1, "linear": 11}[parts[0]]
+
+
+def deepzero_cge(model, x, y, coords, mu, torch):
+    """(a'): forward-difference CGE on ``coords`` the way the reference trains: (grad, loss, seconds)."""
+    F = torch.nn.functional
+    mods = _deepzero_modules(model, F)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for _, p in named])
+    owner = np.searchsorted(starts, coords, side="right") - 1
+    first = [_deepzero_module_of(n) for n, _ in named]
+    losses = torch.empty(len(coords), dtype=torch.float64)
+    t0 = _now()
+    with torch.no_grad():
+        feats = [x]  # feats[m]: the input of module m
+        for m in mods:
+            feats.append(m(feats[-1]))
+        base = F.cross_entropy(feats[-1], y)
+        for r, (k, i) in enumerate(zip(owner.tolist(), coords.tolist())):
+            flat, j = named[k][1].view(-1), i - int(starts[k])
+            old = flat[j].clone()
+            flat[j] += mu
+            h = feats[first[k]]
+            for m in mods[first[k]:]:
+                h = m(h)
+            flat[j] = old
+            losses[r] = F.cross_entropy(h, y)
+        grad = ((losses - float(base)) / mu).numpy()
+    return grad, float(base), _now() - t0
+
+
+def _deepzero_flop_ratio(model, oracle, x, coords, torch):
+    """Multiply-add FLOPs of (a') over those of the oracle's suffixes on ``coords`` (None without a split).
+
+    (a') runs every Linear / Conv layer from the owning module on; the oracle counts its
+    suffixes with ``suffix_flops()`` (the perturbed layer's closed form is not counted).
+    """
+    blocks = oracle.blocks
+    if not blocks:
+        return None
+    mods = _deepzero_modules(model, torch.nn.functional)
+    count, hooks = [0], []
+
+    def hook(mod, inp, out):
+        w = mod.weight
+        count[0] += 2 * (w.numel() // w.shape[0]) * out.numel() if not isinstance(mod, torch.nn.Linear) \
+            else 2 * w.numel() * (out.numel() // out.shape[-1])
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            hooks.append(m.register_forward_hook(hook))
+    per_module, h = [], x[:1]
+    try:
+        with torch.no_grad():
+            for m in mods:
+                count[0] = 0
+                h = m(h)
+                per_module.append(count[0])
+    finally:
+        for hk in hooks:
+            hk.remove()
+    tail = np.cumsum(per_module[::-1])[::-1]
+    named = [n for n, p in model.named_parameters() if p.requires_grad]
+    starts = np.cumsum([0] + [p.numel() for p in model.parameters() if p.requires_grad])
+    owner = np.searchsorted(starts, coords, side="right") - 1
+    ref = float(sum(tail[_deepzero_module_of(named[k])] for k in owner))
+    flops = np.asarray(oracle.suffix_flops(), dtype=np.float64)
+    ours = float(flops[np.searchsorted([b.start for b in blocks], coords, side="right") - 1].sum())
+    return ref / ours if ours > 0 else None
+
+
+def bench_deepzero(args, torch) -> dict:
+    """(a') against ``TorchOracle`` CGE on ResNet-20: same weights, minibatch and coordinates."""
+    import zoracle as zo
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+
+    device = torch.device(args.device)
+    model, x, y = _build("resnet20", argparse.Namespace(**{**vars(args), "batch": _default_batch("deepzero", args)}),
+                         torch)
+    model.to(device=device, dtype=getattr(torch, args.dtype)).train()
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    with torch.no_grad():  # the 12-module split is the model
+        split = xt
+        for m in _deepzero_modules(model, torch.nn.functional):
+            split = m(split)
+        same = bool(torch.allclose(split, model(xt), rtol=1e-4, atol=1e-5))
+    oracle = TorchOracle(model, cross_entropy, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    rng = np.random.default_rng(args.seed + 1)
+    coords = np.sort(rng.choice(theta.size, size=min(theta.size, args.coords or 1000), replace=False))
+    repeat = args.repeat or (1 if args.quick else 3)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    runs = []
+    for _ in range(repeat):
+        runs.append(deepzero_cge(model, xt, yt, coords, args.mu, torch))
+        for n, b in model.named_buffers():  # its train-mode forwards moved BatchNorm running stats
+            b.copy_(buffers[n])
+    dz_s, dz_grad = min(r[2] for r in runs), runs[0][0]
+    oracle.load(theta)
+    zo_s, grads, f0, msgs = _timed_estimates(oracle, theta, zo.CGE(mu=args.mu), coords, repeat, torch, device)
+    g = grads[0]
+    cosine = float(g @ dz_grad / (np.linalg.norm(g) * np.linalg.norm(dz_grad)))
+    ok = same and cosine >= 0.999 and all(np.array_equal(g, gr) for gr in grads[1:])
+    return {
+        "deepzero_s": dz_s, "reuse_s": zo_s, "ratios": {"deepzero": dz_s / zo_s},
+        "flop_ratio": _deepzero_flop_ratio(model, oracle, xt, coords, torch),
+        "d": int(theta.size), "coords": int(len(coords)), "batch": int(x.shape[0]), "dtype": args.dtype,
+        "device": str(device), "threads": int(torch.get_num_threads()),
+        "clock": "cpu" if _CLOCK[0] is time.process_time else "wall", "modules": 12,
+        "blocks": len(oracle.blocks), "warnings": msgs, "repeat": int(repeat),
+        "check": {"cosine": cosine, "split_equals_model": same, "loss_diff": abs(f0 - runs[0][1]), "ok": bool(ok)},
+        "grad_sha256": hashlib.sha256(g.tobytes()).hexdigest()[:16],
+    }
+
+
+def bench_fallback(args, torch) -> dict:
+    """``TorchOracle(blocks="none")`` vs loop (b) at d >= 1M (ResNet-18 layout, width 24)."""
+    import zoracle as zo
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+    from zoracle.adapters.torch_models import resnet18, zoo_batch
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = resnet18(width=FALLBACK_WIDTH).to(device=device, dtype=getattr(torch, args.dtype)).train()
+    x, y = zoo_batch("resnet18", _default_batch("fallback", args), seed=args.seed, dtype=args.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # blocks="none" is asked for, not a fallback
+        oracle = TorchOracle(model, cross_entropy, (x, y), update_stats=False, blocks="none")
+        theta = oracle.initial_params()
+        rng = np.random.default_rng(args.seed + 1)
+        coords = np.sort(rng.choice(theta.size, size=min(theta.size, args.coords or (100 if args.quick else 200)),
+                                    replace=False))
+        repeat = args.repeat or (1 if args.quick else 3)
+        fb_s, grads, f0, _ = _timed_estimates(oracle, theta, zo.CGE(mu=args.mu), coords, repeat, torch, device)
+    oracle.load(theta)
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    loops = [_naive(model, cross_entropy, xt, yt, coords, args.mu, False, torch) for _ in range(repeat)]
+    loop_s = min(t for _, t in loops)
+    diff, tol = _agreement(theta, coords, grads[0], coords, loops[0][0], f0, args.mu)
+    return {
+        "inplace_s": loop_s, "fallback_s": fb_s, "ratios": {"inplace": loop_s / fb_s},
+        "d": int(theta.size), "coords": int(len(coords)), "batch": int(x.shape[0]), "dtype": args.dtype,
+        "device": str(device), "threads": int(torch.get_num_threads()),
+        "clock": "cpu" if _CLOCK[0] is time.process_time else "wall", "width": FALLBACK_WIDTH,
+        "check": {"max_abs_diff_vs_inplace": diff, "tol": tol, "ok": bool(diff <= tol)},
+    }
+
+
+# ------------------------------------------------------------------------------------------
+def _header(name, r):
+    return f"{name}: d={r['d']} coords={r['coords']} batch={r['batch']} {r['dtype']} {r['device']} " \
+           f"threads={r['threads']} clock={r['clock']}"
+
+
+def _model_lines(name, r) -> list:
+    extra = "" if r["matmul_gflops"] is None else \
+        f" matmul={r['matmul_gflops']:.1f} GFLOP/s suffix={r['suffix_gflop']:.2f} GFLOP"
+    lines = [_header(name, r) + extra + f" blocks={r['blocks']}"]
     cols = [("reference_s", "(a) reference"), ("inplace_s", "(b) in-place"), ("batched_s", "(c) batched"),
             ("reuse_s", "(d) reuse"), ("limit_s", "(e) FLOP limit")]
+    for key, label in cols:
+        if r[key] is None:
+            lines.append(f"  {label:<16} {'n/a':>10}     (no split to count suffix FLOPs on)")
+            continue
+        note = ""
+        tc = r["timed_coords"].get(key[:-2])
+        if tc is not None and tc < r["coords"]:
+            note = f"  (timed on {tc} coords, scaled)"
+        lines.append(f"  {label:<16} {r[key]:10.3f} s   {r[key] / r['reuse_s']:8.2f} x (d){note}")
+    lines.append(f"  coords/s (d): {r['coords_per_s']:.0f}")
+    if "epoch_minutes_at_90pct_sparsity" in r:
+        lines.append(f"  projected CIFAR-10 epoch at 90% sparsity: {r['epoch_minutes_at_90pct_sparsity']:.1f} min")
+    c = r["check"]
+    lines.append(f"  check: repeatable={c['repeatable']} max|g_d - g_b|={c['max_abs_diff_vs_inplace']:.2e} "
+                 f"(tol {c['tol']:.1e}) -> {'OK' if c['ok'] else 'FAILED'}   sha={r['grad_sha256']}")
+    return lines
+
+
+def _table(results: dict) -> str:
+    lines = []
     for name, r in results.items():
-        lines.append(f"{name}: d={r['d']} coords={r['coords']} batch={r['batch']} {r['dtype']} {r['device']} "
-                     f"threads={r['threads']} clock={r['clock']} matmul={r['matmul_gflops']:.1f} GFLOP/s suffix={r['suffix_gflop']:.2f} GFLOP")
-        for key, label in cols:
-            note = ""
-            tc = r["timed_coords"].get(key[:-2])
-            if tc is not None and tc < r["coords"]:
-                note = f"  (timed on {tc} coords, scaled)"
-            ratio = r[key] / r["reuse_s"]
-            lines.append(f"  {label:<16} {r[key]:10.3f} s   {ratio:8.2f} x (d){note}")
-        lines.append(f"  coords/s (d): {r['coords_per_s']:.0f}")
-        if "epoch_minutes_at_90pct_sparsity" in r:
-            lines.append(f"  projected CIFAR-10 epoch at 90% sparsity: {r['epoch_minutes_at_90pct_sparsity']:.1f} min")
-        c = r["check"]
-        lines.append(f"  check: repeatable={c['repeatable']} max|g_d - g_b|={c['max_abs_diff_vs_inplace']:.2e} "
-                     f"(tol {c['tol']:.1e}) -> {'OK' if c['ok'] else 'FAILED'}   sha={r['grad_sha256']}")
+        if name == "deepzero":
+            c = r["check"]
+            lines += [_header(name, r) + f" modules=12 blocks={r['blocks']}",
+                      f"  (a') DeepZero training path {r['deepzero_s']:10.3f} s   {r['ratios']['deepzero']:8.2f} x (d)",
+                      f"  (d) TorchOracle CGE         {r['reuse_s']:10.3f} s",
+                      "  suffix FLOPs (a') / (d): " + ("n/a" if r["flop_ratio"] is None else f"{r['flop_ratio']:.2f}"),
+                      f"  check: cosine={c['cosine']:.6f} split==model={c['split_equals_model']} "
+                      f"-> {'OK' if c['ok'] else 'FAILED'}"]
+        elif name == "fallback":
+            c = r["check"]
+            lines += [_header(name, r) + f" (ResNet-18 layout, width {r['width']})",
+                      f"  (b) in-place loop           {r['inplace_s']:10.3f} s   {r['ratios']['inplace']:8.2f} x fallback",
+                      f"  TorchOracle(blocks='none')  {r['fallback_s']:10.3f} s",
+                      f"  check: max|g - g_b|={c['max_abs_diff_vs_inplace']:.2e} (tol {c['tol']:.1e}) "
+                      f"-> {'OK' if c['ok'] else 'FAILED'}"]
+        else:
+            lines += _model_lines(name, r)
+        for w in r.get("warnings", []):
+            lines.append(f"  warning: {w[:200]}")
     return "\n".join(lines)
 
 
@@ -286,14 +579,18 @@ def run(args) -> dict:
         torch.device(args.device)
     except RuntimeError:
         raise zo.ArgumentError(f"`--device` must be a torch device such as cpu or cuda, got {args.device!r}") from None
+    if args.sparsity is not None and not 0 <= args.sparsity < 1:
+        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
     old = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     cpu_clock = args.clock == "cpu" or (args.clock == "auto" and not str(args.device).startswith("cuda")
                                         and args.threads == 1)
     _CLOCK[0] = time.process_time if cpu_clock else time.perf_counter
+    special = {"deepzero": bench_deepzero, "fallback": bench_fallback}
     try:
-        models = args.model or ["mlp", "cnn"]
-        return {name: bench_model(name, args, torch) for name in dict.fromkeys(models)}
+        models = args.model or list(DEFAULT_MODELS)
+        return {name: (special[name](args, torch) if name in special else bench_model(name, args, torch))
+                for name in dict.fromkeys(models)}
     finally:
         torch.set_num_threads(old)
 

@@ -1,4 +1,4 @@
-"""Smoke run of the CGE speed benchmark: its own gradient check and its JSON keys (no timings)."""
+"""Smoke runs of the CGE speed benchmark: its own gradient checks and its JSON keys (no timings)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from zoracle.apps import bench  # noqa: E402
 
@@ -26,7 +27,7 @@ def _args(argv):
 
 def test_quick_json_run_checks_itself():
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "cge_speed.py"), "--quick", "--json",
-           "--naive-coords", "60", "--coords", "1500", "--repeat", "2"]
+           "--model", "mlp", "--model", "cnn", "--naive-coords", "60", "--coords", "1500", "--repeat", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout)
@@ -34,6 +35,8 @@ def test_quick_json_run_checks_itself():
     for name, r in res.items():
         assert KEYS <= set(r), name
         assert all(r[k] > 0 for k in KEYS)
+        assert set(r["ratios"]) == {"reference", "inplace", "batched", "limit"}
+        assert r["ratios"]["inplace"] == pytest.approx(r["inplace_s"] / r["reuse_s"])
         assert r["check"]["repeatable"] and r["check"]["ok"]
         assert r["check"]["max_abs_diff_vs_inplace"] <= r["check"]["tol"]
         assert r["coords"] == 1500 and r["timed_coords"]["inplace"] == 60
@@ -48,6 +51,71 @@ def test_in_process_run_is_deterministic_and_table_renders():
     assert r1["check"]["ok"] and r1["check"]["tol"] < 1e-9  # float64: a tight agreement bound
     text = bench._table({"mlp": r1})
     assert "(d) reuse" in text and "OK" in text
+
+
+@pytest.mark.slow
+def test_torchvision_style_models_agree_with_the_textbook_loop():
+    args = _args(["--model", "resnet18", "--model", "mobilenet_v3_small", "--quick", "--naive-coords", "30",
+                  "--coords", "60", "--repeat", "1"])
+    res = bench.run(args)
+    for name in ("resnet18", "mobilenet_v3_small"):
+        r = res[name]
+        assert r["d"] > 100_000 and r["batch"] == 32 and r["coords"] == 60
+        assert r["check"]["repeatable"] and r["check"]["ok"], r["check"]
+        assert r["ratios"]["inplace"] > 0 and r["reuse_s"] > 0
+
+
+def test_deepzero_split_is_resnet20_and_its_gradient_matches_zoracle():
+    args = _args(["--model", "deepzero", "--coords", "40", "--batch", "4", "--repeat", "1", "--dtype", "float64",
+                  "--mu", "1e-6"])
+    r = bench.run(args)["deepzero"]
+    assert {"deepzero_s", "reuse_s", "ratios", "check", "flop_ratio"} <= set(r) and r["modules"] == 12
+    assert r["flop_ratio"] is None or r["flop_ratio"] >= 1  # a finer split never runs more suffix FLOPs
+    assert r["ratios"]["deepzero"] == pytest.approx(r["deepzero_s"] / r["reuse_s"])
+    c = r["check"]
+    assert c["split_equals_model"] and c["ok"] and c["loss_diff"] < 1e-12
+    assert c["cosine"] > 1 - 1e-9  # float64, the same forward differences
+
+
+def test_deepzero_module_ownership_covers_every_parameter():
+    from zoracle.adapters.torch_models import ResNet20
+
+    model = ResNet20()
+    owners = [bench._deepzero_module_of(n) for n, _ in model.named_parameters()]
+    assert owners == sorted(owners) and set(owners) == set(range(12))
+    assert len(bench._deepzero_modules(model, torch.nn.functional)) == 12
+
+
+def test_deepzero_cge_equals_a_plain_perturbed_forward():
+    from zoracle.adapters.torch_models import ResNet20
+
+    torch.manual_seed(0)
+    model = ResNet20(width=4).double().train()
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.standard_normal((3, 3, 32, 32)))
+    y = torch.as_tensor(rng.integers(0, 10, 3))
+    d = sum(p.numel() for p in model.parameters())
+    coords = np.array([0, 5, d // 2, d - 3])
+    grad, base, _ = bench.deepzero_cge(model, x, y, coords, 1e-4, torch)
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    with torch.no_grad():
+        assert base == pytest.approx(float(torch.nn.functional.cross_entropy(model(x), y)), abs=1e-12)
+        for i, g in zip(coords, grad):
+            v = flat.clone()
+            v[i] += 1e-4
+            torch.nn.utils.vector_to_parameters(v, model.parameters())
+            want = (float(torch.nn.functional.cross_entropy(model(x), y)) - base) / 1e-4
+            torch.nn.utils.vector_to_parameters(flat, model.parameters())
+            assert g == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def test_fallback_comparison_reports_its_ratio():
+    args = _args(["--model", "fallback", "--coords", "6", "--batch", "4", "--repeat", "1"])
+    r = bench.run(args)["fallback"]
+    assert r["d"] >= 1_000_000 and r["coords"] == 6
+    assert r["ratios"]["inplace"] == pytest.approx(r["inplace_s"] / r["fallback_s"])
+    assert r["check"]["ok"], r["check"]
+    assert "fallback" in bench._table({"fallback": r})
 
 
 def test_bad_flags_give_one_line_errors(capsys):
