@@ -5,7 +5,7 @@ checks every query against it, so a wrong shape, dtype or a non-finite input fai
 message naming what was expected and what was given, before onnxruntime sees it. It counts
 queries (one per input sample) and can enforce a query budget. The CUDA execution provider
 is used when onnxruntime offers it and a CUDA device answers (``pip install
-'zoracle[onnx-gpu]'``), the CPU one otherwise (``pip install 'zoracle[onnx]'``).
+'.[onnx-gpu]'``), the CPU one otherwise (``pip install -e '.[onnx]'``).
 
 Budget and copies
     A call is charged for all its samples before it runs, so a call that fails partway is
@@ -34,7 +34,7 @@ try:
     import onnxruntime as ort
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "zoracle.adapters.onnx needs onnxruntime: pip install 'zoracle[onnx]' (or 'zoracle[onnx-gpu]' for CUDA)"
+        "zoracle.adapters.onnx needs onnxruntime: pip install -e '.[onnx]' (or '.[onnx-gpu]' for CUDA)"
     ) from exc
 
 from zoracle._errors import ArgumentError, ZoracleError
@@ -272,7 +272,7 @@ class OnnxClassifier:
             if name not in available:
                 raise ArgumentError(
                     f"`providers`: {name!r} is not available in this onnxruntime build; available: {available}"
-                    + (" (install onnxruntime-gpu, not next to onnxruntime: pip install 'zoracle[onnx-gpu]')"
+                    + (" (install onnxruntime-gpu, not next to onnxruntime: pip install -e '.[onnx-gpu]')"
                        if name == "CUDAExecutionProvider" else "")
                 )
         return list(providers)

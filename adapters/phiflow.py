@@ -1,6 +1,6 @@
 """PhiFlow wake-flow simulator as a black box, and solver-in-the-loop correction (ZO-SOL).
 
-Importing this module imports PhiFlow and torch (``pip install 'zoracle[phiflow,torch]'``).
+Importing this module imports PhiFlow and torch (``pip install -e '.[phiflow,torch]'``).
 
 - :class:`WakeFlow`: the unsteady 2D wake flow behind a cylinder (Um et al. 2020) at one
   resolution, on PhiFlow's NumPy backend; a batch of states runs as one batch dimension.
@@ -21,7 +21,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"zoracle.adapters.phiflow needs PhiFlow and torch ({exc}); install them with: "
-        "pip install 'zoracle[phiflow,torch]'"
+        "pip install -e '.[phiflow,torch]'"
     ) from exc
 
 from ._phiflow_sim import (

@@ -1,7 +1,7 @@
 """PyTorch adapter: ``TorchOracle`` (a model + per-sample loss as a zoracle oracle) and
 ``blackbox`` (a black-box function as a differentiable torch op with a ZO backward).
 
-Importing this module imports torch: that is how a user opts in (``pip install 'zoracle[torch]'``).
+Importing this module imports torch: that is how a user opts in (``pip install -e '.[torch]'``).
 
 ``TorchOracle`` implements every capability the core planner knows: plain calls,
 ``batch`` (many parameter vectors), ``coordinate_losses`` (CGE), ``prefix``/``suffix``

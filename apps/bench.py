@@ -570,7 +570,7 @@ def run(args) -> dict:
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is an extra
-        raise SystemExit("zoracle bench needs torch: pip install 'zoracle[torch]'") from None
+        raise SystemExit("zoracle bench needs torch: pip install -e '.[torch]'") from None
     import zoracle as zo
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     try:
         import torch
     except ImportError:
-        p.error("needs torch: pip install 'zoracle[torch]'")
+        p.error("needs torch: pip install -e '.[torch]'")
     if args.cpu_devices:
         devices = ["cpu"] * args.cpu_devices
     else:

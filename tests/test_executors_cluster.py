@@ -38,7 +38,7 @@ def ray_env():
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:  # not importorskip: Ray reads the env when imported
-        pytest.skip("ray not installed (pip install 'zoracle[ray]')")
+        pytest.skip("ray not installed (pip install -e '.[ray]')")
     # not under pytest's basetemp: its depth pushes Ray's socket paths past 107 bytes
     base = Path(tempfile.mkdtemp(prefix="r"))  # mkdtemp: mode 0700; TMPDIR is the suite's own dir
     saved = {k: os.environ.get(k) for k in _RAY_ENV_KEYS}
@@ -135,7 +135,7 @@ class RaiseAt:
 # ----------------------------------------------------------------------------- clusters
 def dask_cluster(local_directory, n=2, **kw):
     """A loopback Dask LocalCluster executor whose files stay in ``local_directory``."""
-    pytest.importorskip("distributed", reason="dask[distributed] not installed (pip install 'zoracle[dask]')")
+    pytest.importorskip("distributed", reason="dask[distributed] not installed (pip install -e '.[dask]')")
     _by_value(te, sys.modules[__name__])
     before = _children()
     with DaskExecutor(f"local:{n}", local_directory=str(local_directory), **kw) as ex:

@@ -50,7 +50,7 @@ def _import(name: str, extra: str):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise ImportError(f"{name} is needed for this executor; install it with pip install 'zoracle[{extra}]'") from exc
+        raise ImportError(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'") from exc
 
 
 # ----------------------------------------------------------------------------- __main__ guard

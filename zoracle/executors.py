@@ -251,7 +251,7 @@ class DeviceExecutor(ProcessPool):
 
 
 class DaskExecutor(_Dask):
-    """Shards on a Dask cluster (``pip install 'zoracle[dask]'``).
+    """Shards on a Dask cluster (``pip install -e '.[dask]'``).
 
     Parameters
     ----------
@@ -285,7 +285,7 @@ class DaskExecutor(_Dask):
 
 
 class RayExecutor(_Ray):
-    """Shards on Ray actors, one per worker (``pip install 'zoracle[ray]'``).
+    """Shards on Ray actors, one per worker (``pip install -e '.[ray]'``).
 
     Parameters
     ----------
