@@ -4,7 +4,7 @@
 checks every query against it, so a wrong shape, dtype or a non-finite input fails with a
 message naming what was expected and what was given, before onnxruntime sees it. It counts
 queries (one per input sample) and can enforce a query budget. The CUDA execution provider
-is used when onnxruntime offers it and a CUDA device answers (``pip install
+is used when onnxruntime offers it and a CUDA device answers (``pip install -e
 '.[onnx-gpu]'``), the CPU one otherwise (``pip install -e '.[onnx]'``).
 
 Budget and copies
