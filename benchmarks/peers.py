@@ -12,6 +12,9 @@ and stops at the same number of loss queries:
   (200, biases included) instead of a fixed 10% of the weights: sparsity = 1 - 200 / d;
 * ``deepzero-w``: the demo recipe with a warm-up of 5% of the steps instead of one epoch
   (at short budgets one epoch is a large share of the run);
+* ``deepzero-s``: the demo recipe with fresh random masks every step instead of every epoch
+  (with per-epoch masks 90% of the weights stay frozen for a whole epoch);
+* ``deepzero-a``: the demo recipe with Adam (weight decay 5e-4) instead of SGD with momentum;
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``snes``, ``pgpe`` (ClipUp): EvoTorch, population 100, one minibatch per generation,
   the population evaluated through ``TorchOracle.batch`` (vmapped forwards);
@@ -43,7 +46,7 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "rge", "snes", "pgpe", "sepcma", "fdsgd")
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "rge", "snes", "pgpe", "sepcma", "fdsgd")
 DEFAULT_METHODS = ("deepzero", "rge", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
@@ -53,6 +56,8 @@ GRID = {
     "deepzero": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
     "deepzero-k": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
     "deepzero-w": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+    "deepzero-s": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+    "deepzero-a": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
     "snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
@@ -202,14 +207,15 @@ def _deepzero_steps(bench, sparsity, kinds=("conv", "linear")) -> tuple:
     return steps, -(-steps // len(bench.batches))
 
 
-def run_deepzero(bench, lr, sparsity=0.9, warmup=None, **opts):
+def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer="sgd", **opts):
     import zoracle as zo
     from zoracle.apps._digits import per_class
 
     steps, epochs = _deepzero_steps(bench, sparsity, opts.get("score_kinds", ("conv", "linear")))
     warm = min(len(bench.batches), steps - 1) if warmup is None else max(1, int(warmup * steps))
     sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=warm)
-    optimizer = zo.sgd(sched, momentum=0.9, weight_decay=5e-4)
+    optimizer = (zo.sgd(sched, momentum=0.9, weight_decay=5e-4) if optimizer == "sgd"
+                 else zo.adam(sched, weight_decay=5e-4))
     total = [2 * (192 + 1)]  # ZO-GraSP's queries, counted by train() too
 
     def cb(event, rec, params):
@@ -219,8 +225,11 @@ def run_deepzero(bench, lr, sparsity=0.9, warmup=None, **opts):
         bench.record(params, total[0])
         return bench.done()
 
-    d = bench.data
-    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
+    d, batches = bench.data, bench.batches
+    if per_step:  # one batch per "epoch", so that masks are redrawn every step (same batch stream)
+        n = len(bench.batches)
+        batches, epochs = (lambda e: [bench.batches(e // n)[e % n]]), steps
+    return zo.train(bench.oracle, bench.p0, batches=batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
              sparsity=sparsity, ratios="zo_grasp", grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
              grasp_directions=192, mask_shuffle_interval=1, optimizer=optimizer, callbacks=[cb], rng=bench.seed,
              progress=False, **opts).params
@@ -331,7 +340,15 @@ def run_deepzero_w(bench, lr):
     return run_deepzero(bench, lr, warmup=0.05)
 
 
-RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "rge": run_rge, "snes": run_snes,
+def run_deepzero_s(bench, lr):
+    return run_deepzero(bench, lr, per_step=True)
+
+
+def run_deepzero_a(bench, lr):
+    return run_deepzero(bench, lr, optimizer="adam")
+
+
+RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "rge": run_rge, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 
@@ -509,12 +526,12 @@ def main(argv=None) -> int:
                    "setting tuned at the nearest smaller one (default: grid everywhere)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
-    p.add_argument("--report", default=None, metavar="JSON", help="only print the table of an existing --out file")
+    p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
     p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON instead of the table")
     args = p.parse_args(argv)
-    if args.report:
-        runs = _load(args.report)
+    if args.report:  # several files (parallel sweeps) merge; a run present twice counts once
+        runs = list({_key(r): r for path in args.report.split(",") for r in _load(path)}.values())
     else:
         if args.quick:
             args.data, args.widths, args.budget, args.seeds = "digits", "0", 30_000, "0"
