@@ -15,6 +15,7 @@ and stops at the same number of loss queries:
 * ``deepzero-s``: the demo recipe with fresh random masks every step instead of every epoch
   (with per-epoch masks 90% of the weights stay frozen for a whole epoch);
 * ``deepzero-a``: the demo recipe with Adam (weight decay 5e-4) instead of SGD with momentum;
+* ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``snes``, ``pgpe`` (ClipUp): EvoTorch, population 100, one minibatch per generation,
   the population evaluated through ``TorchOracle.batch`` (vmapped forwards);
@@ -46,7 +47,7 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "rge", "snes", "pgpe", "sepcma", "fdsgd")
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "rge", "snes", "pgpe", "sepcma", "fdsgd")
 DEFAULT_METHODS = ("deepzero", "rge", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
@@ -58,6 +59,7 @@ GRID = {
     "deepzero-w": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
     "deepzero-s": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
     "deepzero-a": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
+    "deepzero-ka": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
     "snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
@@ -235,9 +237,10 @@ def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer
              progress=False, **opts).params
 
 
-def run_deepzero_k(bench, lr, keep=KEEP):
+def run_deepzero_k(bench, lr, keep=KEEP, optimizer="sgd"):
     # biases join the sparse set: at large widths their dense estimate alone would cost more than `keep`
-    return run_deepzero(bench, lr, sparsity=max(0.0, 1.0 - keep / bench.d), score_kinds=("conv", "linear", "bias"))
+    return run_deepzero(bench, lr, sparsity=max(0.0, 1.0 - keep / bench.d), score_kinds=("conv", "linear", "bias"),
+                        optimizer=optimizer)
 
 
 def run_rge(bench, c):
@@ -348,7 +351,11 @@ def run_deepzero_a(bench, lr):
     return run_deepzero(bench, lr, optimizer="adam")
 
 
-RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "rge": run_rge, "snes": run_snes,
+def run_deepzero_ka(bench, lr):
+    return run_deepzero_k(bench, lr, optimizer="adam")
+
+
+RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 
@@ -359,7 +366,7 @@ def run_one(bench, method: str, setting: dict, **extra) -> dict:
     error, params = None, None
     try:
         params = RUNNERS[method](bench, **setting, **extra)
-    except zo.ArgumentError as exc:  # diverged: keep the record, mark it
+    except (zo.ArgumentError, zo.OracleError) as exc:  # diverged (non-finite params or loss): keep the record, mark it
         error = str(exc).splitlines()[0]
     if params is not None and (not bench.curve or bench.curve[-1][0] < bench.queries):
         bench.final(params)  # stopped short of the last mark (schedule rounding, one FD step past d)
