@@ -288,7 +288,7 @@ def _run_searcher(bench, searcher):
     center = bench.p0
     while not bench.done():
         searcher.step()
-        center = torch.as_tensor(searcher.status["center"]).detach().cpu().numpy()
+        center = torch.as_tensor(searcher.status["center"]).detach().cpu().numpy().copy()  # evotorch: read-only
         bench.record(center)
     return center
 
