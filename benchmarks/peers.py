@@ -502,11 +502,13 @@ def plot(runs, path) -> None:
             q = np.array([[c[0] for c in x["curve"][:n]] for x in sel]).mean(0)
             s = np.array([[c[1] for c in x["curve"][:n]] for x in sel]).mean(0)
             a = np.array([[100 * c[3] for c in x["curve"][:n]] for x in sel])
+            color = plt.get_cmap("tab20")(METHODS.index(r["method"]) % 20)
             for axis, xs in ((ax[0], q), (ax[1], s)):
-                line, = axis.plot(xs, a.mean(0), marker=".", label=r["method"])
+                keep = xs > 0  # a run with no query (FD-SGD past its budget) has no point on a log axis
+                axis.plot(xs[keep], a.mean(0)[keep], marker=".", color=color, label=f"{r['method']} ({len(sel)})")
                 if len(sel) > 1:
-                    axis.fill_between(xs, a.min(0), a.max(0), color=line.get_color(), alpha=0.2)
-        ax[0].set(xlabel="loss queries", ylabel="test accuracy (%)", title=f"{data}, d = {d:,}: per query")
+                    axis.fill_between(xs[keep], a.min(0)[keep], a.max(0)[keep], color=color, alpha=0.2)
+        ax[0].set(xlabel="loss queries", ylabel="test accuracy (%)", title=f"{data}, d = {d:,}, {budget:,} queries")
         ax[1].set(xlabel="training wall time (s, 1 torch thread)", xscale="log", title=f"{data}, d = {d:,}: per second")
         for axis in ax:
             axis.grid(alpha=0.3)
