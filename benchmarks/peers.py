@@ -1,0 +1,562 @@
+"""DeepZero against evolution strategies at equal query budgets: a model-size sweep.
+
+Every method trains the same small CNN (the demo's digits CNN, or its 1-D twin on MNIST-1D)
+with a hidden dense layer of ``--widths`` units to sweep the parameter count d, from the same
+initial weights, through the same black box ``params -> loss on the current minibatch`` (one TorchOracle, one torch thread),
+and stops at the same number of loss queries:
+
+* ``deepzero``: zoracle's demo recipe (ZO-GraSP ratios, sparse CGE at 90% sparsity, masks
+  redrawn every epoch, SGD momentum 0.9, weight decay 5e-4, cosine schedule with warm-up),
+  through TorchOracle's coordinate / feature-reuse fast path;
+* ``deepzero-k``: the same recipe with a fixed number of estimated coordinates per step
+  (200, biases included) instead of a fixed 10% of the weights: sparsity = 1 - 200 / d;
+* ``deepzero-w``: the demo recipe with a warm-up of 5% of the steps instead of one epoch
+  (at short budgets one epoch is a large share of the run);
+* ``deepzero-s``: the demo recipe with fresh random masks every step instead of every epoch
+  (with per-epoch masks 90% of the weights stay frozen for a whole epoch);
+* ``deepzero-a``: the demo recipe with Adam (weight decay 5e-4) instead of SGD with momentum;
+* ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
+* ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
+* ``snes``, ``pgpe`` (ClipUp): EvoTorch, population 100, one minibatch per generation,
+  the population evaluated through ``TorchOracle.batch`` (vmapped forwards);
+* ``sepcma``: pycma with ``CMA_diagonal`` (sep-CMA-ES), default population;
+* ``fdsgd``: SGD on ``scipy.optimize.approx_fprime`` forward differences (d + 1 plain
+  calls a step; no step at all when d + 1 exceeds the budget).
+
+Each method gets a 3-setting grid, run at the first seed; the setting with the best final
+accuracy on a validation split (carved from the training set, never the test set) is then
+run at the other seeds. Accuracy (validation and test) is recorded at 10 points of the
+budget together with the training wall time (evaluation excluded).
+
+    python benchmarks/peers.py --quick                         # one small point, a few minutes
+    python benchmarks/peers.py --data digits,mnist1d --widths 0,160,1600 --seeds 0,1,2 --out peers.json
+    python benchmarks/peers.py --report peers.json --plot peers.png   # table + plot of a (partial) run
+
+Results are appended to ``--out`` after every run, so an interrupted sweep keeps its data
+and a rerun skips what is done. Needs the ``bench`` extra (evotorch, cma) for the ES peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "rge", "snes", "pgpe", "sepcma", "fdsgd")
+DEFAULT_METHODS = ("deepzero", "rge", "snes", "pgpe", "sepcma", "fdsgd")
+POP = 100  # ES population and RGE queries per step
+KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
+
+# the tuning grid: three settings per method (see module docstring)
+GRID = {
+    "deepzero": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+    "deepzero-k": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+    "deepzero-w": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+    "deepzero-s": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+    "deepzero-a": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
+    "deepzero-ka": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
+    # RGE's usable step shrinks like q / d: the grid is c * q / d
+    "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
+    "snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
+    "pgpe": [{"clr": 0.01, "stdev": 0.02}, {"clr": 0.03, "stdev": 0.05}, {"clr": 0.1, "stdev": 0.1}],
+    "sepcma": [{"sigma": 0.01}, {"sigma": 0.03}, {"sigma": 0.1}],
+    "fdsgd": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
+}
+
+
+# ----------------------------------------------------------------------------- data, models
+def load_data(name: str, seed: int = 0) -> dict:
+    """float32 inputs, int64 labels: train / val (20% of train, stratified) / test."""
+    if name == "digits":
+        from zoracle.apps._digits import load_digits_split
+
+        d = load_digits_split(seed=0)
+        x, y, xt, yt = d.x_train, d.y_train, d.x_test, d.y_test
+    elif name == "mnist1d":
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = 4000  # procedurally generated, offline: 3200 train / 800 test
+        raw = make_dataset(args)
+        x, y = raw["x"].astype(np.float32)[:, None], raw["y"].astype(np.int64)
+        xt, yt = raw["x_test"].astype(np.float32)[:, None], raw["y_test"].astype(np.int64)
+    else:
+        raise ValueError(f"`data` must be 'digits' or 'mnist1d', got {name!r}")
+    rng = np.random.default_rng(1000 + seed)
+    val = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        val[rng.choice(idx, size=int(round(0.2 * len(idx))), replace=False)] = True
+    return {"x": x[~val], "y": y[~val], "xv": x[val], "yv": y[val], "xt": xt, "yt": yt}
+
+
+def make_model(data: str, width: int, seed: int):
+    """The demo CNN, with a hidden layer of ``width`` units before the classifier when ``width`` > 0.
+
+    digits: conv3x3(1->8)-ReLU, conv3x3(8->16, stride 2)-ReLU, 2x2 average pool, then
+    linear(64->10) (width 0: the demo's 1,898 weights) or linear(64->width)-ReLU-linear(width->10)
+    (d = 1,258 + 75 width: 13,258 at 160, 121,258 at 1600). mnist1d: the 1-D twin
+    (conv5(1->8), conv3(8->16, stride 2), average pool 4, 80 features; d = 458 + 91 width: 1,914 at 16, 12,106 at 128, 109,658 at 1200).
+    The size grows in the dense layers: a forward costs about 2 d + 50k FLOPs per sample,
+    where widening the convolutions would cost about 32 d, which this CPU study cannot afford.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    if data == "digits":
+        body = [nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.AvgPool2d(2), nn.Flatten()]
+        features = 64
+    else:
+        body = [nn.Conv1d(1, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.AvgPool1d(4), nn.Flatten()]
+        features = 80
+    head = [nn.Linear(features, 10)] if width == 0 else [nn.Linear(features, width), nn.ReLU(), nn.Linear(width, 10)]
+    return nn.Sequential(*body, *head)
+
+
+# ----------------------------------------------------------------------------- the black box
+class Bench:
+    """One (data, width, seed) point: the oracle, the minibatch stream, the query and time ledger."""
+
+    def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = 32,
+                 points: int = 10):
+        import torch
+
+        import zoracle as zo
+        from zoracle.adapters.torch import TorchOracle
+
+        self.data, self.name, self.width, self.seed, self.budget = data, name, width, seed, int(budget)
+        self.oracle = TorchOracle(make_model(name, width, seed), torch.nn.CrossEntropyLoss(reduction="none"))
+        self.p0 = self.oracle.initial_params()
+        self.d = int(self.p0.size)
+        self.batches = zo.Minibatches((data["x"], data["y"]), batch_size, seed=seed)
+        self.marks = [int(round(self.budget * (i + 1) / points)) for i in range(points)]
+        self.queries, self.curve = 0, []
+        self._epoch, self._pos, self._list = 0, 0, self.batches(0)
+        self._eval_s, self._t0 = 0.0, None
+
+    # -- clock: training time only (evaluation subtracted)
+    def start(self):
+        self.queries, self.curve, self._eval_s = 0, [], 0.0
+        self._epoch, self._pos, self._list = 0, 0, self.batches(0)
+        self._t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self._t0 - self._eval_s
+
+    def done(self) -> bool:
+        return self.queries >= self.budget
+
+    def next_batch(self):
+        if self._pos >= len(self._list):
+            self._epoch, self._pos = self._epoch + 1, 0
+            self._list = self.batches(self._epoch)
+        b = self._list[self._pos]
+        self._pos += 1
+        return b
+
+    def losses(self, P) -> np.ndarray:
+        """One generation: the rows of ``P`` on the next minibatch (``TorchOracle.batch``)."""
+        out = self.oracle.bind(self.next_batch()).batch(np.ascontiguousarray(P, dtype=np.float32))
+        self.queries += len(out)
+        return out
+
+    def plain(self):
+        """A plain ``params -> float`` black box bound to the next minibatch (counts its calls)."""
+        oracle = self.oracle.bind(self.next_batch())
+
+        def f(p):
+            self.queries += 1
+            return oracle(np.array(p, dtype=np.float32))  # a copy: scipy hands read-only views
+        return f
+
+    def accuracy(self, params, split: str) -> float:
+        x, y = (self.data["xv"], self.data["yv"]) if split == "val" else (self.data["xt"], self.data["yt"])
+        return float((self.oracle.predict(np.asarray(params, dtype=np.float32), x).argmax(1) == y).mean())
+
+    def record(self, params, queries=None) -> None:
+        """Log (queries, train seconds, val acc, test acc) each time the run passes a budget mark."""
+        if queries is not None:
+            self.queries = int(queries)
+        if not self.marks or self.queries < self.marks[min(len(self.curve), len(self.marks) - 1)]:
+            return
+        t = time.perf_counter()
+        secs = self.seconds()
+        while len(self.curve) < len(self.marks) and self.queries >= self.marks[len(self.curve)]:
+            row = [self.queries, secs, self.accuracy(params, "val"), self.accuracy(params, "test")]
+            self.curve.append(row)
+        self._eval_s += time.perf_counter() - t
+
+    def final(self, params) -> None:
+        t = time.perf_counter()
+        self.curve.append([self.queries, self.seconds(), self.accuracy(params, "val"), self.accuracy(params, "test")])
+        self._eval_s += time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- methods
+def _deepzero_steps(bench, sparsity, kinds=("conv", "linear")) -> tuple:
+    """Queries per sparse-CGE step (scored weights kept + dense biases + base) -> (steps, epochs)."""
+    scored = sum(i.slice.stop - i.slice.start for i in bench.oracle.param_info if i.kind in kinds)
+    per_step = int(round((1 - sparsity) * scored)) + (bench.d - scored) + 1
+    steps = max(2, (bench.budget - 2 * (192 + 1)) // per_step)
+    return steps, -(-steps // len(bench.batches))
+
+
+def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer="sgd", **opts):
+    import zoracle as zo
+    from zoracle.apps._digits import per_class
+
+    steps, epochs = _deepzero_steps(bench, sparsity, opts.get("score_kinds", ("conv", "linear")))
+    warm = min(len(bench.batches), steps - 1) if warmup is None else max(1, int(warmup * steps))
+    sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=warm)
+    optimizer = (zo.sgd(sched, momentum=0.9, weight_decay=5e-4) if optimizer == "sgd"
+                 else zo.adam(sched, weight_decay=5e-4))
+    total = [2 * (192 + 1)]  # ZO-GraSP's queries, counted by train() too
+
+    def cb(event, rec, params):
+        if event != "step":
+            return None
+        total[0] += rec["nfev"]
+        bench.record(params, total[0])
+        return bench.done()
+
+    d, batches = bench.data, bench.batches
+    if per_step:  # one batch per "epoch", so that masks are redrawn every step (same batch stream)
+        n = len(bench.batches)
+        batches, epochs = (lambda e: [bench.batches(e // n)[e % n]]), steps
+    return zo.train(bench.oracle, bench.p0, batches=batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
+             sparsity=sparsity, ratios="zo_grasp", grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
+             grasp_directions=192, mask_shuffle_interval=1, optimizer=optimizer, callbacks=[cb], rng=bench.seed,
+             progress=False, **opts).params
+
+
+def run_deepzero_k(bench, lr, keep=KEEP, optimizer="sgd"):
+    # biases join the sparse set: at large widths their dense estimate alone would cost more than `keep`
+    return run_deepzero(bench, lr, sparsity=max(0.0, 1.0 - keep / bench.d), score_kinds=("conv", "linear", "bias"),
+                        optimizer=optimizer)
+
+
+def run_rge(bench, c):
+    import zoracle as zo
+
+    q = POP - 1
+    steps = bench.budget // POP
+    lr = c * q / bench.d
+    sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1))
+
+    def cb(event, rec, params):
+        if event == "step":
+            bench.record(params, bench.queries + rec["nfev"])
+            return bench.done()
+        return None
+
+    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
+                    estimator=zo.RGE(mu=5e-3, directions=q), optimizer=zo.sgd(sched, momentum=0.9, weight_decay=5e-4),
+                    callbacks=[cb], rng=bench.seed, progress=False).params
+
+
+def _evotorch_problem(bench):
+    import logging
+
+    import torch
+    from evotorch import Problem
+
+    logging.getLogger("evotorch").setLevel(logging.WARNING)
+
+    class BlackBoxProblem(Problem):
+        def __init__(self):
+            super().__init__("min", solution_length=bench.d, initial_bounds=(-0.1, 0.1), dtype=torch.float32,
+                             seed=bench.seed)
+
+        def _evaluate_batch(self, solutions):
+            losses = bench.losses(solutions.values.detach().cpu().numpy().copy())
+            solutions.set_evals(torch.as_tensor(losses, dtype=torch.float32))
+
+    return BlackBoxProblem()
+
+
+def _run_searcher(bench, searcher):
+    import torch
+
+    center = bench.p0
+    while not bench.done():
+        searcher.step()
+        center = torch.as_tensor(searcher.status["center"]).detach().cpu().numpy().copy()  # evotorch: read-only
+        bench.record(center)
+    return center
+
+
+def run_snes(bench, stdev):
+    import torch
+    from evotorch.algorithms import SNES
+
+    problem = _evotorch_problem(bench)
+    return _run_searcher(bench, SNES(problem, stdev_init=stdev, popsize=POP, center_init=torch.from_numpy(bench.p0)))
+
+
+def run_pgpe(bench, clr, stdev):
+    import torch
+    from evotorch.algorithms import PGPE
+
+    problem = _evotorch_problem(bench)
+    return _run_searcher(bench, PGPE(problem, popsize=POP, center_learning_rate=clr, stdev_learning_rate=0.1,
+                              stdev_init=stdev, optimizer="clipup", ranking_method="centered",
+                              center_init=torch.from_numpy(bench.p0)))
+
+
+def run_sepcma(bench, sigma):
+    import cma
+
+    es = cma.CMAEvolutionStrategy(bench.p0.astype(np.float64), sigma,
+                                  {"CMA_diagonal": True, "seed": bench.seed + 1, "verbose": -9,
+                                   "maxfevals": float("inf"), "tolfun": 0, "tolx": 0, "tolfunhist": 0,
+                                   "tolstagnation": 10**9})
+    while not bench.done():
+        X = es.ask()
+        es.tell(X, bench.losses(np.asarray(X)).tolist())
+        bench.record(es.mean)
+    return es.mean
+
+
+def run_fdsgd(bench, lr):
+    from scipy.optimize import approx_fprime
+
+    p = bench.p0.astype(np.float64)
+    steps = bench.budget // (bench.d + 1)  # 0 when one full gradient costs more than the budget
+    bench.record(p, 0) if steps == 0 else None
+    for s in range(steps):
+        f = bench.plain()
+        g = approx_fprime(p, f, 5e-3)  # d + 1 calls of f, each counted
+        p = p - lr * 0.5 * (1 + math.cos(math.pi * s / steps)) * g
+        bench.record(p)
+    return p
+
+
+def run_deepzero_w(bench, lr):
+    return run_deepzero(bench, lr, warmup=0.05)
+
+
+def run_deepzero_s(bench, lr):
+    return run_deepzero(bench, lr, per_step=True)
+
+
+def run_deepzero_a(bench, lr):
+    return run_deepzero(bench, lr, optimizer="adam")
+
+
+def run_deepzero_ka(bench, lr):
+    return run_deepzero_k(bench, lr, optimizer="adam")
+
+
+RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "snes": run_snes,
+           "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
+
+
+def run_one(bench, method: str, setting: dict, **extra) -> dict:
+    import zoracle as zo
+
+    bench.start()
+    error, params = None, None
+    try:
+        params = RUNNERS[method](bench, **setting, **extra)
+    except (zo.ArgumentError, zo.OracleError) as exc:  # diverged (non-finite params or loss): keep the record, mark it
+        error = str(exc).splitlines()[0]
+    if params is not None and (not bench.curve or bench.curve[-1][0] < bench.queries):
+        bench.final(params)  # stopped short of the last mark (schedule rounding, one FD step past d)
+    if not bench.curve:
+        bench.curve.append([bench.queries, bench.seconds(), float("nan"), float("nan")])
+    last = bench.curve[-1]
+    return {"data": bench.name, "width": bench.width, "d": bench.d, "method": method, "setting": setting,
+            "seed": bench.seed, "budget": bench.budget, "queries": last[0], "seconds": last[1],
+            "val_acc": last[2], "test_acc": last[3], "curve": bench.curve, "error": error}
+
+
+# ----------------------------------------------------------------------------- sweep, report
+def _key(r: dict) -> tuple:
+    return (r["data"], r["width"], r["method"], json.dumps(r["setting"], sort_keys=True), r["seed"], r["budget"])
+
+
+def _load(path):
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return []
+
+
+def _save(path, runs) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(runs, f)
+    os.replace(tmp, path)
+
+
+def best_setting(runs, data, width, method, budget):
+    """The grid setting with the best final validation accuracy at the tuning seed (ties: first)."""
+    tuned = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
+             and r.get("role") == "tune"]
+    if not tuned:
+        moved = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
+                 and r.get("role") == "transfer"]
+        return moved[0]["setting"] if moved else None
+    return max(tuned, key=lambda r: -1.0 if r["val_acc"] != r["val_acc"] else r["val_acc"])["setting"]
+
+
+def sweep(args, log=print) -> list:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    runs = _load(args.out)
+    done = {_key(r) for r in runs}
+    datas = {}
+    for name in args.data:
+        for width in args.widths:
+            for method in args.methods:
+                grid = GRID[method][:args.grid] if args.grid else GRID[method]
+                source = max((w for w in args.tune_widths if w < width), default=None)
+                for i, seed in enumerate(args.seeds):
+                    if i == 0 and args.tune_widths and width not in args.tune_widths and source is not None:
+                        chosen = best_setting(runs, name, source, method, args.budget)  # tuned at a smaller width
+                        todo = [(chosen, "transfer")] if chosen is not None else [(s, "tune") for s in grid]
+                    elif i == 0:
+                        todo = [(s, "tune") for s in grid]
+                    else:
+                        chosen = best_setting(runs, name, width, method, args.budget)
+                        todo = [(chosen, "seed")] if chosen is not None else []
+                    for setting, role in todo:
+                        rec = {"data": name, "width": width, "method": method, "setting": setting, "seed": seed,
+                               "budget": args.budget}
+                        if _key(rec) in done:
+                            continue
+                        if (name, seed) not in datas:
+                            datas[(name, seed)] = load_data(name, seed)
+                        bench = Bench(datas[(name, seed)], name, width, seed, args.budget)
+                        r = run_one(bench, method, setting)
+                        r["role"] = role
+                        runs.append(r)
+                        done.add(_key(r))
+                        _save(args.out, runs)
+                        log(f"{name} d={r['d']} {method} {setting} seed {seed}: val {100 * r['val_acc']:.2f}% "
+                            f"test {100 * r['test_acc']:.2f}% in {r['seconds']:.1f} s ({r['queries']:,} queries)"
+                            + (f" [{r['error']}]" if r["error"] else ""))
+    return runs
+
+
+def summarize(runs) -> list:
+    """Per (data, d, budget, method): the chosen setting's test accuracy over seeds and its speed."""
+    rows = []
+    keys = sorted({(r["data"], r["d"], r["width"], r["budget"], r["method"]) for r in runs},
+                  key=lambda k: (k[0], k[1], k[3], METHODS.index(k[4])))
+    for data, d, width, budget, method in keys:
+        chosen = best_setting(runs, data, width, method, budget)
+        sel = [r for r in runs if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)
+               and r["setting"] == chosen]
+        sel = list({r["seed"]: r for r in sel}.values())
+        acc = np.array([r["test_acc"] for r in sel]) * 100
+        secs = np.array([r["seconds"] for r in sel])
+        rows.append({"data": data, "d": d, "width": width, "budget": budget, "method": method, "setting": chosen,
+                     "seeds": sorted(r["seed"] for r in sel), "test_acc": acc.tolist(),
+                     "mean": float(np.nanmean(acc)), "min": float(np.nanmin(acc)), "max": float(np.nanmax(acc)),
+                     "val_acc": float(np.nanmean([r["val_acc"] for r in sel]) * 100),
+                     "seconds": float(secs.mean()), "queries": int(np.mean([r["queries"] for r in sel])),
+                     "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel]))})
+    return rows
+
+
+def table(rows) -> str:
+    head = ("data", "d", "queries", "method", "setting", "test acc % (seeds)", "val %", "wall s", "queries/s")
+    lines = [head]
+    for r in rows:
+        accs = " / ".join(f"{a:.2f}" for a in r["test_acc"])
+        mean = f"{r['mean']:.2f}" + (f" ({accs})" if len(r["test_acc"]) > 1 else "")
+        setting = ", ".join(f"{k} {v}" for k, v in (r["setting"] or {}).items())
+        lines.append((r["data"], f"{r['d']:,}", f"{r['queries']:,}", r["method"], setting, mean,
+                      f"{r['val_acc']:.2f}", f"{r['seconds']:.1f}", f"{r['qps']:,.0f}"))
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
+                     for i, row in enumerate(lines))
+
+
+def plot(runs, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(runs)
+    points = sorted({(r["data"], r["d"], r["width"], r["budget"]) for r in rows})
+    fig, axes = plt.subplots(len(points), 2, figsize=(11, 3.6 * len(points)), squeeze=False)
+    for (data, d, width, budget), ax in zip(points, axes):
+        for r in (r for r in rows if (r["data"], r["d"], r["budget"]) == (data, d, budget)):
+            sel = [x for x in runs if (x["data"], x["width"], x["budget"], x["method"]) == (data, width, budget,
+                                                                                            r["method"])
+                   and x["setting"] == r["setting"]]
+            n = min(len(x["curve"]) for x in sel)
+            q = np.array([[c[0] for c in x["curve"][:n]] for x in sel]).mean(0)
+            s = np.array([[c[1] for c in x["curve"][:n]] for x in sel]).mean(0)
+            a = np.array([[100 * c[3] for c in x["curve"][:n]] for x in sel])
+            color = plt.get_cmap("tab20")(METHODS.index(r["method"]) % 20)
+            for axis, xs in ((ax[0], q), (ax[1], s)):
+                keep = xs > 0  # a run with no query (FD-SGD past its budget) has no point on a log axis
+                axis.plot(xs[keep], a.mean(0)[keep], marker=".", color=color, label=f"{r['method']} ({len(sel)})")
+                if len(sel) > 1:
+                    axis.fill_between(xs[keep], a.min(0)[keep], a.max(0)[keep], color=color, alpha=0.2)
+        ax[0].set(xlabel="loss queries", ylabel="test accuracy (%)", title=f"{data}, d = {d:,}, {budget:,} queries")
+        ax[1].set(xlabel="training wall time (s, 1 torch thread)", xscale="log", title=f"{data}, d = {d:,}: per second")
+        for axis in ax:
+            axis.grid(alpha=0.3)
+        ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ints(s):
+    return [int(v) for v in str(s).split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one small point: digits, width 0 (d = 1,898), 30,000 queries, 1 seed")
+    p.add_argument("--data", default="digits", help="comma-separated: digits, mnist1d (default digits)")
+    p.add_argument("--widths", default="0", help="hidden units (digits: 0, 160, 1600 -> d = 1,898 / 13,258 / 121,258; mnist1d: 16, 128, 1200)")
+    p.add_argument("--budget", type=int, default=60_000, help="loss queries per run (default 60,000)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; the first tunes (default 0)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"subset of {', '.join(METHODS)}")
+    p.add_argument("--grid", type=int, default=0, help="use only the first N grid settings (default all 3)")
+    p.add_argument("--tune-widths", default="", help="run the grid only at these widths; larger ones reuse the "
+                   "setting tuned at the nearest smaller one (default: grid everywhere)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
+    p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds")
+    p.add_argument("--json", action="store_true", help="print the summary rows as JSON instead of the table")
+    args = p.parse_args(argv)
+    if args.report:  # several files (parallel sweeps) merge; a run present twice counts once
+        runs = list({_key(r): r for path in args.report.split(",") for r in _load(path)}.values())
+    else:
+        if args.quick:
+            args.data, args.widths, args.budget, args.seeds = "digits", "0", 30_000, "0"
+        args.data = [s.strip() for s in args.data.split(",") if s.strip()]
+        args.widths, args.seeds, args.tune_widths = _ints(args.widths), _ints(args.seeds), _ints(args.tune_widths)
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in args.methods if m not in METHODS] + [x for x in args.data if x not in ("digits", "mnist1d")]
+        if bad or not args.seeds or not args.widths or args.budget < 1:
+            p.error(f"unknown or empty choice: {bad or 'seeds/widths/budget'}")
+        runs = sweep(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    rows = summarize(runs)
+    if args.plot:
+        plot(runs, args.plot)
+    print(json.dumps(rows) if args.json else table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The peers study's machinery on a tiny point: equal budgets, one black box, tuning on validation, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+pytest.importorskip("evotorch")
+pytest.importorskip("cma")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def peers():
+    spec = importlib.util.spec_from_file_location("peers", os.path.join(ROOT, "benchmarks", "peers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits(peers):
+    return peers.load_data("digits", seed=0)
+
+
+def test_validation_is_carved_from_train_stratified_and_test_is_untouched(peers, digits):
+    from zoracle.apps._digits import load_digits_split
+
+    ref = load_digits_split(seed=0)
+    assert np.array_equal(digits["xt"], ref.x_test) and np.array_equal(digits["yt"], ref.y_test)
+    assert len(digits["y"]) + len(digits["yv"]) == len(ref.y_train)
+    for c in range(10):  # 20% of each class of the training set, rounded
+        n = int((ref.y_train == c).sum())
+        assert int((digits["yv"] == c).sum()) == round(0.2 * n)
+    rows = {r.tobytes() for r in ref.x_train}
+    assert all(r.tobytes() in rows for r in digits["xv"])
+
+
+def test_widths_sweep_the_parameter_count(peers):
+    sizes = [sum(p.numel() for p in peers.make_model("digits", w, 0).parameters()) for w in (0, 160, 1600)]
+    assert sizes == [1898, 13258, 121258]  # width 0 is the demo CNN
+    sizes = [sum(p.numel() for p in peers.make_model("mnist1d", w, 0).parameters()) for w in (16, 128, 1200)]
+    assert sizes == [1914, 12106, 109658]
+
+
+def test_black_box_counts_queries_and_walks_the_shared_minibatch_stream(peers, digits):
+    import zoracle as zo
+
+    bench = peers.Bench(digits, "digits", 1, 0, budget=500)
+    bench.start()
+    P = np.stack([bench.p0, bench.p0 + 0.01])
+    first = bench.losses(P)
+    assert bench.queries == 2
+    want = bench.oracle.bind(zo.Minibatches((digits["x"], digits["y"]), 32, seed=0)(0)[0])(bench.p0)
+    assert first[0] == pytest.approx(want, rel=1e-5)
+    f = bench.plain()  # the next minibatch: a different loss at the same point
+    assert f(bench.p0) != pytest.approx(first[0], rel=1e-6)
+    assert bench.queries == 3
+
+
+def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tmp_path):
+    out = tmp_path / "runs.json"
+    argv = ["--budget", "500", "--seeds", "0,1", "--grid", "2", "--out", str(out), "--json"]
+    peers.main(argv)
+    runs = json.loads(out.read_text())
+    for method in peers.DEFAULT_METHODS:
+        mine = [r for r in runs if r["method"] == method]
+        tune = [r for r in mine if r["role"] == "tune"]
+        assert [r["setting"] for r in tune] == peers.GRID[method][:2] and all(r["seed"] == 0 for r in tune)
+        (again,) = [r for r in mine if r["role"] == "seed"]
+        best = max(tune, key=lambda r: r["val_acc"])  # the seed run reuses the validation winner
+        assert again["seed"] == 1 and again["setting"] == best["setting"]
+        for r in mine:
+            assert r["error"] is None, (method, r["error"])
+            if method == "fdsgd":  # whole forward-difference gradients only: none fits in 500 queries
+                assert r["queries"] == 0 and r["curve"][-1][3] == pytest.approx(r["curve"][0][3])
+            else:  # at most one step (one generation) past the budget
+                assert 500 <= r["queries"] < 500 + 2 * r["d"], (method, r["queries"])
+            qs = [c[0] for c in r["curve"]]
+            assert qs == sorted(qs) and qs[-1] == r["queries"]
+            assert all(0 <= c[2] <= 1 and 0 <= c[3] <= 1 and c[1] > 0 for c in r["curve"])
+    n = len(runs)
+    peers.main(argv)  # a rerun finds every run done
+    assert len(json.loads(out.read_text())) == n
+    rows = peers.summarize(runs)
+    assert {r["method"] for r in rows} == set(peers.DEFAULT_METHODS)
+    assert all(r["seeds"] == [0, 1] and r["min"] <= r["mean"] <= r["max"] for r in rows)
+    assert "| deepzero |" in peers.table(rows)
