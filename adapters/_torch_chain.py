@@ -70,6 +70,10 @@ class Step:
     params: tuple = ()
     #: ``fn`` treats samples independently, so it may run on any subset of rows
     rowwise: bool = True
+    #: optional ``(col, ch, state) -> col``: when only channel ``ch[r]`` of ``state[0]`` changes
+    #: (to ``col[r]``, shape ``(k, B, ...)``) and ``state[1:]`` does not, ``fn``'s main output
+    #: changes in that channel only, to the returned values, and its other outputs not at all
+    channel_fn: Optional[Callable] = None
 
     def __call__(self, state: tuple) -> tuple:
         if self.fn is None:
@@ -277,7 +281,7 @@ def steps_from_items(model: nn.Module, items) -> list:
     for i, item in enumerate(items):
         if isinstance(item, Step):
             nm = item.name or (names.get(id(item.module), f"step{i}") if item.module is not None else f"step{i}")
-            steps.append(Step(item.module, item.fn, nm))
+            steps.append(Step(item.module, item.fn, nm, channel_fn=item.channel_fn))
         elif isinstance(item, nn.Module):
             steps.append(Step(module=item, name=names.get(id(item), f"step{i}")))
         else:
@@ -480,6 +484,10 @@ def channel_ok(kind: str, out) -> bool:
 
 
 _POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def is_fork(step: Step) -> bool:
+    return step.fn is _fork
 
 
 def channel_local(step: Step, base) -> bool:

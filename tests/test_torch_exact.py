@@ -391,3 +391,23 @@ def test_closed_forms_for_embedding_layernorm_groupnorm():
     oracle = check_exact(model, x, y, CE_ROWS)
     kinds = dict(zip(oracle.block_names, oracle._core.kinds))
     assert kinds == {"emb": "emb", "ln": "ln", "gn": "bn", "head": "linear"}
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_resnet20_walk_through_joins_and_forks_is_exact(train):
+    # a perturbed conv2 / bn2 changes one channel through the declared join (relu of the
+    # residual sum) and the next fork, up to the next block's conv1 (train: dense suffix;
+    # eval: only the changed samples run)
+    torch.manual_seed(7)
+    model = tm.ResNet20(width=4).double().train(train)
+    if not train:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 3, 16, 16))
+    y = rng.integers(0, 10, 3)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    walks = [oracle.prefix(oracle.initial_params(), b).walk for b in range(len(oracle.blocks))]
+    assert sum(w is not None and w[5][2] is not None for w in walks) >= 8  # conv2/bn2 of 8 blocks fork
