@@ -603,18 +603,34 @@ def absorb(step: Step, col, ch, base_in, base_out):
         w = m.weight[:, ch].T  # (k, out)
         Z = torch.empty((delta.shape[0],) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
         return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1), out=Z)
-    k, B = delta.shape[0], delta.shape[1]
-    w = m.weight[:, ch].transpose(0, 1).reshape(k * m.out_channels, 1, *m.kernel_size)
-    inp = delta.transpose(0, 1)  # (B, k, H, W)
+    k = delta.shape[0]
+    w = m.weight[:, ch].transpose(0, 1)  # (k, O, kh, kw)
+    d = one_channel_conv(m, delta.transpose(0, 1), w, tuple(base_out.shape[-2:])).transpose(0, 1)
+    Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
+    return torch.add(base_out.unsqueeze(0), d, out=Z)
+
+
+def one_channel_conv(m, inp, w, out_hw):
+    """``(B, k, O, Ho, Wo)``: Conv2d ``m`` (no bias) applied to one input channel per group.
+
+    ``inp`` is ``(B, k, H, W)``, ``w`` the ``(k, O, kh, kw)`` weights of each group's channel.
+    On CPU, patches and one batched matrix product: several times faster than a grouped
+    convolution with one input channel per group.
+    """
+    B, k = inp.shape[0], inp.shape[1]
+    O = w.shape[1]
     if m.padding_mode != "zeros":
         inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
         pad = 0
     else:
         pad = m.padding
-    d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=k)  # (B, k*O, Ho, Wo)
-    d = d.reshape((B, k, m.out_channels) + tuple(d.shape[-2:])).transpose(0, 1)
-    Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
-    return torch.add(base_out.unsqueeze(0), d, out=Z)
+    if inp.device.type == "cpu" and not isinstance(pad, str):
+        U = F.unfold(inp, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)  # (B, k*kh*kw, L)
+        taps = w.shape[2] * w.shape[3]
+        d = torch.matmul(w.reshape(k, O, taps), U.view(B, k, taps, U.shape[-1]))  # (B, k, O, L)
+        return d.view((B, k, O) + tuple(out_hw))
+    d = F.conv2d(inp, w.reshape(k * O, 1, *w.shape[2:]), None, m.stride, pad, m.dilation, groups=k)
+    return d.reshape((B, k, O) + tuple(d.shape[-2:]))
 
 
 def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out):
@@ -644,15 +660,9 @@ def absorb_rows(kind: str, m, delta, chs, base_out_rows):
         return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
     if type(m) is nn.Linear:
         return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight.t().contiguous().index_select(0, chs))
-    w = m.weight.transpose(0, 1).contiguous().index_select(0, chs).reshape(M * m.out_channels, 1, *m.kernel_size)
-    inp = delta.unsqueeze(0)  # (1, M, H, W)
-    if m.padding_mode != "zeros":
-        inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
-        pad = 0
-    else:
-        pad = m.padding
-    d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=M)
-    return base_out_rows + d.reshape((M, m.out_channels) + tuple(d.shape[-2:]))
+    w = m.weight.transpose(0, 1).contiguous().index_select(0, chs)  # (M, O, kh, kw)
+    d = one_channel_conv(m, delta.unsqueeze(0), w, tuple(base_out_rows.shape[-2:]))[0]  # (M, O, Ho, Wo)
+    return base_out_rows + d
 
 
 def sample_coupling(steps) -> bool:
