@@ -122,9 +122,10 @@ def _grouped_bn(x, g, weight, bias, eps):
     a fused statistics pass and a fused affine pass per group, no concatenation copy.
     """
     n = x.shape[0]
-    if x.dim() < 2 or n % g or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if x.dim() < 2 or n % g or not (x.is_contiguous() or nhwc) or x.dtype not in (torch.float32, torch.float64):
         return torch.cat([F.batch_norm(part, None, None, weight, bias, True, 0.0, eps) for part in x.chunk(g)])
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     c = x.shape[1]
     save_mean = torch.empty(c, dtype=x.dtype, device=x.device)
     save_invstd = torch.empty(c, dtype=x.dtype, device=x.device)
@@ -606,8 +607,7 @@ def absorb(step: Step, col, ch, base_in, base_out):
     k = delta.shape[0]
     w = m.weight[:, ch].transpose(0, 1)  # (k, O, kh, kw)
     d = one_channel_conv(m, delta.transpose(0, 1), w, tuple(base_out.shape[-2:])).transpose(0, 1)
-    Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
-    return torch.add(base_out.unsqueeze(0), d, out=Z)
+    return torch.add(base_out.unsqueeze(0), d, out=rows_like(k, base_out))
 
 
 def one_channel_conv(m, inp, w, out_hw):
@@ -643,10 +643,28 @@ def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out):
     return torch.baddbmm(base_out.unsqueeze(0).expand(k, -1, -1), delta, w, out=Z)
 
 
+def rows_like(k: int, base):
+    """Uninitialized ``(k, B, ...)`` tensor for ``k`` copies of ``base``; flattened to ``k * B``
+    rows it is channels-last for 4-D CPU float32 activations (see ``tile``)."""
+    if base.dim() == 4 and base.device.type == "cpu" and base.dtype == torch.float32:
+        Z = torch.empty((k * base.shape[0],) + tuple(base.shape[1:]), dtype=base.dtype,
+                        memory_format=torch.channels_last)
+        return Z.view((k,) + tuple(base.shape))
+    return torch.empty((k,) + tuple(base.shape), dtype=base.dtype, device=base.device)
+
+
+def tile(base, k: int):
+    """``base`` repeated ``k`` times along the rows, in the layout of :func:`rows_like` (one copy)."""
+    Z = rows_like(k, base)
+    Z.copy_(base.unsqueeze(0).expand_as(Z))
+    return Z.flatten(0, 1)
+
+
 def materialize(base, col, ch):
     """Dense ``(k, B, ...)`` tensor: ``base`` repeated with channel ``ch[r]`` replaced by ``col[r]``."""
     k = col.shape[0]
-    Y = base.unsqueeze(0).repeat((k,) + (1,) * base.dim())
+    Y = rows_like(k, base)
+    Y.copy_(base.unsqueeze(0).expand_as(Y))
     Y[torch.arange(k, device=base.device), :, ch] = col
     return Y
 
