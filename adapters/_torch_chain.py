@@ -606,8 +606,35 @@ def absorb(step: Step, col, ch, base_in, base_out):
         return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1), out=Z)
     k = delta.shape[0]
     w = m.weight[:, ch].transpose(0, 1)  # (k, O, kh, kw)
+    Z = rows_like(k, base_out)
+    if _nhwc_absorb(m, base_out, Z):
+        return _absorb_nhwc(m, delta, w, base_out, Z)
     d = one_channel_conv(m, delta.transpose(0, 1), w, tuple(base_out.shape[-2:])).transpose(0, 1)
-    return torch.add(base_out.unsqueeze(0), d, out=rows_like(k, base_out))
+    return torch.add(base_out.unsqueeze(0), d, out=Z)
+
+
+def _nhwc_absorb(m, base_out, Z) -> bool:
+    cl = torch.channels_last
+    return (m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and base_out.is_contiguous(memory_format=cl) and Z.flatten(0, 1).is_contiguous(memory_format=cl))
+
+
+def _absorb_nhwc(m, delta, w, base_out, Z):
+    """``base_out + conv(delta)`` written straight into the channels-last ``Z``: per perturbation,
+    one ``baddbmm`` of the patches (B, L, taps) by the channel's weights (taps, O)."""
+    k, B = delta.shape[0], delta.shape[1]
+    O = w.shape[1]
+    taps = w.shape[2] * w.shape[3]
+    U = F.unfold(delta.reshape((k * B, 1) + tuple(delta.shape[2:])), m.kernel_size, dilation=m.dilation,
+                 padding=m.padding, stride=m.stride)  # (k*B, taps, L)
+    L = U.shape[-1]
+    U = U.view(k, B, taps, L)
+    base = base_out.permute(0, 2, 3, 1).reshape(B, L, O)  # a view: channels-last
+    Zp = Z.permute(0, 1, 3, 4, 2).reshape(k, B, L, O)  # a view of Z
+    wt = w.reshape(k, O, taps).transpose(1, 2)  # (k, taps, O)
+    for r in range(k):
+        torch.baddbmm(base, U[r].transpose(1, 2), wt[r].expand(B, taps, O), out=Zp[r])
+    return Z
 
 
 def one_channel_conv(m, inp, w, out_hw):

@@ -730,6 +730,10 @@ class TorchOracle:
                     self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), base_losses)
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
+        # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
+        rest = _nhwc(rest)
+        if kind == "layer" and base_out is not None:
+            base_out = _nhwc((base_out,))[0]
         return (j, kind, h, base_out, base_losses, (rest, joins, fork_at))
 
     def _check_block(self, block) -> int:
