@@ -22,6 +22,7 @@ tensor, then flattened to ``k * B`` rows for the rest of the chain:
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -670,10 +671,27 @@ def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out):
     return torch.baddbmm(base_out.unsqueeze(0).expand(k, -1, -1), delta, w, out=Z)
 
 
+#: ``nhwc``: the running suffix keeps its 4-D float32 CPU activations channels-last (set by
+#: ``TorchOracle.suffix`` when every step after the block is known not to depend on the layout)
+LAYOUT = threading.local()
+
+
+def layout_free(step: Step) -> bool:
+    """A step whose result does not depend on its inputs' memory layout (no ``.view``)."""
+    if step.fn is None:
+        return type(step.module).__module__.startswith("torch.nn")
+    return step.fn is _fork or bool(getattr(step.fn, "layout_free", False))
+
+
+def nhwc_on(t) -> bool:
+    return (getattr(LAYOUT, "nhwc", False) and t.dim() == 4 and t.device.type == "cpu"
+            and t.dtype == torch.float32)
+
+
 def rows_like(k: int, base):
     """Uninitialized ``(k, B, ...)`` tensor for ``k`` copies of ``base``; flattened to ``k * B``
-    rows it is channels-last for 4-D CPU float32 activations (see ``tile``)."""
-    if base.dim() == 4 and base.device.type == "cpu" and base.dtype == torch.float32:
+    rows it is channels-last for 4-D CPU float32 activations when ``LAYOUT.nhwc``."""
+    if nhwc_on(base):
         Z = torch.empty((k * base.shape[0],) + tuple(base.shape[1:]), dtype=base.dtype,
                         memory_format=torch.channels_last)
         return Z.view((k,) + tuple(base.shape))

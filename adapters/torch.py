@@ -52,6 +52,9 @@ from ._torch_chain import (
     perturbed_outputs,
     prepare_cache,
     sample_coupling,
+    LAYOUT,
+    layout_free,
+    nhwc_on,
     tile,
     vmap_safe,
 )
@@ -83,8 +86,7 @@ def _keep(feats, k: int = 1, rows=None) -> tuple:
 def _nhwc(state: tuple) -> tuple:
     """4-D CPU float activations in channels-last layout: the CPU convolution, BatchNorm and
     elementwise kernels run markedly faster on it (mostly for the batched suffixes)."""
-    return tuple(s.contiguous(memory_format=torch.channels_last)
-                 if s.dim() == 4 and s.device.type == "cpu" and s.dtype == torch.float32 else s for s in state)
+    return tuple(s.contiguous(memory_format=torch.channels_last) if nhwc_on(s) else s for s in state)
 
 
 class _Features:
@@ -731,9 +733,13 @@ class TorchOracle:
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
         # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
-        rest = _nhwc(rest)
-        if kind == "layer" and base_out is not None:
-            base_out = _nhwc((base_out,))[0]
+        LAYOUT.nhwc = all(layout_free(st) for st in steps[si + 1:])
+        try:
+            rest = _nhwc(rest)
+            if kind == "layer" and base_out is not None:
+                base_out = _nhwc((base_out,))[0]
+        finally:
+            LAYOUT.nhwc = False
         return (j, kind, h, base_out, base_losses, (rest, joins, fork_at))
 
     def _check_block(self, block) -> int:
@@ -762,10 +768,15 @@ class TorchOracle:
         local = c - blk.start
         chunk = self._chunk(block, features)
         parts = []
-        with torch.no_grad(), norm_context(self.model) as ctx:
-            for lo in range(0, len(c), chunk):
-                ctx.groups = 1
-                parts.append(self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx))
+        steps = core.chain.steps
+        LAYOUT.nhwc = all(layout_free(st) for st in steps[core.block_steps[block] + 1:])
+        try:
+            with torch.no_grad(), norm_context(self.model) as ctx:
+                for lo in range(0, len(c), chunk):
+                    ctx.groups = 1
+                    parts.append(self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx))
+        finally:
+            LAYOUT.nhwc = False
         return torch.cat(parts).double().cpu().numpy()
 
     def _suffix_chunk(self, feats: _Features, block: int, local, h, ctx) -> torch.Tensor:
