@@ -22,6 +22,7 @@ tensor, then flattened to ``k * B`` rows for the rest of the chain:
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -70,6 +71,10 @@ class Step:
     params: tuple = ()
     #: ``fn`` treats samples independently, so it may run on any subset of rows
     rowwise: bool = True
+    #: optional ``(col, ch, state) -> col``: when only channel ``ch[r]`` of ``state[0]`` changes
+    #: (to ``col[r]``, shape ``(k, B, ...)``) and ``state[1:]`` does not, ``fn``'s main output
+    #: changes in that channel only, to the returned values, and its other outputs not at all
+    channel_fn: Optional[Callable] = None
 
     def __call__(self, state: tuple) -> tuple:
         if self.fn is None:
@@ -112,18 +117,25 @@ def _bn_forward(mod, ctx: _NormState, x):
 
 
 def _grouped_bn(x, g, weight, bias, eps):
-    """Train-mode batch norm with separate statistics for each of ``g`` row groups."""
-    n, c = x.shape[0], x.shape[1]
-    xv = x.reshape(g, n // g, c, -1)
-    # two passes (mean, then mean squared deviation): stable, and much faster on CPU than
-    # torch.var_mean over several dimensions
-    dev = xv - xv.mean(dim=(1, 3), keepdim=True)
-    var = (dev * dev).mean(dim=(1, 3), keepdim=True)
-    scale = torch.rsqrt(var + eps)
-    if weight is None:
-        return (dev * scale).reshape(x.shape)
-    # the affine map folded into one (g, C) scale and one fused multiply-add pass
-    return torch.addcmul(bias.view(1, 1, c, 1), dev, scale * weight.view(1, 1, c, 1)).reshape(x.shape)
+    """Train-mode batch norm with separate statistics for each of ``g`` row groups.
+
+    One native batch-norm kernel per group, each writing its slice of one output tensor:
+    a fused statistics pass and a fused affine pass per group, no concatenation copy.
+    """
+    n = x.shape[0]
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if x.dim() < 2 or n % g or not (x.is_contiguous() or nhwc) or x.dtype not in (torch.float32, torch.float64):
+        return torch.cat([F.batch_norm(part, None, None, weight, bias, True, 0.0, eps) for part in x.chunk(g)])
+    out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    c = x.shape[1]
+    save_mean = torch.empty(c, dtype=x.dtype, device=x.device)
+    save_invstd = torch.empty(c, dtype=x.dtype, device=x.device)
+    r = n // g
+    for i in range(g):
+        torch.ops.aten.native_batch_norm.out(x[i * r:(i + 1) * r], weight, bias, None, None, True, 0.0, eps,
+                                             out=out[i * r:(i + 1) * r], save_mean=save_mean,
+                                             save_invstd=save_invstd)
+    return out
 
 
 def bn_normalized(mod, x):
@@ -271,7 +283,7 @@ def steps_from_items(model: nn.Module, items) -> list:
     for i, item in enumerate(items):
         if isinstance(item, Step):
             nm = item.name or (names.get(id(item.module), f"step{i}") if item.module is not None else f"step{i}")
-            steps.append(Step(item.module, item.fn, nm))
+            steps.append(Step(item.module, item.fn, nm, channel_fn=item.channel_fn))
         elif isinstance(item, nn.Module):
             steps.append(Step(module=item, name=names.get(id(item), f"step{i}")))
         else:
@@ -476,6 +488,10 @@ def channel_ok(kind: str, out) -> bool:
 _POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
+def is_fork(step: Step) -> bool:
+    return step.fn is _fork
+
+
 def channel_local(step: Step, base) -> bool:
     """A step acting on each unit / channel separately (the delta stays in one channel)."""
     if step.fn is not None:
@@ -568,10 +584,12 @@ def channel_step(step: Step, col, ch, groups_stats: bool):
         return _identity(col) if type(m) in _DROPOUT else m(col)
     shape = (col.shape[0],) + (1,) * (col.dim() - 1)
     if m.training or m.running_mean is None:
-        flat = col.reshape(col.shape[0], -1)
-        dev = flat - flat.mean(dim=1, keepdim=True)
-        var = (dev * dev).mean(dim=1, keepdim=True)
-        y = (dev * torch.rsqrt(var + m.eps)).view(col.shape)
+        # (k, B, ...) as one sample of k channels: the native kernel's per-channel statistics
+        # over B * spatial values are each perturbation's batch statistics
+        flat = col.reshape(1, col.shape[0], -1)
+        w = None if m.weight is None else m.weight[ch]
+        b = None if m.bias is None else m.bias[ch]
+        return F.batch_norm(flat, None, None, w, b, True, 0.0, m.eps).view(col.shape)
     else:
         y = (col - m.running_mean[ch].view(shape)) * torch.rsqrt(m.running_var[ch].view(shape) + m.eps)
     if m.weight is not None:
@@ -587,18 +605,60 @@ def absorb(step: Step, col, ch, base_in, base_out):
         w = m.weight[:, ch].T  # (k, out)
         Z = torch.empty((delta.shape[0],) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
         return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1), out=Z)
+    k = delta.shape[0]
+    w = m.weight[:, ch].transpose(0, 1)  # (k, O, kh, kw)
+    Z = rows_like(k, base_out)
+    if _nhwc_absorb(m, base_out, Z):
+        return _absorb_nhwc(m, delta, w, base_out, Z)
+    d = one_channel_conv(m, delta.transpose(0, 1), w, tuple(base_out.shape[-2:])).transpose(0, 1)
+    return torch.add(base_out.unsqueeze(0), d, out=Z)
+
+
+def _nhwc_absorb(m, base_out, Z) -> bool:
+    cl = torch.channels_last
+    return (m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and base_out.is_contiguous(memory_format=cl) and Z.flatten(0, 1).is_contiguous(memory_format=cl))
+
+
+def _absorb_nhwc(m, delta, w, base_out, Z):
+    """``base_out + conv(delta)`` written straight into the channels-last ``Z``: per perturbation,
+    one ``baddbmm`` of the patches (B, L, taps) by the channel's weights (taps, O)."""
     k, B = delta.shape[0], delta.shape[1]
-    w = m.weight[:, ch].transpose(0, 1).reshape(k * m.out_channels, 1, *m.kernel_size)
-    inp = delta.transpose(0, 1)  # (B, k, H, W)
+    O = w.shape[1]
+    taps = w.shape[2] * w.shape[3]
+    U = F.unfold(delta.reshape((k * B, 1) + tuple(delta.shape[2:])), m.kernel_size, dilation=m.dilation,
+                 padding=m.padding, stride=m.stride)  # (k*B, taps, L)
+    L = U.shape[-1]
+    U = U.view(k, B, taps, L)
+    base = base_out.permute(0, 2, 3, 1).reshape(B, L, O)  # a view: channels-last
+    Zp = Z.permute(0, 1, 3, 4, 2).reshape(k, B, L, O)  # a view of Z
+    wt = w.reshape(k, O, taps).transpose(1, 2)  # (k, taps, O)
+    for r in range(k):
+        torch.baddbmm(base, U[r].transpose(1, 2), wt[r].expand(B, taps, O), out=Zp[r])
+    return Z
+
+
+def one_channel_conv(m, inp, w, out_hw):
+    """``(B, k, O, Ho, Wo)``: Conv2d ``m`` (no bias) applied to one input channel per group.
+
+    ``inp`` is ``(B, k, H, W)``, ``w`` the ``(k, O, kh, kw)`` weights of each group's channel.
+    On CPU, patches and one batched matrix product: several times faster than a grouped
+    convolution with one input channel per group.
+    """
+    B, k = inp.shape[0], inp.shape[1]
+    O = w.shape[1]
     if m.padding_mode != "zeros":
         inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
         pad = 0
     else:
         pad = m.padding
-    d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=k)  # (B, k*O, Ho, Wo)
-    d = d.reshape((B, k, m.out_channels) + tuple(d.shape[-2:])).transpose(0, 1)
-    Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
-    return torch.add(base_out.unsqueeze(0), d, out=Z)
+    if inp.device.type == "cpu" and not isinstance(pad, str):
+        U = F.unfold(inp, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)  # (B, k*kh*kw, L)
+        taps = w.shape[2] * w.shape[3]
+        d = torch.matmul(w.reshape(k, O, taps), U.view(B, k, taps, U.shape[-1]))  # (B, k, O, L)
+        return d.view((B, k, O) + tuple(out_hw))
+    d = F.conv2d(inp, w.reshape(k * O, 1, *w.shape[2:]), None, m.stride, pad, m.dilation, groups=k)
+    return d.reshape((B, k, O) + tuple(d.shape[-2:]))
 
 
 def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out):
@@ -611,10 +671,45 @@ def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out):
     return torch.baddbmm(base_out.unsqueeze(0).expand(k, -1, -1), delta, w, out=Z)
 
 
+#: ``nhwc``: the running suffix keeps its 4-D float32 CPU activations channels-last (set by
+#: ``TorchOracle.suffix`` when every step after the block is known not to depend on the layout)
+LAYOUT = threading.local()
+
+
+def layout_free(step: Step) -> bool:
+    """A step whose result does not depend on its inputs' memory layout (no ``.view``)."""
+    if step.fn is None:
+        return type(step.module).__module__.startswith("torch.nn")
+    return step.fn is _fork or bool(getattr(step.fn, "layout_free", False))
+
+
+def nhwc_on(t) -> bool:
+    return (getattr(LAYOUT, "nhwc", False) and t.dim() == 4 and t.device.type == "cpu"
+            and t.dtype == torch.float32)
+
+
+def rows_like(k: int, base):
+    """Uninitialized ``(k, B, ...)`` tensor for ``k`` copies of ``base``; flattened to ``k * B``
+    rows it is channels-last for 4-D CPU float32 activations when ``LAYOUT.nhwc``."""
+    if nhwc_on(base):
+        Z = torch.empty((k * base.shape[0],) + tuple(base.shape[1:]), dtype=base.dtype,
+                        memory_format=torch.channels_last)
+        return Z.view((k,) + tuple(base.shape))
+    return torch.empty((k,) + tuple(base.shape), dtype=base.dtype, device=base.device)
+
+
+def tile(base, k: int):
+    """``base`` repeated ``k`` times along the rows, in the layout of :func:`rows_like` (one copy)."""
+    Z = rows_like(k, base)
+    Z.copy_(base.unsqueeze(0).expand_as(Z))
+    return Z.flatten(0, 1)
+
+
 def materialize(base, col, ch):
     """Dense ``(k, B, ...)`` tensor: ``base`` repeated with channel ``ch[r]`` replaced by ``col[r]``."""
     k = col.shape[0]
-    Y = base.unsqueeze(0).repeat((k,) + (1,) * base.dim())
+    Y = rows_like(k, base)
+    Y.copy_(base.unsqueeze(0).expand_as(Y))
     Y[torch.arange(k, device=base.device), :, ch] = col
     return Y
 
@@ -628,15 +723,9 @@ def absorb_rows(kind: str, m, delta, chs, base_out_rows):
         return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
     if type(m) is nn.Linear:
         return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight.t().contiguous().index_select(0, chs))
-    w = m.weight.transpose(0, 1).contiguous().index_select(0, chs).reshape(M * m.out_channels, 1, *m.kernel_size)
-    inp = delta.unsqueeze(0)  # (1, M, H, W)
-    if m.padding_mode != "zeros":
-        inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
-        pad = 0
-    else:
-        pad = m.padding
-    d = F.conv2d(inp, w, None, m.stride, pad, m.dilation, groups=M)
-    return base_out_rows + d.reshape((M, m.out_channels) + tuple(d.shape[-2:]))
+    w = m.weight.transpose(0, 1).contiguous().index_select(0, chs)  # (M, O, kh, kw)
+    d = one_channel_conv(m, delta.unsqueeze(0), w, tuple(base_out_rows.shape[-2:]))[0]  # (M, O, Ho, Wo)
+    return base_out_rows + d
 
 
 def sample_coupling(steps) -> bool:

@@ -40,6 +40,7 @@ from ._torch_chain import (
     absorb_rows,
     absorbs,
     channel_local,
+    is_fork,
     channel_ok,
     channel_step,
     flatten_linear,
@@ -51,6 +52,10 @@ from ._torch_chain import (
     perturbed_outputs,
     prepare_cache,
     sample_coupling,
+    LAYOUT,
+    layout_free,
+    nhwc_on,
+    tile,
     vmap_safe,
 )
 from ._torch_layout import ParamInfo, _as_torch_dtype, build_core, cross_entropy, repeat_rows, run_owned, to_torch
@@ -76,6 +81,12 @@ def _keep(feats, k: int = 1, rows=None) -> tuple:
     if rows is not None:
         return mask, lambda j: states[j + 1][0].index_select(0, rows)
     return mask, lambda j: repeat_rows(states[j + 1][0], k)
+
+
+def _nhwc(state: tuple) -> tuple:
+    """4-D CPU float activations in channels-last layout: the CPU convolution, BatchNorm and
+    elementwise kernels run markedly faster on it (mostly for the batched suffixes)."""
+    return tuple(s.contiguous(memory_format=torch.channels_last) if nhwc_on(s) else s for s in state)
 
 
 class _Features:
@@ -434,17 +445,19 @@ class TorchOracle:
                                 f"(a scalar), got {tuple(vals.shape)}")
         return vals
 
-    def _sparse_rows(self, feats, col, ch, k):
+    def _sparse_rows(self, feats, col, ch, k, skip=None):
         """Losses when most (perturbation, sample) pairs leave the activations unchanged.
 
         Only the changed pairs run through the rest of the network; the others keep the
         base per-sample loss. Returns None when too many pairs changed to be worth it.
         """
         steps = self._core.chain.steps
-        stop, absorbed, base_in, base_out, base_losses = feats.walk
+        stop, absorbed, base_in, base_out, base_losses, (base_rest, _, _) = feats.walk
         B = base_in.shape[0]
         D = col - base_in[:, ch].transpose(0, 1)  # (k, B, ...) change of the perturbed channel
         changed = (D != 0).reshape(k * B, -1).any(dim=-1)
+        if skip is not None:  # the walk forked: the skip branch changed in the same channel
+            changed |= (skip != base_rest[0][:, ch].transpose(0, 1)).reshape(k * B, -1).any(dim=-1)
         flat = changed.nonzero().squeeze(1)
         n = flat.shape[0]
         if n > 0.7 * k * B:
@@ -469,7 +482,9 @@ class TorchOracle:
                 Y = base_in.index_select(0, b)
                 Y[torch.arange(n, device=Y.device), chs] = col.reshape((k * B,) + tail).index_select(0, flat)
                 start = stop
-            rest = tuple(s.index_select(0, b) for s in feats.state[1:])
+            rest = tuple(s.index_select(0, b) for s in base_rest)
+            if skip is not None:
+                rest[0][torch.arange(n, device=b.device), chs] = skip.reshape((k * B,) + tail).index_select(0, flat)
             out = run_owned(steps, (Y,) + rest, start, *_keep(feats, rows=b))[0]
             vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))
             L.view(-1).index_copy_(0, flat, vals.to(L.dtype))
@@ -680,9 +695,21 @@ class TorchOracle:
     def _walk(self, si: int, out, state_rest, params=None):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
         steps = self._core.chain.steps
-        j, h = si + 1, out
-        while j < len(steps) and channel_local(steps[j], h):
-            h = steps[j]((h,))[0]
+        j, h, rest = si + 1, out, tuple(state_rest)
+        joins, fork_at = {}, None
+        while j < len(steps):
+            st = steps[j]
+            if channel_local(st, h):
+                h = steps[j]((h,))[0]
+            elif st.channel_fn is not None and fork_at is None and h.dim() == 4:
+                # a declared join (``relu(main + shortcut(skip))``): still one channel changed
+                joins[j] = (h,) + rest
+                new = st(joins[j])
+                h, rest = new[0], tuple(new[1:])
+            elif is_fork(st) and fork_at is None:
+                fork_at, rest = j, (h,) + rest  # the skip branch carries the changed channel
+            else:
+                break
             j += 1
         if j < len(steps) and absorbs(steps[j], h):
             kind, base_out, start = "layer", steps[j]((h,))[0], j + 1
@@ -703,7 +730,17 @@ class TorchOracle:
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
                     self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), base_losses)
-        return (j, kind, h, base_out, base_losses)
+        # base state after the walk (its first entry changed too when the walk forked), the
+        # base states entering the joins walked, the fork's step
+        # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
+        LAYOUT.nhwc = all(layout_free(st) for st in steps[si + 1:])
+        try:
+            rest = _nhwc(rest)
+            if kind == "layer" and base_out is not None:
+                base_out = _nhwc((base_out,))[0]
+        finally:
+            LAYOUT.nhwc = False
+        return (j, kind, h, base_out, base_losses, (rest, joins, fork_at))
 
     def _check_block(self, block) -> int:
         n = len(self._core.blocks)
@@ -731,10 +768,15 @@ class TorchOracle:
         local = c - blk.start
         chunk = self._chunk(block, features)
         parts = []
-        with torch.no_grad(), norm_context(self.model) as ctx:
-            for lo in range(0, len(c), chunk):
-                ctx.groups = 1
-                parts.append(self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx))
+        steps = core.chain.steps
+        LAYOUT.nhwc = all(layout_free(st) for st in steps[core.block_steps[block] + 1:])
+        try:
+            with torch.no_grad(), norm_context(self.model) as ctx:
+                for lo in range(0, len(c), chunk):
+                    ctx.groups = 1
+                    parts.append(self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx))
+        finally:
+            LAYOUT.nhwc = False
         return torch.cat(parts).double().cpu().numpy()
 
     def _suffix_chunk(self, feats: _Features, block: int, local, h, ctx) -> torch.Tensor:
@@ -746,17 +788,26 @@ class TorchOracle:
         if core.shared[block]:
             return shared_suffix(self, feats, block, local, h, ctx)
         if True:
-            rest = tuple(repeat_rows(s, k) for s in feats.state[1:])
             if feats.walk is not None:
                 ch, col = perturbed_channels(kind, st.module, feats.state[0], feats.out, feats.cache,
                                              core.block_params[block], local, h)
-                stop, absorbed, base_in, base_out, base_losses = feats.walk
+                stop, absorbed, base_in, base_out, base_losses, (base_rest, joins, fork_at) = feats.walk
+                skip = None
                 for j in range(si + 1, stop):
-                    col = channel_step(core.chain.steps[j], col, ch, True)
+                    if j in joins:
+                        col = core.chain.steps[j].channel_fn(col, ch, joins[j])
+                    elif j == fork_at:
+                        skip = col
+                    else:
+                        col = channel_step(core.chain.steps[j], col, ch, True)
                 if base_losses is not None:
-                    sparse = self._sparse_rows(feats, col, ch, k)
+                    sparse = self._sparse_rows(feats, col, ch, k, skip)
                     if sparse is not None:
                         return sparse
+                rest = tuple(tile(s, k) for s in base_rest[1 if skip is not None else 0:])
+                if skip is not None:
+                    sk = materialize(base_rest[0], skip, ch)
+                    rest = (sk.reshape((-1,) + tuple(sk.shape[2:])),) + rest
                 if absorbed == "layer":
                     Y, start = absorb(core.chain.steps[stop], col, ch, base_in, base_out), stop + 1
                 elif absorbed == "flatten":
@@ -765,9 +816,10 @@ class TorchOracle:
                 else:
                     Y, start = materialize(base_in, col, ch), stop
                 ctx.groups = k
-                state = run_owned(core.chain.steps, (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest, start,
+                state = run_owned(core.chain.steps, _nhwc((Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest), start,
                                   *_keep(feats, k))
                 return self._loss(state[0], k)
+            rest = tuple(repeat_rows(s, k) for s in feats.state[1:])
             if kind:
                 Y = perturbed_outputs(kind, st.module, feats.state[0], feats.out, feats.cache,
                                       core.block_params[block], local, h)
@@ -776,7 +828,7 @@ class TorchOracle:
                 outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
                 state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
             ctx.groups = k
-            state = run_owned(core.chain.steps, state, si + 1, *_keep(feats, k))
+            state = run_owned(core.chain.steps, _nhwc(state), si + 1, *_keep(feats, k))
             return self._loss(state[0], k)
 
     # ---------------------------------------------------------------- evaluation

@@ -52,10 +52,19 @@ class BasicBlock(nn.Module):
 
     def join(self, state):
         """``(main, skip) -> relu(main + shortcut(skip))``: the end of the residual block."""
-        return (F.relu(state[0] + self.shortcut(state[1])),) + tuple(state[2:])
+        # the sum is a fresh tensor: rectify it in place (one pass less, same values)
+        return (torch.add(state[0], self.shortcut(state[1])).relu_(),) + tuple(state[2:])
+
+    def join_channel(self, col, ch, state):
+        """``join``'s main output when only channels ``ch`` of ``state[0]`` changed, to ``col``."""
+        skip = self.shortcut(state[1]).index_select(1, ch).transpose(0, 1)  # (k, B, H, W)
+        return torch.add(col, skip).relu_()
+
+    join.layout_free = True  # slicing, padding and elementwise ops only
 
     def zoracle_steps(self) -> list:
-        return [fork, self.conv1, self.bn1, self.relu, self.conv2, self.bn2, Step(fn=self.join, name="join")]
+        return [fork, self.conv1, self.bn1, self.relu, self.conv2, self.bn2,
+                Step(fn=self.join, name="join", channel_fn=self.join_channel)]
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -65,6 +74,9 @@ class BasicBlock(nn.Module):
 
 def _flatten_pool(state):
     return (F.adaptive_avg_pool2d(state[0], 1).flatten(1),) + tuple(state[1:])
+
+
+_flatten_pool.layout_free = True  # any memory layout (channels-last suffixes, see TorchOracle)
 
 
 class ResNet20(nn.Module):

@@ -391,3 +391,55 @@ def test_closed_forms_for_embedding_layernorm_groupnorm():
     oracle = check_exact(model, x, y, CE_ROWS)
     kinds = dict(zip(oracle.block_names, oracle._core.kinds))
     assert kinds == {"emb": "emb", "ln": "ln", "gn": "bn", "head": "linear"}
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_resnet20_walk_through_joins_and_forks_is_exact(train):
+    # a perturbed conv2 / bn2 changes one channel through the declared join (relu of the
+    # residual sum) and the next fork, up to the next block's conv1 (train: dense suffix;
+    # eval: only the changed samples run)
+    torch.manual_seed(7)
+    model = tm.ResNet20(width=4).double().train(train)
+    if not train:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 3, 16, 16))
+    y = rng.integers(0, 10, 3)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    walks = [oracle.prefix(oracle.initial_params(), b).walk for b in range(len(oracle.blocks))]
+    assert sum(w is not None and w[5][2] is not None for w in walks) >= 8  # conv2/bn2 of 8 blocks fork
+
+
+def test_float32_cnn_flattening_with_view_keeps_feature_reuse():
+    # float32 CPU suffixes may run channels-last; a captured ``x.view(B, -1)`` after a conv
+    # must not see that layout (it would fail and retire the split)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, x):
+            x = self.c2(torch.relu(self.bn(self.c1(x))))
+            return self.fc(x.view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    model = Net().float()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False)
+        theta = oracle.initial_params()
+        coords = np.arange(0, theta.size, 37)
+        got = oracle.coordinate_losses(theta, coords, 1e-2)
+    assert oracle.block_names == ["c1", "bn", "c2", "fc"]
+    want = []
+    for c in coords:
+        t = theta.copy()
+        t[c] += np.float32(1e-2)
+        want.append(oracle(t))
+    np.testing.assert_allclose(got, want, rtol=2e-6)
