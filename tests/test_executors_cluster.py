@@ -226,8 +226,8 @@ class ClusterContract:
             with pytest.raises(ShardTimeout,
                                match=r"shard \d+/\d+ \(.+\) did not finish within timeout=1.5 s on "
                                      r"(dask worker tcp://127\.0\.0\.1:\d+|ray actor \d \(pid \d+\))"):
-                zo.estimate_gradient(HangAt(3, 4.0), x, zo.CGE(), executor=cluster)
-            assert time.perf_counter() - t0 < 4.0
+                zo.estimate_gradient(HangAt(3, 12.0), x, zo.CGE(), executor=cluster)
+            assert time.perf_counter() - t0 < 9.0  # did not wait for the hang (slack for a loaded machine)
         finally:
             cluster.timeout = None
         te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster),

@@ -90,8 +90,8 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         t0 = time.perf_counter()
         with pytest.raises(ShardTimeout, match=rf"shard \d+/\d+ \(.+\) did not finish within timeout={limit:g} s on "
                                                r"(worker \d \(pid \d+\)|thread \d|the calling process)") as info:
-            zo.estimate_gradient(HangAt(5, 4.0 if kind != "loky" else 60.0), np.zeros(8), zo.CGE(), executor=ex)
-        assert time.perf_counter() - t0 < limit + 3.0  # did not wait for the hang
+            zo.estimate_gradient(HangAt(5, 10.0 if kind != "loky" else 60.0), np.zeros(8), zo.CGE(), executor=ex)
+        assert time.perf_counter() - t0 < limit + 6.0  # did not wait for the hang (slack for a loaded machine)
         assert info.value.timeout == limit and info.value.worker
         if kind == "loky":  # the hung worker was killed and replaced
             assert te.no_children([p for p in pids if p not in ex.pids], timeout=5)
