@@ -204,6 +204,9 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
         estimator = RGE(mu=5e-3, directions=192, distribution="sphere")
     if not isinstance(estimator, (CGE, RGE)):
         raise ArgumentError(f"`estimator` must be zo.RGE(...) or zo.CGE(...), got {type(estimator).__name__}")
+    if getattr(estimator, "shaping", "none") != "none":
+        raise ArgumentError("`estimator`: blackbox needs a linear estimate of each vector-Jacobian product, and "
+                            "rank shaping is not linear in the losses; use zo.RGE(..., shaping='none')")
     if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 1:
         raise ArgumentError(f"`max_rows` must be a positive integer, got {max_rows!r}")
     return BlackBox(fn, estimator, rng, int(max_rows))

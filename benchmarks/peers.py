@@ -17,6 +17,9 @@ and stops at the same number of loss queries:
 * ``deepzero-a``: the demo recipe with Adam (weight decay 5e-4) instead of SGD with momentum;
 * ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
+* ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
+  + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
+  through ``zo.train``, the populations through ``TorchOracle.batch``;
 * ``snes``, ``pgpe`` (ClipUp): EvoTorch, population 100, one minibatch per generation,
   the population evaluated through ``TorchOracle.batch`` (vmapped forwards);
 * ``sepcma``: pycma with ``CMA_diagonal`` (sep-CMA-ES), default population;
@@ -47,8 +50,9 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "rge", "snes", "pgpe", "sepcma", "fdsgd")
-DEFAULT_METHODS = ("deepzero", "rge", "snes", "pgpe", "sepcma", "fdsgd")
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "rge", "zoracle-es", "snes", "pgpe",
+           "sepcma", "fdsgd")
+DEFAULT_METHODS = ("deepzero", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
 
@@ -62,6 +66,7 @@ GRID = {
     "deepzero-ka": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
+    "zoracle-es": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
     "snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
     "pgpe": [{"clr": 0.01, "stdev": 0.02}, {"clr": 0.03, "stdev": 0.05}, {"clr": 0.1, "stdev": 0.1}],
     "sepcma": [{"sigma": 0.01}, {"sigma": 0.03}, {"sigma": 0.1}],
@@ -262,6 +267,24 @@ def run_rge(bench, c):
                     callbacks=[cb], rng=bench.seed, progress=False).params
 
 
+def run_zoracle_es(bench, lr, sigma=0.05):
+    import zoracle as zo
+
+    q = POP // 2  # antithetic pairs: 2 q + 1 queries a step
+    steps = bench.budget // (2 * q + 1)
+    sched = zo.cosine_schedule(lr, total_steps=steps)
+
+    def cb(event, rec, params):
+        if event == "step":
+            bench.record(params, bench.queries + rec["nfev"])
+            return bench.done()
+        return None
+
+    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
+                    estimator=zo.RGE(mu=sigma, directions=q, scheme="central", shaping="ranks"),
+                    optimizer=zo.adam(sched), callbacks=[cb], rng=bench.seed, progress=False).params
+
+
 def _evotorch_problem(bench):
     import logging
 
@@ -355,7 +378,7 @@ def run_deepzero_ka(bench, lr):
     return run_deepzero_k(bench, lr, optimizer="adam")
 
 
-RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "snes": run_snes,
+RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 

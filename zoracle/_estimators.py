@@ -17,6 +17,7 @@ __all__ = ["RGE", "CGE", "GradientEstimate", "estimate_gradient", "as_generator"
 
 SCHEMES = ("forward", "central")
 DISTRIBUTIONS = ("gaussian", "sphere")
+SHAPINGS = ("none", "ranks")
 DEFAULT_BUDGET = 64 * 2**20
 
 
@@ -78,6 +79,16 @@ class RGE:
     Gaussian-smoothed loss ``E l(theta + mu u)`` (gaussian), biased for ``l`` itself.
     Queries: ``q + 1`` (forward) or ``2q + 1`` (central, counting the base value).
 
+    ``shaping="ranks"`` is the fitness shaping of natural evolution strategies: every loss
+    value is replaced by its centred rank among the values the estimate compares (the 2q
+    perturbed losses for ``"central"``, the q perturbed losses and the base for
+    ``"forward"``), ranks spread evenly over ``[-1/2, 1/2]``, ties averaged. With
+    ``scheme="central"`` and ``mu`` as the search width sigma this is OpenAI-ES's antithetic
+    estimator. The result no longer scales with the loss (it is unchanged by any strictly
+    increasing transform of the loss), so pair it with a scale-free optimizer such as
+    :func:`zoracle.adam`. In ``benchmarks/peers.py`` it is the zoracle method that keeps up
+    with SNES at short budgets and large d (docs: "Against evolution strategies").
+
     Examples
     --------
     >>> import numpy as np, zoracle as zo
@@ -90,6 +101,7 @@ class RGE:
     directions: int = 1
     distribution: str = "gaussian"
     scheme: str = "forward"
+    shaping: str = "none"
 
     def __post_init__(self):
         _check_mu(self.mu)
@@ -98,6 +110,7 @@ class RGE:
             raise ArgumentError(f"`directions` must be an integer >= 1 (e.g. 192), got {q!r}")
         _check_choice("distribution", self.distribution, DISTRIBUTIONS)
         _check_choice("scheme", self.scheme, SCHEMES)
+        _check_choice("shaping", self.shaping, SHAPINGS)
 
     @property
     def steps(self) -> tuple:
@@ -194,6 +207,16 @@ def check_step(params, mu: float, scheme: str, estimator: str) -> None:
         f"{estimator}(mu={mu!r}) is not a representable step: params + mu {why} at index {i} "
         f"(params[{i}] = {float(x[i]):.6g}; parameter scale max|params| = {scale:.3g}); {fix}"
     )
+
+
+def centered_ranks(values) -> np.ndarray:
+    """Ranks of ``values`` spread evenly over ``[-1/2, 1/2]`` (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return np.zeros(values.shape)
+    return (rankdata(values, method="average") - 1.0) / (values.size - 1) - 0.5
 
 
 def _is_foreign_array(params) -> bool:
@@ -330,8 +353,15 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     results = _run(executor, wrapped, params, tasks)
     f0 = float(results[0][0, 0])
     vals = np.concatenate([r for r in results[1:]], axis=1)
+    base = f0
+    if estimator.shaping == "ranks":  # NES fitness shaping: centred ranks replace the loss values
+        if estimator.scheme == "forward":
+            w = centered_ranks(np.concatenate([[f0], vals[0]]))
+            base, vals = w[0], w[1:][None]
+        else:
+            vals = centered_ranks(vals.reshape(-1)).reshape(vals.shape)
     if estimator.scheme == "forward":
-        coef = (vals[0] - f0) / estimator.mu
+        coef = (vals[0] - base) / estimator.mu
     else:
         coef = (vals[0] - vals[1]) / (2 * estimator.mu)
     phi = d if estimator.distribution == "sphere" else 1.0
