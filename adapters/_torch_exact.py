@@ -68,7 +68,7 @@ def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
     core = oracle._core
     if core.scalar_loss is None:
-        with torch.no_grad(), norm_context(oracle.model):
+        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
             v = to_torch(oracle.loss_fn(oracle.model(oracle._x), oracle._y))
         B = oracle._x.shape[0]
         scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)
@@ -137,7 +137,7 @@ def _check_split(oracle, theta) -> str:
     core = oracle._core
     x, y = oracle._x, oracle._y
     ref0 = reference_loss(oracle, x, y)
-    with torch.no_grad(), norm_context(oracle.model):
+    with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
         out = core.chain.run((x,))[0]
         got0 = float(oracle._loss(out, 1)[0])
     if not _close(got0, ref0, ref0, oracle.dtype):

@@ -357,7 +357,7 @@ class TorchOracle:
         steps = self._core.chain.steps
         per_step = []
         try:
-            with torch.no_grad(), norm_context(self.model):
+            with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
                 state = (self._x,)
                 for st in steps:
                     flops.clear()
@@ -495,7 +495,7 @@ class TorchOracle:
         key = self._key()
         if key not in self._core.probe:
             sizes = []
-            with torch.no_grad(), norm_context(self.model):
+            with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
                 state = (self._x,)
                 B = self._x.shape[0]
                 for st in self._core.chain.steps:
@@ -528,7 +528,7 @@ class TorchOracle:
         """Time each step on the bound batch; a block's cost is the time of its suffix."""
         steps = self._core.chain.steps
         times = np.zeros(len(steps))
-        with torch.no_grad(), norm_context(self.model):
+        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             for _ in range(2):
                 state = (self._x,)
                 for i, st in enumerate(steps):
@@ -546,7 +546,7 @@ class TorchOracle:
         """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off."""
         self._require_batch()
         self._load(params)
-        with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats):
+        with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
             out = self.model(self._x)
             if self._core.scalar_loss:
                 self._base_rows = None
@@ -597,7 +597,7 @@ class TorchOracle:
                 warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
                               "batched queries run one full forward each", RuntimeWarning, stacklevel=4)
         outs = []
-        with torch.no_grad(), norm_context(self.model):
+        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             for r in range(k):
                 self._load(P[r])
                 outs.append(core.chain.run((self._x,))[0])
@@ -653,7 +653,7 @@ class TorchOracle:
         kind = core.kinds[block]
         states = self._states(params)
         state = states[si]
-        with torch.no_grad(), norm_context(self.model):
+        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             out = cache = walk = None
             if kind:
                 x = state[0]
@@ -674,7 +674,7 @@ class TorchOracle:
             return cached[1]
         self._load(params)
         states = [(self._x,)]
-        with torch.no_grad(), norm_context(self.model):
+        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             for st in self._core.chain.steps:
                 states.append(st(states[-1]))
         self._state_cache = (params.clone() if torch.is_tensor(params) else params.copy(), states, self.model.training)
@@ -725,7 +725,7 @@ class TorchOracle:
             if base_losses is None:
                 # the same full forward a plain call makes, so the rows are bitwise those of
                 # oracle(params) whichever process computed them (sharded = serial)
-                with norm_context(self.model, 1, update=False):
+                with norm_context(self.model, 1, update=False, loss_fn=self.loss_fn):
                     out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
@@ -771,7 +771,7 @@ class TorchOracle:
         steps = core.chain.steps
         LAYOUT.nhwc = all(layout_free(st) for st in steps[core.block_steps[block] + 1:])
         try:
-            with torch.no_grad(), norm_context(self.model) as ctx:
+            with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:
                 for lo in range(0, len(c), chunk):
                     ctx.groups = 1
                     parts.append(self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx))

@@ -66,7 +66,7 @@ GRID = {
     "deepzero-ka": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
-    "zoracle-es": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
+    "zoracle-es": [{"sigma": 0.02, "lr": 0.03}, {"sigma": 0.05, "lr": 0.03}, {"sigma": 0.1, "lr": 0.03}],
     "snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
     "pgpe": [{"clr": 0.01, "stdev": 0.02}, {"clr": 0.03, "stdev": 0.05}, {"clr": 0.1, "stdev": 0.1}],
     "sepcma": [{"sigma": 0.01}, {"sigma": 0.03}, {"sigma": 0.1}],
@@ -131,13 +131,14 @@ class Bench:
     """One (data, width, seed) point: the oracle, the minibatch stream, the query and time ledger."""
 
     def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = 32,
-                 points: int = 10):
+                 points: int = 10, peer_eval: str = "batch"):
         import torch
 
         import zoracle as zo
         from zoracle.adapters.torch import TorchOracle
 
         self.data, self.name, self.width, self.seed, self.budget = data, name, width, seed, int(budget)
+        self.peer_eval = peer_eval  # "batch": a population is one vmapped TorchOracle.batch; "plain": a call per row
         self.oracle = TorchOracle(make_model(name, width, seed), torch.nn.CrossEntropyLoss(reduction="none"))
         self.p0 = self.oracle.initial_params()
         self.d = int(self.p0.size)
@@ -168,8 +169,11 @@ class Bench:
         return b
 
     def losses(self, P) -> np.ndarray:
-        """One generation: the rows of ``P`` on the next minibatch (``TorchOracle.batch``)."""
-        out = self.oracle.bind(self.next_batch()).batch(np.ascontiguousarray(P, dtype=np.float32))
+        """One generation: the rows of ``P`` on the next minibatch (``TorchOracle.batch``, or one plain
+        ``params -> float`` call per row when ``peer_eval="plain"``, as an ES library drives a black box)."""
+        oracle = self.oracle.bind(self.next_batch())
+        P = np.ascontiguousarray(P, dtype=np.float32)
+        out = oracle.batch(P) if self.peer_eval == "batch" else np.array([oracle(row) for row in P])
         self.queries += len(out)
         return out
 
@@ -423,9 +427,14 @@ def _save(path, runs) -> None:
 
 
 def best_setting(runs, data, width, method, budget):
-    """The grid setting with the best final validation accuracy at the tuning seed (ties: first)."""
-    tuned = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
-             and r.get("role") == "tune"]
+    """The grid setting with the best final validation accuracy at the tuning seed (ties: first).
+
+    A width tuned after a setting was transferred to it counts that transferred run (same seed)
+    as one of its grid points."""
+    here = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)]
+    tuned = [r for r in here if r.get("role") == "tune"]
+    if tuned:
+        tuned += [r for r in here if r.get("role") == "transfer" and r["seed"] == tuned[0]["seed"]]
     if not tuned:
         moved = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
                  and r.get("role") == "transfer"]
@@ -541,6 +550,48 @@ def plot(runs, path) -> None:
     plt.close(fig)
 
 
+SPEED_PEERS = ("snes", "pgpe", "sepcma", "fdsgd")
+
+
+def speed(args, log=print) -> list:
+    """Training seconds per query of every method at every point, measured one after another in
+    one process (seed 0, the setting tuned in ``--report`` files), the ES peers both through
+    ``TorchOracle.batch`` and through one plain call per candidate. Ratios are a peer's seconds
+    per query over DeepZero's (the demo recipe through TorchOracle's coordinate path)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    runs = list({_key(r): r for path in (args.speed or "").split(",") if path for r in _load(path)}.values())
+    rows = []
+    for name in args.data:
+        data = load_data(name, 0)
+        for width in args.widths:
+            for method in args.methods:
+                setting = best_setting(runs, name, width, method, args.budget) or GRID[method][len(GRID[method]) // 2]
+                for ev in (("batch", "plain") if method in SPEED_PEERS[:3] else ("batch",)):
+                    bench = Bench(data, name, width, 0, args.budget, peer_eval=ev)
+                    r = run_one(bench, method, setting)
+                    row = {"data": name, "d": r["d"], "width": width, "method": method, "eval": ev, "setting": setting,
+                           "queries": r["queries"], "seconds": r["seconds"], "test_acc": r["test_acc"],
+                           "s_per_query": r["seconds"] / r["queries"] if r["queries"] else float("nan")}
+                    rows.append(row)
+                    log(f"{name} d={r['d']} {method} ({ev}): {r['seconds']:.2f} s for {r['queries']:,} queries, "
+                        f"test {100 * r['test_acc']:.1f}%")
+    for r in rows:
+        dz = [x for x in rows if (x["data"], x["width"], x["method"]) == (r["data"], r["width"], "deepzero")]
+        r["ratio"] = r["s_per_query"] / dz[0]["s_per_query"] if dz else float("nan")
+    return rows
+
+
+def speed_table(rows) -> str:
+    head = ("data", "d", "method", "populations", "queries", "train s", "us / query", "x DeepZero's time")
+    lines = [head] + [(r["data"], f"{r['d']:,}", r["method"], r["eval"] if r["method"] in SPEED_PEERS[:3] else "-",
+                       f"{r['queries']:,}", f"{r['seconds']:.2f}", f"{1e6 * r['s_per_query']:.1f}",
+                       f"{r['ratio']:.1f}") for r in rows]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
+                     for i, row in enumerate(lines))
+
+
 def _ints(s):
     return [int(v) for v in str(s).split(",") if v.strip()]
 
@@ -561,7 +612,20 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
     p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON instead of the table")
+    p.add_argument("--speed", default=None, metavar="JSON", help="speed table: every method once per point in this "
+                   "process (settings tuned in these comma-separated result files)")
     args = p.parse_args(argv)
+    if args.speed is not None:
+        args.data = [s.strip() for s in args.data.split(",") if s.strip()]
+        args.widths = _ints(args.widths)
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if any(m not in METHODS for m in args.methods) or "deepzero" not in args.methods:
+            p.error("--speed needs --methods from the known ones, deepzero included")
+        rows = speed(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.out:
+            _save(args.out, rows)
+        print(json.dumps(rows) if args.json else speed_table(rows))
+        return 0
     if args.report:  # several files (parallel sweeps) merge; a run present twice counts once
         runs = list({_key(r): r for path in args.report.split(",") for r in _load(path)}.values())
     else:

@@ -461,3 +461,38 @@ def test_prefix_reuses_the_base_call_per_sample_losses():
     oracle.prefix(theta + 0.01, 0)  # other params: the cache does not apply
     assert calls[before:] == [16]
     assert n_fresh > len(oracle.blocks)  # without a base call, each prefix asks loss_fn once more
+
+
+def test_dropout_mode_is_skipped_only_when_nothing_can_reach_functional_dropout(monkeypatch):
+    """The no-dropout torch function mode costs per-op dispatch: skipped for stock layers and a
+    stock loss, kept (and effective) when a custom loss or a custom module could call F.dropout."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    import zoracle.adapters._torch_chain as tc
+    from zoracle.adapters.torch import TorchOracle
+
+    entered = []
+    orig = tc._NoDropout.__enter__
+    monkeypatch.setattr(tc._NoDropout, "__enter__", lambda self: entered.append(1) or orig(self))
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    stock = nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(5, 3))
+    o = TorchOracle(stock, nn.CrossEntropyLoss(reduction="none"), batch=(x, y))
+    theta = o.initial_params()
+    o(theta)  # the first bind's self-check
+    entered.clear()
+    a = zo.estimate_gradient(o, theta, zo.CGE(scheme="central"))
+    assert not entered  # stock layers + stock loss: no mode
+    b = zo.estimate_gradient(o, theta, zo.CGE(scheme="central"))
+    np.testing.assert_array_equal(a.grad, b.grad)
+
+    def noisy(out, t):  # a custom loss that calls functional dropout: the mode must stay on
+        return F.cross_entropy(F.dropout(out, 0.5, training=True), t, reduction="none")
+
+    o2 = TorchOracle(stock, noisy, batch=(x, y))
+    c = zo.estimate_gradient(o2, theta, zo.CGE(scheme="central"))
+    assert entered
+    d = zo.estimate_gradient(o2, theta, zo.CGE(scheme="central"))
+    np.testing.assert_array_equal(c.grad, d.grad)
+    np.testing.assert_allclose(c.grad, a.grad, rtol=1e-5, atol=1e-7)  # dropout off: the same loss
