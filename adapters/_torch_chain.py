@@ -210,14 +210,27 @@ _ANY_LOSS = object()  # norm_context's default: the loss run inside is unknown, 
 
 
 def _needs_dropout_mode(model: nn.Module) -> bool:
-    """False when every submodule (the root included) is exactly a stock type from
-    ``_NO_FUNCTIONAL_DROPOUT``: no forward can then reach a functional dropout. Cached per
-    model and its number of submodules."""
+    """False when every submodule (the root included) runs a stock forward (a type from
+    ``_NO_FUNCTIONAL_DROPOUT``, or a Sequential subclass keeping Sequential's forward) and no
+    forward hook is registered: nothing can then reach a functional dropout. The type check is
+    cached per model and its number of submodules."""
     mods = list(model.modules())
     hit = _MODE_FREE.get(model)
     if hit is None or hit[0] != len(mods):
-        hit = _MODE_FREE[model] = (len(mods), any(type(m) not in _NO_FUNCTIONAL_DROPOUT for m in mods))
-    return hit[1]
+        hit = _MODE_FREE[model] = (len(mods), not all(map(_stock_forward, mods)))
+    # a forward hook may call anything: checked on every call (hooks come and go)
+    hooked = (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+              or any(m._forward_hooks or m._forward_pre_hooks for m in mods))
+    return hit[1] or bool(hooked)
+
+
+def _stock_forward(m: nn.Module) -> bool:
+    """Exactly a stock type, or an ``nn.Sequential`` subclass that keeps Sequential's forward."""
+    t = type(m)
+    if t in _NO_FUNCTIONAL_DROPOUT:
+        return True
+    return (issubclass(t, nn.Sequential) and t.forward is nn.Sequential.forward
+            and t.__iter__ is nn.Sequential.__iter__ and t.__call__ is nn.Module.__call__)
 
 
 @contextlib.contextmanager

@@ -496,3 +496,38 @@ def test_dropout_mode_is_skipped_only_when_nothing_can_reach_functional_dropout(
     d = zo.estimate_gradient(o2, theta, zo.CGE(scheme="central"))
     np.testing.assert_array_equal(c.grad, d.grad)
     np.testing.assert_allclose(c.grad, a.grad, rtol=1e-5, atol=1e-7)  # dropout off: the same loss
+
+
+def test_dropout_mode_stays_on_for_custom_forwards_and_hooks():
+    import torch.nn.functional as F
+    from torch import nn
+
+    from zoracle.adapters._torch_chain import _needs_dropout_mode
+    from zoracle.adapters.torch_models import DigitsCNN
+
+    class Named(nn.Sequential):  # the common idiom: only __init__, Sequential's forward
+        pass
+
+    class Noisy(nn.Sequential):
+        def forward(self, x):
+            return F.dropout(super().forward(x), 0.5, training=True)
+
+    layers = [nn.Linear(4, 3), nn.ReLU()]
+    assert not _needs_dropout_mode(nn.Sequential(*layers))
+    assert not _needs_dropout_mode(Named(*layers)) and not _needs_dropout_mode(DigitsCNN())
+    assert _needs_dropout_mode(Noisy(*layers))
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    h = m[0].register_forward_hook(lambda mod, i, o: F.dropout(o, 0.5, training=True))
+    assert _needs_dropout_mode(m)
+    h.remove()
+    assert not _needs_dropout_mode(m)
+    # and the mode is effective: a hooked dropout is the identity inside the oracle
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    net = Noisy(nn.Linear(4, 3))
+    o = TorchOracle(net, nn.CrossEntropyLoss(reduction="none"), batch=(x, y))
+    theta = o.initial_params()
+    assert o(theta) == o(theta)
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(nn.Sequential.forward(net, x), y))
+    assert o(theta) == pytest.approx(want, rel=1e-6)
