@@ -271,10 +271,10 @@ def run_rge(bench, c):
                     callbacks=[cb], rng=bench.seed, progress=False).params
 
 
-def run_zoracle_es(bench, lr, sigma=0.05):
+def run_zoracle_es(bench, lr, sigma=0.05, pairs=POP // 2):
     import zoracle as zo
 
-    q = POP // 2  # antithetic pairs: 2 q + 1 queries a step
+    q = int(pairs)  # antithetic pairs: 2 q + 1 queries a step
     steps = bench.budget // (2 * q + 1)
     sched = zo.cosine_schedule(lr, total_steps=steps)
 
@@ -555,8 +555,8 @@ SPEED_PEERS = ("snes", "pgpe", "sepcma", "fdsgd")
 
 def speed(args, log=print) -> list:
     """Training seconds per query of every method at every point, measured one after another in
-    one process (seed 0, the setting tuned in ``--report`` files), the ES peers both through
-    ``TorchOracle.batch`` and through one plain call per candidate. Ratios are a peer's seconds
+    one process (seed 0, the setting tuned in the ``--speed`` files), SNES and PGPE both through
+    ``TorchOracle.batch`` and through one plain call per candidate. Ratios are a method's seconds
     per query over DeepZero's (the demo recipe through TorchOracle's coordinate path)."""
     import torch
 
@@ -568,7 +568,7 @@ def speed(args, log=print) -> list:
         for width in args.widths:
             for method in args.methods:
                 setting = best_setting(runs, name, width, method, args.budget) or GRID[method][len(GRID[method]) // 2]
-                for ev in (("batch", "plain") if method in SPEED_PEERS[:3] else ("batch",)):
+                for ev in (("batch", "plain") if method in SPEED_PEERS[:2] else ("batch",)):
                     bench = Bench(data, name, width, 0, args.budget, peer_eval=ev)
                     r = run_one(bench, method, setting)
                     row = {"data": name, "d": r["d"], "width": width, "method": method, "eval": ev, "setting": setting,

@@ -93,3 +93,18 @@ def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tm
     assert {r["method"] for r in rows} == set(peers.DEFAULT_METHODS)
     assert all(r["seeds"] == [0, 1] and r["min"] <= r["mean"] <= r["max"] for r in rows)
     assert "| deepzero |" in peers.table(rows)
+
+
+def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
+    out = tmp_path / "speed.json"
+    peers.main(["--speed", "", "--budget", "2000", "--methods", "deepzero,snes,fdsgd", "--out", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["eval"]) for r in rows] == [("deepzero", "batch"), ("snes", "batch"), ("snes", "plain"),
+                                                       ("fdsgd", "batch")]
+    dz = rows[0]
+    assert dz["ratio"] == 1.0 and dz["queries"] >= 2000
+    for r in rows[1:]:
+        assert r["s_per_query"] == pytest.approx(r["seconds"] / r["queries"])
+        assert r["ratio"] == pytest.approx(r["s_per_query"] / dz["s_per_query"])
+    assert rows[1]["queries"] == rows[2]["queries"] == 2000  # plain calls spend the same queries as the batch
+    assert "| snes | plain |" in peers.speed_table(rows)
