@@ -256,3 +256,27 @@ def test_sparse_cge_and_rge_on_backend(xp):
     b = zo.estimate_gradient(q, np.asarray(x.get() if hasattr(x, "get") else x), zo.RGE(directions=16), rng=3)
     ga = a.grad.get() if hasattr(a.grad, "get") else a.grad
     np.testing.assert_allclose(ga, b.grad, rtol=1e-9, atol=1e-9)  # same directions on both backends
+
+
+def test_direction_rows_are_reused_bitwise_and_bounded():
+    """The row cache (each direction is drawn to query and again to sum) returns the very
+    values a fresh Philox draw gives, never a writable shared row, and stays in its limit."""
+    from zoracle import _plan
+
+    def fresh(root, lo, hi, d, dist):
+        U = np.stack([np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(d) for i in range(lo, hi)])
+        return U / np.linalg.norm(U, axis=1, keepdims=True) if dist == "sphere" else U
+
+    for dist in ("gaussian", "sphere"):
+        first = _plan.direction_block(11, 0, 6, 50, dist)
+        again = _plan.direction_block(11, 2, 9, 50, dist)  # overlapping rows: served from the cache
+        np.testing.assert_array_equal(first, fresh(11, 0, 6, 50, dist))
+        np.testing.assert_array_equal(again, fresh(11, 2, 9, 50, dist))
+        again[0] += 1.0  # the block handed out is the caller's own
+        np.testing.assert_array_equal(_plan.direction_block(11, 2, 3, 50, dist), fresh(11, 2, 3, 50, dist))
+    small = _plan._RowCache(limit=3 * 8 * 10)
+    for i in range(5):
+        small.put(("k",), i, np.ones(10))
+    assert sorted(small.rows) == [0, 1, 2] and not small.rows[0].flags.writeable
+    small.put(("other",), 0, np.ones(10))
+    assert list(small.rows) == [0] and small.get(("k",), 1) is None

@@ -113,18 +113,52 @@ class CoordTask:
         return out
 
 
+class _RowCache:
+    """The rows of the most recent direction root drawn in this process (read-only float64, at
+    most ``limit`` bytes): an estimate draws each direction twice, once to query the oracle
+    and once to sum the estimate, and drawing costs about as much as a small model's forward
+    at large d. A new root evicts the old one; a thread lock guards the dict."""
+
+    def __init__(self, limit: int = 64 * 2**20):
+        import threading
+
+        self.limit, self.key, self.rows, self.lock = limit, None, {}, threading.Lock()
+
+    def get(self, key, i):
+        with self.lock:
+            return self.rows.get(i) if key == self.key else None
+
+    def put(self, key, i, row) -> None:
+        with self.lock:
+            if key != self.key:
+                self.key, self.rows = key, {}
+            if (len(self.rows) + 1) * row.nbytes <= self.limit:
+                row.flags.writeable = False
+                self.rows[i] = row
+
+
+_ROWS = _RowCache()
+
+
 def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=np, dtype=np.float64):
     """Directions ``lo..hi-1`` as rows of a ``(hi - lo, d)`` array.
 
     Direction ``i`` is drawn from its own counter-based generator keyed by ``(root, i)``
     (Philox: no seed hashing, about 2x cheaper than ``default_rng([root, i])``): the same
-    directions whatever the chunking or the number of workers.
+    directions whatever the chunking or the number of workers. Rows drawn in this process
+    for the current root are reused (``_RowCache``), so the sum over directions does not
+    draw them a second time.
     """
+    key = (int(root), int(d), distribution)
     U = np.empty((hi - lo, d))
     for r, i in enumerate(range(lo, hi)):
-        U[r] = np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(d)
-    if distribution == "sphere":
-        U /= np.linalg.norm(U, axis=1, keepdims=True)
+        row = _ROWS.get(key, i)
+        if row is None:
+            row = np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(d)
+            if distribution == "sphere":
+                row /= np.linalg.norm(row[None, :], axis=1)[0]  # the reduction the (n, d) block used
+            _ROWS.put(key, i, row)
+        U[r] = row
     return xp.asarray(U, dtype=dtype)
 
 
