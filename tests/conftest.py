@@ -20,8 +20,23 @@ _PREVIOUS_TMPDIR = os.environ.get("TMPDIR")
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # recomputed from TMPDIR on next use
 
+# Ray's session files and auth token live in a private directory of the session directory,
+# never in ~/.ray or /tmp/ray. Ray reads these variables when it is first imported, and a
+# test module may import it while being collected (EvoTorch, in the ``bench`` extra, imports
+# Ray): so they are set here, before any test module is imported.
+RAY_DIR = tempfile.mkdtemp(prefix="r", dir=_SESSION_TMP)  # mode 0700; short: socket paths < 108 bytes
+_RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.path.join(RAY_DIR, "auth_token"),
+            "RAY_USAGE_STATS_ENABLED": "0"}
+_PREVIOUS_RAY_ENV = {k: os.environ.get(k) for k in _RAY_ENV}
+os.environ.update(_RAY_ENV)
+
 
 def pytest_unconfigure(config):
+    for k, v in _PREVIOUS_RAY_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     if _PREVIOUS_TMPDIR is None:
         os.environ.pop("TMPDIR", None)
     else:

@@ -26,31 +26,22 @@ import test_executors as te  # noqa: E402  (shared oracles)
 
 D = te.D
 
-# Ray's session files and auth token live under pytest's temporary directory (removed
-# with it), never in ~/.ray or /tmp/zr*. Ray reads the token path when it first loads
-# the token: the environment is set once per session, before the first Ray session.
-_RAY_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")
+# Ray's session files and auth token live in conftest's private RAY_DIR (removed with the
+# session directory), never in ~/.ray or /tmp/ray: conftest sets Ray's environment before
+# any test module (or anything it imports) can import Ray.
 
 
 @pytest.fixture(scope="session")
 def ray_env():
-    """A short, private directory for Ray (socket paths must stay < 108 chars), with the env set."""
+    """The private directory Ray's environment points at (see conftest.RAY_DIR)."""
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:  # not importorskip: Ray reads the env when imported
+    import conftest
+
+    if importlib.util.find_spec("ray") is None:
         pytest.skip("ray not installed (pip install -e '.[ray]')")
-    # not under pytest's basetemp: its depth pushes Ray's socket paths past 107 bytes
-    base = Path(tempfile.mkdtemp(prefix="r"))  # mkdtemp: mode 0700; TMPDIR is the suite's own dir
-    saved = {k: os.environ.get(k) for k in _RAY_ENV_KEYS}
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(base / "auth_token"),
-                       "RAY_USAGE_STATS_ENABLED": "0"})
-    yield base
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    shutil.rmtree(base, ignore_errors=True)
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == os.path.join(conftest.RAY_DIR, "auth_token")
+    return Path(conftest.RAY_DIR)
 
 
 @pytest.fixture(scope="session")
