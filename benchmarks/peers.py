@@ -252,6 +252,20 @@ def run_deepzero_k(bench, lr, keep=KEEP, optimizer="sgd"):
                         optimizer=optimizer)
 
 
+def _train_rge(bench, steps, estimator, optimizer):
+    """``zo.train`` with an RGE-family estimator, recording at every budget mark until the budget is spent."""
+    import zoracle as zo
+
+    def cb(event, rec, params):
+        if event == "step":
+            bench.record(params, bench.queries + rec["nfev"])
+            return bench.done()
+        return None
+
+    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
+                    estimator=estimator, optimizer=optimizer, callbacks=[cb], rng=bench.seed, progress=False).params
+
+
 def run_rge(bench, c):
     import zoracle as zo
 
@@ -259,16 +273,7 @@ def run_rge(bench, c):
     steps = bench.budget // POP
     lr = c * q / bench.d
     sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1))
-
-    def cb(event, rec, params):
-        if event == "step":
-            bench.record(params, bench.queries + rec["nfev"])
-            return bench.done()
-        return None
-
-    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
-                    estimator=zo.RGE(mu=5e-3, directions=q), optimizer=zo.sgd(sched, momentum=0.9, weight_decay=5e-4),
-                    callbacks=[cb], rng=bench.seed, progress=False).params
+    return _train_rge(bench, steps, zo.RGE(mu=5e-3, directions=q), zo.sgd(sched, momentum=0.9, weight_decay=5e-4))
 
 
 def run_zoracle_es(bench, lr, sigma=0.05, pairs=POP // 2):
@@ -276,17 +281,8 @@ def run_zoracle_es(bench, lr, sigma=0.05, pairs=POP // 2):
 
     q = int(pairs)  # antithetic pairs: 2 q + 1 queries a step
     steps = bench.budget // (2 * q + 1)
-    sched = zo.cosine_schedule(lr, total_steps=steps)
-
-    def cb(event, rec, params):
-        if event == "step":
-            bench.record(params, bench.queries + rec["nfev"])
-            return bench.done()
-        return None
-
-    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
-                    estimator=zo.RGE(mu=sigma, directions=q, scheme="central", shaping="ranks"),
-                    optimizer=zo.adam(sched), callbacks=[cb], rng=bench.seed, progress=False).params
+    return _train_rge(bench, steps, zo.RGE(mu=sigma, directions=q, scheme="central", shaping="ranks"),
+                      zo.adam(zo.cosine_schedule(lr, total_steps=steps)))
 
 
 def _evotorch_problem(bench):
