@@ -201,7 +201,6 @@ _NO_FUNCTIONAL_DROPOUT = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
     nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d) + _DROPOUT
-_MODE_FREE = weakref.WeakKeyDictionary()
 
 
 _STOCK_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.L1Loss, nn.NLLLoss, nn.BCELoss, nn.BCEWithLogitsLoss,
@@ -213,15 +212,13 @@ def _needs_dropout_mode(model: nn.Module) -> bool:
     """False when every submodule (the root included) runs a stock forward (a type from
     ``_NO_FUNCTIONAL_DROPOUT``, or a Sequential subclass keeping Sequential's forward) and no
     forward hook is registered: nothing can then reach a functional dropout. The type check is
-    cached per model and its number of submodules."""
-    mods = list(model.modules())
-    hit = _MODE_FREE.get(model)
-    if hit is None or hit[0] != len(mods):
-        hit = _MODE_FREE[model] = (len(mods), not all(map(_stock_forward, mods)))
-    # a forward hook may call anything: checked on every call (hooks come and go)
-    hooked = (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-              or any(m._forward_hooks or m._forward_pre_hooks for m in mods))
-    return hit[1] or bool(hooked)
+    part of the per-model cache of ``_model_info``; hooks come and go, so they are checked on
+    every call."""
+    info = _model_info(model)
+    if not info.stock:
+        return True
+    return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()))
 
 
 def _stock_forward(m: nn.Module) -> bool:
@@ -287,19 +284,33 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                 b.copy_(v)
 
 
-_SPECIAL = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class _ModelInfo:
+    count: int  # submodules when cached: a changed count refreshes the entry
+    special: list  # the ones ``norm_context`` patches (BatchNorm, dropout, in-place, attention)
+    stock: bool  # every forward is a stock one (see ``_needs_dropout_mode``)
+
+
+_INFO = weakref.WeakKeyDictionary()
+
+
+def _model_info(model: nn.Module) -> _ModelInfo:
+    """What ``norm_context`` needs of ``model``, from one walk over its submodules, cached per
+    model (weakly: the entry holds no reference to the model itself) and refreshed when its
+    number of submodules changes."""
+    n = sum(1 for _ in model.modules())
+    hit = _INFO.get(model)
+    if hit is None or hit.count != n:
+        mods = list(model.modules())
+        special = [m for m in mods if isinstance(m, (_BATCHNORM, nn.MultiheadAttention) + _DROPOUT)
+                   or hasattr(m, "inplace")]
+        hit = _INFO[model] = _ModelInfo(n, special, all(map(_stock_forward, mods)))
+    return hit
 
 
 def _special_modules(model: nn.Module) -> list:
-    """The submodules ``norm_context`` patches (BatchNorm, dropout, in-place, attention), cached
-    per model and refreshed when its number of submodules changes."""
-    n = sum(1 for _ in model.modules())
-    hit = _SPECIAL.get(model)
-    if hit is None or hit[0] != n:
-        mods = [m for m in model.modules() if isinstance(m, (_BATCHNORM, nn.MultiheadAttention) + _DROPOUT)
-                or hasattr(m, "inplace")]
-        hit = _SPECIAL[model] = (n, mods)
-    return hit[1]
+    """The submodules ``norm_context`` patches (BatchNorm, dropout, in-place, attention)."""
+    return _model_info(model).special
 
 
 def vmap_safe(model: nn.Module) -> bool:

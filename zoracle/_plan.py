@@ -8,6 +8,7 @@ oracle once and call ``run`` on their workers.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,8 +121,6 @@ class _RowCache:
     at large d. A new root evicts the old one; a thread lock guards the dict."""
 
     def __init__(self, limit: int = 64 * 2**20):
-        import threading
-
         self.limit, self.key, self.rows, self.lock = limit, None, {}, threading.Lock()
 
     def get(self, key, i):
