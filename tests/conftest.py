@@ -78,3 +78,14 @@ def xp(request):
     if cupy is None:
         pytest.skip(reason)
     return cupy
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (timings and float summation order), restored after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

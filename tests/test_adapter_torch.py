@@ -18,12 +18,7 @@ from zoracle.testing import check_oracle  # noqa: E402
 CE = nn.CrossEntropyLoss(reduction="none")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def data(shape, n, seed=0, dtype=np.float64, classes=10):

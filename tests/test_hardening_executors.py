@@ -47,18 +47,6 @@ def _serial(d):
     return zo.estimate_gradient(quad, np.ones(d), zo.CGE()).grad
 
 
-class HangAt:
-    """Hangs for ``seconds`` when coordinate ``i`` moves away from 0 (a stuck simulator)."""
-
-    def __init__(self, i, seconds):
-        self.i, self.seconds = i, seconds
-
-    def __call__(self, x):
-        if x[self.i] != 0.0:
-            time.sleep(self.seconds)
-        return quad(x)
-
-
 class InterruptAt:
     """Raises KeyboardInterrupt when coordinate ``i`` moves; counts how often."""
 
@@ -90,7 +78,7 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         t0 = time.perf_counter()
         with pytest.raises(ShardTimeout, match=rf"shard \d+/\d+ \(.+\) did not finish within timeout={limit:g} s on "
                                                r"(worker \d \(pid \d+\)|thread \d|the calling process)") as info:
-            zo.estimate_gradient(HangAt(5, 10.0 if kind != "loky" else 60.0), np.zeros(8), zo.CGE(), executor=ex)
+            zo.estimate_gradient(tc.HangAt(5, 10.0 if kind != "loky" else 60.0), np.zeros(8), zo.CGE(), executor=ex)
         assert time.perf_counter() - t0 < limit + 6.0  # did not wait for the hang (slack for a loaded machine)
         assert info.value.timeout == limit and info.value.worker
         if kind == "loky":  # the hung worker was killed and replaced

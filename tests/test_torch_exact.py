@@ -23,12 +23,7 @@ CE_ROWS = nn.CrossEntropyLoss(reduction="none")
 MU = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dropout_off(model):

@@ -20,12 +20,8 @@ from zoracle.adapters.torch import TorchOracle  # noqa: E402
 CE_ROWS = nn.CrossEntropyLoss(reduction="none")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs would dominate on a shared machine
-    yield
-    torch.set_num_threads(old)
+# tiny tensors: thread hand-offs would dominate on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ACTS = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Mish, nn.Tanh]
