@@ -12,7 +12,8 @@ tensor, then flattened to ``k * B`` rows for the rest of the chain:
   the bias ``b[i]`` adds ``h``.
 - ``Conv2d``: perturbing ``W[o, c, p, q]`` adds ``h`` times input channel ``c`` (of ``o``'s
   group), padded and shifted by ``(p, q)`` with the layer's stride and dilation, to output
-  channel ``o``.
+  channel ``o``. ``Conv1d`` is the same layer seen as a Conv2d of height 1
+  (:class:`Conv2dView`), so the two share every closed form.
 - ``BatchNorm``: perturbing ``weight[c]`` adds ``h * xhat[:, c]`` (the normalized input) to
   channel ``c``; ``bias[c]`` adds ``h``.
 - anything else: a loop that perturbs the parameter in place, runs the step on the ``B``
@@ -383,6 +384,8 @@ def fast_kind(module) -> str:
         return "linear"
     if type(module) is nn.Conv2d:
         return "conv2d"
+    if type(module) is nn.Conv1d:
+        return "conv1d"
     if (type(module) in _BN or type(module) is nn.GroupNorm) and module.affine:
         return "bn"  # per-channel affine of a normalized input (GroupNorm's xhat in the cache)
     if type(module) is nn.LayerNorm and module.elementwise_affine:
@@ -390,6 +393,33 @@ def fast_kind(module) -> str:
     if type(module) is nn.Embedding and module.max_norm is None:
         return "emb"
     return ""
+
+
+class Conv2dView:
+    """A ``Conv1d`` seen as a ``Conv2d`` of height 1: kernel ``(1, k)``, weight ``(O, C, 1, k)``.
+
+    Only the attributes the 2-D closed forms read; inputs are viewed as ``(B, C, 1, L)``.
+    """
+
+    __slots__ = ("weight", "kernel_size", "stride", "dilation", "padding", "padding_mode", "groups",
+                 "_reversed_padding_repeated_twice")
+
+    def __init__(self, m: nn.Conv1d):
+        self.weight = m.weight.unsqueeze(2)
+        self.kernel_size = (1,) + tuple(m.kernel_size)
+        self.stride = (1,) + tuple(m.stride)
+        self.dilation = (1,) + tuple(m.dilation)
+        self.padding = m.padding if isinstance(m.padding, str) else (0,) + tuple(m.padding)
+        self.padding_mode = m.padding_mode
+        self.groups = m.groups
+        self._reversed_padding_repeated_twice = list(m._reversed_padding_repeated_twice) + [0, 0]
+
+
+def _as2d(kind: str, module, *tensors):
+    """``("conv2d", Conv2dView, tensors with a height of 1)`` for a Conv1d block, else unchanged."""
+    if kind != "conv1d":
+        return (kind, module) + tensors
+    return ("conv2d", Conv2dView(module)) + tuple(None if t is None else t.unsqueeze(2) for t in tensors)
 
 
 #: largest unfolded conv input (patches) cached per prefix; beyond it, gather from the input
@@ -412,6 +442,7 @@ def conv_patches(module, cache, ci, p, q, out, dev):
 
 def prepare_cache(kind: str, module, x, out):
     """What a fast builder needs besides the step input and output (computed once per prefix)."""
+    kind, module, x, out = _as2d(kind, module, x, out)
     if kind == "conv2d":
         pad = module._reversed_padding_repeated_twice
         if any(pad):
@@ -453,6 +484,9 @@ def _t(a, device):
 
 def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, h):
     """``(k, B, ...)`` outputs of the step for each perturbation ``(local[r], h[r])``."""
+    if kind == "conv1d":
+        kind, module, x, out = _as2d(kind, module, x, out)
+        return perturbed_outputs(kind, module, x, out, cache, bp, local, h).squeeze(3)
     k = len(local)
     Y = out.unsqueeze(0).repeat((k,) + (1,) * out.dim())
     ar_all = torch.arange(k, device=out.device)
@@ -540,10 +574,12 @@ _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, 
 
 def channel_ok(kind: str, out) -> bool:
     """Whether the channel-delta path applies to this block's output layout."""
-    return (kind == "linear" and out.dim() == 2) or (kind in ("conv2d", "bn") and out.dim() in (2, 4))
+    return ((kind == "linear" and out.dim() == 2) or (kind == "conv2d" and out.dim() in (2, 4))
+            or (kind == "bn" and out.dim() in (2, 3, 4)) or (kind == "conv1d" and out.dim() == 3))
 
 
 _POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOL1D = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
 
 
 def is_fork(step: Step) -> bool:
@@ -555,12 +591,13 @@ def channel_local(step: Step, base) -> bool:
     if step.fn is not None:
         return False
     m = step.module
-    return type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
+    return (type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
+            or (type(m) in _POOL1D and base.dim() == 3))
 
 
 def flatten_linear(steps, j: int, base) -> bool:
-    """``Flatten()`` then ``Linear`` on a 4-D activation: a one-channel delta is a small matmul."""
-    if j + 1 >= len(steps) or base.dim() != 4:
+    """``Flatten()`` then ``Linear`` on a 3-D / 4-D activation: a one-channel delta is a small matmul."""
+    if j + 1 >= len(steps) or base.dim() not in (3, 4):
         return False
     f, lin = steps[j], steps[j + 1]
     return (f.fn is None and type(f.module) is nn.Flatten and f.module.start_dim == 1 and f.module.end_dim == -1
@@ -574,7 +611,8 @@ def absorbs(step: Step, base_in) -> bool:
         return False
     if type(m) is nn.Linear:
         return base_in.dim() == 2
-    return type(m) is nn.Conv2d and m.groups == 1 and base_in.dim() == 4
+    return ((type(m) is nn.Conv2d and base_in.dim() == 4) or (type(m) is nn.Conv1d and base_in.dim() == 3)) \
+        and m.groups == 1
 
 
 def _conv_index(module, idx):
@@ -591,6 +629,10 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
 
     ``local`` holds NumPy indices inside the block, ``h`` the representable steps (torch).
     """
+    if kind == "conv1d":
+        kind, module, x, out = _as2d(kind, module, x, out)
+        ch, col = perturbed_channels(kind, module, x, out, cache, bp, local, h)
+        return ch, col.squeeze(2)
     k = len(local)
     dev = out.device
     ch = np.empty(k, dtype=np.int64)
@@ -664,8 +706,13 @@ def absorb(step: Step, col, ch, base_in, base_out):
         Z = torch.empty((delta.shape[0],) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
         return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1), out=Z)
     k = delta.shape[0]
-    w = m.weight[:, ch].transpose(0, 1)  # (k, O, kh, kw)
     Z = rows_like(k, base_out)
+    if type(m) is nn.Conv1d:  # as a Conv2d of height 1
+        v = Conv2dView(m)
+        d = one_channel_conv(v, delta.transpose(0, 1).unsqueeze(2), v.weight[:, ch].transpose(0, 1),
+                             (1, base_out.shape[-1]))  # (B, k, O, 1, Lo)
+        return torch.add(base_out.unsqueeze(0), d.squeeze(3).transpose(0, 1), out=Z)
+    w = m.weight[:, ch].transpose(0, 1)  # (k, O, kh, kw)
     if _nhwc_absorb(m, base_out, Z):
         return _absorb_nhwc(m, delta, w, base_out, Z)
     d = one_channel_conv(m, delta.transpose(0, 1), w, tuple(base_out.shape[-2:])).transpose(0, 1)
@@ -781,6 +828,11 @@ def absorb_rows(kind: str, m, delta, chs, base_out_rows):
         return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
     if type(m) is nn.Linear:
         return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight.t().contiguous().index_select(0, chs))
+    if type(m) is nn.Conv1d:  # as a Conv2d of height 1
+        v = Conv2dView(m)
+        w = v.weight.transpose(0, 1).contiguous().index_select(0, chs)  # (M, O, 1, k)
+        d = one_channel_conv(v, delta.unsqueeze(0).unsqueeze(2), w, (1, base_out_rows.shape[-1]))[0]
+        return base_out_rows + d.squeeze(2)  # (M, O, Lo)
     w = m.weight.transpose(0, 1).contiguous().index_select(0, chs)  # (M, O, kh, kw)
     d = one_channel_conv(m, delta.unsqueeze(0), w, tuple(base_out_rows.shape[-2:]))[0]  # (M, O, Ho, Wo)
     return base_out_rows + d

@@ -164,7 +164,8 @@ class TorchOracle:
     modules and their subclasses are leaves). Each step that first uses a parameter is one
     block; ``prefix`` returns the activations entering it (cached for the bound
     minibatch), ``suffix`` builds the ``k`` perturbed outputs of the block (closed form for
-    exact ``nn.Linear``, ``nn.Conv2d`` and affine ``nn.BatchNorm*``; a perturb-run-restore
+    exact ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Embedding`` and affine
+    ``nn.BatchNorm*`` / ``GroupNorm`` / ``LayerNorm``; a perturb-run-restore
     loop for other layers and subclasses) and runs only the steps downstream on ``k * B``
     rows at once. A parameter used by several steps is perturbed in place and the rest run
     per perturbation. **Exact or refuse:** at the first bound minibatch the split is checked
@@ -693,7 +694,7 @@ class TorchOracle:
         return cached[1] if _same(cached[0], params) else None
 
     def _walk(self, si: int, out, state_rest, params=None):
-        """Follow a one-channel change through channel-local steps to the next Linear/Conv2d."""
+        """Follow a one-channel change through channel-local steps to the next Linear/Conv1d/Conv2d."""
         steps = self._core.chain.steps
         j, h, rest = si + 1, out, tuple(state_rest)
         joins, fork_at = {}, None

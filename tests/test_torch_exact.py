@@ -388,6 +388,35 @@ def test_closed_forms_for_embedding_layernorm_groupnorm():
     assert kinds == {"emb": "emb", "ln": "ln", "gn": "bn", "head": "linear"}
 
 
+@pytest.mark.parametrize("train,unfold", [(True, True), (False, True), (True, False)])
+def test_conv1d_closed_forms_are_exact(train, unfold, monkeypatch):
+    # Conv1d runs the Conv2d closed forms as a height-1 conv: strides, dilation, groups,
+    # reflect / "same" padding, BatchNorm1d, 1-D pools, a conv absorbing the next one's
+    # one-channel delta, and Flatten -> Linear; eval mode runs only the changed samples
+    if not unfold:  # large inputs gather shifted channels from the padded input instead of patches
+        from zoracle.adapters import _torch_chain
+
+        monkeypatch.setattr(_torch_chain, "_UNFOLD_BYTES", 0)
+    torch.manual_seed(11)
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 5, stride=2, padding=2, padding_mode="reflect"), nn.ReLU(inplace=True),
+        nn.Conv1d(4, 4, 3, padding=2, dilation=2, groups=2), nn.BatchNorm1d(4), nn.GELU(),
+        nn.Conv1d(4, 6, 3, padding="same", bias=False), nn.AvgPool1d(2), nn.Sigmoid(),
+        nn.Conv1d(6, 5, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Flatten(), nn.Linear(5, 3)).double().train(train)
+    if not train:
+        model[3].running_mean.uniform_(-0.5, 0.5)
+        model[3].running_var.uniform_(0.5, 2.0)
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((5, 2, 16)), rng.integers(0, 3, 5)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    assert oracle._core.kinds == ["conv1d", "conv1d", "bn", "conv1d", "conv1d", "linear"]
+    theta = oracle.initial_params()
+    walks = [oracle.prefix(theta, b).walk for b in range(len(oracle.blocks))]
+    # the grouped conv cannot absorb a one-channel delta: block 0 materializes it
+    assert [w[1] for w in walks[:5]] == ["", "layer", "layer", "layer", "flatten"]
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_resnet20_walk_through_joins_and_forks_is_exact(train):
     # a perturbed conv2 / bn2 changes one channel through the declared join (relu of the
