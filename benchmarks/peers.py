@@ -16,6 +16,8 @@ and stops at the same number of loss queries:
   (with per-epoch masks 90% of the weights stay frozen for a whole epoch);
 * ``deepzero-a``: the demo recipe with Adam (weight decay 5e-4) instead of SGD with momentum;
 * ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
+* ``deepzero-kas``: the short-budget recipe: 50 coordinates a step (biases included), a
+  fresh mask every step (``mask_shuffle_interval="step"``) and Adam, ZO-GraSP ratios kept;
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
@@ -50,11 +52,12 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "rge", "zoracle-es", "snes", "pgpe",
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "rge", "zoracle-es", "snes", "pgpe",
            "sepcma", "fdsgd")
 DEFAULT_METHODS = ("deepzero", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
+KEEP_FRESH = 50  # deepzero-kas: coordinates per step, a fresh mask each step
 
 # the tuning grid: three settings per method (see module docstring)
 GRID = {
@@ -64,6 +67,7 @@ GRID = {
     "deepzero-s": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
     "deepzero-a": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
     "deepzero-ka": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
+    "deepzero-kas": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
     "zoracle-es": [{"sigma": 0.02, "lr": 0.03}, {"sigma": 0.05, "lr": 0.03}, {"sigma": 0.1, "lr": 0.03}],
@@ -210,24 +214,26 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- methods
-def _deepzero_steps(bench, sparsity, kinds=("conv", "linear")) -> tuple:
+def _deepzero_steps(bench, sparsity, kinds=("conv", "linear"), grasp=2 * (192 + 1)) -> tuple:
     """Queries per sparse-CGE step (scored weights kept + dense biases + base) -> (steps, epochs)."""
     scored = sum(i.slice.stop - i.slice.start for i in bench.oracle.param_info if i.kind in kinds)
     per_step = int(round((1 - sparsity) * scored)) + (bench.d - scored) + 1
-    steps = max(2, (bench.budget - 2 * (192 + 1)) // per_step)
+    steps = max(2, (bench.budget - grasp) // per_step)
     return steps, -(-steps // len(bench.batches))
 
 
-def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer="sgd", **opts):
+def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer="sgd", ratios="zo_grasp",
+                 shuffle=1, **opts):
     import zoracle as zo
     from zoracle.apps._digits import per_class
 
-    steps, epochs = _deepzero_steps(bench, sparsity, opts.get("score_kinds", ("conv", "linear")))
+    grasp = 2 * (192 + 1) if ratios == "zo_grasp" else 0  # ZO-GraSP's queries, counted by train() too
+    steps, epochs = _deepzero_steps(bench, sparsity, opts.get("score_kinds", ("conv", "linear")), grasp)
     warm = min(len(bench.batches), steps - 1) if warmup is None else max(1, int(warmup * steps))
     sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=warm)
     optimizer = (zo.sgd(sched, momentum=0.9, weight_decay=5e-4) if optimizer == "sgd"
                  else zo.adam(sched, weight_decay=5e-4))
-    total = [2 * (192 + 1)]  # ZO-GraSP's queries, counted by train() too
+    total = [grasp]
 
     def cb(event, rec, params):
         if event != "step":
@@ -241,15 +247,15 @@ def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer
         n = len(bench.batches)
         batches, epochs = (lambda e: [bench.batches(e // n)[e % n]]), steps
     return zo.train(bench.oracle, bench.p0, batches=batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
-             sparsity=sparsity, ratios="zo_grasp", grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-             grasp_directions=192, mask_shuffle_interval=1, optimizer=optimizer, callbacks=[cb], rng=bench.seed,
+             sparsity=sparsity, ratios=ratios, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
+             grasp_directions=192, mask_shuffle_interval=shuffle, optimizer=optimizer, callbacks=[cb], rng=bench.seed,
              progress=False, **opts).params
 
 
-def run_deepzero_k(bench, lr, keep=KEEP, optimizer="sgd"):
+def run_deepzero_k(bench, lr, keep=KEEP, optimizer="sgd", shuffle=1):
     # biases join the sparse set: at large widths their dense estimate alone would cost more than `keep`
     return run_deepzero(bench, lr, sparsity=max(0.0, 1.0 - keep / bench.d), score_kinds=("conv", "linear", "bias"),
-                        optimizer=optimizer)
+                        optimizer=optimizer, shuffle=shuffle)
 
 
 def _train_rge(bench, steps, estimator, optimizer):
@@ -378,7 +384,11 @@ def run_deepzero_ka(bench, lr):
     return run_deepzero_k(bench, lr, optimizer="adam")
 
 
-RUNNERS = {"deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,
+def run_deepzero_kas(bench, lr):
+    return run_deepzero_k(bench, lr, keep=KEEP_FRESH, optimizer="adam", shuffle="step")
+
+
+RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 

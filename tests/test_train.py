@@ -220,3 +220,66 @@ def test_quickstart_example_runs(capsys):
     assert out[0].startswith("CGE: 21 queries") and out[2].startswith("trained:")
     loss, optimum = (float(w.rstrip(")")) for w in (out[2].split()[2], out[2].split()[4]))
     assert loss < optimum * 1.01
+
+
+def test_per_step_masks_query_a_fresh_exact_mask_each_step_and_resume_bitwise(tmp_path):
+    """``mask_shuffle_interval="step"``: step t's CGE perturbs exactly the coordinates of
+    ``DynamicMasks(..., interval="step").coordinates(epoch, step=t)`` (read off the queries
+    themselves), the masks differ between steps, and a crashed run resumes bit-identically."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((40, 12))
+    y = X @ rng.standard_normal(12)
+    blocks = [P("w", slice(0, 12), (12,), "linear")]
+    seen = {}  # step -> coordinates perturbed away from that step's base point
+
+    class LinReg:
+        def bind(self, batch):
+            Xb, yb = batch
+            return lambda w: float(np.mean((Xb @ w - yb) ** 2))
+
+    class Spy(LinReg):
+        step = 0
+        base = None
+
+        def bind(self, batch):
+            f = super().bind(batch)
+
+            def g(w):
+                if Spy.base is None:  # CGE's first query of a step is its base point
+                    Spy.base = w.copy()
+                else:
+                    seen.setdefault(Spy.step, set()).update(np.flatnonzero(w != Spy.base).tolist())
+                return f(w)
+            return g
+
+    def on_step(event, rec, params):
+        if event == "step":
+            Spy.step, Spy.base = rec["step"] + 1, None
+
+    kw = dict(batches=zo.Minibatches((X, y), 10, seed=1), epochs=3, estimator=zo.CGE(mu=1e-3), sparsity=0.75,
+              blocks=blocks, ratios="uniform", mask_shuffle_interval="step", optimizer=zo.adam(0.05), rng=5,
+              progress=False)
+    ref = zo.train(Spy(), np.zeros(12), callbacks=[on_step], **kw)
+    root = int(np.random.default_rng(5).integers(2**63))  # train's root of every random choice for rng=5
+    masks = zo.DynamicMasks([slice(0, 12)], [0.25], seed=root, interval="step")
+    want = {t: set(masks.coordinates(t // 4, step=t).tolist()) for t in range(12)}
+    assert seen == want
+    assert len({frozenset(v) for v in want.values()}) > 6  # fresh masks, not one per epoch
+    np.testing.assert_array_equal(ref.coordinates, masks.coordinates(2, step=11))
+
+    class Crash(Exception):
+        pass
+
+    def crash(event, rec, params):
+        if event == "step" and rec["step"] == 6:
+            raise Crash
+
+    ckpt = tmp_path / "c.npz"
+    with pytest.raises(Crash):
+        zo.train(LinReg(), np.zeros(12), checkpoint=ckpt, checkpoint_every=1, callbacks=[crash], **kw)
+    again = zo.train(LinReg(), np.zeros(12), checkpoint=ckpt, resume=ckpt, **kw)
+    assert again.params.tobytes() == ref.params.tobytes() and again.nfev == ref.nfev
+    with pytest.raises(zo.CheckpointError, match="mask_shuffle_interval"):
+        zo.train(LinReg(), np.zeros(12), resume=ckpt, **dict(kw, mask_shuffle_interval=1))
+    with pytest.raises(zo.ArgumentError, match="mask_shuffle_interval.*step"):
+        zo.train(LinReg(), np.zeros(12), **dict(kw, mask_shuffle_interval="steps"))

@@ -1,10 +1,10 @@
 """Dynamic gradient masks: the coordinate sets of sparse CGE (DeepZero's protocol).
 
 Layer-wise keep ratios are fixed once (from ZO-GraSP, Smart Ratio or uniform). Every
-``interval`` epochs a fresh random mask is drawn per scored block with *exactly* that
-block's kept count; unscored blocks (biases, norm layers) are always dense. The mask of
-a period is a pure function of ``(seed, period)``, so a resumed run redraws exactly the
-masks an uninterrupted run would have used.
+``interval`` epochs (or every step, ``interval="step"``) a fresh random mask is drawn per
+scored block with *exactly* that block's kept count; unscored blocks (biases, norm layers)
+are always dense. The mask of a period is a pure function of ``(seed, period)``, so a
+resumed run redraws exactly the masks an uninterrupted run would have used.
 """
 
 from __future__ import annotations
@@ -83,13 +83,17 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DynamicMasks:
-    """Masks redrawn every ``interval`` epochs from ``(seed, epoch // interval)``.
+    """Masks redrawn every ``interval`` epochs from ``(seed, epoch // interval)``, or every
+    step from ``(seed, step)`` when ``interval="step"``.
 
     Examples
     --------
     >>> m = DynamicMasks([slice(0, 10), slice(10, 30)], [0.5, 0.1], seed=0, interval=2)
     >>> len(m.coordinates(0)), bool((m.coordinates(0) == m.coordinates(1)).all())
     (7, True)
+    >>> s = DynamicMasks([slice(0, 10), slice(10, 30)], [0.5, 0.1], seed=0, interval="step")
+    >>> bool((s.coordinates(0, step=3) == s.coordinates(5, step=3)).all())
+    True
     """
 
     blocks: tuple
@@ -104,16 +108,26 @@ class DynamicMasks:
         object.__setattr__(self, "ratios", tuple(float(r) for r in np.asarray(self.ratios, dtype=float).ravel()))
         keep_counts(self.blocks, self.ratios)  # validates
         iv = self.interval
-        if isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1:
-            raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs), got {iv!r}")
+        if iv != "step" and (isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1):
+            raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs) or \"step\" (a fresh "
+                                f"mask every step), got {iv!r}")
+
+    @property
+    def per_step(self) -> bool:
+        return self.interval == "step"
 
     def period(self, epoch: int) -> int:
         return int(epoch) // self.interval
 
-    def coordinates(self, epoch: int) -> np.ndarray:
-        """The sorted coordinate set used during ``epoch``."""
-        rng = np.random.default_rng([int(self.seed) % 2**63, 0x6D61736B, self.period(epoch)])
-        return random_masks(self.blocks, self.ratios, rng, dense=self.dense)
+    def coordinates(self, epoch: int, step: int | None = None) -> np.ndarray:
+        """The sorted coordinate set used during ``epoch`` (at ``step``, for per-step masks)."""
+        if self.per_step:
+            if step is None:
+                raise ArgumentError("per-step masks (`mask_shuffle_interval=\"step\"`) need the `step`")
+            key = [int(self.seed) % 2**63, 0x6D61736B, 0x73746570, int(step)]
+        else:
+            key = [int(self.seed) % 2**63, 0x6D61736B, self.period(epoch)]
+        return random_masks(self.blocks, self.ratios, np.random.default_rng(key), dense=self.dense)
 
     @property
     def counts(self) -> np.ndarray:

@@ -252,7 +252,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
           estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
           sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
           ranking: str = "magnitude", grasp_directions: int = 192, grasp_batch=None,
-          mask_shuffle_interval: int = 5, executor=None, eval_fn=None, eval_every: int = 1,
+          mask_shuffle_interval: int | str = 5, executor=None, eval_fn=None, eval_every: int = 1,
           callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
           progress: bool = True) -> TrainResult:
     """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
@@ -296,8 +296,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         block) get dense CGE.
     ranking : {"magnitude", "grasp"}
         ZO-GraSP ranking (see :func:`zoracle.layer_ratios`).
-    mask_shuffle_interval : int
-        Epochs between fresh random masks.
+    mask_shuffle_interval : int or "step"
+        Epochs between fresh random masks, or ``"step"`` for a fresh mask every step (the
+        short-budget recipe: a few dozen coordinates a step with Adam, see docs/peers.md).
     executor : optional
         Passed to every estimate; never closed here.
     eval_fn : callable, optional
@@ -369,7 +370,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
             raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
-        _count("mask_shuffle_interval", mask_shuffle_interval, 1)
+        iv = mask_shuffle_interval
+        if iv != "step" and (isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1):
+            raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs between fresh masks) or "
+                                f"\"step\" (a fresh mask every step), got {iv!r}")
     if resume is True:
         if checkpoint is None:
             raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
@@ -412,7 +416,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         "schedule": describe_schedule(schedule) if schedule is not None else None,
         "mu": describe_schedule(mu) if mu is not None else None,
         "sparsity": None if not sparse else float(sparsity),
-        "mask_shuffle_interval": int(mask_shuffle_interval) if sparse else None,
+        "mask_shuffle_interval": (None if not sparse else "step" if mask_shuffle_interval == "step"
+                                  else int(mask_shuffle_interval)),
         "blocks": [[s.start, s.stop] for s in scored] if sparse else None,
         "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
         "steps_per_epoch": steps_per_epoch,
@@ -478,7 +483,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             arrays.update({f"oracle/{k}": to_numpy(v) for k, v in oracle.state_arrays().items()})
         if sparse:
             arrays["ratios"] = keep
-            arrays["coordinates"] = masks.coordinates(epoch)
+            arrays["coordinates"] = masks.coordinates(epoch, step=step)
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist},
                 "fingerprints": prints}
@@ -507,8 +512,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if pos > len(blist):
                 raise CheckpointError(f"checkpoint {resume!r}: header field 'pos' is {pos}, but epoch {epoch} has "
                                       f"only {len(blist)} batches; resume with the same batches or start over")
-            coords = masks.coordinates(epoch) if sparse else None
+            coords = masks.coordinates(epoch, step=step) if sparse else None
             while pos < len(blist):
+                if sparse and masks.per_step:
+                    coords = masks.coordinates(epoch, step=step)
                 t0 = time.perf_counter()
                 est = estimator if mu_sched is None else dataclasses.replace(
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
