@@ -54,7 +54,7 @@ import numpy as np
 
 METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "rge", "zoracle-es", "snes", "pgpe",
            "sepcma", "fdsgd")
-DEFAULT_METHODS = ("deepzero", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
+DEFAULT_METHODS = ("deepzero", "deepzero-kas", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
 KEEP_FRESH = 50  # deepzero-kas: coordinates per step, a fresh mask each step
