@@ -542,12 +542,13 @@ def plot(runs, path) -> None:
             a = np.array([[100 * c[3] for c in x["curve"][:n]] for x in sel])
             color = plt.get_cmap("tab20")(METHODS.index(r["method"]) % 20)
             for axis, xs in ((ax[0], q), (ax[1], s)):
-                keep = xs > 0  # a run with no query (FD-SGD past its budget) has no point on a log axis
+                keep = (xs > 0) & (q > 0)  # a run with no query (FD-SGD past its budget) has no point
                 axis.plot(xs[keep], a.mean(0)[keep], marker=".", color=color, label=f"{r['method']} ({len(sel)})")
                 if len(sel) > 1:
                     axis.fill_between(xs[keep], a.min(0)[keep], a.max(0)[keep], color=color, alpha=0.2)
         ax[0].set(xlabel="loss queries", ylabel="test accuracy (%)", title=f"{data}, d = {d:,}, {budget:,} queries")
         ax[1].set(xlabel="training wall time (s, 1 torch thread)", xscale="log", title=f"{data}, d = {d:,}: per second")
+        ax[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short ranges
         for axis in ax:
             axis.grid(alpha=0.3)
         ax[0].legend(fontsize=8)
