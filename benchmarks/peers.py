@@ -222,8 +222,7 @@ def _deepzero_steps(bench, sparsity, kinds=("conv", "linear"), grasp=2 * (192 + 
     return steps, -(-steps // len(bench.batches))
 
 
-def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer="sgd", ratios="zo_grasp",
-                 shuffle=1, **opts):
+def run_deepzero(bench, lr, sparsity=0.9, warmup=None, optimizer="sgd", ratios="zo_grasp", shuffle=1, **opts):
     import zoracle as zo
     from zoracle.apps._digits import per_class
 
@@ -242,11 +241,8 @@ def run_deepzero(bench, lr, sparsity=0.9, warmup=None, per_step=False, optimizer
         bench.record(params, total[0])
         return bench.done()
 
-    d, batches = bench.data, bench.batches
-    if per_step:  # one batch per "epoch", so that masks are redrawn every step (same batch stream)
-        n = len(bench.batches)
-        batches, epochs = (lambda e: [bench.batches(e // n)[e % n]]), steps
-    return zo.train(bench.oracle, bench.p0, batches=batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
+    d = bench.data
+    return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
              sparsity=sparsity, ratios=ratios, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
              grasp_directions=192, mask_shuffle_interval=shuffle, optimizer=optimizer, callbacks=[cb], rng=bench.seed,
              progress=False, **opts).params
@@ -373,7 +369,7 @@ def run_deepzero_w(bench, lr):
 
 
 def run_deepzero_s(bench, lr):
-    return run_deepzero(bench, lr, per_step=True)
+    return run_deepzero(bench, lr, shuffle="step")
 
 
 def run_deepzero_a(bench, lr):
