@@ -417,6 +417,22 @@ def test_conv1d_closed_forms_are_exact(train, unfold, monkeypatch):
     assert [w[1] for w in walks[:5]] == ["", "layer", "layer", "layer", "flatten"]
 
 
+@pytest.mark.parametrize("mode", ["circular", "replicate"])
+def test_conv1d_padding_modes_in_the_absorbing_conv_are_exact(mode):
+    # the one-channel delta of conv 0 is absorbed by a strided, dilated conv that pads by
+    # wrapping / repeating: the padding must apply to the delta as it does to the input
+    torch.manual_seed(12)
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 3, padding=1, padding_mode=mode), nn.Tanh(),
+        nn.Conv1d(4, 5, 5, stride=2, dilation=2, padding=4, padding_mode=mode), nn.AdaptiveAvgPool1d(3),
+        nn.Flatten(), nn.Linear(15, 3)).double()
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((4, 3, 20)), rng.integers(0, 3, 4)
+    oracle = check_exact(model, x, y, CE_ROWS)
+    theta = oracle.initial_params()
+    assert [oracle.prefix(theta, b).walk[1] for b in range(2)] == ["layer", "flatten"]
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_resnet20_walk_through_joins_and_forks_is_exact(train):
     # a perturbed conv2 / bn2 changes one channel through the declared join (relu of the
