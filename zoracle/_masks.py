@@ -19,6 +19,16 @@ from ._errors import ArgumentError
 __all__ = ["keep_counts", "random_masks", "DynamicMasks"]
 
 
+def check_interval(iv):
+    """``mask_shuffle_interval``: an integer >= 1 (epochs between fresh masks) or ``"step"``."""
+    if isinstance(iv, str) and iv == "step":
+        return "step"
+    if isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1:
+        raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs between fresh masks) or "
+                            f"\"step\" (a fresh mask every step), got {iv!r}")
+    return int(iv)
+
+
 def _slices(blocks) -> list:
     out = []
     for i, b in enumerate(blocks):
@@ -107,10 +117,7 @@ class DynamicMasks:
         object.__setattr__(self, "dense", tuple(_slices(self.dense)))
         object.__setattr__(self, "ratios", tuple(float(r) for r in np.asarray(self.ratios, dtype=float).ravel()))
         keep_counts(self.blocks, self.ratios)  # validates
-        iv = self.interval
-        if iv != "step" and (isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1):
-            raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs) or \"step\" (a fresh "
-                                f"mask every step), got {iv!r}")
+        object.__setattr__(self, "interval", check_interval(self.interval))
 
     @property
     def per_step(self) -> bool:

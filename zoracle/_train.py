@@ -24,7 +24,7 @@ from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_writable, save_checkpoint
 from ._errors import ArgumentError
 from ._estimators import CGE, RGE, as_generator, check_step, estimate_gradient, validate_params
-from ._masks import DynamicMasks
+from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
 from ._pruning import SCORED_KINDS, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
@@ -370,10 +370,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
             raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
-        iv = mask_shuffle_interval
-        if iv != "step" and (isinstance(iv, bool) or not isinstance(iv, numbers.Integral) or iv < 1):
-            raise ArgumentError(f"`mask_shuffle_interval` must be an integer >= 1 (epochs between fresh masks) or "
-                                f"\"step\" (a fresh mask every step), got {iv!r}")
+        mask_shuffle_interval = check_interval(mask_shuffle_interval)
     if resume is True:
         if checkpoint is None:
             raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
@@ -416,8 +413,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         "schedule": describe_schedule(schedule) if schedule is not None else None,
         "mu": describe_schedule(mu) if mu is not None else None,
         "sparsity": None if not sparse else float(sparsity),
-        "mask_shuffle_interval": (None if not sparse else "step" if mask_shuffle_interval == "step"
-                                  else int(mask_shuffle_interval)),
+        "mask_shuffle_interval": mask_shuffle_interval if sparse else None,
         "blocks": [[s.start, s.stop] for s in scored] if sparse else None,
         "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
         "steps_per_epoch": steps_per_epoch,
