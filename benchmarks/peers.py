@@ -554,6 +554,69 @@ def plot(runs, path) -> None:
 
 
 SPEED_PEERS = ("snes", "pgpe", "sepcma", "fdsgd")
+#: methods whose queries go through TorchOracle's coordinate path (their multiply-adds are counted on a replay)
+COORDINATE_METHODS = tuple(m for m in METHODS if m.startswith("deepzero"))
+
+
+def forward_macs(model, x) -> int:
+    """Multiply-adds of one forward per sample: Linear and Conv layers, counted with hooks
+    (activations, pooling and the loss are not counted)."""
+    import torch
+    from torch import nn
+
+    total = [0]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, nn.Linear):
+            total[0] += mod.in_features * mod.out_features * (out.numel() // out.shape[-1])
+        else:  # one output element of a convolution reads (in_channels / groups) * kernel weights
+            total[0] += mod.weight[0].numel() * out.numel()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        with torch.no_grad():
+            model(torch.as_tensor(np.asarray(x[:1], dtype=np.float32)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
+def executed_macs(fn):
+    """``(fn(), multiply-adds of the matrix products and convolutions torch ran meanwhile)``,
+    counted by ``torch.utils.flop_counter.FlopCounterMode`` (vmapped batches included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return out, counter.get_total_flops() // 2
+
+
+def add_macs(rows, runs=None, log=print) -> list:
+    """Multiply-adds of every speed row. A full-forward method spends ``queries * 32 *
+    forward_macs``. The coordinate-path methods are replayed (untimed, same seed and setting)
+    and what they ran is counted (:func:`executed_macs`): ZO-GraSP's forwards, the base
+    losses, the cached activations, the closed forms and the suffixes. ``mac_ratio`` is a
+    row's multiply-adds over DeepZero's demo recipe at the same point: the time ratio the two
+    would have at equal multiply-add throughput."""
+    datas, per = {}, {}
+    for r in rows:
+        key = (r["data"], r["width"])
+        if r["data"] not in datas:
+            datas[r["data"]] = load_data(r["data"], 0)
+        bench = Bench(datas[r["data"]], r["data"], r["width"], 0, r.get("budget", 30_000))
+        if key not in per:
+            per[key] = forward_macs(bench.oracle.model, datas[r["data"]]["x"])
+        if r["method"] in COORDINATE_METHODS:
+            r["macs"] = executed_macs(lambda: run_one(bench, r["method"], r["setting"]))[1]
+        else:
+            r["macs"] = r["queries"] * bench.batches.batch_size * per[key]
+        log(f"{r['data']} d={r['d']} {r['method']} ({r['eval']}): {r['macs'] / 1e9:.2f} GMAC")
+    for r in rows:
+        dz = [x for x in rows if (x["data"], x["width"], x["method"]) == (r["data"], r["width"], "deepzero")]
+        r["mac_ratio"] = r["macs"] / dz[0]["macs"] if dz and dz[0]["macs"] and r["macs"] else float("nan")
+    return rows
 
 
 def speed(args, log=print) -> list:
@@ -575,7 +638,7 @@ def speed(args, log=print) -> list:
                     bench = Bench(data, name, width, 0, args.budget, peer_eval=ev)
                     r = run_one(bench, method, setting)
                     row = {"data": name, "d": r["d"], "width": width, "method": method, "eval": ev, "setting": setting,
-                           "queries": r["queries"], "seconds": r["seconds"], "test_acc": r["test_acc"],
+                           "budget": args.budget, "queries": r["queries"], "seconds": r["seconds"], "test_acc": r["test_acc"],
                            "s_per_query": r["seconds"] / r["queries"] if r["queries"] else float("nan")}
                     rows.append(row)
                     log(f"{name} d={r['d']} {method} ({ev}): {r['seconds']:.2f} s for {r['queries']:,} queries, "
@@ -583,14 +646,16 @@ def speed(args, log=print) -> list:
     for r in rows:
         dz = [x for x in rows if (x["data"], x["width"], x["method"]) == (r["data"], r["width"], "deepzero")]
         r["ratio"] = r["s_per_query"] / dz[0]["s_per_query"] if dz else float("nan")
-    return rows
+    return add_macs(rows, log=log)  # after every timing: the replays do not disturb them
 
 
 def speed_table(rows) -> str:
-    head = ("data", "d", "method", "populations", "queries", "train s", "us / query", "x DeepZero's time")
+    head = ("data", "d", "method", "populations", "queries", "train s", "us / query", "x DeepZero's time", "GMAC",
+            "x DeepZero's MACs")
     lines = [head] + [(r["data"], f"{r['d']:,}", r["method"], r["eval"] if r["method"] in SPEED_PEERS[:3] else "-",
                        f"{r['queries']:,}", f"{r['seconds']:.2f}", f"{1e6 * r['s_per_query']:.1f}",
-                       f"{r['ratio']:.1f}") for r in rows]
+                       f"{r['ratio']:.1f}", f"{r['macs'] / 1e9:.2f}" if "macs" in r else "-",
+                       f"{r['mac_ratio']:.1f}" if "mac_ratio" in r else "-") for r in rows]
     return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
                      for i, row in enumerate(lines))
 
@@ -617,7 +682,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON instead of the table")
     p.add_argument("--speed", default=None, metavar="JSON", help="speed table: every method once per point in this "
                    "process (settings tuned in these comma-separated result files)")
+    p.add_argument("--macs", default=None, metavar="JSON", help="add the multiply-add counts to an existing --speed "
+                   "file (rewritten in place) and print its table")
     args = p.parse_args(argv)
+    if args.macs is not None:
+        rows = add_macs(_load(args.macs), log=lambda m: print(m, file=sys.stderr, flush=True))
+        _save(args.macs, rows)
+        print(json.dumps(rows) if args.json else speed_table(rows))
+        return 0
     if args.speed is not None:
         args.data = [s.strip() for s in args.data.split(",") if s.strip()]
         args.widths = _ints(args.widths)

@@ -108,3 +108,29 @@ def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
         assert r["ratio"] == pytest.approx(r["s_per_query"] / dz["s_per_query"])
     assert rows[1]["queries"] == rows[2]["queries"] == 2000  # plain calls spend the same queries as the batch
     assert "| snes | plain |" in peers.speed_table(rows)
+    # multiply-adds: a full forward of the demo CNN per sample and query for the peers; DeepZero's replay
+    # counts what it ran, ZO-GraSP's 386 forwards on 250 images included
+    per = peers.forward_macs(peers.make_model("digits", 0, 0), np.zeros((1, 1, 8, 8)))
+    assert rows[1]["macs"] == rows[1]["queries"] * 32 * per and rows[2]["macs"] == rows[1]["macs"]
+    assert dz["mac_ratio"] == 1.0 and 386 * 250 * per < dz["macs"]  # (at 2,000 queries ZO-GraSP's share is most of it)
+    assert rows[1]["mac_ratio"] == pytest.approx(rows[1]["macs"] / dz["macs"])
+    assert "GMAC" in peers.speed_table(rows)
+
+
+def test_multiply_adds_two_ways(peers, digits):
+    import torch
+
+    torch.manual_seed(0)
+    model = peers.make_model("digits", 0, 0)
+    # conv 1->8 (3x3, 8x8 out), conv 8->16 (3x3, stride 2: 4x4 out), linear 64->10
+    assert peers.forward_macs(model, digits["x"]) == 8 * 9 * 64 + 16 * 72 * 16 + 64 * 10 == 23_680
+    oracle = peers.Bench(digits, "digits", 0, 0, 1000).oracle.bind((digits["x"][:32], digits["y"][:32]))
+    p = oracle.initial_params()
+    # torch's own count of what ran agrees: a plain call, a vmapped batch of 3
+    assert peers.executed_macs(lambda: oracle(p))[1] == 32 * 23_680
+    assert peers.executed_macs(lambda: oracle.batch(np.stack([p, p, p])))[1] == 3 * 32 * 23_680
+    # a perturbation of the classifier runs no convolution: far less than a forward
+    f = oracle.prefix(p, len(oracle.blocks) - 1)
+    start = oracle.blocks[-1].start
+    assert peers.executed_macs(lambda: oracle.suffix(f, p, len(oracle.blocks) - 1, np.arange(start, start + 5),
+                                                     1e-3))[1] < 32 * 23_680
