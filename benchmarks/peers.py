@@ -593,7 +593,7 @@ def executed_macs(fn):
     return out, counter.get_total_flops() // 2
 
 
-def add_macs(rows, runs=None, log=print) -> list:
+def add_macs(rows, log=print) -> list:
     """Multiply-adds of every speed row. A full-forward method spends ``queries * 32 *
     forward_macs``. The coordinate-path methods are replayed (untimed, same seed and setting)
     and what they ran is counted (:func:`executed_macs`): ZO-GraSP's forwards, the base
@@ -686,6 +686,9 @@ def main(argv=None) -> int:
                    "file (rewritten in place) and print its table")
     args = p.parse_args(argv)
     if args.macs is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the replays follow the timed runs' arithmetic (one thread)
         rows = add_macs(_load(args.macs), log=lambda m: print(m, file=sys.stderr, flush=True))
         _save(args.macs, rows)
         print(json.dumps(rows) if args.json else speed_table(rows))
