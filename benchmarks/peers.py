@@ -58,6 +58,7 @@ DEFAULT_METHODS = ("deepzero", "deepzero-kas", "rge", "zoracle-es", "snes", "pgp
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
 KEEP_FRESH = 50  # deepzero-kas: coordinates per step, a fresh mask each step
+BATCH = 32  # samples in every minibatch of the black box
 
 # the tuning grid: three settings per method (see module docstring)
 GRID = {
@@ -134,7 +135,7 @@ def make_model(data: str, width: int, seed: int):
 class Bench:
     """One (data, width, seed) point: the oracle, the minibatch stream, the query and time ledger."""
 
-    def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = 32,
+    def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = BATCH,
                  points: int = 10, peer_eval: str = "batch"):
         import torch
 
@@ -605,18 +606,23 @@ def add_macs(rows, log=print) -> list:
         key = (r["data"], r["width"])
         if r["data"] not in datas:
             datas[r["data"]] = load_data(r["data"], 0)
-        bench = Bench(datas[r["data"]], r["data"], r["width"], 0, r.get("budget", 30_000))
         if key not in per:
-            per[key] = forward_macs(bench.oracle.model, datas[r["data"]]["x"])
+            per[key] = forward_macs(make_model(r["data"], r["width"], 0), datas[r["data"]]["x"])
         if r["method"] in COORDINATE_METHODS:
+            bench = Bench(datas[r["data"]], r["data"], r["width"], 0, r.get("budget", 30_000))
             r["macs"] = executed_macs(lambda: run_one(bench, r["method"], r["setting"]))[1]
         else:
-            r["macs"] = r["queries"] * bench.batches.batch_size * per[key]
+            r["macs"] = r["queries"] * BATCH * per[key]
         log(f"{r['data']} d={r['d']} {r['method']} ({r['eval']}): {r['macs'] / 1e9:.2f} GMAC")
     for r in rows:
-        dz = [x for x in rows if (x["data"], x["width"], x["method"]) == (r["data"], r["width"], "deepzero")]
-        r["mac_ratio"] = r["macs"] / dz[0]["macs"] if dz and dz[0]["macs"] and r["macs"] else float("nan")
+        dz = _demo_row(rows, r)
+        r["mac_ratio"] = r["macs"] / dz["macs"] if dz and dz["macs"] and r["macs"] else float("nan")
     return rows
+
+
+def _demo_row(rows, r):
+    """The demo recipe's (``deepzero``) row at ``r``'s point, or None."""
+    return next((x for x in rows if (x["data"], x["width"], x["method"]) == (r["data"], r["width"], "deepzero")), None)
 
 
 def speed(args, log=print) -> list:
@@ -645,8 +651,8 @@ def speed(args, log=print) -> list:
                     log(f"{name} d={r['d']} {method} ({ev}): {r['seconds']:.2f} s for {r['queries']:,} queries, "
                         f"test {100 * r['test_acc']:.1f}%")
     for r in rows:
-        dz = [x for x in rows if (x["data"], x["width"], x["method"]) == (r["data"], r["width"], "deepzero")]
-        r["ratio"] = r["s_per_query"] / dz[0]["s_per_query"] if dz else float("nan")
+        dz = _demo_row(rows, r)
+        r["ratio"] = r["s_per_query"] / dz["s_per_query"] if dz else float("nan")
     return add_macs(rows, log=log)  # after every timing: the replays do not disturb them
 
 

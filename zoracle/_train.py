@@ -508,9 +508,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if pos > len(blist):
                 raise CheckpointError(f"checkpoint {resume!r}: header field 'pos' is {pos}, but epoch {epoch} has "
                                       f"only {len(blist)} batches; resume with the same batches or start over")
-            coords = masks.coordinates(epoch, step=step) if sparse else None
+            if sparse and not masks.per_step:
+                coords = masks.coordinates(epoch)
             while pos < len(blist):
-                if sparse and masks.per_step:
+                if sparse and masks.per_step:  # drawn once per step, where the step runs
                     coords = masks.coordinates(epoch, step=step)
                 t0 = time.perf_counter()
                 est = estimator if mu_sched is None else dataclasses.replace(
