@@ -18,6 +18,9 @@ and stops at the same number of loss queries:
 * ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
 * ``deepzero-kas``: the short-budget recipe: 50 coordinates a step (biases included), a
   fresh mask every step (``mask_shuffle_interval="step"``) and Adam, ZO-GraSP ratios kept;
+* ``deepzero-krs``: ``zo.recipes.short_budget``, zoracle's short-budget recipe: ``deepzero-kas``
+  with Adam's momentum off (``b1=0``: each measured partial derivative moves its weight at
+  once, scaled by its own RMS); it spends at most the budget (``train(max_queries=...)``);
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
@@ -52,9 +55,9 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "rge", "zoracle-es", "snes", "pgpe",
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "deepzero-krs", "rge", "zoracle-es", "snes", "pgpe",
            "sepcma", "fdsgd")
-DEFAULT_METHODS = ("deepzero", "deepzero-kas", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
+DEFAULT_METHODS = ("deepzero", "deepzero-krs", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
 KEEP_FRESH = 50  # deepzero-kas: coordinates per step, a fresh mask each step
@@ -69,6 +72,7 @@ GRID = {
     "deepzero-a": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
     "deepzero-ka": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     "deepzero-kas": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
+    "deepzero-krs": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
     "zoracle-es": [{"sigma": 0.02, "lr": 0.03}, {"sigma": 0.05, "lr": 0.03}, {"sigma": 0.1, "lr": 0.03}],
@@ -385,7 +389,27 @@ def run_deepzero_kas(bench, lr):
     return run_deepzero_k(bench, lr, keep=KEEP_FRESH, optimizer="adam", shuffle="step")
 
 
-RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,
+def run_deepzero_krs(bench, lr):
+    """``zo.recipes.short_budget``: zoracle's recipe for about one query per weight or less."""
+    import zoracle as zo
+    from zoracle.apps._digits import per_class
+
+    kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr,
+                                 coordinates=KEEP_FRESH)
+    total = [2 * (kw["grasp_directions"] + 1)]
+
+    def cb(event, rec, params):
+        if event == "step":
+            total[0] += rec["nfev"]
+            bench.record(params, total[0])
+        return None
+
+    d = bench.data
+    return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
+                    callbacks=[cb], rng=bench.seed, progress=False, **kw).params
+
+
+RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 

@@ -283,3 +283,43 @@ def test_per_step_masks_query_a_fresh_exact_mask_each_step_and_resume_bitwise(tm
         zo.train(LinReg(), np.zeros(12), resume=ckpt, **dict(kw, mask_shuffle_interval=1))
     with pytest.raises(zo.ArgumentError, match="mask_shuffle_interval.*step"):
         zo.train(LinReg(), np.zeros(12), **dict(kw, mask_shuffle_interval="steps"))
+
+
+def test_max_queries_stops_at_the_first_step_that_reaches_the_budget_and_resumes_past_it(tmp_path):
+    """The budget counts every query (ZO-GraSP's, and those before a resume); the run stops
+    after the first step whose total reaches it, and a larger budget continues the run
+    bit-identically to one made with that budget from the start."""
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return float(((x - 1.0) ** 2).sum())
+
+    res = zo.train(f, np.zeros(4), epochs=100, optimizer=zo.sgd(0.1), max_queries=12, progress=False)
+    assert (res.nfev, res.steps, res.stopped, len(calls)) == (15, 3, True, 15)  # 5 queries a step: 5, 10, 15
+    exact = zo.train(f, np.zeros(4), epochs=100, optimizer=zo.sgd(0.1), max_queries=10, progress=False)
+    assert (exact.nfev, exact.steps) == (10, 2)
+
+    X, y, _ = _data(n=32, d=30)
+    blocks = [P("a", slice(0, 10), (10,), "linear"), P("b", slice(10, 30), (20,), "linear"),
+              P("c", slice(30, 31), (1,), "bias")]
+    kw = dict(batches=zo.Minibatches((X, y), 8, seed=0), epochs=50, sparsity=0.5, blocks=blocks,
+              grasp_directions=16, mask_shuffle_interval="step", optimizer=zo.adam(0.05), rng=0, progress=False)
+    grasp, per_step = 2 * 17, 15 + 1 + 1
+    short = zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp + 3 * per_step, **kw)
+    assert (short.nfev, short.steps) == (grasp + 3 * per_step, 3)
+    ref = zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp + 6 * per_step + 1, **kw)
+    assert (ref.nfev, ref.steps, ref.epochs) == (grasp + 7 * per_step, 7, 1)  # past the epoch of 4 steps
+
+    ckpt = tmp_path / "b.npz"
+    first = zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp + 3 * per_step, checkpoint=ckpt, **kw)
+    assert first.params.tobytes() == short.params.tobytes()
+    again = zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp + 3 * per_step, resume=ckpt, **kw)
+    assert (again.steps, again.nfev) == (3, first.nfev) and again.params.tobytes() == first.params.tobytes()
+    more = zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp + 6 * per_step + 1, resume=ckpt, **kw)
+    assert (more.nfev, more.steps) == (ref.nfev, ref.steps) and more.params.tobytes() == ref.params.tobytes()
+
+    with pytest.raises(zo.ArgumentError, match=r"`max_queries` is 34, but ZO-GraSP alone takes .* = 34"):
+        zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp, **kw)
+    with pytest.raises(zo.ArgumentError, match="max_queries"):
+        zo.train(f, np.zeros(4), max_queries=0, progress=False)

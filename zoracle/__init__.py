@@ -28,6 +28,7 @@ from ._optim import AdamState, Optimizer, SGDState, SignState, adam, sgd, sign_s
 from ._pruning import layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._schedules import constant_schedule, cosine_schedule, linear_warmup, step_schedule
 from ._train import History, Minibatches, TrainResult, train
+from . import recipes  # noqa: E402  (imports train)
 
 __version__ = "0.1.0"
 
@@ -106,4 +107,5 @@ __all__ = [
     "train",
     "uniform_ratios",
     "zo_grasp",
+    "recipes",
 ]

@@ -135,7 +135,7 @@ class TrainResult:
         The last mask used (sparse training only).
     optimizer_state : NamedTuple
     stopped : bool
-        True when a callback stopped training early.
+        True when a callback or ``max_queries`` stopped training early.
     """
 
     params: Any
@@ -254,7 +254,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
           ranking: str = "magnitude", grasp_directions: int = 192, grasp_batch=None,
           mask_shuffle_interval: int | str = 5, executor=None, eval_fn=None, eval_every: int = 1,
           callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, max_queries: int | None = None) -> TrainResult:
     """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
 
     Per step: bind the oracle to the step's batch (every query of the step sees it),
@@ -324,6 +324,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Root of every random choice (directions, masks, ZO-GraSP).
     progress : bool
         tqdm progress bar with loss, lr and queries/s; off: ``logging`` at INFO per epoch.
+    max_queries : int, optional
+        A query budget: training stops after the first step at which the run's queries
+        (ZO-GraSP's included, and those before a resume) reach it, so the last step may pass it
+        by less than one step's queries. Not part of the checkpoint's settings: a run stopped
+        by its budget resumes with a larger one. A budget that ZO-GraSP alone would spend
+        raises :class:`~zoracle.ArgumentError` before the first query.
 
     Returns
     -------
@@ -345,6 +351,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
     eval_every = _count("eval_every", eval_every, 1)
+    if max_queries is not None:
+        max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
     estimator = CGE() if estimator is None else estimator
     if not isinstance(estimator, (CGE, RGE)):
@@ -463,6 +471,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if gb is None and batches is not None:
                 first = _epoch_batches(batches, 0, steps_per_epoch)
                 gb = first[0]
+            if max_queries is not None and nfev + 2 * (grasp_directions + 1) >= max_queries:
+                raise ArgumentError(
+                    f"`max_queries` is {max_queries}, but ZO-GraSP alone takes 2 * (grasp_directions + 1) = "
+                    f"{2 * (grasp_directions + 1)} queries; raise `max_queries`, lower `grasp_directions`, "
+                    f"or pass `ratios=\"uniform\"`")
             target = _bound(oracle, gb)
             scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
                               rng=np.random.default_rng([root, 2]), executor=executor)
@@ -499,7 +512,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         epochs * (steps_per_epoch or (len(batches) if batches is not None else 1)))
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step",
                dynamic_ncols=True, leave=False)
-    stopped = False
+    stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     coords = None
     t_rate, n_rate = time.perf_counter(), 0
     try:
@@ -544,6 +557,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 for cb in callbacks:
                     if cb("step", rec, params) is True:
                         stopped = True
+                if max_queries is not None and nfev >= max_queries:
+                    stopped = True
                 if (checkpoint_every != "epoch" and step % checkpoint_every == 0 and pos < len(blist)
                         and not stopped):
                     save()

@@ -1,0 +1,77 @@
+"""zoracle.recipes.short_budget: train settings for about one query per weight or less."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+
+P = namedtuple("P", "name slice shape kind")
+BLOCKS = [P("W", slice(0, 30), (3, 10), "linear"), P("b", slice(30, 33), (3,), "bias"),
+          P("g", slice(33, 35), (2,), "norm")]  # a kind the recipe does not sample: estimated densely
+
+
+class Softmax:
+    """Softmax regression with two extra (norm-like) scalars; a NumPy DataOracle."""
+
+    param_info = BLOCKS
+
+    @staticmethod
+    def loss(w, X, y):
+        z = (X @ w[:30].reshape(3, 10).T + w[30:33]) * (1 + w[33]) + w[34]
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+    def bind(self, batch):
+        X, y = batch
+        return lambda w: self.loss(w, X, y)
+
+
+def _data():
+    r = np.random.default_rng(0)
+    X = r.standard_normal((200, 10))
+    y = (X @ r.standard_normal((10, 3))).argmax(1)
+    return X, y
+
+
+def test_short_budget_spends_whole_steps_within_the_budget_and_learns():
+    X, y = _data()
+    batches = zo.Minibatches((X, y), 40, seed=0)  # 5 steps an epoch
+    p0 = np.zeros(35)
+    kw = zo.recipes.short_budget(Softmax(), p0, 200, batches=batches, coordinates=8, grasp_directions=8, lr=0.1)
+    grasp, per_step = 2 * 9, 8 + 2 + 1  # ZO-GraSP; 8 sampled weights + 2 dense scalars + the base point
+    steps = (200 - grasp) // per_step
+    assert (kw["max_queries"], kw["epochs"], kw["mask_shuffle_interval"]) == (grasp + steps * per_step, 4, "step")
+    assert kw["sparsity"] == pytest.approx(1 - 8 / 33) and "b1=0.0" in kw["optimizer"].config
+    res = zo.train(Softmax(), p0, batches=batches, rng=0, progress=False, **kw)
+    assert (res.nfev, res.steps, res.stopped) == (grasp + steps * per_step, steps, True)
+    assert res.history.column("nfev").tolist() == [per_step] * steps
+    lrs = res.history.column("lr").tolist()
+    assert lrs[:5] == sorted(lrs[:5]) and max(lrs) == pytest.approx(0.1) and lrs[-1] < 0.01
+    assert Softmax.loss(res.params, X, y) < 0.9 * Softmax.loss(p0, X, y)
+
+
+def test_short_budget_options_pass_through():
+    kw = zo.recipes.short_budget(None, np.zeros(500), 2_000, steps_per_epoch=7, coordinates=20, b1=0.9, lr=0.3,
+                                 mu=1e-2, weight_decay=0.0)
+    assert kw["steps_per_epoch"] == 7 and kw["estimator"].mu == 1e-2 and "ratios" in kw
+    assert "b1=0.9" in kw["optimizer"].config and "weight_decay=0.0" in kw["optimizer"].config
+    assert kw["max_queries"] == (2_000 // 21) * 21  # one block: uniform ratios, no ZO-GraSP queries
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((None, np.zeros(100), 50), {"steps_per_epoch": 1}, r"`budget` is 50.*budget >= 102"),
+    ((Softmax(), np.zeros(35), 1_000), {"steps_per_epoch": 1, "coordinates": 40}, r"`coordinates` is 40.*33"),
+    ((Softmax(), np.zeros(35), 1_000), {"batches": lambda epoch: []}, "steps_per_epoch"),
+    ((None, np.zeros(100), 1_000), {"steps_per_epoch": 1, "lr": 0.0}, "`lr`"),
+    ((None, np.zeros(100), 1_000), {"steps_per_epoch": 1, "b1": 1.0}, "`b1`"),
+    ((None, np.zeros(100), 0), {"steps_per_epoch": 1}, "`budget`"),
+    ((None, np.zeros(10), 1_000), {"blocks": [P("g", slice(0, 10), (10,), "norm")], "steps_per_epoch": 1},
+     "no block has a kind"),
+])
+def test_short_budget_bad_input_names_the_argument(args, kwargs, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.recipes.short_budget(*args, **kwargs)
