@@ -464,7 +464,7 @@ def best_setting(runs, data, width, method, budget):
         tuned += [r for r in here if r.get("role") == "transfer" and r["seed"] == tuned[0]["seed"]]
     if not tuned:
         moved = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
-                 and r.get("role") == "transfer"]
+                 and r.get("role") in ("transfer", "fresh")]
         return moved[0]["setting"] if moved else None
     return max(tuned, key=lambda r: -1.0 if r["val_acc"] != r["val_acc"] else r["val_acc"])["setting"]
 
@@ -475,6 +475,7 @@ def sweep(args, log=print) -> list:
     torch.set_num_threads(args.threads)
     runs = _load(args.out)
     done = {_key(r) for r in runs}
+    fixed = [r for path in args.settings_from.split(",") if path for r in _load(path)] if args.settings_from else None
     datas = {}
     for name in args.data:
         for width in args.widths:
@@ -482,7 +483,13 @@ def sweep(args, log=print) -> list:
                 grid = GRID[method][:args.grid] if args.grid else GRID[method]
                 source = max((w for w in args.tune_widths if w < width), default=None)
                 for i, seed in enumerate(args.seeds):
-                    if i == 0 and args.tune_widths and width not in args.tune_widths and source is not None:
+                    if fixed is not None:  # new seeds of the settings chosen in an earlier sweep, no tuning
+                        chosen = best_setting(fixed, name, width, method, args.budget)
+                        if chosen is None:
+                            raise SystemExit(f"--settings-from has no chosen setting for {method} on {name} at width "
+                                             f"{width} and budget {args.budget}")
+                        todo = [(chosen, "fresh")]
+                    elif i == 0 and args.tune_widths and width not in args.tune_widths and source is not None:
                         chosen = best_setting(runs, name, source, method, args.budget)  # tuned at a smaller width
                         todo = [(chosen, "transfer")] if chosen is not None else [(s, "tune") for s in grid]
                     elif i == 0:
@@ -623,8 +630,8 @@ def add_macs(rows, log=print) -> list:
     forward_macs``. The coordinate-path methods are replayed (untimed, same seed and setting)
     and what they ran is counted (:func:`executed_macs`): ZO-GraSP's forwards, the base
     losses, the cached activations, the closed forms and the suffixes. ``mac_ratio`` is a
-    row's multiply-adds over DeepZero's demo recipe at the same point: the time ratio the two
-    would have at equal multiply-add throughput."""
+    row's multiply-adds per query over DeepZero's demo recipe's at the same point: the
+    ``ratio`` (of seconds per query) the two would have at equal multiply-add throughput."""
     datas, per = {}, {}
     for r in rows:
         key = (r["data"], r["width"])
@@ -638,9 +645,15 @@ def add_macs(rows, log=print) -> list:
         else:
             r["macs"] = r["queries"] * BATCH * per[key]
         log(f"{r['data']} d={r['d']} {r['method']} ({r['eval']}): {r['macs'] / 1e9:.2f} GMAC")
+    return mac_ratios(rows)
+
+
+def mac_ratios(rows) -> list:
+    """Set each row's ``mac_ratio``: its multiply-adds per query over the demo recipe's."""
     for r in rows:
         dz = _demo_row(rows, r)
-        r["mac_ratio"] = r["macs"] / dz["macs"] if dz and dz["macs"] and r["macs"] else float("nan")
+        ok = dz and dz["macs"] and r["macs"] and r["queries"] and dz["queries"]
+        r["mac_ratio"] = (r["macs"] / r["queries"]) / (dz["macs"] / dz["queries"]) if ok else float("nan")
     return rows
 
 
@@ -706,6 +719,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid", type=int, default=0, help="use only the first N grid settings (default all 3)")
     p.add_argument("--tune-widths", default="", help="run the grid only at these widths; larger ones reuse the "
                    "setting tuned at the nearest smaller one (default: grid everywhere)")
+    p.add_argument("--settings-from", default="", metavar="JSON", help="run every seed with the setting chosen "
+                   "in these --out files (comma-separated) instead of tuning: new seeds of a finished sweep")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")

@@ -115,7 +115,8 @@ def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
     per = peers.forward_macs(peers.make_model("digits", 0, 0), np.zeros((1, 1, 8, 8)))
     assert rows[1]["macs"] == rows[1]["queries"] * 32 * per and rows[2]["macs"] == rows[1]["macs"]
     assert dz["mac_ratio"] == 1.0 and 386 * 250 * per < dz["macs"]  # (at 2,000 queries ZO-GraSP's share is most of it)
-    assert rows[1]["mac_ratio"] == pytest.approx(rows[1]["macs"] / dz["macs"])
+    per_query = (rows[1]["macs"] / rows[1]["queries"]) / (dz["macs"] / dz["queries"])  # the units of "ratio"
+    assert rows[1]["mac_ratio"] == pytest.approx(per_query)
     assert "GMAC" in peers.speed_table(rows)
 
 
@@ -136,3 +137,23 @@ def test_multiply_adds_two_ways(peers, digits):
     start = oracle.blocks[-1].start
     assert peers.executed_macs(lambda: oracle.suffix(f, p, len(oracle.blocks) - 1, np.arange(start, start + 5),
                                                      1e-3))[1] < 32 * 23_680
+
+
+def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peers, tmp_path):
+    first, fresh = tmp_path / "a.json", tmp_path / "b.json"
+    peers.main(["--budget", "500", "--seeds", "0", "--grid", "2", "--methods", "deepzero-krs,snes", "--out", str(first),
+                "--json"])
+    tuned = json.loads(first.read_text())
+    peers.main(["--budget", "500", "--seeds", "3,4", "--methods", "deepzero-krs,snes", "--settings-from", str(first),
+                "--out", str(fresh), "--json"])
+    runs = json.loads(fresh.read_text())
+    assert sorted((r["method"], r["seed"]) for r in runs) == [("deepzero-krs", 3), ("deepzero-krs", 4), ("snes", 3),
+                                                             ("snes", 4)]
+    for r in runs:
+        best = max((t for t in tuned if t["method"] == r["method"]), key=lambda t: t["val_acc"])
+        assert r["role"] == "fresh" and r["setting"] == best["setting"]
+    rows = peers.summarize(runs)
+    assert [(row["method"], row["seeds"]) for row in rows] == [("deepzero-krs", [3, 4]), ("snes", [3, 4])]
+    with pytest.raises(SystemExit, match="no chosen setting for pgpe"):
+        peers.main(["--budget", "500", "--seeds", "3", "--methods", "pgpe", "--settings-from", str(first),
+                    "--out", str(fresh)])

@@ -29,7 +29,7 @@ from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
 from ._pruning import SCORED_KINDS, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_resume
-from ._schedules import as_schedule, describe_schedule, fingerprint, schedule_value
+from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
 __all__ = ["train", "TrainResult", "History", "Minibatches", "RATIO_METHODS"]
 
@@ -176,12 +176,6 @@ def _check_batches(batches) -> None:
         f"`batches` must be re-iterable in a fixed order: a list of batches, a callable epoch -> batches, "
         f"or zo.Minibatches(...); got {type(batches).__name__} (an iterator cannot be replayed on resume)"
     )
-
-
-def _count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _resolve_blocks(oracle, blocks, d):
