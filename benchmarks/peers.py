@@ -390,7 +390,7 @@ def run_deepzero_kas(bench, lr):
 
 
 def run_deepzero_krs(bench, lr):
-    """``zo.recipes.short_budget``: zoracle's recipe for about one query per weight or less."""
+    """``zo.recipes.short_budget``: zoracle's DeepZero recipe for short budgets."""
     import zoracle as zo
     from zoracle.apps._digits import per_class
 
