@@ -108,6 +108,11 @@ def _sizes(sl) -> np.ndarray:
     return np.array([s.stop - s.start for s in sl], dtype=np.int64)
 
 
+def grasp_queries(directions: int) -> int:
+    """Queries :func:`zo_grasp` spends: two forward RGEs sharing ``directions``, each with its base point."""
+    return 2 * (int(directions) + 1)
+
+
 def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int = 192, rng=None,
              batch=None, common_random_numbers: bool = True, executor=None) -> np.ndarray:
     r"""ZO-GraSP scores: GraSP's ``-theta * (H g)`` from loss values only.

@@ -27,7 +27,7 @@ from ._estimators import CGE, RGE, as_generator, check_step, estimate_gradient, 
 from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
-from ._pruning import SCORED_KINDS, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._pruning import SCORED_KINDS, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
@@ -465,15 +465,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if gb is None and batches is not None:
                 first = _epoch_batches(batches, 0, steps_per_epoch)
                 gb = first[0]
-            if max_queries is not None and nfev + 2 * (grasp_directions + 1) >= max_queries:
+            if max_queries is not None and nfev + grasp_queries(grasp_directions) >= max_queries:
                 raise ArgumentError(
                     f"`max_queries` is {max_queries}, but ZO-GraSP alone takes 2 * (grasp_directions + 1) = "
-                    f"{2 * (grasp_directions + 1)} queries; raise `max_queries`, lower `grasp_directions`, "
+                    f"{grasp_queries(grasp_directions)} queries; raise `max_queries`, lower `grasp_directions`, "
                     f"or pass `ratios=\"uniform\"`")
             target = _bound(oracle, gb)
             scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
                               rng=np.random.default_rng([root, 2]), executor=executor)
-            nfev += 2 * (grasp_directions + 1)
+            nfev += grasp_queries(grasp_directions)
             keep = layer_ratios(scores, scored, sparsity, ranking=ranking)
             log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None

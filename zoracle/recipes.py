@@ -16,9 +16,8 @@ import numbers
 
 from ._errors import ArgumentError
 from ._estimators import CGE, validate_params
-from ._masks import _slices
 from ._optim import adam
-from ._pruning import split_blocks
+from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
 from ._train import _resolve_blocks, _steps_per_epoch
 
@@ -97,14 +96,13 @@ after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than ``
         raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
 
     scored, _ = split_blocks(_resolve_blocks(oracle, blocks, d), SHORT_BUDGET_KINDS)
-    scored = _slices(scored)
     n_scored = sum(s.stop - s.start for s in scored)
-    if not scored or n_scored == 0:
+    if n_scored == 0:
         raise ArgumentError(f"no block has a kind in {SHORT_BUDGET_KINDS}: there are no weights to sample")
     if coordinates > n_scored:
         raise ArgumentError(f"`coordinates` is {coordinates}, but only {n_scored} weights can be sampled; "
                             f"pass coordinates <= {n_scored} (or train densely without a recipe)")
-    grasp = 2 * (grasp_directions + 1) if len(scored) > 1 else 0  # one block: uniform ratios, no ZO-GraSP
+    grasp = grasp_queries(grasp_directions) if len(scored) > 1 else 0  # one block: uniform ratios, no ZO-GraSP
     per_step = coordinates + (d - n_scored) + 1  # sampled weights, the dense rest, the base point
     if budget < grasp + 2 * per_step:
         raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}; "
