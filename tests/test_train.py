@@ -323,3 +323,24 @@ def test_max_queries_stops_at_the_first_step_that_reaches_the_budget_and_resumes
         zo.train(LinReg(), np.full(31, 0.1), max_queries=grasp, **kw)
     with pytest.raises(zo.ArgumentError, match="max_queries"):
         zo.train(f, np.zeros(4), max_queries=0, progress=False)
+
+
+def test_sign_sgd_weight_decay_with_sparse_cge_warns_and_the_warning_is_true():
+    """sign(0 + wd * p) = sign(p): every weight the mask skips moves by the full lr toward zero."""
+    blocks = [P("a", slice(0, 10), (10,), "linear"), P("b", slice(10, 20), (10,), "linear")]
+    p0 = np.where(np.arange(20) % 2, 1.0, -1.0) * np.linspace(0.5, 1.5, 20)  # |p| > lr: no step crosses zero
+    kw = dict(epochs=1, steps_per_epoch=1, sparsity=0.8, ratios="uniform", blocks=blocks, rng=0, progress=False)
+
+    def f(x):
+        return float(np.sum(x[:3] ** 2))
+
+    with pytest.warns(UserWarning, match=r"sign_sgd\(weight_decay=0.01\) with sparse CGE moves every weight"):
+        res = zo.train(f, p0, optimizer=zo.sign_sgd(0.1, weight_decay=0.01), **kw)
+    np.testing.assert_allclose(np.abs(res.params - p0), 0.1)  # all 20 moved, 16 of them never measured
+    np.testing.assert_array_less(np.abs(res.params[3:]), np.abs(p0[3:]))  # the unmeasured ones toward zero
+
+    quiet = zo.train(f, p0, optimizer=zo.sign_sgd(0.1), **kw)  # no decay, no warning (warnings are errors here)
+    assert np.count_nonzero(quiet.params != p0) <= 4
+    dense = zo.train(f, p0, optimizer=zo.sign_sgd(0.1, weight_decay=0.01), epochs=1, steps_per_epoch=1, rng=0,
+                     progress=False)  # dense CGE measures every weight: the textbook rule, no warning
+    np.testing.assert_allclose(np.abs(dense.params - p0), 0.1)

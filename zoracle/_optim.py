@@ -157,7 +157,10 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
 def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
     """Sign-SGD: ``params <- params - lr * sign(grad + weight_decay * params)``.
 
-    Robust to the scale of a noisy ZO estimate (only signs are used).
+    Robust to the scale of a noisy ZO estimate (only signs are used). The weight decay is
+    inside the sign, so with sparse CGE (exact zeros where the mask skips) every skipped
+    weight moves by the full ``lr`` toward zero each step; :func:`zoracle.train` warns about
+    that combination. Use ``weight_decay=0`` there, or :func:`adam`'s decoupled decay.
 
     Examples
     --------

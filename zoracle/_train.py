@@ -13,7 +13,9 @@ import dataclasses
 import logging
 import numbers
 import os
+import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,6 +244,17 @@ def _steps_per_epoch(batches, steps_per_epoch):
     return steps_per_epoch
 
 
+def _warn_sign_decay(optimizer) -> None:
+    """sign_sgd's weight decay is inside the sign: with sparse CGE it moves every unmeasured weight."""
+    m = re.search(r"weight_decay=([^,)]+)", optimizer.config)
+    if optimizer.name == "sign_sgd" and m and float(m.group(1)) != 0.0:
+        warnings.warn(
+            f"train: sign_sgd(weight_decay={m.group(1)}) with sparse CGE moves every weight by the full lr each "
+            "step, toward zero, since sign(0 + weight_decay * params) = sign(params) for the weights the mask "
+            "skips; pass weight_decay=0.0, or use zo.adam(..., weight_decay=...) (decoupled, scaled by lr)",
+            UserWarning, stacklevel=3)
+
+
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
           estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
           sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
@@ -373,6 +386,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
             raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
         mask_shuffle_interval = check_interval(mask_shuffle_interval)
+        _warn_sign_decay(optimizer)
     if resume is True:
         if checkpoint is None:
             raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
