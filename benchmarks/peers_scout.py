@@ -1,0 +1,237 @@
+"""Variants of the short-budget DeepZero recipe at the peers study's largest size.
+
+Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peers.py``: ZO-GraSP
+layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
+changes one thing: where the 50 coordinates go, how often a weight can be drawn, the
+optimizer, CGE's ``mu``, or the estimator of the wide layers. Every run goes through the
+same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
+validation (the choice) and test (reported).
+
+    python benchmarks/peers_scout.py --data digits --width 1600 --seeds 0,1,2 --out scout_digits.json
+    python benchmarks/peers_scout.py --data mnist1d --width 1200 --seeds 0,1,2 --out scout_mnist1d.json
+    python benchmarks/peers_scout.py --report scout_digits.json,scout_mnist1d.json
+
+The block names (``0.weight`` ... ``8.bias``) are those of ``peers.make_model``: the first
+and second convolutions (0, 2), the wide hidden layer (6) and the classifier (8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+
+CONVS = ("0.weight", "0.bias", "2.weight", "2.bias")
+
+# name -> (what it changes, options of run_variant)
+VARIANTS = {
+    "recipe": ("`zo.recipes.short_budget` as in the study (lr 0.1)", {}),
+    "uniform-ratios": ("uniform layer ratios instead of ZO-GraSP's", {"ratios": "uniform"}),
+    "classifier-only": ("all 50 coordinates on the classifier (45 weights, 5 biases)",
+                        {"counts": {"8.weight": 45, "8.bias": 5}}),
+    "conv1-hidden": ("ZO-GraSP's typical split without ZO-GraSP: 8 on the first conv, 42 on the hidden layer",
+                     {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 42}}),
+    "convs-only": ("all 50 on the two convolutions", {"counts": {"0.weight": 20, "0.bias": 4, "2.weight": 20, "2.bias": 6}}),
+    "every-layer": ("some in every layer (12 / 13 / 15 / 10)",
+                    {"counts": {"0.weight": 10, "0.bias": 2, "2.weight": 10, "2.bias": 3, "6.weight": 15, "8.weight": 10}}),
+    "pool-20": ("draw each step's coordinates from a fixed pool of 20x a step's (each pool weight ~29 times)", {"pool": 20}),
+    "pool-80": ("the same with a pool of 80x a step's (~7 times)", {"pool": 80}),
+    "mu-0.05": ("CGE mu 0.05 instead of 5e-3", {"mu": 0.05}),
+    "mu-0.5": ("CGE mu 0.5: differences over about the step length", {"mu": 0.5}),
+    "sign-0.3": ("sign-SGD lr 0.3, no weight decay", {"optimizer": "sign", "lr": 0.3, "weight_decay": 0.0}),
+    "sign-1": ("sign-SGD lr 1.0, no weight decay", {"optimizer": "sign", "lr": 1.0, "weight_decay": 0.0}),
+    "sign-1-wd": ("sign-SGD lr 1.0 with coupled weight decay 5e-4", {"optimizer": "sign", "lr": 1.0}),
+    "sgd-1": ("plain SGD lr 1.0", {"optimizer": "sgd", "lr": 1.0}),
+    "sgd-10": ("plain SGD lr 10", {"optimizer": "sgd", "lr": 10.0}),
+    "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
+                     {"hybrid": True}),
+}
+
+
+@contextlib.contextmanager
+def _pooled_masks(pool: int, seed: int):
+    """Per-step masks drawn from a fixed pool of ``pool`` x each block's per-step count (scouting only)."""
+    import zoracle._masks as masks
+
+    original = masks.DynamicMasks.coordinates
+    pools = {}
+
+    def coordinates(self, epoch, step=None):
+        counts = self.counts
+        if "p" not in pools:
+            r = np.random.default_rng([seed, 77])
+            pools["p"] = [np.sort(r.choice(np.arange(b.start, b.stop), size=min(b.stop - b.start, int(c) * pool),
+                                           replace=False)) for b, c in zip(self.blocks, counts)]
+        r = np.random.default_rng([seed, 78, int(step)])
+        parts = [p[r.choice(len(p), size=int(c), replace=False)] for p, c in zip(pools["p"], counts) if c]
+        parts += [np.arange(b.start, b.stop) for b in self.dense]
+        return np.sort(np.concatenate(parts))
+
+    masks.DynamicMasks.coordinates = coordinates
+    try:
+        yield
+    finally:
+        masks.DynamicMasks.coordinates = original
+
+
+def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
+    """CGE on ``kc`` random conv weights (Adam b1=0) and antithetic rank-shaped ES on every other weight, each step."""
+    import zoracle as zo
+    from zoracle._estimators import centered_ranks
+
+    conv = np.zeros(bench.d, bool)
+    for info in bench.oracle.param_info:
+        conv[info.slice] |= info.name in CONVS
+    cidx, didx = np.flatnonzero(conv), np.flatnonzero(~conv)
+    steps = bench.budget // (kc + 1 + 2 * pairs)
+    oc = zo.adam(zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1)), b1=0.0,
+                 weight_decay=5e-4)
+    oe = zo.adam(zo.cosine_schedule(lr_es, total_steps=steps))
+    p = bench.p0.copy()
+    sc, se = oc.init(p), oe.init(p)
+    rng = np.random.default_rng(bench.seed)
+    used = 0
+    for _ in range(steps):
+        f = bench.oracle.bind(bench.next_batch())
+        est = zo.estimate_gradient(f, p, zo.CGE(mu=5e-3), coordinates=np.sort(rng.choice(cidx, kc, replace=False)))
+        p, sc = oc.update(est.grad, sc, p)
+        u = rng.standard_normal((pairs, didx.size)).astype(np.float32)
+        P = np.repeat(p[None], 2 * pairs, 0)
+        P[:pairs, didx] += sigma * u
+        P[pairs:, didx] -= sigma * u
+        w = centered_ranks(f.batch(P))
+        g = np.zeros_like(p)
+        g[didx] = (w[:pairs] - w[pairs:]) @ u / (2 * pairs * sigma)
+        p, se = oe.update(g, se, p)
+        used += est.nfev + 2 * pairs
+        bench.record(p, used)
+    return p
+
+
+def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
+                hybrid=False):
+    import zoracle as zo
+    from zoracle._pruning import grasp_queries
+    from zoracle.apps._digits import per_class
+
+    if hybrid:
+        return _hybrid(bench, lr)
+    kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr,
+                                 weight_decay=weight_decay)
+    grasp = grasp_queries(kw["grasp_directions"])
+    if counts is not None or ratios == "uniform":  # no ZO-GraSP: its queries go to steps
+        if counts is not None:
+            info = [i for i in bench.oracle.param_info if i.kind in zo.recipes.SHORT_BUDGET_KINDS]
+            unknown = set(counts) - {i.name for i in info}
+            if unknown:
+                raise ValueError(f"counts name blocks this model lacks: {sorted(unknown)}")
+            kw["ratios"] = [counts.get(i.name, 0) / (i.slice.stop - i.slice.start) for i in info]
+        else:
+            kw["ratios"] = "uniform"
+        k = sum(counts.values()) if counts is not None else round((1 - kw["sparsity"]) * bench.d)
+        steps = bench.budget // (k + 1)
+        kw["max_queries"], kw["sparsity"] = steps * (k + 1), 1 - k / bench.d
+        kw["epochs"] = -(-steps // len(bench.batches))
+        grasp = 0
+    steps = (kw["max_queries"] - grasp) // round((1 - kw["sparsity"]) * bench.d + 1)
+    sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1))
+    if optimizer == "sign":
+        kw["optimizer"] = zo.sign_sgd(sched, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        kw["optimizer"] = zo.sgd(sched, weight_decay=weight_decay)
+    elif counts is not None or ratios == "uniform":
+        kw["optimizer"] = zo.adam(sched, b1=0.0, weight_decay=weight_decay)
+    if mu is not None:
+        kw["estimator"] = zo.CGE(mu=mu)
+    total = [grasp]
+
+    def cb(event, rec, params):
+        if event == "step":
+            total[0] += rec["nfev"]
+            bench.record(params, total[0])
+
+    d = bench.data
+    with _pooled_masks(pool, bench.seed) if pool else contextlib.nullcontext():
+        return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
+                        callbacks=[cb], rng=bench.seed, progress=False, **kw).params
+
+
+def scout(args, log=functools.partial(print, flush=True)) -> list:
+    import torch
+
+    torch.set_num_threads(1)
+    peers.RUNNERS["scout"] = run_variant
+    runs = peers._load(args.out)
+    done = {(r["data"], r["width"], r["variant"], r["seed"], r["budget"]) for r in runs}
+    for name in args.variants:
+        for seed in args.seeds:
+            if (args.data, args.width, name, seed, args.budget) in done:
+                continue
+            bench = peers.Bench(peers.load_data(args.data, seed), args.data, args.width, seed, args.budget)
+            t = time.perf_counter()
+            r = peers.run_one(bench, "scout", VARIANTS[name][1])
+            r.update(variant=name, method="deepzero-krs-variant")
+            runs.append(r)
+            peers._save(args.out, runs)
+            log(f"{args.data} d={bench.d} {name} seed {seed}: val {100 * r['val_acc']:.1f} test "
+                f"{100 * r['test_acc']:.1f} ({r['queries']} queries, {time.perf_counter() - t:.0f} s)")
+    return runs
+
+
+def report(runs) -> str:
+    """Markdown: one row per variant, val and test mean (min-max) per data set."""
+    datas = sorted({r["data"] for r in runs})
+    lines = ["| variant | what changes | " + " | ".join(f"{d}: val % | {d}: test %" for d in datas) + " |",
+             "|---|---|" + "---|---|" * len(datas)]
+
+    def cell(vals):
+        v = 100 * np.array(vals)
+        return f"{v.mean():.1f} ({v.min():.0f}-{v.max():.0f})" if len(v) else "-"
+    for name, (what, _) in VARIANTS.items():
+        rows = [r for r in runs if r["variant"] == name]
+        if not rows:
+            continue
+        cells = []
+        for d in datas:
+            here = [r for r in rows if r["data"] == d]
+            cells += [cell([r["val_acc"] for r in here]), cell([r["test_acc"] for r in here])]
+        lines.append(f"| `{name}` | {what} | " + " | ".join(cells) + " |")
+    seeds = sorted({r["seed"] for r in runs})
+    lines.append(f"\nSeeds {', '.join(map(str, seeds))}; d = " + ", ".join(
+        f"{sorted({r['d'] for r in runs if r['data'] == d})[0]:,} ({d})" for d in datas) + ".")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="digits", help="digits or mnist1d")
+    p.add_argument("--width", type=int, default=1600, help="hidden units (the study's largest: 1600 digits, 1200 mnist1d)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budget", type=int, default=30_000)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
+    p.add_argument("--out", default=None, help="JSON of all runs, appended after each; reruns skip done runs")
+    p.add_argument("--report", default=None, metavar="JSON", help="only print the table of these files (comma-separated)")
+    args = p.parse_args(argv)
+    if args.report:
+        print(report([r for path in args.report.split(",") for r in peers._load(path)]))
+        return 0
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.variants = args.variants.split(",")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; pick from {', '.join(VARIANTS)}")
+    scout(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""benchmarks/peers_scout.py on a tiny point: each variant changes what it says and nothing else."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUDGET = 3000
+
+
+@pytest.fixture(scope="module")
+def scout():
+    spec = importlib.util.spec_from_file_location("peers_scout", os.path.join(ROOT, "benchmarks", "peers_scout.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.peers.RUNNERS["scout"] = module.run_variant
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits(scout):
+    return scout.peers.load_data("digits", seed=0)
+
+
+def _bench(scout, digits):
+    return scout.peers.Bench(digits, "digits", 0, 0, BUDGET)
+
+
+def test_the_recipe_variant_is_the_studys_deepzero_krs(scout, digits):
+    a = scout.peers.run_one(_bench(scout, digits), "deepzero-krs", {"lr": 0.1})
+    b = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
+    # curve rows are [queries, seconds, val, test]: all but the seconds are equal
+    assert [r[:1] + r[2:] for r in a["curve"]] == [r[:1] + r[2:] for r in b["curve"]]
+    assert a["queries"] <= BUDGET and a["val_acc"] > 0.15  # it learned something in 3,000 queries
+
+
+def test_fixed_counts_move_only_the_named_blocks_and_spend_the_budget(scout, digits):
+    bench = _bench(scout, digits)
+    bench.start()
+    # width 0: block 6 is the classifier; no weight decay, which would touch every weight
+    params = scout.run_variant(bench, counts={"6.weight": 45, "6.bias": 5}, weight_decay=0.0)
+    moved = params != bench.p0
+    for info in bench.oracle.param_info:
+        assert moved[info.slice].any() == info.name.startswith("6."), info.name
+    with pytest.raises(ValueError, match="8.weight"):
+        scout.run_variant(bench, counts={"8.weight": 50})
+    assert bench.queries == (BUDGET // 51) * 51  # no ZO-GraSP: every query goes to steps of 50 + the base
+
+
+def test_pooled_masks_draw_from_a_fixed_pool_and_are_undone(scout):
+    import zoracle as zo
+
+    blocks, ratios = [slice(0, 100), slice(100, 1100)], [0.02, 0.003]  # 2 and 3 coordinates a step
+    original = zo.DynamicMasks.coordinates
+    with scout._pooled_masks(4, seed=0):
+        m = zo.DynamicMasks(blocks, ratios, seed=0, interval="step")
+        drawn = [m.coordinates(0, step=s) for s in range(200)]
+    assert all(len(c) == 5 for c in drawn)
+    seen = np.unique(np.concatenate(drawn))
+    assert (seen < 100).sum() == 8 and (seen >= 100).sum() == 12  # the whole pool (4 x the counts), no more
+    assert zo.DynamicMasks.coordinates is original
+    fresh = zo.DynamicMasks(blocks, ratios, seed=0, interval="step")
+    assert len(np.unique(np.concatenate([fresh.coordinates(0, step=s) for s in range(200)]))) > 20
+
+
+def test_sign_sgd_with_decay_warns_and_the_hybrid_moves_every_layer(scout, digits):
+    bench = _bench(scout, digits)
+    bench.start()
+    with pytest.warns(UserWarning, match="sign_sgd"):
+        scout.run_variant(bench, **scout.VARIANTS["sign-1-wd"][1])
+    bench = _bench(scout, digits)
+    bench.start()
+    params = scout._hybrid(bench)
+    assert bench.queries == (BUDGET // 151) * 151
+    for info in bench.oracle.param_info:
+        assert (params[info.slice] != bench.p0[info.slice]).any(), info.name
+
+
+def test_main_appends_resumes_and_reports(scout, tmp_path, capsys):
+    out = str(tmp_path / "s.json")
+    argv = ["--data", "digits", "--width", "0", "--seeds", "0", "--budget", str(BUDGET), "--variants",
+            "recipe,mu-0.05", "--out", out]
+    scout.main(argv)
+    runs = scout.peers._load(out)
+    assert [r["variant"] for r in runs] == ["recipe", "mu-0.05"]
+    scout.main(argv)  # everything done: nothing is rerun
+    assert len(scout.peers._load(out)) == 2
+    capsys.readouterr()
+    scout.main(["--report", out])
+    table = capsys.readouterr().out
+    assert "| `recipe` |" in table and "| `mu-0.05` |" in table and "d = 1,898 (digits)" in table
+    with pytest.raises(SystemExit):
+        scout.main(["--variants", "nope"])
+
+
+def test_the_docs_table_is_the_report_of_the_saved_results(scout):
+    """docs/peers.md shows the scouting table exactly as `--report` prints it from the committed results."""
+    paths = [os.path.join(ROOT, "benchmarks", "peers_results", f"scout_{d}.json") for d in ("digits", "mnist1d")]
+    runs = [r for p in paths for r in scout.peers._load(p)]
+    assert len(runs) == 2 * 3 * len(scout.VARIANTS)  # every variant, 3 seeds, both data sets
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        assert scout.report(runs) in f.read()
