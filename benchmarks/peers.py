@@ -219,7 +219,21 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- methods
-def _deepzero_steps(bench, sparsity, kinds=("conv", "linear"), grasp=2 * (192 + 1)) -> tuple:
+def step_recorder(bench, spent: int = 0):
+    """A ``zo.train`` callback: adds each step's queries to ``spent`` (ZO-GraSP's, which ``train``
+    makes before the first step), records at the budget marks, and stops once the budget is spent."""
+    total = [int(spent)]
+
+    def cb(event, rec, params):
+        if event != "step":
+            return None
+        total[0] += rec["nfev"]
+        bench.record(params, total[0])
+        return bench.done()
+    return cb
+
+
+def _deepzero_steps(bench, sparsity, kinds, grasp) -> tuple:
     """Queries per sparse-CGE step (scored weights kept + dense biases + base) -> (steps, epochs)."""
     scored = sum(i.slice.stop - i.slice.start for i in bench.oracle.param_info if i.kind in kinds)
     per_step = int(round((1 - sparsity) * scored)) + (bench.d - scored) + 1
@@ -231,25 +245,18 @@ def run_deepzero(bench, lr, sparsity=0.9, warmup=None, optimizer="sgd", ratios="
     import zoracle as zo
     from zoracle.apps._digits import per_class
 
-    grasp = 2 * (192 + 1) if ratios == "zo_grasp" else 0  # ZO-GraSP's queries, counted by train() too
+    from zoracle._pruning import grasp_queries
+
+    grasp = grasp_queries(192) if ratios == "zo_grasp" else 0  # ZO-GraSP's queries, counted by train() too
     steps, epochs = _deepzero_steps(bench, sparsity, opts.get("score_kinds", ("conv", "linear")), grasp)
     warm = min(len(bench.batches), steps - 1) if warmup is None else max(1, int(warmup * steps))
     sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=warm)
     optimizer = (zo.sgd(sched, momentum=0.9, weight_decay=5e-4) if optimizer == "sgd"
                  else zo.adam(sched, weight_decay=5e-4))
-    total = [grasp]
-
-    def cb(event, rec, params):
-        if event != "step":
-            return None
-        total[0] += rec["nfev"]
-        bench.record(params, total[0])
-        return bench.done()
-
     d = bench.data
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
              sparsity=sparsity, ratios=ratios, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-             grasp_directions=192, mask_shuffle_interval=shuffle, optimizer=optimizer, callbacks=[cb], rng=bench.seed,
+             grasp_directions=192, mask_shuffle_interval=shuffle, optimizer=optimizer, callbacks=[step_recorder(bench, grasp)], rng=bench.seed,
              progress=False, **opts).params
 
 
@@ -263,14 +270,9 @@ def _train_rge(bench, steps, estimator, optimizer):
     """``zo.train`` with an RGE-family estimator, recording at every budget mark until the budget is spent."""
     import zoracle as zo
 
-    def cb(event, rec, params):
-        if event == "step":
-            bench.record(params, bench.queries + rec["nfev"])
-            return bench.done()
-        return None
-
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
-                    estimator=estimator, optimizer=optimizer, callbacks=[cb], rng=bench.seed, progress=False).params
+                    estimator=estimator, optimizer=optimizer, callbacks=[step_recorder(bench, bench.queries)],
+                    rng=bench.seed, progress=False).params
 
 
 def run_rge(bench, c):
@@ -392,21 +394,15 @@ def run_deepzero_kas(bench, lr):
 def run_deepzero_krs(bench, lr):
     """``zo.recipes.short_budget``: zoracle's DeepZero recipe for short budgets."""
     import zoracle as zo
+    from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
 
     kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr,
                                  coordinates=KEEP_FRESH)
-    total = [2 * (kw["grasp_directions"] + 1)]
-
-    def cb(event, rec, params):
-        if event == "step":
-            total[0] += rec["nfev"]
-            bench.record(params, total[0])
-        return None
-
     d = bench.data
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-                    callbacks=[cb], rng=bench.seed, progress=False, **kw).params
+                    callbacks=[step_recorder(bench, grasp_queries(kw["grasp_directions"]))], rng=bench.seed,
+                    progress=False, **kw).params
 
 
 RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,

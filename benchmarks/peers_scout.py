@@ -125,44 +125,33 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
 
     if hybrid:
         return _hybrid(bench, lr)
-    kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr,
+    k = sum(counts.values()) if counts is not None else peers.KEEP_FRESH
+    kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr, coordinates=k,
                                  weight_decay=weight_decay)
-    grasp = grasp_queries(kw["grasp_directions"])
-    if counts is not None or ratios == "uniform":  # no ZO-GraSP: its queries go to steps
-        if counts is not None:
-            info = [i for i in bench.oracle.param_info if i.kind in zo.recipes.SHORT_BUDGET_KINDS]
-            unknown = set(counts) - {i.name for i in info}
-            if unknown:
-                raise ValueError(f"counts name blocks this model lacks: {sorted(unknown)}")
-            kw["ratios"] = [counts.get(i.name, 0) / (i.slice.stop - i.slice.start) for i in info]
-        else:
-            kw["ratios"] = "uniform"
-        k = sum(counts.values()) if counts is not None else round((1 - kw["sparsity"]) * bench.d)
-        steps = bench.budget // (k + 1)
-        kw["max_queries"], kw["sparsity"] = steps * (k + 1), 1 - k / bench.d
-        kw["epochs"] = -(-steps // len(bench.batches))
-        grasp = 0
-    steps = (kw["max_queries"] - grasp) // round((1 - kw["sparsity"]) * bench.d + 1)
+    fixed = counts is not None or ratios == "uniform"  # no ZO-GraSP: its queries go to steps
+    grasp = 0 if fixed else grasp_queries(kw["grasp_directions"])
+    steps = (bench.budget - grasp) // (k + 1)  # every weight of these models is sampled: k and the base point a step
+    if counts is not None:
+        info = [i for i in bench.oracle.param_info if i.kind in zo.recipes.SHORT_BUDGET_KINDS]
+        unknown = set(counts) - {i.name for i in info}
+        if unknown:
+            raise ValueError(f"counts name blocks this model lacks: {sorted(unknown)}")
+        ratios = [counts.get(i.name, 0) / (i.slice.stop - i.slice.start) for i in info]
+    if fixed:
+        kw.update(ratios=ratios, max_queries=steps * (k + 1), epochs=-(-steps // len(bench.batches)))
     sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1))
     if optimizer == "sign":
         kw["optimizer"] = zo.sign_sgd(sched, weight_decay=weight_decay)
     elif optimizer == "sgd":
         kw["optimizer"] = zo.sgd(sched, weight_decay=weight_decay)
-    elif counts is not None or ratios == "uniform":
+    elif fixed:  # the recipe's optimizer, on the longer run
         kw["optimizer"] = zo.adam(sched, b1=0.0, weight_decay=weight_decay)
     if mu is not None:
         kw["estimator"] = zo.CGE(mu=mu)
-    total = [grasp]
-
-    def cb(event, rec, params):
-        if event == "step":
-            total[0] += rec["nfev"]
-            bench.record(params, total[0])
-
     d = bench.data
     with _pooled_masks(pool, bench.seed) if pool else contextlib.nullcontext():
         return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-                        callbacks=[cb], rng=bench.seed, progress=False, **kw).params
+                        callbacks=[peers.step_recorder(bench, grasp)], rng=bench.seed, progress=False, **kw).params
 
 
 def scout(args, log=functools.partial(print, flush=True)) -> list:

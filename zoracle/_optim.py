@@ -34,6 +34,8 @@ class Optimizer(NamedTuple):
         Short name, e.g. ``"sgd"``.
     config : str
         Every hyperparameter as text (checkpoints compare it to catch mismatched settings).
+    weight_decay : float
+        The weight decay it applies (0 for none).
     """
 
     init: Callable
@@ -41,6 +43,7 @@ class Optimizer(NamedTuple):
     lr: Any
     name: str
     config: str
+    weight_decay: float = 0.0
 
 
 class SGDState(NamedTuple):
@@ -109,7 +112,7 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
         return new, SGDState(state.count + 1, v.astype(params.dtype, copy=False))
 
     config = f"sgd(lr={describe_schedule(lr)}, momentum={momentum}, nesterov={bool(nesterov)}, weight_decay={weight_decay})"
-    return Optimizer(init, update, lr, "sgd", config)
+    return Optimizer(init, update, lr, "sgd", config, weight_decay)
 
 
 def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Optimizer:
@@ -151,7 +154,7 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
         return new, AdamState(t, m.astype(params.dtype, copy=False), v.astype(params.dtype, copy=False))
 
     config = f"adam(lr={describe_schedule(lr)}, b1={b1}, b2={b2}, eps={eps}, weight_decay={weight_decay})"
-    return Optimizer(init, update, lr, "adam", config)
+    return Optimizer(init, update, lr, "adam", config, weight_decay)
 
 
 def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
@@ -183,4 +186,4 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
         return new, SignState(state.count + 1)
 
     config = f"sign_sgd(lr={describe_schedule(lr)}, weight_decay={weight_decay})"
-    return Optimizer(init, update, lr, "sign_sgd", config)
+    return Optimizer(init, update, lr, "sign_sgd", config, weight_decay)

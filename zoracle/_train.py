@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import numbers
 import os
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -246,10 +245,9 @@ def _steps_per_epoch(batches, steps_per_epoch):
 
 def _warn_sign_decay(optimizer) -> None:
     """sign_sgd's weight decay is inside the sign: with sparse CGE it moves every unmeasured weight."""
-    m = re.search(r"weight_decay=([^,)]+)", optimizer.config)
-    if optimizer.name == "sign_sgd" and m and float(m.group(1)) != 0.0:
+    if optimizer.name == "sign_sgd" and optimizer.weight_decay:
         warnings.warn(
-            f"train: sign_sgd(weight_decay={m.group(1)}) with sparse CGE moves every weight by the full lr each "
+            f"train: sign_sgd(weight_decay={optimizer.weight_decay}) with sparse CGE moves every weight by the full lr each "
             "step, toward zero, since sign(0 + weight_decay * params) = sign(params) for the weights the mask "
             "skips; pass weight_decay=0.0, or use zo.adam(..., weight_decay=...) (decoupled, scaled by lr)",
             UserWarning, stacklevel=3)
