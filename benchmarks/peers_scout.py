@@ -2,8 +2,9 @@
 
 Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peers.py``: ZO-GraSP
 layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
-changes one thing: where the 50 coordinates go, how often a weight can be drawn, the
-optimizer, CGE's ``mu``, or the estimator of the wide layers. Every run goes through the
+changes one thing: where the 50 coordinates go, how often a weight can be drawn, whether
+draws follow the partial derivatives measured so far, the optimizer, CGE's ``mu``, or the
+estimator of the wide layers. Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
 validation (the choice) and test (reported).
 
@@ -52,6 +53,11 @@ VARIANTS = {
     "sign-1-wd": ("sign-SGD lr 1.0 with coupled weight decay 5e-4", {"optimizer": "sign", "lr": 1.0}),
     "sgd-1": ("plain SGD lr 1.0", {"optimizer": "sgd", "lr": 1.0}),
     "sgd-10": ("plain SGD lr 10", {"optimizer": "sgd", "lr": 10.0}),
+    "importance": ("draw each layer's coordinates in proportion to row x column mean absolute partial measured so far "
+                   "(80%), uniformly (20%)", {"importance": {"eps": 0.2}}),
+    "importance-half": ("the same, half importance, half uniform", {"importance": {"eps": 0.5}}),
+    "importance-mild": ("the same (80 / 20), with the importance raised to the power 0.3",
+                        {"importance": {"eps": 0.2, "power": 0.3}}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -79,6 +85,74 @@ def _pooled_masks(pool: int, seed: int):
     masks.DynamicMasks.coordinates = coordinates
     try:
         yield
+    finally:
+        masks.DynamicMasks.coordinates = original
+
+
+class _Importance:
+    """Row x column importance of each scored block from the partial derivatives measured so far.
+
+    A block of shape ``(rows, *rest)`` is a ``rows x prod(rest)`` matrix (a bias is one column).
+    After each step, the ``|partial|`` of every measured weight is added to its row's and its
+    column's sums. The next draw takes a weight with probability ``(1 - eps) q + eps / n`` with
+    ``q`` proportional to ``(row mean x column mean) ** power``; each mean is shrunk towards the
+    block's mean by ``prior`` pseudo-measurements, so unmeasured rows and columns count as average,
+    and a row whose measurements were all 0 (a ReLU unit dead on those batches) is drawn less.
+    """
+
+    def __init__(self, info, blocks, eps=0.2, power=1.0, prior=1.0):
+        by_start = {i.slice.start: tuple(i.shape) for i in info}
+        self.blocks, self.eps, self.power, self.prior = list(blocks), float(eps), float(power), float(prior)
+        self.shapes = [(s[0], int(np.prod(s[1:])) if len(s) > 1 else 1) for s in (by_start[b.start] for b in self.blocks)]
+        self.sums = [[np.zeros(r), np.zeros(r), np.zeros(c), np.zeros(c)] for r, c in self.shapes]  # row sum, n, col sum, n
+        self.total = np.zeros((len(self.blocks), 2))  # |partial| sum, n
+
+    def probs(self, l):
+        """Draw probabilities over block ``l``'s weights (None: uniform, nothing measured yet)."""
+        s, n = self.total[l]
+        if n == 0 or s <= 0:
+            return None
+        m, a = s / n, self.prior
+        rs, rn, cs, cn = self.sums[l]
+        q = np.outer((rs + a * m) / (rn + a), (cs + a * m) / (cn + a)).ravel() ** self.power
+        return (1 - self.eps) * q / q.sum() + self.eps / q.size
+
+    def observe(self, coords, grad):
+        for l, b in enumerate(self.blocks):
+            sel = coords[(coords >= b.start) & (coords < b.stop)]
+            if sel.size:
+                g = np.abs(np.asarray(grad[sel], dtype=np.float64))
+                row, col = np.divmod(sel - b.start, self.shapes[l][1])
+                rs, rn, cs, cn = self.sums[l]
+                np.add.at(rs, row, g), np.add.at(rn, row, 1), np.add.at(cs, col, g), np.add.at(cn, col, 1)
+                self.total[l] += (g.sum(), g.size)
+
+
+@contextlib.contextmanager
+def _importance_masks(bench, eps=0.2, power=1.0, prior=1.0):
+    """Per-step masks drawn by :class:`_Importance` (scouting only). Yields ``observe(grad)``, which
+    the optimizer calls with each step's estimate (the partials of the coordinates just drawn)."""
+    import zoracle._masks as masks
+
+    original = masks.DynamicMasks.coordinates
+    state = {}
+
+    def coordinates(self, epoch, step=None):
+        imp = state.setdefault("imp", _Importance(bench.oracle.param_info, self.blocks, eps, power, prior))
+        r = np.random.default_rng([bench.seed, 91, int(step)])
+        parts = [b.start + r.choice(b.stop - b.start, size=int(k), replace=False, p=imp.probs(l))
+                 for l, (b, k) in enumerate(zip(self.blocks, self.counts)) if k]
+        parts += [np.arange(b.start, b.stop) for b in self.dense]
+        state["coords"] = np.sort(np.concatenate(parts))
+        return state["coords"]
+
+    def observe(grad):
+        if "coords" in state:
+            state["imp"].observe(state["coords"], grad)
+
+    masks.DynamicMasks.coordinates = coordinates
+    try:
+        yield observe
     finally:
         masks.DynamicMasks.coordinates = original
 
@@ -118,7 +192,7 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
 
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
-                hybrid=False):
+                hybrid=False, importance=None):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -149,7 +223,16 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     if mu is not None:
         kw["estimator"] = zo.CGE(mu=mu)
     d = bench.data
-    with _pooled_masks(pool, bench.seed) if pool else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if pool:
+            stack.enter_context(_pooled_masks(pool, bench.seed))
+        if importance:
+            observe, opt = stack.enter_context(_importance_masks(bench, **importance)), kw["optimizer"]
+
+            def update(grad, state, params, lr=None):
+                observe(grad)
+                return opt.update(grad, state, params, lr=lr)
+            kw["optimizer"] = opt._replace(update=update)
         return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
                         callbacks=[peers.step_recorder(bench, grasp)], rng=bench.seed, progress=False, **kw).params
 

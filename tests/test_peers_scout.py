@@ -70,6 +70,62 @@ def test_pooled_masks_draw_from_a_fixed_pool_and_are_undone(scout):
     assert len(np.unique(np.concatenate([fresh.coordinates(0, step=s) for s in range(200)]))) > 20
 
 
+def test_importance_draws_favour_rows_and_columns_with_large_partials():
+    spec = importlib.util.spec_from_file_location("peers_scout", os.path.join(ROOT, "benchmarks", "peers_scout.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from zoracle.adapters.torch import ParamInfo
+
+    info = [ParamInfo("w", slice(0, 12), (4, 3), "linear"), ParamInfo("b", slice(12, 16), (4,), "bias")]
+    imp = module._Importance(info, [slice(0, 12), slice(12, 16)], eps=0.2, power=1.0, prior=1.0)
+    assert imp.probs(0) is None and imp.probs(1) is None  # nothing measured: uniform
+    grad = np.zeros(16)
+    grad[:12] = np.outer([0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 4.0]).ravel()  # row 0 dead, column 2 steep
+    imp.observe(np.arange(16), grad)  # the bias block's partials are all 0: still uniform
+    p = imp.probs(0).reshape(4, 3)
+    assert np.isclose(p.sum(), 1.0) and p.min() >= 0.2 / 12  # the uniform share is a floor
+    assert (p[0] < p[1]).all() and (p[:, 2] > p[:, 0]).all()
+    assert np.allclose(p[1], p[2]) and np.allclose(p[1], p[3])
+    assert imp.probs(1) is None
+    # from scratch, by the formula: row means shrunk by one pseudo-measurement of the block mean (1.5)
+    m = grad[:12].mean()
+    rows = (np.array([0.0, 6.0, 6.0, 6.0]) + m) / 4
+    cols = (np.array([3.0, 3.0, 12.0]) + m) / 5
+    q = np.outer(rows, cols).ravel()
+    assert np.allclose(p.ravel(), 0.8 * q / q.sum() + 0.2 / 12)
+
+
+def test_importance_masks_keep_the_counts_learn_from_the_steps_and_are_undone(scout, digits):
+    import zoracle as zo
+
+    original = zo.DynamicMasks.coordinates
+    bench = _bench(scout, digits)
+    with scout._importance_masks(bench, eps=0.2) as observe:
+        m = zo.DynamicMasks([slice(0, 72), slice(80, 1232)], [0.1, 0.02], seed=0, interval="step", dense=[slice(1890, 1898)])
+        first = m.coordinates(0, step=0)
+        counts = [((first >= 0) & (first < 72)).sum(), ((first >= 80) & (first < 1232)).sum(), (first >= 1890).sum()]
+        assert counts == [7, 23, 8] and len(first) == 38
+        conv2 = first[(first >= 80) & (first < 1232)]
+        rows = (conv2 - 80) // 72  # conv2 is 16 x (8 * 3 * 3)
+        grad = np.zeros(bench.d)
+        grad[conv2[rows < 8]] = 1.0  # measured: |partial| 1 in rows 0-7, 0 in rows 8-15
+        observe(grad)
+        later = np.concatenate([m.coordinates(0, step=s) for s in range(1, 400)])
+    assert zo.DynamicMasks.coordinates is original
+    fresh = zo.DynamicMasks([slice(0, 72), slice(80, 1232)], [0.1, 0.02], seed=0, interval="step", dense=[slice(1890, 1898)])
+    uniform = np.concatenate([fresh.coordinates(0, step=s) for s in range(1, 400)])
+
+    def share(c, rs):  # of the conv2 draws, the share in rows rs
+        r = (c[(c >= 80) & (c < 1232)] - 80) // 72
+        return np.isin(r, rs).mean()
+    live, dead = np.unique(rows[rows < 8]), np.unique(rows[rows >= 8])
+    assert share(later, live) > 1.25 * share(uniform, live) and share(later, dead) < 0.8 * share(uniform, dead)
+    # end to end: the same budget as the recipe, spent on other coordinates
+    a = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
+    b = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["importance"][1])
+    assert a["queries"] == b["queries"] and a["curve"][-1][2:] != b["curve"][-1][2:]
+
+
 def test_sign_sgd_with_decay_warns_and_the_hybrid_moves_every_layer(scout, digits):
     bench = _bench(scout, digits)
     bench.start()
