@@ -480,10 +480,10 @@ def sweep(args, log=print) -> list:
                 source = max((w for w in args.tune_widths if w < width), default=None)
                 for i, seed in enumerate(args.seeds):
                     if fixed is not None:  # new seeds of the settings chosen in an earlier sweep, no tuning
-                        chosen = best_setting(fixed, name, width, method, args.budget)
+                        chosen = best_setting(fixed, name, width, method, args.settings_budget or args.budget)
                         if chosen is None:
                             raise SystemExit(f"--settings-from has no chosen setting for {method} on {name} at width "
-                                             f"{width} and budget {args.budget}")
+                                             f"{width} and budget {args.settings_budget or args.budget}")
                         todo = [(chosen, "fresh")]
                     elif i == 0 and args.tune_widths and width not in args.tune_widths and source is not None:
                         chosen = best_setting(runs, name, source, method, args.budget)  # tuned at a smaller width
@@ -717,6 +717,8 @@ def main(argv=None) -> int:
                    "setting tuned at the nearest smaller one (default: grid everywhere)")
     p.add_argument("--settings-from", default="", metavar="JSON", help="run every seed with the setting chosen "
                    "in these --out files (comma-separated) instead of tuning: new seeds of a finished sweep")
+    p.add_argument("--settings-budget", type=int, default=None, metavar="N", help="with --settings-from: the "
+                   "settings chosen at budget N (default --budget), e.g. 30000's choices for a longer run")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")

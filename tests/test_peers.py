@@ -157,3 +157,13 @@ def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peer
     with pytest.raises(SystemExit, match="no chosen setting for pgpe"):
         peers.main(["--budget", "500", "--seeds", "3", "--methods", "pgpe", "--settings-from", str(first),
                     "--out", str(fresh)])
+    # a longer run with the settings chosen at budget 500: --settings-budget names the budget they were chosen at
+    longer = tmp_path / "c.json"
+    with pytest.raises(SystemExit, match="budget 700"):
+        peers.main(["--budget", "700", "--seeds", "5", "--methods", "snes", "--settings-from", str(first),
+                    "--out", str(longer)])
+    peers.main(["--budget", "700", "--seeds", "5", "--methods", "snes", "--settings-from", str(first),
+                "--settings-budget", "500", "--out", str(longer)])
+    (run,) = json.loads(longer.read_text())
+    best = max((t for t in tuned if t["method"] == "snes"), key=lambda t: t["val_acc"])
+    assert run["budget"] == 700 and run["queries"] == 700 and run["setting"] == best["setting"]
