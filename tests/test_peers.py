@@ -167,3 +167,14 @@ def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peer
     (run,) = json.loads(longer.read_text())
     best = max((t for t in tuned if t["method"] == "snes"), key=lambda t: t["val_acc"])
     assert run["budget"] == 700 and run["queries"] == 700 and run["setting"] == best["setting"]
+
+
+def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
+    """docs/peers.md shows every committed results file's table exactly as `--report` prints it."""
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d"]
+    for name in names:
+        runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
+        assert runs, name
+        assert peers.table(peers.summarize(runs)) in docs, name
