@@ -64,11 +64,20 @@ VARIANTS = {
 
 
 @contextlib.contextmanager
-def _pooled_masks(pool: int, seed: int):
-    """Per-step masks drawn from a fixed pool of ``pool`` x each block's per-step count (scouting only)."""
+def _masks_drawn_by(coordinates):
+    """``DynamicMasks.coordinates`` replaced by ``coordinates(self, epoch, step)`` inside the block."""
     import zoracle._masks as masks
 
     original = masks.DynamicMasks.coordinates
+    masks.DynamicMasks.coordinates = coordinates
+    try:
+        yield
+    finally:
+        masks.DynamicMasks.coordinates = original
+
+
+def _pooled_masks(pool: int, seed: int):
+    """Per-step masks drawn from a fixed pool of ``pool`` x each block's per-step count (scouting only)."""
     pools = {}
 
     def coordinates(self, epoch, step=None):
@@ -82,11 +91,7 @@ def _pooled_masks(pool: int, seed: int):
         parts += [np.arange(b.start, b.stop) for b in self.dense]
         return np.sort(np.concatenate(parts))
 
-    masks.DynamicMasks.coordinates = coordinates
-    try:
-        yield
-    finally:
-        masks.DynamicMasks.coordinates = original
+    return _masks_drawn_by(coordinates)
 
 
 class _Importance:
@@ -132,9 +137,6 @@ class _Importance:
 def _importance_masks(bench, eps=0.2, power=1.0, prior=1.0):
     """Per-step masks drawn by :class:`_Importance` (scouting only). Yields ``observe(grad)``, which
     the optimizer calls with each step's estimate (the partials of the coordinates just drawn)."""
-    import zoracle._masks as masks
-
-    original = masks.DynamicMasks.coordinates
     state = {}
 
     def coordinates(self, epoch, step=None):
@@ -150,11 +152,8 @@ def _importance_masks(bench, eps=0.2, power=1.0, prior=1.0):
         if "coords" in state:
             state["imp"].observe(state["coords"], grad)
 
-    masks.DynamicMasks.coordinates = coordinates
-    try:
+    with _masks_drawn_by(coordinates):
         yield observe
-    finally:
-        masks.DynamicMasks.coordinates = original
 
 
 def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):

@@ -70,14 +70,11 @@ def test_pooled_masks_draw_from_a_fixed_pool_and_are_undone(scout):
     assert len(np.unique(np.concatenate([fresh.coordinates(0, step=s) for s in range(200)]))) > 20
 
 
-def test_importance_draws_favour_rows_and_columns_with_large_partials():
-    spec = importlib.util.spec_from_file_location("peers_scout", os.path.join(ROOT, "benchmarks", "peers_scout.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_importance_draws_favour_rows_and_columns_with_large_partials(scout):
     from zoracle.adapters.torch import ParamInfo
 
     info = [ParamInfo("w", slice(0, 12), (4, 3), "linear"), ParamInfo("b", slice(12, 16), (4,), "bias")]
-    imp = module._Importance(info, [slice(0, 12), slice(12, 16)], eps=0.2, power=1.0, prior=1.0)
+    imp = scout._Importance(info, [slice(0, 12), slice(12, 16)], eps=0.2, power=1.0, prior=1.0)
     assert imp.probs(0) is None and imp.probs(1) is None  # nothing measured: uniform
     grad = np.zeros(16)
     grad[:12] = np.outer([0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 4.0]).ravel()  # row 0 dead, column 2 steep
