@@ -453,11 +453,12 @@ def best_setting(runs, data, width, method, budget):
     """The grid setting with the best final validation accuracy at the tuning seed (ties: first).
 
     A width tuned after a setting was transferred to it counts that transferred run (same seed)
-    as one of its grid points."""
+    as one of its grid points, and a budget tuned after a setting was brought to it with
+    ``--settings-from`` counts that fresh run (same seed) the same way."""
     here = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)]
     tuned = [r for r in here if r.get("role") == "tune"]
     if tuned:
-        tuned += [r for r in here if r.get("role") == "transfer" and r["seed"] == tuned[0]["seed"]]
+        tuned += [r for r in here if r.get("role") in ("transfer", "fresh") and r["seed"] == tuned[0]["seed"]]
     if not tuned:
         moved = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
                  and r.get("role") in ("transfer", "fresh")]

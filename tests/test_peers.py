@@ -169,6 +169,32 @@ def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peer
     assert run["budget"] == 700 and run["queries"] == 700 and run["setting"] == best["setting"]
 
 
+def test_tuning_at_a_new_budget_counts_the_run_brought_there_by_settings_from(peers, tmp_path):
+    """Grid runs added beside a --settings-from run compete with it at the tuning seed, not at other seeds."""
+    def run(setting, seed, role, val):
+        return {"data": "digits", "width": 0, "method": "snes", "budget": 900, "setting": setting, "seed": seed,
+                "role": role, "val_acc": val}
+    a, b, c = {"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}
+    runs = [run(a, 0, "fresh", 0.7), run(a, 1, "fresh", 0.95), run(b, 0, "tune", 0.5), run(c, 0, "tune", 0.6)]
+    assert peers.best_setting(runs, "digits", 0, "snes", 900) == a  # the fresh run wins at seed 0
+    runs[0]["val_acc"] = 0.4  # seed 1's 0.95 is not a grid point
+    assert peers.best_setting(runs, "digits", 0, "snes", 900) == c
+    assert peers.best_setting(runs[:2], "digits", 0, "snes", 900) == a  # no grid yet: the brought setting
+    # end to end: tuning at a budget that already has a --settings-from run skips that setting at the tuning seed
+    first, longer = tmp_path / "a.json", tmp_path / "b.json"
+    peers.main(["--budget", "500", "--seeds", "0", "--grid", "2", "--methods", "snes", "--out", str(first)])
+    peers.main(["--budget", "600", "--seeds", "0", "--methods", "snes", "--settings-from", str(first),
+                "--settings-budget", "500", "--out", str(longer)])
+    (brought,) = json.loads(longer.read_text())
+    peers.main(["--budget", "600", "--seeds", "0,1", "--grid", "2", "--methods", "snes", "--out", str(longer)])
+    runs = json.loads(longer.read_text())
+    at0 = [r for r in runs if r["seed"] == 0]
+    assert sorted(json.dumps(r["setting"]) for r in at0) == sorted(json.dumps(s) for s in peers.GRID["snes"][:2])
+    assert [r["role"] for r in at0].count("fresh") == 1 and runs[0] == brought
+    (again,) = [r for r in runs if r["seed"] == 1]
+    assert again["role"] == "seed" and again["setting"] == max(at0, key=lambda r: r["val_acc"])["setting"]
+
+
 def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     """docs/peers.md shows every committed results file's table exactly as `--report` prints it."""
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
