@@ -472,6 +472,15 @@ def sweep(args, log=print) -> list:
     torch.set_num_threads(args.threads)
     runs = _load(args.out)
     done = {_key(r) for r in runs}
+    for path in [x for x in getattr(args, "reuse", "").split(",") if x]:
+        # runs of this sweep's points made by another sweep (a --settings-from run at a budget
+        # now tuned): copied into --out, in their file's order, and not run again
+        for r in _load(path):
+            if (r["data"] in args.data and r["width"] in args.widths and r["method"] in args.methods
+                    and r["budget"] == args.budget and _key(r) not in done):
+                runs.append(r)
+                done.add(_key(r))
+        _save(args.out, runs)
     fixed = [r for path in args.settings_from.split(",") if path for r in _load(path)] if args.settings_from else None
     datas = {}
     for name in args.data:
@@ -718,6 +727,9 @@ def main(argv=None) -> int:
                    "setting tuned at the nearest smaller one (default: grid everywhere)")
     p.add_argument("--settings-from", default="", metavar="JSON", help="run every seed with the setting chosen "
                    "in these --out files (comma-separated) instead of tuning: new seeds of a finished sweep")
+    p.add_argument("--reuse", default="", metavar="JSON", help="comma-separated files whose runs of this sweep's "
+                   "points (data, width, method, budget) count as done and are copied into --out: tuning at a budget "
+                   "that --settings-from runs reached counts those runs as grid points at the tuning seed")
     p.add_argument("--settings-budget", type=int, default=None, metavar="N", help="with --settings-from: the "
                    "settings chosen at budget N (default --budget), e.g. 30000's choices for a longer run")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

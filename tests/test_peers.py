@@ -186,8 +186,10 @@ def test_tuning_at_a_new_budget_counts_the_run_brought_there_by_settings_from(pe
     peers.main(["--budget", "600", "--seeds", "0", "--methods", "snes", "--settings-from", str(first),
                 "--settings-budget", "500", "--out", str(longer)])
     (brought,) = json.loads(longer.read_text())
-    peers.main(["--budget", "600", "--seeds", "0,1", "--grid", "2", "--methods", "snes", "--out", str(longer)])
-    runs = json.loads(longer.read_text())
+    tuned = tmp_path / "c.json"  # --reuse copies the brought run into a new file, where it counts as done
+    peers.main(["--budget", "600", "--seeds", "0,1", "--grid", "2", "--methods", "snes,pgpe", "--reuse", str(longer),
+                "--out", str(tuned)])
+    runs = [r for r in json.loads(tuned.read_text()) if r["method"] == "snes"]
     at0 = [r for r in runs if r["seed"] == 0]
     assert sorted(json.dumps(r["setting"]) for r in at0) == sorted(json.dumps(s) for s in peers.GRID["snes"][:2])
     assert [r["role"] for r in at0].count("fresh") == 1 and runs[0] == brought
