@@ -2,7 +2,7 @@
 
 Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peers.py``: ZO-GraSP
 layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
-changes one thing: where the 50 coordinates go, how often a weight can be drawn, whether
+changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn, whether
 draws follow the partial derivatives measured so far, the optimizer, CGE's ``mu``, or the
 estimator of the wide layers. Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
@@ -58,6 +58,8 @@ VARIANTS = {
     "importance-half": ("the same, half importance, half uniform", {"importance": {"eps": 0.5}}),
     "importance-mild": ("the same (80 / 20), with the importance raised to the power 0.3",
                         {"importance": {"eps": 0.2, "power": 0.3}}),
+    "coords-100": ("100 coordinates a step instead of 50 (half as many steps)", {"coordinates": 100}),
+    "coords-200": ("200 coordinates a step (a quarter as many steps)", {"coordinates": 200}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -191,14 +193,14 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
 
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
-                hybrid=False, importance=None):
+                hybrid=False, importance=None, coordinates=None):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
 
     if hybrid:
         return _hybrid(bench, lr)
-    k = sum(counts.values()) if counts is not None else peers.KEEP_FRESH
+    k = sum(counts.values()) if counts is not None else coordinates or peers.KEEP_FRESH
     kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr, coordinates=k,
                                  weight_decay=weight_decay)
     fixed = counts is not None or ratios == "uniform"  # no ZO-GraSP: its queries go to steps

@@ -201,7 +201,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     """docs/peers.md shows every committed results file's table exactly as `--report` prints it."""
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
-    names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d"]
+    names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
+             "long_tuned_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name

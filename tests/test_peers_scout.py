@@ -54,6 +54,18 @@ def test_fixed_counts_move_only_the_named_blocks_and_spend_the_budget(scout, dig
     assert bench.queries == (BUDGET // 51) * 51  # no ZO-GraSP: every query goes to steps of 50 + the base
 
 
+def test_coords_variants_measure_more_coordinates_a_step_within_the_budget(scout, digits):
+    from zoracle._pruning import grasp_queries
+
+    assert scout.VARIANTS["coords-100"][1] == {"coordinates": 100}
+    for k in (50, 100):
+        bench = _bench(scout, digits)
+        bench.start()
+        scout.run_variant(bench, coordinates=k if k != 50 else None)
+        steps, rest = divmod(bench.queries - grasp_queries(192), k + 1)  # k weights and the base point a step
+        assert rest == 0 and steps == (BUDGET - grasp_queries(192)) // (k + 1), (k, bench.queries)
+
+
 def test_pooled_masks_draw_from_a_fixed_pool_and_are_undone(scout):
     import zoracle as zo
 
@@ -159,4 +171,9 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     runs = [r for p in paths for r in scout.peers._load(p)]
     assert len(runs) == 2 * 3 * len(scout.VARIANTS)  # every variant, 3 seeds, both data sets
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
-        assert scout.report(runs) in f.read()
+        docs = f.read()
+    assert scout.report(runs) in docs
+    # the round at 150,000 queries on digits
+    longer = scout.peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "scout150_digits.json"))
+    assert {r["budget"] for r in longer} == {150_000} and len(longer) == 3 * len({r["variant"] for r in longer})
+    assert scout.report(longer) in docs
