@@ -460,8 +460,7 @@ def best_setting(runs, data, width, method, budget):
     if tuned:
         tuned += [r for r in here if r.get("role") in ("transfer", "fresh") and r["seed"] == tuned[0]["seed"]]
     if not tuned:
-        moved = [r for r in runs if (r["data"], r["width"], r["method"], r["budget"]) == (data, width, method, budget)
-                 and r.get("role") in ("transfer", "fresh")]
+        moved = [r for r in here if r.get("role") in ("transfer", "fresh")]
         return moved[0]["setting"] if moved else None
     return max(tuned, key=lambda r: -1.0 if r["val_acc"] != r["val_acc"] else r["val_acc"])["setting"]
 
@@ -472,14 +471,14 @@ def sweep(args, log=print) -> list:
     torch.set_num_threads(args.threads)
     runs = _load(args.out)
     done = {_key(r) for r in runs}
-    for path in [x for x in getattr(args, "reuse", "").split(",") if x]:
-        # runs of this sweep's points made by another sweep (a --settings-from run at a budget
-        # now tuned): copied into --out, in their file's order, and not run again
-        for r in _load(path):
-            if (r["data"] in args.data and r["width"] in args.widths and r["method"] in args.methods
-                    and r["budget"] == args.budget and _key(r) not in done):
-                runs.append(r)
-                done.add(_key(r))
+    # runs of this sweep's points made by another sweep (a --settings-from run at a budget now
+    # tuned): copied into --out, in their file's order, and not run again
+    for r in [r for path in args.reuse.split(",") if path for r in _load(path)]:
+        if (r["data"] in args.data and r["width"] in args.widths and r["method"] in args.methods
+                and r["budget"] == args.budget and _key(r) not in done):
+            runs.append(r)
+            done.add(_key(r))
+    if args.reuse:
         _save(args.out, runs)
     fixed = [r for path in args.settings_from.split(",") if path for r in _load(path)] if args.settings_from else None
     datas = {}
