@@ -117,3 +117,17 @@ def test_linear_warmup_wraps_a_schedule():
 def test_bad_hyperparameters_name_the_argument(make, match):
     with pytest.raises(zo.ArgumentError, match=match):
         make()
+
+
+@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10), st.floats(0, 2)), min_size=1, max_size=8))
+def test_scaled_moves_each_coordinate_by_its_multiple_of_the_inner_step(rows):
+    from zoracle._optim import scaled
+
+    g, p, scale = (np.array(c) for c in zip(*rows))
+    inner = zo.adam(0.1, b1=0.0, weight_decay=0.01)
+    opt = scaled(inner, scale, "test")
+    new, state = opt.update(g, opt.init(p), p)
+    ref, ref_state = inner.update(g, inner.init(p), p)
+    np.testing.assert_allclose(new - p, (ref - p) * scale, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(state.nu, ref_state.nu)  # the inner state advances as without the scale
+    assert opt.config == inner.config + " * test" and opt.name == inner.name

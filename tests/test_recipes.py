@@ -75,3 +75,55 @@ def test_short_budget_options_pass_through():
 def test_short_budget_bad_input_names_the_argument(args, kwargs, match):
     with pytest.raises(zo.ArgumentError, match=match):
         zo.recipes.short_budget(*args, **kwargs)
+
+
+LAYERS = [P("0.weight", slice(0, 4), (2, 2), "conv"), P("0.bias", slice(4, 6), (2,), "bias"),
+          P("3.weight", slice(6, 12), (2, 3), "linear"), P("3.bias", slice(12, 14), (2,), "bias"),
+          P("bn.weight", slice(14, 16), (2,), "norm"), P("5.weight", slice(16, 18), (1, 2), "linear")]
+P0 = np.array([4, -4, 4, -4, 9, 9, 1, -1, 1, -1, 1, -1, 9, 9, 1, 1, 0.25, -0.25], dtype=np.float32)
+
+
+def test_layer_scales_are_each_layers_weight_rms_over_the_reference():
+    rms = {"0": 4.0, "3": 1.0, "5": 0.25}  # from the weights only: biases (9) and the norm (1) do not count
+    layer = ["0"] * 6 + ["3"] * 8 + [None] * 2 + ["5"] * 2
+    want = np.array([1.0 if m is None else (rms[m] / 4.0) ** 0.5 for m in layer])
+    np.testing.assert_allclose(zo.recipes.layer_scales(LAYERS, P0), want)
+    np.testing.assert_allclose(zo.recipes.layer_scales(LAYERS, P0, power=1.0), want ** 2)
+    # relative to the layer with the most weights (3.weight, 6 of them): the first layer's step grows
+    np.testing.assert_allclose(zo.recipes.layer_scales(LAYERS, P0, ref="widest"),
+                               [1.0 if m is None else (rms[m] / 1.0) ** 0.5 for m in layer])
+    last = zo.recipes.layer_scales(LAYERS, P0, layers="last")
+    np.testing.assert_allclose(last, [1.0] * 16 + [0.25, 0.25])
+
+
+@pytest.mark.parametrize("blocks, params, kwargs, match", [
+    ([slice(0, 18)], P0, {}, "named blocks"),
+    ([P("g", slice(0, 18), (18,), "norm")], P0, {}, "conv or linear"),
+    (LAYERS, np.where(np.arange(18) < 4, 0.0, P0), {}, "'0' has all-zero weights"),
+    (LAYERS, P0, {"ref": "mean"}, "`ref`"),
+    (LAYERS, P0, {"layers": "first"}, "`layers`"),
+])
+def test_layer_scales_bad_input_names_the_fix(blocks, params, kwargs, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.recipes.layer_scales(blocks, params, **kwargs)
+
+
+def test_short_budget_layer_steps_scale_each_step_and_name_it_in_the_config():
+    base = zo.recipes.short_budget(None, P0, 2_000, steps_per_epoch=5, blocks=LAYERS, coordinates=4)["optimizer"]
+    off = zo.recipes.short_budget(None, P0, 2_000, steps_per_epoch=5, blocks=LAYERS, coordinates=4, layer_steps=0.0)
+    assert off["optimizer"].config == base.config  # 0: the plain recipe
+    kw = zo.recipes.short_budget(None, P0, 2_000, steps_per_epoch=5, blocks=LAYERS, coordinates=4, layer_steps=0.5)
+    opt = kw["optimizer"]
+    assert opt.config == base.config + " * layer_steps(0.5, [1, 0.5, 1, 0.25])"
+    scale = zo.recipes.layer_scales(LAYERS, P0, power=0.5)
+    rng = np.random.default_rng(1)
+    p, s, sb = P0.copy(), opt.init(P0), base.init(P0)
+    for _ in range(6):  # through the warm-up and past it
+        g = rng.standard_normal(18).astype(np.float32)
+        new, s = opt.update(g, s, p)
+        ref, sb = base.update(g, sb, p)
+        assert new.dtype == np.float32
+        np.testing.assert_allclose(new - p, (ref - p) * scale, rtol=1e-5, atol=4e-6)  # float32 at |p| <= 9
+        p = new
+    with pytest.raises(zo.ArgumentError, match="layer_steps"):
+        zo.recipes.short_budget(None, P0, 2_000, steps_per_epoch=5, blocks=LAYERS, layer_steps=-1.0)

@@ -157,6 +157,23 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
     return Optimizer(init, update, lr, "adam", config, weight_decay)
 
 
+def scaled(optimizer: Optimizer, scale, label: str) -> Optimizer:
+    """``optimizer`` with each coordinate's step multiplied by ``scale`` (an array of length d).
+
+    ``params + (new - params) * scale``, where ``new`` is ``optimizer``'s own update: the inner
+    state advances as before, only the move is rescaled. ``label`` names the scale in
+    ``config``, so a checkpoint made with one scale does not resume with another.
+    """
+    inner = optimizer
+
+    def update(grad, state, params, lr=None):
+        new, state = inner.update(grad, state, params, lr=lr)
+        s = scale if namespace(params) is namespace(scale) else namespace(params).asarray(scale)
+        return params + (new - params) * s.astype(params.dtype, copy=False), state
+
+    return inner._replace(update=update, config=f"{inner.config} * {label}")
+
+
 def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
     """Sign-SGD: ``params <- params - lr * sign(grad + weight_decay * params)``.
 
