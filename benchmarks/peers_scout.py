@@ -3,8 +3,8 @@
 Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peers.py``: ZO-GraSP
 layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
 changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn, whether
-draws follow the partial derivatives measured so far, the optimizer, CGE's ``mu``, or the
-estimator of the wide layers. Every run goes through the
+draws follow the partial derivatives measured so far, the optimizer, each layer's step size, CGE's ``mu``,
+or the estimator of the wide layers. Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
 validation (the choice) and test (reported).
 
@@ -60,6 +60,14 @@ VARIANTS = {
                         {"importance": {"eps": 0.2, "power": 0.3}}),
     "coords-100": ("100 coordinates a step instead of 50 (half as many steps)", {"coordinates": 100}),
     "coords-200": ("200 coordinates a step (a quarter as many steps)", {"coordinates": 200}),
+    "layer-steps": ("each layer's step times the square root of its initial weight RMS over the largest layer RMS "
+                    "(digits: first conv 1, second conv and hidden 0.6, classifier 0.28)", {"layer_scale": {}}),
+    "layer-steps-1": ("the same without the square root (digits: 1 / 0.37 / 0.38 / 0.08)",
+                      {"layer_scale": {"power": 1.0}}),
+    "classifier-step": ("only the classifier's step scaled as in `layer-steps` (digits 0.28, MNIST-1D 0.25)",
+                        {"layer_scale": {"layers": "last"}}),
+    "layer-steps-wide": ("as `layer-steps`, relative to the layer with the most weights (the hidden layer keeps "
+                         "its step, the convolutions' grow: digits 1.6 / 0.98)", {"layer_scale": {"ref": "widest"}}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -193,7 +201,7 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
 
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
-                hybrid=False, importance=None, coordinates=None):
+                hybrid=False, importance=None, coordinates=None, layer_scale=None):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -223,6 +231,11 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         kw["optimizer"] = zo.adam(sched, b1=0.0, weight_decay=weight_decay)
     if mu is not None:
         kw["estimator"] = zo.CGE(mu=mu)
+    if layer_scale is not None:  # zo.recipes.short_budget(layer_steps=p) is {"power": p}
+        from zoracle._optim import scaled
+
+        scale = zo.recipes.layer_scales(bench.oracle.param_info, bench.p0, **layer_scale)
+        kw["optimizer"] = scaled(kw["optimizer"], scale, f"layer_scales({layer_scale})")
     d = bench.data
     with contextlib.ExitStack() as stack:
         if pool:
@@ -245,13 +258,15 @@ def scout(args, log=functools.partial(print, flush=True)) -> list:
     peers.RUNNERS["scout"] = run_variant
     runs = peers._load(args.out)
     done = {(r["data"], r["width"], r["variant"], r["seed"], r["budget"]) for r in runs}
+    if args.lr and any(VARIANTS[v][1].get("lr", args.lr) != args.lr for v in args.variants):
+        raise SystemExit("--lr: a variant chosen sets its own lr; run it without --lr")
     for name in args.variants:
         for seed in args.seeds:
             if (args.data, args.width, name, seed, args.budget) in done:
                 continue
             bench = peers.Bench(peers.load_data(args.data, seed), args.data, args.width, seed, args.budget)
             t = time.perf_counter()
-            r = peers.run_one(bench, "scout", VARIANTS[name][1])
+            r = peers.run_one(bench, "scout", {**VARIANTS[name][1], **({"lr": args.lr} if args.lr else {})})
             r.update(variant=name, method="deepzero-krs-variant")
             runs.append(r)
             peers._save(args.out, runs)
@@ -281,6 +296,9 @@ def report(runs) -> str:
     seeds = sorted({r["seed"] for r in runs})
     lines.append(f"\nSeeds {', '.join(map(str, seeds))}; d = " + ", ".join(
         f"{sorted({r['d'] for r in runs if r['data'] == d})[0]:,} ({d})" for d in datas) + ".")
+    lrs = sorted({r["setting"]["lr"] for r in runs if "lr" in r["setting"] and "lr" not in VARIANTS[r["variant"]][1]})
+    if lrs:  # run with --lr
+        lines[-1] += f" Every variant at lr {' / '.join(map(str, lrs))} (`--lr`), the recipe's included."
     return "\n".join(lines)
 
 
@@ -290,18 +308,20 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=1600, help="hidden units (the study's largest: 1600 digits, 1200 mnist1d)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=int, default=30_000)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of every variant (default: each variant's, 0.1)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
     p.add_argument("--out", default=None, help="JSON of all runs, appended after each; reruns skip done runs")
-    p.add_argument("--report", default=None, metavar="JSON", help="only print the table of these files (comma-separated)")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="only print the table of these files (comma-separated), of the --variants given")
     args = p.parse_args(argv)
-    if args.report:
-        print(report([r for path in args.report.split(",") for r in peers._load(path)]))
-        return 0
-    args.seeds = [int(s) for s in args.seeds.split(",")]
     args.variants = args.variants.split(",")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; pick from {', '.join(VARIANTS)}")
+    if args.report:  # with --variants: only those rows (e.g. the variants run on more seeds)
+        print(report([r for path in args.report.split(",") for r in peers._load(path) if r["variant"] in args.variants]))
+        return 0
+    args.seeds = [int(s) for s in args.seeds.split(",")]
     scout(args)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import types
 
 import numpy as np
 import pytest
@@ -165,6 +166,20 @@ def test_main_appends_resumes_and_reports(scout, tmp_path, capsys):
         scout.main(["--variants", "nope"])
 
 
+def test_lr_applies_to_every_run_and_the_report_can_keep_some_variants(scout, tmp_path, capsys):
+    out = str(tmp_path / "s.json")
+    base = ["--data", "digits", "--width", "0", "--seeds", "0", "--budget", str(BUDGET), "--out", out]
+    scout.main(base + ["--variants", "recipe,layer-steps", "--lr", "0.03"])
+    runs = scout.peers._load(out)
+    assert [(r["variant"], r["setting"]["lr"]) for r in runs] == [("recipe", 0.03), ("layer-steps", 0.03)]
+    capsys.readouterr()
+    scout.main(["--report", out, "--variants", "layer-steps"])
+    table = capsys.readouterr().out
+    assert "| `layer-steps` |" in table and "| `recipe` |" not in table and "Every variant at lr 0.03" in table
+    with pytest.raises(SystemExit, match="--lr"):  # sign-1 sets its own lr
+        scout.main(base + ["--variants", "sign-1", "--lr", "0.03"])
+
+
 def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     """docs/peers.md shows the scouting table exactly as `--report` prints it from the committed results."""
     paths = [os.path.join(ROOT, "benchmarks", "peers_results", f"scout_{d}.json") for d in ("digits", "mnist1d")]
@@ -173,7 +188,13 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
     assert scout.report(runs) in docs
-    # the round at 150,000 queries on digits
-    longer = scout.peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "scout150_digits.json"))
-    assert {r["budget"] for r in longer} == {150_000} and len(longer) == 3 * len({r["variant"] for r in longer})
-    assert scout.report(longer) in docs
+    # the rounds at 150,000 queries: seeds 0-2 of every variant run there, and seeds 3-5 of three
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    for files, seeds in ((("scout150_digits.json", "scout150_mnist1d.json"), {0, 1, 2}),
+                         (("scout150_digits_seeds.json", "scout150_mnist1d_seeds.json"), {3, 4, 5})):
+        longer = [r for f in files for r in scout.peers._load(os.path.join(results, f))]
+        assert {r["budget"] for r in longer} == {150_000} and {r["seed"] for r in longer} == seeds
+        for data in ("digits", "mnist1d"):
+            here = [r for r in longer if r["data"] == data]
+            assert len(here) == 3 * len({r["variant"] for r in here}) and any(r["variant"] == "recipe" for r in here)
+        assert scout.report(longer) in docs
