@@ -68,6 +68,8 @@ VARIANTS = {
                         {"layer_scale": {"layers": "last"}}),
     "layer-steps-wide": ("as `layer-steps`, relative to the layer with the most weights (the hidden layer keeps "
                          "its step, the convolutions' grow: digits 1.6 / 0.98)", {"layer_scale": {"ref": "widest"}}),
+    "layer-steps-b1": ("`layer-steps` with Adam's momentum (b1 = 0.9, as `deepzero-kas`)",
+                       {"layer_scale": {}, "b1": 0.9}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -201,7 +203,7 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
 
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
-                hybrid=False, importance=None, coordinates=None, layer_scale=None):
+                hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -210,7 +212,7 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         return _hybrid(bench, lr)
     k = sum(counts.values()) if counts is not None else coordinates or peers.KEEP_FRESH
     kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr, coordinates=k,
-                                 weight_decay=weight_decay)
+                                 weight_decay=weight_decay, b1=b1)
     fixed = counts is not None or ratios == "uniform"  # no ZO-GraSP: its queries go to steps
     grasp = 0 if fixed else grasp_queries(kw["grasp_directions"])
     steps = (bench.budget - grasp) // (k + 1)  # every weight of these models is sampled: k and the base point a step
@@ -228,7 +230,7 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     elif optimizer == "sgd":
         kw["optimizer"] = zo.sgd(sched, weight_decay=weight_decay)
     elif fixed:  # the recipe's optimizer, on the longer run
-        kw["optimizer"] = zo.adam(sched, b1=0.0, weight_decay=weight_decay)
+        kw["optimizer"] = zo.adam(sched, b1=b1, weight_decay=weight_decay)
     if mu is not None:
         kw["estimator"] = zo.CGE(mu=mu)
     if layer_scale is not None:  # zo.recipes.short_budget(layer_steps=p) is {"power": p}

@@ -198,3 +198,13 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
             here = [r for r in longer if r["data"] == data]
             assert len(here) == 3 * len({r["variant"] for r in here}) and any(r["variant"] == "recipe" for r in here)
         assert scout.report(longer) in docs
+        if seeds == {3, 4, 5}:  # and all six seeds of the variants run on both
+            six = [r for f in ("scout150_digits.json", "scout150_mnist1d.json") + files
+                   for r in scout.peers._load(os.path.join(results, f)) if r["variant"] in {v["variant"] for v in longer}]
+            assert {r["seed"] for r in six} == set(range(6)) and scout.report(six) in docs
+    # layer-steps' learning rate checked at seed 0, and the smaller sizes at 30,000 queries
+    for pair in (("scout150_lr0.03_digits.json", "scout150_lr0.03_mnist1d.json"),
+                 ("scout150_lr0.3_digits.json", "scout150_lr0.3_mnist1d.json"),
+                 ("scout_2k_digits.json", "scout_2k_mnist1d.json"), ("scout_13k_digits.json", "scout_13k_mnist1d.json")):
+        runs = [r for f in pair for r in scout.peers._load(os.path.join(results, f))]
+        assert len({r["data"] for r in runs}) == 2 and scout.report(runs) in docs
