@@ -165,11 +165,15 @@ def scaled(optimizer: Optimizer, scale, label: str) -> Optimizer:
     ``config``, so a checkpoint made with one scale does not resume with another.
     """
     inner = optimizer
+    on = {}  # the scale on each backend and dtype it has met, converted once (a CuPy run copies it to the GPU once)
 
     def update(grad, state, params, lr=None):
         new, state = inner.update(grad, state, params, lr=lr)
-        s = scale if namespace(params) is namespace(scale) else namespace(params).asarray(scale)
-        return params + (new - params) * s.astype(params.dtype, copy=False), state
+        xp = namespace(params)
+        key = (xp.__name__, params.dtype.str)
+        if key not in on:
+            on[key] = xp.asarray(scale).astype(params.dtype, copy=False)
+        return params + (new - params) * on[key], state
 
     return inner._replace(update=update, config=f"{inner.config} * {label}")
 
