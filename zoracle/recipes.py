@@ -115,7 +115,8 @@ after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than ``
     if per_epoch < 1:
         raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
 
-    scored, _ = split_blocks(_resolve_blocks(oracle, blocks, d), SHORT_BUDGET_KINDS)
+    resolved = _resolve_blocks(oracle, blocks, d)
+    scored, _ = split_blocks(resolved, SHORT_BUDGET_KINDS)
     n_scored = sum(s.stop - s.start for s in scored)
     if n_scored == 0:
         raise ArgumentError(f"no block has a kind in {SHORT_BUDGET_KINDS}: there are no weights to sample")
@@ -131,7 +132,7 @@ after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than ``
     optimizer = adam(cosine_schedule(lr, total_steps=steps, warmup_steps=min(per_epoch, steps - 1)), b1=b1,
                      weight_decay=weight_decay)
     if layer_steps:
-        scale = layer_scales(_resolve_blocks(oracle, blocks, d), params, power=layer_steps)
+        scale = layer_scales(resolved, params, power=layer_steps)
         optimizer = scaled(optimizer, scale, f"layer_steps({layer_steps}, {_describe(scale)})")
     kw = {
         "epochs": -(-steps // per_epoch),
@@ -188,9 +189,7 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     weights = [b for b in blocks if b.kind in ("conv", "linear")]
     if not weights:
         raise ArgumentError("layer step scales need at least one conv or linear block; leave `layer_steps` at 0")
-    rms = {}
-    for b in weights:
-        rms[_layer(b.name)] = float(np.sqrt(np.mean(p[b.slice] ** 2)))
+    rms = {_layer(b.name): float(np.sqrt(np.mean(p[b.slice] ** 2))) for b in weights}
     zero = [name for name, r in rms.items() if not r > 0]
     if zero:
         raise ArgumentError(f"layer {zero[0]!r} has all-zero weights in `params`, so its step would be 0; "
@@ -212,7 +211,7 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
 
 
 def _describe(scale) -> str:
-    """The distinct multipliers, in order of first appearance (for ``config``)."""
+    """The multipliers in flat order, each run of equal values once (for ``config``)."""
     seen = []
     for v in np.round(scale, 4).tolist():
         if not seen or seen[-1] != v:
