@@ -2,7 +2,7 @@
 
 Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peers.py``: ZO-GraSP
 layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
-changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn, whether
+changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn (or in which order), whether
 draws follow the partial derivatives measured so far, the optimizer, each layer's step size, CGE's ``mu``,
 or the estimator of the wide layers. Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
@@ -70,6 +70,10 @@ VARIANTS = {
                          "its step, the convolutions' grow: digits 1.6 / 0.98)", {"layer_scale": {"ref": "widest"}}),
     "layer-steps-b1": ("`layer-steps` with Adam's momentum (b1 = 0.9, as `deepzero-kas`)",
                        {"layer_scale": {}, "b1": 0.9}),
+    "cycle": ("each layer's coordinates drawn without replacement: every weight measured once before any twice "
+              "(a fresh draw each step leaves e^-k of a layer unmeasured after k draws a weight)", {"cycle": True}),
+    "cycle-layer-steps": ("`cycle` and `layer-steps`", {"cycle": True, "layer_scale": {}}),
+    "cycle-layer-steps-b1": ("`cycle` and `layer-steps-b1`", {"cycle": True, "layer_scale": {}, "b1": 0.9}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -102,6 +106,44 @@ def _pooled_masks(pool: int, seed: int):
         parts = [p[r.choice(len(p), size=int(c), replace=False)] for p, c in zip(pools["p"], counts) if c]
         parts += [np.arange(b.start, b.stop) for b in self.dense]
         return np.sort(np.concatenate(parts))
+
+    return _masks_drawn_by(coordinates)
+
+
+def _cycled_masks(seed: int):
+    """Per-step masks that walk each block through random orders without replacement (scouting only).
+
+    Block ``l`` takes its ``c`` coordinates a step from the front of a queue of random
+    permutations of its weights (from ``(seed, 93, l, cycle)``), one cycle after another. When
+    fewer than ``c`` are left, the next permutation is appended with the weights still queued
+    moved to its end, so that no step draws a weight twice. Every weight is drawn once a cycle:
+    at any step the draw counts of a block's weights differ by at most one.
+    """
+    state = {"queues": None, "cycles": None, "memo": (None, None)}
+
+    def coordinates(self, epoch, step=None):
+        step = int(step)
+        if state["memo"][0] == step:  # asked twice for one step
+            return state["memo"][1]
+        if state["queues"] is None:
+            state["queues"] = [np.empty(0, np.int64) for _ in self.blocks]
+            state["cycles"] = [0] * len(self.blocks)
+        parts = []
+        for l, (b, c) in enumerate(zip(self.blocks, (int(c) for c in self.counts))):
+            if not c:
+                continue
+            q = state["queues"][l]
+            if q.size < c:
+                state["cycles"][l] += 1
+                order = b.start + np.random.default_rng([seed, 93, l, state["cycles"][l]]).permutation(b.stop - b.start)
+                late = np.isin(order, q)  # drawn this step to end the last cycle: last in the new one
+                q = np.concatenate([q, order[~late], order[late]])
+            parts.append(q[:c])
+            state["queues"][l] = q[c:]
+        parts += [np.arange(b.start, b.stop) for b in self.dense]
+        out = np.sort(np.concatenate(parts))
+        state["memo"] = (step, out)
+        return out
 
     return _masks_drawn_by(coordinates)
 
@@ -203,7 +245,7 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
 
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
-                hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0):
+                hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -242,6 +284,8 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     with contextlib.ExitStack() as stack:
         if pool:
             stack.enter_context(_pooled_masks(pool, bench.seed))
+        if cycle:
+            stack.enter_context(_cycled_masks(bench.seed))
         if importance:
             observe, opt = stack.enter_context(_importance_masks(bench, **importance)), kw["optimizer"]
 

@@ -202,9 +202,40 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
             six = [r for f in ("scout150_digits.json", "scout150_mnist1d.json") + files
                    for r in scout.peers._load(os.path.join(results, f)) if r["variant"] in {v["variant"] for v in longer}]
             assert {r["seed"] for r in six} == set(range(6)) and scout.report(six) in docs
+    # drawing without replacement: six seeds at 150,000 queries
+    cycled = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_cycle_{d}.json"))]
+    assert {r["variant"] for r in cycled} == {"cycle", "cycle-layer-steps", "cycle-layer-steps-b1"}
+    assert len(cycled) == 2 * 3 * 6 and {r["seed"] for r in cycled} == set(range(6)) and scout.report(cycled) in docs
     # layer-steps' learning rate checked at seed 0, and the smaller sizes at 30,000 queries
     for pair in (("scout150_lr0.03_digits.json", "scout150_lr0.03_mnist1d.json"),
                  ("scout150_lr0.3_digits.json", "scout150_lr0.3_mnist1d.json"),
                  ("scout_2k_digits.json", "scout_2k_mnist1d.json"), ("scout_13k_digits.json", "scout_13k_mnist1d.json")):
         runs = [r for f in pair for r in scout.peers._load(os.path.join(results, f))]
         assert len({r["data"] for r in runs}) == 2 and scout.report(runs) in docs
+
+
+def test_cycled_masks_draw_every_weight_once_a_cycle_and_are_undone(scout, digits):
+    import zoracle as zo
+
+    blocks, ratios = [slice(0, 100), slice(100, 1100)], [0.03, 0.007]  # 3 and 7 coordinates a step
+    original = zo.DynamicMasks.coordinates
+    with scout._cycled_masks(seed=0):
+        m = zo.DynamicMasks(blocks, ratios, seed=0, interval="step")
+        drawn = [m.coordinates(0, step=s) for s in range(400)]
+        assert m.coordinates(0, step=399) is drawn[-1]  # asked twice for a step: the same draw
+    assert zo.DynamicMasks.coordinates is original
+    counts = np.zeros(1100, int)
+    for s, c in enumerate(drawn):
+        assert len(np.unique(c)) == 10 and ((c < 100).sum(), (c >= 100).sum()) == (3, 7)
+        np.add.at(counts, c, 1)
+        for b in blocks:  # at every step a block's draw counts differ by at most one
+            assert counts[b].max() - counts[b].min() <= 1, (s, b)
+    assert counts[:100].sum() == 1200 and set(counts[:100]) == {12}  # 400 x 3 = 12 cycles of 100
+    # a fresh draw each step, for contrast, leaves weights unmeasured after one draw a weight
+    fresh = zo.DynamicMasks(blocks, ratios, seed=0, interval="step")
+    seen = np.unique(np.concatenate([fresh.coordinates(0, step=s) for s in range(143)]))  # 1001 draws of 1000
+    assert ((seen >= 100) & (seen < 1100)).sum() < 800
+    # end to end: the recipe's budget, spent on other coordinates
+    a = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
+    b = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["cycle"][1])
+    assert a["queries"] == b["queries"] and a["curve"][-1][2:] != b["curve"][-1][2:]
