@@ -41,6 +41,12 @@ VARIANTS = {
                         {"counts": {"8.weight": 45, "8.bias": 5}}),
     "conv1-hidden": ("ZO-GraSP's typical split without ZO-GraSP: 8 on the first conv, 42 on the hidden layer",
                      {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 42}}),
+    "conv1-hidden-classifier": ("`conv1-hidden` with 8 of the hidden layer's 42 on the classifier instead, which "
+                                "ZO-GraSP leaves untrained on digits", {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 34,
+                                                                      "8.weight": 8}}),
+    "conv1-hidden-classifier-steps": ("the same with `layer-steps`' step sizes",
+                                      {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 34, "8.weight": 8},
+                                       "layer_scale": {}}),
     "convs-only": ("all 50 on the two convolutions", {"counts": {"0.weight": 20, "0.bias": 4, "2.weight": 20, "2.bias": 6}}),
     "every-layer": ("some in every layer (12 / 13 / 15 / 10)",
                     {"counts": {"0.weight": 10, "0.bias": 2, "2.weight": 10, "2.bias": 3, "6.weight": 15, "8.weight": 10}}),

@@ -206,6 +206,11 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     cycled = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_cycle_{d}.json"))]
     assert {r["variant"] for r in cycled} == {"cycle", "cycle-layer-steps", "cycle-layer-steps-b1"}
     assert len(cycled) == 2 * 3 * 6 and {r["seed"] for r in cycled} == set(range(6)) and scout.report(cycled) in docs
+    split = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_split_{d}.json"))]
+    assert len(split) == 2 * 3 * 4 and scout.report(split) in docs
+    recipe150 = {(r["data"], r["seed"]): r["test_acc"] for f in ("scout150_digits.json", "scout150_mnist1d.json")
+                 for r in scout.peers._load(os.path.join(results, f)) if r["variant"] == "recipe"}
+    assert {(r["data"], r["seed"]): r["test_acc"] for r in split if r["variant"] == "recipe"} == recipe150
     # layer-steps' learning rate checked at seed 0, and the smaller sizes at 30,000 queries
     for pair in (("scout150_lr0.03_digits.json", "scout150_lr0.03_mnist1d.json"),
                  ("scout150_lr0.3_digits.json", "scout150_lr0.3_mnist1d.json"),
