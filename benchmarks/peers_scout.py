@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 CONVS = ("0.weight", "0.bias", "2.weight", "2.bias")
+WITH_CLASSIFIER = {"0.weight": 7, "0.bias": 1, "6.weight": 34, "8.weight": 8}  # conv1-hidden, 8 moved to the classifier
 
 # name -> (what it changes, options of run_variant)
 VARIANTS = {
@@ -42,11 +43,9 @@ VARIANTS = {
     "conv1-hidden": ("ZO-GraSP's typical split without ZO-GraSP: 8 on the first conv, 42 on the hidden layer",
                      {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 42}}),
     "conv1-hidden-classifier": ("`conv1-hidden` with 8 of the hidden layer's 42 on the classifier instead, which "
-                                "ZO-GraSP leaves untrained on digits", {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 34,
-                                                                      "8.weight": 8}}),
+                                "ZO-GraSP leaves untrained on digits", {"counts": WITH_CLASSIFIER}),
     "conv1-hidden-classifier-steps": ("the same with `layer-steps`' step sizes",
-                                      {"counts": {"0.weight": 7, "0.bias": 1, "6.weight": 34, "8.weight": 8},
-                                       "layer_scale": {}}),
+                                      {"counts": WITH_CLASSIFIER, "layer_scale": {}}),
     "convs-only": ("all 50 on the two convolutions", {"counts": {"0.weight": 20, "0.bias": 4, "2.weight": 20, "2.bias": 6}}),
     "every-layer": ("some in every layer (12 / 13 / 15 / 10)",
                     {"counts": {"0.weight": 10, "0.bias": 2, "2.weight": 10, "2.bias": 3, "6.weight": 15, "8.weight": 10}}),
@@ -85,6 +84,11 @@ VARIANTS = {
 }
 
 
+def _with_dense(masks, parts):
+    """The sorted coordinate set of per-block draws ``parts`` and every dense block of ``masks``."""
+    return np.sort(np.concatenate(parts + [np.arange(b.start, b.stop) for b in masks.dense]))
+
+
 @contextlib.contextmanager
 def _masks_drawn_by(coordinates):
     """``DynamicMasks.coordinates`` replaced by ``coordinates(self, epoch, step)`` inside the block."""
@@ -110,8 +114,7 @@ def _pooled_masks(pool: int, seed: int):
                                            replace=False)) for b, c in zip(self.blocks, counts)]
         r = np.random.default_rng([seed, 78, int(step)])
         parts = [p[r.choice(len(p), size=int(c), replace=False)] for p, c in zip(pools["p"], counts) if c]
-        parts += [np.arange(b.start, b.stop) for b in self.dense]
-        return np.sort(np.concatenate(parts))
+        return _with_dense(self, parts)
 
     return _masks_drawn_by(coordinates)
 
@@ -146,8 +149,7 @@ def _cycled_masks(seed: int):
                 q = np.concatenate([q, order[~late], order[late]])
             parts.append(q[:c])
             state["queues"][l] = q[c:]
-        parts += [np.arange(b.start, b.stop) for b in self.dense]
-        out = np.sort(np.concatenate(parts))
+        out = _with_dense(self, parts)
         state["memo"] = (step, out)
         return out
 
@@ -204,8 +206,7 @@ def _importance_masks(bench, eps=0.2, power=1.0, prior=1.0):
         r = np.random.default_rng([bench.seed, 91, int(step)])
         parts = [b.start + r.choice(b.stop - b.start, size=int(k), replace=False, p=imp.probs(l))
                  for l, (b, k) in enumerate(zip(self.blocks, self.counts)) if k]
-        parts += [np.arange(b.start, b.stop) for b in self.dense]
-        state["coords"] = np.sort(np.concatenate(parts))
+        state["coords"] = _with_dense(self, parts)
         return state["coords"]
 
     def observe(grad):
