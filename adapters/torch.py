@@ -455,10 +455,10 @@ class TorchOracle:
         steps = self._core.chain.steps
         stop, absorbed, base_in, base_out, base_losses, (base_rest, _, _) = feats.walk
         B = base_in.shape[0]
-        D = col - base_in[:, ch].transpose(0, 1)  # (k, B, ...) change of the perturbed channel
+        D = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...) change of the perturbed channel
         changed = (D != 0).reshape(k * B, -1).any(dim=-1)
         if skip is not None:  # the walk forked: the skip branch changed in the same channel
-            changed |= (skip != base_rest[0][:, ch].transpose(0, 1)).reshape(k * B, -1).any(dim=-1)
+            changed |= (skip != base_rest[0].index_select(1, ch).transpose(0, 1)).reshape(k * B, -1).any(dim=-1)
         flat = changed.nonzero().squeeze(1)
         n = flat.shape[0]
         if n > 0.7 * k * B:
@@ -658,10 +658,11 @@ class TorchOracle:
             out = cache = walk = None
             if kind:
                 x = state[0]
-                out = st.module(x)
+                # a module step's output is in the states already (the same call on the same input)
+                out = states[si + 1][0] if st.fn is None else st.module(x)
                 cache = prepare_cache(kind, st.module, x, out)
                 if channel_ok(kind, out):
-                    walk = self._walk(si, out, state[1:], params)
+                    walk = self._walk(si, out, state[1:], params, states if st.fn is None else None)
         mask = core.downstream.setdefault(si, downstream(core.chain.steps, si))
         keep = None if mask is None or all(mask[si + 1:]) else (mask, states)
         return _Features(block, state, out, cache, self._x.shape[0], walk, keep)
@@ -693,29 +694,41 @@ class TorchOracle:
             return None
         return cached[1] if _same(cached[0], params) else None
 
-    def _walk(self, si: int, out, state_rest, params=None):
-        """Follow a one-channel change through channel-local steps to the next Linear/Conv1d/Conv2d."""
+    def _walk(self, si: int, out, state_rest, params=None, states=None):
+        """Follow a one-channel change through channel-local steps to the next Linear/Conv1d/Conv2d.
+
+        ``states`` (the chain's states at ``params``, ``out`` being ``states[si + 1][0]``): module
+        steps walked before any join or fork read their output there instead of running again.
+        """
         steps = self._core.chain.steps
         j, h, rest = si + 1, out, tuple(state_rest)
         joins, fork_at = {}, None
+        ran = states is not None  # h is states[j][0]: a module step's output is states[j + 1][0]
+
+        def step_out(j, h):
+            return states[j + 1][0] if ran and steps[j].fn is None else steps[j]((h,))[0]
+
         while j < len(steps):
             st = steps[j]
             if channel_local(st, h):
-                h = steps[j]((h,))[0]
+                h = step_out(j, h)
+                ran = ran and st.fn is None
             elif st.channel_fn is not None and fork_at is None and h.dim() == 4:
                 # a declared join (``relu(main + shortcut(skip))``): still one channel changed
                 joins[j] = (h,) + rest
                 new = st(joins[j])
-                h, rest = new[0], tuple(new[1:])
+                h, rest, ran = new[0], tuple(new[1:]), False
             elif is_fork(st) and fork_at is None:
-                fork_at, rest = j, (h,) + rest  # the skip branch carries the changed channel
+                fork_at, rest, ran = j, (h,) + rest, False  # the skip branch carries the changed channel
             else:
                 break
             j += 1
         if j < len(steps) and absorbs(steps[j], h):
-            kind, base_out, start = "layer", steps[j]((h,))[0], j + 1
+            kind, base_out, start = "layer", step_out(j, h), j + 1
         elif flatten_linear(steps, j, h):
-            kind, base_out, start = "flatten", steps[j + 1](steps[j]((h,)))[0], j + 2
+            flat = step_out(j, h)
+            ran = ran and steps[j].fn is None
+            kind, base_out, start = "flatten", step_out(j + 1, flat), j + 2
         else:
             kind, base_out, start = "", None, j
         # samples whose activations a perturbation leaves unchanged keep their base loss,

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -217,6 +219,31 @@ def test_conv_variants_and_dense_paths(mode, unfold, monkeypatch):
     est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
     assert relerr(est.grad, autograd(model, x, y)) < 1e-6
 
+
+
+@settings(max_examples=60)
+@given(b=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       kh=st.integers(1, 3), kw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       layout=st.sampled_from(["contiguous", "channels_last", "strided"]), seed=st.integers(0, 2**16))
+def test_unfold_equals_torch_unfold(b, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw, layout, seed):
+    """The strided-copy ``unfold`` of the closed forms gives ``F.unfold``'s values and layout
+    bit for bit, whatever the input's memory layout."""
+    from torch.nn import functional as F
+
+    from zoracle.adapters._torch_chain import unfold
+
+    if h + 2 * ph < dh * (kh - 1) + 1 or w + 2 * pw < dw * (kw - 1) + 1:
+        return  # no output position: F.unfold refuses too
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h + 1, w + 2, generator=g, dtype=torch.float64)
+    x = x[:, :, 1:, 2:] if layout == "strided" else x[:, :, :h, :w].contiguous()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    got = unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    assert got.shape == ref.shape and ref.is_contiguous() and got.is_contiguous()
+    assert torch.equal(got, ref)
 
 class _Tokens(nn.Module):
     """A non-Sequential model: graph capture splits it (3-D Linear, LayerNorm, flatten, Linear)."""
