@@ -215,11 +215,17 @@ def _needs_dropout_mode(model: nn.Module) -> bool:
     forward hook is registered: nothing can then reach a functional dropout. The type check is
     part of the per-model cache of ``_model_info``; hooks come and go, so they are checked on
     every call."""
-    info = _model_info(model)
+    return _dropout_mode_and_special(model)[0]
+
+
+def _dropout_mode_and_special(model: nn.Module) -> tuple:
+    """``(_needs_dropout_mode(model), _special_modules(model))`` from one walk over the modules."""
+    mods = list(model.modules())
+    info = _model_info(model, len(mods))
     if not info.stock:
-        return True
+        return True, info.special
     return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-                or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()))
+                or any(m._forward_hooks or m._forward_pre_hooks for m in mods)), info.special
 
 
 def _stock_forward(m: nn.Module) -> bool:
@@ -250,9 +256,10 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     ctx.groups, ctx.update = int(groups), bool(update)
     patched, flags, saved = [], [], []
     plain = loss_fn is None or type(loss_fn) in _STOCK_LOSSES
-    mode = contextlib.nullcontext() if plain and not _needs_dropout_mode(model) else _NoDropout()
+    needs_mode, special = _dropout_mode_and_special(model)
+    mode = contextlib.nullcontext() if plain and not needs_mode else _NoDropout()
     try:
-        for m in _special_modules(model):
+        for m in special:
             if type(m) in _BN:
                 m.forward = (lambda x, m=m: _bn_forward(m, ctx, x))
                 patched.append(m)
@@ -295,11 +302,11 @@ class _ModelInfo:
 _INFO = weakref.WeakKeyDictionary()
 
 
-def _model_info(model: nn.Module) -> _ModelInfo:
+def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
     """What ``norm_context`` needs of ``model``, from one walk over its submodules, cached per
     model (weakly: the entry holds no reference to the model itself) and refreshed when its
-    number of submodules changes."""
-    n = sum(1 for _ in model.modules())
+    number of submodules changes (``n``, when the caller has counted them)."""
+    n = sum(1 for _ in model.modules()) if n is None else n
     hit = _INFO.get(model)
     if hit is None or hit.count != n:
         mods = list(model.modules())
@@ -313,6 +320,27 @@ def _special_modules(model: nn.Module) -> list:
     """The submodules ``norm_context`` patches (BatchNorm, dropout, in-place, attention)."""
     return _model_info(model).special
 
+
+def chain_is_forward(model: nn.Module, steps) -> bool:
+    """Whether ``model(x)`` is exactly running ``steps`` in order: ``model`` is an
+    ``nn.Sequential`` (nested stock Sequentials expanded) whose leaves are the steps' modules,
+    one module step each, no container has a forward hook, and none is a BatchNorm (whose
+    running statistics a plain call may update). Checked at each call: modules can be swapped."""
+    if not isinstance(model, nn.Sequential) or nn.modules.module._global_forward_hooks \
+            or nn.modules.module._global_forward_pre_hooks:
+        return False
+    leaves, todo = [], [model]
+    while todo:
+        m = todo.pop()
+        if isinstance(m, nn.Sequential):
+            if not _stock_forward(m) or m._forward_hooks or m._forward_pre_hooks:
+                return False
+            todo.extend(reversed(list(m._modules.values())))
+        elif isinstance(m, _BATCHNORM) or m is None:
+            return False
+        else:
+            leaves.append(m)
+    return len(leaves) == len(steps) and all(st.fn is None and st.module is m for st, m in zip(steps, leaves))
 
 def vmap_safe(model: nn.Module) -> bool:
     """False when a BatchNorm subclass in train mode would update its buffers inside ``vmap``."""

@@ -35,6 +35,7 @@ from ._torch_graph import downstream
 from ._torch_exact import first_bind, full_coordinate_losses, reference_loss, shared_suffix
 from ._torch_chain import (
     Step,
+    chain_is_forward,
     absorb,
     absorb_flatten_linear,
     absorb_rows,
@@ -64,6 +65,10 @@ __all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "cross_entrop
 
 _CPU_BUDGET = 16 * 2**20
 _GPU_BUDGET = 1024 * 2**20
+
+
+def _copy(params):
+    return params.clone() if torch.is_tensor(params) else params.copy()
 
 
 def _same(old, params) -> bool:
@@ -548,14 +553,25 @@ class TorchOracle:
         self._require_batch()
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
-            out = self.model(self._x)
+            steps = self._core.chain.steps if self._core.chain is not None else None
+            if steps is not None and chain_is_forward(self.model, steps):
+                # the same module calls as model(x), one by one: keep every state for the prefixes
+                states = [(self._x,)]
+                for st in steps:
+                    states.append(st(states[-1]))
+                out = states[-1][0]
+                self._state_cache = (_copy(params), states, self.model.training)
+            else:
+                out = self.model(self._x)
             if self._core.scalar_loss:
                 self._base_rows = None
                 return float(self._scalar(out, self._y))
             rows = self._loss_rows(out, self._y)
         # the per-sample losses at the base point: the fast suffix path reuses them for the
         # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again
-        self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), rows)
+        cached = self._state_cache
+        key = cached[0] if cached is not None and _same(cached[0], params) else _copy(params)
+        self._base_rows = (key, rows)
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 
     def reference_loss(self, params) -> float:

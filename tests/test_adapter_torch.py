@@ -485,6 +485,52 @@ def test_prefix_reuses_the_base_call_per_sample_losses():
     assert n_fresh > len(oracle.blocks)  # without a base call, each prefix asks loss_fn once more
 
 
+
+def test_plain_call_runs_the_chain_only_when_it_is_the_forward():
+    """A plain Sequential's call runs its steps one by one and keeps the states for the prefixes
+    (one forward a step saved); a hook on a container, a swapped module or a BatchNorm make it
+    call ``model(x)`` itself. Either way the loss is the plain forward's, bit for bit."""
+    from zoracle.adapters._torch_chain import chain_is_forward
+
+    torch.manual_seed(2)
+    inner = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True))
+    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), inner, nn.Linear(8, 3)).double()
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    oracle = TorchOracle(net, CE, (x, y))
+    theta = oracle.initial_params()
+    steps = oracle._core.chain.steps
+
+    def plain(model):
+        with torch.no_grad():
+            return float(CE(model(torch.as_tensor(x)), torch.as_tensor(y)).mean())
+
+    assert chain_is_forward(net, steps)
+    oracle._state_cache = None
+    assert oracle(theta) == plain(net)
+    assert oracle._state_cache is not None and len(oracle._state_cache[1]) == len(steps) + 1
+    states = oracle._state_cache[1]
+    assert oracle._states(theta) is states  # the prefixes read them: no second forward
+    np.testing.assert_array_equal(states[-1][0].numpy(), net(torch.as_tensor(x)).detach().numpy())
+
+    seen = []
+    handle = inner.register_forward_hook(lambda m, i, o: seen.append(1))
+    assert not chain_is_forward(net, steps)  # the container's hook runs only in model(x)
+    oracle._state_cache = None
+    oracle(theta)
+    assert seen == [1] and oracle._state_cache is None
+    handle.remove()
+    assert chain_is_forward(net, steps)
+
+    old = net[3]
+    net[3] = nn.Linear(8, 3).double()  # swapped after the oracle was built
+    assert not chain_is_forward(net, steps)
+    assert oracle(theta) != plain(nn.Sequential(net[0], net[1], inner, old))  # the new module counts
+    net[3] = old
+    bn = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).double()
+    assert not chain_is_forward(bn, TorchOracle(bn, CE, (x, y))._core.chain.steps)
+    assert not chain_is_forward(nn.Linear(5, 3), [])
+
 def test_dropout_mode_is_skipped_only_when_nothing_can_reach_functional_dropout(monkeypatch):
     """The no-dropout torch function mode costs per-op dispatch: skipped for stock layers and a
     stock loss, kept (and effective) when a custom loss or a custom module could call F.dropout."""
