@@ -1,0 +1,36 @@
+"""benchmarks/step_time.py: the per-step timer times the installed code or another checkout's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "step_time.py")
+
+
+def _run(*args):
+    out = subprocess.run([sys.executable, SCRIPT, "--steps", "2", "--repeats", "1", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    return out
+
+
+def test_step_time_installed_and_checkout_agree(tmp_path):
+    a = _run("--data", "mnist1d")
+    assert a.returncode == 0, a.stderr
+    r = json.loads(a.stdout)
+    assert r["d"] == 1914 and r["coordinates"] == 236 and r["ms_per_step"] > 0 and len(r["all_ms"]) == 1
+    b = _run("--data", "mnist1d", "--root", ROOT)  # this checkout, imported by path
+    assert b.returncode == 0, b.stderr
+    rb = json.loads(b.stdout)
+    assert os.path.realpath(rb["zoracle"]) == os.path.realpath(os.path.join(ROOT, "zoracle"))
+    assert rb["grad_sha256"] == r["grad_sha256"]  # the same code gives the same estimates
+    bad = _run("--root", str(tmp_path))
+    assert bad.returncode != 0 and "not a zoracle checkout" in bad.stderr
