@@ -333,8 +333,8 @@ def chain_is_forward(model: nn.Module, steps) -> bool:
     while todo:
         m = todo.pop()
         if isinstance(m, nn.Sequential):
-            if not _stock_forward(m) or m._forward_hooks or m._forward_pre_hooks:
-                return False
+            if not _stock_forward(m) or "forward" in m.__dict__ or m._forward_hooks or m._forward_pre_hooks:
+                return False  # a forward of its own (on the class or set on the instance) or a hook
             todo.extend(reversed(list(m._modules.values())))
         elif isinstance(m, _BATCHNORM) or m is None:
             return False

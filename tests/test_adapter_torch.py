@@ -522,6 +522,12 @@ def test_plain_call_runs_the_chain_only_when_it_is_the_forward():
     handle.remove()
     assert chain_is_forward(net, steps)
 
+    inner.forward = lambda h: h  # a forward set on the instance: model(x) runs it, the chain would not
+    assert not chain_is_forward(net, steps)
+    assert oracle(theta) == plain(net)
+    del inner.forward
+    assert chain_is_forward(net, steps)
+
     old = net[3]
     net[3] = nn.Linear(8, 3).double()  # swapped after the oracle was built
     assert not chain_is_forward(net, steps)
