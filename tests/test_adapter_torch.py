@@ -533,6 +533,14 @@ def test_plain_call_runs_the_chain_only_when_it_is_the_forward():
     assert not chain_is_forward(net, steps)
     assert oracle(theta) != plain(nn.Sequential(net[0], net[1], inner, old))  # the new module counts
     net[3] = old
+    class Scaled(nn.Sequential):  # a subclass with its own forward, as users write them
+        def forward(self, h):
+            return 2 * super().forward(h)
+
+    sub = Scaled(nn.Linear(5, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)).double()
+    sub_oracle = TorchOracle(sub, CE, (x, y))
+    assert not chain_is_forward(sub, sub_oracle._core.chain.steps)
+    assert sub_oracle(sub_oracle.initial_params()) == plain(sub)
     bn = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).double()
     assert not chain_is_forward(bn, TorchOracle(bn, CE, (x, y))._core.chain.steps)
     assert not chain_is_forward(nn.Linear(5, 3), [])
