@@ -342,6 +342,7 @@ def chain_is_forward(model: nn.Module, steps) -> bool:
             leaves.append(m)
     return len(leaves) == len(steps) and all(st.fn is None and st.module is m for st, m in zip(steps, leaves))
 
+
 def vmap_safe(model: nn.Module) -> bool:
     """False when a BatchNorm subclass in train mode would update its buffers inside ``vmap``."""
     return not any(type(m) not in _BN and isinstance(m, _BATCHNORM) and m.training and m.running_mean is not None
@@ -473,7 +474,9 @@ def unfold(x, kernel_size, dilation=(1, 1), padding=(0, 0), stride=(1, 1)):
     contiguous). On CPU with numeric padding it is one strided copy of a window view of ``x``
     (zero-padded first), several times faster than ``F.unfold`` (``im2col``), which loops over
     the batch with an operator call per sample."""
-    pair = torch.nn.modules.utils._pair
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
     kh, kw = pair(kernel_size)
     dh, dw = pair(dilation)
     sh, sw = pair(stride)

@@ -35,11 +35,11 @@ from ._torch_graph import downstream
 from ._torch_exact import first_bind, full_coordinate_losses, reference_loss, shared_suffix
 from ._torch_chain import (
     Step,
-    chain_is_forward,
     absorb,
     absorb_flatten_linear,
     absorb_rows,
     absorbs,
+    chain_is_forward,
     channel_local,
     is_fork,
     channel_ok,
