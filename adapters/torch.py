@@ -555,12 +555,21 @@ class TorchOracle:
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
             steps = self._core.chain.steps if self._core.chain is not None else None
             if steps is not None and chain_is_forward(self.model, steps):
-                # the same module calls as model(x), one by one: keep every state for the prefixes
-                states = [(self._x,)]
+                # the same module calls as model(x), one by one: keep every state for the prefixes,
+                # unless they outgrow the memory budget (a large bound batch only evaluated)
+                limit = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+                state, states, held = (self._x,), [(self._x,)], 0
                 for st in steps:
-                    states.append(st(states[-1]))
-                out = states[-1][0]
-                self._state_cache = (_copy(params), states, self.model.training)
+                    state = st(state)
+                    if states is not None:
+                        held += sum(t.numel() * t.element_size() for t in state if torch.is_tensor(t))
+                        if held <= limit:
+                            states.append(state)
+                        else:
+                            states = None
+                out = state[0]
+                if states is not None:
+                    self._state_cache = (_copy(params), states, self.model.training)
             else:
                 out = self.model(self._x)
             if self._core.scalar_loss:

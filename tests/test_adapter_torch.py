@@ -513,6 +513,9 @@ def test_plain_call_runs_the_chain_only_when_it_is_the_forward():
     assert oracle._states(theta) is states  # the prefixes read them: no second forward
     np.testing.assert_array_equal(states[-1][0].numpy(), net(torch.as_tensor(x)).detach().numpy())
 
+    big = TorchOracle(net, CE, (x, y), budget_bytes=1024)  # states beyond the budget are not kept
+    assert big(theta) == plain(net) and big._state_cache is None
+
     seen = []
     handle = inner.register_forward_hook(lambda m, i, o: seen.append(1))
     assert not chain_is_forward(net, steps)  # the container's hook runs only in model(x)
