@@ -549,7 +549,8 @@ class TorchOracle:
 
     # ---------------------------------------------------------------- the oracle protocol
     def __call__(self, params) -> float:
-        """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off."""
+        """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off (a plain
+        ``nn.Sequential`` runs its modules one by one, the same calls, keeping the activations)."""
         self._require_batch()
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
