@@ -554,23 +554,14 @@ class TorchOracle:
         self._require_batch()
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
-            steps = self._core.chain.steps if self._core.chain is not None else None
-            if steps is not None and chain_is_forward(self.model, steps):
+            key = _copy(params)
+            if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
                 # the same module calls as model(x), one by one: keep every state for the prefixes,
                 # unless they outgrow the memory budget (a large bound batch only evaluated)
                 limit = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
-                state, states, held = (self._x,), [(self._x,)], 0
-                for st in steps:
-                    state = st(state)
-                    if states is not None:
-                        held += sum(t.numel() * t.element_size() for t in state if torch.is_tensor(t))
-                        if held <= limit:
-                            states.append(state)
-                        else:
-                            states = None
-                out = state[0]
+                out, states = self._run_chain(limit)
                 if states is not None:
-                    self._state_cache = (_copy(params), states, self.model.training)
+                    self._state_cache = (key, states, self.model.training)
             else:
                 out = self.model(self._x)
             if self._core.scalar_loss:
@@ -579,8 +570,6 @@ class TorchOracle:
             rows = self._loss_rows(out, self._y)
         # the per-sample losses at the base point: the fast suffix path reuses them for the
         # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again
-        cached = self._state_cache
-        key = cached[0] if cached is not None and _same(cached[0], params) else _copy(params)
         self._base_rows = (key, rows)
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 
@@ -701,12 +690,26 @@ class TorchOracle:
         if cached is not None and cached[2] == self.model.training and _same(cached[0], params):
             return cached[1]
         self._load(params)
-        states = [(self._x,)]
         with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
-            for st in self._core.chain.steps:
-                states.append(st(states[-1]))
-        self._state_cache = (params.clone() if torch.is_tensor(params) else params.copy(), states, self.model.training)
+            states = self._run_chain()[1]
+        self._state_cache = (_copy(params), states, self.model.training)
         return states
+
+    def _run_chain(self, limit=None) -> tuple:
+        """``(output, states)`` of one chain run on the bound batch (inside the caller's contexts):
+        ``states`` holds the state entering every step and the last, or is None once their bytes
+        pass ``limit``."""
+        state, states, held = (self._x,), [(self._x,)], 0
+        for st in self._core.chain.steps:
+            state = st(state)
+            if states is not None:
+                if limit is not None:
+                    held += sum(t.numel() * t.element_size() for t in state if torch.is_tensor(t))
+                if limit is None or held <= limit:
+                    states.append(state)
+                else:
+                    states = None
+        return state[0], states
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -769,7 +772,7 @@ class TorchOracle:
                     out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
-                    self._base_rows = (params.clone() if torch.is_tensor(params) else params.copy(), base_losses)
+                    self._base_rows = (_copy(params), base_losses)
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
         # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
