@@ -11,7 +11,7 @@ import os as _os
 import sys as _sys
 
 from ._errors import ArgumentError, OracleError, ZoracleError
-from ._estimators import CGE, RGE, GradientEstimate, estimate_gradient
+from ._estimators import CGE, RGE, SNES, GradientEstimate, estimate_gradient
 from ._oracle import (
     BatchOracle,
     Capabilities,
@@ -75,6 +75,7 @@ __all__ = [
     "Oracle",
     "OracleError",
     "RGE",
+    "SNES",
     "SplitOracle",
     "ZoracleError",
     "capabilities",

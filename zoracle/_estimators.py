@@ -13,7 +13,7 @@ from ._errors import ArgumentError
 from ._oracle import Oracle
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge
 
-__all__ = ["RGE", "CGE", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
+__all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
 SCHEMES = ("forward", "central")
 DISTRIBUTIONS = ("gaussian", "sphere")
@@ -118,6 +118,97 @@ class RGE:
 
 
 @dataclass(frozen=True)
+class SNES:
+    r"""Separable natural evolution strategies (SNES; Schaul, Glasmachers and Schmidhuber, 2011).
+
+    The search distribution is ``N(theta, diag(sigma^2))`` with a width ``sigma_j`` per
+    parameter that adapts. A step samples ``z_i ~ N(0, I)`` for ``i = 1..population``,
+    queries ``l(theta + sigma * z_i)``, sorts the losses (lowest first) and gives the k-th
+    the NES utility ``u = max(0, log(n/2 + 1) - log k) / sum - 1/n``. Then
+
+    .. math::
+        \hat g = -\sum_i u_i\, \sigma \odot z_i, \qquad
+        \sigma \leftarrow \sigma \odot \exp\Big(\frac{\eta_\sigma}{2} \sum_i u_i (z_i^2 - 1)\Big)
+
+    ``zo.sgd(1.0)`` on ``ghat`` is SNES's mean update ``theta + sum_i u_i sigma z_i`` (the
+    centre learning rate 1 of the paper and EvoTorch); any zoracle optimizer can take its
+    place. ``sigma`` is the estimator's state: :func:`zoracle.train` carries it from step to
+    step and saves it in checkpoints; :func:`estimate_gradient` takes it as ``state`` and
+    returns the updated one as ``GradientEstimate.state``. Like rank-shaped RGE the result is
+    unchanged by any strictly increasing transform of the loss.
+
+    Queries: ``population`` a step (no base point; ``GradientEstimate.loss`` is the mean of
+    the population's losses, the loss of the search distribution). Directions are seeded one
+    by one as RGE's, so executors and batching give the same estimate.
+
+    Parameters
+    ----------
+    mu : float
+        Initial search width ``sigma`` of every parameter (EvoTorch's ``stdev_init``).
+    population : int, optional
+        Samples a step; default ``4 + floor(3 ln d)``, the paper's.
+    sigma_lr : float, optional
+        ``eta_sigma``; default ``0.2 (3 + ln d) / sqrt(d)``, the paper's.
+
+    Examples
+    --------
+    >>> import numpy as np, zoracle as zo
+    >>> res = zo.train(lambda x: float(((x - 1) ** 2).sum()), np.zeros(10), steps_per_epoch=300,
+    ...                estimator=zo.SNES(mu=0.5, population=20), optimizer=zo.sgd(1.0), rng=0, progress=False)
+    >>> bool(np.abs(res.params - 1).max() < 0.05), res.nfev, bool(res.estimator_state.max() < 0.5)
+    (True, 6000, True)
+    """
+
+    mu: float = 0.1
+    population: int | None = None
+    sigma_lr: float | None = None
+
+    def __post_init__(self):
+        _check_mu(self.mu)
+        n = self.population
+        if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2):
+            raise ArgumentError(f"`population` must be an integer >= 2 (e.g. 100) or None for 4 + 3 ln d, got {n!r}")
+        r = self.sigma_lr
+        if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not np.isfinite(r) or r < 0):
+            raise ArgumentError(f"`sigma_lr` must be a finite number >= 0 or None for 0.2 (3 + ln d) / sqrt(d), got {r!r}")
+
+    scheme = "forward"  # what check_step tests: params + sigma must be a representable step
+
+    def size(self, d: int) -> int:
+        """Samples a step at dimension ``d``."""
+        return int(self.population) if self.population is not None else 4 + int(np.floor(3 * np.log(d)))
+
+    def rate(self, d: int) -> float:
+        """``eta_sigma`` at dimension ``d``."""
+        return float(self.sigma_lr) if self.sigma_lr is not None else 0.2 * (3 + np.log(d)) / np.sqrt(d)
+
+    def init(self, params) -> np.ndarray:
+        """The initial state: ``sigma = mu`` for every parameter (float64)."""
+        return np.full(int(params.shape[0]), float(self.mu))
+
+
+def nes_utilities(losses) -> np.ndarray:
+    """NES utilities of ``losses`` (lowest loss best): ``max(0, log(n/2 + 1) - log k) / sum - 1/n``
+    for the k-th lowest; they sum to 0. Ties keep their order (stable sort)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    n = losses.size
+    w = np.maximum(0.0, np.log(n / 2 + 1) - np.log(np.arange(1, n + 1)))
+    u = np.empty(n)
+    u[np.argsort(losses, kind="stable")] = w / w.sum() - 1.0 / n
+    return u
+
+
+def _check_sigma(state, d: int) -> np.ndarray:
+    s = np.asarray(to_numpy(state), dtype=np.float64)
+    if s.shape != (d,):
+        raise ArgumentError(f"`state` (SNES's sigma) must have shape ({d},), got {s.shape}; start from SNES(...).init(params)")
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        bad = int(np.flatnonzero(~(np.isfinite(s) & (s > 0)))[0])
+        raise ArgumentError(f"`state` (SNES's sigma) must be finite and > 0, got {s[bad]} at index {bad}")
+    return s
+
+
+@dataclass(frozen=True)
 class GradientEstimate:
     """Result of :func:`estimate_gradient`.
 
@@ -129,11 +220,14 @@ class GradientEstimate:
         The loss at the unperturbed parameters.
     nfev : int
         Every loss value the oracle produced for this estimate.
+    state : array or None
+        The estimator's state after this estimate: SNES's adapted ``sigma``; None for CGE and RGE.
     """
 
     grad: Any
     loss: float
     nfev: int
+    state: Any = None
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -273,7 +367,7 @@ def _run(executor, oracle: Oracle, params, tasks) -> list:
 
 
 def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=None, executor=None,
-                      budget_bytes: int = DEFAULT_BUDGET) -> GradientEstimate:
+                      budget_bytes: int = DEFAULT_BUDGET, state=None) -> GradientEstimate:
     """Estimate the gradient of ``oracle`` at ``params`` from loss values only.
 
     Parameters
@@ -289,7 +383,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         query, or a private copy per capability call (see :class:`zoracle.Oracle`). A ``mu``
         that is not a representable step at ``params`` (``(x + mu) - x`` zero or not
         finite in params' dtype) raises :class:`ArgumentError` before any query.
-    estimator : CGE or RGE
+    estimator : CGE, RGE or SNES
         Default ``CGE()``.
     coordinates : int array or bool mask, optional
         Sparse CGE: estimate only these coordinates, exact zeros elsewhere. CGE only.
@@ -301,6 +395,9 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     budget_bytes : int
         Memory for one dense chunk of perturbed parameters (BatchOracle path). A sparse CGE
         never allocates a dense ``(k, d)`` matrix beyond this budget.
+    state : array, optional
+        SNES only: the search widths ``sigma`` (default ``estimator.init(params)``); the
+        updated ones come back as ``GradientEstimate.state``.
 
     Returns
     -------
@@ -309,8 +406,10 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     """
     if estimator is None:
         estimator = CGE()
-    if not isinstance(estimator, (CGE, RGE)):
-        raise ArgumentError(f"`estimator` must be zo.CGE(...) or zo.RGE(...), got {type(estimator).__name__}")
+    if not isinstance(estimator, (CGE, RGE, SNES)):
+        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")
+    if state is not None and not isinstance(estimator, SNES):
+        raise ArgumentError(f"`state` is SNES's sigma; {type(estimator).__name__} keeps no state: drop `state`")
     wrapped = Oracle(oracle)
     params = validate_params(params)
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) or budget_bytes < 1:
@@ -344,6 +443,8 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
 
     if coordinates is not None:
         raise ArgumentError("`coordinates` (sparse estimation) is only supported by CGE; use zo.CGE() or drop it")
+    if isinstance(estimator, SNES):
+        return _snes(wrapped, params, estimator, rng, executor, budget_bytes, state)
     gen = as_generator(rng)
     check_step(params, estimator.mu, estimator.scheme, "RGE")
     root = int(gen.integers(2**63))
@@ -372,3 +473,28 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         acc += coef[lo:hi] @ direction_block(root, lo, hi, d, estimator.distribution)
     grad = xp.asarray(acc * (phi / q), dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
+
+
+def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes: int, state) -> GradientEstimate:
+    xp = namespace(params)
+    d = params.shape[0]
+    sigma = estimator.init(params) if state is None else _check_sigma(state, d)
+    gen = as_generator(rng)
+    check_step(params, float(sigma.min()), "forward", "SNES")
+    root = int(gen.integers(2**63))
+    n = estimator.size(d)
+    tasks = plan_rge(wrapped, root, n, (1.0,), "gaussian", d, params.dtype.itemsize, budget_bytes,
+                     _executor_workers(executor), scale=sigma)
+    results = _run(executor, wrapped, params, tasks)
+    losses = np.concatenate([r[0] for r in results])
+    u = nes_utilities(losses)
+    chunk = max(1, budget_bytes // (8 * d))
+    move, spread = np.zeros(d), np.zeros(d)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        Z = direction_block(root, lo, hi, d, "gaussian")
+        move += u[lo:hi] @ Z
+        spread += u[lo:hi] @ (Z * Z - 1.0)
+    grad = xp.asarray(-sigma * move, dtype=params.dtype)
+    new_sigma = sigma * np.exp(0.5 * estimator.rate(d) * spread)
+    return GradientEstimate(grad, float(losses.mean()), wrapped.nfev, new_sigma)

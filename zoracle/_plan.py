@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,7 +164,11 @@ def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=n
 
 @dataclass(frozen=True)
 class DirectionTask:
-    """Losses at ``params + s * mu * u_i`` for directions ``lo..hi-1`` (RGE)."""
+    """Losses at ``params + s * u_i`` for directions ``lo..hi-1`` (RGE: ``s = +-mu``).
+
+    With ``scale`` (a float64 array of length d) the directions are ``scale * u_i``: SNES's
+    samples ``params + sigma * z_i``.
+    """
 
     root: int
     lo: int
@@ -173,6 +178,7 @@ class DirectionTask:
     use_batch: bool
     chunk: int
     cost: float = field(default=0.0, compare=False)
+    scale: Any = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -183,7 +189,11 @@ class DirectionTask:
         d = params.shape[0]
         out = np.empty((len(self.steps), self.size))
         for clo, chi in _chunks(self.size, self.chunk):
-            U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution, xp, params.dtype)
+            if self.scale is None:
+                U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution, xp, params.dtype)
+            else:  # sigma * z in float64, then the parameters' dtype
+                U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution)
+                U = xp.asarray(U * self.scale[None, :], dtype=params.dtype)
             for si, step in enumerate(self.steps):
                 tag = "+mu" if step > 0 else "-mu"
 
@@ -243,7 +253,7 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
 
 
 def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str, d: int,
-             itemsize: int, budget_bytes: int, n_workers: int = 1) -> list:
+             itemsize: int, budget_bytes: int, n_workers: int = 1, scale=None) -> list:
     use_batch = oracle.caps.batch
     # direction blocks are built on the host in float64 as well: budget for both
     chunk = max(1, min(q, budget_bytes // max(1, d * (itemsize + 8))))
@@ -251,6 +261,7 @@ def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str,
     # a batch call's rows are split between tasks only at call boundaries (same calls as serial)
     spans = call_groups(q, chunk, n_workers) if use_batch else list(_chunks(q, -(-q // n_workers)))
     return [
-        DirectionTask(root, lo, hi, steps, distribution, use_batch, chunk, cost=float((hi - lo) * len(steps)))
+        DirectionTask(root, lo, hi, steps, distribution, use_batch, chunk, cost=float((hi - lo) * len(steps)),
+                      scale=scale)
         for lo, hi in spans
     ]

@@ -105,11 +105,12 @@ def _finite(path, name, a):
 
 
 def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse: bool, n_scored: int,
-                oracle, steps_per_epoch=None) -> dict:
+                oracle, steps_per_epoch=None, estimator_state=None) -> dict:
     """Load and validate a training checkpoint for this run; a dict of what the loop needs.
 
     ``params`` and ``state`` (the optimizer's initial state) give the expected shapes and
-    dtypes; ``oracle.state_arrays()``, when present, those of the oracle's own state.
+    dtypes; ``oracle.state_arrays()``, when present, those of the oracle's own state;
+    ``estimator_state`` (SNES's initial sigma), when given, that of ``est/sigma``.
     """
     p = np.asarray(to_numpy(params))
     expected = {"params": (p.shape, (p.dtype,))}
@@ -119,6 +120,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             expected[f"opt/{k}"] = (v.shape, (v.dtype,))
     if sparse:
         expected["ratios"] = ((n_scored,), (np.float64,))
+    if estimator_state is not None:
+        expected["est/sigma"] = (np.shape(estimator_state), (np.float64,))
     template = None
     if callable(getattr(oracle, "state_arrays", None)):
         template = {k: np.asarray(to_numpy(v)) for k, v in oracle.state_arrays().items()}
@@ -157,4 +160,4 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             raise CheckpointError(f"checkpoint {path!r}: keep ratios must lie in [0, 1], got {keep.tolist()}; {_FIX}")
     extra = {k[len("oracle/"):]: v for k, v in arrays.items() if k.startswith("oracle/")}
     opt = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
-    return dict(header, params=arrays["params"], opt=opt, keep=keep, oracle=extra)
+    return dict(header, params=arrays["params"], opt=opt, keep=keep, oracle=extra, estimator=arrays.get("est/sigma"))

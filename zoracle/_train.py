@@ -24,7 +24,7 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_writable, save_checkpoint
 from ._errors import ArgumentError
-from ._estimators import CGE, RGE, as_generator, check_step, estimate_gradient, validate_params
+from ._estimators import CGE, RGE, SNES, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
@@ -137,6 +137,8 @@ class TrainResult:
     optimizer_state : NamedTuple
     stopped : bool
         True when a callback or ``max_queries`` stopped training early.
+    estimator_state : ndarray or None
+        SNES's search widths ``sigma`` at the end (None for CGE and RGE).
     """
 
     params: Any
@@ -149,6 +151,7 @@ class TrainResult:
     coordinates: Any = None
     optimizer_state: Any = None
     stopped: bool = False
+    estimator_state: Any = None
 
     @property
     def loss(self) -> float:
@@ -280,8 +283,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     epochs : int
     steps_per_epoch : int, optional
         Steps per epoch for a plain oracle (default 1); truncates ``batches`` otherwise.
-    estimator : CGE or RGE
-        Default ``CGE()``.
+    estimator : CGE, RGE or SNES
+        Default ``CGE()``. SNES's adapted ``sigma`` is carried from step to step, saved in
+        checkpoints and returned as ``TrainResult.estimator_state``; the history's ``mu``
+        is then the mean ``sigma``.
     optimizer : Optimizer
         Default ``sgd(0.1)``.
     schedule : schedule, optional
@@ -360,8 +365,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
     estimator = CGE() if estimator is None else estimator
-    if not isinstance(estimator, (CGE, RGE)):
-        raise ArgumentError(f"`estimator` must be zo.CGE(...) or zo.RGE(...), got {type(estimator).__name__}")
+    if not isinstance(estimator, (CGE, RGE, SNES)):
+        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")
+    snes = isinstance(estimator, SNES)
+    if snes and mu is not None:
+        raise ArgumentError("`mu` schedules set CGE's and RGE's step; SNES adapts its own sigma (start: "
+                            "SNES(mu=...)): drop `mu`")
     optimizer = sgd(0.1) if optimizer is None else optimizer
     if not isinstance(optimizer, Optimizer):
         raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, got {type(optimizer).__name__}")
@@ -377,8 +386,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
     sparse = sparsity is not None
     if sparse:
-        if isinstance(estimator, RGE):
-            raise ArgumentError("`sparsity` needs zo.CGE() (sparse CGE); RGE perturbs every parameter")
+        if not isinstance(estimator, CGE):
+            raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
@@ -436,18 +445,25 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         config["seed"] = int(rng)
 
     state = optimizer.init(params)
+    est_state = estimator.init(params) if snes else None
     steps_hist, epoch_hist = [], []
     step = epoch = pos = 0
     nfev = 0
     keep = None
     if resume is not None:
         got = read_resume(resume, config=config, fingerprints=prints, params=params, state=state, sparse=sparse,
-                          n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch)
+                          n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch, estimator_state=est_state)
         params = xp.asarray(got["params"])
         state = _restore_state(state, got["opt"], got["opt_count"], xp)
         root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
         steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
         keep = got["keep"]
+        if snes:
+            try:
+                est_state = _check_sigma(got["estimator"], d)
+            except ArgumentError as exc:
+                raise CheckpointError(f"checkpoint {resume!r}: array 'est/sigma' is not a valid SNES sigma ({exc}); "
+                                      "delete it to start over, or resume from another checkpoint") from None
         extra = got["oracle"]
         if extra or callable(getattr(oracle, "load_state_arrays", None)):
             if not callable(getattr(oracle, "load_state_arrays", None)):
@@ -494,6 +510,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if checkpoint is None:
             return
         arrays = {"params": to_numpy(params), **_state_arrays(state)}
+        if snes:
+            arrays["est/sigma"] = est_state
         if callable(getattr(oracle, "state_arrays", None)):  # e.g. BatchNorm running statistics
             arrays.update({f"oracle/{k}": to_numpy(v) for k, v in oracle.state_arrays().items()})
         if sparse:
@@ -536,8 +554,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 est = estimator if mu_sched is None else dataclasses.replace(
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
                 bound = _bound(oracle, blist[pos])
-                step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, RGE) else None
-                g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor)
+                step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
+                g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
+                                      state=est_state)
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     "schedule" if lr_sched is not None else "lr")
                 params, state = optimizer.update(g.grad, state, params, lr=lr)
@@ -547,7 +566,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"lower the learning rate (lr was {lr:g})"
                     )
                 nfev += g.nfev
-                rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": float(est.mu),
+                width = float(est.mu)
+                if snes:
+                    est_state = g.state
+                    width = float(np.mean(est_state))
+                rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": width,
                        "nfev": int(g.nfev), "seconds": time.perf_counter() - t0}
                 steps_hist.append(rec)
                 step += 1
@@ -606,4 +629,5 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         coordinates=coords,
         optimizer_state=state,
         stopped=stopped,
+        estimator_state=est_state,
     )
