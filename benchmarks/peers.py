@@ -25,6 +25,8 @@ and stops at the same number of loss queries:
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
   through ``zo.train``, the populations through ``TorchOracle.batch``;
+* ``zoracle-snes``: ``zo.SNES`` through ``zo.train`` with ``zo.sgd(1.0)``: the same algorithm
+  and settings as ``snes`` (population 100, no base point), on zoracle's oracle and batching;
 * ``snes``, ``pgpe`` (ClipUp): EvoTorch, population 100, one minibatch per generation,
   the population evaluated through ``TorchOracle.batch`` (vmapped forwards);
 * ``sepcma``: pycma with ``CMA_diagonal`` (sep-CMA-ES), default population;
@@ -55,8 +57,8 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "deepzero-krs", "rge", "zoracle-es", "snes", "pgpe",
-           "sepcma", "fdsgd")
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "deepzero-krs", "rge", "zoracle-es", "zoracle-snes", "snes",
+           "pgpe", "sepcma", "fdsgd")
 DEFAULT_METHODS = ("deepzero", "deepzero-krs", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
 KEEP = 200  # deepzero-k: coordinates estimated per step, whatever d
@@ -77,6 +79,7 @@ GRID = {
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
     "zoracle-es": [{"sigma": 0.02, "lr": 0.03}, {"sigma": 0.05, "lr": 0.03}, {"sigma": 0.1, "lr": 0.03}],
     "snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
+    "zoracle-snes": [{"stdev": 0.01}, {"stdev": 0.03}, {"stdev": 0.1}],
     "pgpe": [{"clr": 0.01, "stdev": 0.02}, {"clr": 0.03, "stdev": 0.05}, {"clr": 0.1, "stdev": 0.1}],
     "sepcma": [{"sigma": 0.01}, {"sigma": 0.03}, {"sigma": 0.1}],
     "fdsgd": [{"lr": 0.3}, {"lr": 1.0}, {"lr": 3.0}],
@@ -294,6 +297,14 @@ def run_zoracle_es(bench, lr, sigma=0.05, pairs=POP // 2):
                       zo.adam(zo.cosine_schedule(lr, total_steps=steps)))
 
 
+def run_zoracle_snes(bench, stdev):
+    """``zo.SNES`` through ``zo.train``: EvoTorch's SNES settings (population 100, centre lr 1 as
+    ``zo.sgd(1.0)``, the paper's sigma lr), populations through ``TorchOracle.batch``."""
+    import zoracle as zo
+
+    return _train_rge(bench, bench.budget // POP, zo.SNES(mu=stdev, population=POP), zo.sgd(1.0))
+
+
 def _evotorch_problem(bench):
     import logging
 
@@ -405,7 +416,7 @@ def run_deepzero_krs(bench, lr):
                     progress=False, **kw).params
 
 
-RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "snes": run_snes,
+RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "zoracle-snes": run_zoracle_snes, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 

@@ -97,6 +97,17 @@ def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tm
     assert "| deepzero |" in peers.table(rows)
 
 
+def test_zoracle_snes_spends_the_budget_in_generations_like_evotorch_snes(peers, tmp_path):
+    out = tmp_path / "snes.json"
+    peers.main(["--budget", "300", "--seeds", "0", "--grid", "1", "--methods", "zoracle-snes,snes", "--out", str(out),
+                "--json"])
+    runs = {r["method"]: r for r in json.loads(out.read_text())}
+    assert set(runs) == {"zoracle-snes", "snes"}
+    for r in runs.values():  # three generations of 100, no base point
+        assert r["error"] is None and r["queries"] == 300 and r["setting"] == {"stdev": 0.01}
+        assert r["curve"][-1][0] == 300 and 0 <= r["curve"][-1][3] <= 1
+
+
 def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
     out = tmp_path / "speed.json"
     peers.main(["--speed", "", "--budget", "2000", "--methods", "deepzero,snes,fdsgd", "--out", str(out)])
