@@ -116,6 +116,7 @@ ESTIMATORS = {
     "sparse": (zo.CGE(mu=1e-4), np.arange(3, D, 3)),
     "rge": (zo.RGE(mu=1e-3, directions=23), None),
     "rge-sphere-central": (zo.RGE(mu=1e-3, directions=9, distribution="sphere", scheme="central"), None),
+    "snes": (zo.SNES(mu=1e-2, population=19), None),
 }
 
 
@@ -129,6 +130,8 @@ def assert_same(a, b):
     assert a.loss == b.loss
     assert a.nfev == b.nfev
     assert a.grad.dtype == b.grad.dtype
+    if b.state is not None:  # SNES's adapted sigma
+        np.testing.assert_allclose(a.state, b.state, rtol=1e-12)
 
 
 def no_children(pids, timeout=5.0):

@@ -198,7 +198,7 @@ class ClusterContract:
         rng = np.random.default_rng(2)
         oracle = base.bind((rng.standard_normal((10, 4)), rng.integers(0, 3, 10)))
         assert zo.capabilities(oracle).split
-        for est in (zo.CGE(mu=1e-4), zo.RGE(mu=1e-3, directions=6)):
+        for est in (zo.CGE(mu=1e-4), zo.RGE(mu=1e-3, directions=6), zo.SNES(mu=1e-2, population=6)):
             ref = zo.estimate_gradient(oracle, theta, est, rng=4)
             te.assert_same(zo.estimate_gradient(oracle, theta, est, rng=4, executor=cluster), ref)
 
