@@ -280,3 +280,12 @@ def test_direction_rows_are_reused_bitwise_and_bounded():
     assert sorted(small.rows) == [0, 1, 2] and not small.rows[0].flags.writeable
     small.put(("other",), 0, np.ones(10))
     assert list(small.rows) == [0] and small.get(("k",), 1) is None
+    # a reserved root keeps more rows (up to the cap); the next root is back at the default
+    small = _plan._RowCache(limit=3 * 8 * 10, cap=6 * 8 * 10)
+    small.reserve(7, 100 * 8 * 10)
+    for i in range(9):
+        small.put((7, 10, "gaussian"), i, np.ones(10))
+    assert sorted(small.rows) == list(range(6))
+    for i in range(9):
+        small.put((8, 10, "gaussian"), i, np.ones(10))
+    assert sorted(small.rows) == [0, 1, 2]

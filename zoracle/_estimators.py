@@ -11,7 +11,7 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._errors import ArgumentError
 from ._oracle import Oracle
-from ._plan import BaseTask, direction_block, plan_cge, plan_rge
+from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
@@ -483,6 +483,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     check_step(params, float(sigma.min()), "forward", "SNES")
     root = int(gen.integers(2**63))
     n = estimator.size(d)
+    reserve_rows(root, n * d * 8)  # both sums below read every sample again: keep them drawn
     tasks = plan_rge(wrapped, root, n, (1.0,), "gaussian", d, params.dtype.itemsize, budget_bytes,
                      _executor_workers(executor), scale=sigma)
     results = _run(executor, wrapped, params, tasks)

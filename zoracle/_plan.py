@@ -119,10 +119,20 @@ class _RowCache:
     """The rows of the most recent direction root drawn in this process (read-only float64, at
     most ``limit`` bytes): an estimate draws each direction twice, once to query the oracle
     and once to sum the estimate, and drawing costs about as much as a small model's forward
-    at large d. A new root evicts the old one; a thread lock guards the dict."""
+    at large d. A new root evicts the old one; a thread lock guards the dict. An estimate that
+    needs all its rows again (SNES: two sums over its population) may :meth:`reserve` up to
+    ``cap`` bytes for its root."""
 
-    def __init__(self, limit: int = 64 * 2**20):
+    def __init__(self, limit: int = 64 * 2**20, cap: int = 256 * 2**20):
+        self.default, self.cap, self.reserved = limit, cap, (None, 0)
         self.limit, self.key, self.rows, self.lock = limit, None, {}, threading.Lock()
+
+    def reserve(self, root: int, nbytes: int) -> None:
+        """Let the rows of ``root`` use up to ``min(nbytes, cap)`` bytes (never below the default)."""
+        with self.lock:
+            self.reserved = (int(root), min(int(nbytes), self.cap))
+            if self.key is not None and self.key[0] == int(root):
+                self.limit = max(self.default, self.reserved[1])
 
     def get(self, key, i):
         with self.lock:
@@ -132,12 +142,18 @@ class _RowCache:
         with self.lock:
             if key != self.key:
                 self.key, self.rows = key, {}
+                self.limit = max(self.default, self.reserved[1]) if key[0] == self.reserved[0] else self.default
             if (len(self.rows) + 1) * row.nbytes <= self.limit:
                 row.flags.writeable = False
                 self.rows[i] = row
 
 
 _ROWS = _RowCache()
+
+
+def reserve_rows(root: int, nbytes: int) -> None:
+    """Keep up to ``nbytes`` (at most 256 MiB) of root ``root``'s drawn rows in this process."""
+    _ROWS.reserve(root, nbytes)
 
 
 def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=np, dtype=np.float64):
