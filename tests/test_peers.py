@@ -213,8 +213,12 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
-             "long_tuned_mnist1d"]
+             "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
         assert peers.table(peers.summarize(runs)) in docs, name
+    for name in ("speed_snes_digits", "speed_snes_mnist1d"):  # the per-second tables, as --macs prints them
+        rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
+        assert rows and {r["method"] for r in rows} == {"deepzero", "zoracle-snes", "snes"}, name
+        assert peers.speed_table(rows) in docs, name
