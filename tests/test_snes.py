@@ -13,6 +13,8 @@ import zoracle as zo
 from zoracle.executors import JoblibExecutor
 from zoracle.testing import QuadraticOracle
 
+from test_nes import BatchOnly, CallOnly  # noqa: E402  (one capability each, shared with the NES tests)
+
 
 def _samples(seed, n, d):
     """The z_i zoracle draws for ``rng=seed``: one Philox stream per sample, as RGE's directions."""
@@ -32,19 +34,6 @@ def _textbook_snes(f, x, sigma, n, seed, eta):
     new_x = x + sum(util[i] * sigma * Z[i] for i in range(n))
     new_sigma = sigma * np.exp(eta / 2 * sum(util[i] * (Z[i] ** 2 - 1) for i in range(n)))
     return new_x, new_sigma, losses
-
-
-class CallOnly:
-    def __init__(self, f):
-        self.f = f
-
-    def __call__(self, x):
-        return self.f(x)
-
-
-class BatchOnly(CallOnly):
-    def batch(self, X):
-        return np.array([self.f(x) for x in X])
 
 
 @pytest.mark.parametrize("wrap", [CallOnly, BatchOnly])
