@@ -184,6 +184,10 @@ def test_snes_bad_use_is_named_before_any_query():
     with pytest.raises(zo.ArgumentError, match="not a representable step"):
         zo.estimate_gradient(f, np.full(4, 1e20), zo.SNES(mu=1e-8, population=4))
     assert not calls
+    # an adapted sigma below the floats' spacing (SNES converged there) is not an error: no move
+    x32 = np.ones(4, dtype=np.float32)
+    g = zo.estimate_gradient(f, x32, zo.SNES(population=4), state=np.full(4, 1e-12), rng=0)
+    assert len(calls) == 4 and np.array_equal(x32 - g.grad, x32)
 
 
 def test_snes_reports_the_failing_sample():

@@ -478,9 +478,12 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
 def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes: int, state) -> GradientEstimate:
     xp = namespace(params)
     d = params.shape[0]
-    sigma = estimator.init(params) if state is None else _check_sigma(state, d)
     gen = as_generator(rng)
-    check_step(params, float(sigma.min()), "forward", "SNES")
+    if state is None:
+        sigma = estimator.init(params)
+        check_step(params, estimator.mu, "forward", "SNES")
+    else:  # an adapted sigma may fall below the floats' spacing where SNES has converged: no check
+        sigma = _check_sigma(state, d)
     root = int(gen.integers(2**63))
     n = estimator.size(d)
     reserve_rows(root, n * d * 8)  # both sums below read every sample again: keep them drawn
