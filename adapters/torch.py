@@ -510,6 +510,10 @@ class TorchOracle:
             self._core.probe[key] = sizes
         return self._core.probe[key]
 
+    def _budget_bytes(self) -> int:
+        """The memory budget of batched work and kept activations: ``budget_bytes`` or the device's default."""
+        return self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+
     def _chunk(self, block: int, feats=None) -> int:
         """Perturbations per batched suffix call within the memory budget.
 
@@ -527,7 +531,7 @@ class TorchOracle:
             per = 3 * (one + dense)
         else:
             per = 3 * max(sizes[si:]) * B
-        budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+        budget = self._budget_bytes()
         return max(1, budget // max(1, per))
 
     def _measure_costs(self) -> list:
@@ -558,7 +562,7 @@ class TorchOracle:
             if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
                 # the same module calls as model(x), one by one: keep every state for the prefixes,
                 # unless they outgrow the memory budget (a large bound batch only evaluated)
-                limit = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+                limit = self._budget_bytes()
                 out, states = self._run_chain(limit)
                 if states is not None:
                     self._state_cache = (key, states, self.model.training)
@@ -596,7 +600,7 @@ class TorchOracle:
         out = torch.empty(k, dtype=P.dtype, device=P.device)
         B = self._x.shape[0]
         sizes = self._probe()
-        budget = self._budget or (_GPU_BUDGET if self.device.type == "cuda" else _CPU_BUDGET)
+        budget = self._budget_bytes()
         chunk = max(1, budget // max(1, 3 * max(sizes) * B + P.shape[1] * P.element_size()))
         for lo in range(0, k, chunk):
             out[lo:lo + chunk] = self._full_chunk(P[lo:lo + chunk])

@@ -481,7 +481,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     gen = as_generator(rng)
     if state is None:
         sigma = estimator.init(params)
-        check_step(params, estimator.mu, "forward", "SNES")
+        check_step(params, estimator.mu, estimator.scheme, "SNES")
     else:  # an adapted sigma may fall below the floats' spacing where SNES has converged: no check
         sigma = _check_sigma(state, d)
     root = int(gen.integers(2**63))
