@@ -681,7 +681,8 @@ def _demo_row(rows, r):
 def speed(args, log=print) -> list:
     """Training seconds per query of every method at every point, measured one after another in
     one process (seed 0, the setting tuned in the ``--speed`` files), SNES and PGPE both through
-    ``TorchOracle.batch`` and through one plain call per candidate. Ratios are a method's seconds
+    ``TorchOracle.batch`` and through one plain call per candidate. ``--settings-budget N``
+    takes the settings tuned at budget N (e.g. 30,000's choices for a 150,000-query timing). Ratios are a method's seconds
     per query over DeepZero's (the demo recipe through TorchOracle's coordinate path). The rows
     then get their multiply-adds (:func:`add_macs`, on replays after every timing)."""
     import torch
@@ -693,7 +694,8 @@ def speed(args, log=print) -> list:
         data = load_data(name, 0)
         for width in args.widths:
             for method in args.methods:
-                setting = best_setting(runs, name, width, method, args.budget) or GRID[method][len(GRID[method]) // 2]
+                tuned_at = args.settings_budget or args.budget  # the settings of another budget's files
+                setting = best_setting(runs, name, width, method, tuned_at) or GRID[method][len(GRID[method]) // 2]
                 for ev in (("batch", "plain") if method in SPEED_PEERS[:2] else ("batch",)):
                     bench = Bench(data, name, width, 0, args.budget, peer_eval=ev)
                     r = run_one(bench, method, setting)
@@ -740,7 +742,7 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", default="", metavar="JSON", help="comma-separated files whose runs of this sweep's "
                    "points (data, width, method, budget) count as done and are copied into --out: tuning at a budget "
                    "that --settings-from runs reached counts those runs as grid points at the tuning seed")
-    p.add_argument("--settings-budget", type=int, default=None, metavar="N", help="with --settings-from: the "
+    p.add_argument("--settings-budget", type=int, default=None, metavar="N", help="with --settings-from or --speed: the "
                    "settings chosen at budget N (default --budget), e.g. 30000's choices for a longer run")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")

@@ -131,6 +131,20 @@ def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
     assert "GMAC" in peers.speed_table(rows)
 
 
+def test_speed_takes_the_settings_tuned_at_another_budget(peers, tmp_path):
+    """--settings-budget: a 150,000-query timing with the settings chosen at 30,000 queries."""
+    tuned = tmp_path / "tuned.json"
+    runs = [{"data": "digits", "width": 0, "method": "snes", "budget": 30000, "seed": 0, "role": "tune",
+             "setting": s, "val_acc": acc} for s, acc in zip(peers.GRID["snes"], (0.5, 0.7, 0.9))]
+    tuned.write_text(json.dumps(runs))
+    for extra, want in (([], peers.GRID["snes"][len(peers.GRID["snes"]) // 2]),  # none tuned at 300: the middle one
+                        (["--settings-budget", "30000"], peers.GRID["snes"][2])):  # the best at 30,000
+        out = tmp_path / f"speed{len(extra)}.json"
+        peers.main(["--speed", str(tuned), "--budget", "300", "--methods", "deepzero,snes", "--out", str(out)] + extra)
+        rows = [r for r in json.loads(out.read_text()) if r["method"] == "snes"]
+        assert [r["setting"] for r in rows] == [want, want] and all(r["queries"] == 300 for r in rows)
+
+
 def test_multiply_adds_two_ways(peers, digits):
     import torch
 
