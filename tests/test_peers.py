@@ -236,3 +236,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert rows and {r["method"] for r in rows} == {"deepzero", "zoracle-snes", "snes"}, name
         assert peers.speed_table(rows) in docs, name
+    for name in ("speed150_digits", "speed150_mnist1d"):  # the per-second tables at the budget
+        rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
+        assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 2, name
+        assert peers.speed_table(rows) in docs, name

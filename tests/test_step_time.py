@@ -34,3 +34,11 @@ def test_step_time_installed_and_checkout_agree(tmp_path):
     assert rb["grad_sha256"] == r["grad_sha256"]  # the same code gives the same estimates
     bad = _run("--root", str(tmp_path))
     assert bad.returncode != 0 and "not a zoracle checkout" in bad.stderr
+
+
+def test_step_time_fraction_sets_the_mask():
+    r = [json.loads(_run("--data", "digits", "--fraction", f).stdout) for f in ("0.1", "0.5", "1")]
+    assert [x["coordinates"] for x in r] == [220, 34 + 36 + 576 + 320, 1898]  # biases dense; 0.5 of 72, 1152, 640
+    assert [x["fraction"] for x in r] == [0.1, 0.5, 1.0]
+    bad = _run("--fraction", "0")
+    assert bad.returncode != 0 and "--fraction must lie in (0, 1]" in bad.stderr
