@@ -682,9 +682,10 @@ def speed(args, log=print) -> list:
     """Training seconds per query of every method at every point, measured one after another in
     one process (seed 0, the setting tuned in the ``--speed`` files), SNES and PGPE both through
     ``TorchOracle.batch`` and through one plain call per candidate. ``--settings-budget N``
-    takes the settings tuned at budget N (e.g. 30,000's choices for a 150,000-query timing). Ratios are a method's seconds
-    per query over DeepZero's (the demo recipe through TorchOracle's coordinate path). The rows
-    then get their multiply-adds (:func:`add_macs`, on replays after every timing)."""
+    takes the settings tuned at budget N (e.g. 30,000's choices for a 150,000-query timing).
+    Ratios are a method's seconds per query over DeepZero's (the demo recipe through
+    TorchOracle's coordinate path). The rows then get their multiply-adds (:func:`add_macs`,
+    on replays after every timing)."""
     import torch
 
     torch.set_num_threads(args.threads)
