@@ -469,20 +469,23 @@ def conv_patches(module, cache, ci, p, q, out, dev):
     return cache[:, _t(ci, dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def _pair(v) -> tuple:
+    """A conv size as ``(h, w)``: a tuple or list as is, a number twice (cheaper than torch's
+    ``_pair``, whose ``Iterable`` check is slow on this path)."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 def unfold(x, kernel_size, dilation=(1, 1), padding=(0, 0), stride=(1, 1)):
     """``F.unfold`` of a 4-D ``x``, the same values in the same layout (``(B, C*kh*kw, L)``,
     contiguous). On CPU with numeric padding it is one strided copy of a window view of ``x``
     (zero-padded first), several times faster than ``F.unfold`` (``im2col``), which loops over
     the batch with an operator call per sample."""
-    def pair(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-    kh, kw = pair(kernel_size)
-    dh, dw = pair(dilation)
-    sh, sw = pair(stride)
+    kh, kw = _pair(kernel_size)
+    dh, dw = _pair(dilation)
+    sh, sw = _pair(stride)
     if x.device.type != "cpu" or isinstance(padding, str) or x.dim() != 4:
         return F.unfold(x, (kh, kw), dilation=(dh, dw), padding=padding, stride=(sh, sw))
-    ph, pw = pair(padding)
+    ph, pw = _pair(padding)
     if ph or pw:
         x = F.pad(x, (pw, pw, ph, ph))
     B, C, H, W = x.shape

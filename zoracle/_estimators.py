@@ -466,13 +466,23 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     else:
         coef = (vals[0] - vals[1]) / (2 * estimator.mu)
     phi = d if estimator.distribution == "sphere" else 1.0
-    chunk = max(1, budget_bytes // (8 * d))
-    acc = np.zeros(d)
-    for lo in range(0, q, chunk):
-        hi = min(q, lo + chunk)
-        acc += coef[lo:hi] @ direction_block(root, lo, hi, d, estimator.distribution)
+    (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
     grad = xp.asarray(acc * (phi / q), dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
+
+
+def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:
+    """``sum_i w_i f(u_i)`` over the directions ``u_i`` of ``root`` for each ``(w, f)`` in
+    ``terms`` (``f`` None: ``u_i`` itself), drawing the rows a block within the budget at a time."""
+    n = len(terms[0][0])
+    chunk = max(1, budget_bytes // (8 * d))
+    sums = [np.zeros(d) for _ in terms]
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        U = direction_block(root, lo, hi, d, distribution)
+        for acc, (w, f) in zip(sums, terms):
+            acc += w[lo:hi] @ (U if f is None else f(U))
+    return sums
 
 
 def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes: int, state) -> GradientEstimate:
@@ -492,13 +502,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     results = _run(executor, wrapped, params, tasks)
     losses = np.concatenate([r[0] for r in results])
     u = nes_utilities(losses)
-    chunk = max(1, budget_bytes // (8 * d))
-    move, spread = np.zeros(d), np.zeros(d)
-    for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        Z = direction_block(root, lo, hi, d, "gaussian")
-        move += u[lo:hi] @ Z
-        spread += u[lo:hi] @ (Z * Z - 1.0)
+    move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, lambda Z: Z * Z - 1.0))
     grad = xp.asarray(-sigma * move, dtype=params.dtype)
     new_sigma = sigma * np.exp(0.5 * estimator.rate(d) * spread)
     return GradientEstimate(grad, float(losses.mean()), wrapped.nfev, new_sigma)
