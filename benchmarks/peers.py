@@ -20,7 +20,7 @@ and stops at the same number of loss queries:
   fresh mask every step (``mask_shuffle_interval="step"``) and Adam, ZO-GraSP ratios kept;
 * ``deepzero-krs``: ``zo.recipes.short_budget``, zoracle's short-budget recipe: ``deepzero-kas``
   with Adam's momentum off (``b1=0``: each measured partial derivative moves its weight at
-  once, scaled by its own RMS); it spends at most the budget (``train(max_queries=...)``);
+  once, divided by the root of its running mean square); it spends at most the budget (``train(max_queries=...)``);
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES

@@ -38,9 +38,13 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     Sparse CGE on ``coordinates`` weights a step (biases included in the sparse set), spread
     over the layers by ZO-GraSP's keep ratios, with a fresh random mask every step
     (``mask_shuffle_interval="step"``) and Adam without momentum (``b1=0``: each measured
-    partial derivative moves its weight at once, scaled by that weight's own RMS), on a cosine
-    schedule with one epoch of warm-up. The run takes as many whole steps as fit in ``budget``
-after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than ``budget``.
+    partial derivative moves its weight at once, divided by the root of that weight's running
+    mean square), on a cosine schedule with one epoch of warm-up. A weight measured for the
+    first time at step ``t`` moves by ``lr * sqrt((1 - b2**t) / (1 - b2))`` before the
+    schedule (``lr`` at the first step, about ``31 lr`` at step 3,000), since Adam's bias
+    correction counts the steps of all weights. The run takes as many whole steps as fit in
+    ``budget`` after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than
+    ``budget``.
 
     Measured in ``docs/peers.md`` (30,000 queries): at d = 110-121k, over 6 seeds, it has the
     best mean on MNIST-1D (45.9% against 40.6% for the best evolution strategy, with
