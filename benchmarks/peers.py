@@ -41,6 +41,7 @@ budget together with the training wall time (evaluation excluded).
     python benchmarks/peers.py --quick                         # one small point, a few minutes
     python benchmarks/peers.py --data digits,mnist1d --widths 0,160,1600 --seeds 0,1,2 --out peers.json
     python benchmarks/peers.py --report peers.json --plot peers.png   # table + plot of a (partial) run
+    python benchmarks/peers.py --leads a.json+b.json,c.json --ratios speed.json   # issue 13's acceptance tables
 
 Results are appended to ``--out`` after every run, so an interrupted sweep keeps its data
 and a rerun skips what is done. Needs the ``bench`` extra (evotorch, cma) for the ES peers.
@@ -723,6 +724,87 @@ def speed_table(rows) -> str:
                      for i, row in enumerate(lines))
 
 
+#: the DeepZero recipes issue 13's acceptance is judged on: the demo (paper) recipe and
+#: ``zo.recipes.short_budget``, zoracle's recipe for budgets of a few queries per weight
+RECIPES = ("deepzero", "deepzero-krs")
+
+
+def _merged(group: str) -> list:
+    """The runs of ``+``-joined files (a run present twice counts once)."""
+    return list({_key(r): r for path in group.split("+") if path for r in _load(path)}.values())
+
+
+def _verdict(recipe: dict, peers: list) -> str:
+    """Ahead of every peer by more than the seed spread (its worst seed above every peer seed),
+    behind (a peer's worst seed above its best), or level (the ranges overlap)."""
+    if recipe["min"] > max(p["max"] for p in peers):
+        return "ahead of every peer by more than the spread"
+    behind = [p["method"] for p in peers if p["min"] > recipe["max"]]
+    if behind:
+        return f"behind {', '.join(behind)} by more than the spread"
+    return "level: ranges overlap"
+
+
+def leads(groups) -> list:
+    """Per query, at each data set's largest size: each DeepZero recipe against the best peer.
+
+    ``groups`` are lists of runs (one study each, e.g. ``--report`` files merged). Peers are
+    the methods that are not DeepZero variants; the best is the one with the highest mean test
+    accuracy over its seeds, and the verdict (:func:`_verdict`) weighs every peer."""
+    rows = []
+    for runs in groups:
+        summary = summarize(runs)
+        for data in sorted({r["data"] for r in summary}):
+            d = max(r["d"] for r in summary if r["data"] == data)
+            for budget in sorted({r["budget"] for r in summary if (r["data"], r["d"]) == (data, d)}):
+                here = [r for r in summary if (r["data"], r["d"], r["budget"]) == (data, d, budget)]
+                peers = [r for r in here if not r["method"].startswith("deepzero")]
+                for recipe in (r for m in RECIPES for r in here if r["method"] == m):
+                    if not peers:
+                        continue
+                    best = max(peers, key=lambda r: r["mean"])
+                    rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
+                                 "lead": recipe["mean"] - best["mean"], "verdict": _verdict(recipe, peers)})
+    return rows
+
+
+def leads_table(rows) -> str:
+    def acc(r):
+        return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds)"
+    head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "verdict")
+    lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", r["recipe"]["method"], acc(r["recipe"]),
+                       r["best"]["method"], acc(r["best"]), f"{r['lead']:+.1f}", r["verdict"]) for r in rows]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
+                     for i, row in enumerate(lines))
+
+
+def ratios(rows) -> list:
+    """Per second, at every point of ``--speed`` rows: the peer closest to the demo recipe's time
+    per query (the smallest ratio; populations batched or plain counted apart), against 10x."""
+    out = []
+    for key in sorted({(r["data"], r["d"], r["budget"]) for r in rows}):
+        here = [r for r in rows if (r["data"], r["d"], r["budget"]) == key]
+        peers = [r for r in here if not r["method"].startswith("deepzero") and r["ratio"] == r["ratio"]]
+        demo = next((r for r in here if r["method"] == "deepzero"), None)
+        if not peers or demo is None:
+            continue
+        near = min(peers, key=lambda r: r["ratio"])
+        out.append({"data": key[0], "d": key[1], "budget": key[2], "us": 1e6 * demo["s_per_query"], "peer": near,
+                    "ratio": near["ratio"], "peers": len(peers), "met": all(r["ratio"] >= 10 for r in peers)})
+    return out
+
+
+def ratios_table(rows) -> str:
+    head = ("data", "d", "queries", "DeepZero us / query", "closest peer", "x DeepZero's time", "its x MACs",
+            "10x ahead of every peer")
+    lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", f"{r['us']:.1f}",
+                       r["peer"]["method"] + (f" ({r['peer']['eval']})" if r["peer"]["method"] in SPEED_PEERS[:2] else ""),
+                       f"{r['ratio']:.1f}", f"{r['peer']['mac_ratio']:.1f}" if "mac_ratio" in r["peer"] else "-",
+                       f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)") for r in rows]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
+                     for i, row in enumerate(lines))
+
+
 def _ints(s):
     return [int(v) for v in str(s).split(",") if v.strip()]
 
@@ -754,7 +836,17 @@ def main(argv=None) -> int:
                    "process (settings tuned in these comma-separated result files)")
     p.add_argument("--macs", default=None, metavar="JSON", help="add the multiply-add counts to an existing --speed "
                    "file (rewritten in place) and print its table")
+    p.add_argument("--leads", default=None, metavar="FILES", help="per query, at the largest size: each DeepZero "
+                   "recipe against the best peer; comma-separated studies, each one or more files joined by '+'")
+    p.add_argument("--ratios", default=None, metavar="JSON", help="per second: the peer closest to DeepZero's time per "
+                   "query at every point of these --speed files (comma-separated)")
     args = p.parse_args(argv)
+    if args.leads is not None or args.ratios is not None:
+        if args.leads:
+            print(leads_table(leads([_merged(g) for g in args.leads.split(",") if g])))
+        if args.ratios:
+            print(ratios_table(ratios([r for path in args.ratios.split(",") if path for r in _load(path)])))
+        return 0
     if args.macs is not None:
         import torch
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 
@@ -222,6 +224,47 @@ def test_tuning_at_a_new_budget_counts_the_run_brought_there_by_settings_from(pe
     assert again["role"] == "seed" and again["setting"] == max(at0, key=lambda r: r["val_acc"])["setting"]
 
 
+def _runs(method, accs, d=1000, width=10, budget=500):
+    """One tuning run per seed of ``method`` with these test accuracies (validation alike)."""
+    return [{"data": "digits", "d": d, "width": width, "budget": budget, "method": method, "setting": {"lr": 1.0},
+             "seed": seed, "test_acc": a, "val_acc": a, "seconds": 1.0, "queries": budget,
+             "role": "tune" if seed == 0 else "seed"} for seed, a in enumerate(accs)]
+
+
+def test_leads_judge_every_peer_at_the_largest_size_by_the_seed_spread(peers):
+    def lead(*peer_runs, recipe=(0.90, 0.91, 0.92)):
+        small = _runs("deepzero-krs", [0.1, 0.1, 0.1], d=10, width=1) + _runs("snes", [0.9] * 3, d=10, width=1)
+        rows = peers.leads([small + _runs("deepzero-krs", recipe) + [r for runs in peer_runs for r in runs]])
+        assert [(r["d"], r["recipe"]["method"]) for r in rows] == [(1000, "deepzero-krs")]  # the largest size only
+        return rows[0]
+
+    ahead = lead(_runs("snes", [0.80, 0.85, 0.89]), _runs("pgpe", [0.5, 0.6, 0.7]))
+    assert ahead["best"]["method"] == "snes" and ahead["lead"] == pytest.approx(91.0 - 84.667, abs=1e-3)
+    assert ahead["verdict"] == "ahead of every peer by more than the spread"
+    # a peer with a lower mean but one seed above the recipe's worst: no longer ahead of every peer
+    level = lead(_runs("snes", [0.80, 0.85, 0.89]), _runs("pgpe", [0.5, 0.6, 0.905]))
+    assert level["best"]["method"] == "snes" and level["verdict"] == "level: ranges overlap"
+    behind = lead(_runs("snes", [0.93, 0.95, 0.97]), _runs("pgpe", [0.95, 0.96, 0.97]))
+    assert behind["best"]["method"] == "pgpe" and behind["lead"] < 0
+    assert behind["verdict"] == "behind snes, pgpe by more than the spread"
+    assert "| deepzero-krs | 91.0 (90.0-92.0, 3 seeds) | snes |" in peers.leads_table([ahead])
+
+
+def test_ratios_name_the_closest_peer_and_whether_every_peer_is_10x_behind(peers):
+    def row(method, ratio, ev="batch", d=1000, budget=500):
+        return {"data": "digits", "d": d, "budget": budget, "method": method, "eval": ev, "s_per_query": 1e-5 * ratio,
+                "ratio": ratio, "mac_ratio": 7.0}
+    rows = [row("deepzero", 1.0), row("deepzero-krs", 3.0), row("snes", 12.0), row("snes", 30.0, "plain"),
+            row("fdsgd", float("nan")), row("deepzero", 1.0, d=50), row("pgpe", 8.0, d=50)]
+    out = peers.ratios(rows)
+    assert [(r["d"], r["peer"]["method"], r["ratio"], r["met"], r["peers"]) for r in out] == [
+        (50, "pgpe", 8.0, False, 1), (1000, "snes", 12.0, True, 2)]  # DeepZero variants and NaN ratios are not peers
+    assert out[1]["us"] == pytest.approx(10.0)
+    table = peers.ratios_table(out)
+    assert "| digits | 50 | 500 | 10.0 | pgpe (batch) | 8.0 | 7.0 | no (1 peers) |" in table
+    assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) |" in table
+
+
 def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     """docs/peers.md shows every committed results file's table exactly as `--report` prints it."""
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -236,6 +279,21 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert rows and {r["method"] for r in rows} == {"deepzero", "zoracle-snes", "snes"}, name
         assert peers.speed_table(rows) in docs, name
+    # issue 13's acceptance at a glance: the two tables as the docs' commands print them
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    leads = ",".join("+".join(os.path.join(results, f"{f}_{data}.json" if f else f"{data}.json") for f in group)
+                     for data in ("digits", "mnist1d") for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes")))
+    speed = ",".join(os.path.join(results, f"{f}_{data}.json") for f in ("speed", "speed150") for data in ("digits", "mnist1d"))
+    leads_cmd = "python benchmarks/peers.py --leads " + leads.replace(results, "$R")
+    ratios_cmd = "python benchmarks/peers.py --ratios " + speed.replace(results, "$R")
+    assert leads_cmd in docs and ratios_cmd in docs
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert peers.main(["--leads", leads]) == 0
+        assert peers.main(["--ratios", speed]) == 0
+    tables = out.getvalue().split("| data | d | queries | DeepZero")
+    assert len(tables) == 2 and tables[0].strip() in docs
+    assert ("| data | d | queries | DeepZero" + tables[1]).strip() in docs
     for name in ("speed150_digits", "speed150_mnist1d"):  # the per-second tables at the issue's budget
         rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 2, name
