@@ -842,6 +842,11 @@ def main(argv=None) -> int:
                    "query at every point of these --speed files (comma-separated)")
     args = p.parse_args(argv)
     if args.leads is not None or args.ratios is not None:
+        for flag, value in (("--leads", args.leads), ("--ratios", args.ratios)):
+            missing = [f for f in (value or "").replace("+", ",").split(",") if f and not os.path.isfile(f)]
+            if value is not None and (missing or not value.strip(",+")):
+                p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else f"{flag}: name the results "
+                        "files (comma-separated; with --leads, files of one study joined by '+')")
         if args.leads:
             print(leads_table(leads([_merged(g) for g in args.leads.split(",") if g])))
         if args.ratios:

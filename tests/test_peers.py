@@ -250,6 +250,16 @@ def test_leads_judge_every_peer_at_the_largest_size_by_the_seed_spread(peers):
     assert "| deepzero-krs | 91.0 (90.0-92.0, 3 seeds) | snes |" in peers.leads_table([ahead])
 
 
+def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):
+    for flag in ("--leads", "--ratios"):
+        with pytest.raises(SystemExit):
+            peers.main([flag, str(tmp_path / "nope.json")])
+        assert f"{flag}: no such results file: " in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            peers.main([flag, ""])
+        assert f"{flag}: name the results files" in capsys.readouterr().err
+
+
 def test_ratios_name_the_closest_peer_and_whether_every_peer_is_10x_behind(peers):
     def row(method, ratio, ev="batch", d=1000, budget=500):
         return {"data": "digits", "d": d, "budget": budget, "method": method, "eval": ev, "s_per_query": 1e-5 * ratio,
