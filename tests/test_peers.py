@@ -308,3 +308,10 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 2, name
         assert peers.speed_table(rows) in docs, name
+    quiet = [os.path.join(results, f"speed150q_{data}.json") for data in ("digits", "mnist1d")]  # d = 2k, alone
+    for path in quiet:
+        rows = peers._load(path)
+        assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 1, path
+        assert peers.speed_table(rows) in docs, path
+    assert "python benchmarks/peers.py --ratios " + ",".join(quiet).replace(ROOT + os.sep, "") in docs
+    assert peers.ratios_table(peers.ratios([r for path in quiet for r in peers._load(path)])) in docs
