@@ -461,6 +461,11 @@ def _save(path, runs) -> None:
     os.replace(tmp, path)
 
 
+def _merged(paths) -> list:
+    """The runs of several result files (parallel sweeps): a run present twice counts once."""
+    return list({_key(r): r for path in paths if path for r in _load(path)}.values())
+
+
 def best_setting(runs, data, width, method, budget):
     """The grid setting with the best final validation accuracy at the tuning seed (ties: first).
 
@@ -554,6 +559,12 @@ def summarize(runs) -> list:
     return rows
 
 
+def _markdown(lines) -> str:
+    """A markdown table: the header row ``lines[0]``, then the rest."""
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(lines[0]) if i == 0 else "")
+                     for i, row in enumerate(lines))
+
+
 def table(rows) -> str:
     head = ("data", "d", "queries", "method", "setting", "test acc % (seeds)", "val %", "wall s", "queries/s")
     lines = [head]
@@ -563,8 +574,7 @@ def table(rows) -> str:
         setting = ", ".join(f"{k} {v}" for k, v in (r["setting"] or {}).items())
         lines.append((r["data"], f"{r['d']:,}", f"{r['queries']:,}", r["method"], setting, mean,
                       f"{r['val_acc']:.2f}", f"{r['seconds']:.1f}", f"{r['qps']:,.0f}"))
-    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
-                     for i, row in enumerate(lines))
+    return _markdown(lines)
 
 
 def plot(runs, path) -> None:
@@ -690,7 +700,7 @@ def speed(args, log=print) -> list:
     import torch
 
     torch.set_num_threads(args.threads)
-    runs = list({_key(r): r for path in (args.speed or "").split(",") if path for r in _load(path)}.values())
+    runs = _merged((args.speed or "").split(","))
     rows = []
     for name in args.data:
         data = load_data(name, 0)
@@ -720,8 +730,7 @@ def speed_table(rows) -> str:
                        f"{r['queries']:,}", f"{r['seconds']:.2f}", f"{1e6 * r['s_per_query']:.1f}",
                        f"{r['ratio']:.1f}", f"{r['macs'] / 1e9:.2f}" if "macs" in r else "-",
                        f"{r['mac_ratio']:.1f}" if "mac_ratio" in r else "-") for r in rows]
-    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
-                     for i, row in enumerate(lines))
+    return _markdown(lines)
 
 
 #: the DeepZero recipes issue 13's acceptance is judged on: the demo (paper) recipe and
@@ -729,9 +738,6 @@ def speed_table(rows) -> str:
 RECIPES = ("deepzero", "deepzero-krs")
 
 
-def _merged(group: str) -> list:
-    """The runs of ``+``-joined files (a run present twice counts once)."""
-    return list({_key(r): r for path in group.split("+") if path for r in _load(path)}.values())
 
 
 def _verdict(recipe: dict, peers: list) -> str:
@@ -759,10 +765,10 @@ def leads(groups) -> list:
             for budget in sorted({r["budget"] for r in summary if (r["data"], r["d"]) == (data, d)}):
                 here = [r for r in summary if (r["data"], r["d"], r["budget"]) == (data, d, budget)]
                 peers = [r for r in here if not r["method"].startswith("deepzero")]
+                if not peers:
+                    continue
+                best = max(peers, key=lambda r: r["mean"])
                 for recipe in (r for m in RECIPES for r in here if r["method"] == m):
-                    if not peers:
-                        continue
-                    best = max(peers, key=lambda r: r["mean"])
                     rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
                                  "lead": recipe["mean"] - best["mean"], "verdict": _verdict(recipe, peers)})
     return rows
@@ -774,8 +780,7 @@ def leads_table(rows) -> str:
     head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "verdict")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", r["recipe"]["method"], acc(r["recipe"]),
                        r["best"]["method"], acc(r["best"]), f"{r['lead']:+.1f}", r["verdict"]) for r in rows]
-    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
-                     for i, row in enumerate(lines))
+    return _markdown(lines)
 
 
 def ratios(rows) -> list:
@@ -801,8 +806,7 @@ def ratios_table(rows) -> str:
                        r["peer"]["method"] + (f" ({r['peer']['eval']})" if r["peer"]["method"] in SPEED_PEERS[:2] else ""),
                        f"{r['ratio']:.1f}", f"{r['peer']['mac_ratio']:.1f}" if "mac_ratio" in r["peer"] else "-",
                        f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)") for r in rows]
-    return "\n".join("| " + " | ".join(map(str, row)) + " |" + ("\n|" + "---|" * len(head) if i == 0 else "")
-                     for i, row in enumerate(lines))
+    return _markdown(lines)
 
 
 def _ints(s):
@@ -848,7 +852,7 @@ def main(argv=None) -> int:
                 p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else f"{flag}: name the results "
                         "files (comma-separated; with --leads, files of one study joined by '+')")
         if args.leads:
-            print(leads_table(leads([_merged(g) for g in args.leads.split(",") if g])))
+            print(leads_table(leads([_merged(g.split("+")) for g in args.leads.split(",") if g])))
         if args.ratios:
             print(ratios_table(ratios([r for path in args.ratios.split(",") if path for r in _load(path)])))
         return 0
@@ -872,7 +876,7 @@ def main(argv=None) -> int:
         print(json.dumps(rows) if args.json else speed_table(rows))
         return 0
     if args.report:  # several files (parallel sweeps) merge; a run present twice counts once
-        runs = list({_key(r): r for path in args.report.split(",") for r in _load(path)}.values())
+        runs = _merged(args.report.split(","))
     else:
         if args.quick:
             args.data, args.widths, args.budget, args.seeds = "digits", "0", 30_000, "0"

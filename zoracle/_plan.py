@@ -125,14 +125,17 @@ class _RowCache:
 
     def __init__(self, limit: int = 64 * 2**20, cap: int = 256 * 2**20):
         self.default, self.cap, self.reserved = limit, cap, (None, 0)
-        self.limit, self.key, self.rows, self.lock = limit, None, {}, threading.Lock()
+        self.key, self.rows, self.lock = None, {}, threading.Lock()
 
     def reserve(self, root: int, nbytes: int) -> None:
         """Let the rows of ``root`` use up to ``min(nbytes, cap)`` bytes (never below the default)."""
         with self.lock:
             self.reserved = (int(root), min(int(nbytes), self.cap))
-            if self.key is not None and self.key[0] == int(root):
-                self.limit = max(self.default, self.reserved[1])
+
+    def limit(self) -> int:
+        """Bytes the current root's rows may use: its reservation, or the default."""
+        root, nbytes = self.reserved
+        return max(self.default, nbytes) if self.key is not None and self.key[0] == root else self.default
 
     def get(self, key, i):
         with self.lock:
@@ -142,8 +145,7 @@ class _RowCache:
         with self.lock:
             if key != self.key:
                 self.key, self.rows = key, {}
-                self.limit = max(self.default, self.reserved[1]) if key[0] == self.reserved[0] else self.default
-            if (len(self.rows) + 1) * row.nbytes <= self.limit:
+            if (len(self.rows) + 1) * row.nbytes <= self.limit():
                 row.flags.writeable = False
                 self.rows[i] = row
 
