@@ -738,8 +738,6 @@ def speed_table(rows) -> str:
 RECIPES = ("deepzero", "deepzero-krs")
 
 
-
-
 def _verdict(recipe: dict, peers: list) -> str:
     """Ahead of every peer by more than the seed spread (its worst seed above every peer seed),
     behind (a peer's worst seed above its best), or level (the ranges overlap)."""
@@ -785,7 +783,9 @@ def leads_table(rows) -> str:
 
 def ratios(rows) -> list:
     """Per second, at every point of ``--speed`` rows: the peer closest to the demo recipe's time
-    per query (the smallest ratio; populations batched or plain counted apart), against 10x."""
+    per query (the smallest ratio; populations batched or plain counted apart), against 10x.
+    ``recipe_ratio`` is that peer's time per query over the short-budget recipe's
+    (``deepzero-krs``, the recipe that trains at the largest size), NaN where it was not timed."""
     out = []
     for key in sorted({(r["data"], r["d"], r["budget"]) for r in rows}):
         here = [r for r in rows if (r["data"], r["d"], r["budget"]) == key]
@@ -794,18 +794,21 @@ def ratios(rows) -> list:
         if not peers or demo is None:
             continue
         near = min(peers, key=lambda r: r["ratio"])
+        krs = next((r for r in here if r["method"] == RECIPES[1]), None)
         out.append({"data": key[0], "d": key[1], "budget": key[2], "us": 1e6 * demo["s_per_query"], "peer": near,
-                    "ratio": near["ratio"], "peers": len(peers), "met": all(r["ratio"] >= 10 for r in peers)})
+                    "ratio": near["ratio"], "peers": len(peers), "met": all(r["ratio"] >= 10 for r in peers),
+                    "recipe_ratio": near["s_per_query"] / krs["s_per_query"] if krs else float("nan")})
     return out
 
 
 def ratios_table(rows) -> str:
     head = ("data", "d", "queries", "DeepZero us / query", "closest peer", "x DeepZero's time", "its x MACs",
-            "10x ahead of every peer")
+            "10x ahead of every peer", "closest peer x deepzero-krs's time")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", f"{r['us']:.1f}",
                        r["peer"]["method"] + (f" ({r['peer']['eval']})" if r["peer"]["method"] in SPEED_PEERS[:2] else ""),
                        f"{r['ratio']:.1f}", f"{r['peer']['mac_ratio']:.1f}" if "mac_ratio" in r["peer"] else "-",
-                       f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)") for r in rows]
+                       f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)",
+                       f"{r['recipe_ratio']:.1f}" if r["recipe_ratio"] == r["recipe_ratio"] else "-") for r in rows]
     return _markdown(lines)
 
 

@@ -271,8 +271,10 @@ def test_ratios_name_the_closest_peer_and_whether_every_peer_is_10x_behind(peers
         (50, "pgpe", 8.0, False, 1), (1000, "snes", 12.0, True, 2)]  # DeepZero variants and NaN ratios are not peers
     assert out[1]["us"] == pytest.approx(10.0)
     table = peers.ratios_table(out)
-    assert "| digits | 50 | 500 | 10.0 | pgpe (batch) | 8.0 | 7.0 | no (1 peers) |" in table
-    assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) |" in table
+    assert "| digits | 50 | 500 | 10.0 | pgpe (batch) | 8.0 | 7.0 | no (1 peers) | - |" in table
+    # the short-budget recipe's column: the same closest peer over deepzero-krs's time (12 / 3), "-" where untimed
+    assert out[1]["recipe_ratio"] == pytest.approx(4.0) and out[0]["recipe_ratio"] != out[0]["recipe_ratio"]
+    assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) | 4.0 |" in table
 
 
 def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
@@ -293,7 +295,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     results = os.path.join(ROOT, "benchmarks", "peers_results")
     leads = ",".join("+".join(os.path.join(results, f"{f}_{data}.json" if f else f"{data}.json") for f in group)
                      for data in ("digits", "mnist1d") for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes")))
-    speed = ",".join(os.path.join(results, f"{f}_{data}.json") for f in ("speed", "speed150") for data in ("digits", "mnist1d"))
+    speed = ",".join(os.path.join(results, f"{f}_{data}.json") for f in ("speed", "speed150", "speed150_large")
+                     for data in ("digits", "mnist1d"))
     leads_cmd = "python benchmarks/peers.py --leads " + leads.replace(results, "$R")
     ratios_cmd = "python benchmarks/peers.py --ratios " + speed.replace(results, "$R")
     assert leads_cmd in docs and ratios_cmd in docs
@@ -307,6 +310,10 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     for name in ("speed150_digits", "speed150_mnist1d"):  # the per-second tables at the budget
         rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 2, name
+        assert peers.speed_table(rows) in docs, name
+    for name in ("speed150_large_digits", "speed150_large_mnist1d"):  # the largest size at the budget
+        rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
+        assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 1, name
         assert peers.speed_table(rows) in docs, name
     quiet = [os.path.join(results, f"speed150q_{data}.json") for data in ("digits", "mnist1d")]  # d = 2k, alone
     for path in quiet:
