@@ -421,6 +421,24 @@ RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 
+def machine() -> dict:
+    """What a run's floats depend on beyond the code: the CPU, the vector instruction set torch's
+    kernels use (``ATEN_CPU_CAPABILITY`` can lower it) and the numeric libraries' versions. The same
+    seed gives a different model under a different instruction set (docs/peers.md)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "numpy": np.__version__}
+
+
 def run_one(bench, method: str, setting: dict, **extra) -> dict:
     import zoracle as zo
 
@@ -437,12 +455,17 @@ def run_one(bench, method: str, setting: dict, **extra) -> dict:
     last = bench.curve[-1]
     return {"data": bench.name, "width": bench.width, "d": bench.d, "method": method, "setting": setting,
             "seed": bench.seed, "budget": bench.budget, "queries": last[0], "seconds": last[1],
-            "val_acc": last[2], "test_acc": last[3], "curve": bench.curve, "error": error}
+            "val_acc": last[2], "test_acc": last[3], "curve": bench.curve, "error": error, "machine": machine()}
 
 
 # ----------------------------------------------------------------------------- sweep, report
 def _key(r: dict) -> tuple:
     return (r["data"], r["width"], r["method"], json.dumps(r["setting"], sort_keys=True), r["seed"], r["budget"])
+
+
+def _isa(r: dict):
+    """The instruction set a run's torch kernels used, or None where the run did not record it."""
+    return (r.get("machine") or {}).get("cpu_capability")
 
 
 def _load(path):
@@ -463,7 +486,7 @@ def _save(path, runs) -> None:
 
 def _merged(paths) -> list:
     """The runs of several result files (parallel sweeps): a run present twice counts once."""
-    return list({_key(r): r for path in paths if path for r in _load(path)}.values())
+    return list({(_key(r), _isa(r)): r for path in paths if path for r in _load(path)}.values())
 
 
 def best_setting(runs, data, width, method, budget):
@@ -487,14 +510,15 @@ def sweep(args, log=print) -> list:
 
     torch.set_num_threads(args.threads)
     runs = _load(args.out)
-    done = {_key(r) for r in runs}
+    here = machine()["cpu_capability"]  # a run under another instruction set is another run (docs/peers.md)
+    done = {(_key(r), _isa(r) or here) for r in runs}  # an unrecorded one counts as this machine's
     # runs of this sweep's points made by another sweep (a --settings-from run at a budget now
     # tuned): copied into --out, in their file's order, and not run again
     for r in [r for path in args.reuse.split(",") if path for r in _load(path)]:
         if (r["data"] in args.data and r["width"] in args.widths and r["method"] in args.methods
-                and r["budget"] == args.budget and _key(r) not in done):
+                and r["budget"] == args.budget and (_key(r), _isa(r) or here) not in done):
             runs.append(r)
-            done.add(_key(r))
+            done.add((_key(r), _isa(r) or here))
     if args.reuse:
         _save(args.out, runs)
     fixed = [r for path in args.settings_from.split(",") if path for r in _load(path)] if args.settings_from else None
@@ -522,7 +546,7 @@ def sweep(args, log=print) -> list:
                     for setting, role in todo:
                         rec = {"data": name, "width": width, "method": method, "setting": setting, "seed": seed,
                                "budget": args.budget}
-                        if _key(rec) in done:
+                        if (_key(rec), here) in done:
                             continue
                         if (name, seed) not in datas:
                             datas[(name, seed)] = load_data(name, seed)
@@ -530,7 +554,7 @@ def sweep(args, log=print) -> list:
                         r = run_one(bench, method, setting)
                         r["role"] = role
                         runs.append(r)
-                        done.add(_key(r))
+                        done.add((_key(r), here))
                         _save(args.out, runs)
                         log(f"{name} d={r['d']} {method} {setting} seed {seed}: val {100 * r['val_acc']:.2f}% "
                             f"test {100 * r['test_acc']:.2f}% in {r['seconds']:.1f} s ({r['queries']:,} queries)"
@@ -539,13 +563,18 @@ def sweep(args, log=print) -> list:
 
 
 def summarize(runs) -> list:
-    """Per (data, d, budget, method): the chosen setting's test accuracy over seeds and its speed."""
+    """Per (data, d, budget, method): the chosen setting's test accuracy over seeds and its speed.
+
+    Runs made under different instruction sets (:func:`machine`) are never pooled: where the runs
+    mix them, each gets its own rows, with the set in ``"isa"`` (None: not recorded)."""
     rows = []
-    keys = sorted({(r["data"], r["d"], r["width"], r["budget"], r["method"]) for r in runs},
-                  key=lambda k: (k[0], k[1], k[3], METHODS.index(k[4])))
-    for data, d, width, budget, method in keys:
-        chosen = best_setting(runs, data, width, method, budget)
-        sel = [r for r in runs if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)
+    split = len({_isa(r) for r in runs}) > 1
+    keys = sorted({(r["data"], r["d"], r["width"], r["budget"], r["method"], _isa(r) if split else None) for r in runs},
+                  key=lambda k: (k[0], k[1], k[3], METHODS.index(k[4]), k[5] or ""))
+    for data, d, width, budget, method, isa in keys:
+        mine = [r for r in runs if not split or _isa(r) == isa]
+        chosen = best_setting(mine, data, width, method, budget)
+        sel = [r for r in mine if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)
                and r["setting"] == chosen]
         sel = list({r["seed"]: r for r in sel}.values())
         acc = np.array([r["test_acc"] for r in sel]) * 100
@@ -555,8 +584,14 @@ def summarize(runs) -> list:
                      "mean": float(np.nanmean(acc)), "min": float(np.nanmin(acc)), "max": float(np.nanmax(acc)),
                      "val_acc": float(np.nanmean([r["val_acc"] for r in sel]) * 100),
                      "seconds": float(secs.mean()), "queries": int(np.mean([r["queries"] for r in sel])),
-                     "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel]))})
+                     "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel]))}
+                    | ({"isa": isa} if split else {}))
     return rows
+
+
+def _label(row) -> str:
+    """A summary row's method, with its instruction set where the runs mixed them."""
+    return row["method"] + (f" [{row['isa'] or 'not recorded'}]" if "isa" in row else "")
 
 
 def _markdown(lines) -> str:
@@ -572,7 +607,7 @@ def table(rows) -> str:
         accs = " / ".join(f"{a:.2f}" for a in r["test_acc"])
         mean = f"{r['mean']:.2f}" + (f" ({accs})" if len(r["test_acc"]) > 1 else "")
         setting = ", ".join(f"{k} {v}" for k, v in (r["setting"] or {}).items())
-        lines.append((r["data"], f"{r['d']:,}", f"{r['queries']:,}", r["method"], setting, mean,
+        lines.append((r["data"], f"{r['d']:,}", f"{r['queries']:,}", _label(r), setting, mean,
                       f"{r['val_acc']:.2f}", f"{r['seconds']:.1f}", f"{r['qps']:,.0f}"))
     return _markdown(lines)
 
@@ -590,7 +625,7 @@ def plot(runs, path) -> None:
         for r in (r for r in rows if (r["data"], r["d"], r["budget"]) == (data, d, budget)):
             sel = [x for x in runs if (x["data"], x["width"], x["budget"], x["method"]) == (data, width, budget,
                                                                                             r["method"])
-                   and x["setting"] == r["setting"]]
+                   and x["setting"] == r["setting"] and ("isa" not in r or _isa(x) == r["isa"])]
             n = min(len(x["curve"]) for x in sel)
             q = np.array([[c[0] for c in x["curve"][:n]] for x in sel]).mean(0)
             s = np.array([[c[1] for c in x["curve"][:n]] for x in sel]).mean(0)
@@ -598,7 +633,7 @@ def plot(runs, path) -> None:
             color = plt.get_cmap("tab20")(METHODS.index(r["method"]) % 20)
             for axis, xs in ((ax[0], q), (ax[1], s)):
                 keep = (xs > 0) & (q > 0)  # a run with no query (FD-SGD past its budget) has no point
-                axis.plot(xs[keep], a.mean(0)[keep], marker=".", color=color, label=f"{r['method']} ({len(sel)})")
+                axis.plot(xs[keep], a.mean(0)[keep], marker=".", color=color, label=f"{_label(r)} ({len(sel)})")
                 if len(sel) > 1:
                     axis.fill_between(xs[keep], a.min(0)[keep], a.max(0)[keep], color=color, alpha=0.2)
         ax[0].set(xlabel="loss queries", ylabel="test accuracy (%)", title=f"{data}, d = {d:,}, {budget:,} queries")
@@ -713,7 +748,8 @@ def speed(args, log=print) -> list:
                     r = run_one(bench, method, setting)
                     row = {"data": name, "d": r["d"], "width": width, "method": method, "eval": ev, "setting": setting,
                            "budget": args.budget, "queries": r["queries"], "seconds": r["seconds"], "test_acc": r["test_acc"],
-                           "s_per_query": r["seconds"] / r["queries"] if r["queries"] else float("nan")}
+                           "s_per_query": r["seconds"] / r["queries"] if r["queries"] else float("nan"),
+                           "machine": r["machine"]}
                     rows.append(row)
                     log(f"{name} d={r['d']} {method} ({ev}): {r['seconds']:.2f} s for {r['queries']:,} queries, "
                         f"test {100 * r['test_acc']:.1f}%")
@@ -743,7 +779,7 @@ def _verdict(recipe: dict, peers: list) -> str:
     behind (a peer's worst seed above its best), or level (the ranges overlap)."""
     if recipe["min"] > max(p["max"] for p in peers):
         return "ahead of every peer by more than the spread"
-    behind = [p["method"] for p in peers if p["min"] > recipe["max"]]
+    behind = [_label(p) for p in peers if p["min"] > recipe["max"]]
     if behind:
         return f"behind {', '.join(behind)} by more than the spread"
     return "level: ranges overlap"
@@ -776,8 +812,8 @@ def leads_table(rows) -> str:
     def acc(r):
         return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds)"
     head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "verdict")
-    lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", r["recipe"]["method"], acc(r["recipe"]),
-                       r["best"]["method"], acc(r["best"]), f"{r['lead']:+.1f}", r["verdict"]) for r in rows]
+    lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", _label(r["recipe"]), acc(r["recipe"]),
+                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", r["verdict"]) for r in rows]
     return _markdown(lines)
 
 

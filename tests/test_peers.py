@@ -81,6 +81,7 @@ def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tm
         assert again["seed"] == 1 and again["setting"] == best["setting"]
         for r in mine:
             assert r["error"] is None, (method, r["error"])
+            assert r["machine"] == peers.machine(), (method, r["machine"])
             if method == "fdsgd":  # whole forward-difference gradients only: none fits in 500 queries
                 assert r["queries"] == 0 and r["curve"][-1][3] == pytest.approx(r["curve"][0][3])
             elif method == "deepzero-krs":  # zo.recipes.short_budget: whole steps within the budget
@@ -97,6 +98,50 @@ def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tm
     assert {r["method"] for r in rows} == set(peers.DEFAULT_METHODS)
     assert all(r["seeds"] == [0, 1] and r["min"] <= r["mean"] <= r["max"] for r in rows)
     assert "| deepzero |" in peers.table(rows)
+
+
+def test_runs_record_the_instruction_set_that_torch_kernels_use(peers):
+    """The same seed trains a different model under another instruction set (docs/peers.md), so
+    every run records the one it used: lowering it with ATEN_CPU_CAPABILITY shows in the record."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, json; s = importlib.util.spec_from_file_location('p', 'benchmarks/peers.py'); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(json.dumps(m.machine()))")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    lowered = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                                        check=True).stdout)
+    here = peers.machine()
+    assert lowered["cpu_capability"] == "DEFAULT" and lowered["cpu"] == here["cpu"]
+    assert here["torch"] == lowered["torch"] and here["numpy"] == np.__version__
+
+
+def test_runs_of_different_instruction_sets_are_rerun_and_never_pooled(peers, tmp_path, monkeypatch):
+    out = tmp_path / "isa.json"
+    argv = ["--budget", "300", "--seeds", "0", "--grid", "1", "--methods", "deepzero", "--out", str(out), "--json"]
+    real = peers.machine()
+    peers.main(argv)
+    assert [r["machine"] for r in json.loads(out.read_text())] == [real]
+    peers.main(argv)  # the same instruction set: done
+    assert len(json.loads(out.read_text())) == 1
+    monkeypatch.setattr(peers, "machine", lambda: dict(real, cpu_capability="LOWERED"))
+    peers.main(argv)  # another one: run again, kept beside the first
+    runs = json.loads(out.read_text())
+    assert [r["machine"]["cpu_capability"] for r in runs] == [real["cpu_capability"], "LOWERED"]
+    runs[1]["test_acc"] = runs[0]["test_acc"] + 0.5  # tell the two apart in the summary
+    rows = peers.summarize(runs)
+    assert sorted(r["isa"] for r in rows) == sorted([real["cpu_capability"], "LOWERED"])
+    assert all(len(r["test_acc"]) == 1 for r in rows)
+    assert "| deepzero [LOWERED] |" in peers.table(rows)
+    old = [{k: v for k, v in r.items() if k != "machine"} for r in runs[:1]]  # a file from before the record
+    assert "isa" not in peers.summarize(old)[0] and "| deepzero |" in peers.table(peers.summarize(old))
+    unrecorded = peers.summarize(old + runs[1:])
+    assert sorted(str(r["isa"]) for r in unrecorded) == ["LOWERED", "None"]
+    assert "| deepzero [not recorded] |" in peers.table(unrecorded)
+    mixed = out.with_name("mixed.json")
+    mixed.write_text(json.dumps(old))
+    peers.main(argv[:-3] + ["--out", str(mixed), "--json"])  # an unrecorded run counts as this machine's: done
+    assert len(json.loads(mixed.read_text())) == 1
 
 
 def test_zoracle_snes_spends_the_budget_in_generations_like_evotorch_snes(peers, tmp_path):
