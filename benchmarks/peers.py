@@ -790,7 +790,11 @@ def leads(groups) -> list:
 
     ``groups`` are lists of runs (one study each, e.g. ``--report`` files merged). Peers are
     the methods that are not DeepZero variants; the best is the one with the highest mean test
-    accuracy over its seeds, and the verdict (:func:`_verdict`) weighs every peer."""
+    accuracy over its seeds, and the verdict (:func:`_verdict`) weighs every peer. ``p`` is the
+    two-sided Mann-Whitney U test of the recipe's seeds against the best peer's: how often
+    test accuracies drawn from one distribution would be ranked as unevenly as these."""
+    from scipy.stats import mannwhitneyu
+
     rows = []
     for runs in groups:
         summary = summarize(runs)
@@ -803,17 +807,20 @@ def leads(groups) -> list:
                     continue
                 best = max(peers, key=lambda r: r["mean"])
                 for recipe in (r for m in RECIPES for r in here if r["method"] == m):
+                    p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
                     rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
-                                 "lead": recipe["mean"] - best["mean"], "verdict": _verdict(recipe, peers)})
+                                 "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers)})
     return rows
 
 
 def leads_table(rows) -> str:
     def acc(r):
         return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds)"
-    head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "verdict")
+    head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "rank test p",
+            "verdict")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", _label(r["recipe"]), acc(r["recipe"]),
-                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", r["verdict"]) for r in rows]
+                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["verdict"])
+                      for r in rows]
     return _markdown(lines)
 
 

@@ -293,6 +293,12 @@ def test_leads_judge_every_peer_at_the_largest_size_by_the_seed_spread(peers):
     assert behind["best"]["method"] == "pgpe" and behind["lead"] < 0
     assert behind["verdict"] == "behind snes, pgpe by more than the spread"
     assert "| deepzero-krs | 91.0 (90.0-92.0, 3 seeds) | snes |" in peers.leads_table([ahead])
+    # the rank test: 3 seeds all above 3 others is the most uneven ranking, 2 of the 20 orderings
+    assert ahead["p"] == pytest.approx(0.1) and behind["p"] == pytest.approx(0.1)
+    # recipe ranks 1, 2, 4 of 6: U = 1, reached or passed by 2 of 20 orderings each way
+    mixed = lead(_runs("snes", [0.915, 0.93, 0.95]))
+    assert mixed["p"] == pytest.approx(0.2) and "| -2.2 | 0.2 | level" in peers.leads_table([mixed])
+    assert lead(_runs("snes", [0.90, 0.91, 0.92]))["p"] == pytest.approx(1.0)  # the same seeds: no difference
 
 
 def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):
@@ -327,11 +333,17 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
-             "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d"]
+             "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
         assert peers.table(peers.summarize(runs)) in docs, name
+    for data in ("digits", "mnist1d"):  # the recipe under three instruction sets, SNES under this machine's
+        runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"isa_{data}.json"))
+        isas = {(r["method"], peers._isa(r)) for r in runs}
+        assert isas == {("deepzero-krs", "AVX512"), ("deepzero-krs", "AVX2"), ("deepzero-krs", "DEFAULT"),
+                        ("snes", "AVX512")}, isas
+        assert all(len([r for r in runs if (r["method"], peers._isa(r)) == k]) == 6 for k in isas), data
     for name in ("speed_snes_digits", "speed_snes_mnist1d"):  # the per-second tables, as --macs prints them
         rows = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert rows and {r["method"] for r in rows} == {"deepzero", "zoracle-snes", "snes"}, name
@@ -339,7 +351,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     # issue 13's acceptance at a glance: the two tables as the docs' commands print them
     results = os.path.join(ROOT, "benchmarks", "peers_results")
     leads = ",".join("+".join(os.path.join(results, f"{f}_{data}.json" if f else f"{data}.json") for f in group)
-                     for data in ("digits", "mnist1d") for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes")))
+                     for data in ("digits", "mnist1d")
+                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa",)))
     speed = ",".join(os.path.join(results, f"{f}_{data}.json") for f in ("speed", "speed150", "speed150_large")
                      for data in ("digits", "mnist1d"))
     leads_cmd = "python benchmarks/peers.py --leads " + leads.replace(results, "$R")
