@@ -50,6 +50,7 @@ and a rerun skips what is done. Needs the ``bench`` extra (evotorch, cma) for th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -424,7 +425,13 @@ RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "
 def machine() -> dict:
     """What a run's floats depend on beyond the code: the CPU, the vector instruction set torch's
     kernels use (``ATEN_CPU_CAPABILITY`` can lower it) and the numeric libraries' versions. The same
-    seed gives a different model under a different instruction set (docs/peers.md)."""
+    seed gives a different model under a different instruction set (docs/peers.md). Fixed for a
+    process, so read once."""
+    return dict(_machine())
+
+
+@functools.cache
+def _machine() -> dict:
     import platform
 
     import torch
@@ -510,15 +517,19 @@ def sweep(args, log=print) -> list:
 
     torch.set_num_threads(args.threads)
     runs = _load(args.out)
-    here = machine()["cpu_capability"]  # a run under another instruction set is another run (docs/peers.md)
-    done = {(_key(r), _isa(r) or here) for r in runs}  # an unrecorded one counts as this machine's
+    here = machine()["cpu_capability"]
+
+    def seen(r):  # a run under another instruction set is another run; an unrecorded one is this machine's
+        return _key(r), _isa(r) or here
+
+    done = {seen(r) for r in runs}
     # runs of this sweep's points made by another sweep (a --settings-from run at a budget now
     # tuned): copied into --out, in their file's order, and not run again
     for r in [r for path in args.reuse.split(",") if path for r in _load(path)]:
         if (r["data"] in args.data and r["width"] in args.widths and r["method"] in args.methods
-                and r["budget"] == args.budget and (_key(r), _isa(r) or here) not in done):
+                and r["budget"] == args.budget and seen(r) not in done):
             runs.append(r)
-            done.add((_key(r), _isa(r) or here))
+            done.add(seen(r))
     if args.reuse:
         _save(args.out, runs)
     fixed = [r for path in args.settings_from.split(",") if path for r in _load(path)] if args.settings_from else None
@@ -546,7 +557,7 @@ def sweep(args, log=print) -> list:
                     for setting, role in todo:
                         rec = {"data": name, "width": width, "method": method, "setting": setting, "seed": seed,
                                "budget": args.budget}
-                        if (_key(rec), here) in done:
+                        if seen(rec) in done:
                             continue
                         if (name, seed) not in datas:
                             datas[(name, seed)] = load_data(name, seed)
@@ -554,7 +565,7 @@ def sweep(args, log=print) -> list:
                         r = run_one(bench, method, setting)
                         r["role"] = role
                         runs.append(r)
-                        done.add((_key(r), here))
+                        done.add(seen(r))
                         _save(args.out, runs)
                         log(f"{name} d={r['d']} {method} {setting} seed {seed}: val {100 * r['val_acc']:.2f}% "
                             f"test {100 * r['test_acc']:.2f}% in {r['seconds']:.1f} s ({r['queries']:,} queries)"
