@@ -4,7 +4,8 @@ Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peer
 layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
 changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn (or in which order), whether
 draws follow the partial derivatives measured so far, the optimizer, each layer's step size, CGE's ``mu``,
-or the estimator of the wide layers. Every run goes through the
+the estimator of the wide layers, the learning rate's decay, or which weights are evaluated (a moving
+average of the run's). Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
 validation (the choice) and test (reported).
 
@@ -79,6 +80,16 @@ VARIANTS = {
               "(a fresh draw each step leaves e^-k of a layer unmeasured after k draws a weight)", {"cycle": True}),
     "cycle-layer-steps": ("`cycle` and `layer-steps`", {"cycle": True, "layer_scale": {}}),
     "cycle-layer-steps-b1": ("`cycle` and `layer-steps-b1`", {"cycle": True, "layer_scale": {}, "b1": 0.9}),
+    "average-0.03": ("the recipe's run, evaluated at an exponential moving average of its weights (time constant 3% "
+                     "of the budget; the run itself is unchanged)", {"average": 0.03}),
+    "average-0.1": ("the same with a time constant of 10% of the budget", {"average": 0.1}),
+    "linear": ("lr decays linearly to 0 after the warm-up instead of along a cosine", {"schedule": ("linear", 0.0)}),
+    "sqrt-decay": ("lr decays to 0 after the warm-up as the square root of the steps left (more of it late than "
+                   "`linear`)", {"schedule": ("power", 0.5)}),
+    "quadratic-decay": ("lr decays to 0 after the warm-up as the square of the steps left (less of it late than "
+                        "`linear`)", {"schedule": ("power", 2.0)}),
+    "wsd-0.2": ("lr held at its peak after the warm-up, then decayed linearly to 0 over the last 20% of the steps",
+                {"schedule": ("linear", 0.8)}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -251,8 +262,51 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
     return p
 
 
+class _HoldDecay:
+    """lr: linear warm-up over ``warmup_steps``, held at ``peak`` until ``hold`` of the steps, then down to 0
+    as ``(1 - x) ** power`` over the rest (``x`` from 0 to 1; ``power=1``: linearly)."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, hold: float, power: float = 1.0):
+        self.peak, self.total_steps, self.warmup_steps, self.hold, self.power = peak, total_steps, warmup_steps, hold, power
+
+    def __repr__(self) -> str:
+        return (f"hold_decay(peak={self.peak}, total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
+                f"hold={self.hold}, power={self.power})")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / self.warmup_steps
+        start = max(self.warmup_steps, int(self.hold * self.total_steps))
+        if step < start:
+            return self.peak
+        return self.peak * max(0.0, 1.0 - (step - start) / max(1, self.total_steps - start)) ** self.power
+
+
+def _averaging_recorder(bench, spent: int, window: float):
+    """``peers.step_recorder``, but recording an exponential moving average of the weights (time
+    constant ``window`` of the budget, in queries; bias-corrected) instead of the current ones.
+    Returns ``(callback, average)``; ``average()`` is the average after the last step."""
+    total, state = [int(spent)], {"m": None, "w": 0.0}
+
+    def average():
+        return (state["m"] / state["w"]).astype(np.float32)
+
+    def cb(event, rec, params):
+        if event != "step":
+            return None
+        total[0] += rec["nfev"]
+        a = float(np.exp(-rec["nfev"] / (window * bench.budget)))
+        p = np.asarray(params, dtype=np.float64)
+        state["m"] = (1 - a) * p if state["m"] is None else a * state["m"] + (1 - a) * p
+        state["w"] = a * state["w"] + (1 - a)
+        bench.record(average(), total[0])
+        return bench.done()
+    return cb, average
+
+
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
-                hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False):
+                hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False,
+                average=None, schedule=None):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -274,6 +328,11 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     if fixed:
         kw.update(ratios=ratios, max_queries=steps * (k + 1), epochs=-(-steps // len(bench.batches)))
     sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1))
+    if schedule is not None:  # ("linear", hold): at the peak until `hold` of the steps, then linear to 0;
+        kind, value = schedule  # ("power", p): from the warm-up's end to 0 as (1 - x) ** p
+        hold, power = (float(value), 1.0) if kind == "linear" else (0.0, float(value))
+        sched = _HoldDecay(lr, steps, min(len(bench.batches), steps - 1), hold, power)
+        kw["optimizer"] = zo.adam(sched, b1=b1, weight_decay=weight_decay)
     if optimizer == "sign":
         kw["optimizer"] = zo.sign_sgd(sched, weight_decay=weight_decay)
     elif optimizer == "sgd":
@@ -300,8 +359,11 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
                 observe(grad)
                 return opt.update(grad, state, params, lr=lr)
             kw["optimizer"] = opt._replace(update=update)
-        return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-                        callbacks=[peers.step_recorder(bench, grasp)], rng=bench.seed, progress=False, **kw).params
+        recorder, averaged = (peers.step_recorder(bench, grasp), None) if average is None else \
+            _averaging_recorder(bench, grasp, average)
+        params = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
+                          callbacks=[recorder], rng=bench.seed, progress=False, **kw).params
+        return params if averaged is None else averaged()
 
 
 def scout(args, log=functools.partial(print, flush=True)) -> list:

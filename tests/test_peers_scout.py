@@ -184,7 +184,9 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     """docs/peers.md shows the scouting table exactly as `--report` prints it from the committed results."""
     paths = [os.path.join(ROOT, "benchmarks", "peers_results", f"scout_{d}.json") for d in ("digits", "mnist1d")]
     runs = [r for p in paths for r in scout.peers._load(p)]
-    assert len(runs) == 2 * 3 * len(scout.VARIANTS)  # every variant, 3 seeds, both data sets
+    at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2"}  # added for the 150,000-query round
+    assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
+    assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
     assert scout.report(runs) in docs
@@ -211,9 +213,26 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     recipe150 = {(r["data"], r["seed"]): r["test_acc"] for f in ("scout150_digits.json", "scout150_mnist1d.json")
                  for r in scout.peers._load(os.path.join(results, f)) if r["variant"] == "recipe"}
     assert {(r["data"], r["seed"]): r["test_acc"] for r in split if r["variant"] == "recipe"} == recipe150
+    # averaging and the schedule's shape: six seeds, the chosen one on six new seeds, its lr at seed 0;
+    # run on one machine, where `recipe` is the AVX-512 recipe runs of isa_*.json seed for seed
+    for files, seeds, count in ((("scout150_sched_digits.json", "scout150_sched_mnist1d.json"), range(6), 7),
+                                (("scout150_sched_fresh_digits.json", "scout150_sched_fresh_mnist1d.json"), range(6, 12), 2)):
+        sched = [r for f in files for r in scout.peers._load(os.path.join(results, f))]
+        assert len(sched) == 2 * 6 * count and {r["seed"] for r in sched} == set(seeds) and scout.report(sched) in docs
+        assert {r["machine"]["cpu_capability"] for r in sched} == {"AVX512"}
+    for data in ("digits", "mnist1d"):
+        isa = {r["seed"]: r["curve"] for r in scout.peers._load(os.path.join(results, f"isa_{data}.json"))
+               if r["method"] == "deepzero-krs" and r["machine"]["cpu_capability"] == "AVX512"}
+        ours = {r["seed"]: r["curve"] for r in scout.peers._load(os.path.join(results, f"scout150_sched_{data}.json"))
+                if r["variant"] == "recipe"}
+        assert set(isa) == set(ours) == set(range(6))
+        for seed in ours:  # curve rows are [queries, seconds, val, test]: all but the seconds equal
+            assert [r[:1] + r[2:] for r in ours[seed]] == [r[:1] + r[2:] for r in isa[seed]], (data, seed)
     # layer-steps' learning rate checked at seed 0, and the smaller sizes at 30,000 queries
     for pair in (("scout150_lr0.03_digits.json", "scout150_lr0.03_mnist1d.json"),
                  ("scout150_lr0.3_digits.json", "scout150_lr0.3_mnist1d.json"),
+                 ("scout150_sched_lr0.03_digits.json", "scout150_sched_lr0.03_mnist1d.json"),
+                 ("scout150_sched_lr0.3_digits.json", "scout150_sched_lr0.3_mnist1d.json"),
                  ("scout_2k_digits.json", "scout_2k_mnist1d.json"), ("scout_13k_digits.json", "scout_13k_mnist1d.json")):
         runs = [r for f in pair for r in scout.peers._load(os.path.join(results, f))]
         assert len({r["data"] for r in runs}) == 2 and scout.report(runs) in docs
@@ -244,3 +263,44 @@ def test_cycled_masks_draw_every_weight_once_a_cycle_and_are_undone(scout, digit
     a = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
     b = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["cycle"][1])
     assert a["queries"] == b["queries"] and a["curve"][-1][2:] != b["curve"][-1][2:]
+
+
+def test_hold_decay_warms_up_holds_then_falls_linearly_to_zero(scout):
+    wsd = scout._HoldDecay(0.1, total_steps=100, warmup_steps=10, hold=0.8)
+    assert [round(wsd(s), 6) for s in (0, 9, 10, 50, 80, 90, 99, 150)] == [0.01, 0.1, 0.1, 0.1, 0.1, 0.05, 0.005, 0.0]
+    linear = scout._HoldDecay(0.1, total_steps=100, warmup_steps=10, hold=0.0)  # decay starts after the warm-up
+    assert [round(linear(s), 6) for s in (9, 10, 55, 99)] == [0.1, 0.1, 0.05, 0.001111]
+    assert scout.VARIANTS["wsd-0.2"][1] == {"schedule": ("linear", 0.8)}
+
+
+def test_averaging_recorder_records_the_bias_corrected_moving_average(scout):
+    rng = np.random.default_rng(0)
+    recorded = []
+    bench = types.SimpleNamespace(budget=1000, record=lambda p, q: recorded.append((p.copy(), q)), done=lambda: False)
+    cb, average = scout._averaging_recorder(bench, spent=7, window=0.05)  # time constant 50 queries
+    params, nfev = rng.normal(size=(6, 4)), [11, 11, 30, 11, 80, 11]
+    for p, n in zip(params, nfev):
+        assert cb("step", {"nfev": n}, p) is False
+        assert cb("epoch", {}, p) is None  # only steps count
+    # the textbook weights: step i keeps (1 - a_i) times the a_j of every later step j
+    a = np.exp(-np.array(nfev) / 50.0)
+    w = np.array([(1 - a[i]) * np.prod(a[i + 1:]) for i in range(6)])
+    np.testing.assert_allclose(average(), (w[:, None] * params).sum(0) / w.sum(), rtol=1e-6)
+    assert [q for _, q in recorded] == list(7 + np.cumsum(nfev))
+    np.testing.assert_array_equal(recorded[-1][0], average())
+    np.testing.assert_allclose(recorded[0][0], params[0], rtol=1e-6)  # bias-corrected: the first step is itself
+    # a time constant far below a step is the last weights; far above it, their plain mean
+    for window, expect in ((1e-6, params[-1]), (1e6, None)):
+        cb, average = scout._averaging_recorder(bench, spent=0, window=window)
+        for p in params:
+            cb("step", {"nfev": 10}, p)
+        np.testing.assert_allclose(average(), params.mean(0) if expect is None else expect, rtol=1e-4, atol=1e-6)
+
+
+def test_the_average_and_schedule_variants_spend_the_recipes_budget(scout, digits):
+    a = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
+    for name in ("average-0.1", "wsd-0.2"):
+        b = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS[name][1])
+        assert b["queries"] == a["queries"] and b["error"] is None
+        assert [r[0] for r in b["curve"]] == [r[0] for r in a["curve"]]  # recorded at the same marks
+        assert b["curve"][-1][2:] != a["curve"][-1][2:], name  # other weights evaluated
