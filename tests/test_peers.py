@@ -333,7 +333,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
-             "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d"]
+             "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
+             "seeds12_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -344,6 +345,13 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert isas == {("deepzero-krs", "AVX512"), ("deepzero-krs", "AVX2"), ("deepzero-krs", "DEFAULT"),
                         ("snes", "AVX512")}, isas
         assert all(len([r for r in runs if (r["method"], peers._isa(r)) == k]) == 6 for k in isas), data
+        more = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"seeds12_{data}.json"))  # seeds 6-11
+        assert {(r["method"], peers._isa(r), r["seed"]) for r in more} == {
+            (m, "AVX512", s) for m in ("deepzero-krs", "snes") for s in range(6, 12)}, data
+        scouted = {r["seed"]: r["curve"] for r in peers._load(os.path.join(
+            ROOT, "benchmarks", "peers_results", f"scout150_sched_fresh_{data}.json")) if r["variant"] == "recipe"}
+        for r in (r for r in more if r["method"] == "deepzero-krs"):  # the scouting round's recipe, run for run
+            assert [c[:1] + c[2:] for c in r["curve"]] == [c[:1] + c[2:] for c in scouted[r["seed"]]], (data, r["seed"])
     # SNES ranks its losses, so a last-bit change rarely moves it: seed 0 under AVX2 repeats AVX-512's curve
     again = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "isa_snes_avx2.json"))
     assert {(r["data"], r["method"], r["seed"], peers._isa(r)) for r in again} == {
@@ -360,7 +368,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     results = os.path.join(ROOT, "benchmarks", "peers_results")
     leads = ",".join("+".join(os.path.join(results, f"{f}_{data}.json" if f else f"{data}.json") for f in group)
                      for data in ("digits", "mnist1d")
-                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa",)))
+                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12")))
     speed = ",".join(os.path.join(results, f"{f}_{data}.json") for f in ("speed", "speed150", "speed150_large")
                      for data in ("digits", "mnist1d"))
     leads_cmd = "python benchmarks/peers.py --leads " + leads.replace(results, "$R")
