@@ -262,31 +262,34 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
     return p
 
 
-class _HoldDecay:
-    """lr: linear warm-up over ``warmup_steps``, held at ``peak`` until ``hold`` of the steps, then down to 0
-    as ``(1 - x) ** power`` over the rest (``x`` from 0 to 1; ``power=1``: linearly)."""
+class _Decay:
+    """``peak`` until step ``start``, then down to 0 at ``total_steps`` as ``(1 - x) ** power`` (``x`` from 0 to 1)."""
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int, hold: float, power: float = 1.0):
-        self.peak, self.total_steps, self.warmup_steps, self.hold, self.power = peak, total_steps, warmup_steps, hold, power
+    def __init__(self, peak: float, start: int, total_steps: int, power: float):
+        self.peak, self.start, self.total_steps, self.power = peak, start, total_steps, power
 
     def __repr__(self) -> str:
-        return (f"hold_decay(peak={self.peak}, total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
-                f"hold={self.hold}, power={self.power})")
+        return f"decay(peak={self.peak}, start={self.start}, total_steps={self.total_steps}, power={self.power})"
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.peak * (step + 1) / self.warmup_steps
-        start = max(self.warmup_steps, int(self.hold * self.total_steps))
-        if step < start:
+        if step < self.start:
             return self.peak
-        return self.peak * max(0.0, 1.0 - (step - start) / max(1, self.total_steps - start)) ** self.power
+        return self.peak * max(0.0, 1.0 - (step - self.start) / max(1, self.total_steps - self.start)) ** self.power
+
+
+def _HoldDecay(peak: float, total_steps: int, warmup_steps: int, hold: float, power: float = 1.0):
+    """lr: ``zo.linear_warmup`` over ``warmup_steps``, held at ``peak`` until ``hold`` of the steps, then down
+    to 0 as ``(1 - x) ** power`` over the rest (``power=1``: linearly)."""
+    import zoracle as zo
+
+    return zo.linear_warmup(_Decay(peak, max(warmup_steps, int(hold * total_steps)), total_steps, power), warmup_steps)
 
 
 def _averaging_recorder(bench, spent: int, window: float):
-    """``peers.step_recorder``, but recording an exponential moving average of the weights (time
-    constant ``window`` of the budget, in queries; bias-corrected) instead of the current ones.
+    """``peers.step_recorder`` fed an exponential moving average of the weights (time constant
+    ``window`` of the budget, in queries; bias-corrected) instead of the current ones.
     Returns ``(callback, average)``; ``average()`` is the average after the last step."""
-    total, state = [int(spent)], {"m": None, "w": 0.0}
+    record, state = peers.step_recorder(bench, spent), {"m": None, "w": 0.0}
 
     def average():
         return (state["m"] / state["w"]).astype(np.float32)
@@ -294,13 +297,11 @@ def _averaging_recorder(bench, spent: int, window: float):
     def cb(event, rec, params):
         if event != "step":
             return None
-        total[0] += rec["nfev"]
         a = float(np.exp(-rec["nfev"] / (window * bench.budget)))
         p = np.asarray(params, dtype=np.float64)
         state["m"] = (1 - a) * p if state["m"] is None else a * state["m"] + (1 - a) * p
         state["w"] = a * state["w"] + (1 - a)
-        bench.record(average(), total[0])
-        return bench.done()
+        return record(event, rec, average())
     return cb, average
 
 
@@ -327,11 +328,12 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         ratios = [counts.get(i.name, 0) / (i.slice.stop - i.slice.start) for i in info]
     if fixed:
         kw.update(ratios=ratios, max_queries=steps * (k + 1), epochs=-(-steps // len(bench.batches)))
-    sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=min(len(bench.batches), steps - 1))
+    warm = min(len(bench.batches), steps - 1)
+    sched = zo.cosine_schedule(lr, total_steps=steps, warmup_steps=warm)
     if schedule is not None:  # ("linear", hold): at the peak until `hold` of the steps, then linear to 0;
         kind, value = schedule  # ("power", p): from the warm-up's end to 0 as (1 - x) ** p
         hold, power = (float(value), 1.0) if kind == "linear" else (0.0, float(value))
-        sched = _HoldDecay(lr, steps, min(len(bench.batches), steps - 1), hold, power)
+        sched = _HoldDecay(lr, steps, warm, hold, power)
         kw["optimizer"] = zo.adam(sched, b1=b1, weight_decay=weight_decay)
     if optimizer == "sign":
         kw["optimizer"] = zo.sign_sgd(sched, weight_decay=weight_decay)
