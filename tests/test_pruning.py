@@ -149,3 +149,42 @@ def test_masks_same_seed_same_masks_and_redraw_at_intervals():
         zo.DynamicMasks(blocks, ratios, seed=0, interval=0)
     with pytest.raises(zo.ArgumentError, match="ratios"):
         zo.DynamicMasks(blocks, [0.1, 1.5], seed=0)
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 400)), min_size=1, max_size=8))
+def test_fill_small_blocks_moves_one_survivor_into_each_empty_small_block(pairs):
+    from zoracle._pruning import fill_small_blocks
+
+    counts = np.array([min(c, s) for c, s in pairs])
+    sizes = np.array([s for _, s in pairs])
+    out = fill_small_blocks(counts, sizes)
+    total = counts.sum()
+    assert out.sum() == total and np.all(out >= 0)
+    small_empty = (counts == 0) & (sizes <= total)
+    assert np.all(out[~small_empty] <= counts[~small_empty])  # only donors lose, nothing else gains
+    assert np.all(out[small_empty] <= 1)
+    filled = small_empty & (out == 1)
+    # the textbook loop: fill the empty small blocks in order while some block holds two or more
+    ref = counts.copy()
+    for b in np.flatnonzero(small_empty):
+        donor = int(np.argmax(ref))
+        if ref[donor] < 2:
+            break
+        ref[donor] -= 1
+        ref[b] = 1
+    assert out.tolist() == ref.tolist()
+    if filled.sum() < small_empty.sum():  # some left empty: only because no block had two to give
+        assert out.max() <= 1
+
+
+def test_layer_ratios_fill_small_gives_a_collapsed_first_layer_its_coordinate():
+    # the first block's scores are the smallest: the global top 5 leaves it empty
+    blocks = [slice(0, 4), slice(4, 104)]
+    scores = np.concatenate([np.full(4, 1e-3), np.linspace(1, 2, 100)])
+    plain = zo.layer_ratios(scores, blocks, 0.95 + 1e-9)
+    filled = zo.layer_ratios(scores, blocks, 0.95 + 1e-9, fill_small=True)
+    assert zo.keep_counts(blocks, plain).tolist() == [0, 5]
+    assert zo.keep_counts(blocks, filled).tolist() == [1, 4]
+    big = [slice(0, 40), slice(40, 140)]  # a block larger than the 7 survivors stays empty
+    scores = np.concatenate([np.full(40, 1e-3), np.linspace(1, 2, 100)])
+    assert zo.keep_counts(big, zo.layer_ratios(scores, big, 0.95, fill_small=True)).tolist() == [0, 7]

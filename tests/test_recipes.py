@@ -127,3 +127,32 @@ def test_short_budget_layer_steps_scale_each_step_and_name_it_in_the_config():
         p = new
     with pytest.raises(zo.ArgumentError, match="layer_steps"):
         zo.recipes.short_budget(None, P0, 2_000, steps_per_epoch=5, blocks=LAYERS, layer_steps=-1.0)
+
+
+def test_fill_small_blocks_fills_zo_grasps_empty_small_blocks_and_nothing_else():
+    from zoracle._pruning import fill_small_blocks
+
+    X, y = _data()
+    batches = zo.Minibatches((X, y), 40, seed=0)
+    p0 = np.random.default_rng(1).standard_normal(35) * 0.1
+    sizes = np.array([30, 3])
+    runs = {}
+    for fill in (False, True):
+        kw = zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, coordinates=3, grasp_directions=8,
+                                     fill_small_blocks=fill)
+        assert kw.get("fill_small_blocks", False) is fill  # only set when asked: the default kwargs are unchanged
+        runs[fill] = zo.train(Softmax(), p0, batches=batches, rng=2, progress=False, **kw)
+    plain = np.rint(runs[False].ratios * sizes).astype(int)
+    filled = np.rint(runs[True].ratios * sizes).astype(int)
+    assert plain.sum() == filled.sum() == 3
+    assert filled.tolist() == fill_small_blocks(plain, sizes).tolist()  # same scores (same rng), then filled
+    assert plain.tolist() == [3, 0] and filled.tolist() == [2, 1]  # ZO-GraSP gave all 3 to W; the 3 biases get one
+    with pytest.raises(zo.ArgumentError, match="fill_small_blocks"):
+        zo.train(Softmax(), p0, batches=batches, sparsity=0.5, ratios="uniform", fill_small_blocks=True, progress=False)
+    with pytest.raises(zo.ArgumentError, match="fill_small_blocks.*needs `sparsity`"):
+        zo.train(Softmax(), p0, batches=batches, fill_small_blocks=True, progress=False)
+    for bad in (1, "yes"):
+        with pytest.raises(zo.ArgumentError, match="fill_small_blocks"):
+            zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, fill_small_blocks=bad)
+        with pytest.raises(zo.ArgumentError, match="fill_small_blocks"):
+            zo.train(Softmax(), p0, batches=batches, sparsity=0.5, fill_small_blocks=bad, progress=False)

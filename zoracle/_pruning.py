@@ -185,7 +185,8 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     return scores
 
 
-def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magnitude") -> np.ndarray:
+def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magnitude",
+                 fill_small: bool = False) -> np.ndarray:
     """Layer-wise keep ratios from a global pruning of ``scores`` at ``sparsity``.
 
     All scored coordinates are ranked together; the top ``round((1 - sparsity) N)``
@@ -194,11 +195,21 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     ``ranking="grasp"`` follows GraSP and removes the highest signed scores (keeps the
     lowest). Ties break by position (stable), so the result is deterministic.
 
+    ``fill_small=True`` guards against layer collapse at extreme sparsity: every block of at
+    most ``round((1 - sparsity) N)`` weights that the ranking leaves empty gets one survivor,
+    taken from the block holding the most (at each fill). At a few dozen
+    survivors a noisy score can leave a first layer's 8 biases untrained for the whole run.
+
     Examples
     --------
     >>> import numpy as np
     >>> layer_ratios(np.array([5.0, 4.0, 0.1, 0.2, 0.3, 3.0]), [slice(0, 2), slice(2, 6)], 0.5).tolist()
     [1.0, 0.25]
+    >>> s = np.array([5.0, 4.0, 3.5, 0.2, 0.3, 0.1])  # the top 3 all in the first block
+    >>> layer_ratios(s, [slice(0, 4), slice(4, 6)], 0.5).tolist()
+    [0.75, 0.0]
+    >>> layer_ratios(s, [slice(0, 4), slice(4, 6)], 0.5, fill_small=True).tolist()
+    [0.5, 0.5]
     """
     sparsity = _check_sparsity(sparsity)
     if ranking not in RANKINGS:
@@ -215,7 +226,33 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     total = int(round((1 - sparsity) * vals.size))
     kept = np.argsort(key, kind="stable")[:total]
     counts = np.bincount(owner[kept], minlength=len(sl))
+    if fill_small:
+        counts = fill_small_blocks(counts, _sizes(sl))
     return _ratios(counts, _sizes(sl))
+
+
+def fill_small_blocks(counts, sizes) -> np.ndarray:
+    """``counts`` (survivors per block) with one survivor moved into every empty block of at most
+    ``sum(counts)`` weights, each taken from the block holding the most at that point (the first
+    such block on ties). The total is unchanged; blocks are filled in order.
+
+    Examples
+    --------
+    >>> fill_small_blocks([3, 0, 12, 1, 34, 0, 0, 0], [40, 8, 384, 16, 96000, 1200, 12000, 10]).tolist()
+    [3, 1, 12, 1, 32, 0, 0, 1]
+    """
+    counts = np.array(counts, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if counts.shape != sizes.shape or counts.ndim != 1:
+        raise ArgumentError(f"`counts` and `sizes` must be 1-D of one length, got shapes {counts.shape} and {sizes.shape}")
+    total = int(counts.sum())
+    for b in np.flatnonzero((counts == 0) & (sizes <= total)):
+        donor = int(np.argmax(counts))
+        if counts[donor] <= 1:  # fewer survivors than small blocks: the rest stay empty
+            break
+        counts[donor] -= 1
+        counts[b] = 1
+    return counts
 
 
 def uniform_ratios(blocks, sparsity: float = 0.9) -> np.ndarray:

@@ -259,7 +259,7 @@ def _warn_sign_decay(optimizer) -> None:
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
           estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
           sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
-          ranking: str = "magnitude", grasp_directions: int = 192, grasp_batch=None,
+          ranking: str = "magnitude", fill_small_blocks: bool = False, grasp_directions: int = 192, grasp_batch=None,
           mask_shuffle_interval: int | str = 5, executor=None, eval_fn=None, eval_every: int = 1,
           callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
           progress: bool = True, max_queries: int | None = None) -> TrainResult:
@@ -306,6 +306,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         block) get dense CGE.
     ranking : {"magnitude", "grasp"}
         ZO-GraSP ranking (see :func:`zoracle.layer_ratios`).
+    fill_small_blocks : bool
+        With ``ratios="zo_grasp"``: every scored block no larger than a mask that ZO-GraSP
+        leaves empty gets one coordinate, taken from the block with the most
+        (``layer_ratios(fill_small=True)``), so a first layer's biases are not frozen for the
+        whole run at extreme sparsity. ``zo.recipes.short_budget(fill_small_blocks=True)``
+        sets it; measured in docs/peers.md.
     mask_shuffle_interval : int or "step"
         Epochs between fresh random masks, or ``"step"`` for a fresh mask every step (the
         short-budget recipe: a few dozen coordinates a step with Adam, see docs/peers.md).
@@ -385,6 +391,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if eval_fn is not None and not callable(eval_fn):
         raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
     sparse = sparsity is not None
+    if not isinstance(fill_small_blocks, bool):
+        raise ArgumentError(f"`fill_small_blocks` must be True or False, got {fill_small_blocks!r}")
+    if fill_small_blocks and not sparse:
+        raise ArgumentError("`fill_small_blocks` changes the sparse split of ZO-GraSP; it needs `sparsity` "
+                            "(e.g. sparsity=0.9), or pass fill_small_blocks=False")
     if sparse:
         if not isinstance(estimator, CGE):
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
@@ -392,6 +403,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
             raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
+        if fill_small_blocks and ratios != "zo_grasp":
+            raise ArgumentError(f"`fill_small_blocks` applies to ZO-GraSP's ratios; with `ratios={ratios!r}` "
+                                f"pass fill_small_blocks=False (or ratios=\"zo_grasp\")")
         mask_shuffle_interval = check_interval(mask_shuffle_interval)
         _warn_sign_decay(optimizer)
     if resume is True:
@@ -502,7 +516,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
                               rng=np.random.default_rng([root, 2]), executor=executor)
             nfev += grasp_queries(grasp_directions)
-            keep = layer_ratios(scores, scored, sparsity, ranking=ranking)
+            keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
             log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
 
