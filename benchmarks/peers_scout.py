@@ -4,8 +4,9 @@ Each variant starts from ``zo.recipes.short_budget`` (``deepzero-krs`` in ``peer
 layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``, lr 0.1) and
 changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn (or in which order), whether
 draws follow the partial derivatives measured so far, the optimizer, each layer's step size, CGE's ``mu``,
-the estimator of the wide layers, the learning rate's decay, or which weights are evaluated (a moving
-average of the run's). Every run goes through the
+the estimator of the wide layers, the learning rate's decay, which weights are evaluated (a moving
+average of the run's), or how ZO-GraSP's split treats small blocks (``--splits`` prints that split per
+seed). Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
 validation (the choice) and test (reported).
 
@@ -90,6 +91,19 @@ VARIANTS = {
                         "`linear`)", {"schedule": ("power", 2.0)}),
     "wsd-0.2": ("lr held at its peak after the warm-up, then decayed linearly to 0 over the last 20% of the steps",
                 {"schedule": ("linear", 0.8)}),
+    "floor-small": ("ZO-GraSP's split, but every block of at most 50 weights that it leaves empty gets one coordinate "
+                    "a step, taken from the block with the most (`short_budget(fill_small_blocks=True)`)",
+                    {"fill_small_blocks": True}),
+    "grasp-768": ("ZO-GraSP with 768 directions instead of 192 (1,538 queries instead of 386)", {"grasp_directions": 768}),
+    "floor-small-768": ("`floor-small` and `grasp-768` together", {"fill_small_blocks": True, "grasp_directions": 768}),
+    "split-9": ("MNIST-1D seed 9's ZO-GraSP split at every seed: 3 / 0 / 12 / 1 on the convolutions, 34 hidden",
+                {"counts": {"0.weight": 3, "2.weight": 12, "2.bias": 1, "6.weight": 34}}),
+    "split-9+bias": ("`split-9` with one of conv2's coordinates on conv1's bias",
+                     {"counts": {"0.weight": 3, "0.bias": 1, "2.weight": 11, "2.bias": 1, "6.weight": 34}}),
+    "split-10": ("MNIST-1D seed 10's split at every seed: 6 / 1 / 9 / 0 on the convolutions, 34 hidden",
+                 {"counts": {"0.weight": 6, "0.bias": 1, "2.weight": 9, "6.weight": 34}}),
+    "split-10-bias": ("`split-10` with conv1's bias coordinate moved to conv2's bias",
+                      {"counts": {"0.weight": 6, "2.weight": 9, "2.bias": 1, "6.weight": 34}}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -307,7 +321,7 @@ def _averaging_recorder(bench, spent: int, window: float):
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
                 hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False,
-                average=None, schedule=None):
+                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -316,7 +330,8 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         return _hybrid(bench, lr)
     k = sum(counts.values()) if counts is not None else coordinates or peers.KEEP_FRESH
     kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr, coordinates=k,
-                                 weight_decay=weight_decay, b1=b1)
+                                 weight_decay=weight_decay, b1=b1, grasp_directions=grasp_directions,
+                                 fill_small_blocks=fill_small_blocks)
     fixed = counts is not None or ratios == "uniform"  # no ZO-GraSP: its queries go to steps
     grasp = 0 if fixed else grasp_queries(kw["grasp_directions"])
     steps = (bench.budget - grasp) // (k + 1)  # every weight of these models is sampled: k and the base point a step
@@ -392,6 +407,36 @@ def scout(args, log=functools.partial(print, flush=True)) -> list:
     return runs
 
 
+def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
+    """Markdown: ZO-GraSP's split of the recipe's 50 coordinates a step over the blocks, per seed
+    (``zo.train``'s keep ratios times the block sizes), and the same with ``fill_small_blocks``."""
+    import torch
+
+    import zoracle as zo
+    from zoracle._pruning import fill_small_blocks, grasp_queries
+    from zoracle.apps._digits import per_class
+
+    torch.set_num_threads(1)
+    lines = []
+    for seed in seeds:
+        bench = peers.Bench(peers.load_data(data, seed), data, width, seed, budget)
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH)
+        kw["max_queries"] = grasp_queries(kw["grasp_directions"]) + 2 * (peers.KEEP_FRESH + 1)  # ZO-GraSP, 2 steps
+        d = bench.data
+        res = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=seed),
+                       rng=seed, progress=False, **kw)
+        info = [i for i in bench.oracle.param_info if i.kind in zo.recipes.SHORT_BUDGET_KINDS]
+        sizes = np.array([i.slice.stop - i.slice.start for i in info])
+        counts = np.rint(res.ratios * sizes).astype(int)
+        if not lines:
+            names = [f"{i.name} ({n:,})" for i, n in zip(info, sizes)]
+            lines = ["| seed | " + " | ".join(names) + " | filled |", "|---|" + "---|" * (len(names) + 1)]
+        filled = fill_small_blocks(counts, sizes)
+        moved = ", ".join(f"{i.name} {b - a:+d}" for i, a, b in zip(info, counts, filled) if b != a)
+        lines.append(f"| {seed} | " + " | ".join(map(str, counts)) + f" | {moved or '-'} |")
+    return "\n".join(lines)
+
+
 def report(runs) -> str:
     """Markdown: one row per variant, val and test mean (min-max) per data set."""
     datas = sorted({r["data"] for r in runs})
@@ -428,6 +473,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of every variant (default: each variant's, 0.1)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
     p.add_argument("--out", default=None, help="JSON of all runs, appended after each; reruns skip done runs")
+    p.add_argument("--splits", action="store_true", help="only print ZO-GraSP's split of a step's coordinates per "
+                   "seed (and what fill_small_blocks moves), at --data, --width, --seeds, --budget")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="only print the table of these files (comma-separated), of the --variants given")
     args = p.parse_args(argv)
@@ -439,6 +486,9 @@ def main(argv=None) -> int:
         print(report([r for path in args.report.split(",") for r in peers._load(path) if r["variant"] in args.variants]))
         return 0
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.splits:
+        print(splits(args.data, args.width, args.seeds, args.budget))
+        return 0
     scout(args)
     return 0
 

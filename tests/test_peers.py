@@ -301,6 +301,31 @@ def test_leads_judge_every_peer_at_the_largest_size_by_the_seed_spread(peers):
     assert lead(_runs("snes", [0.90, 0.91, 0.92]))["p"] == pytest.approx(1.0)  # the same seeds: no difference
 
 
+def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(peers, digits):
+    import zoracle as zo
+    from zoracle._pruning import fill_small_blocks
+
+    runs = {}
+    for method in ("deepzero-krs", "deepzero-krsf"):
+        bench = peers.Bench(digits, "digits", 0, 0, 3000)
+        runs[method] = peers.run_one(bench, method, {"lr": 0.1})
+        assert runs[method]["error"] is None and runs[method]["queries"] <= 3000
+    assert runs["deepzero-krs"]["queries"] == runs["deepzero-krsf"]["queries"]  # the same steps, other coordinates
+    kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH)
+    assert "fill_small_blocks" not in kw  # deepzero-krs is the recipe's default
+    # the fill does move something at this point, so the two runs differ
+    res = zo.train(bench.oracle, bench.p0, batches=bench.batches, rng=0, progress=False,
+                   grasp_batch=zo.apps._digits.per_class(digits["x"], digits["y"], 25, seed=0), **kw)
+    sizes = np.array([i.slice.stop - i.slice.start for i in bench.oracle.param_info])
+    counts = np.rint(res.ratios * sizes).astype(int)
+    assert (fill_small_blocks(counts, sizes) != counts).any()
+    assert runs["deepzero-krs"]["curve"][-1][2:] != runs["deepzero-krsf"]["curve"][-1][2:]
+    rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + _runs("deepzero-krs", [0.8, 0.85, 0.9])
+                        + _runs("snes", [0.8, 0.85, 0.89])])
+    assert [(r["recipe"]["method"], r["verdict"]) for r in rows] == [
+        ("deepzero-krs", "level: ranges overlap"), ("deepzero-krsf", "ahead of every peer by more than the spread")]
+
+
 def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):
     for flag in ("--leads", "--ratios"):
         with pytest.raises(SystemExit):
@@ -334,7 +359,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
              "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
-             "seeds12_mnist1d"]
+             "seeds12_mnist1d", "fill_digits", "fill_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -352,6 +377,11 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
             ROOT, "benchmarks", "peers_results", f"scout150_sched_fresh_{data}.json")) if r["variant"] == "recipe"}
         for r in (r for r in more if r["method"] == "deepzero-krs"):  # the scouting round's recipe, run for run
             assert [c[:1] + c[2:] for c in r["curve"]] == [c[:1] + c[2:] for c in scouted[r["seed"]]], (data, r["seed"])
+        # short_budget(fill_small_blocks=True): tuned at seed 0 like every method, then seeds 1-11, under AVX-512
+        fill = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"fill_{data}.json"))
+        assert {(r["method"], peers._isa(r), r["budget"]) for r in fill} == {("deepzero-krsf", "AVX512", 150_000)}
+        assert sorted(r["seed"] for r in fill if r.get("role") != "tune") == list(range(1, 12))
+        assert sorted(r["setting"]["lr"] for r in fill if r.get("role") == "tune") == [0.03, 0.1, 0.3]
     # SNES ranks its losses, so a last-bit change rarely moves it: seed 0 under AVX2 repeats AVX-512's curve
     again = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "isa_snes_avx2.json"))
     assert {(r["data"], r["method"], r["seed"], peers._isa(r)) for r in again} == {
@@ -368,7 +398,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     results = os.path.join(ROOT, "benchmarks", "peers_results")
     leads = ",".join("+".join(os.path.join(results, f"{f}_{data}.json" if f else f"{data}.json") for f in group)
                      for data in ("digits", "mnist1d")
-                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12")))
+                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12", "fill")))
     speed = ",".join(os.path.join(results, f"{f}_{data}.json") for f in ("speed", "speed150", "speed150_large")
                      for data in ("digits", "mnist1d"))
     leads_cmd = "python benchmarks/peers.py --leads " + leads.replace(results, "$R")

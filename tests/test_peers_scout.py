@@ -184,7 +184,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     """docs/peers.md shows the scouting table exactly as `--report` prints it from the committed results."""
     paths = [os.path.join(ROOT, "benchmarks", "peers_results", f"scout_{d}.json") for d in ("digits", "mnist1d")]
     runs = [r for p in paths for r in scout.peers._load(p)]
-    at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2"}  # added for the 150,000-query round
+    at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2",  # added for
+                    "floor-small", "grasp-768", "floor-small-768", "split-9", "split-9+bias", "split-10", "split-10-bias"}  # rounds at 150,000
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -304,3 +305,65 @@ def test_the_average_and_schedule_variants_spend_the_recipes_budget(scout, digit
         assert b["queries"] == a["queries"] and b["error"] is None
         assert [r[0] for r in b["curve"]] == [r[0] for r in a["curve"]]  # recorded at the same marks
         assert b["curve"][-1][2:] != a["curve"][-1][2:], name  # other weights evaluated
+
+
+def test_splits_print_zo_grasps_split_and_what_filling_moves(scout):
+    from zoracle._pruning import fill_small_blocks
+
+    table = scout.splits("digits", 0, [0], budget=BUDGET).splitlines()
+    head, row = table[0], table[2]
+    names = [c.split(" (")[0] for c in head.strip("|").split(" | ")[1:-1]]
+    sizes = np.array([int(c.split(" (")[1].rstrip(")").replace(",", "")) for c in head.strip("|").split(" | ")[1:-1]])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    counts = np.array([int(c) for c in cells[1:-1]])
+    assert cells[0] == "0" and counts.sum() == scout.peers.KEEP_FRESH
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]  # width 0: 6 is the classifier
+    filled = fill_small_blocks(counts, sizes)
+    moved = ", ".join(f"{n} {b - a:+d}" for n, a, b in zip(names, counts, filled) if b != a)
+    assert cells[-1] == (moved or "-")
+
+
+def test_the_fill_small_blocks_rounds_are_the_docs_tables_and_peers_runs(scout):
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+
+    def load(name):
+        return scout.peers._load(os.path.join(results, name))
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    # twelve seeds at 150,000 queries, next to the recipe's twelve (the scheduling rounds' `recipe` runs)
+    fill = [r for d in ("digits", "mnist1d") for r in load(f"scout150_fill_{d}.json")]
+    assert {r["variant"] for r in fill} == {"floor-small", "grasp-768", "floor-small-768"} and len(fill) == 2 * 3 * 12
+    assert {r["seed"] for r in fill} == set(range(12)) and {r["machine"]["cpu_capability"] for r in fill} == {"AVX512"}
+    recipe = [r for d in ("digits", "mnist1d") for f in (f"scout150_sched_{d}.json", f"scout150_sched_fresh_{d}.json")
+              for r in load(f) if r["variant"] == "recipe"]
+    assert len(recipe) == 2 * 12 and scout.report(recipe + fill) in docs
+    # fixed splits on six seeds: the split, not the rest of the seed, decides
+    split = load("scout150_split9_mnist1d.json")
+    assert {r["variant"] for r in split} == {"split-9", "split-9+bias", "split-10", "split-10-bias"}
+    assert len(split) == 4 * 6 and {r["seed"] for r in split} == {0, 1, 2, 3, 9, 10} and scout.report(split) in docs
+    # 30,000 queries at every size, six seeds
+    for size in ("2k", "13k", None):
+        runs = [r for d in ("digits", "mnist1d") for r in load(f"scout_fill_{size + '_' if size else ''}{d}.json")]
+        assert {r["variant"] for r in runs} == {"recipe", "floor-small"} and len(runs) == 2 * 2 * 6, size
+        assert {r["budget"] for r in runs} == {30_000} and scout.report(runs) in docs
+    # `floor-small` is peers.py's `deepzero-krsf` (short_budget(fill_small_blocks=True)) at lr 0.1, run for run
+    for data in ("digits", "mnist1d"):
+        ours = {r["seed"]: r["curve"] for r in fill if r["data"] == data and r["variant"] == "floor-small"}
+        theirs = {r["seed"]: r["curve"] for r in load(f"fill_{data}.json") if r["setting"] == {"lr": 0.1}}
+        assert set(theirs) == set(ours), data
+        for seed in ours:  # curve rows are [queries, seconds, val, test]: all but the seconds equal
+            assert [c[:1] + c[2:] for c in ours[seed]] == [c[:1] + c[2:] for c in theirs[seed]], (data, seed)
+
+
+@pytest.mark.slow
+def test_the_docs_split_rows_are_zo_grasps_on_the_machine_that_made_them(scout):
+    """ZO-GraSP's split of MNIST-1D seeds 9 and 10, as the docs print it. Its scores are sums of
+    forward passes, whose rounding follows the CPU's instruction set (docs/peers.md), so the rows
+    are checked where they were made."""
+    made = scout.peers.machine()
+    if made["cpu_capability"] != "AVX512" or "AMD EPYC" not in made["cpu"]:
+        pytest.skip(f"the split table was made on an AMD EPYC under AVX-512; this is {made['cpu']} ({made['cpu_capability']})")
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    for row in scout.splits("mnist1d", 1200, [9, 10]).splitlines():
+        assert row in docs
