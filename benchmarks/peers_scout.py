@@ -96,6 +96,8 @@ VARIANTS = {
                     {"fill_small_blocks": True}),
     "grasp-768": ("ZO-GraSP with 768 directions instead of 192 (1,538 queries instead of 386)", {"grasp_directions": 768}),
     "floor-small-768": ("`floor-small` and `grasp-768` together", {"fill_small_blocks": True, "grasp_directions": 768}),
+    "layer-steps-fill": ("`layer-steps` and `floor-small` together (`short_budget(layer_steps=0.5, fill_small_blocks=True)`)",
+                         {"layer_scale": {}, "fill_small_blocks": True}),
     "split-9": ("MNIST-1D seed 9's ZO-GraSP split at every seed: 3 / 0 / 12 / 1 on the convolutions, 34 hidden",
                 {"counts": {"0.weight": 3, "2.weight": 12, "2.bias": 1, "6.weight": 34}}),
     "split-9+bias": ("`split-9` with one of conv2's coordinates on conv1's bias",

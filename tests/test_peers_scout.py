@@ -185,7 +185,7 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     paths = [os.path.join(ROOT, "benchmarks", "peers_results", f"scout_{d}.json") for d in ("digits", "mnist1d")]
     runs = [r for p in paths for r in scout.peers._load(p)]
     at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2",  # added for
-                    "floor-small", "grasp-768", "floor-small-768", "split-9", "split-9+bias", "split-10", "split-10-bias"}  # rounds at 150,000
+                    "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias"}  # rounds at 150,000
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -337,6 +337,11 @@ def test_the_fill_small_blocks_rounds_are_the_docs_tables_and_peers_runs(scout):
     recipe = [r for d in ("digits", "mnist1d") for f in (f"scout150_sched_{d}.json", f"scout150_sched_fresh_{d}.json")
               for r in load(f) if r["variant"] == "recipe"]
     assert len(recipe) == 2 * 12 and scout.report(recipe + fill) in docs
+    # layer_steps alone and with the fill, twelve seeds here, next to the recipe and the fill
+    both = [r for d in ("digits", "mnist1d") for r in load(f"scout150_lsfill_{d}.json")]
+    assert {r["variant"] for r in both} == {"layer-steps", "layer-steps-fill"} and len(both) == 2 * 2 * 12
+    assert {r["seed"] for r in both} == set(range(12)) and {r["machine"]["cpu_capability"] for r in both} == {"AVX512"}
+    assert scout.report(recipe + [r for r in fill if r["variant"] == "floor-small"] + both) in docs
     # fixed splits on six seeds: the split, not the rest of the seed, decides
     split = load("scout150_split9_mnist1d.json")
     assert {r["variant"] for r in split} == {"split-9", "split-9+bias", "split-10", "split-10-bias"}
