@@ -307,10 +307,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     ranking : {"magnitude", "grasp"}
         ZO-GraSP ranking (see :func:`zoracle.layer_ratios`).
     fill_small_blocks : bool
-        With ``ratios="zo_grasp"``: every scored block no larger than a mask that ZO-GraSP
-        leaves empty gets one coordinate, taken from the block with the most
-        (``layer_ratios(fill_small=True)``), so a first layer's biases are not frozen for the
-        whole run at extreme sparsity. ``zo.recipes.short_budget(fill_small_blocks=True)``
+        With ``ratios="zo_grasp"``: every scored block that ZO-GraSP leaves empty and that has
+        at most as many weights as a mask holds gets one of the mask's coordinates, taken from
+        the block with the most (``layer_ratios(fill_small=True)``), so a first layer's biases
+        are not frozen for the whole run at extreme sparsity. ``zo.recipes.short_budget(fill_small_blocks=True)``
         sets it; measured in docs/peers.md.
     mask_shuffle_interval : int or "step"
         Epochs between fresh random masks, or ``"step"`` for a fresh mask every step (the
