@@ -403,7 +403,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
             raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
-        if fill_small_blocks and ratios != "zo_grasp":
+        if fill_small_blocks and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
             raise ArgumentError(f"`fill_small_blocks` applies to ZO-GraSP's ratios; with `ratios={ratios!r}` "
                                 f"pass fill_small_blocks=False (or ratios=\"zo_grasp\")")
         mask_shuffle_interval = check_interval(mask_shuffle_interval)
