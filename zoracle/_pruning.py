@@ -221,14 +221,15 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     if not np.all(np.isfinite(s)):
         raise ArgumentError("`scores` must be finite")
     vals = np.concatenate([s[b] for b in sl])
-    owner = np.repeat(np.arange(len(sl)), _sizes(sl))
+    sizes = _sizes(sl)
+    owner = np.repeat(np.arange(len(sl)), sizes)
     key = -np.abs(vals) if ranking == "magnitude" else vals
     total = int(round((1 - sparsity) * vals.size))
     kept = np.argsort(key, kind="stable")[:total]
     counts = np.bincount(owner[kept], minlength=len(sl))
     if fill_small:
-        counts = fill_small_blocks(counts, _sizes(sl))
-    return _ratios(counts, _sizes(sl))
+        counts = fill_small_blocks(counts, sizes)
+    return _ratios(counts, sizes)
 
 
 def fill_small_blocks(counts, sizes) -> np.ndarray:
