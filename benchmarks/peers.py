@@ -148,7 +148,8 @@ class Bench:
     """One (data, width, seed) point: the oracle, the minibatch stream, the query and time ledger."""
 
     def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = BATCH,
-                 points: int = 10, peer_eval: str = "batch"):
+                 points: int = 10, peer_eval: str = "batch", model_seed: int | None = None,
+                 batch_seed: int | None = None):
         import torch
 
         import zoracle as zo
@@ -156,10 +157,11 @@ class Bench:
 
         self.data, self.name, self.width, self.seed, self.budget = data, name, width, seed, int(budget)
         self.peer_eval = peer_eval  # "batch": a population is one vmapped TorchOracle.batch; "plain": a call per row
-        self.oracle = TorchOracle(make_model(name, width, seed), torch.nn.CrossEntropyLoss(reduction="none"))
+        model = make_model(name, width, seed if model_seed is None else model_seed)  # model_seed: another start
+        self.oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
         self.p0 = self.oracle.initial_params()
         self.d = int(self.p0.size)
-        self.batches = zo.Minibatches((data["x"], data["y"]), batch_size, seed=seed)
+        self.batches = zo.Minibatches((data["x"], data["y"]), batch_size, seed=seed if batch_seed is None else batch_seed)
         self.marks = [int(round(self.budget * (i + 1) / points)) for i in range(points)]
         self.queries, self.curve = 0, []
         self._epoch, self._pos, self._list = 0, 0, self.batches(0)

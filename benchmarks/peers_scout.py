@@ -106,6 +106,15 @@ VARIANTS = {
                  {"counts": {"0.weight": 6, "0.bias": 1, "2.weight": 9, "6.weight": 34}}),
     "split-10-bias": ("`split-10` with conv1's bias coordinate moved to conv2's bias",
                       {"counts": {"0.weight": 6, "2.weight": 9, "2.bias": 1, "6.weight": 34}}),
+    "split-0": ("digits seed 0's ZO-GraSP split at every seed: 8 / 2 / 0 / 0 on the convolutions, 40 hidden",
+                {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}}),
+    "split-0-start-0": ("`split-0` from seed 0's start at every seed (its weights and its train / validation split): "
+                        "only the minibatch order and the coordinates drawn change with the seed",
+                        {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}, "start": 0}),
+    "split-0-coords": ("`split-0-start-0` with seed 0's minibatch order too: only the coordinates drawn change",
+                       {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}, "start": 0, "batch_seed": 0}),
+    "split-0-batches": ("`split-0-start-0` with seed 0's coordinate draws too: only the minibatch order changes",
+                        {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}, "start": 0, "rng": 0}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
@@ -323,7 +332,7 @@ def _averaging_recorder(bench, spent: int, window: float):
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
                 hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False,
-                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192):
+                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192, rng=None):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -381,7 +390,7 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         recorder, averaged = (peers.step_recorder(bench, grasp), None) if average is None else \
             _averaging_recorder(bench, grasp, average)
         params = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-                          callbacks=[recorder], rng=bench.seed, progress=False, **kw).params
+                          callbacks=[recorder], rng=bench.seed if rng is None else rng, progress=False, **kw).params
         return params if averaged is None else averaged()
 
 
@@ -398,9 +407,12 @@ def scout(args, log=functools.partial(print, flush=True)) -> list:
         for seed in args.seeds:
             if (args.data, args.width, name, seed, args.budget) in done:
                 continue
-            bench = peers.Bench(peers.load_data(args.data, seed), args.data, args.width, seed, args.budget)
+            setting = {**VARIANTS[name][1], **({"lr": args.lr} if args.lr else {})}
+            start = setting.pop("start", seed)  # the seed of the weights and the train / validation split
+            bench = peers.Bench(peers.load_data(args.data, start), args.data, args.width, seed, args.budget,
+                                model_seed=start, batch_seed=setting.pop("batch_seed", None))
             t = time.perf_counter()
-            r = peers.run_one(bench, "scout", {**VARIANTS[name][1], **({"lr": args.lr} if args.lr else {})})
+            r = peers.run_one(bench, "scout", setting)
             r.update(variant=name, method="deepzero-krs-variant")
             runs.append(r)
             peers._save(args.out, runs)

@@ -55,6 +55,28 @@ def test_fixed_counts_move_only_the_named_blocks_and_spend_the_budget(scout, dig
     assert bench.queries == (BUDGET // 51) * 51  # no ZO-GraSP: every query goes to steps of 50 + the base
 
 
+def test_the_spread_variants_hold_fixed_what_they_say(scout, digits):
+    """split-0-start-0 / -coords / -batches keep seed 0's start, minibatches or draws at another seed."""
+    counts = scout.VARIANTS["split-0"][1]["counts"]
+
+    def trained(seed, **fixed):
+        bench = scout.peers.Bench(digits, "digits", 0, seed, BUDGET, model_seed=fixed.pop("start", None),
+                                  batch_seed=fixed.pop("batch_seed", None))
+        bench.start()
+        return bench, scout.run_variant(bench, counts=counts, **fixed)
+    b0, p0 = trained(0)
+    b1, p1 = trained(1, start=0, batch_seed=0, rng=0)  # everything of seed 0's: the same run
+    assert np.array_equal(b1.p0, b0.p0) and np.array_equal(p1, p0)
+    assert not np.array_equal(scout.peers.Bench(digits, "digits", 0, 1, BUDGET).p0, b0.p0)  # seed 1's own start
+    runs = {"start": trained(1, start=0)[1], "coords": trained(1, start=0, batch_seed=0)[1],
+            "batches": trained(1, start=0, rng=0)[1]}
+    for name, params in runs.items():  # each changes the run
+        assert not np.array_equal(params, p0), name
+    assert not np.array_equal(runs["coords"], runs["batches"])
+    for name in ("split-0-start-0", "split-0-coords", "split-0-batches"):
+        assert scout.VARIANTS[name][1]["counts"] == counts and scout.VARIANTS[name][1]["start"] == 0
+
+
 def test_coords_variants_measure_more_coordinates_a_step_within_the_budget(scout, digits):
     from zoracle._pruning import grasp_queries
 
@@ -185,7 +207,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     paths = [os.path.join(ROOT, "benchmarks", "peers_results", f"scout_{d}.json") for d in ("digits", "mnist1d")]
     runs = [r for p in paths for r in scout.peers._load(p)]
     at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2",  # added for
-                    "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias"}  # rounds at 150,000
+                    "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias",
+                    "split-0", "split-0-start-0", "split-0-coords", "split-0-batches"}  # rounds at 150,000
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -372,3 +395,20 @@ def test_the_docs_split_rows_are_zo_grasps_on_the_machine_that_made_them(scout):
         docs = f.read()
     for row in scout.splits("mnist1d", 1200, [9, 10]).splitlines():
         assert row in docs
+
+
+def test_the_spread_round_is_the_docs_table(scout):
+    """Where the digits spread comes from: twelve seeds of the four variants, and at seed 0 (where
+    each holds everything at seed 0's) the four are one run."""
+    runs = scout.peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "scout150_spread_digits.json"))
+    names = {"split-0", "split-0-start-0", "split-0-coords", "split-0-batches"}
+    assert {r["variant"] for r in runs} == names and len(runs) == 4 * 12 and {r["seed"] for r in runs} == set(range(12))
+    assert {r["budget"] for r in runs} == {150_000} and {r["machine"]["cpu_capability"] for r in runs} == {"AVX512"}
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    assert scout.report(runs) in docs
+    first = [[row[:1] + row[2:] for row in r["curve"]] for r in runs if r["seed"] == 0]
+    assert len(first) == 4 and all(c == first[0] for c in first)
+    for name in names:  # the standard deviations the docs quote
+        sd = np.std([100 * r["test_acc"] for r in runs if r["variant"] == name], ddof=1)
+        assert f"{sd:.1f}" in docs.split("### Where the digits spread comes from")[1].split("## Per second")[0], name
