@@ -106,6 +106,12 @@ VARIANTS = {
                  {"counts": {"0.weight": 6, "0.bias": 1, "2.weight": 9, "6.weight": 34}}),
     "split-10-bias": ("`split-10` with conv1's bias coordinate moved to conv2's bias",
                       {"counts": {"0.weight": 6, "2.weight": 9, "2.bias": 1, "6.weight": 34}}),
+    "layer-norm-0.3": ("Adam without momentum with one second moment per block instead of per weight: a measured "
+                       "weight moves in proportion to its partial over the block's RMS partial (lr 0.3)",
+                       {"optimizer": "layer-normalized", "lr": 0.3}),
+    "layer-norm-1": ("the same at lr 1", {"optimizer": "layer-normalized", "lr": 1.0}),
+    "layer-norm-0.1": ("the same at lr 0.1", {"optimizer": "layer-normalized", "lr": 0.1}),
+    "layer-norm-0.03": ("the same at lr 0.03", {"optimizer": "layer-normalized", "lr": 0.03}),
     "split-0": ("digits seed 0's ZO-GraSP split at every seed: 8 / 2 / 0 / 0 on the convolutions, 40 hidden",
                 {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}}),
     "split-0-start-0": ("`split-0` from seed 0's start at every seed (its weights and its train / validation split): "
@@ -302,6 +308,37 @@ class _Decay:
         return self.peak * max(0.0, 1.0 - (step - self.start) / max(1, self.total_steps - self.start)) ** self.power
 
 
+def _layer_normalized(schedule, slices, weight_decay: float = 5e-4, b2: float = 0.999, eps: float = 1e-8):
+    """Adam without momentum, but with one second moment per block (the mean square of the
+    block's nonzero partials each step) instead of one per weight: a measured weight moves by
+    ``lr * g / rms(block)``, in proportion to its partial, where the recipe's per-weight Adam
+    moves every newly measured weight by the same ``lr * sqrt((1 - b2**t) / (1 - b2))``
+    whatever its partial (decoupled weight decay, as the recipe's). Scouting only."""
+    from zoracle._optim import AdamState, Optimizer, _lr_at, as_schedule
+
+    schedule = as_schedule(schedule, "lr")
+
+    def init(params):
+        return AdamState(0, np.zeros(0), np.zeros(len(slices)))
+
+    def update(grad, state, params, lr=None):
+        step = _lr_at(schedule, state.count, lr)
+        t = state.count + 1
+        nu, d = state.nu * b2, np.zeros_like(params)
+        for k, sl in enumerate(slices):
+            g = grad[sl]
+            measured = g[g != 0]
+            if measured.size:
+                nu[k] += (1 - b2) * float(np.mean(measured.astype(np.float64) ** 2))
+            if nu[k] > 0:
+                d[sl] = g / (np.sqrt(nu[k] / (1 - b2 ** t)) + eps)
+        new = (params - step * (d + weight_decay * params)).astype(params.dtype, copy=False)
+        return new, AdamState(t, state.mu, nu)
+
+    return Optimizer(init, update, schedule, "layer-normalized",
+                     f"layer_normalized(lr={schedule!r}, b2={b2}, weight_decay={weight_decay})", weight_decay)
+
+
 def _HoldDecay(peak: float, total_steps: int, warmup_steps: int, hold: float, power: float = 1.0):
     """lr: ``zo.linear_warmup`` over ``warmup_steps``, held at ``peak`` until ``hold`` of the steps, then down
     to 0 as ``(1 - x) ** power`` over the rest (``power=1``: linearly)."""
@@ -365,6 +402,8 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         kw["optimizer"] = zo.sign_sgd(sched, weight_decay=weight_decay)
     elif optimizer == "sgd":
         kw["optimizer"] = zo.sgd(sched, weight_decay=weight_decay)
+    elif optimizer == "layer-normalized":
+        kw["optimizer"] = _layer_normalized(sched, [i.slice for i in bench.oracle.param_info], weight_decay)
     elif fixed:  # the recipe's optimizer, on the longer run
         kw["optimizer"] = zo.adam(sched, b1=b1, weight_decay=weight_decay)
     if mu is not None:

@@ -77,6 +77,22 @@ def test_the_spread_variants_hold_fixed_what_they_say(scout, digits):
         assert scout.VARIANTS[name][1]["counts"] == counts and scout.VARIANTS[name][1]["start"] == 0
 
 
+def test_layer_normalized_moves_in_proportion_to_the_partial_over_its_blocks_rms(scout):
+    opt = scout._layer_normalized(0.5, [slice(0, 4), slice(4, 6)], weight_decay=0.0)
+    params = np.ones(6, dtype=np.float32)
+    grad = np.array([3.0, 0.0, -1.0, 0.0, 0.0, 0.0], dtype=np.float32)  # block 2 not measured
+    new, state = opt.update(grad, opt.init(params), params)
+    rms = np.sqrt(np.mean([9.0, 1.0]))  # over the measured (nonzero) partials only
+    np.testing.assert_allclose(new, [1 - 0.5 * 3 / rms, 1, 1 + 0.5 / rms, 1, 1, 1], rtol=1e-6)
+    # the second step: the block's second moment is an average over both steps (bias-corrected)
+    new2, _ = opt.update(np.array([0, 2.0, 0, 0, 4.0, 0], dtype=np.float32), state, new)
+    v1 = (0.999 * 0.001 * 5.0 + 0.001 * 4.0) / (1 - 0.999 ** 2)
+    v2 = 0.001 * 16.0 / (1 - 0.999 ** 2)  # first measured at step 2: Adam's correction for step 2, as per weight
+    np.testing.assert_allclose(new2 - new, [0, -0.5 * 2 / np.sqrt(v1), 0, 0, -0.5 * 4 / np.sqrt(v2), 0], rtol=1e-5)
+    decayed, _ = scout._layer_normalized(0.5, [slice(0, 6)], weight_decay=0.1).update(np.zeros(6), opt.init(params), params)
+    np.testing.assert_allclose(decayed, 1 - 0.5 * 0.1)  # nothing measured: only the decay
+
+
 def test_coords_variants_measure_more_coordinates_a_step_within_the_budget(scout, digits):
     from zoracle._pruning import grasp_queries
 
@@ -208,7 +224,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     runs = [r for p in paths for r in scout.peers._load(p)]
     at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2",  # added for
                     "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias",
-                    "split-0", "split-0-start-0", "split-0-coords", "split-0-batches"}  # rounds at 150,000
+                    "split-0", "split-0-start-0", "split-0-coords", "split-0-batches",
+                    "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1"}  # rounds at 150,000
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -412,3 +429,12 @@ def test_the_spread_round_is_the_docs_table(scout):
     for name in names:  # the standard deviations the docs quote
         sd = np.std([100 * r["test_acc"] for r in runs if r["variant"] == name], ddof=1)
         assert f"{sd:.1f}" in docs.split("### Where the digits spread comes from")[1].split("## Per second")[0], name
+
+
+def test_the_layer_normalized_round_is_the_docs_table(scout):
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    runs = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_lnorm_{d}.json"))]
+    assert {r["variant"] for r in runs} == {"layer-norm-0.3", "layer-norm-1", "layer-norm-0.1", "layer-norm-0.03"}
+    assert len(runs) == 2 * 4 * 3 and {r["seed"] for r in runs} == {0, 1, 2} and {r["budget"] for r in runs} == {150_000}
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        assert scout.report(runs) in f.read()
