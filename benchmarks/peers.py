@@ -477,7 +477,8 @@ def run_one(bench, method: str, setting: dict, **extra) -> dict:
 
 # ----------------------------------------------------------------------------- sweep, report
 def _key(r: dict) -> tuple:
-    return (r["data"], r["width"], r["method"], json.dumps(r["setting"], sort_keys=True), r["seed"], r["budget"])
+    return (r["data"], r["width"], r["method"], json.dumps(r["setting"], sort_keys=True), r["seed"], r["budget"],
+            r.get("start"))
 
 
 def _isa(r: dict):
@@ -566,14 +567,17 @@ def sweep(args, log=print) -> list:
                         todo = [(chosen, "seed")] if chosen is not None else []
                     for setting, role in todo:
                         rec = {"data": name, "width": width, "method": method, "setting": setting, "seed": seed,
-                               "budget": args.budget}
+                               "budget": args.budget, "start": args.start}
                         if seen(rec) in done:
                             continue
-                        if (name, seed) not in datas:
-                            datas[(name, seed)] = load_data(name, seed)
-                        bench = Bench(datas[(name, seed)], name, width, seed, args.budget)
+                        start = seed if args.start is None else args.start  # the weights' and the split's seed
+                        if (name, start) not in datas:
+                            datas[(name, start)] = load_data(name, start)
+                        bench = Bench(datas[(name, start)], name, width, seed, args.budget, model_seed=start)
                         r = run_one(bench, method, setting)
                         r["role"] = role
+                        if args.start is not None:
+                            r["start"] = args.start
                         runs.append(r)
                         done.add(seen(r))
                         _save(args.out, runs)
@@ -898,6 +902,9 @@ def main(argv=None) -> int:
                    "that --settings-from runs reached counts those runs as grid points at the tuning seed")
     p.add_argument("--settings-budget", type=int, default=None, metavar="N", help="with --settings-from or --speed: the "
                    "settings chosen at budget N (default --budget), e.g. 30000's choices for a longer run")
+    p.add_argument("--start", type=int, default=None, metavar="SEED", help="with --settings-from: every seed starts "
+                   "from this seed's weights and train / validation split; only the run's own randomness (minibatch "
+                   "order, samples, coordinates) follows --seeds")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
@@ -953,6 +960,8 @@ def main(argv=None) -> int:
         bad = [m for m in args.methods if m not in METHODS] + [x for x in args.data if x not in ("digits", "mnist1d")]
         if bad or not args.seeds or not args.widths or args.budget < 1:
             p.error(f"unknown or empty choice: {bad or 'seeds/widths/budget'}")
+        if args.start is not None and not args.settings_from:
+            p.error("--start needs --settings-from: a fixed start runs the settings already chosen, it does not tune")
         runs = sweep(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     rows = summarize(runs)
     if args.plot:

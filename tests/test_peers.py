@@ -241,6 +241,27 @@ def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peer
     assert run["budget"] == 700 and run["queries"] == 700 and run["setting"] == best["setting"]
 
 
+def test_start_keeps_one_seeds_weights_and_split_and_varies_the_runs_own_randomness(peers, tmp_path):
+    first, fixed = tmp_path / "a.json", tmp_path / "b.json"
+    peers.main(["--budget", "500", "--seeds", "0", "--grid", "1", "--methods", "snes", "--out", str(first), "--json"])
+    with pytest.raises(SystemExit):  # a fixed start does not tune
+        peers.main(["--budget", "500", "--seeds", "1", "--methods", "snes", "--start", "0", "--out", str(fixed)])
+    peers.main(["--budget", "500", "--seeds", "0,1", "--methods", "snes", "--settings-from", str(first), "--start", "0",
+                "--out", str(fixed), "--json"])
+    runs = {r["seed"]: r for r in json.loads(fixed.read_text())}
+    (tuned,) = json.loads(first.read_text())
+    assert sorted(runs) == [0, 1] and all(r["start"] == 0 for r in runs.values())
+    # seed 0 from seed 0's start is seed 0's run (curve rows: [queries, seconds, val, test])
+    assert [c[:1] + c[2:] for c in runs[0]["curve"]] == [c[:1] + c[2:] for c in tuned["curve"]]
+    assert [c[:1] + c[2:] for c in runs[1]["curve"]] != [c[:1] + c[2:] for c in runs[0]["curve"]]
+    # the same start: the weights and the validation set are seed 0's at seed 1 too
+    bench = peers.Bench(peers.load_data("digits", 0), "digits", 0, 1, 500, model_seed=0)
+    assert np.array_equal(bench.p0, peers.Bench(peers.load_data("digits", 0), "digits", 0, 0, 500).p0)
+    peers.main(["--budget", "500", "--seeds", "1", "--methods", "snes", "--settings-from", str(first), "--start", "0",
+                "--out", str(fixed)])  # run again: the done run is skipped, not repeated
+    assert len(json.loads(fixed.read_text())) == 2
+
+
 def test_tuning_at_a_new_budget_counts_the_run_brought_there_by_settings_from(peers, tmp_path):
     """Grid runs added beside a --settings-from run compete with it at the tuning seed, not at other seeds."""
     def run(setting, seed, role, val):
