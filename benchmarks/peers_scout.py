@@ -112,6 +112,9 @@ VARIANTS = {
     "layer-norm-1": ("the same at lr 1", {"optimizer": "layer-normalized", "lr": 1.0}),
     "layer-norm-0.1": ("the same at lr 0.1", {"optimizer": "layer-normalized", "lr": 0.1}),
     "layer-norm-0.03": ("the same at lr 0.03", {"optimizer": "layer-normalized", "lr": 0.03}),
+    "start-0": ("the recipe from seed 0's start at every seed (its weights and its train / validation split): "
+                "ZO-GraSP's directions, the minibatch order and the coordinates drawn change with the seed",
+                {"start": 0}),
     "split-0": ("digits seed 0's ZO-GraSP split at every seed: 8 / 2 / 0 / 0 on the convolutions, 40 hidden",
                 {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}}),
     "split-0-start-0": ("`split-0` from seed 0's start at every seed (its weights and its train / validation split): "

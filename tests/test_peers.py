@@ -380,7 +380,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
              "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
-             "seeds12_mnist1d", "fill_digits", "fill_mnist1d"]
+             "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -403,6 +403,14 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert {(r["method"], peers._isa(r), r["budget"]) for r in fill} == {("deepzero-krsf", "AVX512", 150_000)}
         assert sorted(r["seed"] for r in fill if r.get("role") != "tune") == list(range(1, 12))
         assert sorted(r["setting"]["lr"] for r in fill if r.get("role") == "tune") == [0.03, 0.1, 0.3]
+    # SNES from seed 0's start (--start 0): seeds 0-5 under AVX-512, seed 0 the study's own seed-0 run
+    fixed = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "spread_snes_digits.json"))
+    assert sorted(r["seed"] for r in fixed) == list(range(6)) and {r["start"] for r in fixed} == {0}
+    assert {(r["method"], peers._isa(r), r["budget"]) for r in fixed} == {("snes", "AVX512", 150_000)}
+    (own,) = [r for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "isa_digits.json"))
+              if r["method"] == "snes" and r["seed"] == 0]
+    (zero,) = [r for r in fixed if r["seed"] == 0]
+    assert [c[:1] + c[2:] for c in zero["curve"]] == [c[:1] + c[2:] for c in own["curve"]]
     # SNES ranks its losses, so a last-bit change rarely moves it: seed 0 under AVX2 repeats AVX-512's curve
     again = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "isa_snes_avx2.json"))
     assert {(r["data"], r["method"], r["seed"], peers._isa(r)) for r in again} == {

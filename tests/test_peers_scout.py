@@ -225,7 +225,7 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2",  # added for
                     "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias",
                     "split-0", "split-0-start-0", "split-0-coords", "split-0-batches",
-                    "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1"}  # rounds at 150,000
+                    "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0"}  # rounds at 150,000
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -415,16 +415,21 @@ def test_the_docs_split_rows_are_zo_grasps_on_the_machine_that_made_them(scout):
 
 
 def test_the_spread_round_is_the_docs_table(scout):
-    """Where the digits spread comes from: twelve seeds of the four variants, and at seed 0 (where
-    each holds everything at seed 0's) the four are one run."""
-    runs = scout.peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "scout150_spread_digits.json"))
-    names = {"split-0", "split-0-start-0", "split-0-coords", "split-0-batches"}
-    assert {r["variant"] for r in runs} == names and len(runs) == 4 * 12 and {r["seed"] for r in runs} == set(range(12))
+    """Where the digits spread comes from: twelve seeds of the five variants; at seed 0 (where each
+    holds everything at seed 0's) the four split variants are one run, and start-0 is the recipe's."""
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    runs = scout.peers._load(os.path.join(results, "scout150_spread_digits.json"))
+    names = {"start-0", "split-0", "split-0-start-0", "split-0-coords", "split-0-batches"}
+    assert {r["variant"] for r in runs} == names and len(runs) == 5 * 12 and {r["seed"] for r in runs} == set(range(12))
+    (recipe,) = [r for r in scout.peers._load(os.path.join(results, "scout150_sched_digits.json"))
+                 if r["variant"] == "recipe" and r["seed"] == 0]
+    (start,) = [r for r in runs if r["variant"] == "start-0" and r["seed"] == 0]
+    assert [row[:1] + row[2:] for row in start["curve"]] == [row[:1] + row[2:] for row in recipe["curve"]]
     assert {r["budget"] for r in runs} == {150_000} and {r["machine"]["cpu_capability"] for r in runs} == {"AVX512"}
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
     assert scout.report(runs) in docs
-    first = [[row[:1] + row[2:] for row in r["curve"]] for r in runs if r["seed"] == 0]
+    first = [[row[:1] + row[2:] for row in r["curve"]] for r in runs if r["seed"] == 0 and r["variant"] != "start-0"]
     assert len(first) == 4 and all(c == first[0] for c in first)
     for name in names:  # the standard deviations the docs quote
         sd = np.std([100 * r["test_acc"] for r in runs if r["variant"] == name], ddof=1)
