@@ -37,6 +37,9 @@ CONVS = ("0.weight", "0.bias", "2.weight", "2.bias")
 WITH_CLASSIFIER = {"0.weight": 7, "0.bias": 1, "6.weight": 34, "8.weight": 8}  # conv1-hidden, 8 moved to the classifier
 
 # name -> (what it changes, options of run_variant)
+#: digits seed 0's ZO-GraSP split of the recipe's 50 coordinates (docs/peers.md, "Why a seed fails")
+SPLIT_0 = {"0.weight": 8, "0.bias": 2, "6.weight": 40}
+
 VARIANTS = {
     "recipe": ("`zo.recipes.short_budget` as in the study (lr 0.1)", {}),
     "uniform-ratios": ("uniform layer ratios instead of ZO-GraSP's", {"ratios": "uniform"}),
@@ -116,14 +119,14 @@ VARIANTS = {
                 "ZO-GraSP's directions, the minibatch order and the coordinates drawn change with the seed",
                 {"start": 0}),
     "split-0": ("digits seed 0's ZO-GraSP split at every seed: 8 / 2 / 0 / 0 on the convolutions, 40 hidden",
-                {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}}),
+                {"counts": SPLIT_0}),
     "split-0-start-0": ("`split-0` from seed 0's start at every seed (its weights and its train / validation split): "
                         "only the minibatch order and the coordinates drawn change with the seed",
-                        {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}, "start": 0}),
+                        {"counts": SPLIT_0, "start": 0}),
     "split-0-coords": ("`split-0-start-0` with seed 0's minibatch order too: only the coordinates drawn change",
-                       {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}, "start": 0, "batch_seed": 0}),
+                       {"counts": SPLIT_0, "start": 0, "batch_seed": 0}),
     "split-0-batches": ("`split-0-start-0` with seed 0's coordinate draws too: only the minibatch order changes",
-                        {"counts": {"0.weight": 8, "0.bias": 2, "6.weight": 40}, "start": 0, "rng": 0}),
+                        {"counts": SPLIT_0, "start": 0, "rng": 0}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
 }
