@@ -880,6 +880,80 @@ def ratios_table(rows) -> str:
     return _markdown(lines)
 
 
+def _study(paths) -> str:
+    """A study's short name: its first results file without the data set (``long_tuned``)."""
+    stem = os.path.splitext(os.path.basename(paths[0]))[0]
+    for data in ("digits", "mnist1d"):
+        stem = stem.removesuffix(f"_{data}").removesuffix(data)
+    return stem.strip("_") or "sweep"
+
+
+def _in_words(recipe: dict, best: dict, p: float) -> str:
+    """Who wins per query, in words: by more than the seed spread, in the rank test only, or neither."""
+    if min(len(recipe["test_acc"]), len(best["test_acc"])) < 2:
+        return f"{'DeepZero' if recipe['mean'] > best['mean'] else _label(best)} on one seed (no spread)"
+    if recipe["min"] > best["max"]:
+        return "DeepZero, by more than the spread"
+    if best["min"] > recipe["max"]:
+        return f"{_label(best)}, by more than the spread"
+    if p < 0.05:
+        ahead = "DeepZero" if recipe["mean"] > best["mean"] else _label(best)
+        return f"{ahead} in the mean (p < 0.05); ranges overlap"
+    return "level"
+
+
+def wins(studies, speed_rows) -> list:
+    """Where each method wins, one row per study and point (data, d, queries), every size.
+
+    Per query (``studies``: ``(name, runs)``): the best DeepZero recipe of :data:`RECIPES` and
+    the best peer by mean test accuracy, their difference, the two-sided rank test and who wins
+    (:func:`_in_words`; the best peer only, where :func:`leads` weighs every peer). Per second
+    (``speed_rows``, from ``--speed`` files): the demo recipe against the closest peer
+    (:func:`ratios`). A point only timed gets dashes in the per-query half. Where a study mixes
+    instruction sets, only the runs of the set with the most seeds are compared."""
+    from scipy.stats import mannwhitneyu
+
+    fast = {(r["data"], r["d"], r["budget"]): r for r in ratios(speed_rows)}
+    rows, seen = [], set()
+    for name, runs in studies:
+        summary = summarize(runs)
+        for point in sorted({(r["data"], r["d"], r["budget"]) for r in summary}):
+            here = [r for r in summary if (r["data"], r["d"], r["budget"]) == point]
+            if any("isa" in r for r in here):  # runs under several instruction sets: the set with the most seeds
+                isa = max({r["isa"] for r in here}, key=lambda i: sum(len(r["test_acc"]) for r in here if r["isa"] == i))
+                here = [r for r in here if r["isa"] == isa]
+            recipes = [r for r in here if r["method"] in RECIPES]
+            peers = [r for r in here if not r["method"].startswith("deepzero")]
+            if not recipes or not peers:
+                continue
+            recipe, best = max(recipes, key=lambda r: r["mean"]), max(peers, key=lambda r: r["mean"])
+            p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
+            rows.append({"data": point[0], "d": point[1], "budget": point[2], "study": name, "recipe": recipe,
+                         "best": best, "lead": recipe["mean"] - best["mean"], "p": p,
+                         "words": _in_words(recipe, best, p), "speed": fast.get(point)})
+            seen.add(point)
+    rows += [{"data": k[0], "d": k[1], "budget": k[2], "study": "-", "speed": v} for k, v in fast.items() if k not in seen]
+    return sorted(rows, key=lambda r: (r["data"], r["d"], r["budget"]))
+
+
+def wins_table(rows) -> str:
+    def acc(r):
+        n = len(r["test_acc"])
+        return f"{_label(r)} {r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {n} seed{'s' if n > 1 else ''})"
+
+    def fast(s):
+        if s is None:
+            return "-"
+        peer = s["peer"]["method"] + (f" ({s['peer']['eval']})" if s["peer"]["method"] in SPEED_PEERS[:2] else "")
+        return f"{s['ratio']:.1f}x faster than {peer}" + ("" if s["met"] else ", under 10x")
+    head = ("data", "d", "queries", "study", "per query: DeepZero recipe, test %", "best peer, test %", "points",
+            "rank test p", "per query, who wins", "per second: DeepZero's demo recipe")
+    lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", r["study"],
+                       *((acc(r["recipe"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["words"])
+                         if "recipe" in r else ("-",) * 5), fast(r["speed"])) for r in rows]
+    return _markdown(lines)
+
+
 def _ints(s):
     return [int(v) for v in str(s).split(",") if v.strip()]
 
@@ -918,7 +992,18 @@ def main(argv=None) -> int:
                    "recipe against the best peer; comma-separated studies, each one or more files joined by '+'")
     p.add_argument("--ratios", default=None, metavar="JSON", help="per second: the peer closest to DeepZero's time per "
                    "query at every point of these --speed files (comma-separated)")
+    p.add_argument("--wins", default=None, metavar="FILES", help="where each method wins, at every size: per query "
+                   "from these studies (as --leads), per second from the --ratios files")
     args = p.parse_args(argv)
+    if args.wins is not None:
+        for flag, value in (("--wins", args.wins), ("--ratios", args.ratios)):
+            missing = [f for f in (value or "").replace("+", ",").split(",") if f and not os.path.isfile(f)]
+            if missing or not (value or "").strip(",+"):
+                p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else f"{flag}: name the results "
+                        "files (--wins needs --ratios: the per-second half)")
+        studies = [(_study(g.split("+")), _merged(g.split("+"))) for g in args.wins.split(",") if g]
+        print(wins_table(wins(studies, [r for path in args.ratios.split(",") if path for r in _load(path)])))
+        return 0
     if args.leads is not None or args.ratios is not None:
         for flag, value in (("--leads", args.leads), ("--ratios", args.ratios)):
             missing = [f for f in (value or "").replace("+", ",").split(",") if f and not os.path.isfile(f)]

@@ -374,6 +374,58 @@ def test_ratios_name_the_closest_peer_and_whether_every_peer_is_10x_behind(peers
     assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) | 4.0 |" in table
 
 
+def test_wins_say_who_wins_at_every_size_per_query_and_per_second(peers):
+    def isa(runs, name):
+        return [r | {"machine": {"cpu_capability": name}} for r in runs]
+
+    def speed(method, ratio, d):
+        return {"data": "digits", "d": d, "budget": 500, "method": method, "eval": "batch",
+                "s_per_query": 1e-5 * ratio, "ratio": ratio}
+
+    small = (_runs("deepzero-krs", [0.80, 0.81, 0.82], d=10, width=1) + _runs("deepzero", [0.1] * 3, d=10, width=1)
+             + _runs("snes", [0.90, 0.91, 0.92], d=10, width=1) + _runs("pgpe", [0.95] * 3, d=10, width=1))
+    middle = _runs("deepzero-krs", [0.80, 0.85, 0.90], d=100, width=5) + _runs("snes", [0.82, 0.86, 0.88], d=100, width=5)
+    large = _runs("deepzero-krsf", [0.90, 0.91, 0.92]) + _runs("snes", [0.80, 0.85, 0.89])
+    one = _runs("deepzero-krs", [0.7], budget=900) + _runs("zoracle-es", [0.6], budget=900)
+    timed = [speed("deepzero", 1.0, 10), speed("snes", 4.0, 10), speed("deepzero", 1.0, 1000), speed("fdsgd", 30.0, 1000),
+             speed("deepzero", 1.0, 5000), speed("snes", 12.0, 5000)]
+    rows = peers.wins([("sweep", small + middle + large + one)], timed)
+    assert [(r["d"], r["budget"]) for r in rows] == [(10, 500), (100, 500), (1000, 500), (1000, 900), (5000, 500)]
+    by = {(r["d"], r["budget"]): r for r in rows}
+    # the best recipe and the best peer by mean, every size; the best peer alone decides the words
+    assert (by[10, 500]["recipe"]["method"], by[10, 500]["best"]["method"]) == ("deepzero-krs", "pgpe")
+    assert by[10, 500]["words"] == "pgpe, by more than the spread" and by[10, 500]["lead"] == pytest.approx(-14.0)
+    assert by[100, 500]["words"] == "level" and by[1000, 500]["words"] == "DeepZero, by more than the spread"
+    assert by[1000, 900]["words"] == "DeepZero on one seed (no spread)"
+    assert by[10, 500]["speed"]["ratio"] == 4.0 and by[100, 500]["speed"] is None and "recipe" not in by[5000, 500]
+    table = peers.wins_table(rows)
+    assert "| deepzero-krs 80.0 (80.0-82.0, 3 seeds) |" not in table  # the mean, not the worst seed
+    assert "| digits | 10 | 500 | sweep | deepzero-krs 81.0 (80.0-82.0, 3 seeds) | pgpe 95.0 (95.0-95.0, 3 seeds) |" in table
+    assert "| 4.0x faster than snes (batch), under 10x |" in table and "| 30.0x faster than fdsgd |" in table
+    assert "| digits | 5,000 | 500 | - | - | - | - | - | - | 12.0x faster than snes (batch) |" in table
+    assert "| deepzero-krs 70.0 (70.0-70.0, 1 seed) |" in table
+    # ranges that overlap but a rank test below 0.05 (8 seeds each, all but one above: p = 0.01)
+    ranked = peers.wins([("s", _runs("deepzero-krs", [0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.80])
+                          + _runs("snes", [0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88]))], [])
+    assert ranked[0]["p"] < 0.05 and ranked[0]["words"] == "DeepZero in the mean (p < 0.05); ranges overlap"
+    # a study under two instruction sets: only the set with the most seeds is compared
+    mixed = peers.wins([("isa", isa(_runs("deepzero-krs", [0.99] * 2), "AVX2") + isa(_runs("snes", [0.5] * 2), "AVX2")
+                         + isa(_runs("deepzero-krs", [0.7] * 3), "AVX512") + isa(_runs("snes", [0.8] * 3), "AVX512"))], [])
+    assert [(r["recipe"]["isa"], r["best"]["isa"], r["words"]) for r in mixed] == [
+        ("AVX512", "AVX512", "snes [AVX512], by more than the spread")]
+    assert peers._study(["/x/long_tuned_digits.json", "/x/long_snes_digits.json"]) == "long_tuned"
+    assert peers._study(["/x/mnist1d.json"]) == "sweep"
+
+
+def test_wins_names_a_missing_results_file(peers, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        peers.main(["--wins", str(tmp_path / "nope.json"), "--ratios", str(tmp_path / "nope.json")])
+    assert "--wins: no such results file: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        peers.main(["--wins", os.path.join(ROOT, "benchmarks", "peers_results", "fill_digits.json")])
+    assert "--ratios: name the results files (--wins needs --ratios" in capsys.readouterr().err
+
+
 def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     """docs/peers.md shows every committed results file's table exactly as `--report` prints it."""
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -438,6 +490,13 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert peers.main(["--leads", leads]) == 0
         assert peers.main(["--ratios", speed]) == 0
     tables = out.getvalue().split("| data | d | queries | DeepZero")
+    # where each method wins, at every size: the summary at the top of the page, as its command prints it
+    wins_cmd = "python benchmarks/peers.py --wins " + leads.replace(results, "$R") + " --ratios " + speed.replace(results, "$R")
+    assert wins_cmd in docs
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        assert peers.main(["--wins", leads, "--ratios", speed]) == 0
+    assert summary.getvalue().strip() in docs and docs.index(summary.getvalue().strip()) < docs.index("## Issue 13's")
     assert len(tables) == 2 and tables[0].strip() in docs
     assert ("| data | d | queries | DeepZero" + tables[1]).strip() in docs
     for name in ("speed150_digits", "speed150_mnist1d"):  # the per-second tables at the issue's budget
