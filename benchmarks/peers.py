@@ -954,6 +954,36 @@ def wins_table(rows) -> str:
     return _markdown(lines)
 
 
+def wins_plot(rows, path) -> None:
+    """Every seed's test accuracy of each :func:`wins` row's DeepZero recipe and best peer, side by
+    side, one panel per data set: where the two sets of dots do not overlap, one method wins by
+    more than the seed spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "recipe" in r]
+    datas = sorted({r["data"] for r in rows})
+    fig, axes = plt.subplots(len(datas), 1, figsize=(11, 3.4 * len(datas)), squeeze=False)
+    for data, (ax,) in zip(datas, axes):
+        here = [r for r in rows if r["data"] == data]
+        for i, r in enumerate(here):
+            for side, (who, color) in enumerate(((r["recipe"], "tab:blue"), (r["best"], "tab:orange"))):
+                acc = np.asarray(who["test_acc"])
+                x = i + (side - 0.5) * 0.3 + np.linspace(-0.06, 0.06, len(acc))
+                ax.scatter(x, acc, s=14, color=color, label=("DeepZero recipe", "best peer")[side] if i == 0 else None)
+                ax.text(i + (side - 0.5) * 0.3, acc.max() + 1, _label(who).replace(" [", "\n["), ha="center",
+                        va="bottom", fontsize=6)
+        ax.set_xticks(range(len(here)), [f"d = {r['d']:,}\n{r['budget']:,} q\n{r['study']}" for r in here], fontsize=7)
+        ax.set(ylabel="test accuracy (%), every seed", title=f"{data}: where each method wins per query")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _ints(s):
     return [int(v) for v in str(s).split(",") if v.strip()]
 
@@ -982,7 +1012,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds")
+    p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds (with --wins: "
+                   "every seed of each recipe and best peer)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON instead of the table")
     p.add_argument("--speed", default=None, metavar="JSON", help="speed table: every method once per point in this "
                    "process (settings tuned in these comma-separated result files)")
@@ -1002,7 +1033,10 @@ def main(argv=None) -> int:
                 p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else f"{flag}: name the results "
                         "files (--wins needs --ratios: the per-second half)")
         studies = [(_study(g.split("+")), _merged(g.split("+"))) for g in args.wins.split(",") if g]
-        print(wins_table(wins(studies, [r for path in args.ratios.split(",") if path for r in _load(path)])))
+        rows = wins(studies, [r for path in args.ratios.split(",") if path for r in _load(path)])
+        if args.plot:
+            wins_plot(rows, args.plot)
+        print(wins_table(rows))
         return 0
     if args.leads is not None or args.ratios is not None:
         for flag, value in (("--leads", args.leads), ("--ratios", args.ratios)):

@@ -374,7 +374,7 @@ def test_ratios_name_the_closest_peer_and_whether_every_peer_is_10x_behind(peers
     assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) | 4.0 |" in table
 
 
-def test_wins_say_who_wins_at_every_size_per_query_and_per_second(peers):
+def test_wins_say_who_wins_at_every_size_per_query_and_per_second(peers, tmp_path):
     def isa(runs, name):
         return [r | {"machine": {"cpu_capability": name}} for r in runs]
 
@@ -413,6 +413,9 @@ def test_wins_say_who_wins_at_every_size_per_query_and_per_second(peers):
                          + isa(_runs("deepzero-krs", [0.7] * 3), "AVX512") + isa(_runs("snes", [0.8] * 3), "AVX512"))], [])
     assert [(r["recipe"]["isa"], r["best"]["isa"], r["words"]) for r in mixed] == [
         ("AVX512", "AVX512", "snes [AVX512], by more than the spread")]
+    png = tmp_path / "wins.png"  # every seed of each row's two methods, one panel per data set
+    peers.wins_plot(rows, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert peers._study(["/x/long_tuned_digits.json", "/x/long_snes_digits.json"]) == "long_tuned"
     assert peers._study(["/x/mnist1d.json"]) == "sweep"
 
