@@ -52,9 +52,10 @@ def import_zoracle(root: str | None):
     return zoracle
 
 
-def run(data: str = "digits", steps: int = 150, repeats: int = 3, root: str | None = None,
-        fraction: float = 0.1) -> dict:
-    zo = import_zoracle(root)
+def demo_step(zo, data: str = "digits", fraction: float = 0.1):
+    """``(oracle, params, mask, batches, data)`` of a demo-recipe step: the study's demo CNN
+    (seed 0) through TorchOracle, ``fraction`` of every weight layer on the mask (biases dense),
+    and one epoch of minibatches of 32."""
     import numpy as np
     import torch
 
@@ -76,7 +77,15 @@ def run(data: str = "digits", steps: int = 150, repeats: int = 3, root: str | No
         else:
             mask[info.slice.start + rng.choice(n, max(1, round(n * fraction)), replace=False)] = True
     d = peers.load_data(data, 0)
-    batches = zo.Minibatches((d["x"], d["y"]), 32, seed=0)(0)
+    return oracle, params, mask, zo.Minibatches((d["x"], d["y"]), 32, seed=0)(0), d
+
+
+def run(data: str = "digits", steps: int = 150, repeats: int = 3, root: str | None = None,
+        fraction: float = 0.1) -> dict:
+    zo = import_zoracle(root)
+    import numpy as np
+
+    oracle, params, mask, batches, _ = demo_step(zo, data, fraction)
     est = zo.CGE(mu=5e-3)
     digest = hashlib.sha256()
 

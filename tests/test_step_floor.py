@@ -1,0 +1,72 @@
+"""benchmarks/step_floor.py: the hand-written CGE step is zoracle's estimate, and the timer runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+@pytest.mark.parametrize("fraction", [0.1, 1.0])
+def test_hand_step_is_zoracles_estimate_for_every_coordinate(fraction):
+    import step_floor
+    import step_time
+
+    import zoracle as zo
+
+    oracle, params, mask, batches, _ = step_time.demo_step(zo, "digits", fraction)
+    hand = step_floor.HandStep(oracle, params, mask, torch.nn.CrossEntropyLoss(reduction="none"))
+    for batch in batches[:2]:
+        ref = zo.estimate_gradient(oracle.bind(batch), params, zo.CGE(mu=step_floor.MU), coordinates=mask)
+        got = hand.grad(torch.as_tensor(batch[0], dtype=torch.float32), torch.as_tensor(batch[1]))
+        assert got.shape == (mask.sum(),) and np.abs(ref.grad[mask]).max() > 0.05
+        # a loss difference over mu: two float32 losses of about 2.3 agree to a few units in the last place
+        assert np.abs(got - ref.grad[mask]).max() <= 8 * np.finfo(np.float32).eps * 2.5 / step_floor.MU
+    with pytest.raises(ValueError, match="digits demo CNN"):
+        step_floor.HandStep(type("O", (), {"param_info": oracle.param_info[:2]})(), params, mask, None)
+
+
+def test_step_floor_prints_ratios_side_by_side():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_floor.py"), "--rounds", "1",
+                          "--steps", "3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["d"] == 1898 and r["coordinates"] == 220 and r["check_max_abs_diff"] <= r["check_allowed"]
+    assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone"}
+    assert all(v > 0 for v in r["ms_per_step"].values()) and r["zo_grasp_s"] > 0
+    us = r["us_per_query"]
+    assert r["es_over_zoracle"] == pytest.approx(us["zoracle-es"] / us["zoracle"])
+    proj = r["projected_150k"]
+    assert proj["steps"] == (150_000 - 386) // 221 and proj["zoracle-es_s"] == pytest.approx(0.15 * us["zoracle-es"])
+    for name, key in (("zoracle", "es_over_zoracle"), ("by hand", "es_over_hand")):  # steps plus ZO-GraSP's one-off
+        run = proj["steps"] * r["ms_per_step"][name] / 1e3 + r["zo_grasp_s"]
+        assert proj[key] == pytest.approx(proj["zoracle-es_s"] / run)
+
+
+def test_docs_show_the_saved_run_as_report_prints_it():
+    import step_floor
+
+    path = os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_digits.json")
+    with open(path) as f:
+        r = json.load(f)
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    table = step_floor.table(r)
+    assert "\n".join("  " + line if line else "" for line in table.split("\n")) in docs
+    assert "python benchmarks/step_floor.py --report benchmarks/peers_results/step_floor_digits.json" in docs
+    ms = r["ms_per_step"]
+    # the ratios the prose quotes
+    assert f"{ms['zoracle'] / ms['by hand']:.1f}x less time" in docs
+    assert f"({ms['by hand']:.2f} against {ms['zoracle']:.2f} ms a step" in docs
+    assert f"{r['projected_150k']['es_over_hand']:.1f}x ahead of" in docs
+    assert f"`zoracle-es` in that run (zoracle's step: {r['projected_150k']['es_over_zoracle']:.1f}x)" in docs
