@@ -149,13 +149,14 @@ class Bench:
 
     def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = BATCH,
                  points: int = 10, peer_eval: str = "batch", model_seed: int | None = None,
-                 batch_seed: int | None = None):
+                 batch_seed: int | None = None, rng_seed: int | None = None):
         import torch
 
         import zoracle as zo
         from zoracle.adapters.torch import TorchOracle
 
         self.data, self.name, self.width, self.seed, self.budget = data, name, width, seed, int(budget)
+        self.rng_seed = seed if rng_seed is None else rng_seed  # the method's own draws (samples, coordinates)
         self.peer_eval = peer_eval  # "batch": a population is one vmapped TorchOracle.batch; "plain": a call per row
         model = make_model(name, width, seed if model_seed is None else model_seed)  # model_seed: another start
         self.oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
@@ -266,7 +267,7 @@ def run_deepzero(bench, lr, sparsity=0.9, warmup=None, optimizer="sgd", ratios="
     d = bench.data
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=epochs, estimator=zo.CGE(mu=5e-3),
              sparsity=sparsity, ratios=ratios, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-             grasp_directions=192, mask_shuffle_interval=shuffle, optimizer=optimizer, callbacks=[step_recorder(bench, grasp)], rng=bench.seed,
+             grasp_directions=192, mask_shuffle_interval=shuffle, optimizer=optimizer, callbacks=[step_recorder(bench, grasp)], rng=bench.rng_seed,
              progress=False, **opts).params
 
 
@@ -282,7 +283,7 @@ def _train_rge(bench, steps, estimator, optimizer):
 
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, epochs=-(-steps // len(bench.batches)),
                     estimator=estimator, optimizer=optimizer, callbacks=[step_recorder(bench, bench.queries)],
-                    rng=bench.seed, progress=False).params
+                    rng=bench.rng_seed, progress=False).params
 
 
 def run_rge(bench, c):
@@ -323,7 +324,7 @@ def _evotorch_problem(bench):
     class BlackBoxProblem(Problem):
         def __init__(self):
             super().__init__("min", solution_length=bench.d, initial_bounds=(-0.1, 0.1), dtype=torch.float32,
-                             seed=bench.seed)
+                             seed=bench.rng_seed)
 
         def _evaluate_batch(self, solutions):
             losses = bench.losses(solutions.values.detach().cpu().numpy().copy())
@@ -365,7 +366,7 @@ def run_sepcma(bench, sigma):
     import cma
 
     es = cma.CMAEvolutionStrategy(bench.p0.astype(np.float64), sigma,
-                                  {"CMA_diagonal": True, "seed": bench.seed + 1, "verbose": -9,
+                                  {"CMA_diagonal": True, "seed": bench.rng_seed + 1, "verbose": -9,
                                    "maxfevals": float("inf"), "tolfun": 0, "tolx": 0, "tolfunhist": 0,
                                    "tolstagnation": 10**9})
     while not bench.done():
@@ -419,7 +420,7 @@ def run_deepzero_krs(bench, lr, fill_small_blocks=False):
                                  coordinates=KEEP_FRESH, fill_small_blocks=fill_small_blocks)
     d = bench.data
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-                    callbacks=[step_recorder(bench, grasp_queries(kw["grasp_directions"]))], rng=bench.seed,
+                    callbacks=[step_recorder(bench, grasp_queries(kw["grasp_directions"]))], rng=bench.rng_seed,
                     progress=False, **kw).params
 
 
@@ -478,7 +479,7 @@ def run_one(bench, method: str, setting: dict, **extra) -> dict:
 # ----------------------------------------------------------------------------- sweep, report
 def _key(r: dict) -> tuple:
     return (r["data"], r["width"], r["method"], json.dumps(r["setting"], sort_keys=True), r["seed"], r["budget"],
-            r.get("start"))
+            r.get("start"), r.get("batch_order"), r.get("rng"))
 
 
 def _isa(r: dict):
@@ -567,17 +568,20 @@ def sweep(args, log=print) -> list:
                         todo = [(chosen, "seed")] if chosen is not None else []
                     for setting, role in todo:
                         rec = {"data": name, "width": width, "method": method, "setting": setting, "seed": seed,
-                               "budget": args.budget, "start": args.start}
+                               "budget": args.budget, "start": args.start, "batch_order": args.batch_order,
+                               "rng": args.rng}
                         if seen(rec) in done:
                             continue
                         start = seed if args.start is None else args.start  # the weights' and the split's seed
                         if (name, start) not in datas:
                             datas[(name, start)] = load_data(name, start)
-                        bench = Bench(datas[(name, start)], name, width, seed, args.budget, model_seed=start)
+                        bench = Bench(datas[(name, start)], name, width, seed, args.budget, model_seed=start,
+                                      batch_seed=args.batch_order, rng_seed=args.rng)
                         r = run_one(bench, method, setting)
                         r["role"] = role
-                        if args.start is not None:
-                            r["start"] = args.start
+                        for key in ("start", "batch_order", "rng"):
+                            if getattr(args, key) is not None:
+                                r[key] = getattr(args, key)
                         runs.append(r)
                         done.add(seen(r))
                         _save(args.out, runs)
@@ -1009,6 +1013,11 @@ def main(argv=None) -> int:
     p.add_argument("--start", type=int, default=None, metavar="SEED", help="with --settings-from: every seed starts "
                    "from this seed's weights and train / validation split; only the run's own randomness (minibatch "
                    "order, samples, coordinates) follows --seeds")
+    p.add_argument("--batch-order", type=int, default=None, metavar="SEED", help="with --settings-from: every seed "
+                   "draws its minibatches in this seed's order")
+    p.add_argument("--rng", type=int, default=None, metavar="SEED", help="with --settings-from: every seed's method "
+                   "draws its own random numbers (samples, coordinates, directions) from this seed; what the seed "
+                   "still sets is the start (unless --start) and the minibatch order (unless --batch-order)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
@@ -1079,8 +1088,10 @@ def main(argv=None) -> int:
         bad = [m for m in args.methods if m not in METHODS] + [x for x in args.data if x not in ("digits", "mnist1d")]
         if bad or not args.seeds or not args.widths or args.budget < 1:
             p.error(f"unknown or empty choice: {bad or 'seeds/widths/budget'}")
-        if args.start is not None and not args.settings_from:
-            p.error("--start needs --settings-from: a fixed start runs the settings already chosen, it does not tune")
+        for flag, value in (("--start", args.start), ("--batch-order", args.batch_order), ("--rng", args.rng)):
+            if value is not None and not args.settings_from:
+                p.error(f"{flag} needs --settings-from: a run with a part of its randomness fixed runs the settings "
+                        "already chosen, it does not tune")
         runs = sweep(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     rows = summarize(runs)
     if args.plot:

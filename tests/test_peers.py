@@ -262,6 +262,37 @@ def test_start_keeps_one_seeds_weights_and_split_and_varies_the_runs_own_randomn
     assert len(json.loads(fixed.read_text())) == 2
 
 
+def test_batch_order_and_rng_hold_one_part_of_a_seeds_randomness(peers, tmp_path):
+    first, out = tmp_path / "a.json", tmp_path / "b.json"
+    peers.main(["--budget", "500", "--seeds", "0,1", "--grid", "1", "--methods", "snes", "--out", str(first), "--json"])
+    for flag in ("--batch-order", "--rng"):
+        with pytest.raises(SystemExit):  # it does not tune
+            peers.main(["--budget", "500", "--seeds", "1", "--methods", "snes", flag, "0", "--out", str(out)])
+    own = {r["seed"]: [c[:1] + c[2:] for c in r["curve"]] for r in json.loads(first.read_text())}
+    assert own[0] != own[1]
+
+    def runs(*flags):
+        path = tmp_path / f"{'_'.join(flags)}.json"
+        peers.main(["--budget", "500", "--seeds", "0,1", "--methods", "snes", "--settings-from", str(first),
+                    "--start", "0", *flags, "--out", str(path)])
+        return {r["seed"]: r for r in json.loads(path.read_text())}
+
+    samples, batches, both = runs("--batch-order", "0"), runs("--rng", "0"), runs("--batch-order", "0", "--rng", "0")
+    curve = {k: {s: [c[:1] + c[2:] for c in r["curve"]] for s, r in v.items()}
+             for k, v in (("samples", samples), ("batches", batches), ("both", both))}
+    # seed 0 holds nothing back: each is seed 0's own run; both parts held, seed 1 repeats it
+    assert curve["samples"][0] == curve["batches"][0] == curve["both"][0] == curve["both"][1] == own[0]
+    # one part held, the other still follows the seed
+    assert curve["samples"][1] != own[0] and curve["batches"][1] != own[0] and curve["samples"][1] != curve["batches"][1]
+    assert samples[1]["batch_order"] == 0 and "rng" not in samples[1] and batches[1]["rng"] == 0
+    assert peers._key(samples[1]) != peers._key(batches[1]) != peers._key(both[1])
+    # the bench: minibatch order and the method's seed as asked
+    bench = peers.Bench(peers.load_data("digits", 0), "digits", 0, 1, 500, batch_seed=0, rng_seed=0)
+    assert (bench.seed, bench.rng_seed) == (1, 0)
+    assert np.array_equal(bench.batches(0)[0][0], peers.Bench(peers.load_data("digits", 0), "digits", 0, 0, 500)
+                          .batches(0)[0][0])
+
+
 def test_tuning_at_a_new_budget_counts_the_run_brought_there_by_settings_from(peers, tmp_path):
     """Grid runs added beside a --settings-from run compete with it at the tuning seed, not at other seeds."""
     def run(setting, seed, role, val):
