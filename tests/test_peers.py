@@ -466,7 +466,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
              "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
-             "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits"]
+             "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits", "spread_snes_samples_digits",
+             "spread_snes_batches_digits"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -497,6 +498,17 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
               if r["method"] == "snes" and r["seed"] == 0]
     (zero,) = [r for r in fixed if r["seed"] == 0]
     assert [c[:1] + c[2:] for c in zero["curve"]] == [c[:1] + c[2:] for c in own["curve"]]
+    # the same, with seed 0's minibatch order (only SNES's samples vary) or its samples (only the order varies)
+    for name, key in (("spread_snes_samples_digits", "batch_order"), ("spread_snes_batches_digits", "rng")):
+        part = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
+        assert sorted(r["seed"] for r in part) == list(range(6)), name
+        assert {(r["method"], peers._isa(r), r["budget"], r["start"], r[key]) for r in part} == {
+            ("snes", "AVX512", 150_000, 0, 0)}, name
+        (zero,) = [r for r in part if r["seed"] == 0]  # seed 0 holds nothing back
+        assert [c[:1] + c[2:] for c in zero["curve"]] == [c[:1] + c[2:] for c in own["curve"]], name
+        section = docs.split("**SNES's spread, split the same way.**")[1].split("**A step in proportion")[0]
+        sd = np.std([100 * r["test_acc"] for r in part], ddof=1)  # the standard deviation the docs quote
+        assert f"standard deviation {sd:.1f}" in section, name
     # SNES ranks its losses, so a last-bit change rarely moves it: seed 0 under AVX2 repeats AVX-512's curve
     again = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "isa_snes_avx2.json"))
     assert {(r["data"], r["method"], r["seed"], peers._isa(r)) for r in again} == {
