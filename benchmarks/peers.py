@@ -1035,28 +1035,34 @@ def main(argv=None) -> int:
     p.add_argument("--wins", default=None, metavar="FILES", help="where each method wins, at every size: per query "
                    "from these studies (as --leads), per second from the --ratios files")
     args = p.parse_args(argv)
-    if args.wins is not None:
-        for flag, value in (("--wins", args.wins), ("--ratios", args.ratios)):
+
+    def check_files(flags, hint, required):
+        """Each of ``flags`` (name, value) names existing results files; ``required`` ones must be given."""
+        for flag, value in flags:
             missing = [f for f in (value or "").replace("+", ",").split(",") if f and not os.path.isfile(f)]
-            if missing or not (value or "").strip(",+"):
-                p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else f"{flag}: name the results "
-                        "files (--wins needs --ratios: the per-second half)")
+            if (value is not None or required) and (missing or not (value or "").strip(",+")):
+                p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else
+                        f"{flag}: name the results files ({hint})")
+
+    def rows_of(files):
+        return [r for path in files.split(",") if path for r in _load(path)]
+
+    if args.wins is not None:
+        check_files((("--wins", args.wins), ("--ratios", args.ratios)), "--wins needs --ratios: the per-second half",
+                    True)
         studies = [(_study(g.split("+")), _merged(g.split("+"))) for g in args.wins.split(",") if g]
-        rows = wins(studies, [r for path in args.ratios.split(",") if path for r in _load(path)])
+        rows = wins(studies, rows_of(args.ratios))
         if args.plot:
             wins_plot(rows, args.plot)
         print(wins_table(rows))
         return 0
     if args.leads is not None or args.ratios is not None:
-        for flag, value in (("--leads", args.leads), ("--ratios", args.ratios)):
-            missing = [f for f in (value or "").replace("+", ",").split(",") if f and not os.path.isfile(f)]
-            if value is not None and (missing or not value.strip(",+")):
-                p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else f"{flag}: name the results "
-                        "files (comma-separated; with --leads, files of one study joined by '+')")
+        check_files((("--leads", args.leads), ("--ratios", args.ratios)),
+                    "comma-separated; with --leads, files of one study joined by '+'", False)
         if args.leads:
             print(leads_table(leads([_merged(g.split("+")) for g in args.leads.split(",") if g])))
         if args.ratios:
-            print(ratios_table(ratios([r for path in args.ratios.split(",") if path for r in _load(path)])))
+            print(ratios_table(ratios(rows_of(args.ratios))))
         return 0
     if args.macs is not None:
         import torch

@@ -251,7 +251,7 @@ def _importance_masks(bench, eps=0.2, power=1.0, prior=1.0):
 
     def coordinates(self, epoch, step=None):
         imp = state.setdefault("imp", _Importance(bench.oracle.param_info, self.blocks, eps, power, prior))
-        r = np.random.default_rng([bench.seed, 91, int(step)])
+        r = np.random.default_rng([bench.rng_seed, 91, int(step)])
         parts = [b.start + r.choice(b.stop - b.start, size=int(k), replace=False, p=imp.probs(l))
                  for l, (b, k) in enumerate(zip(self.blocks, self.counts)) if k]
         state["coords"] = _with_dense(self, parts)
@@ -280,7 +280,7 @@ def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
     oe = zo.adam(zo.cosine_schedule(lr_es, total_steps=steps))
     p = bench.p0.copy()
     sc, se = oc.init(p), oe.init(p)
-    rng = np.random.default_rng(bench.seed)
+    rng = np.random.default_rng(bench.rng_seed)
     used = 0
     for _ in range(steps):
         f = bench.oracle.bind(bench.next_batch())
@@ -375,7 +375,7 @@ def _averaging_recorder(bench, spent: int, window: float):
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
                 hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False,
-                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192, rng=None):
+                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -422,9 +422,9 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     d = bench.data
     with contextlib.ExitStack() as stack:
         if pool:
-            stack.enter_context(_pooled_masks(pool, bench.seed))
+            stack.enter_context(_pooled_masks(pool, bench.rng_seed))
         if cycle:
-            stack.enter_context(_cycled_masks(bench.seed))
+            stack.enter_context(_cycled_masks(bench.rng_seed))
         if importance:
             observe, opt = stack.enter_context(_importance_masks(bench, **importance)), kw["optimizer"]
 
@@ -435,7 +435,7 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
         recorder, averaged = (peers.step_recorder(bench, grasp), None) if average is None else \
             _averaging_recorder(bench, grasp, average)
         params = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
-                          callbacks=[recorder], rng=bench.seed if rng is None else rng, progress=False, **kw).params
+                          callbacks=[recorder], rng=bench.rng_seed, progress=False, **kw).params
         return params if averaged is None else averaged()
 
 
@@ -455,7 +455,8 @@ def scout(args, log=functools.partial(print, flush=True)) -> list:
             setting = {**VARIANTS[name][1], **({"lr": args.lr} if args.lr else {})}
             start = setting.pop("start", seed)  # the seed of the weights and the train / validation split
             bench = peers.Bench(peers.load_data(args.data, start), args.data, args.width, seed, args.budget,
-                                model_seed=start, batch_seed=setting.pop("batch_seed", None))
+                                model_seed=start, batch_seed=setting.pop("batch_seed", None),
+                                rng_seed=setting.pop("rng", None))
             t = time.perf_counter()
             r = peers.run_one(bench, "scout", setting)
             r.update(variant=name, method="deepzero-krs-variant")

@@ -61,7 +61,7 @@ def test_the_spread_variants_hold_fixed_what_they_say(scout, digits):
 
     def trained(seed, **fixed):
         bench = scout.peers.Bench(digits, "digits", 0, seed, BUDGET, model_seed=fixed.pop("start", None),
-                                  batch_seed=fixed.pop("batch_seed", None))
+                                  batch_seed=fixed.pop("batch_seed", None), rng_seed=fixed.pop("rng", None))
         bench.start()
         return bench, scout.run_variant(bench, counts=counts, **fixed)
     b0, p0 = trained(0)
