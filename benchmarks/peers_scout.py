@@ -5,8 +5,8 @@ layer ratios, 50 coordinates a step, a fresh mask every step, Adam with ``b1=0``
 changes one thing: where the 50 coordinates go (or how many a step), how often a weight can be drawn (or in which order), whether
 draws follow the partial derivatives measured so far, the optimizer, each layer's step size, CGE's ``mu``,
 the estimator of the wide layers, the learning rate's decay, which weights are evaluated (a moving
-average of the run's), or how ZO-GraSP's split treats small blocks (``--splits`` prints that split per
-seed). Every run goes through the
+average of the run's), how ZO-GraSP's split treats small blocks (``--splits`` prints that split per
+seed), or whether ZO-GraSP scores again during the run. Every run goes through the
 same black box, minibatch stream and 30,000-query budget as ``peers.py``; accuracies are
 validation (the choice) and test (reported).
 
@@ -129,6 +129,10 @@ VARIANTS = {
                         {"counts": SPLIT_0, "start": 0, "rng": 0}),
     "cge-convs+es": ("hybrid: CGE on 50 conv weights + OpenAI-ES (50 pairs, sigma 0.02, Adam 0.03) on the rest",
                      {"hybrid": True}),
+    "regrasp-4": ("ZO-GraSP scored again at the current weights (on a fresh batch of 25 a class) after a quarter, half "
+                  "and three quarters of the steps; its new split replaces the old (3 x 386 more queries, fewer steps)",
+                  {"regrasp": 4}),
+    "regrasp-10": ("the same, nine times (every tenth of the steps)", {"regrasp": 10}),
 }
 
 
@@ -265,6 +269,46 @@ def _importance_masks(bench, eps=0.2, power=1.0, prior=1.0):
         yield observe
 
 
+def _regrasp(bench, parts: int, steps: int, sparsity: float, mu: float, directions: int, fill_small: bool,
+             spent: int):
+    """``(callback, context)``: ZO-GraSP scored again at ``parts - 1`` evenly spaced steps, at the
+    weights reached, on a fresh batch of 25 samples a class; the new split replaces the one the
+    per-step masks draw from. The callback records like ``peers.step_recorder``, with each new
+    ZO-GraSP's queries counted (scouting only)."""
+    import zoracle as zo
+    from zoracle._masks import random_masks
+    from zoracle._pruning import grasp_queries
+    from zoracle.apps._digits import per_class
+
+    holder, total, done = {}, [int(spent)], [0]
+    at = {int(round(j * steps / parts)): j for j in range(1, parts)}
+    d = bench.data
+
+    def coordinates(self, epoch, step=None):
+        holder.setdefault("masks", self)
+        ratios = holder.get("ratios", self.ratios)
+        key = [int(self.seed) % 2**63, 0x6D61736B, 0x73746570, int(step)]  # DynamicMasks' own per-step draw
+        return random_masks(self.blocks, ratios, np.random.default_rng(key), dense=self.dense)
+
+    def cb(event, rec, params):
+        if event != "step":
+            return None
+        total[0] += rec["nfev"]
+        done[0] += 1
+        bench.record(params, total[0])
+        j = at.get(done[0])
+        if j is not None and not bench.done():
+            masks = holder["masks"]
+            batch = per_class(d["x"], d["y"], 25, seed=1000 * (bench.seed + 1) + j)
+            scores = zo.zo_grasp(bench.oracle, params, blocks=masks.blocks, mu=mu, directions=directions,
+                                 rng=np.random.default_rng([bench.rng_seed, 2, j]), batch=batch)
+            holder["ratios"] = zo.layer_ratios(scores, masks.blocks, sparsity, fill_small=fill_small)
+            total[0] += grasp_queries(directions)
+        return bench.done()
+
+    return cb, _masks_drawn_by(coordinates)
+
+
 def _hybrid(bench, lr=0.1, kc=50, pairs=50, sigma=0.02, lr_es=0.03):
     """CGE on ``kc`` random conv weights (Adam b1=0) and antithetic rank-shaped ES on every other weight, each step."""
     import zoracle as zo
@@ -375,7 +419,7 @@ def _averaging_recorder(bench, spent: int, window: float):
 
 def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, optimizer=None, weight_decay=5e-4,
                 hybrid=False, importance=None, coordinates=None, layer_scale=None, b1=0.0, cycle=False,
-                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192):
+                average=None, schedule=None, fill_small_blocks=False, grasp_directions=192, regrasp=None):
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -383,12 +427,13 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     if hybrid:
         return _hybrid(bench, lr)
     k = sum(counts.values()) if counts is not None else coordinates or peers.KEEP_FRESH
-    kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr, coordinates=k,
-                                 weight_decay=weight_decay, b1=b1, grasp_directions=grasp_directions,
+    extra = 0 if regrasp is None else (regrasp - 1) * grasp_queries(grasp_directions)  # ZO-GraSP scored again
+    kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget - extra, batches=bench.batches, lr=lr,
+                                 coordinates=k, weight_decay=weight_decay, b1=b1, grasp_directions=grasp_directions,
                                  fill_small_blocks=fill_small_blocks)
     fixed = counts is not None or ratios == "uniform"  # no ZO-GraSP: its queries go to steps
     grasp = 0 if fixed else grasp_queries(kw["grasp_directions"])
-    steps = (bench.budget - grasp) // (k + 1)  # every weight of these models is sampled: k and the base point a step
+    steps = (bench.budget - extra - grasp) // (k + 1)  # every weight is sampled: k and the base point a step
     if counts is not None:
         info = [i for i in bench.oracle.param_info if i.kind in zo.recipes.SHORT_BUDGET_KINDS]
         unknown = set(counts) - {i.name for i in info}
@@ -434,6 +479,10 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
             kw["optimizer"] = opt._replace(update=update)
         recorder, averaged = (peers.step_recorder(bench, grasp), None) if average is None else \
             _averaging_recorder(bench, grasp, average)
+        if regrasp is not None:
+            recorder, ctx = _regrasp(bench, regrasp, steps, kw["sparsity"], kw["estimator"].mu, grasp_directions,
+                                     fill_small_blocks, grasp)
+            stack.enter_context(ctx)
         params = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
                           callbacks=[recorder], rng=bench.rng_seed, progress=False, **kw).params
         return params if averaged is None else averaged()

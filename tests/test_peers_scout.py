@@ -225,7 +225,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
     at_150k_only = {"average-0.03", "average-0.1", "linear", "sqrt-decay", "quadratic-decay", "wsd-0.2",  # added for
                     "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias",
                     "split-0", "split-0-start-0", "split-0-coords", "split-0-batches",
-                    "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0"}  # rounds at 150,000
+                    "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0",
+                    "regrasp-4", "regrasp-10"}  # rounds at 150,000
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -441,5 +442,60 @@ def test_the_layer_normalized_round_is_the_docs_table(scout):
     runs = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_lnorm_{d}.json"))]
     assert {r["variant"] for r in runs} == {"layer-norm-0.3", "layer-norm-1", "layer-norm-0.1", "layer-norm-0.03"}
     assert len(runs) == 2 * 4 * 3 and {r["seed"] for r in runs} == {0, 1, 2} and {r["budget"] for r in runs} == {150_000}
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        assert scout.report(runs) in f.read()
+
+
+def test_regrasp_scores_again_at_the_weights_reached_and_the_masks_follow(scout, digits, monkeypatch):
+    """regrasp-4: ZO-GraSP again after a quarter, half and three quarters of the steps, at the
+    weights reached; the per-step masks draw from the new split; every query is counted."""
+    import zoracle
+    import zoracle._masks as masks_module
+    from zoracle._pruning import grasp_queries
+
+    assert scout.VARIANTS["regrasp-4"][1] == {"regrasp": 4}
+    bench = _bench(scout, digits)
+    bench.start()
+    classifier = next(i.slice for i in bench.oracle.param_info if i.name == "6.weight")
+    calls, drawn = [], []
+    real_draw = masks_module.random_masks
+
+    def fake_grasp(oracle, params, blocks, **kw):
+        calls.append(np.array(params))
+        s = np.zeros(params.shape[0])
+        s[classifier] = 1.0  # every kept weight on the classifier: the split moves there
+        return s
+
+    def draw(blocks, ratios, rng, dense=()):
+        coords = real_draw(blocks, ratios, rng, dense=dense)
+        drawn.append(coords)
+        return coords
+
+    monkeypatch.setattr(zoracle, "zo_grasp", fake_grasp)
+    monkeypatch.setattr(masks_module, "random_masks", draw)
+    scout.run_variant(bench, regrasp=4)
+    g = grasp_queries(192)
+    steps = (BUDGET - 4 * g) // 51
+    assert bench.queries == 4 * g + steps * 51 <= BUDGET  # train's ZO-GraSP, three more, and the steps
+    assert len(calls) == 3 and all(not np.array_equal(p, bench.p0) for p in calls)
+    assert not np.array_equal(calls[0], calls[1])  # scored at the weights reached, not at the start
+    first = round(steps / 4)
+    sampled = [set(c.tolist()) for c in drawn]  # the recipe scores biases too: no dense block is added
+    assert len(drawn) == steps
+    before = set().union(*sampled[:first])
+    after = set().union(*sampled[first:])
+    assert not before <= set(range(classifier.start, classifier.stop))  # train's own split: not only the classifier
+    assert after and after <= set(range(classifier.start, classifier.stop))
+
+
+def test_the_regrasp_round_is_the_docs_table(scout):
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    files = [os.path.join(results, f"scout150_{part}_{d}.json")
+             for d in ("digits", "mnist1d") for part in ("sched", "sched_fresh", "regrasp")]
+    new = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_regrasp_{d}.json"))]
+    assert {r["variant"] for r in new} == {"regrasp-4", "regrasp-10"}
+    assert len(new) == 2 * 2 * 12 and {r["seed"] for r in new} == set(range(12)) and {r["budget"] for r in new} == {150_000}
+    assert all(r["queries"] <= 150_000 for r in new)
+    runs = [r for path in files for r in scout.peers._load(path) if r["variant"] in ("recipe", "regrasp-4", "regrasp-10")]
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         assert scout.report(runs) in f.read()
