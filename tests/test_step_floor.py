@@ -70,3 +70,17 @@ def test_docs_show_the_saved_run_as_report_prints_it():
     assert f"({ms['by hand']:.2f} against {ms['zoracle']:.2f} ms a step" in docs
     assert f"{r['projected_150k']['es_over_hand']:.1f}x ahead of" in docs
     assert f"`zoracle-es` in that run (zoracle's step: {r['projected_150k']['es_over_zoracle']:.1f}x)" in docs
+
+
+def test_docs_show_the_quiet_run_as_report_prints_it():
+    import step_floor
+
+    path = os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_digits_quiet.json")
+    with open(path) as f:
+        r = json.load(f)
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    assert "\n".join("  " + line if line else "" for line in step_floor.table(r).split("\n")) in docs
+    p = r["projected_150k"]
+    assert f"is {p['es_over_zoracle']:.1f}x for zoracle's step and {p['es_over_hand']:.1f}x for" in docs
+    assert p["es_over_hand"] < 10 and f"ZO-GraSP's\n  {r['zo_grasp_s']:.2f} s" in docs
