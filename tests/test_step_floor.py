@@ -53,17 +53,22 @@ def test_step_floor_prints_ratios_side_by_side():
         assert proj[key] == pytest.approx(proj["zoracle-es_s"] / run)
 
 
-def test_docs_show_the_saved_run_as_report_prints_it():
+def _saved_run_in_docs(name: str):
+    """``(result, docs)``: the committed step_floor result ``name``, checked to appear in
+    docs/peers.md as ``--report`` prints it (indented in a list item), with its command."""
     import step_floor
 
-    path = os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_digits.json")
-    with open(path) as f:
+    with open(os.path.join(ROOT, "benchmarks", "peers_results", name)) as f:
         r = json.load(f)
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         docs = f.read()
-    table = step_floor.table(r)
-    assert "\n".join("  " + line if line else "" for line in table.split("\n")) in docs
-    assert "python benchmarks/step_floor.py --report benchmarks/peers_results/step_floor_digits.json" in docs
+    assert "\n".join("  " + line if line else "" for line in step_floor.table(r).split("\n")) in docs
+    assert f"python benchmarks/step_floor.py --report benchmarks/peers_results/{name}" in docs
+    return r, docs
+
+
+def test_docs_show_the_saved_run_as_report_prints_it():
+    r, docs = _saved_run_in_docs("step_floor_digits.json")
     ms = r["ms_per_step"]
     # the ratios the prose quotes
     assert f"{ms['zoracle'] / ms['by hand']:.1f}x less time" in docs
@@ -73,14 +78,7 @@ def test_docs_show_the_saved_run_as_report_prints_it():
 
 
 def test_docs_show_the_quiet_run_as_report_prints_it():
-    import step_floor
-
-    path = os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_digits_quiet.json")
-    with open(path) as f:
-        r = json.load(f)
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
-        docs = f.read()
-    assert "\n".join("  " + line if line else "" for line in step_floor.table(r).split("\n")) in docs
+    r, docs = _saved_run_in_docs("step_floor_digits_quiet.json")
     p = r["projected_150k"]
     assert f"is {p['es_over_zoracle']:.1f}x for zoracle's step and {p['es_over_hand']:.1f}x for" in docs
     assert p["es_over_hand"] < 10 and f"ZO-GraSP's\n  {r['zo_grasp_s']:.2f} s" in docs
