@@ -273,38 +273,39 @@ def _regrasp(bench, parts: int, steps: int, sparsity: float, mu: float, directio
              spent: int):
     """``(callback, context)``: ZO-GraSP scored again at ``parts - 1`` evenly spaced steps, at the
     weights reached, on a fresh batch of 25 samples a class; the new split replaces the one the
-    per-step masks draw from. The callback records like ``peers.step_recorder``, with each new
-    ZO-GraSP's queries counted (scouting only)."""
+    per-step masks draw from. The callback is ``peers.step_recorder``'s, with each new ZO-GraSP's
+    queries added to the next step's (scouting only)."""
+    import dataclasses
+
     import zoracle as zo
-    from zoracle._masks import random_masks
+    from zoracle._masks import DynamicMasks
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
 
-    holder, total, done = {}, [int(spent)], [0]
+    draw, record = DynamicMasks.coordinates, peers.step_recorder(bench, spent)
+    holder, pending, done = {}, [0], [0]
     at = {int(round(j * steps / parts)): j for j in range(1, parts)}
     d = bench.data
 
-    def coordinates(self, epoch, step=None):
-        holder.setdefault("masks", self)
-        ratios = holder.get("ratios", self.ratios)
-        key = [int(self.seed) % 2**63, 0x6D61736B, 0x73746570, int(step)]  # DynamicMasks' own per-step draw
-        return random_masks(self.blocks, ratios, np.random.default_rng(key), dense=self.dense)
+    def coordinates(self, epoch, step=None):  # train's masks, or the same masks with the latest split
+        masks = holder.setdefault("masks", self)
+        return draw(holder.get("now", masks), epoch, step)
 
     def cb(event, rec, params):
         if event != "step":
             return None
-        total[0] += rec["nfev"]
-        done[0] += 1
-        bench.record(params, total[0])
+        stop = record(event, {**rec, "nfev": rec["nfev"] + pending[0]}, params)
+        pending[0], done[0] = 0, done[0] + 1
         j = at.get(done[0])
-        if j is not None and not bench.done():
+        if j is not None and not stop:
             masks = holder["masks"]
             batch = per_class(d["x"], d["y"], 25, seed=1000 * (bench.seed + 1) + j)
             scores = zo.zo_grasp(bench.oracle, params, blocks=masks.blocks, mu=mu, directions=directions,
                                  rng=np.random.default_rng([bench.rng_seed, 2, j]), batch=batch)
-            holder["ratios"] = zo.layer_ratios(scores, masks.blocks, sparsity, fill_small=fill_small)
-            total[0] += grasp_queries(directions)
-        return bench.done()
+            holder["now"] = dataclasses.replace(
+                masks, ratios=zo.layer_ratios(scores, masks.blocks, sparsity, fill_small=fill_small))
+            pending[0] = grasp_queries(directions)
+        return stop
 
     return cb, _masks_drawn_by(coordinates)
 
