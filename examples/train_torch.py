@@ -56,27 +56,6 @@ def data(seed: int = 0):
     return train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
 
 
-def plot(history, path: str, resumed_at: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = np.asarray(history.column("epoch", "epoch")) + 1  # 1-based on the axis
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(epochs, 100 * np.asarray(history.column("test_acc", "epoch")), marker=".")
-    a.set(xlabel="epoch", ylabel="test accuracy (%)")
-    b.plot(epochs, history.column("loss", "epoch"), marker=".")
-    b.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    for ax in (a, b):
-        ax.axvline(resumed_at + 0.5, color="grey", ls="--", lw=1)  # where the run was resumed
-        ax.grid(alpha=0.3)
-    fig.suptitle("DeepZero through TorchOracle (dashed: resumed from the checkpoint)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 epochs instead of 20 (the test runs this)")
@@ -121,7 +100,10 @@ def main(argv=None) -> int:
     print(f"resumed and finished {result.epochs} epochs: test accuracy {accuracy(result.params):.1%}, "
           f"{result.nfev:,} queries in all, {seconds:.1f} s")
     path = os.path.join(args.out, "train_torch.png")
-    plot(result.history, path, half)
+    fig = result.plot(x="step", title="DeepZero through TorchOracle (dashed: resumed from the checkpoint)")
+    for ax in fig.axes:  # the figure is plain matplotlib: mark where the run was resumed
+        ax.axvline(half * len(batches) + 0.5, color="grey", ls="--", lw=1)
+    fig.savefig(path, dpi=110)
     print(f"plot: {path}")
     return 0
 

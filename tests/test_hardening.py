@@ -178,6 +178,7 @@ def test_resume_validates_the_schedule_every_header_field_and_every_array(tmp_pa
         (lambda m: m.pop("step"), "'step'"),
         (lambda m: m.pop("config"), "'config'"),
         (lambda m: m["history"]["steps"][2].__setitem__("nfev", "many"), "history.steps\\[2\\].nfev"),
+        (lambda m: m["history"]["steps"][1].__setitem__("total_nfev", -3), "history.steps\\[1\\].total_nfev"),
         (lambda m: m["fingerprints"]["lr"]["values"].__setitem__(1, 9.0), "another `lr` schedule"),
     ]
     for i, (edit, field) in enumerate(cases):

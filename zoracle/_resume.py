@@ -61,6 +61,8 @@ def _history(meta, path, step, epoch, pos):
         _int(r, "step", path, i, i, f + ".step")
         last = _int(r, "epoch", path, last, epoch, f + ".epoch")
         _int(r, "nfev", path, field=f + ".nfev")
+        if "total_nfev" in r:  # absent in checkpoints written before steps carried it
+            _int(r, "total_nfev", path, field=f + ".total_nfev")
         _number(r, "loss", path, f + ".loss", allow_text=True)
         _number(r, "lr", path, f + ".lr", lo=0.0)
         _number(r, "mu", path, f + ".mu", lo=0.0)

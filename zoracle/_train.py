@@ -101,8 +101,9 @@ def _take(a, rows):
 class History:
     """Per-step and per-epoch records (dicts of plain numbers).
 
-    Step records: ``step, epoch, loss, lr, mu, nfev, seconds``. Epoch records: ``epoch,
-    loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev``, ``total_nfev``,
+    Step records: ``step, epoch, loss, lr, mu, nfev`` (the step's queries), ``total_nfev``
+    (the run's queries after the step, ZO-GraSP's included), ``seconds``. Epoch records:
+    ``epoch, loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev``, ``total_nfev``,
     ``seconds`` and every metric ``eval_fn`` returned.
     """
 
@@ -113,6 +114,21 @@ class History:
         """One field over all step (or ``level="epoch"``) records, NaN where missing."""
         recs = self.steps if level == "step" else self.epochs
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
+
+    def plot(self, path=None, *, x: str = "queries", title: str | None = None):
+        """A figure of the run: every step's loss and each epoch's mean, and one panel per metric
+        ``eval_fn`` returned, against the run's queries (``x="queries"``, ZO-GraSP's included) or
+        its steps (``x="step"``).
+
+        Needs matplotlib (``pip install matplotlib``; in the ``apps`` extra). The loss axis is
+        logarithmic when every loss is positive and they span more than a factor of 10. Returns
+        the :class:`matplotlib.figure.Figure` (no pyplot state: add to its ``axes``, then
+        ``savefig``); with ``path`` it is also written there, in the format of the suffix
+        (PNG without one), through a temporary file so a reader never sees half a figure.
+        """
+        from ._plot import plot_history
+
+        return plot_history(self, path, x=x, title=title)
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,10 @@ class TrainResult:
     @property
     def loss(self) -> float:
         return float(self.history.steps[-1]["loss"]) if self.history.steps else float("nan")
+
+    def plot(self, path=None, **kwargs):
+        """``self.history.plot(path, **kwargs)``: see :meth:`History.plot`."""
+        return self.history.plot(path, **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -262,7 +282,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
           ranking: str = "magnitude", fill_small_blocks: bool = False, grasp_directions: int = 192, grasp_batch=None,
           mask_shuffle_interval: int | str = 5, executor=None, eval_fn=None, eval_every: int = 1,
           callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
-          progress: bool = True, max_queries: int | None = None) -> TrainResult:
+          progress: bool = True, max_queries: int | None = None, plot=None) -> TrainResult:
     """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
 
     Per step: bind the oracle to the step's batch (every query of the step sees it),
@@ -346,6 +366,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         by less than one step's queries. Not part of the checkpoint's settings: a run stopped
         by its budget resumes with a larger one. A budget that ZO-GraSP alone would spend
         raises :class:`~zoracle.ArgumentError` before the first query.
+    plot : path, optional
+        Write :meth:`History.plot`'s figure of the whole run (a resumed run's earlier steps
+        included) to this file at the end (``.png``, ``.pdf``, ``.svg``, ...). Needs matplotlib;
+        a missing matplotlib, a format it cannot write or a path that cannot be written raises
+        :class:`~zoracle.ArgumentError` before the first query.
 
     Returns
     -------
@@ -418,6 +443,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         resume = os.fspath(resume)
     if checkpoint is not None:
         check_writable(checkpoint)  # before the first query, not after the first epoch
+    if plot is not None:
+        from ._plot import check_plot_path
+
+        check_plot_path(plot)
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
@@ -579,13 +608,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
                         f"lower the learning rate (lr was {lr:g})"
                     )
-                nfev += g.nfev
                 width = float(est.mu)
                 if snes:
                     est_state = g.state
                     width = float(np.mean(est_state))
+                nfev += g.nfev
                 rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": width,
-                       "nfev": int(g.nfev), "seconds": time.perf_counter() - t0}
+                       "nfev": int(g.nfev), "total_nfev": int(nfev), "seconds": time.perf_counter() - t0}
                 steps_hist.append(rec)
                 step += 1
                 pos += 1
@@ -632,9 +661,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         bar.close()
     if checkpoint is not None:
         save()
+    history = History(tuple(steps_hist), tuple(epoch_hist))
+    if plot is not None:
+        history.plot(plot)
     return TrainResult(
         params=params,
-        history=History(tuple(steps_hist), tuple(epoch_hist)),
+        history=history,
         nfev=int(nfev),
         steps=int(step),
         epochs=int(epoch),

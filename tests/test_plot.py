@@ -1,0 +1,142 @@
+"""Plots of a run on request: ``History.plot``, ``TrainResult.plot`` and ``train(plot=path)``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+from zoracle._plot import step_queries
+from zoracle._pruning import grasp_queries
+
+pytest.importorskip("matplotlib")
+
+
+def loss(x):
+    return float(((x - 1.0) ** 2).sum())
+
+
+def _sparse(**kw):
+    """A run whose first step comes after ZO-GraSP's queries: 3 epochs of 4 steps, err every 2nd epoch."""
+    return zo.train(loss, np.zeros(6), epochs=3, steps_per_epoch=4, sparsity=0.5, blocks=[slice(0, 3), slice(3, 6)],
+                    grasp_directions=4, optimizer=zo.sgd(0.1), rng=0, progress=False, eval_every=2,
+                    eval_fn=lambda p: {"err": float(np.abs(p - 1).max())}, **kw)
+
+
+def test_steps_count_the_runs_queries_zo_grasp_included():
+    r = _sparse()
+    steps, epochs = r.history.steps, r.history.epochs
+    total = r.history.column("total_nfev")
+    assert total[0] == grasp_queries(4) + steps[0]["nfev"]
+    np.testing.assert_array_equal(np.diff(total), r.history.column("nfev")[1:])
+    assert total[-1] == r.nfev
+    for e in epochs:  # an epoch's total is its last step's
+        assert e["total_nfev"] == [s["total_nfev"] for s in steps if s["epoch"] == e["epoch"]][-1]
+
+
+def test_the_figure_draws_the_history_it_is_given(tmp_path):
+    r = _sparse()
+    h = r.history
+    fig = r.plot(tmp_path / "run.png")
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["run.png"]  # no temporary file left
+    loss_ax, err_ax = fig.axes
+    step_line, epoch_line = loss_ax.lines
+    np.testing.assert_array_equal(step_line.get_xdata(), h.column("total_nfev"))
+    np.testing.assert_array_equal(step_line.get_ydata(), h.column("loss"))
+    mids = [h.column("total_nfev")[h.column("epoch") == e].mean() for e in range(3)]
+    np.testing.assert_allclose(epoch_line.get_xdata(), mids)
+    np.testing.assert_array_equal(epoch_line.get_ydata(), h.column("loss", "epoch"))
+    assert err_ax.get_ylabel() == "err"
+    measured = [e for e in h.epochs if "err" in e]
+    assert [e["epoch"] for e in measured] == [1, 2]  # eval_every=2, and the last epoch
+    np.testing.assert_array_equal(err_ax.lines[0].get_xdata(), [e["total_nfev"] for e in measured])
+    np.testing.assert_array_equal(err_ax.lines[0].get_ydata(), [e["err"] for e in measured])
+
+    by_step = h.plot(x="step", title="by step")
+    np.testing.assert_array_equal(by_step.axes[0].lines[0].get_xdata(), np.arange(1, 13))
+    np.testing.assert_array_equal(by_step.axes[1].lines[0].get_xdata(), [8, 12])  # steps done at epochs 1 and 2
+    assert by_step.get_suptitle() == "by step"
+
+
+def test_train_writes_the_plot_at_the_end_in_the_suffixs_format(tmp_path):
+    r = _sparse(plot=tmp_path / "sub" / "run.pdf")
+    assert (tmp_path / "sub" / "run.pdf").read_bytes()[:5] == b"%PDF-"
+    svg = tmp_path / "run.svg"
+    zo.train(loss, np.zeros(3), epochs=5, progress=False, plot=str(svg))
+    assert b"<svg" in svg.read_bytes()[:500]
+    assert r.history.steps[-1]["total_nfev"] == r.nfev
+
+
+def test_a_resumed_run_plots_every_step_with_its_true_query_count(tmp_path):
+    ckpt = tmp_path / "c.npz"
+    whole = _sparse()
+    first = _sparse(checkpoint=ckpt, callbacks=[lambda event, rec, p: event == "epoch" and rec["epoch"] == 0])
+    assert first.epochs == 1
+    resumed = _sparse(checkpoint=ckpt, resume=ckpt, plot=tmp_path / "run.png")
+    np.testing.assert_array_equal(resumed.history.column("total_nfev"), whole.history.column("total_nfev"))
+    assert resumed.history.steps[-1]["total_nfev"] == resumed.nfev == whole.nfev
+
+
+def test_histories_written_before_steps_carried_total_nfev_are_filled_in(tmp_path):
+    r = _sparse()
+    old_steps = tuple({k: v for k, v in s.items() if k != "total_nfev"} for s in r.history.steps)
+    want = r.history.column("total_nfev")
+    np.testing.assert_array_equal(step_queries(old_steps, r.history.epochs), want)  # anchored at epoch 0's total
+    half = old_steps[:5] + r.history.steps[5:]
+    np.testing.assert_array_equal(step_queries(half, ()), want)  # anchored at the first step that has one
+    np.testing.assert_array_equal(step_queries(old_steps, ()), np.cumsum(r.history.column("nfev")))  # nothing to anchor
+
+    # such a checkpoint still resumes, and its plot starts after ZO-GraSP's queries
+    ckpt = tmp_path / "c.npz"
+    _sparse(checkpoint=ckpt, callbacks=[lambda event, rec, p: event == "epoch" and rec["epoch"] == 0])
+    arrays, meta = zo.load_checkpoint(ckpt)
+    for s in meta["history"]["steps"]:
+        del s["total_nfev"]
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(ckpt, arrays, meta)
+    resumed = _sparse(checkpoint=tmp_path / "d.npz", resume=ckpt)
+    assert "total_nfev" not in resumed.history.steps[0] and "total_nfev" in resumed.history.steps[-1]
+    fig = resumed.plot()
+    np.testing.assert_array_equal(fig.axes[0].lines[0].get_xdata(), want)
+
+
+def _counting():
+    calls = []
+    return calls, lambda x: calls.append(1) or loss(x)
+
+
+@pytest.mark.parametrize("plot, match", [
+    ("run.xyz", r"`plot` .*cannot write '\.xyz' files; use a path ending in one of .*\.png"),
+    (".", "`plot` '.' is a directory"),
+    (3, "`plot` must be a file path such as 'run.png', got int"),
+])
+def test_a_plot_that_cannot_be_written_fails_before_the_first_query(tmp_path, monkeypatch, plot, match):
+    monkeypatch.chdir(tmp_path)
+    calls, oracle = _counting()
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(oracle, np.zeros(3), epochs=3, progress=False, plot=plot)
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
+def test_no_matplotlib_is_named_with_the_fix_before_the_first_query(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    calls, oracle = _counting()
+    with pytest.raises(zo.ArgumentError, match="`plot` needs matplotlib; install it with: pip install matplotlib"):
+        zo.train(oracle, np.zeros(3), epochs=3, progress=False, plot=tmp_path / "run.png")
+    assert calls == []
+    result = zo.train(oracle, np.zeros(3), epochs=3, progress=False)  # no plot asked for: no matplotlib needed
+    with pytest.raises(zo.ArgumentError, match="needs matplotlib"):
+        result.plot()
+
+
+def test_plot_refuses_an_empty_history_and_an_unknown_axis():
+    with pytest.raises(zo.ArgumentError, match="no steps to plot"):
+        zo.History().plot()
+    r = zo.train(loss, np.zeros(2), epochs=2, progress=False)
+    with pytest.raises(zo.ArgumentError, match="`x` must be one of 'queries', 'step', got 'epoch'"):
+        r.plot(x="epoch")

@@ -1,0 +1,126 @@
+"""Figures of a training run's :class:`~zoracle.History` (matplotlib, imported only when asked for).
+
+``History.plot`` / ``TrainResult.plot`` draw them; ``train(plot=path)`` writes one at the end
+of the run and checks, before the first query, that it can.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._checkpoint import _tmp_path, check_writable
+from ._errors import ArgumentError
+
+#: Fields of the history's records that are not ``eval_fn`` metrics.
+RECORD_FIELDS = frozenset({"step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"})
+X_AXES = ("queries", "step")
+
+
+def _figure_class(name: str):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ArgumentError(f"`{name}` needs matplotlib; install it with: pip install matplotlib "
+                            "(it is in zoracle's 'apps' extra)") from None
+    return Figure
+
+
+def _format(path: str, name: str) -> str:
+    """The file format of ``path`` (its suffix; PNG without one), refused when matplotlib cannot write it."""
+    fmt = os.path.splitext(path)[1][1:].lower() or "png"
+    supported = _figure_class(name)().canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ArgumentError(f"`{name}` {path!r}: matplotlib cannot write '.{fmt}' files; use a path ending in one of "
+                            + ", ".join(f".{k}" for k in sorted(supported)))
+    return fmt
+
+
+def check_plot_path(path, name: str = "plot") -> tuple[str, str]:
+    """Fail now, before any query, when a figure cannot be written to ``path``; returns the path and its format."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"`{name}` must be a file path such as 'run.png', got {type(path).__name__}")
+    path = os.fspath(path)
+    fmt = _format(path, name)
+    return check_writable(path, name), fmt
+
+
+def step_queries(steps: list | tuple, epochs: list | tuple) -> np.ndarray:
+    """The run's queries after each step record (ZO-GraSP's included).
+
+    Records written before steps carried ``total_nfev`` (older checkpoints) are filled in from
+    the steps' ``nfev``, anchored at the first step or epoch record that has a total (from 0
+    when none has).
+    """
+    nfev = np.array([r["nfev"] for r in steps], dtype=np.float64)
+    total = np.array([r.get("total_nfev", np.nan) for r in steps], dtype=np.float64)
+    known = np.isfinite(total)
+    if known.all():
+        return total
+    cum = np.cumsum(nfev)
+    offset = 0.0
+    if known.any():
+        i = int(np.flatnonzero(known)[0])
+        offset = total[i] - cum[i]
+    elif epochs and "total_nfev" in epochs[0]:
+        ends = [i for i, r in enumerate(steps) if r["epoch"] == epochs[0]["epoch"]]
+        if ends:
+            offset = float(epochs[0]["total_nfev"]) - cum[ends[-1]]
+    return np.where(known, total, cum + offset)
+
+
+def plot_history(history, path=None, *, x: str = "queries", title: str | None = None):
+    """See :meth:`zoracle.History.plot`."""
+    if x not in X_AXES:
+        raise ArgumentError(f"`x` must be one of {', '.join(map(repr, X_AXES))}, got {x!r}")
+    if path is not None:
+        path, fmt = check_plot_path(path)
+    Figure = _figure_class("plot")
+    from matplotlib.ticker import EngFormatter
+    steps, epochs = history.steps, history.epochs
+    if not steps:
+        raise ArgumentError("the history has no steps to plot: train for at least one step")
+    step_loss = history.column("loss")
+    epoch_loss = history.column("loss", "epoch")
+    if x == "queries":
+        sx, ex, label = step_queries(steps, epochs), history.column("total_nfev", "epoch"), "queries"
+    else:
+        sx = history.column("step") + 1
+        ex = np.searchsorted(history.column("epoch"), history.column("epoch", "epoch"), side="right").astype(np.float64)
+        label = "steps"
+    metrics = [k for k in dict.fromkeys(k for r in epochs for k in r) if k not in RECORD_FIELDS]
+    fig = Figure(figsize=(min(4.2 * (1 + len(metrics)), 16.8), 3.4), layout="constrained")
+    axes = fig.subplots(1, 1 + len(metrics), squeeze=False)[0]
+    ax = axes[0]
+    ax.plot(sx, step_loss, lw=0.8, alpha=0.45, label="step")
+    if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
+        step_epochs = history.column("epoch")
+        mid = [sx[step_epochs == e].mean() if (step_epochs == e).any() else np.nan
+               for e in history.column("epoch", "epoch")]
+        ax.plot(mid, epoch_loss, marker=".", label="epoch mean")
+        ax.legend(frameon=False)
+    finite = step_loss[np.isfinite(step_loss)]
+    if finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
+        ax.set_yscale("log")
+    ax.set(xlabel=label, ylabel="loss")
+    for ax, name in zip(axes[1:], metrics):
+        y = history.column(name, "epoch")
+        keep = np.isfinite(y)
+        ax.plot(ex[keep], y[keep], marker=".")
+        ax.set(xlabel=label, ylabel=name)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if x == "queries":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, not 150000
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        tmp = _tmp_path(path)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=110)
+            os.replace(tmp, path)  # a reader never sees half a file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return fig
