@@ -134,6 +134,18 @@ def test_no_matplotlib_is_named_with_the_fix_before_the_first_query(tmp_path, mo
         result.plot()
 
 
+def test_many_metrics_wrap_into_rows_of_four():
+    r = zo.train(loss, np.zeros(2), epochs=3, progress=False,
+                 eval_fn=lambda p: {f"m{i}": float(i * p.sum()) for i in range(5)})
+    fig = r.plot()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "m0", "m1", "m2", "m3", "m4"]
+    rows = [ax.get_subplotspec().rowspan.start for ax in fig.axes]
+    assert rows == [0, 0, 0, 0, 1, 1]
+    m4 = r.history.column("m4", "epoch")
+    assert np.all(m4 > 0)
+    np.testing.assert_array_equal(fig.axes[5].lines[0].get_ydata(), m4)
+
+
 def test_plot_refuses_an_empty_history_and_an_unknown_axis():
     with pytest.raises(zo.ArgumentError, match="no steps to plot"):
         zo.History().plot()

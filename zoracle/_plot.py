@@ -16,6 +16,7 @@ from ._errors import ArgumentError
 #: Fields of the history's records that are not ``eval_fn`` metrics.
 RECORD_FIELDS = frozenset({"step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"})
 X_AXES = ("queries", "step")
+PANELS_PER_ROW = 4
 
 
 def _figure_class(name: str):
@@ -90,8 +91,14 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         ex = np.searchsorted(history.column("epoch"), history.column("epoch", "epoch"), side="right").astype(np.float64)
         label = "steps"
     metrics = [k for k in dict.fromkeys(k for r in epochs for k in r) if k not in RECORD_FIELDS]
-    fig = Figure(figsize=(min(4.2 * (1 + len(metrics)), 16.8), 3.4), layout="constrained")
-    axes = fig.subplots(1, 1 + len(metrics), squeeze=False)[0]
+    panels = 1 + len(metrics)
+    cols = min(panels, PANELS_PER_ROW)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[panels:]:  # the last row's unused places
+        fig.delaxes(ax)
+    axes = grid[:panels]
     ax = axes[0]
     ax.plot(sx, step_loss, lw=0.8, alpha=0.45, label="step")
     if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
