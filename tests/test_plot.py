@@ -71,6 +71,18 @@ def test_train_writes_the_plot_at_the_end_in_the_suffixs_format(tmp_path):
     assert r.history.steps[-1]["total_nfev"] == r.nfev
 
 
+def test_a_plot_that_fails_at_the_end_warns_and_keeps_the_result(tmp_path, monkeypatch):
+    import zoracle._plot as plot_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot_module, "plot_history", full_disk)
+    with pytest.warns(UserWarning, match=r"the plot .*run\.png' could not be written \(OSError: .*No space left"):
+        r = zo.train(loss, np.zeros(3), epochs=4, progress=False, plot=tmp_path / "run.png")
+    assert r.steps == 4 and np.isfinite(r.params).all()
+
+
 def test_a_resumed_run_plots_every_step_with_its_true_query_count(tmp_path):
     ckpt = tmp_path / "c.npz"
     whole = _sparse()

@@ -370,7 +370,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Write :meth:`History.plot`'s figure of the whole run (a resumed run's earlier steps
         included) to this file at the end (``.png``, ``.pdf``, ``.svg``, ...). Needs matplotlib;
         a missing matplotlib, a format it cannot write or a path that cannot be written raises
-        :class:`~zoracle.ArgumentError` before the first query.
+        :class:`~zoracle.ArgumentError` before the first query. Should the write still fail at
+        the end (a disk filled meanwhile), a warning says so and the result is returned.
 
     Returns
     -------
@@ -608,11 +609,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
                         f"lower the learning rate (lr was {lr:g})"
                     )
+                nfev += g.nfev
                 width = float(est.mu)
                 if snes:
                     est_state = g.state
                     width = float(np.mean(est_state))
-                nfev += g.nfev
                 rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": width,
                        "nfev": int(g.nfev), "total_nfev": int(nfev), "seconds": time.perf_counter() - t0}
                 steps_hist.append(rec)
@@ -663,7 +664,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         save()
     history = History(tuple(steps_hist), tuple(epoch_hist))
     if plot is not None:
-        history.plot(plot)
+        try:
+            history.plot(plot)
+        except Exception as exc:  # checked before the first query; a late failure must not lose the result
+            warnings.warn(f"train: the plot {os.fspath(plot)!r} could not be written ({type(exc).__name__}: {exc}); "
+                          "the result is returned: draw it again with result.plot(path)", UserWarning, stacklevel=2)
     return TrainResult(
         params=params,
         history=history,
