@@ -6,8 +6,9 @@ random masks redrawn every epoch, SGD with momentum, weight decay and a cosine s
 The script evaluates every epoch, writes a checkpoint, stops half-way as an interrupted
 job would, resumes from the checkpoint to the end, and plots the curves.
 
-    python examples/train_torch.py                 # 20 epochs on scikit-learn digits: 94.7% test
-                                                   # accuracy, 199,286 queries, 69 s on 2 loaded cores
+    python examples/train_torch.py                 # 20 epochs on scikit-learn digits: 93.1% test
+                                                   # accuracy, 199,286 queries, 11 s on 2 cores (AVX-512;
+                                                   # other instruction sets: 93.6-94.7%, docs/training.md)
     python examples/train_torch.py --quick         # 4 epochs (the test runs this)
     python examples/train_torch.py --out results/train_torch
 
