@@ -483,3 +483,30 @@ def test_float32_cnn_flattening_with_view_keeps_feature_reuse():
         t[c] += np.float32(1e-2)
         want.append(oracle(t))
     np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
+def test_the_first_binds_own_loss_calls_are_one_minibatch_and_a_few_two_sample_rows():
+    """The loss calls that are not queries (docs/pytorch.md): counted by the rows the loss receives."""
+    rows = []
+
+    def loss(out, target):
+        rows.append(out.shape[0])
+        return ((out - target) ** 2).flatten(1).mean(1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    oracle = TorchOracle(model, loss)
+    x = torch.randn(64, 1, 8, 8).numpy()
+    batches = zo.Minibatches((x, x.copy()), 32, seed=0)
+
+    def run():
+        rows.clear()
+        r = zo.train(oracle, oracle.initial_params(), batches=batches, epochs=1, estimator=zo.CGE(mu=5e-3),
+                     sparsity=0.5, optimizer=zo.adam(1e-3), rng=0, progress=False)
+        return sum(rows) - 32 * r.nfev  # rows beyond the queries' minibatches
+
+    extra = run()
+    checks = extra - 32  # the first minibatch once (the loss convention), then the split's self-check
+    assert 0 < checks <= 2 * 4 * (len(oracle.param_info) + 1) and checks % 2 == 0  # two-sample rows
+    assert run() == 0  # once per oracle: a second run on it has no extra loss calls
