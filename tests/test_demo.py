@@ -47,13 +47,13 @@ def test_full_run_prints_no_smoke_note(capsys):
     assert "smoke test" not in out.out + out.err
 
 
-COMMANDS = ["demo", "bench", "defense", "sol"]
+COMMANDS = ["demo", "bench", "defense", "sol", "plot"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_missing_extra_is_one_line_naming_it(command):
     # a core-only install: the frameworks cannot be imported (find_spec -> None, import -> error)
-    code = ("import sys\nfor m in ('torch', 'sklearn', 'phi', 'onnxruntime', 'onnx', 'skl2onnx'): sys.modules[m] = None\n"
+    code = ("import sys\nfor m in ('torch', 'sklearn', 'phi', 'onnxruntime', 'onnx', 'skl2onnx', 'matplotlib'): sys.modules[m] = None\n"
             f"from zoracle.cli import main\nsys.exit(main([{command!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr

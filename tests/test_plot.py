@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -164,3 +165,56 @@ def test_plot_refuses_an_empty_history_and_an_unknown_axis():
     r = zo.train(loss, np.zeros(2), epochs=2, progress=False)
     with pytest.raises(zo.ArgumentError, match="`x` must be one of 'queries', 'step', got 'epoch'"):
         r.plot(x="epoch")
+
+
+def test_a_checkpoint_gives_back_the_history_of_the_run_so_far(tmp_path):
+    ckpt = tmp_path / "run.npz"
+    first = _sparse(checkpoint=ckpt, callbacks=[lambda event, rec, p: event == "epoch" and rec["epoch"] == 1])
+    assert first.epochs == 2
+    assert zo.History.from_checkpoint(ckpt) == first.history
+    whole = _sparse(checkpoint=ckpt, resume=ckpt)
+    assert zo.History.from_checkpoint(str(ckpt)) == whole.history
+
+
+def test_zoracle_plot_draws_a_checkpoint(tmp_path, capsys):
+    from zoracle.cli import main
+
+    ckpt = tmp_path / "run.npz"
+    r = _sparse(checkpoint=ckpt)
+    assert main(["plot", str(ckpt), str(tmp_path / "run.svg"), "--x", "step"]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'run.svg'}: 12 steps, 3 epochs, {r.nfev:,} queries"
+    assert b"<svg" in (tmp_path / "run.svg").read_bytes()[:500]
+
+
+def _tampered(src, out, edit):
+    arrays, meta = zo.load_checkpoint(src)
+    edit(meta)
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(out, arrays, meta)
+    return out
+
+
+@pytest.mark.parametrize("what, match", [
+    ("missing", r"checkpoint '.*nope\.npz' does not exist or is not a file; pass the file that zo\.train"),
+    ("record", r"header field 'history\.steps\[3\]\.total_nfev' is -1"),
+    ("counter", r"header field 'step' is 7, expected the number of step records \(12\)"),
+    ("figure", r"`plot` '.*run\.xyz': matplotlib cannot write '\.xyz' files"),
+])
+def test_zoracle_plot_errors_are_one_line_naming_the_field(tmp_path, capsys, what, match):
+    from zoracle.cli import main
+
+    ckpt = tmp_path / "run.npz"
+    _sparse(checkpoint=ckpt)
+    figure = tmp_path / ("run.xyz" if what == "figure" else "run.png")
+    if what == "missing":
+        ckpt = tmp_path / "nope.npz"
+    elif what == "record":
+        ckpt = _tampered(ckpt, tmp_path / "bad.npz", lambda m: m["history"]["steps"][3].__setitem__("total_nfev", -1))
+    elif what == "counter":
+        ckpt = _tampered(ckpt, tmp_path / "bad.npz", lambda m: m.__setitem__("step", 7))
+    assert main(["plot", str(ckpt), str(figure)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zoracle plot: error: ")
+    assert re.search(match, err[0]), err[0]
+    assert not figure.exists()

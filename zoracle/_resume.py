@@ -10,13 +10,14 @@ naming the field; nothing reaches the training loop as a raw ``KeyError`` or ``T
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import CheckpointError, check_compatible, load_checkpoint
 
-__all__ = ["read_resume", "compare_fingerprints"]
+__all__ = ["read_resume", "read_history", "compare_fingerprints"]
 
 _MAX_COUNT = 2**53  # counters above this are not exact in JSON / float64: implausible
 _FIX = "delete it to start over, or resume from another checkpoint"
@@ -74,6 +75,25 @@ def _history(meta, path, step, epoch, pos):
         if not isinstance(r, dict) or r.get("epoch") != j:
             raise _bad(path, f"history.epochs[{j}]", r, f"an object with 'epoch': {j}")
     return steps, epochs
+
+
+def read_history(path) -> tuple[list, list]:
+    """The step and epoch records of a training checkpoint, checked as a resume checks them
+    (counters, every record); no array is read."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file; pass the file that "
+                              "zo.train(checkpoint=...) writes")
+    found = {}
+
+    def check(meta):
+        step = _int(meta, "step", path)
+        epoch = _int(meta, "epoch", path, hi=step)
+        pos = _int(meta, "pos", path)
+        found["history"] = _history(meta, path, step, epoch, pos)
+
+    load_checkpoint(path, expected={}, check=check)
+    return found["history"]
 
 
 def compare_fingerprints(path, saved, current: dict) -> None:

@@ -29,7 +29,7 @@ from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
 from ._pruning import SCORED_KINDS, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
-from ._resume import read_resume
+from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
 __all__ = ["train", "TrainResult", "History", "Minibatches", "RATIO_METHODS"]
@@ -114,6 +114,17 @@ class History:
         """One field over all step (or ``level="epoch"``) records, NaN where missing."""
         recs = self.steps if level == "step" else self.epochs
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> History:
+        """The history saved in a :func:`train` checkpoint, checked as a resume checks it.
+
+        Checkpoints are written atomically, so this reads a run that is still going (``zoracle
+        plot run.npz run.png`` draws it). A missing, corrupt or foreign file raises
+        :class:`~zoracle.CheckpointError` naming the field.
+        """
+        steps, epochs = read_history(path)
+        return cls(tuple(steps), tuple(epochs))
 
     def plot(self, path=None, *, x: str = "queries", title: str | None = None):
         """A figure of the run: every step's loss and each epoch's mean, and one panel per metric

@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": ("bench", "apps", "run the CGE speed benchmark (reference vs naive vs batched vs feature reuse vs FLOP limit)"),
     "defense": ("defense", "apps", "train a denoiser in front of a black-box ONNX classifier; certify it"),
     "sol": ("sol", "phiflow,apps", "solver-in-the-loop correction of a coarse PhiFlow wake-flow solver (ZO-SOL)"),
+    "plot": ("plot", "apps", "draw a training run (loss and eval metrics) from its checkpoint, while it runs or after"),
 }
 
 
@@ -34,6 +35,7 @@ REQUIRES = {
     "bench": ("torch",),
     "defense": ("torch", "sklearn", "onnx", "onnxruntime", "skl2onnx"),
     "sol": ("phi", "torch"),
+    "plot": ("matplotlib",),
 }
 
 #: argument -> kind of output path the commands write (checked before the first query)

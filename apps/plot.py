@@ -1,0 +1,36 @@
+"""``zoracle plot``: draw a training run from its checkpoint, while it runs or after.
+
+``zo.train(..., checkpoint="run.npz")`` saves the run's history with every checkpoint,
+atomically, so the figure of :meth:`zoracle.History.plot` can be drawn from the file at any
+time::
+
+    zoracle plot run.npz run.png              # loss and eval metrics against the queries
+    zoracle plot run.npz run.svg --x step     # against the steps
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "draw a training run (loss and eval metrics) from its checkpoint, while it runs or after"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint written by zo.train(checkpoint=...)")
+    parser.add_argument("figure", help="the file to write; the format follows the suffix (.png, .pdf, .svg, ...)")
+    parser.add_argument("--x", choices=("queries", "step"), default="queries",
+                        help="horizontal axis: the run's queries, ZO-GraSP's included (default), or its steps")
+    parser.add_argument("--title", default=None, help="a title over the panels (default: the checkpoint's path)")
+
+
+def main(args) -> int:
+    import zoracle as zo
+
+    history = zo.History.from_checkpoint(args.checkpoint)
+    history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
+    last = history.steps[-1] if history.steps else None
+    done = f"{len(history.steps)} steps, {len(history.epochs)} epochs"
+    if last is not None and "total_nfev" in last:
+        done += f", {last['total_nfev']:,} queries"
+    print(f"{args.figure}: {done}")
+    return 0
