@@ -28,9 +28,9 @@ def main(args) -> int:
 
     history = zo.History.from_checkpoint(args.checkpoint)
     history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
-    last = history.steps[-1] if history.steps else None
+    last = history.steps[-1]  # plot refused a history without steps
     done = f"{len(history.steps)} steps, {len(history.epochs)} epochs"
-    if last is not None and "total_nfev" in last:
+    if "total_nfev" in last:  # absent in checkpoints written before steps carried it
         done += f", {last['total_nfev']:,} queries"
     print(f"{args.figure}: {done}")
     return 0

@@ -27,6 +27,16 @@ def _sparse(**kw):
                     eval_fn=lambda p: {"err": float(np.abs(p - 1).max())}, **kw)
 
 
+def _tampered(src, out, edit):
+    """A copy of checkpoint ``src`` at ``out``, its header changed by ``edit(meta)``."""
+    arrays, meta = zo.load_checkpoint(src)
+    edit(meta)
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(out, arrays, meta)
+    return out
+
+
 def test_steps_count_the_runs_queries_zo_grasp_included():
     r = _sparse()
     steps, epochs = r.history.steps, r.history.epochs
@@ -106,12 +116,7 @@ def test_histories_written_before_steps_carried_total_nfev_are_filled_in(tmp_pat
     # such a checkpoint still resumes, and its plot starts after ZO-GraSP's queries
     ckpt = tmp_path / "c.npz"
     _sparse(checkpoint=ckpt, callbacks=[lambda event, rec, p: event == "epoch" and rec["epoch"] == 0])
-    arrays, meta = zo.load_checkpoint(ckpt)
-    for s in meta["history"]["steps"]:
-        del s["total_nfev"]
-    for k in ("format", "version"):
-        meta.pop(k)
-    zo.save_checkpoint(ckpt, arrays, meta)
+    _tampered(ckpt, ckpt, lambda m: [s.pop("total_nfev") for s in m["history"]["steps"]])
     resumed = _sparse(checkpoint=tmp_path / "d.npz", resume=ckpt)
     assert "total_nfev" not in resumed.history.steps[0] and "total_nfev" in resumed.history.steps[-1]
     fig = resumed.plot()
@@ -184,15 +189,6 @@ def test_zoracle_plot_draws_a_checkpoint(tmp_path, capsys):
     assert main(["plot", str(ckpt), str(tmp_path / "run.svg"), "--x", "step"]) == 0
     assert capsys.readouterr().out.strip() == f"{tmp_path / 'run.svg'}: 12 steps, 3 epochs, {r.nfev:,} queries"
     assert b"<svg" in (tmp_path / "run.svg").read_bytes()[:500]
-
-
-def _tampered(src, out, edit):
-    arrays, meta = zo.load_checkpoint(src)
-    edit(meta)
-    for k in ("format", "version"):
-        meta.pop(k)
-    zo.save_checkpoint(out, arrays, meta)
-    return out
 
 
 @pytest.mark.parametrize("what, match", [

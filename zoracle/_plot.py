@@ -82,13 +82,13 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     steps, epochs = history.steps, history.epochs
     if not steps:
         raise ArgumentError("the history has no steps to plot: train for at least one step")
-    step_loss = history.column("loss")
-    epoch_loss = history.column("loss", "epoch")
+    step_loss, step_epochs = history.column("loss"), history.column("epoch")
+    epoch_loss, epoch_ids = history.column("loss", "epoch"), history.column("epoch", "epoch")
     if x == "queries":
         sx, ex, label = step_queries(steps, epochs), history.column("total_nfev", "epoch"), "queries"
     else:
         sx = history.column("step") + 1
-        ex = np.searchsorted(history.column("epoch"), history.column("epoch", "epoch"), side="right").astype(np.float64)
+        ex = np.searchsorted(step_epochs, epoch_ids, side="right").astype(np.float64)
         label = "steps"
     metrics = [k for k in dict.fromkeys(k for r in epochs for k in r) if k not in RECORD_FIELDS]
     panels = 1 + len(metrics)
@@ -102,9 +102,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     ax = axes[0]
     ax.plot(sx, step_loss, lw=0.8, alpha=0.45, label="step")
     if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
-        step_epochs = history.column("epoch")
-        mid = [sx[step_epochs == e].mean() if (step_epochs == e).any() else np.nan
-               for e in history.column("epoch", "epoch")]
+        mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in epoch_ids]
         ax.plot(mid, epoch_loss, marker=".", label="epoch mean")
         ax.legend(frameon=False)
     finite = step_loss[np.isfinite(step_loss)]
