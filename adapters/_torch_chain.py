@@ -475,24 +475,53 @@ def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def unfold(x, kernel_size, dilation=(1, 1), padding=(0, 0), stride=(1, 1)):
+#: flat gather indices of :func:`unfold`, per (channels, padded size, geometry, order)
+_UNFOLD_INDEX: dict = {}
+
+
+def _unfold_index(C, H, W, kh, kw, dh, dw, sh, sw, Ho, Wo, positions_first: bool):
+    """Indices into a ``(C, H, W)`` sample (flattened) of every patch value, in ``F.unfold``'s
+    order ``(C, kh, kw, Ho, Wo)`` or, with ``positions_first``, in ``(Ho, Wo, C, kh, kw)``."""
+    key = (C, H, W, kh, kw, dh, dw, sh, sw, positions_first)
+    idx = _UNFOLD_INDEX.get(key)
+    if idx is None:
+        c, p, q, oh, ow = np.ix_(np.arange(C), np.arange(kh), np.arange(kw), np.arange(Ho), np.arange(Wo))
+        flat = c * (H * W) + (oh * sh + p * dh) * W + (ow * sw + q * dw)  # (C, kh, kw, Ho, Wo)
+        if positions_first:
+            flat = flat.transpose(3, 4, 0, 1, 2)
+        if len(_UNFOLD_INDEX) >= 64:
+            _UNFOLD_INDEX.clear()
+        idx = _UNFOLD_INDEX[key] = torch.from_numpy(np.ascontiguousarray(flat).reshape(-1))
+    return idx
+
+
+def unfold(x, kernel_size, dilation=(1, 1), padding=(0, 0), stride=(1, 1), positions_first: bool = False):
     """``F.unfold`` of a 4-D ``x``, the same values in the same layout (``(B, C*kh*kw, L)``,
-    contiguous). On CPU with numeric padding it is one strided copy of a window view of ``x``
-    (zero-padded first), several times faster than ``F.unfold`` (``im2col``), which loops over
-    the batch with an operator call per sample."""
+    contiguous); with ``positions_first`` the transpose ``(B, L, C*kh*kw)``, contiguous.
+
+    On CPU with numeric padding it is one copy of the zero-padded input, several times faster
+    than ``F.unfold`` (``im2col``, which loops over the batch with an operator call per sample):
+    a strided copy of a window view when each patch row is a long contiguous run (stride 1,
+    at least 16 output columns), else one ``index_select`` of the patches' flat positions, which
+    is 2-4x faster than the strided copy on small or strided windows (runs of a few values)."""
     kh, kw = _pair(kernel_size)
     dh, dw = _pair(dilation)
     sh, sw = _pair(stride)
     if x.device.type != "cpu" or isinstance(padding, str) or x.dim() != 4:
-        return F.unfold(x, (kh, kw), dilation=(dh, dw), padding=padding, stride=(sh, sw))
+        U = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=padding, stride=(sh, sw))
+        return U.transpose(1, 2).contiguous() if positions_first else U
     ph, pw = _pair(padding)
     if ph or pw:
         x = F.pad(x, (pw, pw, ph, ph))
     B, C, H, W = x.shape
     Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
-    s0, s1, s2, s3 = x.stride()
-    win = x.as_strided((B, C, kh, kw, Ho, Wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
-    return win.reshape(B, C * kh * kw, Ho * Wo).contiguous()  # reshape may return a view
+    if sw == 1 and Wo >= 16 and not positions_first:
+        s0, s1, s2, s3 = x.stride()
+        win = x.as_strided((B, C, kh, kw, Ho, Wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
+        return win.reshape(B, C * kh * kw, Ho * Wo).contiguous()  # reshape may return a view
+    idx = _unfold_index(C, H, W, kh, kw, dh, dw, sh, sw, Ho, Wo, positions_first)
+    U = x.reshape(B, C * H * W).index_select(1, idx)
+    return U.view(B, Ho * Wo, C * kh * kw) if positions_first else U.view(B, C * kh * kw, Ho * Wo)
 
 
 def prepare_cache(kind: str, module, x, out):
@@ -781,20 +810,18 @@ def _nhwc_absorb(m, base_out, Z) -> bool:
 
 
 def _absorb_nhwc(m, delta, w, base_out, Z):
-    """``base_out + conv(delta)`` written straight into the channels-last ``Z``: per perturbation,
-    one ``baddbmm`` of the patches (B, L, taps) by the channel's weights (taps, O)."""
+    """``base_out + conv(delta)`` written straight into the channels-last ``Z``: one batched
+    ``baddbmm`` of each perturbation's patches (B*L, taps) by its channel's weights (taps, O)."""
     k, B = delta.shape[0], delta.shape[1]
     O = w.shape[1]
     taps = w.shape[2] * w.shape[3]
     U = unfold(delta.reshape((k * B, 1) + tuple(delta.shape[2:])), m.kernel_size, dilation=m.dilation,
-                 padding=m.padding, stride=m.stride)  # (k*B, taps, L)
-    L = U.shape[-1]
-    U = U.view(k, B, taps, L)
-    base = base_out.permute(0, 2, 3, 1).reshape(B, L, O)  # a view: channels-last
-    Zp = Z.permute(0, 1, 3, 4, 2).reshape(k, B, L, O)  # a view of Z
+               padding=m.padding, stride=m.stride, positions_first=True)  # (k*B, L, taps)
+    L = U.shape[1]
+    base = base_out.permute(0, 2, 3, 1).reshape(1, B * L, O)  # a view: channels-last
+    Zp = Z.permute(0, 1, 3, 4, 2).view(k, B * L, O)  # a view of Z (channels-last rows)
     wt = w.reshape(k, O, taps).transpose(1, 2)  # (k, taps, O)
-    for r in range(k):
-        torch.baddbmm(base, U[r].transpose(1, 2), wt[r].expand(B, taps, O), out=Zp[r])
+    torch.baddbmm(base.expand(k, B * L, O), U.view(k, B * L, taps), wt, out=Zp)
     return Z
 
 

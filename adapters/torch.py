@@ -109,6 +109,16 @@ class _Features:
         return f"<features entering block {self.block}: {shapes}>"
 
 
+def _nonzero_rows(D, n: int) -> torch.Tensor:
+    """Which of the ``n`` rows of ``D`` hold a nonzero (NaN counts): ``(D != 0).any`` per row,
+    as the largest absolute value, which is NaN for a NaN row and 0 only for an all-zero one
+    (a few times faster than the comparison on short rows)."""
+    D = D.reshape(n, -1)
+    if D.shape[1] == 0:
+        return torch.zeros(n, dtype=torch.bool, device=D.device)
+    return D.abs().amax(dim=1) != 0
+
+
 class TorchOracle:
     """A PyTorch model and a loss as a zoracle oracle over the flat parameters.
 
@@ -461,9 +471,9 @@ class TorchOracle:
         stop, absorbed, base_in, base_out, base_losses, (base_rest, _, _) = feats.walk
         B = base_in.shape[0]
         D = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...) change of the perturbed channel
-        changed = (D != 0).reshape(k * B, -1).any(dim=-1)
+        changed = _nonzero_rows(D, k * B)
         if skip is not None:  # the walk forked: the skip branch changed in the same channel
-            changed |= (skip != base_rest[0].index_select(1, ch).transpose(0, 1)).reshape(k * B, -1).any(dim=-1)
+            changed |= _nonzero_rows(skip - base_rest[0].index_select(1, ch).transpose(0, 1), k * B)
         flat = changed.nonzero().squeeze(1)
         n = flat.shape[0]
         if n > 0.7 * k * B:

@@ -227,8 +227,9 @@ def test_conv_variants_and_dense_paths(mode, unfold, monkeypatch):
        ph=st.integers(0, 2), pw=st.integers(0, 2), sh=st.integers(1, 3), sw=st.integers(1, 3),
        layout=st.sampled_from(["contiguous", "channels_last", "strided"]), seed=st.integers(0, 2**16))
 def test_unfold_equals_torch_unfold(b, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw, layout, seed):
-    """The strided-copy ``unfold`` of the closed forms gives ``F.unfold``'s values and layout
-    bit for bit, whatever the input's memory layout."""
+    """The closed forms' ``unfold`` (a strided copy or a gather, by the window's shape) gives
+    ``F.unfold``'s values and layout bit for bit, whatever the input's memory layout; with
+    ``positions_first`` its transpose, contiguous."""
     from torch.nn import functional as F
 
     from zoracle.adapters._torch_chain import unfold
@@ -244,6 +245,35 @@ def test_unfold_equals_torch_unfold(b, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw, 
     got = unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
     assert got.shape == ref.shape and ref.is_contiguous() and got.is_contiguous()
     assert torch.equal(got, ref)
+    rows = unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw), positions_first=True)
+    assert rows.is_contiguous() and torch.equal(rows, ref.transpose(1, 2))
+
+
+@pytest.mark.parametrize("w,sw", [(20, 1), (40, 1), (40, 2)])
+def test_unfold_long_rows(w, sw):
+    """Wide windows take the strided copy (stride 1, at least 16 output columns), the rest the
+    gather: both give ``F.unfold`` bit for bit."""
+    from torch.nn import functional as F
+
+    from zoracle.adapters._torch_chain import unfold
+
+    x = torch.randn(2, 3, 5, w, generator=torch.Generator().manual_seed(w + sw))
+    ref = F.unfold(x, (3, 3), padding=(1, 1), stride=(1, sw))
+    assert torch.equal(unfold(x, (3, 3), padding=(1, 1), stride=(1, sw)), ref)
+    assert torch.equal(unfold(x, (3, 3), padding=(1, 1), stride=(1, sw), positions_first=True), ref.transpose(1, 2))
+
+
+@settings(max_examples=40)
+@given(vals=st.lists(st.sampled_from([0.0, -0.0, 1.0, -2.5, 1e-45, float("inf"), float("-inf"), float("nan")]),
+                     min_size=12, max_size=12))
+def test_nonzero_rows_is_any_nonzero(vals):
+    """The sparse-rows test of which (perturbation, sample) rows changed is ``(D != 0).any``
+    per row: NaN, infinities and subnormals count as changed, +0 and -0 do not."""
+    from zoracle.adapters.torch import _nonzero_rows
+
+    D = torch.tensor(vals, dtype=torch.float32).view(2, 3, 2, 1)
+    assert torch.equal(_nonzero_rows(D, 6), (D != 0).reshape(6, -1).any(dim=-1))
+    assert torch.equal(_nonzero_rows(D[:, :, :0], 6), torch.zeros(6, dtype=torch.bool))
 
 class _Tokens(nn.Module):
     """A non-Sequential model: graph capture splits it (3-D Linear, LayerNorm, flatten, Linear)."""
