@@ -25,12 +25,19 @@ method's training-loop cost, about 0.2 s of a DeepZero run, left out)::
 
     python benchmarks/step_floor.py --out step_floor.json
     python benchmarks/step_floor.py --report step_floor.json   # the markdown table
+
+``--root`` times the zoracle of another checkout (as ``step_time.py --root`` does); the
+hand-written step, timed in the same process, makes the two runs comparable on a machine
+whose speed drifts: compare zoracle's time over the hand-written one's::
+
+    git worktree add /tmp/old 47d2d99 && python benchmarks/step_floor.py --root /tmp/old
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -146,11 +153,11 @@ class HandStep:
             return ((losses - base) / self.h).double().numpy()
 
 
-def run(rounds: int = 5, steps: int = 60) -> dict:
+def run(rounds: int = 5, steps: int = 60, root: str | None = None) -> dict:
     import numpy as np
     import torch
 
-    import zoracle as zo
+    zo = step_time.import_zoracle(root)
     from zoracle._pruning import grasp_queries, zo_grasp
     from zoracle.apps._digits import per_class
 
@@ -210,7 +217,7 @@ def run(rounds: int = 5, steps: int = 60) -> dict:
             "projected_150k": {"steps": run_steps, "zoracle-es_s": es_run,
                                "es_over_zoracle": projected(best["zoracle"]), "es_over_hand": projected(best["by hand"]),
                                "es_over_hand_without_loss": projected(best["by hand"] - best["loss alone"])},
-            "rounds": rounds, "steps": steps}
+            "rounds": rounds, "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
 
 
 def table(r: dict) -> str:
@@ -238,6 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=60, help="steps of each method a round (default 60)")
     p.add_argument("--out", default=None, metavar="JSON", help="also save the result here")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
+    p.add_argument("--root", default=None, help="a zoracle checkout whose step to time instead of the installed one "
+                   "(the hand-written step and the loss are this file's)")
     a = p.parse_args(argv)
     if a.report:
         with open(a.report) as f:
@@ -245,7 +254,7 @@ def main(argv=None) -> int:
         return 0
     if a.rounds < 1 or a.steps < 1:
         p.error("--rounds and --steps must be at least 1")
-    r = run(a.rounds, a.steps)
+    r = run(a.rounds, a.steps, a.root)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(r, f)

@@ -38,9 +38,10 @@ def test_hand_step_is_zoracles_estimate_for_every_coordinate(fraction):
 
 def test_step_floor_prints_ratios_side_by_side():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_floor.py"), "--rounds", "1",
-                          "--steps", "3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--steps", "3", "--root", ROOT], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
+    assert r["zoracle"] == os.path.join(ROOT, "zoracle")  # --root: this checkout, imported by path
     assert r["d"] == 1898 and r["coordinates"] == 220 and r["check_max_abs_diff"] <= r["check_allowed"]
     assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone"}
     assert all(v > 0 for v in r["ms_per_step"].values()) and r["zo_grasp_s"] > 0
