@@ -646,3 +646,44 @@ def test_dropout_mode_stays_on_for_custom_forwards_and_hooks():
     with torch.no_grad():
         want = float(nn.functional.cross_entropy(nn.Sequential.forward(net, x), y))
     assert o(theta) == pytest.approx(want, rel=1e-6)
+
+
+@settings(max_examples=40)
+@given(k=st.integers(1, 5), b=st.integers(1, 3), c=st.integers(1, 4), o=st.integers(1, 5), hw=st.integers(3, 9),
+       ks=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2),
+       layout=st.sampled_from(["nhwc", "nchw"]), seed=st.integers(0, 2**16))
+def test_absorb_is_the_convolution_of_the_changed_input(k, b, c, o, hw, ks, stride, pad, dil, layout, seed):
+    """A Conv2d absorbing ``k`` one-channel changes (one batched product in channels-last
+    rows, or the patch matmul) gives, for every change, the convolution of the input with that
+    channel replaced, computed by ``F.conv2d`` itself (float64: equal to rounding)."""
+    from torch.nn import functional as F
+
+    from zoracle.adapters import _torch_chain as C
+
+    if hw + 2 * pad < dil * (ks - 1) + 1:
+        return  # no output position
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Conv2d(c, o, ks, stride=stride, padding=pad, dilation=dil, bias=False).double()
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(b, c, hw, hw, generator=g, dtype=torch.float64)
+    ch = torch.randint(0, c, (k,), generator=g)
+    col = torch.randn(k, b, hw, hw, generator=g, dtype=torch.float64)
+    m.weight.requires_grad_(False)
+    base_out = F.conv2d(x, m.weight, None, stride, pad, dil)
+    C.LAYOUT.nhwc = False
+    if layout == "nhwc":  # as TorchOracle.suffix runs it: channels-last rows; float32 only there
+        m, x, col, base_out = m.float(), x.float(), col.float(), base_out.float()
+        base_out = base_out.contiguous(memory_format=torch.channels_last)
+        C.LAYOUT.nhwc = True
+    try:
+        with torch.no_grad():  # as the oracle runs it
+            got = C.absorb(C.Step(m), col, ch, x, base_out)
+    finally:
+        C.LAYOUT.nhwc = False
+    for r in range(k):
+        xr = x.clone()
+        xr[:, ch[r]] = col[r]
+        ref = F.conv2d(xr, m.weight, None, stride, pad, dil)
+        tol = 1e-5 if layout == "nhwc" else 1e-11
+        assert torch.allclose(got[r], ref, rtol=tol, atol=tol), (r, (got[r] - ref).abs().max())
