@@ -475,8 +475,11 @@ def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-#: flat gather indices of :func:`unfold`, per (channels, padded size, geometry, order)
+#: flat gather indices of :func:`unfold`, per (channels, padded size, geometry, order); emptied
+#: when it would pass ``_UNFOLD_INDEX_BYTES`` (an index that large alone is not kept)
 _UNFOLD_INDEX: dict = {}
+_UNFOLD_INDEX_BYTES = 64 * 2**20
+_UNFOLD_LOCK = threading.Lock()  # threads of one process share the cache
 
 
 def _unfold_index(C, H, W, kh, kw, dh, dw, sh, sw, Ho, Wo, positions_first: bool):
@@ -489,9 +492,13 @@ def _unfold_index(C, H, W, kh, kw, dh, dw, sh, sw, Ho, Wo, positions_first: bool
         flat = c * (H * W) + (oh * sh + p * dh) * W + (ow * sw + q * dw)  # (C, kh, kw, Ho, Wo)
         if positions_first:
             flat = flat.transpose(3, 4, 0, 1, 2)
-        if len(_UNFOLD_INDEX) >= 64:
-            _UNFOLD_INDEX.clear()
-        idx = _UNFOLD_INDEX[key] = torch.from_numpy(np.ascontiguousarray(flat).reshape(-1))
+        idx = torch.from_numpy(np.ascontiguousarray(flat).reshape(-1))
+        size = idx.numel() * idx.element_size()
+        with _UNFOLD_LOCK:
+            if size + sum(i.numel() * i.element_size() for i in _UNFOLD_INDEX.values()) > _UNFOLD_INDEX_BYTES:
+                _UNFOLD_INDEX.clear()
+            if size <= _UNFOLD_INDEX_BYTES:
+                _UNFOLD_INDEX[key] = idx
     return idx
 
 

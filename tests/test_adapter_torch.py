@@ -687,3 +687,23 @@ def test_absorb_is_the_convolution_of_the_changed_input(k, b, c, o, hw, ks, stri
         ref = F.conv2d(xr, m.weight, None, stride, pad, dil)
         tol = 1e-5 if layout == "nhwc" else 1e-11
         assert torch.allclose(got[r], ref, rtol=tol, atol=tol), (r, (got[r] - ref).abs().max())
+
+
+def test_unfold_index_cache_stays_within_its_bytes(monkeypatch):
+    """The gather indices are cached per window geometry up to ``_UNFOLD_INDEX_BYTES``: past
+    it the cache empties, and an index larger than the whole budget is used but not kept."""
+    from torch.nn import functional as F
+
+    from zoracle.adapters import _torch_chain as C
+
+    monkeypatch.setattr(C, "_UNFOLD_INDEX", {})
+    monkeypatch.setattr(C, "_UNFOLD_INDEX_BYTES", 9 * 16 * 8 * 3)  # three 3x3 windows over 4x4 positions
+    for c in (1, 2, 3, 1, 4):
+        x = torch.randn(2, c, 8, 8)
+        assert torch.equal(C.unfold(x, 3, padding=1, stride=2), F.unfold(x, 3, padding=1, stride=2))
+        held = sum(i.numel() * i.element_size() for i in C._UNFOLD_INDEX.values())
+        assert held <= C._UNFOLD_INDEX_BYTES
+    assert len(C._UNFOLD_INDEX) == 0  # c = 4 alone is over the budget: used, not kept
+    x = torch.randn(2, 1, 8, 8)
+    C.unfold(x, 3, padding=1, stride=2)
+    assert len(C._UNFOLD_INDEX) == 1
