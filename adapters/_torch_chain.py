@@ -510,7 +510,7 @@ def unfold(x, kernel_size, dilation=(1, 1), padding=(0, 0), stride=(1, 1), posit
     than ``F.unfold`` (``im2col``, which loops over the batch with an operator call per sample):
     a strided copy of a window view when each patch row is a long contiguous run (stride 1,
     at least 16 output columns), else one ``index_select`` of the patches' flat positions, which
-    is 2-4x faster than the strided copy on small or strided windows (runs of a few values)."""
+    is 1.5-4x faster than the strided copy on small or strided windows (runs of a few values)."""
     kh, kw = _pair(kernel_size)
     dh, dw = _pair(dilation)
     sh, sw = _pair(stride)
