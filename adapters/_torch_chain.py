@@ -557,7 +557,8 @@ def _split_roles(bp: BlockParams, local, device):
     """Group local (within-block) indices by parameter.
 
     ``local`` is a NumPy array; yields ``(role, pos, idx)`` with ``pos`` the positions in
-    ``local`` (None for all of them) and ``idx`` the NumPy indices inside the parameter.
+    ``local`` (None for all of them, a slice when they are consecutive, else an index tensor)
+    and ``idx`` the NumPy indices inside the parameter.
     """
     which = np.searchsorted(bp.offsets[1:], local, side="right")
     if which[0] == which[-1] and (len(which) < 3 or (which == which[0]).all()):
@@ -566,7 +567,10 @@ def _split_roles(bp: BlockParams, local, device):
         return
     for p_i in np.unique(which).tolist():
         pos = np.flatnonzero(which == p_i)
-        yield bp.roles[p_i], torch.from_numpy(pos).to(device), local[pos] - int(bp.offsets[p_i])
+        # sorted ``local`` (the planner's order) puts each parameter's positions in one run: a
+        # slice then writes and reads them as views instead of scatters and gathers
+        at = slice(int(pos[0]), int(pos[-1]) + 1) if pos[-1] - pos[0] + 1 == len(pos) else torch.from_numpy(pos).to(device)
+        yield bp.roles[p_i], at, local[pos] - int(bp.offsets[p_i])
 
 
 def _t(a, device):
@@ -757,7 +761,7 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
                 val = sl + hr.view(shape)
         if dst is None:
             col[pos] = val
-            ch[pos.cpu().numpy()] = i
+            ch[pos if isinstance(pos, slice) else pos.cpu().numpy()] = i
         else:
             col = val
             ch[:] = i
@@ -768,9 +772,18 @@ def channel_step(step: Step, col, ch, groups_stats: bool):
     """Apply a channel-local step to the changed channels ``col`` (k, B, ...)."""
     m = step.module
     if type(m) in _POOL:  # (k, B, H, W): pools each (perturbation, sample) plane
-        if type(m) is nn.MaxPool2d and col.device.type == "cpu":
+        # on the CPU the channels-last kernels run the k * B small planes 2-3x faster, with the
+        # same sum per output element (average pooling) or maximum, so the same values; not
+        # the adaptive average, whose channels-last kernel adds in another order
+        if type(m) in (nn.MaxPool2d, nn.AvgPool2d) and col.device.type == "cpu":
             return m(col.contiguous(memory_format=torch.channels_last)).contiguous()
         return m(col)
+    if type(m) is nn.AvgPool1d and col.device.type == "cpu" and col.dim() == 3:
+        # (k, B, L): torch's average_pool1d is the 2-D one on (k, B, 1, L); run it channels-last, as above
+        (kw,), (sw,), (pw,) = m.kernel_size, m.stride, m.padding
+        y = F.avg_pool2d(col.unsqueeze(2).contiguous(memory_format=torch.channels_last), (1, kw), (1, sw), (0, pw),
+                         m.ceil_mode, m.count_include_pad)
+        return y.squeeze(2).contiguous()
     if type(m) not in _BN:
         return _identity(col) if type(m) in _DROPOUT else m(col)
     shape = (col.shape[0],) + (1,) * (col.dim() - 1)

@@ -400,9 +400,12 @@ class TorchOracle:
         t = to_torch(params, self.device, self.dtype)
         if t.dim() != 1 or t.shape[0] != d:
             raise ArgumentError(f"`params` must be a flat vector of length {d}, got shape {tuple(t.shape)}")
+        core = self._core
         with torch.no_grad():
-            for p, info in zip(self._core.params, self._core.info):
-                p.data.copy_(t[info.slice].view_as(p))
+            # one fused copy into every parameter (the per-parameter loop's dispatches cost more
+            # than the copies on small models, and a step loads the parameters several times)
+            dst = [p.data for p in core.params]
+            torch._foreach_copy_(dst, [t[info.slice].view_as(p) for p, info in zip(dst, core.info)])
         return t
 
     # ---------------------------------------------------------------- evaluation helpers

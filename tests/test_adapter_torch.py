@@ -707,3 +707,63 @@ def test_unfold_index_cache_stays_within_its_bytes(monkeypatch):
     x = torch.randn(2, 1, 8, 8)
     C.unfold(x, 3, padding=1, stride=2)
     assert len(C._UNFOLD_INDEX) == 1
+
+
+@settings(max_examples=60)
+@given(k=st.integers(1, 4), b=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9), ks=st.integers(1, 3),
+       stride=st.integers(1, 3), pad=st.integers(0, 1), ceil=st.booleans(), cip=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_channel_step_pools_equal_the_modules_bit_for_bit(k, b, h, w, ks, stride, pad, ceil, cip, dtype, seed):
+    """A changed channel ``(k, B, H, W)`` / ``(k, B, L)`` through an average pool (run
+    channels-last on the CPU) gives exactly the module's own values on the same tensor, and
+    the pooled rows are those of pooling each perturbed input whole."""
+    from zoracle.adapters import _torch_chain as C
+
+    if pad > ks // 2:
+        return  # torch rejects padding over half the window
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** torch.randint(-4, 4, (k, b, 1, 1), generator=g).to(dtype)
+    col = torch.randn(k, b, h, w, generator=g, dtype=dtype) * scale
+    for m, x in ((nn.AvgPool2d(ks, stride, pad, ceil, cip), col), (nn.AvgPool1d(ks, stride, pad, ceil, cip), col[:, :, 0])):
+        if x.shape[-1] + 2 * pad < ks or (x.dim() == 4 and x.shape[-2] + 2 * pad < ks):
+            continue  # no output position
+        with torch.no_grad():
+            got = C.channel_step(C.Step(m), x, torch.zeros(k, dtype=torch.long), True)
+            assert got.is_contiguous()
+            assert torch.equal(got, m(x))  # the NCHW kernel on the same (k, B, ...) planes
+            whole = m(x.reshape((k * b, 1) + tuple(x.shape[2:]))).reshape(got.shape)
+            assert torch.equal(got, whole)
+
+
+def test_split_roles_consecutive_positions_are_slices():
+    """Positions of one parameter that follow each other come back as a slice, scattered ones
+    as an index tensor; both select the same coordinates, so the perturbed channels agree."""
+    from zoracle.adapters import _torch_chain as C
+
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    bp = C.BlockParams([conv.weight, conv.bias], ["weight", "bias"], np.array([0, 54, 57]))
+    local = np.array([1, 5, 53, 54, 56])
+    parts = list(C._split_roles(bp, local, torch.device("cpu")))
+    assert [(r, p) for r, p, _ in parts] == [("weight", slice(0, 3)), ("bias", slice(3, 5))]
+    assert [i.tolist() for _, _, i in parts] == [[1, 5, 53], [0, 2]]
+    mixed = np.array([54, 1, 56, 5])  # unsorted: the weight's positions are 1 and 3
+    parts = list(C._split_roles(bp, mixed, torch.device("cpu")))
+    assert torch.equal(parts[0][1], torch.tensor([1, 3])) and torch.equal(parts[1][1], torch.tensor([0, 2]))
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        out = conv(x)
+        cache = C.prepare_cache("conv2d", conv, x, out)
+        h = torch.full((4,), 1e-2)
+        ch_a, col_a = C.perturbed_channels("conv2d", conv, x, out, cache, bp, mixed, h)
+        order = np.argsort(mixed)
+        ch_b, col_b = C.perturbed_channels("conv2d", conv, x, out, cache, bp, mixed[order], h[order])
+    assert torch.equal(ch_a[order], ch_b) and torch.equal(col_a[order], col_b)
+    for r, li in enumerate(mixed.tolist()):  # each against the convolution with that weight changed
+        c2 = nn.Conv2d(2, 3, 3, padding=1)
+        c2.load_state_dict(conv.state_dict())
+        with torch.no_grad():
+            flat = torch.cat([c2.weight.view(-1), c2.bias])
+            flat[li] += h[r]
+            c2.weight.copy_(flat[:54].view_as(c2.weight))
+            c2.bias.copy_(flat[54:])
+            assert torch.allclose(col_a[r], c2(x)[:, int(ch_a[r])], atol=1e-6)

@@ -357,20 +357,26 @@ def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(pe
     import zoracle as zo
     from zoracle._pruning import fill_small_blocks
 
+    # a point where the fill moves something, so the two runs differ: the ZO-GraSP split, and
+    # so whether a small block ends empty, depends on the seed and on the CPU's rounding
+    for seed in range(8):
+        bench = peers.Bench(digits, "digits", 0, seed, 3000)
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH)
+        assert "fill_small_blocks" not in kw  # deepzero-krs is the recipe's default
+        res = zo.train(bench.oracle, bench.p0, batches=bench.batches, rng=bench.rng_seed, progress=False,
+                       grasp_batch=zo.apps._digits.per_class(digits["x"], digits["y"], 25, seed=seed), **kw)
+        sizes = np.array([i.slice.stop - i.slice.start for i in bench.oracle.param_info])
+        counts = np.rint(res.ratios * sizes).astype(int)
+        if (fill_small_blocks(counts, sizes) != counts).any():
+            break
+    else:
+        pytest.fail("no seed in 0-7 leaves a small block empty at 3,000 queries")
     runs = {}
     for method in ("deepzero-krs", "deepzero-krsf"):
-        bench = peers.Bench(digits, "digits", 0, 0, 3000)
+        bench = peers.Bench(digits, "digits", 0, seed, 3000)
         runs[method] = peers.run_one(bench, method, {"lr": 0.1})
         assert runs[method]["error"] is None and runs[method]["queries"] <= 3000
     assert runs["deepzero-krs"]["queries"] == runs["deepzero-krsf"]["queries"]  # the same steps, other coordinates
-    kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH)
-    assert "fill_small_blocks" not in kw  # deepzero-krs is the recipe's default
-    # the fill does move something at this point, so the two runs differ
-    res = zo.train(bench.oracle, bench.p0, batches=bench.batches, rng=0, progress=False,
-                   grasp_batch=zo.apps._digits.per_class(digits["x"], digits["y"], 25, seed=0), **kw)
-    sizes = np.array([i.slice.stop - i.slice.start for i in bench.oracle.param_info])
-    counts = np.rint(res.ratios * sizes).astype(int)
-    assert (fill_small_blocks(counts, sizes) != counts).any()
     assert runs["deepzero-krs"]["curve"][-1][2:] != runs["deepzero-krsf"]["curve"][-1][2:]
     rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + _runs("deepzero-krs", [0.8, 0.85, 0.9])
                         + _runs("snes", [0.8, 0.85, 0.89])])
