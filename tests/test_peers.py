@@ -566,3 +566,13 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert peers.speed_table(rows) in docs, path
     assert "python benchmarks/peers.py --ratios " + ",".join(quiet).replace(ROOT + os.sep, "") in docs
     assert peers.ratios_table(peers.ratios([r for path in quiet for r in peers._load(path)])) in docs
+    for tag, commit in (("avx2_before", "ca9dc8c"), ("avx2", "b7339f4")):  # d = 2k on an AVX2 machine, two libraries
+        paths = [os.path.join(results, f"speed150{tag}_{data}.json") for data in ("digits", "mnist1d")]
+        for path in paths:
+            rows = peers._load(path)
+            assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 1, path
+            assert {r["machine"]["cpu_capability"] for r in rows} == {"AVX2"}, path
+            assert peers.speed_table(rows) in docs, path
+        assert "python benchmarks/peers.py --ratios " + ",".join(paths).replace(ROOT + os.sep, "") in docs
+        assert peers.ratios_table(peers.ratios([r for path in paths for r in peers._load(path)])) in docs
+        assert f"library code of {commit}" in docs
