@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 from zoracle import cli  # noqa: E402
 
 
+@pytest.mark.slow  # about a minute (PhiFlow solves on NumPy): the CI script's slow run keeps it
 def test_quick_run_zo_sol_beats_src(tmp_path, capsys):
     """The --quick run (fixed seeds): ZO-SOL's test MAE is below the uncorrected solver's."""
     out = tmp_path / "out"
