@@ -759,11 +759,17 @@ def speed(args, log=print) -> list:
     ``TorchOracle.batch`` and through one plain call per candidate. ``--settings-budget N``
     takes the settings tuned at budget N (e.g. 30,000's choices for a 150,000-query timing).
     Ratios are a method's seconds per query over DeepZero's (the demo recipe through
-    TorchOracle's coordinate path). The rows then get their multiply-adds (:func:`add_macs`,
+    TorchOracle's coordinate path). Every method runs under zoracle's allocator policy
+    (``zo.reuse_freed_memory``; ``ZORACLE_MALLOC=system`` keeps glibc's default), recorded
+    in each row; files written before it ran under glibc's default. The rows then get their multiply-adds (:func:`add_macs`,
     on replays after every timing)."""
     import torch
 
+    import zoracle as zo
+
     torch.set_num_threads(args.threads)
+    # every method under the one allocator policy (the first zo.train would set it mid-table otherwise)
+    reuse = zo.reuse_freed_memory()
     runs = _merged((args.speed or "").split(","))
     rows = []
     for name in args.data:
@@ -778,7 +784,7 @@ def speed(args, log=print) -> list:
                     row = {"data": name, "d": r["d"], "width": width, "method": method, "eval": ev, "setting": setting,
                            "budget": args.budget, "queries": r["queries"], "seconds": r["seconds"], "test_acc": r["test_acc"],
                            "s_per_query": r["seconds"] / r["queries"] if r["queries"] else float("nan"),
-                           "machine": r["machine"]}
+                           "machine": r["machine"], "reuse_freed_memory": reuse}
                     rows.append(row)
                     log(f"{name} d={r['d']} {method} ({ev}): {r['seconds']:.2f} s for {r['queries']:,} queries, "
                         f"test {100 * r['test_acc']:.1f}%")

@@ -10,6 +10,11 @@ printed as a SHA-256 prefix, equal across versions when their arithmetic is::
     python benchmarks/step_time.py --data digits
     git worktree add /tmp/old 814a9e7 && python benchmarks/step_time.py --data digits --root /tmp/old
 
+``reuse_freed_memory`` says whether the process ran under zoracle's allocator policy
+(``zo.reuse_freed_memory``; None for a checkout without it, which runs under glibc's default):
+``ZORACLE_MALLOC=system`` runs this checkout under glibc's default too, to time a code
+change apart from the policy.
+
 ``--root`` imports ``zoracle`` (with its ``adapters`` and ``apps``) from that checkout instead
 of the installed one; the model, data and masks are this file's. ``--fraction F`` puts F of
 every weight layer on the mask instead of 10% (biases stay dense), to split a step's time
@@ -97,10 +102,13 @@ def run(data: str = "digits", steps: int = 150, repeats: int = 3, root: str | No
                 digest.update(np.ascontiguousarray(g.grad).tobytes())
         return (time.perf_counter() - t) / n * 1e3
 
+    # the allocator policy estimate_gradient sets since zo.reuse_freed_memory (None: a checkout without it,
+    # run under glibc's default); set before the warm-up so that every timed step runs under one policy
+    reuse = zo.reuse_freed_memory() if hasattr(zo, "reuse_freed_memory") else None
     timed(len(batches), record=True)  # warm-up, and the estimates whose hash is printed
     times = [timed(steps) for _ in range(repeats)]
     return {"data": data, "d": int(params.size), "fraction": fraction, "coordinates": int(mask.sum()), "steps": steps,
-            "ms_per_step": min(times), "all_ms": times, "grad_sha256": digest.hexdigest()[:16],
+            "ms_per_step": min(times), "all_ms": times, "grad_sha256": digest.hexdigest()[:16], "reuse_freed_memory": reuse,
             "zoracle": os.path.dirname(zo.__file__)}
 
 

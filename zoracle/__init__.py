@@ -23,6 +23,7 @@ from ._oracle import (
     capabilities,
 )
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, keep_counts, random_masks
 from ._optim import AdamState, Optimizer, SGDState, SignState, adam, sgd, sign_sgd
 from ._pruning import layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
@@ -109,4 +110,6 @@ __all__ = [
     "uniform_ratios",
     "zo_grasp",
     "recipes",
+    # speed
+    "reuse_freed_memory",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ._backend import namespace, to_numpy
 from ._errors import ArgumentError
+from ._malloc import reuse_freed_memory
 from ._oracle import Oracle
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows
 
@@ -418,6 +419,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     d = params.shape[0]
     params = params.copy()  # nothing the oracle does can reach the caller's array
     n_workers = _executor_workers(executor)
+    reuse_freed_memory()  # repeated estimates re-allocate the same temporaries (glibc: keep them)
     if isinstance(estimator, CGE):
         coords = np.arange(d) if coordinates is None else _validate_coordinates(coordinates, d)
         if rng is not None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._errors import ZoracleError
+from ._malloc import reuse_freed_memory
 from ._executors_core import (
     BatchMirror,
     CostModel,
@@ -199,6 +200,7 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
     sys.path[:] = path + [p for p in sys.path if p not in path]
     _CURRENT_DEVICE = device
     state = WorkerState(device)
+    reuse_freed_memory()  # the worker runs the step's temporaries: keep freed memory as the driver does
     try:  # booted: from here on a shard's time is the oracle's, not Python's start-up
         conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     except (EOFError, OSError):

@@ -25,6 +25,7 @@ from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_writable, save_checkpoint
 from ._errors import ArgumentError
 from ._estimators import CGE, RGE, SNES, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
+from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
@@ -467,6 +468,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     mus = prints["mu"]["values"] if mu_sched is not None else [estimator.mu]
     for m in {min(mus), max(mus)}:  # a step that is not representable at the initial params fails now
         check_step(params, m, estimator.scheme, type(estimator).__name__)
+    reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])

@@ -1,0 +1,147 @@
+"""The allocator policy zoracle sets (``zo.reuse_freed_memory``), measured on the study's runs.
+
+The same training runs of ``benchmarks/peers.py`` (seed 0, the settings tuned at 30,000
+queries) under glibc's default policy (``ZORACLE_MALLOC=system``) and under zoracle's, in
+alternating child processes, since the policy belongs to a process and cannot be undone.
+Each run reports its training seconds, the minor page faults and the kernel (system) CPU
+time it took; the table gives the median over rounds, each method's speed-up, and the demo
+recipe's lead over every other method under each policy::
+
+    python benchmarks/allocator.py --data digits --rounds 3 --out allocator.json
+    python benchmarks/allocator.py --report allocator.json    # the markdown table again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+POLICIES = ("system", "zoracle")  # ZORACLE_MALLOC=system: glibc's default; unset: zoracle's
+WIDTHS = {"digits": 0, "mnist1d": 16}  # the study's smallest size (d of about 2k)
+
+
+def child(data: str, methods: list, budget: int) -> list:
+    """Each method once in this process: ``[{method, seconds, queries, faults, sys_s, test_acc, reuse}]``."""
+    import torch
+
+    sys.path.insert(0, HERE)
+    import peers
+
+    import zoracle as zo
+
+    torch.set_num_threads(1)
+    reuse = zo.reuse_freed_memory()  # what zo.train would do at its start, decided here once
+    d = peers.load_data(data, 0)
+    runs = peers._merged([os.path.join(HERE, "peers_results", f"{data}.json")])
+    rows = []
+    for method in methods:
+        width = WIDTHS[data]
+        setting = peers.best_setting(runs, data, width, method, 30_000) or peers.GRID[method][len(peers.GRID[method]) // 2]
+        bench = peers.Bench(d, data, width, 0, budget)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        r = peers.run_one(bench, method, setting)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        rows.append({"method": method, "setting": setting, "seconds": r["seconds"], "queries": r["queries"],
+                     "faults": after.ru_minflt - before.ru_minflt, "sys_s": after.ru_stime - before.ru_stime,
+                     "test_acc": r["test_acc"], "reuse": reuse, "d": r["d"]})
+    return rows
+
+
+def run(data: str, methods: list, budget: int, rounds: int, log=print) -> dict:
+    """Alternating child processes, ``rounds`` per policy (system first in each round)."""
+    out = {"data": data, "budget": budget, "methods": methods, "rounds": rounds, "runs": []}
+    for r in range(rounds):
+        for policy in POLICIES:
+            env = {k: v for k, v in os.environ.items() if k != "ZORACLE_MALLOC"}
+            if policy == "system":
+                env["ZORACLE_MALLOC"] = "system"
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--data", data, "--methods",
+                                ",".join(methods), "--budget", str(budget)], env=env, capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"the {policy} child failed:\n{p.stderr[-3000:]}")
+            rows = json.loads(p.stdout.strip().splitlines()[-1])
+            for row in rows:
+                row.update(policy=policy, round=r)
+                log(f"round {r} {policy:7s} {row['method']:12s} {row['seconds']:7.2f} s  faults {row['faults']:>9,}  "
+                    f"sys {row['sys_s']:5.2f} s")
+            out["runs"] += rows
+            log(f"  (child {time.perf_counter() - t:.0f} s)")
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
+def table(result: dict) -> str:
+    """Markdown: per method, the median over rounds under each policy, and the demo recipe's lead."""
+    runs, methods = result["runs"], result["methods"]
+
+    def med(method, policy, key):
+        return statistics.median(x[key] for x in runs if x["method"] == method and x["policy"] == policy)
+
+    lines = ["| method | test % | train s, glibc default | train s, zoracle's | speed-up | faults, default | "
+             "faults, zoracle's | system s, default | system s, zoracle's |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        acc = {round(100 * x["test_acc"], 2) for x in runs if x["method"] == m}
+        lines.append(f"| {m} | {' / '.join(f'{a:.1f}' for a in sorted(acc))} | {med(m, 'system', 'seconds'):.2f} | "
+                     f"{med(m, 'zoracle', 'seconds'):.2f} | {med(m, 'system', 'seconds') / med(m, 'zoracle', 'seconds'):.2f}x | "
+                     f"{med(m, 'system', 'faults'):,.0f} | {med(m, 'zoracle', 'faults'):,.0f} | "
+                     f"{med(m, 'system', 'sys_s'):.2f} | {med(m, 'zoracle', 'sys_s'):.2f} |")
+    demo = "deepzero"
+    if demo in methods and len(methods) > 1:
+        lines += ["", "| other method | its time / the demo recipe's, glibc default | the same, zoracle's policy |",
+                  "|---|---|---|"]
+        for m in methods:
+            if m != demo:
+                lead = [med(m, p, "seconds") / med(demo, p, "seconds") for p in POLICIES]
+                lines.append(f"| {m} | {lead[0]:.1f}x | {lead[1]:.1f}x |")
+    reuse = {p: {x["reuse"] for x in runs if x["policy"] == p} for p in POLICIES}
+    return "\n".join(lines) + (f"\n\n{result['data']}, {result['budget']:,} queries a run, {result['rounds']} rounds "
+                                f"(medians); the policy was in force: default {sorted(reuse['system'])}, "
+                                f"zoracle's {sorted(reuse['zoracle'])}.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", choices=tuple(WIDTHS), default="digits")
+    p.add_argument("--methods", default="deepzero,zoracle-es,snes",
+                   help="comma-separated methods of benchmarks/peers.py (default: the demo recipe and its two "
+                   "closest peers at this size)")
+    p.add_argument("--budget", type=int, default=150_000, help="queries a run (default 150,000, the issue's)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each policy once a round (default 3)")
+    p.add_argument("--out", default=None, metavar="JSON", help="also save the result here")
+    p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.report:
+        with open(a.report) as f:
+            print(table(json.load(f)))
+        return 0
+    methods = [m for m in a.methods.split(",") if m]
+    if a.child:
+        print(json.dumps(child(a.data, methods, a.budget)))
+        return 0
+    sys.path.insert(0, HERE)
+    import peers
+
+    unknown = [m for m in methods if m not in peers.RUNNERS]
+    if unknown or not methods:
+        p.error(f"--methods must name methods of benchmarks/peers.py ({', '.join(peers.RUNNERS)}), got {a.methods!r}")
+    if a.rounds < 1 or a.budget < 1:
+        p.error("--rounds and --budget must be at least 1")
+    result = run(a.data, methods, a.budget, a.rounds, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f)
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

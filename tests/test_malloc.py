@@ -1,0 +1,145 @@
+"""zoracle._malloc: the allocator policy zo.train and zo.estimate_gradient set (glibc only),
+checked by its effect, page faults, in fresh processes (the policy is the process's)."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from zoracle._malloc import plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# three 4 MiB arrays written and freed, twenty times: minor page faults per round
+CHURN = """
+import resource, numpy as np
+{setup}
+def churn():
+    a = [np.ones(1 << 19) for _ in range(3)]
+    del a
+churn()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    churn()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20)
+"""
+
+SETUPS = {
+    "nothing": "",
+    "train": "import zoracle as zo\n"
+             "zo.train(lambda x: float((x ** 2).sum()), np.ones(3), epochs=1, steps_per_epoch=1, progress=False)",
+    "estimate": "import zoracle as zo\nzo.estimate_gradient(lambda x: float((x ** 2).sum()), np.ones(3))",
+}
+
+
+def faults(setup: str, **env) -> float:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "ZORACLE_MALLOC"))}
+    e.update(env, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", CHURN.format(setup=SETUPS[setup])], env=e, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.split()[-1])
+
+
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc's (mallopt)")
+
+
+@glibc
+def test_train_and_estimate_keep_freed_memory_and_system_keeps_the_default():
+    base = faults("nothing")
+    assert base > 500  # glibc's default: the 12 MiB freed at the top go back to the kernel each round
+    assert faults("train") < base / 20
+    assert faults("estimate") < base / 20
+    assert faults("train", ZORACLE_MALLOC="system") > base / 2  # the opt-out leaves glibc's policy
+    assert faults("train", MALLOC_TRIM_THRESHOLD_="131072") > base / 2  # the process's own policy is kept
+
+
+def _faults_in_this_process(x):
+    """An oracle whose loss is the page faults of its second round of churn (the first maps the bytes)."""
+    import resource
+
+    import numpy as np
+
+    for _ in range(2):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        a = [np.ones(1 << 19) for _ in range(3)]
+        del a
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+
+
+@glibc
+@pytest.mark.parametrize("policy", ["zoracle", "system"])
+def test_executor_workers_keep_freed_memory_as_the_driver_does(policy, monkeypatch):
+    import numpy as np
+
+    import zoracle as zo
+    from zoracle.executors import JoblibExecutor
+
+    if policy == "system":
+        monkeypatch.setenv("ZORACLE_MALLOC", "system")  # inherited by the workers this executor starts
+    else:
+        monkeypatch.delenv("ZORACLE_MALLOC", raising=False)
+    for k in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(k)
+    with JoblibExecutor(1, backend="loky") as ex:
+        est = zo.estimate_gradient(_faults_in_this_process, np.zeros(2), zo.CGE(), executor=ex)
+    if policy == "zoracle":
+        assert est.loss < 50
+    else:
+        assert est.loss > 500
+
+
+@pytest.mark.parametrize("env, libc, apply, why", [
+    ({}, "glibc", True, "glibc"),
+    ({"ZORACLE_MALLOC": "system"}, "glibc", False, "ZORACLE_MALLOC=system"),
+    ({}, "", False, "not glibc"),
+    ({"MALLOC_MMAP_THRESHOLD_": "1"}, "glibc", False, "MALLOC_MMAP_THRESHOLD_"),
+    ({"MALLOC_TOP_PAD_": "1"}, "glibc", False, "MALLOC_TOP_PAD_"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "glibc", False, "GLIBC_TUNABLES"),
+    ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, "glibc", True, "glibc"),
+    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "glibc", False, "jemalloc"),
+])
+def test_plan_leaves_a_chosen_policy_alone(env, libc, apply, why):
+    a, reason = plan(env, libc)
+    assert a is apply and why in reason
+
+
+@glibc
+def test_allocator_benchmark_runs_both_policies_side_by_side(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "a.json"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "allocator.py"), "--budget", "3000",
+                        "--rounds", "1", "--methods", "deepzero,zoracle-es", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    import json
+
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["policy"], r["method"]) for r in runs) == [
+        ("system", "deepzero"), ("system", "zoracle-es"), ("zoracle", "deepzero"), ("zoracle", "zoracle-es")]
+    assert {r["policy"]: r["reuse"] for r in runs} == {"system": False, "zoracle": True}
+    assert all(r["queries"] >= 3000 and r["faults"] > 0 for r in runs)
+    # the same runs: the policy changes where bytes come from, not what is computed
+    acc = {(r["method"], r["policy"]): r["test_acc"] for r in runs}
+    assert acc["deepzero", "system"] == acc["deepzero", "zoracle"]
+    assert "| deepzero |" in p.stdout and "the demo recipe's" in p.stdout
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "allocator.py"), "--methods", "nope"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "--methods must name" in bad.stderr
+
+
+def test_docs_tables_are_the_saved_runs_reports():
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+    import allocator
+
+    with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+        page = f.read()
+    for data in ("digits", "mnist1d"):
+        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{data}.json")) as f:
+            assert allocator.table(json.load(f)) in page
