@@ -100,6 +100,8 @@ def test_executor_workers_keep_freed_memory_as_the_driver_does(policy, monkeypat
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "glibc", False, "GLIBC_TUNABLES"),
     ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, "glibc", True, "glibc"),
     ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "glibc", False, "jemalloc"),
+    ({"ZORACLE_MALLOC": "Zoracle"}, "glibc", True, "glibc"),
+    ({"ZORACLE_MALLOC": "sytem"}, "glibc", False, "neither 'system'"),
 ])
 def test_plan_leaves_a_chosen_policy_alone(env, libc, apply, why):
     a, reason = plan(env, libc)
@@ -143,3 +145,15 @@ def test_docs_tables_are_the_saved_runs_reports():
     for data in ("digits", "mnist1d"):
         with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{data}.json")) as f:
             assert allocator.table(json.load(f)) in page
+
+
+def test_a_misspelt_choice_warns_and_keeps_glibcs_default():
+    code = ("import warnings, zoracle._malloc as m\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    print(m.reuse_freed_memory(), m.reuse_freed_memory(), len(w), w[0].message if w else '')\n")
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env={**e, "ZORACLE_MALLOC": "sytem", "PYTHONPATH": ROOT},
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False False 1 ZORACLE_MALLOC='sytem' is neither 'system'")

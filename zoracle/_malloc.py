@@ -19,7 +19,8 @@ back). :func:`reuse_freed_memory` applies it once; ``zo.train`` and
   ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, a ``GLIBC_TUNABLES``
   naming ``glibc.malloc``, or another allocator in ``LD_PRELOAD`` (jemalloc, tcmalloc,
   mimalloc);
-- ``ZORACLE_MALLOC=system`` is set (keep glibc's default policy).
+- ``ZORACLE_MALLOC=system`` is set (keep glibc's default policy; ``zoracle`` or unset: this
+  policy; any other value keeps glibc's default, with a warning naming the two).
 
 The cost: up to 128 MiB of freed memory stays with the process, and blocks under 32 MiB are
 served from the heap, so the resident size can stay near its peak after a run.
@@ -32,6 +33,7 @@ import ctypes.util
 import logging
 import os
 import platform
+import warnings
 
 log = logging.getLogger("zoracle")
 
@@ -50,10 +52,14 @@ def plan(environ=None, libc: str | None = None) -> tuple:
     process's), and why not where it would not."""
     env = os.environ if environ is None else environ
     libc = platform.libc_ver()[0] if libc is None else libc
-    if env.get("ZORACLE_MALLOC", "").strip().lower() == "system":
+    choice = env.get("ZORACLE_MALLOC", "").strip().lower()
+    if choice == "system":
         return False, "ZORACLE_MALLOC=system"
+    if choice not in ("", "zoracle"):
+        return False, (f"ZORACLE_MALLOC={env['ZORACLE_MALLOC']!r} is neither 'system' (glibc's default policy) "
+                       f"nor 'zoracle' (keep freed memory): glibc's default kept")
     if libc != "glibc":
-        return False, f"the C library is {libc or 'not glibc'}, not glibc"
+        return False, f"the C library is not glibc ({libc or 'unknown'})"
     chosen = [k for k in _GLIBC_ENV if k in env]
     if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
         chosen.append("GLIBC_TUNABLES (glibc.malloc)")
@@ -98,6 +104,8 @@ def reuse_freed_memory() -> bool:
     if _outcome:
         return _outcome[0][0]
     apply, reason = plan()
+    if reason.startswith("ZORACLE_MALLOC=") and "neither" in reason:
+        warnings.warn(reason, stacklevel=3)
     if apply:
         try:
             mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
