@@ -15,7 +15,7 @@ back). :func:`reuse_freed_memory` applies it once; ``zo.train`` and
 ``zo.estimate_gradient`` call it. It does nothing where
 
 - the C library is not glibc (macOS, Windows, musl);
-- the process already chose its allocator policy: ``MALLOC_TRIM_THRESHOLD_``,
+- the process started with an allocator policy of its own: ``MALLOC_TRIM_THRESHOLD_``,
   ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, a ``GLIBC_TUNABLES``
   naming ``glibc.malloc``, or another allocator in ``LD_PRELOAD`` (jemalloc, tcmalloc,
   mimalloc);
@@ -46,25 +46,44 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _outcome: list = []  # [(applied, reason)] once decided: the decision holds for the process
 
 
+def _startup_environ():
+    """The environment this process started with (Linux: ``/proc/self/environ``), which is what
+    glibc read its ``MALLOC_*_`` settings from; None where it cannot be read. Libraries may
+    change ``os.environ`` later for the processes they spawn (Dask's nanny sets
+    ``MALLOC_TRIM_THRESHOLD_`` in its own process), which does not change this process's policy."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
 def plan(environ=None, libc: str | None = None) -> tuple:
     """``(apply, reason)``: whether :func:`reuse_freed_memory` would change the allocator
-    policy in a process with these environment variables and C library (default: this
-    process's), and why not where it would not."""
-    env = os.environ if environ is None else environ
+    policy in a process with these environment variables and C library, and why not where it
+    would not. By default, this process's: ``ZORACLE_MALLOC`` from ``os.environ`` (it may be set
+    from Python), the allocator settings from the environment the process started with."""
+    if environ is None:
+        choice_env, env = os.environ, _startup_environ()
+        env = dict(os.environ) if env is None else env
+    else:
+        choice_env = env = environ
     libc = platform.libc_ver()[0] if libc is None else libc
-    choice = env.get("ZORACLE_MALLOC", "").strip().lower()
+    choice = choice_env.get("ZORACLE_MALLOC", "").strip().lower()
     if choice == "system":
         return False, "ZORACLE_MALLOC=system"
     if choice not in ("", "zoracle"):
-        return False, (f"ZORACLE_MALLOC={env['ZORACLE_MALLOC']!r} is neither 'system' (glibc's default policy) "
-                       f"nor 'zoracle' (keep freed memory): glibc's default kept")
+        return False, (f"ZORACLE_MALLOC={choice_env['ZORACLE_MALLOC']!r} is neither 'system' (glibc's default "
+                       f"policy) nor 'zoracle' (keep freed memory): glibc's default kept")
     if libc != "glibc":
         return False, f"the C library is not glibc ({libc or 'unknown'})"
     chosen = [k for k in _GLIBC_ENV if k in env]
     if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
         chosen.append("GLIBC_TUNABLES (glibc.malloc)")
     if chosen:
-        return False, f"the process set its own policy ({', '.join(chosen)})"
+        return False, f"the process started with its own policy ({', '.join(chosen)})"
     preload = env.get("LD_PRELOAD", "")
     other = [a for a in _OTHER_ALLOCATORS if a in preload]
     if other:
@@ -84,7 +103,7 @@ def reuse_freed_memory() -> bool:
     Results are unchanged; the process may keep up to 128 MiB more memory after a peak.
 
     It does nothing, and returns False, where the C library is not glibc, where the process
-    already chose a policy (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
+    started with a policy of its own (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
     ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, ``GLIBC_TUNABLES`` naming ``glibc.malloc``,
     jemalloc, tcmalloc or mimalloc in ``LD_PRELOAD``), or where ``ZORACLE_MALLOC=system`` is
     set, the way to keep glibc's default. The setting belongs to the process and cannot be
