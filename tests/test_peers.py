@@ -576,3 +576,12 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert "python benchmarks/peers.py --ratios " + ",".join(paths).replace(ROOT + os.sep, "") in docs
         assert peers.ratios_table(peers.ratios([r for path in paths for r in peers._load(path)])) in docs
         assert f"library code of {commit}" in docs
+    # d = 2k under zoracle's allocator policy (zo.reuse_freed_memory), set for every method of the table
+    paths = [os.path.join(results, f"speed150malloc_{data}.json") for data in ("digits", "mnist1d")]
+    for path in paths:
+        rows = peers._load(path)
+        assert rows and {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 1, path
+        assert {r["reuse_freed_memory"] for r in rows} == {True}, path
+        assert peers.speed_table(rows) in docs, path
+    assert "python benchmarks/peers.py --ratios " + ",".join(paths).replace(ROOT + os.sep, "") in docs
+    assert peers.ratios_table(peers.ratios([r for path in paths for r in peers._load(path)])) in docs
