@@ -761,8 +761,8 @@ def speed(args, log=print) -> list:
     Ratios are a method's seconds per query over DeepZero's (the demo recipe through
     TorchOracle's coordinate path). Every method runs under zoracle's allocator policy
     (``zo.reuse_freed_memory``; ``ZORACLE_MALLOC=system`` keeps glibc's default), recorded
-    in each row; files written before it ran under glibc's default. The rows then get their multiply-adds (:func:`add_macs`,
-    on replays after every timing)."""
+    in each row; files written before it ran under glibc's default. The rows then get their
+    multiply-adds (:func:`add_macs`, on replays after every timing)."""
     import torch
 
     import zoracle as zo
