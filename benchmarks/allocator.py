@@ -9,6 +9,8 @@ recipe's lead over every other method under each policy::
 
     python benchmarks/allocator.py --data digits --rounds 3 --out allocator.json
     python benchmarks/allocator.py --report allocator.json    # the markdown table again
+
+``--width`` runs another of the study's sizes (160 on digits, 128 on MNIST-1D: d of about 12-13k).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ POLICIES = ("system", "zoracle")  # ZORACLE_MALLOC=system: glibc's default; unse
 WIDTHS = {"digits": 0, "mnist1d": 16}  # the study's smallest size (d of about 2k)
 
 
-def child(data: str, methods: list, budget: int) -> list:
+def child(data: str, methods: list, budget: int, width: int | None = None) -> list:
     """Each method once in this process: ``[{method, seconds, queries, faults, sys_s, test_acc, reuse}]``."""
     import torch
 
@@ -41,8 +43,8 @@ def child(data: str, methods: list, budget: int) -> list:
     d = peers.load_data(data, 0)
     runs = peers._merged([os.path.join(HERE, "peers_results", f"{data}.json")])
     rows = []
+    width = WIDTHS[data] if width is None else width
     for method in methods:
-        width = WIDTHS[data]
         setting = peers.best_setting(runs, data, width, method, 30_000) or peers.GRID[method][len(peers.GRID[method]) // 2]
         bench = peers.Bench(d, data, width, 0, budget)
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -54,9 +56,10 @@ def child(data: str, methods: list, budget: int) -> list:
     return rows
 
 
-def run(data: str, methods: list, budget: int, rounds: int, log=print) -> dict:
+def run(data: str, methods: list, budget: int, rounds: int, log=print, width: int | None = None) -> dict:
     """Alternating child processes, ``rounds`` per policy (system first in each round)."""
-    out = {"data": data, "budget": budget, "methods": methods, "rounds": rounds, "runs": []}
+    width = WIDTHS[data] if width is None else width
+    out = {"data": data, "budget": budget, "methods": methods, "rounds": rounds, "width": width, "runs": []}
     for r in range(rounds):
         for policy in POLICIES:
             env = {k: v for k, v in os.environ.items() if k != "ZORACLE_MALLOC"}
@@ -64,7 +67,8 @@ def run(data: str, methods: list, budget: int, rounds: int, log=print) -> dict:
                 env["ZORACLE_MALLOC"] = "system"
             t = time.perf_counter()
             p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--data", data, "--methods",
-                                ",".join(methods), "--budget", str(budget)], env=env, capture_output=True, text=True)
+                                ",".join(methods), "--budget", str(budget), "--width", str(width)], env=env,
+                               capture_output=True, text=True)
             if p.returncode:
                 raise SystemExit(f"the {policy} child failed:\n{p.stderr[-3000:]}")
             rows = json.loads(p.stdout.strip().splitlines()[-1])
@@ -102,7 +106,8 @@ def table(result: dict) -> str:
                 lead = [med(m, p, "seconds") / med(demo, p, "seconds") for p in POLICIES]
                 lines.append(f"| {m} | {lead[0]:.1f}x | {lead[1]:.1f}x |")
     reuse = {p: {x["reuse"] for x in runs if x["policy"] == p} for p in POLICIES}
-    return "\n".join(lines) + (f"\n\n{result['data']}, {result['budget']:,} queries a run, {result['rounds']} rounds "
+    size = f", d = {runs[0]['d']:,}" if result.get("width", WIDTHS[result["data"]]) != WIDTHS[result["data"]] else ""
+    return "\n".join(lines) + (f"\n\n{result['data']}{size}, {result['budget']:,} queries a run, {result['rounds']} rounds "
                                 f"(medians); the policy was in force: default {sorted(reuse['system'])}, "
                                 f"zoracle's {sorted(reuse['zoracle'])}.")
 
@@ -114,6 +119,8 @@ def main(argv=None) -> int:
                    help="comma-separated methods of benchmarks/peers.py (default: the demo recipe and its two "
                    "closest peers at this size)")
     p.add_argument("--budget", type=int, default=150_000, help="queries a run (default 150,000, the issue's)")
+    p.add_argument("--width", type=int, default=None, help="the study's model width (default: its smallest size, "
+                   "d of about 2k: 0 on digits, 16 on MNIST-1D; 160 and 128 give d of about 12-13k)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each policy once a round (default 3)")
     p.add_argument("--out", default=None, metavar="JSON", help="also save the result here")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
@@ -125,7 +132,7 @@ def main(argv=None) -> int:
         return 0
     methods = [m for m in a.methods.split(",") if m]
     if a.child:
-        print(json.dumps(child(a.data, methods, a.budget)))
+        print(json.dumps(child(a.data, methods, a.budget, a.width)))
         return 0
     sys.path.insert(0, HERE)
     import peers
@@ -135,7 +142,10 @@ def main(argv=None) -> int:
         p.error(f"--methods must name methods of benchmarks/peers.py ({', '.join(peers.RUNNERS)}), got {a.methods!r}")
     if a.rounds < 1 or a.budget < 1:
         p.error("--rounds and --budget must be at least 1")
-    result = run(a.data, methods, a.budget, a.rounds, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if a.width is not None and a.width < 0:
+        p.error(f"--width must be 0 or more, got {a.width}")
+    result = run(a.data, methods, a.budget, a.rounds, log=lambda m: print(m, file=sys.stderr, flush=True),
+                 width=a.width)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f)
