@@ -149,9 +149,11 @@ def test_docs_tables_are_the_saved_runs_reports():
 
     with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
         page = f.read()
-    for data in ("digits", "mnist1d"):
-        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{data}.json")) as f:
-            assert allocator.table(json.load(f)) in page
+    for name in ("digits", "mnist1d", "mid_digits", "mid_mnist1d"):
+        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{name}.json")) as f:
+            result = json.load(f)
+        assert {r["reuse"] for r in result["runs"] if r["policy"] == "zoracle"} == {True}, name
+        assert allocator.table(result) in page, name
 
 
 def test_a_misspelt_choice_warns_and_keeps_glibcs_default():
