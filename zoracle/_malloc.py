@@ -4,10 +4,10 @@ A zeroth-order step allocates and frees the same few megabytes of temporaries ev
 perturbed activations, patches, the loss rows. glibc's default policy returns the free
 top of the heap to the kernel once it passes a threshold (``M_TRIM_THRESHOLD``, which
 follows the largest block freed, a few MiB here), so the next step takes page faults on
-the same bytes (``benchmarks/allocator.py`` measures it: every method of the study's demo
-runs took 1.15-1.47x less time without them). Raising the trim threshold to 128 MiB and the
-size above which blocks are mapped on their own (``M_MMAP_THRESHOLD``) to 32 MiB keeps those
-pages. Results do not change: only where the bytes come from does.
+the same bytes (``benchmarks/allocator.py`` measures it: every method of the study's runs
+at d of about 2k took 1.15-1.47x less time without them). Raising the trim threshold to
+128 MiB and the size above which blocks are mapped on their own (``M_MMAP_THRESHOLD``) to
+32 MiB keeps those pages. Results do not change: only where the bytes come from does.
 
 The setting is the process's (glibc has one policy per process, and no way to read it
 back). :func:`reuse_freed_memory` applies it once; ``zo.train``, ``zo.estimate_gradient``
