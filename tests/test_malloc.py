@@ -149,7 +149,7 @@ def test_docs_tables_are_the_saved_runs_reports():
 
     with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
         page = f.read()
-    for name in ("digits", "mnist1d", "mid_digits", "mid_mnist1d"):
+    for name in ("digits", "mnist1d", "mid_digits", "mid_mnist1d", "large_digits", "large_mnist1d"):
         with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{name}.json")) as f:
             result = json.load(f)
         assert {r["reuse"] for r in result["runs"] if r["policy"] == "zoracle"} == {True}, name
