@@ -45,7 +45,7 @@ def child(data: str, methods: list, budget: int, width: int | None = None) -> li
     rows = []
     width = WIDTHS[data] if width is None else width
     for method in methods:
-        setting = peers.best_setting(runs, data, width, method, 30_000) or peers.GRID[method][len(peers.GRID[method]) // 2]
+        setting = peers.timing_setting(runs, data, width, method, 30_000)
         bench = peers.Bench(d, data, width, 0, budget)
         before = resource.getrusage(resource.RUSAGE_SELF)
         r = peers.run_one(bench, method, setting)

@@ -524,6 +524,11 @@ def best_setting(runs, data, width, method, budget):
     return max(tuned, key=lambda r: -1.0 if r["val_acc"] != r["val_acc"] else r["val_acc"])["setting"]
 
 
+def timing_setting(runs, data, width, method, budget) -> dict:
+    """The setting a timing run uses: the one tuned at ``budget``, else the middle of the grid."""
+    return best_setting(runs, data, width, method, budget) or GRID[method][len(GRID[method]) // 2]
+
+
 def sweep(args, log=print) -> list:
     import torch
 
@@ -777,7 +782,7 @@ def speed(args, log=print) -> list:
         for width in args.widths:
             for method in args.methods:
                 tuned_at = args.settings_budget or args.budget  # the settings of another budget's files
-                setting = best_setting(runs, name, width, method, tuned_at) or GRID[method][len(GRID[method]) // 2]
+                setting = timing_setting(runs, name, width, method, tuned_at)
                 for ev in (("batch", "plain") if method in SPEED_PEERS[:2] else ("batch",)):
                     bench = Bench(data, name, width, 0, args.budget, peer_eval=ev)
                     r = run_one(bench, method, setting)

@@ -37,9 +37,16 @@ SETUPS = {
 }
 
 
-def faults(setup: str, **env) -> float:
+def clean_env(**env) -> dict:
+    """This process's environment without the allocator choices a library may have put there
+    (Dask's nanny sets MALLOC_TRIM_THRESHOLD_), plus ``env``."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "ZORACLE_MALLOC"))}
-    e.update(env, PYTHONPATH=ROOT)
+    e.update(env)
+    return e
+
+
+def faults(setup: str, **env) -> float:
+    e = clean_env(**env, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", CHURN.format(setup=SETUPS[setup])], env=e, cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -118,8 +125,7 @@ def test_allocator_benchmark_runs_both_policies_side_by_side(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     out = tmp_path / "a.json"
-    # without the MALLOC_*_ a library may have put in this process's environment (Dask's nanny does)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "ZORACLE_MALLOC"))}
+    env = clean_env()
     p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "allocator.py"), "--budget", "3000",
                         "--rounds", "1", "--methods", "deepzero,zoracle-es", "--out", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
@@ -161,8 +167,7 @@ def test_a_misspelt_choice_warns_and_keeps_glibcs_default():
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    print(m.reuse_freed_memory(), m.reuse_freed_memory(), len(w), w[0].message if w else '')\n")
-    e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", code], env={**e, "ZORACLE_MALLOC": "sytem", "PYTHONPATH": ROOT},
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(ZORACLE_MALLOC="sytem", PYTHONPATH=ROOT),
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("False False 1 ZORACLE_MALLOC='sytem' is neither 'system'")

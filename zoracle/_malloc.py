@@ -41,6 +41,7 @@ MMAP_BYTES = 32 << 20  # M_MMAP_THRESHOLD: blocks this large or larger are mappe
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 _GLIBC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+_CHOICES = ("", "zoracle", "system")  # ZORACLE_MALLOC, lower-cased: unset or zoracle's policy, or glibc's
 
 _outcome: list = []  # [(applied, reason)] once decided: the decision holds for the process
 
@@ -73,7 +74,7 @@ def plan(environ=None, libc: str | None = None) -> tuple:
     choice = choice_env.get("ZORACLE_MALLOC", "").strip().lower()
     if choice == "system":
         return False, "ZORACLE_MALLOC=system"
-    if choice not in ("", "zoracle"):
+    if choice not in _CHOICES:
         return False, (f"ZORACLE_MALLOC={choice_env['ZORACLE_MALLOC']!r} is neither 'system' (glibc's default "
                        f"policy) nor 'zoracle' (keep freed memory): glibc's default kept")
     if libc != "glibc":
@@ -122,7 +123,7 @@ def reuse_freed_memory() -> bool:
     if _outcome:
         return _outcome[0][0]
     apply, reason = plan()
-    if reason.startswith("ZORACLE_MALLOC=") and "neither" in reason:
+    if os.environ.get("ZORACLE_MALLOC", "").strip().lower() not in _CHOICES:
         warnings.warn(reason, stacklevel=3)
     if apply:
         try:
