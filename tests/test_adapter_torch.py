@@ -767,3 +767,134 @@ def test_split_roles_consecutive_positions_are_slices():
             c2.weight.copy_(flat[:54].view_as(c2.weight))
             c2.bias.copy_(flat[54:])
             assert torch.allclose(col_a[r], c2(x)[:, int(ch_a[r])], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- class-major loss
+@settings(max_examples=60)
+@given(st.integers(1, 300), st.integers(2, 15), st.sampled_from(["float32", "float64"]), st.floats(0.1, 30.0),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_class_major_loss_is_the_row_loss_and_each_row_alone(n, c, dtype, scale, weighted, seed):
+    """The stock cross-entropy in the class-major layout: the same per-sample losses as the
+    row layout up to the last bits (torch's two kernels), and each row's loss the same bits
+    whichever other rows share the call (what lets the suffix keep base losses)."""
+    from zoracle.adapters._torch_layout import class_major, class_major_loss
+
+    g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, dtype)
+    z = (torch.randn(n, c, generator=g) * scale).to(dt)
+    y = torch.randint(0, c, (n,), generator=g)
+    loss = nn.CrossEntropyLoss(weight=torch.rand(c, generator=g).to(dt) + 0.5 if weighted else None,
+                               reduction="none", ignore_index=1)
+    assert class_major(loss)
+    got = class_major_loss(loss, z, y)
+    want = loss(z, y)
+    eps = torch.finfo(dt).eps
+    assert got.shape == (n,) and got.dtype == dt
+    assert torch.allclose(got, want, rtol=8 * eps, atol=8 * eps * float(want.abs().max() + 1))
+    assert torch.equal(got[y == 1], torch.zeros(int((y == 1).sum()), dtype=dt))  # ignored rows, as the module
+    a = int(torch.randint(0, n, (1,), generator=g))
+    b = int(torch.randint(a + 1, n + 1, (1,), generator=g))
+    assert torch.equal(class_major_loss(loss, z[a:b], y[a:b]), got[a:b])
+    assert torch.equal(class_major_loss(loss, z[a:b].clone(), y[a:b].clone()), got[a:b])
+
+
+def test_class_major_loss_applies_only_where_it_is_the_same_loss():
+    from zoracle.adapters._torch_layout import class_major, class_major_loss
+
+    class Mine(nn.CrossEntropyLoss):  # a subclass may compute anything in its forward
+        pass
+
+    assert class_major(nn.CrossEntropyLoss(reduction="none"))
+    assert not class_major(nn.CrossEntropyLoss())  # mean: the oracle's scalar convention
+    assert not class_major(nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1))
+    assert not class_major(Mine(reduction="none"))
+    assert not class_major(nn.functional.cross_entropy) and not class_major(cross_entropy)
+    ce = nn.CrossEntropyLoss(reduction="none")
+    z, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert class_major_loss(ce, z, y) is not None
+    assert class_major_loss(ce, torch.randn(8, 16), y) is None  # 16 classes: the row kernel is the faster
+    assert class_major_loss(ce, torch.randn(8, 1), torch.zeros(8, dtype=torch.long)) is None
+    assert class_major_loss(ce, z, torch.softmax(z, 1)) is None  # probability targets
+    assert class_major_loss(ce, z.half(), y) is None
+    assert class_major_loss(ce, z.view(8, 10, 1), y.view(8, 1)) is None
+    assert class_major_loss(ce, z, y[:4]) is None  # a mismatch: the module raises its own error
+
+
+def _ce_spy(monkeypatch):
+    """Records the input shape of every ``F.cross_entropy`` that ``nn.CrossEntropyLoss`` makes."""
+    seen = []
+    real = nn.functional.cross_entropy
+
+    def spy(inp, target, *a, **k):
+        seen.append(tuple(inp.shape))
+        return real(inp, target, *a, **k)
+
+    monkeypatch.setattr(torch.nn.modules.loss.F, "cross_entropy", spy)
+    return seen
+
+
+class _TorchvisionStyleNet(nn.Module):
+    """Written as torchvision writes its nets: in-place ReLUs, a residual add and the pooling in
+    ``forward()``, not an ``nn.Sequential``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = x + self.relu(self.conv2(x))
+        return self.fc(nn.functional.avg_pool2d(x, 2).flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_major_loss_in_the_oracle_equals_the_textbook_loop(dtype, monkeypatch):
+    """CGE through TorchOracle with the stock per-sample cross-entropy on 10 classes runs the
+    loss class-major, and equals the textbook loop over plain ``loss(model(x), y).mean()``."""
+    torch.manual_seed(0)
+    net = _TorchvisionStyleNet().to(dtype)
+    x, y = data((1, 8, 8), 24, seed=3)
+    loss = nn.CrossEntropyLoss(reduction="none")
+    seen = _ce_spy(monkeypatch)
+    oracle = TorchOracle(net, loss, (x, y), dtype=dtype)
+    theta = oracle.initial_params()
+    mu = 1e-2 if dtype == torch.float32 else 1e-6
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=mu))
+    assert any(len(s) == 3 and s[1] == 10 for s in seen)  # the class-major layout ran
+    seen.clear()
+    # the textbook loop: the plain module and loss, one query at a time
+    xt, yt = torch.as_tensor(x, dtype=dtype), torch.as_tensor(y)
+    flat = torch.as_tensor(theta)
+
+    def plain(v):
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(v, net.parameters())
+            return float(loss(net(xt), yt).mean())
+
+    f0 = plain(flat)
+    want = np.empty(theta.size)
+    for i in range(theta.size):
+        v = flat.clone()
+        v[i] += mu
+        want[i] = (plain(v) - f0) / float(v[i] - flat[i])
+    assert all(len(s) == 2 for s in seen)  # the plain loop itself ran the row layout
+    eps = float(torch.finfo(dtype).eps)
+    assert np.abs(est.grad - want).max() <= 16 * eps * max(1.0, f0) / mu
+    assert abs(est.loss - f0) <= 4 * eps * f0
+
+
+def test_subclassed_loss_keeps_the_row_layout(monkeypatch):
+    class Mine(nn.CrossEntropyLoss):
+        def forward(self, out, y):
+            assert out.dim() == 2  # written for (rows, classes)
+            return super().forward(out, y) * 2.0
+
+    torch.manual_seed(0)
+    seen = _ce_spy(monkeypatch)
+    x, y = data((1, 8, 8), 6)
+    oracle = TorchOracle(_TorchvisionStyleNet().double(), Mine(reduction="none"), (x, y))
+    zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE(mu=1e-6))
+    assert seen and all(len(s) == 2 for s in seen)

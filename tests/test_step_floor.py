@@ -43,7 +43,7 @@ def test_step_floor_prints_ratios_side_by_side():
     r = json.loads(out.stdout)
     assert r["zoracle"] == os.path.join(ROOT, "zoracle")  # --root: this checkout, imported by path
     assert r["d"] == 1898 and r["coordinates"] == 220 and r["check_max_abs_diff"] <= r["check_allowed"]
-    assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone"}
+    assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone", "loss alone, rows"}
     assert all(v > 0 for v in r["ms_per_step"].values()) and r["zo_grasp_s"] > 0
     us = r["us_per_query"]
     assert r["es_over_zoracle"] == pytest.approx(us["zoracle-es"] / us["zoracle"])
