@@ -11,6 +11,11 @@ recipe's lead over every other method under each policy::
     python benchmarks/allocator.py --report allocator.json    # the markdown table again
 
 ``--width`` runs another of the study's sizes (160 on digits, 128 on MNIST-1D: d of about 12-13k).
+``--policies zoracle`` runs zoracle's policy alone (each round one child process, every method in
+it): the methods' times side by side in rounds, when a change of the library rather than of the
+policy is measured::
+
+    python benchmarks/allocator.py --data digits --methods deepzero,zoracle-es,snes,pgpe --policies zoracle --rounds 3
 """
 
 from __future__ import annotations
@@ -56,12 +61,14 @@ def child(data: str, methods: list, budget: int, width: int | None = None) -> li
     return rows
 
 
-def run(data: str, methods: list, budget: int, rounds: int, log=print, width: int | None = None) -> dict:
+def run(data: str, methods: list, budget: int, rounds: int, log=print, width: int | None = None,
+        policies: tuple = POLICIES) -> dict:
     """Alternating child processes, ``rounds`` per policy (system first in each round)."""
     width = WIDTHS[data] if width is None else width
-    out = {"data": data, "budget": budget, "methods": methods, "rounds": rounds, "width": width, "runs": []}
+    out = {"data": data, "budget": budget, "methods": methods, "rounds": rounds, "width": width, "runs": [],
+           "policies": list(policies)}
     for r in range(rounds):
-        for policy in POLICIES:
+        for policy in policies:
             env = {k: v for k, v in os.environ.items() if k != "ZORACLE_MALLOC"}
             if policy == "system":
                 env["ZORACLE_MALLOC"] = "system"
@@ -85,9 +92,13 @@ def run(data: str, methods: list, budget: int, rounds: int, log=print, width: in
 def table(result: dict) -> str:
     """Markdown: per method, the median over rounds under each policy, and the demo recipe's lead."""
     runs, methods = result["runs"], result["methods"]
+    policies = tuple(result.get("policies", POLICIES))
 
     def med(method, policy, key):
         return statistics.median(x[key] for x in runs if x["method"] == method and x["policy"] == policy)
+
+    if policies != POLICIES:
+        return _one_policy_table(result, policies[0], med)
 
     lines = ["| method | test % | train s, glibc default | train s, zoracle's | speed-up | faults, default | "
              "faults, zoracle's | system s, default | system s, zoracle's |", "|---|---|---|---|---|---|---|---|---|"]
@@ -112,6 +123,35 @@ def table(result: dict) -> str:
                                 f"zoracle's {sorted(reuse['zoracle'])}.")
 
 
+def _one_policy_table(result: dict, policy: str, med) -> str:
+    """Markdown for a run under one policy: each method's median and range over rounds, and the
+    other methods' time over the demo recipe's, median and range of the rounds' ratios."""
+    runs, methods = result["runs"], result["methods"]
+    name = {"zoracle": "zoracle's policy", "system": "glibc's default"}[policy]
+
+    def secs(m):
+        return [x["seconds"] for x in runs if x["method"] == m and x["policy"] == policy]
+
+    lines = ["| method | test % | train s, median | range | faults | system s |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        acc = {round(100 * x["test_acc"], 2) for x in runs if x["method"] == m}
+        lines.append(f"| {m} | {' / '.join(f'{a:.1f}' for a in sorted(acc))} | {med(m, policy, 'seconds'):.2f} | "
+                     f"{min(secs(m)):.2f}-{max(secs(m)):.2f} | {med(m, policy, 'faults'):,.0f} | "
+                     f"{med(m, policy, 'sys_s'):.2f} |")
+    demo = "deepzero"
+    if demo in methods and len(methods) > 1:
+        lines += ["", "| other method | its time / the demo recipe's, median of the rounds | range |", "|---|---|---|"]
+        for m in methods:
+            if m != demo:
+                ratios = [a / b for a, b in zip(secs(m), secs(demo))]
+                lines.append(f"| {m} | {statistics.median(ratios):.1f}x | {min(ratios):.1f}-{max(ratios):.1f}x |")
+    reuse = sorted({x["reuse"] for x in runs})
+    size = f", d = {runs[0]['d']:,}" if result.get("width", WIDTHS[result["data"]]) != WIDTHS[result["data"]] else ""
+    return "\n".join(lines) + (f"\n\n{result['data']}{size}, {result['budget']:,} queries a run, {result['rounds']} "
+                                f"rounds, {name} alone (in force: {reuse}); each round's ratios are of the same "
+                                "child process's runs.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=tuple(WIDTHS), default="digits")
@@ -122,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=None, help="the study's model width (default: its smallest size, "
                    "d of about 2k: 0 on digits, 16 on MNIST-1D; 160 and 128 give d of about 12-13k)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each policy once a round (default 3)")
+    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, of system, zoracle (default "
+                   "both, alternating; one: that policy alone)")
     p.add_argument("--out", default=None, metavar="JSON", help="also save the result here")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -144,8 +186,12 @@ def main(argv=None) -> int:
         p.error("--rounds and --budget must be at least 1")
     if a.width is not None and a.width < 0:
         p.error(f"--width must be 0 or more, got {a.width}")
+    policies = tuple(x for x in a.policies.split(",") if x)
+    if not policies or any(x not in POLICIES for x in policies) or len(set(policies)) != len(policies):
+        p.error(f"--policies must name system and/or zoracle once each, got {a.policies!r}")
+    policies = tuple(x for x in POLICIES if x in policies)
     result = run(a.data, methods, a.budget, a.rounds, log=lambda m: print(m, file=sys.stderr, flush=True),
-                 width=a.width)
+                 width=a.width, policies=policies)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f)

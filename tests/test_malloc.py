@@ -171,3 +171,62 @@ def test_a_misspelt_choice_warns_and_keeps_glibcs_default():
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("False False 1 ZORACLE_MALLOC='sytem' is neither 'system'")
+
+
+@glibc
+def test_allocator_benchmark_times_one_policy_alone(tmp_path):
+    """``--policies zoracle``: one child process a round under zoracle's policy, every method in it;
+    the table gives each round's ratio to the demo recipe."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    import json
+
+    out = tmp_path / "a.json"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "allocator.py"), "--budget", "3000",
+                        "--rounds", "2", "--methods", "deepzero,zoracle-es", "--policies", "zoracle", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=clean_env())
+    assert p.returncode == 0, p.stderr
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert result["policies"] == ["zoracle"]
+    assert sorted((r["round"], r["method"]) for r in runs) == [
+        (0, "deepzero"), (0, "zoracle-es"), (1, "deepzero"), (1, "zoracle-es")]
+    assert {r["policy"] for r in runs} == {"zoracle"} and {r["reuse"] for r in runs} == {True}
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import allocator
+
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(*([r for r in runs if r["method"] == m]
+                                                           for m in ("zoracle-es", "deepzero")))]
+    import statistics
+
+    assert f"| zoracle-es | {statistics.median(ratios):.1f}x | {min(ratios):.1f}-{max(ratios):.1f}x |" in p.stdout
+    assert "zoracle's policy alone" in p.stdout and allocator.table(result) in p.stdout
+    for bad in ("zoracle,zoracle", "jemalloc", ""):
+        q = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "allocator.py"), "--policies", bad],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert q.returncode == 2 and "--policies must name" in q.stderr, bad
+
+
+def test_class_major_lead_tables_are_the_saved_runs_and_keep_the_accuracies():
+    """docs/peers.md's class-major tables are ``allocator.py --report`` of the saved runs, and those
+    runs end at the accuracies of the same methods' runs before the change (allocator_*.json)."""
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import allocator
+
+    with open(os.path.join(ROOT, "docs", "peers.md"), encoding="utf-8") as f:
+        page = f.read()
+    for data in ("digits", "mnist1d"):
+        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"lead_{data}.json")) as f:
+            lead = json.load(f)
+        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{data}.json")) as f:
+            before = json.load(f)
+        assert lead["policies"] == ["zoracle"] and lead["rounds"] == 3, data
+        assert allocator.table(lead) in page, data
+        assert f"--policies zoracle --rounds 3 --out benchmarks/peers_results/lead_{data}.json" in page, data
+        shared = set(lead["methods"]) & set(before["methods"])
+        assert {"deepzero", "snes", "zoracle-es"} <= shared
+        for m in shared:
+            acc = {x["test_acc"] for x in lead["runs"] + before["runs"] if x["method"] == m}
+            assert len(acc) == 1, (data, m, acc)

@@ -90,3 +90,11 @@ def test_docs_show_the_quiet_run_as_report_prints_it():
     assert (f"it would be {p['es_over_hand']:.1f}x (zoracle's step: {p['es_over_zoracle']:.1f}x), still\nshort of 10x"
             in docs)
     assert f"ZO-GraSP alone caps the lead at {es30k / r['zo_grasp_s']:.1f}x" in docs
+
+
+def test_docs_show_the_class_major_run_as_report_prints_it():
+    r, docs = _saved_run_in_docs("step_floor_digits_cm.json")
+    ms, p = r["ms_per_step"], r["projected_150k"]
+    assert ms["loss alone"] < ms["loss alone, rows"] / 2  # the class-major layout the step now runs
+    assert f"to 14-21x, zoracle's to\n5.5-6.1x" in docs
+    assert round(p["es_over_zoracle"], 1) == 5.5 and round(p["es_over_hand"], 0) == 14
