@@ -266,15 +266,16 @@ def class_major_loss(loss_fn, outputs: torch.Tensor, targets) -> torch.Tensor | 
     """``loss_fn(outputs, targets)`` computed by ``loss_fn`` itself on the logits laid out
     ``(1, classes, rows)`` (rows padded to a multiple of 64), shape ``(rows,)``; None when the
     layout does not apply (not CPU float32/float64 logits ``(rows, classes)`` with 2-15 classes
-    and class-index targets ``(rows,)``): call ``loss_fn`` as it is.
+    and int64 class-index targets ``(rows,)``; the row kernel also takes uint8 targets, the
+    class-major one does not): call ``loss_fn`` as it is.
 
     Equal to the row layout up to rounding in the last bits (torch's two kernels); every row's
     value is independent of the other rows of the call.
     """
     if (not isinstance(targets, torch.Tensor) or outputs.dim() != 2 or outputs.device.type != "cpu"
             or outputs.dtype not in (torch.float32, torch.float64) or not 2 <= outputs.shape[1] <= _MAX_CLASSES
-            or targets.dim() != 1 or targets.shape[0] != outputs.shape[0] or targets.is_floating_point()
-            or targets.dtype == torch.bool or outputs.shape[0] == 0):
+            or targets.dim() != 1 or targets.shape[0] != outputs.shape[0] or targets.dtype != torch.int64
+            or outputs.shape[0] == 0):
         return None
     n, c = outputs.shape
     m = -(-n // _PAD) * _PAD

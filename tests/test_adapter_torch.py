@@ -818,6 +818,13 @@ def test_class_major_loss_applies_only_where_it_is_the_same_loss():
     assert class_major_loss(ce, z.half(), y) is None
     assert class_major_loss(ce, z.view(8, 10, 1), y.view(8, 1)) is None
     assert class_major_loss(ce, z, y[:4]) is None  # a mismatch: the module raises its own error
+    assert class_major_loss(ce, z, y.to(torch.uint8)) is None  # the row kernel takes uint8 targets, not this one
+    x, yb = data((1, 8, 8), 6)  # and so does the oracle
+    oracle = TorchOracle(_TorchvisionStyleNet().double(), ce, (x, torch.as_tensor(yb, dtype=torch.uint8)))
+    theta = oracle.initial_params()
+    with torch.no_grad():
+        want = float(ce(oracle.model(torch.as_tensor(x)), torch.as_tensor(yb)).mean())
+    assert oracle(theta) == pytest.approx(want)
 
 
 def _ce_spy(monkeypatch):
