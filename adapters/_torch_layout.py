@@ -11,7 +11,8 @@ from torch import nn
 from zoracle._backend import is_cupy
 from zoracle._errors import ArgumentError
 
-from ._torch_chain import _NORM, BlockParams, Chain, Step, extract_steps, fast_kind, steps_from_items
+from ._torch_chain import (_NORM, BlockParams, Chain, Step, extract_steps, fast_kind, pooled_channels_last,
+                           steps_from_items)
 
 __all__ = ["ParamInfo", "to_torch", "build_core", "cross_entropy", "class_major", "class_major_loss", "run_owned",
            "repeat_rows"]
@@ -178,6 +179,9 @@ def build_core(model, blocks) -> _Core:
     return core
 
 
+_CL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AvgPool1d)
+
+
 def run_owned(steps, state, start: int, mask=None, fill=None):
     """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place.
 
@@ -199,13 +203,14 @@ def run_owned(steps, state, start: int, mask=None, fill=None):
             state = st(state)
             fresh = False
             continue
-        if st.fn is None and type(m) is nn.MaxPool2d and state[0].dim() == 4 and state[0].device.type == "cpu":
-            # CPU max pooling of many small NCHW planes is an order of magnitude slower than
-            # channels-last; the maximum is exact either way
-            out = m(state[0].contiguous(memory_format=torch.channels_last))
-            state = (out.contiguous(),) + tuple(state[1:])
-            fresh = True
-            continue
+        if st.fn is None and type(m) in _CL_POOLS:
+            # CPU pooling of many small planes: channels-last, the same values (max pooling an
+            # order of magnitude faster, average pooling 1.5x)
+            out = pooled_channels_last(m, state[0])
+            if out is not None:
+                state = (out,) + tuple(state[1:])
+                fresh = True
+                continue
         if fresh and type(m) is nn.ReLU:
             x = state[0]
             ptr = x.untyped_storage().data_ptr()

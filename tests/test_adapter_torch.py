@@ -714,9 +714,9 @@ def test_unfold_index_cache_stays_within_its_bytes(monkeypatch):
        stride=st.integers(1, 3), pad=st.integers(0, 1), ceil=st.booleans(), cip=st.booleans(),
        dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
 def test_channel_step_pools_equal_the_modules_bit_for_bit(k, b, h, w, ks, stride, pad, ceil, cip, dtype, seed):
-    """A changed channel ``(k, B, H, W)`` / ``(k, B, L)`` through an average pool (run
-    channels-last on the CPU) gives exactly the module's own values on the same tensor, and
-    the pooled rows are those of pooling each perturbed input whole."""
+    """A changed channel ``(k, B, H, W)`` / ``(k, B, L)`` through a pool (run channels-last on
+    the CPU) gives exactly the module's own values on the same tensor, and the pooled rows are
+    those of pooling each perturbed input whole; so do the dense suffix's ``(N, C, ...)`` rows."""
     from zoracle.adapters import _torch_chain as C
 
     if pad > ks // 2:
@@ -724,7 +724,10 @@ def test_channel_step_pools_equal_the_modules_bit_for_bit(k, b, h, w, ks, stride
     g = torch.Generator().manual_seed(seed)
     scale = 10.0 ** torch.randint(-4, 4, (k, b, 1, 1), generator=g).to(dtype)
     col = torch.randn(k, b, h, w, generator=g, dtype=dtype) * scale
-    for m, x in ((nn.AvgPool2d(ks, stride, pad, ceil, cip), col), (nn.AvgPool1d(ks, stride, pad, ceil, cip), col[:, :, 0])):
+    from zoracle.adapters._torch_layout import run_owned
+
+    for m, x in ((nn.AvgPool2d(ks, stride, pad, ceil, cip), col), (nn.AvgPool1d(ks, stride, pad, ceil, cip), col[:, :, 0]),
+                 (nn.MaxPool2d(ks, stride, pad, ceil_mode=ceil), col)):
         if x.shape[-1] + 2 * pad < ks or (x.dim() == 4 and x.shape[-2] + 2 * pad < ks):
             continue  # no output position
         with torch.no_grad():
@@ -733,6 +736,9 @@ def test_channel_step_pools_equal_the_modules_bit_for_bit(k, b, h, w, ks, stride
             assert torch.equal(got, m(x))  # the NCHW kernel on the same (k, B, ...) planes
             whole = m(x.reshape((k * b, 1) + tuple(x.shape[2:]))).reshape(got.shape)
             assert torch.equal(got, whole)
+            # the dense suffix pools (N, C, ...) rows the same way
+            dense = run_owned([C.Step(m)], (x.clone(),), 0)[0]
+            assert dense.is_contiguous() and torch.equal(dense, m(x))
 
 
 def test_split_roles_consecutive_positions_are_slices():
