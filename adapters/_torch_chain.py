@@ -879,7 +879,7 @@ def one_channel_conv(m, inp, w, out_hw):
             return d.view((B, k, O) + tuple(out_hw))
         # few positions: one product per group over every sample's positions, (O, taps) x
         # (taps, B*L); the matmul broadcast over the samples makes B*k tiny products, each paying
-        # a call's overhead (3.5x slower on the (32*12, 16, 3) x (3, 20) products of MNIST-1D's
+        # a call's overhead (2-3.5x slower on the (32*k, 16, 3) x (3, 20) products of MNIST-1D's
         # first block; on long rows the broadcast wins, without the copy of the patches below)
         Uk = U.view(B, k, taps, L).permute(1, 2, 0, 3).reshape(k, taps, B * L)
         d = torch.bmm(w.reshape(k, O, taps), Uk)  # (k, O, B*L)

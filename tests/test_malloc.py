@@ -217,14 +217,15 @@ def test_class_major_lead_tables_are_the_saved_runs_and_keep_the_accuracies():
 
     with open(os.path.join(ROOT, "docs", "peers.md"), encoding="utf-8") as f:
         page = f.read()
-    for data in ("digits", "mnist1d"):
-        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"lead_{data}.json")) as f:
+    for name in ("digits", "mnist1d", "final_digits", "final_mnist1d"):
+        data = name.split("_")[-1]
+        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"lead_{name}.json")) as f:
             lead = json.load(f)
         with open(os.path.join(ROOT, "benchmarks", "peers_results", f"allocator_{data}.json")) as f:
             before = json.load(f)
-        assert lead["policies"] == ["zoracle"] and lead["rounds"] == 3, data
-        assert allocator.table(lead) in page, data
-        assert f"--policies zoracle --rounds 3 --out benchmarks/peers_results/lead_{data}.json" in page, data
+        assert lead["policies"] == ["zoracle"] and lead["rounds"] == 3 and lead["data"] == data, name
+        assert allocator.table(lead) in page, name
+        assert f"lead_{name}.json" in page, name
         shared = set(lead["methods"]) & set(before["methods"])
         assert {"deepzero", "snes", "zoracle-es"} <= shared
         for m in shared:
