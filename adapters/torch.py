@@ -141,7 +141,10 @@ class TorchOracle:
         perturbations stacked perturbation-major, targets repeated ``k`` times), and samples
         a perturbation leaves unchanged keep their base loss; a scalar ``loss_fn`` is called
         once per perturbation on its ``B`` samples. ``loss_fn`` may be a black box (convert
-        to NumPy, call onnxruntime, return a tensor without grad).
+        to NumPy, call onnxruntime, return a tensor without grad). A stock
+        ``nn.CrossEntropyLoss(reduction="none")`` on 2-15 classes (CPU float logits, int64
+        targets) is called on the logits laid out ``(1, classes, rows)``: the same loss,
+        4-8x faster for the narrow rows of a batched step (``class_major_loss``).
     batch : (x, y), optional
         The minibatch every query sees (NumPy or torch). Without it, use ``bind(batch)``.
     dtype : torch/numpy dtype or str, optional
