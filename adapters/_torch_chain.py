@@ -768,16 +768,20 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
     return _t(ch, dev), col
 
 
+# the pools pooled_channels_last runs channels-last (run_owned checks the type before calling it)
+CL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AvgPool1d)
+
+
 def pooled_channels_last(m, x):
     """``m(x)`` run channels-last for a stock ``MaxPool2d`` / ``AvgPool2d`` on a 4-D CPU input or
     ``AvgPool1d`` on a 3-D one, else None. On the CPU the channels-last kernels run many small
     planes 1.5-3x faster, with the same sum per output element (average pooling) or maximum,
     so the same values; not the adaptive average, whose channels-last kernel adds in another
     order. torch's average_pool1d is the 2-D one on ``(N, C, 1, L)``."""
-    if x.device.type != "cpu":
-        return None
     t = type(m)
-    if t in (nn.MaxPool2d, nn.AvgPool2d) and x.dim() == 4 and not getattr(m, "return_indices", False):
+    if x.device.type != "cpu" or t not in CL_POOLS:
+        return None
+    if t is not nn.AvgPool1d and x.dim() == 4 and not getattr(m, "return_indices", False):
         return m(x.contiguous(memory_format=torch.channels_last)).contiguous()
     if t is nn.AvgPool1d and x.dim() == 3:
         (kw,), (sw,), (pw,) = m.kernel_size, m.stride, m.padding

@@ -11,8 +11,8 @@ from torch import nn
 from zoracle._backend import is_cupy
 from zoracle._errors import ArgumentError
 
-from ._torch_chain import (_NORM, BlockParams, Chain, Step, extract_steps, fast_kind, pooled_channels_last,
-                           steps_from_items)
+from ._torch_chain import (_NORM, CL_POOLS, BlockParams, Chain, Step, extract_steps, fast_kind,
+                           pooled_channels_last, steps_from_items)
 
 __all__ = ["ParamInfo", "to_torch", "build_core", "cross_entropy", "class_major", "class_major_loss", "run_owned",
            "repeat_rows"]
@@ -179,9 +179,6 @@ def build_core(model, blocks) -> _Core:
     return core
 
 
-_CL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AvgPool1d)
-
-
 def run_owned(steps, state, start: int, mask=None, fill=None):
     """Run ``steps[start:]`` on tensors this oracle owns: plain ReLUs run in place.
 
@@ -203,7 +200,7 @@ def run_owned(steps, state, start: int, mask=None, fill=None):
             state = st(state)
             fresh = False
             continue
-        if st.fn is None and type(m) in _CL_POOLS:
+        if st.fn is None and type(m) in CL_POOLS:
             # CPU pooling of many small planes: channels-last, the same values (max pooling an
             # order of magnitude faster, average pooling 1.5x)
             out = pooled_channels_last(m, state[0])

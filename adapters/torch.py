@@ -221,7 +221,6 @@ class TorchOracle:
                                          or budget_bytes < 1):
             raise ArgumentError(f"`budget_bytes` must be a positive integer (bytes), got {budget_bytes!r}")
         self.loss_fn = loss_fn
-        self._class_major = class_major(loss_fn)
         self.update_stats = bool(update_stats)
         self._budget = budget_bytes
         self._core = build_core(model, blocks)
@@ -458,7 +457,7 @@ class TorchOracle:
         2-15 classes runs on the logits laid out class-major (``class_major_loss``: the same
         loss, 4-8x faster on the CPU for the many narrow rows of a step; every loss the oracle
         computes, plain calls included, takes the same layout, so base and perturbed rows agree)."""
-        if getattr(self, "_class_major", False):
+        if class_major(self.loss_fn):
             v = class_major_loss(self.loss_fn, outputs, targets)
             if v is not None:
                 return v
