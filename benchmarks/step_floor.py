@@ -28,6 +28,14 @@ method's training-loop cost, about 0.2 s of a DeepZero run, left out)::
     python benchmarks/step_floor.py --out step_floor.json
     python benchmarks/step_floor.py --report step_floor.json   # the markdown table
 
+``--mask study`` times both steps on the coordinates the study's own demo-recipe run estimates
+(``peers.py``'s ``deepzero`` at seed 0, its first epoch: ZO-GraSP's layer ratios put more of
+them in the first convolution, the dearest block, than the 10% of every layer above) and adds
+the hand-written step's set-up (its index tensors, built once per mask: that run draws a mask
+an epoch) to its time per step, spread over an epoch's steps::
+
+    python benchmarks/step_floor.py --mask study --out step_floor_study.json
+
 ``--root`` times the zoracle of another checkout (as ``step_time.py --root`` does); the
 hand-written step, timed in the same process, makes the two runs comparable on a machine
 whose speed drifts: compare zoracle's time over the hand-written one's::
@@ -43,6 +51,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import step_time
 
 BUDGET = 150_000  # the issue's budget, for the projected run
@@ -62,6 +71,39 @@ def class_major(loss_fn, rows, y):
     t = torch.zeros((1, m), dtype=y.dtype)
     t[0, :n] = y
     return loss_fn(z, t)[0, :n]
+
+
+class _FirstStep(Exception):
+    pass
+
+
+def study_mask(zo, data: str = "digits") -> np.ndarray:
+    """The boolean mask of the first step of the study's demo-recipe run (``peers.py``'s
+    ``deepzero``, seed 0, the timing runs' setting): read from the run itself, by wrapping
+    ``zoracle._train.estimate_gradient`` for its first call, which ends the run."""
+    import peers
+    import zoracle._train as train_module
+
+    got = {}
+    real = train_module.estimate_gradient
+
+    def first(oracle, params, estimator, **kw):
+        got["mask"], got["d"] = kw["coordinates"], params.size
+        raise _FirstStep
+
+    bench = peers.Bench(peers.load_data(data, 0), data, 0 if data == "digits" else 16, 0, BUDGET)
+    runs = peers._merged([os.path.join(step_time.HERE, "peers_results", f"{data}.json")])
+    train_module.estimate_gradient = first
+    try:
+        peers.run_one(bench, "deepzero", peers.timing_setting(runs, data, bench.width, "deepzero", 30_000))
+    except _FirstStep:
+        pass
+    finally:
+        train_module.estimate_gradient = real
+    c = np.asarray(got["mask"])
+    mask = np.zeros(got["d"], dtype=bool)
+    mask[np.flatnonzero(c) if c.dtype == bool else c] = True
+    return mask
 
 
 class HandStep:
@@ -170,8 +212,7 @@ class HandStep:
             return ((losses - base) / self.h).double().numpy()
 
 
-def run(rounds: int = 5, steps: int = 60, root: str | None = None) -> dict:
-    import numpy as np
+def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str = "layers") -> dict:
     import torch
 
     zo = step_time.import_zoracle(root)
@@ -179,6 +220,8 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None) -> dict:
     from zoracle.apps._digits import per_class
 
     oracle, params, mask, batches, data = step_time.demo_step(zo, "digits")
+    if mask_of == "study":
+        mask = study_mask(zo)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     hand = HandStep(oracle, params, mask, loss_fn)
     tensors = [(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)) for x, y in batches]
@@ -203,6 +246,7 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None) -> dict:
         "zoracle-es": lambda k: zo.estimate_gradient(oracle.bind(batches[k]), params, es, rng=k),
         "loss alone": lambda k: class_major(loss_fn, logits, labels),
         "loss alone, rows": lambda k: loss_fn(logits, labels),
+        "hand set-up": lambda k: HandStep(oracle, params, mask, loss_fn),
     }
     best = {}
     for r in range(rounds + 1):  # round 0 warms up
@@ -221,7 +265,12 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None) -> dict:
         zo_grasp(oracle.bind(grasp_batch), params, blocks=scored, mu=MU, directions=192, rng=0)
         grasp_s.append(time.perf_counter() - t)
     k = int(mask.sum())
-    us = {"zoracle": best["zoracle"] / (k + 1) * 1e3, "by hand": best["by hand"] / (k + 1) * 1e3,
+    # the recipe draws a mask an epoch: the hand-written step builds its index tensors that often
+    starts = [b.start for b in oracle.blocks]
+    per_block = np.bincount(np.searchsorted(starts, np.flatnonzero(mask), side="right") - 1,
+                            minlength=len(starts)).tolist()
+    hand_ms = best["by hand"] + best["hand set-up"] / len(batches)
+    us = {"zoracle": best["zoracle"] / (k + 1) * 1e3, "by hand": hand_ms / (k + 1) * 1e3,
           "zoracle-es": best["zoracle-es"] / es_queries * 1e3}
     run_steps = (BUDGET - grasp_queries(192)) // (k + 1)
     es_run = BUDGET * us["zoracle-es"] / 1e6
@@ -233,9 +282,9 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None) -> dict:
             "check_max_abs_diff": diff, "check_allowed": tol, "check_largest_partial": scale, "zo_grasp_s": min(grasp_s),
             "es_over_zoracle": us["zoracle-es"] / us["zoracle"], "es_over_hand": us["zoracle-es"] / us["by hand"],
             "projected_150k": {"steps": run_steps, "zoracle-es_s": es_run,
-                               "es_over_zoracle": projected(best["zoracle"]), "es_over_hand": projected(best["by hand"]),
-                               "es_over_hand_without_loss": projected(best["by hand"] - best["loss alone"])},
-            "rounds": rounds, "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
+                               "es_over_zoracle": projected(best["zoracle"]), "es_over_hand": projected(hand_ms),
+                               "es_over_hand_without_loss": projected(hand_ms - best["loss alone"])},
+            "mask": mask_of, "coordinates_per_block": per_block, "steps_per_mask": len(batches), "rounds": rounds, "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
 
 
 def table(r: dict) -> str:
@@ -244,19 +293,28 @@ def table(r: dict) -> str:
     es = us["zoracle-es"]
     lines = ["| step | queries | ms a step | us / query | `zoracle-es` x its time per query | 150,000-query run, "
              "`zoracle-es` x its time |", "|---|---|---|---|---|---|"]
+    setup = ms.get("hand set-up")  # results before the set-up was timed: the step alone
+    per_mask = r.get("steps_per_mask")
+    hand_label = ("the same estimate written by hand" if setup is None else
+                  f"the same estimate written by hand, its set-up spread over a mask's {per_mask} steps")
     for name, label, key in (("zoracle", "zoracle's CGE step (`TorchOracle`)", "es_over_zoracle"),
-                             ("by hand", "the same estimate written by hand", "es_over_hand")):
-        lines.append(f"| {label} | {r['coordinates'] + 1} | {ms[name]:.2f} | {us[name]:.1f} | {es / us[name]:.1f} | "
+                             ("by hand", hand_label, "es_over_hand")):
+        step_ms = ms[name] + (setup / per_mask if name == "by hand" and setup is not None else 0.0)
+        lines.append(f"| {label} | {r['coordinates'] + 1} | {step_ms:.2f} | {us[name]:.1f} | {es / us[name]:.1f} | "
                      f"{proj[key]:.1f} |")
     lines.append(f"| `zoracle-es` (`TorchOracle.batch`) | 101 | {ms['zoracle-es']:.2f} | {es:.1f} | 1.0 | 1.0 |")
     lines.append(f"| the loss alone, on the step's {32 * r['coordinates']:,} rows | - | {ms['loss alone']:.2f} | - | - | - |")
     if "loss alone, rows" in ms:  # results before the class-major loss timed only the row layout
         lines.append(f"| the same loss in the row layout | - | {ms['loss alone, rows']:.2f} | - | - | - |")
+    if setup is not None:
+        lines.append(f"| the hand-written step's set-up, once a mask | - | {setup:.2f} | - | - | - |")
     return "\n".join(lines) + (f"\n\nZO-GraSP once: {r['zo_grasp_s']:.2f} s. A 150,000-query run: {proj['steps']} steps "
                                 f"and ZO-GraSP against {proj['zoracle-es_s']:.1f} s of `zoracle-es`; by hand without the "
                                 f"loss's time: {proj['es_over_hand_without_loss']:.1f}x. Check: the hand-written estimate "
                                 f"differs from zoracle's by at most {r['check_max_abs_diff']:.2g} (allowed "
-                                f"{r['check_allowed']:.2g}; largest partial {r['check_largest_partial']:.2g}).")
+                                f"{r['check_allowed']:.2g}; largest partial {r['check_largest_partial']:.2g})."
+                                + (f" Coordinates per block (the mask: {r['mask']}): {r['coordinates_per_block']}."
+                                   if "mask" in r else ""))
 
 
 def main(argv=None) -> int:
@@ -267,6 +325,9 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
     p.add_argument("--root", default=None, help="a zoracle checkout whose step to time instead of the installed one "
                    "(the hand-written step and the loss are this file's)")
+    p.add_argument("--mask", choices=("layers", "study"), default="layers",
+                   help="layers: 10%% of every weight layer, biases dense (default); study: the first mask of the "
+                   "study's demo-recipe run (ZO-GraSP's layer ratios)")
     a = p.parse_args(argv)
     if a.report:
         with open(a.report) as f:
@@ -274,7 +335,7 @@ def main(argv=None) -> int:
         return 0
     if a.rounds < 1 or a.steps < 1:
         p.error("--rounds and --steps must be at least 1")
-    r = run(a.rounds, a.steps, a.root)
+    r = run(a.rounds, a.steps, a.root, a.mask)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(r, f)

@@ -43,15 +43,39 @@ def test_step_floor_prints_ratios_side_by_side():
     r = json.loads(out.stdout)
     assert r["zoracle"] == os.path.join(ROOT, "zoracle")  # --root: this checkout, imported by path
     assert r["d"] == 1898 and r["coordinates"] == 220 and r["check_max_abs_diff"] <= r["check_allowed"]
-    assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone", "loss alone, rows"}
+    assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone", "loss alone, rows", "hand set-up"}
+    assert r["mask"] == "layers" and r["coordinates_per_block"] == [15, 131, 74] and r["steps_per_mask"] == 36
     assert all(v > 0 for v in r["ms_per_step"].values()) and r["zo_grasp_s"] > 0
     us = r["us_per_query"]
     assert r["es_over_zoracle"] == pytest.approx(us["zoracle-es"] / us["zoracle"])
     proj = r["projected_150k"]
     assert proj["steps"] == (150_000 - 386) // 221 and proj["zoracle-es_s"] == pytest.approx(0.15 * us["zoracle-es"])
-    for name, key in (("zoracle", "es_over_zoracle"), ("by hand", "es_over_hand")):  # steps plus ZO-GraSP's one-off
-        run = proj["steps"] * r["ms_per_step"][name] / 1e3 + r["zo_grasp_s"]
+    ms = r["ms_per_step"]
+    hand = ms["by hand"] + ms["hand set-up"] / r["steps_per_mask"]  # a mask an epoch: the set-up that often
+    assert us["by hand"] == pytest.approx(hand / 221 * 1e3)
+    for step_ms, key in ((ms["zoracle"], "es_over_zoracle"), (hand, "es_over_hand")):  # steps plus ZO-GraSP's one-off
+        run = proj["steps"] * step_ms / 1e3 + r["zo_grasp_s"]
         assert proj[key] == pytest.approx(proj["zoracle-es_s"] / run)
+
+
+def test_study_mask_is_the_runs_first_mask():
+    """``--mask study``: the coordinates the study's demo-recipe run estimates first: ZO-GraSP's
+    layer ratios at sparsity 0.9 of the scored weights, biases dense, drawn by ``zo.train``."""
+    import peers
+    import step_floor
+
+    import zoracle as zo
+
+    mask = step_floor.study_mask(zo)
+    bench = peers.Bench(peers.load_data("digits", 0), "digits", 0, 0, 30_000)
+    info = bench.oracle.param_info
+    assert mask.shape == (bench.d,) and mask.dtype == bool
+    assert all(mask[i.slice].all() for i in info if i.kind == "bias")  # biases dense
+    assert int(mask.sum()) == 186 + 34  # 10% of the 1,864 scored weights, and the 34 biases
+    # the recipe's own ratios put more in the first convolution than 10% of every layer does
+    first = info[0].slice
+    assert mask[first].sum() > 15
+    assert np.array_equal(mask, step_floor.study_mask(zo))  # the run is seeded: the same mask again
 
 
 def _saved_run_in_docs(name: str):
