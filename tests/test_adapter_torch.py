@@ -911,3 +911,84 @@ def test_subclassed_loss_keeps_the_row_layout(monkeypatch):
     oracle = TorchOracle(_TorchvisionStyleNet().double(), Mine(reduction="none"), (x, y))
     zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE(mu=1e-6))
     assert seen and all(len(s) == 2 for s in seen)
+
+
+def _tv_resnet():
+    from zoracle.adapters.torch_models import TVResNet
+
+    return TVResNet(layers=(1, 1, 1, 1), width=2, in_channels=1)
+
+
+@pytest.mark.parametrize("make,mode", [(_TorchvisionStyleNet, "train"), (_tv_resnet, "train"), (_tv_resnet, "eval"),
+                                       (lambda: make_cnn(4), "train")])
+@pytest.mark.parametrize("budget", [None, 64 * 2**10])
+def test_serial_cge_is_one_coordinate_call_equal_to_the_split_calls(make, mode, budget):
+    """A serial CGE through TorchOracle is one ``coordinate_losses`` call, which runs each block's
+    prefix and suffix calls (in ``max_queries_per_call`` chunks) itself: the same losses bit for
+    bit, on torchvision-style nets (in-place ReLUs, residual adds in ``forward()``, BatchNorm with
+    batch statistics), with a budget small enough to split every block into several chunks;
+    running statistics untouched. Sharded runs keep a prefix and suffix per block."""
+    from zoracle._oracle import Oracle
+    from zoracle._plan import plan_cge
+
+    torch.manual_seed(0)
+    net = make().double().train(mode == "train")
+    x, y = data((1, 8, 8), 12, seed=5)
+    oracle = TorchOracle(net, CE, (x, y), budget_bytes=budget)
+    theta = oracle.initial_params() + 0.05 * np.random.default_rng(1).standard_normal(oracle.size)
+    coords = np.sort(np.random.default_rng(2).choice(oracle.size, min(oracle.size, 300), replace=False))
+    if budget is not None:
+        assert oracle.max_queries_per_call < max(np.diff([b.start for b in oracle.blocks] + [oracle.size]))
+    serial = plan_cge(Oracle(oracle), coords, (1e-4,), oracle.size, 8, 2**28, 1)
+    assert [(t.mode, t.size) for t in serial] == [("coordinate", coords.size)]
+    assert {t.mode for t in plan_cge(Oracle(oracle), coords, (1e-4,), oracle.size, 8, 2**28, 2)} == {"split"}
+    # a fresh oracle: no plain call before, so each prefix computes the base rows itself
+    stats = buffers(net)
+    got = TorchOracle(net, CE, (x, y), budget_bytes=budget).coordinate_losses(theta, coords, 1e-4)
+    after = buffers(net)  # only plain calls update running statistics
+    assert stats.keys() == after.keys() and all(np.array_equal(stats[k], after[k]) for k in stats)
+    f0 = oracle(theta)
+    call = oracle.max_queries_per_call
+    starts = np.array([b.start for b in oracle.blocks])
+    owner = np.searchsorted(starts, coords, side="right") - 1
+    want = np.concatenate([oracle.suffix(oracle.prefix(theta, b), theta, b, cb[lo:lo + call], 1e-4)
+                           for b in np.unique(owner) for cb in [coords[owner == b]]
+                           for lo in range(0, cb.size, call)])
+    assert np.array_equal(got, want) and np.isfinite(got).all() and np.ptp(got - f0) > 0
+    assert np.array_equal(oracle.coordinate_losses(theta, coords, 1e-4), want)  # after a plain call too
+    # the estimate: the fused plan against the split plan (the oracle told not to fuse)
+    fused = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-4), coordinates=coords)
+    oracle.fused_coordinate_losses = False
+    assert {t.mode for t in plan_cge(Oracle(oracle), coords, (1e-4,), oracle.size, 8, 2**28, 1)} == {"split"}
+    split = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-4), coordinates=coords)
+    assert np.array_equal(fused.grad, split.grad) and fused.loss == split.loss and fused.nfev == split.nfev
+
+
+def test_only_a_declared_fused_oracle_gets_one_coordinate_task():
+    """A split oracle that also has ``coordinate_losses`` but does not set
+    ``fused_coordinate_losses = True`` keeps its prefix and suffix per block."""
+    from zoracle._oracle import Oracle
+    from zoracle._plan import plan_cge
+
+    class Split:
+        blocks = [slice(0, 3), slice(3, 6)]
+
+        def __init__(self, flag):
+            if flag is not None:
+                self.fused_coordinate_losses = flag
+
+        def __call__(self, x):
+            return float(np.sum(x ** 2))
+
+        def coordinate_losses(self, x, coords, step):
+            return np.array([self(x + step * np.eye(6)[i]) for i in coords])
+
+        def prefix(self, x, block):
+            return None
+
+        def suffix(self, feats, x, block, coords, step):
+            return self.coordinate_losses(x, coords, step)
+
+    for flag, mode in ((None, "split"), (1, "split"), ("yes", "split"), (True, "coordinate")):
+        tasks = plan_cge(Oracle(Split(flag)), np.arange(6), (1e-3,), 6, 8, 2**20, 1)
+        assert {t.mode for t in tasks} == {mode}

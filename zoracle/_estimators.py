@@ -375,7 +375,9 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     ----------
     oracle : callable
         ``params -> float``; capabilities (BatchOracle, CoordinateOracle, SplitOracle) are used
-        when present: split > coordinate > batch > one call per query for CGE, batch > calls
+        when present: split > coordinate > batch > one call per query for CGE (one
+        ``coordinate_losses`` call in a serial run when the oracle sets
+        ``fused_coordinate_losses = True``, as ``TorchOracle`` does), batch > calls
         for RGE.
     params : array
         Flat 1-D float32/float64 NumPy or CuPy array; never modified. Tensors of other

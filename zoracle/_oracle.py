@@ -83,7 +83,8 @@ class Capabilities:
 
     @property
     def best(self) -> str:
-        """The planner's choice for CGE: split > coordinate > batch > call."""
+        """The planner's choice for CGE: split > coordinate > batch > call (a serial plan for an
+        oracle with ``fused_coordinate_losses = True`` takes coordinate; see ``plan_cge``)."""
         for name in ("split", "coordinate", "batch"):
             if getattr(self, name):
                 return name
