@@ -814,10 +814,12 @@ def channel_step(step: Step, col, ch, groups_stats: bool):
     return y
 
 
-def absorb(step: Step, col, ch, base_in, base_out):
-    """Dense ``(k, B, ...)`` output of a Linear/Conv2d whose input changed in one channel."""
+def absorb(step: Step, col, ch, base_in, base_out, delta=None):
+    """Dense ``(k, B, ...)`` output of a Linear/Conv2d whose input changed in one channel
+    (``delta``: ``col`` minus its base, when the caller has it)."""
     m = step.module
-    delta = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...)
+    if delta is None:
+        delta = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...)
     if type(m) is nn.Linear:
         w = m.weight.index_select(1, ch).T  # (k, out)
         Z = torch.empty((delta.shape[0],) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
@@ -892,10 +894,13 @@ def one_channel_conv(m, inp, w, out_hw):
     return d.reshape((B, k, O) + tuple(d.shape[-2:]))
 
 
-def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out):
-    """Dense ``(k, B, out)`` output of ``Linear(Flatten(x))`` when ``x`` changed in one channel."""
+def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out, delta=None):
+    """Dense ``(k, B, out)`` output of ``Linear(Flatten(x))`` when ``x`` changed in one channel
+    (``delta``: ``col`` minus its base, when the caller has it)."""
     k, B = col.shape[0], col.shape[1]
-    delta = (col - base_in.index_select(1, ch).transpose(0, 1)).reshape(k, B, -1)  # (k, B, H*W)
+    if delta is None:
+        delta = col - base_in.index_select(1, ch).transpose(0, 1)
+    delta = delta.reshape(k, B, -1)  # (k, B, H*W)
     C = base_in.shape[1]
     w = lin.weight.view(lin.out_features, C, -1).index_select(1, ch).permute(1, 2, 0)  # (k, H*W, out)
     Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)

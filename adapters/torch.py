@@ -479,16 +479,18 @@ class TorchOracle:
                                 f"(a scalar), got {tuple(vals.shape)}")
         return vals
 
-    def _sparse_rows(self, feats, col, ch, k, skip=None):
+    def _sparse_rows(self, feats, col, ch, k, skip=None, D=None):
         """Losses when most (perturbation, sample) pairs leave the activations unchanged.
 
         Only the changed pairs run through the rest of the network; the others keep the
         base per-sample loss. Returns None when too many pairs changed to be worth it.
+        ``D``: the change of the perturbed channel, ``col`` minus its base (computed if None).
         """
         steps = self._core.chain.steps
         stop, absorbed, base_in, base_out, base_losses, (base_rest, _, _) = feats.walk
         B = base_in.shape[0]
-        D = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...) change of the perturbed channel
+        if D is None:
+            D = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...) change of the perturbed channel
         changed = _nonzero_rows(D, k * B)
         if skip is not None:  # the walk forked: the skip branch changed in the same channel
             changed |= _nonzero_rows(skip - base_rest[0].index_select(1, ch).transpose(0, 1), k * B)
@@ -506,7 +508,7 @@ class TorchOracle:
             if absorbed == "layer" and type(m) is nn.Linear and 2 * n > k * B:
                 # many changed rows: the broadcast rank-one update of all k*B rows and one
                 # gather beat two gathers of the changed rows
-                Y = absorb(steps[stop], col, ch, base_in, base_out).reshape(k * B, -1).index_select(0, flat)
+                Y = absorb(steps[stop], col, ch, base_in, base_out, D).reshape(k * B, -1).index_select(0, flat)
                 start = stop + 1
             elif absorbed:
                 m = steps[stop + 1].module if absorbed == "flatten" else m
@@ -903,8 +905,13 @@ class TorchOracle:
                         skip = col
                     else:
                         col = channel_step(core.chain.steps[j], col, ch, True)
+                # the change of the perturbed channel, (k, B, ...): the sparse rows and the
+                # absorbing layer both start from it
+                D = None
+                if base_losses is not None or absorbed:
+                    D = col - base_in.index_select(1, ch).transpose(0, 1)
                 if base_losses is not None:
-                    sparse = self._sparse_rows(feats, col, ch, k, skip)
+                    sparse = self._sparse_rows(feats, col, ch, k, skip, D)
                     if sparse is not None:
                         return sparse
                 rest = tuple(tile(s, k) for s in base_rest[1 if skip is not None else 0:])
@@ -912,10 +919,10 @@ class TorchOracle:
                     sk = materialize(base_rest[0], skip, ch)
                     rest = (sk.reshape((-1,) + tuple(sk.shape[2:])),) + rest
                 if absorbed == "layer":
-                    Y, start = absorb(core.chain.steps[stop], col, ch, base_in, base_out), stop + 1
+                    Y, start = absorb(core.chain.steps[stop], col, ch, base_in, base_out, D), stop + 1
                 elif absorbed == "flatten":
                     lin = core.chain.steps[stop + 1].module
-                    Y, start = absorb_flatten_linear(lin, col, ch, base_in, base_out), stop + 2
+                    Y, start = absorb_flatten_linear(lin, col, ch, base_in, base_out, D), stop + 2
                 else:
                     Y, start = materialize(base_in, col, ch), stop
                 ctx.groups = k
