@@ -671,11 +671,17 @@ class TorchOracle:
             outs = vmap(run, randomness="error")(P)  # (k, B, ...)
             return self._loss(outs.reshape((k * x.shape[0],) + tuple(outs.shape[2:])), k)
 
-    #: ``coordinate_losses`` covers every block in one call, with the same prefix and suffix
-    #: work as one ``prefix`` and ``suffix`` call per block (the same chunks, bit for bit): the
-    #: planner sends a serial CGE here rather than a prefix and a suffix per block, saving each
-    #: call's own costs (parameter loads, checks, copies), about a fifth of a small model's step
-    fused_coordinate_losses = True
+    @property
+    def fused_coordinate_losses(self) -> bool:
+        """``coordinate_losses`` covers every block in one call, with the same prefix and suffix
+        work as one ``prefix`` and ``suffix`` call per block (the same chunks, bit for bit): the
+        planner sends a serial CGE there rather than a prefix and a suffix per block, saving each
+        call's own costs (parameter loads, checks, copies), about a tenth of the demo model's
+        step. False for a subclass that overrides ``prefix``, ``suffix`` or ``coordinate_losses``
+        (its own methods then run as it wrote them)."""
+        t = type(self)
+        return (t.prefix is TorchOracle.prefix and t.suffix is TorchOracle.suffix
+                and t.coordinate_losses is TorchOracle.coordinate_losses)
 
     def coordinate_losses(self, params, coords, step) -> np.ndarray:
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords``.

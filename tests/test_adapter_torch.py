@@ -956,11 +956,11 @@ def test_serial_cge_is_one_coordinate_call_equal_to_the_split_calls(make, mode, 
                            for lo in range(0, cb.size, call)])
     assert np.array_equal(got, want) and np.isfinite(got).all() and np.ptp(got - f0) > 0
     assert np.array_equal(oracle.coordinate_losses(theta, coords, 1e-4), want)  # after a plain call too
-    # the estimate: the fused plan against the split plan (the oracle told not to fuse)
+    # the estimate: the fused plan against the split plan (an oracle told not to fuse)
     fused = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-4), coordinates=coords)
-    oracle.fused_coordinate_losses = False
-    assert {t.mode for t in plan_cge(Oracle(oracle), coords, (1e-4,), oracle.size, 8, 2**28, 1)} == {"split"}
-    split = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-4), coordinates=coords)
+    unfused = type("Unfused", (TorchOracle,), {"fused_coordinate_losses": False})(net, CE, (x, y), budget_bytes=budget)
+    assert {t.mode for t in plan_cge(Oracle(unfused), coords, (1e-4,), oracle.size, 8, 2**28, 1)} == {"split"}
+    split = zo.estimate_gradient(unfused, theta, zo.CGE(mu=1e-4), coordinates=coords)
     assert np.array_equal(fused.grad, split.grad) and fused.loss == split.loss and fused.nfev == split.nfev
 
 
@@ -992,3 +992,24 @@ def test_only_a_declared_fused_oracle_gets_one_coordinate_task():
     for flag, mode in ((None, "split"), (1, "split"), ("yes", "split"), (True, "coordinate")):
         tasks = plan_cge(Oracle(Split(flag)), np.arange(6), (1e-3,), 6, 8, 2**20, 1)
         assert {t.mode for t in tasks} == {mode}
+
+
+def test_a_subclass_with_its_own_suffix_keeps_the_split_calls():
+    """A TorchOracle subclass that overrides ``suffix`` (to log, say) is not fused: the planner
+    sends its own ``prefix`` and ``suffix``, as it wrote them."""
+    seen = []
+
+    class Logged(TorchOracle):
+        def suffix(self, features, params, block, coords, step):
+            seen.append(block)
+            return super().suffix(features, params, block, coords, step)
+
+    torch.manual_seed(0)
+    x, y = data((1, 8, 8), 6)
+    plain = TorchOracle(_TorchvisionStyleNet().double(), CE, (x, y))
+    logged = Logged(plain.model, CE, (x, y))
+    assert plain.fused_coordinate_losses is True and logged.fused_coordinate_losses is False
+    theta = plain.initial_params()
+    a = zo.estimate_gradient(plain, theta, zo.CGE(mu=1e-6))
+    b = zo.estimate_gradient(logged, theta, zo.CGE(mu=1e-6))
+    assert sorted(set(seen)) == list(range(len(plain.blocks))) and np.array_equal(a.grad, b.grad)

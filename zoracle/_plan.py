@@ -249,14 +249,14 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
     to be its prefix and suffix calls, block by block, in one.
     """
     mode = oracle.caps.best
-    chunk = int(getattr(oracle.fn, "max_queries_per_call", DEFAULT_CHUNK))
     n_workers = max(1, int(n_workers))
-    tasks = []
     if mode == "split" and n_workers == 1 and oracle.caps.coordinate \
             and getattr(oracle.fn, "fused_coordinate_losses", False) is True:
         # one call for every block: an oracle that declares it runs, block by block, the
         # prefixes and suffix calls a split plan would make, without each call's own costs
         return [CoordTask(coords, steps, "coordinate", -1, max(1, len(coords)), cost=float(len(coords) * len(steps)))]
+    chunk = int(getattr(oracle.fn, "max_queries_per_call", DEFAULT_CHUNK))
+    tasks = []
     if mode == "split":
         blocks = list(oracle.blocks)
         costs = getattr(oracle.fn, "block_costs", None)
