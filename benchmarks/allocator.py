@@ -16,6 +16,14 @@ it): the methods' times side by side in rounds, when a change of the library rat
 policy is measured::
 
     python benchmarks/allocator.py --data digits --methods deepzero,zoracle-es,snes,pgpe --policies zoracle --rounds 3
+
+``--roots A,B`` runs each round one child process per zoracle checkout (its ``zoracle/``,
+``adapters/`` and ``apps/``, as ``step_time.py --root`` imports them; ``.`` is this one) under
+zoracle's policy: a change of the library, timed in whole runs, side by side with the code
+before it::
+
+    git worktree add /tmp/old cf939ab
+    python benchmarks/allocator.py --data digits --methods deepzero,snes --roots /tmp/old,. --rounds 3
 """
 
 from __future__ import annotations
@@ -34,14 +42,16 @@ POLICIES = ("system", "zoracle")  # ZORACLE_MALLOC=system: glibc's default; unse
 WIDTHS = {"digits": 0, "mnist1d": 16}  # the study's smallest size (d of about 2k)
 
 
-def child(data: str, methods: list, budget: int, width: int | None = None) -> list:
-    """Each method once in this process: ``[{method, seconds, queries, faults, sys_s, test_acc, reuse}]``."""
+def child(data: str, methods: list, budget: int, width: int | None = None, root: str | None = None) -> list:
+    """Each method once in this process: ``[{method, seconds, queries, faults, sys_s, test_acc, reuse,
+    zoracle}]``; ``root``: the zoracle checkout to import (None: the installed one)."""
     import torch
 
     sys.path.insert(0, HERE)
-    import peers
+    import step_time
 
-    import zoracle as zo
+    zo = step_time.import_zoracle(root)
+    import peers
 
     torch.set_num_threads(1)
     reuse = zo.reuse_freed_memory()  # what zo.train would do at its start, decided here once
@@ -57,36 +67,81 @@ def child(data: str, methods: list, budget: int, width: int | None = None) -> li
         after = resource.getrusage(resource.RUSAGE_SELF)
         rows.append({"method": method, "setting": setting, "seconds": r["seconds"], "queries": r["queries"],
                      "faults": after.ru_minflt - before.ru_minflt, "sys_s": after.ru_stime - before.ru_stime,
-                     "test_acc": r["test_acc"], "reuse": reuse, "d": r["d"]})
+                     "test_acc": r["test_acc"], "reuse": reuse, "d": r["d"],
+                     "zoracle": os.path.dirname(zo.__file__)})
     return rows
 
 
 def run(data: str, methods: list, budget: int, rounds: int, log=print, width: int | None = None,
-        policies: tuple = POLICIES) -> dict:
-    """Alternating child processes, ``rounds`` per policy (system first in each round)."""
+        policies: tuple = POLICIES, roots: tuple | None = None) -> dict:
+    """Alternating child processes, ``rounds`` per policy (system first in each round); with
+    ``roots``, one child per checkout each round, under zoracle's policy."""
     width = WIDTHS[data] if width is None else width
     out = {"data": data, "budget": budget, "methods": methods, "rounds": rounds, "width": width, "runs": [],
            "policies": list(policies)}
+    if roots:
+        out["roots"] = list(roots)
+    children = [(policy, None) for policy in policies] if not roots else [("zoracle", root) for root in roots]
     for r in range(rounds):
-        for policy in policies:
+        for policy, root in children:
             env = {k: v for k, v in os.environ.items() if k != "ZORACLE_MALLOC"}
             if policy == "system":
                 env["ZORACLE_MALLOC"] = "system"
             t = time.perf_counter()
             p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--data", data, "--methods",
-                                ",".join(methods), "--budget", str(budget), "--width", str(width)], env=env,
-                               capture_output=True, text=True)
+                                ",".join(methods), "--budget", str(budget), "--width", str(width)]
+                               + (["--root", root] if root else []), env=env, capture_output=True, text=True)
             if p.returncode:
-                raise SystemExit(f"the {policy} child failed:\n{p.stderr[-3000:]}")
+                raise SystemExit(f"the {policy} child{f' of {root}' if root else ''} failed:\n{p.stderr[-3000:]}")
             rows = json.loads(p.stdout.strip().splitlines()[-1])
             for row in rows:
                 row.update(policy=policy, round=r)
-                log(f"round {r} {policy:7s} {row['method']:12s} {row['seconds']:7.2f} s  faults {row['faults']:>9,}  "
-                    f"sys {row['sys_s']:5.2f} s")
+                if root:
+                    row["root"] = root
+                log(f"round {r} {root or policy:7s} {row['method']:12s} {row['seconds']:7.2f} s  faults "
+                    f"{row['faults']:>9,}  sys {row['sys_s']:5.2f} s")
             out["runs"] += rows
             log(f"  (child {time.perf_counter() - t:.0f} s)")
     out["load_after"] = os.getloadavg()[0]
     return out
+
+
+def _roots_table(result: dict) -> str:
+    """Markdown for a ``--roots`` run: each method's median and range per checkout, the first
+    checkout's time over each other's (median and range of the rounds' ratios), and the demo
+    recipe's lead under each."""
+    runs, methods, roots = result["runs"], result["methods"], result["roots"]
+
+    def secs(m, root):
+        return [x["seconds"] for x in sorted(runs, key=lambda x: x["round"]) if x["method"] == m and x["root"] == root]
+
+    head = "| method | " + " | ".join(f"`{r}`: test %, train s (range)" for r in roots) + " | " + \
+        " | ".join(f"`{roots[0]}` / `{r}`" for r in roots[1:]) + " |"
+    lines = [head, "|---|" + "---|" * (2 * len(roots) - 1)]
+    for m in methods:
+        cells = []
+        for root in roots:
+            acc = sorted({round(100 * x["test_acc"], 2) for x in runs if x["method"] == m and x["root"] == root})
+            t = secs(m, root)
+            cells.append(f"{' / '.join(f'{a:.1f}' for a in acc)}, {statistics.median(t):.2f} "
+                         f"({min(t):.2f}-{max(t):.2f})")
+        for root in roots[1:]:
+            q = [a / b for a, b in zip(secs(m, roots[0]), secs(m, root))]
+            cells.append(f"{statistics.median(q):.2f}x ({min(q):.2f}-{max(q):.2f}x)")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    demo = "deepzero"
+    if demo in methods and len(methods) > 1:
+        lines += ["", "| other method | " + " | ".join(f"its time / the demo recipe's, `{r}`" for r in roots) + " |",
+                  "|---|" + "---|" * len(roots)]
+        for m in methods:
+            if m != demo:
+                cells = []
+                for root in roots:
+                    q = [a / b for a, b in zip(secs(m, root), secs(demo, root))]
+                    cells.append(f"{statistics.median(q):.1f}x ({min(q):.1f}-{max(q):.1f}x)")
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n{result['data']}, {result['budget']:,} queries a run, {result['rounds']} rounds, "
+                                f"one child per checkout a round, zoracle's policy; medians and ranges over the rounds.")
 
 
 def table(result: dict) -> str:
@@ -97,6 +152,8 @@ def table(result: dict) -> str:
     def med(method, policy, key):
         return statistics.median(x[key] for x in runs if x["method"] == method and x["policy"] == policy)
 
+    if result.get("roots"):
+        return _roots_table(result)
     if policies != POLICIES:
         return _one_policy_table(result, policies[0], med)
 
@@ -166,6 +223,9 @@ def main(argv=None) -> int:
                    "both, alternating; one: that policy alone)")
     p.add_argument("--out", default=None, metavar="JSON", help="also save the result here")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
+    p.add_argument("--roots", default=None, help="comma-separated zoracle checkouts ('.' is this one): each round "
+                   "one child per checkout, under zoracle's policy, side by side")
+    p.add_argument("--root", default=None, help=argparse.SUPPRESS)  # a child's checkout
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.report:
@@ -174,7 +234,7 @@ def main(argv=None) -> int:
         return 0
     methods = [m for m in a.methods.split(",") if m]
     if a.child:
-        print(json.dumps(child(a.data, methods, a.budget, a.width)))
+        print(json.dumps(child(a.data, methods, a.budget, a.width, a.root)))
         return 0
     sys.path.insert(0, HERE)
     import peers
@@ -190,8 +250,18 @@ def main(argv=None) -> int:
     if not policies or any(x not in POLICIES for x in policies) or len(set(policies)) != len(policies):
         p.error(f"--policies must name system and/or zoracle once each, got {a.policies!r}")
     policies = tuple(x for x in POLICIES if x in policies)
+    roots = None
+    if a.roots is not None:
+        roots = tuple(os.path.abspath(os.path.join(HERE, "..")) if r == "." else os.path.abspath(r)
+                      for r in a.roots.split(",") if r)
+        if len(roots) < 2 or len(set(roots)) != len(roots):
+            p.error(f"--roots must name two or more different checkouts, got {a.roots!r}")
+        missing = [r for r in roots if not os.path.isfile(os.path.join(r, "zoracle", "__init__.py"))]
+        if missing:
+            p.error(f"--roots: {missing[0]!r} is not a zoracle checkout (no zoracle/__init__.py)")
+        policies = ("zoracle",)
     result = run(a.data, methods, a.budget, a.rounds, log=lambda m: print(m, file=sys.stderr, flush=True),
-                 width=a.width, policies=policies)
+                 width=a.width, policies=policies, roots=roots)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f)

@@ -207,6 +207,43 @@ def test_allocator_benchmark_times_one_policy_alone(tmp_path):
         assert q.returncode == 2 and "--policies must name" in q.stderr, bad
 
 
+def test_allocator_benchmark_times_checkouts_side_by_side(tmp_path):
+    """``--roots A,.``: each round one child per checkout, each importing zoracle from its own;
+    a copy of this checkout trains to the same accuracy, and the table gives each checkout's
+    times and their ratio."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    for sub in ("zoracle", "adapters", "apps"):
+        shutil.copytree(os.path.join(ROOT, sub), copy / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "a.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "allocator.py"), "--budget", "3000", "--rounds", "2",
+           "--methods", "deepzero", "--roots", f"{copy},.", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=clean_env())
+    assert p.returncode == 0, p.stderr
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert result["roots"] == [str(copy), ROOT]
+    assert sorted((r["round"], r["root"]) for r in runs) == sorted((i, root) for i in (0, 1) for root in (ROOT, str(copy)))
+    assert all(r["zoracle"] == os.path.join(r["root"], "zoracle") for r in runs)  # each child its checkout's
+    assert len({r["test_acc"] for r in runs}) == 1 and {r["reuse"] for r in runs} == {True}
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import allocator
+    import statistics
+
+    t = {root: [r["seconds"] for r in sorted(runs, key=lambda r: r["round"]) if r["root"] == root]
+         for root in result["roots"]}
+    q = [a / b for a, b in zip(t[str(copy)], t[ROOT])]
+    assert f"{statistics.median(q):.2f}x ({min(q):.2f}-{max(q):.2f}x)" in p.stdout
+    assert allocator.table(result) in p.stdout
+    for bad, why in ((f"{copy}", "two or more"), (f"{copy},{copy}", "two or more"), (f"{tmp_path},.", "not a zoracle")):
+        q = subprocess.run(cmd[:2] + ["--roots", bad], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert q.returncode == 2 and why in q.stderr, bad
+
+
 def test_class_major_lead_tables_are_the_saved_runs_and_keep_the_accuracies():
     """docs/peers.md's class-major tables are ``allocator.py --report`` of the saved runs, and those
     runs end at the accuracies of the same methods' runs before the change (allocator_*.json)."""
@@ -231,3 +268,40 @@ def test_class_major_lead_tables_are_the_saved_runs_and_keep_the_accuracies():
         for m in shared:
             acc = {x["test_acc"] for x in lead["runs"] + before["runs"] if x["method"] == m}
             assert len(acc) == 1, (data, m, acc)
+
+
+def test_one_call_for_every_block_tables_are_the_saved_runs():
+    """docs/peers.md's whole-run tables for one call for every block are ``allocator.py --report``
+    of the saved runs, with their commands; in the side-by-side runs each child imported its own
+    checkout, both end at the same accuracies, and the leads the prose quotes are the tables'."""
+    import json
+    import statistics
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import allocator
+
+    with open(os.path.join(ROOT, "docs", "peers.md"), encoding="utf-8") as f:
+        page = f.read()
+    leads = {}
+    for data in ("digits", "mnist1d"):
+        for name in (f"lead_fused_{data}", f"fused_ab_{data}"):
+            with open(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json")) as f:
+                result = json.load(f)
+            assert allocator.table(result) in page, name
+            assert f"--report benchmarks/peers_results/{name}.json" in page, name
+            assert result["rounds"] == 3 and result["data"] == data and result["budget"] == 150_000
+        runs = result["runs"]  # the side-by-side run
+        old, new = result["roots"]
+        assert old == "/tmp/old" and all(r["zoracle"] == os.path.join(r["root"], "zoracle") for r in runs)
+        for m in result["methods"]:
+            assert len({r["test_acc"] for r in runs if r["method"] == m}) == 1, (data, m)
+
+        def lead(root):
+            t = {m: [r["seconds"] for r in sorted(runs, key=lambda r: r["round"]) if r["method"] == m and r["root"] == root]
+                 for m in ("deepzero", "snes")}
+            return statistics.median(a / b for a, b in zip(t["snes"], t["deepzero"]))
+
+        leads[data] = (lead(old), lead(new))
+    (d0, d1), (m0, m1) = leads["digits"], leads["mnist1d"]
+    assert (f"the lead went from {d0:.1f}x to {d1:.1f}x on digits and from\n  {m0:.1f}x to {m1:.1f}x on MNIST-1D"
+            in page)
