@@ -122,3 +122,36 @@ def test_docs_show_the_class_major_run_as_report_prints_it():
     assert ms["loss alone"] < ms["loss alone, rows"] / 2  # the class-major layout the step now runs
     assert "projects to 14-21x, zoracle's to 5.5-6.1x" in " ".join(docs.split())
     assert round(p["es_over_zoracle"], 1) == 5.5 and round(p["es_over_hand"], 0) == 14
+
+
+def test_docs_show_the_runs_own_mask_and_the_side_by_side_pairs():
+    """docs/peers.md's tables for the run's own mask and for 10% of every layer, before and after
+    one call for every block, are ``--report`` of the saved runs, with their commands; the
+    ranges the prose quotes come from the saved side-by-side pairs."""
+    import step_floor
+
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    runs = {}
+    for name in ("study_before", "layers_before", "study", "layers"):
+        with open(os.path.join(ROOT, "benchmarks", "peers_results", f"step_floor_digits_{name}.json")) as f:
+            runs[name] = r = json.load(f)
+        assert step_floor.table(r) in docs, name
+        assert f"--report benchmarks/peers_results/step_floor_digits_{name}.json" in docs, name
+        assert r["mask"] == name.split("_")[0] and r["check_max_abs_diff"] <= r["check_allowed"]
+    assert runs["study"]["coordinates_per_block"] == [37, 117, 66]
+    pairs = {}
+    for when in ("before", "after"):
+        rs = []
+        for i in (1, 2, 3):
+            with open(os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_ab", f"{when}_{i}.json")) as f:
+                rs.append(json.load(f))
+        assert all(r["mask"] == "study" for r in rs)
+        assert all(r["zoracle"].startswith("/tmp/old") == (when == "before") for r in rs)  # --root for before
+        pairs[when] = ([r["ms_per_step"]["zoracle"] / r["ms_per_step"]["by hand"] for r in rs],
+                       [r["projected_150k"]["es_over_zoracle"] for r in rs])
+    (rb, pb), (ra, pa) = pairs["before"], pairs["after"]
+    assert max(ra) < min(rb)  # every pair: zoracle's step nearer the hand-written one after
+    assert (f"{min(rb):.2f}-{max(rb):.2f}x the hand-written one's time before, and\n  "
+            f"{min(ra):.2f}-{max(ra):.2f}x after") in docs
+    assert f"went from {min(pb):.1f}-{max(pb):.1f}x to {min(pa):.1f}-{max(pa):.1f}x" in docs
