@@ -73,6 +73,27 @@ def class_major(loss_fn, rows, y):
     return loss_fn(z, t)[0, :n]
 
 
+FIXED = "zoracle, one coordinate a block"
+
+
+def torch_calls(fn) -> int:
+    """Torch operator calls that ``fn()`` makes from Python (functions and tensor methods, each
+    a dispatch; attribute reads such as ``.shape`` left out), counted by a torch function mode."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") != "__get__":
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
 class _FirstStep(Exception):
     pass
 
@@ -240,14 +261,23 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str 
     labels = torch.as_tensor(np.tile(batches[0][1], int(mask.sum())))
     es_queries = 2 * 50 + 1
 
+    # the step's fixed cost: one coordinate a block (each block's first weight), the same calls per block
+    # as the full mask and almost none of its per-coordinate work
+    one = np.zeros_like(mask)
+    one[[b.start for b in oracle.blocks]] = True
     methods = {
         "zoracle": lambda k: zo.estimate_gradient(oracle.bind(batches[k]), params, cge, coordinates=mask),
+        FIXED: lambda k: zo.estimate_gradient(oracle.bind(batches[k]), params, cge, coordinates=one),
         "by hand": lambda k: hand.grad(*tensors[k]),
         "zoracle-es": lambda k: zo.estimate_gradient(oracle.bind(batches[k]), params, es, rng=k),
         "loss alone": lambda k: class_major(loss_fn, logits, labels),
         "loss alone, rows": lambda k: loss_fn(logits, labels),
         "hand set-up": lambda k: HandStep(oracle, params, mask, loss_fn),
     }
+    calls = {}
+    for name in ("zoracle", FIXED, "by hand"):
+        methods[name](0)  # once before counting: what a mask's first step builds is not counted
+        calls[name] = torch_calls(lambda: methods[name](0))
     best = {}
     for r in range(rounds + 1):  # round 0 warms up
         for name, fn in methods.items():
@@ -284,7 +314,7 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str 
             "projected_150k": {"steps": run_steps, "zoracle-es_s": es_run,
                                "es_over_zoracle": projected(best["zoracle"]), "es_over_hand": projected(hand_ms),
                                "es_over_hand_without_loss": projected(hand_ms - best["loss alone"])},
-            "mask": mask_of, "coordinates_per_block": per_block, "steps_per_mask": len(batches), "rounds": rounds,
+            "torch_calls": calls, "mask": mask_of, "coordinates_per_block": per_block, "steps_per_mask": len(batches), "rounds": rounds,
             "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
 
 
@@ -303,6 +333,10 @@ def table(r: dict) -> str:
         step_ms = ms[name] + (setup / per_mask if name == "by hand" and setup is not None else 0.0)
         lines.append(f"| {label} | {r['coordinates'] + 1} | {step_ms:.2f} | {us[name]:.1f} | {es / us[name]:.1f} | "
                      f"{proj[key]:.1f} |")
+    if FIXED in ms:  # results before the fixed cost was timed have no such row
+        blocks = len(r["coordinates_per_block"])
+        lines.append(f"| zoracle's step on one coordinate a block (what a step costs whatever its coordinates) | "
+                     f"{blocks + 1} | {ms[FIXED]:.2f} | - | - | - |")
     lines.append(f"| `zoracle-es` (`TorchOracle.batch`) | 101 | {ms['zoracle-es']:.2f} | {es:.1f} | 1.0 | 1.0 |")
     lines.append(f"| the loss alone, on the step's {32 * r['coordinates']:,} rows | - | {ms['loss alone']:.2f} | - | - | - |")
     if "loss alone, rows" in ms:  # results before the class-major loss timed only the row layout
@@ -315,7 +349,11 @@ def table(r: dict) -> str:
                                 f"differs from zoracle's by at most {r['check_max_abs_diff']:.2g} (allowed "
                                 f"{r['check_allowed']:.2g}; largest partial {r['check_largest_partial']:.2g})."
                                 + (f" Coordinates per block (the mask: {r['mask']}): {r['coordinates_per_block']}."
-                                   if "mask" in r else ""))
+                                   if "mask" in r else "")
+                                + (" Torch calls a step (operators called from Python, attribute reads left out): "
+                                   f"zoracle's {r['torch_calls']['zoracle']}, on one coordinate a block "
+                                   f"{r['torch_calls'][FIXED]}, by hand {r['torch_calls']['by hand']}."
+                                   if "torch_calls" in r else ""))
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,20 @@ def test_hand_step_is_zoracles_estimate_for_every_coordinate(fraction):
         step_floor.HandStep(type("O", (), {"param_info": oracle.param_info[:2]})(), params, mask, None)
 
 
+def test_torch_calls_counts_operators_not_attribute_reads():
+    import step_floor
+
+    a = torch.ones(3)
+
+    def two():
+        b = torch.add(a, 1)  # a torch function
+        _ = b.shape, b.dtype  # attribute reads: no dispatch
+        return b.mul(2)  # a tensor method
+
+    assert step_floor.torch_calls(two) == 2
+    assert step_floor.torch_calls(lambda: None) == 0
+
+
 def test_step_floor_prints_ratios_side_by_side():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_floor.py"), "--rounds", "1",
                           "--steps", "3", "--root", ROOT], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -43,7 +57,14 @@ def test_step_floor_prints_ratios_side_by_side():
     r = json.loads(out.stdout)
     assert r["zoracle"] == os.path.join(ROOT, "zoracle")  # --root: this checkout, imported by path
     assert r["d"] == 1898 and r["coordinates"] == 220 and r["check_max_abs_diff"] <= r["check_allowed"]
-    assert set(r["ms_per_step"]) == {"zoracle", "by hand", "zoracle-es", "loss alone", "loss alone, rows", "hand set-up"}
+    fixed = "zoracle, one coordinate a block"
+    assert set(r["ms_per_step"]) == {"zoracle", fixed, "by hand", "zoracle-es", "loss alone", "loss alone, rows",
+                                     "hand set-up"}
+    # torch calls a step, counted: zoracle's step makes most of its calls whatever its coordinates,
+    # and several times the hand-written step's
+    calls = r["torch_calls"]
+    assert set(calls) == {"zoracle", fixed, "by hand"}
+    assert 0 < calls["by hand"] < calls[fixed] < calls["zoracle"] and calls["zoracle"] > 2 * calls["by hand"]
     assert r["mask"] == "layers" and r["coordinates_per_block"] == [15, 131, 74] and r["steps_per_mask"] == 36
     assert all(v > 0 for v in r["ms_per_step"].values()) and r["zo_grasp_s"] > 0
     us = r["us_per_query"]
