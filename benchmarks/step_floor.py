@@ -17,13 +17,17 @@ interleaved rounds so that all share the machine's state:
 - ``zoracle-es``: the closest peer's step at this size, RGE with rank shaping and 50
   antithetic pairs (101 queries) through ``TorchOracle.batch``, as ``benchmarks/peers.py``
   runs it;
+- ``zoracle, one coordinate a block``: zoracle's step on each block's first weight alone, what
+  a step costs whatever its coordinates (the plain call, and each block's prefix and suffix);
 - the loss alone: ``nn.CrossEntropyLoss`` on the step's 220 x 32 logit rows, laid out class-major as
   zoracle and the hand-written step run it (and, for comparison, in the plain row layout);
 - ZO-GraSP once (192 directions on 250 images: the demo recipe's one-off cost).
 
-It prints microseconds per query and the ratios, and projects a 150,000-query run (the
-issue's budget): DeepZero's steps plus ZO-GraSP against ``zoracle-es``'s queries (each
-method's training-loop cost, about 0.2 s of a DeepZero run, left out)::
+It also counts the torch calls (operators called from Python) of zoracle's step, of its step
+on one coordinate a block and of the hand-written step. It prints microseconds per query and
+the ratios, and projects a 150,000-query run (the issue's budget): DeepZero's steps plus
+ZO-GraSP against ``zoracle-es``'s queries (each method's training-loop cost, about 0.2 s of a
+DeepZero run, left out)::
 
     python benchmarks/step_floor.py --out step_floor.json
     python benchmarks/step_floor.py --report step_floor.json   # the markdown table
