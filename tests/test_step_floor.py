@@ -65,6 +65,13 @@ def test_step_floor_prints_ratios_side_by_side():
     calls = r["torch_calls"]
     assert set(calls) == {"zoracle", fixed, "by hand"}
     assert 0 < calls["by hand"] < calls[fixed] < calls["zoracle"] and calls["zoracle"] > 2 * calls["by hand"]
+    # by part: the plain call, coordinate_losses' own calls, each block's; together nearly the fixed step
+    parts = r["torch_calls_by_part"]
+    assert list(parts) == ["plain call", "no coordinate", "block 0", "block 1", "block 2"]
+    own = parts["no coordinate"]
+    blocks = [parts[f"block {i}"] - own for i in range(3)]
+    assert own > 0 and all(b > 0 for b in blocks)
+    assert abs(parts["plain call"] + own + sum(blocks) - calls[fixed]) <= 20
     assert r["mask"] == "layers" and r["coordinates_per_block"] == [15, 131, 74] and r["steps_per_mask"] == 36
     assert all(v > 0 for v in r["ms_per_step"].values()) and r["zo_grasp_s"] > 0
     us = r["us_per_query"]
