@@ -327,8 +327,8 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str 
             "projected_150k": {"steps": run_steps, "zoracle-es_s": es_run,
                                "es_over_zoracle": projected(best["zoracle"]), "es_over_hand": projected(hand_ms),
                                "es_over_hand_without_loss": projected(hand_ms - best["loss alone"])},
-            "torch_calls": calls, "torch_calls_by_part": parts, "mask": mask_of, "coordinates_per_block": per_block, "steps_per_mask": len(batches), "rounds": rounds,
-            "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
+            "torch_calls": calls, "torch_calls_by_part": parts, "mask": mask_of, "coordinates_per_block": per_block,
+            "steps_per_mask": len(batches), "rounds": rounds, "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
 
 
 def table(r: dict) -> str:
