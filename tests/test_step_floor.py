@@ -183,3 +183,42 @@ def test_docs_show_the_runs_own_mask_and_the_side_by_side_pairs():
     assert (f"{min(rb):.2f}-{max(rb):.2f}x the hand-written one's time before, and\n  "
             f"{min(ra):.2f}-{max(ra):.2f}x after") in docs
     assert f"went from {min(pb):.1f}-{max(pb):.1f}x to {min(pa):.1f}-{max(pa):.1f}x" in docs
+
+
+def test_docs_say_where_the_step_time_goes_from_the_saved_run():
+    """The fixed cost, the torch calls and what 10x would take, as docs/peers.md quotes them (its
+    summary, the acceptance prose and its own section), all from the saved run."""
+    import step_floor
+
+    with open(os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_digits_calls.json")) as f:
+        r = json.load(f)
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    assert step_floor.table(r) in docs
+    assert "python benchmarks/step_floor.py --report benchmarks/peers_results/step_floor_digits_calls.json" in docs
+    text = " ".join(docs.split())
+    ms, calls, p = r["ms_per_step"], r["torch_calls"], r["projected_150k"]
+    fixed = "zoracle, one coordinate a block"
+    hand = ms["by hand"] + ms["hand set-up"] / r["steps_per_mask"]
+    assert r["mask"] == "study" and r["coordinates_per_block"] == [37, 117, 66]
+    assert ms[fixed] > ms["zoracle"] / 2  # most of the step is paid whatever its coordinates
+    for quoted in (f"{ms[fixed]:.2f} ms of its {ms['zoracle']:.2f} ms", "309 a step", "makes 107 in all",
+                   f"takes {ms[fixed]:.2f} ms of the {ms['zoracle']:.2f} ms",
+                   f"The other 217 coordinates add {ms['zoracle'] - ms[fixed]:.2f} ms",
+                   f"makes {calls['zoracle']} torch calls, {calls[fixed]} of them",
+                   f"makes {calls['by hand']} calls in all and takes {hand:.2f} ms with its set-up, "
+                   f"{ms['zoracle'] / hand:.1f}x less"):
+        assert quoted in text, quoted
+    assert calls[fixed] == 309 and calls["by hand"] == 107
+    per_call = ms[fixed] / calls[fixed] * 1e3
+    assert f"about {per_call:.0f} us" in text
+    # 10x over a projected 150,000-query run: ZO-GraSP plus 676 steps within a tenth of zoracle-es's time
+    need = (p["zoracle-es_s"] / 10 - r["zo_grasp_s"]) / p["steps"] * 1e3
+    assert f"gives `zoracle-es` {p['zoracle-es_s']:.1f} s" in text
+    assert f"0.30 s of ZO-GraSP and {p['steps']} steps of at most {need:.2f} ms" in text
+    assert f"{r['zo_grasp_s']:.2f}" == "0.30"
+    assert f"would then be {p['es_over_hand']:.1f}x ahead of `zoracle-es`, where zoracle's step gives " \
+           f"{p['es_over_zoracle']:.1f}x" in text
+    calls_needed = (need - (ms["zoracle"] - ms[fixed])) / per_call * 1e3
+    assert 80 <= calls_needed < 95 and "to about 90 at this rate" in text
+    assert f"10x needs a step of at most {need:.2f} ms" in text
