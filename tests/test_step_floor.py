@@ -222,3 +222,9 @@ def test_docs_say_where_the_step_time_goes_from_the_saved_run():
     calls_needed = (need - (ms["zoracle"] - ms[fixed])) / per_call * 1e3
     assert 80 <= calls_needed < 95 and "to about 90 at this rate" in text
     assert f"10x needs a step of at most {need:.2f} ms" in text
+    # the README's per-second sentence quotes the same run
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    assert (f"{calls[fixed]} of the {calls['zoracle']} torch calls of a step there are paid whatever its coordinates, "
+            f"and the same step written by hand makes {calls['by hand']} and takes {ms['zoracle'] / hand:.1f}x less "
+            "time") in readme
