@@ -82,20 +82,25 @@ FIXED = "zoracle, one coordinate a block"
 
 def torch_calls(fn) -> int:
     """Torch operator calls that ``fn()`` makes from Python (functions and tensor methods, each
-    a dispatch; attribute reads such as ``.shape`` left out), counted by a torch function mode."""
+    a dispatch; attribute reads such as ``.shape`` left out), counted by a torch function mode on
+    a second call: what a first call builds once (a mask's index tensors, a bound batch's
+    caches) is not counted."""
     from torch.overrides import TorchFunctionMode
 
     class Count(TorchFunctionMode):
-        n = 0
+        def __init__(self):
+            super().__init__()
+            self.n = 0
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if getattr(func, "__name__", "") != "__get__":
-                Count.n += 1
+                self.n += 1
             return func(*args, **(kwargs or {}))
 
-    with Count():
+    fn()
+    with Count() as count:
         fn()
-    return Count.n
+    return count.n
 
 
 class _FirstStep(Exception):
@@ -278,18 +283,13 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str 
         "loss alone, rows": lambda k: loss_fn(logits, labels),
         "hand set-up": lambda k: HandStep(oracle, params, mask, loss_fn),
     }
-    calls = {}
-    for name in ("zoracle", FIXED, "by hand"):
-        methods[name](0)  # once before counting: what a mask's first step builds is not counted
-        calls[name] = torch_calls(lambda: methods[name](0))
+    calls = {name: torch_calls(lambda: methods[name](0)) for name in ("zoracle", FIXED, "by hand")}
     # the fixed step's calls by part: the plain call at the base point, then each block's
     # coordinate_losses on its first weight alone (its prefix and suffix work)
     bound = oracle.bind(batches[0])
-    bound(params)
     parts = {"plain call": torch_calls(lambda: bound(params)),
              "no coordinate": torch_calls(lambda: bound.coordinate_losses(params, [], MU))}
     for i, b in enumerate(oracle.blocks):
-        bound.coordinate_losses(params, [b.start], MU)
         parts[f"block {i}"] = torch_calls(lambda: bound.coordinate_losses(params, [b.start], MU))
     best = {}
     for r in range(rounds + 1):  # round 0 warms up
