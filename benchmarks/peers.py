@@ -18,11 +18,14 @@ and stops at the same number of loss queries:
 * ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
 * ``deepzero-kas``: the short-budget recipe: 50 coordinates a step (biases included), a
   fresh mask every step (``mask_shuffle_interval="step"``) and Adam, ZO-GraSP ratios kept;
-* ``deepzero-krs``: ``zo.recipes.short_budget``, zoracle's short-budget recipe: ``deepzero-kas``
-  with Adam's momentum off (``b1=0``: each measured partial derivative moves its weight at
-  once, divided by the root of its running mean square); it spends at most the budget (``train(max_queries=...)``);
+* ``deepzero-krs``: ``zo.recipes.short_budget(fill_small_blocks=False)``, zoracle's short-budget
+  recipe: ``deepzero-kas`` with Adam's momentum off (``b1=0``: each measured partial derivative
+  moves its weight at once, divided by the root of its running mean square); it spends at most
+  the budget (``train(max_queries=...)``). The recipe's default below one query per weight (and
+  at every budget until 2026-12-03, when the runs in ``peers_results`` were made);
 * ``deepzero-krsf``: ``zo.recipes.short_budget(fill_small_blocks=True)``: ``deepzero-krs`` with one
   coordinate a step in every block of at most 50 weights that ZO-GraSP's split leaves empty;
+  the recipe's default from one query per weight on (``budget >= d``, :func:`short_budget_default`);
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
@@ -411,7 +414,8 @@ def run_deepzero_kas(bench, lr):
 
 
 def run_deepzero_krs(bench, lr, fill_small_blocks=False):
-    """``zo.recipes.short_budget``: zoracle's DeepZero recipe for short budgets."""
+    """``zo.recipes.short_budget(fill_small_blocks=False)``: zoracle's DeepZero recipe for short
+    budgets, its small blocks left as ZO-GraSP splits them at every budget."""
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -487,10 +491,20 @@ def _isa(r: dict):
     return (r.get("machine") or {}).get("cpu_capability")
 
 
+def _file_and_methods(path: str):
+    """``"runs.json@snes/pgpe"`` -> ``("runs.json", {"snes", "pgpe"})``; a plain path keeps every method (None)."""
+    file, at, methods = path.rpartition("@")
+    return (file, set(methods.split("/")) - {""}) if at and file.endswith(".json") else (path, None)
+
+
 def _load(path):
+    """The runs of a results file; ``path@m1/m2`` keeps only the runs of methods ``m1`` and ``m2``
+    (a study that takes some methods' seeds from another study's file)."""
+    path, methods = _file_and_methods(path)
     if path and os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            runs = json.load(f)
+        return runs if methods is None else [r for r in runs if r["method"] in methods]
     return []
 
 
@@ -811,7 +825,16 @@ def speed_table(rows) -> str:
 
 #: the DeepZero recipes issue 13's acceptance is judged on: the demo (paper) recipe and
 #: ``zo.recipes.short_budget``, zoracle's recipe for budgets of a few queries per weight
-RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf")  # the demo recipe, short_budget, and its fill_small_blocks option
+RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf")  # the demo recipe, short_budget without and with the fill
+
+
+def short_budget_default(method: str, d: int, budget: int):
+    """True where ``method`` is what ``zo.recipes.short_budget`` runs by default at ``d`` weights and
+    ``budget`` queries: ``deepzero-krsf`` (small blocks filled) from one query per weight on,
+    ``deepzero-krs`` below it. False for the other of the two, None for any other method."""
+    if method not in ("deepzero-krs", "deepzero-krsf"):
+        return None
+    return (method == "deepzero-krsf") == (budget >= d)
 
 
 def _verdict(recipe: dict, peers: list) -> str:
@@ -849,7 +872,8 @@ def leads(groups) -> list:
                 for recipe in (r for m in RECIPES for r in here if r["method"] == m):
                     p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
                     rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
-                                 "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers)})
+                                 "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers),
+                                 "default": short_budget_default(recipe["method"], d, budget)})
     return rows
 
 
@@ -857,9 +881,10 @@ def leads_table(rows) -> str:
     def acc(r):
         return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds)"
     head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "rank test p",
-            "verdict")
+            "verdict", "short_budget's default here")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", _label(r["recipe"]), acc(r["recipe"]),
-                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["verdict"])
+                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["verdict"],
+                       {None: "-", True: "yes", False: "no"}[r.get("default")])
                       for r in rows]
     return _markdown(lines)
 
@@ -1040,7 +1065,8 @@ def main(argv=None) -> int:
     p.add_argument("--macs", default=None, metavar="JSON", help="add the multiply-add counts to an existing --speed "
                    "file (rewritten in place) and print its table")
     p.add_argument("--leads", default=None, metavar="FILES", help="per query, at the largest size: each DeepZero "
-                   "recipe against the best peer; comma-separated studies, each one or more files joined by '+'")
+                   "recipe against the best peer; comma-separated studies, each one or more files joined by '+' "
+                   "(FILE@m1/m2: only those methods' runs of FILE)")
     p.add_argument("--ratios", default=None, metavar="JSON", help="per second: the peer closest to DeepZero's time per "
                    "query at every point of these --speed files (comma-separated)")
     p.add_argument("--wins", default=None, metavar="FILES", help="where each method wins, at every size: per query "
@@ -1050,7 +1076,8 @@ def main(argv=None) -> int:
     def check_files(flags, hint, required):
         """Each of ``flags`` (name, value) names existing results files; ``required`` ones must be given."""
         for flag, value in flags:
-            missing = [f for f in (value or "").replace("+", ",").split(",") if f and not os.path.isfile(f)]
+            missing = [f for f in (value or "").replace("+", ",").split(",")
+                       if f and not os.path.isfile(_file_and_methods(f)[0])]
             if (value is not None or required) and (missing or not (value or "").strip(",+")):
                 p.error(f"{flag}: no such results file: {', '.join(missing)}" if missing else
                         f"{flag}: name the results files ({hint})")

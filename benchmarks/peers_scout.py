@@ -530,7 +530,8 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
     lines = []
     for seed in seeds:
         bench = peers.Bench(peers.load_data(data, seed), data, width, seed, budget)
-        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH)
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH,
+                                     fill_small_blocks=False)  # ZO-GraSP's split as ranked; the fill is its last column
         kw["max_queries"] = grasp_queries(kw["grasp_directions"]) + 2 * (peers.KEEP_FRESH + 1)  # ZO-GraSP, 2 steps
         d = bench.data
         res = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=seed),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import io
@@ -361,8 +362,9 @@ def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(pe
     # so whether a small block ends empty, depends on the seed and on the CPU's rounding
     for seed in range(8):
         bench = peers.Bench(digits, "digits", 0, seed, 3000)
-        kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH)
-        assert "fill_small_blocks" not in kw  # deepzero-krs is the recipe's default
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH,
+                                     fill_small_blocks=False)
+        assert "fill_small_blocks" not in kw  # deepzero-krs: the split as ZO-GraSP ranks it
         res = zo.train(bench.oracle, bench.p0, batches=bench.batches, rng=bench.rng_seed, progress=False,
                        grasp_batch=zo.apps._digits.per_class(digits["x"], digits["y"], 25, seed=seed), **kw)
         sizes = np.array([i.slice.stop - i.slice.start for i in bench.oracle.param_info])
@@ -382,6 +384,25 @@ def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(pe
                         + _runs("snes", [0.8, 0.85, 0.89])])
     assert [(r["recipe"]["method"], r["verdict"]) for r in rows] == [
         ("deepzero-krs", "level: ranges overlap"), ("deepzero-krsf", "ahead of every peer by more than the spread")]
+
+
+def test_leads_mark_the_run_short_budget_makes_by_default(peers):
+    import zoracle as zo
+
+    P = collections.namedtuple("P", "name slice shape kind")
+    for d, budget in ((1_000, 999), (1_000, 1_000), (121_258, 30_000), (121_258, 150_000), (1_898, 30_000)):
+        blocks = [P("0.weight", slice(0, d - 10), (d - 10,), "linear"), P("0.bias", slice(d - 10, d), (10,), "bias")]
+        kw = zo.recipes.short_budget(None, np.zeros(d), budget, steps_per_epoch=5, blocks=blocks, coordinates=20,
+                                     grasp_directions=4)
+        default = "deepzero-krsf" if kw.get("fill_small_blocks") else "deepzero-krs"
+        for method in ("deepzero-krs", "deepzero-krsf"):
+            assert peers.short_budget_default(method, d, budget) is (method == default), (d, budget, method)
+    assert peers.short_budget_default("deepzero", 1_000, 5_000) is None
+    rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + _runs("deepzero-krs", [0.8, 0.85, 0.9])
+                        + _runs("deepzero", [0.1] * 3) + _runs("snes", [0.8, 0.85, 0.89])])  # d 1,000, budget 500
+    assert [(r["recipe"]["method"], r["default"]) for r in rows] == [
+        ("deepzero", None), ("deepzero-krs", True), ("deepzero-krsf", False)]
+    assert [line.rsplit("|", 2)[1].strip() for line in peers.leads_table(rows).splitlines()[2:]] == ["-", "yes", "no"]
 
 
 def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):
@@ -529,9 +550,15 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert peers.speed_table(rows) in docs, name
     # issue 13's acceptance at a glance: the two tables as the docs' commands print them
     results = os.path.join(ROOT, "benchmarks", "peers_results")
-    leads = ",".join("+".join(os.path.join(results, f"{f}_{data}.json" if f else f"{data}.json") for f in group)
-                     for data in ("digits", "mnist1d")
-                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12", "fill")))
+    def study(f, data):  # "isa@snes": only SNES's runs of isa_<data>.json
+        name, at, only = f.partition("@")
+        return os.path.join(results, f"{name}_{data}.json" if name else f"{data}.json") + at + only
+
+    # the last study: the recipe's default at 150,000 queries (the fill) and the unfilled recipe, both rerun on
+    # this machine with the current code (2026-12-03), against SNES's twelve seeds
+    leads = ",".join("+".join(study(f, data) for f in group) for data in ("digits", "mnist1d")
+                     for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12", "fill"),
+                                   ("dec03", "isa@snes", "seeds12@snes")))
     # per second: the current code's timings (2026-12-03) at 30,000 queries, and at 150,000 at the two smaller
     # sizes; the largest size at 150,000 keeps its earlier timing
     speed = ",".join(os.path.join(results, f"{f}_{data}.json")
@@ -595,3 +622,21 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert peers.speed_table(rows) in docs, path
     assert "python benchmarks/peers.py --ratios " + ",".join(paths).replace(ROOT + os.sep, "") in docs
     assert peers.ratios_table(peers.ratios([r for path in paths for r in peers._load(path)])) in docs
+
+
+def test_a_study_takes_some_methods_from_another_file(peers, tmp_path):
+    a, b = tmp_path / "new_digits.json", tmp_path / "old_digits.json"
+    a.write_text(json.dumps(_runs("deepzero-krsf", [0.9, 0.91, 0.92])))
+    b.write_text(json.dumps(_runs("deepzero-krs", [0.5, 0.6, 0.7]) + _runs("snes", [0.8, 0.85, 0.89])
+                            + _runs("pgpe", [0.95] * 3)))
+    assert {r["method"] for r in peers._load(f"{b}@snes/pgpe")} == {"snes", "pgpe"}
+    assert peers._load(f"{b}@snes") == [r for r in peers._load(str(b)) if r["method"] == "snes"]
+    rows = peers.leads([peers._merged([str(a), f"{b}@snes"])])
+    assert [(r["recipe"]["method"], r["best"]["method"], r["verdict"]) for r in rows] == [
+        ("deepzero-krsf", "snes", "ahead of every peer by more than the spread")]  # no krs, no pgpe
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert peers.main(["--leads", f"{a}+{b}@snes"]) == 0
+    assert "| deepzero-krsf | 91.0 (90.0-92.0, 3 seeds) | snes |" in out.getvalue() and "pgpe" not in out.getvalue()
+    with pytest.raises(SystemExit):  # the file part must exist
+        peers.main(["--leads", f"{tmp_path / 'nothing.json'}@snes"])
