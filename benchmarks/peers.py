@@ -950,7 +950,9 @@ def wins(studies, speed_rows) -> list:
     (:func:`_in_words`; the best peer only, where :func:`leads` weighs every peer). Per second
     (``speed_rows``, from ``--speed`` files): the demo recipe against the closest peer
     (:func:`ratios`). A point only timed gets dashes in the per-query half. Where a study mixes
-    instruction sets, only the runs of the set with the most seeds are compared."""
+    instruction sets, only the runs of the set with the most seeds are compared, unless that set
+    has no recipe or no peer (a study that reruns the recipes against a peer's earlier runs): then
+    every set's, each labelled with its set."""
     from scipy.stats import mannwhitneyu
 
     fast = {(r["data"], r["d"], r["budget"]): r for r in ratios(speed_rows)}
@@ -959,9 +961,11 @@ def wins(studies, speed_rows) -> list:
         summary = summarize(runs)
         for point in sorted({(r["data"], r["d"], r["budget"]) for r in summary}):
             here = [r for r in summary if (r["data"], r["d"], r["budget"]) == point]
-            if any("isa" in r for r in here):  # runs under several instruction sets: the set with the most seeds
+            if any("isa" in r for r in here):  # runs under several instruction sets: the set with the most seeds,
                 isa = max({r["isa"] for r in here}, key=lambda i: sum(len(r["test_acc"]) for r in here if r["isa"] == i))
-                here = [r for r in here if r["isa"] == isa]
+                same = [r for r in here if r["isa"] == isa]
+                if any(r["method"] in RECIPES for r in same) and any(not r["method"].startswith("deepzero") for r in same):
+                    here = same  # unless it lacks the recipes or the peers: then across sets, each row labelled
             recipes = [r for r in here if r["method"] in RECIPES]
             peers = [r for r in here if not r["method"].startswith("deepzero")]
             if not recipes or not peers:

@@ -101,9 +101,10 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         Measured in ``docs/peers.md`` at d = 110-121k and 150,000 queries (1.2-1.4 queries per
         weight), twelve seeds on each of two machines: ZO-GraSP's noisy split can leave a
         small block that matters empty (the first convolution's biases in MNIST-1D seed 9,
-        36.8%); filled, MNIST-1D's worst of 24 seeds is 57.3% instead of 36.8% (mean 63.3%
-        against 60.4%), every seed above SNES's best, and digits is level (91.2% against
-        91.7%, rank test p = 0.48). At 30,000 queries (6 seeds) it is level at d = 2k-13k
+        36.8%). Filled, MNIST-1D's worst seed is 58.4% and 57.2% instead of 36.8% and 39.8%
+        (means 63.0% and 63.7% against 61.0% and 59.7%), every seed above SNES's best, and
+        digits is level (91.5% and 90.8% against 91.7% and 91.7%, the ranges overlapping).
+        At 30,000 queries (6 seeds) it is level at d = 2k-13k
         (2.3-16 queries per weight) and on MNIST-1D at 110k, and behind on digits at 121k
         (79.7% against 83.1%; 0.25 queries per weight): hence off below one query per weight.
         With ``layer_steps=0.5`` as well (twelve seeds at 150,000 queries): 67.4% (61.6-72.0) on
