@@ -97,6 +97,8 @@ VARIANTS = {
     "floor-small": ("ZO-GraSP's split, but every block of at most 50 weights that it leaves empty gets one coordinate "
                     "a step, taken from the block with the most (`short_budget(fill_small_blocks=True)`)",
                     {"fill_small_blocks": True}),
+    "floor-hidden": ("`floor-small` without the last block (the classifier's bias): every other block of at most 50 "
+                     "weights that ZO-GraSP leaves empty gets one coordinate a step", {"fill_small_blocks": "hidden"}),
     "grasp-768": ("ZO-GraSP with 768 directions instead of 192 (1,538 queries instead of 386)", {"grasp_directions": 768}),
     "floor-small-768": ("`floor-small` and `grasp-768` together", {"fill_small_blocks": True, "grasp_directions": 768}),
     "layer-steps-fill": ("`layer-steps` and `floor-small` together (`short_budget(layer_steps=0.5, fill_small_blocks=True)`)",
@@ -152,6 +154,28 @@ def _masks_drawn_by(coordinates):
         yield
     finally:
         masks.DynamicMasks.coordinates = original
+
+
+@contextlib.contextmanager
+def _fill_all_but_last():
+    """``fill_small_blocks`` that leaves the last block (the classifier's bias) as ZO-GraSP ranked it
+    (scouting only): every other small empty block is filled as ``zoracle._pruning.fill_small_blocks``
+    fills it, from the block with the most."""
+    import zoracle._pruning as pruning
+
+    original = pruning.fill_small_blocks
+
+    def fill(counts, sizes):
+        counts, sizes = np.asarray(counts, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
+        held = sizes.copy()
+        held[-1] = counts.sum() + 1  # too large to fill
+        return original(counts, held)
+
+    pruning.fill_small_blocks = fill
+    try:
+        yield
+    finally:
+        pruning.fill_small_blocks = original
 
 
 def _pooled_masks(pool: int, seed: int):
@@ -431,7 +455,7 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
     extra = 0 if regrasp is None else (regrasp - 1) * grasp_queries(grasp_directions)  # ZO-GraSP scored again
     kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget - extra, batches=bench.batches, lr=lr,
                                  coordinates=k, weight_decay=weight_decay, b1=b1, grasp_directions=grasp_directions,
-                                 fill_small_blocks=fill_small_blocks)
+                                 fill_small_blocks=bool(fill_small_blocks))
     fixed = counts is not None or ratios == "uniform"  # no ZO-GraSP: its queries go to steps
     grasp = 0 if fixed else grasp_queries(kw["grasp_directions"])
     steps = (bench.budget - extra - grasp) // (k + 1)  # every weight is sampled: k and the base point a step
@@ -471,6 +495,8 @@ def run_variant(bench, lr=0.1, ratios=None, counts=None, pool=None, mu=None, opt
             stack.enter_context(_pooled_masks(pool, bench.rng_seed))
         if cycle:
             stack.enter_context(_cycled_masks(bench.rng_seed))
+        if fill_small_blocks == "hidden":
+            stack.enter_context(_fill_all_but_last())
         if importance:
             observe, opt = stack.enter_context(_importance_masks(bench, **importance)), kw["optimizer"]
 
@@ -548,6 +574,27 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
     return "\n".join(lines)
 
 
+def versus(runs, base: str, others) -> str:
+    """Markdown: each of ``others`` against ``base``, per data set, on the seeds both ran: mean test
+    accuracy of each, the difference, and the two-sided Mann-Whitney U test of the two sets of seeds."""
+    from scipy.stats import mannwhitneyu
+
+    lines = ["| data | d | variant | seeds | test % | `" + base + "` test % | difference, points | rank test p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for data in sorted({r["data"] for r in runs}):
+        at = {(r["variant"], r["seed"]): r for r in runs if r["data"] == data}
+        for name in (o for o in others if any(v == o for v, _ in at)):
+            seeds = sorted(s for v, s in at if v == name and (base, s) in at)
+            if not seeds:
+                continue
+            a = 100 * np.array([at[name, s]["test_acc"] for s in seeds])
+            b = 100 * np.array([at[base, s]["test_acc"] for s in seeds])
+            p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+            lines.append(f"| {data} | {at[name, seeds[0]]['d']:,} | `{name}` | {len(seeds)} | {a.mean():.1f} | "
+                         f"{b.mean():.1f} | {a.mean() - b.mean():+.1f} | {p:.2g} |")
+    return "\n".join(lines)
+
+
 def report(runs) -> str:
     """Markdown: one row per variant, val and test mean (min-max) per data set."""
     datas = sorted({r["data"] for r in runs})
@@ -569,6 +616,10 @@ def report(runs) -> str:
     seeds = sorted({r["seed"] for r in runs})
     lines.append(f"\nSeeds {', '.join(map(str, seeds))}; d = " + ", ".join(
         f"{sorted({r['d'] for r in runs if r['data'] == d})[0]:,} ({d})" for d in datas) + ".")
+    fewer = {name: sorted({r["seed"] for r in runs if r["variant"] == name}) for name in VARIANTS}
+    fewer = {name: s for name, s in fewer.items() if s and s != seeds}  # variants run on some of the seeds
+    if fewer:
+        lines[-1] += " " + "; ".join(f"`{name}` on seeds {', '.join(map(str, s))} only" for name, s in fewer.items()) + "."
     lrs = sorted({r["setting"]["lr"] for r in runs if "lr" in r["setting"] and "lr" not in VARIANTS[r["variant"]][1]})
     if lrs:  # run with --lr
         lines[-1] += f" Every variant at lr {' / '.join(map(str, lrs))} (`--lr`), the recipe's included."
@@ -588,13 +639,21 @@ def main(argv=None) -> int:
                    "seed (and what fill_small_blocks moves), at --data, --width, --seeds, --budget")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="only print the table of these files (comma-separated), of the --variants given")
+    p.add_argument("--versus", default=None, metavar="VARIANT", help="with --report: each other --variants' test "
+                   "accuracy against this one's, on the seeds both ran, with the rank test")
     args = p.parse_args(argv)
     args.variants = args.variants.split(",")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; pick from {', '.join(VARIANTS)}")
+    if args.versus is not None and (args.versus not in VARIANTS or not args.report):
+        p.error(f"--versus needs --report and a variant, got {args.versus!r}")
     if args.report:  # with --variants: only those rows (e.g. the variants run on more seeds)
-        print(report([r for path in args.report.split(",") for r in peers._load(path) if r["variant"] in args.variants]))
+        runs = [r for path in args.report.split(",") for r in peers._load(path)]
+        if args.versus:
+            print(versus(runs, args.versus, [v for v in args.variants if v != args.versus]))
+        else:
+            print(report([r for r in runs if r["variant"] in args.variants]))
         return 0
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.splits:

@@ -226,7 +226,7 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
                     "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias",
                     "split-0", "split-0-start-0", "split-0-coords", "split-0-batches",
                     "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0",
-                    "regrasp-4", "regrasp-10"}  # rounds at 150,000
+                    "regrasp-4", "regrasp-10", "floor-hidden"}  # rounds at 150,000 (and floor-hidden, later)
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -499,3 +499,65 @@ def test_the_regrasp_round_is_the_docs_table(scout):
     runs = [r for path in files for r in scout.peers._load(path) if r["variant"] in ("recipe", "regrasp-4", "regrasp-10")]
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
         assert scout.report(runs) in f.read()
+
+
+def test_floor_hidden_fills_every_small_empty_block_but_the_last(scout, digits):
+    import zoracle._pruning as pruning
+
+    counts, sizes = [3, 0, 12, 1, 34, 0, 0, 0], [40, 8, 384, 16, 96000, 1200, 12000, 10]
+    original = pruning.fill_small_blocks
+    assert original(counts, sizes).tolist() == [3, 1, 12, 1, 32, 0, 0, 1]  # floor-small: the classifier's bias too
+    with scout._fill_all_but_last():
+        assert pruning.fill_small_blocks(counts, sizes).tolist() == [3, 1, 12, 1, 33, 0, 0, 0]
+        scores = np.r_[np.full(30, 5.0), np.zeros(3)]  # all survivors in the first block; the last (3) left empty
+        assert pruning.layer_ratios(scores, [slice(0, 30), slice(30, 33)], 0.9, fill_small=True).tolist() == [0.1, 0.0]
+    assert pruning.fill_small_blocks is original
+    assert scout.VARIANTS["floor-hidden"][1] == {"fill_small_blocks": "hidden"}  # run_variant enters the context
+
+
+def test_versus_compares_two_variants_on_the_seeds_both_ran(scout, tmp_path, capsys):
+    from scipy.stats import mannwhitneyu
+
+    def run(variant, seed, acc, data="digits"):
+        return {"data": data, "d": 1898, "variant": variant, "seed": seed, "test_acc": acc, "val_acc": acc,
+                "setting": {"lr": 0.1}, "budget": BUDGET, "width": 0}
+    runs = ([run("recipe", s, a) for s, a in enumerate([0.80, 0.82, 0.84, 0.86])]
+            + [run("floor-small", s, a) for s, a in enumerate([0.70, 0.72, 0.74])]  # seed 3 not run
+            + [run("floor-small", 0, 0.5, "mnist1d")])  # no recipe there: no row
+    table = scout.versus(runs, "recipe", ["floor-small", "cycle"])
+    p = mannwhitneyu([70, 72, 74], [80, 82, 84]).pvalue
+    assert table.splitlines()[2:] == [f"| digits | 1,898 | `floor-small` | 3 | 72.0 | 82.0 | -10.0 | {p:.2g} |"]
+    path = tmp_path / "r.json"
+    path.write_text(__import__("json").dumps(runs))
+    scout.main(["--report", str(path), "--variants", "recipe,floor-small", "--versus", "recipe"])
+    assert capsys.readouterr().out.strip() == table
+    with pytest.raises(SystemExit):
+        scout.main(["--versus", "recipe"])  # needs --report
+
+
+def test_the_fill_section_shows_its_tables_as_the_reports_print_them(scout, capsys):
+    """docs/peers.md, "The fill on a second machine, and at 12-13k": every table its commands print."""
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        section = f.read().split("### The fill on a second machine, and at 12-13k")[1].split("\n### ")[0]
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+
+    def files(stem):
+        return ",".join(os.path.join(results, f"{stem}_{d}.json") for d in ("digits", "mnist1d"))
+    others = "recipe,pool-80,mu-0.05,importance-mild,coords-100,coords-200,layer-steps,layer-steps-wide,cycle,linear"
+    for argv in (["--report", files("scout13"), "--variants", "recipe,floor-small,floor-hidden"],
+                 ["--report", files("scout13"), "--variants", "recipe,floor-small,floor-hidden", "--versus", "recipe"],
+                 ["--report", files("scout2k_fill"), "--variants", "recipe,floor-small", "--versus", "recipe"],
+                 ["--report", files("scout30_hidden"), "--variants", "recipe,floor-small,floor-hidden", "--versus", "recipe"],
+                 ["--report", files("scout150_hidden"), "--variants", "floor-hidden"],
+                 ["--report", files("scout13"), "--variants", others, "--versus", "recipe"]):
+        capsys.readouterr()
+        assert scout.main(argv) == 0
+        assert capsys.readouterr().out.strip() in section, argv
+    # the runs behind them: 18 seeds of the fill variants at 12-13k and 2k, 12 of floor-hidden at 150,000
+    for stem, variants, seeds in (("scout13", ("recipe", "floor-small", "floor-hidden"), range(18)),
+                                  ("scout2k_fill", ("recipe", "floor-small"), range(18)),
+                                  ("scout150_hidden", ("floor-hidden",), range(12))):
+        for d in ("digits", "mnist1d"):
+            runs = scout.peers._load(os.path.join(results, f"{stem}_{d}.json"))
+            for v in variants:
+                assert sorted(r["seed"] for r in runs if r["variant"] == v) == list(seeds), (stem, d, v)

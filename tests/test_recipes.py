@@ -159,28 +159,3 @@ def test_fill_small_blocks_fills_zo_grasps_empty_small_blocks_and_nothing_else()
             zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, fill_small_blocks=bad)
         with pytest.raises(zo.ArgumentError, match="fill_small_blocks"):
             zo.train(Softmax(), p0, batches=batches, sparsity=0.5, fill_small_blocks=bad, progress=False)
-
-
-def test_short_budget_fills_small_blocks_by_default_from_one_query_per_weight():
-    # the Softmax problem: d = 35, a 30-weight block and a 3-bias block sampled (2 norm scalars dense)
-    X, y = _data()
-    batches = zo.Minibatches((X, y), 40, seed=0)
-    p0 = np.random.default_rng(1).standard_normal(35) * 0.1
-    below = zo.recipes.short_budget(Softmax(), p0, 34, batches=batches, coordinates=3, grasp_directions=1)
-    at = zo.recipes.short_budget(Softmax(), p0, 35, batches=batches, coordinates=3, grasp_directions=1)
-    assert "fill_small_blocks" not in below and at["fill_small_blocks"] is True  # budget >= d: filled
-    for fill in (False, True):  # an explicit choice wins on either side of the line
-        for budget in (34, 300):
-            kw = zo.recipes.short_budget(Softmax(), p0, budget, batches=batches, coordinates=3, grasp_directions=1,
-                                         fill_small_blocks=fill)
-            assert kw.get("fill_small_blocks", False) is fill
-    # the default run is the filled run, query for query
-    runs = [zo.train(Softmax(), p0, batches=batches, rng=2, progress=False,
-                     **zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, coordinates=3, grasp_directions=8,
-                                               **extra)) for extra in ({}, {"fill_small_blocks": True})]
-    assert np.array_equal(runs[0].params, runs[1].params) and np.array_equal(runs[0].ratios, runs[1].ratios)
-    # one sampled block: no split to fill, and no fill asked of train
-    one = zo.recipes.short_budget(None, np.zeros(100), 5_000, steps_per_epoch=10)
-    assert "fill_small_blocks" not in one
-    with pytest.raises(zo.ArgumentError, match="True, False or None"):
-        zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, fill_small_blocks=0)
