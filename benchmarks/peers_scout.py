@@ -556,8 +556,7 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
     lines = []
     for seed in seeds:
         bench = peers.Bench(peers.load_data(data, seed), data, width, seed, budget)
-        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH,
-                                     fill_small_blocks=False)  # ZO-GraSP's split as ranked; the fill is its last column
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH)
         kw["max_queries"] = grasp_queries(kw["grasp_directions"]) + 2 * (peers.KEEP_FRESH + 1)  # ZO-GraSP, 2 steps
         d = bench.data
         res = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=seed),
@@ -583,7 +582,7 @@ def versus(runs, base: str, others) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for data in sorted({r["data"] for r in runs}):
         at = {(r["variant"], r["seed"]): r for r in runs if r["data"] == data}
-        for name in (o for o in others if any(v == o for v, _ in at)):
+        for name in others:
             seeds = sorted(s for v, s in at if v == name and (base, s) in at)
             if not seeds:
                 continue

@@ -554,8 +554,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         name, at, only = f.partition("@")
         return os.path.join(results, f"{name}_{data}.json" if name else f"{data}.json") + at + only
 
-    # the last study: the recipe's default at 150,000 queries (the fill) and the unfilled recipe, both rerun on
-    # this machine with the current code (2026-12-03), against SNES's twelve seeds
+    # the last study: the recipe with and without fill_small_blocks at 150,000 queries, both rerun on the AVX2
+    # host with the current code (2026-12-03), against SNES's twelve seeds
     leads = ",".join("+".join(study(f, data) for f in group) for data in ("digits", "mnist1d")
                      for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12", "fill"),
                                    ("dec03", "isa@snes", "seeds12@snes")))
