@@ -18,11 +18,14 @@ and stops at the same number of loss queries:
 * ``deepzero-ka``: both changes that scale: 200 coordinates a step and Adam;
 * ``deepzero-kas``: the short-budget recipe: 50 coordinates a step (biases included), a
   fresh mask every step (``mask_shuffle_interval="step"``) and Adam, ZO-GraSP ratios kept;
-* ``deepzero-krs``: ``zo.recipes.short_budget``, zoracle's short-budget recipe: ``deepzero-kas``
-  with Adam's momentum off (``b1=0``: each measured partial derivative moves its weight at
-  once, divided by the root of its running mean square); it spends at most the budget (``train(max_queries=...)``);
+* ``deepzero-krs``: ``zo.recipes.short_budget(fill_small_blocks=False)``, zoracle's short-budget
+  recipe: ``deepzero-kas`` with Adam's momentum off (``b1=0``: each measured partial derivative
+  moves its weight at once, divided by the root of its running mean square); it spends at most
+  the budget (``train(max_queries=...)``). The recipe's default below ``FILL_FROM_STEPS`` steps
+  (and at every budget when the runs in ``peers_results`` were made, until 2026-12-03);
 * ``deepzero-krsf``: ``zo.recipes.short_budget(fill_small_blocks=True)``: ``deepzero-krs`` with one
   coordinate a step in every block of at most 50 weights that ZO-GraSP's split leaves empty;
+  the recipe's default from ``FILL_FROM_STEPS`` steps on (:func:`short_budget_default`);
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
@@ -411,7 +414,8 @@ def run_deepzero_kas(bench, lr):
 
 
 def run_deepzero_krs(bench, lr, fill_small_blocks=False):
-    """``zo.recipes.short_budget``: zoracle's DeepZero recipe for short budgets."""
+    """``zo.recipes.short_budget(fill_small_blocks=False)``: zoracle's DeepZero recipe for short
+    budgets, its small blocks left as ZO-GraSP splits them at every budget."""
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
@@ -821,7 +825,21 @@ def speed_table(rows) -> str:
 
 #: the DeepZero recipes issue 13's acceptance is judged on: the demo (paper) recipe and
 #: ``zo.recipes.short_budget``, zoracle's recipe for budgets of a few queries per weight
-RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf")  # the demo recipe, short_budget, and its fill_small_blocks option
+RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf")  # the demo recipe, short_budget without and with the fill
+
+
+def short_budget_default(method: str, budget: int):
+    """True where ``method`` is what ``zo.recipes.short_budget`` runs by default at ``budget`` queries
+    in this study (50 coordinates and the base point a step, every block sampled, ZO-GraSP's 386
+    queries first): ``deepzero-krsf`` (small blocks filled) from ``FILL_FROM_STEPS`` steps on,
+    ``deepzero-krs`` below. False for the other of the two, None for any other method."""
+    from zoracle._pruning import grasp_queries
+    from zoracle.recipes import FILL_FROM_STEPS
+
+    if method not in ("deepzero-krs", "deepzero-krsf"):
+        return None
+    steps = (budget - grasp_queries(192)) // (KEEP_FRESH + 1)
+    return (method == "deepzero-krsf") == (steps >= FILL_FROM_STEPS)
 
 
 def _verdict(recipe: dict, peers: list) -> str:
@@ -859,7 +877,8 @@ def leads(groups) -> list:
                 for recipe in (r for m in RECIPES for r in here if r["method"] == m):
                     p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
                     rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
-                                 "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers)})
+                                 "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers),
+                                 "default": short_budget_default(recipe["method"], budget)})
     return rows
 
 
@@ -867,9 +886,10 @@ def leads_table(rows) -> str:
     def acc(r):
         return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds)"
     head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "rank test p",
-            "verdict")
+            "verdict", "short_budget's default here")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", _label(r["recipe"]), acc(r["recipe"]),
-                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["verdict"])
+                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["verdict"],
+                       {None: "-", True: "yes", False: "no"}[r.get("default")])
                       for r in rows]
     return _markdown(lines)
 

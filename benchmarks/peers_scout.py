@@ -556,7 +556,8 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
     lines = []
     for seed in seeds:
         bench = peers.Bench(peers.load_data(data, seed), data, width, seed, budget)
-        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH)
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, budget, batches=bench.batches, coordinates=peers.KEEP_FRESH,
+                                     fill_small_blocks=False)  # ZO-GraSP's split as ranked; the fill is its last column
         kw["max_queries"] = grasp_queries(kw["grasp_directions"]) + 2 * (peers.KEEP_FRESH + 1)  # ZO-GraSP, 2 steps
         d = bench.data
         res = zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=seed),
@@ -574,14 +575,14 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
 
 
 def versus(runs, base: str, others) -> str:
-    """Markdown: each of ``others`` against ``base``, per data set, on the seeds both ran: mean test
+    """Markdown: each of ``others`` against ``base``, per data set, size and budget, on the seeds both ran: mean test
     accuracy of each, the difference, and the two-sided Mann-Whitney U test of the two sets of seeds."""
     from scipy.stats import mannwhitneyu
 
-    lines = ["| data | d | variant | seeds | test % | `" + base + "` test % | difference, points | rank test p |",
-             "|---|---|---|---|---|---|---|---|"]
-    for data in sorted({r["data"] for r in runs}):
-        at = {(r["variant"], r["seed"]): r for r in runs if r["data"] == data}
+    lines = ["| data | d | queries | variant | seeds | test % | `" + base + "` test % | difference, points | rank test p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for data, d, budget in sorted({(r["data"], r["d"], r["budget"]) for r in runs}):  # a file may hold several sizes
+        at = {(r["variant"], r["seed"]): r for r in runs if (r["data"], r["d"], r["budget"]) == (data, d, budget)}
         for name in others:
             seeds = sorted(s for v, s in at if v == name and (base, s) in at)
             if not seeds:
@@ -589,7 +590,7 @@ def versus(runs, base: str, others) -> str:
             a = 100 * np.array([at[name, s]["test_acc"] for s in seeds])
             b = 100 * np.array([at[base, s]["test_acc"] for s in seeds])
             p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-            lines.append(f"| {data} | {at[name, seeds[0]]['d']:,} | `{name}` | {len(seeds)} | {a.mean():.1f} | "
+            lines.append(f"| {data} | {d:,} | {budget:,} | `{name}` | {len(seeds)} | {a.mean():.1f} | "
                          f"{b.mean():.1f} | {a.mean() - b.mean():+.1f} | {p:.2g} |")
     return "\n".join(lines)
 

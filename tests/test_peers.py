@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import io
@@ -361,8 +362,9 @@ def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(pe
     # so whether a small block ends empty, depends on the seed and on the CPU's rounding
     for seed in range(8):
         bench = peers.Bench(digits, "digits", 0, seed, 3000)
-        kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH)
-        assert "fill_small_blocks" not in kw  # deepzero-krs is the recipe's default
+        kw = zo.recipes.short_budget(bench.oracle, bench.p0, 3000, batches=bench.batches, coordinates=peers.KEEP_FRESH,
+                                     fill_small_blocks=False)
+        assert "fill_small_blocks" not in kw  # deepzero-krs: the split as ZO-GraSP ranks it
         res = zo.train(bench.oracle, bench.p0, batches=bench.batches, rng=bench.rng_seed, progress=False,
                        grasp_batch=zo.apps._digits.per_class(digits["x"], digits["y"], 25, seed=seed), **kw)
         sizes = np.array([i.slice.stop - i.slice.start for i in bench.oracle.param_info])
@@ -382,6 +384,29 @@ def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(pe
                         + _runs("snes", [0.8, 0.85, 0.89])])
     assert [(r["recipe"]["method"], r["verdict"]) for r in rows] == [
         ("deepzero-krs", "level: ranges overlap"), ("deepzero-krsf", "ahead of every peer by more than the spread")]
+
+
+def test_leads_mark_the_run_short_budget_makes_by_default(peers):
+    import zoracle as zo
+    from zoracle.recipes import FILL_FROM_STEPS
+
+    P = collections.namedtuple("P", "name slice shape kind")
+    line = 386 + FILL_FROM_STEPS * (peers.KEEP_FRESH + 1)  # ZO-GraSP's queries, then the line's steps
+    for d, budget in ((1_898, 30_000), (121_258, 30_000), (121_258, line - 1), (121_258, line), (1_898, 150_000),
+                      (121_258, 150_000)):
+        blocks = [P("0.weight", slice(0, d - 10), (d - 10,), "linear"), P("0.bias", slice(d - 10, d), (10,), "bias")]
+        kw = zo.recipes.short_budget(None, np.zeros(d), budget, steps_per_epoch=5, blocks=blocks,
+                                     coordinates=peers.KEEP_FRESH)
+        default = "deepzero-krsf" if kw.get("fill_small_blocks") else "deepzero-krs"
+        assert default == ("deepzero-krsf" if budget >= line else "deepzero-krs"), (d, budget)
+        for method in ("deepzero-krs", "deepzero-krsf"):
+            assert peers.short_budget_default(method, budget) is (method == default), (d, budget, method)
+    assert peers.short_budget_default("deepzero", 150_000) is None
+    rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + _runs("deepzero-krs", [0.8, 0.85, 0.9])
+                        + _runs("deepzero", [0.1] * 3) + _runs("snes", [0.8, 0.85, 0.89])])  # budget 500: unfilled
+    assert [(r["recipe"]["method"], r["default"]) for r in rows] == [
+        ("deepzero", None), ("deepzero-krs", True), ("deepzero-krsf", False)]
+    assert [line.rsplit("|", 2)[1].strip() for line in peers.leads_table(rows).splitlines()[2:]] == ["-", "yes", "no"]
 
 
 def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):

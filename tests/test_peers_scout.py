@@ -518,15 +518,19 @@ def test_floor_hidden_fills_every_small_empty_block_but_the_last(scout, digits):
 def test_versus_compares_two_variants_on_the_seeds_both_ran(scout, tmp_path, capsys):
     from scipy.stats import mannwhitneyu
 
-    def run(variant, seed, acc, data="digits"):
-        return {"data": data, "d": 1898, "variant": variant, "seed": seed, "test_acc": acc, "val_acc": acc,
-                "setting": {"lr": 0.1}, "budget": BUDGET, "width": 0}
+    def run(variant, seed, acc, data="digits", d=1898):
+        return {"data": data, "d": d, "variant": variant, "seed": seed, "test_acc": acc, "val_acc": acc,
+                "setting": {"lr": 0.1}, "budget": BUDGET, "width": 0 if d == 1898 else 160}
     runs = ([run("recipe", s, a) for s, a in enumerate([0.80, 0.82, 0.84, 0.86])]
             + [run("floor-small", s, a) for s, a in enumerate([0.70, 0.72, 0.74])]  # seed 3 not run
-            + [run("floor-small", 0, 0.5, "mnist1d")])  # no recipe there: no row
+            + [run("floor-small", 0, 0.5, "mnist1d")]  # no recipe there: no row
+            + [run("recipe", s, 0.9, d=13258) for s in range(2)]  # a second size in the same file: its own row
+            + [run("floor-small", s, a, d=13258) for s, a in enumerate([0.95, 0.97])])
     table = scout.versus(runs, "recipe", ["floor-small", "cycle"])
     p = mannwhitneyu([70, 72, 74], [80, 82, 84]).pvalue
-    assert table.splitlines()[2:] == [f"| digits | 1,898 | `floor-small` | 3 | 72.0 | 82.0 | -10.0 | {p:.2g} |"]
+    p13 = mannwhitneyu([95, 97], [90, 90]).pvalue
+    assert table.splitlines()[2:] == [f"| digits | 1,898 | {BUDGET:,} | `floor-small` | 3 | 72.0 | 82.0 | -10.0 | {p:.2g} |",
+                                      f"| digits | 13,258 | {BUDGET:,} | `floor-small` | 2 | 96.0 | 90.0 | +6.0 | {p13:.2g} |"]
     path = tmp_path / "r.json"
     path.write_text(__import__("json").dumps(runs))
     scout.main(["--report", str(path), "--variants", "recipe,floor-small", "--versus", "recipe"])

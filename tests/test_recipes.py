@@ -159,3 +159,33 @@ def test_fill_small_blocks_fills_zo_grasps_empty_small_blocks_and_nothing_else()
             zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, fill_small_blocks=bad)
         with pytest.raises(zo.ArgumentError, match="fill_small_blocks"):
             zo.train(Softmax(), p0, batches=batches, sparsity=0.5, fill_small_blocks=bad, progress=False)
+
+
+def test_short_budget_fills_small_blocks_by_default_from_its_step_line(monkeypatch):
+    from zoracle._pruning import grasp_queries
+    from zoracle.recipes import FILL_FROM_STEPS
+
+    # the Softmax problem: d = 35, a 30-weight block and a 3-bias block sampled (2 norm scalars dense)
+    X, y = _data()
+    batches = zo.Minibatches((X, y), 40, seed=0)
+    p0 = np.random.default_rng(1).standard_normal(35) * 0.1
+    per_step, grasp = 3 + 2 + 1, grasp_queries(1)
+    line = grasp + FILL_FROM_STEPS * per_step  # the smallest budget with FILL_FROM_STEPS whole steps
+
+    def recipe(budget, **kw):
+        return zo.recipes.short_budget(Softmax(), p0, budget, batches=batches, coordinates=3, grasp_directions=1, **kw)
+    assert recipe(line)["max_queries"] == line  # exactly FILL_FROM_STEPS steps after ZO-GraSP
+    assert "fill_small_blocks" not in recipe(line - 1) and recipe(line)["fill_small_blocks"] is True
+    for fill in (False, True):  # an explicit choice wins on either side of the line
+        for budget in (line - 1, line):
+            assert recipe(budget, fill_small_blocks=fill).get("fill_small_blocks", False) is fill
+    # the default run is the filled run, query for query (the line moved down to keep the run short)
+    monkeypatch.setattr(zo.recipes, "FILL_FROM_STEPS", 40)
+    runs = [zo.train(Softmax(), p0, batches=batches, rng=2, progress=False,
+                     **zo.recipes.short_budget(Softmax(), p0, 300, batches=batches, coordinates=3, grasp_directions=8,
+                                               **extra)) for extra in ({}, {"fill_small_blocks": True})]
+    assert np.array_equal(runs[0].params, runs[1].params) and np.array_equal(runs[0].ratios, runs[1].ratios)
+    # one sampled block: no split to fill, and no fill asked of train
+    assert "fill_small_blocks" not in zo.recipes.short_budget(None, np.zeros(100), 500_000, steps_per_epoch=10)
+    with pytest.raises(zo.ArgumentError, match="True, False or None"):
+        recipe(300, fill_small_blocks=0)
