@@ -576,7 +576,8 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
 
 def versus(runs, base: str, others) -> str:
     """Markdown: each of ``others`` against ``base``, per data set, size and budget, on the seeds both ran: mean test
-    accuracy of each, the difference, and the two-sided Mann-Whitney U test of the two sets of seeds."""
+    accuracy of each (worst and best seed), the difference, and the two-sided Mann-Whitney U test of the two sets of
+    seeds."""
     from scipy.stats import mannwhitneyu
 
     lines = ["| data | d | queries | variant | seeds | test % | `" + base + "` test % | difference, points | rank test p |",
@@ -590,8 +591,8 @@ def versus(runs, base: str, others) -> str:
             a = 100 * np.array([at[name, s]["test_acc"] for s in seeds])
             b = 100 * np.array([at[base, s]["test_acc"] for s in seeds])
             p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-            lines.append(f"| {data} | {d:,} | {budget:,} | `{name}` | {len(seeds)} | {a.mean():.1f} | "
-                         f"{b.mean():.1f} | {a.mean() - b.mean():+.1f} | {p:.2g} |")
+            lines.append(f"| {data} | {d:,} | {budget:,} | `{name}` | {len(seeds)} | {a.mean():.1f} ({a.min():.1f}-{a.max():.1f}) | "
+                         f"{b.mean():.1f} ({b.min():.1f}-{b.max():.1f}) | {a.mean() - b.mean():+.1f} | {p:.2g} |")
     return "\n".join(lines)
 
 

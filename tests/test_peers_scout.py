@@ -529,8 +529,9 @@ def test_versus_compares_two_variants_on_the_seeds_both_ran(scout, tmp_path, cap
     table = scout.versus(runs, "recipe", ["floor-small", "cycle"])
     p = mannwhitneyu([70, 72, 74], [80, 82, 84]).pvalue
     p13 = mannwhitneyu([95, 97], [90, 90]).pvalue
-    assert table.splitlines()[2:] == [f"| digits | 1,898 | {BUDGET:,} | `floor-small` | 3 | 72.0 | 82.0 | -10.0 | {p:.2g} |",
-                                      f"| digits | 13,258 | {BUDGET:,} | `floor-small` | 2 | 96.0 | 90.0 | +6.0 | {p13:.2g} |"]
+    assert table.splitlines()[2:] == [
+        f"| digits | 1,898 | {BUDGET:,} | `floor-small` | 3 | 72.0 (70.0-74.0) | 82.0 (80.0-84.0) | -10.0 | {p:.2g} |",
+        f"| digits | 13,258 | {BUDGET:,} | `floor-small` | 2 | 96.0 (95.0-97.0) | 90.0 (90.0-90.0) | +6.0 | {p13:.2g} |"]
     path = tmp_path / "r.json"
     path.write_text(__import__("json").dumps(runs))
     scout.main(["--report", str(path), "--variants", "recipe,floor-small", "--versus", "recipe"])
@@ -565,3 +566,70 @@ def test_the_fill_section_shows_its_tables_as_the_reports_print_them(scout, caps
             runs = scout.peers._load(os.path.join(results, f"{stem}_{d}.json"))
             for v in variants:
                 assert sorted(r["seed"] for r in runs if r["variant"] == v) == list(seeds), (stem, d, v)
+
+
+def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
+    """docs/peers.md, "The fill as the default from 1,400 steps": the --versus table as its command prints
+    it, twelve seeds of each variant at each point, and every cell of its summary by steps computed
+    from the saved runs."""
+    import re
+
+    from scipy.stats import mannwhitneyu
+    from zoracle.recipes import FILL_FROM_STEPS
+
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    section = docs.split("### The fill as the default from 1,400 steps")[1].split("\n### ")[0]
+    assert f"{FILL_FROM_STEPS:,} steps" in section
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    new = [os.path.join(results, f"{stem}_{d}.json") for stem in ("scout75_fill", "scout150_small_fill")
+           for d in ("digits", "mnist1d")]
+    capsys.readouterr()
+    assert scout.main(["--report", ",".join(new), "--variants", "recipe,floor-small", "--versus", "recipe"]) == 0
+    assert capsys.readouterr().out.strip() in section
+    runs = [r for path in new for r in scout.peers._load(path)]
+    for key in {(r["data"], r["d"], r["budget"], r["variant"]) for r in runs}:
+        assert sorted(r["seed"] for r in runs if (r["data"], r["d"], r["budget"], r["variant"]) == key) == list(range(12))
+
+    def cell(fill, plain):  # the fill's mean less the recipe's, points, and the rank test
+        a, b = 100 * np.array(fill), 100 * np.array(plain)
+        return f"{a.mean() - b.mean():+.1f}", float(mannwhitneyu(a, b).pvalue)
+
+    def scouted(stem, data, d, budget):
+        got = [r for x in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"{stem}_{x}.json"))
+               if (r["data"], r["d"], r["budget"]) == (data, d, budget)]
+        by = {v: {r["seed"]: r["test_acc"] for r in got if r["variant"] == v} for v in ("recipe", "floor-small")}
+        seeds = sorted(set(by["recipe"]) & set(by["floor-small"]))
+        return cell([by["floor-small"][s] for s in seeds], [by["recipe"][s] for s in seeds])
+
+    def studied(files, data, isa):  # the largest size at 150,000 queries, the study's chosen lr 0.1
+        got = [r for p in files for r in scout.peers._load(os.path.join(results, p.format(data)))
+               if r["budget"] == 150_000 and r["setting"].get("lr") == 0.1
+               and (r.get("machine") or {}).get("cpu_capability") == isa]
+        d = max(r["d"] for r in got)
+        by = {m: [r["test_acc"] for r in got if r["method"] == m and r["d"] == d] for m in ("deepzero-krsf", "deepzero-krs")}
+        assert [len(v) for v in by.values()] == [12, 12]
+        return cell(by["deepzero-krsf"], by["deepzero-krs"])
+    sizes = {"digits": {"2k": 1898, "13k": 13258, "121k": 121258}, "mnist1d": {"2k": 1914, "12k": 12106, "110k": 109658}}
+    stems = {30_000: {"2k": "scout2k_fill", "13k": "scout13", "12k": "scout13", "121k": "scout30_hidden",
+                      "110k": "scout30_hidden"}, 75_000: "scout75_fill", 150_000: "scout150_small_fill"}
+    rows = re.findall(r"^\| ([0-9,]+) \(([0-9,]+)\) \| (.+) \| (.+) \|$", section, re.M)
+    assert [r[:2] for r in rows] == [("580", "30,000"), ("1,463", "75,000"), ("2,933", "150,000")]
+    checked = 0
+    for steps, budget, *cells in rows:
+        budget = int(budget.replace(",", ""))
+        assert (budget - 386) // 51 == int(steps.replace(",", ""))
+        for data, text in zip(("digits", "mnist1d"), cells):
+            for size, diffs in re.findall(r"(\w+): ([^;]+)", text):
+                found = re.findall(r"([+-][0-9.]+) \(([0-9.e-]+)\)", diffs)
+                if budget == 150_000 and size in ("121k", "110k"):
+                    want = [studied(["dec03_{}.json"], data, "AVX2"),
+                            studied(["isa_{}.json", "seeds12_{}.json", "fill_{}.json"], data, "AVX512")]
+                else:
+                    stem = stems[budget][size] if isinstance(stems[budget], dict) else stems[budget]
+                    want = [scouted(stem, data, sizes[data][size], budget)]
+                assert len(found) == len(want), (budget, data, size)
+                for (diff, p), (wdiff, wp) in zip(found, want):
+                    assert diff == wdiff and p == f"{wp:.2g}", (budget, data, size, diff, p, wdiff, wp)
+                    checked += 1
+    assert checked == 18
