@@ -342,8 +342,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         With ``ratios="zo_grasp"``: every scored block that ZO-GraSP leaves empty and that has
         at most as many weights as a mask holds gets one of the mask's coordinates, taken from
         the block with the most (``layer_ratios(fill_small=True)``), so a first layer's biases
-        are not frozen for the whole run at extreme sparsity. ``zo.recipes.short_budget(fill_small_blocks=True)``
-        sets it; measured in docs/peers.md.
+        are not frozen for the whole run at extreme sparsity. ``zo.recipes.short_budget`` sets it
+        by default from 1,400 steps on (``zo.recipes.FILL_FROM_STEPS``); measured in docs/peers.md.
     mask_shuffle_interval : int or "step"
         Epochs between fresh random masks, or ``"step"`` for a fresh mask every step (the
         short-budget recipe: a few dozen coordinates a step with Adam, see docs/peers.md).
