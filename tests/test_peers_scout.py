@@ -633,3 +633,22 @@ def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
                     assert diff == wdiff and p == f"{wp:.2g}", (budget, data, size, diff, p, wdiff, wp)
                     checked += 1
     assert checked == 18
+
+
+def test_the_fill_default_section_times_the_two_recipes_side_by_side(scout):
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        section = f.read().split("### The fill as the default from 1,400 steps")[1].split("\n### ")[0]
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    seconds = {}
+    for name in ("speed150_fill", "speed150_fill2"):
+        rows = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"{name}_{d}.json"))]
+        assert {(r["data"], r["method"]) for r in rows} == {
+            (d, m) for d in ("digits", "mnist1d") for m in ("deepzero", "deepzero-krs", "deepzero-krsf")}, name
+        assert scout.peers.speed_table(rows) in section, name
+        for r in rows:
+            seconds[name, r["data"], r["method"]] = r["seconds"]
+    # the quoted shares: the filled recipe's extra time over the unfilled one's, per data set
+    extra = {d: sorted(100 * (seconds[n, d, "deepzero-krsf"] / seconds[n, d, "deepzero-krs"] - 1)
+                       for n in ("speed150_fill", "speed150_fill2")) for d in ("digits", "mnist1d")}
+    assert f"{extra['digits'][0]:.0f}-{extra['digits'][1]:.0f}% more time" in section
+    assert f"{extra['mnist1d'][0]:.0f}-{extra['mnist1d'][1]:.0f}% more on MNIST-1D" in section
