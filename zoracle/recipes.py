@@ -47,8 +47,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     correction counts the steps of all weights. The run takes as many whole steps as fit in
     ``budget`` after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than
     ``budget``. From ``FILL_FROM_STEPS`` (1,400) steps on (71,786 queries at the default 50
-    coordinates, when every block is sampled), every small block that ZO-GraSP's split leaves empty gets one coordinate a
-    step (``fill_small_blocks``).
+    coordinates, when every block is sampled), every small block that ZO-GraSP's split
+    leaves empty gets one coordinate a step (``fill_small_blocks``).
 
     Measured in ``docs/peers.md`` (30,000 queries): at d = 110-121k, over 6 seeds, it has the
     best mean on MNIST-1D (45.9% against 40.6% for the best evolution strategy, with
@@ -112,16 +112,16 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         580 steps (30,000 queries) it costs digits 4.5 points at d = 13k (79.0% against 83.5%,
         18 seeds, rank test p = 0.00014) and 2.5-3.4 at 121k: hence the line. A filled run
         takes 4-33% more time through ``TorchOracle`` (d = 110-121k, 150,000 queries): each
-        filled block adds its fixed cost a step. With
-        ``layer_steps=0.5`` as well (twelve seeds): 67.4% (61.6-72.0) on MNIST-1D at 150,000
-        queries, the best of the recipes measured there, and 91.5% on digits.
+        filled block adds its fixed cost a step. With ``layer_steps=0.5`` as well (twelve
+        seeds): 67.4% (61.6-72.0) on MNIST-1D at 150,000 queries, the best of the recipes
+        measured there, and 91.5% on digits.
 
     Returns
     -------
     dict
         ``epochs``, ``max_queries``, ``estimator``, ``optimizer``, ``sparsity``,
         ``score_kinds``, ``ratios``, ``grasp_directions`` and ``mask_shuffle_interval``
-        (and ``steps_per_epoch`` when given).
+        (and ``steps_per_epoch`` when given, ``fill_small_blocks=True`` when it fills).
 
     Examples
     --------
