@@ -584,10 +584,12 @@ def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
     results = os.path.join(ROOT, "benchmarks", "peers_results")
     new = [os.path.join(results, f"{stem}_{d}.json") for stem in ("scout75_fill", "scout150_small_fill")
            for d in ("digits", "mnist1d")]
-    capsys.readouterr()
-    assert scout.main(["--report", ",".join(new), "--variants", "recipe,floor-small", "--versus", "recipe"]) == 0
-    assert capsys.readouterr().out.strip() in section
-    runs = [r for path in new for r in scout.peers._load(path)]
+    at_1000 = os.path.join(results, "scout51_fill_digits.json")  # digits only: where the fill costs
+    for files in (new, [at_1000]):
+        capsys.readouterr()
+        assert scout.main(["--report", ",".join(files), "--variants", "recipe,floor-small", "--versus", "recipe"]) == 0
+        assert capsys.readouterr().out.strip() in section
+    runs = [r for path in new + [at_1000] for r in scout.peers._load(path)]
     for key in {(r["data"], r["d"], r["budget"], r["variant"]) for r in runs}:
         assert sorted(r["seed"] for r in runs if (r["data"], r["d"], r["budget"], r["variant"]) == key) == list(range(12))
 
@@ -612,9 +614,10 @@ def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
         return cell(by["deepzero-krsf"], by["deepzero-krs"])
     sizes = {"digits": {"2k": 1898, "13k": 13258, "121k": 121258}, "mnist1d": {"2k": 1914, "12k": 12106, "110k": 109658}}
     stems = {30_000: {"2k": "scout2k_fill", "13k": "scout13", "12k": "scout13", "121k": "scout30_hidden",
-                      "110k": "scout30_hidden"}, 75_000: "scout75_fill", 150_000: "scout150_small_fill"}
+                      "110k": "scout30_hidden"}, 51_400: "scout51_fill", 75_000: "scout75_fill",
+             150_000: "scout150_small_fill"}
     rows = re.findall(r"^\| ([0-9,]+) \(([0-9,]+)\) \| (.+) \| (.+) \|$", section, re.M)
-    assert [r[:2] for r in rows] == [("580", "30,000"), ("1,463", "75,000"), ("2,933", "150,000")]
+    assert [r[:2] for r in rows] == [("580", "30,000"), ("1,000", "51,400"), ("1,463", "75,000"), ("2,933", "150,000")]
     checked = 0
     for steps, budget, *cells in rows:
         budget = int(budget.replace(",", ""))
@@ -632,7 +635,7 @@ def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
                 for (diff, p), (wdiff, wp) in zip(found, want):
                     assert diff == wdiff and p == f"{wp:.2g}", (budget, data, size, diff, p, wdiff, wp)
                     checked += 1
-    assert checked == 18
+    assert checked == 20
 
 
 def test_the_fill_default_section_times_the_two_recipes_side_by_side(scout):
