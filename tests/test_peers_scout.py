@@ -655,3 +655,9 @@ def test_the_fill_default_section_times_the_two_recipes_side_by_side(scout):
                        for n in ("speed150_fill", "speed150_fill2")) for d in ("digits", "mnist1d")}
     assert f"{extra['digits'][0]:.0f}-{extra['digits'][1]:.0f}% more time" in section
     assert f"{extra['mnist1d'][0]:.0f}-{extra['mnist1d'][1]:.0f}% more on MNIST-1D" in section
+    macs = {(r["data"], r["method"]): r["macs"] / 1e9 for r in scout.peers._load(os.path.join(results, "speed150_fill_digits.json"))
+            + scout.peers._load(os.path.join(results, "speed150_fill_mnist1d.json"))}
+    assert f"({macs['digits', 'deepzero-krsf']:.0f} against {macs['digits', 'deepzero-krs']:.0f} GMAC)" in section
+    share = 100 * (macs["mnist1d", "deepzero-krsf"] / macs["mnist1d", "deepzero-krs"] - 1)
+    assert (f"{share:.0f}% more multiply-adds ({macs['mnist1d', 'deepzero-krsf']:.0f} against "
+            f"{macs['mnist1d', 'deepzero-krs']:.0f} GMAC") in section

@@ -112,7 +112,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         580 steps (30,000 queries) it costs digits 4.5 points at d = 13k (79.0% against 83.5%,
         18 seeds, rank test p = 0.00014) and 2.5-3.4 at 121k, and at 1,000 steps still 3.1
         and 1.6 (p = 0.012 and 0.04): hence the line. A filled run takes 4-33% more time
-        through ``TorchOracle`` (d = 110-121k, 150,000 queries): each filled block adds its
+        through ``TorchOracle`` (d = 110-121k, 150,000 queries), mostly each filled block's
         fixed cost a step. With ``layer_steps=0.5`` as well (twelve seeds): 67.4% (61.6-72.0)
         on MNIST-1D at 150,000 queries, the best of the recipes measured there, and 91.5% on
         digits.
