@@ -597,10 +597,19 @@ def versus(runs, base: str, others) -> str:
 
 
 def report(runs) -> str:
-    """Markdown: one row per variant, val and test mean (min-max) per data set."""
-    datas = sorted({r["data"] for r in runs})
-    lines = ["| variant | what changes | " + " | ".join(f"{d}: val % | {d}: test %" for d in datas) + " |",
-             "|---|---|" + "---|---|" * len(datas)]
+    """Markdown: one row per variant, val and test mean (min-max) per data set.
+
+    A data set run at more than one size or budget gets a pair of columns for each, headed
+    ``digits, d = 1,898, 150,000 queries`` (one such point: headed by the data set alone)."""
+    points = sorted({(r["data"], r["d"], r["budget"]) for r in runs})
+    datas = sorted({p[0] for p in points})
+
+    def head(p):
+        if sum(q[0] == p[0] for q in points) == 1:
+            return p[0]
+        return f"{p[0]}, d = {p[1]:,}, {p[2]:,} queries"
+    lines = ["| variant | what changes | " + " | ".join(f"{head(p)}: val % | {head(p)}: test %" for p in points) + " |",
+             "|---|---|" + "---|---|" * len(points)]
 
     def cell(vals):
         v = 100 * np.array(vals)
@@ -610,13 +619,13 @@ def report(runs) -> str:
         if not rows:
             continue
         cells = []
-        for d in datas:
-            here = [r for r in rows if r["data"] == d]
+        for p in points:
+            here = [r for r in rows if (r["data"], r["d"], r["budget"]) == p]
             cells += [cell([r["val_acc"] for r in here]), cell([r["test_acc"] for r in here])]
         lines.append(f"| `{name}` | {what} | " + " | ".join(cells) + " |")
     seeds = sorted({r["seed"] for r in runs})
     lines.append(f"\nSeeds {', '.join(map(str, seeds))}; d = " + ", ".join(
-        f"{sorted({r['d'] for r in runs if r['data'] == d})[0]:,} ({d})" for d in datas) + ".")
+        f"{' / '.join(f'{x:,}' for x in sorted({r['d'] for r in runs if r['data'] == d}))} ({d})" for d in datas) + ".")
     fewer = {name: sorted({r["seed"] for r in runs if r["variant"] == name}) for name in VARIANTS}
     fewer = {name: s for name, s in fewer.items() if s and s != seeds}  # variants run on some of the seeds
     if fewer:

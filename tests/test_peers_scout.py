@@ -540,6 +540,25 @@ def test_versus_compares_two_variants_on_the_seeds_both_ran(scout, tmp_path, cap
         scout.main(["--versus", "recipe"])  # needs --report
 
 
+def test_report_gives_each_size_and_budget_of_a_data_set_its_own_columns(scout):
+    def run(variant, seed, acc, data="digits", d=1898, budget=BUDGET):
+        return {"data": data, "d": d, "variant": variant, "seed": seed, "test_acc": acc, "val_acc": acc - 0.01,
+                "setting": {}, "budget": budget, "width": 0}
+    one = [run("recipe", s, a, "mnist1d", 1914) for s, a in enumerate([0.40, 0.50])]
+    runs = ([run("recipe", s, a) for s, a in enumerate([0.80, 0.90])]
+            + [run("recipe", s, a, d=13258) for s, a in enumerate([0.60, 0.70])]  # a second size in the file
+            + [run("recipe", 0, 0.30, budget=10 * BUDGET)] + one)  # and a second budget
+    lines = scout.report(runs).splitlines()
+    heads = [f"digits, d = {d}, {b:,} queries" for d, b in (("1,898", BUDGET), ("1,898", 10 * BUDGET), ("13,258", BUDGET))]
+    assert lines[0] == ("| variant | what changes | " + " | ".join(f"{h}: {k} %" for h in heads for k in ("val", "test"))
+                        + " | mnist1d: val % | mnist1d: test % |")
+    assert lines[2].split(" | ")[2:] == ["84.0 (79-89)", "85.0 (80-90)", "29.0 (29-29)", "30.0 (30-30)",
+                                         "64.0 (59-69)", "65.0 (60-70)", "44.0 (39-49)", "45.0 (40-50) |"]
+    assert lines[-1].startswith("Seeds 0, 1; d = 1,898 / 13,258 (digits), 1,914 (mnist1d).")
+    # one point a data set: headed by the data set alone, as every table in the docs
+    assert scout.report(one).splitlines()[0] == "| variant | what changes | mnist1d: val % | mnist1d: test % |"
+
+
 def test_the_fill_section_shows_its_tables_as_the_reports_print_them(scout, capsys):
     """docs/peers.md, "The fill on a second machine, and at 12-13k": every table its commands print."""
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
