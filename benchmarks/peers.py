@@ -538,6 +538,16 @@ def best_setting(runs, data, width, method, budget):
     return max(tuned, key=lambda r: -1.0 if r["val_acc"] != r["val_acc"] else r["val_acc"])["setting"]
 
 
+def settings_for(runs, data, width, method, budget):
+    """The setting ``--settings-from`` gives ``method``: the one chosen in ``runs``; for
+    ``deepzero-krsf`` where none was tuned (every sweep before the fill existed), the one
+    ``deepzero-krs`` chose, since the two differ only in the fill."""
+    chosen = best_setting(runs, data, width, method, budget)
+    if chosen is None and method == "deepzero-krsf":
+        chosen = best_setting(runs, data, width, "deepzero-krs", budget)
+    return chosen
+
+
 def timing_setting(runs, data, width, method, budget) -> dict:
     """The setting a timing run uses: the one tuned at ``budget``, else the middle of the grid."""
     return best_setting(runs, data, width, method, budget) or GRID[method][len(GRID[method]) // 2]
@@ -572,7 +582,7 @@ def sweep(args, log=print) -> list:
                 source = max((w for w in args.tune_widths if w < width), default=None)
                 for i, seed in enumerate(args.seeds):
                     if fixed is not None:  # new seeds of the settings chosen in an earlier sweep, no tuning
-                        chosen = best_setting(fixed, name, width, method, args.settings_budget or args.budget)
+                        chosen = settings_for(fixed, name, width, method, args.settings_budget or args.budget)
                         if chosen is None:
                             raise SystemExit(f"--settings-from has no chosen setting for {method} on {name} at width "
                                              f"{width} and budget {args.settings_budget or args.budget}")

@@ -230,6 +230,10 @@ def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peer
     with pytest.raises(SystemExit, match="no chosen setting for pgpe"):
         peers.main(["--budget", "500", "--seeds", "3", "--methods", "pgpe", "--settings-from", str(first),
                     "--out", str(fresh)])
+    # the filled recipe, never tuned in that sweep, takes the setting the unfilled one chose
+    krs = max((t for t in tuned if t["method"] == "deepzero-krs"), key=lambda t: t["val_acc"])["setting"]
+    assert peers.settings_for(tuned, "digits", 0, "deepzero-krsf", 500) == krs
+    assert peers.settings_for(tuned, "digits", 0, "pgpe", 500) is None
     # a longer run with the settings chosen at budget 500: --settings-budget names the budget they were chosen at
     longer = tmp_path / "c.json"
     with pytest.raises(SystemExit, match="budget 700"):
