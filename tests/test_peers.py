@@ -508,7 +508,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
              "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
              "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits", "spread_snes_samples_digits",
              "spread_snes_batches_digits", "dec03_digits", "dec03_mnist1d", "long_small_digits", "long_small_mnist1d",
-             "long_small_tuned_digits"]
+             "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name

@@ -189,3 +189,23 @@ def test_short_budget_fills_small_blocks_by_default_from_its_step_line(monkeypat
     assert "fill_small_blocks" not in zo.recipes.short_budget(None, np.zeros(100), 500_000, steps_per_epoch=10)
     with pytest.raises(zo.ArgumentError, match="True, False or None"):
         recipe(300, fill_small_blocks=0)
+
+
+def test_the_default_learning_rate_falls_from_two_queries_per_sampled_weight():
+    from zoracle.recipes import SMALL_LR_FROM
+
+    def init(budget, d=1_000, **kw):  # the schedule's peak, read back from the optimizer built
+        opt = zo.recipes.short_budget(None, np.zeros(d), budget, steps_per_epoch=10, **kw)["optimizer"]
+        return opt.config.split("init=")[1].split(",")[0]
+    line = int(SMALL_LR_FROM * 1_000)
+    assert SMALL_LR_FROM == 2.0 and (init(line - 1), init(line), init(30 * line)) == ("0.1", "0.03", "0.03")
+    assert init(500) == "0.1"  # half a query per weight: the largest study sizes' regime
+    # the count is of the weights the recipe samples: a block it does not sample (a norm layer's, dense) leaves it
+    from collections import namedtuple
+    block = namedtuple("block", "name slice shape kind")
+    blocks = [block("0.weight", slice(0, 600), (600,), "linear"), block("1.weight", slice(600, 1000), (400,), "norm")]
+    assert (init(1_199, blocks=blocks), init(1_200, blocks=blocks)) == ("0.1", "0.03")  # 2 x 600 sampled weights
+    for lr in (0.1, 0.03, 0.5):  # an explicit rate wins on either side
+        assert init(line - 1, lr=lr) == init(line, lr=lr) == str(lr)
+    with pytest.raises(zo.ArgumentError, match="`lr`"):
+        init(line, lr=-1.0)

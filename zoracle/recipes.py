@@ -24,15 +24,18 @@ from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
 from ._train import _resolve_blocks, _steps_per_epoch
 
-__all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "short_budget", "layer_scales"]
+__all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "SMALL_LR_FROM", "short_budget", "layer_scales"]
 
 SHORT_BUDGET_KINDS = ("conv", "linear", "bias")  # biases join the sparse set: dense, they alone can outspend a step
 #: ``short_budget`` fills small empty blocks by default from this many steps on (measured in docs/peers.md)
 FILL_FROM_STEPS = 1_400
+#: ``short_budget``'s default learning rate is 0.1 below this many queries per sampled weight
+#: and 0.03 from it on (measured in docs/peers.md)
+SMALL_LR_FROM = 2.0
 
 
 def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: int | None = None,
-                 lr: float = 0.1, coordinates: int = 50, b1: float = 0.0, mu: float = 5e-3,
+                 lr: float | None = None, coordinates: int = 50, b1: float = 0.0, mu: float = 5e-3,
                  weight_decay: float = 5e-4, grasp_directions: int = 192, blocks=None,
                  layer_steps: float = 0.0, fill_small_blocks: bool | None = None) -> dict:
     r"""DeepZero for short budgets (up to about 15 queries per weight): ``train`` keyword arguments.
@@ -75,9 +78,15 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         Queries for the whole run, ZO-GraSP's included.
     batches, steps_per_epoch
         As for ``train``; they set the length of an epoch (the warm-up and ``epochs``).
-    lr : float
-        Peak learning rate. 0.03-0.3 is the useful range; ``docs/peers.md`` picked 0.03 at
-        d = 2k-13k and 0.1 at d = 110-121k on validation data.
+    lr : float or None
+        Peak learning rate. None (the default) is 0.1 when the budget is under
+        ``SMALL_LR_FROM`` (2) queries per sampled weight and 0.03 from there on. Measured in
+        ``docs/peers.md`` (validation data picks, then 3 seeds or more): every tuning at
+        d = 110-121k (0.25-1.4 queries per weight) picked 0.1; at d = 2k (16 and 79 queries per
+        weight) 0.03, by far (lr 0.1: 73.9% validation against 88.2% on digits at 30,000
+        queries, 81.6% test against 93.9% at 150,000), and at d = 12-13k 0.03 over three seeds
+        (2.3 queries per weight: 84.6% against 80.6% on digits, 38.2% against 36.3% on
+        MNIST-1D; 11-12: 0.03 at the tuning seed).
     coordinates : int
         Weights estimated a step (the sparse set's size).
     b1 : float
@@ -130,15 +139,17 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     >>> kw = zo.recipes.short_budget(None, np.zeros(1000), budget=5_000, steps_per_epoch=10)
     >>> kw["sparsity"], kw["epochs"], kw["mask_shuffle_interval"], kw["max_queries"]
     (0.95, 10, 'step', 4998)
-    >>> kw["optimizer"].config  # 98 steps of 51 queries: 50 weights and the base point
-    'adam(lr=cosine_schedule(init=0.1, total_steps=98, warmup_steps=10, final=0.0), b1=0.0, b2=0.999, eps=1e-08, weight_decay=0.0005)'
+    >>> kw["optimizer"].config  # 98 steps of 51 queries (50 weights and the base point); 5 queries a weight: lr 0.03
+    'adam(lr=cosine_schedule(init=0.03, total_steps=98, warmup_steps=10, final=0.0), b1=0.0, b2=0.999, eps=1e-08, weight_decay=0.0005)'
     """
     params = validate_params(params)
     d = int(params.shape[0])
     budget = _count("budget", budget, 1)
     coordinates = _count("coordinates", coordinates, 1)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
-    lr, mu = _positive("lr", lr), _positive("mu", mu)
+    mu = _positive("mu", mu)
+    if lr is not None:
+        lr = _positive("lr", lr)
     if isinstance(b1, bool) or not isinstance(b1, numbers.Real) or not 0 <= b1 < 1:
         raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}")
     weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
@@ -166,6 +177,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}; "
                             f"pass budget >= {grasp + 2 * per_step} for two steps, or lower `coordinates`")
     steps = (budget - grasp) // per_step
+    if lr is None:
+        lr = 0.1 if budget < SMALL_LR_FROM * n_scored else 0.03
     optimizer = adam(cosine_schedule(lr, total_steps=steps, warmup_steps=min(per_epoch, steps - 1)), b1=b1,
                      weight_decay=weight_decay)
     if layer_steps:
