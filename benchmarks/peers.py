@@ -534,6 +534,7 @@ def best_setting(runs, data, width, method, budget):
         tuned += [r for r in here if r.get("role") in ("transfer", "fresh") and r["seed"] == tuned[0]["seed"]]
     if not tuned:
         moved = [r for r in here if r.get("role") in ("transfer", "fresh")]
+        moved = moved or [r for r in here if r.get("role") == "given"]  # --setting: one setting, no tuning
         return moved[0]["setting"] if moved else None
     return max(tuned, key=lambda r: -1.0 if r["val_acc"] != r["val_acc"] else r["val_acc"])["setting"]
 
@@ -581,7 +582,9 @@ def sweep(args, log=print) -> list:
                 grid = GRID[method][:args.grid] if args.grid else GRID[method]
                 source = max((w for w in args.tune_widths if w < width), default=None)
                 for i, seed in enumerate(args.seeds):
-                    if fixed is not None:  # new seeds of the settings chosen in an earlier sweep, no tuning
+                    if args.setting is not None:  # the setting given on the command line, no tuning
+                        todo = [(args.setting, "given")]
+                    elif fixed is not None:  # new seeds of the settings chosen in an earlier sweep, no tuning
                         chosen = settings_for(fixed, name, width, method, args.settings_budget or args.budget)
                         if chosen is None:
                             raise SystemExit(f"--settings-from has no chosen setting for {method} on {name} at width "
@@ -838,18 +841,24 @@ def speed_table(rows) -> str:
 RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf")  # the demo recipe, short_budget without and with the fill
 
 
-def short_budget_default(method: str, budget: int):
+def short_budget_default(method: str, budget: int, setting=None, d: int | None = None):
     """True where ``method`` is what ``zo.recipes.short_budget`` runs by default at ``budget`` queries
     in this study (50 coordinates and the base point a step, every block sampled, ZO-GraSP's 386
     queries first): ``deepzero-krsf`` (small blocks filled) from ``FILL_FROM_STEPS`` steps on,
-    ``deepzero-krs`` below. False for the other of the two, None for any other method."""
+    ``deepzero-krs`` below, and, given the run's ``setting`` and the model's ``d``, at the default
+    learning rate (:func:`zoracle.recipes.default_lr` of the budget and ``d``; every weight of the
+    study's models is sampled). False for the other of the two or another rate, None for any other
+    method."""
     from zoracle._pruning import grasp_queries
-    from zoracle.recipes import FILL_FROM_STEPS
+    from zoracle.recipes import FILL_FROM_STEPS, default_lr
 
     if method not in ("deepzero-krs", "deepzero-krsf"):
         return None
     steps = (budget - grasp_queries(192)) // (KEEP_FRESH + 1)
-    return (method == "deepzero-krsf") == (steps >= FILL_FROM_STEPS)
+    fill = (method == "deepzero-krsf") == (steps >= FILL_FROM_STEPS)
+    if setting is None or d is None or "lr" not in setting:
+        return fill
+    return fill and setting["lr"] == default_lr(budget, d)
 
 
 def _verdict(recipe: dict, peers: list) -> str:
@@ -888,7 +897,7 @@ def leads(groups) -> list:
                     p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
                     rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
                                  "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers),
-                                 "default": short_budget_default(recipe["method"], budget)})
+                                 "default": short_budget_default(recipe["method"], budget, recipe["setting"], d)})
     return rows
 
 
@@ -1060,6 +1069,8 @@ def main(argv=None) -> int:
                    "setting tuned at the nearest smaller one (default: grid everywhere)")
     p.add_argument("--settings-from", default="", metavar="JSON", help="run every seed with the setting chosen "
                    "in these --out files (comma-separated) instead of tuning: new seeds of a finished sweep")
+    p.add_argument("--setting", default=None, metavar="JSON", help="run every seed with this setting (a JSON "
+                   "object, e.g. '{\"lr\": 0.07642}') instead of tuning")
     p.add_argument("--reuse", default="", metavar="JSON", help="comma-separated files whose runs of this sweep's "
                    "points (data, width, method, budget) count as done and are copied into --out: tuning at a budget "
                    "that --settings-from runs reached counts those runs as grid points at the tuning seed")
@@ -1151,9 +1162,16 @@ def main(argv=None) -> int:
         bad = [m for m in args.methods if m not in METHODS] + [x for x in args.data if x not in ("digits", "mnist1d")]
         if bad or not args.seeds or not args.widths or args.budget < 1:
             p.error(f"unknown or empty choice: {bad or 'seeds/widths/budget'}")
+        if args.setting is not None:
+            try:
+                args.setting = json.loads(args.setting)
+            except ValueError as e:
+                p.error(f"--setting must be a JSON object such as '{{\"lr\": 0.1}}': {e}")
+            if not isinstance(args.setting, dict) or args.settings_from:
+                p.error("--setting takes a JSON object, and not with --settings-from (which chooses the setting)")
         for flag, value in (("--start", args.start), ("--batch-order", args.batch_order), ("--rng", args.rng)):
-            if value is not None and not args.settings_from:
-                p.error(f"{flag} needs --settings-from: a run with a part of its randomness fixed runs the settings "
+            if value is not None and not args.settings_from and args.setting is None:
+                p.error(f"{flag} needs --settings-from or --setting: a run with a part of its randomness fixed runs the settings "
                         "already chosen, it does not tune")
         runs = sweep(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     rows = summarize(runs)

@@ -596,6 +596,52 @@ def versus(runs, base: str, others) -> str:
     return "\n".join(lines)
 
 
+def lr_table(runs, min_seeds: int = 2) -> str:
+    """Markdown: the short-budget recipe's learning rate against the queries per weight.
+
+    One row per data set, size and budget; a column per learning rate run, each cell the mean
+    validation and test accuracy over its seeds (``val / test (seeds)``), the rule's rate
+    (:func:`zoracle.recipes.default_lr`, every weight of these models sampled) and the rate with
+    the best validation mean. Takes the scout's ``recipe`` and ``floor-small`` runs and the
+    study's ``deepzero-krs`` and ``deepzero-krsf`` (``peers.py``): the same two runs (a test
+    checks it). A rate run on fewer than ``min_seeds`` seeds at a point (a tuning seed's grid) is
+    left out there."""
+    from zoracle.recipes import FILL_FROM_STEPS, default_lr
+
+    as_variant = {"deepzero-krs": "recipe", "deepzero-krsf": "floor-small"}
+    cells = {}
+    for r in runs:
+        name = r.get("variant") or as_variant.get(r["method"])
+        if name not in ("recipe", "floor-small") or set(r["setting"]) - {"lr", "fill_small_blocks"}:
+            continue
+        cells.setdefault((r["data"], r["d"], r["budget"], name), {}).setdefault(r["setting"]["lr"], {})[r["seed"]] = r
+    cells = {key: {lr: by_seed for lr, by_seed in c.items() if len(by_seed) >= min_seeds} for key, c in cells.items()}
+    cells = {key: c for key, c in cells.items() if c}
+    rates = sorted({lr for c in cells.values() for lr in c}, reverse=True)
+    rule = {key: default_lr(key[2], key[1]) for key in cells}
+    fixed = [lr for lr in rates if any(lr != rule[key] and lr in c for key, c in cells.items())]
+    lines = ["| data | d | queries | queries a weight | small blocks | " + " | ".join(f"lr {lr:g}" for lr in fixed)
+             + " | the rule's lr | the rule | best by validation |", "|---|---|---|---|---|" + "---|" * (len(fixed) + 3)]
+
+    def cell(by_seed):
+        if not by_seed:
+            return "-"
+        v = [100 * by_seed[s]["val_acc"] for s in sorted(by_seed)]
+        t = [100 * by_seed[s]["test_acc"] for s in sorted(by_seed)]
+        return f"{np.mean(v):.1f} / {np.mean(t):.1f} ({len(t)})"
+    for key in sorted(cells, key=lambda k: (k[0], k[1], k[2], k[3])):
+        data, d, budget, name = key
+        c = cells[key]
+        best = max(c, key=lambda lr: np.mean([r["val_acc"] for r in c[lr].values()]))
+        lines.append(f"| {data} | {d:,} | {budget:,} | {budget / d:.2f} | {'filled' if name == 'floor-small' else 'as ranked'} | "
+                     + " | ".join(cell(c.get(lr, {})) if lr != rule[key] else "(the rule)" for lr in fixed)
+                     + f" | {rule[key]:g} | {cell(c.get(rule[key], {}))} | {best:g} |")
+    lines.append(f"\nCells: validation / test accuracy %, mean over the seeds run (their number; rates run on fewer "
+                 f"than {min_seeds} seeds left out). Small blocks are filled from {FILL_FROM_STEPS:,} steps on, as the "
+                 "recipe does by default.")
+    return "\n".join(lines)
+
+
 def report(runs) -> str:
     """Markdown: one row per variant, val and test mean (min-max) per data set.
 
@@ -649,6 +695,8 @@ def main(argv=None) -> int:
                    "seed (and what fill_small_blocks moves), at --data, --width, --seeds, --budget")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="only print the table of these files (comma-separated), of the --variants given")
+    p.add_argument("--by-lr", action="store_true", help="with --report: the recipe's learning rates against the "
+                   "queries per weight (runs of recipe and floor-small, and peers.py's deepzero-krs and -krsf)")
     p.add_argument("--versus", default=None, metavar="VARIANT", help="with --report: each other --variants' test "
                    "accuracy against this one's, on the seeds both ran, with the rank test")
     args = p.parse_args(argv)
@@ -660,7 +708,9 @@ def main(argv=None) -> int:
         p.error(f"--versus needs --report and a variant, got {args.versus!r}")
     if args.report:  # with --variants: only those rows (e.g. the variants run on more seeds)
         runs = [r for path in args.report.split(",") for r in peers._load(path)]
-        if args.versus:
+        if args.by_lr:
+            print(lr_table(runs))
+        elif args.versus:
             print(versus(runs, args.versus, [v for v in args.variants if v != args.versus]))
         else:
             print(report([r for r in runs if r["variant"] in args.variants]))

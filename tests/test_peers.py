@@ -405,12 +405,35 @@ def test_leads_mark_the_run_short_budget_makes_by_default(peers):
         assert default == ("deepzero-krsf" if budget >= line else "deepzero-krs"), (d, budget)
         for method in ("deepzero-krs", "deepzero-krsf"):
             assert peers.short_budget_default(method, budget) is (method == default), (d, budget, method)
+        # and at the default learning rate, which the run's setting names
+        lr = float(kw["optimizer"].config.split("init=")[1].split(",")[0])
+        assert lr == zo.recipes.default_lr(budget, d)
+        assert peers.short_budget_default(default, budget, {"lr": lr}, d) is True
+        assert peers.short_budget_default(default, budget, {"lr": lr * 1.5}, d) is False
     assert peers.short_budget_default("deepzero", 150_000) is None
     rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + _runs("deepzero-krs", [0.8, 0.85, 0.9])
                         + _runs("deepzero", [0.1] * 3) + _runs("snes", [0.8, 0.85, 0.89])])  # budget 500: unfilled
     assert [(r["recipe"]["method"], r["default"]) for r in rows] == [
+        ("deepzero", None), ("deepzero-krs", False), ("deepzero-krsf", False)]  # lr 1.0 is not the default's 0.1
+    at_default = [dict(r, setting={"lr": zo.recipes.default_lr(500, 1000)}) for r in _runs("deepzero-krs", [0.8, 0.85, 0.9])]
+    rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + at_default + _runs("deepzero", [0.1] * 3)
+                        + _runs("snes", [0.8, 0.85, 0.89])])
+    assert [(r["recipe"]["method"], r["default"]) for r in rows] == [
         ("deepzero", None), ("deepzero-krs", True), ("deepzero-krsf", False)]
     assert [line.rsplit("|", 2)[1].strip() for line in peers.leads_table(rows).splitlines()[2:]] == ["-", "yes", "no"]
+
+
+def test_setting_runs_every_seed_with_the_setting_given(peers, tmp_path):
+    out = tmp_path / "a.json"
+    peers.main(["--budget", "500", "--seeds", "0,1", "--methods", "deepzero-krs", "--setting", '{"lr": 0.05}',
+                "--out", str(out), "--json"])
+    runs = json.loads(out.read_text())
+    assert [(r["seed"], r["role"], r["setting"]) for r in runs] == [(0, "given", {"lr": 0.05}), (1, "given", {"lr": 0.05})]
+    (row,) = peers.summarize(runs)
+    assert row["seeds"] == [0, 1] and row["setting"] == {"lr": 0.05}
+    for bad in ("0.05", "{lr: 0.05}"):
+        with pytest.raises(SystemExit):
+            peers.main(["--budget", "500", "--seeds", "0", "--methods", "deepzero-krs", "--setting", bad])
 
 
 def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):

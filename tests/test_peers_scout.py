@@ -680,3 +680,42 @@ def test_the_fill_default_section_times_the_two_recipes_side_by_side(scout):
     share = 100 * (macs["mnist1d", "deepzero-krsf"] / macs["mnist1d", "deepzero-krs"] - 1)
     assert (f"{share:.0f}% more multiply-adds ({macs['mnist1d', 'deepzero-krsf']:.0f} against "
             f"{macs['mnist1d', 'deepzero-krs']:.0f} GMAC") in section
+
+
+def test_lr_table_puts_each_rate_in_its_column_and_the_rules_apart(scout):
+    from zoracle.recipes import default_lr
+
+    def run(lr, seed, acc, variant="recipe", d=1000, budget=2000, method="deepzero-krs-variant"):
+        setting = {"lr": lr} | ({"fill_small_blocks": True} if variant == "floor-small" else {})
+        return {"data": "digits", "d": d, "budget": budget, "variant": variant, "method": method, "seed": seed,
+                "setting": setting, "val_acc": acc, "test_acc": acc - 0.01}
+    rule = default_lr(2000, 1000)  # 2 queries a weight: 0.0601
+    runs = ([run(0.1, s, a) for s, a in enumerate([0.70, 0.72])] + [run(0.03, s, a) for s, a in enumerate([0.60, 0.62])]
+            + [run(rule, s, a) for s, a in enumerate([0.80, 0.82])]
+            + [run(0.1, 0, 0.9, "mu-0.05")]  # another variant: left out
+            + [run(0.3, 0, 0.99)]  # one seed (a tuning grid's): left out
+            # peers.py's filled recipe counts as floor-small; its other keys would make it another run
+            + [dict(run(0.1, s, 0.5, "floor-small", budget=150_000), variant=None, method="deepzero-krsf") for s in (0, 1)]
+            + [dict(run(0.1, 0, 0.5, budget=150_000), variant=None, method="deepzero-krs", setting={"lr": 0.1, "mu": 1})])
+    table = scout.lr_table(runs).splitlines()
+    assert table[0] == ("| data | d | queries | queries a weight | small blocks | lr 0.1 | lr 0.03 | the rule's lr | "
+                        "the rule | best by validation |")
+    assert table[2] == "| digits | 1,000 | 2,000 | 2.00 | as ranked | 71.0 / 70.0 (2) | 61.0 / 60.0 (2) | 0.0601 | 81.0 / 80.0 (2) | 0.0601 |"
+    assert table[3] == "| digits | 1,000 | 150,000 | 150.00 | filled | 50.0 / 49.0 (2) | (the rule) | 0.03 | - | 0.1 |"
+    assert len(table) == 6  # the two rows, then the note
+
+
+def test_the_lr_section_shows_the_rates_table_of_the_saved_results(scout, capsys):
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    R = os.path.join(ROOT, "benchmarks", "peers_results")
+    files = [os.path.join(R, f"{name}_{data}.json") for name in ("lr", "rule", "dec03", "long_small")
+             for data in ("digits", "mnist1d")]
+    runs = [r for path in files for r in scout.peers._load(path)]
+    assert scout.lr_table(runs) in docs
+    # the command in the docs prints it
+    command = docs[docs.index("python benchmarks/peers_scout.py --by-lr"):].splitlines()[0]
+    paths = command.split("--report ")[1].split()[0].replace("$R/", R + "/").split(",")
+    assert sorted(paths) == sorted(files)
+    scout.main(["--by-lr", "--report", ",".join(paths)])
+    assert scout.lr_table(runs) in capsys.readouterr().out

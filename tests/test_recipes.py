@@ -6,6 +6,8 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import zoracle as zo
 
@@ -191,21 +193,37 @@ def test_short_budget_fills_small_blocks_by_default_from_its_step_line(monkeypat
         recipe(300, fill_small_blocks=0)
 
 
-def test_the_default_learning_rate_falls_from_two_queries_per_sampled_weight():
-    from zoracle.recipes import SMALL_LR_FROM
+def test_the_default_learning_rate_falls_as_one_over_the_root_of_the_queries_per_sampled_weight():
+    from zoracle.recipes import LR_MAX, LR_MIN, LR_SCALE, default_lr
 
     def init(budget, d=1_000, **kw):  # the schedule's peak, read back from the optimizer built
         opt = zo.recipes.short_budget(None, np.zeros(d), budget, steps_per_epoch=10, **kw)["optimizer"]
-        return opt.config.split("init=")[1].split(",")[0]
-    line = int(SMALL_LR_FROM * 1_000)
-    assert SMALL_LR_FROM == 2.0 and (init(line - 1), init(line), init(30 * line)) == ("0.1", "0.03", "0.03")
-    assert init(500) == "0.1"  # half a query per weight: the largest study sizes' regime
+        return float(opt.config.split("init=")[1].split(",")[0])
+    assert (LR_MAX, LR_MIN, LR_SCALE) == (0.1, 0.03, 0.085)
+    # the formula, written out: 0.1 up to (0.85)^2 = 0.7225 queries a weight, then 0.085 / sqrt(q) down to 0.03,
+    # reached at (0.085 / 0.03)^2 = 8.03
+    for budget, want in ((500, 0.1), (722, 0.1), (723, 0.09997), (2_000, 0.0601), (5_000, 0.03801),
+                         (8_000, 0.03005), (8_100, 0.03), (16_000, 0.03), (79_000, 0.03)):
+        assert init(budget) == default_lr(budget, 1_000) == want
+    # the study's points (docs/peers.md), each model's every weight sampled
+    assert [default_lr(b, d) for b, d in ((30_000, 121_258), (150_000, 121_258), (150_000, 109_658),
+                                          (26_516, 13_258), (59_661, 13_258), (30_000, 1_898), (150_000, 1_898))] \
+        == [0.1, 0.07642, 0.07268, 0.0601, 0.04007, 0.03, 0.03]
     # the count is of the weights the recipe samples: a block it does not sample (a norm layer's, dense) leaves it
     from collections import namedtuple
     block = namedtuple("block", "name slice shape kind")
     blocks = [block("0.weight", slice(0, 600), (600,), "linear"), block("1.weight", slice(600, 1000), (400,), "norm")]
-    assert (init(1_199, blocks=blocks), init(1_200, blocks=blocks)) == ("0.1", "0.03")  # 2 x 600 sampled weights
-    for lr in (0.1, 0.03, 0.5):  # an explicit rate wins on either side
-        assert init(line - 1, lr=lr) == init(line, lr=lr) == str(lr)
+    assert init(2_400, blocks=blocks) == default_lr(2_400, 600) == 0.0425  # 4 queries a sampled weight, not 2.4
+    for lr in (0.1, 0.03, 0.5):  # an explicit rate wins
+        assert init(2_000, lr=lr) == init(50_000, lr=lr) == lr
     with pytest.raises(zo.ArgumentError, match="`lr`"):
-        init(line, lr=-1.0)
+        init(2_000, lr=-1.0)
+
+
+@settings(deadline=None)
+@given(st.integers(1, 10**7), st.integers(1, 10**6), st.integers(1, 10**7))
+def test_the_default_learning_rate_never_rises_with_the_budget_and_stays_in_its_range(b1, d, b2):
+    from zoracle.recipes import default_lr
+
+    lo, hi = sorted((b1, b2))
+    assert 0.03 <= default_lr(hi, d) <= default_lr(lo, d) <= 0.1

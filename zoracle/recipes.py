@@ -12,6 +12,7 @@ with momentum) is the one for budgets of many queries per weight; ``zoracle demo
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -24,14 +25,40 @@ from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
 from ._train import _resolve_blocks, _steps_per_epoch
 
-__all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "SMALL_LR_FROM", "short_budget", "layer_scales"]
+__all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "default_lr", "short_budget", "layer_scales"]
 
 SHORT_BUDGET_KINDS = ("conv", "linear", "bias")  # biases join the sparse set: dense, they alone can outspend a step
 #: ``short_budget`` fills small empty blocks by default from this many steps on (measured in docs/peers.md)
 FILL_FROM_STEPS = 1_400
-#: ``short_budget``'s default learning rate is 0.1 below this many queries per sampled weight
-#: and 0.03 from it on (measured in docs/peers.md)
-SMALL_LR_FROM = 2.0
+#: ``short_budget``'s default peak learning rate is ``LR_SCALE / sqrt(q)`` for ``q`` queries per
+#: sampled weight, kept within ``[LR_MIN, LR_MAX]`` (:func:`default_lr`; measured in docs/peers.md)
+LR_SCALE = 0.085
+LR_MAX = 0.1
+LR_MIN = 0.03
+
+
+def default_lr(budget: int, sampled: int) -> float:
+    """``short_budget``'s default peak learning rate for ``budget`` queries and ``sampled``
+    weights: ``LR_SCALE / sqrt(budget / sampled)`` (0.085 over the root of the queries per
+    weight), kept within ``[LR_MIN, LR_MAX]`` (0.03 and 0.1), to four significant digits. So
+    0.1 up to 0.72 queries per weight, 0.06 at 2, 0.04 at 4.5 and 0.03 from 8 on.
+
+    The more often a weight is measured, the smaller each of its steps: with Adam and no
+    momentum every measurement moves a weight by about the learning rate, in a direction whose
+    noise adds up over its measurements like a random walk's, and a rate that falls as one over
+    the square root of the measurements keeps that noise level. Measured in ``docs/peers.md``
+    ("The short-budget recipe's learning rate"), twelve seeds a point at d = 12-13k and at the
+    largest size: between 1.2 and 4.5 queries per weight the rule's rate is level with or
+    ahead of the best of 0.1, 0.055 and 0.03, where a fixed rate loses up to 6 points on one data
+    set or the other. The bounds are where the fall stops paying: at 0.25 queries per weight
+    0.055 is 6-8 points worse than 0.1; at 79, 0.01 is level on digits and 10 points worse
+    than 0.03 on MNIST-1D.
+
+    >>> default_lr(30_000, 121_258), default_lr(150_000, 121_258), default_lr(26_516, 13_258), default_lr(150_000, 1_898)
+    (0.1, 0.07642, 0.0601, 0.03)
+    """
+    q = budget / sampled
+    return float(f"{min(LR_MAX, max(LR_MIN, LR_SCALE / math.sqrt(q))):.4g}")
 
 
 def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: int | None = None,
@@ -79,14 +106,10 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     batches, steps_per_epoch
         As for ``train``; they set the length of an epoch (the warm-up and ``epochs``).
     lr : float or None
-        Peak learning rate. None (the default) is 0.1 when the budget is under
-        ``SMALL_LR_FROM`` (2) queries per sampled weight and 0.03 from there on. Measured in
-        ``docs/peers.md`` (validation data picks, then 3 seeds or more): every tuning at
-        d = 110-121k (0.25-1.4 queries per weight) picked 0.1; at d = 2k (16 and 79 queries per
-        weight) 0.03, by far (lr 0.1: 73.9% validation against 88.2% on digits at 30,000
-        queries, 81.6% test against 93.9% at 150,000), and at d = 12-13k 0.03 over three seeds
-        (2.3 queries per weight: 84.6% against 80.6% on digits, 38.2% against 36.3% on
-        MNIST-1D; 11-12: 0.03 at the tuning seed).
+        Peak learning rate. None (the default) is :func:`default_lr`: ``0.085 / sqrt(q)`` for
+        ``q = budget / sampled weights``, within [0.03, 0.1]: 0.1 up to 0.72 queries per weight,
+        0.06 at 2, 0.038 at 5 and 0.03 from 8 on. Measured in ``docs/peers.md`` ("The
+        short-budget recipe's learning rate").
     coordinates : int
         Weights estimated a step (the sparse set's size).
     b1 : float
@@ -139,8 +162,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     >>> kw = zo.recipes.short_budget(None, np.zeros(1000), budget=5_000, steps_per_epoch=10)
     >>> kw["sparsity"], kw["epochs"], kw["mask_shuffle_interval"], kw["max_queries"]
     (0.95, 10, 'step', 4998)
-    >>> kw["optimizer"].config  # 98 steps of 51 queries (50 weights and the base point); 5 queries a weight: lr 0.03
-    'adam(lr=cosine_schedule(init=0.03, total_steps=98, warmup_steps=10, final=0.0), b1=0.0, b2=0.999, eps=1e-08, weight_decay=0.0005)'
+    >>> kw["optimizer"].config  # 98 steps of 51 queries (50 weights and the base point); 5 queries a weight
+    'adam(lr=cosine_schedule(init=0.03801, total_steps=98, warmup_steps=10, final=0.0), b1=0.0, b2=0.999, eps=1e-08, weight_decay=0.0005)'
     """
     params = validate_params(params)
     d = int(params.shape[0])
@@ -178,7 +201,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
                             f"pass budget >= {grasp + 2 * per_step} for two steps, or lower `coordinates`")
     steps = (budget - grasp) // per_step
     if lr is None:
-        lr = 0.1 if budget < SMALL_LR_FROM * n_scored else 0.03
+        lr = default_lr(budget, n_scored)
     optimizer = adam(cosine_schedule(lr, total_steps=steps, warmup_steps=min(per_epoch, steps - 1)), b1=b1,
                      weight_decay=weight_decay)
     if layer_steps:
