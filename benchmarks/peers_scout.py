@@ -521,12 +521,13 @@ def scout(args, log=functools.partial(print, flush=True)) -> list:
     torch.set_num_threads(1)
     peers.RUNNERS["scout"] = run_variant
     runs = peers._load(args.out)
-    done = {(r["data"], r["width"], r["variant"], r["seed"], r["budget"]) for r in runs}
+    # a run is done when one of the same point, variant, seed and rate is in --out (one file can hold several --lr)
+    done = {(r["data"], r["width"], r["variant"], r["seed"], r["budget"], r["setting"].get("lr")) for r in runs}
     if args.lr and any(VARIANTS[v][1].get("lr", args.lr) != args.lr for v in args.variants):
         raise SystemExit("--lr: a variant chosen sets its own lr; run it without --lr")
     for name in args.variants:
         for seed in args.seeds:
-            if (args.data, args.width, name, seed, args.budget) in done:
+            if (args.data, args.width, name, seed, args.budget, args.lr or VARIANTS[name][1].get("lr")) in done:
                 continue
             setting = {**VARIANTS[name][1], **({"lr": args.lr} if args.lr else {})}
             start = setting.pop("start", seed)  # the seed of the weights and the train / validation split

@@ -531,7 +531,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
              "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
              "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits", "spread_snes_samples_digits",
              "spread_snes_batches_digits", "dec03_digits", "dec03_mnist1d", "long_small_digits", "long_small_mnist1d",
-             "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d"]
+             "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d",
+             "rule_digits", "rule_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -618,11 +619,12 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         name, at, only = f.partition("@")
         return os.path.join(results, f"{name}_{data}.json" if name else f"{data}.json") + at + only
 
-    # the last study: the recipe with and without fill_small_blocks at 150,000 queries, both rerun on the AVX2
-    # host with the current code (2026-12-03), against SNES's twelve seeds
+    # then the recipe with and without fill_small_blocks at 150,000 queries, both rerun on the AVX2 host with the
+    # current code (2026-12-03), and last the recipe at its default learning rate (default_lr), each against SNES's
+    # twelve seeds
     leads = ",".join("+".join(study(f, data) for f in group) for data in ("digits", "mnist1d")
                      for group in (("", "fresh"), ("long",), ("long_tuned", "long_snes"), ("isa", "seeds12", "fill"),
-                                   ("dec03", "isa@snes", "seeds12@snes")))
+                                   ("dec03", "isa@snes", "seeds12@snes"), ("rule", "isa@snes", "seeds12@snes")))
     # per second: the current code's timings (2026-12-03) at 30,000 queries, and at 150,000 at the two smaller
     # sizes; the largest size at 150,000 keeps its earlier timing
     speed = ",".join(os.path.join(results, f"{f}_{data}.json")
@@ -711,3 +713,16 @@ def test_a_study_takes_some_methods_from_another_file(peers, tmp_path):
     assert "| deepzero-krsf | 91.0 (90.0-92.0, 3 seeds) | snes |" in out.getvalue() and "pgpe" not in out.getvalue()
     with pytest.raises(SystemExit):  # the file part must exist
         peers.main(["--leads", f"{tmp_path / 'nothing.json'}@snes"])
+
+
+def test_the_rule_study_runs_the_recipes_default_at_the_largest_size(peers):
+    """rule_<data>.json: twelve seeds of what short_budget runs by default at 150,000 queries, rate included."""
+    from zoracle.recipes import default_lr
+
+    for data in ("digits", "mnist1d"):
+        runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"rule_{data}.json"))
+        assert sorted(r["seed"] for r in runs) == list(range(12)), data
+        for r in runs:
+            assert (r["method"], r["budget"], r["role"], peers._isa(r)) == ("deepzero-krsf", 150_000, "given", "AVX2")
+            assert r["setting"] == {"lr": default_lr(150_000, r["d"])} and r["d"] > 100_000
+            assert peers.short_budget_default(r["method"], r["budget"], r["setting"], r["d"]) is True

@@ -93,7 +93,10 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     is below every SNES seed, and is level on digits (91.7-94.1% against 93.3%). Those runs
     left the small blocks unfilled. Filled (the default at that budget since 2026-12-03),
     every MNIST-1D seed is above every SNES seed on both machines it ran on (63.0% and 63.7%
-    against 46.0%), and digits stays level with SNES (91.5% and 90.8% against 93.3%).
+    against 46.0%), and digits stays level with SNES (91.5% and 90.8% against 93.3%). At the
+    default learning rate since (:func:`default_lr`: 0.0764 and 0.0727 there, where those
+    runs took 0.1), twelve seeds: 68.1% (64.1-71.8) on MNIST-1D and 92.1% (89.4-94.7) on
+    digits, still level with SNES there.
     With 80 queries per weight and more, Adam's momentum (``b1=0.9``) and then the paper's
     recipe (``zoracle demo``) do better.
 
