@@ -532,7 +532,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
              "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits", "spread_snes_samples_digits",
              "spread_snes_batches_digits", "dec03_digits", "dec03_mnist1d", "long_small_digits", "long_small_mnist1d",
              "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d",
-             "rule_digits", "rule_mnist1d"]
+             "rule_digits", "rule_mnist1d", "rule_mid_digits", "rule_mid_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -640,11 +640,15 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     # where each method wins, at every size: the summary at the top of the page, as its command prints it
     # the summary adds the smaller sizes at 150,000 queries ("The budget at the smaller sizes"), a study of its
     # own: --leads weighs each study's largest size only
+    # and the middle size at 30,000 queries at the recipe's default rate (default_lr), twelve seeds of it and of
+    # the three best peers ("rule_mid", "The rate against the queries per weight")
     groups = leads
     for data in ("digits", "mnist1d"):
         long = study("long", data)
         groups = groups.replace(long + ",", long + "," + study("long_small", data) + ",")
-    assert groups.count("long_small") == 2
+        sweep = study("", data) + "+" + study("fresh", data)
+        groups = groups.replace(sweep + ",", sweep + "," + study("rule_mid", data) + ",")
+    assert groups.count("long_small") == 2 and groups.count("rule_mid_") == 2
     wins_cmd = "python benchmarks/peers.py --wins " + groups.replace(results, "$R") + " --ratios " + speed.replace(results, "$R")
     assert wins_cmd in docs
     summary = io.StringIO()
