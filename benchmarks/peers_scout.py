@@ -70,6 +70,8 @@ VARIANTS = {
                         {"importance": {"eps": 0.2, "power": 0.3}}),
     "coords-100": ("100 coordinates a step instead of 50 (half as many steps)", {"coordinates": 100}),
     "coords-200": ("200 coordinates a step (a quarter as many steps)", {"coordinates": 200}),
+    "coords-25": ("25 coordinates a step (twice as many steps)", {"coordinates": 25}),
+    "coords-12": ("12 coordinates a step (four times as many steps)", {"coordinates": 12}),
     "layer-steps": ("each layer's step times the square root of its initial weight RMS over the largest layer RMS "
                     "(digits: first conv 1, second conv and hidden 0.6, classifier 0.28)", {"layer_scale": {}}),
     "layer-steps-1": ("the same without the square root (digits: 1 / 0.37 / 0.38 / 0.08)",

@@ -231,7 +231,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
                     "floor-small", "grasp-768", "floor-small-768", "layer-steps-fill", "split-9", "split-9+bias", "split-10", "split-10-bias",
                     "split-0", "split-0-start-0", "split-0-coords", "split-0-batches",
                     "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0",
-                    "regrasp-4", "regrasp-10", "floor-hidden"}  # rounds at 150,000 (and floor-hidden, later)
+                    "regrasp-4", "regrasp-10", "floor-hidden",  # rounds at 150,000 (and floor-hidden, later)
+                    "coords-25", "coords-12"}  # and at 12-13k at the default rate (scout_coords_*.json)
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -727,3 +728,28 @@ def test_the_lr_section_shows_the_rates_table_of_the_saved_results(scout, capsys
     assert paths == files
     scout.main(["--by-lr", "--report", ",".join(paths)])
     assert scout.lr_table(runs) in capsys.readouterr().out
+
+
+def test_the_fewer_coordinates_round_is_the_docs_table_and_the_rule_mid_runs(scout):
+    """25 and 12 coordinates a step at d = 12-13k and 30,000 queries, twelve seeds at the default rate: the docs
+    tables are the reports of the saved runs, and their `recipe` runs are peers.py's `rule_mid` runs seed for seed
+    (the scout's recipe is short_budget as peers.py runs it)."""
+    from zoracle.recipes import default_lr
+
+    assert scout.VARIANTS["coords-25"][1] == {"coordinates": 25} and scout.VARIANTS["coords-12"][1] == {"coordinates": 12}
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+    runs = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout_coords_{d}.json"))]
+    assert len(runs) == 2 * 3 * 12 and {r["budget"] for r in runs} == {30_000}
+    for r in runs:  # the rule's rate, every weight of these models sampled
+        assert r["setting"]["lr"] == default_lr(30_000, r["d"]), r["data"]
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    assert scout.report(runs) in docs and scout.versus(runs, "recipe", ["coords-25", "coords-12"]) in docs
+    for data in ("digits", "mnist1d"):
+        mid = {r["seed"]: r for r in scout.peers._load(os.path.join(results, f"rule_mid_{data}.json"))
+               if r["method"] == "deepzero-krs"}
+        ours = {r["seed"]: r for r in runs if r["data"] == data and r["variant"] == "recipe"}
+        assert set(mid) == set(ours) == set(range(12))
+        for seed, r in ours.items():  # curve rows are [queries, seconds, val, test]: all but the seconds equal
+            assert r["test_acc"] == mid[seed]["test_acc"], (data, seed)
+            assert [c[:1] + c[2:] for c in r["curve"]] == [c[:1] + c[2:] for c in mid[seed]["curve"]], (data, seed)
