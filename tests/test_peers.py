@@ -532,7 +532,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
              "seeds12_mnist1d", "fill_digits", "fill_mnist1d", "spread_snes_digits", "spread_snes_samples_digits",
              "spread_snes_batches_digits", "dec03_digits", "dec03_mnist1d", "long_small_digits", "long_small_mnist1d",
              "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d",
-             "rule_digits", "rule_mnist1d", "rule_mid_digits", "rule_mid_mnist1d"]
+             "rule_digits", "rule_mnist1d", "rule_mid_digits", "rule_mid_mnist1d",
+             "rule_small_digits", "rule_small_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -546,6 +547,27 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
             assert r["seed"] in (0, 1, 2) and r["role"] == "fresh"
             assert r["setting"] == peers.settings_for(swept, data, r["width"], r["method"], 30_000), (data, r["method"])
         assert len(runs) == 2 * 3 * 9 and {r["setting"]["lr"] for r in runs if r["method"] == "deepzero-krsf"} == {0.03}
+    for data in ("digits", "mnist1d"):  # the default recipe's twelve seeds against the best peers', d = 2k and 12-13k
+        swept = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{data}.json"))
+        for name, points in (("rule_mid", {30_000}), ("rule_small", {30_000, 150_000})):
+            runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}_{data}.json"))
+            assert {r["budget"] for r in runs} == points and {peers._isa(r) for r in runs} == {"AVX2"}, name
+            assert len({r["d"] for r in runs}) == 1, name
+            for budget in points:
+                here = [r for r in runs if r["budget"] == budget]
+                methods = {r["method"] for r in here}
+                assert all(sorted(r["seed"] for r in here if r["method"] == m) == list(range(12)) for m in methods)
+                (recipe,) = [m for m in methods if m in peers.RECIPES]
+                for r in here:
+                    if r["method"] == recipe:  # what short_budget runs by default there, its rate included
+                        assert peers.short_budget_default(recipe, r["budget"], r["setting"], r["d"]) and r["role"] == "given"
+                    else:  # each peer with the setting the sweep chose at 30,000 queries
+                        assert r["setting"] == peers.settings_for(swept, data, r["width"], r["method"], 30_000), r["method"]
+        small = {r["seed"]: r for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results",
+                                                                f"rule_small_{data}.json")) if r["method"] == "deepzero-krsf"}
+        for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"long_small_{data}.json")):
+            if r["method"] == "deepzero-krsf" and r["d"] < 5_000:  # the same runs on the same host, bit for bit
+                assert [c[:1] + c[2:] for c in r["curve"]] == [c[:1] + c[2:] for c in small[r["seed"]]["curve"]]
     tuned = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "long_small_tuned_digits.json"))
     assert {r["role"] for r in tuned if r["seed"] == 0} >= {"tune", "fresh"} and {r["d"] for r in tuned} == {1898}
     for data in ("digits", "mnist1d"):  # the recipe under three instruction sets, SNES under this machine's
@@ -641,14 +663,15 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     # the summary adds the smaller sizes at 150,000 queries ("The issue's budget at the smaller sizes"), a study of its
     # own: --leads weighs each study's largest size only
     # and the middle size at 30,000 queries at the recipe's default rate (default_lr), twelve seeds of it and of
-    # the three best peers ("rule_mid", "The rate against the queries per weight")
+    # the three best peers ("rule_mid", "The rate against the queries per weight"), and the same at d of about 2k at
+    # both budgets ("rule_small")
     groups = leads
     for data in ("digits", "mnist1d"):
         long = study("long", data)
         groups = groups.replace(long + ",", long + "," + study("long_small", data) + ",")
         sweep = study("", data) + "+" + study("fresh", data)
-        groups = groups.replace(sweep + ",", sweep + "," + study("rule_mid", data) + ",")
-    assert groups.count("long_small") == 2 and groups.count("rule_mid_") == 2
+        groups = groups.replace(sweep + ",", sweep + "," + study("rule_mid", data) + "," + study("rule_small", data) + ",")
+    assert groups.count("long_small") == 2 and groups.count("rule_mid_") == 2 and groups.count("rule_small_") == 2
     wins_cmd = "python benchmarks/peers.py --wins " + groups.replace(results, "$R") + " --ratios " + speed.replace(results, "$R")
     assert wins_cmd in docs
     summary = io.StringIO()
