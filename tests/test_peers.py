@@ -533,7 +533,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
              "spread_snes_batches_digits", "dec03_digits", "dec03_mnist1d", "long_small_digits", "long_small_mnist1d",
              "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d",
              "rule_digits", "rule_mnist1d", "rule_mid_digits", "rule_mid_mnist1d",
-             "rule_small_digits", "rule_small_mnist1d"]
+             "rule_small_digits", "rule_small_mnist1d", "rule_mid150_digits", "rule_mid150_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
@@ -549,7 +549,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert len(runs) == 2 * 3 * 9 and {r["setting"]["lr"] for r in runs if r["method"] == "deepzero-krsf"} == {0.03}
     for data in ("digits", "mnist1d"):  # the default recipe's twelve seeds against the best peers', d = 2k and 12-13k
         swept = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{data}.json"))
-        for name, points in (("rule_mid", {30_000}), ("rule_small", {30_000, 150_000})):
+        for name, points in (("rule_mid", {30_000}), ("rule_small", {30_000, 150_000}), ("rule_mid150", {150_000})):
             runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}_{data}.json"))
             assert {r["budget"] for r in runs} == points and {peers._isa(r) for r in runs} == {"AVX2"}, name
             assert len({r["d"] for r in runs}) == 1, name
@@ -670,8 +670,9 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         long = study("long", data)
         groups = groups.replace(long + ",", long + "," + study("long_small", data) + ",")
         sweep = study("", data) + "+" + study("fresh", data)
-        groups = groups.replace(sweep + ",", sweep + "," + study("rule_mid", data) + "," + study("rule_small", data) + ",")
-    assert groups.count("long_small") == 2 and groups.count("rule_mid_") == 2 and groups.count("rule_small_") == 2
+        groups = groups.replace(sweep + ",", sweep + "," + ",".join(study(f, data) for f in ("rule_mid", "rule_small", "rule_mid150"))
+                                + ",")
+    assert groups.count("long_small") == 2 and all(groups.count(f"{f}_") == 2 for f in ("rule_mid", "rule_small", "rule_mid150"))
     wins_cmd = "python benchmarks/peers.py --wins " + groups.replace(results, "$R") + " --ratios " + speed.replace(results, "$R")
     assert wins_cmd in docs
     summary = io.StringIO()
