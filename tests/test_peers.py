@@ -663,8 +663,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     # the summary adds the smaller sizes at 150,000 queries ("The budget at the smaller sizes"), a study of its
     # own: --leads weighs each study's largest size only
     # and the middle size at 30,000 queries at the recipe's default rate (default_lr), twelve seeds of it and of
-    # the three best peers ("rule_mid", "The rate against the queries per weight"), and the same at d of about 2k at
-    # both budgets ("rule_small")
+    # the three best peers ("rule_mid", "The rate against the queries per weight"), the same at d of about 2k at
+    # both budgets ("rule_small") and at the middle size at 150,000 queries against SNES ("rule_mid150")
     groups = leads
     for data in ("digits", "mnist1d"):
         long = study("long", data)
