@@ -20,7 +20,8 @@ import zoracle as zo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zoracle._executors_core import CostModel, Registry, reshard
+import zoracle._executors_core as core
+from zoracle._executors_core import CostModel, Registry, reshard, schedule
 from zoracle._plan import BaseTask, CoordTask, DirectionTask, call_groups
 from zoracle.executors import (
     DeviceExecutor,
@@ -344,6 +345,55 @@ def test_reshard_preserves_columns_and_calls(sizes, chunk, workers, mode, costs)
         if mode != "call":  # batched calls are never cut: same calls as the whole task
             assert all((p.coords[0] - t.coords[0]) % chunk == 0 for p in pieces)
         assert all(p.chunk == t.chunk and p.mode == t.mode and p.block == t.block for p in pieces)
+
+
+class ListedBackend:
+    """A scheduling backend whose worker list starts empty and fills after ``appear`` refreshes;
+    a worker answers each shard with the shard's index."""
+
+    def __init__(self, appear):
+        self.appear, self.refreshes, self.known, self.pending = appear, 0, [], []
+
+    def workers(self):
+        return self.known
+
+    def idle(self):
+        return [w for w in self.known if all(w != p[0] for p in self.pending)]
+
+    def name(self, w):
+        return f"worker {w}"
+
+    def refresh(self):
+        self.refreshes += 1
+        if self.appear is not None and self.refreshes >= self.appear:
+            self.known = [0, 1]
+
+    def submit(self, w, jid, shard):
+        self.pending.append((w, jid, shard))
+
+    def wait(self, timeout=None):
+        out = [(w, jid, ("ok", shard, 0.0)) for w, jid, shard in self.pending]
+        self.pending = []
+        return out
+
+    def abort(self, workers):
+        self.pending = []
+
+
+def test_a_run_waits_for_workers_to_appear_then_finishes():
+    backend = ListedBackend(appear=4)
+    results, retries, _ = schedule(backend, list(range(5)), [1.0] * 5)
+    assert results == list(range(5)) and retries == 0 and backend.refreshes == 4
+
+
+def test_a_run_with_no_worker_raises_naming_the_shard(monkeypatch):
+    monkeypatch.setattr(core, "NO_WORKER_WAIT_S", 0.3)
+    backend = ListedBackend(appear=None)
+    t0 = time.perf_counter()
+    with pytest.raises(zo.ZoracleError, match=r"no worker took shard \d/3 .* within 0.3 s: the executor knows no "
+                                              r"live worker; start workers"):
+        schedule(backend, [BaseTask()] * 3, [1.0] * 3)
+    assert 0.3 <= time.perf_counter() - t0 < 5 and backend.refreshes >= 3
 
 
 def test_cost_model_learns_per_block_and_scales_hints():

@@ -241,7 +241,7 @@ class TestDask(ClusterContract):
         yield from dask_cluster(dask_dir)
 
     def test_local_cluster_is_loopback_only(self, cluster):
-        info = cluster.client.scheduler_info()
+        info = cluster.client.sync(cluster.client.scheduler.identity, n_workers=-1)
         assert info["address"].startswith("tcp://127.0.0.1:")
         assert info["workers"] and all(a.startswith("tcp://127.0.0.1:") for a in info["workers"])
         assert all(w["nanny"].startswith("tcp://127.0.0.1:") for w in info["workers"].values())
@@ -249,6 +249,20 @@ class TestDask(ClusterContract):
             for c in psutil.Process(pid).net_connections(kind="inet"):
                 if c.status == psutil.CONN_LISTEN:
                     assert c.laddr.ip in ("127.0.0.1", "::1"), f"worker pid {pid} listens on {c.laddr}"
+
+
+    @pytest.mark.timeout(180)
+    def test_a_cached_identity_without_workers_does_not_stall_a_run(self, cluster, monkeypatch):
+        """The client's periodic refresh caches an identity that lists no workers, and
+        ``scheduler_info()`` can return it: runs ask the scheduler itself."""
+        client = cluster.client
+        summary = dict(client.scheduler_info(n_workers=-1), workers={})
+        monkeypatch.setattr(client, "scheduler_info", lambda *a, **k: summary)
+        x = te.params()
+        ref = zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4))
+        for _ in range(2):
+            te.assert_same(zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4), executor=cluster), ref)
+        assert cluster.last_run.shards >= 2
 
 
 class TestRay(ClusterContract):

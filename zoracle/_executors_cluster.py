@@ -122,6 +122,20 @@ _DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a
 _DASK_LOCK = threading.Lock()
 
 
+def _dask_workers(client) -> dict:
+    """Every worker's info (address -> dict), asked of the scheduler itself.
+
+    Not ``client.scheduler_info()``: it returns the client's cached identity, which a
+    periodic refresh on the client's event loop overwrites with a summary that lists no
+    workers, so now and then it answers that the cluster has none.
+    """
+    try:
+        info = client.sync(client.scheduler.identity, n_workers=-1)
+    except TypeError:  # a scheduler whose identity takes no count lists every worker
+        info = client.sync(client.scheduler.identity)
+    return dict(info.get("workers") or {})
+
+
 def _dask_run(spec, shard, oracle, batch, params):
     """Runs on a Dask worker: the oracle future resolves to the copy held in worker memory."""
     try:
@@ -147,14 +161,12 @@ class _DaskBackend:
 
     def workers(self):
         if self._slots is None:  # asked once per run, and again after a failure
-            client = self.ex.client
-            try:
-                info = client.scheduler_info(n_workers=-1)
-            except TypeError:  # older distributed
-                info = client.scheduler_info()
-            self._slots = [(addr, k) for addr, w in sorted(info["workers"].items())
+            self._slots = [(addr, k) for addr, w in sorted(_dask_workers(self.ex.client).items())
                            for k in range(int(w.get("nthreads", 1)))]
         return self._slots
+
+    def refresh(self) -> None:
+        self._slots = None
 
     def idle(self):
         return [s for s in self.workers() if s not in self.busy]
@@ -244,8 +256,7 @@ class DaskExecutor(ShardedExecutor):
             self._owns_client = True
         else:
             self.client = self._spec
-        info = self.client.scheduler_info()
-        threads = sum(int(w.get("nthreads", 1)) for w in info["workers"].values())
+        threads = sum(int(w.get("nthreads", 1)) for w in _dask_workers(self.client).values())
         self.n_workers = max(1, threads)
 
     def _start_local(self, distributed) -> None:

@@ -36,6 +36,9 @@ __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "sch
 KEEP_ORACLES = 4
 #: bound batches a worker keeps (first in, first out; the driver mirrors the rule)
 KEEP_BATCHES = 4
+#: seconds a run waits for a worker while none is known (a cluster still starting, or whose
+#: workers all left) before it raises
+NO_WORKER_WAIT_S = 60.0
 
 
 def describe_task(task) -> str:
@@ -505,6 +508,10 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     :class:`ZoracleError` naming the shard and both causes. A wrong loss value (NaN, bad
     shape) is deterministic and raises at once, without retry.
 
+    When shards wait and none is in flight, no worker is known: the run calls the optional
+    ``refresh()`` (ask for the worker list again) and backs off, and raises a
+    :class:`ZoracleError` once that has lasted :data:`NO_WORKER_WAIT_S` seconds.
+
     With ``timeout`` (seconds), ``wait(timeout)`` must return (possibly nothing) within
     that time; a shard running longer raises :class:`ShardTimeout` naming the shard and the
     worker (no retry; ``abort`` stops the in-flight work). A ``KeyboardInterrupt`` (or
@@ -518,6 +525,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     started = {}  # jid -> perf_counter at submission
     retries = 0
     busy = 0.0
+    starved = None  # perf_counter since when shards have waited with no worker to take them
+    naps = 0
     try:
         while queue or inflight:
             for w in backend.idle():
@@ -537,6 +546,23 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 inflight[jid] = (pick, w)
                 backend.submit(w, jid, shards[pick])
                 started[jid] = time.perf_counter()  # after submit: a worker's start-up is not the shard's
+            if not inflight:  # shards wait and no worker took one: none is known (see the docstring)
+                now = time.perf_counter()
+                starved = now if starved is None else starved
+                if now - starved >= NO_WORKER_WAIT_S:
+                    i = queue[0]
+                    raise ZoracleError(
+                        f"no worker took shard {i + 1}/{n} ({describe_task(shards[i])}) within "
+                        f"{NO_WORKER_WAIT_S:g} s: the executor knows no live worker; start workers (or check "
+                        "the scheduler's address and that its workers are running), then run again"
+                    )
+                refresh = getattr(backend, "refresh", None)
+                if refresh is not None:
+                    refresh()
+                time.sleep(min(0.25, 0.002 * 2 ** naps))
+                naps += 1
+                continue
+            starved, naps = None, 0
             if timeout is None:
                 answers = backend.wait()
             else:
