@@ -563,6 +563,13 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
                         assert peers.short_budget_default(recipe, r["budget"], r["setting"], r["d"]) and r["role"] == "given"
                     else:  # each peer with the setting the sweep chose at 30,000 queries
                         assert r["setting"] == peers.settings_for(swept, data, r["width"], r["method"], 30_000), r["method"]
+        long_small = {(r["method"], r["d"], r["seed"]): r["test_acc"] for r in peers._load(
+            os.path.join(ROOT, "benchmarks", "peers_results", f"long_small_{data}.json"))}
+        for name in ("rule_small", "rule_mid150"):  # every 150,000-query peer run of seeds 0-2 repeats long_small's
+            again = [r for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}_{data}.json"))
+                     if r["budget"] == 150_000 and r["method"] not in peers.RECIPES and r["seed"] < 3]
+            assert len(again) == 3 * (4 if name == "rule_small" else 2), (name, data)
+            assert all(r["test_acc"] == long_small[(r["method"], r["d"], r["seed"])] for r in again), (name, data)
         small = {r["seed"]: r for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results",
                                                                 f"rule_small_{data}.json")) if r["method"] == "deepzero-krsf"}
         for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"long_small_{data}.json")):
