@@ -250,7 +250,6 @@ class TestDask(ClusterContract):
                 if c.status == psutil.CONN_LISTEN:
                     assert c.laddr.ip in ("127.0.0.1", "::1"), f"worker pid {pid} listens on {c.laddr}"
 
-
     @pytest.mark.timeout(180)
     def test_a_cached_identity_without_workers_does_not_stall_a_run(self, cluster, monkeypatch):
         """The client's periodic refresh caches an identity that lists no workers, and
