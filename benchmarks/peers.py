@@ -46,6 +46,7 @@ budget together with the training wall time (evaluation excluded).
     python benchmarks/peers.py --quick                         # one small point, a few minutes
     python benchmarks/peers.py --data digits,mnist1d --widths 0,160,1600 --seeds 0,1,2 --out peers.json
     python benchmarks/peers.py --report peers.json --plot peers.png   # table + plot of a (partial) run
+    python benchmarks/peers.py --report a.json --every-setting   # a row per setting run (each given with --setting)
     python benchmarks/peers.py --leads a.json+b.json,c.json --ratios speed.json   # issue 13's acceptance tables
 
 Results are appended to ``--out`` after every run, so an interrupted sweep keeps its data
@@ -623,31 +624,39 @@ def sweep(args, log=print) -> list:
     return runs
 
 
-def summarize(runs) -> list:
+def summarize(runs, every_setting: bool = False) -> list:
     """Per (data, d, budget, method): the chosen setting's test accuracy over seeds and its speed.
 
     Runs made under different instruction sets (:func:`machine`) are never pooled: where the runs
-    mix them, each gets its own rows, with the set in ``"isa"`` (None: not recorded)."""
+    mix them, each gets its own rows, with the set in ``"isa"`` (None: not recorded). With
+    ``every_setting``, every setting a method ran gets its own row, in the order first run (a
+    study of one method's settings, each given with ``--setting``)."""
     rows = []
     split = len({_isa(r) for r in runs}) > 1
     keys = sorted({(r["data"], r["d"], r["width"], r["budget"], r["method"], _isa(r) if split else None) for r in runs},
                   key=lambda k: (k[0], k[1], k[3], METHODS.index(k[4]), k[5] or ""))
     for data, d, width, budget, method, isa in keys:
         mine = [r for r in runs if not split or _isa(r) == isa]
-        chosen = best_setting(mine, data, width, method, budget)
-        sel = [r for r in mine if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)
-               and r["setting"] == chosen]
-        sel = list({r["seed"]: r for r in sel}.values())
-        acc = np.array([r["test_acc"] for r in sel]) * 100
-        secs = np.array([r["seconds"] for r in sel])
-        rows.append({"data": data, "d": d, "width": width, "budget": budget, "method": method, "setting": chosen,
-                     "seeds": sorted(r["seed"] for r in sel), "test_acc": acc.tolist(),
-                     "mean": float(np.nanmean(acc)), "min": float(np.nanmin(acc)), "max": float(np.nanmax(acc)),
-                     "val_acc": float(np.nanmean([r["val_acc"] for r in sel]) * 100),
-                     "seconds": float(secs.mean()), "queries": int(np.mean([r["queries"] for r in sel])),
-                     "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel]))}
-                    | ({"isa": isa} if split else {}))
+        point = [r for r in mine if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)]
+        settings = [best_setting(mine, data, width, method, budget)]
+        if every_setting:
+            settings = list({json.dumps(r["setting"], sort_keys=True): r["setting"] for r in reversed(point)}.values())[::-1]
+        for chosen in settings:
+            rows.append(_summary_row(point, data, d, width, budget, method, chosen) | ({"isa": isa} if split else {}))
     return rows
+
+
+def _summary_row(point, data, d, width, budget, method, chosen) -> dict:
+    """One row of :func:`summarize`: the runs of one point and method at setting ``chosen``."""
+    sel = list({r["seed"]: r for r in point if r["setting"] == chosen}.values())
+    acc = np.array([r["test_acc"] for r in sel]) * 100
+    secs = np.array([r["seconds"] for r in sel])
+    return {"data": data, "d": d, "width": width, "budget": budget, "method": method, "setting": chosen,
+            "seeds": sorted(r["seed"] for r in sel), "test_acc": acc.tolist(),
+            "mean": float(np.nanmean(acc)), "min": float(np.nanmin(acc)), "max": float(np.nanmax(acc)),
+            "val_acc": float(np.nanmean([r["val_acc"] for r in sel]) * 100),
+            "seconds": float(secs.mean()), "queries": int(np.mean([r["queries"] for r in sel])),
+            "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel]))}
 
 
 def _label(row) -> str:
@@ -1089,6 +1098,8 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
     p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds (with --wins: "
                    "every seed of each recipe and best peer)")
+    p.add_argument("--every-setting", action="store_true", help="a row for every setting a method ran (a study of "
+                   "settings, each run with --setting), not only the chosen one")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON instead of the table")
     p.add_argument("--speed", default=None, metavar="JSON", help="speed table: every method once per point in this "
                    "process (settings tuned in these comma-separated result files)")
@@ -1174,7 +1185,7 @@ def main(argv=None) -> int:
                 p.error(f"{flag} needs --settings-from or --setting: a run with a part of its randomness fixed runs the settings "
                         "already chosen, it does not tune")
         runs = sweep(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-    rows = summarize(runs)
+    rows = summarize(runs, every_setting=args.every_setting)
     if args.plot:
         plot(runs, args.plot)
     print(json.dumps(rows) if args.json else table(rows))

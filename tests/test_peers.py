@@ -436,6 +436,24 @@ def test_setting_runs_every_seed_with_the_setting_given(peers, tmp_path):
             peers.main(["--budget", "500", "--seeds", "0", "--methods", "deepzero-krs", "--setting", bad])
 
 
+def test_every_setting_reports_a_row_per_setting_in_the_order_run(peers, tmp_path):
+    out = tmp_path / "a.json"
+    for setting in ('{"lr": 0.3, "sparsity": 0.5}', '{"lr": 0.3}'):
+        peers.main(["--budget", "2000", "--seeds", "0,1", "--methods", "deepzero", "--setting", setting,
+                    "--out", str(out), "--json"])
+    runs = json.loads(out.read_text())
+    rows = peers.summarize(runs, every_setting=True)
+    assert [(r["setting"], r["seeds"]) for r in rows] == [({"lr": 0.3, "sparsity": 0.5}, [0, 1]), ({"lr": 0.3}, [0, 1])]
+    for row in rows:  # each row holds only its own setting's runs
+        mine = [r for r in runs if r["setting"] == row["setting"]]
+        assert row["test_acc"] == [100 * r["test_acc"] for r in sorted(mine, key=lambda r: r["seed"])]
+        assert row["queries"] == int(np.mean([r["queries"] for r in mine]))
+    assert len(peers.summarize(runs)) == 1  # without it, one row: the setting run first
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        peers.main(["--report", str(out), "--every-setting"])
+    assert printed.getvalue().strip() == peers.table(rows)
+
+
 def test_leads_and_ratios_name_a_missing_results_file(peers, tmp_path, capsys):
     for flag in ("--leads", "--ratios"):
         with pytest.raises(SystemExit):
@@ -575,6 +593,21 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
                 if name == "rule_small" and r["method"] == "deepzero-krsf":
                     assert ([c[:1] + c[2:] for c in r["curve"]]
                             == [c[:1] + c[2:] for c in first[(r["method"], r["d"], r["seed"])]["curve"]])
+    # the demo recipe's sparsity at d of about 2k: one table of every setting, and its 0.9 and SNES repeat long_small
+    sparsity = [peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"sparsity_{data}.json"))
+                for data in ("digits", "mnist1d")]
+    assert peers.table(peers.summarize(sparsity[0] + sparsity[1], every_setting=True)) in docs
+    for data, runs in zip(("digits", "mnist1d"), sparsity):
+        first = {(r["method"], r["seed"]): r for r in peers._load(os.path.join(
+            ROOT, "benchmarks", "peers_results", f"long_small_{data}.json")) if r["d"] < 3000}
+        assert {(r["method"], r["budget"], peers._isa(r)) for r in runs} == {("deepzero", 150_000, "AVX2"),
+                                                                             ("snes", 150_000, "AVX2")}
+        assert sorted(r.get("setting", {}).get("sparsity", 0.9) for r in runs if r["method"] == "deepzero") == sorted(
+            [0.0, 0.5, 0.7, 0.9] * 12)
+        again = [r for r in runs if r["seed"] < 3 and r["setting"] in ({"lr": 0.3}, {"stdev": 0.1})]
+        assert len(again) == 6 and all(
+            [c[:1] + c[2:] for c in r["curve"]] == [c[:1] + c[2:] for c in first[(r["method"], r["seed"])]["curve"]]
+            and r["setting"] == first[(r["method"], r["seed"])]["setting"] for r in again), data
     tuned = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "long_small_tuned_digits.json"))
     assert {r["role"] for r in tuned if r["seed"] == 0} >= {"tune", "fresh"} and {r["d"] for r in tuned} == {1898}
     for data in ("digits", "mnist1d"):  # the recipe under three instruction sets, SNES under this machine's
