@@ -608,6 +608,15 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert len(again) == 6 and all(
             [c[:1] + c[2:] for c in r["curve"]] == [c[:1] + c[2:] for c in first[(r["method"], r["seed"])]["curve"]]
             and r["setting"] == first[(r["method"], r["seed"])]["setting"] for r in again), data
+    # the demo recipe without ZO-GraSP, next to it: its 150,000-query runs repeat the sparsity study's
+    uniform = [peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"uniform_{data}.json"))
+               for data in ("digits", "mnist1d")]
+    assert peers.table(peers.summarize(uniform[0] + uniform[1], every_setting=True)) in docs
+    for runs, before in zip(uniform, sparsity):
+        assert collections.Counter((r["budget"], json.dumps(r["setting"])) for r in runs) == {
+            (b, s): 12 for b in (30_000, 150_000) for s in ('{"lr": 0.3, "ratios": "uniform"}', '{"lr": 0.3}')}
+        same = {r["seed"]: r["test_acc"] for r in before if r["setting"] == {"lr": 0.3}}
+        assert {r["seed"]: r["test_acc"] for r in runs if r["setting"] == {"lr": 0.3} and r["budget"] == 150_000} == same
     tuned = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", "long_small_tuned_digits.json"))
     assert {r["role"] for r in tuned if r["seed"] == 0} >= {"tune", "fresh"} and {r["d"] for r in tuned} == {1898}
     for data in ("digits", "mnist1d"):  # the recipe under three instruction sets, SNES under this machine's
