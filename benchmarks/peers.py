@@ -640,7 +640,10 @@ def summarize(runs, every_setting: bool = False) -> list:
         point = [r for r in mine if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)]
         settings = [best_setting(mine, data, width, method, budget)]
         if every_setting:
-            settings = list({json.dumps(r["setting"], sort_keys=True): r["setting"] for r in reversed(point)}.values())[::-1]
+            first = {}
+            for r in point:  # each setting as first run, in that order
+                first.setdefault(json.dumps(r["setting"], sort_keys=True), r["setting"])
+            settings = list(first.values())
         for chosen in settings:
             rows.append(_summary_row(point, data, d, width, budget, method, chosen) | ({"isa": isa} if split else {}))
     return rows

@@ -449,6 +449,8 @@ def test_every_setting_reports_a_row_per_setting_in_the_order_run(peers, tmp_pat
         assert row["test_acc"] == [100 * r["test_acc"] for r in sorted(mine, key=lambda r: r["seed"])]
         assert row["queries"] == int(np.mean([r["queries"] for r in mine]))
     assert len(peers.summarize(runs)) == 1  # without it, one row: the setting run first
+    again = runs + [dict(runs[0], seed=2)]  # a later run of the first setting keeps its place
+    assert [r["setting"] for r in peers.summarize(again, every_setting=True)] == [rows[0]["setting"], rows[1]["setting"]]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         peers.main(["--report", str(out), "--every-setting"])
     assert printed.getvalue().strip() == peers.table(rows)
