@@ -638,12 +638,13 @@ def summarize(runs, every_setting: bool = False) -> list:
     for data, d, width, budget, method, isa in keys:
         mine = [r for r in runs if not split or _isa(r) == isa]
         point = [r for r in mine if (r["data"], r["width"], r["budget"], r["method"]) == (data, width, budget, method)]
-        settings = [best_setting(mine, data, width, method, budget)]
-        if every_setting:
+        if every_setting:  # each setting as first run, in that order
             first = {}
-            for r in point:  # each setting as first run, in that order
+            for r in point:
                 first.setdefault(json.dumps(r["setting"], sort_keys=True), r["setting"])
             settings = list(first.values())
+        else:
+            settings = [best_setting(mine, data, width, method, budget)]
         for chosen in settings:
             rows.append(_summary_row(point, data, d, width, budget, method, chosen) | ({"isa": isa} if split else {}))
     return rows

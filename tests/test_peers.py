@@ -567,6 +567,7 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
             assert r["seed"] in (0, 1, 2) and r["role"] == "fresh"
             assert r["setting"] == peers.settings_for(swept, data, r["width"], r["method"], 30_000), (data, r["method"])
         assert len(runs) == 2 * 3 * 9 and {r["setting"]["lr"] for r in runs if r["method"] == "deepzero-krsf"} == {0.03}
+    long_smalls = {}
     for data in ("digits", "mnist1d"):  # the default recipe's twelve seeds against the best peers', d = 2k and 12-13k
         swept = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{data}.json"))
         for name, points in (("rule_mid", {30_000}), ("rule_small", {30_000, 150_000}), ("rule_mid150", {150_000})):
@@ -583,7 +584,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
                         assert peers.short_budget_default(recipe, r["budget"], r["setting"], r["d"]) and r["role"] == "given"
                     else:  # each peer with the setting the sweep chose at 30,000 queries
                         assert r["setting"] == peers.settings_for(swept, data, r["width"], r["method"], 30_000), r["method"]
-        long_small = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"long_small_{data}.json"))
+        long_small = long_smalls[data] = peers._load(
+            os.path.join(ROOT, "benchmarks", "peers_results", f"long_small_{data}.json"))
         first = {(r["method"], r["d"], r["seed"]): r for r in long_small}
         for name in ("rule_small", "rule_mid150"):  # every 150,000-query run of seeds 0-2 repeats long_small's
             again = [r for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}_{data}.json"))
@@ -600,11 +602,10 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
                 for data in ("digits", "mnist1d")]
     assert peers.table(peers.summarize(sparsity[0] + sparsity[1], every_setting=True)) in docs
     for data, runs in zip(("digits", "mnist1d"), sparsity):
-        first = {(r["method"], r["seed"]): r for r in peers._load(os.path.join(
-            ROOT, "benchmarks", "peers_results", f"long_small_{data}.json")) if r["d"] < 3000}
+        first = {(r["method"], r["seed"]): r for r in long_smalls[data] if r["d"] < 3000}
         assert {(r["method"], r["budget"], peers._isa(r)) for r in runs} == {("deepzero", 150_000, "AVX2"),
                                                                              ("snes", 150_000, "AVX2")}
-        assert sorted(r.get("setting", {}).get("sparsity", 0.9) for r in runs if r["method"] == "deepzero") == sorted(
+        assert sorted(r["setting"].get("sparsity", 0.9) for r in runs if r["method"] == "deepzero") == sorted(
             [0.0, 0.5, 0.7, 0.9] * 12)
         again = [r for r in runs if r["seed"] < 3 and r["setting"] in ({"lr": 0.3}, {"stdev": 0.1})]
         assert len(again) == 6 and all(
