@@ -103,6 +103,8 @@ VARIANTS = {
                      "weights that ZO-GraSP leaves empty gets one coordinate a step", {"fill_small_blocks": "hidden"}),
     "grasp-768": ("ZO-GraSP with 768 directions instead of 192 (1,538 queries instead of 386)", {"grasp_directions": 768}),
     "floor-small-768": ("`floor-small` and `grasp-768` together", {"fill_small_blocks": True, "grasp_directions": 768}),
+    "floor-small-b1": ("`floor-small` with Adam's momentum (b1 = 0.9)", {"fill_small_blocks": True, "b1": 0.9}),
+    "uniform-b1": ("`uniform-ratios` with Adam's momentum (b1 = 0.9)", {"ratios": "uniform", "b1": 0.9}),
     "layer-steps-fill": ("`layer-steps` and `floor-small` together (`short_budget(layer_steps=0.5, fill_small_blocks=True)`)",
                          {"layer_scale": {}, "fill_small_blocks": True}),
     "split-9": ("MNIST-1D seed 9's ZO-GraSP split at every seed: 3 / 0 / 12 / 1 on the convolutions, 34 hidden",
@@ -580,22 +582,34 @@ def splits(data: str, width: int, seeds, budget: int = 150_000) -> str:
 def versus(runs, base: str, others) -> str:
     """Markdown: each of ``others`` against ``base``, per data set, size and budget, on the seeds both ran: mean test
     accuracy of each (worst and best seed), the difference, and the two-sided Mann-Whitney U test of the two sets of
-    seeds."""
+    seeds. A variant run at several learning rates at a point (files of several ``--lr`` runs) gets a row per rate,
+    named ``variant@lr``; ``base`` must have one rate there."""
     from scipy.stats import mannwhitneyu
 
     lines = ["| data | d | queries | variant | seeds | test % | `" + base + "` test % | difference, points | rank test p |",
              "|---|---|---|---|---|---|---|---|---|"]
     for data, d, budget in sorted({(r["data"], r["d"], r["budget"]) for r in runs}):  # a file may hold several sizes
-        at = {(r["variant"], r["seed"]): r for r in runs if (r["data"], r["d"], r["budget"]) == (data, d, budget)}
-        for name in others:
-            seeds = sorted(s for v, s in at if v == name and (base, s) in at)
-            if not seeds:
-                continue
-            a = 100 * np.array([at[name, s]["test_acc"] for s in seeds])
-            b = 100 * np.array([at[base, s]["test_acc"] for s in seeds])
-            p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-            lines.append(f"| {data} | {d:,} | {budget:,} | `{name}` | {len(seeds)} | {a.mean():.1f} ({a.min():.1f}-{a.max():.1f}) | "
-                         f"{b.mean():.1f} ({b.min():.1f}-{b.max():.1f}) | {a.mean() - b.mean():+.1f} | {p:.2g} |")
+        here = [r for r in runs if (r["data"], r["d"], r["budget"]) == (data, d, budget)]
+        lrs = {}
+        for r in here:
+            lrs.setdefault(r["variant"], set()).add(r["setting"].get("lr"))
+        if len(lrs.get(base, ())) > 1:
+            raise ValueError(f"`{base}` ran at learning rates {sorted(lrs[base])} at {data}, d = {d:,}: "
+                             "compare against one rate (pass one --lr's files)")
+
+        def name(r):
+            return r["variant"] if len(lrs[r["variant"]]) == 1 else f"{r['variant']}@{r['setting']['lr']:g}"
+        at = {(name(r), r["seed"]): r for r in here}
+        for other in others:
+            for label in sorted({v for v, _ in at if v == other or v.startswith(other + "@")}, key=lambda v: float(v.partition("@")[2] or -1)):
+                seeds = sorted(s for v, s in at if v == label and (base, s) in at)
+                if not seeds:
+                    continue
+                a = 100 * np.array([at[label, s]["test_acc"] for s in seeds])
+                b = 100 * np.array([at[base, s]["test_acc"] for s in seeds])
+                p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+                lines.append(f"| {data} | {d:,} | {budget:,} | `{label}` | {len(seeds)} | {a.mean():.1f} ({a.min():.1f}-{a.max():.1f}) | "
+                             f"{b.mean():.1f} ({b.min():.1f}-{b.max():.1f}) | {a.mean() - b.mean():+.1f} | {p:.2g} |")
     return "\n".join(lines)
 
 
@@ -675,10 +689,18 @@ def report(runs) -> str:
     seeds = sorted({r["seed"] for r in runs})
     lines.append(f"\nSeeds {', '.join(map(str, seeds))}; d = " + ", ".join(
         f"{' / '.join(f'{x:,}' for x in sorted({r['d'] for r in runs if r['data'] == d}))} ({d})" for d in datas) + ".")
-    fewer = {name: sorted({r["seed"] for r in runs if r["variant"] == name}) for name in VARIANTS}
-    fewer = {name: s for name, s in fewer.items() if s and s != seeds}  # variants run on some of the seeds
+    fewer = []  # variants run on some of the seeds (of one data set, when the data sets differ)
+    for name in VARIANTS:
+        by_data = {d: sorted({r["seed"] for r in runs if r["variant"] == name and r["data"] == d}) for d in datas}
+        by_data = {d: s for d, s in by_data.items() if s}
+        if len({tuple(s) for s in by_data.values()}) == 1:
+            s = next(iter(by_data.values()))
+            if s != seeds:
+                fewer.append(f"`{name}` on seeds {', '.join(map(str, s))} only")
+        else:
+            fewer += [f"`{name}` on seeds {', '.join(map(str, s))} only on {d}" for d, s in by_data.items() if s != seeds]
     if fewer:
-        lines[-1] += " " + "; ".join(f"`{name}` on seeds {', '.join(map(str, s))} only" for name, s in fewer.items()) + "."
+        lines[-1] += " " + "; ".join(fewer) + "."
     lrs = sorted({r["setting"]["lr"] for r in runs if "lr" in r["setting"] and "lr" not in VARIANTS[r["variant"]][1]})
     if lrs:  # run with --lr
         lines[-1] += f" Every variant at lr {' / '.join(map(str, lrs))} (`--lr`), the recipe's included."

@@ -232,7 +232,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
                     "split-0", "split-0-start-0", "split-0-coords", "split-0-batches",
                     "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0",
                     "regrasp-4", "regrasp-10", "floor-hidden",  # rounds at 150,000 (and floor-hidden, later)
-                    "coords-25", "coords-12"}  # and at 12-13k at the default rate (scout_coords_*.json)
+                    "coords-25", "coords-12",  # and at 12-13k at the default rate (scout_coords_*.json)
+                    "floor-small-b1", "uniform-b1"}  # and at d of about 2k (scout150_2k_*.json)
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -507,6 +508,33 @@ def test_the_regrasp_round_is_the_docs_table(scout):
         assert scout.report(runs) in f.read()
 
 
+def test_the_momentum_round_at_d_of_about_2k_is_the_docs_tables(scout):
+    """scout150_2k_lr*_*.json: the recipe's default there (`floor-small`, lr 0.03) reproduces the study's
+    `deepzero-krsf` runs of `rule_small` bit for bit; the docs' tables are `--report` and `--versus` of the files."""
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+
+    def load(name):
+        return scout.peers._load(os.path.join(results, name))
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    every = []
+    for lr in ("0.03", "0.01", "0.1"):
+        runs = [r for d in ("digits", "mnist1d") for r in load(f"scout150_2k_lr{lr}_{d}.json")]
+        assert {r["budget"] for r in runs} == {150_000} and {r["d"] for r in runs} == {1898, 1914}
+        assert {r["setting"]["lr"] for r in runs} == {float(lr)} and all(r["queries"] <= 150_000 for r in runs)
+        assert scout.report(runs) in docs
+        every += runs
+    twelve = {(r["data"], r["setting"]["lr"], r["variant"]) for r in every if r["seed"] == 11}
+    assert twelve == {("digits", 0.03, "floor-small"), ("mnist1d", 0.03, "floor-small"), ("digits", 0.03, "floor-small-b1"),
+                      ("mnist1d", 0.03, "floor-small-b1"), ("digits", 0.01, "floor-small-b1")}
+    study = {(r["data"], r["seed"]): r["test_acc"] for d in ("digits", "mnist1d") for r in load(f"rule_small_{d}.json")
+             if r["method"] == "deepzero-krsf" and r["budget"] == 150_000}
+    mine = {(r["data"], r["seed"]): r["test_acc"] for r in every if r["variant"] == "floor-small"}
+    assert len(mine) == 24 and mine == study
+    table = scout.versus(every, "floor-small", ["floor-small-b1", "uniform-ratios", "uniform-b1"])
+    assert table in docs and "`floor-small-b1@0.01` | 12 |" in table
+
+
 def test_floor_hidden_fills_every_small_empty_block_but_the_last(scout, digits):
     import zoracle._pruning as pruning
 
@@ -544,6 +572,26 @@ def test_versus_compares_two_variants_on_the_seeds_both_ran(scout, tmp_path, cap
     assert capsys.readouterr().out.strip() == table
     with pytest.raises(SystemExit):
         scout.main(["--versus", "recipe"])  # needs --report
+
+
+def test_versus_gives_each_learning_rate_of_a_variant_its_own_row(scout):
+    from scipy.stats import mannwhitneyu
+
+    def run(variant, seed, acc, lr):
+        return {"data": "digits", "d": 1898, "variant": variant, "seed": seed, "test_acc": acc, "val_acc": acc,
+                "setting": {"lr": lr}, "budget": BUDGET, "width": 0}
+    base = [run("floor-small", s, a, 0.03) for s, a in enumerate([0.90, 0.92, 0.94])]
+    b1 = ([run("floor-small-b1", s, a, 0.1) for s, a in enumerate([0.50, 0.60])]
+          + [run("floor-small-b1", s, a, 0.01) for s, a in enumerate([0.95, 0.96, 0.97])])
+    lines = scout.versus(base + b1, "floor-small", ["floor-small-b1"]).splitlines()[2:]
+    p1, p2 = mannwhitneyu([95, 96, 97], [90, 92, 94]).pvalue, mannwhitneyu([50, 60], [90, 92]).pvalue
+    assert lines == [  # one row a rate, in the order of the rates; each on the seeds it shares with the base
+        f"| digits | 1,898 | {BUDGET:,} | `floor-small-b1@0.01` | 3 | 96.0 (95.0-97.0) | 92.0 (90.0-94.0) | +4.0 | {p1:.2g} |",
+        f"| digits | 1,898 | {BUDGET:,} | `floor-small-b1@0.1` | 2 | 55.0 (50.0-60.0) | 91.0 (90.0-92.0) | -36.0 | {p2:.2g} |"]
+    one = scout.versus(base + b1[2:], "floor-small", ["floor-small-b1"]).splitlines()[2:]
+    assert [line.split(" | ")[3] for line in one] == ["`floor-small-b1`"]  # one rate: the plain name
+    with pytest.raises(ValueError, match="learning rates"):
+        scout.versus(base + [run("floor-small", 0, 0.5, 0.1)], "floor-small", ["floor-small-b1"])
 
 
 def test_report_gives_each_size_and_budget_of_a_data_set_its_own_columns(scout):
