@@ -508,9 +508,14 @@ def test_the_regrasp_round_is_the_docs_table(scout):
         assert scout.report(runs) in f.read()
 
 
-def test_the_momentum_round_at_d_of_about_2k_is_the_docs_tables(scout):
-    """scout150_2k_lr*_*.json: the recipe's default there (`floor-small`, lr 0.03) reproduces the study's
-    `deepzero-krsf` runs of `rule_small` bit for bit; the docs' tables are `--report` and `--versus` of the files."""
+@pytest.mark.parametrize("size, study, others, twelve", [
+    ("2k", "rule_small", ["floor-small-b1", "uniform-ratios", "uniform-b1"], {("digits", 0.03, "floor-small"), ("mnist1d", 0.03, "floor-small"), ("digits", 0.03, "floor-small-b1"),
+                          ("mnist1d", 0.03, "floor-small-b1"), ("digits", 0.01, "floor-small-b1")}),
+    ("13k", "rule_mid150", ["floor-small-b1"], {(d, 0.03, v) for d in ("digits", "mnist1d") for v in ("floor-small", "floor-small-b1")})])
+def test_the_momentum_rounds_are_the_docs_tables(scout, size, study, others, twelve):
+    """scout150_{2k,13k}_lr*_*.json: the recipe's default there (`floor-small`, lr 0.03) reproduces the study's
+    `deepzero-krsf` runs (`rule_small`, `rule_mid150`) bit for bit; the docs' tables are `--report` and `--versus` of
+    the files."""
     results = os.path.join(ROOT, "benchmarks", "peers_results")
 
     def load(name):
@@ -519,20 +524,19 @@ def test_the_momentum_round_at_d_of_about_2k_is_the_docs_tables(scout):
         docs = f.read()
     every = []
     for lr in ("0.03", "0.01", "0.1"):
-        runs = [r for d in ("digits", "mnist1d") for r in load(f"scout150_2k_lr{lr}_{d}.json")]
-        assert {r["budget"] for r in runs} == {150_000} and {r["d"] for r in runs} == {1898, 1914}
+        runs = [r for d in ("digits", "mnist1d") for r in load(f"scout150_{size}_lr{lr}_{d}.json")]
+        assert {r["budget"] for r in runs} == {150_000} and len({r["d"] for r in runs}) == 2
         assert {r["setting"]["lr"] for r in runs} == {float(lr)} and all(r["queries"] <= 150_000 for r in runs)
         assert scout.report(runs) in docs
         every += runs
-    twelve = {(r["data"], r["setting"]["lr"], r["variant"]) for r in every if r["seed"] == 11}
-    assert twelve == {("digits", 0.03, "floor-small"), ("mnist1d", 0.03, "floor-small"), ("digits", 0.03, "floor-small-b1"),
-                      ("mnist1d", 0.03, "floor-small-b1"), ("digits", 0.01, "floor-small-b1")}
-    study = {(r["data"], r["seed"]): r["test_acc"] for d in ("digits", "mnist1d") for r in load(f"rule_small_{d}.json")
-             if r["method"] == "deepzero-krsf" and r["budget"] == 150_000}
+    assert {(r["data"], r["setting"]["lr"], r["variant"]) for r in every if r["seed"] == 11} == twelve
+    want = {(r["data"], r["seed"]): r["test_acc"] for d in ("digits", "mnist1d") for r in load(f"{study}_{d}.json")
+            if r["method"] == "deepzero-krsf" and r["budget"] == 150_000}
     mine = {(r["data"], r["seed"]): r["test_acc"] for r in every if r["variant"] == "floor-small"}
-    assert len(mine) == 24 and mine == study
-    table = scout.versus(every, "floor-small", ["floor-small-b1", "uniform-ratios", "uniform-b1"])
-    assert table in docs and "`floor-small-b1@0.01` | 12 |" in table
+    assert len(mine) == 24 and mine == want
+    assert {r["variant"] for r in every} == {"floor-small", *others}
+    table = scout.versus(every, "floor-small", others)
+    assert table in docs and "`floor-small-b1@0.03` | 12 |" in table
 
 
 def test_floor_hidden_fills_every_small_empty_block_but_the_last(scout, digits):

@@ -105,7 +105,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     At 79 queries per weight (d of about 2k, 150,000 queries, twelve seeds) SNES leads it on
     digits (95.3% against 93.4%) and is level on MNIST-1D; Adam's momentum (``b1=0.9``) is
     level with the default there on validation, at lr 0.01 on digits (94.5% on test) and 0.03
-    on MNIST-1D. The paper's recipe (``zoracle demo``) is made for far more queries per weight
+    on MNIST-1D, and level at 11-12 queries per weight (d = 12-13k). The paper's recipe (``zoracle demo``) is made for far more queries per weight
     (the paper's budgets): at 79 it is level with this one on digits and 19 points behind on
     MNIST-1D (three seeds).
 
@@ -126,7 +126,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         Weights estimated a step (the sparse set's size).
     b1 : float
         Adam's momentum; 0.9 is Adam's usual setting: worse at about one query per weight,
-        level on validation at 79 (``docs/peers.md``).
+        level on validation at 11-12 and at 79 (``docs/peers.md``).
     mu, weight_decay, grasp_directions
         CGE's step, AdamW's decoupled weight decay, ZO-GraSP's directions.
     blocks : optional
