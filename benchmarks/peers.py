@@ -26,6 +26,9 @@ and stops at the same number of loss queries:
 * ``deepzero-krsf``: ``zo.recipes.short_budget(fill_small_blocks=True)``: ``deepzero-krs`` with one
   coordinate a step in every block of at most 50 weights that ZO-GraSP's split leaves empty;
   the recipe's default from ``FILL_FROM_STEPS`` steps on (:func:`short_budget_default`);
+* ``deepzero-krsd``: ``zo.recipes.short_budget`` with its own defaults for the coordinates a step
+  (:func:`zoracle.recipes.default_coordinates`: 100 from 40 queries per weight on, else 50) and
+  the fill: what the recipe runs by default (the learning rate from the setting);
 * ``rge``: zoracle RGE with 99 directions + the base point (100 queries a step);
 * ``zoracle-es``: zoracle RGE with NES rank shaping (``shaping="ranks"``), 50 antithetic pairs
   + the base point (101 queries a step), sigma 0.05, Adam with a cosine schedule: OpenAI-ES
@@ -65,7 +68,7 @@ import time
 
 import numpy as np
 
-METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "deepzero-krs", "deepzero-krsf", "rge", "zoracle-es", "zoracle-snes", "snes",
+METHODS = ("deepzero", "deepzero-k", "deepzero-w", "deepzero-s", "deepzero-a", "deepzero-ka", "deepzero-kas", "deepzero-krs", "deepzero-krsf", "deepzero-krsd", "rge", "zoracle-es", "zoracle-snes", "snes",
            "pgpe", "sepcma", "fdsgd")
 DEFAULT_METHODS = ("deepzero", "deepzero-krs", "rge", "zoracle-es", "snes", "pgpe", "sepcma", "fdsgd")
 POP = 100  # ES population and RGE queries per step
@@ -84,6 +87,7 @@ GRID = {
     "deepzero-kas": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     "deepzero-krs": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     "deepzero-krsf": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
+    "deepzero-krsd": [{"lr": 0.03}, {"lr": 0.1}, {"lr": 0.3}],
     # RGE's usable step shrinks like q / d: the grid is c * q / d
     "rge": [{"c": 0.15}, {"c": 0.5}, {"c": 1.5}],
     "zoracle-es": [{"sigma": 0.02, "lr": 0.03}, {"sigma": 0.05, "lr": 0.03}, {"sigma": 0.1, "lr": 0.03}],
@@ -414,15 +418,16 @@ def run_deepzero_kas(bench, lr):
     return run_deepzero_k(bench, lr, keep=KEEP_FRESH, optimizer="adam", shuffle="step")
 
 
-def run_deepzero_krs(bench, lr, fill_small_blocks=False):
+def run_deepzero_krs(bench, lr, fill_small_blocks=False, coordinates=KEEP_FRESH):
     """``zo.recipes.short_budget(fill_small_blocks=False)``: zoracle's DeepZero recipe for short
-    budgets, its small blocks left as ZO-GraSP splits them at every budget."""
+    budgets, its small blocks left as ZO-GraSP splits them at every budget, 50 coordinates a step
+    (None for each: the recipe's default)."""
     import zoracle as zo
     from zoracle._pruning import grasp_queries
     from zoracle.apps._digits import per_class
 
     kw = zo.recipes.short_budget(bench.oracle, bench.p0, bench.budget, batches=bench.batches, lr=lr,
-                                 coordinates=KEEP_FRESH, fill_small_blocks=fill_small_blocks)
+                                 coordinates=coordinates, fill_small_blocks=fill_small_blocks)
     d = bench.data
     return zo.train(bench.oracle, bench.p0, batches=bench.batches, grasp_batch=per_class(d["x"], d["y"], 25, seed=bench.seed),
                     callbacks=[step_recorder(bench, grasp_queries(kw["grasp_directions"]))], rng=bench.rng_seed,
@@ -434,7 +439,13 @@ def run_deepzero_krsf(bench, lr):
     return run_deepzero_krs(bench, lr, fill_small_blocks=True)
 
 
-RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "deepzero-krsf": run_deepzero_krsf, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "zoracle-snes": run_zoracle_snes, "snes": run_snes,
+def run_deepzero_krsd(bench, lr):
+    """``zo.recipes.short_budget`` with its defaults for the coordinates a step and the fill
+    (:func:`zoracle.recipes.default_coordinates`: 100 from 40 queries per weight on, else 50)."""
+    return run_deepzero_krs(bench, lr, fill_small_blocks=None, coordinates=None)
+
+
+RUNNERS = {"deepzero-kas": run_deepzero_kas, "deepzero-krs": run_deepzero_krs, "deepzero-krsf": run_deepzero_krsf, "deepzero-krsd": run_deepzero_krsd, "deepzero": run_deepzero, "deepzero-k": run_deepzero_k, "deepzero-w": run_deepzero_w, "deepzero-s": run_deepzero_s, "deepzero-a": run_deepzero_a, "deepzero-ka": run_deepzero_ka, "rge": run_rge, "zoracle-es": run_zoracle_es, "zoracle-snes": run_zoracle_snes, "snes": run_snes,
            "pgpe": run_pgpe, "sepcma": run_sepcma, "fdsgd": run_fdsgd}
 
 
@@ -851,27 +862,34 @@ def speed_table(rows) -> str:
 
 #: the DeepZero recipes issue 13's acceptance is judged on: the demo (paper) recipe and
 #: ``zo.recipes.short_budget``, zoracle's recipe for budgets of a few queries per weight
-RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf")  # the demo recipe, short_budget without and with the fill
+RECIPES = ("deepzero", "deepzero-krs", "deepzero-krsf", "deepzero-krsd")  # the demo recipe, short_budget without and
+# with the fill (50 a step), and with its defaults
 
 
 def short_budget_default(method: str, budget: int, setting=None, d: int | None = None):
     """True where ``method`` is what ``zo.recipes.short_budget`` runs by default at ``budget`` queries
-    in this study (50 coordinates and the base point a step, every block sampled, ZO-GraSP's 386
-    queries first): ``deepzero-krsf`` (small blocks filled) from ``FILL_FROM_STEPS`` steps on,
-    ``deepzero-krs`` below, and, given the run's ``setting`` and the model's ``d``, at the default
-    learning rate (:func:`zoracle.recipes.default_lr` of the budget and ``d``; every weight of the
-    study's models is sampled). False for the other of the two or another rate, None for any other
-    method."""
+    in this study (every block sampled, ZO-GraSP's 386 queries first): ``deepzero-krsd`` (its own
+    defaults) always; ``deepzero-krsf`` and ``deepzero-krs`` (50 coordinates and the base point a
+    step) where the default is 50 a step (:func:`zoracle.recipes.default_coordinates` of the budget
+    and the model's ``d``; below 40 queries per weight), ``deepzero-krsf`` (small blocks filled)
+    from ``FILL_FROM_STEPS`` steps on and ``deepzero-krs`` below; and, given the run's ``setting``
+    and ``d``, at the default learning rate (:func:`zoracle.recipes.default_lr`; every weight of the
+    study's models is sampled). False for the others or another rate, None for any other method."""
     from zoracle._pruning import grasp_queries
-    from zoracle.recipes import FILL_FROM_STEPS, default_lr
+    from zoracle.recipes import FILL_FROM_STEPS, default_coordinates, default_lr
 
-    if method not in ("deepzero-krs", "deepzero-krsf"):
+    if method not in ("deepzero-krs", "deepzero-krsf", "deepzero-krsd"):
         return None
-    steps = (budget - grasp_queries(192)) // (KEEP_FRESH + 1)
-    fill = (method == "deepzero-krsf") == (steps >= FILL_FROM_STEPS)
+    if method == "deepzero-krsd":
+        ok = True
+    else:
+        steps = (budget - grasp_queries(192)) // (KEEP_FRESH + 1)
+        ok = (method == "deepzero-krsf") == (steps >= FILL_FROM_STEPS)
+        if d is not None:
+            ok = ok and default_coordinates(budget, d) == KEEP_FRESH
     if setting is None or d is None or "lr" not in setting:
-        return fill
-    return fill and setting["lr"] == default_lr(budget, d)
+        return ok
+    return ok and setting["lr"] == default_lr(budget, d)
 
 
 def _verdict(recipe: dict, peers: list) -> str:

@@ -408,8 +408,12 @@ def test_leads_mark_the_run_short_budget_makes_by_default(peers):
         # and at the default learning rate, which the run's setting names
         lr = float(kw["optimizer"].config.split("init=")[1].split(",")[0])
         assert lr == zo.recipes.default_lr(budget, d)
-        assert peers.short_budget_default(default, budget, {"lr": lr}, d) is True
+        # 50 coordinates a step below 40 queries per weight; from there short_budget takes 100 (deepzero-krsd's runs)
+        wide = zo.recipes.default_coordinates(budget, d) != peers.KEEP_FRESH
+        assert wide is (budget / d >= 40), (d, budget)
+        assert peers.short_budget_default(default, budget, {"lr": lr}, d) is not wide
         assert peers.short_budget_default(default, budget, {"lr": lr * 1.5}, d) is False
+        assert peers.short_budget_default("deepzero-krsd", budget, {"lr": lr}, d) is True
     assert peers.short_budget_default("deepzero", 150_000) is None
     rows = peers.leads([_runs("deepzero-krsf", [0.9, 0.91, 0.92]) + _runs("deepzero-krs", [0.8, 0.85, 0.9])
                         + _runs("deepzero", [0.1] * 3) + _runs("snes", [0.8, 0.85, 0.89])])  # budget 500: unfilled
@@ -580,8 +584,12 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
                 assert all(sorted(r["seed"] for r in here if r["method"] == m) == list(range(12)) for m in methods)
                 (recipe,) = [m for m in methods if m in peers.RECIPES]
                 for r in here:
-                    if r["method"] == recipe:  # what short_budget runs by default there, its rate included
-                        assert peers.short_budget_default(recipe, r["budget"], r["setting"], r["d"]) and r["role"] == "given"
+                    if r["method"] == recipe:  # what short_budget ran by default there, its rate included: since
+                        # 2026-12-04 it takes 100 coordinates a step from 40 queries per weight on (wide_small)
+                        wide = name == "rule_small" and budget == 150_000
+                        assert peers.short_budget_default(recipe, r["budget"], r["setting"], r["d"]) is not wide
+                        assert r["role"] == "given" and peers.short_budget_default(
+                            "deepzero-krsd", r["budget"], r["setting"], r["d"]) is True
                     else:  # each peer with the setting the sweep chose at 30,000 queries
                         assert r["setting"] == peers.settings_for(swept, data, r["width"], r["method"], 30_000), r["method"]
         long_small = long_smalls[data] = peers._load(
@@ -722,9 +730,13 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         long = study("long", data)
         groups = groups.replace(long + ",", long + "," + study("long_small", data) + ",")
         sweep = study("", data) + "+" + study("fresh", data)
-        groups = groups.replace(sweep + ",", sweep + "," + ",".join(study(f, data) for f in ("rule_mid", "rule_small", "rule_mid150"))
-                                + ",")
-    assert groups.count("long_small") == 2 and all(groups.count(f"{f}_") == 2 for f in ("rule_mid", "rule_small", "rule_mid150"))
+        # and short_budget's default since 2026-12-04 at d of about 2k and 150,000 queries (100 coordinates a step:
+        # "wide_small", "More coordinates a step at 79 queries per weight") against rule_small's peers
+        wide = study("wide_small", data) + "+" + study("rule_small@snes/pgpe/zoracle-es/sepcma", data)
+        groups = groups.replace(sweep + ",", sweep + "," + ",".join(study(f, data) for f in ("rule_mid", "rule_small"))
+                                + "," + wide + "," + study("rule_mid150", data) + ",")
+    assert groups.count("long_small") == 2 and all(groups.count(f"{f}_") == 2 for f in ("rule_mid", "rule_mid150"))
+    assert groups.count("rule_small_") == 4 and groups.count("wide_small_") == 2
     wins_cmd = "python benchmarks/peers.py --wins " + groups.replace(results, "$R") + " --ratios " + speed.replace(results, "$R")
     assert wins_cmd in docs
     summary = io.StringIO()
@@ -821,6 +833,27 @@ def test_a_study_takes_some_methods_from_another_file(peers, tmp_path):
     assert "| deepzero-krsf | 91.0 (90.0-92.0, 3 seeds) | snes |" in out.getvalue() and "pgpe" not in out.getvalue()
     with pytest.raises(SystemExit):  # the file part must exist
         peers.main(["--leads", f"{tmp_path / 'nothing.json'}@snes"])
+
+
+def test_the_wide_study_runs_the_recipes_default_at_d_of_about_2k(peers):
+    """wide_small_<data>.json: twelve seeds of what short_budget runs by default at 150,000 queries and
+    d of about 2k (79 queries per weight: 100 coordinates a step, filled, lr 0.03), the scout's
+    `floor-small-100` runs seed for seed."""
+    from zoracle.recipes import default_coordinates, default_lr
+
+    for data in ("digits", "mnist1d"):
+        runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"wide_small_{data}.json"))
+        assert sorted(r["seed"] for r in runs) == list(range(12)), data
+        scout = {r["seed"]: r for r in peers._load(os.path.join(ROOT, "benchmarks", "peers_results",
+                                                                f"scout150_2k_coords_{data}.json"))
+                 if r["variant"] == "floor-small-100"}
+        for r in runs:
+            assert (r["method"], r["budget"], r["role"], peers._isa(r)) == ("deepzero-krsd", 150_000, "given", "AVX2")
+            assert r["d"] < 2_000 and r["setting"] == {"lr": default_lr(150_000, r["d"])} == {"lr": 0.03}
+            assert default_coordinates(150_000, r["d"]) == 100
+            assert r["queries"] == 386 + (150_000 - 386) // 101 * 101  # ZO-GraSP, then whole steps of 100 and the base
+            assert peers.short_budget_default(r["method"], r["budget"], r["setting"], r["d"]) is True
+            assert r["test_acc"] == scout[r["seed"]]["test_acc"] and r["val_acc"] == scout[r["seed"]]["val_acc"]
 
 
 def test_the_rule_study_runs_the_recipes_default_at_the_largest_size(peers):

@@ -233,7 +233,8 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
                     "layer-norm-0.3", "layer-norm-0.1", "layer-norm-0.03", "layer-norm-1", "start-0",
                     "regrasp-4", "regrasp-10", "floor-hidden",  # rounds at 150,000 (and floor-hidden, later)
                     "coords-25", "coords-12",  # and at 12-13k at the default rate (scout_coords_*.json)
-                    "floor-small-b1", "uniform-b1"}  # and at d of about 2k (scout150_2k_*.json)
+                    "floor-small-b1", "uniform-b1",  # and at d of about 2k (scout150_2k_*.json)
+                    "floor-small-100", "floor-small-200", "floor-small-400"}  # and the coordinates there (*_coords_*)
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
     with open(os.path.join(ROOT, "docs", "peers.md")) as f:
@@ -537,6 +538,31 @@ def test_the_momentum_rounds_are_the_docs_tables(scout, size, study, others, twe
     assert {r["variant"] for r in every} == {"floor-small", *others}
     table = scout.versus(every, "floor-small", others)
     assert table in docs and "`floor-small-b1@0.03` | 12 |" in table
+
+
+def test_the_coordinates_rounds_are_the_docs_tables(scout):
+    """scout{150,30}_{2k,13k}_coords_*.json ("More coordinates a step at 79 queries per weight"): every table in the
+    docs is `--report` or `--versus` of the files, as the docs' commands name them."""
+    results = os.path.join(ROOT, "benchmarks", "peers_results")
+
+    def load(*names):
+        return [r for n in names for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"{n}_{d}.json"))]
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        docs = f.read()
+    wide = ["floor-small", "floor-small-100", "floor-small-200", "floor-small-400"]
+    narrow = ["recipe", "coords-100", "coords-200"]
+    for names, variants, seeds in ((("scout150_2k_lr0.03", "scout150_2k_coords"), wide, 12),
+                                   (("scout30_2k_coords",), narrow, 12),
+                                   (("scout150_13k_lr0.03", "scout150_13k_coords"), wide[:3], 3),
+                                   (("scout30_13k_coords",), narrow, 3)):
+        runs = [r for r in load(*names) if r["variant"] in variants]
+        assert {len({r["seed"] for r in runs if r["variant"] == v}) for v in variants[1:3]} == {seeds}, names
+        assert scout.report(runs) in docs, names
+        assert scout.versus(runs, variants[0], variants[1:]) in docs, names
+    # the new default's line: every point measured on the far side of 40 queries per weight, and one on the near side
+    from zoracle.recipes import default_coordinates
+    assert [default_coordinates(b, d) for b, d in ((150_000, 1_898), (150_000, 1_914), (30_000, 1_898), (150_000, 12_106))] \
+        == [100, 100, 50, 50]
 
 
 def test_floor_hidden_fills_every_small_empty_block_but_the_last(scout, digits):

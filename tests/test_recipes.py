@@ -227,3 +227,26 @@ def test_the_default_learning_rate_never_rises_with_the_budget_and_stays_in_its_
 
     lo, hi = sorted((b1, b2))
     assert 0.03 <= default_lr(hi, d) <= default_lr(lo, d) <= 0.1
+
+
+def test_default_coordinates_widen_from_forty_queries_per_weight():
+    from zoracle.recipes import COORDINATES, WIDE_COORDINATES, WIDE_FROM, default_coordinates
+
+    assert (COORDINATES, WIDE_COORDINATES, WIDE_FROM) == (50, 100, 40)
+    sampled = 2_000
+    assert default_coordinates(WIDE_FROM * sampled - 1, sampled) == 50
+    assert default_coordinates(WIDE_FROM * sampled, sampled) == 100
+    assert default_coordinates(10 ** 7, 30) == 30  # never more than the weights there are
+    # short_budget takes it when `coordinates` is left out, and an explicit count wins
+    d = 1_000
+    for budget, k in ((39_999, 50), (40_000, 100)):
+        kw = zo.recipes.short_budget(None, np.zeros(d), budget, steps_per_epoch=10)
+        assert kw["sparsity"] == pytest.approx(1 - k / d)
+        steps = (kw["max_queries"]) // (k + 1)  # one block, no ZO-GraSP: whole steps of k weights and the base point
+        assert kw["max_queries"] == steps * (k + 1) and budget - kw["max_queries"] <= k
+    kw = zo.recipes.short_budget(None, np.zeros(d), 40_000, steps_per_epoch=10, coordinates=50)
+    assert kw["sparsity"] == pytest.approx(0.95)
+    small = zo.recipes.short_budget(None, np.zeros(30), 5_000, steps_per_epoch=10)  # 30 weights: all of them
+    assert small["sparsity"] == 0.0
+    with pytest.raises(zo.ArgumentError, match="`coordinates` must be an integer >= 1"):
+        zo.recipes.short_budget(None, np.zeros(d), 5_000, steps_per_epoch=10, coordinates=0)

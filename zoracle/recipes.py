@@ -25,7 +25,8 @@ from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
 from ._train import _resolve_blocks, _steps_per_epoch
 
-__all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "default_lr", "short_budget", "layer_scales"]
+__all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "COORDINATES", "WIDE_COORDINATES",
+           "WIDE_FROM", "default_lr", "default_coordinates", "short_budget", "layer_scales"]
 
 SHORT_BUDGET_KINDS = ("conv", "linear", "bias")  # biases join the sparse set: dense, they alone can outspend a step
 #: ``short_budget`` fills small empty blocks by default from this many steps on (measured in docs/peers.md)
@@ -35,6 +36,11 @@ FILL_FROM_STEPS = 1_400
 LR_SCALE = 0.085
 LR_MAX = 0.1
 LR_MIN = 0.03
+#: ``short_budget``'s default coordinates a step: ``COORDINATES``, and ``WIDE_COORDINATES`` from
+#: ``WIDE_FROM`` queries per sampled weight on (:func:`default_coordinates`; measured in docs/peers.md)
+COORDINATES = 50
+WIDE_COORDINATES = 100
+WIDE_FROM = 40
 
 
 def default_lr(budget: int, sampled: int) -> float:
@@ -66,11 +72,35 @@ def default_lr(budget: int, sampled: int) -> float:
     return float(f"{min(LR_MAX, max(LR_MIN, LR_SCALE / math.sqrt(q))):.4g}")
 
 
+def default_coordinates(budget: int, sampled: int) -> int:
+    """``short_budget``'s default coordinates a step for ``budget`` queries and ``sampled`` weights:
+    ``COORDINATES`` (50), and ``WIDE_COORDINATES`` (100) from ``WIDE_FROM`` (40) queries per
+    weight on; never more than ``sampled``.
+
+    Where a weight is measured many times, fewer steps that each measure more weights do
+    better. Measured in ``docs/peers.md`` ("More coordinates a step at 79 queries per weight"),
+    twelve seeds a point: at d of about 2k and 150,000 queries (79 queries per weight) 100 a
+    step has 96.0% on digits and 66.4% on MNIST-1D, against 93.4% and 62.4% with 50, which
+    puts it level with SNES on digits (95.3%) and ahead on MNIST-1D (61.7%, rank test
+    p = 0.004); 200 and 400 do worse on MNIST-1D. At 16 queries per weight (d of about 2k,
+    30,000 queries) 100 is level with 50 on validation, and at 11-12 (d = 12-13k, 150,000
+    queries) and below, 50 is ahead of 100 and 200 on validation or level; at 0.25-1.2
+    (d = 110-121k) more a step is worse, and fewer (25, 12) is worse at 2.3.
+
+    >>> default_coordinates(150_000, 121_258), default_coordinates(30_000, 1_898), default_coordinates(150_000, 1_898)
+    (50, 50, 100)
+    >>> default_coordinates(10_000, 60)  # a small model: every weight a step
+    60
+    """
+    q = budget / sampled
+    return int(min(sampled, WIDE_COORDINATES if q >= WIDE_FROM else COORDINATES))
+
+
 def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: int | None = None,
-                 lr: float | None = None, coordinates: int = 50, b1: float = 0.0, mu: float = 5e-3,
+                 lr: float | None = None, coordinates: int | None = None, b1: float = 0.0, mu: float = 5e-3,
                  weight_decay: float = 5e-4, grasp_directions: int = 192, blocks=None,
                  layer_steps: float = 0.0, fill_small_blocks: bool | None = None) -> dict:
-    r"""DeepZero for short budgets (up to about 15 queries per weight): ``train`` keyword arguments.
+    r"""DeepZero for short budgets (measured at 0.25-79 queries per weight): ``train`` keyword arguments.
 
     Sparse CGE on ``coordinates`` weights a step (biases included in the sparse set), spread
     over the layers by ZO-GraSP's keep ratios, with a fresh random mask every step
@@ -81,8 +111,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     schedule (``lr`` at the first step, about ``31 lr`` at step 3,000), since Adam's bias
     correction counts the steps of all weights. The run takes as many whole steps as fit in
     ``budget`` after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than
-    ``budget``. From ``FILL_FROM_STEPS`` (1,400) steps on (71,786 queries at the default 50
-    coordinates, when every block is sampled), every small block that ZO-GraSP's split
+    ``budget``. From ``FILL_FROM_STEPS`` (1,400) steps on (71,786 queries at 50 coordinates a
+    step, when every block is sampled), every small block that ZO-GraSP's split
     leaves empty gets one coordinate a step (``fill_small_blocks``).
 
     Measured in ``docs/peers.md`` (30,000 queries): at d = 110-121k, over 6 seeds, it has the
@@ -102,12 +132,14 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     default learning rate since (:func:`default_lr`: 0.0764 and 0.0727 there, where those
     runs took 0.1), twelve seeds: 68.1% (64.1-71.8) on MNIST-1D and 92.1% (89.4-94.7) on
     digits, still level with SNES there.
-    At 79 queries per weight (d of about 2k, 150,000 queries, twelve seeds) SNES leads it on
-    digits (95.3% against 93.4%) and is level on MNIST-1D; Adam's momentum (``b1=0.9``) is
-    level with the default there on validation, at lr 0.01 on digits (94.5% on test) and 0.03
-    on MNIST-1D, and level at 11-12 queries per weight (d = 12-13k). The paper's recipe (``zoracle demo``) is made for far more queries per weight
-    (the paper's budgets): at 79 it is level with this one on digits and 19 points behind on
-    MNIST-1D (three seeds).
+    At 79 queries per weight (d of about 2k, 150,000 queries, twelve seeds) SNES led it on
+    digits with 50 coordinates a step (95.3% against 93.4%) and was level on MNIST-1D; from 40
+    queries per weight on it takes 100 a step (:func:`default_coordinates`): 96.0% and 66.4%
+    there, level with SNES on digits and ahead on MNIST-1D. Adam's momentum (``b1=0.9``) is
+    level with 50 a step there on validation (at lr 0.01 on digits, 0.03 on MNIST-1D), and
+    at 11-12 queries per weight (d = 12-13k). The paper's recipe (``zoracle demo``) is made
+    for far more queries per weight (the paper's budgets): at 79 it is level with 50 a step
+    on digits and 19 points behind on MNIST-1D (three seeds).
 
     Parameters
     ----------
@@ -122,8 +154,9 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         ``q = budget / sampled weights``, within [0.03, 0.1]: 0.1 up to 0.72 queries per weight,
         0.06 at 2, 0.038 at 5 and 0.03 from 8 on. Measured in ``docs/peers.md`` ("The
         rate against the queries per weight").
-    coordinates : int
-        Weights estimated a step (the sparse set's size).
+    coordinates : int or None
+        Weights estimated a step (the sparse set's size). None (the default) is
+        :func:`default_coordinates`: 50, and 100 from 40 queries per sampled weight on.
     b1 : float
         Adam's momentum; 0.9 is Adam's usual setting: worse at about one query per weight,
         level on validation at 11-12 and at 79 (``docs/peers.md``).
@@ -181,7 +214,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     params = validate_params(params)
     d = int(params.shape[0])
     budget = _count("budget", budget, 1)
-    coordinates = _count("coordinates", coordinates, 1)
+    if coordinates is not None:
+        coordinates = _count("coordinates", coordinates, 1)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
     mu = _positive("mu", mu)
     if lr is not None:
@@ -204,6 +238,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     n_scored = sum(s.stop - s.start for s in scored)
     if n_scored == 0:
         raise ArgumentError(f"no block has a kind in {SHORT_BUDGET_KINDS}: there are no weights to sample")
+    if coordinates is None:
+        coordinates = default_coordinates(budget, n_scored)
     if coordinates > n_scored:
         raise ArgumentError(f"`coordinates` is {coordinates}, but only {n_scored} weights can be sampled; "
                             f"pass coordinates <= {n_scored} (or train densely without a recipe)")
