@@ -553,7 +553,7 @@ def test_the_coordinates_rounds_are_the_docs_tables(scout):
     narrow = ["recipe", "coords-100", "coords-200"]
     for names, variants, seeds in ((("scout150_2k_lr0.03", "scout150_2k_coords"), wide, 12),
                                    (("scout30_2k_coords",), narrow, 12),
-                                   (("scout150_13k_lr0.03", "scout150_13k_coords"), wide[:3], 3),
+                                   (("scout150_13k_lr0.03", "scout150_13k_coords"), wide[:3], 12),
                                    (("scout30_13k_coords",), narrow, 3)):
         runs = [r for r in load(*names) if r["variant"] in variants]
         assert {len({r["seed"] for r in runs if r["variant"] == v}) for v in variants[1:3]} == {seeds}, names

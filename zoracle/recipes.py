@@ -83,9 +83,9 @@ def default_coordinates(budget: int, sampled: int) -> int:
     step has 96.0% on digits and 66.4% on MNIST-1D, against 93.4% and 62.4% with 50, which
     puts it level with SNES on digits (95.3%) and ahead on MNIST-1D (61.7%, rank test
     p = 0.004); 200 and 400 do worse on MNIST-1D. At 16 queries per weight (d of about 2k,
-    30,000 queries) 100 is level with 50 on validation, and at 11-12 (d = 12-13k, 150,000
-    queries) and below, 50 is ahead of 100 and 200 on validation or level; at 0.25-1.2
-    (d = 110-121k) more a step is worse, and fewer (25, 12) is worse at 2.3.
+    30,000 queries) and at 11-12 (d = 12-13k, 150,000 queries) 100 is level with 50 on
+    validation, and behind on digits' test at 11-12 (91.4% against 93.6%); at 0.25-2.3 more
+    a step is worse, and fewer (25, 12) is worse at 2.3.
 
     >>> default_coordinates(150_000, 121_258), default_coordinates(30_000, 1_898), default_coordinates(150_000, 1_898)
     (50, 50, 100)
