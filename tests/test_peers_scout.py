@@ -554,15 +554,18 @@ def test_the_coordinates_rounds_are_the_docs_tables(scout):
     for names, variants, seeds in ((("scout150_2k_lr0.03", "scout150_2k_coords"), wide, 12),
                                    (("scout30_2k_coords",), narrow, 12),
                                    (("scout150_13k_lr0.03", "scout150_13k_coords"), wide[:3], 12),
-                                   (("scout30_13k_coords",), narrow, 3)):
+                                   (("scout30_13k_coords",), narrow, 3),
+                                   (("scout60_2k_coords",), narrow[:2], 12),
+                                   (("scout100_2k_coords",), ["floor-small", "coords-100"], 12)):
         runs = [r for r in load(*names) if r["variant"] in variants]
-        assert {len({r["seed"] for r in runs if r["variant"] == v}) for v in variants[1:3]} == {seeds}, names
+        assert {len({r["seed"] for r in runs if r["variant"] == v and r["data"] == d})
+                for v in variants[1:3] for d in ("digits", "mnist1d")} == {seeds}, names
         assert scout.report(runs) in docs, names
         assert scout.versus(runs, variants[0], variants[1:]) in docs, names
     # the new default's line: every point measured on the far side of 40 queries per weight, and one on the near side
     from zoracle.recipes import default_coordinates
-    assert [default_coordinates(b, d) for b, d in ((150_000, 1_898), (150_000, 1_914), (30_000, 1_898), (150_000, 12_106))] \
-        == [100, 100, 50, 50]
+    points = ((150_000, 1_898), (150_000, 1_914), (100_000, 1_898), (60_000, 1_898), (30_000, 1_898), (150_000, 12_106))
+    assert [default_coordinates(b, d) for b, d in points] == [100, 100, 100, 50, 50, 50]
 
 
 def test_floor_hidden_fills_every_small_empty_block_but_the_last(scout, digits):
