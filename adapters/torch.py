@@ -521,8 +521,12 @@ class TorchOracle:
             rest = tuple(s.index_select(0, b) for s in base_rest)
             if skip is not None:
                 rest[0][torch.arange(n, device=b.device), chs] = skip.reshape((k * B,) + tail).index_select(0, flat)
+            if n == 1 and B > 1:
+                # one changed sample: run it twice, as a batch of two, since a forward written for
+                # batches (``fc(pool(x).squeeze())``) loses the batch dimension of a batch of one
+                Y, rest, b = torch.cat([Y, Y]), tuple(torch.cat([s, s]) for s in rest), b.repeat(2)
             out = run_owned(steps, (Y,) + rest, start, *_keep(feats, rows=b))[0]
-            vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))
+            vals = self._loss_rows(out, None if self._y is None else self._y.index_select(0, b))[:n]
             L.view(-1).index_copy_(0, flat, vals.to(L.dtype))
         return L.mean(dim=1)
 
@@ -659,12 +663,18 @@ class TorchOracle:
 
         core, k = self._core, P.shape[0]
         model = self.model
-        names = {id(p): n for n, p in model.named_parameters()}
+        # every name a parameter has in a distinct module: a weight tied between two modules is
+        # replaced in both (``tie_weights=True`` instead leaves batched tensors in a module that
+        # appears twice, such as one Linear listed twice in a Sequential, in torch 2.13)
+        names = {}
+        for prefix, mod in model.named_modules():
+            for n, p in mod.named_parameters(recurse=False):
+                names.setdefault(id(p), []).append(f"{prefix}.{n}" if prefix else n)
         keys = [names[id(p)] for p in core.params]
         x = self._x
 
         def run(flat):
-            d = {key: flat[i.slice].view(i.shape) for key, i in zip(keys, core.info)}
+            d = {key: flat[i.slice].view(i.shape) for ks, i in zip(keys, core.info) for key in ks}
             return functional_call(model, d, (x,), strict=False, tie_weights=False)
 
         with torch.no_grad(), norm_context(model):

@@ -313,6 +313,62 @@ def test_full_forward_fallback_equals_the_textbook_loop(name, loss_fn):
     assert oracle.blocks == []
 
 
+@pytest.mark.parametrize("name", sorted(tm.ZOO))
+def test_batch_equals_the_plain_model_on_every_zoo_model(name):
+    """``batch`` (vmapped full forwards) at points that move every weight equals the unpatched
+    model's loss at each: tied weights included, where a perturbed shared weight must reach every
+    module that uses it (``functional_call(..., tie_weights=False)`` reached only the first)."""
+    model, x, y = zoo(name, n=4, seed=2)
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    rows = theta + 0.05 * np.random.default_rng(0).standard_normal((3, theta.size))
+    got = oracle.batch(rows)
+    want = [oracle.reference_loss(r) for r in rows]
+    assert np.allclose(got, want, rtol=1e-10, atol=1e-12), (got, want)
+    # the model keeps its own parameters (no batched tensor left behind in a module used twice)
+    assert all(type(p) is nn.Parameter for p in model.parameters()) and np.array_equal(oracle.batch(rows), got)
+    if name == "shared_tied":  # the tied weight alone: fc2's and fc_tied's both move
+        at = next(i.slice.start for i in oracle.param_info if i.name == "fc2.weight")
+        moved = theta.copy()
+        moved[at] += 0.5
+        assert oracle.batch(moved[None])[0] == pytest.approx(oracle.reference_loss(moved), rel=1e-12)
+        assert oracle.batch(moved[None])[0] != pytest.approx(oracle(theta), rel=1e-6)
+
+
+class _SqueezeHead(nn.Module):
+    """A head that squeezes its features (``fc(pool(x).squeeze())``, a common CNN idiom): right for
+    any batch of two or more samples, and a batch of one loses its batch dimension."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc = nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.fc1(x)).unsqueeze(-1).squeeze())
+
+
+def test_a_perturbation_that_changes_one_sample_runs_as_a_batch_of_two():
+    """The sparse suffix runs only the samples a perturbation changed; when that is one sample, a
+    model that squeezes its features would see a batch of one and return a vector for it: the
+    suffix runs it with a copy of itself, so the losses stay the plain model's."""
+    torch.manual_seed(0)
+    model = _SqueezeHead().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x[[0, 1, 3], 0] = 0.0  # only sample 2 sees input feature 0: fc1.weight[0, 0] changes one sample
+    y = torch.randint(0, 3, (4,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    assert oracle.block_names == ["fc1", "fc"]
+    coords = [0, 1, 5, 13, 16]  # weight [0, 0] (one sample changes), others (every sample), fc1's bias, fc
+    want = []
+    for i in coords:
+        moved = theta.copy()
+        moved[i] += 0.5
+        want.append(oracle.reference_loss(moved))
+    assert np.allclose(oracle.coordinate_losses(theta, coords, 0.5), want, rtol=1e-12, atol=0)
+    assert np.allclose(oracle.suffix(oracle.prefix(theta, 0), theta, 0, [0], 0.5), want[:1], rtol=1e-12, atol=0)
+
+
 def test_captured_oracle_pickles_for_worker_processes():
     import pickle
 
