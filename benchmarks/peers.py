@@ -561,9 +561,13 @@ def settings_for(runs, data, width, method, budget):
     return chosen
 
 
-def timing_setting(runs, data, width, method, budget) -> dict:
-    """The setting a timing run uses: the one tuned at ``budget``, else the middle of the grid."""
-    return best_setting(runs, data, width, method, budget) or GRID[method][len(GRID[method]) // 2]
+def timing_setting(runs, data, width, method, budget, run_budget=None) -> dict:
+    """The setting a timing run uses: the one tuned at ``budget``, else the one ``runs`` ran at the
+    timing's own budget ``run_budget`` (a method only run there, such as ``deepzero-krsd`` at
+    150,000 queries in ``wide_small_*.json``), else the middle of the grid."""
+    return (best_setting(runs, data, width, method, budget)
+            or (run_budget is not None and best_setting(runs, data, width, method, run_budget))
+            or GRID[method][len(GRID[method]) // 2])
 
 
 def sweep(args, log=print) -> list:
@@ -813,7 +817,8 @@ def speed(args, log=print) -> list:
     """Training seconds per query of every method at every point, measured one after another in
     one process (seed 0, the setting tuned in the ``--speed`` files), SNES and PGPE both through
     ``TorchOracle.batch`` and through one plain call per candidate. ``--settings-budget N``
-    takes the settings tuned at budget N (e.g. 30,000's choices for a 150,000-query timing).
+    takes the settings tuned at budget N (e.g. 30,000's choices for a 150,000-query timing), and
+    for a method not run at N the setting it ran with at the timing's budget (:func:`timing_setting`).
     Ratios are a method's seconds per query over DeepZero's (the demo recipe through
     TorchOracle's coordinate path). Every method runs under zoracle's allocator policy
     (``zo.reuse_freed_memory``; ``ZORACLE_MALLOC=system`` keeps glibc's default), recorded
@@ -833,7 +838,7 @@ def speed(args, log=print) -> list:
         for width in args.widths:
             for method in args.methods:
                 tuned_at = args.settings_budget or args.budget  # the settings of another budget's files
-                setting = timing_setting(runs, name, width, method, tuned_at)
+                setting = timing_setting(runs, name, width, method, tuned_at, args.budget)
                 for ev in (("batch", "plain") if method in SPEED_PEERS[:2] else ("batch",)):
                     bench = Bench(data, name, width, 0, args.budget, peer_eval=ev)
                     r = run_one(bench, method, setting)
@@ -948,7 +953,9 @@ def ratios(rows) -> list:
     """Per second, at every point of ``--speed`` rows: the peer closest to the demo recipe's time
     per query (the smallest ratio; populations batched or plain counted apart), against 10x.
     ``recipe_ratio`` is that peer's time per query over the short-budget recipe's
-    (``deepzero-krs``, the recipe that trains at the largest size), NaN where it was not timed."""
+    (``deepzero-krs``, the recipe that trains at the largest size), ``default_ratio`` the same
+    over ``deepzero-krsd``'s (the recipe with its own defaults: 100 coordinates a step from 40
+    queries per weight on); NaN where that recipe was not timed."""
     out = []
     for key in sorted({(r["data"], r["d"], r["budget"]) for r in rows}):
         here = [r for r in rows if (r["data"], r["d"], r["budget"]) == key]
@@ -957,21 +964,27 @@ def ratios(rows) -> list:
         if not peers or demo is None:
             continue
         near = min(peers, key=lambda r: r["ratio"])
-        krs = next((r for r in here if r["method"] == RECIPES[1]), None)
+        krs, krsd = (next((r for r in here if r["method"] == m), None) for m in (RECIPES[1], RECIPES[3]))
         out.append({"data": key[0], "d": key[1], "budget": key[2], "us": 1e6 * demo["s_per_query"], "peer": near,
                     "ratio": near["ratio"], "peers": len(peers), "met": all(r["ratio"] >= 10 for r in peers),
-                    "recipe_ratio": near["s_per_query"] / krs["s_per_query"] if krs else float("nan")})
+                    "recipe_ratio": near["s_per_query"] / krs["s_per_query"] if krs else float("nan"),
+                    "default_ratio": near["s_per_query"] / krsd["s_per_query"] if krsd else float("nan")})
     return out
 
 
 def ratios_table(rows) -> str:
+    """Markdown of :func:`ratios`; the ``deepzero-krsd`` column only where some point timed it."""
+    def x(v):
+        return f"{v:.1f}" if v == v else "-"
+    krsd = any(r.get("default_ratio", float("nan")) == r.get("default_ratio") for r in rows)
     head = ("data", "d", "queries", "DeepZero us / query", "closest peer", "x DeepZero's time", "its x MACs",
-            "10x ahead of every peer", "closest peer x deepzero-krs's time")
+            "10x ahead of every peer", "closest peer x deepzero-krs's time") + (
+            ("closest peer x deepzero-krsd's time",) if krsd else ())
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", f"{r['us']:.1f}",
                        r["peer"]["method"] + (f" ({r['peer']['eval']})" if r["peer"]["method"] in SPEED_PEERS[:2] else ""),
                        f"{r['ratio']:.1f}", f"{r['peer']['mac_ratio']:.1f}" if "mac_ratio" in r["peer"] else "-",
-                       f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)",
-                       f"{r['recipe_ratio']:.1f}" if r["recipe_ratio"] == r["recipe_ratio"] else "-") for r in rows]
+                       f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)", x(r["recipe_ratio"]))
+                      + ((x(r.get("default_ratio", float("nan"))),) if krsd else ()) for r in rows]
     return _markdown(lines)
 
 

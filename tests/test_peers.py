@@ -298,6 +298,23 @@ def test_batch_order_and_rng_hold_one_part_of_a_seeds_randomness(peers, tmp_path
                           .batches(0)[0][0])
 
 
+def test_a_timing_takes_the_settings_budget_then_its_own_budget_then_the_grid_middle(peers):
+    """``--speed --settings-budget``: a method tuned at that budget takes its choice; one only run at
+    the timing's budget (``deepzero-krsd`` at 150,000 queries) the setting it ran with there,
+    not the grid's middle (a rate that can diverge, and a diverged run's time is not the method's)."""
+    def run(method, budget, setting, role="given"):
+        return {"data": "digits", "width": 0, "method": method, "budget": budget, "setting": setting, "seed": 0,
+                "role": role, "val_acc": 0.5}
+    runs = [run("snes", 30_000, {"stdev": 0.03}, "tune"), run("snes", 150_000, {"stdev": 0.1}),
+            run("deepzero-krsd", 150_000, {"lr": 0.03})]
+    assert peers.timing_setting(runs, "digits", 0, "snes", 30_000, 150_000) == {"stdev": 0.03}
+    assert peers.timing_setting(runs, "digits", 0, "deepzero-krsd", 30_000, 150_000) == {"lr": 0.03}
+    middle = peers.GRID["deepzero-krsd"][len(peers.GRID["deepzero-krsd"]) // 2]
+    assert middle != {"lr": 0.03}
+    assert peers.timing_setting(runs, "digits", 0, "deepzero-krsd", 30_000) == middle  # no timing budget given
+    assert peers.timing_setting(runs, "digits", 0, "deepzero-krsd", 30_000, 60_000) == middle  # not run there
+
+
 def test_tuning_at_a_new_budget_counts_the_run_brought_there_by_settings_from(peers, tmp_path):
     """Grid runs added beside a --settings-from run compete with it at the tuning seed, not at other seeds."""
     def run(setting, seed, role, val):
@@ -485,6 +502,14 @@ def test_ratios_name_the_closest_peer_and_whether_every_peer_is_10x_behind(peers
     # the short-budget recipe's column: the same closest peer over deepzero-krs's time (12 / 3), "-" where untimed
     assert out[1]["recipe_ratio"] == pytest.approx(4.0) and out[0]["recipe_ratio"] != out[0]["recipe_ratio"]
     assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) | 4.0 |" in table
+    assert "deepzero-krsd" not in table  # no point timed the recipe's defaults: no column for them
+    # timed at one point: a column for them, the same closest peer over its time (12 / 2), "-" elsewhere
+    out = peers.ratios(rows + [row("deepzero-krsd", 2.0)])
+    assert out[1]["default_ratio"] == pytest.approx(6.0) and out[0]["default_ratio"] != out[0]["default_ratio"]
+    table = peers.ratios_table(out)
+    assert "| closest peer x deepzero-krs's time | closest peer x deepzero-krsd's time |" in table
+    assert "| snes (batch) | 12.0 | 7.0 | yes (2 peers) | 4.0 | 6.0 |" in table
+    assert "| pgpe (batch) | 8.0 | 7.0 | no (1 peers) | - | - |" in table
 
 
 def test_wins_say_who_wins_at_every_size_per_query_and_per_second(peers, tmp_path):
