@@ -214,7 +214,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     out = np.empty(len(c))
     starts = np.array([i.slice.start for i in core.info])
     owner = np.searchsorted(starts, c, side="right") - 1
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = parameter_names(model)
     B = oracle._x.shape[0]
     budget = oracle._budget or (1024 * 2**20 if oracle.device.type == "cuda" else 16 * 2**20)
     per = 3 * max(oracle._probe()) * B
@@ -245,7 +245,22 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     return out
 
 
-def _vmapped_tensor(oracle, name: str, p, loc, step) -> np.ndarray:
+def parameter_names(model: nn.Module) -> dict:
+    """``id(parameter) -> every name it has in a distinct module``, for ``functional_call``.
+
+    A weight tied between two modules has two names, and both must be given the perturbed
+    value; a module listed twice (one Linear twice in a Sequential) is one module, named
+    once. ``functional_call(..., tie_weights=True)`` would find the tied names itself, but in
+    torch 2.13 it leaves batched tensors in a module listed twice, so the names are given
+    explicitly, with ``tie_weights=False``."""
+    names = {}
+    for prefix, mod in model.named_modules():
+        for n, p in mod.named_parameters(recurse=False):
+            names.setdefault(id(p), []).append(f"{prefix}.{n}" if prefix else n)
+    return names
+
+
+def _vmapped_tensor(oracle, names: list, p, loc, step) -> np.ndarray:
     from torch.func import functional_call, vmap
 
     k = len(loc)
@@ -256,7 +271,8 @@ def _vmapped_tensor(oracle, name: str, p, loc, step) -> np.ndarray:
     W[ar, ii] = W[ar, ii] + step
 
     def run(w):
-        return functional_call(model, {name: w.view(p.shape)}, (x,), strict=False, tie_weights=True)
+        v = w.view(p.shape)
+        return functional_call(model, {name: v for name in names}, (x,), strict=False, tie_weights=False)
 
     outs = vmap(run, randomness="error")(W)  # (k, B, ...)
     vals = oracle._loss(outs.reshape((k * x.shape[0],) + tuple(outs.shape[2:])), k)

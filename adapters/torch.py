@@ -32,7 +32,7 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import first_bind, full_coordinate_losses, reference_loss, shared_suffix
+from ._torch_exact import first_bind, full_coordinate_losses, parameter_names, reference_loss, shared_suffix
 from ._torch_chain import (
     Step,
     absorb,
@@ -663,13 +663,7 @@ class TorchOracle:
 
         core, k = self._core, P.shape[0]
         model = self.model
-        # every name a parameter has in a distinct module: a weight tied between two modules is
-        # replaced in both (``tie_weights=True`` instead leaves batched tensors in a module that
-        # appears twice, such as one Linear listed twice in a Sequential, in torch 2.13)
-        names = {}
-        for prefix, mod in model.named_modules():
-            for n, p in mod.named_parameters(recurse=False):
-                names.setdefault(id(p), []).append(f"{prefix}.{n}" if prefix else n)
+        names = parameter_names(model)  # a tied weight under each of its names
         keys = [names[id(p)] for p in core.params]
         x = self._x
 

@@ -305,12 +305,14 @@ def test_torchvision_resnet_blocks_list_its_layers():
     assert oracle.param_info[0].name == "conv1.weight"
 
 
-@pytest.mark.parametrize("name", ["bn_act", "text", "shared_tied"])
+@pytest.mark.parametrize("name", ["bn_act", "text", "shared_tied", "shared_sequential"])
 @pytest.mark.parametrize("loss_fn", [CE_ROWS, nn.CrossEntropyLoss()], ids=["rows", "mean"])
 def test_full_forward_fallback_equals_the_textbook_loop(name, loss_fn):
     model, x, y = zoo(name, n=5, seed=3)
     oracle = check_exact(model, x, y, loss_fn, blocks="none")
     assert oracle.blocks == []
+    # the vectorized forwards leave the module its own parameters (a Linear listed twice included)
+    assert all(type(p) is nn.Parameter for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(tm.ZOO))
