@@ -274,7 +274,8 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
                 flags.append((m, "inplace", True))
-            if isinstance(m, nn.MultiheadAttention) and m.dropout:
+            if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
+                # a recurrent layer's dropout between its layers runs inside its kernel
                 flags.append((m, "dropout", m.dropout))
                 m.dropout = 0.0
         mode.__enter__()
@@ -310,7 +311,7 @@ def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
     hit = _INFO.get(model)
     if hit is None or hit.count != n:
         mods = list(model.modules())
-        special = [m for m in mods if isinstance(m, (_BATCHNORM, nn.MultiheadAttention) + _DROPOUT)
+        special = [m for m in mods if isinstance(m, (_BATCHNORM, nn.MultiheadAttention, nn.RNNBase) + _DROPOUT)
                    or hasattr(m, "inplace")]
         hit = _INFO[model] = _ModelInfo(n, special, all(map(_stock_forward, mods)))
     return hit

@@ -41,7 +41,7 @@ def plain_context(model: nn.Module):
         if isinstance(m, _DROPOUT) and m.p:
             flags.append((m, "p", m.p))
             m.p = 0.0
-        if isinstance(m, nn.MultiheadAttention) and m.dropout:
+        if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
             flags.append((m, "dropout", m.dropout))
             m.dropout = 0.0
     mode = _NoDropout()
@@ -79,8 +79,31 @@ def first_bind(oracle) -> None:
     if core.checked:
         return
     core.checked = True
+    _self_check(oracle)
+
+
+def _modes(model) -> tuple:
+    return tuple(m.training for m in model.modules())
+
+
+def ensure_split(oracle) -> None:
+    """Check the split again when the model's train/eval modes are ones it was not checked in:
+    ``torch.fx`` captures a forward's branches on ``self.training`` as they were at the capture,
+    so a model captured in eval mode and trained may run the other branch than ``model(x)``."""
+    core = oracle._core
+    if core.blocks and core.checked and _modes(core.model) not in core.checked_modes:
+        _self_check(oracle, "in the model's train/eval modes of now, not those it was checked in: ")
+
+
+def _self_check(oracle, why: str = "") -> None:
+    """Compare the split with ``model(x)`` on (at most) two samples of the bound batch, in the
+    model's current modes; retire it, with a warning naming the reason, if they differ."""
+    core = oracle._core
     if not core.blocks:
         return
+    # these modes count as checked from here on: the check's own prefix and suffix calls must
+    # not start it again (a failed check retires the split, and then nothing is checked)
+    core.checked_modes.add(_modes(core.model))
     theta = oracle._load(oracle.initial_params()).clone()
     # the split's structure does not depend on the batch size: check on (at most) 2 samples
     probe = copy.copy(oracle)
@@ -99,7 +122,7 @@ def first_bind(oracle) -> None:
     finally:
         oracle._load(theta)
     if reason:
-        retire_split(oracle, reason)
+        retire_split(oracle, why + reason)
 
 
 def retire_split(oracle, reason: str) -> None:

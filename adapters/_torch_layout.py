@@ -79,6 +79,7 @@ class _Core:
         self.warned = False
         self.vmap_ok = True
         self.checked = False     # the split's self-check ran (once, at the first bound batch)
+        self.checked_modes = set()  # the modules' train/eval modes the split passed the check in
         self.scalar_loss = None  # loss_fn returns one mean loss (True) or per-sample losses (False)
         self.shared = []
         self.downstream = {}     # block step -> which later steps a perturbation reaches

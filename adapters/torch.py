@@ -32,7 +32,8 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import first_bind, full_coordinate_losses, parameter_names, reference_loss, shared_suffix
+from ._torch_exact import (ensure_split, first_bind, full_coordinate_losses, parameter_names, reference_loss,
+                           shared_suffix)
 from ._torch_chain import (
     Step,
     absorb,
@@ -72,6 +73,13 @@ def _copy(params):
     return params.clone() if torch.is_tensor(params) else params.copy()
 
 
+def _model_state(model: nn.Module) -> tuple:
+    """What a cached activation or base loss depends on besides the parameters and the batch:
+    every module's train/eval mode and every buffer's identity and version (running statistics
+    written in place, or ``load_state_arrays``)."""
+    return (tuple(m.training for m in model.modules()), tuple((id(b), b._version) for b in model.buffers()))
+
+
 def _same(old, params) -> bool:
     if type(old) is not type(params) or old.shape != params.shape:
         return False
@@ -108,6 +116,15 @@ class _Features:
     def __repr__(self):
         shapes = [tuple(s.shape) for s in self.state]
         return f"<features entering block {self.block}: {shapes}>"
+
+
+def _indices(coords) -> np.ndarray:
+    """``coords`` as a flat int64 array of indices; a boolean mask is refused (read as 0s and 1s
+    it would name the first two coordinates)."""
+    a = np.asarray(coords)
+    if a.dtype == bool:
+        raise ArgumentError("`coords` must be integer indices, got a boolean array; pass np.flatnonzero(mask)")
+    return np.asarray(a, dtype=np.int64).reshape(-1)
 
 
 def _nonzero_rows(D, n: int) -> torch.Tensor:
@@ -321,7 +338,11 @@ class TorchOracle:
 
     @property
     def blocks(self) -> list:
-        """Contiguous parameter ranges in forward order, one per step owning parameters."""
+        """Contiguous parameter ranges in forward order, one per step owning parameters (none
+        once the split is retired: a bound oracle first checks it in the model's modes of now,
+        so a plan made from these blocks finds them in ``prefix`` and ``suffix``)."""
+        if self._x is not None:
+            ensure_split(self)
         return list(self._core.blocks)
 
     @property
@@ -598,17 +619,19 @@ class TorchOracle:
                 # unless they outgrow the memory budget (a large bound batch only evaluated)
                 limit = self._budget_bytes()
                 out, states = self._run_chain(limit)
-                if states is not None:
-                    self._state_cache = (key, states, self.model.training)
             else:
-                out = self.model(self._x)
+                out, states = self.model(self._x), None
             if self._core.scalar_loss:
                 self._base_rows = None
                 return float(self._scalar(out, self._y))
             rows = self._loss_rows(out, self._y)
         # the per-sample losses at the base point: the fast suffix path reuses them for the
-        # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again
-        self._base_rows = (key, rows)
+        # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again;
+        # both caches hold the model's state after the run (a plain call may update buffers)
+        state = _model_state(self.model)
+        if states is not None:
+            self._state_cache = (key, states, state)
+        self._base_rows = (key, rows, state)
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 
     def reference_loss(self, params) -> float:
@@ -651,6 +674,7 @@ class TorchOracle:
                 warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
                               "batched queries run one full forward each", RuntimeWarning, stacklevel=4)
         outs = []
+        ensure_split(self)  # the loop runs the captured chain
         with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             for r in range(k):
                 self._load(P[r])
@@ -694,12 +718,13 @@ class TorchOracle:
         chunks: the prefix and suffix calls a split plan makes, in one call.
         """
         self._require_batch()
-        c = np.asarray(coords, dtype=np.int64).reshape(-1)
+        c = _indices(coords)
         core = self._core
         d = core.d
         if c.size and (c.min() < 0 or c.max() >= d):
             raise ArgumentError(f"`coords` must lie in [0, {d}), got {int(c[(c < 0) | (c >= d)][0])}")
         out = np.empty(len(c))
+        ensure_split(self)
         if not core.blocks:
             self._warn_fallback()
             return full_coordinate_losses(self, params, c, step)
@@ -723,6 +748,7 @@ class TorchOracle:
         """Activations entering ``block`` (and the fast path's caches) at ``params``."""
         self._require_batch()
         core = self._core
+        ensure_split(self)
         if not core.blocks:
             raise ArgumentError("this TorchOracle has no blocks (no feature reuse); use coordinate_losses")
         block = self._check_block(block)
@@ -754,12 +780,12 @@ class TorchOracle:
         every node's value for the bound minibatch, read by prefixes and by suffixes for the
         steps a perturbation does not reach."""
         cached = self._state_cache
-        if cached is not None and cached[2] == self.model.training and _same(cached[0], params):
+        if cached is not None and _same(cached[0], params) and cached[2] == _model_state(self.model):
             return cached[1]
         self._load(params)
         with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             states = self._run_chain()[1]
-        self._state_cache = (_copy(params), states, self.model.training)
+        self._state_cache = (_copy(params), states, _model_state(self.model))
         return states
 
     def _run_chain(self, limit=None) -> tuple:
@@ -788,7 +814,7 @@ class TorchOracle:
         cached = getattr(self, "_base_rows", None)
         if cached is None:
             return None
-        return cached[1] if _same(cached[0], params) else None
+        return cached[1] if _same(cached[0], params) and cached[2] == _model_state(self.model) else None
 
     def _walk(self, si: int, out, state_rest, params=None, states=None):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv1d/Conv2d.
@@ -839,7 +865,7 @@ class TorchOracle:
                     out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
-                    self._base_rows = (_copy(params), base_losses)
+                    self._base_rows = (_copy(params), base_losses, _model_state(self.model))
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
         # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
@@ -861,12 +887,15 @@ class TorchOracle:
     def suffix(self, features, params, block: int, coords, step) -> np.ndarray:
         """Losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``."""
         self._require_batch()
+        ensure_split(self)
         block = self._check_block(block)
         if not isinstance(features, _Features) or features.block != block:
             raise ArgumentError(f"`features` must come from prefix(params, {block}) of this oracle")
         core = self._core
         blk = core.blocks[block]
-        c = np.asarray(coords, dtype=np.int64).reshape(-1)
+        c = _indices(coords)
+        if not c.size:
+            return np.empty(0)
         if c.size and (c.min() < blk.start or c.max() >= blk.stop):
             raise ArgumentError(f"`coords` must lie in block {block} = [{blk.start}, {blk.stop}), got "
                                 f"{int(c[(c < blk.start) | (c >= blk.stop)][0])}")

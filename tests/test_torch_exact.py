@@ -4,6 +4,7 @@ shared modules, tied weights) give the textbook perturb / forward / restore grad
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -568,3 +569,145 @@ def test_the_first_binds_own_loss_calls_are_one_minibatch_and_a_few_two_sample_r
     checks = extra - 32  # the first minibatch once (the loss convention), then the split's self-check
     assert 0 < checks <= 2 * 4 * (len(oracle.param_info) + 1) and checks % 2 == 0  # two-sample rows
     assert run() == 0  # once per oracle: a second run on it has no extra loss calls
+
+
+# ---- the model's state moves under the oracle: its modes, its buffers (found by fuzzing against
+# reference_loss)
+
+def _bn_mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Tanh(),
+                      nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        m[3].running_mean.normal_()
+        m[3].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return m, x, torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def _against_reference(oracle, theta, coords, step):
+    got = oracle.coordinate_losses(theta, coords, step)
+    want = []
+    for i in coords:
+        moved = theta.copy()
+        moved[i] += step
+        want.append(oracle.reference_loss(moved))
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-14), (got, want)
+
+
+@pytest.mark.parametrize("change", ["eval", "buffers", "one_bn_eval"])
+def test_cached_activations_and_base_losses_follow_the_models_modes_and_buffers(change):
+    """The activations and per-sample base losses cached at ``params`` are the model's in the
+    state it had then: a switch to eval, new running statistics (``load_state_arrays``) or one
+    BatchNorm frozen (``bn.eval()`` under a model in train mode, the fine-tuning idiom) makes
+    them stale, and the next queries compute them again."""
+    m, x, y = _bn_mlp()
+    m.train(change != "buffers")
+    oracle = TorchOracle(m, CE_ROWS, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    oracle(theta)
+    oracle.coordinate_losses(theta, [0, 37], 0.5)  # both caches filled at theta
+    if change == "eval":
+        m.eval()
+    elif change == "buffers":
+        state = oracle.state_arrays()
+        state["3.running_mean"] = np.linspace(-1, 1, 8)
+        oracle.load_state_arrays(state)
+    else:
+        m[3].eval()
+    _against_reference(oracle, theta, [0, 37, 50, 90, 110, 150], 0.5)
+    assert oracle(theta) == pytest.approx(oracle.reference_loss(theta), rel=1e-12)
+
+
+class _FunctionalBN(nn.Module):
+    """Batch normalization written out in ``forward`` with ``training=self.training``: the captured
+    graph holds the mode the model had when it was traced."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+        self.register_buffer("rm", torch.randn(8))
+        self.register_buffer("rv", torch.rand(8) + 0.5)
+
+    def forward(self, x):
+        h = F.batch_norm(self.fc1(x), self.rm, self.rv, None, None, self.training, 0.1, 1e-5)
+        return self.fc2(torch.tanh(h))
+
+
+def test_a_mode_the_split_was_not_checked_in_is_checked_before_the_split_serves_it():
+    """Traced in eval mode and then trained: the split is checked again in the new mode, and the
+    captured eval-mode branch is refused with a warning instead of answering for train mode."""
+    torch.manual_seed(0)
+    model = _FunctionalBN().double().eval()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    oracle = TorchOracle(model, CE_ROWS, (x[:3], y[:3]), update_stats=False)
+    assert oracle.blocks  # exact in the mode it was captured and checked in
+    model.train()
+    bound = oracle.bind((x, y))
+    theta = bound.initial_params()
+    with pytest.warns(RuntimeWarning, match="mode"):
+        _against_reference(bound, theta, [0, 5, 44, 60], 0.5)
+    assert bound.blocks == [] and oracle.blocks == []
+    # back in eval mode the full forwards stay exact
+    model.eval()
+    _against_reference(bound, theta, [0, 5, 44, 60], 0.5)
+
+
+def test_a_mode_change_the_split_survives_keeps_the_fast_path():
+    """A stock model whose modules read their mode at run time passes the check in every mode."""
+    m, x, y = _bn_mlp()
+    m.train()
+    oracle = TorchOracle(m, CE_ROWS, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for mode in (False, True, False):
+            m.train(mode)
+            _against_reference(oracle, theta, [0, 37, 90, 150], 0.5)
+    assert oracle.blocks
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_layers_run_without_their_dropout_between_layers(cell):
+    """``nn.LSTM(..., num_layers=2, dropout=0.5)`` drops out inside its kernel in train mode: the
+    oracle and the reference both run it with that dropout off, so every query is deterministic."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = cell(4, 6, num_layers=2, dropout=0.5, batch_first=True)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Net().double().train()
+    x, y = torch.randn(5, 7, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a recurrent layer may not split: full forwards, said once
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    assert oracle(theta) == oracle(theta) == oracle.reference_loss(theta) == oracle.reference_loss(theta)
+    assert model.rnn.dropout == 0.5 and model.training  # restored after every query
+    _against_reference(oracle, theta, [0, 1, theta.size - 1], 0.25)
+    oracle.load(theta)
+    off = copy.deepcopy(model)
+    off.rnn.dropout = 0.0
+    with torch.no_grad():
+        assert oracle(theta) == pytest.approx(float(CE_ROWS(off(x), y).mean()), rel=1e-12)
+
+
+def test_suffix_of_no_coordinates_and_boolean_coordinates():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    oracle = TorchOracle(m, CE_ROWS, (torch.randn(3, 4), torch.tensor([0, 1, 2])))
+    theta = oracle.initial_params()
+    for empty in ([], np.array([], dtype=np.int64)):
+        assert oracle.suffix(oracle.prefix(theta, 0), theta, 0, empty, 0.1).shape == (0,)
+        assert oracle.coordinate_losses(theta, empty, 0.1).shape == (0,)
+    mask = np.zeros(theta.size, dtype=bool)
+    mask[[7, 20]] = True
+    with pytest.raises(zo.ArgumentError, match=r"`coords`.*boolean.*flatnonzero"):
+        oracle.coordinate_losses(theta, mask, 0.1)
+    with pytest.raises(zo.ArgumentError, match=r"`coords`.*boolean.*flatnonzero"):
+        oracle.suffix(oracle.prefix(theta, 0), theta, 0, mask[:20], 0.1)
