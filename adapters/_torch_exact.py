@@ -80,6 +80,33 @@ def first_bind(oracle) -> None:
         return
     core.checked = True
     _self_check(oracle)
+    if not core.blocks:
+        _check_full_forward(oracle)
+
+
+def _check_full_forward(oracle) -> None:
+    """Warn when the oracle's full forward differs from ``model(x)``: the oracle runs in-place
+    activations out of place (its cached activations must not be overwritten), which changes a
+    forward that reads a tensor after an in-place activation overwrote it (``out = conv(relu_(x))
+    + x``). Checked once, on two samples, for a model with in-place modules."""
+    model = oracle.model
+    if not any(getattr(m, "inplace", False) is True for m in model.modules()):
+        return
+    n = min(2, oracle._x.shape[0])
+    x = oracle._x[:n].clone()
+    y = None if oracle._y is None else oracle._y[:n].clone()
+    want = reference_loss(oracle, x.clone(), y)
+    probe = copy.copy(oracle)
+    probe._x, probe._y, probe._ycache = x, y, None
+    with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn):
+        out = model(x.clone())
+        got = float(probe._scalar(out, y)) if oracle._core.scalar_loss else float(probe._loss(out, 1)[0])
+    if not _close(got, want, want, oracle.dtype):
+        warnings.warn(f"TorchOracle: {type(model).__name__} gives loss {want:.10g}, but {got:.10g} with its in-place "
+                      "activations run out of place, as the oracle runs them: its forward reads a tensor that an "
+                      "in-place activation overwrote. The oracle's losses are those of the out-of-place forward; "
+                      "make that activation out of place (inplace=False) for model(x) to agree",
+                      RuntimeWarning, stacklevel=4)
 
 
 def _modes(model) -> tuple:

@@ -5,6 +5,7 @@ shared modules, tied weights) give the textbook perturb / forward / restore grad
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import numpy as np
@@ -711,3 +712,37 @@ def test_suffix_of_no_coordinates_and_boolean_coordinates():
         oracle.coordinate_losses(theta, mask, 0.1)
     with pytest.raises(zo.ArgumentError, match=r"`coords`.*boolean.*flatnonzero"):
         oracle.suffix(oracle.prefix(theta, 0), theta, 0, mask[:20], 0.1)
+
+
+class _ReadsAfterInPlace(nn.Module):
+    """``out = conv(relu_(x)) + x``: the in-place ReLU overwrote ``x`` before the residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.relu = nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=True)
+        self.conv, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.Linear(48, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.conv(self.relu(x)) + x
+        return self.fc(torch.flatten(out, 1))
+
+
+def test_a_forward_that_reads_what_an_in_place_activation_overwrote_is_named():
+    """The oracle runs in-place activations out of place; where that changes ``model(x)`` (the
+    split refused, and its full forwards too), a warning says so and names the fix, rather than
+    answering for another model in silence."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 2, 4, 4, dtype=torch.float64), torch.randint(0, 4, (4,))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        TorchOracle(_ReadsAfterInPlace().double(), CE_ROWS, (x, y))
+    said = [str(w.message) for w in rec if w.category is RuntimeWarning]
+    assert len(said) == 2 and "no feature reuse" in said[0], said  # the split refused, then why
+    assert re.search("in-place activation overwrote.*inplace=False", said[1]), said
+    fixed = _ReadsAfterInPlace().double()
+    fixed.relu.inplace = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(fixed, CE_ROWS, (x, y))
+    assert oracle.blocks
