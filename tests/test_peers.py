@@ -804,6 +804,19 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
         assert "python benchmarks/peers.py --ratios " + ",".join(paths).replace(ROOT + os.sep, "") in docs
         assert peers.ratios_table(peers.ratios([r for path in paths for r in peers._load(path)])) in docs
         assert f"library code of {commit}" in docs
+    # d = 2k at 150,000 queries with short_budget's own defaults (deepzero-krsd: 100 a step, at the rate it ran
+    # with in wide_small_*.json), the 50-a-step recipe, the demo recipe and every peer, in one run per data set
+    paths = [os.path.join(results, f"speed150_krsd_{data}.json") for data in ("digits", "mnist1d")]
+    for path in paths:
+        rows = peers._load(path)
+        assert {r["budget"] for r in rows} == {150_000} and len({r["d"] for r in rows}) == 1, path
+        krsd = [r for r in rows if r["method"] == "deepzero-krsd"]
+        assert len(krsd) == 1 and krsd[0]["setting"] == {"lr": 0.03}, path
+        assert peers.speed_table(rows) in docs, path
+        assert f"--out $R/{os.path.basename(path)}" in docs, path
+    assert "python benchmarks/peers.py --ratios $R/speed150_krsd_digits.json,$R/speed150_krsd_mnist1d.json" in docs
+    table = peers.ratios_table(peers.ratios([r for path in paths for r in peers._load(path)]))
+    assert "closest peer x deepzero-krsd's time" in table and table in docs
     # d = 2k under zoracle's allocator policy (zo.reuse_freed_memory), set for every method of the table
     paths = [os.path.join(results, f"speed150malloc_{data}.json") for data in ("digits", "mnist1d")]
     for path in paths:
