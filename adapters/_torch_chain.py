@@ -274,6 +274,10 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
                 flags.append((m, "inplace", True))
+            if not update and m.training and not isinstance(m, _BATCHNORM) and m._buffers:
+                # buffers a module writes in train mode (InstanceNorm's running statistics,
+                # spectral norm's power-iteration vectors): a query leaves them as it found them
+                saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
             if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
                 # a recurrent layer's dropout between its layers runs inside its kernel
                 flags.append((m, "dropout", m.dropout))
@@ -296,7 +300,8 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
 @dataclass(frozen=True)
 class _ModelInfo:
     count: int  # submodules when cached: a changed count refreshes the entry
-    special: list  # the ones ``norm_context`` patches (BatchNorm, dropout, in-place, attention)
+    special: list  # the ones ``norm_context`` patches (BatchNorm, dropout, in-place, attention, recurrent
+    # layers) or whose buffers it restores
     stock: bool  # every forward is a stock one (see ``_needs_dropout_mode``)
 
 
@@ -312,7 +317,7 @@ def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
     if hit is None or hit.count != n:
         mods = list(model.modules())
         special = [m for m in mods if isinstance(m, (_BATCHNORM, nn.MultiheadAttention, nn.RNNBase) + _DROPOUT)
-                   or hasattr(m, "inplace")]
+                   or hasattr(m, "inplace") or m._buffers]
         hit = _INFO[model] = _ModelInfo(n, special, all(map(_stock_forward, mods)))
     return hit
 

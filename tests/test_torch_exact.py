@@ -746,3 +746,35 @@ def test_a_forward_that_reads_what_an_in_place_activation_overwrote_is_named():
         warnings.simplefilter("error")
         oracle = TorchOracle(fixed, CE_ROWS, (x, y))
     assert oracle.blocks
+
+
+@pytest.mark.parametrize("kind", ["instancenorm", "spectral_norm"])
+def test_queries_leave_the_buffers_a_module_writes_in_train_mode_as_they_were(kind):
+    """``InstanceNorm2d(track_running_stats=True)`` and spectral norm's power iteration write
+    their buffers in train mode: perturbation queries (and plain calls with ``update_stats=False``)
+    leave them as they found them, so a later eval-mode loss is the one before the estimate."""
+    torch.manual_seed(0)
+    if kind == "instancenorm":
+        mid = nn.InstanceNorm2d(3, affine=True, track_running_stats=True)
+        conv = nn.Conv2d(2, 3, 3, padding=1)
+    else:
+        mid = nn.Identity()
+        conv = torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 3, 3, padding=1))
+    model = nn.Sequential(conv, mid, nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)).double()
+    x, y = torch.randn(4, 2, 4, 4, dtype=torch.float64), torch.randint(0, 3, (4,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a parametrized layer may not split: full forwards, said once
+        oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    assert before
+    model.eval()
+    eval_before = oracle(theta)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # vmap refuses these layers: one forward a row, said once
+        zo.estimate_gradient(oracle, theta, zo.CGE(mu=0.5), coordinates=np.arange(0, theta.size, 3))
+        oracle.batch(theta[None] + 0.1)
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+    model.eval()
+    assert oracle(theta) == eval_before
