@@ -265,7 +265,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                 patched.append(m)
             elif isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
                 if not update:
-                    saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
+                    saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
                 m.forward = (lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
                 patched.append(m)
             elif isinstance(m, _DROPOUT):
@@ -277,7 +277,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             if not update and m.training and not isinstance(m, _BATCHNORM) and m._buffers:
                 # buffers a module writes in train mode (InstanceNorm's running statistics,
                 # spectral norm's power-iteration vectors): a query leaves them as it found them
-                saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
+                saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
             if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
                 # a recurrent layer's dropout between its layers runs inside its kernel
                 flags.append((m, "dropout", m.dropout))
@@ -293,8 +293,9 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
         for m, attr, v in flags:
             setattr(m, attr, v)
         with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
+            for b, v, version in saved:
+                if b._version != version:  # written: put back (one left untouched keeps its version)
+                    b.copy_(v)
 
 
 @dataclass(frozen=True)
