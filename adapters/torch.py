@@ -77,7 +77,12 @@ def _model_state(model: nn.Module) -> tuple:
     """What a cached activation or base loss depends on besides the parameters and the batch:
     every module's train/eval mode and every buffer's identity and version (running statistics
     written in place, or ``load_state_arrays``)."""
-    return (tuple(m.training for m in model.modules()), tuple((id(b), b._version) for b in model.buffers()))
+    flags, buffers = [], []
+    for m in model.modules():  # one walk for both
+        flags.append(m.training)
+        if m._buffers:
+            buffers += [(id(b), b._version) for b in m._buffers.values() if b is not None]
+    return tuple(flags), tuple(buffers)
 
 
 def _same(old, params) -> bool:
