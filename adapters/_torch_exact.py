@@ -95,12 +95,15 @@ def _check_full_forward(oracle) -> None:
     n = min(2, oracle._x.shape[0])
     x = oracle._x[:n].clone()
     y = None if oracle._y is None else oracle._y[:n].clone()
-    want = reference_loss(oracle, x.clone(), y)
     probe = copy.copy(oracle)
     probe._x, probe._y, probe._ycache = x, y, None
-    with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn):
-        out = model(x.clone())
-        got = float(probe._scalar(out, y)) if oracle._core.scalar_loss else float(probe._loss(out, 1)[0])
+    try:
+        want = reference_loss(oracle, x.clone(), y)
+        with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn):
+            out = model(x.clone())
+            got = float(probe._scalar(out, y)) if oracle._core.scalar_loss else float(probe._loss(out, 1)[0])
+    except Exception:  # a forward that needs more samples (train-mode BatchNorm on one): no verdict
+        return
     if not _close(got, want, want, oracle.dtype):
         warnings.warn(f"TorchOracle: {type(model).__name__} gives loss {want:.10g}, but {got:.10g} with its in-place "
                       "activations run out of place, as the oracle runs them: its forward reads a tensor that an "
