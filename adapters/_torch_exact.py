@@ -92,11 +92,8 @@ def _check_full_forward(oracle) -> None:
     model = oracle.model
     if not any(getattr(m, "inplace", False) is True for m in model.modules()):
         return
-    n = min(2, oracle._x.shape[0])
-    x = oracle._x[:n].clone()
-    y = None if oracle._y is None else oracle._y[:n].clone()
-    probe = copy.copy(oracle)
-    probe._x, probe._y, probe._ycache = x, y, None
+    probe = _two_samples(oracle)
+    x, y = probe._x, probe._y
     try:
         want = reference_loss(oracle, x.clone(), y)
         with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn):
@@ -110,6 +107,16 @@ def _check_full_forward(oracle) -> None:
                       "in-place activation overwrote. The oracle's losses are those of the out-of-place forward; "
                       "make that activation out of place (inplace=False) for model(x) to agree",
                       RuntimeWarning, stacklevel=4)
+
+
+def _two_samples(oracle):
+    """A copy of the bound ``oracle`` on (at most) the first two samples of its batch, caches empty."""
+    probe = copy.copy(oracle)
+    n = min(2, oracle._x.shape[0])
+    probe._x = oracle._x[:n].clone()
+    probe._y = None if oracle._y is None else oracle._y[:n].clone()
+    probe._base_rows = probe._ycache = probe._state_cache = None
+    return probe
 
 
 def _modes(model) -> tuple:
@@ -136,11 +143,7 @@ def _self_check(oracle, why: str = "") -> None:
     core.checked_modes.add(_modes(core.model))
     theta = oracle._load(oracle.initial_params()).clone()
     # the split's structure does not depend on the batch size: check on (at most) 2 samples
-    probe = copy.copy(oracle)
-    n = min(2, oracle._x.shape[0])
-    probe._x = oracle._x[:n].clone()
-    probe._y = None if oracle._y is None else oracle._y[:n].clone()
-    probe._base_rows = probe._ycache = probe._state_cache = None
+    probe = _two_samples(oracle)
     try:
         reason = _check_split(probe, theta)
         if reason and oracle.dtype != torch.float64 and _recheck_float64(oracle, probe):

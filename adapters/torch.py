@@ -737,13 +737,14 @@ class TorchOracle:
         owner = np.searchsorted(starts, c, side="right") - 1
         call = self.max_queries_per_call
         theta = self._load(params)
-        states = self._states(params)
+        now = _model_state(self.model)  # once for the call: its queries leave modes and buffers as they are
+        states = self._states(params, now)
         with torch.no_grad():
             base = theta[torch.as_tensor(c, device=self.device)]
             h = (base + step) - base  # as suffix computes them, coordinate by coordinate
         for b in np.unique(owner).tolist():
             sel = np.flatnonzero(owner == b)
-            feats = self._features(params, b, states)
+            feats = self._features(params, b, states, now)
             local, hb = c[sel] - core.blocks[b].start, h[torch.as_tensor(sel, device=self.device)]
             for lo in range(0, len(sel), call):
                 out[sel[lo:lo + call]] = self._block_losses(feats, b, local[lo:lo + call], hb[lo:lo + call])
@@ -760,8 +761,9 @@ class TorchOracle:
         self._load(params)
         return self._features(params, block, self._states(params))
 
-    def _features(self, params, block: int, states) -> _Features:
-        """``prefix``'s work, the parameters loaded and ``states`` theirs."""
+    def _features(self, params, block: int, states, now=None) -> _Features:
+        """``prefix``'s work, the parameters loaded and ``states`` theirs (``now``: the model's
+        :func:`_model_state`, when the caller has it)."""
         core = self._core
         si = core.block_steps[block]
         st = core.chain.steps[si]
@@ -775,22 +777,23 @@ class TorchOracle:
                 out = states[si + 1][0] if st.fn is None else st.module(x)
                 cache = prepare_cache(kind, st.module, x, out)
                 if channel_ok(kind, out):
-                    walk = self._walk(si, out, state[1:], params, states if st.fn is None else None)
+                    walk = self._walk(si, out, state[1:], params, states if st.fn is None else None, now)
         mask = core.downstream.setdefault(si, downstream(core.chain.steps, si))
         keep = None if mask is None or all(mask[si + 1:]) else (mask, states)
         return _Features(block, state, out, cache, self._x.shape[0], walk, keep)
 
-    def _states(self, params) -> list:
+    def _states(self, params, now=None) -> list:
         """The state entering every step at ``params`` (one chain run, cached per params):
         every node's value for the bound minibatch, read by prefixes and by suffixes for the
         steps a perturbation does not reach."""
+        now = _model_state(self.model) if now is None else now
         cached = self._state_cache
-        if cached is not None and _same(cached[0], params) and cached[2] == _model_state(self.model):
+        if cached is not None and _same(cached[0], params) and cached[2] == now:
             return cached[1]
         self._load(params)
         with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             states = self._run_chain()[1]
-        self._state_cache = (_copy(params), states, _model_state(self.model))
+        self._state_cache = (_copy(params), states, now)
         return states
 
     def _run_chain(self, limit=None) -> tuple:
@@ -814,14 +817,15 @@ class TorchOracle:
         state["_state_cache"] = None  # activations stay with the process that computed them
         return state
 
-    def _cached_base_rows(self, params):
-        """Per-sample base losses from the last plain call, if it was at these params."""
+    def _cached_base_rows(self, params, now):
+        """Per-sample base losses from the last plain call, if it was at these params and the
+        model's state ``now``."""
         cached = getattr(self, "_base_rows", None)
         if cached is None:
             return None
-        return cached[1] if _same(cached[0], params) and cached[2] == _model_state(self.model) else None
+        return cached[1] if _same(cached[0], params) and cached[2] == now else None
 
-    def _walk(self, si: int, out, state_rest, params=None, states=None):
+    def _walk(self, si: int, out, state_rest, params=None, states=None, now=None):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv1d/Conv2d.
 
         ``states`` (the chain's states at ``params``, ``out`` being ``states[si + 1][0]``): module
@@ -862,7 +866,8 @@ class TorchOracle:
         # unless a later layer mixes samples (train-mode BatchNorm)
         base_losses = None
         if not self._core.scalar_loss and not sample_coupling(steps[start:]):
-            base_losses = None if params is None else self._cached_base_rows(params)
+            now = _model_state(self.model) if now is None else now
+            base_losses = None if params is None else self._cached_base_rows(params, now)
             if base_losses is None:
                 # the same full forward a plain call makes, so the rows are bitwise those of
                 # oracle(params) whichever process computed them (sharded = serial)
@@ -870,7 +875,7 @@ class TorchOracle:
                     out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
-                    self._base_rows = (_copy(params), base_losses, _model_state(self.model))
+                    self._base_rows = (_copy(params), base_losses, now)
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
         # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
@@ -901,7 +906,7 @@ class TorchOracle:
         c = _indices(coords)
         if not c.size:
             return np.empty(0)
-        if c.size and (c.min() < blk.start or c.max() >= blk.stop):
+        if c.min() < blk.start or c.max() >= blk.stop:
             raise ArgumentError(f"`coords` must lie in block {block} = [{blk.start}, {blk.stop}), got "
                                 f"{int(c[(c < blk.start) | (c >= blk.stop)][0])}")
         theta = self._load(params)

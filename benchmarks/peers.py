@@ -976,7 +976,7 @@ def ratios_table(rows) -> str:
     """Markdown of :func:`ratios`; the ``deepzero-krsd`` column only where some point timed it."""
     def x(v):
         return f"{v:.1f}" if v == v else "-"
-    krsd = any(r.get("default_ratio", float("nan")) == r.get("default_ratio") for r in rows)
+    krsd = any(r["default_ratio"] == r["default_ratio"] for r in rows)
     head = ("data", "d", "queries", "DeepZero us / query", "closest peer", "x DeepZero's time", "its x MACs",
             "10x ahead of every peer", "closest peer x deepzero-krs's time") + (
             ("closest peer x deepzero-krsd's time",) if krsd else ())
@@ -984,7 +984,7 @@ def ratios_table(rows) -> str:
                        r["peer"]["method"] + (f" ({r['peer']['eval']})" if r["peer"]["method"] in SPEED_PEERS[:2] else ""),
                        f"{r['ratio']:.1f}", f"{r['peer']['mac_ratio']:.1f}" if "mac_ratio" in r["peer"] else "-",
                        f"{'yes' if r['met'] else 'no'} ({r['peers']} peers)", x(r["recipe_ratio"]))
-                      + ((x(r.get("default_ratio", float("nan"))),) if krsd else ()) for r in rows]
+                      + ((x(r["default_ratio"]),) if krsd else ()) for r in rows]
     return _markdown(lines)
 
 
