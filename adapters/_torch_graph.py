@@ -173,7 +173,10 @@ def _graph_steps(model, nodes):
     # by the steps that index them instead of being kept in the state
     multi = {n for n in act if n.op != "placeholder" and n.users
              and all(u.op == "call_function" and u.target is operator.getitem for u in n.users)}
-    state = act - multi
+    # an element no node reads (``out, _ = self.lstm(x)`` traces a getitem for ``_`` too) gets
+    # no step: it would run its tuple's module again only to drop the result
+    dead = {n for n in act if not n.users and n.op == "call_function" and n.target is operator.getitem}
+    state = act - multi - dead
 
     def inlined(n):
         """Ancestors of ``n`` recomputed in its step, in topological order."""

@@ -141,3 +141,33 @@ def test_downstream_mask_follows_the_residual_graph():
     mask = downstream(steps, names.index("skip"))
     reached = {s.name for s, m in zip(steps, mask) if m}
     assert "head" in reached and "b" not in reached
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_unpacked_recurrent_output_splits(cell):
+    """``out, _ = self.lstm(x)`` traces a getitem for ``_`` that no node reads: it gets no step
+    (it used to run the recurrent layer again and put its ``(h, c)`` tuple in the state, which
+    failed the split and fell back to full forwards), and the split equals the textbook loop."""
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = cell(4, 6, batch_first=True)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.fc(out[:, -1])
+
+    torch.manual_seed(0)
+    model = Tagger().double()
+    rng = np.random.default_rng(0)
+    x, y = torch.as_tensor(rng.standard_normal((7, 5, 4))), torch.as_tensor(rng.integers(0, 3, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the graph is captured and passes its self-check
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.unique(rng.integers(0, theta.size, 16))
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert len(oracle.blocks) == 2  # the recurrent layer (with its getitems) and the head
+    np.testing.assert_allclose(got, plain_losses(model, x, y, coords, 1e-3), rtol=1e-12, atol=1e-13)
