@@ -211,7 +211,7 @@ def _graph_steps(model, nodes):
             steps.append(Step(module=mod, name=n.target))
         else:
             prog = _Program(model, extra + [n], [v.name for v in layout], [n.name] + [v.name for v in live_after])
-            steps.append(Step(fn=prog, name=n.target if n.op == "call_module" else n.name,
+            steps.append(Step(fn=prog, name=_step_name(n, extra),
                               params=_reads_params(model, extra + [n]), rowwise=_rowwise(extra + [n])))
         layout = [n] + live_after
     if final not in state:
@@ -219,6 +219,17 @@ def _graph_steps(model, nodes):
     if layout != [final]:
         steps.append(Step(fn=_arrange((layout.index(final),)), name="output"))
     return steps, ""
+
+
+def _step_name(n: fx.Node, extra: list) -> str:
+    """A function step's name: its module's, for a module call or an element of one module's
+    tuple (``out, _ = self.lstm(x)``: ``lstm``, not ``getitem``); else its node's."""
+    if n.op == "call_module":
+        return n.target
+    mods = [m.target for m in extra if m.op == "call_module"]
+    if n.op == "call_function" and n.target is operator.getitem and len(mods) == 1:
+        return mods[0]
+    return n.name
 
 
 def _reads_params(model: nn.Module, nodes: list) -> tuple:
