@@ -95,6 +95,22 @@ class BadAt:
         return _loss(x)
 
 
+class SolverError(Exception):
+    """A simulator's error as libraries write them: ``__init__`` takes other arguments than
+    its ``args``, so the instance pickles but does not unpickle."""
+
+    def __init__(self, code, where):
+        super().__init__(f"solver failed with code {code} in {where}")
+        self.code, self.where = code, where
+
+
+class SolverFailsAt(BadAt):
+    def __call__(self, x):
+        if x[self.i] != self.base[self.i]:
+            raise SolverError(7, "mesh")
+        return _loss(x)
+
+
 def params():
     return np.random.default_rng(5).standard_normal(D)
 
@@ -172,6 +188,53 @@ def test_oracle_raising_everywhere_gives_oracle_error_with_shard_and_cause(backe
     msg = str(err)
     assert "ValueError: boom" in msg and "shard" in msg and "after failing on" in msg
     assert len(log.read_text().split()) == 2  # tried once, retried once: no endless retries
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_oracle_error_whose_cause_does_not_unpickle_stays_an_oracle_error(backend, watch):
+    """It used to arrive as ShardFailed (not an OracleError, no query): the round trip of the
+    whole error failed on the cause. Now the cause travels as text and the report keeps its
+    type, query and message."""
+    x = params()
+    with JoblibExecutor(2, backend=backend) as ex:
+        with pytest.raises(zo.OracleError) as info:
+            zo.estimate_gradient(SolverFailsAt(x, 7, "raise"), x, zo.CGE(), executor=ex)
+    err = info.value
+    assert err.query.startswith("coordinate 7")
+    assert "SolverError: solver failed with code 7 in mesh" in str(err) and "shard" in str(err)
+
+
+def test_portable_error_drops_a_chain_that_does_not_unpickle():
+    """Dask's workers pickle exceptions with their chain (tblib's reducers): an OracleError
+    raised ``from`` the oracle's own exception then fails the round trip on ``__cause__``;
+    ``portable_error`` sends the same OracleError rebuilt from its fields."""
+    import copyreg
+    import pickle
+
+    from zoracle._executors_core import portable_error
+
+    def with_chain(e):  # as tblib does: the chain travels with the exception
+        return _rebuild, (type(e), e.__reduce__()[1], e.__cause__)
+
+    try:
+        raise zo.OracleError("coordinate 3 (step +0.005)", cause=SolverError(7, "mesh")) from SolverError(7, "mesh")
+    except zo.OracleError as exc:
+        err = exc
+    copyreg.pickle(zo.OracleError, with_chain)
+    try:
+        with pytest.raises(Exception):
+            pickle.loads(pickle.dumps(err))
+        out = portable_error(err)
+    finally:
+        del copyreg.dispatch_table[zo.OracleError]
+    assert type(out) is zo.OracleError and out.query == "coordinate 3 (step +0.005)"
+    assert "SolverError: solver failed with code 7 in mesh" in str(out)
+
+
+def _rebuild(cls, args, cause):
+    e = cls(*args)
+    e.__cause__ = cause
+    return e
 
 
 def test_nan_loss_is_not_retried(tmp_path, watch):

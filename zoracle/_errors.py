@@ -41,11 +41,19 @@ class OracleError(ZoracleError, RuntimeError):
         super().__init__(msg)
 
     def __reduce__(self):  # keep the fields when crossing process boundaries
-        cause = self.cause
-        try:  # an unpicklable cause must not hide the report
-            import pickle
+        # a cause or value that does not survive the trip (it fails to pickle, or to unpickle:
+        # an exception whose __init__ takes other arguments than its args, a class only the
+        # sender can import) travels as text, so the report keeps its type, query and cause
+        cause = self.cause if _round_trips(self.cause) else RuntimeError(f"{type(self.cause).__name__}: {self.cause}")
+        value = self.value if _round_trips(self.value) else repr(self.value)
+        return (self.__class__, (self.query, value, cause, self.detail))
 
-            pickle.dumps(cause)
-        except Exception:
-            cause = RuntimeError(f"{type(cause).__name__}: {cause}")
-        return (self.__class__, (self.query, self.value, cause, self.detail))
+
+def _round_trips(obj) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(obj))
+        return True
+    except Exception:
+        return False

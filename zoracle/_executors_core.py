@@ -250,14 +250,22 @@ class WorkerState:
 
 
 def portable_error(exc: BaseException):
-    """``exc`` if it pickles, else a RuntimeError carrying its type and message."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    """``exc`` if it pickles, else an ``OracleError`` rebuilt from its fields alone (a worker
+    that pickles exceptions with their chain, as Dask's does through tblib, would carry the
+    oracle's own exception, which may not unpickle: its class only on the worker, or an
+    ``__init__`` that takes other arguments than its ``args``), else a RuntimeError carrying
+    its type and message."""
+    tries = [exc]
+    if isinstance(exc, OracleError):
+        cls, args = exc.__reduce__()[:2]  # the cause and value as text where they do not round-trip
+        tries.append(cls(*args))
+    for e in tries:
+        try:
+            pickle.loads(pickle.dumps(e))
+            return e
+        except Exception:
+            continue
+    return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def error_outcome(exc: BaseException) -> tuple:
