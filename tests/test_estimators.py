@@ -289,3 +289,47 @@ def test_direction_rows_are_reused_bitwise_and_bounded():
     for i in range(9):
         small.put((8, 10, "gaussian"), i, np.ones(10))
     assert sorted(small.rows) == [0, 1, 2]
+
+
+class _KeepsItsPoints:
+    """A plain oracle that keeps every array it was given (it is read-only, so a user sees no
+    reason to copy it) and skips the point it evaluated last: a log and a one-entry memo."""
+
+    def __init__(self):
+        self.seen, self.last = [], None
+
+    def __call__(self, x):
+        self.seen.append(x)
+        if self.last is not None and np.array_equal(x, self.last[0]):
+            return self.last[1]
+        self.last = (x, float(x @ x + np.sin(x).sum()))
+        return self.last[1]
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_cge_plain_calls_never_change_an_array_after_its_query(scheme):
+    """Plain-call CGE edits one copy of params in place between queries; an oracle that kept
+    a query's array used to see it change under it (the memo then answered every coordinate
+    with the first one's loss). The textbook loop with a fresh array per query is the reference."""
+    x0 = np.random.default_rng(0).standard_normal(6)
+    oracle = _KeepsItsPoints()
+    got = zo.estimate_gradient(oracle, x0, zo.CGE(mu=1e-3, scheme=scheme))
+    ref = _KeepsItsPoints()
+    f0 = ref(x0.copy())
+    want = []
+    for i in range(6):
+        up = x0.copy()
+        up[i] += 1e-3
+        if scheme == "forward":
+            want.append((ref(up) - f0) / (up[i] - x0[i]))
+        else:
+            down = x0.copy()
+            down[i] -= 1e-3
+            want.append((ref(up) - ref(down)) / ((up[i] - x0[i]) + (x0[i] - down[i])))
+    np.testing.assert_array_equal(got.grad, np.array(want))
+    # every kept array still holds the point it was queried at
+    queried = [x0] + [x0 + s * np.eye(6)[i] for s in ((1e-3,) if scheme == "forward" else (1e-3, -1e-3))
+                      for i in range(6)]
+    assert len(oracle.seen) == len(queried)
+    for kept, point in zip(oracle.seen, queried):
+        np.testing.assert_array_equal(kept, point)

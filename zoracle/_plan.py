@@ -8,6 +8,7 @@ oracle once and call ``run`` on their workers.
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,16 @@ class BaseTask:
         return np.array([[oracle(params, "the base point (unperturbed params)", fresh=True)]])
 
 
+def _query_array(params) -> tuple:
+    """``(x, view, refs)``: a copy of ``params`` that the queries of a plain-call CGE edit in
+    place, the read-only view each query gets (the oracle cannot write), and ``x``'s reference
+    count with that view alive: a count above it after a query means the oracle kept the array
+    (any view or buffer of it references ``x``), so ``x`` must not change under it."""
+    x = params.copy()
+    xv = readonly(x) if isinstance(x, np.ndarray) else x
+    return x, xv, sys.getrefcount(x)
+
+
 @dataclass(frozen=True)
 class CoordTask:
     """Losses at ``params + s * e_i`` for each ``i`` in ``coords`` and each ``s`` in ``steps``.
@@ -104,14 +115,17 @@ class CoordTask:
                     X[xp.arange(len(c)), xp.asarray(c)] += params.dtype.type(step)
                     out[si, lo:hi] = oracle.batch(X, query_of, what)
                 else:
-                    x = params.copy()
-                    # one read-only view for all queries: it follows the edits below, the oracle cannot write
-                    xv = readonly(x) if isinstance(x, np.ndarray) else x
+                    x, xv, held = _query_array(params)
                     for j, i in enumerate(c.tolist()):
                         old = x[i].copy()
                         x[i] = old + params.dtype.type(step)
                         out[si, lo + j] = oracle(xv, query_of(j))
-                        x[i] = old  # restore the exact value, no drift
+                        if sys.getrefcount(x) != held:
+                            # the oracle kept the array it was given (a log, a memo of its last
+                            # point): leave that one as it was queried, go on with a new one
+                            x, xv, held = _query_array(params)
+                        else:
+                            x[i] = old  # restore the exact value, no drift
         return out
 
 
