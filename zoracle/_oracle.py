@@ -44,7 +44,13 @@ class BatchOracle(Protocol):
 
 @runtime_checkable
 class CoordinateOracle(Protocol):
-    """CGE fast path: the loss at ``params + step * e_i`` for each ``i`` in ``coords``."""
+    """CGE fast path: the loss at ``params + step * e_i`` for each ``i`` in ``coords``.
+
+    The point is ``params`` with ``params[i]`` replaced by ``params[i] + step`` computed in
+    ``params``' dtype: the step taken is the representable ``(params[i] + step) - params[i]``,
+    which CGE divides by (it differs from ``step`` where the floats' spacing is not small
+    against it: float32 parameters of a few hundred).
+    """
 
     def coordinate_losses(self, params, coords, step) -> Any: ...
 
@@ -55,7 +61,8 @@ class SplitOracle(Protocol):
 
     ``prefix(params, block)`` returns the activations entering ``block`` (they do not depend
     on the block's own parameters); ``suffix(features, params, block, coords, step)`` returns
-    the losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``.
+    the losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``
+    (the representable step, as for :class:`CoordinateOracle`).
     """
 
     blocks: Sequence[slice]
