@@ -34,6 +34,9 @@ BAD_INPUTS = [
     (dict(estimator="cge", params=np.ones(3)), "`estimator` must be zo.CGE"),
     (dict(estimator=zo.RGE(), params=np.ones(3), rng="seed"), "`rng` must be"),
     (dict(estimator=zo.CGE(), params=np.ones(3), budget_bytes=0), "`budget_bytes`"),
+    (dict(estimator=zo.RGE(), params=np.ones(3), rng=-1), "`rng` must be a non-negative int seed"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), executor=2), "`executor` must be None (serial) or an executor"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), executor="local:2"), "DaskExecutor('local:2')"),
 ]
 
 

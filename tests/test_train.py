@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import namedtuple
 
@@ -344,3 +345,114 @@ def test_sign_sgd_weight_decay_with_sparse_cge_warns_and_the_warning_is_true():
     dense = zo.train(f, p0, optimizer=zo.sign_sgd(0.1, weight_decay=0.01), epochs=1, steps_per_epoch=1, rng=0,
                      progress=False)  # dense CGE measures every weight: the textbook rule, no warning
     np.testing.assert_allclose(np.abs(dense.params - p0), 0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# bad settings refused before the first query, and failures named for what they are
+class _Calls:
+    def __init__(self, fn=lambda x: float(np.sum((x - 1.0) ** 2))):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.fn(x)
+
+
+class _Bindable(_Calls):
+    def bind(self, batch):
+        return self
+
+
+def test_mu_schedule_with_no_step_to_run():
+    """A mu schedule with nothing to run used to fail on ``min()`` of no steps."""
+    oracle = _Calls()
+    r = zo.train(oracle, np.zeros(4), epochs=0, mu=zo.step_schedule(1e-2, 5, 0.5), progress=False)
+    assert r.steps == 0 and oracle.calls == 0
+    empty = zo.Minibatches((np.zeros((3, 2)), np.zeros(3)), 4, drop_last=True)
+    with pytest.raises(zo.ArgumentError, match="`batches` gave no batch"):
+        zo.train(_Bindable(), np.zeros(4), batches=empty, mu=lambda t: 1e-2, progress=False)
+
+
+@pytest.mark.parametrize("case", ["overlap", "ranking", "empty mask", "callbacks", "rng", "executor", "grasp_batch"])
+def test_train_refuses_bad_settings_before_any_query(case):
+    """Each used to be found late (after ZO-GraSP's queries, or when an epoch's mask first drew
+    a shared index) or with a message that did not name the argument."""
+    oracle = _Calls()
+    kw = dict(epochs=2, progress=False)
+    if case == "overlap":
+        kw.update(sparsity=0.9, blocks=[slice(0, 60), slice(50, 100)], rng=1)
+        d, match = 100, re.escape("`blocks` overlap: block slice(50, 100, None) shares parameter 50")
+    elif case == "ranking":
+        kw.update(sparsity=0.5, blocks=[slice(0, 6), slice(6, 12)], ranking="foo")
+        d, match = 12, "`ranking` must be one of 'magnitude', 'grasp'"
+    elif case == "empty mask":
+        kw.update(sparsity=0.97, blocks=[slice(0, 6), slice(6, 12)])
+        d, match = 12, r"`sparsity`=0.97 keeps round\(\(1 - sparsity\) \* 12\) = 0"
+    elif case == "callbacks":
+        kw.update(callbacks=lambda event, rec, p: None)
+        d, match = 4, r"`callbacks` must be a list of callables.*callbacks=\[fn\]"
+    elif case == "rng":
+        kw.update(rng=-1)
+        d, match = 4, "`rng` must be a non-negative int seed"
+    elif case == "executor":
+        kw.update(executor=2)
+        d, match = 4, "`executor` must be None"
+    else:
+        kw.update(sparsity=0.5, blocks=[slice(0, 2), slice(2, 4)], grasp_batch=(np.zeros((2, 2)), np.zeros(2)))
+        d, match = 4, "`grasp_batch` was given but the oracle"
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(oracle, np.zeros(d), **kw)
+    assert oracle.calls == 0
+
+
+def test_eval_metric_named_like_a_record_field_is_kept_apart(tmp_path):
+    """``eval_fn`` returning ``{"loss": ...}`` used to overwrite the training loss, "seconds" was
+    dropped, and "epoch" made the run's own checkpoint unresumable."""
+    kw = dict(epochs=3, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    plain = zo.train(_Calls(), np.zeros(4), **kw)
+    with pytest.warns(RuntimeWarning, match="metric named 'loss'.*stored as 'eval_loss'"), \
+            pytest.warns(RuntimeWarning, match="metric named 'seconds'"):
+        r = zo.train(_Calls(), np.zeros(4), eval_fn=lambda p: {"loss": 123.0, "seconds": 7.0, "acc": 0.5}, **kw)
+    assert [e["loss"] for e in r.history.epochs] == [e["loss"] for e in plain.history.epochs]
+    assert all(e["eval_loss"] == 123.0 and e["eval_seconds"] == 7.0 and e["acc"] == 0.5 for e in r.history.epochs)
+    ck = str(tmp_path / "run.npz")
+    stop = lambda event, rec, p: event == "epoch" and rec["epoch"] == 0  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="'epoch'"):
+        zo.train(_Calls(), np.zeros(4), eval_fn=lambda p: {"epoch": 9.0}, checkpoint=ck, callbacks=[stop], **kw)
+        resumed = zo.train(_Calls(), np.zeros(4), eval_fn=lambda p: {"epoch": 9.0}, checkpoint=ck, resume=True, **kw)
+    assert [e["epoch"] for e in resumed.history.epochs] == [0, 1, 2]
+    np.testing.assert_array_equal(resumed.params, plain.params)
+
+
+def test_divergence_to_huge_finite_params_is_named_as_divergence():
+    """The next step's mu check used to blame mu ("use mu >= 1.1e+12") mid-run."""
+    oracle = _Calls(lambda x: float(np.sum(x ** 4)))
+    with pytest.raises(zo.ArgumentError, match=r"training diverged at step 4 \(epoch 4\): max\|params\| grew to "
+                                               r"6.41e\+24.*lower the learning rate \(lr was 0.3\)"):
+        zo.train(oracle, np.full(5, 2.0), epochs=50, optimizer=zo.sgd(0.3), rng=0, progress=False)
+
+
+def test_resume_checks_how_the_keep_ratios_were_chosen(tmp_path):
+    """A resume used to take the checkpoint's ratios whatever `ratios` said; a checkpoint written
+    before the ratio settings were saved still resumes."""
+    from zoracle._checkpoint import load_checkpoint, save_checkpoint
+
+    kw = dict(epochs=4, sparsity=0.5, blocks=[slice(0, 6), slice(6, 12)], mask_shuffle_interval=1, rng=0,
+              progress=False)
+    stop = lambda event, rec, p: event == "epoch" and rec["epoch"] == 1  # noqa: E731
+    ck = str(tmp_path / "run.npz")
+    full = zo.train(_Calls(), np.zeros(12), ratios=np.array([0.5, 0.5]), **kw)
+    zo.train(_Calls(), np.zeros(12), ratios=np.array([0.5, 0.5]), checkpoint=ck, callbacks=[stop], **kw)
+    with pytest.raises(zo.CheckpointError, match=r"keep ratios \[0.5, 0.5\], this run has `ratios`=\[1.0, 0.0\]"):
+        zo.train(_Calls(), np.zeros(12), ratios=np.array([1.0, 0.0]), checkpoint=ck, resume=True, **kw)
+    with pytest.raises(zo.CheckpointError, match="ratios: checkpoint has 'array', this run has {'method': 'uniform'}"):
+        zo.train(_Calls(), np.zeros(12), ratios="uniform", checkpoint=ck, resume=True, **kw)
+    arrays, meta = load_checkpoint(ck)  # as an earlier zoracle wrote it: no ratio settings in the header
+    del meta["config"]["ratios"]
+    save_checkpoint(ck, arrays, meta)
+    resumed = zo.train(_Calls(), np.zeros(12), ratios=np.array([0.5, 0.5]), checkpoint=ck, resume=True, **kw)
+    np.testing.assert_array_equal(resumed.params, full.params)
+    # a finished run resumed again runs no step and returns its last mask, as the run did
+    again = zo.train(_Calls(), np.zeros(12), ratios=np.array([0.5, 0.5]), checkpoint=ck, resume=True, **kw)
+    assert again.steps == full.steps and again.coordinates is not None
+    np.testing.assert_array_equal(again.coordinates, full.coordinates)

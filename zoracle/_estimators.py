@@ -235,6 +235,8 @@ def as_generator(rng) -> np.random.Generator:
     """``rng`` (Generator, int, SeedSequence or None) as a NumPy Generator."""
     if isinstance(rng, np.random.Generator):
         return rng
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool) and rng < 0:
+        raise ArgumentError(f"`rng` must be a non-negative int seed, a numpy Generator or None, got {rng}")
     if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)) and not isinstance(rng, bool):
         return np.random.default_rng(rng)
     raise ArgumentError(f"`rng` must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
@@ -271,6 +273,10 @@ def validate_params(params, name: str = "params"):
     return params
 
 
+class StepError(ArgumentError):
+    """``mu`` is not a representable step at the params (:func:`check_step`)."""
+
+
 def check_step(params, mu: float, scheme: str, estimator: str) -> None:
     """Raise :class:`ArgumentError` when ``mu`` is not a representable step at ``params``.
 
@@ -298,7 +304,7 @@ def check_step(params, mu: float, scheme: str, estimator: str) -> None:
         need = float(np.spacing(t(max(scale, float(np.finfo(x.dtype).tiny))))) * 1024
         fix = f"use mu >= {need:.3g} (about 1000 float spacings at this scale), or rescale the parameters"
         why = f"rounds to a zero step in {x.dtype}"
-    raise ArgumentError(
+    raise StepError(
         f"{estimator}(mu={mu!r}) is not a representable step: params + mu {why} at index {i} "
         f"(params[{i}] = {float(x[i]):.6g}; parameter scale max|params| = {scale:.3g}); {fix}"
     )
@@ -355,6 +361,11 @@ def _validate_coordinates(coordinates, d: int) -> np.ndarray:
 
 
 def _executor_workers(executor) -> int:
+    if executor is not None and not callable(getattr(executor, "run", None)):
+        hint = (f"; a cluster address such as {executor!r} goes to zoracle.executors.DaskExecutor({executor!r}) "
+                f"or RayExecutor({executor!r})" if isinstance(executor, str) else "")
+        raise ArgumentError(f"`executor` must be None (serial) or an executor from zoracle.executors "
+                            f"(e.g. JoblibExecutor(2)), got {type(executor).__name__}{hint}")
     return int(getattr(executor, "n_workers", 1))
 
 

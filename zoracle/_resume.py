@@ -151,7 +151,10 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
     header = {}
 
     def check(meta):
-        check_compatible(path, meta.get("config"), config)
+        saved = meta.get("config")
+        if isinstance(saved, dict) and "ratios" not in saved:
+            saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
+        check_compatible(path, saved, config)
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
             compare_fingerprints(path, meta.get("fingerprints"), fingerprints)
         root = meta.get("root")

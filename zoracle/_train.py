@@ -24,12 +24,12 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_writable, save_checkpoint
 from ._errors import ArgumentError
-from ._estimators import CGE, RGE, SNES, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
+from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
-from ._pruning import SCORED_KINDS, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._pruning import RANKINGS, SCORED_KINDS, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
@@ -105,7 +105,8 @@ class History:
     Step records: ``step, epoch, loss, lr, mu, nfev`` (the step's queries), ``total_nfev``
     (the run's queries after the step, ZO-GraSP's included), ``seconds``. Epoch records:
     ``epoch, loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev``, ``total_nfev``,
-    ``seconds`` and every metric ``eval_fn`` returned.
+    ``seconds`` and every metric ``eval_fn`` returned (one named like a field of the record,
+    such as a validation ``loss``, as ``eval_loss``, with a warning).
     """
 
     steps: tuple = ()
@@ -220,15 +221,15 @@ def _resolve_blocks(oracle, blocks, d):
     return list(blocks)
 
 
-def _bound(oracle, batch):
+def _bound(oracle, batch, name: str = "batches"):
     if batch is None:
         if not callable(oracle):
             raise ArgumentError("the oracle is not callable; pass `batches=` so it can be bound with `bind(batch)`")
         return oracle
     if not isinstance(oracle, DataOracle):
         raise ArgumentError(
-            f"`batches` were given but the oracle ({type(oracle).__name__}) has no `bind(batch)`; "
-            "drop `batches` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
+            f"`{name}` {'were' if name == 'batches' else 'was'} given but the oracle ({type(oracle).__name__}) has no "
+            f"`bind(batch)`; drop `{name}` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
         )
     return oracle.bind(batch)
 
@@ -251,13 +252,25 @@ def _metric(v, where):
         ) from None
 
 
+#: an epoch record's own fields: a metric of the same name is stored as ``eval_<name>``
+EPOCH_FIELDS = ("epoch", "loss", "lr", "nfev", "total_nfev", "seconds")
+
+
 def _metrics(value, epoch) -> dict:
     if value is None:
         return {}
     where = f"the value `eval_fn` returned at epoch {epoch}"
-    if isinstance(value, dict):
-        return {str(k): _metric(v, f"{where} for {k!r}") for k, v in value.items()}
-    return {"eval": _metric(value, where)}
+    if not isinstance(value, dict):
+        return {"eval": _metric(value, where)}
+    out = {str(k): _metric(v, f"{where} for {k!r}") for k, v in value.items()}
+    for k in [k for k in out if k in EPOCH_FIELDS]:
+        new = "eval_" + k
+        while new in out:
+            new = "eval_" + new
+        out[new] = out.pop(k)
+        warnings.warn(f"`eval_fn` returned a metric named {k!r}, a field of the epoch record (training's own); "
+                      f"it is stored as {new!r}", RuntimeWarning, stacklevel=3)
+    return out
 
 
 def _state_arrays(state) -> dict:
@@ -422,6 +435,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     mu_sched = as_schedule(mu, "mu") if mu is not None else None
     if checkpoint_every != "epoch":
         checkpoint_every = _count("checkpoint_every", checkpoint_every, 1)
+    if callable(callbacks):
+        raise ArgumentError(f"`callbacks` must be a list of callables; got one, {getattr(callbacks, '__name__', callbacks)!r}: "
+                            "pass callbacks=[fn]")
     callbacks = list(callbacks) if callbacks else []
     for i, cb in enumerate(callbacks):
         if not callable(cb):
@@ -441,6 +457,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
         if isinstance(ratios, str) and ratios not in RATIO_METHODS:
             raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
+        if isinstance(ratios, str) and ratios == "zo_grasp" and ranking not in RANKINGS:  # before ZO-GraSP's queries
+            raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
         if fill_small_blocks and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
             raise ArgumentError(f"`fill_small_blocks` applies to ZO-GraSP's ratios; with `ratios={ratios!r}` "
                                 f"pass fill_small_blocks=False (or ratios=\"zo_grasp\")")
@@ -466,7 +484,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
     mus = prints["mu"]["values"] if mu_sched is not None else [estimator.mu]
-    for m in {min(mus), max(mus)}:  # a step that is not representable at the initial params fails now
+    for m in {min(mus), max(mus)} if mus else ():  # a step not representable at the initial params fails now
         check_step(params, m, estimator.scheme, type(estimator).__name__)
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
 
@@ -477,6 +495,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         for s in scored + dense:
             if s.stop > d:
                 raise ArgumentError(f"block {s} reaches past params of length {d}")
+            if covered[s].any():  # caught here, not when a mask first draws a shared index
+                raise ArgumentError(f"`blocks` overlap: block {s} shares parameter {int(np.flatnonzero(covered[s])[0]) + s.start} "
+                                    "with an earlier block; every parameter may belong to one block only")
             covered[s] = True
         gaps = np.flatnonzero(~covered)
         if gaps.size:  # parameters in no block are estimated densely
@@ -484,6 +505,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             dense += [slice(int(g[0]), int(g[-1]) + 1) for g in np.split(gaps, splits)]
         if not scored:
             raise ArgumentError(f"`sparsity` is set but no block has a kind in `score_kinds` {tuple(score_kinds)}")
+        n_scored = sum(s.stop - s.start for s in scored)
+        if isinstance(ratios, str) and ratios == "zo_grasp" and not dense and round((1 - sparsity) * n_scored) == 0:
+            raise ArgumentError(  # ZO-GraSP would spend its queries on a split that keeps nothing
+                f"`sparsity`={sparsity!r} keeps round((1 - sparsity) * {n_scored}) = 0 of the {n_scored} scored weights "
+                "and no dense block is given: the mask would be empty; lower `sparsity` "
+                f"below {1 - 0.5 / n_scored:.6g})")
 
     config = {
         "d": d,
@@ -497,6 +524,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         "blocks": [[s.start, s.stop] for s in scored] if sparse else None,
         "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
         "steps_per_epoch": steps_per_epoch,
+        # how the keep ratios were chosen (their values are in the checkpoint: ZO-GraSP's cannot be
+        # recomputed without its queries); an array's values are compared after loading
+        "ratios": None if not sparse else "array" if not isinstance(ratios, str) else (
+            {"method": ratios, "fill_small_blocks": fill_small_blocks, "ranking": ranking,
+             "grasp_directions": grasp_directions} if ratios == "zo_grasp" else {"method": ratios}),
     }
     if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
         config["seed"] = int(rng)
@@ -515,6 +547,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
         steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
         keep = got["keep"]
+        if sparse and not isinstance(ratios, str):
+            given = np.asarray(ratios, dtype=np.float64).ravel()
+            if given.shape != keep.shape or not np.array_equal(given, keep):
+                raise CheckpointError(f"checkpoint {resume!r} was written with the keep ratios {keep.tolist()}, this run "
+                                      f"has `ratios`={given.tolist()}; resume with the same settings, or delete the "
+                                      "checkpoint to start over")
         if snes:
             try:
                 est_state = _check_sigma(got["estimator"], d)
@@ -555,7 +593,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"`max_queries` is {max_queries}, but ZO-GraSP alone takes 2 * (grasp_directions + 1) = "
                     f"{grasp_queries(grasp_directions)} queries; raise `max_queries`, lower `grasp_directions`, "
                     f"or pass `ratios=\"uniform\"`")
-            target = _bound(oracle, gb)
+            target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches")
             scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
                               rng=np.random.default_rng([root, 2]), executor=executor)
             nfev += grasp_queries(grasp_directions)
@@ -612,8 +650,18 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
                 bound = _bound(oracle, blist[pos])
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
-                g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
-                                      state=est_state)
+                try:
+                    g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
+                                          state=est_state)
+                except StepError as exc:
+                    if step == 0:  # the initial params were checked before the first query
+                        raise
+                    # training moved the params where mu is no step: they grew by orders of magnitude
+                    last = f" (lr was {steps_hist[-1]['lr']:g})" if steps_hist else ""
+                    raise ArgumentError(
+                        f"training diverged at step {step} (epoch {epoch}): max|params| grew to "
+                        f"{float(xp.max(xp.abs(params))):.3g}, where mu = {est.mu:g} is no longer a representable step; "
+                        f"lower the learning rate{last}") from exc
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     "schedule" if lr_sched is not None else "lr")
                 params, state = optimizer.update(g.grad, state, params, lr=lr)
@@ -675,6 +723,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         bar.close()
     if checkpoint is not None:
         save()
+    if sparse and coords is None and steps_hist:
+        # a resume with no step left ran none: the mask of the last step, as the run that made it returned
+        last = steps_hist[-1]
+        coords = masks.coordinates(last["epoch"], step=last["step"]) if masks.per_step else masks.coordinates(last["epoch"])
     history = History(tuple(steps_hist), tuple(epoch_hist))
     if plot is not None:
         try:
