@@ -27,6 +27,9 @@ BAD_INPUTS = [
     (dict(estimator=zo.CGE(), params=[1.0, 2.0]), "1-D float32 or float64 array"),
     (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[0, 3]), "`coordinates` must lie in [0, 3)"),
     (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[-1]), "`coordinates` must lie in [0, 3)"),
+    (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=np.array([2**64 - 1], np.uint64)),
+     "got 18446744073709551615"),  # the value as given, not as cast to int64 (-1)
+    (dict(estimator=zo.CGE(), params=np.float64(3.0)), "`params` must be 1-D"),  # not the advice for torch tensors
     (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[1, 1]), "must not repeat indices, got 1"),
     (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=[0.5]), "integer index array"),
     (dict(estimator=zo.CGE(), params=np.ones(3), coordinates=np.ones(2, bool)), "mask must have shape (3,)"),
@@ -147,7 +150,10 @@ def test_rge_failure_names_the_direction():
 @pytest.mark.parametrize(
     "value,fragment",
     [(np.ones(2), "expected a scalar"), ("1.0x", "finite real scalar"), (1 + 2j, "finite real scalar"),
-     (True, "finite real scalar"), (None, "finite real scalar"), (float("inf"), "finite loss")],
+     (True, "finite real scalar"), (None, "finite real scalar"), (float("inf"), "finite loss"),
+     # text that parses as a number and 0-d booleans were taken as losses; a huge int raised OverflowError
+     ("1.5", "finite real scalar"), (b"2", "finite real scalar"), (np.str_("2"), "finite real scalar"),
+     (np.array("1.5"), "finite real scalar"), (np.array(True), "finite real scalar"), (10**400, "finite real scalar")],
 )
 def test_non_scalar_losses_rejected(value, fragment):
     with pytest.raises(zo.OracleError, match=fragment) as info:
@@ -185,3 +191,29 @@ def test_oracle_error_keeps_its_detail_across_pickling():
     err = zo.OracleError("coordinate 4 (step +0.005)", float("nan"), detail="expected a finite loss")
     back = pickle.loads(pickle.dumps(err))
     assert str(back) == str(err) and "expected a finite loss" in str(back)
+
+
+@pytest.mark.parametrize("blocks,fragment", [
+    ([slice(3, 5), slice(0, 3)], "block 0 is slice(3, 5, None), expected slice(0, stop)"),
+    ([slice(0, None)], "block 0 is slice(0, None, None)"),
+    ([(0, 5)], "block 0 is (0, 5)"),
+    ([slice(0, 3)], "cover [0, 3), but params have 5 entries"),
+])
+def test_split_oracle_blocks_are_checked(blocks, fragment):
+    """Unordered blocks used to be reported as "coordinate 3 lies in no block", and malformed
+    ones as a raw TypeError / AttributeError."""
+
+    oracle = QuadraticOracle(np.eye(5), np.zeros(5))
+    oracle.blocks = blocks
+    with pytest.raises(zo.ArgumentError) as info:
+        zo.estimate_gradient(oracle, np.ones(5))
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("n", [1.5, "2", True, 0])
+def test_cluster_executors_take_integer_worker_counts(n):
+    from zoracle.executors import DaskExecutor, RayExecutor
+
+    for cls in (DaskExecutor, RayExecutor):
+        with pytest.raises(zo.ArgumentError, match="`n_workers` must be an integer >= 1"):
+            cls("local", n_workers=n)

@@ -322,7 +322,7 @@ def centered_ranks(values) -> np.ndarray:
 
 def _is_foreign_array(params) -> bool:
     """A tensor or array of another library (torch, JAX, DLPack / array-API objects)."""
-    if isinstance(params, np.ndarray) or namespace(params) is not np:
+    if isinstance(params, (np.ndarray, np.generic)) or namespace(params) is not np:
         return False
     return any(hasattr(params, a) for a in ("__dlpack__", "__array_namespace__", "detach"))
 
@@ -344,14 +344,14 @@ def _validate_coordinates(coordinates, d: int) -> np.ndarray:
             f"`coordinates` must be a 1-D integer index array (or a boolean mask of length {d}), "
             f"got dtype {c.dtype} and shape {c.shape}"
         )
-    c = c.astype(np.int64)
     if c.size == 0:
         raise ArgumentError("`coordinates` is empty; pass None for dense CGE or at least one index")
-    bad = (c < 0) | (c >= d)
+    bad = (c >= d) if c.dtype.kind == "u" else (c < 0) | (c >= d)  # before the cast: the value as given
     if bad.any():
         raise ArgumentError(
             f"`coordinates` must lie in [0, {d}), got {int(c[bad][0])}; indices are positions in the flat params"
         )
+    c = c.astype(np.int64)
     uniq, counts = np.unique(c, return_counts=True)
     if (counts > 1).any():
         raise ArgumentError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import numbers
 import os
 import shutil
 import stat
@@ -234,7 +235,8 @@ class DaskExecutor(ShardedExecutor):
         self._spec = client
         self._local, count = parse_local(client, "client")
         self._count = n_workers if n_workers is not None else count
-        if self._count is not None and (isinstance(self._count, bool) or int(self._count) < 1):
+        if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
+                                        or self._count < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
         self._cluster_kwargs = cluster_kwargs
         self.client = None
@@ -540,7 +542,8 @@ class RayExecutor(ShardedExecutor):
         self.address = address
         self._local, count = parse_local(address, "address")
         self._count = n_workers if n_workers is not None else count
-        if self._count is not None and (isinstance(self._count, bool) or int(self._count) < 1):
+        if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
+                                        or self._count < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
         if not isinstance(allow_network, bool):
             raise ArgumentError(f"`allow_network` must be True or False, got {allow_network!r}")

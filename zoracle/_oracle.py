@@ -120,14 +120,17 @@ def _describe(value) -> str:
 
 def check_scalar(value, query: str) -> float:
     """``value`` as a Python float, or :class:`OracleError` naming ``query``."""
-    if isinstance(value, (bool, np.bool_)) or isinstance(value, (complex, np.complexfloating)):
+    dtype = getattr(value, "dtype", None)
+    kind, name = getattr(dtype, "kind", ""), str(dtype)  # NumPy dtypes have a kind; torch's a name
+    if (isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating)) or (kind and kind in "bcUS")
+            or "bool" in name or "complex" in name):  # text parses as a number, a boolean as 0 or 1: not losses
         raise OracleError(query, _describe(value), detail="expected a finite real scalar")
     shape = getattr(value, "shape", ())
     if shape not in ((), (1,)):
         raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {tuple(shape)}")
     try:
         out = float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise OracleError(query, _describe(value), detail=f"expected a finite real scalar ({exc})") from None
     if not np.isfinite(out):
         raise OracleError(query, out, detail="expected a finite loss")

@@ -8,6 +8,7 @@ oracle once and call ``run`` on their workers.
 
 from __future__ import annotations
 
+import numbers
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace
+from ._errors import ArgumentError
 from ._oracle import Oracle, readonly
 
 __all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
@@ -243,6 +245,19 @@ class DirectionTask:
         return out
 
 
+def check_blocks(blocks, d: int) -> None:
+    """A SplitOracle's ``blocks``: contiguous slices in ascending order covering ``[0, d)``."""
+    pos = 0
+    for b, blk in enumerate(blocks):
+        if (not isinstance(blk, slice) or not isinstance(blk.start, numbers.Integral) or blk.start != pos
+                or not isinstance(blk.stop, numbers.Integral) or blk.stop <= blk.start or blk.step not in (None, 1)):
+            raise ArgumentError(f"the oracle's `blocks` must be contiguous slices in ascending order covering "
+                                f"[0, {d}); block {b} is {blk!r}, expected slice({pos}, stop) with stop > {pos}")
+        pos = blk.stop
+    if pos != d:
+        raise ArgumentError(f"the oracle's `blocks` cover [0, {pos}), but params have {d} entries")
+
+
 def _block_of(coords: np.ndarray, blocks) -> np.ndarray:
     starts = np.array([b.start for b in blocks])
     stops = np.array([b.stop for b in blocks])
@@ -273,6 +288,7 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
     tasks = []
     if mode == "split":
         blocks = list(oracle.blocks)
+        check_blocks(blocks, d)
         costs = getattr(oracle.fn, "block_costs", None)
         owner = _block_of(coords, blocks)
         for b in np.unique(owner):
