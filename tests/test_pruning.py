@@ -105,6 +105,30 @@ def test_smart_ratio_formula_with_linear_fixed_and_clipping():
     assert r[1] / r[2] == pytest.approx(2.0, rel=1e-2)
 
 
+@given(st.lists(st.tuples(st.integers(1, 300), st.sampled_from(["conv", "linear"])), min_size=1, max_size=6),
+       st.floats(0.0, 0.99), st.sampled_from([0.3, 0.0, 1.0, 0.05]))
+def test_smart_ratio_total_is_exact_with_linear_layers(layers, sparsity, linear_keep):
+    """The total used to fall short where every conv layer was kept whole (or there was none):
+    sizes [20, 30] conv/linear at sparsity 0 kept 30 of 50."""
+    import warnings
+
+    sizes = [n for n, _ in layers]
+    starts = np.cumsum([0] + sizes)
+    blocks = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the keep ratio of the linear layers moved to fit the budget
+        r = zo.smart_ratio(blocks, sparsity, kinds=[k for _, k in layers], linear_keep=linear_keep)
+    assert np.all((r >= 0) & (r <= 1))
+    assert zo.keep_counts(blocks, r).sum() == round((1 - sparsity) * starts[-1])
+
+
+def test_smart_ratio_gives_the_conv_layers_leftover_to_the_linear_ones():
+    blocks = [P("c", slice(0, 20), (20,), "conv"), P("fc", slice(20, 50), (30,), "linear")]
+    with pytest.warns(UserWarning, match="raising the linear layers' keep ratio from 0.3 to 1.0000"):
+        r = zo.smart_ratio(blocks, 0.0)
+    assert r.tolist() == [1.0, 1.0]
+
+
 def test_smart_ratio_when_linear_alone_exceeds_the_budget():
     blocks = [P("c", slice(0, 100), (100,), "conv"), P("fc", slice(100, 1100), (1000,), "linear")]
     with pytest.warns(UserWarning, match="linear"):

@@ -289,7 +289,9 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     total kept count equal ``round((1 - sparsity) N)``. Ratios above 1 clip to 1 and the
     excess passes to the other conv layers (``c`` is re-solved). Counts are rounded by
     largest remainder so the total is exact. If the linear layers alone would exceed the
-    budget, their keep ratio is lowered to fit it (with a warning) and conv layers keep 0.
+    budget, their keep ratio is lowered to fit it (with a warning) and conv layers keep 0; if
+    the conv layers kept whole (or no conv layer) leave budget over, the linear layers' keep
+    ratio is raised to take it (with a warning).
 
     Parameters
     ----------
@@ -343,10 +345,18 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
             if not over:
                 for i in free:
                     p[i] = c * w[i]
+                remaining = 0.0
                 break
             for i in over:  # clip, pass the excess on
                 p[i] = 1.0
                 remaining -= sizes[i]
                 free.remove(i)
         target[idx] = p[idx] * sizes[idx]
+        if remaining > 0.5:  # every conv layer whole (or none): the linear layers take the rest of the budget
+            keep = (lin_budget + remaining) / sizes[is_lin].sum()
+            warnings.warn(
+                f"smart_ratio: the conv layers kept whole leave {remaining:.0f} of the {total} kept weights; "
+                f"raising the linear layers' keep ratio from {linear_keep} to {keep:.4f}", stacklevel=2,
+            )
+            target[is_lin] = keep * sizes[is_lin]
     return _ratios(_exact_counts(target, sizes, total), sizes)
