@@ -456,3 +456,24 @@ def test_resume_checks_how_the_keep_ratios_were_chosen(tmp_path):
     again = zo.train(_Calls(), np.zeros(12), ratios=np.array([0.5, 0.5]), checkpoint=ck, resume=True, **kw)
     assert again.steps == full.steps and again.coordinates is not None
     np.testing.assert_array_equal(again.coordinates, full.coordinates)
+
+
+def test_minibatches_take_rows_by_position_from_every_kind_of_array():
+    """A pandas Series with a shuffled index (as after train_test_split) was indexed by label,
+    so its rows did not match the NumPy features' (and a DataFrame raised a KeyError); a list
+    failed at the first epoch."""
+    pd = pytest.importorskip("pandas")
+    X = np.arange(6)[:, None] * 1.0
+    y = pd.Series(np.arange(6), index=[3, 5, 0, 1, 4, 2])
+    frame = pd.DataFrame({"a": np.arange(6.0)}, index=[9, 8, 7, 6, 5, 4])
+    for xb, yb, fb, lb in zo.Minibatches((X, y, frame, list(range(6))), batch_size=4, seed=0)(0):
+        assert xb[:, 0].astype(int).tolist() == list(yb) == fb["a"].astype(int).tolist() == lb.tolist()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: zo.Minibatches((np.arange(4),), 2, seed=None), "`seed` must be an integer"),
+    (lambda: zo.Minibatches((np.arange(4),), 2)(-1), "`epoch` must be an integer >= 0"),
+])
+def test_minibatches_refuse_bad_seeds_and_epochs(make, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        make()

@@ -45,7 +45,8 @@ class Minibatches:
     """Deterministic minibatches: epoch ``e`` is shuffled by ``default_rng((seed, e))``.
 
     ``batches(epoch)`` returns the list of batches of that epoch, each a tuple of the
-    arrays indexed by the same rows (NumPy arrays or torch tensors). Because the order is
+    arrays indexed by the same rows (NumPy arrays, torch tensors, or pandas objects by
+    position, whatever their index; a list becomes a NumPy array). Because the order is
     a function of ``(seed, epoch)``, a resumed run sees the same batches.
 
     Examples
@@ -64,6 +65,8 @@ class Minibatches:
 
     def __post_init__(self):
         arrays = tuple(self.arrays) if isinstance(self.arrays, (tuple, list)) else (self.arrays,)
+        # a Python list cannot be indexed by a row array: as a NumPy array, as a user would pass it
+        arrays = tuple(np.asarray(a) if isinstance(a, list) else a for a in arrays)
         object.__setattr__(self, "arrays", arrays)
         n = {len(a) for a in arrays}
         if len(n) != 1:
@@ -71,6 +74,9 @@ class Minibatches:
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ArgumentError(f"`seed` must be an integer (the shuffle of epoch e is drawn from (seed, e)), "
+                                f"got {self.seed!r}")
 
     @property
     def n(self) -> int:
@@ -80,6 +86,8 @@ class Minibatches:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __call__(self, epoch: int) -> list:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ArgumentError(f"`epoch` must be an integer >= 0, got {epoch!r}")
         idx = np.arange(self.n)
         if self.shuffle:
             idx = np.random.default_rng([int(self.seed) % 2**63, int(epoch)]).permutation(self.n)
@@ -91,10 +99,13 @@ class Minibatches:
 
 
 def _take(a, rows):
-    if type(a).__module__.startswith("torch"):
+    module = type(a).__module__
+    if module.startswith("torch"):
         import torch  # only reached when the caller already holds torch tensors
 
         return a[torch.as_tensor(rows)]
+    if module.startswith("pandas"):  # rows by position: ``a[rows]`` reads labels (a DataFrame's: columns)
+        return a.iloc[rows]
     return a[rows]
 
 
