@@ -175,6 +175,24 @@ def test_masks_same_seed_same_masks_and_redraw_at_intervals():
         zo.DynamicMasks(blocks, [0.1, 1.5], seed=0)
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(blocks=[slice(0, 10), slice(5, 15)]), r"`blocks\[0\]` = slice\(0, 10\) and `blocks\[1\]` = slice\(5, 15\) overlap"),
+    (dict(blocks=[slice(0, 20)], dense=[slice(3, 5)]), r"`blocks\[0\]` = slice\(0, 20\) and `dense\[0\]` = slice\(3, 5\)"),
+    (dict(blocks=[slice(-3, 2)]), "0 <= start < stop and no step"),
+    (dict(blocks=[slice(0, 10, 2)]), "0 <= start < stop and no step"),
+    (dict(seed=None), "`seed` must be an integer"),
+])
+def test_dynamic_masks_refuse_overlaps_bad_slices_and_seeds_when_built(kw, match):
+    """These used to build, then fail at some epochs only (an overlap), keep more than the
+    exact count (a dense block inside a scored one), draw negative indices, or raise a bare
+    TypeError at the first draw (seed None)."""
+    args = dict(blocks=[slice(0, 10)], ratios=None, seed=0, interval=1)
+    args.update(kw)
+    args["ratios"] = [0.2] * len(args["blocks"])
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.DynamicMasks(**args)
+
+
 @given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 400)), min_size=1, max_size=8))
 def test_fill_small_blocks_moves_one_survivor_into_each_empty_small_block(pairs):
     from zoracle._pruning import fill_small_blocks

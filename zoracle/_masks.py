@@ -33,10 +33,11 @@ def _slices(blocks) -> list:
     out = []
     for i, b in enumerate(blocks):
         s = getattr(b, "slice", b)
-        if not isinstance(s, slice) or s.start is None or s.stop is None or s.stop <= s.start:
+        if (not isinstance(s, slice) or not isinstance(s.start, numbers.Integral) or s.start < 0
+                or not isinstance(s.stop, numbers.Integral) or s.stop <= s.start or s.step not in (None, 1)):
             raise ArgumentError(
-                f"`blocks[{i}]` must be a slice(start, stop) with stop > start (or a record with "
-                f"`.slice`), got {b!r}"
+                f"`blocks[{i}]` must be a slice(start, stop) with 0 <= start < stop and no step (or a record "
+                f"with `.slice`), got {b!r}"
             )
         out.append(slice(int(s.start), int(s.stop)))
     return out
@@ -118,6 +119,15 @@ class DynamicMasks:
         object.__setattr__(self, "ratios", tuple(float(r) for r in np.asarray(self.ratios, dtype=float).ravel()))
         keep_counts(self.blocks, self.ratios)  # validates
         object.__setattr__(self, "interval", check_interval(self.interval))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ArgumentError(f"`seed` must be an integer (masks are drawn from it), got {self.seed!r}")
+        # every parameter in one block at most: an overlap is found here, not when a draw first repeats an index
+        spans = sorted((s.start, s.stop, name, i) for name, group in (("blocks", self.blocks), ("dense", self.dense))
+                       for i, s in enumerate(group))
+        for (a0, a1, an, ai), (b0, b1, bn, bi) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ArgumentError(f"`{an}[{ai}]` = slice({a0}, {a1}) and `{bn}[{bi}]` = slice({b0}, {b1}) overlap; "
+                                    "every parameter may belong to one block only")
 
     @property
     def per_step(self) -> bool:
