@@ -250,3 +250,22 @@ def test_default_coordinates_widen_from_forty_queries_per_weight():
     assert small["sparsity"] == 0.0
     with pytest.raises(zo.ArgumentError, match="`coordinates` must be an integer >= 1"):
         zo.recipes.short_budget(None, np.zeros(d), 5_000, steps_per_epoch=10, coordinates=0)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: zo.recipes.short_budget(None, np.full(1000, 0.1), 5000, steps_per_epoch=0), "`steps_per_epoch` must be"),
+    (lambda: zo.recipes.short_budget(None, np.full(1000, 0.1), 5000, steps_per_epoch=2.5), "`steps_per_epoch` must be"),
+    (lambda: zo.recipes.default_lr(0, 100), "`budget` must be an integer >= 1"),
+    (lambda: zo.recipes.default_lr(float("nan"), 100), "`budget` must be an integer >= 1"),
+    (lambda: zo.recipes.default_coordinates(100, -3), "`sampled` must be an integer >= 1"),
+    (lambda: zo.recipes.default_coordinates(100, 0), "`sampled` must be an integer >= 1"),
+])
+def test_recipe_helpers_name_a_bad_argument(call, match):
+    """steps_per_epoch=0 used to be accepted (and refused later by train), -5 blamed `batches`;
+    the rate and coordinate rules divided by zero, took a log of a negative, or returned -3."""
+    with pytest.raises(zo.ArgumentError, match=match):
+        call()
+
+
+def test_default_lr_reaches_its_floor_where_its_docstring_says():
+    assert zo.recipes.default_lr(800, 100) > 0.03 and zo.recipes.default_lr(803, 100) == 0.03

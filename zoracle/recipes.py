@@ -47,7 +47,7 @@ def default_lr(budget: int, sampled: int) -> float:
     """``short_budget``'s default peak learning rate for ``budget`` queries and ``sampled``
     weights: ``LR_SCALE / sqrt(budget / sampled)`` (0.085 over the root of the queries per
     weight), kept within ``[LR_MIN, LR_MAX]`` (0.03 and 0.1), to four significant digits. So
-    0.1 up to 0.72 queries per weight, 0.06 at 2, 0.04 at 4.5 and 0.03 from 8 on.
+    0.1 up to 0.72 queries per weight, 0.06 at 2, 0.04 at 4.5 and 0.03 from 8.03 on.
 
     The more often a weight is measured, the smaller each of its steps: with Adam and no
     momentum every measurement moves a weight by about the learning rate, in a direction whose
@@ -68,7 +68,7 @@ def default_lr(budget: int, sampled: int) -> float:
     >>> default_lr(30_000, 121_258), default_lr(150_000, 121_258), default_lr(26_516, 13_258), default_lr(150_000, 1_898)
     (0.1, 0.07642, 0.0601, 0.03)
     """
-    q = budget / sampled
+    q = _count("budget", budget, 1) / _count("sampled", sampled, 1)
     return float(f"{min(LR_MAX, max(LR_MIN, LR_SCALE / math.sqrt(q))):.4g}")
 
 
@@ -93,7 +93,7 @@ def default_coordinates(budget: int, sampled: int) -> int:
     >>> default_coordinates(10_000, 60)  # a small model: every weight a step
     60
     """
-    q = budget / sampled
+    q = _count("budget", budget, 1) / _count("sampled", sampled, 1)
     return int(min(sampled, WIDE_COORDINATES if q >= WIDE_FROM else COORDINATES))
 
 
@@ -228,6 +228,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if fill_small_blocks is not None and not isinstance(fill_small_blocks, bool):
         raise ArgumentError(f"`fill_small_blocks` must be True, False or None (filled from {FILL_FROM_STEPS:,} steps "
                             f"on), got {fill_small_blocks!r}")
+    if steps_per_epoch is not None:
+        steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     if per_epoch is None:
         raise ArgumentError("`batches` has no len(): pass `steps_per_epoch` too, so the recipe knows an epoch's length")
