@@ -73,10 +73,12 @@ def _check(args) -> list:
         raise ArgumentError(f"--mask-interval must be >= 1, got {args.mask_interval}")
     for name in ("lr", "fo_lr", "rge_lr", "mu"):
         v = getattr(args, name)
-        if not v > 0:
-            raise ArgumentError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+        if not 0 < v < float("inf"):
+            raise ArgumentError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
     if args.threads < 1:
         raise ArgumentError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise ArgumentError(f"--seed must be >= 0, got {args.seed}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -276,7 +278,8 @@ def _main(args, methods) -> int:
             executor.__exit__(None, None, None)
     ordered = {m: results[m] for m in METHODS if m in results}
     if args.plot:
-        _plot(ordered, args.plot, title=SMOKE_NOTE.split(":")[0] + ": not a comparison" if args.quick else None)
+        _plot(ordered, args.plot,
+              title=SMOKE_NOTE.format(epochs=args.epochs).split(":")[0] + ": not a comparison" if args.quick else None)
         log(f"saved training curves to {args.plot}")
     if args.json:
         print(json.dumps({m: {k: r[k] for k in ("test_acc", "queries", "seconds")} | {"details": {

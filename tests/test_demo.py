@@ -96,6 +96,8 @@ def test_output_directories_are_created_up_front(tmp_path):
     (["--methods", "sgd"], "--methods"),
     (["--ratios", "best"], "invalid choice"),
     (["--lr", "-1"], "--lr"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),  # used to pass, then blame train's `init`
+    (["--seed", "-1"], "--seed must be >= 0"),  # used to end in a NumPy traceback
 ])
 def test_demo_bad_flags_give_one_line_errors(argv, match):
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", *argv], capture_output=True, text=True, timeout=60)
@@ -108,3 +110,13 @@ def test_demo_help_documents_every_flag():
     assert r.returncode == 0
     for flag in ("--quick", "--json", "--plot", "--epochs", "--sparsity", "--workers"):
         assert flag in r.stdout
+
+
+def test_quick_plot_title_names_the_epochs(tmp_path, monkeypatch, capsys):
+    """The --quick plot's title used to show the literal "{epochs}" placeholder."""
+    import zoracle.apps.demo as demo
+
+    titles = []
+    monkeypatch.setattr(demo, "_plot", lambda results, path, title=None: titles.append(title))
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "fo", "--plot", str(tmp_path / "c.png")]) == 0
+    assert titles == ["smoke test (--quick, 1 epochs): not a comparison"]
