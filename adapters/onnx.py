@@ -415,11 +415,11 @@ class OnnxClassifier:
         """``x`` as the array the model expects, or :class:`~zoracle.ArgumentError` saying why not."""
         expected = _shape_str(self.input_shape)
         if not isinstance(x, np.ndarray):
-            if hasattr(x, "detach") or hasattr(x, "get"):
-                raise ArgumentError(
-                    f"`x` must be a NumPy array, got {type(x).__name__}; "
-                    "convert it (x.detach().cpu().numpy() / x.get())"
-                )
+            module = type(x).__module__.split(".")[0]
+            fix = {"torch": "x.detach().cpu().numpy()", "cupy": "x.get()", "pandas": "x.to_numpy()",
+                   "jax": "np.asarray(x)", "tensorflow": "x.numpy()"}.get(module)
+            if fix is not None:
+                raise ArgumentError(f"`x` must be a NumPy array, got {module}.{type(x).__name__}; convert it ({fix})")
             x = np.asarray(x)
         if x.ndim != len(self.input_shape):
             hint = "; add a batch axis (x[None])" if x.ndim == len(self.input_shape) - 1 else ""
@@ -442,6 +442,11 @@ class OnnxClassifier:
                     f"use x.astype(np.{self.input_dtype.name})"
                     + (" or OnnxClassifier(..., cast=True)" if castable else "")
                 )
+            if self.input_dtype.kind == "f":
+                big = np.abs(x[np.isfinite(x)]).max(initial=0.0) > np.finfo(self.input_dtype).max
+                if big:  # the cast would overflow to inf: say so, not "holds NaN or inf"
+                    raise ArgumentError(f"`x` holds values beyond the {self.input_dtype} range (|x| up to "
+                                        f"{float(np.abs(x[np.isfinite(x)]).max()):.3g}); `cast=True` cannot convert them")
             x = x.astype(self.input_dtype)
         if x.dtype.kind == "f":
             finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)

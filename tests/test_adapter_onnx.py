@@ -127,11 +127,19 @@ def test_rejects_bad_queries(onnx_path, batch):
         clf(bad)
     with pytest.raises(zo.ArgumentError, match="no samples"):
         clf(batch[:0])
-    with pytest.raises(zo.ArgumentError, match="NumPy array"):
+    with pytest.raises(zo.ArgumentError, match=r"NumPy array, got torch.Tensor; convert it \(x.detach\(\).cpu\(\).numpy\(\)\)"):
         clf(torch.from_numpy(batch))
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(zo.ArgumentError, match=r"got pandas.DataFrame; convert it \(x.to_numpy\(\)\)"):
+        clf(pd.DataFrame(batch.reshape(len(batch), -1)))  # its hint was x.get(), which a DataFrame refuses
     assert clf.queries == 0 and clf.calls == 0  # nothing reached onnxruntime
     # cast=True accepts another float dtype
-    np.testing.assert_allclose(OnnxClassifier(onnx_path, cast=True)(batch.astype(np.float64)), clf(batch), atol=1e-6)
+    cast = OnnxClassifier(onnx_path, cast=True)
+    np.testing.assert_allclose(cast(batch.astype(np.float64)), clf(batch), atol=1e-6)
+    huge = batch.astype(np.float64)
+    huge[3, 0, 0, 0] = 1e300  # finite, but inf as float32: named as such, not as "NaN or inf"
+    with pytest.raises(zo.ArgumentError, match=r"beyond the float32 range \(\|x\| up to 1e\+300\)"):
+        cast(huge)
 
 
 def test_rejects_bad_files(onnx_path, tmp_path):

@@ -130,7 +130,7 @@ def _counting():
 
 @pytest.mark.parametrize("plot, match", [
     ("run.xyz", r"`plot` .*cannot write '\.xyz' files; use a path ending in one of .*\.png"),
-    (".", "`plot` '.' is a directory"),
+    (".", r"`plot` '.' is a directory; pass a file path such as '\./run\.png'"),  # it suggested run.npz
     (3, "`plot` must be a file path such as 'run.png', got int"),
 ])
 def test_a_plot_that_cannot_be_written_fails_before_the_first_query(tmp_path, monkeypatch, plot, match):

@@ -101,16 +101,16 @@ def clean_stale(path) -> list:
     return removed
 
 
-def check_writable(path, name: str = "checkpoint") -> str:
+def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> str:
     """Fail now, before any query, when ``path`` cannot be written; returns the path.
 
     Creates the folder if needed and writes (then removes) a temporary file next to
     ``path``, exactly as a save would. Also removes stale temporary files (see
-    :func:`clean_stale`).
+    :func:`clean_stale`). ``example``: the file name the message suggests inside a directory.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise ArgumentError(f"`{name}` {path!r} is a directory; pass a file path such as {os.path.join(path, 'run.npz')!r}")
+        raise ArgumentError(f"`{name}` {path!r} is a directory; pass a file path such as {os.path.join(path, example)!r}")
     tmp = _tmp_path(path)
     try:
         os.makedirs(os.path.dirname(tmp), exist_ok=True)

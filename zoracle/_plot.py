@@ -43,8 +43,10 @@ def check_plot_path(path, name: str = "plot") -> tuple[str, str]:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentError(f"`{name}` must be a file path such as 'run.png', got {type(path).__name__}")
     path = os.fspath(path)
+    if os.path.isdir(path):  # refused with a figure's name to use (a directory has no suffix to judge)
+        check_writable(path, name, example="run.png")
     fmt = _format(path, name)
-    return check_writable(path, name), fmt
+    return check_writable(path, name, example="run.png"), fmt
 
 
 def step_queries(steps: list | tuple, epochs: list | tuple) -> np.ndarray:
