@@ -490,7 +490,9 @@ class OnnxClassifier:
         return out
 
     def predict(self, x) -> np.ndarray:
-        """Predicted labels ``(N,)`` (int64)."""
+        """Predicted classes ``(N,)`` (int64): the label output's values, or for a score output the
+        column of the highest score (``0 .. C-1``; a scikit-learn model's own class labels are
+        ``classes_[predict(x)]``, or pick its label output with ``output=``)."""
         out = self(x)
         return (out if self.output_kind == "labels" else out.argmax(axis=1)).astype(np.int64)
 
