@@ -41,6 +41,18 @@ def test_common_random_numbers_beat_independent_directions():
     assert np.mean(crn) > 0.8 and np.mean(crn) > np.mean(ind) + 0.4
 
 
+def test_zo_grasp_correlations_in_the_docs():
+    """docs/training.md's numbers: mean correlation with the exact scores over the six
+    quadratics, with and without common random numbers, at q = 16d and 8d."""
+    got = {}
+    for q in (16, 8):
+        for common in (True, False):
+            cs = [np.corrcoef(zo.zo_grasp(o, th, directions=q * th.size, rng=seed, common_random_numbers=common),
+                              ex)[0, 1] for seed in range(6) for o, th, ex in [_quadratic(seed)]]
+            got[q, common] = round(float(np.mean(cs)), 2)
+    assert got == {(16, True): 0.95, (16, False): 0.05, (8, True): 0.90, (8, False): 0.14}
+
+
 def test_zo_grasp_counts_and_blocks():
     oracle, theta, _ = _quadratic(0, d=10)
     counted = []
