@@ -9,6 +9,7 @@ batch dimension.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -144,6 +145,9 @@ def _as_matrix(params_batch, d: int) -> np.ndarray:
         P = P[None]
     if P.ndim != 2 or P.shape[1] != d:
         raise ArgumentError(f"parameters must have shape (k, {d}), got {P.shape}")
+    finite = np.isfinite(P).all(axis=1)
+    if not finite.all():  # refused before the solver, which would report non-finite velocities
+        raise ArgumentError(f"parameters must be finite; row {int(np.flatnonzero(~finite)[0])} holds NaN or inf")
     return P
 
 
@@ -199,6 +203,9 @@ class SolverInTheLoop:
         self.corrector = _Corrector(net, flow.inflow)
         self.param_info = self.corrector.blocks
         self.d = self.corrector.d
+        if (isinstance(max_queries_per_call, bool) or not isinstance(max_queries_per_call, numbers.Integral)
+                or max_queries_per_call < 1):
+            raise ArgumentError(f"`max_queries_per_call` must be an integer >= 1, got {max_queries_per_call!r}")
         self.max_queries_per_call = int(max_queries_per_call)
         self.relative = bool(relative)
         if starts is None:
@@ -238,7 +245,16 @@ class SolverInTheLoop:
     def coordinate_losses(self, params, coords, step):
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (one batched run)."""
         p = np.asarray(params.get() if hasattr(params, "get") else params)
-        coords = np.asarray(coords, dtype=np.int64)
+        c = np.asarray(coords)
+        if c.dtype == bool:
+            raise ArgumentError("`coords` must be integer indices, got a boolean array; pass np.flatnonzero(mask)")
+        if c.ndim != 1 or (c.size and c.dtype.kind not in "iu"):
+            raise ArgumentError(f"`coords` must be a 1-D integer index array, got dtype {c.dtype} and shape {c.shape}")
+        if c.size and (c.min() < 0 or c.max() >= self.d):
+            raise ArgumentError(f"`coords` must lie in [0, {self.d}), got {int(c[(c < 0) | (c >= self.d)][0])}")
+        if not np.isfinite(step):
+            raise ArgumentError(f"`step` must be a finite number, got {step!r}")
+        coords = c.astype(np.int64)
         X = np.repeat(p[None], len(coords), axis=0)
         X[np.arange(len(coords)), coords] += p.dtype.type(step)
         return self.batch(X)
@@ -297,8 +313,7 @@ def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, 
     corr = _Corrector(net, flow.inflow)
     P = _as_matrix(params_batch, corr.d)
     k, R = P.shape[0], len(reference.re)
-    if steps + frame > reference.vx.shape[1] - 1:
-        raise ArgumentError(f"`steps`={steps} from frame {frame} exceeds the {reference.vx.shape[1] - 1} recorded steps")
+    _check_span(steps, frame, reference.vx.shape[1] - 1)
     vx0 = np.tile(reference.vx[:, frame], (k, 1, 1))
     vy0 = np.tile(reference.vy[:, frame], (k, 1, 1))
     re = np.tile(reference.re, k)
@@ -315,10 +330,21 @@ def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, 
     return tx.reshape((k, R) + tx.shape[1:]), ty.reshape((k, R) + ty.shape[1:])
 
 
+def _check_span(steps, frame, recorded: int) -> None:
+    """``steps`` >= 1 steps from ``frame`` >= 0 within the ``recorded`` steps (a negative frame
+    would index from the end and compare against the wrong frames)."""
+    for name, v, lo in (("steps", steps, 1), ("frame", frame, 0)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+    if steps + frame > recorded:
+        raise ArgumentError(f"`steps`={steps} from frame {frame} exceeds the {recorded} recorded steps")
+
+
 def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
     """MAE per parameter vector: mean ``|v - v_ref|`` over runs, steps ``1..T`` and faces."""
     tx, ty = traj
     T = tx.shape[2] - 1
+    _check_span(T, frame, reference.vx.shape[1] - 1)
     rx = reference.vx[None, :, frame + 1:frame + T + 1]
     ry = reference.vy[None, :, frame + 1:frame + T + 1]
     ex = np.abs(tx[:, :, 1:] - rx).reshape(tx.shape[0], -1)

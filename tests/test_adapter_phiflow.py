@@ -182,3 +182,30 @@ def test_wake_sheds_at_the_default_reynolds_number():
     crossings = np.count_nonzero(np.diff(np.sign(centred)) != 0)
     # the shedding period is about 120 steps here: the probe swings both ways around its mean
     assert probe.max() - probe.min() > 0.1 and crossings >= 2
+
+
+def test_oracle_refuses_bad_coordinates_params_and_frames_before_the_solver(reference):
+    """`coords=[-1]` used to evaluate the last coordinate, a boolean mask was read as indices 0
+    and 1, NaN parameters ran the solver and were reported as non-finite velocities, and a
+    negative frame compared a rollout with the wrong reference frames."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3)
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=1, starts=np.array([[0, 0]]))
+    p = pf.flat_params(net)
+    mask = np.zeros(p.size, bool)
+    mask[[1, 3]] = True
+    cases = [(lambda: oracle.coordinate_losses(p, [-1], 1e-2), rf"`coords` must lie in \[0, {p.size}\), got -1"),
+             (lambda: oracle.coordinate_losses(p, mask, 1e-2), "boolean array; pass np.flatnonzero"),
+             (lambda: oracle.coordinate_losses(p, [1.7], 1e-2), "integer index array"),
+             (lambda: oracle.coordinate_losses(p, [1], float("nan")), "`step` must be a finite number"),
+             (lambda: oracle(np.full(p.size, np.nan)), "parameters must be finite; row 0"),
+             (lambda: pf.rollout(coarse, net, reference, p[None], 1, frame=-1), "`frame` must be an integer >= 0"),
+             (lambda: pf.SolverInTheLoop(coarse, net, reference, unroll=1, max_queries_per_call=0),
+              "`max_queries_per_call` must be an integer >= 1")]
+    for call, match in cases:
+        with pytest.raises(zo.ArgumentError, match=match):
+            call()
+    assert oracle.solver_calls == 0
+    traj = pf.rollout(coarse, net, reference, p[None], 1)
+    with pytest.raises(zo.ArgumentError, match="`frame` must be an integer >= 0"):
+        pf.mean_abs_error(traj, reference, frame=-1)
