@@ -167,3 +167,18 @@ def test_bad_classifier_output():
         sm.certify(lambda z: np.full(len(z), 5), np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=2)
     with pytest.raises(zo.ArgumentError, match="counts"):
         sm.lower_confidence_bound(5, 3, 0.01)
+
+
+def test_inputs_that_used_to_escape_as_numpy_errors_or_broadcast():
+    """One label for three points broadcast to all of them (a wrong accuracy, no error); float16
+    and 0-d points and mismatched count arrays ended in raw NumPy errors."""
+    cb = sm.certify_batch(threshold, np.array([[1.0], [-1.0], [2.0]]), sigma=0.1, n0=5, n=20, num_classes=2, rng=0)
+    with pytest.raises(zo.ArgumentError, match=r"one label per point \(3\), got 1"):
+        cb.certified_accuracy([1])
+    assert cb.correct([1, 0, 1]).tolist() == [True, True, True]
+    with pytest.raises(zo.ArgumentError, match="dtype float32 or float64.*got float16"):
+        sm.certify(threshold, np.array([1.0], np.float16), sigma=0.1, n0=5, n=5, num_classes=2)
+    with pytest.raises(zo.ArgumentError, match="at least one point along axis 0"):
+        sm.sample_counts(threshold, np.float64(1.0), 5, 0.1, num_classes=2)
+    with pytest.raises(zo.ArgumentError, match="same shape"):
+        sm.lower_confidence_bound([1, 2], [3, 4, 5], 0.1)

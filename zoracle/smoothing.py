@@ -99,6 +99,11 @@ def lower_confidence_bound(n_a, n, alpha):
     n_arr = np.asarray(n)
     if n_a_arr.dtype.kind not in "iu" or n_arr.dtype.kind not in "iu":
         raise ArgumentError(f"`n_a` and `n` must be integer counts, got {n_a!r} and {n!r}")
+    try:
+        np.broadcast_shapes(n_a_arr.shape, n_arr.shape)
+    except ValueError:
+        raise ArgumentError(f"`n_a` and `n` must have the same shape (or one be a scalar), got shapes "
+                            f"{n_a_arr.shape} and {n_arr.shape}") from None
     if np.any(n_arr < 1) or np.any(n_a_arr < 0) or np.any(n_a_arr > n_arr):
         raise ArgumentError(f"counts must satisfy 0 <= n_a <= n and n >= 1, got n_a={n_a!r}, n={n!r}")
     a = n_a_arr.astype(np.float64)
@@ -210,6 +215,19 @@ def _row(scores) -> str:
     return r if len(r) < 120 else r[:117] + "..."
 
 
+def _points(x) -> np.ndarray:
+    """``x`` as a float32 or float64 array of points along axis 0 (integers become float32)."""
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ArgumentError(f"`x` must hold at least one point along axis 0, got shape {x.shape}")
+    if x.dtype.kind in "iub":
+        return x.astype(np.float32)
+    if x.dtype not in (np.float32, np.float64):  # float16, complex: no Gaussian noise in that dtype
+        raise ArgumentError(f"`x` must be real with dtype float32 or float64 (or integers), got {x.dtype}; "
+                            "use x.astype(np.float32)")
+    return x
+
+
 def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classes: int,
                   batch_size: int = 10_000, rng=None) -> np.ndarray:
     """Class counts of ``classifier(x_i + delta)`` over ``num`` Gaussian draws per point.
@@ -239,9 +257,7 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     num_classes = _check_int("num_classes", num_classes, 2)
     batch_size = _check_int("batch_size", batch_size, 1)
     gen = as_generator(rng)
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float32)
+    x = _points(x)
     if not np.isfinite(x).all():
         raise ArgumentError("`x` must be finite, got a NaN or inf entry")
     m = x.shape[0]
@@ -311,7 +327,10 @@ class CertificateBatch:
 
     def correct(self, labels) -> np.ndarray:
         """Boolean array: prediction equals label (False where abstaining)."""
-        return self.predictions == np.asarray(labels).reshape(-1)
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape != self.predictions.shape:  # one label would broadcast to every point
+            raise ArgumentError(f"`labels` must hold one label per point ({self.predictions.size}), got {labels.size}")
+        return self.predictions == labels
 
     def certified_accuracy(self, labels, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
         return certified_accuracy(self.radii, self.correct(labels), r_grid)
@@ -363,9 +382,7 @@ def certify_batch(classifier: Callable, x, *, sigma: float, n0: int = 100, n: in
     n0 = _check_int("n0", n0, 1)
     n = _check_int("n", n, 1)
     alpha = _check_alpha(alpha)
-    x = np.asarray(x)
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ArgumentError(f"`x` must hold at least one point along axis 0, got shape {x.shape}")
+    x = _points(x)
     num_classes = _infer_classes(classifier, x, num_classes)
     gen = as_generator(rng)
     c0 = sample_counts(classifier, x, n0, sigma, num_classes=num_classes, batch_size=batch_size, rng=gen)
