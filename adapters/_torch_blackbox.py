@@ -9,7 +9,7 @@ import torch
 
 from zoracle._backend import is_cupy
 from zoracle._errors import ArgumentError, OracleError
-from zoracle._estimators import CGE, RGE, as_generator
+from zoracle._estimators import CGE, RGE, as_generator, check_step
 
 __all__ = ["blackbox", "BlackBox"]
 
@@ -21,20 +21,25 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
         t = torch.from_dlpack(value)
     else:
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+    if t.is_complex() or t.dtype == torch.bool:  # the cast would drop the imaginary part, or count booleans
+        raise TypeError(f"expected real numbers, got {t.dtype}")
     return t.detach().to(device=like.device, dtype=like.dtype)
 
 
 def _repeat(t, k: int):
+    """``t`` repeated ``k`` times along its rows, of its own kind: ``fn`` sees a NumPy context as
+    NumPy in the backward as in the forward."""
     if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(np.asarray(t))
+        a = np.asarray(t)
+        return np.broadcast_to(a[None], (k,) + a.shape).reshape((k * a.shape[0],) + a.shape[1:])
     return t.unsqueeze(0).expand((k,) + tuple(t.shape)).reshape((k * t.shape[0],) + tuple(t.shape[1:]))
 
 
 class _Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, box, *context):
-        with torch.no_grad():
-            y = box._eval(x.detach(), context, 1)
+        with torch.no_grad():  # a copy: an ``fn`` that writes into its input must not change the caller's x
+            y = box._eval(x.detach().clone(), context, 1, "forward")
         ctx.box, ctx.context = box, context
         ctx.save_for_backward(x.detach(), y)
         return y
@@ -60,30 +65,42 @@ class BlackBox:
     def __call__(self, x: torch.Tensor, *context) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise ArgumentError(f"blackbox input `x` must be a floating torch tensor, got {type(x).__name__}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ArgumentError(f"blackbox input `x` must be float32 or float64 (finite differences need the "
+                                f"precision), got {x.dtype}; use x.float()")
         if x.dim() < 1 or x.shape[0] == 0:
             raise ArgumentError(f"blackbox input `x` must have a leading batch dimension, got shape {tuple(x.shape)}")
         for i, c in enumerate(context):
-            if getattr(c, "shape", (None,))[0] != x.shape[0]:
-                raise ArgumentError(f"blackbox context argument {i} must have {x.shape[0]} rows like `x`, "
-                                    f"got shape {tuple(getattr(c, 'shape', ()))}")
+            shape = tuple(getattr(c, "shape", ()))
+            if not shape or shape[0] != x.shape[0]:
+                raise ArgumentError(f"blackbox context argument {i} must have {x.shape[0]} rows like `x`, got shape {shape}")
+        if x.requires_grad and torch.is_grad_enabled():  # the backward's step, checked before the forward's work
+            check_step(x.detach().reshape(-1).cpu().numpy(), self.estimator.mu, self.estimator.scheme,
+                       type(self.estimator).__name__)
         return _Function.apply(x, self, *context)
 
     # ------------------------------------------------------------------ internals
-    def _eval(self, X: torch.Tensor, context, k: int) -> torch.Tensor:
-        """``fn`` on ``X`` (k * N rows, perturbation-major) with the context repeated ``k`` times."""
+    def _eval(self, X: torch.Tensor, context, k: int, what: str) -> torch.Tensor:
+        """``fn`` on ``X`` (k * N rows, perturbation-major) with the context repeated ``k`` times,
+        at most ``max_rows`` rows a call (``fn`` treats rows independently). ``what`` names the
+        pass for error reports."""
         ctx = tuple(_repeat(c, k) if k > 1 else c for c in context)
-        try:
-            out = self.fn(X, *ctx)
-        except Exception as exc:
-            raise OracleError(f"blackbox fn on {X.shape[0]} rows", cause=exc) from exc
-        out = _as_tensor(out, X)
-        if out.dim() == 0 or out.shape[0] != X.shape[0]:
-            raise OracleError(f"blackbox fn on {X.shape[0]} rows", tuple(out.shape),
-                              detail=f"expected per-sample outputs with {X.shape[0]} rows")
-        if not torch.isfinite(out).all():
-            raise OracleError(f"blackbox fn on {X.shape[0]} rows", "non-finite values", detail="expected finite outputs")
-        self.nfev += X.shape[0]
-        return out
+        outs = []
+        for lo in range(0, X.shape[0], self.max_rows):
+            hi = min(X.shape[0], lo + self.max_rows)
+            query = f"blackbox fn, {what}, rows {lo}..{hi - 1} of {X.shape[0]}"
+            try:
+                out = self.fn(X[lo:hi], *(c[lo:hi] for c in ctx))
+                out = _as_tensor(out, X)
+            except Exception as exc:
+                raise OracleError(query, cause=exc) from exc
+            if out.dim() == 0 or out.shape[0] != hi - lo:
+                raise OracleError(query, tuple(out.shape), detail=f"expected per-sample outputs with {hi - lo} rows")
+            if not torch.isfinite(out).all():
+                raise OracleError(query, "non-finite values", detail="expected finite outputs")
+            outs.append(out)
+            self.nfev += hi - lo
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _phi(self, X, context, k, grad_out) -> torch.Tensor:
         """``<grad_out_n, fn(X)_n>`` per row, shape (k, N), evaluated in chunks of rows."""
@@ -93,7 +110,8 @@ class BlackBox:
         Xv = X.reshape((k, N) + tuple(X.shape[1:]))
         for lo in range(0, k, per):
             kk = min(per, k - lo)
-            out = self._eval(Xv[lo:lo + kk].reshape((kk * N,) + tuple(X.shape[1:])), context, kk)
+            out = self._eval(Xv[lo:lo + kk].reshape((kk * N,) + tuple(X.shape[1:])), context, kk,
+                             f"backward ({type(self.estimator).__name__}), perturbations {lo}..{lo + kk - 1} of {k}")
             out = out.reshape((kk, N, -1))
             vals.append((out * grad_out.reshape(1, N, -1)).sum(-1))
         return torch.cat(vals)
@@ -161,7 +179,11 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
     only: for sample ``n`` with upstream gradient ``v_n`` it estimates the gradient of
     ``phi_n(x_n) = <v_n, fn(x)_n>`` (ZO-AE-DS style). ``fn`` must treat rows independently;
     all perturbations of a backward go through ``fn`` as batches of ``k * N`` rows
-    (perturbation-major, context repeated ``k`` times), at most ``max_rows`` per call.
+    (perturbation-major, context repeated ``k`` times, a NumPy context as NumPy), at most
+    ``max_rows`` per call (the forward too). ``fn`` gets a copy of ``x``: writing into it
+    changes nothing of the caller's. A step ``mu`` that does not register at ``x``'s values
+    in its dtype (float32 or float64) is refused when the op is called with gradients on,
+    before the forward.
 
     - ``zo.RGE(mu, directions=q, distribution, scheme)``: ``q`` random directions per
       sample, ``g_n = (phi/q) sum_i [phi_n(x_n + mu u_i) - phi_n(x_n)] / mu * u_i``

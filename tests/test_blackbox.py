@@ -110,3 +110,49 @@ def test_errors():
         blackbox(analytic_np)(torch.randn(3, 6), torch.zeros(2))
     with pytest.raises(zo.ArgumentError, match="floating"):
         blackbox(analytic_np)(torch.zeros(3, 6, dtype=torch.long))
+
+
+def test_a_step_that_does_not_register_is_refused_before_the_forward():
+    """CGE(mu=1e-4) at float32 values of 1e4 rounds to no step: the backward divided 0 by 0
+    and returned NaN without a word; float16 inputs gave NaN everywhere."""
+    calls = []
+    op = blackbox(lambda x: calls.append(1) or (x ** 2).sum(1), zo.CGE(mu=1e-4, scheme="central"))
+    x = torch.tensor([[1e4, 1.0]], requires_grad=True)
+    with pytest.raises(zo.ArgumentError, match=r"CGE\(mu=0.0001\) is not a representable step"):
+        op(x)
+    with pytest.raises(zo.ArgumentError, match="float32 or float64.*got torch.float16; use x.float()"):
+        op(torch.tensor([[1.0, -2.0]], dtype=torch.float16, requires_grad=True))
+    assert calls == []
+    with torch.no_grad():  # no backward to come: no step to check
+        assert op(x).item() == pytest.approx(1e8 + 1)
+
+
+def test_rows_per_call_context_kind_and_the_callers_input():
+    """max_rows was exceeded when the batch had more rows (10 rows a call for max_rows=4); a
+    NumPy context reached fn as NumPy in the forward and as a tensor in the backward; an fn
+    that wrote into its input changed the caller's tensor."""
+    sizes, kinds = [], []
+
+    def fn(x, w):
+        sizes.append(len(x))
+        kinds.append(type(w).__name__)
+        a = x.numpy()
+        out = (a ** 2).sum(1) * w
+        a -= 1.0  # writes into what it was given
+        return out
+
+    w = np.arange(1.0, 11.0)
+    x = torch.randn(10, 2, dtype=torch.float64, requires_grad=True)
+    before = x.detach().clone()
+    op = blackbox(fn, zo.CGE(mu=1e-6, scheme="central"), max_rows=4)
+    op(x, w).sum().backward()
+    assert max(sizes) <= 4 and sum(sizes) == 10 * (1 + 2 * 2)
+    assert set(kinds) == {"ndarray"}
+    assert torch.equal(x.detach(), before)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * before.numpy() * w[:, None], rtol=1e-6)
+
+
+def test_fn_returning_text_or_complex_is_an_oracle_error_naming_the_pass():
+    for bad in (lambda x: np.array(["a"] * len(x)), lambda x: np.ones(len(x)) * 1j, lambda x: None):
+        with pytest.raises(zo.OracleError, match="blackbox fn, forward, rows 0..2 of 3"):
+            blackbox(bad)(torch.randn(3, 2))
