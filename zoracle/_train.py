@@ -498,6 +498,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     for m in {min(mus), max(mus)} if mus else ():  # a step not representable at the initial params fails now
         check_step(params, m, estimator.scheme, type(estimator).__name__)
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
+    scale0 = float(xp.max(xp.abs(params)))  # the initial scale: a run that leaves it far behind diverged
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
@@ -521,7 +522,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(  # ZO-GraSP would spend its queries on a split that keeps nothing
                 f"`sparsity`={sparsity!r} keeps round((1 - sparsity) * {n_scored}) = 0 of the {n_scored} scored weights "
                 "and no dense block is given: the mask would be empty; lower `sparsity` "
-                f"below {1 - 0.5 / n_scored:.6g})")
+                f"below {1 - 0.5 / n_scored:.6g}")
 
     config = {
         "d": d,
@@ -665,13 +666,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
                                           state=est_state)
                 except StepError as exc:
-                    if step == 0:  # the initial params were checked before the first query
-                        raise
+                    scale = float(xp.max(xp.abs(params)))
+                    if step == 0 or not scale > 100 * max(1.0, scale0):
+                        raise  # a step this mu does not make at parameters of the run's own scale
                     # training moved the params where mu is no step: they grew by orders of magnitude
                     last = f" (lr was {steps_hist[-1]['lr']:g})" if steps_hist else ""
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): max|params| grew to "
-                        f"{float(xp.max(xp.abs(params))):.3g}, where mu = {est.mu:g} is no longer a representable step; "
+                        f"{scale:.3g} (from {scale0:.3g}), where mu = {est.mu:g} is no longer a representable step; "
                         f"lower the learning rate{last}") from exc
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     "schedule" if lr_sched is not None else "lr")
