@@ -258,6 +258,10 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     plain = loss_fn is None or type(loss_fn) in _STOCK_LOSSES
     needs_mode, special = _dropout_mode_and_special(model)
     mode = contextlib.nullcontext() if plain and not needs_mode else _NoDropout()
+    # the patches below are the model's own attributes: threads that share the model (a
+    # threading executor) take turns, or one thread's exit would unpatch another's forward
+    guard = _model_lock(model) if special else contextlib.nullcontext()
+    guard.__enter__()
     try:
         for m in special:
             if type(m) in _BN:
@@ -296,6 +300,20 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             for b, v, version in saved:
                 if b._version != version:  # written: put back (one left untouched keeps its version)
                     b.copy_(v)
+        guard.__exit__(None, None, None)
+
+
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module):
+    """A re-entrant lock per model (contexts nest within one thread)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @dataclass(frozen=True)

@@ -305,6 +305,27 @@ class TorchOracle:
         """
         return {name: b.detach().cpu().numpy().copy() for name, b in self._core.model.named_buffers()}
 
+    @property
+    def plain_call_updates_state(self) -> bool:
+        """Whether a plain call writes the model's own state: ``update_stats`` and a BatchNorm
+        with running statistics in train mode (an executor whose workers hold copies warns)."""
+        return self.update_stats and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                                         and m.track_running_stats for m in self._core.model.modules())
+
+    def executor_key(self) -> tuple:
+        """What an executor's copies of this oracle must agree on with it, besides the parameters
+        (sent with every estimate): every module's train/eval mode, and the buffers of the modules
+        in eval mode, which read them (running statistics). An executor sends the oracle again
+        when this changes; buffers that train-mode modules update every step are left out, so a
+        training run sends the model once."""
+        model = self._core.model
+        modes, read = [], []
+        for m in model.modules():
+            modes.append(m.training)
+            if not m.training and m._buffers:
+                read += [(id(b), b._version) for b in m._buffers.values() if b is not None]
+        return tuple(modes), tuple(read)
+
     def load_state_arrays(self, arrays: dict) -> None:
         """Restore buffers saved by :meth:`state_arrays` (names and shapes must match)."""
         buffers = dict(self._core.model.named_buffers())

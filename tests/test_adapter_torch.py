@@ -456,7 +456,8 @@ def test_unbind_state_arrays_and_resume_keep_batchnorm_statistics(tmp_path):
     theta = base.initial_params()
     ref = zo.estimate_gradient(bound, theta, zo.CGE(mu=1e-5, scheme="central"))
     state = base.state_arrays()
-    with DeviceExecutor(["cpu", "cpu"]) as ex:
+    with DeviceExecutor(["cpu", "cpu"]) as ex, \
+            pytest.warns(RuntimeWarning, match="BatchNorm running statistics in train mode.*runs on a worker"):
         got = zo.estimate_gradient(bound, theta, zo.CGE(mu=1e-5, scheme="central"), executor=ex)
     np.testing.assert_allclose(got.grad, ref.grad, rtol=1e-10, atol=1e-12)
 

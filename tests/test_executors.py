@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import psutil
@@ -558,6 +559,49 @@ def test_torch_oracle_feature_reuse_equals_serial(loky2, threads2):
             ref = zo.estimate_gradient(oracle, theta, est, rng=step)
             for ex in (SerialExecutor(), loky2, threads2):
                 assert_same(zo.estimate_gradient(oracle, theta, est, rng=step, executor=ex), ref)
+
+
+def _bn_dropout_net(torch):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(inplace=True),
+                               torch.nn.Dropout(0.5), torch.nn.Linear(6, 3)).double()
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # as the workers run: the same kernels, the same bits
+def test_torch_oracle_with_batchnorm_and_dropout_on_threads_and_processes(loky2, threads2):
+    """Threads share the model: one thread leaving the oracle's patched context used to unpatch
+    another's forward mid-query (real dropout, stock BatchNorm over all rows: gradients 1e3
+    off). Process workers keep copies: a mode switch or new statistics on the driver now send
+    the oracle again (before, eval mode ran on the workers' train-mode copies), and the running
+    statistics the base point updates on a worker are named in a warning."""
+    torch = pytest.importorskip("torch")
+    tz = pytest.importorskip("zoracle.adapters.torch")
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((12, 5)), rng.integers(0, 3, 12)) for _ in range(3)]
+    # mu 1e-3: a thread pool's threads keep the torch thread count they started with, and one
+    # unit in the last place of a loss (4e-16) over 2 mu must stay under the 1e-12 below
+    est = zo.CGE(mu=1e-3, scheme="central")
+    runs = {}
+    for name, ex in (("serial", None), ("loky", loky2), ("threads", threads2)):
+        net = _bn_dropout_net(torch)
+        base = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none"))
+        theta = base.initial_params()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads = [zo.estimate_gradient(base.bind(b), theta, est, executor=ex).grad for b in batches]
+        named = [w for w in caught if "runs on a worker, whose copy keeps the update" in str(w.message)]
+        count = int(net[1].num_batches_tracked)
+        net.eval()  # eval mode reads the running statistics: set the same ones everywhere
+        with torch.no_grad():
+            net[1].running_mean.fill_(0.3)
+            net[1].running_var.fill_(2.0)
+        grads.append(zo.estimate_gradient(base.bind(batches[0]), theta, est, executor=ex).grad)
+        runs[name] = grads, count, len(named)
+    assert runs["serial"][1:] == (3, 0) and runs["threads"][1:] == (3, 0)
+    assert runs["loky"][1:] == (0, 1)  # updated on a worker, said once
+    for name in ("loky", "threads"):
+        for g, r in zip(runs[name][0], runs["serial"][0]):
+            np.testing.assert_allclose(g, r, rtol=0, atol=1e-12, err_msg=name)
 
 
 # ----------------------------------------------------------------------------- training

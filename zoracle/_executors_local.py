@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -20,6 +21,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._errors import ZoracleError
 from ._malloc import reuse_freed_memory
+from ._plan import BaseTask
 from ._executors_core import (
     BatchMirror,
     CostModel,
@@ -59,6 +61,8 @@ class ShardedExecutor:
     def __init__(self, timeout=None):
         self._registry = Registry()
         self._bound = Registry(keep=2)
+        self._keys: dict = {}  # oracle token -> its executor_key() when sent
+        self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._costs = CostModel()
         self._lock = threading.Lock()
         self._owner = None  # the thread inside run()
@@ -95,6 +99,15 @@ class ShardedExecutor:
         otoken, dropped = self._registry.token(parent)
         if dropped:
             self._dropped(dropped)
+        key_of = getattr(parent, "executor_key", None)
+        if callable(key_of):  # what workers' copies must agree on changed (a mode switch): send it again
+            key = key_of()
+            if otoken in self._keys and self._keys[otoken] != key:
+                self.forget(parent)
+                otoken, dropped = self._registry.token(parent)
+                if dropped:
+                    self._dropped(dropped)
+            self._keys[otoken] = key
         btoken = self._bound.token(oracle.fn)[0] if batch is not None else None
         return Payload(otoken, parent, btoken, batch, uuid.uuid4().hex[:16], params)
 
@@ -118,9 +131,22 @@ class ShardedExecutor:
             finally:
                 self._owner = None
 
+    #: workers share this process's oracle object (threads): what its calls change, the caller sees
+    shares_memory = False
+
     def _run_locked(self, oracle, params, tasks) -> list:
         self.start()
         payload = self._payload(oracle, params)
+        if (not self.shares_memory and payload.oracle_token not in self._warned
+                and getattr(payload.oracle, "plain_call_updates_state", False)
+                and any(isinstance(t, BaseTask) for t in tasks)):
+            self._warned.add(payload.oracle_token)
+            warnings.warn(
+                f"{type(payload.oracle).__name__}: its plain call at the base point updates the model's own state "
+                "(BatchNorm running statistics in train mode), and under this executor it runs on a worker, whose "
+                "copy keeps the update: your model's statistics (what predict, checkpoints and eval mode use) stay "
+                "as they were. The gradients are not affected. Use a threading executor (or none) for such a "
+                "model, or update_stats=False to keep the statistics fixed", RuntimeWarning, stacklevel=4)
         shards, costs, groups = reshard(
             tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, oracle.fn, t),
             per_worker=self.shards_per_worker,
@@ -518,6 +544,8 @@ def _run_in_thread(owner: int, oracle, shard, params):
 
 class ThreadPool(ShardedExecutor):
     """A pool of threads in this process sharing the caller's oracle object (private)."""
+
+    shares_memory = True
 
     def __init__(self, n_workers: int, timeout=None):
         super().__init__(timeout)
