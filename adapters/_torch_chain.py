@@ -296,11 +296,13 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             m.__dict__.pop("forward", None)
         for m, attr, v in flags:
             setattr(m, attr, v)
-        with torch.no_grad():
-            for b, v, version in saved:
-                if b._version != version:  # written: put back (one left untouched keeps its version)
-                    b.copy_(v)
-        guard.__exit__(None, None, None)
+        try:
+            with torch.no_grad():
+                for b, v, version in saved:
+                    if b._version != version:  # written: put back (one left untouched keeps its version)
+                        b.copy_(v)
+        finally:
+            guard.__exit__(None, None, None)
 
 
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -73,14 +73,15 @@ def _copy(params):
     return params.clone() if torch.is_tensor(params) else params.copy()
 
 
-def _model_state(model: nn.Module) -> tuple:
+def _model_state(model: nn.Module, read_only: bool = False) -> tuple:
     """What a cached activation or base loss depends on besides the parameters and the batch:
     every module's train/eval mode and every buffer's identity and version (running statistics
-    written in place, or ``load_state_arrays``)."""
+    written in place, or ``load_state_arrays``). ``read_only``: only the buffers of modules in
+    eval mode, the ones a forward reads."""
     flags, buffers = [], []
     for m in model.modules():  # one walk for both
         flags.append(m.training)
-        if m._buffers:
+        if m._buffers and not (read_only and m.training):
             buffers += [(id(b), b._version) for b in m._buffers.values() if b is not None]
     return tuple(flags), tuple(buffers)
 
@@ -318,13 +319,7 @@ class TorchOracle:
         in eval mode, which read them (running statistics). An executor sends the oracle again
         when this changes; buffers that train-mode modules update every step are left out, so a
         training run sends the model once."""
-        model = self._core.model
-        modes, read = [], []
-        for m in model.modules():
-            modes.append(m.training)
-            if not m.training and m._buffers:
-                read += [(id(b), b._version) for b in m._buffers.values() if b is not None]
-        return tuple(modes), tuple(read)
+        return _model_state(self._core.model, read_only=True)
 
     def load_state_arrays(self, arrays: dict) -> None:
         """Restore buffers saved by :meth:`state_arrays` (names and shapes must match)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._errors import OracleError, ZoracleError
+from ._errors import OracleError, ZoracleError, _round_trips
 from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
@@ -255,16 +255,13 @@ def portable_error(exc: BaseException):
     oracle's own exception, which may not unpickle: its class only on the worker, or an
     ``__init__`` that takes other arguments than its ``args``), else a RuntimeError carrying
     its type and message."""
-    tries = [exc]
+    if _round_trips(exc):
+        return exc
     if isinstance(exc, OracleError):
         cls, args = exc.__reduce__()[:2]  # the cause and value as text where they do not round-trip
-        tries.append(cls(*args))
-    for e in tries:
-        try:
-            pickle.loads(pickle.dumps(e))
-            return e
-        except Exception:
-            continue
+        rebuilt = cls(*args)
+        if _round_trips(rebuilt):
+            return rebuilt
     return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 

@@ -251,8 +251,8 @@ def check_blocks(blocks, d: int) -> None:
     for b, blk in enumerate(blocks):
         if (not isinstance(blk, slice) or not isinstance(blk.start, numbers.Integral) or blk.start != pos
                 or not isinstance(blk.stop, numbers.Integral) or blk.stop <= blk.start or blk.step not in (None, 1)):
-            raise ArgumentError(f"the oracle's `blocks` must be contiguous slices in ascending order covering "
-                                f"[0, {d}); block {b} is {blk!r}, expected slice({pos}, stop) with stop > {pos}")
+            raise ArgumentError(f"block {b} is {blk!r}, expected slice({pos}, stop) with stop > {pos}: the "
+                                f"oracle's `blocks` must be contiguous slices in ascending order covering [0, {d})")
         pos = blk.stop
     if pos != d:
         raise ArgumentError(f"the oracle's `blocks` cover [0, {pos}), but params have {d} entries")

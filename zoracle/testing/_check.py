@@ -10,6 +10,7 @@ from .._backend import namespace, to_numpy
 from .._errors import ArgumentError, ZoracleError
 from .._estimators import as_generator, validate_params
 from .._oracle import capabilities
+from .._plan import check_blocks
 
 __all__ = ["OracleCheckError", "check_oracle"]
 
@@ -118,16 +119,10 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         report["coordinate_losses"] = worst
     if caps.split:
         blocks = list(oracle.blocks)
-        pos = 0
-        for b, blk in enumerate(blocks):
-            if (not isinstance(blk, slice) or blk.start != pos or not isinstance(blk.stop, numbers.Integral)
-                    or blk.stop <= blk.start or blk.step not in (None, 1)):
-                failures.append(f"blocks: block {b} is {blk!r}, expected a contiguous slice starting at {pos}")
-                break
-            pos = blk.stop
-        else:
-            if pos != d:
-                failures.append(f"blocks: cover [0, {pos}) but params have {d} entries")
+        try:
+            check_blocks(blocks, d)  # the planner's own check
+        except ArgumentError as exc:
+            failures.append(f"blocks: {exc}")
         if not any(f.startswith("blocks") for f in failures):
             worst = 0.0
             for b, blk in enumerate(blocks):
