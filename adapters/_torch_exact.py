@@ -123,13 +123,16 @@ def _modes(model) -> tuple:
     return tuple(m.training for m in model.modules())
 
 
-def ensure_split(oracle) -> None:
+def ensure_split(oracle, modes=None) -> bool:
     """Check the split again when the model's train/eval modes are ones it was not checked in:
     ``torch.fx`` captures a forward's branches on ``self.training`` as they were at the capture,
-    so a model captured in eval mode and trained may run the other branch than ``model(x)``."""
+    so a model captured in eval mode and trained may run the other branch than ``model(x)``.
+    ``modes``: the model's modes, when the caller has them. True when a check ran."""
     core = oracle._core
-    if core.blocks and core.checked and _modes(core.model) not in core.checked_modes:
+    if core.blocks and core.checked and (_modes(core.model) if modes is None else modes) not in core.checked_modes:
         _self_check(oracle, "in the model's train/eval modes of now, not those it was checked in: ")
+        return True
+    return False
 
 
 def _self_check(oracle, why: str = "") -> None:

@@ -745,7 +745,9 @@ class TorchOracle:
         if c.size and (c.min() < 0 or c.max() >= d):
             raise ArgumentError(f"`coords` must lie in [0, {d}), got {int(c[(c < 0) | (c >= d)][0])}")
         out = np.empty(len(c))
-        ensure_split(self)
+        now = _model_state(self.model)  # once for the call: its queries leave modes and buffers as they are
+        if ensure_split(self, now[0]):
+            now = _model_state(self.model)  # the check ran queries of its own: the state after them
         if not core.blocks:
             self._warn_fallback()
             return full_coordinate_losses(self, params, c, step)
@@ -753,7 +755,6 @@ class TorchOracle:
         owner = np.searchsorted(starts, c, side="right") - 1
         call = self.max_queries_per_call
         theta = self._load(params)
-        now = _model_state(self.model)  # once for the call: its queries leave modes and buffers as they are
         states = self._states(params, now)
         with torch.no_grad():
             base = theta[torch.as_tensor(c, device=self.device)]
