@@ -125,13 +125,46 @@ def test_corrupt_truncated_and_foreign_files_raise(tmp_path, setup):
     with pytest.raises(zo.CheckpointError, match="corrupt or truncated"):
         setup["run"](checkpoint=ckpt, resume=ckpt)
     ckpt.write_bytes(b"not a zip at all")
-    with pytest.raises(zo.CheckpointError, match="corrupt"):
+    # (the messages hold the path, and tmp_path this test's name: match past it)
+    with pytest.raises(zo.CheckpointError, match=r"is not a zoracle checkpoint \(not a zip archive") as info:
         setup["run"](resume=ckpt)
+    assert "delete" not in str(info.value)  # a file zoracle did not write is the user's
     np.savez(tmp_path / "other.npz", params=np.zeros(31))
-    with pytest.raises(zo.CheckpointError, match="not a zoracle checkpoint"):
+    with pytest.raises(zo.CheckpointError, match="not a zoracle checkpoint") as info:
         setup["run"](resume=tmp_path / "other.npz")
+    assert "delete" not in str(info.value)
     with pytest.raises(zo.CheckpointError, match="does not exist"):
         setup["run"](resume=tmp_path / "missing.npz")
+
+
+def test_train_never_overwrites_a_foreign_file_and_warns_before_replacing_a_run(tmp_path, setup):
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return float(x @ x)
+
+    for name, write in (("notes.txt", lambda p: p.write_text("precious")),
+                        ("data.npz", lambda p: np.savez(p, a=np.arange(3))),
+                        ("array.npy", lambda p: np.save(p, np.arange(3)))):
+        path = tmp_path / name
+        write(path)
+        before = path.read_bytes()
+        with pytest.raises(zo.ArgumentError, match="`checkpoint` .* is a file zoracle did not write"):
+            zo.train(f, np.ones(3), epochs=1, checkpoint=path, progress=False, rng=0)
+        with pytest.raises(zo.ArgumentError, match="did not write"):  # resume=True finds the file, then refuses it
+            zo.train(f, np.ones(3), epochs=1, checkpoint=path, resume=True, progress=False, rng=0)
+        assert path.read_bytes() == before and not calls  # refused before the first query
+    ckpt = tmp_path / "run.npz"
+    setup["run"](checkpoint=ckpt, epochs=1)
+    with pytest.warns(UserWarning, match="holds an earlier run, which this run does not resume from"):
+        setup["run"](checkpoint=ckpt, epochs=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = setup["run"](checkpoint=ckpt, resume=True, epochs=2)  # continuing it: no warning
+    assert res.epochs == 2
 
 
 def test_mismatched_settings_raise_and_name_the_setting(tmp_path, setup):

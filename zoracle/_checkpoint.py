@@ -29,16 +29,28 @@ from ._backend import to_numpy
 from ._errors import ArgumentError, ZoracleError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible", "check_writable",
+           "existing_checkpoint",
            "FORMAT", "VERSION"]
 
 FORMAT = "zoracle-checkpoint"
 VERSION = 1
 _META = "__meta__"
 _FIX = "delete it to start over, or resume from another checkpoint"
+# a file zoracle did not write is the user's: never advise deleting it
+_FOREIGN = "pass the path of a checkpoint that zo.train or save_checkpoint wrote"
 
 
 class CheckpointError(ZoracleError):
     """A checkpoint could not be read, or it does not match the run resuming from it."""
+
+    #: True when the file is not one zoracle wrote at all (another program's file)
+    foreign = False
+
+
+def _foreign(message: str) -> CheckpointError:
+    exc = CheckpointError(f"{message}; {_FOREIGN}")
+    exc.foreign = True
+    return exc
 
 
 # -------------------------------------------------------------------------------- writing
@@ -242,18 +254,20 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
+        if magic[:2] != b"PK" and magic != b"\x93NUMPY":  # every .npz is a zip archive
+            raise _foreign(f"{path!r} is not a zoracle checkpoint (not a zip archive, as every .npz file is)")
         if magic == b"\x93NUMPY":
-            raise CheckpointError(f"{path!r} is a single .npy array, not a zoracle checkpoint (.npz written by "
-                                  f"zoracle.train or save_checkpoint); {_FIX}")
+            raise _foreign(f"{path!r} is a single .npy array, not a zoracle checkpoint (.npz written by "
+                           f"zoracle.train or save_checkpoint)")
         with zipfile.ZipFile(path) as zf:
             members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
             if _META not in members:
-                raise CheckpointError(f"{path!r} is an .npz file but not a zoracle checkpoint (no {_META!r}); {_FIX}")
+                raise _foreign(f"{path!r} is an .npz file but not a zoracle checkpoint (no {_META!r})")
             blob = _read_member(zf, members[_META], path, size)
             meta = json.loads(blob.tobytes().decode("utf-8"))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise CheckpointError(f"{path!r} is not a zoracle checkpoint (format "
-                                      f"{meta.get('format') if isinstance(meta, dict) else None!r}); {_FIX}")
+                raise _foreign(f"{path!r} is not a zoracle checkpoint (format "
+                               f"{meta.get('format') if isinstance(meta, dict) else None!r})")
             if meta.get("version") != VERSION:
                 raise CheckpointError(f"checkpoint {path!r} has format version {meta.get('version')!r}, this "
                                       f"zoracle reads version {VERSION}; {_FIX}")
@@ -279,6 +293,20 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
             NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
         raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}") from None
     return arrays, meta
+
+
+def existing_checkpoint(path) -> str | None:
+    """What is at ``path`` now: None (nothing), ``"run"`` (a checkpoint zoracle wrote, possibly of
+    another version, or corrupt), or ``"foreign"`` (a file zoracle did not write). Reads the header
+    only."""
+    path = os.fspath(path)
+    if not os.path.lexists(path) or os.path.isdir(path):
+        return None
+    try:
+        load_checkpoint(path, expected={})
+    except CheckpointError as exc:
+        return "foreign" if exc.foreign else "run"
+    return "run"
 
 
 def check_compatible(path, saved: dict, expected: dict) -> None:

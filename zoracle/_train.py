@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._checkpoint import CheckpointError, check_writable, save_checkpoint
+from ._checkpoint import CheckpointError, check_writable, existing_checkpoint, save_checkpoint
 from ._errors import ArgumentError
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
@@ -312,6 +312,20 @@ def _warn_sign_decay(optimizer) -> None:
             UserWarning, stacklevel=3)
 
 
+def _check_overwrite(checkpoint, resume) -> None:
+    """Refuse to overwrite a file zoracle did not write; warn before overwriting an earlier run
+    that this one does not resume from (its first save replaces it)."""
+    path = os.fspath(checkpoint)
+    kind = existing_checkpoint(path)
+    if kind == "foreign":
+        raise ArgumentError(f"`checkpoint` {path!r} is a file zoracle did not write, and training would overwrite "
+                            "it; pass a new path, or move that file away first")
+    if kind == "run" and not (resume is not None and os.path.exists(resume) and os.path.samefile(resume, path)):
+        warnings.warn(f"`checkpoint` {path!r} holds an earlier run, which this run does not resume from: its first "
+                      "save overwrites it. Pass resume=True to continue that run, or another path to keep it",
+                      UserWarning, stacklevel=3)
+
+
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
           estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
           sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
@@ -381,8 +395,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
-        eval loses no steps) and at the end. A path that cannot be written raises
-        :class:`~zoracle.ArgumentError` before the first query.
+        eval loses no steps) and at the end. A path that cannot be written, or that holds a
+        file zoracle did not write, raises :class:`~zoracle.ArgumentError` before the first
+        query; an earlier run's checkpoint that this run does not resume from is overwritten
+        at the first save, with a warning.
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
@@ -485,6 +501,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         resume = os.fspath(resume)
     if checkpoint is not None:
         check_writable(checkpoint)  # before the first query, not after the first epoch
+        _check_overwrite(checkpoint, resume)
     if plot is not None:
         from ._plot import check_plot_path
 
