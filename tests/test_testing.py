@@ -116,8 +116,9 @@ def test_check_oracle_reports_malformed_blocks_and_refuses_bad_counts():
 
 def test_check_oracle_float32_defaults_allow_float32_rounding():
     """A correct float32 TorchOracle near a fit (outputs about 50, losses about 1e-4): its fast
-    path and the plain call differ by 1e-8, float32 rounding of the outputs, and the float64
-    defaults (rtol 1e-6, atol 1e-8) flagged it."""
+    path and the plain call differ by 1e-8, float32 rounding of the outputs. The float64 value
+    tolerances (rtol 1e-6, atol 1e-8) flagged it; relative to the loss changes the check's steps
+    make, the two agree, so it passes under those tolerances too."""
     torch = pytest.importorskip("torch")
     from torch import nn
 
@@ -132,6 +133,76 @@ def test_check_oracle_float32_defaults_allow_float32_rounding():
     model[-1].bias.data += 50.0
     oracle = TorchOracle(model, lambda o, t: ((o - t) ** 2).mean(1)).bind((X, Y))
     p = oracle.initial_params()
-    with pytest.raises(OracleCheckError):
-        check_oracle(oracle, p, n_coords=16, rtol=1e-6, atol=1e-8)
-    check_oracle(oracle, p, n_coords=16)  # the float32 defaults
+    report = check_oracle(oracle, p, n_coords=16)  # the float32 defaults
+    assert 0 < report["coordinate_losses"] < 1e-6  # rounding, not zero: the check is not vacuous
+    check_oracle(oracle, p, n_coords=16, rtol=1e-6, atol=1e-8)
+
+
+class _Offset:
+    """A float64 least-squares loss plus 1e6 (a large loss, small changes), with a batch."""
+
+    def __init__(self, fault=None):
+        self.fault = fault
+
+    def __call__(self, x):
+        return 1e6 + float(np.sum((x - 1.0) ** 2))
+
+    def batch(self, P):
+        return 1e6 + np.sum((P - 1.0) ** 2, axis=1) + (5e-3 if self.fault == "offset" else 0.0)
+
+
+class _OffsetCoords(_Offset):
+    def coordinate_losses(self, x, coords, step):
+        scale = 0.5 if self.fault == "half step" else 1.0
+        out = []
+        for i in coords:
+            y = x.copy()
+            y[i] += scale * step
+            out.append(self(y))
+        return np.array(out)
+
+
+@pytest.mark.parametrize("fault,match", [("half step", "coordinate_losses: deviates"), ("offset", "batch: ")])
+def test_check_oracle_judges_the_loss_changes_under_a_large_loss(fault, match):
+    """Under a loss of 1e6, a tolerance relative to the loss (1e-6 of it: 1) passed a fast path
+    applying half the step, and a batch 5e-3 off, whose CGE gradients are 2x and 50% off."""
+    x = np.zeros(5)
+    cls = _OffsetCoords if fault == "half step" else _Offset
+    assert max(check_oracle(cls(), x).values()) < 1e-6  # the correct one passes
+    broken = cls(fault)
+    with pytest.raises(OracleCheckError, match=match) as info:
+        check_oracle(broken, x)
+    assert "largest loss change" in str(info.value)
+    fast = zo.estimate_gradient(broken, x, zo.CGE()).grad
+    plain = zo.estimate_gradient(lambda p: broken(p), x, zo.CGE()).grad
+    assert np.abs(fast - plain).max() > 0.4  # what the check now prevents
+
+
+def test_check_oracle_reports_a_failing_oracle_and_refuses_a_vacuous_step():
+    """An oracle that raised or returned an array surfaced as its own TypeError / exception, and
+    step=0 passed a coordinate_losses that ignores the step."""
+    x = np.ones(3)
+    with pytest.raises(OracleCheckError, match=r"oracle\(params\) raised OracleError: .*expected a scalar, got shape"):
+        check_oracle(lambda p: p, x)
+    with pytest.raises(OracleCheckError, match=r"oracle\(params\) raised ZeroDivisionError") as info:
+        check_oracle(lambda p: 1 / 0, x)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    with pytest.raises(OracleCheckError, match="expected a finite loss"):
+        check_oracle(lambda p: float("nan"), x)
+
+    class Fails:
+        def __call__(self, p):
+            return float(p @ p)
+
+        def coordinate_losses(self, p, coords, step):
+            raise RuntimeError("device lost")
+
+    with pytest.raises(OracleCheckError, match=r"oracle.coordinate_losses\(params, .*\) raised RuntimeError: device lost"):
+        check_oracle(Fails(), x)
+    with pytest.raises(zo.ArgumentError, match="`oracle` must be callable"):
+        check_oracle(3, x)
+    for bad in (0.0, float("nan"), True, "0.1"):
+        with pytest.raises(zo.ArgumentError, match="`step` must be a finite nonzero number"):
+            check_oracle(lambda p: float(p @ p), x, step=bad)
+    with pytest.raises(zo.ArgumentError, match="`rtol` must be a finite number >= 0"):
+        check_oracle(lambda p: float(p @ p), x, rtol=-1)

@@ -9,7 +9,7 @@ import numpy as np
 from .._backend import namespace, to_numpy
 from .._errors import ArgumentError, ZoracleError
 from .._estimators import as_generator, validate_params
-from .._oracle import capabilities
+from .._oracle import capabilities, check_scalar
 from .._plan import check_blocks
 
 __all__ = ["OracleCheckError", "check_oracle"]
@@ -19,9 +19,32 @@ class OracleCheckError(ZoracleError, AssertionError):
     """An oracle's capability disagrees with its plain calls; the message lists every failure."""
 
 
-def _close(a, b, rtol, atol):
+# the finite differences a fast path gives may differ from the plain calls' by this fraction of
+# the largest loss change checked (rounding of a float32 model's outputs, a solver's tolerance)
+DIFF_RTOL = 1e-3
+
+
+def _close(a, b, rtol, atol, base=None):
+    """``a`` (the fast path's losses) within ``atol + rtol * |b|`` of ``b`` (the plain calls'), or
+    within ``DIFF_RTOL`` of the largest loss change ``|b - base|``, whichever is larger: the
+    estimators use the changes, which a tolerance relative to the loss alone would miss under
+    a large loss."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.allclose(a, b, rtol=rtol, atol=atol), float(np.max(np.abs(a - b))) if a.size else 0.0
+    if not a.size:
+        return True, 0.0
+    dev = np.abs(a - b)
+    allowed = atol + rtol * np.abs(b)
+    if base is not None:
+        allowed = np.maximum(allowed, DIFF_RTOL * float(np.max(np.abs(b - base))))
+    return bool(np.all(dev <= allowed)), float(np.max(dev))
+
+
+def _ask(what: str, fn, *args):
+    """``fn(*args)``; an exception there is the oracle's failure, reported as the check's."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise OracleCheckError(f"check_oracle: {what} raised {type(exc).__name__}: {exc}") from exc
 
 
 def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: float = 1e-2,
@@ -38,9 +61,14 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     ``prefix`` + ``suffix`` equal full evaluations for coordinates sampled in every block, in an
     unsorted order and with both signs.
 
-    ``rtol`` and ``atol`` default by ``params``' dtype: 1e-6 and 1e-8 in float64; 1e-5 and 1e-7
-    in float32, where a correct fast path and a plain call may differ by a few units of the
-    float32 rounding of the model's outputs.
+    A fast path's loss passes when it is within ``atol + rtol * |loss|`` of the plain call's
+    (rounding), or within 0.1% of the largest loss change the check's steps make (the
+    estimators use the changes: under a large loss, a tolerance relative to the loss alone
+    would pass a fast path whose changes are wrong). ``rtol`` and ``atol`` default by
+    ``params``' dtype: 1e-10 and 1e-12 in float64; 1e-5 and 1e-7 in float32, where a correct
+    fast path and a plain call may differ by a few units of the float32 rounding of the
+    model's outputs. Check at the step you train with (``step=mu``): a fast path that adds
+    ``step`` where ``params`` cannot represent it shows only at steps near that resolution.
 
     Returns
     -------
@@ -53,12 +81,21 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         Listing every failed check with the deviation found.
     """
     params = validate_params(params)
+    if not callable(oracle):
+        raise ArgumentError(f"`oracle` must be callable (params -> loss), got {type(oracle).__name__}")
+    if isinstance(step, bool) or not isinstance(step, numbers.Real) or not np.isfinite(step) or step == 0:
+        raise ArgumentError(f"`step` must be a finite nonzero number (the perturbation checked; use the mu you "
+                            f"train with), got {step!r}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0
+                              or not np.isfinite(v)):
+            raise ArgumentError(f"`{name}` must be a finite number >= 0 (or None for the dtype's default), got {v!r}")
     for name, v in (("n_coords", n_coords), ("n_rows", n_rows)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ArgumentError(f"`{name}` must be an integer >= 1, got {v!r}")
     single = params.dtype == np.float32
-    rtol = (1e-5 if single else 1e-6) if rtol is None else rtol
-    atol = (1e-7 if single else 1e-8) if atol is None else atol
+    rtol = (1e-5 if single else 1e-10) if rtol is None else rtol
+    atol = (1e-7 if single else 1e-12) if atol is None else atol
     xp = namespace(params)
     gen = as_generator(rng)
     d = params.shape[0]
@@ -71,23 +108,22 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     reference = getattr(oracle, "reference_loss", None)
 
     def call(x):
-        v = reference(x) if reference is not None else oracle(x)
-        return float(v)
+        what = "reference_loss(x)" if reference is not None else "oracle(x)"
+        return _ask(what, lambda: check_scalar(reference(x) if reference is not None else oracle(x), what))
 
     def perturbed(i, s):
         x = params.copy()
         x[i] = x[i] + dt(s)
         return x
 
-    base = float(oracle(params))
-    if not np.isfinite(base):
-        failures.append(f"call: loss at params is {base}, expected finite")
+    base = _ask("oracle(params)", lambda: check_scalar(oracle(params), "oracle(params)"))
     if reference is not None:
         ok, dev = _close(base, call(params), rtol, atol)
         report["reference"] = dev
         if not ok:
             failures.append(f"reference: oracle(params) deviates from reference_loss(params) by {dev:.3g}")
-    again = float(oracle(params))
+    ref0 = call(params) if reference is not None else base  # the loss changes are measured from here
+    again = _ask("oracle(params)", lambda: check_scalar(oracle(params), "oracle(params), a second time"))
     ok, dev = _close(base, again, 0, 0)
     report["determinism"] = dev
     if not ok:
@@ -97,11 +133,11 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     if caps.batch:
         rows = min(n_rows, d)
         X = xp.stack([perturbed(int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])])
-        got = np.asarray(to_numpy(oracle.batch(X)))
+        got = _ask("oracle.batch(X)", lambda: np.asarray(to_numpy(oracle.batch(X)), dtype=np.float64))
         want = [call(X[r]) for r in range(X.shape[0])]
         # the shapes estimate_gradient takes: one loss per row, (k,) or (k, 1)
         got = got.reshape(-1) if got.shape in ((len(want),), (len(want), 1)) else got
-        ok, dev = _close(got, want, rtol, atol) if got.shape == (len(want),) else (False, np.inf)
+        ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
         report["batch"] = dev
         if not ok:
             failures.append(f"batch: {got.shape} result deviates from a loop of calls by {dev:.3g}")
@@ -109,9 +145,10 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         shuffled = gen.permutation(coords)
         worst = 0.0
         for s in (step, -step):
-            got = to_numpy(oracle.coordinate_losses(params, shuffled, s)).reshape(-1)
+            got = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g})", lambda: np.asarray(
+                to_numpy(oracle.coordinate_losses(params, shuffled, s)), dtype=np.float64).reshape(-1))
             want = [call(perturbed(int(i), s)) for i in shuffled]
-            ok, dev = _close(got, want, rtol, atol) if got.shape == (len(want),) else (False, np.inf)
+            ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
             worst = max(worst, dev)
             if not ok:
                 failures.append(f"coordinate_losses: deviates from calls at params {'+' if s > 0 else '-'} "
@@ -128,11 +165,12 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
             for b, blk in enumerate(blocks):
                 n = min(max(1, n_coords // 2), blk.stop - blk.start)
                 cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
-                feats = oracle.prefix(params, b)
+                feats = _ask(f"oracle.prefix(params, {b})", oracle.prefix, params, b)
                 for s in (step, -step):
-                    got = to_numpy(oracle.suffix(feats, params, b, cb, s)).reshape(-1)
+                    got = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: np.asarray(
+                        to_numpy(oracle.suffix(feats, params, b, cb, s)), dtype=np.float64).reshape(-1))
                     want = [call(perturbed(int(i), s)) for i in cb]
-                    ok, dev = _close(got, want, rtol, atol) if got.shape == (len(want),) else (False, np.inf)
+                    ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
                     worst = max(worst, dev)
                     if not ok:
                         failures.append(f"prefix+suffix: block {b}, step {s:+g}: deviates from calls by {dev:.3g}")
@@ -141,5 +179,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         raise OracleCheckError(
             f"check_oracle found {len(failures)} problem(s) with {type(oracle).__name__}:\n  - "
             + "\n  - ".join(failures)
+            + f"\n(allowed: atol + rtol * |loss| with rtol={rtol:g}, atol={atol:g}, or {DIFF_RTOL:g} of the largest "
+            "loss change the steps made; an oracle that computes in float32 while its params are float64 "
+            "differs by float32 rounding: pass rtol=1e-5, atol=1e-7)"
         )
     return report
