@@ -101,6 +101,18 @@ class _NormState:
     def __init__(self):
         self.groups = 1
         self.update = False
+        #: ``(buffer, value, version)`` of the buffers train-mode modules write on every forward
+        #: (spectral norm's power-iteration vectors, InstanceNorm's running statistics)
+        self.saved = []
+
+    def reset(self) -> None:
+        """Put back every saved buffer a forward wrote: each perturbation's forward then starts
+        from the state the query found (spectral norm's next power iteration reads its vector)."""
+        if self.saved:
+            with torch.no_grad():
+                for b, v, version in self.saved:
+                    if b._version != version:
+                        b.copy_(v)
 
 
 def _bn_forward(mod, ctx: _NormState, x):
@@ -254,7 +266,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     """
     ctx = _NormState()
     ctx.groups, ctx.update = int(groups), bool(update)
-    patched, flags, saved = [], [], []
+    patched, flags, saved = [], [], ctx.saved
     plain = loss_fn is None or type(loss_fn) in _STOCK_LOSSES
     needs_mode, special = _dropout_mode_and_special(model)
     mode = contextlib.nullcontext() if plain and not needs_mode else _NoDropout()
@@ -658,8 +670,9 @@ def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, 
     return Y
 
 
-def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h) -> list:
-    """Per-perturbation states of a step without a closed form: perturb in place, run, restore."""
+def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h, reset=None) -> list:
+    """Per-perturbation states of a step without a closed form: perturb in place, run, restore.
+    ``reset()`` runs before each: it puts back the buffers the step's forward writes."""
     outs = []
     offs = bp.offsets
     for r, li in enumerate(np.asarray(local).tolist()):
@@ -669,6 +682,8 @@ def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h) -> list
         old = flat[j].clone()
         flat[j] = old + h[r]
         try:
+            if reset is not None:
+                reset()
             outs.append(step(state))
         finally:
             flat[j] = old

@@ -197,7 +197,9 @@ def _check_split(oracle, theta) -> str:
     x, y = oracle._x, oracle._y
     ref0 = reference_loss(oracle, x, y)
     with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
-        out = core.chain.run((x,))[0]
+        out, writer = _run_watching_writes(core, x)
+        if writer:
+            return writer
         got0 = float(oracle._loss(out, 1)[0])
     if not _close(got0, ref0, ref0, oracle.dtype):
         return (f"the captured graph of {type(core.model).__name__} gives loss {got0:.10g} but model(x) gives "
@@ -205,13 +207,16 @@ def _check_split(oracle, theta) -> str:
     for b, blk in enumerate(core.blocks):
         # two coordinates batched together (a step mixing perturbations shows as a
         # difference from the first one alone), the first also against model(x)
-        i = int(blk.start)
+        i, last = int(blk.start), int(blk.stop - 1)
         feats = oracle.prefix(theta, b)
-        pair = oracle.suffix(feats, theta, b, [i, blk.stop - 1] if blk.stop - blk.start > 1 else [i, i], _CHECK_STEP)
+        pair = oracle.suffix(feats, theta, b, [i, last] if last > i else [i, i], _CHECK_STEP)
         alone = float(oracle.suffix(feats, theta, b, [i], _CHECK_STEP)[0])
         want = _perturbed_reference(oracle, theta, i, _CHECK_STEP)
-        scale = max(abs(ref0), abs(want))
-        for got in (alone, float(pair[0])):
+        # the pair's second too: a step whose forward changes what the next one reads (a buffer
+        # it writes, a parameter it renormalizes) shows there
+        want2 = _perturbed_reference(oracle, theta, last, _CHECK_STEP) if last > i else want
+        scale = max(abs(ref0), abs(want), abs(want2))
+        for got, want, i in ((alone, want, i), (float(pair[0]), want, i), (float(pair[1]), want2, last)):
             if not _close(got, want, scale, oracle.dtype):
                 name = core.block_names[b]
                 mod = core.steps[core.block_steps[b]].module
@@ -219,6 +224,46 @@ def _check_split(oracle, theta) -> str:
                 return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
                         f"on the captured graph but {want:.10g} on model(x)")
     return ""
+
+
+def _version(t):
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor keeps no version counter
+        return None
+
+
+def _run_watching_writes(core, x) -> tuple:
+    """``(output, reason)`` of one chain run on ``x``: ``reason`` names the first step that wrote in
+    place into a tensor it did not produce (the input, an earlier step's cached output, a
+    trainable parameter), which the fast paths would then read overwritten, or is empty. An
+    in-place function torch has no out-of-place twin for (``F.hardtanh_``), or a module's own
+    ``forward`` clamping its input in place, does that."""
+    seen = {}
+
+    def watch(t, what):
+        if torch.is_tensor(t) and id(t) not in seen:
+            v = _version(t)
+            if v is not None:
+                seen[id(t)] = (t, v, what)
+
+    for p in core.params:
+        watch(p, "a trainable parameter")
+    watch(x, "the input batch")
+    state = (x,)
+    for j, st in enumerate(core.chain.steps):
+        state = st(state)
+        for t, v, what in seen.values():
+            if t._version != v:
+                name = st.name or f"step {j}"
+                mod = f" ({type(st.module).__name__})" if st.module is not None else ""
+                tail = ("the fast paths would perturb the values it leaves there, not the parameters'"
+                        if what.endswith("parameter") else
+                        "which the fast paths read from their cache: they would see it overwritten")
+                return state[0], f"step {name}{mod} writes in place into {what}; {tail}"
+        for t in state:
+            watch(t, f"the output of step {st.name or j}")
+    return state[0], ""
 
 
 def _perturbed_reference(oracle, theta, i: int, step: float) -> float:
@@ -252,6 +297,7 @@ def shared_suffix(oracle, feats, block: int, local, h, ctx) -> torch.Tensor:
         old = flat[j].clone()
         flat[j] = old + h[r]
         try:
+            ctx.reset()
             out = core.chain.run(feats.state, si)[0]
             vals.append(oracle._loss(out, 1)[0])
         finally:
@@ -277,7 +323,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     B = oracle._x.shape[0]
     budget = oracle._budget or (1024 * 2**20 if oracle.device.type == "cuda" else 16 * 2**20)
     per = 3 * max(oracle._probe()) * B
-    with torch.no_grad(), norm_context(model):
+    with torch.no_grad(), norm_context(model) as ctx:
         for t in np.unique(owner).tolist():
             sel = np.flatnonzero(owner == t)
             p = core.params[t]
@@ -298,6 +344,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                 old = flat[j].clone()
                 flat[j] = old + step
                 try:
+                    ctx.reset()
                     out[r] = float(oracle._loss(model(oracle._x), 1)[0])
                 finally:
                     flat[j] = old

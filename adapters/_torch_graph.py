@@ -75,6 +75,8 @@ def _functional(node: fx.Node):
                       operator.imul: operator.mul, operator.itruediv: operator.truediv}[target]
         elif name.endswith("_") and not name.startswith("_") and hasattr(torch, name[:-1]):
             target = getattr(torch, name[:-1])
+        elif name.endswith("_") and not name.startswith("_") and hasattr(nn.functional, name[:-1]):
+            target = getattr(nn.functional, name[:-1])  # F.hardtanh_, F.elu_, F.leaky_relu_: no torch.* twin
     elif node.op == "call_method" and target.endswith("_") and not target.startswith("_") \
             and hasattr(torch.Tensor, target[:-1]):
         target = target[:-1]

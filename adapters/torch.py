@@ -696,9 +696,10 @@ class TorchOracle:
                               "batched queries run one full forward each", RuntimeWarning, stacklevel=4)
         outs = []
         ensure_split(self)  # the loop runs the captured chain
-        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
+        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:
             for r in range(k):
                 self._load(P[r])
+                ctx.reset()
                 outs.append(core.chain.run((self._x,))[0])
         with torch.no_grad():
             return self._loss(torch.cat(outs), k)
@@ -952,6 +953,7 @@ class TorchOracle:
 
     def _suffix_chunk(self, feats: _Features, block: int, local, h, ctx) -> torch.Tensor:
         core = self._core
+        ctx.reset()  # a chunk's forward starts from the buffers the query found, as the first one did
         si = core.block_steps[block]
         st = core.chain.steps[si]
         kind = core.kinds[block]
@@ -1001,7 +1003,7 @@ class TorchOracle:
                                       core.block_params[block], local, h)
                 state = (Y.reshape((-1,) + tuple(Y.shape[2:])),) + rest
             else:
-                outs = generic_outputs(st, feats.state, core.block_params[block], local, h)
+                outs = generic_outputs(st, feats.state, core.block_params[block], local, h, ctx.reset)
                 state = tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
             ctx.groups = k
             state = run_owned(core.chain.steps, _nhwc(state), si + 1, *_keep(feats, k))

@@ -171,3 +171,102 @@ def test_unpacked_recurrent_output_splits(cell):
         got = oracle.coordinate_losses(theta, coords, 1e-3)
     assert oracle.block_names == ["rnn", "fc"]  # the recurrent layer (with its getitems) and the head
     np.testing.assert_allclose(got, plain_losses(model, x, y, coords, 1e-3), rtol=1e-12, atol=1e-13)
+
+
+def _reference_rows(oracle, theta, coords, step):
+    """Each perturbed vector through ``reference_loss`` (the unpatched ``model(x)``, parameters
+    loaded from the vector every call)."""
+    out = []
+    for i in coords:
+        p = theta.copy()
+        p[i] = p[i] + step
+        out.append(oracle.reference_loss(p))
+    return np.array(out)
+
+
+class _InPlaceFunctional(nn.Module):
+    """``F.hardtanh_`` / ``F.elu_`` / ``F.leaky_relu_``: in place, with no ``torch.*`` twin."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fc1, self.fc2, self.fn = nn.Linear(6, 8), nn.Linear(8, 3), fn
+
+    def forward(self, x):
+        return self.fc2(self.fn(self.fc1(x)))
+
+
+@pytest.mark.parametrize("fn", [lambda h: nn.functional.hardtanh_(h, -0.5, 0.5), nn.functional.elu_,
+                                lambda h: nn.functional.leaky_relu_(h, 0.2)], ids=["hardtanh_", "elu_", "leaky_relu_"])
+def test_in_place_functionals_without_a_torch_twin_run_out_of_place(fn):
+    """``F.hardtanh_`` stayed in place and clamped the cached output of fc1: the fast path then
+    perturbed clamped values, 0.62 relative error in fc1's gradient, with no warning."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # captured, and passes its self-check
+        oracle = TorchOracle(_InPlaceFunctional(fn).eval(), CE_ROWS, (x, y))
+    assert oracle.block_names == ["fc1", "fc2"]
+    theta = oracle.initial_params()
+    coords = np.arange(theta.size)
+    want = _reference_rows(oracle, theta, coords, 1e-3)
+    np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
+
+
+class _ClampInPlace(nn.Hardtanh):
+    """A stock subclass with its own forward (a leaf) that clamps its input in place."""
+
+    def forward(self, x):
+        return x.clamp_(-0.3, 0.3)
+
+
+def test_a_step_writing_into_a_cached_activation_or_a_parameter_is_refused_with_its_name():
+    """A leaf clamping its input in place overwrote the cached output of the layer before it (0.66
+    relative error, no warning); ``nn.Embedding(max_norm=...)`` renormalizes its rows in place, and
+    the fast path perturbed the renormalized rows (0.85). Both now run full forwards, named."""
+    torch.manual_seed(0)
+    cases = [(nn.Sequential(nn.Linear(6, 8), _ClampInPlace(), nn.Linear(8, 3)), torch.randn(6, 6),
+              r"step 1 \(_ClampInPlace\) writes in place into the output of step 0"),
+             (nn.Sequential(nn.Embedding(10, 4, max_norm=1.0), nn.Flatten(), nn.Linear(20, 3)),
+              torch.randint(0, 10, (6, 5)), r"step 0 \(Embedding\) writes in place into a trainable parameter")]
+    for model, x, match in cases:
+        y = torch.randint(0, 3, (6,))
+        with pytest.warns(RuntimeWarning, match=match):
+            oracle = TorchOracle(model.eval(), CE_ROWS, (x, y))
+        assert oracle.blocks == []
+        theta = oracle.initial_params()
+        coords = np.arange(0, theta.size, 3)
+        want = _reference_rows(oracle, theta, coords, 1e-3)
+        with warnings.catch_warnings():  # vmap cannot batch the in-place op: it says so, and loops
+            warnings.filterwarnings("ignore", "There is a performance drop")
+            warnings.filterwarnings("ignore", "TorchOracle: torch.func.vmap failed")
+            np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
+            P = np.repeat(theta[None], 6, 0)
+            P[np.arange(6), coords[:6]] += 1e-3
+            np.testing.assert_allclose(oracle.batch(P), want[:6], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("blocks", ["auto", "none"])
+def test_spectral_norm_in_train_mode_starts_every_perturbation_from_the_same_vector(blocks):
+    """spectral norm in train mode advances its power-iteration vector on every forward: the
+    perturbation loops ran each perturbation from the vector the one before left (gradient 56x
+    off, and two identical calls differed), with no warning."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(spectral_norm(nn.Conv2d(3, 4, 3, padding=1)), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3)).train()
+    x, y = torch.randn(6, 3, 6, 6), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "TorchOracle: torch.func.vmap failed")  # spectral norm's in-place ops
+        warnings.filterwarnings("ignore", "There is a performance drop")
+        oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False,
+                             **({} if blocks == "auto" else {"blocks": "none"}))
+        theta = oracle.initial_params()
+        coords = np.arange(0, 4 * 27 + 4)  # the spectral-normed conv
+        want = _reference_rows(oracle, theta, coords, 1e-3)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert np.array_equal(oracle.coordinate_losses(theta, coords, 1e-3), got)
+        P = np.repeat(theta[None], 8, 0)
+        P[np.arange(8), coords[:8]] += 1e-3
+        np.testing.assert_allclose(oracle.batch(P), want[:8], rtol=0, atol=1e-6)
