@@ -124,6 +124,17 @@ class _Features:
         return f"<features entering block {self.block}: {shapes}>"
 
 
+def _one_tensor(outputs) -> None:
+    """The oracle stacks perturbations along the rows of the model's output: it must be one tensor."""
+    if not torch.is_tensor(outputs):
+        kind = type(outputs).__name__
+        raise ArgumentError(
+            f"`model` returned a {kind}, not one tensor: TorchOracle stacks perturbations along the rows of "
+            "the model's output, so its forward must return one tensor, batch first. Wrap the model in a "
+            "module whose forward returns the output the loss uses (or torch.cat of the heads along dim 1, "
+            "split again in `loss_fn`)")
+
+
 def _indices(coords) -> np.ndarray:
     """``coords`` as a flat int64 array of indices; a boolean mask is refused (read as 0s and 1s
     it would name the first two coordinates)."""
@@ -482,6 +493,7 @@ class TorchOracle:
 
     def _loss(self, outputs, k: int) -> torch.Tensor:
         """Mean loss of each of ``k`` perturbation groups of ``B`` rows, shape ``(k,)``."""
+        _one_tensor(outputs)
         B = self._x.shape[0]
         if self._core.scalar_loss:
             # a mean-reduced loss_fn: one call per perturbation group
@@ -506,6 +518,7 @@ class TorchOracle:
         return self.loss_fn(outputs, targets)
 
     def _scalar(self, outputs, targets) -> torch.Tensor:
+        _one_tensor(outputs)
         v = to_torch(self.loss_fn(outputs, targets), outputs.device)
         if v.numel() != 1:
             raise ArgumentError(f"`loss_fn` returned a scalar for the first minibatch but shape {tuple(v.shape)} "
@@ -514,6 +527,7 @@ class TorchOracle:
 
     def _loss_rows(self, outputs, targets) -> torch.Tensor:
         """Per-sample losses of ``outputs`` (one loss_fn call), checked to have one per row."""
+        _one_tensor(outputs)
         n = outputs.shape[0]
         vals = to_torch(self._call_loss(outputs, targets), outputs.device)
         if vals.dim() != 1 or vals.shape[0] != n:

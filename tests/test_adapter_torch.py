@@ -1014,3 +1014,28 @@ def test_a_subclass_with_its_own_suffix_keeps_the_split_calls():
     a = zo.estimate_gradient(plain, theta, zo.CGE(mu=1e-6))
     b = zo.estimate_gradient(logged, theta, zo.CGE(mu=1e-6))
     assert sorted(set(seen)) == list(range(len(plain.blocks))) and np.array_equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_model_returning_several_heads_gets_an_error_naming_the_fix(as_dict):
+    """A forward returning a tuple or dict of heads failed deep inside with
+    ``AttributeError: 'tuple' object has no attribute 'shape'``."""
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.h1, self.h2 = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.f(x))
+            return {"main": self.h1(h), "aux": self.h2(h)} if as_dict else (self.h1(h), self.h2(h))
+
+    def loss_fn(out, t):
+        main, aux = (out["main"], out["aux"]) if as_dict else out
+        return nn.functional.cross_entropy(main, t, reduction="none") + 0.3 * nn.functional.cross_entropy(aux, t, reduction="none")
+
+    x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
+    oracle = TorchOracle(TwoHeads(), loss_fn).bind((x, y))
+    kind = "dict" if as_dict else "tuple"
+    with pytest.raises(zo.ArgumentError, match=f"`model` returned a {kind}, not one tensor.*Wrap the model"):
+        oracle(oracle.initial_params())
