@@ -43,6 +43,14 @@ _ROWWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, op
 _ROWWISE_METHODS = {"add", "sub", "mul", "div", "relu", "sigmoid", "tanh", "view", "reshape", "transpose",
                     "permute", "contiguous", "to", "unsqueeze", "squeeze", "expand", "clamp"}
 _META_METHODS = {"size", "dim", "numel", "type", "get_device"}
+#: ``x.<attr>`` that reads metadata; any other attribute (``.values`` of a max, ``.T``) reads data
+_META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "layout", "requires_grad", "is_sparse"}
+
+
+def _element(u: fx.Node) -> bool:
+    """``u`` picks an element of a tuple-valued node: ``out[0]``, or ``torch.max(...).values``."""
+    return u.op == "call_function" and (u.target is operator.getitem or (
+        u.target is getattr and len(u.args) > 1 and u.args[1] not in _META_ATTRS))
 
 
 class _Tracer(fx.Tracer):
@@ -165,7 +173,8 @@ def _graph_steps(model, nodes):
         if n.op in ("placeholder", "output"):
             continue
         ins = n.all_input_nodes
-        if (n.op == "call_function" and n.target is getattr) or (n.op == "call_method" and n.target in _META_METHODS):
+        if (n.op == "call_function" and n.target is getattr and n.args[1] in _META_ATTRS) or (
+                n.op == "call_method" and n.target in _META_METHODS):
             meta.add(n)
         elif ins and all(i in meta for i in ins) and n.op == "call_function" and n.target is operator.getitem:
             meta.add(n)
@@ -173,11 +182,10 @@ def _graph_steps(model, nodes):
             act.add(n)
     # activations that are tuples (chunk, split, attention's (out, weights)) are recomputed
     # by the steps that index them instead of being kept in the state
-    multi = {n for n in act if n.op != "placeholder" and n.users
-             and all(u.op == "call_function" and u.target is operator.getitem for u in n.users)}
+    multi = {n for n in act if n.op != "placeholder" and n.users and all(map(_element, n.users))}
     # an element no node reads (``out, _ = self.lstm(x)`` traces a getitem for ``_`` too) gets
     # no step: it would run its tuple's module again only to drop the result
-    dead = {n for n in act if not n.users and n.op == "call_function" and n.target is operator.getitem}
+    dead = {n for n in act if not n.users and _element(n)}
     state = act - multi - dead
 
     def inlined(n):

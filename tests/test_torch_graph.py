@@ -270,3 +270,29 @@ def test_spectral_norm_in_train_mode_starts_every_perturbation_from_the_same_vec
         P = np.repeat(theta[None], 8, 0)
         P[np.arange(8), coords[:8]] += 1e-3
         np.testing.assert_allclose(oracle.batch(P), want[:8], rtol=0, atol=1e-6)
+
+
+def test_an_element_of_a_max_read_by_attribute_splits():
+    """``h.max(dim=1).values`` was taken for shape metadata: the model fell back to full forwards,
+    with the false reason that its output did not depend on its input."""
+
+    class MaxTokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.h = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.f(x))
+            m = h.max(dim=1)
+            return self.h(m.values + 0.0 * m.indices.to(h.dtype) + 0.0 * h.shape[0])
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 5, 4), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(MaxTokens(), CE_ROWS, (x, y))
+    assert oracle.block_names == ["f", "h"]
+    theta = oracle.initial_params()
+    coords = np.arange(theta.size)
+    want = _reference_rows(oracle, theta, coords, 1e-3)
+    np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
