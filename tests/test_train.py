@@ -131,6 +131,21 @@ def test_callback_stops_training():
     assert res.stopped and res.epochs == 3
 
 
+def test_a_run_that_completes_every_epoch_is_not_stopped_early():
+    """``stopped`` is documented as a callback or the budget ending training early: a budget
+    reached on the last step, or a callback stopping after the last epoch, ended nothing, and
+    reported True."""
+    f = lambda x: float(((x - 1.0) ** 2).sum())  # noqa: E731
+    full = zo.train(f, np.zeros(4), epochs=3, progress=False)
+    at_budget = zo.train(f, np.zeros(4), epochs=3, max_queries=full.nfev, progress=False)
+    last = zo.train(f, np.zeros(4), epochs=3, progress=False, callbacks=[lambda ev, rec, p: ev == "epoch" and rec["epoch"] == 2])
+    assert not full.stopped and not at_budget.stopped and not last.stopped
+    assert np.array_equal(at_budget.params, full.params) and at_budget.epochs == last.epochs == 3
+    assert zo.train(f, np.zeros(4), epochs=3, max_queries=full.nfev - 6, progress=False).stopped  # after 2 of 3
+    with pytest.raises(zo.ArgumentError, match="`level` must be 'step' or 'epoch', got 'steps'"):
+        full.history.column("loss", level="steps")  # it returned the epoch records
+
+
 def test_progress_bar_and_logging(capsys, caplog):
     def slow(x):
         time.sleep(0.03)

@@ -125,6 +125,8 @@ class History:
 
     def column(self, name: str, level: str = "step") -> np.ndarray:
         """One field over all step (or ``level="epoch"``) records, NaN where missing."""
+        if level not in ("step", "epoch"):
+            raise ArgumentError(f"`level` must be 'step' or 'epoch', got {level!r}")
         recs = self.steps if level == "step" else self.epochs
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
 
@@ -774,6 +776,6 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         ratios=keep,
         coordinates=coords,
         optimizer_state=state,
-        stopped=stopped,
+        stopped=stopped and epoch < epochs,  # early: a budget or callback that ends the last step ends nothing
         estimator_state=est_state,
     )
