@@ -228,3 +228,22 @@ def test_oracle_state_outside_params_is_saved_and_restored(tmp_path):
     fresh = Stateful()
     zo.train(fresh, np.zeros(3), epochs=6, resume=tmp_path / "c.npz", progress=False)
     np.testing.assert_array_equal(fresh.running, ref.running)
+
+
+def test_save_checkpoint_refuses_what_load_would_refuse(tmp_path):
+    """Object, text and complex arrays were saved (objects pickled) and then refused on load; a
+    NumPy number in the header raised a raw TypeError, a reserved name a plain ValueError."""
+    p = tmp_path / "c.npz"
+    for bad in (np.array([{"a": 1}], dtype=object), np.array(["text"]), np.ones(2, dtype=complex)):
+        with pytest.raises(zo.ArgumentError, match="a checkpoint holds numeric arrays only"):
+            zo.save_checkpoint(p, {"params": np.ones(3), "extra": bad}, {"step": 1})
+        assert not p.exists()
+    with pytest.raises(zo.ArgumentError, match="`meta` must be a dict"):
+        zo.save_checkpoint(p, {"params": np.ones(3)}, [1, 2])
+    with pytest.raises(zo.ArgumentError, match="reserved"):
+        zo.save_checkpoint(p, {"__meta__": np.ones(3)}, {})
+    with pytest.raises(zo.ArgumentError, match="`meta` must hold JSON values"):
+        zo.save_checkpoint(p, {"params": np.ones(3)}, {"when": object()})
+    zo.save_checkpoint(p, {"params": np.ones(3), "mask": np.array([True, False])}, {"step": np.int64(7), "lr": np.float32(0.5)})
+    arrays, meta = zo.load_checkpoint(p)
+    assert (meta["step"], meta["lr"], arrays["mask"].tolist()) == (7, 0.5, [True, False])

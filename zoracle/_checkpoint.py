@@ -155,11 +155,31 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     ([0.0, 1.0, 2.0], 7)
     """
     path = os.fspath(path)
+    # refuse now what load_checkpoint would refuse later: the file must read back
+    if not isinstance(arrays, dict) or not all(isinstance(k, str) and k for k in arrays):
+        raise ArgumentError("`arrays` must be a dict of name (a non-empty str) -> array")
+    if not isinstance(meta, dict):
+        raise ArgumentError(f"`meta` must be a dict (the JSON header), got {type(meta).__name__}")
     if _META in arrays:
-        raise ValueError(f"array name {_META!r} is reserved")
-    header = dict(meta, format=FORMAT, version=VERSION)
-    blob = np.frombuffer(json.dumps(header, sort_keys=True, allow_nan=True).encode("utf-8"), dtype=np.uint8)
+        raise ArgumentError(f"array name {_META!r} is reserved for the header")
     payload = {k: np.asarray(to_numpy(v)) for k, v in arrays.items()}
+    for k, a in payload.items():
+        if a.dtype.hasobject or a.dtype.kind not in "biuf":
+            raise ArgumentError(f"array {k!r} has dtype {a.dtype}: a checkpoint holds numeric arrays only (bool, "
+                                "int, float; never pickled objects), which is all load_checkpoint reads")
+
+    def plain(v):  # NumPy scalars in the header, as the Python numbers they hold
+        if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+            return v.item()
+        raise TypeError(f"{type(v).__name__} is not JSON")
+
+    header = dict(meta, format=FORMAT, version=VERSION)
+    try:
+        text = json.dumps(header, sort_keys=True, allow_nan=True, default=plain)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"`meta` must hold JSON values (str, numbers, bools, None, lists, dicts with str keys): "
+                            f"{exc}") from None
+    blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     payload[_META] = blob
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
