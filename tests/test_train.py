@@ -492,3 +492,28 @@ def test_minibatches_take_rows_by_position_from_every_kind_of_array():
 def test_minibatches_refuse_bad_seeds_and_epochs(make, match):
     with pytest.raises(zo.ArgumentError, match=match):
         make()
+
+
+def test_argument_mistakes_found_by_fuzzing_name_the_argument():
+    """Each of these failed deep inside (TypeError, AttributeError, unhashable type) or was taken
+    silently (a kind misspelt counted as a conv, overlapping blocks splitting one budget twice,
+    a warm-up running past total_steps)."""
+    f = lambda x: float(x @ x)  # noqa: E731
+    cases = [
+        (lambda: zo.train(lambda b: f, np.ones(3), batches=lambda e: None, progress=False),
+         "for epoch 0 it returned NoneType"),
+        (lambda: zo.train(lambda b: f, np.ones(3), batches=zo.Minibatches, progress=False),
+         "`batches` is the class Minibatches, not an instance"),
+        (lambda: zo.Minibatches(np.float64(3.0), 2), "`arrays` entry 0 must be an array"),
+        (lambda: zo.Minibatches({"x": np.arange(3)}, 2), "got a dict: pass tuple"),
+        (lambda: zo.smart_ratio([slice(0, 50), slice(50, 100)], 0.5, kinds=["conv", "lineer"]), "got 'lineer'"),
+        (lambda: zo.layer_ratios(np.arange(8.0), [slice(0, 5), slice(3, 8)], 0.5), "overlap"),
+        (lambda: zo.smart_ratio([slice(0, 5), slice(3, 8)], 0.5), "overlap"),
+    ]
+    for call, match in cases:
+        with pytest.raises(zo.ArgumentError, match=match):
+            call()
+    a = zo.random_masks([slice(0, 40)], [0.25], 3)  # an int seed, as everywhere else (it raised AttributeError)
+    assert np.array_equal(a, zo.random_masks([slice(0, 40)], [0.25], np.random.default_rng(3)))
+    s = zo.cosine_schedule(0.1, total_steps=1, warmup_steps=3)
+    assert s(0) == pytest.approx(0.1 / 3) and [s(t) for t in (1, 2, 5)] == [0.0, 0.0, 0.0]  # final after total_steps

@@ -43,6 +43,15 @@ def _slices(blocks) -> list:
     return out
 
 
+def check_disjoint(slices, name: str = "blocks") -> None:
+    """Every parameter in one block at most (the keep ratios split one budget over them)."""
+    spans = sorted((s.start, s.stop, i) for i, s in enumerate(slices))
+    for (a0, a1, ai), (b0, b1, bi) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise ArgumentError(f"`{name}[{ai}]` = slice({a0}, {a1}) and `{name}[{bi}]` = slice({b0}, {b1}) overlap; "
+                                "every parameter may belong to one block only")
+
+
 def keep_counts(blocks, ratios) -> np.ndarray:
     """Kept coordinates per block: ``round(ratio * size)``, at least 1 where the ratio is > 0."""
     sl = _slices(blocks)
@@ -66,7 +75,7 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
         The scored blocks, positions in the flat parameter vector.
     ratios : array
         Keep ratio per block.
-    rng : numpy Generator
+    rng : numpy Generator, int seed or None
     dense : sequence of slice
         Blocks always kept whole (biases, norm layers).
 
@@ -75,6 +84,9 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
     ndarray of int64
         Sorted flat indices (the ``coordinates`` of sparse CGE).
     """
+    from ._estimators import as_generator  # (that module imports this one's users)
+
+    rng = as_generator(rng)
     sl = _slices(blocks)
     counts = keep_counts(sl, ratios)
     parts = []

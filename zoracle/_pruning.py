@@ -27,7 +27,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._errors import ArgumentError
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
-from ._masks import _slices
+from ._masks import _slices, check_disjoint
 from ._oracle import DataOracle
 
 __all__ = [
@@ -215,6 +215,7 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     if ranking not in RANKINGS:
         raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
     sl = _slices(blocks)
+    check_disjoint(sl)
     s = np.asarray(to_numpy(scores), dtype=np.float64).ravel()
     if any(b.stop > s.shape[0] for b in sl):
         raise ArgumentError(f"`blocks` reach past the {s.shape[0]} scores; pass scores for the whole parameter vector")
@@ -314,8 +315,15 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     if isinstance(linear_keep, bool) or not isinstance(linear_keep, numbers.Real) or not 0 <= linear_keep <= 1:
         raise ArgumentError(f"`linear_keep` must be in [0, 1], got {linear_keep!r}")
     sl = _slices(blocks)
+    check_disjoint(sl)
     if kinds is None:
         kinds = [getattr(b, "kind", None) or "conv" for b in blocks]
+    else:
+        kinds = list(kinds)
+        bad = [k for k in kinds if k not in ("conv", "linear", "norm", "bias", "other")]
+        if bad:  # a typo ("lineer") counted as a conv
+            raise ArgumentError(f"`kinds` must be 'conv' or 'linear' (or a ParamInfo kind: 'norm', 'bias', "
+                                f"'other'), got {bad[0]!r}")
     kinds = list(kinds)
     if len(kinds) != len(sl):
         raise ArgumentError(f"`kinds` must name one kind per block ({len(sl)}), got {len(kinds)}")

@@ -105,10 +105,10 @@ class cosine_schedule:
 
     def __call__(self, step: int) -> float:
         w, T = self.warmup_steps, self.total_steps
+        if step >= T:  # final after total_steps, a warm-up longer than the run included
+            return float(self.final)
         if step < w:
             return self.init * (step + 1) / w
-        if step >= T:
-            return float(self.final)
         frac = (step - w) / max(1, T - w)
         return self.final + 0.5 * (self.init - self.final) * (1.0 + math.cos(math.pi * frac))
 

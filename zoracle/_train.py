@@ -64,9 +64,16 @@ class Minibatches:
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.arrays, dict):
+            raise ArgumentError("`arrays` must be a tuple of arrays indexed by the same rows, such as (X, y); got a "
+                                f"dict: pass tuple(d.values()) ({', '.join(map(repr, self.arrays))})")
         arrays = tuple(self.arrays) if isinstance(self.arrays, (tuple, list)) else (self.arrays,)
         # a Python list cannot be indexed by a row array: as a NumPy array, as a user would pass it
         arrays = tuple(np.asarray(a) if isinstance(a, list) else a for a in arrays)
+        for i, a in enumerate(arrays):
+            if not hasattr(a, "__len__") or getattr(a, "ndim", 1) == 0 or isinstance(a, (str, bytes, dict)):
+                raise ArgumentError(f"`arrays` entry {i} must be an array with one row per sample, got "
+                                    f"{type(a).__name__}")
         object.__setattr__(self, "arrays", arrays)
         n = {len(a) for a in arrays}
         if len(n) != 1:
@@ -209,7 +216,12 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
     if batches is None:
         return [None] * (steps_per_epoch or 1)
     if callable(batches):
-        out = list(batches(epoch))
+        got = batches(epoch)
+        try:
+            out = list(got)
+        except TypeError:
+            raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
+                                f"{type(got).__name__}, not a sequence of batches") from None
     else:
         out = list(batches)
     if steps_per_epoch is not None:
@@ -220,6 +232,9 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
 
 
 def _check_batches(batches) -> None:
+    if isinstance(batches, type):  # zo.Minibatches itself: callable, but not an epoch -> batches
+        raise ArgumentError(f"`batches` is the class {batches.__name__}, not an instance; pass "
+                            f"{batches.__name__}((X, y), batch_size, seed=0)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
     raise ArgumentError(
