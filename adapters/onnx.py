@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import numbers
+import threading
 import os
 import socket
 import tempfile
@@ -182,6 +183,30 @@ def _read_model(model) -> tuple[bytes, str]:
     )
 
 
+#: the SessionOptions settings a pickled copy carries (optimized_model_filepath stays with the
+#: original: copies would all write that one file)
+_OPTION_SETTINGS = ("enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "enable_profiling",
+                    "execution_mode", "execution_order", "graph_optimization_level", "inter_op_num_threads",
+                    "intra_op_num_threads", "log_severity_level", "log_verbosity_level", "logid",
+                    "profile_file_prefix", "use_deterministic_compute", "use_per_session_threads")
+
+
+def _options_settings(options):
+    if options is None:
+        return None
+    return {a: getattr(options, a) for a in _OPTION_SETTINGS if hasattr(options, a)}
+
+
+def _options_from(settings: dict):
+    options = ort.SessionOptions()
+    for a, v in settings.items():
+        try:
+            setattr(options, a, v)
+        except (AttributeError, TypeError):  # read-only in this onnxruntime
+            pass
+    return options
+
+
 class OnnxClassifier:
     """An ONNX classifier as a query-only black box.
 
@@ -202,13 +227,17 @@ class OnnxClassifier:
         Most samples this classifier may evaluate in all; a call that would exceed it raises
         :class:`QueryBudgetExceeded` without running.
     input : str, optional
-        Input name when the model has several inputs.
+        The name of the model's input, checked against it. The model must have exactly one
+        input (the samples); export other inputs as constants.
     cast : bool
         Cast floating inputs of another float dtype to the declared one instead of raising.
     batch_size : int, optional
         Most samples per onnxruntime call (dynamic batch axis); a fixed batch axis always
         uses its declared size, padding the last chunk.
     session_options : onnxruntime.SessionOptions, optional
+        Pickled copies (process and cluster executors) rebuild it from its settings (threads,
+        graph optimization level, execution mode, ...); session config entries
+        (``add_session_config_entry``) and registered custom-op libraries do not travel.
 
     Attributes
     ----------
@@ -255,6 +284,7 @@ class OnnxClassifier:
         self.batch_size = None if batch_size is None else int(batch_size)
         self._input_choice, self._output_choice = input, output
         self._queries = 0
+        self._count_lock = threading.Lock()  # threads of one process share the local counter
         self._ledger = None  # the counter shared with pickled copies, created on first pickling
         self.calls = 0
         self._open()
@@ -358,12 +388,18 @@ class OnnxClassifier:
             self._ledger = _Ledger.create(self._queries)
             weakref.finalize(self, _unlink, self._ledger.path)
         state = self.__dict__.copy()
-        del state["session"]
-        state["_session_options"] = None  # SessionOptions do not pickle either
+        del state["session"], state["_count_lock"]
+        # SessionOptions do not pickle: their settings do, and a copy rebuilds them (threads,
+        # graph optimization level, ...: a copy must compute what the original computes)
+        state["_session_options"] = _options_settings(self._session_options)
         return state
 
     def __setstate__(self, state):
+        settings = state.get("_session_options")
+        if isinstance(settings, dict):
+            state = dict(state, _session_options=_options_from(settings))
         self.__dict__.update(state)
+        self._count_lock = threading.Lock()
         self._open()
 
     # queries ---------------------------------------------------------------------------
@@ -398,11 +434,13 @@ class OnnxClassifier:
 
         ledger = self._ledger
         if ledger is None:
-            self._queries = add(self._queries)
+            with self._count_lock:
+                self._queries = add(self._queries)
         elif ledger.reachable():
             self._queries = ledger.update(add)
         elif budget is None:
-            self._queries += n  # counting only: this copy counts for itself
+            with self._count_lock:
+                self._queries += n  # counting only: this copy counts for itself
         else:
             raise ZoracleError(
                 f"this copy of an OnnxClassifier with budget={budget} cannot reach the shared query counter "

@@ -202,6 +202,37 @@ def test_pickle_roundtrip(onnx_path, batch):
     assert "cnn.onnx" in repr(clf) and "queries=20/100" in repr(clf)
 
 
+def test_a_pickled_copy_keeps_the_session_options_and_threads_count_every_query(onnx_path, batch):
+    """A copy (what process and cluster workers run) dropped ``session_options``: its onnxruntime
+    optimized the graph the original did not, and its scores differed in the last bits; the
+    counter lost queries when threads charged it at once."""
+    import threading
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    clf = OnnxClassifier(onnx_path, session_options=so)
+    twin = pickle.loads(pickle.dumps(clf))
+    got = twin.session.get_session_options()
+    assert got.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert got.intra_op_num_threads == 1
+    np.testing.assert_array_equal(twin(batch[:7]), clf(batch[:7]))
+    fresh = OnnxClassifier(onnx_path, budget=4 * 300)
+
+    def hammer():
+        for _ in range(300):
+            fresh(batch[:1])
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fresh.queries == 4 * 300 and fresh.remaining == 0
+
+
 def test_works_with_smoothing(onnx_path):
     from zoracle import smoothing
 

@@ -209,6 +209,20 @@ class ClusterContract:
         assert info.value.query.startswith("coordinate 5")
         assert "KeyError" in str(info.value) and "shard" in str(info.value)
 
+    def test_an_unpicklable_oracle_is_named_with_the_fix(self, cluster):
+        """Dask raised a bare TypeError after logging about 400 lines, Ray its own TypeError."""
+        import threading
+
+        class Locked:
+            def __init__(self):
+                self.lock = threading.Lock()
+
+            def __call__(self, x):
+                return float(np.sum(x ** 2))
+
+        with pytest.raises(zo.ZoracleError, match="cannot be sent to .* workers .*cannot pickle '_thread.lock'"):
+            zo.estimate_gradient(Locked(), np.zeros(4), zo.CGE(), executor=cluster)
+
     def test_timeout_names_shard_and_worker(self, cluster):
         x = np.zeros(D)
         cluster.timeout = 1.5

@@ -24,7 +24,7 @@ from ._executors_core import (
     run_guarded,
     run_task_guarded,
 )
-from ._executors_local import ShardedExecutor
+from ._executors_local import ShardedExecutor, _cloudpickle
 
 __all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
 
@@ -117,6 +117,18 @@ def check_main_guard(what: str, spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Dask
+def _sendable(oracle, where: str) -> None:
+    """Raise a clear error now when ``oracle`` cannot be serialized for ``where``'s workers (Dask
+    and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
+    try:
+        _cloudpickle().dumps(oracle)
+    except Exception as exc:
+        raise ZoracleError(
+            f"the oracle {type(oracle).__name__} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); "
+            "make it picklable (no locks, open files or sessions in its attributes, or rebuild them in "
+            "__setstate__) or use JoblibExecutor(backend='threading')") from exc
+
+
 #: parameter vectors up to this size travel inside each shard instead of being scattered
 _INLINE_BYTES = 1 << 20
 _DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a bounded cache
@@ -326,6 +338,7 @@ class DaskExecutor(ShardedExecutor):
         if refresh:
             self._futs.pop(payload.oracle_token, None)
         if payload.oracle_token not in self._futs:
+            _sendable(payload.oracle, "Dask")
             # scattered inside a list, so an oracle that is also a container stays one object
             self._futs[payload.oracle_token] = c.scatter([payload.oracle], broadcast=True, hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
@@ -665,6 +678,7 @@ class RayExecutor(ShardedExecutor):
         import ray
 
         if payload.oracle_token not in self._refs:
+            _sendable(payload.oracle, "Ray")
             self._refs[payload.oracle_token] = ray.put(payload.oracle)
         refs = {"oracle": self._refs[payload.oracle_token],
                 "params": ray.put(np.ascontiguousarray(to_numpy(payload.params)))}
