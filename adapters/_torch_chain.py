@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -121,7 +122,7 @@ def _bn_forward(mod, ctx: _NormState, x):
         return F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
     g = ctx.groups
     if g == 1:
-        if ctx.update and mod.running_mean is not None:
+        if ctx.update and mod.track_running_stats and mod.running_mean is not None:  # as torch's forward decides
             mod.num_batches_tracked.add_(1)
             m = mod.momentum if mod.momentum is not None else 1.0 / float(mod.num_batches_tracked)
             return F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias, True, m, mod.eps)
@@ -410,7 +411,8 @@ def steps_from_items(model: nn.Module, items) -> list:
     for i, item in enumerate(items):
         if isinstance(item, Step):
             nm = item.name or (names.get(id(item.module), f"step{i}") if item.module is not None else f"step{i}")
-            steps.append(Step(item.module, item.fn, nm, channel_fn=item.channel_fn))
+            # every declared field travels (rowwise=False keeps sample-coupled steps off the sparse path)
+            steps.append(dataclasses.replace(item, name=nm))
         elif isinstance(item, nn.Module):
             steps.append(Step(module=item, name=names.get(id(item), f"step{i}")))
         else:

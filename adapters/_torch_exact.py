@@ -119,20 +119,65 @@ def _two_samples(oracle):
     return probe
 
 
+def module_key(m: nn.Module) -> tuple:
+    """What the split of a model depends on, per module, besides parameters and buffers: the
+    module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
+    train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
+    forward hook is registered on it (the closed forms do not run hooks)."""
+    return id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+def global_hooks() -> bool:
+    return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+
+
 def _modes(model) -> tuple:
-    return tuple(m.training for m in model.modules())
+    """The split key of ``model`` now (the first part of ``_model_state``)."""
+    return tuple(module_key(m) for m in model.modules()) + (global_hooks(),)
+
+
+def _what_changed(old: tuple, new: tuple) -> str:
+    """In words, how the split key ``new`` differs from ``old``."""
+    parts = []
+    if [k[0] for k in old[:-1]] != [k[0] for k in new[:-1]]:
+        parts.append("a module was replaced, added or removed")
+    if [k[2] for k in old[:-1]] != [k[2] for k in new[:-1]] or old[-1] != new[-1]:
+        parts.append("a forward hook was registered or removed")
+    if [k[1] for k in old[:-1]] != [k[1] for k in new[:-1]]:
+        parts.append("train/eval modes changed")
+    return " and ".join(parts) or "the model changed"
 
 
 def ensure_split(oracle, modes=None) -> bool:
-    """Check the split again when the model's train/eval modes are ones it was not checked in:
-    ``torch.fx`` captures a forward's branches on ``self.training`` as they were at the capture,
-    so a model captured in eval mode and trained may run the other branch than ``model(x)``.
-    ``modes``: the model's modes, when the caller has them. True when a check ran."""
+    """Check the split again when the model is in a state it was not checked in (train/eval
+    modes, its modules, forward hooks: :func:`module_key`): ``torch.fx`` captures a forward's
+    branches on ``self.training`` as they were at the capture, so a model captured in eval
+    mode and trained may run the other branch than ``model(x)``; a hook registered after the
+    check would not run in the closed forms. ``modes``: the model's key, when the caller has
+    it. True when a check ran."""
     core = oracle._core
-    if core.blocks and core.checked and (_modes(core.model) if modes is None else modes) not in core.checked_modes:
-        _self_check(oracle, "in the model's train/eval modes of now, not those it was checked in: ")
-        return True
-    return False
+    if not (core.blocks and core.checked):
+        return False
+    now = _modes(core.model) if modes is None else modes
+    if now in core.checked_modes:
+        return False
+    _check_parameters(oracle)
+    old = next(iter(core.checked_modes)) if core.checked_modes else now
+    _self_check(oracle, f"since the split was checked, {_what_changed(old, now)}: ")
+    return True
+
+
+def _check_parameters(oracle) -> None:
+    """The model's trainable parameters must still be the oracle's: a module swapped in brings
+    parameters the flat vector does not hold."""
+    core = oracle._core
+    mine = {id(p) for p in core.params}
+    theirs = [p for p in core.model.parameters() if p.requires_grad]
+    if {id(p) for p in theirs} - mine:
+        raise ArgumentError(
+            f"{type(core.model).__name__} has trainable parameters the oracle's flat vector does not hold (a module "
+            f"was replaced since the TorchOracle was built: {len(core.params)} tensors then, {len(theirs)} now); "
+            "build a new TorchOracle for the changed model")
 
 
 def _self_check(oracle, why: str = "") -> None:
@@ -189,7 +234,21 @@ def _recheck_float64(oracle, probe) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         twin = type(oracle)(model, oracle.loss_fn, (x, y), dtype=torch.float64, blocks=blocks, update_stats=False)
-    return bool(twin._core.blocks)
+    # the copy is captured again, from the model as it is now: its verdict is about this split
+    # only when it captured the same steps (a module swapped in since, or a branch on
+    # self.training after a mode change, gives another graph: it must not clear this one)
+    return bool(twin._core.blocks) and _signature(twin._core) == _signature(core)
+
+
+def _signature(core) -> tuple:
+    """The split's steps as names, module types and graph nodes: equal for the same capture."""
+    out = []
+    for st in core.chain.steps:
+        nodes = getattr(st.fn, "nodes", None)
+        fn = (tuple((n[0], n[1], getattr(n[2], "__name__", str(n[2]))) for n in nodes) if nodes is not None
+              else type(st.fn).__name__)
+        out.append((st.name, type(st.module).__name__ if st.module is not None else None, fn))
+    return tuple(out)
 
 
 def _check_split(oracle, theta) -> str:
@@ -202,7 +261,7 @@ def _check_split(oracle, theta) -> str:
             return writer
         got0 = float(oracle._loss(out, 1)[0])
     if not _close(got0, ref0, ref0, oracle.dtype):
-        return (f"the captured graph of {type(core.model).__name__} gives loss {got0:.10g} but model(x) gives "
+        return (f"the {_split_kind(core)} of {type(core.model).__name__} gives loss {got0:.10g} but model(x) gives "
                 f"{ref0:.10g}")
     for b, blk in enumerate(core.blocks):
         # two coordinates batched together (a step mixing perturbations shows as a
@@ -222,8 +281,14 @@ def _check_split(oracle, theta) -> str:
                 mod = core.steps[core.block_steps[b]].module
                 what = f"{name} ({type(mod).__name__})" if mod is not None else name
                 return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
-                        f"on the captured graph but {want:.10g} on model(x)")
+                        f"on the {_split_kind(core)} but {want:.10g} on model(x)")
     return ""
+
+
+def _split_kind(core) -> str:
+    """How the split was made, for messages: declared (``blocks=`` or ``zoracle_steps``) or captured."""
+    declared = core.blocks_arg is not None or hasattr(core.model, "zoracle_steps")
+    return "declared split" if declared else "captured graph"
 
 
 def _version(t):

@@ -45,12 +45,16 @@ def _param_kind(module, attr: str) -> str:
 
 
 def _as_torch_dtype(dtype):
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None or dtype in (torch.float32, torch.float64):
         return dtype
-    table = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    table = {"float32": torch.float32, "float64": torch.float64}
+    try:
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    except TypeError:  # a torch dtype NumPy does not know (bfloat16)
+        name = str(dtype)
     if name not in table:
-        raise ArgumentError(f"`dtype` must be float32 or float64 (torch, numpy or a string), got {dtype!r}")
+        raise ArgumentError(f"`dtype` must be float32 or float64 (torch, numpy or a string), got {dtype!r}: a finite "
+                            "difference in half precision is mostly rounding")
     return table[name]
 
 
@@ -85,6 +89,21 @@ class _Core:
         self.downstream = {}     # block step -> which later steps a perturbation reaches
         self.probe = {}      # per-sample shape key -> per-step state bytes per sample
         self.costs = {}      # per-sample shape key -> block costs
+
+    # the keys of ``checked_modes`` name modules by id: a copy (a worker's) has other ids, so they
+    # travel as positions in ``model.modules()`` and come back as the copy's ids
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        pos = {id(m): i for i, m in enumerate(self.model.modules())}
+        state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key[:-1]) + key[-1:]
+                                  for key in self.checked_modes]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        mods = list(self.model.modules())
+        self.checked_modes = {tuple((id(mods[k[0]]) if 0 <= k[0] < len(mods) else None,) + tuple(k[1:])
+                                    for k in key[:-1]) + key[-1:] for key in state["checked_modes"]}
 
 
 def build_core(model, blocks) -> _Core:

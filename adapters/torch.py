@@ -32,8 +32,8 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (ensure_split, first_bind, full_coordinate_losses, parameter_names, reference_loss,
-                           shared_suffix)
+from ._torch_exact import (ensure_split, first_bind, full_coordinate_losses, global_hooks, module_key,
+                           parameter_names, reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
     absorb,
@@ -80,9 +80,12 @@ def _model_state(model: nn.Module, read_only: bool = False) -> tuple:
     eval mode, the ones a forward reads."""
     flags, buffers = [], []
     for m in model.modules():  # one walk for both
-        flags.append(m.training)
+        flags.append(module_key(m))
         if m._buffers and not (read_only and m.training):
             buffers += [(id(b), b._version) for b in m._buffers.values() if b is not None]
+        # frozen weights (requires_grad=False) are not in the flat vector: like buffers, read as they are
+        buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
+    flags.append(global_hooks())
     return tuple(flags), tuple(buffers)
 
 
@@ -258,6 +261,9 @@ class TorchOracle:
         self.update_stats = bool(update_stats)
         self._budget = budget_bytes
         self._core = build_core(model, blocks)
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ArgumentError(f"`model`'s parameters are {self.dtype}: TorchOracle runs float32 or float64 models (a "
+                                "finite difference in half precision is mostly rounding); pass dtype=torch.float32")
         self._x = self._y = None
         if batch is not None:
             self._set_batch(batch)
@@ -1033,7 +1039,9 @@ class TorchOracle:
         self._load(params)
         xt = to_torch(x, self.device, self.dtype)
         model = self.model
-        was = model.training
+        # every module's own mode comes back (a BatchNorm frozen in eval mode inside a model in
+        # train mode stays frozen; model.train(was) would set them all alike)
+        was = [(m, m.training) for m in model.modules()]
         outs = []
         try:
             model.train(bool(train))
@@ -1041,7 +1049,8 @@ class TorchOracle:
                 for lo in range(0, xt.shape[0], batch_size):
                     outs.append(model(xt[lo:lo + batch_size]))
         finally:
-            model.train(was)
+            for m, t in was:
+                m.training = t
         return torch.cat(outs).cpu().numpy()
 
     def __repr__(self) -> str:

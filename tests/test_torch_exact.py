@@ -778,3 +778,141 @@ def test_queries_leave_the_buffers_a_module_writes_in_train_mode_as_they_were(ki
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
     model.eval()
     assert oracle(theta) == eval_before
+
+
+def _float32_reference_gap(oracle, theta, coords, step=1e-3):
+    want = []
+    for i in coords:
+        moved = theta.copy()
+        moved[i] += step
+        want.append(oracle.reference_loss(moved))
+    return float(np.abs(oracle.coordinate_losses(theta, coords, step) - np.array(want)).max())
+
+
+class _BranchOnMode(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = self.fc2(torch.relu(self.fc1(x)))
+        if not self.training:
+            out = out / 2
+        return out
+
+
+def _changes():
+    def swap(m):
+        m.act = nn.Tanh()
+
+    def hook(m):
+        m.fc1.register_forward_hook(lambda mod, i, out: out * 2)
+
+    def pre_hook(m):
+        m.fc1.register_forward_pre_hook(lambda mod, i: (i[0] * 2,))
+
+    def frozen(m):
+        with torch.no_grad():
+            m.c.weight.mul_(1.5)  # as load_state_dict writes a frozen backbone
+
+    return {"eval after capture in train": lambda m: m.eval(), "module swapped": swap, "forward hook": hook,
+            "forward pre-hook": pre_hook, "frozen weight written": frozen}
+
+
+class _Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc1, self.act, self.fc2 = nn.Conv2d(3, 4, 3), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x)).flatten(1)
+        out = self.fc2(self.act(self.fc1(h)))
+        return out if self.training else out / 2
+
+
+@pytest.mark.parametrize("change", list(_changes()))
+def test_a_model_changed_after_the_split_was_checked_is_checked_again_in_float32(change):
+    """In float32 a failed check was cleared by a float64 copy captured anew, from the changed
+    model (a branch on self.training after eval(): gradient 382x off); a hook registered, or a
+    module swapped in, after the check was never checked (120-280x); a frozen weight written in
+    place left the cached activations stale (206x). All silent."""
+    torch.manual_seed(1)
+    model = _Small().train()
+    if change == "frozen weight written":
+        model.c.weight.requires_grad_(False)
+    x, y = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 4
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    coords = np.arange(theta.size)
+    zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3), coordinates=coords)  # caches at theta
+    _changes()[change](model)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        gap = _float32_reference_gap(oracle, theta, coords)
+    assert gap < 1e-5, gap
+    if change != "frozen weight written":  # the split itself is rechecked, and refused, naming the change
+        assert any("since the split was checked" in str(m.message) for m in w), [str(m.message) for m in w]
+
+
+def test_a_declared_sample_coupled_step_keeps_its_flag_half_models_and_predict_modes():
+    """``Step(fn, rowwise=False)`` lost the flag (the sparse path ran it on a subset of rows:
+    46x off); float16 was accepted and its self-check passed anything; predict() set every
+    module's mode to the model's, unfreezing a BatchNorm frozen in eval mode; the plain call
+    updated running statistics of a BatchNorm whose track_running_stats was switched off."""
+    from zoracle.adapters.torch import Step
+
+    class Declared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+
+        def zoracle_steps(self):
+            return [self.fc1, Step(fn=lambda s: s[0] - s[0].mean(0, keepdim=True), name="center", rowwise=False),
+                    self.fc2]
+
+        def forward(self, x):
+            h = self.fc1(x)
+            return self.fc2(h - h.mean(0, keepdim=True))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the coupled step may be refused: either way, exact
+        oracle = TorchOracle(Declared(), CE_ROWS, (x, y))
+    assert [st.rowwise for st in oracle._core.steps if st.name == "center"] in ([False], [])
+    theta = oracle.initial_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _float32_reference_gap(oracle, theta, np.arange(theta.size)) < 1e-5
+    for dtype in ("float16", torch.bfloat16):
+        with pytest.raises(zo.ArgumentError, match="`dtype` must be float32 or float64"):
+            TorchOracle(nn.Linear(3, 2), CE_ROWS, dtype=dtype)
+    with pytest.raises(zo.ArgumentError, match="parameters are torch.float16"):
+        TorchOracle(nn.Linear(3, 2).half(), CE_ROWS)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).train()
+    model[1].eval()  # frozen for fine-tuning
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    oracle.predict(oracle.initial_params(), x.numpy())
+    assert model.training and not model[1].training
+    model[1].train()
+    model[1].track_running_stats = False  # torch then neither reads nor writes them in train mode
+    before = model[1].running_mean.clone()
+    oracle(oracle.initial_params())
+    assert torch.equal(model[1].running_mean, before) and int(model[1].num_batches_tracked) == 0
+
+
+def test_a_pickled_copy_keeps_its_checked_split_without_checking_again():
+    """The check's key names modules by id; a copy (a worker's) has other ids, translated on the way."""
+    import pickle
+
+    from zoracle.adapters._torch_exact import ensure_split
+
+    torch.manual_seed(0)
+    oracle = TorchOracle(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), CE_ROWS,
+                         (torch.randn(5, 4), torch.randint(0, 3, (5,))))
+    twin = pickle.loads(pickle.dumps(oracle))
+    assert twin.block_names == oracle.block_names and not ensure_split(twin)
+    twin.model[0].register_forward_hook(lambda mod, i, out: out * 2.0)
+    with pytest.warns(RuntimeWarning, match="a forward hook was registered"):
+        assert ensure_split(twin)
+    assert twin.blocks == [] and oracle.blocks != []
