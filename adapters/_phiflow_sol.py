@@ -230,6 +230,10 @@ class SolverInTheLoop:
             )
         return s.astype(np.int64)
 
+    #: the correction network runs in float32: params of a wider float are rounded to it, and
+    #: ``zo.estimate_gradient`` estimates at the rounded params with the steps the network takes
+    compute_dtype = np.dtype("float32")
+
     # DataOracle --------------------------------------------------------------------------
     def bind(self, batch) -> "SolverInTheLoop":
         """The same oracle on other start states (a minibatch of ``(run, frame)`` rows)."""

@@ -366,6 +366,13 @@ class TorchOracle:
         return self._core.params[0].device
 
     @property
+    def compute_dtype(self) -> np.dtype:
+        """The NumPy float the model evaluates params in (params of a wider float are rounded to
+        it; ``zo.estimate_gradient`` then estimates at the rounded params, with the steps the
+        model takes)."""
+        return np.dtype("float64" if self.dtype == torch.float64 else "float32")
+
+    @property
     def dtype(self) -> torch.dtype:
         return self._core.params[0].dtype
 

@@ -126,6 +126,10 @@ def test_oracle_passes_check_oracle_and_batches_equal_calls(reference):
         x[i] += 1e-2
         assert est.grad[i] == pytest.approx((oracle(x) - base) / 1e-2, rel=1e-4, abs=1e-9)
     assert est.nfev == len(coords) + 1 and np.count_nonzero(est.grad) <= len(coords)
+    # the network runs in float32: a step below its spacing is refused (it gave a zero gradient)
+    assert oracle.compute_dtype == np.float32 and p.dtype == np.float64
+    with pytest.raises(zo.ArgumentError, match="rounds to a zero step in float32"):
+        zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-9, scheme="central"), coordinates=coords)
 
 
 def test_zero_params_are_the_uncorrected_solver(reference):

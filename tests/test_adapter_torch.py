@@ -1039,3 +1039,20 @@ def test_a_model_returning_several_heads_gets_an_error_naming_the_fix(as_dict):
     kind = "dict" if as_dict else "tuple"
     with pytest.raises(zo.ArgumentError, match=f"`model` returned a {kind}, not one tensor.*Wrap the model"):
         oracle(oracle.initial_params())
+
+
+def test_float64_params_on_a_float32_model_are_estimated_with_the_steps_the_model_takes():
+    """The model rounds float64 params to float32: a step of mu checked in float64 was no step at
+    all in float32 below its spacing (mu = 1e-9: a zero gradient, silently; forward differences:
+    rounding noise over mu). The estimate is now made at the rounded params, with float32 steps."""
+    torch.manual_seed(0)
+    oracle = TorchOracle(nn.Linear(4, 3), nn.CrossEntropyLoss(reduction="none"),
+                         (torch.randn(5, 4), torch.randint(0, 3, (5,))))
+    p32 = oracle.initial_params()
+    assert oracle.compute_dtype == np.float32 and p32.dtype == np.float32
+    for mu in (1e-3, 1e-6):
+        est = zo.estimate_gradient(oracle, p32.astype(np.float64), zo.CGE(mu=mu, scheme="central"))
+        want = zo.estimate_gradient(oracle, p32, zo.CGE(mu=mu, scheme="central"))
+        assert est.grad.dtype == np.float64 and np.array_equal(est.grad, want.grad.astype(np.float64))
+    with pytest.raises(zo.ArgumentError, match="rounds to a zero step in float32"):
+        zo.estimate_gradient(oracle, p32.astype(np.float64), zo.CGE(mu=1e-9))

@@ -378,6 +378,18 @@ def _run(executor, oracle: Oracle, params, tasks) -> list:
     return results
 
 
+def _narrower_dtype(oracle, params):
+    """The oracle's ``compute_dtype`` (the float it evaluates params in) when narrower than params'."""
+    cd = getattr(oracle, "compute_dtype", None)
+    if cd is None:
+        return None
+    try:
+        cd = np.dtype(cd)
+    except TypeError:
+        return None
+    return cd if cd.kind == "f" and cd.itemsize < params.dtype.itemsize else None
+
+
 def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=None, executor=None,
                       budget_bytes: int = DEFAULT_BUDGET, state=None) -> GradientEstimate:
     """Estimate the gradient of ``oracle`` at ``params`` from loss values only.
@@ -396,7 +408,10 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         gets an array through which it could corrupt another query: a read-only view per
         query, or a private copy per capability call (see :class:`zoracle.Oracle`). A ``mu``
         that is not a representable step at ``params`` (``(x + mu) - x`` zero or not
-        finite in params' dtype) raises :class:`ArgumentError` before any query.
+        finite in params' dtype) raises :class:`ArgumentError` before any query. An oracle
+        that evaluates in a narrower float (``compute_dtype``: ``TorchOracle`` on a float32
+        model given float64 params) is estimated at params rounded to it, with the steps it
+        takes; the gradient comes back in params' dtype.
     estimator : CGE, RGE or SNES
         Default ``CGE()``.
     coordinates : int array or bool mask, optional
@@ -428,6 +443,15 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     params = validate_params(params)
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) or budget_bytes < 1:
         raise ArgumentError(f"`budget_bytes` must be a positive integer, got {budget_bytes!r}")
+    narrow = _narrower_dtype(oracle, params)
+    if narrow is not None:
+        # the oracle computes in a narrower float than params (a float32 model given float64
+        # params): it sees params rounded, and a step of mu in params' dtype is not the step it
+        # takes (below its spacing, none at all). Estimate at the params it sees, with the steps
+        # it takes; the gradient comes back in params' dtype.
+        est = estimate_gradient(oracle, params.astype(narrow), estimator, coordinates=coordinates, rng=rng,
+                                executor=executor, budget_bytes=budget_bytes, state=state)
+        return GradientEstimate(est.grad.astype(params.dtype), est.loss, est.nfev, est.state)
     xp = namespace(params)
     d = params.shape[0]
     params = params.copy()  # nothing the oracle does can reach the caller's array
