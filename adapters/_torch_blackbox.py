@@ -23,7 +23,10 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
     if t.is_complex() or t.dtype == torch.bool:  # the cast would drop the imaginary part, or count booleans
         raise TypeError(f"expected real numbers, got {t.dtype}")
-    return t.detach().to(device=like.device, dtype=like.dtype)
+    out = t.detach().to(device=like.device, dtype=like.dtype)
+    if out.data_ptr() == t.data_ptr():  # no copy made: an fn that writes into one output buffer
+        out = out.clone()              # call after call must not change the outputs already kept
+    return out
 
 
 def _repeat(t, k: int):
@@ -64,7 +67,8 @@ class BlackBox:
 
     def __call__(self, x: torch.Tensor, *context) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ArgumentError(f"blackbox input `x` must be a floating torch tensor, got {type(x).__name__}")
+            got = f"a tensor of {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ArgumentError(f"blackbox input `x` must be a floating torch tensor, got {got}")
         if x.dtype not in (torch.float32, torch.float64):
             raise ArgumentError(f"blackbox input `x` must be float32 or float64 (finite differences need the "
                                 f"precision), got {x.dtype}; use x.float()")
@@ -74,13 +78,15 @@ class BlackBox:
             shape = tuple(getattr(c, "shape", ()))
             if not shape or shape[0] != x.shape[0]:
                 raise ArgumentError(f"blackbox context argument {i} must have {x.shape[0]} rows like `x`, got shape {shape}")
+        if not bool(torch.isfinite(x).all()):
+            raise ArgumentError("blackbox input `x` holds NaN or inf; a finite difference needs finite inputs")
         if x.requires_grad and torch.is_grad_enabled():  # the backward's step, checked before the forward's work
             check_step(x.detach().reshape(-1).cpu().numpy(), self.estimator.mu, self.estimator.scheme,
                        type(self.estimator).__name__)
         return _Function.apply(x, self, *context)
 
     # ------------------------------------------------------------------ internals
-    def _eval(self, X: torch.Tensor, context, k: int, what: str) -> torch.Tensor:
+    def _eval(self, X: torch.Tensor, context, k: int, what: str, shape=None) -> torch.Tensor:
         """``fn`` on ``X`` (k * N rows, perturbation-major) with the context repeated ``k`` times,
         at most ``max_rows`` rows a call (``fn`` treats rows independently). ``what`` names the
         pass for error reports."""
@@ -96,6 +102,11 @@ class BlackBox:
                 raise OracleError(query, cause=exc) from exc
             if out.dim() == 0 or out.shape[0] != hi - lo:
                 raise OracleError(query, tuple(out.shape), detail=f"expected per-sample outputs with {hi - lo} rows")
+            if shape is None:
+                shape = tuple(out.shape[1:])
+            elif tuple(out.shape[1:]) != shape:
+                raise OracleError(query, tuple(out.shape), detail=f"expected each sample's output to have shape "
+                                  f"{shape}, as in the forward: fn must keep its output shape")
             if not torch.isfinite(out).all():
                 raise OracleError(query, "non-finite values", detail="expected finite outputs")
             outs.append(out)
@@ -111,7 +122,8 @@ class BlackBox:
         for lo in range(0, k, per):
             kk = min(per, k - lo)
             out = self._eval(Xv[lo:lo + kk].reshape((kk * N,) + tuple(X.shape[1:])), context, kk,
-                             f"backward ({type(self.estimator).__name__}), perturbations {lo}..{lo + kk - 1} of {k}")
+                             f"backward ({type(self.estimator).__name__}), perturbations {lo}..{lo + kk - 1} of {k}",
+                             tuple(grad_out.shape[1:]))
             out = out.reshape((kk, N, -1))
             vals.append((out * grad_out.reshape(1, N, -1)).sum(-1))
         return torch.cat(vals)

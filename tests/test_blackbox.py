@@ -156,3 +156,38 @@ def test_fn_returning_text_or_complex_is_an_oracle_error_naming_the_pass():
     for bad in (lambda x: np.array(["a"] * len(x)), lambda x: np.ones(len(x)) * 1j, lambda x: None):
         with pytest.raises(zo.OracleError, match="blackbox fn, forward, rows 0..2 of 3"):
             blackbox(bad)(torch.randn(3, 2))
+
+
+def test_an_fn_reusing_one_output_buffer_and_other_fn_mistakes():
+    """The op kept a view of the array fn returned: an fn writing every call into one buffer
+    changed the outputs of earlier chunks (max_rows) and the forward's saved output (a gradient
+    of -1.3e7 for 2.0); a NaN input was reported as an overflowing mu; an output shape that
+    changed between chunks or passes failed inside torch."""
+    buf = np.empty(64)
+
+    def fn(x):
+        out = buf[:len(x)]
+        out[:] = (x.numpy() ** 2).sum(1)
+        return out
+
+    x = torch.arange(8.0, dtype=torch.float64).reshape(4, 2)
+    want = (x ** 2).sum(1)
+    assert torch.equal(blackbox(fn, max_rows=2)(x), want) and torch.equal(blackbox(fn)(x), want)
+    x1 = torch.tensor([[1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    op = blackbox(fn, zo.CGE(mu=1e-6))
+    y1 = op(x1)
+    op(torch.tensor([[3.0, 3.0]], dtype=torch.float64))  # a second forward before y1's backward
+    y1.sum().backward()
+    np.testing.assert_allclose(x1.grad.numpy(), [[2.0, 4.0]], rtol=1e-5)
+    with pytest.raises(zo.ArgumentError, match="holds NaN or inf"):
+        blackbox(fn)(torch.tensor([[float("nan"), 1.0]], requires_grad=True))
+    with pytest.raises(zo.ArgumentError, match="got a tensor of torch.int64"):
+        blackbox(fn)(torch.ones(2, 2, dtype=torch.int64))
+    calls = []
+
+    def shifty(x):
+        calls.append(1)
+        return torch.ones(len(x), 3 if len(calls) == 1 else 2, dtype=x.dtype)
+
+    with pytest.raises(zo.OracleError, match="expected each sample's output to have shape \\(3,\\)"):
+        blackbox(shifty, max_rows=2)(torch.ones(4, 2))
