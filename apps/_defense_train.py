@@ -200,7 +200,10 @@ def deepzero_sparsity(oracle: TorchOracle, queries: int) -> float:
         raise zo.ArgumentError(
             f"`queries` per estimate must be at least {dense + 2} (dense biases + 1 weight + base), got {queries}"
         )
-    return max(0.0, 1.0 - keep / scored)
+    if keep > scored:  # a dense estimate is the most one can cost: the rows would not spend the same
+        raise zo.ArgumentError(f"`queries` per estimate must be at most {oracle.size + 1} (every one of the "
+                               f"{oracle.size} parameters + base), got {queries}")
+    return 1.0 - keep / scored
 
 
 def train_deepzero(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: int, batch: int, queries: int,
@@ -218,12 +221,16 @@ def train_deepzero(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: i
     """
     oracle = TorchOracle(denoiser, BlackBoxLoss(bb))
     sparsity = deepzero_sparsity(oracle, queries)
+    if steps == 0:  # nothing to train: no ZO-GraSP queries either
+        return TrainLog(0, 0, 0.0, (), 0.0)
     batches = NoisyBatches(X, targets, sigma=sigma, batch=batch, steps_per_epoch=steps_per_mask, seed=seed)
     q0 = bb.queries
     opt = zo.adam(lr) if optimizer == "adam" else zo.sgd(lr, momentum=momentum)
     res = zo.train(oracle, oracle.initial_params(), batches=batches, epochs=-(-steps // steps_per_mask),
                    estimator=zo.CGE(mu=mu), optimizer=opt, sparsity=sparsity,
-                   ratios=ratios, mask_shuffle_interval=1, rng=seed, progress=False)
+                   ratios=ratios, mask_shuffle_interval=1, rng=seed, progress=False,
+                   # the same number of steps as the other rows, when it is not a whole number of masks
+                   callbacks=[lambda event, rec, p: event == "step" and rec["step"] + 1 >= steps])
     oracle.load(res.params)
     per_step = res.history.column("nfev")
     return TrainLog(res.steps, bb.queries - q0, res.seconds, tuple(res.history.column("loss")),
@@ -252,7 +259,7 @@ def train_hybrid(denoiser: Denoiser, bb, X, targets, *, sigma: float, steps: int
         value.backward()
         opt.step()
         losses.append(value.item())
-    per_estimate = (bb.queries - q0) / max(1, steps) / batch
+    per_estimate = (bb.queries - q0) / max(1, steps) / min(batch, len(X))  # a batch is at most the data
     return TrainLog(steps, bb.queries - q0, time.perf_counter() - start, tuple(losses), per_estimate)
 
 

@@ -331,7 +331,7 @@ def _positive(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         if not value > 0 or (kind is float and not np.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
 
     return check
@@ -391,6 +391,12 @@ def config_from_args(args) -> DefenseConfig:
         raise ArgumentError(
             f"`--queries` must be at least 19 (17 dense biases + 1 weight + base), got {config.queries}"
         )
+    from . import _defense_train as T  # (imports torch)
+
+    most = sum(p.numel() for p in T.Denoiser().parameters()) + 1
+    if config.queries > most:  # DeepZero's dense estimate costs that much: the ZO rows would differ
+        raise ArgumentError(f"`--queries` must be at most {most} (every denoiser parameter + base: a dense "
+                            f"estimate), got {config.queries}")
     return config
 
 

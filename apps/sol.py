@@ -118,7 +118,7 @@ def config_from_args(args) -> Config:
     cfg = replace(cfg, **over)
     checks = (("--fine-nx", cfg.fine_nx, 8), ("--factor", cfg.factor, 1), ("--warmup", cfg.warmup, 0),
               ("--steps", cfg.steps, 1), ("--unroll", cfg.unroll, 1), ("--zo-steps", cfg.zo_steps, 1),
-              ("--fo-steps", cfg.fo_steps, 0))
+              ("--fo-steps", cfg.fo_steps, 0), ("--seed", cfg.seed, 0))
     for flag, v, lo in checks:
         if v < lo:
             raise ArgumentError(f"`{flag}` must be >= {lo}, got {v}")

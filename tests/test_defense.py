@@ -82,6 +82,7 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--alpha", "2"], "alpha"), (["--test-points", "1000"], "test-points"), (["--queries", "5"], "queries"),
+    (["--queries", "1000"], "at most 738"),  # it clipped DeepZero to 738 while the hybrid row spent 1000
 ])
 def test_bad_values_are_argument_errors(argv, message, capsys):
     assert cli(["defense", *argv]) == 1
@@ -152,6 +153,9 @@ def test_deepzero_training_only_queries_the_black_box(tiny):
     log = T.train_deepzero(d, bb, X, targets, sigma=0.25, steps=4, batch=16, queries=40, lr=1e-3, seed=0,
                            ratios="uniform", steps_per_mask=2)
     assert log.steps == 4 and log.queries_per_estimate == 40
+    # the other rows' number of steps when it is not a whole number of masks (it trained 6: 3 masks of 2)
+    assert T.train_deepzero(d, OnnxClassifier(path), X, targets, sigma=0.25, steps=5, batch=16, queries=40,
+                            lr=1e-3, seed=0, ratios="uniform", steps_per_mask=2).steps == 5
     assert log.queries == bb.queries and 0 < bb.queries <= 4 * 16 * (40 + 3)  # + per-block base rows
     assert any(not torch.equal(a, b) for a, b in zip(before, d.parameters()))
     # a black box with a small budget stops the training: the loss is only reachable by queries
@@ -169,6 +173,8 @@ def test_sparsity_for_query_budget(tiny):
     assert round((1 - s) * (oracle.size - n_bias)) + n_bias + 1 == 65
     with pytest.raises(zo.ArgumentError, match="queries"):
         T.deepzero_sparsity(oracle, n_bias + 1)
+    with pytest.raises(zo.ArgumentError, match="at most"):  # it returned sparsity 0: fewer than asked
+        T.deepzero_sparsity(oracle, oracle.size + 2)
 
 
 def test_noisy_batches_replay():
@@ -203,3 +209,7 @@ def test_hybrid_spends_the_same_budget(tiny, queries):
                          queries=queries)
     # CGE over the 64 pixels (65) or RGE with queries - 1 directions: `queries` loss evaluations per estimate
     assert log.queries_per_estimate == queries and log.queries == bb.queries == 3 * 16 * queries
+    # a batch larger than the data is the data: per estimate, still `queries` (it divided by 5000)
+    big = T.train_hybrid(d, OnnxClassifier(path), X[:40], OnnxClassifier(path).predict(X[:40]), sigma=0.25, steps=1,
+                         batch=5000, lr=1e-3, seed=0, queries=queries)
+    assert big.queries_per_estimate == queries

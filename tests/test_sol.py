@@ -39,6 +39,7 @@ def test_quick_run_zo_sol_beats_src(tmp_path, capsys):
     (["--sparsity", "1.5"], "--sparsity"),
     (["--unroll", "50"], "--unroll"),
     (["--lr", "-1"], "--lr"),
+    (["--seed", "-1"], "--seed"),  # it failed with a traceback after the reference was computed
 ])
 def test_bad_flags_give_one_line_errors(flags, message, capsys):
     rc = cli.main(["sol", "--quick", *flags])

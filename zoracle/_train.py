@@ -249,6 +249,20 @@ def _resolve_blocks(oracle, blocks, d):
     return list(blocks)
 
 
+def _check_layout(blocks, d: int) -> np.ndarray:
+    """Which of the ``d`` parameters ``blocks`` (slices) cover; refuses a block past ``d`` and
+    two blocks sharing a parameter (caught here, not when a mask first draws a shared index)."""
+    covered = np.zeros(d, dtype=bool)
+    for s in blocks:
+        if s.stop > d:
+            raise ArgumentError(f"block {s} reaches past params of length {d}")
+        if covered[s].any():
+            raise ArgumentError(f"`blocks` overlap: block {s} shares parameter {int(np.flatnonzero(covered[s])[0]) + s.start} "
+                                "with an earlier block; every parameter may belong to one block only")
+        covered[s] = True
+    return covered
+
+
 def _bound(oracle, batch, name: str = "batches"):
     if batch is None:
         if not callable(oracle):
@@ -537,14 +551,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
     if sparse:
-        covered = np.zeros(d, dtype=bool)
-        for s in scored + dense:
-            if s.stop > d:
-                raise ArgumentError(f"block {s} reaches past params of length {d}")
-            if covered[s].any():  # caught here, not when a mask first draws a shared index
-                raise ArgumentError(f"`blocks` overlap: block {s} shares parameter {int(np.flatnonzero(covered[s])[0]) + s.start} "
-                                    "with an earlier block; every parameter may belong to one block only")
-            covered[s] = True
+        covered = _check_layout(scored + dense, d)
         gaps = np.flatnonzero(~covered)
         if gaps.size:  # parameters in no block are estimated densely
             splits = np.flatnonzero(np.diff(gaps) > 1) + 1

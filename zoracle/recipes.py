@@ -23,7 +23,7 @@ from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
-from ._train import _resolve_blocks, _steps_per_epoch
+from ._train import _check_layout, _resolve_blocks, _steps_per_epoch
 
 __all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "COORDINATES", "WIDE_COORDINATES",
            "WIDE_FROM", "default_lr", "default_coordinates", "short_budget", "layer_scales"]
@@ -237,7 +237,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
 
     resolved = _resolve_blocks(oracle, blocks, d)
-    scored, _ = split_blocks(resolved, SHORT_BUDGET_KINDS)
+    scored, dense = split_blocks(resolved, SHORT_BUDGET_KINDS)
+    _check_layout(scored + dense, d)  # train's own check: a step's count assumes disjoint blocks within d
     n_scored = sum(s.stop - s.start for s in scored)
     if n_scored == 0:
         raise ArgumentError(f"no block has a kind in {SHORT_BUDGET_KINDS}: there are no weights to sample")
