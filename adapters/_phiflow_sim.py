@@ -90,9 +90,26 @@ class WakeFlow:
                 raise ArgumentError(f"`{name}` must be an integer >= 4, got {v!r}")
         for name in ("width", "height", "radius", "inflow", "dt", "tol"):
             v = getattr(self, name)
-            if not np.isfinite(v) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+                    or v <= 0:
                 raise ArgumentError(f"`{name}` must be a finite number > 0, got {v!r}")
-        object.__setattr__(self, "center", tuple(float(c) for c in self.center))
+        v = self.max_iter
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ArgumentError(f"`max_iter` (pressure solve iterations) must be an integer >= 1, got {v!r}")
+        if isinstance(self.kick, bool) or not isinstance(self.kick, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(self.kick):
+            raise ArgumentError(f"`kick` must be a finite number, got {self.kick!r}")
+        try:
+            center = tuple(float(c) for c in self.center)
+        except (TypeError, ValueError):
+            center = ()
+        if len(center) != 2 or not all(np.isfinite(center)):
+            raise ArgumentError(f"`center` must be two finite numbers (x, y), got {self.center!r}")
+        cx, cy = center
+        if not (self.radius < cx < self.width - self.radius and self.radius < cy < self.height - self.radius):
+            raise ArgumentError(f"the cylinder (center {center}, radius {self.radius}) must lie inside the domain "
+                                f"[0, {self.width}] x [0, {self.height}]")
+        object.__setattr__(self, "center", center)
 
     # geometry ----------------------------------------------------------------------------
     @property
@@ -110,6 +127,8 @@ class WakeFlow:
 
     def coarsened(self, factor: int) -> "WakeFlow":
         """The same flow on a grid ``factor`` times coarser in each direction."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+            raise ArgumentError(f"`factor` must be an integer >= 1, got {factor!r}")
         if self.nx % factor or self.ny % factor:
             raise ArgumentError(f"the grid {self.nx}x{self.ny} is not divisible by the factor {factor}")
         return WakeFlow(**{**asdict(self), "nx": self.nx // factor, "ny": self.ny // factor})
@@ -148,6 +167,8 @@ class WakeFlow:
     # states ------------------------------------------------------------------------------
     def initial(self, batch: int = 1, dtype=np.float32) -> tuple:
         """Uniform inflow plus a small asymmetric x-velocity blob behind the cylinder."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ArgumentError(f"`batch` must be an integer >= 1, got {batch!r}")
         (sx, sy) = self.shapes
         xf = np.arange(sx[0]) * self.dx
         yc = (np.arange(sx[1]) + 0.5) * self.dy
@@ -204,6 +225,9 @@ class WakeFlow:
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ArgumentError(f"`steps` must be an integer >= 0, got {steps!r}")
+        if not all(isinstance(v, np.ndarray) or type(v).__module__.startswith("torch") for v in (vx, vy)):
+            raise ArgumentError(f"`vx` and `vy` must be NumPy arrays or torch tensors, got {type(vx).__name__} and "
+                                f"{type(vy).__name__}")
         is_torch = not isinstance(vx, np.ndarray)
         B = vx.shape[0]
         if tuple(vx.shape[1:]) != self.shapes[0] or tuple(vy.shape[1:]) != self.shapes[1] or vy.shape[0] != B:
@@ -211,7 +235,10 @@ class WakeFlow:
                 f"state shapes {tuple(vx.shape)}, {tuple(vy.shape)} do not match the grid: expected "
                 f"(B, {self.nx + 1}, {self.ny}) and (B, {self.nx}, {self.ny})"
             )
-        re = np.broadcast_to(np.asarray(re, dtype=np.float64), (B,))
+        re = np.asarray(re, dtype=np.float64)
+        if re.shape not in ((), (1,), (B,)):
+            raise ArgumentError(f"`re` must be one Reynolds number or one per batch entry ({B}), got shape {re.shape}")
+        re = np.broadcast_to(re, (B,))
         nu = pm.tensor(self.viscosity(re), pm.batch("sim"))
         sub = self.substeps(re)
         if is_torch:

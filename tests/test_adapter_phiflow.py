@@ -93,6 +93,20 @@ def test_arguments_are_validated():
     vx, vy = TINY.initial(1)
     with pytest.raises(zo.ArgumentError, match="do not match the grid"):
         TINY.simulate(vx[:, :-1], vy, 100.0, 1)
+    # accepted silently, or a raw TypeError / ZeroDivisionError / broadcast error, before
+    for kwargs, match in (({"max_iter": 0}, "max_iter"), ({"kick": float("nan")}, "kick"),
+                          ({"center": (1.0, 2.0, 3.0)}, "center"), ({"center": (500.0, 500.0)}, "inside the domain"),
+                          ({"radius": 1000.0}, "inside the domain"), ({"width": "a"}, "width")):
+        with pytest.raises(zo.ArgumentError, match=match):
+            pf.WakeFlow(**kwargs)
+    with pytest.raises(zo.ArgumentError, match="`factor` must be an integer >= 1"):
+        TINY.coarsened(0)
+    with pytest.raises(zo.ArgumentError, match="one per batch entry"):
+        TINY.simulate(vx, vy, [100.0, 200.0], 1)
+    with pytest.raises(zo.ArgumentError, match="NumPy arrays or torch tensors"):
+        TINY.simulate(vx.tolist(), vy, 100.0, 1)
+    with pytest.raises(zo.ArgumentError, match="`batch` must be an integer >= 1"):
+        TINY.initial(-1)
 
 
 def test_reference_cache_is_keyed_by_parameters(tmp_path):
