@@ -7,7 +7,9 @@ block). Bash blocks are commands for the reader and stay documentation.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import re
 import subprocess
 import sys
@@ -73,7 +75,52 @@ def test_python_block_runs_as_written(page, line, code, tmp_path, monkeypatch):
     # namespace run as a script; the suite's filters make zoracle's warnings errors here too
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__", "__file__": str(tmp_path / "block.py")}
-    exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
+    printed = out.getvalue()
+    for comment in shown_outputs(code):
+        missing = [tok for tok in comment_tokens(comment) if not appears(tok, printed)]
+        assert not missing, f"the block prints {printed!r}; its comment shows {comment!r}: {missing} not printed"
+
+
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+
+
+def shown_outputs(code: str) -> list:
+    """The output a block's ``print(...)  # <output>`` lines show: the comment up to its first
+    ": ", "; " or " (" (what follows explains it)."""
+    out = []
+    for ln in code.splitlines():
+        if "print(" in ln and "#" in ln:
+            comment = ln.split("#", 1)[1].strip()
+            out.append(re.split(r": |; | \(", comment, maxsplit=1)[0])
+    return out
+
+
+def comment_tokens(comment: str) -> list:
+    """The numbers and booleans a comment shows (``4,200`` as 4200)."""
+    return [t.replace(",", "") for t in NUMBER.findall(comment)] + re.findall(r"\b(?:True|False)\b", comment)
+
+
+def appears(tok: str, printed: str) -> bool:
+    """An integer or boolean printed as shown; a decimal within its last shown digit, or 5% (a
+    run on another instruction set moves an accuracy like a new seed: see peers.md)."""
+    if tok in ("True", "False"):
+        return re.search(rf"\b{tok}\b", printed) is not None
+    nums = [float(n.replace(",", "")) for n in NUMBER.findall(printed)]
+    value = float(tok)
+    if "." not in tok:
+        return value in nums
+    slack = max(0.5 * 10.0 ** -len(tok.split(".")[1]), 0.05 * abs(value))
+    return any(abs(n - value) <= slack for n in nums)
+
+
+def test_shown_outputs_are_read_as_meant():
+    code = "print(a)   # 180.0 41: the loss at x and 2d + 1 queries\nprint(b)  # about -2.03 after 4,200 queries\n"
+    assert [comment_tokens(c) for c in shown_outputs(code)] == [["180.0", "41"], ["-2.03", "4200"]]
+    assert appears("-2.03", "-2.0329 4200") and appears("4200", "-2.0329 4200") and not appears("4201", "4200")
+    assert not appears("180.0", "190.0 41") and appears("True", "x True") and not appears("True", "Truest")
 
 
 def test_readme_links_into_docs_exist():
