@@ -321,7 +321,9 @@ class TorchOracle:
         ``zoracle.train`` saves them in checkpoints, since they live outside the flat
         parameters and change in train mode.
         """
-        return {name: b.detach().cpu().numpy().copy() for name, b in self._core.model.named_buffers()}
+        # bfloat16 has no NumPy dtype: saved as float32 (exact), loaded back as the buffer's dtype
+        return {name: (b.detach().cpu().float() if b.dtype == torch.bfloat16 else b.detach().cpu()).numpy().copy()
+                for name, b in self._core.model.named_buffers()}
 
     @property
     def plain_call_updates_state(self) -> bool:

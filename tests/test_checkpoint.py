@@ -247,3 +247,52 @@ def test_save_checkpoint_refuses_what_load_would_refuse(tmp_path):
     zo.save_checkpoint(p, {"params": np.ones(3), "mask": np.array([True, False])}, {"step": np.int64(7), "lr": np.float32(0.5)})
     arrays, meta = zo.load_checkpoint(p)
     assert (meta["step"], meta["lr"], arrays["mask"].tolist()) == (7, 0.5, [True, False])
+
+
+def test_an_oracle_state_with_inf_or_bfloat16_buffers_checkpoints_and_resumes(tmp_path):
+    """A buffer holding -inf (an additive attention mask) made every checkpoint of the run refuse to
+    resume, advising to delete it; a bfloat16 buffer failed the first save with a bare TypeError,
+    after an epoch of queries."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+            self.register_buffer("mask", torch.tensor([0.0, 0.0, float("-inf")]))
+            self.register_buffer("scale", torch.ones(3, dtype=torch.bfloat16))
+
+        def forward(self, x):
+            return (self.lin(x) + self.mask) * self.scale.float()
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 2, 32)
+    ckpt = tmp_path / "c.npz"
+
+    def run(epochs, resume=None):
+        torch.manual_seed(0)
+        o = TorchOracle(Net(), torch.nn.CrossEntropyLoss(reduction="none"))
+        return zo.train(o, o.initial_params(), batches=zo.Minibatches((x, y), 8, seed=0), epochs=epochs, rng=0,
+                        progress=False, checkpoint=ckpt, resume=resume)
+
+    full = run(3)
+    ckpt.unlink()
+    run(1)
+    resumed = run(3, resume=True)
+    assert np.array_equal(resumed.params, full.params)
+
+
+def test_metrics_named_like_step_fields_are_kept_and_a_plot_cannot_take_the_checkpoints_path(tmp_path):
+    """Metrics named 'mu' or 'step' were kept under their names and left out of every plot; two keys
+    reading the same as text collapsed into one; plot=checkpoint's path replaced the checkpoint."""
+    f = lambda p: float(p @ p)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="stored as 'eval_mu'"):
+        res = zo.train(f, np.ones(3), epochs=1, progress=False, eval_fn=lambda p: {"mu": 1.0, "dist": 2.0})
+    assert res.history.epochs[0]["eval_mu"] == 1.0 and "mu" not in res.history.epochs[0]  # a panel of its own
+    with pytest.raises(zo.ArgumentError, match="two metrics whose names read the same"):
+        zo.train(f, np.ones(3), epochs=1, progress=False, eval_fn=lambda p: {1: 2.0, "1": 3.0})
+    same = tmp_path / "same.png"
+    with pytest.raises(zo.ArgumentError, match="`plot` and `checkpoint` are the same file"):
+        zo.train(f, np.ones(3), epochs=1, progress=False, checkpoint=same, plot=same)
+    assert not same.exists()

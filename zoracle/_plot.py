@@ -14,7 +14,7 @@ from ._checkpoint import _tmp_path, check_writable
 from ._errors import ArgumentError
 
 #: Fields of the history's records that are not ``eval_fn`` metrics.
-RECORD_FIELDS = frozenset({"step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"})
+RECORD_FIELDS = frozenset({"step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"})  # = _train.EPOCH_FIELDS
 X_AXES = ("queries", "step")
 PANELS_PER_ROW = 4
 

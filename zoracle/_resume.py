@@ -177,7 +177,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         raise CheckpointError(f"checkpoint {path!r} lacks the arrays {missing}; it was written by another run "
                               f"(optimizer, sparsity or oracle); {_FIX}")
     for k, a in arrays.items():
-        _finite(path, k, a)
+        if not k.startswith("oracle/"):  # the oracle's own state may hold inf (an attention mask's -inf)
+            _finite(path, k, a)
     keep = None
     if sparse:
         keep = arrays["ratios"]

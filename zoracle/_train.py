@@ -295,7 +295,8 @@ def _metric(v, where):
 
 
 #: an epoch record's own fields: a metric of the same name is stored as ``eval_<name>``
-EPOCH_FIELDS = ("epoch", "loss", "lr", "nfev", "total_nfev", "seconds")
+#: the fields of training's own records (step and epoch): a metric of one of these names is renamed
+EPOCH_FIELDS = ("step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds")
 
 
 def _metrics(value, epoch) -> dict:
@@ -305,6 +306,9 @@ def _metrics(value, epoch) -> dict:
     if not isinstance(value, dict):
         return {"eval": _metric(value, where)}
     out = {str(k): _metric(v, f"{where} for {k!r}") for k, v in value.items()}
+    if len(out) != len(value):  # {1: ..., "1": ...}: one name for two metrics
+        raise ArgumentError(f"{where} has two metrics whose names read the same as text ({list(value)!r}); "
+                            "give each its own name")
     for k in [k for k in out if k in EPOCH_FIELDS]:
         new = "eval_" + k
         while new in out:
@@ -533,10 +537,19 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if checkpoint is not None:
         check_writable(checkpoint)  # before the first query, not after the first epoch
         _check_overwrite(checkpoint, resume)
+        if callable(getattr(oracle, "state_arrays", None)):  # a state a checkpoint cannot hold fails now
+            for k, v in oracle.state_arrays().items():
+                a = np.asarray(to_numpy(v))
+                if a.dtype.hasobject or a.dtype.kind not in "biuf":
+                    raise ArgumentError(f"the oracle's state {k!r} has dtype {a.dtype}: a checkpoint holds numeric "
+                                        "arrays only (bool, int, float); convert it, or train without `checkpoint`")
     if plot is not None:
         from ._plot import check_plot_path
 
         check_plot_path(plot)
+        if checkpoint is not None and os.path.abspath(os.fspath(plot)) == os.path.abspath(os.fspath(checkpoint)):
+            raise ArgumentError(f"`plot` and `checkpoint` are the same file {os.fspath(plot)!r}: the figure would "
+                                "replace the checkpoint; give the figure its own path (e.g. run.png)")
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
