@@ -72,9 +72,11 @@ def first_bind(oracle) -> None:
             v = to_torch(oracle.loss_fn(oracle.model(oracle._x), oracle._y))
         B = oracle._x.shape[0]
         scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)
-        if not scalar and tuple(v.shape) != (B,):
+        if not scalar and tuple(v.shape) not in ((B,), (B, 1)):  # (B, 1): a one-output regression's rows
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({B},) or one mean loss "
-                                f"(a scalar), got shape {tuple(v.shape)}; e.g. nn.CrossEntropyLoss()")
+                                f"(a scalar), got shape {tuple(v.shape)}; reduce each sample's row, e.g. "
+                                "lambda out, y: nn.functional.mse_loss(out, y, reduction='none').mean(1), or use "
+                                "nn.CrossEntropyLoss(reduction='none') for classes")
         core.scalar_loss = bool(scalar)
     if core.checked:
         return
@@ -123,8 +125,10 @@ def module_key(m: nn.Module) -> tuple:
     """What the split of a model depends on, per module, besides parameters and buffers: the
     module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
     train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
-    forward hook is registered on it (the closed forms do not run hooks)."""
-    return id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks)
+    forward hook is registered on it (the closed forms do not run hooks); and which of its
+    parameters train (one unfrozen after the oracle was built is not in its flat vector)."""
+    return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
+            tuple(p.requires_grad for p in m._parameters.values() if p is not None))
 
 
 def global_hooks() -> bool:
@@ -145,6 +149,8 @@ def _what_changed(old: tuple, new: tuple) -> str:
         parts.append("a forward hook was registered or removed")
     if [k[1] for k in old[:-1]] != [k[1] for k in new[:-1]]:
         parts.append("train/eval modes changed")
+    if [k[3] for k in old[:-1]] != [k[3] for k in new[:-1]]:
+        parts.append("a parameter was frozen or unfrozen")
     return " and ".join(parts) or "the model changed"
 
 
@@ -156,12 +162,15 @@ def ensure_split(oracle, modes=None) -> bool:
     check would not run in the closed forms. ``modes``: the model's key, when the caller has
     it. True when a check ran."""
     core = oracle._core
-    if not (core.blocks and core.checked):
+    if not core.checked:
         return False
     now = _modes(core.model) if modes is None else modes
     if now in core.checked_modes:
         return False
     _check_parameters(oracle)
+    if not core.blocks:  # no split to check: the parameters were the question
+        core.checked_modes.add(now)
+        return False
     old = next(iter(core.checked_modes)) if core.checked_modes else now
     _self_check(oracle, f"since the split was checked, {_what_changed(old, now)}: ")
     return True
@@ -176,8 +185,8 @@ def _check_parameters(oracle) -> None:
     if {id(p) for p in theirs} - mine:
         raise ArgumentError(
             f"{type(core.model).__name__} has trainable parameters the oracle's flat vector does not hold (a module "
-            f"was replaced since the TorchOracle was built: {len(core.params)} tensors then, {len(theirs)} now); "
-            "build a new TorchOracle for the changed model")
+            f"replaced, or a parameter unfrozen with requires_grad_(True), since the TorchOracle was built: "
+            f"{len(core.params)} tensors then, {len(theirs)} now); build a new TorchOracle for the changed model")
 
 
 def _self_check(oracle, why: str = "") -> None:

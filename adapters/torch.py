@@ -127,6 +127,11 @@ class _Features:
         return f"<features entering block {self.block}: {shapes}>"
 
 
+def _rows(vals: torch.Tensor) -> torch.Tensor:
+    """Per-sample losses of shape ``(n, 1)`` (``MSELoss(reduction="none")`` on one output) as ``(n,)``."""
+    return vals.reshape(-1) if vals.dim() == 2 and vals.shape[1] == 1 else vals
+
+
 def _one_tensor(outputs) -> None:
     """The oracle stacks perturbations along the rows of the model's output: it must be one tensor."""
     if not torch.is_tensor(outputs):
@@ -170,8 +175,8 @@ class TorchOracle:
         them explicitly).
     loss_fn : callable
         ``loss_fn(outputs, targets)`` returning either **per-sample** losses of shape
-        ``(N,)`` (e.g. ``nn.CrossEntropyLoss(reduction="none")``; the oracle's loss is their
-        mean) or **one scalar** (PyTorch's default ``reduction="mean"``, e.g.
+        ``(N,)`` or ``(N, 1)`` (e.g. ``nn.CrossEntropyLoss(reduction="none")``; the oracle's
+        loss is their mean) or **one scalar** (PyTorch's default ``reduction="mean"``, e.g.
         ``F.cross_entropy``, ``nn.MSELoss()``; the oracle's loss is that scalar). The
         convention is read from the first bound minibatch. Per-sample losses are faster:
         batched evaluation calls ``loss_fn`` **once** on ``k * B`` samples (outputs of ``k``
@@ -515,7 +520,7 @@ class TorchOracle:
             y = self._y
             parts = outputs.reshape((k, B) + tuple(outputs.shape[1:]))
             return torch.stack([self._scalar(parts[r], y) for r in range(k)])
-        vals = to_torch(self._call_loss(outputs, self._targets(k)), outputs.device)
+        vals = _rows(to_torch(self._call_loss(outputs, self._targets(k)), outputs.device))
         if vals.dim() != 1 or vals.shape[0] != k * B:
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({k * B},) or one mean "
                                 f"loss (a scalar) for {k * B} rows, got shape {tuple(vals.shape)}")
@@ -544,7 +549,7 @@ class TorchOracle:
         """Per-sample losses of ``outputs`` (one loss_fn call), checked to have one per row."""
         _one_tensor(outputs)
         n = outputs.shape[0]
-        vals = to_torch(self._call_loss(outputs, targets), outputs.device)
+        vals = _rows(to_torch(self._call_loss(outputs, targets), outputs.device))
         if vals.dim() != 1 or vals.shape[0] != n:
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},) or one mean loss "
                                 f"(a scalar), got {tuple(vals.shape)}")
@@ -661,6 +666,7 @@ class TorchOracle:
         """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off (a plain
         ``nn.Sequential`` runs its modules one by one, the same calls, keeping the activations)."""
         self._require_batch()
+        ensure_split(self)  # the chain below must still be the model's (and its parameters the oracle's)
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
             key = _copy(params)

@@ -916,3 +916,29 @@ def test_a_pickled_copy_keeps_its_checked_split_without_checking_again():
     with pytest.warns(RuntimeWarning, match="a forward hook was registered"):
         assert ensure_split(twin)
     assert twin.blocks == [] and oracle.blocks != []
+
+
+def test_one_output_regression_rows_resume_false_and_a_parameter_unfrozen_later():
+    """``MSELoss(reduction="none")`` on one output gives (N, 1) losses: refused, pointing to
+    CrossEntropyLoss; ``resume=False`` failed in os.fspath; a layer unfrozen after the oracle was
+    built was silently left out of training."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1))
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    oracle = TorchOracle(model, nn.MSELoss(reduction="none"), (x, y))
+    theta = oracle.initial_params()
+    with torch.no_grad():
+        want = float(((model(x) - y) ** 2).mean())
+    assert oracle(theta) == pytest.approx(want, rel=1e-6)
+    assert _float32_reference_gap(oracle, theta, np.arange(theta.size)) < 1e-6
+    with pytest.raises(zo.ArgumentError, match=r"got shape \(8, 2\); reduce each sample's row"):
+        TorchOracle(nn.Linear(3, 2), nn.MSELoss(reduction="none"), (x, torch.randn(8, 2)))
+    res = zo.train(oracle, theta, epochs=1, progress=False, resume=False)
+    assert res.steps == 1
+    model[0].requires_grad_(False)
+    frozen = TorchOracle(model, nn.MSELoss(reduction="none"), (x, y))
+    p = frozen.initial_params()
+    assert p.size == 7
+    model[0].requires_grad_(True)
+    with pytest.raises(zo.ArgumentError, match="a parameter unfrozen with requires_grad_"):
+        frozen(p)

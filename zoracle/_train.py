@@ -437,8 +437,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
-    resume : path or True, optional
-        Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists).
+    resume : path, True or False, optional
+        Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists;
+        None or False: start fresh).
         A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`: the
         settings, the learning-rate and ``mu`` schedules (their values at a fixed set of
         steps, so a changed callable is caught too), every header field and every array's
@@ -532,8 +533,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         resume = checkpoint if os.path.exists(os.fspath(checkpoint)) else None
         if resume is None:
             log.info("no checkpoint at %s yet: starting a fresh run", os.fspath(checkpoint))
+    elif resume is False:  # "do not resume", as None
+        resume = None
     elif resume is not None:
-        resume = os.fspath(resume)
+        try:
+            resume = os.fspath(resume)
+        except TypeError:
+            raise ArgumentError(f"`resume` must be a checkpoint path, True (resume from `checkpoint` if it exists) or "
+                                f"None/False (start fresh), got {resume!r}") from None
     if checkpoint is not None:
         check_writable(checkpoint)  # before the first query, not after the first epoch
         _check_overwrite(checkpoint, resume)
