@@ -129,12 +129,12 @@ class _Features:
 
 def _rows(vals: torch.Tensor) -> torch.Tensor:
     """Per-sample losses of shape ``(n, 1)`` (``MSELoss(reduction="none")`` on one output) as ``(n,)``."""
-    return vals.reshape(-1) if vals.dim() == 2 and vals.shape[1] == 1 else vals
+    return vals.reshape(-1) if vals.ndim == 2 and vals.shape[1] == 1 else vals
 
 
 def _one_tensor(outputs) -> None:
     """The oracle stacks perturbations along the rows of the model's output: it must be one tensor."""
-    if not torch.is_tensor(outputs):
+    if not isinstance(outputs, torch.Tensor):  # (not torch.is_tensor: a dispatch on every loss)
         kind = type(outputs).__name__
         raise ArgumentError(
             f"`model` returned a {kind}, not one tensor: TorchOracle stacks perturbations along the rows of "
