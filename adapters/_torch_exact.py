@@ -127,29 +127,29 @@ def module_key(m: nn.Module) -> tuple:
     train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
     forward hook is registered on it (the closed forms do not run hooks); and which of its
     parameters train (one unfrozen after the oracle was built is not in its flat vector)."""
+    ps = m._parameters
     return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
-            tuple(p.requires_grad for p in m._parameters.values() if p is not None))
-
-
-def global_hooks() -> bool:
-    return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+            tuple([p.requires_grad for p in ps.values() if p is not None]) if ps else ())
 
 
 def _modes(model) -> tuple:
-    """The split key of ``model`` now (the first part of ``_model_state``)."""
-    return tuple(module_key(m) for m in model.modules()) + (global_hooks(),)
+    """The split key of ``model`` now (the first part of ``_model_state``). Global forward hooks
+    (``register_module_forward_hook``) are left out: tools that observe every module register
+    them (``FlopCounterMode``, profilers), and a check of the split under them would run, and be
+    counted, inside the tool."""
+    return tuple(module_key(m) for m in model.modules())
 
 
 def _what_changed(old: tuple, new: tuple) -> str:
     """In words, how the split key ``new`` differs from ``old``."""
     parts = []
-    if [k[0] for k in old[:-1]] != [k[0] for k in new[:-1]]:
+    if [k[0] for k in old] != [k[0] for k in new]:
         parts.append("a module was replaced, added or removed")
-    if [k[2] for k in old[:-1]] != [k[2] for k in new[:-1]] or old[-1] != new[-1]:
+    if [k[2] for k in old] != [k[2] for k in new]:
         parts.append("a forward hook was registered or removed")
-    if [k[1] for k in old[:-1]] != [k[1] for k in new[:-1]]:
+    if [k[1] for k in old] != [k[1] for k in new]:
         parts.append("train/eval modes changed")
-    if [k[3] for k in old[:-1]] != [k[3] for k in new[:-1]]:
+    if [k[3] for k in old] != [k[3] for k in new]:
         parts.append("a parameter was frozen or unfrozen")
     return " and ".join(parts) or "the model changed"
 

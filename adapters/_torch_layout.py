@@ -49,8 +49,8 @@ def _as_torch_dtype(dtype):
         return dtype
     table = {"float32": torch.float32, "float64": torch.float64}
     try:
-        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    except TypeError:  # a torch dtype NumPy does not know (bfloat16)
+        name = np.dtype(dtype).name  # "double", "f8", np.float64 and "float64" alike
+    except TypeError:  # a torch dtype NumPy does not know (bfloat16), or no dtype at all
         name = str(dtype)
     if name not in table:
         raise ArgumentError(f"`dtype` must be float32 or float64 (torch, numpy or a string), got {dtype!r}: a finite "
@@ -95,15 +95,14 @@ class _Core:
     def __getstate__(self):
         state = dict(self.__dict__)
         pos = {id(m): i for i, m in enumerate(self.model.modules())}
-        state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key[:-1]) + key[-1:]
-                                  for key in self.checked_modes]
+        state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key) for key in self.checked_modes]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         mods = list(self.model.modules())
-        self.checked_modes = {tuple((id(mods[k[0]]) if 0 <= k[0] < len(mods) else None,) + tuple(k[1:])
-                                    for k in key[:-1]) + key[-1:] for key in state["checked_modes"]}
+        self.checked_modes = {tuple((id(mods[k[0]]) if 0 <= k[0] < len(mods) else None,) + tuple(k[1:]) for k in key)
+                              for key in state["checked_modes"]}
 
 
 def build_core(model, blocks) -> _Core:

@@ -32,8 +32,8 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (ensure_split, first_bind, full_coordinate_losses, global_hooks, module_key,
-                           parameter_names, reference_loss, shared_suffix)
+from ._torch_exact import (_modes, ensure_split, first_bind, full_coordinate_losses, module_key, parameter_names,
+                           reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
     absorb,
@@ -73,20 +73,20 @@ def _copy(params):
     return params.clone() if torch.is_tensor(params) else params.copy()
 
 
-def _model_state(model: nn.Module, read_only: bool = False) -> tuple:
+def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple:
     """What a cached activation or base loss depends on besides the parameters and the batch:
     every module's train/eval mode and every buffer's identity and version (running statistics
     written in place, or ``load_state_arrays``). ``read_only``: only the buffers of modules in
     eval mode, the ones a forward reads."""
-    flags, buffers = [], []
+    keys, buffers = [], []
     for m in model.modules():  # one walk for both
-        flags.append(module_key(m))
+        if flags is None:
+            keys.append(module_key(m))
         if m._buffers and not (read_only and m.training):
             buffers += [(id(b), b._version) for b in m._buffers.values() if b is not None]
-        # frozen weights (requires_grad=False) are not in the flat vector: like buffers, read as they are
-        buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
-    flags.append(global_hooks())
-    return tuple(flags), tuple(buffers)
+        if m._parameters:  # frozen weights (requires_grad=False) are not in the flat vector: read like buffers
+            buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
+    return (tuple(keys) if flags is None else flags), tuple(buffers)
 
 
 def _same(old, params) -> bool:
@@ -125,6 +125,19 @@ class _Features:
     def __repr__(self):
         shapes = [tuple(s.shape) for s in self.state]
         return f"<features entering block {self.block}: {shapes}>"
+
+
+def _persistent_buffers(model: nn.Module) -> dict:
+    """``name -> buffer`` of the buffers ``state_dict`` holds: a non-persistent one (a RoPE table,
+    a causal mask: ``register_buffer(..., persistent=False)``) is derived, not state."""
+    out, seen = {}, set()
+    for prefix, m in model.named_modules():
+        skip = m._non_persistent_buffers_set
+        for name, b in m._buffers.items():
+            if b is not None and name not in skip and id(b) not in seen:
+                seen.add(id(b))
+                out[f"{prefix}.{name}" if prefix else name] = b
+    return out
 
 
 def _rows(vals: torch.Tensor) -> torch.Tensor:
@@ -321,14 +334,15 @@ class TorchOracle:
         return self
 
     def state_arrays(self) -> dict:
-        """The module's buffers (BatchNorm running statistics) as NumPy arrays, by name.
+        """The module's buffers (BatchNorm running statistics) as NumPy arrays, by name: those
+        ``state_dict`` holds (non-persistent buffers are derived, and left out).
 
         ``zoracle.train`` saves them in checkpoints, since they live outside the flat
         parameters and change in train mode.
         """
         # bfloat16 has no NumPy dtype: saved as float32 (exact), loaded back as the buffer's dtype
         return {name: (b.detach().cpu().float() if b.dtype == torch.bfloat16 else b.detach().cpu()).numpy().copy()
-                for name, b in self._core.model.named_buffers()}
+                for name, b in _persistent_buffers(self._core.model).items()}
 
     @property
     def plain_call_updates_state(self) -> bool:
@@ -347,9 +361,11 @@ class TorchOracle:
 
     def load_state_arrays(self, arrays: dict) -> None:
         """Restore buffers saved by :meth:`state_arrays` (names and shapes must match)."""
-        buffers = dict(self._core.model.named_buffers())
+        model = self._core.model
+        buffers = _persistent_buffers(model)
+        derived = set(dict(model.named_buffers())) - set(buffers)  # saved by older versions: recomputed, not restored
         missing = sorted(set(buffers) - set(arrays))
-        extra = sorted(set(arrays) - set(buffers))
+        extra = sorted(set(arrays) - set(buffers) - derived)
         if missing or extra:
             raise ArgumentError(
                 f"buffer names differ from this model's: missing {missing[:5]}, unexpected {extra[:5]}; "
@@ -666,7 +682,8 @@ class TorchOracle:
         """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off (a plain
         ``nn.Sequential`` runs its modules one by one, the same calls, keeping the activations)."""
         self._require_batch()
-        ensure_split(self)  # the chain below must still be the model's (and its parameters the oracle's)
+        flags = _modes(self.model)  # what the model is (modules, modes, hooks): a plain call leaves it so
+        ensure_split(self, flags)  # the chain below must still be the model's (and its parameters the oracle's)
         self._load(params)
         with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
             key = _copy(params)
@@ -684,7 +701,7 @@ class TorchOracle:
         # the per-sample losses at the base point: the fast suffix path reuses them for the
         # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again;
         # both caches hold the model's state after the run (a plain call may update buffers)
-        state = _model_state(self.model)
+        state = _model_state(self.model, flags=flags)
         if states is not None:
             self._state_cache = (key, states, state)
         self._base_rows = (key, rows, state)

@@ -942,3 +942,45 @@ def test_one_output_regression_rows_resume_false_and_a_parameter_unfrozen_later(
     model[0].requires_grad_(True)
     with pytest.raises(zo.ArgumentError, match="a parameter unfrozen with requires_grad_"):
         frozen(p)
+
+
+def test_review_findings_float64_params_check_empty_checkpoint_derived_buffers_and_dtype_names(tmp_path):
+    """check_oracle failed a correct float32 model given float64 params (float64 tolerances for float32
+    rounding); train refused a checkpoint path holding an empty file (tempfile.mkstemp's); a model
+    with a complex non-persistent buffer (a RoPE table) could not be checkpointed; dtype="double"
+    was refused as half precision; a global forward hook (FlopCounterMode's) checked the split
+    again inside the counting tool."""
+    import os
+    import tempfile
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoracle.adapters._torch_exact import ensure_split
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 3))
+    x, y = torch.randn(6, 1, 6, 6), torch.randint(0, 3, (6,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    check_oracle(oracle, oracle.initial_params().astype(np.float64), step=1e-3)
+    with FlopCounterMode(display=False):
+        assert not ensure_split(oracle)
+    assert TorchOracle(nn.Linear(2, 2), CE_ROWS, dtype="double").dtype == torch.float64
+
+    class Rope(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.register_buffer("freqs", torch.polar(torch.ones(4), torch.arange(4.0)), persistent=False)
+
+        def forward(self, h):
+            return self.lin(h * self.freqs.real)
+
+    rope = TorchOracle(Rope(), CE_ROWS)
+    assert "freqs" not in rope.state_arrays()
+    fd, path = tempfile.mkstemp(suffix=".npz", dir=tmp_path)
+    os.close(fd)
+    xs, ys = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), np.arange(8) % 3
+    res = zo.train(rope, rope.initial_params(), batches=[(xs, ys)], epochs=2, checkpoint=path, progress=False)
+    again = zo.train(rope, rope.initial_params(), batches=[(xs, ys)], epochs=3, checkpoint=path, resume=True,
+                     progress=False)
+    assert res.steps == 2 and again.steps == 3

@@ -320,8 +320,8 @@ def existing_checkpoint(path) -> str | None:
     another version, or corrupt), or ``"foreign"`` (a file zoracle did not write). Reads the header
     only."""
     path = os.fspath(path)
-    if not os.path.lexists(path) or os.path.isdir(path):
-        return None
+    if not os.path.lexists(path) or os.path.isdir(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
+        return None  # an empty file (tempfile.mkstemp's) holds nothing to keep
     try:
         load_checkpoint(path, expected={})
     except CheckpointError as exc:

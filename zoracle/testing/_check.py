@@ -67,7 +67,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     would pass a fast path whose changes are wrong). ``rtol`` and ``atol`` default by
     ``params``' dtype: 1e-10 and 1e-12 in float64; 1e-5 and 1e-7 in float32, where a correct
     fast path and a plain call may differ by a few units of the float32 rounding of the
-    model's outputs. Check at the step you train with (``step=mu``): a fast path that adds
+    model's outputs (the float32 tolerances also apply to an oracle whose ``compute_dtype`` is
+    float32, whatever ``params``' dtype). Check at the step you train with (``step=mu``): a fast path that adds
     ``step`` where ``params`` cannot represent it shows only at steps near that resolution.
 
     Returns
@@ -93,7 +94,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     for name, v in (("n_coords", n_coords), ("n_rows", n_rows)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ArgumentError(f"`{name}` must be an integer >= 1, got {v!r}")
-    single = params.dtype == np.float32
+    # an oracle that computes in float32 (``compute_dtype``: a float32 model given float64 params)
+    # differs from its reference by float32 rounding, whatever params' dtype
+    single = params.dtype == np.float32 or str(getattr(oracle, "compute_dtype", "")) == "float32"
     rtol = (1e-5 if single else 1e-10) if rtol is None else rtol
     atol = (1e-7 if single else 1e-12) if atol is None else atol
     xp = namespace(params)
