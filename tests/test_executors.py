@@ -558,7 +558,12 @@ def test_torch_oracle_feature_reuse_equals_serial(loky2, threads2):
         for est in (zo.CGE(mu=1e-4), zo.RGE(mu=1e-3, directions=7)):
             ref = zo.estimate_gradient(oracle, theta, est, rng=step)
             for ex in (SerialExecutor(), loky2, threads2):
-                assert_same(zo.estimate_gradient(oracle, theta, est, rng=step, executor=ex), ref)
+                got = zo.estimate_gradient(oracle, theta, est, rng=step, executor=ex)
+                # to round-off: the oracle chunks its suffixes by costs it times, so a loaded machine
+                # can batch the coordinates otherwise; a loss difference's last bit over mu is the limit
+                tol = 32 * np.finfo(np.float64).eps * max(1.0, abs(ref.loss)) / est.mu
+                np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=tol)
+                assert (got.loss, got.nfev, got.grad.dtype) == (ref.loss, ref.nfev, ref.grad.dtype)
 
 
 def _bn_dropout_net(torch):
