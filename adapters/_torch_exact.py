@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
+import weakref
 
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from zoracle._errors import ArgumentError
 
@@ -64,13 +66,45 @@ def reference_loss(oracle, x, y) -> float:
     return float(v.double().mean())
 
 
+class _ParameterReads(TorchFunctionMode):
+    """Notes whether any torch function gets one of the given tensors (by id) as an argument."""
+
+    def __init__(self, ids: set):
+        super().__init__()
+        self.ids, self.hit = ids, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.hit:
+            stack = list(args) + list((kwargs or {}).values())
+            while stack:
+                a = stack.pop()
+                if isinstance(a, (list, tuple)):
+                    stack.extend(a)
+                elif isinstance(a, torch.Tensor) and id(a) in self.ids:
+                    self.hit = True
+                    break
+        return func(*args, **(kwargs or {}))
+
+
 def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
     core = oracle._core
     if core.scalar_loss is None:
         with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
-            v = to_torch(oracle.loss_fn(oracle.model(oracle._x), oracle._y))
-        B = oracle._x.shape[0]
+            out = oracle.model(oracle._x)
+            B = oracle._x.shape[0]
+            if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != B):
+                raise ArgumentError(
+                    f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
+                    "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
+                    "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
+            with _ParameterReads({id(p) for p in core.params}) as reads:
+                v = to_torch(oracle.loss_fn(out, oracle._y))
+        if reads.hit:
+            raise ArgumentError(
+                "`loss_fn` reads the model's trainable parameters (a penalty such as weight decay inside the loss): "
+                "the oracle perturbs parameters inside model(x) only, so the loss would see them unperturbed. Add "
+                "the penalty in the model's forward, or use the optimizer's weight_decay")
         scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)
         if not scalar and tuple(v.shape) not in ((B,), (B, 1)):  # (B, 1): a one-output regression's rows
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({B},) or one mean loss "
@@ -125,11 +159,33 @@ def module_key(m: nn.Module) -> tuple:
     """What the split of a model depends on, per module, besides parameters and buffers: the
     module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
     train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
-    forward hook is registered on it (the closed forms do not run hooks); and which of its
-    parameters train (one unfrozen after the oracle was built is not in its flat vector)."""
+    forward hook is registered on it (the closed forms do not run hooks); which of its
+    parameters train (one unfrozen after the oracle was built is not in its flat vector); and
+    its plain attributes (numbers, flags, strings a forward may read)."""
     ps = m._parameters
     return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
-            tuple([p.requires_grad for p in ps.values() if p is not None]) if ps else ())
+            tuple([p.requires_grad for p in ps.values() if p is not None]) if ps else (),
+            _plain_values(m))
+
+
+_PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _plain_values(m: nn.Module) -> tuple:
+    """The values of ``m``'s plain attributes. Their names are read once per module: an attribute a
+    forward reads exists when the forward is first run (the capture), so new names do not matter."""
+    names = _PLAIN_NAMES.get(m)
+    d = m.__dict__
+    if names is None:
+        names = _PLAIN_NAMES[m] = tuple(k for k, v in d.items() if type(v) in _PLAIN and k not in _TOGGLED)
+    return tuple([d.get(k) for k in names]) if names else ()
+
+
+#: the types of plain attributes a forward may read (``self.temperature``, ``negative_slope``,
+#: ``self.use_residual``): torch.fx bakes them into the captured graph, and cached activations hold them
+_PLAIN = (int, float, bool, str)
+#: attributes the oracle itself switches while it runs (``norm_context``), or that are the key already
+_TOGGLED = frozenset({"training", "inplace", "dropout"})
 
 
 def _modes(model) -> tuple:
@@ -151,6 +207,8 @@ def _what_changed(old: tuple, new: tuple) -> str:
         parts.append("train/eval modes changed")
     if [k[3] for k in old] != [k[3] for k in new]:
         parts.append("a parameter was frozen or unfrozen")
+    if [k[4] for k in old] != [k[4] for k in new]:
+        parts.append("a module's attribute changed (a number or flag its forward may read)")
     return " and ".join(parts) or "the model changed"
 
 
@@ -249,13 +307,20 @@ def _recheck_float64(oracle, probe) -> bool:
     return bool(twin._core.blocks) and _signature(twin._core) == _signature(core)
 
 
+def _args_text(args) -> str:
+    import torch.fx as fx
+
+    return repr(fx.node.map_arg(args, lambda a: a.name))
+
+
 def _signature(core) -> tuple:
     """The split's steps as names, module types and graph nodes: equal for the same capture."""
     out = []
     for st in core.chain.steps:
         nodes = getattr(st.fn, "nodes", None)
-        fn = (tuple((n[0], n[1], getattr(n[2], "__name__", str(n[2]))) for n in nodes) if nodes is not None
-              else type(st.fn).__name__)
+        # the constants the capture baked in count (a temperature read from an attribute)
+        fn = (tuple((n[0], n[1], getattr(n[2], "__name__", str(n[2])), _args_text(n[3:])) for n in nodes)
+              if nodes is not None else type(st.fn).__name__)
         out.append((st.name, type(st.module).__name__ if st.module is not None else None, fn))
     return tuple(out)
 
