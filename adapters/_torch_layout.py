@@ -85,6 +85,7 @@ class _Core:
         self.checked = False     # the split's self-check ran (once, at the first bound batch)
         self.checked_modes = set()  # the modules' train/eval modes the split passed the check in
         self.scalar_loss = None  # loss_fn returns one mean loss (True) or per-sample losses (False)
+        self.group_rows = False  # per-sample losses coupled across the batch: called per group, averaged
         self.shared = []
         self.downstream = {}     # block step -> which later steps a perturbation reaches
         self.probe = {}      # per-sample shape key -> per-step state bytes per sample

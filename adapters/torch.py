@@ -556,6 +556,8 @@ class TorchOracle:
     def _scalar(self, outputs, targets) -> torch.Tensor:
         _one_tensor(outputs)
         v = to_torch(self.loss_fn(outputs, targets), outputs.device)
+        if v.numel() != 1 and getattr(self._core, "group_rows", False):
+            return _rows(v).mean()  # one group's coupled per-sample losses: their mean
         if v.numel() != 1:
             raise ArgumentError(f"`loss_fn` returned a scalar for the first minibatch but shape {tuple(v.shape)} "
                                 "now; it must keep one convention")
