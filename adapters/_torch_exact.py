@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from zoracle._errors import ArgumentError
 
-from ._torch_chain import _DROPOUT, _NoDropout, norm_context, vmap_safe
+from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, norm_context, vmap_safe
 from ._torch_layout import Chain, Step, to_torch
 
 __all__ = ["first_bind", "reference_loss", "full_coordinate_losses", "shared_suffix"]
@@ -352,10 +352,13 @@ def _check_split(oracle, theta) -> str:
     core = oracle._core
     x, y = oracle._x, oracle._y
     ref0 = reference_loss(oracle, x, y)
-    with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+    with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn) as ctx:
         out, writer = _run_watching_writes(core, x)
         if writer:
             return writer
+        mixer = _mixing_step(core, x, ctx)
+        if mixer:
+            return mixer
         got0 = float(oracle._loss(out, 1)[0])
     if not _close(got0, ref0, ref0, oracle.dtype):
         return (f"the {_split_kind(core)} of {type(core.model).__name__} gives loss {got0:.10g} but model(x) gives "
@@ -379,6 +382,49 @@ def _check_split(oracle, theta) -> str:
                 what = f"{name} ({type(mod).__name__})" if mod is not None else name
                 return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
                         f"on the {_split_kind(core)} but {want:.10g} on model(x)")
+    return ""
+
+
+def _mixing_step(core, x, ctx) -> str:
+    """The first step whose output for one sample depends on the other samples (``h - h.mean(0)``,
+    ``h / h.shape[0]``, ``h.roll(1, 0)``, pairs through ``view``), found by running it on the probe's
+    samples together, then on each sample repeated three times (another batch size, no other
+    sample; a step meant for batches of more than one, ``squeeze()``, still gets one); empty if
+    none. BatchNorm, which the oracle normalizes per perturbation group, and stock layers, which
+    act row by row, are not run. The fast paths stack perturbations along the rows: such a step
+    would mix them. ``ctx.reset()`` puts back buffers a step writes (spectral norm) between runs."""
+    B = x.shape[0]
+    if B < 2:
+        return ""
+    state = (x,)
+    for j, st in enumerate(core.chain.steps):
+        ctx.reset()
+        out = st(state)
+        m = st.module
+        plain = st.fn is None and m is not None and (isinstance(m, _BATCHNORM) or _stock_forward(m))
+        rows = all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B for t in state)
+        if not plain and rows:
+            try:
+                alone = []
+                for i in range(B):
+                    ctx.reset()
+                    three = st(tuple(t[i:i + 1].expand((3,) + tuple(t.shape[1:])).contiguous() for t in state))
+                    alone.append(tuple(a[:1] for a in three))
+                mixed = not all(isinstance(o, torch.Tensor) and o.dim() > 0 and o.shape[0] == B
+                                and all(a[k].shape[1:] == o.shape[1:] for a in alone)
+                                and torch.allclose(torch.cat([a[k] for a in alone]), o,
+                                                   rtol=1e-9 if o.dtype == torch.float64 else 1e-5,
+                                                   atol=(1e-12 if o.dtype == torch.float64 else 1e-6)
+                                                   * max(1.0, float(o.abs().max()) if o.numel() else 1.0))
+                                for k, o in enumerate(out) if o.is_floating_point())
+            except Exception:  # a step that cannot run on one sample alone reads the others
+                mixed = True
+            if mixed:
+                what = f" ({type(m).__name__})" if m is not None else ""
+                return (f"step {st.name or j}{what} mixes samples: its output for one sample depends on the others "
+                        "(a batch statistic, the batch size, or rows paired or shifted along the batch), and the "
+                        "fast paths stack perturbations along the batch")
+        state = out
     return ""
 
 

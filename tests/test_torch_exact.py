@@ -283,7 +283,7 @@ def test_self_check_refuses_a_split_that_mixes_perturbations():
     model = _BatchCentered().double()
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
-    oracle = check_exact(model, x, y, CE_ROWS, expect_warning=r"block fc1 \(Linear\).*full forward")
+    oracle = check_exact(model, x, y, CE_ROWS, expect_warning=r"step .* mixes samples.*full forward")
     assert oracle.blocks == []
 
 
