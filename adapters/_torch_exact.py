@@ -405,18 +405,12 @@ def _mixing_step(core, x, ctx) -> str:
         rows = all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B for t in state)
         if not plain and rows:
             try:
-                alone = []
+                mixed = False
                 for i in range(B):
                     ctx.reset()
                     three = st(tuple(t[i:i + 1].expand((3,) + tuple(t.shape[1:])).contiguous() for t in state))
-                    alone.append(tuple(a[:1] for a in three))
-                mixed = not all(isinstance(o, torch.Tensor) and o.dim() > 0 and o.shape[0] == B
-                                and all(a[k].shape[1:] == o.shape[1:] for a in alone)
-                                and torch.allclose(torch.cat([a[k] for a in alone]), o,
-                                                   rtol=1e-9 if o.dtype == torch.float64 else 1e-5,
-                                                   atol=(1e-12 if o.dtype == torch.float64 else 1e-6)
-                                                   * max(1.0, float(o.abs().max()) if o.numel() else 1.0))
-                                for k, o in enumerate(out) if o.is_floating_point())
+                    mixed = mixed or not all(_same_rows(o, a, i, B) for o, a in zip(out, three)
+                                             if isinstance(o, torch.Tensor) and o.is_floating_point())
             except Exception:  # a step that cannot run on one sample alone reads the others
                 mixed = True
             if mixed:
@@ -426,6 +420,23 @@ def _mixing_step(core, x, ctx) -> str:
                         "fast paths stack perturbations along the batch")
         state = out
     return ""
+
+
+def _same_rows(o, a, i: int, B: int) -> bool:
+    """Whether ``a`` (a step's output on sample ``i`` repeated three times) holds, along the batch
+    dimension, what ``o`` (its output on the ``B`` samples together) holds for sample ``i``. The
+    batch dimension is the one whose size is ``B`` in ``o`` and 3 in ``a`` (a step may move it:
+    attention's ``permute(2, 0, 3, 1, 4)``); an output with none, or with more than one, reduces
+    over the batch or pairs its samples."""
+    if not isinstance(a, torch.Tensor) or a.dim() != o.dim():
+        return False
+    dims = [d for d in range(o.dim()) if o.shape[d] != a.shape[d]]
+    if len(dims) != 1 or o.shape[dims[0]] != B or a.shape[dims[0]] != 3:
+        return False
+    got, want = a.select(dims[0], 0), o.select(dims[0], i)
+    f64 = o.dtype == torch.float64
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    return bool(torch.allclose(got, want, rtol=1e-9 if f64 else 1e-5, atol=(1e-12 if f64 else 1e-6) * scale))
 
 
 def _split_kind(core) -> str:

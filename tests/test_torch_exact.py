@@ -1064,3 +1064,16 @@ def test_per_sample_losses_coupled_across_the_batch_are_evaluated_per_perturbati
     want = [oracle.reference_loss(p) for p in P]
     np.testing.assert_allclose(oracle.batch(P), want, rtol=1e-12, atol=1e-14)
     assert not TorchOracle(model, CE_ROWS, (x, y))._core.group_rows  # a per-sample loss stays one call
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet18", "mobilenet_v3_small"])
+def test_the_zoo_keeps_its_split_under_the_sample_mixing_check(name):
+    """The check that a step does not mix samples runs each step on the probe's samples and on each
+    alone; timm-style attention moves the batch dimension (`permute(2, 0, 3, 1, 4)`), which a
+    first version took for mixing, and the ViT lost its split."""
+    model, x, y = zoo(name, n=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "There is a performance drop")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert len(oracle.blocks) > 3
