@@ -335,3 +335,35 @@ def test_a_step_mixing_samples_is_found_at_the_check(mix):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # vmap may not batch every op: it loops, and says so
         np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
+
+
+class _TimmAttention(nn.Module):
+    """timm's attention: qkv laid out (3, B, heads, N, d) by permute(2, 0, 3, 1, 4)."""
+
+    def __init__(self, dim, heads=2):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def test_attention_that_moves_the_batch_dimension_keeps_its_split():
+    """The sample-mixing check took the permuted qkv (batch in dimension 1) for a step mixing
+    samples, and a timm-style ViT lost its split; it finds the batch dimension where it moved."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), _TimmAttention(8), nn.LayerNorm(8), nn.Flatten(), nn.Linear(40, 3))
+    x, y = torch.randn(6, 5, 4), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert len(oracle.blocks) >= 4
+    theta = oracle.initial_params()
+    coords = np.arange(0, theta.size, 7)
+    want = _reference_rows(oracle, theta, coords, 1e-3)
+    np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
