@@ -353,10 +353,11 @@ def _check_split(oracle, theta) -> str:
     x, y = oracle._x, oracle._y
     ref0 = reference_loss(oracle, x, y)
     with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn) as ctx:
-        out, writer = _run_watching_writes(core, x)
+        states, writer = _run_watching_writes(core, x)
         if writer:
             return writer
-        mixer = _mixing_step(core, x, ctx)
+        mixer = _mixing_step(core, states, ctx)
+        out = states[-1][0]
         if mixer:
             return mixer
         got0 = float(oracle._loss(out, 1)[0])
@@ -385,21 +386,20 @@ def _check_split(oracle, theta) -> str:
     return ""
 
 
-def _mixing_step(core, x, ctx) -> str:
+def _mixing_step(core, states, ctx) -> str:
     """The first step whose output for one sample depends on the other samples (``h - h.mean(0)``,
     ``h / h.shape[0]``, ``h.roll(1, 0)``, pairs through ``view``), found by running it on the probe's
     samples together, then on each sample repeated three times (another batch size, no other
     sample; a step meant for batches of more than one, ``squeeze()``, still gets one); empty if
     none. BatchNorm, which the oracle normalizes per perturbation group, and stock layers, which
     act row by row, are not run. The fast paths stack perturbations along the rows: such a step
-    would mix them. ``ctx.reset()`` puts back buffers a step writes (spectral norm) between runs."""
-    B = x.shape[0]
+    would mix them. ``states``: the chain's run on the probe's samples (:func:`_run_watching_writes`).
+    ``ctx.reset()`` puts back buffers a step writes (spectral norm) between runs."""
+    B = states[0][0].shape[0]
     if B < 2:
         return ""
-    state = (x,)
     for j, st in enumerate(core.chain.steps):
-        ctx.reset()
-        out = st(state)
+        state, out = states[j], states[j + 1]
         m = st.module
         plain = st.fn is None and m is not None and (isinstance(m, _BATCHNORM) or _stock_forward(m))
         rows = all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B for t in state)
@@ -418,7 +418,6 @@ def _mixing_step(core, x, ctx) -> str:
                 return (f"step {st.name or j}{what} mixes samples: its output for one sample depends on the others "
                         "(a batch statistic, the batch size, or rows paired or shifted along the batch), and the "
                         "fast paths stack perturbations along the batch")
-        state = out
     return ""
 
 
@@ -453,7 +452,8 @@ def _version(t):
 
 
 def _run_watching_writes(core, x) -> tuple:
-    """``(output, reason)`` of one chain run on ``x``: ``reason`` names the first step that wrote in
+    """``(states, reason)`` of one chain run on ``x`` (the state entering every step, and the last):
+    ``reason`` names the first step that wrote in
     place into a tensor it did not produce (the input, an earlier step's cached output, a
     trainable parameter), which the fast paths would then read overwritten, or is empty. An
     in-place function torch has no out-of-place twin for (``F.hardtanh_``), or a module's own
@@ -470,8 +470,10 @@ def _run_watching_writes(core, x) -> tuple:
         watch(p, "a trainable parameter")
     watch(x, "the input batch")
     state = (x,)
+    states = [state]
     for j, st in enumerate(core.chain.steps):
         state = st(state)
+        states.append(state)
         for t, v, what in seen.values():
             if t._version != v:
                 name = st.name or f"step {j}"
@@ -479,10 +481,10 @@ def _run_watching_writes(core, x) -> tuple:
                 tail = ("the fast paths would perturb the values it leaves there, not the parameters'"
                         if what.endswith("parameter") else
                         "which the fast paths read from their cache: they would see it overwritten")
-                return state[0], f"step {name}{mod} writes in place into {what}; {tail}"
+                return states, f"step {name}{mod} writes in place into {what}; {tail}"
         for t in state:
             watch(t, f"the output of step {st.name or j}")
-    return state[0], ""
+    return states, ""
 
 
 def _perturbed_reference(oracle, theta, i: int, step: float) -> float:

@@ -43,12 +43,14 @@ def _slices(blocks) -> list:
     return out
 
 
-def check_disjoint(slices, name: str = "blocks") -> None:
-    """Every parameter in one block at most (the keep ratios split one budget over them)."""
-    spans = sorted((s.start, s.stop, i) for i, s in enumerate(slices))
-    for (a0, a1, ai), (b0, b1, bi) in zip(spans, spans[1:]):
+def check_disjoint(slices, name: str = "blocks", **more) -> None:
+    """Every parameter in one block at most (the keep ratios split one budget over them): the
+    slices of ``name`` and of every further group ``more`` (e.g. ``dense=...``) together."""
+    groups = {name: slices, **more}
+    spans = sorted((s.start, s.stop, n, i) for n, group in groups.items() for i, s in enumerate(group))
+    for (a0, a1, an, ai), (b0, b1, bn, bi) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise ArgumentError(f"`{name}[{ai}]` = slice({a0}, {a1}) and `{name}[{bi}]` = slice({b0}, {b1}) overlap; "
+            raise ArgumentError(f"`{an}[{ai}]` = slice({a0}, {a1}) and `{bn}[{bi}]` = slice({b0}, {b1}) overlap; "
                                 "every parameter may belong to one block only")
 
 
@@ -134,12 +136,7 @@ class DynamicMasks:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ArgumentError(f"`seed` must be an integer (masks are drawn from it), got {self.seed!r}")
         # every parameter in one block at most: an overlap is found here, not when a draw first repeats an index
-        spans = sorted((s.start, s.stop, name, i) for name, group in (("blocks", self.blocks), ("dense", self.dense))
-                       for i, s in enumerate(group))
-        for (a0, a1, an, ai), (b0, b1, bn, bi) in zip(spans, spans[1:]):
-            if b0 < a1:
-                raise ArgumentError(f"`{an}[{ai}]` = slice({a0}, {a1}) and `{bn}[{bi}]` = slice({b0}, {b1}) overlap; "
-                                    "every parameter may belong to one block only")
+        check_disjoint(self.blocks, dense=self.dense)
 
     @property
     def per_step(self) -> bool:

@@ -12,9 +12,10 @@ import numpy as np
 
 from ._checkpoint import _tmp_path, check_writable
 from ._errors import ArgumentError
+from ._train import EPOCH_FIELDS
 
 #: Fields of the history's records that are not ``eval_fn`` metrics.
-RECORD_FIELDS = frozenset({"step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"})  # = _train.EPOCH_FIELDS
+RECORD_FIELDS = frozenset(EPOCH_FIELDS)
 X_AXES = ("queries", "step")
 PANELS_PER_ROW = 4
 
