@@ -13,4 +13,4 @@ import sys
 from zoracle.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["defense", *sys.argv[1:]]))
+    sys.exit(main(["defense", *sys.argv[1:]], prog="python examples/defense.py"))

@@ -10,4 +10,4 @@ import sys
 from zoracle import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["sol", *sys.argv[1:]]))
+    sys.exit(cli.main(["sol", *sys.argv[1:]], prog="python examples/sol.py"))

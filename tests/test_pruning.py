@@ -193,6 +193,7 @@ def test_masks_same_seed_same_masks_and_redraw_at_intervals():
     (dict(blocks=[slice(-3, 2)]), "0 <= start < stop and no step"),
     (dict(blocks=[slice(0, 10, 2)]), "0 <= start < stop and no step"),
     (dict(seed=None), "`seed` must be an integer"),
+    (dict(seed=-1), "`seed` must be an integer >= 0"),  # it drew 2**63 - 1's masks
 ])
 def test_dynamic_masks_refuse_overlaps_bad_slices_and_seeds_when_built(kw, match):
     """These used to build, then fail at some epochs only (an overlap), keep more than the

@@ -488,6 +488,8 @@ def test_minibatches_take_rows_by_position_from_every_kind_of_array():
 @pytest.mark.parametrize("make,match", [
     (lambda: zo.Minibatches((np.arange(4),), 2, seed=None), "`seed` must be an integer"),
     (lambda: zo.Minibatches((np.arange(4),), 2)(-1), "`epoch` must be an integer >= 0"),
+    # -1 used to shuffle as 2**63 - 1 did (the seed was taken modulo 2**63)
+    (lambda: zo.Minibatches((np.arange(4),), 2, seed=-1), "`seed` must be an integer >= 0"),
 ])
 def test_minibatches_refuse_bad_seeds_and_epochs(make, match):
     with pytest.raises(zo.ArgumentError, match=match):

@@ -133,8 +133,8 @@ class DynamicMasks:
         object.__setattr__(self, "ratios", tuple(float(r) for r in np.asarray(self.ratios, dtype=float).ravel()))
         keep_counts(self.blocks, self.ratios)  # validates
         object.__setattr__(self, "interval", check_interval(self.interval))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise ArgumentError(f"`seed` must be an integer (masks are drawn from it), got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ArgumentError(f"`seed` must be an integer >= 0 (masks are drawn from it), got {self.seed!r}")
         # every parameter in one block at most: an overlap is found here, not when a draw first repeats an index
         check_disjoint(self.blocks, dense=self.dense)
 
@@ -150,9 +150,9 @@ class DynamicMasks:
         if self.per_step:
             if step is None:
                 raise ArgumentError("per-step masks (`mask_shuffle_interval=\"step\"`) need the `step`")
-            key = [int(self.seed) % 2**63, 0x6D61736B, 0x73746570, int(step)]
+            key = [int(self.seed), 0x6D61736B, 0x73746570, int(step)]
         else:
-            key = [int(self.seed) % 2**63, 0x6D61736B, self.period(epoch)]
+            key = [int(self.seed), 0x6D61736B, self.period(epoch)]
         return random_masks(self.blocks, self.ratios, np.random.default_rng(key), dense=self.dense)
 
     @property

@@ -81,8 +81,8 @@ class Minibatches:
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise ArgumentError(f"`seed` must be an integer (the shuffle of epoch e is drawn from (seed, e)), "
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ArgumentError(f"`seed` must be an integer >= 0 (the shuffle of epoch e is drawn from (seed, e)), "
                                 f"got {self.seed!r}")
 
     @property
@@ -97,7 +97,7 @@ class Minibatches:
             raise ArgumentError(f"`epoch` must be an integer >= 0, got {epoch!r}")
         idx = np.arange(self.n)
         if self.shuffle:
-            idx = np.random.default_rng([int(self.seed) % 2**63, int(epoch)]).permutation(self.n)
+            idx = np.random.default_rng([int(self.seed), int(epoch)]).permutation(self.n)
         out = []
         for k in range(len(self)):
             rows = idx[k * self.batch_size:(k + 1) * self.batch_size]

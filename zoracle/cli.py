@@ -96,7 +96,7 @@ def _writable(path: str, kind: str) -> str | None:
     return None
 
 
-def check_outputs(name: str, args) -> None:
+def check_outputs(name: str, args, prog: str | None = None) -> None:
     """Every output path of a command is writable, checked before any work (one-line error)."""
     for attr, kind in OUTPUTS.items():
         value = getattr(args, attr, None)
@@ -105,31 +105,34 @@ def check_outputs(name: str, args) -> None:
         flag = "--" + attr.replace("_", "-")
         why = _writable(str(value), kind)
         if why is not None:
-            raise SystemExit(f"zoracle {name}: error: {flag} {value}: cannot write there ({why})")
+            raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value}: cannot write there ({why})")
     if getattr(args, "plot", None) is not None and importlib.util.find_spec("matplotlib") is None:
         raise _missing(name, "--plot needs matplotlib")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
+    """Run ``zoracle COMMAND ...``; ``prog`` names the program in usage and error lines (the
+    examples that wrap a command pass their own name)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # the subcommand's own arguments come from its module, loaded only for that command
     if argv and argv[0] in COMMANDS:
         mod = _load(argv[0])
-        sub = _Parser(prog=f"zoracle {argv[0]}", description=COMMANDS[argv[0]][2])
+        name = prog or f"zoracle {argv[0]}"
+        sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
         mod.add_arguments(sub)
         args = sub.parse_args(argv[1:])
-        check_outputs(argv[0], args)
+        check_outputs(argv[0], args, name)
         try:
             return int(mod.main(args) or 0)
         except ModuleNotFoundError as exc:  # a dependency imported late (e.g. matplotlib for --plot)
             print(str(_missing(argv[0], str(exc))), file=sys.stderr)
             return 1
         except ZoracleError as exc:
-            print(f"zoracle {argv[0]}: error: {exc}", file=sys.stderr)
+            print(f"{name}: error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print(f"zoracle {argv[0]}: interrupted", file=sys.stderr)
+            print(f"{name}: interrupted", file=sys.stderr)
             return 130
     args = parser.parse_args(argv)
     if args.command is None:
