@@ -399,7 +399,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         finite number >= 0; the values at the steps the run will reach among
         ``FINGERPRINT_STEPS`` are checked before the first query.
     mu : float or schedule, optional
-        Smoothing parameter per step (overrides the estimator's ``mu``).
+        Smoothing parameter per step (overrides the estimator's ``mu`` in the steps; ZO-GraSP,
+        run before the first step, scores with the estimator's own ``mu``).
     sparsity : float, optional
         Gradient sparsity of sparse CGE (0.9 = estimate 10% of the scored weights).
     ratios : {"zo_grasp", "smart", "uniform", "random"} or array
