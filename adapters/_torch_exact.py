@@ -293,7 +293,24 @@ def _self_check(oracle, why: str = "") -> None:
     finally:
         oracle._load(theta)
     if reason:
-        retire_split(oracle, why + reason)
+        retire_split(oracle, why + (_hook_reparametrized(core.model) or reason))
+
+
+def _hook_reparametrized(model: nn.Module) -> str:
+    """The reason to give when a module recomputes its weight in a forward pre-hook (the old
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm``): the split perturbs the stored
+    parameters the hook reads, which it cannot follow (the error it raises names no cause)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for name, m in model.named_modules():
+        for hook in m._forward_pre_hooks.values():
+            if isinstance(hook, (WeightNorm, SpectralNorm)):
+                kind = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+                return (f"module {name or type(model).__name__!r} recomputes {hook.name!r} in a forward pre-hook "
+                        f"(torch.nn.utils.{kind}, deprecated), which the split cannot follow; "
+                        f"torch.nn.utils.parametrizations.{kind} keeps feature reuse")
+    return ""
 
 
 def retire_split(oracle, reason: str) -> None:

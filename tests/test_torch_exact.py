@@ -1077,3 +1077,39 @@ def test_the_zoo_keeps_its_split_under_the_sample_mixing_check(name):
         warnings.filterwarnings("ignore", "There is a performance drop")
         oracle = TorchOracle(model, CE_ROWS, (x, y))
     assert len(oracle.blocks) > 3
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm"])
+def test_hook_style_reparametrization_falls_back_naming_the_hook_and_the_parametrization_that_splits(kind):
+    """The old ``torch.nn.utils.weight_norm`` / ``spectral_norm`` recompute the weight in a forward
+    pre-hook: the split failed on it, and the warning quoted torch's "INDICES element is out of DATA
+    bounds". The fallback's estimate is the textbook one; the parametrization named in the warning
+    keeps the split and gives the same estimate."""
+    torch.manual_seed(0)
+
+    def build(old):
+        lin = nn.Linear(4, 6)
+        wrap = getattr(torch.nn.utils if old else torch.nn.utils.parametrizations, kind)
+        torch.manual_seed(1)
+        return nn.Sequential(wrap(lin), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        old = TorchOracle(build(True), CE_ROWS, (x, y))
+        theta = old.initial_params()
+        est = zo.estimate_gradient(old, theta, zo.CGE(mu=1e-6)).grad
+    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    assert f"forward pre-hook (torch.nn.utils.{kind}, deprecated)" in said, said
+    assert f"torch.nn.utils.parametrizations.{kind} keeps feature reuse" in said and "INDICES" not in said
+    want = np.array([(old(theta + 1e-6 * e) - old(theta)) / 1e-6 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
+    if kind == "weight_norm":  # parametrized spectral norm keeps its own power-iteration vector
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            new = TorchOracle(build(False), CE_ROWS, (x, y))
+            assert new.blocks
+            theta = new.initial_params()
+            est = zo.estimate_gradient(new, theta, zo.CGE(mu=1e-6)).grad
+        want = np.array([(new(theta + 1e-6 * e) - new(theta)) / 1e-6 for e in np.eye(theta.size)])
+        np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
