@@ -369,3 +369,16 @@ def test_coordinate_oracle_applies_the_representable_step():
     assert np.unique((x + np.float32(1e-3)) - x).tolist() == [np.float32(0.0010070801)]
     assert err["docs"] < 1e-6 and err["plain"] < 1e-6
     assert round(err["as given"], 3) == 0.007
+
+
+def test_an_oracle_computing_in_float16_is_refused_by_its_compute_dtype():
+    """It failed with "`params` must have dtype float32 or float64, got float16" for float32
+    params the caller had passed: the estimate had recast them to the oracle's float16."""
+    class Half:
+        compute_dtype = np.float16
+
+        def __call__(self, x):
+            return float(np.sum(np.asarray(x, np.float16).astype(np.float64) ** 2))
+
+    with pytest.raises(zo.ArgumentError, match="the oracle's `compute_dtype` is float16"):
+        zo.estimate_gradient(Half(), np.ones(3, np.float32), zo.CGE(mu=1e-2))

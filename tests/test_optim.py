@@ -109,6 +109,7 @@ def test_linear_warmup_wraps_a_schedule():
         (lambda: zo.sgd(0.1, momentum=1.0), "momentum"),
         (lambda: zo.sgd(0.1, nesterov=True), "nesterov"),
         (lambda: zo.adam(0.1, b2=1.5), "b2"),
+        (lambda: zo.adam(0.1, eps=0.0), "`eps` must be > 0"),  # sparse CGE's zeros stepped by 0/0 = NaN
         (lambda: zo.sign_sgd("fast"), "lr"),
         (lambda: zo.cosine_schedule(0.1, total_steps=10, warmup_steps=10), "warmup_steps"),
         (lambda: zo.step_schedule(0.1, step_size=0), "step_size"),

@@ -519,3 +519,32 @@ def test_argument_mistakes_found_by_fuzzing_name_the_argument():
     assert np.array_equal(a, zo.random_masks([slice(0, 40)], [0.25], np.random.default_rng(3)))
     s = zo.cosine_schedule(0.1, total_steps=1, warmup_steps=3)
     assert s(0) == pytest.approx(0.1 / 3) and [s(t) for t in (1, 2, 5)] == [0.0, 0.0, 0.0]  # final after total_steps
+
+
+def test_a_resume_with_rng_none_keeps_the_seed_in_what_it_saves(tmp_path):
+    """A seeded run resumed once with rng=None saved a config without the seed: resuming it again
+    with its own seed was refused ("seed: checkpoint has None, this run has 0")."""
+    path = tmp_path / "run.npz"
+    f = lambda x: float(np.sum((x - 1) ** 2))  # noqa: E731
+    kw = dict(epochs=6, steps_per_epoch=2, estimator=zo.RGE(directions=2), optimizer=zo.sgd(0.05), progress=False,
+              checkpoint=path)
+
+    def stop_after(e):
+        return [lambda ev, rec, p: ev == "epoch" and rec["epoch"] == e]
+
+    zo.train(f, np.zeros(5), rng=0, callbacks=stop_after(1), **kw)
+    zo.train(f, np.zeros(5), rng=None, resume=True, callbacks=stop_after(3), **kw)
+    resumed = zo.train(f, np.zeros(5), rng=0, resume=True, **kw)
+    straight = zo.train(f, np.zeros(5), rng=0, **dict(kw, checkpoint=None))
+    assert resumed.epochs == 6 and np.array_equal(resumed.params, straight.params)
+
+
+def test_zo_grasp_step_checked_with_the_mu_it_uses_and_said_so():
+    """``mu`` sets the steps' smoothing; ZO-GraSP scores with the estimator's. At float32 params of
+    1e6 with mu=1.0 the up-front check passed and ZO-GraSP failed with "RGE(mu=0.005)", a mu the
+    user never set."""
+    with pytest.raises(zo.ArgumentError, match=r"ZO-GraSP scores with the estimator's mu, not `mu`: set it with "
+                                           r"estimator=CGE\(mu=\.\.\.\)"):
+        zo.train(lambda x: float(np.sum(x.astype(np.float64) ** 2)), np.full(40, 1e6, np.float32), epochs=1,
+                 steps_per_epoch=1, estimator=zo.CGE(), mu=1.0, sparsity=0.5,
+                 blocks=[slice(0, 20), slice(20, 40)], rng=0, progress=False)

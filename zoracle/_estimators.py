@@ -387,7 +387,11 @@ def _narrower_dtype(oracle, params):
         cd = np.dtype(cd)
     except TypeError:
         return None
-    return cd if cd.kind == "f" and cd.itemsize < params.dtype.itemsize else None
+    narrow = cd.kind == "f" and cd.itemsize < params.dtype.itemsize
+    if narrow and cd != np.float32:
+        raise ArgumentError(f"the oracle's `compute_dtype` is {cd}, which zoracle does not estimate in (its params "
+                            "are float32 or float64); evaluate in float32 and set compute_dtype = np.float32")
+    return cd if narrow else None
 
 
 def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=None, executor=None,

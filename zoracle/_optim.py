@@ -133,6 +133,9 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
     b1 = _number("b1", b1, 0.0, 1.0, hi_open=True)
     b2 = _number("b2", b2, 0.0, 1.0, hi_open=True)
     eps = _number("eps", eps)
+    if eps == 0:  # sparse estimates leave exact zeros: 0 / (0 + 0) is NaN
+        raise ArgumentError("`eps` must be > 0 (a coordinate whose gradient is exactly 0, as sparse CGE leaves "
+                            "every unestimated one, would step by 0/0 = NaN); use e.g. eps=1e-8")
     weight_decay = _number("weight_decay", weight_decay)
 
     def init(params):

@@ -155,6 +155,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if isinstance(saved, dict) and "ratios" not in saved:
             saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
         check_compatible(path, saved, config)
+        header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
             compare_fingerprints(path, meta.get("fingerprints"), fingerprints)
         root = meta.get("root")

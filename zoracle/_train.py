@@ -619,6 +619,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         params = xp.asarray(got["params"])
         state = _restore_state(state, got["opt"], got["opt_count"], xp)
         root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
+        if got["seed"] is not None and "seed" not in config:  # rng=None resumes the seeded run: it stays seeded
+            config["seed"] = got["seed"]
         steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
         keep = got["keep"]
         if sparse and not isinstance(ratios, str):
@@ -668,6 +670,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"{grasp_queries(grasp_directions)} queries; raise `max_queries`, lower `grasp_directions`, "
                     f"or pass `ratios=\"uniform\"`")
             target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches")
+            try:  # ZO-GraSP's own step: the estimator's mu (a `mu` schedule sets the steps' only)
+                check_step(params, estimator.mu, "forward", "ZO-GraSP's RGE")
+            except StepError as exc:
+                raise StepError(f"{exc}. ZO-GraSP scores with the estimator's mu, not `mu`: set it with "
+                                f"estimator={type(estimator).__name__}(mu=...)") from None
             scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
                               rng=np.random.default_rng([root, 2]), executor=executor)
             nfev += grasp_queries(grasp_directions)
