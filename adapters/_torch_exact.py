@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import numbers
 import warnings
 import weakref
 
@@ -195,20 +196,64 @@ _PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _plain_values(m: nn.Module) -> tuple:
-    """The values of ``m``'s plain attributes. Their names are read once per module: an attribute a
-    forward reads exists when the forward is first run (the capture), so new names do not matter."""
+    """The values of ``m``'s plain attributes (tensors as identity and version). Their names are
+    read once per module: an attribute a forward reads exists when the forward is first run (the
+    capture), so new names do not matter."""
     names = _PLAIN_NAMES.get(m)
     d = m.__dict__
     if names is None:
-        names = _PLAIN_NAMES[m] = tuple(k for k, v in d.items() if type(v) in _PLAIN and k not in _TOGGLED)
-    return tuple([d.get(k) for k in names]) if names else ()
+        names = _PLAIN_NAMES[m] = tuple(k for k, v in d.items() if k not in _TOGGLED and _watched(v))
+    return tuple([_value_key(d.get(k)) for k in names]) if names else ()
 
 
 #: the types of plain attributes a forward may read (``self.temperature``, ``negative_slope``,
-#: ``self.use_residual``): torch.fx bakes them into the captured graph, and cached activations hold them
-_PLAIN = (int, float, bool, str)
+#: ``self.use_residual``, a NumPy scalar from a schedule, ``self.scales = (1.0, 2.0)``, an
+#: optional value set later): torch.fx bakes them into the captured graph, and cached
+#: activations hold them
+_PLAIN = (numbers.Number, np.generic, str, type(None))
 #: attributes the oracle itself switches while it runs (``norm_context``), or that are the key already
 _TOGGLED = frozenset({"training", "inplace", "dropout"})
+
+
+def _watched(v) -> bool:
+    """A plain attribute whose value the split depends on: a scalar, string or None, a tuple or
+    list of them, or a tensor that is not a registered buffer (``self.mask = torch.ones(n)``: a
+    forward reading it reads it live, but cached activations hold it, and an expression of it
+    alone is baked into the graph)."""
+    if isinstance(v, _PLAIN) or torch.is_tensor(v):
+        return True
+    return isinstance(v, (tuple, list)) and all(isinstance(e, _PLAIN) for e in v)
+
+
+def _unwatch_forward_written(model: nn.Module, before: tuple) -> bool:
+    """Stop watching the plain attributes the model's own forwards changed since its key was
+    ``before`` (a counter, an attention map kept for display, the weight an old-style
+    ``weight_norm`` hook recomputes): they are outputs, not settings, and would change the key
+    at every call. True when one was dropped."""
+    dropped = False
+    for m, key in zip(model.modules(), before):
+        names = _PLAIN_NAMES.get(m)
+        if not names or key[0] != id(m):
+            continue
+        d = m.__dict__
+        keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(d.get(k))))
+        if keep != names:
+            _PLAIN_NAMES[m] = keep
+            dropped = True
+    return dropped
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # an attribute whose == is not a truth value
+        return False
+
+
+def _value_key(v):
+    if torch.is_tensor(v):
+        return ("tensor", id(v), v._version)
+    return tuple(v) if isinstance(v, list) else v
 
 
 def _modes(model) -> tuple:
@@ -243,7 +288,7 @@ def ensure_split(oracle, modes=None) -> bool:
     check would not run in the closed forms. ``modes``: the model's key, when the caller has
     it. True when a check ran."""
     core = oracle._core
-    if not core.checked:
+    if not core.checked or core.checking:
         return False
     now = _modes(core.model) if modes is None else modes
     if now in core.checked_modes:
@@ -278,10 +323,12 @@ def _self_check(oracle, why: str = "") -> None:
         return
     # these modes count as checked from here on: the check's own prefix and suffix calls must
     # not start it again (a failed check retires the split, and then nothing is checked)
-    core.checked_modes.add(_modes(core.model))
+    before = _modes(core.model)
+    core.checked_modes.add(before)
     theta = oracle._load(oracle.initial_params()).clone()
     # the split's structure does not depend on the batch size: check on (at most) 2 samples
     probe = _two_samples(oracle)
+    core.checking = True  # a forward that writes an attribute changes the key inside the check
     try:
         reason = _check_split(probe, theta)
         if reason and oracle.dtype != torch.float64 and _recheck_float64(oracle, probe):
@@ -292,6 +339,9 @@ def _self_check(oracle, why: str = "") -> None:
         reason = f"the captured split failed ({type(exc).__name__}: {str(exc)[:200]})"
     finally:
         oracle._load(theta)
+        core.checking = False
+        if _unwatch_forward_written(core.model, before):
+            core.checked_modes.add(_modes(core.model))
     if reason:
         retire_split(oracle, why + (_hook_reparametrized(core.model) or reason))
 

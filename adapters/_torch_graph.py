@@ -60,6 +60,10 @@ class _Tracer(fx.Tracer):
     def __init__(self, all_leaves: bool = False):
         super().__init__()
         self.all_leaves = all_leaves
+        # buffers read in a forward become graph nodes, read when the step runs: left as tensors,
+        # an expression of buffers alone (``self.temp.clamp(min=0.1)``) was computed once at the
+        # capture and baked in, stale after the buffer changed
+        self.proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and type(m).forward in (
@@ -146,14 +150,37 @@ def trace_steps(model: nn.Module):
     """
     graph, err = None, None
     for leaves in (False, True):
+        saved = _attributes(model)
         try:
             graph = _Tracer(leaves).trace(model)
             break
         except Exception as exc:  # data-dependent control flow, unsupported Python
             err = err or exc
+        finally:  # what the traced forward assigned (``self.calls += 1`` on a buffer stores a Proxy)
+            _restore_attributes(saved)
     if graph is None:
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]})"
     return _graph_steps(model, list(graph.nodes))
+
+
+def _attributes(model: nn.Module) -> list:
+    """Every module's buffers, parameters and plain attributes, by reference."""
+    return [(m, dict(m._buffers), dict(m._parameters), {k: v for k, v in m.__dict__.items() if not k.startswith("_")})
+            for m in model.modules()]
+
+
+def _restore_attributes(saved: list) -> None:
+    for m, buffers, params, plain in saved:
+        for store, was in ((m._buffers, buffers), (m._parameters, params)):
+            if store.keys() != was.keys() or any(store[k] is not v for k, v in was.items()):
+                store.clear()
+                store.update(was)
+        d = m.__dict__
+        for k in [k for k in d if not k.startswith("_") and k not in plain]:
+            del d[k]
+        for k, v in plain.items():
+            if d.get(k) is not v:
+                d[k] = v
 
 
 def _graph_steps(model, nodes):

@@ -84,6 +84,7 @@ class _Core:
         self.vmap_ok = True
         self.checked = False     # the split's self-check ran (once, at the first bound batch)
         self.checked_modes = set()  # the modules' train/eval modes the split passed the check in
+        self.checking = False    # the self-check is running (its own queries must not start it again)
         self.scalar_loss = None  # loss_fn returns one mean loss (True) or per-sample losses (False)
         self.group_rows = False  # per-sample losses coupled across the batch: called per group, averaged
         self.shared = []

@@ -1113,3 +1113,71 @@ def test_hook_style_reparametrization_falls_back_naming_the_hook_and_the_paramet
             est = zo.estimate_gradient(new, theta, zo.CGE(mu=1e-6)).grad
         want = np.array([(new(theta + 1e-6 * e) - new(theta)) / 1e-6 for e in np.eye(theta.size)])
         np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
+
+
+def _textbook(oracle, theta, step=1e-6):
+    base = oracle(theta)
+    return np.array([(oracle(theta + step * e) - base) / step for e in np.eye(theta.size)])
+
+
+class _Attributes(nn.Module):
+    """A forward reading a buffer-only expression, plain attributes of several kinds and an
+    unregistered tensor, and writing counters and a tensor of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.register_buffer("temp", torch.tensor(1.0))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.scale, self.scales, self.extra = np.float64(1.0), (1.0,), None
+        self.mask = torch.ones(6)
+        self.n, self.last = 0, None
+
+    def forward(self, x):
+        self.calls += 1
+        self.n += 1
+        h = torch.tanh(self.a(x)) * self.scales[0] * self.scale * self.mask
+        self.last = h.detach()
+        if self.extra is not None:
+            h = h + self.extra
+        return self.c(h) / self.temp.clamp(min=0.1)
+
+
+@pytest.mark.parametrize("change", ["buffer mul_", "load_state_arrays", "numpy scalar", "tuple", "None to float",
+                                    "tensor reassigned", "tensor mul_"])
+def test_what_a_forward_reads_besides_parameters_is_followed_when_it_changes(change):
+    """Each change used to leave the split on the old value (gradient errors of 20-4,000, no
+    warning): fx computed ``temp.clamp(min=0.1)`` once and baked it in; numpy scalars, tuples,
+    attributes that were None and unregistered tensors were not watched. And a forward counting
+    its calls in ``self.n`` made the construction recurse into its own check (it failed with
+    "this TorchOracle has no blocks")."""
+    torch.manual_seed(0)
+    model = _Attributes().double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the split is kept, checked once, without a warning
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        assert oracle.blocks
+        theta = oracle.initial_params()
+        np.testing.assert_allclose(zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad, _textbook(oracle, theta),
+                                   rtol=1e-5, atol=1e-8)
+    with torch.no_grad():
+        {"buffer mul_": lambda: model.temp.mul_(0.5),
+         "load_state_arrays": lambda: oracle.load_state_arrays({"temp": np.array(0.5), "calls": np.array(0)}),
+         "numpy scalar": lambda: setattr(model, "scale", np.float64(3.0)),
+         "tuple": lambda: setattr(model, "scales", (3.0,)),
+         "None to float": lambda: setattr(model, "extra", 0.5),
+         "tensor reassigned": lambda: setattr(model, "mask", torch.tensor([1.0, 0, 1, 0, 1, 0])),
+         "tensor mul_": lambda: model.mask.mul_(torch.tensor([1.0, 0, 1, 0, 1, 0]))}[change]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a plain attribute changed: said once
+        got = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+    np.testing.assert_allclose(got, _textbook(oracle, theta), rtol=1e-5, atol=1e-8)
+
+
+def test_building_the_oracle_leaves_what_the_forward_writes_as_it_was():
+    """The capture traced ``self.calls += 1``: it ran on the real buffer (the constructor counted
+    a call), and with buffers traced as graph nodes it would store a Proxy there."""
+    model = _Attributes()
+    TorchOracle(model, CE_ROWS)
+    assert torch.is_tensor(model.calls) and int(model.calls) == 0 and model.n == 0 and model.last is None
