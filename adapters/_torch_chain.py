@@ -679,17 +679,24 @@ def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h, reset=N
     offs = bp.offsets
     for r, li in enumerate(np.asarray(local).tolist()):
         p_i = int(np.searchsorted(offs[1:], li, side="right"))
-        flat = bp.params[p_i].data.view(-1)
-        j = li - int(offs[p_i])
-        old = flat[j].clone()
-        flat[j] = old + h[r]
+        data = bp.params[p_i].data
+        j = element(data, li - int(offs[p_i]))
+        old = data[j].clone()
+        data[j] = old + h[r]
         try:
             if reset is not None:
                 reset()
             outs.append(step(state))
         finally:
-            flat[j] = old
+            data[j] = old
     return outs
+
+
+def element(t: torch.Tensor, j: int) -> tuple:
+    """The index of ``t``'s ``j``-th element in the flat vector's (row-major) order, for reading
+    and writing it in place whatever ``t``'s strides (a transposed or channels-last weight has no
+    flat view)."""
+    return tuple(int(k) for k in np.unravel_index(int(j), tuple(t.shape))) if t.dim() else ()
 
 
 class Chain:

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from zoracle._errors import ArgumentError
 
-from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, norm_context, vmap_safe
+from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, element, norm_context, vmap_safe
 from ._torch_layout import Chain, Step, to_torch
 
 __all__ = ["first_bind", "reference_loss", "full_coordinate_losses", "shared_suffix"]
@@ -556,13 +556,14 @@ def _run_watching_writes(core, x) -> tuple:
 
 def _perturbed_reference(oracle, theta, i: int, step: float) -> float:
     p, j = _locate(oracle._core, i)
-    flat = p.data.view(-1)
-    old = flat[j].clone()
-    flat[j] = old + step
+    data = p.data
+    j = element(data, j)
+    old = data[j].clone()
+    data[j] = old + step
     try:
         return reference_loss(oracle, oracle._x, oracle._y)
     finally:
-        flat[j] = old
+        data[j] = old
 
 
 def _locate(core, i: int):
@@ -580,16 +581,16 @@ def shared_suffix(oracle, feats, block: int, local, h, ctx) -> torch.Tensor:
     vals = []
     for r, li in enumerate(np.asarray(local).tolist()):
         t = int(np.searchsorted(bp.offsets[1:], li, side="right"))
-        flat = bp.params[t].data.view(-1)
-        j = li - int(bp.offsets[t])
-        old = flat[j].clone()
-        flat[j] = old + h[r]
+        data = bp.params[t].data
+        j = element(data, li - int(bp.offsets[t]))
+        old = data[j].clone()
+        data[j] = old + h[r]
         try:
             ctx.reset()
             out = core.chain.run(feats.state, si)[0]
             vals.append(oracle._loss(out, 1)[0])
         finally:
-            flat[j] = old
+            data[j] = old
     return torch.stack(vals)
 
 
@@ -627,15 +628,16 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                     core.vmap_ok = False
                     warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
                                   "full forwards run one at a time", RuntimeWarning, stacklevel=4)
-            flat = p.data.view(-1)
+            data = p.data
             for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
-                old = flat[j].clone()
-                flat[j] = old + step
+                j = element(data, j)
+                old = data[j].clone()
+                data[j] = old + step
                 try:
                     ctx.reset()
                     out[r] = float(oracle._loss(model(oracle._x), 1)[0])
                 finally:
-                    flat[j] = old
+                    data[j] = old
     return out
 
 

@@ -269,6 +269,13 @@ class TorchOracle:
             raise ArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise ArgumentError(f"`loss_fn` must be callable (outputs, targets) -> per-sample losses, got {loss_fn!r}")
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if isinstance(t, nn.parameter.UninitializedTensorMixin):
+                raise ArgumentError(f"`model` has lazy modules not yet initialized ({name!r}): run one forward on a "
+                                    "sample batch (model(x)) before building the TorchOracle")
+            if t.is_meta:
+                raise ArgumentError(f"`model`'s {name!r} is on the meta device (no values): materialize it first, "
+                                    "e.g. model.to_empty(device='cpu') and then initialize or load its weights")
         tdtype = _as_torch_dtype(dtype)
         if tdtype is not None or device is not None:
             model.to(device=device, dtype=tdtype)
@@ -291,6 +298,12 @@ class TorchOracle:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
         x, y = batch
+        if isinstance(x, dict) or (isinstance(x, (tuple, list)) and any(
+                torch.is_tensor(v) or isinstance(v, np.ndarray) for v in x)):
+            raise ArgumentError(
+                f"`batch`'s x is a {type(x).__name__}: TorchOracle feeds the model one input, an array or tensor "
+                "of samples; for a model taking several inputs, wrap it in a module whose forward takes one "
+                "(e.g. the inputs concatenated along dimension 1, split again in forward)")
         self._base_rows = None  # base losses belong to one minibatch
         self._state_cache = None  # and so do the cached activations
         dev, dt = self.device, self.dtype

@@ -1181,3 +1181,77 @@ def test_building_the_oracle_leaves_what_the_forward_writes_as_it_was():
     model = _Attributes()
     TorchOracle(model, CE_ROWS)
     assert torch.is_tensor(model.calls) and int(model.calls) == 0 and model.n == 0 and model.last is None
+
+
+class _Transposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 4).t())  # (4, 6), not contiguous
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(x @ self.w))
+
+
+@pytest.mark.parametrize("kind", ["transposed", "channels_last"])
+def test_parameters_without_a_flat_view_split_and_fall_back_exactly(kind):
+    """A weight made from a transpose, or a model moved to channels-last (torch's own idiom), has
+    no ``.view(-1)``: the split was refused ("view size is not compatible ...") and the fallback
+    failed on one coordinate a tensor (OracleError)."""
+    torch.manual_seed(0)
+    if kind == "transposed":
+        model, x = _Transposed().double(), torch.randn(8, 4, dtype=torch.float64)
+    else:
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)).double()
+        model = model.to(memory_format=torch.channels_last)
+        x = torch.randn(8, 2, 4, 4, dtype=torch.float64)
+    assert not all(p.is_contiguous() for p in model.parameters())
+    y = torch.randint(0, 3, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        assert oracle.blocks
+        theta = oracle.initial_params()
+        np.testing.assert_allclose(zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad,
+                                   _textbook(oracle, theta), rtol=1e-5, atol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from zoracle.adapters._torch_exact import full_coordinate_losses
+        one = [0, theta.size - 1]  # one coordinate a tensor: the in-place loop, not vmap
+        want = [oracle(theta + 1e-3 * np.eye(theta.size)[i]) for i in one]
+        np.testing.assert_allclose(full_coordinate_losses(oracle, theta, np.array(one), 1e-3), want, rtol=1e-12)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, z):
+        return self.fc(x + z)
+
+
+@pytest.mark.parametrize("inputs", ["tuple", "list", "dict"])
+def test_several_model_inputs_are_refused_naming_batch(inputs):
+    """They failed in NumPy ("setting an array element with a sequence") or torch ("Could not
+    infer dtype of dict"); inputs of one shape were stacked into one tensor silently."""
+    x, z, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 3, (6,))
+    xs = {"tuple": (x, z), "list": [x, z], "dict": {"x": x, "z": z}}[inputs]
+    with pytest.raises(zo.ArgumentError, match=f"`batch`'s x is a {inputs}: TorchOracle feeds the model one input"):
+        TorchOracle(_TwoInputs(), CE_ROWS, (xs, y))
+    oracle = TorchOracle(nn.Linear(2, 3), CE_ROWS, ([[0.0, 1.0], [1.0, 0.0]], [0, 2]))  # nested lists of numbers
+    assert np.isfinite(oracle(oracle.initial_params()))
+
+
+def test_models_without_values_are_refused_when_built():
+    """A model on the meta device failed at bind ("Tensor.item() cannot be called on meta
+    tensors") and a lazy module with torch's UninitializedParameter error."""
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(zo.ArgumentError, match=r"`model`'s '0.weight' is on the meta device .* model.to_empty"):
+        TorchOracle(meta, CE_ROWS)
+    with pytest.raises(zo.ArgumentError, match=r"lazy modules not yet initialized \('0.weight'\): run one forward"):
+        TorchOracle(nn.Sequential(nn.LazyLinear(3)), CE_ROWS)
+    lazy = nn.Sequential(nn.LazyLinear(3))
+    lazy(torch.randn(2, 4))
+    assert TorchOracle(lazy, CE_ROWS).size == 15
