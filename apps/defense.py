@@ -295,7 +295,9 @@ def plot(report: DefenseReport, path: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from zoracle._plot import save_figure
+
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -19,6 +19,7 @@ object ``{"deepzero": {...}, "fo": {...}, "rge": {...}}``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -75,10 +76,11 @@ def _check(args) -> list:
         v = getattr(args, name)
         if not 0 < v < float("inf"):
             raise ArgumentError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
-    if args.threads < 1:
-        raise ArgumentError(f"--threads must be >= 1, got {args.threads}")
-    if args.seed < 0:
-        raise ArgumentError(f"--seed must be >= 0, got {args.seed}")
+    most = 8 * (os.cpu_count() or 1)
+    if not 1 <= args.threads <= most:  # thousands of threads crash torch's pool
+        raise ArgumentError(f"--threads must be in [1, {most}] (8 per core), got {args.threads}")
+    if not 0 <= args.seed < 2**63:
+        raise ArgumentError(f"--seed must be in [0, 2**63), got {args.seed}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -225,7 +227,9 @@ def _plot(results: dict, path: str, title: str | None = None) -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from zoracle._plot import save_figure
+
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -250,7 +254,9 @@ def _main(args, methods) -> int:
         from zoracle.executors import from_args
     except ImportError:  # pragma: no cover
         from_args = None
-    executor = from_args(args) if from_args is not None else None
+    executor = from_args(args) if from_args is not None else None  # its flags are checked either way
+    if not {"deepzero", "rge"} & set(methods):
+        executor = None  # first-order SGD makes no queries: no workers to start
     data = load_digits_split(seed=args.seed)
     from zoracle.adapters.torch import TorchOracle
 

@@ -11,6 +11,7 @@ time::
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "draw a training run (loss and eval metrics) from its checkpoint, while it runs or after"
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     import zoracle as zo
 
+    if os.path.exists(args.figure) and os.path.samefile(args.figure, args.checkpoint):
+        raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
+                               "figure its own path (e.g. run.png)")
     history = zo.History.from_checkpoint(args.checkpoint)
     history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
     last = history.steps[-1]  # plot refused a history without steps

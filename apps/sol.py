@@ -277,7 +277,9 @@ def _plot(pf, coarse, test, traj, names, path, cfg):
     axes[0][0].set_ylabel("y")
     fig.suptitle(f"vorticity, Re = {test.re[run_i]:g}, step {t} of the test rollout", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from zoracle._plot import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return str(path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,7 +98,10 @@ def test_output_directories_are_created_up_front(tmp_path):
     (["--ratios", "best"], "invalid choice"),
     (["--lr", "-1"], "--lr"),
     (["--lr", "inf"], "--lr must be a finite number > 0"),  # used to pass, then blame train's `init`
-    (["--seed", "-1"], "--seed must be >= 0"),  # used to end in a NumPy traceback
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),  # used to end in a NumPy traceback
+    (["--seed", str(2**70)], "--seed must be in [0, 2**63)"),  # torch.manual_seed's traceback
+    (["--threads", "100000"], "--threads must be in [1, "),  # torch's thread pool crashed
+    (["--plot", "out.xyz"], "cannot write '.xyz' files"),  # checked after the whole run, which it lost
 ])
 def test_demo_bad_flags_give_one_line_errors(argv, match):
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", *argv], capture_output=True, text=True, timeout=60)
@@ -120,3 +124,12 @@ def test_quick_plot_title_names_the_epochs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "_plot", lambda results, path, title=None: titles.append(title))
     assert main(["demo", "--quick", "--epochs", "1", "--methods", "fo", "--plot", str(tmp_path / "c.png")]) == 0
     assert titles == ["smoke test (--quick, 1 epochs): not a comparison"]
+
+
+def test_demo_plot_without_a_suffix_is_written_where_it_says(tmp_path):
+    """``--plot curves`` wrote curves.png and said "saved training curves to curves"."""
+    pytest.importorskip("matplotlib")
+    from zoracle.cli import main
+
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "fo", "--plot", str(tmp_path / "curves")]) == 0
+    assert os.listdir(tmp_path) == ["curves"] and (tmp_path / "curves").read_bytes()[:4] == b"\x89PNG"

@@ -132,13 +132,28 @@ def _counting():
     ("run.xyz", r"`plot` .*cannot write '\.xyz' files; use a path ending in one of .*\.png"),
     (".", r"`plot` '.' is a directory; pass a file path such as '\./run\.png'"),  # it suggested run.npz
     (3, "`plot` must be a file path such as 'run.png', got int"),
+    ("", "`plot` is an empty path"),  # it passed, and the figure failed after the run
+    ("null", "`plot` '.*null' exists and is not a regular file"),  # a save replaced the device with a file
+    ("run.pgf", "writes '.pgf' through .*, which is not installed"),  # failed after the run without TeX
 ])
 def test_a_plot_that_cannot_be_written_fails_before_the_first_query(tmp_path, monkeypatch, plot, match):
     monkeypatch.chdir(tmp_path)
+    if plot == "run.pgf":
+        import shutil
+
+        import matplotlib
+
+        if shutil.which(matplotlib.rcParams["pgf.texsystem"]):
+            pytest.skip("TeX is installed here: .pgf can be written")
+    before = os.listdir(tmp_path)
+    if plot == "null":
+        os.mkfifo(tmp_path / "null")  # not a regular file, as /dev/null is not
+        before = os.listdir(tmp_path)
+        plot = str(tmp_path / "null")
     calls, oracle = _counting()
     with pytest.raises(zo.ArgumentError, match=match):
         zo.train(oracle, np.zeros(3), epochs=3, progress=False, plot=plot)
-    assert calls == [] and os.listdir(tmp_path) == []
+    assert calls == [] and os.listdir(tmp_path) == before
 
 
 def test_no_matplotlib_is_named_with_the_fix_before_the_first_query(tmp_path, monkeypatch):
@@ -214,3 +229,16 @@ def test_zoracle_plot_errors_are_one_line_naming_the_field(tmp_path, capsys, wha
     assert len(err) == 1 and err[0].startswith("zoracle plot: error: ")
     assert re.search(match, err[0]), err[0]
     assert not figure.exists()
+
+
+def test_zoracle_plot_refuses_to_draw_over_its_checkpoint(tmp_path, capsys):
+    """``zoracle plot runckpt runckpt`` replaced the checkpoint with the PNG (a name without
+    ``.npz`` was not refused as a figure format)."""
+    from zoracle.cli import main
+
+    ckpt = tmp_path / "runckpt"
+    _sparse(checkpoint=ckpt)
+    before = ckpt.read_bytes()
+    assert main(["plot", str(ckpt), str(ckpt)]) == 1
+    assert "is the checkpoint: the figure would replace it" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before

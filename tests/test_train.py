@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import time
 from collections import namedtuple
 
@@ -548,3 +550,60 @@ def test_zo_grasp_step_checked_with_the_mu_it_uses_and_said_so():
         zo.train(lambda x: float(np.sum(x.astype(np.float64) ** 2)), np.full(40, 1e6, np.float32), epochs=1,
                  steps_per_epoch=1, estimator=zo.CGE(), mu=1.0, sparsity=0.5,
                  blocks=[slice(0, 20), slice(20, 40)], rng=0, progress=False)
+
+
+@pytest.mark.parametrize("path, match", [("", "`checkpoint` is an empty path"),
+                                         ("fifo", "`checkpoint` '.*fifo' exists and is not a regular file")])
+def test_checkpoint_paths_that_a_save_cannot_use_fail_before_the_first_query(tmp_path, path, match):
+    """An empty path passed the check (its probe went to the parent folder) and the first save
+    failed after an epoch; a device or pipe was replaced by the checkpoint (as root, /dev/null)."""
+    if path == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    calls = []
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=2, checkpoint=path, progress=False)
+    assert calls == []
+    if path != "":
+        assert stat.S_ISFIFO(os.stat(path).st_mode)
+
+
+def test_callbacks_stop_on_numpy_true_and_other_values_are_said():
+    """``np.abs(...).max() < 1.0`` is NumPy's True, and it did not stop the run (``is True``);
+    returning 1 or "stop" was ignored without a word."""
+    f = lambda x: float(np.sum((x - 3) ** 2))  # noqa: E731
+    kw = dict(epochs=200, steps_per_epoch=1, estimator=zo.CGE(), optimizer=zo.sgd(0.05), rng=0, progress=False)
+    r = zo.train(f, np.zeros(3), callbacks=[lambda ev, rec, p: ev == "epoch" and np.abs(p - 3).max() < 1.0], **kw)
+    assert r.stopped and r.epochs < 200 and np.abs(r.params - 3).max() < 1.0
+    with pytest.warns(RuntimeWarning, match=r"returned 'stop' \(str\); only True stops training"):
+        r = zo.train(f, np.zeros(3), callbacks=[lambda ev, rec, p: "stop"], **dict(kw, epochs=3))
+    assert not r.stopped and r.epochs == 3
+
+
+def test_an_epoch_of_huge_finite_losses_has_a_finite_mean():
+    """Two step losses of 1.5e308 gave the epoch the loss 'inf', a string."""
+    r = zo.train(lambda x: 1.5e308, np.zeros(2), epochs=1, steps_per_epoch=2, estimator=zo.CGE(),
+                 optimizer=zo.sgd(0.0), rng=0, progress=False)
+    assert r.history.epochs[0]["loss"] == 1.5e308
+
+
+def test_an_oracle_failing_in_training_names_the_training_step():
+    """The error named the query inside the estimate only ("coordinate 1 (step +0.005)")."""
+    X = np.arange(12.0).reshape(6, 2)
+    y = X.sum(1)
+    calls = []
+
+    class Failing(zo.DataOracle):
+        def bind(self, batch):
+            xb, yb = batch
+
+            def f(p):
+                calls.append(1)
+                return float("nan") if len(calls) == 7 * 3 + 3 else float(np.mean((xb @ p - yb) ** 2))
+            return f
+
+    with pytest.raises(zo.OracleError, match=r"nan at coordinate 1 \(step \+0\.005\) of training step 7 "
+                                             r"\(epoch 2, batch 1\)") as info:
+        zo.train(Failing(), np.zeros(2), batches=zo.Minibatches((X, y), 2, seed=0), epochs=5, optimizer=zo.sgd(0.01),
+                 rng=0, progress=False)
+    assert info.value.query.endswith("of training step 7 (epoch 2, batch 1)") and np.isnan(info.value.value)

@@ -121,8 +121,13 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     :func:`clean_stale`). ``example``: the file name the message suggests inside a directory.
     """
     path = os.fspath(path)
+    if not path:
+        raise ArgumentError(f"`{name}` is an empty path; pass a file path such as {example!r}")
     if os.path.isdir(path):
         raise ArgumentError(f"`{name}` {path!r} is a directory; pass a file path such as {os.path.join(path, example)!r}")
+    if os.path.exists(path) and not os.path.isfile(path):  # a save replaces it with a regular file
+        raise ArgumentError(f"`{name}` {path!r} exists and is not a regular file (a device, pipe or socket); "
+                            f"pass a file path such as {example!r}")
     tmp = _tmp_path(path)
     try:
         os.makedirs(os.path.dirname(tmp), exist_ok=True)

@@ -7,6 +7,7 @@ of the run and checks, before the first query, that it can.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 
@@ -36,7 +37,20 @@ def _format(path: str, name: str) -> str:
     if fmt not in supported:
         raise ArgumentError(f"`{name}` {path!r}: matplotlib cannot write '.{fmt}' files; use a path ending in one of "
                             + ", ".join(f".{k}" for k in sorted(supported)))
+    if fmt == "pgf":  # written through a TeX installation, found only when the figure is saved
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise ArgumentError(f"`{name}` {path!r}: matplotlib writes '.pgf' through {tex}, which is not installed; "
+                                "use .pdf or .svg, or install TeX")
     return fmt
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+    """``fig`` written to exactly ``path``, in the format of its suffix (PNG without one:
+    ``savefig`` alone would write ``path.png`` there)."""
+    fig.savefig(path, format=os.path.splitext(path)[1][1:].lower() or "png", dpi=dpi)
 
 
 def check_plot_path(path, name: str = "plot") -> tuple[str, str]:

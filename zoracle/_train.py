@@ -23,7 +23,7 @@ import numpy as np
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, check_writable, existing_checkpoint, save_checkpoint
-from ._errors import ArgumentError
+from ._errors import ArgumentError, OracleError
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval
@@ -281,6 +281,27 @@ def _json_number(v):
     return v if np.isfinite(v) else str(v)
 
 
+def _mean(values) -> float:
+    """The mean of finite ``values``, finite too (``np.mean`` of losses near the float maximum overflows)."""
+    with np.errstate(over="ignore"):
+        m = float(np.mean(values))
+    if not np.isfinite(m) and np.all(np.isfinite(values)):
+        m = float(np.sum(np.asarray(values, dtype=np.float64) / len(values)))
+    return m
+
+
+def _stops(value, cb, warned: set) -> bool:
+    """Whether a callback's return value stops training: True (NumPy's too). Anything else but
+    None and False is said once per callback: only True stops."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if id(cb) not in warned:
+        warned.add(id(cb))
+        warnings.warn(f"callback {getattr(cb, '__name__', cb)!r} returned {value!r} ({type(value).__name__}); only "
+                      "True stops training (return None or False to go on)", RuntimeWarning, stacklevel=3)
+    return False
+
+
 def _metric(v, where):
     try:
         if isinstance(v, (str, bytes)) or getattr(v, "shape", ()) not in ((), (1,)):
@@ -427,7 +448,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         ``params -> float or dict`` at the end of every ``eval_every`` epochs (and the last).
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"``; returning
-        True stops training.
+        True (or NumPy's True) stops training; a value other than None or False is warned about.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
@@ -714,6 +735,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                dynamic_ncols=True, leave=False)
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     coords = None
+    cb_warned = set()
     t_rate, n_rate = time.perf_counter(), 0
     try:
         while epoch < epochs and not stopped:
@@ -734,6 +756,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 try:
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
                                           state=est_state)
+                except OracleError as exc:
+                    if type(exc) is not OracleError:
+                        raise
+                    where = f"{exc.query} of training step {step} (epoch {epoch}, batch {pos})"
+                    raise OracleError(where, exc.value, exc.cause, exc.detail) from (exc.cause or exc)
                 except StepError as exc:
                     scale = float(xp.max(xp.abs(params)))
                     if step == 0 or not scale > 100 * max(1.0, scale0):
@@ -771,7 +798,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
                 for cb in callbacks:
-                    if cb("step", rec, params) is True:
+                    if _stops(cb("step", rec, params), cb, cb_warned):
                         stopped = True
                 if max_queries is not None and nfev >= max_queries:
                     stopped = True
@@ -785,7 +812,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 t0 = time.perf_counter()
                 mine = [r for r in steps_hist if r["epoch"] == epoch]
                 losses = [float(r["loss"]) for r in mine]
-                erec = {"epoch": epoch, "loss": _json_number(np.mean(losses)) if losses else None,
+                erec = {"epoch": epoch, "loss": _json_number(_mean(losses)) if losses else None,
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
@@ -797,7 +824,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if progress:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 for cb in callbacks:
-                    if cb("epoch", erec, params) is True:
+                    if _stops(cb("epoch", erec, params), cb, cb_warned):
                         stopped = True
                 epoch += 1
                 pos = 0

@@ -84,8 +84,12 @@ def _writable(path: str, kind: str) -> str | None:
             os.makedirs(target, exist_ok=True)
             where = target
         else:
+            if not path:
+                return "it is empty; give a file name"
             if os.path.isdir(target):
                 return "it is a directory; give a file name"
+            if os.path.exists(target) and not os.path.isfile(target):
+                return "it exists and is not a regular file (a device, pipe or socket)"
             where = os.path.dirname(target)
             if not os.path.isdir(where):
                 return f"its directory {where} does not exist"
@@ -106,8 +110,15 @@ def check_outputs(name: str, args, prog: str | None = None) -> None:
         why = _writable(str(value), kind)
         if why is not None:
             raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value}: cannot write there ({why})")
-    if getattr(args, "plot", None) is not None and importlib.util.find_spec("matplotlib") is None:
-        raise _missing(name, "--plot needs matplotlib")
+    if getattr(args, "plot", None) is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _missing(name, "--plot needs matplotlib")
+        from ._plot import _format
+
+        try:  # a format matplotlib cannot write fails now, not after the run
+            _format(str(args.plot), "--plot")
+        except ZoracleError as exc:
+            raise SystemExit(f"{prog or 'zoracle ' + name}: error: {exc}") from None
 
 
 def main(argv=None, prog: str | None = None) -> int:
