@@ -243,3 +243,13 @@ def test_layer_ratios_fill_small_gives_a_collapsed_first_layer_its_coordinate():
     big = [slice(0, 40), slice(40, 140)]  # a block larger than the 7 survivors stays empty
     scores = np.concatenate([np.full(40, 1e-3), np.linspace(1, 2, 100)])
     assert zo.keep_counts(big, zo.layer_ratios(scores, big, 0.95, fill_small=True)).tolist() == [0, 7]
+
+
+@pytest.mark.parametrize("call", [lambda m: m.coordinates(-1), lambda m: m.coordinates(1.5),
+                                  lambda m: m.coordinates("2"), lambda m: m.coordinates(0, step=-3)])
+def test_dynamic_masks_refuse_epochs_and_steps_that_are_not_counts(call):
+    """-1 failed inside NumPy ("expected non-negative integer"); 1.5 and "2" drew some mask."""
+    masks = zo.DynamicMasks([slice(0, 10)], [0.5], seed=0)
+    with pytest.raises(zo.ArgumentError, match=r"`(epoch|step)` must be an integer >= 0"):
+        call(masks)
+    assert np.array_equal(masks.coordinates(np.int64(2)), masks.coordinates(2))

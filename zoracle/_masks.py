@@ -106,6 +106,14 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
     return idx
 
 
+def _count(name: str, value) -> int:
+    """An epoch or step number (NumPy's integers too); 1.5, "2" and -1 drew some mask silently or
+    failed inside NumPy."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ArgumentError(f"`{name}` must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class DynamicMasks:
     """Masks redrawn every ``interval`` epochs from ``(seed, epoch // interval)``, or every
@@ -143,10 +151,13 @@ class DynamicMasks:
         return self.interval == "step"
 
     def period(self, epoch: int) -> int:
-        return int(epoch) // self.interval
+        return _count("epoch", epoch) // self.interval
 
     def coordinates(self, epoch: int, step: int | None = None) -> np.ndarray:
         """The sorted coordinate set used during ``epoch`` (at ``step``, for per-step masks)."""
+        _count("epoch", epoch)
+        if step is not None:
+            _count("step", step)
         if self.per_step:
             if step is None:
                 raise ArgumentError("per-step masks (`mask_shuffle_interval=\"step\"`) need the `step`")
