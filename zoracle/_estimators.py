@@ -80,6 +80,13 @@ class RGE:
     Gaussian-smoothed loss ``E l(theta + mu u)`` (gaussian), biased for ``l`` itself.
     Queries: ``q + 1`` (forward) or ``2q + 1`` (central, counting the base value).
 
+    The division is by ``mu``, not by the step the parameters' floats take: in float32, far
+    from 0, ``(theta + mu u) - theta`` rounds each entry of ``mu u`` (CGE divides by its
+    one step as taken). On a linear loss at float32 parameters near 1000 with ``mu`` 5e-3
+    and d = 2000 that moves the estimate by 0.3% (gaussian) and 14% (sphere, whose entries are
+    about ``mu / sqrt(d)``), both below RGE's own variance there; float64 parameters, or a
+    larger ``mu`` where the parameters are large, remove it.
+
     ``shaping="ranks"`` is the fitness shaping of natural evolution strategies: every loss
     value is replaced by its centred rank among the values the estimate compares (the 2q
     perturbed losses for ``"central"``, the q perturbed losses and the base for
