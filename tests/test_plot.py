@@ -242,3 +242,9 @@ def test_zoracle_plot_refuses_to_draw_over_its_checkpoint(tmp_path, capsys):
     assert main(["plot", str(ckpt), str(ckpt)]) == 1
     assert "is the checkpoint: the figure would replace it" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
+
+
+def test_a_plot_of_a_run_without_epochs_is_refused_before_it_runs(tmp_path):
+    """It warned at the end to draw it again with result.plot(path), which failed too."""
+    with pytest.raises(zo.ArgumentError, match="`plot` was given with epochs=0"):
+        zo.train(loss, np.zeros(3), epochs=0, progress=False, plot=tmp_path / "run.png")

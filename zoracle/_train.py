@@ -576,6 +576,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         from ._plot import check_plot_path
 
         check_plot_path(plot)
+        if epochs == 0 and resume is None:
+            raise ArgumentError("`plot` was given with epochs=0: a run without steps has nothing to draw; train at "
+                                "least one epoch, or drop `plot`")
         if checkpoint is not None and os.path.abspath(os.fspath(plot)) == os.path.abspath(os.fspath(checkpoint)):
             raise ArgumentError(f"`plot` and `checkpoint` are the same file {os.fspath(plot)!r}: the figure would "
                                 "replace the checkpoint; give the figure its own path (e.g. run.png)")
