@@ -233,10 +233,13 @@ class ClusterContract:
                                      r"(dask worker tcp://127\.0\.0\.1:\d+|ray actor \d \(pid \d+\))"):
                 zo.estimate_gradient(HangAt(3, 12.0), x, zo.CGE(), executor=cluster)
             assert time.perf_counter() - t0 < 9.0  # did not wait for the hang (slack for a loaded machine)
+            # still usable at once, under the same limit: the worker left inside the hung call was
+            # replaced (Dask's cancel does not stop a running task; shards queued behind it timed out)
+            for _ in range(2):
+                te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster),
+                               zo.estimate_gradient(_loss, x, zo.CGE()))
         finally:
             cluster.timeout = None
-        te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster),
-                       zo.estimate_gradient(_loss, x, zo.CGE()))  # still usable
 
     def test_survives_a_killed_worker(self, cluster, tmp_path):
         x = te.params()

@@ -131,6 +131,8 @@ def _sendable(oracle, where: str) -> None:
 
 #: parameter vectors up to this size travel inside each shard instead of being scattered
 _INLINE_BYTES = 1 << 20
+#: seconds to wait for an abandoned worker to be restarted (killed, and its replacement up)
+_RESTART_S = 30.0
 _DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a bounded cache
 _DASK_LOCK = threading.Lock()
 
@@ -175,7 +177,7 @@ class _DaskBackend:
     def workers(self):
         if self._slots is None:  # asked once per run, and again after a failure
             self._slots = [(addr, k) for addr, w in sorted(_dask_workers(self.ex.client).items())
-                           for k in range(int(w.get("nthreads", 1)))]
+                           if addr not in self.ex._stuck for k in range(int(w.get("nthreads", 1)))]
         return self._slots
 
     def refresh(self) -> None:
@@ -233,10 +235,21 @@ class _DaskBackend:
         return out
 
     def abort(self, workers) -> None:
+        """Cancel the in-flight shards and replace the workers running them.
+
+        Dask's cancel does not stop a task that is running: the worker's thread stays inside
+        the oracle (a hung call may never return), and later shards queued behind it would
+        time out in turn. Its process is restarted instead.
+        """
+        stuck = set()
         for w in workers:
             jid, fut = self.busy.pop(w, (None, None))
             if fut is not None:
                 fut.cancel()
+                stuck.add(w[0])
+        self._slots = None
+        if stuck:
+            self.ex._restart(sorted(stuck))
 
 
 class DaskExecutor(ShardedExecutor):
@@ -257,6 +270,7 @@ class DaskExecutor(ShardedExecutor):
         self._scratch = None  # the local cluster's local_directory, removed on close
         self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
+        self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
         self.n_workers = int(self._count or 1)
 
     def start(self) -> None:
@@ -324,6 +338,30 @@ class DaskExecutor(ShardedExecutor):
             _stop_reaper(self._reaper)
             self._reaper = None
             self._remove_scratch()
+
+    def _restart(self, addrs) -> None:
+        """Restart the worker processes at ``addrs``, whose running shard was abandoned (a
+        timeout, Ctrl-C); a worker without a nanny cannot be restarted: it is no longer given
+        shards, with a warning saying so."""
+        import warnings
+
+        info = _dask_workers(self.client)
+        nanny = [a for a in addrs if a in info and info[a].get("nanny")]
+        bare = [a for a in addrs if a in info and not info[a].get("nanny")]
+        if nanny:
+            try:
+                self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False)
+            except Exception as exc:  # the worker is stuck either way: stop using it
+                bare += nanny
+                warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(nanny)} failed "
+                              f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        if bare:
+            self._stuck.update(bare)
+            warnings.warn(
+                f"DaskExecutor: worker(s) {', '.join(bare)} may still be inside an abandoned oracle call and "
+                "cannot be restarted (no nanny): zoracle gives them no more shards. Restart them yourself, or "
+                "run workers under a nanny (the default of `dask worker`) so that zoracle can",
+                RuntimeWarning, stacklevel=2)
 
     def _dropped(self, tokens) -> None:
         for t in tokens:

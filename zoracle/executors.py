@@ -267,7 +267,9 @@ class DaskExecutor(_Dask):
     n_workers : int, optional
         Workers of the local cluster (overrides ``local:N``).
     timeout : float, optional
-        Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit). The
+        worker left running it (Dask's cancel does not stop a running task) is restarted
+        by its nanny; a worker without a nanny gets no more shards, with a warning.
     **cluster_kwargs
         Passed to ``distributed.LocalCluster`` for a local cluster.
 
