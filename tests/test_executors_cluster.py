@@ -113,6 +113,25 @@ class HangAt:
         return _loss(x)
 
 
+class FailsToLoadOnce:
+    """Its first unpickling in a worker process raises (a model file not there yet)."""
+
+    def __init__(self, flag):
+        self.flag, self.driver = flag, os.getpid()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if os.getpid() != self.driver:
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            raise OSError("transient: model file not ready")
+
+    def __call__(self, x):
+        return _loss(x)
+
+
 class RaiseAt:
     def __init__(self, base, i):
         self.base, self.i = base.copy(), i
@@ -240,6 +259,18 @@ class ClusterContract:
                                zo.estimate_gradient(_loss, x, zo.CGE()))
         finally:
             cluster.timeout = None
+
+    def test_an_oracle_that_failed_to_load_is_sent_again(self, cluster, tmp_path):
+        """The worker whose copy failed to load was recorded as holding the oracle: its later
+        shards failed with "worker has no oracle for token ...; please report" (and retried)."""
+        x = te.params()
+        ref = zo.estimate_gradient(_loss, x, zo.CGE())
+        oracle = FailsToLoadOnce(str(tmp_path / "loaded"))
+        te.assert_same(zo.estimate_gradient(oracle, x, zo.CGE(), executor=cluster), ref)
+        assert (tmp_path / "loaded").exists()  # loading really failed once
+        for _ in range(2):
+            te.assert_same(zo.estimate_gradient(oracle, x, zo.CGE(), executor=cluster), ref)
+            assert cluster.last_run.retries == 0
 
     def test_survives_a_killed_worker(self, cluster, tmp_path):
         x = te.params()

@@ -117,11 +117,11 @@ def check_main_guard(what: str, spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Dask
-def _sendable(oracle, where: str) -> None:
-    """Raise a clear error now when ``oracle`` cannot be serialized for ``where``'s workers (Dask
-    and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
+def _sendable(oracle, where: str) -> bytes:
+    """``oracle`` serialized, or a clear error now when it cannot be serialized for ``where``'s
+    workers (Dask and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
     try:
-        _cloudpickle().dumps(oracle)
+        return _cloudpickle().dumps(oracle)
     except Exception as exc:
         raise ZoracleError(
             f"the oracle {type(oracle).__name__} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); "
@@ -376,9 +376,10 @@ class DaskExecutor(ShardedExecutor):
         if refresh:
             self._futs.pop(payload.oracle_token, None)
         if payload.oracle_token not in self._futs:
-            _sendable(payload.oracle, "Dask")
-            # scattered inside a list, so an oracle that is also a container stays one object
-            self._futs[payload.oracle_token] = c.scatter([payload.oracle], broadcast=True, hash=False)[0]
+            # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
+            # worker is then a shard's error (reported, retried), not a broken scatter
+            blob = _sendable(payload.oracle, "Dask")
+            self._futs[payload.oracle_token] = c.scatter([blob], broadcast=True, hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
@@ -573,8 +574,12 @@ class _RayBackend:
             except ray.exceptions.RayActorError as exc:  # the actor's process is gone
                 self.ex._replace(w)
                 out.append((w, jid, ("dead", f"{type(exc).__name__}: {_short(exc)}")))
+                continue
             except Exception as exc:  # could not run at all, e.g. the oracle failed to unpickle
                 out.append((w, jid, ("err", RuntimeError(f"{type(exc).__name__}: {_short(exc)}"), "")))
+            if out[-1][2][0] == "err":  # perhaps the oracle failed to load: send it again next time
+                self.payload.undelivered(w)
+                w.handle.drop.remote(self.payload.oracle_token)  # runs before the actor's next shard
         return out
 
     def abort(self, workers) -> None:

@@ -84,6 +84,17 @@ class Payload:
             names.append("params")
         return names
 
+    def undelivered(self, w) -> None:
+        """Forget in ``w``'s mirror this run's oracle (with its batches) and parameters.
+
+        Called when a shard comes back with an error, which may have come from storing the
+        items (an oracle whose ``__setstate__`` raised): the caller also makes the worker drop
+        the oracle, so both sides agree and the next shard sends everything again.
+        """
+        w.has.discard(self.oracle_token)
+        w.bound.drop(self.oracle_token)
+        w.params_token = None
+
     def delivered(self, w, names) -> None:
         """Record in ``w``'s mirror that the items ``names`` reached it."""
         w.has.add(self.oracle_token)

@@ -394,6 +394,9 @@ class _ProcBackend:
             try:
                 rjid, outcome = pickle.loads(p.conn.recv_bytes())
                 p.jid = None
+                if outcome[0] == "err":  # perhaps the oracle failed to load: send it again next time
+                    self.payload.undelivered(p)
+                    p.send(("drop", self.payload.oracle_token))
                 out.append((p, rjid, outcome))
                 continue
             except (EOFError, OSError):  # the socket closed: the process is gone
