@@ -264,6 +264,19 @@ def test_forget_resends_a_mutated_oracle():
     assert not np.allclose(fresh.grad, a.grad)
 
 
+def test_forget_given_the_bound_oracle_forgets_its_parent():
+    """``forget(bound)`` was a silent no-op: the workers kept the parent they had (stale gradients)."""
+    oracle = CountingData(os.devnull, scale=1.0)
+    bound = oracle.bind(np.ones(D))
+    x = params()
+    with JoblibExecutor(2, backend="loky") as ex:
+        zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+        oracle.scale = 3.0
+        ex.forget(bound)  # the object the user passed to estimate_gradient
+        fresh = zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+    assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
+
+
 def test_unpicklable_oracle_names_the_fix():
     import threading
 

@@ -86,8 +86,16 @@ class ShardedExecutor:
         pass
 
     def forget(self, oracle) -> None:
-        """Drop ``oracle`` from the workers (send it again next time, e.g. after mutating it)."""
-        token = self._registry.forget(getattr(oracle, "fn", oracle))
+        """Drop ``oracle`` from the workers (send it again next time, e.g. after mutating it).
+
+        A bound oracle (one whose ``unbind()`` returns ``(parent, batch)``) travels as its
+        parent plus the batch: forgetting it forgets the parent, with every batch bound to it.
+        """
+        fn = getattr(oracle, "fn", oracle)
+        parent, batch = split_bound(fn)
+        if batch is not None:
+            self._bound.forget(fn)
+        token = self._registry.forget(parent)
         if token is not None:
             self._dropped([token])
 
