@@ -90,6 +90,42 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         JoblibExecutor(2, timeout=0)
 
 
+_EXIT_AFTER_TIMEOUT = """
+import time
+import numpy as np
+import zoracle as zo
+from zoracle.executors import JoblibExecutor, ShardTimeout
+
+def hang(x):
+    if x[5] != 0:
+        time.sleep(60)  # a deadlocked call
+    return float(x @ x)
+
+with JoblibExecutor(2, backend="threading", timeout=0.3) as ex:
+    try:
+        zo.estimate_gradient(hang, np.zeros(8), zo.CGE(), executor=ex)
+    except ShardTimeout:
+        print("timed out", flush=True)
+"""
+
+
+def test_a_script_exits_after_a_threading_timeout(tmp_path):
+    """The thread left inside the hung call was a ThreadPoolExecutor thread, which the
+    interpreter joins at exit: the script hung until the call returned."""
+    script = tmp_path / "exit_after_timeout.py"
+    script.write_text(_EXIT_AFTER_TIMEOUT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(zo.__file__))]
+                                                       + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the script did not exit after its ShardTimeout (a non-daemon thread hangs in the oracle)")
+    assert proc.returncode == 0 and "timed out" in out
+
+
 _DRIVER = """
 import os, sys, time
 import numpy as np

@@ -13,7 +13,8 @@ import time
 import uuid
 import warnings
 import weakref
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+import queue
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 
 import numpy as np
@@ -553,6 +554,53 @@ def _run_in_thread(owner: int, oracle, shard, params):
         ids.discard(owner)
 
 
+class _DaemonThreads:
+    """A minimal pool of daemon threads with ``concurrent.futures`` futures.
+
+    Not ``ThreadPoolExecutor``: its threads are joined at interpreter exit, so a thread left
+    inside a hung oracle call (after a timeout) would keep the process from exiting.
+    """
+
+    def __init__(self, n: int, prefix: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._loop, name=f"{prefix}_{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiting caller
+                fut.set_exception(exc)
+
+    def submit(self, fn, *args) -> Future:
+        fut = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class ThreadPool(ShardedExecutor):
     """A pool of threads in this process sharing the caller's oracle object (private)."""
 
@@ -565,7 +613,7 @@ class ThreadPool(ShardedExecutor):
 
     def start(self) -> None:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.n_workers, thread_name_prefix="zoracle-worker")
+            self._pool = _DaemonThreads(self.n_workers, "zoracle-worker")
 
     def close(self) -> None:
         if self._pool is not None:
