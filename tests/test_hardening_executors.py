@@ -90,6 +90,40 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         JoblibExecutor(2, timeout=0)
 
 
+class SlowToLoad:
+    """Takes ``seconds`` to unpickle (an import, weights to read); each call is fast."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __setstate__(self, state):
+        time.sleep(state["seconds"])
+        self.__dict__.update(state)
+
+    def __call__(self, x):
+        return quad(x)
+
+
+def test_a_shards_timeout_starts_once_the_oracle_is_loaded():
+    """The clock counted the unpickling, so an oracle slower to load than the limit never ran
+    (and every retry on a fresh worker paid the load again)."""
+    with JoblibExecutor(2, timeout=0.5) as ex:
+        for _ in range(2):
+            est = zo.estimate_gradient(SlowToLoad(1.2), np.ones(6), zo.CGE(), executor=ex)
+            np.testing.assert_allclose(est.grad, _serial(6))
+
+
+def test_an_oracle_that_never_loads_times_out_saying_so(monkeypatch):
+    import zoracle._executors_core as core
+
+    monkeypatch.setattr(core, "LOAD_S", 1.0)
+    with JoblibExecutor(1, timeout=0.3) as ex:
+        t0 = time.perf_counter()
+        with pytest.raises(ShardTimeout, match=r"did not finish loading the oracle \(unpickling it\) within 1 s"):
+            zo.estimate_gradient(SlowToLoad(30.0), np.ones(4), zo.CGE(), executor=ex)
+        assert time.perf_counter() - t0 < 6.0
+
+
 _EXIT_AFTER_TIMEOUT = """
 import time
 import numpy as np

@@ -32,6 +32,7 @@ from ._executors_core import (
     RunStats,
     WorkerState,
     check_timeout,
+    error_outcome,
     reshard,
     run_guarded,
     run_task_guarded,
@@ -253,6 +254,14 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
             continue
         _, jid, spec, task, items = msg
         try:
+            if "oracle" in items or "batch" in items:  # loading may be slow (imports, weights): say when done
+                try:
+                    state.load(spec, **items)
+                except BaseException as exc:  # reported to the driver, which decides about retries
+                    conn.send_bytes(pickle.dumps((jid, error_outcome(exc))))
+                    continue
+                conn.send_bytes(pickle.dumps((jid, ("loaded",))))
+                items = {}
             out = run_guarded(state, spec, task, **items)
             data = pickle.dumps((jid, out), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # an unpicklable result must still be reported
@@ -387,8 +396,9 @@ class _ProcBackend:
         try:
             w.send(("run", jid, pl.spec, shard, items))
         except (OSError, ValueError):
-            return  # a dead worker: wait() reports it through its sentinel
+            return False  # a dead worker: wait() reports it through its sentinel
         pl.delivered(w, items)
+        return "oracle" in items or "batch" in items  # the worker reports when it has loaded them
 
     def wait(self, timeout=None):
         from multiprocessing.connection import wait as mp_wait
@@ -402,6 +412,9 @@ class _ProcBackend:
             jid = p.jid
             try:
                 rjid, outcome = pickle.loads(p.conn.recv_bytes())
+                if outcome[0] == "loaded":  # the shard itself starts now
+                    out.append((p, rjid, outcome))
+                    continue
                 p.jid = None
                 if outcome[0] == "err":  # perhaps the oracle failed to load: send it again next time
                     self.payload.undelivered(p)

@@ -32,8 +32,9 @@ Faults
 
 Hangs and interrupts
     Every executor takes ``timeout=`` (seconds per shard, default None: no limit). A shard
-    running longer raises :class:`ShardTimeout` naming the shard and the worker; a worker
-    process running it is killed and replaced (a thread cannot be killed: it is left to
+    running longer raises :class:`ShardTimeout` naming the shard and the worker (a worker
+    process's clock starts once it has loaded the oracle); a worker process running it is
+    killed and replaced (a thread cannot be killed: it is left to
     finish and later runs use fresh threads). Worker processes exit when the driver dies,
     even in the middle of an oracle call (a parent-death signal on Linux plus a watchdog).
     A ``KeyboardInterrupt`` raised inside an oracle propagates unchanged (no retry). Calling
