@@ -242,6 +242,16 @@ class ClusterContract:
         with pytest.raises(zo.ZoracleError, match="cannot be sent to .* workers .*cannot pickle '_thread.lock'"):
             zo.estimate_gradient(Locked(), np.zeros(4), zo.CGE(), executor=cluster)
 
+    def test_an_oracle_holding_the_executor_is_a_nested_run(self, cluster):
+        """It blamed a lock and advised JoblibExecutor(backend='threading')."""
+        from zoracle.executors import NestedRunError
+
+        def nested(x):
+            return float(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster).loss)
+
+        with pytest.raises(NestedRunError, match="holds the (Dask|Ray)Executor that runs it"):
+            zo.estimate_gradient(nested, np.zeros(4), zo.CGE(), executor=cluster)
+
     def test_timeout_names_shard_and_worker(self, cluster):
         x = np.zeros(D)
         cluster.timeout = 1.5

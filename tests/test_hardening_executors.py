@@ -261,6 +261,30 @@ def test_nested_run_on_a_threading_executor_raises():
     assert "inside an oracle" in str(exc)
 
 
+class Nested:
+    """An oracle running an inner estimate on the executor it holds."""
+
+    def __init__(self, ex):
+        self.ex = ex
+
+    def __call__(self, x):
+        return float(zo.estimate_gradient(quad, x, zo.CGE(), executor=self.ex).loss)
+
+
+def test_an_oracle_holding_its_process_executor_is_a_nested_run():
+    """It blamed a '_thread.lock' and advised backend='threading', which then raised
+    NestedRunError: the error now says the oracle holds the executor, and the fix."""
+    with JoblibExecutor(2) as ex:
+        for oracle in (Nested(ex), lambda x: Nested(ex)(x)):
+            with pytest.raises(NestedRunError, match="holds the JoblibExecutor that runs it .* SerialExecutor") as info:
+                zo.estimate_gradient(oracle, np.zeros(4), zo.CGE(), executor=ex)
+            assert "backend='threading'" not in str(info.value) and "_thread.lock" not in str(info.value)
+        with JoblibExecutor(1) as other:  # another process executor cannot travel either
+            with pytest.raises(zo.ZoracleError, match=r"holds an executor \(JoblibExecutor\).* create its executor"):
+                zo.estimate_gradient(Nested(other), np.zeros(4), zo.CGE(), executor=ex)
+        np.testing.assert_allclose(zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex).grad, _serial(4))
+
+
 def test_keyboard_interrupt_in_a_threaded_oracle_propagates():
     f = InterruptAt(3)
     with JoblibExecutor(2, backend="threading") as ex:

@@ -23,6 +23,7 @@ from ._executors_core import (
     error_outcome,
     run_guarded,
     run_task_guarded,
+    unsendable,
 )
 from ._executors_local import ShardedExecutor, _cloudpickle
 
@@ -117,16 +118,13 @@ def check_main_guard(what: str, spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Dask
-def _sendable(oracle, where: str) -> bytes:
+def _sendable(oracle, where: str, running) -> bytes:
     """``oracle`` serialized, or a clear error now when it cannot be serialized for ``where``'s
     workers (Dask and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
     try:
         return _cloudpickle().dumps(oracle)
     except Exception as exc:
-        raise ZoracleError(
-            f"the oracle {type(oracle).__name__} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); "
-            "make it picklable (no locks, open files or sessions in its attributes, or rebuild them in "
-            "__setstate__) or use JoblibExecutor(backend='threading')") from exc
+        raise unsendable(oracle, exc, where, running) from exc
 
 
 #: parameter vectors up to this size travel inside each shard instead of being scattered
@@ -378,7 +376,7 @@ class DaskExecutor(ShardedExecutor):
         if payload.oracle_token not in self._futs:
             # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
             # worker is then a shard's error (reported, retried), not a broken scatter
-            blob = _sendable(payload.oracle, "Dask")
+            blob = _sendable(payload.oracle, "Dask", self)
             self._futs[payload.oracle_token] = c.scatter([blob], broadcast=True, hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
@@ -721,7 +719,7 @@ class RayExecutor(ShardedExecutor):
         import ray
 
         if payload.oracle_token not in self._refs:
-            _sendable(payload.oracle, "Ray")
+            _sendable(payload.oracle, "Ray", self)
             self._refs[payload.oracle_token] = ray.put(payload.oracle)
         refs = {"oracle": self._refs[payload.oracle_token],
                 "params": ray.put(np.ascontiguousarray(to_numpy(payload.params)))}

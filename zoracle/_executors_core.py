@@ -30,7 +30,7 @@ from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
-           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout"]
+           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "unsendable"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -481,6 +481,47 @@ class ShardTimeout(ShardFailed, TimeoutError):
 
 class NestedRunError(ZoracleError, RuntimeError):
     """An oracle called ``run`` on the executor that is running it (this would deadlock)."""
+
+
+class ExecutorPickled(TypeError):
+    """Raised by pickling an executor (an oracle holding one, on its way to workers)."""
+
+    def __init__(self, executor):
+        super().__init__(f"cannot pickle the executor {type(executor).__name__}")
+        self.executor = executor
+
+
+def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:
+    """The error for ``oracle`` failing to serialize for ``where``'s workers with ``exc``.
+
+    An oracle that holds an executor gets advice about nesting (a lock in the traceback would
+    mislead: the advice to use threads then meets :class:`NestedRunError`); ``running`` is
+    the executor sending it.
+    """
+    name = type(oracle).__name__
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen and not isinstance(e, ExecutorPickled):
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    if isinstance(e, ExecutorPickled):
+        held = type(e.executor).__name__
+        if running is not None and running in (e.executor, getattr(e.executor, "_impl", None)):
+            return NestedRunError(
+                f"the oracle {name} holds the {held} that runs it (to call estimate_gradient / train inside the "
+                "oracle): an executor cannot run inside its own shards (on threads it would deadlock, and it "
+                "cannot travel to worker processes); use SerialExecutor() inside the oracle, or an executor "
+                "the oracle creates itself on the worker (e.g. on its first call)"
+            )
+        return ZoracleError(
+            f"the oracle {name} holds an executor ({held}), which cannot be sent to {where} workers (it owns "
+            "processes, threads and locks); let the oracle create its executor on the worker (e.g. on its first "
+            "call, not kept in what it pickles), or use SerialExecutor() inside the oracle"
+        )
+    return ZoracleError(
+        f"the oracle {name} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); make it picklable "
+        "(no locks, open files or sessions in its attributes, or rebuild them in __setstate__) or use "
+        "JoblibExecutor(backend='threading')"
+    )
 
 
 def check_timeout(timeout):

@@ -20,7 +20,6 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ZoracleError
 from ._malloc import reuse_freed_memory
 from ._plan import BaseTask
 from ._executors_core import (
@@ -31,6 +30,7 @@ from ._executors_core import (
     Registry,
     RunStats,
     WorkerState,
+    ExecutorPickled,
     check_timeout,
     error_outcome,
     reshard,
@@ -38,6 +38,7 @@ from ._executors_core import (
     run_task_guarded,
     schedule,
     split_bound,
+    unsendable,
 )
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
@@ -103,6 +104,10 @@ class ShardedExecutor:
 
     def _dropped(self, tokens) -> None:
         pass
+
+    def __reduce__(self):
+        # an oracle holding an executor is on its way to workers: say so (unsendable names the fix)
+        raise ExecutorPickled(self)
 
     def _payload(self, oracle, params) -> Payload:
         parent, batch = split_bound(oracle.fn)
@@ -487,10 +492,7 @@ class ProcessPool(ShardedExecutor):
             try:
                 blob = _cloudpickle().dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
-                raise ZoracleError(
-                    f"the oracle {type(fn).__name__} cannot be sent to worker processes ({type(exc).__name__}: "
-                    f"{exc}); make it picklable or use JoblibExecutor(backend='threading')"
-                ) from exc
+                raise unsendable(fn, exc, "process", self) from exc
             self._blobs[token] = blob
         return blob
 

@@ -61,7 +61,15 @@ from ._errors import ArgumentError
 from ._executors_cluster import DaskExecutor as _Dask
 from ._executors_cluster import RayExecutor as _Ray
 from ._executors_cluster import parse_local
-from ._executors_core import NestedRunError, RunStats, ShardFailed, ShardTimeout, check_timeout, describe_task
+from ._executors_core import (
+    ExecutorPickled,
+    NestedRunError,
+    RunStats,
+    ShardFailed,
+    ShardTimeout,
+    check_timeout,
+    describe_task,
+)
 from ._executors_local import ProcessPool, ThreadPool, current_device
 
 __all__ = [
@@ -215,6 +223,9 @@ class JoblibExecutor:
 
     def run(self, oracle, params, tasks) -> list:
         return self._impl.run(oracle, params, tasks)
+
+    def __reduce__(self):
+        raise ExecutorPickled(self)  # an oracle holding it is on its way to workers: named with the fix
 
     def __repr__(self) -> str:
         return f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r})"
