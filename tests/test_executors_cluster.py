@@ -328,6 +328,20 @@ class TestRay(ClusterContract):
     def cluster(cls, ray_env):
         yield from ray_cluster(ray_env)
 
+    def test_print_in_an_oracle_reaches_the_driver(self, cluster, capfd):
+        """A local session ran with log_to_driver=False: what an oracle printed was lost
+        (loky and Dask workers print to the driver's terminal)."""
+        def loud(x):
+            print("zoracle-oracle-says-hi", flush=True)
+            return _loss(x)
+
+        zo.estimate_gradient(loud, np.zeros(3), zo.CGE(), executor=cluster)
+        seen, t0 = "", time.perf_counter()
+        while "zoracle-oracle-says-hi" not in seen and time.perf_counter() - t0 < 10.0:
+            time.sleep(0.2)  # Ray forwards worker output from its log files, with a lag
+            seen += "".join(capfd.readouterr())
+        assert "zoracle-oracle-says-hi" in seen
+
     def test_session_lives_in_the_temp_dir(self, cluster, ray_env):
         """Ray cannot bind its core to loopback (it rewrites 127.0.0.1 to the node's address):
         the local session runs without dashboard, with token auth, its files in the temp dir."""

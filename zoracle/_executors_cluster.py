@@ -649,7 +649,6 @@ class RayExecutor(ShardedExecutor):
             )
         kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
         kw.setdefault("include_dashboard", False)
-        kw.setdefault("log_to_driver", False)
         kw.setdefault("configure_logging", False)
         if "_temp_dir" not in kw:  # Ray's socket paths must stay short: a private dir under /tmp
             self._session_dir = tempfile.mkdtemp(prefix="zr", dir="/tmp" if os.path.isdir("/tmp") else None)
