@@ -264,6 +264,45 @@ def test_forget_resends_a_mutated_oracle():
     assert not np.allclose(fresh.grad, a.grad)
 
 
+def test_forget_given_the_bound_oracle_forgets_its_parent():
+    """``forget(bound)`` was a silent no-op: the workers kept the parent they had (stale gradients)."""
+    oracle = CountingData(os.devnull, scale=1.0)
+    bound = oracle.bind(np.ones(D))
+    x = params()
+    with JoblibExecutor(2, backend="loky") as ex:
+        zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+        oracle.scale = 3.0
+        ex.forget(bound)  # the object the user passed to estimate_gradient
+        fresh = zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
+    assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
+
+
+class BlasLoss:
+    """``v . tanh(A x)``: a matrix-vector product large enough for BLAS to use threads."""
+
+    def __init__(self, d, rng):
+        self.A, self.v = rng.standard_normal((d, d)) / d, rng.standard_normal(d)
+
+    def __call__(self, x):
+        return float(self.v @ np.tanh(self.A @ x))
+
+
+def test_same_blas_threads_give_bitwise_equality(monkeypatch):
+    """What docs/executors.md says gives bitwise results with multithreaded BLAS: the driver and
+    the workers on one BLAS thread (workers keep the thread counts set in the environment).
+    Without it this estimate differs by about 1e-13 on a 2-core machine."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    rng = np.random.default_rng(0)
+    f, x = BlasLoss(1500, rng), rng.standard_normal(1500)
+    with threadpoolctl.threadpool_limits(1):
+        ref = zo.estimate_gradient(f, x, zo.RGE(directions=4), rng=1)
+        with JoblibExecutor(2) as ex:
+            got = zo.estimate_gradient(f, x, zo.RGE(directions=4), rng=1, executor=ex)
+    assert got.loss == ref.loss and np.array_equal(got.grad, ref.grad)
+
+
 def test_unpicklable_oracle_names_the_fix():
     import threading
 

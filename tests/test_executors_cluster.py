@@ -113,6 +113,25 @@ class HangAt:
         return _loss(x)
 
 
+class FailsToLoadOnce:
+    """Its first unpickling in a worker process raises (a model file not there yet)."""
+
+    def __init__(self, flag):
+        self.flag, self.driver = flag, os.getpid()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if os.getpid() != self.driver:
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            raise OSError("transient: model file not ready")
+
+    def __call__(self, x):
+        return _loss(x)
+
+
 class RaiseAt:
     def __init__(self, base, i):
         self.base, self.i = base.copy(), i
@@ -223,6 +242,16 @@ class ClusterContract:
         with pytest.raises(zo.ZoracleError, match="cannot be sent to .* workers .*cannot pickle '_thread.lock'"):
             zo.estimate_gradient(Locked(), np.zeros(4), zo.CGE(), executor=cluster)
 
+    def test_an_oracle_holding_the_executor_is_a_nested_run(self, cluster):
+        """It blamed a lock and advised JoblibExecutor(backend='threading')."""
+        from zoracle.executors import NestedRunError
+
+        def nested(x):
+            return float(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster).loss)
+
+        with pytest.raises(NestedRunError, match="holds the (Dask|Ray)Executor that runs it"):
+            zo.estimate_gradient(nested, np.zeros(4), zo.CGE(), executor=cluster)
+
     def test_timeout_names_shard_and_worker(self, cluster):
         x = np.zeros(D)
         cluster.timeout = 1.5
@@ -233,10 +262,25 @@ class ClusterContract:
                                      r"(dask worker tcp://127\.0\.0\.1:\d+|ray actor \d \(pid \d+\))"):
                 zo.estimate_gradient(HangAt(3, 12.0), x, zo.CGE(), executor=cluster)
             assert time.perf_counter() - t0 < 9.0  # did not wait for the hang (slack for a loaded machine)
+            # still usable at once, under the same limit: the worker left inside the hung call was
+            # replaced (Dask's cancel does not stop a running task; shards queued behind it timed out)
+            for _ in range(2):
+                te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster),
+                               zo.estimate_gradient(_loss, x, zo.CGE()))
         finally:
             cluster.timeout = None
-        te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster),
-                       zo.estimate_gradient(_loss, x, zo.CGE()))  # still usable
+
+    def test_an_oracle_that_failed_to_load_is_sent_again(self, cluster, tmp_path):
+        """The worker whose copy failed to load was recorded as holding the oracle: its later
+        shards failed with "worker has no oracle for token ...; please report" (and retried)."""
+        x = te.params()
+        ref = zo.estimate_gradient(_loss, x, zo.CGE())
+        oracle = FailsToLoadOnce(str(tmp_path / "loaded"))
+        te.assert_same(zo.estimate_gradient(oracle, x, zo.CGE(), executor=cluster), ref)
+        assert (tmp_path / "loaded").exists()  # loading really failed once
+        for _ in range(2):
+            te.assert_same(zo.estimate_gradient(oracle, x, zo.CGE(), executor=cluster), ref)
+            assert cluster.last_run.retries == 0
 
     def test_survives_a_killed_worker(self, cluster, tmp_path):
         x = te.params()
@@ -283,6 +327,20 @@ class TestRay(ClusterContract):
     @classmethod
     def cluster(cls, ray_env):
         yield from ray_cluster(ray_env)
+
+    def test_print_in_an_oracle_reaches_the_driver(self, cluster, capfd):
+        """A local session ran with log_to_driver=False: what an oracle printed was lost
+        (loky and Dask workers print to the driver's terminal)."""
+        def loud(x):
+            print("zoracle-oracle-says-hi", flush=True)
+            return _loss(x)
+
+        zo.estimate_gradient(loud, np.zeros(3), zo.CGE(), executor=cluster)
+        seen, t0 = "", time.perf_counter()
+        while "zoracle-oracle-says-hi" not in seen and time.perf_counter() - t0 < 10.0:
+            time.sleep(0.2)  # Ray forwards worker output from its log files, with a lag
+            seen += "".join(capfd.readouterr())
+        assert "zoracle-oracle-says-hi" in seen
 
     def test_session_lives_in_the_temp_dir(self, cluster, ray_env):
         """Ray cannot bind its core to loopback (it rewrites 127.0.0.1 to the node's address):

@@ -111,6 +111,22 @@ class SolverFailsAt(BadAt):
         return _loss(x)
 
 
+class FailsToLoadOnce:
+    """Its first unpickling in a worker process raises (a model file not there yet)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+        self.driver = os.getpid()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if os.getpid() != self.driver and _claim(self.flag):
+            raise OSError("transient: model file not ready")
+
+    def __call__(self, x):
+        return _loss(x)
+
+
 def params():
     return np.random.default_rng(5).standard_normal(D)
 
@@ -146,6 +162,19 @@ def test_killed_worker_is_replaced_and_shard_retried(tmp_path, watch):
     assert got.nfev == ref.nfev and got.loss == ref.loss
     np.testing.assert_allclose(again.grad, ref.grad, rtol=0, atol=1e-12)
     assert gone(first + after)
+
+
+def test_an_oracle_that_failed_to_load_is_sent_again(tmp_path, watch):
+    """The driver recorded the oracle as delivered although loading it raised: every later
+    shard on that worker failed with "worker has no oracle for token ...; please report"."""
+    x = params()
+    ref = zo.estimate_gradient(_loss, x, zo.CGE())
+    oracle = FailsToLoadOnce(str(tmp_path / "loaded"))
+    with JoblibExecutor(1) as ex:  # one worker: the retry meets the same worker
+        for _ in range(3):
+            got = zo.estimate_gradient(oracle, x, zo.CGE(), executor=ex)
+            np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-12)
+    assert (tmp_path / "loaded").exists()  # loading really failed once
 
 
 def test_shard_killing_every_worker_raises_naming_shard_and_cause(watch):

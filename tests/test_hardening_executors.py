@@ -90,6 +90,76 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         JoblibExecutor(2, timeout=0)
 
 
+class SlowToLoad:
+    """Takes ``seconds`` to unpickle (an import, weights to read); each call is fast."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __setstate__(self, state):
+        time.sleep(state["seconds"])
+        self.__dict__.update(state)
+
+    def __call__(self, x):
+        return quad(x)
+
+
+def test_a_shards_timeout_starts_once_the_oracle_is_loaded():
+    """The clock counted the unpickling, so an oracle slower to load than the limit never ran
+    (and every retry on a fresh worker paid the load again)."""
+    with JoblibExecutor(2, timeout=0.5) as ex:
+        for _ in range(2):
+            est = zo.estimate_gradient(SlowToLoad(1.2), np.ones(6), zo.CGE(), executor=ex)
+            np.testing.assert_allclose(est.grad, _serial(6))
+
+
+def test_an_oracle_that_never_loads_times_out_saying_so(monkeypatch):
+    import zoracle._executors_core as core
+
+    monkeypatch.setattr(core, "LOAD_S", 1.0)
+    with JoblibExecutor(1, timeout=0.3) as ex:
+        t0 = time.perf_counter()
+        with pytest.raises(ShardTimeout, match=r"did not finish loading the oracle \(unpickling it\) within 1 s"):
+            zo.estimate_gradient(SlowToLoad(30.0), np.ones(4), zo.CGE(), executor=ex)
+        assert time.perf_counter() - t0 < 6.0
+
+
+_EXIT_AFTER_TIMEOUT = """
+import time
+import numpy as np
+import zoracle as zo
+from zoracle.executors import JoblibExecutor, ShardTimeout
+
+def hang(x):
+    if x[5] != 0:
+        time.sleep(60)  # a deadlocked call
+    return float(x @ x)
+
+with JoblibExecutor(2, backend="threading", timeout=0.3) as ex:
+    try:
+        zo.estimate_gradient(hang, np.zeros(8), zo.CGE(), executor=ex)
+    except ShardTimeout:
+        print("timed out", flush=True)
+"""
+
+
+def test_a_script_exits_after_a_threading_timeout(tmp_path):
+    """The thread left inside the hung call was a ThreadPoolExecutor thread, which the
+    interpreter joins at exit: the script hung until the call returned."""
+    script = tmp_path / "exit_after_timeout.py"
+    script.write_text(_EXIT_AFTER_TIMEOUT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(zo.__file__))]
+                                                       + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the script did not exit after its ShardTimeout (a non-daemon thread hangs in the oracle)")
+    assert proc.returncode == 0 and "timed out" in out
+
+
 _DRIVER = """
 import os, sys, time
 import numpy as np
@@ -189,6 +259,30 @@ def test_nested_run_on_a_threading_executor_raises():
     chain = [exc, getattr(exc, "cause", None), getattr(exc, "__cause__", None)]
     assert any(isinstance(e, NestedRunError) for e in chain), repr(exc)
     assert "inside an oracle" in str(exc)
+
+
+class Nested:
+    """An oracle running an inner estimate on the executor it holds."""
+
+    def __init__(self, ex):
+        self.ex = ex
+
+    def __call__(self, x):
+        return float(zo.estimate_gradient(quad, x, zo.CGE(), executor=self.ex).loss)
+
+
+def test_an_oracle_holding_its_process_executor_is_a_nested_run():
+    """It blamed a '_thread.lock' and advised backend='threading', which then raised
+    NestedRunError: the error now says the oracle holds the executor, and the fix."""
+    with JoblibExecutor(2) as ex:
+        for oracle in (Nested(ex), lambda x: Nested(ex)(x)):
+            with pytest.raises(NestedRunError, match="holds the JoblibExecutor that runs it .* SerialExecutor") as info:
+                zo.estimate_gradient(oracle, np.zeros(4), zo.CGE(), executor=ex)
+            assert "backend='threading'" not in str(info.value) and "_thread.lock" not in str(info.value)
+        with JoblibExecutor(1) as other:  # another process executor cannot travel either
+            with pytest.raises(zo.ZoracleError, match=r"holds an executor \(JoblibExecutor\).* create its executor"):
+                zo.estimate_gradient(Nested(other), np.zeros(4), zo.CGE(), executor=ex)
+        np.testing.assert_allclose(zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex).grad, _serial(4))
 
 
 def test_keyboard_interrupt_in_a_threaded_oracle_propagates():

@@ -23,6 +23,7 @@ from ._executors_core import (
     error_outcome,
     run_guarded,
     run_task_guarded,
+    unsendable,
 )
 from ._executors_local import ShardedExecutor, _cloudpickle
 
@@ -117,20 +118,19 @@ def check_main_guard(what: str, spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Dask
-def _sendable(oracle, where: str) -> None:
-    """Raise a clear error now when ``oracle`` cannot be serialized for ``where``'s workers (Dask
-    and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
+def _sendable(oracle, where: str, running) -> bytes:
+    """``oracle`` serialized, or a clear error now when it cannot be serialized for ``where``'s
+    workers (Dask and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
     try:
-        _cloudpickle().dumps(oracle)
+        return _cloudpickle().dumps(oracle)
     except Exception as exc:
-        raise ZoracleError(
-            f"the oracle {type(oracle).__name__} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); "
-            "make it picklable (no locks, open files or sessions in its attributes, or rebuild them in "
-            "__setstate__) or use JoblibExecutor(backend='threading')") from exc
+        raise unsendable(oracle, exc, where, running) from exc
 
 
 #: parameter vectors up to this size travel inside each shard instead of being scattered
 _INLINE_BYTES = 1 << 20
+#: seconds to wait for an abandoned worker to be restarted (killed, and its replacement up)
+_RESTART_S = 30.0
 _DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a bounded cache
 _DASK_LOCK = threading.Lock()
 
@@ -175,7 +175,7 @@ class _DaskBackend:
     def workers(self):
         if self._slots is None:  # asked once per run, and again after a failure
             self._slots = [(addr, k) for addr, w in sorted(_dask_workers(self.ex.client).items())
-                           for k in range(int(w.get("nthreads", 1)))]
+                           if addr not in self.ex._stuck for k in range(int(w.get("nthreads", 1)))]
         return self._slots
 
     def refresh(self) -> None:
@@ -233,10 +233,21 @@ class _DaskBackend:
         return out
 
     def abort(self, workers) -> None:
+        """Cancel the in-flight shards and replace the workers running them.
+
+        Dask's cancel does not stop a task that is running: the worker's thread stays inside
+        the oracle (a hung call may never return), and later shards queued behind it would
+        time out in turn. Its process is restarted instead.
+        """
+        stuck = set()
         for w in workers:
             jid, fut = self.busy.pop(w, (None, None))
             if fut is not None:
                 fut.cancel()
+                stuck.add(w[0])
+        self._slots = None
+        if stuck:
+            self.ex._restart(sorted(stuck))
 
 
 class DaskExecutor(ShardedExecutor):
@@ -257,6 +268,7 @@ class DaskExecutor(ShardedExecutor):
         self._scratch = None  # the local cluster's local_directory, removed on close
         self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
+        self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
         self.n_workers = int(self._count or 1)
 
     def start(self) -> None:
@@ -325,6 +337,30 @@ class DaskExecutor(ShardedExecutor):
             self._reaper = None
             self._remove_scratch()
 
+    def _restart(self, addrs) -> None:
+        """Restart the worker processes at ``addrs``, whose running shard was abandoned (a
+        timeout, Ctrl-C); a worker without a nanny cannot be restarted: it is no longer given
+        shards, with a warning saying so."""
+        import warnings
+
+        info = _dask_workers(self.client)
+        nanny = [a for a in addrs if a in info and info[a].get("nanny")]
+        bare = [a for a in addrs if a in info and not info[a].get("nanny")]
+        if nanny:
+            try:
+                self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False)
+            except Exception as exc:  # the worker is stuck either way: stop using it
+                bare += nanny
+                warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(nanny)} failed "
+                              f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        if bare:
+            self._stuck.update(bare)
+            warnings.warn(
+                f"DaskExecutor: worker(s) {', '.join(bare)} may still be inside an abandoned oracle call and "
+                "cannot be restarted (no nanny): zoracle gives them no more shards. Restart them yourself, or "
+                "run workers under a nanny (the default of `dask worker`) so that zoracle can",
+                RuntimeWarning, stacklevel=2)
+
     def _dropped(self, tokens) -> None:
         for t in tokens:
             self._futs.pop(t, None)
@@ -338,9 +374,10 @@ class DaskExecutor(ShardedExecutor):
         if refresh:
             self._futs.pop(payload.oracle_token, None)
         if payload.oracle_token not in self._futs:
-            _sendable(payload.oracle, "Dask")
-            # scattered inside a list, so an oracle that is also a container stays one object
-            self._futs[payload.oracle_token] = c.scatter([payload.oracle], broadcast=True, hash=False)[0]
+            # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
+            # worker is then a shard's error (reported, retried), not a broken scatter
+            blob = _sendable(payload.oracle, "Dask", self)
+            self._futs[payload.oracle_token] = c.scatter([blob], broadcast=True, hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
@@ -535,8 +572,12 @@ class _RayBackend:
             except ray.exceptions.RayActorError as exc:  # the actor's process is gone
                 self.ex._replace(w)
                 out.append((w, jid, ("dead", f"{type(exc).__name__}: {_short(exc)}")))
+                continue
             except Exception as exc:  # could not run at all, e.g. the oracle failed to unpickle
                 out.append((w, jid, ("err", RuntimeError(f"{type(exc).__name__}: {_short(exc)}"), "")))
+            if out[-1][2][0] == "err":  # perhaps the oracle failed to load: send it again next time
+                self.payload.undelivered(w)
+                w.handle.drop.remote(self.payload.oracle_token)  # runs before the actor's next shard
         return out
 
     def abort(self, workers) -> None:
@@ -608,7 +649,6 @@ class RayExecutor(ShardedExecutor):
             )
         kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
         kw.setdefault("include_dashboard", False)
-        kw.setdefault("log_to_driver", False)
         kw.setdefault("configure_logging", False)
         if "_temp_dir" not in kw:  # Ray's socket paths must stay short: a private dir under /tmp
             self._session_dir = tempfile.mkdtemp(prefix="zr", dir="/tmp" if os.path.isdir("/tmp") else None)
@@ -678,7 +718,7 @@ class RayExecutor(ShardedExecutor):
         import ray
 
         if payload.oracle_token not in self._refs:
-            _sendable(payload.oracle, "Ray")
+            _sendable(payload.oracle, "Ray", self)
             self._refs[payload.oracle_token] = ray.put(payload.oracle)
         refs = {"oracle": self._refs[payload.oracle_token],
                 "params": ray.put(np.ascontiguousarray(to_numpy(payload.params)))}

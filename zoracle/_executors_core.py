@@ -30,12 +30,15 @@ from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
-           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout"]
+           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "unsendable"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
 #: bound batches a worker keeps (first in, first out; the driver mirrors the rule)
 KEEP_BATCHES = 4
+#: seconds a worker may spend loading a shard's oracle (unpickling it: imports, weights) before
+#: the shard's own ``timeout`` starts, for transports that report the end of loading
+LOAD_S = 60.0
 #: seconds a run waits for a worker while none is known (a cluster still starting, or whose
 #: workers all left) before it raises
 NO_WORKER_WAIT_S = 60.0
@@ -83,6 +86,17 @@ class Payload:
         if w.params_token != self.params_token:
             names.append("params")
         return names
+
+    def undelivered(self, w) -> None:
+        """Forget in ``w``'s mirror this run's oracle (with its batches) and parameters.
+
+        Called when a shard comes back with an error, which may have come from storing the
+        items (an oracle whose ``__setstate__`` raised): the caller also makes the worker drop
+        the oracle, so both sides agree and the next shard sends everything again.
+        """
+        w.has.discard(self.oracle_token)
+        w.bound.drop(self.oracle_token)
+        w.params_token = None
 
     def delivered(self, w, names) -> None:
         """Record in ``w``'s mirror that the items ``names`` reached it."""
@@ -229,11 +243,8 @@ class WorkerState:
         self.wrapped[key] = wrapped
         return wrapped
 
-    def run(self, spec, task, oracle=None, batch=_UNSET, params=None):
-        """Run ``task``; items not held yet come in ``oracle`` / ``batch`` / ``params``.
-
-        Returns ``(losses, seconds)``.
-        """
+    def load(self, spec, oracle=None, batch=_UNSET, params=None) -> None:
+        """Store the items of a run this worker does not hold yet (unpickling the oracle)."""
         oracle_token, batch_token, params_token = spec
         if oracle is not None and oracle_token not in self.oracles:
             self.put_oracle(oracle_token, oracle)
@@ -241,6 +252,14 @@ class WorkerState:
             self.put_batch((oracle_token, batch_token), batch)
         if params is not None:
             self.params = (params_token, params)
+
+    def run(self, spec, task, oracle=None, batch=_UNSET, params=None):
+        """Run ``task``; items not held yet come in ``oracle`` / ``batch`` / ``params``.
+
+        Returns ``(losses, seconds)``.
+        """
+        oracle_token, batch_token, params_token = spec
+        self.load(spec, oracle, batch, params)
         if self.params[0] != params_token:
             raise ZoracleError("worker received a shard without this run's parameters; please report")
         wrapped = self.oracle(oracle_token, batch_token)
@@ -464,6 +483,47 @@ class NestedRunError(ZoracleError, RuntimeError):
     """An oracle called ``run`` on the executor that is running it (this would deadlock)."""
 
 
+class ExecutorPickled(TypeError):
+    """Raised by pickling an executor (an oracle holding one, on its way to workers)."""
+
+    def __init__(self, executor):
+        super().__init__(f"cannot pickle the executor {type(executor).__name__}")
+        self.executor = executor
+
+
+def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:
+    """The error for ``oracle`` failing to serialize for ``where``'s workers with ``exc``.
+
+    An oracle that holds an executor gets advice about nesting (a lock in the traceback would
+    mislead: the advice to use threads then meets :class:`NestedRunError`); ``running`` is
+    the executor sending it.
+    """
+    name = type(oracle).__name__
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen and not isinstance(e, ExecutorPickled):
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    if isinstance(e, ExecutorPickled):
+        held = type(e.executor).__name__
+        if running is not None and running in (e.executor, getattr(e.executor, "_impl", None)):
+            return NestedRunError(
+                f"the oracle {name} holds the {held} that runs it (to call estimate_gradient / train inside the "
+                "oracle): an executor cannot run inside its own shards (on threads it would deadlock, and it "
+                "cannot travel to worker processes); use SerialExecutor() inside the oracle, or an executor "
+                "the oracle creates itself on the worker (e.g. on its first call)"
+            )
+        return ZoracleError(
+            f"the oracle {name} holds an executor ({held}), which cannot be sent to {where} workers (it owns "
+            "processes, threads and locks); let the oracle create its executor on the worker (e.g. on its first "
+            "call, not kept in what it pickles), or use SerialExecutor() inside the oracle"
+        )
+    return ZoracleError(
+        f"the oracle {name} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); make it picklable "
+        "(no locks, open files or sessions in its attributes, or rebuild them in __setstate__) or use "
+        "JoblibExecutor(backend='threading')"
+    )
+
+
 def check_timeout(timeout):
     """``timeout`` as a positive float or None, else an ArgumentError."""
     import numbers
@@ -490,11 +550,18 @@ def _cause_text(exc) -> str:
 _job_ids = itertools.count()
 
 
-def _timed_out(shard: int, n: int, task, where: str, timeout: float) -> ShardTimeout:
-    err = ShardTimeout(
-        f"shard {shard + 1}/{n} ({describe_task(task)}) did not finish within timeout={timeout:g} s on {where}; "
-        "the oracle hangs or is slower than the limit: fix the oracle or pass a larger `timeout`"
-    )
+def _timed_out(shard: int, n: int, task, where: str, timeout: float, loading: bool = False) -> ShardTimeout:
+    if loading:
+        err = ShardTimeout(
+            f"shard {shard + 1}/{n} ({describe_task(task)}): {where} did not finish loading the oracle (unpickling "
+            f"it) within {max(timeout, LOAD_S):g} s; its __setstate__ (or an import it needs) hangs or is slower "
+            "than that: make loading faster (load weights lazily, on the first call)"
+        )
+    else:
+        err = ShardTimeout(
+            f"shard {shard + 1}/{n} ({describe_task(task)}) did not finish within timeout={timeout:g} s on {where}; "
+            "the oracle hangs or is slower than the limit: fix the oracle or pass a larger `timeout`"
+        )
     err.shard, err.worker, err.timeout = shard, where, timeout
     return err
 
@@ -506,6 +573,9 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     ``name(w)`` (a stable label such as a pid), ``submit(w, jid, shard)`` and
     ``wait() -> [(w, jid, outcome)]`` with outcome ``("ok", losses, seconds)``,
     ``("err", exc, traceback_text)`` or ``("dead", reason)``; ``abort()`` stops in-flight work.
+    ``submit`` may return True when the worker first loads the oracle and will report the
+    end of loading with the outcome ``("loaded",)``: until then the shard may take
+    ``max(timeout, LOAD_S)`` seconds, and its ``timeout`` starts when loading ends.
 
     A shard that fails is retried once on a worker it has not failed on (the same one only
     when no other exists). A second failure raises: the oracle's own
@@ -527,9 +597,14 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     queue = deque(sorted(range(n), key=lambda i: -costs[i]))
     failed_on = [[] for _ in range(n)]
     inflight = {}  # jid -> (shard index, worker)
-    started = {}  # jid -> perf_counter at submission
+    started = {}  # jid -> perf_counter at submission (or when its worker finished loading the oracle)
+    loading = set()  # jids whose worker is still loading the oracle (LOAD_S, not timeout, applies)
     retries = 0
     busy = 0.0
+
+    def limit(jid) -> float:
+        return max(timeout, LOAD_S) if jid in loading else timeout
+
     starved = None  # perf_counter since when shards have waited with no worker to take them
     naps = 0
     try:
@@ -549,7 +624,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 queue.remove(pick)
                 jid = next(_job_ids)
                 inflight[jid] = (pick, w)
-                backend.submit(w, jid, shards[pick])
+                if backend.submit(w, jid, shards[pick]):
+                    loading.add(jid)
                 started[jid] = time.perf_counter()  # after submit: a worker's start-up is not the shard's
             if not inflight:  # shards wait and no worker took one: none is known (see the docstring)
                 now = time.perf_counter()
@@ -571,11 +647,16 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
             if timeout is None:
                 answers = backend.wait()
             else:
-                left = min(started[j] for j in inflight) + timeout - time.perf_counter() if inflight else 0.0
+                left = min(started[j] + limit(j) for j in inflight) - time.perf_counter() if inflight else 0.0
                 answers = backend.wait(max(0.0, left))
             for w, jid, outcome in answers:
                 if jid not in inflight:
                     continue  # a stale answer from an aborted run
+                if outcome[0] == "loaded":  # the oracle is loaded: the shard's own time starts now
+                    loading.discard(jid)
+                    started[jid] = time.perf_counter()
+                    continue
+                loading.discard(jid)
                 i, _ = inflight.pop(jid)
                 started.pop(jid, None)
                 if outcome[0] == "ok":
@@ -612,10 +693,10 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 queue.appendleft(i)
             if timeout is not None:
                 now = time.perf_counter()
-                late = [j for j in inflight if now - started[j] >= timeout]
+                late = [j for j in inflight if now - started[j] >= limit(j)]
                 if late:
                     i, w = inflight[late[0]]
-                    raise _timed_out(i, n, shards[i], backend.name(w), timeout)
+                    raise _timed_out(i, n, shards[i], backend.name(w), timeout, late[0] in loading)
     except BaseException:
         if inflight:
             backend.abort([w for _, w in inflight.values()])

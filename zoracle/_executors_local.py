@@ -13,13 +13,13 @@ import time
 import uuid
 import warnings
 import weakref
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+import queue
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ZoracleError
 from ._malloc import reuse_freed_memory
 from ._plan import BaseTask
 from ._executors_core import (
@@ -30,12 +30,15 @@ from ._executors_core import (
     Registry,
     RunStats,
     WorkerState,
+    ExecutorPickled,
     check_timeout,
+    error_outcome,
     reshard,
     run_guarded,
     run_task_guarded,
     schedule,
     split_bound,
+    unsendable,
 )
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
@@ -86,13 +89,25 @@ class ShardedExecutor:
         pass
 
     def forget(self, oracle) -> None:
-        """Drop ``oracle`` from the workers (send it again next time, e.g. after mutating it)."""
-        token = self._registry.forget(getattr(oracle, "fn", oracle))
+        """Drop ``oracle`` from the workers (send it again next time, e.g. after mutating it).
+
+        A bound oracle (one whose ``unbind()`` returns ``(parent, batch)``) travels as its
+        parent plus the batch: forgetting it forgets the parent, with every batch bound to it.
+        """
+        fn = getattr(oracle, "fn", oracle)
+        parent, batch = split_bound(fn)
+        if batch is not None:
+            self._bound.forget(fn)
+        token = self._registry.forget(parent)
         if token is not None:
             self._dropped([token])
 
     def _dropped(self, tokens) -> None:
         pass
+
+    def __reduce__(self):
+        # an oracle holding an executor is on its way to workers: say so (unsendable names the fix)
+        raise ExecutorPickled(self)
 
     def _payload(self, oracle, params) -> Payload:
         parent, batch = split_bound(oracle.fn)
@@ -244,6 +259,14 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
             continue
         _, jid, spec, task, items = msg
         try:
+            if "oracle" in items or "batch" in items:  # loading may be slow (imports, weights): say when done
+                try:
+                    state.load(spec, **items)
+                except BaseException as exc:  # reported to the driver, which decides about retries
+                    conn.send_bytes(pickle.dumps((jid, error_outcome(exc))))
+                    continue
+                conn.send_bytes(pickle.dumps((jid, ("loaded",))))
+                items = {}
             out = run_guarded(state, spec, task, **items)
             data = pickle.dumps((jid, out), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # an unpicklable result must still be reported
@@ -378,8 +401,9 @@ class _ProcBackend:
         try:
             w.send(("run", jid, pl.spec, shard, items))
         except (OSError, ValueError):
-            return  # a dead worker: wait() reports it through its sentinel
+            return False  # a dead worker: wait() reports it through its sentinel
         pl.delivered(w, items)
+        return "oracle" in items or "batch" in items  # the worker reports when it has loaded them
 
     def wait(self, timeout=None):
         from multiprocessing.connection import wait as mp_wait
@@ -393,7 +417,13 @@ class _ProcBackend:
             jid = p.jid
             try:
                 rjid, outcome = pickle.loads(p.conn.recv_bytes())
+                if outcome[0] == "loaded":  # the shard itself starts now
+                    out.append((p, rjid, outcome))
+                    continue
                 p.jid = None
+                if outcome[0] == "err":  # perhaps the oracle failed to load: send it again next time
+                    self.payload.undelivered(p)
+                    p.send(("drop", self.payload.oracle_token))
                 out.append((p, rjid, outcome))
                 continue
             except (EOFError, OSError):  # the socket closed: the process is gone
@@ -462,10 +492,7 @@ class ProcessPool(ShardedExecutor):
             try:
                 blob = _cloudpickle().dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
-                raise ZoracleError(
-                    f"the oracle {type(fn).__name__} cannot be sent to worker processes ({type(exc).__name__}: "
-                    f"{exc}); make it picklable or use JoblibExecutor(backend='threading')"
-                ) from exc
+                raise unsendable(fn, exc, "process", self) from exc
             self._blobs[token] = blob
         return blob
 
@@ -542,6 +569,53 @@ def _run_in_thread(owner: int, oracle, shard, params):
         ids.discard(owner)
 
 
+class _DaemonThreads:
+    """A minimal pool of daemon threads with ``concurrent.futures`` futures.
+
+    Not ``ThreadPoolExecutor``: its threads are joined at interpreter exit, so a thread left
+    inside a hung oracle call (after a timeout) would keep the process from exiting.
+    """
+
+    def __init__(self, n: int, prefix: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._loop, name=f"{prefix}_{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiting caller
+                fut.set_exception(exc)
+
+    def submit(self, fn, *args) -> Future:
+        fut = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class ThreadPool(ShardedExecutor):
     """A pool of threads in this process sharing the caller's oracle object (private)."""
 
@@ -554,7 +628,7 @@ class ThreadPool(ShardedExecutor):
 
     def start(self) -> None:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.n_workers, thread_name_prefix="zoracle-worker")
+            self._pool = _DaemonThreads(self.n_workers, "zoracle-worker")
 
     def close(self) -> None:
         if self._pool is not None:

@@ -32,8 +32,9 @@ Faults
 
 Hangs and interrupts
     Every executor takes ``timeout=`` (seconds per shard, default None: no limit). A shard
-    running longer raises :class:`ShardTimeout` naming the shard and the worker; a worker
-    process running it is killed and replaced (a thread cannot be killed: it is left to
+    running longer raises :class:`ShardTimeout` naming the shard and the worker (a worker
+    process's clock starts once it has loaded the oracle); a worker process running it is
+    killed and replaced (a thread cannot be killed: it is left to
     finish and later runs use fresh threads). Worker processes exit when the driver dies,
     even in the middle of an oracle call (a parent-death signal on Linux plus a watchdog).
     A ``KeyboardInterrupt`` raised inside an oracle propagates unchanged (no retry). Calling
@@ -60,7 +61,15 @@ from ._errors import ArgumentError
 from ._executors_cluster import DaskExecutor as _Dask
 from ._executors_cluster import RayExecutor as _Ray
 from ._executors_cluster import parse_local
-from ._executors_core import NestedRunError, RunStats, ShardFailed, ShardTimeout, check_timeout, describe_task
+from ._executors_core import (
+    ExecutorPickled,
+    NestedRunError,
+    RunStats,
+    ShardFailed,
+    ShardTimeout,
+    check_timeout,
+    describe_task,
+)
 from ._executors_local import ProcessPool, ThreadPool, current_device
 
 __all__ = [
@@ -215,6 +224,9 @@ class JoblibExecutor:
     def run(self, oracle, params, tasks) -> list:
         return self._impl.run(oracle, params, tasks)
 
+    def __reduce__(self):
+        raise ExecutorPickled(self)  # an oracle holding it is on its way to workers: named with the fix
+
     def __repr__(self) -> str:
         return f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r})"
 
@@ -267,7 +279,9 @@ class DaskExecutor(_Dask):
     n_workers : int, optional
         Workers of the local cluster (overrides ``local:N``).
     timeout : float, optional
-        Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit). The
+        worker left running it (Dask's cancel does not stop a running task) is restarted
+        by its nanny; a worker without a nanny gets no more shards, with a warning.
     **cluster_kwargs
         Passed to ``distributed.LocalCluster`` for a local cluster.
 
