@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from zoracle._errors import ArgumentError
 
 from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, element, norm_context, vmap_safe
+from ._torch_graph import BAKED_BUFFERS
 from ._torch_layout import Chain, Step, to_torch
 
 __all__ = ["first_bind", "reference_loss", "full_coordinate_losses", "shared_suffix"]
@@ -196,14 +197,31 @@ _PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _plain_values(m: nn.Module) -> tuple:
-    """The values of ``m``'s plain attributes (tensors as identity and version). Their names are
-    read once per module: an attribute a forward reads exists when the forward is first run (the
-    capture), so new names do not matter."""
-    names = _PLAIN_NAMES.get(m)
-    d = m.__dict__
-    if names is None:
-        names = _PLAIN_NAMES[m] = tuple(k for k, v in d.items() if k not in _TOGGLED and _watched(v))
-    return tuple([_value_key(d.get(k)) for k in names]) if names else ()
+    """The values of ``m``'s plain attributes (tensors as identity and version), and of its
+    buffers where the capture read them as values (``BAKED_BUFFERS``). Their names are read once
+    per module: an attribute a forward reads exists when the forward is first run (the capture),
+    so new names do not matter."""
+    baked = m in BAKED_BUFFERS
+    got = _PLAIN_NAMES.get(m)
+    if got is None or got[0] != baked:
+        d = m.__dict__
+        names = tuple(k for k, v in d.items() if k not in _TOGGLED and _watched(v))
+        if baked:
+            names += tuple((_BUFFER, k) for k in m._buffers)
+        got = _PLAIN_NAMES[m] = (baked, names)
+    names = got[1]
+    return tuple([_value_key(_read(m, k)) for k in names]) if names else ()
+
+
+_BUFFER = "buffer"
+
+
+def _read(m: nn.Module, name):
+    if type(name) is not tuple:
+        return m.__dict__.get(name)
+    b = m._buffers.get(name[1])
+    # by value when small: the oracle puts buffers back after its queries (a copy, a new version)
+    return ("values", b.dtype, tuple(b.reshape(-1).tolist())) if torch.is_tensor(b) and b.numel() <= 256 else b
 
 
 #: the types of plain attributes a forward may read (``self.temperature``, ``negative_slope``,
@@ -215,30 +233,51 @@ _PLAIN = (numbers.Number, np.generic, str, type(None))
 _TOGGLED = frozenset({"training", "inplace", "dropout"})
 
 
+def _scalar(v) -> bool:
+    if not isinstance(v, _PLAIN):
+        return False
+    try:  # the key is hashed (a structured NumPy scalar is not hashable)
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
 def _watched(v) -> bool:
     """A plain attribute whose value the split depends on: a scalar, string or None, a tuple or
     list of them, or a tensor that is not a registered buffer (``self.mask = torch.ones(n)``: a
     forward reading it reads it live, but cached activations hold it, and an expression of it
     alone is baked into the graph)."""
-    if isinstance(v, _PLAIN) or torch.is_tensor(v):
+    if _scalar(v) or torch.is_tensor(v):
         return True
-    return isinstance(v, (tuple, list)) and all(isinstance(e, _PLAIN) for e in v)
+    return isinstance(v, (tuple, list)) and all(_scalar(e) for e in v)
+
+
+def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
+    """Stop watching the plain attributes and buffers that a plain forward of ``model`` on ``x``
+    changes (a counter, an attention map kept for display, the weight an old-style
+    ``weight_norm`` hook recomputes): they are outputs, not settings, and would change the key
+    at every call. Buffers are put back afterwards."""
+    before = _modes(model)
+    with plain_context(model):
+        try:
+            model(x)
+        except Exception:  # the check that follows reports it
+            return
+        _unwatch_forward_written(model, before)
 
 
 def _unwatch_forward_written(model: nn.Module, before: tuple) -> bool:
-    """Stop watching the plain attributes the model's own forwards changed since its key was
-    ``before`` (a counter, an attention map kept for display, the weight an old-style
-    ``weight_norm`` hook recomputes): they are outputs, not settings, and would change the key
-    at every call. True when one was dropped."""
+    """Stop watching what changed since the model's key was ``before``. True when one was dropped."""
     dropped = False
     for m, key in zip(model.modules(), before):
-        names = _PLAIN_NAMES.get(m)
-        if not names or key[0] != id(m):
+        got = _PLAIN_NAMES.get(m)
+        if not got or not got[1] or key[0] != id(m):
             continue
-        d = m.__dict__
-        keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(d.get(k))))
+        baked, names = got
+        keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(_read(m, k))))
         if keep != names:
-            _PLAIN_NAMES[m] = keep
+            _PLAIN_NAMES[m] = (baked, keep)
             dropped = True
     return dropped
 
@@ -251,8 +290,8 @@ def _same_value(a, b) -> bool:
 
 
 def _value_key(v):
-    if torch.is_tensor(v):
-        return ("tensor", id(v), v._version)
+    if torch.is_tensor(v):  # an inference-mode tensor has no version (nor can it be written outside that mode)
+        return ("tensor", id(v), None if v.is_inference() else v._version)
     return tuple(v) if isinstance(v, list) else v
 
 
@@ -321,14 +360,14 @@ def _self_check(oracle, why: str = "") -> None:
     core = oracle._core
     if not core.blocks:
         return
-    # these modes count as checked from here on: the check's own prefix and suffix calls must
-    # not start it again (a failed check retires the split, and then nothing is checked)
-    before = _modes(core.model)
-    core.checked_modes.add(before)
     theta = oracle._load(oracle.initial_params()).clone()
     # the split's structure does not depend on the batch size: check on (at most) 2 samples
     probe = _two_samples(oracle)
-    core.checking = True  # a forward that writes an attribute changes the key inside the check
+    _unwatch_what_a_forward_writes(core.model, probe._x)
+    # these modes count as checked from here on: the check's own prefix and suffix calls must
+    # not start it again (a failed check retires the split, and then nothing is checked)
+    core.checked_modes.add(_modes(core.model))
+    core.checking = True  # the check's own forwards may write buffers the key holds
     try:
         reason = _check_split(probe, theta)
         if reason and oracle.dtype != torch.float64 and _recheck_float64(oracle, probe):
@@ -340,10 +379,11 @@ def _self_check(oracle, why: str = "") -> None:
     finally:
         oracle._load(theta)
         core.checking = False
-        if _unwatch_forward_written(core.model, before):
-            core.checked_modes.add(_modes(core.model))
+    if not reason:  # as the check left it (buffers put back by copies): checked too
+        core.checked_modes.add(_modes(core.model))
     if reason:
-        retire_split(oracle, why + (_hook_reparametrized(core.model) or reason))
+        failed = reason.startswith("the captured split failed")  # an error, not a different loss
+        retire_split(oracle, why + ((failed and _hook_reparametrized(core.model)) or reason))
 
 
 def _hook_reparametrized(model: nn.Module) -> str:

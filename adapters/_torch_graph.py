@@ -26,6 +26,7 @@ arguments become False; in-place modules are switched out of place by ``norm_con
 from __future__ import annotations
 
 import operator
+import weakref
 
 import torch
 import torch.fx as fx
@@ -57,13 +58,15 @@ class _Tracer(fx.Tracer):
     """fx's default leaves (``torch.nn`` modules) plus any subclass of a stock ``torch.nn``
     class: its own ``forward`` runs as written, as one opaque step."""
 
-    def __init__(self, all_leaves: bool = False):
+    def __init__(self, all_leaves: bool = False, proxy_buffers: bool = True):
         super().__init__()
         self.all_leaves = all_leaves
         # buffers read in a forward become graph nodes, read when the step runs: left as tensors,
-        # an expression of buffers alone (``self.temp.clamp(min=0.1)``) was computed once at the
-        # capture and baked in, stale after the buffer changed
-        self.proxy_buffer_attributes = True
+        # an expression of buffers alone (``self.temp.clamp(min=0.1)``) is computed once at the
+        # capture and baked in, stale after the buffer changes. A forward that branches on a
+        # buffer (``if self.initialized:``) or converts one (``float(self.scale)``) cannot be
+        # traced so: it is traced with tensors, and its buffers join the split's key
+        self.proxy_buffer_attributes = proxy_buffers
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and type(m).forward in (
@@ -149,18 +152,31 @@ def trace_steps(model: nn.Module):
     of untraceable modules still splits between them).
     """
     graph, err = None, None
-    for leaves in (False, True):
-        saved = _attributes(model)
-        try:
-            graph = _Tracer(leaves).trace(model)
+    for proxy in (True, False):
+        for leaves in (False, True):
+            saved = _attributes(model)
+            tracer = _Tracer(leaves, proxy)
+            try:
+                graph = tracer.trace(model)
+                break
+            except Exception as exc:  # data-dependent control flow, unsupported Python
+                err = err or exc
+            finally:  # what the traced forward assigned (``self.calls += 1`` on a buffer stores a Proxy)
+                _restore_attributes(saved)
+        if graph is not None:
             break
-        except Exception as exc:  # data-dependent control flow, unsupported Python
-            err = err or exc
-        finally:  # what the traced forward assigned (``self.calls += 1`` on a buffer stores a Proxy)
-            _restore_attributes(saved)
     if graph is None:
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]})"
+    for name, m in model.named_modules():
+        if not proxy and m._buffers and (m is model or not tracer.is_leaf_module(m, name)):
+            BAKED_BUFFERS.add(m)  # read as values at the capture: a change must check the split again
+        else:
+            BAKED_BUFFERS.discard(m)
     return _graph_steps(model, list(graph.nodes))
+
+
+#: modules whose forward was traced with their buffers as values (see ``_Tracer``)
+BAKED_BUFFERS: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def _attributes(model: nn.Module) -> list:

@@ -298,7 +298,8 @@ class TorchOracle:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
         x, y = batch
-        if isinstance(x, dict) or (isinstance(x, (tuple, list)) and any(
+        rows = y is not None and not isinstance(x, dict) and len(x) == len(y)  # a list of samples (stacked)
+        if isinstance(x, dict) or (isinstance(x, (tuple, list)) and not rows and any(
                 torch.is_tensor(v) or isinstance(v, np.ndarray) for v in x)):
             raise ArgumentError(
                 f"`batch`'s x is a {type(x).__name__}: TorchOracle feeds the model one input, an array or tensor "

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     import zoracle as zo
 
-    if os.path.exists(args.figure) and os.path.samefile(args.figure, args.checkpoint):
+    if os.path.exists(args.figure) and os.path.exists(args.checkpoint) and os.path.samefile(args.figure,
+                                                                                            args.checkpoint):
         raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
                                "figure its own path (e.g. run.png)")
     history = zo.History.from_checkpoint(args.checkpoint)

@@ -416,7 +416,7 @@ class ListedBackend:
         self.pending = []
         return out
 
-    def abort(self, workers):
+    def abort(self, workers, hung=True):
         self.pending = []
 
 
@@ -672,3 +672,38 @@ def test_gpu_script_dry_run_on_cpu_devices():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["devices"] == ["cpu", "cpu"] and res["queries"] == res["params"] + 1
     assert res["max_rel_diff"] <= 1e-9 and res["shards"] >= 2
+
+
+def test_threading_executors_never_closed_leave_no_threads():
+    """The daemon-thread pool's threads held the pool (a bound method): five unclosed
+    executors left 20 threads for good (ThreadPoolExecutor's are ended when it is collected)."""
+    import gc
+    import threading
+
+    from zoracle.executors import JoblibExecutor
+
+    base = threading.active_count()
+    for _ in range(3):
+        ex = JoblibExecutor(4, backend="threading")
+        zo.estimate_gradient(lambda p: float(np.sum(p ** 2)), np.ones(8), zo.CGE(mu=1e-3), executor=ex)
+        del ex
+        gc.collect()
+    deadline = time.time() + 5
+    while threading.active_count() > base and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == base
+
+
+def test_an_executor_copies_shallowly_and_refuses_to_travel():
+    """Refusing to pickle executors (an oracle holding one, sent to workers) also refused
+    ``copy.copy``, which shares the workers and worked before."""
+    import copy
+    import pickle
+
+    from zoracle.executors import JoblibExecutor
+
+    for backend in ("threading", "loky"):
+        ex = JoblibExecutor(2, backend=backend)
+        assert copy.copy(ex)._impl is ex._impl and copy.copy(ex._impl).__dict__ == ex._impl.__dict__
+        with pytest.raises(TypeError, match="cannot pickle the executor"):
+            pickle.dumps(ex)

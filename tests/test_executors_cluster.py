@@ -132,6 +132,19 @@ class FailsToLoadOnce:
         return _loss(x)
 
 
+class SlowRaiseAt:
+    """Raises at coordinate ``i``; every other call takes 0.3 s (shards still in flight then)."""
+
+    def __init__(self, base, i):
+        self.base, self.i = base.copy(), i
+
+    def __call__(self, x):
+        if x[self.i] != self.base[self.i]:
+            raise KeyError("no such mesh")
+        time.sleep(0.3)
+        return _loss(x)
+
+
 class RaiseAt:
     def __init__(self, base, i):
         self.base, self.i = base.copy(), i
@@ -307,6 +320,17 @@ class TestDask(ClusterContract):
             for c in psutil.Process(pid).net_connections(kind="inet"):
                 if c.status == psutil.CONN_LISTEN:
                     assert c.laddr.ip in ("127.0.0.1", "::1"), f"worker pid {pid} listens on {c.laddr}"
+
+    def test_an_oracle_error_leaves_the_busy_workers_running(self, cluster):
+        """Only a timeout or Ctrl-C may leave a worker inside a call: an oracle's error used to
+        restart every worker with a shard in flight too (a second longer, and on a shared
+        cluster other users' tasks killed)."""
+        x = te.params()
+        zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4), executor=cluster)
+        before = cluster.client.run(os.getpid)
+        with pytest.raises(zo.OracleError, match="no such mesh"):
+            zo.estimate_gradient(SlowRaiseAt(x, 0), x, zo.CGE(mu=1e-4), executor=cluster)
+        assert cluster.client.run(os.getpid) == before
 
     @pytest.mark.timeout(180)
     def test_a_cached_identity_without_workers_does_not_stall_a_run(self, cluster, monkeypatch):

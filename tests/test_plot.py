@@ -248,3 +248,12 @@ def test_a_plot_of_a_run_without_epochs_is_refused_before_it_runs(tmp_path):
     """It warned at the end to draw it again with result.plot(path), which failed too."""
     with pytest.raises(zo.ArgumentError, match="`plot` was given with epochs=0"):
         zo.train(loss, np.zeros(3), epochs=0, progress=False, plot=tmp_path / "run.png")
+
+
+def test_zoracle_plot_of_a_missing_checkpoint_over_an_existing_figure_is_one_line(tmp_path, capsys):
+    """The same-file check raised FileNotFoundError (a traceback) for the missing checkpoint."""
+    from zoracle.cli import main
+
+    (tmp_path / "run.png").write_bytes(b"old figure")
+    assert main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "run.png")]) == 1
+    assert "does not exist or is not a file" in capsys.readouterr().err

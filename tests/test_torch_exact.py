@@ -1241,6 +1241,8 @@ def test_several_model_inputs_are_refused_naming_batch(inputs):
         TorchOracle(_TwoInputs(), CE_ROWS, (xs, y))
     oracle = TorchOracle(nn.Linear(2, 3), CE_ROWS, ([[0.0, 1.0], [1.0, 0.0]], [0, 2]))  # nested lists of numbers
     assert np.isfinite(oracle(oracle.initial_params()))
+    rows = [np.array([0.0, 1.0]), np.array([1.0, 0.0]), np.array([1.0, 1.0])]  # one array a sample: stacked
+    assert np.isfinite(TorchOracle(nn.Linear(2, 3), CE_ROWS, (rows, [0, 2, 1]))(oracle.initial_params()))
 
 
 def test_models_without_values_are_refused_when_built():
@@ -1255,3 +1257,61 @@ def test_models_without_values_are_refused_when_built():
     lazy = nn.Sequential(nn.LazyLinear(3))
     lazy(torch.randn(2, 4))
     assert TorchOracle(lazy, CE_ROWS).size == 15
+
+
+class _BranchOnBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.register_buffer("scale", torch.tensor(2.0))
+        self.register_buffer("on", torch.tensor(True))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.calls += 1
+        h = torch.relu(self.a(x)) * float(self.scale)
+        if self.on:
+            h = h + 1
+        return self.c(h)
+
+
+def test_a_forward_branching_on_a_buffer_keeps_its_split_and_follows_the_buffer():
+    """With buffers traced as graph nodes, ``if self.on:`` and ``float(self.scale)`` could not be
+    traced and the split was lost; traced with the values, a change of the buffer must check the
+    split again (and a counter the forward writes must not, at every call)."""
+    torch.manual_seed(0)
+    model = _BranchOnBuffer().double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    checks = []
+    import zoracle.adapters._torch_exact as exact
+
+    real = exact._check_split
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exact, "_check_split", lambda *a, **k: checks.append(1) or real(*a, **k))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            oracle = TorchOracle(model, CE_ROWS, (x, y))
+            assert oracle.blocks
+            theta = oracle.initial_params()
+            for _ in range(3):
+                np.testing.assert_allclose(zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad,
+                                           _textbook(oracle, theta), rtol=1e-5, atol=1e-8)
+        assert len(checks) == 1
+        with torch.no_grad():
+            model.scale.fill_(3.0)
+        with pytest.warns(RuntimeWarning, match="attribute changed"):
+            got = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+    np.testing.assert_allclose(got, _textbook(oracle, theta), rtol=1e-5, atol=1e-8)
+
+
+def test_attributes_without_a_version_or_a_hash_do_not_break_the_key():
+    """A tensor made under ``torch.inference_mode()`` has no version counter, and a structured
+    NumPy scalar no hash: the oracle raised at every call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.inference_mode():
+        model[0].frozen = torch.ones(3)
+    model[2].record = np.zeros((), dtype=[("a", "f8"), ("b", "i4")])[()]
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert oracle.blocks and np.isfinite(zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE()).grad).all()

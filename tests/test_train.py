@@ -607,3 +607,19 @@ def test_an_oracle_failing_in_training_names_the_training_step():
         zo.train(Failing(), np.zeros(2), batches=zo.Minibatches((X, y), 2, seed=0), epochs=5, optimizer=zo.sgd(0.01),
                  rng=0, progress=False)
     assert info.value.query.endswith("of training step 7 (epoch 2, batch 1)") and np.isnan(info.value.value)
+
+
+def test_an_oracle_failing_in_training_under_an_executor_keeps_its_shard_and_worker():
+    """Naming the training step rebuilt the error from its fields: the shard and worker were lost."""
+    from zoracle.executors import JoblibExecutor
+
+    def f(x):
+        if x[0] != 0:
+            raise ValueError("bad coordinate 0")
+        return float(x @ x)
+
+    with JoblibExecutor(2, backend="threading") as ex:
+        with pytest.raises(zo.OracleError, match=r"of training step 0 \(epoch 0, batch 0\): ValueError: bad "
+                                                 r"coordinate 0 \[shard \d+/\d+: .* on thread") as info:
+            zo.train(f, np.zeros(6), epochs=1, estimator=zo.CGE(mu=0.01), executor=ex, rng=0, progress=False)
+    assert info.value.shard is not None

@@ -232,8 +232,9 @@ class _DaskBackend:
                 out.append((w, jid, ("dead", f"{type(exc).__name__}: {exc}" if exc is not None else fut.status)))
         return out
 
-    def abort(self, workers) -> None:
-        """Cancel the in-flight shards and replace the workers running them.
+    def abort(self, workers, hung: bool = True) -> None:
+        """Cancel the in-flight shards; after a timeout or Ctrl-C (``hung``), replace the
+        workers running them.
 
         Dask's cancel does not stop a task that is running: the worker's thread stays inside
         the oracle (a hung call may never return), and later shards queued behind it would
@@ -246,7 +247,7 @@ class _DaskBackend:
                 fut.cancel()
                 stuck.add(w[0])
         self._slots = None
-        if stuck:
+        if stuck and hung:  # after an error elsewhere the other shards finish on their own
             self.ex._restart(sorted(stuck))
 
 
@@ -580,7 +581,7 @@ class _RayBackend:
                 w.handle.drop.remote(self.payload.oracle_token)  # runs before the actor's next shard
         return out
 
-    def abort(self, workers) -> None:
+    def abort(self, workers, hung: bool = True) -> None:
         for w in workers:
             if w.ref is not None:
                 self.busy.pop(w.ref, None)

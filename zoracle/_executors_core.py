@@ -572,7 +572,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     ``backend`` provides ``idle()`` (idle worker handles), ``workers()`` (all live ones),
     ``name(w)`` (a stable label such as a pid), ``submit(w, jid, shard)`` and
     ``wait() -> [(w, jid, outcome)]`` with outcome ``("ok", losses, seconds)``,
-    ``("err", exc, traceback_text)`` or ``("dead", reason)``; ``abort()`` stops in-flight work.
+    ``("err", exc, traceback_text)`` or ``("dead", reason)``; ``abort(workers, hung)`` stops
+    in-flight work (``hung``: after a timeout or Ctrl-C, which may leave a worker inside the oracle).
     ``submit`` may return True when the worker first loads the oracle and will report the
     end of loading with the outcome ``("loaded",)``: until then the shard may take
     ``max(timeout, LOAD_S)`` seconds, and its ``timeout`` starts when loading ends.
@@ -697,8 +698,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 if late:
                     i, w = inflight[late[0]]
                     raise _timed_out(i, n, shards[i], backend.name(w), timeout, late[0] in loading)
-    except BaseException:
-        if inflight:
-            backend.abort([w for _, w in inflight.values()])
+    except BaseException as exc:
+        if inflight:  # a timeout or Ctrl-C may leave a worker inside a hung call; an error elsewhere does not
+            backend.abort([w for _, w in inflight.values()], hung=isinstance(exc, (ShardTimeout, KeyboardInterrupt)))
         raise
     return results, retries, busy

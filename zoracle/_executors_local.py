@@ -109,6 +109,11 @@ class ShardedExecutor:
         # an oracle holding an executor is on its way to workers: say so (unsendable names the fix)
         raise ExecutorPickled(self)
 
+    def __copy__(self):  # a shallow copy shares the workers, as it did before pickling was refused
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def _payload(self, oracle, params) -> Payload:
         parent, batch = split_bound(oracle.fn)
         otoken, dropped = self._registry.token(parent)
@@ -437,7 +442,7 @@ class _ProcBackend:
             out.append((p, jid, ("dead", reason)))
         return out
 
-    def abort(self, workers) -> None:
+    def abort(self, workers, hung: bool = True) -> None:
         for p in workers:
             if p in self.pool._procs and p.jid is not None:
                 self.pool._replace(p)
@@ -547,7 +552,7 @@ class _ThreadBackend:
             out.append((w, jid, f.result()))
         return out
 
-    def abort(self, workers) -> None:
+    def abort(self, workers, hung: bool = True) -> None:
         stuck = False
         for w in workers:  # threads cannot be killed: let them finish, drop their answers
             jid, f = self.busy.pop(w, (None, None))
@@ -569,6 +574,26 @@ def _run_in_thread(owner: int, oracle, shard, params):
         ids.discard(owner)
 
 
+def _daemon_loop(jobs) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        fut, fn, args = job
+        if not fut.set_running_or_notify_cancel():
+            continue
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # handed to the waiting caller
+            fut.set_exception(exc)
+        del job, fut, fn, args  # hold nothing between jobs
+
+
+def _stop_threads(jobs, n: int) -> None:
+    for _ in range(n):
+        jobs.put(None)
+
+
 class _DaemonThreads:
     """A minimal pool of daemon threads with ``concurrent.futures`` futures.
 
@@ -578,23 +603,13 @@ class _DaemonThreads:
 
     def __init__(self, n: int, prefix: str):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._loop, name=f"{prefix}_{i}", daemon=True) for i in range(n)]
+        # the threads hold the queue, not the pool: a pool nobody holds (an executor never
+        # closed) is collected, and its finalizer ends the threads (ThreadPoolExecutor's does)
+        self._threads = [threading.Thread(target=_daemon_loop, args=(self._jobs,), name=f"{prefix}_{i}", daemon=True)
+                         for i in range(n)]
         for t in self._threads:
             t.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fut, fn, args = job
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # handed to the waiting caller
-                fut.set_exception(exc)
-
+        weakref.finalize(self, _stop_threads, self._jobs, n)
     def submit(self, fn, *args) -> Future:
         fut = Future()
         self._jobs.put((fut, fn, args))

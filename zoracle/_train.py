@@ -759,11 +759,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 try:
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
                                           state=est_state)
-                except OracleError as exc:
-                    if type(exc) is not OracleError:
-                        raise
+                except OracleError as exc:  # which training step, added to the query (its shard and worker kept)
                     where = f"{exc.query} of training step {step} (epoch {epoch}, batch {pos})"
-                    raise OracleError(where, exc.value, exc.cause, exc.detail) from (exc.cause or exc)
+                    if exc.args and isinstance(exc.args[0], str) and exc.query in exc.args[0]:
+                        exc.args = (exc.args[0].replace(exc.query, where, 1), *exc.args[1:])
+                    exc.query = where
+                    raise
                 except StepError as exc:
                     scale = float(xp.max(xp.abs(params)))
                     if step == 0 or not scale > 100 * max(1.0, scale0):

@@ -227,6 +227,11 @@ class JoblibExecutor:
     def __reduce__(self):
         raise ExecutorPickled(self)  # an oracle holding it is on its way to workers: named with the fix
 
+    def __copy__(self):  # a shallow copy shares the workers
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __repr__(self) -> str:
         return f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r})"
 
