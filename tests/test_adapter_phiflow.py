@@ -67,6 +67,45 @@ def test_batched_simulation_equals_one_by_one():
         np.testing.assert_allclose(sy[0], by[i], atol=10 * flow.tol)
 
 
+def test_each_batch_entry_gets_its_own_diffusion_substeps():
+    """Every entry used to diffuse with the sub-step count of the batch's lowest Re: on the
+    default 128x256 fine grid a Re 600 run next to a Re 150 one was 5.1e-3 off after 3 steps
+    (Re 20 here next to Re 2: 1.4e-3), and reference trajectories depended on the other Re."""
+    flow = TINY
+    vx, vy = flow.initial(3)
+    vx = vx + 0.05 * np.random.default_rng(1).standard_normal(vx.shape).astype(np.float32)
+    re = [2.0, 400.0, 20.0]
+    assert [flow.substeps(r) for r in re] == [2, 1, 1] and flow.substeps(re) == 2
+    bx, by = flow.simulate(vx, vy, re, 3)
+    for i in range(3):
+        sx, sy = flow.simulate(vx[i:i + 1], vy[i:i + 1], re[i], 3)
+        # PhiFlow's CG stops a batch when every entry meets the smallest entry's tolerance, so
+        # entries may differ below `tol`; here they agree to the bit
+        np.testing.assert_allclose(bx[i], sx[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(by[i], sy[0], rtol=0, atol=1e-6)
+    # the torch backend (FO-SOL) groups the entries the same way
+    tx, _ = flow.simulate(torch.from_numpy(vx), torch.from_numpy(vy), re, 1)
+    ox, _ = flow.simulate(torch.from_numpy(vx[2:]), torch.from_numpy(vy[2:]), re[2], 1)
+    np.testing.assert_allclose(tx[2].numpy(), ox[0].numpy(), rtol=0, atol=1e-6)
+
+
+def test_reference_of_one_reynolds_number_does_not_depend_on_the_others(tmp_path):
+    both = pf.reference_trajectories(TINY, [2.0, 20.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    alone = pf.reference_trajectories(TINY, [20.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    np.testing.assert_allclose(both.vx[1], alone.vx[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(both.vy[1], alone.vy[0], rtol=0, atol=1e-6)
+
+
+def test_reynolds_numbers_needing_too_many_substeps_are_refused():
+    """The count grows like 1 / Re without bound: Re 0.001 asked 163,840 a step on the 128x256 grid."""
+    vx, vy = TINY.initial(1)
+    for call in (lambda: TINY.substeps(0.001), lambda: TINY.simulate(vx, vy, 0.001, 1),
+                 lambda: pf.reference_trajectories(TINY, [300.0, 0.001], factor=2, steps=1, cache_dir="/nonexistent")):
+        with pytest.raises(zo.ArgumentError, match=r"`re` = 0.001 needs 2560 explicit-diffusion sub-steps.*>= 0.00256"):
+            call()
+    assert TINY.substeps(0.0026) == 985
+
+
 def test_nan_raises_an_error_naming_the_step():
     flow = TINY
     vx, vy = flow.initial(2)
