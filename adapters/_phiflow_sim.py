@@ -14,6 +14,7 @@ import json
 import math as _math
 import os
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -264,10 +265,17 @@ class WakeFlow:
             raise ArgumentError(f"`re` must be one Reynolds number or one per batch entry ({B}), got shape {re.shape}")
         re = np.broadcast_to(re, (B,))
         nu = self.viscosity(re)
+        if B == 0:  # nothing to simulate (PhiFlow would fail on an empty batch dimension)
+            if not record:
+                return vx, vy
+            if is_torch:
+                return vx.unsqueeze(1).expand(-1, steps + 1, -1, -1), vy.unsqueeze(1).expand(-1, steps + 1, -1, -1)
+            return (np.broadcast_to(vx[:, None], (0, steps + 1) + vx.shape[1:]).copy(),
+                    np.broadcast_to(vy[:, None], (0, steps + 1) + vy.shape[1:]).copy())
         # each entry diffuses with its own sub-step count, as it would alone (the batch's
         # largest count changed a Re 600 run by 5e-3 next to a Re 150 one on the 128x256 grid);
         # the rest of the step runs on the whole batch, which is per-entry exact
-        each = self._substeps_each(re) if B else np.ones(0, np.int64)
+        each = self._substeps_each(re)
         groups = [(int(n), np.flatnonzero(each == n)) for n in np.unique(each)]
         if is_torch:
             from phiml.backend.torch import TORCH as backend
@@ -320,11 +328,7 @@ class WakeFlow:
             try:
                 v, pressure = fluid.make_incompressible(v, [obstacle], s)
             except pm.ConvergenceException as exc:
-                raise SimulationError(
-                    f"the pressure solve of the wake-flow simulation failed at step {start + t} "
-                    f"({type(exc).__name__}: {str(exc)[:200]}); the state is likely non-finite or blown up: "
-                    "lower the correction's magnitude, the time step or the Reynolds number"
-                ) from None
+                raise self._solve_error(exc, start + t) from None
             cx, cy = self.from_phi(v, native=is_torch)
             if check:
                 self._check_finite(cx, cy, start + t)
@@ -342,6 +346,29 @@ class WakeFlow:
 
             return torch.stack([h[0] for h in hist], 1), torch.stack([h[1] for h in hist], 1)
         return np.stack([h[0] for h in hist], 1), np.stack([h[1] for h in hist], 1)
+
+    def _solve_error(self, exc, t) -> "SimulationError":
+        """The error for a failed pressure solve, naming the batch entries and the likely cause."""
+        info = exc.result
+        try:
+            failed = np.atleast_1d(~info.converged.numpy())
+            diverged = bool(np.any(info.diverged.numpy())) or isinstance(exc, pm.Diverged)
+            residual = float(np.max(np.abs(info.residual.numpy())))
+        except (AttributeError, TypeError, ValueError):  # another PhiFlow's SolveInfo: say what we know
+            return SimulationError(f"the pressure solve of the wake-flow simulation failed at step {t} "
+                                   f"({type(exc).__name__}: {str(exc)[:200]})")
+        runs = np.flatnonzero(failed)
+        shown = ", ".join(map(str, runs[:8].tolist())) + (", ..." if runs.size > 8 else "")
+        if diverged:
+            why = ("it diverged: the state is likely non-finite or blown up; lower the correction's magnitude, "
+                   "the time step or the Reynolds number")
+        else:
+            why = (f"it did not reach the tolerance {self.tol:g} within `max_iter`={self.max_iter} iterations "
+                   f"(largest residual {residual:.3g}): raise `max_iter` or `tol`")
+        return SimulationError(
+            f"the pressure solve of the wake-flow simulation failed at step {t} (batch entries {shown} of "
+            f"{failed.size}): {why}"
+        )
 
     @staticmethod
     def _check_finite(vx, vy, t, after="the solver"):
@@ -448,7 +475,12 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     """
     import time
 
-    re = np.atleast_1d(np.asarray(re, dtype=np.float64))
+    try:
+        re = np.atleast_1d(np.asarray(re, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ArgumentError(f"`re` must be a list of Reynolds numbers, got {re!r}") from None
+    if re.ndim != 1 or re.size == 0:
+        raise ArgumentError(f"`re` must be a non-empty 1-D list of Reynolds numbers (one run each), got shape {re.shape}")
     fine._substeps_each(re)  # validates the Reynolds numbers and the sub-step count before any work
     for name, v, lo in (("warmup", warmup, 0), ("steps", steps, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -459,11 +491,12 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     path = directory / f"wake-{key}.npz"
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # our own handle: np.load leaves its file open when the zip is damaged
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 if str(z["meta"]) == blob:
                     return Reference(z["vx"], z["vy"], z["re"], str(path), True, float(z["seconds"]))
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache file is recomputed and replaced below
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged (e.g. truncated) cache file is recomputed and replaced below
     t0 = time.perf_counter()
     vx, vy = fine.initial(len(re))
     if warmup:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import warnings
 
 import numpy as np
@@ -266,3 +267,25 @@ def test_oracle_refuses_bad_coordinates_params_and_frames_before_the_solver(refe
     traj = pf.rollout(coarse, net, reference, p[None], 1)
     with pytest.raises(zo.ArgumentError, match="`frame` must be an integer >= 0"):
         pf.mean_abs_error(traj, reference, frame=-1)
+
+
+def test_damaged_cache_file_is_recomputed(tmp_path):
+    """A truncated wake-<key>.npz raised zipfile.BadZipFile (the code promised a recompute)."""
+    a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path)
+    path = pathlib.Path(a.path)
+    data = path.read_bytes()
+    for damaged in (data[: len(data) // 2], data[:-30], b""):
+        path.write_bytes(damaged)
+        b = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path)
+        assert not b.cached
+        np.testing.assert_array_equal(b.vx, a.vx)
+    assert pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path).cached
+
+
+def test_failed_pressure_solve_names_the_entries_and_the_iteration_limit():
+    """docs/sol.md promises the batch entries; the advice blamed a blown-up state for max_iter=1."""
+    flow = pf.WakeFlow(nx=16, ny=32, max_iter=1)
+    vx, vy = flow.initial(3)
+    with pytest.raises(pf.SimulationError, match=r"failed at step 7 \(batch entries 0, 1, 2 of 3\): it did not "
+                       r"reach the tolerance 1e-05 within `max_iter`=1 iterations.*raise `max_iter` or `tol`"):
+        flow.simulate(vx, vy, [150.0, 300.0, 600.0], 1, start=7)
