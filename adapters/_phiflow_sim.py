@@ -480,7 +480,9 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     except (TypeError, ValueError):
         raise ArgumentError(f"`re` must be a list of Reynolds numbers, got {re!r}") from None
     if re.ndim != 1 or re.size == 0:
-        raise ArgumentError(f"`re` must be a non-empty 1-D list of Reynolds numbers (one run each), got shape {re.shape}")
+        raise ArgumentError(
+            f"`re` must be a non-empty 1-D list of Reynolds numbers (one run each), got shape {re.shape}"
+        )
     fine._substeps_each(re)  # validates the Reynolds numbers and the sub-step count before any work
     for name, v, lo in (("warmup", warmup, 0), ("steps", steps, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:

@@ -194,8 +194,9 @@ def _check_params(params, d: int) -> np.ndarray:
     if p.shape != (d,) or p.dtype.kind not in "iuf":
         raise ArgumentError(f"`params` must be a real vector of the network's {d} parameters, got shape {p.shape} "
                             f"and dtype {p.dtype}")
-    if not np.isfinite(p).all():
-        raise ArgumentError(f"`params` must be finite; entry {int(np.flatnonzero(~np.isfinite(p))[0])} is {p[~np.isfinite(p)][0]}")
+    bad = np.flatnonzero(~np.isfinite(p))
+    if bad.size:
+        raise ArgumentError(f"`params` must be finite; entry {int(bad[0])} is {p[bad[0]]}")
     return p
 
 
