@@ -14,6 +14,7 @@ import json
 import math as _math
 import os
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +37,12 @@ __all__ = [
 ]
 
 #: bump when the simulation code changes what a cached trajectory holds
-CACHE_VERSION = 1
+#: (2: each Reynolds number gets its own diffusion sub-step count, not the batch's largest)
+CACHE_VERSION = 2
+
+#: explicit-diffusion sub-steps allowed per solver step: a Reynolds number needing more is
+#: refused (the count grows like 1 / Re; Re 0.001 on the 128x256 grid asked for 163,840)
+MAX_SUBSTEPS = 1000
 
 
 class SimulationError(ZoracleError, FloatingPointError):
@@ -141,9 +147,28 @@ class WakeFlow:
         return self.inflow * 2 * self.radius / re
 
     def substeps(self, re) -> int:
-        """Explicit-diffusion sub-steps that keep ``nu dt / dx^2`` under 0.2 (stable)."""
-        nu = float(np.max(self.viscosity(re)))
-        return max(1, _math.ceil(nu * self.dt / (0.2 * min(self.dx, self.dy) ** 2)))
+        """Explicit-diffusion sub-steps that keep ``nu dt / dx^2`` under 0.2 (stable).
+
+        For several Reynolds numbers, the largest count (that of the lowest Re);
+        :meth:`simulate` gives each batch entry its own count.
+        """
+        return int(self._substeps_each(re).max(initial=1))
+
+    def _substeps_each(self, re) -> np.ndarray:
+        """Sub-step count of each Reynolds number in ``re`` (a 1-D int array)."""
+        re = np.atleast_1d(np.asarray(re, dtype=np.float64))
+        nu = self.viscosity(re)
+        h2 = 0.2 * min(self.dx, self.dy) ** 2
+        n = np.maximum(1, np.ceil(nu * self.dt / h2))
+        if re.size and n.max() > MAX_SUBSTEPS:
+            lowest = float(re[np.argmax(n)])
+            re_min = self.inflow * 2 * self.radius * self.dt / (h2 * MAX_SUBSTEPS)
+            raise ArgumentError(
+                f"`re` = {lowest:g} needs {int(n.max())} explicit-diffusion sub-steps per solver step on this "
+                f"{self.nx}x{self.ny} grid (at most {MAX_SUBSTEPS}): use Reynolds numbers >= {re_min:.3g}, a "
+                "coarser grid or a smaller `dt`"
+            )
+        return n.astype(np.int64)
 
     def fluid_mask(self) -> np.ndarray:
         """``(nx, ny)`` boolean mask of cells whose centre lies outside the cylinder."""
@@ -239,16 +264,55 @@ class WakeFlow:
         if re.shape not in ((), (1,), (B,)):
             raise ArgumentError(f"`re` must be one Reynolds number or one per batch entry ({B}), got shape {re.shape}")
         re = np.broadcast_to(re, (B,))
-        nu = pm.tensor(self.viscosity(re), pm.batch("sim"))
-        sub = self.substeps(re)
+        nu = self.viscosity(re)
+        if B == 0:  # nothing to simulate (PhiFlow would fail on an empty batch dimension)
+            if not record:
+                return vx, vy
+            if is_torch:
+                return vx.unsqueeze(1).expand(-1, steps + 1, -1, -1), vy.unsqueeze(1).expand(-1, steps + 1, -1, -1)
+            return (np.broadcast_to(vx[:, None], (0, steps + 1) + vx.shape[1:]).copy(),
+                    np.broadcast_to(vy[:, None], (0, steps + 1) + vy.shape[1:]).copy())
+        # each entry diffuses with its own sub-step count, as it would alone (the batch's
+        # largest count changed a Re 600 run by 5e-3 next to a Re 150 one on the 128x256 grid);
+        # the rest of the step runs on the whole batch, which is per-entry exact
+        each = self._substeps_each(re)
+        groups = [(int(n), np.flatnonzero(each == n)) for n in np.unique(each)]
         if is_torch:
             from phiml.backend.torch import TORCH as backend
         else:
             backend = pm.NUMPY
         with backend:  # PhiFlow samples on its default backend: keep it that of the state
-            return self._loop(vx, vy, nu, sub, steps, correct, record, start, check, is_torch)
+            return self._loop(vx, vy, nu, groups, steps, correct, record, start, check, is_torch)
 
-    def _loop(self, vx, vy, nu, sub, steps, correct, record, start, check, is_torch):
+    def _diffuse(self, v, nu, groups, template, is_torch):
+        """Explicit diffusion, each group of batch entries with its own sub-step count."""
+        if len(groups) <= 1:
+            sub = groups[0][0] if groups else 1
+            return diffuse.explicit(v, pm.tensor(nu, pm.batch("sim")), self.dt, substeps=sub)
+        vx, vy = self.from_phi(v, native=is_torch)
+        if is_torch:
+            import torch
+
+            def take(a, idx):
+                return a[torch.as_tensor(idx, device=a.device)]
+
+            cat = torch.cat
+        else:
+            def take(a, idx):
+                return a[idx]
+
+            cat = np.concatenate
+        parts_x, parts_y = [], []
+        for sub, idx in groups:
+            g = self.to_phi(take(vx, idx), take(vy, idx), template)
+            g = diffuse.explicit(g, pm.tensor(nu[idx], pm.batch("sim")), self.dt, substeps=sub)
+            gx, gy = self.from_phi(g, native=is_torch)
+            parts_x.append(gx)
+            parts_y.append(gy)
+        inv = np.argsort(np.concatenate([idx for _, idx in groups]), kind="stable")
+        return self.to_phi(take(cat(parts_x), inv), take(cat(parts_y), inv), template)
+
+    def _loop(self, vx, vy, nu, groups, steps, correct, record, start, check, is_torch):
         template, obstacle = self._phi()
         solve = pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter)
         if check:
@@ -258,17 +322,13 @@ class WakeFlow:
         hist = [(vx, vy)] if record else None
         cx, cy = vx, vy
         for t in range(steps):
-            v = diffuse.explicit(v, nu, self.dt, substeps=sub)
+            v = self._diffuse(v, nu, groups, template, is_torch)
             v = advect.semi_lagrangian(v, v, self.dt)
             s = solve if pressure is None else pm.Solve("CG", self.tol, self.tol, max_iterations=self.max_iter, x0=pressure)
             try:
                 v, pressure = fluid.make_incompressible(v, [obstacle], s)
             except pm.ConvergenceException as exc:
-                raise SimulationError(
-                    f"the pressure solve of the wake-flow simulation failed at step {start + t} "
-                    f"({type(exc).__name__}: {str(exc)[:200]}); the state is likely non-finite or blown up: "
-                    "lower the correction's magnitude, the time step or the Reynolds number"
-                ) from None
+                raise self._solve_error(exc, start + t) from None
             cx, cy = self.from_phi(v, native=is_torch)
             if check:
                 self._check_finite(cx, cy, start + t)
@@ -286,6 +346,29 @@ class WakeFlow:
 
             return torch.stack([h[0] for h in hist], 1), torch.stack([h[1] for h in hist], 1)
         return np.stack([h[0] for h in hist], 1), np.stack([h[1] for h in hist], 1)
+
+    def _solve_error(self, exc, t) -> "SimulationError":
+        """The error for a failed pressure solve, naming the batch entries and the likely cause."""
+        info = exc.result
+        try:
+            failed = np.atleast_1d(~info.converged.numpy())
+            diverged = bool(np.any(info.diverged.numpy())) or isinstance(exc, pm.Diverged)
+            residual = float(np.max(np.abs(info.residual.numpy())))
+        except (AttributeError, TypeError, ValueError):  # another PhiFlow's SolveInfo: say what we know
+            return SimulationError(f"the pressure solve of the wake-flow simulation failed at step {t} "
+                                   f"({type(exc).__name__}: {str(exc)[:200]})")
+        runs = np.flatnonzero(failed)
+        shown = ", ".join(map(str, runs[:8].tolist())) + (", ..." if runs.size > 8 else "")
+        if diverged:
+            why = ("it diverged: the state is likely non-finite or blown up; lower the correction's magnitude, "
+                   "the time step or the Reynolds number")
+        else:
+            why = (f"it did not reach the tolerance {self.tol:g} within `max_iter`={self.max_iter} iterations "
+                   f"(largest residual {residual:.3g}): raise `max_iter` or `tol`")
+        return SimulationError(
+            f"the pressure solve of the wake-flow simulation failed at step {t} (batch entries {shown} of "
+            f"{failed.size}): {why}"
+        )
 
     @staticmethod
     def _check_finite(vx, vy, t, after="the solver"):
@@ -392,8 +475,15 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     """
     import time
 
-    re = np.atleast_1d(np.asarray(re, dtype=np.float64))
-    fine.viscosity(re)  # validates
+    try:
+        re = np.atleast_1d(np.asarray(re, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ArgumentError(f"`re` must be a list of Reynolds numbers, got {re!r}") from None
+    if re.ndim != 1 or re.size == 0:
+        raise ArgumentError(
+            f"`re` must be a non-empty 1-D list of Reynolds numbers (one run each), got shape {re.shape}"
+        )
+    fine._substeps_each(re)  # validates the Reynolds numbers and the sub-step count before any work
     for name, v, lo in (("warmup", warmup, 0), ("steps", steps, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
@@ -403,11 +493,12 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     path = directory / f"wake-{key}.npz"
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # our own handle: np.load leaves its file open when the zip is damaged
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 if str(z["meta"]) == blob:
                     return Reference(z["vx"], z["vy"], z["re"], str(path), True, float(z["seconds"]))
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache file is recomputed and replaced below
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged (e.g. truncated) cache file is recomputed and replaced below
     t0 = time.perf_counter()
     vx, vy = fine.initial(len(re))
     if warmup:

@@ -151,6 +151,55 @@ def _as_matrix(params_batch, d: int) -> np.ndarray:
     return P
 
 
+def _check_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _check_unroll(unroll, reference: Reference) -> int:
+    unroll = _check_int("unroll", unroll, 1)
+    T = reference.vx.shape[1] - 1
+    if unroll > T:
+        raise ArgumentError(f"`unroll`={unroll} exceeds the {T} recorded reference steps; record more steps")
+    return unroll
+
+
+def _check_starts(starts, reference: Reference, unroll: int) -> np.ndarray:
+    """``(run, frame)`` rows with ``unroll`` recorded steps after each frame (a negative frame
+    would index from the end and compare against the wrong frames)."""
+    if isinstance(starts, tuple) and len(starts) == 1:  # a zo.Minibatches row tuple
+        starts = starts[0]
+    s = np.asarray(starts)
+    if s.ndim != 2 or s.shape[1] != 2 or s.shape[0] < 1 or s.dtype.kind not in "iu":
+        raise ArgumentError(f"`starts` must be an integer array of (run, frame) rows, got shape {s.shape}")
+    R, T = reference.vx.shape[0], reference.vx.shape[1] - 1
+    bad = (s[:, 0] < 0) | (s[:, 0] >= R) | (s[:, 1] < 0) | (s[:, 1] + unroll > T)
+    if bad.any():
+        raise ArgumentError(
+            f"start {s[bad][0].tolist()} is out of range: runs are 0..{R - 1}, frames 0..{T - unroll} "
+            f"(unroll {unroll})"
+        )
+    return s.astype(np.int64)
+
+
+def _check_lr(lr) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
+        raise ArgumentError(f"`lr` must be a finite number > 0, got {lr!r}")
+
+
+def _check_params(params, d: int) -> np.ndarray:
+    """A finite parameter vector of the network's size (a longer one was silently truncated)."""
+    p = np.asarray(params.get() if hasattr(params, "get") else params)
+    if p.shape != (d,) or p.dtype.kind not in "iuf":
+        raise ArgumentError(f"`params` must be a real vector of the network's {d} parameters, got shape {p.shape} "
+                            f"and dtype {p.dtype}")
+    bad = np.flatnonzero(~np.isfinite(p))
+    if bad.size:
+        raise ArgumentError(f"`params` must be finite; entry {int(bad[0])} is {p[bad[0]]}")
+    return p
+
+
 class SolverInTheLoop:
     """Loss oracle of a correction network trained *through* a black-box coarse solver.
 
@@ -188,11 +237,8 @@ class SolverInTheLoop:
 
     def __init__(self, flow: WakeFlow, net: nn.Module, reference: Reference, *, starts=None, unroll: int = 4,
                  max_queries_per_call: int = 64, relative: bool = False):
-        if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
-            raise ArgumentError(f"`unroll` must be an integer >= 1, got {unroll!r}")
+        unroll = _check_unroll(unroll, reference)
         T = reference.vx.shape[1] - 1
-        if unroll > T:
-            raise ArgumentError(f"`unroll`={unroll} exceeds the {T} recorded reference steps; record more steps")
         if tuple(reference.vx.shape[2:]) != flow.shapes[0]:
             raise ArgumentError(
                 f"the reference grid {reference.vx.shape[2:]} does not match the coarse solver's faces {flow.shapes[0]}"
@@ -216,19 +262,7 @@ class SolverInTheLoop:
         self.solver_calls = 0
 
     def _check_starts(self, starts) -> np.ndarray:
-        if isinstance(starts, tuple) and len(starts) == 1:  # a zo.Minibatches row tuple
-            starts = starts[0]
-        s = np.asarray(starts)
-        if s.ndim != 2 or s.shape[1] != 2 or s.shape[0] < 1 or s.dtype.kind not in "iu":
-            raise ArgumentError(f"`starts` must be an integer array of (run, frame) rows, got shape {s.shape}")
-        R, T = self.reference.vx.shape[0], self.reference.vx.shape[1] - 1
-        bad = (s[:, 0] < 0) | (s[:, 0] >= R) | (s[:, 1] < 0) | (s[:, 1] + self.unroll > T)
-        if bad.any():
-            raise ArgumentError(
-                f"start {s[bad][0].tolist()} is out of range: runs are 0..{R - 1}, frames 0..{T - self.unroll} "
-                f"(unroll {self.unroll})"
-            )
-        return s.astype(np.int64)
+        return _check_starts(starts, self.reference, self.unroll)
 
     #: the correction network runs in float32: params of a wider float are rounded to it, and
     #: ``zo.estimate_gradient`` estimates at the rounded params with the steps the network takes
@@ -266,6 +300,8 @@ class SolverInTheLoop:
     def batch(self, params_batch) -> np.ndarray:
         """Loss of each row of ``params_batch`` (``(k, d)``), all in one batched simulation."""
         P = _as_matrix(params_batch, self.d)
+        if P.shape[0] == 0:  # no rows (e.g. sparse CGE on no coordinates): no simulation
+            return np.zeros(0)
         if self.relative:  # the uncorrected solver rides along as one more row
             P = np.concatenate([P, np.zeros((1, self.d), dtype=P.dtype)])
         k, n, m = P.shape[0], len(self.starts), self.unroll
@@ -295,6 +331,12 @@ class SolverInTheLoop:
         self.solver_seconds += time.perf_counter() - t0
         self.solver_calls += 1
         if self.relative:
+            if not (np.isfinite(sq[-1]) and sq[-1] > 0):
+                raise ArgumentError(
+                    f"relative=True divides by the uncorrected solver's loss, which is {sq[-1] / count:g} on these "
+                    "start states: the coarse solver already reproduces the reference (a reference downsampled by "
+                    "factor 1?); use relative=False"
+                )
             return sq[:-1] / sq[-1]
         return sq / count
 
@@ -346,7 +388,20 @@ def _check_span(steps, frame, recorded: int) -> None:
 
 def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
     """MAE per parameter vector: mean ``|v - v_ref|`` over runs, steps ``1..T`` and faces."""
-    tx, ty = traj
+    try:
+        tx, ty = (np.asarray(a) for a in traj)
+    except (TypeError, ValueError):
+        raise ArgumentError("`traj` must be the (vx, vy) pair that rollout returns") from None
+    R = len(reference.re)
+    # one run per reference run, on the reference grid (a rollout of other runs was broadcast
+    # against every reference run and compared with the wrong Reynolds numbers)
+    if (tx.ndim != 5 or ty.ndim != 5 or tx.shape[:3] != ty.shape[:3] or tx.shape[1] != R
+            or tx.shape[3:] != reference.vx.shape[2:] or ty.shape[3:] != reference.vy.shape[2:]):
+        raise ArgumentError(
+            f"`traj` must hold (k, {R}, T + 1, ...) trajectories of the reference's {R} runs on its grid (vx "
+            f"(k, {R}, T + 1, {', '.join(map(str, reference.vx.shape[2:]))})), got shapes {tx.shape} and {ty.shape}; "
+            "roll out the same Reference (or its .select(...)) that you compare with"
+        )
     T = tx.shape[2] - 1
     _check_span(T, frame, reference.vx.shape[1] - 1)
     rx = reference.vx[None, :, frame + 1:frame + T + 1]
@@ -380,6 +435,11 @@ def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs:
     -------
     (params, seconds)
     """
+    epochs = _check_int("epochs", epochs, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    _check_lr(lr)
+    if params is not None:
+        params = _check_params(params, _Corrector(net, flow.inflow).d)
     R, T1 = reference.vx.shape[:2]
     vx = reference.vx[:, :-1].reshape((-1,) + reference.vx.shape[2:])
     vy = reference.vy[:, :-1].reshape((-1,) + reference.vy.shape[2:])
@@ -424,11 +484,19 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
     """
     from phiml.backend.torch import TORCH
 
+    # the checks SolverInTheLoop makes: a negative frame indexed from the end (trained on the
+    # wrong frames), a frame + unroll past the end gave a raw IndexError
+    unroll = _check_unroll(unroll, reference)
+    starts = _check_starts(starts, reference, unroll)
+    iterations = _check_int("iterations", iterations, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    _check_lr(lr)
+    if params is not None:
+        params = _check_params(params, _Corrector(net, flow.inflow).d)
     net = _clone(net) if params is None else _load(net, params)
     corr = _Corrector(net, flow.inflow)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
-    starts = np.asarray(starts)
     t0 = time.perf_counter()
     for it in range(iterations):
         rows = starts[rng.choice(len(starts), size=min(batch_size, len(starts)), replace=False)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import warnings
 
 import numpy as np
@@ -65,6 +66,45 @@ def test_batched_simulation_equals_one_by_one():
         sx, sy = flow.simulate(vx[i:i + 1], vy[i:i + 1], re[i], 2)
         np.testing.assert_allclose(sx[0], bx[i], atol=10 * flow.tol)
         np.testing.assert_allclose(sy[0], by[i], atol=10 * flow.tol)
+
+
+def test_each_batch_entry_gets_its_own_diffusion_substeps():
+    """Every entry used to diffuse with the sub-step count of the batch's lowest Re: on the
+    default 128x256 fine grid a Re 600 run next to a Re 150 one was 5.1e-3 off after 3 steps
+    (Re 20 here next to Re 2: 1.4e-3), and reference trajectories depended on the other Re."""
+    flow = TINY
+    vx, vy = flow.initial(3)
+    vx = vx + 0.05 * np.random.default_rng(1).standard_normal(vx.shape).astype(np.float32)
+    re = [2.0, 400.0, 20.0]
+    assert [flow.substeps(r) for r in re] == [2, 1, 1] and flow.substeps(re) == 2
+    bx, by = flow.simulate(vx, vy, re, 3)
+    for i in range(3):
+        sx, sy = flow.simulate(vx[i:i + 1], vy[i:i + 1], re[i], 3)
+        # PhiFlow's CG stops a batch when every entry meets the smallest entry's tolerance, so
+        # entries may differ below `tol`; here they agree to the bit
+        np.testing.assert_allclose(bx[i], sx[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(by[i], sy[0], rtol=0, atol=1e-6)
+    # the torch backend (FO-SOL) groups the entries the same way
+    tx, _ = flow.simulate(torch.from_numpy(vx), torch.from_numpy(vy), re, 1)
+    ox, _ = flow.simulate(torch.from_numpy(vx[2:]), torch.from_numpy(vy[2:]), re[2], 1)
+    np.testing.assert_allclose(tx[2].numpy(), ox[0].numpy(), rtol=0, atol=1e-6)
+
+
+def test_reference_of_one_reynolds_number_does_not_depend_on_the_others(tmp_path):
+    both = pf.reference_trajectories(TINY, [2.0, 20.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    alone = pf.reference_trajectories(TINY, [20.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    np.testing.assert_allclose(both.vx[1], alone.vx[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(both.vy[1], alone.vy[0], rtol=0, atol=1e-6)
+
+
+def test_reynolds_numbers_needing_too_many_substeps_are_refused():
+    """The count grows like 1 / Re without bound: Re 0.001 asked 163,840 a step on the 128x256 grid."""
+    vx, vy = TINY.initial(1)
+    for call in (lambda: TINY.substeps(0.001), lambda: TINY.simulate(vx, vy, 0.001, 1),
+                 lambda: pf.reference_trajectories(TINY, [300.0, 0.001], factor=2, steps=1, cache_dir="/nonexistent")):
+        with pytest.raises(zo.ArgumentError, match=r"`re` = 0.001 needs 2560 explicit-diffusion sub-steps.*>= 0.00256"):
+            call()
+    assert TINY.substeps(0.0026) == 985
 
 
 def test_nan_raises_an_error_naming_the_step():
@@ -227,3 +267,105 @@ def test_oracle_refuses_bad_coordinates_params_and_frames_before_the_solver(refe
     traj = pf.rollout(coarse, net, reference, p[None], 1)
     with pytest.raises(zo.ArgumentError, match="`frame` must be an integer >= 0"):
         pf.mean_abs_error(traj, reference, frame=-1)
+
+
+def test_relative_loss_refuses_a_zero_uncorrected_loss(tmp_path):
+    """With factor 1 the uncorrected solver *is* the reference: relative=True returned [nan, inf]."""
+    r1 = pf.reference_trajectories(TINY, [150.0], factor=1, warmup=0, steps=2, cache_dir=tmp_path)
+    net = pf.correction_net(channels=2, kernel=3, out_scale=1.0)
+    p = pf.flat_params(net)
+    starts = np.array([[0, 0]])
+    assert pf.SolverInTheLoop(TINY, net, r1, unroll=1, starts=starts)(np.zeros_like(p)) == 0.0
+    rel = pf.SolverInTheLoop(TINY, net, r1, unroll=1, relative=True, starts=starts)
+    with pytest.raises(zo.ArgumentError, match=r"relative=True divides by the uncorrected solver's loss, which is 0"):
+        rel.batch(np.stack([np.zeros_like(p), p]))
+
+
+def test_empty_coordinates_and_batches_give_empty_losses(reference):
+    """relative=False raised a ValueError from the sub-step count of no Reynolds numbers."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3)
+    p = pf.flat_params(net)
+    for relative in (False, True):
+        oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=1, relative=relative, starts=np.array([[0, 0]]))
+        assert oracle.coordinate_losses(p, np.array([], int), 1e-2).shape == (0,)
+        assert oracle.batch(np.zeros((0, p.size))).shape == (0,)
+        assert oracle.solver_calls == 0
+    vx, vy = coarse.initial(1)
+    ox, oy = coarse.simulate(vx[:0], vy[:0], np.zeros(0) + 100.0, 2, record=True)
+    assert ox.shape == (0, 3) + coarse.shapes[0] and oy.shape == (0, 3) + coarse.shapes[1]
+
+
+def test_baselines_validate_params_starts_and_sizes_before_any_work(reference):
+    """A longer params vector was silently truncated, a shorter one a raw torch RuntimeError, NaN
+    params came back as NaN params; a negative frame trained on frames counted from the end;
+    batch_size=0 and frame + unroll past the end raised raw ValueError / IndexError."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3)
+    p = pf.flat_params(net)
+    one = np.array([[0, 0]])
+    fit_off = lambda **kw: pf.fit_offline(coarse, net, reference, epochs=1, **kw)  # noqa: E731
+    fit_fo = lambda **kw: pf.fit_differentiable(coarse, net, reference, iterations=1, **{  # noqa: E731
+        "starts": one, "unroll": 1, **kw})
+    cases = [
+        (lambda: fit_off(params=np.r_[p, 1.0, 2.0]), rf"`params` must be a real vector of the network's {p.size}"),
+        (lambda: fit_off(params=p[:-3]), rf"`params` must be a real vector of the network's {p.size}"),
+        (lambda: fit_off(params=np.full(p.size, np.nan)), r"`params` must be finite; entry 0 is nan"),
+        (lambda: fit_off(batch_size=0), r"`batch_size` must be an integer >= 1, got 0"),
+        (lambda: fit_fo(params=np.r_[p, 7.0]), rf"`params` must be a real vector of the network's {p.size}"),
+        (lambda: fit_fo(params=np.where(np.arange(p.size) == 4, np.inf, p)), r"`params` must be finite; entry 4"),
+        (lambda: fit_fo(starts=np.array([[0, -3]]), unroll=2), r"start \[0, -3\] is out of range"),
+        (lambda: fit_fo(starts=np.array([[0, 5]]), unroll=3), r"start \[0, 5\] is out of range.*frames 0..3"),
+        (lambda: fit_fo(starts=np.array([[5, 0]])), r"start \[5, 0\] is out of range: runs are 0..1"),
+        (lambda: fit_fo(batch_size=0), r"`batch_size` must be an integer >= 1, got 0"),
+        (lambda: fit_fo(unroll=0), r"`unroll` must be an integer >= 1, got 0"),
+        (lambda: fit_fo(unroll=7), r"`unroll`=7 exceeds the 6 recorded reference steps"),
+        (lambda: fit_fo(starts=[[0.5, 1]]), r"`starts` must be an integer array"),
+    ]
+    for call, match in cases:
+        with pytest.raises(zo.ArgumentError, match=match):
+            call()
+    # the reference: the checked baselines still train from given, valid params
+    out, _ = pf.fit_offline(coarse, net, reference, epochs=1, params=p, lr=1e-12)
+    np.testing.assert_allclose(out, p.astype(np.float32), atol=1e-9)
+
+
+def test_damaged_cache_file_is_recomputed(tmp_path):
+    """A truncated wake-<key>.npz raised zipfile.BadZipFile (the code promised a recompute)."""
+    a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path)
+    path = pathlib.Path(a.path)
+    data = path.read_bytes()
+    for damaged in (data[: len(data) // 2], data[:-30], b""):
+        path.write_bytes(damaged)
+        b = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path)
+        assert not b.cached
+        np.testing.assert_array_equal(b.vx, a.vx)
+    assert pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path).cached
+
+
+def test_reference_and_error_arguments_are_named(reference, tmp_path):
+    """re=[] said "`batch` must be an integer >= 1", a 2-D re gave a TypeError, and
+    mean_abs_error broadcast a one-run rollout against every reference run."""
+    for re in ([], [[150.0, 300.0]]):
+        with pytest.raises(zo.ArgumentError, match=r"`re` must be a non-empty 1-D list of Reynolds numbers"):
+            pf.reference_trajectories(TINY, re, factor=2, steps=1, cache_dir=tmp_path)
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3)
+    zeros = np.zeros((1, pf.flat_params(net).size))
+    run0 = reference.select([0])
+    traj = pf.rollout(coarse, net, run0, zeros, 2)
+    # the reference value: run 0's error computed by hand
+    by_hand = (np.abs(traj[0][0, 0, 1:] - run0.vx[0, 1:3]).sum() + np.abs(traj[1][0, 0, 1:] - run0.vy[0, 1:3]).sum()) \
+        / (traj[0][0, 0, 1:].size + traj[1][0, 0, 1:].size)
+    assert pf.mean_abs_error(traj, run0)[0] == pytest.approx(by_hand, rel=1e-6)
+    with pytest.raises(zo.ArgumentError, match=r"`traj` must hold \(k, 2, T \+ 1, \.\.\.\) trajectories"):
+        pf.mean_abs_error(traj, reference)
+
+
+def test_failed_pressure_solve_names_the_entries_and_the_iteration_limit():
+    """docs/sol.md promises the batch entries; the advice blamed a blown-up state for max_iter=1."""
+    flow = pf.WakeFlow(nx=16, ny=32, max_iter=1)
+    vx, vy = flow.initial(3)
+    with pytest.raises(pf.SimulationError, match=r"failed at step 7 \(batch entries 0, 1, 2 of 3\): it did not "
+                       r"reach the tolerance 1e-05 within `max_iter`=1 iterations.*raise `max_iter` or `tol`"):
+        flow.simulate(vx, vy, [150.0, 300.0, 600.0], 1, start=7)

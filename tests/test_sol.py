@@ -40,6 +40,8 @@ def test_quick_run_zo_sol_beats_src(tmp_path, capsys):
     (["--unroll", "50"], "--unroll"),
     (["--lr", "-1"], "--lr"),
     (["--seed", "-1"], "--seed"),  # it failed with a traceback after the reference was computed
+    (["--seed", str(2 ** 64)], "`--seed` must be < 2**64"),  # a traceback from torch.manual_seed
+    (["--factor", "1"], "`--factor` must be >= 2"),  # died with "oracle returned nan at the base point"
 ])
 def test_bad_flags_give_one_line_errors(flags, message, capsys):
     rc = cli.main(["sol", "--quick", *flags])
@@ -52,3 +54,35 @@ def test_bad_reynolds_list_is_a_usage_error(capsys):
         cli.main(["sol", "--train-re", "100,abc"])
     assert exc.value.code == 2
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_log_reports_the_trained_loss_and_the_exact_sparsity(tmp_path, monkeypatch, capsys):
+    """The log printed the last step's minibatch loss *before* its update as the trained loss,
+    and ``--sparsity 0.9999`` as "100% gradient sparsity"."""
+    import re
+
+    import numpy as np
+
+    import zoracle as zo
+
+    seen = {}
+    train = zo.train
+
+    def spy(oracle, params, **kw):
+        seen["oracle"], seen["start"] = oracle, np.array(params, copy=True)
+        seen["result"] = res = train(oracle, params, **kw)
+        return res
+
+    monkeypatch.setattr(zo, "train", spy)
+    rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
+                   "--zo-steps", "2", "--no-fo", "--no-plot", "--sparsity", "0.9999", "--json",
+                   "--cache", str(tmp_path)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "sparse CGE at 99.99% gradient sparsity" in err
+    m = re.search(r"relative training loss on all (\d+) training start states (\S+) -> (\S+) in 2 steps", err)
+    assert m, err
+    oracle, res = seen["oracle"], seen["result"]
+    assert int(m[1]) == len(oracle.starts)
+    assert float(m[2]) == pytest.approx(oracle(seen["start"]), abs=1e-4)
+    assert float(m[3]) == pytest.approx(oracle(res.params), abs=1e-4)
