@@ -132,26 +132,16 @@ class FailsToLoadOnce:
         return _loss(x)
 
 
-class SlowRaiseAt:
-    """Raises at coordinate ``i``; every other call takes 0.3 s (shards still in flight then)."""
-
-    def __init__(self, base, i):
-        self.base, self.i = base.copy(), i
-
-    def __call__(self, x):
-        if x[self.i] != self.base[self.i]:
-            raise KeyError("no such mesh")
-        time.sleep(0.3)
-        return _loss(x)
-
-
 class RaiseAt:
-    def __init__(self, base, i):
-        self.base, self.i = base.copy(), i
+    """Raises at coordinate ``i``; every other call takes ``sleep`` seconds (shards in flight then)."""
+
+    def __init__(self, base, i, sleep=0.0):
+        self.base, self.i, self.sleep = base.copy(), i, sleep
 
     def __call__(self, x):
         if x[self.i] != self.base[self.i]:
             raise KeyError("no such mesh")
+        time.sleep(self.sleep)
         return _loss(x)
 
 
@@ -329,7 +319,7 @@ class TestDask(ClusterContract):
         zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4), executor=cluster)
         before = cluster.client.run(os.getpid)
         with pytest.raises(zo.OracleError, match="no such mesh"):
-            zo.estimate_gradient(SlowRaiseAt(x, 0), x, zo.CGE(mu=1e-4), executor=cluster)
+            zo.estimate_gradient(RaiseAt(x, 0, sleep=0.3), x, zo.CGE(mu=1e-4), executor=cluster)
         assert cluster.client.run(os.getpid) == before
 
     @pytest.mark.timeout(180)
