@@ -36,7 +36,7 @@ METHODS = ("SRC", "NON", "ZO-SOL", "FO-SOL")
 
 @dataclass(frozen=True)
 class Config:
-    """One experiment size. ``quick()`` is the CI size, the defaults the ~9 minute run (535 s on 2026-12-04, docs/sol.md)."""
+    """One experiment size. ``quick()`` is the CI size, the defaults the ~9 minute run (docs/sol.md)."""
 
     fine_nx: int = 128
     factor: int = 4
