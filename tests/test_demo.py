@@ -102,6 +102,7 @@ def test_output_directories_are_created_up_front(tmp_path):
     (["--seed", str(2**70)], "--seed must be in [0, 2**63)"),  # torch.manual_seed's traceback
     (["--threads", "100000"], "--threads must be in [1, "),  # torch's thread pool crashed
     (["--plot", "out.xyz"], "cannot write '.xyz' files"),  # checked after the whole run, which it lost
+    (["--shard-timeout", "-1"], "--shard-timeout must be a positive number"),  # it said `timeout`
 ])
 def test_demo_bad_flags_give_one_line_errors(argv, match):
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", *argv], capture_output=True, text=True, timeout=60)

@@ -524,8 +524,8 @@ def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:
     )
 
 
-def check_timeout(timeout):
-    """``timeout`` as a positive float or None, else an ArgumentError."""
+def check_timeout(timeout, name: str = "`timeout`"):
+    """``timeout`` as a positive float or None, else an ArgumentError naming ``name``."""
     import numbers
 
     from ._errors import ArgumentError
@@ -534,7 +534,8 @@ def check_timeout(timeout):
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not (0 < float(timeout) < math.inf):
         raise ArgumentError(
-            f"`timeout` must be a positive number of seconds per shard (or None for no limit), got {timeout!r}"
+            f"{name} must be a positive number of seconds per shard "
+            f"({'omit it' if name.startswith('--') else 'or None'} for no limit), got {timeout!r}"
         )
     return float(timeout)
 

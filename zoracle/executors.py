@@ -367,7 +367,7 @@ def from_args(args):
     workers = getattr(args, "workers", 1)
     dask = getattr(args, "dask", None)
     ray = getattr(args, "ray", None)
-    timeout = check_timeout(getattr(args, "timeout", None))
+    timeout = check_timeout(getattr(args, "timeout", None), "--shard-timeout")
     if workers is None:
         workers = 1
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
