@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -222,19 +223,20 @@ def _run(config: DefenseConfig, out, log) -> DefenseReport:
 
 # --------------------------------------------------------------------------------------
 # report
-def command_line(config: DefenseConfig) -> str:
-    """The ``zoracle defense`` command that regenerates ``config``."""
+def command_line(config: DefenseConfig, out: str | None = "results/defense") -> str:
+    """The ``zoracle defense`` command that regenerates ``config`` (writing to ``out``)."""
+    tail = [] if not out else [f"--out {shlex.quote(out)}"]
     if config == QUICK:
-        return "zoracle defense --quick --out results/defense"
+        return " ".join(["zoracle defense --quick", *tail])
     parts = ["zoracle defense"]
     for f, default in asdict(FULL).items():
         value = getattr(config, f)
         if value != default:
             parts.append(f"--{f.replace('_', '-')} {value}")
-    return " ".join(parts + ["--out results/defense"])
+    return " ".join(parts + tail)
 
 
-def markdown(report: DefenseReport) -> str:
+def markdown(report: DefenseReport, out: str | None = "results/defense") -> str:
     """The results table (ours next to the paper's), with the command that regenerates it."""
     c = report.config
     fo = report.rows.get("fo")
@@ -269,7 +271,7 @@ def markdown(report: DefenseReport) -> str:
     ]
     for name, label in (("fo", "FO-DS"), ("hybrid", "ZO-AE-DS"), ("deepzero", "DeepZero")):
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in PAPER[name]) + " |")
-    lines += ["", f"Regenerate: `{command_line(c)}` ({report.seconds:.0f} s in all on this machine)."]
+    lines += ["", f"Regenerate: `{command_line(c, out)}` ({report.seconds:.0f} s in all on this machine)."]
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +308,7 @@ def write(report: DefenseReport, out: str) -> list:
     os.makedirs(out, exist_ok=True)
     md, png, js = (os.path.join(out, f"defense.{ext}") for ext in ("md", "png", "json"))
     with open(md, "w") as fh:
-        fh.write(markdown(report))
+        fh.write(markdown(report, out))
     plot(report, png)
     data = {
         "config": asdict(report.config),
@@ -317,7 +319,7 @@ def write(report: DefenseReport, out: str) -> list:
         "clean_accuracy": report.clean_accuracy,
         "noisy_accuracy": report.noisy_accuracy,
         "seconds": report.seconds,
-        "command": command_line(report.config),
+        "command": command_line(report.config, out),
     }
     with open(js, "w") as fh:
         json.dump(data, fh, indent=2)
@@ -413,5 +415,5 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(report.certified()))
     else:
-        print(markdown(report))
+        print(markdown(report, args.out))
     return 0

@@ -213,3 +213,12 @@ def test_hybrid_spends_the_same_budget(tiny, queries):
     big = T.train_hybrid(d, OnnxClassifier(path), X[:40], OnnxClassifier(path).predict(X[:40]), sigma=0.25, steps=1,
                          batch=5000, lr=1e-3, seed=0, queries=queries)
     assert big.queries_per_estimate == queries
+
+
+def test_the_regenerate_line_names_the_output_folder_given():
+    """It said ``--out results/defense`` whatever ``--out`` was (and for none)."""
+    from zoracle.apps.defense import FULL, QUICK, command_line
+
+    assert command_line(QUICK, "my runs/d") == "zoracle defense --quick --out 'my runs/d'"
+    assert command_line(QUICK, None) == "zoracle defense --quick"
+    assert command_line(FULL) == "zoracle defense --out results/defense"
