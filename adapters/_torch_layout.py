@@ -95,16 +95,28 @@ class _Core:
     # the keys of ``checked_modes`` name modules by id: a copy (a worker's) has other ids, so they
     # travel as positions in ``model.modules()`` and come back as the copy's ids
     def __getstate__(self):
+        from ._torch_exact import _PLAIN_NAMES
+
         state = dict(self.__dict__)
-        pos = {id(m): i for i, m in enumerate(self.model.modules())}
+        mods = list(self.model.modules())
+        pos = {id(m): i for i, m in enumerate(mods)}
         state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key) for key in self.checked_modes]
+        # which plain attributes are watched (those a forward writes are not): the copy's modules
+        # are new objects, and would watch them again until their first check
+        state["plain_names"] = [_PLAIN_NAMES.get(m) for m in mods]
         return state
 
     def __setstate__(self, state):
+        from ._torch_exact import _PLAIN_NAMES
+
+        plain = state.pop("plain_names", None)
         self.__dict__.update(state)
         mods = list(self.model.modules())
         self.checked_modes = {tuple((id(mods[k[0]]) if 0 <= k[0] < len(mods) else None,) + tuple(k[1:]) for k in key)
                               for key in state["checked_modes"]}
+        for m, names in zip(mods, plain or ()):
+            if names is not None:
+                _PLAIN_NAMES[m] = names
 
 
 def build_core(model, blocks) -> _Core:

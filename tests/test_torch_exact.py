@@ -1315,3 +1315,36 @@ def test_attributes_without_a_version_or_a_hash_do_not_break_the_key():
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     oracle = TorchOracle(model, CE_ROWS, (x, y))
     assert oracle.blocks and np.isfinite(zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE()).grad).all()
+
+
+class _Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.n = 0
+
+    def forward(self, x):
+        self.n += 1
+        return self.c(torch.relu(self.a(x)))
+
+
+def test_a_copy_of_the_oracle_keeps_what_it_watches():
+    """A copy (a worker's) watched again the attributes the forward writes, and checked its split
+    again at its first query."""
+    import pickle
+
+    import zoracle.adapters._torch_exact as exact
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    oracle = TorchOracle(_Counting(), CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3))
+    checks = []
+    real = exact._check_split
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exact, "_check_split", lambda *a, **k: checks.append(1) or real(*a, **k))
+        for copied in (pickle.loads(pickle.dumps(oracle)), copy.deepcopy(oracle)):
+            got = zo.estimate_gradient(copied, theta, zo.CGE(mu=1e-3)).grad
+            np.testing.assert_array_equal(got, zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3)).grad)
+    assert checks == []
