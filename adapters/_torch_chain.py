@@ -112,7 +112,7 @@ class _NormState:
         if self.saved:
             with torch.no_grad():
                 for b, v, version in self.saved:
-                    if b._version != version:
+                    if b._version != version or not torch.equal(b, v):
                         b.copy_(v)
 
 
@@ -312,7 +312,10 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
         try:
             with torch.no_grad():
                 for b, v, version in saved:
-                    if b._version != version:  # written: put back (one left untouched keeps its version)
+                    # written: put back (one left untouched keeps its version and bits). Compared
+                    # by value too: torch's batch-norm kernel writes the running statistics of a
+                    # BatchNorm subclass in place without counting a version
+                    if b._version != version or not torch.equal(b, v):
                         b.copy_(v)
         finally:
             guard.__exit__(None, None, None)

@@ -1348,3 +1348,25 @@ def test_a_copy_of_the_oracle_keeps_what_it_watches():
             got = zo.estimate_gradient(copied, theta, zo.CGE(mu=1e-3)).grad
             np.testing.assert_array_equal(got, zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3)).grad)
     assert checks == []
+
+
+def test_perturbations_leave_a_batchnorm_subclass_running_statistics_as_they_were():
+    """torch's batch-norm kernel writes the running statistics in place without counting a
+    version, and the buffers were put back only when their version had moved: every
+    perturbation query of the zoo's timm-style BatchNormAct2d (train mode) moved them, and
+    eval-mode predictions with them (1.7e-3)."""
+    from zoracle.adapters.torch_models import BNActNet, zoo_batch
+
+    torch.manual_seed(0)
+    net = BNActNet().train()
+    x, y = zoo_batch("bn_act", 8)
+    oracle = TorchOracle(net, CE_ROWS, (x, y), update_stats=False)
+    theta = oracle.initial_params()
+    before = {n: b.clone() for n, b in net.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        oracle.coordinate_losses(theta, np.arange(0, oracle.size, 7), 1e-3)
+        oracle.batch(np.stack([theta, theta + 1e-3]))
+        oracle(theta)  # update_stats=False: a plain call leaves them too
+        oracle.predict(theta, x, train=True)
+    assert all(torch.equal(b, before[n]) for n, b in net.named_buffers())

@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import time
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -623,3 +624,44 @@ def test_an_oracle_failing_in_training_under_an_executor_keeps_its_shard_and_wor
                                                  r"coordinate 0 \[shard \d+/\d+: .* on thread") as info:
             zo.train(f, np.zeros(6), epochs=1, estimator=zo.CGE(mu=0.01), executor=ex, rng=0, progress=False)
     assert info.value.shard is not None
+
+
+def test_a_corrupt_zip_at_the_checkpoint_path_is_refused_not_overwritten(tmp_path):
+    """A truncated .npz (a half-downloaded data set) was taken for an earlier run: a warning,
+    then the first save replaced it."""
+    good = tmp_path / "data.npz"
+    np.savez(good, x=np.arange(1000.0))
+    bad = tmp_path / "dataset.npz"
+    bad.write_bytes(good.read_bytes()[:300])
+    calls = []
+    with pytest.raises(zo.ArgumentError, match="is a corrupt or truncated zip file"):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=1, checkpoint=bad, progress=False)
+    assert calls == [] and bad.read_bytes() == good.read_bytes()[:300]
+
+
+def test_a_checkpoint_through_a_symlink_writes_its_target(tmp_path):
+    """Saves replaced the link with a file: the target (a persistent copy) stayed at its first
+    epochs, and a dangling link was said to hold an earlier run."""
+    (tmp_path / "persistent").mkdir()
+    (tmp_path / "scratch").mkdir()
+    link = tmp_path / "scratch" / "run.npz"
+    link.symlink_to(tmp_path / "persistent" / "run.npz")
+    kw = dict(rng=0, progress=False, checkpoint=link, resume=True)
+    f = lambda x: float(np.sum((x - 1) ** 2))  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zo.train(f, np.zeros(3), epochs=3, **kw)
+    r = zo.train(f, np.zeros(3), epochs=6, **kw)
+    assert link.is_symlink() and r.epochs == 6
+    assert len(zo.History.from_checkpoint(tmp_path / "persistent" / "run.npz").epochs) == 6
+    assert os.listdir(tmp_path / "scratch") == ["run.npz"] and os.listdir(tmp_path / "persistent") == ["run.npz"]
+
+
+def test_a_checkpoint_path_ending_in_a_slash_is_refused_before_the_first_query(tmp_path):
+    """``checkpoint="out/"`` passed the check (its probe went next to "out") and the first save
+    failed after an epoch with NotADirectoryError."""
+    calls = []
+    with pytest.raises(zo.ArgumentError, match=r"is a directory; pass a file path such as .*out/run\.npz"):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=1,
+                 checkpoint=str(tmp_path / "out") + "/", progress=False)
+    assert calls == []

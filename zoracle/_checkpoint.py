@@ -123,12 +123,12 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     path = os.fspath(path)
     if not path:
         raise ArgumentError(f"`{name}` is an empty path; pass a file path such as {example!r}")
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ArgumentError(f"`{name}` {path!r} is a directory; pass a file path such as {os.path.join(path, example)!r}")
     if os.path.exists(path) and not os.path.isfile(path):  # a save replaces it with a regular file
         raise ArgumentError(f"`{name}` {path!r} exists and is not a regular file (a device, pipe or socket); "
                             f"pass a file path such as {example!r}")
-    tmp = _tmp_path(path)
+    tmp = _tmp_path(os.path.realpath(path))  # a symlink's target is what a save writes
     try:
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         with open(tmp, "xb") as f:
@@ -139,7 +139,7 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
             f"`{name}` {path!r} cannot be written ({type(exc).__name__}: {exc.strerror or exc}); "
             "choose a writable folder"
         ) from None
-    clean_stale(path)
+    clean_stale(os.path.realpath(path))
     return path
 
 
@@ -147,8 +147,8 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     """Atomically write ``arrays`` (name -> array) and ``meta`` (JSON-serializable) to ``path``.
 
     The file is first written next to ``path`` (same directory, so ``os.replace`` is an
-    atomic rename) under a name unique to this writer, flushed and fsynced. Returns the
-    path written.
+    atomic rename) under a name unique to this writer, flushed and fsynced; a symlink is
+    followed (its target is written). Returns the path written.
 
     Examples
     --------
@@ -186,15 +186,16 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
                             f"{exc}") from None
     blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     payload[_META] = blob
-    folder = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)  # through a symlink to its target (replacing the link would leave it stale)
+    folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = _tmp_path(target)
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -316,21 +317,24 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError, UnicodeDecodeError,
             NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
-        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}") from None
+        err = CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}")
+        err.corrupt = True
+        raise err from None
     return arrays, meta
 
 
 def existing_checkpoint(path) -> str | None:
     """What is at ``path`` now: None (nothing), ``"run"`` (a checkpoint zoracle wrote, possibly of
-    another version, or corrupt), or ``"foreign"`` (a file zoracle did not write). Reads the header
-    only."""
+    another version), ``"foreign"`` (a file zoracle did not write) or ``"unreadable"`` (a corrupt
+    or truncated zip: zoracle's saves are atomic, so not one of its checkpoints, as far as can be
+    told). Reads the header only."""
     path = os.fspath(path)
-    if not os.path.lexists(path) or os.path.isdir(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
+    if not os.path.exists(path) or os.path.isdir(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
         return None  # an empty file (tempfile.mkstemp's) holds nothing to keep
     try:
         load_checkpoint(path, expected={})
     except CheckpointError as exc:
-        return "foreign" if exc.foreign else "run"
+        return "foreign" if exc.foreign else "unreadable" if getattr(exc, "corrupt", False) else "run"
     return "run"
 
 
