@@ -376,7 +376,8 @@ def _check_overwrite(checkpoint, resume) -> None:
     if kind == "foreign":
         raise ArgumentError(f"`checkpoint` {path!r} is a file zoracle did not write, and training would overwrite "
                             "it; pass a new path, or move that file away first")
-    same = resume is not None and os.path.exists(resume) and os.path.samefile(resume, path)
+    same = (resume is not None and os.path.exists(resume) and os.path.exists(path)
+            and os.path.samefile(resume, path))
     if kind == "unreadable" and not same:  # resumed from, its reading says what is wrong
         raise ArgumentError(f"`checkpoint` {path!r} is a corrupt or truncated zip file (zoracle writes its checkpoints "
                             "whole, so it is likely not one of them), and training would overwrite it; pass a new "
