@@ -269,3 +269,23 @@ def test_recipe_helpers_name_a_bad_argument(call, match):
 
 def test_default_lr_reaches_its_floor_where_its_docstring_says():
     assert zo.recipes.default_lr(800, 100) > 0.03 and zo.recipes.default_lr(803, 100) == 0.03
+
+
+class _NoLayout(Softmax):
+    param_info = None
+
+
+def test_short_budget_with_blocks_runs_the_split_it_planned():
+    """The plan used ``blocks`` and the returned arguments did not hold them: without the oracle's
+    own layout train split one block (no ZO-GraSP, the norm scalars sampled, the schedule sized
+    for other steps)."""
+    X, y = _data()
+    batches = zo.Minibatches((X, y), 40, seed=0)
+    p0 = np.zeros(35)
+    kw = zo.recipes.short_budget(_NoLayout(), p0, 400, batches=batches, coordinates=8, grasp_directions=8,
+                                 blocks=BLOCKS, lr=0.1)
+    assert kw["blocks"] is BLOCKS
+    grasp, per_step = 2 * 9, 8 + 2 + 1
+    res = zo.train(_NoLayout(), p0, batches=batches, rng=0, progress=False, **kw)
+    assert res.nfev == kw["max_queries"] == grasp + (400 - grasp) // per_step * per_step
+    assert res.history.column("nfev").tolist() == [per_step] * res.steps

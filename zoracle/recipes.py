@@ -164,7 +164,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     mu, weight_decay, grasp_directions
         CGE's step, AdamW's decoupled weight decay, ZO-GraSP's directions.
     blocks : optional
-        As for ``train``.
+        As for ``train``; returned among the keyword arguments, so that the run splits as the
+        plan did.
     layer_steps : float
         0 (the default) gives every weight the same step. A value ``p > 0`` multiplies each
         layer's step by ``(rms / rms_max) ** p`` (:func:`layer_scales`): ``rms`` is the RMS of
@@ -273,6 +274,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     }
     if steps_per_epoch is not None:
         kw["steps_per_epoch"] = steps_per_epoch
+    if blocks is not None:  # the run must split as the plan did (its queries a step, its budget)
+        kw["blocks"] = blocks
     if fill_small_blocks is None:
         fill_small_blocks = steps >= FILL_FROM_STEPS and len(scored) > 1  # one block: no split to fill
     if fill_small_blocks:
