@@ -162,6 +162,8 @@ def _indices(coords) -> np.ndarray:
     a = np.asarray(coords)
     if a.dtype == bool:
         raise ArgumentError("`coords` must be integer indices, got a boolean array; pass np.flatnonzero(mask)")
+    if a.size and (a.dtype.kind not in "iu" or a.ndim > 1):  # 0.9 and 2.5 were read as 0 and 2
+        raise ArgumentError(f"`coords` must be a 1-D sequence of integer indices, got {a.ndim}-D {a.dtype}")
     return np.asarray(a, dtype=np.int64).reshape(-1)
 
 

@@ -1370,3 +1370,13 @@ def test_perturbations_leave_a_batchnorm_subclass_running_statistics_as_they_wer
         oracle(theta)  # update_stats=False: a plain call leaves them too
         oracle.predict(theta, x, train=True)
     assert all(torch.equal(b, before[n]) for n, b in net.named_buffers())
+
+
+@pytest.mark.parametrize("coords", [[0.9, 2.5], ["1"], [[0, 1], [2, 3]]])
+def test_coordinates_that_are_not_integer_indices_are_refused(coords):
+    """0.9 and 2.5 gave the losses of coordinates 0 and 2; strings and 2-D arrays were taken too."""
+    torch.manual_seed(0)
+    oracle = TorchOracle(nn.Sequential(nn.Linear(4, 3)), CE_ROWS, (torch.randn(4, 4), torch.randint(0, 3, (4,))))
+    with pytest.raises(zo.ArgumentError, match="`coords` must be a 1-D sequence of integer indices"):
+        oracle.coordinate_losses(oracle.initial_params(), coords, 1e-3)
+    assert oracle.coordinate_losses(oracle.initial_params(), [], 1e-3).shape == (0,)
