@@ -49,6 +49,10 @@ class _Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative would see no curvature here
+            raise ArgumentError("a blackbox op has first derivatives only (estimated from its outputs): a backward "
+                                "with create_graph=True (a Hessian, a gradient penalty) through it would silently "
+                                "treat it as linear; differentiate once, or keep it out of the second derivative")
         x, y = ctx.saved_tensors
         with torch.no_grad():
             g = ctx.box._vjp(x, ctx.context, y, grad_out)

@@ -1061,3 +1061,16 @@ def test_float64_params_on_a_float32_model_are_estimated_with_the_steps_the_mode
         assert est.grad.dtype == np.float64 and np.array_equal(est.grad, want.grad.astype(np.float64))
     with pytest.raises(zo.ArgumentError, match="rounds to a zero step in float32"):
         zo.estimate_gradient(oracle, p32.astype(np.float64), zo.CGE(mu=1e-9))
+
+
+def test_a_blackbox_op_refuses_a_second_derivative():
+    """With create_graph=True its backward gave a gradient without a graph: a second derivative
+    through it came out as if the black box were linear (6x instead of 12x on x**3 twice)."""
+    from zoracle.adapters.torch import blackbox
+
+    x = torch.tensor([[0.3, -0.7]], dtype=torch.float64, requires_grad=True)
+    op = blackbox(lambda a: (a ** 3).sum(1), zo.CGE(mu=1e-5, scheme="central"))
+    with pytest.raises(zo.ArgumentError, match="first derivatives only .* create_graph=True"):
+        torch.autograd.grad(op(x).sum() + (x ** 3).sum(), x, create_graph=True)
+    g, = torch.autograd.grad(op(x).sum(), x)  # once is fine
+    np.testing.assert_allclose(g.numpy(), 3 * x.detach().numpy() ** 2, rtol=1e-6)
