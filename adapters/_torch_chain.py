@@ -412,6 +412,13 @@ def steps_from_items(model: nn.Module, items) -> list:
     names = _module_names(model)
     steps = []
     for i, item in enumerate(items):
+        mod = item.module if isinstance(item, Step) else item
+        if isinstance(mod, nn.Module) and id(mod) not in names and any(True for _ in mod.parameters()):
+            # its parameters are not the model's (a parameter-free module built inline is fine)
+            from zoracle._errors import ArgumentError
+
+            raise ArgumentError(f"`blocks` item {i} ({type(mod).__name__}) is not a submodule of `model` (a copy of "
+                                "one, or another model's); pass the model's own modules, e.g. list(model.children())")
         if isinstance(item, Step):
             nm = item.name or (names.get(id(item.module), f"step{i}") if item.module is not None else f"step{i}")
             # every declared field travels (rowwise=False keeps sample-coupled steps off the sparse path)

@@ -1380,3 +1380,14 @@ def test_coordinates_that_are_not_integer_indices_are_refused(coords):
     with pytest.raises(zo.ArgumentError, match="`coords` must be a 1-D sequence of integer indices"):
         oracle.coordinate_losses(oracle.initial_params(), coords, 1e-3)
     assert oracle.coordinate_losses(oracle.initial_params(), [], 1e-3).shape == (0,)
+
+
+def test_blocks_naming_modules_outside_the_model_are_refused():
+    """A module of another model (or of a copy) in ``blocks`` failed with a KeyError holding an
+    object id."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(zo.ArgumentError, match=r"`blocks` item 2 \(Linear\) is not a submodule of `model`"):
+        TorchOracle(net, CE_ROWS, blocks=[net[0], net[1], nn.Linear(8, 8), net[2]])
+    with pytest.raises(zo.ArgumentError, match=r"`blocks` item 0 \(Linear\) is not a submodule"):
+        TorchOracle(net, CE_ROWS, blocks=list(copy.deepcopy(net)))
+    assert TorchOracle(net, CE_ROWS, blocks=[net[0], nn.ReLU(), net[2]]).size == 67  # a parameter-free step built inline
