@@ -1084,10 +1084,19 @@ class TorchOracle:
         """Model outputs for ``x`` at ``params`` (no grad, in chunks of ``batch_size``).
 
         ``train=False`` evaluates in eval mode (BatchNorm running statistics, no dropout) and
-        restores the model's mode afterwards; ``train=True`` uses each chunk's statistics.
+        restores the model's mode afterwards; ``train=True`` uses each chunk's statistics (a
+        last chunk of one sample joins the chunk before it).
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ArgumentError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
         self._load(params)
         xt = to_torch(x, self.device, self.dtype)
+        if xt.dim() == 0 or xt.shape[0] == 0:
+            raise ArgumentError(f"`x` must hold at least one sample (its first dimension), got shape {tuple(xt.shape)}")
+        n = xt.shape[0]
+        starts = list(range(0, n, batch_size))
+        if train and len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()  # the last sample joins the chunk before: batch statistics of one sample are undefined
         model = self.model
         # every module's own mode comes back (a BatchNorm frozen in eval mode inside a model in
         # train mode stays frozen; model.train(was) would set them all alike)
@@ -1096,8 +1105,8 @@ class TorchOracle:
         try:
             model.train(bool(train))
             with torch.no_grad(), norm_context(model):
-                for lo in range(0, xt.shape[0], batch_size):
-                    outs.append(model(xt[lo:lo + batch_size]))
+                for lo, hi in zip(starts, starts[1:] + [n]):
+                    outs.append(model(xt[lo:hi]))
         finally:
             for m, t in was:
                 m.training = t

@@ -1074,3 +1074,22 @@ def test_a_blackbox_op_refuses_a_second_derivative():
         torch.autograd.grad(op(x).sum() + (x ** 3).sum(), x, create_graph=True)
     g, = torch.autograd.grad(op(x).sum(), x)  # once is fine
     np.testing.assert_allclose(g.numpy(), 3 * x.detach().numpy() ** 2, rtol=1e-6)
+
+
+def test_predict_checks_its_arguments_and_never_makes_a_chunk_of_one_in_train_mode():
+    """batch_size 0, -1 and 2.5 and an empty x failed in range() or torch.cat; train=True with 10
+    samples in chunks of 3 failed on the last chunk of one ("Expected more than 1 value per channel")."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double()
+    oracle = TorchOracle(model, nn.CrossEntropyLoss(reduction="none"))
+    theta, x = oracle.initial_params(), np.random.default_rng(0).standard_normal((10, 3))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(zo.ArgumentError, match="`batch_size` must be an integer >= 1"):
+            oracle.predict(theta, x, batch_size=bad)
+    with pytest.raises(zo.ArgumentError, match="`x` must hold at least one sample"):
+        oracle.predict(theta, x[:0])
+    out = oracle.predict(theta, x, batch_size=3, train=True)
+    with torch.no_grad():  # chunks 3, 3, 4: the last sample joins the chunk before
+        want = torch.cat([model.train()(torch.as_tensor(x[a:b])) for a, b in ((0, 3), (3, 6), (6, 10))])
+    model.eval()
+    np.testing.assert_allclose(out, want.numpy(), rtol=1e-12)
