@@ -279,11 +279,17 @@ class TorchOracle:
                 raise ArgumentError(f"`model`'s {name!r} is on the meta device (no values): materialize it first, "
                                     "e.g. model.to_empty(device='cpu') and then initialize or load its weights")
         tdtype = _as_torch_dtype(dtype)
-        if tdtype is not None or device is not None:
-            model.to(device=device, dtype=tdtype)
         if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral)
                                          or budget_bytes < 1):
             raise ArgumentError(f"`budget_bytes` must be a positive integer (bytes), got {budget_bytes!r}")
+        if not any(p.requires_grad for p in model.parameters()):  # before the model is converted
+            raise ArgumentError(f"`model` ({type(model).__name__}) has no trainable parameters (requires_grad=True): "
+                                "nothing to estimate")
+        if tdtype is not None or device is not None:
+            try:
+                model.to(device=device, dtype=tdtype)
+            except (RuntimeError, AssertionError) as exc:  # e.g. device="xyz", or CUDA without a GPU
+                raise ArgumentError(f"`device` {device!r}: {exc}") from None
         self.loss_fn = loss_fn
         self.update_stats = bool(update_stats)
         self._budget = budget_bytes
@@ -387,13 +393,16 @@ class TorchOracle:
                 f"buffer names differ from this model's: missing {missing[:5]}, unexpected {extra[:5]}; "
                 "the state was saved from another model"
             )
+        given = {}
+        for name, b in buffers.items():  # every shape checked before any buffer is written
+            a = torch.as_tensor(np.asarray(arrays[name]))
+            if tuple(a.shape) != tuple(b.shape):
+                raise ArgumentError(f"buffer {name!r} has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
+            given[name] = a
         self._state_cache = None  # eval-mode activations depend on the running statistics
         with torch.no_grad():
             for name, b in buffers.items():
-                a = torch.as_tensor(np.asarray(arrays[name]))
-                if tuple(a.shape) != tuple(b.shape):
-                    raise ArgumentError(f"buffer {name!r} has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
-                b.copy_(a.to(device=b.device, dtype=b.dtype))
+                b.copy_(given[name].to(device=b.device, dtype=b.dtype))
 
     # ---------------------------------------------------------------- public layout
     @property

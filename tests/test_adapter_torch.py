@@ -1093,3 +1093,25 @@ def test_predict_checks_its_arguments_and_never_makes_a_chunk_of_one_in_train_mo
         want = torch.cat([model.train()(torch.as_tensor(x[a:b])) for a, b in ((0, 3), (3, 6), (6, 10))])
     model.eval()
     np.testing.assert_allclose(out, want.numpy(), rtol=1e-12)
+
+
+def test_refused_calls_leave_the_model_as_it_was():
+    """A state whose last buffer had the wrong shape was refused after the earlier buffers were
+    written; a constructor refusing budget_bytes (or a model without trainable parameters) had
+    converted the model to the dtype asked for already; device="xyz" raised torch's error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2), nn.BatchNorm1d(2))
+    oracle = TorchOracle(model, nn.CrossEntropyLoss(reduction="none"))
+    state = {k: np.full(v.shape, 7.0) for k, v in oracle.state_arrays().items()}
+    state["3.running_var"] = np.ones(5)
+    with pytest.raises(zo.ArgumentError, match=r"buffer '3.running_var' has shape \(5,\), expected \(2,\)"):
+        oracle.load_state_arrays(state)
+    assert torch.equal(model[1].running_mean, torch.zeros(4))
+    with pytest.raises(zo.ArgumentError, match="`budget_bytes`"):
+        TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), dtype=torch.float64, budget_bytes=0)
+    frozen = nn.Linear(3, 2).requires_grad_(False)
+    with pytest.raises(zo.ArgumentError, match="no trainable parameters"):
+        TorchOracle(frozen, nn.CrossEntropyLoss(reduction="none"), dtype=torch.float64)
+    with pytest.raises(zo.ArgumentError, match="`device` 'xyz'"):
+        TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), device="xyz")
+    assert model[0].weight.dtype == frozen.weight.dtype == torch.float32
