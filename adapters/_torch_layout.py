@@ -66,7 +66,12 @@ def to_torch(x, device=None, dtype=None) -> torch.Tensor:
         t = torch.from_dlpack(x)
     else:
         a = np.asarray(x)
-        t = torch.from_numpy(np.ascontiguousarray(a)) if a.dtype != object else torch.as_tensor(a.tolist())
+        if a.dtype == object:
+            t = torch.as_tensor(a.tolist())
+        elif not a.flags.writeable:  # a read-only view (as estimate_gradient hands out): copied, not shared
+            t = torch.from_numpy(np.array(a, order="C"))
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(a))
     if device is not None or dtype is not None:
         t = t.to(device=device if device is not None else t.device,
                  dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)

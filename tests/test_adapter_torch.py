@@ -1115,3 +1115,15 @@ def test_refused_calls_leave_the_model_as_it_was():
     with pytest.raises(zo.ArgumentError, match="`device` 'xyz'"):
         TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), device="xyz")
     assert model[0].weight.dtype == frozen.weight.dtype == torch.float32
+
+
+def test_read_only_params_are_taken_without_a_warning():
+    """estimate_gradient and check_oracle hand plain calls read-only arrays: torch.from_numpy
+    warned that writing to such a tensor is undefined behaviour."""
+    oracle = TorchOracle(nn.Linear(3, 2), nn.CrossEntropyLoss(reduction="none"), (np.zeros((4, 3)), np.array([0, 1, 0, 1])))
+    p = oracle.initial_params()
+    want = oracle(p)
+    p.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert oracle(p) == want

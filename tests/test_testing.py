@@ -206,3 +206,76 @@ def test_check_oracle_reports_a_failing_oracle_and_refuses_a_vacuous_step():
             check_oracle(lambda p: float(p @ p), x, step=bad)
     with pytest.raises(zo.ArgumentError, match="`rtol` must be a finite number >= 0"):
         check_oracle(lambda p: float(p @ p), x, rtol=-1)
+
+
+def _sq(x):
+    return float(np.sum((x - 1.0) ** 2))
+
+
+class _ClipsInBatch:  # wrong: batch() projects its rows onto [-1, 1], __call__ does not
+    def __call__(self, x):
+        return _sq(x)
+
+    def batch(self, X):
+        np.clip(X, -1, 1, out=X)
+        return np.sum((X - 1.0) ** 2, axis=1)
+
+
+class _ScratchBatch:  # right: it works in its input, which estimate_gradient gives it as a private copy
+    def __call__(self, x):
+        return _sq(x)
+
+    def batch(self, X):
+        X -= 1.0
+        return np.sum(X ** 2, axis=1)
+
+
+class _WritesParams:  # writes into the params it is given: estimate_gradient refuses it
+    def __call__(self, x):
+        np.clip(x, -1, 1, out=x)
+        return _sq(x)
+
+
+def test_check_oracle_gives_the_oracle_what_estimate_gradient_gives_it():
+    """The reference losses were computed from arrays the oracle had written into: an oracle whose
+    batch() clipped its rows passed (its gradients 8.0 off), one using its rows as scratch failed,
+    and one writing into params passed and changed the caller's array."""
+    x = np.linspace(-3, 3, 10)
+    with pytest.raises(OracleCheckError, match="batch: .* deviates from a loop of calls"):
+        check_oracle(_ClipsInBatch(), x.copy(), step=1e-3)
+    check_oracle(_ScratchBatch(), x.copy(), step=1e-3)
+    with pytest.raises(OracleCheckError, match="read-only"):
+        check_oracle(_WritesParams(), x, step=1e-3)
+    assert np.array_equal(x, np.linspace(-3, 3, 10))
+
+
+class _Float32:
+    """Computes in float32 from float64 params; batch() sums in another order, as a matmul would."""
+
+    def __init__(self, compute_dtype):
+        self.compute_dtype = compute_dtype
+        self.w = np.random.default_rng(1).standard_normal(400).astype(np.float32)
+
+    def __call__(self, x):
+        return float(np.sum((np.asarray(x, dtype=np.float32) * self.w) ** 2, dtype=np.float32))
+
+    def batch(self, X):
+        return np.sum(((np.asarray(X, dtype=np.float32) * self.w) ** 2)[:, ::-1], axis=1, dtype=np.float32)
+
+
+@pytest.mark.parametrize("spelling", ["float32", np.dtype("float32"), np.float32])
+def test_check_oracle_reads_compute_dtype_however_it_is_spelled(spelling):
+    """``compute_dtype = np.float32`` (the spelling estimate_gradient's own message suggests) was
+    read as str(np.float32) and got float64 tolerances."""
+    check_oracle(_Float32(spelling), np.random.default_rng(0).standard_normal(400) * 100, step=1e-3)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.3, 1e-3, 1e39])
+def test_params_arrays_take_any_scale(scale):
+    """Only scales float32 holds exactly worked (hypothesis refused 0.1; 1e39 overflowed)."""
+    @settings(max_examples=20, deadline=None)
+    @given(params_arrays(scale=scale))
+    def run(p):
+        assert p.dtype == np.float64 and np.all(np.abs(p) <= scale)
+
+    run()

@@ -96,7 +96,11 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
             raise ArgumentError(f"`{name}` must be an integer >= 1, got {v!r}")
     # an oracle that computes in float32 (``compute_dtype``: a float32 model given float64 params)
     # differs from its reference by float32 rounding, whatever params' dtype
-    single = params.dtype == np.float32 or str(getattr(oracle, "compute_dtype", "")) == "float32"
+    try:
+        computes = np.dtype(getattr(oracle, "compute_dtype", None) or params.dtype)
+    except TypeError:
+        computes = params.dtype
+    single = params.dtype == np.float32 or computes == np.float32
     rtol = (1e-5 if single else 1e-10) if rtol is None else rtol
     atol = (1e-7 if single else 1e-12) if atol is None else atol
     xp = namespace(params)
@@ -110,8 +114,17 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     # unpatched evaluation as ``reference_loss``: every fast path is compared against it
     reference = getattr(oracle, "reference_loss", None)
 
+    # the oracle gets what estimate_gradient gives it: a read-only array per call, a private copy
+    # per capability call (one that writes into its input must not change the reference's)
+    def frozen(x):
+        x = x.copy()
+        if isinstance(x, np.ndarray):
+            x.flags.writeable = False
+        return x
+
     def call(x):
         what = "reference_loss(x)" if reference is not None else "oracle(x)"
+        x = frozen(x)
         return _ask(what, lambda: check_scalar(reference(x) if reference is not None else oracle(x), what))
 
     def perturbed(i, s):
@@ -119,14 +132,14 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         x[i] = x[i] + dt(s)
         return x
 
-    base = _ask("oracle(params)", lambda: check_scalar(oracle(params), "oracle(params)"))
+    base = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params)"))
     if reference is not None:
         ok, dev = _close(base, call(params), rtol, atol)
         report["reference"] = dev
         if not ok:
             failures.append(f"reference: oracle(params) deviates from reference_loss(params) by {dev:.3g}")
     ref0 = call(params) if reference is not None else base  # the loss changes are measured from here
-    again = _ask("oracle(params)", lambda: check_scalar(oracle(params), "oracle(params), a second time"))
+    again = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), a second time"))
     ok, dev = _close(base, again, 0, 0)
     report["determinism"] = dev
     if not ok:
@@ -136,8 +149,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     if caps.batch:
         rows = min(n_rows, d)
         X = xp.stack([perturbed(int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])])
-        got = _ask("oracle.batch(X)", lambda: np.asarray(to_numpy(oracle.batch(X)), dtype=np.float64))
         want = [call(X[r]) for r in range(X.shape[0])]
+        got = _ask("oracle.batch(X)", lambda: np.asarray(to_numpy(oracle.batch(X.copy())), dtype=np.float64))
         # the shapes estimate_gradient takes: one loss per row, (k,) or (k, 1)
         got = got.reshape(-1) if got.shape in ((len(want),), (len(want), 1)) else got
         ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
@@ -149,7 +162,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         worst = 0.0
         for s in (step, -step):
             got = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g})", lambda: np.asarray(
-                to_numpy(oracle.coordinate_losses(params, shuffled, s)), dtype=np.float64).reshape(-1))
+                to_numpy(oracle.coordinate_losses(params.copy(), shuffled.copy(), s)), dtype=np.float64).reshape(-1))
             want = [call(perturbed(int(i), s)) for i in shuffled]
             ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
             worst = max(worst, dev)
@@ -168,10 +181,10 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
             for b, blk in enumerate(blocks):
                 n = min(max(1, n_coords // 2), blk.stop - blk.start)
                 cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
-                feats = _ask(f"oracle.prefix(params, {b})", oracle.prefix, params, b)
+                feats = _ask(f"oracle.prefix(params, {b})", oracle.prefix, params.copy(), b)
                 for s in (step, -step):
                     got = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: np.asarray(
-                        to_numpy(oracle.suffix(feats, params, b, cb, s)), dtype=np.float64).reshape(-1))
+                        to_numpy(oracle.suffix(feats, params.copy(), b, cb.copy(), s)), dtype=np.float64).reshape(-1))
                     want = [call(perturbed(int(i), s)) for i in cb]
                     ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
                     worst = max(worst, dev)

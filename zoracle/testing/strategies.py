@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from hypothesis import strategies as st
 
+from .._errors import ArgumentError
 from ._quadratic import QuadraticOracle
 
 __all__ = ["params_arrays", "quadratic_oracles", "quadratic_problems"]
 
 
 def params_arrays(dim=st.integers(1, 50), dtype=np.float64, scale: float = 10.0):
-    """Finite 1-D parameter arrays of the given dtype."""
+    """Finite 1-D parameter arrays of the given dtype, entries in ``[-scale, scale]`` (rounded
+    inwards to float32: the entries are float32 values)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < np.inf:
+        raise ArgumentError(f"`scale` must be a finite number > 0, got {scale!r}")
+    hi = np.float32(min(float(scale), float(np.finfo(np.float32).max)))
+    if float(hi) > scale:  # rounded up to the nearest float32: one step back
+        hi = np.nextafter(hi, np.float32(0))
+    hi = float(hi)
     return dim.flatmap(
         lambda d: st.lists(
-            st.floats(-scale, scale, allow_nan=False, allow_infinity=False, width=32), min_size=d, max_size=d
+            st.floats(-hi, hi, allow_nan=False, allow_infinity=False, width=32), min_size=d, max_size=d
         ).map(lambda v: np.asarray(v, dtype=dtype))
     )
 
