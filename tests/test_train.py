@@ -665,3 +665,13 @@ def test_a_checkpoint_path_ending_in_a_slash_is_refused_before_the_first_query(t
         zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=1,
                  checkpoint=str(tmp_path / "out") + "/", progress=False)
     assert calls == []
+
+
+def test_resume_true_on_an_empty_file_starts_fresh(tmp_path):
+    """An empty file (tempfile.mkstemp's) was taken as nothing to keep by the overwrite check,
+    but resume=True tried to read it: "not a zoracle checkpoint (not a zip archive)"."""
+    path = tmp_path / "run.npz"
+    path.write_bytes(b"")
+    f = lambda x: float(np.sum((x - 1) ** 2))  # noqa: E731
+    r = zo.train(f, np.zeros(3), epochs=2, checkpoint=path, resume=True, rng=0, progress=False)
+    assert r.epochs == 2 and len(zo.History.from_checkpoint(path).epochs) == 2

@@ -466,8 +466,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
     resume : path, True or False, optional
-        Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists;
-        None or False: start fresh).
+        Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists and is
+        not empty; None or False: start fresh).
         A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`: the
         settings, the learning-rate and ``mu`` schedules (their values at a fixed set of
         steps, so a changed callable is caught too), every header field and every array's
@@ -558,7 +558,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if resume is True:
         if checkpoint is None:
             raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
-        resume = checkpoint if os.path.exists(os.fspath(checkpoint)) else None
+        path = os.fspath(checkpoint)  # an empty file (tempfile.mkstemp's, a job's placeholder) holds no run
+        resume = checkpoint if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) == 0) \
+            else None
         if resume is None:
             log.info("no checkpoint at %s yet: starting a fresh run", os.fspath(checkpoint))
     elif resume is False:  # "do not resume", as None
