@@ -675,3 +675,21 @@ def test_resume_true_on_an_empty_file_starts_fresh(tmp_path):
     f = lambda x: float(np.sum((x - 1) ** 2))  # noqa: E731
     r = zo.train(f, np.zeros(3), epochs=2, checkpoint=path, resume=True, rng=0, progress=False)
     assert r.epochs == 2 and len(zo.History.from_checkpoint(path).epochs) == 2
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(grasp_directions=0), "`grasp_directions` must be an integer >= 1"),  # it said `directions`
+    (dict(score_kinds="linear"), "`score_kinds` must be a tuple of kind names"),  # split into letters
+    (dict(score_kinds=None), "`score_kinds` must be a tuple"),  # a bare TypeError
+    (dict(ratios=["a", "b"]), "`ratios` must be 'zo_grasp', 'smart', 'uniform', 'random' or one keep ratio"),
+])
+def test_sparse_settings_name_the_argument(kw, match):
+    args = dict(epochs=1, sparsity=0.5, blocks=[slice(0, 4), slice(4, 8)], progress=False, rng=0)
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(lambda x: float(x @ x), np.ones(8), **{**args, **kw})
+
+
+def test_short_budget_refuses_an_iterator_as_train_would():
+    """It advised passing steps_per_epoch, after which train refused the iterator."""
+    with pytest.raises(zo.ArgumentError, match="`batches` must be re-iterable"):
+        zo.recipes.short_budget(None, np.zeros(40), 1000, batches=iter([(1, 2)] * 3), steps_per_epoch=3)

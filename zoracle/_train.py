@@ -512,6 +512,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
+    grasp_directions = _count("grasp_directions", grasp_directions, 1)
+    if isinstance(score_kinds, str) or not isinstance(score_kinds, (tuple, list, set, frozenset)) or not all(
+            isinstance(k, str) for k in score_kinds):
+        raise ArgumentError(f"`score_kinds` must be a tuple of kind names such as ('conv', 'linear'), got "
+                            f"{score_kinds!r}")
     estimator = CGE() if estimator is None else estimator
     if not isinstance(estimator, (CGE, RGE, SNES)):
         raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")
@@ -680,7 +685,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     first = None
     if sparse and keep is None:
         if not isinstance(ratios, str):
-            keep = np.asarray(ratios, dtype=np.float64).ravel()
+            try:
+                keep = np.asarray(ratios, dtype=np.float64).ravel()
+            except (TypeError, ValueError):
+                raise ArgumentError(f"`ratios` must be 'zo_grasp', 'smart', 'uniform', 'random' or one keep ratio "
+                                    f"(a number in [0, 1]) per scored block, got {ratios!r}") from None
             if keep.shape != (len(scored),):
                 raise ArgumentError(f"`ratios` must have one keep ratio per scored block ({len(scored)}), got shape {keep.shape}")
         elif ratios == "uniform" or (ratios == "zo_grasp" and len(scored) == 1):
