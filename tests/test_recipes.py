@@ -289,3 +289,16 @@ def test_short_budget_with_blocks_runs_the_split_it_planned():
     res = zo.train(_NoLayout(), p0, batches=batches, rng=0, progress=False, **kw)
     assert res.nfev == kw["max_queries"] == grasp + (400 - grasp) // per_step * per_step
     assert res.history.column("nfev").tolist() == [per_step] * res.steps
+
+
+def test_no_zo_grasp_when_every_weight_is_sampled():
+    """With every scored weight on the mask, ZO-GraSP's ratios are all 1 whatever it measures: its
+    386 queries (19% of this budget) were spent anyway."""
+    X, y = _data()
+    batches = zo.Minibatches((X, y), 40, seed=0)
+    kw = zo.recipes.short_budget(Softmax(), np.zeros(35), 2_000, batches=batches, coordinates=33)
+    assert kw["sparsity"] == 0.0
+    res = zo.train(Softmax(), np.zeros(35), batches=batches, rng=0, progress=False, **kw)
+    per_step = 33 + 2 + 1
+    assert res.nfev == kw["max_queries"] == 2_000 // per_step * per_step and res.steps == 2_000 // per_step
+    assert res.ratios.tolist() == [1.0, 1.0]

@@ -692,6 +692,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                                     f"(a number in [0, 1]) per scored block, got {ratios!r}") from None
             if keep.shape != (len(scored),):
                 raise ArgumentError(f"`ratios` must have one keep ratio per scored block ({len(scored)}), got shape {keep.shape}")
+        elif ratios == "zo_grasp" and round((1 - sparsity) * n_scored) >= n_scored:
+            keep = np.ones(len(scored))  # every weight kept: ZO-GraSP's queries could change nothing
         elif ratios == "uniform" or (ratios == "zo_grasp" and len(scored) == 1):
             keep = uniform_ratios(scored, sparsity)
         elif ratios == "smart":

@@ -249,7 +249,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if coordinates > n_scored:
         raise ArgumentError(f"`coordinates` is {coordinates}, but only {n_scored} weights can be sampled; "
                             f"pass coordinates <= {n_scored} (or train densely without a recipe)")
-    grasp = grasp_queries(grasp_directions) if len(scored) > 1 else 0  # one block: uniform ratios, no ZO-GraSP
+    # one block (uniform ratios) or every weight sampled (nothing to rank): no ZO-GraSP
+    grasp = grasp_queries(grasp_directions) if len(scored) > 1 and coordinates < n_scored else 0
     per_step = coordinates + (d - n_scored) + 1  # sampled weights, the dense rest, the base point
     if budget < grasp + 2 * per_step:
         raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}; "
