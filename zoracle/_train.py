@@ -451,7 +451,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     executor : optional
         Passed to every estimate; never closed here.
     eval_fn : callable, optional
-        ``params -> float or dict`` at the end of every ``eval_every`` epochs (and the last).
+        ``params -> float or dict`` at the end of every ``eval_every`` epochs and of the last
+        one. A run that ``max_queries`` or a callback stops inside an epoch (as
+        ``recipes.short_budget``'s usually does) has no record for that partial epoch and no
+        evaluation at its stop: evaluate ``result.params`` yourself.
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"``; returning
         True (or NumPy's True) stops training; a value other than None or False is warned about.
