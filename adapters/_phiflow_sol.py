@@ -311,7 +311,7 @@ class SolverInTheLoop:
         vy0 = np.tile(ref.vy[r, f], (k, 1, 1))
         re = np.tile(ref.re[r], k)
         re_feat = _re_feature(ref.re[r]).astype(np.float32)
-        Pt = torch.as_tensor(P, dtype=torch.float32)
+        Pt = torch.tensor(P, dtype=torch.float32)  # a copy: P may be a read-only view
         sq = np.zeros(k)
         count = (ref.vx[0, 0].size + ref.vy[0, 0].size) * n * m
 
@@ -364,7 +364,7 @@ def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, 
     vy0 = np.tile(reference.vy[:, frame], (k, 1, 1))
     re = np.tile(reference.re, k)
     re_feat = _re_feature(reference.re).astype(np.float32)
-    Pt = torch.as_tensor(P, dtype=torch.float32)
+    Pt = torch.tensor(P, dtype=torch.float32)  # a copy: P may be a read-only view
 
     def correct(vx, vy, t):
         with torch.no_grad():
@@ -413,7 +413,7 @@ def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
 
 def _load(net: nn.Module, params) -> nn.Module:
     net = _clone(net)
-    torch.nn.utils.vector_to_parameters(torch.as_tensor(np.asarray(params), dtype=torch.float32), net.parameters())
+    torch.nn.utils.vector_to_parameters(torch.tensor(np.asarray(params), dtype=torch.float32), net.parameters())
     return net
 
 

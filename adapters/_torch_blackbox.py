@@ -20,7 +20,8 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
     elif is_cupy(value):
         t = torch.from_dlpack(value)
     else:
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+        a = np.ascontiguousarray(np.asarray(value))
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())  # a read-only result (np.broadcast_to)
     if t.is_complex() or t.dtype == torch.bool:  # the cast would drop the imaginary part, or count booleans
         raise TypeError(f"expected real numbers, got {t.dtype}")
     out = t.detach().to(device=like.device, dtype=like.dtype)
