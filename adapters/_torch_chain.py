@@ -112,8 +112,16 @@ class _NormState:
         if self.saved:
             with torch.no_grad():
                 for b, v, version in self.saved:
-                    if b._version != version or not torch.equal(b, v):
+                    if b._version != version or not _same_values(b, v):
                         b.copy_(v)
+
+
+def _same_values(b: torch.Tensor, v: torch.Tensor) -> bool:
+    """``b`` holds ``v``'s values, NaN where ``v`` has NaN (a copy would bump its version: the
+    caches keyed on it would miss at every query)."""
+    if torch.equal(b, v):
+        return True
+    return b.is_floating_point() and b.shape == v.shape and bool(((b == v) | (b.isnan() & v.isnan())).all())
 
 
 def _bn_forward(mod, ctx: _NormState, x):
@@ -315,7 +323,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                     # written: put back (one left untouched keeps its version and bits). Compared
                     # by value too: torch's batch-norm kernel writes the running statistics of a
                     # BatchNorm subclass in place without counting a version
-                    if b._version != version or not torch.equal(b, v):
+                    if b._version != version or not _same_values(b, v):
                         b.copy_(v)
         finally:
             guard.__exit__(None, None, None)
@@ -407,18 +415,23 @@ def _module_names(model: nn.Module) -> dict:
     return {id(m): n for n, m in model.named_modules()}
 
 
-def steps_from_items(model: nn.Module, items) -> list:
-    """Normalize a declared split (modules and ``Step`` objects) into named ``Step`` objects."""
+def steps_from_items(model: nn.Module, items, where: str = "`blocks`") -> list:
+    """Normalize a declared split (modules and ``Step`` objects) into named ``Step`` objects
+    (``where``: what declared them, for errors)."""
     names = _module_names(model)
+    own = {id(p) for p in model.parameters()}
     steps = []
     for i, item in enumerate(items):
         mod = item.module if isinstance(item, Step) else item
-        if isinstance(mod, nn.Module) and id(mod) not in names and any(True for _ in mod.parameters()):
-            # its parameters are not the model's (a parameter-free module built inline is fine)
+        if isinstance(mod, nn.Module) and id(mod) not in names and any(
+                p.requires_grad and id(p) not in own for p in mod.parameters()):
+            # trainable parameters the model does not hold (a wrapper of its own layers, or a
+            # parameter-free module built inline, is fine)
             from zoracle._errors import ArgumentError
 
-            raise ArgumentError(f"`blocks` item {i} ({type(mod).__name__}) is not a submodule of `model` (a copy of "
-                                "one, or another model's); pass the model's own modules, e.g. list(model.children())")
+            raise ArgumentError(f"{where} item {i} ({type(mod).__name__}) holds trainable parameters that are not "
+                                "`model`'s (a copy of its modules, or another model's); pass the model's own modules, "
+                                "e.g. list(model.children())")
         if isinstance(item, Step):
             nm = item.name or (names.get(id(item.module), f"step{i}") if item.module is not None else f"step{i}")
             # every declared field travels (rowwise=False keeps sample-coupled steps off the sparse path)
@@ -437,7 +450,7 @@ def extract_steps(model: nn.Module):
     ``nn.Sequential`` included) is split by graph capture (``_torch_graph``).
     """
     if hasattr(model, "zoracle_steps"):
-        return steps_from_items(model, list(model.zoracle_steps())), ""
+        return steps_from_items(model, list(model.zoracle_steps()), f"{type(model).__name__}.zoracle_steps()"), ""
     from ._torch_graph import trace_steps
 
     steps, reason = trace_steps(model)

@@ -162,9 +162,12 @@ def _indices(coords) -> np.ndarray:
     a = np.asarray(coords)
     if a.dtype == bool:
         raise ArgumentError("`coords` must be integer indices, got a boolean array; pass np.flatnonzero(mask)")
+    if a.ndim == 2 and a.shape[1] == 1:  # np.argwhere's column of indices
+        a = a[:, 0]
     if a.size and (a.dtype.kind not in "iu" or a.ndim > 1):  # 0.9 and 2.5 were read as 0 and 2
         raise ArgumentError(f"`coords` must be a 1-D sequence of integer indices, got {a.ndim}-D {a.dtype}")
-    return np.asarray(a, dtype=np.int64).reshape(-1)
+    out = np.asarray(a, dtype=np.int64).reshape(-1)
+    return out if out.flags.writeable else out.copy()  # a read-only array (a Ray shard's) makes torch warn
 
 
 def _nonzero_rows(D, n: int) -> torch.Tensor:

@@ -283,8 +283,8 @@ def test_short_budget_with_blocks_runs_the_split_it_planned():
     batches = zo.Minibatches((X, y), 40, seed=0)
     p0 = np.zeros(35)
     kw = zo.recipes.short_budget(_NoLayout(), p0, 400, batches=batches, coordinates=8, grasp_directions=8,
-                                 blocks=BLOCKS, lr=0.1)
-    assert kw["blocks"] is BLOCKS
+                                 blocks=iter(BLOCKS), lr=0.1)  # a generator: the resolved list travels
+    assert list(kw["blocks"]) == BLOCKS
     grasp, per_step = 2 * 9, 8 + 2 + 1
     res = zo.train(_NoLayout(), p0, batches=batches, rng=0, progress=False, **kw)
     assert res.nfev == kw["max_queries"] == grasp + (400 - grasp) // per_step * per_step

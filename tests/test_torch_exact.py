@@ -1386,8 +1386,40 @@ def test_blocks_naming_modules_outside_the_model_are_refused():
     """A module of another model (or of a copy) in ``blocks`` failed with a KeyError holding an
     object id."""
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    with pytest.raises(zo.ArgumentError, match=r"`blocks` item 2 \(Linear\) is not a submodule of `model`"):
+    with pytest.raises(zo.ArgumentError, match=r"`blocks` item 2 \(Linear\) holds trainable parameters that are not"):
         TorchOracle(net, CE_ROWS, blocks=[net[0], net[1], nn.Linear(8, 8), net[2]])
-    with pytest.raises(zo.ArgumentError, match=r"`blocks` item 0 \(Linear\) is not a submodule"):
+    with pytest.raises(zo.ArgumentError, match=r"`blocks` item 0 \(Linear\) holds trainable parameters"):
         TorchOracle(net, CE_ROWS, blocks=list(copy.deepcopy(net)))
     assert TorchOracle(net, CE_ROWS, blocks=[net[0], nn.ReLU(), net[2]]).size == 67  # a parameter-free step built inline
+    # a wrapper of the model's own layers holds the model's parameters: a legitimate step
+    wrapped = TorchOracle(net, CE_ROWS, (torch.randn(4, 4), torch.randint(0, 3, (4,))),
+                          blocks=[nn.Sequential(net[0], net[1]), net[2]])
+    assert len(wrapped.blocks) == 2
+
+
+class _NanBuffer(nn.Module):
+    """A train-mode module with a buffer holding NaN, which its forward does not write."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.norm = nn.InstanceNorm1d(6, track_running_stats=True)
+        self.norm.running_mean[0] = float("nan")
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x)))
+
+
+def test_a_buffer_holding_nan_is_not_put_back_at_every_query():
+    """Saved buffers are compared by value to see whether a forward wrote them: NaN != NaN made a
+    buffer holding NaN look written, its copy bumped the version, and the cached activations were
+    computed again at every call."""
+    torch.manual_seed(0)
+    model = _NanBuffer().train()
+    oracle = TorchOracle(model, CE_ROWS, (torch.randn(8, 4), torch.randint(0, 3, (8,))), update_stats=False)
+    theta = oracle.initial_params()
+    zo.estimate_gradient(oracle, theta, zo.CGE())
+    version = model.norm.running_mean._version
+    for _ in range(3):
+        zo.estimate_gradient(oracle, theta, zo.CGE())
+    assert model.norm.running_mean._version == version

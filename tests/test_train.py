@@ -679,8 +679,8 @@ def test_resume_true_on_an_empty_file_starts_fresh(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(grasp_directions=0), "`grasp_directions` must be an integer >= 1"),  # it said `directions`
-    (dict(score_kinds="linear"), "`score_kinds` must be a tuple of kind names"),  # split into letters
-    (dict(score_kinds=None), "`score_kinds` must be a tuple"),  # a bare TypeError
+    (dict(score_kinds="linear"), "`score_kinds` must be a collection of kind names"),  # split into letters
+    (dict(score_kinds=None), "`score_kinds` must be a collection"),  # a bare TypeError
     (dict(ratios=["a", "b"]), "`ratios` must be 'zo_grasp', 'smart', 'uniform', 'random' or one keep ratio"),
 ])
 def test_sparse_settings_name_the_argument(kw, match):

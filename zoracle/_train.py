@@ -515,11 +515,16 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
-    grasp_directions = _count("grasp_directions", grasp_directions, 1)
-    if isinstance(score_kinds, str) or not isinstance(score_kinds, (tuple, list, set, frozenset)) or not all(
-            isinstance(k, str) for k in score_kinds):
-        raise ArgumentError(f"`score_kinds` must be a tuple of kind names such as ('conv', 'linear'), got "
-                            f"{score_kinds!r}")
+    if sparsity is not None:
+        grasp_directions = _count("grasp_directions", grasp_directions, 1)
+        try:
+            kinds = None if isinstance(score_kinds, (str, bytes)) else tuple(score_kinds)
+        except TypeError:
+            kinds = None
+        if kinds is None or not all(isinstance(k, str) for k in kinds):
+            raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
+                                f"{score_kinds!r}")
+        score_kinds = kinds
     estimator = CGE() if estimator is None else estimator
     if not isinstance(estimator, (CGE, RGE, SNES)):
         raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")

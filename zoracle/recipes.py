@@ -277,7 +277,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if steps_per_epoch is not None:
         kw["steps_per_epoch"] = steps_per_epoch
     if blocks is not None:  # the run must split as the plan did (its queries a step, its budget)
-        kw["blocks"] = blocks
+        kw["blocks"] = resolved  # as resolved (a generator would be spent)
     if fill_small_blocks is None:
         fill_small_blocks = steps >= FILL_FROM_STEPS and len(scored) > 1  # one block: no split to fill
     if fill_small_blocks:
