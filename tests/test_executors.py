@@ -707,3 +707,19 @@ def test_an_executor_copies_shallowly_and_refuses_to_travel():
         assert copy.copy(ex)._impl is ex._impl and copy.copy(ex._impl).__dict__ == ex._impl.__dict__
         with pytest.raises(TypeError, match="cannot pickle the executor"):
             pickle.dumps(ex)
+
+
+def test_an_oracle_shipped_to_dask_lets_go_of_its_bytes_once_loaded():
+    """The oracle's bytes stayed in each Dask worker's memory beside the loaded oracle (155 MB
+    for an 80 MB oracle, 78 MB before the oracle was sent as bytes)."""
+    import pickle
+
+    from zoracle._executors_cluster import _Shipped
+
+    shipped = pickle.loads(pickle.dumps(_Shipped(pickle.dumps(np.arange(5.0)))))  # as a worker receives it
+    first = shipped.load()
+    assert shipped.blob is None and shipped.load() is first and first.tolist() == [0, 1, 2, 3, 4]
+    broken = _Shipped(b"not a pickle")
+    with pytest.raises(Exception):
+        broken.load()
+    assert broken.blob == b"not a pickle"  # a failed load keeps the bytes: retried as a shard's error

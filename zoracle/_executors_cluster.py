@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import numbers
 import os
+import pickle
 import shutil
 import stat
 import sys
@@ -149,12 +150,30 @@ def _dask_workers(client) -> dict:
     return dict(info.get("workers") or {})
 
 
+class _Shipped:
+    """An oracle scattered to Dask workers as bytes, loaded by the first shard that needs it.
+
+    Loaded, it keeps the oracle and lets go of the bytes, so a worker holds one copy (the
+    scattered bytes stayed beside the loaded oracle: twice a large model's memory). A load that
+    fails keeps the bytes: it is a shard's error, retried like one.
+    """
+
+    def __init__(self, blob: bytes):
+        self.blob, self.obj = blob, None
+
+    def load(self):
+        if self.obj is None:
+            self.obj = pickle.loads(self.blob)  # cloudpickle output loads with plain pickle
+            self.blob = None
+        return self.obj
+
+
 def _dask_run(spec, shard, oracle, batch, params):
     """Runs on a Dask worker: the oracle future resolves to the copy held in worker memory."""
     try:
         with _DASK_LOCK:  # worker threads share one cache
             if spec[0] not in _DASK_STATE.oracles:
-                _DASK_STATE.put_oracle(spec[0], oracle)
+                _DASK_STATE.put_oracle(spec[0], oracle.load() if isinstance(oracle, _Shipped) else oracle)
             if spec[1] is not None and (spec[0], spec[1]) not in _DASK_STATE.batches:
                 _DASK_STATE.put_batch((spec[0], spec[1]), batch)
             wrapped = _DASK_STATE.oracle(spec[0], spec[1])
@@ -232,7 +251,7 @@ class _DaskBackend:
                 out.append((w, jid, ("dead", f"{type(exc).__name__}: {exc}" if exc is not None else fut.status)))
         return out
 
-    def abort(self, workers, hung: bool = True) -> None:
+    def abort(self, workers, hung=True) -> None:
         """Cancel the in-flight shards; after a timeout or Ctrl-C (``hung``), replace the
         workers running them.
 
@@ -245,9 +264,10 @@ class _DaskBackend:
             jid, fut = self.busy.pop(w, (None, None))
             if fut is not None:
                 fut.cancel()
-                stuck.add(w[0])
+                if hung is True or (hung and w in hung):  # the rest finish their shards on their own
+                    stuck.add(w[0])
         self._slots = None
-        if stuck and hung:  # after an error elsewhere the other shards finish on their own
+        if stuck:
             self.ex._restart(sorted(stuck))
 
 
@@ -349,11 +369,14 @@ class DaskExecutor(ShardedExecutor):
         bare = [a for a in addrs if a in info and not info[a].get("nanny")]
         if nanny:
             try:
-                self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False)
+                status = self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False) or {}
+                failed = {a: v for a, v in status.items() if str(v).upper() != "OK"}
             except Exception as exc:  # the worker is stuck either way: stop using it
-                bare += nanny
-                warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(nanny)} failed "
-                              f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+                failed = {a: f"{type(exc).__name__}: {exc}" for a in nanny}
+            if failed:
+                bare += list(failed)
+                warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(failed)} failed "
+                              f"({'; '.join(map(str, failed.values()))})", RuntimeWarning, stacklevel=2)
         if bare:
             self._stuck.update(bare)
             warnings.warn(
@@ -378,7 +401,7 @@ class DaskExecutor(ShardedExecutor):
             # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
             # worker is then a shard's error (reported, retried), not a broken scatter
             blob = _sendable(payload.oracle, "Dask", self)
-            self._futs[payload.oracle_token] = c.scatter([blob], broadcast=True, hash=False)[0]
+            self._futs[payload.oracle_token] = c.scatter([_Shipped(blob)], broadcast=True, hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
@@ -581,7 +604,7 @@ class _RayBackend:
                 w.handle.drop.remote(self.payload.oracle_token)  # runs before the actor's next shard
         return out
 
-    def abort(self, workers, hung: bool = True) -> None:
+    def abort(self, workers, hung=True) -> None:
         for w in workers:
             if w.ref is not None:
                 self.busy.pop(w.ref, None)

@@ -510,7 +510,7 @@ def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:
                 f"the oracle {name} holds the {held} that runs it (to call estimate_gradient / train inside the "
                 "oracle): an executor cannot run inside its own shards (on threads it would deadlock, and it "
                 "cannot travel to worker processes); use SerialExecutor() inside the oracle, or an executor "
-                "the oracle creates itself on the worker (e.g. on its first call)"
+                "the oracle creates itself on the worker (e.g. on its first call, not kept in what it pickles)"
             )
         return ZoracleError(
             f"the oracle {name} holds an executor ({held}), which cannot be sent to {where} workers (it owns "
@@ -556,7 +556,8 @@ def _timed_out(shard: int, n: int, task, where: str, timeout: float, loading: bo
         err = ShardTimeout(
             f"shard {shard + 1}/{n} ({describe_task(task)}): {where} did not finish loading the oracle (unpickling "
             f"it) within {max(timeout, LOAD_S):g} s; its __setstate__ (or an import it needs) hangs or is slower "
-            "than that: make loading faster (load weights lazily, on the first call)"
+            "than that: make loading faster (load weights lazily, on the first call), or pass a `timeout` above "
+            "the loading time (loading may take max(timeout, 60 s))"
         )
     else:
         err = ShardTimeout(
@@ -574,7 +575,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     ``name(w)`` (a stable label such as a pid), ``submit(w, jid, shard)`` and
     ``wait() -> [(w, jid, outcome)]`` with outcome ``("ok", losses, seconds)``,
     ``("err", exc, traceback_text)`` or ``("dead", reason)``; ``abort(workers, hung)`` stops
-    in-flight work (``hung``: after a timeout or Ctrl-C, which may leave a worker inside the oracle).
+    in-flight work (``hung``: the workers a timeout found late, or True after Ctrl-C: they may
+    be inside the oracle; False after an error).
     ``submit`` may return True when the worker first loads the oracle and will report the
     end of loading with the outcome ``("loaded",)``: until then the shard may take
     ``max(timeout, LOAD_S)`` seconds, and its ``timeout`` starts when loading ends.
@@ -599,6 +601,7 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     queue = deque(sorted(range(n), key=lambda i: -costs[i]))
     failed_on = [[] for _ in range(n)]
     inflight = {}  # jid -> (shard index, worker)
+    stuck = []  # the workers of the shards a timeout found late
     started = {}  # jid -> perf_counter at submission (or when its worker finished loading the oracle)
     loading = set()  # jids whose worker is still loading the oracle (LOAD_S, not timeout, applies)
     retries = 0
@@ -698,9 +701,12 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 late = [j for j in inflight if now - started[j] >= limit(j)]
                 if late:
                     i, w = inflight[late[0]]
+                    stuck = [inflight[j][1] for j in late]
                     raise _timed_out(i, n, shards[i], backend.name(w), timeout, late[0] in loading)
     except BaseException as exc:
-        if inflight:  # a timeout or Ctrl-C may leave a worker inside a hung call; an error elsewhere does not
-            backend.abort([w for _, w in inflight.values()], hung=isinstance(exc, (ShardTimeout, KeyboardInterrupt)))
+        if inflight:  # the late shards' workers may be inside a hung call, all of them after Ctrl-C;
+            # an error elsewhere leaves every worker to finish its shard
+            hung = stuck if isinstance(exc, ShardTimeout) else isinstance(exc, KeyboardInterrupt)
+            backend.abort([w for _, w in inflight.values()], hung=hung)
         raise
     return results, retries, busy

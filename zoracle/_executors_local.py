@@ -442,7 +442,7 @@ class _ProcBackend:
             out.append((p, jid, ("dead", reason)))
         return out
 
-    def abort(self, workers, hung: bool = True) -> None:
+    def abort(self, workers, hung=True) -> None:
         for p in workers:
             if p in self.pool._procs and p.jid is not None:
                 self.pool._replace(p)
@@ -552,7 +552,7 @@ class _ThreadBackend:
             out.append((w, jid, f.result()))
         return out
 
-    def abort(self, workers, hung: bool = True) -> None:
+    def abort(self, workers, hung=True) -> None:
         stuck = False
         for w in workers:  # threads cannot be killed: let them finish, drop their answers
             jid, f = self.busy.pop(w, (None, None))
