@@ -138,10 +138,11 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     if title:
         fig.suptitle(title)
     if path is not None:
-        tmp = _tmp_path(path)
+        target = os.path.realpath(path)  # through a symlink to its target, as checkpoints are written
+        tmp = _tmp_path(target)
         try:
             fig.savefig(tmp, format=fmt, dpi=110)
-            os.replace(tmp, path)  # a reader never sees half a file
+            os.replace(tmp, target)  # a reader never sees half a file
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
