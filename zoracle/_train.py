@@ -379,9 +379,10 @@ def _check_overwrite(checkpoint, resume) -> None:
     same = (resume is not None and os.path.exists(resume) and os.path.exists(path)
             and os.path.samefile(resume, path))
     if kind == "unreadable" and not same:  # resumed from, its reading says what is wrong
-        raise ArgumentError(f"`checkpoint` {path!r} is a corrupt or truncated zip file (zoracle writes its checkpoints "
-                            "whole, so it is likely not one of them), and training would overwrite it; pass a new "
-                            "path, or move that file away first")
+        raise ArgumentError(f"`checkpoint` {path!r} cannot be read as a checkpoint (a corrupt or truncated zip file, "
+                            "or one this process may not read; zoracle writes its checkpoints whole, so it is likely "
+                            "not one of them), and training would overwrite it; pass a new path, or move that file "
+                            "away first")
     if kind == "run" and not same:
         warnings.warn(f"`checkpoint` {path!r} holds an earlier run, which this run does not resume from: its first "
                       "save overwrites it. Pass resume=True to continue that run, or another path to keep it",
