@@ -702,24 +702,26 @@ def generic_outputs(step: Step, state: tuple, bp: BlockParams, local, h, reset=N
     offs = bp.offsets
     for r, li in enumerate(np.asarray(local).tolist()):
         p_i = int(np.searchsorted(offs[1:], li, side="right"))
-        data = bp.params[p_i].data
-        j = element(data, li - int(offs[p_i]))
-        old = data[j].clone()
-        data[j] = old + h[r]
-        try:
+        with nudged(bp.params[p_i], li - int(offs[p_i]), h[r]):
             if reset is not None:
                 reset()
             outs.append(step(state))
-        finally:
-            data[j] = old
     return outs
 
 
-def element(t: torch.Tensor, j: int) -> tuple:
-    """The index of ``t``'s ``j``-th element in the flat vector's (row-major) order, for reading
-    and writing it in place whatever ``t``'s strides (a transposed or channels-last weight has no
-    flat view)."""
-    return tuple(int(k) for k in np.unravel_index(int(j), tuple(t.shape))) if t.dim() else ()
+@contextlib.contextmanager
+def nudged(t: torch.Tensor, j: int, h):
+    """``t``'s ``j``-th element (in the flat vector's row-major order) moved by ``h`` in place
+    inside the block, put back after. Indexed whatever ``t``'s strides: a transposed or
+    channels-last weight has no flat view."""
+    data = t.data
+    idx = tuple(int(k) for k in np.unravel_index(int(j), tuple(data.shape))) if data.dim() else ()
+    old = data[idx].clone()
+    data[idx] = old + h
+    try:
+        yield
+    finally:
+        data[idx] = old
 
 
 class Chain:

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from zoracle._errors import ArgumentError
 
-from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, element, norm_context, vmap_safe
+from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, norm_context, nudged, vmap_safe
 from ._torch_graph import BAKED_BUFFERS
 from ._torch_layout import Chain, Step, to_torch
 
@@ -264,22 +264,14 @@ def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
             model(x)
         except Exception:  # the check that follows reports it
             return
-        _unwatch_forward_written(model, before)
-
-
-def _unwatch_forward_written(model: nn.Module, before: tuple) -> bool:
-    """Stop watching what changed since the model's key was ``before``. True when one was dropped."""
-    dropped = False
-    for m, key in zip(model.modules(), before):
-        got = _PLAIN_NAMES.get(m)
-        if not got or not got[1] or key[0] != id(m):
-            continue
-        baked, names = got
-        keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(_read(m, k))))
-        if keep != names:
-            _PLAIN_NAMES[m] = (baked, keep)
-            dropped = True
-    return dropped
+        for m, key in zip(model.modules(), before):  # compared before plain_context puts buffers back
+            got = _PLAIN_NAMES.get(m)
+            if not got or not got[1] or key[0] != id(m):
+                continue
+            baked, names = got
+            keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(_read(m, k))))
+            if keep != names:
+                _PLAIN_NAMES[m] = (baked, keep)
 
 
 def _same_value(a, b) -> bool:
@@ -596,14 +588,8 @@ def _run_watching_writes(core, x) -> tuple:
 
 def _perturbed_reference(oracle, theta, i: int, step: float) -> float:
     p, j = _locate(oracle._core, i)
-    data = p.data
-    j = element(data, j)
-    old = data[j].clone()
-    data[j] = old + step
-    try:
+    with nudged(p, j, step):
         return reference_loss(oracle, oracle._x, oracle._y)
-    finally:
-        data[j] = old
 
 
 def _locate(core, i: int):
@@ -621,16 +607,10 @@ def shared_suffix(oracle, feats, block: int, local, h, ctx) -> torch.Tensor:
     vals = []
     for r, li in enumerate(np.asarray(local).tolist()):
         t = int(np.searchsorted(bp.offsets[1:], li, side="right"))
-        data = bp.params[t].data
-        j = element(data, li - int(bp.offsets[t]))
-        old = data[j].clone()
-        data[j] = old + h[r]
-        try:
+        with nudged(bp.params[t], li - int(bp.offsets[t]), h[r]):
             ctx.reset()
             out = core.chain.run(feats.state, si)[0]
             vals.append(oracle._loss(out, 1)[0])
-        finally:
-            data[j] = old
     return torch.stack(vals)
 
 
@@ -668,16 +648,10 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                     core.vmap_ok = False
                     warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
                                   "full forwards run one at a time", RuntimeWarning, stacklevel=4)
-            data = p.data
             for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
-                j = element(data, j)
-                old = data[j].clone()
-                data[j] = old + step
-                try:
+                with nudged(p, j, step):
                     ctx.reset()
                     out[r] = float(oracle._loss(model(oracle._x), 1)[0])
-                finally:
-                    data[j] = old
     return out
 
 
