@@ -30,7 +30,8 @@ from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
-           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "unsendable"]
+           "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
+           "unsendable"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -489,6 +490,20 @@ class ExecutorPickled(TypeError):
     def __init__(self, executor):
         super().__init__(f"cannot pickle the executor {type(executor).__name__}")
         self.executor = executor
+
+
+class StaysHere:
+    """Mixin of executors: pickling one raises :class:`ExecutorPickled` (an oracle holding it is
+    on its way to workers; :func:`unsendable` names the fix), while ``copy.copy`` still gives a
+    shallow copy sharing the workers."""
+
+    def __reduce__(self):
+        raise ExecutorPickled(self)
+
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
 
 def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:

@@ -29,8 +29,8 @@ from ._executors_core import (
     Payload,
     Registry,
     RunStats,
+    StaysHere,
     WorkerState,
-    ExecutorPickled,
     check_timeout,
     error_outcome,
     reshard,
@@ -54,7 +54,7 @@ def current_device():
 
 
 # ----------------------------------------------------------------------------- base class
-class ShardedExecutor:
+class ShardedExecutor(StaysHere):
     """Shared ``run``: tokens, cost balancing, scheduling, reassembly (private base)."""
 
     n_workers: int = 1
@@ -104,15 +104,6 @@ class ShardedExecutor:
 
     def _dropped(self, tokens) -> None:
         pass
-
-    def __reduce__(self):
-        # an oracle holding an executor is on its way to workers: say so (unsendable names the fix)
-        raise ExecutorPickled(self)
-
-    def __copy__(self):  # a shallow copy shares the workers, as it did before pickling was refused
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        return new
 
     def _payload(self, oracle, params) -> Payload:
         parent, batch = split_bound(oracle.fn)

@@ -62,11 +62,11 @@ from ._executors_cluster import DaskExecutor as _Dask
 from ._executors_cluster import RayExecutor as _Ray
 from ._executors_cluster import parse_local
 from ._executors_core import (
-    ExecutorPickled,
     NestedRunError,
     RunStats,
     ShardFailed,
     ShardTimeout,
+    StaysHere,
     check_timeout,
     describe_task,
 )
@@ -164,7 +164,7 @@ def _check_count(name: str, value, allow_all: bool = False) -> int:
     return int(value) if value != -1 else max(1, os.cpu_count() or 1)
 
 
-class JoblibExecutor:
+class JoblibExecutor(StaysHere):
     """Shards across ``n_jobs`` local workers: processes (``"loky"``) or threads.
 
     Parameters
@@ -224,13 +224,6 @@ class JoblibExecutor:
     def run(self, oracle, params, tasks) -> list:
         return self._impl.run(oracle, params, tasks)
 
-    def __reduce__(self):
-        raise ExecutorPickled(self)  # an oracle holding it is on its way to workers: named with the fix
-
-    def __copy__(self):  # a shallow copy shares the workers
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        return new
 
     def __repr__(self) -> str:
         return f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r})"
