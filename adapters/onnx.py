@@ -177,10 +177,48 @@ def _read_model(model) -> tuple[bytes, str]:
         if os.path.isdir(path):
             raise ArgumentError(f"`model`: {path!r} is a directory, expected an .onnx file")
         with open(path, "rb") as fh:
-            return fh.read(), repr(path)
+            data = fh.read()
+        return _with_external_data(data, path), repr(path)
     raise ArgumentError(
         f"`model` must be a path, bytes or an onnx.ModelProto, got {type(model).__name__}"
     )
+
+
+def _with_external_data(data: bytes, path: str) -> bytes:
+    """``data`` (the file at ``path``) with the tensors it keeps in external data files (a large
+    export's ``model.onnx.data``) read in: onnxruntime looks for those files next to a path, and
+    zoracle hands it bytes (which pickled copies carry). A file with no external data, or one onnx
+    cannot parse (the session's own error then names the problem), is returned as it is."""
+    try:
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+    except ImportError:  # pragma: no cover - onnx is in the onnx extra
+        return data
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception:
+        return data
+    graphs, tensors = [proto.graph], []
+    while graphs:
+        g = graphs.pop()
+        tensors.extend(g.initializer)
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    tensors.append(a.t)
+                tensors.extend(a.tensors)
+                if a.HasField("g"):
+                    graphs.append(a.g)
+                graphs.extend(a.graphs)
+    if not any(uses_external_data(t) for t in tensors):
+        return data
+    try:
+        onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+        return proto.SerializeToString()
+    except Exception as exc:
+        raise ArgumentError(f"`model` {path!r} keeps its weights in external data files, and they could not be "
+                            f"read next to it: {type(exc).__name__}: {str(exc).strip()[:300]}; keep the .data file "
+                            "beside the .onnx file, as it was exported") from None
 
 
 #: the SessionOptions settings a pickled copy carries (optimized_model_filepath stays with the
@@ -312,10 +350,14 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(self._bytes, sess_options=self._session_options,
                                                 providers=self.providers_requested)
         except Exception as exc:
-            raise ArgumentError(
-                f"`model` {self._source} is not a loadable ONNX model (truncated, corrupted or not ONNX?): "
-                f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-            ) from None
+            kind = type(exc).__name__
+            if kind in ("NotImplemented", "NotImplementedError"):  # a valid model with an op no provider runs
+                what = (f"uses an operator that onnxruntime's providers {self.providers_requested} cannot run "
+                        "(float64 convolutions on the CPU, for one): export it in float32, or use a provider "
+                        "that implements it")
+            else:
+                what = "is not a loadable ONNX model (truncated, corrupted or not ONNX?)"
+            raise ArgumentError(f"`model` {self._source} {what}: {kind}: {str(exc).strip()[:300]}") from None
         self.providers = self.session.get_providers()
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

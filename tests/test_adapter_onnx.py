@@ -324,3 +324,46 @@ def test_no_cuda_attempt_without_a_cuda_device(onnx_path, monkeypatch, capfd):
     assert clf.providers == ["CPUExecutionProvider"]
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_a_model_saved_with_external_data_loads_by_path_from_any_directory(torch_model, onnx_path, batch, tmp_path,
+                                                                           monkeypatch):
+    # a large export keeps its weights in model.onnx.data beside the file: read by path, the
+    # classifier must find them there (whatever the working directory) and its pickled copies
+    # must carry them; a missing data file is an error that says so
+    onnx = pytest.importorskip("onnx")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    onnx.save_model(onnx.load(str(onnx_path)), str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    assert (folder / "model.onnx.data").stat().st_size > 0
+    monkeypatch.chdir(tmp_path)
+    clf = OnnxClassifier(folder / "model.onnx")
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(clf(batch), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(clf))(batch), want, rtol=1e-5, atol=1e-5)
+    (folder / "model.onnx.data").unlink()
+    with pytest.raises(zo.ArgumentError, match="external data"):
+        OnnxClassifier(folder / "model.onnx")
+
+
+def test_an_operator_no_provider_runs_is_not_called_a_corrupted_file(tmp_path):
+    # onnxruntime's CPU provider has no float64 convolution: the model is valid, and the error
+    # must say what is wrong with it rather than blame the file
+    class Conv64(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).flatten(1)
+
+    path = tmp_path / "conv64.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Conv64().double(), (torch.zeros(2, 1, 4, 4, dtype=torch.float64),), str(path),
+                          input_names=["x"], output_names=["y"], dynamo=False)
+    with pytest.raises(zo.ArgumentError, match="cannot run") as err:
+        OnnxClassifier(path)
+    assert "corrupted" not in str(err.value)
