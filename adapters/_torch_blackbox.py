@@ -14,7 +14,7 @@ from zoracle._estimators import CGE, RGE, as_generator, check_step
 __all__ = ["blackbox", "BlackBox"]
 
 
-def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
+def _as_tensor(value, like: torch.Tensor, dtype=None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         t = value
     elif is_cupy(value):
@@ -24,7 +24,7 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
         t = torch.from_numpy(a if a.flags.writeable else a.copy())  # a read-only result (np.broadcast_to)
     if t.is_complex() or t.dtype == torch.bool:  # the cast would drop the imaginary part, or count booleans
         raise TypeError(f"expected real numbers, got {t.dtype}")
-    out = t.detach().to(device=like.device, dtype=like.dtype)
+    out = t.detach().to(device=like.device, dtype=dtype or like.dtype)
     if out.data_ptr() == t.data_ptr():  # no copy made: an fn that writes into one output buffer
         out = out.clone()              # call after call must not change the outputs already kept
     return out
@@ -32,21 +32,22 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
 
 def _repeat(t, k: int):
     """``t`` repeated ``k`` times along its rows, of its own kind: ``fn`` sees a NumPy context as
-    NumPy in the backward as in the forward."""
+    NumPy in the backward as in the forward. Always a fresh, writable copy (as the forward's own
+    context is writable), whatever ``t``'s number of rows."""
     if not isinstance(t, torch.Tensor):
         a = np.asarray(t)
-        return np.broadcast_to(a[None], (k,) + a.shape).reshape((k * a.shape[0],) + a.shape[1:])
-    return t.unsqueeze(0).expand((k,) + tuple(t.shape)).reshape((k * t.shape[0],) + tuple(t.shape[1:]))
+        return np.tile(a, (k,) + (1,) * (a.ndim - 1))
+    return t.repeat((k,) + (1,) * (t.dim() - 1))
 
 
 class _Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, box, *context):
         with torch.no_grad():  # a copy: an ``fn`` that writes into its input must not change the caller's x
-            y = box._eval(x.detach().clone(), context, 1, "forward")
+            y = box._eval(x.detach().clone(), context, 1, "forward")  # float64: the backward's differences
         ctx.box, ctx.context = box, context
         ctx.save_for_backward(x.detach(), y)
-        return y
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -83,6 +84,10 @@ class BlackBox:
             shape = tuple(getattr(c, "shape", ()))
             if not shape or shape[0] != x.shape[0]:
                 raise ArgumentError(f"blackbox context argument {i} must have {x.shape[0]} rows like `x`, got shape {shape}")
+            if isinstance(c, torch.Tensor) and c.requires_grad and torch.is_grad_enabled():
+                raise ArgumentError(f"blackbox context argument {i} requires grad, but a blackbox op differentiates "
+                                    "`x` only: its context would silently get no gradient; pass what needs one as part "
+                                    f"of `x` (torch.cat it in and split it inside fn), or pass context {i} .detach()ed")
         if not bool(torch.isfinite(x).all()):
             raise ArgumentError("blackbox input `x` holds NaN or inf; a finite difference needs finite inputs")
         if x.requires_grad and torch.is_grad_enabled():  # the backward's step, checked before the forward's work
@@ -93,8 +98,9 @@ class BlackBox:
     # ------------------------------------------------------------------ internals
     def _eval(self, X: torch.Tensor, context, k: int, what: str, shape=None) -> torch.Tensor:
         """``fn`` on ``X`` (k * N rows, perturbation-major) with the context repeated ``k`` times,
-        at most ``max_rows`` rows a call (``fn`` treats rows independently). ``what`` names the
-        pass for error reports."""
+        at most ``max_rows`` rows a call (``fn`` treats rows independently), in float64: the
+        differences of a float32 ``x``'s outputs must not lose what ``fn`` computed beyond float32
+        (a loss with an offset). ``what`` names the pass for error reports."""
         ctx = tuple(_repeat(c, k) if k > 1 else c for c in context)
         outs = []
         for lo in range(0, X.shape[0], self.max_rows):
@@ -102,7 +108,7 @@ class BlackBox:
             query = f"blackbox fn, {what}, rows {lo}..{hi - 1} of {X.shape[0]}"
             try:
                 out = self.fn(X[lo:hi], *(c[lo:hi] for c in ctx))
-                out = _as_tensor(out, X)
+                out = _as_tensor(out, X, torch.float64)
             except Exception as exc:
                 raise OracleError(query, cause=exc) from exc
             if out.dim() == 0 or out.shape[0] != hi - lo:
@@ -130,17 +136,17 @@ class BlackBox:
                              f"backward ({type(self.estimator).__name__}), perturbations {lo}..{lo + kk - 1} of {k}",
                              tuple(grad_out.shape[1:]))
             out = out.reshape((kk, N, -1))
-            vals.append((out * grad_out.reshape(1, N, -1)).sum(-1))
+            vals.append((out * grad_out.reshape(1, N, -1).double()).sum(-1))
         return torch.cat(vals)
 
     def _vjp(self, x, context, y, grad_out) -> torch.Tensor:
         est = self.estimator
         N = x.shape[0]
         D = x[0].numel()
-        phi0 = (y.reshape(N, -1) * grad_out.reshape(N, -1)).sum(-1)  # (N,)
+        phi0 = (y.reshape(N, -1) * grad_out.reshape(N, -1).double()).sum(-1)  # (N,), float64 as every phi
         xf = x.reshape(N, D)
         if isinstance(est, CGE):
-            grad = torch.zeros_like(xf)
+            grad = torch.zeros_like(xf, dtype=torch.float64)
             per = max(1, self.max_rows // N)
             for lo in range(0, D, per):
                 idx = torch.arange(lo, min(D, lo + per), device=x.device)
@@ -151,7 +157,7 @@ class BlackBox:
                     base = Xp[torch.arange(k), :, idx]            # (k, N)
                     new = base + s
                     Xp[torch.arange(k), :, idx] = new
-                    return Xp, new - base
+                    return Xp, (new - base).double()  # the representable step, in x's dtype
 
                 Xp, hp = shifted(est.mu)
                 fp = self._phi(Xp.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
@@ -162,7 +168,7 @@ class BlackBox:
                     fm = self._phi(Xm.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
                     g = (fp - fm) / (hp - hm)
                 grad[:, lo:lo + k] = g.T
-            return grad.reshape(x.shape)
+            return grad.reshape(x.shape).to(x.dtype)
         # RGE: each sample gets its own q directions
         q, mu = est.directions, est.mu
         gen = torch.Generator(device=x.device)
@@ -177,8 +183,8 @@ class BlackBox:
             fm = self._phi((xf.unsqueeze(0) - mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
             coef = (fp - fm) / (2 * mu)
         scale = (D if est.distribution == "sphere" else 1.0) / q
-        grad = torch.einsum("qn,qnd->nd", coef, U) * scale
-        return grad.reshape(x.shape)
+        grad = torch.einsum("qn,qnd->nd", coef, U.double()) * scale
+        return grad.reshape(x.shape).to(x.dtype)
 
     def __repr__(self) -> str:
         return f"blackbox({getattr(self.fn, '__name__', type(self.fn).__name__)}, {self.estimator})"
@@ -189,7 +195,8 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
 
     Signature of the returned op: ``op(x, *context) -> y`` where ``x`` is a floating tensor
     ``(N, ...)`` (the differentiable input), ``context`` are optional per-sample tensors or
-    arrays with ``N`` rows (labels, ...; not differentiated) and ``y = fn(x, *context)``
+    arrays with ``N`` rows (labels, ...; not differentiated: one that requires grad is
+    refused, as it would get no gradient) and ``y = fn(x, *context)``
     has ``N`` rows (scalars per sample or any per-sample shape).
 
     The backward estimates the vector-Jacobian product **per sample** from ``fn`` values
@@ -213,8 +220,9 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
     ----------
     fn : callable
         ``fn(x, *context)``: torch tensors in, a tensor or array with ``N`` rows out. It may
-        leave torch (NumPy, onnxruntime, a simulator); its result is moved back to ``x``'s
-        device and dtype.
+        leave torch (NumPy, onnxruntime, a simulator); its result is moved to ``x``'s device
+        and kept in float64 for the backward's differences (a float32 ``x`` does not round
+        away what ``fn`` computed in float64); the op returns it in ``x``'s dtype.
     estimator : zo.RGE or zo.CGE, optional
         Default ``zo.RGE(mu=5e-3, directions=192, distribution="sphere")``.
     rng : Generator, int or None

@@ -191,3 +191,55 @@ def test_an_fn_reusing_one_output_buffer_and_other_fn_mistakes():
 
     with pytest.raises(zo.OracleError, match="expected each sample's output to have shape \\(3,\\)"):
         blackbox(shifty, max_rows=2)(torch.ones(4, 2))
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_float32_input_keeps_fn_float64_outputs_for_the_differences(scheme):
+    # fn computes in float64 a loss with a large offset: rounding its outputs to x's float32
+    # before differencing lost most of the step's signal (4% off, silently); the gradient must
+    # match the core's estimate of the same function (which keeps losses in float64)
+    rng = np.random.default_rng(0)
+    x32 = torch.tensor(rng.uniform(0.4, 1.0, size=(3, 4)), dtype=torch.float32, requires_grad=True)
+
+    def fn(x):
+        return (x.double() ** 2).sum(1).numpy() + 1e4
+
+    est = zo.CGE(mu=5e-3, scheme=scheme)
+    op = blackbox(fn, est)
+    y = op(x32)
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert x32.grad.dtype == torch.float32
+    for n in range(3):
+        ref = zo.estimate_gradient(lambda p: float((p.astype(np.float64) ** 2).sum() + 1e4),
+                                   x32.detach().numpy()[n], est).grad
+        np.testing.assert_allclose(x32.grad.numpy()[n], ref, rtol=1e-6)
+
+
+def test_a_context_tensor_that_requires_grad_is_refused():
+    # a context is not differentiated: one that requires grad (a trainable module's output)
+    # would silently get no gradient
+    x = torch.randn(4, 3, requires_grad=True)
+    scale = torch.nn.Linear(1, 1)(torch.ones(4, 1))
+    op = blackbox(lambda x, s: (x * s).sum(1), zo.CGE(mu=1e-3))
+    with pytest.raises(zo.ArgumentError, match="context argument 0 requires grad"):
+        op(x, scale)
+    op(x, scale.detach()).sum().backward()  # detached: fine
+    with torch.no_grad():
+        op(x, scale)  # no gradient wanted: fine
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_numpy_context_is_writable_in_the_backward_whatever_the_rows(rows):
+    # one row: the repeated context was a read-only broadcast view, so an fn that writes into it
+    # worked with two rows and failed with one
+    writable = []
+
+    def fn(x, c):
+        writable.append(c.flags.writeable)
+        c[:] = c * 1.0
+        return (x ** 2).sum(1).detach().numpy() * c[:, 0]
+
+    x = torch.randn(rows, 3, dtype=torch.float64, requires_grad=True)
+    blackbox(fn, zo.CGE(mu=1e-4))(x, np.ones((rows, 1))).sum().backward()
+    assert writable and all(writable)
