@@ -180,6 +180,15 @@ def test_resume_validates_the_schedule_every_header_field_and_every_array(tmp_pa
         (lambda m: m["history"]["steps"][2].__setitem__("nfev", "many"), "history.steps\\[2\\].nfev"),
         (lambda m: m["history"]["steps"][1].__setitem__("total_nfev", -3), "history.steps\\[1\\].total_nfev"),
         (lambda m: m["fingerprints"]["lr"]["values"].__setitem__(1, 9.0), "another `lr` schedule"),
+        # counters that must agree with each other: one optimizer update a step, the header's
+        # queries the last step's running total, each total the one before plus the step's, and the
+        # root the one train derives from the run's seed (each changed the resumed run, silently)
+        (setter("opt_count", 0), "'opt_count' is 0"),
+        (lambda m: m.__setitem__("nfev", m["nfev"] + 1000), "'nfev'.*last step's total_nfev"),
+        (lambda m: m["history"]["steps"][3].__setitem__("total_nfev", m["history"]["steps"][3]["total_nfev"] + 1),
+         "history.steps\\[3\\].total_nfev"),
+        (lambda m: m["history"]["steps"][0].__setitem__("total_nfev", 0), "history.steps\\[0\\].total_nfev"),
+        (lambda m: m.__setitem__("root", str(int(m["root"]) + 1)), "'root'.*derives from the run's seed 0"),
     ]
     for i, (edit, field) in enumerate(cases):
         bad = _tamper(ckpt, tmp_path / f"bad{i}.npz", meta_edit=edit)

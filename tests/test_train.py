@@ -693,3 +693,57 @@ def test_short_budget_refuses_an_iterator_as_train_would():
     """It advised passing steps_per_epoch, after which train refused the iterator."""
     with pytest.raises(zo.ArgumentError, match="`batches` must be re-iterable"):
         zo.recipes.short_budget(None, np.zeros(40), 1000, batches=iter([(1, 2)] * 3), steps_per_epoch=3)
+
+
+def test_a_resume_at_its_budget_still_finishes_the_epoch_whose_end_was_interrupted(tmp_path):
+    # the budget runs out at an epoch's last step; the epoch-end save is written, then eval_fn is
+    # interrupted: the resumed run skipped that epoch's end (no record, no eval_fn, epochs one short,
+    # stopped=True), silently
+    calls = {"n": 0, "kill": None}
+
+    def eval_fn(p):
+        calls["n"] += 1
+        if calls["n"] == calls["kill"]:
+            raise KeyboardInterrupt
+        return {"dist": float(np.abs(p - 1).max())}
+
+    kw = dict(steps_per_epoch=3, epochs=2, optimizer=zo.sgd(0.1), eval_fn=eval_fn, max_queries=24, rng=0,
+              progress=False)
+    loss = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731 (4 queries a step)
+    ref = zo.train(loss, np.zeros(3), **kw)
+    ckpt = tmp_path / "run.npz"
+    calls.update(n=0, kill=2)  # the final evaluation
+    with pytest.raises(KeyboardInterrupt):
+        zo.train(loss, np.zeros(3), checkpoint=ckpt, **kw)
+    calls.update(n=0, kill=None)
+    got = zo.train(loss, np.zeros(3), checkpoint=ckpt, resume=True, **kw)
+    assert calls["n"] == 1
+    assert (got.epochs, got.stopped, got.nfev) == (ref.epochs, ref.stopped, ref.nfev) == (2, False, 24)
+    np.testing.assert_array_equal(got.history.column("dist", "epoch"), ref.history.column("dist", "epoch"))
+    np.testing.assert_array_equal(got.params, ref.params)
+
+
+def test_resuming_with_fewer_epochs_than_the_checkpoint_ran_is_refused(tmp_path):
+    loss = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(steps_per_epoch=2, rng=0, progress=False, checkpoint=tmp_path / "run.npz")
+    zo.train(loss, np.zeros(3), epochs=5, **kw)
+    with pytest.raises(zo.ArgumentError, match="`epochs`=2, but checkpoint .* has already run 5 epochs"):
+        zo.train(loss, np.zeros(3), epochs=2, resume=True, **kw)
+    assert zo.train(loss, np.zeros(3), epochs=5, resume=True, **kw).epochs == 5  # the same length: returned
+
+
+@pytest.mark.parametrize("which", ["lr", "mu"])
+def test_a_schedule_that_fails_late_is_refused_before_the_first_query(which):
+    # checked only at the fingerprint steps (0, 1, 2, 3, 5, 10, 20, ...), a rate negative from
+    # step 11 on failed after 11 steps' queries
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(x @ x)
+
+    bad = lambda s: 0.1 - 0.01 * s  # noqa: E731 (negative from step 11)
+    kw = dict(optimizer=zo.sgd(bad)) if which == "lr" else dict(mu=lambda s: 1e-3 if s != 13 else 0.0)
+    with pytest.raises(zo.ArgumentError, match="at step 1[13]"):
+        zo.train(loss, np.ones(3), steps_per_epoch=20, progress=False, **kw)
+    assert calls == []

@@ -164,10 +164,30 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         step = _int(meta, "step", path)
         epoch = _int(meta, "epoch", path, hi=step)
         pos = _int(meta, "pos", path, hi=steps_per_epoch if steps_per_epoch is not None else _MAX_COUNT)
-        opt_count = _int(meta, "opt_count", path, hi=step)
+        # train makes one optimizer update a step: a lower count would change Adam's bias
+        # correction and an optimizer-driven schedule from here on
+        opt_count = _int(meta, "opt_count", path, lo=step, hi=step)
         steps, epochs = _history(meta, path, step, epoch, pos)
         used = sum(int(r["nfev"]) for r in steps)
         nfev = _int(meta, "nfev", path, lo=used)
+        totals = [r for r in steps if "total_nfev" in r]
+        if totals and len(totals) == len(steps):  # each step's running total is the one before plus its queries
+            before = int(steps[0]["total_nfev"]) - int(steps[0]["nfev"])  # ZO-GraSP's queries, before any step
+            if before < 0:
+                raise _bad(path, "history.steps[0].total_nfev", steps[0]["total_nfev"],
+                           f"at least that step's nfev ({steps[0]['nfev']})")
+            for i in range(1, len(steps)):
+                want = int(steps[i - 1]["total_nfev"]) + int(steps[i]["nfev"])
+                if int(steps[i]["total_nfev"]) != want:
+                    raise _bad(path, f"history.steps[{i}].total_nfev", steps[i]["total_nfev"],
+                               f"the step before's total plus this step's nfev ({want})")
+            if nfev != int(steps[-1]["total_nfev"]):
+                raise _bad(path, "nfev", nfev, f"the last step's total_nfev ({steps[-1]['total_nfev']})")
+        seed = saved.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed:
+            want = int(np.random.default_rng(seed).integers(2**63))  # as train derives it from the seed
+            if int(root) != want:
+                raise _bad(path, "root", root, f"the root train derives from the run's seed {seed} ({want})")
         header.update(root=int(root), step=step, epoch=epoch, pos=pos, opt_count=opt_count, steps=steps,
                       epochs=epochs, nfev=nfev)
 

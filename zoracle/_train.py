@@ -349,6 +349,23 @@ def _restore_state(template, saved: dict, count: int, xp):
     return type(template)(**fields)
 
 
+#: the most steps whose schedule values are all checked before the first query (a longer run
+#: checks its first ones and the ``FINGERPRINT_STEPS``; the rest are checked as they are reached)
+CHECKED_STEPS = 100_000
+
+
+def _check_every_step(lr_of, lr_name: str, mu_sched, total) -> None:
+    """Every step's learning rate and ``mu`` of a run of known length, checked before the first
+    query (by :func:`schedule_value`): a schedule that turns negative or raises at step 11
+    must not fail after 11 steps' work."""
+    if total is None:
+        return
+    for t in range(min(total, CHECKED_STEPS)):
+        schedule_value(lr_of, t, lr_name)
+        if mu_sched is not None:
+            schedule_value(mu_sched, t, "mu", positive=True)
+
+
 def _steps_per_epoch(batches, steps_per_epoch):
     """Steps of one epoch when known before the run (for schedule fingerprints)."""
     if batches is None:
@@ -425,7 +442,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     schedule : schedule, optional
         Learning rate per step (overrides the optimizer's own ``lr``). Every value must be a
         finite number >= 0; the values at the steps the run will reach among
-        ``FINGERPRINT_STEPS`` are checked before the first query.
+        ``FINGERPRINT_STEPS``, and every step's up to ``CHECKED_STEPS`` (100,000) in a run of
+        known length, are checked before the first query.
     mu : float or schedule, optional
         Smoothing parameter per step (overrides the estimator's ``mu`` in the steps; ZO-GraSP,
         run before the first step, scores with the estimator's own ``mu``).
@@ -609,6 +627,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
+    _check_every_step(lr_of, "schedule" if lr_sched is not None else "lr", mu_sched, total)
     mus = prints["mu"]["values"] if mu_sched is not None else [estimator.mu]
     for m in {min(mus), max(mus)} if mus else ():  # a step not representable at the initial params fails now
         check_step(params, m, estimator.scheme, type(estimator).__name__)
@@ -686,6 +705,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if not callable(getattr(oracle, "load_state_arrays", None)):
                 raise CheckpointError(f"checkpoint {resume!r} holds oracle state but the oracle has no load_state_arrays()")
             oracle.load_state_arrays(extra)
+        if epoch > epochs:  # the loop would not run: the longer run would come back as this one
+            raise ArgumentError(f"`epochs`={epochs}, but checkpoint {resume!r} has already run {epoch} epochs "
+                                f"({step} steps); pass epochs={epoch} (or more, to go on) to resume it, or "
+                                "resume=False to start a run of this length")
         log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
     else:
         root = int(as_generator(rng).integers(2**63))
@@ -769,11 +792,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     cb_warned = set()
     t_rate, n_rate = time.perf_counter(), 0
     try:
-        while epoch < epochs and not stopped:
+        while epoch < epochs:
+            if stopped and pos == 0:  # stopped at an epoch's end: the next epoch's batches are not drawn
+                break
             blist = epoch_batches(epoch)
             if pos > len(blist):
                 raise CheckpointError(f"checkpoint {resume!r}: header field 'pos' is {pos}, but epoch {epoch} has "
                                       f"only {len(blist)} batches; resume with the same batches or start over")
+            if stopped and pos < len(blist):  # a resumed run at its budget mid-epoch: no step to take
+                break
+            # (a resumed run at its budget with pos at the epoch's end still finishes that epoch: its
+            # end was saved before eval_fn and the callbacks ran, and one of them was interrupted)
             if sparse and not masks.per_step:
                 coords = masks.coordinates(epoch)
             while pos < len(blist):
