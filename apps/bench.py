@@ -60,6 +60,13 @@ def _positive_int(s):
     return v
 
 
+def _seed(s):
+    v = int(s)
+    if not 0 <= v < 2**63:  # as zoracle demo: NumPy seeds are non-negative
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {s}")
+    return v
+
+
 def _positive_float(s):
     v = float(s)
     if not v > 0:
@@ -92,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap on the coordinates of (d) (a random subset; default no cap for mlp/cnn/resnet20, "
                              "2000 (quick 1000) for resnet18/mobilenet_v3_small, 1000 for deepzero, "
                              "200 (quick 100) for fallback)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model, data and coordinate subsets")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed for the model, data and coordinate subsets")
     parser.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
                         help="timer: wall clock, or this process's CPU time (robust on a shared machine); "
                              "auto = cpu for --device cpu with --threads 1, else wall")

@@ -248,6 +248,8 @@ def main(args) -> int:
 def _main(args, methods) -> int:
     import torch
 
+    from zoracle import ArgumentError
+
     from ._digits import load_digits_split
 
     try:
@@ -257,6 +259,15 @@ def _main(args, methods) -> int:
     executor = from_args(args) if from_args is not None else None  # its flags are checked either way
     if not {"deepzero", "rge"} & set(methods):
         executor = None  # first-order SGD makes no queries: no workers to start
+    if executor is not None:  # started (and a cluster reached) before any work, so a bad address costs nothing
+        flag = "--dask" if args.dask else "--ray" if args.ray else "--workers"
+        try:
+            executor.__enter__()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            address = args.dask or args.ray or args.workers
+            raise ArgumentError(f"{flag} {address}: could not start or reach the cluster ({type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'no detail'}); "
+                                f"check the address and that the cluster is running, or use {flag} local") from None
     data = load_digits_split(seed=args.seed)
     from zoracle.adapters.torch import TorchOracle
 
@@ -266,8 +277,6 @@ def _main(args, methods) -> int:
     log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
         f"{args.epochs} epochs, batch {args.batch_size}")
     try:
-        if executor is not None:
-            executor.__enter__()
         if "fo" in methods:
             results["fo"] = run_fo(args, data, p0)
             log(f"fo: {100 * results['fo']['test_acc']:.2f}% in {results['fo']['seconds']:.1f} s")

@@ -103,6 +103,7 @@ def test_output_directories_are_created_up_front(tmp_path):
     (["--threads", "100000"], "--threads must be in [1, "),  # torch's thread pool crashed
     (["--plot", "out.xyz"], "cannot write '.xyz' files"),  # checked after the whole run, which it lost
     (["--shard-timeout", "-1"], "--shard-timeout must be a positive number"),  # it said `timeout`
+    (["--ray", "local"], "add --allow-network"),  # it named the Python keyword, after loading the data
 ])
 def test_demo_bad_flags_give_one_line_errors(argv, match):
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", *argv], capture_output=True, text=True, timeout=60)
@@ -134,3 +135,21 @@ def test_demo_plot_without_a_suffix_is_written_where_it_says(tmp_path):
 
     assert main(["demo", "--quick", "--epochs", "1", "--methods", "fo", "--plot", str(tmp_path / "curves")]) == 0
     assert os.listdir(tmp_path) == ["curves"] and (tmp_path / "curves").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_with_no_cluster_to_reach_is_one_line_naming_the_flag(monkeypatch):
+    # --ray auto with no Ray running ended in Ray's ConnectionError traceback (naming a --address
+    # flag zoracle does not have)
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-m", "zoracle", "demo", "--quick", "--ray", "auto"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "--ray auto: could not start or reach the cluster" in r.stderr.strip().splitlines()[-1]
+
+
+def test_bench_refuses_a_negative_seed_in_one_line():
+    # --seed -1 ended in NumPy's traceback, after the first model's benchmark had run
+    r = subprocess.run([sys.executable, "-m", "zoracle", "bench", "--seed", "-1"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--seed" in r.stderr

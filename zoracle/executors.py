@@ -376,7 +376,12 @@ def from_args(args):
     if dask:
         return DaskExecutor(dask, timeout=timeout)
     if ray:
-        return RayExecutor(ray, allow_network=bool(getattr(args, "allow_network", False)), timeout=timeout)
+        allow = bool(getattr(args, "allow_network", False))
+        if parse_local(ray, "--ray")[0] and not allow:  # refused now, not after the data has loaded
+            raise ArgumentError(f"--ray {ray} would start a local Ray session whose servers listen on every network "
+                                "interface (Ray cannot bind them to 127.0.0.1); add --allow-network to accept that, or "
+                                "use --dask local / --workers N, which stay on loopback")
+        return RayExecutor(ray, allow_network=allow, timeout=timeout)
     if workers > 1:
         return JoblibExecutor(workers, backend="loky", timeout=timeout)
     return SerialExecutor(timeout=timeout) if timeout is not None else None
