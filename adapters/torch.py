@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoracle._backend import namespace
+from zoracle._backend import is_cupy, namespace
 from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
@@ -87,6 +87,18 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
         if m._parameters:  # frozen weights (requires_grad=False) are not in the flat vector: read like buffers
             buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
     return (tuple(keys) if flags is None else flags), tuple(buffers)
+
+
+def _private(t: torch.Tensor, source) -> torch.Tensor:
+    """``t``, copied when it shares memory with the NumPy or CuPy array ``source``: a write into
+    that array changes no torch version counter, and cached activations are keyed on them."""
+    if torch.is_tensor(source):
+        return t
+    if isinstance(source, np.ndarray) and t.device.type == "cpu" and source.size and t.data_ptr() == source.ctypes.data:
+        return t.clone()
+    if is_cupy(source) and source.size and t.data_ptr() == source.data.ptr:
+        return t.clone()
+    return t
 
 
 def _same(old, params) -> bool:
@@ -319,8 +331,8 @@ class TorchOracle:
         self._base_rows = None  # base losses belong to one minibatch
         self._state_cache = None  # and so do the cached activations
         dev, dt = self.device, self.dtype
-        self._x = to_torch(x, dev, dt)
-        self._y = None if y is None else to_torch(y, dev)
+        self._x = _private(to_torch(x, dev, dt), x)
+        self._y = None if y is None else _private(to_torch(y, dev), y)
         # a batch deserialized by a cluster can sit at any address; vectorized kernels pick
         # their reduction order by alignment, so own 64-byte aligned copies (same bits anywhere)
         if self._x.data_ptr() % 64:
@@ -546,14 +558,20 @@ class TorchOracle:
     def _key(self):
         return tuple(self._x.shape[1:])
 
+    def _batch_key(self) -> tuple:
+        """The bound batch's version counters: bind keeps the caller's tensors when they need no
+        conversion, so an in-place write into them (an augmentation, a reused input buffer) must
+        retire the activations and base losses cached for the old values."""
+        return self._x._version, None if self._y is None else self._y._version
+
     def _targets(self, k: int):
         y = self._y
         if y is None or k == 1:
             return y
         cached = getattr(self, "_ycache", None)
-        if cached is None or cached[0] is not y or cached[1].shape[0] < k * y.shape[0]:
-            self._ycache = cached = (y, y.repeat((k,) + (1,) * (y.dim() - 1)))
-        return cached[1][: k * y.shape[0]]
+        if cached is None or cached[0] is not y or cached[1] != y._version or cached[2].shape[0] < k * y.shape[0]:
+            self._ycache = cached = (y, y._version, y.repeat((k,) + (1,) * (y.dim() - 1)))
+        return cached[2][: k * y.shape[0]]
 
     def _loss(self, outputs, k: int) -> torch.Tensor:
         """Mean loss of each of ``k`` perturbation groups of ``B`` rows, shape ``(k,)``."""
@@ -733,8 +751,8 @@ class TorchOracle:
         # both caches hold the model's state after the run (a plain call may update buffers)
         state = _model_state(self.model, flags=flags)
         if states is not None:
-            self._state_cache = (key, states, state)
-        self._base_rows = (key, rows, state)
+            self._state_cache = (key, states, state, self._batch_key())
+        self._base_rows = (key, rows, state, self._batch_key())
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 
     def reference_loss(self, params) -> float:
@@ -888,12 +906,12 @@ class TorchOracle:
         steps a perturbation does not reach."""
         now = _model_state(self.model) if now is None else now
         cached = self._state_cache
-        if cached is not None and _same(cached[0], params) and cached[2] == now:
+        if cached is not None and _same(cached[0], params) and cached[2] == now and cached[3] == self._batch_key():
             return cached[1]
         self._load(params)
         with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
             states = self._run_chain()[1]
-        self._state_cache = (_copy(params), states, now)
+        self._state_cache = (_copy(params), states, now, self._batch_key())
         return states
 
     def _run_chain(self, limit=None) -> tuple:
@@ -923,7 +941,7 @@ class TorchOracle:
         cached = getattr(self, "_base_rows", None)
         if cached is None:
             return None
-        return cached[1] if _same(cached[0], params) and cached[2] == now else None
+        return cached[1] if _same(cached[0], params) and cached[2] == now and cached[3] == self._batch_key() else None
 
     def _walk(self, si: int, out, state_rest, params=None, states=None, now=None):
         """Follow a one-channel change through channel-local steps to the next Linear/Conv1d/Conv2d.
@@ -975,7 +993,7 @@ class TorchOracle:
                     out_ = self.model(self._x)
                 base_losses = self._loss_rows(out_, self._y)
                 if params is not None:
-                    self._base_rows = (_copy(params), base_losses, now)
+                    self._base_rows = (_copy(params), base_losses, now, self._batch_key())
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
         # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -1127,3 +1128,48 @@ def test_read_only_params_are_taken_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert oracle(p) == want
+
+
+@pytest.mark.parametrize("what", ["torch x", "torch y", "numpy x"])
+def test_a_bound_batch_written_in_place_retires_the_cached_activations(what):
+    # bind keeps the caller's tensors (and shared NumPy memory): after x.mul_(0.5) the next CGE at
+    # the same params mixed a fresh base loss with perturbed losses of the old batch (642,000x off)
+    class Net(torch.nn.Module):  # its own forward: captured with torch.fx
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().double()
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    if what == "numpy x":
+        x = x.numpy()
+    oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
+    p = oracle.initial_params()
+    bound = oracle.bind((x, y))
+    coords = np.arange(0, oracle.size, 11)
+    cge = zo.CGE(mu=1e-6)
+    zo.estimate_gradient(bound, p, cge, coordinates=coords)
+    before = torch.as_tensor(x).clone()
+    if what == "torch y":
+        y.copy_((y + 1) % 5)
+    else:
+        x *= 0.5
+    got = zo.estimate_gradient(bound, p, cge, coordinates=coords)
+    # a torch batch is used in place (its writes are seen); a NumPy batch is copied at bind
+    # (no version counter sees a write into NumPy memory): the oracle keeps the values it was given
+    xs = before if what == "numpy x" else torch.as_tensor(x)
+    ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, xs, y), p, cge, coordinates=coords)
+    np.testing.assert_allclose(got.grad[coords], ref.grad[coords], rtol=1e-6, atol=1e-9)
+
+
+def _plain_loss(model, q, x, y):
+    m = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(np.array(q)), m.parameters())
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(m(x), y))
