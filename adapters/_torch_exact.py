@@ -12,9 +12,12 @@ warning names the block and the deviation.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
+import dataclasses
 import numbers
+import types
 import warnings
 import weakref
 
@@ -205,7 +208,7 @@ def _plain_values(m: nn.Module) -> tuple:
     got = _PLAIN_NAMES.get(m)
     if got is None or got[0] != baked:
         d = m.__dict__
-        names = tuple(k for k, v in d.items() if k not in _TOGGLED and _watched(v))
+        names = tuple(k for k, v in d.items() if k not in _TOGGLED and k not in _MODULE_OWN and _watched(v))
         if baked:
             names += tuple((_BUFFER, k) for k in m._buffers)
         got = _PLAIN_NAMES[m] = (baked, names)
@@ -231,6 +234,8 @@ def _read(m: nn.Module, name):
 _PLAIN = (numbers.Number, np.generic, str, type(None))
 #: attributes the oracle itself switches while it runs (``norm_context``), or that are the key already
 _TOGGLED = frozenset({"training", "inplace", "dropout"})
+#: ``nn.Module``'s own bookkeeping (its parameter, buffer, submodule and hook dicts): keyed otherwise
+_MODULE_OWN = frozenset(nn.Module().__dict__)
 
 
 def _scalar(v) -> bool:
@@ -243,14 +248,44 @@ def _scalar(v) -> bool:
     return True
 
 
-def _watched(v) -> bool:
-    """A plain attribute whose value the split depends on: a scalar, string or None, a tuple or
-    list of them, or a tensor that is not a registered buffer (``self.mask = torch.ones(n)``: a
-    forward reading it reads it live, but cached activations hold it, and an expression of it
-    alone is baked into the graph)."""
+#: the most entries of a container attribute watched, and how deep containers are followed
+_MAX_ENTRIES, _MAX_DEPTH = 64, 3
+
+
+def _config_object(v) -> bool:
+    """A settings object a forward may read fields of (``self.cfg.temperature``): a dataclass
+    instance, ``types.SimpleNamespace`` or ``argparse.Namespace``."""
+    return isinstance(v, (types.SimpleNamespace, argparse.Namespace)) or (
+        dataclasses.is_dataclass(v) and not isinstance(v, type))
+
+
+def _entries(v):
+    """The (name, value) entries of a dict or settings object, or None when ``v`` is neither or
+    has too many to watch."""
+    if isinstance(v, dict):
+        d = v
+    elif _config_object(v):
+        d = vars(v)
+    else:
+        return None
+    return d.items() if len(d) <= _MAX_ENTRIES else None
+
+
+def _watched(v, depth: int = 0) -> bool:
+    """A plain attribute whose value the split depends on: a scalar, string or None, a tensor
+    that is not a registered buffer (``self.mask = torch.ones(n)``: a forward reading it reads it
+    live, but cached activations hold it, and an expression of it alone is baked into the
+    graph), a tuple or list of those (``self.masks[0]``), or a dict or settings object with such
+    entries (``self.opts["scale"]``, ``self.cfg.temperature``: ``torch.fx`` bakes what it reads
+    of them into the graph)."""
     if _scalar(v) or torch.is_tensor(v):
         return True
-    return isinstance(v, (tuple, list)) and all(_scalar(e) for e in v)
+    if depth >= _MAX_DEPTH:
+        return False
+    if isinstance(v, (tuple, list)):
+        return len(v) <= _MAX_ENTRIES and all(_watched(e, depth + 1) for e in v)
+    entries = _entries(v)
+    return entries is not None and any(_watched(e, depth + 1) for _, e in entries)
 
 
 def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
@@ -281,10 +316,25 @@ def _same_value(a, b) -> bool:
         return False
 
 
-def _value_key(v):
+_AS_IS = frozenset({int, float, bool, str, type(None)})
+
+
+def _value_key(v, depth: int = 0):
+    t = type(v)
+    if t in _AS_IS:  # the common case first: this runs for every module at every query
+        return v
     if torch.is_tensor(v):  # an inference-mode tensor has no version (nor can it be written outside that mode)
         return ("tensor", id(v), None if v.is_inference() else v._version)
-    return tuple(v) if isinstance(v, list) else v
+    if t is tuple or t is list or isinstance(v, (tuple, list)):
+        for e in v:
+            if type(e) not in _AS_IS:
+                return tuple([_value_key(e, depth + 1) for e in v])
+        return v if t is tuple else tuple(v)
+    entries = None if depth >= _MAX_DEPTH else _entries(v)
+    if entries is not None:  # the watched entries, by name (a settings object also by identity)
+        return (type(v).__name__, id(v) if not isinstance(v, dict) else None,
+                tuple([(k, _value_key(e, depth + 1)) for k, e in entries if _watched(e, depth + 1)]))
+    return v
 
 
 def _modes(model) -> tuple:

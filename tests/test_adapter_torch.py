@@ -1173,3 +1173,56 @@ def _plain_loss(model, q, x, y):
     torch.nn.utils.vector_to_parameters(torch.as_tensor(np.array(q)), m.parameters())
     with torch.no_grad():
         return float(torch.nn.functional.cross_entropy(m(x), y))
+
+
+@pytest.mark.parametrize("what", ["dict value", "list element", "config dataclass", "namespace", "tuple of tensors"])
+def test_settings_read_from_containers_and_config_objects_are_watched(what):
+    # torch.fx bakes what a forward reads of self.opts["scale"], self.masks[0] or self.cfg.temperature
+    # into the captured graph: changed after the split was checked, the gradient was 2e5-1e6x off,
+    # silently. A change must retire or recheck the split (a warning is fine), never go unseen.
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass
+    class Cfg:
+        temperature: float = 1.0
+        act: object = torch.relu  # an entry that is not a setting: the rest is still watched
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 5)
+            self.opts = {"scale": 1.0}
+            self.masks = [torch.ones(4, dtype=torch.float64)]
+            self.tup = (torch.ones(4, dtype=torch.float64),)
+            self.cfg = Cfg()
+            self.ns = types.SimpleNamespace(shift=0.0)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)) * self.masks[0].view(1, -1, 1, 1) * self.tup[0].view(1, -1, 1, 1)
+            h = h * self.opts["scale"] + self.ns.shift
+            return self.fc(h.mean((2, 3))) / self.cfg.temperature
+
+    change = {
+        "dict value": lambda m: m.opts.__setitem__("scale", 3.0),
+        "list element": lambda m: m.masks.__setitem__(0, torch.zeros(4, dtype=torch.float64)),
+        "config dataclass": lambda m: setattr(m.cfg, "temperature", 0.25),
+        "namespace": lambda m: setattr(m.ns, "shift", 0.5),
+        "tuple of tensors": lambda m: setattr(m, "tup", (torch.full((4,), 2.0, dtype=torch.float64),)),
+    }[what]
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    oracle = TorchOracle(model, nn.CrossEntropyLoss(reduction="none"))
+    p = oracle.initial_params()
+    bound = oracle.bind((x, y))
+    coords = np.arange(0, oracle.size, 9)
+    cge = zo.CGE(mu=1e-6)
+    zo.estimate_gradient(bound, p, cge, coordinates=coords)
+    change(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = zo.estimate_gradient(bound, p + 0.01, cge, coordinates=coords)
+    ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p + 0.01, cge, coordinates=coords)
+    np.testing.assert_allclose(got.grad[coords], ref.grad[coords], rtol=1e-5, atol=1e-8)
