@@ -31,6 +31,9 @@ def main(args) -> int:
                                                                                             args.checkpoint):
         raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
                                "figure its own path (e.g. run.png)")
+    from zoracle._plot import check_plot_path
+
+    check_plot_path(args.figure, "FIGURE")  # named as the command line names it, before the checkpoint is read
     history = zo.History.from_checkpoint(args.checkpoint)
     history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
     last = history.steps[-1]  # plot refused a history without steps

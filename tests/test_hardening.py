@@ -355,3 +355,59 @@ def test_any_tampered_header_field_gives_a_checkpoint_error_or_a_clean_resume(sa
     except zo.CheckpointError:
         return
     assert res.steps == 9 and np.isfinite(res.params).all()
+
+
+def test_a_checkpoint_path_of_the_wrong_type_is_an_argument_error_naming_it(tmp_path):
+    # a bare os.fspath TypeError named neither the argument nor the fix
+    loss = lambda x: float(x @ x)  # noqa: E731
+    with pytest.raises(zo.ArgumentError, match="`checkpoint` must be a file path such as 'run.npz', got int"):
+        zo.train(loss, np.ones(3), checkpoint=3, progress=False)
+    with pytest.raises(zo.ArgumentError, match="`path` must be a file path"):
+        zo.History.from_checkpoint(3)
+    with pytest.raises(zo.ArgumentError, match="`path` must be a file path"):
+        zo.load_checkpoint(None)
+    with pytest.raises(zo.ArgumentError, match="`path` must be a file path"):
+        zo.save_checkpoint(3, {"params": np.zeros(2)}, {})
+    zo.save_checkpoint(str(tmp_path / "ok.npz").encode(), {"params": np.zeros(2)}, {})  # bytes paths still work
+    assert zo.load_checkpoint(tmp_path / "ok.npz")[0]["params"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(ranking="foo"), "`ranking` must be one of"),
+    (dict(mask_shuffle_interval=0), "`mask_shuffle_interval` must be an integer >= 1"),
+    (dict(grasp_directions=0), "`grasp_directions`"),
+    (dict(score_kinds="conv"), "`score_kinds` must be a collection"),
+    (dict(ratios="best"), "`ratios` must be one of"),
+])
+def test_the_sparse_settings_are_checked_without_sparsity_too(kw, match):
+    # they were checked only once `sparsity` was set: a typo passed unseen until then
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(lambda x: float(x @ x), np.ones(3), progress=False, **kw)
+
+
+def test_history_column_of_a_name_no_record_has_names_those_there_are():
+    # a typo ("test_accuracy" for "test_acc") gave an all-NaN column, silently
+    res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=2, eval_fn=lambda p: {"test_acc": 0.5}, progress=False)
+    assert res.history.column("test_acc", "epoch").tolist() == [0.5, 0.5]
+    with pytest.raises(zo.ArgumentError, match="no epoch record has the field 'test_accuracy'.*'test_acc'"):
+        res.history.column("test_accuracy", "epoch")
+    with pytest.raises(zo.ArgumentError, match="level='epoch'"):
+        res.history.column("test_acc")
+    assert zo.History((), ()).column("anything").size == 0
+
+
+def test_smoothing_refuses_a_classifier_that_is_not_callable():
+    from zoracle import smoothing
+
+    for call in (lambda: smoothing.certify(None, np.zeros(3), sigma=0.25, num_classes=3),
+                 lambda: smoothing.predict(None, np.zeros(3), sigma=0.25, num_classes=3),
+                 lambda: smoothing.sample_counts(None, np.zeros((1, 3)), 10, 0.25, num_classes=3)):
+        with pytest.raises(zo.ArgumentError, match="`classifier` must be callable"):
+            call()
+
+
+def test_a_history_plot_to_a_bad_path_names_its_path_argument():
+    pytest.importorskip("matplotlib")
+    res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, progress=False)
+    with pytest.raises(zo.ArgumentError, match="`path` must be a file path"):
+        res.history.plot(3)

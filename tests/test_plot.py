@@ -210,7 +210,7 @@ def test_zoracle_plot_draws_a_checkpoint(tmp_path, capsys):
     ("missing", r"checkpoint '.*nope\.npz' does not exist or is not a file; pass the file that zo\.train"),
     ("record", r"header field 'history\.steps\[3\]\.total_nfev' is -1"),
     ("counter", r"header field 'step' is 7, expected the number of step records \(12\)"),
-    ("figure", r"`plot` '.*run\.xyz': matplotlib cannot write '\.xyz' files"),
+    ("figure", r"`FIGURE` '.*run\.xyz': matplotlib cannot write '\.xyz' files"),
 ])
 def test_zoracle_plot_errors_are_one_line_naming_the_field(tmp_path, capsys, what, match):
     from zoracle.cli import main

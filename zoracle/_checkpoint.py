@@ -113,6 +113,17 @@ def clean_stale(path) -> list:
     return removed
 
 
+def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
+    """``path`` (str, bytes or os.PathLike) as a str; anything else raises an ArgumentError naming
+    ``name`` (a bare ``os.fspath`` TypeError named neither the argument nor the fix)."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"`{name}` must be a file path such as {example!r}, got {type(path).__name__} {path!r}")
+    path = os.fspath(path)
+    return os.fsdecode(path) if isinstance(path, bytes) else path
+
+
 def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> str:
     """Fail now, before any query, when ``path`` cannot be written; returns the path.
 
@@ -120,7 +131,7 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     ``path``, exactly as a save would. Also removes stale temporary files (see
     :func:`clean_stale`). ``example``: the file name the message suggests inside a directory.
     """
-    path = os.fspath(path)
+    path = as_path(path, name, example)
     if not path:
         raise ArgumentError(f"`{name}` is an empty path; pass a file path such as {example!r}")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
@@ -159,7 +170,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     >>> arrays["params"].tolist(), meta["step"]
     ([0.0, 1.0, 2.0], 7)
     """
-    path = os.fspath(path)
+    path = as_path(path, "path")
     # refuse now what load_checkpoint would refuse later: the file must read back
     if not isinstance(arrays, dict) or not all(isinstance(k, str) and k for k in arrays):
         raise ArgumentError("`arrays` must be a dict of name (a non-empty str) -> array")
@@ -271,7 +282,7 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         Missing, truncated, corrupt or not a zoracle checkpoint (the message says which
         and what to do), or an array of another shape or dtype than ``expected``.
     """
-    path = os.fspath(path)
+    path = as_path(path, "path")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):

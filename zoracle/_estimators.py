@@ -225,7 +225,8 @@ class GradientEstimate:
     grad : array
         The estimate, same backend, shape and dtype as the parameters.
     loss : float
-        The loss at the unperturbed parameters.
+        The loss at the unperturbed parameters (CGE, RGE); for SNES, the mean loss of its
+        population (it never queries the unperturbed parameters).
     nfev : int
         Every loss value the oracle produced for this estimate.
     state : array or None

@@ -93,7 +93,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     if x not in X_AXES:
         raise ArgumentError(f"`x` must be one of {', '.join(map(repr, X_AXES))}, got {x!r}")
     if path is not None:
-        path, fmt = check_plot_path(path)
+        path, fmt = check_plot_path(path, "path")
     Figure = _figure_class("plot")
     from matplotlib.ticker import EngFormatter
     steps, epochs = history.steps, history.epochs
@@ -102,7 +102,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     step_loss, step_epochs = history.column("loss"), history.column("epoch")
     epoch_loss, epoch_ids = history.column("loss", "epoch"), history.column("epoch", "epoch")
     if x == "queries":
-        sx, ex, label = step_queries(steps, epochs), history.column("total_nfev", "epoch"), "queries"
+        sx, ex, label = step_queries(steps, epochs), np.array([r.get("total_nfev", np.nan) for r in epochs], dtype=np.float64), "queries"
     else:
         sx = history.column("step") + 1
         ex = np.searchsorted(step_epochs, epoch_ids, side="right").astype(np.float64)

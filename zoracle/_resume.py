@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from ._backend import to_numpy
-from ._checkpoint import CheckpointError, check_compatible, load_checkpoint
+from ._checkpoint import CheckpointError, as_path, check_compatible, load_checkpoint
 
 __all__ = ["read_resume", "read_history", "compare_fingerprints"]
 
@@ -80,7 +80,7 @@ def _history(meta, path, step, epoch, pos):
 def read_history(path) -> tuple[list, list]:
     """The step and epoch records of a training checkpoint, checked as a resume checks them
     (counters, every record); no array is read."""
-    path = os.fspath(path)
+    path = as_path(path, "path")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file; pass the file that "
                               "zo.train(checkpoint=...) writes")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._checkpoint import CheckpointError, check_writable, existing_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointError, as_path, check_writable, existing_checkpoint, save_checkpoint
 from ._errors import ArgumentError, OracleError
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
@@ -131,10 +131,16 @@ class History:
     epochs: tuple = ()
 
     def column(self, name: str, level: str = "step") -> np.ndarray:
-        """One field over all step (or ``level="epoch"``) records, NaN where missing."""
+        """One field over all step (or ``level="epoch"``) records, NaN where missing. A name that
+        no record has (a typo: ``"test_accuracy"`` for ``"test_acc"``) raises, naming those there are."""
         if level not in ("step", "epoch"):
             raise ArgumentError(f"`level` must be 'step' or 'epoch', got {level!r}")
         recs = self.steps if level == "step" else self.epochs
+        if recs and not any(name in r for r in recs):
+            have = sorted({k for r in recs for k in r})
+            raise ArgumentError(f"no {level} record has the field {name!r}; the {level} records have {have}"
+                                + ("" if level == "epoch" else " (eval_fn's metrics are in the epoch records: "
+                                   "level='epoch')"))
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
 
     @classmethod
@@ -534,16 +540,24 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
-    if sparsity is not None:
-        grasp_directions = _count("grasp_directions", grasp_directions, 1)
-        try:
-            kinds = None if isinstance(score_kinds, (str, bytes)) else tuple(score_kinds)
-        except TypeError:
-            kinds = None
-        if kinds is None or not all(isinstance(k, str) for k in kinds):
-            raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
-                                f"{score_kinds!r}")
-        score_kinds = kinds
+    # the sparse split's settings are checked with or without `sparsity` (a typo must not pass
+    # unseen until sparsity is turned on)
+    grasp_directions = _count("grasp_directions", grasp_directions, 1)
+    try:
+        kinds = None if isinstance(score_kinds, (str, bytes)) else tuple(score_kinds)
+    except TypeError:
+        kinds = None
+    if kinds is None or not all(isinstance(k, str) for k in kinds):
+        raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
+                            f"{score_kinds!r}")
+    score_kinds = kinds
+    if isinstance(ratios, str) and ratios not in RATIO_METHODS:
+        raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
+    if ranking not in RANKINGS:  # before ZO-GraSP's queries
+        raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
+    mask_shuffle_interval = check_interval(mask_shuffle_interval)
+    if checkpoint is not None:
+        checkpoint = as_path(checkpoint, "checkpoint")
     estimator = CGE() if estimator is None else estimator
     if not isinstance(estimator, (CGE, RGE, SNES)):
         raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")
@@ -578,14 +592,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
-        if isinstance(ratios, str) and ratios not in RATIO_METHODS:
-            raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
-        if isinstance(ratios, str) and ratios == "zo_grasp" and ranking not in RANKINGS:  # before ZO-GraSP's queries
-            raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
         if fill_small_blocks and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
             raise ArgumentError(f"`fill_small_blocks` applies to ZO-GraSP's ratios; with `ratios={ratios!r}` "
                                 f"pass fill_small_blocks=False (or ratios=\"zo_grasp\")")
-        mask_shuffle_interval = check_interval(mask_shuffle_interval)
         _warn_sign_decay(optimizer)
     if resume is True:
         if checkpoint is None:

@@ -252,6 +252,7 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     -------
     int64 array (m, num_classes)
     """
+    _check_classifier(classifier)
     sigma = _check_sigma(sigma)
     num = _check_int("num", num, 1)
     num_classes = _check_int("num_classes", num_classes, 2)
@@ -340,7 +341,14 @@ class CertificateBatch:
                            int(self.n_a[i]), self.n)
 
 
+def _check_classifier(classifier) -> None:
+    if not callable(classifier):
+        raise ArgumentError(f"`classifier` must be callable: a batch of inputs (k, ...) -> (k,) labels or (k, C) "
+                            f"scores, got {type(classifier).__name__} {classifier!r}")
+
+
 def _infer_classes(classifier, x, num_classes):
+    _check_classifier(classifier)
     if num_classes is not None:
         return _check_int("num_classes", num_classes, 2)
     n = getattr(classifier, "num_classes", None)
