@@ -277,6 +277,53 @@ def test_forget_given_the_bound_oracle_forgets_its_parent():
     assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
 
 
+class DictKey:
+    """Its ``executor_key()`` is a dict it changes in place (a config)."""
+
+    def __init__(self):
+        self.cfg = {"scale": 1.0}
+
+    def executor_key(self):
+        return self.cfg
+
+    def __call__(self, x):
+        return self.cfg["scale"] * float(x @ x)
+
+
+class ArrayKey:
+    """Its ``executor_key()`` is a NumPy array."""
+
+    def __init__(self):
+        self.scale = np.ones(D)
+
+    def executor_key(self):
+        return self.scale
+
+    def __call__(self, x):
+        return float(self.scale @ x ** 2)
+
+
+def test_a_mutable_executor_key_is_compared_as_it_was_when_sent(loky2):
+    """The key was kept by reference: a dict changed in place always equalled itself and the
+    workers kept the stale oracle (gradients 10x off, silently); an array key raised "the truth
+    value of an array ... is ambiguous"."""
+    x = params()
+    o = DictKey()
+    zo.estimate_gradient(o, x, zo.CGE(), executor=loky2)
+    o.cfg["scale"] = 10.0
+    assert_same(zo.estimate_gradient(o, x, zo.CGE(), executor=loky2), zo.estimate_gradient(o, x, zo.CGE()))
+    a = ArrayKey()
+    zo.estimate_gradient(a, x, zo.CGE(), executor=loky2)
+    zo.estimate_gradient(a, x, zo.CGE(), executor=loky2)  # the same key: nothing sent again
+    a.scale = 2 * a.scale
+    assert_same(zo.estimate_gradient(a, x, zo.CGE(), executor=loky2), zo.estimate_gradient(a, x, zo.CGE()))
+    import threading
+
+    o.cfg["lock"] = threading.Lock()
+    with pytest.raises(zo.ZoracleError, match=r"DictKey.executor_key\(\) returned a value that cannot be pickled"):
+        zo.estimate_gradient(o, x, zo.CGE(), executor=loky2)
+
+
 class BlasLoss:
     """``v . tanh(A x)``: a matrix-vector product large enough for BLAS to use threads."""
 

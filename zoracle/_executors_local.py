@@ -20,6 +20,7 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ._backend import to_numpy
+from ._errors import ZoracleError
 from ._malloc import reuse_freed_memory
 from ._plan import BaseTask
 from ._executors_core import (
@@ -53,6 +54,20 @@ def current_device():
     return _CURRENT_DEVICE
 
 
+def _key_snapshot(oracle, key) -> bytes:
+    """``oracle.executor_key()``'s value ``key`` frozen as its pickled bytes: a dict or array the
+    oracle changes in place later still compares with what was sent (a stored reference would
+    always equal itself), and an array compares by content (``!=`` on arrays is ambiguous)."""
+    try:
+        return pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise ZoracleError(
+            f"{type(oracle).__name__}.executor_key() returned a value that cannot be pickled "
+            f"({type(exc).__name__}: {exc}); return plain data (numbers, strings, tuples, dicts, arrays) "
+            "that describes what workers' copies of the oracle must agree on"
+        ) from exc
+
+
 # ----------------------------------------------------------------------------- base class
 class ShardedExecutor(StaysHere):
     """Shared ``run``: tokens, cost balancing, scheduling, reassembly (private base)."""
@@ -64,7 +79,7 @@ class ShardedExecutor(StaysHere):
     def __init__(self, timeout=None):
         self._registry = Registry()
         self._bound = Registry(keep=2)
-        self._keys: dict = {}  # oracle token -> its executor_key() when sent
+        self._keys: dict = {}  # oracle token -> its executor_key() when sent (pickled)
         self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._costs = CostModel()
         self._lock = threading.Lock()
@@ -112,7 +127,7 @@ class ShardedExecutor(StaysHere):
             self._dropped(dropped)
         key_of = getattr(parent, "executor_key", None)
         if callable(key_of):  # what workers' copies must agree on changed (a mode switch): send it again
-            key = key_of()
+            key = _key_snapshot(parent, key_of())
             if otoken in self._keys and self._keys[otoken] != key:
                 self.forget(parent)
                 otoken, dropped = self._registry.token(parent)
