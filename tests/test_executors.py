@@ -539,6 +539,28 @@ def test_device_executor_one_worker_per_device():
     assert no_children(pids)
 
 
+class MovesInPlace:
+    """``to_device`` moves the oracle in place and forgets ``return self``."""
+
+    def to_device(self, device):
+        self.device = device
+
+    def __call__(self, x):
+        return _wave(x)
+
+
+def test_a_to_device_returning_none_is_named_and_not_retried():
+    """It raised "`oracle` must be callable ... got NoneType" on both workers (retried): neither
+    to_device nor the fix was named."""
+    with DeviceExecutor(["cpu", "cpu:1"]) as ex:
+        with pytest.raises(zo.ZoracleError, match=r"MovesInPlace.to_device\('cpu(:1)?'\) returned NoneType, not the "
+                                                r"oracle .*`return self`") as info:
+            zo.estimate_gradient(MovesInPlace(), params(), zo.CGE(), executor=ex)
+        assert type(info.value).__name__ == "ToDeviceError" and "failed twice" not in str(info.value)  # not retried
+        assert_same(zo.estimate_gradient(DeviceProbe(), params(), zo.CGE(mu=1e-4), executor=ex),
+                    zo.estimate_gradient(DeviceProbe(), params(), zo.CGE(mu=1e-4)))
+
+
 def test_device_executor_rejects_empty_devices():
     with pytest.raises(zo.ArgumentError, match="devices"):
         DeviceExecutor([])

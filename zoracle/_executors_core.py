@@ -31,7 +31,7 @@ from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
-           "unsendable"]
+           "unsendable", "ToDeviceError"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -209,7 +209,14 @@ class WorkerState:
             fn = pickle.loads(fn)  # cloudpickle output loads with plain pickle
         move = getattr(fn, "to_device", None)
         if self.device is not None and callable(move):
-            fn = move(self.device)
+            moved = move(self.device)
+            if not callable(moved):  # moved in place, `return self` forgotten: every worker would fail
+                raise ToDeviceError(
+                    f"{type(fn).__name__}.to_device({self.device!r}) returned {type(moved).__name__}, not the "
+                    "oracle to query: return the moved oracle from to_device (`return self` when it moves "
+                    "the oracle in place)"
+                )
+            fn = moved
         self.oracles[token] = fn
         while self.keep is not None and len(self.oracles) > self.keep:
             old, _ = self.oracles.popitem(last=False)
@@ -447,9 +454,10 @@ class CostModel:
 def _deterministic(exc) -> bool:
     """A loss value that is wrong (NaN, wrong shape) will be wrong again: no retry.
 
-    So will a nested run of the executor from inside its own oracle.
+    So will a nested run of the executor from inside its own oracle, and an oracle whose
+    ``to_device`` does not return it.
     """
-    if isinstance(exc, NestedRunError):
+    if isinstance(exc, (NestedRunError, ToDeviceError)):
         return True
     return isinstance(exc, OracleError) and (exc.cause is None or isinstance(exc.cause, NestedRunError))
 
@@ -482,6 +490,11 @@ class ShardTimeout(ShardFailed, TimeoutError):
 
 class NestedRunError(ZoracleError, RuntimeError):
     """An oracle called ``run`` on the executor that is running it (this would deadlock)."""
+
+
+class ToDeviceError(ZoracleError, TypeError):
+    """An oracle's ``to_device(device)`` returned something other than the oracle to query
+    (None: moved in place without ``return self``); certain to fail again, never retried."""
 
 
 class ExecutorPickled(TypeError):
