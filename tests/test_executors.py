@@ -238,6 +238,114 @@ def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):
     assert set(map(int, lines)) <= set(pids)
 
 
+_MAIN_BATCH = """
+import numpy as np
+import zoracle as zo
+from dataclasses import dataclass
+from zoracle.executors import DeviceExecutor, JoblibExecutor
+
+@dataclass
+class Batch:  # its class lives in the script (__main__), which workers cannot import
+    x: np.ndarray
+    y: np.ndarray
+
+class Bound:
+    def __init__(self, parent, b):
+        self.parent, self.b = parent, b
+    def unbind(self):
+        return self.parent, self.b
+    def __call__(self, p):
+        return float(np.mean((self.b.x @ p - self.b.y) ** 2))
+
+class Model:
+    def bind(self, b):
+        return Bound(self, b)
+    def __call__(self, p):
+        return float(p @ p)
+
+rng = np.random.default_rng(0)
+batches = [Batch(rng.standard_normal((8, 5)), rng.standard_normal(8)) for _ in range(3)]
+ref = zo.train(Model(), np.zeros(5), batches=batches, progress=False).params
+for ex in (JoblibExecutor(2), DeviceExecutor(["cpu", "cpu"])):
+    with ex:
+        got = zo.train(Model(), np.zeros(5), batches=batches, progress=False, executor=ex).params
+    print(type(ex).__name__, "same" if np.array_equal(got, ref) else "DIFFERENT", flush=True)
+"""
+
+
+def test_a_batch_whose_class_lives_in_the_script_reaches_process_workers(tmp_path):
+    """Plain pickle named the class ``__main__.Batch``, which a worker (started with ``python
+    -c``) cannot resolve: unpickling the message killed every worker it reached ("the worker
+    died (exit code 1)"). The batch travels by value now, like oracles."""
+    script = tmp_path / "main_batch.py"
+    script.write_text(_MAIN_BATCH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(zo.__file__))]
+                                                       + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["JoblibExecutor same", "DeviceExecutor same"], proc.stdout
+
+
+class XY:
+    """A batch of (inputs, targets)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+class BoundLinear:
+    def __init__(self, parent, b):
+        self.parent, self.b = parent, b
+
+    def unbind(self):
+        return self.parent, self.b
+
+    def __call__(self, p):
+        return float(np.mean((self.b.x @ p - self.b.y) ** 2))
+
+
+class Linear:
+    """A DataOracle whose bound copies implement ``unbind``; its batch is any object."""
+
+    def bind(self, b):
+        return BoundLinear(self, b)
+
+    def __call__(self, p):
+        return float(p @ p)
+
+
+class LoadsOnlyHere(XY):
+    """A batch whose unpickling fails in any other process (a file only the driver sees)."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.driver = os.getpid()
+
+    def __setstate__(self, state):
+        if state["driver"] != os.getpid():
+            raise FileNotFoundError("/data/shard-0.npz")
+        self.__dict__.update(state)
+
+
+def test_a_batch_a_worker_cannot_load_is_named_not_a_dead_worker(loky2):
+    """Unpickling the message that carried it raised in the worker's main loop: the worker
+    died, and the error said only "the worker died (exit code 1)" on every worker."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 5)), rng.standard_normal(8)
+    with pytest.raises(zo.ZoracleError, match=r"the batch \(LoadsOnlyHere\) bound by Linear.bind could not be loaded "
+                                              r"\(unpickled\) on the worker \(FileNotFoundError: /data/shard-0.npz\)"):
+        zo.estimate_gradient(Linear().bind(LoadsOnlyHere(x, y)), np.zeros(5), zo.CGE(), executor=loky2)
+    with pytest.raises(zo.ZoracleError, match=r"the batch \(dict\) bound by Linear.bind cannot be sent to process "
+                                              r"workers \(TypeError: cannot pickle '_thread.lock' object\); make it "
+                                              r"picklable"):
+        zo.estimate_gradient(Linear().bind({"lock": threading.Lock()}), np.zeros(5), zo.CGE(), executor=loky2)
+    bound = Linear().bind(XY(x, y))  # still usable
+    assert_same(zo.estimate_gradient(bound, np.zeros(5), zo.CGE(), executor=loky2),
+                zo.estimate_gradient(bound, np.zeros(5), zo.CGE()))
+
+
 def test_many_bound_oracles_reused_out_of_order(loky2):
     """More live bound oracles than workers keep batches for: evicted ones are re-sent."""
     parent = CountingData(os.devnull)

@@ -32,14 +32,16 @@ from ._executors_core import (
     RunStats,
     StaysHere,
     WorkerState,
+    batch_name,
     check_timeout,
+    cloudpickle_module,
     error_outcome,
+    pack,
     reshard,
     run_guarded,
     run_task_guarded,
     schedule,
     split_bound,
-    unsendable,
 )
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
@@ -190,12 +192,7 @@ class ShardedExecutor(StaysHere):
 
 
 # ----------------------------------------------------------------------------- processes
-def _cloudpickle():
-    try:
-        import cloudpickle
-    except ImportError:  # joblib < 1.5 vendors it
-        from joblib.externals import cloudpickle
-    return cloudpickle
+_cloudpickle = cloudpickle_module
 
 
 #: seconds between two checks of the parent-death watchdog
@@ -262,6 +259,14 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
             msg = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # the driver went away: exit, never linger as an orphan
             return
+        except Exception as exc:  # reported (for the shard the driver sent), not a dead worker
+            err = ZoracleError(f"the worker could not unpickle a message from the driver ({type(exc).__name__}: "
+                               f"{exc}); please report")
+            try:
+                conn.send_bytes(pickle.dumps((None, error_outcome(err))))
+            except (EOFError, OSError):
+                return
+            continue
         kind = msg[0]
         if kind == "stop":
             return
@@ -392,6 +397,14 @@ class _ProcBackend:
     def __init__(self, pool: "ProcessPool", payload: Payload):
         self.pool = pool
         self.payload = payload
+        self._packed = None
+
+    def _batch(self):
+        """The bound batch, pickled once per run (by value: its class may live in ``__main__``)."""
+        if self._packed is None:
+            pl = self.payload
+            self._packed = pack(pl.batch, "process", self.pool, batch_name(pl.oracle, pl.batch))
+        return self._packed
 
     def workers(self):
         return self.pool._procs
@@ -405,7 +418,7 @@ class _ProcBackend:
     def submit(self, w, jid, shard) -> None:
         pl = self.payload
         values = {"oracle": lambda: self.pool._blob(pl.oracle_token, pl.oracle),
-                  "batch": lambda: pl.batch, "params": lambda: pl.params}
+                  "batch": self._batch, "params": lambda: pl.params}
         items = {n: values[n]() for n in pl.missing(w)}
         w.wait_ready()
         w.jid = jid
@@ -428,6 +441,7 @@ class _ProcBackend:
             jid = p.jid
             try:
                 rjid, outcome = pickle.loads(p.conn.recv_bytes())
+                rjid = jid if rjid is None else rjid  # a message the worker could not unpickle
                 if outcome[0] == "loaded":  # the shard itself starts now
                     out.append((p, rjid, outcome))
                     continue
@@ -497,14 +511,10 @@ class ProcessPool(ShardedExecutor):
             pass
         self._procs[i] = _Proc(p.index, p.device, self.threads)
 
-    def _blob(self, token, fn) -> bytes:
+    def _blob(self, token, fn):
         blob = self._blobs.get(token)
         if blob is None:
-            try:
-                blob = _cloudpickle().dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                raise unsendable(fn, exc, "process", self) from exc
-            self._blobs[token] = blob
+            blob = self._blobs[token] = pack(fn, "process", self)
         return blob
 
     def _dropped(self, tokens) -> None:
