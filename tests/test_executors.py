@@ -314,6 +314,31 @@ class Linear:
         return float(p @ p)
 
 
+class Workspace:
+    """Writes each query into its own NumPy scratch array (its state, not the query)."""
+
+    def __init__(self, d):
+        self.buf = np.zeros(d)
+
+    def __call__(self, x):
+        self.buf[:] = x
+        self.buf *= 2.0
+        return float(self.buf @ self.buf)
+
+
+class BoundInPlace(BoundLinear):
+    """Changes its batch's arrays in place (normalising a buffer; the values stay the same)."""
+
+    def __call__(self, p):
+        self.b.x *= 1.0
+        return super().__call__(p)
+
+
+class InPlaceLinear(Linear):
+    def bind(self, b):
+        return BoundInPlace(self, b)
+
+
 class LoadsOnlyHere(XY):
     """A batch whose unpickling fails in any other process (a file only the driver sees)."""
 

@@ -745,8 +745,9 @@ class RayExecutor(ShardedExecutor):
         import ray
 
         if payload.oracle_token not in self._refs:
-            _sendable(payload.oracle, "Ray", self)
-            self._refs[payload.oracle_token] = ray.put(payload.oracle)
+            # pickled here (checked), loaded by each actor: a private copy whose arrays the oracle
+            # may write (what the object store hands out is read-only), as on the other executors
+            self._refs[payload.oracle_token] = ray.put(pack(payload.oracle, "Ray", self, dumps=ray.cloudpickle.dumps))
         refs = {"oracle": self._refs[payload.oracle_token],
                 "params": ray.put(np.ascontiguousarray(to_numpy(payload.params)))}
         if payload.batch_token is not None:  # checked and pickled as oracles are; loaded by the actor
