@@ -214,6 +214,35 @@ def test_batch_chunks_respect_memory_budget():
     assert sum(k for k, _ in calls) == len(range(0, d, 3))
 
 
+@pytest.mark.parametrize("est", [zo.CGE(), zo.RGE(directions=10), zo.RGE(directions=9, scheme="central"),
+                                 zo.SNES(population=10)], ids=["cge", "rge", "rge-central", "snes"])
+def test_batch_calls_respect_max_queries_per_call_with_the_unchunked_result(est):
+    """RGE and SNES ignored it (one call of 10 rows): an oracle that cannot take more rows
+    per call (a simulator's batch size, the PhiFlow adapter) got them anyway."""
+
+    class Unchunked:
+        def __init__(self):
+            self.sizes = []
+
+        def __call__(self, x):
+            return float(np.sum(np.sin(x) ** 2))
+
+        def batch(self, X):
+            self.sizes.append(len(X))
+            return np.array([self(r) for r in X])
+
+    class Chunked(Unchunked):
+        max_queries_per_call = 4
+
+    x = np.linspace(-1, 1, 10)
+    a, b = Chunked(), Unchunked()
+    got = zo.estimate_gradient(a, x, est, rng=3)
+    ref = zo.estimate_gradient(b, x, est, rng=3)
+    assert a.sizes and max(a.sizes) <= 4 and sum(a.sizes) == sum(b.sizes) and max(b.sizes) > 4
+    assert np.array_equal(got.grad, ref.grad) and got.loss == ref.loss and got.nfev == ref.nfev
+    assert (got.state is None) == (ref.state is None) and (got.state is None or np.array_equal(got.state, ref.state))
+
+
 class SumSquares:
     """A vectorizable million-dimensional oracle with a CoordinateOracle fast path."""
 

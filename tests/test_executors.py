@@ -238,6 +238,139 @@ def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):
     assert set(map(int, lines)) <= set(pids)
 
 
+_MAIN_BATCH = """
+import numpy as np
+import zoracle as zo
+from dataclasses import dataclass
+from zoracle.executors import DeviceExecutor, JoblibExecutor
+
+@dataclass
+class Batch:  # its class lives in the script (__main__), which workers cannot import
+    x: np.ndarray
+    y: np.ndarray
+
+class Bound:
+    def __init__(self, parent, b):
+        self.parent, self.b = parent, b
+    def unbind(self):
+        return self.parent, self.b
+    def __call__(self, p):
+        return float(np.mean((self.b.x @ p - self.b.y) ** 2))
+
+class Model:
+    def bind(self, b):
+        return Bound(self, b)
+    def __call__(self, p):
+        return float(p @ p)
+
+rng = np.random.default_rng(0)
+batches = [Batch(rng.standard_normal((8, 5)), rng.standard_normal(8)) for _ in range(3)]
+ref = zo.train(Model(), np.zeros(5), batches=batches, progress=False).params
+for ex in (JoblibExecutor(2), DeviceExecutor(["cpu", "cpu"])):
+    with ex:
+        got = zo.train(Model(), np.zeros(5), batches=batches, progress=False, executor=ex).params
+    print(type(ex).__name__, "same" if np.array_equal(got, ref) else "DIFFERENT", flush=True)
+"""
+
+
+def test_a_batch_whose_class_lives_in_the_script_reaches_process_workers(tmp_path):
+    """Plain pickle named the class ``__main__.Batch``, which a worker (started with ``python
+    -c``) cannot resolve: unpickling the message killed every worker it reached ("the worker
+    died (exit code 1)"). The batch travels by value now, like oracles."""
+    script = tmp_path / "main_batch.py"
+    script.write_text(_MAIN_BATCH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(zo.__file__))]
+                                                       + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["JoblibExecutor same", "DeviceExecutor same"], proc.stdout
+
+
+class XY:
+    """A batch of (inputs, targets)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+class BoundLinear:
+    def __init__(self, parent, b):
+        self.parent, self.b = parent, b
+
+    def unbind(self):
+        return self.parent, self.b
+
+    def __call__(self, p):
+        return float(np.mean((self.b.x @ p - self.b.y) ** 2))
+
+
+class Linear:
+    """A DataOracle whose bound copies implement ``unbind``; its batch is any object."""
+
+    def bind(self, b):
+        return BoundLinear(self, b)
+
+    def __call__(self, p):
+        return float(p @ p)
+
+
+class Workspace:
+    """Writes each query into its own NumPy scratch array (its state, not the query)."""
+
+    def __init__(self, d):
+        self.buf = np.zeros(d)
+
+    def __call__(self, x):
+        self.buf[:] = x
+        self.buf *= 2.0
+        return float(self.buf @ self.buf)
+
+
+class BoundInPlace(BoundLinear):
+    """Changes its batch's arrays in place (normalising a buffer; the values stay the same)."""
+
+    def __call__(self, p):
+        self.b.x *= 1.0
+        return super().__call__(p)
+
+
+class InPlaceLinear(Linear):
+    def bind(self, b):
+        return BoundInPlace(self, b)
+
+
+class LoadsOnlyHere(XY):
+    """A batch whose unpickling fails in any other process (a file only the driver sees)."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.driver = os.getpid()
+
+    def __setstate__(self, state):
+        if state["driver"] != os.getpid():
+            raise FileNotFoundError("/data/shard-0.npz")
+        self.__dict__.update(state)
+
+
+def test_a_batch_a_worker_cannot_load_is_named_not_a_dead_worker(loky2):
+    """Unpickling the message that carried it raised in the worker's main loop: the worker
+    died, and the error said only "the worker died (exit code 1)" on every worker."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 5)), rng.standard_normal(8)
+    with pytest.raises(zo.ZoracleError, match=r"the batch \(LoadsOnlyHere\) bound by Linear.bind could not be loaded "
+                                              r"\(unpickled\) on the worker \(FileNotFoundError: /data/shard-0.npz\)"):
+        zo.estimate_gradient(Linear().bind(LoadsOnlyHere(x, y)), np.zeros(5), zo.CGE(), executor=loky2)
+    with pytest.raises(zo.ZoracleError, match=r"the batch \(dict\) bound by Linear.bind cannot be sent to process "
+                                              r"workers \(TypeError: cannot pickle '_thread.lock' object\); make it "
+                                              r"picklable"):
+        zo.estimate_gradient(Linear().bind({"lock": threading.Lock()}), np.zeros(5), zo.CGE(), executor=loky2)
+    bound = Linear().bind(XY(x, y))  # still usable
+    assert_same(zo.estimate_gradient(bound, np.zeros(5), zo.CGE(), executor=loky2),
+                zo.estimate_gradient(bound, np.zeros(5), zo.CGE()))
+
+
 def test_many_bound_oracles_reused_out_of_order(loky2):
     """More live bound oracles than workers keep batches for: evicted ones are re-sent."""
     parent = CountingData(os.devnull)
@@ -275,6 +408,53 @@ def test_forget_given_the_bound_oracle_forgets_its_parent():
         ex.forget(bound)  # the object the user passed to estimate_gradient
         fresh = zo.estimate_gradient(bound, x, zo.CGE(), executor=ex)
     assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
+
+
+class DictKey:
+    """Its ``executor_key()`` is a dict it changes in place (a config)."""
+
+    def __init__(self):
+        self.cfg = {"scale": 1.0}
+
+    def executor_key(self):
+        return self.cfg
+
+    def __call__(self, x):
+        return self.cfg["scale"] * float(x @ x)
+
+
+class ArrayKey:
+    """Its ``executor_key()`` is a NumPy array."""
+
+    def __init__(self):
+        self.scale = np.ones(D)
+
+    def executor_key(self):
+        return self.scale
+
+    def __call__(self, x):
+        return float(self.scale @ x ** 2)
+
+
+def test_a_mutable_executor_key_is_compared_as_it_was_when_sent(loky2):
+    """The key was kept by reference: a dict changed in place always equalled itself and the
+    workers kept the stale oracle (gradients 10x off, silently); an array key raised "the truth
+    value of an array ... is ambiguous"."""
+    x = params()
+    o = DictKey()
+    zo.estimate_gradient(o, x, zo.CGE(), executor=loky2)
+    o.cfg["scale"] = 10.0
+    assert_same(zo.estimate_gradient(o, x, zo.CGE(), executor=loky2), zo.estimate_gradient(o, x, zo.CGE()))
+    a = ArrayKey()
+    zo.estimate_gradient(a, x, zo.CGE(), executor=loky2)
+    zo.estimate_gradient(a, x, zo.CGE(), executor=loky2)  # the same key: nothing sent again
+    a.scale = 2 * a.scale
+    assert_same(zo.estimate_gradient(a, x, zo.CGE(), executor=loky2), zo.estimate_gradient(a, x, zo.CGE()))
+    import threading
+
+    o.cfg["lock"] = threading.Lock()
+    with pytest.raises(zo.ZoracleError, match=r"DictKey.executor_key\(\) returned a value that cannot be pickled"):
+        zo.estimate_gradient(o, x, zo.CGE(), executor=loky2)
 
 
 class BlasLoss:
@@ -490,6 +670,28 @@ def test_device_executor_one_worker_per_device():
         pids = ex.pids
     assert current_device() is None
     assert no_children(pids)
+
+
+class MovesInPlace:
+    """``to_device`` moves the oracle in place and forgets ``return self``."""
+
+    def to_device(self, device):
+        self.device = device
+
+    def __call__(self, x):
+        return _wave(x)
+
+
+def test_a_to_device_returning_none_is_named_and_not_retried():
+    """It raised "`oracle` must be callable ... got NoneType" on both workers (retried): neither
+    to_device nor the fix was named."""
+    with DeviceExecutor(["cpu", "cpu:1"]) as ex:
+        with pytest.raises(zo.ZoracleError, match=r"MovesInPlace.to_device\('cpu(:1)?'\) returned NoneType, not the "
+                                                r"oracle .*`return self`") as info:
+            zo.estimate_gradient(MovesInPlace(), params(), zo.CGE(), executor=ex)
+        assert type(info.value).__name__ == "ToDeviceError" and "failed twice" not in str(info.value)  # not retried
+        assert_same(zo.estimate_gradient(DeviceProbe(), params(), zo.CGE(mu=1e-4), executor=ex),
+                    zo.estimate_gradient(DeviceProbe(), params(), zo.CGE(mu=1e-4)))
 
 
 def test_device_executor_rejects_empty_devices():

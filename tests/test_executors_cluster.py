@@ -245,6 +245,33 @@ class ClusterContract:
         with pytest.raises(zo.ZoracleError, match="cannot be sent to .* workers .*cannot pickle '_thread.lock'"):
             zo.estimate_gradient(Locked(), np.zeros(4), zo.CGE(), executor=cluster)
 
+    def test_an_unpicklable_batch_is_named_with_the_fix(self, cluster):
+        """A bound oracle's batch holding a lock: Dask and Ray raised their own serialization
+        errors, naming neither the batch nor the fix (an unpicklable oracle gets both)."""
+        import threading
+
+        bound = te.Linear().bind({"name": "a", "lock": threading.Lock()})
+        with pytest.raises(zo.ZoracleError, match=r"the batch \(dict\) bound by Linear.bind cannot be sent to "
+                                                  r"(Dask|Ray) workers .*cannot pickle '_thread.lock'.*make it "
+                                                  r"picklable"):
+            zo.estimate_gradient(bound, np.zeros(4), zo.CGE(), executor=cluster)
+        te.assert_same(zo.estimate_gradient(_loss, np.zeros(4), zo.CGE(), executor=cluster),  # still usable
+                       zo.estimate_gradient(_loss, np.zeros(4), zo.CGE()))
+
+    def test_an_oracle_may_write_its_own_arrays_and_its_batch(self, cluster):
+        """Ray handed actors the oracle and the batch as read-only object-store views: writing
+        the oracle's scratch array or the batch in place failed (blaming the parameters, after
+        a retry) where serial, process and Dask workers hold private copies."""
+        x = te.params()
+        oracle = te.Workspace(D)
+        te.assert_same(zo.estimate_gradient(oracle, x, zo.CGE(), executor=cluster),
+                       zo.estimate_gradient(oracle, x, zo.CGE()))
+        rng = np.random.default_rng(0)
+        bound = te.InPlaceLinear().bind(te.XY(rng.standard_normal((8, D)), rng.standard_normal(8)))
+        te.assert_same(zo.estimate_gradient(bound, x, zo.CGE(), executor=cluster),
+                       zo.estimate_gradient(bound, x, zo.CGE()))
+        assert cluster.last_run.retries == 0
+
     def test_an_oracle_holding_the_executor_is_a_nested_run(self, cluster):
         """It blamed a lock and advised JoblibExecutor(backend='threading')."""
         from zoracle.executors import NestedRunError

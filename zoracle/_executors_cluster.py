@@ -21,7 +21,9 @@ from ._executors_core import (
     BatchMirror,
     Payload,
     WorkerState,
+    batch_name,
     error_outcome,
+    pack,
     run_guarded,
     run_task_guarded,
     unsendable,
@@ -406,8 +408,9 @@ class DaskExecutor(ShardedExecutor):
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
                 "params": c.scatter(host, broadcast=True, hash=False) if host.nbytes > _INLINE_BYTES else host}
-        if payload.batch_token is not None:
-            futs["batch"] = c.scatter([payload.batch], hash=False)[0]  # an (x, y) tuple stays one object
+        if payload.batch_token is not None:  # checked and pickled as oracles are; loaded by the shard
+            batch = pack(payload.batch, "Dask", self, batch_name(payload.oracle, payload.batch))
+            futs["batch"] = c.scatter([batch], hash=False)[0]
         return futs
 
     def _backend(self, payload, oracle):
@@ -742,11 +745,13 @@ class RayExecutor(ShardedExecutor):
         import ray
 
         if payload.oracle_token not in self._refs:
-            _sendable(payload.oracle, "Ray", self)
-            self._refs[payload.oracle_token] = ray.put(payload.oracle)
+            # pickled here (checked), loaded by each actor: a private copy whose arrays the oracle
+            # may write (what the object store hands out is read-only), as on the other executors
+            self._refs[payload.oracle_token] = ray.put(pack(payload.oracle, "Ray", self, dumps=ray.cloudpickle.dumps))
         refs = {"oracle": self._refs[payload.oracle_token],
                 "params": ray.put(np.ascontiguousarray(to_numpy(payload.params)))}
-        if payload.batch_token is not None:
-            refs["batch"] = ray.put(payload.batch)
+        if payload.batch_token is not None:  # checked and pickled as oracles are; loaded by the actor
+            refs["batch"] = ray.put(pack(payload.batch, "Ray", self, batch_name(payload.oracle, payload.batch),
+                                         dumps=ray.cloudpickle.dumps))
         return _RayBackend(self, payload, refs)
 

@@ -31,7 +31,7 @@ from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
-           "unsendable"]
+           "unsendable", "ToDeviceError", "Pickled", "pack"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -205,18 +205,25 @@ class WorkerState:
         self.params: tuple = (None, None)  # (token, array): only the current run's
 
     def put_oracle(self, token, fn) -> None:
-        if isinstance(fn, (bytes, bytearray)):
-            fn = pickle.loads(fn)  # cloudpickle output loads with plain pickle
+        if isinstance(fn, Pickled):
+            fn = fn.load()
         move = getattr(fn, "to_device", None)
         if self.device is not None and callable(move):
-            fn = move(self.device)
+            moved = move(self.device)
+            if not callable(moved):  # moved in place, `return self` forgotten: every worker would fail
+                raise ToDeviceError(
+                    f"{type(fn).__name__}.to_device({self.device!r}) returned {type(moved).__name__}, not the "
+                    "oracle to query: return the moved oracle from to_device (`return self` when it moves "
+                    "the oracle in place)"
+                )
+            fn = moved
         self.oracles[token] = fn
         while self.keep is not None and len(self.oracles) > self.keep:
             old, _ = self.oracles.popitem(last=False)
             self.drop(old)
 
     def put_batch(self, key, batch) -> None:
-        self.batches[key] = batch
+        self.batches[key] = batch.load() if isinstance(batch, Pickled) else batch
         while len(self.batches) > self.keep_batches:
             old, _ = self.batches.popitem(last=False)
             self.wrapped.pop(old, None)
@@ -447,9 +454,10 @@ class CostModel:
 def _deterministic(exc) -> bool:
     """A loss value that is wrong (NaN, wrong shape) will be wrong again: no retry.
 
-    So will a nested run of the executor from inside its own oracle.
+    So will a nested run of the executor from inside its own oracle, and an oracle whose
+    ``to_device`` does not return it.
     """
-    if isinstance(exc, NestedRunError):
+    if isinstance(exc, (NestedRunError, ToDeviceError)):
         return True
     return isinstance(exc, OracleError) and (exc.cause is None or isinstance(exc.cause, NestedRunError))
 
@@ -484,6 +492,11 @@ class NestedRunError(ZoracleError, RuntimeError):
     """An oracle called ``run`` on the executor that is running it (this would deadlock)."""
 
 
+class ToDeviceError(ZoracleError, TypeError):
+    """An oracle's ``to_device(device)`` returned something other than the oracle to query
+    (None: moved in place without ``return self``); certain to fail again, never retried."""
+
+
 class ExecutorPickled(TypeError):
     """Raised by pickling an executor (an oracle holding one, on its way to workers)."""
 
@@ -506,14 +519,14 @@ class StaysHere:
         return new
 
 
-def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:
+def unsendable(oracle, exc: BaseException, where: str, running, what: str | None = None) -> ZoracleError:
     """The error for ``oracle`` failing to serialize for ``where``'s workers with ``exc``.
 
     An oracle that holds an executor gets advice about nesting (a lock in the traceback would
     mislead: the advice to use threads then meets :class:`NestedRunError`); ``running`` is
-    the executor sending it.
+    the executor sending it. ``what`` names the object (default: "the oracle <its class>").
     """
-    name = type(oracle).__name__
+    what = what or f"the oracle {type(oracle).__name__}"
     seen, e = set(), exc
     while e is not None and id(e) not in seen and not isinstance(e, ExecutorPickled):
         seen.add(id(e))
@@ -522,21 +535,67 @@ def unsendable(oracle, exc: BaseException, where: str, running) -> ZoracleError:
         held = type(e.executor).__name__
         if running is not None and running in (e.executor, getattr(e.executor, "_impl", None)):
             return NestedRunError(
-                f"the oracle {name} holds the {held} that runs it (to call estimate_gradient / train inside the "
+                f"{what} holds the {held} that runs it (to call estimate_gradient / train inside the "
                 "oracle): an executor cannot run inside its own shards (on threads it would deadlock, and it "
                 "cannot travel to worker processes); use SerialExecutor() inside the oracle, or an executor "
                 "the oracle creates itself on the worker (e.g. on its first call, not kept in what it pickles)"
             )
         return ZoracleError(
-            f"the oracle {name} holds an executor ({held}), which cannot be sent to {where} workers (it owns "
+            f"{what} holds an executor ({held}), which cannot be sent to {where} workers (it owns "
             "processes, threads and locks); let the oracle create its executor on the worker (e.g. on its first "
             "call, not kept in what it pickles), or use SerialExecutor() inside the oracle"
         )
     return ZoracleError(
-        f"the oracle {name} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); make it picklable "
+        f"{what} cannot be sent to {where} workers ({type(exc).__name__}: {exc}); make it picklable "
         "(no locks, open files or sessions in its attributes, or rebuild them in __setstate__) or use "
         "JoblibExecutor(backend='threading')"
     )
+
+
+def cloudpickle_module():
+    try:
+        import cloudpickle
+    except ImportError:  # joblib < 1.5 vendors it
+        from joblib.externals import cloudpickle
+    return cloudpickle
+
+
+class Pickled:
+    """An object travelling as its cloudpickle bytes, loaded by the worker that receives it.
+
+    cloudpickle ships classes defined in the driver's ``__main__`` by value (plain pickle
+    names them, and a worker cannot import the driver's script); loading gives the worker a
+    private copy whose arrays it may write (not a read-only view of an object store). A load
+    that fails raises a :class:`ZoracleError` naming ``what`` failed.
+    """
+
+    def __init__(self, data: bytes, what: str):
+        self.data, self.what = data, what
+
+    def load(self):
+        try:
+            return pickle.loads(self.data)  # cloudpickle output loads with plain pickle
+        except Exception as exc:
+            raise ZoracleError(
+                f"{self.what} could not be loaded (unpickled) on the worker ({type(exc).__name__}: {exc}); the "
+                "modules its classes come from must be importable there, and its __setstate__ must work there"
+            ) from exc
+
+
+def pack(obj, where: str, running, what: str | None = None, dumps=None) -> Pickled:
+    """``obj`` as :class:`Pickled` bytes for ``where``'s workers (``dumps``: a cloudpickle's,
+    by default the installed one), or the :func:`unsendable` error naming ``what``."""
+    what = what or f"the oracle {type(obj).__name__}"
+    try:
+        data = (dumps or cloudpickle_module().dumps)(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise unsendable(obj, exc, where, running, what) from exc
+    return Pickled(data, what)
+
+
+def batch_name(parent, batch) -> str:
+    """How errors name a bound oracle's batch."""
+    return f"the batch ({type(batch).__name__}) bound by {type(parent).__name__}.bind"
 
 
 def check_timeout(timeout, name: str = "`timeout`"):

@@ -20,6 +20,7 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ._backend import to_numpy
+from ._errors import ZoracleError
 from ._malloc import reuse_freed_memory
 from ._plan import BaseTask
 from ._executors_core import (
@@ -31,14 +32,16 @@ from ._executors_core import (
     RunStats,
     StaysHere,
     WorkerState,
+    batch_name,
     check_timeout,
+    cloudpickle_module,
     error_outcome,
+    pack,
     reshard,
     run_guarded,
     run_task_guarded,
     schedule,
     split_bound,
-    unsendable,
 )
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
@@ -53,6 +56,20 @@ def current_device():
     return _CURRENT_DEVICE
 
 
+def _key_snapshot(oracle, key) -> bytes:
+    """``oracle.executor_key()``'s value ``key`` frozen as its pickled bytes: a dict or array the
+    oracle changes in place later still compares with what was sent (a stored reference would
+    always equal itself), and an array compares by content (``!=`` on arrays is ambiguous)."""
+    try:
+        return pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise ZoracleError(
+            f"{type(oracle).__name__}.executor_key() returned a value that cannot be pickled "
+            f"({type(exc).__name__}: {exc}); return plain data (numbers, strings, tuples, dicts, arrays) "
+            "that describes what workers' copies of the oracle must agree on"
+        ) from exc
+
+
 # ----------------------------------------------------------------------------- base class
 class ShardedExecutor(StaysHere):
     """Shared ``run``: tokens, cost balancing, scheduling, reassembly (private base)."""
@@ -64,7 +81,7 @@ class ShardedExecutor(StaysHere):
     def __init__(self, timeout=None):
         self._registry = Registry()
         self._bound = Registry(keep=2)
-        self._keys: dict = {}  # oracle token -> its executor_key() when sent
+        self._keys: dict = {}  # oracle token -> its executor_key() when sent (pickled)
         self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._costs = CostModel()
         self._lock = threading.Lock()
@@ -112,7 +129,7 @@ class ShardedExecutor(StaysHere):
             self._dropped(dropped)
         key_of = getattr(parent, "executor_key", None)
         if callable(key_of):  # what workers' copies must agree on changed (a mode switch): send it again
-            key = key_of()
+            key = _key_snapshot(parent, key_of())
             if otoken in self._keys and self._keys[otoken] != key:
                 self.forget(parent)
                 otoken, dropped = self._registry.token(parent)
@@ -175,12 +192,7 @@ class ShardedExecutor(StaysHere):
 
 
 # ----------------------------------------------------------------------------- processes
-def _cloudpickle():
-    try:
-        import cloudpickle
-    except ImportError:  # joblib < 1.5 vendors it
-        from joblib.externals import cloudpickle
-    return cloudpickle
+_cloudpickle = cloudpickle_module
 
 
 #: seconds between two checks of the parent-death watchdog
@@ -247,6 +259,14 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
             msg = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # the driver went away: exit, never linger as an orphan
             return
+        except Exception as exc:  # reported (for the shard the driver sent), not a dead worker
+            err = ZoracleError(f"the worker could not unpickle a message from the driver ({type(exc).__name__}: "
+                               f"{exc}); please report")
+            try:
+                conn.send_bytes(pickle.dumps((None, error_outcome(err))))
+            except (EOFError, OSError):
+                return
+            continue
         kind = msg[0]
         if kind == "stop":
             return
@@ -377,6 +397,14 @@ class _ProcBackend:
     def __init__(self, pool: "ProcessPool", payload: Payload):
         self.pool = pool
         self.payload = payload
+        self._packed = None
+
+    def _batch(self):
+        """The bound batch, pickled once per run (by value: its class may live in ``__main__``)."""
+        if self._packed is None:
+            pl = self.payload
+            self._packed = pack(pl.batch, "process", self.pool, batch_name(pl.oracle, pl.batch))
+        return self._packed
 
     def workers(self):
         return self.pool._procs
@@ -390,7 +418,7 @@ class _ProcBackend:
     def submit(self, w, jid, shard) -> None:
         pl = self.payload
         values = {"oracle": lambda: self.pool._blob(pl.oracle_token, pl.oracle),
-                  "batch": lambda: pl.batch, "params": lambda: pl.params}
+                  "batch": self._batch, "params": lambda: pl.params}
         items = {n: values[n]() for n in pl.missing(w)}
         w.wait_ready()
         w.jid = jid
@@ -413,6 +441,7 @@ class _ProcBackend:
             jid = p.jid
             try:
                 rjid, outcome = pickle.loads(p.conn.recv_bytes())
+                rjid = jid if rjid is None else rjid  # a message the worker could not unpickle
                 if outcome[0] == "loaded":  # the shard itself starts now
                     out.append((p, rjid, outcome))
                     continue
@@ -482,14 +511,10 @@ class ProcessPool(ShardedExecutor):
             pass
         self._procs[i] = _Proc(p.index, p.device, self.threads)
 
-    def _blob(self, token, fn) -> bytes:
+    def _blob(self, token, fn):
         blob = self._blobs.get(token)
         if blob is None:
-            try:
-                blob = _cloudpickle().dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                raise unsendable(fn, exc, "process", self) from exc
-            self._blobs[token] = blob
+            blob = self._blobs[token] = pack(fn, "process", self)
         return blob
 
     def _dropped(self, tokens) -> None:

@@ -315,6 +315,8 @@ def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str,
     use_batch = oracle.caps.batch
     # direction blocks are built on the host in float64 as well: budget for both
     chunk = max(1, min(q, budget_bytes // max(1, d * (itemsize + 8))))
+    if use_batch:  # a batch call takes at most the oracle's max_queries_per_call rows (as in CGE)
+        chunk = max(1, min(chunk, int(getattr(oracle.fn, "max_queries_per_call", DEFAULT_CHUNK))))
     n_workers = max(1, int(n_workers))
     # a batch call's rows are split between tasks only at call boundaries (same calls as serial)
     spans = call_groups(q, chunk, n_workers) if use_batch else list(_chunks(q, -(-q // n_workers)))

@@ -67,6 +67,7 @@ from ._executors_core import (
     ShardFailed,
     ShardTimeout,
     StaysHere,
+    ToDeviceError,
     check_timeout,
     describe_task,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "ShardFailed",
     "ShardTimeout",
     "NestedRunError",
+    "ToDeviceError",
     "current_device",
     "add_executor_arguments",
     "from_args",
@@ -237,7 +239,8 @@ class DeviceExecutor(ProcessPool):
     devices : sequence
         One entry per worker, e.g. ``["cuda:0", "cuda:1"]`` (or ``["cpu", "cpu"]``). When an
         oracle arrives on worker ``i`` and defines ``to_device(device)``, the worker queries
-        ``oracle.to_device(devices[i])`` (called once per oracle; return the moved copy).
+        ``oracle.to_device(devices[i])`` (called once per oracle; return the moved copy, or
+        ``self`` when it moves in place: anything not callable raises :class:`ToDeviceError`).
         Code inside a worker can read its device with :func:`current_device`.
     timeout : float, optional
         Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
