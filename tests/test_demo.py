@@ -104,6 +104,7 @@ def test_output_directories_are_created_up_front(tmp_path):
     (["--plot", "out.xyz"], "cannot write '.xyz' files"),  # checked after the whole run, which it lost
     (["--shard-timeout", "-1"], "--shard-timeout must be a positive number"),  # it said `timeout`
     (["--ray", "local"], "add --allow-network"),  # it named the Python keyword, after loading the data
+    (["--allow-network"], "--allow-network lets --ray start"),  # accepted, and did nothing
 ])
 def test_demo_bad_flags_give_one_line_errors(argv, match):
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", *argv], capture_output=True, text=True, timeout=60)

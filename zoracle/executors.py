@@ -371,6 +371,9 @@ def from_args(args):
     chosen = [name for name, on in (("--workers", workers > 1), ("--dask", dask), ("--ray", ray)) if on]
     if len(chosen) > 1:
         raise ArgumentError(f"pick one of --workers, --dask, --ray; got {' and '.join(chosen)}")
+    if getattr(args, "allow_network", False) and not ray:
+        raise ArgumentError("--allow-network lets --ray start a local Ray session; without --ray it does nothing: "
+                            "drop it, or add --ray local")
     for flag, value in (("--dask", dask), ("--ray", ray)):
         if value is not None:
             if not str(value).strip():
