@@ -72,21 +72,29 @@ def reference_loss(oracle, x, y) -> float:
 
 
 def _rows_coupled(oracle, out, v) -> bool:
-    """Whether a per-sample ``loss_fn`` gives the first half of the batch other losses alone than
-    with the rest (one more call, on half the samples, at the first bind)."""
+    """Whether a per-sample ``loss_fn`` gives either half of the batch other losses alone than
+    with the rest (two more calls, on half the samples each, at the first bind). Both halves: a
+    loss coupled through a batch statistic that one half holds (``rows / out.abs().max()`` with
+    the largest output in the first half) gives that half its own losses alone."""
     if not isinstance(out, torch.Tensor) or out.dim() == 0:  # refused at the first query, naming the fix
         return False
     y, B = oracle._y, out.shape[0]
     if B < 2 or (y is not None and (not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != B)):
         return False
     h = B // 2
-    with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
-        w = to_torch(oracle.loss_fn(out[:h], None if y is None else y[:h]))
-    w, v = w.reshape(-1).double(), v.reshape(-1)[:h].double().to(w.device)
-    if w.shape != v.shape:
+    rows = v.reshape(-1)
+    if rows.shape[0] != B:
         return True
-    scale = float(v.abs().max()) if v.numel() else 0.0
-    return not torch.allclose(w, v, rtol=1e-5, atol=1e-6 * max(1.0, scale))
+    for part in (slice(0, h), slice(h, B)):
+        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+            w = to_torch(oracle.loss_fn(out[part], None if y is None else y[part]))
+        w, want = w.reshape(-1).double(), rows[part].double().to(w.device)
+        if w.shape != want.shape:
+            return True
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        if not torch.allclose(w, want, rtol=1e-5, atol=1e-6 * max(1.0, scale)):
+            return True
+    return False
 
 
 class _ParameterReads(TorchFunctionMode):

@@ -1423,3 +1423,34 @@ def test_a_buffer_holding_nan_is_not_put_back_at_every_query():
     for _ in range(3):
         zo.estimate_gradient(oracle, theta, zo.CGE())
     assert model.norm.running_mean._version == version
+
+
+@pytest.mark.parametrize("largest", ["first half", "second half"])
+def test_a_loss_coupled_through_a_statistic_of_one_half_is_found(largest):
+    # rows / out.abs().max(): with the batch's largest output in the first half, that half's losses
+    # alone equal its losses in the batch, so the half-batch check passed it as per-sample: the
+    # perturbations' rows then shared one max, and 54 of 58 partials were wrong (up to 12.7 off)
+    def loss(out, y):
+        return ((out - y) ** 2).sum(1) / out.abs().max()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 4)), rng.standard_normal((8, 2))
+    with torch.no_grad():
+        order = np.argsort(-model(torch.as_tensor(x)).abs().amax(1).numpy())
+    if largest == "second half":
+        order = order[::-1]
+    x, y = x[order].copy(), y[order].copy()
+    plain = copy.deepcopy(model)
+    bound = TorchOracle(model, loss).bind((x, y))
+    p = bound.initial_params()
+
+    def reference(q):
+        torch.nn.utils.vector_to_parameters(torch.as_tensor(np.array(q)), plain.parameters())
+        with torch.no_grad():
+            return float(loss(plain(torch.as_tensor(x)), torch.as_tensor(y)).mean())
+
+    cge = zo.CGE(mu=1e-4)
+    got = zo.estimate_gradient(bound, p, cge).grad
+    np.testing.assert_allclose(got, zo.estimate_gradient(reference, p, cge).grad, atol=1e-8)
