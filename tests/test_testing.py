@@ -16,7 +16,7 @@ from zoracle.testing.strategies import params_arrays, quadratic_oracles, quadrat
 def test_quadratic_oracle_passes_and_has_known_gradient(problem):
     q, x = problem
     report = check_oracle(q, x)
-    assert set(report) == {"determinism", "batch", "coordinate_losses", "prefix_suffix"}
+    assert set(report) == {"determinism", "batch", "coordinate_losses", "prefix_suffix", "state"}
     assert all(v < 1e-6 for v in report.values())
 
 
@@ -93,7 +93,7 @@ class _RowOfLosses(QuadraticOracle):
 
 
 @pytest.mark.parametrize("cls,match", [(_AbsStep, r"params - step\*e_i"), (_SortsItsCoordinates, "coordinate_losses"),
-                                       (_RowOfLosses, r"batch: \(1, 4\) result")])
+                                       (_RowOfLosses, r"batch: \(1, 8\) result")])
 def test_check_oracle_catches_what_used_to_pass(cls, match):
     """These passed (only +step, sorted coordinates, any shape that reshapes to k) and then gave
     a zero gradient, permuted partials, or an estimate_gradient error."""
@@ -279,3 +279,52 @@ def test_params_arrays_take_any_scale(scale):
         assert p.dtype == np.float64 and np.all(np.abs(p) <= scale)
 
     run()
+
+
+class _ModeLeak(QuadraticOracle):
+    """Its fast path switches a mode and leaves it (a torch fast path calling model.eval() and
+    never restoring train()): every later plain call changes."""
+
+    training = True
+
+    def __call__(self, p):
+        return super().__call__(p) * (1.0 if self.training else 1.01)
+
+    def coordinate_losses(self, p, coords, step):
+        self.training = False
+        return np.array([self(p + step * np.eye(len(p))[i]) for i in coords])
+
+
+class _StaleBase(QuadraticOracle):
+    """Its fast path caches the unperturbed loss once, keyed on nothing: right at the first point."""
+
+    _base = None
+
+    def coordinate_losses(self, p, coords, step):
+        if self._base is None:
+            self._base = self(p)
+        g, c = self.A @ p + self.b, np.asarray(coords)
+        return self._base + step * g[c] + 0.5 * step ** 2 * self.A[c, c]
+
+
+class _FirstRowsTail(QuadraticOracle):
+    """``batch`` takes every row's last entries from row 0: rows that move one coordinate of the
+    first ones agree; rows that move every coordinate (RGE's) do not."""
+
+    def batch(self, P):
+        P = np.array(P)
+        P[:, -3:] = P[0, -3:]
+        return super().batch(P)
+
+
+@pytest.mark.parametrize("cls, match", [(_ModeLeak, "state: oracle\\(params\\) after the capability calls"),
+                                        (_StaleBase, "coordinate_losses at a second point"),
+                                        (_FirstRowsTail, "batch")])
+def test_check_oracle_catches_state_left_behind_stale_caches_and_wrong_dense_rows(cls, match):
+    # each passed: the check ran at one point, sent only one-coordinate batch rows of the first
+    # (sorted) coordinates, and never called the oracle again after its fast paths; estimate_gradient
+    # was then wrong (off by 0.93 and 12.8 where the gradient is 3.4 and 4.2; RGE's last entries)
+    q, x = _quad(d=12, seed=1)
+    with pytest.raises(OracleCheckError, match=match):
+        check_oracle(cls(q.A, q.b, blocks=[]), x, step=5e-3)
+    check_oracle(QuadraticOracle(q.A, q.b, blocks=[]), x, step=5e-3)  # the correct oracle passes

@@ -567,7 +567,9 @@ def test_the_first_binds_own_loss_calls_are_one_minibatch_and_a_few_two_sample_r
         return sum(rows) - 32 * r.nfev  # rows beyond the queries' minibatches
 
     extra = run()
-    checks = extra - 32  # the first minibatch once (the loss convention), then the split's self-check
+    # the first minibatch once (the loss convention) and its two halves (the coupling check), then
+    # the split's self-check
+    checks = extra - 32 - 32
     assert 0 < checks <= 2 * 4 * (len(oracle.param_info) + 1) and checks % 2 == 0  # two-sample rows
     assert run() == 0  # once per oracle: a second run on it has no extra loss calls
 

@@ -39,6 +39,17 @@ def _close(a, b, rtol, atol, base=None):
     return bool(np.all(dev <= allowed)), float(np.max(dev))
 
 
+def _losses(value, k: int) -> np.ndarray:
+    """A capability's losses as float64; the shapes estimate_gradient takes, (k,) or (k, 1), as
+    (k,), any other shape kept (and failed by the caller)."""
+    got = np.asarray(to_numpy(value), dtype=np.float64)
+    return got.reshape(-1) if got.shape in ((k,), (k, 1)) else got
+
+
+def _shape_note(got, k: int) -> str:
+    return "" if got.shape == (k,) else f"returned shape {got.shape} (estimate_gradient takes ({k},) or ({k}, 1)), "
+
+
 def _ask(what: str, fn, *args):
     """``fn(*args)``; an exception there is the oracle's failure, reported as the check's."""
     try:
@@ -69,7 +80,15 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     fast path and a plain call may differ by a few units of the float32 rounding of the
     model's outputs (the float32 tolerances also apply to an oracle whose ``compute_dtype`` is
     float32, whatever ``params``' dtype). Check at the step you train with (``step=mu``): a fast path that adds
-    ``step`` where ``params`` cannot represent it shows only at steps near that resolution.
+    ``step`` where ``params`` cannot represent it shows only at steps near that resolution. In
+    float32, check at the default step too: a fast path whose loss changes are wrong passes
+    where the changes its steps make are within the rounding tolerance (at ``mu = 5e-3`` on a
+    small float32 classifier at its initial loss of 2.3, about 80 float32 units).
+
+    Every capability is checked at ``params`` and again at a second point (``params`` moved by
+    about ``step`` in every entry), with ``batch`` rows that move one coordinate and rows that
+    move every coordinate (RGE's); a plain call after the capability calls must equal the first
+    (nothing left behind).
 
     Returns
     -------
@@ -127,8 +146,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         x = frozen(x)
         return _ask(what, lambda: check_scalar(reference(x) if reference is not None else oracle(x), what))
 
-    def perturbed(i, s):
-        x = params.copy()
+    def perturbed(at, i, s):
+        x = at.copy()
         x[i] = x[i] + dt(s)
         return x
 
@@ -138,59 +157,80 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         report["reference"] = dev
         if not ok:
             failures.append(f"reference: oracle(params) deviates from reference_loss(params) by {dev:.3g}")
-    ref0 = call(params) if reference is not None else base  # the loss changes are measured from here
     again = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), a second time"))
     ok, dev = _close(base, again, 0, 0)
     report["determinism"] = dev
     if not ok:
         failures.append(f"determinism: two calls at the same params differ by {dev:.3g}")
 
-    coords = np.sort(gen.choice(d, size=min(n_coords, d), replace=False))
-    if caps.batch:
-        rows = min(n_rows, d)
-        X = xp.stack([perturbed(int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])])
-        want = [call(X[r]) for r in range(X.shape[0])]
-        got = _ask("oracle.batch(X)", lambda: np.asarray(to_numpy(oracle.batch(X.copy())), dtype=np.float64))
-        # the shapes estimate_gradient takes: one loss per row, (k,) or (k, 1)
-        got = got.reshape(-1) if got.shape in ((len(want),), (len(want), 1)) else got
-        ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
-        report["batch"] = dev
-        if not ok:
-            failures.append(f"batch: {got.shape} result deviates from a loop of calls by {dev:.3g}")
-    if caps.coordinate:
-        shuffled = gen.permutation(coords)
-        worst = 0.0
-        for s in (step, -step):
-            got = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g})", lambda: np.asarray(
-                to_numpy(oracle.coordinate_losses(params.copy(), shuffled.copy(), s)), dtype=np.float64).reshape(-1))
-            want = [call(perturbed(int(i), s)) for i in shuffled]
+    coords = gen.choice(d, size=min(n_coords, d), replace=False)  # unsorted: a caller's order is kept
+    # the capabilities at params and again at a second point (every entry moved by about `step`):
+    # a fast path that caches what it computed at the first point (a base loss, prefix features)
+    # and serves it at the next shows only there
+    second = params + xp.asarray((step * gen.standard_normal(d)).astype(params.dtype))
+    for at, where in ((params, ""), (second, " at a second point")):
+        ref0 = call(at) if reference is not None or at is not params else base  # changes are measured from here
+        if caps.batch:
+            # rows that each move one coordinate, and rows that move every coordinate (RGE's)
+            rows = min(n_rows, d)
+            one = [perturbed(at, int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])]
+            dense = [at + xp.asarray((step * gen.standard_normal(d)).astype(params.dtype)) for _ in range(n_rows)]
+            X = xp.stack(one + dense)
+            want = [call(X[r]) for r in range(X.shape[0])]
+            got = _ask("oracle.batch(X)", lambda: np.asarray(to_numpy(oracle.batch(X.copy())), dtype=np.float64))
+            # the shapes estimate_gradient takes: one loss per row, (k,) or (k, 1)
+            got = got.reshape(-1) if got.shape in ((len(want),), (len(want), 1)) else got
             ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
-            worst = max(worst, dev)
+            report["batch"] = max(report.get("batch", 0.0), dev)
             if not ok:
-                failures.append(f"coordinate_losses: deviates from calls at params {'+' if s > 0 else '-'} "
-                                f"step*e_i (coordinates {shuffled.tolist()}) by {dev:.3g}")
-        report["coordinate_losses"] = worst
-    if caps.split:
-        blocks = list(oracle.blocks)
-        try:
-            check_blocks(blocks, d)  # the planner's own check
-        except ArgumentError as exc:
-            failures.append(f"blocks: {exc}")
-        if not any(f.startswith("blocks") for f in failures):
-            worst = 0.0
-            for b, blk in enumerate(blocks):
-                n = min(max(1, n_coords // 2), blk.stop - blk.start)
-                cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
-                feats = _ask(f"oracle.prefix(params, {b})", oracle.prefix, params.copy(), b)
-                for s in (step, -step):
-                    got = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: np.asarray(
-                        to_numpy(oracle.suffix(feats, params.copy(), b, cb.copy(), s)), dtype=np.float64).reshape(-1))
-                    want = [call(perturbed(int(i), s)) for i in cb]
-                    ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
-                    worst = max(worst, dev)
-                    if not ok:
-                        failures.append(f"prefix+suffix: block {b}, step {s:+g}: deviates from calls by {dev:.3g}")
-            report["prefix_suffix"] = worst
+                failures.append(f"batch{where}: {got.shape} result deviates from a loop of calls by {dev:.3g}")
+        if caps.coordinate:
+            shuffled = gen.permutation(coords)
+            worst = report.get("coordinate_losses", 0.0)
+            for s in (step, -step):
+                got = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g})", lambda: _losses(
+                    oracle.coordinate_losses(at.copy(), shuffled.copy(), s), len(shuffled)))
+                want = [call(perturbed(at, int(i), s)) for i in shuffled]
+                ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
+                worst = max(worst, dev)
+                if not ok:
+                    failures.append(f"coordinate_losses{where}: {_shape_note(got, len(want))}deviates from calls at "
+                                    f"params {'+' if s > 0 else '-'} step*e_i (coordinates {shuffled.tolist()}) by "
+                                    f"{dev:.3g}")
+            report["coordinate_losses"] = worst
+        if caps.split:
+            blocks = list(oracle.blocks)
+            if at is params:
+                try:
+                    check_blocks(blocks, d)  # the planner's own check
+                except ArgumentError as exc:
+                    failures.append(f"blocks: {exc}")
+            if not any(f.startswith("blocks") for f in failures):
+                worst = report.get("prefix_suffix", 0.0)
+                for b, blk in enumerate(blocks):
+                    n = min(max(1, n_coords // 2), blk.stop - blk.start)
+                    cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
+                    feats = _ask(f"oracle.prefix(params, {b})", oracle.prefix, at.copy(), b)
+                    for s in (step, -step):
+                        got = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _losses(
+                            oracle.suffix(feats, at.copy(), b, cb.copy(), s), len(cb)))
+                        want = [call(perturbed(at, int(i), s)) for i in cb]
+                        ok, dev = _close(got, want, rtol, atol, ref0) if got.shape == (len(want),) else (False, np.inf)
+                        worst = max(worst, dev)
+                        if not ok:
+                            failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}: "
+                                            f"{_shape_note(got, len(want))}deviates from calls by {dev:.3g}")
+                report["prefix_suffix"] = worst
+    # the capability calls must leave the oracle as they found it (a mode switched and not put back
+    # changes every later call)
+    after = base if not (caps.batch or caps.coordinate or caps.split) else _ask(
+        "oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), after the checks"))
+    ok, dev = _close(base, after, 0, 0)
+    if caps.batch or caps.coordinate or caps.split:
+        report["state"] = dev
+    if not ok:
+        failures.append(f"state: oracle(params) after the capability calls differs from before them by {dev:.3g} "
+                        "(a fast path left state behind: a mode, a cache, a buffer)")
     if failures:
         raise OracleCheckError(
             f"check_oracle found {len(failures)} problem(s) with {type(oracle).__name__}:\n  - "
