@@ -286,6 +286,8 @@ def _watched(v, depth: int = 0) -> bool:
     graph), a tuple or list of those (``self.masks[0]``), or a dict or settings object with such
     entries (``self.opts["scale"]``, ``self.cfg.temperature``: ``torch.fx`` bakes what it reads
     of them into the graph)."""
+    if isinstance(v, nn.Parameter):  # a module's own parameters (an RNN's ``_flat_weights``): keyed otherwise
+        return False
     if _scalar(v) or torch.is_tensor(v):
         return True
     if depth >= _MAX_DEPTH:

@@ -89,6 +89,12 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
     return (tuple(keys) if flags is None else flags), tuple(buffers)
 
 
+def _version(t: torch.Tensor):
+    """``t``'s version counter; None for an inference-mode tensor, which has none (nor can it be
+    written outside that mode)."""
+    return None if t.is_inference() else t._version
+
+
 def _private(t: torch.Tensor, source) -> torch.Tensor:
     """``t``, copied when it shares memory with the NumPy or CuPy array ``source``: a write into
     that array changes no torch version counter, and cached activations are keyed on them."""
@@ -562,15 +568,15 @@ class TorchOracle:
         """The bound batch's version counters: bind keeps the caller's tensors when they need no
         conversion, so an in-place write into them (an augmentation, a reused input buffer) must
         retire the activations and base losses cached for the old values."""
-        return self._x._version, None if self._y is None else self._y._version
+        return _version(self._x), None if self._y is None else _version(self._y)
 
     def _targets(self, k: int):
         y = self._y
         if y is None or k == 1:
             return y
         cached = getattr(self, "_ycache", None)
-        if cached is None or cached[0] is not y or cached[1] != y._version or cached[2].shape[0] < k * y.shape[0]:
-            self._ycache = cached = (y, y._version, y.repeat((k,) + (1,) * (y.dim() - 1)))
+        if cached is None or cached[0] is not y or cached[1] != _version(y) or cached[2].shape[0] < k * y.shape[0]:
+            self._ycache = cached = (y, _version(y), y.repeat((k,) + (1,) * (y.dim() - 1)))
         return cached[2][: k * y.shape[0]]
 
     def _loss(self, outputs, k: int) -> torch.Tensor:

@@ -265,18 +265,19 @@ def _main(args, methods) -> int:
             executor.__enter__()
         except (ConnectionError, TimeoutError, OSError) as exc:
             address = args.dask or args.ray or args.workers
+            fix = (f"use {flag} local" if flag != "--workers" else "use fewer --workers, or none")
             raise ArgumentError(f"{flag} {address}: could not start or reach the cluster ({type(exc).__name__}: "
                                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'no detail'}); "
-                                f"check the address and that the cluster is running, or use {flag} local") from None
-    data = load_digits_split(seed=args.seed)
-    from zoracle.adapters.torch import TorchOracle
-
-    p0 = TorchOracle(make_model(args.seed), torch.nn.CrossEntropyLoss(reduction="none")).initial_params()
+                                f"check the address and that the cluster is running, or {fix}") from None
     results = {}
     log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
-    log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
-        f"{args.epochs} epochs, batch {args.batch_size}")
-    try:
+    try:  # the executor is closed whatever fails from here on (loading the data included)
+        data = load_digits_split(seed=args.seed)
+        from zoracle.adapters.torch import TorchOracle
+
+        p0 = TorchOracle(make_model(args.seed), torch.nn.CrossEntropyLoss(reduction="none")).initial_params()
+        log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
+            f"{args.epochs} epochs, batch {args.batch_size}")
         if "fo" in methods:
             results["fo"] = run_fo(args, data, p0)
             log(f"fo: {100 * results['fo']['test_acc']:.2f}% in {results['fo']['seconds']:.1f} s")

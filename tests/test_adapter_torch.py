@@ -1226,3 +1226,64 @@ def test_settings_read_from_containers_and_config_objects_are_watched(what):
         got = zo.estimate_gradient(bound, p + 0.01, cge, coordinates=coords)
     ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p + 0.01, cge, coordinates=coords)
     np.testing.assert_allclose(got.grad[coords], ref.grad[coords], rtol=1e-5, atol=1e-8)
+
+
+def test_a_batch_made_in_inference_mode_can_be_queried():
+    # features precomputed under torch.inference_mode() (a frozen backbone): they have no version
+    # counter, and keying the caches on it raised at the first plain call
+    torch.manual_seed(0)
+    oracle = TorchOracle(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)),
+                         nn.CrossEntropyLoss(reduction="none"))
+    with torch.inference_mode():
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    bound, p = oracle.bind((x, y)), oracle.initial_params()
+    est = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3), coordinates=np.arange(20))
+    plain = zo.estimate_gradient(lambda q: bound.reference_loss(q), p, zo.CGE(mu=1e-3), coordinates=np.arange(20))
+    np.testing.assert_allclose(est.grad, plain.grad, atol=2e-3)
+    zo.estimate_gradient(bound, p, zo.RGE(mu=1e-3, directions=4), rng=0)
+
+
+def test_an_rnn_costs_no_extra_split_check_and_a_local_enum_attribute_runs_on_threads():
+    # an RNN's _flat_weights (a list of its own Parameters) was watched as a setting: one
+    # needless recheck; a model attribute of a class defined in a function made the executor key
+    # unpicklable, an error on thread executors, which pickle nothing
+    import enum
+
+    import zoracle.adapters._torch_exact as exact
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.GRU(4, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Head()
+    before = exact._modes(model)
+    bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind(
+        (torch.randn(16, 5, 4), torch.randint(0, 3, (16,))))
+    p = bound.initial_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zo.estimate_gradient(bound, p, zo.RGE(mu=1e-3, directions=8), rng=0)
+    assert exact._modes(model) == before and len(bound._core.checked_modes) == 1
+
+    class Act(str, enum.Enum):
+        RELU = "relu"
+
+    class WithEnum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.act = nn.Linear(4, 8), nn.Linear(8, 3), Act.RELU
+
+        def forward(self, x):
+            return self.l2(torch.relu(self.l1(x)) if self.act == Act.RELU else self.l1(x))
+
+    bound = TorchOracle(WithEnum(), nn.CrossEntropyLoss(reduction="none")).bind(
+        (torch.randn(16, 4), torch.randint(0, 3, (16,))))
+    p = bound.initial_params()
+    with zo.executors.ThreadPool(2) as threads:
+        got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3), executor=threads)
+    np.testing.assert_array_equal(got.grad, zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3)).grad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import queue
@@ -56,18 +57,35 @@ def current_device():
     return _CURRENT_DEVICE
 
 
-def _key_snapshot(oracle, key) -> bytes:
-    """``oracle.executor_key()``'s value ``key`` frozen as its pickled bytes: a dict or array the
+def _key_snapshot(oracle, key):
+    """``oracle.executor_key()``'s value ``key`` frozen: its pickled bytes (cloudpickle's for what
+    plain pickle cannot take, such as a class defined in a function), so that a dict or array the
     oracle changes in place later still compares with what was sent (a stored reference would
-    always equal itself), and an array compares by content (``!=`` on arrays is ambiguous)."""
+    always equal itself), and an array compares by content (``!=`` on arrays is ambiguous). A key
+    neither can pickle is kept as a deep copy (or a shallow one, or as it is), compared by
+    :func:`_same_key`."""
+    for dumps in (pickle.dumps, lambda k, protocol: cloudpickle_module().dumps(k, protocol=protocol)):
+        try:
+            return dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+    for snapshot in (copy.deepcopy, copy.copy):
+        try:
+            return ("unpicklable", snapshot(key))
+        except Exception:
+            pass
+    return ("unpicklable", key)
+
+
+def _same_key(a, b) -> bool:
+    """Whether two :func:`_key_snapshot` values are the same key; one that cannot be compared
+    counts as changed (the oracle is sent again: slower, never stale)."""
+    if isinstance(a, bytes) or isinstance(b, bytes):
+        return a == b
     try:
-        return pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise ZoracleError(
-            f"{type(oracle).__name__}.executor_key() returned a value that cannot be pickled "
-            f"({type(exc).__name__}: {exc}); return plain data (numbers, strings, tuples, dicts, arrays) "
-            "that describes what workers' copies of the oracle must agree on"
-        ) from exc
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 # ----------------------------------------------------------------------------- base class
@@ -130,7 +148,7 @@ class ShardedExecutor(StaysHere):
         key_of = getattr(parent, "executor_key", None)
         if callable(key_of):  # what workers' copies must agree on changed (a mode switch): send it again
             key = _key_snapshot(parent, key_of())
-            if otoken in self._keys and self._keys[otoken] != key:
+            if otoken in self._keys and not _same_key(self._keys[otoken], key):
                 self.forget(parent)
                 otoken, dropped = self._registry.token(parent)
                 if dropped:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
 import os
 import time
@@ -132,15 +133,16 @@ class History:
 
     def column(self, name: str, level: str = "step") -> np.ndarray:
         """One field over all step (or ``level="epoch"``) records, NaN where missing. A name that
-        no record has (a typo: ``"test_accuracy"`` for ``"test_acc"``) raises, naming those there are."""
+        no record has (a typo: ``"test_accuracy"`` for ``"test_acc"``; or a metric a short run
+        never evaluated) gives a warning naming the fields there are."""
         if level not in ("step", "epoch"):
             raise ArgumentError(f"`level` must be 'step' or 'epoch', got {level!r}")
         recs = self.steps if level == "step" else self.epochs
-        if recs and not any(name in r for r in recs):
+        if recs and not any(name in r for r in recs):  # a typo, or a metric no record got (eval_every)
             have = sorted({k for r in recs for k in r})
-            raise ArgumentError(f"no {level} record has the field {name!r}; the {level} records have {have}"
-                                + ("" if level == "epoch" else " (eval_fn's metrics are in the epoch records: "
-                                   "level='epoch')"))
+            warnings.warn(f"History.column: no {level} record has the field {name!r}, so the column is all NaN; "
+                          f"the {level} records have {have}" + ("" if level == "epoch" else " (eval_fn's metrics "
+                          "are in the epoch records: level='epoch')"), UserWarning, stacklevel=2)
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
 
     @classmethod
@@ -366,10 +368,17 @@ def _check_every_step(lr_of, lr_name: str, mu_sched, total) -> None:
     must not fail after 11 steps' work."""
     if total is None:
         return
-    for t in range(min(total, CHECKED_STEPS)):
-        schedule_value(lr_of, t, lr_name)
-        if mu_sched is not None:
-            schedule_value(mu_sched, t, "mu", positive=True)
+    for sched, name, positive in ((lr_of, lr_name, False), (mu_sched, "mu", True)):
+        if sched is None:
+            continue
+        for t in range(min(total, CHECKED_STEPS)):
+            try:  # the plain value first: schedule_value's message is built only for a bad one
+                v = sched(t)
+                good = type(v) is float and (v > 0 if positive else v >= 0) and v != math.inf
+            except Exception:
+                good = False
+            if not good:
+                schedule_value(sched, t, name, positive=positive)
 
 
 def _steps_per_epoch(batches, steps_per_epoch):
