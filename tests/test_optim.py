@@ -132,3 +132,26 @@ def test_scaled_moves_each_coordinate_by_its_multiple_of_the_inner_step(rows):
     np.testing.assert_allclose(new - p, (ref - p) * scale, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(state.nu, ref_state.nu)  # the inner state advances as without the scale
     assert opt.config == inner.config + " * test" and opt.name == inner.name
+
+
+@pytest.mark.parametrize("make", [lambda: zo.sgd(0.1, momentum=0.9), lambda: zo.adam(0.1), lambda: zo.sign_sgd(0.1)])
+def test_update_used_directly_refuses_what_it_would_get_wrong(make):
+    # integer params never moved (lr cast to int: 0), a (d, 1) gradient broadcast (d,) params to
+    # (d, d), and a state built for another size broadcast: all silently
+    opt = make()
+    with pytest.raises(zo.ArgumentError, match="must be a 1-D float array .* got int64"):
+        opt.init(np.array([1, 2, 3]))
+    p = np.array([1.0, 2.0, 3.0])
+    state = opt.init(p)
+    with pytest.raises(zo.ArgumentError, match="must be a 1-D float array"):
+        opt.update(np.ones(3), state, np.array([1, 2, 3]))
+    with pytest.raises(zo.ArgumentError, match=r"`grad` .* has shape \(3, 1\), `params` \(3,\)"):
+        opt.update(np.ones((3, 1)), state, p)
+    if state._asdict().keys() - {"count"}:
+        with pytest.raises(zo.ArgumentError, match="was built for params of shape \\(1,\\)"):
+            opt.update(np.ones(3), opt.init(np.zeros(1)), p)
+    other = (zo.adam(0.1) if opt.name != "adam" else zo.sgd(0.1)).init(p)
+    with pytest.raises(zo.ArgumentError, match="`state` passed to .* must be the"):
+        opt.update(np.ones(3), other, p)
+    new, _ = opt.update(np.ones(3), state, p)  # the right call still steps
+    assert new.shape == (3,) and (new < p).all()

@@ -70,6 +70,31 @@ def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
     return float(value)
 
 
+def _check_params(params, where: str) -> None:
+    kind = getattr(getattr(params, "dtype", None), "kind", None)
+    if kind != "f" or getattr(params, "ndim", None) != 1:
+        got = f"{params.dtype} array of shape {params.shape}" if kind is not None else type(params).__name__
+        raise ArgumentError(f"`params` passed to {where} must be a 1-D float array (float32 or float64), got {got}; "
+                            "an integer array would round every step away: use params.astype(np.float64)")
+
+
+def _check_update(name: str, grad, state, params, state_type) -> None:
+    """What ``update(grad, state, params)`` needs, checked (a user may call it outside train):
+    float params, a gradient of their shape (a (d, 1) one broadcast them to (d, d)), and the
+    state this optimizer's ``init`` built for them (another size broadcast silently)."""
+    _check_params(params, f"{name}.update()")
+    if not isinstance(state, state_type):
+        raise ArgumentError(f"`state` passed to {name}.update() must be the {state_type.__name__} that {name}'s "
+                            f"init(params) returns, got {type(state).__name__}")
+    if getattr(grad, "shape", None) != params.shape:
+        raise ArgumentError(f"`grad` passed to {name}.update() has shape {getattr(grad, 'shape', type(grad).__name__)}"
+                            f", `params` {params.shape}: they must match")
+    for field, value in state._asdict().items():
+        if field != "count" and getattr(value, "shape", params.shape) != params.shape:
+            raise ArgumentError(f"`state` passed to {name}.update() was built for params of shape {value.shape} "
+                                f"(its {field!r}), these have {params.shape}: call {name}'s init(params) for them")
+
+
 def _lr_at(schedule, state_count, lr):
     if lr is None:
         return schedule_value(schedule, int(state_count), "lr")
@@ -98,9 +123,11 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
         raise ArgumentError("`nesterov=True` needs `momentum` > 0 (e.g. momentum=0.9)")
 
     def init(params):
+        _check_params(params, "sgd's init()")
         return SGDState(0, namespace(params).zeros_like(params))
 
     def update(grad, state, params, lr=None):
+        _check_update("sgd", grad, state, params, SGDState)
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad
         if momentum:
@@ -139,10 +166,12 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
     weight_decay = _number("weight_decay", weight_decay)
 
     def init(params):
+        _check_params(params, "adam's init()")
         xp = namespace(params)
         return AdamState(0, xp.zeros_like(params), xp.zeros_like(params))
 
     def update(grad, state, params, lr=None):
+        _check_update("adam", grad, state, params, AdamState)
         xp = namespace(params)
         step = _lr_at(schedule, state.count, lr)
         t = state.count + 1
@@ -200,9 +229,11 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
     weight_decay = _number("weight_decay", weight_decay)
 
     def init(params):
+        _check_params(params, "sign_sgd's init()")
         return SignState(0)
 
     def update(grad, state, params, lr=None):
+        _check_update("sign_sgd", grad, state, params, SignState)
         xp = namespace(params)
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad
