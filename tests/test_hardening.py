@@ -416,3 +416,23 @@ def test_a_history_plot_to_a_bad_path_names_its_path_argument():
     res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, progress=False)
     with pytest.raises(zo.ArgumentError, match="`path` must be a file path"):
         res.history.plot(3)
+
+
+def test_minibatches_refuse_what_they_would_misread():
+    # a list of rows was read as one field per row (six rows of two became two samples), a list of
+    # (x, y) samples failed later with a TypeError, string flags counted as True, and drop_last with
+    # a batch larger than the data gave empty epochs, refused only inside train without naming them
+    rows = [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0], [10.0, 11.0]]
+    with pytest.raises(zo.ArgumentError, match="list of Python lists or tuples"):
+        zo.Minibatches(rows, batch_size=2)
+    with pytest.raises(zo.ArgumentError, match="list of Python lists or tuples"):
+        zo.Minibatches([(np.ones(3) * i, i) for i in range(6)], batch_size=2)
+    assert zo.Minibatches(np.asarray(rows), batch_size=2).n == 6
+    assert zo.Minibatches([np.zeros((6, 2)), np.arange(6)], batch_size=4).n == 6  # a list of arrays: fields
+    assert zo.Minibatches([1.0, 2.0, 3.0], batch_size=2).n == 3  # a list of numbers: one array
+    for flag in ("shuffle", "drop_last"):
+        with pytest.raises(zo.ArgumentError, match=f"`{flag}` must be True or False, got 'False'"):
+            zo.Minibatches(np.arange(5), 2, **{flag: "False"})
+    with pytest.raises(zo.ArgumentError, match="`batch_size` 10 is more than the 5 samples, and drop_last=True"):
+        zo.Minibatches(np.arange(5.0), batch_size=10, drop_last=True)
+    assert len(zo.Minibatches(np.arange(5.0), batch_size=10)) == 1

@@ -386,7 +386,9 @@ def test_mu_schedule_with_no_step_to_run():
     oracle = _Calls()
     r = zo.train(oracle, np.zeros(4), epochs=0, mu=zo.step_schedule(1e-2, 5, 0.5), progress=False)
     assert r.steps == 0 and oracle.calls == 0
-    empty = zo.Minibatches((np.zeros((3, 2)), np.zeros(3)), 4, drop_last=True)
+    with pytest.raises(zo.ArgumentError, match="drop_last=True drops that one short batch"):
+        zo.Minibatches((np.zeros((3, 2)), np.zeros(3)), 4, drop_last=True)  # refused where it is made
+    empty = lambda epoch: []  # noqa: E731 (an epoch function with nothing to give)
     with pytest.raises(zo.ArgumentError, match="`batches` gave no batch"):
         zo.train(_Bindable(), np.zeros(4), batches=empty, mu=lambda t: 1e-2, progress=False)
 

@@ -47,8 +47,10 @@ class Minibatches:
 
     ``batches(epoch)`` returns the list of batches of that epoch, each a tuple of the
     arrays indexed by the same rows (NumPy arrays, torch tensors, or pandas objects by
-    position, whatever their index; a list becomes a NumPy array). Because the order is
-    a function of ``(seed, epoch)``, a resumed run sees the same batches.
+    position, whatever their index; a list becomes a NumPy array). ``arrays`` itself is a
+    tuple (or list) of such arrays, or one array; a list of Python lists or tuples (rows, or
+    (x, y) samples) is refused as ambiguous. Because the order is a function of
+    ``(seed, epoch)``, a resumed run sees the same batches.
 
     Examples
     --------
@@ -68,7 +70,19 @@ class Minibatches:
         if isinstance(self.arrays, dict):
             raise ArgumentError("`arrays` must be a tuple of arrays indexed by the same rows, such as (X, y); got a "
                                 f"dict: pass tuple(d.values()) ({', '.join(map(repr, self.arrays))})")
-        arrays = tuple(self.arrays) if isinstance(self.arrays, (tuple, list)) else (self.arrays,)
+        arrays = self.arrays
+        if isinstance(arrays, list) and arrays and not all(getattr(a, "ndim", 0) >= 1 for a in arrays):
+            # not a list of arrays such as [X, y]: a list of numbers is one array; a list of Python
+            # lists or tuples is ambiguous (rows of one array, or (x, y) samples, or [X, y] fields)
+            # and was read as fields: six rows of two became two "samples"
+            if all(isinstance(a, numbers.Number) for a in arrays):
+                arrays = (np.asarray(arrays),)
+            else:
+                raise ArgumentError("`arrays` is a list of Python lists or tuples: pass a tuple of arrays, one per "
+                                    "field, indexed by the same rows, such as (X, y): np.asarray(rows) for a list of "
+                                    "rows, (np.stack([s[0] for s in samples]), np.array([s[1] for s in samples])) for "
+                                    "a list of (x, y) samples")
+        arrays = tuple(arrays) if isinstance(arrays, (tuple, list)) else (arrays,)
         # a Python list cannot be indexed by a row array: as a NumPy array, as a user would pass it
         arrays = tuple(np.asarray(a) if isinstance(a, list) else a for a in arrays)
         for i, a in enumerate(arrays):
@@ -82,6 +96,13 @@ class Minibatches:
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
+        for flag in ("shuffle", "drop_last"):  # a string from a config ("False") would count as true
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise ArgumentError(f"`{flag}` must be True or False, got {getattr(self, flag)!r}")
+        if self.drop_last and bs > len(arrays[0]):
+            raise ArgumentError(f"`batch_size` {bs} is more than the {len(arrays[0])} samples, and drop_last=True "
+                                "drops that one short batch: every epoch would be empty; use a smaller batch_size "
+                                "or drop_last=False")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ArgumentError(f"`seed` must be an integer >= 0 (the shuffle of epoch e is drawn from (seed, e)), "
                                 f"got {self.seed!r}")
