@@ -253,3 +253,23 @@ def test_dynamic_masks_refuse_epochs_and_steps_that_are_not_counts(call):
     with pytest.raises(zo.ArgumentError, match=r"`(epoch|step)` must be an integer >= 0"):
         call(masks)
     assert np.array_equal(masks.coordinates(np.int64(2)), masks.coordinates(2))
+
+
+def test_the_block_helpers_refuse_what_they_would_misread():
+    # split_blocks read score_kinds="conv" as its characters (every block dense); uniform_ratios
+    # took overlapping blocks, which the other ratio functions refuse; DynamicMasks took ratios that
+    # keep nothing (failing at the first draw) and ratios=["a"] with a bare ValueError
+    from collections import namedtuple
+
+    P = namedtuple("P", "name slice shape kind")
+    recs = [P("0.weight", slice(0, 20), (20,), "conv"), P("1.weight", slice(20, 40), (20,), "linear")]
+    with pytest.raises(zo.ArgumentError, match="`score_kinds` must be a collection"):
+        zo.split_blocks(recs, score_kinds="conv")
+    assert zo.split_blocks(recs, score_kinds=("conv",)) == ([slice(0, 20)], [slice(20, 40)])
+    with pytest.raises(zo.ArgumentError, match="overlap"):
+        zo.uniform_ratios([slice(0, 10), slice(5, 15)], 0.5)
+    with pytest.raises(zo.ArgumentError, match="keep no coordinate"):
+        zo.DynamicMasks([slice(0, 10)], [0.0], seed=0)
+    assert zo.DynamicMasks([slice(0, 10)], [0.0], seed=0, dense=[slice(10, 12)]).coordinates(0).tolist() == [10, 11]
+    with pytest.raises(zo.ArgumentError, match="`ratios` must be keep ratios"):
+        zo.DynamicMasks([slice(0, 10)], ["a"], seed=0)

@@ -138,8 +138,15 @@ class DynamicMasks:
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(_slices(self.blocks)))
         object.__setattr__(self, "dense", tuple(_slices(self.dense)))
-        object.__setattr__(self, "ratios", tuple(float(r) for r in np.asarray(self.ratios, dtype=float).ravel()))
-        keep_counts(self.blocks, self.ratios)  # validates
+        try:
+            ratios = np.asarray(self.ratios, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ArgumentError(f"`ratios` must be keep ratios in [0, 1], one per block, got {self.ratios!r}") from None
+        object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
+        counts = keep_counts(self.blocks, self.ratios)  # validates
+        if not counts.sum() and not self.dense:  # every mask would be empty: found here, not at coordinates()
+            raise ArgumentError("`ratios` keep no coordinate of any block and there is no `dense` block: every mask "
+                                "would be empty; keep at least one ratio above 0")
         object.__setattr__(self, "interval", check_interval(self.interval))
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ArgumentError(f"`seed` must be an integer >= 0 (masks are drawn from it), got {self.seed!r}")

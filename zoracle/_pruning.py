@@ -63,6 +63,9 @@ def split_blocks(blocks, score_kinds=SCORED_KINDS):
     ([slice(0, 6, None)], [slice(6, 8, None)])
     """
     scored, dense = [], []
+    if isinstance(score_kinds, (str, bytes)):  # "conv" read as ('c', 'o', 'n', 'v') left every block dense
+        raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
+                            f"{score_kinds!r}")
     kinds = tuple(score_kinds)
     for b, s in zip(blocks, _slices(blocks)):
         kind = getattr(b, "kind", None)
@@ -267,6 +270,7 @@ def uniform_ratios(blocks, sparsity: float = 0.9) -> np.ndarray:
     """
     sparsity = _check_sparsity(sparsity)
     sl = _slices(blocks)
+    check_disjoint(sl)  # as the other ratio functions: one budget split over disjoint blocks
     sizes = _sizes(sl)
     total = int(round((1 - sparsity) * sizes.sum()))
     return _ratios(_exact_counts((1 - sparsity) * sizes, sizes, total), sizes)
