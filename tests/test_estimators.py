@@ -411,3 +411,13 @@ def test_an_oracle_computing_in_float16_is_refused_by_its_compute_dtype():
 
     with pytest.raises(zo.ArgumentError, match="the oracle's `compute_dtype` is float16"):
         zo.estimate_gradient(Half(), np.ones(3, np.float32), zo.CGE(mu=1e-2))
+
+
+def test_an_integer_zero_one_mask_is_named_as_a_mask():
+    # mask.astype(int) (or a torch uint8 mask) was read as indices: "must not repeat indices, got 0"
+    mask = np.zeros(6, dtype=bool)
+    mask[[1, 4]] = True
+    with pytest.raises(zo.ArgumentError, match=r"0s and 1s of length 6: a mask\? A mask must be boolean"):
+        zo.estimate_gradient(lambda x: float(x @ x), np.ones(6), zo.CGE(), coordinates=mask.astype(int))
+    got = zo.estimate_gradient(lambda x: float(x @ x), np.ones(6), zo.CGE(), coordinates=mask)
+    assert np.flatnonzero(got.grad).tolist() == [1, 4]

@@ -361,6 +361,9 @@ def _validate_coordinates(coordinates, d: int) -> np.ndarray:
         )
     c = c.astype(np.int64)
     uniq, counts = np.unique(c, return_counts=True)
+    if (counts > 1).any() and c.shape == (d,) and d > 2 and uniq.size <= 2 and set(uniq.tolist()) <= {0, 1}:
+        raise ArgumentError(f"`coordinates` is an integer array of 0s and 1s of length {d}: a mask? A mask must be "
+                            "boolean (coordinates.astype(bool)); indices are positions (np.flatnonzero(mask))")
     if (counts > 1).any():
         raise ArgumentError(
             f"`coordinates` must not repeat indices, got {int(uniq[counts > 1][0])} more than once; use np.unique"
