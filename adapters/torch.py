@@ -92,7 +92,10 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
 def _version(t: torch.Tensor):
     """``t``'s version counter; None for an inference-mode tensor, which has none (nor can it be
     written outside that mode)."""
-    return None if t.is_inference() else t._version
+    try:  # an attribute read, not a torch call: this runs at every query
+        return t._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return None
 
 
 def _private(t: torch.Tensor, source) -> torch.Tensor:
