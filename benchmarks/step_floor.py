@@ -78,6 +78,7 @@ def class_major(loss_fn, rows, y):
 
 
 FIXED = "zoracle, one coordinate a block"
+COMPILED = "by hand, torch.compile"
 
 
 def torch_calls(fn) -> int:
@@ -242,7 +243,8 @@ class HandStep:
             return ((losses - base) / self.h).double().numpy()
 
 
-def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str = "layers") -> dict:
+def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str = "layers",
+        compiled: bool = False) -> dict:
     import torch
 
     zo = step_time.import_zoracle(root)
@@ -283,6 +285,14 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str 
         "loss alone, rows": lambda k: loss_fn(logits, labels),
         "hand set-up": lambda k: HandStep(oracle, params, mask, loss_fn),
     }
+    compile_info = None
+    if compiled:  # the hand-written step through torch.compile (inductor: one graph, C++ kernels)
+        t = time.perf_counter()
+        fast = torch.compile(hand.grad, dynamic=False)
+        first = fast(*tensors[0])
+        compile_info = {"compile_s": time.perf_counter() - t,
+                        "max_abs_diff_vs_eager": float(np.abs(first - hand.grad(*tensors[0])).max())}
+        methods[COMPILED] = lambda k: fast(*tensors[k])
     calls = {name: torch_calls(lambda: methods[name](0)) for name in ("zoracle", FIXED, "by hand")}
     # the fixed step's calls by part: the plain call at the base point, then each block's
     # coordinate_losses on its first weight alone (its prefix and suffix work)
@@ -328,6 +338,7 @@ def run(rounds: int = 5, steps: int = 60, root: str | None = None, mask_of: str 
                                "es_over_zoracle": projected(best["zoracle"]), "es_over_hand": projected(hand_ms),
                                "es_over_hand_without_loss": projected(hand_ms - best["loss alone"])},
             "torch_calls": calls, "torch_calls_by_part": parts, "mask": mask_of, "coordinates_per_block": per_block,
+            "compiled": compile_info,
             "steps_per_mask": len(batches), "rounds": rounds, "steps": steps, "zoracle": os.path.dirname(zo.__file__)}
 
 
@@ -356,6 +367,11 @@ def table(r: dict) -> str:
         lines.append(f"| the same loss in the row layout | - | {ms['loss alone, rows']:.2f} | - | - | - |")
     if setup is not None:
         lines.append(f"| the hand-written step's set-up, once a mask | - | {setup:.2f} | - | - | - |")
+    if r.get("compiled"):
+        c = r["compiled"]
+        lines.append(f"| the hand-written step through `torch.compile` (compiled once in {c['compile_s']:.1f} s; "
+                     f"differs from it by at most {c['max_abs_diff_vs_eager']:.2g}) | {r['coordinates'] + 1} | "
+                     f"{ms[COMPILED]:.2f} | - | - | - |")
     return "\n".join(lines) + (f"\n\nZO-GraSP once: {r['zo_grasp_s']:.2f} s. A 150,000-query run: {proj['steps']} steps "
                                 f"and ZO-GraSP against {proj['zoracle-es_s']:.1f} s of `zoracle-es`; by hand without the "
                                 f"loss's time: {proj['es_over_hand_without_loss']:.1f}x. Check: the hand-written estimate "
@@ -379,6 +395,8 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of a saved result")
     p.add_argument("--root", default=None, help="a zoracle checkout whose step to time instead of the installed one "
                    "(the hand-written step and the loss are this file's)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also time the hand-written step through torch.compile (needs a C++ compiler; compiles once)")
     p.add_argument("--mask", choices=("layers", "study"), default="layers",
                    help="layers: 10%% of every weight layer, biases dense (default); study: the first mask of the "
                    "study's demo-recipe run (ZO-GraSP's layer ratios)")
@@ -389,7 +407,7 @@ def main(argv=None) -> int:
         return 0
     if a.rounds < 1 or a.steps < 1:
         p.error("--rounds and --steps must be at least 1")
-    r = run(a.rounds, a.steps, a.root, a.mask)
+    r = run(a.rounds, a.steps, a.root, a.mask, a.compiled)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(r, f)

@@ -239,3 +239,21 @@ def test_docs_say_where_the_step_time_goes_from_the_saved_run():
     assert (f"{ncalls[fixed]} of the {ncalls['zoracle']} torch calls of a step there are paid whatever its "
             f"coordinates, and the same step written by hand makes {ncalls['by hand']} and takes "
             f"{nms['zoracle'] / nhand:.1f}x less time") in readme
+
+
+def test_docs_quote_the_compiled_run_from_its_saved_file():
+    """The torch.compile comparison in peers.md is the saved run's, and the report prints its row."""
+    import step_floor
+
+    with open(os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_compiled_dec05.json")) as f:
+        r = json.load(f)
+    ms, c = r["ms_per_step"], r["compiled"]
+    nhand = ms["by hand"]
+    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+        text = " ".join(f.read().split())
+    assert (f"gives the hand-written step {ms[step_floor.COMPILED]:.2f} ms compiled against {nhand:.2f} ms as "
+            f"written (compiled once in {c['compile_s']:.1f} s, its estimate {c['max_abs_diff_vs_eager']:.1e} off") \
+        .replace("e-04", "e-4") in text
+    assert f"with zoracle's step at {ms['zoracle']:.2f} ms in the same run" in text
+    assert ms[step_floor.COMPILED] > nhand  # slower compiled: what the docs say
+    assert "through `torch.compile`" in step_floor.table(r)
