@@ -423,13 +423,14 @@ def test_minibatches_refuse_what_they_would_misread():
     # (x, y) samples failed later with a TypeError, string flags counted as True, and drop_last with
     # a batch larger than the data gave empty epochs, refused only inside train without naming them
     rows = [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0], [10.0, 11.0]]
-    with pytest.raises(zo.ArgumentError, match="list of Python lists or tuples"):
+    with pytest.raises(zo.ArgumentError, match="list of Python lists, tuples or strings"):
         zo.Minibatches(rows, batch_size=2)
-    with pytest.raises(zo.ArgumentError, match="list of Python lists or tuples"):
+    with pytest.raises(zo.ArgumentError, match="list of Python lists, tuples or strings"):
         zo.Minibatches([(np.ones(3) * i, i) for i in range(6)], batch_size=2)
     assert zo.Minibatches(np.asarray(rows), batch_size=2).n == 6
     assert zo.Minibatches([np.zeros((6, 2)), np.arange(6)], batch_size=4).n == 6  # a list of arrays: fields
     assert zo.Minibatches([1.0, 2.0, 3.0], batch_size=2).n == 3  # a list of numbers: one array
+    assert zo.Minibatches([np.zeros((6, 2)), [0, 1, 2, 0, 1, 2]], batch_size=4).n == 6  # an array among them: fields
     for flag in ("shuffle", "drop_last"):
         with pytest.raises(zo.ArgumentError, match=f"`{flag}` must be True or False, got 'False'"):
             zo.Minibatches(np.arange(5), 2, **{flag: "False"})

@@ -139,11 +139,11 @@ def test_update_used_directly_refuses_what_it_would_get_wrong(make):
     # integer params never moved (lr cast to int: 0), a (d, 1) gradient broadcast (d,) params to
     # (d, d), and a state built for another size broadcast: all silently
     opt = make()
-    with pytest.raises(zo.ArgumentError, match="must be a 1-D float array .* got int64"):
+    with pytest.raises(zo.ArgumentError, match="must be a 1-D floating-point array, got int64"):
         opt.init(np.array([1, 2, 3]))
     p = np.array([1.0, 2.0, 3.0])
     state = opt.init(p)
-    with pytest.raises(zo.ArgumentError, match="must be a 1-D float array"):
+    with pytest.raises(zo.ArgumentError, match="must be a 1-D floating-point array"):
         opt.update(np.ones(3), state, np.array([1, 2, 3]))
     with pytest.raises(zo.ArgumentError, match=r"`grad` .* has shape \(3, 1\), `params` \(3,\)"):
         opt.update(np.ones((3, 1)), state, p)
@@ -155,3 +155,5 @@ def test_update_used_directly_refuses_what_it_would_get_wrong(make):
         opt.update(np.ones(3), other, p)
     new, _ = opt.update(np.ones(3), state, p)  # the right call still steps
     assert new.shape == (3,) and (new < p).all()
+    assert opt.update(1.0, state, p)[0].shape == (3,)  # a scalar gradient broadcasts, as before
+    assert opt.update(np.ones(3, np.float16), opt.init(p.astype(np.float16)), p.astype(np.float16))[0].dtype == np.float16

@@ -14,6 +14,8 @@ import math
 import numbers
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
+
 from ._backend import namespace
 from ._errors import ArgumentError
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
@@ -72,10 +74,11 @@ def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
 
 def _check_params(params, where: str) -> None:
     kind = getattr(getattr(params, "dtype", None), "kind", None)
-    if kind != "f" or getattr(params, "ndim", None) != 1:
+    # integers and booleans would round every step away; complex has no order for sign or Adam
+    if kind is None or kind in "biuc" or getattr(params, "ndim", None) != 1:
         got = f"{params.dtype} array of shape {params.shape}" if kind is not None else type(params).__name__
-        raise ArgumentError(f"`params` passed to {where} must be a 1-D float array (float32 or float64), got {got}; "
-                            "an integer array would round every step away: use params.astype(np.float64)")
+        raise ArgumentError(f"`params` passed to {where} must be a 1-D floating-point array, got {got}; an integer "
+                            "array would round every step away: use params.astype(np.float64)")
 
 
 def _check_update(name: str, grad, state, params, state_type) -> None:
@@ -86,9 +89,12 @@ def _check_update(name: str, grad, state, params, state_type) -> None:
     if not isinstance(state, state_type):
         raise ArgumentError(f"`state` passed to {name}.update() must be the {state_type.__name__} that {name}'s "
                             f"init(params) returns, got {type(state).__name__}")
-    if getattr(grad, "shape", None) != params.shape:
-        raise ArgumentError(f"`grad` passed to {name}.update() has shape {getattr(grad, 'shape', type(grad).__name__)}"
-                            f", `params` {params.shape}: they must match")
+    shape = getattr(grad, "shape", None)
+    if shape is None:
+        shape = np.shape(grad)  # a Python number or list
+    if tuple(shape) not in ((), tuple(params.shape)):  # a scalar broadcasts; a (d, 1) gradient would too, wrongly
+        raise ArgumentError(f"`grad` passed to {name}.update() has shape {tuple(shape)}, `params` "
+                            f"{tuple(params.shape)}: they must match")
     for field, value in state._asdict().items():
         if field != "count" and getattr(value, "shape", params.shape) != params.shape:
             raise ArgumentError(f"`state` passed to {name}.update() was built for params of shape {value.shape} "

@@ -71,14 +71,15 @@ class Minibatches:
             raise ArgumentError("`arrays` must be a tuple of arrays indexed by the same rows, such as (X, y); got a "
                                 f"dict: pass tuple(d.values()) ({', '.join(map(repr, self.arrays))})")
         arrays = self.arrays
-        if isinstance(arrays, list) and arrays and not all(getattr(a, "ndim", 0) >= 1 for a in arrays):
+        if isinstance(arrays, list) and arrays and not any(getattr(a, "ndim", 0) >= 1 for a in arrays):
             # not a list of arrays such as [X, y]: a list of numbers is one array; a list of Python
             # lists or tuples is ambiguous (rows of one array, or (x, y) samples, or [X, y] fields)
             # and was read as fields: six rows of two became two "samples"
             if all(isinstance(a, numbers.Number) for a in arrays):
                 arrays = (np.asarray(arrays),)
             else:
-                raise ArgumentError("`arrays` is a list of Python lists or tuples: pass a tuple of arrays, one per "
+                raise ArgumentError("`arrays` is a list of Python lists, tuples or strings, with no array among them: "
+                                    "pass a tuple of arrays, one per "
                                     "field, indexed by the same rows, such as (X, y): np.asarray(rows) for a list of "
                                     "rows, (np.stack([s[0] for s in samples]), np.array([s[1] for s in samples])) for "
                                     "a list of (x, y) samples")
