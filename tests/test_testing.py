@@ -93,7 +93,7 @@ class _RowOfLosses(QuadraticOracle):
 
 
 @pytest.mark.parametrize("cls,match", [(_AbsStep, r"params - step\*e_i"), (_SortsItsCoordinates, "coordinate_losses"),
-                                       (_RowOfLosses, r"batch: \(1, 8\) result")])
+                                       (_RowOfLosses, r"batch: \(1, 4\) result \(rows that move one coordinate\)")])
 def test_check_oracle_catches_what_used_to_pass(cls, match):
     """These passed (only +step, sorted coordinates, any shape that reshapes to k) and then gave
     a zero gradient, permuted partials, or an estimate_gradient error."""
@@ -328,3 +328,63 @@ def test_check_oracle_catches_state_left_behind_stale_caches_and_wrong_dense_row
     with pytest.raises(OracleCheckError, match=match):
         check_oracle(cls(q.A, q.b, blocks=[]), x, step=5e-3)
     check_oracle(QuadraticOracle(q.A, q.b, blocks=[]), x, step=5e-3)  # the correct oracle passes
+
+
+class _PositiveOnly:
+    """``sum(p log p)``, defined for p > 0 only, with batch and coordinate fast paths."""
+
+    def __call__(self, p):
+        if (p <= 0).any():
+            raise ValueError("params must be > 0")
+        return float(np.sum(p * np.log(p)))
+
+    def batch(self, P):
+        if (P <= 0).any():
+            raise ValueError("params must be > 0")
+        return np.sum(P * np.log(P), axis=1)
+
+    def coordinate_losses(self, p, coords, step):
+        return np.array([self(p + step * np.eye(len(p))[i]) for i in coords])
+
+
+class _CappedBatch(QuadraticOracle):
+    """Takes at most 4 rows a batch call, as it declares."""
+
+    max_queries_per_call = 4
+
+    def batch(self, P):
+        if len(P) > 4:
+            raise MemoryError(f"{len(P)} rows > 4")
+        return super().batch(P)
+
+
+def test_check_oracle_stays_near_params_and_within_the_batch_cap():
+    # the second point and the dense rows moved every entry by step * N(0, 1): an oracle defined for
+    # p > 0 failed at p = 3 * step; and one batch call of 8 rows broke an oracle's declared cap of 4,
+    # which estimate_gradient keeps to
+    for d in (10, 200):
+        check_oracle(_PositiveOnly(), np.full(d, 0.03))
+    q, x = _quad(d=12)
+    check_oracle(_CappedBatch(q.A, q.b, blocks=[]), x)
+
+
+def test_one_coordinate_batch_rows_keep_their_own_tolerance():
+    # judged together with the dense rows, whose loss changes are larger, a batch 1% off on
+    # one-coordinate rows passed at large d
+    d = 20000
+    g = np.random.default_rng(1).standard_normal(d) / np.sqrt(d)
+
+    class OffByOnePercent:
+        def __call__(self, x):
+            return float(g @ x + 0.5 * x @ x)
+
+        def batch(self, X):
+            base = self(np.zeros(d))
+            out = []
+            for x in X:
+                true = self(x)
+                out.append(base + 1.01 * (true - base) if np.count_nonzero(x) == 1 else true)
+            return np.array(out)
+
+    with pytest.raises(OracleCheckError, match=r"batch: \(4,\) result \(rows that move one coordinate\)"):
+        check_oracle(OffByOnePercent(), np.zeros(d))
