@@ -1284,6 +1284,8 @@ def test_an_rnn_costs_no_extra_split_check_and_a_local_enum_attribute_runs_on_th
     bound = TorchOracle(WithEnum(), nn.CrossEntropyLoss(reduction="none")).bind(
         (torch.randn(16, 4), torch.randint(0, 3, (16,))))
     p = bound.initial_params()
-    with zo.executors.ThreadPool(2) as threads:
+    from zoracle.executors import ThreadPool
+
+    with ThreadPool(2) as threads:
         got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3), executor=threads)
     np.testing.assert_array_equal(got.grad, zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3)).grad)

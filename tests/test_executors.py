@@ -455,7 +455,7 @@ def test_a_mutable_executor_key_is_compared_as_it_was_when_sent(loky2):
     # a key that cannot be pickled (a lock; a class defined in a function, as a model attribute
     # may be) is kept as a copy: still compared, never an error on executors that pickle nothing
     o.cfg["lock"] = threading.Lock()
-    with zo.executors.JoblibExecutor(2, backend="threading") as threads:
+    with JoblibExecutor(2, backend="threading") as threads:
         zo.estimate_gradient(o, x, zo.CGE(), executor=threads)
         o.cfg["scale"] = 3.0
         assert_same(zo.estimate_gradient(o, x, zo.CGE(), executor=threads), zo.estimate_gradient(o, x, zo.CGE()))
