@@ -1289,3 +1289,41 @@ def test_an_rnn_costs_no_extra_split_check_and_a_local_enum_attribute_runs_on_th
     with ThreadPool(2) as threads:
         got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3), executor=threads)
     np.testing.assert_array_equal(got.grad, zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3)).grad)
+
+
+@pytest.mark.parametrize("what", ["function attribute", "plain object", "dict filled later", "counter beside setting"])
+def test_a_setting_the_split_does_not_watch_is_caught_at_the_next_base_point(what):
+    # the captured graph baked what these read; a change went unseen (4e3-9e3x off, silently). The
+    # captured graph's output at each estimate's base point is now compared with model(x)'s there
+    class Plain:
+        scale = 1.0
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+            self.act, self.cfg, self.opts, self.stats = torch.relu, Plain(), {}, {"calls": 0, "scale": 1.0}
+
+        def forward(self, x):
+            self.stats["calls"] += 1  # written by every forward: the whole dict is unwatched
+            h = self.act(self.conv(x)) * self.cfg.scale * self.opts.get("scale", 1.0) * self.stats["scale"]
+            return self.fc(h.mean((2, 3)))
+
+    change = {"function attribute": lambda m: setattr(m, "act", torch.tanh),
+              "plain object": lambda m: setattr(m.cfg, "scale", 3.0),
+              "dict filled later": lambda m: m.opts.__setitem__("scale", 3.0),
+              "counter beside setting": lambda m: m.stats.__setitem__("scale", 3.0)}[what]
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind((x, y))
+    p = bound.initial_params()
+    coords = np.arange(0, bound.size, 9)
+    cge = zo.CGE(mu=1e-6)
+    zo.estimate_gradient(bound, p, cge, coordinates=coords)
+    change(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = zo.estimate_gradient(bound, p + 0.01, cge, coordinates=coords)
+    ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p + 0.01, cge, coordinates=coords)
+    np.testing.assert_allclose(got.grad[coords], ref.grad[coords], rtol=1e-5, atol=1e-8)
