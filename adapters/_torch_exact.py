@@ -309,14 +309,21 @@ def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
             model(x)
         except Exception:  # the check that follows reports it
             return
-        for m, key in zip(model.modules(), before):  # compared before plain_context puts buffers back
-            got = _PLAIN_NAMES.get(m)
-            if not got or not got[1] or key[0] != id(m):
-                continue
-            baked, names = got
-            keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(_read(m, k))))
-            if keep != names:
-                _PLAIN_NAMES[m] = (baked, keep)
+        _unwatch_changed(model, before)  # compared before plain_context puts buffers back
+
+
+def _unwatch_changed(model: nn.Module, before: tuple) -> None:
+    """Stop watching the plain attributes whose values differ from those in ``before`` (the
+    model's key taken before some forwards of the oracle's own ran): what those forwards wrote
+    are outputs (a value logged every third call shows only over several forwards)."""
+    for m, key in zip(model.modules(), before):
+        got = _PLAIN_NAMES.get(m)
+        if not got or not got[1] or key[0] != id(m):
+            continue
+        baked, names = got
+        keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(_read(m, k))))
+        if keep != names:
+            _PLAIN_NAMES[m] = (baked, keep)
 
 
 def _same_value(a, b) -> bool:
@@ -344,6 +351,10 @@ def _value_key(v, depth: int = 0):
     if entries is not None:  # the watched entries, by name (a settings object also by identity)
         return (type(v).__name__, id(v) if not isinstance(v, dict) else None,
                 tuple([(k, _value_key(e, depth + 1)) for k, e in entries if _watched(e, depth + 1)]))
+    try:  # the key is hashed (checked_modes is a set): a value set later may not be (an array)
+        hash(v)
+    except TypeError:
+        return ("unhashable", type(v).__name__, id(v))
     return v
 
 
@@ -416,6 +427,7 @@ def _self_check(oracle, why: str = "") -> None:
     # the split's structure does not depend on the batch size: check on (at most) 2 samples
     probe = _two_samples(oracle)
     _unwatch_what_a_forward_writes(core.model, probe._x)
+    before = _modes(core.model)  # what the check's own forwards write is unwatched after it, too
     # these modes count as checked from here on: the check's own prefix and suffix calls must
     # not start it again (a failed check retires the split, and then nothing is checked)
     core.checked_modes.add(_modes(core.model))
@@ -431,6 +443,7 @@ def _self_check(oracle, why: str = "") -> None:
     finally:
         oracle._load(theta)
         core.checking = False
+    _unwatch_changed(core.model, before)
     if not reason:  # as the check left it (buffers put back by copies): checked too
         core.checked_modes.add(_modes(core.model))
     if reason:

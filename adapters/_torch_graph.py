@@ -54,6 +54,14 @@ def _element(u: fx.Node) -> bool:
         u.target is getattr and len(u.args) > 1 and u.args[1] not in _META_ATTRS))
 
 
+def _pure(n: fx.Node) -> bool:
+    """A function or method call with no effect but its result (not ``x.add_(1)``, not a setitem)."""
+    if n.op not in ("call_function", "call_method"):
+        return False
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    return n.target is not operator.setitem and not (name.endswith("_") and not name.endswith("__"))
+
+
 class _Tracer(fx.Tracer):
     """fx's default leaves (``torch.nn`` modules) plus any subclass of a stock ``torch.nn``
     class: its own ``forward`` runs as written, as one opaque step."""
@@ -227,8 +235,14 @@ def _graph_steps(model, nodes):
     # by the steps that index them instead of being kept in the state
     multi = {n for n in act if n.op != "placeholder" and n.users and all(map(_element, n.users))}
     # an element no node reads (``out, _ = self.lstm(x)`` traces a getitem for ``_`` too) gets
-    # no step: it would run its tuple's module again only to drop the result
-    dead = {n for n in act if not n.users and _element(n)}
+    # no step: it would run its tuple's module again only to drop the result; nor does a pure
+    # computation only such nodes read (``self.last = h.detach().abs().mean()``, kept for
+    # display: a step of it would "mix samples" and cost the split its feature reuse). Module
+    # calls and in-place methods stay: they may act on state.
+    dead = set()
+    for n in reversed(nodes):
+        if n in act and n.op != "placeholder" and all(u in dead for u in n.users) and (_element(n) or _pure(n)):
+            dead.add(n)
     state = act - multi - dead
 
     def inlined(n):

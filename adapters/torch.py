@@ -753,7 +753,9 @@ class TorchOracle:
                 out, states = self.model(self._x), None
             if self._core.scalar_loss:
                 self._base_rows = None
-                if states is None and self._core.blocks:
+                if states is not None:  # the chain just ran here: its states are the fresh ones
+                    self._state_cache = (key, states, _model_state(self.model, flags=flags), self._batch_key())
+                elif self._core.blocks:
                     self._base_out = (key, out, _model_state(self.model, flags=flags), self._batch_key())
                 return float(self._scalar(out, self._y))
             rows = self._loss_rows(out, self._y)
@@ -768,33 +770,45 @@ class TorchOracle:
         self._base_rows = (key, rows, state, self._batch_key())
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 
-    def _chain_is_model(self, params, now, states) -> bool:
+    def _chain_is_model(self, params, now, states):
         """Whether the captured graph still computes ``model(x)``: its output at ``params`` (the
         chain's last state, which the perturbations build on) against the plain call's at the same
         params, model state and batch, where one was made (the base point of every estimate). A
         setting the forward reads that the split does not watch (a function attribute swapped, a
         plain object's field, a dict entry added after the capture) changes ``model(x)`` and not
-        the graph. On a difference beyond round-off the split is checked again, and retired if the
-        check fails; False then."""
+        the graph. The states to use are returned: computed again when the cached ones were stale
+        (the batch written where no version counter sees it: through ``.data`` or a NumPy view);
+        if they still differ beyond round-off the split is checked again, and retired if the
+        check fails: None then."""
         cached = getattr(self, "_base_out", None)
         if cached is None or cached[2] is None or not _same(cached[0], params) or cached[2] != now \
                 or cached[3] != self._batch_key():
-            return True
+            return states
         self._base_out = None  # compared once per base point
-        want, got = cached[1], states[-1][0] if states and isinstance(states[-1], tuple) else None
-        if not torch.is_tensor(want) or not torch.is_tensor(got) or got.shape != want.shape:
-            return True
+        want = cached[1]
         rel = 1e-9 if want.dtype == torch.float64 else 2000 * torch.finfo(want.dtype).eps
-        with torch.no_grad():
-            scale = float(want.abs().max()) if want.numel() else 0.0
-            diff = float((got - want).abs().max()) if want.numel() else 0.0
-        if diff <= rel * (scale + 1.0):
-            return True
+
+        def diff(states):
+            got = states[-1][0] if states and isinstance(states[-1], tuple) else None
+            if not torch.is_tensor(want) or not torch.is_tensor(got) or got.shape != want.shape or not want.numel():
+                return 0.0
+            with torch.no_grad():
+                d = float((got - want).abs().max())
+            return 0.0 if d <= rel * (float(want.abs().max()) + 1.0) else d
+
+        off = diff(states)
+        if not off:
+            return states
+        self._state_cache = self._ycache = None  # cached from a batch no version counter saw change
+        states = self._states(params, now)
+        off = diff(states)
+        if not off:
+            return states
         core = self._core
         core.checked_modes.clear()  # the model is not what the check saw, whatever its key says
         _self_check(self, why=f"the captured graph's output at the queried parameters differs from model(x)'s by "
-                              f"{diff:.3g}: ")
-        return bool(core.blocks)
+                              f"{off:.3g}: ")
+        return states if core.blocks else None
 
     def reference_loss(self, params) -> float:
         """The loss of a plain, unpatched ``model(x)`` at ``params`` (dropout off, buffers kept).
@@ -897,8 +911,8 @@ class TorchOracle:
         owner = np.searchsorted(starts, c, side="right") - 1
         call = self.max_queries_per_call
         theta = self._load(params)
-        states = self._states(params, now)
-        if not self._chain_is_model(params, now, states):
+        states = self._chain_is_model(params, now, self._states(params, now))
+        if states is None:
             return full_coordinate_losses(self, params, c, step)
         with torch.no_grad():
             base = theta[torch.as_tensor(c, device=self.device)]

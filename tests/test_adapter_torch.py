@@ -1327,3 +1327,61 @@ def test_a_setting_the_split_does_not_watch_is_caught_at_the_next_base_point(wha
         got = zo.estimate_gradient(bound, p + 0.01, cge, coordinates=coords)
     ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p + 0.01, cge, coordinates=coords)
     np.testing.assert_allclose(got.grad[coords], ref.grad[coords], rtol=1e-5, atol=1e-8)
+
+
+def test_forward_side_values_keep_the_split_and_its_checks_quiet():
+    # a value kept for display became a step that "mixed samples" (feature reuse off); a value
+    # logged every third call was never unwatched (a self-check at almost every estimate); a
+    # watched attribute later set to an array crashed the key's hashing
+    import zoracle.adapters._torch_exact as exact
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 6), nn.Linear(6, 3)
+            self.k, self.logged, self.last, self.weights = 0, 0.0, None, None
+
+        def forward(self, x):
+            h = torch.tanh(self.l1(x))
+            self.last = h.detach().abs().mean()  # kept for display
+            self.k += 1
+            if self.k % 3 == 0:
+                self.logged = float(self.k)  # logged every third call
+            return self.l2(h)
+
+    torch.manual_seed(0)
+    model = Net().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind((x, y))
+        assert [s.name for s in bound._core.chain.steps] == ["l1", "tanh", "l2"] and len(bound.blocks) == 2
+        p = bound.initial_params()
+        checks = []
+        real = exact._self_check
+        exact._self_check = lambda *a, **k: checks.append(1) or real(*a, **k)
+        try:
+            for i in range(12):
+                zo.estimate_gradient(bound, p + 1e-3 * i, zo.CGE(mu=1e-4))
+        finally:
+            exact._self_check = real
+        assert len(checks) <= 1
+    model.weights = np.array([1.0, 2.0, 3.0])  # an attribute the forward does not read, now unhashable
+    got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-6))
+    ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p, zo.CGE(mu=1e-6))
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_a_mean_loss_batch_refilled_where_no_version_counter_sees_it_is_seen():
+    # x refilled through a NumPy view of the bound tensor: the plain call saw it, but with a mean
+    # loss its chain states were not kept, and the perturbations used the old activations (200x off)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    bound = TorchOracle(model, lambda out, t: nn.functional.cross_entropy(out, t)).bind((x, y))
+    p = bound.initial_params()
+    zo.estimate_gradient(bound, p, zo.CGE(mu=1e-6))
+    x.numpy()[:] = np.random.default_rng(1).standard_normal((6, 4))
+    got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-6))
+    ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p, zo.CGE(mu=1e-6))
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=1e-5, atol=1e-8)
