@@ -452,7 +452,8 @@ def default_cache_dir() -> Path:
 
 
 def _key(fine: WakeFlow, re, warmup, steps, factor) -> tuple:
-    meta = {"version": CACHE_VERSION, "flow": asdict(fine), "re": [float(r) for r in re],
+    flow = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in asdict(fine).items()}  # NumPy scalars
+    meta = {"version": CACHE_VERSION, "flow": flow, "re": [float(r) for r in re],
             "warmup": int(warmup), "steps": int(steps), "factor": int(factor)}
     blob = json.dumps(meta, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20], blob
@@ -499,6 +500,14 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
                     return Reference(z["vx"], z["vy"], z["re"], str(path), True, float(z["seconds"]))
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a damaged (e.g. truncated) cache file is recomputed and replaced below
+    try:  # where the result goes is checked before the simulation (minutes at the default size)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ArgumentError(f"`cache_dir` {str(directory)!r} cannot hold the reference trajectories "
+                            f"({type(exc).__name__}: {exc}); pass a writable directory") from None
     t0 = time.perf_counter()
     vx, vy = fine.initial(len(re))
     if warmup:

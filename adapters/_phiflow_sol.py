@@ -170,9 +170,16 @@ def _check_starts(starts, reference: Reference, unroll: int) -> np.ndarray:
     would index from the end and compare against the wrong frames)."""
     if isinstance(starts, tuple) and len(starts) == 1:  # a zo.Minibatches row tuple
         starts = starts[0]
+    elif isinstance(starts, tuple) and len(starts) == 2 and all(np.ndim(c) == 1 for c in starts):
+        # zo.Minibatches((runs, frames), ...) gives two columns: read as two (run, frame) rows, the
+        # batch was transposed (the wrong start states, silently)
+        raise ArgumentError("`starts` is a tuple of two columns (runs, frames), as zo.Minibatches((runs, frames), "
+                            "...) yields; pass one (n, 2) array of (run, frame) rows instead: "
+                            "zo.Minibatches((np.stack([runs, frames], 1),), batch_size)")
     s = np.asarray(starts)
     if s.ndim != 2 or s.shape[1] != 2 or s.shape[0] < 1 or s.dtype.kind not in "iu":
-        raise ArgumentError(f"`starts` must be an integer array of (run, frame) rows, got shape {s.shape}")
+        raise ArgumentError(f"`starts` must be an integer array of (run, frame) rows, shape (n, 2), got shape "
+                            f"{s.shape}; a zo.Minibatches batch of it is a 1-tuple: Minibatches((starts,), batch_size)")
     R, T = reference.vx.shape[0], reference.vx.shape[1] - 1
     bad = (s[:, 0] < 0) | (s[:, 0] >= R) | (s[:, 1] < 0) | (s[:, 1] + unroll > T)
     if bad.any():
@@ -253,6 +260,8 @@ class SolverInTheLoop:
                 or max_queries_per_call < 1):
             raise ArgumentError(f"`max_queries_per_call` must be an integer >= 1, got {max_queries_per_call!r}")
         self.max_queries_per_call = int(max_queries_per_call)
+        if not isinstance(relative, (bool, np.bool_)):  # "False" from a config would count as True
+            raise ArgumentError(f"`relative` must be True or False, got {relative!r}")
         self.relative = bool(relative)
         if starts is None:
             frames = np.arange(0, T - self.unroll + 1, self.unroll)
@@ -283,6 +292,10 @@ class SolverInTheLoop:
     def coordinate_losses(self, params, coords, step):
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (one batched run)."""
         p = np.asarray(params.get() if hasattr(params, "get") else params)
+        if p.dtype.kind != "f":  # an integer vector would round the step away (every loss the base loss)
+            raise ArgumentError(f"`params` must be a float vector, got dtype {p.dtype}; use params.astype(np.float64)")
+        if p.shape != (self.d,):
+            raise ArgumentError(f"`params` must have the network's {self.d} entries, got shape {p.shape}")
         c = np.asarray(coords)
         if c.dtype == bool:
             raise ArgumentError("`coords` must be integer indices, got a boolean array; pass np.flatnonzero(mask)")
@@ -290,7 +303,7 @@ class SolverInTheLoop:
             raise ArgumentError(f"`coords` must be a 1-D integer index array, got dtype {c.dtype} and shape {c.shape}")
         if c.size and (c.min() < 0 or c.max() >= self.d):
             raise ArgumentError(f"`coords` must lie in [0, {self.d}), got {int(c[(c < 0) | (c >= self.d)][0])}")
-        if not np.isfinite(step):
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not np.isfinite(step):
             raise ArgumentError(f"`step` must be a finite number, got {step!r}")
         coords = c.astype(np.int64)
         X = np.repeat(p[None], len(coords), axis=0)

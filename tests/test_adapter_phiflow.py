@@ -369,3 +369,28 @@ def test_failed_pressure_solve_names_the_entries_and_the_iteration_limit():
     with pytest.raises(pf.SimulationError, match=r"failed at step 7 \(batch entries 0, 1, 2 of 3\): it did not "
                        r"reach the tolerance 1e-05 within `max_iter`=1 iterations.*raise `max_iter` or `tol`"):
         flow.simulate(vx, vy, [150.0, 300.0, 600.0], 1, start=7)
+
+
+def test_what_the_oracle_would_misread_is_refused_before_the_solver(reference, tmp_path):
+    # zo.Minibatches((runs, frames)) gave bind two columns, read as two transposed (run, frame)
+    # rows (the wrong start states, silently); integer params rounded coordinate_losses' step away
+    # (every loss the base loss); relative="False" counted as True; a cache_dir that cannot be
+    # written failed after the whole fine simulation; NumPy scalars in a WakeFlow broke its cache key
+    coarse = TINY.coarsened(2)
+    oracle = pf.SolverInTheLoop(coarse, pf.correction_net(channels=2, kernel=3), reference, unroll=1)
+    batch = zo.Minibatches((np.array([1, 1]), np.array([0, 1])), batch_size=2, shuffle=False)(0)[0]
+    with pytest.raises(zo.ArgumentError, match="tuple of two columns"):
+        oracle.bind(batch)
+    rows = zo.Minibatches((np.array([[1, 0], [1, 1]]),), batch_size=2, shuffle=False)(0)[0]
+    assert oracle.bind(rows).starts.tolist() == [[1, 0], [1, 1]]
+    with pytest.raises(zo.ArgumentError, match="`params` must be a float vector"):
+        oracle.coordinate_losses(np.zeros(oracle.d, dtype=np.int64), [0], 0.5)
+    with pytest.raises(zo.ArgumentError, match="`relative` must be True or False"):
+        pf.SolverInTheLoop(coarse, pf.correction_net(channels=2, kernel=3), reference, unroll=1, relative="False")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(zo.ArgumentError, match="`cache_dir` .* cannot hold the reference trajectories"):
+        pf.reference_trajectories(TINY, [150.0], factor=2, warmup=1, steps=1, cache_dir=blocker)
+    flow = pf.WakeFlow(nx=np.int64(16), ny=32)
+    got = pf.reference_trajectories(flow, [150.0], factor=2, warmup=1, steps=1, cache_dir=tmp_path / "c")
+    assert got.vx.shape[0] == 1
