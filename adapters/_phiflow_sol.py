@@ -170,7 +170,8 @@ def _check_starts(starts, reference: Reference, unroll: int) -> np.ndarray:
     would index from the end and compare against the wrong frames)."""
     if isinstance(starts, tuple) and len(starts) == 1:  # a zo.Minibatches row tuple
         starts = starts[0]
-    elif isinstance(starts, tuple) and len(starts) == 2 and all(np.ndim(c) == 1 for c in starts):
+    elif isinstance(starts, tuple) and len(starts) == 2 and all(isinstance(c, np.ndarray) and c.ndim == 1
+                                                                and c.dtype.kind in "iu" for c in starts):
         # zo.Minibatches((runs, frames), ...) gives two columns: read as two (run, frame) rows, the
         # batch was transposed (the wrong start states, silently)
         raise ArgumentError("`starts` is a tuple of two columns (runs, frames), as zo.Minibatches((runs, frames), "

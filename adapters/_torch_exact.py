@@ -312,16 +312,28 @@ def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
         _unwatch_changed(model, before)  # compared before plain_context puts buffers back
 
 
-def _unwatch_changed(model: nn.Module, before: tuple) -> None:
+def _unwatch_changed(model: nn.Module, before: tuple, tensors: bool = True) -> None:
     """Stop watching the plain attributes whose values differ from those in ``before`` (the
     model's key taken before some forwards of the oracle's own ran): what those forwards wrote
-    are outputs (a value logged every third call shows only over several forwards)."""
+    are outputs (a value logged every third call shows only over several forwards).
+    ``tensors=False``: keep watching buffers and tensors whose only change is their version
+    (the self-check puts buffers back by ``copy_``, a new version, not a forward's write)."""
     for m, key in zip(model.modules(), before):
         got = _PLAIN_NAMES.get(m)
         if not got or not got[1] or key[0] != id(m):
             continue
         baked, names = got
-        keep = tuple(k for k, was in zip(names, key[4]) if _same_value(was, _value_key(_read(m, k))))
+
+        def kept(k, was):
+            now = _value_key(_read(m, k))
+            if _same_value(was, now):
+                return True
+            if not tensors and (type(k) is tuple or (type(was) is tuple and was[:1] == ("tensor",)
+                                                     and type(now) is tuple and now[:2] == was[:2])):
+                return True  # a buffer, or the same tensor at another version: put back, not written
+            return False
+
+        keep = tuple(k for k, was in zip(names, key[4]) if kept(k, was))
         if keep != names:
             _PLAIN_NAMES[m] = (baked, keep)
 
@@ -443,7 +455,7 @@ def _self_check(oracle, why: str = "") -> None:
     finally:
         oracle._load(theta)
         core.checking = False
-    _unwatch_changed(core.model, before)
+    _unwatch_changed(core.model, before, tensors=False)
     if not reason:  # as the check left it (buffers put back by copies): checked too
         core.checked_modes.add(_modes(core.model))
     if reason:

@@ -792,9 +792,19 @@ class TorchOracle:
             got = states[-1][0] if states and isinstance(states[-1], tuple) else None
             if not torch.is_tensor(want) or not torch.is_tensor(got) or got.shape != want.shape or not want.numel():
                 return 0.0
-            with torch.no_grad():
-                d = float((got - want).abs().max())
-            return 0.0 if d <= rel * (float(want.abs().max()) + 1.0) else d
+            with torch.no_grad():  # equal entries (masked -inf logits, NaN in both) differ by 0
+                same = (got == want) | (got.isnan() & want.isnan())
+                d = float((got - want).abs().masked_fill(same, 0.0).max())
+                finite = want.masked_fill(~torch.isfinite(want), 0.0)
+                d = 0.0 if d <= rel * (float(finite.abs().max()) + 1.0) else d
+                if d:  # the loss is what the estimate needs: an output change it ignores is no change
+                    y = self._y
+                    lw, lg = ((self._scalar(want, y), self._scalar(got, y)) if self._core.scalar_loss
+                              else (self._loss_rows(want, y), self._loss_rows(got, y)))
+                    lw, lg = torch.as_tensor(lw).double(), torch.as_tensor(lg).double()
+                    if torch.allclose(lg, lw, rtol=rel, atol=rel):
+                        d = 0.0
+            return d
 
         off = diff(states)
         if not off:

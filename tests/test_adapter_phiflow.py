@@ -394,3 +394,9 @@ def test_what_the_oracle_would_misread_is_refused_before_the_solver(reference, t
     flow = pf.WakeFlow(nx=np.int64(16), ny=32)
     got = pf.reference_trajectories(flow, [150.0], factor=2, warmup=1, steps=1, cache_dir=tmp_path / "c")
     assert got.vx.shape[0] == 1
+
+
+def test_a_tuple_of_two_start_rows_is_still_taken(reference):
+    # the check against a (runs, frames) column pair refused a tuple of two (run, frame) tuples too
+    oracle = pf.SolverInTheLoop(TINY.coarsened(2), pf.correction_net(channels=2, kernel=3), reference, unroll=1)
+    assert oracle.bind(((0, 3), (1, 5))).starts.tolist() == [[0, 3], [1, 5]]

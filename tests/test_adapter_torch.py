@@ -1377,3 +1377,58 @@ def _changed_after_a_query_matches_the_plain_model(model, change):
         got = zo.estimate_gradient(bound, p + 0.01, cge, coordinates=coords)
     ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p + 0.01, cge, coordinates=coords)
     np.testing.assert_allclose(got.grad[coords], ref.grad[coords], rtol=1e-5, atol=1e-8)
+
+
+def test_the_base_point_comparison_keeps_watching_and_stays_quiet_on_correct_splits():
+    # the first bind's self-check puts buffers back by copy_ (a new version): a large buffer the
+    # forward converts (baked by value) was then unwatched, and a later change went unseen on the
+    # prefix / suffix path. Masked -inf logits (-inf - -inf is NaN) and an output change the loss
+    # ignores made the base-point comparison recheck the split at every estimate.
+    import zoracle.adapters._torch_exact as exact
+
+    class Baked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+            self.register_buffer("big", torch.ones(300))
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c1(x)).mean((2, 3)) * float(self.big.mean()))
+
+    torch.manual_seed(0)
+    model = Baked().double().eval()
+    x, y = torch.randn(16, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (16,))
+    bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind((x, y))
+    assert ("buffer", "big") in exact._PLAIN_NAMES[model][1]  # still watched after the first bind's check
+    p = bound.initial_params()
+    with torch.no_grad():
+        model.big.mul_(3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(zo.ArgumentError, match="no blocks"):  # seen: rechecked and retired, not used stale
+            bound.prefix(p, 0)
+
+    class Masked(nn.Module):
+        def __init__(self, shift=0.0):
+            super().__init__()
+            self.c1, self.fc, self.shift = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), [shift]
+            self.register_buffer("allowed", torch.tensor([True] * 7 + [False] * 3))
+
+        def forward(self, x):
+            out = self.fc(torch.relu(self.c1(x)).mean((2, 3))) + self.shift[0]
+            return out.masked_fill(~self.allowed, float("-inf"))
+
+    for change in (None, lambda m: m.shift.__setitem__(0, 2.0)):  # a logit shift cross-entropy ignores
+        torch.manual_seed(0)
+        model = Masked()
+        bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind(
+            (torch.randn(32, 3, 8, 8), torch.randint(0, 7, (32,))))
+        p = bound.initial_params()
+        if change:
+            change(model)
+        checks, real = [], exact._self_check
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("zoracle.adapters.torch._self_check", lambda *a, **k: checks.append(1) or real(*a, **k))
+            for _ in range(4):
+                zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3), coordinates=np.arange(0, bound.size, 5))
+        assert checks == [] and bound._core.blocks
