@@ -96,6 +96,7 @@ class _Core:
         self.downstream = {}     # block step -> which later steps a perturbation reaches
         self.probe = {}      # per-sample shape key -> per-step state bytes per sample
         self.costs = {}      # per-sample shape key -> block costs
+        self.base_out = None  # the last plain call's output (params, output, model state, batch): see _chain_is_model
 
     # the keys of ``checked_modes`` name modules by id: a copy (a worker's) has other ids, so they
     # travel as positions in ``model.modules()`` and come back as the copy's ids
@@ -103,6 +104,7 @@ class _Core:
         from ._torch_exact import _PLAIN_NAMES
 
         state = dict(self.__dict__)
+        state["base_out"] = None  # an output of this process's last plain call: not the copy's
         mods = list(self.model.modules())
         pos = {id(m): i for i, m in enumerate(mods)}
         state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key) for key in self.checked_modes]

@@ -98,6 +98,12 @@ def _version(t: torch.Tensor):
         return None
 
 
+def _retired(core) -> str:
+    """Why the split went, for the errors of a sharded estimate planned on it (empty if it never had one)."""
+    return (f": {core.reason}; an estimate planned on the split stops here, run it again (it runs full "
+            "forwards now)") if core.reason else ""
+
+
 def _private(t: torch.Tensor, source) -> torch.Tensor:
     """``t``, copied when it shares memory with the NumPy or CuPy array ``source``: a write into
     that array changes no torch version counter, and cached activations are keyed on them."""
@@ -567,6 +573,10 @@ class TorchOracle:
     def _key(self):
         return tuple(self._x.shape[1:])
 
+    def _batch_id(self) -> tuple:
+        """The bound batch's identity and versions (copies of one bound oracle share it)."""
+        return id(self._x), self._batch_key()
+
     def _batch_key(self) -> tuple:
         """The bound batch's version counters: bind keeps the caller's tensors when they need no
         conversion, so an in-place write into them (an augmentation, a reused input buffer) must
@@ -756,7 +766,7 @@ class TorchOracle:
                 if states is not None:  # the chain just ran here: its states are the fresh ones
                     self._state_cache = (key, states, _model_state(self.model, flags=flags), self._batch_key())
                 elif self._core.blocks:
-                    self._base_out = (key, out, _model_state(self.model, flags=flags), self._batch_key())
+                    self._core.base_out = (key, out, _model_state(self.model, flags=flags), self._batch_id())
                 return float(self._scalar(out, self._y))
             rows = self._loss_rows(out, self._y)
         # the per-sample losses at the base point: the fast suffix path reuses them for the
@@ -766,7 +776,7 @@ class TorchOracle:
         if states is not None:
             self._state_cache = (key, states, state, self._batch_key())
         elif self._core.blocks:
-            self._base_out = (key, out, state, self._batch_key())
+            self._core.base_out = (key, out, state, self._batch_id())
         self._base_rows = (key, rows, state, self._batch_key())
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 
@@ -780,11 +790,12 @@ class TorchOracle:
         (the batch written where no version counter sees it: through ``.data`` or a NumPy view);
         if they still differ beyond round-off the split is checked again, and retired if the
         check fails: None then."""
-        cached = getattr(self, "_base_out", None)
+        core = self._core  # shared by the bound copies a thread executor's shards run on
+        cached = getattr(core, "base_out", None)
         if cached is None or cached[2] is None or not _same(cached[0], params) or cached[2] != now \
-                or cached[3] != self._batch_key():
+                or cached[3] != self._batch_id():
             return states
-        self._base_out = None  # compared once per base point
+        core.base_out = None  # compared once per base point
         want = cached[1]
         rel = 1e-9 if want.dtype == torch.float64 else 2000 * torch.finfo(want.dtype).eps
 
@@ -941,10 +952,16 @@ class TorchOracle:
         core = self._core
         ensure_split(self)
         if not core.blocks:
-            raise ArgumentError("this TorchOracle has no blocks (no feature reuse); use coordinate_losses")
+            raise ArgumentError(f"this TorchOracle has no blocks (no feature reuse){_retired(core)}; use "
+                                "coordinate_losses")
         block = self._check_block(block)
         self._load(params)
-        return self._features(params, block, self._states(params))
+        now = _model_state(self.model)
+        states = self._chain_is_model(params, now, self._states(params, now))
+        if states is None:  # a sharded estimate cannot switch to full forwards halfway: it fails, loudly
+            raise ArgumentError(f"TorchOracle: {core.reason}; this estimate was planned on the split, so it stops "
+                                "here: run it again (it runs full forwards now)")
+        return self._features(params, block, states, now)
 
     def _features(self, params, block: int, states, now=None) -> _Features:
         """``prefix``'s work, the parameters loaded and ``states`` theirs (``now``: the model's

@@ -1432,3 +1432,39 @@ def test_the_base_point_comparison_keeps_watching_and_stays_quiet_on_correct_spl
             for _ in range(4):
                 zo.estimate_gradient(bound, p, zo.CGE(mu=1e-3), coordinates=np.arange(0, bound.size, 5))
         assert checks == [] and bound._core.blocks
+
+
+def test_a_prefix_after_an_unwatched_change_stops_loudly_then_full_forwards_are_right():
+    # a sharded estimate's prefix made no base-point comparison: after a plain object's field
+    # changed it built on the stale graph (4e5x off with threads, silently). Where the base point's
+    # output is there (a thread executor's shards share it when the base task ran first), the
+    # prefix compares, and a split that fails its check stops the estimate loudly
+    class Plain:
+        scale = 1.0
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.fc, self.cfg = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), \
+                nn.Linear(8, 5), Plain()
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)) * self.cfg.scale)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x, y = torch.randn(16, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (16,))
+    bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind((x, y))
+    p = bound.initial_params()
+    bound.prefix(p, 0)
+    model.cfg.scale = 3.0
+    bound(p)  # the base point of the next estimate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(zo.ArgumentError, match="stops here"):
+            bound.prefix(p, 0)
+        with pytest.raises(zo.ArgumentError, match="no blocks .*stops here"):
+            bound.prefix(p, 1)  # the other shards: the same reason
+        got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-6))  # planned anew: full forwards
+    ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p, zo.CGE(mu=1e-6))
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=1e-5, atol=1e-8)
