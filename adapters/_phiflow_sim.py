@@ -137,6 +137,9 @@ class WakeFlow:
             raise ArgumentError(f"`factor` must be an integer >= 1, got {factor!r}")
         if self.nx % factor or self.ny % factor:
             raise ArgumentError(f"the grid {self.nx}x{self.ny} is not divisible by the factor {factor}")
+        if self.nx // factor < 4 or self.ny // factor < 4:  # named as the factor, not the coarse grid's nx
+            raise ArgumentError(f"`factor` {factor} leaves a {self.nx // factor}x{self.ny // factor} grid of the "
+                                f"{self.nx}x{self.ny} one; a grid needs at least 4 cells a side: use a smaller factor")
         return WakeFlow(**{**asdict(self), "nx": self.nx // factor, "ny": self.ny // factor})
 
     def viscosity(self, re) -> np.ndarray:
@@ -440,8 +443,15 @@ class Reference:
     cached: bool = False
     seconds: float = 0.0
 
+    def __post_init__(self):
+        re, vx, vy = np.asarray(self.re), np.asarray(self.vx), np.asarray(self.vy)
+        if re.ndim != 1 or vx.ndim != 4 or vy.ndim != 4 or not vx.shape[0] == vy.shape[0] == re.shape[0]:
+            raise ArgumentError(f"`Reference` needs one Reynolds number per run: vx {vx.shape}, vy {vy.shape} and re "
+                                f"{re.shape} must share their first dimension (vx and vy 4-D: run, frame, x, y)")
+
     def select(self, runs) -> "Reference":
-        idx = np.asarray(runs)
+        """The runs ``runs`` (an index or a sequence of them: the run axis is kept)."""
+        idx = np.atleast_1d(np.asarray(runs))
         return Reference(self.vx[idx], self.vy[idx], self.re[idx], self.path, self.cached, self.seconds)
 
 

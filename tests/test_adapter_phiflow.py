@@ -400,3 +400,15 @@ def test_a_tuple_of_two_start_rows_is_still_taken(reference):
     # the check against a (runs, frames) column pair refused a tuple of two (run, frame) tuples too
     oracle = pf.SolverInTheLoop(TINY.coarsened(2), pf.correction_net(channels=2, kernel=3), reference, unroll=1)
     assert oracle.bind(((0, 3), (1, 5))).starts.tolist() == [[0, 3], [1, 5]]
+
+
+def test_coarsening_and_references_name_what_is_wrong(reference):
+    # coarsened(8) on a 16-cell grid said "`nx` must be >= 4"; select(0) dropped the run axis (the
+    # oracle then failed on the grid's shape); a Reference with fewer Reynolds numbers than runs
+    # was taken, and its default starts used run 0 only
+    with pytest.raises(zo.ArgumentError, match="`factor` 8 leaves a 2x4 grid"):
+        TINY.coarsened(8)
+    one = reference.select(0)
+    assert one.vx.shape[0] == 1 and one.re.tolist() == [150.0]
+    with pytest.raises(zo.ArgumentError, match="one Reynolds number per run"):
+        pf.Reference(reference.vx, reference.vy, reference.re[:1])

@@ -196,7 +196,8 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     survive; each block's ratio is its share of survivors. ``ranking="magnitude"``
     (default, as the DeepZero reference code) keeps the largest ``|S|``;
     ``ranking="grasp"`` follows GraSP and removes the highest signed scores (keeps the
-    lowest). Ties break by position (stable), so the result is deterministic.
+    lowest). Ties break by the order of ``blocks`` as given, then by position within a block (stable), so
+    the result is deterministic.
 
     ``fill_small=True`` guards against layer collapse at extreme sparsity: every block of at
     most ``round((1 - sparsity) N)`` weights that the ranking leaves empty gets one survivor,
