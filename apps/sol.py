@@ -184,6 +184,11 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
     torch.manual_seed(cfg.seed)
     fine = pf.WakeFlow(nx=cfg.fine_nx, ny=2 * cfg.fine_nx)
     coarse = fine.coarsened(cfg.factor)
+    for flag, res in (("--train-re", cfg.train_re), ("--test-re", cfg.test_re)):  # named as the command line
+        try:
+            fine.substeps(res)
+        except zo.ArgumentError as exc:
+            raise zo.ArgumentError(f"{flag}: {exc}") from None
     all_re = tuple(cfg.train_re) + tuple(cfg.test_re)
     ref = pf.reference_trajectories(fine, all_re, factor=cfg.factor, warmup=cfg.warmup, steps=cfg.steps,
                                     cache_dir=cache, progress=log)

@@ -42,6 +42,8 @@ def test_quick_run_zo_sol_beats_src(tmp_path, capsys):
     (["--seed", "-1"], "--seed"),  # it failed with a traceback after the reference was computed
     (["--seed", str(2 ** 64)], "`--seed` must be < 2**64"),  # a traceback from torch.manual_seed
     (["--factor", "1"], "`--factor` must be >= 2"),  # died with "oracle returned nan at the base point"
+    (["--train-re", "0.001"], "--train-re: `re` = 0.001 needs"),  # it named `re`, not the flag
+    (["--test-re", "0.001"], "--test-re: `re` = 0.001 needs"),
 ])
 def test_bad_flags_give_one_line_errors(flags, message, capsys):
     rc = cli.main(["sol", "--quick", *flags])
