@@ -59,6 +59,8 @@ def _pure(n: fx.Node) -> bool:
     if n.op not in ("call_function", "call_method"):
         return False
     name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    if "out" in n.kwargs or n.kwargs.get("inplace") is True:  # torch.add(h, 1, out=h), F.relu(h, inplace=True)
+        return False
     return n.target is not operator.setitem and not (name.endswith("_") and not name.endswith("__"))
 
 

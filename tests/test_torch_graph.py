@@ -367,3 +367,22 @@ def test_attention_that_moves_the_batch_dimension_keeps_its_split():
     coords = np.arange(0, theta.size, 7)
     want = _reference_rows(oracle, theta, coords, 1e-3)
     np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
+
+
+def test_an_out_argument_is_a_write_not_a_dead_computation():
+    # torch.add(h, 1, out=h) with its result unused was dropped as dead code; the split's check
+    # then retired it with a loss mismatch instead of naming the in-place write
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 5)
+
+        def forward(self, x):
+            h = self.c1(x)
+            torch.add(h, 1.0, out=h)
+            return self.fc(self.c2(h).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="writes in place into the output of step c1"):
+        TorchOracle(Net().double(), nn.CrossEntropyLoss(reduction="none")).bind(
+            (torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (4,))))
