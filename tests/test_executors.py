@@ -920,12 +920,12 @@ def test_an_oracle_shipped_to_dask_lets_go_of_its_bytes_once_loaded():
     for an 80 MB oracle, 78 MB before the oracle was sent as bytes)."""
     import pickle
 
-    from zoracle._executors_cluster import _Shipped
+    from zoracle._executors_core import Pickled
 
-    shipped = pickle.loads(pickle.dumps(_Shipped(pickle.dumps(np.arange(5.0)))))  # as a worker receives it
+    shipped = pickle.loads(pickle.dumps(Pickled(pickle.dumps(np.arange(5.0)))))  # as a worker receives it
     first = shipped.load()
     assert shipped.blob is None and shipped.load() is first and first.tolist() == [0, 1, 2, 3, 4]
-    broken = _Shipped(b"not a pickle")
+    broken = Pickled(b"not a pickle")
     with pytest.raises(Exception):
         broken.load()
     assert broken.blob == b"not a pickle"  # a failed load keeps the bytes: retried as a shard's error

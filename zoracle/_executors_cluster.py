@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import numbers
 import os
-import pickle
 import shutil
 import stat
 import sys
@@ -26,9 +25,8 @@ from ._executors_core import (
     pack,
     run_guarded,
     run_task_guarded,
-    unsendable,
 )
-from ._executors_local import ShardedExecutor, _cloudpickle
+from ._executors_local import ShardedExecutor
 
 __all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
 
@@ -121,15 +119,6 @@ def check_main_guard(what: str, spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Dask
-def _sendable(oracle, where: str, running) -> bytes:
-    """``oracle`` serialized, or a clear error now when it cannot be serialized for ``where``'s
-    workers (Dask and Ray raise a bare TypeError, Dask after logging its tracebacks)."""
-    try:
-        return _cloudpickle().dumps(oracle)
-    except Exception as exc:
-        raise unsendable(oracle, exc, where, running) from exc
-
-
 #: parameter vectors up to this size travel inside each shard instead of being scattered
 _INLINE_BYTES = 1 << 20
 #: seconds to wait for an abandoned worker to be restarted (killed, and its replacement up)
@@ -152,30 +141,12 @@ def _dask_workers(client) -> dict:
     return dict(info.get("workers") or {})
 
 
-class _Shipped:
-    """An oracle scattered to Dask workers as bytes, loaded by the first shard that needs it.
-
-    Loaded, it keeps the oracle and lets go of the bytes, so a worker holds one copy (the
-    scattered bytes stayed beside the loaded oracle: twice a large model's memory). A load that
-    fails keeps the bytes: it is a shard's error, retried like one.
-    """
-
-    def __init__(self, blob: bytes):
-        self.blob, self.obj = blob, None
-
-    def load(self):
-        if self.obj is None:
-            self.obj = pickle.loads(self.blob)  # cloudpickle output loads with plain pickle
-            self.blob = None
-        return self.obj
-
-
 def _dask_run(spec, shard, oracle, batch, params):
     """Runs on a Dask worker: the oracle future resolves to the copy held in worker memory."""
     try:
         with _DASK_LOCK:  # worker threads share one cache
             if spec[0] not in _DASK_STATE.oracles:
-                _DASK_STATE.put_oracle(spec[0], oracle.load() if isinstance(oracle, _Shipped) else oracle)
+                _DASK_STATE.put_oracle(spec[0], oracle)  # a Pickled: loaded here, once a worker
             if spec[1] is not None and (spec[0], spec[1]) not in _DASK_STATE.batches:
                 _DASK_STATE.put_batch((spec[0], spec[1]), batch)
             wrapped = _DASK_STATE.oracle(spec[0], spec[1])
@@ -402,8 +373,8 @@ class DaskExecutor(ShardedExecutor):
         if payload.oracle_token not in self._futs:
             # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
             # worker is then a shard's error (reported, retried), not a broken scatter
-            blob = _sendable(payload.oracle, "Dask", self)
-            self._futs[payload.oracle_token] = c.scatter([_Shipped(blob)], broadcast=True, hash=False)[0]
+            self._futs[payload.oracle_token] = c.scatter([pack(payload.oracle, "Dask", self)], broadcast=True,
+                                                         hash=False)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],

@@ -565,21 +565,27 @@ class Pickled:
 
     cloudpickle ships classes defined in the driver's ``__main__`` by value (plain pickle
     names them, and a worker cannot import the driver's script); loading gives the worker a
-    private copy whose arrays it may write (not a read-only view of an object store). A load
-    that fails raises a :class:`ZoracleError` naming ``what`` failed.
+    private copy whose arrays it may write (not a read-only view of an object store), and an
+    object whose ``__setstate__`` raises there is a shard's error (reported, retried), not a
+    broken transfer. Loaded, it keeps the object and lets go of the bytes, so a worker that
+    holds it (a Dask scatter) keeps one copy, not two. A load that fails keeps the bytes and
+    raises a :class:`ZoracleError` naming ``what`` failed.
     """
 
-    def __init__(self, data: bytes, what: str):
-        self.data, self.what = data, what
+    def __init__(self, blob: bytes, what: str = "the oracle"):
+        self.blob, self.what, self.obj = blob, what, None
 
     def load(self):
-        try:
-            return pickle.loads(self.data)  # cloudpickle output loads with plain pickle
-        except Exception as exc:
-            raise ZoracleError(
-                f"{self.what} could not be loaded (unpickled) on the worker ({type(exc).__name__}: {exc}); the "
-                "modules its classes come from must be importable there, and its __setstate__ must work there"
-            ) from exc
+        if self.obj is None:
+            try:
+                self.obj = pickle.loads(self.blob)  # cloudpickle output loads with plain pickle
+            except Exception as exc:
+                raise ZoracleError(
+                    f"{self.what} could not be loaded (unpickled) on the worker ({type(exc).__name__}: {exc}); the "
+                    "modules its classes come from must be importable there, and its __setstate__ must work there"
+                ) from exc
+            self.blob = None
+        return self.obj
 
 
 def pack(obj, where: str, running, what: str | None = None, dumps=None) -> Pickled:

@@ -210,9 +210,6 @@ class ShardedExecutor(StaysHere):
 
 
 # ----------------------------------------------------------------------------- processes
-_cloudpickle = cloudpickle_module
-
-
 #: seconds between two checks of the parent-death watchdog
 WATCH_PARENT_S = 0.5
 
@@ -382,7 +379,7 @@ class _Proc:
         try:
             data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # e.g. a batch holding a lambda: cloudpickle's output loads with pickle
-            data = _cloudpickle().dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+            data = cloudpickle_module().dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         self.conn.send_bytes(data)
 
     def stop(self, grace: float = 2.0) -> None:
