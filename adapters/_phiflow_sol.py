@@ -292,11 +292,9 @@ class SolverInTheLoop:
 
     def coordinate_losses(self, params, coords, step):
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (one batched run)."""
-        p = np.asarray(params.get() if hasattr(params, "get") else params)
+        p = _check_params(params, self.d)
         if p.dtype.kind != "f":  # an integer vector would round the step away (every loss the base loss)
             raise ArgumentError(f"`params` must be a float vector, got dtype {p.dtype}; use params.astype(np.float64)")
-        if p.shape != (self.d,):
-            raise ArgumentError(f"`params` must have the network's {self.d} entries, got shape {p.shape}")
         c = np.asarray(coords)
         if c.dtype == bool:
             raise ArgumentError("`coords` must be integer indices, got a boolean array; pass np.flatnonzero(mask)")

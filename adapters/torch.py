@@ -825,7 +825,6 @@ class TorchOracle:
         off = diff(states)
         if not off:
             return states
-        core = self._core
         core.checked_modes.clear()  # the model is not what the check saw, whatever its key says
         _self_check(self, why=f"the captured graph's output at the queried parameters differs from model(x)'s by "
                               f"{off:.3g}: ")

@@ -63,14 +63,24 @@ def split_blocks(blocks, score_kinds=SCORED_KINDS):
     ([slice(0, 6, None)], [slice(6, 8, None)])
     """
     scored, dense = [], []
-    if isinstance(score_kinds, (str, bytes)):  # "conv" read as ('c', 'o', 'n', 'v') left every block dense
-        raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
-                            f"{score_kinds!r}")
-    kinds = tuple(score_kinds)
+    kinds = check_score_kinds(score_kinds)
     for b, s in zip(blocks, _slices(blocks)):
         kind = getattr(b, "kind", None)
         (scored if kind is None or kind in kinds else dense).append(s)
     return scored, dense
+
+
+def check_score_kinds(score_kinds) -> tuple:
+    """``score_kinds`` as a tuple of kind names; a string ("conv", read as its characters, would
+    leave every block dense) or anything else raises an ArgumentError naming it."""
+    try:
+        kinds = None if isinstance(score_kinds, (str, bytes)) else tuple(score_kinds)
+    except TypeError:
+        kinds = None
+    if kinds is None or not all(isinstance(k, str) for k in kinds):
+        raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
+                            f"{score_kinds!r}")
+    return kinds
 
 
 def _check_sparsity(sparsity) -> float:

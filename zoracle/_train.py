@@ -30,7 +30,7 @@ from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
-from ._pruning import RANKINGS, SCORED_KINDS, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
@@ -574,14 +574,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     # the sparse split's settings are checked with or without `sparsity` (a typo must not pass
     # unseen until sparsity is turned on)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
-    try:
-        kinds = None if isinstance(score_kinds, (str, bytes)) else tuple(score_kinds)
-    except TypeError:
-        kinds = None
-    if kinds is None or not all(isinstance(k, str) for k in kinds):
-        raise ArgumentError(f"`score_kinds` must be a collection of kind names such as ('conv', 'linear'), got "
-                            f"{score_kinds!r}")
-    score_kinds = kinds
+    score_kinds = check_score_kinds(score_kinds)
     if isinstance(ratios, str) and ratios not in RATIO_METHODS:
         raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
     if ranking not in RANKINGS:  # before ZO-GraSP's queries

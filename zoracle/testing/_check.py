@@ -171,6 +171,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     # bounded moves (half a step at the second point, a step in the dense rows): an oracle defined
     # near a boundary (p > 0) is asked only where the one-coordinate checks already go
     second = params + xp.asarray((0.5 * step * gen.choice([-1.0, 1.0], d)).astype(params.dtype))
+    # batch rows go as estimate_gradient sends them: at most max_queries_per_call a call
+    cap = getattr(oracle, "max_queries_per_call", None)
+    cap = int(cap) if isinstance(cap, numbers.Integral) and not isinstance(cap, bool) and cap >= 1 else None
     for at, where in ((params, ""), (second, " at a second point (params moved by step/2 in every entry)")):
         ref0 = call(at) if reference is not None or at is not params else base  # changes are measured from here
         if caps.batch:
@@ -178,9 +181,6 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
             rows = min(n_rows, d)
             one = [perturbed(at, int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])]
             dense = [at + xp.asarray((step * gen.choice([-1.0, 1.0], d)).astype(params.dtype)) for _ in range(n_rows)]
-            # as estimate_gradient sends them: at most max_queries_per_call rows a call
-            cap = getattr(oracle, "max_queries_per_call", None)
-            cap = int(cap) if isinstance(cap, numbers.Integral) and not isinstance(cap, bool) and cap >= 1 else None
             for kind, group in (("rows that move one coordinate", one), ("rows that move every coordinate", dense)):
                 X = xp.stack(group)
                 want = [call(X[r]) for r in range(X.shape[0])]
@@ -235,14 +235,12 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
                 report["prefix_suffix"] = worst
     # the capability calls must leave the oracle as they found it (a mode switched and not put back
     # changes every later call)
-    after = base if not (caps.batch or caps.coordinate or caps.split) else _ask(
-        "oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), after the checks"))
-    ok, dev = _close(base, after, 0, 0)
     if caps.batch or caps.coordinate or caps.split:
-        report["state"] = dev
-    if not ok:
-        failures.append(f"state: oracle(params) after the capability calls differs from before them by {dev:.3g} "
-                        "(a fast path left state behind: a mode, a cache, a buffer)")
+        after = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), after the checks"))
+        ok, report["state"] = _close(base, after, 0, 0)
+        if not ok:
+            failures.append(f"state: oracle(params) after the capability calls differs from before them by "
+                            f"{report['state']:.3g} (a fast path left state behind: a mode, a cache, a buffer)")
     if failures:
         raise OracleCheckError(
             f"check_oracle found {len(failures)} problem(s) with {type(oracle).__name__}:\n  - "
