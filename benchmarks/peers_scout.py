@@ -37,7 +37,7 @@ CONVS = ("0.weight", "0.bias", "2.weight", "2.bias")
 WITH_CLASSIFIER = {"0.weight": 7, "0.bias": 1, "6.weight": 34, "8.weight": 8}  # conv1-hidden, 8 moved to the classifier
 
 # name -> (what it changes, options of run_variant)
-#: digits seed 0's ZO-GraSP split of the recipe's 50 coordinates (docs/peers.md, "Why a seed fails")
+#: digits seed 0's ZO-GraSP split of the recipe's 50 coordinates (docs/peers-study.md, "Why a seed fails")
 SPLIT_0 = {"0.weight": 8, "0.bias": 2, "6.weight": 40}
 
 VARIANTS = {

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from zoracle._malloc import plan
+from peers_pages import open_peers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,7 +253,7 @@ def test_class_major_lead_tables_are_the_saved_runs_and_keep_the_accuracies():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import allocator
 
-    with open(os.path.join(ROOT, "docs", "peers.md"), encoding="utf-8") as f:
+    with open_peers() as f:
         page = f.read()
     for name in ("digits", "mnist1d", "final_digits", "final_mnist1d"):
         data = name.split("_")[-1]
@@ -280,7 +281,7 @@ def test_one_call_for_every_block_tables_are_the_saved_runs():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import allocator
 
-    with open(os.path.join(ROOT, "docs", "peers.md"), encoding="utf-8") as f:
+    with open_peers() as f:
         page = f.read()
     leads = {}
     for data in ("digits", "mnist1d"):

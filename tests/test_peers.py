@@ -12,6 +12,8 @@ import os
 import numpy as np
 import pytest
 
+from peers_pages import open_peers
+
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 pytest.importorskip("evotorch")
@@ -574,7 +576,7 @@ def test_wins_names_a_missing_results_file(peers, tmp_path, capsys):
 
 def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
     """docs/peers.md shows every committed results file's table exactly as `--report` prints it."""
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     names = ["digits", "mnist1d", "fresh_digits", "fresh_mnist1d", "long_digits", "long_mnist1d", "long_tuned_digits",
              "long_tuned_mnist1d", "long_snes_digits", "long_snes_mnist1d", "isa_digits", "isa_mnist1d", "seeds12_digits",
@@ -837,7 +839,7 @@ def test_the_plain_call_check_in_the_docs_runs_as_written(monkeypatch):
 
     import torch
 
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         lines = [line.strip() for line in f if "python -m timeit" in line and "b.plain()" in line]
     assert len(lines) == 1
     args = shlex.split(lines[0])

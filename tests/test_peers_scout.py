@@ -9,6 +9,8 @@ import types
 import numpy as np
 import pytest
 
+from peers_pages import open_peers
+
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
@@ -237,7 +239,7 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
                     "floor-small-100", "floor-small-200", "floor-small-400"}  # and the coordinates there (*_coords_*)
     assert len(runs) == 2 * 3 * len(set(scout.VARIANTS) - at_150k_only)  # every other variant, 3 seeds, both data sets
     assert {r["variant"] for r in runs} == set(scout.VARIANTS) - at_150k_only
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     assert scout.report(runs) in docs
     # the rounds at 150,000 queries: seeds 0-2 of every variant run there, and seeds 3-5 of three
@@ -377,7 +379,7 @@ def test_the_fill_small_blocks_rounds_are_the_docs_tables_and_peers_runs(scout):
 
     def load(name):
         return scout.peers._load(os.path.join(results, name))
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     # twelve seeds at 150,000 queries, next to the recipe's twelve (the scheduling rounds' `recipe` runs)
     fill = [r for d in ("digits", "mnist1d") for r in load(f"scout150_fill_{d}.json")]
@@ -417,7 +419,7 @@ def test_the_docs_split_rows_are_zo_grasps_on_the_machine_that_made_them(scout):
     made = scout.peers.machine()
     if made["cpu_capability"] != "AVX512" or "AMD EPYC" not in made["cpu"]:
         pytest.skip(f"the split table was made on an AMD EPYC under AVX-512; this is {made['cpu']} ({made['cpu_capability']})")
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     for row in scout.splits("mnist1d", 1200, [9, 10]).splitlines():
         assert row in docs
@@ -435,7 +437,7 @@ def test_the_spread_round_is_the_docs_table(scout):
     (start,) = [r for r in runs if r["variant"] == "start-0" and r["seed"] == 0]
     assert [row[:1] + row[2:] for row in start["curve"]] == [row[:1] + row[2:] for row in recipe["curve"]]
     assert {r["budget"] for r in runs} == {150_000} and {r["machine"]["cpu_capability"] for r in runs} == {"AVX512"}
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     assert scout.report(runs) in docs
     first = [[row[:1] + row[2:] for row in r["curve"]] for r in runs if r["seed"] == 0 and r["variant"] != "start-0"]
@@ -450,7 +452,7 @@ def test_the_layer_normalized_round_is_the_docs_table(scout):
     runs = [r for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"scout150_lnorm_{d}.json"))]
     assert {r["variant"] for r in runs} == {"layer-norm-0.3", "layer-norm-1", "layer-norm-0.1", "layer-norm-0.03"}
     assert len(runs) == 2 * 4 * 3 and {r["seed"] for r in runs} == {0, 1, 2} and {r["budget"] for r in runs} == {150_000}
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         assert scout.report(runs) in f.read()
 
 
@@ -505,7 +507,7 @@ def test_the_regrasp_round_is_the_docs_table(scout):
     assert len(new) == 2 * 2 * 12 and {r["seed"] for r in new} == set(range(12)) and {r["budget"] for r in new} == {150_000}
     assert all(r["queries"] <= 150_000 for r in new)
     runs = [r for path in files for r in scout.peers._load(path) if r["variant"] in ("recipe", "regrasp-4", "regrasp-10")]
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         assert scout.report(runs) in f.read()
 
 
@@ -521,7 +523,7 @@ def test_the_momentum_rounds_are_the_docs_tables(scout, size, study, others, twe
 
     def load(name):
         return scout.peers._load(os.path.join(results, name))
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     every = []
     for lr in ("0.03", "0.01", "0.1"):
@@ -547,7 +549,7 @@ def test_the_coordinates_rounds_are_the_docs_tables(scout):
 
     def load(*names):
         return [r for n in names for d in ("digits", "mnist1d") for r in scout.peers._load(os.path.join(results, f"{n}_{d}.json"))]
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     wide = ["floor-small", "floor-small-100", "floor-small-200", "floor-small-400"]
     narrow = ["recipe", "coords-100", "coords-200"]
@@ -648,7 +650,7 @@ def test_report_gives_each_size_and_budget_of_a_data_set_its_own_columns(scout):
 
 def test_the_fill_section_shows_its_tables_as_the_reports_print_them(scout, capsys):
     """docs/peers.md, "The fill on a second machine, and at 12-13k": every table its commands print."""
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         section = f.read().split("### The fill on a second machine, and at 12-13k")[1].split("\n### ")[0]
     results = os.path.join(ROOT, "benchmarks", "peers_results")
 
@@ -683,7 +685,7 @@ def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
     from scipy.stats import mannwhitneyu
     from zoracle.recipes import FILL_FROM_STEPS
 
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     section = docs.split("### The fill as the default from 1,400 steps")[1].split("\n### ")[0]
     assert f"{FILL_FROM_STEPS:,} steps" in section
@@ -745,7 +747,7 @@ def test_the_fill_default_section_shows_what_its_runs_give(scout, capsys):
 
 
 def test_the_fill_default_section_times_the_two_recipes_side_by_side(scout):
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         section = f.read().split("### The fill as the default from 1,400 steps")[1].split("\n### ")[0]
     results = os.path.join(ROOT, "benchmarks", "peers_results")
     seconds = {}
@@ -793,7 +795,7 @@ def test_lr_table_puts_each_rate_in_its_column_and_the_rules_apart(scout):
 
 
 def test_the_lr_section_shows_the_rates_table_of_the_saved_results(scout, capsys):
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     R = os.path.join(ROOT, "benchmarks", "peers_results")
     # the study's sweeps first (lr 0.1 at the largest size and 30,000 queries), then this round's runs, which
@@ -823,7 +825,7 @@ def test_the_fewer_coordinates_round_is_the_docs_table_and_the_rule_mid_runs(sco
     assert len(runs) == 2 * 3 * 12 and {r["budget"] for r in runs} == {30_000}
     for r in runs:  # the rule's rate, every weight of these models sampled
         assert r["setting"]["lr"] == default_lr(30_000, r["d"]), r["data"]
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     assert scout.report(runs) in docs and scout.versus(runs, "recipe", ["coords-25", "coords-12"]) in docs
     for data in ("digits", "mnist1d"):

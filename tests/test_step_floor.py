@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from peers_pages import open_peers
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
@@ -113,7 +115,7 @@ def _saved_run_in_docs(name: str):
 
     with open(os.path.join(ROOT, "benchmarks", "peers_results", name)) as f:
         r = json.load(f)
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     assert "\n".join("  " + line if line else "" for line in step_floor.table(r).split("\n")) in docs
     assert f"python benchmarks/step_floor.py --report benchmarks/peers_results/{name}" in docs
@@ -158,7 +160,7 @@ def test_docs_show_the_runs_own_mask_and_the_side_by_side_pairs():
     ranges the prose quotes come from the saved side-by-side pairs."""
     import step_floor
 
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     runs = {}
     for name in ("study_before", "layers_before", "study", "layers"):
@@ -192,7 +194,7 @@ def test_docs_say_where_the_step_time_goes_from_the_saved_run():
 
     with open(os.path.join(ROOT, "benchmarks", "peers_results", "step_floor_digits_calls.json")) as f:
         r = json.load(f)
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         docs = f.read()
     assert step_floor.table(r) in docs
     assert "python benchmarks/step_floor.py --report benchmarks/peers_results/step_floor_digits_calls.json" in docs
@@ -249,7 +251,7 @@ def test_docs_quote_the_compiled_run_from_its_saved_file():
         r = json.load(f)
     ms, c = r["ms_per_step"], r["compiled"]
     nhand = ms["by hand"]
-    with open(os.path.join(ROOT, "docs", "peers.md")) as f:
+    with open_peers() as f:
         text = " ".join(f.read().split())
     assert (f"gives the hand-written step {ms[step_floor.COMPILED]:.2f} ms compiled against {nhand:.2f} ms as "
             f"written (compiled once in {c['compile_s']:.1f} s, its estimate {c['max_abs_diff_vs_eager']:.1e} off") \

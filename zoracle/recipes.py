@@ -78,7 +78,7 @@ def default_coordinates(budget: int, sampled: int) -> int:
     weight on; never more than ``sampled``.
 
     Where a weight is measured many times, fewer steps that each measure more weights do
-    better. Measured in ``docs/peers.md`` ("More coordinates a step at 79 queries per weight"),
+    better. Measured in ``docs/peers-study.md`` ("More coordinates a step at 79 queries per weight"),
     twelve seeds a point: at d of about 2k and 150,000 queries (79 queries per weight) 100 a
     step has 96.0% on digits and 66.4% on MNIST-1D, against 93.4% and 62.4% with 50, which
     puts it level with SNES on digits (95.3%) and ahead on MNIST-1D (61.7%, rank test
@@ -153,7 +153,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     lr : float or None
         Peak learning rate. None (the default) is :func:`default_lr`: ``0.085 / sqrt(q)`` for
         ``q = budget / sampled weights``, within [0.03, 0.1]: 0.1 up to 0.72 queries per weight,
-        0.06 at 2, 0.038 at 5 and 0.03 from 8 on. Measured in ``docs/peers.md`` ("The
+        0.06 at 2, 0.038 at 5 and 0.03 from 8 on. Measured in ``docs/peers-study.md`` ("The
         rate against the queries per weight").
     coordinates : int or None
         Weights estimated a step (the sparse set's size). None (the default) is
