@@ -460,7 +460,22 @@ def _self_check(oracle, why: str = "") -> None:
         core.checked_modes.add(_modes(core.model))
     if reason:
         failed = reason.startswith("the captured split failed")  # an error, not a different loss
-        retire_split(oracle, why + ((failed and _hook_reparametrized(core.model)) or reason))
+        retire_split(oracle, why + ((failed and _hook_reparametrized(core.model)) or reason
+                                    + (failed and _sequence_first(core.model) or "")))
+
+
+def _sequence_first(model: nn.Module) -> str:
+    """What to add to a failed split's reason when the model holds layers that take the batch
+    along dim 1 (``nn.MultiheadAttention``, also inside transformer layers, and RNNs without
+    ``batch_first=True``): the split slices rows along dim 0, so a forward that transposes the
+    batch to dim 1 for them cannot be split (the error it raises names shapes, not the cause)."""
+    names = [name or type(model).__name__ for name, m in model.named_modules()
+             if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and not m.batch_first]
+    if not names:
+        return ""
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"; {shown} take(s) the batch along dim 1 (batch_first=False), where the split takes samples along "
+            f"dim 0: build them with batch_first=True, and pass (batch, sequence, ...) inputs, to keep feature reuse")
 
 
 def _hook_reparametrized(model: nn.Module) -> str:

@@ -1117,6 +1117,45 @@ def test_hook_style_reparametrization_falls_back_naming_the_hook_and_the_paramet
         np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
 
 
+
+class _SequenceFirst(nn.Module):
+    """A (batch, sequence, features) input transposed for a sequence-first attention layer, as
+    pre-``batch_first`` code writes it."""
+
+    def __init__(self, batch_first=False):
+        super().__init__()
+        self.batch_first = batch_first
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=batch_first)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        z = x if self.batch_first else x.transpose(0, 1)
+        z, _ = self.attn(z, z, z)
+        return self.head(z.mean(1 if self.batch_first else 0))
+
+
+def test_a_sequence_first_layer_falls_back_naming_it_and_batch_first_keeps_the_split():
+    """A forward that moves the batch to dim 1 for ``nn.MultiheadAttention(batch_first=False)``
+    cannot be split by rows; the warning quoted only torch's shape error ("Expected input
+    batch_size (2) to match target batch_size (4)"). It names the layer and the fix now; the
+    fallback's estimate is the textbook one, and with ``batch_first=True`` the split stays."""
+    x, y = torch.randn(6, 5, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    for batch_first in (False, True):
+        torch.manual_seed(0)
+        model = _SequenceFirst(batch_first).double().eval()
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            oracle = TorchOracle(model, CE_ROWS, (x, y))
+            theta = oracle.initial_params()
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+        said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+        if batch_first:
+            assert oracle.blocks and not said, said
+        else:
+            assert "'attn' take(s) the batch along dim 1 (batch_first=False)" in said, said
+            assert "build them with batch_first=True" in said and not oracle.blocks
+        np.testing.assert_allclose(est, _textbook(oracle, theta), rtol=1e-6, atol=1e-9)
+
 def _textbook(oracle, theta, step=1e-6):
     base = oracle(theta)
     return np.array([(oracle(theta + step * e) - base) / step for e in np.eye(theta.size)])
