@@ -734,6 +734,23 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_ran_is_refused(tmp_path)
     assert zo.train(loss, np.zeros(3), epochs=5, resume=True, **kw).epochs == 5  # the same length: returned
 
 
+def test_resuming_with_the_epochs_completed_but_the_next_begun_is_refused(tmp_path):
+    """A checkpoint 2 steps into its fourth epoch, resumed with epochs=3, returned the 14-step run as
+    a 3-epoch one (a fresh 3-epoch run takes 12 steps and ends elsewhere)."""
+    loss = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(steps_per_epoch=4, rng=0, progress=False, checkpoint=tmp_path / "run.npz")
+    stop = lambda event, record, params: event == "step" and record["step"] == 13  # noqa: E731
+    first = zo.train(loss, np.zeros(2), epochs=5, callbacks=[stop], **kw)
+    assert first.steps == 14 and first.stopped
+    with pytest.raises(zo.ArgumentError, match=r"`epochs`=3, but checkpoint .* has already run 3 epochs and 2 steps "
+                                               r"of the next \(14 steps\); pass epochs=4"):
+        zo.train(loss, np.zeros(2), epochs=3, resume=True, **kw)
+    got = zo.train(loss, np.zeros(2), epochs=4, resume=True, **kw)  # that epoch finished: 16 steps
+    ref = zo.train(loss, np.zeros(2), epochs=4, **{**kw, "checkpoint": None})
+    assert got.steps == ref.steps == 16
+    np.testing.assert_array_equal(got.params, ref.params)
+
+
 @pytest.mark.parametrize("which", ["lr", "mu"])
 def test_a_schedule_that_fails_late_is_refused_before_the_first_query(which):
     # checked only at the fingerprint steps (0, 1, 2, 3, 5, 10, 20, ...), a rate negative from

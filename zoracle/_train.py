@@ -738,9 +738,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if not callable(getattr(oracle, "load_state_arrays", None)):
                 raise CheckpointError(f"checkpoint {resume!r} holds oracle state but the oracle has no load_state_arrays()")
             oracle.load_state_arrays(extra)
-        if epoch > epochs:  # the loop would not run: the longer run would come back as this one
-            raise ArgumentError(f"`epochs`={epochs}, but checkpoint {resume!r} has already run {epoch} epochs "
-                                f"({step} steps); pass epochs={epoch} (or more, to go on) to resume it, or "
+        if epoch > epochs or (epoch == epochs and pos > 0):  # the loop would not run: the longer run would
+            # come back as this one (``pos`` steps into epoch ``epoch``: that epoch has begun)
+            ran = f"{epoch} epochs" + (f" and {pos} steps of the next" if pos else "")
+            need = epoch + 1 if pos else epoch
+            raise ArgumentError(f"`epochs`={epochs}, but checkpoint {resume!r} has already run {ran} "
+                                f"({step} steps); pass epochs={need} (or more, to go on) to resume it, or "
                                 "resume=False to start a run of this length")
         log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
     else:
