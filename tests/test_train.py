@@ -684,6 +684,9 @@ def test_resume_true_on_an_empty_file_starts_fresh(tmp_path):
     (dict(score_kinds="linear"), "`score_kinds` must be a collection of kind names"),  # split into letters
     (dict(score_kinds=None), "`score_kinds` must be a collection"),  # a bare TypeError
     (dict(ratios=["a", "b"]), "`ratios` must be 'zo_grasp', 'smart', 'uniform', 'random' or one keep ratio"),
+    # an array keeping every weight ran dense CGE at sparsity 0.5, silently
+    (dict(ratios=np.array([1.0, 1.0])), r"`ratios` keeps 8 of the 8 scored weights \(100%\), but `sparsity`=0.5 "
+                                        r"asks for 4 \(50%\): with an array the ratios decide; pass sparsity=0"),
 ])
 def test_sparse_settings_name_the_argument(kw, match):
     args = dict(epochs=1, sparsity=0.5, blocks=[slice(0, 4), slice(4, 8)], progress=False, rng=0)

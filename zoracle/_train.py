@@ -27,7 +27,7 @@ from ._checkpoint import CheckpointError, as_path, check_writable, existing_chec
 from ._errors import ArgumentError, OracleError
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
-from ._masks import DynamicMasks, check_interval
+from ._masks import DynamicMasks, check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import DataOracle
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
@@ -488,7 +488,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Gradient sparsity of sparse CGE (0.9 = estimate 10% of the scored weights).
     ratios : {"zo_grasp", "smart", "uniform", "random"} or array
         Layer-wise keep ratios over the scored blocks; ZO-GraSP is computed once on
-        ``grasp_batch`` (default: the first batch) with ``grasp_directions`` directions.
+        ``grasp_batch`` (default: the first batch) with ``grasp_directions`` directions. An
+        array holds one keep ratio per scored block, and must keep ``1 - sparsity`` of the
+        scored weights (to each block's rounding).
     blocks : sequence of slice or records, optional
         Parameter blocks; default the oracle's ``param_info``, else its ``blocks``, else one
         block. Records whose ``kind`` is not in ``score_kinds`` (and parameters in no
@@ -760,6 +762,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                                     f"(a number in [0, 1]) per scored block, got {ratios!r}") from None
             if keep.shape != (len(scored),):
                 raise ArgumentError(f"`ratios` must have one keep ratio per scored block ({len(scored)}), got shape {keep.shape}")
+            kept, want = int(keep_counts(scored, keep).sum()), round((1 - sparsity) * n_scored)
+            if abs(kept - want) > len(scored):  # more than each block's rounding: `sparsity` would be ignored
+                raise ArgumentError(
+                    f"`ratios` keeps {kept} of the {n_scored} scored weights ({100 * kept / n_scored:.3g}%), but "
+                    f"`sparsity`={sparsity!r} asks for {want} ({100 * (1 - sparsity):.3g}%): with an array the ratios "
+                    f"decide; pass sparsity={1 - kept / n_scored:.6g} to match them, or ratios that keep "
+                    f"{100 * (1 - sparsity):.3g}% of the scored weights")
         elif ratios == "zo_grasp" and round((1 - sparsity) * n_scored) >= n_scored:
             keep = np.ones(len(scored))  # every weight kept: ZO-GraSP's queries could change nothing
         elif ratios == "uniform" or (ratios == "zo_grasp" and len(scored) == 1):
