@@ -769,3 +769,18 @@ def test_a_schedule_that_fails_late_is_refused_before_the_first_query(which):
     with pytest.raises(zo.ArgumentError, match="at step 1[13]"):
         zo.train(loss, np.ones(3), steps_per_epoch=20, progress=False, **kw)
     assert calls == []
+
+
+def test_a_mu_schedule_that_becomes_unrepresentable_late_is_refused_before_the_first_query():
+    """Only the fingerprint steps' mu were checked for a representable step: a cosine schedule to
+    1e-20 on float32 params of 100 failed at step 29, after 145 queries, naming CGE's mu."""
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(np.sum(x.astype(np.float64) ** 2))
+
+    mu = zo.cosine_schedule(1e-3, 30, final=1e-20)
+    with pytest.raises(zo.ArgumentError, match=r"rounds to a zero step in float32.*the `mu` schedule's value at step 29"):
+        zo.train(loss, np.full(2, 100.0, dtype=np.float32), epochs=30, mu=mu, optimizer=zo.sgd(1e-6), progress=False)
+    assert calls == []

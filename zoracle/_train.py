@@ -384,23 +384,30 @@ def _restore_state(template, saved: dict, count: int, xp):
 CHECKED_STEPS = 100_000
 
 
-def _check_every_step(lr_of, lr_name: str, mu_sched, total) -> None:
+def _check_every_step(lr_of, lr_name: str, mu_sched, total) -> dict:
     """Every step's learning rate and ``mu`` of a run of known length, checked before the first
     query (by :func:`schedule_value`): a schedule that turns negative or raises at step 11
-    must not fail after 11 steps' work."""
+    must not fail after 11 steps' work. Returns ``{step: mu}`` at the steps of the smallest and
+    the largest ``mu`` checked (empty without a ``mu`` schedule or a known length), whose
+    steps must be representable too."""
     if total is None:
-        return
+        return {}
+    extremes = {}
     for sched, name, positive in ((lr_of, lr_name, False), (mu_sched, "mu", True)):
         if sched is None:
             continue
+        values = []
         for t in range(min(total, CHECKED_STEPS)):
             try:  # the plain value first: schedule_value's message is built only for a bad one
                 v = sched(t)
                 good = type(v) is float and (v > 0 if positive else v >= 0) and v != math.inf
             except Exception:
                 good = False
-            if not good:
-                schedule_value(sched, t, name, positive=positive)
+            values.append(v if good else schedule_value(sched, t, name, positive=positive))
+        if sched is mu_sched and values:
+            lo, hi = int(np.argmin(values)), int(np.argmax(values))
+            extremes = {lo: values[lo], hi: values[hi]}
+    return extremes
 
 
 def _steps_per_epoch(batches, steps_per_epoch):
@@ -662,10 +669,16 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
-    _check_every_step(lr_of, "schedule" if lr_sched is not None else "lr", mu_sched, total)
-    mus = prints["mu"]["values"] if mu_sched is not None else [estimator.mu]
-    for m in {min(mus), max(mus)} if mus else ():  # a step not representable at the initial params fails now
-        check_step(params, m, estimator.scheme, type(estimator).__name__)
+    extremes = _check_every_step(lr_of, "schedule" if lr_sched is not None else "lr", mu_sched, total)
+    if mu_sched is None:  # a step not representable at the initial params fails now
+        check_step(params, estimator.mu, estimator.scheme, type(estimator).__name__)
+    else:  # the schedule's smallest and largest steps, of every step checked (or the first ones)
+        extremes.update(zip(prints["mu"]["steps"], prints["mu"]["values"]))
+        for t in sorted({min(extremes, key=extremes.get), max(extremes, key=extremes.get)} if extremes else ()):
+            try:
+                check_step(params, extremes[t], estimator.scheme, type(estimator).__name__)
+            except StepError as exc:
+                raise StepError(f"{exc} (the `mu` schedule's value at step {t}: `mu` sets the steps' mu)") from None
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
     scale0 = float(xp.max(xp.abs(params)))  # the initial scale: a run that leaves it far behind diverged
 
