@@ -89,6 +89,15 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
     return (tuple(keys) if flags is None else flags), tuple(buffers)
 
 
+def _written_buffers(model: nn.Module) -> tuple:
+    """The versions of the buffers that train-mode modules other than BatchNorm hold (spectral
+    norm's vectors, InstanceNorm's running statistics, a custom running scale): a forward may
+    write them and then read them. Empty when there are none (BatchNorm's train-mode output
+    does not read its running statistics)."""
+    return tuple((id(b), _version(b)) for m in model.modules() if m._buffers and m.training
+                 and not isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m._buffers.values() if b is not None)
+
+
 def _version(t: torch.Tensor):
     """``t``'s version counter; None for an inference-mode tensor, which has none (nor can it be
     written outside that mode)."""
@@ -250,7 +259,9 @@ class TorchOracle:
     update_stats : bool
         Plain calls (``oracle(params)``, the base point of every estimate, once per step)
         update BatchNorm running statistics in train mode, like one first-order training
-        forward. Perturbation queries never do.
+        forward. Perturbation queries never do. Buffers other train-mode modules write (spectral
+        norm's vectors) are updated too; the call's loss is then that of the updated buffers,
+        which every perturbation starts from.
 
     Notes
     -----
@@ -752,7 +763,22 @@ class TorchOracle:
         flags = _modes(self.model)  # what the model is (modules, modes, hooks): a plain call leaves it so
         ensure_split(self, flags)  # the chain below must still be the model's (and its parameters the oracle's)
         self._load(params)
-        with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
+        if not self.update_stats:
+            return self._plain_call(params, flags, False)
+        before = _written_buffers(self.model)
+        value = self._plain_call(params, flags, True)
+        if before and _written_buffers(self.model) != before:
+            # a module wrote buffers its forward may read (spectral norm's power iteration, a running
+            # scale): the update is this call's, like a first-order training forward, and the loss is
+            # that of the buffers it left, which every perturbation query starts from (else a
+            # difference would mix the two states: the loss before the update with those after it)
+            value = self._plain_call(params, flags, False)
+        return value
+
+    def _plain_call(self, params, flags, update: bool) -> float:
+        """``__call__``'s forward and loss at the loaded ``params``, with the model's buffers
+        updated (``update``) or left as they were."""
+        with torch.no_grad(), norm_context(self.model, 1, update=update, loss_fn=self.loss_fn):
             key = _copy(params)
             if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
                 # the same module calls as model(x), one by one: keep every state for the prefixes,
