@@ -395,9 +395,12 @@ def chain_is_forward(model: nn.Module, steps) -> bool:
 
 
 def vmap_safe(model: nn.Module) -> bool:
-    """False when a BatchNorm subclass in train mode would update its buffers inside ``vmap``."""
+    """False when a BatchNorm subclass in train mode would update its buffers inside ``vmap``, or
+    an ``nn.Embedding`` with ``max_norm`` would renormalize its weight rows in place there (on the
+    batched copies, silently wrong)."""
     return not any(type(m) not in _BN and isinstance(m, _BATCHNORM) and m.training and m.running_mean is not None
-                   for m in _special_modules(model))
+                   for m in _special_modules(model)) \
+        and not any(isinstance(m, nn.Embedding) and m.max_norm is not None for m in model.modules())
 
 
 def _identity(x, *args, **kwargs):

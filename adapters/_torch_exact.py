@@ -723,7 +723,6 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     forward per coordinate (the textbook loop), and restored exactly.
     """
     core = oracle._core
-    oracle._load(params)
     model = oracle.model
     out = np.empty(len(c))
     starts = np.array([i.slice.start for i in core.info])
@@ -731,7 +730,8 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     names = parameter_names(model)
     B = oracle._x.shape[0]
     budget = oracle._budget or (1024 * 2**20 if oracle.device.type == "cuda" else 16 * 2**20)
-    per = 3 * max(oracle._probe()) * B
+    per = 3 * max(oracle._probe()) * B  # a first probe runs a forward: before the parameters are loaded
+    oracle._load(params)
     with torch.no_grad(), norm_context(model) as ctx:
         for t in np.unique(owner).tolist():
             sel = np.flatnonzero(owner == t)
@@ -751,7 +751,11 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
             for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
                 with nudged(p, j, step):
                     ctx.reset()
+                    versions = [q._version for q in core.params]
                     out[r] = float(oracle._loss(model(oracle._x), 1)[0])
+                    wrote = any(q._version != v for q, v in zip(core.params, versions))
+                if wrote:  # the forward wrote into the parameters (nn.Embedding's max_norm renormalizes
+                    oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
     return out
 
 

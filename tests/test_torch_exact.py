@@ -1554,3 +1554,46 @@ def test_a_forward_that_writes_and_reads_a_buffer_gives_every_query_the_same_buf
         want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in eye])
     np.testing.assert_allclose(est.grad, want, rtol=1e-5, atol=1e-8)
     assert est.loss == pytest.approx(loss(theta), rel=1e-12)
+
+
+class _MaxNormBag(nn.Module):
+    """Token ids -> mean of ``nn.Embedding(max_norm=1)`` rows -> linear: the embedding renormalizes
+    the rows it looks up, in place, in every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(9, 4, max_norm=1.0)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.emb(tokens).mean(1)))
+
+
+@pytest.mark.parametrize("blocks, budget", [(None, None), ("none", None), (None, 1024)])
+def test_an_embedding_with_max_norm_gives_the_textbook_estimate_in_every_full_forward_path(blocks, budget):
+    """The fallback's forwards started from rows an earlier forward had renormalized: the vmapped path
+    ran the in-place renorm on its batched copies (8e-3 off, max |partial| 0.044, and silently with
+    blocks="none"), the one-at-a-time loop (a small budget) kept the rows from forward to forward
+    and from its size probe (31.5 off, max |partial| 5e-3). Every perturbation now starts from the
+    queried parameters, as the textbook loop does."""
+    torch.manual_seed(1)
+    tokens, y = torch.randint(0, 9, (8, 6)), torch.randint(0, 3, (8,))
+    torch.manual_seed(0)
+    model = _MaxNormBag().double()
+    ref = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the split is refused, naming the write (tested elsewhere)
+        oracle = TorchOracle(model, CE_ROWS, blocks=blocks, budget_bytes=budget)
+        theta = oracle.initial_params()  # rows of norm about 2, before a forward renormalizes them
+        oracle = oracle.bind((tokens, y))
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-5, scheme="central")).grad
+    params = dict(ref.named_parameters())
+    flat = [params[n] for n in oracle.parameter_names]
+
+    def loss(v):
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.as_tensor(v), flat)
+            return float(CE_ROWS(ref(tokens), y).mean())
+
+    want = np.array([(loss(theta + 1e-5 * e) - loss(theta - 1e-5 * e)) / 2e-5 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-7, atol=1e-10)
