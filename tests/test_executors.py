@@ -410,6 +410,32 @@ def test_forget_given_the_bound_oracle_forgets_its_parent():
     assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
 
 
+def _sin2(x):
+    return float(np.sum(np.sin(x) ** 2))
+
+
+class Scaled:
+    """A user's oracle that keeps the function it wraps as ``self.fn``."""
+
+    def __init__(self, fn, scale):
+        self.fn, self.scale = fn, scale
+
+    def __call__(self, x):
+        return self.scale * self.fn(x)
+
+
+def test_forget_an_oracle_with_an_fn_attribute_forgets_the_oracle(loky2):
+    """``forget`` unwrapped any object's ``fn``, as if it were zoracle's own wrapper: it forgot the
+    user's inner function and the workers kept the old ``scale`` (gradients 3x off, silently)."""
+    oracle, x = Scaled(_sin2, 1.0), np.linspace(-1, 1, 8)
+    before = zo.estimate_gradient(oracle, x, zo.CGE(1e-4, "central"), executor=loky2)
+    oracle.scale = 3.0
+    loky2.forget(oracle)
+    after = zo.estimate_gradient(oracle, x, zo.CGE(1e-4, "central"), executor=loky2)
+    assert_same(after, zo.estimate_gradient(oracle, x, zo.CGE(1e-4, "central")))
+    np.testing.assert_allclose(after.grad, 3 * before.grad, rtol=1e-9)
+
+
 class DictKey:
     """Its ``executor_key()`` is a dict it changes in place (a config)."""
 

@@ -23,6 +23,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._errors import ZoracleError
 from ._malloc import reuse_freed_memory
+from ._oracle import Oracle
 from ._plan import BaseTask
 from ._executors_core import (
     BatchMirror,
@@ -129,7 +130,7 @@ class ShardedExecutor(StaysHere):
         A bound oracle (one whose ``unbind()`` returns ``(parent, batch)``) travels as its
         parent plus the batch: forgetting it forgets the parent, with every batch bound to it.
         """
-        fn = getattr(oracle, "fn", oracle)
+        fn = oracle.fn if isinstance(oracle, Oracle) else oracle  # zoracle's wrapper, not a user's `fn`
         parent, batch = split_bound(fn)
         if batch is not None:
             self._bound.forget(fn)
