@@ -588,6 +588,12 @@ class TorchOracle:
         """The bound batch's identity and versions (copies of one bound oracle share it)."""
         return id(self._x), self._batch_key()
 
+    def batch_key(self):
+        """What a process or cluster executor compares before every run to see whether the bound
+        batch changed in place since it sent it (then it sends the batch again): the bound
+        tensors' version counters. None when nothing is bound."""
+        return None if self._x is None else self._batch_key()
+
     def _batch_key(self) -> tuple:
         """The bound batch's version counters: bind keeps the caller's tensors when they need no
         conversion, so an in-place write into them (an augmentation, a reused input buffer) must

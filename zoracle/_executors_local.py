@@ -101,6 +101,7 @@ class ShardedExecutor(StaysHere):
         self._registry = Registry()
         self._bound = Registry(keep=2)
         self._keys: dict = {}  # oracle token -> its executor_key() when sent (pickled)
+        self._batch_keys: dict = {}  # bound batch token -> the bound oracle's batch_key() when sent
         self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._costs = CostModel()
         self._lock = threading.Lock()
@@ -156,6 +157,15 @@ class ShardedExecutor(StaysHere):
                     self._dropped(dropped)
             self._keys[otoken] = key
         btoken = self._bound.token(oracle.fn)[0] if batch is not None else None
+        bkey_of = getattr(oracle.fn, "batch_key", None) if batch is not None else None
+        if callable(bkey_of):  # the batch written in place since it was sent (a reused buffer): send it again
+            bkey = bkey_of()
+            if btoken in self._batch_keys and self._batch_keys[btoken] != bkey:
+                self._bound.forget(oracle.fn)
+                btoken = self._bound.token(oracle.fn)[0]
+            self._batch_keys[btoken] = bkey
+            while len(self._batch_keys) > 2 * self._bound.keep:  # the registry keeps its last few only
+                self._batch_keys.pop(next(iter(self._batch_keys)))
         return Payload(otoken, parent, btoken, batch, uuid.uuid4().hex[:16], params)
 
     def _backend(self, payload, oracle):  # pragma: no cover - overridden
