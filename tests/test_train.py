@@ -784,3 +784,22 @@ def test_a_mu_schedule_that_becomes_unrepresentable_late_is_refused_before_the_f
     with pytest.raises(zo.ArgumentError, match=r"rounds to a zero step in float32.*the `mu` schedule's value at step 29"):
         zo.train(loss, np.full(2, 100.0, dtype=np.float32), epochs=30, mu=mu, optimizer=zo.sgd(1e-6), progress=False)
     assert calls == []
+
+
+@pytest.mark.parametrize("given, same", [
+    (lambda: zo.CGE(mu=np.float64(0.005)), lambda: zo.CGE(mu=0.005)),
+    (lambda: zo.RGE(mu=np.float32(0.25), directions=np.int64(3)), lambda: zo.RGE(mu=0.25, directions=3)),
+    (lambda: zo.SNES(mu=np.float64(0.1), population=np.int32(6), sigma_lr=np.float64(0.5)),
+     lambda: zo.SNES(mu=0.1, population=6, sigma_lr=0.5)),
+])
+def test_an_estimator_given_numpy_scalars_resumes_a_run_written_with_python_numbers(tmp_path, given, same):
+    """The checkpoint records the estimator's repr: CGE(mu=np.float64(0.005)) refused to resume a run
+    written with CGE(mu=0.005), as a different estimator."""
+    assert repr(given()) == repr(same())
+    loss = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(steps_per_epoch=2, rng=0, progress=False, checkpoint=tmp_path / "run.npz")
+    stop = lambda event, record, params: event == "step" and record["step"] == 2  # noqa: E731
+    zo.train(loss, np.zeros(3), epochs=3, estimator=same(), callbacks=[stop], **kw)
+    got = zo.train(loss, np.zeros(3), epochs=3, estimator=given(), resume=True, **kw)
+    ref = zo.train(loss, np.zeros(3), epochs=3, estimator=same(), **{**kw, "checkpoint": None})
+    np.testing.assert_array_equal(got.params, ref.params)

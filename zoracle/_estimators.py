@@ -32,6 +32,15 @@ def _check_mu(mu) -> None:
         raise ArgumentError(f"`mu` must be a finite number > 0 (e.g. 5e-3), got {mu!r}")
 
 
+def _plain_numbers(est, **kinds) -> None:
+    """The estimator's numbers as Python ``float`` / ``int`` (None kept): a NumPy scalar would
+    change its ``repr``, which checkpoints record, and refuse a resume with the same value."""
+    for name, kind in kinds.items():
+        v = getattr(est, name)
+        if v is not None and type(v) is not kind:
+            object.__setattr__(est, name, kind(v))
+
+
 @dataclass(frozen=True)
 class CGE:
     r"""Coordinate-wise gradient estimator.
@@ -61,6 +70,7 @@ class CGE:
     def __post_init__(self):
         _check_mu(self.mu)
         _check_choice("scheme", self.scheme, SCHEMES)
+        _plain_numbers(self, mu=float)
 
     @property
     def steps(self) -> tuple:
@@ -119,6 +129,7 @@ class RGE:
         _check_choice("distribution", self.distribution, DISTRIBUTIONS)
         _check_choice("scheme", self.scheme, SCHEMES)
         _check_choice("shaping", self.shaping, SHAPINGS)
+        _plain_numbers(self, mu=float, directions=int)
 
     @property
     def steps(self) -> tuple:
@@ -179,6 +190,7 @@ class SNES:
         r = self.sigma_lr
         if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not np.isfinite(r) or r < 0):
             raise ArgumentError(f"`sigma_lr` must be a finite number >= 0 or None for 0.2 (3 + ln d) / sqrt(d), got {r!r}")
+        _plain_numbers(self, mu=float, population=int, sigma_lr=float)
 
     scheme = "forward"  # what check_step tests: params + sigma must be a representable step
 
