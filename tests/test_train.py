@@ -803,3 +803,19 @@ def test_an_estimator_given_numpy_scalars_resumes_a_run_written_with_python_numb
     got = zo.train(loss, np.zeros(3), epochs=3, estimator=given(), resume=True, **kw)
     ref = zo.train(loss, np.zeros(3), epochs=3, estimator=same(), **{**kw, "checkpoint": None})
     np.testing.assert_array_equal(got.params, ref.params)
+
+
+def test_eval_fn_and_callbacks_get_the_params_read_only():
+    """They got the run's own array: an in-place edit in eval_fn changed training (and a resumed run,
+    whose checkpoint is saved before eval_fn, differed from the uninterrupted one)."""
+    def edit(params, *rest):
+        params *= 0.0
+
+    kw = dict(epochs=2, steps_per_epoch=2, rng=0, progress=False)
+    with pytest.raises(ValueError, match="read-only"):
+        zo.train(lambda x: float(x @ x), np.ones(3), eval_fn=edit, **kw)
+    with pytest.raises(ValueError, match="read-only"):
+        zo.train(lambda x: float(x @ x), np.ones(3), callbacks=[lambda e, r, p: edit(p)], **kw)
+    seen = []
+    got = zo.train(lambda x: float(x @ x), np.ones(3), eval_fn=lambda p: seen.append(p.copy()) or 0.0, **kw)
+    np.testing.assert_array_equal(seen[-1], got.params)

@@ -29,7 +29,7 @@ from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, 
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval, keep_counts
 from ._optim import Optimizer, sgd
-from ._oracle import DataOracle
+from ._oracle import DataOracle, readonly
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
@@ -480,7 +480,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     estimator : CGE, RGE or SNES
         Default ``CGE()``. SNES's adapted ``sigma`` is carried from step to step, saved in
         checkpoints and returned as ``TrainResult.estimator_state``; the history's ``mu``
-        is then the mean ``sigma``.
+        is then the mean ``sigma`` each step sampled with.
     optimizer : Optimizer
         Default ``sgd(0.1)``.
     schedule : schedule, optional
@@ -517,12 +517,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Passed to every estimate; never closed here.
     eval_fn : callable, optional
         ``params -> float or dict`` at the end of every ``eval_every`` epochs and of the last
-        one. A run that ``max_queries`` or a callback stops inside an epoch (as
+        one (``params`` read-only: the run's own array, which a write would change). A run that ``max_queries`` or a callback stops inside an epoch (as
         ``recipes.short_budget``'s usually does) has no record for that partial epoch and no
         evaluation at its stop: evaluate ``result.params`` yourself.
     callbacks : sequence of callable
-        ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"``; returning
-        True (or NumPy's True) stops training; a value other than None or False is warned about.
+        ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``params``
+        read-only, as for ``eval_fn``); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
@@ -900,9 +900,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     )
                 nfev += g.nfev
                 width = float(est.mu)
-                if snes:
-                    est_state = g.state
+                if snes:  # the widths this step sampled with, before its update
                     width = float(np.mean(est_state))
+                    est_state = g.state
                 rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": width,
                        "nfev": int(g.nfev), "total_nfev": int(nfev), "seconds": time.perf_counter() - t0}
                 steps_hist.append(rec)
@@ -917,7 +917,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
                 for cb in callbacks:
-                    if _stops(cb("step", rec, params), cb, cb_warned):
+                    if _stops(cb("step", rec, readonly(params)), cb, cb_warned):
                         stopped = True
                 if max_queries is not None and nfev >= max_queries:
                     stopped = True
@@ -935,7 +935,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                    erec.update(_metrics(eval_fn(params), epoch))
+                    erec.update(_metrics(eval_fn(readonly(params)), epoch))
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
                 epoch_hist.append(erec)
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
@@ -943,7 +943,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if progress:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 for cb in callbacks:
-                    if _stops(cb("epoch", erec, params), cb, cb_warned):
+                    if _stops(cb("epoch", erec, readonly(params)), cb, cb_warned):
                         stopped = True
                 epoch += 1
                 pos = 0
