@@ -1597,3 +1597,31 @@ def test_an_embedding_with_max_norm_gives_the_textbook_estimate_in_every_full_fo
 
     want = np.array([(loss(theta + 1e-5 * e) - loss(theta - 1e-5 * e)) / 2e-5 for e in np.eye(theta.size)])
     np.testing.assert_allclose(est, want, rtol=1e-7, atol=1e-10)
+
+
+def test_a_probe_whose_loss_is_nan_does_not_retire_the_split():
+    """The split is checked on two samples; where their loss was NaN in both the graph and model(x)
+    (a mean loss whose first two targets are ignored, a NaN in the first sample), NaN != NaN retired
+    the split for good, warning "gives loss nan but model(x) gives nan": every later estimate ran
+    full forwards, also on clean batches. The check takes the first pair with a finite loss."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    y[:2] = -100  # ignored by a mean cross-entropy: the first pair's loss is 0 / 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, nn.CrossEntropyLoss())
+        theta = oracle.initial_params()
+        bound = oracle.bind((x, y))
+        est = zo.estimate_gradient(bound, theta, zo.CGE(mu=1e-6)).grad
+        assert len(bound.blocks) == 2
+        np.testing.assert_allclose(est, _textbook(bound, theta), rtol=1e-6, atol=1e-9)
+        bad = x.clone()
+        bad[0, 0] = float("nan")
+        dirty = oracle.bind((bad, y.clamp(min=0)))
+        with pytest.raises(zo.OracleError, match="returned nan at the base point"):
+            zo.estimate_gradient(dirty, theta, zo.CGE(mu=1e-6))
+        clean = oracle.bind((x, y.clamp(min=0)))
+        assert len(clean.blocks) == 2
+        np.testing.assert_allclose(zo.estimate_gradient(clean, theta, zo.CGE(mu=1e-6)).grad,
+                                   _textbook(clean, theta), rtol=1e-6, atol=1e-9)
