@@ -217,3 +217,39 @@ def test_cluster_executors_take_integer_worker_counts(n):
     for cls in (DaskExecutor, RayExecutor):
         with pytest.raises(zo.ArgumentError, match="`n_workers` must be an integer >= 1"):
             cls("local", n_workers=n)
+
+
+class _KeepsItsBatch:
+    """A user's oracle that keeps its data in an attribute named ``batch``."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.batch = (rng.standard_normal((32, 4)), rng.integers(0, 2, 32))
+
+    def __call__(self, w):
+        X, y = self.batch
+        z = X @ w
+        return float(np.mean(np.logaddexp(0, z) - y * z))
+
+
+class _LoaderBatch:
+    """A ``batch`` method that means something else (a data loader's)."""
+
+    def batch(self, n=32):
+        return np.ones(n)
+
+    def __call__(self, w):
+        return float(np.sum((w - 1) ** 2))
+
+
+def test_an_attribute_named_like_a_capability_is_not_one():
+    """Protocol isinstance checks ask for the attribute only: data kept in ``self.batch`` made the
+    oracle a BatchOracle, and its tuple was called ('tuple' object is not callable)."""
+    oracle = _KeepsItsBatch()
+    assert zo.capabilities(oracle) == zo.Capabilities()
+    x = np.zeros(4)
+    want = np.array([(oracle(x + 1e-6 * e) - oracle(x)) / 1e-6 for e in np.eye(4)])
+    np.testing.assert_allclose(zo.estimate_gradient(oracle, x, zo.CGE(mu=1e-6)).grad, want, rtol=1e-12)
+    with pytest.raises(zo.OracleError, match=r"zoracle calls _LoaderBatch.batch\(params_batch\) as the BatchOracle "
+                                             r"method.*rename a `batch` that means something else"):
+        zo.estimate_gradient(_LoaderBatch(), np.zeros(3))

@@ -103,11 +103,18 @@ def capabilities(oracle) -> Capabilities:
     if isinstance(oracle, Oracle):
         return oracle.caps
     return Capabilities(
-        batch=isinstance(oracle, BatchOracle),
-        coordinate=isinstance(oracle, CoordinateOracle),
-        split=isinstance(oracle, SplitOracle) and len(getattr(oracle, "blocks", ())) > 0,
-        data=isinstance(oracle, DataOracle),
+        batch=has_methods(oracle, "batch"),
+        coordinate=has_methods(oracle, "coordinate_losses"),
+        split=has_methods(oracle, "prefix", "suffix") and len(getattr(oracle, "blocks", ())) > 0,
+        data=has_methods(oracle, "bind"),
     )
+
+
+def has_methods(oracle, *names) -> bool:
+    """Whether ``oracle`` has every one of ``names`` as a callable: a protocol's ``isinstance``
+    asks only for the attribute, so data kept as ``self.batch = (X, y)`` made an oracle a
+    :class:`BatchOracle`, whose ``batch`` was then called."""
+    return all(callable(getattr(oracle, name, None)) for name in names)
 
 
 def _describe(value) -> str:
@@ -248,7 +255,14 @@ class Oracle:
 
     # capabilities ---------------------------------------------------------------------
     def batch(self, params_batch, query_of, what) -> np.ndarray:
-        return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what)
+        try:
+            return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what)
+        except OracleError as exc:
+            if isinstance(exc.__cause__, TypeError):  # a `batch` method with another meaning (a data loader's)
+                exc.args = (f"{exc.args[0]} (zoracle calls {type(self.fn).__name__}.batch(params_batch) as the "
+                            "BatchOracle method, (k, d) parameter rows -> k losses: rename a `batch` that means "
+                            "something else)", *exc.args[1:])
+            raise
 
     def coordinate_losses(self, params, coords, step, query_of, what) -> np.ndarray:
         return self._vector(lambda: self.fn.coordinate_losses(private(params), coords, step), len(coords), query_of, what)

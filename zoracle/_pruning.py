@@ -28,7 +28,7 @@ from ._backend import to_numpy
 from ._errors import ArgumentError
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._masks import _slices, check_disjoint
-from ._oracle import DataOracle
+from ._oracle import has_methods
 
 __all__ = [
     "SCORED_KINDS",
@@ -173,10 +173,10 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     ((3,), [2, 1, 0])
     """
     if batch is not None:
-        if not isinstance(oracle, DataOracle):
+        if not has_methods(oracle, "bind"):
             raise ArgumentError("`batch` was given but the oracle has no `bind(batch)`; drop `batch`")
         oracle = oracle.bind(batch)
-    elif isinstance(oracle, DataOracle) and not callable(oracle):
+    elif has_methods(oracle, "bind") and not callable(oracle):
         raise ArgumentError("the oracle is a DataOracle without a plain call: pass `batch=` (e.g. 25 samples per class)")
     params = validate_params(params)
     est = RGE(mu=mu, directions=directions)

@@ -29,7 +29,7 @@ from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, 
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval, keep_counts
 from ._optim import Optimizer, sgd
-from ._oracle import DataOracle, readonly
+from ._oracle import has_methods, readonly
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
@@ -298,7 +298,7 @@ def _bound(oracle, batch, name: str = "batches"):
         if not callable(oracle):
             raise ArgumentError("the oracle is not callable; pass `batches=` so it can be bound with `bind(batch)`")
         return oracle
-    if not isinstance(oracle, DataOracle):
+    if not has_methods(oracle, "bind"):
         raise ArgumentError(
             f"`{name}` {'were' if name == 'batches' else 'was'} given but the oracle ({type(oracle).__name__}) has no "
             f"`bind(batch)`; drop `{name}` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
