@@ -396,3 +396,13 @@ class TestRay(ClusterContract):
         assert token.stat().st_mode & 0o077 == 0, "the auth token file is readable by others"
         assert len(cluster.pids) == 2 and all(psutil.pid_exists(p) for p in cluster.pids)
         assert [n["Alive"] for n in ray.nodes()] == [True]
+
+
+@pytest.mark.parametrize("cls, module, extra", [("DaskExecutor", "distributed", "dask"), ("RayExecutor", "ray", "ray")])
+def test_a_missing_cluster_package_is_named_when_the_executor_is_made(monkeypatch, cls, module, extra):
+    """executors.md: imported when the executor is created, an ImportError naming the extra. It was
+    raised at the first run (or `with`), after the work before it."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match=rf"{module} is needed for this executor; install it with pip install -e "
+                                          rf"'\.\[{extra}\]'"):
+        {"DaskExecutor": DaskExecutor, "RayExecutor": RayExecutor}[cls]("local:1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ZoracleError", "OracleError", "ArgumentError"]
+__all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
 
 
 class ZoracleError(Exception):
@@ -57,3 +57,8 @@ def _round_trips(obj) -> bool:
         return True
     except Exception:
         return False
+
+
+class MissingExtra(ZoracleError, ImportError):
+    """A package an optional feature needs is not installed; the message names the extra that
+    installs it (``pip install -e '.[dask]'``)."""

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, ZoracleError
+from ._errors import ArgumentError, MissingExtra, ZoracleError
 from ._executors_core import (
     KEEP_ORACLES,
     BatchMirror,
@@ -47,13 +47,22 @@ def parse_local(address, what: str):
     return False, None
 
 
+def _require(name: str, extra: str) -> None:
+    """Fail at construction, as executors.md says, when ``name`` is not installed (it is imported
+    when the executor starts)."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        raise MissingExtra(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'")
+
+
 def _import(name: str, extra: str):
     import importlib
 
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise ImportError(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'") from exc
+        raise MissingExtra(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'") from exc
 
 
 # ----------------------------------------------------------------------------- __main__ guard
@@ -248,6 +257,7 @@ class DaskExecutor(ShardedExecutor):
     """Shards on a Dask cluster; see :class:`zoracle.executors.DaskExecutor`."""
 
     def __init__(self, client=None, *, n_workers: int | None = None, timeout=None, **cluster_kwargs):
+        _require("distributed", "dask")
         super().__init__(timeout)
         self._spec = client
         self._local, count = parse_local(client, "client")
@@ -590,6 +600,7 @@ class RayExecutor(ShardedExecutor):
 
     def __init__(self, address=None, *, n_workers: int | None = None, allow_network: bool = False,
                  timeout=None, **init_kwargs):
+        _require("ray", "ray")
         super().__init__(timeout)
         self.address = address
         self._local, count = parse_local(address, "address")
