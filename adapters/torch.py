@@ -24,7 +24,12 @@ import time
 import warnings
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("zoracle.adapters.torch needs torch: pip install torch==2.13.0 && pip install -e '.[torch]' "
+                      "(for the CPU wheel, add --index-url https://download.pytorch.org/whl/cpu to the first)") from exc
 from torch import nn
 
 from zoracle._backend import is_cupy, namespace

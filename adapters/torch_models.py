@@ -19,7 +19,12 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("zoracle.adapters.torch_models needs torch: pip install torch==2.13.0 && pip install -e '.[torch]' "
+                      "(for the CPU wheel, add --index-url https://download.pytorch.org/whl/cpu to the first)") from exc
 import torch.nn.functional as F
 from torch import nn
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -253,3 +255,17 @@ def test_an_attribute_named_like_a_capability_is_not_one():
     with pytest.raises(zo.OracleError, match=r"zoracle calls _LoaderBatch.batch\(params_batch\) as the BatchOracle "
                                              r"method.*rename a `batch` that means something else"):
         zo.estimate_gradient(_LoaderBatch(), np.zeros(3))
+
+
+@pytest.mark.parametrize("module, missing, extra", [
+    ("zoracle.adapters.torch", "torch", "'.[torch]'"),
+    ("zoracle.adapters.torch_models", "torch", "'.[torch]'"),
+    ("zoracle.testing.strategies", "hypothesis", "'.[test]'"),
+])
+def test_an_adapter_without_its_package_names_the_extra(module, missing, extra):
+    """The torch adapters and the hypothesis strategies failed with a bare ModuleNotFoundError, where
+    the onnx and phiflow adapters name their extra."""
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
+            f"try:\n    import {module}\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert f"{module} needs {missing}" in out.stdout and extra in out.stdout, out.stdout + out.stderr

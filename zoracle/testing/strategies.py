@@ -5,7 +5,10 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("zoracle.testing.strategies needs hypothesis: pip install -e '.[test]'") from exc
 
 from .._errors import ArgumentError
 from ._quadratic import QuadraticOracle
