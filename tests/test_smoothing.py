@@ -182,3 +182,15 @@ def test_inputs_that_used_to_escape_as_numpy_errors_or_broadcast():
         sm.sample_counts(threshold, np.float64(1.0), 5, 0.1, num_classes=2)
     with pytest.raises(zo.ArgumentError, match="same shape"):
         sm.lower_confidence_bound([1, 2], [3, 4, 5], 0.1)
+
+
+def test_a_flat_x_is_refused_as_ambiguous_before_any_query():
+    """One 64-pixel point given as a flat array ran as 64 scalar points (64 certificates, 7,040
+    queries) when the classifier flattened its input."""
+    clf = Counting(lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int))
+    for f in (lambda x: sm.certify_batch(clf, x, sigma=0.1, n0=5, n=20, num_classes=2, rng=0),
+              lambda x: sm.sample_counts(clf, x, 5, 0.1, num_classes=2)):
+        with pytest.raises(zo.ArgumentError, match=r"`x` of shape \(64,\) is ambiguous.*pass x\[None\] for one point"):
+            f(np.full(64, 0.1))
+    assert clf.sizes == []
+    assert sm.certify(clf, np.full(64, 0.1), sigma=0.1, n0=5, n=20, num_classes=2, rng=0).prediction == 1

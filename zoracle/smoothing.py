@@ -220,6 +220,10 @@ def _points(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ArgumentError(f"`x` must hold at least one point along axis 0, got shape {x.shape}")
+    if x.ndim == 1 and x.shape[0] > 1:  # one flat point, or many scalar points? (one 64-pixel point ran as 64)
+        raise ArgumentError(f"`x` of shape {x.shape} is ambiguous: points go along axis 0, so it would be "
+                            f"{x.shape[0]} scalar points; pass x[None] for one point (or use certify / predict), "
+                            "or x[:, None] for scalar points")
     if x.dtype.kind in "iub":
         return x.astype(np.float32)
     if x.dtype not in (np.float32, np.float64):  # float16, complex: no Gaussian noise in that dtype
