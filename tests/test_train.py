@@ -819,3 +819,15 @@ def test_eval_fn_and_callbacks_get_the_params_read_only():
     seen = []
     got = zo.train(lambda x: float(x @ x), np.ones(3), eval_fn=lambda p: seen.append(p.copy()) or 0.0, **kw)
     np.testing.assert_array_equal(seen[-1], got.params)
+
+
+def test_a_learning_rate_schedule_that_ends_before_the_run_is_warned_about():
+    """A cosine schedule of 5 steps in a 20-step run spent 15 steps' queries at lr 0, silently."""
+    loss = lambda x: float(x @ x)  # noqa: E731
+    with pytest.warns(UserWarning, match=r"the lr is 0 from step 5 on: the last 15 of the run's 20 steps.*"
+                                         r"total_steps=20"):
+        zo.train(loss, np.ones(3), epochs=20, optimizer=zo.sgd(zo.cosine_schedule(0.1, total_steps=5)), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run's own length: no warning
+        zo.train(loss, np.ones(3), epochs=20, optimizer=zo.sgd(zo.cosine_schedule(0.1, total_steps=20)), progress=False)
+        zo.train(loss, np.ones(3), epochs=20, schedule=zo.cosine_schedule(0.1, total_steps=20), progress=False)
