@@ -90,6 +90,12 @@ def test_output_directories_are_created_up_front(tmp_path):
     check_outputs("demo", Args)
     assert (tmp_path / "new" / "out").is_dir() and not (tmp_path / "curves.png").exists()
 
+    class Nested:  # a figure in a folder not there yet: created, as train(plot=) and `zoracle plot` do
+        out, cache, plot = None, None, str(tmp_path / "figs" / "curves.png")
+
+    check_outputs("demo", Nested)
+    assert (tmp_path / "figs").is_dir() and not (tmp_path / "figs" / "curves.png").exists()
+
 
 @pytest.mark.parametrize("argv, match", [
     (["--sparsity", "1.5"], "--sparsity"),

@@ -91,8 +91,9 @@ def _writable(path: str, kind: str) -> str | None:
             if os.path.exists(target) and not os.path.isfile(target):
                 return "it exists and is not a regular file (a device, pipe or socket)"
             where = os.path.dirname(target)
-            if not os.path.isdir(where):
-                return f"its directory {where} does not exist"
+            if os.path.exists(where) and not os.path.isdir(where):
+                return f"{where} exists and is not a directory"
+            os.makedirs(where, exist_ok=True)  # as train(plot=), result.plot and `zoracle plot` do
         with tempfile.TemporaryFile(dir=where):
             pass
     except OSError as exc:
