@@ -1625,3 +1625,12 @@ def test_a_probe_whose_loss_is_nan_does_not_retire_the_split():
         assert len(clean.blocks) == 2
         np.testing.assert_allclose(zo.estimate_gradient(clean, theta, zo.CGE(mu=1e-6)).grad,
                                    _textbook(clean, theta), rtol=1e-6, atol=1e-9)
+
+
+def test_training_an_unbound_oracle_without_batches_names_batches():
+    """short_budget's settings passed to train without `batches`: the error named TorchOracle's
+    batch= and bind, not train's own `batches`."""
+    model = nn.Sequential(nn.Linear(3, 2))
+    oracle = TorchOracle(model, CE_ROWS)
+    with pytest.raises(zo.OracleError, match=r"no minibatch: pass batches= to zo.train"):
+        zo.train(oracle, oracle.initial_params(), epochs=1, progress=False)
