@@ -149,6 +149,18 @@ def test_rge_failure_names_the_direction():
         zo.estimate_gradient(f, np.ones(5), zo.RGE(directions=5), rng=0)
 
 
+def test_snes_failure_names_the_sample():
+    """SNES's samples params + sigma * z_i were named as RGE's "direction 2 (+mu)"."""
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return float("inf") if len(calls) == 4 else float(x.sum())
+
+    with pytest.raises(zo.OracleError, match=r"at sample 3 \(\+sigma z\)"):  # the fourth call: SNES has no base query
+        zo.estimate_gradient(f, np.ones(5), zo.SNES(population=6), rng=0)
+
+
 @pytest.mark.parametrize(
     "value,fragment",
     [(np.ones(2), "expected a scalar"), ("1.0x", "finite real scalar"), (1 + 2j, "finite real scalar"),

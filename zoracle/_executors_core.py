@@ -50,9 +50,11 @@ def describe_task(task) -> str:
     if isinstance(task, CoordTask):
         c = task.coords
         where = f" in block {task.block}" if task.mode == "split" else ""
-        return f"{len(c)} coordinates {int(c[0])}..{int(c[-1])}{where} ({task.mode})"
+        span = f"coordinate {int(c[0])}" if len(c) == 1 else f"{len(c)} coordinates {int(c[0])}..{int(c[-1])}"
+        return f"{span}{where} ({task.mode})"
     if isinstance(task, DirectionTask):
-        return f"directions {task.lo}..{task.hi - 1}"
+        unit = "directions" if task.scale is None else "samples"
+        return f"{unit} {task.lo}..{task.hi - 1}"
     if isinstance(task, BaseTask):
         return "the base point"
     return type(task).__name__

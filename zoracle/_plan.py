@@ -229,12 +229,13 @@ class DirectionTask:
                 U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution)
                 U = xp.asarray(U * self.scale[None, :], dtype=params.dtype)
             for si, step in enumerate(self.steps):
-                tag = "+mu" if step > 0 else "-mu"
+                # SNES's samples params + sigma * z_i: no +-mu step
+                tag, unit = ("+mu" if step > 0 else "-mu", "direction") if self.scale is None else ("+sigma z", "sample")
 
-                def query_of(j, base=self.lo + clo, tag=tag):
-                    return f"direction {base + j} ({tag})"
+                def query_of(j, base=self.lo + clo, tag=tag, unit=unit):
+                    return f"{unit} {base + j} ({tag})"
 
-                what = f"directions {self.lo + clo}..{self.lo + chi - 1} ({tag})"
+                what = f"{unit}s {self.lo + clo}..{self.lo + chi - 1} ({tag})"
                 X = params[None, :] + params.dtype.type(step) * U
                 if self.use_batch:
                     out[si, clo:chi] = oracle.batch(X, query_of, what)
