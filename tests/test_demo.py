@@ -65,7 +65,7 @@ def test_missing_extra_is_one_line_naming_it(command):
 @pytest.mark.parametrize("argv, flag", [
     (["demo", "--quick", "--plot", "{file}/curves.png"], "--plot"),
     (["demo", "--quick", "--plot", "{dir}"], "--plot"),
-    (["demo", "--quick", "--plot", "{dir}/missing/curves.png"], "--plot"),
+    (["demo", "--quick", "--plot", "{file}/sub/curves.png"], "--plot"),  # a missing folder is made (tested below)
     (["defense", "--quick", "--out", "{file}"], "--out"),
     (["sol", "--quick", "--out", "{file}/sub"], "--out"),
     (["sol", "--quick", "--cache", "{file}/cache"], "--cache"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._errors import ArgumentError
 from ._malloc import reuse_freed_memory
-from ._oracle import Oracle
+from ._oracle import Oracle, coarse_losses
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
@@ -493,6 +494,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
                                         budget_bytes, n_workers)
         results = _run(executor, wrapped, params, tasks)
         f0 = float(results[0][0, 0])
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype)
         vals = np.concatenate([r for r in results[1:]], axis=1)
         order = np.concatenate([t.coords for t in tasks[1:]])
         # representable steps, computed in the caller's dtype
@@ -519,6 +521,8 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
                                     params.dtype.itemsize, budget_bytes, n_workers)
     results = _run(executor, wrapped, params, tasks)
     f0 = float(results[0][0, 0])
+    if estimator.shaping != "ranks":  # ranks use the losses' order only
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype)
     vals = np.concatenate([r for r in results[1:]], axis=1)
     base = f0
     if estimator.shaping == "ranks":  # NES fitness shaping: centred ranks replace the loss values
@@ -535,6 +539,16 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
     grad = xp.asarray(acc * (phi / q), dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
+
+
+def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype) -> None:
+    """Warn when the base point's loss came back in a precision too coarse for differences over
+    ``mu`` (an integer, or float32 with float64 params): the estimate is quantized, silently else.
+    Serial runs only (a worker's base value does not travel)."""
+    if wrapped.base_value is not None and not isinstance(wrapped.base_value, float):
+        why = coarse_losses(wrapped.base_value, loss, mu, dtype)
+        if why:
+            warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
 
 
 def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:

@@ -117,6 +117,28 @@ def has_methods(oracle, *names) -> bool:
     return all(callable(getattr(oracle, name, None)) for name in names)
 
 
+def coarse_losses(value, loss: float, mu: float, params_dtype) -> str:
+    """Why differences of losses like ``value`` over ``mu`` are coarse, or empty: an integer loss
+    (differences of 0 or at least 1 / mu), or a float32 / float16 one where params are float64
+    (differences in steps of the loss's float spacing over mu). Checked on the base point's value."""
+    name = str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
+    if name.startswith(("int", "uint")):
+        step = 1.0
+    elif name == "float16":
+        step = float(np.spacing(np.float16(abs(loss))))
+    elif name == "bfloat16":  # 8 significant bits
+        step = abs(loss) * 2.0 ** -7
+    elif name == "float32" and np.dtype(params_dtype).itemsize == 8:
+        step = float(np.spacing(np.float32(abs(loss))))
+    else:
+        return ""
+    if step / mu < 1e-6:  # finer than any partial derivative that matters
+        return ""
+    return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
+            f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; return the loss "
+            "as a float64 (a Python float of a float64 computation), or raise mu")
+
+
 def _describe(value) -> str:
     try:
         r = repr(value)
@@ -231,6 +253,7 @@ class Oracle:
         self.fn = fn
         self.caps = capabilities(fn)
         self.nfev = 0
+        self.base_value = None  # what the oracle returned at the base point, as it returned it
 
     # plain calls -----------------------------------------------------------------------
     def __call__(self, params, query: str = "the query point", fresh: bool = False) -> float:
@@ -241,6 +264,8 @@ class Oracle:
         except Exception as exc:
             raise _raised(query, exc) from exc
         self.nfev += 1
+        if fresh:  # the base point: its type tells the losses' precision (see coarse_losses)
+            self.base_value = value
         return check_scalar(value, query)
 
     def _vector(self, thunk, n, query_of, what) -> np.ndarray:
