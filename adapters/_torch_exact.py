@@ -484,7 +484,19 @@ def _self_check(oracle, why: str = "") -> None:
     if reason:
         failed = reason.startswith("the captured split failed")  # an error, not a different loss
         retire_split(oracle, why + ((failed and _hook_reparametrized(core.model)) or reason
-                                    + (failed and _sequence_first(core.model) or "")))
+                                    + (_sequence_first(core.model) if failed else _hooked(core.model))))
+
+
+def _hooked(model: nn.Module) -> str:
+    """What to add to a loss mismatch when modules have forward hooks: the split's closed forms
+    do not run them (a hook registered after the capture is named by the key; one there at the
+    capture only shows as a different loss)."""
+    names = [name or type(model).__name__ for name, m in model.named_modules()
+             if m._forward_hooks or m._forward_pre_hooks]
+    if not names:
+        return ""
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"; {shown} run(s) forward hooks, which the split's closed forms do not run"
 
 
 def _sequence_first(model: nn.Module) -> str:
