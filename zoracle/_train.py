@@ -384,14 +384,14 @@ def _restore_state(template, saved: dict, count: int, xp):
 CHECKED_STEPS = 100_000
 
 
-def _check_every_step(lr_of, lr_name: str, mu_sched, total, budget=None) -> dict:
+def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = False) -> dict:
     """Every step's learning rate and ``mu`` of a run of known length, checked before the first
     query (by :func:`schedule_value`): a schedule that turns negative or raises at step 11
     must not fail after 11 steps' work. Returns ``{step: mu}`` at the steps of the smallest and
     the largest ``mu`` checked (empty without a ``mu`` schedule or a known length), whose
     steps must be representable too. A learning rate that is 0 over the run's last steps is
-    warned about, unless a query ``budget`` may end the run before them (``short_budget``'s
-    schedule ends where its budget does)."""
+    warned about, unless a query budget or a callback may end the run before them
+    (``may_stop``: ``short_budget``'s schedule ends where its budget does)."""
     if total is None:
         return {}
     extremes = {}
@@ -409,7 +409,7 @@ def _check_every_step(lr_of, lr_name: str, mu_sched, total, budget=None) -> dict
         if sched is mu_sched and values:
             lo, hi = int(np.argmin(values)), int(np.argmax(values))
             extremes = {lo: values[lo], hi: values[hi]}
-        elif sched is lr_of and budget is None and total <= CHECKED_STEPS:
+        elif sched is lr_of and not may_stop and total <= CHECKED_STEPS:
             zero = len(values)  # the first step of the run's last stretch at lr 0
             while zero and values[zero - 1] == 0:
                 zero -= 1
@@ -680,7 +680,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
-    extremes = _check_every_step(lr_of, "schedule" if lr_sched is not None else "lr", mu_sched, total, max_queries)
+    extremes = _check_every_step(lr_of, "schedule" if lr_sched is not None else "lr", mu_sched, total,
+                                 may_stop=max_queries is not None or bool(callbacks))
     if mu_sched is None:  # a step not representable at the initial params fails now
         check_step(params, estimator.mu, estimator.scheme, type(estimator).__name__)
     else:  # the schedule's smallest and largest steps, of every step checked (or the first ones)
