@@ -279,9 +279,11 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     plain = loss_fn is None or type(loss_fn) in _STOCK_LOSSES
     needs_mode, special = _dropout_mode_and_special(model)
     mode = contextlib.nullcontext() if plain and not needs_mode else _NoDropout()
-    # the patches below are the model's own attributes: threads that share the model (a
-    # threading executor) take turns, or one thread's exit would unpatch another's forward
-    guard = _model_lock(model) if special else contextlib.nullcontext()
+    # threads that share the model (a threading executor) take turns: the patches below are the
+    # model's own attributes (one thread's exit would unpatch another's forward), and a step with
+    # no closed form perturbs a parameter in place (``nudged``), which another thread's forward,
+    # or its ``_load`` of the parameters (under the same lock), would otherwise read or undo
+    guard = _model_lock(model)
     guard.__enter__()
     try:
         for m in special:
@@ -299,9 +301,14 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
                 flags.append((m, "inplace", True))
-            if not update and m.training and not isinstance(m, _BATCHNORM) and m._buffers:
-                # buffers a module writes in train mode (InstanceNorm's running statistics,
-                # spectral norm's power-iteration vectors): a query leaves them as it found them
+            if m.training and not isinstance(m, _BATCHNORM) and m._buffers and (
+                    not update or not isinstance(m, nn.modules.instancenorm._InstanceNorm)):
+                # buffers a module writes in train mode: a query leaves them as it found them. A plain
+                # call (``update``) keeps InstanceNorm's running statistics, which its train-mode output
+                # does not read; not others' (spectral norm's power-iteration vectors, a running
+                # scale), which the forward reads after writing them: with them moved by the base
+                # point's call, the estimate's queries would see two states (and on an executor's
+                # workers, whichever copy ran the base point another one)
                 saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
             if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
                 # a recurrent layer's dropout between its layers runs inside its kernel

@@ -53,6 +53,7 @@ from ._torch_chain import (
     flatten_linear,
     fork,
     generic_outputs,
+    _model_lock as model_lock,
     materialize,
     norm_context,
     perturbed_channels,
@@ -92,15 +93,6 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
         if m._parameters:  # frozen weights (requires_grad=False) are not in the flat vector: read like buffers
             buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
     return (tuple(keys) if flags is None else flags), tuple(buffers)
-
-
-def _written_buffers(model: nn.Module) -> tuple:
-    """The versions of the buffers that train-mode modules other than BatchNorm hold (spectral
-    norm's vectors, InstanceNorm's running statistics, a custom running scale): a forward may
-    write them and then read them. Empty when there are none (BatchNorm's train-mode output
-    does not read its running statistics)."""
-    return tuple((id(b), _version(b)) for m in model.modules() if m._buffers and m.training
-                 and not isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m._buffers.values() if b is not None)
 
 
 def _version(t: torch.Tensor):
@@ -263,10 +255,11 @@ class TorchOracle:
         ``(x,)`` must equal ``model(x)``).
     update_stats : bool
         Plain calls (``oracle(params)``, the base point of every estimate, once per step)
-        update BatchNorm running statistics in train mode, like one first-order training
-        forward. Perturbation queries never do. Buffers other train-mode modules write (spectral
-        norm's vectors) are updated too; the call's loss is then that of the updated buffers,
-        which every perturbation starts from.
+        update BatchNorm (and InstanceNorm) running statistics in train mode, like one
+        first-order training forward. Perturbation queries never do. Buffers other train-mode
+        modules write in their forward (spectral norm's vectors, a running scale) are read by
+        it too: every query, plain calls included, leaves them as it found them, so the loss
+        is a function of the parameters, the same on any executor.
 
     Notes
     -----
@@ -414,10 +407,10 @@ class TorchOracle:
 
     @property
     def plain_call_updates_state(self) -> bool:
-        """Whether a plain call writes the model's own state: ``update_stats`` and a BatchNorm
-        with running statistics in train mode (an executor whose workers hold copies warns)."""
-        return self.update_stats and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-                                         and m.track_running_stats for m in self._core.model.modules())
+        """Whether a plain call writes the model's own state: ``update_stats`` and a BatchNorm or
+        InstanceNorm with running statistics in train mode (an executor whose workers hold copies warns)."""
+        return self.update_stats and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
+                                         and m.training and m.track_running_stats for m in self._core.model.modules())
 
     def executor_key(self) -> tuple:
         """What an executor's copies of this oracle must agree on with it, besides the parameters
@@ -565,7 +558,7 @@ class TorchOracle:
         if t.dim() != 1 or t.shape[0] != d:
             raise ArgumentError(f"`params` must be a flat vector of length {d}, got shape {tuple(t.shape)}")
         core = self._core
-        with torch.no_grad():
+        with torch.no_grad(), model_lock(core.model):  # not while another thread's query has a parameter nudged
             # one fused copy into every parameter (the per-parameter loop's dispatches cost more
             # than the copies on small models, and a step loads the parameters several times)
             dst = [p.data for p in core.params]
@@ -774,22 +767,7 @@ class TorchOracle:
         flags = _modes(self.model)  # what the model is (modules, modes, hooks): a plain call leaves it so
         ensure_split(self, flags)  # the chain below must still be the model's (and its parameters the oracle's)
         self._load(params)
-        if not self.update_stats:
-            return self._plain_call(params, flags, False)
-        before = _written_buffers(self.model)
-        value = self._plain_call(params, flags, True)
-        if before and _written_buffers(self.model) != before:
-            # a module wrote buffers its forward may read (spectral norm's power iteration, a running
-            # scale): the update is this call's, like a first-order training forward, and the loss is
-            # that of the buffers it left, which every perturbation query starts from (else a
-            # difference would mix the two states: the loss before the update with those after it)
-            value = self._plain_call(params, flags, False)
-        return value
-
-    def _plain_call(self, params, flags, update: bool) -> float:
-        """``__call__``'s forward and loss at the loaded ``params``, with the model's buffers
-        updated (``update``) or left as they were."""
-        with torch.no_grad(), norm_context(self.model, 1, update=update, loss_fn=self.loss_fn):
+        with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
             key = _copy(params)
             if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
                 # the same module calls as model(x), one by one: keep every state for the prefixes,

@@ -856,6 +856,49 @@ def test_a_bound_torch_batch_written_in_place_reaches_process_workers(loky2):
     np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-9)
 
 
+def _own_forward_net(torch, writes: bool):
+    class OwnLinear(torch.nn.Linear):  # no closed form: its perturbations nudge the weight in place
+        def __init__(self, *args):
+            super().__init__(*args)
+            if writes:
+                self.register_buffer("scale", torch.ones(()))
+
+        def forward(self, x):
+            if not writes:
+                return torch.nn.functional.linear(x, 0.5 * self.weight, self.bias)
+            if self.training:  # writes a buffer in its train-mode forward, then reads it
+                with torch.no_grad():
+                    self.scale.mul_(0.9).add_(0.1 * self.weight.norm())
+            return torch.nn.functional.linear(x, self.weight / self.scale, self.bias)
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(OwnLinear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double().train()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("writes", [False, True])
+def test_a_layer_without_closed_form_gives_the_serial_estimate_on_every_executor(loky2, threads2, writes):
+    """A layer with its own forward is perturbed in place, one coordinate at a time: threads sharing
+    the model read or undid each other's nudges (one coordinate wrong in 1-6 estimates of 15, up to
+    0.12 where the largest partial is 0.2). A layer that writes a buffer and reads it (a running scale)
+    gave the estimate's queries two states when the base point's plain call moved the buffer:
+    serially, and on process workers, whose copies but the base point's kept the old one (2,790
+    off). The lock now covers every forward and load; no query moves such a buffer."""
+    torch = pytest.importorskip("torch")
+    tz = pytest.importorskip("zoracle.adapters.torch")
+    gen = torch.Generator().manual_seed(1)
+    for ex, rounds in ((threads2, 8), (loky2, 2)):
+        for _ in range(rounds):
+            x, y = torch.randn(12, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+            bound = tz.TorchOracle(_own_forward_net(torch, writes), torch.nn.CrossEntropyLoss(reduction="none"))
+            bound = bound.bind((x, y))
+            theta = bound.initial_params()
+            ref = zo.estimate_gradient(bound, theta, zo.CGE(mu=1e-6))
+            got = zo.estimate_gradient(bound, theta, zo.CGE(mu=1e-6), executor=ex)
+            np.testing.assert_allclose(got.grad, ref.grad, rtol=1e-6, atol=1e-9)
+            assert got.loss == ref.loss and np.abs(ref.grad).max() < 1.0
+
+
 def _bn_dropout_net(torch):
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(inplace=True),

@@ -1519,7 +1519,8 @@ def test_a_forward_that_writes_and_reads_a_buffer_gives_every_query_the_same_buf
     of the buffers before the update, while the perturbations started from those after it; central
     differences mixed the two through the cached activations. The gradients were off by 7.6
     (running scale) and 1.8 (spectral norm) where the largest partial is 0.28 and 0.23, with no
-    warning. Every query now starts from the buffers the plain call left: the textbook loop there."""
+    warning. Every query, the plain call included, now leaves such buffers as it found them: the
+    textbook loop from the model as it was, whose buffers the estimate leaves unchanged."""
     torch.manual_seed(0)
     first = (_RunningScaleLinear(6, 6) if layer == "running_scale"
              else torch.nn.utils.parametrizations.spectral_norm(nn.Linear(6, 6)))
@@ -1527,16 +1528,16 @@ def test_a_forward_that_writes_and_reads_a_buffer_gives_every_query_the_same_buf
     x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
     oracle = TorchOracle(model, CE_ROWS).bind((x, y))
     theta = oracle.initial_params()
+    ref = copy.deepcopy(model)  # the textbook loop's model: every forward's buffer writes put back
+    kept = {k: b.clone() for k, b in ref.named_buffers()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme=scheme))
     assert oracle.blocks  # the split was kept
-    # the textbook loop on a copy of the model as the estimate left it, every forward's buffer
-    # writes put back: each query from the same buffers
-    ref = copy.deepcopy(model)
+    for k, b in model.named_buffers():
+        assert torch.equal(b, kept[k]), k
     params = dict(ref.named_parameters())
     flat = [params[n] for n in oracle.parameter_names]
-    kept = {k: b.clone() for k, b in ref.named_buffers()}
 
     def loss(v):
         with torch.no_grad():
