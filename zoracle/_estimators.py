@@ -494,7 +494,6 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
                                         budget_bytes, n_workers)
         results = _run(executor, wrapped, params, tasks)
         f0 = float(results[0][0, 0])
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype)
         vals = np.concatenate([r for r in results[1:]], axis=1)
         order = np.concatenate([t.coords for t in tasks[1:]])
         # representable steps, computed in the caller's dtype
@@ -507,6 +506,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
             g = (vals[0] - vals[1]) / (h.astype(np.float64) + hm.astype(np.float64))
         grad = xp.zeros(d, dtype=params.dtype)
         grad[xp.asarray(order)] = xp.asarray(g, dtype=params.dtype)
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g)
         return GradientEstimate(grad, f0, wrapped.nfev)
 
     if coordinates is not None:
@@ -521,8 +521,6 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
                                     params.dtype.itemsize, budget_bytes, n_workers)
     results = _run(executor, wrapped, params, tasks)
     f0 = float(results[0][0, 0])
-    if estimator.shaping != "ranks":  # ranks use the losses' order only
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype)
     vals = np.concatenate([r for r in results[1:]], axis=1)
     base = f0
     if estimator.shaping == "ranks":  # NES fitness shaping: centred ranks replace the loss values
@@ -537,18 +535,28 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         coef = (vals[0] - vals[1]) / (2 * estimator.mu)
     phi = d if estimator.distribution == "sphere" else 1.0
     (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
+    if estimator.shaping != "ranks":  # ranks use the losses' order only
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc * (phi / q))
     grad = xp.asarray(acc * (phi / q), dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
 
 
-def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype) -> None:
+def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
     """Warn when the base point's loss came back in a precision too coarse for differences over
-    ``mu`` (an integer, or float32 with float64 params): the estimate is quantized, silently else.
-    Serial runs only (a worker's base value does not travel)."""
-    if wrapped.base_value is not None and not isinstance(wrapped.base_value, float):
-        why = coarse_losses(wrapped.base_value, loss, mu, dtype)
-        if why:
-            warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
+    ``mu`` (an integer, or float32 with float64 params) against the estimate ``grad`` (NumPy):
+    the estimate is quantized, silently else. Serial runs only (a worker's base value does not
+    travel)."""
+    value = wrapped.base_value
+    if value is not None and not isinstance(value, float):
+        key = (type(wrapped.fn), type(value), str(getattr(value, "dtype", "")))
+        if key not in _COARSE_WARNED:  # once per oracle class and loss type (every step of a run would repeat it)
+            why = coarse_losses(value, loss, mu, dtype, float(np.abs(grad).max()) if len(grad) else 0.0)
+            if why:
+                _COARSE_WARNED.add(key)
+                warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
+
+
+_COARSE_WARNED: set = set()
 
 
 def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:

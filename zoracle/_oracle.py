@@ -117,12 +117,16 @@ def has_methods(oracle, *names) -> bool:
     return all(callable(getattr(oracle, name, None)) for name in names)
 
 
-def coarse_losses(value, loss: float, mu: float, params_dtype) -> str:
+def coarse_losses(value, loss: float, mu: float, params_dtype, largest: float) -> str:
     """Why differences of losses like ``value`` over ``mu`` are coarse, or empty: an integer loss
     (differences of 0 or at least 1 / mu), or a float32 / float16 one where params are float64
-    (differences in steps of the loss's float spacing over mu). Checked on the base point's value."""
+    (differences in steps of the loss's float spacing over mu). Checked on the base point's value;
+    coarse means a resolution above 1e-3 of the ``largest`` partial derivative estimated. An
+    integer 0 may be a sum that met every margin (``sum([])``): not judged."""
     name = str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
     if name.startswith(("int", "uint")):
+        if loss == 0:
+            return ""
         step = 1.0
     elif name == "float16":
         step = float(np.spacing(np.float16(abs(loss))))
@@ -132,7 +136,7 @@ def coarse_losses(value, loss: float, mu: float, params_dtype) -> str:
         step = float(np.spacing(np.float32(abs(loss))))
     else:
         return ""
-    if step / mu < 1e-6:  # finer than any partial derivative that matters
+    if step / mu <= 1e-3 * largest:
         return ""
     return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
             f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; return the loss "
