@@ -29,7 +29,7 @@ from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, 
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, check_interval, keep_counts
 from ._optim import Optimizer, sgd
-from ._oracle import has_methods, readonly
+from ._oracle import has_methods
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
@@ -528,12 +528,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Passed to every estimate; never closed here.
     eval_fn : callable, optional
         ``params -> float or dict`` at the end of every ``eval_every`` epochs and of the last
-        one (``params`` read-only: the run's own array, which a write would change). A run that ``max_queries`` or a callback stops inside an epoch (as
+        one (``params``: a copy, so that a write into it cannot change the run). A run that ``max_queries`` or a callback stops inside an epoch (as
         ``recipes.short_budget``'s usually does) has no record for that partial epoch and no
         evaluation at its stop: evaluate ``result.params`` yourself.
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``params``
-        read-only, as for ``eval_fn``); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
+        a copy, as for ``eval_fn``); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
@@ -929,7 +929,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
                 for cb in callbacks:
-                    if _stops(cb("step", rec, readonly(params)), cb, cb_warned):
+                    if _stops(cb("step", rec, params.copy()), cb, cb_warned):
                         stopped = True
                 if max_queries is not None and nfev >= max_queries:
                     stopped = True
@@ -947,7 +947,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                    erec.update(_metrics(eval_fn(readonly(params)), epoch))
+                    erec.update(_metrics(eval_fn(params.copy()), epoch))
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
                 epoch_hist.append(erec)
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
@@ -955,7 +955,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if progress:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 for cb in callbacks:
-                    if _stops(cb("epoch", erec, readonly(params)), cb, cb_warned):
+                    if _stops(cb("epoch", erec, params.copy()), cb, cb_warned):
                         stopped = True
                 epoch += 1
                 pos = 0
