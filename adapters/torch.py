@@ -569,8 +569,8 @@ class TorchOracle:
     def _require_batch(self):
         if self._x is None:
             raise ArgumentError(
-                "TorchOracle has no minibatch: pass batches= to zo.train (it binds each one), batch=(x, y) to "
-                "TorchOracle(...), or call oracle.bind((x, y)) and query the returned oracle"
+                "TorchOracle has no minibatch: pass batches= to zo.train (batch= to zo.zo_grasp), batch=(x, y) "
+                "to TorchOracle(...), or call oracle.bind((x, y)) and query the returned oracle"
             )
 
     def _warn_fallback(self):

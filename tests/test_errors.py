@@ -265,7 +265,7 @@ def test_an_attribute_named_like_a_capability_is_not_one():
     want = np.array([(oracle(x + 1e-6 * e) - oracle(x)) / 1e-6 for e in np.eye(4)])
     np.testing.assert_allclose(zo.estimate_gradient(oracle, x, zo.CGE(mu=1e-6)).grad, want, rtol=1e-12)
     with pytest.raises(zo.OracleError, match=r"zoracle calls _LoaderBatch.batch\(params_batch\) as the BatchOracle "
-                                             r"method.*rename a `batch` that means something else"):
+                                             r"method.*if your `batch` means something else, rename it"):
         zo.estimate_gradient(_LoaderBatch(), np.zeros(3))
 
 

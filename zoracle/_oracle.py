@@ -289,8 +289,8 @@ class Oracle:
         except OracleError as exc:
             if isinstance(exc.__cause__, TypeError):  # a `batch` method with another meaning (a data loader's)
                 exc.args = (f"{exc.args[0]} (zoracle calls {type(self.fn).__name__}.batch(params_batch) as the "
-                            "BatchOracle method, (k, d) parameter rows -> k losses: rename a `batch` that means "
-                            "something else)", *exc.args[1:])
+                            "BatchOracle method, (k, d) parameter rows -> k losses; if your `batch` means something "
+                            "else, rename it)", *exc.args[1:])
             raise
 
     def coordinate_losses(self, params, coords, step, query_of, what) -> np.ndarray:
