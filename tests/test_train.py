@@ -834,3 +834,21 @@ def test_a_learning_rate_schedule_that_ends_before_the_run_is_warned_about():
         warnings.simplefilter("error")  # the run's own length: no warning
         zo.train(loss, np.ones(3), epochs=20, optimizer=zo.sgd(zo.cosine_schedule(0.1, total_steps=20)), progress=False)
         zo.train(loss, np.ones(3), epochs=20, schedule=zo.cosine_schedule(0.1, total_steps=20), progress=False)
+
+
+def test_a_checkpoint_that_recorded_numpy_scalars_in_the_estimator_still_resumes(tmp_path):
+    """Checkpoints written before estimators kept Python numbers recorded CGE(mu=np.float64(0.005));
+    the same estimator, now CGE(mu=0.005), must resume them."""
+    from zoracle._checkpoint import load_checkpoint, save_checkpoint
+
+    loss = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(steps_per_epoch=2, rng=0, progress=False, checkpoint=tmp_path / "run.npz", estimator=zo.CGE(mu=0.005))
+    stop = lambda event, record, params: event == "step" and record["step"] == 2  # noqa: E731
+    zo.train(loss, np.zeros(3), epochs=3, callbacks=[stop], **kw)
+    arrays, meta = load_checkpoint(tmp_path / "run.npz")
+    assert meta["config"]["estimator"] == "CGE(mu=0.005, scheme='forward')"
+    meta["config"]["estimator"] = "CGE(mu=np.float64(0.005), scheme='forward')"  # as an earlier zoracle wrote it
+    save_checkpoint(tmp_path / "run.npz", arrays, meta)
+    got = zo.train(loss, np.zeros(3), epochs=3, resume=True, **kw)
+    ref = zo.train(loss, np.zeros(3), epochs=3, **{**kw, "checkpoint": None})
+    np.testing.assert_array_equal(got.params, ref.params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 
 import numpy as np
 
@@ -154,6 +155,9 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         saved = meta.get("config")
         if isinstance(saved, dict) and "ratios" not in saved:
             saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
+        if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
+            # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
+            saved = dict(saved, estimator=re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", saved["estimator"]))
         check_compatible(path, saved, config)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
