@@ -471,6 +471,8 @@ def _key(fine: WakeFlow, re, warmup, steps, factor) -> tuple:
     flow = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in asdict(fine).items()}  # NumPy scalars
     meta = {"version": CACHE_VERSION, "flow": flow, "re": [float(r) for r in re],
             "warmup": int(warmup), "steps": int(steps), "factor": int(factor)}
+    if pm.get_precision() != 32:  # phi.math.set_global_precision(64): other trajectories (keys of 32 unchanged)
+        meta["precision"] = int(pm.get_precision())
     blob = json.dumps(meta, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20], blob
 
@@ -483,7 +485,7 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     initial transient, not recorded) and then ``steps`` recorded steps. The result is stored
     as ``wake-<key>.npz`` under ``cache_dir`` (default :func:`default_cache_dir`), keyed by
     every parameter that changes it: the fine flow's settings, the Reynolds numbers,
-    ``warmup``, ``steps``, ``factor`` and the cache format version.
+    ``warmup``, ``steps``, ``factor``, PhiFlow's global precision and the cache format version.
 
     Returns
     -------

@@ -162,6 +162,21 @@ def test_reference_cache_is_keyed_by_parameters(tmp_path):
     assert len(list(tmp_path.glob("wake-*.npz"))) == 2
 
 
+def test_reference_cache_is_keyed_by_phiflows_precision(tmp_path):
+    """After phi.math.set_global_precision(64) the float32 file cached before came back."""
+    from phi import math as pm
+
+    a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    pm.set_global_precision(64)
+    try:
+        b = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    finally:
+        pm.set_global_precision(32)
+    assert not b.cached and b.path != a.path and b.vx.dtype == np.float64 and a.vx.dtype == np.float32
+    again = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    assert again.cached and again.path == a.path  # the float32 key as before
+
+
 def test_oracle_passes_check_oracle_and_batches_equal_calls(reference):
     coarse = TINY.coarsened(2)
     net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
@@ -381,6 +396,14 @@ def test_reference_and_error_arguments_are_named(reference, tmp_path):
     assert pf.mean_abs_error(traj, run0)[0] == pytest.approx(by_hand, rel=1e-6)
     with pytest.raises(zo.ArgumentError, match=r"`traj` must hold \(k, 2, T \+ 1, \.\.\.\) trajectories"):
         pf.mean_abs_error(traj, reference)
+    # a rollout from frame 3 scored with the default frame 0: the steps after frame 0, silently
+    late = pf.rollout(coarse, net, run0, zeros, 2, frame=3)
+    by_hand = (np.abs(late[0][0, 0, 1:] - run0.vx[0, 4:6]).sum() + np.abs(late[1][0, 0, 1:] - run0.vy[0, 4:6]).sum()) \
+        / (late[0][0, 0, 1:].size + late[1][0, 0, 1:].size)
+    assert pf.mean_abs_error(late, run0, frame=3)[0] == pytest.approx(by_hand, rel=1e-6)
+    with pytest.raises(zo.ArgumentError, match=r"`traj` does not start at the reference's frame 0 \(`frame`\); it "
+                                               r"starts at frame 3: pass frame=3"):
+        pf.mean_abs_error(late, run0)
 
 
 def test_failed_pressure_solve_names_the_entries_and_the_iteration_limit():
