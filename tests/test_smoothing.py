@@ -194,3 +194,15 @@ def test_a_flat_x_is_refused_as_ambiguous_before_any_query():
             f(np.full(64, 0.1))
     assert clf.sizes == []
     assert sm.certify(clf, np.full(64, 0.1), sigma=0.1, n0=5, n=20, num_classes=2, rng=0).prediction == 1
+
+
+def test_a_sigma_beyond_the_dtype_and_a_point_without_features_are_refused():
+    """sigma=1e39 on float32 points fed the classifier inf and NaN (overflow warnings only) and still
+    returned a certificate; certify(np.zeros(0)) certified a point with no features."""
+    clf = Counting(lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int))
+    with pytest.raises(zo.ArgumentError, match=r"`sigma`=1e\+39 is beyond float32's range"):
+        sm.certify_batch(clf, np.zeros((1, 3), np.float32), sigma=1e39, n0=5, n=20, num_classes=2, rng=0)
+    with pytest.raises(zo.ArgumentError, match=r"points with at least one feature, got shape \(1, 0\)"):
+        sm.certify(clf, np.zeros(0), sigma=0.1, n0=5, n=20, num_classes=2, rng=0)
+    assert clf.sizes == []
+    assert sm.certify_batch(clf, np.zeros((1, 3)), sigma=1e39, n0=5, n=20, num_classes=2, rng=0)[0] is not None

@@ -220,6 +220,8 @@ def _points(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ArgumentError(f"`x` must hold at least one point along axis 0, got shape {x.shape}")
+    if x.size == 0:  # points with no features (certify(np.zeros(0)) certified one)
+        raise ArgumentError(f"`x` must hold points with at least one feature, got shape {x.shape}")
     if x.ndim == 1 and x.shape[0] > 1:  # one flat point, or many scalar points? (one 64-pixel point ran as 64)
         raise ArgumentError(f"`x` of shape {x.shape} is ambiguous: points go along axis 0, so it would be "
                             f"{x.shape[0]} scalar points; pass x[None] for one point (or use certify / predict), "
@@ -265,6 +267,9 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     x = _points(x)
     if not np.isfinite(x).all():
         raise ArgumentError("`x` must be finite, got a NaN or inf entry")
+    if sigma * 40 > float(np.finfo(x.dtype).max):  # noise of 40 sigma and more would overflow x's dtype
+        raise ArgumentError(f"`sigma`={sigma!r} is beyond {x.dtype}'s range (max {float(np.finfo(x.dtype).max):.3g}): "
+                            "its noisy inputs would be inf; use a smaller sigma, or float64 points")
     m = x.shape[0]
     counts = np.zeros((m, num_classes), dtype=np.int64)
     total = m * num
