@@ -19,6 +19,7 @@ fallback), ``_torch_blackbox`` (``blackbox``).
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 import time
 import warnings
@@ -93,6 +94,18 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
         if m._parameters:  # frozen weights (requires_grad=False) are not in the flat vector: read like buffers
             buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
     return (tuple(keys) if flags is None else flags), tuple(buffers)
+
+
+def _one_query_at_a_time(method):
+    """Threads that share the model (a threading executor) take turns through a whole query: its
+    parameter load and every forward after it. Between a load and its forward another thread's
+    query could load its own parameters (a batch's last row), and a step with no closed form
+    perturbs a parameter in place (``nudged``) that another thread would read or undo."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with model_lock(self._core.model):
+            return method(self, *args, **kwargs)
+    return run
 
 
 def _version(t: torch.Tensor):
@@ -760,6 +773,7 @@ class TorchOracle:
         return (costs / costs.max()).tolist()
 
     # ---------------------------------------------------------------- the oracle protocol
+    @_one_query_at_a_time
     def __call__(self, params) -> float:
         """Mean loss of the bound minibatch at ``params``: ``model(x)`` itself, dropout off (a plain
         ``nn.Sequential`` runs its modules one by one, the same calls, keeping the activations)."""
@@ -845,6 +859,7 @@ class TorchOracle:
                               f"{off:.3g}: ")
         return states if core.blocks else None
 
+    @_one_query_at_a_time
     def reference_loss(self, params) -> float:
         """The loss of a plain, unpatched ``model(x)`` at ``params`` (dropout off, buffers kept).
 
@@ -855,6 +870,7 @@ class TorchOracle:
         self._load(params)
         return reference_loss(self, self._x, self._y)
 
+    @_one_query_at_a_time
     def batch(self, params_batch) -> np.ndarray:
         """Losses for each row of ``params_batch`` (k, d); vectorized full forwards."""
         self._require_batch()
@@ -923,6 +939,7 @@ class TorchOracle:
         return (t.prefix is TorchOracle.prefix and t.suffix is TorchOracle.suffix
                 and t.coordinate_losses is TorchOracle.coordinate_losses)
 
+    @_one_query_at_a_time
     def coordinate_losses(self, params, coords, step) -> np.ndarray:
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords``.
 
@@ -960,6 +977,7 @@ class TorchOracle:
                 out[sel[lo:lo + call]] = self._block_losses(feats, b, local[lo:lo + call], hb[lo:lo + call])
         return out
 
+    @_one_query_at_a_time
     def prefix(self, params, block: int) -> _Features:
         """Activations entering ``block`` (and the fast path's caches) at ``params``."""
         self._require_batch()
@@ -1110,6 +1128,7 @@ class TorchOracle:
             raise ArgumentError(f"`block` must be an integer in [0, {n}), got {block!r}")
         return int(block)
 
+    @_one_query_at_a_time
     def suffix(self, features, params, block: int, coords, step) -> np.ndarray:
         """Losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``."""
         self._require_batch()

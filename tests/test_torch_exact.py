@@ -1660,3 +1660,51 @@ def test_a_hook_there_at_the_capture_is_named_when_the_split_is_refused():
     said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
     assert "'b' run(s) forward hooks, which the split's closed forms do not run" in said, said
     np.testing.assert_allclose(est, _textbook(oracle, theta), rtol=1e-6, atol=1e-9)
+
+
+class _Guarded(nn.Module):
+    """A module with its own forward (a Python check): no closed form, vmap cannot batch it."""
+
+    def forward(self, x):
+        if float(x.abs().max()) > 1e30:
+            raise RuntimeError("blown up")
+        return torch.tanh(x)
+
+
+def test_threads_sharing_the_oracle_take_turns_through_whole_queries():
+    """A query loaded the parameters under the model's lock and ran its forward under it again: between
+    the two, another thread's batch loop could load its rows, and the plain call returned the loss at
+    that row (33 of 3,000 calls wrong)."""
+    import sys
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), _Guarded(), nn.Linear(64, 4)).double()
+    x, y = torch.randn(64, 32, dtype=torch.float64), torch.randint(0, 4, (64,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # vmap's fallback to a loop, said once
+        oracle = TorchOracle(model, nn.CrossEntropyLoss()).bind((x, y))
+        theta = oracle.initial_params()
+        base = oracle(theta)
+        rows = theta + np.random.default_rng(0).standard_normal((8, theta.size))
+        oracle.batch(rows)
+    stop, wrong = threading.Event(), []
+
+    def batches():
+        while not stop.is_set():
+            oracle.batch(rows)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    worker = threading.Thread(target=batches)
+    worker.start()
+    try:
+        for _ in range(1500):
+            value = oracle(theta)
+            if value != base:
+                wrong.append(value)
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+    assert wrong == []
