@@ -210,6 +210,7 @@ class _NoDropout(torch.overrides.TorchFunctionMode):
 
 
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
+_INSTANCENORM = nn.modules.instancenorm._InstanceNorm
 
 # stock layers whose forward calls no functional dropout or attention: a model made only of
 # these (exact types, the root included) needs no ``_NoDropout`` mode, whose per-op dispatch
@@ -259,7 +260,7 @@ def _stock_forward(m: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_fn=_ANY_LOSS):
+def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_fn=_ANY_LOSS, keep_written=False):
     """Run ``model`` with oracle semantics.
 
     BatchNorm in train mode normalizes each of ``groups`` equal row groups with its own
@@ -271,7 +272,9 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     cached activations are never overwritten. Functional dropout is removed by a torch
     function mode, skipped only when ``model`` is made of stock layers and ``loss_fn`` (the
     loss the caller runs inside, None for none) is a stock loss module: nothing can then
-    reach a functional dropout.
+    reach a functional dropout. Buffers other train-mode modules write are put back unless
+    ``update`` and ``keep_written`` (a plain call, once its forward is known not to read what it
+    writes: ``TorchOracle.__call__``); InstanceNorm's running statistics go with ``update``.
     """
     ctx = _NormState()
     ctx.groups, ctx.update = int(groups), bool(update)
@@ -302,13 +305,14 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                 m.inplace = False
                 flags.append((m, "inplace", True))
             if m.training and not isinstance(m, _BATCHNORM) and m._buffers and (
-                    not update or not isinstance(m, nn.modules.instancenorm._InstanceNorm)):
+                    not update or not (keep_written or isinstance(m, _INSTANCENORM))):
                 # buffers a module writes in train mode: a query leaves them as it found them. A plain
                 # call (``update``) keeps InstanceNorm's running statistics, which its train-mode output
-                # does not read; not others' (spectral norm's power-iteration vectors, a running
-                # scale), which the forward reads after writing them: with them moved by the base
-                # point's call, the estimate's queries would see two states (and on an executor's
-                # workers, whichever copy ran the base point another one)
+                # does not read, and others' when its forward is known not to read them either; not
+                # those a forward reads after writing them (spectral norm's power-iteration vectors, a
+                # quantization observer): with them moved by the base point's call, the estimate's
+                # queries would see two states (and on an executor's workers, whichever copy ran the
+                # base point another one)
                 saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
             if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
                 # a recurrent layer's dropout between its layers runs inside its kernel

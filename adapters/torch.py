@@ -269,10 +269,11 @@ class TorchOracle:
     update_stats : bool
         Plain calls (``oracle(params)``, the base point of every estimate, once per step)
         update BatchNorm (and InstanceNorm) running statistics in train mode, like one
-        first-order training forward. Perturbation queries never do. Buffers other train-mode
-        modules write in their forward (spectral norm's vectors, a running scale) are read by
-        it too: every query, plain calls included, leaves them as it found them, so the loss
-        is a function of the parameters, the same on any executor.
+        first-order training forward. Perturbation queries never do. Other buffers a train-mode
+        forward writes are updated too where the forward does not read them (the loss from the
+        updated buffers is the same: a second forward finds out); where it does (spectral norm's
+        vectors, a running scale), every query, plain calls included, leaves them as it found
+        them, with a warning, so that the loss is a function of the parameters on any executor.
 
     Notes
     -----
@@ -781,7 +782,41 @@ class TorchOracle:
         flags = _modes(self.model)  # what the model is (modules, modes, hooks): a plain call leaves it so
         ensure_split(self, flags)  # the chain below must still be the model's (and its parameters the oracle's)
         self._load(params)
-        with torch.no_grad(), norm_context(self.model, 1, update=self.update_stats, loss_fn=self.loss_fn):
+        if not self.update_stats:
+            return self._plain(params, flags, False)
+        holders = self._core.__dict__.setdefault("holders", {})  # per model key: train-mode modules with buffers
+        found = holders.get(flags)
+        if found is None:  # not BatchNorm's or InstanceNorm's running statistics, which their train-mode output does not read
+            found = holders[flags] = [(name, m) for name, m in self.model.named_modules() if m.training and m._buffers
+                                      and not isinstance(m, (nn.modules.batchnorm._BatchNorm,
+                                                             nn.modules.instancenorm._InstanceNorm))]
+        if not found:
+            return self._plain(params, flags, True)
+        # does the forward read what it writes there? Asked at every plain call (once a step): the answer
+        # may change (a power iteration that has converged reads its vectors only to round-off)
+        saved = [(name, b, b.clone(), b._version) for name, m in found for b in m._buffers.values() if b is not None]
+        value = self._plain(params, flags, True, keep_written=True)  # from the buffers found, leaving the update
+        moved = sorted({name for name, b, _, version in saved if b._version != version})
+        if not moved or self._plain(params, flags, False) == value:  # the updated buffers (put back after): not read
+            return value
+        with torch.no_grad():  # read: back to the buffers the call found, which every query of the estimate sees
+            for _, b, before, _ in saved:
+                b.copy_(before)
+        if not self._core.__dict__.get("warned_written"):
+            self._core.warned_written = True
+            warnings.warn(f"TorchOracle: {', '.join(repr(n or type(self.model).__name__) for n in moved[:3])} write "
+                          "buffers in their train-mode forward and then read them (spectral norm's vectors, a "
+                          "quantization observer, a running scale): every query, the plain call included, leaves them "
+                          "as it found them, so the loss is a function of the parameters, the same on any executor; "
+                          "they do not follow training (move them yourself, with model(x) calls in train mode)",
+                          RuntimeWarning, stacklevel=3)
+        return value
+
+    def _plain(self, params, flags, update: bool, keep_written: bool = False) -> float:
+        """``__call__``'s forward and loss at the loaded ``params``: running statistics updated
+        (``update``), and with them other buffers the forward writes (``keep_written``)."""
+        with torch.no_grad(), norm_context(self.model, 1, update=update, loss_fn=self.loss_fn,
+                                           keep_written=keep_written):
             key = _copy(params)
             if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
                 # the same module calls as model(x), one by one: keep every state for the prefixes,
