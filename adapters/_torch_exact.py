@@ -773,16 +773,14 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
             p = core.params[t]
             loc = c[sel] - int(starts[t])
             chunk = max(1, budget // max(1, per + p.numel() * p.element_size()))
-            lo = 0
+            lo, failed = 0, None
             if core.vmap_ok and chunk >= 4 and len(sel) > 1 and vmap_safe(model):
                 try:
                     for lo in range(0, len(sel), chunk):
                         out[sel[lo:lo + chunk]] = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step)
                     continue
-                except Exception as exc:  # an op vmap cannot batch: loop instead, say so once
-                    core.vmap_ok = False
-                    warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
-                                  "full forwards run one at a time", RuntimeWarning, stacklevel=4)
+                except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
+                    failed = exc
             for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
                 with nudged(p, j, step):
                     ctx.reset()
@@ -791,6 +789,10 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                     wrote = any(q._version != v for q, v in zip(core.params, versions))
                 if wrote:  # the forward wrote into the parameters (nn.Embedding's max_norm renormalizes
                     oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
+            if failed is not None:  # the loop ran where vmap failed (an error of the forward's own raised there)
+                core.vmap_ok = False
+                warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(failed).__name__}: {failed}); "
+                              "full forwards run one at a time", RuntimeWarning, stacklevel=4)
     return out
 
 

@@ -926,15 +926,22 @@ class TorchOracle:
         return out
 
     def _full_chunk(self, P: torch.Tensor) -> torch.Tensor:
-        k = P.shape[0]
         core = self._core
         if core.vmap_ok and vmap_safe(self.model):
             try:
                 return self._vmapped(P)
-            except Exception as exc:  # an op vmap cannot batch: loop instead, say so once
-                core.vmap_ok = False
+            except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
+                out = self._full_loop(P)  # raises the forward's own error (vmap stays on)
+                core.vmap_ok = False  # the loop ran where vmap failed: say so once
                 warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
                               "batched queries run one full forward each", RuntimeWarning, stacklevel=4)
+                return out
+        return self._full_loop(P)
+
+    def _full_loop(self, P: torch.Tensor) -> torch.Tensor:
+        """Losses of the rows of ``P``, one full forward each."""
+        k = P.shape[0]
+        core = self._core
         outs = []
         ensure_split(self)  # the loop runs the captured chain
         with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:

@@ -1019,3 +1019,26 @@ def test_an_oracle_shipped_to_dask_lets_go_of_its_bytes_once_loaded():
     with pytest.raises(Exception):
         broken.load()
     assert broken.blob == b"not a pickle"  # a failed load keeps the bytes: retried as a shard's error
+
+
+def test_an_oracle_error_on_threads_raises_only_once_the_other_shards_are_done(threads2):
+    """The run raised at once while another thread's shard went on querying the (shared) oracle:
+    a TorchOracle's model was still patched, and its parameters moving, in the caller's handler."""
+    import threading
+    import time
+
+    calls, lock = [], threading.Lock()
+
+    def oracle(x):
+        if x[0] != 0.0:  # coordinate 0's query: NaN, which raises at once (no retry)
+            return float("nan")
+        time.sleep(0.05)
+        with lock:
+            calls.append(1)
+        return float(x @ x)
+
+    with pytest.raises(zo.OracleError, match="returned nan at coordinate 0"):
+        zo.estimate_gradient(oracle, np.zeros(24), zo.CGE(mu=1e-3), executor=threads2)
+    seen = len(calls)
+    time.sleep(0.3)
+    assert len(calls) == seen  # nothing queried after the raise

@@ -1742,3 +1742,33 @@ def test_threads_sharing_the_oracle_take_turns_through_whole_queries():
         worker.join()
         sys.setswitchinterval(interval)
     assert wrong == []
+
+
+class _Flaky(nn.Module):
+    """Raises on an input it cannot take (a bad batch), else the identity."""
+
+    def forward(self, x):
+        if bool((x.abs() > 1e6).any()):
+            raise RuntimeError("bad batch")
+        return x
+
+
+def test_an_error_in_a_vmapped_forward_leaves_vmap_on():
+    """Any error in a batched query's forward was taken for an op vmap cannot batch: vmap went off
+    for the oracle's life, and every later batch ran the slow loop (and differed from a fresh
+    oracle's by round-off). The loop now tells: an error it raises too is the forward's own."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_Flaky(), nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    oracle = TorchOracle(model, CE_ROWS)
+    good = oracle.bind((x, y))
+    theta = oracle.initial_params()
+    rows = theta + 0.01 * np.random.default_rng(0).standard_normal((5, theta.size))
+    want = good.batch(rows)
+    bad = oracle.bind((x * 1e7, y))
+    with pytest.raises(RuntimeError, match="bad batch"):
+        bad.batch(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(good.batch(rows), want)
+    assert oracle._core.vmap_ok

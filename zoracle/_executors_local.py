@@ -595,11 +595,17 @@ class _ThreadBackend:
         return out
 
     def abort(self, workers, hung=True) -> None:
-        stuck = False
+        stuck, running = False, []
         for w in workers:  # threads cannot be killed: let them finish, drop their answers
             jid, f = self.busy.pop(w, (None, None))
             if f is not None and not f.cancel() and not f.done():
-                stuck = True
+                if hung is True or (hung and w in hung):
+                    stuck = True
+                else:
+                    running.append(f)
+        if running:  # after an oracle's error: the run raises once they are done, so that nothing still
+            # works on a shared model (its parameters, patched forwards) while the caller handles the error
+            futures_wait(running, timeout=self.pool.timeout)
         if stuck:  # later runs get fresh threads instead of queueing behind a hung oracle
             self.pool._abandon()
 
