@@ -80,16 +80,20 @@ def _copy(params):
     return params.clone() if torch.is_tensor(params) else params.copy()
 
 
+_RUNNING_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
 def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple:
     """What a cached activation or base loss depends on besides the parameters and the batch:
     every module's train/eval mode and every buffer's identity and version (running statistics
-    written in place, or ``load_state_arrays``). ``read_only``: only the buffers of modules in
-    eval mode, the ones a forward reads."""
+    written in place, or ``load_state_arrays``). ``read_only``: not the running statistics of a
+    BatchNorm or InstanceNorm in train mode, which its forward does not read (a plain call
+    updates them every step); every other buffer, a forward may read."""
     keys, buffers = [], []
     for m in model.modules():  # one walk for both
         if flags is None:
             keys.append(module_key(m))
-        if m._buffers and not (read_only and m.training):
+        if m._buffers and not (read_only and m.training and isinstance(m, _RUNNING_STATS)):
             buffers += [(id(b), b._version) for b in m._buffers.values() if b is not None]
         if m._parameters:  # frozen weights (requires_grad=False) are not in the flat vector: read like buffers
             buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
@@ -428,10 +432,10 @@ class TorchOracle:
 
     def executor_key(self) -> tuple:
         """What an executor's copies of this oracle must agree on with it, besides the parameters
-        (sent with every estimate): every module's train/eval mode, and the buffers of the modules
-        in eval mode, which read them (running statistics). An executor sends the oracle again
-        when this changes; buffers that train-mode modules update every step are left out, so a
-        training run sends the model once."""
+        (sent with every estimate): every module's train/eval mode, and the buffers a forward may
+        read (all but a train-mode BatchNorm's or InstanceNorm's running statistics). An executor
+        sends the oracle again when this changes; the running statistics a train-mode plain call
+        updates every step are left out, so a training run sends the model once."""
         return _model_state(self._core.model, read_only=True)
 
     def load_state_arrays(self, arrays: dict) -> None:
