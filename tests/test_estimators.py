@@ -449,6 +449,13 @@ def test_losses_too_coarse_for_the_differences_are_warned_about(monkeypatch):
         zo.estimate_gradient(lambda x: np.float32(2.3) + np.float32(w @ x), np.zeros(10, np.float32))  # float32 params
         zo.estimate_gradient(lambda x: np.float32(w @ x), np.zeros(10), zo.RGE(directions=3, shaping="ranks"), rng=0)
 
+    class Dominated:  # one partial of 500 must not hide the rest's quantization (0.4-8% off)
+        def __call__(self, x):
+            return np.float32(1e4) + np.float32(w @ x + 500.0 * x[0])
+
+    with pytest.warns(UserWarning, match=r"returns float32 losses"):
+        zo.estimate_gradient(Dominated(), np.zeros(10))
+
     class Logistic:  # a float32 loss near 0.69: quantized far below CGE's own error
         def __call__(self, x):
             return np.float32(np.logaddexp(0.0, float(w @ x)))

@@ -550,7 +550,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
     if value is not None and not isinstance(value, float):
         key = (type(wrapped.fn), type(value), str(getattr(value, "dtype", "")))
         if key not in _COARSE_WARNED:  # once per oracle class and loss type (every step of a run would repeat it)
-            why = coarse_losses(value, loss, mu, dtype, float(np.abs(grad).max()) if len(grad) else 0.0)
+            why = coarse_losses(value, loss, mu, dtype, float(np.median(np.abs(grad))) if len(grad) else 0.0)
             if why:
                 _COARSE_WARNED.add(key)
                 warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)

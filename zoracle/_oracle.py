@@ -117,12 +117,13 @@ def has_methods(oracle, *names) -> bool:
     return all(callable(getattr(oracle, name, None)) for name in names)
 
 
-def coarse_losses(value, loss: float, mu: float, params_dtype, largest: float) -> str:
+def coarse_losses(value, loss: float, mu: float, params_dtype, typical: float) -> str:
     """Why differences of losses like ``value`` over ``mu`` are coarse, or empty: an integer loss
     (differences of 0 or at least 1 / mu), or a float32 / float16 one where params are float64
     (differences in steps of the loss's float spacing over mu). Checked on the base point's value;
-    coarse means a resolution above 1e-3 of the ``largest`` partial derivative estimated. An
-    integer 0 may be a sum that met every margin (``sum([])``): not judged."""
+    coarse means a resolution above 1e-3 of the ``typical`` partial derivative estimated (their
+    median magnitude: one large partial must not hide the rest). An integer 0 may be a sum
+    that met every margin (``sum([])``): not judged."""
     name = str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
     if name.startswith(("int", "uint")):
         if loss == 0:
@@ -136,7 +137,7 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, largest: float) -
         step = float(np.spacing(np.float32(abs(loss))))
     else:
         return ""
-    if step / mu <= 1e-3 * largest:
+    if step / mu <= 1e-3 * typical:
         return ""
     return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
             f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; return the loss "
