@@ -427,8 +427,8 @@ class TorchOracle:
     def plain_call_updates_state(self) -> bool:
         """Whether a plain call writes the model's own state: ``update_stats`` and a BatchNorm or
         InstanceNorm with running statistics in train mode (an executor whose workers hold copies warns)."""
-        return self.update_stats and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
-                                         and m.training and m.track_running_stats for m in self._core.model.modules())
+        return self.update_stats and any(isinstance(m, _RUNNING_STATS) and m.training and m.track_running_stats
+                                         for m in self._core.model.modules())
 
     def executor_key(self) -> tuple:
         """What an executor's copies of this oracle must agree on with it, besides the parameters
@@ -791,9 +791,8 @@ class TorchOracle:
         holders = self._core.__dict__.setdefault("holders", {})  # per model key: train-mode modules with buffers
         found = holders.get(flags)
         if found is None:  # not BatchNorm's or InstanceNorm's running statistics, which their train-mode output does not read
-            found = holders[flags] = [(name, m) for name, m in self.model.named_modules() if m.training and m._buffers
-                                      and not isinstance(m, (nn.modules.batchnorm._BatchNorm,
-                                                             nn.modules.instancenorm._InstanceNorm))]
+            found = holders[flags] = [(name, m) for name, m in self.model.named_modules()
+                                      if m.training and m._buffers and not isinstance(m, _RUNNING_STATS)]
         if not found:
             return self._plain(params, flags, True)
         # does the forward read what it writes there? Asked at every plain call (once a step): the answer
