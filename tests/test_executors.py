@@ -1074,3 +1074,26 @@ def test_a_buffer_a_train_mode_forward_reads_reaches_process_workers_when_change
     got = zo.estimate_gradient(bound, theta, zo.CGE(mu=1e-6), executor=loky2)
     assert got.loss == ref.loss
     np.testing.assert_array_equal(got.grad, ref.grad)
+
+
+def test_an_oracle_error_on_threads_is_not_held_back_by_a_hung_shard(monkeypatch):
+    """Waiting for the other threads' shards after an error had no limit without a timeout: a hung
+    shard held the error back as long as it hung. The wait is bounded, and the hung thread abandoned."""
+    import time
+
+    import zoracle._executors_local as local
+
+    monkeypatch.setattr(local, "ABORT_WAIT_S", 0.5)
+
+    def oracle(x):
+        if x[1] != 0.0:  # coordinate 1's query hangs (3 s here)
+            time.sleep(3.0)
+        if x[0] != 0.0:  # coordinate 0's: NaN, which raises at once
+            return float("nan")
+        return float(x @ x)
+
+    with JoblibExecutor(3, backend="threading") as ex:
+        t0 = time.perf_counter()
+        with pytest.raises(zo.OracleError, match="returned nan at coordinate 0"):
+            zo.estimate_gradient(oracle, np.zeros(6), zo.CGE(mu=1e-3), executor=ex)
+        assert time.perf_counter() - t0 < 2.5

@@ -563,6 +563,11 @@ class ProcessPool(ShardedExecutor):
 
 
 # ----------------------------------------------------------------------------- threads
+#: seconds a thread run waits, after an oracle's error, for the other threads' shards to finish
+#: (without a timeout of its own) before it raises
+ABORT_WAIT_S = 10.0
+
+
 class _ThreadBackend:
     def __init__(self, pool: "ThreadPool", oracle, params):
         self.pool = pool
@@ -604,8 +609,10 @@ class _ThreadBackend:
                 else:
                     running.append(f)
         if running:  # after an oracle's error: the run raises once they are done, so that nothing still
-            # works on a shared model (its parameters, patched forwards) while the caller handles the error
-            futures_wait(running, timeout=self.pool.timeout)
+            # works on a shared model (its parameters, patched forwards) while the caller handles the error;
+            # a shard that outlasts the wait (hung, with no timeout set) no longer holds the error back
+            _, late = futures_wait(running, timeout=self.pool.timeout or ABORT_WAIT_S)
+            stuck = stuck or bool(late)
         if stuck:  # later runs get fresh threads instead of queueing behind a hung oracle
             self.pool._abandon()
 
