@@ -417,10 +417,10 @@ def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
     T = tx.shape[2] - 1
     _check_span(T, frame, reference.vx.shape[1] - 1)
     start = reference.vx[None, :, frame]
-    if not np.allclose(tx[:, :, 0], start, rtol=1e-5, atol=1e-6 * float(np.abs(start).max() or 1.0)):
+    atol = 1e-6 * float(np.abs(start).max() or 1.0)
+    if not np.allclose(tx[:, :, 0], start, rtol=1e-5, atol=atol):
         # a rollout from another frame, scored against this one's steps (frame not passed again)
-        match = [f for f in range(reference.vx.shape[1])
-                 if np.allclose(tx[0, :, 0], reference.vx[:, f], rtol=1e-5, atol=1e-6 * float(np.abs(start).max() or 1.0))]
+        match = [f for f in range(reference.vx.shape[1]) if np.allclose(tx[0, :, 0], reference.vx[:, f], rtol=1e-5, atol=atol)]
         hint = f"it starts at frame {match[0]}: pass frame={match[0]}" if match else "pass the frame it started from"
         raise ArgumentError(f"`traj` does not start at the reference's frame {frame} (`frame`); {hint}, as to rollout")
     rx = reference.vx[None, :, frame + 1:frame + T + 1]

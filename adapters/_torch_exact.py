@@ -495,8 +495,13 @@ def _hooked(model: nn.Module) -> str:
              if m._forward_hooks or m._forward_pre_hooks]
     if not names:
         return ""
-    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return f"; {shown} run(s) forward hooks, which the split's closed forms do not run"
+    return f"; {name_list(names)} run(s) forward hooks, which the split's closed forms do not run"
+
+
+def name_list(names) -> str:
+    """Module names for a message: the first three quoted, then how many more."""
+    names = list(names)
+    return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _sequence_first(model: nn.Module) -> str:
@@ -508,8 +513,7 @@ def _sequence_first(model: nn.Module) -> str:
              if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and not m.batch_first]
     if not names:
         return ""
-    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return (f"; {shown} take(s) the batch along dim 1 (batch_first=False), where the split takes samples along "
+    return (f"; {name_list(names)} take(s) the batch along dim 1 (batch_first=False), where the split takes samples along "
             f"dim 0: build them with batch_first=True, and pass (batch, sequence, ...) inputs, to keep feature reuse")
 
 

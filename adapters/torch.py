@@ -39,7 +39,7 @@ from zoracle._errors import ArgumentError
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
 from ._torch_exact import (_modes, _self_check, ensure_split, first_bind, full_coordinate_losses, module_key,
-                           parameter_names, reference_loss, shared_suffix)
+                           name_list, parameter_names, reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
     absorb,
@@ -807,7 +807,7 @@ class TorchOracle:
                 b.copy_(before)
         if not self._core.__dict__.get("warned_written"):
             self._core.warned_written = True
-            warnings.warn(f"TorchOracle: {', '.join(repr(n or type(self.model).__name__) for n in moved[:3])} write "
+            warnings.warn(f"TorchOracle: {name_list([n or type(self.model).__name__ for n in moved])} write "
                           "buffers in their train-mode forward and then read them (spectral norm's vectors, a "
                           "quantization observer, a running scale): every query, the plain call included, leaves them "
                           "as it found them, so the loss is a function of the parameters, the same on any executor; "
@@ -828,22 +828,21 @@ class TorchOracle:
                 out, states = self._run_chain(limit)
             else:
                 out, states = self.model(self._x), None
-            if self._core.scalar_loss:
-                self._base_rows = None
-                if states is not None:  # the chain just ran here: its states are the fresh ones
-                    self._state_cache = (key, states, _model_state(self.model, flags=flags), self._batch_key())
-                elif self._core.blocks:
-                    self._core.base_out = (key, out, _model_state(self.model, flags=flags), self._batch_id())
-                return float(self._scalar(out, self._y))
-            rows = self._loss_rows(out, self._y)
-        # the per-sample losses at the base point: the fast suffix path reuses them for the
-        # samples a perturbation leaves unchanged, so a black-box loss_fn is not asked again;
-        # both caches hold the model's state after the run (a plain call may update buffers)
+            scalar = self._core.scalar_loss
+            loss = self._scalar(out, self._y) if scalar else None
+            rows = None if scalar else self._loss_rows(out, self._y)
+        # the caches hold the model's state after the run (a plain call may update buffers): the
+        # chain's states when it just ran here (the fresh ones), else the output for the base-point
+        # comparison; and the per-sample losses at the base point, which the fast suffix path reuses
+        # for the samples a perturbation leaves unchanged (a black-box loss_fn is not asked again)
         state = _model_state(self.model, flags=flags)
         if states is not None:
             self._state_cache = (key, states, state, self._batch_key())
         elif self._core.blocks:
             self._core.base_out = (key, out, state, self._batch_id())
+        if scalar:
+            self._base_rows = None
+            return float(loss)
         self._base_rows = (key, rows, state, self._batch_key())
         return float(rows.reshape(1, -1).mean(dim=1)[0])
 

@@ -47,13 +47,17 @@ def parse_local(address, what: str):
     return False, None
 
 
+def _missing(name: str, extra: str) -> MissingExtra:
+    return MissingExtra(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'")
+
+
 def _require(name: str, extra: str) -> None:
     """Fail at construction, as executors.md says, when ``name`` is not installed (it is imported
     when the executor starts)."""
     import importlib.util
 
     if importlib.util.find_spec(name) is None:
-        raise MissingExtra(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'")
+        raise _missing(name, extra)
 
 
 def _import(name: str, extra: str):
@@ -62,7 +66,7 @@ def _import(name: str, extra: str):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise MissingExtra(f"{name} is needed for this executor; install it with pip install -e '.[{extra}]'") from exc
+        raise _missing(name, extra) from exc
 
 
 # ----------------------------------------------------------------------------- __main__ guard
