@@ -101,3 +101,5 @@ def test_cli_help_and_errors(tmp_path):
     assert ok.returncode == 0 and "demo" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "zoracle", "nosuchcommand"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid choice" in bad.stderr
+    bare = subprocess.run([sys.executable, "-m", "zoracle"], capture_output=True, text=True, cwd=ROOT)
+    assert bare.returncode == 2 and bare.stdout == "" and "COMMAND" in bare.stderr and "demo" in bare.stderr

@@ -147,9 +147,9 @@ def main(argv=None, prog: str | None = None) -> int:
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # no command is a usage error (exit 2, as argparse's own), the help on stderr
+        parser.print_help(sys.stderr)
+        return 2
     return 0
 
 
