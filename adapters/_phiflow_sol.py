@@ -134,8 +134,10 @@ class _Corrector:
 
     def apply(self, P: torch.Tensor, vx, vy, re_feat):
         """Corrected ``(vx, vy)``; ``vx``: ``(k, n, nx + 1, ny)``, ``P``: ``(k, d)``."""
-        x = self.features(vx, vy, re_feat)
-        out = self._batched(self.params(P), x)
+        # the network runs in its parameters' dtype (float32); a state of PhiFlow's 64-bit
+        # precision is corrected in its own dtype
+        x = self.features(vx, vy, re_feat).to(P.dtype)
+        out = self._batched(self.params(P), x).to(vx.dtype)
         return vx + out[:, :, 0], vy + out[:, :, 1, :-1]
 
 

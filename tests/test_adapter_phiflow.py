@@ -456,3 +456,26 @@ def test_coarsening_and_references_name_what_is_wrong(reference):
     assert one.vx.shape[0] == 1 and one.re.tolist() == [150.0]
     with pytest.raises(zo.ArgumentError, match="one Reynolds number per run"):
         pf.Reference(reference.vx, reference.vy, reference.re[:1])
+
+
+def test_rollout_and_oracle_run_under_phiflows_64_bit_precision(reference):
+    """Under phi.math.set_global_precision(64) the solver's float64 state met the float32
+    correction network: every rollout and oracle call failed ("Input type (double) and bias type
+    (float) should be the same"). The network runs in float32 and corrects the float64 state."""
+    from phi import math as pm
+
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
+    p = pf.flat_params(net)
+    starts = np.array([[0, 0], [1, 1]])
+    tr32 = pf.rollout(coarse, net, reference, np.stack([p, 0 * p]), 2)
+    loss32 = pf.SolverInTheLoop(coarse, net, reference, unroll=1).bind(starts)(p)
+    pm.set_global_precision(64)
+    try:
+        tr64 = pf.rollout(coarse, net, reference, np.stack([p, 0 * p]), 2)
+        loss64 = pf.SolverInTheLoop(coarse, net, reference, unroll=1).bind(starts)(p)
+    finally:
+        pm.set_global_precision(32)
+    assert tr64[0].dtype == np.float64 and tr32[0].dtype == np.float32
+    np.testing.assert_allclose(pf.mean_abs_error(tr64, reference), pf.mean_abs_error(tr32, reference), rtol=1e-3)
+    assert loss64 == pytest.approx(loss32, rel=1e-3)
