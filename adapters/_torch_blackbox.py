@@ -13,6 +13,9 @@ from zoracle._estimators import CGE, RGE, as_generator, check_step
 
 __all__ = ["blackbox", "BlackBox"]
 
+#: most bytes of perturbed copies of the input a CGE backward holds at once
+COPY_BYTES = 256 << 20
+
 
 def _as_tensor(value, like: torch.Tensor, dtype=None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
@@ -47,7 +50,8 @@ class _Function(torch.autograd.Function):
             y = box._eval(x.detach().clone(), context, 1, "forward")  # float64: the backward's differences
         ctx.box, ctx.context = box, context
         ctx.save_for_backward(x.detach(), y)
-        return y.to(x.dtype)
+        # a copy in any dtype: an in-place op on the output must not change the saved y
+        return y.to(x.dtype, copy=True)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -147,7 +151,9 @@ class BlackBox:
         xf = x.reshape(N, D)
         if isinstance(est, CGE):
             grad = torch.zeros_like(xf, dtype=torch.float64)
-            per = max(1, self.max_rows // N)
+            # coordinates per pass: at most max_rows rows, and at most COPY_BYTES of perturbed
+            # copies of the batch (k copies of N x D: a 224 x 224 image at max_rows asked for 39 GB)
+            per = max(1, min(self.max_rows // N, COPY_BYTES // (N * D * xf.element_size())))
             for lo in range(0, D, per):
                 idx = torch.arange(lo, min(D, lo + per), device=x.device)
                 k = idx.numel()
@@ -228,7 +234,8 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
     rng : Generator, int or None
         Seeds the RGE directions (a fresh child seed every backward).
     max_rows : int
-        Most rows per ``fn`` call.
+        Most rows per ``fn`` call. A CGE backward also holds at most 256 MiB of perturbed
+        copies of ``x`` at once (fewer rows a call for a large ``x``).
 
     Returns
     -------

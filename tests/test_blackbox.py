@@ -243,3 +243,41 @@ def test_a_numpy_context_is_writable_in_the_backward_whatever_the_rows(rows):
     x = torch.randn(rows, 3, dtype=torch.float64, requires_grad=True)
     blackbox(fn, zo.CGE(mu=1e-4))(x, np.ones((rows, 1))).sum().backward()
     assert writable and all(writable)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_an_in_place_op_on_the_output_leaves_the_backward_its_own_copy(dtype, scheme):
+    """In float64 the op returned the very tensor it saved for the backward: ``y.mul_(2)`` made
+    every backward fail ("modified by an inplace operation"), float32 worked."""
+    op = blackbox(lambda z: torch.sin(z), zo.CGE(mu=1e-4, scheme=scheme))
+    x = torch.randn(2, 3, dtype=dtype, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = op(x)
+    y.mul_(2)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * torch.cos(x.detach()), rtol=0, atol=2e-3 if dtype == torch.float32 else 2e-4)
+
+
+def test_cge_holds_a_bounded_number_of_perturbed_copies(monkeypatch):
+    """CGE perturbed max_rows // N coordinates a pass, each a copy of the whole batch: one
+    3 x 224 x 224 image at the default max_rows asked for 39 GB. The passes are now bounded by
+    COPY_BYTES too, and the gradient does not depend on the pass size."""
+    from zoracle.adapters import _torch_blackbox as bb
+
+    rows = []
+
+    def fn(z):
+        rows.append(z.shape[0])
+        return (z.reshape(z.shape[0], -1) ** 2).sum(1)
+
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    blackbox(fn, zo.CGE(mu=1e-5, scheme="central"))(x).sum().backward()
+    whole = x.grad.clone()
+    assert max(rows[1:]) == 2 * 192  # every coordinate in one pass of 192 perturbed copies
+    monkeypatch.setattr(bb, "COPY_BYTES", 10 * 2 * 192 * 8)  # ten copies of the batch
+    rows.clear()
+    x.grad = None
+    blackbox(fn, zo.CGE(mu=1e-5, scheme="central"))(x).sum().backward()
+    assert max(rows[1:]) == 2 * 10 and sum(rows[1:]) == 2 * 2 * 192
+    torch.testing.assert_close(x.grad, whole, rtol=0, atol=0)
+    torch.testing.assert_close(whole, 2 * x.detach(), rtol=0, atol=1e-8)
