@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "zoracle.adapters.onnx needs onnxruntime: pip install -e '.[onnx]' (or '.[onnx-gpu]' for CUDA)"
     ) from exc
 
-from zoracle._errors import ArgumentError, ZoracleError
+from zoracle._errors import ArgumentError, OracleError, ZoracleError
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -165,9 +165,17 @@ def _dims(shape) -> tuple:
     return tuple(d if isinstance(d, numbers.Integral) and d > 0 else None for d in shape)
 
 
-def _read_model(model) -> tuple[bytes, str]:
+def _read_model(model) -> tuple[bytes | str, str]:
+    """The model as onnxruntime takes it (bytes, which pickled copies carry; or the absolute path
+    of a file too large for bytes) and how messages name it."""
     if hasattr(model, "SerializeToString"):  # an onnx.ModelProto, e.g. from skl2onnx
-        return model.SerializeToString(), f"{type(model).__name__} object"
+        try:
+            return model.SerializeToString(), f"{type(model).__name__} object"
+        except Exception as exc:  # protobuf serializes at most 2 GiB
+            raise ArgumentError(
+                f"`model`: the {type(model).__name__} cannot be serialized ({type(exc).__name__}: {exc}); a model "
+                "over 2 GiB must keep its weights in external data: onnx.save_model(model, 'model.onnx', "
+                "save_as_external_data=True) and pass the path 'model.onnx'") from None
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model), f"{len(model)} bytes"
     if isinstance(model, (str, os.PathLike)):
@@ -184,20 +192,10 @@ def _read_model(model) -> tuple[bytes, str]:
     )
 
 
-def _with_external_data(data: bytes, path: str) -> bytes:
-    """``data`` (the file at ``path``) with the tensors it keeps in external data files (a large
-    export's ``model.onnx.data``) read in: onnxruntime looks for those files next to a path, and
-    zoracle hands it bytes (which pickled copies carry). A file with no external data, or one onnx
-    cannot parse (the session's own error then names the problem), is returned as it is."""
-    try:
-        import onnx
-        from onnx.external_data_helper import uses_external_data
-    except ImportError:  # pragma: no cover - onnx is in the onnx extra
-        return data
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception:
-        return data
+def _external_tensors(proto) -> list:
+    """The tensors of ``proto`` (subgraphs included) kept in external data files."""
+    from onnx.external_data_helper import uses_external_data
+
     graphs, tensors = [proto.graph], []
     while graphs:
         g = graphs.pop()
@@ -210,15 +208,56 @@ def _with_external_data(data: bytes, path: str) -> bytes:
                 if a.HasField("g"):
                     graphs.append(a.g)
                 graphs.extend(a.graphs)
-    if not any(uses_external_data(t) for t in tensors):
+    return [t for t in tensors if uses_external_data(t)]
+
+
+#: protobuf serializes messages under 2 GiB
+_PROTO_LIMIT = 2**31 - 1
+
+
+def _with_external_data(data: bytes, path: str) -> bytes | str:
+    """``data`` (the file at ``path``) with the tensors it keeps in external data files (a large
+    export's ``model.onnx.data``) read in: onnxruntime looks for those files next to a path, and
+    zoracle hands it bytes (which pickled copies carry). A model of 2 GiB or more cannot be
+    bytes: its absolute path is returned (copies then need the files at that path). A file with
+    no external data, or one onnx cannot parse (the session's own error then names the problem),
+    is returned as it is."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is in the onnx extra
         return data
     try:
-        onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+        proto = onnx.load_model_from_string(data)
+    except Exception:
+        return data
+    external = _external_tensors(proto)
+    if not external:
+        return data
+    folder = os.path.dirname(os.path.abspath(path))
+    files = {e.value for t in external for e in t.external_data if e.key == "location"}
+    try:
+        size = len(data) + sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+    except OSError:
+        size = 0  # a missing file: the load below names it
+    if size >= _PROTO_LIMIT:
+        return os.path.abspath(path)
+    try:
+        onnx.load_external_data_for_model(proto, folder)
         return proto.SerializeToString()
     except Exception as exc:
         raise ArgumentError(f"`model` {path!r} keeps its weights in external data files, and they could not be "
                             f"read next to it: {type(exc).__name__}: {str(exc).strip()[:300]}; keep the .data file "
                             "beside the .onnx file, as it was exported") from None
+
+
+def _refers_to_external_data(data) -> bool:
+    """Whether model bytes name external data files (which bytes do not carry)."""
+    try:
+        import onnx
+
+        return isinstance(data, bytes) and bool(_external_tensors(onnx.load_model_from_string(data)))
+    except Exception:
+        return False
 
 
 #: the SessionOptions settings a pickled copy carries (optimized_model_filepath stays with the
@@ -312,8 +351,8 @@ class OnnxClassifier:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
                                        or batch_size < 1):
             raise ArgumentError(f"`batch_size` must be a positive integer or None, got {batch_size!r}")
-        self._bytes, self._source = _read_model(model)
-        if not self._bytes:
+        self._model, self._source = _read_model(model)
+        if not self._model:
             raise ArgumentError(f"`model` {self._source} is empty; re-export the ONNX file")
         self.providers_requested = self._check_providers(providers)
         self._session_options = session_options
@@ -347,7 +386,7 @@ class OnnxClassifier:
 
     def _open(self) -> None:
         try:
-            self.session = ort.InferenceSession(self._bytes, sess_options=self._session_options,
+            self.session = ort.InferenceSession(self._model, sess_options=self._session_options,
                                                 providers=self.providers_requested)
         except Exception as exc:
             kind = type(exc).__name__
@@ -355,6 +394,9 @@ class OnnxClassifier:
                 what = (f"uses an operator that onnxruntime's providers {self.providers_requested} cannot run "
                         "(float64 convolutions on the CPU, for one): export it in float32, or use a provider "
                         "that implements it")
+            elif _refers_to_external_data(self._model):
+                what = ("keeps its weights in external data files, which bytes and a ModelProto do not carry: pass "
+                        "the .onnx file's path (its .data file beside it), or onnx.load(path) with its external data")
             else:
                 what = "is not a loadable ONNX model (truncated, corrupted or not ONNX?)"
             raise ArgumentError(f"`model` {self._source} {what}: {kind}: {str(exc).strip()[:300]}") from None
@@ -424,7 +466,7 @@ class OnnxClassifier:
         last = node.shape[-1] if (not self._zipmap and len(node.shape) == 2) else None
         self.num_classes = int(last) if isinstance(last, numbers.Integral) and last > 0 else None
 
-    # pickling: sessions do not pickle, the model bytes do ------------------------------------
+    # pickling: sessions do not pickle, the model bytes (or a large model's path) do --------------
     def __getstate__(self):
         if self._ledger is None:  # from now on this object and its copies share one counter
             self._ledger = _Ledger.create(self._queries)
@@ -574,7 +616,14 @@ class OnnxClassifier:
         column of the highest score (``0 .. C-1``; a scikit-learn model's own class labels are
         ``classes_[predict(x)]``, or pick its label output with ``output=``)."""
         out = self(x)
-        return (out if self.output_kind == "labels" else out.argmax(axis=1)).astype(np.int64)
+        if self.output_kind == "labels":
+            return out.astype(np.int64)
+        bad = np.isnan(out).any(axis=1)
+        if bad.any():  # argmax stops at the first NaN: a broken row would become a class, and a vote
+            i = int(np.flatnonzero(bad)[0])
+            raise OracleError(f"OnnxClassifier.predict, sample {i} of {out.shape[0]}", out[i].tolist(),
+                              detail="NaN scores have no highest class")
+        return out.argmax(axis=1).astype(np.int64)
 
     def __repr__(self) -> str:
         return (f"OnnxClassifier({self._source}, input={self.input_name!r} {_shape_str(self.input_shape)} "

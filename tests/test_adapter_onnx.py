@@ -348,6 +348,58 @@ def test_a_model_saved_with_external_data_loads_by_path_from_any_directory(torch
         OnnxClassifier(folder / "model.onnx")
 
 
+def test_external_data_over_protobufs_limit_runs_from_its_path(torch_model, onnx_path, batch, tmp_path, monkeypatch):
+    """A model of 2 GiB or more can only be saved with external data, and protobuf cannot
+    serialize it into bytes: it was refused ("could not be read next to it: EncodeError", the
+    data file beside it). It runs from its absolute path (pickled copies carry the path); given
+    as bytes or a ModelProto without its data, the error says what is missing (it said
+    "corrupted"); a ModelProto too large to serialize is an ArgumentError naming the fix."""
+    onnx = pytest.importorskip("onnx")
+    from zoracle.adapters import onnx as zonnx
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    onnx.save_model(onnx.load(str(onnx_path)), str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(batch)).numpy()
+    monkeypatch.setattr(zonnx, "_PROTO_LIMIT", 1024)  # the limit, scaled down to this model
+    monkeypatch.chdir(tmp_path)
+    clf = OnnxClassifier("export/model.onnx")
+    assert clf._model == str(folder / "model.onnx")  # onnxruntime reads the files from there
+    np.testing.assert_allclose(clf(batch), want, rtol=1e-5, atol=1e-5)
+    monkeypatch.chdir(folder)  # a copy, unpickled elsewhere
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(clf))(batch), want, rtol=1e-5, atol=1e-5)
+    for given in ((folder / "model.onnx").read_bytes(), onnx.load(str(folder / "model.onnx"), load_external_data=False)):
+        with pytest.raises(zo.ArgumentError, match="external data files, which bytes and a ModelProto do not carry"):
+            OnnxClassifier(given)
+
+    class TooLarge:
+        def SerializeToString(self):
+            raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB: 2400000000")
+
+    with pytest.raises(zo.ArgumentError, match="save_as_external_data=True"):
+        OnnxClassifier(TooLarge())
+
+
+def test_predict_refuses_nan_scores():
+    """argmax stops at the first NaN: a row of NaN scores became class 0, and
+    smoothing.certify(clf.predict, ...) certified a prediction made of such votes."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    w = numpy_helper.from_array(np.array([[1, -1, 0.5], [0, 2, 1.5]], np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["s"]), helper.make_node("Log", ["s"], ["y"])],
+                              "g", [x_info], [y_info], [w])
+    clf = OnnxClassifier(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert clf.predict(np.array([[1.0, 1.0]], np.float32)).tolist() == [2]  # log(1, 1, 2)
+    with pytest.raises(zo.OracleError, match="sample 1 of 2: NaN scores") as info:
+        clf.predict(np.array([[1.0, 1.0], [1.0, 0.0]], np.float32))  # log(1, -1, 0.5): NaN in column 1 only
+    assert info.value.value[0] == 0 and np.isnan(info.value.value[1]) and info.value.value[2] == pytest.approx(np.log(0.5))
+
+
 def test_an_operator_no_provider_runs_is_not_called_a_corrupted_file(tmp_path):
     # onnxruntime's CPU provider has no float64 convolution: the model is valid, and the error
     # must say what is wrong with it rather than blame the file
