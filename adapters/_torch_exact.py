@@ -87,8 +87,11 @@ def _rows_coupled(oracle, out, v) -> bool:
     if rows.shape[0] != B:
         return True
     for part in (slice(0, h), slice(h, B)):
-        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
-            w = to_torch(oracle.loss_fn(out[part], None if y is None else y[part]))
+        try:
+            with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+                w = to_torch(oracle.loss_fn(out[part], None if y is None else y[part]))
+        except Exception:  # a loss that needs the whole batch (two views: out.view(2, -1, C) on an odd half)
+            return True
         w, want = w.reshape(-1).double(), rows[part].double().to(w.device)
         if w.shape != want.shape:
             return True
@@ -98,12 +101,23 @@ def _rows_coupled(oracle, out, v) -> bool:
     return False
 
 
-class _ParameterReads(TorchFunctionMode):
-    """Notes whether any torch function gets one of the given tensors (by id) as an argument."""
+def _storage(t: torch.Tensor):
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # a tensor without storage (sparse, a functorch wrapper)
+        return None
 
-    def __init__(self, ids: set):
+
+class _ParameterReads(TorchFunctionMode):
+    """Notes whether any torch function gets one of the given parameters as an argument, or a
+    tensor sharing one's storage (``model.state_dict()``'s detached aliases, taken before)."""
+
+    def __init__(self, params, out):
         super().__init__()
-        self.ids, self.hit = ids, False
+        self.ids, self.hit = {id(p) for p in params}, False
+        # the output may share a parameter's storage (a forward returning a view of one): a
+        # loss reads its own input; an empty tensor has no memory to share (pointer 0)
+        self.storages = {_storage(p) for p in params} - {None, 0, _storage(out) if isinstance(out, torch.Tensor) else None}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if not self.hit:
@@ -112,7 +126,7 @@ class _ParameterReads(TorchFunctionMode):
                 a = stack.pop()
                 if isinstance(a, (list, tuple)):
                     stack.extend(a)
-                elif isinstance(a, torch.Tensor) and id(a) in self.ids:
+                elif isinstance(a, torch.Tensor) and (id(a) in self.ids or _storage(a) in self.storages):
                     self.hit = True
                     break
         return func(*args, **(kwargs or {}))
@@ -130,11 +144,12 @@ def first_bind(oracle) -> None:
                     f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
                     "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
                     "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
-            with _ParameterReads({id(p) for p in core.params}) as reads:
+            with _ParameterReads(core.params, out) as reads:
                 v = to_torch(oracle.loss_fn(out, oracle._y))
         if reads.hit:
             raise ArgumentError(
-                "`loss_fn` reads the model's trainable parameters (a penalty such as weight decay inside the loss): "
+                "`loss_fn` reads the model's trainable parameters (a penalty such as weight decay inside the loss; "
+                "or a tensor sharing their memory, such as model.state_dict()'s): "
                 "the oracle perturbs parameters inside model(x) only, so the loss would see them unperturbed. Add "
                 "the penalty in the model's forward, or use the optimizer's weight_decay")
         scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)

@@ -988,6 +988,38 @@ def test_review_findings_float64_params_check_empty_checkpoint_derived_buffers_a
     assert res.steps == 2 and again.steps == 3
 
 
+def test_a_loss_reading_parameters_through_an_alias_is_refused():
+    """A penalty on ``model.state_dict()``'s tensors (detached, sharing the weights' memory) was
+    accepted: plain calls saw it move, batch() and coordinate_losses saw other values (3 paths,
+    3 gradients). A forward whose output is a view of a parameter is not such a read."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    sd = model.state_dict()
+
+    def penalized(out, t):
+        return CE_ROWS(out, t) + sd["0.weight"].pow(2).sum()
+
+    with pytest.raises(zo.ArgumentError, match="such as model.state_dict"):
+        TorchOracle(model, penalized, (x, y))
+
+    class Constant(nn.Module):  # predicts its bias whatever the input: the output is a view of it
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([0.5, -0.2, 0.1], dtype=torch.float64))
+
+        def forward(self, h):
+            return self.bias.expand(h.shape[0], 3)
+
+    oracle = TorchOracle(Constant(), CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    with pytest.warns(RuntimeWarning, match="does not depend on its input"):
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    probs = torch.softmax(torch.tensor(theta), 0).numpy()
+    want = probs - np.bincount(y.numpy(), minlength=3) / 8
+    np.testing.assert_allclose(est.grad, want, atol=1e-8)
+
+
 def test_a_loss_reading_parameters_a_batch_dropped_and_an_attribute_changed_after_the_check():
     """A loss_fn adding weight decay saw the parameters unperturbed (CGE +0.05 for -0.008, silent);
     out.squeeze() on a batch of one failed with IndexError deep inside; an attribute the forward
@@ -1066,6 +1098,26 @@ def test_per_sample_losses_coupled_across_the_batch_are_evaluated_per_perturbati
     want = [oracle.reference_loss(p) for p in P]
     np.testing.assert_allclose(oracle.batch(P), want, rtol=1e-12, atol=1e-14)
     assert not TorchOracle(model, CE_ROWS, (x, y))._core.group_rows  # a per-sample loss stays one call
+
+
+def test_a_two_view_loss_that_cannot_run_on_half_the_batch_is_coupled():
+    """A SimCLR-style loss (rows i and i + B/2 are two views of one sample) on B = 6: the coupling
+    check's call on three rows raised the loss's own error (view(2, -1, C)), and the oracle could
+    not be bound. A loss that fails on half the batch is coupled: one call a perturbation group."""
+    import torch.nn.functional as F
+
+    def two_view(out, t):
+        z1, z2 = out.view(2, -1, out.shape[1])
+        s = F.cosine_similarity(z1, z2, dim=1)
+        return torch.cat([1 - s, 1 - s])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    x, y = torch.randn(6, 6, dtype=torch.float64), torch.zeros(6, dtype=torch.long)
+    oracle = TorchOracle(model, two_view, (x, y))
+    assert oracle._core.group_rows
+    theta = oracle.initial_params()
+    _against_reference(oracle, theta, np.arange(theta.size), 1e-3)
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet18", "mobilenet_v3_small"])
