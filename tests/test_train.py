@@ -852,3 +852,30 @@ def test_a_checkpoint_that_recorded_numpy_scalars_in_the_estimator_still_resumes
     got = zo.train(loss, np.zeros(3), epochs=3, resume=True, **kw)
     ref = zo.train(loss, np.zeros(3), epochs=3, **{**kw, "checkpoint": None})
     np.testing.assert_array_equal(got.params, ref.params)
+
+
+def test_zo_grasp_leaving_a_zero_initialized_block_empty_is_warned_about():
+    """GraSP's score -theta * Hg is zero on a block whose weights are all zero (a zero-initialized
+    head): ZO-GraSP kept none of it and sparse CGE never trained it (the head moved by 0.0, loss
+    1.05 against 0.51 with uniform ratios), without a word."""
+    Block = namedtuple("Block", "name slice shape kind")
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((24, 24)) / 5
+    target = rng.standard_normal(24)
+
+    def loss(x):
+        r = A @ x - target
+        return float(r @ r + 0.1 * x[:16] @ x[16:24].repeat(2))
+
+    blocks = [Block("body.weight", slice(0, 16), (16,), "linear"), Block("head.weight", slice(16, 24), (8,), "linear")]
+    x0 = np.concatenate([rng.standard_normal(16), np.zeros(8)])
+    run = dict(epochs=20, estimator=zo.CGE(mu=1e-3), sparsity=0.5, blocks=blocks, optimizer=zo.sgd(0.05), rng=0,
+               progress=False, grasp_directions=32)
+    with pytest.warns(RuntimeWarning, match=r"keeps no coordinates of head\.weight: its weights are all zero"):
+        res = zo.train(loss, x0, **run)
+    assert res.ratios[1] == 0 and np.all(res.params[16:] == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        filled = zo.train(loss, x0, **run, fill_small_blocks=True)  # the fill gives the head coordinates
+        zo.train(loss, x0 + np.r_[np.zeros(16), np.full(8, 0.1)], **run)  # scored, even if left empty: no warning
+    assert filled.ratios[1] > 0 and np.any(filled.params[16:] != 0)

@@ -27,7 +27,7 @@ from ._checkpoint import CheckpointError, as_path, check_writable, existing_chec
 from ._errors import ArgumentError, OracleError
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
-from ._masks import DynamicMasks, check_interval, keep_counts
+from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import has_methods
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
@@ -461,6 +461,22 @@ def _check_overwrite(checkpoint, resume) -> None:
                       UserWarning, stacklevel=3)
 
 
+def _warn_zero_blocks(params, scored, keep, blocks) -> None:
+    """Warn of scored blocks (slices) whose weights are all zero and that ZO-GraSP left empty:
+    GraSP's score ``-theta * Hg`` is zero there, whatever the block's importance (a
+    zero-initialized head), and sparse CGE would never train them. ``blocks``: the records
+    that name them."""
+    p = to_numpy(params)
+    zero = [s for s, k in zip(scored, keep) if k == 0 and not np.any(p[s])]
+    if zero:
+        names = {(s.start, s.stop): getattr(b, "name", None) for b, s in zip(blocks, _slices(blocks))}
+        shown = [names.get((s.start, s.stop)) or f"params[{s.start}:{s.stop}]" for s in zero]
+        warnings.warn(f"train: ZO-GraSP keeps no coordinates of {', '.join(shown)}: its weights are all zero, where "
+                      "GraSP's score -theta * Hg is zero, so sparse CGE never trains it; initialize it nonzero, or "
+                      "pass fill_small_blocks=True (it fills empty blocks up to the kept count) or "
+                      "ratios=\"uniform\"", RuntimeWarning, stacklevel=3)
+
+
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
           estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
           sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
@@ -825,6 +841,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             nfev += grasp_queries(grasp_directions)
             keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
             log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
+            _warn_zero_blocks(params, scored, keep, all_blocks)
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
 
     def save():
