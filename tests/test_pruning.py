@@ -273,3 +273,46 @@ def test_the_block_helpers_refuse_what_they_would_misread():
     assert zo.DynamicMasks([slice(0, 10)], [0.0], seed=0, dense=[slice(10, 12)]).coordinates(0).tolist() == [10, 11]
     with pytest.raises(zo.ArgumentError, match="`ratios` must be keep ratios"):
         zo.DynamicMasks([slice(0, 10)], ["a"], seed=0)
+
+
+def test_ratio_functions_refuse_what_they_would_misread():
+    """Found by fuzzing: an empty ``blocks`` crashed three ratio functions with raw errors (and
+    gave [] from the fourth); ``fill_small="no"`` and ``common_random_numbers="False"`` were read
+    as True; ``smart_ratio`` weighted bias and norm blocks as conv layers (shifting the conv
+    layers' shares: 0.25 for a bias, 0.26 and 0.125 for the convs); complex scores lost their
+    imaginary part; ZO-GraSP refused a block past the parameters after spending 386 queries."""
+    for call in (lambda: zo.layer_ratios(np.ones(3), [], 0.5), lambda: zo.random_ratios([], 0.5, rng=0),
+                 lambda: zo.smart_ratio([], 0.5), lambda: zo.uniform_ratios([], 0.5)):
+        with pytest.raises(zo.ArgumentError, match="`blocks` is empty"):
+            call()
+    s = np.array([5.0, 4.0, 3.5, 0.2, 0.3, 0.1])
+    with pytest.raises(zo.ArgumentError, match="`fill_small` must be True or False, got 'no'"):
+        zo.layer_ratios(s, [slice(0, 4), slice(4, 6)], 0.5, fill_small="no")
+    assert zo.layer_ratios(s, [slice(0, 4), slice(4, 6)], 0.5, fill_small=np.bool_(True)).tolist() == [0.5, 0.5]
+    with pytest.raises(zo.ArgumentError, match="`scores` must be real"):
+        zo.layer_ratios(s + 1j, [slice(0, 6)], 0.5)
+    with pytest.raises(zo.ArgumentError, match="got 'bias' for block 1"):
+        zo.smart_ratio([slice(0, 100), slice(100, 104), slice(104, 304)], 0.8, kinds=["conv", "bias", "conv"])
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(x @ x)
+
+    with pytest.raises(zo.ArgumentError, match="`common_random_numbers` must be True or False"):
+        zo.zo_grasp(loss, np.ones(4), common_random_numbers="False")
+    with pytest.raises(zo.ArgumentError, match=r"block slice\(0, 9, None\) lies outside params of length 4"):
+        zo.zo_grasp(loss, np.ones(4), blocks=[slice(0, 9)])
+    with pytest.raises(zo.ArgumentError, match="`blocks` is empty"):
+        zo.zo_grasp(loss, np.ones(4), blocks=[])
+    assert calls == []  # every refusal before the first query
+
+
+def test_smart_ratios_in_train_refuse_scored_biases():
+    """``train(score_kinds=("conv", "linear", "bias"), ratios="smart")`` weighted the biases as
+    conv layers without a word."""
+    P = namedtuple("P", "name slice shape kind")
+    blocks = [P("w", slice(0, 20), (20,), "linear"), P("b", slice(20, 24), (4,), "bias")]
+    with pytest.raises(zo.ArgumentError, match="got 'bias' for block 1"):
+        zo.train(lambda x: float(x @ x), np.ones(24), epochs=1, sparsity=0.5, ratios="smart", blocks=blocks,
+                 score_kinds=("conv", "linear", "bias"), progress=False)

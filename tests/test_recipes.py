@@ -48,7 +48,8 @@ def test_short_budget_spends_whole_steps_within_the_budget_and_learns():
     steps = (200 - grasp) // per_step
     assert (kw["max_queries"], kw["epochs"], kw["mask_shuffle_interval"]) == (grasp + steps * per_step, 4, "step")
     assert kw["sparsity"] == pytest.approx(1 - 8 / 33) and "b1=0.0" in kw["optimizer"].config
-    res = zo.train(Softmax(), p0, batches=batches, rng=0, progress=False, **kw)
+    with pytest.warns(RuntimeWarning, match="keeps no coordinates of b: its weights are all zero"):
+        res = zo.train(Softmax(), p0, batches=batches, rng=0, progress=False, **kw)  # zero scores from zero weights
     assert (res.nfev, res.steps, res.stopped) == (grasp + steps * per_step, steps, True)
     assert res.history.column("nfev").tolist() == [per_step] * steps
     lrs = res.history.column("lr").tolist()
@@ -286,7 +287,8 @@ def test_short_budget_with_blocks_runs_the_split_it_planned():
                                  blocks=iter(BLOCKS), lr=0.1)  # a generator: the resolved list travels
     assert list(kw["blocks"]) == BLOCKS
     grasp, per_step = 2 * 9, 8 + 2 + 1
-    res = zo.train(_NoLayout(), p0, batches=batches, rng=0, progress=False, **kw)
+    with pytest.warns(RuntimeWarning, match="keeps no coordinates of b"):  # the names come from `blocks`
+        res = zo.train(_NoLayout(), p0, batches=batches, rng=0, progress=False, **kw)
     assert res.nfev == kw["max_queries"] == grasp + (400 - grasp) // per_step * per_step
     assert res.history.column("nfev").tolist() == [per_step] * res.steps
 

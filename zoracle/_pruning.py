@@ -89,6 +89,21 @@ def _check_sparsity(sparsity) -> float:
     return float(sparsity)
 
 
+def _check_flag(name: str, v) -> bool:
+    """``v`` as a bool; a string ("False", "no") would be read as its truth value."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise ArgumentError(f"`{name}` must be True or False, got {v!r}")
+    return bool(v)
+
+
+def _block_slices(blocks) -> list:
+    """``blocks`` as slices, at least one (an empty list has no budget to split)."""
+    sl = _slices(blocks)
+    if not sl:
+        raise ArgumentError("`blocks` is empty: pass the parameter blocks (slices or records) to split the budget over")
+    return sl
+
+
 def _exact_counts(target: np.ndarray, sizes: np.ndarray, total: int) -> np.ndarray:
     """Integer counts ``<= sizes`` near ``target`` summing exactly to ``total`` (largest remainder)."""
     target = np.clip(target, 0, sizes)
@@ -179,6 +194,11 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     elif has_methods(oracle, "bind") and not callable(oracle):
         raise ArgumentError("the oracle is a DataOracle without a plain call: pass `batch=` (e.g. 25 samples per class)")
     params = validate_params(params)
+    common_random_numbers = _check_flag("common_random_numbers", common_random_numbers)
+    if blocks is not None:  # checked before the queries
+        for s in _block_slices(blocks):
+            if s.stop > params.shape[0]:
+                raise ArgumentError(f"block {s} lies outside params of length {params.shape[0]}")
     est = RGE(mu=mu, directions=directions)
     gen = as_generator(rng)
     seed1 = int(gen.integers(2**63))
@@ -191,8 +211,6 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     if blocks is not None:
         keep = np.zeros(scores.shape[0], dtype=bool)
         for s in _slices(blocks):
-            if s.stop > scores.shape[0]:
-                raise ArgumentError(f"block {s} lies outside params of length {scores.shape[0]}")
             keep[s] = True
         scores[~keep] = 0.0
     return scores
@@ -203,7 +221,7 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     """Layer-wise keep ratios from a global pruning of ``scores`` at ``sparsity``.
 
     All scored coordinates are ranked together; the top ``round((1 - sparsity) N)``
-    survive; each block's ratio is its share of survivors. ``ranking="magnitude"``
+    survive; each block's ratio is its survivors over its size. ``ranking="magnitude"``
     (default, as the DeepZero reference code) keeps the largest ``|S|``;
     ``ranking="grasp"`` follows GraSP and removes the highest signed scores (keeps the
     lowest). Ties break by the order of ``blocks`` as given, then by position within a block (stable), so
@@ -228,9 +246,13 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     sparsity = _check_sparsity(sparsity)
     if ranking not in RANKINGS:
         raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
-    sl = _slices(blocks)
+    fill_small = _check_flag("fill_small", fill_small)
+    sl = _block_slices(blocks)
     check_disjoint(sl)
-    s = np.asarray(to_numpy(scores), dtype=np.float64).ravel()
+    s = to_numpy(scores)
+    if np.iscomplexobj(s):  # the cast would drop the imaginary part
+        raise ArgumentError(f"`scores` must be real, got dtype {s.dtype}")
+    s = np.asarray(s, dtype=np.float64).ravel()
     if any(b.stop > s.shape[0] for b in sl):
         raise ArgumentError(f"`blocks` reach past the {s.shape[0]} scores; pass scores for the whole parameter vector")
     if not np.all(np.isfinite(s)):
@@ -280,7 +302,7 @@ def uniform_ratios(blocks, sparsity: float = 0.9) -> np.ndarray:
     [0.5, 0.5]
     """
     sparsity = _check_sparsity(sparsity)
-    sl = _slices(blocks)
+    sl = _block_slices(blocks)
     check_disjoint(sl)  # as the other ratio functions: one budget split over disjoint blocks
     sizes = _sizes(sl)
     total = int(round((1 - sparsity) * sizes.sum()))
@@ -289,7 +311,7 @@ def uniform_ratios(blocks, sparsity: float = 0.9) -> np.ndarray:
 
 def random_ratios(blocks, sparsity: float = 0.9, rng=None) -> np.ndarray:
     """Ratios of a random global pruning (random scores through :func:`layer_ratios`)."""
-    sl = _slices(blocks)
+    sl = _block_slices(blocks)
     n = int(max(s.stop for s in sl))
     return layer_ratios(as_generator(rng).random(n), sl, sparsity)
 
@@ -329,17 +351,14 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     sparsity = _check_sparsity(sparsity)
     if isinstance(linear_keep, bool) or not isinstance(linear_keep, numbers.Real) or not 0 <= linear_keep <= 1:
         raise ArgumentError(f"`linear_keep` must be in [0, 1], got {linear_keep!r}")
-    sl = _slices(blocks)
+    sl = _block_slices(blocks)
     check_disjoint(sl)
-    if kinds is None:
-        kinds = [getattr(b, "kind", None) or "conv" for b in blocks]
-    else:
-        kinds = list(kinds)
-        bad = [k for k in kinds if k not in ("conv", "linear", "norm", "bias", "other")]
-        if bad:  # a typo ("lineer") counted as a conv
-            raise ArgumentError(f"`kinds` must be 'conv' or 'linear' (or a ParamInfo kind: 'norm', 'bias', "
-                                f"'other'), got {bad[0]!r}")
-    kinds = list(kinds)
+    kinds = [getattr(b, "kind", None) or "conv" for b in blocks] if kinds is None else list(kinds)
+    bad = [(i, k) for i, k in enumerate(kinds) if k not in ("conv", "linear")]
+    if bad:  # a typo ("lineer"), or a bias / norm block, counted as a conv (and shifting the others' shares)
+        raise ArgumentError(f"`kinds`: Smart Ratio weights conv and linear layers only, got {bad[0][1]!r} for "
+                            f"block {bad[0][0]}; score conv and linear weights only (`score_kinds`=('conv', 'linear'), "
+                            "the default), or use other ratios")
     if len(kinds) != len(sl):
         raise ArgumentError(f"`kinds` must name one kind per block ({len(sl)}), got {len(kinds)}")
     sizes = _sizes(sl)
