@@ -22,7 +22,7 @@ def loss(x):
 
 def _sparse(**kw):
     """A run whose first step comes after ZO-GraSP's queries: 3 epochs of 4 steps, err every 2nd epoch."""
-    return zo.train(loss, np.zeros(6), epochs=3, steps_per_epoch=4, sparsity=0.5, blocks=[slice(0, 3), slice(3, 6)],
+    return zo.train(loss, np.linspace(-0.5, 0.5, 6), epochs=3, steps_per_epoch=4, sparsity=0.5, blocks=[slice(0, 3), slice(3, 6)],
                     grasp_directions=4, optimizer=zo.sgd(0.1), rng=0, progress=False, eval_every=2,
                     eval_fn=lambda p: {"err": float(np.abs(p - 1).max())}, **kw)
 
