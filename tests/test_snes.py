@@ -197,3 +197,31 @@ def test_snes_reports_the_failing_sample():
 
     with pytest.raises(zo.OracleError, match=r"at sample \d+ \(\+sigma z\)"):
         zo.estimate_gradient(f, np.zeros(3), zo.SNES(mu=1.0, population=30), rng=0)
+
+
+def test_a_converged_sigma_stays_positive_and_a_diverged_one_is_named():
+    """On a loss with an exact minimum (an L1 term) sigma shrinks geometrically to 0.0 (after
+    7,006 steps of ``sum|x|``), and the next step refused "`state` (SNES's sigma) must be finite
+    and > 0", an argument the user never passed, losing the run. On a loss unbounded below sigma
+    grew until params + sigma * z overflowed, and the oracle was blamed for the inf it was given."""
+    l1 = lambda x: float(np.abs(x).sum())  # noqa: E731
+    tiny = np.finfo(np.float64).tiny
+    state, x, floor = np.full(2, 1e-306), np.zeros(2), []
+    for i in range(100):  # sigma shrinks by about exp(-0.2) a step: below 1e-308 in about 25
+        est = zo.estimate_gradient(l1, x, zo.SNES(mu=0.5, population=10), rng=i, state=state)
+        state = est.state
+        floor.append(bool(np.all(state == tiny)))
+    assert floor[-1] and sum(floor) > 50 and np.all(state > 0)
+    seen = []
+
+    def linear(x):
+        seen.append(np.isfinite(x).all())
+        return float(x.sum())
+
+    with pytest.raises(zo.ArgumentError, match="SNES diverged: its sampling width sigma reached 1e\\+308"):
+        zo.estimate_gradient(linear, np.zeros(2), zo.SNES(mu=0.5, population=10), rng=0, state=np.full(2, 1e308))
+    assert seen == []  # refused before its queries
+    with pytest.raises(zo.ArgumentError, match="SNES diverged"), np.errstate(over="ignore"):  # losses near -1e308
+        zo.train(linear, np.zeros(2), epochs=6000, estimator=zo.SNES(mu=0.5, population=10), optimizer=zo.sgd(1.0),
+                 rng=0, progress=False)
+    assert len(seen) > 40_000 and all(seen)

@@ -582,6 +582,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
         check_step(params, estimator.mu, estimator.scheme, "SNES")
     else:  # an adapted sigma may fall below the floats' spacing where SNES has converged: no check
         sigma = _check_sigma(state, d)
+        _check_width(params, sigma)
     root = int(gen.integers(2**63))
     n = estimator.size(d)
     reserve_rows(root, n * d * 8)  # both sums below read every sample again: keep them drawn
@@ -592,5 +593,19 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     u = nes_utilities(losses)
     move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, lambda Z: Z * Z - 1.0))
     grad = xp.asarray(-sigma * move, dtype=params.dtype)
-    new_sigma = sigma * np.exp(0.5 * estimator.rate(d) * spread)
+    # a converged width shrinks geometrically: kept at the smallest normal float, not 0 (the
+    # next step refused a sigma of 0, ending the run); one whose samples would overflow is refused
+    new_sigma = np.maximum(sigma * np.exp(0.5 * estimator.rate(d) * spread), np.finfo(np.float64).tiny)
+    _check_width(params, new_sigma)
     return GradientEstimate(grad, float(losses.mean()), wrapped.nfev, new_sigma)
+
+
+def _check_width(params, sigma: np.ndarray) -> None:
+    """Refuse SNES widths whose samples ``params + sigma z`` would overflow ``params``' dtype
+    (``|z|`` up to 10): the run has diverged, and the oracle would get inf."""
+    xp = namespace(params)
+    if not float(xp.max(xp.abs(params))) + 10.0 * float(sigma.max()) < float(np.finfo(params.dtype).max):
+        i = int(np.argmax(sigma))
+        raise ArgumentError(f"SNES diverged: its sampling width sigma reached {sigma[i]:.3g} (at index {i}), where "
+                            f"samples params + sigma * z overflow {params.dtype}; the loss is unbounded below along "
+                            "it, or the learning rate is too high: lower it, or bound the parameters in the loss")
