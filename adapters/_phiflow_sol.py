@@ -528,8 +528,8 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
         losses = []
 
         def correct(cx, cy, t):
-            x = corr.features(cx, cy, feat)
-            out = net(x)
+            x = corr.features(cx, cy, feat).to(torch.float32)  # a 64-bit state (PhiFlow's precision 64)
+            out = net(x).to(cx.dtype)
             nx_, ny_ = cx + out[:, 0], cy + out[:, 1, :-1]
             tx = torch.from_numpy(reference.vx[r, f + t + 1].astype(np.float32))
             ty = torch.from_numpy(reference.vy[r, f + t + 1].astype(np.float32))

@@ -468,14 +468,18 @@ def test_rollout_and_oracle_run_under_phiflows_64_bit_precision(reference):
     net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
     p = pf.flat_params(net)
     starts = np.array([[0, 0], [1, 1]])
+    fo = dict(starts=starts, unroll=2, iterations=2, lr=1e-3)
     tr32 = pf.rollout(coarse, net, reference, np.stack([p, 0 * p]), 2)
     loss32 = pf.SolverInTheLoop(coarse, net, reference, unroll=1).bind(starts)(p)
+    fo32 = pf.fit_differentiable(coarse, net, reference, **fo)[0]
     pm.set_global_precision(64)
     try:
         tr64 = pf.rollout(coarse, net, reference, np.stack([p, 0 * p]), 2)
         loss64 = pf.SolverInTheLoop(coarse, net, reference, unroll=1).bind(starts)(p)
+        fo64 = pf.fit_differentiable(coarse, net, reference, **fo)[0]  # FO-SOL: the same cast
     finally:
         pm.set_global_precision(32)
     assert tr64[0].dtype == np.float64 and tr32[0].dtype == np.float32
     np.testing.assert_allclose(pf.mean_abs_error(tr64, reference), pf.mean_abs_error(tr32, reference), rtol=1e-3)
     assert loss64 == pytest.approx(loss32, rel=1e-3)
+    np.testing.assert_allclose(fo64, fo32, rtol=1e-3, atol=1e-6)
