@@ -316,3 +316,20 @@ def test_smart_ratios_in_train_refuse_scored_biases():
     with pytest.raises(zo.ArgumentError, match="got 'bias' for block 1"):
         zo.train(lambda x: float(x @ x), np.ones(24), epochs=1, sparsity=0.5, ratios="smart", blocks=blocks,
                  score_kinds=("conv", "linear", "bias"), progress=False)
+
+
+def test_blocks_given_as_a_generator_are_read_once():
+    """zo_grasp read ``blocks`` twice (the check before its queries, the mask after): from a
+    generator every score came back 0 after its queries; smart_ratio and split_blocks read it
+    twice too ("`kinds` must name one kind per block (2), got 0")."""
+    info = [P("w1", slice(0, 4), (4,), "linear"), P("b1", slice(4, 6), (2,), "bias"),
+            P("w2", slice(6, 10), (4,), "linear")]
+    oracle = QuadraticOracle(np.diag(np.arange(1.0, 11.0)), b=np.ones(10))
+    x = np.linspace(0.5, 1.5, 10)
+    want = zo.zo_grasp(oracle, x, blocks=[b for b in info if b.kind == "linear"], directions=40, rng=0)
+    got = zo.zo_grasp(oracle, x, blocks=(b for b in info if b.kind == "linear"), directions=40, rng=0)
+    np.testing.assert_array_equal(got, want)
+    assert np.count_nonzero(got[[0, 1, 2, 3, 6, 7, 8, 9]]) == 8 and not got[4:6].any()
+    convs = [P("c1", slice(0, 40), (40,), "conv"), P("c2", slice(40, 100), (60,), "conv")]
+    np.testing.assert_array_equal(zo.smart_ratio(iter(convs), 0.5), zo.smart_ratio(convs, 0.5))
+    assert zo.split_blocks(iter(info)) == zo.split_blocks(info) == ([slice(0, 4), slice(6, 10)], [slice(4, 6)])

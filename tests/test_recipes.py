@@ -48,7 +48,7 @@ def test_short_budget_spends_whole_steps_within_the_budget_and_learns():
     steps = (200 - grasp) // per_step
     assert (kw["max_queries"], kw["epochs"], kw["mask_shuffle_interval"]) == (grasp + steps * per_step, 4, "step")
     assert kw["sparsity"] == pytest.approx(1 - 8 / 33) and "b1=0.0" in kw["optimizer"].config
-    with pytest.warns(RuntimeWarning, match="keeps no coordinates of b: its weights are all zero"):
+    with pytest.warns(RuntimeWarning, match="keeps no coordinates of b: its values are all zero"):
         res = zo.train(Softmax(), p0, batches=batches, rng=0, progress=False, **kw)  # zero scores from zero weights
     assert (res.nfev, res.steps, res.stopped) == (grasp + steps * per_step, steps, True)
     assert res.history.column("nfev").tolist() == [per_step] * steps

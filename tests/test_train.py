@@ -871,7 +871,7 @@ def test_zo_grasp_leaving_a_zero_initialized_block_empty_is_warned_about():
     x0 = np.concatenate([rng.standard_normal(16), np.zeros(8)])
     run = dict(epochs=20, estimator=zo.CGE(mu=1e-3), sparsity=0.5, blocks=blocks, optimizer=zo.sgd(0.05), rng=0,
                progress=False, grasp_directions=32)
-    with pytest.warns(RuntimeWarning, match=r"keeps no coordinates of head\.weight: its weights are all zero"):
+    with pytest.warns(RuntimeWarning, match=r"keeps no coordinates of head\.weight: its values are all zero"):
         res = zo.train(loss, x0, **run)
     assert res.ratios[1] == 0 and np.all(res.params[16:] == 0)
     with warnings.catch_warnings():

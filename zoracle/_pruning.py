@@ -64,6 +64,7 @@ def split_blocks(blocks, score_kinds=SCORED_KINDS):
     """
     scored, dense = [], []
     kinds = check_score_kinds(score_kinds)
+    blocks = list(blocks)  # read twice: a generator would be spent by the first
     for b, s in zip(blocks, _slices(blocks)):
         kind = getattr(b, "kind", None)
         (scored if kind is None or kind in kinds else dense).append(s)
@@ -195,8 +196,9 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         raise ArgumentError("the oracle is a DataOracle without a plain call: pass `batch=` (e.g. 25 samples per class)")
     params = validate_params(params)
     common_random_numbers = _check_flag("common_random_numbers", common_random_numbers)
-    if blocks is not None:  # checked before the queries
-        for s in _block_slices(blocks):
+    if blocks is not None:  # checked before the queries (and read once: a generator is spent)
+        blocks = _block_slices(blocks)
+        for s in blocks:
             if s.stop > params.shape[0]:
                 raise ArgumentError(f"block {s} lies outside params of length {params.shape[0]}")
     est = RGE(mu=mu, directions=directions)
@@ -210,7 +212,7 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     scores = -to_numpy(params).astype(np.float64) * hg
     if blocks is not None:
         keep = np.zeros(scores.shape[0], dtype=bool)
-        for s in _slices(blocks):
+        for s in blocks:
             keep[s] = True
         scores[~keep] = 0.0
     return scores
@@ -351,14 +353,15 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     sparsity = _check_sparsity(sparsity)
     if isinstance(linear_keep, bool) or not isinstance(linear_keep, numbers.Real) or not 0 <= linear_keep <= 1:
         raise ArgumentError(f"`linear_keep` must be in [0, 1], got {linear_keep!r}")
+    blocks = list(blocks)  # read twice: a generator would be spent by the first
     sl = _block_slices(blocks)
     check_disjoint(sl)
     kinds = [getattr(b, "kind", None) or "conv" for b in blocks] if kinds is None else list(kinds)
     bad = [(i, k) for i, k in enumerate(kinds) if k not in ("conv", "linear")]
     if bad:  # a typo ("lineer"), or a bias / norm block, counted as a conv (and shifting the others' shares)
         raise ArgumentError(f"`kinds`: Smart Ratio weights conv and linear layers only, got {bad[0][1]!r} for "
-                            f"block {bad[0][0]}; score conv and linear weights only (`score_kinds`=('conv', 'linear'), "
-                            "the default), or use other ratios")
+                            f"block {bad[0][0]}; pass the conv and linear blocks only ([b for b in blocks if b.kind in "
+                            "('conv', 'linear')]; train does so with its default `score_kinds`), or use other ratios")
     if len(kinds) != len(sl):
         raise ArgumentError(f"`kinds` must name one kind per block ({len(sl)}), got {len(kinds)}")
     sizes = _sizes(sl)

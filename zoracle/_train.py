@@ -30,7 +30,7 @@ from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import has_methods
-from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._pruning import RANKINGS, SCORED_KINDS, _check_flag, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
@@ -471,10 +471,11 @@ def _warn_zero_blocks(params, scored, keep, blocks) -> None:
     if zero:
         names = {(s.start, s.stop): getattr(b, "name", None) for b, s in zip(blocks, _slices(blocks))}
         shown = [names.get((s.start, s.stop)) or f"params[{s.start}:{s.stop}]" for s in zero]
-        warnings.warn(f"train: ZO-GraSP keeps no coordinates of {', '.join(shown)}: its weights are all zero, where "
-                      "GraSP's score -theta * Hg is zero, so sparse CGE never trains it; initialize it nonzero, or "
-                      "pass fill_small_blocks=True (it fills empty blocks up to the kept count) or "
-                      "ratios=\"uniform\"", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"train: ZO-GraSP keeps no coordinates of {', '.join(shown)}: its values are all zero, where "
+                      "GraSP's score -theta * Hg is zero, so sparse CGE never trains it; initialize it nonzero, "
+                      "estimate it densely (leave its kind out of `score_kinds`), or pass fill_small_blocks=True "
+                      "(it fills empty blocks up to the kept count) or ratios=\"uniform\"", RuntimeWarning,
+                      stacklevel=3)
 
 
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
@@ -642,8 +643,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if eval_fn is not None and not callable(eval_fn):
         raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
     sparse = sparsity is not None
-    if not isinstance(fill_small_blocks, bool):
-        raise ArgumentError(f"`fill_small_blocks` must be True or False, got {fill_small_blocks!r}")
+    fill_small_blocks = _check_flag("fill_small_blocks", fill_small_blocks)
     if fill_small_blocks and not sparse:
         raise ArgumentError("`fill_small_blocks` changes the sparse split of ZO-GraSP; it needs `sparsity` "
                             "(e.g. sparsity=0.9), or pass fill_small_blocks=False")

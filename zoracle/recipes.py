@@ -226,7 +226,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}")
     weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
     layer_steps = _positive("layer_steps", layer_steps, allow_zero=True)
-    if fill_small_blocks is not None and not isinstance(fill_small_blocks, bool):
+    if fill_small_blocks is not None and not isinstance(fill_small_blocks, (bool, np.bool_)):
         raise ArgumentError(f"`fill_small_blocks` must be True, False or None (filled from {FILL_FROM_STEPS:,} steps "
                             f"on), got {fill_small_blocks!r}")
     if steps_per_epoch is not None:
