@@ -167,11 +167,13 @@ class BlackBox:
 
                 Xp, hp = shifted(est.mu)
                 fp = self._phi(Xp.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
+                del Xp  # one pass's copies at a time
                 if est.scheme == "forward":
                     g = (fp - phi0) / hp
                 else:
                     Xm, hm = shifted(-est.mu)
                     fm = self._phi(Xm.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
+                    del Xm
                     g = (fp - fm) / (hp - hm)
                 grad[:, lo:lo + k] = g.T
             return grad.reshape(x.shape).to(x.dtype)
