@@ -90,7 +90,11 @@ def _rows_coupled(oracle, out, v) -> bool:
         try:
             with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
                 w = to_torch(oracle.loss_fn(out[part], None if y is None else y[part]))
-        except Exception:  # a loss that needs the whole batch (two views: out.view(2, -1, C) on an odd half)
+        except Exception as exc:  # a loss that needs the whole batch (two views: out.view(2, -1, C) on an odd half)
+            warnings.warn(f"TorchOracle: loss_fn raised on half of the batch ({type(exc).__name__}: "
+                          f"{str(exc).strip()[:200]}): it runs one call per perturbation (slower), as a loss coupling "
+                          "the samples does; a per-sample loss that works on any rows runs a perturbation group "
+                          "in one call", RuntimeWarning, stacklevel=2)
             return True
         w, want = w.reshape(-1).double(), rows[part].double().to(w.device)
         if w.shape != want.shape:

@@ -1114,7 +1114,8 @@ def test_a_two_view_loss_that_cannot_run_on_half_the_batch_is_coupled():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
     x, y = torch.randn(6, 6, dtype=torch.float64), torch.zeros(6, dtype=torch.long)
-    oracle = TorchOracle(model, two_view, (x, y))
+    with pytest.warns(RuntimeWarning, match=r"loss_fn raised on half of the batch \(RuntimeError: shape"):
+        oracle = TorchOracle(model, two_view, (x, y))
     assert oracle._core.group_rows
     theta = oracle.initial_params()
     _against_reference(oracle, theta, np.arange(theta.size), 1e-3)
