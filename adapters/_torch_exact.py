@@ -119,9 +119,11 @@ class _ParameterReads(TorchFunctionMode):
     def __init__(self, params, out):
         super().__init__()
         self.ids, self.hit = {id(p) for p in params}, False
-        # the output may share a parameter's storage (a forward returning a view of one): a
-        # loss reads its own input; an empty tensor has no memory to share (pointer 0)
-        self.storages = {_storage(p) for p in params} - {None, 0, _storage(out) if isinstance(out, torch.Tensor) else None}
+        # the output may share a parameter's storage (a forward returning a view of one, alone
+        # or in a tuple): a loss reads its own input; an empty tensor has no memory to share (pointer 0)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        self.storages = {_storage(p) for p in params} - {None, 0} - {_storage(o) for o in outs
+                                                                      if isinstance(o, torch.Tensor)}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if not self.hit:

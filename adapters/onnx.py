@@ -394,6 +394,9 @@ class OnnxClassifier:
                 what = (f"uses an operator that onnxruntime's providers {self.providers_requested} cannot run "
                         "(float64 convolutions on the CPU, for one): export it in float32, or use a provider "
                         "that implements it")
+            elif isinstance(self._model, str):  # a model too large for bytes, read from its path (a copy's too)
+                what = (f"could not be opened from {self._model!r}, where a model of 2 GiB or more is read (by every "
+                        "pickled copy too): keep the .onnx file and its .data files at that path")
             elif _refers_to_external_data(self._model):
                 what = ("keeps its weights in external data files, which bytes and a ModelProto do not carry: pass "
                         "the .onnx file's path (its .data file beside it), or onnx.load(path) with its external data")

@@ -370,6 +370,11 @@ def test_external_data_over_protobufs_limit_runs_from_its_path(torch_model, onnx
     np.testing.assert_allclose(clf(batch), want, rtol=1e-5, atol=1e-5)
     monkeypatch.chdir(folder)  # a copy, unpickled elsewhere
     np.testing.assert_allclose(pickle.loads(pickle.dumps(clf))(batch), want, rtol=1e-5, atol=1e-5)
+    state = pickle.dumps(clf)
+    folder.rename(tmp_path / "moved")  # a copy that cannot reach the files is told where they must be
+    with pytest.raises(zo.ArgumentError, match="could not be opened from .*keep the .onnx file and its .data files"):
+        pickle.loads(state)
+    (tmp_path / "moved").rename(folder)
     for given in ((folder / "model.onnx").read_bytes(), onnx.load(str(folder / "model.onnx"), load_external_data=False)):
         with pytest.raises(zo.ArgumentError, match="external data files, which bytes and a ModelProto do not carry"):
             OnnxClassifier(given)

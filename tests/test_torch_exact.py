@@ -1011,6 +1011,18 @@ def test_a_loss_reading_parameters_through_an_alias_is_refused():
         def forward(self, h):
             return self.bias.expand(h.shape[0], 3)
 
+    class WithCenters(nn.Module):  # a tuple whose second item is a view of a parameter
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3).double()
+            self.centers = nn.Parameter(torch.zeros(3, 3, dtype=torch.float64))
+
+        def forward(self, h):
+            return self.fc(h), self.centers.t()
+
+    with pytest.raises(zo.ArgumentError, match="returned a tuple, not one tensor"):  # the accurate refusal
+        tupled = TorchOracle(WithCenters(), lambda out, t: CE_ROWS(out[0], t) + 0 * out[1].sum(), (x, y))
+        tupled(tupled.initial_params())
     oracle = TorchOracle(Constant(), CE_ROWS, (x, y))
     theta = oracle.initial_params()
     with pytest.warns(RuntimeWarning, match="does not depend on its input"):
