@@ -296,3 +296,31 @@ def test_metrics_named_like_step_fields_are_kept_and_a_plot_cannot_take_the_chec
     with pytest.raises(zo.ArgumentError, match="`plot` and `checkpoint` are the same file"):
         zo.train(f, np.ones(3), epochs=1, progress=False, checkpoint=same, plot=same)
     assert not same.exists()
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_read_whole(tmp_path, monkeypatch):
+    """load_checkpoint took the file's size, then opened the path again for the archive: a run
+    saving its next checkpoint in between (os.replace) paired the old size with the new header,
+    and a reader (History.from_checkpoint, `zoracle plot`) was told the healthy file was corrupt
+    ("declares 12552 bytes, more than the 7290 it may hold ... delete it"): 6-62 of every ~10,000
+    reads against a running training. One open file now serves both."""
+    import shutil
+    import zipfile
+
+    loss = lambda x: float(x @ x)  # noqa: E731
+    kw = dict(steps_per_epoch=40, optimizer=zo.sgd(1e-4), rng=0, progress=False)
+    zo.train(loss, np.ones(2), epochs=1, checkpoint=tmp_path / "old.npz", **kw)
+    zo.train(loss, np.ones(2), epochs=2, checkpoint=tmp_path / "new.npz", **kw)  # its header is larger
+    shutil.copy(tmp_path / "old.npz", tmp_path / "run.npz")
+    opened = zipfile.ZipFile.__init__
+
+    def saved_meanwhile(self, file, *args, **kwargs):  # the run's next save lands now
+        if (tmp_path / "new.npz").exists():
+            os.replace(tmp_path / "new.npz", tmp_path / "run.npz")
+        return opened(self, file, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", saved_meanwhile)
+    assert len(zo.History.from_checkpoint(tmp_path / "run.npz").steps) == 40  # the file as it was opened
+    assert not (tmp_path / "new.npz").exists()
+    monkeypatch.undo()
+    assert len(zo.History.from_checkpoint(tmp_path / "run.npz").steps) == 80

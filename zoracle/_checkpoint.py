@@ -15,6 +15,7 @@ truncated, corrupt or foreign file raises :class:`CheckpointError`, never a sile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -287,16 +288,19 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path or start without `resume`")
-    size = os.path.getsize(path)
     try:
-        with open(path, "rb") as f:
+        # one open file for the size and the archive: a run replacing the checkpoint (os.replace)
+        # between two opens paired the old file's size with the new one's header ("corrupt")
+        with open(path, "rb") as f, contextlib.ExitStack() as stack:
+            size = os.fstat(f.fileno()).st_size
             magic = f.read(6)
-        if magic[:2] != b"PK" and magic != b"\x93NUMPY":  # every .npz is a zip archive
-            raise _foreign(f"{path!r} is not a zoracle checkpoint (not a zip archive, as every .npz file is)")
-        if magic == b"\x93NUMPY":
-            raise _foreign(f"{path!r} is a single .npy array, not a zoracle checkpoint (.npz written by "
-                           f"zoracle.train or save_checkpoint)")
-        with zipfile.ZipFile(path) as zf:
+            if magic[:2] != b"PK" and magic != b"\x93NUMPY":  # every .npz is a zip archive
+                raise _foreign(f"{path!r} is not a zoracle checkpoint (not a zip archive, as every .npz file is)")
+            if magic == b"\x93NUMPY":
+                raise _foreign(f"{path!r} is a single .npy array, not a zoracle checkpoint (.npz written by "
+                               f"zoracle.train or save_checkpoint)")
+            f.seek(0)
+            zf = stack.enter_context(zipfile.ZipFile(f))
             members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
             if _META not in members:
                 raise _foreign(f"{path!r} is an .npz file but not a zoracle checkpoint (no {_META!r})")
