@@ -879,3 +879,38 @@ def test_zo_grasp_leaving_a_zero_initialized_block_empty_is_warned_about():
         filled = zo.train(loss, x0, **run, fill_small_blocks=True)  # the fill gives the head coordinates
         zo.train(loss, x0 + np.r_[np.zeros(16), np.full(8, 0.1)], **run)  # scored, even if left empty: no warning
     assert filled.ratios[1] > 0 and np.any(filled.params[16:] != 0)
+
+
+def test_a_resume_with_other_batches_is_refused(tmp_path):
+    """The batches were not among the settings a resume compares: a run stopped at batch size 8
+    and resumed at 16 went on (epochs of 5, 3, 3, 3 steps, its first resumed epoch seeing 24 of 40
+    samples), as did another shuffle seed or other data shapes; stopped one step later, the
+    refusal blamed the file ("header field 'pos' is 4, expected an integer in [0, 3]")."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 5)), rng.standard_normal(40)
+
+    class LinReg:
+        def bind(self, batch):
+            Xb, yb = batch
+            return lambda w: float(np.mean((Xb @ w - yb) ** 2))
+
+    path = tmp_path / "run.npz"
+    kw = dict(epochs=4, estimator=zo.CGE(mu=1e-4), optimizer=zo.sgd(0.05), rng=0, progress=False, checkpoint=path)
+    mb = lambda **k: zo.Minibatches((X, y), **{"batch_size": 8, "seed": 1, **k})  # noqa: E731
+    for stop in (42, 48):  # 7 and 8 steps of 6 queries
+        path.unlink(missing_ok=True)
+        zo.train(LinReg(), np.zeros(5), batches=mb(), max_queries=stop, **kw)
+        for other in (mb(batch_size=16), mb(batch_size=4), mb(seed=2), mb(shuffle=False),
+                      zo.Minibatches((X[:, :4], y), 8, seed=1), [(X[:8], y[:8])] * 5):
+            with pytest.raises(zo.CheckpointError, match="different settings \\(batches: checkpoint has"):
+                zo.train(LinReg(), np.zeros(5), batches=other, resume=True, **kw)
+    whole = zo.train(LinReg(), np.zeros(5), batches=mb(), **dict(kw, checkpoint=None))
+    again = zo.train(LinReg(), np.zeros(5), batches=mb(), resume=True, **kw)
+    np.testing.assert_array_equal(again.params, whole.params)
+    # a checkpoint written before the batches were compared still resumes
+    arrays, meta = zo.load_checkpoint(path)
+    del meta["config"]["batches"]
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(path, arrays, meta)
+    assert zo.train(LinReg(), np.zeros(5), batches=mb(), resume=True, **dict(kw, epochs=5)).steps == 25

@@ -261,6 +261,24 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
     return out
 
 
+def _batches_print(batches):
+    """What a resume compares of ``batches``: a Minibatches' settings and its arrays' shapes and
+    dtypes, a list's rows per batch; nothing of a callable (its batches are known per epoch).
+    The data's values are not read."""
+    def fields(items):
+        items = items if isinstance(items, (tuple, list)) else (items,)
+        return [[[int(n) for n in getattr(a, "shape", ())], str(getattr(a, "dtype", type(a).__name__))] for a in items]
+
+    if isinstance(batches, Minibatches):
+        return {"minibatches": {"batch_size": int(batches.batch_size), "seed": int(batches.seed),
+                                "shuffle": bool(batches.shuffle), "drop_last": bool(batches.drop_last),
+                                "fields": fields(batches.arrays)}}
+    if batches is None or callable(batches):
+        return None
+    return {"rows": [len(b[0]) if isinstance(b, (tuple, list)) and b and hasattr(b[0], "__len__") else None
+                     for b in batches]}
+
+
 def _check_batches(batches) -> None:
     if isinstance(batches, type):  # zo.Minibatches itself: callable, but not an epoch -> batches
         raise ArgumentError(f"`batches` is the class {batches.__name__}, not an instance; pass "
@@ -739,6 +757,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         "blocks": [[s.start, s.stop] for s in scored] if sparse else None,
         "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
         "steps_per_epoch": steps_per_epoch,
+        "batches": _batches_print(batches),  # another batch size or shuffle seed continued silently
         # how the keep ratios were chosen (their values are in the checkpoint: ZO-GraSP's cannot be
         # recomputed without its queries); an array's values are compared after loading
         "ratios": None if not sparse else "array" if not isinstance(ratios, str) else (
