@@ -257,3 +257,17 @@ def test_zoracle_plot_of_a_missing_checkpoint_over_an_existing_figure_is_one_lin
     (tmp_path / "run.png").write_bytes(b"old figure")
     assert main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "run.png")]) == 1
     assert "does not exist or is not a file" in capsys.readouterr().err
+
+
+def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    """``checkpoint="~/runs/a.npz"`` and ``plot="~/runs/a.png"`` wrote into a folder named ``~``
+    in the working directory, while the CLI's own check expanded ``~`` (``zoracle demo --plot
+    '~/new/a.png'`` made $HOME/new, trained, then failed to save): both mean the home folder now."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    r = zo.train(loss, np.ones(6), epochs=2, steps_per_epoch=2, optimizer=zo.sgd(0.1), rng=0, progress=False,
+                 checkpoint="~/runs/a.npz", plot="~/runs/a.png")
+    r.plot("~/runs/b.svg")
+    assert sorted(os.listdir(tmp_path / "home" / "runs")) == ["a.npz", "a.png", "b.svg"]
+    assert not (tmp_path / "~").exists()
+    assert len(zo.History.from_checkpoint("~/runs/a.npz").steps) == 4

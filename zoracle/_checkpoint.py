@@ -115,14 +115,15 @@ def clean_stale(path) -> list:
 
 
 def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
-    """``path`` (str, bytes or os.PathLike) as a str; anything else raises an ArgumentError naming
-    ``name`` (a bare ``os.fspath`` TypeError named neither the argument nor the fix)."""
+    """``path`` (str, bytes or os.PathLike) as a str, a leading ``~`` expanded to the home folder
+    (as the CLI and a shell do); anything else raises an ArgumentError naming ``name`` (a bare
+    ``os.fspath`` TypeError named neither the argument nor the fix)."""
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentError(f"`{name}` must be a file path such as {example!r}, got {type(path).__name__} {path!r}")
     path = os.fspath(path)
-    return os.fsdecode(path) if isinstance(path, bytes) else path
+    return os.path.expanduser(os.fsdecode(path) if isinstance(path, bytes) else path)
 
 
 def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> str:
