@@ -58,7 +58,7 @@ def _ask(what: str, fn, *args):
         raise OracleCheckError(f"check_oracle: {what} raised {type(exc).__name__}: {exc}") from exc
 
 
-def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: float = 1e-2,
+def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: float = 1e-2,
                  rtol: float | None = None, atol: float | None = None, rng=0) -> dict:
     """Check ``oracle``'s declared capabilities against plain calls at ``params``.
 
@@ -66,11 +66,12 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     ``oracle.reference_loss(params)`` where the oracle offers one (TorchOracle: the plain,
     unpatched ``model(x)``), which then replaces plain calls as the reference below;
     ``batch`` equals a loop of calls and returns one loss per row; ``coordinate_losses`` equals
-    calls at ``params + step * e_i`` and at ``params - step * e_i``, for coordinates in an
-    unsorted order (central CGE sends both signs, and a caller's coordinates keep their order);
-    for a SplitOracle, ``blocks`` are contiguous, ordered, disjoint and cover ``[0, d)``, and
-    ``prefix`` + ``suffix`` equal full evaluations for coordinates sampled in every block, in an
-    unsorted order and with both signs.
+    calls at ``params + step * e_i`` and at ``params - step * e_i``, for ``n_coords`` sampled
+    coordinates and the first and last, in an unsorted order (central CGE sends both signs, and
+    a caller's coordinates keep their order); for a SplitOracle, ``blocks`` are contiguous,
+    ordered, disjoint and cover ``[0, d)``, and ``prefix`` + ``suffix`` equal full evaluations
+    for coordinates sampled in every block and the block's first and last (where slice bugs
+    sit), in an unsorted order and with both signs.
 
     A fast path's loss passes when it is within ``atol + rtol * |loss|`` of the plain call's
     (rounding), or within 0.1% of the largest loss change the check's steps make (the
@@ -86,8 +87,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
     small float32 classifier at its initial loss of 2.3, about 80 float32 units).
 
     Every capability is checked at ``params`` and again at a second point (``params`` moved by
-    ``step / 2`` up or down in every entry), with ``batch`` rows that move one coordinate and
-    rows that move every coordinate by ``step`` (RGE's), each group against its own tolerance
+    ``step / 2`` up or down in every entry), with ``batch`` rows that move one coordinate,
+    ``n_rows`` rows that move every coordinate by ``step`` (RGE's) and one such row alone (a
+    ``batch`` that squeezes a one-row result to a scalar), each group against its own tolerance
     and sent in calls of at most the oracle's ``max_queries_per_call`` rows; a plain call after
     the capability calls must equal the first (nothing left behind).
 
@@ -165,6 +167,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
         failures.append(f"determinism: two calls at the same params differ by {dev:.3g}")
 
     coords = gen.choice(d, size=min(n_coords, d), replace=False)  # unsorted: a caller's order is kept
+    coords = np.concatenate([coords, [i for i in (d - 1, 0) if i not in coords]]).astype(np.int64)  # the ends too
     # the capabilities at params and again at a second point (every entry moved by about `step`):
     # a fast path that caches what it computed at the first point (a base loss, prefix features)
     # and serves it at the next shows only there
@@ -181,7 +184,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
             rows = min(n_rows, d)
             one = [perturbed(at, int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])]
             dense = [at + xp.asarray((step * gen.choice([-1.0, 1.0], d)).astype(params.dtype)) for _ in range(n_rows)]
-            for kind, group in (("rows that move one coordinate", one), ("rows that move every coordinate", dense)):
+            for kind, group in (("rows that move one coordinate", one), ("rows that move every coordinate", dense),
+                                ("one row alone", dense[:1])):
                 X = xp.stack(group)
                 want = [call(X[r]) for r in range(X.shape[0])]
                 parts = []
@@ -222,6 +226,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 4, step: fl
                 for b, blk in enumerate(blocks):
                     n = min(max(1, n_coords // 2), blk.stop - blk.start)
                     cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
+                    cb = np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64)
                     feats = _ask(f"oracle.prefix(params, {b}){where}", oracle.prefix, at.copy(), b)
                     for s in (step, -step):
                         got = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _losses(
