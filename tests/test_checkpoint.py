@@ -152,7 +152,9 @@ def test_train_never_overwrites_a_foreign_file_and_warns_before_replacing_a_run(
         before = path.read_bytes()
         with pytest.raises(zo.ArgumentError, match="`checkpoint` .* is a file zoracle did not write"):
             zo.train(f, np.ones(3), epochs=1, checkpoint=path, progress=False, rng=0)
-        with pytest.raises(zo.ArgumentError, match="did not write"):  # resume=True finds the file, then refuses it
+        # resume=True finds the file, then refuses it as the checkpoint it resumes from (training.md:
+        # a foreign file raises CheckpointError; it raised the ArgumentError of a new run's path)
+        with pytest.raises(zo.CheckpointError, match="not a zoracle checkpoint"):
             zo.train(f, np.ones(3), epochs=1, checkpoint=path, resume=True, progress=False, rng=0)
         assert path.read_bytes() == before and not calls  # refused before the first query
     ckpt = tmp_path / "run.npz"

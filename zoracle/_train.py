@@ -463,12 +463,12 @@ def _check_overwrite(checkpoint, resume) -> None:
     that this one does not resume from (its first save replaces it)."""
     path = os.fspath(checkpoint)
     kind = existing_checkpoint(path)
-    if kind == "foreign":
-        raise ArgumentError(f"`checkpoint` {path!r} is a file zoracle did not write, and training would overwrite "
-                            "it; pass a new path, or move that file away first")
     same = (resume is not None and os.path.exists(resume) and os.path.exists(path)
             and os.path.samefile(resume, path))
-    if kind == "unreadable" and not same:  # resumed from, its reading says what is wrong
+    if kind == "foreign" and not same:  # resumed from, its reading says what is wrong (a CheckpointError)
+        raise ArgumentError(f"`checkpoint` {path!r} is a file zoracle did not write, and training would overwrite "
+                            "it; pass a new path, or move that file away first")
+    if kind == "unreadable" and not same:
         raise ArgumentError(f"`checkpoint` {path!r} cannot be read as a checkpoint (a corrupt or truncated zip file, "
                             "or one this process may not read; zoracle writes its checkpoints whole, so it is likely "
                             "not one of them), and training would overwrite it; pass a new path, or move that file "
