@@ -132,7 +132,8 @@ def build_core(model, blocks) -> _Core:
     The flat order follows the steps (forward order) when the split covers every trainable
     parameter exactly once; otherwise the model has no blocks (full forwards).
     """
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # some: TorchOracle checked
+    # some: TorchOracle checked; an empty parameter has no coordinate (and its block none to perturb)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.numel()]
     if isinstance(blocks, str):
         if blocks != "none":
             raise ArgumentError(f"`blocks` must be None, 'none' or a list of modules/Steps, got {blocks!r}")
@@ -159,7 +160,7 @@ def build_core(model, blocks) -> _Core:
             items += [(names.get(id(p), "param"), p) for p in st.params]
             here = set()
             for attr, p in items:
-                if not p.requires_grad or id(p) in here:
+                if not p.requires_grad or not p.numel() or id(p) in here:
                     continue
                 here.add(id(p))
                 if id(p) in owned:

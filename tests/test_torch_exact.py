@@ -1837,3 +1837,31 @@ def test_an_error_in_a_vmapped_forward_leaves_vmap_on():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(good.batch(rows), want)
     assert oracle._core.vmap_ok
+
+
+def test_an_empty_parameter_has_no_coordinates():
+    """A zero-size parameter (a placeholder, an empty prompt) made an empty block, and the first
+    bind's self-check asked for coordinate 21 of block [21, 21): the oracle could not be built."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+
+    class EmptyParam(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 3).double()
+            self.empty = nn.Parameter(torch.empty(0, dtype=torch.float64))
+
+        def forward(self, h):
+            return self.lin(h) + self.empty.sum()
+
+    model = EmptyParam()
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert oracle.parameter_names == ["lin.weight", "lin.bias"]
+    theta = oracle.initial_params()
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    model.zero_grad()
+    CE_ROWS(model(x), y).mean().backward()
+    want = torch.cat([model.lin.weight.grad.reshape(-1), model.lin.bias.grad]).numpy()
+    np.testing.assert_allclose(est.grad, want, atol=1e-8)
+    np.testing.assert_allclose(oracle.batch(np.stack([theta, theta + 1e-3])), [oracle(theta), oracle(theta + 1e-3)],
+                               rtol=1e-12)
