@@ -588,6 +588,8 @@ def run(args) -> dict:
         raise zo.ArgumentError(f"`--device` must be a torch device such as cpu or cuda, got {args.device!r}") from None
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
         raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
+    if str(args.device).startswith("cuda"):  # every method in full float32: TF32 would round the finite differences
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
     old = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     cpu_clock = args.clock == "cpu" or (args.clock == "auto" and not str(args.device).startswith("cuda")

@@ -1468,3 +1468,24 @@ def test_a_prefix_after_an_unwatched_change_stops_loudly_then_full_forwards_are_
         got = zo.estimate_gradient(bound, p, zo.CGE(mu=1e-6))  # planned anew: full forwards
     ref = zo.estimate_gradient(lambda q: _plain_loss(model, q, x, y), p, zo.CGE(mu=1e-6))
     np.testing.assert_allclose(got.grad, ref.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_a_float32_model_on_cuda_in_tf32_is_warned_about():
+    """torch runs float32 convolutions on CUDA in TF32 by default (cudnn.conv.fp32_precision
+    "tf32"): inputs and weights rounded to 10 bits put about 1% into a finite difference at
+    mu = 5e-3, and the closed-form paths (exact steps) disagree with full forwards. A float32
+    TorchOracle on CUDA names the settings to change; the CPU never runs TF32. (Checked here
+    on the settings; the warning itself needs a GPU.)"""
+    from zoracle.adapters.torch import _tf32_note
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    try:
+        conv.fp32_precision = "tf32"
+        assert _tf32_note(torch.device("cpu")) == ""
+        note = _tf32_note(torch.device("cuda", 1))
+        assert "cuda:1 runs in TF32" in note and 'torch.backends.cudnn.conv.fp32_precision = "ieee"' in note
+        conv.fp32_precision = "ieee"
+        assert _tf32_note(torch.device("cuda")) == ""  # matmul's default: not TF32
+    finally:
+        conv.fp32_precision = before
