@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import torch
 
-from zoracle._backend import is_cupy
+from zoracle._backend import is_cupy, namespace
 from zoracle._errors import ArgumentError, OracleError
 from zoracle._estimators import CGE, RGE, as_generator, check_step
 
@@ -38,8 +38,9 @@ def _repeat(t, k: int):
     NumPy in the backward as in the forward. Always a fresh, writable copy (as the forward's own
     context is writable), whatever ``t``'s number of rows."""
     if not isinstance(t, torch.Tensor):
-        a = np.asarray(t)
-        return np.tile(a, (k,) + (1,) * (a.ndim - 1))
+        xp = namespace(t) if is_cupy(t) else np  # a CuPy context stays on its device (np.asarray refuses it)
+        a = xp.asarray(t)
+        return xp.tile(a, (k,) + (1,) * (a.ndim - 1))
     return t.repeat((k,) + (1,) * (t.dim() - 1))
 
 

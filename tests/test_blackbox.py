@@ -281,3 +281,19 @@ def test_cge_holds_a_bounded_number_of_perturbed_copies(monkeypatch):
     assert max(rows[1:]) == 2 * 10 and sum(rows[1:]) == 2 * 2 * 192
     torch.testing.assert_close(x.grad, whole, rtol=0, atol=0)
     torch.testing.assert_close(whole, 2 * x.detach(), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("estimator", [zo.CGE(mu=1e-4, scheme="central"), zo.RGE(directions=8)])
+def test_a_context_array_keeps_its_backend_in_the_backward(xp, estimator):
+    """A CuPy context passed the forward and failed the backward: its rows were repeated with
+    np.asarray, which CuPy refuses (a raw TypeError, not an OracleError)."""
+    def fn(x, w):
+        return (x ** 2).sum(1) * torch.as_tensor(w.get() if hasattr(w, "get") else w)
+
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64, requires_grad=True)
+    blackbox(fn, estimator, rng=0)(x, xp.asarray([1.0, 2.0])).sum().backward()
+    want = 2 * x.detach() * torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    if isinstance(estimator, zo.CGE):
+        torch.testing.assert_close(x.grad, want, rtol=0, atol=1e-7)
+    else:
+        assert cosine(x.grad.numpy(), want.numpy()) > 0.5
