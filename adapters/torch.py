@@ -797,7 +797,7 @@ class TorchOracle:
                     t0 = time.perf_counter()
                     state = st(state)
                     if self.device.type == "cuda":
-                        torch.cuda.synchronize()
+                        torch.cuda.synchronize(self.device)
                     times[i] += time.perf_counter() - t0
         tail = np.cumsum(times[::-1])[::-1]
         costs = np.array([tail[si] for si in self._core.block_steps])

@@ -1097,3 +1097,28 @@ def test_an_oracle_error_on_threads_is_not_held_back_by_a_hung_shard(monkeypatch
         with pytest.raises(zo.OracleError, match="returned nan at coordinate 0"):
             zo.estimate_gradient(oracle, np.zeros(6), zo.CGE(mu=1e-3), executor=ex)
         assert time.perf_counter() - t0 < 2.5
+
+
+def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
+    """DeviceExecutor workers only recorded their device: CuPy arrays, torch.cuda.synchronize()
+    and any allocation without a device went to GPU 0 on every worker. A worker for "cuda:i"
+    now makes GPU i current in torch and CuPy (checked with stand-ins: no GPU here)."""
+    import sys
+    import types
+
+    from zoracle._executors_local import use_device
+
+    calls = []
+    torch_like = types.SimpleNamespace(cuda=types.SimpleNamespace(set_device=lambda i: calls.append(("torch", i))))
+    device = types.SimpleNamespace(use=lambda: calls.append(("cupy", "use")))
+    cupy_like = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: calls.append(("cupy", i)) or device))
+    monkeypatch.setitem(sys.modules, "torch", torch_like)
+    monkeypatch.setitem(sys.modules, "cupy", cupy_like)
+    use_device("cuda:3")
+    assert calls == [("torch", 3), ("cupy", 3), ("cupy", "use")]
+    calls.clear()
+    use_device("cpu")
+    use_device(None)
+    assert calls == []
+    use_device("cuda")
+    assert calls[0] == ("torch", 0)
