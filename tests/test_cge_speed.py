@@ -126,3 +126,39 @@ def test_bad_flags_give_one_line_errors(capsys):
 
     with pytest.raises(zo.ArgumentError, match="sparsity"):
         bench.run(_args(["--model", "mlp", "--sparsity", "1.5"]))
+
+
+def test_the_check_fails_a_fast_path_that_zeroes_a_layer(monkeypatch):
+    """The float32 check's tolerance (float32 rounding over mu, 1.75e-3 on the MLP) is above 98.9%
+    of the MLP's partials: a fast path that zeroed the whole first layer (4,160 coordinates)
+    passed it, even with every coordinate checked. The check now also compares (d) with (b) on a
+    float64 copy, where both are exact to round-off."""
+    import zoracle as zo
+
+    real = zo.estimate_gradient
+
+    def zeroes_the_first_layer(oracle, params, *a, **k):
+        est = real(oracle, params, *a, **k)
+        blocks = getattr(oracle, "blocks", None)
+        if not blocks:
+            return est
+        grad = np.array(est.grad)
+        grad[blocks[0]] = 0.0
+        return zo.GradientEstimate(grad, est.loss, est.nfev, est.state)
+
+    monkeypatch.setattr(zo, "estimate_gradient", zeroes_the_first_layer)
+    r = bench.run(_args(["--model", "mlp", "--quick", "--naive-coords", "60", "--coords", "1500", "--repeat", "2"]))
+    c = r["mlp"]["check"]
+    assert c["max_abs_diff_vs_inplace"] <= c["tol"]  # the float32 comparison alone passes it
+    assert c["max_abs_diff_vs_inplace_float64"] > 1e3 * c["tol_float64"] and not c["ok"]
+
+
+def test_the_strong_baselines_agree_with_zoracle(tmp_path):
+    """benchmarks/strong_baselines.py, the hand-written baselines benchmarks.md compares with
+    (a module cache with vmap among them), exits 0 only when every baseline gives zoracle's
+    gradient up to float32 rounding."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "strong_baselines.py"), "--model", "resnet18",
+           "--coords", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(tag in proc.stdout for tag in ("(b) textbook loop", "(v) user vmap", "(m) DeepZero-style", "(mv)"))
