@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     import zoracle as zo
 
-    if os.path.exists(args.figure) and os.path.exists(args.checkpoint) and os.path.samefile(args.figure,
-                                                                                            args.checkpoint):
+    figure, checkpoint = (os.path.expanduser(p) for p in (args.figure, args.checkpoint))  # "~" as the library reads it
+    if os.path.exists(figure) and os.path.exists(checkpoint) and os.path.samefile(figure, checkpoint):
         raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
                                "figure its own path (e.g. run.png)")
     from zoracle._plot import check_plot_path

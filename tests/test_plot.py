@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import warnings
+
 import os
 import re
 import sys
@@ -271,3 +274,16 @@ def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "home" / "runs")) == ["a.npz", "a.png", "b.svg"]
     assert not (tmp_path / "~").exists()
     assert len(zo.History.from_checkpoint("~/runs/a.npz").steps) == 4
+    # the guards compare the expanded paths (a review found a figure replacing the checkpoint)
+    kw = dict(epochs=3, steps_per_epoch=2, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    with pytest.raises(zo.ArgumentError, match="`plot` and `checkpoint` are the same file"):
+        zo.train(loss, np.ones(6), checkpoint="~/runs/c.png", plot=str(tmp_path / "home/runs/c.png"), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # resuming it: no "holds an earlier run" warning
+        assert zo.train(loss, np.ones(6), checkpoint=tmp_path / "home/runs/a.npz", resume="~/runs/a.npz", **kw).steps == 6
+    from zoracle import cli
+
+    with pytest.raises(zo.ArgumentError, match="is the checkpoint"):
+        cli._load("plot").main(argparse.Namespace(checkpoint="~/runs/a.npz", figure=str(tmp_path / "home/runs/a.npz"),
+                                                  x="queries", title=None))
+    assert len(zo.History.from_checkpoint("~/runs/a.npz").steps) == 6

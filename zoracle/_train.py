@@ -685,11 +685,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     elif resume is False:  # "do not resume", as None
         resume = None
     elif resume is not None:
-        try:
-            resume = os.fspath(resume)
-        except TypeError:
+        if not isinstance(resume, (str, bytes, os.PathLike)):
             raise ArgumentError(f"`resume` must be a checkpoint path, True (resume from `checkpoint` if it exists) or "
-                                f"None/False (start fresh), got {resume!r}") from None
+                                f"None/False (start fresh), got {resume!r}")
+        resume = as_path(resume, "resume")  # "~/run.npz" as the checkpoint's path reads it
     if checkpoint is not None:
         check_writable(checkpoint)  # before the first query, not after the first epoch
         _check_overwrite(checkpoint, resume)
@@ -702,12 +701,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if plot is not None:
         from ._plot import check_plot_path
 
-        check_plot_path(plot)
+        plot = check_plot_path(plot)[0]  # "~" expanded, as the checkpoint's
         if epochs == 0 and resume is None:
             raise ArgumentError("`plot` was given with epochs=0: a run without steps has nothing to draw; train at "
                                 "least one epoch, or drop `plot`")
-        if checkpoint is not None and os.path.abspath(os.fspath(plot)) == os.path.abspath(os.fspath(checkpoint)):
-            raise ArgumentError(f"`plot` and `checkpoint` are the same file {os.fspath(plot)!r}: the figure would "
+        if checkpoint is not None and os.path.abspath(plot) == os.path.abspath(checkpoint):
+            raise ArgumentError(f"`plot` and `checkpoint` are the same file {plot!r}: the figure would "
                                 "replace the checkpoint; give the figure its own path (e.g. run.png)")
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
