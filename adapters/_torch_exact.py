@@ -462,7 +462,7 @@ def _check_parameters(oracle) -> None:
     parameters the flat vector does not hold."""
     core = oracle._core
     mine = {id(p) for p in core.params}
-    theirs = [p for p in core.model.parameters() if p.requires_grad]
+    theirs = [p for p in core.model.parameters() if p.requires_grad and p.numel()]  # an empty one has no coordinate
     if {id(p) for p in theirs} - mine:
         raise ArgumentError(
             f"{type(core.model).__name__} has trainable parameters the oracle's flat vector does not hold (a module "

@@ -1865,3 +1865,6 @@ def test_an_empty_parameter_has_no_coordinates():
     np.testing.assert_allclose(est.grad, want, atol=1e-8)
     np.testing.assert_allclose(oracle.batch(np.stack([theta, theta + 1e-3])), [oracle(theta), oracle(theta + 1e-3)],
                                rtol=1e-12)
+    model.eval()  # a mode change checks the parameters again: the empty one is not a new one
+    np.testing.assert_allclose(zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central")).grad, want,
+                               atol=1e-8)
