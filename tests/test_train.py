@@ -904,6 +904,19 @@ def test_a_resume_with_other_batches_is_refused(tmp_path):
                       zo.Minibatches((X[:, :4], y), 8, seed=1), [(X[:8], y[:8])] * 5):
             with pytest.raises(zo.CheckpointError, match="different settings \\(batches: checkpoint has"):
                 zo.train(LinReg(), np.zeros(5), batches=other, resume=True, **kw)
+    import torch
+
+    from zoracle._train import _batches_print
+
+    # the same batches otherwise given resume: through a callable (one more step), or as torch tensors
+    zo.train(LinReg(), np.zeros(5), batches=lambda e: mb()(e), resume=True, **dict(kw, max_queries=54))
+    assert _batches_print(zo.Minibatches((torch.as_tensor(X), torch.as_tensor(y)), 8, seed=1)) == _batches_print(mb())
+    # a batch of 0-d arrays is no reason to fail (its rows are not counted)
+    class Scale:
+        def bind(self, batch):
+            return lambda w: float(batch[0] * (w @ w))
+
+    zo.train(Scale(), np.ones(2), batches=[(np.array(1.0),)] * 2, epochs=1, progress=False, optimizer=zo.sgd(0.1))
     whole = zo.train(LinReg(), np.zeros(5), batches=mb(), **dict(kw, checkpoint=None))
     again = zo.train(LinReg(), np.zeros(5), batches=mb(), resume=True, **kw)
     np.testing.assert_array_equal(again.params, whole.params)

@@ -155,8 +155,9 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         saved = meta.get("config")
         if isinstance(saved, dict) and "ratios" not in saved:
             saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
-        if isinstance(saved, dict) and "batches" not in saved:
-            saved = dict(saved, batches=config.get("batches"))  # written before the batches were compared
+        if isinstance(saved, dict) and (saved.get("batches") is None or config.get("batches") is None):
+            # written before the batches were compared, or a callable's (then or now): nothing to compare
+            saved = dict(saved, batches=config.get("batches"))
         if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
             # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
             saved = dict(saved, estimator=re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", saved["estimator"]))

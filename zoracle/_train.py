@@ -10,6 +10,8 @@ make a resumed run bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import numbers
@@ -261,22 +263,25 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
     return out
 
 
-def _batches_print(batches):
+def _batches_print(batches, steps_per_epoch=None):
     """What a resume compares of ``batches``: a Minibatches' settings and its arrays' shapes and
-    dtypes, a list's rows per batch; nothing of a callable (its batches are known per epoch).
-    The data's values are not read."""
-    def fields(items):
-        items = items if isinstance(items, (tuple, list)) else (items,)
-        return [[[int(n) for n in getattr(a, "shape", ())], str(getattr(a, "dtype", type(a).__name__))] for a in items]
+    dtypes, a list's number of batches and rows per batch (as a short hash: a long list would
+    grow every checkpoint's header); None for a callable, whose batches are known per epoch (a
+    resume then compares nothing of them). The data's values are not read."""
+    def dtype(a):
+        return str(getattr(a, "dtype", type(a).__name__)).replace("torch.", "")  # the same data in NumPy or torch
 
     if isinstance(batches, Minibatches):
         return {"minibatches": {"batch_size": int(batches.batch_size), "seed": int(batches.seed),
                                 "shuffle": bool(batches.shuffle), "drop_last": bool(batches.drop_last),
-                                "fields": fields(batches.arrays)}}
+                                "fields": [[[int(n) for n in getattr(a, "shape", ())], dtype(a)]
+                                           for a in batches.arrays]}}
     if batches is None or callable(batches):
         return None
-    return {"rows": [len(b[0]) if isinstance(b, (tuple, list)) and b and hasattr(b[0], "__len__") else None
-                     for b in batches]}
+    used = list(batches)[:steps_per_epoch]  # the batches a run draws
+    rows = [len(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1) and hasattr(b[0], "__len__")
+            else None for b in used]
+    return {"batches": len(used), "rows": hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]}
 
 
 def _check_batches(batches) -> None:
@@ -756,7 +761,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         "blocks": [[s.start, s.stop] for s in scored] if sparse else None,
         "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
         "steps_per_epoch": steps_per_epoch,
-        "batches": _batches_print(batches),  # another batch size or shuffle seed continued silently
+        "batches": _batches_print(batches, steps_per_epoch),  # another batch size or seed continued silently
         # how the keep ratios were chosen (their values are in the checkpoint: ZO-GraSP's cannot be
         # recomputed without its queries); an array's values are compared after loading
         "ratios": None if not sparse else "array" if not isinstance(ratios, str) else (
