@@ -1102,11 +1102,13 @@ def test_an_oracle_error_on_threads_is_not_held_back_by_a_hung_shard(monkeypatch
 def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
     """DeviceExecutor workers only recorded their device: CuPy arrays, torch.cuda.synchronize()
     and any allocation without a device went to GPU 0 on every worker. A worker for "cuda:i"
-    now makes GPU i current in torch and CuPy (checked with stand-ins: no GPU here)."""
+    now makes GPU i current in torch and CuPy when an oracle arrives, where the oracle imported
+    them (checked with stand-ins: no GPU here); nothing else is imported, and a device that is
+    not a CUDA index is left to to_device."""
     import sys
     import types
 
-    from zoracle._executors_local import use_device
+    from zoracle._executors_core import WorkerState, use_device
 
     calls = []
     torch_like = types.SimpleNamespace(cuda=types.SimpleNamespace(set_device=lambda i: calls.append(("torch", i))))
@@ -1114,11 +1116,12 @@ def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
     cupy_like = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: calls.append(("cupy", i)) or device))
     monkeypatch.setitem(sys.modules, "torch", torch_like)
     monkeypatch.setitem(sys.modules, "cupy", cupy_like)
-    use_device("cuda:3")
+    WorkerState("cuda:3").put_oracle("t", _wave)
     assert calls == [("torch", 3), ("cupy", 3), ("cupy", "use")]
     calls.clear()
-    use_device("cpu")
-    use_device(None)
+    for other in ("cpu", None, "cuda:abc"):
+        use_device(other)
     assert calls == []
+    monkeypatch.delitem(sys.modules, "cupy")
     use_device("cuda")
-    assert calls[0] == ("torch", 0)
+    assert calls == [("torch", 0)] and "cupy" not in sys.modules

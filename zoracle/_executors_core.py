@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import sys
 import math
 import time
 import traceback
@@ -187,6 +188,28 @@ class BatchMirror:
             del self.keys[key]
 
 
+def use_device(device) -> None:
+    """Make a CUDA ``device`` ("cuda:1") the current device of torch and CuPy, where the process
+    has imported them (a worker imports neither for an oracle that does not use them): what
+    allocates without naming a device (CuPy arrays, torch.cuda.synchronize(), a kernel's
+    workspace) then lands on the worker's GPU, not on GPU 0. Anything else: nothing."""
+    text = str(device)
+    if not text.startswith("cuda"):
+        return
+    try:
+        index = int(text.partition(":")[2] or 0)
+    except ValueError:  # not a CUDA index: to_device says what it means
+        return
+    torch, cupy = sys.modules.get("torch"), sys.modules.get("cupy")
+    for set_current in ((lambda: torch.cuda.set_device(index)) if torch is not None else None,
+                        (lambda: cupy.cuda.Device(index).use()) if cupy is not None else None):
+        if set_current is not None:
+            try:
+                set_current()
+            except Exception:  # no such GPU: to_device reports what is wrong
+                pass
+
+
 class WorkerState:
     """Oracles, bound batches and parameters one worker holds, by token.
 
@@ -209,6 +232,8 @@ class WorkerState:
     def put_oracle(self, token, fn) -> None:
         if isinstance(fn, Pickled):
             fn = fn.load()
+        if self.device is not None:
+            use_device(self.device)  # torch / CuPy as the oracle imported them
         move = getattr(fn, "to_device", None)
         if self.device is not None and callable(move):
             moved = move(self.device)

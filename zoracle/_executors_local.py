@@ -253,28 +253,6 @@ def die_with_parent(parent: int, pdeathsig: bool = True) -> None:
     threading.Thread(target=watch, name="zoracle-parent-watch", daemon=True).start()
 
 
-def use_device(device) -> None:
-    """Make a CUDA ``device`` ("cuda:1") the worker's current device for torch and CuPy where they
-    are installed: what allocates without naming a device (CuPy arrays, torch.cuda.synchronize(),
-    a kernel's workspace) lands on the worker's GPU, not on GPU 0. Other devices: nothing."""
-    text = str(device)
-    if not text.startswith("cuda"):
-        return
-    index = int(text.partition(":")[2] or 0)
-    try:
-        import torch
-
-        torch.cuda.set_device(index)
-    except Exception:  # no torch, or no such GPU: to_device reports what is wrong
-        pass
-    try:
-        import cupy
-
-        cupy.cuda.Device(index).use()
-    except Exception:
-        pass
-
-
 def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
     """Loop of a worker process: receive ``run`` messages, answer with losses or an error.
 
@@ -296,7 +274,6 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
         return
     sys.path[:] = path + [p for p in sys.path if p not in path]
     _CURRENT_DEVICE = device
-    use_device(device)
     state = WorkerState(device)
     reuse_freed_memory()  # the worker runs the step's temporaries: keep freed memory as the driver does
     try:  # booted: from here on a shard's time is the oracle's, not Python's start-up
