@@ -119,19 +119,23 @@ def _tf32_note(device: torch.device) -> str:
     if device.type != "cuda":
         return ""
     tf32 = []
-    for name, knob in (("torch.backends.cudnn.conv", getattr(torch.backends.cudnn, "conv", None)),
-                       ("torch.backends.cuda.matmul", getattr(torch.backends.cuda, "matmul", None))):
+    for name, knob, legacy in (("torch.backends.cudnn.conv", getattr(torch.backends.cudnn, "conv", None),
+                                (torch.backends.cudnn, "allow_tf32")),
+                               ("torch.backends.cuda.matmul", getattr(torch.backends.cuda, "matmul", None),
+                                (torch.backends.cuda.matmul, "allow_tf32"))):
         try:  # torch's settings raise where legacy and new ones were mixed: no verdict then
-            if getattr(knob, "fp32_precision", None) == "tf32":
-                tf32.append(name)
+            if hasattr(knob, "fp32_precision"):  # torch 2.9 on
+                if knob.fp32_precision == "tf32":
+                    tf32.append(f'{name}.fp32_precision = "ieee"')
+            elif getattr(*legacy, False):  # earlier torch
+                tf32.append(f"{name.rsplit('.', 1)[0] if legacy[0] is torch.backends.cudnn else name}.allow_tf32 = False")
         except RuntimeError:
             pass
     if not tf32:
         return ""
-    return (f"TorchOracle: float32 on {device} runs in TF32 ({', '.join(f'{n}.fp32_precision' for n in tf32)}): it "
-            "rounds inputs and weights to 10 bits, so a finite difference at mu = 5e-3 is off by about 1%; set "
-            + " and ".join(f'{n}.fp32_precision = "ieee"' for n in tf32) + " before building the oracle, or use "
-            "dtype=torch.float64")
+    return (f"TorchOracle: float32 on {device} runs in TF32: it rounds inputs and weights to 10 bits, so a finite "
+            f"difference at mu = 5e-3 is off by about 1%; set {' and '.join(tf32)} before building the oracle, or "
+            "use dtype=torch.float64")
 
 
 def _version(t: torch.Tensor):

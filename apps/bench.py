@@ -613,8 +613,13 @@ def run(args) -> dict:
         raise zo.ArgumentError(f"`--device` must be a torch device such as cpu or cuda, got {args.device!r}") from None
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
         raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
+    tf32 = None
     if str(args.device).startswith("cuda"):  # every method in full float32: TF32 would round the finite differences
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        knob, attr, full = (conv, "fp32_precision", "ieee") if hasattr(conv, "fp32_precision") else \
+            (torch.backends.cudnn, "allow_tf32", False)  # torch before 2.9
+        tf32 = (knob, attr, getattr(knob, attr))
+        setattr(knob, attr, full)
     old = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     cpu_clock = args.clock == "cpu" or (args.clock == "auto" and not str(args.device).startswith("cuda")
@@ -627,6 +632,8 @@ def run(args) -> dict:
                 for name in dict.fromkeys(models)}
     finally:
         torch.set_num_threads(old)
+        if tf32 is not None:  # the caller's precision back
+            setattr(*tf32)
 
 
 def main(args) -> int:

@@ -1484,7 +1484,7 @@ def test_a_float32_model_on_cuda_in_tf32_is_warned_about():
         conv.fp32_precision = "tf32"
         assert _tf32_note(torch.device("cpu")) == ""
         note = _tf32_note(torch.device("cuda", 1))
-        assert "cuda:1 runs in TF32" in note and 'torch.backends.cudnn.conv.fp32_precision = "ieee"' in note
+        assert "cuda:1 runs in TF32" in note and 'set torch.backends.cudnn.conv.fp32_precision = "ieee"' in note
         conv.fp32_precision = "ieee"
         assert _tf32_note(torch.device("cuda")) == ""  # matmul's default: not TF32
     finally:
