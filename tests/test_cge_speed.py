@@ -156,9 +156,10 @@ def test_the_check_fails_a_fast_path_that_zeroes_a_layer(monkeypatch):
 def test_the_strong_baselines_agree_with_zoracle(tmp_path):
     """benchmarks/strong_baselines.py, the hand-written baselines benchmarks.md compares with
     (a module cache with vmap among them), exits 0 only when every baseline gives zoracle's
-    gradient up to float32 rounding."""
+    gradient up to the dtype's rounding: in float64, about 3e-12 (float32's bound, 1.75e-3,
+    would pass a baseline that zeroed a layer)."""
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "strong_baselines.py"), "--model", "resnet18",
-           "--coords", "32"]
+           "--coords", "32", "--dtype", "float64"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(tag in proc.stdout for tag in ("(b) textbook loop", "(v) user vmap", "(m) DeepZero-style", "(mv)"))
