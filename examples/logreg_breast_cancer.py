@@ -1,8 +1,8 @@
 """Logistic regression on scikit-learn's breast-cancer data, trained from loss values only.
 
 The model is a plain NumPy function ``params -> float`` (no framework, no gradients):
-zoracle estimates the gradient with coordinate-wise finite differences (CGE, 31 + 1
-queries per step) and runs SGD with momentum.
+zoracle estimates the gradient with coordinate-wise finite differences (central CGE,
+2 x 31 + 1 queries per step) and runs SGD with momentum.
 
 Run: ``python examples/logreg_breast_cancer.py`` (about a second).
 """

@@ -88,13 +88,19 @@ NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
 
 
 def shown_outputs(code: str) -> list:
-    """The output a block's ``print(...)  # <output>`` lines show: the comment up to its first
-    ": ", "; " or " (" (what follows explains it)."""
-    out = []
+    """The output a block's ``print(...)  # <output>`` lines show, or a comment line right under a
+    print without one (a long print): the comment up to its first ": ", "; " or " (" (what
+    follows explains it)."""
+    out, prev = [], ""
     for ln in code.splitlines():
+        comment = None
         if "print(" in ln and "#" in ln:
             comment = ln.split("#", 1)[1].strip()
+        elif ln.lstrip().startswith("#") and "print(" in prev and "#" not in prev:
+            comment = ln.lstrip()[1:].strip()
+        if comment is not None:
             out.append(re.split(r": |; | \(", comment, maxsplit=1)[0])
+        prev = ln
     return out
 
 
@@ -121,6 +127,9 @@ def test_shown_outputs_are_read_as_meant():
     assert [comment_tokens(c) for c in shown_outputs(code)] == [["180.0", "41"], ["-2.03", "4200"]]
     assert appears("-2.03", "-2.0329 4200") and appears("4200", "-2.0329 4200") and not appears("4201", "4200")
     assert not appears("180.0", "190.0 41") and appears("True", "x True") and not appears("True", "Truest")
+    # a long print shows its output on the comment line under it (a review found two such blocks unchecked)
+    under = "print(len(p0),\n      short.nfev)\nprint(n, m)\n# 20458 19970 67.3%\nx = 1  # not an output\n# nor this\n"
+    assert [comment_tokens(c) for c in shown_outputs(under)] == [["20458", "19970", "67.3"]]
 
 
 def test_readme_links_into_docs_exist():
