@@ -46,6 +46,8 @@ import warnings
 
 import numpy as np
 
+from zoracle.cli import threads
+
 HELP = "run the CGE speed benchmark (reference vs naive vs batched vs feature reuse vs FLOP limit)"
 MODELS = ("mlp", "cnn", "resnet20", "resnet18", "mobilenet_v3_small", "deepzero", "fallback")
 DEFAULT_MODELS = ("mlp", "cnn", "resnet18", "mobilenet_v3_small", "deepzero", "fallback")
@@ -86,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minibatch size (default 128 for mlp/cnn; 32 for the torchvision-style models, "
                              "deepzero and fallback; resnet20 2; 256 on CUDA)")
     parser.add_argument("--mu", type=_positive_float, default=5e-3, help="CGE step (default 5e-3, forward differences)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--threads", type=threads, default=1,
                         help="torch CPU threads (default 1: on a small shared CPU, threads slow the tiny naive forwards)")
     parser.add_argument("--repeat", type=_positive_int, default=None,
                         help="timed repeats, best kept (default 3; quick 2, 1 for deepzero and fallback)")

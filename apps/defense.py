@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from zoracle._errors import ArgumentError
+from zoracle.cli import threads
 
 HELP = "train a denoiser in front of a black-box ONNX classifier (DeepZero vs ZO-AE-DS vs FO); certify it"
 
@@ -376,7 +377,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n0", type=_positive(int), help=f"selection noise samples per point (default {f.n0})")
     parser.add_argument("--n", type=_positive(int), help=f"estimation noise samples per point (default {f.n})")
     parser.add_argument("--alpha", type=_positive(float), help=f"certification failure probability (default {f.alpha})")
-    parser.add_argument("--threads", type=_positive(int), help="torch and onnxruntime threads (default 1)")
+    parser.add_argument("--threads", type=threads, help="torch and onnxruntime threads (default 1)")
     parser.add_argument("--classifier-epochs", type=_positive(int),
                         help=f"epochs of the black-box classifier's own training (default {f.classifier_epochs})")
 

@@ -69,6 +69,8 @@ def test_missing_extra_is_one_line_naming_it(command):
     (["defense", "--quick", "--out", "{file}"], "--out"),
     (["sol", "--quick", "--out", "{file}/sub"], "--out"),
     (["sol", "--quick", "--cache", "{file}/cache"], "--cache"),
+    (["sol", "--quick", "--out", ""], "--out"),  # an unset $OUT: a traceback after the run
+    (["defense", "--quick", "--json", "--out", ""], "--out"),  # it ran, exit 0, and wrote nothing
 ])
 def test_unwritable_output_paths_fail_before_any_work(argv, flag, tmp_path):
     blocker = tmp_path / "a-file"
@@ -160,3 +162,13 @@ def test_bench_refuses_a_negative_seed_in_one_line():
     r = subprocess.run([sys.executable, "-m", "zoracle", "bench", "--seed", "-1"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--seed" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["bench", "defense"])
+def test_threads_are_bounded_before_any_work(command):
+    """``--threads 1000`` ran for minutes in torch's and onnxruntime's pools (demo refused it)."""
+    r = subprocess.run([sys.executable, "-m", "zoracle", command, "--quick", "--threads", "1000"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"zoracle {command}: error: argument --threads: must be in [1, {8 * (os.cpu_count() or 1)}] " \
+                               f"(8 per core), got 1000"

@@ -76,6 +76,8 @@ def _load(name: str):
 
 def _writable(path: str, kind: str) -> str | None:
     """None when ``path`` can be written as a ``kind`` ("file" or "dir"), else why not."""
+    if not path:  # "" (an unset $OUT): a run would write nowhere, or fail after its work
+        return f"it is empty; give a {'folder' if kind == 'dir' else 'file'} name"
     target = os.path.abspath(os.path.expanduser(path))
     try:
         if kind == "dir":
@@ -84,8 +86,6 @@ def _writable(path: str, kind: str) -> str | None:
             os.makedirs(target, exist_ok=True)
             where = target
         else:
-            if not path:
-                return "it is empty; give a file name"
             if os.path.isdir(target):
                 return "it is a directory; give a file name"
             if os.path.exists(target) and not os.path.isfile(target):
@@ -101,6 +101,19 @@ def _writable(path: str, kind: str) -> str | None:
     return None
 
 
+def threads(text: str) -> int:
+    """argparse type of ``--threads``: 1 to 8 per core (thousands of threads stall torch's and
+    onnxruntime's pools for minutes)."""
+    most = 8 * (os.cpu_count() or 1)
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= n <= most:
+        raise argparse.ArgumentTypeError(f"must be in [1, {most}] (8 per core), got {n}")
+    return n
+
+
 def check_outputs(name: str, args, prog: str | None = None) -> None:
     """Every output path of a command is writable, checked before any work (one-line error)."""
     for attr, kind in OUTPUTS.items():
@@ -110,7 +123,8 @@ def check_outputs(name: str, args, prog: str | None = None) -> None:
         flag = "--" + attr.replace("_", "-")
         why = _writable(str(value), kind)
         if why is not None:
-            raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value}: cannot write there ({why})")
+            raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
+                             f"({why})")
     if getattr(args, "plot", None) is not None:
         if importlib.util.find_spec("matplotlib") is None:
             raise _missing(name, "--plot needs matplotlib")
