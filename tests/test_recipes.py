@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -304,3 +305,18 @@ def test_no_zo_grasp_when_every_weight_is_sampled():
     per_step = 33 + 2 + 1
     assert res.nfev == kw["max_queries"] == 2_000 // per_step * per_step and res.steps == 2_000 // per_step
     assert res.ratios.tolist() == [1.0, 1.0]
+
+
+def test_a_plan_the_run_cannot_follow_is_refused_or_warned_about():
+    """A callable giving 3 batches an epoch with steps_per_epoch=10 was planned as 4 epochs of
+    10 steps (1,989 queries): the run took 12 steps, 612 queries, its cosine never decaying, with
+    no word. With epochs longer than the run, the one epoch of warm-up was the whole run (195 of
+    196 steps at the peak rate)."""
+    X, y = _data()
+    three = zo.Minibatches((X[:120], y[:120]), 40, seed=0)
+    with pytest.raises(zo.ArgumentError, match=r"`batches\(0\)` gives 3 batches, fewer than `steps_per_epoch`=10"):
+        zo.recipes.short_budget(Softmax(), np.zeros(35), 2_000, batches=lambda e: three(e), steps_per_epoch=10)
+    kw = zo.recipes.short_budget(Softmax(), np.zeros(35), 2_000, batches=lambda e: three(e), steps_per_epoch=3)
+    assert kw["max_queries"] <= 2_000
+    with pytest.warns(UserWarning, match="one epoch of warm-up is .* of the run's .* steps"):
+        zo.recipes.short_budget(None, np.zeros(100), 2_000, steps_per_epoch=500)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -237,6 +238,12 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         raise ArgumentError("`batches` has no len(): pass `steps_per_epoch` too, so the recipe knows an epoch's length")
     if per_epoch < 1:
         raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
+    if callable(batches) and steps_per_epoch is not None:  # train takes what the callable gives, at most this
+        given = len(list(batches(0)))
+        if given < steps_per_epoch:
+            raise ArgumentError(f"`batches(0)` gives {given} batches, fewer than `steps_per_epoch`={steps_per_epoch}: "
+                                f"the run would take {given} steps an epoch and stop far short of the budget, its "
+                                f"schedule undecayed; pass steps_per_epoch={given}")
 
     resolved = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(resolved, SHORT_BUDGET_KINDS)
@@ -258,8 +265,12 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     steps = (budget - grasp) // per_step
     if lr is None:
         lr = default_lr(budget, n_scored)
-    optimizer = adam(cosine_schedule(lr, total_steps=steps, warmup_steps=min(per_epoch, steps - 1)), b1=b1,
-                     weight_decay=weight_decay)
+    warm = min(per_epoch, steps - 1)
+    if steps - warm < steps // 10:  # an epoch longer than the run: it would end near the peak rate
+        warnings.warn(f"short_budget: one epoch of warm-up is {warm} of the run's {steps} steps, so the cosine "
+                      "schedule hardly decays; pass a smaller steps_per_epoch, or edit kw['optimizer']",
+                      UserWarning, stacklevel=2)
+    optimizer = adam(cosine_schedule(lr, total_steps=steps, warmup_steps=warm), b1=b1, weight_decay=weight_decay)
     if layer_steps:
         scale = layer_scales(resolved, params, power=layer_steps)
         optimizer = scaled(optimizer, scale, f"layer_steps({layer_steps}, {_describe(scale)})")
