@@ -287,3 +287,16 @@ def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
         cli._load("plot").main(argparse.Namespace(checkpoint="~/runs/a.npz", figure=str(tmp_path / "home/runs/a.npz"),
                                                   x="queries", title=None))
     assert len(zo.History.from_checkpoint("~/runs/a.npz").steps) == 6
+
+
+def test_a_history_with_nan_metrics_equals_its_checkpoints(tmp_path):
+    """NaN never equals NaN: a run whose eval_fn returned a NaN metric compared unequal with the
+    history read back from its own checkpoint (the docs' equality check silently needed finite
+    metrics)."""
+    r = zo.train(loss, np.ones(6), epochs=2, steps_per_epoch=2, optimizer=zo.sgd(0.1), rng=0, progress=False,
+                 eval_fn=lambda p: {"diverged": float("nan"), "err": float(np.abs(p - 1).max())},
+                 checkpoint=tmp_path / "run.npz")
+    saved = zo.History.from_checkpoint(tmp_path / "run.npz")
+    assert np.isnan(saved.column("diverged", "epoch")).all() and saved == r.history
+    other = zo.History(r.history.steps, r.history.epochs[:1])
+    assert saved != other and saved != "not a history"

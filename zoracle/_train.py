@@ -141,6 +141,14 @@ def _take(a, rows):
     return a[rows]
 
 
+def _same_records(a, b) -> bool:
+    def same(x, y):
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
+    return len(a) == len(b) and all(ra.keys() == rb.keys() and all(same(ra[k], rb[k]) for k in ra)
+                                    for ra, rb in zip(a, b))
+
+
 @dataclass(frozen=True)
 class History:
     """Per-step and per-epoch records (dicts of plain numbers).
@@ -154,6 +162,13 @@ class History:
 
     steps: tuple = ()
     epochs: tuple = ()
+
+    def __eq__(self, other):
+        """Record by record, a NaN equal to a NaN: a run's history equals its checkpoint's when a
+        metric was NaN (an evaluation that diverged)."""
+        if not isinstance(other, History):
+            return NotImplemented
+        return _same_records(self.steps, other.steps) and _same_records(self.epochs, other.epochs)
 
     def column(self, name: str, level: str = "step") -> np.ndarray:
         """One field over all step (or ``level="epoch"``) records, NaN where missing. A name that
