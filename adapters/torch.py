@@ -119,16 +119,18 @@ def _tf32_note(device: torch.device) -> str:
     if device.type != "cuda":
         return ""
     tf32 = []
-    for name, knob, legacy in (("torch.backends.cudnn.conv", getattr(torch.backends.cudnn, "conv", None),
-                                (torch.backends.cudnn, "allow_tf32")),
-                               ("torch.backends.cuda.matmul", getattr(torch.backends.cuda, "matmul", None),
-                                (torch.backends.cuda.matmul, "allow_tf32"))):
+    # (the setting from torch 2.9 on, the legacy one before it), for convolutions and matmuls
+    for name, knob, old_name, old in (
+            ("torch.backends.cudnn.conv", getattr(torch.backends.cudnn, "conv", None),
+             "torch.backends.cudnn", torch.backends.cudnn),
+            ("torch.backends.cuda.matmul", torch.backends.cuda.matmul, "torch.backends.cuda.matmul",
+             torch.backends.cuda.matmul)):
         try:  # torch's settings raise where legacy and new ones were mixed: no verdict then
-            if hasattr(knob, "fp32_precision"):  # torch 2.9 on
+            if hasattr(knob, "fp32_precision"):
                 if knob.fp32_precision == "tf32":
                     tf32.append(f'{name}.fp32_precision = "ieee"')
-            elif getattr(*legacy, False):  # earlier torch
-                tf32.append(f"{name.rsplit('.', 1)[0] if legacy[0] is torch.backends.cudnn else name}.allow_tf32 = False")
+            elif getattr(old, "allow_tf32", False):
+                tf32.append(f"{old_name}.allow_tf32 = False")
         except RuntimeError:
             pass
     if not tf32:

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     import zoracle as zo
 
-    figure, checkpoint = (os.path.expanduser(p) for p in (args.figure, args.checkpoint))  # "~" as the library reads it
+    from zoracle._checkpoint import as_path
+
+    figure, checkpoint = as_path(args.figure, "FIGURE"), as_path(args.checkpoint, "CHECKPOINT")  # "~" expanded
     if os.path.exists(figure) and os.path.exists(checkpoint) and os.path.samefile(figure, checkpoint):
         raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
                                "figure its own path (e.g. run.png)")

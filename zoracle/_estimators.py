@@ -594,9 +594,9 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, lambda Z: Z * Z - 1.0))
     grad = xp.asarray(-sigma * move, dtype=params.dtype)
     # a converged width shrinks geometrically: kept at the smallest normal float, not 0 (the
-    # next step refused a sigma of 0, ending the run); one whose samples would overflow is refused
+    # next step refused a sigma of 0, ending the run); one whose samples would overflow is
+    # refused at the next step, against the parameters it samples around
     new_sigma = np.maximum(sigma * np.exp(0.5 * estimator.rate(d) * spread), np.finfo(np.float64).tiny)
-    _check_width(params, new_sigma)
     return GradientEstimate(grad, float(losses.mean()), wrapped.nfev, new_sigma)
 
 

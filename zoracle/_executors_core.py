@@ -201,13 +201,16 @@ def use_device(device) -> None:
     except ValueError:  # not a CUDA index: to_device says what it means
         return
     torch, cupy = sys.modules.get("torch"), sys.modules.get("cupy")
-    for set_current in ((lambda: torch.cuda.set_device(index)) if torch is not None else None,
-                        (lambda: cupy.cuda.Device(index).use()) if cupy is not None else None):
-        if set_current is not None:
-            try:
-                set_current()
-            except Exception:  # no such GPU: to_device reports what is wrong
-                pass
+    try:  # no such GPU: to_device reports what is wrong
+        if torch is not None:
+            torch.cuda.set_device(index)
+    except Exception:
+        pass
+    try:
+        if cupy is not None:
+            cupy.cuda.Device(index).use()
+    except Exception:
+        pass
 
 
 class WorkerState:

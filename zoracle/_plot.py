@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from ._checkpoint import _tmp_path, check_writable
+from ._checkpoint import _tmp_path, as_path, check_writable
 from ._errors import ArgumentError
 from ._train import EPOCH_FIELDS
 
@@ -55,9 +55,7 @@ def save_figure(fig, path: str, dpi: int) -> None:
 
 def check_plot_path(path, name: str = "plot") -> tuple[str, str]:
     """Fail now, before any query, when a figure cannot be written to ``path``; returns the path and its format."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise ArgumentError(f"`{name}` must be a file path such as 'run.png', got {type(path).__name__}")
-    path = os.path.expanduser(os.fspath(path))  # "~/runs/a.png": the home folder, as for checkpoints
+    path = as_path(path, name, example="run.png")  # "~/runs/a.png": the home folder, as for checkpoints
     if os.path.isdir(path):  # refused with a figure's name to use (a directory has no suffix to judge)
         check_writable(path, name, example="run.png")
     fmt = _format(path, name)

@@ -100,8 +100,7 @@ class Minibatches:
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
         for flag in ("shuffle", "drop_last"):  # a string from a config ("False") would count as true
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise ArgumentError(f"`{flag}` must be True or False, got {getattr(self, flag)!r}")
+            _check_flag(flag, getattr(self, flag))
         if self.drop_last and bs > len(arrays[0]):
             raise ArgumentError(f"`batch_size` {bs} is more than the {len(arrays[0])} samples, and drop_last=True "
                                 "drops that one short batch: every epoch would be empty; use a smaller batch_size "
