@@ -31,7 +31,7 @@ from zoracle._errors import ArgumentError
 
 from ._torch_chain import _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, norm_context, nudged, vmap_safe
 from ._torch_graph import BAKED_BUFFERS
-from ._torch_layout import Chain, Step, to_torch
+from ._torch_layout import UNREAD, Chain, Step, to_torch
 
 __all__ = ["first_bind", "reference_loss", "full_coordinate_losses", "shared_suffix"]
 
@@ -642,7 +642,33 @@ def _check_split(oracle, theta) -> str:
                 what = f"{name} ({type(mod).__name__})" if mod is not None else name
                 return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
                         f"on the {_split_kind(core)} but {want:.10g} on model(x)")
+    if core.block_names and core.block_names[-1] == UNREAD:
+        return _unread_check(oracle, ref0)
     return ""
+
+
+def _unread_check(oracle, ref0: float) -> str:
+    """The parameters no step reads, all moved at once (by different amounts: a shift that a
+    softmax cancels would hide a read), must leave ``model(x)``'s loss as it is: a forward
+    reading one outside the split (a layer holding another's weight in a plain list) shows."""
+    core = oracle._core
+    params = core.block_params[-1].params
+    gen = torch.Generator().manual_seed(0)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.add_(_CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
+        got = reference_loss(oracle, oracle._x, oracle._y)
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+    if _close(got, ref0, ref0, oracle.dtype):
+        return ""
+    names = [inf.name for inf in core.info if inf.slice.start >= core.blocks[-1].start]
+    return (f"model(x) reads parameters {names[:3]} that no step of the {_split_kind(core)} reads: with them moved, "
+            f"the loss is {got:.10g} on model(x) but {ref0:.10g} unmoved")
 
 
 def _mixing_step(core, states, ctx) -> str:

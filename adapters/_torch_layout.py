@@ -13,6 +13,10 @@ from zoracle._errors import ArgumentError
 
 from ._torch_chain import (_NORM, CL_POOLS, BlockParams, Chain, Step, extract_steps, fast_kind,
                            pooled_channels_last, steps_from_items)
+from ._torch_graph import _arrange
+
+#: the name of the last step that holds the parameters no step of the split reads
+UNREAD = "(parameters the forward does not read)"
 
 __all__ = ["ParamInfo", "to_torch", "build_core", "cross_entropy", "class_major", "class_major_loss", "run_owned",
            "repeat_rows"]
@@ -154,7 +158,6 @@ def build_core(model, blocks) -> _Core:
     shared_steps = set()
     if steps is not None:
         owned, order = {}, []
-        ok = True
         for si, st in enumerate(steps):
             items = list(st.module.named_parameters()) if st.module is not None else []
             items += [(names.get(id(p), "param"), p) for p in st.params]
@@ -170,16 +173,19 @@ def build_core(model, blocks) -> _Core:
                     continue
                 owned[id(p)] = si
                 order.append((si, attr, p))
-        missing = [n for n, p in trainable if id(p) not in owned]
-        if missing:
-            ok = False
-            reason = f"parameters {missing[:3]} belong to no step of the split"
-        if ok:
-            core.steps = steps
-            core.chain = Chain(steps)
-            core.layout = order
-        else:
-            core.reason = reason + "; every perturbation runs a full forward (no feature reuse)"
+        unread = [p for n, p in trainable if id(p) not in owned]
+        if unread:
+            # parameters no step reads (a second head in a ModuleDict, an aux classifier the
+            # forward skips): a last step that passes the output through holds them, so the rest
+            # keeps its feature reuse. Their losses are the base loss; the split's check runs
+            # model(x) with all of them moved at once, and retires the split if the loss changes
+            steps = list(steps) + [Step(fn=_arrange((0,)), name=UNREAD, params=tuple(unread))]
+            for p in unread:
+                owned[id(p)] = len(steps) - 1
+                order.append((len(steps) - 1, names[id(p)], p))
+        core.steps = steps
+        core.chain = Chain(steps)
+        core.layout = order
     if core.steps is None:
         core.layout = [(-1, names[id(p)], p) for n, p in trainable]
         core.chain = Chain([Step(module=model, name="model")])

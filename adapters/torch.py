@@ -67,7 +67,7 @@ from ._torch_chain import (
     tile,
     vmap_safe,
 )
-from ._torch_layout import (ParamInfo, _as_torch_dtype, build_core, class_major, class_major_loss, cross_entropy,
+from ._torch_layout import (UNREAD, ParamInfo, _as_torch_dtype, build_core, class_major, class_major_loss, cross_entropy,
                             repeat_rows, run_owned, to_torch)
 
 __all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "cross_entropy", "to_torch"]
@@ -1253,6 +1253,8 @@ class TorchOracle:
         k = len(local)
         if core.shared[block]:
             return shared_suffix(self, feats, block, local, h, ctx)
+        if core.block_names[block] == UNREAD:  # no step reads these (the split's check saw model(x) agree)
+            return self._loss(feats.state[0], 1).expand(k)
         if True:
             if feats.walk is not None:
                 ch, col = perturbed_channels(kind, st.module, feats.state[0], feats.out, feats.cache,

@@ -386,3 +386,96 @@ def test_an_out_argument_is_a_write_not_a_dead_computation():
     with pytest.warns(RuntimeWarning, match="writes in place into the output of step c1"):
         TorchOracle(Net().double(), nn.CrossEntropyLoss(reduction="none")).bind(
             (torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (4,))))
+
+
+def _named_plain_losses(model, oracle, x, y, coords, step):
+    """Textbook losses with each coordinate found by its parameter's name in ``param_info``
+    (the flat order need not be ``model.parameters()``'s)."""
+    params = dict(model.named_parameters())
+    out = []
+    with torch.no_grad():
+        for i in coords:
+            inf = next(f for f in oracle.param_info if f.slice.start <= i < f.slice.stop)
+            v = params[inf.name].data.view(-1)
+            j = int(i - inf.slice.start)
+            old = v[j].clone()
+            v[j] = old + step
+            out.append(float(CE_ROWS(model(x), y).mean()))
+            v[j] = old
+    return np.array(out)
+
+
+class _TwoHeads(nn.Module):
+    """A multi-task model: a ``ModuleDict`` of heads, the one named by ``task`` picked in forward()
+    (the other head, registered first, is never read); an eval-only auxiliary branch as well."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict({"b": nn.Linear(16, 5), "a": nn.Linear(16, 3)})
+        self.body = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 16))
+        self.act = nn.ReLU(inplace=True)
+        self.aux = nn.Linear(64, 3)  # used in train mode only, as GoogLeNet's aux classifiers
+        self.task = "a"
+
+    def forward(self, x):
+        h = self.act(self.body(x))
+        if self.training:
+            h = h + self.aux(x.flatten(1))[:, :1]
+        return self.heads[self.task](h)
+
+
+def test_parameters_the_forward_does_not_read_keep_feature_reuse_for_the_rest():
+    """A parameter no step reads turned feature reuse off for the whole model (every
+    perturbation a full forward): it gets a last block of its own, whose losses are the base loss."""
+    torch.manual_seed(0)
+    model = _TwoHeads().double().eval()
+    x, y = torch.randn(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(theta.size)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert oracle.block_names == ["body.0", "body.3", "heads.a", "(parameters the forward does not read)"]
+    unread = [f.name for f in oracle.param_info if f.slice.start >= oracle.blocks[-1].start]
+    assert unread == ["heads.b.weight", "heads.b.bias", "aux.weight", "aux.bias"]
+    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+    with torch.no_grad():
+        base = float(CE_ROWS(model(x), y).mean())
+    np.testing.assert_allclose(got[oracle.blocks[-1]], base, rtol=0, atol=1e-13)
+
+
+class _Borrowing(nn.Linear):
+    """A stock subclass (one opaque step) that reads another module's weight, held in a plain
+    list: no node of the graph reads that weight, but model(x) does."""
+
+    def __init__(self, other):
+        super().__init__(16, 3)
+        self._other = [other]
+
+    def forward(self, x):
+        return super().forward(x) * (1 + self._other[0].weight[2, 7])
+
+
+def test_a_parameter_read_outside_the_graph_retires_the_split():
+    # the block's first and last coordinates are not read: only moving them all at once shows it
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.src = nn.Linear(10, 5)
+            self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+            self.head = _Borrowing(self.src)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    model = Net().double()
+    x, y = torch.randn(6, 8, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with pytest.warns(RuntimeWarning, match=r"model\(x\) reads parameters \['src.weight', 'src.bias'\] that no step"):
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(theta.size)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert oracle.blocks == []
+    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
