@@ -182,6 +182,14 @@ def test_many_metrics_wrap_into_rows_of_four():
     np.testing.assert_array_equal(fig.axes[5].lines[0].get_ydata(), m4)
 
 
+def test_a_metric_name_with_dollar_signs_is_drawn_as_written(tmp_path):
+    # "$x^{$" was parsed as TeX: the figure failed to draw ("Expected end_group")
+    r = zo.train(loss, np.zeros(2), epochs=2, progress=False, eval_fn=lambda p: {"cost $x^{$ usd": 1.0})
+    fig = r.plot(tmp_path / "a.png")
+    assert fig.axes[1].get_ylabel() == "cost $x^{$ usd"
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
 def test_plot_refuses_an_empty_history_and_an_unknown_axis():
     with pytest.raises(zo.ArgumentError, match="no steps to plot"):
         zo.History().plot()

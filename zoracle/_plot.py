@@ -128,7 +128,8 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         y = history.column(name, "epoch")
         keep = np.isfinite(y)
         ax.plot(ex[keep], y[keep], marker=".")
-        ax.set(xlabel=label, ylabel=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel(str(name), parse_math=False)  # a metric's name as written: '$' is no TeX there
     for ax in axes:
         ax.grid(alpha=0.3)
         if x == "queries":
