@@ -826,9 +826,20 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
             chunk = max(1, budget // max(1, per + p.numel() * p.element_size()))
             lo, failed = 0, None
             if core.vmap_ok and chunk >= 4 and len(sel) > 1 and vmap_safe(model):
+                batched = False
                 try:
                     for lo in range(0, len(sel), chunk):
-                        out[sel[lo:lo + chunk]] = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step)
+                        try:
+                            vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, batched)
+                        except RuntimeError:
+                            if batched:
+                                raise
+                            # an in-place add of a perturbed tensor into one the perturbation does not
+                            # reach (torchvision's ``out += identity`` after a perturbed downsample):
+                            # with the input batched too, every activation is a batched tensor
+                            batched = True
+                            vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, True)
+                        out[sel[lo:lo + chunk]] = vals
                     continue
                 except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                     failed = exc
@@ -862,7 +873,9 @@ def parameter_names(model: nn.Module) -> dict:
     return names
 
 
-def _vmapped_tensor(oracle, names: list, p, loc, step) -> np.ndarray:
+def _vmapped_tensor(oracle, names: list, p, loc, step, batched_input: bool = False) -> np.ndarray:
+    """Losses with ``p``'s elements ``loc`` moved by ``step``, one vmapped forward for all;
+    ``batched_input``: the input is batched too (a view, no copy), so every activation is."""
     from torch.func import functional_call, vmap
 
     k = len(loc)
@@ -872,10 +885,11 @@ def _vmapped_tensor(oracle, names: list, p, loc, step) -> np.ndarray:
     ii = torch.as_tensor(np.asarray(loc), device=W.device)
     W[ar, ii] = W[ar, ii] + step
 
-    def run(w):
+    def run(w, xs):
         v = w.view(p.shape)
-        return functional_call(model, {name: v for name in names}, (x,), strict=False, tie_weights=False)
+        return functional_call(model, {name: v for name in names}, (xs,), strict=False, tie_weights=False)
 
-    outs = vmap(run, randomness="error")(W)  # (k, B, ...)
+    xs, dim = (x.expand((k,) + tuple(x.shape)), 0) if batched_input else (x, None)
+    outs = vmap(run, in_dims=(0, dim), randomness="error")(W, xs)  # (k, B, ...)
     vals = oracle._loss(outs.reshape((k * x.shape[0],) + tuple(outs.shape[2:])), k)
     return vals.double().cpu().numpy()

@@ -317,6 +317,23 @@ def test_full_forward_fallback_equals_the_textbook_loop(name, loss_fn):
     assert all(type(p) is nn.Parameter for p in model.parameters())
 
 
+def test_full_forwards_vmap_a_downsample_weight_before_an_in_place_residual_add():
+    """torchvision's ``out += identity``, with only the downsample's weight perturbed, adds a
+    batched tensor into an unbatched one: vmap refused, and every full forward of the oracle's
+    life ran one at a time, with a warning. The input is batched too then (a view)."""
+    model, x, y = zoo("resnet18", n=4, seed=1)
+    oracle = TorchOracle(model, CE_ROWS, (x, y), blocks="none")
+    theta = oracle.initial_params()
+    at = next(i.slice for i in oracle.param_info if i.name == "layer2.0.downsample.0.weight")
+    coords = np.r_[0:6, at.start:at.start + 12]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert oracle._core.vmap_ok
+    want = [oracle.reference_loss(theta + 1e-3 * (np.arange(theta.size) == i)) for i in coords]
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", sorted(tm.ZOO))
 def test_batch_equals_the_plain_model_on_every_zoo_model(name):
     """``batch`` (vmapped full forwards) at points that move every weight equals the unpatched
