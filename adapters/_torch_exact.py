@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import enum
 import math
 import numbers
 import types
@@ -278,9 +279,9 @@ def _read(m: nn.Module, name):
 
 #: the types of plain attributes a forward may read (``self.temperature``, ``negative_slope``,
 #: ``self.use_residual``, a NumPy scalar from a schedule, ``self.scales = (1.0, 2.0)``, an
-#: optional value set later): torch.fx bakes them into the captured graph, and cached
+#: optional value set later, ``self.task = Task.A`` picking a head): torch.fx bakes them into the captured graph, and cached
 #: activations hold them
-_PLAIN = (numbers.Number, np.generic, str, type(None))
+_PLAIN = (numbers.Number, np.generic, str, type(None), enum.Enum)
 #: attributes the oracle itself switches while it runs (``norm_context``), or that are the key already
 _TOGGLED = frozenset({"training", "inplace", "dropout"})
 #: ``nn.Module``'s own bookkeeping (its parameter, buffer, submodule and hook dicts): keyed otherwise
@@ -333,7 +334,7 @@ def _watched(v, depth: int = 0) -> bool:
         return True
     if depth >= _MAX_DEPTH:
         return False
-    if isinstance(v, (tuple, list)):
+    if isinstance(v, (tuple, list, set, frozenset)):  # a set: ``self.tasks = {"a"}``, ``if "a" in self.tasks``
         return len(v) <= _MAX_ENTRIES and all(_watched(e, depth + 1) for e in v)
     entries = _entries(v)
     return entries is not None and any(_watched(e, depth + 1) for _, e in entries)
@@ -395,6 +396,8 @@ def _value_key(v, depth: int = 0):
         return v
     if torch.is_tensor(v):  # an inference-mode tensor has no version (nor can it be written outside that mode)
         return ("tensor", id(v), None if v.is_inference() else v._version)
+    if isinstance(v, (set, frozenset)):  # its entries are hashable: the set of their keys
+        return ("set", frozenset([_value_key(e, depth + 1) for e in v]))
     if t is tuple or t is list or isinstance(v, (tuple, list)):
         for e in v:
             if type(e) not in _AS_IS:
@@ -492,6 +495,9 @@ def _self_check(oracle, why: str = "") -> None:
         reason = _check_split(probe, theta)
         if reason and oracle.dtype != torch.float64 and _recheck_float64(oracle, probe):
             reason = ""
+        # on the whole batch (a read a ReLU gates shows on some samples only), with no float64
+        # recheck: an unread parameter leaves the loss bit for bit as it is
+        reason = reason or _unread_check(oracle)
     except ArgumentError:
         raise
     except Exception as exc:  # any error on the fast path: refuse it
@@ -559,6 +565,7 @@ def retire_split(oracle, reason: str) -> None:
     core = oracle._core
     core.reason = reason + "; every perturbation runs a full forward (no feature reuse)"
     core.blocks, core.block_steps, core.block_names = [], [], []
+    core.info = [dataclasses.replace(i, read=True) for i in core.info]  # full forwards: no parameter is known unread
     core.chain = Chain([Step(module=core.model, name="model")])
     core.probe.clear()
     core.costs.clear()
@@ -642,33 +649,44 @@ def _check_split(oracle, theta) -> str:
                 what = f"{name} ({type(mod).__name__})" if mod is not None else name
                 return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
                         f"on the {_split_kind(core)} but {want:.10g} on model(x)")
-    if core.block_names and core.block_names[-1] == UNREAD:
-        return _unread_check(oracle, ref0)
     return ""
 
 
-def _unread_check(oracle, ref0: float) -> str:
+def _unread_check(oracle) -> str:
     """The parameters no step reads, all moved at once (by different amounts: a shift that a
-    softmax cancels would hide a read), must leave ``model(x)``'s loss as it is: a forward
-    reading one outside the split (a layer holding another's weight in a plain list) shows."""
+    softmax cancels would hide a read), must leave ``model(x)``'s loss on the whole bound batch
+    as it is: a forward reading one outside the split (a layer holding another's weight in a
+    plain list) shows. Empty when none is read (or the loss is not finite: no verdict)."""
     core = oracle._core
+    if not core.block_names or core.block_names[-1] != UNREAD:
+        return ""
     params = core.block_params[-1].params
-    gen = torch.Generator().manual_seed(0)
-    saved = [p.detach().clone() for p in params]
-    try:
-        with torch.no_grad():
-            for p in params:
-                p.add_(_CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
-        got = reference_loss(oracle, oracle._x, oracle._y)
-    finally:
-        with torch.no_grad():
-            for p, v in zip(params, saved):
-                p.copy_(v)
+    x, y = oracle._x, oracle._y
+    ref0 = reference_loss(oracle, x, y)
+    if not math.isfinite(ref0):
+        return ""
+
+    def moved(which) -> float:
+        gen = torch.Generator().manual_seed(0)
+        saved = [p.detach().clone() for p in which]
+        try:
+            with torch.no_grad():
+                for p in which:
+                    p.add_(_CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
+            return reference_loss(oracle, x, y)
+        finally:
+            with torch.no_grad():
+                for p, v in zip(which, saved):
+                    p.copy_(v)
+
+    got = moved(params)
     if _close(got, ref0, ref0, oracle.dtype):
         return ""
-    names = [inf.name for inf in core.info if inf.slice.start >= core.blocks[-1].start]
-    return (f"model(x) reads parameters {names[:3]} that no step of the {_split_kind(core)} reads: with them moved, "
-            f"the loss is {got:.10g} on model(x) but {ref0:.10g} unmoved")
+    names = {id(p): n for p, n in zip(core.params, (i.name for i in core.info))}
+    read = [names[id(p)] for p in params if not _close(moved([p]), ref0, ref0, oracle.dtype)] or \
+        [names[id(p)] for p in params]  # only together: name them all
+    return (f"model(x) reads {name_list(read)}, which no step of the {_split_kind(core)} reads: with "
+            f"{'it' if len(read) == 1 else 'them'} moved, the loss is {got:.10g} on model(x) but {ref0:.10g} unmoved")
 
 
 def _mixing_step(core, states, ctx) -> str:

@@ -311,7 +311,9 @@ def _reads_params(model: nn.Module, nodes: list) -> tuple:
             v = model
             for part in n.target.split("."):
                 v = getattr(v, part)
-            data_users = [u for u in n.users if not (u.op == "call_function" and u.target is getattr)]
+            # ``.shape`` reads no data; ``.T`` / ``.mT`` do (``h @ self.proj.T``)
+            data_users = [u for u in n.users
+                          if not (u.op == "call_function" and u.target is getattr and u.args[1] in _META_ATTRS)]
             if isinstance(v, nn.Parameter) and data_users:
                 out.append(v)
     return tuple(out)

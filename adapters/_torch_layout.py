@@ -27,13 +27,16 @@ class ParamInfo:
     """One trainable parameter in the flat vector.
 
     ``kind`` is ``"conv"`` / ``"linear"`` (weights of Conv / Linear layers, the ones ZO-GraSP
-    scores), ``"norm"`` (normalization weights), ``"bias"`` or ``"other"``.
+    scores), ``"norm"`` (normalization weights), ``"bias"`` or ``"other"``. ``read`` is False
+    for a parameter no step of the split reads (its partial derivatives are 0; it sits in the
+    last block, after the layers the forward runs).
     """
 
     name: str
     slice: slice
     shape: tuple
     kind: str
+    read: bool = True
 
 
 def _param_kind(module, attr: str) -> str:
@@ -155,7 +158,7 @@ def build_core(model, blocks) -> _Core:
     core = _Core(model, None, reason)
     core.blocks_arg = blocks
     names = {id(p): n for n, p in trainable}
-    shared_steps = set()
+    shared_steps, unread = set(), set()
     if steps is not None:
         owned, order = {}, []
         for si, st in enumerate(steps):
@@ -173,16 +176,17 @@ def build_core(model, blocks) -> _Core:
                     continue
                 owned[id(p)] = si
                 order.append((si, attr, p))
-        unread = [p for n, p in trainable if id(p) not in owned]
-        if unread:
+        left = [p for n, p in trainable if id(p) not in owned]
+        if left:
             # parameters no step reads (a second head in a ModuleDict, an aux classifier the
             # forward skips): a last step that passes the output through holds them, so the rest
             # keeps its feature reuse. Their losses are the base loss; the split's check runs
             # model(x) with all of them moved at once, and retires the split if the loss changes
-            steps = list(steps) + [Step(fn=_arrange((0,)), name=UNREAD, params=tuple(unread))]
-            for p in unread:
+            steps = list(steps) + [Step(fn=_arrange((0,)), name=UNREAD, params=tuple(left))]
+            for p in left:
                 owned[id(p)] = len(steps) - 1
                 order.append((len(steps) - 1, names[id(p)], p))
+                unread.add(id(p))
         core.steps = steps
         core.chain = Chain(steps)
         core.layout = order
@@ -198,7 +202,7 @@ def build_core(model, blocks) -> _Core:
         n = p.numel()
         sl = slice(off, off + n)
         mod, a = mods[id(p)]
-        info.append(ParamInfo(names[id(p)], sl, tuple(p.shape), _param_kind(mod, a)))
+        info.append(ParamInfo(names[id(p)], sl, tuple(p.shape), _param_kind(mod, a), id(p) not in unread))
         params.append(p)
         if si >= 0:
             if cur is None or cur[0] != si:

@@ -4,6 +4,7 @@ losses of plain perturbed forwards (perturb in place, model(x) with dropout off,
 
 from __future__ import annotations
 
+import enum
 import warnings
 
 import numpy as np
@@ -472,10 +473,139 @@ def test_a_parameter_read_outside_the_graph_retires_the_split():
     torch.manual_seed(0)
     model = Net().double()
     x, y = torch.randn(6, 8, dtype=torch.float64), torch.randint(0, 3, (6,))
-    with pytest.warns(RuntimeWarning, match=r"model\(x\) reads parameters \['src.weight', 'src.bias'\] that no step"):
+    with pytest.warns(RuntimeWarning, match=r"model\(x\) reads 'src.weight', which no step of the captured graph reads"):
         oracle = TorchOracle(model, CE_ROWS, (x, y))
         theta = oracle.initial_params()
         coords = np.arange(theta.size)
         got = oracle.coordinate_losses(theta, coords, 1e-3)
     assert oracle.blocks == []
     np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+
+
+class _Task(enum.Enum):
+    A = "a"
+    B = "b"
+
+
+class _PickedHead(nn.Module):
+    """A head picked by an ``Enum`` attribute, a set of active tasks, or a class attribute."""
+
+    tasks_of_the_class = "a"
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.task, self.active = how, _Task.A, {"a"}
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=True))
+        self.heads = nn.ModuleDict({"a": nn.Linear(16, 5), "b": nn.Linear(16, 5)})
+
+    def forward(self, x):
+        key = {"enum": lambda: self.task.value, "set": lambda: next(iter(self.active)),
+               "class": lambda: type(self).tasks_of_the_class}[self.how]()
+        return self.heads[key](self.body(x))
+
+
+@pytest.mark.parametrize("how", ["enum", "set", "class"])
+def test_a_head_switched_after_the_capture_gives_the_new_heads_losses(how):
+    """With the other head unread (its own block), switching heads through an ``Enum`` or a set
+    attribute left ``coordinate_losses`` on the captured head, with no warning: those are
+    watched now. A class attribute cannot be: a plain call at the parameters catches it."""
+    torch.manual_seed(0)
+    model = _PickedHead(how).double()
+    x, y = torch.randn(6, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    coords = np.arange(theta.size)
+    assert oracle.block_names[-1] == "(parameters the forward does not read)"
+    try:
+        if how == "enum":
+            model.task = _Task.B
+        elif how == "set":
+            model.active = {"b"}
+        else:
+            _PickedHead.tasks_of_the_class = "b"
+            oracle(theta)  # the plain call at the base point: its output is compared with the graph's
+        with pytest.warns(RuntimeWarning, match="TorchOracle"):
+            got = oracle.coordinate_losses(theta, coords, 1e-3)
+        want = _named_plain_losses(model, oracle, x, y, coords, 1e-3)
+    finally:
+        _PickedHead.tasks_of_the_class = "a"
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+
+
+class _GatedBorrowing(nn.Linear):
+    """Reads another module's weight only for samples whose first feature is positive."""
+
+    def __init__(self, other):
+        super().__init__(8, 3)
+        self._other = [other]
+
+    def forward(self, h):
+        return super().forward(h) * (1 + (h[:, :1] > 0).to(h) * self._other[0].weight[2, 7])
+
+
+def test_a_read_the_first_two_samples_do_not_show_retires_the_split():
+    # the split's check runs on two samples; the unread block's on the whole bound batch
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.src = nn.Linear(10, 5)
+            self.head = _GatedBorrowing(self.src)
+
+        def forward(self, x):
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model = Net().double()
+    x, y = torch.randn(6, 8, dtype=torch.float64), torch.randint(0, 3, (6,))
+    x[:2, 0], x[2:, 0] = -1.0, 1.0
+    with pytest.warns(RuntimeWarning, match=r"model\(x\) reads 'src.weight', which no step"):
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(theta.size)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+
+
+def test_a_root_parameter_read_through_its_transpose_is_read_by_its_step():
+    """``h @ self.proj.T``: ``.T`` was taken for metadata like ``.shape``, the parameter for one
+    no step reads, and the model ran full forwards."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 16)
+            self.proj = nn.Parameter(torch.randn(4, 16) / 4)
+            self.act = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.act(self.fc(x)) @ self.proj.T
+
+    torch.manual_seed(0)
+    model = Net().double()
+    x, y = torch.randn(6, 8, dtype=torch.float64), torch.randint(0, 4, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(theta.size)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert len(oracle.blocks) == 2 and all(i.read for i in oracle.param_info)
+    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+
+
+def test_layer_scales_last_layer_is_the_last_one_the_forward_runs():
+    """The unread block comes last in the flat vector: ``layers="last"`` scaled the eval-mode
+    model's auxiliary head (placed after ``fc``) and left ``fc`` at 1."""
+    import zoracle as zo
+
+    torch.manual_seed(0)
+    model = _TwoHeads().double().eval()
+    oracle = TorchOracle(model, CE_ROWS, (torch.randn(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))))
+    theta = oracle.initial_params()
+    scale = zo.recipes.layer_scales(oracle.param_info, theta, power=1.0, layers="last")
+    info = {i.name: i for i in oracle.param_info}
+    assert not info["aux.weight"].read and info["heads.a.weight"].read
+    w = theta[info["heads.a.weight"].slice]
+    biggest = max(np.sqrt(np.mean(theta[i.slice] ** 2)) for i in oracle.param_info if i.kind in ("conv", "linear")
+                  and i.read)
+    np.testing.assert_allclose(scale[info["heads.a.weight"].slice], np.sqrt(np.mean(w ** 2)) / biggest)
+    assert (scale[oracle.blocks[-1]] == 1.0).all()

@@ -308,7 +308,9 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     ``rms`` is the RMS of a layer's weights (blocks of kind ``conv`` or ``linear``) in
     ``params``; its bias shares it. ``rms_ref`` is the largest such RMS (``ref="largest"``:
     every multiplier is at most 1) or that of the layer with the most weights
-    (``"widest"``). ``layers="last"`` scales only the last layer. Every other block keeps 1.
+    (``"widest"``). ``layers="last"`` scales only the last layer. Every other block keeps 1,
+    and so does a layer whose record has ``read=False`` (a ``TorchOracle`` parameter the
+    forward does not read).
 
     Parameters
     ----------
@@ -332,7 +334,8 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     if not all(hasattr(b, "name") and hasattr(b, "kind") and hasattr(b, "slice") for b in blocks):
         raise ArgumentError("layer step scales need named blocks (an oracle with `param_info`, such as TorchOracle); "
                             "pass `blocks=oracle.param_info` or leave `layer_steps` at 0")
-    weights = [b for b in blocks if b.kind in ("conv", "linear")]
+    # a layer the forward does not read (``read=False``: an unpicked head, placed last) keeps 1
+    weights = [b for b in blocks if b.kind in ("conv", "linear") and getattr(b, "read", True)]
     if not weights:
         raise ArgumentError("layer step scales need at least one conv or linear block; leave `layer_steps` at 0")
     rms = {_layer(b.name): float(np.sqrt(np.mean(p[b.slice] ** 2))) for b in weights}
