@@ -326,3 +326,27 @@ def test_a_checkpoint_replaced_while_it_is_read_is_read_whole(tmp_path, monkeypa
     assert not (tmp_path / "new.npz").exists()
     monkeypatch.undo()
     assert len(zo.History.from_checkpoint(tmp_path / "run.npz").steps) == 80
+
+
+def test_a_resume_refuses_an_oracle_that_lays_its_parameters_out_otherwise(tmp_path):
+    """The flat vector of a checkpoint loaded into an oracle whose parameters come in another
+    order (another model; a TorchOracle built in other train/eval modes) went on silently."""
+    Info = namedtuple("Info", "name slice shape kind")
+
+    class Named:
+        def __init__(self, names):
+            self.param_info = [Info(n, slice(2 * i, 2 * i + 2), (2,), "linear") for i, n in enumerate(names)]
+
+        def __call__(self, x):
+            return float(((x - np.arange(4)) ** 2).sum())
+
+    path = tmp_path / "c.npz"
+    zo.train(Named(["a", "b"]), np.zeros(4), epochs=2, checkpoint=path, progress=False)
+    with pytest.raises(zo.CheckpointError, match="laid its parameters out otherwise"):
+        zo.train(Named(["b", "a"]), np.zeros(4), epochs=3, resume=path, progress=False)
+    assert zo.train(Named(["a", "b"]), np.zeros(4), epochs=3, resume=path, progress=False).history.epochs[-1]["epoch"] == 2
+    # a checkpoint written before layouts were saved still resumes
+    arrays, meta = zo.load_checkpoint(path)
+    del meta["config"]["layout"]
+    zo.save_checkpoint(path, arrays, meta)
+    assert len(zo.train(Named(["b", "a"]), np.zeros(4), epochs=4, resume=path, progress=False).history.epochs) == 4

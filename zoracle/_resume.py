@@ -158,6 +158,14 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if isinstance(saved, dict) and (saved.get("batches") is None or config.get("batches") is None):
             # written before the batches were compared, or a callable's (then or now): nothing to compare
             saved = dict(saved, batches=config.get("batches"))
+        if isinstance(saved, dict) and (saved.get("layout") is None or config.get("layout") is None):
+            saved = dict(saved, layout=config.get("layout"))  # written before layouts were saved, or unnamed
+        elif isinstance(saved, dict) and saved["layout"] != config.get("layout"):
+            raise CheckpointError(
+                f"checkpoint {path!r} was written by a run whose oracle laid its parameters out otherwise (their names "
+                "and shapes in flat order differ: another model, or a TorchOracle built in other train/eval modes, "
+                "which may order its parameters otherwise), so its vector would load into the wrong tensors; build "
+                f"the oracle as that run did, or {_FIX}")
         if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
             # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
             saved = dict(saved, estimator=re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", saved["estimator"]))

@@ -298,6 +298,18 @@ def _batches_print(batches, steps_per_epoch=None):
     return {"batches": len(used), "rows": hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]}
 
 
+def _layout_print(oracle):
+    """The oracle's flat layout as a resume compares it: a short hash of its parameters' names
+    and shapes in flat order (``param_info``), or None for an oracle without named parameters.
+    A vector laid out otherwise (another model; a TorchOracle built in other train/eval modes,
+    which can order its parameters otherwise) would load into the wrong tensors."""
+    info = getattr(oracle, "param_info", None)
+    if not info or not all(hasattr(i, "name") and hasattr(i, "shape") for i in info):
+        return None
+    rows = [[str(i.name), [int(n) for n in i.shape]] for i in info]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def _check_batches(batches) -> None:
     if isinstance(batches, type):  # zo.Minibatches itself: callable, but not an epoch -> batches
         raise ArgumentError(f"`batches` is the class {batches.__name__}, not an instance; pass "
@@ -776,6 +788,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         "dense": sorted([s.start, s.stop] for s in dense) if sparse else None,
         "steps_per_epoch": steps_per_epoch,
         "batches": _batches_print(batches, steps_per_epoch),  # another batch size or seed continued silently
+        "layout": _layout_print(oracle),  # the same vector in other tensors, silently
         # how the keep ratios were chosen (their values are in the checkpoint: ZO-GraSP's cannot be
         # recomputed without its queries); an array's values are compared after loading
         "ratios": None if not sparse else "array" if not isinstance(ratios, str) else (
