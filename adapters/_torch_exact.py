@@ -142,8 +142,9 @@ class _ParameterReads(TorchFunctionMode):
 def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
     core = oracle._core
+    random = False
     if core.scalar_loss is None:
-        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn) as ctx:
             out = oracle.model(oracle._x)
             B = oracle._x.shape[0]
             if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != B):
@@ -151,6 +152,10 @@ def first_bind(oracle) -> None:
                     f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
                     "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
                     "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
+            ctx.reset()  # the second forward starts from the buffers the first found, as every query does
+            again = oracle.model(oracle._x)
+            random = torch.is_tensor(out) and torch.is_tensor(again) and not bool(
+                ((out == again) | (out.isnan() & again.isnan())).all())
             with _ParameterReads(core.params, out) as reads:
                 v = to_torch(oracle.loss_fn(out, oracle._y))
         if reads.hit:
@@ -174,6 +179,17 @@ def first_bind(oracle) -> None:
     if core.checked:
         return
     core.checked = True
+    if random:
+        why = ("model(x) is not repeatable: two forwards of the same parameters and batch differ (a random op such "
+               "as torch.randn_like in forward: the oracle switches nn.Dropout off, not others; or state the forward "
+               "changes), so finite differences of its loss measure that noise, not the gradient; make the forward "
+               "deterministic in the mode you query it in (draw the noise under `if self.training:` and call "
+               "model.eval()), or fix its random numbers per call")
+        if core.blocks:
+            retire_split(oracle, why)
+        else:
+            warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=4)
+        return
     _self_check(oracle)
     if not core.blocks:
         _check_full_forward(oracle)

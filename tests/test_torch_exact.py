@@ -1885,3 +1885,32 @@ def test_an_empty_parameter_has_no_coordinates():
     model.eval()  # a mode change checks the parameters again: the empty one is not a new one
     np.testing.assert_allclose(zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central")).grad, want,
                                atol=1e-8)
+
+
+class _GaussianNoise(nn.Module):
+    """A noise layer in train mode (a regularizer; timm's DropPath draws with ``bernoulli_`` alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        if self.training:
+            h = h + 0.1 * torch.randn_like(h)
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("blocks", [None, "none"])
+def test_a_random_forward_is_named_as_such(blocks):
+    """A forward drawing its own noise gave CGE estimates thousands of times the gradient, and
+    the one warning blamed a step that mixes samples (or vmap)."""
+    torch.manual_seed(0)
+    model = _GaussianNoise().double()
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    with pytest.warns(RuntimeWarning, match="model\\(x\\) is not repeatable") as seen:
+        TorchOracle(model, CE_ROWS, (x, y), blocks=blocks)
+    assert not any("mixes samples" in str(w.message) for w in seen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in eval mode the forward is deterministic: no warning
+        TorchOracle(model.eval(), CE_ROWS, (x, y), blocks=blocks)
