@@ -220,6 +220,33 @@ def test_work_is_spread_over_workers(loky2, tmp_path):
 
 
 # ----------------------------------------------------------------------------- shipping
+class RebindsInPlace:
+    """A data oracle whose ``bind`` stores the batch and returns itself (no ``unbind``)."""
+
+    def __init__(self):
+        self.batch = None
+
+    def bind(self, batch):
+        self.batch = batch
+        return self
+
+    def __call__(self, w):
+        xb, yb = self.batch
+        return float(np.mean((xb @ w - yb) ** 2))
+
+
+def test_train_ships_an_oracle_rebound_in_place_with_each_batch(loky2):
+    """Process workers keep an object once shipped: every step trained on the first batch."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 5))
+    y = x @ rng.standard_normal(5)
+    kw = dict(batches=zo.Minibatches((x, y), 32, seed=0), epochs=2, estimator=zo.CGE(1e-4, "central"),
+              optimizer=zo.sgd(0.05), rng=0, progress=False)
+    serial = zo.train(RebindsInPlace(), np.zeros(5), **kw)
+    par = zo.train(RebindsInPlace(), np.zeros(5), executor=loky2, **kw)
+    np.testing.assert_array_equal(par.params, serial.params)
+
+
 def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):
     log = tmp_path / "unpickled.txt"
     parent = CountingData(str(log))

@@ -27,6 +27,7 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, as_path, check_writable, existing_checkpoint, save_checkpoint
 from ._errors import ArgumentError, OracleError
+from ._executors_core import split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
@@ -342,7 +343,10 @@ def _check_layout(blocks, d: int) -> np.ndarray:
     return covered
 
 
-def _bound(oracle, batch, name: str = "batches"):
+def _bound(oracle, batch, name: str = "batches", executor=None):
+    """``oracle.bind(batch)``. A ``bind`` that rebinds the oracle in place and returns it (and
+    has no ``unbind``) is one object for every batch: an executor that ships oracles once per
+    object would keep the first batch, so the executor forgets it and ships it again."""
     if batch is None:
         if not callable(oracle):
             raise ArgumentError("the oracle is not callable; pass `batches=` so it can be bound with `bind(batch)`")
@@ -352,7 +356,11 @@ def _bound(oracle, batch, name: str = "batches"):
             f"`{name}` {'were' if name == 'batches' else 'was'} given but the oracle ({type(oracle).__name__}) has no "
             f"`bind(batch)`; drop `{name}` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
         )
-    return oracle.bind(batch)
+    bound = oracle.bind(batch)
+    if bound is oracle and executor is not None and callable(getattr(executor, "forget", None)) \
+            and split_bound(bound)[1] is None:
+        executor.forget(bound)
+    return bound
 
 
 def _json_number(v):
@@ -880,7 +888,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"`max_queries` is {max_queries}, but ZO-GraSP alone takes 2 * (grasp_directions + 1) = "
                     f"{grasp_queries(grasp_directions)} queries; raise `max_queries`, lower `grasp_directions`, "
                     f"or pass `ratios=\"uniform\"`")
-            target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches")
+            target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches", executor)
             try:  # ZO-GraSP's own step: the estimator's mu (a `mu` schedule sets the steps' only)
                 check_step(params, estimator.mu, "forward", "ZO-GraSP's RGE")
             except StepError as exc:
@@ -948,7 +956,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 t0 = time.perf_counter()
                 est = estimator if mu_sched is None else dataclasses.replace(
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
-                bound = _bound(oracle, blist[pos])
+                bound = _bound(oracle, blist[pos], executor=executor)
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
                 try:
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
