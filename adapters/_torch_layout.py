@@ -147,7 +147,14 @@ def build_core(model, blocks) -> _Core:
         steps, reason = None, ""
     elif blocks is not None:
         try:
-            steps, reason = steps_from_items(model, list(blocks)), ""
+            items = list(blocks)
+        except TypeError:
+            raise ArgumentError(f"`blocks` must be None, 'none' or a list of modules/Steps, got {blocks!r}") from None
+        if not items:
+            raise ArgumentError("`blocks` is empty: pass the model's modules in forward order, None (the split "
+                                "captured from the forward) or 'none' (no feature reuse)")
+        try:
+            steps, reason = steps_from_items(model, items), ""
         except TypeError as exc:
             raise ArgumentError(f"`blocks`: {exc}") from None
     else:

@@ -1489,3 +1489,17 @@ def test_a_float32_model_on_cuda_in_tf32_is_warned_about():
         assert _tf32_note(torch.device("cuda")) == ""  # matmul's default: not TF32
     finally:
         conv.fp32_precision = before
+
+
+def test_after_train_the_model_holds_the_trained_parameters():
+    """The module held the last perturbed point an estimate queried: model(x) after training,
+    and torch.save(model.state_dict()), gave neither the start nor the result."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32), np.arange(64) % 3
+    oracle = TorchOracle(model, nn.CrossEntropyLoss(reduction="none"))
+    result = zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), 16, seed=0), epochs=2,
+                      estimator=zo.CGE(5e-3), optimizer=zo.sgd(0.5), rng=0, progress=False)
+    held = dict(model.named_parameters())
+    flat = np.concatenate([held[n].detach().reshape(-1).numpy() for n in oracle.parameter_names])
+    np.testing.assert_array_equal(flat, result.params)

@@ -1914,3 +1914,4 @@ def test_a_random_forward_is_named_as_such(blocks):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in eval mode the forward is deterministic: no warning
         TorchOracle(model.eval(), CE_ROWS, (x, y), blocks=blocks)
+

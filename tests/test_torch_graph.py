@@ -609,3 +609,14 @@ def test_layer_scales_last_layer_is_the_last_one_the_forward_runs():
                   and i.read)
     np.testing.assert_allclose(scale[info["heads.a.weight"].slice], np.sqrt(np.mean(w ** 2)) / biggest)
     assert (scale[oracle.blocks[-1]] == 1.0).all()
+
+
+def test_an_empty_blocks_list_is_refused_naming_the_choices():
+    # blocks=[] gave "the declared split gives loss X but model(x) gives Y" and full forwards
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    from zoracle import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"`blocks` is empty: pass the model's modules in forward order, None"):
+        TorchOracle(model, CE_ROWS, blocks=[])
+    with pytest.raises(ArgumentError, match=r"`blocks` must be None, 'none' or a list"):
+        TorchOracle(model, CE_ROWS, blocks=3)

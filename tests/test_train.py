@@ -173,6 +173,12 @@ def test_progress_bar_and_logging(capsys, caplog):
         (dict(eval_every=0), "eval_every"),
         (dict(optimizer="sgd"), "optimizer"),
         (dict(sparsity=0.5, ratios="best"), "ratios"),
+        # ratios without sparsity were ignored: the run estimated every parameter
+        (dict(ratios=np.array([0.5])), r"`ratios` \(an array of 1\) sets the keep ratios of sparse CGE"),
+        (dict(ratios="uniform"), r"`ratios` \('uniform'\) .* needs `sparsity`"),
+        # more steps an epoch than batches ran the batches there are, silently
+        (dict(batches=zo.Minibatches((np.zeros((4, 3)),), 2), steps_per_epoch=5),
+         r"`steps_per_epoch`=5 but `batches` holds 2 batches an epoch"),
         (dict(resume=True), "checkpoint"),
         (dict(optimizer=zo.sgd(1e308)), "diverged"),
     ],

@@ -561,7 +561,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         (:class:`Minibatches` shuffles by ``(seed, epoch)``). Must be replayable for resume.
     epochs : int
     steps_per_epoch : int, optional
-        Steps per epoch for a plain oracle (default 1); truncates ``batches`` otherwise.
+        Steps per epoch for a plain oracle (default 1); truncates ``batches`` otherwise (more
+        steps than ``batches`` holds are refused).
     estimator : CGE, RGE or SNES
         Default ``CGE()``. SNES's adapted ``sigma`` is carried from step to step, saved in
         checkpoints and returned as ``TrainResult.estimator_state``; the history's ``mu``
@@ -665,6 +666,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
+    if steps_per_epoch is not None and batches is not None and hasattr(batches, "__len__") \
+            and steps_per_epoch > len(batches):
+        raise ArgumentError(f"`steps_per_epoch`={steps_per_epoch} but `batches` holds {len(batches)} batches an epoch: "
+                            "it truncates an epoch, it does not extend one; pass at most that, or more epochs")
     # the sparse split's settings are checked with or without `sparsity` (a typo must not pass
     # unseen until sparsity is turned on)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
@@ -704,6 +709,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if fill_small_blocks and not sparse:
         raise ArgumentError("`fill_small_blocks` changes the sparse split of ZO-GraSP; it needs `sparsity` "
                             "(e.g. sparsity=0.9), or pass fill_small_blocks=False")
+    if not sparse and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # the default: nothing asked
+        shown = repr(ratios) if isinstance(ratios, str) else f"an array of {np.size(ratios)}"
+        raise ArgumentError(f"`ratios` ({shown}) sets the keep ratios of sparse CGE, which needs `sparsity` "
+                            "(e.g. sparsity=0.9); without it every parameter is estimated and the ratios would be "
+                            "ignored: pass `sparsity`, or leave `ratios` out")
     if sparse:
         if not isinstance(estimator, CGE):
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
@@ -1042,6 +1052,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         # a resume with no step left ran none: the mask of the last step, as the run that made it returned
         last = steps_hist[-1]
         coords = masks.coordinates(last["epoch"], step=last["step"]) if masks.per_step else masks.coordinates(last["epoch"])
+    if has_methods(oracle, "load", "initial_params"):
+        # an oracle over a model it holds (TorchOracle): its queries left the model at the last
+        # perturbed point; it holds the trained parameters now (torch.save(model.state_dict()) saves them)
+        oracle.load(params)
     history = History(tuple(steps_hist), tuple(epoch_hist))
     if plot is not None:
         try:
