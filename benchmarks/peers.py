@@ -157,7 +157,7 @@ class Bench:
 
     def __init__(self, data: dict, name: str, width: int, seed: int, budget: int, batch_size: int = BATCH,
                  points: int = 10, peer_eval: str = "batch", model_seed: int | None = None,
-                 batch_seed: int | None = None, rng_seed: int | None = None):
+                 batch_seed: int | None = None, rng_seed: int | None = None, dtype: str = "float32"):
         import torch
 
         import zoracle as zo
@@ -167,7 +167,9 @@ class Bench:
         self.rng_seed = seed if rng_seed is None else rng_seed  # the method's own draws (samples, coordinates)
         self.peer_eval = peer_eval  # "batch": a population is one vmapped TorchOracle.batch; "plain": a call per row
         model = make_model(name, width, seed if model_seed is None else model_seed)  # model_seed: another start
-        self.oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
+        # the black box computes in float32 (every study) or in float64 (the same start, converted)
+        self.dtype = np.dtype(dtype)
+        self.oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"), dtype=getattr(torch, dtype))
         self.p0 = self.oracle.initial_params()
         self.d = int(self.p0.size)
         self.batches = zo.Minibatches((data["x"], data["y"]), batch_size, seed=seed if batch_seed is None else batch_seed)
@@ -200,7 +202,7 @@ class Bench:
         """One generation: the rows of ``P`` on the next minibatch (``TorchOracle.batch``, or one plain
         ``params -> float`` call per row when ``peer_eval="plain"``, as an ES library drives a black box)."""
         oracle = self.oracle.bind(self.next_batch())
-        P = np.ascontiguousarray(P, dtype=np.float32)
+        P = np.ascontiguousarray(P, dtype=self.dtype)
         out = oracle.batch(P) if self.peer_eval == "batch" else np.array([oracle(row) for row in P])
         self.queries += len(out)
         return out
@@ -211,12 +213,12 @@ class Bench:
 
         def f(p):
             self.queries += 1
-            return oracle(np.array(p, dtype=np.float32))  # a copy: scipy hands read-only views
+            return oracle(np.array(p, dtype=self.dtype))  # a copy: scipy hands read-only views
         return f
 
     def accuracy(self, params, split: str) -> float:
         x, y = (self.data["xv"], self.data["yv"]) if split == "val" else (self.data["xt"], self.data["yt"])
-        return float((self.oracle.predict(np.asarray(params, dtype=np.float32), x).argmax(1) == y).mean())
+        return float((self.oracle.predict(np.asarray(params, dtype=self.dtype), x).argmax(1) == y).mean())
 
     def record(self, params, queries=None) -> None:
         """Log (queries, train seconds, val acc, test acc) each time the run passes a budget mark."""
@@ -495,7 +497,7 @@ def run_one(bench, method: str, setting: dict, **extra) -> dict:
 # ----------------------------------------------------------------------------- sweep, report
 def _key(r: dict) -> tuple:
     return (r["data"], r["width"], r["method"], json.dumps(r["setting"], sort_keys=True), r["seed"], r["budget"],
-            r.get("start"), r.get("batch_order"), r.get("rng"))
+            r.get("start"), r.get("batch_order"), r.get("rng"), r.get("dtype", "float32"))
 
 
 def _isa(r: dict):
@@ -617,16 +619,18 @@ def sweep(args, log=print) -> list:
                     for setting, role in todo:
                         rec = {"data": name, "width": width, "method": method, "setting": setting, "seed": seed,
                                "budget": args.budget, "start": args.start, "batch_order": args.batch_order,
-                               "rng": args.rng}
+                               "rng": args.rng, "dtype": args.dtype}
                         if seen(rec) in done:
                             continue
                         start = seed if args.start is None else args.start  # the weights' and the split's seed
                         if (name, start) not in datas:
                             datas[(name, start)] = load_data(name, start)
                         bench = Bench(datas[(name, start)], name, width, seed, args.budget, model_seed=start,
-                                      batch_seed=args.batch_order, rng_seed=args.rng)
+                                      batch_seed=args.batch_order, rng_seed=args.rng, dtype=args.dtype)
                         r = run_one(bench, method, setting)
                         r["role"] = role
+                        if args.dtype != "float32":  # the studies' black box computes in float32: unrecorded there
+                            r["dtype"] = args.dtype
                         for key in ("start", "batch_order", "rng"):
                             if getattr(args, key) is not None:
                                 r[key] = getattr(args, key)
@@ -1129,6 +1133,8 @@ def main(argv=None) -> int:
                    "draws its own random numbers (samples, coordinates, directions) from this seed; what the seed "
                    "still sets is the start (unless --start) and the minibatch order (unless --batch-order)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="the float the black box "
+                   "computes in (default float32, as in every study; float64 converts the same start)")
     p.add_argument("--out", default=None, help="JSON file of all runs, appended after each run; reruns skip done runs")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the table of existing --out files (comma-separated)")
     p.add_argument("--plot", default=None, metavar="PNG", help="save accuracy vs queries / vs seconds (with --wins: "

@@ -907,3 +907,17 @@ def test_the_rule_study_runs_the_recipes_default_at_the_largest_size(peers):
             assert (r["method"], r["budget"], r["role"], peers._isa(r)) == ("deepzero-krsf", 150_000, "given", "AVX2")
             assert r["setting"] == {"lr": default_lr(150_000, r["d"])} and r["d"] > 100_000
             assert peers.short_budget_default(r["method"], r["budget"], r["setting"], r["d"]) is True
+
+
+def test_a_float64_black_box_starts_where_the_float32_one_does(peers, digits):
+    """``--dtype float64``: the same start and data, computed in float64; its runs are keyed apart."""
+    b32 = peers.Bench(digits, "digits", 0, 0, 1000)
+    b64 = peers.Bench(digits, "digits", 0, 0, 1000, dtype="float64")
+    assert b32.p0.dtype == np.float32 and b64.p0.dtype == np.float64
+    np.testing.assert_array_equal(b64.p0, b32.p0.astype(np.float64))
+    P = b64.p0 + 0.01 * np.random.default_rng(0).standard_normal((3, b64.d))
+    l32, l64 = b32.losses(P), b64.losses(P)
+    np.testing.assert_allclose(l64, l32, rtol=1e-5)
+    assert not np.array_equal(l64, l32)  # computed in float64, not rounded through float32
+    run = {"data": "digits", "width": 0, "method": "snes", "setting": {}, "seed": 0, "budget": 1000}
+    assert peers._key(run) == peers._key(dict(run, dtype="float32")) != peers._key(dict(run, dtype="float64"))
