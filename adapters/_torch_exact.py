@@ -153,9 +153,13 @@ def first_bind(oracle) -> None:
                     "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
                     "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
             ctx.reset()  # the second forward starts from the buffers the first found, as every query does
+            rng = _rng_states(oracle.device)
             again = oracle.model(oracle._x)
-            random = torch.is_tensor(out) and torch.is_tensor(again) and not bool(
-                ((out == again) | (out.isnan() & again.isnan())).all())
+            # a forward that draws random numbers (once a call, too: batch-wise stochastic depth may
+            # draw the same both times), or whose two outputs differ beyond round-off (GPU atomics
+            # reorder sums: that is not noise a difference would measure)
+            random = not _same_rng(_rng_states(oracle.device), rng) or (torch.is_tensor(out) and torch.is_tensor(again) and (
+                out.shape != again.shape or _differ(out, again)))
             with _ParameterReads(core.params, out) as reads:
                 v = to_torch(oracle.loss_fn(out, oracle._y))
         if reads.hit:
@@ -179,6 +183,12 @@ def first_bind(oracle) -> None:
     if core.checked:
         return
     core.checked = True
+    held = _plain_aliases(core.model, core.params)
+    if held and core.vmap_ok:
+        core.vmap_ok = False
+        warnings.warn(f"TorchOracle: {held}: vectorized full forwards put parameters in by name "
+                      "(torch.func.functional_call) and would not reach that copy; full forwards run one at a time",
+                      RuntimeWarning, stacklevel=4)
     if random:
         why = ("model(x) is not repeatable: two forwards of the same parameters and batch differ (a random op such "
                "as torch.randn_like in forward: the oracle switches nn.Dropout off, not others; or state the forward "
@@ -193,6 +203,59 @@ def first_bind(oracle) -> None:
     _self_check(oracle)
     if not core.blocks:
         _check_full_forward(oracle)
+
+
+def _rng_states(device) -> tuple:
+    """torch's random generators a forward on ``device`` draws from (the CPU's, and the GPU's)."""
+    cpu = torch.random.get_rng_state()
+    if device.type == "cuda":
+        return cpu, torch.cuda.get_rng_state(device)
+    return (cpu,)
+
+
+def _same_rng(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` differ beyond round-off (NaN where both have NaN, equal infinities: equal)."""
+    if not a.is_floating_point():
+        return not torch.equal(a, b)
+    same = (a == b) | (a.isnan() & b.isnan())
+    if bool(same.all()):
+        return False
+    rel = 1e-9 if a.dtype == torch.float64 else 2000 * torch.finfo(a.dtype).eps
+    finite = a.masked_fill(~torch.isfinite(a), 0.0)
+    gap = (a - b).abs().masked_fill(same, 0.0)
+    return bool((gap > rel * (finite.abs().max() + 1.0)).any())
+
+
+def _plain_aliases(model: nn.Module, params) -> str:
+    """The first plain attribute (a list, tuple, dict or set, up to three levels) of a module that
+    holds one of ``params``, or a tensor sharing its memory, as text; empty if none
+    (``self.refs = [other.weight]``: the forward reads that copy, not the module's attribute)."""
+    ids = {id(p) for p in params}
+    storages = {_storage(p) for p in params}
+
+    def find(v, depth):
+        if torch.is_tensor(v):
+            return id(v) in ids or _storage(v) in storages
+        if depth >= _MAX_DEPTH:
+            return False
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, (list, tuple, set, frozenset)) and len(v) <= 4 * _MAX_ENTRIES:
+            return any(find(e, depth + 1) for e in v)
+        return False
+
+    for name, m in model.named_modules():
+        for k, v in m.__dict__.items():
+            if k in _MODULE_OWN or k.startswith("__") or not isinstance(v, (list, tuple, dict, set, frozenset)) \
+                    or (isinstance(m, nn.RNNBase) and k.startswith("_flat_weight")):  # kept in step by torch
+                continue
+            if find(v, 0):
+                return f"module {name or type(model).__name__!r} holds a parameter in its plain attribute {k!r}"
+    return ""
 
 
 def _check_full_forward(oracle) -> None:
@@ -513,7 +576,10 @@ def _self_check(oracle, why: str = "") -> None:
             reason = ""
         # on the whole batch (a read a ReLU gates shows on some samples only), with no float64
         # recheck: an unread parameter leaves the loss bit for bit as it is
-        reason = reason or _unread_check(oracle)
+        if not reason:
+            reason = _unread_check(oracle)
+            if reason:  # read outside the graph: a parameter swapped in by name (vmap) would not reach that read
+                core.vmap_ok = False
     except ArgumentError:
         raise
     except Exception as exc:  # any error on the fast path: refuse it
@@ -647,6 +713,8 @@ def _check_split(oracle, theta) -> str:
         return (f"the {_split_kind(core)} of {type(core.model).__name__} gives loss {got0:.10g} but model(x) gives "
                 f"{ref0:.10g}")
     for b, blk in enumerate(core.blocks):
+        if core.block_names[b] == UNREAD:  # no step runs for it: _unread_check moves them all, and names them
+            continue
         # two coordinates batched together (a step mixing perturbations shows as a
         # difference from the first one alone), the first also against model(x)
         i, last = int(blk.start), int(blk.stop - 1)

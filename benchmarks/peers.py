@@ -1205,6 +1205,8 @@ def main(argv=None) -> int:
         return 0
     if args.report:  # several files (parallel sweeps) merge; a run present twice counts once
         runs = _merged(args.report.split(","))
+        if len({r.get("dtype", "float32") for r in runs}) > 1:  # a row would average the two black boxes' runs
+            p.error("--report got runs of float32 and float64 black boxes: report each dtype's files on their own")
     else:
         if args.quick:
             args.data, args.widths, args.budget, args.seeds = "digits", "0", 30_000, "0"
@@ -1221,6 +1223,9 @@ def main(argv=None) -> int:
                 p.error(f"--setting must be a JSON object such as '{{\"lr\": 0.1}}': {e}")
             if not isinstance(args.setting, dict) or args.settings_from:
                 p.error("--setting takes a JSON object, and not with --settings-from (which chooses the setting)")
+        if args.dtype != "float32" and not args.settings_from and args.setting is None:
+            p.error("--dtype float64 needs --settings-from or --setting: it runs settings chosen on the float32 black "
+                    "box, it does not tune (a tuning would mix the two dtypes' runs)")
         for flag, value in (("--start", args.start), ("--batch-order", args.batch_order), ("--rng", args.rng)):
             if value is not None and not args.settings_from and args.setting is None:
                 p.error(f"{flag} needs --settings-from or --setting: a run with a part of its randomness fixed runs the settings "

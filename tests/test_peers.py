@@ -921,3 +921,18 @@ def test_a_float64_black_box_starts_where_the_float32_one_does(peers, digits):
     assert not np.array_equal(l64, l32)  # computed in float64, not rounded through float32
     run = {"data": "digits", "width": 0, "method": "snes", "setting": {}, "seed": 0, "budget": 1000}
     assert peers._key(run) == peers._key(dict(run, dtype="float32")) != peers._key(dict(run, dtype="float64"))
+
+
+def test_float64_runs_neither_tune_nor_report_with_float32_runs(peers, tmp_path, capsys):
+    """A float64 sweep tuning from a file of float32 runs, or a report pooling both, would average
+    the two black boxes' runs into one row."""
+    with pytest.raises(SystemExit):
+        peers.main(["--dtype", "float64", "--data", "digits", "--widths", "0", "--budget", "500", "--methods", "snes"])
+    assert "--dtype float64 needs --settings-from or --setting" in capsys.readouterr().err
+    run = {"data": "digits", "width": 0, "d": 1898, "method": "snes", "setting": {}, "seed": 0, "budget": 500,
+           "queries": 500, "seconds": 1.0, "val_acc": 0.5, "test_acc": 0.5}
+    (tmp_path / "a.json").write_text(json.dumps([run]))
+    (tmp_path / "b.json").write_text(json.dumps([dict(run, dtype="float64")]))
+    with pytest.raises(SystemExit):
+        peers.main(["--report", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}"])
+    assert "float32 and float64" in capsys.readouterr().err

@@ -704,6 +704,9 @@ def test_short_budget_refuses_an_iterator_as_train_would():
     """It advised passing steps_per_epoch, after which train refused the iterator."""
     with pytest.raises(zo.ArgumentError, match="`batches` must be re-iterable"):
         zo.recipes.short_budget(None, np.zeros(40), 1000, batches=iter([(1, 2)] * 3), steps_per_epoch=3)
+    # more steps an epoch than a list holds: planned with the list's length, then refused by train
+    with pytest.raises(zo.ArgumentError, match="`steps_per_epoch`=10 but `batches` holds 4 batches"):
+        zo.recipes.short_budget(None, np.zeros(40), 1000, batches=[(1, 2)] * 4, steps_per_epoch=10)
 
 
 def test_a_resume_at_its_budget_still_finishes_the_epoch_whose_end_was_interrupted(tmp_path):

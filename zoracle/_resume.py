@@ -158,6 +158,15 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if isinstance(saved, dict) and (saved.get("batches") is None or config.get("batches") is None):
             # written before the batches were compared, or a callable's (then or now): nothing to compare
             saved = dict(saved, batches=config.get("batches"))
+        unread = [i.name for i in (getattr(oracle, "param_info", None) or ()) if getattr(i, "read", True) is False]
+        if isinstance(saved, dict) and "layout" not in saved and unread:
+            # before layouts were saved, a TorchOracle kept such parameters in the model's order; it
+            # puts them last now: the checkpoint's vector may belong to other tensors
+            raise CheckpointError(
+                f"checkpoint {path!r} was written before checkpoints recorded the oracle's layout, and this oracle "
+                f"puts parameters its forward does not read ({', '.join(map(repr, unread[:3]))}) last in its flat "
+                "vector, where the oracle then kept the model's order: its vector may load into the wrong tensors; "
+                f"{_FIX}")
         if isinstance(saved, dict) and (saved.get("layout") is None or config.get("layout") is None):
             saved = dict(saved, layout=config.get("layout"))  # written before layouts were saved, or unnamed
         elif isinstance(saved, dict) and saved["layout"] != config.get("layout"):

@@ -299,6 +299,14 @@ def _batches_print(batches, steps_per_epoch=None):
     return {"batches": len(used), "rows": hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]}
 
 
+def _check_steps_per_epoch(batches, steps_per_epoch) -> None:
+    """More steps an epoch than sized ``batches`` holds: the epoch would run the batches there are."""
+    if steps_per_epoch is not None and batches is not None and hasattr(batches, "__len__") \
+            and steps_per_epoch > len(batches):
+        raise ArgumentError(f"`steps_per_epoch`={steps_per_epoch} but `batches` holds {len(batches)} batches an epoch: "
+                            "it truncates an epoch, it does not extend one; pass at most that, or more epochs")
+
+
 def _layout_print(oracle):
     """The oracle's flat layout as a resume compares it: a short hash of its parameters' names
     and shapes in flat order (``param_info``), or None for an oracle without named parameters.
@@ -666,10 +674,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
-    if steps_per_epoch is not None and batches is not None and hasattr(batches, "__len__") \
-            and steps_per_epoch > len(batches):
-        raise ArgumentError(f"`steps_per_epoch`={steps_per_epoch} but `batches` holds {len(batches)} batches an epoch: "
-                            "it truncates an epoch, it does not extend one; pass at most that, or more epochs")
+    _check_steps_per_epoch(batches, steps_per_epoch)
     # the sparse split's settings are checked with or without `sparsity` (a typo must not pass
     # unseen until sparsity is turned on)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
@@ -1052,10 +1057,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         # a resume with no step left ran none: the mask of the last step, as the run that made it returned
         last = steps_hist[-1]
         coords = masks.coordinates(last["epoch"], step=last["step"]) if masks.per_step else masks.coordinates(last["epoch"])
-    if has_methods(oracle, "load", "initial_params"):
+    if has_methods(oracle, "load", "initial_params") and getattr(oracle, "param_info", None) is not None:
         # an oracle over a model it holds (TorchOracle): its queries left the model at the last
         # perturbed point; it holds the trained parameters now (torch.save(model.state_dict()) saves them)
-        oracle.load(params)
+        try:
+            oracle.load(params)
+        except Exception as exc:  # a late failure must not lose the result
+            warnings.warn(f"train: the oracle could not load the trained parameters into its model ({type(exc).__name__}: "
+                          f"{exc}); the result is returned: load them with oracle.load(result.params)", UserWarning,
+                          stacklevel=2)
     history = History(tuple(steps_hist), tuple(epoch_hist))
     if plot is not None:
         try:

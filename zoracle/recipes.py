@@ -24,7 +24,7 @@ from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
-from ._train import _check_batches, _check_layout, _resolve_blocks, _steps_per_epoch
+from ._train import _check_batches, _check_layout, _check_steps_per_epoch, _resolve_blocks, _steps_per_epoch
 
 __all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "COORDINATES", "WIDE_COORDINATES",
            "WIDE_FROM", "default_lr", "default_coordinates", "short_budget", "layer_scales"]
@@ -232,7 +232,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
                             f"on), got {fill_small_blocks!r}")
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
-    _check_batches(batches)  # what train refuses (an iterator), refused here first
+    _check_batches(batches)  # what train refuses (an iterator, more steps an epoch than batches), refused here first
+    _check_steps_per_epoch(batches, steps_per_epoch)
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     if per_epoch is None:
         raise ArgumentError("`batches` has no len(): pass `steps_per_epoch` too, so the recipe knows an epoch's length")
