@@ -584,7 +584,8 @@ def test_the_docs_tables_are_the_reports_of_the_saved_results(peers):
              "spread_snes_batches_digits", "dec03_digits", "dec03_mnist1d", "long_small_digits", "long_small_mnist1d",
              "long_small_tuned_digits", "tune_mid_digits", "tune_mid_mnist1d", "tune_mid150_digits", "tune_mid150_mnist1d",
              "rule_digits", "rule_mnist1d", "rule_mid_digits", "rule_mid_mnist1d",
-             "rule_small_digits", "rule_small_mnist1d", "rule_mid150_digits", "rule_mid150_mnist1d"]
+             "rule_small_digits", "rule_small_mnist1d", "rule_mid150_digits", "rule_mid150_mnist1d",
+             "f64_digits", "f64_mnist1d", "f32_here_digits", "f32_here_mnist1d"]
     for name in names:
         runs = peers._load(os.path.join(ROOT, "benchmarks", "peers_results", f"{name}.json"))
         assert runs, name
