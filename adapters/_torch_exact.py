@@ -142,9 +142,8 @@ class _ParameterReads(TorchFunctionMode):
 def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
     core = oracle._core
-    random = False
     if core.scalar_loss is None:
-        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn) as ctx:
+        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
             out = oracle.model(oracle._x)
             B = oracle._x.shape[0]
             if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != B):
@@ -152,14 +151,6 @@ def first_bind(oracle) -> None:
                     f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
                     "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
                     "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
-            ctx.reset()  # the second forward starts from the buffers the first found, as every query does
-            rng = _rng_states(oracle.device)
-            again = oracle.model(oracle._x)
-            # a forward that draws random numbers (once a call, too: batch-wise stochastic depth may
-            # draw the same both times), or whose two outputs differ beyond round-off (GPU atomics
-            # reorder sums: that is not noise a difference would measure)
-            random = not _same_rng(_rng_states(oracle.device), rng) or (torch.is_tensor(out) and torch.is_tensor(again) and (
-                out.shape != again.shape or _differ(out, again)))
             with _ParameterReads(core.params, out) as reads:
                 v = to_torch(oracle.loss_fn(out, oracle._y))
         if reads.hit:
@@ -183,26 +174,58 @@ def first_bind(oracle) -> None:
     if core.checked:
         return
     core.checked = True
-    held = _plain_aliases(core.model, core.params)
-    if held and core.vmap_ok:
-        core.vmap_ok = False
-        warnings.warn(f"TorchOracle: {held}: vectorized full forwards put parameters in by name "
-                      "(torch.func.functional_call) and would not reach that copy; full forwards run one at a time",
-                      RuntimeWarning, stacklevel=4)
-    if random:
-        why = ("model(x) is not repeatable: two forwards of the same parameters and batch differ (a random op such "
-               "as torch.randn_like in forward: the oracle switches nn.Dropout off, not others; or state the forward "
-               "changes), so finite differences of its loss measure that noise, not the gradient; make the forward "
-               "deterministic in the mode you query it in (draw the noise under `if self.training:` and call "
-               "model.eval()), or fix its random numbers per call")
-        if core.blocks:
-            retire_split(oracle, why)
-        else:
-            warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=4)
+    if _not_repeatable(oracle):
+        core.checked_modes.add(_modes(core.model))  # warned once: not again at the next query
         return
     _self_check(oracle)
     if not core.blocks:
+        core.checked_modes.add(_modes(core.model))  # repeatable in these modes: no split to check
         _check_full_forward(oracle)
+
+
+#: other seeds a forward that draws random numbers runs with before it counts as random (a draw
+#: that cannot change the output: a LayerDrop or DropPath of probability 0, noise times 0)
+_RNG_SEEDS = 16
+
+
+def _not_repeatable(oracle) -> bool:
+    """Warn (retiring the split) when ``model(x)`` in the model's current modes is not a function
+    of the parameters and the batch: two forwards whose outputs differ beyond round-off (GPU
+    atomics reorder sums: not noise a difference would measure), or a forward that draws random
+    numbers and gives another output under another seed (a draw once a call, batch-wise
+    stochastic depth, may come out the same twice). torch's generators are left as they were."""
+    core, model, x = oracle._core, oracle.model, oracle._x
+    devices = [oracle.device] if oracle.device.type == "cuda" else []
+    with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, torch.random.fork_rng(devices):
+        out = model(x)
+        ctx.reset()  # the second forward starts from the buffers the first found, as every query does
+        rng = _rng_states(oracle.device)
+        again = model(x)
+        ctx.reset()
+        if not (torch.is_tensor(out) and torch.is_tensor(again)):
+            return False
+        random = out.shape != again.shape or _differ(out, again)
+        if not random and not _same_rng(_rng_states(oracle.device), rng):
+            first = out[:2]
+            for seed in range(1, _RNG_SEEDS + 1):
+                torch.manual_seed(seed)
+                other = model(x[:2])
+                ctx.reset()
+                if other.shape != first.shape or _differ(first, other):
+                    random = True
+                    break
+    if not random:
+        return False
+    why = ("model(x) is not repeatable: two forwards of the same parameters and batch differ (a random op such as "
+           "torch.randn_like in forward: the oracle switches nn.Dropout off, not others; or state the forward "
+           "changes), so finite differences of its loss measure that noise, not the gradient; make the forward "
+           "deterministic in the mode you query it in (draw the noise under `if self.training:` and call "
+           "model.eval()), or fix its random numbers per call")
+    if core.blocks:
+        retire_split(oracle, why)
+    else:
+        warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=5)
+    return True
 
 
 def _rng_states(device) -> tuple:
@@ -218,44 +241,23 @@ def _same_rng(a: tuple, b: tuple) -> bool:
 
 
 def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """``a`` and ``b`` differ beyond round-off (NaN where both have NaN, equal infinities: equal)."""
+    """``a`` and ``b`` differ beyond round-off: by more than a relative 1e-9 (float64) or 2.4e-4
+    (narrower floats) of the median magnitude of ``a``'s nonzero finite entries, or a NaN or
+    infinity on one side only. NaN where both have NaN and equal infinities are equal."""
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
     if not a.is_floating_point():
         return not torch.equal(a, b)
     same = (a == b) | (a.isnan() & b.isnan())
     if bool(same.all()):
         return False
-    rel = 1e-9 if a.dtype == torch.float64 else 2000 * torch.finfo(a.dtype).eps
-    finite = a.masked_fill(~torch.isfinite(a), 0.0)
-    gap = (a - b).abs().masked_fill(same, 0.0)
-    return bool((gap > rel * (finite.abs().max() + 1.0)).any())
-
-
-def _plain_aliases(model: nn.Module, params) -> str:
-    """The first plain attribute (a list, tuple, dict or set, up to three levels) of a module that
-    holds one of ``params``, or a tensor sharing its memory, as text; empty if none
-    (``self.refs = [other.weight]``: the forward reads that copy, not the module's attribute)."""
-    ids = {id(p) for p in params}
-    storages = {_storage(p) for p in params}
-
-    def find(v, depth):
-        if torch.is_tensor(v):
-            return id(v) in ids or _storage(v) in storages
-        if depth >= _MAX_DEPTH:
-            return False
-        if isinstance(v, dict):
-            v = list(v.values())
-        if isinstance(v, (list, tuple, set, frozenset)) and len(v) <= 4 * _MAX_ENTRIES:
-            return any(find(e, depth + 1) for e in v)
-        return False
-
-    for name, m in model.named_modules():
-        for k, v in m.__dict__.items():
-            if k in _MODULE_OWN or k.startswith("__") or not isinstance(v, (list, tuple, dict, set, frozenset)) \
-                    or (isinstance(m, nn.RNNBase) and k.startswith("_flat_weight")):  # kept in step by torch
-                continue
-            if find(v, 0):
-                return f"module {name or type(model).__name__!r} holds a parameter in its plain attribute {k!r}"
-    return ""
+    rel = 1e-9 if a.dtype == torch.float64 else 2000 * torch.finfo(torch.float32).eps
+    a64, b64 = a.double(), b.double()
+    finite = a64[torch.isfinite(a64)].abs()
+    finite = finite[finite > 0]  # ReLU outputs' zeros, a masked -1e9 logit: neither sets the scale
+    scale = float(finite.median()) if finite.numel() else 1.0
+    gap = (a64 - b64).abs().masked_fill(same, 0.0).nan_to_num(nan=float("inf"))
+    return bool((gap > rel * scale).any())
 
 
 def _check_full_forward(oracle) -> None:
@@ -531,6 +533,9 @@ def ensure_split(oracle, modes=None) -> bool:
     if now in core.checked_modes:
         return False
     _check_parameters(oracle)
+    if _not_repeatable(oracle):  # noise drawn under `if self.training:`, the model trained after eval
+        core.checked_modes.add(now)
+        return True
     if not core.blocks:  # no split to check: the parameters were the question
         core.checked_modes.add(now)
         return False
@@ -941,8 +946,14 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                             # with the input batched too, every activation is a batched tensor
                             batched = True
                             vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, True)
+                        if t not in core.vmap_reached:
+                            if not _reaches(oracle, ctx, p, int(loc[lo]), step, float(vals[0])):
+                                _vmap_off(oracle, names[id(p)][0])
+                                break  # this tensor, from this chunk on, one forward at a time
+                            core.vmap_reached.add(t)
                         out[sel[lo:lo + chunk]] = vals
-                    continue
+                    else:
+                        continue
                 except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                     failed = exc
             for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
@@ -958,6 +969,25 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                 warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(failed).__name__}: {failed}); "
                               "full forwards run one at a time", RuntimeWarning, stacklevel=4)
     return out
+
+
+def _reaches(oracle, ctx, p, j: int, step, got: float) -> bool:
+    """Whether ``got``, the vectorized full forward's loss with ``p``'s element ``j`` moved by
+    ``step`` (``p`` put in by name), is the loss with that element moved in place: a forward
+    that reads a copy of ``p`` the name does not lead to (``self.w = self.fc.weight.detach()``,
+    a list or an object holding it) sees the perturbation only in place."""
+    with nudged(p, j, step):
+        ctx.reset()
+        want = float(oracle._loss(oracle.model(oracle._x), 1)[0])
+    return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
+
+
+def _vmap_off(oracle, name: str) -> None:
+    oracle._core.vmap_ok = False
+    warnings.warn(f"TorchOracle: the forward reads parameter {name!r} through a copy that vectorized full forwards "
+                  "do not reach (they put each perturbed parameter in by its name, torch.func.functional_call; a "
+                  "plain attribute, list or object holding it, or a detached view, keeps the old values there): "
+                  "full forwards run one at a time, perturbed in place", RuntimeWarning, stacklevel=5)
 
 
 def parameter_names(model: nn.Module) -> dict:

@@ -94,6 +94,9 @@ class _Core:
         self.reason = reason
         self.warned = False
         self.vmap_ok = True
+        #: parameter tensors (by flat index; -1: all at once, ``batch``) whose vectorized full
+        #: forward was checked once against one perturbed in place: it reaches every read of them
+        self.vmap_reached = set()
         self.checked = False     # the split's self-check ran (once, at the first bound batch)
         self.checked_modes = set()  # the modules' train/eval modes the split passed the check in
         self.checking = False    # the self-check is running (its own queries must not start it again)
@@ -222,6 +225,11 @@ def build_core(model, blocks) -> _Core:
     core.d = off
     core.params = params
     core.info = info
+    # before the unread block (2026-12-05) a model with unread parameters ran full forwards, its
+    # flat vector in model.parameters() order: a resume of such a checkpoint must not load into this one
+    legacy = [n for n, p in trainable]
+    core.unread_moved = tuple(names[id(p)] for p in params if id(p) in unread) \
+        if [names[id(p)] for p in params] != legacy else ()
     core.block_steps = [c[0] for c in block_steps]
     core.blocks = [slice(c[1], c[1] + c[4][-1]) for c in block_steps]
     core.block_params = [BlockParams(c[2], c[3], np.asarray(c[4], dtype=np.int64)) for c in block_steps]

@@ -38,7 +38,7 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (_modes, _self_check, ensure_split, first_bind, full_coordinate_losses, module_key,
+from ._torch_exact import (_close, _modes, _self_check, ensure_split, first_bind, full_coordinate_losses, module_key,
                            name_list, parameter_names, reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
@@ -536,6 +536,13 @@ class TorchOracle:
         return [i.name for i in self._core.info]
 
     @property
+    def _unread_moved(self) -> tuple:
+        """Parameters no step reads that the flat vector puts after the others where the model's
+        own order (and this oracle's before 2026-12-05) has them elsewhere: a resume refuses a
+        checkpoint that did not record its layout then."""
+        return self._core.unread_moved
+
+    @property
     def param_info(self) -> list:
         """``ParamInfo(name, slice, shape, kind)`` for every trainable parameter, in flat order."""
         return list(self._core.info)
@@ -963,7 +970,19 @@ class TorchOracle:
         core = self._core
         if core.vmap_ok and vmap_safe(self.model):
             try:
-                return self._vmapped(P)
+                out = self._vmapped(P)
+                if -1 not in core.vmap_reached:  # once: every parameter put in by name reaches every read of it
+                    ref = self._full_loop(P[:1])
+                    if not _close(float(out[0]), float(ref[0]), max(abs(float(out[0])), abs(float(ref[0]))), self.dtype):
+                        core.vmap_ok = False
+                        warnings.warn("TorchOracle: the forward reads a parameter through a copy that vectorized full "
+                                      "forwards do not reach (they put parameters in by name, "
+                                      "torch.func.functional_call; a plain attribute, list or object holding one, or "
+                                      "a detached view, keeps the old values there): batched queries run one full "
+                                      "forward each", RuntimeWarning, stacklevel=4)
+                        return self._full_loop(P)
+                    core.vmap_reached.add(-1)
+                return out
             except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                 out = self._full_loop(P)  # raises the forward's own error (vmap stays on)
                 core.vmap_ok = False  # the loop ran where vmap failed: say so once

@@ -620,3 +620,21 @@ def test_an_empty_blocks_list_is_refused_naming_the_choices():
         TorchOracle(model, CE_ROWS, blocks=[])
     with pytest.raises(ArgumentError, match=r"`blocks` must be None, 'none' or a list"):
         TorchOracle(model, CE_ROWS, blocks=3)
+
+
+def test_the_oracle_names_unread_parameters_it_moved_from_the_models_order():
+    # a checkpoint written before the unread block held them in model.parameters() order
+    torch.manual_seed(0)
+    moved = TorchOracle(_TwoHeads().double().eval(), CE_ROWS)
+    assert moved._unread_moved == ("heads.b.weight", "heads.b.bias", "aux.weight", "aux.bias")
+
+    class LastAnyway(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.spare = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    assert TorchOracle(LastAnyway(), CE_ROWS)._unread_moved == ()
+    assert TorchOracle(nn.Sequential(nn.Linear(3, 2)), CE_ROWS)._unread_moved == ()

@@ -179,6 +179,7 @@ def test_progress_bar_and_logging(capsys, caplog):
         # more steps an epoch than batches ran the batches there are, silently
         (dict(batches=zo.Minibatches((np.zeros((4, 3)),), 2), steps_per_epoch=5),
          r"`steps_per_epoch`=5 but `batches` holds 2 batches an epoch"),
+        (dict(batches=lambda epoch: [1, 2], steps_per_epoch=5), r"`batches\(0\)` gave 2 batches, fewer than"),
         (dict(resume=True), "checkpoint"),
         (dict(optimizer=zo.sgd(1e308)), "diverged"),
     ],

@@ -158,10 +158,10 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if isinstance(saved, dict) and (saved.get("batches") is None or config.get("batches") is None):
             # written before the batches were compared, or a callable's (then or now): nothing to compare
             saved = dict(saved, batches=config.get("batches"))
-        unread = [i.name for i in (getattr(oracle, "param_info", None) or ()) if getattr(i, "read", True) is False]
+        unread = list(getattr(oracle, "_unread_moved", None) or ())
         if isinstance(saved, dict) and "layout" not in saved and unread:
             # before layouts were saved, a TorchOracle kept such parameters in the model's order; it
-            # puts them last now: the checkpoint's vector may belong to other tensors
+            # puts them last now: the checkpoint's vector belongs to other tensors
             raise CheckpointError(
                 f"checkpoint {path!r} was written before checkpoints recorded the oracle's layout, and this oracle "
                 f"puts parameters its forward does not read ({', '.join(map(repr, unread[:3]))}) last in its flat "

@@ -272,6 +272,12 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
     else:
         out = list(batches)
     if steps_per_epoch is not None:
+        if callable(batches) and len(out) < steps_per_epoch:  # sized batches are refused before the run
+            msg = (f"`batches({epoch})` gave {len(out)} batches, fewer than `steps_per_epoch`={steps_per_epoch}: the "
+                   f"epoch runs {len(out)} steps")
+            if epoch == 0:  # before the run's steps: refused, as for a list
+                raise ArgumentError(f"{msg}; pass steps_per_epoch={len(out)}, or give that many batches an epoch")
+            warnings.warn(msg, UserWarning, stacklevel=3)
         out = out[:steps_per_epoch]
     if not out:
         raise ArgumentError(f"`batches` gave no batch for epoch {epoch}")
