@@ -195,7 +195,8 @@ def _not_repeatable(oracle) -> bool:
     numbers and gives another output under another seed (a draw once a call, batch-wise
     stochastic depth, may come out the same twice). torch's generators are left as they were."""
     core, model, x = oracle._core, oracle.model, oracle._x
-    devices = [oracle.device] if oracle.device.type == "cuda" else []
+    # torch.manual_seed reseeds every CUDA device: every one's generator is put back
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, torch.random.fork_rng(devices):
         out = model(x)
         ctx.reset()  # the second forward starts from the buffers the first found, as every query does
@@ -206,7 +207,9 @@ def _not_repeatable(oracle) -> bool:
             return False
         random = out.shape != again.shape or _differ(out, again)
         if not random and not _same_rng(_rng_states(oracle.device), rng):
-            first = out[:2]
+            torch.manual_seed(0)  # the same two samples under each seed (BatchNorm in train mode: no full batch)
+            first = model(x[:2])
+            ctx.reset()
             for seed in range(1, _RNG_SEEDS + 1):
                 torch.manual_seed(seed)
                 other = model(x[:2])
@@ -947,7 +950,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                             batched = True
                             vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, True)
                         if t not in core.vmap_reached:
-                            if not _reaches(oracle, ctx, p, int(loc[lo]), step, float(vals[0])):
+                            if not _reaches(oracle, ctx, [names[id(p)]], [p], batched):
                                 _vmap_off(oracle, names[id(p)][0])
                                 break  # this tensor, from this chunk on, one forward at a time
                             core.vmap_reached.add(t)
@@ -971,14 +974,37 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     return out
 
 
-def _reaches(oracle, ctx, p, j: int, step, got: float) -> bool:
-    """Whether ``got``, the vectorized full forward's loss with ``p``'s element ``j`` moved by
-    ``step`` (``p`` put in by name), is the loss with that element moved in place: a forward
-    that reads a copy of ``p`` the name does not lead to (``self.w = self.fc.weight.detach()``,
-    a list or an object holding it) sees the perturbation only in place."""
-    with nudged(p, j, step):
+def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False) -> bool:
+    """Whether the vectorized full forward (``params`` put in by ``names``, torch.func) gives the
+    loss of the same move made in place: every element of each tensor moved at once, by
+    ``_CHECK_STEP`` times a fixed normal draw, on two samples of the batch. A forward that reads
+    a copy of one (``self.w = self.fc.weight.detach()``, a list or an object holding it) sees
+    the move only in place; the move is large, so the difference stands out in float32 too.
+    The parameters are put back exactly."""
+    from torch.func import functional_call, vmap
+
+    probe = _finite_probe(oracle) or oracle
+    x, gen = probe._x, torch.Generator().manual_seed(0)
+    moved = [p.detach() + _CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
+
+    def run(ws, xs):
+        return functional_call(oracle.model, {n: w for ns, w in zip(names, ws) for n in ns}, (xs,), strict=False,
+                               tie_weights=False)
+
+    xs, dim = (x.unsqueeze(0), 0) if batched_input else (x, None)
+    ctx.reset()
+    got = float(probe._loss(vmap(run, in_dims=(0, dim), randomness="error")([w.unsqueeze(0) for w in moved], xs)[0], 1)[0])
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, w in zip(params, moved):
+                p.copy_(w)
         ctx.reset()
-        want = float(oracle._loss(oracle.model(oracle._x), 1)[0])
+        want = float(probe._loss(oracle.model(x), 1)[0])
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
     return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
 
 

@@ -38,7 +38,7 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (_close, _modes, _self_check, ensure_split, first_bind, full_coordinate_losses, module_key,
+from ._torch_exact import (_modes, _reaches, _self_check, ensure_split, first_bind, full_coordinate_losses, module_key,
                            name_list, parameter_names, reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
@@ -972,8 +972,10 @@ class TorchOracle:
             try:
                 out = self._vmapped(P)
                 if -1 not in core.vmap_reached:  # once: every parameter put in by name reaches every read of it
-                    ref = self._full_loop(P[:1])
-                    if not _close(float(out[0]), float(ref[0]), max(abs(float(out[0])), abs(float(ref[0]))), self.dtype):
+                    names = parameter_names(self.model)
+                    with torch.no_grad(), norm_context(self.model) as ctx:
+                        ok = _reaches(self, ctx, [names[id(p)] for p in core.params], core.params)
+                    if not ok:
                         core.vmap_ok = False
                         warnings.warn("TorchOracle: the forward reads a parameter through a copy that vectorized full "
                                       "forwards do not reach (they put parameters in by name, "
