@@ -79,6 +79,8 @@ class _Tracer(fx.Tracer):
         self.proxy_buffer_attributes = proxy_buffers
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, torch.jit.ScriptModule):  # compiled: one opaque step, its own forward
+            return True
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and type(m).forward in (
                 nn.Sequential.forward, nn.Module.forward):
             return False
@@ -190,9 +192,11 @@ BAKED_BUFFERS: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def _attributes(model: nn.Module) -> list:
-    """Every module's buffers, parameters and plain attributes, by reference."""
+    """Every module's buffers, parameters and plain attributes, by reference (a TorchScript
+    module's are its compiled object's: a traced forward cannot assign them, and its dict
+    wrappers cannot be cleared)."""
     return [(m, dict(m._buffers), dict(m._parameters), {k: v for k, v in m.__dict__.items() if not k.startswith("_")})
-            for m in model.modules()]
+            for m in model.modules() if not isinstance(m, torch.jit.ScriptModule)]
 
 
 def _restore_attributes(saved: list) -> None:

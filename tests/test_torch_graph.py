@@ -638,3 +638,29 @@ def test_the_oracle_names_unread_parameters_it_moved_from_the_models_order():
 
     assert TorchOracle(LastAnyway(), CE_ROWS)._unread_moved == ()
     assert TorchOracle(nn.Sequential(nn.Linear(3, 2)), CE_ROWS)._unread_moved == ()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_submodule_is_one_step_of_the_split():
+    """A scripted submodule crashed the capture (its parameter dict cannot be cleared) and then
+    counted as read by no step; it is one opaque step, perturbed in place."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.Tanh()))
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(theta.size)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert oracle.block_names == ["body", "fc"]
+    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
