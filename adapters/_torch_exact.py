@@ -159,6 +159,9 @@ def first_bind(oracle) -> None:
                 "or a tensor sharing their memory, such as model.state_dict()'s): "
                 "the oracle perturbs parameters inside model(x) only, so the loss would see them unperturbed. Add "
                 "the penalty in the model's forward, or use the optimizer's weight_decay")
+        if not (v.is_floating_point() or v.is_complex()):  # its mean fails ("could not infer output dtype")
+            raise ArgumentError(f"`loss_fn` returned {str(v.dtype).replace('torch.', '')} losses; finite differences "
+                                "need float losses: return them as floats (e.g. .float() or a division by a float)")
         scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)
         if not scalar and tuple(v.shape) not in ((B,), (B, 1)):  # (B, 1): a one-output regression's rows
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({B},) or one mean loss "
@@ -189,46 +192,68 @@ _RNG_SEEDS = 16
 
 
 def _not_repeatable(oracle) -> bool:
-    """Warn (retiring the split) when ``model(x)`` in the model's current modes is not a function
-    of the parameters and the batch: two forwards whose outputs differ beyond round-off (GPU
-    atomics reorder sums: not noise a difference would measure), or a forward that draws random
-    numbers and gives another output under another seed (a draw once a call, batch-wise
-    stochastic depth, may come out the same twice). torch's generators are left as they were."""
+    """Warn (retiring the split) when the loss in the model's current modes is not a function of
+    the parameters and the batch: two forwards whose outputs differ beyond round-off (GPU atomics
+    reorder sums: not noise a difference would measure), or a forward that draws random numbers
+    and gives another output under another seed (a draw once a call, batch-wise stochastic
+    depth, may come out the same twice); then the same of ``loss_fn`` (a Monte Carlo term), on
+    two samples. torch's generators are left as they were."""
     core, model, x = oracle._core, oracle.model, oracle._x
     # torch.manual_seed reseeds every CUDA device: every one's generator is put back
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    what = ""
     with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, torch.random.fork_rng(devices):
         out = model(x)
         ctx.reset()  # the second forward starts from the buffers the first found, as every query does
-        rng = _rng_states(oracle.device)
-        again = model(x)
+        again, drew = _drawing(oracle, lambda: model(x))
         ctx.reset()
         if not (torch.is_tensor(out) and torch.is_tensor(again)):
             return False
-        random = out.shape != again.shape or _differ(out, again)
-        if not random and not _same_rng(_rng_states(oracle.device), rng):
-            torch.manual_seed(0)  # the same two samples under each seed (BatchNorm in train mode: no full batch)
-            first = model(x[:2])
-            ctx.reset()
-            for seed in range(1, _RNG_SEEDS + 1):
-                torch.manual_seed(seed)
-                other = model(x[:2])
-                ctx.reset()
-                if other.shape != first.shape or _differ(first, other):
-                    random = True
-                    break
-    if not random:
+        if out.shape != again.shape or _differ(out, again) or (drew and _seeds_change(lambda: model(x[:2]), ctx)):
+            what = "model(x)"
+        else:
+            y2 = None if oracle._y is None else oracle._y[:2]
+
+            def loss():
+                return to_torch(oracle.loss_fn(out[:2], y2), out.device)
+
+            first = loss()
+            second, drew = _drawing(oracle, loss)
+            if first.shape != second.shape or _differ(first, second) or (drew and _seeds_change(loss, ctx)):
+                what = "loss_fn(model(x), y)"
+    if not what:
         return False
-    why = ("model(x) is not repeatable: two forwards of the same parameters and batch differ (a random op such as "
-           "torch.randn_like in forward: the oracle switches nn.Dropout off, not others; or state the forward "
-           "changes), so finite differences of its loss measure that noise, not the gradient; make the forward "
-           "deterministic in the mode you query it in (draw the noise under `if self.training:` and call "
-           "model.eval()), or fix its random numbers per call")
+    why = (f"{what} is not repeatable: two evaluations at the same parameters and batch differ (a random op such as "
+           "torch.randn_like: the oracle switches nn.Dropout off, not others; or state the forward changes), so "
+           "finite differences of the loss measure that noise, not the gradient; make it deterministic in the mode "
+           "you query the model in (draw the noise under `if self.training:` and call model.eval()), or fix its "
+           "random numbers per call")
     if core.blocks:
         retire_split(oracle, why)
     else:
         warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=5)
     return True
+
+
+def _drawing(oracle, fn) -> tuple:
+    """``fn()`` and whether it drew from torch's random generators."""
+    rng = _rng_states(oracle.device)
+    got = fn()
+    return got, not _same_rng(_rng_states(oracle.device), rng)
+
+
+def _seeds_change(fn, ctx) -> bool:
+    """Whether ``fn()`` (two samples) gives another result under another seed (``_RNG_SEEDS`` tried)."""
+    torch.manual_seed(0)
+    first = fn()
+    ctx.reset()
+    for seed in range(1, _RNG_SEEDS + 1):
+        torch.manual_seed(seed)
+        other = fn()
+        ctx.reset()
+        if other.shape != first.shape or _differ(first, other):
+            return True
+    return False
 
 
 def _rng_states(device) -> tuple:

@@ -2026,3 +2026,20 @@ def test_a_parameter_held_in_a_plain_list_is_perturbed_where_the_forward_reads_i
         warnings.simplefilter("ignore")  # batch's own check of the vectorized forwards warns once, if it runs
         got = oracle.batch(rows.astype(theta.dtype))
     np.testing.assert_allclose(got, [oracle.reference_loss(r) for r in rows.astype(theta.dtype)], rtol=0, atol=tol)
+
+
+def test_a_random_loss_is_named_and_an_integer_loss_refused():
+    """A loss drawing its own noise (a Monte Carlo term) was only seen as a loss mismatch of the
+    split; integer losses failed in a mean ("could not infer output dtype")."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+    def noisy(out, target):
+        return CE_ROWS(out + 0.1 * torch.randn_like(out), target)
+
+    for blocks in (None, "none"):
+        with pytest.warns(RuntimeWarning, match=r"loss_fn\(model\(x\), y\) is not repeatable"):
+            TorchOracle(model, noisy, (x, y), blocks=blocks)
+    with pytest.raises(zo.ArgumentError, match="`loss_fn` returned int64 losses; finite differences need float"):
+        TorchOracle(model, lambda out, target: (out.argmax(1) != target).long(), (x, y))
