@@ -406,6 +406,17 @@ def _named_plain_losses(model, oracle, x, y, coords, step):
     return np.array(out)
 
 
+def _quiet_losses(model, x, y, step=1e-3):
+    """``(oracle, every coordinate's loss)``, with no warning (a fallback would raise), and the
+    textbook losses they must equal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        coords = np.arange(oracle.initial_params().size)
+        got = oracle.coordinate_losses(oracle.initial_params(), coords, step)
+    return oracle, got, _named_plain_losses(model, oracle, x, y, coords, step)
+
+
 class _TwoHeads(nn.Module):
     """A multi-task model: a ``ModuleDict`` of heads, the one named by ``task`` picked in forward()
     (the other head, registered first, is never read); an eval-only auxiliary branch as well."""
@@ -431,16 +442,11 @@ def test_parameters_the_forward_does_not_read_keep_feature_reuse_for_the_rest():
     torch.manual_seed(0)
     model = _TwoHeads().double().eval()
     x, y = torch.randn(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback warning
-        oracle = TorchOracle(model, CE_ROWS, (x, y))
-        theta = oracle.initial_params()
-        coords = np.arange(theta.size)
-        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    oracle, got, want = _quiet_losses(model, x, y)
     assert oracle.block_names == ["body.0", "body.3", "heads.a", "(parameters the forward does not read)"]
     unread = [f.name for f in oracle.param_info if f.slice.start >= oracle.blocks[-1].start]
     assert unread == ["heads.b.weight", "heads.b.bias", "aux.weight", "aux.bias"]
-    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
     with torch.no_grad():
         base = float(CE_ROWS(model(x), y).mean())
     np.testing.assert_allclose(got[oracle.blocks[-1]], base, rtol=0, atol=1e-13)
@@ -582,14 +588,9 @@ def test_a_root_parameter_read_through_its_transpose_is_read_by_its_step():
     torch.manual_seed(0)
     model = Net().double()
     x, y = torch.randn(6, 8, dtype=torch.float64), torch.randint(0, 4, (6,))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        oracle = TorchOracle(model, CE_ROWS, (x, y))
-        theta = oracle.initial_params()
-        coords = np.arange(theta.size)
-        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    oracle, got, want = _quiet_losses(model, x, y)
     assert len(oracle.blocks) == 2 and all(i.read for i in oracle.param_info)
-    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
 
 
 def test_layer_scales_last_layer_is_the_last_one_the_forward_runs():
@@ -656,11 +657,6 @@ def test_a_torchscript_submodule_is_one_step_of_the_split():
     torch.manual_seed(0)
     model = Net().double().eval()
     x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        oracle = TorchOracle(model, CE_ROWS, (x, y))
-        theta = oracle.initial_params()
-        coords = np.arange(theta.size)
-        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    oracle, got, want = _quiet_losses(model, x, y)
     assert oracle.block_names == ["body", "fc"]
-    np.testing.assert_allclose(got, _named_plain_losses(model, oracle, x, y, coords, 1e-3), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
