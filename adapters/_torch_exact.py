@@ -784,17 +784,8 @@ def _unread_check(oracle) -> str:
         return ""
 
     def moved(which) -> float:
-        gen = torch.Generator().manual_seed(0)
-        saved = [p.detach().clone() for p in which]
-        try:
-            with torch.no_grad():
-                for p in which:
-                    p.add_(_CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
+        with _holding(which, _check_moves(which)):
             return reference_loss(oracle, x, y)
-        finally:
-            with torch.no_grad():
-                for p, v in zip(which, saved):
-                    p.copy_(v)
 
     got = moved(params)
     if _close(got, ref0, ref0, oracle.dtype):
@@ -976,7 +967,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                             vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, True)
                         if t not in core.vmap_reached:
                             if not _reaches(oracle, ctx, [names[id(p)]], [p], batched):
-                                _vmap_off(oracle, names[id(p)][0])
+                                _vmap_off(oracle, f"parameter {names[id(p)][0]!r}")
                                 break  # this tensor, from this chunk on, one forward at a time
                             core.vmap_reached.add(t)
                         out[sel[lo:lo + chunk]] = vals
@@ -1009,8 +1000,7 @@ def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False
     from torch.func import functional_call, vmap
 
     probe = _finite_probe(oracle) or oracle
-    x, gen = probe._x, torch.Generator().manual_seed(0)
-    moved = [p.detach() + _CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
+    x, moved = probe._x, _check_moves(params)
 
     def run(ws, xs):
         return functional_call(oracle.model, {n: w for ns, w in zip(names, ws) for n in ns}, (xs,), strict=False,
@@ -1019,26 +1009,42 @@ def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False
     xs, dim = (x.unsqueeze(0), 0) if batched_input else (x, None)
     ctx.reset()
     got = float(probe._loss(vmap(run, in_dims=(0, dim), randomness="error")([w.unsqueeze(0) for w in moved], xs)[0], 1)[0])
+    with _holding(params, moved):
+        ctx.reset()
+        want = float(probe._loss(oracle.model(x), 1)[0])
+    return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
+
+
+def _check_moves(params) -> list:
+    """``params`` each moved by ``_CHECK_STEP`` times a fixed normal draw (one generator for all:
+    different amounts, so that no shift a softmax cancels hides a read)."""
+    gen = torch.Generator().manual_seed(0)
+    return [p.detach() + _CHECK_STEP * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
+
+
+@contextlib.contextmanager
+def _holding(params, values):
+    """``params`` hold ``values`` inside the block and exactly their own values after it."""
     saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
-            for p, w in zip(params, moved):
-                p.copy_(w)
-        ctx.reset()
-        want = float(probe._loss(oracle.model(x), 1)[0])
+            for p, v in zip(params, values):
+                p.copy_(v)
+        yield
     finally:
         with torch.no_grad():
             for p, v in zip(params, saved):
                 p.copy_(v)
-    return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
 
 
-def _vmap_off(oracle, name: str) -> None:
+def _vmap_off(oracle, what: str, stacklevel: int = 5) -> None:
+    """Turn vectorized full forwards off, saying why: the forward reads ``what`` (a parameter)
+    through a copy they do not reach."""
     oracle._core.vmap_ok = False
-    warnings.warn(f"TorchOracle: the forward reads parameter {name!r} through a copy that vectorized full forwards "
-                  "do not reach (they put each perturbed parameter in by its name, torch.func.functional_call; a "
-                  "plain attribute, list or object holding it, or a detached view, keeps the old values there): "
-                  "full forwards run one at a time, perturbed in place", RuntimeWarning, stacklevel=5)
+    warnings.warn(f"TorchOracle: the forward reads {what} through a copy that vectorized full forwards do not reach "
+                  "(they put each perturbed parameter in by its name, torch.func.functional_call; a plain attribute, "
+                  "list or object holding it, or a detached view, keeps the old values there): full forwards run one "
+                  "at a time, perturbed in place", RuntimeWarning, stacklevel=stacklevel)
 
 
 def parameter_names(model: nn.Module) -> dict:

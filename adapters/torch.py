@@ -38,8 +38,8 @@ from zoracle._errors import ArgumentError
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (_modes, _reaches, _self_check, ensure_split, first_bind, full_coordinate_losses, module_key,
-                           name_list, parameter_names, reference_loss, shared_suffix)
+from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, ensure_split, first_bind, full_coordinate_losses,
+                           module_key, name_list, parameter_names, reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
     absorb,
@@ -976,12 +976,7 @@ class TorchOracle:
                     with torch.no_grad(), norm_context(self.model) as ctx:
                         ok = _reaches(self, ctx, [names[id(p)] for p in core.params], core.params)
                     if not ok:
-                        core.vmap_ok = False
-                        warnings.warn("TorchOracle: the forward reads a parameter through a copy that vectorized full "
-                                      "forwards do not reach (they put parameters in by name, "
-                                      "torch.func.functional_call; a plain attribute, list or object holding one, or "
-                                      "a detached view, keeps the old values there): batched queries run one full "
-                                      "forward each", RuntimeWarning, stacklevel=4)
+                        _vmap_off(self, "a parameter", stacklevel=4)
                         return self._full_loop(P)
                     core.vmap_reached.add(-1)
                 return out

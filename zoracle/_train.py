@@ -302,7 +302,7 @@ def _batches_print(batches, steps_per_epoch=None):
     used = list(batches)[:steps_per_epoch]  # the batches a run draws
     rows = [len(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1) and hasattr(b[0], "__len__")
             else None for b in used]
-    return {"batches": len(used), "rows": hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]}
+    return {"batches": len(used), "rows": _short_hash(rows)}
 
 
 def _check_steps_per_epoch(batches, steps_per_epoch) -> None:
@@ -321,7 +321,11 @@ def _layout_print(oracle):
     info = getattr(oracle, "param_info", None)
     if not info or not all(hasattr(i, "name") and hasattr(i, "shape") for i in info):
         return None
-    rows = [[str(i.name), [int(n) for n in i.shape]] for i in info]
+    return _short_hash([[str(i.name), [int(n) for n in i.shape]] for i in info])
+
+
+def _short_hash(rows) -> str:
+    """A short hash of JSON-able ``rows``, for a checkpoint's header (a list of them would grow it)."""
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
