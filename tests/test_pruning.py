@@ -333,3 +333,21 @@ def test_blocks_given_as_a_generator_are_read_once():
     convs = [P("c1", slice(0, 40), (40,), "conv"), P("c2", slice(40, 100), (60,), "conv")]
     np.testing.assert_array_equal(zo.smart_ratio(iter(convs), 0.5), zo.smart_ratio(convs, 0.5))
     assert zo.split_blocks(iter(info)) == zo.split_blocks(info) == ([slice(0, 4), slice(6, 10)], [slice(4, 6)])
+
+
+def test_mask_helpers_refuse_overlaps_and_bad_ratios_whatever_the_draw():
+    """``random_masks`` with overlapping blocks returned a mask for 9 of 20 seeds and blamed
+    `dense` (not passed) for the others; ratios=["x"] raised a bare ValueError from
+    ``keep_counts`` and ``random_masks``; ``DynamicMasks(interval="step").period(3)`` raised
+    a TypeError."""
+    for seed in range(20):
+        with pytest.raises(zo.ArgumentError, match=r"`blocks\[0\]` = slice\(0, 10\) and `blocks\[1\]`"):
+            zo.random_masks([slice(0, 10), slice(5, 15)], [0.3, 0.3], seed)
+    with pytest.raises(zo.ArgumentError, match=r"`blocks\[0\]` = slice\(0, 10\) and `dense\[0\]`"):
+        zo.random_masks([slice(0, 10)], [0.3], 0, dense=[slice(8, 12)])
+    for call in (lambda: zo.keep_counts([slice(0, 10)], ["x"]), lambda: zo.random_masks([slice(0, 10)], ["x"], 0)):
+        with pytest.raises(zo.ArgumentError, match="`ratios` must be keep ratios"):
+            call()
+    with pytest.raises(zo.ArgumentError, match="per-step masks .* have no period"):
+        zo.DynamicMasks([slice(0, 10)], [0.5], seed=0, interval="step").period(3)
+    assert zo.DynamicMasks([slice(0, 10)], [0.5], seed=0, interval=2).period(5) == 2

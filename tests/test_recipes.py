@@ -153,7 +153,7 @@ def test_fill_small_blocks_fills_zo_grasps_empty_small_blocks_and_nothing_else()
     assert plain.tolist() == [3, 0] and filled.tolist() == [2, 1]  # ZO-GraSP gave all 3 to W; the 3 biases get one
     with pytest.raises(zo.ArgumentError, match="fill_small_blocks"):
         zo.train(Softmax(), p0, batches=batches, sparsity=0.5, ratios="uniform", fill_small_blocks=True, progress=False)
-    with pytest.raises(zo.ArgumentError, match="fill_small_blocks` applies to ZO-GraSP"):  # explicit ratios too
+    with pytest.raises(zo.ArgumentError, match="`fill_small_blocks=True` set how ZO-GraSP computes"):  # explicit ratios too
         zo.train(Softmax(), p0, batches=batches, sparsity=0.5, ratios=np.array([0.5, 0.5]), fill_small_blocks=True,
                  progress=False)
     with pytest.raises(zo.ArgumentError, match="fill_small_blocks.*needs `sparsity`"):

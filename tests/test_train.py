@@ -937,3 +937,48 @@ def test_a_resume_with_other_batches_is_refused(tmp_path):
         meta.pop(k)
     zo.save_checkpoint(path, arrays, meta)
     assert zo.train(LinReg(), np.zeros(5), batches=mb(), resume=True, **dict(kw, epochs=5)).steps == 25
+
+
+def test_the_checkpoint_holds_the_mask_of_the_last_step_taken(tmp_path):
+    """The checkpoint's `coordinates` were the mask of the step after the last one (per-step
+    masks) or of the epoch after the run (at the final save): a mask no step used."""
+    blocks = [P("a", slice(0, 10), (10,), "linear"), P("b", slice(10, 24), (14,), "linear")]
+    for interval, epochs in ((2, 2), (2, 3), ("step", 2), (1, 1)):
+        path = tmp_path / f"run_{interval}_{epochs}.npz"
+        queries = []
+        oracle = _Calls(lambda x: queries.append(x.copy()) or float(np.sum((x - 1.0) ** 2)))
+        res = zo.train(oracle, np.linspace(-1, 1, 24), epochs=epochs, steps_per_epoch=3, sparsity=0.7,
+                       ratios="uniform", blocks=blocks, mask_shuffle_interval=interval, rng=7, checkpoint=path,
+                       estimator=zo.CGE(mu=1e-3), progress=False)
+        last = queries[-res.history.steps[-1]["nfev"]:]  # the last step's: its base point, then one per coordinate
+        perturbed = sorted(int(np.flatnonzero(x != last[0])[0]) for x in last[1:])
+        assert np.load(path)["coordinates"].tolist() == res.coordinates.tolist() == perturbed, (interval, epochs)
+
+
+def test_zo_grasp_spends_no_queries_where_the_sparsity_keeps_nothing_scored():
+    """With dense blocks, a sparsity keeping round((1 - s) n) = 0 scored weights made ZO-GraSP
+    spend its 2 (directions + 1) queries for ratios that are 0 whatever it scores, silently."""
+    blocks = [P("w", slice(0, 50), (50,), "linear"), P("b", slice(50, 54), (4,), "bias")]
+    oracle = _Calls()
+    with pytest.warns(UserWarning, match=r"keeps round\(\(1 - sparsity\) \* 50\) = 0 of the 50 scored weights: "
+                                         r"only the dense blocks train; lower `sparsity` below 0.99"):
+        res = zo.train(oracle, np.linspace(-1, 1, 54), epochs=1, steps_per_epoch=2, sparsity=0.995, blocks=blocks,
+                       grasp_directions=100, estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.01), rng=0,
+                       progress=False)
+    assert res.ratios.tolist() == [0.0] and res.coordinates.tolist() == [50, 51, 52, 53]
+    assert oracle.calls == res.nfev == 2 * (4 + 1)  # two steps of 4 dense coordinates, no ZO-GraSP
+
+
+@pytest.mark.parametrize("kwargs, shown", [
+    (dict(sparsity=0.5, ratios="uniform", ranking="grasp"), r"`ranking='grasp'`"),
+    (dict(sparsity=0.5, ratios=np.array([0.5]), grasp_directions=50), r"`grasp_directions=50`"),
+    (dict(ranking="grasp", grasp_directions=10), r"`ranking='grasp'`, `grasp_directions=10`"),
+])
+def test_zo_grasp_settings_another_ratio_method_would_ignore_are_refused(kwargs, shown):
+    """``ranking`` and ``grasp_directions`` were dropped silently with ``ratios="uniform"``, an
+    array or no sparsity, where ``fill_small_blocks`` is refused."""
+    oracle = _Calls()
+    with pytest.raises(zo.ArgumentError, match=shown + " set how ZO-GraSP computes the keep ratios"):
+        zo.train(oracle, np.ones(3), epochs=1, progress=False, **kwargs)
+    assert oracle.calls == 0
+    zo.train(oracle, np.ones(3), epochs=1, sparsity=0.5, ratios="uniform", grasp_batch=None, progress=False)

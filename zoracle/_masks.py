@@ -57,7 +57,10 @@ def check_disjoint(slices, name: str = "blocks", **more) -> None:
 def keep_counts(blocks, ratios) -> np.ndarray:
     """Kept coordinates per block: ``round(ratio * size)``, at least 1 where the ratio is > 0."""
     sl = _slices(blocks)
-    r = np.asarray(ratios, dtype=np.float64)
+    try:
+        r = np.asarray(ratios, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"`ratios` must be keep ratios in [0, 1], one per block, got {ratios!r}") from None
     if r.shape != (len(sl),):
         raise ArgumentError(f"`ratios` must have one keep ratio per block ({len(sl)}), got shape {r.shape}")
     if not np.all(np.isfinite(r)) or (r < 0).any() or (r > 1).any():
@@ -90,6 +93,7 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
 
     rng = as_generator(rng)
     sl = _slices(blocks)
+    check_disjoint(sl, dense=_slices(dense))  # an overlap refused whatever the draw (a draw could miss it)
     counts = keep_counts(sl, ratios)
     parts = []
     for s, k in zip(sl, counts):
@@ -100,10 +104,7 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
         parts.append(np.arange(s.start, s.stop))
     if not parts:
         raise ArgumentError("every keep ratio is 0 and no dense block is given: the mask is empty")
-    idx = np.sort(np.concatenate(parts)).astype(np.int64)
-    if np.unique(idx).size != idx.size:
-        raise ArgumentError("`blocks` and `dense` overlap; every parameter may belong to one block only")
-    return idx
+    return np.sort(np.concatenate(parts)).astype(np.int64)
 
 
 def _count(name: str, value) -> int:
@@ -158,6 +159,10 @@ class DynamicMasks:
         return self.interval == "step"
 
     def period(self, epoch: int) -> int:
+        """The mask period of ``epoch`` (masks of the same period are equal); per-step masks have none."""
+        if self.per_step:
+            raise ArgumentError("per-step masks (`interval=\"step\"`) have no period: each step draws its own; "
+                                "use coordinates(epoch, step=step)")
         return _count("epoch", epoch) // self.interval
 
     def coordinates(self, epoch: int, step: int | None = None) -> np.ndarray:

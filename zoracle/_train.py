@@ -610,7 +610,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         ZO-GraSP ranking (see :func:`zoracle.layer_ratios`).
     fill_small_blocks : bool
         With ``ratios="zo_grasp"``: every scored block that ZO-GraSP leaves empty and that has
-        at most as many weights as a mask holds gets one of the mask's coordinates, taken from
+        at most as many weights as the mask keeps of the scored blocks gets one of them, taken from
         the block with the most (``layer_ratios(fill_small=True)``), so a first layer's biases
         are not frozen for the whole run at extreme sparsity. ``zo.recipes.short_budget`` sets it
         by default from 1,400 steps on (``zo.recipes.FILL_FROM_STEPS``); measured in docs/peers.md.
@@ -734,10 +734,18 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
-        if fill_small_blocks and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
-            raise ArgumentError(f"`fill_small_blocks` applies to ZO-GraSP's ratios; with `ratios={ratios!r}` "
-                                f"pass fill_small_blocks=False (or ratios=\"zo_grasp\")")
         _warn_sign_decay(optimizer)
+    if not sparse or not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
+        # ZO-GraSP's own settings, set away from their defaults, would be ignored silently (a
+        # `grasp_batch` passes: scripts give it whatever the method, and it changes no result)
+        unused = [f"{n}={v!r}" for n, v, changed in (
+            ("fill_small_blocks", fill_small_blocks, fill_small_blocks), ("ranking", ranking, ranking != "magnitude"),
+            ("grasp_directions", grasp_directions, grasp_directions != 192)) if changed]
+        if unused:
+            shown = repr(ratios) if isinstance(ratios, str) else f"an array of {np.size(ratios)}"
+            why = "without `sparsity` no ratios are computed" if not sparse else f"`ratios`={shown} does not compute them"
+            raise ArgumentError(f"{', '.join(f'`{u}`' for u in unused)} set how ZO-GraSP computes the keep ratios of "
+                                f"sparse CGE, but {why}: leave them out, or pass sparsity=... with ratios=\"zo_grasp\"")
     if resume is True:
         if checkpoint is None:
             raise ArgumentError("`resume=True` resumes from `checkpoint`; pass `checkpoint=path` too")
@@ -895,6 +903,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"{100 * (1 - sparsity):.3g}% of the scored weights")
         elif ratios == "zo_grasp" and round((1 - sparsity) * n_scored) >= n_scored:
             keep = np.ones(len(scored))  # every weight kept: ZO-GraSP's queries could change nothing
+        elif round((1 - sparsity) * n_scored) == 0:  # (with dense blocks; without, refused above)
+            keep = np.zeros(len(scored))  # nothing kept: ZO-GraSP's queries could change nothing either
+            warnings.warn(f"train: `sparsity`={sparsity!r} keeps round((1 - sparsity) * {n_scored}) = 0 of the "
+                          f"{n_scored} scored weights: only the dense blocks train; lower `sparsity` below "
+                          f"{1 - 0.5 / n_scored:.6g} to train scored weights too", UserWarning, stacklevel=2)
         elif ratios == "uniform" or (ratios == "zo_grasp" and len(scored) == 1):
             keep = uniform_ratios(scored, sparsity)
         elif ratios == "smart":
@@ -927,6 +940,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             _warn_zero_blocks(params, scored, keep, all_blocks)
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
 
+    def last_mask():
+        """The mask of the last step taken (of the next step, before any): what the checkpoint
+        stores as the current mask and the result returns."""
+        at = steps_hist[-1] if steps_hist else {"epoch": epoch, "step": step}
+        return masks.coordinates(at["epoch"], step=at["step"])
+
     def save():
         if checkpoint is None:
             return
@@ -937,7 +956,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             arrays.update({f"oracle/{k}": to_numpy(v) for k, v in oracle.state_arrays().items()})
         if sparse:
             arrays["ratios"] = keep
-            arrays["coordinates"] = masks.coordinates(epoch, step=step)
+            arrays["coordinates"] = last_mask()
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist},
                 "fingerprints": prints}
@@ -1064,9 +1083,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if checkpoint is not None:
         save()
     if sparse and coords is None and steps_hist:
-        # a resume with no step left ran none: the mask of the last step, as the run that made it returned
-        last = steps_hist[-1]
-        coords = masks.coordinates(last["epoch"], step=last["step"]) if masks.per_step else masks.coordinates(last["epoch"])
+        coords = last_mask()  # a resume with no step left ran none: the mask the run that made it returned
     if has_methods(oracle, "load", "initial_params") and getattr(oracle, "param_info", None) is not None:
         # an oracle over a model it holds (TorchOracle): its queries left the model at the last
         # perturbed point; it holds the trained parameters now (torch.save(model.state_dict()) saves them)
