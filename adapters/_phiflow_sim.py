@@ -14,6 +14,7 @@ import json
 import math as _math
 import os
 import tempfile
+import threading
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ CACHE_VERSION = 2
 #: explicit-diffusion sub-steps allowed per solver step: a Reynolds number needing more is
 #: refused (the count grows like 1 / Re; Re 0.001 on the 128x256 grid asked for 163,840)
 MAX_SUBSTEPS = 1000
+
+
+_ONE_SIMULATION = threading.RLock()  # see WakeFlow.simulate
 
 
 class SimulationError(ZoracleError, FloatingPointError):
@@ -249,7 +253,9 @@ class WakeFlow:
         Returns
         -------
         (vx, vy)
-            The final (or every) state, same kind of arrays as the input.
+            The final (or every) state, the same kind of arrays as the input (NumPy or torch)
+            in PhiFlow's precision: float32 by default, float64 after
+            ``phi.math.set_global_precision(64)``, whatever the input's dtype.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ArgumentError(f"`steps` must be an integer >= 0, got {steps!r}")
@@ -284,7 +290,9 @@ class WakeFlow:
             from phiml.backend.torch import TORCH as backend
         else:
             backend = pm.NUMPY
-        with backend:  # PhiFlow samples on its default backend: keep it that of the state
+        # PhiFlow's default backend and its geometry caches are process-wide: threads sharing it
+        # (a threading executor) got wrong losses or crashed; they take turns here
+        with _ONE_SIMULATION, backend:  # PhiFlow samples on its default backend: keep it that of the state
             return self._loop(vx, vy, nu, groups, steps, correct, record, start, check, is_torch)
 
     def _diffuse(self, v, nu, groups, template, is_torch):

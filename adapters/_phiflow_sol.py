@@ -110,9 +110,9 @@ def _re_feature(re) -> np.ndarray:
 class _Corrector:
     """``k`` copies of one network architecture with stacked parameters, applied at once."""
 
-    def __init__(self, net: nn.Module, inflow: float = 1.0):
+    def __init__(self, net: nn.Module, flow: WakeFlow):
         self.net = net
-        self.inflow = float(inflow)
+        self.inflow = float(flow.inflow)
         self.blocks = _blocks(net)
         self.d = self.blocks[-1].slice.stop
 
@@ -120,6 +120,26 @@ class _Corrector:
             return functional_call(self.net, p, (x,))
 
         self._batched = vmap(one)
+        self._probe(flow.shapes[0])
+
+    def _probe(self, faces: tuple) -> None:
+        """Run the network once on a zero state of the grid: a net of another shape failed inside
+        the first simulation with a raw torch error, or (extra output channels) was cut silently."""
+        want = (1, 1, 2) + tuple(faces)
+        x = torch.zeros((1, 1, 3) + tuple(faces))
+        flat = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()]).to(torch.float32)[None]
+        try:
+            with torch.no_grad():
+                got = tuple(self._batched(self.params(flat), x.to(flat.dtype)).shape)
+        except Exception as exc:  # the net's own error, kept in the message
+            raise ArgumentError(f"`net` must map a (N, 3, {faces[0]}, {faces[1]}) float32 batch (vx, vy, Re feature on "
+                                f"the x faces) to (N, 2, {faces[0]}, {faces[1]}) corrections and run under "
+                                f"torch.func.vmap (no BatchNorm in train mode: net.eval()); it raised "
+                                f"{type(exc).__name__}: {exc}") from None
+        if got != want:
+            raise ArgumentError(f"`net` must map a (N, 3, {faces[0]}, {faces[1]}) batch to (N, 2, {faces[0]}, "
+                                f"{faces[1]}) corrections (keep the grid: padding=kernel // 2), got (N, "
+                                f"{', '.join(map(str, got[2:]))}); see correction_net")
 
     def params(self, P: torch.Tensor) -> dict:
         k = P.shape[0]
@@ -139,6 +159,18 @@ class _Corrector:
         x = self.features(vx, vy, re_feat).to(P.dtype)
         out = self._batched(self.params(P), x).to(vx.dtype)
         return vx + out[:, :, 0], vy + out[:, :, 1, :-1]
+
+
+def _squares(c: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+    """Sum of ``(c - target) ** 2`` for each of the ``k`` parameter vectors, in float64. A
+    float32 square overflows to inf above 1.8e19 (a blown-up but finite state, whose loss
+    was then inf): those rows are summed again in float64; the others as before, bit for bit."""
+    with np.errstate(over="ignore"):
+        s = ((c - target) ** 2).reshape(k, -1).sum(1, dtype=np.float64)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        s[bad] = ((c[bad].astype(np.float64) - target) ** 2).reshape(int(bad.sum()), -1).sum(1)
+    return s
 
 
 def _as_matrix(params_batch, d: int) -> np.ndarray:
@@ -256,7 +288,7 @@ class SolverInTheLoop:
         self.flow = flow
         self.reference = reference
         self.unroll = int(unroll)
-        self.corrector = _Corrector(net, flow.inflow)
+        self.corrector = _Corrector(net, flow)
         self.param_info = self.corrector.blocks
         self.d = self.corrector.d
         if (isinstance(max_queries_per_call, bool) or not isinstance(max_queries_per_call, numbers.Integral)
@@ -335,9 +367,7 @@ class SolverInTheLoop:
                     Pt, torch.from_numpy(vx).reshape((k, n) + vx.shape[1:]),
                     torch.from_numpy(vy).reshape((k, n) + vy.shape[1:]), re_feat)
             cx, cy = cx.numpy(), cy.numpy()
-            tx, ty = ref.vx[r, f + t + 1], ref.vy[r, f + t + 1]
-            sq[:] += ((cx - tx) ** 2).reshape(k, -1).sum(1, dtype=np.float64)
-            sq[:] += ((cy - ty) ** 2).reshape(k, -1).sum(1, dtype=np.float64)
+            sq[:] += _squares(cx, ref.vx[r, f + t + 1], k) + _squares(cy, ref.vy[r, f + t + 1], k)
             return cx.reshape((k * n,) + cx.shape[2:]), cy.reshape((k * n,) + cy.shape[2:])
 
         t0 = time.perf_counter()
@@ -370,7 +400,7 @@ def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, 
     (vx, vy)
         Arrays of shape ``(k, R, steps + 1, ...)`` starting at the reference ``frame``.
     """
-    corr = _Corrector(net, flow.inflow)
+    corr = _Corrector(net, flow)
     P = _as_matrix(params_batch, corr.d)
     k, R = P.shape[0], len(reference.re)
     _check_span(steps, frame, reference.vx.shape[1] - 1)
@@ -459,8 +489,9 @@ def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs:
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     _check_lr(lr)
+    d = _Corrector(net, flow).d  # a net of the wrong shape refused before any simulation
     if params is not None:
-        params = _check_params(params, _Corrector(net, flow.inflow).d)
+        params = _check_params(params, d)
     R, T1 = reference.vx.shape[:2]
     vx = reference.vx[:, :-1].reshape((-1,) + reference.vx.shape[2:])
     vy = reference.vy[:, :-1].reshape((-1,) + reference.vy.shape[2:])
@@ -472,7 +503,7 @@ def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs:
     sx, sy = torch.from_numpy(sx.astype(np.float32)), torch.from_numpy(sy.astype(np.float32))
     feat = torch.as_tensor(_re_feature(re), dtype=torch.float32)
     net = _clone(net) if params is None else _load(net, params)
-    corr = _Corrector(net, flow.inflow)
+    corr = _Corrector(net, flow)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(int(seed))
     N = sx.shape[0]
@@ -512,10 +543,11 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
     iterations = _check_int("iterations", iterations, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     _check_lr(lr)
+    d = _Corrector(net, flow).d  # a net of the wrong shape refused before any simulation
     if params is not None:
-        params = _check_params(params, _Corrector(net, flow.inflow).d)
+        params = _check_params(params, d)
     net = _clone(net) if params is None else _load(net, params)
-    corr = _Corrector(net, flow.inflow)
+    corr = _Corrector(net, flow)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()

@@ -76,9 +76,10 @@ def test_log_reports_the_trained_loss_and_the_exact_sparsity(tmp_path, monkeypat
         return res
 
     monkeypatch.setattr(zo, "train", spy)
-    rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
-                   "--zo-steps", "2", "--no-fo", "--no-plot", "--sparsity", "0.9999", "--json",
-                   "--cache", str(tmp_path)])
+    with pytest.warns(UserWarning, match=r"keeps round\(\(1 - sparsity\) \* 594\) = 0 of the 594 scored weights"):
+        rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
+                       "--zo-steps", "2", "--no-fo", "--no-plot", "--sparsity", "0.9999", "--json",
+                       "--cache", str(tmp_path)])
     assert rc == 0
     err = capsys.readouterr().err
     assert "sparse CGE at 99.99% gradient sparsity" in err
