@@ -148,6 +148,11 @@ class _Ledger:
             os.close(fd)  # releases the lock
 
 
+_ONE_COLUMN = ("output {name!r} has one score column (a binary model's single logit or probability): the argmax "
+               "over one column is always class 0; re-export it with two columns (torch.cat([-z, z], 1) for a "
+               "logit z, [1 - p, p] for a probability p), or choose a label output with `output=`")
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -445,7 +450,7 @@ class OnnxClassifier:
         choice = self._output_choice
         if choice is None:
             scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")
-                      and len(o.shape) == 2]
+                      and len(o.shape) == 2 and o.shape[1] != 1]  # one column: no classes to take the argmax of
             zipmaps = [o for o in outputs if o.type.startswith("seq(map(")]
             node = (scores or zipmaps or list(outputs))[0]
         elif isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
@@ -459,14 +464,18 @@ class OnnxClassifier:
             node = match[0]
         self.output_name = node.name
         self._zipmap = node.type.startswith("seq(map(")
-        is_int_vector = node.type in ("tensor(int64)", "tensor(int32)") and len(node.shape) == 1
+        # labels (N,), or a label column (N, 1) as some exporters write it
+        is_int_vector = node.type in ("tensor(int64)", "tensor(int32)") and (
+            len(node.shape) == 1 or (len(node.shape) == 2 and node.shape[1] == 1))
         if not (self._zipmap or is_int_vector or (node.type in _DTYPES and len(node.shape) == 2)):
             raise ArgumentError(
                 f"output {node.name!r} ({node.type}, shape {node.shape}) is neither class scores (N, C) nor "
                 f"labels (N,); choose another with `output=`"
             )
+        if not (self._zipmap or is_int_vector) and node.shape[1] == 1:
+            raise ArgumentError(_ONE_COLUMN.format(name=node.name))
         self.output_kind = "labels" if is_int_vector else "scores"
-        last = node.shape[-1] if (not self._zipmap and len(node.shape) == 2) else None
+        last = node.shape[-1] if (self.output_kind == "scores" and not self._zipmap) else None
         self.num_classes = int(last) if isinstance(last, numbers.Integral) and last > 0 else None
 
     # pickling: sessions do not pickle, the model bytes (or a large model's path) do --------------
@@ -607,9 +616,13 @@ class OnnxClassifier:
                 chunk = np.concatenate([chunk, pad])
             parts.append(self._run(chunk)[:real])
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if self.output_kind == "labels" and out.shape == (n, 1):  # a label column
+            out = out.reshape(n)
         if self.output_kind == "scores":
             if out.ndim != 2 or out.shape[0] != n:
                 raise ZoracleError(f"output {self.output_name!r} returned shape {out.shape}, expected ({n}, C)")
+            if out.shape[1] == 1:  # a dynamic class axis that came back with one column
+                raise ZoracleError(_ONE_COLUMN.format(name=self.output_name))
             if self.num_classes is None:
                 self.num_classes = int(out.shape[1])
         return out

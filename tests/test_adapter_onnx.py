@@ -424,3 +424,30 @@ def test_an_operator_no_provider_runs_is_not_called_a_corrupted_file(tmp_path):
     with pytest.raises(zo.ArgumentError, match="cannot run") as err:
         OnnxClassifier(path)
     assert "corrupted" not in str(err.value)
+
+
+def test_one_column_outputs_are_labels_or_refused(tmp_path):
+    """An (N, 1) output was read as class scores: predict() returned 0 for every input (the
+    argmax over one column), for an integer label column as for a binary model's one logit."""
+
+    class LabelColumn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)).argmax(1, keepdim=True)
+
+    class OneLogit(LabelColumn):
+        def forward(self, x):
+            return self.fc(x.flatten(1))[:, :1]
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    labels = OnnxClassifier(_export(LabelColumn().eval(), tmp_path / "column.onnx"))
+    want = ort.InferenceSession(str(tmp_path / "column.onnx")).run(None, {"x": x})[0][:, 0]
+    assert labels.output_kind == "labels" and labels.num_classes is None
+    assert len(set(want.tolist())) > 1 and labels.predict(x).tolist() == want.tolist()
+    assert labels(x).shape == (16,)
+    with pytest.raises(zo.ArgumentError, match=r"output 'logits' has one score column .*torch.cat\(\[-z, z\], 1\)"):
+        OnnxClassifier(_export(OneLogit().eval(), tmp_path / "logit.onnx"))

@@ -206,3 +206,56 @@ def test_a_sigma_beyond_the_dtype_and_a_point_without_features_are_refused():
         sm.certify(clf, np.zeros(0), sigma=0.1, n0=5, n=20, num_classes=2, rng=0)
     assert clf.sizes == []
     assert sm.certify_batch(clf, np.zeros((1, 3)), sigma=1e39, n0=5, n=20, num_classes=2, rng=0)[0] is not None
+
+
+class Declared(Counting):
+    """A classifier that declares what an OnnxClassifier does: classes, input shape, budget left."""
+
+    def __init__(self, fn, num_classes=None, input_shape=None, remaining=None):
+        super().__init__(fn)
+        self.num_classes, self.input_shape, self.remaining = num_classes, input_shape, remaining
+
+
+def test_what_the_classifier_declares_is_checked_before_any_query():
+    """A num_classes contradicting the classifier's, a budget too small for both phases, and a
+    point with a batch axis each spent up to a batch of queries (10,000 by default) first, and
+    named the noise batch (100, 1, 1, 8, 8) rather than the point (1, 1, 8, 8)."""
+    scores = Declared(lambda z: np.zeros((len(z), 10), np.float32), num_classes=10, input_shape=(None, 1, 8, 8))
+    x = np.zeros((1, 8, 8), np.float32)
+    with pytest.raises(zo.ArgumentError, match=r"`num_classes`=2, but the classifier has 10 classes .*num_classes=10"):
+        sm.certify(scores, x, sigma=0.1, n0=5, n=5, num_classes=2)
+    with pytest.raises(zo.ArgumentError, match=r"`num_classes`=2, but the classifier has 10"):
+        sm.predict(scores, x, sigma=0.1, n=5, num_classes=2)
+    for call in (lambda: sm.certify(scores, x[None], sigma=0.1, n0=5, n=5),
+                 lambda: sm.certify_batch(scores, x, sigma=0.1, n0=5, n=5),
+                 lambda: sm.predict(scores, x.ravel(), sigma=0.1, n=5)):
+        with pytest.raises(zo.ArgumentError, match=r"takes points of shape \(1, 8, 8\) .*got points of shape \((1, 1, 8, 8|8, 8|64,)\)"):
+            call()
+    budget = Declared(threshold, remaining=1_000)
+    with pytest.raises(zo.ArgumentError, match=r"needs 1,100 classifier queries, but the classifier's budget has 1,000"):
+        sm.certify(budget, np.array([1.0]), sigma=0.1, n0=100, n=1_000, num_classes=2)  # n0 alone would fit
+    with pytest.raises(zo.ArgumentError, match="needs 2,000"):
+        sm.predict(budget, np.array([1.0]), sigma=0.1, n=2_000, num_classes=2)
+    assert scores.sizes == budget.sizes == []
+    assert sm.certify(budget, np.array([1.0]), sigma=0.1, n0=100, n=900, num_classes=2, rng=0).prediction == 1
+    assert sm.certify(scores, x, sigma=0.1, n0=5, n=5, rng=0).n_a == 5  # the declared shape and classes fit
+
+
+def test_log_probabilities_of_minus_infinity_are_scores():
+    """log_softmax of a confident model gives -inf: certify refused it as 'not finite' where
+    OnnxClassifier.predict takes the argmax; a NaN row, or one with no score above -inf, has
+    no highest class and is still refused."""
+
+    def logprob(z):
+        out = np.full((len(z), 3), -np.inf)
+        out[:, 2] = 0.0
+        out[z.reshape(len(z), -1)[:, 0] < -0.5, 1] = 1.0
+        return out
+
+    c = sm.certify(logprob, np.array([1.0]), sigma=0.5, n0=50, n=2000, num_classes=3, rng=0)
+    p = 1 - stats.norm.cdf(-1.5 / 0.5)  # class 2 unless the noisy point falls below -0.5
+    assert c.prediction == 2 and abs(c.n_a / 2000 - p) < 4 * np.sqrt(p * (1 - p) / 2000)
+    for bad in (np.nan, -np.inf):
+        with pytest.raises(zo.OracleError, match="noise sample 0 of point 0.*must not be NaN and must have one above -inf"):
+            sm.certify(lambda z, bad=bad: np.where(np.arange(3) == 2, bad, -np.inf) * np.ones((len(z), 1)),
+                       np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=3)

@@ -177,7 +177,7 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
     """The classifier's output for ``k`` noisy inputs as ``k`` int64 labels, or :class:`OracleError`.
 
     Accepted: ``(k,)`` integer labels, a ``(k, 1)`` integer label column, or ``(k, C)``
-    floating-point scores (argmax) with ``C == num_classes`` and every score finite.
+    floating-point scores (argmax) with ``C == num_classes``, no NaN and one score above -inf a row.
     ``sample_of(j)`` names row ``j`` of the batch in errors.
     """
     what = f"a batch of {k} noisy inputs"
@@ -194,12 +194,14 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
                                                           "over the batch axis instead of the class axis)")
         if num_classes is not None and arr.shape[1] != num_classes:
             raise OracleError(what, shown, detail=f"scores must have one column per class ({num_classes})")
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            j = int(np.flatnonzero(~finite)[0])
+        # -inf is a log-probability of 0 (log_softmax of a confident model); NaN, or no score
+        # above -inf, has no highest class (argmax would make it class 0, and a vote)
+        ok = ~np.isnan(arr).any(axis=1) & (arr.max(axis=1) > -np.inf)
+        if not ok.all():
+            j = int(np.flatnonzero(~ok)[0])
             name = sample_of(j) if sample_of is not None else f"row {j} of {what}"
-            raise OracleError(name, _row(arr[j]), detail=f"scores must be finite ({int((~finite).sum())} of {k} "
-                                                            "rows in this batch are not)")
+            raise OracleError(name, _row(arr[j]), detail=f"scores must not be NaN and must have one above -inf "
+                                                            f"({int((~ok).sum())} of {k} rows in this batch do not)")
         arr = arr.argmax(axis=1)
     elif arr.shape != (k,) or arr.dtype.kind not in "iu":
         raise OracleError(what, shown, detail=want)
@@ -232,6 +234,32 @@ def _points(x) -> np.ndarray:
         raise ArgumentError(f"`x` must be real with dtype float32 or float64 (or integers), got {x.dtype}; "
                             "use x.astype(np.float32)")
     return x
+
+
+def _check_points_fit(classifier, x: np.ndarray) -> None:
+    """Points of the shape a classifier that declares its input (``input_shape``, batch axis
+    first, as :class:`~zoracle.adapters.onnx.OnnxClassifier`) takes; the classifier's own
+    error named the shape of the noise batch, which the caller never built."""
+    shape = getattr(classifier, "input_shape", None)
+    if not isinstance(shape, tuple) or not shape:
+        return
+    want = shape[1:]
+    if len(want) != x.ndim - 1 or any(isinstance(w, numbers.Integral) and w != g for w, g in zip(want, x.shape[1:])):
+        shown = "(" + ", ".join("?" if not isinstance(w, numbers.Integral) else str(w) for w in want) + \
+            ("," if len(want) == 1 else "") + ")"
+        raise ArgumentError(f"the classifier takes points of shape {shown} (its input without the batch axis), got "
+                            f"points of shape {tuple(x.shape[1:])}: certify and predict take one point (x[0] of a "
+                            "batch), certify_batch and sample_counts a batch of points")
+
+
+def _check_budget(classifier, need: int) -> None:
+    """Refuse a run the classifier's query budget cannot finish (``remaining``, as
+    :class:`~zoracle.adapters.onnx.OnnxClassifier` has), before its first query: a
+    certificate that runs out midway spends its queries and returns nothing."""
+    left = getattr(classifier, "remaining", None)
+    if isinstance(left, numbers.Integral) and not isinstance(left, bool) and need > left:
+        raise ArgumentError(f"this needs {need:,} classifier queries, but the classifier's budget has {int(left):,} "
+                            "left (classifier.remaining): raise its budget, or lower n / n0 or the number of points")
 
 
 def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classes: int,
@@ -270,7 +298,9 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     if sigma * 40 > float(np.finfo(x.dtype).max):  # noise of 40 sigma and more would overflow x's dtype
         raise ArgumentError(f"`sigma`={sigma!r} is beyond {x.dtype}'s range (max {float(np.finfo(x.dtype).max):.3g}): "
                             "its noisy inputs would be inf; use a smaller sigma, or float64 points")
+    _check_points_fit(classifier, x)
     m = x.shape[0]
+    _check_budget(classifier, m * num)
     counts = np.zeros((m, num_classes), dtype=np.int64)
     total = m * num
     # walk the flattened (point, sample) grid in chunks of batch_size noisy inputs
@@ -358,9 +388,13 @@ def _check_classifier(classifier) -> None:
 
 def _infer_classes(classifier, x, num_classes):
     _check_classifier(classifier)
-    if num_classes is not None:
-        return _check_int("num_classes", num_classes, 2)
     n = getattr(classifier, "num_classes", None)
+    if num_classes is not None:
+        num_classes = _check_int("num_classes", num_classes, 2)
+        if isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 2 and n != num_classes:
+            raise ArgumentError(f"`num_classes`={num_classes}, but the classifier has {int(n)} classes "
+                                f"(classifier.num_classes): pass num_classes={int(n)}, or leave it out")
+        return num_classes
     if isinstance(n, numbers.Integral) and n >= 2:
         return int(n)
     raise ArgumentError("`num_classes` is required (the classifier has no integer `num_classes` attribute)")
@@ -401,6 +435,8 @@ def certify_batch(classifier: Callable, x, *, sigma: float, n0: int = 100, n: in
     alpha = _check_alpha(alpha)
     x = _points(x)
     num_classes = _infer_classes(classifier, x, num_classes)
+    _check_points_fit(classifier, x)
+    _check_budget(classifier, x.shape[0] * (n0 + n))  # both phases: the first alone could pass
     gen = as_generator(rng)
     c0 = sample_counts(classifier, x, n0, sigma, num_classes=num_classes, batch_size=batch_size, rng=gen)
     top = c0.argmax(axis=1)
