@@ -25,6 +25,7 @@ arguments become False; in-place modules are switched out of place by ``norm_con
 
 from __future__ import annotations
 
+import inspect
 import operator
 import weakref
 
@@ -169,7 +170,7 @@ def trace_steps(model: nn.Module):
             saved = _attributes(model)
             tracer = _Tracer(leaves, proxy)
             try:
-                graph = tracer.trace(model)
+                graph = _without_defaults(tracer.trace(model, concrete_args=_defaults(model) or None))
                 break
             except Exception as exc:  # data-dependent control flow, unsupported Python
                 err = err or exc
@@ -178,13 +179,48 @@ def trace_steps(model: nn.Module):
         if graph is not None:
             break
     if graph is None:
-        return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]})"
+        hint = ("; a size read from the input is a proxy while fx traces, so a factory call on it "
+                "(torch.ones(x.size(1), n)), a loop over range(x.size(1)) or pack_padded_sequence cannot be traced: "
+                "build such a tensor once as a buffer of the largest size and slice it (self.mask[:T, :T]); "
+                "docs/pytorch.md") if isinstance(err, TypeError) else ""
+        return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
     for name, m in model.named_modules():
         if not proxy and m._buffers and (m is model or not tracer.is_leaf_module(m, name)):
             BAKED_BUFFERS.add(m)  # read as values at the capture: a change must check the split again
         else:
             BAKED_BUFFERS.discard(m)
     return _graph_steps(model, list(graph.nodes))
+
+
+def _defaults(model: nn.Module) -> dict:
+    """The forward's parameters after the input that have plain defaults (``mask=None``,
+    ``return_features=False``): the oracle calls ``model(x)``, so fx traces them as those
+    values. Traced as inputs, they made a one-input model look like a two-input one (no split)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except Exception:  # noqa: BLE001 (a compiled or wrapped forward without a signature: traced as it is)
+        return {}
+    plain = (type(None), bool, int, float, str)
+    return {p.name: p.default for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and type(p.default) in plain}
+
+
+def _without_defaults(graph: fx.Graph) -> fx.Graph:
+    """``graph`` without the placeholders fx makes for ``concrete_args`` and the asserts that
+    check them (nothing else reads them: the values were used while tracing)."""
+    holders = [n for n in graph.nodes if n.op == "placeholder"][1:]
+    if not holders:
+        return graph
+    fixed = set(holders)
+    for n in graph.nodes:  # the asserts (and their comparisons) of the fixed values
+        if n.op == "call_function" and n.all_input_nodes and all(i in fixed for i in n.all_input_nodes):
+            fixed.add(n)
+    if any(u not in fixed for n in fixed for u in n.users):
+        return graph  # a fixed value the forward reads as a graph input: left as is (refused as two inputs)
+    for n in reversed(list(graph.nodes)):
+        if n in fixed:
+            graph.erase_node(n)
+    return graph
 
 
 #: modules whose forward was traced with their buffers as values (see ``_Tracer``)

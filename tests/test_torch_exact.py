@@ -2043,3 +2043,53 @@ def test_a_random_loss_is_named_and_an_integer_loss_refused():
             TorchOracle(model, noisy, (x, y), blocks=blocks)
     with pytest.raises(zo.ArgumentError, match="`loss_fn` returned int64 losses; finite differences need float"):
         TorchOracle(model, lambda out, target: (out.argmax(1) != target).long(), (x, y))
+
+
+class _OptionalArguments(nn.Module):
+    """``forward(x, mask=None, ...)``, the attention / feature-extractor idiom: fx traced the
+    defaulted parameters as inputs, so the model looked like a two-input one and lost feature
+    reuse ("forward takes 2 inputs; the oracle feeds one"), or a branch on the flag failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x, mask=None, return_features: bool = False, *, scale: float = 1.0):
+        h = torch.relu(self.conv(x))
+        if mask is not None:
+            h = h * mask
+        if return_features:
+            return h
+        return self.fc(h.flatten(1)) * scale
+
+
+class _Causal(nn.Module):
+    def __init__(self, buffer):
+        super().__init__()
+        self.fc, self.buffer = nn.Linear(4, 4), buffer
+        self.register_buffer("tri", torch.ones(16, 16).tril())
+
+    def forward(self, x):
+        T = x.size(1)
+        mask = self.tri[:T, :T] if self.buffer else torch.ones(T, T, dtype=x.dtype).tril()
+        return (mask @ self.fc(x)).mean(1)
+
+
+def test_a_forward_with_defaulted_arguments_keeps_its_split():
+    torch.manual_seed(0)
+    model = _OptionalArguments().double()
+    x, y = torch.randn(5, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    oracle = check_exact(model, x, y, F.cross_entropy)  # no warning: the split, equal to the textbook loop
+    assert len(oracle.blocks) == 2
+
+
+def test_a_factory_call_on_an_input_size_is_named_with_the_fix():
+    """fx's own message ("ones() takes 1 positional argument but 2 were given") said nothing of
+    the cause; the buffer it suggests keeps the split."""
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    check_exact(_Causal(buffer=False).double(), x, y, F.mse_loss,
+                expect_warning=r"cannot trace _Causal \(TypeError: .*\); a size read from the input is a proxy .*"
+                               r"as a buffer of the largest size and slice it \(self.mask\[:T, :T\]\)")
+    assert len(check_exact(_Causal(buffer=True).double(), x, y, F.mse_loss).blocks) == 1
