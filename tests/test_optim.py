@@ -157,3 +157,42 @@ def test_update_used_directly_refuses_what_it_would_get_wrong(make):
     assert new.shape == (3,) and (new < p).all()
     assert opt.update(1.0, state, p)[0].shape == (3,)  # a scalar gradient broadcasts, as before
     assert opt.update(np.ones(3, np.float16), opt.init(p.astype(np.float16)), p.astype(np.float16))[0].dtype == np.float16
+
+
+def test_adamw_decay_matches_the_closed_form_and_torch():
+    """A flipped decoupled decay (``d - wd * params``) passed every test: the Adam reference
+    test had no decay. The first step has size lr (m_hat / sqrt(v_hat) = sign(g)) plus
+    lr * wd * params; torch's AdamW, several steps, is the independent reference."""
+    opt = zo.adam(0.1, weight_decay=0.1)
+    p = np.array([2.0, -3.0])
+    new, _ = opt.update(np.array([1.0, 1.0]), opt.init(p), p)
+    np.testing.assert_allclose(new, [2.0 - 0.1 * (1 + 0.1 * 2.0), -3.0 - 0.1 * (1 - 0.1 * 3.0)], rtol=1e-7)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=5)
+    w = torch.nn.Parameter(torch.tensor(theta))
+    # torch's AdamW multiplies by (1 - lr * wd) before the Adam step: the same update
+    ref = torch.optim.AdamW([w], lr=0.05, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.3)
+    opt = zo.adam(0.05, b1=0.8, b2=0.99, eps=1e-8, weight_decay=0.3)
+    state, p = opt.init(theta), theta.copy()
+    for _ in range(6):
+        g = rng.normal(size=5)
+        w.grad = torch.tensor(g)
+        ref.step()
+        p, state = opt.update(g, state, p)
+    np.testing.assert_allclose(p, w.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_step_schedule_counts_its_decays_from_the_end_of_the_warm_up():
+    s = zo.step_schedule(1.0, step_size=2, gamma=0.5, warmup_steps=3)
+    assert [s(t) for t in range(8)] == [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_a_schedule_fingerprint_covers_the_whole_run():
+    """Fingerprints holding only the first steps would let a resume with a schedule that changes
+    later pass unnoticed."""
+    from zoracle._schedules import fingerprint
+
+    got = fingerprint(lambda t: 0.1 if t < 150 else 0.01, "lr", 1000)
+    assert got["steps"] == [0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500]
+    assert got["values"][-2:] == [0.01, 0.01]

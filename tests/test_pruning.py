@@ -351,3 +351,27 @@ def test_mask_helpers_refuse_overlaps_and_bad_ratios_whatever_the_draw():
     with pytest.raises(zo.ArgumentError, match="per-step masks .* have no period"):
         zo.DynamicMasks([slice(0, 10)], [0.5], seed=0, interval="step").period(3)
     assert zo.DynamicMasks([slice(0, 10)], [0.5], seed=0, interval=2).period(5) == 2
+
+
+def test_keep_counts_keep_one_of_a_block_whose_ratio_is_above_zero():
+    """A tiny keep ratio rounding to 0 would leave its layer untrained for the whole run."""
+    assert zo.keep_counts([slice(0, 100), slice(100, 300)], [0.004, 0.0]).tolist() == [1, 0]
+
+
+def test_zo_grasp_scores_have_the_scale_of_the_exact_ones():
+    """Correlation cannot see a factor 2 (scores divided by 2 mu instead of mu passed every
+    test): on f = x'Ax/2 + b'x at theta = 1, -theta * H g = -(2, 6, 12) exactly."""
+    oracle = QuadraticOracle(np.diag([1.0, 2.0, 3.0]), b=np.ones(3))
+    exact = np.array([-2.0, -6.0, -12.0])
+    for seed in range(3):
+        s = zo.zo_grasp(oracle, np.ones(3), directions=4000, rng=seed)
+        np.testing.assert_allclose(s, exact, rtol=0.3)
+
+
+def test_grasp_ranking_keeps_the_lowest_scores():
+    """GraSP removes the weights whose removal reduces the gradient flow least, keeping the
+    lowest scores; the rankings' test case gave [0.5, 0.5] for the rule and its reverse."""
+    s = np.array([9.0, 8.0, -0.1, 0.2, -0.3, 7.0])
+    blocks = [slice(0, 2), slice(2, 6)]
+    assert zo.layer_ratios(s, blocks, 0.5, ranking="grasp").tolist() == [0.0, 0.75]
+    assert zo.layer_ratios(s, blocks, 0.5, ranking="magnitude").tolist() == [1.0, 0.25]

@@ -205,7 +205,8 @@ def test_a_sigma_beyond_the_dtype_and_a_point_without_features_are_refused():
     with pytest.raises(zo.ArgumentError, match=r"points with at least one feature, got shape \(1, 0\)"):
         sm.certify(clf, np.zeros(0), sigma=0.1, n0=5, n=20, num_classes=2, rng=0)
     assert clf.sizes == []
-    assert sm.certify_batch(clf, np.zeros((1, 3)), sigma=1e39, n0=5, n=20, num_classes=2, rng=0)[0] is not None
+    wide = sm.certify_batch(clf, np.zeros((1, 3)), sigma=1e39, n0=5, n=20, num_classes=2, rng=0)[0]
+    assert wide.n == 20 and 0 <= wide.n_a <= 20 and 0 < wide.p_lower < 1  # float64 points take that sigma
 
 
 class Declared(Counting):
@@ -259,3 +260,31 @@ def test_log_probabilities_of_minus_infinity_are_scores():
         with pytest.raises(zo.OracleError, match="noise sample 0 of point 0.*must not be NaN and must have one above -inf"):
             sm.certify(lambda z, bad=bad: np.where(np.arange(3) == 2, bad, -np.inf) * np.ones((len(z), 1)),
                        np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=3)
+
+
+def test_certify_picks_its_class_on_the_selection_samples_only():
+    """Cohen's guarantee needs the top class chosen on the n0 samples and counted on n fresh
+    ones: a classifier answering 1 for the first 100 samples and 0 after must abstain (n_a = 0);
+    choosing on the estimation samples certified class 0, silently."""
+    calls = []
+
+    def drifting(z):
+        start = sum(calls)
+        calls.append(len(z))
+        return (np.arange(start, start + len(z)) < 100).astype(np.int64)
+
+    c = sm.certify(drifting, np.array([0.0]), sigma=0.5, n0=100, n=1000, num_classes=2, rng=0)
+    assert c.prediction == sm.ABSTAIN and c.n_a == 0
+
+
+def test_predict_tests_the_top_two_counts_only():
+    """PREDICT's binomial test is n_A out of n_A + n_B; out of n it abstained wherever a third
+    class takes samples (every test had two classes, where the two agree)."""
+    pattern = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    clf = lambda z: pattern[np.arange(len(z)) % 10]  # noqa: E731 (counts 500 / 300 / 200)
+    assert stats.binomtest(500, 800, 0.5).pvalue < 0.001 < stats.binomtest(500, 1000, 0.5).pvalue
+    assert sm.predict(clf, np.array([0.0]), sigma=0.5, n=1000, num_classes=3, batch_size=1000, rng=0) == 0
+
+
+def test_certified_accuracy_counts_radii_equal_to_the_threshold():
+    np.testing.assert_array_equal(sm.certified_accuracy([0.0, 0.5], [True, True], [0.0, 0.5]), [1.0, 0.5])
