@@ -982,3 +982,38 @@ def test_zo_grasp_settings_another_ratio_method_would_ignore_are_refused(kwargs,
         zo.train(oracle, np.ones(3), epochs=1, progress=False, **kwargs)
     assert oracle.calls == 0
     zo.train(oracle, np.ones(3), epochs=1, sparsity=0.5, ratios="uniform", grasp_batch=None, progress=False)
+
+
+def test_callbacks_get_copies_of_their_records():
+    """A callback rounding a record's loss for printing rewrote the history and the epoch mean;
+    popping 'seconds' crashed the run at the epoch's end with a bare KeyError."""
+    f = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    plain = zo.train(f, np.zeros(3), **kw)
+
+    def meddle(event, record, params):
+        record["loss"] = round(record["loss"], 1)
+        record.pop("seconds")
+        record["epoch"] = 99
+
+    got = zo.train(f, np.zeros(3), callbacks=[meddle], **kw)
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    assert strip(got.history.steps) == strip(plain.history.steps)
+    assert strip(got.history.epochs) == strip(plain.history.epochs)
+
+
+def test_a_bad_eval_value_found_late_returns_the_run_and_resumes(tmp_path):
+    """eval_fn's value is checked when it first runs: with eval_every=epochs that is at the end,
+    and the ArgumentError threw the whole run away. It stops with a warning and returns the
+    result; a resume with a fixed eval_fn evaluates that epoch and ends as a clean run."""
+    f = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(epochs=4, steps_per_epoch=2, eval_every=4, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    clean = zo.train(f, np.zeros(3), eval_fn=lambda p: f(p), **kw)
+    path = tmp_path / "run.npz"
+    with pytest.warns(UserWarning, match=r"returned at epoch 3 is \[.*\].*stops here and returns its result"):
+        bad = zo.train(f, np.zeros(3), eval_fn=lambda p: [f(p)], checkpoint=path, **kw)
+    assert bad.stopped and bad.steps == 8 and np.array_equal(bad.params, clean.params)
+    assert len(bad.history.epochs) == 3
+    fixed = zo.train(f, np.zeros(3), eval_fn=lambda p: f(p), checkpoint=path, resume=True, **kw)
+    assert not fixed.stopped and np.array_equal(fixed.params, clean.params) and fixed.nfev == clean.nfev
+    assert fixed.history.epochs[-1]["eval"] == clean.history.epochs[-1]["eval"]

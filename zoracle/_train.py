@@ -623,10 +623,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         ``params -> float or dict`` at the end of every ``eval_every`` epochs and of the last
         one (``params``: a copy, so that a write into it cannot change the run). A run that ``max_queries`` or a callback stops inside an epoch (as
         ``recipes.short_budget``'s usually does) has no record for that partial epoch and no
-        evaluation at its stop: evaluate ``result.params`` yourself.
+        evaluation at its stop: evaluate ``result.params`` yourself. A value that is neither a
+        number nor a dict of numbers, found only when ``eval_fn`` first runs, stops the run with a
+        warning and returns its result (``stopped=True``; the epoch's end runs again on resume).
     callbacks : sequence of callable
-        ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``params``
-        a copy, as for ``eval_fn``); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
+        ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
+        and ``params`` are copies: writing into them cannot change the run or its history); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
@@ -1047,8 +1049,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     bar.update(1)
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
-                for cb in callbacks:
-                    if _stops(cb("step", rec, params.copy()), cb, cb_warned):
+                for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
+                    if _stops(cb("step", dict(rec), params.copy()), cb, cb_warned):
                         stopped = True
                 if max_queries is not None and nfev >= max_queries:
                     stopped = True
@@ -1066,7 +1068,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                    erec.update(_metrics(eval_fn(params.copy()), epoch))
+                    value = eval_fn(params.copy())
+                    try:
+                        erec.update(_metrics(value, epoch))
+                    except ArgumentError as exc:  # found only now: the run's work is returned, not lost
+                        warnings.warn(f"train: {exc}. The run stops here and returns its result, without this "
+                                      "epoch's record; fix `eval_fn` and resume from the checkpoint to evaluate "
+                                      "it and go on", UserWarning, stacklevel=2)
+                        stopped = True
+                        break
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
                 epoch_hist.append(erec)
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
@@ -1074,7 +1084,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if progress:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 for cb in callbacks:
-                    if _stops(cb("epoch", erec, params.copy()), cb, cb_warned):
+                    if _stops(cb("epoch", dict(erec), params.copy()), cb, cb_warned):
                         stopped = True
                 epoch += 1
                 pos = 0

@@ -154,7 +154,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     lr : float or None
         Peak learning rate. None (the default) is :func:`default_lr`: ``0.085 / sqrt(q)`` for
         ``q = budget / sampled weights``, within [0.03, 0.1]: 0.1 up to 0.72 queries per weight,
-        0.06 at 2, 0.038 at 5 and 0.03 from 8 on. Measured in ``docs/peers-study.md`` ("The
+        0.06 at 2, 0.038 at 5 and 0.03 from 8.03 on. Measured in ``docs/peers-study.md`` ("The
         rate against the queries per weight").
     coordinates : int or None
         Weights estimated a step (the sparse set's size). None (the default) is
