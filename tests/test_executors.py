@@ -556,6 +556,33 @@ def test_unpicklable_oracle_names_the_fix():
         zo.estimate_gradient(locked, params(), zo.CGE(), executor=ex)
 
 
+class LogsQueries:
+    """Writes every query to a file it holds open (a query log)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, x):
+        self.stream.write(f"{x[0]}\n")
+        return float(x @ x)
+
+
+@pytest.mark.parametrize("mode", ["a+", "r+", "w"])
+def test_an_oracle_holding_an_open_file_is_refused_before_any_shard(tmp_path, mode, loky2):
+    """cloudpickle sends a text file opened with "r" or "+" as an in-memory copy of its contents:
+    the workers' writes went nowhere (0 lines logged for 11 queries), silently; executors.md
+    promises an error naming the cause."""
+    path = tmp_path / "log.csv"
+    path.touch()
+    with open(path, mode) as stream:
+        with pytest.raises(zo.ZoracleError, match=r"holds an open file \('.*log.csv'\).*open the file in the worker"):
+            zo.estimate_gradient(LogsQueries(stream), params(), zo.CGE(), executor=loky2)
+    assert path.read_text() == ""
+    import io
+
+    zo.estimate_gradient(LogsQueries(io.StringIO()), params(), zo.CGE(), executor=loky2)  # memory travels as data
+
+
 def test_registry_reuses_tokens_by_identity():
     reg = Registry(keep=2)
     a, b, c = object(), object(), object()
@@ -881,6 +908,98 @@ def test_a_bound_torch_batch_written_in_place_reaches_process_workers(loky2):
     got = zo.estimate_gradient(bound, theta, est, executor=loky2)
     assert got.loss == ref.loss != before.loss
     np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-9)
+    # the batch given where the oracle was made travels inside it (no parent to bind it): its
+    # write was compared by nobody, and the workers kept the old batch (0.08 off, silently)
+    made = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none"), (x, y))
+    zo.estimate_gradient(made, theta, est, executor=loky2)
+    x.mul_(0.5)
+    ref = zo.estimate_gradient(made, theta, est)
+    got = zo.estimate_gradient(made, theta, est, executor=loky2)
+    assert got.loss == ref.loss
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-9)
+
+
+class KeyedBatch:
+    """A bound oracle whose ``batch_key()`` is its batch itself (an array, or a list written in place)."""
+
+    def __init__(self, data=None):
+        self.data = data
+
+    def bind(self, data):
+        return KeyedBatch(data)
+
+    def unbind(self):
+        return (KeyedBatch(), self.data) if self.data is not None else None
+
+    def batch_key(self):
+        return self.data
+
+    def __call__(self, x):
+        return float(np.sum(np.asarray(self.data, dtype=float)) * (x @ x))
+
+
+def test_a_batch_key_is_compared_by_content(loky2):
+    """batch_key() values were compared with a bare !=: an array key raised "the truth value of an
+    array ... is ambiguous" at the second estimate, and a list written in place always equalled
+    itself (the workers kept the old batch: loss 4.0 against 25.0, silently)."""
+    x = params()
+    for data in (np.ones(2), [1.0, 1.0]):
+        o = KeyedBatch().bind(data)
+        zo.estimate_gradient(o, x, zo.CGE(), executor=loky2)
+        zo.estimate_gradient(o, x, zo.CGE(), executor=loky2)
+        data[0] = 4.0
+        assert_same(zo.estimate_gradient(o, x, zo.CGE(), executor=loky2), zo.estimate_gradient(o, x, zo.CGE()))
+
+
+def _live_until(flag):
+    import time
+
+    for _ in range(600):  # at most a minute: until the test is over
+        if os.path.exists(flag):
+            return
+        time.sleep(0.1)
+
+
+class ForksThenDies:
+    """Starts a helper process on its worker (a simulator server; it inherits the worker's
+    socket), then kills its worker once, at the first perturbed query."""
+
+    def __init__(self, flag):
+        self.flag, self.driver, self.helper = str(flag), os.getpid(), None
+
+    def __getstate__(self):
+        return {"flag": self.flag, "driver": self.driver, "helper": None}
+
+    def __call__(self, x):
+        import multiprocessing
+
+        if os.getpid() != self.driver:
+            if self.helper is None:
+                self.helper = multiprocessing.get_context("fork").Process(target=_live_until, args=(self.flag + ".end",),
+                                                                          daemon=True)
+                self.helper.start()
+            if x[0] != 0.0:
+                try:
+                    os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL))
+                    os._exit(1)
+                except FileExistsError:
+                    pass
+        return float(np.sum(np.sin(x) ** 2))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks a helper process")
+def test_a_worker_that_dies_while_a_process_it_forked_lives_is_found_dead(tmp_path):
+    """The driver waited on the worker's socket only: a process the oracle had forked held the
+    socket open, no end-of-file came, and the estimate hung for ever. The worker's exit code is
+    polled too: the shard is retried, as for any dead worker."""
+    x = np.zeros(6)
+    try:
+        with JoblibExecutor(2, timeout=30) as ex:  # (the hang: ShardTimeout after 30 s)
+            got = zo.estimate_gradient(ForksThenDies(tmp_path / "died"), x, zo.CGE(), executor=ex)
+            assert ex.last_run.retries == 1
+    finally:
+        (tmp_path / "died.end").touch()  # the helpers end
+    assert_same(got, zo.estimate_gradient(ForksThenDies(tmp_path / "died"), x, zo.CGE()))
 
 
 def _own_forward_net(torch, writes: bool):

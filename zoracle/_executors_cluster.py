@@ -733,11 +733,11 @@ class RayExecutor(ShardedExecutor):
         if payload.oracle_token not in self._refs:
             # pickled here (checked), loaded by each actor: a private copy whose arrays the oracle
             # may write (what the object store hands out is read-only), as on the other executors
-            self._refs[payload.oracle_token] = ray.put(pack(payload.oracle, "Ray", self, dumps=ray.cloudpickle.dumps))
+            self._refs[payload.oracle_token] = ray.put(pack(payload.oracle, "Ray", self, module=ray.cloudpickle))
         refs = {"oracle": self._refs[payload.oracle_token],
                 "params": ray.put(np.ascontiguousarray(to_numpy(payload.params)))}
         if payload.batch_token is not None:  # checked and pickled as oracles are; loaded by the actor
             refs["batch"] = ray.put(pack(payload.batch, "Ray", self, batch_name(payload.oracle, payload.batch),
-                                         dumps=ray.cloudpickle.dumps))
+                                         module=ray.cloudpickle))
         return _RayBackend(self, payload, refs)
 

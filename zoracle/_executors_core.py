@@ -618,15 +618,42 @@ class Pickled:
         return self.obj
 
 
-def pack(obj, where: str, running, what: str | None = None, dumps=None) -> Pickled:
-    """``obj`` as :class:`Pickled` bytes for ``where``'s workers (``dumps``: a cloudpickle's,
+_FILE_PICKLERS: dict = {}
+
+
+def _file_refusing_pickler(module):
+    """``module.CloudPickler`` refusing open files: cloudpickle sends a text file opened for
+    reading (``"r"``, ``"r+"``, ``"a+"``) as an in-memory copy of its contents, so a worker's
+    writes (a query log) went nowhere, silently; the standard streams travel as references."""
+    if module not in _FILE_PICKLERS:
+        import io
+
+        class Pickler(module.CloudPickler):
+            def reducer_override(self, obj):
+                if (isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO))
+                        and obj not in (sys.stdout, sys.stderr, sys.stdin)):
+                    raise pickle.PicklingError(
+                        f"it holds an open file ({getattr(obj, 'name', type(obj).__name__)!r}), which a worker "
+                        "would get as a copy of its contents, its writes lost; open the file in the worker "
+                        "(in the oracle's first call or __setstate__) instead")
+                return super().reducer_override(obj)
+
+        _FILE_PICKLERS[module] = Pickler
+    return _FILE_PICKLERS[module]
+
+
+def pack(obj, where: str, running, what: str | None = None, module=None) -> Pickled:
+    """``obj`` as :class:`Pickled` bytes for ``where``'s workers (``module``: a cloudpickle,
     by default the installed one), or the :func:`unsendable` error naming ``what``."""
+    import io
+
     what = what or f"the oracle {type(obj).__name__}"
+    buf = io.BytesIO()
     try:
-        data = (dumps or cloudpickle_module().dumps)(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        _file_refusing_pickler(module or cloudpickle_module())(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     except Exception as exc:
         raise unsendable(obj, exc, where, running, what) from exc
-    return Pickled(data, what)
+    return Pickled(buf.getvalue(), what)
 
 
 def batch_name(parent, batch) -> str:

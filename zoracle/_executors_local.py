@@ -148,9 +148,13 @@ class ShardedExecutor(StaysHere):
         if dropped:
             self._dropped(dropped)
         key_of = getattr(parent, "executor_key", None)
-        if callable(key_of):  # what workers' copies must agree on changed (a mode switch): send it again
-            key = _key_snapshot(parent, key_of())
-            if otoken in self._keys and not _same_key(self._keys[otoken], key):
+        # a batch given where the oracle was made (no parent to bind it) travels inside the oracle:
+        # written in place since it was sent, the oracle goes again (its workers' copies kept the old one)
+        bkey_own = getattr(parent, "batch_key", None) if batch is None else None
+        if callable(key_of) or callable(bkey_own):  # what workers' copies must agree on changed: send it again
+            key = (_key_snapshot(parent, key_of()) if callable(key_of) else None,
+                   _key_snapshot(parent, bkey_own()) if callable(bkey_own) else None)
+            if otoken in self._keys and not all(map(_same_key, self._keys[otoken], key)):
                 self.forget(parent)
                 otoken, dropped = self._registry.token(parent)
                 if dropped:
@@ -159,8 +163,8 @@ class ShardedExecutor(StaysHere):
         btoken = self._bound.token(oracle.fn)[0] if batch is not None else None
         bkey_of = getattr(oracle.fn, "batch_key", None) if batch is not None else None
         if callable(bkey_of):  # the batch written in place since it was sent (a reused buffer): send it again
-            bkey = bkey_of()
-            if btoken in self._batch_keys and self._batch_keys[btoken] != bkey:
+            bkey = _key_snapshot(oracle.fn, bkey_of())  # (by content: an array or a list changed in place)
+            if btoken in self._batch_keys and not _same_key(self._batch_keys[btoken], bkey):
                 self._bound.forget(oracle.fn)
                 btoken = self._bound.token(oracle.fn)[0]
             self._batch_keys[btoken] = bkey
@@ -462,7 +466,22 @@ class _ProcBackend:
         if not busy:
             return []
         out = []
-        for conn in mp_wait(list(busy), timeout):
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # the socket's end-of-file tells a worker's death, unless a process the oracle forked
+            # holds the socket open (a simulator server): then only the worker's exit code does
+            left = None if end is None else max(0.0, end - time.monotonic())
+            ready = mp_wait(list(busy), _DEATH_POLL_S if left is None else min(_DEATH_POLL_S, left))
+            gone = [] if ready else [c for c, p in busy.items() if p.proc.poll() is not None and not c.poll()]
+            if ready or gone or (left is not None and left <= _DEATH_POLL_S):
+                break
+        for p in (busy[c] for c in gone):
+            code = p.proc.returncode
+            reason = f"exit code {code}" + (f" (signal {-code})" if code < 0 else "")
+            jid = p.jid
+            self.pool._replace(p)
+            out.append((p, jid, ("dead", reason)))
+        for conn in ready:
             p = busy[conn]
             jid = p.jid
             try:
@@ -492,6 +511,10 @@ class _ProcBackend:
         for p in workers:
             if p in self.pool._procs and p.jid is not None:
                 self.pool._replace(p)
+
+
+#: seconds between checks of busy workers' exit codes while none reports (see _ProcBackend.wait)
+_DEATH_POLL_S = 0.5
 
 
 class ProcessPool(ShardedExecutor):
