@@ -148,6 +148,8 @@ class BlackBox:
         est = self.estimator
         N = x.shape[0]
         D = x[0].numel()
+        if D == 0:  # samples with no entries: an empty gradient, no query (a pass size divided by 0)
+            return torch.zeros_like(x)
         phi0 = (y.reshape(N, -1) * grad_out.reshape(N, -1).double()).sum(-1)  # (N,), float64 as every phi
         xf = x.reshape(N, D)
         if isinstance(est, CGE):

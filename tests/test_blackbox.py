@@ -297,3 +297,11 @@ def test_a_context_array_keeps_its_backend_in_the_backward(xp, estimator):
         torch.testing.assert_close(x.grad, want, rtol=0, atol=1e-7)
     else:
         assert cosine(x.grad.numpy(), want.numpy()) > 0.5
+
+
+def test_samples_with_no_entries_get_an_empty_gradient():
+    """A (N, 0) input raised a bare ZeroDivisionError in backward (a pass size divided by 0)."""
+    calls = []
+    x = torch.zeros(3, 0, dtype=torch.float64, requires_grad=True)
+    blackbox(lambda X: calls.append(1) or X.sum(1).numpy(), zo.CGE(1e-5))(x).sum().backward()
+    assert x.grad.shape == (3, 0) and len(calls) == 1  # the forward only

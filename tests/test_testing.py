@@ -424,3 +424,92 @@ def test_check_oracle_looks_at_the_ends_and_at_one_row_batches():
         for seed in range(5):
             with pytest.raises(OracleCheckError, match=match):
                 check_oracle(oracle, np.zeros(d), rng=seed)
+
+
+class _LocalSuffix:
+    """A split oracle whose suffix turns its coordinates into block-local indices in place."""
+
+    blocks = [slice(0, 3), slice(3, 6)]
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.A, self.b = rng.standard_normal((20, 6)), rng.standard_normal(20)
+
+    def __call__(self, x):
+        return float(np.mean((self.A @ x - self.b) ** 2))
+
+    def prefix(self, x, block):
+        keep = np.ones(6, bool)
+        keep[self.blocks[block]] = False
+        return self.A[:, keep] @ x[keep] - self.b
+
+    def suffix(self, feats, x, block, coords, step):
+        s = self.blocks[block]
+        coords -= s.start
+        out = []
+        for i in coords:
+            xb = x[s].copy()
+            xb[i] += step
+            out.append(np.mean((feats + self.A[:, s] @ xb) ** 2))
+        return np.array(out)
+
+
+def test_coordinates_an_oracle_is_given_are_read_only():
+    """The planner handed suffix / coordinate_losses a writable view of its own coordinates:
+    `coords -= start` inside the oracle scattered block 1's partials into entries 0-2 and left
+    3-5 at 0, silently; check_oracle, which passed copies, passed it."""
+    x = np.random.default_rng(1).standard_normal(6)
+    with pytest.raises(zo.OracleError, match="modify an array it was given .* coordinates"):
+        zo.estimate_gradient(_LocalSuffix(), x, zo.CGE(1e-6))
+    with pytest.raises(OracleCheckError, match="read-only"):
+        check_oracle(_LocalSuffix(), x)
+
+
+class _Curved:
+    """Nine weights of curvature 1e4 and one bias of curvature 1, whose coordinate_losses leave
+    the bias unperturbed (a fast path that forgets a block), or (``cap``) take at most 4
+    coordinates a call, or return a tensor that requires grad."""
+
+    def __init__(self, forget_bias=False, cap=None, torch_out=False):
+        self.h = np.r_[np.full(9, 1e4), 1.0]
+        self.forget, self.torch_out = forget_bias, torch_out
+        if cap:
+            self.max_queries_per_call = cap
+
+    def __call__(self, x):
+        return float(0.5 * self.h @ (x - 1) ** 2)
+
+    def coordinate_losses(self, x, coords, step):
+        assert len(coords) <= getattr(self, "max_queries_per_call", len(coords)), f"got {len(coords)} coordinates"
+        out = []
+        for i in coords:
+            y = x.copy()
+            if not (self.forget and i == 9):
+                y[i] += step
+            out.append(self(y))
+        if self.torch_out:
+            import torch
+
+            return torch.tensor(out, dtype=torch.float64, requires_grad=True) * 1.0
+        return np.array(out)
+
+
+def test_check_oracle_judges_each_query_by_its_own_change_in_float64():
+    """Each query was allowed 0.1% of the largest loss change of its group: a fast path leaving a
+    bias unperturbed beside weights of 1e4 curvature passed (its partial 0 against -2)."""
+    x = np.zeros(10)
+    check_oracle(_Curved(), x)
+    with pytest.raises(OracleCheckError, match="coordinate_losses"):
+        check_oracle(_Curved(forget_bias=True), x)
+    assert zo.estimate_gradient(_Curved(forget_bias=True), x, zo.CGE(1e-6)).grad[9] == 0.0  # (what it would give)
+
+
+def test_check_oracle_calls_as_the_planner_does():
+    """It sent coordinate_losses all its coordinates at once, past max_queries_per_call, and
+    converted a returned tensor that requires grad without detaching it, failing correct
+    oracles that estimate_gradient runs."""
+    torch = pytest.importorskip("torch")  # noqa: F841
+    x = np.zeros(10)
+    for oracle in (_Curved(cap=4), _Curved(torch_out=True)):
+        zo.estimate_gradient(oracle, x, zo.CGE(1e-6))
+        check_oracle(oracle, x, n_coords=8)

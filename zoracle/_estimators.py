@@ -12,7 +12,7 @@ import numpy as np
 from ._backend import namespace, to_numpy
 from ._errors import ArgumentError
 from ._malloc import reuse_freed_memory
-from ._oracle import Oracle, coarse_losses
+from ._oracle import Oracle, coarse_losses, compute_dtype_of
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
@@ -404,12 +404,8 @@ def _run(executor, oracle: Oracle, params, tasks) -> list:
 
 def _narrower_dtype(oracle, params):
     """The oracle's ``compute_dtype`` (the float it evaluates params in) when narrower than params'."""
-    cd = getattr(oracle, "compute_dtype", None)
+    cd = compute_dtype_of(oracle)
     if cd is None:
-        return None
-    try:
-        cd = np.dtype(cd)
-    except TypeError:
         return None
     narrow = cd.kind == "f" and cd.itemsize < params.dtype.itemsize
     if narrow and cd != np.float32:

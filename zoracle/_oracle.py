@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import OracleError
+from ._errors import ArgumentError, OracleError
 
 __all__ = [
     "LossOracle",
@@ -208,14 +208,36 @@ def readonly(params):
     return params.copy()
 
 
+def compute_dtype_of(oracle):
+    """The oracle's declared ``compute_dtype`` as a NumPy dtype, or None when it declares none.
+    A torch dtype (``torch.float32``) is read by its name; anything else that is not a dtype
+    is refused naming the attribute (a torch dtype was ignored: a zero gradient at a mu below
+    float32's spacing, silently)."""
+    cd = getattr(oracle, "compute_dtype", None)
+    if cd is None:
+        return None
+    try:
+        return np.dtype(cd)
+    except TypeError:
+        pass
+    if type(cd).__module__ == "torch":
+        try:
+            return np.dtype(str(cd).rsplit(".", 1)[-1])
+        except TypeError:
+            pass
+    raise ArgumentError(f"the oracle's `compute_dtype` must be a float dtype (np.float32, torch.float32 or "
+                        f"'float32'), got {cd!r}")
+
+
 def private(params):
     """A fresh copy of ``params`` (for capability calls, made once per call of many queries)."""
     return params.copy()
 
 
 _READONLY_HINT = (
-    "the oracle tried to modify the parameters it was given, which are read-only so that no query "
-    "can corrupt another; work on a copy (x = x.copy()) inside the oracle"
+    "the oracle tried to modify an array it was given (the parameters, or the coordinates of "
+    "coordinate_losses / suffix), which are read-only so that no query can corrupt another; work on a "
+    "copy (x = x.copy(), or local = coords - start) inside the oracle"
 )
 
 
@@ -281,6 +303,12 @@ class Oracle:
         except Exception as exc:
             raise _raised(what, exc) from exc
         self.nfev += n
+        dtype = getattr(values, "dtype", None)
+        if dtype is not None and n and "float64" not in str(dtype) and (
+                self.base_value is None or isinstance(self.base_value, float)):
+            # losses narrower than the base point's (a batch returning float32 beside a float64 plain
+            # call) quantize the differences: one of them tells the precision (see coarse_losses)
+            self.base_value = values[0]
         return check_vector(values, n, query_of, what)
 
     # capabilities ---------------------------------------------------------------------

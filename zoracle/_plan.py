@@ -8,6 +8,7 @@ oracle once and call ``run`` on their workers.
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import threading
@@ -24,6 +25,20 @@ __all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "di
 
 #: queries per oracle call when the oracle does not declare ``max_queries_per_call``
 DEFAULT_CHUNK = 2048
+
+
+def queries_per_call(fn) -> int:
+    """The oracle's ``max_queries_per_call``: an integer >= 1, ``math.inf`` for no limit, or
+    None / absent for :data:`DEFAULT_CHUNK` (None and inf failed inside ``int()``)."""
+    v = getattr(fn, "max_queries_per_call", None)
+    if v is None:
+        return DEFAULT_CHUNK
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == math.inf:
+        return 2**62
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ArgumentError(f"the oracle's `max_queries_per_call` must be an integer >= 1 (queries per call), "
+                            f"math.inf for no limit, or None for the default ({DEFAULT_CHUNK}), got {v!r}")
+    return int(v)
 
 
 def _chunks(n: int, size: int):
@@ -101,7 +116,7 @@ class CoordTask:
         for si, step in enumerate(self.steps):
             tag = _fmt_step(step)
             for lo, hi in _chunks(len(coords), self.chunk):
-                c = coords[lo:hi]
+                c = readonly(coords[lo:hi])  # an oracle writing into it (coords -= start) moved the gradient
 
                 def query_of(j, c=c, tag=tag):
                     return f"coordinate {int(c[j])} (step {tag})"
@@ -285,7 +300,7 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
         # one call for every block: an oracle that declares it runs, block by block, the
         # prefixes and suffix calls a split plan would make, without each call's own costs
         return [CoordTask(coords, steps, "coordinate", -1, max(1, len(coords)), cost=float(len(coords) * len(steps)))]
-    chunk = int(getattr(oracle.fn, "max_queries_per_call", DEFAULT_CHUNK))
+    chunk = queries_per_call(oracle.fn)
     tasks = []
     if mode == "split":
         blocks = list(oracle.blocks)
@@ -317,7 +332,7 @@ def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str,
     # direction blocks are built on the host in float64 as well: budget for both
     chunk = max(1, min(q, budget_bytes // max(1, d * (itemsize + 8))))
     if use_batch:  # a batch call takes at most the oracle's max_queries_per_call rows (as in CGE)
-        chunk = max(1, min(chunk, int(getattr(oracle.fn, "max_queries_per_call", DEFAULT_CHUNK))))
+        chunk = max(1, min(chunk, queries_per_call(oracle.fn)))
     n_workers = max(1, int(n_workers))
     # a batch call's rows are split between tasks only at call boundaries (same calls as serial)
     spans = call_groups(q, chunk, n_workers) if use_batch else list(_chunks(q, -(-q // n_workers)))
