@@ -32,7 +32,7 @@ def load_digits_split(test_size: float = 0.2, seed: int = 0, flat: bool = False)
     Parameters
     ----------
     test_size : float
-        Share of each class held out (default 20%: 1437 train / 360 test).
+        Share of each class held out (default 20%: 1438 train / 359 test).
     seed : int
         Seeds the split.
     flat : bool

@@ -612,8 +612,10 @@ def run(args) -> dict:
         raise zo.ArgumentError(f"`--device {args.device}`: no CUDA device is available; use --device cpu")
     try:
         torch.device(args.device)
-    except RuntimeError:
-        raise zo.ArgumentError(f"`--device` must be a torch device such as cpu or cuda, got {args.device!r}") from None
+        torch.empty(0, device=args.device)  # a device this torch build has no support for (mps, xpu) fails here
+    except RuntimeError as exc:
+        raise zo.ArgumentError(f"`--device` must be a torch device this machine has, such as cpu or cuda, got "
+                               f"{args.device!r} ({str(exc).splitlines()[0][:120]})") from None
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
         raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
     tf32 = None

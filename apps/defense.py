@@ -352,6 +352,13 @@ def _nonneg_int(text):
     return value
 
 
+def _seed(text):
+    value = _nonneg_int(text)
+    if value >= 2**63:  # as zoracle demo and bench: torch.manual_seed overflowed after the flags were taken
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     f = FULL
     parser.add_argument("--quick", action="store_true",
@@ -362,7 +369,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write defense.md, defense.png, defense.json and the ONNX model here")
     parser.add_argument("--sigma", type=_positive(float),
                         help=f"noise level of smoothing and training (default {f.sigma})")
-    parser.add_argument("--seed", type=_nonneg_int, help="seed of data split, models, noise (default 0)")
+    parser.add_argument("--seed", type=_seed, help="seed of data split, models, noise (default 0)")
     parser.add_argument("--steps", type=_nonneg_int, help=f"denoiser training steps per method (default {f.steps})")
     parser.add_argument("--pretrain-steps", type=_nonneg_int,
                         help=f"white-box MSE pre-training steps, 0 = none (default {f.pretrain_steps})")

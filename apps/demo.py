@@ -19,9 +19,12 @@ object ``{"deepzero": {...}, "fo": {...}, "rge": {...}}``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
+
+from . import percent
 
 HELP = "train a small CNN on scikit-learn digits with DeepZero vs first-order vs RGE"
 
@@ -157,6 +160,7 @@ def run_fo(args, data, p0) -> dict:
     import torch
 
     import zoracle as zo
+    from zoracle import ArgumentError
     from zoracle.adapters.torch import TorchOracle
 
     model = make_model(args.seed)
@@ -177,6 +181,9 @@ def run_fo(args, data, p0) -> dict:
                 g["lr"] = sched(step)
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
+            if not math.isfinite(loss.item()):  # reported as the ZO runs' divergence is, not as 10% accuracy
+                raise ArgumentError(f"training diverged at step {step} (epoch {epoch}): the first-order loss became "
+                                    f"{loss.item()}; lower --fo-lr (lr was {sched(step):g})")
             loss.backward()
             opt.step()
             total += loss.item()
@@ -190,11 +197,14 @@ def run_fo(args, data, p0) -> dict:
 
 def _table(results: dict, args) -> str:
     rows = [("method", "test acc", "queries", "wall time")]
-    label = {"deepzero": f"DeepZero (sparse CGE {args.sparsity:.0%}, {args.ratios})",
+    label = {"deepzero": f"DeepZero (sparse CGE {percent(args.sparsity)}, {args.ratios})",
              "fo": "first-order SGD (autograd)", "rge": "RGE, same query budget"}
     for m in METHODS:
         if m in results:
             r = results[m]
+            if "error" in r:  # diverged, or not run: the others' results stand
+                rows.append((label[m], r["error"].split(":")[0], "-", "-"))
+                continue
             q = f"{r['queries']:,}" + (" grads" if m == "fo" else "")
             rows.append((label[m], f"{100 * r['test_acc']:.2f}%", q, f"{r['seconds']:.1f} s"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -278,30 +288,61 @@ def _main(args, methods) -> int:
         p0 = TorchOracle(make_model(args.seed), torch.nn.CrossEntropyLoss(reduction="none")).initial_params()
         log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
             f"{args.epochs} epochs, batch {args.batch_size}")
+        def attempt(method, run):
+            """A method that diverges is reported as such; the others' results stand (a late RGE
+            divergence threw away the finished runs)."""
+            try:
+                return run()
+            except ArgumentError as exc:
+                if not str(exc).startswith("training diverged"):
+                    raise
+                log(f"{method}: {exc}")
+                return {"error": f"diverged: {exc}"}
+
         if "fo" in methods:
-            results["fo"] = run_fo(args, data, p0)
-            log(f"fo: {100 * results['fo']['test_acc']:.2f}% in {results['fo']['seconds']:.1f} s")
+            results["fo"] = attempt("fo", lambda: run_fo(args, data, p0))
+            if "error" not in results["fo"]:
+                log(f"fo: {100 * results['fo']['test_acc']:.2f}% in {results['fo']['seconds']:.1f} s")
         if "deepzero" in methods or "rge" in methods:
-            dz = run_zo("deepzero", args, data, p0, executor)
+            dz = attempt("deepzero", lambda: run_zo("deepzero", args, data, p0, executor))
             if "deepzero" in methods:
                 results["deepzero"] = dz
-                log(f"deepzero: {100 * dz['test_acc']:.2f}% in {dz['seconds']:.1f} s, ratios {dz['ratios']}")
-            if "rge" in methods:
-                results["rge"] = run_zo("rge", args, data, p0, executor, budget=dz["queries"])
-                log(f"rge: {100 * results['rge']['test_acc']:.2f}% in {results['rge']['seconds']:.1f} s")
+                if "error" not in dz:
+                    log(f"deepzero: {100 * dz['test_acc']:.2f}% in {dz['seconds']:.1f} s, ratios {dz['ratios']}")
+            if "rge" in methods and "error" in dz:
+                results["rge"] = {"error": "not run: RGE gets DeepZero's query budget, and DeepZero diverged"}
+            elif "rge" in methods:
+                results["rge"] = attempt("rge", lambda: run_zo("rge", args, data, p0, executor, budget=dz["queries"]))
+                if "error" not in results["rge"]:
+                    log(f"rge: {100 * results['rge']['test_acc']:.2f}% in {results['rge']['seconds']:.1f} s")
     finally:
         if executor is not None:
             executor.__exit__(None, None, None)
     ordered = {m: results[m] for m in METHODS if m in results}
-    if args.plot:
-        _plot(ordered, args.plot,
+    failed = {m: r["error"] for m, r in ordered.items() if "error" in r}
+    if args.plot and len(failed) < len(ordered):
+        _plot({m: r for m, r in ordered.items() if m not in failed}, args.plot,
               title=SMOKE_NOTE.format(epochs=args.epochs).split(":")[0] + ": not a comparison" if args.quick else None)
         log(f"saved training curves to {args.plot}")
-    if args.json:
-        print(json.dumps({m: {k: r[k] for k in ("test_acc", "queries", "seconds")} | {"details": {
-            k: v for k, v in r.items() if k not in ("test_acc", "queries", "seconds")}} for m, r in ordered.items()}))
+    if args.json:  # strict JSON: a NaN loss is null
+        print(json.dumps(_finite({m: r if "error" in r else {k: r[k] for k in ("test_acc", "queries", "seconds")} | {
+            "details": {k: v for k, v in r.items() if k not in ("test_acc", "queries", "seconds")}}
+            for m, r in ordered.items()}), allow_nan=False))
     else:
         print(_table(ordered, args))
     if args.quick:  # on stdout under the table; on stderr with --json (stdout stays one JSON object)
         print(SMOKE_NOTE.format(epochs=args.epochs), file=sys.stderr if args.json else sys.stdout)
+    if failed:  # after the results: exit 1 naming what failed
+        raise ArgumentError("; ".join(f"{m} {e}" for m, e in failed.items()))
     return 0
+
+
+def _finite(value):
+    """``value`` with every non-finite float as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -27,6 +27,8 @@ import numpy as np
 
 from zoracle._errors import ArgumentError
 
+from . import percent
+
 HELP = "solver-in-the-loop correction of a coarse PhiFlow wake-flow solver (ZO-SOL)"
 
 #: the paper's test MAE (DeepZero, Fig. on the wake-flow benchmark)
@@ -100,14 +102,6 @@ def _floats(text: str) -> tuple:
     if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"Reynolds numbers must be finite and > 0, got {text!r}")
     return vals
-
-
-def _percent(x: float) -> str:
-    """``0.95 -> '95%'``, ``0.9999 -> '99.99%'`` (``:.0%`` printed 100% gradient sparsity)."""
-    text = f"{100 * x:.6g}"
-    if x < 1 and float(text) >= 100:
-        text = f"{100 * x:.15g}"
-    return text + "%"
 
 
 def config_from_args(args) -> Config:
@@ -228,7 +222,7 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
                                   "precomputed one-step pairs, no solver in the loop")
 
     start = p_non if cfg.init == "non" else p0
-    log(f"ZO-SOL: sparse CGE at {_percent(cfg.sparsity)} gradient sparsity, {cfg.zo_steps} steps from "
+    log(f"ZO-SOL: sparse CGE at {percent(cfg.sparsity)} gradient sparsity, {cfg.zo_steps} steps from "
         f"{'the NON fit' if cfg.init == 'non' else 'no correction'}")
     batches = zo.Minibatches((oracle.starts,), batch_size=min(cfg.starts_per_step, len(oracle.starts)),
                              seed=cfg.seed)

@@ -63,9 +63,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20; 4 with --quick)")
     parser.add_argument("--out", default="results/train_torch", help="folder for the checkpoint and the plot")
     args = parser.parse_args(argv)
-    epochs = args.epochs or (4 if args.quick else 20)
+    epochs = args.epochs if args.epochs is not None else (4 if args.quick else 20)  # (0 is given, not unset)
     if epochs < 2:
         parser.error(f"--epochs must be >= 2 (the run stops half-way and resumes), got {epochs}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: it exists and is not a folder")
     os.makedirs(args.out, exist_ok=True)  # before any work: an unwritable folder fails here
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     if os.path.exists(checkpoint):

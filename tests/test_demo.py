@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -172,3 +173,65 @@ def test_threads_are_bounded_before_any_work(command):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == f"zoracle {command}: error: argument --threads: must be in [1, {8 * (os.cpu_count() or 1)}] " \
                                f"(8 per core), got 1000"
+
+
+def test_a_method_that_diverges_leaves_the_others_results(tmp_path, capsys):
+    """RGE diverging (it runs last, after minutes in the full demo) threw away the finished
+    methods' table and plot; a diverging first-order run exited 0 at 10% accuracy, its losses
+    NaN, and --json printed NaN, which strict JSON parsers refuse."""
+    plot = tmp_path / "curves.png"
+    assert main(["demo", "--quick", "--epochs", "1", "--json", "--rge-lr", "50", "--sparsity", "0.999",
+                 "--plot", str(plot)]) == 1
+    captured = capsys.readouterr()
+    out = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert out["rge"]["error"].startswith("diverged: training diverged at step")
+    assert 0 < out["deepzero"]["test_acc"] <= 1 and 0 < out["fo"]["test_acc"] <= 1
+    assert plot.stat().st_size > 1000 and "rge diverged" in captured.err
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "fo", "--fo-lr", "1e6"]) == 1
+    captured = capsys.readouterr()
+    assert "first-order SGD (autograd)  diverged" in captured.out
+    assert "the first-order loss became nan; lower --fo-lr" in captured.err
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "deepzero,rge", "--lr", "1e6",
+                 "--sparsity", "0.999"]) == 1
+    table = capsys.readouterr().out
+    assert re.search(r"DeepZero \(sparse CGE 99.9%, zo_grasp\) +diverged", table)  # (":.0%" printed 100%)
+    assert re.search(r"RGE, same query budget +not run", table)
+
+
+def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
+    """The output checks made the folders of --out and --plot before the command checked its
+    own flags: a refused command left them behind, empty."""
+    assert main(["demo", "--plot", str(tmp_path / "a" / "b" / "x.png"), "--epochs", "0"]) == 1
+    assert main(["defense", "--out", str(tmp_path / "c" / "d"), "--test-points", "999"]) == 1
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
+    assert main(["demo", "--plot", str(tmp_path / "kept" / "x.png"), "--epochs", "0"]) == 1
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_flags_refused_in_one_line_that_ended_in_tracebacks(capsys):
+    """--device mps (a device this torch build lacks) and a defense --seed of 2**64 ended in
+    tracebacks after the flags were taken; a --shard-timeout error named the API's `timeout`."""
+    assert main(["bench", "--device", "mps", "--model", "mlp", "--quick"]) == 1
+    assert "`--device` must be a torch device this machine has" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["defense", "--quick", "--seed", str(2**64)])
+    assert "--seed: must be an integer in [0, 2**63)" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "deepzero", "--workers", "2",
+                 "--shard-timeout", "0.001"]) == 1
+    assert "pass a larger --shard-timeout" in capsys.readouterr().err
+
+
+def test_train_torch_example_takes_epochs_zero_as_given(tmp_path, capsys):
+    """`--epochs 0` counted as unset and ran 20 epochs; an --out that is a file ended in a traceback."""
+    import runpy
+
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "train_torch.py")
+    mod = runpy.run_path(script, run_name="not_main")
+    for argv, match in ((["--epochs", "0", "--out", str(tmp_path / "o")], "--epochs must be >= 2"),
+                        (["--quick", "--epochs", "0"], "--epochs must be >= 2"),
+                        (["--out", __file__], "it exists and is not a folder")):
+        with pytest.raises(SystemExit):
+            mod["main"](argv)
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

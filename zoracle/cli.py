@@ -74,8 +74,30 @@ def _load(name: str):
         raise _missing(name, str(exc)) from None
 
 
-def _writable(path: str, kind: str) -> str | None:
-    """None when ``path`` can be written as a ``kind`` ("file" or "dir"), else why not."""
+def _makedirs(where: str, made: list) -> None:
+    """``os.makedirs(where)``, noting in ``made`` the folders it created (outermost first)."""
+    new, up = [], where
+    while up and not os.path.exists(up):
+        new.append(up)
+        up = os.path.dirname(up)
+    os.makedirs(where, exist_ok=True)
+    made.extend(reversed(new))
+
+
+def _remove_empty(made: list) -> None:
+    """Remove the folders a command's output checks created, innermost first, where still empty
+    (a command refused after its checks left them behind)."""
+    for folder in reversed(made):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+def _writable(path: str, kind: str, made: list | None = None) -> str | None:
+    """None when ``path`` can be written as a ``kind`` ("file" or "dir"), else why not; the
+    folders made for it are noted in ``made``."""
+    made = [] if made is None else made
     if not path:  # "" (an unset $OUT): a run would write nowhere, or fail after its work
         return f"it is empty; give a {'folder' if kind == 'dir' else 'file'} name"
     target = os.path.abspath(os.path.expanduser(path))
@@ -83,7 +105,7 @@ def _writable(path: str, kind: str) -> str | None:
         if kind == "dir":
             if os.path.exists(target) and not os.path.isdir(target):
                 return "it exists and is not a directory"
-            os.makedirs(target, exist_ok=True)
+            _makedirs(target, made)
             where = target
         else:
             if os.path.isdir(target):
@@ -93,7 +115,7 @@ def _writable(path: str, kind: str) -> str | None:
             where = os.path.dirname(target)
             if os.path.exists(where) and not os.path.isdir(where):
                 return f"{where} exists and is not a directory"
-            os.makedirs(where, exist_ok=True)  # as train(plot=), result.plot and `zoracle plot` do
+            _makedirs(where, made)  # as train(plot=), result.plot and `zoracle plot` do
         with tempfile.TemporaryFile(dir=where):
             pass
     except OSError as exc:
@@ -114,15 +136,18 @@ def threads(text: str) -> int:
     return n
 
 
-def check_outputs(name: str, args, prog: str | None = None) -> None:
-    """Every output path of a command is writable, checked before any work (one-line error)."""
+def check_outputs(name: str, args, prog: str | None = None) -> list:
+    """Every output path of a command is writable, checked before any work (one-line error);
+    returns the folders made for them (removed again if the command is refused)."""
+    made: list = []
     for attr, kind in OUTPUTS.items():
         value = getattr(args, attr, None)
         if value is None:
             continue
         flag = "--" + attr.replace("_", "-")
-        why = _writable(str(value), kind)
+        why = _writable(str(value), kind, made)
         if why is not None:
+            _remove_empty(made)
             raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
                              f"({why})")
     if getattr(args, "plot", None) is not None:
@@ -133,7 +158,9 @@ def check_outputs(name: str, args, prog: str | None = None) -> None:
         try:  # a format matplotlib cannot write fails now, not after the run
             _format(str(args.plot), "--plot")
         except ZoracleError as exc:
+            _remove_empty(made)
             raise SystemExit(f"{prog or 'zoracle ' + name}: error: {exc}") from None
+    return made
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -148,18 +175,28 @@ def main(argv=None, prog: str | None = None) -> int:
         sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
         mod.add_arguments(sub)
         args = sub.parse_args(argv[1:])
-        check_outputs(argv[0], args, name)
+        made = check_outputs(argv[0], args, name)
+        rc = 1
         try:
-            return int(mod.main(args) or 0)
+            rc = int(mod.main(args) or 0)
+            return rc
         except ModuleNotFoundError as exc:  # a dependency imported late (e.g. matplotlib for --plot)
             print(str(_missing(argv[0], str(exc))), file=sys.stderr)
             return 1
         except ZoracleError as exc:
-            print(f"{name}: error: {exc}", file=sys.stderr)
+            text = str(exc)
+            if getattr(exc, "timeout", None) is not None and getattr(args, "timeout", None) is not None:
+                # a shard timeout set on the command line: name the flag, not the API's argument
+                text = text.replace("a larger `timeout`", "a larger --shard-timeout").replace(
+                    "a `timeout` above", "a --shard-timeout above")
+            print(f"{name}: error: {text}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
+        finally:
+            if rc != 0:  # refused (or failed): the folders made for its outputs go where still empty
+                _remove_empty(made)
     args = parser.parse_args(argv)
     if args.command is None:  # no command is a usage error (exit 2, as argparse's own), the help on stderr
         parser.print_help(sys.stderr)
