@@ -127,7 +127,7 @@ class _Corrector:
         the first simulation with a raw torch error, or (extra output channels) was cut silently."""
         want = (1, 1, 2) + tuple(faces)
         x = torch.zeros((1, 1, 3) + tuple(faces))
-        flat = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()]).to(torch.float32)[None]
+        flat = torch.zeros(1, self.d)  # as apply() runs it: CPU float32 vectors (the net's own device unused)
         try:
             with torch.no_grad():
                 got = tuple(self._batched(self.params(flat), x.to(flat.dtype)).shape)

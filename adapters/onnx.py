@@ -452,7 +452,9 @@ class OnnxClassifier:
             scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")
                       and len(o.shape) == 2 and o.shape[1] != 1]  # one column: no classes to take the argmax of
             zipmaps = [o for o in outputs if o.type.startswith("seq(map(")]
-            node = (scores or zipmaps or list(outputs))[0]
+            labels = [o for o in outputs if o.type in ("tensor(int64)", "tensor(int32)")
+                      and (len(o.shape) == 1 or (len(o.shape) == 2 and o.shape[1] == 1))]
+            node = (scores or zipmaps or labels or list(outputs))[0]
         elif isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
             if not 0 <= choice < len(outputs):
                 raise ArgumentError(f"`output`={choice} is out of range; the model has {len(outputs)} outputs")

@@ -451,3 +451,17 @@ def test_one_column_outputs_are_labels_or_refused(tmp_path):
     assert labels(x).shape == (16,)
     with pytest.raises(zo.ArgumentError, match=r"output 'logits' has one score column .*torch.cat\(\[-z, z\], 1\)"):
         OnnxClassifier(_export(OneLogit().eval(), tmp_path / "logit.onnx"))
+
+    class LogitAndLabel(LabelColumn):  # a one-logit score beside its label output: the label is picked
+        def forward(self, x):
+            z = self.fc(x.flatten(1))
+            return z[:, :1], z.argmax(1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(LogitAndLabel().eval(), (torch.zeros(2, 1, 8, 8),), str(tmp_path / "both.onnx"),
+                          input_names=["x"], output_names=["score", "label"], dynamo=False,
+                          dynamic_axes={"x": {0: "b"}, "score": {0: "b"}, "label": {0: "b"}})
+    both = OnnxClassifier(tmp_path / "both.onnx")
+    want = ort.InferenceSession(str(tmp_path / "both.onnx")).run(["label"], {"x": x})[0]
+    assert both.output_name == "label" and both.predict(x).tolist() == want.tolist()

@@ -552,6 +552,9 @@ def test_a_net_of_the_wrong_shape_is_refused_where_it_is_given(reference):
             with pytest.raises(zo.ArgumentError, match=rf"`net` must map a \(N, 3, {nx1}, {ny}\).*" + match):
                 build()
     pf.SolverInTheLoop(coarse, Net(norm=True).eval(), reference, unroll=1)  # eval mode runs under vmap
+    # the net's own parameters are not used (the oracle's vectors are): a net on another device
+    # (meta here, standing in for net.cuda()) was refused by a probe that ran its own weights
+    pf.SolverInTheLoop(coarse, Net().to("meta"), reference, unroll=1)
 
 
 def test_a_blown_up_but_finite_state_gives_a_finite_loss(reference):

@@ -516,7 +516,9 @@ def test_compute_dtype_and_queries_per_call_are_read_or_refused():
         zo.estimate_gradient(_DeclaresDtype(torch.float32), x, zo.CGE(mu=1e-8))
     with pytest.raises(zo.ArgumentError, match="`compute_dtype` must be a float dtype"):
         zo.estimate_gradient(_DeclaresDtype("fast"), x, zo.CGE(mu=1e-3))
-    for cap in (None, math.inf, 2):
+    with pytest.raises(zo.ArgumentError, match="`compute_dtype` is bfloat16, which zoracle does not estimate in"):
+        zo.estimate_gradient(_DeclaresDtype(torch.bfloat16), x, zo.CGE(mu=1e-3))
+    for cap in (None, math.inf, 2, 64.0):
         np.testing.assert_allclose(zo.estimate_gradient(_DeclaresDtype(np.float32, cap), x, zo.CGE(mu=1e-2)).grad,
                                    1.0, rtol=1e-4)
     with pytest.raises(zo.ArgumentError, match="`max_queries_per_call` must be an integer >= 1"):

@@ -583,6 +583,23 @@ def test_an_oracle_holding_an_open_file_is_refused_before_any_shard(tmp_path, mo
     zo.estimate_gradient(LogsQueries(io.StringIO()), params(), zo.CGE(), executor=loky2)  # memory travels as data
 
 
+class ReadsTable:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, x):
+        self.stream.seek(0)
+        return float(self.stream.read().count("1")) * float(x @ x)
+
+
+def test_an_oracle_reading_a_file_open_only_for_reading_still_travels(tmp_path, loky2):
+    path = tmp_path / "table.txt"
+    path.write_text("1 1 1\n")
+    with open(path) as stream:
+        assert_same(zo.estimate_gradient(ReadsTable(stream), params(), zo.CGE(), executor=loky2),
+                    zo.estimate_gradient(ReadsTable(stream), params(), zo.CGE()))
+
+
 def test_registry_reuses_tokens_by_identity():
     reg = Registry(keep=2)
     a, b, c = object(), object(), object()

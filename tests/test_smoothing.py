@@ -256,10 +256,19 @@ def test_log_probabilities_of_minus_infinity_are_scores():
     c = sm.certify(logprob, np.array([1.0]), sigma=0.5, n0=50, n=2000, num_classes=3, rng=0)
     p = 1 - stats.norm.cdf(-1.5 / 0.5)  # class 2 unless the noisy point falls below -0.5
     assert c.prediction == 2 and abs(c.n_a / 2000 - p) < 4 * np.sqrt(p * (1 - p) / 2000)
-    for bad in (np.nan, -np.inf):
-        with pytest.raises(zo.OracleError, match="noise sample 0 of point 0.*must not be NaN and must have one above -inf"):
-            sm.certify(lambda z, bad=bad: np.where(np.arange(3) == 2, bad, -np.inf) * np.ones((len(z), 1)),
+    for bad in (np.nan, -np.inf, np.inf):  # (+inf: an overflow, whose ties vote for the first class)
+        with pytest.raises(zo.OracleError, match="noise sample 0 of point 0.*must not be NaN or \\+inf and must have one"):
+            sm.certify(lambda z, bad=bad: np.where(np.arange(3) >= 1, bad, -np.inf) * np.ones((len(z), 1)),
                        np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=3)
+
+
+def test_an_input_shape_declared_without_the_batch_axis_fits():
+    """A classifier's own `input_shape` of (C, H, W) was read as (N, H, W): refused, where its
+    points fit."""
+    clf = Declared(lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int), input_shape=(3, 8, 8))
+    assert sm.predict(clf, np.full((3, 8, 8), 0.1), sigma=0.1, n=50, num_classes=2, rng=0) == 1
+    with pytest.raises(zo.ArgumentError, match=r"takes points of shape \(8, 8\)"):
+        sm.predict(clf, np.full((4, 8, 8), 0.1), sigma=0.1, n=50, num_classes=2, rng=0)
 
 
 def test_certify_picks_its_class_on_the_selection_samples_only():

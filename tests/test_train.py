@@ -1014,6 +1014,8 @@ def test_a_bad_eval_value_found_late_returns_the_run_and_resumes(tmp_path):
         bad = zo.train(f, np.zeros(3), eval_fn=lambda p: [f(p)], checkpoint=path, **kw)
     assert bad.stopped and bad.steps == 8 and np.array_equal(bad.params, clean.params)
     assert len(bad.history.epochs) == 3
+    with pytest.warns(UserWarning, match=r"fix `eval_fn` \(pass checkpoint= to resume a run after such a failure\)"):
+        zo.train(f, np.zeros(3), eval_fn=lambda p: [f(p)], **kw)  # no checkpoint: no resume to advise
     fixed = zo.train(f, np.zeros(3), eval_fn=lambda p: f(p), checkpoint=path, resume=True, **kw)
     assert not fixed.stopped and np.array_equal(fixed.params, clean.params) and fixed.nfev == clean.nfev
     assert fixed.history.epochs[-1]["eval"] == clean.history.epochs[-1]["eval"]

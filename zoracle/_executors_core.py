@@ -621,17 +621,25 @@ class Pickled:
 _FILE_PICKLERS: dict = {}
 
 
+def _writable(stream) -> bool:
+    try:
+        return bool(stream.writable())
+    except ValueError:  # closed: nothing to lose (cloudpickle decides what it sends)
+        return False
+
+
 def _file_refusing_pickler(module):
-    """``module.CloudPickler`` refusing open files: cloudpickle sends a text file opened for
-    reading (``"r"``, ``"r+"``, ``"a+"``) as an in-memory copy of its contents, so a worker's
-    writes (a query log) went nowhere, silently; the standard streams travel as references."""
+    """``module.CloudPickler`` refusing files open for writing: cloudpickle sends a text file
+    that can also be read (``"r+"``, ``"a+"``) as an in-memory copy of its contents, so a
+    worker's writes (a query log) went nowhere, silently. A file open only for reading travels
+    as that copy (its reads are the same); the standard streams travel as references."""
     if module not in _FILE_PICKLERS:
         import io
 
         class Pickler(module.CloudPickler):
             def reducer_override(self, obj):
                 if (isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO))
-                        and obj not in (sys.stdout, sys.stderr, sys.stdin)):
+                        and obj not in (sys.stdout, sys.stderr, sys.stdin) and _writable(obj)):
                     raise pickle.PicklingError(
                         f"it holds an open file ({getattr(obj, 'name', type(obj).__name__)!r}), which a worker "
                         "would get as a copy of its contents, its writes lost; open the file in the worker "

@@ -216,15 +216,18 @@ def compute_dtype_of(oracle):
     cd = getattr(oracle, "compute_dtype", None)
     if cd is None:
         return None
+    name = str(cd).rsplit(".", 1)[-1] if type(cd).__module__ == "torch" else cd
     try:
-        return np.dtype(cd)
+        dtype = np.dtype(name)
     except TypeError:
-        pass
-    if type(cd).__module__ == "torch":
-        try:
-            return np.dtype(str(cd).rsplit(".", 1)[-1])
-        except TypeError:
-            pass
+        dtype = None
+    if dtype is not None and dtype.kind == "f":
+        return dtype
+    if dtype is not None or getattr(cd, "is_floating_point", False):
+        # bfloat16 (NumPy has it only through ml_dtypes, as a kind-"V" type) and other non-IEEE floats
+        raise ArgumentError(f"the oracle's `compute_dtype` is {dtype if dtype is not None else name}, which zoracle "
+                            "does not estimate in (its "
+                            "params are float32 or float64); evaluate in float32 and set compute_dtype = np.float32")
     raise ArgumentError(f"the oracle's `compute_dtype` must be a float dtype (np.float32, torch.float32 or "
                         f"'float32'), got {cd!r}")
 

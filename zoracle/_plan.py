@@ -35,6 +35,8 @@ def queries_per_call(fn) -> int:
         return DEFAULT_CHUNK
     if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == math.inf:
         return 2**62
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, numbers.Integral)) and float(v).is_integer():
+        v = int(v)  # 64.0, from a memory budget's arithmetic
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
         raise ArgumentError(f"the oracle's `max_queries_per_call` must be an integer >= 1 (queries per call), "
                             f"math.inf for no limit, or None for the default ({DEFAULT_CHUNK}), got {v!r}")

@@ -1072,9 +1072,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     try:
                         erec.update(_metrics(value, epoch))
                     except ArgumentError as exc:  # found only now: the run's work is returned, not lost
+                        then = ("fix `eval_fn` and resume from the checkpoint to evaluate it and go on"
+                                if checkpoint is not None else "fix `eval_fn` (pass checkpoint= to resume a run "
+                                "after such a failure)")
                         warnings.warn(f"train: {exc}. The run stops here and returns its result, without this "
-                                      "epoch's record; fix `eval_fn` and resume from the checkpoint to evaluate "
-                                      "it and go on", UserWarning, stacklevel=2)
+                                      f"epoch's record; {then}", UserWarning, stacklevel=2)
                         stopped = True
                         break
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)

@@ -177,7 +177,7 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
     """The classifier's output for ``k`` noisy inputs as ``k`` int64 labels, or :class:`OracleError`.
 
     Accepted: ``(k,)`` integer labels, a ``(k, 1)`` integer label column, or ``(k, C)``
-    floating-point scores (argmax) with ``C == num_classes``, no NaN and one score above -inf a row.
+    floating-point scores (argmax) with ``C == num_classes``, no NaN or +inf and one score above -inf a row.
     ``sample_of(j)`` names row ``j`` of the batch in errors.
     """
     what = f"a batch of {k} noisy inputs"
@@ -194,14 +194,14 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
                                                           "over the batch axis instead of the class axis)")
         if num_classes is not None and arr.shape[1] != num_classes:
             raise OracleError(what, shown, detail=f"scores must have one column per class ({num_classes})")
-        # -inf is a log-probability of 0 (log_softmax of a confident model); NaN, or no score
-        # above -inf, has no highest class (argmax would make it class 0, and a vote)
-        ok = ~np.isnan(arr).any(axis=1) & (arr.max(axis=1) > -np.inf)
+        # -inf is a log-probability of 0 (log_softmax of a confident model); NaN, +inf (an
+        # overflow: ties vote for the first), or no score above -inf has no highest class
+        ok = ~(np.isnan(arr) | np.isposinf(arr)).any(axis=1) & (arr.max(axis=1) > -np.inf)
         if not ok.all():
             j = int(np.flatnonzero(~ok)[0])
             name = sample_of(j) if sample_of is not None else f"row {j} of {what}"
-            raise OracleError(name, _row(arr[j]), detail=f"scores must not be NaN and must have one above -inf "
-                                                            f"({int((~ok).sum())} of {k} rows in this batch do not)")
+            raise OracleError(name, _row(arr[j]), detail=f"scores must not be NaN or +inf and must have one above "
+                                                            f"-inf ({int((~ok).sum())} of {k} rows in this batch do not)")
         arr = arr.argmax(axis=1)
     elif arr.shape != (k,) or arr.dtype.kind not in "iu":
         raise OracleError(what, shown, detail=want)
@@ -244,7 +244,12 @@ def _check_points_fit(classifier, x: np.ndarray) -> None:
     if not isinstance(shape, tuple) or not shape:
         return
     want = shape[1:]
-    if len(want) != x.ndim - 1 or any(isinstance(w, numbers.Integral) and w != g for w, g in zip(want, x.shape[1:])):
+
+    def fits(dims):
+        return len(dims) == x.ndim - 1 and all(not isinstance(w, numbers.Integral) or w == g
+                                                for w, g in zip(dims, x.shape[1:]))
+
+    if not (fits(want) or fits(shape)):  # (a shape declared without the batch axis fits as it is)
         shown = "(" + ", ".join("?" if not isinstance(w, numbers.Integral) else str(w) for w in want) + \
             ("," if len(want) == 1 else "") + ")"
         raise ArgumentError(f"the classifier takes points of shape {shown} (its input without the batch axis), got "
