@@ -613,7 +613,7 @@ def run(args) -> dict:
     try:
         torch.device(args.device)
         torch.empty(0, device=args.device)  # a device this torch build has no support for (mps, xpu) fails here
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ImportError) as exc:  # (xpu: "Torch not compiled with XPU enabled")
         raise zo.ArgumentError(f"`--device` must be a torch device this machine has, such as cpu or cuda, got "
                                f"{args.device!r} ({str(exc).splitlines()[0][:120]})") from None
     if args.sparsity is not None and not 0 <= args.sparsity < 1:

@@ -296,8 +296,10 @@ def _main(args, methods) -> int:
             except ArgumentError as exc:
                 if not str(exc).startswith("training diverged"):
                     raise
-                log(f"{method}: {exc}")
-                return {"error": f"diverged: {exc}"}
+                flag = {"fo": "--fo-lr", "deepzero": "--lr", "rge": "--rge-lr"}[method]
+                text = str(exc) if flag in str(exc) else f"{exc} ({flag})"
+                log(f"{method}: {text}")
+                return {"error": f"diverged: {text}"}
 
         if "fo" in methods:
             results["fo"] = attempt("fo", lambda: run_fo(args, data, p0))
@@ -310,7 +312,8 @@ def _main(args, methods) -> int:
                 if "error" not in dz:
                     log(f"deepzero: {100 * dz['test_acc']:.2f}% in {dz['seconds']:.1f} s, ratios {dz['ratios']}")
             if "rge" in methods and "error" in dz:
-                results["rge"] = {"error": "not run: RGE gets DeepZero's query budget, and DeepZero diverged"}
+                results["rge"] = {"error": "not run: RGE gets DeepZero's query budget, and DeepZero "
+                                           + dz["error"]}
             elif "rge" in methods:
                 results["rge"] = attempt("rge", lambda: run_zo("rge", args, data, p0, executor, budget=dz["queries"]))
                 if "error" not in results["rge"]:

@@ -5,7 +5,7 @@ all coordinates) and ``--model resnet18`` (the cge_speed torchvision-style ResNe
 batch 32, ``--coords`` random coordinates, 400 by default). float32, one torch thread, CPU time;
 every method's gradient is compared with zoracle's (d), which must agree to the dtype's
 rounding over mu: ``--dtype float64`` makes that check tight (about 3e-12). zoracle's time is
-the best of 3 after a warm-up; a baseline with a chunk size K is run at each K tried (after a
+the best of 3 runs (on ResNet-18 after a warm-up run); a baseline with a chunk size K is run at each K tried (after a
 warm-up for the per-layer cache) and its fastest kept; the others are timed once.
 
 MLP: (b) the textbook loop under no_grad, (b') under inference_mode, (v) a user's vmap over

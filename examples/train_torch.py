@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     epochs = args.epochs if args.epochs is not None else (4 if args.quick else 20)  # (0 is given, not unset)
     if epochs < 2:
         parser.error(f"--epochs must be >= 2 (the run stops half-way and resumes), got {epochs}")
+    if not args.out:
+        parser.error("--out must name a folder, got an empty value")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out}: it exists and is not a folder")
     os.makedirs(args.out, exist_ok=True)  # before any work: an unwritable folder fails here

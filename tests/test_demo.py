@@ -196,6 +196,10 @@ def test_a_method_that_diverges_leaves_the_others_results(tmp_path, capsys):
     table = capsys.readouterr().out
     assert re.search(r"DeepZero \(sparse CGE 99.9%, zo_grasp\) +diverged", table)  # (":.0%" printed 100%)
     assert re.search(r"RGE, same query budget +not run", table)
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "rge", "--lr", "1e6", "--json"]) == 1
+    err = json.loads(capsys.readouterr().out)["rge"]["error"]  # the reason and the flag, with --json too
+    assert err.startswith("not run: RGE gets DeepZero's query budget, and DeepZero diverged: training diverged")
+    assert err.endswith("(--lr)")
 
 
 def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
@@ -212,8 +216,9 @@ def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
 def test_flags_refused_in_one_line_that_ended_in_tracebacks(capsys):
     """--device mps (a device this torch build lacks) and a defense --seed of 2**64 ended in
     tracebacks after the flags were taken; a --shard-timeout error named the API's `timeout`."""
-    assert main(["bench", "--device", "mps", "--model", "mlp", "--quick"]) == 1
-    assert "`--device` must be a torch device this machine has" in capsys.readouterr().err
+    for device in ("mps", "xpu"):
+        assert main(["bench", "--device", device, "--model", "mlp", "--quick"]) == 1
+        assert "`--device` must be a torch device this machine has" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["defense", "--quick", "--seed", str(2**64)])
     assert "--seed: must be an integer in [0, 2**63)" in capsys.readouterr().err
@@ -229,8 +234,9 @@ def test_train_torch_example_takes_epochs_zero_as_given(tmp_path, capsys):
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "train_torch.py")
     mod = runpy.run_path(script, run_name="not_main")
     for argv, match in ((["--epochs", "0", "--out", str(tmp_path / "o")], "--epochs must be >= 2"),
-                        (["--quick", "--epochs", "0"], "--epochs must be >= 2"),
-                        (["--out", __file__], "it exists and is not a folder")):
+                        (["--quick", "--epochs", "0", "--out", str(tmp_path / "o")], "--epochs must be >= 2"),
+                        (["--out", __file__], "it exists and is not a folder"),
+                        (["--out", ""], "--out must name a folder")):
         with pytest.raises(SystemExit):
             mod["main"](argv)
         assert match in capsys.readouterr().err

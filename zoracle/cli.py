@@ -152,6 +152,7 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
                              f"({why})")
     if getattr(args, "plot", None) is not None:
         if importlib.util.find_spec("matplotlib") is None:
+            _remove_empty(made)
             raise _missing(name, "--plot needs matplotlib")
         from ._plot import _format
 
