@@ -212,9 +212,10 @@ def test_a_sigma_beyond_the_dtype_and_a_point_without_features_are_refused():
 class Declared(Counting):
     """A classifier that declares what an OnnxClassifier does: classes, input shape, budget left."""
 
-    def __init__(self, fn, num_classes=None, input_shape=None, remaining=None):
+    def __init__(self, fn, num_classes=None, input_shape=None, remaining=None, input_name="x"):
         super().__init__(fn)
         self.num_classes, self.input_shape, self.remaining = num_classes, input_shape, remaining
+        self.input_name = input_name
 
 
 def test_what_the_classifier_declares_is_checked_before_any_query():
@@ -262,13 +263,16 @@ def test_log_probabilities_of_minus_infinity_are_scores():
                        np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=3)
 
 
-def test_an_input_shape_declared_without_the_batch_axis_fits():
-    """A classifier's own `input_shape` of (C, H, W) was read as (N, H, W): refused, where its
-    points fit."""
-    clf = Declared(lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int), input_shape=(3, 8, 8))
+def test_an_input_shape_of_another_convention_is_not_read():
+    """A classifier's own `input_shape` of (C, H, W), with no batch axis, was read as
+    OnnxClassifier's (N, H, W): its points were refused. Only an input declared as
+    OnnxClassifier declares it (with `input_name`) is checked."""
+    sign = lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int)  # noqa: E731
+    clf = Declared(sign, input_shape=(3, 8, 8), input_name=None)
     assert sm.predict(clf, np.full((3, 8, 8), 0.1), sigma=0.1, n=50, num_classes=2, rng=0) == 1
-    with pytest.raises(zo.ArgumentError, match=r"takes points of shape \(8, 8\)"):
-        sm.predict(clf, np.full((4, 8, 8), 0.1), sigma=0.1, n=50, num_classes=2, rng=0)
+    with pytest.raises(zo.ArgumentError, match=r"takes points of shape \(3, 8, 8\)"):
+        sm.predict(Declared(sign, input_shape=(None, 3, 8, 8)), np.full((1, 3, 8, 8), 0.1), sigma=0.1, n=50,
+                   num_classes=2, rng=0)
 
 
 def test_certify_picks_its_class_on_the_selection_samples_only():

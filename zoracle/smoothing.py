@@ -237,19 +237,15 @@ def _points(x) -> np.ndarray:
 
 
 def _check_points_fit(classifier, x: np.ndarray) -> None:
-    """Points of the shape a classifier that declares its input (``input_shape``, batch axis
-    first, as :class:`~zoracle.adapters.onnx.OnnxClassifier`) takes; the classifier's own
+    """Points of the shape a classifier that declares its input as
+    :class:`~zoracle.adapters.onnx.OnnxClassifier` does (``input_name``, and ``input_shape``
+    with the batch axis first) takes; the classifier's own
     error named the shape of the noise batch, which the caller never built."""
     shape = getattr(classifier, "input_shape", None)
-    if not isinstance(shape, tuple) or not shape:
-        return
+    if not isinstance(shape, tuple) or not shape or getattr(classifier, "input_name", None) is None:
+        return  # (only an input declared as OnnxClassifier does: another `input_shape` may lack the batch axis)
     want = shape[1:]
-
-    def fits(dims):
-        return len(dims) == x.ndim - 1 and all(not isinstance(w, numbers.Integral) or w == g
-                                                for w, g in zip(dims, x.shape[1:]))
-
-    if not (fits(want) or fits(shape)):  # (a shape declared without the batch axis fits as it is)
+    if len(want) != x.ndim - 1 or any(isinstance(w, numbers.Integral) and w != g for w, g in zip(want, x.shape[1:])):
         shown = "(" + ", ".join("?" if not isinstance(w, numbers.Integral) else str(w) for w in want) + \
             ("," if len(want) == 1 else "") + ")"
         raise ArgumentError(f"the classifier takes points of shape {shown} (its input without the batch axis), got "
