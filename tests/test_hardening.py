@@ -431,6 +431,15 @@ def test_minibatches_refuse_what_they_would_misread():
     assert zo.Minibatches([np.zeros((6, 2)), np.arange(6)], batch_size=4).n == 6  # a list of arrays: fields
     assert zo.Minibatches([1.0, 2.0, 3.0], batch_size=2).n == 3  # a list of numbers: one array
     assert zo.Minibatches([np.zeros((6, 2)), [0, 1, 2, 0, 1, 2]], batch_size=4).n == 6  # an array among them: fields
+    # a list of row arrays (list(X), [ds[i] for i in ...]) was read as six fields of two samples
+    for listed in (list(np.asarray(rows)), list(np.zeros((20, 30)))):
+        with pytest.raises(zo.ArgumentError, match=r"list of \d+ arrays of one shape .*rows of one array, not fields"):
+            zo.Minibatches(listed, batch_size=2)
+    assert zo.Minibatches([np.zeros((6, 2)), np.ones((6, 2))], batch_size=4).n == 6  # two fields of one shape
+    with pytest.raises(zo.ArgumentError, match="hold no samples"):
+        zo.Minibatches((np.zeros((0, 2)), np.zeros(0)), batch_size=4)
+    mb = zo.Minibatches(np.arange(5), 2)  # compared and hashed by identity (field-wise == raised NumPy's error)
+    assert mb == mb and mb != zo.Minibatches(np.arange(5), 2) and len({mb}) == 1
     for flag in ("shuffle", "drop_last"):
         with pytest.raises(zo.ArgumentError, match=f"`{flag}` must be True or False, got 'False'"):
             zo.Minibatches(np.arange(5), 2, **{flag: "False"})

@@ -308,3 +308,16 @@ def test_a_history_with_nan_metrics_equals_its_checkpoints(tmp_path):
     assert np.isnan(saved.column("diverged", "epoch")).all() and saved == r.history
     other = zo.History(r.history.steps, r.history.epochs[:1])
     assert saved != other and saved != "not a history"
+
+
+def test_a_metric_an_evaluation_returned_as_nan_or_inf_is_a_gap_not_joined_over():
+    """NaN and inf values of a metric were dropped as if the epoch had not been evaluated, and the
+    line joined 0.9 to 0.8 over them: the divergence did not show."""
+    from zoracle._plot import plot_history
+
+    f = lambda x: float(x @ x)  # noqa: E731
+    values = iter([0.9, np.inf, np.nan, 0.8])
+    res = zo.train(f, np.ones(3), epochs=4, progress=False, eval_fn=lambda p: {"acc": next(values)})
+    line = plot_history(res.history, x="step").axes[1].lines[0]
+    x, y = line.get_data()
+    assert list(x) == [1, 2, 3, 4] and y[0] == 0.9 and y[3] == 0.8 and np.isnan(y[1]) and np.isnan(y[2])

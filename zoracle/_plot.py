@@ -126,8 +126,15 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     ax.set(xlabel=label, ylabel="loss")
     for ax, name in zip(axes[1:], metrics):
         y = history.column(name, "epoch")
-        keep = np.isfinite(y)
-        ax.plot(ex[keep], y[keep], marker=".")
+        # epochs evaluated (the others, between `eval_every`, are joined over); a NaN or inf an
+        # evaluation returned stays in as a gap in the line, not joined over as if not evaluated
+        keep = np.array([name in r for r in history.epochs], dtype=bool)
+        shown = np.where(np.isfinite(y), y, np.nan)[keep]
+        ax.plot(ex[keep], shown, marker=".")
+        if not np.isfinite(shown).all():
+            ax.plot(ex[keep][~np.isfinite(shown)], np.full((~np.isfinite(shown)).sum(), np.nanmin(shown)
+                    if np.isfinite(shown).any() else 0.0), "x", color="C3", label="NaN or inf")
+            ax.legend(frameon=False)
         ax.set_xlabel(label)
         ax.set_ylabel(str(name), parse_math=False)  # a metric's name as written: '$' is no TeX there
     for ax in axes:

@@ -44,7 +44,7 @@ log = logging.getLogger("zoracle")
 RATIO_METHODS = ("zo_grasp", "smart", "uniform", "random")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (compared by identity: field-wise == on arrays raised NumPy's ValueError)
 class Minibatches:
     """Deterministic minibatches: epoch ``e`` is shuffled by ``default_rng((seed, e))``.
 
@@ -86,6 +86,15 @@ class Minibatches:
                                     "field, indexed by the same rows, such as (X, y): np.asarray(rows) for a list of "
                                     "rows, (np.stack([s[0] for s in samples]), np.array([s[1] for s in samples])) for "
                                     "a list of (x, y) samples")
+        shapes = {(tuple(getattr(a, "shape", ())), str(getattr(a, "dtype", ""))) for a in arrays} \
+            if isinstance(arrays, list) else set()
+        if len(shapes) == 1 and getattr(arrays[0], "ndim", 0) >= 1 and (
+                len(arrays) > 8 or len(arrays) > len(arrays[0])):
+            # list(X) of a 2-D array, or [ds[i] for i in ...]: rows, which would be read as fields (of
+            # fewer samples than fields, or more fields than any data set has)
+            raise ArgumentError(f"`arrays` is a list of {len(arrays)} arrays of one shape "
+                                f"{tuple(arrays[0].shape)}: rows of one array, not fields; pass np.stack(rows) "
+                                "(or torch.stack), or a tuple (X, y, ...) of one array per field")
         arrays = tuple(arrays) if isinstance(arrays, (tuple, list)) else (arrays,)
         # a Python list cannot be indexed by a row array: as a NumPy array, as a user would pass it
         arrays = tuple(np.asarray(a) if isinstance(a, list) else a for a in arrays)
@@ -97,6 +106,8 @@ class Minibatches:
         n = {len(a) for a in arrays}
         if len(n) != 1:
             raise ArgumentError(f"`arrays` must share their first dimension, got lengths {sorted(n)}")
+        if n == {0}:  # every epoch would be empty (train failed later: "gave no batch for epoch 0")
+            raise ArgumentError("`arrays` hold no samples (their first dimension is 0)")
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
