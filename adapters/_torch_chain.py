@@ -437,6 +437,11 @@ def steps_from_items(model: nn.Module, items, where: str = "`blocks`") -> list:
     steps = []
     for i, item in enumerate(items):
         mod = item.module if isinstance(item, Step) else item
+        if isinstance(item, Step) and mod is not None and not isinstance(mod, nn.Module):
+            from zoracle._errors import ArgumentError
+
+            raise ArgumentError(f"{where} item {i}: Step's first field is `module` (an nn.Module), got "
+                                f"{type(mod).__name__}; pass a function as Step(fn=..., ...)")
         if isinstance(mod, nn.Module) and id(mod) not in names and any(
                 p.requires_grad and id(p) not in own for p in mod.parameters()):
             # trainable parameters the model does not hold (a wrapper of its own layers, or a

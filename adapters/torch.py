@@ -1205,7 +1205,7 @@ class TorchOracle:
         # base state after the walk (its first entry changed too when the walk forked), the
         # base states entering the joins walked, the fork's step
         # the dense suffix runs channels-last (``_nhwc``): keep the bases it copies in that layout
-        LAYOUT.nhwc = all(layout_free(st) for st in steps[si + 1:])
+        LAYOUT.nhwc = not getattr(LAYOUT, "off", False) and all(layout_free(st) for st in steps[si + 1:])
         try:
             rest = _nhwc(rest)
             if kind == "layer" and base_out is not None:
@@ -1250,7 +1250,8 @@ class TorchOracle:
         chunk = self._chunk(block, features)
         parts = []
         steps = core.chain.steps
-        LAYOUT.nhwc = all(layout_free(st) for st in steps[core.block_steps[block] + 1:])
+        LAYOUT.nhwc = not getattr(LAYOUT, "off", False) and all(
+            layout_free(st) for st in steps[core.block_steps[block] + 1:])
         try:
             with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:
                 for lo in range(0, len(local), chunk):

@@ -2093,3 +2093,97 @@ def test_a_factory_call_on_an_input_size_is_named_with_the_fix():
                 expect_warning=r"cannot trace _Causal \(TypeError: .*\); a size read from the input is a proxy .*"
                                r"as a buffer of the largest size and slice it \(self.mask\[:T, :T\]\)")
     assert len(check_exact(_Causal(buffer=True).double(), x, y, F.mse_loss).blocks) == 1
+
+
+def _flat_by_memory(s):  # not layout free: flattens the raw memory order
+    t = s[0]
+    return (t.as_strided((t.shape[0], t[0].numel()), (t[0].numel(), 1)),)
+
+
+_flat_by_memory.layout_free = True
+
+
+class _WronglyLayoutFree(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c0, self.r, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Linear(100, 3)
+
+    def zoracle_steps(self):
+        return [self.c0, self.r, tm.Step(fn=_flat_by_memory), self.fc]
+
+    def forward(self, x):
+        return self.fc(_flat_by_memory((self.r(self.c0(x)),))[0])
+
+
+def test_a_step_wrongly_declared_layout_free_retires_the_split():
+    """Its float32 self-check failed (channels-last), and the float64 recheck, which never runs
+    channels-last, cleared it: gradients 1.2x off, silently."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 2, 5, 5), torch.randint(0, 3, (6,))
+    model = _WronglyLayoutFree()
+    with pytest.warns(RuntimeWarning, match=r"a step declared layout_free \(step2\) gives other results on "
+                                            r"channels-last activations"):
+        oracle = TorchOracle(model, F.cross_entropy, (x, y))
+    theta = oracle.initial_params()
+    plain = TorchOracle(model, F.cross_entropy, (x, y), blocks="none")
+    np.testing.assert_array_equal(zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-2)).grad,
+                                  zo.estimate_gradient(plain, theta, zo.CGE(mu=1e-2)).grad)
+
+
+def test_a_step_given_a_function_where_its_module_goes_is_named():
+    """docs/pytorch.md wrote Step(fn, channel_fn=...): the function landed in `module` and the
+    capture failed with "'function' object has no attribute 'named_parameters'"."""
+
+    class Declares(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def zoracle_steps(self):
+            return [tm.Step(torch.relu), self.fc]
+
+        def forward(self, x):
+            return self.fc(torch.relu(x))
+
+    with pytest.raises(zo.ArgumentError, match=r"Step's first field is `module` .*Step\(fn=\.\.\., \.\.\.\)"):
+        TorchOracle(Declares(), F.cross_entropy)
+
+
+class _InnerChannelWrong(nn.Module):
+    """A declared join whose channel_fn doubles the skip for channel 1 only."""
+
+    def __init__(self, C=4):
+        super().__init__()
+        self.c0, self.r = nn.Conv2d(2, C, 3, padding=1, bias=False), nn.ReLU()
+        self.c1, self.fc = nn.Conv2d(C, C, 3, padding=1, bias=False), nn.Linear(C, 3)
+
+    @staticmethod
+    def pool(s):
+        return (F.adaptive_avg_pool2d(s[0], 1).flatten(1),) + tuple(s[1:])
+
+    def join(self, s):
+        return (F.relu(s[0] + s[1]),)
+
+    def join_channel(self, col, ch, s):
+        skip = s[1].index_select(1, ch).transpose(0, 1)
+        return F.relu(col + skip * (1 + (ch == 1).to(col.dtype)).view(-1, 1, 1, 1))
+
+    def zoracle_steps(self):
+        return [self.c0, self.r, tm.fork, self.c1, tm.Step(fn=self.join, channel_fn=self.join_channel),
+                tm.Step(fn=self.pool), self.fc]
+
+    def forward(self, x):
+        h = self.r(self.c0(x))
+        return self.fc(self.pool((F.relu(self.c1(h) + h),))[0])
+
+
+def test_check_oracle_catches_a_channel_fn_wrong_for_an_inner_channel_only():
+    """The first-bind self-check moves each block's first and last coordinate and passes this
+    split (documented in pytorch.md); check_oracle, which samples inside every block, does not."""
+    torch.manual_seed(1)
+    model = _InnerChannelWrong().double()
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 2, 5, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    oracle = TorchOracle(model, F.cross_entropy, (x, y))
+    with pytest.raises(zo.testing.OracleCheckError, match="prefix\\+suffix|coordinate_losses"):
+        check_oracle(oracle, oracle.initial_params(), n_coords=16)
