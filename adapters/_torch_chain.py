@@ -62,8 +62,10 @@ class Step:
 
     Notes
     -----
-    ``fn`` must treat every row of the state independently except through BatchNorm
-    modules (the oracle runs many perturbations as one batch; see ``TorchOracle``).
+    ``fn`` must treat every row of the state independently (the oracle runs many
+    perturbations as one batch; see ``TorchOracle``). A train-mode BatchNorm couples rows: as
+    a step of its own (``module``) the oracle runs it per perturbation; inside a function step
+    it counts as mixing samples, and the model runs full forwards (exact, no feature reuse).
     """
 
     module: Optional[nn.Module] = None
