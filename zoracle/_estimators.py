@@ -159,7 +159,8 @@ class SNES:
 
     Queries: ``population`` a step (no base point; ``GradientEstimate.loss`` is the mean of
     the population's losses, the loss of the search distribution). Directions are seeded one
-    by one as RGE's, so executors and batching give the same estimate.
+    by one as RGE's, so executors and batching give the same estimate (``budget_bytes``, which
+    sets how many directions are summed at once, moves its last bit, as RGE's).
 
     Parameters
     ----------
