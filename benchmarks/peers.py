@@ -514,6 +514,8 @@ def _file_and_methods(path: str):
 def _load(path):
     """The runs of a results file; ``path@m1/m2`` keeps only the runs of methods ``m1`` and ``m2``
     (a study that takes some methods' seeds from another study's file)."""
+    if not path:  # no --out: a sweep kept in memory only (`--quick`)
+        return []
     path, methods = _file_and_methods(path)
     if path and os.path.exists(path):
         with open(path) as f:
@@ -1167,9 +1169,17 @@ def main(argv=None) -> int:
     def rows_of(files):
         return [r for path in files.split(",") if path for r in _load(path)]
 
+    def one_dtype(flag, groups):
+        """A study row (--leads, --wins) averaging a float32 and a float64 black box's seeds: refused, as --report."""
+        for g in groups:
+            if len({r.get("dtype", "float32") for r in _merged(g.split("+"))}) > 1:
+                p.error(f"{flag} got runs of float32 and float64 black boxes in one study ({g}): give each dtype's "
+                        "files a study of their own")
+
     if args.wins is not None:
         check_files((("--wins", args.wins), ("--ratios", args.ratios)), "--wins needs --ratios: the per-second half",
                     True)
+        one_dtype("--wins", [g for g in args.wins.split(",") if g])
         studies = [(_study(g.split("+")), _merged(g.split("+"))) for g in args.wins.split(",") if g]
         rows = wins(studies, rows_of(args.ratios))
         if args.plot:
@@ -1180,6 +1190,7 @@ def main(argv=None) -> int:
         check_files((("--leads", args.leads), ("--ratios", args.ratios)),
                     "comma-separated; with --leads, files of one study joined by '+'", False)
         if args.leads:
+            one_dtype("--leads", [g for g in args.leads.split(",") if g])
             print(leads_table(leads([_merged(g.split("+")) for g in args.leads.split(",") if g])))
         if args.ratios:
             print(ratios_table(ratios(rows_of(args.ratios))))
@@ -1204,6 +1215,11 @@ def main(argv=None) -> int:
         print(json.dumps(rows) if args.json else speed_table(rows))
         return 0
     if args.report:  # several files (parallel sweeps) merge; a run present twice counts once
+        check_files((("--report", args.report),), "comma-separated", True)
+        raw = rows_of(args.report)
+        if not raw or any("seed" not in r for r in raw):
+            p.error(f"--report: {args.report} holds no accuracy runs of this study (a --speed file goes to --ratios; "
+                    "FILE@m1/m2 keeps only those methods' runs)")
         runs = _merged(args.report.split(","))
         if len({r.get("dtype", "float32") for r in runs}) > 1:  # a row would average the two black boxes' runs
             p.error("--report got runs of float32 and float64 black boxes: report each dtype's files on their own")

@@ -715,7 +715,7 @@ def report(runs) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="digits", help="digits or mnist1d")
+    p.add_argument("--data", default="digits", choices=("digits", "mnist1d"), help="digits or mnist1d")
     p.add_argument("--width", type=int, default=1600, help="hidden units (the study's largest: 1600 digits, 1200 mnist1d)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=int, default=30_000)
@@ -738,7 +738,13 @@ def main(argv=None) -> int:
     if args.versus is not None and (args.versus not in VARIANTS or not args.report):
         p.error(f"--versus needs --report and a variant, got {args.versus!r}")
     if args.report:  # with --variants: only those rows (e.g. the variants run on more seeds)
+        missing = [f for f in args.report.split(",") if f and not os.path.isfile(f)]
+        if missing:
+            p.error(f"--report: no such results file: {', '.join(missing)}")
         runs = [r for path in args.report.split(",") for r in peers._load(path)]
+        if not runs or (not args.by_lr and any("variant" not in r for r in runs)):  # (--by-lr reads the study's)
+            p.error(f"--report: {args.report} holds no scouting runs (files of peers_scout.py --out; the study's "
+                    "files go to peers.py --report)")
         if args.by_lr:
             print(lr_table(runs))
         elif args.versus:

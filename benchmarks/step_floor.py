@@ -402,6 +402,8 @@ def main(argv=None) -> int:
                    "study's demo-recipe run (ZO-GraSP's layer ratios)")
     a = p.parse_args(argv)
     if a.report:
+        if not os.path.isfile(a.report):
+            p.error(f"--report: no such results file: {a.report}")
         with open(a.report) as f:
             print(table(json.load(f)))
         return 0

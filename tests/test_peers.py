@@ -940,3 +940,27 @@ def test_float64_runs_neither_tune_nor_report_with_float32_runs(peers, tmp_path,
     with pytest.raises(SystemExit):
         peers.main(["--report", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}"])
     assert "float32 and float64" in capsys.readouterr().err
+    # --leads and --wins pooled them without a word (a row of float64 seeds, unlabelled)
+    for argv in (["--leads", f"{tmp_path / 'a.json'}+{tmp_path / 'b.json'}"],
+                 ["--wins", f"{tmp_path / 'a.json'}+{tmp_path / 'b.json'}", "--ratios", str(tmp_path / "a.json")]):
+        with pytest.raises(SystemExit):
+            peers.main(argv)
+        assert "float32 and float64 black boxes in one study" in capsys.readouterr().err
+
+
+def test_report_files_that_hold_no_runs_are_named(peers, tmp_path, capsys):
+    """--report of a missing file or of a method filter matching nothing printed a table header
+    and exited 0; of a --speed file it ended in KeyError: 'seed'; --quick with no --out crashed
+    in _load(None) before its first run."""
+    speed = [{"data": "digits", "width": 0, "method": "snes", "budget": 500, "seconds": 1.0}]
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    run = {"data": "digits", "width": 0, "d": 1898, "method": "snes", "setting": {}, "seed": 0, "budget": 500,
+           "queries": 500, "seconds": 1.0, "val_acc": 0.5, "test_acc": 0.5}
+    (tmp_path / "a.json").write_text(json.dumps([run]))
+    for arg, match in ((str(tmp_path / "nope.json"), "no such results file"),
+                       (f"{tmp_path / 'a.json'}@pgpe", "holds no accuracy runs"),
+                       (str(tmp_path / "speed.json"), "holds no accuracy runs")):
+        with pytest.raises(SystemExit):
+            peers.main(["--report", arg])
+        assert match in capsys.readouterr().err
+    assert peers._load(None) == [] and peers._load("") == []
