@@ -108,6 +108,8 @@ def _one_query_at_a_time(method):
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         with model_lock(self._core.model):
+            if getattr(self, "_aligned_from", None) is not None:
+                self._batch_key()  # an aligned copy of a batch written in place since: made again first
             return method(self, *args, **kwargs)
     return run
 
@@ -408,11 +410,18 @@ class TorchOracle:
         self._x = _private(to_torch(x, dev, dt), x)
         self._y = None if y is None else _private(to_torch(y, dev), y)
         # a batch deserialized by a cluster can sit at any address; vectorized kernels pick
-        # their reduction order by alignment, so own 64-byte aligned copies (same bits anywhere)
+        # their reduction order by alignment, so own 64-byte aligned copies (same bits anywhere).
+        # A copy of the caller's own tensor (a slice X[1:]) is made again when that tensor is
+        # written in place (see _batch_key): queries see the write, as with an aligned batch
+        src = [None, None]
         if self._x.data_ptr() % 64:
+            src[0] = self._x if self._x is x else None
             self._x = self._x.clone()
         if self._y is not None and self._y.data_ptr() % 64:
+            src[1] = self._y if self._y is y else None
             self._y = self._y.clone()
+        self._aligned_from = None if src == [None, None] else (src, [_version(t) if t is not None else None
+                                                                       for t in src])
         if self._y is not None and self._y.shape[0] != self._x.shape[0]:
             raise ArgumentError(f"`batch`: x has {self._x.shape[0]} samples but y has {self._y.shape[0]}")
         if self._x.shape[0] == 0:
@@ -652,8 +661,22 @@ class TorchOracle:
     def _batch_key(self) -> tuple:
         """The bound batch's version counters: bind keeps the caller's tensors when they need no
         conversion, so an in-place write into them (an augmentation, a reused input buffer) must
-        retire the activations and base losses cached for the old values."""
-        return _version(self._x), None if self._y is None else _version(self._y)
+        retire the activations and base losses cached for the old values. An aligned copy of the
+        caller's tensor is made again here when that tensor was written since (its versions are
+        the key then)."""
+        aligned = getattr(self, "_aligned_from", None)
+        if aligned is None:
+            return _version(self._x), None if self._y is None else _version(self._y)
+        src, seen = aligned
+        now = [_version(t) if t is not None else None for t in src]
+        if now != seen:
+            if src[0] is not None:
+                self._x = src[0].clone()
+            if src[1] is not None:
+                self._y = src[1].clone()
+            self._aligned_from = (src, now)
+        return (now[0] if src[0] is not None else _version(self._x),
+                now[1] if src[1] is not None else (None if self._y is None else _version(self._y)))
 
     def _targets(self, k: int):
         y = self._y

@@ -575,7 +575,7 @@ def test_an_oracle_holding_an_open_file_is_refused_before_any_shard(tmp_path, mo
     path = tmp_path / "log.csv"
     path.touch()
     with open(path, mode) as stream:
-        with pytest.raises(zo.ZoracleError, match=r"holds an open file \('.*log.csv'\).*open the file in the worker"):
+        with pytest.raises(zo.ZoracleError, match=r"holds a file open for writing \('.*log.csv'\).*open the file in the worker"):
             zo.estimate_gradient(LogsQueries(stream), params(), zo.CGE(), executor=loky2)
     assert path.read_text() == ""
     import io
@@ -934,6 +934,21 @@ def test_a_bound_torch_batch_written_in_place_reaches_process_workers(loky2):
     got = zo.estimate_gradient(made, theta, est, executor=loky2)
     assert got.loss == ref.loss
     np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-9)
+    # a batch that is a slice of a larger tensor (X[1:], not 64-byte aligned) is bound as an aligned
+    # copy: the copy was never made again, so neither the serial queries nor (after their first
+    # send) the workers saw a write into the slice (0.46 off)
+    X = torch.randn(11, 5, dtype=torch.float64)
+    part, labels = X[1:], torch.randint(0, 3, (10,))
+    assert part.data_ptr() % 64
+    sliced = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none")).bind((part, labels))
+    zo.estimate_gradient(sliced, theta, est, executor=loky2)
+    for _ in range(2):
+        part.mul_(0.5)
+        fresh = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none")).bind((part.clone(), labels))
+        want = zo.estimate_gradient(fresh, theta, est)
+        serial = zo.estimate_gradient(sliced, theta, est)
+        assert serial.loss == want.loss and np.array_equal(serial.grad, want.grad)
+        assert_same(zo.estimate_gradient(sliced, theta, est, executor=loky2), serial)
 
 
 class KeyedBatch:

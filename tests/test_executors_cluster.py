@@ -397,6 +397,18 @@ class TestRay(ClusterContract):
         assert len(cluster.pids) == 2 and all(psutil.pid_exists(p) for p in cluster.pids)
         assert [n["Alive"] for n in ray.nodes()] == [True]
 
+    def test_an_oracle_error_leaves_the_busy_actors_running(self, cluster):
+        """As Dask's: Ray replaced every actor with a shard in flight after any oracle error (its
+        loaded oracle lost, a paid oracle cut off mid-query); only a timeout or Ctrl-C does now."""
+        x = te.params()
+        zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4), executor=cluster)
+        before = sorted(cluster.pids)
+        with pytest.raises(zo.OracleError, match="no such mesh"):
+            zo.estimate_gradient(RaiseAt(x, 0, sleep=0.3), x, zo.CGE(mu=1e-4), executor=cluster)
+        assert sorted(cluster.pids) == before
+        ref = zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4))
+        te.assert_same(zo.estimate_gradient(te.BatchWave(), x, zo.CGE(mu=1e-4), executor=cluster), ref)
+
 
 @pytest.mark.parametrize("cls, module, extra", [("DaskExecutor", "distributed", "dask"), ("RayExecutor", "ray", "ray")])
 def test_a_missing_cluster_package_is_named_when_the_executor_is_made(monkeypatch, cls, module, extra):

@@ -593,10 +593,16 @@ class _RayBackend:
         return out
 
     def abort(self, workers, hung=True) -> None:
+        """After a timeout or Ctrl-C (``hung``), replace the actors running shards; after an error
+        elsewhere, let them finish theirs (an actor queues its next shard behind it): every
+        actor was replaced, its loaded oracle lost, and a paid oracle cut off mid-query."""
         for w in workers:
             if w.ref is not None:
                 self.busy.pop(w.ref, None)
-                self.ex._replace(w)
+                if hung is True or (hung and w in hung):
+                    self.ex._replace(w)
+                else:
+                    w.ref = None
 
 
 class RayExecutor(ShardedExecutor):

@@ -641,9 +641,9 @@ def _file_refusing_pickler(module):
                 if (isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO))
                         and obj not in (sys.stdout, sys.stderr, sys.stdin) and _writable(obj)):
                     raise pickle.PicklingError(
-                        f"it holds an open file ({getattr(obj, 'name', type(obj).__name__)!r}), which a worker "
-                        "would get as a copy of its contents, its writes lost; open the file in the worker "
-                        "(in the oracle's first call or __setstate__) instead")
+                        f"it holds a file open for writing ({getattr(obj, 'name', type(obj).__name__)!r}), whose "
+                        "writes a worker could not make (it would get a copy of the file, or nothing); open the "
+                        "file in the worker (in the oracle's first call or __setstate__) instead")
                 return super().reducer_override(obj)
 
         _FILE_PICKLERS[module] = Pickler
