@@ -1164,6 +1164,9 @@ class TorchOracle:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_state_cache"] = None  # activations stay with the process that computed them
+        # the caller's tensor an aligned batch copies (a slice would pickle its whole storage): a
+        # copy elsewhere holds the batch as sent, and gets it again when it changes (batch_key)
+        state["_aligned_from"] = None
         return state
 
     def _cached_base_rows(self, params, now):
