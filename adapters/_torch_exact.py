@@ -321,6 +321,7 @@ def _two_samples(oracle, start: int = 0):
     probe._x = oracle._x[start:start + n].clone()
     probe._y = None if oracle._y is None else oracle._y[start:start + n].clone()
     probe._base_rows = probe._ycache = probe._state_cache = None
+    probe._aligned_from = None  # its two samples are its own (a write into the caller's batch must not refill them)
     return probe
 
 

@@ -157,6 +157,17 @@ def _retired(core) -> str:
             "forwards now)") if core.reason else ""
 
 
+def _compact(batch):
+    """``batch`` with each torch tensor that views a larger storage replaced by a copy of its own
+    elements (pickling a view sends its whole storage)."""
+    def own(t):
+        if torch.is_tensor(t) and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+            return t.clone()
+        return t
+
+    return type(batch)(own(t) for t in batch) if isinstance(batch, (tuple, list)) else batch
+
+
 def _private(t: torch.Tensor, source) -> torch.Tensor:
     """``t``, copied when it shares memory with the NumPy or CuPy array ``source``: a write into
     that array changes no torch version counter, and cached activations are keyed on them."""
@@ -441,16 +452,19 @@ class TorchOracle:
         """``(parent, batch)`` for an oracle made by ``bind``, else None.
 
         Parallel executors use it to ship the (large) model once per worker and only the
-        minibatch with every step.
+        minibatch with every step (a tensor that is a view of a larger one, a slice of a data
+        set, goes as a copy of its own elements: pickled as it is, it sent the whole storage).
         """
         parent = getattr(self, "_parent", None)
-        return None if parent is None else (parent, self._raw_batch)
+        return None if parent is None else (parent, _compact(self._raw_batch))
 
     def to_device(self, device) -> "TorchOracle":
         """Move the model (and a bound batch) to ``device``; ``DeviceExecutor`` calls it once per worker."""
         self._core.model.to(device)
         if self._x is not None:
-            self._set_batch((self._x, self._y))
+            # from the caller's tensors an aligned batch copies: on the same device the link stays
+            src = (getattr(self, "_aligned_from", None) or ((None, None), None))[0]
+            self._set_batch((self._x if src[0] is None else src[0], self._y if src[1] is None else src[1]))
         return self
 
     def state_arrays(self) -> dict:
@@ -1161,12 +1175,22 @@ class TorchOracle:
                     states = None
         return state[0], states
 
+    def __copy__(self):
+        """A shallow copy keeping its link to the caller's tensor an aligned batch copies (a copy
+        through ``__getstate__`` lost it and answered from the batch before a write); caches empty."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._state_cache = None
+        return new
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_state_cache"] = None  # activations stay with the process that computed them
         # the caller's tensor an aligned batch copies (a slice would pickle its whole storage): a
         # copy elsewhere holds the batch as sent, and gets it again when it changes (batch_key)
         state["_aligned_from"] = None
+        if state.get("_raw_batch") is not None:  # (as unbind sends it)
+            state["_raw_batch"] = _compact(state["_raw_batch"])
         return state
 
     def _cached_base_rows(self, params, now):

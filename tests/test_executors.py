@@ -949,6 +949,21 @@ def test_a_bound_torch_batch_written_in_place_reaches_process_workers(loky2):
         serial = zo.estimate_gradient(sliced, theta, est)
         assert serial.loss == want.loss and np.array_equal(serial.grad, want.grad)
         assert_same(zo.estimate_gradient(sliced, theta, est, executor=loky2), serial)
+    # a copy of the oracle, and the oracle moved to its own device, keep seeing the writes (copy.copy
+    # went through __getstate__, which drops the link, and to_device bound the aligned copy itself)
+    import copy
+    import pickle
+
+    twin = copy.copy(sliced)
+    sliced.to_device("cpu")
+    part.mul_(0.5)
+    fresh = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none")).bind((part.clone(), labels))
+    for o in (twin, sliced):
+        assert o(theta) == fresh(theta)
+    # and a slice travels as its own elements (pickled as a view, it sent the whole tensor's storage)
+    big = torch.randn(100_001, 5, dtype=torch.float64)
+    small = tz.TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none")).bind((big[1:9], labels[:8]))
+    assert len(pickle.dumps(small.unbind()[1])) < 10_000 and len(pickle.dumps(small)) < 100_000
 
 
 class KeyedBatch:

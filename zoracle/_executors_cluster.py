@@ -593,16 +593,21 @@ class _RayBackend:
         return out
 
     def abort(self, workers, hung=True) -> None:
-        """After a timeout or Ctrl-C (``hung``), replace the actors running shards; after an error
-        elsewhere, let them finish theirs (an actor queues its next shard behind it): every
-        actor was replaced, its loaded oracle lost, and a paid oracle cut off mid-query."""
+        """After a timeout or Ctrl-C (``hung``), or with a shard timeout set, replace the actors
+        running shards; else, after an error elsewhere, let them finish theirs (an actor queues its
+        next shard behind it): every actor was replaced, a paid oracle cut off mid-query."""
         for w in workers:
             if w.ref is not None:
                 self.busy.pop(w.ref, None)
-                if hung is True or (hung and w in hung):
+                # with a shard timeout, a shard queued behind the unfinished one would time out
+                # falsely: replaced then, as before
+                if hung is True or (hung and w in hung) or self.ex.timeout is not None:
                     self.ex._replace(w)
                 else:
                     w.ref = None
+                    # its unread answer may be an oracle that failed to load: send it again next time
+                    self.payload.undelivered(w)
+                    w.handle.drop.remote(self.payload.oracle_token)
 
 
 class RayExecutor(ShardedExecutor):
