@@ -153,6 +153,12 @@ _ONE_COLUMN = ("output {name!r} has one score column (a binary model's single lo
                "logit z, [1 - p, p] for a probability p), or choose a label output with `output=`")
 
 
+def _is_labels(node) -> bool:
+    """An integer output of labels (N,), or a label column (N, 1) as some exporters write it."""
+    return node.type in ("tensor(int64)", "tensor(int32)") and (
+        len(node.shape) == 1 or (len(node.shape) == 2 and node.shape[1] == 1))
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -452,8 +458,7 @@ class OnnxClassifier:
             scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")
                       and len(o.shape) == 2 and o.shape[1] != 1]  # one column: no classes to take the argmax of
             zipmaps = [o for o in outputs if o.type.startswith("seq(map(")]
-            labels = [o for o in outputs if o.type in ("tensor(int64)", "tensor(int32)")
-                      and (len(o.shape) == 1 or (len(o.shape) == 2 and o.shape[1] == 1))]
+            labels = [o for o in outputs if _is_labels(o)]
             node = (scores or zipmaps or labels or list(outputs))[0]
         elif isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
             if not 0 <= choice < len(outputs):
@@ -466,9 +471,7 @@ class OnnxClassifier:
             node = match[0]
         self.output_name = node.name
         self._zipmap = node.type.startswith("seq(map(")
-        # labels (N,), or a label column (N, 1) as some exporters write it
-        is_int_vector = node.type in ("tensor(int64)", "tensor(int32)") and (
-            len(node.shape) == 1 or (len(node.shape) == 2 and node.shape[1] == 1))
+        is_int_vector = _is_labels(node)
         if not (self._zipmap or is_int_vector or (node.type in _DTYPES and len(node.shape) == 2)):
             raise ArgumentError(
                 f"output {node.name!r} ({node.type}, shape {node.shape}) is neither class scores (N, C) nor "

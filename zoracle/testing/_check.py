@@ -206,8 +206,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                 X = xp.stack(group)
                 want = [call(X[r]) for r in range(X.shape[0])]
                 parts = []
-                for lo in range(0, X.shape[0], cap or X.shape[0]):
-                    part = X[lo:lo + (cap or X.shape[0])]
+                for lo in range(0, X.shape[0], cap):
+                    part = X[lo:lo + cap]
                     parts.append(_ask(f"oracle.batch(X){where}", lambda: _losses(oracle.batch(part.copy()), part.shape[0])))
                 bad = [g for g in parts if g.ndim != 1]
                 got = bad[0] if bad else np.concatenate(parts)
