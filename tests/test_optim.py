@@ -196,3 +196,67 @@ def test_a_schedule_fingerprint_covers_the_whole_run():
     got = fingerprint(lambda t: 0.1 if t < 150 else 0.01, "lr", 1000)
     assert got["steps"] == [0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500]
     assert got["values"][-2:] == [0.01, 0.01]
+
+
+def _stop_after(epoch):
+    """A callback ending the run after ``epoch`` (a checkpoint to resume is then on disk)."""
+    return lambda event, record, params: event == "epoch" and record["epoch"] == epoch
+
+
+def _decay_a(t):
+    return 0.05 / (1 + t)
+
+
+def _decay_b(t):  # the same function, as another process would hold it (another address)
+    return 0.05 / (1 + t)
+
+
+@pytest.mark.parametrize("first, second", [
+    (zo.linear_warmup(_decay_a, 2), zo.linear_warmup(_decay_b, 2)),
+    (zo.cosine_schedule(1, total_steps=20), zo.cosine_schedule(1.0, total_steps=20)),
+    (zo.cosine_schedule(np.sqrt(0.01), total_steps=np.int64(20)), zo.cosine_schedule(0.1, total_steps=20)),
+    (zo.linear_warmup(np.float64(0.2), 3), zo.linear_warmup(0.2, 3)),
+])
+def test_a_run_resumes_with_an_equal_schedule_written_otherwise(tmp_path, first, second):
+    """The checkpoint recorded a dataclass schedule by its repr: a function inside one
+    (linear_warmup(decay, 2)) showed its address, so no other process could resume, and
+    cosine_schedule(1, ...) was refused against cosine_schedule(1.0, ...)."""
+    loss = lambda x: float(((x - 3) ** 2).sum())
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=6, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=ck)
+    zo.train(loss, np.zeros(3), schedule=first, callbacks=[_stop_after(2)], **kw)
+    resumed = zo.train(loss, np.zeros(3), schedule=second, resume=True, **kw)
+    whole = zo.train(loss, np.zeros(3), schedule=first, epochs=6, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    np.testing.assert_array_equal(resumed.params, whole.params)
+    assert "0x" not in zo._schedules.describe_schedule(first)
+
+
+def test_a_schedule_changed_between_its_fingerprint_steps_is_refused_on_resume(tmp_path):
+    """A lambda's cut-off moved from step 30 to 48 agrees with the fingerprints (steps 20 and
+    50); resumed at step 40, the run was neither schedule's. Every step already run is
+    compared with the lr its history recorded."""
+    loss = lambda x: float(((x - 3) ** 2).sum())
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=60, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=ck)
+    zo.train(loss, np.zeros(3), schedule=lambda t: 0.05 if t < 30 else 0.005, callbacks=[_stop_after(39)], **kw)
+    with pytest.raises(zo.CheckpointError, match="its step 30 ran with lr 0.005, this run's schedule gives 0.05"):
+        zo.train(loss, np.zeros(3), schedule=lambda t: 0.05 if t < 48 else 0.005, resume=True, **kw)
+    # the same schedule (another lambda) resumes, and a mu schedule is compared alike
+    zo.train(loss, np.zeros(3), schedule=lambda t: 0.05 if t < 30 else 0.005, resume=True, **kw)
+    ck2 = str(tmp_path / "mu.npz")
+    kw2 = dict(kw, checkpoint=ck2, estimator=zo.RGE(directions=4))
+    zo.train(loss, np.zeros(3), mu=lambda t: 1e-3 if t < 30 else 1e-4, callbacks=[_stop_after(39)], **kw2)
+    with pytest.raises(zo.CheckpointError, match="its step 30 ran with mu 0.0001"):
+        zo.train(loss, np.zeros(3), mu=lambda t: 1e-3 if t < 48 else 1e-4, resume=True, **kw2)
+
+
+@pytest.mark.parametrize("make", [zo.adam, zo.sgd, zo.sign_sgd])
+def test_the_optimizers_refuse_float16_params(make):
+    """Adam on float16 params gave NaN for every unmeasured coordinate (eps 1e-8 rounds to 0
+    in float16: 0 / 0), where train refuses float16 with a clear error."""
+    opt = make(0.01)
+    with pytest.raises(zo.ArgumentError, match="float16.*float32 or float64"):
+        opt.init(np.ones(3, np.float16))
+    state = opt.init(np.ones(3, np.float32))
+    with pytest.raises(zo.ArgumentError, match="float16"):
+        opt.update(np.array([0.5, 0.0, -0.5]), state, np.ones(3, np.float16))

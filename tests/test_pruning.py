@@ -375,3 +375,33 @@ def test_grasp_ranking_keeps_the_lowest_scores():
     blocks = [slice(0, 2), slice(2, 6)]
     assert zo.layer_ratios(s, blocks, 0.5, ranking="grasp").tolist() == [0.0, 0.75]
     assert zo.layer_ratios(s, blocks, 0.5, ranking="magnitude").tolist() == [1.0, 0.25]
+
+
+def test_zo_grasp_names_its_own_second_point_when_the_oracle_fails_there():
+    """The loss is finite at params and around them but not at ZO-GraSP's second point,
+    params + mu * g: the error blamed "the base point (unperturbed params)", which reads
+    as the caller's params (finite there)."""
+    def loss(x):
+        return float(1000 * np.sum(x ** 2)) if np.max(np.abs(x)) < 0.5 else float("inf")
+
+    theta = np.full(4, 0.3)
+    assert np.isfinite(loss(theta))
+    with pytest.raises(zo.OracleError, match=r"base point \(unperturbed params\) of ZO-GraSP's second estimate, at "
+                                             r"params \+ mu \* g \(a step of norm [0-9.]+ from params\).*smaller `mu`") as info:
+        zo.zo_grasp(loss, theta, mu=5e-3, directions=8, rng=0)
+    assert info.value.query.endswith("from params)")
+    with pytest.raises(zo.OracleError, match="ZO-GraSP's second estimate"):
+        zo.train(loss, theta, epochs=1, estimator=zo.CGE(), sparsity=0.5, blocks=[slice(0, 2), slice(2, 4)],
+                 grasp_directions=8, optimizer=zo.sgd(1e-4), rng=0, progress=False)
+
+
+@pytest.mark.parametrize("ratios", ["zo_grasp", "uniform", "smart", "random"])
+def test_a_sparsity_keeping_nothing_is_refused_alike_for_every_ratio_method(ratios):
+    """Only ZO-GraSP got the error naming `sparsity`; the other methods first warned that
+    "only the dense blocks train" (there were none), then blamed `ratios`."""
+    calls = []
+    loss = lambda x: calls.append(1) or float(np.sum((x - 1) ** 2))
+    with pytest.raises(zo.ArgumentError, match=r"`sparsity`=0.99 keeps round\(\(1 - sparsity\) \* 30\) = 0"):
+        zo.train(loss, np.zeros(30), epochs=1, estimator=zo.CGE(), sparsity=0.99, ratios=ratios,
+                 blocks=[slice(0, 10), slice(10, 30)], optimizer=zo.sgd(0.01), rng=0, progress=False)
+    assert not calls

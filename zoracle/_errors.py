@@ -40,6 +40,14 @@ class OracleError(ZoracleError, RuntimeError):
             msg = f"oracle returned {value!r} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)
 
+    def located(self, where: str, fix: str = "") -> "OracleError":
+        """Name the query by where the caller made it (``where`` replaces ``query`` in the
+        message too) and append ``fix``; the error itself, for ``raise``."""
+        if self.args and isinstance(self.args[0], str) and self.query in self.args[0]:
+            self.args = (self.args[0].replace(self.query, where, 1) + fix, *self.args[1:])
+        self.query = where
+        return self
+
     def __reduce__(self):  # keep the fields when crossing process boundaries
         # a cause or value that does not survive the trip (it fails to pickle, or to unpickle:
         # an exception whose __init__ takes other arguments than its args, a class only the

@@ -79,6 +79,9 @@ def _check_params(params, where: str) -> None:
         got = f"{params.dtype} array of shape {params.shape}" if kind is not None else type(params).__name__
         raise ArgumentError(f"`params` passed to {where} must be a 1-D floating-point array, got {got}; an integer "
                             "array would round every step away: use params.astype(np.float64)")
+    if params.dtype.itemsize < 4:  # float16: Adam's eps (1e-8) rounds to 0, so an unmeasured coordinate is 0 / 0
+        raise ArgumentError(f"`params` passed to {where} have dtype {params.dtype}; the optimizers update float32 or "
+                            "float64 arrays (as train does): use params.astype(np.float32)")
 
 
 def _check_update(name: str, grad, state, params, state_type) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import CheckpointError, as_path, check_compatible, load_checkpoint
+from ._schedules import schedule_value
 
-__all__ = ["read_resume", "read_history", "compare_fingerprints"]
+__all__ = ["read_resume", "read_history", "compare_fingerprints", "compare_history"]
 
 _MAX_COUNT = 2**53  # counters above this are not exact in JSON / float64: implausible
 _FIX = "delete it to start over, or resume from another checkpoint"
@@ -120,6 +121,29 @@ def compare_fingerprints(path, saved, current: dict) -> None:
                     f"checkpoint {path!r} was written with another `{name}` schedule: at step {t} it gave {v!r}, "
                     f"this run's gives {mine[t]!r}; resume with the same schedule, or {_FIX}"
                 )
+
+
+def compare_history(path, steps, schedules: dict) -> None:
+    """Raise when a schedule's value at a step the checkpoint ran differs from the value its
+    history recorded there. The fingerprints hold the values at ``FINGERPRINT_STEPS`` only: a
+    lambda whose cut-off moved from step 30 to 48 agrees with them at 20 and 50, and resumed at
+    step 40 it would give a run that neither schedule makes. ``schedules`` maps a history field
+    (``"lr"``, ``"mu"``) to ``(schedule, name)``; a ``None`` schedule is skipped."""
+    for key, (sched, name) in schedules.items():
+        if sched is None:
+            continue
+        for r in steps:
+            old, t = r.get(key), r.get("step")
+            if not isinstance(old, float) or not isinstance(t, int):
+                continue
+            try:
+                new = sched(t)
+            except Exception:  # its error, named, at its step
+                new = schedule_value(sched, t, name, positive=key == "mu")
+            if new != old:
+                raise CheckpointError(
+                    f"checkpoint {path!r} was written with another `{name}` schedule: its step {t} ran with "
+                    f"{key} {old!r}, this run's schedule gives {new!r} there; resume with the same schedule, or {_FIX}")
 
 
 def _finite(path, name, a):

@@ -8,6 +8,7 @@ can be compared, printed and recorded in a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -45,6 +46,14 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _store(obj, **values) -> None:
+    """Set a frozen schedule's checked fields as plain Python numbers: ``cosine_schedule(1, ...)``
+    and ``cosine_schedule(1.0, ...)`` (or ``np.float64(1.0)``) are then described alike, and a
+    checkpoint written by one resumes with the other."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
 def _count(name: str, value, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
@@ -64,7 +73,7 @@ class constant_schedule:
     value: float
 
     def __post_init__(self):
-        _positive("value", self.value, allow_zero=True)
+        _store(self, value=_positive("value", self.value, allow_zero=True))
 
     def __call__(self, step: int) -> float:
         return float(self.value)
@@ -94,10 +103,9 @@ class cosine_schedule:
     final: float = 0.0
 
     def __post_init__(self):
-        _positive("init", self.init)
-        _positive("final", self.final, allow_zero=True)
-        _count("total_steps", self.total_steps, 1)
-        _count("warmup_steps", self.warmup_steps, 0)
+        _store(self, init=_positive("init", self.init), final=_positive("final", self.final, allow_zero=True),
+               total_steps=_count("total_steps", self.total_steps, 1),
+               warmup_steps=_count("warmup_steps", self.warmup_steps, 0))
         if self.warmup_steps >= self.total_steps and self.total_steps > 1:
             raise ArgumentError(
                 f"`warmup_steps` ({self.warmup_steps}) must be < `total_steps` ({self.total_steps})"
@@ -130,10 +138,8 @@ class step_schedule:
     warmup_steps: int = 0
 
     def __post_init__(self):
-        _positive("init", self.init)
-        _count("step_size", self.step_size, 1)
-        _positive("gamma", self.gamma)
-        _count("warmup_steps", self.warmup_steps, 0)
+        _store(self, init=_positive("init", self.init), step_size=_count("step_size", self.step_size, 1),
+               gamma=_positive("gamma", self.gamma), warmup_steps=_count("warmup_steps", self.warmup_steps, 0))
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -158,8 +164,10 @@ class linear_warmup:
     warmup_steps: int
 
     def __post_init__(self):
-        _count("warmup_steps", self.warmup_steps, 0)
-        as_schedule(self.schedule, "schedule")
+        inner = as_schedule(self.schedule, "schedule")
+        _store(self, warmup_steps=_count("warmup_steps", self.warmup_steps, 0),
+               schedule=inner.value if isinstance(inner, constant_schedule) and not callable(self.schedule)
+               else self.schedule)
 
     def __call__(self, step: int) -> float:
         inner = as_schedule(self.schedule, "schedule")
@@ -219,7 +227,8 @@ def fingerprint(schedule: Schedule, name: str, total_steps: int | None, positive
     """The schedule's values at the :data:`FINGERPRINT_STEPS` below ``total_steps``.
 
     Recorded in checkpoints: a resumed run compares the values at the steps both runs
-    reach, so a changed schedule is caught even when it is an opaque callable. Every value
+    reach (and every step already run against the history's record of it), so a changed
+    schedule is caught even when it is an opaque callable. Every value
     is checked with :func:`schedule_value` (so a bad schedule fails before the first query).
     """
     if total_steps is None:  # the run's length is unknown: only the first step is sure to be reached
@@ -230,7 +239,29 @@ def fingerprint(schedule: Schedule, name: str, total_steps: int | None, positive
 
 
 def describe_schedule(value) -> str:
-    """A stable text description (recorded in checkpoints to detect mismatched settings)."""
+    """A stable text description (recorded in checkpoints to detect mismatched settings).
+
+    A number is its float's repr; a dataclass schedule its fields, each described alike (so a
+    function inside one, such as ``linear_warmup(decay, 4)``'s ``decay``, is ``<function>``,
+    not a repr holding its address, which no other process reproduces); any other callable
+    ``<its type>`` (its values are compared instead: the checkpoint's fingerprints and history).
+    """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return repr(float(value))
-    return repr(value) if hasattr(type(value), "__dataclass_fields__") else f"<{type(value).__name__}>"
+    return _describe(value)
+
+
+def _describe(value) -> str:
+    """:func:`describe_schedule` of a field: an integer stays one (a step count), as its repr was."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return repr(int(value))
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return repr(float(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ", ".join(f"{f.name}={_describe(getattr(value, f.name))}" for f in dataclasses.fields(value) if f.repr)
+        return f"{type(value).__name__}({fields})"
+    if value is None or isinstance(value, (bool, str)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return f"<{type(value).__name__}>"

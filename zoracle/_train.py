@@ -34,7 +34,7 @@ from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import has_methods
 from ._pruning import RANKINGS, SCORED_KINDS, _check_flag, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
-from ._resume import read_history, read_resume
+from ._resume import compare_history, read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
 __all__ = ["train", "TrainResult", "History", "Minibatches", "RATIO_METHODS"]
@@ -654,8 +654,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists and is
         not empty; None or False: start fresh).
         A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`: the
-        settings, the learning-rate and ``mu`` schedules (their values at a fixed set of
-        steps, so a changed callable is caught too), every header field and every array's
+        settings, the learning-rate and ``mu`` schedules (their values at every step already
+        run, against the history's, and at a fixed set of later steps, so a changed callable
+        is caught too), every header field and every array's
         dtype, shape and values are checked against this run before anything is used.
     rng : Generator, int or None
         Root of every random choice (directions, masks, ZO-GraSP).
@@ -823,8 +824,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if not scored:
             raise ArgumentError(f"`sparsity` is set but no block has a kind in `score_kinds` {tuple(score_kinds)}")
         n_scored = sum(s.stop - s.start for s in scored)
-        if isinstance(ratios, str) and ratios == "zo_grasp" and not dense and round((1 - sparsity) * n_scored) == 0:
-            raise ArgumentError(  # ZO-GraSP would spend its queries on a split that keeps nothing
+        # every ratio method keeps round((1 - sparsity) * n) in all (ZO-GraSP would spend its queries first)
+        if isinstance(ratios, str) and not dense and round((1 - sparsity) * n_scored) == 0:
+            raise ArgumentError(
                 f"`sparsity`={sparsity!r} keeps round((1 - sparsity) * {n_scored}) = 0 of the {n_scored} scored weights "
                 "and no dense block is given: the mask would be empty; lower `sparsity` "
                 f"below {1 - 0.5 / n_scored:.6g}")
@@ -867,6 +869,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if got["seed"] is not None and "seed" not in config:  # rng=None resumes the seeded run: it stays seeded
             config["seed"] = got["seed"]
         steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
+        # every step already run, at its recorded lr and mu (SNES records its widths there)
+        compare_history(resume, steps_hist, {"lr": (lr_of, "schedule" if lr_sched is not None else "lr"),
+                                             "mu": (None if snes else mu_sched, "mu")})
         keep = got["keep"]
         if sparse and not isinstance(ratios, str):
             given = np.asarray(ratios, dtype=np.float64).ravel()
@@ -1019,11 +1024,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
                                           state=est_state)
                 except OracleError as exc:  # which training step, added to the query (its shard and worker kept)
-                    where = f"{exc.query} of training step {step} (epoch {epoch}, batch {pos})"
-                    if exc.args and isinstance(exc.args[0], str) and exc.query in exc.args[0]:
-                        exc.args = (exc.args[0].replace(exc.query, where, 1), *exc.args[1:])
-                    exc.query = where
-                    raise
+                    raise exc.located(f"{exc.query} of training step {step} (epoch {epoch}, batch {pos})")
                 except StepError as exc:
                     scale = float(xp.max(xp.abs(params)))
                     if step == 0 or not scale > 100 * max(1.0, scale0):
