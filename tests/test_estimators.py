@@ -541,3 +541,54 @@ def test_float32_losses_from_a_batch_are_warned_about_as_from_a_plain_call():
     with pytest.warns(UserWarning, match="the oracle returns float32 losses"):
         g = zo.estimate_gradient(_Float32Batch(), np.zeros(8), zo.CGE(mu=1e-5)).grad
     assert abs(g[0] + 2) > 0.1
+
+
+def test_a_pandas_series_as_params_is_refused_before_any_query():
+    """A Series passed validate_params (it has dtype and ndim); CGE then indexed it by label:
+    on index [2, 1, 0] the gradient of p @ [1, 10, 100] came back reversed."""
+    pd = pytest.importorskip("pandas")
+    calls = []
+    loss = lambda p: calls.append(1) or float(np.asarray(p) @ [1.0, 10.0, 100.0])
+    series = pd.Series([0.5, 0.5, 0.5], index=[2, 1, 0])
+    for est in (zo.CGE(mu=1e-3), zo.RGE(directions=2)):
+        with pytest.raises(zo.ArgumentError, match="pandas.Series, not a NumPy array; use np.asarray"):
+            zo.estimate_gradient(loss, series, est)
+    with pytest.raises(zo.ArgumentError, match="pandas.Series"):
+        zo.train(loss, series, epochs=1, progress=False)
+    assert not calls
+    np.testing.assert_allclose(zo.estimate_gradient(loss, series.to_numpy(), zo.CGE(mu=1e-3)).grad, [1, 10, 100])
+
+
+def test_the_integer_loss_warning_is_given_for_each_plain_function():
+    """The once-only key was the oracle's class, `function` for every plain function: after one
+    integer-valued function warned, another got a zero gradient without a word."""
+    x = np.linspace(-1, 1, 7)
+
+    def counts(p):
+        return int(round(1000 * np.sum(p ** 2)))
+
+    def failures(p):
+        return int(np.sum(p ** 2) > 2.0) + 3
+
+    for fn in (counts, failures):
+        with pytest.warns(UserWarning, match="estimate_gradient:"):
+            zo.estimate_gradient(fn, x, zo.CGE(mu=1e-3))
+    with warnings.catch_warnings():  # once each: a run's later steps do not repeat it
+        warnings.simplefilter("error")
+        zo.estimate_gradient(failures, x, zo.CGE(mu=1e-3))
+
+
+@pytest.mark.parametrize("costs, match", [([1.0], "must give one finite cost >= 0 for each of its 2 blocks"),
+                                          (["fast", "slow"], "could not be read as numbers"),
+                                          ([1.0, float("nan")], "must give one finite cost"),
+                                          (lambda: [1.0, 2.0], "could not be read as numbers")])
+def test_a_bad_block_costs_hint_is_named_before_any_query(costs, match):
+    """A hint shorter than the blocks, or not numbers, crashed the planner with a bare
+    IndexError / ValueError / TypeError."""
+    q = QuadraticOracle(np.eye(10), blocks=[slice(0, 4), slice(4, 10)])
+    q.block_costs = costs
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.estimate_gradient(q, np.ones(10), zo.CGE(mu=1e-3))
+    q.block_costs = [1.0, 2.0]  # a good hint changes nothing in the estimate
+    np.testing.assert_allclose(zo.estimate_gradient(q, np.ones(10), zo.CGE(mu=1e-3, scheme="central")).grad,
+                               np.ones(10), atol=1e-9)

@@ -513,3 +513,31 @@ def test_check_oracle_calls_as_the_planner_does():
     for oracle in (_Curved(cap=4), _Curved(torch_out=True)):
         zo.estimate_gradient(oracle, x, zo.CGE(1e-6))
         check_oracle(oracle, x, n_coords=8)
+
+
+class _SqueezesOne(QuadraticOracle):
+    """Right for several coordinates; a one-coordinate call's result squeezed to a scalar (the
+    planner sends one wherever a chunk or a mask's block leaves one)."""
+
+    def coordinate_losses(self, params, coords, step):
+        return np.squeeze(super().coordinate_losses(params, coords, step))
+
+    def suffix(self, features, params, block, coords, step):
+        return np.squeeze(super().suffix(features, params, block, coords, step))
+
+
+def test_check_oracle_sends_one_coordinate_alone_to_coordinate_losses_and_suffix():
+    """check_oracle passed such an oracle (it sent one coordinate alone only when d or a block
+    was 1), and sparse CGE on coordinates=[3] then failed; a split oracle failed at its first
+    masked step."""
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((12, 12))
+    oracle = _SqueezesOne(M @ M.T, blocks=[slice(0, 5), slice(5, 12)])
+    with pytest.raises(zo.OracleError, match=r"expected 1 losses, got shape \(\)"):
+        zo.estimate_gradient(oracle, np.ones(12), zo.CGE(mu=1e-3), coordinates=[3])
+    with pytest.raises(OracleCheckError) as info:
+        check_oracle(oracle, np.ones(12))
+    text = str(info.value)
+    assert "coordinate_losses: a call of 1 coordinate(s) returned shape ()" in text
+    assert "prefix+suffix: block 0, step -0.01: a call of 1 coordinate(s) returned shape ()" in text
+    check_oracle(QuadraticOracle(M @ M.T, blocks=[slice(0, 5), slice(5, 12)]), np.ones(12))  # the same, unsqueezed

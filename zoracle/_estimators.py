@@ -279,6 +279,11 @@ def validate_params(params, name: str = "params"):
             f"`{name}` must be a 1-D float32 or float64 array, got {type(params).__name__}; "
             f"use np.asarray({name}, dtype=np.float64)"
         )
+    if xp is np and not isinstance(params, np.ndarray):  # a pandas Series indexes params[coords] by label
+        raise ArgumentError(
+            f"`{name}` is a {type(params).__module__.split('.')[0]}.{type(params).__name__}, not a NumPy array; "
+            f"use np.asarray({name}, dtype=np.float64)"
+        )
     if params.ndim != 1:
         raise ArgumentError(
             f"`{name}` must be 1-D (one flat parameter vector), got shape {tuple(params.shape)}; use {name}.ravel()"
@@ -545,8 +550,10 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
     travel)."""
     value = wrapped.base_value
     if value is not None and not isinstance(value, float):
-        key = (type(wrapped.fn), type(value), str(getattr(value, "dtype", "")))
-        if key not in _COARSE_WARNED:  # once per oracle class and loss type (every step of a run would repeat it)
+        # once per oracle class (a plain function: per code, as every function's class is `function`)
+        # and loss type: every step of a run would repeat it
+        key = (getattr(wrapped.fn, "__code__", None) or type(wrapped.fn), type(value), str(getattr(value, "dtype", "")))
+        if key not in _COARSE_WARNED:
             why = coarse_losses(value, loss, mu, dtype, float(np.median(np.abs(grad))) if len(grad) else 0.0)
             if why:
                 _COARSE_WARNED.add(key)

@@ -287,6 +287,24 @@ def _block_of(coords: np.ndarray, blocks) -> np.ndarray:
     return idx
 
 
+def _block_costs(fn, n_blocks: int):
+    """A split oracle's optional ``block_costs`` hint (relative cost of one suffix query per
+    block, for sizing tasks) as ``n_blocks`` floats, or None; one that is there but unusable is
+    the oracle's bug, named before any of its queries run."""
+    try:
+        costs = getattr(fn, "block_costs", None)
+        if costs is None:
+            return None
+        values = [float(c) for c in costs]
+    except Exception as exc:
+        raise ArgumentError(f"the oracle's `block_costs` hint could not be read as numbers ({type(exc).__name__}: "
+                            f"{exc}); make it a property giving one relative cost per block, or remove it") from None
+    if len(values) != n_blocks or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ArgumentError(f"the oracle's `block_costs` hint is {values!r}: it must give one finite cost >= 0 for each "
+                            f"of its {n_blocks} blocks (relative suffix cost per block), or be removed")
+    return values
+
+
 def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize: int,
              budget_bytes: int, n_workers: int = 1) -> list:
     """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has.
@@ -307,7 +325,7 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
     if mode == "split":
         blocks = list(oracle.blocks)
         check_blocks(blocks, d)
-        costs = getattr(oracle.fn, "block_costs", None)
+        costs = _block_costs(oracle.fn, len(blocks))
         owner = _block_of(coords, blocks)
         for b in np.unique(owner):
             cb = coords[owner == b]

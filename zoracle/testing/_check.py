@@ -52,21 +52,23 @@ def _losses(value, k: int) -> np.ndarray:
     return got.reshape(-1) if got.shape in ((k,), (k, 1)) else got
 
 
-def _chunked(ask, coords, cap: int) -> np.ndarray:
+def _chunked(ask, coords, cap: int, first_alone: bool = False) -> tuple:
     """``ask(c)``'s losses for ``coords`` in calls of at most ``cap`` coordinates, each given as a
-    read-only copy (as the planner sends them); a call of the wrong shape is returned as it is."""
+    read-only copy (as the planner sends them), and a note: empty, or, for a call of the wrong
+    shape (returned as it is), its size and shape. ``first_alone``: the first coordinate in a
+    call of its own (the planner sends one wherever a chunk or a mask's block leaves one: a
+    result squeezed to a scalar fails there)."""
     parts = []
-    for lo in range(0, len(coords), cap):
-        c = readonly(np.array(coords[lo:lo + cap]))
+    alone = first_alone and len(coords) > 1
+    starts = [0] * alone + list(range(int(alone), len(coords), cap))
+    for lo, hi in zip(starts, starts[1:] + [len(coords)]):
+        c = readonly(np.array(coords[lo:hi]))
         got = _losses(ask(c), len(c))
         if got.shape != (len(c),):
-            return got
+            return got, (f"a call of {len(c)} coordinate(s) returned shape {got.shape} (estimate_gradient takes "
+                         f"({len(c)},) or ({len(c)}, 1)), ")
         parts.append(got)
-    return np.concatenate(parts)
-
-
-def _shape_note(got, k: int) -> str:
-    return "" if got.shape == (k,) else f"returned shape {got.shape} (estimate_gradient takes ({k},) or ({k}, 1)), "
+    return np.concatenate(parts), ""
 
 
 def _ask(what: str, fn, *args):
@@ -111,7 +113,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     ``step / 2`` up or down in every entry), with ``batch`` rows that move one coordinate,
     ``n_rows`` rows that move every coordinate by ``step`` (RGE's) and one such row alone (a
     ``batch`` that squeezes a one-row result to a scalar), each group against its own tolerance
-    and sent in calls of at most the oracle's ``max_queries_per_call`` rows; a plain call after
+    and sent in calls of at most the oracle's ``max_queries_per_call`` rows; ``coordinate_losses``
+    and ``suffix`` get one coordinate in a call of its own too (at ``-step``); a plain call after
     the capability calls must equal the first (nothing left behind).
 
     Returns
@@ -221,13 +224,13 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
             shuffled = gen.permutation(coords)
             worst = report.get("coordinate_losses", 0.0)
             for s in (step, -step):
-                got = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g}){where}", lambda: _chunked(
-                    lambda c: oracle.coordinate_losses(at.copy(), c, s), shuffled, cap))
+                got, note = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g}){where}", lambda: _chunked(
+                    lambda c: oracle.coordinate_losses(at.copy(), c, s), shuffled, cap, first_alone=s < 0))
                 want = [call(perturbed(at, int(i), s)) for i in shuffled]
                 ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                 worst = max(worst, dev)
                 if not ok:
-                    failures.append(f"coordinate_losses{where}: {_shape_note(got, len(want))}deviates from calls at "
+                    failures.append(f"coordinate_losses{where}: {note}deviates from calls at "
                                     f"params {'+' if s > 0 else '-'} step*e_i (coordinates {shuffled.tolist()}) by "
                                     f"{dev:.3g}")
             report["coordinate_losses"] = worst
@@ -246,14 +249,14 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                     cb = np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64)
                     feats = _ask(f"oracle.prefix(params, {b}){where}", oracle.prefix, at.copy(), b)
                     for s in (step, -step):
-                        got = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _chunked(
-                            lambda c: oracle.suffix(feats, at.copy(), b, c, s), cb, cap))
+                        got, note = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _chunked(
+                            lambda c: oracle.suffix(feats, at.copy(), b, c, s), cb, cap, first_alone=s < 0))
                         want = [call(perturbed(at, int(i), s)) for i in cb]
                         ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                         worst = max(worst, dev)
                         if not ok:
                             failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}: "
-                                            f"{_shape_note(got, len(want))}deviates from calls by {dev:.3g}")
+                                            f"{note}deviates from calls by {dev:.3g}")
                 report["prefix_suffix"] = worst
     # the capability calls must leave the oracle as they found it (a mode switched and not put back
     # changes every later call)
