@@ -446,3 +446,55 @@ def test_minibatches_refuse_what_they_would_misread():
     with pytest.raises(zo.ArgumentError, match="`batch_size` 10 is more than the 5 samples, and drop_last=True"):
         zo.Minibatches(np.arange(5.0), batch_size=10, drop_last=True)
     assert len(zo.Minibatches(np.arange(5.0), batch_size=10)) == 1
+
+
+def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
+    """Schedules store their fields as Python floats since 35083a0 (final=0 is final=0.0): a
+    checkpoint written before, whose description holds final=0, was refused as another
+    setting. Texts that differ only in how their numbers are written are the same settings
+    (the values are compared by the fingerprints and the history); another value is refused."""
+    sched = zo.cosine_schedule(0.1, total_steps=9, final=0)
+    ckpt = tmp_path / "c.npz"
+    _run(ckpt, schedule=sched)
+    old = _tamper(ckpt, tmp_path / "old.npz",
+                  meta_edit=lambda m: m["config"].__setitem__("schedule", m["config"]["schedule"].replace("final=0.0",
+                                                                                                        "final=0")))
+    assert "final=0)" in zo.load_checkpoint(old)[1]["config"]["schedule"]
+    assert _run(tmp_path / "r.npz", resume=old, schedule=sched, epochs=3).steps == 9
+    other = _tamper(ckpt, tmp_path / "other.npz",
+                    meta_edit=lambda m: m["config"].__setitem__("schedule", m["config"]["schedule"].replace(
+                        "final=0.0", "final=0.01")))
+    with pytest.raises(zo.CheckpointError, match="schedule: checkpoint has"):
+        _run(tmp_path / "s.npz", resume=other, schedule=sched, epochs=3)
+
+
+def test_a_run_on_the_oracles_own_data_and_one_on_batches_do_not_resume_each_other(tmp_path):
+    """batches=None and a callable's batches both recorded None, which a resume compares with
+    nothing: a run on Minibatches resumed without `batches` ran one full-batch step an epoch
+    (steps per epoch 4, 4, 1, 1), and the reverse was accepted too."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
+
+    class Data:
+        def __init__(self, batch=(X, y)):
+            self.batch = batch
+
+        def bind(self, batch):
+            return Data(batch)
+
+        def __call__(self, w):
+            return float(np.mean((self.batch[0] @ w - self.batch[1]) ** 2))
+
+    kw = dict(epochs=4, rng=0, progress=False, optimizer=zo.sgd(0.05))
+    stop = [lambda event, record, params: event == "epoch" and record["epoch"] == 1]
+    batches = zo.Minibatches((X, y), 10, seed=0)
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    zo.train(Data(), np.zeros(3), batches=batches, checkpoint=a, callbacks=stop, **kw)
+    with pytest.raises(zo.CheckpointError, match="batches: checkpoint has .*minibatches.*this run has \"none"):
+        zo.train(Data(), np.zeros(3), checkpoint=a, resume=True, **kw)
+    zo.train(Data(), np.zeros(3), checkpoint=b, callbacks=stop, **kw)
+    with pytest.raises(zo.CheckpointError, match="batches: checkpoint has \"none \\(the oracle's own data\\)\""):
+        zo.train(Data(), np.zeros(3), batches=batches, checkpoint=b, resume=True, **kw)
+    whole = zo.train(Data(), np.zeros(3), batches=batches, **kw)
+    resumed = zo.train(Data(), np.zeros(3), batches=batches, checkpoint=a, resume=True, **kw)
+    np.testing.assert_array_equal(resumed.params, whole.params)

@@ -123,6 +123,14 @@ def compare_fingerprints(path, saved, current: dict) -> None:
                 )
 
 
+#: a number in a settings text (``final=0``, ``init=1.0``, ``lr=1e-3``)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def _as_float(m) -> str:
+    return repr(float(m.group()))
+
+
 def compare_history(path, steps, schedules: dict) -> None:
     """Raise when a schedule's value at a step the checkpoint ran differs from the value its
     history recorded there. The fingerprints hold the values at ``FINGERPRINT_STEPS`` only: a
@@ -202,6 +210,13 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
             # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
             saved = dict(saved, estimator=re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", saved["estimator"]))
+        if isinstance(saved, dict):
+            for k in ("optimizer", "schedule", "mu"):
+                # written before schedules stored their fields as Python numbers (final=0, now
+                # final=0.0): the same settings; the values themselves are compared below
+                if isinstance(saved.get(k), str) and isinstance(config.get(k), str) \
+                        and _NUMBER.sub(_as_float, saved[k]) == _NUMBER.sub(_as_float, config[k]):
+                    saved = dict(saved, **{k: config[k]})
         check_compatible(path, saved, config)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):

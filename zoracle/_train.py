@@ -298,8 +298,9 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
 def _batches_print(batches, steps_per_epoch=None):
     """What a resume compares of ``batches``: a Minibatches' settings and its arrays' shapes and
     dtypes, a list's number of batches and rows per batch (as a short hash: a long list would
-    grow every checkpoint's header); None for a callable, whose batches are known per epoch (a
-    resume then compares nothing of them). The data's values are not read."""
+    grow every checkpoint's header); a text for none (the oracle's own data); None for a
+    callable, whose batches are known per epoch (a resume then compares nothing of them). The
+    data's values are not read."""
     def dtype(a):
         return str(getattr(a, "dtype", type(a).__name__)).replace("torch.", "")  # the same data in NumPy or torch
 
@@ -308,7 +309,9 @@ def _batches_print(batches, steps_per_epoch=None):
                                 "shuffle": bool(batches.shuffle), "drop_last": bool(batches.drop_last),
                                 "fields": [[[int(n) for n in getattr(a, "shape", ())], dtype(a)]
                                            for a in batches.arrays]}}
-    if batches is None or callable(batches):
+    if batches is None:  # a run on the oracle's own data: resumed with batches (or without), it would differ
+        return "none (the oracle's own data)"
+    if callable(batches):
         return None
     used = list(batches)[:steps_per_epoch]  # the batches a run draws
     rows = [len(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1) and hasattr(b[0], "__len__")
