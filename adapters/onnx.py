@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "zoracle.adapters.onnx needs onnxruntime: pip install -e '.[onnx]' (or '.[onnx-gpu]' for CUDA)"
     ) from exc
 
-from zoracle._errors import ArgumentError, OracleError, ZoracleError
+from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -368,7 +368,7 @@ class OnnxClassifier:
         self.providers_requested = self._check_providers(providers)
         self._session_options = session_options
         self.budget = None if budget is None else int(budget)
-        self.cast = bool(cast)
+        self.cast = check_flag("cast", cast)
         self.batch_size = None if batch_size is None else int(batch_size)
         self._input_choice, self._output_choice = input, output
         self._queries = 0

@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from torch import nn
 
 from zoracle._backend import is_cupy, namespace
-from zoracle._errors import ArgumentError
+from zoracle._errors import ArgumentError, check_flag
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
@@ -389,7 +389,7 @@ class TorchOracle:
             except (RuntimeError, AssertionError) as exc:  # e.g. device="xyz", or CUDA without a GPU
                 raise ArgumentError(f"`device` {device!r}: {exc}") from None
         self.loss_fn = loss_fn
-        self.update_stats = bool(update_stats)
+        self.update_stats = check_flag("update_stats", update_stats)
         self._budget = budget_bytes
         self._core = build_core(model, blocks)
         if self.dtype not in (torch.float32, torch.float64):

@@ -465,3 +465,9 @@ def test_one_column_outputs_are_labels_or_refused(tmp_path):
     both = OnnxClassifier(tmp_path / "both.onnx")
     want = ort.InferenceSession(str(tmp_path / "both.onnx")).run(["label"], {"x": x})[0]
     assert both.output_name == "label" and both.predict(x).tolist() == want.tolist()
+
+
+def test_cast_given_as_text_is_refused(onnx_path):
+    """OnnxClassifier(cast="False") cast inputs: bool("False") is True."""
+    with pytest.raises(zo.ArgumentError, match="`cast` must be True or False, got 'False'"):
+        OnnxClassifier(onnx_path, cast="False")

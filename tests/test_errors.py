@@ -281,3 +281,22 @@ def test_an_adapter_without_its_package_names_the_extra(module, missing, extra):
             f"try:\n    import {module}\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert f"{module} needs {missing}" in out.stdout and extra in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("value", ["False", 0.0, None, "no"])
+def test_flags_given_as_text_or_numbers_are_refused_not_read_as_their_truth_value(value):
+    """sgd(nesterov="False") turned Nesterov on (bool("False") is True): three steps gave the
+    Nesterov update, -4.0245 instead of -2.805, and its config printed nesterov=True."""
+    with pytest.raises(zo.ArgumentError, match="`nesterov` must be True or False"):
+        zo.sgd(0.5, momentum=0.9, nesterov=value)
+    with pytest.raises(zo.ArgumentError, match="`progress` must be True or False"):
+        zo.train(lambda x: float(x @ x), np.ones(2), epochs=1, progress=value)
+
+
+def test_the_adapters_flags_are_refused_as_text():
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    with pytest.raises(zo.ArgumentError, match="`update_stats` must be True or False, got 'False'"):
+        TorchOracle(torch.nn.Linear(2, 2).double(), torch.nn.MSELoss(), update_stats="False")
+    assert TorchOracle(torch.nn.Linear(2, 2).double(), torch.nn.MSELoss(), update_stats=np.False_).update_stats is False

@@ -57,6 +57,15 @@ class OracleError(ZoracleError, RuntimeError):
         return (self.__class__, (self.query, value, cause, self.detail))
 
 
+def check_flag(name: str, v) -> bool:
+    """``v`` as a bool; a string ("False", "no") would be read as its truth value."""
+    import numpy as np
+
+    if not isinstance(v, (bool, np.bool_)):
+        raise ArgumentError(f"`{name}` must be True or False, got {v!r}")
+    return bool(v)
+
+
 def _round_trips(obj) -> bool:
     import pickle
 

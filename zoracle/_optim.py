@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._backend import namespace
-from ._errors import ArgumentError
+from ._errors import ArgumentError, check_flag
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
@@ -128,6 +128,7 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
     schedule = as_schedule(lr, "lr")
     momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
     weight_decay = _number("weight_decay", weight_decay)
+    nesterov = check_flag("nesterov", nesterov)
     if nesterov and momentum == 0:
         raise ArgumentError("`nesterov=True` needs `momentum` > 0 (e.g. momentum=0.9)")
 

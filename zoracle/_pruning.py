@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, OracleError
+from ._errors import ArgumentError, OracleError, check_flag
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._masks import _slices, check_disjoint
 from ._oracle import has_methods
@@ -88,13 +88,6 @@ def _check_sparsity(sparsity) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
         raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9 = keep 10%), got {sparsity!r}")
     return float(sparsity)
-
-
-def _check_flag(name: str, v) -> bool:
-    """``v`` as a bool; a string ("False", "no") would be read as its truth value."""
-    if not isinstance(v, (bool, np.bool_)):
-        raise ArgumentError(f"`{name}` must be True or False, got {v!r}")
-    return bool(v)
 
 
 def _block_slices(blocks) -> list:
@@ -196,7 +189,7 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     elif has_methods(oracle, "bind") and not callable(oracle):
         raise ArgumentError("the oracle is a DataOracle without a plain call: pass `batch=` (e.g. 25 samples per class)")
     params = validate_params(params)
-    common_random_numbers = _check_flag("common_random_numbers", common_random_numbers)
+    common_random_numbers = check_flag("common_random_numbers", common_random_numbers)
     if blocks is not None:  # checked before the queries (and read once: a generator is spent)
         blocks = _block_slices(blocks)
         for s in blocks:
@@ -254,7 +247,7 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     sparsity = _check_sparsity(sparsity)
     if ranking not in RANKINGS:
         raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
-    fill_small = _check_flag("fill_small", fill_small)
+    fill_small = check_flag("fill_small", fill_small)
     sl = _block_slices(blocks)
     check_disjoint(sl)
     s = to_numpy(scores)

@@ -26,14 +26,14 @@ import numpy as np
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, as_path, check_writable, existing_checkpoint, save_checkpoint
-from ._errors import ArgumentError, OracleError
+from ._errors import ArgumentError, OracleError, check_flag
 from ._executors_core import split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import has_methods
-from ._pruning import RANKINGS, SCORED_KINDS, _check_flag, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
+from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import compare_history, read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
@@ -112,7 +112,7 @@ class Minibatches:
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
         for flag in ("shuffle", "drop_last"):  # a string from a config ("False") would count as true
-            _check_flag(flag, getattr(self, flag))
+            check_flag(flag, getattr(self, flag))
         if self.drop_last and bs > len(arrays[0]):
             raise ArgumentError(f"`batch_size` {bs} is more than the {len(arrays[0])} samples, and drop_last=True "
                                 "drops that one short batch: every epoch would be empty; use a smaller batch_size "
@@ -737,7 +737,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if eval_fn is not None and not callable(eval_fn):
         raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
     sparse = sparsity is not None
-    fill_small_blocks = _check_flag("fill_small_blocks", fill_small_blocks)
+    fill_small_blocks = check_flag("fill_small_blocks", fill_small_blocks)
+    progress = check_flag("progress", progress)
     if fill_small_blocks and not sparse:
         raise ArgumentError("`fill_small_blocks` changes the sparse split of ZO-GraSP; it needs `sparsity` "
                             "(e.g. sparsity=0.9), or pass fill_small_blocks=False")
