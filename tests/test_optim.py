@@ -156,7 +156,7 @@ def test_update_used_directly_refuses_what_it_would_get_wrong(make):
     new, _ = opt.update(np.ones(3), state, p)  # the right call still steps
     assert new.shape == (3,) and (new < p).all()
     assert opt.update(1.0, state, p)[0].shape == (3,)  # a scalar gradient broadcasts, as before
-    assert opt.update(np.ones(3, np.float16), opt.init(p.astype(np.float16)), p.astype(np.float16))[0].dtype == np.float16
+    assert opt.update(np.ones(3, np.float32), opt.init(p.astype(np.float32)), p.astype(np.float32))[0].dtype == np.float32
 
 
 def test_adamw_decay_matches_the_closed_form_and_torch():
