@@ -279,14 +279,14 @@ def validate_params(params, name: str = "params"):
             f"`{name}` must be a 1-D float32 or float64 array, got {type(params).__name__}; "
             f"use np.asarray({name}, dtype=np.float64)"
         )
+    if params.ndim != 1:
+        raise ArgumentError(
+            f"`{name}` must be 1-D (one flat parameter vector), got shape {tuple(params.shape)}; use {name}.ravel()"
+        )
     if xp is np and not isinstance(params, np.ndarray):  # a pandas Series indexes params[coords] by label
         raise ArgumentError(
             f"`{name}` is a {type(params).__module__.split('.')[0]}.{type(params).__name__}, not a NumPy array; "
             f"use np.asarray({name}, dtype=np.float64)"
-        )
-    if params.ndim != 1:
-        raise ArgumentError(
-            f"`{name}` must be 1-D (one flat parameter vector), got shape {tuple(params.shape)}; use {name}.ravel()"
         )
     if params.dtype not in (xp.float32, xp.float64):
         raise ArgumentError(
