@@ -300,3 +300,30 @@ def test_the_adapters_flags_are_refused_as_text():
     with pytest.raises(zo.ArgumentError, match="`update_stats` must be True or False, got 'False'"):
         TorchOracle(torch.nn.Linear(2, 2).double(), torch.nn.MSELoss(), update_stats="False")
     assert TorchOracle(torch.nn.Linear(2, 2).double(), torch.nn.MSELoss(), update_stats=np.False_).update_stats is False
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eval_fn=lambda: 0.5), r"`eval_fn` is called as fn\(params\), which its signature \(\) cannot take"),
+    (dict(eval_fn=lambda p, data: 0.5), r"`eval_fn` is called as fn\(params\).*missing a required argument"),
+    (dict(callbacks=[lambda event, record, params: None, lambda rec: None]),
+     r"`callbacks\[1\]` is called as fn\(event, record, params\)"),
+])
+def test_eval_fn_and_callbacks_that_cannot_take_trains_arguments_fail_before_any_query(kwargs, match):
+    """eval_fn() taking no argument failed after a whole epoch's queries (2,040 in the report),
+    a callback taking one after the first step, each with a bare TypeError."""
+    calls = []
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=2, progress=False, **kwargs)
+    assert not calls
+    # what train's calls can take passes: defaults, *args
+    zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, progress=False, eval_fn=lambda p, scale=1.0: 0.5,
+             callbacks=[lambda *a: None, lambda e, r, p, extra=None: None])
+
+
+def test_batches_given_as_one_pair_is_named():
+    """batches=(X, y) was read as two batches, X and y: "`batch` must be a pair (x, y) of arrays
+    or tensors, got ndarray", where the caller had passed a pair."""
+    X, y = np.ones((20, 4)), np.zeros(20)
+    with pytest.raises(zo.ArgumentError, match=r"`batches` is a tuple of two arrays of 20 rows each: one batch "
+                                                r"\(X, y\).*pass \[\(X, y\)\]"):
+        zo.train(lambda x: float(x @ x), np.ones(3), batches=(X, y), epochs=1, progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -343,10 +344,30 @@ def _short_hash(rows) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+def _check_arity(fn, n: int, name: str, args: str) -> None:
+    """A function train calls with ``n`` positional arguments that cannot take them fails now,
+    not after an epoch's queries (a signature that cannot be read is taken as it is)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*range(n))
+    except TypeError as exc:
+        raise ArgumentError(f"{name} is called as fn{args}, which its signature {sig} cannot take ({exc}); "
+                            f"give it the parameters {args}") from None
+
+
 def _check_batches(batches) -> None:
     if isinstance(batches, type):  # zo.Minibatches itself: callable, but not an epoch -> batches
         raise ArgumentError(f"`batches` is the class {batches.__name__}, not an instance; pass "
                             f"{batches.__name__}((X, y), batch_size, seed=0)")
+    if isinstance(batches, tuple) and len(batches) == 2 and all(len(getattr(a, "shape", ())) >= 1 for a in batches) \
+            and batches[0].shape[0] == batches[1].shape[0]:
+        raise ArgumentError(
+            f"`batches` is a tuple of two arrays of {batches[0].shape[0]} rows each: one batch (X, y), which train "
+            "would read as two batches, X and then y; pass [(X, y)] for a full batch every step, or "
+            "zo.Minibatches((X, y), batch_size, seed=0) (two batches of one array each: pass them as a list)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
     raise ArgumentError(
@@ -734,8 +755,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise ArgumentError(f"`callbacks[{i}]` must be callable (event, record, params), got {type(cb).__name__}")
+        _check_arity(cb, 3, f"`callbacks[{i}]`", "(event, record, params)")
     if eval_fn is not None and not callable(eval_fn):
         raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
+    if eval_fn is not None:
+        _check_arity(eval_fn, 1, "`eval_fn`", "(params)")
     sparse = sparsity is not None
     fill_small_blocks = check_flag("fill_small_blocks", fill_small_blocks)
     progress = check_flag("progress", progress)
