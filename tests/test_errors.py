@@ -327,3 +327,14 @@ def test_batches_given_as_one_pair_is_named():
     with pytest.raises(zo.ArgumentError, match=r"`batches` is a tuple of two arrays of 20 rows each: one batch "
                                                 r"\(X, y\).*pass \[\(X, y\)\]"):
         zo.train(lambda x: float(x @ x), np.ones(3), batches=(X, y), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(blocks=[slice(0, 2), slice(2, 4)]), dict(score_kinds=("conv",)),
+                                    dict(mask_shuffle_interval="step")])
+def test_sparse_split_settings_without_sparsity_are_refused_as_ratios_are(kwargs):
+    """blocks, score_kinds and mask_shuffle_interval without `sparsity` did nothing, silently
+    (ratios and ranking were already refused so)."""
+    name = next(iter(kwargs))
+    with pytest.raises(zo.ArgumentError, match=f"`{name}` set\\(s\\) the sparse split of CGE, which needs `sparsity`"):
+        zo.train(lambda x: float(x @ x), np.ones(4), epochs=1, progress=False, **kwargs)
+    zo.train(lambda x: float(x @ x), np.ones(4), epochs=1, progress=False, sparsity=0.5, ratios="uniform", **kwargs)

@@ -320,3 +320,24 @@ def test_a_plan_the_run_cannot_follow_is_refused_or_warned_about():
     assert kw["max_queries"] <= 2_000
     with pytest.warns(UserWarning, match="one epoch of warm-up is .* of the run's .* steps"):
         zo.recipes.short_budget(None, np.zeros(100), 2_000, steps_per_epoch=500)
+
+
+def test_layer_scales_checks_params_against_the_blocks_and_power():
+    """params shorter than the blocks gave "layer '2' has all-zero weights" (the mean of an empty
+    slice); longer ones were taken; power=nan gave NaN multipliers and power=-1 multipliers
+    above 1, where the docstring promises at most 1."""
+    from collections import namedtuple
+
+    P = namedtuple("P", "name slice shape kind")
+    info = [P("0.weight", slice(0, 2), (2,), "linear"), P("0.bias", slice(2, 3), (1,), "bias"),
+            P("1.weight", slice(3, 5), (2,), "linear")]
+    p = np.array([2.0, -2.0, 0.1, 0.5, 0.5])
+    for bad in (p[:4], np.concatenate([p, [1.0]])):
+        with pytest.raises(zo.ArgumentError, match=f"`params` has {bad.size} entries but the blocks lay out 5"):
+            zo.recipes.layer_scales(info, bad)
+    for power in (float("nan"), -1.0, float("inf"), True):
+        with pytest.raises(zo.ArgumentError, match="`power` must be a finite number >= 0"):
+            zo.recipes.layer_scales(info, p, power=power)
+    with pytest.raises(zo.ArgumentError, match="`blocks` must be records"):
+        zo.recipes.layer_scales(None, p)
+    assert zo.recipes.layer_scales(info, p, power=0).tolist() == [1.0] * 5

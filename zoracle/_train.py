@@ -771,6 +771,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         raise ArgumentError(f"`ratios` ({shown}) sets the keep ratios of sparse CGE, which needs `sparsity` "
                             "(e.g. sparsity=0.9); without it every parameter is estimated and the ratios would be "
                             "ignored: pass `sparsity`, or leave `ratios` out")
+    if not sparse:  # the sparse split's other settings, away from their defaults, would be ignored as silently
+        unused = [f"`{n}`" for n, changed in (("blocks", blocks is not None),
+                                              ("score_kinds", not (isinstance(score_kinds, (tuple, list))
+                                                               and tuple(score_kinds) == tuple(SCORED_KINDS))),
+                                              ("mask_shuffle_interval", mask_shuffle_interval != 5)) if changed]
+        if unused:
+            raise ArgumentError(f"{', '.join(unused)} set(s) the sparse split of CGE, which needs `sparsity` (e.g. "
+                                "sparsity=0.9); without it every parameter is estimated every step and the setting "
+                                "would be ignored: pass `sparsity`, or leave it out")
     if sparse:
         if not isinstance(estimator, CGE):
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")

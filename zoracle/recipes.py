@@ -331,10 +331,19 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     [1.0, 1.0, 1.0, 0.5, 0.5]
     """
     p = np.asarray(to_numpy(params), dtype=np.float64).reshape(-1)
+    if blocks is None or isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
+        raise ArgumentError(f"`blocks` must be records with name, slice and kind (TorchOracle.param_info), got "
+                            f"{type(blocks).__name__}")
     blocks = list(blocks)
     if not all(hasattr(b, "name") and hasattr(b, "kind") and hasattr(b, "slice") for b in blocks):
         raise ArgumentError("layer step scales need named blocks (an oracle with `param_info`, such as TorchOracle); "
                             "pass `blocks=oracle.param_info` or leave `layer_steps` at 0")
+    end = max((b.slice.stop for b in blocks), default=0)
+    if p.shape[0] != end:
+        raise ArgumentError(f"`params` has {p.shape[0]} entries but the blocks lay out {end}: pass the flat parameters "
+                            "of the oracle the blocks describe (oracle.initial_params())")
+    if isinstance(power, bool) or not isinstance(power, numbers.Real) or not (math.isfinite(power) and power >= 0):
+        raise ArgumentError(f"`power` must be a finite number >= 0 (0: every multiplier 1), got {power!r}")
     # a layer the forward does not read (``read=False``: an unpicked head, placed last) keeps 1
     weights = [b for b in blocks if b.kind in ("conv", "linear") and getattr(b, "read", True)]
     if not weights:
