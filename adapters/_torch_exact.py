@@ -569,7 +569,8 @@ def ensure_split(oracle, modes=None) -> bool:
         core.checked_modes.add(now)
         return False
     old = next(iter(core.checked_modes)) if core.checked_modes else now
-    _self_check(oracle, f"since the split was checked, {_what_changed(old, now)}: ")
+    _self_check(oracle, f"since the split was checked, {_what_changed(old, now)}: ",
+                modes_changed=[k[1] for k in old] != [k[1] for k in now])
     return True
 
 
@@ -586,9 +587,11 @@ def _check_parameters(oracle) -> None:
             f"{len(core.params)} tensors then, {len(theirs)} now); build a new TorchOracle for the changed model")
 
 
-def _self_check(oracle, why: str = "") -> None:
+def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
     """Compare the split with ``model(x)`` on (at most) two samples of the bound batch, in the
-    model's current modes; retire it, with a warning naming the reason, if they differ."""
+    model's current modes; retire it, with a warning naming the reason, if they differ.
+    ``modes_changed``: a check again after train/eval modes changed, where a float32 split that
+    passes is also compared with a float64 capture of the model as it is now."""
     core = oracle._core
     if not core.blocks:
         return
@@ -614,8 +617,15 @@ def _self_check(oracle, why: str = "") -> None:
                 reason = (f"a step declared layout_free ({', '.join(declared)}) gives other results on channels-last "
                           "activations: it depends on the memory layout (a .view or as_strided); remove its "
                           "layout_free")
-            elif _recheck_float64(oracle, probe):
+            elif not _recheck_float64(oracle, probe):
                 reason = ""
+        elif oracle.dtype != torch.float64 and modes_changed:
+            # float32's tolerance (about a thousand units of the loss's last place, which
+            # BatchNorm over two samples can need) passes a captured branch on self.training
+            # that the mode change made stale, whose loss is off by less (a temperature applied
+            # in training only: 15% off the gradient). A capture of the model as it is now, in
+            # float64, decides: another graph (its constants aside), or a failed check, retires it
+            reason = _recheck_float64(oracle, probe, keep_on_error=True, constants=False)
         # on the whole batch (a read a ReLU gates shows on some samples only), with no float64
         # recheck: an unread parameter leaves the loss bit for bit as it is
         if not reason:
@@ -713,35 +723,51 @@ def _check_split_without_channels_last(probe, theta) -> str:
         LAYOUT.off = False
 
 
-def _recheck_float64(oracle, probe) -> bool:
-    """Whether the same split passes the self-check on a float64 copy of the model (round-off
-    of float32 through ill-conditioned layers can exceed any fixed tolerance)."""
+def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool = True) -> str:
+    """Why the same split fails the self-check on a float64 copy of the model, or '' when it
+    passes there (round-off of float32 through ill-conditioned layers can exceed any fixed
+    tolerance, and a wrong path can hide inside it). ``keep_on_error``: a copy that cannot be
+    made or captured (a model deepcopy refuses) gives no verdict, '' (else it is a failure).
+    ``constants``: whether the graphs' baked-in constants count (see :func:`_signature`)."""
     core = oracle._core
-    model, blocks = copy.deepcopy((core.model, core.blocks_arg))
-    x = probe._x.double() if probe._x.is_floating_point() else probe._x
-    y = probe._y.double() if probe._y is not None and probe._y.is_floating_point() else probe._y
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        twin = type(oracle)(model, oracle.loss_fn, (x, y), dtype=torch.float64, blocks=blocks, update_stats=False)
+    try:
+        model, blocks = copy.deepcopy((core.model, core.blocks_arg))
+        x = probe._x.double() if probe._x.is_floating_point() else probe._x
+        y = probe._y.double() if probe._y is not None and probe._y.is_floating_point() else probe._y
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            twin = type(oracle)(model, oracle.loss_fn, (x, y), dtype=torch.float64, blocks=blocks, update_stats=False)
+    except ArgumentError:
+        raise
+    except Exception as exc:
+        return "" if keep_on_error else f"its float64 copy failed ({type(exc).__name__}: {str(exc)[:200]})"
+    if not twin._core.blocks:
+        return "in float64, " + (twin._core.reason or "the split is refused").split("; every perturbation runs")[0]
     # the copy is captured again, from the model as it is now: its verdict is about this split
     # only when it captured the same steps (a module swapped in since, or a branch on
     # self.training after a mode change, gives another graph: it must not clear this one)
-    return bool(twin._core.blocks) and _signature(twin._core) == _signature(core)
+    if _signature(twin._core, constants) != _signature(core, constants):
+        return ("a capture of the model as it is now gives another graph than the split's (a module swapped in, or "
+                "a forward that branches on self.training after a mode change)")
+    return ""
 
 
-def _args_text(args) -> str:
+def _args_text(args, constants: bool = True) -> str:
     import torch.fx as fx
 
+    if not constants:  # the wiring only: every constant the same
+        return repr(fx.node.map_aggregate(args, lambda a: a.name if isinstance(a, fx.Node) else "_"))
     return repr(fx.node.map_arg(args, lambda a: a.name))
 
 
-def _signature(core) -> tuple:
-    """The split's steps as names, module types and graph nodes: equal for the same capture."""
+def _signature(core, constants: bool = True) -> tuple:
+    """The split's steps as names, module types and graph nodes: equal for the same capture.
+    ``constants``: whether the constants the capture baked in count (a temperature read from an
+    attribute); without them, equal for the same operations wired alike."""
     out = []
     for st in core.chain.steps:
         nodes = getattr(st.fn, "nodes", None)
-        # the constants the capture baked in count (a temperature read from an attribute)
-        fn = (tuple((n[0], n[1], getattr(n[2], "__name__", str(n[2])), _args_text(n[3:])) for n in nodes)
+        fn = (tuple((n[0], n[1], getattr(n[2], "__name__", str(n[2])), _args_text(n[3:], constants)) for n in nodes)
               if nodes is not None else type(st.fn).__name__)
         out.append((st.name, type(st.module).__name__ if st.module is not None else None, fn))
     return tuple(out)

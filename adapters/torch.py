@@ -206,10 +206,11 @@ def _nhwc(state: tuple) -> tuple:
 class _Features:
     """Activations entering a block (opaque to the planner), plus the fast path's caches."""
 
-    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk", "keep")
+    __slots__ = ("block", "state", "out", "cache", "batch_size", "walk", "keep", "at", "x")
 
     def __init__(self, block, state, out, cache, batch_size, walk=None, keep=None):
         self.keep = keep  # (downstream mask, base states entering each step) or None
+        self.at = self.x = None  # prefix's parameters and bound batch (suffix must get the same)
         self.block, self.state, self.out, self.cache, self.batch_size = block, state, out, cache, batch_size
         self.walk = walk  # channel-delta path: (stop step, absorbs?, base input at stop, base output)
 
@@ -1116,13 +1117,15 @@ class TorchOracle:
             raise ArgumentError(f"this TorchOracle has no blocks (no feature reuse){_retired(core)}; use "
                                 "coordinate_losses")
         block = self._check_block(block)
-        self._load(params)
+        theta = self._load(params)
         now = _model_state(self.model)
         states = self._chain_is_model(params, now, self._states(params, now))
         if states is None:  # a sharded estimate cannot switch to full forwards halfway: it fails, loudly
             raise ArgumentError(f"TorchOracle: {core.reason}; this estimate was planned on the split, so it stops "
                                 "here: run it again (it runs full forwards now)")
-        return self._features(params, block, states, now)
+        feats = self._features(params, block, states, now)
+        feats.at, feats.x = theta.clone(), self._x
+        return feats
 
     def _features(self, params, block: int, states, now=None) -> _Features:
         """``prefix``'s work, the parameters loaded and ``states`` theirs (``now``: the model's
@@ -1287,6 +1290,12 @@ class TorchOracle:
             raise ArgumentError(f"`coords` must lie in block {block} = [{blk.start}, {blk.stop}), got "
                                 f"{int(c[(c < blk.start) | (c >= blk.stop)][0])}")
         theta = self._load(params)
+        if features.x is not None and features.x is not self._x:
+            raise ArgumentError("`features` were computed on another bound batch (another oracle's prefix, or this one's "
+                                "before its batch changed): call prefix(params, block) on this oracle again")
+        if features.at is not None and not torch.equal(features.at, theta):
+            raise ArgumentError("`features` come from prefix at other `params`: the activations entering the block "
+                                "depend on them; call prefix(params, block) with the params given to suffix")
         idx = torch.as_tensor(c, device=self.device)
         with torch.no_grad():
             base = theta[idx]

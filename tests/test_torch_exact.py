@@ -2187,3 +2187,80 @@ def test_check_oracle_catches_a_channel_fn_wrong_for_an_inner_channel_only():
     oracle = TorchOracle(model, F.cross_entropy, (x, y))
     with pytest.raises(zo.testing.OracleCheckError, match="prefix\\+suffix|coordinate_losses"):
         check_oracle(oracle, oracle.initial_params(), n_coords=16)
+
+
+class _TrainingTemperature(nn.Module):
+    """A logit temperature applied in training only: a branch on self.training."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        out = self.fc(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
+        if self.training:
+            out = out / 1.006
+        return out
+
+
+def _plain_losses(oracle, theta, coords, step):
+    """The textbook reference: one plain call (model(x)) per perturbed point."""
+    return np.array([oracle(theta + step * np.eye(theta.size, dtype=theta.dtype)[i]) for i in coords])
+
+
+def test_a_float32_split_captured_in_eval_mode_is_retired_when_training_takes_the_other_branch():
+    """In float32 the check after the mode change passed (the stale branch's loss was off by
+    less than float32's tolerance) and the gradient came out 15% off with 11 of 122 signs
+    flipped; float64 retired it. A float64 capture of the model as it is now decides."""
+    torch.manual_seed(0)
+    model = _TrainingTemperature().eval()
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert oracle.blocks
+    theta = oracle.initial_params()
+    model.train()
+    coords, step = np.arange(0, oracle.size, 7), np.float32(0.05)
+    with pytest.warns(RuntimeWarning, match="train/eval modes changed: a capture of the model as it is now gives "
+                                            "another graph"):
+        got = oracle.coordinate_losses(theta, coords, step)
+    assert not oracle.blocks
+    np.testing.assert_allclose(got, _plain_losses(oracle, theta, coords, step), rtol=1e-6)
+
+
+def test_a_layer_whose_forward_is_patched_on_the_instance_runs_its_own_forward():
+    """fc1.forward replaced by F.linear(x, 1.5 * W, b): the closed form for nn.Linear ignored it,
+    and in float32 the self-check passed it (fc1's gradient 33% off); it is a generic step now."""
+    import types
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5))
+    model[0].forward = types.MethodType(lambda self, x: F.linear(x, 1.5 * self.weight, self.bias), model[0])
+    x, y = torch.randn(8, 6), torch.randint(0, 5, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    coords, step = np.arange(0, oracle.size, 3), np.float32(0.05)
+    np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, step),
+                               _plain_losses(oracle, theta, coords, step), rtol=1e-6)
+
+
+def test_suffix_refuses_features_from_other_params_or_another_batch():
+    """suffix(prefix(thA, b), thB, b, ...) gave a loss at neither point (7.15 against 104.6 and
+    1.61), and features from another bound batch were taken as this one's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5)).double()
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 5, (8,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    a = oracle.initial_params()
+    b = a + 0.5
+    feats = oracle.prefix(a, 1)
+    lo = oracle.blocks[1].start
+    with pytest.raises(zo.ArgumentError, match="`features` come from prefix at other `params`"):
+        oracle.suffix(feats, b, 1, [lo], 1e-3)
+    other = oracle.bind((torch.randn(8, 6, dtype=torch.float64), y))
+    with pytest.raises(zo.ArgumentError, match="`features` were computed on another bound batch"):
+        other.suffix(feats, a, 1, [lo], 1e-3)
+    np.testing.assert_allclose(oracle.suffix(feats, a.copy(), 1, [lo], 1e-3),  # equal params, another array: fine
+                               _plain_losses(oracle, a, [lo], 1e-3), rtol=1e-12)
