@@ -13,8 +13,9 @@ Columns, all measured in one run on the same model, minibatch and coordinates:
     divided by the matrix-multiply throughput measured in the same run.
 
 (a), (b) and (c) run one full forward per coordinate, so their per-coordinate cost does
-not depend on the coordinate: with ``--quick`` (or on ResNet-20) they run on a random
-subset and their time is scaled to the full coordinate set (the table says so). The
+not depend on the coordinate: with ``--quick``, on ResNet-20 (all three) and on the other
+larger models ((a)) they run on a random subset and their time is scaled to the full
+coordinate set (the table says so). The
 benchmark checks itself: (d) twice gives bit-identical gradients, and (d) agrees with (b)
 on (b)'s coordinates within float tolerance.
 
@@ -93,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=_positive_int, default=None,
                         help="timed repeats, best kept (default 3; quick 2, 1 for deepzero and fallback)")
     parser.add_argument("--naive-coords", type=_positive_int, default=None,
-                        help="coordinates timed for (a)-(c) (default: all; quick 1500 for (b), 400 for (a) and (c), "
-                             "400 and 200 for the larger models)")
+                        help="coordinates timed for (a)-(c) (default: all on mlp and cnn; on the larger models 64 "
+                             "for (a), and on resnet20 256 for (b) and 64 for (c); quick: 1500 for (b) and 400 for "
+                             "(a) and (c), on the larger models 400 and 200)")
     parser.add_argument("--sparsity", type=float, default=None,
                         help="fraction of coordinates left out of CGE (default 0 for mlp/cnn, 0.9 for resnet20)")
     parser.add_argument("--coords", type=_positive_int, default=None,

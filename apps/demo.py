@@ -273,7 +273,7 @@ def _main(args, methods) -> int:
         flag = "--dask" if args.dask else "--ray" if args.ray else "--workers"
         try:
             executor.__enter__()
-        except (ConnectionError, TimeoutError, OSError) as exc:
+        except (ConnectionError, TimeoutError, OSError, ValueError) as exc:
             address = args.dask or args.ray or args.workers
             fix = (f"use {flag} local" if flag != "--workers" else "use fewer --workers, or none")
             raise ArgumentError(f"{flag} {address}: could not start or reach the cluster ({type(exc).__name__}: "

@@ -418,3 +418,26 @@ def test_a_missing_cluster_package_is_named_when_the_executor_is_made(monkeypatc
     with pytest.raises(ImportError, match=rf"{module} is needed for this executor; install it with pip install -e "
                                           rf"'\.\[{extra}\]'"):
         {"DaskExecutor": DaskExecutor, "RayExecutor": RayExecutor}[cls]("local:1")
+
+
+def test_dask_arguments_are_checked_before_any_cluster_starts():
+    """DaskExecutor(8786) failed at its first use inside the library (AttributeError: 'int' has
+    no 'sync'); a misspelt cluster keyword (n_worker) only as "Nanny failed to start" with the
+    name in worker logs; keywords beside a remote address were ignored; an address without a
+    port gave a raw ValueError from deep inside distributed."""
+    pytest.importorskip("distributed")
+    with pytest.raises(zo.ArgumentError, match="`client` must be None or 'local'.*got int 8786"):
+        DaskExecutor(8786)
+    with pytest.raises(zo.ArgumentError, match="`n_worker` is not an argument of distributed.LocalCluster.*"
+                                               "did you mean 'n_workers'"):
+        DaskExecutor("local", n_worker=2)
+    with pytest.raises(zo.ArgumentError, match="'bogus' configure\\(s\\) a local cluster.*would be ignored"):
+        DaskExecutor("tcp://127.0.0.1:8786", bogus=True)
+    with pytest.raises(zo.ArgumentError, match="`client` 'tcp://127.0.0.1' is not a scheduler address"):
+        DaskExecutor("tcp://127.0.0.1").start()
+    DaskExecutor("local", memory_limit="1GB", n_workers=1)  # LocalCluster's and its workers' own: taken
+
+
+def test_a_ray_address_that_is_no_address_is_named(ray_env):
+    with pytest.raises(zo.ArgumentError, match="`address` 'notanaddress' is not a Ray cluster address"):
+        RayExecutor("notanaddress").start()

@@ -257,18 +257,49 @@ class _DaskBackend:
             self.ex._restart(sorted(stuck))
 
 
+def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
+    """Keyword arguments for the local cluster: named wrong, a worker failed to start later
+    with the name only in its logs ("Nanny failed to start"); with another cluster they were
+    ignored."""
+    if not kwargs:
+        return
+    if not local:
+        raise ArgumentError(f"{', '.join(map(repr, sorted(kwargs)))} configure(s) a local cluster "
+                            f"(distributed.LocalCluster); with `client`={client!r} they would be ignored: drop them")
+    import difflib
+    import inspect
+
+    import distributed
+    from distributed.core import Server
+
+    known = set()
+    for cls in (distributed.LocalCluster, distributed.Nanny, distributed.Worker, Server):
+        known |= {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+    for name in sorted(kwargs):
+        if name not in known:
+            near = difflib.get_close_matches(name, sorted(known | {"n_workers"}), n=1)
+            raise ArgumentError(f"`{name}` is not an argument of distributed.LocalCluster or its workers"
+                                f"{f'; did you mean {near[0]!r}?' if near else ''}")
+
+
 class DaskExecutor(ShardedExecutor):
     """Shards on a Dask cluster; see :class:`zoracle.executors.DaskExecutor`."""
 
     def __init__(self, client=None, *, n_workers: int | None = None, timeout=None, **cluster_kwargs):
         _require("distributed", "dask")
         super().__init__(timeout)
+        if client is not None and not isinstance(client, str) and not hasattr(client, "sync"):
+            raise ArgumentError(f"`client` must be None or 'local' (a local cluster), 'local:N', a scheduler address "
+                                f"such as 'tcp://127.0.0.1:8786', or a distributed.Client, got {type(client).__name__} "
+                                f"{client!r}")
         self._spec = client
         self._local, count = parse_local(client, "client")
         self._count = n_workers if n_workers is not None else count
         if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
                                         or self._count < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
+        _check_cluster_kwargs(cluster_kwargs, self._local, client)
         self._cluster_kwargs = cluster_kwargs
         self.client = None
         self.cluster = None
@@ -286,7 +317,11 @@ class DaskExecutor(ShardedExecutor):
         if self._local:
             self._start_local(distributed)
         elif isinstance(self._spec, str):
-            self.client = distributed.Client(self._spec)
+            try:
+                self.client = distributed.Client(self._spec)
+            except ValueError as exc:  # not an address: distributed's own parse error, deep in its stack
+                raise ArgumentError(f"`client` {self._spec!r} is not a scheduler address ({exc}); pass one such as "
+                                    "'tcp://127.0.0.1:8786', or 'local' for a local cluster") from None
             self._owns_client = True
         else:
             self.client = self._spec
@@ -643,7 +678,11 @@ class RayExecutor(ShardedExecutor):
             if self._local:
                 self._init_local(ray, kw)
             else:
-                ray.init(address=self.address, **kw)
+                try:
+                    ray.init(address=self.address, **kw)
+                except ValueError as exc:  # not an address: Ray's own parse error
+                    raise ArgumentError(f"`address` {self.address!r} is not a Ray cluster address ({exc}); pass one "
+                                        "such as 'ray://127.0.0.1:10001' or '127.0.0.1:6379', or 'local'") from None
             self._owns_ray = True
         n = self._count or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.n_workers = int(n)
