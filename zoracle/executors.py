@@ -284,7 +284,9 @@ class DaskExecutor(_Dask):
         worker left running it (Dask's cancel does not stop a running task) is restarted
         by its nanny; a worker without a nanny gets no more shards, with a warning.
     **cluster_kwargs
-        Passed to ``distributed.LocalCluster`` for a local cluster.
+        Passed to ``distributed.LocalCluster`` for a local cluster (their names are checked
+        against it and its workers' at construction; with any other ``client`` they are
+        refused, as they would be ignored).
 
     Notes
     -----
