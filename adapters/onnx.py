@@ -366,6 +366,10 @@ class OnnxClassifier:
         if not self._model:
             raise ArgumentError(f"`model` {self._source} is empty; re-export the ONNX file")
         self.providers_requested = self._check_providers(providers)
+        if session_options is not None and not isinstance(session_options, ort.SessionOptions):
+            raise ArgumentError(f"`session_options` must be an onnxruntime.SessionOptions or None, got "
+                                f"{type(session_options).__name__} (build one: o = onnxruntime.SessionOptions(); "
+                                "o.intra_op_num_threads = 1)")
         self._session_options = session_options
         self.budget = None if budget is None else int(budget)
         self.cast = check_flag("cast", cast)

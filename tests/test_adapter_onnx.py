@@ -471,3 +471,11 @@ def test_cast_given_as_text_is_refused(onnx_path):
     """OnnxClassifier(cast="False") cast inputs: bool("False") is True."""
     with pytest.raises(zo.ArgumentError, match="`cast` must be True or False, got 'False'"):
         OnnxClassifier(onnx_path, cast="False")
+
+
+@pytest.mark.parametrize("options", [5, {"intra_op_num_threads": 1}, "fast"])
+def test_session_options_of_another_type_are_named_not_blamed_on_the_model(onnx_path, options):
+    """A dict or a number given as session_options was reported as "`model` ... is not a
+    loadable ONNX model (truncated, corrupted or not ONNX?)"; the model was fine."""
+    with pytest.raises(zo.ArgumentError, match="`session_options` must be an onnxruntime.SessionOptions"):
+        OnnxClassifier(onnx_path, session_options=options)

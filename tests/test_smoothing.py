@@ -301,3 +301,25 @@ def test_predict_tests_the_top_two_counts_only():
 
 def test_certified_accuracy_counts_radii_equal_to_the_threshold():
     np.testing.assert_array_equal(sm.certified_accuracy([0.0, 0.5], [True, True], [0.0, 0.5]), [1.0, 0.5])
+
+
+def test_a_classifier_failure_names_the_points_of_its_batch_and_a_bad_label_its_sample():
+    """A classifier that raised propagated as a bare RuntimeError, and out-of-range labels
+    were reported for "a batch of 200 noisy inputs", where NaN scores named their sample."""
+    X = np.stack([np.full(4, v) for v in (1.0, 2.0, -3.0, 4.0)])
+
+    def raises(xb):
+        if (xb.reshape(len(xb), -1).mean(1) < -1).any():
+            raise RuntimeError("simulator crashed")
+        return (xb.reshape(len(xb), -1).sum(1) > 0).astype(int)
+
+    def bad_label(xb):
+        return np.where(xb.reshape(len(xb), -1).mean(1) < -1, 9, 1)
+
+    with pytest.raises(zo.OracleError, match=r"oracle raised at a batch of 200 noisy inputs \(points 0-3\): "
+                                             r"RuntimeError: simulator crashed") as info:
+        zo.smoothing.certify_batch(raises, X, sigma=0.25, n0=50, n=500, num_classes=2, rng=0)
+    assert isinstance(info.value.cause, RuntimeError)
+    with pytest.raises(zo.OracleError, match=r"oracle returned 9 at noise sample 0 of point 2: labels must lie in "
+                                             r"\[0, 2\)"):
+        zo.smoothing.certify_batch(bad_label, X, sigma=0.25, n0=50, n=500, num_classes=2, rng=0)

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
-from ._errors import ArgumentError, OracleError
+from ._errors import ArgumentError, OracleError, ZoracleError
 from ._estimators import as_generator
 
 __all__ = [
@@ -207,8 +207,10 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
         raise OracleError(what, shown, detail=want)
     arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes)):
-        raise OracleError(what, int(arr.max() if arr.min() >= 0 else arr.min()),
-                          detail=f"labels must lie in [0, {num_classes})")
+        bad = np.flatnonzero((arr < 0) | (arr >= num_classes if num_classes is not None else False))
+        j = int(bad[0])
+        raise OracleError(sample_of(j) if sample_of is not None else f"row {j} of {what}", int(arr[j]),
+                          detail=f"labels must lie in [0, {num_classes}) ({bad.size} of {k} rows in this batch do not)")
     return arr
 
 
@@ -309,7 +311,14 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
         hi = min(total, lo + batch_size)
         owner = np.arange(lo, hi) // num
         noisy = x[owner] + gen.standard_normal((hi - lo,) + x.shape[1:], dtype=x.dtype) * x.dtype.type(sigma)
-        labels = _labels(classifier(noisy), hi - lo, num_classes,
+        try:
+            out = classifier(noisy)
+        except ZoracleError:  # the classifier's own report (an ONNX query budget spent): as it is
+            raise
+        except Exception as exc:  # which points' noise it failed on, the cause kept
+            raise OracleError(f"a batch of {hi - lo} noisy inputs (points {int(owner[0])}-{int(owner[-1])})",
+                              cause=exc) from exc
+        labels = _labels(out, hi - lo, num_classes,
                          lambda j, lo=lo: f"noise sample {(lo + j) % num} of point {(lo + j) // num}")
         np.add.at(counts, (owner, labels), 1)
     return counts
