@@ -356,3 +356,16 @@ def test_a_resume_refuses_an_oracle_that_lays_its_parameters_out_otherwise(tmp_p
     unread._unread_moved = ("b",)  # what a TorchOracle reports (tests/test_torch_graph.py)
     with pytest.raises(zo.CheckpointError, match=r"before checkpoints recorded the oracle's layout.*\('b'\) last"):
         zo.train(unread, np.zeros(4), epochs=5, resume=path, progress=False)
+
+
+def test_save_checkpoint_names_a_directory_and_history_readers_get_a_readers_advice(tmp_path):
+    """save_checkpoint(<a directory>) raised a bare IsADirectoryError naming an internal temp
+    file; reading the history of a file train did not write (zoracle plot) advised "delete it to
+    start over", which a reader never does."""
+    with pytest.raises(zo.ArgumentError, match="`path` .* is a directory; pass a file path such as"):
+        zo.save_checkpoint(str(tmp_path), {"a": np.zeros(2)}, {})
+    mine = str(tmp_path / "mine.npz")
+    zo.save_checkpoint(mine, {"a": np.zeros(2)}, {"x": 1})
+    with pytest.raises(zo.CheckpointError, match="it is not a checkpoint zo.train wrote, or it is damaged") as info:
+        zo.History.from_checkpoint(mine)
+    assert "delete it" not in str(info.value)

@@ -126,13 +126,8 @@ def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
     return os.path.expanduser(os.fsdecode(path) if isinstance(path, bytes) else path)
 
 
-def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> str:
-    """Fail now, before any query, when ``path`` cannot be written; returns the path.
-
-    Creates the folder if needed and writes (then removes) a temporary file next to
-    ``path``, exactly as a save would. Also removes stale temporary files (see
-    :func:`clean_stale`). ``example``: the file name the message suggests inside a directory.
-    """
+def _file_path(path, name: str, example: str) -> str:
+    """``path`` (``as_path``'s) when a save could replace what is there with a regular file."""
     path = as_path(path, name, example)
     if not path:
         raise ArgumentError(f"`{name}` is an empty path; pass a file path such as {example!r}")
@@ -141,6 +136,17 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     if os.path.exists(path) and not os.path.isfile(path):  # a save replaces it with a regular file
         raise ArgumentError(f"`{name}` {path!r} exists and is not a regular file (a device, pipe or socket); "
                             f"pass a file path such as {example!r}")
+    return path
+
+
+def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> str:
+    """Fail now, before any query, when ``path`` cannot be written; returns the path.
+
+    Creates the folder if needed and writes (then removes) a temporary file next to
+    ``path``, exactly as a save would. Also removes stale temporary files (see
+    :func:`clean_stale`). ``example``: the file name the message suggests inside a directory.
+    """
+    path = _file_path(path, name, example)
     tmp = _tmp_path(os.path.realpath(path))  # a symlink's target is what a save writes
     try:
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
@@ -172,7 +178,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     >>> arrays["params"].tolist(), meta["step"]
     ([0.0, 1.0, 2.0], 7)
     """
-    path = as_path(path, "path")
+    path = _file_path(path, "path", "run.npz")
     # refuse now what load_checkpoint would refuse later: the file must read back
     if not isinstance(arrays, dict) or not all(isinstance(k, str) and k for k in arrays):
         raise ArgumentError("`arrays` must be a dict of name (a non-empty str) -> array")

@@ -94,7 +94,14 @@ def read_history(path) -> tuple[list, list]:
         pos = _int(meta, "pos", path)
         found["history"] = _history(meta, path, step, epoch, pos)
 
-    load_checkpoint(path, expected={}, check=check)
+    try:
+        load_checkpoint(path, expected={}, check=check)
+    except CheckpointError as exc:  # a reader's advice, not a resume's: nothing here starts over
+        text = str(exc)
+        if text.endswith(_FIX):
+            raise CheckpointError(text[:-len(_FIX)] + "it is not a checkpoint zo.train wrote, or it is damaged; pass "
+                                  "the file zo.train(checkpoint=...) writes") from None
+        raise
     return found["history"]
 
 
