@@ -369,3 +369,33 @@ def test_save_checkpoint_names_a_directory_and_history_readers_get_a_readers_adv
     with pytest.raises(zo.CheckpointError, match="it is not a checkpoint zo.train wrote, or it is damaged") as info:
         zo.History.from_checkpoint(mine)
     assert "delete it" not in str(info.value)
+
+
+def test_a_checkpoint_that_cannot_be_written_names_its_file_step_and_the_last_good_one(tmp_path, monkeypatch):
+    """A full disk raised a bare OSError naming neither the checkpoint nor the step, and at the
+    final save the run's result was lost with it."""
+    import zoracle._train as tr
+
+    real, calls = tr.save_checkpoint, []
+
+    def full_after(n):
+        def save(path, arrays, meta):
+            calls.append(meta["step"])
+            if len(calls) > n:
+                raise OSError(28, "No space left on device")
+            return real(path, arrays, meta)
+        return save
+
+    loss = lambda x: float(((x - 1) ** 2).sum())
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=4, steps_per_epoch=3, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=ck)
+    monkeypatch.setattr(tr, "save_checkpoint", full_after(2))
+    with pytest.raises(zo.CheckpointError, match=r"could not be written at step 9 \(OSError: \[Errno 28\] No space "
+                                                 r"left on device\); the checkpoint there still holds step 6"):
+        zo.train(loss, np.zeros(3), **kw)
+    assert zo.History.from_checkpoint(ck).steps[-1]["step"] == 5  # the last good file, readable
+    calls.clear()
+    monkeypatch.setattr(tr, "save_checkpoint", full_after(4))  # the final save fails: warned, the result returned
+    with pytest.warns(UserWarning, match="could not be written at step 12.*the result is returned"):
+        result = zo.train(loss, np.zeros(3), **dict(kw, checkpoint=str(tmp_path / "b.npz")))
+    assert result.steps == 12

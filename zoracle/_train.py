@@ -1015,7 +1015,19 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist},
                 "fingerprints": prints}
-        save_checkpoint(checkpoint, arrays, meta)
+        try:
+            save_checkpoint(checkpoint, arrays, meta)
+        except OSError as exc:  # a full disk, a folder removed: which file, and what is still there
+            held = (f"the checkpoint there still holds step {saved[0]} (resume=True continues from it)"
+                    if saved[0] is not None else "no checkpoint of this run was written before")
+            raise CheckpointError(f"the checkpoint {os.fspath(checkpoint)!r} could not be written at step {step} "
+                                  f"({type(exc).__name__}: {exc}); {held}; free space or pass another path") from exc
+        saved[0] = step
+
+    # the step the file at `checkpoint` holds (resumed from that file: the step it held)
+    same_file = resume is not None and checkpoint is not None and \
+        os.path.realpath(os.fspath(resume)) == os.path.realpath(os.fspath(checkpoint))
+    saved = [got["step"] if same_file else None]
 
     from tqdm.auto import tqdm
 
@@ -1142,7 +1154,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     finally:
         bar.close()
     if checkpoint is not None:
-        save()
+        try:
+            save()
+        except CheckpointError as exc:  # the run is done: its result must not be lost with the file
+            warnings.warn(f"train: {exc}; the result is returned", UserWarning, stacklevel=2)
     if sparse and coords is None and steps_hist:
         coords = last_mask()  # a resume with no step left ran none: the mask the run that made it returned
     if has_methods(oracle, "load", "initial_params") and getattr(oracle, "param_info", None) is not None:
