@@ -486,6 +486,11 @@ class TorchOracle:
         return self.update_stats and any(isinstance(m, _RUNNING_STATS) and m.training and m.track_running_stats
                                          for m in self._core.model.modules())
 
+    def run_modes(self) -> list:
+        """Every module's train/eval mode and ``update_stats``, as ``zo.train`` records them in a
+        checkpoint (a resume in other modes runs other losses: it warns)."""
+        return [[name, bool(m.training)] for name, m in self._core.model.named_modules()] + [self.update_stats]
+
     def executor_key(self) -> tuple:
         """What an executor's copies of this oracle must agree on with it, besides the parameters
         (sent with every estimate): every module's train/eval mode, and the buffers a forward may

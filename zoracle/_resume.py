@@ -226,6 +226,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                     saved = dict(saved, **{k: config[k]})
         check_compatible(path, saved, config)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
+        header["modes"] = meta.get("modes")  # the oracle's train/eval modes (compared by train, a warning)
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
             compare_fingerprints(path, meta.get("fingerprints"), fingerprints)
         root = meta.get("root")

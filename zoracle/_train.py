@@ -891,6 +891,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
         config["seed"] = int(rng)
 
+    modes_of = getattr(oracle, "run_modes", None)  # a model's train/eval modes (TorchOracle): resumed otherwise, warned
+    modes = _short_hash(modes_of()) if callable(modes_of) else None
     state = optimizer.init(params)
     est_state = estimator.init(params) if snes else None
     steps_hist, epoch_hist = [], []
@@ -906,6 +908,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if got["seed"] is not None and "seed" not in config:  # rng=None resumes the seeded run: it stays seeded
             config["seed"] = got["seed"]
         steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
+        if got["modes"] is not None and modes is not None and got["modes"] != modes:
+            warnings.warn("train: the oracle's model is in other train/eval modes (or update_stats) than in the run "
+                          f"that wrote {os.fspath(resume)!r}: its losses from here on differ from that run's (BatchNorm "
+                          "and dropout act otherwise); set the modes as they were to continue that run", UserWarning,
+                          stacklevel=2)
         # every step already run, at its recorded lr and mu (SNES records its widths there)
         compare_history(resume, steps_hist, {"lr": (lr_of, "schedule" if lr_sched is not None else "lr"),
                                              "mu": (None if snes else mu_sched, "mu")})
@@ -1014,7 +1021,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             arrays["coordinates"] = last_mask()
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist},
-                "fingerprints": prints}
+                "fingerprints": prints, "modes": modes}
         try:
             save_checkpoint(checkpoint, arrays, meta)
         except OSError as exc:  # a full disk, a folder removed: which file, and what is still there
