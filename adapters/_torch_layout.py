@@ -296,6 +296,9 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     (through ``TorchOracle`` a stock ``nn.CrossEntropyLoss(reduction="none")`` on 2-15 classes
     runs class-major instead, about as fast: :func:`class_major_loss`).
     """
+    if targets.is_floating_point() and bool((targets != targets.trunc()).any()):  # .long() would truncate them
+        raise ValueError("cross_entropy takes class indices; got targets that are not whole numbers (class "
+                         "probabilities?): pass integer labels, or nn.CrossEntropyLoss(reduction='none') for soft targets")
     picked = outputs.gather(1, targets.reshape(-1, 1).long()).squeeze(1)
     if outputs.shape[0] == 0 or not outputs.is_floating_point():
         return torch.logsumexp(outputs, dim=1) - picked

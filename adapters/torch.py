@@ -461,7 +461,10 @@ class TorchOracle:
 
     def to_device(self, device) -> "TorchOracle":
         """Move the model (and a bound batch) to ``device``; ``DeviceExecutor`` calls it once per worker."""
-        self._core.model.to(device)
+        try:
+            self._core.model.to(device)
+        except (RuntimeError, AssertionError) as exc:  # e.g. device="gpu", or CUDA without a GPU
+            raise ArgumentError(f"`device` {device!r}: {exc}") from None
         if self._x is not None:
             # from the caller's tensors an aligned batch copies: on the same device the link stays
             src = (getattr(self, "_aligned_from", None) or ((None, None), None))[0]

@@ -334,9 +334,11 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not value > 0 or (kind is float and not np.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a finite number'} > 0, "
+                                             f"got {text}")
         return value
 
     return check

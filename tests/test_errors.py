@@ -338,3 +338,51 @@ def test_sparse_split_settings_without_sparsity_are_refused_as_ratios_are(kwargs
     with pytest.raises(zo.ArgumentError, match=f"`{name}` set\\(s\\) the sparse split of CGE, which needs `sparsity`"):
         zo.train(lambda x: float(x @ x), np.ones(4), epochs=1, progress=False, **kwargs)
     zo.train(lambda x: float(x @ x), np.ones(4), epochs=1, progress=False, sparsity=0.5, ratios="uniform", **kwargs)
+
+
+def test_a_bind_that_returns_none_is_named():
+    """A DataOracle whose bind() bound in place and returned None got "`oracle` must be
+    callable, got NoneType"."""
+    class InPlace:
+        def __init__(self):
+            self.batch = None
+
+        def bind(self, batch):
+            self.batch = batch
+
+        def __call__(self, x):
+            return float(x @ x)
+
+    with pytest.raises(zo.ArgumentError, match=r"InPlace.bind\(batch\) returned NoneType, not an oracle.*return self"):
+        zo.train(InPlace(), np.ones(3), batches=[np.ones(2)], epochs=1, progress=False)
+
+
+def test_params_shorter_than_the_oracles_parameters_are_named_so():
+    """Two entries short, with sparsity: "block slice(64, 67) reaches past params of length 65"."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    torch.manual_seed(0)
+    o = TorchOracle(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double(),
+                    torch.nn.CrossEntropyLoss(reduction="none"))
+    X, y = np.random.default_rng(0).standard_normal((20, 4)), np.arange(20) % 3
+    short = o.initial_params()[:-2]
+    for call in (lambda: zo.train(o, short, batches=[(X, y)], epochs=1, progress=False, sparsity=0.9),
+                 lambda: zo.recipes.short_budget(o, short, 5000, batches=[(X, y)])):
+        with pytest.raises(zo.ArgumentError, match="`params` has 65 entries but the oracle's parameters number 67"):
+            call()
+    with pytest.raises(zo.ArgumentError, match="`device` 'gpu'"):
+        o.to_device("gpu")
+
+
+def test_cross_entropy_refuses_targets_that_are_not_class_indices():
+    """Float targets [0.7, 1.6] were truncated to [0, 1] silently (nn.CrossEntropyLoss reads
+    them as class probabilities)."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import cross_entropy
+
+    out = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="class indices; got targets that are not whole numbers"):
+        cross_entropy(out, torch.tensor([0.7, 1.6]))
+    want = torch.nn.functional.cross_entropy(out, torch.tensor([0, 2]), reduction="none")
+    torch.testing.assert_close(cross_entropy(out, torch.tensor([0.0, 2.0])), want)  # whole numbers in floats: fine

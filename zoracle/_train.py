@@ -344,6 +344,20 @@ def _short_hash(rows) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+def _check_size(oracle, d: int) -> None:
+    """``params`` shorter than the oracle's named parameters (``param_info``) fail now, named as
+    that ("block slice(64, 67) reaches past params of length 65" said less). Longer ones may be
+    meant: parameters in no block are estimated densely."""
+    info = getattr(oracle, "param_info", None)
+    try:
+        end = max(int(i.slice.stop) for i in info) if info else None
+    except (AttributeError, TypeError, ValueError):  # records of another shape: no size to compare
+        end = None
+    if end is not None and end > d:
+        raise ArgumentError(f"`params` has {d} entries but the oracle's parameters number {end} (its param_info): "
+                            "pass oracle.initial_params(), or a vector of that length")
+
+
 def _check_arity(fn, n: int, name: str, args: str) -> None:
     """A function train calls with ``n`` positional arguments that cannot take them fails now,
     not after an epoch's queries (a signature that cannot be read is taken as it is)."""
@@ -410,6 +424,9 @@ def _bound(oracle, batch, name: str = "batches", executor=None):
             f"`bind(batch)`; drop `{name}` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
         )
     bound = oracle.bind(batch)
+    if not callable(bound):  # a bind that returns None (it bound in place): named, not "oracle must be callable"
+        raise ArgumentError(f"{type(oracle).__name__}.bind(batch) returned {type(bound).__name__}, not an oracle: bind "
+                            "must return the bound oracle (a bind that binds in place: end it with `return self`)")
     if bound is oracle and executor is not None and callable(getattr(executor, "forget", None)) \
             and split_bound(bound)[1] is None:
         executor.forget(bound)
@@ -715,6 +732,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     params = validate_params(params)
     xp = namespace(params)
     d = params.shape[0]
+    _check_size(oracle, d)
     epochs = _count("epochs", epochs, 0)
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)

@@ -24,7 +24,7 @@ from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
-from ._train import _check_batches, _check_layout, _check_steps_per_epoch, _resolve_blocks, _steps_per_epoch
+from ._train import _check_batches, _check_layout, _check_size, _check_steps_per_epoch, _resolve_blocks, _steps_per_epoch
 
 __all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "COORDINATES", "WIDE_COORDINATES",
            "WIDE_FROM", "default_lr", "default_coordinates", "short_budget", "layer_scales"]
@@ -216,6 +216,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     """
     params = validate_params(params)
     d = int(params.shape[0])
+    _check_size(oracle, d)
     budget = _count("budget", budget, 1)
     if coordinates is not None:
         coordinates = _count("coordinates", coordinates, 1)
