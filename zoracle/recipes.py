@@ -340,7 +340,7 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
         raise ArgumentError("layer step scales need named blocks (an oracle with `param_info`, such as TorchOracle); "
                             "pass `blocks=oracle.param_info` or leave `layer_steps` at 0")
     end = max((b.slice.stop for b in blocks), default=0)
-    if p.shape[0] != end:
+    if p.shape[0] < end:  # longer is a layout too: parameters in no block keep 1, as train estimates them densely
         raise ArgumentError(f"`params` has {p.shape[0]} entries but the blocks lay out {end}: pass the flat parameters "
                             "of the oracle the blocks describe (oracle.initial_params())")
     if isinstance(power, bool) or not isinstance(power, numbers.Real) or not (math.isfinite(power) and power >= 0):
