@@ -342,3 +342,21 @@ def test_layer_scales_checks_params_against_the_blocks_and_power():
     with pytest.raises(zo.ArgumentError, match="`blocks` must be records"):
         zo.recipes.layer_scales(None, p)
     assert zo.recipes.layer_scales(info, p, power=0).tolist() == [1.0] * 5
+
+
+def test_the_zero_block_warning_does_not_suggest_the_fill_it_already_has():
+    """A zero-initialized bias of 8 weights, 6 coordinates a step, fill_small_blocks=True: the
+    warning still said "pass fill_small_blocks=True"."""
+    P = namedtuple("P", "name slice shape kind")
+    blocks = [P("0.weight", slice(0, 80), (80,), "linear"), P("0.bias", slice(80, 88), (8,), "bias"),
+              P("1.weight", slice(88, 128), (40,), "linear"), P("1.bias", slice(128, 133), (5,), "bias")]
+    rng = np.random.default_rng(0)
+    A, p0 = rng.normal(size=133), rng.normal(size=133) * 0.3
+    p0[80:88] = 0
+    loss = lambda x: float(np.sum((x - A) ** 2 * np.linspace(0.1, 3, 133)))
+    kw = zo.recipes.short_budget(loss, p0, 3000, blocks=blocks, steps_per_epoch=10, coordinates=6,
+                                 fill_small_blocks=True)
+    with pytest.warns(RuntimeWarning, match="ZO-GraSP keeps no coordinates of 0.bias") as record:
+        zo.train(loss, p0, rng=0, progress=False, **kw)
+    text = " ".join(str(w.message) for w in record)
+    assert "pass fill_small_blocks=True" not in text and "fills only empty blocks up to the kept count" in text

@@ -588,11 +588,11 @@ def _check_overwrite(checkpoint, resume) -> None:
                       UserWarning, stacklevel=3)
 
 
-def _warn_zero_blocks(params, scored, keep, blocks) -> None:
+def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False) -> None:
     """Warn of scored blocks (slices) whose weights are all zero and that ZO-GraSP left empty:
     GraSP's score ``-theta * Hg`` is zero there, whatever the block's importance (a
     zero-initialized head), and sparse CGE would never train them. ``blocks``: the records
-    that name them."""
+    that name them. ``filled``: ``fill_small_blocks`` was on (it left these: larger than it fills)."""
     p = to_numpy(params)
     zero = [s for s, k in zip(scored, keep) if k == 0 and not np.any(p[s])]
     if zero:
@@ -600,9 +600,10 @@ def _warn_zero_blocks(params, scored, keep, blocks) -> None:
         shown = [names.get((s.start, s.stop)) or f"params[{s.start}:{s.stop}]" for s in zero]
         warnings.warn(f"train: ZO-GraSP keeps no coordinates of {', '.join(shown)}: its values are all zero, where "
                       "GraSP's score -theta * Hg is zero, so sparse CGE never trains it; initialize it nonzero, "
-                      "estimate it densely (leave its kind out of `score_kinds`), or pass fill_small_blocks=True "
-                      "(it fills empty blocks up to the kept count) or ratios=\"uniform\"", RuntimeWarning,
-                      stacklevel=3)
+                      "estimate it densely (leave its kind out of `score_kinds`), or pass "
+                      + ("ratios=\"uniform\" (fill_small_blocks fills only empty blocks up to the kept count)" if filled
+                         else "fill_small_blocks=True (it fills empty blocks up to the kept count) or "
+                              "ratios=\"uniform\""), RuntimeWarning, stacklevel=3)
 
 
 def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
@@ -1017,7 +1018,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             nfev += grasp_queries(grasp_directions)
             keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
             log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
-            _warn_zero_blocks(params, scored, keep, all_blocks)
+            _warn_zero_blocks(params, scored, keep, all_blocks, filled=fill_small_blocks)
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
 
     def last_mask():
