@@ -386,3 +386,32 @@ def test_cross_entropy_refuses_targets_that_are_not_class_indices():
         cross_entropy(out, torch.tensor([0.7, 1.6]))
     want = torch.nn.functional.cross_entropy(out, torch.tensor([0, 2]), reduction="none")
     torch.testing.assert_close(cross_entropy(out, torch.tensor([0.0, 2.0])), want)  # whole numbers in floats: fine
+
+
+def test_a_timeout_beyond_threadings_largest_wait_is_refused_at_construction():
+    """timeout=1e10 (a "no real limit" value) was taken, then every run raised OverflowError
+    ("timestamp out of range for platform time_t") in the serial and threading executors."""
+    import threading
+
+    from zoracle.executors import JoblibExecutor, SerialExecutor
+
+    for make in (lambda t: SerialExecutor(timeout=t), lambda t: JoblibExecutor(2, backend="threading", timeout=t)):
+        with pytest.raises(zo.ArgumentError, match="at most 9223372036"):
+            make(1e10)
+        make(float(threading.TIMEOUT_MAX))  # the largest wait itself is a limit
+
+
+def test_train_results_compare_by_identity_and_minibatches_take_sparse_features():
+    """a == b on two TrainResults raised NumPy's "truth value of an array is ambiguous" (so did
+    `b in [a]`); Minibatches((X_csr, y), 4) raised SciPy's "sparse array length is ambiguous"."""
+    import scipy.sparse as sp
+
+    loss = lambda x: float(x @ x)
+    a = zo.train(loss, np.ones(3), epochs=1, progress=False, rng=0)
+    b = zo.train(loss, np.ones(3), epochs=1, progress=False, rng=1)
+    assert a == a and a != b and b in [a, b] and [a, b].index(b) == 1
+    X = sp.random(20, 5, density=0.3, format="csr", random_state=0)
+    mb = zo.Minibatches((X, np.arange(20)), 4, seed=0)
+    assert len(mb) == 5 and mb.n == 20
+    rows = [batch[1] for batch in mb(0)]
+    assert sorted(np.concatenate(rows).tolist()) == list(range(20)) and all(x.shape == (4, 5) for x, _ in mb(0))

@@ -677,9 +677,13 @@ def check_timeout(timeout, name: str = "`timeout`"):
 
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not (0 < float(timeout) < math.inf):
+    import threading
+
+    # above threading's largest wait, a join or a future's result raises OverflowError at the first run
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or \
+            not (0 < float(timeout) <= threading.TIMEOUT_MAX):
         raise ArgumentError(
-            f"{name} must be a positive number of seconds per shard "
+            f"{name} must be a positive number of seconds per shard, at most {threading.TIMEOUT_MAX:.0f} "
             f"({'omit it' if name.startswith('--') else 'or None'} for no limit), got {timeout!r}"
         )
     return float(timeout)

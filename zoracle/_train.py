@@ -45,6 +45,12 @@ log = logging.getLogger("zoracle")
 RATIO_METHODS = ("zo_grasp", "smart", "uniform", "random")
 
 
+def _rows(a) -> int:
+    """Samples in ``a`` along its first axis (a SciPy sparse matrix's ``len`` raises)."""
+    shape = getattr(a, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else len(a)
+
+
 @dataclass(frozen=True, eq=False)  # (compared by identity: field-wise == on arrays raised NumPy's ValueError)
 class Minibatches:
     """Deterministic minibatches: epoch ``e`` is shuffled by ``default_rng((seed, e))``.
@@ -104,7 +110,7 @@ class Minibatches:
                 raise ArgumentError(f"`arrays` entry {i} must be an array with one row per sample, got "
                                     f"{type(a).__name__}")
         object.__setattr__(self, "arrays", arrays)
-        n = {len(a) for a in arrays}
+        n = {_rows(a) for a in arrays}
         if len(n) != 1:
             raise ArgumentError(f"`arrays` must share their first dimension, got lengths {sorted(n)}")
         if n == {0}:  # every epoch would be empty (train failed later: "gave no batch for epoch 0")
@@ -114,8 +120,8 @@ class Minibatches:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
         for flag in ("shuffle", "drop_last"):  # a string from a config ("False") would count as true
             check_flag(flag, getattr(self, flag))
-        if self.drop_last and bs > len(arrays[0]):
-            raise ArgumentError(f"`batch_size` {bs} is more than the {len(arrays[0])} samples, and drop_last=True "
+        if self.drop_last and bs > _rows(arrays[0]):
+            raise ArgumentError(f"`batch_size` {bs} is more than the {_rows(arrays[0])} samples, and drop_last=True "
                                 "drops that one short batch: every epoch would be empty; use a smaller batch_size "
                                 "or drop_last=False")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
@@ -124,7 +130,7 @@ class Minibatches:
 
     @property
     def n(self) -> int:
-        return len(self.arrays[0])
+        return _rows(self.arrays[0])
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -223,7 +229,7 @@ class History:
         return plot_history(self, path, x=x, title=title)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: field-wise == on arrays raised NumPy's ValueError
 class TrainResult:
     """What :func:`train` returns.
 
@@ -674,7 +680,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Passed to every estimate; never closed here.
     eval_fn : callable, optional
         ``params -> float or dict`` at the end of every ``eval_every`` epochs and of the last
-        one (``params``: a copy, so that a write into it cannot change the run). A run that ``max_queries`` or a callback stops inside an epoch (as
+        one (``params``: a copy, so that a write into it cannot change the run; a number is
+        recorded as the metric ``eval``, a dict's entries under their names). A run that ``max_queries`` or a callback stops inside an epoch (as
         ``recipes.short_budget``'s usually does) has no record for that partial epoch and no
         evaluation at its stop: evaluate ``result.params`` yourself. A value that is neither a
         number nor a dict of numbers, found only when ``eval_fn`` first runs, stops the run with a
