@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import re
 import signal
 import sys
 import tempfile
@@ -110,6 +111,18 @@ class HangAt:
     def __call__(self, x):
         if x[self.i] != 0.0:
             time.sleep(self.seconds)
+        return _loss(x)
+
+
+class KillsAt:
+    """Kills its worker process (os._exit) whenever coordinate ``i`` is moved away from 0."""
+
+    def __init__(self, i):
+        self.i = i
+
+    def __call__(self, x):
+        if x[self.i] != 0.0:
+            os._exit(3)
         return _loss(x)
 
 
@@ -441,3 +454,20 @@ def test_dask_arguments_are_checked_before_any_cluster_starts():
 def test_a_ray_address_that_is_no_address_is_named(ray_env):
     with pytest.raises(zo.ArgumentError, match="`address` 'notanaddress' is not a Ray cluster address"):
         RayExecutor("notanaddress").start()
+
+
+@pytest.mark.slow
+def test_dask_names_the_shard_that_kills_its_workers_not_one_that_lost_its_inputs(dask_dir):
+    """An oracle killing its worker on coordinate 7: the run ended in a raw FutureCancelledError
+    ("cancelled for reason: already forgotten"), or blamed an innocent shard (coordinates 0..2)
+    whose inputs went with the dead worker, counting that loss as its failures."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    x = np.zeros(20)
+    for ex in dask_cluster(dask_dir):
+        for _ in range(2):
+            with pytest.raises(zo.executors.ShardFailed) as info:
+                zo.estimate_gradient(KillsAt(7), x, zo.CGE(), executor=ex)
+            lo, hi = map(int, re.search(r"coordinates (\d+)\.\.(\d+)", str(info.value)).groups())
+            assert lo <= 7 <= hi, str(info.value)

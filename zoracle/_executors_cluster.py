@@ -221,19 +221,30 @@ class _DaskBackend:
         for fut in done:
             w, jid = futs[fut]
             del self.busy[w]
+            result = None
             if fut.status == "finished":
-                out.append((w, jid, fut.result()))
-                if out[-1][2][0] != "ok":
-                    self._slots = None
-            elif fut.status == "cancelled":
+                try:
+                    result = fut.result()
+                except Exception:  # finished, but its result went with the worker that held it
+                    result = None
+                if result is not None:
+                    out.append((w, jid, result))
+                    if result[0] != "ok":
+                        self._slots = None
+                    continue
+            if fut.status in ("cancelled", "finished"):
                 # the scheduler forgot an input (the oracle or batch lived only on a worker that
-                # died): a lost shard, retried after sending the inputs again
+                # died), or the result: a lost shard, not a failed one, run again after sending
+                # the inputs again
                 self._slots = None
                 self._lost = True
-                out.append((w, jid, ("dead", "its inputs were lost with a worker that died (cancelled)")))
+                out.append((w, jid, ("lost", "its inputs or result were lost with a worker that died (cancelled)")))
             else:
                 self._slots = None
-                exc = fut.exception() if fut.status == "error" else None
+                try:
+                    exc = fut.exception() if fut.status == "error" else None
+                except Exception as gone:  # cancelled in the meantime: the reason is that
+                    exc = gone
                 out.append((w, jid, ("dead", f"{type(exc).__name__}: {exc}" if exc is not None else fut.status)))
         return out
 

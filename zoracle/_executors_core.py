@@ -717,13 +717,20 @@ def _timed_out(shard: int, n: int, task, where: str, timeout: float, loading: bo
     return err
 
 
+#: times a shard may be lost through another worker's death (its inputs went with it) before
+#: that counts as one of its two failures
+LOST_RETRIES = 3
+
+
 def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     """Run ``shards`` on ``backend``'s workers; results in shard order.
 
     ``backend`` provides ``idle()`` (idle worker handles), ``workers()`` (all live ones),
     ``name(w)`` (a stable label such as a pid), ``submit(w, jid, shard)`` and
     ``wait() -> [(w, jid, outcome)]`` with outcome ``("ok", losses, seconds)``,
-    ``("err", exc, traceback_text)`` or ``("dead", reason)``; ``abort(workers, hung)`` stops
+    ``("err", exc, traceback_text)``, ``("dead", reason)`` or ``("lost", reason)`` (the shard
+    never failed: an input it needed went with another worker that died; it runs again, without
+    counting as a failure, up to :data:`LOST_RETRIES` times); ``abort(workers, hung)`` stops
     in-flight work (``hung``: the workers a timeout found late, or True after Ctrl-C: they may
     be inside the oracle; False after an error).
     ``submit`` may return True when the worker first loads the oracle and will report the
@@ -749,6 +756,7 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     results = [None] * n
     queue = deque(sorted(range(n), key=lambda i: -costs[i]))
     failed_on = [[] for _ in range(n)]
+    lost = [0] * n  # times each shard was lost through no failure of its own
     inflight = {}  # jid -> (shard index, worker)
     stuck = []  # the workers of the shards a timeout found late
     started = {}  # jid -> perf_counter at submission (or when its worker finished loading the oracle)
@@ -819,6 +827,12 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                     if stats_cb is not None:
                         stats_cb(shards[i], outcome[2])
                     continue
+                if outcome[0] == "lost":
+                    lost[i] += 1
+                    if lost[i] <= LOST_RETRIES:  # not its failure: it runs again, and blames no one
+                        queue.appendleft(i)
+                        continue
+                    outcome = ("dead", outcome[1])
                 where = backend.name(w)
                 if outcome[0] == "err" and not isinstance(outcome[1], Exception):
                     raise outcome[1]  # KeyboardInterrupt, SystemExit: never retried nor wrapped
