@@ -623,9 +623,10 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
             # float32's tolerance (about a thousand units of the loss's last place, which
             # BatchNorm over two samples can need) passes a captured branch on self.training
             # that the mode change made stale, whose loss is off by less (a temperature applied
-            # in training only: 15% off the gradient). A capture of the model as it is now, in
-            # float64, decides: another graph (its constants aside), or a failed check, retires it
-            reason = _recheck_float64(oracle, probe, keep_on_error=True, constants=False)
+            # in training only: 15% off the gradient). A capture of the model as it is now
+            # decides: another graph (its constants aside) retires it. Only the graph: a loss
+            # computed in float32 (.float()) fails the float64 copy's own check by round-off
+            reason = _recheck_float64(oracle, probe, keep_on_error=True, constants=False, graph_only=True)
         # on the whole batch (a read a ReLU gates shows on some samples only), with no float64
         # recheck: an unread parameter leaves the loss bit for bit as it is
         if not reason:
@@ -723,12 +724,14 @@ def _check_split_without_channels_last(probe, theta) -> str:
         LAYOUT.off = False
 
 
-def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool = True) -> str:
+def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool = True,
+                     graph_only: bool = False) -> str:
     """Why the same split fails the self-check on a float64 copy of the model, or '' when it
     passes there (round-off of float32 through ill-conditioned layers can exceed any fixed
     tolerance, and a wrong path can hide inside it). ``keep_on_error``: a copy that cannot be
     made or captured (a model deepcopy refuses) gives no verdict, '' (else it is a failure).
-    ``constants``: whether the graphs' baked-in constants count (see :func:`_signature`)."""
+    ``constants``: whether the graphs' baked-in constants count (see :func:`_signature`).
+    ``graph_only``: only whether the copy captures the same graph (its own check's verdict aside)."""
     core = oracle._core
     try:
         model, blocks = copy.deepcopy((core.model, core.blocks_arg))
@@ -742,6 +745,8 @@ def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool
     except Exception as exc:
         return "" if keep_on_error else f"its float64 copy failed ({type(exc).__name__}: {str(exc)[:200]})"
     if not twin._core.blocks:
+        if graph_only:  # no graph to compare: no verdict
+            return ""
         return "in float64, " + (twin._core.reason or "the split is refused").split("; every perturbation runs")[0]
     # the copy is captured again, from the model as it is now: its verdict is about this split
     # only when it captured the same steps (a module swapped in since, or a branch on

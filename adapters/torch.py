@@ -1398,6 +1398,7 @@ class TorchOracle:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+        train = check_flag("train", train)
         self._load(params)
         xt = to_torch(x, self.device, self.dtype)
         if xt.dim() == 0 or xt.shape[0] == 0:
@@ -1412,7 +1413,7 @@ class TorchOracle:
         was = [(m, m.training) for m in model.modules()]
         outs = []
         try:
-            model.train(bool(train))
+            model.train(train)
             with torch.no_grad(), norm_context(model):
                 for lo, hi in zip(starts, starts[1:] + [n]):
                     outs.append(model(xt[lo:hi]))

@@ -28,6 +28,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import torch.nn.functional as F
 from torch import nn
 
+from zoracle._errors import check_flag
+
 from ._torch_chain import Step, fork
 
 __all__ = ["ResNet20", "BasicBlock", "DigitsCNN", "make_mlp", "make_cnn",
@@ -157,7 +159,7 @@ def make_mlp(in_features: int = 64, hidden: int = 64, depth: int = 4, num_classe
 def make_cnn(channels: int = 16, num_classes: int = 10, in_channels: int = 1, batchnorm: bool = True) -> nn.Sequential:
     """The benchmark CNN for 8x8 inputs: two conv3x3 (+BN) layers, pooling, a linear head."""
     c = channels
-    bn = (lambda n: [nn.BatchNorm2d(n)]) if batchnorm else (lambda n: [])
+    bn = (lambda n: [nn.BatchNorm2d(n)]) if check_flag("batchnorm", batchnorm) else (lambda n: [])
     return nn.Sequential(
         nn.Conv2d(in_channels, c, 3, padding=1), *bn(c), nn.ReLU(),
         nn.Conv2d(c, c, 3, padding=1), *bn(c), nn.ReLU(), nn.MaxPool2d(2),

@@ -300,6 +300,14 @@ def test_the_adapters_flags_are_refused_as_text():
     with pytest.raises(zo.ArgumentError, match="`update_stats` must be True or False, got 'False'"):
         TorchOracle(torch.nn.Linear(2, 2).double(), torch.nn.MSELoss(), update_stats="False")
     assert TorchOracle(torch.nn.Linear(2, 2).double(), torch.nn.MSELoss(), update_stats=np.False_).update_stats is False
+    # predict(train="False") ran in train mode; make_cnn(batchnorm="False") built BatchNorm layers
+    from zoracle.adapters import torch_models as tm
+
+    oracle = TorchOracle(tm.make_cnn(4), torch.nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(zo.ArgumentError, match="`train` must be True or False, got 'False'"):
+        oracle.predict(oracle.initial_params(), np.zeros((2, 1, 8, 8), np.float32), train="False")
+    with pytest.raises(zo.ArgumentError, match="`batchnorm` must be True or False"):
+        tm.make_cnn(4, batchnorm="False")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -315,9 +323,19 @@ def test_eval_fn_and_callbacks_that_cannot_take_trains_arguments_fail_before_any
     with pytest.raises(zo.ArgumentError, match=match):
         zo.train(lambda x: calls.append(1) or float(x @ x), np.ones(3), epochs=2, progress=False, **kwargs)
     assert not calls
-    # what train's calls can take passes: defaults, *args
+    # what train's calls can take passes: defaults, *args, a decorator's wrapper around a function
+    # of other arguments (the wrapper is what train calls)
+    import functools
+
+    def only_params(params):
+        return None
+
+    @functools.wraps(only_params)
+    def wrapper(*args):
+        return only_params(args[-1])
+
     zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, progress=False, eval_fn=lambda p, scale=1.0: 0.5,
-             callbacks=[lambda *a: None, lambda e, r, p, extra=None: None])
+             callbacks=[lambda *a: None, lambda e, r, p, extra=None: None, wrapper])
 
 
 def test_batches_given_as_one_pair_is_named():

@@ -449,6 +449,14 @@ def test_dask_arguments_are_checked_before_any_cluster_starts():
     with pytest.raises(zo.ArgumentError, match="`client` 'tcp://127.0.0.1' is not a scheduler address"):
         DaskExecutor("tcp://127.0.0.1").start()
     DaskExecutor("local", memory_limit="1GB", n_workers=1)  # LocalCluster's and its workers' own: taken
+    import distributed
+
+    class Tagged(distributed.Worker):  # a worker_class of one's own: its arguments are taken too
+        def __init__(self, *args, tag=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tag = tag
+
+    DaskExecutor("local", processes=False, worker_class=Tagged, tag="gpu-a")
 
 
 def test_a_ray_address_that_is_no_address_is_named(ray_env):

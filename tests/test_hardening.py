@@ -461,6 +461,11 @@ def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
                                                                                                         "final=0")))
     assert "final=0)" in zo.load_checkpoint(old)[1]["config"]["schedule"]
     assert _run(tmp_path / "r.npz", resume=old, schedule=sched, epochs=3).steps == 9
+    # and a NumPy scalar, as the dataclass's repr wrote it (init=np.float64(0.1))
+    numpy_scalar = _tamper(ckpt, tmp_path / "np.npz", meta_edit=lambda m: m["config"].__setitem__(
+        "schedule", m["config"]["schedule"].replace("init=0.1", "init=np.float64(0.1)")))
+    assert "np.float64(0.1)" in zo.load_checkpoint(numpy_scalar)[1]["config"]["schedule"]
+    assert _run(tmp_path / "r2.npz", resume=numpy_scalar, schedule=sched, epochs=3).steps == 9
     other = _tamper(ckpt, tmp_path / "other.npz",
                     meta_edit=lambda m: m["config"].__setitem__("schedule", m["config"]["schedule"].replace(
                         "final=0.0", "final=0.01")))

@@ -2264,3 +2264,21 @@ def test_suffix_refuses_features_from_other_params_or_another_batch():
         other.suffix(feats, a, 1, [lo], 1e-3)
     np.testing.assert_allclose(oracle.suffix(feats, a.copy(), 1, [lo], 1e-3),  # equal params, another array: fine
                                _plain_losses(oracle, a, [lo], 1e-3), rtol=1e-12)
+
+
+def test_a_float32_loss_keeps_the_split_through_a_mode_change():
+    """The recheck after a mode change retired the split of a model whose loss casts to
+    float32 (out.float()): the float64 copy's own check failed by that round-off (1.0643194
+    against 1.0643194), and every later step paid full forwards (3x the time)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    oracle = TorchOracle(model, lambda out, t: F.cross_entropy(out.float(), t, reduction="none"), (x, y))
+    theta = oracle.initial_params()
+    model.eval()
+    coords, step = np.arange(0, oracle.size, 5), np.float32(0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = oracle.coordinate_losses(theta, coords, step)
+    assert oracle.blocks
+    np.testing.assert_allclose(got, _plain_losses(oracle, theta, coords, step), rtol=1e-6)

@@ -284,7 +284,12 @@ def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
     from distributed.core import Server
 
     known = set()
-    for cls in (distributed.LocalCluster, distributed.Nanny, distributed.Worker, Server):
+    # a worker_class of the user's own takes its own arguments: those of its whole hierarchy count
+    classes = (distributed.LocalCluster, distributed.Nanny, distributed.Worker, Server)
+    extra = kwargs.get("worker_class")
+    if isinstance(extra, type):
+        classes += tuple(c for c in extra.__mro__ if c is not object)
+    for cls in classes:
         known |= {n for n, p in inspect.signature(cls.__init__).parameters.items()
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
     for name in sorted(kwargs):

@@ -138,6 +138,12 @@ def _as_float(m) -> str:
     return repr(float(m.group()))
 
 
+def _numbers_alike(text: str) -> str:
+    """A settings text with every number written one way: ``np.float64(0.05)`` (a NumPy scalar in
+    a schedule before its fields were stored as floats) as ``0.05``, ``0`` as ``0.0``."""
+    return _NUMBER.sub(_as_float, re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", text))
+
+
 def compare_history(path, steps, schedules: dict) -> None:
     """Raise when a schedule's value at a step the checkpoint ran differs from the value its
     history recorded there. The fingerprints hold the values at ``FINGERPRINT_STEPS`` only: a
@@ -222,7 +228,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                 # written before schedules stored their fields as Python numbers (final=0, now
                 # final=0.0): the same settings; the values themselves are compared below
                 if isinstance(saved.get(k), str) and isinstance(config.get(k), str) \
-                        and _NUMBER.sub(_as_float, saved[k]) == _NUMBER.sub(_as_float, config[k]):
+                        and _numbers_alike(saved[k]) == _numbers_alike(config[k]):
                     saved = dict(saved, **{k: config[k]})
         check_compatible(path, saved, config)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves

@@ -368,7 +368,7 @@ def _check_arity(fn, n: int, name: str, args: str) -> None:
     """A function train calls with ``n`` positional arguments that cannot take them fails now,
     not after an epoch's queries (a signature that cannot be read is taken as it is)."""
     try:
-        sig = inspect.signature(fn)
+        sig = inspect.signature(fn, follow_wrapped=False)  # a decorator's wrapper is what train calls
     except (TypeError, ValueError):
         return
     try:
@@ -1034,8 +1034,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         at = steps_hist[-1] if steps_hist else {"epoch": epoch, "step": step}
         return masks.coordinates(at["epoch"], step=at["step"])
 
-    def save():
-        if checkpoint is None:
+    def save(last: bool = False):
+        """Write the checkpoint; ``last``: the run's final save (a failure warns, the result is
+        returned)."""
+        if checkpoint is None or (last and warned_at[0] == step):  # its failure at this step was warned
             return
         arrays = {"params": to_numpy(params), **_state_arrays(state)}
         if snes:
@@ -1053,14 +1055,20 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         except OSError as exc:  # a full disk, a folder removed: which file, and what is still there
             held = (f"the checkpoint there still holds step {saved[0]} (resume=True continues from it)"
                     if saved[0] is not None else "no checkpoint of this run was written before")
-            raise CheckpointError(f"the checkpoint {os.fspath(checkpoint)!r} could not be written at step {step} "
-                                  f"({type(exc).__name__}: {exc}); {held}; free space or pass another path") from exc
+            err = CheckpointError(f"the checkpoint {os.fspath(checkpoint)!r} could not be written at step {step} "
+                                  f"({type(exc).__name__}: {exc}); {held}; free space or pass another path")
+            if not last:
+                raise err from exc
+            warnings.warn(f"train: {err}; the result is returned", UserWarning, stacklevel=3)
+            warned_at[0] = step  # not again at the end
+            return
         saved[0] = step
 
     # the step the file at `checkpoint` holds (resumed from that file: the step it held)
     same_file = resume is not None and checkpoint is not None and \
         os.path.realpath(os.fspath(resume)) == os.path.realpath(os.fspath(checkpoint))
     saved = [got["step"] if same_file else None]
+    warned_at = [None]  # the step whose final save failed (warned once)
 
     from tqdm.auto import tqdm
 
@@ -1154,7 +1162,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if stopped:
                     break
             if pos >= len(blist):
-                save()  # the epoch's steps are safe before eval_fn or a callback can fail
+                save(last=epoch + 1 == epochs)  # the epoch's steps are safe before eval_fn or a callback can fail
                 t0 = time.perf_counter()
                 mine = [r for r in steps_hist if r["epoch"] == epoch]
                 losses = [float(r["loss"]) for r in mine]
@@ -1187,10 +1195,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     finally:
         bar.close()
     if checkpoint is not None:
-        try:
-            save()
-        except CheckpointError as exc:  # the run is done: its result must not be lost with the file
-            warnings.warn(f"train: {exc}; the result is returned", UserWarning, stacklevel=2)
+        save(last=True)  # the run is done: a failure must not lose its result
     if sparse and coords is None and steps_hist:
         coords = last_mask()  # a resume with no step left ran none: the mask the run that made it returned
     if has_methods(oracle, "load", "initial_params") and getattr(oracle, "param_info", None) is not None:
