@@ -261,6 +261,14 @@ def _with_external_data(data: bytes, path: str) -> bytes | str:
                             "beside the .onnx file, as it was exported") from None
 
 
+def _have_onnx() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _refers_to_external_data(data) -> bool:
     """Whether model bytes name external data files (which bytes do not carry)."""
     try:
@@ -412,6 +420,10 @@ class OnnxClassifier:
             elif isinstance(self._model, str):  # a model too large for bytes, read from its path (a copy's too)
                 what = (f"could not be opened from {self._model!r}, where a model of 2 GiB or more is read (by every "
                         "pickled copy too): keep the .onnx file and its .data files at that path")
+            elif "external data" in str(exc).lower() and not _have_onnx():
+                what = ("keeps its weights in external data files, which zoracle reads in with the onnx package "
+                        "(onnxruntime alone looks for them in the working directory): install it, pip install -e "
+                        "'.[onnx]'")
             elif _refers_to_external_data(self._model):
                 what = ("keeps its weights in external data files, which bytes and a ModelProto do not carry: pass "
                         "the .onnx file's path (its .data file beside it), or onnx.load(path) with its external data")

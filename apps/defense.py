@@ -310,7 +310,6 @@ def write(report: DefenseReport, out: str) -> list:
     md, png, js = (os.path.join(out, f"defense.{ext}") for ext in ("md", "png", "json"))
     with open(md, "w") as fh:
         fh.write(markdown(report, out))
-    plot(report, png)
     data = {
         "config": asdict(report.config),
         "certified": {k: v.certified for k, v in report.rows.items()},
@@ -322,8 +321,9 @@ def write(report: DefenseReport, out: str) -> list:
         "seconds": report.seconds,
         "command": command_line(report.config, out),
     }
-    with open(js, "w") as fh:
+    with open(js, "w") as fh:  # the numbers before the figure: a plot that fails keeps them
         json.dump(data, fh, indent=2)
+    plot(report, png)
     return [md, png, js]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -479,3 +480,23 @@ def test_session_options_of_another_type_are_named_not_blamed_on_the_model(onnx_
     loadable ONNX model (truncated, corrupted or not ONNX?)"; the model was fine."""
     with pytest.raises(zo.ArgumentError, match="`session_options` must be an onnxruntime.SessionOptions"):
         OnnxClassifier(onnx_path, session_options=options)
+
+
+def test_external_weights_without_the_onnx_package_name_it(tmp_path, monkeypatch):
+    """With onnxruntime but not onnx installed, a model keeping its weights in a .data file was
+    "not a loadable ONNX model (truncated, corrupted or not ONNX?)" outside its own folder."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    W = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [W])
+    path = str(tmp_path / "m.onnx")
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path,
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    np.testing.assert_allclose(OnnxClassifier(path)(np.ones((1, 4), np.float32)), [[18, 22, 26]])
+    monkeypatch.chdir(str(tmp_path.parent))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # onnx not installed
+    with pytest.raises(zo.ArgumentError, match="external data files, which zoracle reads in with the onnx package"):
+        OnnxClassifier(path)

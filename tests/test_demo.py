@@ -241,3 +241,31 @@ def test_train_torch_example_takes_epochs_zero_as_given(tmp_path, capsys):
             mod["main"](argv)
         assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_needs_no_extra(command):
+    """`zoracle demo --help` in a core-only install printed the missing-extra line (exit 1);
+    every command's help is built without its extras."""
+    code = ("import sys\nfor m in ('torch', 'sklearn', 'phi', 'onnxruntime', 'onnx', 'skl2onnx', 'matplotlib'): sys.modules[m] = None\n"
+            f"from zoracle.cli import main\nsys.exit(main([{command!r}, '--help']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and f"usage: zoracle {command}" in r.stdout, r.stderr
+
+
+def test_defense_out_without_matplotlib_is_refused_before_any_work_and_skl2onnx_is_not_needed(tmp_path):
+    """`defense --out DIR` without matplotlib trained and certified in full (420 s documented),
+    then failed at the figure, defense.json never written; and defense refused to start
+    without skl2onnx, which it never imports."""
+    code = ("import sys\nsys.modules['matplotlib'] = None\nsys.modules['skl2onnx'] = None\n"
+            "from zoracle.cli import main\n"
+            f"sys.exit(main(['defense', '--quick', '--out', {str(tmp_path / 'out')!r}], prog='python examples/defense.py'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("python examples/defense.py: needs the 'apps' extra (--out writes a figure, which needs "
+                               "matplotlib)"), lines[0]
+    assert not (tmp_path / "out").exists()  # refused before the folder was made, or it was removed
+    from zoracle.cli import REQUIRES
+
+    assert "skl2onnx" not in REQUIRES["defense"]

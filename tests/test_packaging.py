@@ -103,3 +103,26 @@ def test_cli_help_and_errors(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid choice" in bad.stderr
     bare = subprocess.run([sys.executable, "-m", "zoracle"], capture_output=True, text=True, cwd=ROOT)
     assert bare.returncode == 2 and bare.stdout == "" and "COMMAND" in bare.stderr and "demo" in bare.stderr
+
+
+def test_another_clones_editable_install_does_not_supply_this_clones_adapters(tmp_path):
+    """With another clone installed editable, `python -m pytest` here ran this clone's core with
+    that clone's adapters and apps: the editable finder's answer was taken wherever it pointed."""
+    other = tmp_path / "other"
+    for name in ("adapters", "apps"):
+        (other / name).mkdir(parents=True)
+        (other / name / "__init__.py").write_text("WHICH = 'other clone'\n")
+    code = f"""
+import importlib.util, sys
+class OtherClone:  # an editable install's finder, mapping zoracle.<name> to another clone
+    def find_spec(self, name, path=None, target=None):
+        for sub in ("adapters", "apps"):
+            if name == "zoracle." + sub:
+                init = {str(other)!r} + "/" + sub + "/__init__.py"
+                return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[init[:-12]])
+sys.meta_path.insert(0, OtherClone())
+import zoracle, zoracle.adapters, zoracle.apps
+print(zoracle.adapters.__file__, zoracle.apps.__file__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert str(other) not in out and out.split()[0] == str(ROOT / "adapters" / "__init__.py"), out

@@ -50,10 +50,18 @@ def _map_source_tree(name: str) -> None:
         find = getattr(finder, "find_spec", None)
         if find is not None and type(finder).__name__ != "PathFinder":
             try:
-                if find(full, __path__) is not None:
-                    return
+                found = find(full, __path__)
             except Exception:  # a foreign finder failing is no reason to break the import
                 continue
+            if found is None:
+                continue
+            # the first finder that answers is the one the import would use: of this checkout,
+            # it maps the sibling already; of another clone's editable install, it would pair
+            # this clone's core with that clone's folder, so the sibling is registered below
+            origin = getattr(found, "origin", None)
+            if origin and _os.path.exists(origin) and _os.path.samefile(origin, sibling):
+                return
+            break
     spec = _ilu.spec_from_file_location(full, sibling, submodule_search_locations=[_os.path.dirname(sibling)])
     module = _ilu.module_from_spec(spec)
     _sys.modules[full] = module

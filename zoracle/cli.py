@@ -33,13 +33,16 @@ COMMANDS = {
 REQUIRES = {
     "demo": ("torch", "sklearn"),
     "bench": ("torch",),
-    "defense": ("torch", "sklearn", "onnx", "onnxruntime", "skl2onnx"),
+    "defense": ("torch", "sklearn", "onnx", "onnxruntime"),
     "sol": ("phi", "torch"),
     "plot": ("matplotlib",),
 }
 
 #: argument -> kind of output path the commands write (checked before the first query)
 OUTPUTS = {"plot": "file", "out": "dir", "cache": "dir"}
+
+#: (subcommand, argument) -> the module its output needs (checked before the first query)
+OUTPUT_REQUIRES = {("defense", "out"): "matplotlib", ("sol", "out"): "matplotlib"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,21 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _missing(name: str, what: str) -> SystemExit:
+def _missing(name: str, what: str, prog: str | None = None) -> SystemExit:
     extra = COMMANDS[name][1]
     plural = "s" if "," in extra else ""
-    return SystemExit(f"zoracle {name}: needs the '{extra}' extra{plural} ({what}); install it with: "
+    return SystemExit(f"{prog or 'zoracle ' + name}: needs the '{extra}' extra{plural} ({what}); install it with: "
                       + INSTALL.format(extra=extra))
 
 
-def _load(name: str):
-    for top in REQUIRES.get(name, ()):
+def _load(name: str, prog: str | None = None, help_only: bool = False):
+    """The subcommand's module; ``help_only``: for ``--help``, which needs none of its extras."""
+    for top in () if help_only else REQUIRES.get(name, ()):
         if importlib.util.find_spec(top) is None:
-            raise _missing(name, f"No module named {top!r}")
+            raise _missing(name, f"No module named {top!r}", prog)
     try:
         return importlib.import_module(f"zoracle.apps.{COMMANDS[name][0]}")
     except ImportError as exc:
-        raise _missing(name, str(exc)) from None
+        raise _missing(name, str(exc), prog) from None
 
 
 def _makedirs(where: str, made: list) -> None:
@@ -150,10 +154,14 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
             _remove_empty(made)
             raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
                              f"({why})")
+    for (cmd, attr), module in OUTPUT_REQUIRES.items():
+        if cmd == name and getattr(args, attr, None) is not None and importlib.util.find_spec(module) is None:
+            _remove_empty(made)
+            raise _missing(name, f"--{attr} writes a figure, which needs {module}", prog)
     if getattr(args, "plot", None) is not None:
         if importlib.util.find_spec("matplotlib") is None:
             _remove_empty(made)
-            raise _missing(name, "--plot needs matplotlib")
+            raise _missing(name, "--plot needs matplotlib", prog)
         from ._plot import _format
 
         try:  # a format matplotlib cannot write fails now, not after the run
@@ -171,8 +179,8 @@ def main(argv=None, prog: str | None = None) -> int:
     parser = build_parser()
     # the subcommand's own arguments come from its module, loaded only for that command
     if argv and argv[0] in COMMANDS:
-        mod = _load(argv[0])
         name = prog or f"zoracle {argv[0]}"
+        mod = _load(argv[0], prog, help_only=bool({"-h", "--help"} & set(argv[1:])))
         sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
         mod.add_arguments(sub)
         args = sub.parse_args(argv[1:])
@@ -182,7 +190,7 @@ def main(argv=None, prog: str | None = None) -> int:
             rc = int(mod.main(args) or 0)
             return rc
         except ModuleNotFoundError as exc:  # a dependency imported late (e.g. matplotlib for --plot)
-            print(str(_missing(argv[0], str(exc))), file=sys.stderr)
+            print(str(_missing(argv[0], str(exc), prog)), file=sys.stderr)
             return 1
         except ZoracleError as exc:
             text = str(exc)
