@@ -50,7 +50,14 @@ _ONE_SIMULATION = threading.RLock()  # see WakeFlow.simulate
 
 
 class SimulationError(ZoracleError, FloatingPointError):
-    """The simulation produced non-finite velocities; the message names the step and the runs."""
+    """The simulation produced non-finite velocities; the message names the step and the runs.
+
+    ``entries``: the failing entries of the simulation's batch (None when unknown), which a
+    caller that built the batch maps back to what it stands for."""
+
+    def __init__(self, message: str, entries=None):
+        super().__init__(message)
+        self.entries = None if entries is None else [int(e) for e in entries]
 
 
 @dataclass(frozen=True)
@@ -350,7 +357,14 @@ class WakeFlow:
             if check:
                 self._check_finite(cx, cy, start + t)
             if correct is not None:
-                cx, cy = correct(cx, cy, start + t)
+                shapes = (tuple(cx.shape), tuple(cy.shape))
+                out = correct(cx, cy, start + t)
+                got = tuple(tuple(getattr(a, "shape", ())) for a in out) if isinstance(out, (tuple, list)) else None
+                if got != shapes:  # PhiFlow's own error would name merged shapes, not the callback
+                    raise ArgumentError(f"`correct` must return (vx, vy) of the shapes it was given {shapes}; at step "
+                                        f"{start + t} it returned "
+                                        f"{got if got is not None else type(out).__name__}")
+                cx, cy = out
                 if check:
                     self._check_finite(cx, cy, start + t, after="the correction")
                 v = self.to_phi(cx, cy, template)
@@ -384,7 +398,7 @@ class WakeFlow:
                    f"(largest residual {residual:.3g}): raise `max_iter` or `tol`")
         return SimulationError(
             f"the pressure solve of the wake-flow simulation failed at step {t} (batch entries {shown} of "
-            f"{failed.size}): {why}"
+            f"{failed.size}): {why}", entries=runs
         )
 
     @staticmethod
@@ -402,7 +416,7 @@ class WakeFlow:
             raise SimulationError(
                 f"the wake-flow simulation produced non-finite velocities at step {t} after {after} "
                 f"(batch entries {shown} of {bad.size}); lower the correction's magnitude, the time "
-                "step or the Reynolds number"
+                "step or the Reynolds number", entries=runs
             )
 
     def divergence(self, vx, vy) -> np.ndarray:
@@ -462,6 +476,18 @@ class Reference:
         if re.ndim != 1 or vx.ndim != 4 or vy.ndim != 4 or not vx.shape[0] == vy.shape[0] == re.shape[0]:
             raise ArgumentError(f"`Reference` needs one Reynolds number per run: vx {vx.shape}, vy {vy.shape} and re "
                                 f"{re.shape} must share their first dimension (vx and vy 4-D: run, frame, x, y)")
+        for name, a in (("re", re), ("vx", vx), ("vy", vy)):
+            if a.dtype.kind not in "iuf":
+                raise ArgumentError(f"`Reference.{name}` must hold numbers, got dtype {a.dtype}")
+            if not np.isfinite(a).all():  # a target frame's NaN made every loss NaN, silently
+                run, frame = (np.argwhere(~np.isfinite(a))[0].tolist() + [None])[:2]
+                where = f"run {run}" + (f", frame {frame}" if name != "re" else "")
+                raise ArgumentError(f"`Reference.{name}` holds a NaN or inf ({where}); every loss against it "
+                                    "would be NaN: recompute or drop that run")
+        # as arrays (a list of Reynolds numbers could not be indexed by a run array)
+        object.__setattr__(self, "re", re)
+        object.__setattr__(self, "vx", vx)
+        object.__setattr__(self, "vy", vy)
 
     def select(self, runs) -> "Reference":
         """The runs ``runs`` (an index or a sequence of them: the run axis is kept)."""

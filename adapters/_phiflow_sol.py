@@ -20,7 +20,7 @@ from torch.func import functional_call, vmap
 
 from zoracle._errors import ArgumentError
 
-from ._phiflow_sim import Reference, WakeFlow
+from ._phiflow_sim import Reference, SimulationError, WakeFlow
 
 __all__ = [
     "ParamBlock",
@@ -341,7 +341,16 @@ class SolverInTheLoop:
         coords = c.astype(np.int64)
         X = np.repeat(p[None], len(coords), axis=0)
         X[np.arange(len(coords)), coords] += p.dtype.type(step)
-        return self.batch(X)
+        try:
+            return self.batch(X)
+        except SimulationError as exc:  # its rows, as the coordinates they moved
+            rows = getattr(exc, "rows", None)
+            if rows:
+                moved = [int(coords[i]) for i in rows if i < len(coords)]
+                raise SimulationError(f"{exc}; the diverging queries move coordinate(s) "
+                                      f"{', '.join(map(str, moved[:8]))}{', ...' if len(moved) > 8 else ''} by {step:g}",
+                                      exc.entries) from None
+            raise
 
     def batch(self, params_batch) -> np.ndarray:
         """Loss of each row of ``params_batch`` (``(k, d)``), all in one batched simulation."""
@@ -371,7 +380,17 @@ class SolverInTheLoop:
             return cx.reshape((k * n,) + cx.shape[2:]), cy.reshape((k * n,) + cy.shape[2:])
 
         t0 = time.perf_counter()
-        self.flow.simulate(vx0, vy0, re, m, correct=correct)
+        try:
+            self.flow.simulate(vx0, vy0, re, m, correct=correct)
+        except SimulationError as exc:  # entries are (row, start state) pairs: name the rows
+            if exc.entries is None:
+                raise
+            rows = sorted({e // n for e in exc.entries})
+            names = [f"row {i}" if i < k - self.relative else "the uncorrected baseline (relative=True)" for i in rows]
+            err = SimulationError(f"{exc}: parameter {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} of "
+                                  f"{k - self.relative}", exc.entries)
+            err.rows = [i for i in rows if i < k - self.relative]
+            raise err from None
         self.solver_seconds += time.perf_counter() - t0
         self.solver_calls += 1
         if self.relative:

@@ -566,3 +566,35 @@ def test_a_blown_up_but_finite_state_gives_a_finite_loss(reference):
     small, big = oracle.batch(np.stack([p, 1e4 * p]))
     assert np.isfinite(big) and big > 1e30
     assert small == pytest.approx(oracle(p), rel=1e-6)
+
+
+def test_a_diverging_query_is_named_by_its_row_and_coordinate(reference):
+    """Named by its entry in the flattened simulation batch ("batch entries 4, 5 of 6"), which
+    a caller cannot map back: now the parameter row, and through CGE the coordinate."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3, seed=1)
+    p = pf.flat_params(net)
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=2, relative=True)
+    last = oracle.param_info[-1].slice
+    P = np.stack([p, p, p]).copy()
+    P[2, last] *= 1e25
+    with pytest.raises(pf.SimulationError, match="parameter row 2 of 3$"):
+        oracle.batch(P)
+    with pytest.raises(zo.OracleError, match=f"the diverging queries move coordinate\\(s\\) {oracle.d - 1} by 1e\\+25"):
+        zo.estimate_gradient(oracle, p, zo.CGE(mu=1e25), coordinates=np.array([0, oracle.d - 1]))
+
+
+def test_a_reference_takes_lists_and_refuses_nan_frames_and_a_correction_of_other_shapes(reference):
+    """re as a list passed the checks, then crashed indexing (TypeError); a NaN in a target frame
+    gave every loss NaN silently; a `correct` returning other shapes failed inside PhiFlow
+    ("Cannot merge shapes")."""
+    listed = pf.Reference(reference.vx, reference.vy, list(reference.re))
+    assert isinstance(listed.re, np.ndarray) and listed.select([1]).re.tolist() == [reference.re[1]]
+    bad = reference.vx.copy()
+    bad[1, 2, 0, 0] = np.nan
+    with pytest.raises(zo.ArgumentError, match=r"`Reference.vx` holds a NaN or inf \(run 1, frame 2\)"):
+        pf.Reference(bad, reference.vy, reference.re)
+    coarse = TINY.coarsened(2)
+    with pytest.raises(zo.ArgumentError, match="`correct` must return \\(vx, vy\\) of the shapes it was given"):
+        coarse.simulate(reference.vx[:, 0], reference.vy[:, 0], reference.re, 1,
+                        correct=lambda vx, vy, t: (vx[:1], vy[:1]))
