@@ -83,7 +83,7 @@ def xp(request):
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread for the test (timings and float summation order), restored after."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -288,6 +288,7 @@ def test_an_oracle_state_with_inf_or_bfloat16_buffers_checkpoints_and_resumes(tm
 def test_metrics_named_like_step_fields_are_kept_and_a_plot_cannot_take_the_checkpoints_path(tmp_path):
     """Metrics named 'mu' or 'step' were kept under their names and left out of every plot; two keys
     reading the same as text collapsed into one; plot=checkpoint's path replaced the checkpoint."""
+    pytest.importorskip("matplotlib")
     f = lambda p: float(p @ p)  # noqa: E731
     with pytest.warns(RuntimeWarning, match="stored as 'eval_mu'"):
         res = zo.train(f, np.ones(3), epochs=1, progress=False, eval_fn=lambda p: {"mu": 1.0, "dist": 2.0})

@@ -22,7 +22,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 # a block that imports one of these is skipped where it is not installed (core-only installs)
 OPTIONAL = {"torch": "torch", "sklearn": "scikit-learn", "onnxruntime": "onnxruntime", "phi": "phiflow",
-            "dask": "dask", "ray": "ray"}
+            "dask": "dask", "ray": "ray", "matplotlib": "matplotlib"}
 
 
 ADAPTERS = {"torch": "torch", "torch_models": "torch", "onnx": "onnxruntime", "phiflow": "phi"}
@@ -37,6 +37,8 @@ def needed_modules(code: str) -> set:
         out.add(parts[0])
         if parts[:2] == ["zoracle", "adapters"] and len(parts) > 2:
             out.add(ADAPTERS.get(parts[2], parts[2]))
+    if re.search(r"\bplot\s*=\s*[\"']|\.plot\(", code):  # train(plot="run.png") and result.plot() draw with it
+        out.add("matplotlib")
     return out
 
 

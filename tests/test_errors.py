@@ -226,6 +226,8 @@ def test_split_oracle_blocks_are_checked(blocks, fragment):
 
 @pytest.mark.parametrize("n", [1.5, "2", True, 0])
 def test_cluster_executors_take_integer_worker_counts(n):
+    pytest.importorskip("distributed")
+    pytest.importorskip("ray")
     from zoracle.executors import DaskExecutor, RayExecutor
 
     for cls in (DaskExecutor, RayExecutor):

@@ -849,6 +849,8 @@ def _parse(argv):
 
 
 def test_cli_helpers():
+    pytest.importorskip("distributed", reason="the Dask and Ray flags build their executors")
+    pytest.importorskip("ray")
     parser = argparse.ArgumentParser()
     add_executor_arguments(parser)
     for action in parser._actions:
