@@ -402,6 +402,12 @@ def test_a_checkpoint_that_cannot_be_written_names_its_file_step_and_the_last_go
         with pytest.warns(UserWarning, match="could not be written at step 12.*the result is returned") as record:
             result = zo.train(loss, np.zeros(3), **dict(kw, checkpoint=str(tmp_path / name)))
         assert result.steps == 12 and len([w for w in record if "could not be written" in str(w.message)]) == 1
+    # a budget that stops the run at an epoch's end makes that save the last: warned, the result returned
+    calls.clear()
+    monkeypatch.setattr(tr, "save_checkpoint", full_after(1))
+    with pytest.warns(UserWarning, match="could not be written at step 6.*the result is returned"):
+        result = zo.train(loss, np.zeros(3), **dict(kw, checkpoint=str(tmp_path / "d.npz"), max_queries=24))
+    assert result.steps == 6 and result.stopped
 
 
 def test_a_torch_run_resumed_in_other_train_eval_modes_is_warned_about(tmp_path):

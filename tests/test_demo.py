@@ -269,3 +269,8 @@ def test_defense_out_without_matplotlib_is_refused_before_any_work_and_skl2onnx_
     from zoracle.cli import REQUIRES
 
     assert "skl2onnx" not in REQUIRES["defense"]
+    # sol --out --no-plot writes no figure: taken without matplotlib
+    code = ("import sys\nsys.modules['matplotlib'] = None\nimport argparse\nfrom zoracle.cli import check_outputs\n"
+            f"check_outputs('sol', argparse.Namespace(out={str(tmp_path / 'sol')!r}, no_plot=True))\nprint('taken')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "taken", r.stderr

@@ -431,6 +431,9 @@ def test_train_results_compare_by_identity_and_minibatches_take_sparse_features(
     b = zo.train(loss, np.ones(3), epochs=1, progress=False, rng=1)
     assert a == a and a != b and b in [a, b] and [a, b].index(b) == 1
     X = sp.random(20, 5, density=0.3, format="csr", random_state=0)
+    assert zo.Minibatches([X, X], 4).n == 20  # a list of fields as a tuple of them
+    with pytest.raises(zo.ArgumentError, match=r"`arrays` entry 0 \(coo_matrix\) cannot be indexed by rows.*\.tocsr\(\)"):
+        zo.Minibatches((X.tocoo(), np.arange(20)), 4)  # refused when built, not at the first epoch
     mb = zo.Minibatches((X, np.arange(20)), 4, seed=0)
     assert len(mb) == 5 and mb.n == 20
     rows = [batch[1] for batch in mb(0)]

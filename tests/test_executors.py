@@ -1320,3 +1320,49 @@ def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
     monkeypatch.delitem(sys.modules, "cupy")
     use_device("cuda")
     assert calls == [("torch", 0)] and "cupy" not in sys.modules
+
+
+class _Scripted:
+    """A schedule() backend whose shards answer as ``behave(worker, shard, attempt)`` says."""
+
+    def __init__(self, n_workers, behave):
+        self.ws, self.busy, self.pending, self.behave, self.submits = list(range(n_workers)), {}, [], behave, []
+
+    def idle(self):
+        return [w for w in self.ws if w not in self.busy]
+
+    def workers(self):
+        return list(self.ws)
+
+    def name(self, w):
+        return f"worker{w}"
+
+    def submit(self, w, jid, shard):
+        self.busy[w] = jid
+        self.pending.append((w, jid, shard))
+        self.submits.append(shard)
+
+    def wait(self, timeout=None):
+        out = [(w, jid, self.behave(w, shard, self.submits.count(shard))) for w, jid, shard in self.pending]
+        for w, _, _ in self.pending:
+            del self.busy[w]
+        self.pending = []
+        return out
+
+    def abort(self, workers, hung):
+        pass
+
+
+def test_a_shard_lost_with_another_worker_runs_again_without_a_strike_and_is_bounded():
+    """A shard whose inputs went with another worker that died (Dask's "cancelled") counted as
+    a failure of its own: two such losses blamed it (an innocent shard) with "failed twice"."""
+    from zoracle._executors_core import LOST_RETRIES, ShardFailed, schedule
+
+    # lost twice, then fine: the run succeeds, no failure recorded against it
+    ok = _Scripted(2, lambda w, s, k: ("lost", "inputs gone") if s == 0 and k <= 2 else ("ok", [s], 0.0))
+    assert schedule(ok, [0, 1], [1, 1])[0] == [[0], [1]]
+    # lost for ever: bounded, and named as lost, not as a dead worker
+    never = _Scripted(2, lambda w, s, k: ("lost", "inputs gone") if s == 0 else ("ok", [s], 0.0))
+    with pytest.raises(ShardFailed, match=r"lost \d times as other workers died \(inputs gone\)") as info:
+        schedule(never, [0, 1], [1, 1])
+    assert "worker died" not in str(info.value) and never.submits.count(0) == LOST_RETRIES + 2

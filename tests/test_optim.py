@@ -250,6 +250,35 @@ def test_a_schedule_changed_between_its_fingerprint_steps_is_refused_on_resume(t
         zo.train(loss, np.zeros(3), mu=lambda t: 1e-3 if t < 48 else 1e-4, resume=True, **kw2)
 
 
+def test_a_users_dataclass_schedule_is_described_as_its_repr_was():
+    """A tuple field was written [3, 6], where checkpoints before field-by-field descriptions
+    hold its repr (3, 6): such a checkpoint no longer resumed."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class MultiStep:
+        init: float
+        milestones: tuple
+        gamma: float = 0.1
+
+        def __call__(self, t):
+            return self.init * self.gamma ** sum(t >= m for m in self.milestones)
+
+    for sched in (MultiStep(0.05, (3, 6)), MultiStep(0.05, (3,))):
+        assert zo._schedules.describe_schedule(sched) == repr(sched)
+
+
+def test_a_schedule_returning_a_fraction_resumes(tmp_path):
+    """The history check compared the raw Fraction(1, 10) with the 0.1 the run recorded."""
+    from fractions import Fraction
+
+    loss = lambda x: float(((x - 3) ** 2).sum())
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=4, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=ck, schedule=lambda t: Fraction(1, 10))
+    zo.train(loss, np.zeros(3), callbacks=[_stop_after(1)], **kw)
+    assert zo.train(loss, np.zeros(3), resume=True, **kw).steps == 4
+
+
 @pytest.mark.parametrize("make", [zo.adam, zo.sgd, zo.sign_sgd])
 def test_the_optimizers_refuse_float16_params(make):
     """Adam on float16 params gave NaN for every unmeasured coordinate (eps 1e-8 rounds to 0

@@ -832,7 +832,7 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                     if lost[i] <= LOST_RETRIES:  # not its failure: it runs again, and blames no one
                         queue.appendleft(i)
                         continue
-                    outcome = ("dead", outcome[1])
+                    outcome = ("err", ShardFailed(f"lost {lost[i]} times as other workers died ({outcome[1]})"), "")
                 where = backend.name(w)
                 if outcome[0] == "err" and not isinstance(outcome[1], Exception):
                     raise outcome[1]  # KeyboardInterrupt, SystemExit: never retried nor wrapped

@@ -157,10 +157,7 @@ def compare_history(path, steps, schedules: dict) -> None:
             old, t = r.get(key), r.get("step")
             if not isinstance(old, float) or not isinstance(t, int):
                 continue
-            try:
-                new = sched(t)
-            except Exception:  # its error, named, at its step
-                new = schedule_value(sched, t, name, positive=key == "mu")
+            new = schedule_value(sched, t, name, positive=key == "mu")  # as the run recorded it (a Fraction: a float)
             if new != old:
                 raise CheckpointError(
                     f"checkpoint {path!r} was written with another `{name}` schedule: its step {t} ran with "

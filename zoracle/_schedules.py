@@ -259,9 +259,11 @@ def _describe(value) -> str:
         return repr(float(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = ", ".join(f"{f.name}={_describe(getattr(value, f.name))}" for f in dataclasses.fields(value) if f.repr)
-        return f"{type(value).__name__}({fields})"
+        return f"{type(value).__qualname__}({fields})"  # as the dataclass repr names it
     if value is None or isinstance(value, (bool, str)):
         return repr(value)
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, list):
         return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, tuple):  # as its repr wrote it (older checkpoints hold that)
+        return "(" + ", ".join(_describe(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return f"<{type(value).__name__}>"

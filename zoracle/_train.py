@@ -96,7 +96,7 @@ class Minibatches:
         shapes = {(tuple(getattr(a, "shape", ())), str(getattr(a, "dtype", ""))) for a in arrays} \
             if isinstance(arrays, list) else set()
         if len(shapes) == 1 and getattr(arrays[0], "ndim", 0) >= 1 and (
-                len(arrays) > 8 or len(arrays) > len(arrays[0])):
+                len(arrays) > 8 or len(arrays) > _rows(arrays[0])):
             # list(X) of a 2-D array, or [ds[i] for i in ...]: rows, which would be read as fields (of
             # fewer samples than fields, or more fields than any data set has)
             raise ArgumentError(f"`arrays` is a list of {len(arrays)} arrays of one shape "
@@ -115,6 +115,12 @@ class Minibatches:
             raise ArgumentError(f"`arrays` must share their first dimension, got lengths {sorted(n)}")
         if n == {0}:  # every epoch would be empty (train failed later: "gave no batch for epoch 0")
             raise ArgumentError("`arrays` hold no samples (their first dimension is 0)")
+        for i, a in enumerate(arrays):  # rows taken by index now, not at the first epoch (after ZO-GraSP's queries)
+            try:
+                _take(a, np.arange(1))
+            except (TypeError, IndexError, KeyError, NotImplementedError) as exc:
+                raise ArgumentError(f"`arrays` entry {i} ({type(a).__name__}) cannot be indexed by rows ({exc}); "
+                                    "convert it (a SciPy sparse matrix: .tocsr())") from None
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
@@ -1162,7 +1168,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if stopped:
                     break
             if pos >= len(blist):
-                save(last=epoch + 1 == epochs)  # the epoch's steps are safe before eval_fn or a callback can fail
+                # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
+                # save when it is the last epoch, or a budget or callback stopped it here
+                save(last=stopped or epoch + 1 == epochs)
                 t0 = time.perf_counter()
                 mine = [r for r in steps_hist if r["epoch"] == epoch]
                 losses = [float(r["loss"]) for r in mine]

@@ -41,8 +41,9 @@ REQUIRES = {
 #: argument -> kind of output path the commands write (checked before the first query)
 OUTPUTS = {"plot": "file", "out": "dir", "cache": "dir"}
 
-#: (subcommand, argument) -> the module its output needs (checked before the first query)
-OUTPUT_REQUIRES = {("defense", "out"): "matplotlib", ("sol", "out"): "matplotlib"}
+#: (subcommand, argument) -> the module its output needs (checked before the first query), and
+#: the flag that turns that output off
+OUTPUT_REQUIRES = {("defense", "out"): ("matplotlib", None), ("sol", "out"): ("matplotlib", "no_plot")}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -154,8 +155,9 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
             _remove_empty(made)
             raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
                              f"({why})")
-    for (cmd, attr), module in OUTPUT_REQUIRES.items():
-        if cmd == name and getattr(args, attr, None) is not None and importlib.util.find_spec(module) is None:
+    for (cmd, attr), (module, off) in OUTPUT_REQUIRES.items():
+        if cmd == name and getattr(args, attr, None) is not None and not (off and getattr(args, off, False)) \
+                and importlib.util.find_spec(module) is None:
             _remove_empty(made)
             raise _missing(name, f"--{attr} writes a figure, which needs {module}", prog)
     if getattr(args, "plot", None) is not None:
