@@ -323,3 +323,26 @@ def test_a_classifier_failure_names_the_points_of_its_batch_and_a_bad_label_its_
     with pytest.raises(zo.OracleError, match=r"oracle returned 9 at noise sample 0 of point 2: labels must lie in "
                                              r"\[0, 2\)"):
         zo.smoothing.certify_batch(bad_label, X, sigma=0.25, n0=50, n=500, num_classes=2, rng=0)
+
+
+def test_zo_smoothing_after_import_zoracle_as_zo_and_batch_slices_and_big_endian_points():
+    """docs/defense.md calls zo.smoothing.radius(...), which raised AttributeError after
+    `import zoracle as zo`; a CertificateBatch slice raised an unrelated TypeError (and it had
+    no len); big-endian float32 points were "not float32"."""
+    import subprocess
+    import sys
+
+    code = ("import zoracle as zo, sys; before = 'zoracle.smoothing' in sys.modules; "
+            "print(zo.smoothing.radius(300, 300, 0.001, 0.25), not before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert abs(float(out[0]) - 0.49994) < 1e-5 and out[1] == "True"  # imported on first use
+    X = np.stack([np.full(4, v) for v in (1.0, 2.0, -3.0)])
+    clf = lambda xb: (xb.reshape(len(xb), -1).sum(1) > 0).astype(int)  # noqa: E731
+    batch = zo.smoothing.certify_batch(clf, X, sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
+    assert len(batch) == 3 and batch.queries == 3 * 120
+    part = batch[1:]
+    assert isinstance(part, zo.smoothing.CertificateBatch) and len(part) == 2 and part.queries == 240
+    assert part[0] == batch[1] and batch[[2, 0]].predictions.tolist() == [batch[2].prediction, batch[0].prediction]
+    big = zo.smoothing.certify_batch(clf, X.astype(">f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
+    small = zo.smoothing.certify_batch(clf, X.astype("<f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
+    np.testing.assert_array_equal(big.radii, small.radii)

@@ -72,6 +72,16 @@ def _map_source_tree(name: str) -> None:
 _map_source_tree("adapters")
 _map_source_tree("apps")
 
+
+def __getattr__(name: str):
+    """``zo.smoothing``, ``zo.testing`` and ``zo.executors`` after ``import zoracle as zo``,
+    imported when first used (SciPy's statistics and hypothesis stay out of ``import zoracle``)."""
+    if name in ("smoothing", "testing", "executors"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ArgumentError",
     "BatchOracle",

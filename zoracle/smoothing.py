@@ -232,6 +232,8 @@ def _points(x) -> np.ndarray:
                             "or x[:, None] for scalar points")
     if x.dtype.kind in "iub":
         return x.astype(np.float32)
+    if x.dtype.kind == "f" and not x.dtype.isnative:  # big-endian (FITS, netCDF loaders): the same numbers
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.dtype not in (np.float32, np.float64):  # float16, complex: no Gaussian noise in that dtype
         raise ArgumentError(f"`x` must be real with dtype float32 or float64 (or integers), got {x.dtype}; "
                             "use x.astype(np.float32)")
@@ -385,9 +387,23 @@ class CertificateBatch:
     def certified_accuracy(self, labels, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
         return certified_accuracy(self.radii, self.correct(labels), r_grid)
 
-    def __getitem__(self, i) -> Certificate:
-        return Certificate(int(self.predictions[i]), float(self.radii[i]), float(self.p_lower[i]),
-                           int(self.n_a[i]), self.n)
+    def __len__(self) -> int:
+        return int(self.predictions.shape[0])
+
+    def __getitem__(self, i):
+        """Point ``i``'s :class:`Certificate`; a slice or an index array, the batch of those points
+        (its ``queries`` theirs: ``n0 + n`` each)."""
+        if isinstance(i, numbers.Integral) and not isinstance(i, bool):
+            return Certificate(int(self.predictions[i]), float(self.radii[i]), float(self.p_lower[i]),
+                               int(self.n_a[i]), self.n)
+        try:
+            idx = np.arange(len(self))[i]
+        except (IndexError, TypeError, ValueError) as exc:
+            raise ArgumentError(f"a CertificateBatch is indexed by an int, a slice or an index array, got {i!r} ({exc})") from None
+        idx = np.atleast_1d(idx)
+        per_point = self.queries // max(1, len(self))
+        return CertificateBatch(self.predictions[idx], self.radii[idx], self.p_lower[idx], self.n_a[idx], self.n,
+                                per_point * idx.size)
 
 
 def _check_classifier(classifier) -> None:
