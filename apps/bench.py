@@ -56,24 +56,32 @@ ZOO_MODELS = ("resnet18", "mobilenet_v3_small")  # torchvision-style, from torch
 FALLBACK_WIDTH = 24  # torchvision-style ResNet-18 at width 24: 1.59M parameters
 
 
+def _number(s, kind):
+    """``kind(s)``, or argparse's error in plain words (not "invalid _positive_int value")."""
+    try:
+        return kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {s!r}") from None
+
+
 def _positive_int(s):
-    v = int(s)
+    v = _number(s, int)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
 
 
 def _seed(s):
-    v = int(s)
+    v = _number(s, int)
     if not 0 <= v < 2**63:  # as zoracle demo: NumPy seeds are non-negative
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {s}")
     return v
 
 
 def _positive_float(s):
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    v = _number(s, float)
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
     return v
 
 

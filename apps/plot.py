@@ -35,8 +35,9 @@ def main(args) -> int:
                                "figure its own path (e.g. run.png)")
     from zoracle._plot import check_plot_path
 
-    check_plot_path(args.figure, "FIGURE")  # named as the command line names it, before the checkpoint is read
+    # the checkpoint read first: a refused one leaves no folder the figure's check made
     history = zo.History.from_checkpoint(args.checkpoint)
+    check_plot_path(args.figure, "FIGURE")  # named as the command line names it
     history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
     last = history.steps[-1]  # plot refused a history without steps
     done = f"{len(history.steps)} steps, {len(history.epochs)} epochs"

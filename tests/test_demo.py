@@ -207,10 +207,24 @@ def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
     own flags: a refused command left them behind, empty."""
     assert main(["demo", "--plot", str(tmp_path / "a" / "b" / "x.png"), "--epochs", "0"]) == 1
     assert main(["defense", "--out", str(tmp_path / "c" / "d"), "--test-points", "999"]) == 1
+    # zoracle plot made the figure's folders before it read the checkpoint it then refused
+    assert main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "figs" / "a" / "run.png")]) == 1
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
     assert main(["demo", "--plot", str(tmp_path / "kept" / "x.png"), "--epochs", "0"]) == 1
     assert (tmp_path / "kept").is_dir()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--batch", "abc"], "argument --batch: expected an integer, got 'abc'"),  # was "invalid _positive_int value"
+    (["--seed", "abc"], "argument --seed: expected an integer, got 'abc'"),
+    (["--mu", "abc"], "argument --mu: expected a number, got 'abc'"),
+    (["--mu", "inf"], "argument --mu: must be a finite number > 0, got inf"),  # passed, then named `mu`
+])
+def test_bench_flags_are_refused_in_plain_words(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", *argv])
+    assert said in capsys.readouterr().err
 
 
 def test_flags_refused_in_one_line_that_ended_in_tracebacks(capsys):

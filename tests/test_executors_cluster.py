@@ -114,6 +114,10 @@ class HangAt:
         return _loss(x)
 
 
+def _sigint_ignored():
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 class KillsAt:
     """Kills its worker process (os._exit) whenever coordinate ``i`` is moved away from 0."""
 
@@ -340,6 +344,13 @@ class TestDask(ClusterContract):
     @classmethod
     def cluster(cls, dask_dir):
         yield from dask_cluster(dask_dir)
+
+    def test_a_terminals_ctrl_c_reaches_the_driver_only(self, cluster):
+        """A Ctrl-C (SIGINT to the whole process group) killed the local cluster's workers too,
+        each printing its traceback, and the restart after the interrupt waited for them."""
+        ignored = cluster.client.run(_sigint_ignored)
+        assert ignored and all(ignored.values()), ignored
+        assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the driver's own is back
 
     def test_local_cluster_is_loopback_only(self, cluster):
         info = cluster.client.sync(cluster.client.scheduler.identity, n_workers=-1)

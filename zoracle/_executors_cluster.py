@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import numbers
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -268,6 +270,22 @@ class _DaskBackend:
             self.ex._restart(sorted(stuck))
 
 
+@contextlib.contextmanager
+def _ctrl_c_stays_here():
+    """SIGINT ignored while a local cluster's processes start: they inherit it (and the workers
+    their nannies restart), so a terminal's Ctrl-C, sent to the whole process group, reaches the
+    driver only, which stops the run (the workers printed their tracebacks and died under it, and
+    the restart after the interrupt waited for them). Only the main thread can set it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
     """Keyword arguments for the local cluster: named wrong, a worker failed to start later
     with the name only in its logs ("Nanny failed to start"); with another cluster they were
@@ -364,7 +382,7 @@ class DaskExecutor(ShardedExecutor):
         if self._scratch is not None:  # the scheduler's own scratch space too
             quiet["temporary-directory"] = self._scratch
         try:
-            with dask.config.set(quiet):
+            with dask.config.set(quiet), _ctrl_c_stays_here():
                 self.cluster = distributed.LocalCluster(**kw)
                 self.client = distributed.Client(self.cluster)
         except BaseException:
@@ -407,14 +425,16 @@ class DaskExecutor(ShardedExecutor):
         bare = [a for a in addrs if a in info and not info[a].get("nanny")]
         if nanny:
             try:
-                status = self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False) or {}
+                with _ctrl_c_stays_here():  # the new worker processes ignore a terminal's Ctrl-C too
+                    status = self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False) or {}
                 failed = {a: v for a, v in status.items() if str(v).upper() != "OK"}
             except Exception as exc:  # the worker is stuck either way: stop using it
                 failed = {a: f"{type(exc).__name__}: {exc}" for a in nanny}
             if failed:
-                bare += list(failed)
+                self._stuck.update(failed)
                 warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(failed)} failed "
-                              f"({'; '.join(map(str, failed.values()))})", RuntimeWarning, stacklevel=2)
+                              f"({'; '.join(map(str, failed.values()))}); zoracle gives them no more shards",
+                              RuntimeWarning, stacklevel=2)
         if bare:
             self._stuck.update(bare)
             warnings.warn(
