@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/cge_speed.py            # MLP and CNN, table on stdout
-    python benchmarks/cge_speed.py --quick    # under a minute on 2 cores
-    python benchmarks/cge_speed.py --json     # {"mlp": {...}, "cnn": {...}}
+    python benchmarks/cge_speed.py            # mlp, cnn, resnet18, mobilenet_v3_small, deepzero, fallback
+    python benchmarks/cge_speed.py --quick    # about 1-2 minutes on 2 cores
+    python benchmarks/cge_speed.py --json     # {"mlp": {...}, "cnn": {...}, ...}
     python benchmarks/cge_speed.py --device cuda --model resnet20
 
 Same as ``zoracle bench``; see :mod:`zoracle.apps.bench` for the columns. The exit code is 1

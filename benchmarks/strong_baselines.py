@@ -157,7 +157,7 @@ def mlp_baselines():
     # (b) vs (d) on sub
     h = ((theta[sub] + theta.dtype.type(mu)) - theta[sub]).astype(np.float64)
     print(f"max|g_b - g_d| on 2000 coords: {np.abs((fb - f0)/h - gd[sub]).max():.2e}; max|g_d| {np.abs(gd).max():.3f}")
-    for g_other in ((fb - f0) / h - gd[sub], gv - gd, gl - gd):
+    for g_other in ((fb - f0) / h - gd[sub], (fi - f0) / h - gd[sub], gv - gd, gl - gd):
         agree(g_other, f0)
 
 

@@ -128,26 +128,28 @@ def test_bad_flags_give_one_line_errors(capsys):
         bench.run(_args(["--model", "mlp", "--sparsity", "1.5"]))
 
 
-def test_the_check_fails_a_fast_path_that_zeroes_a_layer(monkeypatch):
+@pytest.mark.parametrize("layer, naive", [(0, "60"), (2, "400")])
+def test_the_check_fails_a_fast_path_that_zeroes_a_layer(monkeypatch, layer, naive):
     """The float32 check's tolerance (float32 rounding over mu, 1.75e-3 on the MLP) is above 98.9%
     of the MLP's partials: a fast path that zeroed the whole first layer (4,160 coordinates)
     passed it, even with every coordinate checked. The check now also compares (d) with (b) on a
-    float64 copy, where both are exact to round-off."""
+    float64 copy, where both are exact to round-off, on coordinates drawn from every layer (the
+    64 lowest indices were all in the first: a middle layer zeroed passed)."""
     import zoracle as zo
 
     real = zo.estimate_gradient
 
-    def zeroes_the_first_layer(oracle, params, *a, **k):
+    def zeroes_a_layer(oracle, params, *a, **k):
         est = real(oracle, params, *a, **k)
         blocks = getattr(oracle, "blocks", None)
         if not blocks:
             return est
         grad = np.array(est.grad)
-        grad[blocks[0]] = 0.0
+        grad[blocks[layer]] = 0.0
         return zo.GradientEstimate(grad, est.loss, est.nfev, est.state)
 
-    monkeypatch.setattr(zo, "estimate_gradient", zeroes_the_first_layer)
-    r = bench.run(_args(["--model", "mlp", "--quick", "--naive-coords", "60", "--coords", "1500", "--repeat", "2"]))
+    monkeypatch.setattr(zo, "estimate_gradient", zeroes_a_layer)
+    r = bench.run(_args(["--model", "mlp", "--quick", "--naive-coords", naive, "--repeat", "2"]))
     c = r["mlp"]["check"]
     assert c["max_abs_diff_vs_inplace"] <= c["tol"]  # the float32 comparison alone passes it
     assert c["max_abs_diff_vs_inplace_float64"] > 1e3 * c["tol_float64"] and not c["ok"]
