@@ -121,7 +121,7 @@ def test_fallback_comparison_reports_its_ratio():
 def test_bad_flags_give_one_line_errors(capsys):
     with pytest.raises(SystemExit):
         _args(["--mu", "-1"])
-    assert "must be > 0" in capsys.readouterr().err
+    assert "must be a finite number > 0" in capsys.readouterr().err
     import zoracle as zo
 
     with pytest.raises(zo.ArgumentError, match="sparsity"):
