@@ -598,3 +598,28 @@ def test_a_reference_takes_lists_and_refuses_nan_frames_and_a_correction_of_othe
     with pytest.raises(zo.ArgumentError, match="`correct` must return \\(vx, vy\\) of the shapes it was given"):
         coarse.simulate(reference.vx[:, 0], reference.vy[:, 0], reference.re, 1,
                         correct=lambda vx, vy, t: (vx[:1], vy[:1]))
+
+
+def test_a_correction_overflowing_and_a_diverging_baseline_are_named_and_reference_numbers_checked(
+        reference, monkeypatch):
+    """The non-finite-velocity path (a correction that overflows) named no row; a diverging
+    uncorrected baseline (relative=True) must not be called a parameter row; a Reference of
+    booleans was taken."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3, seed=1)
+    p = pf.flat_params(net)
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=2, relative=True)
+    P = np.stack([p, p, p]).copy()
+    P[2, oracle.param_info[-1].slice] = 1e300
+    with pytest.raises(pf.SimulationError, match="after the correction.*parameter row 2 of 3$"):
+        oracle.batch(P)
+    n = len(oracle.starts)
+
+    def baseline_diverges(self, *args, **kwargs):  # the last batch entries: the uncorrected baseline's
+        raise pf.SimulationError("diverged", entries=[3 * n])
+
+    monkeypatch.setattr(type(oracle.flow), "simulate", baseline_diverges)
+    with pytest.raises(pf.SimulationError, match="diverged: parameter the uncorrected baseline \\(relative=True\\) of 3"):
+        oracle.batch(P[:3])
+    with pytest.raises(zo.ArgumentError, match="`Reference.re` must hold numbers"):
+        pf.Reference(reference.vx, reference.vy, np.array([True, False]))

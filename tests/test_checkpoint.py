@@ -408,6 +408,13 @@ def test_a_checkpoint_that_cannot_be_written_names_its_file_step_and_the_last_go
     with pytest.warns(UserWarning, match="could not be written at step 6.*the result is returned"):
         result = zo.train(loss, np.zeros(3), **dict(kw, checkpoint=str(tmp_path / "d.npz"), max_queries=24))
     assert result.steps == 6 and result.stopped
+    # resumed from the file it saves to: the failure names the step that file holds
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    ck2 = str(tmp_path / "e.npz")
+    zo.train(loss, np.zeros(3), **dict(kw, checkpoint=ck2, epochs=2))
+    monkeypatch.setattr(tr, "save_checkpoint", full_after(0))
+    with pytest.raises(zo.CheckpointError, match="could not be written at step 9.*the checkpoint there still holds step 6"):
+        zo.train(loss, np.zeros(3), **dict(kw, checkpoint=ck2, resume=True))
 
 
 def test_a_torch_run_resumed_in_other_train_eval_modes_is_warned_about(tmp_path):
@@ -435,3 +442,15 @@ def test_a_torch_run_resumed_in_other_train_eval_modes_is_warned_about(tmp_path)
         zo.train(o, o.initial_params(), resume=path, **kw)
     o = make()  # the same modes: resumed without a word (the suite's filters make a warning an error)
     zo.train(o, o.initial_params(), resume=path, **kw)
+    o = make()  # update_stats changes what a plain call writes: warned too
+    o.update_stats = False
+    with pytest.warns(UserWarning, match="other train/eval modes \\(or update_stats\\)"):
+        zo.train(o, o.initial_params(), resume=path, **kw)
+    arrays, meta = zo.load_checkpoint(path)  # written before checkpoints held the modes: nothing to compare
+    meta.pop("modes")
+    for k in ("format", "version"):
+        meta.pop(k, None)
+    old = str(tmp_path / "old.npz")
+    zo.save_checkpoint(old, arrays, meta)
+    o = make(train_mode=False)
+    zo.train(o, o.initial_params(), resume=old, **kw)

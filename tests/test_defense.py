@@ -223,3 +223,25 @@ def test_the_regenerate_line_names_the_output_folder_given():
     assert command_line(QUICK, "my runs/d") == "zoracle defense --quick --out 'my runs/d'"
     assert command_line(QUICK, None) == "zoracle defense --quick"
     assert command_line(FULL) == "zoracle defense --out results/defense"
+
+
+def test_the_numbers_are_written_before_the_figure(tmp_path, monkeypatch):
+    """defense.json came after the figure: a plot that failed (matplotlib missing, a backend
+    error) lost the run's numbers after all its work."""
+    row = defense.RowResult("none", {"0": 0.9}, 0.0, 0, 0.0, 0.0, 10, 0.1)
+    report = defense.DefenseReport(defense.QUICK, {"none": row}, 0.9, 0.8, 1.0)
+
+    def broken(report, path):
+        raise RuntimeError("figure backend failed")
+
+    monkeypatch.setattr(defense, "plot", broken)
+    monkeypatch.setattr(defense, "markdown", lambda report, out: "")
+    with pytest.raises(RuntimeError, match="figure backend failed"):
+        defense.write(report, str(tmp_path))
+    assert json.loads((tmp_path / "defense.json").read_text())["clean_accuracy"] == 0.9
+
+
+def test_an_integer_flag_says_integer(capsys):
+    with pytest.raises(SystemExit):
+        cli(["defense", "--n", "1.5"])
+    assert "--n: expected an integer, got '1.5'" in capsys.readouterr().err

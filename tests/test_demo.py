@@ -288,3 +288,17 @@ def test_defense_out_without_matplotlib_is_refused_before_any_work_and_skl2onnx_
             f"check_outputs('sol', argparse.Namespace(out={str(tmp_path / 'sol')!r}, no_plot=True))\nprint('taken')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "taken", r.stderr
+
+
+def test_a_cluster_address_that_is_none_is_named_by_its_flag_and_plot_by_the_wrapping_script(capsys):
+    """demo --dask tcp://127.0.0.1 (no port) ended in a 20-frame traceback from distributed; a
+    wrapper's --plot without matplotlib named `zoracle demo`, not the script run."""
+    pytest.importorskip("distributed")
+    assert main(["demo", "--quick", "--methods", "deepzero", "--dask", "tcp://127.0.0.1"]) != 0
+    err = capsys.readouterr().err
+    assert "--dask tcp://127.0.0.1: could not start or reach the cluster" in err and "Traceback" not in err
+    code = ("import sys\nsys.modules['matplotlib'] = None\nfrom zoracle.cli import main\n"
+            "sys.exit(main(['demo', '--quick', '--plot', 'c.png'], prog='python examples/demo.py'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and r.stderr.startswith("python examples/demo.py: needs the 'apps' extra (--plot needs "
+                                                     "matplotlib)"), r.stderr

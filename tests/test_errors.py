@@ -348,6 +348,14 @@ def test_batches_given_as_one_pair_is_named():
                                                 r"\(X, y\).*pass \[\(X, y\)\]"):
         zo.train(lambda x: float(x @ x), np.ones(3), batches=(X, y), epochs=1, progress=False)
 
+    class Bound:  # an oracle bound to one array a step
+        def bind(self, batch):
+            return lambda p: float(p @ p) + float(np.sum(batch))
+
+    # two batches of other sizes, and three batches, are batches
+    assert zo.train(Bound(), np.ones(3), batches=(np.ones(10), np.ones(6)), epochs=1, progress=False).steps == 2
+    assert zo.train(Bound(), np.ones(3), batches=(np.ones(10),) * 3, epochs=1, progress=False).steps == 3
+
 
 @pytest.mark.parametrize("kwargs", [dict(blocks=[slice(0, 2), slice(2, 4)]), dict(score_kinds=("conv",)),
                                     dict(mask_shuffle_interval="step")])

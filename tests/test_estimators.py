@@ -581,6 +581,7 @@ def test_the_integer_loss_warning_is_given_for_each_plain_function():
 @pytest.mark.parametrize("costs, match", [([1.0], "must give one finite cost >= 0 for each of its 2 blocks"),
                                           (["fast", "slow"], "could not be read as numbers"),
                                           ([1.0, float("nan")], "must give one finite cost"),
+                                          ([-1.0, 2.0], "finite cost >= 0"),
                                           (lambda: [1.0, 2.0], "could not be read as numbers")])
 def test_a_bad_block_costs_hint_is_named_before_any_query(costs, match):
     """A hint shorter than the blocks, or not numbers, crashed the planner with a bare
@@ -589,6 +590,6 @@ def test_a_bad_block_costs_hint_is_named_before_any_query(costs, match):
     q.block_costs = costs
     with pytest.raises(zo.ArgumentError, match=match):
         zo.estimate_gradient(q, np.ones(10), zo.CGE(mu=1e-3))
-    q.block_costs = [1.0, 2.0]  # a good hint changes nothing in the estimate
+    q.block_costs = [0.0, 2.0]  # a good hint (a zero cost too) changes nothing in the estimate
     np.testing.assert_allclose(zo.estimate_gradient(q, np.ones(10), zo.CGE(mu=1e-3, scheme="central")).grad,
                                np.ones(10), atol=1e-9)

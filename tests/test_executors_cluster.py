@@ -490,3 +490,35 @@ def test_dask_names_the_shard_that_kills_its_workers_not_one_that_lost_its_input
                 zo.estimate_gradient(KillsAt(7), x, zo.CGE(), executor=ex)
             lo, hi = map(int, re.search(r"coordinates (\d+)\.\.(\d+)", str(info.value)).groups())
             assert lo <= 7 <= hi, str(info.value)
+
+
+def test_the_dask_backend_reports_a_cancelled_or_vanished_result_as_lost(monkeypatch):
+    """A finished future whose result went with its worker raised a bare FutureCancelledError
+    from wait(); a cancelled one (its inputs forgotten with a dead worker) counted as a failure
+    of its own shard ("dead"). Both are lost: run again without a strike."""
+    pytest.importorskip("distributed")
+    from zoracle._executors_cluster import _DaskBackend
+
+    class Future:
+        def __init__(self, status, result=None):
+            self.status, self._result = status, result
+
+        def done(self):
+            return True
+
+        def result(self):
+            if isinstance(self._result, Exception):
+                raise self._result
+            return self._result
+
+    class Ex:
+        _stuck = set()
+
+    backend = _DaskBackend(Ex(), payload=None, futs={})
+    backend.busy = {("w0", 0): (1, Future("cancelled")), ("w1", 0): (2, Future("finished", RuntimeError("forgotten"))),
+                    ("w2", 0): (3, Future("finished", ("ok", [1.0], 0.1)))}
+    import distributed
+
+    monkeypatch.setattr(distributed, "wait", lambda futs, timeout=None, return_when=None: None)
+    out = {jid: outcome[0] for _, jid, outcome in backend.wait()}
+    assert out == {1: "lost", 2: "lost", 3: "ok"}

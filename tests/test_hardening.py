@@ -466,6 +466,15 @@ def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
         "schedule", m["config"]["schedule"].replace("init=0.1", "init=np.float64(0.1)")))
     assert "np.float64(0.1)" in zo.load_checkpoint(numpy_scalar)[1]["config"]["schedule"]
     assert _run(tmp_path / "r2.npz", resume=numpy_scalar, schedule=sched, epochs=3).steps == 9
+    # the optimizer's and mu's texts alike
+    kw = dict(epochs=3, optimizer=zo.sgd(0.1, momentum=0.5), mu=0.001, progress=False, rng=0,
+              estimator=zo.RGE(directions=2))
+    ck = str(tmp_path / "rge.npz")
+    zo.train(lambda x: float(x @ x), np.ones(3), checkpoint=ck, callbacks=[lambda e, r, p: r["epoch"] == 0], **kw)
+    for key, was, now in (("optimizer", "weight_decay=0.0", "weight_decay=0"), ("mu", "0.001", "np.float64(0.001)")):
+        edited = _tamper(ck, tmp_path / f"{key}.npz", meta_edit=lambda m: m["config"].__setitem__(
+            key, m["config"][key].replace(was, now)))
+        assert zo.train(lambda x: float(x @ x), np.ones(3), resume=str(edited), **kw).steps == 3
     other = _tamper(ckpt, tmp_path / "other.npz",
                     meta_edit=lambda m: m["config"].__setitem__("schedule", m["config"]["schedule"].replace(
                         "final=0.0", "final=0.01")))

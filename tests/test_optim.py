@@ -266,6 +266,10 @@ def test_a_users_dataclass_schedule_is_described_as_its_repr_was():
 
     for sched in (MultiStep(0.05, (3, 6)), MultiStep(0.05, (3,))):
         assert zo._schedules.describe_schedule(sched) == repr(sched)
+    # ours store their numbers as floats: linear_warmup(1, 3) is linear_warmup(1.0, 3)
+    assert isinstance(zo.linear_warmup(1, 3).schedule, float)
+    assert zo._schedules.describe_schedule(zo.linear_warmup(1, 3)) == zo._schedules.describe_schedule(
+        zo.linear_warmup(1.0, 3))
 
 
 def test_a_schedule_returning_a_fraction_resumes(tmp_path):

@@ -324,6 +324,20 @@ def test_a_classifier_failure_names_the_points_of_its_batch_and_a_bad_label_its_
                                              r"\[0, 2\)"):
         zo.smoothing.certify_batch(bad_label, X, sigma=0.25, n0=50, n=500, num_classes=2, rng=0)
 
+    class Spent(zo.ZoracleError):  # a classifier's own report (an ONNX query budget spent): as it is
+        pass
+
+    calls = []
+
+    def budgeted(xb):
+        calls.append(1)
+        if len(calls) > 1:
+            raise Spent("budget spent")
+        return (xb.reshape(len(xb), -1).sum(1) > 0).astype(int)
+
+    with pytest.raises(Spent, match="budget spent"):
+        zo.smoothing.certify_batch(budgeted, X, sigma=0.25, n0=50, n=500, num_classes=2, rng=0, batch_size=100)
+
 
 def test_zo_smoothing_after_import_zoracle_as_zo_and_batch_slices_and_big_endian_points():
     """docs/defense.md calls zo.smoothing.radius(...), which raised AttributeError after

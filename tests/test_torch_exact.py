@@ -2264,6 +2264,10 @@ def test_suffix_refuses_features_from_other_params_or_another_batch():
         other.suffix(feats, a, 1, [lo], 1e-3)
     np.testing.assert_allclose(oracle.suffix(feats, a.copy(), 1, [lo], 1e-3),  # equal params, another array: fine
                                _plain_losses(oracle, a, [lo], 1e-3), rtol=1e-12)
+    feats = oracle.prefix(a, 1)
+    a += 0.5  # the same array written in place after prefix (float64 on the CPU shares its memory)
+    with pytest.raises(zo.ArgumentError, match="`features` come from prefix at other `params`"):
+        oracle.suffix(feats, a, 1, [lo], 1e-3)
 
 
 def test_a_float32_loss_keeps_the_split_through_a_mode_change():
@@ -2282,3 +2286,37 @@ def test_a_float32_loss_keeps_the_split_through_a_mode_change():
         got = oracle.coordinate_losses(theta, coords, step)
     assert oracle.blocks
     np.testing.assert_allclose(got, _plain_losses(oracle, theta, coords, step), rtol=1e-6)
+
+
+class _FunctionalDropout(nn.Module):
+    """A functional op reading self.training (p=0: a no-op): after a mode change the capture
+    differs only in that constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = F.dropout(F.relu(self.c1(x)), p=0.0, training=self.training)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_the_recheck_after_a_mode_change_keeps_splits_it_has_no_reason_to_retire():
+    """The float64 recapture after a mode change compares the graphs' operations, not their
+    constants (a functional dropout's training flag), and a model deepcopy refuses (it holds a
+    lock) keeps its split: the recapture gives no verdict, not a failure."""
+    import threading
+
+    torch.manual_seed(0)
+    dropout = _FunctionalDropout().eval()
+    locked = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    locked.lock = threading.Lock()
+    for model, x, y in ((dropout, torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))),
+                        (locked, torch.randn(32, 4), torch.randint(0, 3, (32,)))):
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        model.train(not model.training)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            oracle.coordinate_losses(theta, np.arange(0, oracle.size, 5), np.float32(0.05))
+        assert oracle.blocks
