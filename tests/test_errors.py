@@ -440,6 +440,25 @@ def test_train_results_compare_by_identity_and_minibatches_take_sparse_features(
     assert a == a and a != b and b in [a, b] and [a, b].index(b) == 1
     X = sp.random(20, 5, density=0.3, format="csr", random_state=0)
     assert zo.Minibatches([X, X], 4).n == 20  # a list of fields as a tuple of them
+    pd = pytest.importorskip("pandas")  # pandas objects without .iloc take positions
+    cat = pd.Categorical(list("abcdefghij"))
+    assert zo.Minibatches((cat, np.arange(10)), 5, seed=0)(0)[0][0].tolist() == list(
+        cat[zo.Minibatches((cat, np.arange(10)), 5, seed=0)(0)[0][1]])
+
+    class Increasing:  # an h5py dataset's rule: indices in increasing order only
+        shape = (6, 2)
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, rows):
+            if np.any(np.diff(rows) <= 0):
+                raise TypeError("Indexing elements must be in increasing order")
+            return np.zeros((len(rows), 2))
+
+    with pytest.raises(zo.ArgumentError, match="cannot be indexed by rows in any order.*shuffle=False"):
+        zo.Minibatches((Increasing(), np.arange(6)), 2)  # refused when built, not at the first shuffled epoch
+    assert len(zo.Minibatches((Increasing(), np.arange(6)), 2, shuffle=False)(0)) == 3
     with pytest.raises(zo.ArgumentError, match=r"`arrays` entry 0 \(coo_matrix\) cannot be indexed by rows.*\.tocsr\(\)"):
         zo.Minibatches((X.tocoo(), np.arange(20)), 4)  # refused when built, not at the first epoch
     mb = zo.Minibatches((X, np.arange(20)), 4, seed=0)

@@ -350,6 +350,15 @@ class TestDask(ClusterContract):
         each printing its traceback, and the restart after the interrupt waited for them."""
         ignored = cluster.client.run(_sigint_ignored)
         assert ignored and all(ignored.values()), ignored
+        # a worker its nanny restarts (an oracle that killed it) too
+        pid = next(iter(cluster.client.run(os.getpid).values()))
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and pid in cluster.client.run(os.getpid).values():
+            time.sleep(0.5)
+        cluster.client.wait_for_workers(len(ignored), timeout=60)
+        again = cluster.client.run(_sigint_ignored)
+        assert pid not in cluster.client.run(os.getpid).values() and all(again.values()), again
         assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the driver's own is back
 
     def test_local_cluster_is_loopback_only(self, cluster):

@@ -357,6 +357,11 @@ def test_zo_smoothing_after_import_zoracle_as_zo_and_batch_slices_and_big_endian
     part = batch[1:]
     assert isinstance(part, zo.smoothing.CertificateBatch) and len(part) == 2 and part.queries == 240
     assert part[0] == batch[1] and batch[[2, 0]].predictions.tolist() == [batch[2].prediction, batch[0].prediction]
+    assert isinstance(batch[np.array(2)], zo.smoothing.Certificate)  # a 0-d index: one point
+    for bad in (True, np.array([[0, 1], [1, 2]])):
+        with pytest.raises(zo.ArgumentError, match="indexed by an int, a slice, or a 1-D index or boolean array"):
+            batch[bad]
+    assert {"smoothing", "testing", "executors"} <= set(dir(zo))  # tab completion before first use
     big = zo.smoothing.certify_batch(clf, X.astype(">f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     small = zo.smoothing.certify_batch(clf, X.astype("<f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     np.testing.assert_array_equal(big.radii, small.radii)

@@ -76,11 +76,18 @@ _map_source_tree("apps")
 def __getattr__(name: str):
     """``zo.smoothing``, ``zo.testing`` and ``zo.executors`` after ``import zoracle as zo``,
     imported when first used (SciPy's statistics and hypothesis stay out of ``import zoracle``)."""
-    if name in ("smoothing", "testing", "executors"):
+    if name in _LAZY:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_LAZY = ("smoothing", "testing", "executors")
+
+
+def __dir__():  # tab completion sees the lazy submodules before their first use
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "ArgumentError",

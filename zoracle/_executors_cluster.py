@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import numbers
 import os
 import shutil
-import signal
 import stat
 import sys
 import tempfile
@@ -270,20 +268,13 @@ class _DaskBackend:
             self.ex._restart(sorted(stuck))
 
 
-@contextlib.contextmanager
-def _ctrl_c_stays_here():
-    """SIGINT ignored while a local cluster's processes start: they inherit it (and the workers
-    their nannies restart), so a terminal's Ctrl-C, sent to the whole process group, reaches the
-    driver only, which stops the run (the workers printed their tracebacks and died under it, and
-    the restart after the interrupt waited for them). Only the main thread can set it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
+#: a local cluster's worker preload: SIGINT ignored in each worker process (restarted ones too),
+#: so a terminal's Ctrl-C, sent to the whole process group, reaches the driver only, which stops
+#: the run (the workers printed their tracebacks and died under it, and the restart after the
+#: interrupt waited for them), as the local executors' workers do
+_IGNORE_CTRL_C = ("import signal, threading\n"
+                  "if threading.current_thread() is threading.main_thread():\n"
+                  "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n")
 
 
 def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
@@ -373,6 +364,8 @@ class DaskExecutor(ShardedExecutor):
             self._scratch = tempfile.mkdtemp(prefix="zoracle-dask-")
             kw["local_directory"] = self._scratch
         kw.update(self._cluster_kwargs)
+        if kw.get("processes"):  # each worker process, restarted ones too, leaves a terminal's Ctrl-C to the driver
+            kw["preload"] = list(kw.get("preload") or []) + [_IGNORE_CTRL_C]
         # Dask always starts an HTTP server; with no routes it serves nothing (no /info,
         # /json/identity.json, /eventstream), and never on the well-known :8787. Broadcast
         # copies of the oracle must stay on every worker: the memory manager must not
@@ -382,7 +375,7 @@ class DaskExecutor(ShardedExecutor):
         if self._scratch is not None:  # the scheduler's own scratch space too
             quiet["temporary-directory"] = self._scratch
         try:
-            with dask.config.set(quiet), _ctrl_c_stays_here():
+            with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
                 self.client = distributed.Client(self.cluster)
         except BaseException:
@@ -425,8 +418,7 @@ class DaskExecutor(ShardedExecutor):
         bare = [a for a in addrs if a in info and not info[a].get("nanny")]
         if nanny:
             try:
-                with _ctrl_c_stays_here():  # the new worker processes ignore a terminal's Ctrl-C too
-                    status = self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False) or {}
+                status = self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False) or {}
                 failed = {a: v for a, v in status.items() if str(v).upper() != "OK"}
             except Exception as exc:  # the worker is stuck either way: stop using it
                 failed = {a: f"{type(exc).__name__}: {exc}" for a in nanny}

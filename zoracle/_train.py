@@ -115,12 +115,16 @@ class Minibatches:
             raise ArgumentError(f"`arrays` must share their first dimension, got lengths {sorted(n)}")
         if n == {0}:  # every epoch would be empty (train failed later: "gave no batch for epoch 0")
             raise ArgumentError("`arrays` hold no samples (their first dimension is 0)")
-        for i, a in enumerate(arrays):  # rows taken by index now, not at the first epoch (after ZO-GraSP's queries)
+        # rows taken by index now, not at the first epoch (after ZO-GraSP's queries), in the order a
+        # shuffle takes them (an h5py dataset takes increasing indices only)
+        probe = np.array([1, 0]) if self.shuffle is True and n != {1} else np.arange(1)
+        for i, a in enumerate(arrays):
             try:
-                _take(a, np.arange(1))
-            except (TypeError, IndexError, KeyError, NotImplementedError) as exc:
-                raise ArgumentError(f"`arrays` entry {i} ({type(a).__name__}) cannot be indexed by rows ({exc}); "
-                                    "convert it (a SciPy sparse matrix: .tocsr())") from None
+                _take(a, probe)
+            except (TypeError, IndexError, KeyError, AttributeError, NotImplementedError, ValueError) as exc:
+                raise ArgumentError(f"`arrays` entry {i} ({type(a).__name__}) cannot be indexed by rows"
+                                    f"{' in any order' if probe.size > 1 else ''} ({exc}); convert it (a SciPy sparse "
+                                    "matrix: .tocsr(); an h5py dataset: load it, or pass shuffle=False)") from None
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
@@ -160,8 +164,8 @@ def _take(a, rows):
         import torch  # only reached when the caller already holds torch tensors
 
         return a[torch.as_tensor(rows)]
-    if module.startswith("pandas"):  # rows by position: ``a[rows]`` reads labels (a DataFrame's: columns)
-        return a.iloc[rows]
+    if module.startswith("pandas") and hasattr(a, "iloc"):  # rows by position: ``a[rows]`` reads labels
+        return a.iloc[rows]  # (a DataFrame's: columns); a Categorical or an Index has no iloc, and takes positions
     return a[rows]
 
 

@@ -393,14 +393,18 @@ class CertificateBatch:
     def __getitem__(self, i):
         """Point ``i``'s :class:`Certificate`; a slice or an index array, the batch of those points
         (its ``queries`` theirs: ``n0 + n`` each)."""
-        if isinstance(i, numbers.Integral) and not isinstance(i, bool):
+        if isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)):
             return Certificate(int(self.predictions[i]), float(self.radii[i]), float(self.p_lower[i]),
                                int(self.n_a[i]), self.n)
         try:
-            idx = np.arange(len(self))[i]
-        except (IndexError, TypeError, ValueError) as exc:
-            raise ArgumentError(f"a CertificateBatch is indexed by an int, a slice or an index array, got {i!r} ({exc})") from None
-        idx = np.atleast_1d(idx)
+            idx = None if isinstance(i, (bool, np.bool_)) else np.arange(len(self))[i]
+        except (IndexError, TypeError, ValueError):
+            idx = None
+        if idx is not None and idx.ndim == 0:  # a 0-d integer array: one point
+            return self[int(idx)]
+        if idx is None or idx.ndim != 1:
+            raise ArgumentError(f"a CertificateBatch is indexed by an int, a slice, or a 1-D index or boolean array, "
+                                f"got {i!r}")
         per_point = self.queries // max(1, len(self))
         return CertificateBatch(self.predictions[idx], self.radii[idx], self.p_lower[idx], self.n_a[idx], self.n,
                                 per_point * idx.size)

@@ -52,6 +52,12 @@ def _losses(value, k: int) -> np.ndarray:
     return got.reshape(-1) if got.shape in ((k,), (k, 1)) else got
 
 
+def _unsorted(coords: np.ndarray) -> np.ndarray:
+    """``coords`` in an unsorted order: a random order of two coordinates is sorted half the time,
+    and an oracle answering in sorted order then passed (reversed, it cannot)."""
+    return coords[::-1].copy() if len(coords) > 1 and bool(np.all(np.diff(coords) > 0)) else coords
+
+
 def _chunked(ask, coords, cap: int, first_alone: bool = False) -> tuple:
     """``ask(c)``'s losses for ``coords`` in calls of at most ``cap`` coordinates, each given as a
     read-only copy (as the planner sends them), and a note: empty, or, for a call of the wrong
@@ -221,7 +227,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                     failures.append(f"batch{where}: {got.shape} result ({kind}) deviates from a loop of calls by "
                                     f"{dev:.3g}")
         if caps.coordinate:
-            shuffled = gen.permutation(coords)
+            shuffled = _unsorted(gen.permutation(coords))
             worst = report.get("coordinate_losses", 0.0)
             for s in (step, -step):
                 got, note = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g}){where}", lambda: _chunked(
@@ -246,7 +252,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                 for b, blk in enumerate(blocks):
                     n = min(max(1, n_coords // 2), blk.stop - blk.start)
                     cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
-                    cb = np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64)
+                    cb = _unsorted(np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64))
                     feats = _ask(f"oracle.prefix(params, {b}){where}", oracle.prefix, at.copy(), b)
                     for s in (step, -step):
                         got, note = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _chunked(
@@ -270,8 +276,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
         raise OracleCheckError(
             f"check_oracle found {len(failures)} problem(s) with {type(oracle).__name__}:\n  - "
             + "\n  - ".join(failures)
-            + f"\n(allowed: atol + rtol * |loss| with rtol={rtol:g}, atol={atol:g}, or {DIFF_RTOL:g} of the largest "
-            "loss change the steps made; an oracle that computes in float32 while its params are float64 "
-            "differs by float32 rounding: pass rtol=1e-5, atol=1e-7)"
+            + f"\n(allowed: atol + rtol * |loss| with rtol={rtol:g}, atol={atol:g}, or {DIFF_RTOL:g} of "
+            + ("the largest loss change of the query's group (float32)" if single else "the query's own loss change")
+            + ("" if single else "; an oracle that computes in float32 while its params are float64 differs by "
+               "float32 rounding: give it compute_dtype = np.float32, or pass rtol=1e-5, atol=1e-7") + ")"
         )
     return report
