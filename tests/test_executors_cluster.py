@@ -351,14 +351,22 @@ class TestDask(ClusterContract):
         ignored = cluster.client.run(_sigint_ignored)
         assert ignored and all(ignored.values()), ignored
         # a worker its nanny restarts (an oracle that killed it) too
-        pid = next(iter(cluster.client.run(os.getpid).values()))
+
+        def pids():  # a worker dying under the call fails it: ask again
+            for _ in range(120):
+                try:
+                    return set(cluster.client.run(os.getpid).values())
+                except Exception:
+                    time.sleep(0.5)
+            raise AssertionError("the cluster did not answer")
+
+        pid = min(pids())
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 60 and pid in cluster.client.run(os.getpid).values():
+        while time.monotonic() - t0 < 60 and (pid in pids() or len(pids()) < len(ignored)):
             time.sleep(0.5)
-        cluster.client.wait_for_workers(len(ignored), timeout=60)
         again = cluster.client.run(_sigint_ignored)
-        assert pid not in cluster.client.run(os.getpid).values() and all(again.values()), again
+        assert pid not in pids() and len(again) >= len(ignored) and all(again.values()), again
         assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the driver's own is back
 
     def test_local_cluster_is_loopback_only(self, cluster):

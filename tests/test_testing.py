@@ -172,7 +172,7 @@ def test_check_oracle_judges_the_loss_changes_under_a_large_loss(fault, match):
     broken = cls(fault)
     with pytest.raises(OracleCheckError, match=match) as info:
         check_oracle(broken, x)
-    assert "largest loss change" in str(info.value)
+    assert "loss change" in str(info.value)
     fast = zo.estimate_gradient(broken, x, zo.CGE()).grad
     plain = zo.estimate_gradient(lambda p: broken(p), x, zo.CGE()).grad
     assert np.abs(fast - plain).max() > 0.4  # what the check now prevents
