@@ -456,8 +456,9 @@ def test_train_results_compare_by_identity_and_minibatches_take_sparse_features(
                 raise TypeError("Indexing elements must be in increasing order")
             return np.zeros((len(rows), 2))
 
-    with pytest.raises(zo.ArgumentError, match="cannot be indexed by rows in any order.*shuffle=False"):
-        zo.Minibatches((Increasing(), np.arange(6)), 2)  # refused when built, not at the first shuffled epoch
+    for on in (True, np.True_):
+        with pytest.raises(zo.ArgumentError, match="cannot be indexed by rows in any order.*shuffle=False"):
+            zo.Minibatches((Increasing(), np.arange(6)), 2, shuffle=on)  # refused when built, not at a shuffled epoch
     assert len(zo.Minibatches((Increasing(), np.arange(6)), 2, shuffle=False)(0)) == 3
     with pytest.raises(zo.ArgumentError, match=r"`arrays` entry 0 \(coo_matrix\) cannot be indexed by rows.*\.tocsr\(\)"):
         zo.Minibatches((X.tocoo(), np.arange(20)), 4)  # refused when built, not at the first epoch

@@ -538,3 +538,15 @@ def test_the_dask_backend_reports_a_cancelled_or_vanished_result_as_lost(monkeyp
     monkeypatch.setattr(distributed, "wait", lambda futs, timeout=None, return_when=None: None)
     out = {jid: outcome[0] for _, jid, outcome in backend.wait()}
     assert out == {1: "lost", 2: "lost", 3: "ok"}
+
+
+def test_a_users_preloads_stay_as_given_beside_the_ctrl_c_plugin(dask_dir):
+    """The Ctrl-C fix first appended a preload: a preload given as one string (as distributed
+    takes it) was split into characters, a config preload was dropped, and a preload_argv list
+    of lists no longer matched (each stopped the cluster from starting, or silently)."""
+    code = "import builtins\nbuiltins._zoracle_test_preload = 'ran'\n"
+    for kw in (dict(preload=code), dict(preload=[code], preload_argv=[[]])):
+        for ex in dask_cluster(dask_dir, n=1, **kw):
+            ran = ex.client.run(lambda: getattr(__import__("builtins"), "_zoracle_test_preload", None))
+            ignored = ex.client.run(_sigint_ignored)
+            assert list(ran.values()) == ["ran"] and all(ignored.values()), (ran, ignored)

@@ -361,6 +361,8 @@ def test_zo_smoothing_after_import_zoracle_as_zo_and_batch_slices_and_big_endian
     for bad in (True, np.array([[0, 1], [1, 2]])):
         with pytest.raises(zo.ArgumentError, match="indexed by an int, a slice, or a 1-D index or boolean array"):
             batch[bad]
+    with pytest.raises(zo.ArgumentError, match="boolean index did not match"):  # NumPy's reason, kept
+        batch[np.array([True, False])]
     assert {"smoothing", "testing", "executors"} <= set(dir(zo))  # tab completion before first use
     big = zo.smoothing.certify_batch(clf, X.astype(">f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     small = zo.smoothing.certify_batch(clf, X.astype("<f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)

@@ -268,13 +268,25 @@ class _DaskBackend:
             self.ex._restart(sorted(stuck))
 
 
-#: a local cluster's worker preload: SIGINT ignored in each worker process (restarted ones too),
-#: so a terminal's Ctrl-C, sent to the whole process group, reaches the driver only, which stops
-#: the run (the workers printed their tracebacks and died under it, and the restart after the
-#: interrupt waited for them), as the local executors' workers do
-_IGNORE_CTRL_C = ("import signal, threading\n"
-                  "if threading.current_thread() is threading.main_thread():\n"
-                  "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n")
+def _ignore_ctrl_c(distributed):
+    """A worker plugin ignoring SIGINT in each worker process of a local cluster, the ones its
+    nannies restart too (the scheduler gives them the plugin again): a terminal's Ctrl-C, sent
+    to the whole process group, reaches the driver only, which stops the run (the workers printed
+    their tracebacks and died under it, and the restart after the interrupt waited for them), as
+    the local executors' workers leave it. A plugin, not a preload: a user's preloads and their
+    arguments stay as given."""
+
+    class IgnoreCtrlC(distributed.WorkerPlugin):
+        name = "zoracle-ignore-ctrl-c"
+
+        def setup(self, worker):
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreCtrlC()
 
 
 def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
@@ -364,8 +376,6 @@ class DaskExecutor(ShardedExecutor):
             self._scratch = tempfile.mkdtemp(prefix="zoracle-dask-")
             kw["local_directory"] = self._scratch
         kw.update(self._cluster_kwargs)
-        if kw.get("processes"):  # each worker process, restarted ones too, leaves a terminal's Ctrl-C to the driver
-            kw["preload"] = list(kw.get("preload") or []) + [_IGNORE_CTRL_C]
         # Dask always starts an HTTP server; with no routes it serves nothing (no /info,
         # /json/identity.json, /eventstream), and never on the well-known :8787. Broadcast
         # copies of the oracle must stay on every worker: the memory manager must not
@@ -378,6 +388,8 @@ class DaskExecutor(ShardedExecutor):
             with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
                 self.client = distributed.Client(self.cluster)
+            if kw.get("processes"):  # each worker process, restarted ones too, leaves Ctrl-C to the driver
+                self.client.register_plugin(_ignore_ctrl_c(distributed))
         except BaseException:
             self._remove_scratch()
             raise

@@ -117,7 +117,8 @@ class Minibatches:
             raise ArgumentError("`arrays` hold no samples (their first dimension is 0)")
         # rows taken by index now, not at the first epoch (after ZO-GraSP's queries), in the order a
         # shuffle takes them (an h5py dataset takes increasing indices only)
-        probe = np.array([1, 0]) if self.shuffle is True and n != {1} else np.arange(1)
+        shuffles = isinstance(self.shuffle, (bool, np.bool_)) and bool(self.shuffle)  # checked as a flag below
+        probe = np.array([1, 0]) if shuffles and n != {1} else np.arange(1)
         for i, a in enumerate(arrays):
             try:
                 _take(a, probe)

@@ -396,15 +396,16 @@ class CertificateBatch:
         if isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)):
             return Certificate(int(self.predictions[i]), float(self.radii[i]), float(self.p_lower[i]),
                                int(self.n_a[i]), self.n)
+        why = ""
         try:
             idx = None if isinstance(i, (bool, np.bool_)) else np.arange(len(self))[i]
-        except (IndexError, TypeError, ValueError):
-            idx = None
+        except (IndexError, TypeError, ValueError) as exc:  # out of range, a mask of another length: NumPy says
+            idx, why = None, f" ({exc})"
         if idx is not None and idx.ndim == 0:  # a 0-d integer array: one point
             return self[int(idx)]
         if idx is None or idx.ndim != 1:
-            raise ArgumentError(f"a CertificateBatch is indexed by an int, a slice, or a 1-D index or boolean array, "
-                                f"got {i!r}")
+            raise ArgumentError(f"a CertificateBatch of {len(self)} points is indexed by an int, a slice, or a 1-D "
+                                f"index or boolean array, got {i!r}{why}")
         per_point = self.queries // max(1, len(self))
         return CertificateBatch(self.predictions[idx], self.radii[idx], self.p_lower[idx], self.n_a[idx], self.n,
                                 per_point * idx.size)
