@@ -174,10 +174,24 @@ def _private(t: torch.Tensor, source) -> torch.Tensor:
     if torch.is_tensor(source):
         return t
     if isinstance(source, np.ndarray) and t.device.type == "cpu" and source.size and t.data_ptr() == source.ctypes.data:
-        return t.clone()
+        return t.clone(memory_format=torch.contiguous_format)
     if is_cupy(source) and source.size and t.data_ptr() == source.data.ptr:
-        return t.clone()
+        return t.clone(memory_format=torch.contiguous_format)
     return t
+
+
+def _odd_layout(t: torch.Tensor) -> bool:
+    """``t`` not 64-byte aligned, or not in the standard contiguous strides (a size-1 axis of
+    ``images[:, None]`` fancy-indexed keeps stride 4, not the row length): vectorized kernels
+    pick their reduction order, and a convolution its kernel, by both, and a worker's unpickled
+    copy has neither oddity, so the driver's queries would differ from the workers' by an ulp."""
+    if t.data_ptr() % 64:
+        return True
+    expect, acc = [], 1
+    for n in reversed(t.shape):
+        expect.append(acc)
+        acc *= n
+    return tuple(reversed(expect)) != t.stride()
 
 
 def _same(old, params) -> bool:
@@ -421,17 +435,18 @@ class TorchOracle:
         dev, dt = self.device, self.dtype
         self._x = _private(to_torch(x, dev, dt), x)
         self._y = None if y is None else _private(to_torch(y, dev), y)
-        # a batch deserialized by a cluster can sit at any address; vectorized kernels pick
-        # their reduction order by alignment, so own 64-byte aligned copies (same bits anywhere).
+        # a batch deserialized by a cluster can sit at any address, in the standard strides;
+        # vectorized kernels pick their reduction order by alignment (a convolution its kernel
+        # by the strides too), so own aligned copies in the standard strides (same bits anywhere).
         # A copy of the caller's own tensor (a slice X[1:]) is made again when that tensor is
         # written in place (see _batch_key): queries see the write, as with an aligned batch
         src = [None, None]
-        if self._x.data_ptr() % 64:
+        if _odd_layout(self._x):
             src[0] = self._x if self._x is x else None
-            self._x = self._x.clone()
-        if self._y is not None and self._y.data_ptr() % 64:
+            self._x = self._x.clone(memory_format=torch.contiguous_format)
+        if self._y is not None and _odd_layout(self._y):
             src[1] = self._y if self._y is y else None
-            self._y = self._y.clone()
+            self._y = self._y.clone(memory_format=torch.contiguous_format)
         self._aligned_from = None if src == [None, None] else (src, [_version(t) if t is not None else None
                                                                        for t in src])
         if self._y is not None and self._y.shape[0] != self._x.shape[0]:
@@ -694,9 +709,9 @@ class TorchOracle:
         now = [_version(t) if t is not None else None for t in src]
         if now != seen:
             if src[0] is not None:
-                self._x = src[0].clone()
+                self._x = src[0].clone(memory_format=torch.contiguous_format)
             if src[1] is not None:
-                self._y = src[1].clone()
+                self._y = src[1].clone(memory_format=torch.contiguous_format)
             self._aligned_from = (src, now)
         return (now[0] if src[0] is not None else _version(self._x),
                 now[1] if src[1] is not None else (None if self._y is None else _version(self._y)))

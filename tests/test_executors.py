@@ -1366,3 +1366,45 @@ def test_a_shard_lost_with_another_worker_runs_again_without_a_strike_and_is_bou
     with pytest.raises(ShardFailed, match=r"lost \d times as other workers died \(inputs gone\)") as info:
         schedule(never, [0, 1], [1, 1])
     assert "worker died" not in str(info.value) and never.submits.count(0) == LOST_RETRIES + 2
+
+
+class _SlowSquares:
+    """Each query takes 50 ms: a run lasts long enough for another thread to close the executor."""
+
+    def __call__(self, x):
+        time.sleep(0.05)
+        return float(np.sum(np.asarray(x) ** 2))
+
+
+@pytest.mark.parametrize("make", [lambda: JoblibExecutor(2, backend="threading"), lambda: JoblibExecutor(2)])
+def test_closing_an_executor_during_a_run_stops_the_run_with_a_clear_error(make):
+    """close() from another thread during a run raised "'NoneType' object has no attribute
+    'submit'" (threads), "<_Proc> is not in list", or spun at 100% CPU on an empty worker list
+    with a fresh worker started after close() (processes)."""
+    import threading
+
+    ex = make()
+    ex.start()
+    pids = [p for p in getattr(ex, "pids", []) if p != os.getpid()]  # a threading executor's: this process
+    closer = threading.Timer(0.6, ex.close)
+    closer.start()
+    try:
+        with pytest.raises(zo.ZoracleError, match="the executor was closed \\(close\\(\\) from another thread\\) "
+                                                  "during this run"):
+            zo.estimate_gradient(_SlowSquares(), np.ones(60), zo.CGE(), executor=ex)
+    finally:
+        closer.join()
+    assert no_children(pids)
+    got = zo.estimate_gradient(lambda x: float(x @ x), np.ones(6), zo.CGE(mu=1e-3, scheme="central"), executor=ex)
+    np.testing.assert_allclose(got.grad, 2 * np.ones(6), atol=1e-6)  # usable again: it starts anew
+    ex.close()
+
+
+def test_the_serial_executor_reports_its_last_run_too():
+    """executors.md's `executor.last_run` was missing on SerialExecutor (AttributeError), which
+    from_args returns for --shard-timeout without workers."""
+    ex = SerialExecutor()
+    assert ex.last_run is None
+    zo.estimate_gradient(lambda x: float(x @ x), np.ones(5), zo.CGE(), executor=ex)
+    stats = ex.last_run
+    assert isinstance(stats, zo.executors.RunStats) and stats.shards >= 1 and stats.retries == 0 and stats.n_workers == 1

@@ -750,7 +750,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     With ``timeout`` (seconds), ``wait(timeout)`` must return (possibly nothing) within
     that time; a shard running longer raises :class:`ShardTimeout` naming the shard and the
     worker (no retry; ``abort`` stops the in-flight work). A ``KeyboardInterrupt`` (or
-    any other non-``Exception``) raised by the oracle propagates as it is.
+    any other non-``Exception``) raised by the oracle propagates as it is. A backend's optional
+    ``closed()`` says the executor was closed during the run (from another thread): the run raises.
     """
     n = len(shards)
     results = [None] * n
@@ -769,8 +770,13 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
 
     starved = None  # perf_counter since when shards have waited with no worker to take them
     naps = 0
+    closed = getattr(backend, "closed", None)  # close() from another thread during this run
     try:
         while queue or inflight:
+            if closed is not None and closed():
+                raise ZoracleError(f"the executor was closed (close() from another thread) during this run, with "
+                                   f"{len(inflight) + len(queue)} of its {n} shards unfinished; the estimate is lost: "
+                                   "start the executor again (or use another) and run it again")
             for w in backend.idle():
                 if not queue:
                     break

@@ -459,6 +459,9 @@ class _ProcBackend:
         pl.delivered(w, items)
         return "oracle" in items or "batch" in items  # the worker reports when it has loaded them
 
+    def closed(self) -> bool:
+        return getattr(self.pool, "_closed", False)
+
     def wait(self, timeout=None):
         from multiprocessing.connection import wait as mp_wait
 
@@ -533,12 +536,14 @@ class ProcessPool(ShardedExecutor):
     def start(self) -> None:
         if self._procs:
             return
+        self._closed = False
         self._procs = [_Proc(i, dev, self.threads) for i, dev in enumerate(self.devices)]
         # interpreter exit or garbage collection must not leave workers behind
         self._finalizer = weakref.finalize(self, _stop_all, self._procs)
 
     def close(self) -> None:
         """Stop every worker process and wait for it to exit."""
+        self._closed = True  # a run in another thread stops (see _ProcBackend.closed)
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
@@ -553,6 +558,8 @@ class ProcessPool(ShardedExecutor):
         return [p.pid for p in self._procs]
 
     def _replace(self, p) -> None:
+        if getattr(self, "_closed", False) or p not in self._procs:  # closed during the run: no new worker
+            return
         i = self._procs.index(p)
         try:
             p.stop(grace=0.2)
@@ -607,8 +614,17 @@ class _ThreadBackend:
     def name(self, w) -> str:
         return f"thread {w}"
 
+    def closed(self) -> bool:
+        return getattr(self.pool, "_closed", False)
+
     def submit(self, w, jid, shard) -> None:
-        self.busy[w] = (jid, self.pool._pool.submit(_run_in_thread, id(self.pool), self.oracle, shard, self.params))
+        pool = self.pool._pool
+        if pool is None:  # closed between schedule's check and here: the check raises next
+            done = Future()
+            done.set_result(("dead", "the executor was closed"))
+            self.busy[w] = (jid, done)
+            return
+        self.busy[w] = (jid, pool.submit(_run_in_thread, id(self.pool), self.oracle, shard, self.params))
 
     def wait(self, timeout=None):
         if not self.busy:
@@ -721,9 +737,11 @@ class ThreadPool(ShardedExecutor):
 
     def start(self) -> None:
         if self._pool is None:
+            self._closed = False
             self._pool = _DaemonThreads(self.n_workers, "zoracle-worker")
 
     def close(self) -> None:
+        self._closed = True  # a run in another thread stops (see _ThreadBackend.closed)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

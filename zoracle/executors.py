@@ -117,6 +117,7 @@ class SerialExecutor:
 
     def __init__(self, timeout=None):
         self.timeout = check_timeout(timeout)
+        self.last_run = None  # RunStats of the last run (every task a shard, none retried)
 
     def __enter__(self):
         return self
@@ -128,9 +129,16 @@ class SerialExecutor:
         pass
 
     def run(self, oracle, params, tasks) -> list:
+        import time
+
+        t0 = time.perf_counter()
         if self.timeout is None:
-            return [t.run(oracle, params) for t in tasks]
-        return [self._timed(i, len(tasks), t, oracle, params) for i, t in enumerate(tasks)]
+            out = [t.run(oracle, params) for t in tasks]
+        else:
+            out = [self._timed(i, len(tasks), t, oracle, params) for i, t in enumerate(tasks)]
+        wall = time.perf_counter() - t0
+        self.last_run = RunStats(len(tasks), 0, wall, wall, 1)
+        return out
 
     def _timed(self, i, n, task, oracle, params):
         import threading
