@@ -528,7 +528,7 @@ def test_the_dask_backend_reports_a_cancelled_or_vanished_result_as_lost(monkeyp
             return self._result
 
     class Ex:
-        _stuck = set()
+        _stuck, client, _closing = set(), object(), False
 
     backend = _DaskBackend(Ex(), payload=None, futs={})
     backend.busy = {("w0", 0): (1, Future("cancelled")), ("w1", 0): (2, Future("finished", RuntimeError("forgotten"))),
@@ -550,3 +550,39 @@ def test_a_users_preloads_stay_as_given_beside_the_ctrl_c_plugin(dask_dir):
             ran = ex.client.run(lambda: getattr(__import__("builtins"), "_zoracle_test_preload", None))
             ignored = ex.client.run(_sigint_ignored)
             assert list(ran.values()) == ["ran"] and all(ignored.values()), (ran, ignored)
+
+
+class SlowSquares:
+    """Each query takes 50 ms: a run lasts long enough for another thread to close the executor."""
+
+    def __call__(self, x):
+        time.sleep(0.05)
+        return float(np.sum(np.asarray(x) ** 2))
+
+
+def _closed_during_a_run(ex):
+    import threading
+
+    closer = threading.Timer(1.0, ex.close)
+    closer.start()
+    try:
+        with pytest.raises(zo.ZoracleError, match="the executor was closed \\(close\\(\\) from another thread\\) "
+                                                  "during this run"):
+            zo.estimate_gradient(SlowSquares(), np.ones(80), zo.CGE(), executor=ex)
+    finally:
+        closer.join()
+    got = zo.estimate_gradient(_loss, te.params(), zo.CGE(), executor=ex)  # it starts anew
+    te.assert_same(got, zo.estimate_gradient(_loss, te.params(), zo.CGE()))
+
+
+def test_closing_a_dask_executor_during_a_run_stops_it_with_a_clear_error(dask_dir):
+    """close() from another thread during a run ended in "'NoneType' object has no attribute
+    'identity'" or distributed's ClosedClientError."""
+    for ex in dask_cluster(dask_dir):
+        _closed_during_a_run(ex)
+
+
+@pytest.mark.slow
+def test_closing_a_ray_executor_during_a_run_stops_it_with_a_clear_error(ray_env):
+    for ex in ray_cluster(ray_env):
+        _closed_during_a_run(ex)

@@ -21,6 +21,7 @@ from ._executors_core import (
     Payload,
     WorkerState,
     batch_name,
+    closed_during_run,
     error_outcome,
     pack,
     run_guarded,
@@ -179,12 +180,22 @@ class _DaskBackend:
 
     def workers(self):
         if self._slots is None:  # asked once per run, and again after a failure
-            self._slots = [(addr, k) for addr, w in sorted(_dask_workers(self.ex.client).items())
+            client = self.ex.client
+            try:
+                info = _dask_workers(client)
+            except Exception:
+                if self.closed():
+                    raise closed_during_run() from None
+                raise
+            self._slots = [(addr, k) for addr, w in sorted(info.items())
                            if addr not in self.ex._stuck for k in range(int(w.get("nthreads", 1)))]
         return self._slots
 
     def refresh(self) -> None:
         self._slots = None
+
+    def closed(self) -> bool:  # close() from another thread during the run
+        return self.ex.client is None or self.ex._closing
 
     def idle(self):
         return [s for s in self.workers() if s not in self.busy]
@@ -196,11 +207,16 @@ class _DaskBackend:
         if self._lost:  # inputs were forgotten with a dead worker: send them again
             self.futs = self.ex._inputs(self.payload, refresh=True)
             self._lost = False
-        f = self.futs
-        fut = self.ex.client.submit(
-            _dask_run, self.payload.spec, shard, f["oracle"], f.get("batch"), f["params"],
-            workers=[w[0]], allow_other_workers=True, pure=False, key=f"zoracle-shard-{jid}-{os.getpid()}",
-        )
+        f, client = self.futs, self.ex.client
+        try:
+            fut = client.submit(
+                _dask_run, self.payload.spec, shard, f["oracle"], f.get("batch"), f["params"],
+                workers=[w[0]], allow_other_workers=True, pure=False, key=f"zoracle-shard-{jid}-{os.getpid()}",
+            )
+        except Exception:
+            if self.closed():
+                raise closed_during_run() from None
+            raise
         self.busy[w] = (jid, fut)
 
     def wait(self, timeout=None):
@@ -215,6 +231,8 @@ class _DaskBackend:
         except Exception as exc:  # a timeout, or futures cancelled with a dead worker's data
             failure = exc  # the statuses below say which
         done = [f for f in futs if f.done()]
+        if self.closed():  # close() from another thread: its futures went with the client
+            raise closed_during_run()
         if not done and failure is not None and not isinstance(failure, TimeoutError):
             raise failure  # e.g. the scheduler went away: nothing to retry on
         out = []
@@ -256,6 +274,9 @@ class _DaskBackend:
         the oracle (a hung call may never return), and later shards queued behind it would
         time out in turn. Its process is restarted instead.
         """
+        if self.closed():  # close() from another thread took the client, its futures and workers along
+            self.busy.clear()
+            return
         stuck = set()
         for w in workers:
             jid, fut = self.busy.pop(w, (None, None))
@@ -345,11 +366,13 @@ class DaskExecutor(ShardedExecutor):
         self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
+        self._closing = False  # close() was called (from another thread, a run in progress stops)
         self.n_workers = int(self._count or 1)
 
     def start(self) -> None:
         if self.client is not None:
             return
+        self._closing = False
         distributed = _import("distributed", "dask")
         if self._local:
             self._start_local(distributed)
@@ -404,6 +427,7 @@ class DaskExecutor(ShardedExecutor):
 
     def close(self) -> None:
         """Release the oracle copies; stop the client and cluster this executor started."""
+        self._closing = True  # a run in another thread stops (see _DaskBackend.closed)
         self._futs.clear()
         self._registry.clear()
         try:
@@ -631,6 +655,9 @@ class _RayBackend:
     def workers(self):
         return self.ex._actors
 
+    def closed(self) -> bool:  # close() from another thread during the run
+        return self.ex._closing
+
     def idle(self):
         return [a for a in self.ex._actors if a.ref is None]
 
@@ -649,7 +676,14 @@ class _RayBackend:
 
         if not self.busy:
             return []
-        ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
+        try:
+            ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
+        except Exception:
+            if self.closed():  # the actors (and Ray) went with close()
+                raise closed_during_run() from None
+            raise
+        if self.closed():
+            raise closed_during_run()
         out = []
         for ref in ready:
             w, jid = self.busy.pop(ref)
@@ -671,6 +705,9 @@ class _RayBackend:
         """After a timeout or Ctrl-C (``hung``), or with a shard timeout set, replace the actors
         running shards; else, after an error elsewhere, let them finish theirs (an actor queues its
         next shard behind it): every actor was replaced, a paid oracle cut off mid-query."""
+        if self.closed():  # close() from another thread killed them all
+            self.busy.clear()
+            return
         for w in workers:
             if w.ref is not None:
                 self.busy.pop(w.ref, None)
@@ -706,12 +743,14 @@ class RayExecutor(ShardedExecutor):
         self._session_dir = None  # the private temp dir of a local session, removed on close
         self._reaper = None  # kills the local session's processes if this driver dies
         self._actors: list = []
+        self._closing = False  # close() was called (from another thread, a run in progress stops)
         self._refs: dict = {}  # oracle token -> ObjectRef
         self.n_workers = int(self._count or 1)
 
     def start(self) -> None:
         if self._actors:
             return
+        self._closing = False
         ray = _import("ray", "ray")
         if not ray.is_initialized():
             kw = dict(self._init_kwargs)
@@ -772,6 +811,8 @@ class RayExecutor(ShardedExecutor):
     def _replace(self, w) -> None:
         import ray
 
+        if self._closing or w not in self._actors:  # closed during the run: no new actor
+            return
         try:
             ray.kill(w.handle)
         except Exception:  # already gone
@@ -787,6 +828,7 @@ class RayExecutor(ShardedExecutor):
 
     def close(self) -> None:
         """Kill the actors; shut Ray down if this executor started it."""
+        self._closing = True  # a run in another thread stops (see _RayBackend.closed)
         if not self._actors and not self._owns_ray:
             return
         import ray

@@ -717,6 +717,12 @@ def _timed_out(shard: int, n: int, task, where: str, timeout: float, loading: bo
     return err
 
 
+def closed_during_run(detail: str = "") -> ZoracleError:
+    """The error of a run whose executor ``close()`` stopped from another thread."""
+    return ZoracleError(f"the executor was closed (close() from another thread) during this run{detail}; the estimate "
+                        "is lost: start the executor again (or use another) and run it again")
+
+
 #: times a shard may be lost through another worker's death (its inputs went with it) before
 #: that counts as one of its two failures
 LOST_RETRIES = 3
@@ -774,9 +780,7 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
     try:
         while queue or inflight:
             if closed is not None and closed():
-                raise ZoracleError(f"the executor was closed (close() from another thread) during this run, with "
-                                   f"{len(inflight) + len(queue)} of its {n} shards unfinished; the estimate is lost: "
-                                   "start the executor again (or use another) and run it again")
+                raise closed_during_run(f", with {len(inflight) + len(queue)} of its {n} shards unfinished")
             for w in backend.idle():
                 if not queue:
                     break
