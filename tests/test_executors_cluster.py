@@ -552,14 +552,6 @@ def test_a_users_preloads_stay_as_given_beside_the_ctrl_c_plugin(dask_dir):
             assert list(ran.values()) == ["ran"] and all(ignored.values()), (ran, ignored)
 
 
-class SlowSquares:
-    """Each query takes 50 ms: a run lasts long enough for another thread to close the executor."""
-
-    def __call__(self, x):
-        time.sleep(0.05)
-        return float(np.sum(np.asarray(x) ** 2))
-
-
 def _closed_during_a_run(ex):
     import threading
 
@@ -568,7 +560,7 @@ def _closed_during_a_run(ex):
     try:
         with pytest.raises(zo.ZoracleError, match="the executor was closed \\(close\\(\\) from another thread\\) "
                                                   "during this run"):
-            zo.estimate_gradient(SlowSquares(), np.ones(80), zo.CGE(), executor=ex)
+            zo.estimate_gradient(te._SlowSquares(), np.ones(80), zo.CGE(), executor=ex)
     finally:
         closer.join()
     got = zo.estimate_gradient(_loss, te.params(), zo.CGE(), executor=ex)  # it starts anew
