@@ -626,7 +626,7 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
             # in training only: 15% off the gradient). A capture of the model as it is now
             # decides: another graph (its constants aside) retires it. Only the graph: a loss
             # computed in float32 (.float()) fails the float64 copy's own check by round-off
-            reason = _recheck_float64(oracle, probe, keep_on_error=True, constants=False, graph_only=True)
+            reason = _recheck_float64(oracle, probe, graph_only=True)
         # on the whole batch (a read a ReLU gates shows on some samples only), with no float64
         # recheck: an unread parameter leaves the loss bit for bit as it is
         if not reason:
@@ -724,14 +724,13 @@ def _check_split_without_channels_last(probe, theta) -> str:
         LAYOUT.off = False
 
 
-def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool = True,
-                     graph_only: bool = False) -> str:
+def _recheck_float64(oracle, probe, graph_only: bool = False) -> str:
     """Why the same split fails the self-check on a float64 copy of the model, or '' when it
     passes there (round-off of float32 through ill-conditioned layers can exceed any fixed
-    tolerance, and a wrong path can hide inside it). ``keep_on_error``: a copy that cannot be
-    made or captured (a model deepcopy refuses) gives no verdict, '' (else it is a failure).
-    ``constants``: whether the graphs' baked-in constants count (see :func:`_signature`).
-    ``graph_only``: only whether the copy captures the same graph (its own check's verdict aside)."""
+    tolerance, and a wrong path can hide inside it). ``graph_only``: only whether the copy
+    captures the same operations wired alike (its constants, and its own check's verdict,
+    aside); a copy that cannot be made or captured (a model deepcopy refuses) then gives no
+    verdict, '' (else it is a failure)."""
     core = oracle._core
     try:
         model, blocks = copy.deepcopy((core.model, core.blocks_arg))
@@ -743,7 +742,7 @@ def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool
     except ArgumentError:
         raise
     except Exception as exc:
-        return "" if keep_on_error else f"its float64 copy failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return "" if graph_only else f"its float64 copy failed ({type(exc).__name__}: {str(exc)[:200]})"
     if not twin._core.blocks:
         if graph_only:  # no graph to compare: no verdict
             return ""
@@ -751,7 +750,7 @@ def _recheck_float64(oracle, probe, keep_on_error: bool = False, constants: bool
     # the copy is captured again, from the model as it is now: its verdict is about this split
     # only when it captured the same steps (a module swapped in since, or a branch on
     # self.training after a mode change, gives another graph: it must not clear this one)
-    if _signature(twin._core, constants) != _signature(core, constants):
+    if _signature(twin._core, not graph_only) != _signature(core, not graph_only):
         return ("a capture of the model as it is now gives another graph than the split's (a module swapped in, or "
                 "a forward that branches on self.training after a mode change)")
     return ""

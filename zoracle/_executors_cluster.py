@@ -26,6 +26,7 @@ from ._executors_core import (
     pack,
     run_guarded,
     run_task_guarded,
+    unless_closed,
 )
 from ._executors_local import ShardedExecutor
 
@@ -180,13 +181,8 @@ class _DaskBackend:
 
     def workers(self):
         if self._slots is None:  # asked once per run, and again after a failure
-            client = self.ex.client
-            try:
-                info = _dask_workers(client)
-            except Exception:
-                if self.closed():
-                    raise closed_during_run() from None
-                raise
+            with unless_closed(self):
+                info = _dask_workers(self.ex.client)
             self._slots = [(addr, k) for addr, w in sorted(info.items())
                            if addr not in self.ex._stuck for k in range(int(w.get("nthreads", 1)))]
         return self._slots
@@ -207,16 +203,12 @@ class _DaskBackend:
         if self._lost:  # inputs were forgotten with a dead worker: send them again
             self.futs = self.ex._inputs(self.payload, refresh=True)
             self._lost = False
-        f, client = self.futs, self.ex.client
-        try:
-            fut = client.submit(
+        f = self.futs
+        with unless_closed(self):
+            fut = self.ex.client.submit(
                 _dask_run, self.payload.spec, shard, f["oracle"], f.get("batch"), f["params"],
                 workers=[w[0]], allow_other_workers=True, pure=False, key=f"zoracle-shard-{jid}-{os.getpid()}",
             )
-        except Exception:
-            if self.closed():
-                raise closed_during_run() from None
-            raise
         self.busy[w] = (jid, fut)
 
     def wait(self, timeout=None):
@@ -676,12 +668,8 @@ class _RayBackend:
 
         if not self.busy:
             return []
-        try:
+        with unless_closed(self):  # the actors (and Ray) may have gone with close()
             ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
-        except Exception:
-            if self.closed():  # the actors (and Ray) went with close()
-                raise closed_during_run() from None
-            raise
         if self.closed():
             raise closed_during_run()
         out = []

@@ -14,6 +14,7 @@ Three pieces, each independent of the transport (processes, threads, Dask, Ray):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
 import sys
@@ -721,6 +722,18 @@ def closed_during_run(detail: str = "") -> ZoracleError:
     """The error of a run whose executor ``close()`` stopped from another thread."""
     return ZoracleError(f"the executor was closed (close() from another thread) during this run{detail}; the estimate "
                         "is lost: start the executor again (or use another) and run it again")
+
+
+@contextlib.contextmanager
+def unless_closed(backend):
+    """A cluster call that fails because ``close()`` took its client or actors away (from another
+    thread) raises :func:`closed_during_run`; any other failure as it is."""
+    try:
+        yield
+    except Exception:
+        if backend.closed():
+            raise closed_during_run() from None
+        raise
 
 
 #: times a shard may be lost through another worker's death (its inputs went with it) before

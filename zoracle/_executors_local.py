@@ -36,6 +36,7 @@ from ._executors_core import (
     WorkerState,
     batch_name,
     check_timeout,
+    closed_during_run,
     cloudpickle_module,
     error_outcome,
     pack,
@@ -619,11 +620,8 @@ class _ThreadBackend:
 
     def submit(self, w, jid, shard) -> None:
         pool = self.pool._pool
-        if pool is None:  # closed between schedule's check and here: the check raises next
-            done = Future()
-            done.set_result(("dead", "the executor was closed"))
-            self.busy[w] = (jid, done)
-            return
+        if pool is None:  # closed between schedule's check and here
+            raise closed_during_run()
         self.busy[w] = (jid, pool.submit(_run_in_thread, id(self.pool), self.oracle, shard, self.params))
 
     def wait(self, timeout=None):

@@ -130,6 +130,8 @@ def compare_fingerprints(path, saved, current: dict) -> None:
                 )
 
 
+#: a NumPy scalar's repr in a settings text (``np.float64(0.05)``): its number is the setting
+_NP_SCALAR = re.compile(r"np\.(?:float|u?int)\d+\(([^()]*)\)")
 #: a number in a settings text (``final=0``, ``init=1.0``, ``lr=1e-3``)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])")
 
@@ -141,7 +143,7 @@ def _as_float(m) -> str:
 def _numbers_alike(text: str) -> str:
     """A settings text with every number written one way: ``np.float64(0.05)`` (a NumPy scalar in
     a schedule before its fields were stored as floats) as ``0.05``, ``0`` as ``0.0``."""
-    return _NUMBER.sub(_as_float, re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", text))
+    return _NUMBER.sub(_as_float, _NP_SCALAR.sub(r"\1", text))
 
 
 def compare_history(path, steps, schedules: dict) -> None:
@@ -219,7 +221,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                 f"the oracle as that run did, or {_FIX}")
         if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
             # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
-            saved = dict(saved, estimator=re.sub(r"np\.(?:float|u?int)\d+\(([^()]*)\)", r"\1", saved["estimator"]))
+            saved = dict(saved, estimator=_NP_SCALAR.sub(r"\1", saved["estimator"]))
         if isinstance(saved, dict):
             for k in ("optimizer", "schedule", "mu"):
                 # written before schedules stored their fields as Python numbers (final=0, now

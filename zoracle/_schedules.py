@@ -164,10 +164,9 @@ class linear_warmup:
     warmup_steps: int
 
     def __post_init__(self):
-        inner = as_schedule(self.schedule, "schedule")
+        inner = as_schedule(self.schedule, "schedule")  # a number is checked there, as a float
         _store(self, warmup_steps=_count("warmup_steps", self.warmup_steps, 0),
-               schedule=inner.value if isinstance(inner, constant_schedule) and not callable(self.schedule)
-               else self.schedule)
+               schedule=self.schedule if callable(self.schedule) else inner.value)
 
     def __call__(self, step: int) -> float:
         inner = as_schedule(self.schedule, "schedule")

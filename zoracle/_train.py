@@ -871,9 +871,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
-    prints = {"lr": fingerprint(lr_of, "schedule" if lr_sched is not None else "lr", total),
+    lr_name = "schedule" if lr_sched is not None else "lr"  # the argument its values come from
+    prints = {"lr": fingerprint(lr_of, lr_name, total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
-    extremes = _check_every_step(lr_of, "schedule" if lr_sched is not None else "lr", mu_sched, total,
+    extremes = _check_every_step(lr_of, lr_name, mu_sched, total,
                                  may_stop=max_queries is not None or bool(callbacks))
     if mu_sched is None:  # a step not representable at the initial params fails now
         check_step(params, estimator.mu, estimator.scheme, type(estimator).__name__)
@@ -951,7 +952,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                           "and dropout act otherwise); set the modes as they were to continue that run", UserWarning,
                           stacklevel=2)
         # every step already run, at its recorded lr and mu (SNES records its widths there)
-        compare_history(resume, steps_hist, {"lr": (lr_of, "schedule" if lr_sched is not None else "lr"),
+        compare_history(resume, steps_hist, {"lr": (lr_of, lr_name),
                                              "mu": (None if snes else mu_sched, "mu")})
         keep = got["keep"]
         if sparse and not isinstance(ratios, str):
@@ -1137,7 +1138,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"{scale:.3g} (from {scale0:.3g}), where mu = {est.mu:g} is no longer a representable step; "
                         f"lower the learning rate{last}") from exc
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
-                                    "schedule" if lr_sched is not None else "lr")
+                                    lr_name)
                 params, state = optimizer.update(g.grad, state, params, lr=lr)
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
