@@ -367,6 +367,75 @@ def test_cge_plain_calls_never_change_an_array_after_its_query(scheme):
         np.testing.assert_array_equal(kept, point)
 
 
+class _KeepsSlices:
+    """Keeps a slice of each array it is given (a view of the array zoracle edits in place)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x):
+        self.seen.append((x[1:], x[1:].copy()))
+        return float(x @ x)
+
+
+def test_cge_plain_calls_keep_slices_and_reuse_one_array_otherwise():
+    """The array a plain-call CGE edits in place is reused while the oracle keeps nothing of it
+    (its reference count was taken in another frame than the test's, one higher: every query
+    copied the whole params, O(d) each, while the docstring promised a free view), and is left
+    alone once the oracle keeps a view of it, or a slice."""
+    import weakref
+
+    x0 = np.random.default_rng(1).standard_normal(40)
+    bases, reused = [], []
+
+    def f(x):
+        owner = x if x.base is None else x.base
+        if bases:
+            reused.append(bases[-1]() is owner)  # a weak reference keeps no count
+        bases.append(weakref.ref(owner))
+        return float(x @ x)
+
+    got = zo.estimate_gradient(f, x0, zo.CGE(mu=1e-3))
+    np.testing.assert_allclose(got.grad, 2 * x0 + 1e-3, rtol=1e-6)
+    assert len(reused) == 40 and sum(reused[1:]) == 39  # after the base point's private copy, one array
+    keeper = _KeepsSlices()
+    zo.estimate_gradient(keeper, x0, zo.CGE(mu=1e-3, scheme="central"))
+    assert len(keeper.seen) == 81
+    for kept, copy in keeper.seen:
+        np.testing.assert_array_equal(kept, copy)
+
+
+def test_masked_losses_and_params_are_refused():
+    """``np.ma.masked`` (a masked mean of saturated readings) read as 0.0 through ``.item()``, a
+    masked one-element array as its hidden value, and a batch's mask was dropped: a perfect loss
+    where ``float()`` gives NaN. Masked params ignored their perturbation (partial 0)."""
+    x0 = np.array([0.1, 0.9])
+    for value in (np.ma.masked, np.ma.masked_array([7.0], mask=[True])):
+        with pytest.raises(zo.OracleError, match="masked") as info:
+            zo.estimate_gradient(lambda x, v=value: v, x0, zo.CGE(mu=1e-3))
+        assert "base point" in str(info.value)
+    assert zo.estimate_gradient(lambda x: np.ma.masked_array([7.0], mask=[False]), x0,
+                                zo.CGE(mu=1e-3)).loss == 7.0  # unmasked: its value
+
+    class Batch:
+        def __call__(self, x):
+            return float(x @ x)
+
+        def batch(self, X):
+            return np.ma.masked_array(np.sum(X * X, axis=1), mask=[False, True][: len(X)] + [False] * (len(X) - 2))
+
+    with pytest.raises(zo.OracleError, match="masked") as info:
+        zo.estimate_gradient(Batch(), x0, zo.CGE(mu=1e-3))
+    assert "coordinate 1" in str(info.value)
+    with pytest.raises(zo.ArgumentError, match=r"MaskedArray.*np\.asarray\(params"):
+        zo.estimate_gradient(lambda x: float(x @ x), np.ma.masked_array(x0, mask=[False, True]), zo.CGE(mu=1e-3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # NumPy's on np.matrix itself
+        m = np.matrix(x0)
+    with pytest.raises(zo.ArgumentError, match=r"matrix.*np\.asarray\(params, dtype=np\.float64\)\.ravel\(\)"):
+        zo.estimate_gradient(lambda x: float(x @ x), m, zo.CGE(mu=1e-3))
+
+
 class _LeastSquares:
     """docs/concepts.md's CoordinateOracle; ``exact_step`` applies ``step`` as given instead of
     the representable step (the example before it had its ``h`` line)."""

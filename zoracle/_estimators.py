@@ -279,6 +279,13 @@ def validate_params(params, name: str = "params"):
             f"`{name}` must be a 1-D float32 or float64 array, got {type(params).__name__}; "
             f"use np.asarray({name}, dtype=np.float64)"
         )
+    if isinstance(params, (np.matrix, np.ma.MaskedArray)):
+        # a masked entry ignores the writes of its perturbation (its partial came out 0); a matrix
+        # stays 2-D through ravel()
+        raise ArgumentError(
+            f"`{name}` is a numpy.{type(params).__name__}, not a plain NumPy array; "
+            f"use np.asarray({name}, dtype=np.float64)" + (".ravel()" if params.ndim != 1 else "")
+        )
     if params.ndim != 1:
         raise ArgumentError(
             f"`{name}` must be 1-D (one flat parameter vector), got shape {tuple(params.shape)}; use {name}.ravel()"

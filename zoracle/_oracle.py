@@ -8,6 +8,7 @@ Each capability is its own runtime-checkable Protocol, discovered once per estim
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -154,6 +155,10 @@ def _describe(value) -> str:
 
 def check_scalar(value, query: str) -> float:
     """``value`` as a Python float, or :class:`OracleError` naming ``query``."""
+    if type(value) is float and math.isfinite(value):  # the common case, on every query
+        return value
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):  # .item() reads the hidden data
+        raise OracleError(query, _describe(value), detail="expected a finite real scalar, got a masked value")
     dtype = getattr(value, "dtype", None)
     kind, name = getattr(dtype, "kind", ""), str(dtype)  # NumPy dtypes have a kind; torch's a name
     if (isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating)) or (kind and kind in "bcUS")
@@ -176,6 +181,10 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
 
     ``query_of(j)`` names query ``j``; ``what`` names the whole call for shape errors.
     """
+    if isinstance(values, np.ma.MaskedArray) and np.ma.is_masked(values):  # np.asarray drops the mask
+        j = int(np.flatnonzero(np.ma.getmaskarray(values).reshape(-1))[0])
+        raise OracleError(query_of(j) if np.shape(values) in ((n,), (n, 1)) else what, _describe(values),
+                          detail="expected finite losses, got masked values")
     try:
         arr = np.asarray(to_numpy(values.detach().cpu() if hasattr(values, "detach") else values))
     except Exception as exc:

@@ -81,13 +81,10 @@ class BaseTask:
 
 
 def _query_array(params) -> tuple:
-    """``(x, view, refs)``: a copy of ``params`` that the queries of a plain-call CGE edit in
-    place, the read-only view each query gets (the oracle cannot write), and ``x``'s reference
-    count with that view alive: a count above it after a query means the oracle kept the array
-    (any view or buffer of it references ``x``), so ``x`` must not change under it."""
+    """``(x, view)``: a copy of ``params`` that the queries of a plain-call CGE edit in place,
+    and the read-only view each query gets (the oracle cannot write)."""
     x = params.copy()
-    xv = readonly(x) if isinstance(x, np.ndarray) else x
-    return x, xv, sys.getrefcount(x)
+    return x, (readonly(x) if isinstance(x, np.ndarray) else x)
 
 
 @dataclass(frozen=True)
@@ -134,15 +131,20 @@ class CoordTask:
                     X[xp.arange(len(c)), xp.asarray(c)] += params.dtype.type(step)
                     out[si, lo:hi] = oracle.batch(X, query_of, what)
                 else:
-                    x, xv, held = _query_array(params)
+                    # one array edited in place for every query, unless the oracle keeps what
+                    # it was given: a count of references to the array or to its view above
+                    # the one taken here, in this frame, means the oracle holds the view or a
+                    # view of it (a log, a memo of its last point); that one stays as it was
+                    # queried, and the queries go on with a new array
+                    x, xv = _query_array(params)
+                    held = (sys.getrefcount(x), sys.getrefcount(xv))
                     for j, i in enumerate(c.tolist()):
                         old = x[i].copy()
                         x[i] = old + params.dtype.type(step)
                         out[si, lo + j] = oracle(xv, query_of(j))
-                        if sys.getrefcount(x) != held:
-                            # the oracle kept the array it was given (a log, a memo of its last
-                            # point): leave that one as it was queried, go on with a new one
-                            x, xv, held = _query_array(params)
+                        if (sys.getrefcount(x), sys.getrefcount(xv)) != held:
+                            x, xv = _query_array(params)
+                            held = (sys.getrefcount(x), sys.getrefcount(xv))
                         else:
                             x[i] = old  # restore the exact value, no drift
         return out
