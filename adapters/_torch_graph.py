@@ -111,6 +111,35 @@ def _functional(node: fx.Node):
     return target, node.args, kwargs
 
 
+def _stale_after_in_place(nodes: list, order: dict) -> str:
+    """Why the steps, which run in-place calls out of place (:func:`_functional`), would
+    compute another function than ``forward``: a call writing into a tensor in place
+    (``h.clamp_(max=c)``, ``F.relu_(h)``, ``x.sub_(m)`` as a statement) whose tensor, or
+    something computed from it before the write (a view), is read after it. Out of place
+    the write is lost on those reads. "" where no such call is."""
+    for n in nodes:
+        if n.op not in ("call_function", "call_method") or not n.args or not isinstance(n.args[0], fx.Node):
+            continue
+        target, _, kwargs = _functional(n)
+        if target == n.target and kwargs == dict(n.kwargs):
+            continue  # not an in-place call
+        written, at = n.args[0], order[n]
+        before = {written}  # the tensor and what was computed from it before the write
+        for m in nodes[order[written] + 1:at]:
+            if any(i in before for i in m.all_input_nodes):
+                before.add(m)
+        for m in nodes[at + 1:]:
+            if any(i in before for i in m.all_input_nodes):
+                what = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+                what = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}.get(what, what)
+                fix = (f"h = h.{what[:-1]}(...) rather than h.{what}(...) alone" if what.endswith("_")
+                       else "h = h + ... rather than +=, or inplace=False")
+                return (f"writes into a tensor in place ({what}) and reads that tensor after the write (at {m.name}), "
+                        f"which the captured steps, running it out of place, would not see; assign the result and "
+                        f"read that instead ({fix})")
+    return ""
+
+
 class _Program:
     """Evaluate a list of fx nodes; ``inputs`` name the nodes read from the state, in order."""
 
@@ -260,6 +289,9 @@ def _graph_steps(model, nodes):
         if n.op == "call_function" and n.target is operator.setitem:
             return None, f"{type(model).__name__}.forward assigns into a tensor in place ({n.name})"
     order = {n: i for i, n in enumerate(nodes)}
+    why = _stale_after_in_place(nodes, order)
+    if why:
+        return None, f"{type(model).__name__}.forward {why}"
     # activations: nodes whose value depends on the input's data (not only on its shape)
     meta, act = set(), {placeholders[0]}
     for n in nodes:
