@@ -100,7 +100,8 @@ def test_resume_restores_history_masks_and_counts(tmp_path, setup, reference):
     with pytest.raises(Crash):
         setup["run"](checkpoint=ckpt, checkpoint_every=4, callbacks=[crash])
     arrays, meta = zo.load_checkpoint(ckpt)
-    assert meta["step"] == 20 and set(arrays) >= {"params", "opt/momentum", "ratios", "coordinates"}
+    # the step whose callback raised is saved (21 steps run), not only the scheduled one (20)
+    assert meta["step"] == 21 and set(arrays) >= {"params", "opt/momentum", "ratios", "coordinates"}
     res = setup["run"](checkpoint=ckpt, resume=ckpt)
     assert res.params.tobytes() == reference.params.tobytes()
     assert res.nfev == reference.nfev
@@ -108,6 +109,48 @@ def test_resume_restores_history_masks_and_counts(tmp_path, setup, reference):
     np.testing.assert_array_equal(res.coordinates, reference.coordinates)
     assert [e["epoch"] for e in res.history.epochs] == list(range(6))
     assert res.history.column("eval", "epoch")[-1] == reference.history.column("eval", "epoch")[-1]
+
+
+@pytest.mark.parametrize("every", ["epoch", 6, 4])
+def test_a_step_callback_raising_on_a_save_step_loses_no_step(tmp_path, setup, reference, every):
+    """The step callbacks ran before that step's save: one raising on an epoch's last step (or on
+    a checkpoint_every step) left no file at all in the first epoch (all its steps lost), or the
+    step before. The step is saved first now, and the resumed run is the uninterrupted one."""
+    ckpt = tmp_path / "c.npz"
+
+    def crash(event, rec, params):
+        if event == "step" and rec["step"] == 5:  # the sixth step: the first epoch's last
+            raise ConnectionError("the dashboard went away")
+
+    with pytest.raises(ConnectionError):
+        setup["run"](checkpoint=ckpt, checkpoint_every=every, callbacks=[crash])
+    assert zo.load_checkpoint(ckpt)[1]["step"] == 6
+    res = setup["run"](checkpoint=ckpt, checkpoint_every=every, resume=ckpt)
+    assert res.params.tobytes() == reference.params.tobytes()
+    np.testing.assert_array_equal(res.history.column("eval", "epoch"), reference.history.column("eval", "epoch"))
+
+
+def test_a_relative_checkpoint_and_plot_path_stay_where_they_were_checked(tmp_path, setup, monkeypatch):
+    """An eval_fn that changes the working folder moved the relative checkpoint with it: the
+    run's saves were split over two folders, and one replaced a file zoracle did not write (the
+    check before the first query had looked in the first folder); the plot went there too."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "run.npz", x=np.arange(3))  # the user's own file
+    monkeypatch.chdir(tmp_path / "runs")
+    X, y, LinReg = setup["X"], setup["y"], setup["LinReg"]
+
+    def evaluate(p):
+        os.chdir(tmp_path / "data")
+        return float(np.mean((X @ p[:-1] + p[-1] - y) ** 2))
+
+    zo.train(LinReg(), np.full(31, 0.05), batches=zo.Minibatches((X, y), 16, seed=2), epochs=3,
+             estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.01), eval_fn=evaluate, checkpoint="run.npz",
+             plot="fig.png", rng=1, progress=False)
+    assert set(np.load(tmp_path / "data" / "run.npz")) == {"x"}
+    assert zo.load_checkpoint(tmp_path / "runs" / "run.npz")[1]["step"] == 18
+    assert (tmp_path / "runs" / "fig.png").exists() and not (tmp_path / "data" / "fig.png").exists()
 
 
 def test_resume_can_extend_a_finished_run(tmp_path, setup):

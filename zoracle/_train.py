@@ -703,7 +703,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
-        eval loses no steps) and at the end. A path that cannot be written, or that holds a
+        eval loses no steps) and at the end; a step callback that raises has its step saved
+        first. A path that cannot be written, or that holds a
         file zoracle did not write, raises :class:`~zoracle.ArgumentError` before the first
         query; an earlier run's checkpoint that this run does not resume from is overwritten
         at the first save, with a warning.
@@ -851,6 +852,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         resume = as_path(resume, "resume")  # "~/run.npz" as the checkpoint's path reads it
     if checkpoint is not None:
         check_writable(checkpoint)  # before the first query, not after the first epoch
+        # absolute: the file checked here is the one every save writes, whatever os.chdir an
+        # eval_fn or a callback makes (a relative path then replaced a file zoracle did not write)
+        checkpoint = os.path.abspath(checkpoint)
         _check_overwrite(checkpoint, resume)
         if callable(getattr(oracle, "state_arrays", None)):  # a state a checkpoint cannot hold fails now
             for k, v in oracle.state_arrays().items():
@@ -861,7 +865,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if plot is not None:
         from ._plot import check_plot_path
 
-        plot = check_plot_path(plot)[0]  # "~" expanded, as the checkpoint's
+        plot = os.path.abspath(check_plot_path(plot)[0])  # "~" expanded, and absolute, as the checkpoint's
         if epochs == 0 and resume is None:
             raise ArgumentError("`plot` was given with epochs=0: a run without steps has nothing to draw; train at "
                                 "least one epoch, or drop `plot`")
@@ -1163,9 +1167,19 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     bar.update(1)
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
-                for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
-                    if _stops(cb("step", dict(rec), params.copy()), cb, cb_warned):
-                        stopped = True
+                try:
+                    for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
+                        if _stops(cb("step", dict(rec), params.copy()), cb, cb_warned):
+                            stopped = True
+                except BaseException:
+                    # a step callback that raises (or Ctrl-C in one) loses no step: this one is saved
+                    # first (on an epoch's last step or a checkpoint_every step the save came after)
+                    if saved[0] != step:
+                        try:
+                            save()
+                        except Exception:  # the callback's error is the one to see
+                            pass
+                    raise
                 if max_queries is not None and nfev >= max_queries:
                     stopped = True
                 if (checkpoint_every != "epoch" and step % checkpoint_every == 0 and pos < len(blist)
