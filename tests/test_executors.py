@@ -235,15 +235,24 @@ class RebindsInPlace:
         return float(np.mean((xb @ w - yb) ** 2))
 
 
-def test_train_ships_an_oracle_rebound_in_place_with_each_batch(loky2):
-    """Process workers keep an object once shipped: every step trained on the first batch."""
+class RebindsInPlaceAndUnbinds(RebindsInPlace):
+    """The same with ``unbind() -> (self, batch)``: its own parent, one object for every batch."""
+
+    def unbind(self):
+        return None if self.batch is None else (self, self.batch)
+
+
+@pytest.mark.parametrize("kind", [RebindsInPlace, RebindsInPlaceAndUnbinds])
+def test_train_ships_an_oracle_rebound_in_place_with_each_batch(loky2, kind):
+    """Process workers keep an object once shipped: every step trained on the first batch (with
+    ``unbind`` too: the batch's token was the bound object's, the same object every step)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 5))
     y = x @ rng.standard_normal(5)
     kw = dict(batches=zo.Minibatches((x, y), 32, seed=0), epochs=2, estimator=zo.CGE(1e-4, "central"),
               optimizer=zo.sgd(0.05), rng=0, progress=False)
-    serial = zo.train(RebindsInPlace(), np.zeros(5), **kw)
-    par = zo.train(RebindsInPlace(), np.zeros(5), executor=loky2, **kw)
+    serial = zo.train(kind(), np.zeros(5), **kw)
+    par = zo.train(kind(), np.zeros(5), executor=loky2, **kw)
     np.testing.assert_array_equal(par.params, serial.params)
 
 

@@ -402,6 +402,19 @@ def test_dask_in_a_script_without_main_guard_is_one_clear_error(tmp_path):
     assert run.stderr.count("Traceback") == 1
 
 
+def test_dask_in_a_script_read_from_stdin_is_one_clear_error(tmp_path):
+    """``python - < script.py``: every nanny failed to re-import ``<stdin>`` (75 lines, "Nanny
+    failed to start"); one error now, naming the fix."""
+    pytest.importorskip("distributed")
+    guarded = _UNGUARDED.format(d=str(tmp_path / "scratch")).replace("\nwith ", "\nif __name__ == '__main__':\n  with ")
+    guarded = guarded.replace("\n    print(", "\n      print(")
+    run = subprocess.run([sys.executable, "-"], input=guarded, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert run.returncode != 0
+    assert "read from <stdin>" in run.stderr and "python -c" in run.stderr, run.stderr
+    assert run.stderr.count("Traceback") == 1 and len(run.stderr.splitlines()) < 20, run.stderr
+
+
 def test_main_guard_detection_accepts_guarded_code(tmp_path):
     from zoracle._executors_cluster import unguarded_main_line
 

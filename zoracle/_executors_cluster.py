@@ -123,6 +123,14 @@ def check_main_guard(what: str, spec: str) -> None:
         method = "spawn"
     if method == "fork" or multiprocessing.parent_process() is not None:
         return
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if isinstance(main_file, str) and main_file.startswith("<") and main_file.endswith(">"):
+        # `python - < script.py`: a worker re-imports the main module from that "file", which is not
+        # one (FileNotFoundError inside every nanny, then "Nanny failed to start")
+        raise ZoracleError(
+            f"{what}({spec!r}) starts worker processes that re-import the main script, and this one was read "
+            f"from {main_file} (no file to import); save it as a file and run that, or use python -c, or set "
+            f"Dask's distributed.worker.multiprocessing-method to 'fork'")
     line = unguarded_main_line(sys._getframe(1))
     if line is not None:
         script = os.path.basename(sys.modules["__main__"].__file__)

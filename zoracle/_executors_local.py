@@ -135,7 +135,7 @@ class ShardedExecutor(StaysHere):
         fn = oracle.fn if isinstance(oracle, Oracle) else oracle  # zoracle's wrapper, not a user's `fn`
         parent, batch = split_bound(fn)
         if batch is not None:
-            self._bound.forget(fn)
+            self._bound.forget(batch if fn is parent else fn)  # the key _payload gave it
         token = self._registry.forget(parent)
         if token is not None:
             self._dropped([token])
@@ -161,13 +161,17 @@ class ShardedExecutor(StaysHere):
                 if dropped:
                     self._dropped(dropped)
             self._keys[otoken] = key
-        btoken = self._bound.token(oracle.fn)[0] if batch is not None else None
+        # the batch's token: by the bound oracle's identity, a new object for each batch; a bind that
+        # rebinds in place and returns itself (its own parent) is one object for every batch, so by
+        # the batch's (its workers kept the first batch otherwise)
+        bobj = batch if oracle.fn is parent else oracle.fn
+        btoken = self._bound.token(bobj)[0] if batch is not None else None
         bkey_of = getattr(oracle.fn, "batch_key", None) if batch is not None else None
         if callable(bkey_of):  # the batch written in place since it was sent (a reused buffer): send it again
             bkey = _key_snapshot(oracle.fn, bkey_of())  # (by content: an array or a list changed in place)
             if btoken in self._batch_keys and not _same_key(self._batch_keys[btoken], bkey):
-                self._bound.forget(oracle.fn)
-                btoken = self._bound.token(oracle.fn)[0]
+                self._bound.forget(bobj)
+                btoken = self._bound.token(bobj)[0]
             self._batch_keys[btoken] = bkey
             while len(self._batch_keys) > 2 * self._bound.keep:  # the registry keeps its last few only
                 self._batch_keys.pop(next(iter(self._batch_keys)))
