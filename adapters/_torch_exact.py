@@ -139,6 +139,16 @@ class _ParameterReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def check_batch_first(out, B: int) -> None:
+    """The model's output keeps the batch of ``B`` samples as its first dimension (checked at
+    every bind's plain call: a last minibatch of one meets a forward's ``squeeze()`` late)."""
+    if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != B):
+        raise ArgumentError(
+            f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
+            "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
+            "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
+
+
 def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
     core = oracle._core
@@ -146,11 +156,7 @@ def first_bind(oracle) -> None:
         with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
             out = oracle.model(oracle._x)
             B = oracle._x.shape[0]
-            if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != B):
-                raise ArgumentError(
-                    f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
-                    "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
-                    "out.squeeze() drops it for a batch of one: squeeze a named dimension instead (squeeze(-1))")
+            check_batch_first(out, B)
             with _ParameterReads(core.params, out) as reads:
                 v = to_torch(oracle.loss_fn(out, oracle._y))
         if reads.hit:
@@ -165,9 +171,7 @@ def first_bind(oracle) -> None:
         scalar = v.dim() == 0 or (v.numel() == 1 and B > 1)
         if not scalar and tuple(v.shape) not in ((B,), (B, 1)):  # (B, 1): a one-output regression's rows
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({B},) or one mean loss "
-                                f"(a scalar), got shape {tuple(v.shape)}; reduce each sample's row, e.g. "
-                                "lambda out, y: nn.functional.mse_loss(out, y, reduction='none').mean(1), or use "
-                                "nn.CrossEntropyLoss(reduction='none') for classes")
+                                f"(a scalar), got shape {tuple(v.shape)}; {_loss_shape_fix(out, oracle._y, v, B)}")
         core.scalar_loss = bool(scalar)
         if not scalar and _rows_coupled(oracle, out, v):
             # per-sample losses that depend on the other samples (in-batch negatives, a batch
@@ -677,6 +681,21 @@ def _sequence_first(model: nn.Module) -> str:
         return ""
     return (f"; {name_list(names)} take(s) the batch along dim 1 (batch_first=False), where the split takes samples along "
             f"dim 0: build them with batch_first=True, and pass (batch, sequence, ...) inputs, to keep feature reuse")
+
+
+def _loss_shape_fix(out, y, v, B: int) -> str:
+    """The fix to name for per-sample losses of another shape than ``(B,)``."""
+    ys = tuple(getattr(y, "shape", ()))
+    if tuple(v.shape) == (B, B) and tuple(out.shape) == (B, 1) and ys == (B,):
+        # (B, 1) outputs against (B,) targets broadcast to every pair: a mean over a row is no sample's loss
+        return (f"the model's ({B}, 1) outputs met ({B},) targets and broadcast to every (output, target) pair; "
+                "make the shapes agree: y.reshape(-1, 1) for the targets, or out.squeeze(-1) in the loss "
+                "(lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y, reduction='none'))")
+    if v.dim() > 2:
+        return ("reduce each sample's entries to one value, e.g. lambda out, y: nn.functional.cross_entropy(out, y, "
+                "reduction='none').flatten(1).mean(1)")
+    return ("reduce each sample's row, e.g. lambda out, y: nn.functional.mse_loss(out, y, reduction='none').mean(1), "
+            "or use nn.CrossEntropyLoss(reduction='none') for classes")
 
 
 def _hook_reparametrized(model: nn.Module) -> str:

@@ -38,7 +38,7 @@ from zoracle._errors import ArgumentError, check_flag
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, ensure_split, first_bind, full_coordinate_losses,
+from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind, full_coordinate_losses,
                            module_key, name_list, parameter_names, reference_loss, shared_suffix)
 from ._torch_chain import (
     Step,
@@ -766,6 +766,8 @@ class TorchOracle:
         _one_tensor(outputs)
         n = outputs.shape[0]
         vals = _rows(to_torch(self._call_loss(outputs, targets), outputs.device))
+        if n == 1 and vals.dim() == 0:  # one sample's loss, squeezed by the loss (a last minibatch of one)
+            vals = vals.reshape(1)
         if vals.dim() != 1 or vals.shape[0] != n:
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},) or one mean loss "
                                 f"(a scalar), got {tuple(vals.shape)}")
@@ -928,6 +930,7 @@ class TorchOracle:
                 out, states = self._run_chain(limit)
             else:
                 out, states = self.model(self._x), None
+            check_batch_first(out, self._x.shape[0])
             scalar = self._core.scalar_loss
             loss = self._scalar(out, self._y) if scalar else None
             rows = None if scalar else self._loss_rows(out, self._y)

@@ -952,6 +952,21 @@ def test_one_output_regression_rows_resume_false_and_a_parameter_unfrozen_later(
     assert _float32_reference_gap(oracle, theta, np.arange(theta.size)) < 1e-6
     with pytest.raises(zo.ArgumentError, match=r"got shape \(8, 2\); reduce each sample's row"):
         TorchOracle(nn.Linear(3, 2), nn.MSELoss(reduction="none"), (x, torch.randn(8, 2)))
+    # (8, 1) outputs against (8,) targets broadcast to (8, 8): the advice was .mean(1), which averages
+    # every (output, target) pair and trains toward the mean (a helper's MSE 0.970 against 0.489)
+    with pytest.raises(zo.ArgumentError, match=r"got shape \(8, 8\); the model's \(8, 1\) outputs met \(8,\) "
+                                               r"targets.*y\.reshape\(-1, 1\).*out\.squeeze\(-1\)"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own, on the broadcast
+        TorchOracle(nn.Linear(3, 1), nn.MSELoss(reduction="none"), (x, y[:, 0]))
+    with pytest.raises(zo.ArgumentError, match=r"got shape \(8, 4, 4\); .*flatten\(1\)\.mean\(1\)"):
+        TorchOracle(nn.Conv2d(3, 2, 1), nn.CrossEntropyLoss(reduction="none"),
+                    (torch.randn(8, 3, 4, 4), torch.randint(0, 2, (8, 4, 4))))
+    # a loss squeezing its rows gives () for a batch of one: that sample's loss
+    squeezing = TorchOracle(model, lambda out, t: ((out - t) ** 2).squeeze(), (x, y))
+    one = squeezing.bind((x[:1], y[:1]))
+    with torch.no_grad():
+        assert one(theta) == pytest.approx(float(((model(x[:1]) - y[:1]) ** 2).sum()), rel=1e-6)
     res = zo.train(oracle, theta, epochs=1, progress=False, resume=False)
     assert res.steps == 1
     model[0].requires_grad_(False)
@@ -1075,6 +1090,12 @@ def test_a_loss_reading_parameters_a_batch_dropped_and_an_attribute_changed_afte
     with warnings.catch_warnings(), pytest.raises(zo.ArgumentError, match=r"returned \(3,\) for a batch of 1"):
         warnings.simplefilter("ignore")  # (a capture that fails on the squeezed batch may say so first)
         TorchOracle(Squeezed(), CE_ROWS, (x[:1], y[:1]))
+    # a later batch of one (a last minibatch): checked there too (it blamed `loss_fn`, or failed
+    # with IndexError in the loss, for what the forward's squeeze did)
+    later = TorchOracle(Squeezed(), CE_ROWS, (x, y))
+    with warnings.catch_warnings(), pytest.raises(zo.OracleError, match=r"returned \(3,\) for a batch of 1.*squeeze"):
+        warnings.simplefilter("ignore")
+        zo.estimate_gradient(later.bind((x[:1], y[:1])), later.initial_params(), zo.CGE(mu=1e-3))
 
     class Tempered(nn.Module):
         def __init__(self):
