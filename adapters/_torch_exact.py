@@ -702,11 +702,18 @@ def _hook_reparametrized(model: nn.Module) -> str:
     """The reason to give when a module recomputes its weight in a forward pre-hook (the old
     ``torch.nn.utils.weight_norm`` / ``spectral_norm``): the split perturbs the stored
     parameters the hook reads, which it cannot follow (the error it raises names no cause)."""
+    from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
     for name, m in model.named_modules():
         for hook in m._forward_pre_hooks.values():
+            if isinstance(hook, BasePruningMethod):
+                return (f"module {name or type(model).__name__!r} recomputes {hook._tensor_name!r} in a forward "
+                        f"pre-hook (torch.nn.utils.prune: {hook._tensor_name}_orig * {hook._tensor_name}_mask), "
+                        "which the split cannot follow; prune.remove(module, name) makes the pruning permanent "
+                        "and keeps feature reuse (the pruned weights then train too: zoracle's sparsity= keeps a mask "
+                        "of its own)")
             if isinstance(hook, (WeightNorm, SpectralNorm)):
                 kind = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
                 return (f"module {name or type(model).__name__!r} recomputes {hook.name!r} in a forward pre-hook "

@@ -208,7 +208,11 @@ def trace_steps(model: nn.Module):
         if graph is not None:
             break
     if graph is None:
-        hint = ("; a size read from the input is a proxy while fx traces, so a factory call on it "
+        converted = isinstance(err, TypeError) and any(f"{f}() argument" in str(err) for f in ("float", "int", "bool"))
+        hint = ("; float(), int() or bool() of a traced value is a proxy while fx traces: keep a parameter or buffer "
+                "a tensor (x / self.temperature, not x / float(self.temperature)); a size read from the input "
+                "(int(x.size(1))) is used as it is, or build what depends on it once as a buffer of the largest "
+                "size and slice it (self.mask[:T, :T])") if converted else ("; a size read from the input is a proxy while fx traces, so a factory call on it "
                 "(torch.ones(x.size(1), n)), a loop over range(x.size(1)) or pack_padded_sequence cannot be traced: "
                 "build such a tensor once as a buffer of the largest size and slice it (self.mask[:T, :T]); "
                 "docs/pytorch.md") if isinstance(err, TypeError) else ""
@@ -282,6 +286,9 @@ def _graph_steps(model, nodes):
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         return None, f"{type(model).__name__}.forward takes {len(placeholders)} inputs; the oracle feeds one"
+    if str(placeholders[0].target).startswith("*"):  # the steps would feed the batch as the tuple `args`
+        return None, (f"{type(model).__name__}.forward takes {placeholders[0].target}, which the captured steps "
+                      "cannot feed; name its input (def forward(self, x))")
     out_node = next(n for n in nodes if n.op == "output")
     if not isinstance(out_node.args[0], fx.Node):
         return None, f"{type(model).__name__}.forward returns a {type(out_node.args[0]).__name__}, not one tensor"

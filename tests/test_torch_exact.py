@@ -1221,6 +1221,28 @@ def test_hook_style_reparametrization_falls_back_naming_the_hook_and_the_paramet
 
 
 
+def test_torch_prune_falls_back_naming_the_pruning_hook():
+    """``torch.nn.utils.prune`` rebuilds ``weight`` from ``weight_orig * weight_mask`` in a forward
+    pre-hook: the fallback's warning quoted torch's "INDICES element is out of DATA bounds". It
+    names the pruning and the fix now; the estimate is the textbook one (a masked weight's 0)."""
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    prune.l1_unstructured(model[0], "weight", 0.5)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    assert "module '0' recomputes 'weight' in a forward pre-hook (torch.nn.utils.prune" in said, said
+    assert "prune.remove" in said and "INDICES" not in said
+    want = np.array([(oracle(theta + 1e-6 * e) - oracle(theta)) / 1e-6 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
+
+
 class _SequenceFirst(nn.Module):
     """A (batch, sequence, features) input transposed for a sequence-first attention layer, as
     pre-``batch_first`` code writes it."""

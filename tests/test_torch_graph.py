@@ -125,6 +125,34 @@ def test_untraceable_model_is_refused_with_a_reason():
     assert steps is None and "cannot trace Branchy" in reason
 
 
+def test_a_float_of_a_parameter_and_a_varargs_forward_are_refused_with_their_own_reasons():
+    """``x / float(self.temperature)`` was refused with advice about sizes read from the input
+    (a buffer of the largest size); ``forward(self, *args)`` was captured, fed the batch as
+    ``args``, and failed with an unrelated IndexError as its only reason. The estimates were and
+    are the textbook ones (full forwards)."""
+    class Tempered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.temperature = nn.Linear(3, 3), nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return self.lin(x) / float(self.temperature)
+
+    class Varargs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, *args):
+            return self.lin(args[0])
+
+    steps, reason = trace_steps(Tempered())
+    assert steps is None and "keep a parameter or buffer a tensor (x / self.temperature" in reason, reason
+    assert "pack_padded_sequence" not in reason
+    steps, reason = trace_steps(Varargs())
+    assert steps is None and "forward takes *args" in reason and "def forward(self, x)" in reason, reason
+
+
 def test_downstream_mask_follows_the_residual_graph():
     class Res(nn.Module):
         def __init__(self):
