@@ -51,7 +51,7 @@ def main(epochs: int = 150, seed: int = 0, progress: bool = False) -> dict:
         progress=progress,
     )
     return {"train_acc": accuracy(result.params, Xtr, ytr), "test_acc": accuracy(result.params, Xte, yte),
-            "queries": result.nfev, "loss": result.loss}
+            "queries": result.nfev, "loss": make_loss(Xtr, ytr)(result.params)}  # at the final params
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ random masks redrawn every epoch, SGD with momentum, weight decay and a cosine s
 The script evaluates every epoch, writes a checkpoint, stops half-way as an interrupted
 job would, resumes from the checkpoint to the end, and plots the curves.
 
-    python examples/train_torch.py                 # 20 epochs on scikit-learn digits: 93.1% test
-                                                   # accuracy, 199,286 queries, 11 s on 2 cores (AVX-512;
-                                                   # other instruction sets: 93.6-94.7%, docs/training.md)
+    python examples/train_torch.py                 # 20 epochs on scikit-learn digits: 92-95% test
+                                                   # accuracy by CPU, 199,286 queries, 7-11 s on 2 cores
+                                                   # (each machine's figures: docs/training.md)
     python examples/train_torch.py --quick         # 4 epochs (the test runs this)
     python examples/train_torch.py --out results/train_torch
 

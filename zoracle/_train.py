@@ -264,6 +264,9 @@ class TrainResult:
         True when a callback or ``max_queries`` stopped training early.
     estimator_state : ndarray or None
         SNES's search widths ``sigma`` at the end (None for CGE and RGE).
+    loss : float
+        The last step's loss, before that step's update (a property; not the loss at
+        ``params``).
     """
 
     params: Any
@@ -280,6 +283,9 @@ class TrainResult:
 
     @property
     def loss(self) -> float:
+        """The last step's loss: the oracle at that step's base point (on its minibatch), before
+        that step's update, as the history records it; NaN when no step ran. It is not the loss
+        at :attr:`params`: evaluate your loss there for that."""
         return float(self.history.steps[-1]["loss"]) if self.history.steps else float("nan")
 
     def plot(self, path=None, **kwargs):
