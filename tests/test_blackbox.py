@@ -59,6 +59,26 @@ def test_rge_backward_is_seeded_and_points_the_right_way():
         assert cosine(grads[0][n], want[n]) > 0.9
 
 
+@pytest.mark.parametrize("distribution", ["sphere", "gaussian"])
+def test_rge_backward_has_the_gradients_size_not_only_its_direction(distribution):
+    """Halving RGE's scale (``D / q`` to ``D / 2q``) passed every test: they checked the direction
+    (cosine) and that training goes down. On a linear black box RGE is unbiased: over many
+    directions the estimate's projection on autograd's exact VJP is its squared norm."""
+    Al = np.random.default_rng(5).standard_normal((6, 3))
+    xs = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, dtype=torch.float64)
+    op = blackbox(lambda x: x.detach().numpy() @ Al, zo.RGE(mu=1e-3, directions=20_000, distribution=distribution,
+                                                           scheme="central"), rng=0)
+    (op(xs) * v).sum().backward()
+    want = v.numpy() @ Al.T  # exact: torch autograd of x @ Al
+    xt = xs.detach().clone().requires_grad_(True)
+    ((xt @ torch.from_numpy(Al)) * v).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), want, rtol=1e-12)
+    for n in range(2):
+        ratio = float(xs.grad.numpy()[n] @ want[n] / (want[n] @ want[n]))
+        assert 0.95 < ratio < 1.05, ratio
+
+
 def test_context_rows_follow_their_samples():
     # fn(x, labels): a per-sample loss selecting a column by label, context repeated per perturbation
     def loss(x, labels):

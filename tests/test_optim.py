@@ -183,6 +183,45 @@ def test_adamw_decay_matches_the_closed_form_and_torch():
     np.testing.assert_allclose(p, w.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+def test_adam_with_a_schedule_and_cosine_with_a_floor_match_torch():
+    """Two gaps a mutation test found: adam's schedule read one step late, and cosine_schedule
+    without its ``final`` term (0.1 off at every step), passed every test. torch.optim.Adam with
+    LambdaLR, and CosineAnnealingLR with eta_min, are the references."""
+    torch = pytest.importorskip("torch")
+    sched = zo.step_schedule(1.0, step_size=1, gamma=0.5)
+    rng = np.random.default_rng(1)
+    theta = rng.normal(size=3)
+    w = torch.nn.Parameter(torch.tensor(theta))
+    ref = torch.optim.Adam([w], lr=1.0, betas=(0.9, 0.999), eps=1e-8)
+    lam = torch.optim.lr_scheduler.LambdaLR(ref, lambda t: sched(t))
+    opt = zo.adam(sched, b1=0.9, b2=0.999, eps=1e-8)
+    state, p = opt.init(theta), theta.copy()
+    for _ in range(4):
+        g = rng.normal(size=3)
+        w.grad = torch.tensor(g)
+        ref.step()
+        lam.step()
+        p, state = opt.update(g, state, p)
+    np.testing.assert_allclose(p, w.detach().numpy(), rtol=1e-12, atol=1e-14)
+    cos = zo.cosine_schedule(1.0, total_steps=10, final=0.1)
+    w = torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([w], lr=1.0)
+    ann = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=10, eta_min=0.1)
+    for t in range(11):
+        assert cos(t) == pytest.approx(ann.get_last_lr()[0], rel=1e-12, abs=1e-15), t
+        sgd.step()
+        ann.step()
+
+
+def test_sgd_without_momentum_keeps_its_momentum_state_zero():
+    """``SGDState.momentum`` is documented as zeros when momentum == 0 (a checkpoint stores it)."""
+    opt = zo.sgd(0.1)
+    p = np.array([1.0, -2.0, 3.0])
+    new, state = opt.update(np.array([1.0, -2.0, 3.0]), opt.init(p), p)
+    np.testing.assert_allclose(new, 0.9 * p)
+    assert not np.any(state.momentum)
+
+
 def test_step_schedule_counts_its_decays_from_the_end_of_the_warm_up():
     s = zo.step_schedule(1.0, step_size=2, gamma=0.5, warmup_steps=3)
     assert [s(t) for t in range(8)] == [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25]

@@ -405,3 +405,21 @@ def test_a_sparsity_keeping_nothing_is_refused_alike_for_every_ratio_method(rati
         zo.train(loss, np.zeros(30), epochs=1, estimator=zo.CGE(), sparsity=0.99, ratios=ratios,
                  blocks=[slice(0, 10), slice(10, 30)], optimizer=zo.sgd(0.01), rng=0, progress=False)
     assert not calls
+
+
+def test_layer_ratio_ties_and_small_block_fills_follow_their_documented_rules():
+    """Three gaps a mutation test found: ties between blocks must break by block order, then
+    position (an unstable sort passed: small arrays sort stably anyway); a block as large as all
+    the survivors is filled; a donor holding one survivor gives none."""
+    from zoracle._pruning import fill_small_blocks
+
+    scores = np.zeros(300)
+    scores[[5, 150, 290]] = [3.0, 2.0, 1.0]
+    blocks = [slice(0, 100), slice(100, 200), slice(200, 300)]
+    keep = 60  # round((1 - 0.8) * 300)
+    # textbook: rank by |score| descending, ties by block order then position (= index order here)
+    order = sorted(range(300), key=lambda i: -abs(scores[i]))[:keep]
+    want = [sum(b.start <= i < b.stop for i in order) / 100 for b in blocks]
+    np.testing.assert_allclose(zo.layer_ratios(scores, blocks, 0.8), want)
+    assert fill_small_blocks([2, 0], [10, 2]).tolist() == [1, 1]
+    assert fill_small_blocks([1, 0, 0], [5, 1, 1]).tolist() == [1, 0, 0]
