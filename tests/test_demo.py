@@ -26,7 +26,20 @@ def test_demo_quick_json_and_plot(tmp_path, capsys):
     dz, rge = out["deepzero"], out["rge"]
     # same query budget: RGE's directions per step + 1 = DeepZero's average queries per step
     assert abs(rge["queries"] - dz["queries"]) <= 0.01 * dz["queries"]
-    assert dz["details"]["queries_per_step"] < 0.2 * 1898  # 90% sparse: ~10% of weights + dense biases
+    # 90% sparse: the base point, every bias (dense), and each layer's kept weights at its reported ratio
+    import torch
+
+    from apps.demo import make_model
+    from zoracle.adapters.torch import TorchOracle
+
+    info = TorchOracle(make_model(0), torch.nn.CrossEntropyLoss(reduction="none")).param_info
+    sizes = {i.name: i.slice.stop - i.slice.start for i in info}
+    biases = sum(n for name, n in sizes.items() if name.endswith("bias"))
+    ratios = dz["details"]["ratios"]
+    assert set(ratios) == {name for name in sizes if not name.endswith("bias")}
+    kept = sum(round(r * sizes[name]) for name, r in ratios.items())
+    assert sum(sizes.values()) == 1898 and abs(sum(r * sizes[n] for n, r in ratios.items()) - 0.1 * (1898 - biases)) < 1
+    assert dz["details"]["queries_per_step"] == 1 + biases + kept
     assert out["deepzero"]["test_acc"] > 0.2  # far above chance (0.1) after the 3 quick epochs
     assert plot.stat().st_size > 1000
 

@@ -34,7 +34,9 @@ def test_the_docstrings_have_examples():
 def test_docstring_examples_run_as_written(name):
     try:
         mod = importlib.import_module(name)
-    except ImportError as exc:  # an adapter whose framework is not installed
+    except ModuleNotFoundError as exc:  # an adapter whose framework is not installed; not a bug of ours
+        if (exc.name or "").split(".")[0] in ("zoracle", "adapters", "apps"):
+            raise
         pytest.skip(f"{name}: {exc}")
     result = doctest.testmod(mod, report=True, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples in {name} failed (see output)"

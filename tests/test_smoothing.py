@@ -290,6 +290,23 @@ def test_certify_picks_its_class_on_the_selection_samples_only():
     assert c.prediction == sm.ABSTAIN and c.n_a == 0
 
 
+def test_predict_uses_the_two_sided_test_at_its_boundary():
+    """A one-sided test passed every test (they were far from the boundary). A classifier cycling
+    through a fixed pattern gives exactly 549 against 451 of 1,000: the two-sided p is 0.00214,
+    above alpha = 0.0015, so PREDICT abstains; the one-sided p (0.00107) would return class 0."""
+    pattern = np.array([0] * 549 + [1] * 451)
+
+    def cyclic(z):
+        return pattern[np.arange(len(z)) % 1000]
+
+    two = stats.binomtest(549, 1000, 0.5).pvalue
+    assert stats.binomtest(549, 1000, 0.5, alternative="greater").pvalue < 0.0015 < two
+    got = sm.predict(cyclic, np.array([0.0]), sigma=0.5, n=1000, alpha=0.0015, num_classes=2, batch_size=1000, rng=0)
+    assert got == sm.ABSTAIN
+    assert sm.predict(cyclic, np.array([0.0]), sigma=0.5, n=1000, alpha=0.003, num_classes=2, batch_size=1000,
+                      rng=0) == 0
+
+
 def test_predict_tests_the_top_two_counts_only():
     """PREDICT's binomial test is n_A out of n_A + n_B; out of n it abstained wherever a third
     class takes samples (every test had two classes, where the two agree)."""
