@@ -421,8 +421,17 @@ class TorchOracle:
     # ---------------------------------------------------------------- construction
     def _set_batch(self, batch):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {type(batch).__name__}")
+            what = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else \
+                type(batch).__name__
+            raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {what}" + (
+                " (TorchOracle takes no third field such as sample weights: fold them into the loss's targets)"
+                if isinstance(batch, (tuple, list)) and len(batch) > 2 else ""))
         x, y = batch
+        for name, v in (("x", x), ("y", y)):
+            if type(v).__module__.startswith("scipy.sparse"):  # len() raises; np.asarray gives an object array
+                raise ArgumentError(f"`batch`'s {name} is a SciPy sparse {type(v).__name__}: TorchOracle runs dense "
+                                    f"tensors; pass {name}.toarray() (a minibatch at a time: zo.Minibatches takes the "
+                                    "sparse matrix and yields sparse rows, so convert in a callable epoch -> batches)")
         rows = y is not None and not isinstance(x, dict) and len(x) == len(y)  # a list of samples (stacked)
         if isinstance(x, dict) or (isinstance(x, (tuple, list)) and not rows and any(
                 torch.is_tensor(v) or isinstance(v, np.ndarray) for v in x)):
@@ -923,13 +932,21 @@ class TorchOracle:
         with torch.no_grad(), norm_context(self.model, 1, update=update, loss_fn=self.loss_fn,
                                            keep_written=keep_written):
             key = _copy(params)
-            if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
-                # the same module calls as model(x), one by one: keep every state for the prefixes,
-                # unless they outgrow the memory budget (a large bound batch only evaluated)
-                limit = self._budget_bytes()
-                out, states = self._run_chain(limit)
-            else:
-                out, states = self.model(self._x), None
+            try:
+                if self._core.chain is not None and chain_is_forward(self.model, self._core.chain.steps):
+                    # the same module calls as model(x), one by one: keep every state for the prefixes,
+                    # unless they outgrow the memory budget (a large bound batch only evaluated)
+                    limit = self._budget_bytes()
+                    out, states = self._run_chain(limit)
+                else:
+                    out, states = self.model(self._x), None
+            except ValueError as exc:  # torch's, at a last minibatch of one: name the fix
+                if "more than 1 value per channel" not in str(exc):
+                    raise
+                raise ArgumentError(
+                    f"a batch of {self._x.shape[0]} sample(s) met BatchNorm in train mode, which cannot normalize one "
+                    "value per channel; drop the last batch (zo.Minibatches(..., drop_last=True)) or choose a batch_size "
+                    f"that leaves none of one (torch: {exc})") from exc
             check_batch_first(out, self._x.shape[0])
             scalar = self._core.scalar_loss
             loss = self._scalar(out, self._y) if scalar else None

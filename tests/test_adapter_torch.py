@@ -1503,3 +1503,26 @@ def test_after_train_the_model_holds_the_trained_parameters():
     held = dict(model.named_parameters())
     flat = np.concatenate([held[n].detach().reshape(-1).numpy() for n in oracle.parameter_names])
     np.testing.assert_array_equal(flat, result.params)
+
+
+def test_batches_torch_cannot_take_are_named_with_their_fix():
+    """A SciPy sparse x failed with "sparse array length is ambiguous" (Minibatches takes sparse
+    matrices); a (x, y, w) batch was "got ndarray"/"got tuple"; a last batch of one meeting
+    BatchNorm in train mode gave torch's error, naming no fix."""
+    sparse = pytest.importorskip("scipy.sparse")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    loss = torch.nn.CrossEntropyLoss(reduction="none")
+    x, y = np.random.default_rng(0).standard_normal((9, 5)).astype(np.float32), np.arange(9) % 3
+    with pytest.raises(zo.ArgumentError, match=r"x is a SciPy sparse csr_matrix.*x\.toarray\(\)"):
+        TorchOracle(model, loss, (sparse.csr_matrix(x), y))
+    with pytest.raises(zo.ArgumentError, match=r"got a tuple of 3 \(TorchOracle takes no third field"):
+        TorchOracle(model, loss, (x, y, np.ones(9)))
+    with pytest.raises(zo.ArgumentError, match=r"tuple of 3 arrays of 9 rows each: one batch \(X, y, \.\.\.\)"):
+        zo.train(TorchOracle(model, loss), np.zeros(91, np.float32), batches=(x, y, np.ones(9)), progress=False)
+    oracle = TorchOracle(model.train(), loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the executor-free train-mode notes
+        with pytest.raises(zo.OracleError, match=r"batch of 1 sample\(s\) met BatchNorm in train mode.*drop_last=True"):
+            zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), 4, seed=0), epochs=1,
+                     estimator=zo.CGE(mu=1e-3), progress=False)

@@ -19,6 +19,7 @@ import numbers
 import os
 import time
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -300,7 +301,7 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
     if callable(batches):
         got = batches(epoch)
         try:
-            out = list(got)
+            out = list(got) if isinstance(got, (list, tuple)) else _drain(iter(got), epoch)
         except TypeError:
             raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
                                 f"{type(got).__name__}, not a sequence of batches") from None
@@ -316,6 +317,43 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
         out = out[:steps_per_epoch]
     if not out:
         raise ArgumentError(f"`batches` gave no batch for epoch {epoch}")
+    return out
+
+
+def _fingerprint(a):
+    """A checksum of a host array's bytes (NumPy, or a CPU torch tensor), else None."""
+    try:
+        if type(a).__module__.split(".")[0] == "torch":
+            if a.device.type != "cpu":
+                return None
+            a = a.detach().numpy()
+        if isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype != object:
+            return zlib.crc32(np.ascontiguousarray(a).data)
+    except Exception:  # a dtype NumPy cannot view (bfloat16): not checked
+        return None
+    return None
+
+
+def _drain(it, epoch: int) -> list:
+    """The batches an iterator (a generator ``epoch -> batches``) yields, all of them: the
+    epoch is drawn before its first step. A loader that refills one buffer for every batch
+    yields one array object whose bytes change between yields: every step would then train on
+    the last batch written. Refused, naming the fix (an array yielded again unchanged, such as
+    the full batch every step, is taken)."""
+    out, seen = [], {}
+    for k, b in enumerate(it):
+        for a in (b if isinstance(b, (tuple, list)) else (b,)):
+            fp = _fingerprint(a)
+            if fp is None:
+                continue
+            first = seen.setdefault(id(a), (k, fp, a))  # (a kept: its id is not reused meanwhile)
+            if first[1] != fp:
+                raise ArgumentError(
+                    f"`batches({epoch})` yielded one array object in batch {first[0]} and again, rewritten, in batch "
+                    f"{k} (a loader refilling one buffer): train draws an epoch's batches before its first step, so "
+                    "every step would see the last batch written; yield a copy of each batch (buf.copy(), or new "
+                    "arrays)")
+        out.append(b)
     return out
 
 
@@ -338,8 +376,8 @@ def _batches_print(batches, steps_per_epoch=None):
     if callable(batches):
         return None
     used = list(batches)[:steps_per_epoch]  # the batches a run draws
-    rows = [len(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1) and hasattr(b[0], "__len__")
-            else None for b in used]
+    rows = [_rows(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1)
+            and (hasattr(b[0], "__len__") or getattr(b[0], "shape", None)) else None for b in used]
     return {"batches": len(used), "rows": _short_hash(rows)}
 
 
@@ -399,12 +437,17 @@ def _check_batches(batches) -> None:
     if isinstance(batches, type):  # zo.Minibatches itself: callable, but not an epoch -> batches
         raise ArgumentError(f"`batches` is the class {batches.__name__}, not an instance; pass "
                             f"{batches.__name__}((X, y), batch_size, seed=0)")
-    if isinstance(batches, tuple) and len(batches) == 2 and all(len(getattr(a, "shape", ())) >= 1 for a in batches) \
-            and batches[0].shape[0] == batches[1].shape[0]:
+    if isinstance(batches, tuple) and len(batches) >= 2 and all(len(getattr(a, "shape", ())) >= 1 for a in batches) \
+            and len({a.shape[0] for a in batches}) == 1 and (
+                len(batches) == 2 or len({tuple(a.shape) for a in batches}) > 1):
+        # (X, y) or (X, y, w): fields of one batch (batches of one array each would share their shape)
+        k = len(batches)
+        fields = "(X, y)" if k == 2 else "(X, y, ...)"
         raise ArgumentError(
-            f"`batches` is a tuple of two arrays of {batches[0].shape[0]} rows each: one batch (X, y), which train "
-            "would read as two batches, X and then y; pass [(X, y)] for a full batch every step, or "
-            "zo.Minibatches((X, y), batch_size, seed=0) (two batches of one array each: pass them as a list)")
+            f"`batches` is a tuple of {'two' if k == 2 else k} arrays of {batches[0].shape[0]} rows each: one batch "
+            f"{fields}, which train "
+            f"would read as {k} batches, one array each; pass [{fields}] for a full batch every step, or "
+            f"zo.Minibatches({fields}, batch_size, seed=0) (batches of one array each: pass them as a list)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
     raise ArgumentError(
@@ -1097,8 +1140,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     batches_of = {}
 
     def epoch_batches(e):
+        nonlocal first
         if e not in batches_of:
-            batches_of.clear()
+            batches_of.clear()  # (the caller drops its own reference first: one epoch's copy at a time)
+            if e != 0:
+                first = None  # epoch 0's batches, kept for ZO-GraSP and the first epoch: no longer needed
             batches_of[e] = first if (e == 0 and first is not None) else _epoch_batches(batches, e, steps_per_epoch)
         return batches_of[e]
 
@@ -1114,6 +1160,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         while epoch < epochs:
             if stopped and pos == 0:  # stopped at an epoch's end: the next epoch's batches are not drawn
                 break
+            blist = None  # the last epoch's batches go before this one's are drawn
             blist = epoch_batches(epoch)
             if pos > len(blist):
                 raise CheckpointError(f"checkpoint {resume!r}: header field 'pos' is {pos}, but epoch {epoch} has "
