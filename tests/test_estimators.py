@@ -415,6 +415,28 @@ def test_cge_plain_calls_keep_slices_and_reuse_one_array_otherwise():
         np.testing.assert_array_equal(kept, copy)
 
 
+@pytest.mark.parametrize("write", ["sigmoid", "exp"])
+def test_cge_plain_calls_survive_an_oracle_writing_past_the_read_only_flag(write):
+    """``torch.from_numpy(x)`` (or ``x.flags.writeable = True``) lets an oracle write into the array
+    it was given: reused between queries, the write reached every later query (partials 5e4
+    against 0.4; with exp, inf at coordinate 4). The queries that may have read it run again,
+    each on its own copy; the textbook loop with a fresh array per query is the reference."""
+    def loss(x):
+        x.flags.writeable = True  # as torch.from_numpy ignores the flag
+        x[3:] = 1 / (1 + np.exp(-x[3:])) if write == "sigmoid" else np.exp(x[3:])
+        return float(np.sum(x ** 2) + np.sin(x).sum())
+
+    x0 = np.array([0.5, -1.0, 2.0, 0.1, -0.2, 0.3])
+    got = zo.estimate_gradient(loss, x0.copy(), zo.CGE(mu=1e-5))
+    f0 = loss(x0.copy())
+    want = []
+    for i in range(6):
+        up = x0.copy()
+        up[i] += 1e-5
+        want.append((loss(up.copy()) - f0) / (up[i] - x0[i]))
+    np.testing.assert_array_equal(got.grad, np.array(want))
+
+
 def test_masked_losses_and_params_are_refused():
     """``np.ma.masked`` (a masked mean of saturated readings) read as 0.0 through ``.item()``, a
     masked one-element array as its hidden value, and a batch's mask was dropped: a perfect loss

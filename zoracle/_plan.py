@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace
-from ._errors import ArgumentError
+from ._errors import ArgumentError, OracleError
 from ._oracle import Oracle, readonly
 
 __all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
@@ -87,6 +87,65 @@ def _query_array(params) -> tuple:
     return x, (readonly(x) if isinstance(x, np.ndarray) else x)
 
 
+def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
+    """Plain-call losses at ``params + step * e_i`` for ``i`` in ``coords``.
+
+    One array is edited in place for every query, unless the oracle keeps what it was given: a
+    count of references to the array or to its view above the one taken here, in this frame,
+    means the oracle holds the view or a view of it (a log, a memo of its last point); that one
+    stays as it was queried, and the queries go on with a new array. An oracle can still write
+    into it past the read-only flag (``torch.from_numpy(x)`` warns and shares the memory): the
+    array is compared with ``params`` before it is left, at the end and when a query fails, and
+    the queries that may have seen such a write run again, each on its own copy (counted again
+    in ``nfev``). Successive queries may get the same array object, edited in place: an oracle
+    must not cache by identity (a weak reference to the last array, say).
+    """
+    out = np.empty(len(coords))
+
+    def own_copy(r):
+        y = params.copy()
+        y[coords[r]] = y[coords[r]] + step
+        return oracle(readonly(y), query_of(r))
+
+    def written(x, i, perturbed):
+        differ = x != params
+        if perturbed:
+            differ[i] = False  # (kept perturbed by the oracle)
+        return bool(differ.any())
+
+    x, xv = _query_array(params)
+    held = (sys.getrefcount(x), sys.getrefcount(xv))
+    since = 0  # the first query that ran on the current array
+    fresh = False  # a write was found: every query from here on gets its own copy
+    for j, i in enumerate(coords.tolist()):
+        if fresh:
+            out[j] = own_copy(j)
+            continue
+        old = x[i].copy()
+        x[i] = old + step
+        try:
+            out[j] = oracle(xv, query_of(j))
+        except OracleError:
+            if not written(x, i, True):
+                raise
+            out[j] = np.nan  # its turn comes in the rerun below
+            kept = True  # leave this array as it is
+        else:
+            kept = (sys.getrefcount(x), sys.getrefcount(xv)) != held
+        if not kept:
+            x[i] = old  # restore the exact value, no drift
+        if kept or j == len(coords) - 1:
+            if written(x, i, kept):  # the queries since `since` may have read a write: each on its own copy
+                fresh = True
+                for r in range(since, j + 1):
+                    out[r] = own_copy(r)
+            if kept:
+                x, xv = _query_array(params)
+                held = (sys.getrefcount(x), sys.getrefcount(xv))
+                since = j + 1
+    return out
+
+
 @dataclass(frozen=True)
 class CoordTask:
     """Losses at ``params + s * e_i`` for each ``i`` in ``coords`` and each ``s`` in ``steps``.
@@ -131,22 +190,7 @@ class CoordTask:
                     X[xp.arange(len(c)), xp.asarray(c)] += params.dtype.type(step)
                     out[si, lo:hi] = oracle.batch(X, query_of, what)
                 else:
-                    # one array edited in place for every query, unless the oracle keeps what
-                    # it was given: a count of references to the array or to its view above
-                    # the one taken here, in this frame, means the oracle holds the view or a
-                    # view of it (a log, a memo of its last point); that one stays as it was
-                    # queried, and the queries go on with a new array
-                    x, xv = _query_array(params)
-                    held = (sys.getrefcount(x), sys.getrefcount(xv))
-                    for j, i in enumerate(c.tolist()):
-                        old = x[i].copy()
-                        x[i] = old + params.dtype.type(step)
-                        out[si, lo + j] = oracle(xv, query_of(j))
-                        if (sys.getrefcount(x), sys.getrefcount(xv)) != held:
-                            x, xv = _query_array(params)
-                            held = (sys.getrefcount(x), sys.getrefcount(xv))
-                        else:
-                            x[i] = old  # restore the exact value, no drift
+                    out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
         return out
 
 
