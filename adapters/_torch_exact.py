@@ -686,11 +686,14 @@ def _sequence_first(model: nn.Module) -> str:
 def _loss_shape_fix(out, y, v, B: int) -> str:
     """The fix to name for per-sample losses of another shape than ``(B,)``."""
     ys = tuple(getattr(y, "shape", ()))
-    if tuple(v.shape) == (B, B) and tuple(out.shape) == (B, 1) and ys == (B,):
-        # (B, 1) outputs against (B,) targets broadcast to every pair: a mean over a row is no sample's loss
-        return (f"the model's ({B}, 1) outputs met ({B},) targets and broadcast to every (output, target) pair; "
-                "make the shapes agree: y.reshape(-1, 1) for the targets, or out.squeeze(-1) in the loss "
-                "(lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y, reduction='none'))")
+    if tuple(v.shape) == (B, B) and {tuple(out.shape), ys} == {(B, 1), (B,)}:
+        # (B, 1) against (B,) broadcasts to every pair: a mean over a row is no sample's loss
+        fix = ("y.reshape(-1, 1) for the targets, or out.squeeze(-1) in the loss (lambda out, y: "
+               "nn.functional.mse_loss(out.squeeze(-1), y, reduction='none'))") if ys == (B,) else (
+               "y.reshape(-1) for the targets, or out.unsqueeze(-1) in the loss (lambda out, y: "
+               "nn.functional.mse_loss(out.unsqueeze(-1), y, reduction='none'))")
+        return (f"the model's {tuple(out.shape)} outputs met {ys} targets and broadcast to every (output, target) "
+                f"pair; make the shapes agree: {fix}")
     if v.dim() > 2:
         return ("reduce each sample's entries to one value, e.g. lambda out, y: nn.functional.cross_entropy(out, y, "
                 "reduction='none').flatten(1).mean(1)")

@@ -111,32 +111,70 @@ def _functional(node: fx.Node):
     return target, node.args, kwargs
 
 
+#: calls whose result shares the memory of their first argument (a view), so a write into one
+#: is a write into the other
+_VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "t",
+    "permute", "expand", "expand_as", "narrow", "select", "unfold", "as_strided", "diagonal", "movedim", "moveaxis",
+    "swapaxes", "swapdims", "split", "chunk", "unbind", "tensor_split", "detach", "contiguous", "__getitem__",
+    "view_as_real", "view_as_complex", "real", "imag"})
+_VIEW_FUNCTIONS = frozenset({
+    operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.t,
+    torch.permute, torch.narrow, torch.select, torch.chunk, torch.split, torch.unbind, torch.tensor_split,
+    torch.detach, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.diagonal, torch.as_strided})
+_VIEW_ATTRS = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})
+
+
+def _in_place(n: fx.Node) -> bool:
+    """Whether ``n`` writes into its first argument (what :func:`_functional` runs out of place)."""
+    if n.op not in ("call_function", "call_method") or not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    target, _, kwargs = _functional(n)
+    return not (target == n.target and kwargs == dict(n.kwargs))
+
+
+def _aliases(n: fx.Node) -> bool:
+    """Whether ``n``'s value shares the memory of its first argument: a view, an element of a
+    split, ``.data``, or an in-place call's result (its argument itself)."""
+    if not n.args or not isinstance(n.args[0], fx.Node):
+        return False
+    if n.op == "call_method":
+        return n.target in _VIEW_METHODS or _in_place(n)
+    if n.op == "call_function":
+        if n.target is getattr:
+            return len(n.args) > 1 and n.args[1] in _VIEW_ATTRS
+        return n.target in _VIEW_FUNCTIONS or _in_place(n)
+    return False
+
+
 def _stale_after_in_place(nodes: list, order: dict) -> str:
     """Why the steps, which run in-place calls out of place (:func:`_functional`), would
     compute another function than ``forward``: a call writing into a tensor in place
-    (``h.clamp_(max=c)``, ``F.relu_(h)``, ``x.sub_(m)`` as a statement) whose tensor, or
-    something computed from it before the write (a view), is read after it. Out of place
-    the write is lost on those reads. "" where no such call is."""
+    (``h.clamp_(max=c)``, ``F.relu_(h)``, ``h[:, :2].mul_(0.5)`` as a statement) whose memory
+    is read after it, through the tensor the write went into, the tensor it is a view of, or
+    any view of that made before the write. Out of place the write is lost on those reads. A
+    size or a new tensor computed before the write does not share its memory and is not
+    such a read. "" where no such call is."""
     for n in nodes:
-        if n.op not in ("call_function", "call_method") or not n.args or not isinstance(n.args[0], fx.Node):
+        if not _in_place(n):
             continue
-        target, _, kwargs = _functional(n)
-        if target == n.target and kwargs == dict(n.kwargs):
-            continue  # not an in-place call
-        written, at = n.args[0], order[n]
-        before = {written}  # the tensor and what was computed from it before the write
-        for m in nodes[order[written] + 1:at]:
-            if any(i in before for i in m.all_input_nodes):
-                before.add(m)
+        at = order[n]
+        root = n.args[0]
+        while _aliases(root):  # up to the tensor that owns the memory
+            root = root.args[0]
+        shared = {root}  # it, and its views made before the write
+        for m in nodes[order[root] + 1:at]:
+            if _aliases(m) and m.args[0] in shared:
+                shared.add(m)
         for m in nodes[at + 1:]:
-            if any(i in before for i in m.all_input_nodes):
+            if any(i in shared for i in m.all_input_nodes):
                 what = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
                 what = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}.get(what, what)
                 fix = (f"h = h.{what[:-1]}(...) rather than h.{what}(...) alone" if what.endswith("_")
                        else "h = h + ... rather than +=, or inplace=False")
-                return (f"writes into a tensor in place ({what}) and reads that tensor after the write (at {m.name}), "
+                return (f"writes into a tensor in place ({what}) and reads that memory after the write (at {m.name}), "
                         f"which the captured steps, running it out of place, would not see; assign the result and "
-                        f"read that instead ({fix})")
+                        f"read that instead ({fix}; on a view, h = torch.cat of the parts)")
     return ""
 
 

@@ -959,6 +959,10 @@ def test_one_output_regression_rows_resume_false_and_a_parameter_unfrozen_later(
             warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's own, on the broadcast
         TorchOracle(nn.Linear(3, 1), nn.MSELoss(reduction="none"), (x, y[:, 0]))
+    with pytest.raises(zo.ArgumentError, match=r"the model's \(8,\) outputs met \(8, 1\) targets.*y\.reshape\(-1\)"), \
+            warnings.catch_warnings():  # the mirror: a model ending in squeeze(-1), (B, 1) targets
+        warnings.simplefilter("ignore", UserWarning)
+        TorchOracle(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), nn.MSELoss(reduction="none"), (x, y))
     with pytest.raises(zo.ArgumentError, match=r"got shape \(8, 4, 4\); .*flatten\(1\)\.mean\(1\)"):
         TorchOracle(nn.Conv2d(3, 2, 1), nn.CrossEntropyLoss(reduction="none"),
                     (torch.randn(8, 3, 4, 4), torch.randint(0, 2, (8, 4, 4))))

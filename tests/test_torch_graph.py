@@ -243,7 +243,7 @@ def test_in_place_functionals_without_a_torch_twin_run_out_of_place(fn):
 
 class _ClampStatement(nn.Module):
     """Activation clipping written as a statement, ``h.clamp_(max=cap)``, its result not assigned
-    (``assign=True``: ``h = h.clamp_(max=cap)``)."""
+    (``assign=True``: ``h = h.clamp_(max=cap)``; ``"slice"``: ``h[:, :3].clamp_(...)``, a view)."""
 
     def __init__(self, assign):
         super().__init__()
@@ -251,14 +251,50 @@ class _ClampStatement(nn.Module):
 
     def forward(self, x):
         h = self.fc1(x)
-        if self.assign:
+        if self.assign == "slice":
+            h[:, :3].clamp_(max=self.cap)
+        elif self.assign:
             h = h.clamp_(max=self.cap)
         else:
             h.clamp_(max=self.cap)
         return self.fc2(torch.relu(h))
 
 
-@pytest.mark.parametrize("assign", [False, True], ids=["statement", "assigned"])
+class _ReadsBeforeAnInPlaceRelu(nn.Module):
+    """A size and an auxiliary head computed from ``h`` before ``h = F.relu(h, inplace=True)`` and
+    read after it: neither shares ``h``'s memory, so the split stays exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.aux = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4, 3)
+        self.conv2, self.fc = nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        n = h.size(0)
+        aux = self.aux(h.mean((2, 3)))
+        h = nn.functional.relu(h, inplace=True)
+        return self.fc(self.conv2(h).mean((2, 3)).view(n, -1)) + 0.3 * aux
+
+
+def test_reads_before_an_in_place_call_that_share_no_memory_keep_the_split():
+    """The first version of the refusal counted every value computed from the written tensor
+    before the write (a size, an auxiliary head) as a stale read: the split was refused for no
+    reason. Only the tensor's memory (it, what it is a view of, and their views) counts."""
+    torch.manual_seed(0)
+    model = _ReadsBeforeAnInPlaceRelu().double().eval()
+    x, y = torch.randn(6, 2, 5, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+    assert oracle.block_names == ["conv1", "aux", "conv2", "fc"]
+    theta = oracle.initial_params()
+    coords = np.arange(0, theta.size, 7)
+    want = _reference_rows(oracle, theta, coords, 1e-3)
+    np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("assign", [False, True, "slice"], ids=["statement", "assigned", "slice"])
 def test_an_in_place_call_whose_tensor_is_read_after_it_is_refused_with_its_name(assign):
     """The steps run ``h.clamp_(...)`` out of place; written as a statement, its result was read
     by nothing, so the split computed the model without the clamp. The clamp inactive at the
@@ -272,7 +308,7 @@ def test_an_in_place_call_whose_tensor_is_read_after_it_is_refused_with_its_name
         model.fc1.bias.zero_()
         model.cap = float(model.fc1(x).max()) + 1e-4  # a step of 5e-3 crosses it
     # captured and checked on a small batch, far below the cap; then the batch that reaches it
-    if assign:
+    if assign is True:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             oracle = TorchOracle(model, CE_ROWS, (0.01 * x, y)).bind((x, y))
@@ -284,10 +320,10 @@ def test_an_in_place_call_whose_tensor_is_read_after_it_is_refused_with_its_name
     coords = np.arange(theta.size)
     want = _reference_rows(oracle, theta, coords, 5e-3)
     assert np.ptp(want) > 0
-    if assign:
+    if assign is True:
         got = oracle.coordinate_losses(theta, coords, 5e-3)
     else:
-        with pytest.warns(RuntimeWarning, match=r"writes into a tensor in place \(clamp_\) and reads that tensor "
+        with pytest.warns(RuntimeWarning, match=r"writes into a tensor in place \(clamp_\) and reads that memory "
                                                  r"after the write.*h = h\.clamp\(\.\.\.\)"):
             got = oracle.coordinate_losses(theta, coords, 5e-3)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
