@@ -147,7 +147,7 @@ def _aliases(n: fx.Node) -> bool:
     return False
 
 
-def _stale_after_in_place(nodes: list, order: dict) -> str:
+def _stale_after_in_place(nodes: list, order: dict, model: nn.Module | None = None) -> str:
     """Why the steps, which run in-place calls out of place (:func:`_functional`), would
     compute another function than ``forward``: a call writing into a tensor in place
     (``h.clamp_(max=c)``, ``F.relu_(h)``, ``h[:, :2].mul_(0.5)`` as a statement) whose memory
@@ -156,7 +156,12 @@ def _stale_after_in_place(nodes: list, order: dict) -> str:
     size or a new tensor computed before the write does not share its memory and is not
     such a read. "" where no such call is."""
     for n in nodes:
-        if not _in_place(n):
+        module = None
+        if n.op == "call_module" and model is not None and n.args and isinstance(n.args[0], fx.Node):
+            module = model.get_submodule(n.target)
+            if getattr(module, "inplace", False) is not True:
+                continue
+        elif not _in_place(n):
             continue
         at = order[n]
         root = n.args[0]
@@ -167,6 +172,12 @@ def _stale_after_in_place(nodes: list, order: dict) -> str:
             if _aliases(m) and m.args[0] in shared:
                 shared.add(m)
         for m in nodes[at + 1:]:
+            if any(i in shared for i in m.all_input_nodes) and module is not None:
+                # the oracle runs such a module out of place everywhere, full forwards included
+                return (f"runs module {n.target!r} ({type(module).__name__}, inplace=True) on a tensor that is read "
+                        f"again after it (at {m.name}): the oracle runs it out of place, in every path, which is "
+                        f"another function than model(x) as written; set inplace=False on that module (in-place "
+                        "activation overwrote the tensor the later read expects)")
             if any(i in shared for i in m.all_input_nodes):
                 what = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
                 what = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}.get(what, what)
@@ -334,7 +345,7 @@ def _graph_steps(model, nodes):
         if n.op == "call_function" and n.target is operator.setitem:
             return None, f"{type(model).__name__}.forward assigns into a tensor in place ({n.name})"
     order = {n: i for i, n in enumerate(nodes)}
-    why = _stale_after_in_place(nodes, order)
+    why = _stale_after_in_place(nodes, order, model)
     if why:
         return None, f"{type(model).__name__}.forward {why}"
     # activations: nodes whose value depends on the input's data (not only on its shape)
