@@ -142,7 +142,7 @@ class _ParameterReads(TorchFunctionMode):
 def check_batch_first(out, B: int) -> None:
     """The model's output keeps the batch of ``B`` samples as its first dimension (checked at
     every bind's plain call: a last minibatch of one meets a forward's ``squeeze()`` late)."""
-    if isinstance(out, torch.Tensor) and (out.dim() == 0 or out.shape[0] != B):
+    if isinstance(out, torch.Tensor) and (out.ndim == 0 or out.shape[0] != B):
         raise ArgumentError(
             f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
             "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
