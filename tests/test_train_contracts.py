@@ -1,0 +1,202 @@
+"""Training-loop contracts a mutation test found unguarded (each mutant changed a result and passed
+every test): when checkpoints are written, which epochs are evaluated, what an epoch record holds,
+which batches are drawn, how resume validates a checkpoint, and what the plain-call planner hands
+an oracle. Each is checked against an independent reference: a hand count, a schedule evaluated
+by hand, torch's DataLoader, a textbook finite-difference loop."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+
+
+class Quad:
+    """A data oracle: the squared distance of params from its batch's target value."""
+
+    def bind(self, t):
+        t = float(t)
+        return lambda x: float(((x - t) ** 2).sum())
+
+
+def test_checkpoint_every_saves_after_every_nth_step(tmp_path):
+    """checkpoint_every=3: a step's callback runs before that step's save, so at step k's
+    callback the file holds the last multiple of 3 below k (a save one step early passed)."""
+    path = tmp_path / "run.npz"
+    seen = []
+
+    def cb(event, rec, params):
+        if event == "step":
+            seen.append(len(zo.History.from_checkpoint(path).steps) if os.path.exists(path) else 0)
+
+    zo.train(lambda x: float(((x - 1) ** 2).sum()), np.zeros(3), epochs=1, steps_per_epoch=8, checkpoint=path,
+             checkpoint_every=3, callbacks=[cb], progress=False, rng=0)
+    assert seen == [3 * ((k - 1) // 3) for k in range(1, 9)]
+
+
+def test_epoch_records_the_last_steps_lr_and_the_last_epoch_is_evaluated():
+    """The epoch record's lr is its last step's (the schedule by hand), and the last epoch is
+    evaluated whatever eval_every says (epochs 2 and 3 of four at eval_every=3)."""
+    sched = lambda t: 0.1 / (1 + t)  # noqa: E731
+    res = zo.train(Quad(), np.zeros(2), batches=[1.0, 2.0, 3.0, 4.0], epochs=4, optimizer=zo.sgd(sched),
+                   eval_fn=lambda p: float(p.sum()), eval_every=3, progress=False, rng=0)
+    assert [e["lr"] for e in res.history.epochs] == [sched(4 * e + 3) for e in range(4)]
+    assert [e["epoch"] for e in res.history.epochs if "eval" in e] == [2, 3]
+
+
+def test_a_budget_stop_at_an_epochs_end_draws_no_further_epoch():
+    """Stopped by max_queries at the end of epoch 0, the run asked its callable for epoch 1 too
+    (a source that has no epoch 1 crashed the finished run)."""
+    asked = []
+
+    def batches(epoch):
+        asked.append(epoch)
+        if epoch >= 1:
+            raise RuntimeError("only epoch 0 exists")
+        return [1.0, 2.0]
+
+    res = zo.train(Quad(), np.zeros(2), batches=batches, epochs=3, max_queries=5, progress=False, rng=0)
+    assert asked == [0] and res.stopped and res.steps == 2
+
+
+def test_zo_grasp_scores_on_the_first_batch_by_default():
+    """The default ZO-GraSP batch is the first batch of epoch 0: the same ratios as passing it."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 8))
+    X[:4, 4:] = 0
+    X[4:, :4] = 0  # the first batch uses block 0 only, the second block 1 only
+    y = rng.normal(size=8)
+
+    class Lin:
+        def bind(self, batch):
+            Xb, yb = batch
+            return lambda w: float(((Xb @ w - yb) ** 2).mean())
+
+    batches = [(X[:4], y[:4]), (X[4:], y[4:])]
+    kw = dict(batches=batches, epochs=1, sparsity=0.5, ratios="zo_grasp", blocks=[slice(0, 4), slice(4, 8)],
+              grasp_directions=16, progress=False, rng=0)
+    a = zo.train(Lin(), np.full(8, 0.3), **kw)
+    b = zo.train(Lin(), np.full(8, 0.3), grasp_batch=batches[0], **kw)
+    c = zo.train(Lin(), np.full(8, 0.3), grasp_batch=batches[1], **kw)
+    np.testing.assert_array_equal(a.ratios, b.ratios)
+    assert not np.array_equal(a.ratios, c.ratios)  # the batch matters here
+
+
+def test_steps_per_epoch_cuts_a_callables_batches_and_bounds_the_schedule_check():
+    """A callable's four batches at steps_per_epoch=2 run two steps an epoch; a schedule valid
+    only at the steps the run reaches is taken (a check of the list's length refused it)."""
+    res = zo.train(Quad(), np.zeros(2), batches=lambda e: [1.0, 2.0, 3.0, 4.0], steps_per_epoch=2, epochs=2,
+                   progress=False, rng=0)
+    assert res.steps == 4
+    res = zo.train(Quad(), np.zeros(2), batches=[1.0] * 10, steps_per_epoch=2, epochs=1,
+                   optimizer=zo.sgd(lambda t: 0.1 if t < 2 else -1.0), progress=False, rng=0)
+    assert res.steps == 2
+
+
+def test_minibatches_drop_last_matches_torchs_dataloader():
+    torch = pytest.importorskip("torch")
+    x = np.arange(10.0)
+    mb = zo.Minibatches((x, x), batch_size=4, drop_last=True, seed=0, shuffle=False)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x)), batch_size=4,
+                                         drop_last=True)
+    assert len(mb) == len(loader) == 2
+    assert [len(b[0]) for b in mb(0)] == [len(b[0]) for b in loader] == [4, 4]
+
+
+def test_a_resume_with_other_steps_per_epoch_is_refused(tmp_path):
+    """A plain oracle (no batches to fingerprint) resumed with another steps_per_epoch went on."""
+    path = tmp_path / "run.npz"
+    f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    zo.train(f, np.zeros(3), epochs=1, steps_per_epoch=2, checkpoint=path, progress=False, rng=0)
+    with pytest.raises(zo.CheckpointError, match="steps_per_epoch"):
+        zo.train(f, np.zeros(3), epochs=2, steps_per_epoch=3, checkpoint=path, resume=path, progress=False, rng=0)
+
+
+def _tampered(tmp_path, edit_meta=None, edit_arrays=None, **kw):
+    path = tmp_path / f"run{len(list(tmp_path.iterdir()))}.npz"  # a new file each time
+    run = dict(batches=[1.0, 2.0, 3.0], progress=False, rng=0, optimizer=zo.sgd(0.1, momentum=0.9))
+    zo.train(Quad(), np.zeros(4), checkpoint=path, **{**run, "epochs": 2, **kw})
+    arrays, meta = zo.load_checkpoint(path)
+    for k in ("format", "version"):
+        meta.pop(k)
+    if edit_meta:
+        edit_meta(meta)
+    if edit_arrays:
+        edit_arrays(arrays)
+    zo.save_checkpoint(path, arrays, meta)
+    with pytest.raises(zo.CheckpointError) as info:
+        zo.train(Quad(), np.zeros(4), checkpoint=path, resume=True, **{**run, "epochs": 3})
+    return str(info.value)
+
+
+def test_resume_refuses_a_checkpoint_whose_history_disagrees_with_its_header(tmp_path):
+    """Six forged fields a resume accepted (a mutant dropping each check passed every test):
+    step records' epochs out of order, a `pos` other than the epoch's records, a run total
+    below the steps' own queries, NaN in the optimizer state, fewer epoch records than the
+    header's epoch. Each is a CheckpointError now as before, naming what disagrees."""
+    def swap_epochs(m):
+        s = m["history"]["steps"]
+        s[0]["epoch"], s[3]["epoch"] = 1, 0
+
+    def low_nfev(m):
+        for r in m["history"]["steps"]:
+            r.pop("total_nfev")
+        m["nfev"] = 1
+
+    def nan_momentum(a):
+        a["opt/momentum"] = a["opt/momentum"].copy()
+        a["opt/momentum"][0] = np.nan
+
+    assert "epoch" in _tampered(tmp_path, swap_epochs)
+    assert "nfev" in _tampered(tmp_path, low_nfev)
+    assert "opt/momentum" in _tampered(tmp_path, edit_arrays=nan_momentum)
+    assert "epoch" in _tampered(tmp_path, lambda m: m["history"].__setitem__("epochs", m["history"]["epochs"][:1]))
+    # a run stopped by its budget after the first step: pos 1, which the records must match
+    assert "pos" in _tampered(tmp_path, lambda m: m.__setitem__("pos", 0), max_queries=5)
+
+
+def test_plain_call_queries_are_the_textbook_points_bit_for_bit():
+    """Every point a plain-call CGE queries is x0 + s e_i built from a fresh copy (restoring by
+    subtracting the step instead drifted by rounding: later queries moved off x0)."""
+    x0 = np.random.default_rng(1).normal(size=64) * 0.37
+    seen = []
+
+    def f(x):
+        seen.append(x.copy())
+        return float(np.sin(x).sum())
+
+    zo.estimate_gradient(f, x0, zo.CGE(mu=5e-3, scheme="central"))
+    want = [x0]
+    for s in (5e-3, -5e-3):
+        for i in range(64):
+            p = x0.copy()
+            p[i] = p[i] + s
+            want.append(p)
+    assert len(seen) == len(want)
+    for got, ref in zip(seen, want):
+        assert got.tobytes() == ref.tobytes()
+
+
+def test_coordinates_given_to_a_coordinate_oracle_are_read_only():
+    """An oracle writing into the coordinates it was given (a local index) moved the gradient to
+    other coordinates in silence; it gets an OracleError."""
+    f = lambda x: float((np.arange(1, 5) * x ** 2).sum())  # noqa: E731
+
+    class O:
+        def __call__(self, x):
+            return f(x)
+
+        def coordinate_losses(self, params, coords, step):
+            out = []
+            for i in coords.tolist():
+                x = params.copy()
+                x[i] += step
+                out.append(f(x))
+            coords -= coords.min()
+            return np.array(out)
+
+    with pytest.raises(zo.OracleError):
+        zo.estimate_gradient(O(), np.array([0.5, -1.0, 2.0, 0.25]), zo.CGE(mu=1e-4), coordinates=np.array([2, 3]))
