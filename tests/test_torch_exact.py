@@ -2392,3 +2392,150 @@ def test_a_batch_in_odd_strides_gives_the_bits_its_contiguous_copy_gives():
     odd = zo.estimate_gradient(oracle.bind((x, y)), theta, zo.CGE(mu=5e-3))
     plain = zo.estimate_gradient(oracle.bind((x.copy(), y)), theta, zo.CGE(mu=5e-3))
     np.testing.assert_array_equal(odd.grad, plain.grad)
+
+
+# ---------------------------------------------------------------- gaps a mutation test found
+# (each test passes on the code and fails on its mutant: a wrong column step in unfold's strided
+# copy for anisotropic dilation, a buffer reset by version only, the skip branch's changed rows
+# dropped from the sparse path, a chunk not starting from the buffers the query found; and the
+# BatchNorm3d and 2-D-pool-on-3-D closed forms, whose mutants lost the split in silence)
+
+
+@pytest.mark.parametrize("conv", ["1d", "2d"])
+def test_a_dilated_conv_on_long_rows_equals_the_textbook_loop(conv):
+    # stride 1 and >= 16 output columns: unfold takes its strided copy; a dilation that differs
+    # between height and width (every dilated Conv1d is a (1, d) Conv2d) must step columns by dw.
+    # The head is Linear: no absorbing conv, and the self-check's first and last coordinates
+    # (tap (0, 0), a bias) do not read a dilated column
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    if conv == "1d":
+        model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=2, dilation=2), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(4 * 40, 3)).double()
+        x = rng.standard_normal((4, 2, 40))
+    else:
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=(1, 2), dilation=(1, 2)), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(3 * 5 * 20, 3)).double()
+        x = rng.standard_normal((4, 2, 5, 20))
+    check_exact(model, x, rng.integers(0, 3, 4), CE_ROWS)
+
+
+def test_unfold_long_rows_with_anisotropic_dilation():
+    from zoracle.adapters._torch_chain import unfold
+    x = torch.randn(2, 3, 5, 40, generator=torch.Generator().manual_seed(0))
+    for dil in ((1, 2), (2, 1)):
+        ref = F.unfold(x, (3, 3), dilation=dil, padding=(2, 2))
+        assert torch.equal(unfold(x, (3, 3), dilation=dil, padding=(2, 2)), ref)
+
+
+class _ScaledBN(nn.BatchNorm1d):  # reads the running statistics its own (native) kernel just wrote
+    def forward(self, x):
+        return super().forward(x) * (1.0 + self.running_var.mean())
+
+
+def test_a_batchnorm_subclass_reading_what_its_kernel_wrote_equals_the_textbook_loop():
+    # torch's batch-norm kernel writes a subclass's running statistics without a version bump:
+    # every full forward must start from the values the query found (compared by value)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), _ScaledBN(6), nn.ReLU(), nn.Linear(6, 4)).double().train()
+    x, y = torch.randn(10, 8, dtype=torch.float64), torch.randint(0, 4, (10,))
+    snap = copy.deepcopy(model)
+
+    def black_box(th):
+        m = copy.deepcopy(snap)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.tensor(th), list(m.parameters()))
+            return float(CE_ROWS(m(x), y).mean())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the split is refused (pair check): full forwards, said once
+        oracle = TorchOracle(model, CE_ROWS, (x, y), update_stats=False)
+        theta = oracle.initial_params()
+        got = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3)).grad
+    want = zo.estimate_gradient(black_box, theta, zo.CGE(mu=1e-3)).grad
+    assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
+
+
+def test_a_batchnorm3d_keeps_its_closed_form_and_equals_the_textbook_loop():
+    # 5-D activations: BatchNorm3d's affine runs perturbed_outputs' "bn" branch (no channel walk)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    for train in (False, True):
+        model = nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.BatchNorm3d(3), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(3 * 3 * 4 * 4, 3)).double().train(train)
+        if not train:
+            model[1].running_mean.uniform_(-0.5, 0.5)
+            model[1].running_var.uniform_(0.5, 2.0)
+        check_exact(model, rng.standard_normal((4, 2, 3, 4, 4)), rng.integers(0, 3, 4), CE_ROWS)
+
+
+def test_a_2d_pool_on_a_3d_activation_keeps_the_split():
+    # a 2-D pool on (B, C, L) pools each sample's (C, L) plane: not channel-local
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(2 * 10, 3)).double()
+    check_exact(model, rng.standard_normal((4, 2, 20)), rng.integers(0, 3, 4), CE_ROWS)
+
+
+def _textbook_grad(model, x, y, theta, mu=1e-3):
+    snap = copy.deepcopy(model)
+
+    def black_box(th):
+        m = copy.deepcopy(snap)  # every query from the same buffers
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.tensor(th), list(m.parameters()))
+            return float(CE_ROWS(m(x), y).mean())
+    return zo.estimate_gradient(black_box, theta, zo.CGE(mu=mu)).grad
+
+
+def test_a_declared_fork_then_relu_before_the_absorbing_layer_keeps_rows_the_skip_changed():
+    # the skip branch carries the change where the branch's ReLU cuts it: those rows changed
+    from zoracle.adapters.torch import Step, fork
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc0, self.act, self.fc1, self.head = nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 5)
+
+        def join(self, state):
+            return (state[0] + state[1],) + tuple(state[2:])
+
+        def zoracle_steps(self):
+            return [self.fc0, fork, self.act, self.fc1, Step(fn=self.join, name="join"), self.head]
+
+        def forward(self, x):
+            h = self.fc0(x)
+            return self.head(self.fc1(self.act(h)) + h)
+
+    torch.manual_seed(0)
+    model = Res().double()
+    with torch.no_grad():  # units 0 and 7 (the self-check's coordinates) always on, the rest mostly cut
+        model.fc0.bias[1:7] -= 1.0
+        model.fc0.bias[0] += 3.0
+        model.fc0.bias[7] += 3.0
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 5, (16,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    assert oracle.block_names == ["fc0", "fc1", "head"]
+    got = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3)).grad
+    want = _textbook_grad(model, x, y, theta)
+    assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
+
+
+def test_every_chunk_starts_from_the_buffers_the_query_found():
+    # train-mode spectral norm downstream of the perturbed blocks writes its vectors at every
+    # forward; a small budget splits each block's coordinates into several chunks
+    from torch.nn.utils.parametrizations import spectral_norm
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), spectral_norm(nn.Linear(16, 16)), nn.ReLU(),
+                          nn.Linear(16, 5)).double().train()
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randint(0, 5, (32,))
+    snap = copy.deepcopy(model)
+    with pytest.warns(RuntimeWarning, match="write buffers in their train-mode forward"):
+        oracle = TorchOracle(model, CE_ROWS, (x, y), budget_bytes=20000)
+        theta = oracle.initial_params()
+        got = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3)).grad
+    assert oracle.blocks and oracle.max_queries_per_call < 16
+    want = _textbook_grad(snap, x, y, theta)
+    assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
