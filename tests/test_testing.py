@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -539,7 +541,8 @@ def test_check_oracle_sends_one_coordinate_alone_to_coordinate_losses_and_suffix
         check_oracle(oracle, np.ones(12))
     text = str(info.value)
     assert "coordinate_losses: a call of 1 coordinate(s) returned shape ()" in text
-    assert "prefix+suffix: block 0, step -0.01: a call of 1 coordinate(s) returned shape ()" in text
+    assert re.search(r"prefix\+suffix: block 0, step -0\.01, coordinates \[[\d, ]+\]: a call of 1 coordinate\(s\) "
+                     r"returned shape \(\)", text), text
     check_oracle(QuadraticOracle(M @ M.T, blocks=[slice(0, 5), slice(5, 12)]), np.ones(12))  # the same, unsqueezed
 
 
@@ -564,3 +567,75 @@ def test_check_oracle_always_sends_some_coordinates_unsorted():
     for seed in range(12):
         with pytest.raises(OracleCheckError, match="prefix\\+suffix"):
             check_oracle(_SortsASmallBlock(A, b, blocks=[slice(0, 8), slice(8, 10)]), x, rng=seed)
+
+
+class _LeastSquares32:
+    """docs/concepts.md's least-squares CoordinateOracle on float32 params, its loss scaled by
+    ``scale``; ``fault``: "sign" applies -step in coordinate_losses, "zeros" returns zeros."""
+
+    def __init__(self, scale, fault=None):
+        rng = np.random.default_rng(0)
+        self.A, self.b = rng.standard_normal((20, 8)), rng.standard_normal(20)
+        self.scale, self.fault = scale, fault
+
+    def __call__(self, x):
+        return float(self.scale * np.mean((self.A @ x.astype(np.float64) - self.b) ** 2))
+
+    def coordinate_losses(self, x, coords, step):
+        if self.fault == "zeros":
+            return np.zeros(len(coords))
+        s = -step if self.fault == "sign" else step
+        out = []
+        for i in coords:
+            y = x.copy()
+            y[i] = y[i] + np.float32(s)
+            out.append(self(y))
+        return np.array(out)
+
+
+@pytest.mark.parametrize("fault", ["sign", "zeros"])
+def test_check_oracle_in_float32_is_not_blind_under_a_small_loss(fault):
+    """float32's default atol of 1e-7 is wider than a loss of 3.6e-5 changes: a coordinate_losses
+    with the wrong sign (central CGE then 2.00 off) or all zeros passed. The bound is now at most
+    64 units of the loss's own float32 rounding; the correct oracle still passes."""
+    x = np.random.default_rng(1).standard_normal(8).astype(np.float32)
+    check_oracle(_LeastSquares32(1e-6), x)
+    check_oracle(_LeastSquares32(1e-9), x)
+    with pytest.raises(OracleCheckError, match=r"coordinate_losses.*\(most at coordinate \d+\)"):
+        check_oracle(_LeastSquares32(1e-6, fault), x)
+
+
+def test_check_oracle_stays_inside_a_bounded_domain_and_checks_unbind():
+    """Batch rows moved one coordinate by up to 8 steps: a Bernoulli likelihood with p at 0.97
+    (correct, and central CGE at that step is right) raised NaN in the check. And a bound data
+    oracle's unbind() was never called: one returning its batch less a sample passed, and
+    process workers, which rebuild it as parent.bind(batch), trained on another loss."""
+    class Bernoulli:
+        def __call__(self, p):
+            return float(-np.sum(np.log(p[:4]) + np.log1p(-p[4:]))) if np.all((p > 0) & (p < 1)) else float("nan")
+
+        def batch(self, P):
+            return np.array([self(p) for p in P])
+
+    check_oracle(Bernoulli(), np.array([0.5, 0.6, 0.97, 0.96, 0.3, 0.2, 0.95, 0.1]), step=1e-2)
+
+    class Parent:
+        def bind(self, batch):
+            return Bound(self, batch)
+
+    class Bound:
+        def __init__(self, parent, batch, drop=False):
+            self.parent, (self.X, self.y), self.drop = parent, batch, drop
+
+        def __call__(self, w):
+            return float(np.mean((self.X @ w - self.y) ** 2))
+
+        def unbind(self):
+            return self.parent, ((self.X[:-1], self.y[:-1]) if self.drop else (self.X, self.y))
+
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((8, 4)), rng.standard_normal(8))
+    w = rng.standard_normal(4)
+    assert check_oracle(Bound(Parent(), batch), w)["unbind"] == 0.0
+    with pytest.raises(OracleCheckError, match=r"unbind: parent\.bind\(batch\) of oracle\.unbind\(\) deviates"):
+        check_oracle(Bound(Parent(), batch, drop=True), w)

@@ -43,6 +43,14 @@ def _close(a, b, rtol, atol, base=None, group=True):
     return bool(np.all(dev <= allowed)), float(np.max(dev))
 
 
+def _worst(got, want, coords) -> str:
+    """Where a capability's losses deviate most from the calls', for the message."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape or not got.size:
+        return ""
+    return f" (most at coordinate {int(coords[int(np.argmax(np.abs(got - want)))])})"
+
+
 def _losses(value, k: int) -> np.ndarray:
     """A capability's losses as float64; the shapes estimate_gradient takes, (k,) or (k, 1), as
     (k,), any other shape kept (and failed by the caller)."""
@@ -105,7 +113,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     large loss, a tolerance relative to the loss alone would pass a fast path whose changes are
     wrong); in float32, within 0.1% of the largest loss change of its group, which float32
     rounding of a correct fast path needs. ``rtol`` and ``atol`` default by
-    ``params``' dtype: 1e-10 and 1e-12 in float64; 1e-5 and 1e-7 in float32, where a correct
+    ``params``' dtype: 1e-10 and 1e-12 in float64; 1e-5 and 1e-7 in float32 (``atol`` at most 64
+    units of the float32 rounding of the loss at ``params``: a loss of 1e-5 is stored finer than
+    1e-7, which passed a fast path with the wrong sign), where a correct
     fast path and a plain call may differ by a few units of the float32 rounding of the
     model's outputs (the float32 tolerances also apply to an oracle whose ``compute_dtype`` is
     float32, whatever ``params``' dtype). Check at the step you train with (``step=mu``): a fast path that adds
@@ -151,6 +161,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     computes = compute_dtype_of(oracle) or params.dtype
     single = params.dtype == np.float32 or computes == np.float32
     rtol = (1e-5 if single else 1e-10) if rtol is None else rtol
+    default_atol = atol is None
     atol = (1e-7 if single else 1e-12) if atol is None else atol
     xp = namespace(params)
     gen = as_generator(rng)
@@ -182,6 +193,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
         return x
 
     base = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params)"))
+    if single and default_atol:  # a small loss is stored finer than 1e-7: its own float32 rounding, 64 units
+        atol = min(atol, 64 * float(np.spacing(np.float32(abs(base)))))
     if reference is not None:
         ok, dev = _close(base, call(params), rtol, atol)
         report["reference"] = dev
@@ -208,7 +221,8 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
         if caps.batch:
             # rows that each move one coordinate, and rows that move every coordinate (RGE's)
             rows = min(n_rows, d)
-            one = [perturbed(at, int(i), step * (r + 1)) for r, i in enumerate(coords[:rows])]
+            # steps within +-step, where the one-coordinate checks go (an oracle with a bounded domain)
+            one = [perturbed(at, int(i), step * (r + 1) / rows) for r, i in enumerate(coords[:rows])]
             dense = [at + xp.asarray((step * gen.choice([-1.0, 1.0], d)).astype(params.dtype)) for _ in range(n_rows)]
             for kind, group in (("rows that move one coordinate", one), ("rows that move every coordinate", dense),
                                 ("one row alone", dense[:1])):
@@ -238,7 +252,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                 if not ok:
                     failures.append(f"coordinate_losses{where}: {note}deviates from calls at "
                                     f"params {'+' if s > 0 else '-'} step*e_i (coordinates {shuffled.tolist()}) by "
-                                    f"{dev:.3g}")
+                                    f"{dev:.3g}{_worst(got, want, shuffled)}")
             report["coordinate_losses"] = worst
         if caps.split:
             blocks = list(oracle.blocks)
@@ -261,9 +275,31 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                         ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                         worst = max(worst, dev)
                         if not ok:
-                            failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}: "
-                                            f"{note}deviates from calls by {dev:.3g}")
+                            failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}, coordinates "
+                                            f"{cb.tolist()}: {note}deviates from calls by {dev:.3g}"
+                                            f"{_worst(got, want, cb)}")
                 report["prefix_suffix"] = worst
+    # a bound data oracle's unbind() -> (parent, batch): process and cluster workers rebuild it as
+    # parent.bind(batch), which must answer as it does (an unbind off by a sample trained the
+    # workers on another loss, and nothing said so)
+    unbind = getattr(oracle, "unbind", None)
+    got = _ask("oracle.unbind()", unbind) if callable(unbind) else None
+    if got is not None:
+        if not (isinstance(got, tuple) and len(got) == 2):
+            failures.append(f"unbind: returned {type(got).__name__}, not (parent, batch) or None")
+        else:
+            rebound = _ask("parent.bind(batch) of oracle.unbind()", got[0].bind, got[1])
+            worst, bad = 0.0, False
+            for x in (params, perturbed(params, int(coords[0]), step)):
+                mine = _ask("oracle(x)", lambda: check_scalar(oracle(frozen(x)), "oracle(x)"))
+                theirs = _ask("parent.bind(batch)(x)", lambda: check_scalar(rebound(frozen(x)), "parent.bind(batch)(x)"))
+                ok, dev = _close(theirs, mine, rtol, atol)
+                worst, bad = max(worst, dev), bad or not ok
+            report["unbind"] = worst
+            if bad:
+                failures.append(f"unbind: parent.bind(batch) of oracle.unbind() deviates from the oracle by {worst:.3g} "
+                                "(process and cluster workers rebuild the oracle so: unbind must return the parent and "
+                                "the very batch it was bound to)")
     # the capability calls must leave the oracle as they found it (a mode switched and not put back
     # changes every later call)
     if caps.batch or caps.coordinate or caps.split:
