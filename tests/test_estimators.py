@@ -437,6 +437,32 @@ def test_cge_plain_calls_survive_an_oracle_writing_past_the_read_only_flag(write
     np.testing.assert_array_equal(got.grad, np.array(want))
 
 
+def test_cge_plain_calls_rerun_a_query_that_read_an_earlier_write_then_kept_its_array():
+    """An oracle clamping a coordinate in place (past the read-only flag) and keeping the array
+    as a memo when the loss is a new best: the check skipped the perturbed coordinate of a kept
+    array, where an earlier query had written (partial -7.999 against 0.0)."""
+    target = np.array([0.0, 0.0, 0.0, 4.0, 5.0, 6.0])
+
+    class Oracle:
+        def __init__(self):
+            self.best, self.best_x = np.inf, None
+
+        def __call__(self, x):
+            x.flags.writeable = True  # as torch.from_numpy(x)[3].clamp_(min=0) does
+            x[3] = max(x[3], 0.0)
+            f = float(((x - target) ** 2).sum())
+            if f < self.best:
+                self.best, self.best_x = f, x  # keeps the array
+            return f
+
+    x0 = np.array([0.0, 0.0, 0.0, -0.5, 0.0, 0.0])
+    got = zo.estimate_gradient(Oracle(), x0.copy(), zo.CGE(mu=1e-3)).grad
+    ref = Oracle()
+    f0 = ref(x0.copy())
+    want = np.array([(ref(x0 + 1e-3 * np.eye(6)[i]) - f0) / 1e-3 for i in range(6)])
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
 def test_masked_losses_and_params_are_refused():
     """``np.ma.masked`` (a masked mean of saturated readings) read as 0.0 through ``.item()``, a
     masked one-element array as its hidden value, and a batch's mask was dropped: a perfect loss

@@ -96,8 +96,8 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
     stays as it was queried, and the queries go on with a new array. An oracle can still write
     into it past the read-only flag (``torch.from_numpy(x)`` warns and shares the memory): the
     array is compared with ``params`` before it is left, at the end and when a query fails, and
-    the queries that may have seen such a write run again, each on its own copy (counted again
-    in ``nfev``). Successive queries may get the same array object, edited in place: an oracle
+    the queries that may have seen such a write run again, each on its own copy (the estimate's
+    ``nfev`` counts its queries, not these reruns). Successive queries may get the same array object, edited in place: an oracle
     must not cache by identity (a weak reference to the last array, say).
     """
     out = np.empty(len(coords))
@@ -122,20 +122,21 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
             out[j] = own_copy(j)
             continue
         old = x[i].copy()
-        x[i] = old + step
+        dirty = bool(old != params[i])  # an earlier query wrote this coordinate
+        x[i] = params[i] + step
         try:
             out[j] = oracle(xv, query_of(j))
         except OracleError:
-            if not written(x, i, True):
+            if not (dirty or written(x, i, True)):
                 raise
             out[j] = np.nan  # its turn comes in the rerun below
             kept = True  # leave this array as it is
         else:
             kept = (sys.getrefcount(x), sys.getrefcount(xv)) != held
         if not kept:
-            x[i] = old  # restore the exact value, no drift
-        if kept or j == len(coords) - 1:
-            if written(x, i, kept):  # the queries since `since` may have read a write: each on its own copy
+            x[i] = params[i]  # restore the exact value, no drift
+        if kept or dirty or j == len(coords) - 1:
+            if dirty or written(x, i, kept):  # the queries since `since` may have read a write: each on its own copy
                 fresh = True
                 for r in range(since, j + 1):
                     out[r] = own_copy(r)
