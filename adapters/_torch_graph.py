@@ -117,11 +117,17 @@ _VIEW_METHODS = frozenset({
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "t",
     "permute", "expand", "expand_as", "narrow", "select", "unfold", "as_strided", "diagonal", "movedim", "moveaxis",
     "swapaxes", "swapdims", "split", "chunk", "unbind", "tensor_split", "detach", "contiguous", "__getitem__",
-    "view_as_real", "view_as_complex", "real", "imag"})
+    "view_as_real", "view_as_complex", "real", "imag", "hsplit", "vsplit", "dsplit", "split_with_sizes", "ravel",
+    # the tensor itself when nothing changes (the dtype or device it has already)
+    "to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu", "cuda"})
 _VIEW_FUNCTIONS = frozenset({
     operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.t,
     torch.permute, torch.narrow, torch.select, torch.chunk, torch.split, torch.unbind, torch.tensor_split,
-    torch.detach, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.diagonal, torch.as_strided})
+    torch.detach, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.diagonal, torch.as_strided,
+    torch.hsplit, torch.vsplit, torch.dsplit, torch.split_with_sizes, torch.ravel, torch.view_as_real,
+    torch.view_as_complex, torch.atleast_1d, torch.atleast_2d, torch.atleast_3d})
+#: modules whose output is their input or a view of it
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten)
 _VIEW_ATTRS = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})
 
 
@@ -133,11 +139,15 @@ def _in_place(n: fx.Node) -> bool:
     return not (target == n.target and kwargs == dict(n.kwargs))
 
 
-def _aliases(n: fx.Node) -> bool:
+def _aliases(n: fx.Node, model: nn.Module | None = None) -> bool:
     """Whether ``n``'s value shares the memory of its first argument: a view, an element of a
-    split, ``.data``, or an in-place call's result (its argument itself)."""
+    split, ``.data``, a conversion to what it is already (``.to``, ``.double()``), a module that
+    returns its input (``nn.Identity``, ``nn.Flatten``), or an in-place call's result (its
+    argument itself). Where unsure, yes: a refusal costs feature reuse, a miss a wrong estimate."""
     if not n.args or not isinstance(n.args[0], fx.Node):
         return False
+    if n.op == "call_module":
+        return model is not None and isinstance(model.get_submodule(n.target), _VIEW_MODULES)
     if n.op == "call_method":
         return n.target in _VIEW_METHODS or _in_place(n)
     if n.op == "call_function":
@@ -165,13 +175,17 @@ def _stale_after_in_place(nodes: list, order: dict, model: nn.Module | None = No
             continue
         at = order[n]
         root = n.args[0]
-        while _aliases(root):  # up to the tensor that owns the memory
+        while _aliases(root, model):  # up to the tensor that owns the memory
             root = root.args[0]
         shared = {root}  # it, and its views made before the write
         for m in nodes[order[root] + 1:at]:
-            if _aliases(m) and m.args[0] in shared:
+            if _aliases(m, model) and m.args[0] in shared:
                 shared.add(m)
         for m in nodes[at + 1:]:
+            if (m.op == "call_function" and m.target is getattr and m.args[1] in _META_ATTRS) or (
+                    m.op == "call_method" and m.target in _META_METHODS and not (m.target == "type" and
+                                                                                 len(m.args) + len(m.kwargs) > 1)):
+                continue  # a size or a dtype: no read of the memory
             if any(i in shared for i in m.all_input_nodes) and module is not None:
                 # the oracle runs such a module out of place everywhere, full forwards included
                 return (f"runs module {n.target!r} ({type(module).__name__}, inplace=True) on a tensor that is read "

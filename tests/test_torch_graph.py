@@ -253,6 +253,10 @@ class _ClampStatement(nn.Module):
         h = self.fc1(x)
         if self.assign == "slice":
             h[:, :3].clamp_(max=self.cap)
+        elif self.assign == "hsplit":
+            h.hsplit(2)[0].clamp_(max=self.cap)
+        elif self.assign == "double":  # the tensor itself, already float64
+            h.double().clamp_(max=self.cap)
         elif self.assign:
             h = h.clamp_(max=self.cap)
         else:
@@ -273,8 +277,8 @@ class _ReadsBeforeAnInPlaceRelu(nn.Module):
         h = self.conv1(x)
         n = h.size(0)
         aux = self.aux(h.mean((2, 3)))
-        h = nn.functional.relu(h, inplace=True)
-        return self.fc(self.conv2(h).mean((2, 3)).view(n, -1)) + 0.3 * aux
+        out = nn.functional.relu(h, inplace=True)
+        return self.fc(self.conv2(out).mean((2, 3)).view(n, h.size(1) // 1)) + 0.3 * aux  # h's size, after
 
 
 def test_reads_before_an_in_place_call_that_share_no_memory_keep_the_split():
@@ -294,7 +298,8 @@ def test_reads_before_an_in_place_call_that_share_no_memory_keep_the_split():
     np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("assign", [False, True, "slice"], ids=["statement", "assigned", "slice"])
+@pytest.mark.parametrize("assign", [False, True, "slice", "hsplit", "double"],
+                         ids=["statement", "assigned", "slice", "hsplit", "double"])
 def test_an_in_place_call_whose_tensor_is_read_after_it_is_refused_with_its_name(assign):
     """The steps run ``h.clamp_(...)`` out of place; written as a statement, its result was read
     by nothing, so the split computed the model without the clamp. The clamp inactive at the
