@@ -1051,9 +1051,41 @@ def test_a_generator_refilling_one_buffer_is_refused_and_an_unchanged_one_is_tak
             buf[...] = data[k]
             yield (buf, None)
 
-    with pytest.raises(zo.ArgumentError, match=r"yielded one array object in batch 0 and again, rewritten, in "
+    with pytest.raises(zo.ArgumentError, match=r"yielded one buffer in batch 0 and again, rewritten, in "
                                                r"batch 1.*buf\.copy\(\)"):
         zo.train(_MeanOfBatch(), np.zeros(3), batches=refilling, epochs=1, progress=False)
+
+    def views(epoch):  # a new view of the one buffer each time (buf[:]): the same memory
+        for k in range(4):
+            buf[...] = data[k]
+            yield (buf[:], None)
+
+    box = [None, None]
+
+    def one_list(epoch):  # one list, its items replaced
+        for k in range(4):
+            box[0] = data[k].copy()
+            yield box
+
+    for gen, what in ((views, "one buffer"), (one_list, "one list object")):
+        with pytest.raises(zo.ArgumentError, match=f"yielded {what} in batch 0"):
+            zo.train(_MeanOfBatch(), np.zeros(3), batches=gen, epochs=1, progress=False)
+
+    def endless(epoch):  # stops at steps_per_epoch (it was drained without end)
+        k = 0
+        while True:
+            yield (data[k % 4].copy(), None)
+            k += 1
+
+    assert zo.train(_MeanOfBatch(), np.zeros(3), batches=endless, steps_per_epoch=2, epochs=2,
+                    progress=False).steps == 4
+
+    def raising(epoch):  # the user's own TypeError is not re-worded as "not a sequence of batches"
+        yield (data[0], None)
+        raise TypeError("my loader's bug")
+
+    with pytest.raises(TypeError, match="my loader's bug"):
+        zo.train(_MeanOfBatch(), np.zeros(3), batches=raising, epochs=1, progress=False)
 
     def copies(epoch):
         for k in range(4):

@@ -300,11 +300,15 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
         return [None] * (steps_per_epoch or 1)
     if callable(batches):
         got = batches(epoch)
-        try:
-            out = list(got) if isinstance(got, (list, tuple)) else _drain(iter(got), epoch)
-        except TypeError:
-            raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
-                                f"{type(got).__name__}, not a sequence of batches") from None
+        if isinstance(got, (list, tuple)):
+            out = list(got)
+        else:
+            try:
+                it = iter(got)
+            except TypeError:
+                raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
+                                    f"{type(got).__name__}, not a sequence of batches") from None
+            out = _drain(it, epoch, steps_per_epoch)  # (an endless generator stops at steps_per_epoch)
     else:
         out = list(batches)
     if steps_per_epoch is not None:
@@ -321,39 +325,62 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
 
 
 def _fingerprint(a):
-    """A checksum of a host array's bytes (NumPy, or a CPU torch tensor), else None."""
+    """``(where, checksum)`` of a host array's memory and bytes (NumPy, or a CPU torch tensor),
+    else None: two views of one buffer (``buf[:]``, ``torch.from_numpy(buf)``) share ``where``."""
     try:
         if type(a).__module__.split(".")[0] == "torch":
             if a.device.type != "cpu":
                 return None
             a = a.detach().numpy()
         if isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype != object:
-            return zlib.crc32(np.ascontiguousarray(a).data)
+            return (a.__array_interface__["data"][0], a.nbytes), zlib.crc32(np.ascontiguousarray(a).data)
     except Exception:  # a dtype NumPy cannot view (bfloat16): not checked
         return None
     return None
 
 
-def _drain(it, epoch: int) -> list:
-    """The batches an iterator (a generator ``epoch -> batches``) yields, all of them: the
+def _leaves(b):
+    """The arrays of a batch, through tuples, lists and dicts."""
+    if isinstance(b, dict):
+        for v in b.values():
+            yield from _leaves(v)
+    elif isinstance(b, (tuple, list)):
+        for v in b:
+            yield from _leaves(v)
+    else:
+        yield b
+
+
+def _drain(it, epoch: int, limit=None) -> list:
+    """The batches an iterator (a generator ``epoch -> batches``) yields, up to ``limit``: the
     epoch is drawn before its first step. A loader that refills one buffer for every batch
-    yields one array object whose bytes change between yields: every step would then train on
-    the last batch written. Refused, naming the fix (an array yielded again unchanged, such as
-    the full batch every step, is taken)."""
-    out, seen = [], {}
+    yields one memory whose bytes change between yields (through the same array, a view of it
+    or a tensor sharing it), or one list or dict whose items it replaces: every step would then
+    train on the last batch written. Refused, naming the fix (a batch yielded again unchanged,
+    such as the full batch every step, is taken)."""
+    out, seen, boxes = [], {}, {}
     for k, b in enumerate(it):
-        for a in (b if isinstance(b, (tuple, list)) else (b,)):
+        if isinstance(b, (list, dict)):
+            items = tuple(map(id, b.values() if isinstance(b, dict) else b))
+            first = boxes.setdefault(id(b), (k, items, b))
+            if first[1] != items:
+                raise ArgumentError(
+                    f"`batches({epoch})` yielded one {type(b).__name__} object in batch {first[0]} and again, its items "
+                    f"replaced, in batch {k}: train draws an epoch's batches before its first step, so every step "
+                    "would see the last batch; yield a new container for each batch")
+        for a in _leaves(b):
             fp = _fingerprint(a)
             if fp is None:
                 continue
-            first = seen.setdefault(id(a), (k, fp, a))  # (a kept: its id is not reused meanwhile)
-            if first[1] != fp:
+            first = seen.setdefault(fp[0], (k, fp[1], a))  # (a kept: its memory is not reused meanwhile)
+            if first[1] != fp[1]:
                 raise ArgumentError(
-                    f"`batches({epoch})` yielded one array object in batch {first[0]} and again, rewritten, in batch "
-                    f"{k} (a loader refilling one buffer): train draws an epoch's batches before its first step, so "
-                    "every step would see the last batch written; yield a copy of each batch (buf.copy(), or new "
-                    "arrays)")
+                    f"`batches({epoch})` yielded one buffer in batch {first[0]} and again, rewritten, in batch {k} (a "
+                    "loader refilling one buffer): train draws an epoch's batches before its first step, so every "
+                    "step would see the last batch written; yield a copy of each batch (buf.copy(), or new arrays)")
         out.append(b)
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 
