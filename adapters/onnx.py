@@ -594,8 +594,10 @@ class OnnxClassifier:
             if not (self.cast and castable):
                 raise ArgumentError(
                     f"`x` for input {self.input_name!r} must have dtype {self.input_dtype}, got {x.dtype}; "
-                    f"use x.astype(np.{self.input_dtype.name})"
-                    + (" or OnnxClassifier(..., cast=True)" if castable else "")
+                    + (f"use OnnxClassifier(..., cast=True), or x.astype(np.{self.input_dtype.name})"
+                       + (" (not through zoracle.smoothing, which draws its noise in float32 or float64)"
+                          if self.input_dtype == np.float16 else "") if castable else
+                       f"use x.astype(np.{self.input_dtype.name})")
                 )
             if self.input_dtype.kind == "f":
                 big = np.abs(x[np.isfinite(x)]).max(initial=0.0) > np.finfo(self.input_dtype).max

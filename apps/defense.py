@@ -224,17 +224,32 @@ def _run(config: DefenseConfig, out, log) -> DefenseReport:
 
 # --------------------------------------------------------------------------------------
 # report
+#: DefenseConfig fields the command line does not set
+_NO_FLAG = ("mu", "cert_batch")
+
+
+def _label(name: str, config: DefenseConfig) -> str:
+    """A row's label; the hybrid runs CGE over the 64 input pixels at 65 queries, RGE otherwise."""
+    if name == "hybrid" and config.queries - 1 != 64:
+        return f"ZO-AE-DS-style hybrid (RGE on the black-box input, {config.queries - 1} directions)"
+    return LABELS[name]
+
+
 def command_line(config: DefenseConfig, out: str | None = "results/defense") -> str:
     """The ``zoracle defense`` command that regenerates ``config`` (writing to ``out``)."""
     tail = [] if not out else [f"--out {shlex.quote(out)}"]
     if config == QUICK:
         return " ".join(["zoracle defense --quick", *tail])
-    parts = ["zoracle defense"]
+    parts, unflagged = ["zoracle defense"], []
     for f, default in asdict(FULL).items():
         value = getattr(config, f)
         if value != default:
-            parts.append(f"--{f.replace('_', '-')} {value}")
-    return " ".join(parts + tail)
+            if f in _NO_FLAG:  # settable from Python only: said beside the command, not as a flag
+                unflagged.append(f"{f}={value!r}")
+            else:
+                parts.append(f"--{f.replace('_', '-')} {value}")
+    note = f"  # and, from Python, DefenseConfig({', '.join(unflagged)})" if unflagged else ""
+    return " ".join(parts + tail) + note
 
 
 def markdown(report: DefenseReport, out: str | None = "results/defense") -> str:
@@ -260,7 +275,7 @@ def markdown(report: DefenseReport, out: str | None = "results/defense") -> str:
             f"{100 * (fo.certified[_radius_key(r)] - row.certified[_radius_key(r)]):+.1f}" for r in RADII[:2])
         qpe = f"{row.queries_per_estimate:g}" if row.queries_per_estimate else "-"
         tq = f"{row.train_queries:,}" if row.train_queries else "0"
-        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{a:.1f}" for a in acc)
+        lines.append(f"| {_label(name, c)} | " + " | ".join(f"{a:.1f}" for a in acc)
                      + f" | {100 * row.abstain:.1f} | {gap} | {tq} | {qpe} | {row.train_seconds:.1f} s "
                        f"| {row.certify_seconds:.1f} s |")
     lines += [
@@ -290,8 +305,8 @@ def plot(report: DefenseReport, path: str) -> None:
     grid = np.linspace(0, max(finite + [0.8]) * 1.02, 200)
     for name in ("none", "mse", "deepzero", "hybrid", "fo"):
         row = report.rows[name]
-        ax.plot(grid, certified_accuracy(np.array(row.radii), np.array(row.correct), grid), label=LABELS[name],
-                linestyle="--" if name in ("none", "mse") else "-")
+        ax.plot(grid, certified_accuracy(np.array(row.radii), np.array(row.correct), grid),
+                label=_label(name, report.config), linestyle="--" if name in ("none", "mse") else "-")
     ax.set_xlabel("L2 radius r")
     ax.set_ylabel("certified accuracy")
     ax.set_title(f"Denoised smoothing, ONNX black box (digits, sigma = {report.config.sigma})", fontsize=10)
@@ -399,6 +414,9 @@ def config_from_args(args) -> DefenseConfig:
     config = replace(config, **changes)
     if not 0 < config.alpha < 1:
         raise ArgumentError(f"`--alpha` must be in (0, 1), got {config.alpha}")
+    if config.sigma * 40 > float(np.finfo(np.float32).max):  # the float32 noise would overflow (smoothing's own bound)
+        raise ArgumentError(f"`--sigma` {config.sigma:g} makes float32 noise overflow; pass at most "
+                            f"{float(np.finfo(np.float32).max) / 40:.3g}")
     if config.test_points > 360:
         raise ArgumentError(f"`--test-points` must be at most 360 (the held-out digits), got {config.test_points}")
     if config.queries < 19:

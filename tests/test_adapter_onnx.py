@@ -500,3 +500,26 @@ def test_external_weights_without_the_onnx_package_name_it(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "onnx", None)  # onnx not installed
     with pytest.raises(zo.ArgumentError, match="external data files, which zoracle reads in with the onnx package"):
         OnnxClassifier(path)
+
+
+def test_a_float16_model_through_smoothing_is_told_to_cast(tmp_path):
+    """smoothing draws float32 noise: a float16 model refused it with "use x.astype(np.float16)",
+    and smoothing refused float16 points, so the two messages sent a user in a circle. The way
+    out, cast=True, comes first, and the astype advice says smoothing cannot take it."""
+    import warnings
+
+    from zoracle import smoothing
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).half().eval()
+    path = str(tmp_path / "f16.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 8).half(),), path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, dynamo=False)
+    x = np.random.default_rng(0).normal(size=8).astype(np.float32)
+    with pytest.raises(zo.ArgumentError, match=r"use OnnxClassifier\(\.\.\., cast=True\), or x\.astype\(np\.float16\) "
+                                               r"\(not through zoracle\.smoothing"):
+        smoothing.certify(OnnxClassifier(path), x, sigma=0.25, n0=10, n=100, rng=0)
+    got = smoothing.certify(OnnxClassifier(path, cast=True), x, sigma=0.25, n0=10, n=100, rng=0)
+    assert got is not None

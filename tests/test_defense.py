@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 
@@ -223,6 +225,26 @@ def test_the_regenerate_line_names_the_output_folder_given():
     assert command_line(QUICK, "my runs/d") == "zoracle defense --quick --out 'my runs/d'"
     assert command_line(QUICK, None) == "zoracle defense --quick"
     assert command_line(FULL) == "zoracle defense --out results/defense"
+
+
+def test_the_report_names_what_ran_and_a_sigma_that_overflows_is_refused_first():
+    """With --queries other than 65 the hybrid runs RGE, but its row said "CGE on the black-box
+    input"; a config with mu or cert_batch changed gave a command with flags that do not exist;
+    --sigma 1e39 trained the classifier, then failed on NaN noise naming `x`."""
+    from dataclasses import replace
+
+    from zoracle.apps.defense import FULL, QUICK, _label, command_line, config_from_args
+
+    assert "CGE on the black-box input" in _label("hybrid", FULL)
+    assert _label("hybrid", replace(FULL, queries=30)) == \
+        "ZO-AE-DS-style hybrid (RGE on the black-box input, 29 directions)"
+    line = command_line(replace(FULL, mu=1e-2, cert_batch=5000, steps=7))
+    assert line.startswith("zoracle defense --steps 7 --out results/defense") and "--mu" not in line
+    assert "DefenseConfig(mu=0.01, cert_batch=5000)" in line
+    parser = argparse.ArgumentParser()
+    defense.add_arguments(parser)
+    with pytest.raises(zo.ArgumentError, match=r"`--sigma` 1e\+39 makes float32 noise overflow"):
+        config_from_args(parser.parse_args(["--quick", "--sigma", "1e39"]))
 
 
 def test_the_numbers_are_written_before_the_figure(tmp_path, monkeypatch):
