@@ -242,7 +242,9 @@ class WakeFlow:
         ----------
         vx, vy : array
             Face velocities, shapes ``(B, nx + 1, ny)`` and ``(B, nx, ny)``: NumPy arrays, or
-            torch tensors (then PhiFlow's torch backend runs and the result is differentiable).
+            torch tensors (then PhiFlow's torch backend runs and the result is differentiable:
+            call ``.backward()`` inside ``with phiml.backend.torch.TORCH:`` too, since the
+            pressure solve's adjoint runs on the default backend otherwise).
         re : array_like
             Reynolds number per batch entry, shape ``(B,)`` (or a scalar).
         steps : int
@@ -276,7 +278,10 @@ class WakeFlow:
                 f"state shapes {tuple(vx.shape)}, {tuple(vy.shape)} do not match the grid: expected "
                 f"(B, {self.nx + 1}, {self.ny}) and (B, {self.nx}, {self.ny})"
             )
-        re = np.asarray(re, dtype=np.float64)
+        try:
+            re = np.asarray(re, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"`re` must be Reynolds numbers, got {re!r}") from None
         if re.shape not in ((), (1,), (B,)):
             raise ArgumentError(f"`re` must be one Reynolds number or one per batch entry ({B}), got shape {re.shape}")
         re = np.broadcast_to(re, (B,))
@@ -484,6 +489,14 @@ class Reference:
                 where = f"run {run}" + (f", frame {frame}" if name != "re" else "")
                 raise ArgumentError(f"`Reference.{name}` holds a NaN or inf ({where}); every loss against it "
                                     "would be NaN: recompute or drop that run")
+        # staggered faces of one grid, frame for frame: a vy of fewer frames broadcast its one frame
+        # over the steps of a rollout (a wrong error, silently), or failed inside the solver
+        if vx.shape[1] != vy.shape[1] or vx.shape[2] != vy.shape[2] + 1 or vx.shape[3] != vy.shape[3]:
+            raise ArgumentError(f"`Reference.vx` {vx.shape} and `Reference.vy` {vy.shape} must be one grid's faces, frame "
+                                "for frame: vx (runs, frames, nx + 1, ny) and vy (runs, frames, nx, ny)")
+        if not (re > 0).all():
+            raise ArgumentError(f"`Reference.re` must be > 0, got {float(re[~(re > 0)][0])} (run "
+                                f"{int(np.flatnonzero(~(re > 0))[0])})")
         # as arrays (a list of Reynolds numbers could not be indexed by a run array)
         object.__setattr__(self, "re", re)
         object.__setattr__(self, "vx", vx)

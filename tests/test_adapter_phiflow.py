@@ -600,6 +600,21 @@ def test_a_reference_takes_lists_and_refuses_nan_frames_and_a_correction_of_othe
                         correct=lambda vx, vy, t: (vx[:1], vy[:1]))
 
 
+def test_a_reference_of_mismatched_faces_or_reynolds_numbers_is_refused_at_construction(reference):
+    """A vy of fewer frames than vx was taken: a rollout's error broadcast vy's one frame over its
+    steps (0.014396 against 0.012949, silently), or the solver failed with an IndexError after its
+    first step; vx given as vy blamed "state shapes"; re <= 0 waited for the first call; a
+    Reynolds number as text raised NumPy's ValueError, naming nothing."""
+    for vy in (reference.vy[:, :2], reference.vx):
+        with pytest.raises(zo.ArgumentError, match=r"`Reference.vx` .* and `Reference.vy` .* must be one grid's "
+                                                   r"faces, frame for frame"):
+            pf.Reference(reference.vx, vy, reference.re)
+    with pytest.raises(zo.ArgumentError, match=r"`Reference.re` must be > 0, got -150.0 \(run 0\)"):
+        pf.Reference(reference.vx, reference.vy, -np.abs(reference.re) * 0 - 150.0)
+    with pytest.raises(zo.ArgumentError, match=r"`re` must be Reynolds numbers, got 'abc'"):
+        TINY.coarsened(2).simulate(reference.vx[:, 0], reference.vy[:, 0], "abc", 1)
+
+
 def test_a_correction_overflowing_and_a_diverging_baseline_are_named_and_reference_numbers_checked(
         reference, monkeypatch):
     """The non-finite-velocity path (a correction that overflows) named no row; a diverging
