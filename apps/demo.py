@@ -48,7 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rge-lr", type=float, default=0.02, help="peak learning rate of the RGE run (default 0.02)")
     parser.add_argument("--mu", type=float, default=5e-3, help="finite-difference step of CGE and RGE (default 5e-3)")
     parser.add_argument("--methods", default="deepzero,fo,rge",
-                        help="comma-separated subset of deepzero,fo,rge to run (default all three)")
+                        help="comma-separated subset of deepzero,fo,rge to run (default all three; rge alone "
+                             "still sizes its query budget from a DeepZero run of the same settings)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and all ZO randomness")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: this model's ops are too small to gain from more)")

@@ -37,6 +37,9 @@ def main(args) -> int:
 
     # the checkpoint read first: a refused one leaves no folder the figure's check made
     history = zo.History.from_checkpoint(args.checkpoint)
+    if not history.steps:  # refused before the figure's folders are made
+        raise zo.ArgumentError(f"the checkpoint {args.checkpoint!r} holds no steps to plot (a run of epochs=0): "
+                               "train for at least one step")
     check_plot_path(args.figure, "FIGURE")  # named as the command line names it
     history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
     last = history.steps[-1]  # plot refused a history without steps

@@ -877,6 +877,11 @@ def test_cli_helpers():
         from_args(_parse(["--workers", "2", "--dask", "local"]))
     with pytest.raises(zo.ArgumentError, match="--workers"):
         from_args(_parse(["--workers", "0"]))
+    # --workers 100000 started processes for hours before the first query
+    most = 8 * (os.cpu_count() or 1)
+    assert from_args(_parse(["--workers", str(most)])).n_workers == most  # (nothing started yet)
+    with pytest.raises(zo.ArgumentError, match=f"--workers must be at most {most} \\(8 per core"):
+        from_args(_parse(["--workers", str(most + 1)]))
     with pytest.raises(zo.ArgumentError, match="local:N"):
         from_args(_parse(["--ray", "local:x"]))
 

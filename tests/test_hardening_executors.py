@@ -415,6 +415,29 @@ def test_dask_in_a_script_read_from_stdin_is_one_clear_error(tmp_path):
     assert run.stderr.count("Traceback") == 1 and len(run.stderr.splitlines()) < 20, run.stderr
 
 
+def test_a_packages_main_module_is_not_read_as_an_unguarded_script(tmp_path):
+    """`python -m zoracle demo --dask local:2` was refused ("re-import __main__.py, and line 5 of
+    it runs outside if __name__ == '__main__'"), though spawn never runs a package's __main__
+    again (the `zoracle` entry point ran it). A package's __main__ is exempt; so is zoracle's
+    own, guarded now; a script's unguarded line still counts."""
+    pkg = tmp_path / "zrun"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("from zoracle._executors_cluster import unguarded_main_line\n"
+                                     "print(unguarded_main_line())\n")
+    out = subprocess.run([sys.executable, "-m", "zrun"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.stdout.split() == ["None"], out.stderr
+    out = subprocess.run([sys.executable, str(pkg / "__main__.py")], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["2"], out.stderr  # run as a script, the same line is unguarded
+    import ast
+    import pathlib
+
+    import zoracle
+
+    main = ast.parse(pathlib.Path(zoracle.__file__).with_name("__main__.py").read_text())
+    assert all(isinstance(node, (ast.Import, ast.ImportFrom, ast.If)) for node in main.body)
+
+
 def test_main_guard_detection_accepts_guarded_code(tmp_path):
     from zoracle._executors_cluster import unguarded_main_line
 

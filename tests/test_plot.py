@@ -261,6 +261,18 @@ def test_a_plot_of_a_run_without_epochs_is_refused_before_it_runs(tmp_path):
         zo.train(loss, np.zeros(3), epochs=0, progress=False, plot=tmp_path / "run.png")
 
 
+def test_zoracle_plot_of_a_checkpoint_without_steps_leaves_no_folder(tmp_path, capsys):
+    """A run of epochs=0 checkpoints no step: the figure's folders were made before the empty
+    history was refused, and stayed behind, empty."""
+    from zoracle.cli import main
+
+    ckpt = tmp_path / "e0.npz"
+    zo.train(loss, np.zeros(3), epochs=0, progress=False, checkpoint=ckpt)
+    assert main(["plot", str(ckpt), str(tmp_path / "newfig" / "deeper" / "e0.png")]) == 1
+    assert "holds no steps to plot" in capsys.readouterr().err
+    assert not (tmp_path / "newfig").exists()
+
+
 def test_zoracle_plot_of_a_missing_checkpoint_over_an_existing_figure_is_one_line(tmp_path, capsys):
     """The same-file check raised FileNotFoundError (a traceback) for the missing checkpoint."""
     from zoracle.cli import main

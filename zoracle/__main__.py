@@ -1,5 +1,6 @@
 import sys
 
-from .cli import main
+if __name__ == "__main__":  # (spawned workers import it as __mp_main__: nothing to run there)
+    from .cli import main
 
-sys.exit(main())
+    sys.exit(main())

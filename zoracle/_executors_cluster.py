@@ -88,6 +88,9 @@ def unguarded_main_line(frame=None):
     path = getattr(main, "__file__", None)
     if main is None or not path or not str(path).endswith(".py") or not os.path.isfile(path):
         return None
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and str(getattr(spec, "name", "")).endswith(".__main__"):
+        return None  # `python -m package`: multiprocessing's spawn never runs a package's __main__ again
     frame = frame or sys._getframe(1)
     while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
         frame = frame.f_back

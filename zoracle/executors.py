@@ -378,6 +378,9 @@ def from_args(args):
         workers = 1
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise ArgumentError(f"--workers must be an integer >= 1, got {workers!r}")
+    most = 8 * (os.cpu_count() or 1)
+    if workers > most:  # (100000 started processes for hours before the first query)
+        raise ArgumentError(f"--workers must be at most {most} (8 per core on this machine), got {workers}")
     chosen = [name for name, on in (("--workers", workers > 1), ("--dask", dask), ("--ray", ray)) if on]
     if len(chosen) > 1:
         raise ArgumentError(f"pick one of --workers, --dask, --ray; got {' and '.join(chosen)}")
