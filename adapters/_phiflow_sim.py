@@ -492,8 +492,8 @@ class Reference:
         # staggered faces of one grid, frame for frame: a vy of fewer frames broadcast its one frame
         # over the steps of a rollout (a wrong error, silently), or failed inside the solver
         if vx.shape[1] != vy.shape[1] or vx.shape[2] != vy.shape[2] + 1 or vx.shape[3] != vy.shape[3]:
-            raise ArgumentError(f"`Reference.vx` {vx.shape} and `Reference.vy` {vy.shape} must be one grid's faces, frame "
-                                "for frame: vx (runs, frames, nx + 1, ny) and vy (runs, frames, nx, ny)")
+            raise ArgumentError(f"`Reference.vx` {vx.shape} and `Reference.vy` {vy.shape} must be one grid's faces, "
+                                "frame for frame: vx (runs, frames, nx + 1, ny) and vy (runs, frames, nx, ny)")
         if not (re > 0).all():
             raise ArgumentError(f"`Reference.re` must be > 0, got {float(re[~(re > 0)][0])} (run "
                                 f"{int(np.flatnonzero(~(re > 0))[0])})")

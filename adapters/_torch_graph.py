@@ -272,13 +272,18 @@ def trace_steps(model: nn.Module):
             break
     if graph is None:
         converted = isinstance(err, TypeError) and any(f"{f}() argument" in str(err) for f in ("float", "int", "bool"))
-        hint = ("; float(), int() or bool() of a traced value is a proxy while fx traces: keep a parameter or buffer "
-                "a tensor (x / self.temperature, not x / float(self.temperature)); a size read from the input "
-                "(int(x.size(1))) is used as it is, or build what depends on it once as a buffer of the largest "
-                "size and slice it (self.mask[:T, :T])") if converted else ("; a size read from the input is a proxy while fx traces, so a factory call on it "
-                "(torch.ones(x.size(1), n)), a loop over range(x.size(1)) or pack_padded_sequence cannot be traced: "
-                "build such a tensor once as a buffer of the largest size and slice it (self.mask[:T, :T]); "
-                "docs/pytorch.md") if isinstance(err, TypeError) else ""
+        if converted:
+            hint = ("; float(), int() or bool() of a traced value is a proxy while fx traces: keep a parameter or "
+                    "buffer a tensor (x / self.temperature, not x / float(self.temperature)); a size read from the "
+                    "input (int(x.size(1))) is used as it is, or build what depends on it once as a buffer of the "
+                    "largest size and slice it (self.mask[:T, :T])")
+        elif isinstance(err, TypeError):
+            hint = ("; a size read from the input is a proxy while fx traces, so a factory call on it "
+                    "(torch.ones(x.size(1), n)), a loop over range(x.size(1)) or pack_padded_sequence cannot be "
+                    "traced: build such a tensor once as a buffer of the largest size and slice it "
+                    "(self.mask[:T, :T]); docs/pytorch.md")
+        else:
+            hint = ""
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
     for name, m in model.named_modules():
         if not proxy and m._buffers and (m is model or not tracer.is_leaf_module(m, name)):

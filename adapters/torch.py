@@ -38,8 +38,9 @@ from zoracle._errors import ArgumentError, check_flag
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
-from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind, full_coordinate_losses,
-                           module_key, name_list, parameter_names, reference_loss, shared_suffix)
+from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind,
+                           full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
+                           shared_suffix)
 from ._torch_chain import (
     Step,
     absorb,
@@ -944,9 +945,9 @@ class TorchOracle:
                 if "more than 1 value per channel" not in str(exc):
                     raise
                 raise ArgumentError(
-                    f"a batch of {self._x.shape[0]} sample(s) met BatchNorm in train mode, which cannot normalize one "
-                    "value per channel; drop the last batch (zo.Minibatches(..., drop_last=True)) or choose a batch_size "
-                    f"that leaves none of one (torch: {exc})") from exc
+                    f"a batch of {self._x.shape[0]} sample(s) met BatchNorm in train mode, which cannot normalize "
+                    "one value per channel; drop the last batch (zo.Minibatches(..., drop_last=True)) or choose a "
+                    f"batch_size that leaves none of one (torch: {exc})") from exc
             check_batch_first(out, self._x.shape[0])
             scalar = self._core.scalar_loss
             loss = self._scalar(out, self._y) if scalar else None

@@ -97,8 +97,9 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
     into it past the read-only flag (``torch.from_numpy(x)`` warns and shares the memory): the
     array is compared with ``params`` before it is left, at the end and when a query fails, and
     the queries that may have seen such a write run again, each on its own copy (the estimate's
-    ``nfev`` counts its queries, not these reruns). Successive queries may get the same array object, edited in place: an oracle
-    must not cache by identity (a weak reference to the last array, say).
+    ``nfev`` counts its queries, not these reruns). Successive queries may get the same array
+    object, edited in place: an oracle must not cache by identity (a weak reference to the last
+    array, say).
     """
     out = np.empty(len(coords))
 

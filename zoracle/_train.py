@@ -365,9 +365,9 @@ def _drain(it, epoch: int, limit=None) -> list:
             first = boxes.setdefault(id(b), (k, items, b))
             if first[1] != items:
                 raise ArgumentError(
-                    f"`batches({epoch})` yielded one {type(b).__name__} object in batch {first[0]} and again, its items "
-                    f"replaced, in batch {k}: train draws an epoch's batches before its first step, so every step "
-                    "would see the last batch; yield a new container for each batch")
+                    f"`batches({epoch})` yielded one {type(b).__name__} object in batch {first[0]} and again, its "
+                    f"items replaced, in batch {k}: train draws an epoch's batches before its first step, so every "
+                    "step would see the last batch; yield a new container for each batch")
         for a in _leaves(b):
             fp = _fingerprint(a)
             if fp is None:

@@ -292,12 +292,14 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
             worst, bad = 0.0, False
             for x in (params, perturbed(params, int(coords[0]), step)):
                 mine = _ask("oracle(x)", lambda: check_scalar(oracle(frozen(x)), "oracle(x)"))
-                theirs = _ask("parent.bind(batch)(x)", lambda: check_scalar(rebound(frozen(x)), "parent.bind(batch)(x)"))
+                theirs = _ask("parent.bind(batch)(x)",
+                              lambda: check_scalar(rebound(frozen(x)), "parent.bind(batch)(x)"))
                 ok, dev = _close(theirs, mine, rtol, atol)
                 worst, bad = max(worst, dev), bad or not ok
             report["unbind"] = worst
             if bad:
-                failures.append(f"unbind: parent.bind(batch) of oracle.unbind() deviates from the oracle by {worst:.3g} "
+                failures.append(f"unbind: parent.bind(batch) of oracle.unbind() deviates from the oracle by "
+                                f"{worst:.3g} "
                                 "(process and cluster workers rebuild the oracle so: unbind must return the parent and "
                                 "the very batch it was bound to)")
     # the capability calls must leave the oracle as they found it (a mode switched and not put back
