@@ -1230,6 +1230,16 @@ def test_hook_style_reparametrization_falls_back_naming_the_hook_and_the_paramet
 
 
 
+def _estimate_saying(model, x, y, mu=1e-6):
+    """``(oracle, theta, CGE estimate, the RuntimeWarnings' text)`` of a fresh oracle on ``model``."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=mu)).grad
+    return oracle, theta, est, " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+
+
 def test_torch_prune_falls_back_naming_the_pruning_hook():
     """``torch.nn.utils.prune`` rebuilds ``weight`` from ``weight_orig * weight_mask`` in a forward
     pre-hook: the fallback's warning quoted torch's "INDICES element is out of DATA bounds". It
@@ -1240,12 +1250,7 @@ def test_torch_prune_falls_back_naming_the_pruning_hook():
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
     prune.l1_unstructured(model[0], "weight", 0.5)
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        oracle = TorchOracle(model, CE_ROWS, (x, y))
-        theta = oracle.initial_params()
-        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
-    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    oracle, theta, est, said = _estimate_saying(model, x, y)
     assert "module '0' recomputes 'weight' in a forward pre-hook (torch.nn.utils.prune" in said, said
     assert "prune.remove" in said and "INDICES" not in said
     want = np.array([(oracle(theta + 1e-6 * e) - oracle(theta)) / 1e-6 for e in np.eye(theta.size)])
@@ -1277,12 +1282,7 @@ def test_a_sequence_first_layer_falls_back_naming_it_and_batch_first_keeps_the_s
     for batch_first in (False, True):
         torch.manual_seed(0)
         model = _SequenceFirst(batch_first).double().eval()
-        with warnings.catch_warnings(record=True) as rec:
-            warnings.simplefilter("always")
-            oracle = TorchOracle(model, CE_ROWS, (x, y))
-            theta = oracle.initial_params()
-            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
-        said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+        oracle, theta, est, said = _estimate_saying(model, x, y)
         if batch_first:
             assert oracle.blocks and not said, said
         else:
