@@ -125,9 +125,13 @@ _VIEW_FUNCTIONS = frozenset({
     torch.permute, torch.narrow, torch.select, torch.chunk, torch.split, torch.unbind, torch.tensor_split,
     torch.detach, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.diagonal, torch.as_strided,
     torch.hsplit, torch.vsplit, torch.dsplit, torch.split_with_sizes, torch.ravel, torch.view_as_real,
-    torch.view_as_complex, torch.atleast_1d, torch.atleast_2d, torch.atleast_3d})
-#: modules whose output is their input or a view of it
-_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten)
+    torch.view_as_complex, torch.atleast_1d, torch.atleast_2d, torch.atleast_3d,
+    # dropout returns its input itself when off (eval mode, p = 0), as the oracle runs it
+    nn.functional.dropout, nn.functional.dropout1d, nn.functional.dropout2d, nn.functional.dropout3d,
+    nn.functional.alpha_dropout, nn.functional.feature_alpha_dropout, torch.dropout})
+#: modules whose output is their input or a view of it (dropout: when off, as the oracle runs it)
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                 nn.AlphaDropout, nn.FeatureAlphaDropout)
 _VIEW_ATTRS = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})
 
 

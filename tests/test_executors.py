@@ -882,6 +882,9 @@ def test_cli_helpers():
     assert from_args(_parse(["--workers", str(most)])).n_workers == most  # (nothing started yet)
     with pytest.raises(zo.ArgumentError, match=f"--workers must be at most {most} \\(8 per core"):
         from_args(_parse(["--workers", str(most + 1)]))
+    for flag in ("--dask", "--ray"):
+        with pytest.raises(zo.ArgumentError, match=f"{flag} local:N must have N at most {most}"):
+            from_args(_parse([flag, f"local:{most + 1}"]))
     with pytest.raises(zo.ArgumentError, match="local:N"):
         from_args(_parse(["--ray", "local:x"]))
 

@@ -347,12 +347,26 @@ class _ClipsWhatItSkips(nn.Module):
         return self.fc2(self.act(h)) + self.skip(h)
 
 
-def test_an_in_place_module_whose_input_is_read_after_it_is_named_even_where_the_base_point_hides_it():
+class _DropsThenClips(_ClipsWhatItSkips):
+    """The same behind dropout, which returns its input itself when off (eval mode, p = 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(self.act(self.drop(h))) + self.skip(h)
+
+
+@pytest.mark.parametrize("cls", [_ClipsWhatItSkips, _DropsThenClips], ids=["direct", "behind_dropout"])
+def test_an_in_place_module_whose_input_is_read_after_it_is_named_even_where_the_base_point_hides_it(cls):
     """The oracle runs in-place modules out of place in every path; where the clip is inactive at
     the base point, the loss comparisons saw nothing, and 93 of 1,634 partials of a helper's model
-    came out of another function than model(x), without a word. Named at capture now."""
+    came out of another function than model(x), without a word. Named at capture now (behind an
+    eval-mode dropout too: it returns its input itself, which a first version missed)."""
     torch.manual_seed(0)
-    model = _ClipsWhatItSkips().double().eval()
+    model = cls().double().eval()
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
     with torch.no_grad():
         model.fc1.bias.zero_()

@@ -242,7 +242,8 @@ class GradientEstimate:
         The loss at the unperturbed parameters (CGE, RGE); for SNES, the mean loss of its
         population (it never queries the unperturbed parameters).
     nfev : int
-        Every loss value the oracle produced for this estimate.
+        Every loss value the oracle produced for this estimate (queries that plain-call CGE
+        runs again, after finding the oracle wrote into its array, are not counted).
     state : array or None
         The estimator's state after this estimate: SNES's adapted ``sigma``; None for CGE and RGE.
     """
@@ -443,7 +444,9 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         Flat 1-D float32/float64 NumPy or CuPy array; never modified. Tensors of other
         libraries (torch, JAX) are rejected with the conversion to use. The oracle never
         gets an array through which it could corrupt another query: a read-only view per
-        query, or a private copy per capability call (see :class:`zoracle.Oracle`). A ``mu``
+        query, or a private copy per capability call (see :class:`zoracle.Oracle`; successive
+        plain-call CGE queries may get the same array object, edited in place between them:
+        do not cache by identity). A ``mu``
         that is not a representable step at ``params`` (``(x + mu) - x`` zero or not
         finite in params' dtype) raises :class:`ArgumentError` before any query. An oracle
         that evaluates in a narrower float (``compute_dtype``: ``TorchOracle`` on a float32

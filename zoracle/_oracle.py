@@ -274,7 +274,10 @@ class Oracle:
 
     No oracle can corrupt a later query through the array it is given: a single query gets
     a read-only view (free; ``fresh=True`` gives a private copy instead, used once per
-    estimate for the base point), and a capability call (``coordinate_losses``, ``prefix``,
+    estimate for the base point; plain-call CGE edits one array between its queries, so
+    successive queries may get the same view object with other contents: an oracle must not
+    cache by identity; one that writes past the read-only flag has the queries that may have
+    read its write run again, which ``nfev`` does not count), and a capability call (``coordinate_losses``, ``prefix``,
     ``suffix``), which answers many queries at once, gets its own copy of the parameters.
     A batch is built fresh for each call and never reused.
     """

@@ -324,16 +324,15 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
     return out
 
 
-def _fingerprint(a):
-    """``(where, checksum)`` of a host array's memory and bytes (NumPy, or a CPU torch tensor),
-    else None: two views of one buffer (``buf[:]``, ``torch.from_numpy(buf)``) share ``where``."""
+def _checksum(a):
+    """A checksum of a host array's bytes (NumPy, or a CPU torch tensor), else None."""
     try:
         if type(a).__module__.split(".")[0] == "torch":
             if a.device.type != "cpu":
                 return None
             a = a.detach().numpy()
         if isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype != object:
-            return (a.__array_interface__["data"][0], a.nbytes), zlib.crc32(np.ascontiguousarray(a).data)
+            return zlib.crc32(np.ascontiguousarray(a).data)
     except Exception:  # a dtype NumPy cannot view (bfloat16): not checked
         return None
     return None
@@ -351,14 +350,19 @@ def _leaves(b):
         yield b
 
 
+#: batches an endless generator may yield without steps_per_epoch before it is refused
+DRAIN_LIMIT = 100_000
+
+
 def _drain(it, epoch: int, limit=None) -> list:
     """The batches an iterator (a generator ``epoch -> batches``) yields, up to ``limit``: the
     epoch is drawn before its first step. A loader that refills one buffer for every batch
-    yields one memory whose bytes change between yields (through the same array, a view of it
-    or a tensor sharing it), or one list or dict whose items it replaces: every step would then
-    train on the last batch written. Refused, naming the fix (a batch yielded again unchanged,
+    rewrites what it yielded before (through the same array, a view of it of any size, or a
+    tensor sharing it), or yields one list or dict whose items it replaces: every step would
+    then train on the last batch written. Each array's bytes are summed as it is yielded and
+    again at the end; a change is refused, naming the fix (a batch yielded again unchanged,
     such as the full batch every step, is taken)."""
-    out, seen, boxes = [], {}, {}
+    out, marks, boxes = [], [], {}
     for k, b in enumerate(it):
         if isinstance(b, (list, dict)):
             items = tuple(map(id, b.values() if isinstance(b, dict) else b))
@@ -368,19 +372,19 @@ def _drain(it, epoch: int, limit=None) -> list:
                     f"`batches({epoch})` yielded one {type(b).__name__} object in batch {first[0]} and again, its "
                     f"items replaced, in batch {k}: train draws an epoch's batches before its first step, so every "
                     "step would see the last batch; yield a new container for each batch")
-        for a in _leaves(b):
-            fp = _fingerprint(a)
-            if fp is None:
-                continue
-            first = seen.setdefault(fp[0], (k, fp[1], a))  # (a kept: its memory is not reused meanwhile)
-            if first[1] != fp[1]:
-                raise ArgumentError(
-                    f"`batches({epoch})` yielded one buffer in batch {first[0]} and again, rewritten, in batch {k} (a "
-                    "loader refilling one buffer): train draws an epoch's batches before its first step, so every "
-                    "step would see the last batch written; yield a copy of each batch (buf.copy(), or new arrays)")
+        marks.extend((k, a, c) for a in _leaves(b) for c in [_checksum(a)] if c is not None)
         out.append(b)
         if limit is not None and len(out) >= limit:
             break
+        if limit is None and len(out) > DRAIN_LIMIT:
+            raise ArgumentError(f"`batches({epoch})` yielded more than {DRAIN_LIMIT:,} batches for one epoch (an endless "
+                                "generator?): train draws an epoch before its first step; pass steps_per_epoch")
+    for k, a, c in marks:
+        if _checksum(a) != c:
+            raise ArgumentError(
+                f"`batches({epoch})` yielded batch {k}, then rewrote its memory before the epoch's last batch (a loader "
+                "refilling one buffer): train draws an epoch's batches before its first step, so every step would "
+                "see the last batch written; yield a copy of each batch (buf.copy(), or new arrays)")
     return out
 
 
@@ -723,6 +727,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     batches : list, callable or Minibatches, optional
         The batches of an epoch: a list (same order each epoch), or ``epoch -> batches``
         (:class:`Minibatches` shuffles by ``(seed, epoch)``). Must be replayable for resume.
+        An epoch's batches are drawn before its first step: a generator must yield a new
+        array for each batch (one refilling a buffer is refused), and an endless one needs
+        ``steps_per_epoch`` (it is refused after 100,000 batches).
     epochs : int
     steps_per_epoch : int, optional
         Steps per epoch for a plain oracle (default 1); truncates ``batches`` otherwise (more

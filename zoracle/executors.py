@@ -350,7 +350,7 @@ def add_executor_arguments(parser) -> None:
     """Add ``--workers N``, ``--dask ADDRESS`` and ``--ray ADDRESS`` to an argparse parser."""
     group = parser.add_argument_group("parallelism (pick at most one)")
     group.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="evaluate shards in N local worker processes (default 1: serial)")
+                       help="evaluate shards in N local worker processes (default 1: serial; at most 8 per core)")
     group.add_argument("--dask", default=None, metavar="ADDRESS",
                        help="run shards on a Dask scheduler at ADDRESS (tcp://host:8786), "
                             "or 'local' / 'local:N' for a loopback-only local cluster")
@@ -368,7 +368,8 @@ def from_args(args):
     """The executor the parsed ``args`` ask for (a context manager), or None for serial.
 
     Raises :class:`~zoracle.ArgumentError` when more than one of ``--workers N`` (N > 1),
-    ``--dask`` and ``--ray`` is given, or when N < 1.
+    ``--dask`` and ``--ray`` is given, or when N (or a ``local:N`` cluster's N) is below 1 or
+    above 8 per core.
     """
     workers = getattr(args, "workers", 1)
     dask = getattr(args, "dask", None)
@@ -391,7 +392,9 @@ def from_args(args):
         if value is not None:
             if not str(value).strip():
                 raise ArgumentError(f"{flag} needs an address (or 'local'), got an empty string")
-            parse_local(value, flag)  # validates 'local:N'
+            n = parse_local(value, flag)[1]  # validates 'local:N'
+            if n is not None and n > most:  # a local cluster of N worker processes, as --workers N
+                raise ArgumentError(f"{flag} local:N must have N at most {most} (8 per core on this machine), got {n}")
     if dask:
         return DaskExecutor(dask, timeout=timeout)
     if ray:

@@ -115,7 +115,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     a caller's coordinates keep their order); for a SplitOracle, ``blocks`` are contiguous,
     ordered, disjoint and cover ``[0, d)``, and ``prefix`` + ``suffix`` equal full evaluations
     for coordinates sampled in every block and the block's first and last (where slice bugs
-    sit), in an unsorted order and with both signs.
+    sit), in an unsorted order and with both signs; for a bound data oracle with ``unbind()``,
+    ``parent.bind(batch)`` of what it returns answers as the oracle does (process and cluster
+    workers rebuild it so). A failure names the coordinate that deviates most.
 
     A fast path's loss passes when it is within ``atol + rtol * |loss|`` of the plain call's
     (rounding), or within 0.1% of its own loss change (the estimators use the changes: under a
