@@ -414,7 +414,9 @@ def config_from_args(args) -> DefenseConfig:
     config = replace(config, **changes)
     if not 0 < config.alpha < 1:
         raise ArgumentError(f"`--alpha` must be in (0, 1), got {config.alpha}")
-    if config.sigma * 40 > float(np.finfo(np.float32).max):  # the float32 noise would overflow (smoothing's own bound)
+    from zoracle.smoothing import _noise_overflows
+
+    if _noise_overflows(config.sigma, np.float32):  # its noise is drawn in float32
         raise ArgumentError(f"`--sigma` {config.sigma:g} makes float32 noise overflow; pass at most "
                             f"{float(np.finfo(np.float32).max) / 40:.3g}")
     if config.test_points > 360:

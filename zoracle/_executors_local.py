@@ -59,6 +59,13 @@ def current_device():
     return _CURRENT_DEVICE
 
 
+def _batch_object(fn, parent, batch):
+    """What a bound oracle's batch token is kept by: the bound object, a new one for each batch;
+    for a bind that rebinds in place and returns itself (its own parent: one object for every
+    batch), the batch (its workers kept the first batch otherwise)."""
+    return batch if fn is parent else fn
+
+
 def _key_snapshot(oracle, key):
     """``oracle.executor_key()``'s value ``key`` frozen: its pickled bytes (cloudpickle's for what
     plain pickle cannot take, such as a class defined in a function), so that a dict or array the
@@ -135,7 +142,7 @@ class ShardedExecutor(StaysHere):
         fn = oracle.fn if isinstance(oracle, Oracle) else oracle  # zoracle's wrapper, not a user's `fn`
         parent, batch = split_bound(fn)
         if batch is not None:
-            self._bound.forget(batch if fn is parent else fn)  # the key _payload gave it
+            self._bound.forget(_batch_object(fn, parent, batch))
         token = self._registry.forget(parent)
         if token is not None:
             self._dropped([token])
@@ -161,10 +168,7 @@ class ShardedExecutor(StaysHere):
                 if dropped:
                     self._dropped(dropped)
             self._keys[otoken] = key
-        # the batch's token: by the bound oracle's identity, a new object for each batch; a bind that
-        # rebinds in place and returns itself (its own parent) is one object for every batch, so by
-        # the batch's (its workers kept the first batch otherwise)
-        bobj = batch if oracle.fn is parent else oracle.fn
+        bobj = _batch_object(oracle.fn, parent, batch)
         btoken = self._bound.token(bobj)[0] if batch is not None else None
         bkey_of = getattr(oracle.fn, "batch_key", None) if batch is not None else None
         if callable(bkey_of):  # the batch written in place since it was sent (a reused buffer): send it again

@@ -122,8 +122,7 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
         if fresh:
             out[j] = own_copy(j)
             continue
-        old = x[i].copy()
-        dirty = bool(old != params[i])  # an earlier query wrote this coordinate
+        dirty = bool(x[i] != params[i])  # an earlier query wrote this coordinate
         x[i] = params[i] + step
         try:
             out[j] = oracle(xv, query_of(j))

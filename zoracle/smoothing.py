@@ -47,6 +47,12 @@ ABSTAIN = -1
 
 # ---------------------------------------------------------------------------------------
 # argument checks
+
+def _noise_overflows(sigma: float, dtype) -> bool:
+    """Whether noise of level ``sigma`` overflows ``dtype``: draws of 40 sigma and more occur."""
+    return sigma * 40 > float(np.finfo(dtype).max)
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
@@ -300,7 +306,7 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     x = _points(x)
     if not np.isfinite(x).all():
         raise ArgumentError("`x` must be finite, got a NaN or inf entry")
-    if sigma * 40 > float(np.finfo(x.dtype).max):  # noise of 40 sigma and more would overflow x's dtype
+    if _noise_overflows(sigma, x.dtype):
         raise ArgumentError(f"`sigma`={sigma!r} is beyond {x.dtype}'s range (max {float(np.finfo(x.dtype).max):.3g}): "
                             "its noisy inputs would be inf; use a smaller sigma, or float64 points")
     _check_points_fit(classifier, x)

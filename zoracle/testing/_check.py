@@ -35,13 +35,13 @@ def _close(a, b, rtol, atol, base=None, group=True):
         return True, 0.0
     dev = np.abs(a - b)
     allowed = atol + rtol * np.abs(b)
-    ok = bool(np.all(dev <= allowed))
     if base is not None:
         change = np.abs(b - base)
         # in float64, each query's own change: the group's largest let a small one be anything (a
         # bias beside weights of 1e4 curvature, left unperturbed); float32 rounding needs the group's
         allowed = np.maximum(allowed, DIFF_RTOL * (float(np.max(change)) if group else change))
-        ok = bool(np.all(dev <= allowed))
+    ok = bool(np.all(dev <= allowed))
+    if base is not None:
         if ok and group:
             # float32's atol of 1e-7 is wider than the changes under a small loss (a loss of 3.6e-5):
             # where the group's changes stand well above the loss's own rounding, the fast path's
