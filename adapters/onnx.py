@@ -453,7 +453,23 @@ class OnnxClassifier:
         self.input_shape = _dims(node.shape)
         self.input_dtype = np.dtype(_DTYPES[node.type])
         self._check_fixed_batch()
+        self._check_batch_axis(self.session.get_outputs())
         self._pick_output(self.session.get_outputs())
+
+    def _check_batch_axis(self, outputs) -> None:
+        """A fixed first input axis that no output starts with is no batch axis (a model exported for
+        one sample, ``(3, H, W)``): its samples would be cut along the channels."""
+        fixed = self.input_shape[0]
+        firsts = [_dims(o.shape)[0] if len(o.shape) else None for o in outputs]
+        if fixed is None or not firsts or any(f is None or f == fixed for f in firsts):
+            return
+        outs = ", ".join(f"{o.name!r} {_shape_str(_dims(o.shape))}" for o in outputs)
+        raise ArgumentError(
+            f"input {self.input_name!r} of shape {_shape_str(self.input_shape)} has no batch axis: its first axis "
+            f"({fixed}) starts no output ({outs}); OnnxClassifier feeds samples along axis 0: re-export the model "
+            f"with a batch axis (torch.onnx.export(model, (x[None],), ..., dynamic_axes={{{self.input_name!r}: "
+            "{0: 'batch'}, <output>: {0: 'batch'}}))"
+        )
 
     def _check_fixed_batch(self) -> None:
         """A fixed batch axis pads every call to its size: refuse sizes that cannot be padded."""

@@ -523,3 +523,30 @@ def test_a_float16_model_through_smoothing_is_told_to_cast(tmp_path):
         smoothing.certify(OnnxClassifier(path), x, sigma=0.25, n0=10, n=100, rng=0)
     got = smoothing.certify(OnnxClassifier(path, cast=True), x, sigma=0.25, n0=10, n=100, rng=0)
     assert got is not None
+
+
+def test_a_model_without_a_batch_axis_is_refused_at_construction(tmp_path):
+    """A model exported for one (3, 16, 16) image was read as a fixed batch of 3 samples of
+    (16, 16): a call on one image spent 3 queries and failed with "returned shape (1, 5),
+    expected (3, C)", naming no fix."""
+
+    class OneImage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 5)
+
+        def forward(self, v):
+            return self.fc(self.conv(v.unsqueeze(0)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(OneImage().eval(), (torch.zeros(3, 16, 16),), str(tmp_path / "one.onnx"),
+                          input_names=["img"], output_names=["o"], dynamo=False)
+    declared = ort.InferenceSession(str(tmp_path / "one.onnx")).get_outputs()[0].shape
+    assert declared == [1, 5]  # the output's first axis is not the input's (3)
+    with pytest.raises(zo.ArgumentError, match=r"input 'img' of shape \(3, 16, 16\) has no batch axis.*dynamic_axes"):
+        OnnxClassifier(tmp_path / "one.onnx")
+    # a fixed batch axis the outputs share still loads
+    assert OnnxClassifier(_graph_model(["x"], 4)).input_shape == (4, 10)
