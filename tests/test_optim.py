@@ -332,3 +332,25 @@ def test_the_optimizers_refuse_float16_params(make):
     state = opt.init(np.ones(3, np.float32))
     with pytest.raises(zo.ArgumentError, match="float16"):
         opt.update(np.array([0.5, 0.0, -0.5]), state, np.ones(3, np.float16))
+
+
+@pytest.mark.parametrize("make", [lambda: zo.sgd(0.1), lambda: zo.sgd(0.1, momentum=0.9), lambda: zo.adam(0.1),
+                                  lambda: zo.sign_sgd(0.1)])
+def test_update_refuses_a_gradient_it_cannot_step_with(make):
+    # a torch tensor or a list failed inside the arithmetic with NumPy's TypeError (or passed, for some
+    # optimizers only); a NaN or infinite entry came back as a NaN parameter, and Adam's moments stayed NaN
+    torch = pytest.importorskip("torch")
+    opt = make()
+    p = np.array([1.0, 2.0, 3.0])
+    state = opt.init(p)
+    for g, match in [(torch.ones(3), "`grad` passed to .* must be an array like `params` .*torch.Tensor"),
+                     ([1.0, 1.0, 1.0], "`grad` passed to .* must be an array like `params` .*builtins.list"),
+                     (np.array([1.0, np.nan, 1.0]), "`grad` passed to .* must be finite, got nan at index 1"),
+                     (np.array([np.inf, 1.0, 1.0]), "`grad` passed to .* must be finite, got inf at index 0")]:
+        with pytest.raises(zo.ArgumentError, match=match):
+            opt.update(g, state, p)
+    # what it accepts still steps as the reference: params - lr * g for a first sgd / sign step
+    new, _ = opt.update(np.array([1, -2, 3]), state, p)  # an integer gradient is a gradient
+    if opt.name != "adam":
+        np.testing.assert_allclose(new, p - 0.1 * (np.sign([1, -2, 3]) if opt.name == "sign_sgd" else np.array([1, -2, 3])))
+    assert np.isfinite(opt.update(np.float64(1.0), state, p)[0]).all()  # a scalar broadcasts

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._backend import namespace
+from ._backend import namespace, to_numpy
 from ._errors import ArgumentError, check_flag
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
@@ -98,6 +98,21 @@ def _check_update(name: str, grad, state, params, state_type) -> None:
     if tuple(shape) not in ((), tuple(params.shape)):  # a scalar broadcasts; a (d, 1) gradient would too, wrongly
         raise ArgumentError(f"`grad` passed to {name}.update() has shape {tuple(shape)}, `params` "
                             f"{tuple(params.shape)}: they must match")
+    xp = namespace(params)
+    scalar = isinstance(grad, numbers.Real) and not isinstance(grad, bool)
+    if not scalar and not (namespace(grad) is xp and isinstance(grad, (xp.ndarray, np.generic))):
+        # a torch tensor or a list failed inside the arithmetic (a TypeError about concatenation), or not at all
+        raise ArgumentError(f"`grad` passed to {name}.update() must be an array like `params` "
+                            f"({type(params).__module__.split('.')[0]}.{type(params).__name__}), got "
+                            f"{type(grad).__module__.split('.')[0]}.{type(grad).__name__}; convert it: "
+                            "np.asarray(grad, dtype=params.dtype) (a torch tensor: grad.detach().cpu().numpy())")
+    if getattr(getattr(grad, "dtype", None), "kind", "f") not in "iuf":
+        raise ArgumentError(f"`grad` passed to {name}.update() must hold real numbers, got dtype {grad.dtype}")
+    if not bool(xp.all(xp.isfinite(grad))):  # one NaN made its parameter (and Adam's moments) NaN for good
+        bad = int(np.flatnonzero(~np.isfinite(np.ravel(to_numpy(grad))))[0])
+        raise ArgumentError(f"`grad` passed to {name}.update() must be finite, got {np.ravel(to_numpy(grad))[bad]} at "
+                            f"index {bad}: the step would make that parameter NaN or infinite (and poison the "
+                            "optimizer's state); fix the gradient before the update")
     for field, value in state._asdict().items():
         if field != "count" and getattr(value, "shape", params.shape) != params.shape:
             raise ArgumentError(f"`state` passed to {name}.update() was built for params of shape {value.shape} "
