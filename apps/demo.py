@@ -286,9 +286,19 @@ def _main(args, methods) -> int:
         data = load_digits_split(seed=args.seed)
         from zoracle.adapters.torch import TorchOracle
 
-        p0 = TorchOracle(make_model(args.seed), torch.nn.CrossEntropyLoss(reduction="none")).initial_params()
+        oracle0 = TorchOracle(make_model(args.seed), torch.nn.CrossEntropyLoss(reduction="none"))
+        p0 = oracle0.initial_params()
         log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
             f"{args.epochs} epochs, batch {args.batch_size}")
+        if {"deepzero", "rge"} & set(methods):  # before the first-order run, whose result the error would lose
+            from zoracle._estimators import StepError, _narrower_dtype, check_step
+
+            narrow = _narrower_dtype(oracle0, p0)  # the float32 model takes its steps in float32
+            try:
+                check_step(p0 if narrow is None else p0.astype(narrow), args.mu, "forward", "CGE")
+            except StepError as exc:
+                raise ArgumentError(f"--mu {args.mu:g}: {exc}".replace("use mu >=", "use --mu >=")) from None
+
         def attempt(method, run):
             """A method that diverges is reported as such; the others' results stand (a late RGE
             divergence threw away the finished runs)."""

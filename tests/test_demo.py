@@ -315,3 +315,13 @@ def test_a_cluster_address_that_is_none_is_named_by_its_flag_and_plot_by_the_wra
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and r.stderr.startswith("python examples/demo.py: needs the 'apps' extra (--plot needs "
                                                      "matplotlib)"), r.stderr
+
+
+def test_a_mu_too_small_for_float32_is_refused_before_the_first_order_run(capsys):
+    # 1e-8 (about sqrt of float64's eps, a usual finite-difference step) rounds to a zero step at the
+    # CNN's float32 weights: it was refused by DeepZero's train, after the first-order run had taken
+    # its seconds and printed a result that the error then threw away
+    assert main(["demo", "--quick", "--epochs", "1", "--mu", "1e-8"]) == 1
+    err = capsys.readouterr().err
+    assert "fo:" not in err  # no run before the refusal
+    assert "--mu 1e-08" in err and "not a representable step" in err and "use --mu >=" in err
