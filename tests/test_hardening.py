@@ -128,6 +128,37 @@ def test_a_step_that_is_not_representable_is_rejected_before_any_query(estimator
     assert calls == []
 
 
+class _Float32Oracle:
+    """Evaluates in float32 and says so (``compute_dtype``), as TorchOracle on a float32 model."""
+
+    compute_dtype = np.float32
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __call__(self, x):
+        self.calls.append(1)
+        x = np.asarray(x, np.float32)
+        return float(((x - 1) ** 2).sum())
+
+
+@pytest.mark.parametrize("kw, named", [
+    (dict(mu=lambda t: 1e-3 if t < 20 else 1.5e-8), "the `mu` schedule's value at step 20"),
+    (dict(estimator=zo.CGE(mu=1.5e-8), mu=1e-3, sparsity=0.5, blocks=[slice(0, 25), slice(25, 50)]),
+     "ZO-GraSP scores with the estimator.s mu"),
+])
+def test_a_step_below_the_oracles_float32_is_rejected_before_any_query(kw, named):
+    # float64 params, a float32 oracle: 1.5e-8 is a step in float64 but none at |x| ~ 1 in float32 (the
+    # oracle's steps). The checks before the first query ran in float64: the schedule failed at step 20,
+    # after 1,020 queries, naming CGE(mu=1.5e-08) and not `mu`; ZO-GraSP's named an RGE the user never made
+    calls = []
+    p0 = np.random.default_rng(0).normal(size=50) + 1.0
+    with pytest.raises(zo.ArgumentError, match=f"rounds to a zero step in float32.*{named}"):
+        zo.train(_Float32Oracle(calls), p0, epochs=30, progress=False, rng=0, **kw)
+    assert calls == []
+    assert np.float32(1.0) + np.float32(1.5e-8) == np.float32(1.0) and 1.0 + 1.5e-8 != 1.0  # the premise
+
+
 @pytest.mark.parametrize("schedule", [lambda t: -0.1, lambda t: float("nan"), lambda t: 0.1 if t < 2 else np.inf])
 def test_a_schedule_with_a_negative_or_non_finite_value_fails_before_any_query(schedule):
     calls = []
