@@ -497,3 +497,19 @@ def test_a_torch_run_resumed_in_other_train_eval_modes_is_warned_about(tmp_path)
     zo.save_checkpoint(old, arrays, meta)
     o = make(train_mode=False)
     zo.train(o, o.initial_params(), resume=old, **kw)
+
+
+@pytest.mark.parametrize("expected, prefixes", [
+    (["params"], ()),  # names as a list: a raw TypeError from inside the read
+    ({"params": (4,)}, ()),  # a shape without dtypes: "corrupt or truncated ...; delete it"
+    ({"params": ((4,), "float64")}, ()),  # one dtype as a string: NumPy's "data type 'o' not understood"
+    (None, "opt/"),  # one prefix as a string: read every member starting with 'o', 'p', 't' or '/'
+])
+def test_load_checkpoint_refuses_a_malformed_expected_without_blaming_the_file(tmp_path, expected, prefixes):
+    path = zo.save_checkpoint(tmp_path / "run.npz", {"params": np.arange(4.0)}, {"note": "ok"})
+    with pytest.raises(zo.ArgumentError, match="`expected` must be|`prefixes` must be") as info:
+        zo.load_checkpoint(path, expected=expected, prefixes=prefixes)
+    assert "corrupt" not in str(info.value) and "delete" not in str(info.value)
+    arrays, _ = zo.load_checkpoint(path, expected={"params": ((4,), ("float64",))})  # the documented form
+    np.testing.assert_array_equal(arrays["params"], np.arange(4.0))
+    assert zo.load_checkpoint(path, expected={"params": (None, None)})[0].keys() == {"params"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import socket
 import uuid
@@ -291,6 +292,9 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         and what to do), or an array of another shape or dtype than ``expected``.
     """
     path = as_path(path, "path")
+    expected = _check_expected(expected)
+    if isinstance(prefixes, (str, bytes)) or not all(isinstance(p, str) for p in prefixes):
+        raise ArgumentError(f"`prefixes` must be a tuple of name prefixes such as ('opt/',), got {prefixes!r}")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):
@@ -343,6 +347,31 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         err.corrupt = True
         raise err from None
     return arrays, meta
+
+
+def _check_expected(expected):
+    """``expected`` as ``load_checkpoint`` reads it, refused before the file is opened (a malformed
+    entry failed inside the read, and was reported as a corrupt checkpoint to delete)."""
+    if expected is None:
+        return None
+    form = "a dict name -> (shape or None, dtypes or None), e.g. {'params': ((10,), ('float64',))}"
+    if not isinstance(expected, dict):
+        raise ArgumentError(f"`expected` must be {form}, got {type(expected).__name__} {expected!r}")
+    out = {}
+    for name, spec in expected.items():
+        ok = isinstance(name, str) and isinstance(spec, (tuple, list)) and len(spec) == 2
+        shape, dtypes = spec if ok else (None, None)
+        ok = ok and (shape is None or (isinstance(shape, (tuple, list)) and all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in shape)))
+        ok = ok and (dtypes is None or (isinstance(dtypes, (tuple, list)) and len(dtypes) > 0))
+        try:
+            dtypes = dtypes if not ok or dtypes is None else tuple(np.dtype(t) for t in dtypes)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ArgumentError(f"`expected` must be {form}; entry {name!r} is {spec!r}")
+        out[name] = (None if shape is None else tuple(int(n) for n in shape), dtypes)
+    return out
 
 
 def existing_checkpoint(path) -> str | None:
