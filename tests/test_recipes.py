@@ -360,3 +360,29 @@ def test_the_zero_block_warning_does_not_suggest_the_fill_it_already_has():
         zo.train(loss, p0, rng=0, progress=False, **kw)
     text = " ".join(str(w.message) for w in record)
     assert "pass fill_small_blocks=True" not in text and "fills only empty blocks up to the kept count" in text
+
+
+def test_short_budget_takes_an_endless_generator_with_steps_per_epoch():
+    """train takes an endless generator `epoch -> batches` with steps_per_epoch (it draws that many);
+    the recipe's check of `batches(0)` drained it whole: it never returned (memory growing)."""
+    X, y = _data()
+    drawn = []
+
+    def endless(epoch):
+        r = np.random.default_rng([0, epoch])
+        n = 0
+        while True:
+            n += 1
+            drawn.append(n)
+            if n > 1000:  # far past any epoch: the original recipe never stopped drawing
+                raise AssertionError("batches(epoch) drained past 1000 batches")
+            idx = r.choice(len(X), 20, replace=False)
+            yield X[idx], y[idx]
+
+    kw = zo.recipes.short_budget(Softmax(), np.zeros(35), 200, batches=endless, steps_per_epoch=5, coordinates=8,
+                                 grasp_directions=8, lr=0.1)
+    assert kw["steps_per_epoch"] == 5 and max(drawn) <= 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = zo.train(Softmax(), np.zeros(35), batches=endless, rng=0, progress=False, **kw)
+    assert res.nfev == kw["max_queries"] and res.history.column("nfev").tolist() == [11] * res.steps

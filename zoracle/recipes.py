@@ -12,6 +12,7 @@ with momentum) is the one for budgets of many queries per weight; ``zoracle demo
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -241,7 +242,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if per_epoch < 1:
         raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
     if callable(batches) and steps_per_epoch is not None:  # train takes what the callable gives, at most this
-        given = len(list(batches(0)))
+        # at most steps_per_epoch of them, as train draws: an endless generator never ends
+        given = len(list(itertools.islice(iter(batches(0)), steps_per_epoch)))
         if given < steps_per_epoch:
             raise ArgumentError(f"`batches(0)` gives {given} batches, fewer than `steps_per_epoch`={steps_per_epoch}: "
                                 f"the run would take {given} steps an epoch and stop far short of the budget, its "
