@@ -479,6 +479,45 @@ def test_minibatches_refuse_what_they_would_misread():
     assert len(zo.Minibatches(np.arange(5.0), batch_size=10)) == 1
 
 
+def test_a_run_on_the_oracles_own_data_and_one_on_a_callable_do_not_resume_each_other(tmp_path):
+    """As with Minibatches, a callable `epoch -> batches` and the oracle's own data are other runs:
+    both were written as None, the comparison was skipped, and each continued the other silently
+    (its parameters then differ from either uninterrupted run). A callable resumed by a callable,
+    or against a Minibatches, still resumes (its batches are not compared)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
+
+    class Data:
+        def __init__(self, batch=(X, y)):
+            self.batch = batch
+
+        def bind(self, batch):
+            return Data(batch)
+
+        def __call__(self, w):
+            return float(np.mean((self.batch[0] @ w - self.batch[1]) ** 2))
+
+    def by_epoch(epoch):
+        idx = np.random.default_rng([1, epoch]).permutation(40)
+        return [(X[idx[i:i + 10]], y[idx[i:i + 10]]) for i in range(0, 40, 10)]
+
+    kw = dict(epochs=4, steps_per_epoch=4, rng=0, progress=False, optimizer=zo.sgd(0.05))
+    stop = [lambda event, record, params: event == "epoch" and record["epoch"] == 1]
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    zo.train(Data(), np.zeros(3), batches=by_epoch, checkpoint=a, callbacks=stop, **kw)
+    with pytest.raises(zo.CheckpointError, match="batches: checkpoint has .*callable.*this run has \"none"):
+        zo.train(Data(), np.zeros(3), checkpoint=a, resume=True, **kw)
+    zo.train(Data(), np.zeros(3), checkpoint=b, callbacks=stop, **kw)
+    with pytest.raises(zo.CheckpointError, match="batches: checkpoint has \"none \\(the oracle's own data\\)\""):
+        zo.train(Data(), np.zeros(3), batches=by_epoch, checkpoint=b, resume=True, **kw)
+    whole = zo.train(Data(), np.zeros(3), batches=by_epoch, **kw)
+    resumed = zo.train(Data(), np.zeros(3), batches=by_epoch, checkpoint=a, resume=True, **kw)
+    np.testing.assert_array_equal(resumed.params, whole.params)
+    mb = zo.Minibatches((X, y), 10, seed=0)  # a callable against a Minibatches: not compared, as documented
+    zo.train(Data(), np.zeros(3), batches=mb, checkpoint=str(tmp_path / "c.npz"), callbacks=stop, **kw)
+    zo.train(Data(), np.zeros(3), batches=lambda e: mb(e), checkpoint=str(tmp_path / "c.npz"), resume=True, **kw)
+
+
 def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
     """Schedules store their fields as Python floats since 35083a0 (final=0 is final=0.0): a
     checkpoint written before, whose description holds final=0, was refused as another

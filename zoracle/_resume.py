@@ -25,6 +25,10 @@ _MAX_COUNT = 2**53  # counters above this are not exact in JSON / float64: impla
 _FIX = "delete it to start over, or resume from another checkpoint"
 
 
+#: what a checkpoint's settings hold for a callable ``batches`` (before: None, as for no batches)
+CALLABLE_BATCHES = "a callable epoch -> batches"
+
+
 def _bad(path, field, value, want):
     shown = repr(value)
     shown = shown if len(shown) < 80 else shown[:77] + "..."
@@ -199,9 +203,14 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         saved = meta.get("config")
         if isinstance(saved, dict) and "ratios" not in saved:
             saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
-        if isinstance(saved, dict) and (saved.get("batches") is None or config.get("batches") is None):
-            # written before the batches were compared, or a callable's (then or now): nothing to compare
-            saved = dict(saved, batches=config.get("batches"))
+        if isinstance(saved, dict):
+            was, now = saved.get("batches"), config.get("batches")
+            # written before the batches were compared (or before a callable's were told from none), or a
+            # callable's against a Minibatches' or a list's (then or now): nothing to compare; a callable
+            # against the oracle's own data (both texts) is compared: those runs differ
+            if was is None or now is None or (CALLABLE_BATCHES in (was, now)
+                                              and not (isinstance(was, str) and isinstance(now, str))):
+                saved = dict(saved, batches=now)
         unread = list(getattr(oracle, "_unread_moved", None) or ())
         if isinstance(saved, dict) and "layout" not in saved and unread:
             # before layouts were saved, a TorchOracle kept such parameters in the model's order; it

@@ -36,7 +36,7 @@ from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import has_methods
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
-from ._resume import compare_history, read_history, read_resume
+from ._resume import CALLABLE_BATCHES, compare_history, read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
 
 __all__ = ["train", "TrainResult", "History", "Minibatches", "RATIO_METHODS"]
@@ -391,9 +391,9 @@ def _drain(it, epoch: int, limit=None) -> list:
 def _batches_print(batches, steps_per_epoch=None):
     """What a resume compares of ``batches``: a Minibatches' settings and its arrays' shapes and
     dtypes, a list's number of batches and rows per batch (as a short hash: a long list would
-    grow every checkpoint's header); a text for none (the oracle's own data); None for a
-    callable, whose batches are known per epoch (a resume then compares nothing of them). The
-    data's values are not read."""
+    grow every checkpoint's header); a text for none (the oracle's own data); a text for a
+    callable, whose batches are known per epoch (a resume compares nothing of them against a
+    Minibatches or a list, but refuses the oracle's own data). The data's values are not read."""
     def dtype(a):
         return str(getattr(a, "dtype", type(a).__name__)).replace("torch.", "")  # the same data in NumPy or torch
 
@@ -405,7 +405,7 @@ def _batches_print(batches, steps_per_epoch=None):
     if batches is None:  # a run on the oracle's own data: resumed with batches (or without), it would differ
         return "none (the oracle's own data)"
     if callable(batches):
-        return None
+        return CALLABLE_BATCHES
     used = list(batches)[:steps_per_epoch]  # the batches a run draws
     rows = [_rows(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1)
             and (hasattr(b[0], "__len__") or getattr(b[0], "shape", None)) else None for b in used]
