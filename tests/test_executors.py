@@ -256,6 +256,69 @@ def test_train_ships_an_oracle_rebound_in_place_with_each_batch(loky2, kind):
     np.testing.assert_array_equal(par.params, serial.params)
 
 
+class ReusesOneBoundView:
+    """A data oracle whose ``bind`` rebinds one bound object of its own in place and returns it
+    (a view it allocates once), not itself."""
+
+    class View:
+        def __init__(self, parent):
+            self.parent, self.batch = parent, None
+
+        def __call__(self, w):
+            xb, yb = self.batch
+            return float(np.mean((xb @ w - yb) ** 2))
+
+    def __init__(self):
+        self.view = self.View(self)
+
+    def bind(self, batch):
+        self.view.batch = batch
+        return self.view
+
+
+class ReusesOneBoundViewThatUnbinds(ReusesOneBoundView):
+    """The same with ``unbind() -> (parent, batch)`` on the view."""
+
+    class View(ReusesOneBoundView.View):
+        def unbind(self):
+            return None if self.batch is None else (self.parent, self.batch)
+
+
+def _textbook_cge_sgd(batches, w, epochs, lr, mu):
+    """Forward-difference CGE + plain SGD, written out: the reference trajectory."""
+    w = w.copy()
+    for _ in range(epochs):
+        for xb, yb in batches:
+            def f(v):
+                return float(np.mean((xb @ v - yb) ** 2))
+            f0 = f(w)
+            w = w - lr * np.array([(f(w + mu * e) - f0) / mu for e in np.eye(len(w))])
+    return w
+
+
+@pytest.mark.parametrize("kind", [ReusesOneBoundView, ReusesOneBoundViewThatUnbinds])
+@pytest.mark.parametrize("grasp", [False, True])
+def test_train_ships_a_reused_bound_view_with_each_batch(loky2, kind, grasp):
+    """Process workers kept the view as first shipped: every step trained on the first batch
+    (0.3 off the textbook loop after 2 epochs), with ``unbind`` too (the batch token was the view's)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 5)), rng.standard_normal(40)
+    batches = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 40, 10)]
+    ref = _textbook_cge_sgd(batches, np.zeros(5), 2, 0.05, 5e-3)
+    kw = dict(batches=batches, epochs=2, optimizer=zo.sgd(0.05), progress=False)
+    if grasp:  # ZO-GraSP binds a batch of its own (the last) before the first step binds the first
+        kw.update(sparsity=0.4, ratios="zo_grasp", grasp_batch=batches[3], grasp_directions=8, rng=0)
+    serial = zo.train(kind(), np.zeros(5), **kw)
+    par = zo.train(kind(), np.zeros(5), executor=loky2, **kw)
+    if not grasp:
+        np.testing.assert_allclose(serial.params, ref, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(par.params, serial.params)
+    if kind is ReusesOneBoundView:  # the same oracle trained again: its view still held the last batch
+        oracle = kind()
+        for _ in range(2):
+            np.testing.assert_array_equal(zo.train(oracle, np.zeros(5), executor=loky2, **kw).params, serial.params)
+
+
 def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):
     log = tmp_path / "unpickled.txt"
     parent = CountingData(str(log))
