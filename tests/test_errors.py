@@ -138,6 +138,33 @@ def test_raising_oracle_is_wrapped_with_the_query():
     assert isinstance(info.value.cause, KeyError) and info.value.__cause__ is info.value.cause
 
 
+class _UnprintableError(Exception):
+    """An oracle's exception whose ``__str__`` itself raises (a format string given the wrong args)."""
+
+    def __str__(self):
+        return "%s at %d" % self.args  # one arg for two placeholders: TypeError
+
+
+@pytest.mark.parametrize("backend", [None, "threading"])
+def test_raising_oracle_with_unprintable_error_is_still_named(backend):
+    """str() of the oracle's exception raised inside OracleError's own message, so the report was
+    that TypeError (serial) or a ShardFailed (threads): the query, the type and the cause were lost."""
+    def f(x):
+        if x[17] != 1.0:
+            raise _UnprintableError("solver diverged")
+        return float(x.sum())
+
+    ex = None if backend is None else zo.executors.JoblibExecutor(2, backend=backend)
+    try:
+        with pytest.raises(zo.OracleError) as info:
+            zo.estimate_gradient(f, np.ones(30), zo.CGE(), executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
+    assert "coordinate 17" in str(info.value) and "_UnprintableError" in str(info.value)
+    assert isinstance(info.value.cause, _UnprintableError)
+
+
 def test_rge_failure_names_the_direction():
     calls = []
 

@@ -214,6 +214,7 @@ def test_oracle_raising_everywhere_gives_oracle_error_with_shard_and_cause(backe
     assert isinstance(err, zo.ZoracleError)
     assert err.query.startswith("coordinate 7")
     assert isinstance(err.cause, ValueError)
+    assert err.__cause__ is err.cause  # the class docs: "also chained as __cause__" (None from a process worker)
     msg = str(err)
     assert "ValueError: boom" in msg and "shard" in msg and "after failing on" in msg
     assert len(log.read_text().split()) == 2  # tried once, retried once: no endless retries

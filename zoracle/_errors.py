@@ -35,7 +35,8 @@ class OracleError(ZoracleError, RuntimeError):
         self.cause = cause
         self.detail = detail
         if cause is not None:
-            msg = f"oracle raised at {query}: {type(cause).__name__}: {cause}{'; ' + detail if detail else ''}"
+            self.__cause__ = cause  # chained also where it is rebuilt from __reduce__ (a process worker's report)
+            msg = f"oracle raised at {query}: {type(cause).__name__}: {exc_text(cause)}{'; ' + detail if detail else ''}"
         else:
             msg = f"oracle returned {value!r} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)
@@ -52,7 +53,8 @@ class OracleError(ZoracleError, RuntimeError):
         # a cause or value that does not survive the trip (it fails to pickle, or to unpickle:
         # an exception whose __init__ takes other arguments than its args, a class only the
         # sender can import) travels as text, so the report keeps its type, query and cause
-        cause = self.cause if _round_trips(self.cause) else RuntimeError(f"{type(self.cause).__name__}: {self.cause}")
+        cause = (self.cause if _round_trips(self.cause)
+                 else RuntimeError(f"{type(self.cause).__name__}: {exc_text(self.cause)}"))
         value = self.value if _round_trips(self.value) else repr(self.value)
         return (self.__class__, (self.query, value, cause, self.detail))
 
@@ -64,6 +66,15 @@ def check_flag(name: str, v) -> bool:
     if not isinstance(v, (bool, np.bool_)):
         raise ArgumentError(f"`{name}` must be True or False, got {v!r}")
     return bool(v)
+
+
+def exc_text(exc) -> str:
+    """``str(exc)``, or a note that it failed: an exception whose ``__str__`` raises must not
+    replace the report of the query that raised it."""
+    try:
+        return str(exc)
+    except Exception as err:
+        return f"<str() failed: {type(err).__name__}>"
 
 
 def _round_trips(obj) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, OracleError
+from ._errors import ArgumentError, OracleError, exc_text
 
 __all__ = [
     "LossOracle",
@@ -254,7 +254,7 @@ _READONLY_HINT = (
 
 
 def _raised(query: str, exc: Exception) -> OracleError:
-    ro = isinstance(exc, ValueError) and "read-only" in str(exc)
+    ro = isinstance(exc, ValueError) and "read-only" in exc_text(exc)
     return OracleError(query, cause=exc, detail=_READONLY_HINT if ro else "")
 
 
