@@ -139,10 +139,24 @@ class _ParameterReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def _one_tensor(outputs) -> None:
+    """The oracle stacks perturbations along the rows of the model's output: it must be one tensor."""
+    if not isinstance(outputs, torch.Tensor):  # (not torch.is_tensor: a dispatch on every loss)
+        kind = type(outputs).__name__
+        raise ArgumentError(
+            f"`model` returned a {kind}, not one tensor: TorchOracle stacks perturbations along the rows of "
+            "the model's output, so its forward must return one tensor, batch first. Wrap the model in a "
+            "module whose forward returns the output the loss uses (or torch.cat of the heads along dim 1, "
+            "split again in `loss_fn`)")
+
+
 def check_batch_first(out, B: int) -> None:
-    """The model's output keeps the batch of ``B`` samples as its first dimension (checked at
-    every bind's plain call: a last minibatch of one meets a forward's ``squeeze()`` late)."""
-    if isinstance(out, torch.Tensor) and (out.ndim == 0 or out.shape[0] != B):
+    """The model's output is one tensor keeping the batch of ``B`` samples as its first dimension
+    (checked at every bind's plain call: a last minibatch of one meets a forward's ``squeeze()``
+    late; a tuple or dict of heads is refused at the first bind, before a query that would fail
+    inside the full forwards)."""
+    _one_tensor(out)
+    if out.ndim == 0 or out.shape[0] != B:
         raise ArgumentError(
             f"`model` returned {tuple(out.shape)} for a batch of {B} samples: its output must keep the batch "
             "as its first dimension (the oracle stacks perturbations along it); a forward ending in "
