@@ -281,6 +281,9 @@ def trace_steps(model: nn.Module):
                     "buffer a tensor (x / self.temperature, not x / float(self.temperature)); a size read from the "
                     "input (int(x.size(1))) is used as it is, or build what depends on it once as a buffer of the "
                     "largest size and slice it (self.mask[:T, :T])")
+        elif isinstance(err, TypeError) and "does not support item assignment" in str(err):
+            hint = ("; an assignment into a tensor (h[mask] = 0, out[:, 0] = v) cannot be traced: write it out of "
+                    "place (h = h.masked_fill(mask[:, None], 0), torch.where(mask[:, None], v, h), index_put, scatter)")
         elif isinstance(err, TypeError):
             hint = ("; a size read from the input is a proxy while fx traces, so a factory call on it "
                     "(torch.ones(x.size(1), n)), a loop over range(x.size(1)) or pack_padded_sequence cannot be "

@@ -40,7 +40,7 @@ from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
 from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind,
                            full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
-                           shared_suffix)
+                           shared_suffix, _one_tensor)
 from ._torch_chain import (
     Step,
     absorb,
@@ -250,17 +250,6 @@ def _persistent_buffers(model: nn.Module) -> dict:
 def _rows(vals: torch.Tensor) -> torch.Tensor:
     """Per-sample losses of shape ``(n, 1)`` (``MSELoss(reduction="none")`` on one output) as ``(n,)``."""
     return vals.reshape(-1) if vals.ndim == 2 and vals.shape[1] == 1 else vals
-
-
-def _one_tensor(outputs) -> None:
-    """The oracle stacks perturbations along the rows of the model's output: it must be one tensor."""
-    if not isinstance(outputs, torch.Tensor):  # (not torch.is_tensor: a dispatch on every loss)
-        kind = type(outputs).__name__
-        raise ArgumentError(
-            f"`model` returned a {kind}, not one tensor: TorchOracle stacks perturbations along the rows of "
-            "the model's output, so its forward must return one tensor, batch first. Wrap the model in a "
-            "module whose forward returns the output the loss uses (or torch.cat of the heads along dim 1, "
-            "split again in `loss_fn`)")
 
 
 def _indices(coords) -> np.ndarray:
@@ -844,7 +833,9 @@ class TorchOracle:
                 B = self._x.shape[0]
                 for st in self._core.chain.steps:
                     state = st(state)
-                    sizes.append(sum(s.numel() * s.element_size() for s in state) // B)
+                    # a step may keep a tuple (an LSTMCell's (h, c), read whole by the next call)
+                    tensors = torch.utils._pytree.tree_leaves(state)
+                    sizes.append(sum(s.numel() * s.element_size() for s in tensors if isinstance(s, torch.Tensor)) // B)
             self._core.probe[key] = sizes
         return self._core.probe[key]
 

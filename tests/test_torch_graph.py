@@ -153,6 +153,39 @@ def test_a_float_of_a_parameter_and_a_varargs_forward_are_refused_with_their_own
     assert steps is None and "forward takes *args" in reason and "def forward(self, x)" in reason, reason
 
 
+def test_an_item_assignment_is_refused_with_advice_on_it_not_on_sizes():
+    """``h[mask] = 0`` in a forward was refused with the advice for sizes read from the input
+    (a factory call on ``x.size(1)``, a loop over ``range(x.size(1))``), which the forward has
+    none of. The estimates were and are the textbook ones (full forwards)."""
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.lin(x))
+            h[x[:, 0] < 0] = 0.0
+            return self.head(h)
+
+    steps, reason = trace_steps(Gated())
+    assert steps is None and "cannot trace Gated" in reason and "item assignment" in reason, reason
+    assert "masked_fill" in reason and "factory call" not in reason and "range(x.size(1))" not in reason, reason
+    model = Gated().double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    with pytest.warns(RuntimeWarning, match="item assignment.*full forward"):
+        oracle = TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), (x, y))
+        theta = oracle.initial_params()
+        got = oracle.coordinate_losses(theta, np.arange(theta.size), 1e-3)
+    want = []
+    for i in range(theta.size):  # textbook: perturb one weight, full forward, restore
+        t = theta.copy()
+        t[i] += 1e-3
+        oracle.load(t)
+        with torch.no_grad():
+            want.append(float(nn.functional.cross_entropy(model(x), y)))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
 def test_downstream_mask_follows_the_residual_graph():
     class Res(nn.Module):
         def __init__(self):
@@ -200,6 +233,39 @@ def test_unpacked_recurrent_output_splits(cell):
         got = oracle.coordinate_losses(theta, coords, 1e-3)
     assert oracle.block_names == ["rnn", "fc"]  # the recurrent layer (with its getitems) and the head
     np.testing.assert_allclose(got, plain_losses(model, x, y, coords, 1e-3), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_cell_state_tuple_passed_whole_keeps_the_split(dtype):
+    """An ``nn.LSTMCell`` unrolled over a fixed number of steps passes its ``(h, c)`` tuple whole
+    to its next call: the tuple is a value of the state. Measuring the state's bytes per sample
+    (the memory budget) called ``.numel()`` on the tuple, and the split was retired with the
+    warning "the captured split failed (AttributeError: 'tuple' object has no attribute
+    'numel')": full forwards, one at a time (vmap has no rule for lstm_cell)."""
+
+    class Unrolled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.cell, self.fc = nn.Linear(3, 5), nn.LSTMCell(5, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            hc = None
+            for t in range(4):
+                hc = self.cell(torch.tanh(self.inp(x[:, t])), hc)
+            return self.fc(hc[0])
+
+    torch.manual_seed(0)
+    model = Unrolled().to(dtype)
+    rng = np.random.default_rng(0)
+    x, y = torch.as_tensor(rng.standard_normal((7, 4, 3)), dtype=dtype), torch.as_tensor(rng.integers(0, 3, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the graph is captured and passes its self-check
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        got = oracle.coordinate_losses(theta, np.arange(theta.size), 1e-2)
+    assert oracle.block_names == ["inp", "cell", "fc"]
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(got, plain_losses(model, x, y, np.arange(theta.size), 1e-2), **tol)
 
 
 def _reference_rows(oracle, theta, coords, step):
