@@ -261,6 +261,19 @@ def test_nested_run_on_a_threading_executor_raises():
     assert "inside an oracle" in str(exc)
 
 
+def test_nested_run_on_threads_raises_nested_run_error_itself():
+    """executors.md: a nested run "raises NestedRunError ... as on threads"; on threads it
+    reached the caller as an OracleError (cause NestedRunError), which `except NestedRunError`
+    does not catch, where a process executor raises NestedRunError itself."""
+    with JoblibExecutor(2, backend="threading") as ex:
+        def outer(x):
+            return float(zo.estimate_gradient(quad, x, zo.CGE(), executor=ex).loss)
+
+        with pytest.raises(NestedRunError, match="inside an oracle"):
+            zo.estimate_gradient(outer, np.zeros(4), zo.CGE(), executor=ex)
+        np.testing.assert_allclose(zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex).grad, _serial(4))
+
+
 class Nested:
     """An oracle running an inner estimate on the executor it holds."""
 

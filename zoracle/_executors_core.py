@@ -867,6 +867,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                     if len(outcome) > 3 and isinstance(outcome[3], str) and str(cause) != outcome[3]:
                         cause.args = (outcome[3],)  # the original text, details included
                 if _deterministic(cause):
+                    if isinstance(cause, OracleError) and isinstance(cause.cause, NestedRunError):
+                        cause = cause.cause  # a nested run on threads: NestedRunError, as on processes
                     raise _annotate(cause, i, n, shards[i], where)
                 failed_on[i].append((where, cause))
                 if len(failed_on[i]) >= 2:
