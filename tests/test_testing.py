@@ -596,8 +596,9 @@ class _LeastSquares32:
 @pytest.mark.parametrize("fault", ["sign", "zeros"])
 def test_check_oracle_in_float32_is_not_blind_under_a_small_loss(fault):
     """float32's default atol of 1e-7 is wider than a loss of 3.6e-5 changes: a coordinate_losses
-    with the wrong sign (central CGE then 2.00 off) or all zeros passed. The bound is now at most
-    64 units of the loss's own float32 rounding; the correct oracle still passes."""
+    with the wrong sign (central CGE then 2.00 off) or all zeros passed. Changes standing above
+    100 units of the loss's own float32 rounding must now be followed to within 1.5 times their
+    size; the correct oracle still passes."""
     x = np.random.default_rng(1).standard_normal(8).astype(np.float32)
     check_oracle(_LeastSquares32(1e-6), x)
     check_oracle(_LeastSquares32(1e-9), x)
@@ -639,3 +640,37 @@ def test_check_oracle_stays_inside_a_bounded_domain_and_checks_unbind():
     assert check_oracle(Bound(Parent(), batch), w)["unbind"] == 0.0
     with pytest.raises(OracleCheckError, match=r"unbind: parent\.bind\(batch\) of oracle\.unbind\(\) deviates"):
         check_oracle(Bound(Parent(), batch, drop=True), w)
+
+
+class _Scaled32:
+    """``scale * sum(x^2)`` in float32, with a coordinate_losses ``off`` from the plain calls."""
+
+    def __init__(self, scale, off=0.0):
+        self.scale, self.off = scale, off
+
+    def __call__(self, x):
+        return float(np.float32(self.scale) * np.sum(x.astype(np.float32) ** 2, dtype=np.float32))
+
+    def coordinate_losses(self, x, coords, step):
+        out = []
+        for i in coords:
+            y = x.copy()
+            y[i] = y[i] + step
+            out.append(self(y) + self.off)
+        return np.array(out)
+
+
+def test_check_oracle_float32_bounds_are_the_ones_docs_concepts_names():
+    """docs/concepts.md: in float32 the bound is 1e-5 of the loss (10 under a loss of 1e6, not
+    its rounding 0.06), and a small float32 loss keeps atol 1e-7 (not 64 units of its rounding)."""
+    x = np.ones(20, np.float32)
+    big = _Scaled32(5e4)(x)
+    assert big == 1e6
+    check_oracle(_Scaled32(5e4, off=4.0), x)  # 64 float32 units of 1e6 (0.0625 each): within 10
+    with pytest.raises(OracleCheckError):
+        check_oracle(_Scaled32(5e4, off=20.0), x)
+    small = _Scaled32(1e-5)(x)
+    unit = float(np.spacing(np.float32(small)))
+    check_oracle(_Scaled32(1e-5, off=1000 * unit), x)  # 1.5e-8: 1000 units of its rounding, within 1e-7
+    with pytest.raises(OracleCheckError):
+        check_oracle(_Scaled32(1e-5, off=2e-7), x)
