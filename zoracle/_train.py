@@ -56,7 +56,7 @@ def _rows(a) -> int:
 class Minibatches:
     """Deterministic minibatches: epoch ``e`` is shuffled by ``default_rng((seed, e))``.
 
-    ``batches(epoch)`` returns the list of batches of that epoch, each a tuple of the
+    Calling it, ``mb(epoch)``, returns the list of batches of that epoch, each a tuple of the
     arrays indexed by the same rows (NumPy arrays, torch tensors, or pandas objects by
     position, whatever their index; a list becomes a NumPy array). ``arrays`` itself is a
     tuple (or list) of such arrays, or one array; a list of Python lists or tuples (rows, or
