@@ -230,10 +230,13 @@ def _not_repeatable(oracle) -> bool:
         if out.shape != again.shape or _differ(out, again) or (drew and _seeds_change(lambda: model(x[:2]), ctx)):
             what = "model(x)"
         else:
-            y2 = None if oracle._y is None else oracle._y[:2]
+            # a mean loss, or one coupling the samples (either may run on the whole batch only: every
+            # query calls it on a whole batch), on all of them
+            n = out.shape[0] if core.scalar_loss else 2
+            y2 = None if oracle._y is None else oracle._y[:n]
 
             def loss():
-                return to_torch(oracle.loss_fn(out[:2], y2), out.device)
+                return to_torch(oracle.loss_fn(out[:n], y2), out.device)
 
             first = loss()
             second, drew = _drawing(oracle, loss)

@@ -1180,6 +1180,35 @@ def test_a_two_view_loss_that_cannot_run_on_half_the_batch_is_coupled():
     _against_reference(oracle, theta, np.arange(theta.size), 1e-3)
 
 
+@pytest.mark.parametrize("reduction", ["rows", "mean"])
+def test_a_loss_with_weights_captured_for_the_whole_batch_runs_as_documented(reduction):
+    """docs/pytorch.md: a loss that raises on half the batch ("weights captured for the whole
+    batch") runs one call per perturbation group, with a warning, as a mean loss does. The
+    repeatability check then called it on two samples, and its RuntimeError escaped the first
+    query."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    w = torch.rand(8, dtype=torch.float64)
+
+    def weighted(out, t):
+        rows = CE_ROWS(out, t) * w  # (8,) weights: any other number of rows raises
+        return rows if reduction == "rows" else rows.mean()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, weighted, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    if reduction == "rows":
+        assert any("loss_fn raised on half of the batch" in str(c.message) for c in caught)
+    oracle.load(theta)
+    model.zero_grad()
+    weighted(model(x), y).mean().backward()
+    exact = torch.cat([p.grad.flatten() for p in model.parameters()]).numpy()
+    np.testing.assert_allclose(est.grad, exact, atol=1e-8)
+
+
 @pytest.mark.parametrize("name", ["vit", "resnet18", "mobilenet_v3_small"])
 def test_the_zoo_keeps_its_split_under_the_sample_mixing_check(name):
     """The check that a step does not mix samples runs each step on the probe's samples and on each
