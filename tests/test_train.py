@@ -1159,3 +1159,29 @@ def test_a_list_of_sparse_batches_trains_as_minibatches_of_it_do():
     a = zo.train(Lin(), np.zeros(5), batches=mb, **kw)
     b = zo.train(Lin(), np.zeros(5), batches=mb(0), **kw)
     np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_epoch_records_are_their_steps_own_also_across_a_resume(tmp_path):
+    # an epoch's record is read from the history's tail (its steps are the last ones appended), not
+    # by scanning the whole run at every epoch's end (O(epochs^2): 1.8 ms a step at 16,000 one-step
+    # epochs against 0.3 ms as one epoch); checked against the steps grouped by epoch, here by
+    # hand, with a run stopped mid-epoch by its budget and resumed
+    def f(x):
+        return float(x @ x)
+
+    kw = dict(estimator=zo.RGE(directions=2), optimizer=zo.sgd(0.01), rng=0, progress=False, epochs=6,
+              batches=lambda e: [np.zeros(1)] * (1 + e % 3))
+    path = str(tmp_path / "run.npz")
+
+    class Data:
+        def bind(self, batch):
+            return f
+
+    zo.train(Data(), np.ones(3), checkpoint=path, max_queries=5 * 3, **kw)  # stops in epoch 2 (steps 1, 2, 3)
+    res = zo.train(Data(), np.ones(3), checkpoint=path, resume=True, **kw)
+    steps, epochs = res.history.steps, res.history.epochs
+    assert [e["epoch"] for e in epochs] == list(range(6)) and len(steps) == 1 + 2 + 3 + 1 + 2 + 3
+    for e in epochs:
+        mine = [s for s in steps if s["epoch"] == e["epoch"]]
+        assert e["nfev"] == sum(s["nfev"] for s in mine) and e["lr"] == mine[-1]["lr"]
+        assert e["loss"] == pytest.approx(np.mean([s["loss"] for s in mine]), rel=1e-15)

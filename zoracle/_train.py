@@ -1289,7 +1289,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 # save when it is the last epoch, or a budget or callback stopped it here
                 save(last=stopped or epoch + 1 == epochs)
                 t0 = time.perf_counter()
-                mine = [r for r in steps_hist if r["epoch"] == epoch]
+                k = len(steps_hist)  # the epoch's records are the history's tail: not a scan of the whole run
+                while k and steps_hist[k - 1]["epoch"] == epoch:
+                    k -= 1
+                mine = steps_hist[k:]
                 losses = [float(r["loss"]) for r in mine]
                 erec = {"epoch": epoch, "loss": _json_number(_mean(losses)) if losses else None,
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
