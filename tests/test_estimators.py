@@ -720,3 +720,21 @@ def test_a_bad_block_costs_hint_is_named_before_any_query(costs, match):
     q.block_costs = [0.0, 2.0]  # a good hint (a zero cost too) changes nothing in the estimate
     np.testing.assert_allclose(zo.estimate_gradient(q, np.ones(10), zo.CGE(mu=1e-3, scheme="central")).grad,
                                np.ones(10), atol=1e-9)
+
+
+def test_coarse_loss_check_costs_no_gradient_pass_when_the_loss_type_needs_none(monkeypatch):
+    # float32 losses at float32 params are not coarse, whatever the gradient: the O(d) median of
+    # |grad| was computed at every estimate (and at every step of a run), for nothing
+    x = np.linspace(-1.0, 1.0, 50).astype(np.float32)
+    calls = []
+    median = np.median
+    monkeypatch.setattr(np, "median", lambda *a, **k: calls.append(1) or median(*a, **k))
+    f32 = lambda v: np.float32(v @ v)  # noqa: E731
+    for est in (zo.CGE(mu=1e-2), zo.RGE(mu=1e-2, directions=4)):
+        g = zo.estimate_gradient(f32, x, est, rng=0)
+        assert g.grad.dtype == np.float32 and g.loss == pytest.approx(float(x.astype(np.float64) @ x), rel=1e-6)
+    assert calls == []
+    # a coarse case still warns: float32 losses at float64 params, with a small mu
+    with pytest.warns(UserWarning, match="float32 losses"):
+        zo.estimate_gradient(lambda v: np.float32(v @ v + 1e3), x.astype(np.float64), zo.RGE(mu=1e-6, directions=4),
+                             rng=0)

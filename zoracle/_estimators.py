@@ -548,14 +548,15 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     phi = d if estimator.distribution == "sphere" else 1.0
     (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
     if estimator.shaping != "ranks":  # ranks use the losses' order only
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc * (phi / q))
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, lambda: acc * (phi / q))
     grad = xp.asarray(acc * (phi / q), dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
 
 
 def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
     """Warn when the base point's loss came back in a precision too coarse for differences over
-    ``mu`` (an integer, or float32 with float64 params) against the estimate ``grad`` (NumPy):
+    ``mu`` (an integer, or float32 with float64 params) against the estimate ``grad`` (NumPy, or a
+    function returning it, called only when the verdict needs it):
     the estimate is quantized, silently else. Serial runs only (a worker's base value does not
     travel)."""
     value = wrapped.base_value
@@ -564,7 +565,11 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
         # and loss type: every step of a run would repeat it
         key = (getattr(wrapped.fn, "__code__", None) or type(wrapped.fn), type(value), str(getattr(value, "dtype", "")))
         if key not in _COARSE_WARNED:
-            why = coarse_losses(value, loss, mu, dtype, float(np.median(np.abs(grad))) if len(grad) else 0.0)
+            def typical():  # O(d): only where the verdict needs it (not for float32 losses at float32 params)
+                g = grad() if callable(grad) else grad
+                return float(np.median(np.abs(g))) if len(g) else 0.0
+
+            why = coarse_losses(value, loss, mu, dtype, typical)
             if why:
                 _COARSE_WARNED.add(key)
                 warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)

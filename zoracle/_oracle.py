@@ -118,7 +118,7 @@ def has_methods(oracle, *names) -> bool:
     return all(callable(getattr(oracle, name, None)) for name in names)
 
 
-def coarse_losses(value, loss: float, mu: float, params_dtype, typical: float) -> str:
+def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
     """Why differences of losses like ``value`` over ``mu`` are coarse, or empty: an integer loss
     (differences of 0 or at least 1 / mu), or a float32 / float16 one where params are float64
     (differences in steps of the loss's float spacing over mu). Checked on the base point's value;
@@ -138,6 +138,8 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical: float) -
         step = float(np.spacing(np.float32(abs(loss))))
     else:
         return ""
+    if callable(typical):  # (computed only here: the cases above need no gradient)
+        typical = typical()
     if step / mu <= 1e-3 * typical:
         return ""
     return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
