@@ -163,6 +163,37 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     return path
 
 
+class Records:
+    """A list of JSON records that only grows (a run's history), for a checkpoint's header: each
+    record is encoded once, at the first save that holds it. Encoding the whole history again at
+    every save made a run saving at each step quadratic in its steps (0.34 s a save at 100,000
+    steps). The text is the one ``json.dumps`` gives the list; a record must not change once
+    saved."""
+
+    def __init__(self, records: list):
+        self.records = records
+        self._parts: list = []
+
+    def text(self, default) -> str:
+        for rec in self.records[len(self._parts):]:
+            self._parts.append(json.dumps(rec, sort_keys=True, allow_nan=True, default=default))
+        return "[" + ", ".join(self._parts) + "]"
+
+
+def _placeholders(value, raw: dict):
+    """``value`` with each :class:`Records` in its dicts replaced by a token string (``raw`` maps
+    the token to it), so the header is encoded once without them; with ``raw`` None, by its list."""
+    if isinstance(value, Records):
+        if raw is None:
+            return value.records
+        token = f"\x00zoracle-records-{len(raw)}\x00"
+        raw[token] = value
+        return token
+    if isinstance(value, dict):
+        return {k: _placeholders(v, raw) for k, v in value.items()}
+    return value
+
+
 def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     """Atomically write ``arrays`` (name -> array) and ``meta`` (JSON-serializable) to ``path``.
 
@@ -199,8 +230,13 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
         raise TypeError(f"{type(v).__name__} is not JSON")
 
     header = dict(meta, format=FORMAT, version=VERSION)
+    raw: dict = {}
     try:
-        text = json.dumps(header, sort_keys=True, allow_nan=True, default=plain)
+        text = json.dumps(_placeholders(header, raw), sort_keys=True, allow_nan=True, default=plain)
+        if any(text.count(json.dumps(token)) != 1 for token in raw):  # a value of the header holds a token
+            text, raw = json.dumps(_placeholders(header, None), sort_keys=True, allow_nan=True, default=plain), {}
+        for token, records in raw.items():
+            text = text.replace(json.dumps(token), records.text(plain), 1)
     except (TypeError, ValueError) as exc:
         raise ArgumentError(f"`meta` must hold JSON values (str, numbers, bools, None, lists, dicts with str keys): "
                             f"{exc}") from None

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._checkpoint import CheckpointError, as_path, check_writable, existing_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
 from ._errors import ArgumentError, OracleError, check_flag
 from ._executors_core import split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, _narrower_dtype, as_generator, check_step, estimate_gradient, validate_params
@@ -1137,6 +1137,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             _warn_zero_blocks(params, scored, keep, all_blocks, filled=fill_small_blocks)
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
 
+    steps_text, epochs_text = Records(steps_hist), Records(epoch_hist)  # each record encoded at its first save
+
     def last_mask():
         """The mask of the last step taken (of the next step, before any): what the checkpoint
         stores as the current mask and the result returns."""
@@ -1157,7 +1159,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             arrays["ratios"] = keep
             arrays["coordinates"] = last_mask()
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
-                "opt_count": int(state.count), "history": {"steps": steps_hist, "epochs": epoch_hist},
+                "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
                 "fingerprints": prints, "modes": modes}
         try:
             save_checkpoint(checkpoint, arrays, meta)
