@@ -582,3 +582,15 @@ def test_a_run_on_the_oracles_own_data_and_one_on_batches_do_not_resume_each_oth
     whole = zo.train(Data(), np.zeros(3), batches=batches, **kw)
     resumed = zo.train(Data(), np.zeros(3), batches=batches, checkpoint=a, resume=True, **kw)
     np.testing.assert_array_equal(resumed.params, whole.params)
+
+
+def test_a_mu_schedule_at_zero_is_named_as_a_bad_value_not_an_unrepresentable_step():
+    """mu must be > 0: a mu schedule that returns 0 is a bad value of the schedule, and the
+    message says so; it used to pass the value check and fail later as 'not a representable step'."""
+    from zoracle._schedules import schedule_value
+
+    with pytest.raises(zo.ArgumentError, match=r"`mu` schedule <lambda> at step 0 is 0.0; it must be a finite number > 0"):
+        zo.train(lambda x: float(x @ x), np.ones(3), epochs=4, mu=lambda t: 0.0, progress=False)
+    with pytest.raises(zo.ArgumentError, match="must be a finite number > 0"):
+        schedule_value(lambda t: 0.0, 3, "mu", positive=True)
+    assert schedule_value(lambda t: 0.0, 3, "lr") == 0.0  # a learning rate may be 0

@@ -354,3 +354,37 @@ def test_update_refuses_a_gradient_it_cannot_step_with(make):
     if opt.name != "adam":
         np.testing.assert_allclose(new, p - 0.1 * (np.sign([1, -2, 3]) if opt.name == "sign_sgd" else np.array([1, -2, 3])))
     assert np.isfinite(opt.update(np.float64(1.0), state, p)[0]).all()  # a scalar broadcasts
+
+
+def test_cosine_schedule_is_final_after_a_one_step_run_with_a_longer_warm_up():
+    """total_steps=1 allows any warm-up; the docstring: ``final`` after ``total_steps``, a
+    warm-up longer than the run included."""
+    s = zo.cosine_schedule(0.1, total_steps=1, warmup_steps=3, final=0.01)
+    assert s(0) == pytest.approx(0.1 / 3)  # the warm-up's first step
+    assert [s(t) for t in (1, 2, 5)] == [0.01, 0.01, 0.01]
+    s = zo.cosine_schedule(0.1, total_steps=1, warmup_steps=1)
+    assert s(0) == pytest.approx(0.1) and s(1) == 0.0
+
+
+def test_a_learning_rate_of_zero_is_a_constant_schedule_that_leaves_params_alone():
+    """``lr`` takes any number >= 0 (as_schedule's own message): 0 freezes the parameters."""
+    from zoracle._schedules import as_schedule
+
+    assert as_schedule(0.0)(7) == 0.0 and as_schedule(0)(0) == 0.0
+    p0 = np.array([1.0, -2.0, 3.0])
+    grads = [np.array([0.5, 0.5, -1.0])] * 3
+    for opt in (zo.sgd(0.0, momentum=0.9), zo.adam(0.0), zo.sgd(0)):
+        p, _ = _run(opt, grads, p0)
+        np.testing.assert_array_equal(p, p0)
+    with pytest.raises(zo.ArgumentError, match="`lr` must be a number >= 0"):
+        as_schedule(-0.1)
+
+
+def test_a_schedule_of_unknown_run_length_is_still_checked_and_recorded_at_step_0():
+    """``fingerprint``'s docstring: with the run's length unknown only the first step is sure to
+    be reached; it is recorded (and checked, before the first query) there."""
+    from zoracle._schedules import fingerprint
+
+    assert fingerprint(zo.cosine_schedule(0.1, total_steps=10), "lr", None) == {"steps": [0], "values": [0.1]}
+    with pytest.raises(zo.ArgumentError, match="at step 0"):
+        fingerprint(lambda t: -1.0, "lr", None)

@@ -423,3 +423,89 @@ def test_layer_ratio_ties_and_small_block_fills_follow_their_documented_rules():
     np.testing.assert_allclose(zo.layer_ratios(scores, blocks, 0.8), want)
     assert fill_small_blocks([2, 0], [10, 2]).tolist() == [1, 1]
     assert fill_small_blocks([1, 0, 0], [5, 1, 1]).tolist() == [1, 0, 0]
+
+
+def test_smart_ratio_follows_su_et_al_weights_over_four_unclipped_conv_layers():
+    """Smart Ratio's conv weights are j^2 + j for j = L - l + 1 (Su et al. 2020). With two
+    unclipped conv layers (the other tests) only the ratio of two weights is checked, and
+    (j^2 - j + 2) has the same ratio 2 at j = 3, 2 as j^2 + j: four layers tell them apart."""
+    blocks = [slice(0, 1000), slice(1000, 2000), slice(2000, 3000), slice(3000, 4000)]
+    r = zo.smart_ratio(blocks, 0.9)  # total 400 = c * 1000 * (20 + 12 + 6 + 2): c = 0.01
+    assert r.tolist() == [0.2, 0.12, 0.06, 0.02]
+    # with a linear head: L = 5 layers, conv weights 30, 20, 12, 6, linear fixed at 0.3
+    convs = [P(f"{i}.weight", slice(1000 * i, 1000 * (i + 1)), (1000,), "conv") for i in range(4)]
+    fc = P("4.weight", slice(4000, 5000), (1000,), "linear")
+    r = zo.smart_ratio(convs + [fc], 0.85)  # total 750: 300 linear, 450 = c * 1000 * 68 conv
+    w = np.array([(5 - l + 1) ** 2 + (5 - l + 1) for l in range(1, 5)], dtype=float)
+    np.testing.assert_allclose(r[:4], 450 / (1000 * w.sum()) * w, atol=1e-3)
+    assert r[4] == 0.3 and zo.keep_counts(convs + [fc], r).sum() == 750
+
+
+def test_zo_grasp_spends_the_queries_grasp_queries_counts():
+    """train and short_budget budget ZO-GraSP with ``grasp_queries``: it must be the queries
+    zo_grasp really spends (two forward RGEs of q directions, each with its base point)."""
+    from zoracle._pruning import grasp_queries
+
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(np.sum(np.asarray(x) ** 2))
+
+    for q in (1, 3, 10):
+        calls.clear()
+        zo.zo_grasp(loss, np.linspace(-1.0, 1.0, 6), directions=q, rng=0)
+        assert len(calls) == 2 * (q + 1) == grasp_queries(q)
+
+
+def test_ratio_functions_and_masks_refuse_blocks_that_overlap_by_one_coordinate():
+    """Blocks split one budget: a parameter in two blocks is counted twice. An overlap of a
+    single coordinate (slice(0, 10) and slice(9, 15): an off-by-one in a hand-written layout)
+    must be refused as a wide one is, by layer_ratios too."""
+    blocks = [slice(0, 10), slice(9, 15)]
+    scores = np.arange(15.0)
+    for call in (lambda: zo.layer_ratios(scores, blocks, 0.5), lambda: zo.smart_ratio(blocks, 0.5),
+                 lambda: zo.uniform_ratios(blocks, 0.5), lambda: zo.random_masks(blocks, [0.5, 0.5], 0),
+                 lambda: zo.random_masks([slice(0, 10)], [0.5], 0, dense=[slice(9, 12)]),
+                 lambda: zo.DynamicMasks(blocks, [0.5, 0.5], seed=0)):
+        with pytest.raises(zo.ArgumentError, match="overlap"):
+            call()
+    with pytest.raises(zo.ArgumentError, match="overlap"):  # a wide overlap, in layer_ratios
+        zo.layer_ratios(scores, [slice(0, 10), slice(5, 15)], 0.5)
+    # adjacent blocks are fine: every coordinate in one block
+    assert zo.layer_ratios(scores, [slice(0, 9), slice(9, 15)], 0.5).tolist() == [2 / 9, 1.0]  # the top 8 of 0..14: 7, 8 and 9..14
+
+
+def test_an_empty_block_is_refused_not_a_nan_ratio():
+    """slice(5, 5) has no parameter: its keep ratio would be 0 / 0."""
+    for call in (lambda: zo.layer_ratios(np.ones(10), [slice(0, 5), slice(5, 5)], 0.5),
+                 lambda: zo.uniform_ratios([slice(0, 5), slice(5, 5), slice(5, 10)], 0.5),
+                 lambda: zo.keep_counts([slice(0, 5), slice(5, 5)], [0.5, 0.5]),
+                 lambda: zo.DynamicMasks([slice(0, 5), slice(5, 5)], [0.5, 0.5], seed=0)):
+        with pytest.raises(zo.ArgumentError, match=r"0 <= start < stop"):
+            call()
+
+
+def test_random_masks_are_sorted_with_a_dense_block_between_scored_ones():
+    """The coordinates are documented as sorted flat indices; the dense blocks (a bias between
+    two weight matrices) come in the middle of the scored ones."""
+    blocks, dense = [slice(0, 10), slice(12, 30)], [slice(10, 12), slice(30, 32)]
+    for seed in range(5):
+        c = zo.random_masks(blocks, [0.5, 0.2], seed, dense=dense)
+        assert c.tolist() == sorted(c.tolist()) and len(set(c.tolist())) == c.size == 5 + 4 + 4
+        assert {10, 11, 30, 31} <= set(c.tolist())
+        m = zo.DynamicMasks(blocks, [0.5, 0.2], seed=seed, dense=dense)
+        assert np.all(np.diff(m.coordinates(0)) > 0)
+
+
+def test_smart_ratio_does_not_warn_when_the_linear_layers_take_exactly_the_budget():
+    """The warning says the linear layers' keep ratio is lowered: at a budget they fill exactly
+    (300 of 1,100 kept, 0.3 of the 1,000 linear weights) nothing is lowered."""
+    import warnings
+
+    blocks = [P("c", slice(0, 100), (100,), "conv"), P("fc", slice(100, 1100), (1000,), "linear")]
+    assert round((1 - 8 / 11) * 1100) == 300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = zo.smart_ratio(blocks, 8 / 11)
+    assert r.tolist() == [0.0, 0.3]

@@ -386,3 +386,31 @@ def test_short_budget_takes_an_endless_generator_with_steps_per_epoch():
         warnings.simplefilter("ignore")
         res = zo.train(Softmax(), np.zeros(35), batches=endless, rng=0, progress=False, **kw)
     assert res.nfev == kw["max_queries"] and res.history.column("nfev").tolist() == [11] * res.steps
+
+
+def test_layer_scales_use_the_root_mean_square_of_weights_of_mixed_magnitude():
+    """The other tests have weights of one magnitude a layer, where the RMS equals the mean
+    |w|: here the RMS (sqrt(mean(w**2)), numpy below) and mean |w| differ."""
+    Q = namedtuple("Q", "name slice shape kind read")
+    blocks = [P("0.weight", slice(0, 4), (4,), "linear"), P("0.bias", slice(4, 5), (1,), "bias"),
+              P("1.weight", slice(5, 9), (4,), "linear")]
+    p = np.array([3.0, -4.0, 0.0, 1.0, 7.0, 1.0, -1.0, 1.0, -1.0])
+    rms0 = np.sqrt(np.mean(p[0:4] ** 2))  # sqrt(6.5) = 2.55, where mean |w| = 2
+    got = zo.recipes.layer_scales(blocks, p, power=1.0)
+    np.testing.assert_allclose(got, [1.0] * 5 + [1.0 / rms0] * 4)
+    # a layer the forward does not read (read=False) keeps 1 and is not the reference
+    more = [Q(b.name, b.slice, b.shape, b.kind, True) for b in blocks] + [Q("2.weight", slice(9, 11), (2,), "linear", False)]
+    got = zo.recipes.layer_scales(more, np.concatenate([p, [50.0, -50.0]]), power=1.0)
+    np.testing.assert_allclose(got, [1.0] * 5 + [1.0 / rms0] * 4 + [1.0, 1.0])
+
+
+def test_short_budget_refuses_a_budget_of_a_single_step():
+    """The recipe needs two steps (a warm-up and a decay): a budget one query short of the
+    second step is refused, one of exactly two steps is taken."""
+    per_step = 20 + 1  # 20 weights a step and the base point (one block: no ZO-GraSP)
+    with pytest.raises(zo.ArgumentError, match=f"pass budget >= {2 * per_step} for two steps"):
+        zo.recipes.short_budget(None, np.zeros(500), 2 * per_step - 1, steps_per_epoch=1, coordinates=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = zo.recipes.short_budget(None, np.zeros(500), 2 * per_step, steps_per_epoch=1, coordinates=20)
+    assert kw["max_queries"] == 2 * per_step

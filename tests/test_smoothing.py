@@ -384,3 +384,50 @@ def test_zo_smoothing_after_import_zoracle_as_zo_and_batch_slices_and_big_endian
     big = zo.smoothing.certify_batch(clf, X.astype(">f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     small = zo.smoothing.certify_batch(clf, X.astype("<f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     np.testing.assert_array_equal(big.radii, small.radii)
+
+
+def test_certify_draws_fresh_estimation_samples_when_n_equals_n0():
+    """n0 == n is a natural setting (n0=n=1000 for a quick look): the n estimation samples must
+    still be fresh draws, not the n0 selection samples counted again (Cohen et al.'s guarantee),
+    and the classifier must see the m * (n0 + n) queries the batch reports."""
+    calls = []
+
+    def drifting(z):  # class 1 for the first 100 noisy inputs, class 0 after
+        start = sum(calls)
+        calls.append(len(z))
+        return (np.arange(start, start + len(z)) < 100).astype(np.int64)
+
+    c = sm.certify(drifting, np.array([0.0]), sigma=0.5, n0=100, n=100, num_classes=2, rng=0)
+    assert sum(calls) == 200  # n0 + n inputs classified
+    assert c.prediction == sm.ABSTAIN and c.n_a == 0  # class 1 chosen on the first 100, counted on the next 100
+    calls.clear()
+    b = sm.certify_batch(threshold, np.array([[1.0], [-1.0], [3.0]]), sigma=0.5, n0=50, n=50, num_classes=2, rng=1)
+    assert b.queries == 3 * 100
+    counting = Counting(threshold)
+    sm.certify_batch(counting, np.array([[1.0], [-1.0], [3.0]]), sigma=0.5, n0=50, n=50, num_classes=2, rng=1)
+    assert sum(counting.sizes) == b.queries
+
+
+def test_predict_abstains_on_a_close_race_when_a_third_class_gets_no_sample():
+    """n_B is the runner-up's count, not the smallest one: with counts 520 / 480 / 0 of 1,000
+    the test of 520 out of 1,000 (p = 0.21) must abstain; 520 out of 520 + 0 would not."""
+    pattern = np.array([0] * 52 + [1] * 48)
+    clf = lambda z: pattern[np.arange(len(z)) % 100]  # noqa: E731 (counts 520 / 480 / 0)
+    assert stats.binomtest(520, 1000, 0.5).pvalue > 0.001
+    assert sm.predict(clf, np.array([0.0]), sigma=0.5, n=1000, num_classes=3, batch_size=1000, rng=0) == sm.ABSTAIN
+    # the same race ranked the other way round (class 2 ahead of 1): still an abstention
+    pattern = np.array([0] * 52 + [2] * 48)
+    assert sm.predict(clf, np.array([0.0]), sigma=0.5, n=1000, num_classes=3, batch_size=1000, rng=0) == sm.ABSTAIN
+
+
+def test_integer_label_columns_and_integer_points_certify_as_labels_and_float32_points():
+    """A (k, 1) integer label column (an ONNX ArgMax with keepdims=1) is read as k labels, and
+    integer points (uint8 images) are noised as float32: both certify exactly as the plain
+    (k,) labels on float32 points do, with the same rng."""
+    x = np.array([[3, 1], [0, 2]], dtype=np.uint8)
+    column = lambda z: threshold(z)[:, None]  # noqa: E731
+    want = sm.certify_batch(threshold, x.astype(np.float32), sigma=0.5, n0=20, n=200, num_classes=2, rng=3)
+    for clf, pts in ((column, x.astype(np.float32)), (threshold, x), (column, x)):
+        got = sm.certify_batch(clf, pts, sigma=0.5, n0=20, n=200, num_classes=2, rng=3)
+        np.testing.assert_array_equal(got.n_a, want.n_a)
+        np.testing.assert_array_equal(got.predictions, want.predictions)

@@ -674,3 +674,102 @@ def test_check_oracle_float32_bounds_are_the_ones_docs_concepts_names():
     check_oracle(_Scaled32(1e-5, off=1000 * unit), x)  # 1.5e-8: 1000 units of its rounding, within 1e-7
     with pytest.raises(OracleCheckError):
         check_oracle(_Scaled32(1e-5, off=2e-7), x)
+
+
+def test_check_oracle_always_checks_the_first_coordinate():
+    """The docstring: the sampled coordinates "and the first and last". A fast path wrong at
+    coordinate 0 only (an offset that starts one entry late) must be caught whatever the sample."""
+
+    class FirstWrong:
+        def __call__(self, x):
+            return float(x @ x)
+
+        def coordinate_losses(self, x, coords, step):
+            out = []
+            for i in coords:
+                y = np.array(x, dtype=np.float64)
+                if i != 0:  # coordinate 0 left unperturbed
+                    y[i] += step
+                out.append(float(y @ y))
+            return np.array(out)
+
+    for seed in range(4):
+        with pytest.raises(OracleCheckError, match=r"coordinate_losses: .*most at coordinate 0\)"):
+            check_oracle(FirstWrong(), np.linspace(-1.0, 1.0, 60), n_coords=4, rng=seed)
+
+
+def test_check_oracle_finds_a_nondeterminism_far_below_the_loss():
+    """Determinism is checked exactly: a loss that moves by 1e-9 of itself between two calls at
+    the same params (an unseeded reduction order) is nondeterministic all the same."""
+    state = {"n": 0}
+
+    def jitter(x):
+        state["n"] += 1
+        return float(x @ x) * (1.0 + 1e-9 * state["n"])
+
+    with pytest.raises(OracleCheckError, match="determinism: two calls at the same params differ by"):
+        check_oracle(jitter, np.ones(5))
+
+
+def test_check_oracle_float32_batch_tolerance_is_1e_5_of_the_loss():
+    """The docstring's float32 tolerance: rtol 1e-5 (and 0.1% of the largest loss change). A
+    batch 1e-4 of the loss off (ten times float32's tolerance, 100 times float32 rounding) fails."""
+
+    class Off:
+        def __call__(self, x):
+            return float(np.sum(np.asarray(x, dtype=np.float64) ** 2))
+
+        def batch(self, X):
+            return np.sum(np.asarray(X, dtype=np.float64) ** 2, axis=1) * (1 + 1e-4)
+
+    x = np.linspace(0.5, 1.0, 8).astype(np.float32)  # loss 5.4; a step's change about 0.02, 0.1% of it 2e-5
+    with pytest.raises(OracleCheckError, match="batch: .*deviates from a loop of calls"):
+        check_oracle(Off(), x)
+    Off.batch = lambda self, X: np.sum(np.asarray(X, dtype=np.float64) ** 2, axis=1) * (1 + 1e-7)
+    check_oracle(Off(), x)  # float32 rounding of the loss: passes
+
+
+def test_check_oracle_always_checks_each_blocks_first_coordinate():
+    """The docstring: coordinates sampled in every block "and the block's first and last (where
+    slice bugs sit)". A suffix wrong at the first coordinate of block 1 only must be caught
+    whatever the sample."""
+    d = 60
+    q = QuadraticOracle(np.diag(np.linspace(1.0, 2.0, d)), np.ones(d), blocks=[slice(0, 30), slice(30, 60)])
+
+    def suffix(f, x, b, c, s):
+        out = np.asarray(QuadraticOracle.suffix(q, f, x, b, c, s), dtype=np.float64).copy()
+        out[np.asarray(c) == 30] = float(q(x))  # the block's first coordinate left unperturbed
+        return out
+
+    q.suffix = suffix
+    for seed in range(4):
+        with pytest.raises(OracleCheckError, match=r"prefix\+suffix: block 1, .*most at coordinate 30\)"):
+            check_oracle(q, np.linspace(-1.0, 1.0, d), n_coords=2, rng=seed)
+
+
+def test_check_oracle_checks_unbind_away_from_a_zero_initialized_model():
+    """Logistic regression from zero weights has the loss log 2 on every sample: at params an
+    unbind that returns its batch less a sample agrees with the oracle. The check's second
+    point (one coordinate moved by a step) tells them apart."""
+
+    class Parent:
+        def bind(self, batch):
+            return Bound(self, batch)
+
+    class Bound:
+        def __init__(self, parent, batch, drop=False):
+            self.parent, (self.X, self.y), self.drop = parent, batch, drop
+
+        def __call__(self, w):
+            return float(np.mean(np.logaddexp(0.0, -self.y * (self.X @ w))))
+
+        def unbind(self):
+            return self.parent, ((self.X[:-1], self.y[:-1]) if self.drop else (self.X, self.y))
+
+    rng = np.random.default_rng(0)
+    batch = (rng.standard_normal((8, 4)), rng.choice([-1.0, 1.0], 8))
+    w = np.zeros(4)
+    assert Bound(Parent(), batch)(w) == Bound(Parent(), (batch[0][:-1], batch[1][:-1]))(w) == pytest.approx(np.log(2))
+    assert check_oracle(Bound(Parent(), batch), w)["unbind"] == 0.0
+    with pytest.raises(OracleCheckError, match=r"unbind: parent\.bind\(batch\) of oracle\.unbind\(\) deviates"):
+        check_oracle(Bound(Parent(), batch, drop=True), w)
