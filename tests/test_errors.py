@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -493,3 +494,26 @@ def test_train_results_compare_by_identity_and_minibatches_take_sparse_features(
     assert len(mb) == 5 and mb.n == 20
     rows = [batch[1] for batch in mb(0)]
     assert sorted(np.concatenate(rows).tolist()) == list(range(20)) and all(x.shape == (4, 5) for x, _ in mb(0))
+
+
+def test_oracle_error_pickles_under_tblibs_reducers():
+    """Dask installs tblib's reducers, which pickle an exception's ``__cause__`` beside what its
+    ``__reduce__`` gives: a cause chained in ``__init__`` did not pickle when the oracle's exception
+    does not (the report ``__reduce__`` makes picklable failed to pickle at all)."""
+    pytest.importorskip("tblib")
+    code = (
+        "import pickle, threading, zoracle as zo\n"
+        "from tblib import pickling_support\n"
+        "pickling_support.install()\n"
+        "class Unpicklable(Exception):\n"
+        "    def __init__(self):\n"
+        "        super().__init__('no')\n"
+        "        self.lock = threading.Lock()\n"
+        "back = pickle.loads(pickle.dumps(zo.OracleError('coordinate 3 (step +0.005)', None, Unpicklable())))\n"
+        "print(back.query, '|', back)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "coordinate 3 (step +0.005) | oracle raised at coordinate 3 (step +0.005): RuntimeError: " \
+                               "Unpicklable: no"

@@ -35,7 +35,6 @@ class OracleError(ZoracleError, RuntimeError):
         self.cause = cause
         self.detail = detail
         if cause is not None:
-            self.__cause__ = cause  # chained also where it is rebuilt from __reduce__ (a process worker's report)
             msg = f"oracle raised at {query}: {type(cause).__name__}: {exc_text(cause)}{'; ' + detail if detail else ''}"
         else:
             msg = f"oracle returned {value!r} at {query}{': ' + detail if detail else ''}"
@@ -56,7 +55,7 @@ class OracleError(ZoracleError, RuntimeError):
         cause = (self.cause if _round_trips(self.cause)
                  else RuntimeError(f"{type(self.cause).__name__}: {exc_text(self.cause)}"))
         value = self.value if _round_trips(self.value) else repr(self.value)
-        return (self.__class__, (self.query, value, cause, self.detail))
+        return (_rebuilt, (self.__class__, (self.query, value, cause, self.detail)))
 
 
 def check_flag(name: str, v) -> bool:
@@ -75,6 +74,17 @@ def exc_text(exc) -> str:
         return str(exc)
     except Exception as err:
         return f"<str() failed: {type(err).__name__}>"
+
+
+def _rebuilt(cls, args):
+    """An :class:`OracleError` unpickled (a process worker's report), its cause chained as
+    ``__cause__`` as where it was raised. (Not set in ``__init__``: a library that pickles
+    ``__cause__`` itself, as tblib's reducers installed by Dask do, would then meet the cause
+    ``__reduce__`` replaced because it does not pickle.)"""
+    err = cls(*args)
+    if err.cause is not None:
+        err.__cause__ = err.cause
+    return err
 
 
 def _round_trips(obj) -> bool:
