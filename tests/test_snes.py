@@ -118,6 +118,23 @@ def test_snes_estimate_is_the_same_with_executors_and_float32():
     np.testing.assert_allclose(g32.grad, serial.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_snes_loss_is_the_finite_mean_of_finite_losses_near_the_float_maximum():
+    """GradientEstimate.loss is the mean of the population's losses: finite losses of about 0.9e308
+    summed to inf, and train recorded every step's and epoch's loss as "inf" (the epoch mean
+    already avoided the overflow)."""
+    big = np.finfo(np.float64).max / 2
+
+    def f(x):
+        return float(big + 1e290 * float(x @ x))
+
+    est = zo.SNES(mu=0.1, population=6)
+    losses = []
+    g = zo.estimate_gradient(lambda x: losses.append(f(x)) or losses[-1], np.ones(3), est, rng=0)
+    assert np.isfinite(g.loss) and g.loss == pytest.approx(sum(v / len(losses) for v in losses), rel=1e-12)
+    res = zo.train(f, np.ones(3), steps_per_epoch=2, estimator=est, optimizer=zo.sgd(0.0), rng=0, progress=False)
+    assert np.isfinite(res.history.column("loss")).all() and np.isfinite(res.history.column("loss", "epoch")).all()
+
+
 def _sphere(x):
     return float(((x - 1.0) ** 2).sum())
 

@@ -616,7 +616,11 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     # next step refused a sigma of 0, ending the run); one whose samples would overflow is
     # refused at the next step, against the parameters it samples around
     new_sigma = np.maximum(sigma * np.exp(0.5 * estimator.rate(d) * spread), np.finfo(np.float64).tiny)
-    return GradientEstimate(grad, float(losses.mean()), wrapped.nfev, new_sigma)
+    with np.errstate(over="ignore"):  # finite losses near the float maximum: their sum overflows, not their mean
+        loss = float(losses.mean())
+    if not np.isfinite(loss):
+        loss = float(np.sum(losses / losses.size))
+    return GradientEstimate(grad, loss, wrapped.nfev, new_sigma)
 
 
 def _check_width(params, sigma: np.ndarray) -> None:
