@@ -313,10 +313,53 @@ def test_train_ships_a_reused_bound_view_with_each_batch(loky2, kind, grasp):
     if not grasp:
         np.testing.assert_allclose(serial.params, ref, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(par.params, serial.params)
-    if kind is ReusesOneBoundView:  # the same oracle trained again: its view still held the last batch
-        oracle = kind()
-        for _ in range(2):
-            np.testing.assert_array_equal(zo.train(oracle, np.zeros(5), executor=loky2, **kw).params, serial.params)
+    oracle = kind()  # the same oracle trained again: its view still held the last batch
+    for _ in range(2):
+        np.testing.assert_array_equal(zo.train(oracle, np.zeros(5), executor=loky2, **kw).params, serial.params)
+
+
+class LoggedView(ReusesOneBoundViewThatUnbinds):
+    """A reused view with ``unbind`` whose model logs each arrival on a worker (unpickling)."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def test_a_reused_bound_view_that_unbinds_sends_each_new_batch_not_the_model(loky2, tmp_path, monkeypatch):
+    """Trained twice on one executor, the second run's first step used the batch the workers
+    kept from the first (0.078 off the textbook loop), and every step sent the model again. The
+    executor compares the batch ``unbind()`` returns with the one it sent: a new one goes alone,
+    the same one (by identity) not at all."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 5)), rng.standard_normal(40)
+    batches = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 40, 10)]
+    ref = _textbook_cge_sgd(batches, np.zeros(5), 2, 0.05, 5e-3)
+    kw = dict(batches=batches, epochs=2, optimizer=zo.sgd(0.05), progress=False)
+    sent = []  # the batch token of every run: a new one is a batch sent
+    payload = loky2._impl._payload
+
+    def counted(oracle, params):
+        got = payload(oracle, params)
+        sent.append(got.batch_token)
+        return got
+
+    monkeypatch.setattr(loky2._impl, "_payload", counted)
+    log = tmp_path / "arrived.txt"
+    oracle = LoggedView(str(log))
+    for _ in range(2):
+        sent.clear()
+        np.testing.assert_allclose(zo.train(oracle, np.zeros(5), executor=loky2, **kw).params, ref, rtol=0, atol=1e-12)
+        assert len(set(sent)) == len(sent) == 8  # each step's batch, once
+    assert len(log.read_text().split()) <= 2  # the model: once per worker, for both runs
+    sent.clear()  # one batch for every step: sent once
+    zo.train(oracle, np.zeros(5), executor=loky2, **dict(kw, batches=[batches[0]] * 3))
+    assert len(set(sent)) == 1
 
 
 def test_oracle_travels_once_and_batches_rebind_on_workers(tmp_path):

@@ -136,6 +136,10 @@ class Registry:
         hit = self._items.pop(id(obj), None)
         return hit[1] if hit is not None else None
 
+    def tokens(self) -> set:
+        """The tokens of the objects held now."""
+        return {token for _, token in self._items.values()}
+
     def clear(self) -> None:
         self._items.clear()
 

@@ -66,6 +66,38 @@ def _batch_object(fn, parent, batch):
     return batch if fn is parent else fn
 
 
+def _batch_items(batch):
+    """What a batch token remembers of the batch ``unbind()`` returned: its type and its items (a
+    tuple or list: an adapter may build a new one at each call around the same arrays), or itself."""
+    return type(batch), (tuple(batch) if isinstance(batch, (tuple, list)) else (batch,))
+
+
+def _same_bits(a, b) -> bool:
+    """Whether arrays or tensors ``a`` and ``b`` hold the same bits (same type, dtype, shape and
+    device): ``TorchOracle.unbind`` copies a tensor that views a larger one at every call."""
+    try:
+        if type(a) is not type(b) or a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        if type(a) is np.ndarray:  # (not a subclass: a masked array's mask is not in its data)
+            return np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8),
+                                  np.ascontiguousarray(b).reshape(-1).view(np.uint8))
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.is_tensor(a) and a.device == b.device:
+            return torch.equal(a.detach().contiguous().reshape(-1).view(torch.uint8),
+                               b.detach().contiguous().reshape(-1).view(torch.uint8))
+    except Exception:  # an object array, a sparse tensor: counts as another batch (sent again: never stale)
+        pass
+    return False
+
+
+def _same_batch(seen, batch) -> bool:
+    """Whether ``batch`` is the one remembered as ``seen`` (:func:`_batch_items`): the same type and
+    the same items, by identity or else by content (:func:`_same_bits`)."""
+    kind, items = _batch_items(batch)
+    return kind is seen[0] and len(items) == len(seen[1]) and all(
+        a is b or _same_bits(a, b) for a, b in zip(seen[1], items))
+
+
 def _key_snapshot(oracle, key):
     """``oracle.executor_key()``'s value ``key`` frozen: its pickled bytes (cloudpickle's for what
     plain pickle cannot take, such as a class defined in a function), so that a dict or array the
@@ -110,6 +142,7 @@ class ShardedExecutor(StaysHere):
         self._bound = Registry(keep=2)
         self._keys: dict = {}  # oracle token -> its executor_key() when sent (pickled)
         self._batch_keys: dict = {}  # bound batch token -> the bound oracle's batch_key() when sent
+        self._batch_seen: dict = {}  # bound batch token -> the batch unbind() returned (_batch_items)
         self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._costs = CostModel()
         self._lock = threading.Lock()
@@ -170,6 +203,17 @@ class ShardedExecutor(StaysHere):
             self._keys[otoken] = key
         bobj = _batch_object(oracle.fn, parent, batch)
         btoken = self._bound.token(bobj)[0] if batch is not None else None
+        if batch is not None:  # one bound object rebound in place to another batch: that batch goes, not the parent
+            seen = self._batch_seen.get(btoken)
+            if seen is not None and not _same_batch(seen, batch):
+                self._bound.forget(bobj)
+                btoken = self._bound.token(bobj)[0]
+                seen = None
+            if seen is None:
+                self._batch_seen[btoken] = _batch_items(batch)
+            held = self._bound.tokens()  # (only what the registry holds: a few batches, most of them its own)
+            for stale in [t for t in self._batch_seen if t not in held]:
+                del self._batch_seen[stale]
         bkey_of = getattr(oracle.fn, "batch_key", None) if batch is not None else None
         if callable(bkey_of):  # the batch written in place since it was sent (a reused buffer): send it again
             bkey = _key_snapshot(oracle.fn, bkey_of())  # (by content: an array or a list changed in place)

@@ -507,14 +507,13 @@ def _check_layout(blocks, d: int) -> np.ndarray:
     return covered
 
 
-def _bound(oracle, batch, name: str = "batches", executor=None, previous=None):
+def _bound(oracle, batch, name: str = "batches", executor=None):
     """``oracle.bind(batch)``. A ``bind`` that rebinds the oracle in place and returns it (and
     has no ``unbind``) is one object for every batch: an executor that ships oracles once per
     object would keep the first batch, so the executor forgets it and ships it again. So does a
-    ``bind`` that rebinds one bound object of its own in place and returns it: without ``unbind``
-    always (a new bound object is not held yet, so forgetting it costs nothing), with ``unbind``
-    when it is ``previous``, the object the last bind of this run returned (its batch token is
-    that object's)."""
+    ``bind`` without ``unbind`` that rebinds one bound object of its own in place and returns it
+    (a new bound object is not held yet, so forgetting it costs nothing). With ``unbind`` the
+    executor sees the batch: it sends a bound object's new batch, not the parent, again."""
     if batch is None:
         if not callable(oracle):
             raise ArgumentError("the oracle is not callable; pass `batches=` so it can be bound with `bind(batch)`")
@@ -528,8 +527,7 @@ def _bound(oracle, batch, name: str = "batches", executor=None, previous=None):
     if not callable(bound):  # a bind that returns None (it bound in place): named, not "oracle must be callable"
         raise ArgumentError(f"{type(oracle).__name__}.bind(batch) returned {type(bound).__name__}, not an oracle: bind "
                             "must return the bound oracle (a bind that binds in place: end it with `return self`)")
-    if executor is not None and callable(getattr(executor, "forget", None)) and (
-            split_bound(bound)[1] is None or (bound is previous and bound is not oracle)):
+    if executor is not None and callable(getattr(executor, "forget", None)) and split_bound(bound)[1] is None:
         executor.forget(bound)  # (a bound object made for this batch is not held yet: nothing to forget)
     return bound
 
@@ -1080,7 +1078,6 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         params = params.copy()
 
     first = None
-    last_bound = None  # what the last bind returned (_bound forgets it if bind returns it again)
     if sparse and keep is None:
         if not isinstance(ratios, str):
             try:
@@ -1122,8 +1119,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"`max_queries` is {max_queries}, but ZO-GraSP alone takes 2 * (grasp_directions + 1) = "
                     f"{grasp_queries(grasp_directions)} queries; raise `max_queries`, lower `grasp_directions`, "
                     f"or pass `ratios=\"uniform\"`")
-            target = last_bound = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches",
-                                         executor)
+            target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches", executor)
             try:  # ZO-GraSP's own step: the estimator's mu (a `mu` schedule sets the steps' only)
                 check_step(at(params), estimator.mu, "forward", "ZO-GraSP's RGE")
             except StepError as exc:
@@ -1223,7 +1219,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 t0 = time.perf_counter()
                 est = estimator if mu_sched is None else dataclasses.replace(
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
-                bound = last_bound = _bound(oracle, blist[pos], executor=executor, previous=last_bound)
+                bound = _bound(oracle, blist[pos], executor=executor)
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
                 try:
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
