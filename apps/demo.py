@@ -295,7 +295,8 @@ def _main(args, methods) -> int:
 
             narrow = _narrower_dtype(oracle0, p0)  # the float32 model takes its steps in float32
             try:
-                check_step(p0 if narrow is None else p0.astype(narrow), args.mu, "forward", "CGE")
+                check_step(p0 if narrow is None else p0.astype(narrow), args.mu, "forward",
+                           "CGE" if "deepzero" in methods else "RGE")  # the estimator the user asked for
             except StepError as exc:
                 raise ArgumentError(f"--mu {args.mu:g}: {exc}".replace("use mu >=", "use --mu >=")) from None
 

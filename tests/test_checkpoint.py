@@ -542,3 +542,14 @@ def test_a_runs_history_is_encoded_once_and_reads_back_as_whole_lists(tmp_path):
     meta = zo.load_checkpoint(a)[1]
     assert meta["history"]["steps"][5] == {"step": 5, "loss": 1e300, "lr": float(np.float32(0.2)), "nan": "inf"}
     assert meta["note"] == "\x00zoracle-records-0\x00"
+
+
+def test_load_checkpoint_reads_every_member_a_generator_of_prefixes_names(tmp_path):
+    """``prefixes`` given as a generator: the check before the read consumed it, so no
+    member it names was read (['params'] only; one of two before that check)."""
+    path = tmp_path / "c.npz"
+    zo.save_checkpoint(path, {"params": np.zeros(3), "opt/m": np.ones(3), "opt/v": np.ones(3)}, {"a": 1})
+    want = {"params": ((3,), ("float64",))}
+    arrays, _ = zo.load_checkpoint(path, expected=want, prefixes=(p for p in ["opt/"]))
+    assert sorted(arrays) == ["opt/m", "opt/v", "params"]
+    assert sorted(zo.load_checkpoint(path, expected=want, prefixes=("opt/",))[0]) == sorted(arrays)

@@ -325,3 +325,10 @@ def test_a_mu_too_small_for_float32_is_refused_before_the_first_order_run(capsys
     err = capsys.readouterr().err
     assert "fo:" not in err  # no run before the refusal
     assert "--mu 1e-08" in err and "not a representable step" in err and "use --mu >=" in err
+
+
+def test_a_mu_too_small_names_the_estimator_of_the_methods_asked_for(capsys):
+    # --methods rge alone: the refusal named CGE(mu=...), an estimator this run never makes
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "rge", "--mu", "1e-8"]) == 1
+    err = capsys.readouterr().err
+    assert "RGE(mu=1e-08) is not a representable step" in err and "CGE" not in err, err

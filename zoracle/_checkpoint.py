@@ -329,6 +329,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
     """
     path = as_path(path, "path")
     expected = _check_expected(expected)
+    if not isinstance(prefixes, (str, bytes)):
+        prefixes = tuple(prefixes)  # (a generator: checked here, read again for every member)
     if isinstance(prefixes, (str, bytes)) or not all(isinstance(p, str) for p in prefixes):
         raise ArgumentError(f"`prefixes` must be a tuple of name prefixes such as ('opt/',), got {prefixes!r}")
     if os.path.isdir(path):
