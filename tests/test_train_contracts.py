@@ -7,6 +7,7 @@ by hand, torch's DataLoader, a textbook finite-difference loop."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -200,3 +201,18 @@ def test_coordinates_given_to_a_coordinate_oracle_are_read_only():
 
     with pytest.raises(zo.OracleError):
         zo.estimate_gradient(O(), np.array([0.5, -1.0, 2.0, 0.25]), zo.CGE(mu=1e-4), coordinates=np.array([2, 3]))
+
+
+def test_a_non_finite_estimate_from_finite_losses_is_named_as_the_runs_divergence():
+    # float32 params and a float64 loss past float32's range: the estimate cast to float32 is inf. The
+    # optimizer's own check (a gradient must be finite) named `sgd.update()` and no step; train names
+    # its step, as it does for params that became non-finite
+    def f(p):
+        return float(np.sum(np.cosh(10 * p.astype(np.float64))))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(zo.ArgumentError, match=r"training diverged at step 0 \(epoch 0\): the gradient estimate "
+                                                   r"is non-finite .*overflow float32"):
+            zo.train(f, np.full(3, 9.0, np.float32), steps_per_epoch=3, estimator=zo.CGE(mu=1e-3),
+                     optimizer=zo.sgd(1e-3), progress=False, rng=0)

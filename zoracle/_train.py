@@ -1238,7 +1238,16 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"lower the learning rate{last}") from exc
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     lr_name)
-                params, state = optimizer.update(g.grad, state, params, lr=lr)
+                try:
+                    params, state = optimizer.update(g.grad, state, params, lr=lr)
+                except ArgumentError as exc:  # the optimizer's own check: train names the step, not update()
+                    if bool(xp.isfinite(g.grad).all()):
+                        raise
+                    last = f" (lr was {steps_hist[-1]['lr']:g})" if steps_hist else ""
+                    raise ArgumentError(
+                        f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
+                        f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); lower the learning "
+                        f"rate{last} or scale the loss down") from exc
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
