@@ -291,11 +291,10 @@ def _main(args, methods) -> int:
         log(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, CNN with {p0.size} weights, "
             f"{args.epochs} epochs, batch {args.batch_size}")
         if {"deepzero", "rge"} & set(methods):  # before the first-order run, whose result the error would lose
-            from zoracle._estimators import StepError, _narrower_dtype, check_step
+            from zoracle._estimators import StepError, as_seen, check_step
 
-            narrow = _narrower_dtype(oracle0, p0)  # the float32 model takes its steps in float32
-            try:
-                check_step(p0 if narrow is None else p0.astype(narrow), args.mu, "forward",
+            try:  # (the float32 model takes its steps in float32)
+                check_step(as_seen(oracle0, p0), args.mu, "forward",
                            "CGE" if "deepzero" in methods else "RGE")  # the estimator the user asked for
             except StepError as exc:
                 raise ArgumentError(f"--mu {args.mu:g}: {exc}".replace("use mu >=", "use --mu >=")) from None

@@ -428,6 +428,13 @@ def _narrower_dtype(oracle, params):
     return cd if narrow else None
 
 
+def as_seen(oracle, params):
+    """``params`` as ``oracle`` evaluates them: rounded to its narrower ``compute_dtype`` (a float32
+    model given float64 params), where a step of mu must be representable; else ``params``."""
+    narrow = _narrower_dtype(oracle, params)
+    return params if narrow is None else params.astype(narrow)
+
+
 def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=None, executor=None,
                       budget_bytes: int = DEFAULT_BUDGET, state=None) -> GradientEstimate:
     """Estimate the gradient of ``oracle`` at ``params`` from loss values only.

@@ -30,7 +30,7 @@ from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
 from ._errors import ArgumentError, OracleError, check_flag
 from ._executors_core import split_bound
-from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, _narrower_dtype, as_generator, check_step, estimate_gradient, validate_params
+from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
@@ -967,15 +967,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                                  may_stop=max_queries is not None or bool(callbacks))
     # the steps as the oracle takes them: a float32 model given float64 params (compute_dtype) is
     # estimated at params rounded to float32, where a smaller mu rounds to no step at all
-    narrow = _narrower_dtype(oracle, params)
-    at = (lambda p: p) if narrow is None else (lambda p: p.astype(narrow))
     if mu_sched is None:  # a step not representable at the initial params fails now
-        check_step(at(params), estimator.mu, estimator.scheme, type(estimator).__name__)
+        check_step(as_seen(oracle, params), estimator.mu, estimator.scheme, type(estimator).__name__)
     else:  # the schedule's smallest and largest steps, of every step checked (or the first ones)
         extremes.update(zip(prints["mu"]["steps"], prints["mu"]["values"]))
         for t in sorted({min(extremes, key=extremes.get), max(extremes, key=extremes.get)} if extremes else ()):
             try:
-                check_step(at(params), extremes[t], estimator.scheme, type(estimator).__name__)
+                check_step(as_seen(oracle, params), extremes[t], estimator.scheme, type(estimator).__name__)
             except StepError as exc:
                 raise StepError(f"{exc} (the `mu` schedule's value at step {t}: `mu` sets the steps' mu)") from None
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
@@ -1121,7 +1119,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"or pass `ratios=\"uniform\"`")
             target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches", executor)
             try:  # ZO-GraSP's own step: the estimator's mu (a `mu` schedule sets the steps' only)
-                check_step(at(params), estimator.mu, "forward", "ZO-GraSP's RGE")
+                check_step(as_seen(oracle, params), estimator.mu, "forward", "ZO-GraSP's RGE")
             except StepError as exc:
                 raise StepError(f"{exc}. ZO-GraSP scores with the estimator's mu, not `mu`: set it with "
                                 f"estimator={type(estimator).__name__}(mu=...)") from None
