@@ -168,11 +168,19 @@ def first_bind(oracle) -> None:
     core = oracle._core
     if core.scalar_loss is None:
         with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
-            out = oracle.model(oracle._x)
+            try:
+                out = oracle.model(oracle._x)
+            except RuntimeError as exc:
+                _integer_batch_error(exc, "x", oracle._x, "model(x)")
+                raise
             B = oracle._x.shape[0]
             check_batch_first(out, B)
             with _ParameterReads(core.params, out) as reads:
-                v = to_torch(oracle.loss_fn(out, oracle._y))
+                try:
+                    v = to_torch(oracle.loss_fn(out, oracle._y))
+                except RuntimeError as exc:
+                    _integer_batch_error(exc, "y", oracle._y, "loss_fn(outputs, y)")
+                    raise
         if reads.hit:
             raise ArgumentError(
                 "`loss_fn` reads the model's trainable parameters (a penalty such as weight decay inside the loss; "
@@ -698,6 +706,25 @@ def _sequence_first(model: nn.Module) -> str:
         return ""
     return (f"; {name_list(names)} take(s) the batch along dim 1 (batch_first=False), where the split takes samples along "
             f"dim 0: build them with batch_first=True, and pass (batch, sequence, ...) inputs, to keep feature reuse")
+
+
+def _integer_batch_error(exc: RuntimeError, name: str, t, call: str) -> None:
+    """Raise an ArgumentError naming the fix when torch refused the bound batch's integer ``x``
+    (features as uint8 pixels or int64 counts: the oracle casts floating-point x to the model's
+    dtype and keeps integer x, token ids, as they are) or an integer ``y`` other than int64 (int32
+    labels, a pandas categorical's int8 codes: torch's class-index losses take int64)."""
+    if t is None or t.is_floating_point() or t.is_complex() or "dtype" not in str(exc):
+        return
+    dt = str(t.dtype).replace("torch.", "")
+    if name == "x":
+        fix = ("TorchOracle casts floating-point x to the model's dtype and keeps integer x as it is (token ids for "
+               "an embedding); pass float features, e.g. x.astype(np.float32)")
+    elif t.dtype != torch.int64:
+        fix = ("torch's class-index losses take int64 targets; pass y.astype(np.int64) (a pandas categorical's "
+               "codes: y.cat.codes.astype('int64'))")
+    else:
+        return
+    raise ArgumentError(f"`batch`'s {name} is {dt} and {call} failed on it ({exc}); {fix}") from None
 
 
 def _loss_shape_fix(out, y, v, B: int) -> str:

@@ -74,7 +74,10 @@ def to_torch(x, device=None, dtype=None) -> torch.Tensor:
     else:
         a = np.asarray(x)
         if a.dtype == object:
-            t = torch.as_tensor(a.tolist())
+            # NumPy infers float64 from Python floats (a pandas frame of mixed or nullable dtypes,
+            # pd.get_dummies' bool columns beside floats); torch.as_tensor would make them float32
+            b = np.array(a.tolist())
+            t = torch.from_numpy(b) if b.dtype.kind in "biufc" else torch.as_tensor(a.tolist())
         elif not a.flags.writeable:  # a read-only view (as estimate_gradient hands out): copied, not shared
             t = torch.from_numpy(np.array(a, order="C"))
         else:

@@ -169,6 +169,35 @@ def _compact(batch):
     return type(batch)(own(t) for t in batch) if isinstance(batch, (tuple, list)) else batch
 
 
+def _batch_tensor(name: str, v, device, dtype=None) -> torch.Tensor:
+    """``to_torch(v)`` for the bound batch's ``x`` or ``y``; an array torch cannot hold (strings,
+    a pandas categorical of strings, a NumPy structured array) is refused naming the fix, not
+    with torch's "too many dimensions 'str'" or "can't convert np.ndarray of type numpy.void"."""
+    try:
+        return to_torch(v, device, dtype)
+    except (TypeError, ValueError) as exc:
+        a = v if isinstance(v, np.ndarray) else None
+        if a is None and not torch.is_tensor(v) and not is_cupy(v):
+            try:
+                a = np.asarray(v)
+            except Exception:  # noqa: BLE001 - nothing more to say than torch's error
+                a = None
+        if a is None:
+            raise
+        if a.dtype.names:
+            raise ArgumentError(f"`batch`'s {name} is a NumPy structured array (fields {', '.join(a.dtype.names)}): "
+                                f"TorchOracle runs tensors of numbers; pass numpy.lib.recfunctions."
+                                f"structured_to_unstructured({name}), or np.column_stack([{name}[f] for f in "
+                                f"{name}.dtype.names])") from None
+        if a.dtype.kind in "USO" and a.size and isinstance(a.flat[0], (str, bytes)):
+            raise ArgumentError(f"`batch`'s {name} holds strings ({str(a.flat[0])!r}, ...): TorchOracle runs tensors of "
+                                f"numbers; map them to integer class indices, e.g. "
+                                f"{name}_ids = np.unique({name}, return_inverse=True)[1] (a pandas categorical: "
+                                f"{name}.cat.codes.to_numpy('int64'), the same codes for every batch)") from None
+        raise ArgumentError(f"`batch`'s {name} ({type(v).__name__} of dtype {a.dtype}) cannot be made a tensor: "
+                            f"{exc}") from None
+
+
 def _private(t: torch.Tensor, source) -> torch.Tensor:
     """``t``, copied when it shares memory with the NumPy or CuPy array ``source``: a write into
     that array changes no torch version counter, and cached activations are keyed on them."""
@@ -413,9 +442,19 @@ class TorchOracle:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             what = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else \
                 type(batch).__name__
-            raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {what}" + (
-                " (TorchOracle takes no third field such as sample weights: fold them into the loss's targets)"
-                if isinstance(batch, (tuple, list)) and len(batch) > 2 else ""))
+            if isinstance(batch, dict):  # a HuggingFace-style batch, or a collated dict of fields
+                keys = list(batch)
+                hint = (f" with keys {keys}: pass the pair (batch[{keys[0]!r}], batch[{keys[-1]!r}]) of inputs and "
+                        "targets" if keys else "")
+            elif isinstance(batch, (tuple, list)) and len(batch) > 2 and all(
+                    isinstance(s, (tuple, list, dict)) for s in batch):  # samples, as [ds[i] for i in rows] gives
+                hint = (": a list of samples, not of fields; stack them into the pair (np.stack([s[0] for s in "
+                        "samples]), np.array([s[1] for s in samples])) (a DataLoader's default collate does)")
+            elif isinstance(batch, (tuple, list)) and len(batch) > 2:
+                hint = " (TorchOracle takes no third field such as sample weights: fold them into the loss's targets)"
+            else:
+                hint = ""
+            raise ArgumentError(f"`batch` must be a pair (x, y) of arrays or tensors, got {what}{hint}")
         x, y = batch
         for name, v in (("x", x), ("y", y)):
             if type(v).__module__.startswith("scipy.sparse"):  # len() raises; np.asarray gives an object array
@@ -432,8 +471,8 @@ class TorchOracle:
         self._base_rows = None  # base losses belong to one minibatch
         self._state_cache = None  # and so do the cached activations
         dev, dt = self.device, self.dtype
-        self._x = _private(to_torch(x, dev, dt), x)
-        self._y = None if y is None else _private(to_torch(y, dev), y)
+        self._x = _private(_batch_tensor("x", x, dev, dt), x)
+        self._y = None if y is None else _private(_batch_tensor("y", y, dev), y)
         # a batch deserialized by a cluster can sit at any address, in the standard strides;
         # vectorized kernels pick their reduction order by alignment (a convolution its kernel
         # by the strides too), so own aligned copies in the standard strides (same bits anywhere).

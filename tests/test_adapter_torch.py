@@ -1529,3 +1529,135 @@ def test_batches_torch_cannot_take_are_named_with_their_fix():
         with pytest.raises(zo.OracleError, match=r"batch of 1 sample\(s\) met BatchNorm in train mode.*drop_last=True"):
             zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), 4, seed=0), epochs=1,
                      estimator=zo.CGE(mu=1e-3), progress=False)
+
+
+def test_a_pandas_frame_of_mixed_dtypes_binds_in_float64_not_rounded_to_float32():
+    """np.asarray of a DataFrame of float and bool columns (pd.get_dummies) or of nullable
+    Float64 columns is an object array; it went through torch.as_tensor(list), which makes
+    Python floats float32: a float64 model trained on features rounded to float32."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.normal(40, 10, 16) + 0.123456789, "income": rng.normal(5e4, 1e4, 16),
+                          "city": rng.choice(["a", "b"], 16)})
+    xdf = pd.get_dummies(frame, columns=["city"])  # float64, float64, bool, bool
+    x = xdf.to_numpy(dtype=np.float64)
+    y = rng.integers(0, 2, 16)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).double()
+    oracle = TorchOracle(model, CE)
+    w, b = model.weight.detach().numpy(), model.bias.detach().numpy()
+    z = x @ w.T + b
+    m = z.max(1)
+    ref = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(16), y]))  # float64, by hand
+    for given in (xdf, xdf.astype("Float64"), x.astype(object)):
+        bound = oracle.bind((given, y))
+        np.testing.assert_array_equal(bound._x.numpy(), x)
+        assert abs(float(bound(oracle.initial_params())) - ref) <= 1e-12 * abs(ref)
+        np.testing.assert_allclose(oracle.predict(oracle.initial_params(), given), z, rtol=1e-14, atol=0)
+    yobj = (rng.normal(size=(16, 1)) * 1e4 + 0.123456789).astype(object)  # regression targets, object dtype
+    reg = TorchOracle(nn.Linear(4, 1).double(), nn.MSELoss(reduction="none"), (x, yobj))
+    assert reg._y.dtype == torch.float64
+    np.testing.assert_array_equal(reg._y.numpy(), yobj.astype(np.float64))
+
+
+def test_batches_of_strings_or_structured_arrays_are_named_with_their_fix():
+    """String labels (a pandas categorical of strings, as fetch_openml returns) failed in
+    to_torch with torch's "too many dimensions 'str'", a NumPy structured array with "can't
+    convert np.ndarray of type numpy.void": neither named the batch's field nor the fix."""
+    pd = pytest.importorskip("pandas")
+    x, y = data((4,), 6, classes=3)
+    names = np.array(["cat", "dog", "eel"])[y]
+    oracle = TorchOracle(nn.Linear(4, 3).double(), CE)
+    for labels in (names, names.astype(object), pd.Series(pd.Categorical(names)), names.tolist()):
+        with pytest.raises(zo.ArgumentError, match=r"`batch`'s y holds strings \('(cat|dog|eel)', \.\.\.\).*class "
+                                                   r"indices.*return_inverse"):
+            oracle.bind((x, labels))
+    rec = np.zeros(6, dtype=[("a", "f8"), ("b", "f8"), ("c", "f8"), ("d", "f8")])
+    for i, f in enumerate("abcd"):
+        rec[f] = x[:, i]
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s x is a NumPy structured array \(fields a, b, c, d\).*"
+                                               r"structured_to_unstructured"):
+        oracle.bind((rec, y))
+    from numpy.lib import recfunctions  # the fix named works, and gives the plain array's loss
+    fixed = oracle.bind((recfunctions.structured_to_unstructured(rec), np.unique(names, return_inverse=True)[1]))
+    assert float(fixed(oracle.initial_params())) == float(oracle.bind((x, y))(oracle.initial_params()))
+
+
+def test_dict_batches_and_lists_of_samples_are_named_with_their_fix():
+    """A HuggingFace-style dict batch got "`batch` must be a pair (x, y) of arrays or tensors,
+    got dict", naming no fix; a list of (x, y) samples got the hint for a third field, "takes no
+    third field such as sample weights: fold them into the loss's targets"."""
+    x, y = data((4,), 6, classes=3)
+    oracle = TorchOracle(nn.Linear(4, 3).double(), CE)
+    with pytest.raises(zo.ArgumentError, match=r"got dict with keys \['pixel_values', 'labels'\]: pass the pair "
+                                               r"\(batch\['pixel_values'\], batch\['labels'\]\)"):
+        oracle.bind({"pixel_values": x, "labels": y})
+    samples = [(x[i], y[i]) for i in range(6)]
+    with pytest.raises(zo.ArgumentError, match=r"got a list of 6: a list of samples, not of fields") as err:
+        oracle.bind(samples)
+    assert "third field" not in str(err.value)
+    with pytest.raises(zo.ArgumentError, match=r"got a list of 6: a list of samples"):
+        oracle.bind([{"x": x[i], "y": y[i]} for i in range(6)])
+    with pytest.raises(zo.ArgumentError, match=r"got a tuple of 3 \(TorchOracle takes no third field"):
+        oracle.bind((x, y, np.ones(6)))
+    # the fixes named give the loss of the plain pair, and that loss is cross-entropy by hand
+    p = oracle.initial_params()
+    w, b = p[:12].reshape(3, 4), p[12:]
+    z = x @ w.T + b
+    m = z.max(1)
+    ref = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(6), y]))
+    for pair in ((x, y), (np.stack([s[0] for s in samples]), np.array([s[1] for s in samples]))):
+        assert abs(float(oracle.bind(pair)(p)) - ref) <= 1e-12
+
+
+@pytest.mark.parametrize("given,seen", [("aligned tensor", True), ("slice buf[1:7]", True),
+                                        ("float32 tensor", False), ("numpy", False)])
+def test_a_write_into_a_bound_batch_is_seen_as_pytorch_md_says(given, seen):
+    """pytorch.md said a slice `buf[1:7]` is copied at bind and "the bound oracle keeps the values
+    it was given"; since the aligned copy is made again after a write (7e85823) a slice's writes
+    are seen, as an aligned tensor's are. Pinned against the loss by hand, before and after."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1).double()
+    oracle = TorchOracle(model, nn.MSELoss(reduction="none"))
+    p = oracle.initial_params()
+    w, b = p[:4], p[4]
+    buf, y = torch.randn(10, 4, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
+    x = {"aligned tensor": buf, "slice buf[1:7]": buf[1:7], "float32 tensor": buf.float(), "numpy": buf.numpy()}[given]
+    x64 = torch.as_tensor(x).double().numpy().copy()
+    yy = y[:len(x64)]
+    bound = oracle.bind((x, yy))
+
+    def by_hand(xs):
+        return float(np.mean((xs @ w + b - yy.numpy()[:, 0]) ** 2))
+
+    assert abs(float(bound(p)) - by_hand(x64)) <= 1e-12
+    if given == "numpy":
+        x *= 2.0
+    else:
+        x.mul_(2.0)
+    assert abs(float(bound(p)) - by_hand(2 * x64 if seen else x64)) <= 1e-12
+
+
+def test_integer_features_and_int32_labels_are_named_with_their_fix():
+    """uint8 pixels as x met the float model with torch's "mat1 and mat2 must have the same
+    dtype, but got Byte and Float"; int32 labels (NumPy 1.x's default int on Windows) or a pandas
+    categorical's int8 codes with "expected target dtype to be Long or Byte, but got Int" from
+    inside the loss capture: neither named the batch's field or the fix."""
+    x, y = data((4,), 6, classes=3)
+    pixels = (np.abs(x) * 50).astype(np.uint8)
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s x is uint8 and model\(x\) failed on it .*"
+                                               r"x\.astype\(np\.float32\)"):
+        TorchOracle(nn.Linear(4, 3), CE).bind((pixels, y))
+    for codes in (y.astype(np.int32), y.astype(np.int8)):
+        with pytest.raises(zo.ArgumentError, match=r"`batch`'s y is int(32|8) and loss_fn\(outputs, y\) failed on it "
+                                                   r".*y\.astype\(np\.int64\)"):
+            TorchOracle(nn.Linear(4, 3).double(), CE).bind((x, codes))
+    # the fixes named: the loss is cross-entropy by hand
+    oracle = TorchOracle(nn.Linear(4, 3).double(), CE)
+    p = oracle.initial_params()
+    xs = pixels.astype(np.float64)
+    z = xs @ p[:12].reshape(3, 4).T + p[12:]
+    m = z.max(1)
+    ref = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(6), y]))
+    got = float(oracle.bind((pixels.astype(np.float32), y.astype(np.int32).astype(np.int64)))(p))
+    assert abs(got - ref) <= 1e-12 * abs(ref)
