@@ -1185,3 +1185,93 @@ def test_epoch_records_are_their_steps_own_also_across_a_resume(tmp_path):
         mine = [s for s in steps if s["epoch"] == e["epoch"]]
         assert e["nfev"] == sum(s["nfev"] for s in mine) and e["lr"] == mine[-1]["lr"]
         assert e["loss"] == pytest.approx(np.mean([s["loss"] for s in mine]), rel=1e-15)
+
+
+def test_minibatches_of_a_data_set_object_are_refused_naming_its_fields():
+    """zo.Minibatches(TensorDataset(X, y), 4) was taken: indexing the data set by rows gives a
+    tuple (x_rows, y_rows), so every batch was ((x_rows, y_rows),), a tuple of one, refused
+    only at the first bind of train as "`batch` must be a pair (x, y) ..., got a tuple of 1"."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import TensorDataset
+    x, y = torch.arange(12.0).reshape(6, 2), torch.arange(6)
+    for given in (TensorDataset(x, y), (TensorDataset(x, y),)):
+        with pytest.raises(zo.ArgumentError, match=r"entry 0 \(TensorDataset\) is a data set whose rows are a tuple "
+                                                   r"of fields.*zo\.Minibatches\(ds\.tensors"):
+            zo.Minibatches(given, 4, seed=0)
+    ds = TensorDataset(x, y)  # the fix named: the same rows as a textbook shuffle by (seed, epoch)
+    for e in range(2):
+        order = np.random.default_rng([3, e]).permutation(6)
+        batches = zo.Minibatches(ds.tensors, 4, seed=3)(e)
+        assert [b[1].tolist() for b in batches] == [order[:4].tolist(), order[4:].tolist()]
+        assert all(torch.equal(b[0], x[b[1]]) for b in batches)
+
+
+def test_a_dataloader_given_as_batches_is_refused_naming_the_fix_for_a_dataloader():
+    """A torch DataLoader as `batches` was refused as "(an iterator cannot be replayed on
+    resume)": a DataLoader is no iterator, and the message named no way to train on it."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((10, 3)), rng.standard_normal(10)
+    loader = DataLoader(TensorDataset(torch.tensor(X), torch.tensor(y)), batch_size=4, shuffle=True)
+    for call in (lambda b: zo.train(lambda p: 0.0, np.zeros(3), batches=b, progress=False),
+                 lambda b: zo.recipes.short_budget(None, np.zeros(3), 1000, batches=b)):
+        with pytest.raises(zo.ArgumentError, match=r"got DataLoader \(a DataLoader: .*zo\.Minibatches\("
+                                                   r"loader\.dataset\.tensors, loader\.batch_size, seed=0\)") as err:
+            call(loader)
+        assert "iterator" not in str(err.value)
+    with pytest.raises(zo.ArgumentError, match=r"got generator \(an iterator cannot be replayed on resume\)"):
+        zo.train(lambda p: 0.0, np.zeros(3), batches=(b for b in [1]), progress=False)
+
+    class LeastSquares:  # a data oracle on (x, y) tensor batches
+        def __init__(self, batch=None):
+            self.batch = batch
+
+        def bind(self, batch):
+            return LeastSquares(batch)
+
+        def __call__(self, p):
+            x, t = (np.asarray(a, dtype=np.float64) for a in self.batch)
+            return float(np.mean((x @ p - t) ** 2))
+
+    # the fix named trains as a textbook loop over the same (seed, epoch) shuffles does
+    batches = zo.Minibatches(loader.dataset.tensors, loader.batch_size, seed=0)
+    got = zo.train(LeastSquares(), np.zeros(3), batches=batches, epochs=2, estimator=zo.CGE(mu=1e-3, scheme="central"),
+                   optimizer=zo.sgd(0.05), rng=0, progress=False).params
+    p = np.zeros(3)
+    for e in range(2):
+        order = np.random.default_rng([0, e]).permutation(10)
+        for k in range(0, 10, 4):
+            xb, tb = X[order[k:k + 4]], y[order[k:k + 4]]
+            p = p - 0.05 * (2 * xb.T @ (xb @ p - tb) / len(tb))  # exact gradient: central CGE is exact on quadratics
+    np.testing.assert_allclose(got, p, rtol=1e-9, atol=1e-12)
+
+
+def test_a_resume_with_other_dict_batches_is_refused(tmp_path):
+    """A list of dict batches ({"x": ..., "y": ...}) had no rows in the batches' print: a run
+    stopped on batches of 4 rows resumed on batches of 6 without a word (a list of tuples was
+    refused), though training.md says a resume compares "a list's number of batches and rows per
+    batch"."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((24, 3)), rng.standard_normal(24)
+
+    class DictLinReg:
+        def bind(self, batch):
+            return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
+
+    def batches(bs):
+        return [{"x": X[k:k + bs], "y": y[k:k + bs]} for k in range(0, 4 * bs, bs)]
+
+    path = tmp_path / "run.npz"
+    kw = dict(epochs=3, estimator=zo.CGE(mu=1e-4, scheme="central"), optimizer=zo.sgd(0.05), rng=0, progress=False,
+              checkpoint=path)
+    zo.train(DictLinReg(), np.zeros(3), batches=batches(4), max_queries=7 * 6, **kw)  # 6 steps of 7 queries
+    with pytest.raises(zo.CheckpointError, match="different settings \\(batches: checkpoint has"):
+        zo.train(DictLinReg(), np.zeros(3), batches=batches(6), resume=True, **kw)
+    # the same batches resume, to the run a textbook loop gives (central CGE is exact on quadratics)
+    got = zo.train(DictLinReg(), np.zeros(3), batches=batches(4), resume=True, **kw).params
+    w = np.zeros(3)
+    for _ in range(3):
+        for b in batches(4):
+            w = w - 0.05 * 2 * b["x"].T @ (b["x"] @ w - b["y"]) / len(b["y"])
+    np.testing.assert_allclose(got, w, rtol=1e-8, atol=1e-12)

@@ -122,11 +122,18 @@ class Minibatches:
         probe = np.array([1, 0]) if shuffles and n != {1} else np.arange(1)
         for i, a in enumerate(arrays):
             try:
-                _take(a, probe)
+                got = _take(a, probe)
             except (TypeError, IndexError, KeyError, AttributeError, NotImplementedError, ValueError) as exc:
                 raise ArgumentError(f"`arrays` entry {i} ({type(a).__name__}) cannot be indexed by rows"
                                     f"{' in any order' if probe.size > 1 else ''} ({exc}); convert it (a SciPy sparse "
                                     "matrix: .tocsr(); an h5py dataset: load it, or pass shuffle=False)") from None
+            if isinstance(got, (tuple, list, dict)):
+                # a data set (torch's TensorDataset, a HuggingFace Dataset): its rows are a tuple or a
+                # dict of fields, and every batch would be one field holding them, (fields,)
+                raise ArgumentError(f"`arrays` entry {i} ({type(a).__name__}) is a data set whose rows are a "
+                                    f"{type(got).__name__} of fields, not an array: pass its fields, one array each, "
+                                    "such as zo.Minibatches(ds.tensors, batch_size, seed=0) for a TensorDataset, or "
+                                    "(ds['x'], ds['y']) for named columns")
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
@@ -407,8 +414,10 @@ def _batches_print(batches, steps_per_epoch=None):
     if callable(batches):
         return CALLABLE_BATCHES
     used = list(batches)[:steps_per_epoch]  # the batches a run draws
+    # a dict batch ({"x": ..., "y": ...}, as a HuggingFace-style pipeline holds one) by its first field
+    fields = [list(b.values()) if isinstance(b, dict) else b for b in used]
     rows = [_rows(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1)
-            and (hasattr(b[0], "__len__") or getattr(b[0], "shape", None)) else None for b in used]
+            and (hasattr(b[0], "__len__") or getattr(b[0], "shape", None)) else None for b in fields]
     return {"batches": len(used), "rows": _short_hash(rows)}
 
 
@@ -481,9 +490,22 @@ def _check_batches(batches) -> None:
             f"zo.Minibatches({fields}, batch_size, seed=0) (batches of one array each: pass them as a list)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
+    try:
+        iterator = iter(batches) is batches
+    except TypeError:  # not iterable at all
+        iterator = False
+    if hasattr(batches, "dataset") and hasattr(batches, "batch_size"):  # a torch DataLoader (re-iterable, reshuffled)
+        why = ("a DataLoader: train draws an epoch's batches in an order a resume can replay; pass "
+               "zo.Minibatches(loader.dataset.tensors, loader.batch_size, seed=0) for a TensorDataset (shuffled by "
+               "(seed, epoch)), or lambda epoch: list(loader) (a shuffling loader's order is then not replayed on "
+               "resume)")
+    elif iterator:
+        why = "an iterator cannot be replayed on resume"
+    else:
+        why = "not a list of batches; pass [batch, ...] or zo.Minibatches((X, y), batch_size, seed=0)"
     raise ArgumentError(
         f"`batches` must be re-iterable in a fixed order: a list of batches, a callable epoch -> batches, "
-        f"or zo.Minibatches(...); got {type(batches).__name__} (an iterator cannot be replayed on resume)"
+        f"or zo.Minibatches(...); got {type(batches).__name__} ({why})"
     )
 
 
