@@ -738,3 +738,20 @@ def test_coarse_loss_check_costs_no_gradient_pass_when_the_loss_type_needs_none(
     with pytest.warns(UserWarning, match="float32 losses"):
         zo.estimate_gradient(lambda v: np.float32(v @ v + 1e3), x.astype(np.float64), zo.RGE(mu=1e-6, directions=4),
                              rng=0)
+def test_cge_plain_calls_see_a_negative_zero_written_past_the_read_only_flag():
+    """The write check compared values: -0.0 written over a 0.0 (past the read-only flag) passed
+    as no write, and every later query read it (partials -2000 against 0.36 where the loss reads
+    the sign); bits are compared now. The textbook loop with a fresh array per query is the reference."""
+    def loss(x):
+        s = float(np.sin(x).sum() + np.copysign(1.0, x).sum())
+        x.flags.writeable = True  # as torch.from_numpy(x) ignores the flag
+        x[5] = -0.0  # params[5] is 0.0
+        return s
+
+    x0 = np.array([0.3, -1.2, 0.1, 2.5, 0.7, 0.0, -0.4, 1.1, 0.9, -2.0])
+    got = zo.estimate_gradient(loss, x0.copy(), zo.CGE(mu=1e-3)).grad
+    f0 = loss(x0.copy())
+    want = [(loss(x0 + 1e-3 * np.eye(10)[i]) - f0) / ((x0[i] + 1e-3) - x0[i]) for i in range(10)]
+    np.testing.assert_array_equal(got, np.array(want))
+
+

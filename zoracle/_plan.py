@@ -87,6 +87,13 @@ def _query_array(params) -> tuple:
     return x, (readonly(x) if isinstance(x, np.ndarray) else x)
 
 
+def _bits(a):
+    """``a`` (C-contiguous) as unsigned integers of its item size: equal bits, not equal values
+    (-0.0 differs from 0.0)."""
+    n = a.dtype.itemsize
+    return a.view(np.dtype(f"u{n}") if n in (1, 2, 4, 8) else np.uint8)
+
+
 def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
     """Plain-call losses at ``params + step * e_i`` for ``i`` in ``coords``.
 
@@ -108,13 +115,16 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
         y[coords[r]] = y[coords[r]] + step
         return oracle(readonly(y), query_of(r))
 
+    ref = _bits(namespace(params).ascontiguousarray(params))
+
     def written(x, i, perturbed):
-        differ = x != params
+        differ = _bits(x) != ref  # bits, not values: -0.0 written over 0.0 is a write
         if perturbed:
             differ[i] = False  # (kept perturbed by the oracle)
         return bool(differ.any())
 
     x, xv = _query_array(params)
+    xb = _bits(x)
     held = (sys.getrefcount(x), sys.getrefcount(xv))
     since = 0  # the first query that ran on the current array
     fresh = False  # a write was found: every query from here on gets its own copy
@@ -122,7 +132,7 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
         if fresh:
             out[j] = own_copy(j)
             continue
-        dirty = bool(x[i] != params[i])  # an earlier query wrote this coordinate
+        dirty = bool(xb[i] != ref[i])  # an earlier query wrote this coordinate
         x[i] = params[i] + step
         try:
             out[j] = oracle(xv, query_of(j))
@@ -142,6 +152,7 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
                     out[r] = own_copy(r)
             if kept:
                 x, xv = _query_array(params)
+                xb = _bits(x)
                 held = (sys.getrefcount(x), sys.getrefcount(xv))
                 since = j + 1
     return out
