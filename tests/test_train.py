@@ -1275,3 +1275,33 @@ def test_a_resume_with_other_dict_batches_is_refused(tmp_path):
         for b in batches(4):
             w = w - 0.05 * 2 * b["x"].T @ (b["x"] @ w - b["y"]) / len(b["y"])
     np.testing.assert_allclose(got, w, rtol=1e-8, atol=1e-12)
+
+
+def test_a_checkpoint_of_dict_batches_written_before_their_rows_were_read_still_resumes(tmp_path):
+    """A checkpoint of dict batches written before their rows were read (the batches' print held
+    no rows for them) was refused as "different settings (batches: ...)" with the very batches
+    it was written with."""
+    from zoracle._train import _short_hash
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 3)), rng.standard_normal(16)
+
+    class DictLinReg:
+        def bind(self, batch):
+            return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
+
+    batches = [{"x": X[k:k + 4], "y": y[k:k + 4]} for k in range(0, 16, 4)]
+    path = tmp_path / "run.npz"
+    kw = dict(estimator=zo.CGE(mu=1e-4, scheme="central"), optimizer=zo.sgd(0.05), rng=0, progress=False,
+              checkpoint=path)
+    zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=1, **kw)
+    arrays, meta = zo.load_checkpoint(path)
+    meta["config"]["batches"] = {"batches": 4, "rows": _short_hash([None] * 4)}  # as the older print read them
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(path, arrays, meta)
+    got = zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=2, resume=True, **kw).params
+    w = np.zeros(3)
+    for _ in range(2):
+        for b in batches:
+            w = w - 0.05 * 2 * b["x"].T @ (b["x"] @ w - b["y"]) / len(b["y"])
+    np.testing.assert_allclose(got, w, rtol=1e-8, atol=1e-12)

@@ -176,7 +176,7 @@ def _finite(path, name, a):
 
 
 def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse: bool, n_scored: int,
-                oracle, steps_per_epoch=None, estimator_state=None) -> dict:
+                oracle, steps_per_epoch=None, estimator_state=None, legacy_batches=None) -> dict:
     """Load and validate a training checkpoint for this run; a dict of what the loop needs.
 
     ``params`` and ``state`` (the optimizer's initial state) give the expected shapes and
@@ -211,6 +211,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             if was is None or now is None or (CALLABLE_BATCHES in (was, now)
                                               and not (isinstance(was, str) and isinstance(now, str))):
                 saved = dict(saved, batches=now)
+            elif legacy_batches is not None and was == legacy_batches and was != now:
+                saved = dict(saved, batches=now)  # written before a dict batch's rows were read (then: none)
         unread = list(getattr(oracle, "_unread_moved", None) or ())
         if isinstance(saved, dict) and "layout" not in saved and unread:
             # before layouts were saved, a TorchOracle kept such parameters in the model's order; it

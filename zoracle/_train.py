@@ -395,7 +395,7 @@ def _drain(it, epoch: int, limit=None) -> list:
     return out
 
 
-def _batches_print(batches, steps_per_epoch=None):
+def _batches_print(batches, steps_per_epoch=None, dict_rows=True):
     """What a resume compares of ``batches``: a Minibatches' settings and its arrays' shapes and
     dtypes, a list's number of batches and rows per batch (as a short hash: a long list would
     grow every checkpoint's header); a text for none (the oracle's own data); a text for a
@@ -415,7 +415,7 @@ def _batches_print(batches, steps_per_epoch=None):
         return CALLABLE_BATCHES
     used = list(batches)[:steps_per_epoch]  # the batches a run draws
     # a dict batch ({"x": ..., "y": ...}, as a HuggingFace-style pipeline holds one) by its first field
-    fields = [list(b.values()) if isinstance(b, dict) else b for b in used]
+    fields = [list(b.values()) if isinstance(b, dict) and dict_rows else b for b in used]
     rows = [_rows(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1)
             and (hasattr(b[0], "__len__") or getattr(b[0], "shape", None)) else None for b in fields]
     return {"batches": len(used), "rows": _short_hash(rows)}
@@ -1052,7 +1052,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     keep = None
     if resume is not None:
         got = read_resume(resume, config=config, fingerprints=prints, params=params, state=state, sparse=sparse,
-                          n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch, estimator_state=est_state)
+                          n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch, estimator_state=est_state,
+                          legacy_batches=_batches_print(batches, steps_per_epoch, dict_rows=False))
         params = xp.asarray(got["params"])
         state = _restore_state(state, got["opt"], got["opt_count"], xp)
         root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
