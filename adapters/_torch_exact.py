@@ -713,12 +713,21 @@ def _integer_batch_error(exc: RuntimeError, name: str, t, call: str) -> None:
     (features as uint8 pixels or int64 counts: the oracle casts floating-point x to the model's
     dtype and keeps integer x, token ids, as they are) or an integer ``y`` other than int64 (int32
     labels, a pandas categorical's int8 codes: torch's class-index losses take int64)."""
-    if t is None or t.is_floating_point() or t.is_complex() or "dtype" not in str(exc):
+    msg = str(exc)  # torch names a dtype clash in many words: "dtype", "Input type (unsigned char) and bias
+    # type (float)" (a convolution), "expected scalar type Byte" (one without bias), "not implemented for 'Byte'"
+    # (an embedding's "'indices' to have one of the following scalar types" is torch's own clear word)
+    # a loss that takes targets in the outputs' floating dtype (BCELoss): "Found dtype Double but expected Float"
+    want = {"Float": "float32", "Double": "float64"}.get(msg.split("expected ")[-1].strip(" .")) \
+        if name == "y" and "dtype" in msg else None
+    if t is None or (t.is_floating_point() and want is None) or t.is_complex() or "indices" in msg or (
+            "type" not in msg and "not implemented for" not in msg):
         return
     dt = str(t.dtype).replace("torch.", "")
     if name == "x":
         fix = ("TorchOracle casts floating-point x to the model's dtype and keeps integer x as it is (token ids for "
                "an embedding); pass float features, e.g. x.astype(np.float32)")
+    elif want is not None:  # (y is not cast: a float64 y keeps its precision for a loss that promotes)
+        fix = f"this loss takes targets in the outputs' dtype, {want}; pass y.astype(np.{want})"
     elif t.dtype != torch.int64:
         fix = ("torch's class-index losses take int64 targets; pass y.astype(np.int64) (a pandas categorical's "
                "codes: y.cat.codes.astype('int64'))")

@@ -1661,3 +1661,56 @@ def test_integer_features_and_int32_labels_are_named_with_their_fix():
     ref = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(6), y]))
     got = float(oracle.bind((pixels.astype(np.float32), y.astype(np.int32).astype(np.int64)))(p))
     assert abs(got - ref) <= 1e-12 * abs(ref)
+
+
+@pytest.mark.parametrize("first", ["conv", "conv_nobias", "batchnorm"])
+def test_uint8_images_for_a_cnn_are_named_with_their_fix(first):
+    """uint8 pixels bound to a CNN met torch's own "Input type (unsigned char) and bias type
+    (float) should be the same" (or "expected scalar type Byte but found Float", or "batch_norm"
+    not implemented for 'Byte'): the integer-batch error looked for the word "dtype" only."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 1, 8, 8)).astype(np.uint8)
+    y = rng.integers(0, 3, 6)
+    head = {"conv": lambda: nn.Conv2d(1, 2, 3), "conv_nobias": lambda: nn.Conv2d(1, 2, 3, bias=False),
+            "batchnorm": lambda: nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3))}[first]
+    torch.manual_seed(0)
+    model = nn.Sequential(head(), nn.Flatten(), nn.Linear(72, 3)).double().eval()
+    ce = nn.CrossEntropyLoss(reduction="none")
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s x is uint8 and model\(x\) failed on it .*"
+                                               r"x\.astype\(np\.float32\)"):
+        TorchOracle(model, ce).bind((pixels, y))
+    # the fix named: the loss torch computes on the float pixels
+    oracle = TorchOracle(model, ce)
+    got = float(oracle.bind((pixels.astype(np.float32), y))(oracle.initial_params()))
+    with torch.no_grad():
+        ref = float(ce(model(torch.as_tensor(pixels, dtype=torch.float64)), torch.as_tensor(y)).mean())
+    assert abs(got - ref) <= 1e-12 * abs(ref)
+    emb = nn.Sequential(nn.Embedding(10, 2), nn.Flatten(), nn.Linear(8, 3))  # token ids: torch's word stays
+    with pytest.raises(RuntimeError, match="indices"):
+        TorchOracle(emb, ce).bind((rng.integers(0, 10, (6, 4)).astype(np.uint8), y))
+
+
+def test_targets_of_another_dtype_than_a_bce_loss_takes_are_named_with_their_fix():
+    """BCELoss takes targets in the outputs' dtype: float64 0/1 labels (NumPy's default, and an
+    object-dtype pandas column, which bound as float32 before it bound as float64) met a float32
+    model with torch's bare "Found dtype Double but expected Float"; int32 labels were told "pass
+    y.astype(np.int64)", which fails again ("Found dtype Long but expected Float")."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = (np.arange(6) % 2)[:, None]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())  # float32
+    bce = nn.BCELoss(reduction="none")
+    for labels in (y.astype(np.float64), y.astype(np.int32), y.astype(np.int64), pd.DataFrame(y).astype(object)):
+        with pytest.raises(zo.ArgumentError, match=r"`batch`'s y is (float64|int32|int64) and loss_fn\(outputs, y\) "
+                                                   r"failed on it .*outputs' dtype, float32; pass y\.astype\(np\.float32\)"):
+            TorchOracle(model, bce).bind((x, labels))
+    with pytest.raises(zo.ArgumentError, match=r"y\.astype\(np\.float64\)"):  # a float64 model
+        TorchOracle(copy.deepcopy(model).double(), bce).bind((x, y.astype(np.float32)))
+    oracle = TorchOracle(model, bce)  # the fix named: binary cross-entropy by hand
+    p = oracle.initial_params().astype(np.float64)
+    s = 1 / (1 + np.exp(-(x.astype(np.float64) @ p[:4] + p[4])))
+    ref = float(np.mean(-(y[:, 0] * np.log(s) + (1 - y[:, 0]) * np.log(1 - s))))
+    got = float(oracle.bind((x, y.astype(np.float32)))(oracle.initial_params()))
+    assert abs(got - ref) <= 1e-6 * abs(ref)
