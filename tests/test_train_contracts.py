@@ -213,6 +213,6 @@ def test_a_non_finite_estimate_from_finite_losses_is_named_as_the_runs_divergenc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(zo.ArgumentError, match=r"training diverged at step 0 \(epoch 0\): the gradient estimate "
-                                                   r"is non-finite .*overflow float32"):
+                                                   r"is non-finite .*overflow float32\); scale the loss down, or pass float64 params"):
             zo.train(f, np.full(3, 9.0, np.float32), steps_per_epoch=3, estimator=zo.CGE(mu=1e-3),
                      optimizer=zo.sgd(1e-3), progress=False, rng=0)

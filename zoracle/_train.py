@@ -1264,11 +1264,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 except ArgumentError as exc:  # the optimizer's own check: train names the step, not update()
                     if bool(xp.isfinite(g.grad).all()):
                         raise
-                    last = f" (lr was {steps_hist[-1]['lr']:g})" if steps_hist else ""
+                    fix = (f"lower the learning rate (lr was {steps_hist[-1]['lr']:g}) or scale the loss down"
+                           if steps_hist else "scale the loss down, or pass float64 params")  # (no step taken yet)
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
-                        f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); lower the learning "
-                        f"rate{last} or scale the loss down") from exc
+                        f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}") from exc
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
