@@ -286,7 +286,8 @@ class DaskExecutor(_Dask):
         script: a script without ``if __name__ == "__main__":`` around the code that starts
         it gets a :class:`~zoracle.ZoracleError` saying so, before anything starts.
     n_workers : int, optional
-        Workers of the local cluster (overrides ``local:N``).
+        Workers of the local cluster (overrides ``local:N``); refused beside any other
+        ``client``, whose cluster runs the shards on its own workers.
     timeout : float, optional
         Seconds a shard may run before :class:`ShardTimeout` (default: no limit). The
         worker left running it (Dask's cancel does not stop a running task) is restarted
@@ -347,7 +348,8 @@ class RayExecutor(_Ray):
 
 # ----------------------------------------------------------------------------- CLI
 def add_executor_arguments(parser) -> None:
-    """Add ``--workers N``, ``--dask ADDRESS`` and ``--ray ADDRESS`` to an argparse parser."""
+    """Add ``--workers N``, ``--dask ADDRESS``, ``--ray ADDRESS``, ``--allow-network`` and
+    ``--shard-timeout SECONDS`` to an argparse parser (read back by :func:`from_args`)."""
     group = parser.add_argument_group("parallelism (pick at most one)")
     group.add_argument("--workers", type=int, default=1, metavar="N",
                        help="evaluate shards in N local worker processes (default 1: serial; at most 8 per core)")
