@@ -475,6 +475,10 @@ def test_dask_arguments_are_checked_before_any_cluster_starts():
         DaskExecutor("tcp://127.0.0.1:8786", bogus=True)
     with pytest.raises(zo.ArgumentError, match="`client` 'tcp://127.0.0.1' is not a scheduler address"):
         DaskExecutor("tcp://127.0.0.1").start()
+    # n_workers beside a scheduler address was ignored too: the run used the cluster's own workers
+    with pytest.raises(zo.ArgumentError, match="`n_workers` sizes a local cluster.*would be ignored"):
+        DaskExecutor("tcp://127.0.0.1:8786", n_workers=3)
+    assert DaskExecutor("local:2", n_workers=3).n_workers == 3  # a local cluster's: taken
     DaskExecutor("local", memory_limit="1GB", n_workers=1)  # LocalCluster's and its workers' own: taken
     import distributed
 

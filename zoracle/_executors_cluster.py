@@ -360,6 +360,9 @@ class DaskExecutor(ShardedExecutor):
         if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
                                         or self._count < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
+        if n_workers is not None and not self._local:  # a running cluster keeps its own workers: it was ignored
+            raise ArgumentError(f"`n_workers` sizes a local cluster; with `client`={client!r} the cluster's own "
+                                "workers run the shards and it would be ignored: drop it (or use 'local:N')")
         _check_cluster_kwargs(cluster_kwargs, self._local, client)
         self._cluster_kwargs = cluster_kwargs
         self.client = None
