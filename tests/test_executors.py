@@ -1550,3 +1550,24 @@ def test_worker_processes_release_the_directions_they_drew(loky2):
     zo.estimate_gradient(_CachedRowsHere(), np.zeros(5000), zo.RGE(directions=8), rng=0, executor=loky2)
     probes = loky2.run(Oracle(_CachedRowsHere()), np.zeros(5000), [BaseTask() for _ in range(8)])
     assert [float(p[0, 0]) for p in probes] == [0.0] * 8
+
+
+def test_every_executor_takes_forget_as_the_module_docs_say():
+    """zoracle.executors says: after mutating an oracle in place, call executor.forget(oracle);
+    SerialExecutor, the default, had no forget (AttributeError in code written for any executor)."""
+    class Scaled:
+        def __init__(self):
+            self.scale = 1.0
+
+        def __call__(self, x):
+            return float(self.scale * (x @ x))
+
+    oracle = Scaled()
+    for ex in (zo.executors.SerialExecutor(), zo.executors.JoblibExecutor(2, backend="threading")):
+        with ex:
+            first = zo.estimate_gradient(oracle, np.ones(3), zo.CGE(), executor=ex).grad
+            oracle.scale = 2.0
+            ex.forget(oracle)
+            again = zo.estimate_gradient(oracle, np.ones(3), zo.CGE(), executor=ex).grad
+            oracle.scale = 1.0
+        np.testing.assert_allclose(again, 2 * first, rtol=1e-6)
