@@ -275,6 +275,11 @@ def trace_steps(model: nn.Module):
         if graph is not None:
             break
     if graph is None:
+        if type(model).__module__.startswith("torch._dynamo") and isinstance(getattr(model, "_orig_mod", None),
+                                                                           nn.Module):
+            return None, (f"torch.fx cannot trace a torch.compile'd module ({type(model).__name__}): pass the "
+                          "uncompiled module (model._orig_mod, which holds the same parameters) to keep feature "
+                          "reuse")
         converted = isinstance(err, TypeError) and any(f"{f}() argument" in str(err) for f in ("float", "int", "bool"))
         if converted:
             hint = ("; float(), int() or bool() of a traced value is a proxy while fx traces: keep a parameter or "

@@ -125,6 +125,27 @@ def test_untraceable_model_is_refused_with_a_reason():
     assert steps is None and "cannot trace Branchy" in reason
 
 
+def test_a_compiled_model_is_refused_naming_the_uncompiled_module():
+    """``TorchOracle(torch.compile(model))`` ran full forwards (13x slower on a small CNN) behind fx's
+    "Module [OptimizedModule] is missing the required 'forward' function": the warning names the fix,
+    and the losses stay the plain perturbed forwards'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 4)).double()
+    x, y = torch.randn(5, 2, 4, 4, dtype=torch.float64), torch.randint(0, 4, (5,))
+    compiled = torch.compile(model, backend="eager")
+    steps, reason = trace_steps(compiled)
+    assert steps is None and "torch.compile" in reason and "_orig_mod" in reason, reason
+    with pytest.warns(RuntimeWarning, match="_orig_mod"):
+        oracle = TorchOracle(compiled, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(0, theta.size, 7)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    want = plain_losses(model, x, y, coords, 1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    # the uncompiled module keeps the split
+    assert TorchOracle(compiled._orig_mod, CE_ROWS, (x, y)).blocks
+
+
 def test_a_float_of_a_parameter_and_a_varargs_forward_are_refused_with_their_own_reasons():
     """``x / float(self.temperature)`` was refused with advice about sizes read from the input
     (a buffer of the largest size); ``forward(self, *args)`` was captured, fed the batch as
