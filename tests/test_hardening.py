@@ -487,15 +487,8 @@ def test_a_run_on_the_oracles_own_data_and_one_on_a_callable_do_not_resume_each_
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
 
-    class Data:
-        def __init__(self, batch=(X, y)):
-            self.batch = batch
-
-        def bind(self, batch):
-            return Data(batch)
-
-        def __call__(self, w):
-            return float(np.mean((self.batch[0] @ w - self.batch[1]) ** 2))
+    def Data():
+        return _LinRegData((X, y))
 
     def by_epoch(epoch):
         idx = np.random.default_rng([1, epoch]).permutation(40)
@@ -552,6 +545,20 @@ def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
         _run(tmp_path / "s.npz", resume=other, schedule=sched, epochs=3)
 
 
+class _LinRegData:
+    """A data oracle, least squares on its batch; made with the whole data set, it trains on it
+    when train gets no `batches`."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def bind(self, batch):
+        return _LinRegData(batch)
+
+    def __call__(self, w):
+        return float(np.mean((self.batch[0] @ w - self.batch[1]) ** 2))
+
+
 def test_a_run_on_the_oracles_own_data_and_one_on_batches_do_not_resume_each_other(tmp_path):
     """batches=None and a callable's batches both recorded None, which a resume compares with
     nothing: a run on Minibatches resumed without `batches` ran one full-batch step an epoch
@@ -559,15 +566,8 @@ def test_a_run_on_the_oracles_own_data_and_one_on_batches_do_not_resume_each_oth
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
 
-    class Data:
-        def __init__(self, batch=(X, y)):
-            self.batch = batch
-
-        def bind(self, batch):
-            return Data(batch)
-
-        def __call__(self, w):
-            return float(np.mean((self.batch[0] @ w - self.batch[1]) ** 2))
+    def Data():
+        return _LinRegData((X, y))
 
     kw = dict(epochs=4, rng=0, progress=False, optimizer=zo.sgd(0.05))
     stop = [lambda event, record, params: event == "epoch" and record["epoch"] == 1]
