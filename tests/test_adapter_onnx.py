@@ -550,3 +550,32 @@ def test_a_model_without_a_batch_axis_is_refused_at_construction(tmp_path):
         OnnxClassifier(tmp_path / "one.onnx")
     # a fixed batch axis the outputs share still loads
     assert OnnxClassifier(_graph_model(["x"], 4)).input_shape == (4, 10)
+
+
+def _fixed_model_with_outputs(batch, outputs):
+    """Input x of fixed shape (batch, 10); "scores" = x, declared as ``outputs["scores"]``, and a
+    constant "aux" of shape ``outputs["aux"]`` (if given)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", ["x"], ["scores"])]
+    outs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, outputs["scores"])]
+    if "aux" in outputs:
+        n = outputs["aux"][0]
+        nodes.append(helper.make_node("Constant", [], ["aux"], value=helper.make_tensor(
+            "c", TensorProto.FLOAT, [n], [0.0] * n)))
+        outs.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT, outputs["aux"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 10])], outs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_a_fixed_batch_axis_that_one_output_of_two_starts_loads():
+    """An auxiliary output without the batch axis (a constant of 7) beside the scores: the
+    input's fixed first axis starts one output, so it is a batch axis."""
+    clf = OnnxClassifier(_fixed_model_with_outputs(4, {"scores": [4, 10], "aux": [7]}), output="scores")
+    x = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
+    np.testing.assert_array_equal(clf(x), x)  # scores = x (Identity): the reference
+    np.testing.assert_array_equal(clf(x[:3]), x[:3])  # padded to the fixed batch, the padding dropped

@@ -1714,3 +1714,25 @@ def test_targets_of_another_dtype_than_a_bce_loss_takes_are_named_with_their_fix
     ref = float(np.mean(-(y[:, 0] * np.log(s) + (1 - y[:, 0]) * np.log(1 - s))))
     got = float(oracle.bind((x, y.astype(np.float32)))(oracle.initial_params()))
     assert abs(got - ref) <= 1e-6 * abs(ref)
+
+
+def test_an_integer_batchs_error_that_is_no_dtype_clash_is_torchs_own():
+    """Token ids (int64 x) into a model with a shape bug: torch's own RuntimeError stays, not
+    the integer-batch advice (pass float features), which would not fix it."""
+    ids = np.random.default_rng(0).integers(0, 10, (6, 4))
+    y = np.arange(6) % 3
+    wrong = nn.Sequential(nn.Embedding(10, 2), nn.Flatten(), nn.Linear(7, 3)).double()  # 8 features, not 7
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as err:
+        TorchOracle(wrong, CE).bind((ids, y))
+    assert not isinstance(err.value, zo.ArgumentError)
+
+
+def test_int64_targets_a_loss_refuses_are_not_told_to_become_int64():
+    """int64 0/1 targets for BCELoss, which takes them in the outputs' dtype: whatever is raised
+    must not advise `y.astype(np.int64)`, which they already are."""
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    y = (np.arange(6) % 2).reshape(6, 1).astype(np.int64)
+    model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid()).double()
+    with pytest.raises((RuntimeError, zo.ArgumentError)) as err:
+        TorchOracle(model, nn.BCELoss(reduction="none")).bind((x, y))
+    assert "y.astype(np.int64)" not in str(err.value)

@@ -553,3 +553,41 @@ def test_load_checkpoint_reads_every_member_a_generator_of_prefixes_names(tmp_pa
     arrays, _ = zo.load_checkpoint(path, expected=want, prefixes=(p for p in ["opt/"]))
     assert sorted(arrays) == ["opt/m", "opt/v", "params"]
     assert sorted(zo.load_checkpoint(path, expected=want, prefixes=("opt/",))[0]) == sorted(arrays)
+
+
+def test_a_meta_value_spelling_a_records_token_before_the_history_keeps_both(tmp_path):
+    """A header value that spells a Records token and sorts before the history ("a" < "history"):
+    the first occurrence of the token in the text is that value, not the history's place."""
+    from zoracle._checkpoint import Records
+
+    steps = [{"step": 0, "loss": 1.5}, {"step": 1, "loss": 0.25}]
+    token = "\x00zoracle-records-0\x00"
+    path = zo.save_checkpoint(tmp_path / "t.npz", {"p": np.zeros(2)},
+                              {"a": token, "history": {"steps": Records(steps), "epochs": Records([])}})
+    meta = zo.load_checkpoint(path)[1]
+    assert meta["a"] == token  # reference: the values saved, as json reads them back
+    assert meta["history"] == {"steps": steps, "epochs": []}
+
+
+@pytest.mark.parametrize("expected", [
+    {"params": ((True, 2), ("float64",))},  # a bool is no dimension (it read as 1)
+    {"params": ((4,), ())},  # no dtype at all: every dtype refused, the file blamed
+    {"params": ((4,), ("float64", "no such dtype"))},  # NumPy's TypeError, raw
+])
+def test_load_checkpoint_refuses_bools_in_a_shape_and_empty_dtypes(tmp_path, expected):
+    path = zo.save_checkpoint(tmp_path / "run.npz", {"params": np.arange(4.0)}, {"note": "ok"})
+    with pytest.raises(zo.ArgumentError, match="`expected` must be"):
+        zo.load_checkpoint(path, expected=expected)
+
+
+def test_load_checkpoint_takes_an_expected_empty_array(tmp_path):
+    path = zo.save_checkpoint(tmp_path / "run.npz", {"params": np.zeros((0, 3))}, {"note": "ok"})
+    arrays, _ = zo.load_checkpoint(path, expected={"params": ((0, 3), ("float64",))})
+    assert arrays["params"].shape == (0, 3)  # reference: the array saved
+
+
+@pytest.mark.parametrize("prefixes", [(b"opt/",), ["opt/", 1]])
+def test_load_checkpoint_refuses_prefixes_that_are_not_strings(tmp_path, prefixes):
+    path = zo.save_checkpoint(tmp_path / "run.npz", {"params": np.arange(4.0), "opt/m": np.ones(4)}, {"note": "ok"})
+    with pytest.raises(zo.ArgumentError, match="`prefixes` must be"):
+        zo.load_checkpoint(path, expected={"params": ((4,), ("float64",))}, prefixes=prefixes)

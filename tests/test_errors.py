@@ -517,3 +517,23 @@ def test_oracle_error_pickles_under_tblibs_reducers():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "coordinate 3 (step +0.005) | oracle raised at coordinate 3 (step +0.005): RuntimeError: " \
                                "Unpicklable: no"
+
+
+def test_an_unpicklable_unprintable_cause_still_pickles_with_its_query():
+    """A process worker's report whose cause neither pickles nor prints (str() raises): the
+    cause travels as text naming its type, the query is kept."""
+    import pickle
+    import threading
+
+    class Bad(Exception):
+        def __init__(self):
+            super().__init__("no")
+            self.lock = threading.Lock()  # does not pickle
+
+        def __str__(self):
+            raise TypeError("not printable")
+
+    err = zo.OracleError("coordinate 3 (step +0.005)", None, Bad())
+    back = pickle.loads(pickle.dumps(err))
+    assert back.query == "coordinate 3 (step +0.005)"
+    assert isinstance(back.cause, RuntimeError) and str(back.cause).startswith("Bad: <str() failed: TypeError")

@@ -799,3 +799,86 @@ def test_drawn_directions_are_released_when_the_call_returns(monkeypatch):
     monkeypatch.setattr(_plan._ROWS, "cap", 0)
     for a, b in zip(got, results()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_coarse_loss_warning_points_at_the_callers_line(monkeypatch):
+    """The warning's filename and line are the caller's of estimate_gradient (stacklevel), not
+    zoracle's own frames: a user filtering warnings by module sees their own line."""
+    import os
+
+    import zoracle._estimators as est_module
+
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    w = np.linspace(0.5, 1.5, 10)
+    with pytest.warns(UserWarning, match="returns float32 losses") as got:
+        zo.estimate_gradient(lambda x: np.float32(1e4) + np.float32(w @ x), np.zeros(10))
+    assert [os.path.abspath(r.filename) for r in got] == [os.path.abspath(__file__)]
+
+
+class _KeepsFirstThenWritesOnce:
+    """Keeps the first perturbed point it is given (a memo), then, at coordinate 1's query, writes
+    5.0 into coordinate 3 of its array past the read-only flag (through the view's base) after
+    computing its loss: the next query (coordinate 2) reads that write."""
+
+    def __init__(self, x0):
+        self.x0, self.kept, self.wrote = x0, [], False
+
+    def __call__(self, x):
+        loss = float(np.sum(np.arange(1.0, 1.0 + x.size) * x) + 0.5 * float(x @ x))
+        moved = np.flatnonzero(x != self.x0)
+        if not self.kept and moved.tolist() == [0]:
+            self.kept.append(x)
+        elif not self.wrote and moved.tolist() == [1] and x.base is not None and x.base.flags.writeable:
+            x.base[3] = 5.0
+            self.wrote = True
+        return loss
+
+
+def test_cge_plain_calls_see_a_write_made_after_a_kept_array_was_replaced():
+    """After a query keeps its array, the queries go on with a new one: an earlier query's write
+    into a coordinate is then looked for in that new array (the one queried), or the write,
+    erased when that coordinate's own turn overwrites it, passes unseen and the query between
+    keeps the loss at the written point. Reference: the textbook forward differences."""
+    x0 = np.random.default_rng(0).standard_normal(5)
+    oracle = _KeepsFirstThenWritesOnce(x0)
+    got = zo.estimate_gradient(oracle, x0, zo.CGE(mu=1e-3, scheme="forward"))
+    assert oracle.wrote and len(oracle.kept) == 1  # the premise: one array kept, one write made
+
+    def f(x):
+        return float(np.sum(np.arange(1.0, 6.0) * x) + 0.5 * float(x @ x))
+
+    want = []
+    for i in range(5):
+        up = x0.copy()
+        up[i] += 1e-3
+        want.append((f(up) - f(x0)) / (up[i] - x0[i]))
+    np.testing.assert_allclose(got.grad, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("when, where", [(0, 5),  # erased later by coordinate 5's own query: seen before it only
+                                         (8, 0)])  # into a coordinate already queried: seen at the end only
+def test_cge_plain_calls_see_one_negative_zero_written_past_the_read_only_flag(when, where):
+    """One write of -0.0 over a 0.0 (past the read-only flag), made once, at the query of
+    coordinate ``when``, into coordinate ``where``: the queries that read it run again on their
+    own copies. Bits, not values, both where a coordinate is about to be queried and at the end.
+    Reference: the textbook forward differences of the loss without the write."""
+    x0 = np.array([0.0, -1.2, 0.1, 2.5, 0.7, 0.0, -0.4, 1.1, 0.9, -2.0])
+
+    def pure(x):
+        return float(np.sin(x).sum() + np.copysign(1.0, x).sum())
+
+    wrote = []
+
+    def loss(x):
+        s = pure(x)
+        if not wrote and x[when] != x0[when]:
+            x.flags.writeable = True  # as torch.from_numpy(x) ignores the flag
+            x[where] = -0.0  # x0[where] is 0.0
+            wrote.append(1)
+        return s
+
+    got = zo.estimate_gradient(loss, x0.copy(), zo.CGE(mu=1e-3)).grad
+    assert wrote  # the premise
+    f0 = pure(x0)
+    want = [(pure(x0 + 1e-3 * np.eye(10)[i]) - f0) / ((x0[i] + 1e-3) - x0[i]) for i in range(10)]
+    np.testing.assert_array_equal(got, np.array(want))

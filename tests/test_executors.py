@@ -1571,3 +1571,58 @@ def test_every_executor_takes_forget_as_the_module_docs_say():
             again = zo.estimate_gradient(oracle, np.ones(3), zo.CGE(), executor=ex).grad
             oracle.scale = 1.0
         np.testing.assert_allclose(again, 2 * first, rtol=1e-6)
+
+
+def test_a_batch_is_the_one_sent_only_with_the_same_type_items_and_bits():
+    """The executors' batch comparison (a bound view rebound in place goes again when its batch
+    differs): equal bits, not equal values; the same type, dtype and shape; the same kind of
+    container and number of items. Checked against the raw bytes (``tobytes``) as reference."""
+    from zoracle._executors_local import _batch_items, _same_batch, _same_bits
+
+    def ref(a, b):
+        return type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+    x = np.arange(6.0).reshape(2, 3)
+    cases = [(x, x.copy()), (np.zeros(2), -np.zeros(2)), (np.zeros((2, 3)), np.zeros((3, 2))),
+             (np.zeros(2, np.float32), np.zeros(2, np.int32)), (np.zeros(2), np.ma.zeros(2)),
+             (np.array([np.nan]), np.array([np.nan]))]
+    for a, b in cases:
+        assert _same_bits(a, b) == ref(a, b), (a, b)
+    y = np.arange(2)
+    assert _same_batch(_batch_items((x, y)), (x.copy(), y.copy()))  # a new tuple of copies: the same batch
+    assert not _same_batch(_batch_items((x, y)), [x, y])  # another container
+    assert not _same_batch(_batch_items((x,)), (x, y))  # another number of items
+    torch = pytest.importorskip("torch")
+    t = torch.arange(4.0)
+    assert _same_bits(t, t.clone()) and not _same_bits(t, -t)
+    assert _same_batch(_batch_items((t, t)), (t.clone(), t[:4].clone()))
+
+
+def test_the_batches_an_executor_remembers_are_the_ones_its_registry_holds():
+    """The batch each bound object was sent with is remembered to tell a new one from it; a run
+    over many batches keeps only those of the bound objects still held (a few), not one per batch."""
+    from zoracle._executors_local import ThreadPool
+
+    class Bound:
+        def __init__(self, parent, batch):
+            self.parent, self.batch = parent, batch
+
+        def __call__(self, w):
+            return float(np.mean((self.batch[0] @ w - self.batch[1]) ** 2))
+
+        def unbind(self):
+            return self.parent, self.batch
+
+    class Data:
+        def bind(self, batch):
+            return Bound(self, batch)
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((200, 3)), rng.standard_normal(200)
+    ex = ThreadPool(2)
+    try:
+        zo.train(Data(), np.zeros(3), batches=[(X[i:i + 10], y[i:i + 10]) for i in range(0, 200, 10)], executor=ex,
+                 progress=False)
+        assert 0 < len(ex._batch_seen) <= ex._bound.keep  # 20 batches were sent
+    finally:
+        ex.close()

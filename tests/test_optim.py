@@ -388,3 +388,16 @@ def test_a_schedule_of_unknown_run_length_is_still_checked_and_recorded_at_step_
     assert fingerprint(zo.cosine_schedule(0.1, total_steps=10), "lr", None) == {"steps": [0], "values": [0.1]}
     with pytest.raises(zo.ArgumentError, match="at step 0"):
         fingerprint(lambda t: -1.0, "lr", None)
+
+
+def test_update_takes_a_python_float_and_refuses_bools_complex_and_names_the_first_non_finite():
+    opt = zo.sgd(0.1)
+    p = np.array([1.0, 2.0, 3.0])
+    state = opt.init(p)
+    np.testing.assert_allclose(opt.update(0.5, state, p)[0], p - 0.1 * 0.5)  # a Python float broadcasts
+    with pytest.raises(zo.ArgumentError, match="must be an array like `params`.*builtins.bool"):
+        opt.update(True, state, p)
+    with pytest.raises(zo.ArgumentError, match="must hold real numbers, got dtype complex128"):
+        opt.update(np.ones(3, complex), state, p)
+    with pytest.raises(zo.ArgumentError, match="must be finite, got nan at index 1"):  # the first, not the last
+        opt.update(np.array([1.0, np.nan, np.inf]), state, p)

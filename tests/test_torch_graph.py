@@ -911,3 +911,38 @@ def test_a_torchscript_submodule_is_one_step_of_the_split():
     oracle, got, want = _quiet_losses(model, x, y)
     assert oracle.block_names == ["body", "fc"]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+
+
+def test_the_memory_probe_counts_a_cell_state_tuple_kept_inside_the_state():
+    """The bytes per sample the memory budget reads after each step count every tensor of the
+    state, a tuple kept inside it (an LSTMCell's (h, c)) included. Reference: the state walked
+    by hand, nested tuples and lists flattened."""
+    class Unrolled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.cell, self.fc = nn.Linear(3, 5), nn.LSTMCell(5, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            hc = None
+            for t in range(4):
+                hc = self.cell(torch.tanh(self.inp(x[:, t])), hc)
+            return self.fc(hc[0])
+
+    def leaves(v):
+        if isinstance(v, (tuple, list)):
+            return [t for s in v for t in leaves(s)]
+        return [v] if isinstance(v, torch.Tensor) else []
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = torch.as_tensor(rng.standard_normal((7, 4, 3))), torch.as_tensor(rng.integers(0, 3, 7))
+    oracle = TorchOracle(Unrolled().double(), CE_ROWS, (x, y))
+    got = oracle._probe()
+    want, nested, state = [], False, (oracle._x,)
+    with torch.no_grad():
+        for step in oracle._core.chain.steps:
+            state = step(state)
+            nested = nested or any(isinstance(s, (tuple, list)) for s in state)
+            want.append(sum(t.numel() * t.element_size() for t in leaves(state)) // 7)
+    assert nested  # the premise: a step keeps the cell's (h, c) inside its state
+    assert got == want

@@ -1305,3 +1305,26 @@ def test_a_checkpoint_of_dict_batches_written_before_their_rows_were_read_still_
         for b in batches:
             w = w - 0.05 * 2 * b["x"].T @ (b["x"] @ w - b["y"]) / len(b["y"])
     np.testing.assert_allclose(got, w, rtol=1e-8, atol=1e-12)
+
+
+def test_minibatches_of_a_data_set_with_dict_rows_is_refused_naming_its_columns():
+    """A HuggingFace-style data set (rows by index give a dict of columns) is refused as a
+    TensorDataset is; its columns, passed as the fix says, give the textbook (seed, epoch) shuffle."""
+    class DictDataset:
+        def __init__(self, **cols):
+            self.cols = cols
+
+        def __len__(self):
+            return len(next(iter(self.cols.values())))
+
+        def __getitem__(self, rows):
+            return {k: v[rows] for k, v in self.cols.items()}
+
+    X, y = np.arange(12.0).reshape(6, 2), np.arange(6)
+    ds = DictDataset(x=X, y=y)
+    with pytest.raises(zo.ArgumentError, match=r"entry 0 \(DictDataset\) is a data set whose rows are a dict of "
+                                               r"fields.*\(ds\['x'\], ds\['y'\]\)"):
+        zo.Minibatches(ds, 4, seed=0)
+    order = np.random.default_rng([1, 0]).permutation(6)
+    batches = zo.Minibatches((ds.cols["x"], ds.cols["y"]), 4, seed=1)(0)
+    assert [b[1].tolist() for b in batches] == [order[:4].tolist(), order[4:].tolist()]
