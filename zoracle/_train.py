@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -490,16 +490,12 @@ def _check_batches(batches) -> None:
             f"zo.Minibatches({fields}, batch_size, seed=0) (batches of one array each: pass them as a list)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
-    try:
-        iterator = iter(batches) is batches
-    except TypeError:  # not iterable at all
-        iterator = False
     if hasattr(batches, "dataset") and hasattr(batches, "batch_size"):  # a torch DataLoader (re-iterable, reshuffled)
         why = ("a DataLoader: train draws an epoch's batches in an order a resume can replay; pass "
                "zo.Minibatches(loader.dataset.tensors, loader.batch_size, seed=0) for a TensorDataset (shuffled by "
                "(seed, epoch)), or lambda epoch: list(loader) (a shuffling loader's order is then not replayed on "
                "resume)")
-    elif iterator:
+    elif isinstance(batches, Iterator):  # (not iter(batches): a DataLoader's would start its workers)
         why = "an iterator cannot be replayed on resume"
     else:
         why = "not a list of batches; pass [batch, ...] or zo.Minibatches((X, y), batch_size, seed=0)"
