@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import math
 import numbers
+import re
 import types
 import warnings
 import weakref
@@ -717,12 +718,22 @@ def _integer_batch_error(exc: RuntimeError, name: str, t, call: str) -> None:
     # type (float)" (a convolution), "expected scalar type Byte" (one without bias), "not implemented for 'Byte'"
     # (an embedding's "'indices' to have one of the following scalar types" is torch's own clear word)
     # a loss that takes targets in the outputs' floating dtype (BCELoss): "Found dtype Double but expected Float"
-    want = {"Float": "float32", "Double": "float64"}.get(msg.split("expected ")[-1].strip(" .")) \
-        if name == "y" and "dtype" in msg else None
+    # or one that casts its result to the targets' dtype (BCEWithLogitsLoss): "result type Float can't be cast to
+    # the desired output type Int"
+    dtypes = {"Float": "float32", "Double": "float64"}
+    want = None
+    if name == "y" and "dtype" in msg:
+        want = dtypes.get(msg.split("expected ")[-1].strip(" ."))
+    elif name == "y" and "can't be cast to the desired output type" in msg:
+        want = dtypes.get(msg.split("result type ")[-1].split(" ")[0])
     if t is None or (t.is_floating_point() and want is None) or t.is_complex() or "indices" in msg or (
             "type" not in msg and "not implemented for" not in msg):
         return
     dt = str(t.dtype).replace("torch.", "")
+    words = {"uint8": "Byte|unsigned char", "int8": "Char|signed char", "int16": "Short|short int", "int32": "Int|int",
+             "int64": "Long|long int", "bool": "Bool|bool"}.get(dt)
+    if name == "x" and words and not re.search(rf"\b({words})\b", msg):
+        return  # torch names another dtype than x's (a float64 buffer meeting float32 weights): not x's to fix
     if name == "x":
         fix = ("TorchOracle casts floating-point x to the model's dtype and keeps integer x as it is (token ids for "
                "an embedding); pass float features, e.g. x.astype(np.float32)")

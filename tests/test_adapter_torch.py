@@ -1736,3 +1736,50 @@ def test_int64_targets_a_loss_refuses_are_not_told_to_become_int64():
     with pytest.raises((RuntimeError, zo.ArgumentError)) as err:
         TorchOracle(model, nn.BCELoss(reduction="none")).bind((x, y))
     assert "y.astype(np.int64)" not in str(err.value)
+
+
+def test_integer_targets_for_bce_with_logits_are_told_the_outputs_dtype():
+    """BCEWithLogitsLoss casts its result to the targets' dtype: int32 (or uint8) 0/1 labels met
+    torch's "result type Float can't be cast to the desired output type Int" and were told "pass
+    y.astype(np.int64)", which fails again ("... output type Long", then torch's bare word)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = (np.arange(6) % 2)[:, None]
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)  # float32
+    bce = nn.BCEWithLogitsLoss(reduction="none")
+    for labels in (y.astype(np.int32), y.astype(np.uint8), y.astype(np.int64)):
+        with pytest.raises(zo.ArgumentError, match=r"`batch`'s y is (int32|uint8|int64) and loss_fn\(outputs, y\) "
+                                                   r"failed on it .*outputs' dtype, float32; pass y\.astype\(np\.float32\)"):
+            TorchOracle(model, bce).bind((x, labels))
+    oracle = TorchOracle(model, bce)  # the fix named: binary cross-entropy on logits by hand
+    p = oracle.initial_params().astype(np.float64)
+    z = x.astype(np.float64) @ p[:4] + p[4]
+    ref = float(np.mean(np.logaddexp(0, z) - y[:, 0] * z))
+    got = float(oracle.bind((x, y.astype(np.float32)))(oracle.initial_params()))
+    assert abs(got - ref) <= 1e-6 * abs(ref)
+
+
+def test_token_ids_are_not_told_to_become_floats_for_another_dtype_clash():
+    """int64 token ids into an embedding model whose float64 buffer meets float32 weights (a
+    positional table built from NumPy): torch's "mat1 and mat2 must have the same dtype, but got
+    Double and Float" names no dtype of x, yet was turned into "pass float features, e.g.
+    x.astype(np.float32)", which breaks the embedding (and the model stays wrong)."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.register_buffer("pe", torch.as_tensor(np.zeros((5, 4))))  # float64
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, ids):
+            return self.head((self.emb(ids) + self.pe).mean(1))
+
+    ids = np.random.default_rng(0).integers(0, 10, (6, 5))
+    y = np.arange(6) % 3
+    with pytest.raises(RuntimeError, match="same dtype, but got Double and Float") as err:
+        TorchOracle(Tokens(), CE).bind((ids, y))
+    assert "x.astype(np.float32)" not in str(err.value)
+    with pytest.raises(zo.ArgumentError, match=r"x is int64 .*but got Long and Double.*x\.astype\(np\.float32\)"):
+        TorchOracle(nn.Linear(5, 3).double(), CE).bind((ids, y))  # int64 features into a linear model: still named
