@@ -757,50 +757,6 @@ def test_cge_plain_calls_see_a_negative_zero_written_past_the_read_only_flag():
 
 
 
-def test_drawn_directions_are_released_when_the_call_returns(monkeypatch):
-    """The rows of random directions an estimate draws stayed in a module-level cache after the
-    call returned (64 MiB after an RGE with 16 directions at d = 1e6, 264 MiB after SNES, until
-    the next estimate); they go when the outermost call (estimate_gradient, zo_grasp, train)
-    returns. ZO-GraSP's two estimates still share them, and every result is the one drawn
-    without the cache."""
-    import tracemalloc
-
-    from zoracle import _plan
-
-    d = 20000
-    x0 = np.linspace(-1, 1, d)
-
-    def f(x):
-        return float(np.sum(np.sin(x[:50])) + 1e-3 * (x @ x))
-
-    def results():
-        return [zo.estimate_gradient(f, x0, zo.RGE(directions=16, scheme="central"), rng=0).grad,
-                zo.zo_grasp(f, x0, directions=8, rng=2, common_random_numbers=True),
-                zo.train(f, x0, estimator=zo.RGE(directions=4), epochs=2, rng=3, progress=False).params,
-                zo.estimate_gradient(f, x0, zo.SNES(), rng=1).grad]
-
-    got = results()  # once before: what the first calls import and keep
-    _plan._ROWS.key, _plan._ROWS.rows = None, {}
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        got = results()
-        kept = tracemalloc.get_traced_memory()[0] - before - sum(a.nbytes for a in got)
-    finally:
-        tracemalloc.stop()
-    assert kept < d * 8, kept  # SNES's 33 rows are 5.3 MB
-    assert _plan._ROWS.rows == {}
-    drawn = []
-    put = _plan._ROWS.put
-    monkeypatch.setattr(_plan._ROWS, "put", lambda key, i, row: (drawn.append(i), put(key, i, row)))
-    zo.zo_grasp(f, x0, directions=8, rng=2, common_random_numbers=True)
-    assert sorted(drawn) == list(range(8))  # the second estimate read the first's rows
-    monkeypatch.setattr(_plan._ROWS, "default", 0)  # no row kept: each drawn again where needed
-    monkeypatch.setattr(_plan._ROWS, "cap", 0)
-    for a, b in zip(got, results()):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_the_coarse_loss_warning_points_at_the_callers_line(monkeypatch):
     """The warning's filename and line are the caller's of estimate_gradient (stacklevel), not
     zoracle's own frames: a user filtering warnings by module sees their own line."""

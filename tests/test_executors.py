@@ -1533,25 +1533,6 @@ def test_the_serial_executor_reports_its_last_run_too():
     assert isinstance(stats, zo.executors.RunStats) and stats.shards >= 1 and stats.retries == 0 and stats.n_workers == 1
 
 
-class _CachedRowsHere:
-    """The loss: how many direction rows the process running the query keeps cached."""
-
-    def __call__(self, x):
-        from zoracle import _plan
-
-        return float(len(_plan._ROWS.rows))
-
-
-def test_worker_processes_release_the_directions_they_drew(loky2):
-    """A worker process kept the rows of the directions its RGE tasks drew (up to 64 MiB a
-    worker, until its next task with another root); no sum there reads them again."""
-    from zoracle._oracle import Oracle
-
-    zo.estimate_gradient(_CachedRowsHere(), np.zeros(5000), zo.RGE(directions=8), rng=0, executor=loky2)
-    probes = loky2.run(Oracle(_CachedRowsHere()), np.zeros(5000), [BaseTask() for _ in range(8)])
-    assert [float(p[0, 0]) for p in probes] == [0.0] * 8
-
-
 def test_every_executor_takes_forget_as_the_module_docs_say():
     """zoracle.executors says: after mutating an oracle in place, call executor.forget(oracle);
     SerialExecutor, the default, had no forget (AttributeError in code written for any executor)."""

@@ -13,7 +13,7 @@ from ._backend import namespace, to_numpy
 from ._errors import ArgumentError
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
-from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows, rows_scope
+from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
@@ -480,12 +480,6 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     GradientEstimate
         ``grad`` (params' backend and dtype), ``loss`` at params, ``nfev``.
     """
-    with rows_scope():  # the directions drawn are dropped when the outermost call returns
-        return _estimate_gradient(oracle, params, estimator, coordinates=coordinates, rng=rng, executor=executor,
-                                  budget_bytes=budget_bytes, state=state)
-
-
-def _estimate_gradient(oracle, params, estimator, *, coordinates, rng, executor, budget_bytes, state):
     if estimator is None:
         estimator = CGE()
     if not isinstance(estimator, (CGE, RGE, SNES)):
@@ -585,7 +579,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
             why = coarse_losses(value, loss, mu, dtype, typical)
             if why:
                 _COARSE_WARNED.add(key)
-                warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=4)
+                warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
 
 
 _COARSE_WARNED: set = set()

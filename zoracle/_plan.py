@@ -8,7 +8,6 @@ oracle once and call ``run`` on their workers.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import sys
@@ -218,27 +217,6 @@ class _RowCache:
     def __init__(self, limit: int = 64 * 2**20, cap: int = 256 * 2**20):
         self.default, self.cap, self.reserved = limit, cap, (None, 0)
         self.key, self.rows, self.lock = None, {}, threading.Lock()
-        self.depth = 0  # API calls in this process that may read the rows again (scope)
-
-    def clear(self) -> None:
-        """Drop the rows and the reservation."""
-        with self.lock:
-            self.key, self.rows, self.reserved = None, {}, (None, 0)
-
-    @contextlib.contextmanager
-    def scope(self):
-        """An API call that draws directions (``estimate_gradient``, ``zo_grasp``): the rows stay
-        while one runs in this process (ZO-GraSP's two estimates may share a root), and are
-        dropped when the outermost returns (they held up to 256 MiB after a SNES estimate)."""
-        with self.lock:
-            self.depth += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.depth -= 1
-                if self.depth == 0:
-                    self.key, self.rows, self.reserved = None, {}, (None, 0)
 
     def reserve(self, root: int, nbytes: int) -> None:
         """Let the rows of ``root`` use up to ``min(nbytes, cap)`` bytes (never below the default)."""
@@ -264,11 +242,6 @@ class _RowCache:
 
 
 _ROWS = _RowCache()
-
-
-def rows_scope():
-    """Keep the drawn rows until the outermost ``rows_scope`` of this process ends (``_RowCache.scope``)."""
-    return _ROWS.scope()
 
 
 def reserve_rows(root: int, nbytes: int) -> None:
@@ -345,8 +318,6 @@ class DirectionTask:
                     Xv = readonly(X) if isinstance(X, np.ndarray) else X
                     for j in range(chi - clo):
                         out[si, clo + j] = oracle(Xv[j], query_of(j))
-        if not _ROWS.depth:  # a worker process: no sum here reads these rows again
-            _ROWS.clear()
         return out
 
 

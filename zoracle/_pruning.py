@@ -29,7 +29,6 @@ from ._errors import ArgumentError, OracleError, check_flag
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._masks import _slices, check_disjoint
 from ._oracle import has_methods
-from ._plan import rows_scope
 
 __all__ = [
     "SCORED_KINDS",
@@ -200,15 +199,14 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     gen = as_generator(rng)
     seed1 = int(gen.integers(2**63))
     seed2 = seed1 if common_random_numbers else int(gen.integers(2**63))
-    with rows_scope():  # with common random numbers the second estimate reads the first's directions again
-        g1 = estimate_gradient(oracle, params, est, rng=seed1, executor=executor).grad
-        shifted = params + params.dtype.type(mu) * g1
-        try:
-            g2 = estimate_gradient(oracle, shifted, est, rng=seed2, executor=executor).grad
-        except OracleError as exc:  # not at the caller's params: at ZO-GraSP's own second point
-            step = float(np.linalg.norm(to_numpy(shifted - params).astype(np.float64)))
-            raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at params + mu * g (a step of norm {step:.3g} "
-                              "from params)", "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' skips ZO-GraSP")
+    g1 = estimate_gradient(oracle, params, est, rng=seed1, executor=executor).grad
+    shifted = params + params.dtype.type(mu) * g1
+    try:
+        g2 = estimate_gradient(oracle, shifted, est, rng=seed2, executor=executor).grad
+    except OracleError as exc:  # not at the caller's params: at ZO-GraSP's own second point
+        step = float(np.linalg.norm(to_numpy(shifted - params).astype(np.float64)))
+        raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at params + mu * g (a step of norm {step:.3g} "
+                          "from params)", "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' skips ZO-GraSP")
     hg = (to_numpy(g2).astype(np.float64) - to_numpy(g1).astype(np.float64)) / mu
     scores = -to_numpy(params).astype(np.float64) * hg
     if blocks is not None:
