@@ -256,6 +256,20 @@ def test_unpacked_recurrent_output_splits(cell):
     np.testing.assert_allclose(got, plain_losses(model, x, y, coords, 1e-3), rtol=1e-12, atol=1e-13)
 
 
+class _UnrolledCell(nn.Module):
+    """An nn.LSTMCell unrolled over four steps, its (h, c) tuple passed whole to the next call."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.cell, self.fc = nn.Linear(3, 5), nn.LSTMCell(5, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        hc = None
+        for t in range(4):
+            hc = self.cell(torch.tanh(self.inp(x[:, t])), hc)
+        return self.fc(hc[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_a_cell_state_tuple_passed_whole_keeps_the_split(dtype):
     """An ``nn.LSTMCell`` unrolled over a fixed number of steps passes its ``(h, c)`` tuple whole
@@ -264,19 +278,8 @@ def test_a_cell_state_tuple_passed_whole_keeps_the_split(dtype):
     warning "the captured split failed (AttributeError: 'tuple' object has no attribute
     'numel')": full forwards, one at a time (vmap has no rule for lstm_cell)."""
 
-    class Unrolled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp, self.cell, self.fc = nn.Linear(3, 5), nn.LSTMCell(5, 4), nn.Linear(4, 3)
-
-        def forward(self, x):
-            hc = None
-            for t in range(4):
-                hc = self.cell(torch.tanh(self.inp(x[:, t])), hc)
-            return self.fc(hc[0])
-
     torch.manual_seed(0)
-    model = Unrolled().to(dtype)
+    model = _UnrolledCell().to(dtype)
     rng = np.random.default_rng(0)
     x, y = torch.as_tensor(rng.standard_normal((7, 4, 3)), dtype=dtype), torch.as_tensor(rng.integers(0, 3, 7))
     with warnings.catch_warnings():
@@ -917,17 +920,6 @@ def test_the_memory_probe_counts_a_cell_state_tuple_kept_inside_the_state():
     """The bytes per sample the memory budget reads after each step count every tensor of the
     state, a tuple kept inside it (an LSTMCell's (h, c)) included. Reference: the state walked
     by hand, nested tuples and lists flattened."""
-    class Unrolled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp, self.cell, self.fc = nn.Linear(3, 5), nn.LSTMCell(5, 4), nn.Linear(4, 3)
-
-        def forward(self, x):
-            hc = None
-            for t in range(4):
-                hc = self.cell(torch.tanh(self.inp(x[:, t])), hc)
-            return self.fc(hc[0])
-
     def leaves(v):
         if isinstance(v, (tuple, list)):
             return [t for s in v for t in leaves(s)]
@@ -936,7 +928,7 @@ def test_the_memory_probe_counts_a_cell_state_tuple_kept_inside_the_state():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     x, y = torch.as_tensor(rng.standard_normal((7, 4, 3))), torch.as_tensor(rng.integers(0, 3, 7))
-    oracle = TorchOracle(Unrolled().double(), CE_ROWS, (x, y))
+    oracle = TorchOracle(_UnrolledCell().double(), CE_ROWS, (x, y))
     got = oracle._probe()
     want, nested, state = [], False, (oracle._x,)
     with torch.no_grad():
