@@ -91,8 +91,9 @@ def _fork(state):
     return (state[0],) + tuple(state)
 
 
-#: a parameter-free step that duplicates the main activation (the start of a residual branch)
 fork = Step(fn=_fork, name="fork")
+"""A parameter-free `Step` that duplicates the main activation: the start of a residual
+branch in a step list (the branch runs on the first copy, a later join adds the second)."""
 
 
 # ---------------------------------------------------------------------------------------

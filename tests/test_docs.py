@@ -205,6 +205,15 @@ def test_site_builds_in_strict_mode(tmp_path):
         html = (tmp_path / "site" / "api" / page / "index.html").read_text(encoding="utf-8")
         raw = re.findall(r":(?:func|class|meth|attr|mod|exc|data|obj):<code>[^<]*|\.\. math::", html)
         assert raw == [], f"api/{page}: {raw[:5]}"
+    # module constants are rendered with their docstrings (griffe reads a string after the
+    # assignment, not a ``#:`` comment before it: ABSTAIN, fork and the recipes' constants were absent)
+    from zoracle import recipes
+
+    constants = [n for n in recipes.__all__ if not callable(getattr(recipes, n))]
+    wanted = [("smoothing-testing", "zoracle.smoothing.ABSTAIN"), ("adapters", "adapters.torch.fork")]
+    for page, ident in wanted + [("core", f"zoracle.recipes.{n}") for n in constants]:
+        html = (tmp_path / "site" / "api" / page / "index.html").read_text(encoding="utf-8")
+        assert f'id="{ident}"' in html, (page, ident)
 
 
 def test_api_reference_lists_every_public_name():
@@ -220,7 +229,7 @@ def test_api_reference_lists_every_public_name():
     assert sorted(set(ex.__all__) - set(members)) == []
     core = set(re.findall(r"^::: zoracle\.recipes\.(\w+)", (ROOT / "docs" / "api" / "core.md").read_text(encoding="utf-8"),
                           re.M))
-    assert sorted(n for n in recipes.__all__ if callable(getattr(recipes, n)) and n not in core) == []
+    assert sorted(n for n in recipes.__all__ if n not in core) == []  # the constants too
     # add_executor_arguments' docstring names every flag it adds
     parser = argparse.ArgumentParser()
     ex.add_executor_arguments(parser)

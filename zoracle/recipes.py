@@ -30,19 +30,28 @@ from ._train import _check_batches, _check_layout, _check_size, _check_steps_per
 __all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "COORDINATES", "WIDE_COORDINATES",
            "WIDE_FROM", "default_lr", "default_coordinates", "short_budget", "layer_scales"]
 
-SHORT_BUDGET_KINDS = ("conv", "linear", "bias")  # biases join the sparse set: dense, they alone can outspend a step
-#: ``short_budget`` fills small empty blocks by default from this many steps on (measured in docs/peers.md)
+SHORT_BUDGET_KINDS = ("conv", "linear", "bias")
+"""The parameter kinds ``short_budget`` samples coordinates from by default (biases join the
+sparse set: dense, they alone could outspend a step)."""
 FILL_FROM_STEPS = 1_400
-#: ``short_budget``'s default peak learning rate is ``LR_SCALE / sqrt(q)`` for ``q`` queries per
-#: sampled weight, kept within ``[LR_MIN, LR_MAX]`` (:func:`default_lr`; measured in docs/peers.md)
+"""``short_budget`` fills small empty blocks by default from this many steps on (measured in
+docs/peers.md)."""
 LR_SCALE = 0.085
+"""``short_budget``'s default peak learning rate is ``LR_SCALE / sqrt(q)`` for ``q`` queries
+per sampled weight, kept within ``[LR_MIN, LR_MAX]`` (:func:`default_lr`; measured in
+docs/peers.md)."""
 LR_MAX = 0.1
+"""The largest default peak learning rate of ``short_budget`` (:func:`default_lr`)."""
 LR_MIN = 0.03
-#: ``short_budget``'s default coordinates a step: ``COORDINATES``, and ``WIDE_COORDINATES`` from
-#: ``WIDE_FROM`` queries per sampled weight on (:func:`default_coordinates`; measured in docs/peers.md)
+"""The smallest default peak learning rate of ``short_budget`` (:func:`default_lr`)."""
 COORDINATES = 50
+"""``short_budget``'s default coordinates a step, below ``WIDE_FROM`` queries per sampled
+weight (:func:`default_coordinates`; measured in docs/peers.md)."""
 WIDE_COORDINATES = 100
+"""``short_budget``'s default coordinates a step from ``WIDE_FROM`` queries per sampled weight
+on (:func:`default_coordinates`)."""
 WIDE_FROM = 40
+"""The queries per sampled weight from which ``short_budget`` uses ``WIDE_COORDINATES``."""
 
 
 def default_lr(budget: int, sampled: int) -> float:

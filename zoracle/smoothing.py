@@ -41,8 +41,8 @@ __all__ = [
     "sample_counts",
 ]
 
-#: The label :func:`predict` and :func:`certify` return when they abstain.
 ABSTAIN = -1
+"""The label :func:`predict` and :func:`certify` return when they abstain (-1)."""
 
 
 # ---------------------------------------------------------------------------------------
