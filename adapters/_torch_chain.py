@@ -59,6 +59,15 @@ class Step:
         one-entry state). When None, the step is ``state[0] <- module(state[0])``.
     name : str, optional
         Shown in ``TorchOracle.block_names``.
+    params : tuple, optional
+        Trainable parameters ``fn`` reads directly (set by graph capture for ``get_attr`` nodes
+        and modules inside a function step).
+    rowwise : bool, optional
+        ``fn`` treats samples independently, so it may run on any subset of rows (default True).
+    channel_fn : callable, optional
+        ``(col, ch, state) -> col``: when only channel ``ch[r]`` of ``state[0]`` changes (to
+        ``col[r]``, shape ``(k, B, ...)``) and ``state[1:]`` does not, ``fn``'s main output
+        changes in that channel only, to the returned values, and its other outputs not at all.
 
     Notes
     -----
