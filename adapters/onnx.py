@@ -453,12 +453,22 @@ class OnnxClassifier:
         self.input_shape = _dims(node.shape)
         self.input_dtype = np.dtype(_DTYPES[node.type])
         self._check_fixed_batch()
-        self._check_batch_axis(self.session.get_outputs())
+        self._check_batch_axis(self.session.get_outputs(), list(node.shape))
         self._pick_output(self.session.get_outputs())
 
-    def _check_batch_axis(self, outputs) -> None:
+    def _check_batch_axis(self, outputs, raw_shape=()) -> None:
         """A fixed first input axis that no output starts with is no batch axis (a model exported for
-        one sample, ``(3, H, W)``): its samples would be cut along the channels."""
+        one sample, ``(3, H, W)``): its samples would be cut along the channels. An output that starts
+        with the symbolic dimension of a later input axis (input ``(4, "N")``, output ``("N", C)``) has
+        its batch axis there, not first: samples fed along axis 0 would be cut along the features."""
+        later = {d: k for k, d in enumerate(raw_shape) if k > 0 and isinstance(d, str) and d}
+        for o in outputs:
+            first = o.shape[0] if len(o.shape) else None
+            if isinstance(first, str) and first in later and first != raw_shape[0]:
+                raise ArgumentError(
+                    f"input {self.input_name!r} of shape {tuple(raw_shape)} has its batch axis {first!r} at axis "
+                    f"{later[first]} (output {o.name!r} starts with it); OnnxClassifier feeds samples along axis 0: "
+                    "re-export the model with the batch axis first (permute the input inside the model)")
         fixed = self.input_shape[0]
         firsts = [_dims(o.shape)[0] if len(o.shape) else None for o in outputs]
         if fixed is None or not firsts or any(f is None or f == fixed for f in firsts):
@@ -511,6 +521,14 @@ class OnnxClassifier:
             )
         if not (self._zipmap or is_int_vector) and node.shape[1] == 1:
             raise ArgumentError(_ONE_COLUMN.format(name=node.name))
+        batch_dim = [i.shape[0] for i in self.session.get_inputs() if i.name == self.input_name][0]
+        if (not (self._zipmap or is_int_vector) and isinstance(batch_dim, str) and batch_dim
+                and node.shape[1] == batch_dim and node.shape[0] != batch_dim):
+            raise ArgumentError(
+                f"output {node.name!r} of shape {tuple(node.shape)} has the batch axis {batch_dim!r} of input "
+                f"{self.input_name!r} second: its rows are classes, not samples; OnnxClassifier reads scores (N, C): "
+                "re-export the model with the batch axis first (transpose the output inside the model), or choose "
+                "another output with `output=`")
         self.output_kind = "labels" if is_int_vector else "scores"
         last = node.shape[-1] if (self.output_kind == "scores" and not self._zipmap) else None
         self.num_classes = int(last) if isinstance(last, numbers.Integral) and last > 0 else None
@@ -654,6 +672,9 @@ class OnnxClassifier:
                 pad = np.zeros((fixed - real,) + chunk.shape[1:], dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             parts.append(self._run(chunk)[:real])
+        if len({p.shape[1:] for p in parts}) > 1:  # e.g. a class axis that followed the chunk size
+            raise ZoracleError(f"output {self.output_name!r} returned shapes {[p.shape for p in parts]} for chunks of "
+                               f"{step} samples: its trailing axes change with the batch; expected (n, C)")
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self.output_kind == "labels" and out.shape == (n, 1):  # a label column
             out = out.reshape(n)

@@ -468,6 +468,23 @@ def test_one_column_outputs_are_labels_or_refused(tmp_path):
     assert both.output_name == "label" and both.predict(x).tolist() == want.tolist()
 
 
+def test_an_output_with_the_batch_axis_second_is_refused_not_read_transposed():
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Transpose", ["z"], ["scores"], perm=[1, 0])],
+        "class_major", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [3, "N"])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    direct = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert direct.shape == (3, 3)  # (classes, samples): with 3 samples it passed for (N, C) scores, transposed
+    with pytest.raises(zo.ArgumentError, match=r"batch axis 'N' of input 'x' second"):
+        OnnxClassifier(model)
+
+
 def test_cast_given_as_text_is_refused(onnx_path):
     """OnnxClassifier(cast="False") cast inputs: bool("False") is True."""
     with pytest.raises(zo.ArgumentError, match="`cast` must be True or False, got 'False'"):
@@ -579,3 +596,31 @@ def test_a_fixed_batch_axis_that_one_output_of_two_starts_loads():
     x = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
     np.testing.assert_array_equal(clf(x), x)  # scores = x (Identity): the reference
     np.testing.assert_array_equal(clf(x[:3]), x[:3])  # padded to the fixed batch, the padding dropped
+
+
+class _FeaturesFirst(torch.nn.Module):
+    """Takes its samples along the SECOND axis: (4, N) -> (N, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x.t())
+
+
+def test_a_batch_axis_that_is_not_first_is_refused_not_cut_along_the_features(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "features_first.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(_FeaturesFirst().eval(), (torch.zeros(4, 2),), str(path), input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {1: "batch"}, "logits": {0: "batch"}},
+                          dynamo=False)
+    x = np.random.default_rng(0).normal(size=(4, 10)).astype(np.float32)  # 10 samples in the model's layout
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert direct.shape == (10, 3)
+    # axis 0 (4 features) was taken for a fixed batch axis: 4 of the 10 rows came back, or (x.T) rows of
+    # features cut into "batches" of 4, silently
+    with pytest.raises(zo.ArgumentError, match=r"batch axis 'batch' at axis 1"):
+        OnnxClassifier(path)
