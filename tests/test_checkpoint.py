@@ -591,3 +591,17 @@ def test_load_checkpoint_refuses_prefixes_that_are_not_strings(tmp_path, prefixe
     path = zo.save_checkpoint(tmp_path / "run.npz", {"params": np.arange(4.0), "opt/m": np.ones(4)}, {"note": "ok"})
     with pytest.raises(zo.ArgumentError, match="`prefixes` must be"):
         zo.load_checkpoint(path, expected={"params": ((4,), ("float64",))}, prefixes=prefixes)
+
+
+@pytest.mark.parametrize("kw, names", [
+    ({"prefixes": None}, "`prefixes` must be"),  # raw "'NoneType' object is not iterable"
+    ({"prefixes": 5}, "`prefixes` must be"),  # raw "'int' object is not iterable"
+    ({"check": 5}, "`check` must be"),  # raw "'int' object is not callable", after the file was opened
+    ({"check": "params"}, "`check` must be"),
+])
+def test_load_checkpoint_names_a_keyword_of_the_wrong_type(tmp_path, kw, names):
+    path = zo.save_checkpoint(tmp_path / "run.npz", {"params": np.arange(4.0)}, {"note": "ok"})
+    with pytest.raises(zo.ArgumentError, match=names) as info:
+        zo.load_checkpoint(path, **kw)
+    assert "corrupt" not in str(info.value) and "delete" not in str(info.value)
+    np.testing.assert_array_equal(zo.load_checkpoint(path, prefixes=(), check=None)[0]["params"], np.arange(4.0))

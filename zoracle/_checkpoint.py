@@ -329,10 +329,17 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
     """
     path = as_path(path, "path")
     expected = _check_expected(expected)
+    given = prefixes
     if not isinstance(prefixes, (str, bytes)):
-        prefixes = tuple(prefixes)  # (a generator: checked here, read again for every member)
-    if isinstance(prefixes, (str, bytes)) or not all(isinstance(p, str) for p in prefixes):
-        raise ArgumentError(f"`prefixes` must be a tuple of name prefixes such as ('opt/',), got {prefixes!r}")
+        try:
+            prefixes = tuple(prefixes)  # (a generator: checked here, read again for every member)
+        except TypeError:  # None or a number: "'NoneType' object is not iterable"
+            prefixes = None
+    if prefixes is None or isinstance(prefixes, (str, bytes)) or not all(isinstance(p, str) for p in prefixes):
+        raise ArgumentError(f"`prefixes` must be a tuple of name prefixes such as ('opt/',), or () for none, "
+                            f"got {given if prefixes is None else prefixes!r}")
+    if check is not None and not callable(check):
+        raise ArgumentError(f"`check` must be a callable check(meta) or None, got {type(check).__name__} {check!r}")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):
