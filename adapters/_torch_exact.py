@@ -1148,11 +1148,18 @@ def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False
                                tie_weights=False)
 
     xs, dim = (x.unsqueeze(0), 0) if batched_input else (x, None)
-    ctx.reset()
-    got = float(probe._loss(vmap(run, in_dims=(0, dim), randomness="error")([w.unsqueeze(0) for w in moved], xs)[0], 1)[0])
-    with _holding(params, moved):
+    # both losses from one seed: a loss_fn drawing its own noise (a Monte Carlo term, already
+    # warned about as not repeatable) gave two draws, read as a copy; torch's generators kept
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices):
+        torch.manual_seed(0)
         ctx.reset()
-        want = float(probe._loss(oracle.model(x), 1)[0])
+        got = float(probe._loss(vmap(run, in_dims=(0, dim), randomness="error")([w.unsqueeze(0) for w in moved], xs)[0],
+                                1)[0])
+        with _holding(params, moved):
+            torch.manual_seed(0)
+            ctx.reset()
+            want = float(probe._loss(oracle.model(x), 1)[0])
     return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
 
 

@@ -2568,3 +2568,25 @@ def test_every_chunk_starts_from_the_buffers_the_query_found():
     assert oracle.blocks and oracle.max_queries_per_call < 16
     want = _textbook_grad(snap, x, y, theta)
     assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
+
+
+def test_a_monte_carlo_loss_is_not_blamed_on_a_parameter_copy():
+    """A loss drawing its own noise: the check that vectorized full forwards reach each parameter
+    compared two losses with two draws of that noise, and warned that the forward "reads parameter
+    '0.weight' through a copy" of a plain nn.Sequential (turning vectorized forwards off)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+    def noisy(out, target):
+        return CE_ROWS(out + 0.1 * torch.randn_like(out), target)
+
+    with pytest.warns(RuntimeWarning, match=r"loss_fn\(model\(x\), y\) is not repeatable"):
+        oracle = TorchOracle(model, noisy, (x, y))
+    theta = oracle.initial_params()
+    rows = theta + 0.01 * np.random.default_rng(0).standard_normal((3, theta.size))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        oracle.batch(rows)
+    assert not [str(w.message) for w in seen if "through a copy" in str(w.message)]
+    assert oracle._core.vmap_ok is not False
