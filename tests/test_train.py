@@ -1299,7 +1299,8 @@ def test_a_checkpoint_of_dict_batches_written_before_their_rows_were_read_still_
     for k in ("format", "version"):
         meta.pop(k)
     zo.save_checkpoint(path, arrays, meta)
-    got = zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=2, resume=True, **kw).params
+    with pytest.warns(UserWarning, match="only their number \\(4\\) is compared"):
+        got = zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=2, resume=True, **kw).params
     w = np.zeros(3)
     for _ in range(2):
         for b in batches:
@@ -1328,3 +1329,62 @@ def test_minibatches_of_a_data_set_with_dict_rows_is_refused_naming_its_columns(
     order = np.random.default_rng([1, 0]).permutation(6)
     batches = zo.Minibatches((ds.cols["x"], ds.cols["y"]), 4, seed=1)(0)
     assert [b[1].tolist() for b in batches] == [order[:4].tolist(), order[4:].tolist()]
+
+
+def test_a_batches_callable_returning_one_iterator_every_epoch_is_named_with_the_fix():
+    """``lambda epoch: it`` for one iterator: epoch 0 reads it to its end and epoch 1 found it
+    empty; the error said only "`batches` gave no batch for epoch 1", not why nor what to do."""
+    r = np.random.default_rng(0)
+    X, y = r.standard_normal((40, 3)), r.standard_normal(40)
+    data = [(X[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8)]
+    it = iter(data)
+    with pytest.raises(zo.ArgumentError, match=r"no batch for epoch 1 .*iterator read once.*`lambda epoch: iter\(data\)`"):
+        zo.train(LinReg(), np.zeros(4), batches=lambda epoch: it, epochs=2, progress=False)
+    it = iter(data)  # one iterator shared, steps_per_epoch=2: epoch 2 runs short, with the reason
+    with pytest.warns(UserWarning, match=r"`batches\(2\)` gave 1 batches.*iterator read once"):
+        r = zo.train(LinReg(), np.zeros(4), batches=lambda epoch: it, epochs=3, steps_per_epoch=2, progress=False)
+    assert r.steps == 5
+    ok = zo.train(LinReg(), np.zeros(4), batches=lambda epoch: iter(data), epochs=2, progress=False)
+    assert ok.steps == 10  # a new iterator each epoch: both epochs run every batch
+
+
+def test_a_resume_of_a_dict_batch_checkpoint_without_rows_warns_that_sizes_are_not_compared(tmp_path):
+    """Such a checkpoint holds only its number of dict batches: a resume with the same number of
+    batches of other sizes (2 rows each, not 4) was taken silently; it warns now, and a new
+    checkpoint, which holds the rows, refuses it."""
+    from zoracle._train import _short_hash
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 3)), rng.standard_normal(16)
+
+    class DictLinReg:
+        def bind(self, batch):
+            return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
+
+    batches = [{"x": X[k:k + 4], "y": y[k:k + 4]} for k in range(0, 16, 4)]
+    other = [{"x": X[k:k + 2], "y": y[k:k + 2]} for k in range(0, 8, 2)]
+    kw = dict(estimator=zo.CGE(mu=1e-4, scheme="central"), optimizer=zo.sgd(0.05), rng=0, progress=False)
+    new, old = tmp_path / "new.npz", tmp_path / "old.npz"
+    zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=1, checkpoint=new, **kw)
+    arrays, meta = zo.load_checkpoint(new)
+    meta["config"]["batches"] = {"batches": 4, "rows": _short_hash([None] * 4)}  # as the older print read them
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(old, arrays, meta)
+    with pytest.raises(zo.CheckpointError, match="different settings \\(batches"):
+        zo.train(DictLinReg(), np.zeros(3), batches=other, epochs=2, resume=new, **kw)
+    with pytest.warns(UserWarning, match="rows of dict batches: only their number \\(4\\) is compared"):
+        zo.train(DictLinReg(), np.zeros(3), batches=other, epochs=2, resume=old, **kw)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0, -1e-3, float("nan")])
+def test_train_refuses_a_mu_not_above_zero_naming_mu_before_any_query(mu):
+    """``mu=-1e-3`` was refused as "`mu` must be a number >= 0", and ``mu=0`` then as "the value of
+    the `mu` schedule constant_schedule(value=0.0) at step 0 is 0.0": a bound that refused its own
+    value, and a schedule the caller never wrote. As the estimators say it: a finite number > 0."""
+    oracle = _Calls()
+    with pytest.raises(zo.ArgumentError, match=r"^`mu` must be a finite number > 0 \(e\.g\. 5e-3\) or a schedule") as info:
+        zo.train(oracle, np.zeros(4), epochs=1, steps_per_epoch=3, mu=mu, progress=False)
+    assert ">= 0" not in str(info.value) and "constant_schedule" not in str(info.value) and oracle.calls == 0
+    with pytest.raises(zo.ArgumentError, match=r"`mu` must be a finite number > 0"):
+        zo.CGE(mu=mu)  # the estimator's own words
+    assert zo.train(oracle, np.zeros(4), epochs=1, steps_per_epoch=3, mu=1e-3, progress=False).steps == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numbers
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -213,6 +214,11 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                 saved = dict(saved, batches=now)
             elif legacy_batches is not None and was == legacy_batches and was != now:
                 saved = dict(saved, batches=now)  # written before a dict batch's rows were read (then: none)
+                warnings.warn(
+                    f"checkpoint {path!r} was written before checkpoints recorded the rows of dict batches: only "
+                    f"their number ({was.get('batches')}) is compared, so dict batches of other sizes are not caught; "
+                    "resume with the batches that run used (the next checkpoint records their rows)",
+                    UserWarning, stacklevel=5)
         unread = list(getattr(oracle, "_unread_moved", None) or ())
         if isinstance(saved, dict) and "layout" not in saved and unread:
             # before layouts were saved, a TorchOracle kept such parameters in the model's order; it

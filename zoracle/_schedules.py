@@ -175,13 +175,16 @@ class linear_warmup:
         return inner(step)
 
 
-def as_schedule(value: FloatOrSchedule, name: str = "lr") -> Schedule:
-    """A float as :class:`constant_schedule`; a callable unchanged; anything else an error."""
+def as_schedule(value: FloatOrSchedule, name: str = "lr", positive: bool = False) -> Schedule:
+    """A float as :class:`constant_schedule`; a callable unchanged; anything else an error
+    (a number below 0, or with ``positive`` (``mu``) not above 0)."""
     if callable(value):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0 \
+            or (positive and value <= 0):
         raise ArgumentError(
-            f"`{name}` must be a number >= 0 or a schedule (a callable step -> value), got {value!r}"
+            f"`{name}` must be a {'finite number > 0 (e.g. 5e-3)' if positive else 'number >= 0'} or a schedule "
+            f"(a callable step -> value), got {value!r}"
         )
     return constant_schedule(float(value))
 

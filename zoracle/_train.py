@@ -305,6 +305,7 @@ class TrainResult:
 def _epoch_batches(batches, epoch: int, steps_per_epoch):
     if batches is None:
         return [None] * (steps_per_epoch or 1)
+    used_up = ""  # why a callable's epoch may run short: the iterator it returned was used up before
     if callable(batches):
         got = batches(epoch)
         if isinstance(got, (list, tuple)):
@@ -315,19 +316,23 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
             except TypeError:
                 raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
                                     f"{type(got).__name__}, not a sequence of batches") from None
+            if it is got:  # an iterator (not a sequence): one pass only
+                used_up = (f" (it returned a {type(got).__name__}, an iterator read once: one returned again for "
+                           f"every epoch, as `lambda epoch: it` does, runs out; return a list of batches or a new "
+                           f"iterator each call, e.g. `lambda epoch: iter(data)`)")
             out = _drain(it, epoch, steps_per_epoch)  # (an endless generator stops at steps_per_epoch)
     else:
         out = list(batches)
     if steps_per_epoch is not None:
         if callable(batches) and len(out) < steps_per_epoch:  # sized batches are refused before the run
             msg = (f"`batches({epoch})` gave {len(out)} batches, fewer than `steps_per_epoch`={steps_per_epoch}: the "
-                   f"epoch runs {len(out)} steps")
+                   f"epoch runs {len(out)} steps{used_up}")
             if epoch == 0:  # before the run's steps: refused, as for a list
                 raise ArgumentError(f"{msg}; pass steps_per_epoch={len(out)}, or give that many batches an epoch")
             warnings.warn(msg, UserWarning, stacklevel=3)
         out = out[:steps_per_epoch]
     if not out:
-        raise ArgumentError(f"`batches` gave no batch for epoch {epoch}")
+        raise ArgumentError(f"`batches` gave no batch for epoch {epoch}{used_up}")
     return out
 
 
@@ -886,7 +891,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if not isinstance(optimizer, Optimizer):
         raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, got {type(optimizer).__name__}")
     lr_sched = as_schedule(schedule, "schedule") if schedule is not None else None
-    mu_sched = as_schedule(mu, "mu") if mu is not None else None
+    mu_sched = as_schedule(mu, "mu", positive=True) if mu is not None else None
     if checkpoint_every != "epoch":
         checkpoint_every = _count("checkpoint_every", checkpoint_every, 1)
     if callable(callbacks):
