@@ -160,6 +160,20 @@ def test_shown_outputs_are_read_as_meant():
     assert appears("71.0%", "74.4%") and not appears("-2.03", "-1.9806") and appears("-2.03", "-2.0329")
 
 
+def test_every_print_in_a_block_shows_its_output():
+    """A block that prints shows what it prints (``print(...)  # <output>``, or a comment line
+    under a long print), so the reader can compare and the runner above checks its numbers: a
+    review found training.md's DeepZero loop printing its query count and test accuracy, and
+    its resume example printing the refusal, with neither shown nor checked."""
+    silent = []
+    for p in BLOCKS:
+        page, line, code = p.values
+        prints = sum("print(" in ln for ln in code.splitlines())
+        if len(shown_outputs(code)) < prints:
+            silent.append(f"{page.relative_to(ROOT)}:{line}")
+    assert silent == []
+
+
 def test_readme_links_into_docs_exist():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     links = re.findall(r"\]\((docs/[^)#\s]+)", text)

@@ -16,12 +16,14 @@ def test_train_torch_example_trains_checkpoints_resumes_and_plots(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_torch.py"), "--epochs", "2", "--out", str(out)],
+    # `--quick` as its docstring and --help show it ("the test runs this"); it ran `--epochs 2`, and
+    # no test ran `--quick`
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_torch.py"), "--quick", "--out", str(out)],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr  # feature reuse through zoracle_steps(): no fallback warning
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("stopped after epoch 1 of 2") and lines[1].startswith("resumed and finished 2 epochs")
+    assert lines[0].startswith("stopped after epoch 2 of 4") and lines[1].startswith("resumed and finished 4 epochs")
     first, total = (int(line.split(" queries")[0].split()[-1].replace(",", "")) for line in lines[:2])
     assert 0 < first < total  # the resumed run continued the counters, it did not start over
     assert (out / "checkpoint.npz").stat().st_size > 0 and (out / "train_torch.png").stat().st_size > 1000
