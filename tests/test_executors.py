@@ -1607,3 +1607,26 @@ def test_the_batches_an_executor_remembers_are_the_ones_its_registry_holds():
         assert 0 < len(ex._batch_seen) <= ex._bound.keep  # 20 batches were sent
     finally:
         ex.close()
+
+
+def test_losses_too_coarse_are_warned_about_on_process_workers_too(loky2, monkeypatch):
+    """The warning about float32 / integer losses (a float32 loss near 1e4 gives partials in steps
+    of 0.195 at mu = 0.005) came from the driver's own wrapper of the oracle, which a process worker's
+    queries never reach: the same estimate, as quantized, was silent on JoblibExecutor, Dask and Ray."""
+    import zoracle._estimators as est_module
+
+    w = np.linspace(0.5, 1.5, 10)
+    f32 = lambda x: np.float32(1e4) + np.float32(w @ x)  # noqa: E731
+    for executor in (None, loky2):
+        monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+        with pytest.warns(UserWarning, match=r"returns float32 losses: near the base loss 10000 they are 0.000977 "
+                                             r"apart, so a difference over mu = 0.005 resolves a partial derivative "
+                                             r"only to 0.195"):
+            got = zo.estimate_gradient(f32, np.zeros(10), zo.CGE(), executor=executor)
+        assert np.max(np.abs(got.grad - w)) > 0.05  # the quantization the warning is about
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    with pytest.warns(UserWarning, match=r"returns int losses.*only to 200"):
+        zo.estimate_gradient(lambda x: int(round(100 * float(w @ x))) + 1, np.zeros(10), executor=loky2)
+    with warnings.catch_warnings():  # float64 losses: nothing to say
+        warnings.simplefilter("error")
+        zo.estimate_gradient(lambda x: 1e4 + float(w @ x), np.zeros(10), executor=loky2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import psutil
@@ -232,6 +233,74 @@ def test_oracle_error_whose_cause_does_not_unpickle_stays_an_oracle_error(backen
     err = info.value
     assert err.query.startswith("coordinate 7")
     assert "SolverError: solver failed with code 7 in mesh" in str(err) and "shard" in str(err)
+
+
+class RaisesAWorkersOwnError:
+    """At coordinate ``i``, raises an exception of a module only the workers can import (a client
+    library installed on the cluster, not beside the driver)."""
+
+    def __init__(self, x0, i):
+        self.x0, self.i = x0, i
+
+    def __call__(self, x):
+        if x[self.i] != self.x0[self.i]:
+            import zoracle_workers_only_errors as mod
+
+            raise mod.QuotaError(f"quota exceeded at coordinate {self.i}")
+        return float(x @ x)
+
+
+def test_an_oracle_error_whose_class_only_the_workers_import_is_still_an_oracle_error(tmp_path, monkeypatch,
+                                                                                         watch):
+    """The worker checked only that the error unpickles on its own side: the driver, which cannot
+    import the class, got a bare ``ModuleNotFoundError: No module named ...`` naming no query (on
+    Dask: "lost 5 times as other workers died", the shard run 5 times; on Ray a RaySystemError)."""
+    (tmp_path / "zoracle_workers_only_errors.py").write_text("class QuotaError(Exception):\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    x = params()
+    with JoblibExecutor(2) as ex:  # its workers start with the PYTHONPATH above; this process's path is as it was
+        with pytest.raises(zo.OracleError) as info:
+            zo.estimate_gradient(RaisesAWorkersOwnError(x, 7), x, zo.CGE(), executor=ex)
+        err = info.value
+        assert err.query.startswith("coordinate 7")
+        assert "QuotaError: quota exceeded at coordinate 7" in str(err) and "shard" in str(err)
+        ref = zo.estimate_gradient(lambda v: float(v @ v), x, zo.CGE())  # the executor still works
+        np.testing.assert_array_equal(zo.estimate_gradient(lambda v: float(v @ v), x, zo.CGE(), executor=ex).grad,
+                                      ref.grad)
+
+
+class SlowAtZeroNanAtFive:
+    """Coordinate 0: a slow query (logged as it starts and ends); coordinate 5: NaN at once."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, x):
+        if x[0] != 0:
+            with open(self.log, "a") as fh:
+                fh.write("start\n")
+            time.sleep(1.5)
+            with open(self.log, "a") as fh:
+                fh.write("end\n")
+        return float("nan") if x[5] != 0 else float(x @ x)
+
+
+def test_an_oracle_error_lets_the_other_process_workers_finish_their_shards(tmp_path, watch):
+    """A NaN (raised at once) on one worker killed the other worker in the middle of its query: a
+    paid query cut off, the worker started again and the oracle loaded again at the next run. Threads,
+    Dask and Ray let the other shards finish."""
+    log = tmp_path / "log.txt"
+    x = np.zeros(6)
+    with JoblibExecutor(2) as ex:
+        zo.estimate_gradient(lambda v: float(v @ v), x, zo.CGE(), executor=ex)
+        pids = list(ex.pids)
+        with pytest.raises(zo.OracleError, match="nan at coordinate 5"):
+            zo.estimate_gradient(SlowAtZeroNanAtFive(str(log)), x, zo.CGE(), executor=ex)
+        assert log.read_text().split() == ["start", "end"]  # the slow query finished
+        assert ex.pids == pids  # no worker was replaced
+        ref = zo.estimate_gradient(lambda v: float(v @ v) + v[0], x, zo.CGE())
+        np.testing.assert_array_equal(
+            zo.estimate_gradient(lambda v: float(v @ v) + v[0], x, zo.CGE(), executor=ex).grad, ref.grad)
 
 
 def test_portable_error_drops_a_chain_that_does_not_unpickle():

@@ -90,6 +90,40 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         JoblibExecutor(2, timeout=0)
 
 
+class _ScratchSlowOnce:
+    """A serial oracle (a scratch buffer, not thread-safe): one slow query at coordinate 3, then fast."""
+
+    def __init__(self, x0, slow):
+        self.x0, self.slow, self.buf, self.calls = x0, slow, np.zeros(x0.size), 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.slow and x[3] != self.x0[3]:
+            time.sleep(self.slow)
+        np.multiply(x, np.arange(1.0, x.size + 1), out=self.buf)
+        time.sleep(0.01)  # between writing the buffer and reading it
+        return float(self.buf.sum())
+
+
+def test_a_serial_timeout_stops_the_abandoned_shard_before_the_next_estimate():
+    """After SerialExecutor's ShardTimeout the thread left behind went on through the rest of its
+    shard (every coordinate), querying the oracle beside the caller's next estimate: an oracle with
+    a scratch buffer, made for serial use, then gave a retry a gradient 13 off (true: 1..40)."""
+    d = 40
+    x0 = np.linspace(0.1, 1.0, d)
+    oracle = _ScratchSlowOnce(x0, slow=1.3)
+    ex = SerialExecutor(timeout=1.0)
+    with pytest.raises(ShardTimeout):
+        zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+    oracle.slow = 0.0
+    time.sleep(0.4)  # the slow query (already inside the oracle, it cannot be stopped) ends
+    calls = oracle.calls
+    est = zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+    time.sleep(0.5)
+    assert oracle.calls - calls == d + 1  # this estimate's queries only
+    np.testing.assert_allclose(est.grad, np.arange(1.0, d + 1), rtol=1e-6)
+
+
 class SlowToLoad:
     """Takes ``seconds`` to unpickle (an import, weights to read); each call is fast."""
 

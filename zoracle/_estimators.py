@@ -564,8 +564,8 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
     """Warn when the base point's loss came back in a precision too coarse for differences over
     ``mu`` (an integer, or float32 with float64 params) against the estimate ``grad`` (NumPy, or a
     function returning it, called only when the verdict needs it):
-    the estimate is quantized, silently else. Serial runs only (a worker's base value does not
-    travel)."""
+    the estimate is quantized, silently else. On a process or cluster executor only the loss's type
+    travels from the worker (a :class:`~zoracle._executors_core.LossKind`)."""
     value = wrapped.base_value
     if value is not None and not isinstance(value, float):
         # once per oracle class (a plain function: per code, as every function's class is `function`)

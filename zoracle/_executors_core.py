@@ -27,13 +27,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._errors import OracleError, ZoracleError, _round_trips
+from ._errors import OracleError, ZoracleError, _round_trips, exc_text
 from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
-           "unsendable", "ToDeviceError", "Pickled", "pack"]
+           "unsendable", "ToDeviceError", "Pickled", "pack", "LossKind"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -299,7 +299,7 @@ class WorkerState:
     def run(self, spec, task, oracle=None, batch=_UNSET, params=None):
         """Run ``task``; items not held yet come in ``oracle`` / ``batch`` / ``params``.
 
-        Returns ``(losses, seconds)``.
+        Returns ``(losses, seconds, loss_kind)`` (see :func:`loss_kind`).
         """
         oracle_token, batch_token, params_token = spec
         self.load(spec, oracle, batch, params)
@@ -308,7 +308,24 @@ class WorkerState:
         wrapped = self.oracle(oracle_token, batch_token)
         t0 = time.perf_counter()
         out = task.run(wrapped, self.params[1])
-        return np.asarray(out, dtype=np.float64), time.perf_counter() - t0
+        return np.asarray(out, dtype=np.float64), time.perf_counter() - t0, loss_kind(wrapped)
+
+
+def loss_kind(oracle: Oracle):
+    """The type of the losses ``oracle`` returned (``"float32"``, ``"int"``), when not a Python float:
+    it tells the driver the losses' precision (see :func:`~zoracle._oracle.coarse_losses`), which a
+    worker's copy of the oracle saw and the driver's did not."""
+    value = getattr(oracle, "base_value", None)
+    if value is None or isinstance(value, float):
+        return None
+    return str(getattr(value, "dtype", type(value).__name__))
+
+
+class LossKind:
+    """Stands in, on the driver, for a loss a worker saw: only its ``dtype`` name travels."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
 
 
 def portable_error(exc: BaseException):
@@ -331,26 +348,66 @@ def error_outcome(exc: BaseException) -> tuple:
     """``("err", exception, traceback_text, message)`` ready to cross a process boundary.
 
     The message travels separately: an exception's ``__reduce__`` may rebuild it without
-    every detail of the original text.
+    every detail of the original text. The exception travels as an :class:`Either` of itself and
+    its text alone: a worker can only check that it unpickles there, and a class the worker imports
+    (an oracle's client library, installed on the workers only) may not unpickle on the driver.
     """
-    return ("err", portable_error(exc), traceback.format_exc(limit=8), str(exc))
+    sent = portable_error(exc)
+    return ("err", Either(sent, as_text(sent)), traceback.format_exc(limit=8), str(exc))
+
+
+def as_text(exc: BaseException) -> BaseException:
+    """``exc`` with nothing but builtin types and text in it: an :class:`OracleError` keeps its
+    query, its cause as ``RuntimeError("Type: text")``; anything else is a RuntimeError of its text."""
+    if isinstance(exc, OracleError):
+        cause = None if exc.cause is None else RuntimeError(f"{type(exc.cause).__name__}: {exc_text(exc.cause)}")
+        value = exc.value if type(exc.value) in (int, float, str, type(None)) else repr(exc.value)
+        try:
+            return OracleError(exc.query, value, cause, exc.detail)
+        except Exception:  # a field that is not what OracleError takes: the text below
+            pass
+    return RuntimeError(f"{type(exc).__name__}: {exc_text(exc)}")
+
+
+class Either:
+    """``obj`` on its way to another process, or ``fallback`` where ``obj`` does not unpickle there
+    (:func:`schedule` takes ``obj`` out of one that did not travel, on threads)."""
+
+    def __init__(self, obj, fallback):
+        self.obj, self.fallback = obj, fallback
+
+    def __reduce__(self):
+        try:
+            blob = pickle.dumps(self.obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return (_loaded_or, (None, self.fallback))
+        return (_loaded_or, (blob, self.fallback))
+
+
+def _loaded_or(blob, fallback):
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:  # e.g. a class only the sender can import
+            pass
+    return fallback
 
 
 def run_task_guarded(oracle: Oracle, task, params):
-    """``task.run`` as ``("ok", losses, seconds)`` or ``("err", exception, traceback_text)``."""
+    """``task.run`` as ``("ok", losses, seconds, loss_kind)`` or ``("err", exception, traceback_text)``."""
     try:
         t0 = time.perf_counter()
         out = np.asarray(task.run(oracle, params), dtype=np.float64)
-        return ("ok", out, time.perf_counter() - t0)
+        return ("ok", out, time.perf_counter() - t0, loss_kind(oracle))
     except BaseException as exc:  # reported to the driver, which decides about retries
         return error_outcome(exc)
 
 
 def run_guarded(state: WorkerState, spec, task, **items):
-    """``("ok", losses, seconds)`` or ``("err", exception, traceback_text)``; never raises."""
+    """``("ok", losses, seconds, loss_kind)`` or ``("err", exception, traceback_text)``; never raises."""
     try:
-        out, secs = state.run(spec, task, **items)
-        return ("ok", out, secs)
+        out, secs, kind = state.run(spec, task, **items)
+        return ("ok", out, secs, kind)
     except BaseException as exc:  # reported to the driver, which decides about retries
         return error_outcome(exc)
 
@@ -745,7 +802,7 @@ def unless_closed(backend):
 LOST_RETRIES = 3
 
 
-def schedule(backend, shards, costs, stats_cb=None, timeout=None):
+def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
     """Run ``shards`` on ``backend``'s workers; results in shard order.
 
     ``backend`` provides ``idle()`` (idle worker handles), ``workers()`` (all live ones),
@@ -848,9 +905,13 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None):
                 loading.discard(jid)
                 i, _ = inflight.pop(jid)
                 started.pop(jid, None)
+                if outcome[0] == "err" and isinstance(outcome[1], Either):  # one that did not travel (threads)
+                    outcome = ("err", outcome[1].obj) + tuple(outcome[2:])
                 if outcome[0] == "ok":
                     results[i] = outcome[1]
                     busy += outcome[2]
+                    if kind_cb is not None and len(outcome) > 3 and outcome[3] is not None:
+                        kind_cb(outcome[3])  # the type of the losses a worker saw (float32, int)
                     if stats_cb is not None:
                         stats_cb(shards[i], outcome[2])
                     continue

@@ -28,6 +28,7 @@ from ._plan import BaseTask
 from ._executors_core import (
     BatchMirror,
     CostModel,
+    LossKind,
     NestedRunError,
     Payload,
     Registry,
@@ -266,10 +267,15 @@ class ShardedExecutor(StaysHere):
             per_worker=self.shards_per_worker,
         )
         backend = self._backend(payload, oracle)
+
+        def seen(kind):  # the losses' type a worker saw, for the warning about coarse losses
+            if getattr(oracle, "base_value", False) is None:
+                oracle.base_value = LossKind(kind)
+
         t0 = time.perf_counter()
         results, retries, busy = schedule(
             backend, shards, costs, lambda t, s: self._costs.learn(payload.oracle_token, t, s),
-            timeout=self.timeout,
+            timeout=self.timeout, kind_cb=seen,
         )
         wall = time.perf_counter() - t0
         self.last_run = RunStats(len(shards), retries, wall, busy, self.n_workers)
@@ -564,9 +570,22 @@ class _ProcBackend:
         return out
 
     def abort(self, workers, hung=True) -> None:
+        """After a timeout or Ctrl-C (``hung``), replace the workers running shards; after an error
+        elsewhere, let them finish theirs (a paid query is not cut off, the oracle not loaded again),
+        dropping the answers, as threads do: those still busy after ``timeout`` (or ABORT_WAIT_S) s go."""
+        finishing = []
         for p in workers:
             if p in self.pool._procs and p.jid is not None:
-                self.pool._replace(p)
+                if hung is True or (hung and p in hung):
+                    self.pool._replace(p)
+                else:
+                    finishing.append(p)
+        end = time.monotonic() + (self.pool.timeout or ABORT_WAIT_S)
+        busy = lambda: [p for p in finishing if p in self.pool._procs and p.jid is not None]  # noqa: E731
+        while busy() and time.monotonic() < end:
+            self.wait(max(0.0, end - time.monotonic()))  # their answers are read and dropped
+        for p in busy():
+            self.pool._replace(p)
 
 
 #: seconds between checks of busy workers' exit codes while none reports (see _ProcBackend.wait)

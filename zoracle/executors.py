@@ -109,8 +109,9 @@ class SerialExecutor:
     ----------
     timeout : float, optional
         Seconds a task may run; a longer one raises :class:`ShardTimeout`. With a timeout
-        each task runs in a helper thread that the caller waits for (a hung oracle cannot be
-        stopped: its thread is left to finish in the background).
+        each task runs in a helper thread that the caller waits for (a hung oracle call cannot be
+        stopped: its thread is left to finish that call in the background, and makes no further
+        query, so that it never runs beside your next estimate).
     """
 
     n_workers = 1
@@ -159,6 +160,9 @@ class SerialExecutor:
         worker.start()
         worker.join(self.timeout)
         if worker.is_alive():
+            if hasattr(oracle, "fn"):  # the estimate's own wrapper: the abandoned thread stops at its next
+                # query instead of querying on, beside the caller's next estimate, an oracle made for serial use
+                oracle.fn = _Abandoned(oracle.fn)
             err = ShardTimeout(
                 f"shard {i + 1}/{n} ({describe_task(task)}) did not finish within timeout={self.timeout:g} s "
                 f"on the calling process (SerialExecutor); the oracle hangs or is slower than the limit: "
@@ -169,6 +173,22 @@ class SerialExecutor:
         if "err" in box:
             raise box["err"]
         return box["ok"]
+
+
+class _Abandoned:
+    """Stands in for the oracle of a shard that ``SerialExecutor`` gave up on (``timeout``): every
+    further query of that shard's thread fails, so it stops instead of running beside later calls."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        raise ShardTimeout("this shard timed out and was abandoned: no more queries")
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ShardTimeout("this shard timed out and was abandoned: no more queries")
 
 
 def _check_count(name: str, value, allow_all: bool = False) -> int:
