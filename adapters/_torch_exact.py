@@ -670,6 +670,8 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
     finally:
         oracle._load(theta)
         core.checking = False
+    if not reason:
+        reason = _hook_check(oracle, theta)
     _unwatch_changed(core.model, before, tensors=False)
     if not reason:  # as the check left it (buffers put back by copies): checked too
         core.checked_modes.add(_modes(core.model))
@@ -688,6 +690,41 @@ def _hooked(model: nn.Module) -> str:
     if not names:
         return ""
     return f"; {name_list(names)} run(s) forward hooks, which the split's closed forms do not run"
+
+
+def _hook_check(oracle, theta) -> str:
+    """The closed forms do not run forward hooks: a hook that changes what its module computes
+    must retire the split even where the self-check passes (it moves a block's first and last
+    coordinate on two samples: a pre-hook scaling a Linear's input changes none of those losses
+    where that input channel is 0 there). ``model(x)``'s loss on the whole bound batch, with the
+    hooks and without them, at the parameters and with all of them moved, must be the same (an
+    observing hook, which returns None and writes nothing, keeps the split)."""
+    core = oracle._core
+    mods = [m for m in core.model.modules() if m._forward_hooks or m._forward_pre_hooks]
+    if not mods:
+        return ""
+    x, y = oracle._x, oracle._y
+
+    def without_hooks() -> float:
+        saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in mods]
+        try:
+            for m in mods:
+                m._forward_hooks, m._forward_pre_hooks = type(m._forward_hooks)(), type(m._forward_pre_hooks)()
+            return reference_loss(oracle, x, y)
+        finally:
+            for m, f, pre in saved:
+                m._forward_hooks, m._forward_pre_hooks = f, pre
+
+    try:
+        for moved in (False, True):
+            with _holding(core.params, _check_moves(core.params) if moved else [p.detach() for p in core.params]):
+                got, plain = reference_loss(oracle, x, y), without_hooks()
+            if not (got == plain or (math.isnan(got) and math.isnan(plain)) or _close(got, plain, plain, oracle.dtype)):
+                return (f"model(x) gives loss {got:.10g} with its forward hooks but {plain:.10g} without them"
+                        + (" (all parameters moved)" if moved else ""))
+    finally:
+        oracle._load(theta)
+    return ""
 
 
 def name_list(names) -> str:

@@ -79,6 +79,18 @@ class _Tracer(fx.Tracer):
         # traced so: it is traced with tensors, and its buffers join the split's key
         self.proxy_buffer_attributes = proxy_buffers
 
+    def trace(self, root, concrete_args=None):
+        self.autocast_at_start = _autocast_state()
+        self.autocast = False
+        return super().trace(root, concrete_args)
+
+    def create_node(self, *args, **kwargs):
+        # a `with torch.autocast(...)` block in the forward runs while fx traces, but the graph does
+        # not record it: its steps would run in the model's dtype, where model(x) runs them in half
+        if _autocast_state() != self.autocast_at_start:
+            self.autocast = True
+        return super().create_node(*args, **kwargs)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, torch.jit.ScriptModule):  # compiled: one opaque step, its own forward
             return True
@@ -89,6 +101,10 @@ class _Tracer(fx.Tracer):
             return True
         return any(c.__module__.startswith("torch.nn") and c is not nn.Module and c is not nn.Sequential
                    for c in type(m).__mro__[1:])
+
+
+def _autocast_state() -> tuple:
+    return tuple(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
 
 
 def _functional(node: fx.Node):
@@ -297,6 +313,9 @@ def trace_steps(model: nn.Module):
         else:
             hint = ""
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
+    if tracer.autocast:
+        return None, (f"{type(model).__name__}'s forward enters torch.autocast, which torch.fx does not capture (the "
+                      "captured steps would run in the model's dtype, model(x) in half precision)")
     for name, m in model.named_modules():
         if not proxy and m._buffers and (m is model or not tracer.is_leaf_module(m, name)):
             BAKED_BUFFERS.add(m)  # read as values at the capture: a change must check the split again

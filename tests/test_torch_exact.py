@@ -1859,6 +1859,61 @@ def test_a_hook_there_at_the_capture_is_named_when_the_split_is_refused():
     np.testing.assert_allclose(est, _textbook(oracle, theta), rtol=1e-6, atol=1e-9)
 
 
+class _ScaledInput(nn.Module):
+    """A pre-hook scaling a Linear's input (an input-scaling or fake-quantization hook)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(10, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+        self.b.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_a_hook_the_self_check_cannot_see_still_retires_the_split():
+    """The self-check moves a block's first and last coordinate on two samples: where the input
+    channel 0 of ``b`` is 0 on both (a ReLU), a pre-hook doubling that input changed none of its
+    losses, the split passed, and the closed form for ``b.weight`` (which does not run the hook)
+    gave half the difference on 34 of its 64 coordinates, with no warning."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 10, dtype=torch.float64), torch.randint(0, 4, (6,))
+    torch.manual_seed(0)
+    model = _ScaledInput().double()
+    ref = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, CE_ROWS).bind((x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3)).grad
+    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    assert "'b' run(s) forward hooks" in said, said
+
+    def loss(th):  # textbook: one parameter at a time on a copy, by name
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).mean())
+    base = loss(theta)
+    want = np.array([(loss(theta + 1e-3 * e) - base) / 1e-3 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
+
+
+def test_an_observing_hook_keeps_the_split():
+    """A hook that only looks (returns None, writes nothing) changes nothing the split computes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS).bind((x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+    assert oracle.blocks and seen
+    np.testing.assert_allclose(est, _textbook(oracle, theta), rtol=1e-6, atol=1e-9)
+
+
 class _Guarded(nn.Module):
     """A module with its own forward (a Python check): no closed form, vmap cannot batch it."""
 
@@ -2590,3 +2645,43 @@ def test_a_monte_carlo_loss_is_not_blamed_on_a_parameter_copy():
         oracle.batch(rows)
     assert not [str(w.message) for w in seen if "through a copy" in str(w.message)]
     assert oracle._core.vmap_ok is not False
+
+
+class _Autocast(nn.Module):
+    """A forward running its first layer under ``torch.autocast`` (mixed precision)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.relu(self.a(x))
+        return self.b(h.float())
+
+
+def test_autocast_in_the_forward_is_refused_not_dropped():
+    """fx does not record ``with torch.autocast``: the captured steps ran in float32, model(x) in
+    bfloat16, a difference the float32 self-check let pass on two samples. Forward differences then
+    took model(x)'s base loss and the graph's perturbed ones: every coordinate was off by their
+    difference over mu (0.037 on b.bias, whose largest gradient is 0.11)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 10), torch.randint(0, 4, (6,))
+    model = _Autocast()
+    ref = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
+    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    assert "torch.autocast" in said, said
+
+    def loss(th):  # textbook: the model as written, one coordinate at a time, by name
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
+    head = slice(oracle.param_info[2].slice.start, theta.size)  # b: smooth in its own parameters
+    base = loss(theta)
+    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)[head]]
+    np.testing.assert_allclose(est[head], want, atol=1e-4)

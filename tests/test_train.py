@@ -176,6 +176,8 @@ def test_progress_bar_and_logging(capsys, caplog):
         # ratios without sparsity were ignored: the run estimated every parameter
         (dict(ratios=np.array([0.5])), r"`ratios` \(an array of 1\) sets the keep ratios of sparse CGE"),
         (dict(ratios="uniform"), r"`ratios` \('uniform'\) .* needs `sparsity`"),
+        # None was shown as "an array of 1" (np.size(None) is 1)
+        (dict(ratios=None), r"`ratios` \(None\) sets the keep ratios of sparse CGE"),
         # more steps an epoch than batches ran the batches there are, silently
         (dict(batches=zo.Minibatches((np.zeros((4, 3)),), 2), steps_per_epoch=5),
          r"`steps_per_epoch`=5 but `batches` holds 2 batches an epoch"),

@@ -913,7 +913,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         raise ArgumentError("`fill_small_blocks` changes the sparse split of ZO-GraSP; it needs `sparsity` "
                             "(e.g. sparsity=0.9), or pass fill_small_blocks=False")
     if not sparse and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # the default: nothing asked
-        shown = repr(ratios) if isinstance(ratios, str) else f"an array of {np.size(ratios)}"
+        shown = repr(ratios) if isinstance(ratios, str) or ratios is None else f"an array of {np.size(ratios)}"
         raise ArgumentError(f"`ratios` ({shown}) sets the keep ratios of sparse CGE, which needs `sparsity` "
                             "(e.g. sparsity=0.9); without it every parameter is estimated and the ratios would be "
                             "ignored: pass `sparsity`, or leave `ratios` out")
@@ -939,7 +939,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             ("fill_small_blocks", fill_small_blocks, fill_small_blocks), ("ranking", ranking, ranking != "magnitude"),
             ("grasp_directions", grasp_directions, grasp_directions != 192)) if changed]
         if unused:
-            shown = repr(ratios) if isinstance(ratios, str) else f"an array of {np.size(ratios)}"
+            shown = repr(ratios) if isinstance(ratios, str) or ratios is None else f"an array of {np.size(ratios)}"
             why = "without `sparsity` no ratios are computed" if not sparse else f"`ratios`={shown} does not compute them"
             raise ArgumentError(f"{', '.join(f'`{u}`' for u in unused)} set how ZO-GraSP computes the keep ratios of "
                                 f"sparse CGE, but {why}: leave them out, or pass sparsity=... with ratios=\"zo_grasp\"")
