@@ -333,3 +333,34 @@ def test_a_metric_an_evaluation_returned_as_nan_or_inf_is_a_gap_not_joined_over(
     line = plot_history(res.history, x="step").axes[1].lines[0]
     x, y = line.get_data()
     assert list(x) == [1, 2, 3, 4] and y[0] == 0.9 and y[3] == 0.8 and np.isnan(y[1]) and np.isnan(y[2])
+
+
+def test_a_run_of_one_step_draws_its_loss():
+    """A line through one point draws nothing: the loss panel of a one-step run (or of a
+    checkpoint read after its first step) was empty."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    def pixels(fig):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+    r = zo.train(loss, np.ones(6), epochs=1, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    fig = r.plot(x="step")
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [1] and list(line.get_ydata()) == [r.loss]
+    drawn = pixels(fig)
+    line.set_visible(False)
+    assert (pixels(fig) != drawn).any()  # the step's loss shows in the figure
+
+
+def test_a_run_and_its_checkpoint_draw_the_same_panels_in_the_same_order(tmp_path):
+    """A checkpoint stores each record's fields sorted: `zoracle plot run.npz` drew eval_fn's
+    metrics in another order than result.plot() of the same run (auc before test_acc)."""
+    r = zo.train(loss, np.ones(6), epochs=2, optimizer=zo.sgd(0.1), rng=0, progress=False,
+                 checkpoint=tmp_path / "run.npz", eval_fn=lambda p: {"test_acc": 0.5, "auc": 0.7})
+    saved = zo.History.from_checkpoint(tmp_path / "run.npz")
+    assert saved == r.history
+    shown = [ax.get_ylabel() for ax in r.plot().axes]
+    assert sorted(shown[1:]) == ["auc", "test_acc"]
+    assert [ax.get_ylabel() for ax in saved.plot().axes] == shown

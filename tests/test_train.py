@@ -163,6 +163,33 @@ def test_progress_bar_and_logging(capsys, caplog):
     assert sum("epoch" in r.getMessage() for r in caplog.records) == 2
 
 
+def test_what_eval_fn_callbacks_and_the_epoch_log_print_starts_its_own_line(monkeypatch):
+    """The bar's line was continued by a print in eval_fn or a callback, and by the epoch's log
+    line: a terminal showed 'qps=258]eval 0.9' (the bar's text, then the print) for every epoch.
+    The bar is cleared before such a write and drawn again after."""
+    import io
+    import sys
+
+    screen = io.StringIO()  # stdout and stderr on one terminal
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    handler = logging.StreamHandler(screen)
+    log = logging.getLogger("zoracle")
+    log.addHandler(handler)
+    monkeypatch.setattr(log, "level", logging.INFO)
+    try:
+        zo.train(lambda x: float(x @ x), np.ones(3), epochs=3, steps_per_epoch=4, optimizer=zo.sgd(0.01), rng=0,
+                 progress=True, eval_fn=lambda p: print("EVAL", float(p @ p)),
+                 callbacks=[lambda event, rec, p: print("CB", event) if event == "epoch" else None])
+    finally:
+        log.removeHandler(handler)
+    text = screen.getvalue()
+    assert "train" in text  # the bar was drawn
+    for word, n in (("EVAL", 3), ("CB epoch", 3), ("epoch 1/3: epoch 0", 1)):
+        starts = [text[max(m.start() - 1, 0):m.start()] for m in re.finditer(re.escape(word), text)]
+        assert len(starts) == n and all(c in ("", "\r", "\n") for c in starts), (word, starts)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

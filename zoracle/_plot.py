@@ -105,7 +105,9 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         sx = history.column("step") + 1
         ex = np.searchsorted(step_epochs, epoch_ids, side="right").astype(np.float64)
         label = "steps"
-    metrics = [k for k in dict.fromkeys(k for r in epochs for k in r) if k not in RECORD_FIELDS]
+    # by name: a checkpoint stores each record's fields sorted, so the run's own order is lost there and
+    # `zoracle plot run.npz` drew the panels in another order than result.plot() of the same run
+    metrics = sorted({k for r in epochs for k in r if k not in RECORD_FIELDS})
     panels = 1 + len(metrics)
     cols = min(panels, PANELS_PER_ROW)
     rows = -(-panels // cols)
@@ -115,7 +117,8 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         fig.delaxes(ax)
     axes = grid[:panels]
     ax = axes[0]
-    ax.plot(sx, step_loss, lw=0.8, alpha=0.45, label="step")
+    ax.plot(sx, step_loss, lw=0.8, alpha=0.45, label="step",
+            marker="." if len(sx) == 1 else None)  # one step: a line of one point draws nothing
     if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
         mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in epoch_ids]
         ax.plot(mid, epoch_loss, marker=".", label="epoch mean")

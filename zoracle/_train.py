@@ -9,6 +9,7 @@ make a resumed run bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -17,6 +18,7 @@ import logging
 import math
 import numbers
 import os
+import sys
 import time
 import warnings
 import zlib
@@ -569,6 +571,58 @@ def _mean(values) -> float:
     return m
 
 
+class _Beside:
+    """``sys.stdout`` or ``sys.stderr`` while user code runs under the progress bar: its first
+    write clears the bar (see :func:`_beside`)."""
+
+    def __init__(self, stream, clear):
+        self._stream, self._clear = stream, clear
+
+    def write(self, s):
+        if s:
+            self._clear()
+        return self._stream.write(s)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _beside(bar, on: bool, clear_now: bool = False):
+    """Run user code (``eval_fn``, a callback) or a log line beside the progress bar: the bar is
+    cleared before the first thing written to stdout or stderr (``clear_now``: at once, for a
+    logging handler's stream) and drawn again after, so a ``print`` starts a line of its own
+    instead of continuing the bar's. Code that writes nothing costs no redraw."""
+    if not on:
+        yield
+        return
+    cleared = []
+
+    def clear():
+        if not cleared:
+            cleared.append(True)
+            bar.clear()
+
+    if clear_now:
+        clear()
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Beside(out, clear), _Beside(err, clear)
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _Beside):
+            sys.stdout = out
+        if isinstance(sys.stderr, _Beside):
+            sys.stderr = err
+        if cleared:
+            for stream in (out, err):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            bar.refresh()
+
+
 def _stops(value, cb, warned: set) -> bool:
     """Whether a callback's return value stops training: True (NumPy's too). Anything else but
     None and False is said once per callback: only True stops."""
@@ -830,7 +884,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     rng : Generator, int or None
         Root of every random choice (directions, masks, ZO-GraSP).
     progress : bool
-        tqdm progress bar with loss, lr and queries/s; off: ``logging`` at INFO per epoch.
+        tqdm progress bar with loss, lr and queries/s (prints in ``eval_fn`` and callbacks start
+        a line of their own). Either way ``logging`` (logger ``zoracle``) gets a line at INFO per
+        epoch; off, also one at DEBUG per step.
     max_queries : int, optional
         A query budget: training stops after the first step at which the run's queries
         (ZO-GraSP's included, and those before a resume) reach it, so the last step may pass it
@@ -1294,9 +1350,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 else:
                     log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
                 try:
-                    for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
-                        if _stops(cb("step", dict(rec), params.copy()), cb, cb_warned):
-                            stopped = True
+                    with _beside(bar, progress and bool(callbacks)):
+                        for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
+                            if _stops(cb("step", dict(rec), params.copy()), cb, cb_warned):
+                                stopped = True
                 except BaseException:
                     # a step callback that raises (or Ctrl-C in one) loses no step: this one is saved
                     # first (on an epoch's last step or a checkpoint_every step the save came after)
@@ -1327,7 +1384,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                    value = eval_fn(params.copy())
+                    with _beside(bar, progress):  # a print in eval_fn starts its own line
+                        value = eval_fn(params.copy())
                     try:
                         erec.update(_metrics(value, epoch))
                     except ArgumentError as exc:  # found only now: the run's work is returned, not lost
@@ -1341,12 +1399,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
                 epoch_hist.append(erec)
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
-                log.info("epoch %d/%d: %s", epoch + 1, epochs, shown)
+                with _beside(bar, progress and log.isEnabledFor(logging.INFO), clear_now=True):
+                    log.info("epoch %d/%d: %s", epoch + 1, epochs, shown)
                 if progress:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
-                for cb in callbacks:
-                    if _stops(cb("epoch", dict(erec), params.copy()), cb, cb_warned):
-                        stopped = True
+                with _beside(bar, progress and bool(callbacks)):
+                    for cb in callbacks:
+                        if _stops(cb("epoch", dict(erec), params.copy()), cb, cb_warned):
+                            stopped = True
                 epoch += 1
                 pos = 0
     finally:
