@@ -654,6 +654,14 @@ def run(args) -> dict:
             setattr(*tf32)
 
 
+def check(args) -> None:
+    """The flags' values that need no torch, refused before any work (exit 2, as for argparse's errors)."""
+    import zoracle as zo
+
+    if args.sparsity is not None and not 0 <= args.sparsity < 1:
+        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
+
+
 def main(args) -> int:
     results = run(args)
     if args.json:

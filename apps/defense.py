@@ -434,6 +434,11 @@ def config_from_args(args) -> DefenseConfig:
     return config
 
 
+def check(args) -> None:
+    """The flags' values, refused before any work (``zoracle defense`` exits 2, as for argparse's errors)."""
+    config_from_args(args)
+
+
 def main(args) -> int:
     config = config_from_args(args)
     if args.out:

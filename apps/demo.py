@@ -92,6 +92,11 @@ def _check(args) -> list:
     return methods
 
 
+def check(args) -> None:
+    """The flags' values, refused before any work (``zoracle demo`` exits 2, as for argparse's errors)."""
+    _check(args)
+
+
 def make_model(seed: int):
     """conv3x3(1->8)-ReLU, conv3x3(8->16, stride 2)-ReLU, 2x2 average pool, linear(64->10); 1898 weights.
 

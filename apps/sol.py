@@ -166,6 +166,25 @@ class SolResult:
         return {m.name: (None if m.mae is None else float(m.mae)) for m in self.methods}
 
 
+def _check_reynolds(fine, cfg: Config) -> None:
+    """The Reynolds numbers the fine solver can step stably (errors name the flag)."""
+    import zoracle as zo
+
+    for flag, res in (("--train-re", cfg.train_re), ("--test-re", cfg.test_re)):  # named as the command line
+        try:
+            fine.substeps(res)
+        except zo.ArgumentError as exc:
+            raise zo.ArgumentError(f"{flag}: {exc}") from None
+
+
+def check(args) -> None:
+    """The flags' values, refused before any work (``zoracle sol`` exits 2, as for argparse's errors)."""
+    cfg = config_from_args(args)
+    from zoracle.adapters import phiflow as pf
+
+    _check_reynolds(pf.WakeFlow(nx=cfg.fine_nx, ny=2 * cfg.fine_nx), cfg)
+
+
 def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
     """Run the whole benchmark for ``cfg``; ``log`` receives progress lines."""
     import torch
@@ -178,11 +197,7 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
     torch.manual_seed(cfg.seed)
     fine = pf.WakeFlow(nx=cfg.fine_nx, ny=2 * cfg.fine_nx)
     coarse = fine.coarsened(cfg.factor)
-    for flag, res in (("--train-re", cfg.train_re), ("--test-re", cfg.test_re)):  # named as the command line
-        try:
-            fine.substeps(res)
-        except zo.ArgumentError as exc:
-            raise zo.ArgumentError(f"{flag}: {exc}") from None
+    _check_reynolds(fine, cfg)
     all_re = tuple(cfg.train_re) + tuple(cfg.test_re)
     ref = pf.reference_trajectories(fine, all_re, factor=cfg.factor, warmup=cfg.warmup, steps=cfg.steps,
                                     cache_dir=cache, progress=log)

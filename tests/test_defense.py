@@ -87,7 +87,9 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
     (["--queries", "1000"], "at most 738"),  # it clipped DeepZero to 738 while the hybrid row spent 1000
 ])
 def test_bad_values_are_argument_errors(argv, message, capsys):
-    assert cli(["defense", *argv]) == 1
+    with pytest.raises(SystemExit) as exc:  # refused before any work: exit 2, as --sigma -1 above
+        cli(["defense", *argv])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 

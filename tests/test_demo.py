@@ -218,13 +218,17 @@ def test_a_method_that_diverges_leaves_the_others_results(tmp_path, capsys):
 def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
     """The output checks made the folders of --out and --plot before the command checked its
     own flags: a refused command left them behind, empty."""
-    assert main(["demo", "--plot", str(tmp_path / "a" / "b" / "x.png"), "--epochs", "0"]) == 1
-    assert main(["defense", "--out", str(tmp_path / "c" / "d"), "--test-points", "999"]) == 1
+    for argv in (["demo", "--plot", str(tmp_path / "a" / "b" / "x.png"), "--epochs", "0"],
+                 ["defense", "--out", str(tmp_path / "c" / "d"), "--test-points", "999"]):
+        with pytest.raises(SystemExit) as exc:  # a bad flag value: a usage error, exit 2
+            main(argv)
+        assert exc.value.code == 2
     # zoracle plot made the figure's folders before it read the checkpoint it then refused
     assert main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "figs" / "a" / "run.png")]) == 1
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
-    assert main(["demo", "--plot", str(tmp_path / "kept" / "x.png"), "--epochs", "0"]) == 1
+    with pytest.raises(SystemExit):
+        main(["demo", "--plot", str(tmp_path / "kept" / "x.png"), "--epochs", "0"])
     assert (tmp_path / "kept").is_dir()
 
 
@@ -332,3 +336,40 @@ def test_a_mu_too_small_names_the_estimator_of_the_methods_asked_for(capsys):
     assert main(["demo", "--quick", "--epochs", "1", "--methods", "rge", "--mu", "1e-8"]) == 1
     err = capsys.readouterr().err
     assert "RGE(mu=1e-08) is not a representable step" in err and "CGE" not in err, err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["demo", "--epochs", "0"], "--epochs"),
+    (["demo", "--threads", "0"], "--threads"),  # defense's and bench's --threads 0 exited 2, demo's 1
+    (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--lr", "nan"], "--lr"),
+    (["demo", "--methods", "sgd"], "--methods"),
+    (["defense", "--alpha", "2"], "--alpha"),  # --alpha 0 exited 2, --alpha 2 exited 1
+    (["defense", "--test-points", "999"], "--test-points"),
+    (["sol", "--seed", "-1"], "--seed"),  # defense's --seed -1 exited 2, sol's 1
+    (["sol", "--sparsity", "1.5"], "--sparsity"),
+    (["sol", "--quick", "--train-re", "0.001"], "--train-re"),
+    (["bench", "--sparsity", "1.5"], "--sparsity"),
+    (["demo", "--plot", "out.xyz"], "--plot"),  # output paths refused up front exited 1
+    (["defense", "--out", "/dev/null"], "--out"),
+])
+def test_out_of_range_flags_exit_2_as_argparse_errors(argv, flag):
+    """A flag's value refused before any work is a usage error: exit 2, as argparse's own
+    (``defense --threads 0``: 2), the same for every command and flag."""
+    r = subprocess.run([sys.executable, "-m", "zoracle", *argv], capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and r.stdout == "" and len(lines) == 1, (r.returncode, r.stderr)
+    assert lines[0].startswith(f"zoracle {argv[0]}: error: ") and flag in lines[0]
+
+
+def test_ctrl_c_while_the_flags_are_checked_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C in the first second of ``zoracle demo --plot c.png`` (matplotlib loading for the
+    --plot check) ended in a 40-line traceback, not "interrupted" and exit 130 as later on."""
+    pytest.importorskip("matplotlib")
+    code = ("import os, signal, sys, time\nimport zoracle._plot as P\n"
+            "def _format(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
+            "P._format = _format\nfrom zoracle.cli import main\n"
+            f"sys.exit(main(['demo', '--quick', '--plot', {str(tmp_path / 'c.png')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr.strip() == "zoracle demo: interrupted", (r.returncode, r.stderr[-300:])
+    assert r.stdout == ""

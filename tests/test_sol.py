@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -46,9 +49,10 @@ def test_quick_run_zo_sol_beats_src(tmp_path, capsys):
     (["--test-re", "0.001"], "--test-re: `re` = 0.001 needs"),
 ])
 def test_bad_flags_give_one_line_errors(flags, message, capsys):
-    rc = cli.main(["sol", "--quick", *flags])
+    with pytest.raises(SystemExit) as exc:  # refused before any work: a usage error, exit 2 as argparse's own
+        cli.main(["sol", "--quick", *flags])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and len(err.splitlines()) == 1 and message in err
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err
 
 
 def test_bad_reynolds_list_is_a_usage_error(capsys):
@@ -89,3 +93,17 @@ def test_log_reports_the_trained_loss_and_the_exact_sparsity(tmp_path, monkeypat
     assert int(m[1]) == len(oracle.starts)
     assert float(m[2]) == pytest.approx(oracle(seen["start"]), abs=1e-4)
     assert float(m[3]) == pytest.approx(oracle(res.params), abs=1e-4)
+
+
+def test_an_unwritable_zoracle_cache_is_named_up_front(tmp_path):
+    """$ZORACLE_CACHE, the documented default of --cache, naming a file: the error named the
+    API's `cache_dir` (a keyword the command line has not) after PhiFlow had loaded."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {**os.environ, "ZORACLE_CACHE": str(blocker)}
+    r = subprocess.run([sys.executable, "-m", "zoracle", "sol", "--quick"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and r.stdout == "" and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"zoracle sol: error: $ZORACLE_CACHE {blocker}: cannot write there"), lines[0]
+    assert "--cache DIR" in lines[0] and "cache_dir" not in lines[0]

@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module under :mod:`zoracle.apps` and is imported only when
 it runs, so ``zoracle --help`` needs nothing beyond the core. A command module defines
-``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``.
+``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``, and optionally
+``check(args)``, which refuses bad flag values before any work with :class:`~zoracle.ArgumentError`:
+a usage error, exit code 2 as for argparse's own (a run that fails later exits 1).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ REQUIRES = {
 
 #: argument -> kind of output path the commands write (checked before the first query)
 OUTPUTS = {"plot": "file", "out": "dir", "cache": "dir"}
+
+#: argument -> the environment variable that is its default (checked as the argument is)
+ENV_DEFAULTS = {"cache": "ZORACLE_CACHE"}
 
 #: (subcommand, argument) -> the module its output needs (checked before the first query), and
 #: the flag that turns that output off
@@ -141,20 +146,31 @@ def threads(text: str) -> int:
     return n
 
 
+def _usage_error(line: str) -> SystemExit:
+    """``line`` on stderr, and the exit of a usage error: code 2, as argparse's own."""
+    print(line, file=sys.stderr)
+    return SystemExit(2)
+
+
 def check_outputs(name: str, args, prog: str | None = None) -> list:
     """Every output path of a command is writable, checked before any work (one-line error);
     returns the folders made for them (removed again if the command is refused)."""
     made: list = []
     for attr, kind in OUTPUTS.items():
         value = getattr(args, attr, None)
+        flag = "--" + attr.replace("_", "-")
+        fix = ""
+        if value is None and hasattr(args, attr) and os.environ.get(ENV_DEFAULTS.get(attr, "")):
+            # the flag's default: named as the user set it (not as the API's keyword, after the imports)
+            value, fix = os.environ[ENV_DEFAULTS[attr]], f"; set it to a writable folder or pass {flag} DIR"
+            flag = "$" + ENV_DEFAULTS[attr]
         if value is None:
             continue
-        flag = "--" + attr.replace("_", "-")
         why = _writable(str(value), kind, made)
         if why is not None:
             _remove_empty(made)
-            raise SystemExit(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
-                             f"({why})")
+            raise _usage_error(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
+                               f"({why}){fix}")
     for (cmd, attr), (module, off) in OUTPUT_REQUIRES.items():
         if cmd == name and getattr(args, attr, None) is not None and not (off and getattr(args, off, False)) \
                 and importlib.util.find_spec(module) is None:
@@ -170,7 +186,7 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
             _format(str(args.plot), "--plot")
         except ZoracleError as exc:
             _remove_empty(made)
-            raise SystemExit(f"{prog or 'zoracle ' + name}: error: {exc}") from None
+            raise _usage_error(f"{prog or 'zoracle ' + name}: error: {exc}") from None
     return made
 
 
@@ -182,11 +198,20 @@ def main(argv=None, prog: str | None = None) -> int:
     # the subcommand's own arguments come from its module, loaded only for that command
     if argv and argv[0] in COMMANDS:
         name = prog or f"zoracle {argv[0]}"
-        mod = _load(argv[0], prog, help_only=bool({"-h", "--help"} & set(argv[1:])))
-        sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
-        mod.add_arguments(sub)
-        args = sub.parse_args(argv[1:])
-        made = check_outputs(argv[0], args, name)
+        try:  # Ctrl-C while the command loads and checks its flags (matplotlib's import for --plot: a second)
+            mod = _load(argv[0], prog, help_only=bool({"-h", "--help"} & set(argv[1:])))
+            sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
+            mod.add_arguments(sub)
+            args = sub.parse_args(argv[1:])
+            if hasattr(mod, "check"):  # a flag's value out of range: a usage error, exit 2 as argparse's type errors
+                try:
+                    mod.check(args)
+                except ZoracleError as exc:
+                    sub.error(str(exc))
+            made = check_outputs(argv[0], args, name)
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
         rc = 1
         try:
             rc = int(mod.main(args) or 0)
