@@ -180,7 +180,7 @@ def first_bind(oracle) -> None:
                 try:
                     v = to_torch(oracle.loss_fn(out, oracle._y))
                 except RuntimeError as exc:
-                    _integer_batch_error(exc, "y", oracle._y, "loss_fn(outputs, y)")
+                    _integer_batch_error(exc, "y", oracle._y, "loss_fn(outputs, y)", out.dtype)
                     raise
         if reads.hit:
             raise ArgumentError(
@@ -236,7 +236,8 @@ def _not_repeatable(oracle) -> bool:
         ctx.reset()
         if not (torch.is_tensor(out) and torch.is_tensor(again)):
             return False
-        if out.shape != again.shape or _differ(out, again) or (drew and _seeds_change(lambda: model(x[:2]), ctx)):
+        if out.shape != again.shape or _differ(out, again) or (
+                drew and _seeds_change(_two_or_all(model, x, ctx), ctx)):
             what = "model(x)"
         else:
             # a mean loss, or one coupling the samples (either may run on the whole batch only: every
@@ -270,6 +271,24 @@ def _drawing(oracle, fn) -> tuple:
     rng = _rng_states(oracle.device)
     got = fn()
     return got, not _same_rng(_rng_states(oracle.device), rng)
+
+
+def _two_or_all(model, x, ctx):
+    """``model`` on two samples of ``x`` for :func:`_seeds_change`; on all of them where the forward
+    runs on the whole batch only (weights captured for it, as a loss may be: the split's own check
+    retires the split there, and the two-sample seed check crashed the first query)."""
+    rows = [x[:2]]
+
+    def run():
+        try:
+            return model(rows[0])
+        except RuntimeError:
+            if rows[0] is x:
+                raise
+            ctx.reset()
+            rows[0] = x
+            return model(x)
+    return run
 
 
 def _seeds_change(fn, ctx) -> bool:
@@ -746,7 +765,7 @@ def _sequence_first(model: nn.Module) -> str:
             f"dim 0: build them with batch_first=True, and pass (batch, sequence, ...) inputs, to keep feature reuse")
 
 
-def _integer_batch_error(exc: RuntimeError, name: str, t, call: str) -> None:
+def _integer_batch_error(exc: RuntimeError, name: str, t, call: str, out_dtype=None) -> None:
     """Raise an ArgumentError naming the fix when torch refused the bound batch's integer ``x``
     (features as uint8 pixels or int64 counts: the oracle casts floating-point x to the model's
     dtype and keeps integer x, token ids, as they are) or an integer ``y`` other than int64 (int32
@@ -763,8 +782,12 @@ def _integer_batch_error(exc: RuntimeError, name: str, t, call: str) -> None:
         want = dtypes.get(msg.split("expected ")[-1].strip(" ."))
     elif name == "y" and "can't be cast to the desired output type" in msg:
         want = dtypes.get(msg.split("result type ")[-1].split(" ")[0])
+    elif name == "y" and t is not None and t.dtype == torch.bool and "two bool tensors" in msg:
+        # bool labels (y > 0) in BCEWithLogitsLoss: "Subtraction, the `-` operator, with two bool tensors is not
+        # supported. Use the `^` or `logical_xor()` operator instead", which is no fix: it takes the outputs' dtype
+        want = {torch.float32: "float32", torch.float64: "float64"}.get(out_dtype)
     if t is None or (t.is_floating_point() and want is None) or t.is_complex() or "indices" in msg or (
-            "type" not in msg and "not implemented for" not in msg):
+            "type" not in msg and "not implemented for" not in msg and want is None):
         return
     dt = str(t.dtype).replace("torch.", "")
     words = {"uint8": "Byte|unsigned char", "int8": "Char|signed char", "int16": "Short|short int", "int32": "Int|int",
@@ -773,12 +796,13 @@ def _integer_batch_error(exc: RuntimeError, name: str, t, call: str) -> None:
         return  # torch names another dtype than x's (a float64 buffer meeting float32 weights): not x's to fix
     if name == "x":
         fix = ("TorchOracle casts floating-point x to the model's dtype and keeps integer x as it is (token ids for "
-               "an embedding); pass float features, e.g. x.astype(np.float32)")
+               "an embedding); pass float features, e.g. x.astype(np.float32) (a torch tensor: x.float())")
     elif want is not None:  # (y is not cast: a float64 y keeps its precision for a loss that promotes)
-        fix = f"this loss takes targets in the outputs' dtype, {want}; pass y.astype(np.{want})"
+        fix = (f"this loss takes targets in the outputs' dtype, {want}; pass y.astype(np.{want}) (a torch tensor: "
+               f"y.to(torch.{want}))")
     elif t.dtype != torch.int64:
-        fix = ("torch's class-index losses take int64 targets; pass y.astype(np.int64) (a pandas categorical's "
-               "codes: y.cat.codes.astype('int64'))")
+        fix = ("torch's class-index losses take int64 targets; pass y.astype(np.int64) (a torch tensor: y.long(); a "
+               "pandas categorical's codes: y.cat.codes.astype('int64'))")
     else:
         return
     raise ArgumentError(f"`batch`'s {name} is {dt} and {call} failed on it ({exc}); {fix}") from None

@@ -1783,3 +1783,52 @@ def test_token_ids_are_not_told_to_become_floats_for_another_dtype_clash():
     assert "x.astype(np.float32)" not in str(err.value)
     with pytest.raises(zo.ArgumentError, match=r"x is int64 .*but got Long and Double.*x\.astype\(np\.float32\)"):
         TorchOracle(nn.Linear(5, 3).double(), CE).bind((ids, y))  # int64 features into a linear model: still named
+
+
+def test_a_torch_batchs_dtype_fix_is_named_in_torch_words():
+    """A batch held as torch tensors (int32 labels, uint8 pixels, int64 0/1 labels for BCE) was told
+    "pass y.astype(np.int64)" / "x.astype(np.float32)": a tensor has no astype (AttributeError).
+    The torch form named runs, and gives the loss computed by hand."""
+    x, y = data((4,), 6, classes=3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s y is int32 .*y\.long\(\)"):
+        TorchOracle(nn.Linear(4, 3).double(), CE).bind((xt, yt.int()))
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s x is uint8 .*x\.float\(\)"):
+        TorchOracle(nn.Linear(4, 3).double(), CE).bind(((xt.abs() * 50).to(torch.uint8), yt))
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s y is int64 .*y\.to\(torch\.float32\)"):
+        TorchOracle(nn.Sequential(nn.Linear(4, 1), nn.Sigmoid()), nn.BCELoss(reduction="none")).bind(
+            (xt.float(), (yt[:, None] % 2)))
+    with pytest.raises(AttributeError):
+        yt.int().astype(np.int64)  # the NumPy form named before
+    oracle = TorchOracle(nn.Linear(4, 3).double(), CE)  # the torch fix named: cross-entropy by hand
+    p = oracle.initial_params()
+    z = x.astype(np.float64) @ p[:12].reshape(3, 4).T + p[12:]
+    m = z.max(1)
+    ref = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(6), y]))
+    got = float(oracle.bind((xt, yt.int().long()))(p))
+    assert abs(got - ref) <= 1e-12 * abs(ref)
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bool_targets_for_bce_with_logits_are_told_the_outputs_dtype(dtype):
+    """Boolean 0/1 labels (``y > 0``, a bool column) into BCEWithLogitsLoss met torch's "Subtraction, the
+    `-` operator, with two bool tensors is not supported. Use the `^` or `logical_xor()` operator
+    instead" (no fix for the labels), where int32 labels were told the outputs' dtype. The fix named
+    gives binary cross-entropy on logits computed by hand."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4))
+    y = (np.arange(6) % 2 == 1)[:, None]
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1).to(dtype)
+    bce = nn.BCEWithLogitsLoss(reduction="none")
+    want = str(dtype).replace("torch.", "")
+    with pytest.raises(zo.ArgumentError, match=rf"`batch`'s y is bool and loss_fn\(outputs, y\) failed on it .*"
+                                               rf"outputs' dtype, {want}; pass y\.astype\(np\.{want}\)"):
+        TorchOracle(model, bce).bind((x, y))
+    oracle = TorchOracle(model, bce)
+    p = oracle.initial_params().astype(np.float64)
+    z = x @ p[:4] + p[4]
+    ref = float(np.mean(np.logaddexp(0, z) - y[:, 0] * z))
+    got = float(oracle.bind((x, y.astype(want)))(oracle.initial_params()))
+    assert abs(got - ref) <= (1e-6 if dtype == torch.float32 else 1e-12) * abs(ref)

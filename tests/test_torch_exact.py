@@ -2685,3 +2685,39 @@ def test_autocast_in_the_forward_is_refused_not_dropped():
     base = loss(theta)
     want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)[head]]
     np.testing.assert_allclose(est[head], want, atol=1e-4)
+
+
+def test_a_drawing_forward_with_weights_captured_for_the_whole_batch_warns_instead_of_crashing():
+    """docs/pytorch.md: a forward that draws from torch's generator and may give the same output
+    twice (batch-wise stochastic depth) is tried under other seeds, and warned about as not
+    repeatable. That check ran the model on two samples: a forward with weights captured for the
+    whole batch (which otherwise runs, its split retired) crashed the first query with torch's
+    size error, as the loss's two-sample check did before 5b0d2f5. Reference: the first query's
+    loss is one of the two the forward can give, cross-entropy of fc(x) * w or of zeros, by hand."""
+    B = 8
+
+    class Coupled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.register_buffer("w", torch.linspace(0.5, 1.5, B, dtype=torch.float64)[:, None])
+
+        def forward(self, x):
+            h = self.fc(x) * self.w  # (B, 1) weights: any other number of rows raises
+            return h if bool(torch.rand(()) < 0.5) else torch.zeros_like(h)
+
+    for seed in range(6):  # some draw the same twice: the seed check runs (others differ at once)
+        torch.manual_seed(seed)
+        model = Coupled().double()
+        x, y = torch.randn(B, 3, dtype=torch.float64), torch.randint(0, 2, (B,))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            oracle = TorchOracle(model, CE_ROWS, (x, y))
+            theta = oracle.initial_params()
+            got = oracle(theta)
+        assert any("model(x) is not repeatable" in str(c.message) for c in caught)
+        W, b = theta[:6].reshape(2, 3), theta[6:]
+        z = (x.numpy() @ W.T + b) * np.linspace(0.5, 1.5, B)[:, None]
+        m = z.max(1)
+        kept = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(B), y.numpy()]))
+        assert min(abs(got - kept), abs(got - np.log(2))) <= 1e-12

@@ -216,3 +216,23 @@ def test_a_non_finite_estimate_from_finite_losses_is_named_as_the_runs_divergenc
                                                    r"is non-finite .*overflow float32\); scale the loss down, or pass float64 params"):
             zo.train(f, np.full(3, 9.0, np.float32), steps_per_epoch=3, estimator=zo.CGE(mu=1e-3),
                      optimizer=zo.sgd(1e-3), progress=False, rng=0)
+
+
+def test_a_non_finite_estimate_at_float64_params_is_not_told_to_pass_float64_params():
+    # float64 params whose loss differences over mu overflow float64 itself (1e308 apart over mu = 1e-3):
+    # "pass float64 params" would change nothing; the estimate the reference formula gives is inf too
+    def f(p):
+        return 1e308 * float(np.tanh(1e6 * np.sum(p)))
+
+    mu = 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = (f(np.array([mu, 0.0])) - f(np.zeros(2))) / mu  # forward CGE's first coordinate, by hand
+    assert np.isinf(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(zo.ArgumentError, match=r"training diverged at step 0 \(epoch 0\): the gradient estimate "
+                                                   r"is non-finite .*overflow float64\); scale the loss down") as err:
+            zo.train(f, np.zeros(2), steps_per_epoch=3, estimator=zo.CGE(mu=mu), optimizer=zo.sgd(1e-3),
+                     progress=False, rng=0)
+    assert "float64 params" not in str(err.value)

@@ -623,11 +623,17 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     # next step refused a sigma of 0, ending the run); one whose samples would overflow is
     # refused at the next step, against the parameters it samples around
     new_sigma = np.maximum(sigma * np.exp(0.5 * estimator.rate(d) * spread), np.finfo(np.float64).tiny)
-    with np.errstate(over="ignore"):  # finite losses near the float maximum: their sum overflows, not their mean
-        loss = float(losses.mean())
-    if not np.isfinite(loss):
-        loss = float(np.sum(losses / losses.size))
-    return GradientEstimate(grad, loss, wrapped.nfev, new_sigma)
+    return GradientEstimate(grad, finite_mean(losses), wrapped.nfev, new_sigma)
+
+
+def finite_mean(values) -> float:
+    """The mean of finite ``values``, finite too (``np.mean`` of losses near the float maximum
+    overflows: their sum does, not their mean)."""
+    with np.errstate(over="ignore"):
+        m = float(np.mean(values))
+    if not np.isfinite(m) and np.all(np.isfinite(values)):
+        m = float(np.sum(np.asarray(values, dtype=np.float64) / len(values)))
+    return m
 
 
 def _check_width(params, sigma: np.ndarray) -> None:

@@ -84,10 +84,11 @@ def _check_params(params, where: str) -> None:
                             "float64 arrays (as train does): use params.astype(np.float32)")
 
 
-def _check_update(name: str, grad, state, params, state_type) -> None:
+def _check_update(name: str, grad, state, params, state_type, signs: bool = False) -> None:
     """What ``update(grad, state, params)`` needs, checked (a user may call it outside train):
     float params, a gradient of their shape (a (d, 1) one broadcast them to (d, d)), and the
-    state this optimizer's ``init`` built for them (another size broadcast silently)."""
+    state this optimizer's ``init`` built for them (another size broadcast silently). ``signs``:
+    the optimizer uses the gradient's signs only, and an infinite entry has one (NaN has none)."""
     _check_params(params, f"{name}.update()")
     if not isinstance(state, state_type):
         raise ArgumentError(f"`state` passed to {name}.update() must be the {state_type.__name__} that {name}'s "
@@ -108,8 +109,9 @@ def _check_update(name: str, grad, state, params, state_type) -> None:
                             "np.asarray(grad, dtype=params.dtype) (a torch tensor: grad.detach().cpu().numpy())")
     if getattr(getattr(grad, "dtype", None), "kind", "f") not in "iuf":
         raise ArgumentError(f"`grad` passed to {name}.update() must hold real numbers, got dtype {grad.dtype}")
-    if not bool(xp.all(xp.isfinite(grad))):  # one NaN made its parameter (and Adam's moments) NaN for good
-        bad = int(np.flatnonzero(~np.isfinite(np.ravel(to_numpy(grad))))[0])
+    ok = xp.logical_not(xp.isnan(grad)) if signs else xp.isfinite(grad)
+    if not bool(xp.all(ok)):  # one NaN made its parameter (and Adam's moments) NaN for good
+        bad = int(np.flatnonzero(~np.ravel(to_numpy(ok)))[0])
         raise ArgumentError(f"`grad` passed to {name}.update() must be finite, got {np.ravel(to_numpy(grad))[bad]} at "
                             f"index {bad}: the step would make that parameter NaN or infinite (and poison the "
                             "optimizer's state); fix the gradient before the update")
@@ -258,7 +260,7 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
         return SignState(0)
 
     def update(grad, state, params, lr=None):
-        _check_update("sign_sgd", grad, state, params, SignState)
+        _check_update("sign_sgd", grad, state, params, SignState, signs=True)
         xp = namespace(params)
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad

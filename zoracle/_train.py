@@ -32,7 +32,7 @@ from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
 from ._errors import ArgumentError, OracleError, check_flag
 from ._executors_core import split_bound
-from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, validate_params
+from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
@@ -560,15 +560,6 @@ def _bound(oracle, batch, name: str = "batches", executor=None):
 def _json_number(v):
     v = float(v)
     return v if np.isfinite(v) else str(v)
-
-
-def _mean(values) -> float:
-    """The mean of finite ``values``, finite too (``np.mean`` of losses near the float maximum overflows)."""
-    with np.errstate(over="ignore"):
-        m = float(np.mean(values))
-    if not np.isfinite(m) and np.all(np.isfinite(values)):
-        m = float(np.sum(np.asarray(values, dtype=np.float64) / len(values)))
-    return m
 
 
 class _Beside:
@@ -1322,7 +1313,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     if bool(xp.isfinite(g.grad).all()):
                         raise
                     fix = (f"lower the learning rate (lr was {steps_hist[-1]['lr']:g}) or scale the loss down"
-                           if steps_hist else "scale the loss down, or pass float64 params")  # (no step taken yet)
+                           if steps_hist else "scale the loss down" + (  # (no step taken yet)
+                               ", or pass float64 params" if g.grad.dtype != np.float64 else ""))
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
                         f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}") from exc
@@ -1380,7 +1372,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     k -= 1
                 mine = steps_hist[k:]
                 losses = [float(r["loss"]) for r in mine]
-                erec = {"epoch": epoch, "loss": _json_number(_mean(losses)) if losses else None,
+                erec = {"epoch": epoch, "loss": _json_number(finite_mean(losses)) if losses else None,
                         "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
