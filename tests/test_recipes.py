@@ -414,3 +414,13 @@ def test_short_budget_refuses_a_budget_of_a_single_step():
         warnings.simplefilter("ignore")
         kw = zo.recipes.short_budget(None, np.zeros(500), 2 * per_step, steps_per_epoch=1, coordinates=20)
     assert kw["max_queries"] == 2 * per_step
+
+
+def test_a_batches_callable_returning_no_sequence_is_named_as_train_names_it():
+    """The recipe drew ``batches(0)`` itself: a callable returning a number raised a raw
+    "'int' object is not iterable" where train names the argument and the fix."""
+    with pytest.raises(zo.ArgumentError, match=r"`batches` is a callable epoch -> batches, but for epoch 0 it returned "
+                                               r"int, not a sequence of batches"):
+        zo.recipes.short_budget(Softmax(), np.zeros(35), 2_000, batches=lambda epoch: 5, steps_per_epoch=5)
+    with pytest.raises(zo.ArgumentError, match=r"for epoch 0 it returned int, not a sequence"):  # train's words
+        zo.train(Softmax(), np.zeros(35), batches=lambda epoch: 5, steps_per_epoch=5, progress=False)

@@ -252,7 +252,12 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
     if callable(batches) and steps_per_epoch is not None:  # train takes what the callable gives, at most this
         # at most steps_per_epoch of them, as train draws: an endless generator never ends
-        given = len(list(itertools.islice(iter(batches(0)), steps_per_epoch)))
+        got = batches(0)
+        try:
+            given = len(list(itertools.islice(iter(got), steps_per_epoch)))
+        except TypeError:  # as train says it
+            raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch 0 it returned "
+                                f"{type(got).__name__}, not a sequence of batches") from None
         if given < steps_per_epoch:
             raise ArgumentError(f"`batches(0)` gives {given} batches, fewer than `steps_per_epoch`={steps_per_epoch}: "
                                 f"the run would take {given} steps an epoch and stop far short of the budget, its "
