@@ -366,7 +366,9 @@ def test_ctrl_c_while_the_flags_are_checked_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C in the first second of ``zoracle demo --plot c.png`` (matplotlib loading for the
     --plot check) ended in a 40-line traceback, not "interrupted" and exit 130 as later on."""
     pytest.importorskip("matplotlib")
-    code = ("import os, signal, sys, time\nimport zoracle._plot as P\n"
+    # SIGINT's handler set here: a child of a background job (nohup, CI) inherits SIGINT ignored
+    code = ("import os, signal, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "import zoracle._plot as P\n"
             "def _format(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
             "P._format = _format\nfrom zoracle.cli import main\n"
             f"sys.exit(main(['demo', '--quick', '--plot', {str(tmp_path / 'c.png')!r}]))")
