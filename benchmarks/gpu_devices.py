@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -104,6 +105,11 @@ def main(argv=None) -> int:
         p.error("needs torch: pip install -e '.[torch]'")
     if args.cpu_devices:
         devices = ["cpu"] * args.cpu_devices
+        # the one-device baseline runs here: give it the threads one worker gets (DeviceExecutor
+        # pins each to cores / workers unless OMP_NUM_THREADS is set), or the speed-up compares
+        # thread counts, not devices (all cores here against one per worker: 11-18x on 2 cores)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0)
+                              or max(1, (os.cpu_count() or 1) // args.cpu_devices))
     else:
         n = torch.cuda.device_count()
         if n < 1:
@@ -136,6 +142,7 @@ def main(argv=None) -> int:
     out = {"devices": devices, "params": int(theta.size), "queries": int(ref.nfev),
            "one_device_s": round(one_s, 4), "all_devices_s": round(many_s, 4),
            "speedup": round(one_s / many_s, 3), "max_rel_diff": err, "shards": stats.shards,
+           "one_device_threads": torch.get_num_threads(), "worker_threads": ex.threads,
            "overhead_ms_per_shard": round(stats.overhead_per_shard_s * 1e3, 3)}
     if args.json:
         print(json.dumps(out))

@@ -5,6 +5,8 @@ zoracle estimates the gradient with coordinate-wise finite differences (central 
 2 x 31 + 1 queries per step) and runs SGD with momentum.
 
 Run: ``python examples/logreg_breast_cancer.py`` (about a second).
+
+Needs scikit-learn, from the ``apps`` extra: pip install -e ".[apps]".
 """
 
 from __future__ import annotations

@@ -70,7 +70,10 @@ def main(argv=None) -> int:
         parser.error("--out must name a folder, got an empty value")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out}: it exists and is not a folder")
-    os.makedirs(args.out, exist_ok=True)  # before any work: an unwritable folder fails here
+    try:
+        os.makedirs(args.out, exist_ok=True)  # before any work: an unwritable folder fails here
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot create the folder ({exc.strerror or exc})")
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     if os.path.exists(checkpoint):
         os.remove(checkpoint)  # a fresh run; resuming an older one is what the second call below does

@@ -37,6 +37,31 @@ def test_train_torch_example_rejects_a_single_epoch(tmp_path):
     assert r.returncode == 2 and "--epochs must be >= 2" in r.stderr
 
 
+def test_train_torch_example_names_an_out_folder_it_cannot_create(tmp_path):
+    """As its sibling examples do: one line naming --out, not a FileNotFoundError traceback."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_torch.py"), "--out", "/proc/zoracle-test"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "train_torch.py: error: --out /proc/zoracle-test: cannot create the folder" in r.stderr
+
+
+def test_examples_that_import_an_extra_name_it_in_their_docstring():
+    """A core-only install (``pip install -e .``) has no scikit-learn or torch: an example that
+    imports one says which extra brings it, as the commands do, instead of leaving a bare
+    ModuleNotFoundError to explain itself."""
+    import ast
+
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+               for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+               for a in (n.names if isinstance(n, ast.Import) else [n])}
+        if top & {"sklearn", "torch", "matplotlib"}:
+            assert 'pip install -e ".[apps]"' in (ast.get_docstring(tree) or ""), path.name
+
+
 def test_estimators_benchmark_pins_and_prints_blas_threads():
     pytest.importorskip("threadpoolctl")
     import json
