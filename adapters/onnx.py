@@ -462,6 +462,10 @@ class OnnxClassifier:
         with the symbolic dimension of a later input axis (input ``(4, "N")``, output ``("N", C)``) has
         its batch axis there, not first: samples fed along axis 0 would be cut along the features."""
         later = {d: k for k, d in enumerate(raw_shape) if k > 0 and isinstance(d, str) and d}
+        if raw_shape and isinstance(raw_shape[0], str) and raw_shape[0] and any(
+                len(o.shape) and o.shape[0] == raw_shape[0] for o in outputs):
+            later = {}  # an output starts with the first input axis: that is the batch axis (another output
+            # that starts with a later one, hidden states laid out (T, N, ...), does not move it)
         for o in outputs:
             first = o.shape[0] if len(o.shape) else None
             if isinstance(first, str) and first in later and first != raw_shape[0]:

@@ -624,3 +624,29 @@ def test_a_batch_axis_that_is_not_first_is_refused_not_cut_along_the_features(tm
     # features cut into "batches" of 4, silently
     with pytest.raises(zo.ArgumentError, match=r"batch axis 'batch' at axis 1"):
         OnnxClassifier(path)
+
+
+def test_an_auxiliary_output_starting_with_a_later_input_axis_does_not_refuse_the_model(tmp_path):
+    """Input ("N", "T"), logits ("N", 3) and a second output laid out ("T", "N") (an RNN's states,
+    sequence-first): the batch axis is the first, as the logits show; the model was refused, even
+    with output="logits" named."""
+    pytest.importorskip("onnx")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(1, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=1), helper.make_node("MatMul", ["s", "W"], ["logits"]),
+         helper.make_node("Transpose", ["x"], ["hidden"], perm=[1, 0])],
+        "aux", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["T", "N"])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    path = tmp_path / "aux.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(1).normal(size=(5, 7)).astype(np.float32)
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
+    for clf in (OnnxClassifier(path), OnnxClassifier(path, output="logits")):
+        assert clf.output_name == "logits"
+        np.testing.assert_array_equal(clf(x), direct)
+        assert clf.predict(x).tolist() == direct.argmax(1).tolist()

@@ -1634,3 +1634,22 @@ def test_losses_too_coarse_are_warned_about_on_process_workers_too(loky2, monkey
     with warnings.catch_warnings():  # float64 losses: nothing to say
         warnings.simplefilter("error")
         zo.estimate_gradient(lambda x: 1e4 + float(w @ x), np.zeros(10), executor=loky2)
+
+
+def test_a_process_worker_reports_the_loss_kind_of_this_task_not_an_earlier_estimates(loky2, monkeypatch):
+    """A worker keeps its wrapper of the oracle between estimates, and with it the base value of an
+    earlier one: a hinge sum (the int 0 where every margin is met, a float elsewhere) once met at a
+    worker's base point made later estimates warn of "int losses" near a loss of 25, where the serial
+    loop (the reference) says nothing."""
+    import zoracle._estimators as est_module
+
+    def hinge(p):
+        return sum(max(0, 1.0 - v) for v in p)
+
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            for p in (np.full(20, 2.0), np.linspace(-1, 0.5, 20)):
+                for executor in (None, loky2):
+                    zo.estimate_gradient(hinge, p, zo.CGE(mu=1e-3), executor=executor)

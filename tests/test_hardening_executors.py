@@ -503,3 +503,23 @@ def test_main_guard_detection_accepts_guarded_code(tmp_path):
     out = subprocess.run([sys.executable, str(script), "top"], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["7", "None"], out.stderr
     assert unguarded_main_line() is None  # under pytest: not a script's top level
+
+
+def test_a_threading_timeout_stops_the_abandoned_shard_before_the_next_estimate():
+    """As SerialExecutor's: after a ThreadPool's ShardTimeout the thread left behind went on through
+    the rest of its shard, querying the oracle beside the caller's next estimate (4 more queries)."""
+    from zoracle.executors import ThreadPool
+
+    d = 40
+    x0 = np.linspace(0.1, 1.0, d)
+    oracle = _ScratchSlowOnce(x0, slow=1.3)
+    with ThreadPool(1, timeout=1.0) as ex:
+        with pytest.raises(ShardTimeout):
+            zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+        oracle.slow = 0.0
+        time.sleep(0.4)  # the slow query (already inside the oracle, it cannot be stopped) ends
+        calls = oracle.calls
+        est = zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+        time.sleep(0.5)
+    assert oracle.calls - calls == d + 1  # this estimate's queries only
+    np.testing.assert_allclose(est.grad, np.arange(1.0, d + 1), rtol=1e-6)

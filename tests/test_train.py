@@ -1417,3 +1417,16 @@ def test_train_refuses_a_mu_not_above_zero_naming_mu_before_any_query(mu):
     with pytest.raises(zo.ArgumentError, match=r"`mu` must be a finite number > 0"):
         zo.CGE(mu=mu)  # the estimator's own words
     assert zo.train(oracle, np.zeros(4), epochs=1, steps_per_epoch=3, mu=1e-3, progress=False).steps == 3
+
+
+def test_a_new_short_iterator_each_epoch_is_not_called_one_iterator_returned_again():
+    """``lambda epoch: iter(data)`` with fewer batches than steps_per_epoch: a new iterator each
+    call, as the message recommends, yet it said "an iterator read once ... runs out; return ... a
+    new iterator each call, e.g. `lambda epoch: iter(data)`", the very code that was passed."""
+    r = np.random.default_rng(0)
+    X, y = r.standard_normal((40, 3)), r.standard_normal(40)
+    data = [(X[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8)]
+    for batches in (lambda epoch: iter(data), lambda epoch: (b for b in data)):
+        with pytest.raises(zo.ArgumentError, match=r"`batches\(0\)` gave 5 batches") as exc:
+            zo.train(LinReg(), np.zeros(4), batches=batches, epochs=2, steps_per_epoch=10, progress=False)
+        assert "read once" not in str(exc.value) and "pass steps_per_epoch=5" in str(exc.value)

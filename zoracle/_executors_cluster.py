@@ -178,6 +178,7 @@ def _dask_run(spec, shard, oracle, batch, params):
             wrapped = _DASK_STATE.oracle(spec[0], spec[1])
     except BaseException as exc:  # reported to the driver, which decides about retries
         return error_outcome(exc)
+    wrapped.base_value = None  # (kept between runs: the loss kind this task saw, not an earlier one's)
     return run_task_guarded(wrapped, shard, params)
 
 

@@ -306,6 +306,7 @@ class WorkerState:
         if self.params[0] != params_token:
             raise ZoracleError("worker received a shard without this run's parameters; please report")
         wrapped = self.oracle(oracle_token, batch_token)
+        wrapped.base_value = None  # (the wrapper is kept between runs: the loss kind this task saw, not an earlier one)
         t0 = time.perf_counter()
         out = task.run(wrapped, self.params[1])
         return np.asarray(out, dtype=np.float64), time.perf_counter() - t0, loss_kind(wrapped)

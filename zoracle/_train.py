@@ -304,7 +304,9 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------
-def _epoch_batches(batches, epoch: int, steps_per_epoch):
+def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None = None):
+    """One epoch's batches; ``returned`` (one dict for a run) keeps the iterator a callable returned
+    for the epoch before, to tell one iterator returned again (used up) from a new, short one."""
     if batches is None:
         return [None] * (steps_per_epoch or 1)
     used_up = ""  # why a callable's epoch may run short: the iterator it returned was used up before
@@ -318,7 +320,10 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch):
             except TypeError:
                 raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
                                     f"{type(got).__name__}, not a sequence of batches") from None
-            if it is got:  # an iterator (not a sequence): one pass only
+            again = returned is not None and returned.get("it") is got
+            if returned is not None:
+                returned["it"] = got if it is got else None
+            if again:  # the iterator of the epoch before, returned again: read once, it ran out
                 used_up = (f" (it returned a {type(got).__name__}, an iterator read once: one returned again for "
                            f"every epoch, as `lambda epoch: it` does, runs out; return a list of batches or a new "
                            f"iterator each call, e.g. `lambda epoch: iter(data)`)")
@@ -1147,6 +1152,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         params = params.copy()
 
     first = None
+    returned: dict = {}  # the iterator a batches callable returned last (see _epoch_batches)
     if sparse and keep is None:
         if not isinstance(ratios, str):
             try:
@@ -1181,7 +1187,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         else:
             gb = grasp_batch
             if gb is None and batches is not None:
-                first = _epoch_batches(batches, 0, steps_per_epoch)
+                first = _epoch_batches(batches, 0, steps_per_epoch, returned)
                 gb = first[0]
             if max_queries is not None and nfev + grasp_queries(grasp_directions) >= max_queries:
                 raise ArgumentError(
@@ -1256,7 +1262,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             batches_of.clear()  # (the caller drops its own reference first: one epoch's copy at a time)
             if e != 0:
                 first = None  # epoch 0's batches, kept for ZO-GraSP and the first epoch: no longer needed
-            batches_of[e] = first if (e == 0 and first is not None) else _epoch_batches(batches, e, steps_per_epoch)
+            batches_of[e] = first if (e == 0 and first is not None) else _epoch_batches(batches, e, steps_per_epoch, returned)
         return batches_of[e]
 
     total_steps = None if batches is not None and steps_per_epoch is None and not hasattr(batches, "__len__") else (

@@ -203,12 +203,16 @@ def main(argv=None, prog: str | None = None) -> int:
             sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
             mod.add_arguments(sub)
             args = sub.parse_args(argv[1:])
+            made = check_outputs(argv[0], args, name)  # (first: a command's check may load its libraries, seconds)
             if hasattr(mod, "check"):  # a flag's value out of range: a usage error, exit 2 as argparse's type errors
                 try:
                     mod.check(args)
                 except ZoracleError as exc:
+                    _remove_empty(made)
                     sub.error(str(exc))
-            made = check_outputs(argv[0], args, name)
+                except KeyboardInterrupt:
+                    _remove_empty(made)
+                    raise
         except KeyboardInterrupt:
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
