@@ -510,8 +510,8 @@ class Reference:
 
 def default_cache_dir() -> Path:
     """``$ZORACLE_CACHE`` or ``~/.cache/zoracle``."""
-    root = os.environ.get("ZORACLE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zoracle")
-    return Path(root)
+    root = os.environ.get("ZORACLE_CACHE") or os.path.join("~", ".cache", "zoracle")
+    return Path(root).expanduser()  # "~/cache" (an env file, a config) is the home's, as the CLI checks it
 
 
 def _key(fine: WakeFlow, re, warmup, steps, factor) -> tuple:
@@ -555,7 +555,7 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
             raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
     fine.coarsened(factor)  # validates divisibility
     key, blob = _key(fine, re, warmup, steps, factor)
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = directory / f"wake-{key}.npz"
     if path.exists():
         try:

@@ -173,12 +173,16 @@ def _squares(c: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     return s
 
 
-def _as_matrix(params_batch, d: int) -> np.ndarray:
+def _as_matrix(params_batch, d: int, name: str = "params_batch") -> np.ndarray:
     P = np.asarray(params_batch.get() if hasattr(params_batch, "get") else params_batch)
+    given = P.shape  # as the caller passed it (a vector is one row)
     if P.ndim == 1:
         P = P[None]
     if P.ndim != 2 or P.shape[1] != d:
-        raise ArgumentError(f"parameters must have shape (k, {d}), got {P.shape}")
+        want = f"a vector of the network's {d} parameters" if name == "params" else f"of shape (k, {d})"
+        raise ArgumentError(f"`{name}` must be {want}, got shape {given}")
+    if P.dtype.kind not in "iuf":  # complex: the imaginary part was dropped silently; object: a raw TypeError
+        raise ArgumentError(f"`{name}` must hold real numbers, got dtype {P.dtype}")
     finite = np.isfinite(P).all(axis=1)
     if not finite.all():  # refused before the solver, which would report non-finite velocities
         raise ArgumentError(f"parameters must be finite; row {int(np.flatnonzero(~finite)[0])} holds NaN or inf")
@@ -322,7 +326,11 @@ class SolverInTheLoop:
 
     # LossOracle / BatchOracle / CoordinateOracle ----------------------------------------
     def __call__(self, params) -> float:
-        return float(self.batch(np.asarray(params)[None])[0])
+        p = np.asarray(params.get() if hasattr(params, "get") else params)
+        if p.ndim != 1:  # a (1, d) matrix was taken as a batch of one; a scalar or (k, d) named a (1, ...) shape
+            raise ArgumentError(f"`params` must be a vector of the network's {self.d} parameters, got shape {p.shape}; "
+                                "use .batch(...) for several")
+        return float(self.batch(_as_matrix(p, self.d, "params"))[0])
 
     def coordinate_losses(self, params, coords, step):
         """Losses at ``params + step * e_i`` for each ``i`` in ``coords`` (one batched run)."""
@@ -466,7 +474,13 @@ def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
             "roll out the same Reference (or its .select(...)) that you compare with"
         )
     T = tx.shape[2] - 1
-    _check_span(T, frame, reference.vx.shape[1] - 1)
+    # named as this function's arguments (rollout's message named a `steps` it does not take)
+    if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
+        raise ArgumentError(f"`frame` must be an integer >= 0, got {frame!r}")
+    if T < 1 or T + frame > reference.vx.shape[1] - 1:
+        raise ArgumentError(f"`traj` holds {T} step(s) after its start; from `frame` {frame} that "
+                            f"{'is none to score' if T < 1 else 'exceeds'} the reference's {reference.vx.shape[1] - 1} "
+                            "recorded steps")
     start = reference.vx[None, :, frame]
     atol = 1e-6 * float(np.abs(start).max() or 1.0)
     if not np.allclose(tx[:, :, 0], start, rtol=1e-5, atol=atol):
@@ -488,9 +502,11 @@ def _load(net: nn.Module, params) -> nn.Module:
 
 
 def _clone(net: nn.Module) -> nn.Module:
+    """A float32 copy: the baselines feed the net float32 inputs, as the oracle does (a float64
+    net, ``net.double()`` or one built under torch's float64 default, failed in its first conv)."""
     import copy
 
-    return copy.deepcopy(net)
+    return copy.deepcopy(net).float()
 
 
 def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs: int = 200, lr: float = 1e-3,

@@ -338,7 +338,7 @@ def markdown(res: SolResult) -> str:
 def main(args) -> int:
     """Entry point of ``zoracle sol``."""
     cfg = config_from_args(args)
-    out = args.out
+    out = None if args.out is None else os.path.expanduser(args.out)  # where the CLI checked it (~ expanded)
     if out is not None:
         os.makedirs(out, exist_ok=True)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print

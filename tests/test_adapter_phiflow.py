@@ -638,3 +638,62 @@ def test_a_correction_overflowing_and_a_diverging_baseline_are_named_and_referen
         oracle.batch(P[:3])
     with pytest.raises(zo.ArgumentError, match="`Reference.re` must hold numbers"):
         pf.Reference(reference.vx, reference.vy, np.array([True, False]))
+
+
+def test_wrong_parameter_vectors_are_named_as_passed(reference):
+    """oracle(p[:-1]) said "parameters must have shape (k, 130), got (1, 129)" (a shape the caller
+    never passed, no argument named); complex params lost their imaginary part silently (the
+    loss of the real part came back) and an object array raised NumPy's raw TypeError."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3, seed=1, out_scale=1.0)
+    p = pf.flat_params(net)
+    d = p.size
+    oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=1, starts=np.array([[0, 0]]))
+    cases = [(lambda: oracle(p[:-1]), rf"`params` must be a vector of the network's {d} parameters, got shape "
+                                      rf"\({d - 1},\)"),
+             (lambda: oracle(np.stack([p, p])), rf"`params` must be a vector .* got shape \(2, {d}\)"),
+             (lambda: oracle(p + 1e-3j), r"`params` must hold real numbers, got dtype complex128"),
+             (lambda: oracle(np.array([None] * d)), r"`params` must hold real numbers, got dtype object"),
+             (lambda: oracle.batch(p[None, :-1]), rf"`params_batch` must be of shape \(k, {d}\), got shape \(1, {d - 1}\)"),
+             (lambda: oracle.batch(np.stack([p, p]) + 0j), r"`params_batch` must hold real numbers"),
+             (lambda: pf.rollout(coarse, net, reference, p[:-1], 1), rf"`params_batch` .* got shape \({d - 1},\)")]
+    for call, match in cases:
+        with pytest.raises(zo.ArgumentError, match=match):
+            call()
+    assert oracle.solver_calls == 0
+    # the reference: a valid vector, a list of it, and a one-row batch give one loss
+    assert oracle(list(p)) == oracle(p) == oracle.batch(p[None])[0]
+
+
+def test_mean_abs_error_names_its_own_arguments(reference):
+    """A rollout scored from a frame too late said "`steps`=2 from frame 5 exceeds the 6 recorded
+    steps" (mean_abs_error takes no `steps`), and a one-frame trajectory "`steps` must be >= 1"."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3)
+    traj = pf.rollout(coarse, net, reference, pf.flat_params(net)[None], 2)
+    with pytest.raises(zo.ArgumentError, match=r"`traj` holds 2 step\(s\) after its start; from `frame` 5 that exceeds "
+                                               r"the reference's 6 recorded steps"):
+        pf.mean_abs_error(traj, reference, frame=5)
+    with pytest.raises(zo.ArgumentError, match=r"`traj` holds 0 step\(s\) after its start"):
+        pf.mean_abs_error((traj[0][:, :, :1], traj[1][:, :, :1]), reference)
+    with pytest.raises(zo.ArgumentError, match="`frame` must be an integer >= 0"):
+        pf.mean_abs_error(traj, reference, frame=-1)
+    # the reference value: the error of the same trajectory computed by hand
+    by_hand = (np.abs(traj[0][0, :, 1:] - reference.vx[:, 1:3]).sum() + np.abs(traj[1][0, :, 1:] - reference.vy[:, 1:3]).sum()) \
+        / (traj[0][0, :, 1:].size + traj[1][0, :, 1:].size)
+    assert pf.mean_abs_error(traj, reference)[0] == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_baselines_train_a_float64_net_as_the_oracle_takes_it(reference):
+    """SolverInTheLoop and rollout run any net in float32; fit_offline and fit_differentiable fed a
+    float64 net (net.double(), or one built under torch.set_default_dtype(torch.float64)) float32
+    inputs: RuntimeError "Input type (float) and bias type (double) should be the same"."""
+    coarse = TINY.coarsened(2)
+    net32 = pf.correction_net(channels=2, kernel=3, seed=1, out_scale=1.0)
+    net64 = pf.correction_net(channels=2, kernel=3, seed=1, out_scale=1.0).double()
+    starts = np.array([[0, 0], [1, 2]])
+    for fit in (lambda n: pf.fit_offline(coarse, n, reference, epochs=2)[0],
+                lambda n: pf.fit_differentiable(coarse, n, reference, starts=starts, unroll=1, iterations=2)[0]):
+        # the reference: the same fit of the float32 net with the same values
+        np.testing.assert_allclose(fit(net64), fit(net32), rtol=0, atol=1e-6)
+    assert next(net64.parameters()).dtype == torch.float64  # the caller's net is not changed

@@ -118,3 +118,25 @@ def test_an_unwritable_out_is_refused_before_the_command_loads_phiflow(tmp_path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "--out /proc/no-such-dir/out: cannot write there" in r.stderr, r.stderr
     assert r.stdout.split() == ["2", "False"], r.stdout  # refused, and PhiFlow never imported
+
+
+def test_a_tilde_in_out_cache_and_zoracle_cache_means_the_home_folder(tmp_path, monkeypatch, capsys):
+    """The CLI checked `--out ~/res` (and `--cache`, `$ZORACLE_CACHE`) with ~ expanded, creating
+    $HOME/res, then wrote every file into a folder literally named ~ in the working directory."""
+    from zoracle.adapters import phiflow as pf
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("ZORACLE_CACHE", "~/env-cache")
+    rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
+                   "--zo-steps", "1", "--no-fo", "--no-plot", "--json", "--out", "~/res"])
+    assert rc == 0
+    assert (home / "res" / "results.json").is_file() and (home / "res" / "results.md").is_file()
+    assert len(list((home / "env-cache").glob("wake-*.npz"))) == 1
+    flow = pf.WakeFlow(nx=16, ny=32)
+    ref = pf.reference_trajectories(flow, [200.0], factor=2, warmup=0, steps=1, cache_dir="~/zc")
+    assert ref.path.startswith(str(home / "zc"))
+    assert not (cwd / "~").exists()
