@@ -765,7 +765,7 @@ def _sequence_first(model: nn.Module) -> str:
             f"dim 0: build them with batch_first=True, and pass (batch, sequence, ...) inputs, to keep feature reuse")
 
 
-def _integer_batch_error(exc: RuntimeError, name: str, t, call: str, out_dtype=None) -> None:
+def _integer_batch_error(exc: RuntimeError, name: str, t, call: str, out_dtype=None, label=None) -> None:
     """Raise an ArgumentError naming the fix when torch refused the bound batch's integer ``x``
     (features as uint8 pixels or int64 counts: the oracle casts floating-point x to the model's
     dtype and keeps integer x, token ids, as they are) or an integer ``y`` other than int64 (int32
@@ -805,7 +805,8 @@ def _integer_batch_error(exc: RuntimeError, name: str, t, call: str, out_dtype=N
                "pandas categorical's codes: y.cat.codes.astype('int64'))")
     else:
         return
-    raise ArgumentError(f"`batch`'s {name} is {dt} and {call} failed on it ({exc}); {fix}") from None
+    who = label if label is not None else f"`batch`'s {name}"
+    raise ArgumentError(f"{who} is {dt} and {call} failed on it ({exc}); {fix}") from None
 
 
 def _loss_shape_fix(out, y, v, B: int) -> str:

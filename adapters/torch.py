@@ -40,7 +40,7 @@ from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
 from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind,
                            full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
-                           shared_suffix, _one_tensor)
+                           shared_suffix, _one_tensor, _integer_batch_error)
 from ._torch_chain import (
     Step,
     absorb,
@@ -403,6 +403,9 @@ class TorchOracle:
             raise ArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise ArgumentError(f"`loss_fn` must be callable (outputs, targets) -> per-sample losses, got {loss_fn!r}")
+        if isinstance(loss_fn, type) and issubclass(loss_fn, nn.Module):  # nn.CrossEntropyLoss, not an instance
+            raise ArgumentError(f"`loss_fn` is the class {loss_fn.__name__}, not an instance; pass "
+                                f"{loss_fn.__name__}(reduction=\"none\")")
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
             if isinstance(t, nn.parameter.UninitializedTensorMixin):
                 raise ArgumentError(f"`model` has lazy modules not yet initialized ({name!r}): run one forward on a "
@@ -420,7 +423,7 @@ class TorchOracle:
         if tdtype is not None or device is not None:
             try:
                 model.to(device=device, dtype=tdtype)
-            except (RuntimeError, AssertionError) as exc:  # e.g. device="xyz", or CUDA without a GPU
+            except (RuntimeError, AssertionError, TypeError, ValueError) as exc:  # device="xyz", CUDA without a GPU
                 raise ArgumentError(f"`device` {device!r}: {exc}") from None
         self.loss_fn = loss_fn
         self.update_stats = check_flag("update_stats", update_stats)
@@ -514,9 +517,9 @@ class TorchOracle:
 
     def to_device(self, device) -> "TorchOracle":
         """Move the model (and a bound batch) to ``device``; ``DeviceExecutor`` calls it once per worker."""
-        try:
-            self._core.model.to(device)
-        except (RuntimeError, AssertionError) as exc:  # e.g. device="gpu", or CUDA without a GPU
+        try:  # by keyword: model.to(torch.float16), to(0.5) or to(a tensor) would change the model's dtype
+            self._core.model.to(device=device)
+        except (RuntimeError, AssertionError, TypeError, ValueError) as exc:  # device="gpu", CUDA without a GPU
             raise ArgumentError(f"`device` {device!r}: {exc}") from None
         if self._x is not None:
             # from the caller's tensors an aligned batch copies: on the same device the link stays
@@ -1482,7 +1485,11 @@ class TorchOracle:
             model.train(train)
             with torch.no_grad(), norm_context(model):
                 for lo, hi in zip(starts, starts[1:] + [n]):
-                    outs.append(model(xt[lo:hi]))
+                    try:
+                        outs.append(model(xt[lo:hi]))
+                    except RuntimeError as exc:  # uint8 pixels: name x and the cast, as bind does
+                        _integer_batch_error(exc, "x", xt, "model(x)", label="`x`")
+                        raise
         finally:
             for m, t in was:
                 m.training = t

@@ -537,3 +537,86 @@ def test_an_unpicklable_unprintable_cause_still_pickles_with_its_query():
     back = pickle.loads(pickle.dumps(err))
     assert back.query == "coordinate 3 (step +0.005)"
     assert isinstance(back.cause, RuntimeError) and str(back.cause).startswith("Bad: <str() failed: TypeError")
+
+
+def test_a_loss_class_given_as_loss_fn_is_named_before_any_query():
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    for batch in [(x, y), None]:  # at construction, with or without a batch (bind would raise torch's error)
+        with pytest.raises(zo.ArgumentError, match=r"`loss_fn` is the class CrossEntropyLoss, not an instance; "
+                                                    r"pass CrossEntropyLoss\(reduction=\"none\"\)"):
+            TorchOracle(torch.nn.Linear(3, 2).double(), torch.nn.CrossEntropyLoss, batch)
+    # an instance, and a loss function, are taken as before
+    TorchOracle(torch.nn.Linear(3, 2).double(), torch.nn.CrossEntropyLoss(reduction="none"), (x, y))
+
+
+def test_a_bad_dense_block_is_named_as_dense_not_as_blocks():
+    blocks = [slice(0, 3), slice(3, 6)]
+    with pytest.raises(zo.ArgumentError, match=r"`dense\[0\]` must be a slice\(start, stop\).*got 7"):
+        zo.random_masks(blocks, [0.5, 0.5], 0, dense=[7])
+    with pytest.raises(zo.ArgumentError, match=r"`dense\[1\]` must be a slice\(start, stop\).*got 3"):
+        zo.DynamicMasks(blocks, [0.5, 0.5], seed=0, dense=[slice(6, 8), 3])
+    with pytest.raises(zo.ArgumentError, match=r"`blocks\[1\]` must be a slice"):  # blocks keep their own name
+        zo.random_masks([slice(0, 3), 4], [0.5, 0.5], 0)
+    assert zo.random_masks(blocks, [0.5, 0.5], 0, dense=[slice(6, 8)]).tolist()[-2:] == [6, 7]
+
+
+@pytest.mark.parametrize("fn", [
+    lambda b: zo.uniform_ratios(b, 0.5),
+    lambda b: zo.random_ratios(b, 0.5, rng=0),
+    lambda b: zo.smart_ratio(b, 0.5),
+    lambda b: zo.keep_counts(b, [0.5]),
+    lambda b: zo.layer_ratios(np.ones(6), b, 0.5),
+    lambda b: zo.random_masks(b, [0.5], 0),
+    lambda b: zo.DynamicMasks(b, (0.5,), seed=0),
+    lambda b: zo.split_blocks(b),
+])
+@pytest.mark.parametrize("blocks", [None, 3, np.array(2.0)])
+def test_blocks_that_are_not_a_sequence_are_named(fn, blocks):
+    with pytest.raises(zo.ArgumentError, match=r"`blocks` must be a sequence of slice\(start, stop\)"):
+        fn(blocks)
+
+
+@pytest.mark.parametrize("batches", [lambda: [None], lambda epoch, rng: [None]])
+def test_a_batches_callable_that_cannot_take_the_epoch_is_named_before_any_query(batches):
+    oracle = Counting()
+    with pytest.raises(zo.ArgumentError, match=r"`batches` is called as fn\(epoch\), which its signature"):
+        zo.train(oracle, np.ones(3), batches=batches, progress=False)
+    with pytest.raises(zo.ArgumentError, match=r"`batches` is called as fn\(epoch\)"):
+        zo.recipes.short_budget(oracle, np.ones(3), 100, batches=batches, steps_per_epoch=1)
+    assert oracle.calls == 0
+    assert zo.train(oracle, np.ones(3), batches=lambda epoch: [None], progress=False).steps == 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_predict_on_integer_features_names_x_and_the_cast_as_bind_does(dtype):
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+
+    torch.manual_seed(0)
+    oracle = TorchOracle(torch.nn.Linear(3, 2), cross_entropy)
+    p = oracle.initial_params()
+    x = np.arange(6).reshape(2, 3).astype(dtype)
+    with pytest.raises(zo.ArgumentError, match=r"`x` is u?int(8|64) and model\(x\) failed on it .*x\.astype\(np\.float32\)"):
+        oracle.predict(p, x)
+    ref = x.astype(np.float32) @ oracle.model.weight.detach().numpy().T + oracle.model.bias.detach().numpy()
+    np.testing.assert_allclose(oracle.predict(p, x.astype(np.float32)), ref, rtol=1e-6)
+
+
+def test_to_device_refuses_what_is_not_a_device_and_keeps_the_models_dtype():
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    oracle = TorchOracle(torch.nn.Linear(3, 2), cross_entropy, (x, y))
+    p = oracle.initial_params()
+    before = oracle(p)
+    for bad in [torch.float16, torch.float64, float("nan"), -0.5, torch.ones(2, dtype=torch.float64)]:
+        with pytest.raises(zo.ArgumentError, match="`device`"):
+            oracle.to_device(bad)
+        assert oracle.dtype == torch.float32  # torch's model.to(dtype) was applied silently
+    assert oracle.to_device("cpu").to_device(torch.device("cpu"))(p) == before
+    with pytest.raises(zo.ArgumentError, match="`device` 0.5"):  # torch's TypeError, at construction too
+        TorchOracle(torch.nn.Linear(3, 2), cross_entropy, (x, y), device=0.5)

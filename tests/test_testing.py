@@ -773,3 +773,25 @@ def test_check_oracle_checks_unbind_away_from_a_zero_initialized_model():
     assert check_oracle(Bound(Parent(), batch), w)["unbind"] == 0.0
     with pytest.raises(OracleCheckError, match=r"unbind: parent\.bind\(batch\) of oracle\.unbind\(\) deviates"):
         check_oracle(Bound(Parent(), batch, drop=True), w)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(A=np.eye(4), b=[1.0, 2.0]), r"`b` must have shape \(4,\) to match `A` \(4, 4\), got \(2,\)"),
+    (dict(A=np.eye(4), b=np.ones((2, 2))), r"`b` must have shape \(4,\)"),
+    (dict(A=np.ones((2, 3))), r"`A` must be a square \(d, d\) matrix, got shape \(2, 3\)"),
+    (dict(A=np.ones(4)), r"`A` must be a square \(d, d\) matrix, got shape \(4,\)"),
+    (dict(A=None), r"`A` must be a square"),
+    (dict(A="abc"), r"`A` must be a real \(d, d\) matrix"),
+    (dict(A=np.eye(2), c=None), r"`c` must be a real number, got None"),
+    (dict(A=np.eye(2), c=np.ones(2)), r"`c` must be a real number"),
+])
+def test_quadratic_oracle_refuses_misshaped_inputs_at_construction(kwargs, match):
+    with pytest.raises(zo.ArgumentError, match=match):
+        QuadraticOracle(**kwargs)
+
+
+def test_quadratic_oracle_still_takes_lists_and_numpy_scalars():
+    q = QuadraticOracle([[2.0, 0.0], [0.0, 4.0]], [1, 1], c=np.float32(0.5))
+    x = np.array([1.0, -1.0])
+    assert q(x) == 0.5 * (2 + 4) + 0 + 0.5
+    np.testing.assert_allclose(q.grad(x), [3.0, -3.0])

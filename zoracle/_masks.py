@@ -29,14 +29,24 @@ def check_interval(iv):
     return int(iv)
 
 
-def _slices(blocks) -> list:
+def _block_list(blocks, name: str = "blocks") -> list:
+    """``blocks`` as a list; None, a number or a 0-d array (not iterable) raises an ArgumentError
+    naming ``name`` rather than "'NoneType' object is not iterable"."""
+    try:
+        return list(blocks)
+    except TypeError:
+        raise ArgumentError(f"`{name}` must be a sequence of slice(start, stop) (or of records with `.slice`, such "
+                            f"as oracle.param_info), got {blocks!r}") from None
+
+
+def _slices(blocks, name: str = "blocks") -> list:
     out = []
-    for i, b in enumerate(blocks):
+    for i, b in enumerate(_block_list(blocks, name)):
         s = getattr(b, "slice", b)
         if (not isinstance(s, slice) or not isinstance(s.start, numbers.Integral) or s.start < 0
                 or not isinstance(s.stop, numbers.Integral) or s.stop <= s.start or s.step not in (None, 1)):
             raise ArgumentError(
-                f"`blocks[{i}]` must be a slice(start, stop) with 0 <= start < stop and no step (or a record "
+                f"`{name}[{i}]` must be a slice(start, stop) with 0 <= start < stop and no step (or a record "
                 f"with `.slice`), got {b!r}"
             )
         out.append(slice(int(s.start), int(s.stop)))
@@ -93,14 +103,14 @@ def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
 
     rng = as_generator(rng)
     sl = _slices(blocks)
-    check_disjoint(sl, dense=_slices(dense))  # an overlap refused whatever the draw (a draw could miss it)
+    check_disjoint(sl, dense=_slices(dense, "dense"))  # an overlap refused whatever the draw (a draw could miss it)
     counts = keep_counts(sl, ratios)
     parts = []
     for s, k in zip(sl, counts):
         n = s.stop - s.start
         if k:
             parts.append(s.start + np.sort(rng.choice(n, size=int(k), replace=False)))
-    for s in _slices(dense):
+    for s in _slices(dense, "dense"):
         parts.append(np.arange(s.start, s.stop))
     if not parts:
         raise ArgumentError("every keep ratio is 0 and no dense block is given: the mask is empty")
@@ -138,7 +148,7 @@ class DynamicMasks:
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(_slices(self.blocks)))
-        object.__setattr__(self, "dense", tuple(_slices(self.dense)))
+        object.__setattr__(self, "dense", tuple(_slices(self.dense, "dense")))
         try:
             ratios = np.asarray(self.ratios, dtype=float).ravel()
         except (TypeError, ValueError):

@@ -27,7 +27,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._errors import ArgumentError, OracleError, check_flag
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
-from ._masks import _slices, check_disjoint
+from ._masks import _block_list, _slices, check_disjoint
 from ._oracle import has_methods
 
 __all__ = [
@@ -64,7 +64,7 @@ def split_blocks(blocks, score_kinds=SCORED_KINDS):
     """
     scored, dense = [], []
     kinds = check_score_kinds(score_kinds)
-    blocks = list(blocks)  # read twice: a generator would be spent by the first
+    blocks = _block_list(blocks)  # read twice: a generator would be spent by the first
     for b, s in zip(blocks, _slices(blocks)):
         kind = getattr(b, "kind", None)
         (scored if kind is None or kind in kinds else dense).append(s)
@@ -352,7 +352,7 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     sparsity = _check_sparsity(sparsity)
     if isinstance(linear_keep, bool) or not isinstance(linear_keep, numbers.Real) or not 0 <= linear_keep <= 1:
         raise ArgumentError(f"`linear_keep` must be in [0, 1], got {linear_keep!r}")
-    blocks = list(blocks)  # read twice: a generator would be spent by the first
+    blocks = _block_list(blocks)  # read twice: a generator would be spent by the first
     sl = _block_slices(blocks)
     check_disjoint(sl)
     kinds = [getattr(b, "kind", None) or "conv" for b in blocks] if kinds is None else list(kinds)

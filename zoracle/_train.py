@@ -500,6 +500,8 @@ def _check_batches(batches) -> None:
             f"{fields}, which train "
             f"would read as {k} batches, one array each; pass [{fields}] for a full batch every step, or "
             f"zo.Minibatches({fields}, batch_size, seed=0) (batches of one array each: pass them as a list)")
+    if callable(batches) and not isinstance(batches, Sequence):  # called as batches(epoch): fail now, not mid-run
+        _check_arity(batches, 1, "`batches`", "(epoch)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
     if hasattr(batches, "dataset") and hasattr(batches, "batch_size"):  # a torch DataLoader (re-iterable, reshuffled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import namespace
+from .._errors import ArgumentError
 
 
 class QuadraticOracle:
@@ -18,11 +19,24 @@ class QuadraticOracle:
 
     def __init__(self, A, b=None, c: float = 0.0, blocks=None):
         xp = namespace(A)
-        A = xp.asarray(A, dtype=xp.float64)
+        try:
+            A = xp.asarray(A, dtype=xp.float64)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"`A` must be a real (d, d) matrix, got {type(A).__name__} ({exc})") from None
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ArgumentError(f"`A` must be a square (d, d) matrix, got shape {tuple(A.shape)}")
         self.A = 0.5 * (A + A.T)
         d = A.shape[0]
-        self.b = xp.zeros(d) if b is None else xp.asarray(b, dtype=xp.float64)
-        self.c = float(c)
+        try:
+            self.b = xp.zeros(d) if b is None else xp.asarray(b, dtype=xp.float64)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"`b` must be a real vector of length {d} or None, got {type(b).__name__} ({exc})") from None
+        if tuple(self.b.shape) != (d,):
+            raise ArgumentError(f"`b` must have shape ({d},) to match `A` {tuple(A.shape)}, got {tuple(self.b.shape)}")
+        try:
+            self.c = float(c)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"`c` must be a real number, got {c!r}") from None
         if blocks is None:
             blocks = [slice(0, d)]
         self.blocks = list(blocks)
