@@ -375,3 +375,19 @@ def test_ctrl_c_while_the_flags_are_checked_is_one_line_and_exit_130(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 130 and r.stderr.strip() == "zoracle demo: interrupted", (r.returncode, r.stderr[-300:])
     assert r.stdout == ""
+
+
+def test_a_tilde_in_an_output_path_means_the_home_folder_for_every_command(tmp_path, monkeypatch):
+    """``--out '~/res'`` (quoted, or ``--out=~/res``, which no shell expands): the CLI's check looked
+    at the home folder, and defense wrote into a folder named ``~`` in the working directory."""
+    import zoracle.apps.defense as defense
+    from zoracle.cli import main
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    seen = {}
+    monkeypatch.setattr(defense, "main", lambda args: seen.setdefault("out", args.out) and 0)
+    assert main(["defense", "--out", "~/res"]) == 0
+    assert seen["out"] == str(home / "res") and not (work / "~").exists()

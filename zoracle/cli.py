@@ -203,6 +203,9 @@ def main(argv=None, prog: str | None = None) -> int:
             sub = _Parser(prog=name, description=COMMANDS[argv[0]][2])
             mod.add_arguments(sub)
             args = sub.parse_args(argv[1:])
+            for attr in OUTPUTS:  # a shell leaves "~" in a quoted or "--out=~/x" path: it means the home folder
+                if isinstance(getattr(args, attr, None), str):
+                    setattr(args, attr, os.path.expanduser(getattr(args, attr)))
             made = check_outputs(argv[0], args, name)  # (first: a command's check may load its libraries, seconds)
             if hasattr(mod, "check"):  # a flag's value out of range: a usage error, exit 2 as argparse's type errors
                 try:
