@@ -1019,20 +1019,43 @@ def _mixing_step(core, states, ctx) -> str:
         rows = all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B for t in state)
         if not plain and rows:
             try:
-                mixed = False
+                mixed, merged = False, True
                 for i in range(B):
                     ctx.reset()
                     three = st(tuple(t[i:i + 1].expand((3,) + tuple(t.shape[1:])).contiguous() for t in state))
-                    mixed = mixed or not all(_same_rows(o, a, i, B) for o, a in zip(out, three)
-                                             if isinstance(o, torch.Tensor) and o.is_floating_point())
+                    pairs = [(o, a) for o, a in zip(out, three) if isinstance(o, torch.Tensor) and o.is_floating_point()]
+                    mixed = mixed or not all(_same_rows(o, a, i, B) for o, a in pairs)
+                    merged = merged and any(_merged_rows(o, a, i, B) for o, a in pairs)
             except Exception:  # a step that cannot run on one sample alone reads the others
-                mixed = True
+                mixed, merged = True, False
             if mixed:
                 what = f" ({type(m).__name__})" if m is not None else ""
+                if merged:  # x.view(b * t, c), x.flatten(0, 1): rows still per sample, the batch folded into them
+                    rows = next(o.shape[0] for o in out if isinstance(o, torch.Tensor) and o.is_floating_point()) // B
+                    return (f"step {st.name or j}{what} folds the batch dimension into the next one (each sample "
+                            f"becomes {rows} rows, as x.view(b * t, c), x.reshape(-1, c) or x.flatten(0, 1) do): it "
+                            "mixes no samples, but the fast paths keep one row per sample and are not checked "
+                            "on a fold; keep the batch dimension apart (nn.Linear and nn.LayerNorm act on the last "
+                            "dimension of (b, t, c) as it is)")
                 return (f"step {st.name or j}{what} mixes samples: its output for one sample depends on the others "
                         "(a batch statistic, the batch size, or rows paired or shifted along the batch), and the "
                         "fast paths stack perturbations along the batch")
     return ""
+
+
+def _merged_rows(o, a, i: int, B: int) -> bool:
+    """Whether ``o`` folds the batch into its first dimension (``B * r`` rows, sample ``i``'s
+    being rows ``i * r`` to ``(i + 1) * r``, as ``view(b * t, c)`` lays them out) and ``a`` (the
+    step on sample ``i`` repeated three times) holds those rows first."""
+    if not isinstance(a, torch.Tensor) or a.dim() != o.dim() or o.dim() == 0 or o.shape[0] % B:
+        return False
+    r = o.shape[0] // B
+    if r < 2 or a.shape[0] != 3 * r or a.shape[1:] != o.shape[1:]:
+        return False
+    got, want = a[:r], o[i * r:(i + 1) * r]
+    f64 = o.dtype == torch.float64
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    return bool(torch.allclose(got, want, rtol=1e-9 if f64 else 1e-5, atol=(1e-12 if f64 else 1e-6) * scale))
 
 
 def _same_rows(o, a, i: int, B: int) -> bool:

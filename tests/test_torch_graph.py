@@ -592,6 +592,59 @@ def test_a_step_mixing_samples_is_found_at_the_check(mix):
         np.testing.assert_allclose(oracle.coordinate_losses(theta, coords, 1e-3), want, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("fold", ["view", "reshape", "flatten"])
+def test_a_step_folding_the_batch_into_rows_is_not_called_mixing(fold):
+    """A TimeDistributed-style forward (x.view(b * t, c), a Linear on the rows, view back) mixes
+    no samples: the refusal said "its output for one sample depends on the others". It names the
+    fold now; the full forwards it falls back to match a float64 forward-difference loop."""
+
+    import zoracle as zo
+
+    class Folding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            b, t, c = x.shape
+            if fold == "view":
+                h = self.fc(x.view(b * t, c)).view(b, t, -1)
+            elif fold == "reshape":
+                h = self.fc(x.reshape(-1, c)).reshape(b, t, -1)
+            else:
+                h = self.fc(x.flatten(0, 1)).unflatten(0, (b, t))
+            return self.head(torch.tanh(h).mean(1))
+
+    torch.manual_seed(0)
+    model = Folding().double()
+    x, y = torch.randn(6, 4, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6))
+    text = " ".join(str(w.message) for w in seen)
+    assert oracle.blocks == []
+    assert "folds the batch dimension" in text and "mixes samples" not in text, text
+    ref = np.empty(theta.size)
+    base = dict(model.named_parameters())
+    names = [(i.name, i.slice, i.shape) for i in oracle.param_info]
+
+    def loss(p):
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(model, p, (x,)), y).mean())
+
+    flat = {n: torch.as_tensor(theta[s]).reshape(shape) for n, s, shape in names}
+    f0 = loss(flat)
+    for n, s, shape in names:
+        for j in range(s.stop - s.start):
+            q = theta[s].copy()
+            q[j] += 1e-6
+            h = q[j] - theta[s][j]
+            ref[s.start + j] = (loss({**flat, n: torch.as_tensor(q).reshape(shape)}) - f0) / h
+    np.testing.assert_allclose(est.grad, ref, rtol=0, atol=1e-7)
+
+
 class _TimmAttention(nn.Module):
     """timm's attention: qkv laid out (3, B, heads, N, d) by permute(2, 0, 3, 1, 4)."""
 
