@@ -650,3 +650,23 @@ def test_an_auxiliary_output_starting_with_a_later_input_axis_does_not_refuse_th
         assert clf.output_name == "logits"
         np.testing.assert_array_equal(clf(x), direct)
         assert clf.predict(x).tolist() == direct.argmax(1).tolist()
+
+
+def test_an_output_whose_class_axis_follows_the_chunk_size_is_named_not_a_numpy_error():
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # scores = x @ x.T: (n, n), declared (N, C); in chunks of batch_size its class axis changes with the chunk
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "xt"], ["scores"])],
+        "gram", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "C"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    direct = [ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": c})[0].shape for c in (x[:3], x[3:])]
+    assert direct == [(3, 3), (2, 2)]  # the reference: ragged chunks
+    clf = OnnxClassifier(model, batch_size=3)
+    with pytest.raises(zo.ZoracleError, match=r"returned shapes \[\(3, 3\), \(2, 2\)\] for chunks of 3 samples: its "
+                                              r"trailing axes change with the batch"):
+        clf(x)

@@ -391,3 +391,21 @@ def test_a_tilde_in_an_output_path_means_the_home_folder_for_every_command(tmp_p
     monkeypatch.setattr(defense, "main", lambda args: seen.setdefault("out", args.out) and 0)
     assert main(["defense", "--out", "~/res"]) == 0
     assert seen["out"] == str(home / "res") and not (work / "~").exists()
+
+
+def test_zoracle_cache_is_checked_only_for_a_command_with_a_cache(tmp_path, monkeypatch):
+    """$ZORACLE_CACHE is the default of ``zoracle sol --cache``: a command without a cache (demo)
+    runs whatever it names, even a file where no folder can be made."""
+    import argparse
+
+    from zoracle.apps import demo
+    from zoracle.cli import check_outputs
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("ZORACLE_CACHE", str(blocker))
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(["--quick"])
+    assert not hasattr(args, "cache")
+    assert check_outputs("demo", args) == []  # nothing made, nothing refused

@@ -1653,3 +1653,29 @@ def test_a_process_worker_reports_the_loss_kind_of_this_task_not_an_earlier_esti
             for p in (np.full(20, 2.0), np.linspace(-1, 0.5, 20)):
                 for executor in (None, loky2):
                     zo.estimate_gradient(hinge, p, zo.CGE(mu=1e-3), executor=executor)
+
+
+class _TorchFloat32Loss:
+    """Returns its loss as a float32 torch scalar (a ``loss.detach()`` not turned into a float)."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def __call__(self, x):
+        import torch
+
+        return torch.tensor(1e4, dtype=torch.float32) + torch.tensor(float(self.w @ x), dtype=torch.float32)
+
+
+def test_a_float32_torch_loss_is_warned_about_on_process_workers_too(loky2, monkeypatch):
+    """The worker sends the loss's dtype name (``torch.float32``), not its type's (``Tensor``, which
+    names no precision): the warning the driver gives for the same oracle run serially."""
+    pytest.importorskip("torch")
+    import zoracle._estimators as est_module
+
+    w = np.linspace(0.5, 1.5, 10)
+    for executor in (None, loky2):
+        monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+        with pytest.warns(UserWarning, match=r"returns float32 losses: near the base loss 10000 they are 0.000977 "
+                                             r"apart"):
+            zo.estimate_gradient(_TorchFloat32Loss(w), np.zeros(10), zo.CGE(), executor=executor)

@@ -356,3 +356,17 @@ def test_training_step_failure_leaves_params_untouched(tmp_path, watch):
         with pytest.raises(zo.OracleError):
             zo.train(BadAt(x, 3, "raise"), x, epochs=1, estimator=zo.CGE(), executor=ex, progress=False)
     np.testing.assert_array_equal(x, before)
+
+
+def test_an_oracle_error_whose_class_only_the_workers_import_keeps_its_cause(tmp_path, monkeypatch, watch):
+    """The driver cannot import the oracle's exception class: the OracleError it gets still names
+    the oracle's exception in ``cause`` (documented: "the exception the oracle raised"), as text."""
+    (tmp_path / "zoracle_workers_only_errors.py").write_text("class QuotaError(Exception):\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    x = params()
+    with JoblibExecutor(2) as ex:
+        with pytest.raises(zo.OracleError) as info:
+            zo.estimate_gradient(RaisesAWorkersOwnError(x, 7), x, zo.CGE(), executor=ex)
+    err = info.value
+    assert err.cause is not None and err.value is None
+    assert str(err.cause) == "QuotaError: quota exceeded at coordinate 7"

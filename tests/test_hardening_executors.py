@@ -523,3 +523,35 @@ def test_a_threading_timeout_stops_the_abandoned_shard_before_the_next_estimate(
         time.sleep(0.5)
     assert oracle.calls - calls == d + 1  # this estimate's queries only
     np.testing.assert_allclose(est.grad, np.arange(1.0, d + 1), rtol=1e-6)
+
+
+class _BatchedSlowOnce:
+    """A batched serial oracle (``batch``: 4 rows a call): one slow call (at coordinate 3), then fast."""
+
+    max_queries_per_call = 4
+
+    def __init__(self, x0, slow):
+        self.x0, self.slow, self.rows = x0, slow, 0
+
+    def __call__(self, x):
+        return float(self.batch(np.asarray(x)[None])[0])
+
+    def batch(self, P):
+        P = np.asarray(P)
+        self.rows += len(P)
+        if self.slow and (P[:, 3] != self.x0[3]).any():
+            time.sleep(self.slow)
+        return P @ np.arange(1.0, P.shape[1] + 1)
+
+
+def test_a_serial_timeout_stops_the_abandoned_shard_of_a_batched_oracle_too():
+    """The abandoned shard's thread makes no further query through the oracle's ``batch`` method
+    either (an attribute of the oracle, not a call of it): only the rows up to the slow call."""
+    d = 40
+    x0 = np.linspace(0.1, 1.0, d)
+    oracle = _BatchedSlowOnce(x0, slow=1.3)
+    ex = SerialExecutor(timeout=1.0)
+    with pytest.raises(ShardTimeout):
+        zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+    time.sleep(1.0)  # the slow call (already inside the oracle, it cannot be stopped) ends
+    assert oracle.rows == 1 + 4  # the base point, then the slow call's 4 rows; not the other 36

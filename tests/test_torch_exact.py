@@ -1258,7 +1258,6 @@ def test_hook_style_reparametrization_falls_back_naming_the_hook_and_the_paramet
         np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
 
 
-
 def _estimate_saying(model, x, y, mu=1e-6):
     """``(oracle, theta, CGE estimate, the RuntimeWarnings' text)`` of a fresh oracle on ``model``."""
     with warnings.catch_warnings(record=True) as rec:
@@ -2052,7 +2051,6 @@ def test_a_random_forward_is_named_as_such(blocks):
         TorchOracle(model.eval(), CE_ROWS, (x, y), blocks=blocks)
 
 
-
 class _BatchDropPath(nn.Module):
     """Stochastic depth drawn once per call for the whole batch: two calls often agree."""
 
@@ -2721,3 +2719,38 @@ def test_a_drawing_forward_with_weights_captured_for_the_whole_batch_warns_inste
         m = z.max(1)
         kept = float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(B), y.numpy()]))
         assert min(abs(got - kept), abs(got - np.log(2))) <= 1e-12
+
+
+def test_a_hook_that_changes_nothing_at_a_zero_head_still_retires_the_split():
+    """With a zero-initialised head, ``b``'s pre-hook changes no loss at the initial parameters
+    (the unmoved check) and no loss the self-check sees: only the check with all parameters moved
+    retires the split. Kept, the closed form for ``b.weight`` (which does not run the hook) is
+    wrong as soon as the head has moved (a training step later)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 10, dtype=torch.float64), torch.randint(0, 4, (6,))
+    torch.manual_seed(0)
+    model = _ScaledInput().double()
+    with torch.no_grad():
+        model.c.weight.zero_()
+    ref = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, CE_ROWS).bind((x, y))
+        theta = oracle.initial_params()
+        zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-3))
+    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    assert "'b' run(s) forward hooks" in said, said
+
+    def loss(th):  # textbook: one parameter at a time on a copy, by name
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).mean())
+    head = [i for i in oracle.param_info if i.name == "c.weight"][0].slice
+    moved = theta.copy()  # the head after some training
+    moved[head] = np.random.default_rng(1).normal(size=head.stop - head.start) * 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = zo.estimate_gradient(oracle, moved, zo.CGE(mu=1e-3)).grad
+    base = loss(moved)
+    want = np.array([(loss(moved + 1e-3 * e) - base) / 1e-3 for e in np.eye(moved.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)

@@ -1430,3 +1430,62 @@ def test_a_new_short_iterator_each_epoch_is_not_called_one_iterator_returned_aga
         with pytest.raises(zo.ArgumentError, match=r"`batches\(0\)` gave 5 batches") as exc:
             zo.train(LinReg(), np.zeros(4), batches=batches, epochs=2, steps_per_epoch=10, progress=False)
         assert "read once" not in str(exc.value) and "pass steps_per_epoch=5" in str(exc.value)
+
+
+def test_prints_beside_the_bar_leave_stdout_and_stderr_as_they_were(monkeypatch):
+    """While eval_fn, a callback or the epoch's log line runs, stdout and stderr are wrapped to clear
+    the bar on their first write; after it they are the caller's own streams again (a wrapper left
+    in place would clear a closed bar on every later print)."""
+    import io
+    import sys
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    seen = []
+    zo.train(lambda x: float(x @ x), np.ones(3), epochs=2, steps_per_epoch=2, optimizer=zo.sgd(0.01), rng=0,
+             progress=True, eval_fn=lambda p: seen.append((sys.stdout, sys.stderr)) or print("EVAL"),
+             callbacks=[lambda event, rec, p: print("CB", event, file=sys.stderr)])
+    assert sys.stdout is out and sys.stderr is err
+    assert seen and all(o is not out and e is not err for o, e in seen)  # wrapped while eval_fn ran
+    print("after")
+    assert out.getvalue().endswith("after\n") and "EVAL" in out.getvalue()
+
+
+def test_what_a_step_callback_prints_starts_its_own_line(monkeypatch):
+    """A callback printing on "step" events (a per-step log) got the bar's own line continued
+    ('qps=258]CB step'), as an epoch callback did before: the bar is cleared for step callbacks too."""
+    import io
+    import sys
+
+    screen = io.StringIO()  # stdout and stderr on one terminal
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    zo.train(lambda x: float(x @ x), np.ones(3), epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.01), rng=0,
+             progress=True, callbacks=[lambda event, rec, p: print("CB", event) if event == "step" else None])
+    text = screen.getvalue()
+    assert "train" in text  # the bar was drawn
+    starts = [text[max(m.start() - 1, 0):m.start()] for m in re.finditer("CB step", text)]
+    assert len(starts) == 6 and all(c in ("", "\r", "\n") for c in starts), starts
+
+
+def test_the_bar_is_drawn_again_after_what_eval_fn_prints(monkeypatch):
+    """After a print in eval_fn cleared the bar, the bar is drawn again at once, not only at the next
+    step's update (a slow oracle's next step would leave the terminal without a bar meanwhile)."""
+    import io
+    import sys
+
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    seen = []
+
+    def oracle(x):
+        if "EVAL" in screen.getvalue() and not seen:  # the first query after epoch 0's eval_fn
+            seen.append(screen.getvalue())
+        return float(x @ x)
+
+    zo.train(oracle, np.ones(3), epochs=2, steps_per_epoch=2, optimizer=zo.sgd(0.01), rng=0, progress=True,
+             eval_fn=lambda p: print("EVAL"))
+    after = seen[0].rsplit("EVAL", 1)[1]
+    assert "train" in after or "epoch 1/2" in after, repr(after)  # the bar, drawn again after the print
