@@ -345,7 +345,7 @@ def test_update_refuses_a_gradient_it_cannot_step_with(make):
     state = opt.init(p)
     for g, match in [(torch.ones(3), "`grad` passed to .* must be an array like `params` .*torch.Tensor"),
                      ([1.0, 1.0, 1.0], "`grad` passed to .* must be an array like `params` .*builtins.list"),
-                     (np.array([1.0, np.nan, 1.0]), "`grad` passed to .* must be finite, got nan at index 1"),
+                     (np.array([1.0, np.nan, 1.0]), "`grad` passed to .* must be (finite|free of NaN .*), got nan at index 1"),
                      (np.array([np.inf, 1.0, 1.0]), "`grad` passed to .* must be finite, got inf at index 0")]:
         if opt.name == "sign_sgd" and "got inf" in match:
             continue  # an infinite entry has a sign: sign_sgd steps with it (test_sign_sgd_steps_with_an_infinite_...)
@@ -417,5 +417,5 @@ def test_sign_sgd_steps_with_an_infinite_gradient_entry_and_refuses_nan():
         ref = p - np.float32(0.1) * np.sign(g + np.float32(wd) * p)
         np.testing.assert_array_equal(new, ref)
         assert new.dtype == np.float32 and state.count == 1
-    with pytest.raises(zo.ArgumentError, match="must be finite, got nan at index 1"):
+    with pytest.raises(zo.ArgumentError, match=r"must be free of NaN \(it has no sign\), got nan at index 1"):
         zo.sign_sgd(0.1).update(np.array([np.inf, np.nan, 1.0]), zo.sign_sgd(0.1).init(np.zeros(3)), np.zeros(3))

@@ -109,10 +109,13 @@ def _check_update(name: str, grad, state, params, state_type, signs: bool = Fals
                             "np.asarray(grad, dtype=params.dtype) (a torch tensor: grad.detach().cpu().numpy())")
     if getattr(getattr(grad, "dtype", None), "kind", "f") not in "iuf":
         raise ArgumentError(f"`grad` passed to {name}.update() must hold real numbers, got dtype {grad.dtype}")
-    ok = xp.logical_not(xp.isnan(grad)) if signs else xp.isfinite(grad)
-    if not bool(xp.all(ok)):  # one NaN made its parameter (and Adam's moments) NaN for good
+    # one pass over the gradient (isnan's result negated was a second one, and a second temporary)
+    if bool(xp.any(xp.isnan(grad))) if signs else not bool(xp.all(xp.isfinite(grad))):
+        # one NaN made its parameter (and Adam's moments) NaN for good
+        ok = xp.logical_not(xp.isnan(grad)) if signs else xp.isfinite(grad)
         bad = int(np.flatnonzero(~np.ravel(to_numpy(ok)))[0])
-        raise ArgumentError(f"`grad` passed to {name}.update() must be finite, got {np.ravel(to_numpy(grad))[bad]} at "
+        what = "free of NaN (it has no sign)" if signs else "finite"
+        raise ArgumentError(f"`grad` passed to {name}.update() must be {what}, got {np.ravel(to_numpy(grad))[bad]} at "
                             f"index {bad}: the step would make that parameter NaN or infinite (and poison the "
                             "optimizer's state); fix the gradient before the update")
     for field, value in state._asdict().items():
