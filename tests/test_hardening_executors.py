@@ -31,6 +31,7 @@ from zoracle.executors import (
     RayExecutor,
     SerialExecutor,
     ShardTimeout,
+    ThreadPool,
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -95,31 +96,39 @@ class _ScratchSlowOnce:
 
     def __init__(self, x0, slow):
         self.x0, self.slow, self.buf, self.calls = x0, slow, np.zeros(x0.size), 0
+        self.slow_done = threading.Event()  # set when the slow query has returned
 
     def __call__(self, x):
         self.calls += 1
-        if self.slow and x[3] != self.x0[3]:
+        slow = self.slow and x[3] != self.x0[3]
+        if slow:
             time.sleep(self.slow)
         np.multiply(x, np.arange(1.0, x.size + 1), out=self.buf)
         time.sleep(0.01)  # between writing the buffer and reading it
-        return float(self.buf.sum())
+        out = float(self.buf.sum())
+        if slow:
+            self.slow_done.set()
+        return out
 
 
-def test_a_serial_timeout_stops_the_abandoned_shard_before_the_next_estimate():
-    """After SerialExecutor's ShardTimeout the thread left behind went on through the rest of its
-    shard (every coordinate), querying the oracle beside the caller's next estimate: an oracle with
-    a scratch buffer, made for serial use, then gave a retry a gradient 13 off (true: 1..40)."""
+@pytest.mark.parametrize("make", [lambda: SerialExecutor(timeout=1.0), lambda: ThreadPool(1, timeout=1.0)],
+                         ids=["serial", "threads"])
+def test_a_timeout_stops_the_abandoned_shard_before_the_next_estimate(make):
+    """After a ShardTimeout the thread left behind went on through the rest of its shard (every
+    coordinate), querying the oracle beside the caller's next estimate: an oracle with a scratch
+    buffer, made for serial use, then gave a retry a gradient 13 off (true: 1..40); a ThreadPool
+    made 4 more queries."""
     d = 40
     x0 = np.linspace(0.1, 1.0, d)
     oracle = _ScratchSlowOnce(x0, slow=1.3)
-    ex = SerialExecutor(timeout=1.0)
-    with pytest.raises(ShardTimeout):
-        zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
-    oracle.slow = 0.0
-    time.sleep(0.4)  # the slow query (already inside the oracle, it cannot be stopped) ends
-    calls = oracle.calls
-    est = zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
-    time.sleep(0.5)
+    with make() as ex:
+        with pytest.raises(ShardTimeout):
+            zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+        oracle.slow = 0.0
+        assert oracle.slow_done.wait(30)  # the slow query (inside the oracle, it cannot be stopped) ends
+        calls = oracle.calls
+        est = zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+        time.sleep(0.5)  # an abandoned shard that went on would query within this
     assert oracle.calls - calls == d + 1  # this estimate's queries only
     np.testing.assert_allclose(est.grad, np.arange(1.0, d + 1), rtol=1e-6)
 
@@ -503,26 +512,6 @@ def test_main_guard_detection_accepts_guarded_code(tmp_path):
     out = subprocess.run([sys.executable, str(script), "top"], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["7", "None"], out.stderr
     assert unguarded_main_line() is None  # under pytest: not a script's top level
-
-
-def test_a_threading_timeout_stops_the_abandoned_shard_before_the_next_estimate():
-    """As SerialExecutor's: after a ThreadPool's ShardTimeout the thread left behind went on through
-    the rest of its shard, querying the oracle beside the caller's next estimate (4 more queries)."""
-    from zoracle.executors import ThreadPool
-
-    d = 40
-    x0 = np.linspace(0.1, 1.0, d)
-    oracle = _ScratchSlowOnce(x0, slow=1.3)
-    with ThreadPool(1, timeout=1.0) as ex:
-        with pytest.raises(ShardTimeout):
-            zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
-        oracle.slow = 0.0
-        time.sleep(0.4)  # the slow query (already inside the oracle, it cannot be stopped) ends
-        calls = oracle.calls
-        est = zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
-        time.sleep(0.5)
-    assert oracle.calls - calls == d + 1  # this estimate's queries only
-    np.testing.assert_allclose(est.grad, np.arange(1.0, d + 1), rtol=1e-6)
 
 
 class _BatchedSlowOnce:

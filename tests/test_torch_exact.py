@@ -1323,6 +1323,16 @@ def _textbook(oracle, theta, step=1e-6):
     return np.array([(oracle(theta + step * e) - base) / step for e in np.eye(theta.size)])
 
 
+def _by_name(ref, oracle, x, y):
+    """The mean row loss of ``ref`` (a copy of the oracle's model) at flat parameters ``th``, each
+    parameter placed by its name in ``oracle.param_info``."""
+    def loss(th):
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).mean())
+    return loss
+
+
 class _Attributes(nn.Module):
     """A forward reading a buffer-only expression, plain attributes of several kinds and an
     unregistered tensor, and writing counters and a tensor of its own."""
@@ -1888,10 +1898,7 @@ def test_a_hook_the_self_check_cannot_see_still_retires_the_split():
     said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
     assert "'b' run(s) forward hooks" in said, said
 
-    def loss(th):  # textbook: one parameter at a time on a copy, by name
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).mean())
+    loss = _by_name(ref, oracle, x, y)  # textbook: one parameter at a time on a copy, by name
     base = loss(theta)
     want = np.array([(loss(theta + 1e-3 * e) - base) / 1e-3 for e in np.eye(theta.size)])
     np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
@@ -2741,10 +2748,7 @@ def test_a_hook_that_changes_nothing_at_a_zero_head_still_retires_the_split():
     said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
     assert "'b' run(s) forward hooks" in said, said
 
-    def loss(th):  # textbook: one parameter at a time on a copy, by name
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).mean())
+    loss = _by_name(ref, oracle, x, y)  # textbook: one parameter at a time on a copy, by name
     head = [i for i in oracle.param_info if i.name == "c.weight"][0].slice
     moved = theta.copy()  # the head after some training
     moved[head] = np.random.default_rng(1).normal(size=head.stop - head.start) * 0.3

@@ -1276,6 +1276,13 @@ def test_a_dataloader_given_as_batches_is_refused_naming_the_fix_for_a_dataloade
     np.testing.assert_allclose(got, p, rtol=1e-9, atol=1e-12)
 
 
+class _DictLinReg:
+    """Least squares on dict batches ``{"x": ..., "y": ...}``."""
+
+    def bind(self, batch):
+        return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
+
+
 def test_a_resume_with_other_dict_batches_is_refused(tmp_path):
     """A list of dict batches ({"x": ..., "y": ...}) had no rows in the batches' print: a run
     stopped on batches of 4 rows resumed on batches of 6 without a word (a list of tuples was
@@ -1284,21 +1291,17 @@ def test_a_resume_with_other_dict_batches_is_refused(tmp_path):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((24, 3)), rng.standard_normal(24)
 
-    class DictLinReg:
-        def bind(self, batch):
-            return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
-
     def batches(bs):
         return [{"x": X[k:k + bs], "y": y[k:k + bs]} for k in range(0, 4 * bs, bs)]
 
     path = tmp_path / "run.npz"
     kw = dict(epochs=3, estimator=zo.CGE(mu=1e-4, scheme="central"), optimizer=zo.sgd(0.05), rng=0, progress=False,
               checkpoint=path)
-    zo.train(DictLinReg(), np.zeros(3), batches=batches(4), max_queries=7 * 6, **kw)  # 6 steps of 7 queries
+    zo.train(_DictLinReg(), np.zeros(3), batches=batches(4), max_queries=7 * 6, **kw)  # 6 steps of 7 queries
     with pytest.raises(zo.CheckpointError, match="different settings \\(batches: checkpoint has"):
-        zo.train(DictLinReg(), np.zeros(3), batches=batches(6), resume=True, **kw)
+        zo.train(_DictLinReg(), np.zeros(3), batches=batches(6), resume=True, **kw)
     # the same batches resume, to the run a textbook loop gives (central CGE is exact on quadratics)
-    got = zo.train(DictLinReg(), np.zeros(3), batches=batches(4), resume=True, **kw).params
+    got = zo.train(_DictLinReg(), np.zeros(3), batches=batches(4), resume=True, **kw).params
     w = np.zeros(3)
     for _ in range(3):
         for b in batches(4):
@@ -1314,22 +1317,18 @@ def test_a_checkpoint_of_dict_batches_written_before_their_rows_were_read_still_
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((16, 3)), rng.standard_normal(16)
 
-    class DictLinReg:
-        def bind(self, batch):
-            return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
-
     batches = [{"x": X[k:k + 4], "y": y[k:k + 4]} for k in range(0, 16, 4)]
     path = tmp_path / "run.npz"
     kw = dict(estimator=zo.CGE(mu=1e-4, scheme="central"), optimizer=zo.sgd(0.05), rng=0, progress=False,
               checkpoint=path)
-    zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=1, **kw)
+    zo.train(_DictLinReg(), np.zeros(3), batches=batches, epochs=1, **kw)
     arrays, meta = zo.load_checkpoint(path)
     meta["config"]["batches"] = {"batches": 4, "rows": _short_hash([None] * 4)}  # as the older print read them
     for k in ("format", "version"):
         meta.pop(k)
     zo.save_checkpoint(path, arrays, meta)
     with pytest.warns(UserWarning, match="only their number \\(4\\) is compared"):
-        got = zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=2, resume=True, **kw).params
+        got = zo.train(_DictLinReg(), np.zeros(3), batches=batches, epochs=2, resume=True, **kw).params
     w = np.zeros(3)
     for _ in range(2):
         for b in batches:
@@ -1385,24 +1384,20 @@ def test_a_resume_of_a_dict_batch_checkpoint_without_rows_warns_that_sizes_are_n
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((16, 3)), rng.standard_normal(16)
 
-    class DictLinReg:
-        def bind(self, batch):
-            return lambda w: float(np.mean((batch["x"] @ w - batch["y"]) ** 2))
-
     batches = [{"x": X[k:k + 4], "y": y[k:k + 4]} for k in range(0, 16, 4)]
     other = [{"x": X[k:k + 2], "y": y[k:k + 2]} for k in range(0, 8, 2)]
     kw = dict(estimator=zo.CGE(mu=1e-4, scheme="central"), optimizer=zo.sgd(0.05), rng=0, progress=False)
     new, old = tmp_path / "new.npz", tmp_path / "old.npz"
-    zo.train(DictLinReg(), np.zeros(3), batches=batches, epochs=1, checkpoint=new, **kw)
+    zo.train(_DictLinReg(), np.zeros(3), batches=batches, epochs=1, checkpoint=new, **kw)
     arrays, meta = zo.load_checkpoint(new)
     meta["config"]["batches"] = {"batches": 4, "rows": _short_hash([None] * 4)}  # as the older print read them
     for k in ("format", "version"):
         meta.pop(k)
     zo.save_checkpoint(old, arrays, meta)
     with pytest.raises(zo.CheckpointError, match="different settings \\(batches"):
-        zo.train(DictLinReg(), np.zeros(3), batches=other, epochs=2, resume=new, **kw)
+        zo.train(_DictLinReg(), np.zeros(3), batches=other, epochs=2, resume=new, **kw)
     with pytest.warns(UserWarning, match="rows of dict batches: only their number \\(4\\) is compared"):
-        zo.train(DictLinReg(), np.zeros(3), batches=other, epochs=2, resume=old, **kw)
+        zo.train(_DictLinReg(), np.zeros(3), batches=other, epochs=2, resume=old, **kw)
 
 
 @pytest.mark.parametrize("mu", [0.0, 0, -1e-3, float("nan")])
