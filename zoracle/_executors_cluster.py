@@ -487,28 +487,48 @@ class DaskExecutor(ShardedExecutor):
 
         ``refresh`` scatters everything again (after the scheduler forgot an input).
         """
-        c = self.client
         if refresh:
             self._futs.pop(payload.oracle_token, None)
         if payload.oracle_token not in self._futs:
             # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
             # worker is then a shard's error (reported, retried), not a broken scatter
-            self._futs[payload.oracle_token] = c.scatter([pack(payload.oracle, "Dask", self)], broadcast=True,
-                                                         hash=False)[0]
+            self._futs[payload.oracle_token] = self._scatter([pack(payload.oracle, "Dask", self)], True)[0]
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
-                "params": c.scatter(host, broadcast=True, hash=False) if host.nbytes > _INLINE_BYTES else host}
+                "params": self._scatter(host, True) if host.nbytes > _INLINE_BYTES else host}
         if payload.batch_token is not None:  # checked and pickled as oracles are; loaded by the shard
             batch = pack(payload.batch, "Dask", self, batch_name(payload.oracle, payload.batch))
-            futs["batch"] = c.scatter([batch], hash=False)[0]
+            futs["batch"] = self._scatter([batch], False)[0]
         return futs
+
+    def _scatter(self, data, broadcast: bool):
+        """``client.scatter``, again after a connection error: a worker that died since the last run
+        (killed, restarted) may still be listed by the scheduler, and a scatter to it raised
+        distributed's CommClosedError out of the estimate; the scheduler drops it within moments."""
+        import time
+
+        for attempt in range(SCATTER_TRIES):
+            try:
+                return self.client.scatter(data, broadcast=broadcast, hash=False)
+            except OSError as exc:  # CommClosedError, a refused connection: a worker that just died
+                if self.client is None or self._closing:
+                    raise
+                if attempt == SCATTER_TRIES - 1:
+                    raise ZoracleError(f"could not send this run's inputs to the Dask workers ({SCATTER_TRIES} tries over "
+                                       f"{0.25 * (2 ** (SCATTER_TRIES - 1) - 1):g} s: {type(exc).__name__}: {exc}); "
+                                       "workers keep dying or cannot be reached: check the cluster's logs") from exc
+                time.sleep(0.25 * 2 ** attempt)
 
     def _backend(self, payload, oracle):
         return _DaskBackend(self, payload, self._inputs(payload))
 
 
 # ----------------------------------------------------------------------------- Ray
+#: times a scatter of a run's inputs is tried when a worker's connection fails (a worker that
+#: just died, still listed by the scheduler), 0.25 s apart and doubling
+SCATTER_TRIES = 5
+
 #: seconds to wait for the actors to come up before reporting a cluster without room
 _ACTOR_START_S = 120.0
 class _RayWorker:
