@@ -310,7 +310,10 @@ class OnnxClassifier:
     ----------
     model : str, os.PathLike, bytes or onnx.ModelProto
         The model. A missing, empty, truncated or non-ONNX file raises
-        :class:`~zoracle.ArgumentError` here, at construction.
+        :class:`~zoracle.ArgumentError` here, at construction. Samples go along the input's
+        first axis and the output's rows: a symbolic batch axis declared at a later input axis
+        (input ``(4, 'N')``) or at the output's second axis (class-major ``(C, 'N')``) is
+        refused here too; re-export with the batch axis first.
     providers : list, optional
         onnxruntime execution providers; default :func:`default_providers` (CUDA when
         available, else CPU). Names not offered by this onnxruntime build are rejected.

@@ -318,11 +318,15 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         ``name -> (shape or None, dtypes or None)``: read only these members (plus those
         whose name starts with one of ``prefixes``), and refuse one whose shape or dtype
         differs. Members not expected are never read. Default: read every member.
+    prefixes : tuple of str, optional
+        Name prefixes of further members to read with ``expected`` (``()``: none).
     check : callable, optional
         ``check(meta)`` runs after the header is read and before any array is.
 
     Raises
     ------
+    ArgumentError
+        ``prefixes`` not a sequence of strings, or ``check`` not callable (before the file is opened).
     CheckpointError
         Missing, truncated, corrupt or not a zoracle checkpoint (the message says which
         and what to do), or an array of another shape or dtype than ``expected``.

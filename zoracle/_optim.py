@@ -247,6 +247,8 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
     inside the sign, so with sparse CGE (exact zeros where the mask skips) every skipped
     weight moves by the full ``lr`` toward zero each step; :func:`zoracle.train` warns about
     that combination. Use ``weight_decay=0`` there, or :func:`adam`'s decoupled decay.
+    An infinite gradient entry steps by its sign; a NaN entry (no sign) raises
+    :class:`~zoracle.ArgumentError` (:func:`sgd` and :func:`adam` refuse both).
 
     Examples
     --------
@@ -254,6 +256,8 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
     >>> opt = sign_sgd(0.1)
     >>> opt.update(np.array([5.0, -0.01, 0.0]), opt.init(np.zeros(3)), np.zeros(3))[0].tolist()
     [-0.1, 0.1, 0.0]
+    >>> opt.update(np.array([np.inf, -np.inf, 1.0]), opt.init(np.zeros(3)), np.zeros(3))[0].tolist()
+    [-0.1, 0.1, -0.1]
     """
     schedule = as_schedule(lr, "lr")
     weight_decay = _number("weight_decay", weight_decay)

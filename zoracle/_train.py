@@ -237,7 +237,8 @@ class History:
     def plot(self, path=None, *, x: str = "queries", title: str | None = None):
         """A figure of the run: every step's loss and each epoch's mean, and one panel per metric
         ``eval_fn`` returned, against the run's queries (``x="queries"``, ZO-GraSP's included) or
-        its steps (``x="step"``).
+        its steps (``x="step"``). The loss is the first panel, the metrics follow in the order of
+        their names (as a checkpoint stores them, so ``zoracle plot`` draws the same figure).
 
         Needs matplotlib (``pip install matplotlib``; in the ``apps`` extra). The loss axis is
         logarithmic when every loss is positive and they span more than a factor of 10. Returns
@@ -823,7 +824,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         ``FINGERPRINT_STEPS``, and every step's up to ``CHECKED_STEPS`` (100,000) in a run of
         known length, are checked before the first query.
     mu : float or schedule, optional
-        Smoothing parameter per step (overrides the estimator's ``mu`` in the steps; ZO-GraSP,
+        Smoothing parameter per step, a finite number > 0 at every step (overrides the estimator's ``mu`` in the steps; ZO-GraSP,
         run before the first step, scores with the estimator's own ``mu``).
     sparsity : float, optional
         Gradient sparsity of sparse CGE (0.9 = estimate 10% of the scored weights).

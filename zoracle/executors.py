@@ -214,7 +214,9 @@ class JoblibExecutor(StaysHere):
         when the oracle releases the GIL (NumPy BLAS, torch, onnxruntime) and only for
         thread-safe oracles.
     timeout : float, optional
-        Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
+        Seconds a shard may run before :class:`ShardTimeout` (default: no limit). On
+        ``"threading"`` a hung call's thread is left to finish that call and makes no further
+        query; a process worker is replaced.
 
     Notes
     -----
