@@ -203,6 +203,47 @@ def test_rge_directions_do_not_depend_on_worker_count():
     assert_same(got, ref)
 
 
+class _RowsOracle:
+    """A BatchOracle that logs (thread, rows) per batch call (executors.md, "Balancing by cost")."""
+
+    def __init__(self, per_call=None):
+        self.log = []
+        if per_call is not None:
+            self.max_queries_per_call = per_call
+
+    def __call__(self, x):
+        return float(np.sum(np.sin(x) ** 2))
+
+    def batch(self, P):
+        import threading
+        self.log.append((threading.get_ident(), len(P)))
+        time.sleep(0.02)  # long enough that an idle thread takes the next shard
+        return np.sum(np.sin(P) ** 2, axis=1)
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_a_batch_oracle_spreads_over_workers_only_by_its_max_queries_per_call(scheme):
+    # as executors.md says: one call is never cut, so with d below the default 2,048 rows a call
+    # every perturbation runs in one shard; max_queries_per_call ~ d / (3 workers) spreads them
+    d, est = 120, zo.CGE(mu=1e-6, scheme=scheme)
+    x = np.linspace(-1, 1, d)
+    ref = zo.estimate_gradient(_RowsOracle(), x, est)
+    with JoblibExecutor(2, backend="threading") as ex:
+        whole = _RowsOracle()
+        got = zo.estimate_gradient(whole, x, est, executor=ex)
+        assert ex.last_run.shards == 2
+        assert {rows for _, rows in whole.log} <= {1, d}
+        assert len({t for t, rows in whole.log if rows == d}) == 1  # every perturbation on one thread
+        assert_same(got, ref)
+        cut = _RowsOracle(per_call=d // 6)
+        got = zo.estimate_gradient(cut, x, est, executor=ex)
+        assert ex.last_run.shards >= 4
+        assert max(rows for _, rows in cut.log) == d // 6
+        assert len({t for t, rows in cut.log if rows > 1}) == 2  # both threads ran perturbations
+        np.testing.assert_array_equal(got.grad, zo.estimate_gradient(_RowsOracle(per_call=d // 6), x, est).grad)
+        np.testing.assert_allclose(got.grad, ref.grad, rtol=0, atol=1e-9)
+
+
 def test_work_is_spread_over_workers(loky2, tmp_path):
     log = tmp_path / "pids.txt"
 
