@@ -611,3 +611,57 @@ def test_closing_a_dask_executor_during_a_run_stops_it_with_a_clear_error(dask_d
 def test_closing_a_ray_executor_during_a_run_stops_it_with_a_clear_error(ray_env):
     for ex in ray_cluster(ray_env):
         _closed_during_a_run(ex)
+
+
+class _FlakyClient:
+    """A distributed.Client stand-in whose scatter fails with a dead worker's connection error."""
+
+    def __init__(self, exc):
+        self.exc, self.calls = exc, 0
+
+    def sync(self, *args, **kwargs):
+        return {}
+
+    def scatter(self, data, broadcast=False, hash=True):
+        self.calls += 1
+        raise self.exc
+
+
+def test_dask_close_during_a_scatters_back_off_says_so():
+    """close() from another thread while a failed scatter waited to be tried again: the next try
+    called scatter on the client close() had taken (AttributeError: 'NoneType' object has no
+    attribute 'scatter'), not the executor's "closed during this run"."""
+    import threading
+
+    ex = DaskExecutor(_FlakyClient(OSError("Connection to tcp://127.0.0.1:4444 closed")))
+    ex.client = ex._spec  # as start() sets it
+    timer = threading.Timer(0.1, ex.close)  # during the first back-off (0.25 s)
+    timer.start()
+    try:
+        with pytest.raises(zo.ZoracleError, match="closed"):
+            ex._scatter([b"x"], True)
+    finally:
+        timer.join()
+
+
+def test_dask_a_scatter_that_timed_out_is_not_tried_again():
+    """A cluster without a worker: distributed's scatter waits the client's timeout (30 s by
+    default) and raises TimeoutError("No valid workers found"), an OSError subclass; the retry
+    meant for a dead worker's connection error waited 5 timeouts and named it "workers keep
+    dying"."""
+
+    class Client:
+        calls = 0
+
+        def sync(self, *args, **kwargs):
+            return {}
+
+        def scatter(self, data, broadcast=False, hash=True):
+            Client.calls += 1
+            raise TimeoutError("No valid workers found")
+
+    ex = DaskExecutor(Client())
+    ex.client = ex._spec  # as start() sets it
+    with pytest.raises(TimeoutError, match="No valid workers found"):
+        ex._scatter([b"x"], True)
+    assert Client.calls == 1

@@ -509,11 +509,16 @@ class DaskExecutor(ShardedExecutor):
         import time
 
         for attempt in range(SCATTER_TRIES):
+            client = self.client
+            if client is None or self._closing:  # close() from another thread, during a back-off
+                raise closed_during_run()
             try:
-                return self.client.scatter(data, broadcast=broadcast, hash=False)
+                return client.scatter(data, broadcast=broadcast, hash=False)
             except OSError as exc:  # CommClosedError, a refused connection: a worker that just died
-                if self.client is None or self._closing:
+                if isinstance(exc, TimeoutError):  # no worker within the client's timeout: not a death
                     raise
+                if self.client is None or self._closing:
+                    raise closed_during_run() from exc
                 if attempt == SCATTER_TRIES - 1:
                     raise ZoracleError(f"could not send this run's inputs to the Dask workers ({SCATTER_TRIES} tries over "
                                        f"{0.25 * (2 ** (SCATTER_TRIES - 1) - 1):g} s: {type(exc).__name__}: {exc}); "
