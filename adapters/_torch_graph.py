@@ -25,6 +25,7 @@ arguments become False; in-place modules are switched out of place by ``norm_con
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
 import weakref
@@ -80,9 +81,15 @@ class _Tracer(fx.Tracer):
         self.proxy_buffer_attributes = proxy_buffers
 
     def trace(self, root, concrete_args=None):
-        self.autocast_at_start = _autocast_state()
-        self.autocast = False
-        return super().trace(root, concrete_args)
+        # fx traces with the caller's torch.autocast off: inside it, the forward's own autocast
+        # block left the state as it found it (enabled), and the check below did not see it
+        with contextlib.ExitStack() as off:
+            for d in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(d):
+                    off.enter_context(torch.autocast(d, enabled=False))
+            self.autocast_at_start = _autocast_state()
+            self.autocast = False
+            return super().trace(root, concrete_args)
 
     def create_node(self, *args, **kwargs):
         # a `with torch.autocast(...)` block in the forward runs while fx traces, but the graph does

@@ -18,6 +18,7 @@ fallback), ``_torch_blackbox`` (``blackbox``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import numbers
@@ -108,17 +109,59 @@ def _one_query_at_a_time(method):
     perturbs a parameter in place (``nudged``) that another thread would read or undo."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with model_lock(self._core.model):
+        with model_lock(self._core.model), _autocast_off(self):
             if getattr(self, "_aligned_from", None) is not None:
                 self._batch_key()  # an aligned copy of a batch written in place since: made again first
             return method(self, *args, **kwargs)
     return run
 
 
+def _autocast_off(oracle):
+    """A context that runs a query with an ambient ``torch.autocast`` (the caller's, on the model's
+    device) turned off, warning once: under it the forwards ran in bfloat16 (a finite difference
+    mostly rounding, as for a half model), and autocast's cache of the cast weights hid parameters
+    perturbed in place, so full forwards returned the base loss (every coordinate 0)."""
+    dev = oracle.device.type
+    if dev not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    if not torch.is_autocast_enabled(dev):
+        # still a context without autocast's cache: inside any autocast block, a disabled one
+        # (`enabled=use_amp`) included, a forward's own autocast block kept the weights it cast
+        # on leaving, and read them stale after an in-place perturbation (the gradient 0)
+        return torch.autocast(dev, enabled=False, cache_enabled=False)
+    if not oracle._core.__dict__.get("warned_autocast"):
+        oracle._core.warned_autocast = True
+        warnings.warn(f"TorchOracle: queried inside torch.autocast({dev!r}): the oracle turns it off for its own "
+                      "forwards and runs the model in its dtype (finite differences in half precision are mostly "
+                      "rounding, and autocast's cache of the cast weights hides parameters perturbed in place); "
+                      "build and query the oracle (zo.estimate_gradient, zo.train) outside torch.autocast",
+                      RuntimeWarning, stacklevel=4)
+    return torch.autocast(dev, enabled=False, cache_enabled=False)
+
+
 def _tf32_note(device: torch.device) -> str:
     """Why a float32 model on ``device`` would estimate coarsely: torch runs float32 convolutions
     (and matmuls where set so) on CUDA in TF32, which rounds inputs and weights to 10 bits, about
-    1% of a step mu = 5e-3 on a weight of 0.1. Empty where it does not (the CPU, or TF32 off)."""
+    1% of a step mu = 5e-3 on a weight of 0.1; on the CPU, oneDNN where set to bfloat16. Empty
+    where it does not."""
+    if device.type == "cpu":
+        # torch.set_float32_matmul_precision("medium") on a CPU with bfloat16 units (AVX512-BF16,
+        # AMX) runs oneDNN's float32 matmuls in bfloat16: the batched forwards' large ones, not
+        # the small base forward, so a finite difference at mu = 5e-3 was off by 30% of the gradient
+        low = []
+        for name, fix in (("matmul", 'torch.set_float32_matmul_precision("highest")'),
+                          ("conv", 'torch.backends.mkldnn.conv.fp32_precision = "ieee"')):
+            try:
+                if getattr(getattr(torch.backends.mkldnn, name, None), "fp32_precision", None) == "bf16":
+                    low.append((name, fix))
+            except RuntimeError:
+                pass
+        if not low:
+            return ""
+        return (f"TorchOracle: float32 on cpu runs {' and '.join(n + 's' for n, _ in low)} "
+                "in bfloat16 where the CPU has bfloat16 units (AVX512-BF16, AMX; torch.backends.mkldnn's "
+                "fp32_precision is \"bf16\"), so a finite difference at mu = 5e-3 is mostly rounding; use "
+                f"{' and '.join(f for _, f in low)} before building the oracle, or dtype=torch.float64")
     if device.type != "cuda":
         return ""
     tf32 = []
@@ -432,6 +475,12 @@ class TorchOracle:
         if self.dtype not in (torch.float32, torch.float64):
             raise ArgumentError(f"`model`'s parameters are {self.dtype}: TorchOracle runs float32 or float64 models (a "
                                 "finite difference in half precision is mostly rounding); pass dtype=torch.float32")
+        half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype not in (torch.float32, torch.float64)]
+        if half:  # the first one's dtype is the model's: a half head behind a float32 body ran, its differences rounding
+            raise ArgumentError(f"`model`'s parameters {name_list(half)} are {model.get_parameter(half[0]).dtype}: "
+                                "TorchOracle runs float32 or float64 models (a finite difference in half precision is "
+                                "mostly rounding); pass dtype=torch.float32, and drop the forward's casts to half "
+                                "precision (.half(), .bfloat16()) if it has any")
         if self.dtype == torch.float32:
             note = _tf32_note(self.device)
             if note:
@@ -495,7 +544,8 @@ class TorchOracle:
         if self._x.shape[0] == 0:
             raise ArgumentError("`batch` is empty; pass at least one sample")
         if self._core.scalar_loss is None or not self._core.checked:
-            first_bind(self)
+            with _autocast_off(self):
+                first_bind(self)
 
     def bind(self, batch) -> "TorchOracle":
         """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""

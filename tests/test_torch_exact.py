@@ -2692,6 +2692,90 @@ def test_autocast_in_the_forward_is_refused_not_dropped():
     np.testing.assert_allclose(est[head], want, atol=1e-4)
 
 
+@pytest.mark.parametrize("blocks", [None, "none"])
+def test_queries_inside_an_ambient_autocast_run_the_model_in_its_dtype_with_a_warning(blocks):
+    """Mixed-precision code calls zo.estimate_gradient inside ``with torch.autocast("cpu",
+    dtype=torch.bfloat16)``. The oracle's forwards ran in bfloat16 (a finite difference mostly
+    rounding, which the constructor refuses for a half model), and autocast's cache of the cast
+    weights hid parameters perturbed in place: full forwards returned the base loss, every
+    coordinate 0 (244 of 244), and zo.train did not move. Reference: the model in float32 by
+    hand, one coordinate at a time through functional_call on a copy."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
+    x, y = torch.randn(8, 10), torch.randint(0, 4, (8,))
+    ref = copy.deepcopy(net)
+    oracle = TorchOracle(net, CE_ROWS, (x, y), blocks=blocks)
+    theta = oracle.initial_params()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
+
+    def loss(th):
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
+    base = loss(theta)
+    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)]
+    np.testing.assert_allclose(est, want, atol=1e-4)
+    assert any("torch.autocast" in str(w.message) for w in rec), [str(w.message) for w in rec]
+
+
+def test_a_forward_entering_autocast_is_refused_when_built_inside_an_ambient_autocast():
+    """Built inside the caller's torch.autocast, the forward's own autocast block left the state
+    fx's check reads as it found it (enabled), so fx's capture was kept; only the self-check,
+    crashing under the caller's autocast, refused it, for a reason that did not say why
+    ("the captured split failed (RuntimeError: Index put requires the source and destination
+    dtypes match ...)"). Reference: the model as written, by hand, one coordinate at a time."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 10), torch.randint(0, 4, (6,))
+    model = _Autocast()
+    ref = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
+    said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
+    assert "forward enters torch.autocast" in said, said
+
+    def loss(th):
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
+    head = slice(oracle.param_info[2].slice.start, theta.size)
+    base = loss(theta)
+    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)[head]]
+    np.testing.assert_allclose(est[head], want, atol=1e-4)
+
+
+def test_a_forward_entering_autocast_estimates_inside_a_disabled_autocast_block():
+    """Training loops switch mixed precision with ``torch.autocast(..., enabled=use_amp)``; with
+    use_amp=False that block turns autocast off, but keeps autocast's nesting above 0, so the
+    forward's own autocast block kept the weights it cast on leaving: a.weight, perturbed in place
+    by the full forwards, was read stale and every a.* coordinate came out 0 (88 of 88, largest
+    gradient 0.21). Reference: the model as written, by hand, one coordinate at a time."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 10), torch.randint(0, 4, (6,))
+    model = _Autocast()
+    ref = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refused split's warning
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+            est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
+
+    def loss(th):
+        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
+        with torch.no_grad():
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
+    base = loss(theta)
+    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)]
+    np.testing.assert_allclose(est, want, atol=1e-4)
+
+
 def test_a_drawing_forward_with_weights_captured_for_the_whole_batch_warns_instead_of_crashing():
     """docs/pytorch.md: a forward that draws from torch's generator and may give the same output
     twice (batch-wise stochastic depth) is tried under other seeds, and warned about as not
