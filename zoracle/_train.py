@@ -305,6 +305,11 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------
+def _shown_ratios(ratios) -> str:
+    """``ratios`` as an error message shows it: a name or None as written, an array by its size."""
+    return repr(ratios) if isinstance(ratios, str) or ratios is None else f"an array of {np.size(ratios)}"
+
+
 def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None = None):
     """One epoch's batches; ``returned`` (one dict for a run) keeps the iterator a callable returned
     for the epoch before, to tell one iterator returned again (used up) from a new, short one."""
@@ -824,8 +829,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         ``FINGERPRINT_STEPS``, and every step's up to ``CHECKED_STEPS`` (100,000) in a run of
         known length, are checked before the first query.
     mu : float or schedule, optional
-        Smoothing parameter per step, a finite number > 0 at every step (overrides the estimator's ``mu`` in the steps; ZO-GraSP,
-        run before the first step, scores with the estimator's own ``mu``).
+        Smoothing parameter per step, a finite number > 0 at every step (overrides the
+        estimator's ``mu`` in the steps; ZO-GraSP, run before the first step, scores with the
+        estimator's own ``mu``).
     sparsity : float, optional
         Gradient sparsity of sparse CGE (0.9 = estimate 10% of the scored weights).
     ratios : {"zo_grasp", "smart", "uniform", "random"} or array
@@ -968,7 +974,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         raise ArgumentError("`fill_small_blocks` changes the sparse split of ZO-GraSP; it needs `sparsity` "
                             "(e.g. sparsity=0.9), or pass fill_small_blocks=False")
     if not sparse and not (isinstance(ratios, str) and ratios == "zo_grasp"):  # the default: nothing asked
-        shown = repr(ratios) if isinstance(ratios, str) or ratios is None else f"an array of {np.size(ratios)}"
+        shown = _shown_ratios(ratios)
         raise ArgumentError(f"`ratios` ({shown}) sets the keep ratios of sparse CGE, which needs `sparsity` "
                             "(e.g. sparsity=0.9); without it every parameter is estimated and the ratios would be "
                             "ignored: pass `sparsity`, or leave `ratios` out")
@@ -994,7 +1000,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             ("fill_small_blocks", fill_small_blocks, fill_small_blocks), ("ranking", ranking, ranking != "magnitude"),
             ("grasp_directions", grasp_directions, grasp_directions != 192)) if changed]
         if unused:
-            shown = repr(ratios) if isinstance(ratios, str) or ratios is None else f"an array of {np.size(ratios)}"
+            shown = _shown_ratios(ratios)
             why = "without `sparsity` no ratios are computed" if not sparse else f"`ratios`={shown} does not compute them"
             raise ArgumentError(f"{', '.join(f'`{u}`' for u in unused)} set how ZO-GraSP computes the keep ratios of "
                                 f"sparse CGE, but {why}: leave them out, or pass sparsity=... with ratios=\"zo_grasp\"")
