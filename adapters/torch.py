@@ -212,6 +212,18 @@ def _compact(batch):
     return type(batch)(own(t) for t in batch) if isinstance(batch, (tuple, list)) else batch
 
 
+def _params_tensor(name: str, v, device, dtype) -> torch.Tensor:
+    """``to_torch(v)`` for ``params`` / ``params_batch``; what torch cannot read as numbers (None,
+    a dict, a string) is refused naming the argument (arrays and tensors skip the check)."""
+    if torch.is_tensor(v) or isinstance(v, np.ndarray):
+        return to_torch(v, device, dtype)
+    try:
+        return to_torch(v, device, dtype)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ArgumentError(f"`{name}` must be a NumPy array or torch tensor of numbers, got {type(v).__name__}: "
+                            f"{str(exc)[:80]}") from None
+
+
 def _batch_tensor(name: str, v, device, dtype=None) -> torch.Tensor:
     """``to_torch(v)`` for the bound batch's ``x`` or ``y``; an array torch cannot hold (strings,
     a pandas categorical of strings, a NumPy structured array) is refused naming the fix, not
@@ -749,7 +761,7 @@ class TorchOracle:
 
     def _load(self, params) -> torch.Tensor:
         d = self._core.d
-        t = to_torch(params, self.device, self.dtype)
+        t = _params_tensor("params", params, self.device, self.dtype)
         if t.dim() != 1 or t.shape[0] != d:
             raise ArgumentError(f"`params` must be a flat vector of length {d}, got shape {tuple(t.shape)}")
         core = self._core
@@ -1115,7 +1127,7 @@ class TorchOracle:
     def batch(self, params_batch) -> np.ndarray:
         """Losses for each row of ``params_batch`` (k, d); vectorized full forwards."""
         self._require_batch()
-        P = to_torch(params_batch, self.device, self.dtype)
+        P = _params_tensor("params_batch", params_batch, self.device, self.dtype)
         if P.dim() != 2 or P.shape[1] != self._core.d:
             raise ArgumentError(f"`params_batch` must have shape (k, {self._core.d}), got {tuple(P.shape)}")
         return self._full_batched(P).cpu().double().numpy()

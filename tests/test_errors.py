@@ -620,3 +620,51 @@ def test_to_device_refuses_what_is_not_a_device_and_keeps_the_models_dtype():
     assert oracle.to_device("cpu").to_device(torch.device("cpu"))(p) == before
     with pytest.raises(zo.ArgumentError, match="`device` 0.5"):  # torch's TypeError, at construction too
         TorchOracle(torch.nn.Linear(3, 2), cross_entropy, (x, y), device=0.5)
+
+
+def test_torch_oracle_names_params_that_are_not_numbers():
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+
+    oracle = TorchOracle(torch.nn.Linear(3, 2), cross_entropy, (torch.randn(4, 3), torch.randint(0, 2, (4,))))
+    for bad in [None, {"w": 1.0}, "abc"]:  # torch's "Could not infer dtype of NoneType"
+        with pytest.raises(zo.ArgumentError, match="`params` must be a NumPy array or torch tensor"):
+            oracle(bad)
+        with pytest.raises(zo.ArgumentError, match="`params` must be a NumPy array or torch tensor"):
+            oracle.predict(bad, np.zeros((2, 3), np.float32))
+        with pytest.raises(zo.ArgumentError, match="`params_batch` must be a NumPy array or torch tensor"):
+            oracle.batch(bad)
+    p = oracle.initial_params()
+    assert oracle(list(p)) == oracle(p)  # a list of numbers still works
+
+
+def test_mu_beyond_int64_is_named_not_a_numpy_type_error():
+    # np.isfinite(10**30) raised "ufunc 'isfinite' not supported for the input types"
+    for make in (zo.CGE, zo.RGE, zo.SNES):
+        assert make(mu=10**30).mu == 1e30  # a finite number > 0, as float(mu)
+        with pytest.raises(zo.ArgumentError, match="`mu` must be a finite number > 0"):
+            make(mu=10**400)  # beyond float
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: zo.CGE(scheme=np.array(["forward", "central"])), "`scheme` must be one of 'forward', 'central'"),
+        (lambda: zo.RGE(scheme=np.array(["forward"])), "`scheme` must be one of 'forward', 'central'"),
+        (lambda: zo.RGE(distribution=np.array(["gaussian", "sphere"])), "`distribution` must be one of 'gaussian', 'sphere'"),
+        (lambda: zo.RGE(shaping=np.array(["none", "ranks"])), "`shaping` must be one of 'none', 'ranks'"),
+    ],
+)
+def test_estimator_choices_given_as_arrays_are_named(make, message):
+    with pytest.raises(zo.ArgumentError) as info:  # was "truth value of an array ... is ambiguous"
+        make()
+    assert message in str(info.value)
+
+
+def test_joblib_executor_refuses_absurd_worker_counts():
+    from zoracle.executors import JoblibExecutor
+
+    for bad in (10**30, 2**63, 4097):  # 10**30 was accepted and the first run hung starting workers
+        with pytest.raises(zo.ArgumentError, match="`n_jobs` must be at most 4096"):
+            JoblibExecutor(bad, backend="threading")
+    assert JoblibExecutor(4096, backend="threading").n_jobs == 4096

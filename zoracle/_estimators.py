@@ -24,12 +24,16 @@ DEFAULT_BUDGET = 64 * 2**20
 
 
 def _check_choice(name: str, value, valid) -> None:
-    if value not in valid:
+    if not isinstance(value, str) or value not in valid:  # an array's `in` is ambiguous, not False
         raise ArgumentError(f"`{name}` must be one of {', '.join(map(repr, valid))}; got {value!r}")
 
 
 def _check_mu(mu) -> None:
-    if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not np.isfinite(mu) or mu <= 0:
+    try:  # float() first: np.isfinite refuses a Python int beyond int64 (10**30) with a TypeError
+        bad = isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not np.isfinite(float(mu)) or mu <= 0
+    except OverflowError:  # beyond float (10**400)
+        bad = True
+    if bad:
         raise ArgumentError(f"`mu` must be a finite number > 0 (e.g. 5e-3), got {mu!r}")
 
 

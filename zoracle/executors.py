@@ -91,6 +91,7 @@ __all__ = [
 ]
 
 BACKENDS = ("loky", "threading")
+MAX_WORKERS = 4096
 
 
 @runtime_checkable
@@ -195,6 +196,8 @@ def _check_count(name: str, value, allow_all: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (value < 1 and not (allow_all and value == -1)):
         hint = " (or -1 for one per CPU)" if allow_all else ""
         raise ArgumentError(f"`{name}` must be an integer >= 1{hint}, got {value!r}")
+    if value > MAX_WORKERS:  # 10**30 workers: accepted, and the first run hung starting them
+        raise ArgumentError(f"`{name}` must be at most {MAX_WORKERS} workers, got {value!r}")
     return int(value) if value != -1 else max(1, os.cpu_count() or 1)
 
 
