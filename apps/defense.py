@@ -414,7 +414,9 @@ def config_from_args(args) -> DefenseConfig:
     config = replace(config, **changes)
     if not 0 < config.alpha < 1:
         raise ArgumentError(f"`--alpha` must be in (0, 1), got {config.alpha}")
-    from zoracle.smoothing import _noise_overflows
+    from zoracle.smoothing import _check_n_can_certify, _noise_overflows
+
+    _check_n_can_certify(config.n, config.alpha, "`--n`", "`--alpha`")  # before training: it would certify nothing
 
     if _noise_overflows(config.sigma, np.float32):  # its noise is drawn in float32
         raise ArgumentError(f"`--sigma` {config.sigma:g} makes float32 noise overflow; pass at most "

@@ -85,6 +85,7 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--alpha", "2"], "alpha"), (["--test-points", "1000"], "test-points"), (["--queries", "5"], "queries"),
     (["--queries", "1000"], "at most 738"),  # it clipped DeepZero to 738 while the hybrid row spent 1000
+    (["--n", "9"], "--n >= 10"), (["--n", "4", "--alpha", "0.05"], "--n >= 5"),  # every point abstained, after training
 ])
 def test_bad_values_are_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:  # refused before any work: exit 2, as --sigma -1 above

@@ -162,9 +162,9 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_classifier_output():
     with pytest.raises(zo.OracleError, match="integer labels"):
-        sm.certify(lambda z: np.zeros(3), np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=2)
+        sm.certify(lambda z: np.zeros(3), np.array([1.0]), sigma=0.1, n0=5, n=10, num_classes=2)
     with pytest.raises(zo.OracleError, match="labels must lie"):
-        sm.certify(lambda z: np.full(len(z), 5), np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=2)
+        sm.certify(lambda z: np.full(len(z), 5), np.array([1.0]), sigma=0.1, n0=5, n=10, num_classes=2)
     with pytest.raises(zo.ArgumentError, match="counts"):
         sm.lower_confidence_bound(5, 3, 0.01)
 
@@ -240,7 +240,7 @@ def test_what_the_classifier_declares_is_checked_before_any_query():
         sm.predict(budget, np.array([1.0]), sigma=0.1, n=2_000, num_classes=2)
     assert scores.sizes == budget.sizes == []
     assert sm.certify(budget, np.array([1.0]), sigma=0.1, n0=100, n=900, num_classes=2, rng=0).prediction == 1
-    assert sm.certify(scores, x, sigma=0.1, n0=5, n=5, rng=0).n_a == 5  # the declared shape and classes fit
+    assert sm.certify(scores, x, sigma=0.1, n0=5, n=10, rng=0).n_a == 10  # the declared shape and classes fit
 
 
 def test_log_probabilities_of_minus_infinity_are_scores():
@@ -260,7 +260,7 @@ def test_log_probabilities_of_minus_infinity_are_scores():
     for bad in (np.nan, -np.inf, np.inf):  # (+inf: an overflow, whose ties vote for the first class)
         with pytest.raises(zo.OracleError, match="noise sample 0 of point 0.*must not be NaN or \\+inf and must have one"):
             sm.certify(lambda z, bad=bad: np.where(np.arange(3) >= 1, bad, -np.inf) * np.ones((len(z), 1)),
-                       np.array([1.0]), sigma=0.1, n0=5, n=5, num_classes=3)
+                       np.array([1.0]), sigma=0.1, n0=5, n=10, num_classes=3)
 
 
 def test_an_input_shape_of_another_convention_is_not_read():
@@ -431,3 +431,21 @@ def test_integer_label_columns_and_integer_points_certify_as_labels_and_float32_
         got = sm.certify_batch(clf, pts, sigma=0.5, n0=20, n=200, num_classes=2, rng=3)
         np.testing.assert_array_equal(got.n_a, want.n_a)
         np.testing.assert_array_equal(got.predictions, want.predictions)
+
+
+@pytest.mark.parametrize("alpha,least", [(0.001, 10), (0.05, 5), (0.01, 7)])
+def test_an_n_too_small_to_certify_at_alpha_is_refused_before_any_query(alpha, least):
+    """With n_A = n the one-sided Clopper-Pearson bound is alpha ** (1/n), below 1/2 for
+    n < log2(1 / alpha): every point abstained, after m (n0 + n) queries."""
+    assert least == int(np.ceil(np.log2(1 / alpha)))  # independent: alpha ** (1/n) >= 1/2 iff n >= log2(1/alpha)
+    assert stats.beta.ppf(alpha, least - 1, 1) < 0.5 <= stats.beta.ppf(alpha, least, 1)
+    clf = Counting(lambda z: np.ones(len(z), np.int64))  # every sample agrees: the best count there is
+    for call in (lambda: sm.certify(clf, np.array([1.0]), sigma=0.1, n0=100, n=least - 1, alpha=alpha, num_classes=2),
+                 lambda: sm.certify_batch(clf, np.ones((5, 1)), sigma=0.1, n0=100, n=least - 1, alpha=alpha,
+                                          num_classes=2)):
+        with pytest.raises(zo.ArgumentError, match=rf"`n`={least - 1} cannot certify at `alpha`={alpha:g}.*n >= {least}\b"):
+            call()
+    assert clf.sizes == []  # nothing spent
+    res = sm.certify_batch(clf, np.ones((5, 1)), sigma=0.1, n0=100, n=least, alpha=alpha, num_classes=2, rng=0)
+    assert (res.predictions == 1).all() and (res.radii >= 0).all()  # the smallest n certifies
+

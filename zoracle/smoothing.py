@@ -273,6 +273,19 @@ def _check_budget(classifier, need: int) -> None:
                             "left (classifier.remaining): raise its budget, or lower n / n0 or the number of points")
 
 
+def _check_n_can_certify(n: int, alpha: float, n_name: str = "`n`", alpha_name: str = "`alpha`") -> None:
+    """Refuse an ``n`` with which even ``n_A = n`` gives ``pA_lower = alpha ** (1/n) < 1/2``: every point
+    would abstain, after its ``n0 + n`` queries."""
+    if lower_confidence_bound(n, n, alpha) >= 0.5:
+        return
+    least = max(1, int(np.floor(np.log2(1 / alpha))) - 1)
+    while lower_confidence_bound(least, least, alpha) < 0.5:  # nondecreasing in n: the first is the smallest
+        least += 1
+    raise ArgumentError(f"{n_name}={n} cannot certify at {alpha_name}={alpha:g}: even if all {n} samples agree, "
+                        f"pA_lower = {lower_confidence_bound(n, n, alpha):.4f} < 1/2, so every point would abstain; "
+                        f"pass {n_name.strip('`')} >= {least} at this alpha (or a larger alpha)")
+
+
 def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classes: int,
                   batch_size: int = 10_000, rng=None) -> np.ndarray:
     """Class counts of ``classifier(x_i + delta)`` over ``num`` Gaussian draws per point.
@@ -474,6 +487,7 @@ def certify_batch(classifier: Callable, x, *, sigma: float, n0: int = 100, n: in
     num_classes = _infer_classes(classifier, x, num_classes)
     _check_points_fit(classifier, x)
     _check_budget(classifier, x.shape[0] * (n0 + n))  # both phases: the first alone could pass
+    _check_n_can_certify(n, alpha)
     gen = as_generator(rng)
     c0 = sample_counts(classifier, x, n0, sigma, num_classes=num_classes, batch_size=batch_size, rng=gen)
     top = c0.argmax(axis=1)
