@@ -227,10 +227,10 @@ def test_what_the_classifier_declares_is_checked_before_any_query():
     with pytest.raises(zo.ArgumentError, match=r"`num_classes`=2, but the classifier has 10 classes .*num_classes=10"):
         sm.certify(scores, x, sigma=0.1, n0=5, n=5, num_classes=2)
     with pytest.raises(zo.ArgumentError, match=r"`num_classes`=2, but the classifier has 10"):
-        sm.predict(scores, x, sigma=0.1, n=5, num_classes=2)
+        sm.predict(scores, x, sigma=0.1, n=11, num_classes=2)
     for call in (lambda: sm.certify(scores, x[None], sigma=0.1, n0=5, n=5),
                  lambda: sm.certify_batch(scores, x, sigma=0.1, n0=5, n=5),
-                 lambda: sm.predict(scores, x.ravel(), sigma=0.1, n=5)):
+                 lambda: sm.predict(scores, x.ravel(), sigma=0.1, n=11)):
         with pytest.raises(zo.ArgumentError, match=r"takes points of shape \(1, 8, 8\) .*got points of shape \((1, 1, 8, 8|8, 8|64,)\)"):
             call()
     budget = Declared(threshold, remaining=1_000)
@@ -449,3 +449,26 @@ def test_an_n_too_small_to_certify_at_alpha_is_refused_before_any_query(alpha, l
     res = sm.certify_batch(clf, np.ones((5, 1)), sigma=0.1, n0=100, n=least, alpha=alpha, num_classes=2, rng=0)
     assert (res.predictions == 1).all() and (res.radii >= 0).all()  # the smallest n certifies
 
+
+
+@pytest.mark.parametrize("alpha, least", [(0.001, 11), (0.05, 6)])
+def test_predict_refuses_an_n_that_cannot_reject_one_half_before_any_query(alpha, least):
+    """PREDICT's two-sided test of n of n agreeing samples has p = 2 ** (1 - n): with n = 10 at
+    alpha = 0.001 (p = 0.00195) a perfectly consistent classifier was abstained on, after its
+    queries. Refused before any, naming the smallest n."""
+    from scipy import stats
+
+    from zoracle.smoothing import ABSTAIN, predict
+
+    assert 2.0 ** (1 - least) <= alpha < 2.0 ** (2 - least)  # the closed form of the smallest n
+    calls = []
+
+    def always_one(z):
+        calls.append(len(z))
+        return np.ones(len(z), dtype=int)
+
+    with pytest.raises(zo.ArgumentError, match=rf"`n`={least - 1} cannot predict .* pass n >= {least}"):
+        predict(always_one, np.zeros(3), sigma=0.5, n=least - 1, alpha=alpha, num_classes=2, rng=0)
+    assert calls == []
+    assert predict(always_one, np.zeros(3), sigma=0.5, n=least, alpha=alpha, num_classes=2, rng=0) == 1 != ABSTAIN
+    assert stats.binomtest(least, least, 0.5).pvalue <= alpha

@@ -540,6 +540,11 @@ def predict(classifier: Callable, x, *, sigma: float, n: int = 100_000, alpha: f
     sigma = _check_sigma(sigma)
     n = _check_int("n", n, 1)
     alpha = _check_alpha(alpha)
+    if stats.binomtest(n, n, 0.5).pvalue > alpha:  # even n of n samples agreeing: every call would abstain
+        least = next(k for k in range(1, 2000) if stats.binomtest(k, k, 0.5).pvalue <= alpha)
+        raise ArgumentError(f"`n`={n} cannot predict at `alpha`={alpha:g}: even if all {n} samples agree, the "
+                            f"two-sided test's p-value is {stats.binomtest(n, n, 0.5).pvalue:.3g} > alpha, so it "
+                            f"would abstain; pass n >= {least} at this alpha (or a larger alpha)")
     x = np.asarray(x)
     num_classes = _infer_classes(classifier, x, num_classes)
     counts = sample_counts(classifier, x[None], n, sigma, num_classes=num_classes, batch_size=batch_size,
