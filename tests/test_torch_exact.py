@@ -1325,12 +1325,18 @@ def _textbook(oracle, theta, step=1e-6):
 
 def _by_name(ref, oracle, x, y):
     """The mean row loss of ``ref`` (a copy of the oracle's model) at flat parameters ``th``, each
-    parameter placed by its name in ``oracle.param_info``."""
+    parameter placed by its name in ``oracle.param_info`` (the mean taken in float64)."""
     def loss(th):
         p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
         with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).mean())
+            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
     return loss
+
+
+def _float32_differences(loss, theta, mu=5e-3, rows=slice(None)):
+    """Forward differences of ``loss`` over float32 steps ``mu`` along the coordinates ``rows``."""
+    base = loss(theta)
+    return [(loss(theta + np.float32(mu) * e) - base) / mu for e in np.eye(theta.size, dtype=np.float32)[rows]]
 
 
 class _Attributes(nn.Module):
@@ -2682,13 +2688,9 @@ def test_autocast_in_the_forward_is_refused_not_dropped():
     said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
     assert "torch.autocast" in said, said
 
-    def loss(th):  # textbook: the model as written, one coordinate at a time, by name
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
+    loss = _by_name(ref, oracle, x, y)  # textbook: the model as written, one coordinate at a time, by name
     head = slice(oracle.param_info[2].slice.start, theta.size)  # b: smooth in its own parameters
-    base = loss(theta)
-    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)[head]]
+    want = _float32_differences(loss, theta, rows=head)
     np.testing.assert_allclose(est[head], want, atol=1e-4)
 
 
@@ -2711,12 +2713,8 @@ def test_queries_inside_an_ambient_autocast_run_the_model_in_its_dtype_with_a_wa
         with torch.autocast("cpu", dtype=torch.bfloat16):
             est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
 
-    def loss(th):
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
-    base = loss(theta)
-    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)]
+    loss = _by_name(ref, oracle, x, y)  # textbook: the model as written, one coordinate at a time, by name
+    want = _float32_differences(loss, theta)
     np.testing.assert_allclose(est, want, atol=1e-4)
     assert any("torch.autocast" in str(w.message) for w in rec), [str(w.message) for w in rec]
 
@@ -2740,13 +2738,9 @@ def test_a_forward_entering_autocast_is_refused_when_built_inside_an_ambient_aut
     said = " ".join(str(w.message) for w in rec if w.category is RuntimeWarning)
     assert "forward enters torch.autocast" in said, said
 
-    def loss(th):
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
+    loss = _by_name(ref, oracle, x, y)  # textbook: the model as written, one coordinate at a time, by name
     head = slice(oracle.param_info[2].slice.start, theta.size)
-    base = loss(theta)
-    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)[head]]
+    want = _float32_differences(loss, theta, rows=head)
     np.testing.assert_allclose(est[head], want, atol=1e-4)
 
 
@@ -2767,12 +2761,8 @@ def test_a_forward_entering_autocast_estimates_inside_a_disabled_autocast_block(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
             est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
 
-    def loss(th):
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(CE_ROWS(torch.func.functional_call(ref, p, (x,)), y).double().mean())
-    base = loss(theta)
-    want = [(loss(theta + np.float32(5e-3) * e) - base) / 5e-3 for e in np.eye(theta.size, dtype=np.float32)]
+    loss = _by_name(ref, oracle, x, y)  # textbook: the model as written, one coordinate at a time, by name
+    want = _float32_differences(loss, theta)
     np.testing.assert_allclose(est, want, atol=1e-4)
 
 

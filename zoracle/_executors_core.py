@@ -33,7 +33,7 @@ from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
-           "unsendable", "ToDeviceError", "Pickled", "pack", "LossKind"]
+           "unsendable", "ToDeviceError", "Pickled", "pack", "LossKind", "abandon"]
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
@@ -327,6 +327,31 @@ class LossKind:
 
     def __init__(self, dtype: str):
         self.dtype = dtype
+
+
+class _Abandoned:
+    """Stands in for the oracle of a shard given up on (a timeout on the calling process or a
+    thread): every further query of that shard's thread fails, so it stops instead of running
+    beside later calls."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        raise ShardTimeout("this shard timed out and was abandoned: no more queries")
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ShardTimeout("this shard timed out and was abandoned: no more queries")
+
+
+def abandon(oracle) -> None:
+    """Stop the threads still running shards of ``oracle`` (an estimate's own :class:`Oracle`
+    wrapper, made per estimate) at their next query: a hung call cannot be stopped, but the rest
+    of its shard would otherwise query an oracle made for serial use beside the next estimate."""
+    if isinstance(oracle, Oracle):
+        oracle.fn = _Abandoned(oracle.fn)
 
 
 def portable_error(exc: BaseException):

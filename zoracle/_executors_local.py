@@ -26,6 +26,7 @@ from ._malloc import reuse_freed_memory
 from ._oracle import Oracle
 from ._plan import BaseTask
 from ._executors_core import (
+    abandon,
     BatchMirror,
     CostModel,
     LossKind,
@@ -722,11 +723,7 @@ class _ThreadBackend:
             _, late = futures_wait(running, timeout=self.pool.timeout or ABORT_WAIT_S)
             stuck = stuck or bool(late)
         if stuck:  # later runs get fresh threads instead of queueing behind a hung oracle
-            if isinstance(self.oracle, Oracle):  # the estimate's own wrapper: the threads left behind stop at their
-                # next query instead of querying on through their shards beside the caller's next estimate
-                from .executors import _Abandoned
-
-                self.oracle.fn = _Abandoned(self.oracle.fn)
+            abandon(self.oracle)  # the threads left behind stop at their next query
             self.pool._abandon()
 
 

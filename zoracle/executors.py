@@ -62,6 +62,7 @@ from ._executors_cluster import DaskExecutor as _Dask
 from ._executors_cluster import RayExecutor as _Ray
 from ._executors_cluster import parse_local
 from ._executors_core import (
+    abandon,
     NestedRunError,
     RunStats,
     ShardFailed,
@@ -161,9 +162,7 @@ class SerialExecutor:
         worker.start()
         worker.join(self.timeout)
         if worker.is_alive():
-            if hasattr(oracle, "fn"):  # the estimate's own wrapper: the abandoned thread stops at its next
-                # query instead of querying on, beside the caller's next estimate, an oracle made for serial use
-                oracle.fn = _Abandoned(oracle.fn)
+            abandon(oracle)  # its thread stops at its next query, not beside the caller's next estimate
             err = ShardTimeout(
                 f"shard {i + 1}/{n} ({describe_task(task)}) did not finish within timeout={self.timeout:g} s "
                 f"on the calling process (SerialExecutor); the oracle hangs or is slower than the limit: "
@@ -174,22 +173,6 @@ class SerialExecutor:
         if "err" in box:
             raise box["err"]
         return box["ok"]
-
-
-class _Abandoned:
-    """Stands in for the oracle of a shard that ``SerialExecutor`` gave up on (``timeout``): every
-    further query of that shard's thread fails, so it stops instead of running beside later calls."""
-
-    def __init__(self, fn):
-        self._fn = fn
-
-    def __call__(self, *args, **kwargs):
-        raise ShardTimeout("this shard timed out and was abandoned: no more queries")
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise ShardTimeout("this shard timed out and was abandoned: no more queries")
 
 
 def _check_count(name: str, value, allow_all: bool = False) -> int:
