@@ -605,3 +605,53 @@ def test_load_checkpoint_names_a_keyword_of_the_wrong_type(tmp_path, kw, names):
         zo.load_checkpoint(path, **kw)
     assert "corrupt" not in str(info.value) and "delete" not in str(info.value)
     np.testing.assert_array_equal(zo.load_checkpoint(path, prefixes=(), check=None)[0]["params"], np.arange(4.0))
+
+
+def test_a_checkpoint_folder_on_a_full_disk_is_refused_without_leaving_a_file(tmp_path, monkeypatch):
+    """On a full disk the writability check before the first query created its probe file, could
+    not write it, raised, and left the empty ``.run.npz.tmp-...`` file in the folder."""
+    import builtins
+
+    import zoracle._checkpoint as ckmod
+
+    class Full:  # the file opens (an inode is free), its write fails (no block is)
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckmod, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
+                        raising=False)
+    calls = []
+    loss = lambda x: calls.append(1) or float(((x - 1) ** 2).sum())  # noqa: E731
+    with pytest.raises(zo.ArgumentError, match="cannot be written .*No space left on device"):
+        zo.train(loss, np.zeros(3), epochs=2, progress=False, checkpoint=str(tmp_path / "run.npz"))
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
+def test_a_second_run_writing_the_same_checkpoint_is_not_overwritten_silently(tmp_path):
+    """Two runs given the same checkpoint path (a job launched twice, both started before either
+    saved) overwrote each other's saves without a word, and a killed run's resume=True went on
+    from the other run's parameters."""
+    import shutil
+
+    ck, other = str(tmp_path / "run.npz"), str(tmp_path / "other.npz")
+    kw = dict(epochs=4, steps_per_epoch=3, optimizer=zo.sgd(0.1), progress=False, checkpoint_every=1)
+    theirs = zo.train(lambda x: float(((x + 1) ** 2).sum()), np.zeros(3), checkpoint=other, **kw)
+
+    def meanwhile(event, record, params):  # the other run's save lands in the same path
+        if event == "step" and record["step"] == 4:
+            shutil.copy(other, ck + ".new")
+            os.replace(ck + ".new", ck)
+
+    with pytest.raises(zo.CheckpointError, match="rewritten by another writer since this run saved"):
+        zo.train(lambda x: float(((x - 1) ** 2).sum()), np.zeros(3), checkpoint=ck, callbacks=[meanwhile], **kw)
+    arrays, meta = zo.load_checkpoint(ck)  # the other run's save, left as it is
+    assert np.array_equal(arrays["params"], theirs.params) and meta["step"] == 12

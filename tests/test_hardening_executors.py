@@ -544,3 +544,55 @@ def test_a_serial_timeout_stops_the_abandoned_shard_of_a_batched_oracle_too():
         zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
     time.sleep(1.0)  # the slow call (already inside the oracle, it cannot be stopped) ends
     assert oracle.rows == 1 + 4  # the base point, then the slow call's 4 rows; not the other 36
+
+
+def test_ctrl_c_stops_the_serial_timeout_thread_before_the_next_estimate():
+    """Ctrl-C during a SerialExecutor(timeout=...) estimate: the helper thread went on through the
+    rest of its task (every coordinate), querying the oracle beside the caller's next estimate
+    (or the resume of a ``zo.train`` run) after the KeyboardInterrupt reached the caller: an
+    oracle with a scratch buffer then gave that estimate a wrong gradient."""
+    # SIGINT's handler set in the child: a child of a background job inherits SIGINT ignored
+    code = textwrap.dedent("""
+        import os, signal, threading, time, json
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        import numpy as np, zoracle as zo
+        from zoracle.executors import SerialExecutor
+
+        class Scratch:  # made for serial use: writes a buffer, then reads it
+            def __init__(self, d):
+                self.buf, self.calls, self.kick = np.zeros(d), 0, None
+            def __call__(self, x):
+                self.calls += 1
+                if self.calls == self.kick:
+                    os.kill(os.getpid(), signal.SIGINT)
+                np.multiply(x, np.arange(1.0, x.size + 1), out=self.buf)
+                time.sleep(0.005)  # between writing the buffer and reading it
+                return float(self.buf.sum())
+
+        d = 40
+        x0 = np.linspace(0.1, 1.0, d)
+        oracle = Scratch(d)
+        oracle.kick = 5
+        ex = SerialExecutor(timeout=60)
+        try:
+            zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        at = oracle.calls
+        end = time.monotonic() + 30  # the helper thread: its call in flight ends, then it must stop
+        while time.monotonic() < end and any(t.name == "zoracle-serial" for t in threading.enumerate()):
+            time.sleep(0.01)
+        after = oracle.calls - at
+        est = zo.estimate_gradient(oracle, x0, zo.CGE(), executor=ex)
+        print(json.dumps({"interrupted": interrupted, "after": after,
+                          "err": float(np.max(np.abs(est.grad - np.arange(1.0, d + 1))))}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["interrupted"], out
+    assert out["after"] <= 1, out  # at most the call in flight when Ctrl-C came (41 queries in all)
+    assert out["err"] < 1e-4, out

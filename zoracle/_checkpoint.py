@@ -149,12 +149,19 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     """
     path = _file_path(path, name, example)
     tmp = _tmp_path(os.path.realpath(path))  # a symlink's target is what a save writes
+    made = False
     try:
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         with open(tmp, "xb") as f:
+            made = True
             f.write(b"0")
         os.remove(tmp)
     except OSError as exc:
+        if made:  # created, then the write failed (a full disk): leave nothing behind
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
         raise ArgumentError(
             f"`{name}` {path!r} cannot be written ({type(exc).__name__}: {exc.strerror or exc}); "
             "choose a writable folder"

@@ -1241,6 +1241,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
                 "fingerprints": prints, "modes": modes}
+        if written[0] is not None and _stamp() not in (None, written[0]):  # not the file this run wrote last
+            err = CheckpointError(
+                f"the checkpoint {os.fspath(checkpoint)!r} was rewritten by another writer since this run saved (or "
+                f"resumed from) step {saved[0]}: two runs given the same checkpoint path overwrite each other's "
+                "saves, and a resume continues whichever saved last; give each run its own checkpoint path")
+            if not last:
+                raise err
+            warnings.warn(f"train: {err}; the file is left as it is and the result is returned", UserWarning,
+                          stacklevel=3)
+            warned_at[0] = step  # not again at the end
+            return
         try:
             save_checkpoint(checkpoint, arrays, meta)
         except OSError as exc:  # a full disk, a folder removed: which file, and what is still there
@@ -1254,11 +1265,22 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             warned_at[0] = step  # not again at the end
             return
         saved[0] = step
+        written[0] = _stamp()
+
+    def _stamp():
+        """What identifies the file at ``checkpoint`` as one save's (each save is a new file, renamed
+        into place); None when there is none."""
+        try:
+            st = os.stat(checkpoint)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
     # the step the file at `checkpoint` holds (resumed from that file: the step it held)
     same_file = resume is not None and checkpoint is not None and \
         os.path.realpath(os.fspath(resume)) == os.path.realpath(os.fspath(checkpoint))
     saved = [got["step"] if same_file else None]
+    written = [_stamp() if same_file else None]  # the file this run wrote last (or resumed from)
     warned_at = [None]  # the step whose final save failed (warned once)
 
     from tqdm.auto import tqdm

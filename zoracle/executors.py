@@ -160,7 +160,11 @@ class SerialExecutor:
 
         worker = threading.Thread(target=work, name="zoracle-serial", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        try:
+            worker.join(self.timeout)
+        except BaseException:  # Ctrl-C while waiting: the rest of the task must not run beside the next call
+            abandon(oracle)
+            raise
         if worker.is_alive():
             abandon(oracle)  # its thread stops at its next query, not beside the caller's next estimate
             err = ShardTimeout(
