@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -176,18 +177,35 @@ def test_what_eval_fn_callbacks_and_the_epoch_log_print_starts_its_own_line(monk
     handler = logging.StreamHandler(screen)
     log = logging.getLogger("zoracle")
     log.addHandler(handler)
-    monkeypatch.setattr(log, "level", logging.INFO)
+    level = log.level
+    log.setLevel(logging.INFO)  # (not the attribute: setLevel clears isEnabledFor's cache, filled by an earlier run)
     try:
         zo.train(lambda x: float(x @ x), np.ones(3), epochs=3, steps_per_epoch=4, optimizer=zo.sgd(0.01), rng=0,
                  progress=True, eval_fn=lambda p: print("EVAL", float(p @ p)),
                  callbacks=[lambda event, rec, p: print("CB", event) if event == "epoch" else None])
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
     text = screen.getvalue()
     assert "train" in text  # the bar was drawn
     for word, n in (("EVAL", 3), ("CB epoch", 3), ("epoch 1/3: epoch 0", 1)):
         starts = [text[max(m.start() - 1, 0):m.start()] for m in re.finditer(re.escape(word), text)]
         assert len(starts) == n and all(c in ("", "\r", "\n") for c in starts), (word, starts)
+
+
+def test_progress_without_a_stderr_trains_without_the_bar(monkeypatch):
+    """With no stderr (`python run.py 2>&-`, pythonw, some service managers: sys.stderr is None) the
+    default progress=True failed before the first step ('NoneType' object has no attribute 'write',
+    from tqdm): the run goes on without a bar, as with progress=False."""
+    import sys
+
+    f = lambda x: float(((x - 1.0) ** 2).sum())  # noqa: E731
+    kw = dict(epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.1), rng=0,
+              callbacks=[lambda event, rec, p: print("CB", event, file=sys.stderr)])
+    quiet = zo.train(f, np.zeros(4), progress=False, **kw)
+    monkeypatch.setattr(sys, "stderr", None)
+    shown = zo.train(f, np.zeros(4), progress=True, **kw)
+    assert np.array_equal(shown.params, quiet.params) and len(shown.history.steps) == 6
 
 
 @pytest.mark.parametrize(
@@ -1427,6 +1445,47 @@ def test_a_new_short_iterator_each_epoch_is_not_called_one_iterator_returned_aga
         assert "read once" not in str(exc.value) and "pass steps_per_epoch=5" in str(exc.value)
 
 
+class _Terminal(io.StringIO):
+    """stdout or stderr on a terminal: the bar redraws in place there."""
+
+    def isatty(self):
+        return True
+
+
+def _long_run_on(stream, monkeypatch, steps=3600, seconds_per_step=0.1):
+    """A run of `steps` fast steps that tqdm's clock (a fake one) sees last `seconds_per_step` each
+    (3600 x 0.1 s: six minutes), with stderr at `stream`: what the bar wrote there."""
+    import sys
+
+    import tqdm.std
+
+    clock = [1e6]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)  # (no monitor thread on the real clock)
+    monkeypatch.setattr(sys, "stderr", stream)
+    zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=steps, optimizer=zo.sgd(0.01), rng=0,
+             progress=True, callbacks=[lambda event, rec, p: clock.__setitem__(0, clock[0] + seconds_per_step)])
+    return stream.getvalue()
+
+
+def test_the_bar_on_a_stream_that_is_no_terminal_writes_a_line_every_few_seconds(monkeypatch):
+    """On stderr redirected to a file (`python run.py > log 2>&1`, a pipe, CI) the bar wrote its
+    `\\r` redraws ten times a second: about 2 MB an hour of run on one line with no newline, the
+    epoch log lines buried in it, its last state blanked out at the end. There it writes a plain
+    line every 10 seconds and one at the end."""
+    text = _long_run_on(io.StringIO(), monkeypatch)
+    lines = text.splitlines()
+    assert "\r" not in text and text.endswith("\n"), (text.count("\r"), text[-200:])
+    assert 360 / 10 - 1 <= len(lines) <= 360 / 10 + 3, len(lines)  # six minutes: one every 10 s, first and last
+    assert "3600/3600" in lines[-1] and "loss=" in lines[-1], lines[-1]  # the run's last state is kept
+
+
+def test_the_bar_on_a_terminal_still_redraws_in_place(monkeypatch):
+    """A terminal keeps tqdm's bar: redrawn in place (`\\r`) about ten times a second, no lines."""
+    text = _long_run_on(_Terminal(), monkeypatch)
+    assert text.count("\r") > 1000 and "\n" not in text, (text.count("\r"), text.count("\n"))
+
+
 def test_prints_beside_the_bar_leave_stdout_and_stderr_as_they_were(monkeypatch):
     """While eval_fn, a callback or the epoch's log line runs, stdout and stderr are wrapped to clear
     the bar on their first write; after it they are the caller's own streams again (a wrapper left
@@ -1434,7 +1493,7 @@ def test_prints_beside_the_bar_leave_stdout_and_stderr_as_they_were(monkeypatch)
     import io
     import sys
 
-    out, err = io.StringIO(), io.StringIO()
+    out, err = _Terminal(), _Terminal()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
     seen = []
@@ -1470,7 +1529,7 @@ def test_the_bar_is_drawn_again_after_what_eval_fn_prints(monkeypatch):
     import io
     import sys
 
-    screen = io.StringIO()
+    screen = _Terminal()
     monkeypatch.setattr(sys, "stdout", screen)
     monkeypatch.setattr(sys, "stderr", screen)
     seen = []

@@ -591,13 +591,51 @@ class _Beside:
         return getattr(self._stream, name)
 
 
+#: seconds between the progress lines written to a stream that is no terminal (a log file, a pipe, CI)
+_LINE_SECONDS = 10.0
+
+
+def _redraws(stream) -> bool:
+    """Whether ``stream`` shows a ``\\r`` as a redraw in place: a terminal, or a notebook's output
+    (no TTY, but it does). A log file, a pipe or a CI log keeps every redraw."""
+    try:
+        return bool(stream.isatty()) or type(stream).__module__.startswith("ipykernel")
+    except Exception:  # (a closed or odd stream)
+        return False
+
+
+def _line_bar(tqdm):
+    """``tqdm`` for a stream that is no terminal: each redraw is a line of its own (no ``\\r``), at most
+    one every ``mininterval`` seconds, and one at the end; nothing is cleared, so what user code
+    prints starts a line of its own already (:func:`_beside` leaves it alone)."""
+
+    class LineBar(tqdm):
+        lines = True
+
+        def display(self, msg=None, pos=None):
+            if msg is None:  # (a message is the bar cleared: nothing to clear)
+                self.fp.write(f"{self}\n")
+                self.fp.flush()
+            return msg is None
+
+        def clear(self, nolock=False):
+            pass
+
+        def close(self):
+            if not self.disable and self.n != self.last_print_n:
+                self.display()  # the run's last state
+            super().close()
+
+    return LineBar
+
+
 @contextlib.contextmanager
 def _beside(bar, on: bool, clear_now: bool = False):
     """Run user code (``eval_fn``, a callback) or a log line beside the progress bar: the bar is
     cleared before the first thing written to stdout or stderr (``clear_now``: at once, for a
     logging handler's stream) and drawn again after, so a ``print`` starts a line of its own
     instead of continuing the bar's. Code that writes nothing costs no redraw."""
-    if not on:
+    if not on or getattr(bar, "lines", False):
         yield
         return
     cleared = []
@@ -890,8 +928,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Root of every random choice (directions, masks, ZO-GraSP).
     progress : bool
         tqdm progress bar with loss, lr and queries/s (prints in ``eval_fn`` and callbacks start
-        a line of their own). Either way ``logging`` (logger ``zoracle``) gets a line at INFO per
-        epoch; off, also one at DEBUG per step.
+        a line of their own). On a stderr that is no terminal (a log file, a pipe) the bar is a
+        plain line every 10 seconds and one at the end. Either way ``logging`` (logger
+        ``zoracle``) gets a line at INFO per epoch; off, also one at DEBUG per step.
     max_queries : int, optional
         A query budget: training stops after the first step at which the run's queries
         (ZO-GraSP's included, and those before a resume) reach it, so the last step may pass it
@@ -1298,8 +1337,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
 
     total_steps = None if batches is not None and steps_per_epoch is None and not hasattr(batches, "__len__") else (
         epochs * (steps_per_epoch or (len(batches) if batches is not None else 1)))
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step",
-               dynamic_ncols=True, leave=False)
+    progress = progress and sys.stderr is not None  # no stderr (pythonw, `2>&-`): no bar to draw, not a crash
+    lines = progress and not _redraws(sys.stderr)  # a log file: a line every _LINE_SECONDS, not ten redraws a second
+    bar = (_line_bar(tqdm) if lines else tqdm)(
+        total=total_steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
+        leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     coords = None
     cb_warned = set()
