@@ -668,3 +668,143 @@ def test_joblib_executor_refuses_absurd_worker_counts():
         with pytest.raises(zo.ArgumentError, match="`n_jobs` must be at most 4096"):
             JoblibExecutor(bad, backend="threading")
     assert JoblibExecutor(4096, backend="threading").n_jobs == 4096
+
+
+@pytest.mark.parametrize("pair", ["tuple", "object"])
+def test_an_init_update_pair_not_wrapped_names_zo_optimizer(pair):
+    """training.md promised "pure init/update pairs"; a tuple (init, update) or an object with the
+    two methods was refused with "`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd",
+    which hid the one way that works: zo.Optimizer(init, update, lr, name, config)."""
+    import types
+    from typing import NamedTuple
+
+    class State(NamedTuple):
+        count: int
+
+    def init(params):
+        return State(0)
+
+    def update(grad, state, params, lr=None):   # projected SGD onto the box [0, 0.5]
+        return np.clip(params - lr * grad, 0.0, 0.5), State(state.count + 1)
+
+    given = (init, update) if pair == "tuple" else types.SimpleNamespace(init=init, update=update)
+    with pytest.raises(zo.ArgumentError, match=r"zo\.Optimizer\(init, update, lr, name, config\)"):
+        zo.train(lambda x: float(((x - 1.0) ** 2).sum()), np.zeros(3), optimizer=given, epochs=1, progress=False)
+    # what the message names works, and matches a hand-written projected forward-difference loop
+    c = np.array([1.0, 0.2, 0.3])                # the first coordinate's minimum lies outside the box
+
+    def loss(x):
+        return float(((x - c) ** 2).sum())
+
+    opt = zo.Optimizer(init, update, 0.1, "box_sgd", "box_sgd(lr=0.1, box=[0, 0.5])")
+    res = zo.train(loss, np.zeros(3), optimizer=opt, estimator=zo.CGE(mu=1e-3), epochs=5, progress=False)
+    x, mu = np.zeros(3), 1e-3
+    for _ in range(5):
+        f0 = loss(x)
+        g = np.array([(loss(x + mu * e) - f0) / ((x[i] + mu) - x[i]) for i, e in enumerate(np.eye(3))])
+        x = np.clip(x - 0.1 * g, 0.0, 0.5)
+    np.testing.assert_allclose(res.params, x, rtol=0, atol=1e-12)
+    assert res.params[0] == 0.5 and 0 < res.params[1] < 0.5
+
+
+def test_a_custom_optimizer_state_needs_a_count_that_update_advances():
+    """A zo.Optimizer whose NamedTuple state had no `count` field ran a step's queries, then failed
+    with a bare "TypeError: int() argument must be ... not 'builtin_function_or_method'" (tuple's own
+    .count method); one whose update did not advance `count` kept the optimizer's lr schedule at its
+    step-0 value without a word (a cosine from 0.1 stayed 0.1 for all 10 steps)."""
+    from typing import Any, NamedTuple
+
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(x @ x)
+
+    class NoCount(NamedTuple):
+        v: Any
+
+    opt = zo.Optimizer(lambda p: NoCount(np.zeros_like(p)), lambda g, s, p, lr=None: (p - lr * g, NoCount(g)),
+                       0.1, "heavy_ball", "heavy_ball(lr=0.1)")
+    with pytest.raises(zo.ArgumentError, match=r"NamedTuple state with an int field `count`"):
+        zo.train(loss, np.ones(3), epochs=2, optimizer=opt, progress=False)
+    assert calls == []  # refused before the first query
+
+    class State(NamedTuple):
+        count: int
+        v: Any
+
+    sched = zo.cosine_schedule(0.1, total_steps=10)
+    frozen = zo.Optimizer(lambda p: State(0, np.zeros_like(p)), lambda g, s, p, lr=None: (p - lr * g, State(s.count, g)),
+                          sched, "frozen", "frozen(cosine)")
+    with pytest.raises(zo.ArgumentError, match=r"`count` is one more than the state it was given \(0 \+ 1\), got 0"):
+        zo.train(loss, np.ones(3), epochs=10, optimizer=frozen, progress=False)
+    # one that counts follows its schedule, as the schedule itself gives it step by step
+    counting = frozen._replace(update=lambda g, s, p, lr=None: (p - lr * g, State(s.count + 1, g)))
+    res = zo.train(loss, np.ones(3), epochs=10, optimizer=counting, progress=False)
+    assert np.array_equal(res.history.column("lr", "step"), [sched(t) for t in range(10)])
+
+
+def test_a_custom_optimizer_state_that_cannot_be_checkpointed_is_refused_before_any_query(tmp_path):
+    """A zo.Optimizer whose state held None ran its first epoch's queries, then failed at the save
+    ("array 'opt/best' has dtype object"); one whose None became a float after the first update
+    saved checkpoints that its own resume refused ("this run expects shape () dtype object; resume
+    with the same settings or delete it")."""
+    from typing import Any, NamedTuple
+
+    class State(NamedTuple):
+        count: int
+        best: Any
+
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(((x - 1.0) ** 2).sum())
+
+    def update(g, s, p, lr=None):
+        best = float(g @ g) if s.best is None else min(s.best, float(g @ g))
+        return p - lr * g, State(s.count + 1, best)
+
+    opt = zo.Optimizer(lambda p: State(0, None), update, 0.01, "best_sgd", "best_sgd(lr=0.01)")
+    ck = tmp_path / "run.npz"
+    with pytest.raises(zo.ArgumentError, match=r"`optimizer` 'best_sgd': its state's field 'best' is None at init"):
+        zo.train(loss, np.zeros(3), epochs=3, optimizer=opt, checkpoint=ck, progress=False)
+    assert calls == [] and not ck.exists()
+    # without a checkpoint it runs as before; started as a number, it checkpoints and resumes bit for bit
+    zo.train(loss, np.zeros(3), epochs=3, optimizer=opt, progress=False)
+    nan_start = opt._replace(init=lambda p: State(0, np.inf))
+    settings = dict(epochs=6, optimizer=nan_start, rng=0, progress=False)
+    zo.train(loss, np.zeros(3), checkpoint=ck, callbacks=[lambda e, r, p: e == "epoch" and r["epoch"] == 2], **settings)
+    resumed = zo.train(loss, np.zeros(3), checkpoint=ck, resume=True, **settings)
+    assert np.array_equal(resumed.params, zo.train(loss, np.zeros(3), **settings).params)
+
+
+def test_a_custom_optimizer_states_tuple_and_number_fields_resume_as_they_were(tmp_path):
+    """A zo.Optimizer state field kept as a tuple (the last three gradient norms, extended with
+    `s.recent + (norm,)`) came back from the checkpoint as a NumPy array, where `+` adds instead of
+    appending (and a Python float as a 0-d array): the resumed run below ended at -0.18779 where
+    the uninterrupted one ends at -0.21498, without a word."""
+    from typing import Any, NamedTuple
+
+    class State(NamedTuple):
+        count: int
+        recent: Any  # a tuple
+        scale: Any   # a Python float
+
+    def update(g, s, p, lr=None):
+        recent = (s.recent + (float(np.linalg.norm(g)),))[-3:]
+        return p - lr * s.scale * g / np.mean(recent), State(s.count + 1, recent, s.scale * 0.9)
+
+    opt = zo.Optimizer(lambda p: State(0, (1.0, 1.0, 1.0), 1.0), update, 0.1, "normed", "normed(lr=0.1)")
+
+    def loss(x):
+        return float(np.sum((x - 1.0) ** 2) + np.sum(np.sin(3 * x)))
+
+    settings = dict(epochs=6, optimizer=opt, rng=0, progress=False)
+    ck = tmp_path / "run.npz"
+    zo.train(loss, np.zeros(3), checkpoint=ck, callbacks=[lambda e, r, p: e == "epoch" and r["epoch"] == 2], **settings)
+    resumed = zo.train(loss, np.zeros(3), checkpoint=ck, resume=True, **settings)
+    uninterrupted = zo.train(loss, np.zeros(3), **settings)
+    assert np.array_equal(resumed.params, uninterrupted.params)
+    assert resumed.optimizer_state == uninterrupted.optimizer_state
+    assert type(resumed.optimizer_state.recent) is tuple and type(resumed.optimizer_state.scale) is float

@@ -1543,3 +1543,40 @@ def test_the_bar_is_drawn_again_after_what_eval_fn_prints(monkeypatch):
              eval_fn=lambda p: print("EVAL"))
     after = seen[0].rsplit("EVAL", 1)[1]
     assert "train" in after or "epoch 1/2" in after, repr(after)  # the bar, drawn again after the print
+
+
+def test_seeds_as_batches_give_common_random_numbers_on_every_executor(tmp_path):
+    """training.md, "Noisy black boxes": a DataOracle whose bind(seed) fixes a simulator's noise,
+    with integer seeds as the batches, trains bit for bit as forward-difference SGD written by hand
+    with the same seeds, on a threading executor and after a resume too."""
+    from zoracle.executors import JoblibExecutor
+
+    def simulate(theta, rng):
+        return float(np.sum((theta - 1.0) ** 2 * np.exp(0.3 * rng.standard_normal(theta.size)))
+                     + rng.standard_normal())
+
+    class Simulator:
+        def __call__(self, theta):
+            return simulate(theta, np.random.default_rng())
+
+        def bind(self, seed):
+            return lambda theta: simulate(theta, np.random.default_rng(seed))
+
+    def seeds(epoch):
+        return [1000 * epoch + k for k in range(4)]
+
+    x, mu = np.zeros(3), 1e-3
+    for epoch in range(3):
+        for seed in seeds(epoch):
+            f = lambda t: simulate(t, np.random.default_rng(seed))  # noqa: E731
+            g = np.array([(f(x + mu * e) - f(x)) / ((x[i] + mu) - x[i]) for i, e in enumerate(np.eye(3))])
+            x = x - 0.1 * g
+    settings = dict(batches=seeds, epochs=3, estimator=zo.CGE(mu=mu), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    serial = zo.train(Simulator(), np.zeros(3), **settings)
+    assert np.array_equal(serial.params, x) and serial.nfev == 12 * 4
+    with JoblibExecutor(2, backend="threading") as ex:
+        assert np.array_equal(zo.train(Simulator(), np.zeros(3), executor=ex, **settings).params, x)
+    ck = str(tmp_path / "run.npz")
+    zo.train(Simulator(), np.zeros(3), checkpoint=ck, callbacks=[lambda e, r, p: e == "step" and r["step"] == 5],
+             **settings)
+    assert np.array_equal(zo.train(Simulator(), np.zeros(3), checkpoint=ck, resume=True, **settings).params, x)

@@ -26,6 +26,11 @@ __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "si
 class Optimizer(NamedTuple):
     """An optimizer: ``init(params) -> state``, ``update(grad, state, params, lr=None) -> (params, state)``.
 
+    ``state`` is a NamedTuple with an int field ``count``: 0 from ``init``, one more after each
+    ``update`` (:func:`zoracle.train` reads it for the learning rate and checkpoints it; its other
+    fields are saved as numeric arrays). ``train`` refuses a state without it before the first
+    query, and an ``update`` that does not add one to it.
+
     Attributes
     ----------
     init, update : callable

@@ -720,7 +720,14 @@ def _state_arrays(state) -> dict:
 
 
 def _restore_state(template, saved: dict, count: int, xp):
-    fields = {k: (int(count) if k == "count" else xp.asarray(saved[k])) for k in template._asdict()}
+    def back(init, a):  # a tuple, list or Python number init gave comes back as one, not as an array
+        if type(init) in (tuple, list):
+            return type(init)(np.asarray(a).tolist())
+        if type(init) in (bool, int, float):
+            return np.asarray(a).item()
+        return xp.asarray(a)
+
+    fields = {k: (int(count) if k == "count" else back(v, saved[k])) for k, v in template._asdict().items()}
     return type(template)(**fields)
 
 
@@ -989,7 +996,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                             "SNES(mu=...)): drop `mu`")
     optimizer = sgd(0.1) if optimizer is None else optimizer
     if not isinstance(optimizer, Optimizer):
-        raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, got {type(optimizer).__name__}")
+        raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, or be your own pure pair "
+                            f"wrapped as zo.Optimizer(init, update, lr, name, config), got {type(optimizer).__name__}")
     lr_sched = as_schedule(schedule, "schedule") if schedule is not None else None
     mu_sched = as_schedule(mu, "mu", positive=True) if mu is not None else None
     if checkpoint_every != "epoch":
@@ -1146,6 +1154,20 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     modes_of = getattr(oracle, "run_modes", None)  # a model's train/eval modes (TorchOracle): resumed otherwise, warned
     modes = _short_hash(modes_of()) if callable(modes_of) else None
     state = optimizer.init(params)
+    count = getattr(state, "count", None)  # a tuple's own .count is a method: not a field
+    if not hasattr(state, "_asdict") or not isinstance(count, numbers.Integral) or isinstance(count, bool):
+        raise ArgumentError(f"`optimizer` {optimizer.name!r}: init(params) must return a NamedTuple state with an int "
+                            f"field `count` (its updates so far: 0 at init, one more after each update; train reads it "
+                            f"for the learning rate and checkpoints it), got {type(state).__name__} with count "
+                            f"{count!r}")
+    if checkpoint is not None or resume is not None:  # saved as numeric arrays, read back in init's shapes
+        for k, v in state._asdict().items():
+            a = np.asarray(to_numpy(v)) if k != "count" else np.zeros(())
+            if a.dtype.hasobject or a.dtype.kind not in "biuf":
+                raise ArgumentError(f"`optimizer` {optimizer.name!r}: its state's field {k!r} is {v!r} at init: a "
+                                    f"checkpoint holds numeric arrays only, and a resume reads each field in the "
+                                    f"shape and dtype init(params) gives it; start it as a number or an array "
+                                    f"(np.nan, np.zeros(...))")
     est_state = estimator.init(params) if snes else None
     steps_hist, epoch_hist = [], []
     step = epoch = pos = 0
@@ -1387,6 +1409,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     lr_name)
                 try:
+                    before = int(state.count)
                     params, state = optimizer.update(g.grad, state, params, lr=lr)
                 except ArgumentError as exc:  # the optimizer's own check: train names the step, not update()
                     if bool(xp.isfinite(g.grad).all()):
@@ -1397,6 +1420,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
                         f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}") from exc
+                count = getattr(state, "count", None)
+                if not isinstance(count, numbers.Integral) or isinstance(count, bool) or int(count) != before + 1:
+                    raise ArgumentError(f"`optimizer` {optimizer.name!r}: update() must return a state whose `count` is "
+                                        f"one more than the state it was given ({before} + 1), got {count!r}: train "
+                                        f"reads it for the learning rate (a schedule would stay at one step) and "
+                                        f"checkpoints it")
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
