@@ -320,7 +320,8 @@ def trace_steps(model: nn.Module):
         else:
             hint = ""
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
-    if tracer.autocast:
+    if tracer.autocast and not all(t.dtype == torch.float64 for t in [*model.parameters(), *model.buffers()]
+                                   if t.is_floating_point()):  # (autocast casts no float64 op: nothing to miss)
         return None, (f"{type(model).__name__}'s forward enters torch.autocast, which torch.fx does not capture (the "
                       "captured steps would run in the model's dtype, model(x) in half precision)")
     for name, m in model.named_modules():

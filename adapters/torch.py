@@ -129,7 +129,8 @@ def _autocast_off(oracle):
         # (`enabled=use_amp`) included, a forward's own autocast block kept the weights it cast
         # on leaving, and read them stale after an in-place perturbation (the gradient 0)
         return torch.autocast(dev, enabled=False, cache_enabled=False)
-    if not oracle._core.__dict__.get("warned_autocast"):
+    if oracle.dtype != torch.float64 and not oracle._core.__dict__.get("warned_autocast"):
+        # (a float64 model: autocast casts no float64 op, and caches no cast weight; it is turned off all the same)
         oracle._core.warned_autocast = True
         warnings.warn(f"TorchOracle: queried inside torch.autocast({dev!r}): the oracle turns it off for its own "
                       "forwards and runs the model in its dtype (finite differences in half precision are mostly "

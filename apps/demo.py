@@ -93,8 +93,18 @@ def _check(args) -> list:
 
 
 def check(args) -> None:
-    """The flags' values, refused before any work (``zoracle demo`` exits 2, as for argparse's errors)."""
+    """The flags' values, refused before any work (``zoracle demo`` exits 2, as for argparse's errors);
+    the executor flags too (--workers 0 was refused by main, after torch and the data: exit 1)."""
     _check(args)
+    from zoracle._errors import MissingExtra
+    from zoracle.executors import from_args
+
+    try:
+        executor = from_args(args)  # builds, starts nothing (a cluster is reached in main)
+    except MissingExtra:  # a missing extra: main names it (exit 1)
+        return
+    if executor is not None and callable(getattr(executor, "close", None)):
+        executor.close()
 
 
 def make_model(seed: int):

@@ -232,6 +232,20 @@ def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
     assert (tmp_path / "kept").is_dir()
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--workers", "0"], "--workers must be an integer >= 1"),
+    (["--shard-timeout", "-1"], "--shard-timeout must be a positive number"),
+    (["--workers", "2", "--dask", "local"], "pick one of --workers, --dask, --ray"),
+])
+def test_demo_executor_flags_out_of_range_are_usage_errors(flags, said, capsys):
+    """getting-started: exit 2 for a value refused as given, before any work. The executor flags were
+    refused by main after torch's import and the data's load (8 s): exit 1."""
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--quick", *flags])
+    assert exc.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, said", [
     (["--batch", "abc"], "argument --batch: expected an integer, got 'abc'"),  # was "invalid _positive_int value"
     (["--seed", "abc"], "argument --seed: expected an integer, got 'abc'"),

@@ -646,6 +646,22 @@ def test_mu_beyond_int64_is_named_not_a_numpy_type_error():
             make(mu=10**400)  # beyond float
 
 
+def test_sigma_and_schedules_beyond_int64_are_named_as_mu_is():
+    # the same raw errors as mu's, on the arguments beside it: np.isfinite(10**30) ("ufunc 'isfinite'
+    # not supported") in smoothing's sigma; math.isfinite(10**400) (OverflowError) in lr and train's mu
+    from zoracle import smoothing
+
+    sign = lambda z: (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int)  # noqa: E731
+    counts = smoothing.sample_counts(sign, np.array([[1.0]]), 4, 10**30, num_classes=2, rng=0)
+    assert counts.sum() == 4  # sigma = 1e30, as float(sigma)
+    with pytest.raises(zo.ArgumentError, match="`sigma` must be a finite noise level"):
+        smoothing.predict(sign, np.array([1.0]), sigma=10**400, n=20, num_classes=2, rng=0)
+    with pytest.raises(zo.ArgumentError, match="`lr` must be a number >= 0"):
+        zo.sgd(10**400)
+    with pytest.raises(zo.ArgumentError, match="`mu` must be a finite number > 0"):
+        zo.train(QuadraticOracle(np.eye(3)), np.zeros(3), mu=10**400, progress=False)
+
+
 @pytest.mark.parametrize(
     "make,message",
     [
@@ -808,3 +824,17 @@ def test_a_custom_optimizer_states_tuple_and_number_fields_resume_as_they_were(t
     assert np.array_equal(resumed.params, uninterrupted.params)
     assert resumed.optimizer_state == uninterrupted.optimizer_state
     assert type(resumed.optimizer_state.recent) is tuple and type(resumed.optimizer_state.scale) is float
+
+
+@pytest.mark.parametrize("kind", ["dask", "dask local:N", "ray"])
+def test_cluster_executors_refuse_absurd_worker_counts_as_joblib_does(kind):
+    # 10**30 was accepted and passed on to LocalCluster(n_workers=...) or as many Ray actors
+    pytest.importorskip("distributed" if kind.startswith("dask") else "ray")
+    from zoracle.executors import DaskExecutor, RayExecutor
+
+    make = {"dask": lambda n: DaskExecutor(n_workers=n), "dask local:N": lambda n: DaskExecutor(f"local:{n}"),
+            "ray": lambda n: RayExecutor(n_workers=n)}[kind]
+    for bad in (10**30, 4097):
+        with pytest.raises(zo.ArgumentError, match="`n_workers` must be at most 4096"):
+            make(bad)
+    assert make(4096).n_workers == 4096  # (nothing started: a cluster starts at its first run)

@@ -1926,6 +1926,25 @@ def test_an_observing_hook_keeps_the_split():
     np.testing.assert_allclose(est, _textbook(oracle, theta), rtol=1e-6, atol=1e-9)
 
 
+def test_a_hook_the_model_cannot_run_without_is_no_crash():
+    """An LSTM in a Sequential with a forward hook picking its last step (the Linear after it takes
+    that tensor, not the LSTM's tuple): the split runs the LSTM through its hooks; the hook check's
+    model(x) without any hook raised TypeError out of TorchOracle(...) (it built and estimated before)."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 6, batch_first=True)
+    lstm.register_forward_hook(lambda m, i, o: o[0][:, -1])
+    model = nn.Sequential(lstm, nn.Linear(6, 3)).double()
+    ref = copy.deepcopy(model)
+    x, y = torch.randn(8, 5, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    oracle = TorchOracle(model, CE_ROWS).bind((x, y))
+    theta = oracle.initial_params()
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+    loss = _by_name(ref, oracle, x, y)  # textbook: one parameter at a time on a copy, by name
+    base = loss(theta)
+    want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-8)
+
+
 class _Guarded(nn.Module):
     """A module with its own forward (a Python check): no closed form, vmap cannot batch it."""
 
@@ -2669,6 +2688,42 @@ class _Autocast(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h = torch.relu(self.a(x))
         return self.b(h.float())
+
+
+class _Autocast64(nn.Module):
+    """Mixed-precision code run in float64: autocast casts no float64 op, so the block changes nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.tanh(self.a(x))
+        return self.b(h)
+
+
+@pytest.mark.parametrize("ambient", [False, True])
+def test_autocast_changes_nothing_in_a_float64_model_and_keeps_the_split(ambient):
+    """A float64 model whose forward enters torch.autocast (or queried inside the caller's): its ops
+    stay float64 there, yet the capture was refused (full forwards, 3x slower) with a warning that
+    model(x) runs in half precision, and an ambient autocast was warned about."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 10, dtype=torch.float64), torch.randint(0, 4, (6,))
+    model = _Autocast64().double()
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        assert model(x).dtype == torch.float64
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=ambient):
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS).bind((x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6)).grad
+    assert oracle.blocks
+    loss = _by_name(ref, oracle, x, y)  # textbook: one parameter at a time on a copy, by name
+    base = loss(theta)
+    want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-8)
 
 
 def test_autocast_in_the_forward_is_refused_not_dropped():

@@ -17,6 +17,7 @@ from ._backend import to_numpy
 from ._errors import ArgumentError, MissingExtra, ZoracleError
 from ._executors_core import (
     KEEP_ORACLES,
+    MAX_WORKERS,
     BatchMirror,
     Payload,
     WorkerState,
@@ -361,6 +362,8 @@ class DaskExecutor(ShardedExecutor):
         if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
                                         or self._count < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
+        if self._count is not None and self._count > MAX_WORKERS:  # as JoblibExecutor's n_jobs
+            raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {self._count!r}")
         if n_workers is not None and not self._local:  # a running cluster keeps its own workers: it was ignored
             raise ArgumentError(f"`n_workers` sizes a local cluster; with `client`={client!r} the cluster's own "
                                 "workers run the shards and it would be ignored: drop it (or use 'local:N')")
@@ -763,6 +766,8 @@ class RayExecutor(ShardedExecutor):
         if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
                                         or self._count < 1):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
+        if self._count is not None and self._count > MAX_WORKERS:  # as JoblibExecutor's n_jobs
+            raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {self._count!r}")
         if not isinstance(allow_network, bool):
             raise ArgumentError(f"`allow_network` must be True or False, got {allow_network!r}")
         self.allow_network = allow_network

@@ -37,6 +37,9 @@ __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "sch
 
 #: oracles the driver keeps sent to workers before dropping the least recently used
 KEEP_ORACLES = 4
+
+#: the most workers an executor starts (10**30 was accepted, and the first run hung starting them)
+MAX_WORKERS = 4096
 #: bound batches a worker keeps (first in, first out; the driver mirrors the rule)
 KEEP_BATCHES = 4
 #: seconds a worker may spend loading a shard's oracle (unpickling it: imports, weights) before

@@ -180,7 +180,11 @@ def as_schedule(value: FloatOrSchedule, name: str = "lr", positive: bool = False
     (a number below 0, or with ``positive`` (``mu``) not above 0)."""
     if callable(value):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0 \
+    try:  # (math.isfinite(10**400): OverflowError)
+        finite = isinstance(value, numbers.Real) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not finite or value < 0 \
             or (positive and value <= 0):
         raise ArgumentError(
             f"`{name}` must be a {'finite number > 0 (e.g. 5e-3)' if positive else 'number >= 0'} or a schedule "

@@ -27,7 +27,8 @@ Faults
     :class:`~zoracle.OracleError` naming the query, the shard and the workers when the
     oracle raised, else a :class:`ShardFailed` (a ZoracleError) naming the shard and both
     causes. A wrong loss value (NaN, wrong shape) is deterministic: it raises the
-    OracleError at once, without a retry. An estimate is all-or-nothing: no partial
+    OracleError without a retry (on JoblibExecutor and DeviceExecutor once the shards in flight
+    on other workers have ended, or after ``timeout``, 10 s without one). An estimate is all-or-nothing: no partial
     gradient is returned, so parameters and optimizer state are never half-updated.
 
 Hangs and interrupts
@@ -62,6 +63,7 @@ from ._executors_cluster import DaskExecutor as _Dask
 from ._executors_cluster import RayExecutor as _Ray
 from ._executors_cluster import parse_local
 from ._executors_core import (
+    MAX_WORKERS,
     abandon,
     NestedRunError,
     RunStats,
@@ -92,7 +94,6 @@ __all__ = [
 ]
 
 BACKENDS = ("loky", "threading")
-MAX_WORKERS = 4096
 
 
 @runtime_checkable

@@ -66,7 +66,12 @@ def _check_alpha(alpha) -> float:
 
 
 def _check_sigma(sigma) -> float:
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma <= 0:
+    try:  # float() first: np.isfinite refuses a Python int beyond int64 (10**30) with a TypeError, as _check_mu
+        bad = (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(float(sigma))
+               or sigma <= 0)
+    except OverflowError:  # beyond float (10**400)
+        bad = True
+    if bad:
         raise ArgumentError(f"`sigma` must be a finite noise level > 0 (e.g. 0.25), got {sigma!r}")
     return float(sigma)
 
