@@ -405,7 +405,9 @@ class OnnxClassifier:
             if name not in available:
                 raise ArgumentError(
                     f"`providers`: {name!r} is not available in this onnxruntime build; available: {available}"
-                    + (" (install onnxruntime-gpu, not next to onnxruntime: pip install -e '.[onnx-gpu]')"
+                    + (" (CUDA needs onnxruntime-gpu in place of onnxruntime, never next to it: "
+                       "pip uninstall -y onnxruntime && pip install -e '.[onnx-gpu]'; the 'onnx', 'apps' and "
+                       "'all' extras install the CPU onnxruntime again)"
                        if name == "CUDAExecutionProvider" else "")
                 )
         return list(providers)

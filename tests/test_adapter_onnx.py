@@ -670,3 +670,26 @@ def test_an_output_whose_class_axis_follows_the_chunk_size_is_named_not_a_numpy_
     with pytest.raises(zo.ZoracleError, match=r"returned shapes \[\(3, 3\), \(2, 2\)\] for chunks of 3 samples: its "
                                               r"trailing axes change with the batch"):
         clf(x)
+
+
+def test_cuda_advice_replaces_the_cpu_onnxruntime(onnx_path):
+    """The README installs `.[all]`, whose 'onnx' and 'apps' extras bring the CPU onnxruntime; the
+    advice for a CUDA provider said "install onnxruntime-gpu, not next to onnxruntime: pip install
+    -e '.[onnx-gpu]'", which installs it next to onnxruntime (pip keeps both: two distributions
+    writing one `onnxruntime` package)."""
+    from importlib import metadata
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA")
+    try:
+        metadata.distribution("onnxruntime")
+    except metadata.PackageNotFoundError:
+        pytest.skip("no CPU onnxruntime distribution here")
+    cpu_extras = sorted({r.split("extra == ")[1].strip('"\' ') for r in metadata.requires("zoracle") or []
+                         if r.startswith("onnxruntime") and not r.startswith("onnxruntime-gpu") and "extra ==" in r})
+    assert cpu_extras, "the installed zoracle declares no extra with the CPU onnxruntime"
+    with pytest.raises(zo.ArgumentError) as info:
+        OnnxClassifier(onnx_path, providers=["CUDAExecutionProvider"])
+    message = str(info.value)
+    # following the advice leaves no CPU onnxruntime: it is uninstalled before onnxruntime-gpu comes in
+    assert "pip uninstall -y onnxruntime &&" in message and "onnx-gpu" in message.split("pip uninstall -y onnxruntime")[1]

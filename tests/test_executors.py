@@ -1720,3 +1720,38 @@ def test_a_float32_torch_loss_is_warned_about_on_process_workers_too(loky2, monk
         with pytest.warns(UserWarning, match=r"returns float32 losses: near the base loss 10000 they are 0.000977 "
                                              r"apart"):
             zo.estimate_gradient(_TorchFloat32Loss(w), np.zeros(10), zo.CGE(), executor=executor)
+
+
+class SimulatorInASubprocess:
+    """A black box that runs its simulator as a subprocess (in its own Python environment, say)
+    and notes the PYTHONPATH that subprocess was started with."""
+
+    def __init__(self, log):
+        self.log = str(log)
+
+    def __call__(self, x):
+        seen = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('PYTHONPATH', '<unset>'))"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        with open(self.log, "a") as f:
+            f.write(seen + "\n")
+        return float(x @ x)
+
+
+@pytest.mark.parametrize("driver", [None, "/zoracle-test-driver-path"])
+def test_an_oracles_subprocesses_get_the_drivers_pythonpath(tmp_path, monkeypatch, driver):
+    """Process workers are started with PYTHONPATH=<the folder above the zoracle package> (for a
+    pip-installed zoracle: the whole site-packages) so that `python -c` finds zoracle; the worker
+    kept it, and every subprocess an oracle started inherited it: a simulator run with another
+    environment's Python imported this environment's packages (numpy of the wrong Python:
+    "No module named 'numpy._core._multiarray_umath'")."""
+    if driver is None:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONPATH", driver)
+    serial, pooled = tmp_path / "serial.txt", tmp_path / "pooled.txt"
+    zo.estimate_gradient(SimulatorInASubprocess(serial), np.ones(2), zo.CGE())
+    with JoblibExecutor(2) as ex:
+        zo.estimate_gradient(SimulatorInASubprocess(pooled), np.ones(2), zo.CGE(), executor=ex)
+    expected = driver or "<unset>"
+    assert set(serial.read_text().split()) == {expected}
+    assert set(pooled.read_text().split()) == {expected}

@@ -77,9 +77,25 @@ print(json.dumps([zoracle.adapters.__file__, bool(url.get("dir_info", {}).get("e
         assert path.endswith(os.path.join("zoracle", "adapters", "__init__.py"))
 
 
+def _setuptools_below_build_minimum():
+    """The reason a --no-build-isolation build cannot run here (it builds with this setuptools,
+    which must meet [build-system]'s minimum: the SPDX ``license`` needs 77), else None."""
+    import re
+
+    import setuptools
+
+    text = (ROOT / "pyproject.toml").read_text()
+    need = int(re.search(r'"setuptools>=(\d+)', text.split("[project]")[0]).group(1))
+    have = int(setuptools.__version__.split(".")[0])
+    return f"setuptools {setuptools.__version__} < {need} ([build-system] requires)" if have < need else None
+
+
 def test_wheel_maps_adapters_into_the_package(tmp_path):
     pytest.importorskip("setuptools")
     import importlib.util
+
+    if _setuptools_below_build_minimum():
+        pytest.skip(_setuptools_below_build_minimum())
 
     if importlib.util.find_spec("setuptools.command.bdist_wheel") is None and importlib.util.find_spec("wheel") is None:
         pytest.skip("no bdist_wheel here (setuptools < 70.1 without the wheel package): --no-build-isolation cannot build")
@@ -132,3 +148,63 @@ print(zoracle.adapters.__file__, zoracle.apps.__file__)
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert str(other) not in out and out.split()[0] == str(ROOT / "adapters" / "__init__.py"), out
+
+
+#: what the test suite reads besides the package: the sdist carries it, so that ``python -m pytest``
+#: runs in an unpacked sdist (as a distribution's packager runs it)
+SDIST_TREES = ("tests", "examples", "docs", "benchmarks")
+SDIST_FILES = ("README.md", "LICENSE", "pyproject.toml", "mkdocs.yml", ".ci/run")
+
+
+def test_sdist_carries_what_the_test_suite_reads(tmp_path):
+    """setuptools puts tests/test_*.py in the sdist by default, but not tests/conftest.py (the
+    ``xp`` fixture, the hypothesis profile), tests/peers_pages.py, nor the examples, docs and
+    benchmarks the tests read: pytest in an unpacked sdist errored ("fixture 'xp' not found")
+    and failed (examples/quickstart.py not found)."""
+    pytest.importorskip("build")
+    import shutil
+    import tarfile
+
+    src = tmp_path / "src"  # a clean copy: a stale zoracle.egg-info/SOURCES.txt in ROOT would add its files
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("zoracle", "adapters", "apps", *SDIST_TREES):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    for name in (*SDIST_FILES, "MANIFEST.in"):
+        if (ROOT / name).exists():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    out = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path / "dist"),
+                          str(src)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sdist = next((tmp_path / "dist").glob("zoracle-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        shipped = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    wanted = {p.relative_to(src).as_posix() for name in SDIST_TREES for p in (src / name).rglob("*") if p.is_file()}
+    wanted |= set(SDIST_FILES)
+    missing = sorted(wanted - shipped)
+    assert not missing, f"{len(missing)} files the tests read are not in the sdist, e.g. {missing[:5]}"
+
+
+def test_pyproject_uses_no_metadata_setuptools_deprecates(tmp_path):
+    """``license = { text = "MIT" }`` warned on every build (SetuptoolsDeprecationWarning: "By
+    2027-Feb-18, you need to update your project ... or your builds will no longer be
+    supported"); pip's isolated build takes the newest setuptools, so `pip install .` would stop
+    working then. The SPDX string needs setuptools >= 77, which [build-system] must then require."""
+    pytest.importorskip("setuptools")
+    build_system = (ROOT / "pyproject.toml").read_text().split("[project]")[0]
+    assert '"setuptools>=77"' in build_system, build_system
+    if _setuptools_below_build_minimum():
+        pytest.skip(_setuptools_below_build_minimum())
+    code = """
+import json, warnings
+from setuptools.dist import Distribution
+from setuptools.config.pyprojecttoml import apply_configuration
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    dist = apply_configuration(Distribution(), "pyproject.toml")
+print(json.dumps([[w.category.__name__, str(w.message).splitlines()[0]] for w in caught
+                  if issubclass(w.category, DeprecationWarning) or "Deprecat" in w.category.__name__]))
+print(json.dumps(getattr(dist.metadata, "license_expression", None)))
+"""
+    deprecated, expression = map(json.loads, _run(code, ROOT).splitlines())
+    assert deprecated == [] and expression == "MIT", (deprecated, expression)

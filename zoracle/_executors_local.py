@@ -328,6 +328,12 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
     global _CURRENT_DEVICE
     from multiprocessing.connection import Connection
 
+    driver = os.environ.pop(_DRIVER_PYTHONPATH, None)
+    if driver is not None:  # zoracle is imported: the oracle's subprocesses get the driver's PYTHONPATH
+        if driver:
+            os.environ["PYTHONPATH"] = driver[1:]
+        else:
+            os.environ.pop("PYTHONPATH", None)
     if parent:
         die_with_parent(parent, bool(pdeathsig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
@@ -389,6 +395,9 @@ BOOT_S = 60.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                 "NUMEXPR_NUM_THREADS")
 
+#: environment variable carrying the driver's PYTHONPATH ("=value", or "" when unset) to a worker
+_DRIVER_PYTHONPATH = "ZORACLE_DRIVER_PYTHONPATH"
+
 _CHILD = ("import sys; from zoracle._executors_local import _worker_main; "
           "_worker_main(*map(int, sys.argv[1:4]))")
 
@@ -405,6 +414,10 @@ class _Proc:
         env = dict(os.environ)
         # the child must import this very zoracle, whatever its cwd
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # the driver's own value, restored in the worker once it started: the subprocesses an
+        # oracle starts (a simulator in its own environment) must not inherit this folder (for
+        # a pip-installed zoracle, the whole site-packages)
+        env[_DRIVER_PYTHONPATH] = "=" + env["PYTHONPATH"] if "PYTHONPATH" in env else ""
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         if threads is not None:  # n workers x all cores each would oversubscribe the CPU
             for var in _THREAD_VARS:
