@@ -307,8 +307,9 @@ class ClusterContract:
             with pytest.raises(ShardTimeout,
                                match=r"shard \d+/\d+ \(.+\) did not finish within timeout=1.5 s on "
                                      r"(dask worker tcp://127\.0\.0\.1:\d+|ray actor \d \(pid \d+\))"):
-                zo.estimate_gradient(HangAt(3, 12.0), x, zo.CGE(), executor=cluster)
-            assert time.perf_counter() - t0 < 9.0  # did not wait for the hang (slack for a loaded machine)
+                zo.estimate_gradient(HangAt(3, 120.0), x, zo.CGE(), executor=cluster)
+            # did not wait for the hang (wide slack: 10.5-11.2 s were seen at load 8, where 9 s was the bound)
+            assert time.perf_counter() - t0 < 60.0
             # still usable at once, under the same limit: the worker left inside the hung call was
             # replaced (Dask's cancel does not stop a running task; shards queued behind it timed out)
             for _ in range(2):
@@ -665,3 +666,68 @@ def test_dask_a_scatter_that_timed_out_is_not_tried_again():
     with pytest.raises(TimeoutError, match="No valid workers found"):
         ex._scatter([b"x"], True)
     assert Client.calls == 1
+
+
+def test_dask_a_worker_dying_during_a_broadcast_is_sent_again_not_waited_on_forever(dask_dir):
+    """A worker SIGKILLed while the scheduler's replicate() copied a new oracle (or a step's large
+    parameters, broadcast too) to it: replicate() keeps the workers it started with and tried the
+    dead one again and again, 30 s (the connect timeout) a time, forever, and the estimate hung
+    inside client.scatter (helper h194; "hung once for more than three minutes"). The broadcast is
+    given up once a worker left and sent again to the workers left: the estimate is the serial one."""
+    import threading
+
+    import dask
+
+    for ex in dask_cluster(dask_dir):
+        x = te.params()
+        te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex), zo.estimate_gradient(_loss, x, zo.CGE()))
+        pids = ex.client.run(os.getpid)
+        sched = ex.cluster.scheduler  # a LocalCluster's scheduler runs in this process
+        real, killed = sched.gather_on_worker, []
+
+        async def gather_on_worker(worker, who_has):  # the copy to a worker that dies on the way
+            if not killed and worker in pids:
+                killed.append(worker)
+                os.kill(pids[worker], signal.SIGKILL)
+            return await real(worker, who_has)
+
+        sched.gather_on_worker = gather_on_worker
+        oracle, out = te.quadratic(), {}  # a new oracle: broadcast to every worker
+
+        def run():
+            try:
+                out["got"] = zo.estimate_gradient(oracle, x, zo.CGE(), executor=ex)
+            except BaseException as exc:  # reported below
+                out["exc"] = exc
+
+        with dask.config.set({"distributed.comm.timeouts.connect": "5s"}):  # each futile try, shorter
+            th = threading.Thread(target=run, daemon=True)
+            th.start()
+            th.join(180)
+        sched.gather_on_worker = real
+        assert killed, "no broadcast reached replicate()"
+        assert not th.is_alive(), "the estimate still waits on a broadcast to a dead worker after 180 s"
+        assert "exc" not in out, out.get("exc")
+        te.assert_same(out["got"], zo.estimate_gradient(oracle, x, zo.CGE()))
+
+
+def test_dask_a_client_that_distributed_closed_is_named_not_a_raw_attribute_error(dask_dir):
+    """The scheduler of a cluster was killed during a run: after 30 s distributed gave up
+    reconnecting and closed the client, and every later estimate on that executor failed with
+    AttributeError: 'NoneType' object has no attribute 'identity' (or 'scatter') from inside
+    distributed (helper h194). Such a client is named, with what to do."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+        client = distributed.Client(cluster)
+        ex = DaskExecutor(client)
+        try:
+            x = te.params()
+            ref = zo.estimate_gradient(_loss, x, zo.CGE())
+            te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex), ref)
+            client.close()  # what distributed does once the scheduler is gone for its connect timeout
+            with pytest.raises(zo.ZoracleError, match=r"distributed\.Client is closed: the Dask scheduler went away"):
+                zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex)
+        finally:
+            ex.close()
+            client.close()

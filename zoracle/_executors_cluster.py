@@ -152,6 +152,10 @@ _INLINE_BYTES = 1 << 20
 _RESTART_S = 30.0
 _DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a bounded cache
 _DASK_LOCK = threading.Lock()
+#: a broadcast checks every this many seconds whether a worker left, and is given up (and tried
+#: again) this many seconds after one did
+_BROADCAST_POLL_S = 1.0
+_BROADCAST_GRACE_S = 3.0
 
 
 def _dask_workers(client) -> dict:
@@ -166,6 +170,49 @@ def _dask_workers(client) -> dict:
     except TypeError:  # a scheduler whose identity takes no count lists every worker
         info = client.sync(client.scheduler.identity)
     return dict(info.get("workers") or {})
+
+
+def _broadcast(client, data):
+    """``client.scatter(data, broadcast=True)``, given up when a worker leaves during it.
+
+    The scheduler's replicate() fixes the workers it copies to when it starts: one that dies
+    during the copy was tried again and again, 30 s (the connect timeout) a time, forever, and the
+    scatter never returned. Here a scatter still going a few seconds after one of the workers at
+    its start left is abandoned: its key is released (which ends the scheduler's loop) and a
+    ConnectionError raised, which the caller tries again on the workers left.
+    """
+    import concurrent.futures
+    import time
+    import uuid
+
+    key = f"zoracle-input-{uuid.uuid4().hex}"
+    listed = isinstance(data, list)  # [one value] -> [future]; a value -> its future
+    try:
+        before = set(_dask_workers(client))
+    except Exception:  # the scatter names a cluster that cannot be reached
+        before = set()
+    done = concurrent.futures.Future()
+
+    def send():
+        try:
+            done.set_result(client.scatter({key: data[0] if listed else data}, broadcast=True, hash=False))
+        except BaseException as exc:  # raised below, in the caller's thread
+            done.set_exception(exc)
+
+    threading.Thread(target=send, name="zoracle-dask-broadcast", daemon=True).start()
+    left_at = None
+    while not concurrent.futures.wait([done], timeout=_BROADCAST_POLL_S).done:
+        try:
+            gone = before - set(_dask_workers(client))
+        except Exception:  # the scatter names a cluster that cannot be reached
+            continue
+        if gone and left_at is None:
+            left_at = time.monotonic()
+        if left_at is not None and time.monotonic() - left_at > _BROADCAST_GRACE_S and not done.done():
+            client._send_to_scheduler({"op": "client-releases-keys", "keys": [key], "client": client.id})
+            raise ConnectionError(f"worker(s) {', '.join(sorted(gone))} left during the broadcast")
+    fut = done.result()[key]
+    return [fut] if listed else fut
 
 
 def _dask_run(spec, shard, oracle, batch, params):
@@ -381,6 +428,20 @@ class DaskExecutor(ShardedExecutor):
 
     def start(self) -> None:
         if self.client is not None:
+            import time
+
+            # a client reconnecting to its scheduler (gone during the last run) is either back or
+            # closed by distributed within its timeout
+            end = time.monotonic() + float(getattr(self.client, "_timeout", None) or 30) + 5
+            while str(getattr(self.client, "status", "running")) == "connecting" and time.monotonic() < end:
+                time.sleep(0.1)
+            status = str(getattr(self.client, "status", "running"))
+            if status in ("closing", "closed"):  # its calls would fail on a None inside distributed
+                where = f" at {self._spec}" if isinstance(self._spec, str) else ""
+                raise ZoracleError(
+                    f"DaskExecutor: its distributed.Client is {status}: the Dask scheduler{where} went away "
+                    "(distributed closes a client that cannot reconnect within its connect timeout) or the client was "
+                    "closed; start a scheduler and pass a new Client or address to a new DaskExecutor")
             return
         self._closing = False
         distributed = _import("distributed", "dask")
@@ -516,6 +577,8 @@ class DaskExecutor(ShardedExecutor):
             if client is None or self._closing:  # close() from another thread, during a back-off
                 raise closed_during_run()
             try:
+                if broadcast:
+                    return _broadcast(client, data)
                 return client.scatter(data, broadcast=broadcast, hash=False)
             except OSError as exc:  # CommClosedError, a refused connection: a worker that just died
                 if isinstance(exc, TimeoutError):  # no worker within the client's timeout: not a death
