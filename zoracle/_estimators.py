@@ -13,7 +13,7 @@ from ._backend import namespace, to_numpy
 from ._errors import ArgumentError
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
-from ._plan import BaseTask, direction_block, plan_cge, plan_rge, reserve_rows
+from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
@@ -622,6 +622,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     losses = np.concatenate([r[0] for r in results])
     u = nes_utilities(losses)
     move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, lambda Z: Z * Z - 1.0))
+    release_rows(root)  # its reservation (up to 256 MiB) was held until the next estimate else
     grad = xp.asarray(-sigma * move, dtype=params.dtype)
     # a converged width shrinks geometrically: kept at the smallest normal float, not 0 (the
     # next step refused a sigma of 0, ending the run); one whose samples would overflow is

@@ -212,12 +212,16 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
         t = state.count + 1
         m = b1 * state.mu + (1 - b1) * grad
         v = b2 * state.nu + (1 - b2) * grad * grad
-        mhat = m / (1 - b1**t)
-        vhat = v / (1 - b2**t)
-        d = mhat / (xp.sqrt(vhat) + eps)
+        # the same operations and dtypes as mhat / (sqrt(vhat) + eps), without named intermediates:
+        # NumPy reuses temporaries in place (4 d-sized arrays at the peak, the new m, v and params
+        # and one temporary; named mhat, vhat and sqrt(vhat) held 7)
+        den = xp.sqrt(v / (1 - b2**t)) + eps
+        d = (m / (1 - b1**t)) / den
+        del den
         if weight_decay:
             d = d + weight_decay * params
-        new = (params - step * d).astype(params.dtype, copy=False)
+        d = step * d
+        new = (params - d).astype(params.dtype, copy=False)
         return new, AdamState(t, m.astype(params.dtype, copy=False), v.astype(params.dtype, copy=False))
 
     config = f"adam(lr={describe_schedule(lr)}, b1={b1}, b2={b2}, eps={eps}, weight_decay={weight_decay})"

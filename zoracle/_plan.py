@@ -223,6 +223,15 @@ class _RowCache:
         with self.lock:
             self.reserved = (int(root), min(int(nbytes), self.cap))
 
+    def release(self, root: int) -> None:
+        """Drop the rows and the reservation of ``root``: its estimate has summed them, and every
+        estimate draws a new root (they were held by this module until the next estimate)."""
+        with self.lock:
+            if self.key is not None and self.key[0] == int(root):
+                self.key, self.rows = None, {}
+            if self.reserved[0] == int(root):
+                self.reserved = (None, 0)
+
     def limit(self) -> int:
         """Bytes the current root's rows may use: its reservation, or the default."""
         root, nbytes = self.reserved
@@ -247,6 +256,11 @@ _ROWS = _RowCache()
 def reserve_rows(root: int, nbytes: int) -> None:
     """Keep up to ``nbytes`` (at most 256 MiB) of root ``root``'s drawn rows in this process."""
     _ROWS.reserve(root, nbytes)
+
+
+def release_rows(root: int) -> None:
+    """Drop the rows of ``root`` drawn in this process (its estimate is done)."""
+    _ROWS.release(root)
 
 
 def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=np, dtype=np.float64):
