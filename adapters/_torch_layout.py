@@ -299,6 +299,13 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     (through ``TorchOracle`` a stock ``nn.CrossEntropyLoss(reduction="none")`` on 2-15 classes
     runs class-major instead, about as fast: :func:`class_major_loss`).
     """
+    for name, t in (("outputs", outputs), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):  # a NumPy array or list: AttributeError deep inside otherwise
+            raise ArgumentError(f"cross_entropy's `{name}` must be a torch.Tensor, got {type(t).__name__}: "
+                                f"convert it first, e.g. torch.as_tensor({name})")
+    if outputs.dim() != 2 or targets.numel() != outputs.shape[0]:  # 1 target for N rows was broadcast
+        raise ArgumentError(f"cross_entropy takes `outputs` of shape (N, classes) and one class index per row in "
+                            f"`targets`; got outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)}")
     if targets.is_floating_point() and bool((targets != targets.trunc()).any()):  # .long() would truncate them
         raise ValueError("cross_entropy takes class indices; got targets that are not whole numbers (class "
                          "probabilities?): pass integer labels, or nn.CrossEntropyLoss(reduction='none') for soft targets")

@@ -368,6 +368,28 @@ def test_eval_fn_and_callbacks_that_cannot_take_trains_arguments_fail_before_any
              callbacks=[lambda *a: None, lambda e, r, p, extra=None: None, wrapper])
 
 
+def test_train_callbacks_that_are_not_a_list_are_named_and_an_array_of_callables_works():
+    """callbacks=5 or a 0-d array raised a bare TypeError ('int' object is not iterable), a
+    NumPy array of callables a ValueError (its truth value is ambiguous), both from
+    ``list(callbacks) if callbacks``."""
+    seen = []
+
+    def cb(event, record, params):
+        seen.append(event)
+
+    def run(callbacks):
+        return zo.train(QuadraticOracle(np.eye(3), -np.ones(3)), np.zeros(3), steps_per_epoch=2, callbacks=callbacks, progress=False)
+
+    for bad in (5, 0.5, np.array(5), np.float32(1.0)):
+        with pytest.raises(zo.ArgumentError, match=r"`callbacks` must be a list of callables.*callbacks=\[fn"):
+            run(bad)
+    want = run([cb]).params
+    n = len(seen)
+    got = run(np.array([cb], dtype=object)).params  # a 1-d array of callables: used like the list
+    np.testing.assert_array_equal(got, want)
+    assert len(seen) == 2 * n > 0
+
+
 def test_batches_given_as_one_pair_is_named():
     """batches=(X, y) was read as two batches, X and y: "`batch` must be a pair (x, y) of arrays
     or tensors, got ndarray", where the caller had passed a pair."""
@@ -442,6 +464,28 @@ def test_cross_entropy_refuses_targets_that_are_not_class_indices():
         cross_entropy(out, torch.tensor([0.7, 1.6]))
     want = torch.nn.functional.cross_entropy(out, torch.tensor([0, 2]), reduction="none")
     torch.testing.assert_close(cross_entropy(out, torch.tensor([0.0, 2.0])), want)  # whole numbers in floats: fine
+
+
+def test_cross_entropy_names_numpy_inputs_and_a_target_count_that_does_not_match():
+    """NumPy outputs/targets raised AttributeError ('numpy.ndarray' object has no attribute
+    'is_floating_point'); one target for 4 rows was broadcast into 4 wrong losses, where
+    F.cross_entropy refuses the batch-size mismatch."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import cross_entropy
+
+    out = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 2, 1, 1])
+    with pytest.raises(zo.ArgumentError, match=r"`targets` must be a torch.Tensor, got ndarray.*torch.as_tensor"):
+        cross_entropy(out, t.numpy())
+    with pytest.raises(zo.ArgumentError, match=r"`outputs` must be a torch.Tensor, got ndarray"):
+        cross_entropy(out.numpy(), t)
+    with pytest.raises(zo.ArgumentError, match=r"one class index per row.*outputs \(4, 3\) and targets \(1,\)"):
+        cross_entropy(out, torch.tensor([1]))
+    with pytest.raises(ValueError):  # what torch itself says to the same mismatch
+        torch.nn.functional.cross_entropy(out, torch.tensor([1]), reduction="none")
+    want = torch.nn.functional.cross_entropy(out, t, reduction="none")
+    torch.testing.assert_close(cross_entropy(out, t), want)
+    torch.testing.assert_close(cross_entropy(out, t.reshape(4, 1)), want)  # a column of labels: still fine
 
 
 def test_a_timeout_beyond_threadings_largest_wait_is_refused_at_construction():
@@ -646,6 +690,41 @@ def test_mu_beyond_int64_is_named_not_a_numpy_type_error():
             make(mu=10**400)  # beyond float
 
 
+def test_counts_beyond_int64_are_named_before_any_query():
+    """directions / population / steps_per_epoch / n0 / n / num_classes = 10**30 raised NumPy's
+    ValueError ("Maximum allowed dimension exceeded"; RGE after its first query), an
+    OverflowError ("cannot fit 'int' into an index-sized integer") or a TypeError from
+    np.round, instead of the ArgumentError the same argument gets below its minimum."""
+    from zoracle import smoothing
+
+    calls = []
+
+    def f(p):
+        calls.append(1)
+        return float(np.sum((p - 1.0) ** 2))
+
+    def sign(z):
+        calls.append(1)
+        return (z.reshape(len(z), -1).sum(axis=1) > 0).astype(int)
+
+    x = np.array([1.0])
+    cases = [
+        ("directions", lambda v: zo.estimate_gradient(f, np.zeros(4), zo.RGE(directions=v), rng=0)),
+        ("population", lambda v: zo.estimate_gradient(f, np.zeros(4), zo.SNES(population=v), rng=0)),
+        ("steps_per_epoch", lambda v: zo.train(f, np.zeros(4), steps_per_epoch=v, progress=False)),
+        ("n0", lambda v: smoothing.certify(sign, x, sigma=0.5, n0=v, n=100, num_classes=2, rng=0)),
+        ("num_classes", lambda v: smoothing.certify(sign, x, sigma=0.5, n0=10, n=100, num_classes=v, rng=0)),
+        ("n", lambda v: smoothing.predict(sign, x, sigma=0.5, n=v, num_classes=2, rng=0)),
+    ]
+    for name, run in cases:
+        for big in (2**63, 10**30):
+            with pytest.raises(zo.ArgumentError, match=rf"`{name}` must be an integer >= \d.* at most"):
+                run(big)
+            assert calls == [], name
+    g = zo.estimate_gradient(f, np.zeros(4), zo.RGE(directions=np.int64(3)), rng=0).grad  # in range: unchanged
+    np.testing.assert_array_equal(g, zo.estimate_gradient(f, np.zeros(4), zo.RGE(directions=3), rng=0).grad)
+
+
 def test_sigma_and_schedules_beyond_int64_are_named_as_mu_is():
     # the same raw errors as mu's, on the arguments beside it: np.isfinite(10**30) ("ufunc 'isfinite'
     # not supported") in smoothing's sigma; math.isfinite(10**400) (OverflowError) in lr and train's mu
@@ -660,6 +739,24 @@ def test_sigma_and_schedules_beyond_int64_are_named_as_mu_is():
         zo.sgd(10**400)
     with pytest.raises(zo.ArgumentError, match="`mu` must be a finite number > 0"):
         zo.train(QuadraticOracle(np.eye(3)), np.zeros(3), mu=10**400, progress=False)
+
+
+def test_snes_sigma_lr_momentum_and_schedule_values_beyond_int64_are_named_as_mu_is():
+    # SNES(sigma_lr=Fraction(1, 10)) or 10**30 raised numpy's TypeError ("ufunc 'isfinite' not
+    # supported"); momentum, eps, weight_decay or a schedule's init = 10**400 a bare OverflowError
+    from fractions import Fraction
+
+    assert zo.SNES(sigma_lr=Fraction(1, 10)).sigma_lr == 0.1 == zo.SNES(sigma_lr=0.1).sigma_lr
+    assert zo.SNES(sigma_lr=10**30).sigma_lr == 1e30
+    with pytest.raises(zo.ArgumentError, match="`sigma_lr` must be a finite number >= 0"):
+        zo.SNES(sigma_lr=10**400)
+    for make, name in ((lambda: zo.sgd(0.1, momentum=10**400), "momentum"), (lambda: zo.adam(eps=10**400), "eps"),
+                       (lambda: zo.sgd(0.1, weight_decay=10**400), "weight_decay"),
+                       (lambda: zo.constant_schedule(10**400), "value"), (lambda: zo.cosine_schedule(10**400, 10), "init"),
+                       (lambda: zo.step_schedule(1.0, 10, gamma=10**400), "gamma")):
+        with pytest.raises(zo.ArgumentError, match=f"`{name}` must be a finite number"):
+            make()
+    assert zo.constant_schedule(10**30)(0) == 1e30  # within float: accepted as float(value), as before
 
 
 @pytest.mark.parametrize(

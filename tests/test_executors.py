@@ -958,6 +958,21 @@ def test_device_executor_rejects_empty_devices():
         DeviceExecutor("cuda:0")
 
 
+def test_device_executor_names_a_0d_2d_or_non_integer_array_of_devices():
+    """np.array("cuda:0") raised a bare TypeError (len() of unsized object); a 2-d array made
+    one worker whose device was a whole row; np.array([0j]) or [1.5] built an executor whose
+    workers failed in oracle.to_device() only after the run's first shards were spent."""
+    torch = pytest.importorskip("torch")
+    for bad in (np.array("cpu"), torch.tensor(0), np.array([["cpu", "cpu"]])):
+        with pytest.raises(zo.ArgumentError, match=r"`devices` must be a non-empty list such as \['cuda:0'"):
+            DeviceExecutor(bad)
+    for bad in (np.array([0j]), np.array([1.5]), [0, 2.0], [True]):
+        with pytest.raises(zo.ArgumentError, match=r"`devices` entries must be device names or indices"):
+            DeviceExecutor(bad)
+    for good in (np.array(["cpu", "cpu"]), [0, 1], range(2), np.arange(2), [torch.device("cpu")]):
+        assert DeviceExecutor(good).devices == list(good)  # not started: nothing to close
+
+
 # ----------------------------------------------------------------------------- lifecycle
 def test_close_leaves_no_processes_and_executor_restarts():
     ex = JoblibExecutor(2)

@@ -21,6 +21,7 @@ SCHEMES = ("forward", "central")
 DISTRIBUTIONS = ("gaussian", "sphere")
 SHAPINGS = ("none", "ranks")
 DEFAULT_BUDGET = 64 * 2**20
+_MAX_COUNT = np.iinfo(np.intp).max  # a count NumPy can size an array by (10**30 directions: ValueError deep inside)
 
 
 def _check_choice(name: str, value, valid) -> None:
@@ -129,8 +130,8 @@ class RGE:
     def __post_init__(self):
         _check_mu(self.mu)
         q = self.directions
-        if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1:
-            raise ArgumentError(f"`directions` must be an integer >= 1 (e.g. 192), got {q!r}")
+        if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1 or q > _MAX_COUNT:
+            raise ArgumentError(f"`directions` must be an integer >= 1 (e.g. 192) and at most {_MAX_COUNT}, got {q!r}")
         _check_choice("distribution", self.distribution, DISTRIBUTIONS)
         _check_choice("scheme", self.scheme, SCHEMES)
         _check_choice("shaping", self.shaping, SHAPINGS)
@@ -191,10 +192,16 @@ class SNES:
     def __post_init__(self):
         _check_mu(self.mu)
         n = self.population
-        if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2):
-            raise ArgumentError(f"`population` must be an integer >= 2 (e.g. 100) or None for 4 + 3 ln d, got {n!r}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2 or n > _MAX_COUNT):
+            raise ArgumentError(f"`population` must be an integer >= 2 (e.g. 100) and at most {_MAX_COUNT}, or None for "
+                                f"4 + 3 ln d, got {n!r}")
         r = self.sigma_lr
-        if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not np.isfinite(r) or r < 0):
+        try:  # float() first: np.isfinite refuses a Fraction or a Python int beyond int64 (10**30), as _check_mu
+            bad = r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not np.isfinite(float(r))
+                                     or r < 0)
+        except OverflowError:  # beyond float (10**400)
+            bad = True
+        if bad:
             raise ArgumentError(f"`sigma_lr` must be a finite number >= 0 or None for 0.2 (3 + ln d) / sqrt(d), got {r!r}")
         _plain_numbers(self, mu=float, population=int, sigma_lr=float)
 

@@ -69,7 +69,11 @@ class SignState(NamedTuple):
 
 
 def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    try:  # (math.isfinite(10**400): OverflowError)
+        finite = isinstance(value, numbers.Real) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if isinstance(value, bool) or not finite:
         raise ArgumentError(f"`{name}` must be a finite number, got {value!r}")
     if value < lo or value > hi or (hi_open and value == hi):
         bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"

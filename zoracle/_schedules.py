@@ -39,7 +39,11 @@ FloatOrSchedule = Union[float, Schedule]
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    try:  # (math.isfinite(10**400): OverflowError)
+        finite = isinstance(value, numbers.Real) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if isinstance(value, bool) or not finite:
         raise ArgumentError(f"`{name}` must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ArgumentError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

@@ -971,6 +971,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     epochs = _count("epochs", epochs, 0)
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
+        if steps_per_epoch > sys.maxsize:  # beyond a list's length: OverflowError deep inside otherwise
+            raise ArgumentError(f"`steps_per_epoch` must be an integer >= 1 and at most {sys.maxsize}, got "
+                                f"{steps_per_epoch!r}")
     eval_every = _count("eval_every", eval_every, 1)
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
@@ -1005,7 +1008,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if callable(callbacks):
         raise ArgumentError(f"`callbacks` must be a list of callables; got one, {getattr(callbacks, '__name__', callbacks)!r}: "
                             "pass callbacks=[fn]")
-    callbacks = list(callbacks) if callbacks else []
+    if callbacks is None:
+        callbacks = ()
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__") or getattr(callbacks, "ndim", 1) != 1:
+        # a number, a 0-d array or tensor: a TypeError from iterating it otherwise
+        raise ArgumentError(f"`callbacks` must be a list of callables (event, record, params), got "
+                            f"{type(callbacks).__name__}: pass callbacks=[fn, ...] or leave it out")
+    callbacks = list(callbacks)  # not `if callbacks`: an array of callables has no truth value
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise ArgumentError(f"`callbacks[{i}]` must be callable (event, record, params), got {type(cb).__name__}")

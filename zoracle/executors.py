@@ -278,10 +278,16 @@ class DeviceExecutor(ProcessPool):
     """
 
     def __init__(self, devices, *, timeout=None):
-        if isinstance(devices, (str, bytes)) or not hasattr(devices, "__len__") or len(devices) == 0:
+        # a 0-d array has __len__ but len() raises; a 2-d one would be one worker with a row as its device
+        if isinstance(devices, (str, bytes)) or not hasattr(devices, "__len__") or getattr(devices, "ndim", 1) != 1 \
+                or len(devices) == 0:
             raise ArgumentError(
                 f"`devices` must be a non-empty list such as ['cuda:0', 'cuda:1'], got {devices!r}"
             )
+        bad = [d for d in devices if isinstance(d, numbers.Number) and (isinstance(d, bool) or not isinstance(d, numbers.Integral))]
+        if bad:  # found only by the worker's to_device(), after the run's first shards were spent
+            raise ArgumentError(f"`devices` entries must be device names or indices such as 'cuda:0' or 0, got "
+                                f"{bad[0]!r} in {devices!r}")
         super().__init__(len(devices), devices=list(devices), timeout=timeout)
 
     def __repr__(self) -> str:

@@ -54,8 +54,9 @@ def _noise_overflows(sigma: float, dtype) -> bool:
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    top = np.iinfo(np.int64).max  # beyond, NumPy's sampling and counting raise OverflowError / TypeError deep inside
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or value > top:
+        raise ArgumentError(f"`{name}` must be an integer >= {minimum} and at most {top}, got {value!r}")
     return int(value)
 
 
