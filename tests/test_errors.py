@@ -935,3 +935,22 @@ def test_cluster_executors_refuse_absurd_worker_counts_as_joblib_does(kind):
         with pytest.raises(zo.ArgumentError, match="`n_workers` must be at most 4096"):
             make(bad)
     assert make(4096).n_workers == 4096  # (nothing started: a cluster starts at its first run)
+
+
+@pytest.mark.parametrize("schedule", [zo.cosine_schedule(0.1, 10), zo.cosine_schedule(0.1, 10, warmup_steps=3),
+                                      zo.step_schedule(0.1, 5), zo.constant_schedule(0.1),
+                                      zo.linear_warmup(zo.constant_schedule(0.1), 4)])
+def test_a_schedule_at_a_negative_step_is_named(schedule):
+    # a schedule called at step -1 divided by zero (cosine and step schedules without a warm-up)
+    # or ramped to 0 (with one): steps count from 0
+    with pytest.raises(zo.ArgumentError, match=r"a schedule's `step` must be >= 0 .*got -1"):
+        schedule(-1)
+    assert schedule(0) > 0
+
+
+def test_a_recipe_budget_beyond_int64_is_named():
+    # short_budget(budget=10**400) raised OverflowError (integer division result too large for a float)
+    calls = []
+    with pytest.raises(zo.ArgumentError, match=r"`budget` must be an integer >= 1 and at most"):
+        zo.recipes.short_budget(lambda x: calls.append(1) or float(x @ x), np.zeros(3), 10**400)
+    assert calls == []

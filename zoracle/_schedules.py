@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -58,9 +59,16 @@ def _store(obj, **values) -> None:
         object.__setattr__(obj, name, value)
 
 
+def _step(step) -> None:
+    """A schedule's step is a count from 0 (a negative one divided by zero or ramped below 0)."""
+    if step < 0:
+        raise ArgumentError(f"a schedule's `step` must be >= 0 (steps count from 0), got {step!r}")
+
+
 def _count(name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ArgumentError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or value > sys.maxsize:
+        # (beyond sys.maxsize: a budget of 10**400 overflowed a float division deep inside)
+        raise ArgumentError(f"`{name}` must be an integer >= {minimum} and at most {sys.maxsize}, got {value!r}")
     return int(value)
 
 
@@ -80,6 +88,7 @@ class constant_schedule:
         _store(self, value=_positive("value", self.value, allow_zero=True))
 
     def __call__(self, step: int) -> float:
+        _step(step)
         return float(self.value)
 
 
@@ -116,6 +125,7 @@ class cosine_schedule:
             )
 
     def __call__(self, step: int) -> float:
+        _step(step)
         w, T = self.warmup_steps, self.total_steps
         if step >= T:  # final after total_steps, a warm-up longer than the run included
             return float(self.final)
@@ -146,6 +156,7 @@ class step_schedule:
                gamma=_positive("gamma", self.gamma), warmup_steps=_count("warmup_steps", self.warmup_steps, 0))
 
     def __call__(self, step: int) -> float:
+        _step(step)
         if step < self.warmup_steps:
             return self.init * (step + 1) / self.warmup_steps
         return self.init * self.gamma ** ((step - self.warmup_steps) // self.step_size)
@@ -173,6 +184,7 @@ class linear_warmup:
                schedule=self.schedule if callable(self.schedule) else inner.value)
 
     def __call__(self, step: int) -> float:
+        _step(step)
         inner = as_schedule(self.schedule, "schedule")
         if step < self.warmup_steps:
             return inner(self.warmup_steps) * (step + 1) / self.warmup_steps
