@@ -655,3 +655,26 @@ def test_a_second_run_writing_the_same_checkpoint_is_not_overwritten_silently(tm
         zo.train(lambda x: float(((x - 1) ** 2).sum()), np.zeros(3), checkpoint=ck, callbacks=[meanwhile], **kw)
     arrays, meta = zo.load_checkpoint(ck)  # the other run's save, left as it is
     assert np.array_equal(arrays["params"], theirs.params) and meta["step"] == 12
+
+
+def test_a_state_tuple_of_arrays_resumes_as_a_tuple_of_arrays(tmp_path):
+    """An own optimizer keeping its last two gradients as a tuple of arrays: a resume gave the tuple
+    back as lists of floats (0.3 * list: TypeError); the resumed run must equal the uninterrupted one."""
+    from typing import Any, NamedTuple
+
+    class Lags(NamedTuple):
+        count: int
+        lags: Any
+
+    def update(g, s, p, lr=None):
+        step = 0.5 * g + 0.3 * s.lags[0] + 0.2 * s.lags[1]  # (a textbook two-lag average)
+        return p - lr * step, Lags(s.count + 1, (g.copy(), s.lags[0].copy()))
+
+    opt = zo.Optimizer(lambda p: Lags(0, (np.zeros_like(p), np.zeros_like(p))), update, 0.05, "lags", "lags()")
+    A = np.arange(1.0, 6.0)
+    f = lambda x: float(np.sum(A * (x - 1) ** 2))  # noqa: E731
+    full = zo.train(f, np.zeros(5), epochs=4, optimizer=opt, rng=0, progress=False)
+    ck = str(tmp_path / "run.npz")
+    zo.train(f, np.zeros(5), epochs=2, optimizer=opt, rng=0, progress=False, checkpoint=ck)
+    resumed = zo.train(f, np.zeros(5), epochs=4, optimizer=opt, rng=0, progress=False, checkpoint=ck, resume=True)
+    assert np.array_equal(resumed.params, full.params), (resumed.params, full.params)

@@ -954,3 +954,64 @@ def test_a_recipe_budget_beyond_int64_is_named():
     with pytest.raises(zo.ArgumentError, match=r"`budget` must be an integer >= 1 and at most"):
         zo.recipes.short_budget(lambda x: calls.append(1) or float(x @ x), np.zeros(3), 10**400)
     assert calls == []
+
+
+def test_a_custom_optimizer_state_of_arrays_of_different_lengths_is_named_before_any_query(tmp_path):
+    """Per-block arrays of different lengths in a tuple field (a layer-wise method): no checkpoint
+    holds them as one array; NumPy's raw ValueError ("inhomogeneous shape") came out of train."""
+    from typing import Any, NamedTuple
+
+    class Blocks(NamedTuple):
+        count: int
+        blocks: Any
+
+    opt = zo.Optimizer(lambda p: Blocks(0, (np.zeros(3), np.zeros(2))),
+                       lambda g, s, p, lr=None: (p - lr * g, Blocks(s.count + 1, s.blocks)), 0.05, "blocks", "blocks()")
+    calls = []
+    with pytest.raises(zo.ArgumentError, match=r"field 'blocks'.*numeric arrays only"):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.zeros(5), epochs=1, optimizer=opt, rng=0,
+                 progress=False, checkpoint=str(tmp_path / "run.npz"))
+    assert not calls
+
+
+def test_a_custom_optimizer_counting_in_a_0d_integer_array_trains_as_with_an_int():
+    """optax's states count in a 0-d integer array (jnp.zeros([], jnp.int32)); NumPy ports keep it
+    (np.zeros([], np.int32)). int() reads it, and such a run followed its schedule; the count check
+    refused it before the first step."""
+    from typing import Any, NamedTuple
+
+    class Count(NamedTuple):
+        count: Any
+
+    def run(zero):
+        opt = zo.Optimizer(lambda p: Count(zero), lambda g, s, p, lr=None: (p - lr * g, Count(s.count + 1)),
+                           zo.cosine_schedule(0.1, 10), "plain", "plain()")
+        return zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=10, optimizer=opt, rng=0,
+                        progress=False)
+
+    want, got = run(0), run(np.zeros([], np.int32))
+    assert np.array_equal(got.params, want.params)
+    assert [s["lr"] for s in got.history.steps] == [s["lr"] for s in want.history.steps]
+
+
+def test_an_update_that_skips_its_count_later_in_a_run_warns_and_keeps_the_run():
+    """An own optimizer whose update keeps `count` on some step (skipping a non-finite step, say):
+    refused at the run's first update (nothing spent), but later in a run the work is kept and the
+    user is told once, not refused after the queries were spent."""
+    from typing import Any, NamedTuple
+
+    class State(NamedTuple):
+        count: Any
+
+    skipped = []
+
+    def update(g, s, p, lr=None):  # at count 3, once: count kept
+        keep = s.count == 3 and not skipped
+        skipped.extend([1] if keep else [])
+        return p - lr * g, State(s.count + (0 if keep else 1))
+
+    opt = zo.Optimizer(lambda p: State(0), update, 0.1, "skips", "skips()")
+    with pytest.warns(UserWarning, match=r"one more than the state it was given \(3 \+ 1\), got 3.*lags the steps"):
+        res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=6, optimizer=opt, rng=0,
+                       progress=False)
+    assert res.steps == 6 and res.optimizer_state.count == 5

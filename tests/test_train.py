@@ -1580,3 +1580,34 @@ def test_seeds_as_batches_give_common_random_numbers_on_every_executor(tmp_path)
     zo.train(Simulator(), np.zeros(3), checkpoint=ck, callbacks=[lambda e, r, p: e == "step" and r["step"] == 5],
              **settings)
     assert np.array_equal(zo.train(Simulator(), np.zeros(3), checkpoint=ck, resume=True, **settings).params, x)
+
+
+def test_a_bar_that_draws_no_text_is_left_alone_on_a_stream_that_is_no_terminal(monkeypatch):
+    """In a notebook tqdm.auto is tqdm.notebook's widget bar, whose display() takes more arguments
+    (check_delay, bar_style); under `%%capture` or contextlib.redirect_stderr, stderr is a StringIO
+    (no terminal) and the line bar built on it crashed at construction with a TypeError."""
+    import sys
+
+    import tqdm.auto
+    import tqdm.std
+
+    drawn = []
+
+    class Widget(tqdm.std.tqdm):  # tqdm.notebook.tqdm's display signature; draws no text
+        def display(self, msg=None, pos=None, close=False, bar_style=None, check_delay=True):
+            drawn.append((bar_style, check_delay))
+            return True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.display(check_delay=False)
+
+        def close(self):
+            super().close()
+            self.display(bar_style="success", check_delay=False)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Widget)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    r = zo.train(lambda x: float(x @ x), np.ones(3), epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.1), rng=0,
+                 progress=True)
+    assert len(r.history.steps) == 6 and ("success", False) in drawn

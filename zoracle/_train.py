@@ -719,10 +719,22 @@ def _state_arrays(state) -> dict:
     return {f"opt/{k}": to_numpy(v) for k, v in state._asdict().items() if k != "count"}
 
 
+def _count_of(state):
+    """A state's ``count`` as an int: an int (NumPy's too) or a 0-d integer array (optax's
+    ``jnp.zeros([], jnp.int32)``, which ``int()`` reads); None when it is neither."""
+    c = getattr(state, "count", None)
+    if isinstance(c, (bool, np.bool_)):
+        return None
+    if isinstance(c, numbers.Integral) or (getattr(c, "shape", None) == ()
+                                           and getattr(getattr(c, "dtype", None), "kind", None) in ("i", "u")):
+        return int(c)
+    return None
+
+
 def _restore_state(template, saved: dict, count: int, xp):
     def back(init, a):  # a tuple, list or Python number init gave comes back as one, not as an array
-        if type(init) in (tuple, list):
-            return type(init)(np.asarray(a).tolist())
+        if type(init) in (tuple, list):  # each element as init gave it (an array stays an array)
+            return type(init)(back(e, x) for e, x in zip(init, np.asarray(a)))
         if type(init) in (bool, int, float):
             return np.asarray(a).item()
         return xp.asarray(a)
@@ -1164,14 +1176,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     modes = _short_hash(modes_of()) if callable(modes_of) else None
     state = optimizer.init(params)
     count = getattr(state, "count", None)  # a tuple's own .count is a method: not a field
-    if not hasattr(state, "_asdict") or not isinstance(count, numbers.Integral) or isinstance(count, bool):
+    if not hasattr(state, "_asdict") or _count_of(state) is None:
         raise ArgumentError(f"`optimizer` {optimizer.name!r}: init(params) must return a NamedTuple state with an int "
                             f"field `count` (its updates so far: 0 at init, one more after each update; train reads it "
                             f"for the learning rate and checkpoints it), got {type(state).__name__} with count "
                             f"{count!r}")
     if checkpoint is not None or resume is not None:  # saved as numeric arrays, read back in init's shapes
         for k, v in state._asdict().items():
-            a = np.asarray(to_numpy(v)) if k != "count" else np.zeros(())
+            try:  # (a tuple of arrays of different lengths: NumPy's ValueError)
+                a = np.asarray(to_numpy(v)) if k != "count" else np.zeros(())
+            except (ValueError, TypeError):
+                a = np.empty((), dtype=object)
             if a.dtype.hasobject or a.dtype.kind not in "biuf":
                 raise ArgumentError(f"`optimizer` {optimizer.name!r}: its state's field {k!r} is {v!r} at init: a "
                                     f"checkpoint holds numeric arrays only, and a resume reads each field in the "
@@ -1370,10 +1385,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         epochs * (steps_per_epoch or (len(batches) if batches is not None else 1)))
     progress = progress and sys.stderr is not None  # no stderr (pythonw, `2>&-`): no bar to draw, not a crash
     lines = progress and not _redraws(sys.stderr)  # a log file: a line every _LINE_SECONDS, not ten redraws a second
+    from tqdm.std import tqdm as text_tqdm
+    lines = lines and getattr(tqdm, "display", None) is text_tqdm.display  # (a notebook's widget bar: no lines)
     bar = (_line_bar(tqdm) if lines else tqdm)(
         total=total_steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
         leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
+    first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
     cb_warned = set()
     t_rate, n_rate = time.perf_counter(), 0
@@ -1430,11 +1448,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
                         f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}") from exc
                 count = getattr(state, "count", None)
-                if not isinstance(count, numbers.Integral) or isinstance(count, bool) or int(count) != before + 1:
-                    raise ArgumentError(f"`optimizer` {optimizer.name!r}: update() must return a state whose `count` is "
-                                        f"one more than the state it was given ({before} + 1), got {count!r}: train "
-                                        f"reads it for the learning rate (a schedule would stay at one step) and "
-                                        f"checkpoints it")
+                if _count_of(state) != before + 1 and not count_warned:
+                    text = (f"`optimizer` {optimizer.name!r}: update() must return a state whose `count` is one more "
+                            f"than the state it was given ({before} + 1), got {count!r}: train reads it for the "
+                            f"learning rate (a schedule would stay at one step) and checkpoints it")
+                    if before == first_count:  # its first update: refused, nothing much spent
+                        raise ArgumentError(text)
+                    # later (an update that skipped a step, say): the run's work is kept, the user told once
+                    warnings.warn(f"train: {text}; from step {step} on, the optimizer's own schedule lags the steps"
+                                  + (" and this run's checkpoint cannot be resumed" if checkpoint is not None else ""),
+                                  UserWarning, stacklevel=2)
+                    count_warned = True
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
