@@ -74,8 +74,20 @@ class WakeFlow:
     ----------
     nx, ny : int
         Cells along x and y (default 32 x 64: the coarse grid of the benchmark).
+    width, height : float
+        The domain's size.
+    center : tuple of float
+        The cylinder's centre.
+    radius : float
+        The cylinder's radius.
+    inflow : float
+        The inflow velocity ``v_y`` through the bottom.
+    dt : float
+        The time step.
     tol : float
         Relative and absolute tolerance of the CG pressure solve.
+    max_iter : int
+        Iteration limit of the CG pressure solve.
     kick : float
         Amplitude of the small asymmetric x-velocity blob in the initial state that starts
         the vortex shedding deterministically.

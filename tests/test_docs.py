@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import re
 import subprocess
@@ -263,3 +264,72 @@ def test_pages_count_the_rows_and_commands_the_code_has():
     assert words[said] == len(defense.LABELS)
     line = next(ln for ln in (ROOT / "docs" / "design.md").read_text(encoding="utf-8").splitlines() if "CLI (zoracle" in ln)
     assert [c for c in COMMANDS if c not in re.findall(r"\b\w+\b", line)] == []
+
+
+def _parameters_section(doc):
+    """The names a numpydoc ``Parameters`` section lists, in order (None without one)."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    starts = [i for i, ln in enumerate(lines[:-1]) if ln.strip() == "Parameters" and set(lines[i + 1].strip()) == {"-"}]
+    if not starts:
+        return None
+    names = []
+    for i in range(starts[0] + 2, len(lines)):
+        ln = lines[i]
+        if i + 1 < len(lines) and ln.strip() and not ln.startswith(" ") and lines[i + 1].strip() \
+                and set(lines[i + 1].strip()) == {"-"}:
+            break  # the next section
+        m = re.match(r"^(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)\s*(?::|$)", ln)
+        if m and not ln.startswith(" "):
+            names += [n.strip().lstrip("*") for n in m.group(1).split(",")]
+    return names
+
+
+def _public_callables():
+    import inspect as _inspect
+    import importlib
+
+    import zoracle
+
+    out = [(f"zoracle.{n}", getattr(zoracle, n)) for n in zoracle.__all__]
+    for name in ("zoracle.executors", "zoracle.recipes", "zoracle.smoothing", "zoracle.testing",
+                 "zoracle.adapters.torch", "zoracle.adapters.torch_models", "zoracle.adapters.onnx",
+                 "zoracle.adapters.phiflow"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:  # an adapter whose framework is not installed
+            continue
+        out += [(f"{name}.{n}", getattr(mod, n)) for n in mod.__all__]
+    found = []
+    for name, obj in out:
+        if not (_inspect.isfunction(obj) or _inspect.isclass(obj)):
+            continue  # modules, constants, instances such as adapters.torch.fork
+        found.append((name, obj))
+        if _inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                fn = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+                if not attr.startswith("_") and _inspect.isfunction(fn):
+                    found.append((f"{name}.{attr}", fn))
+    return found
+
+
+def test_every_parameters_section_lists_exactly_the_signature():
+    """``help(zo.train)`` and the API pages list a callable's parameters from its numpydoc
+    ``Parameters`` section: a review found ``train``'s without ``score_kinds``,
+    ``grasp_directions``, ``grasp_batch``, ``eval_every`` and ``checkpoint_every`` (so the
+    rendered table had no row, type or default for them), ``zo_grasp``'s without
+    ``common_random_numbers`` and ``recipes.layer_scales``' without three of its five."""
+    wrong = []
+    for name, obj in _public_callables():
+        doc = obj.__doc__
+        if inspect.isclass(obj) and _parameters_section(doc) is None:
+            doc = obj.__init__.__doc__
+        listed = _parameters_section(doc)
+        if listed is None:
+            continue  # documented in prose
+        try:
+            sig = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+        except (TypeError, ValueError):
+            continue
+        if listed != sig:
+            wrong.append(f"{name}: signature {sig}, Parameters section {listed}")
+    assert wrong == []

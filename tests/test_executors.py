@@ -1770,3 +1770,24 @@ def test_an_oracles_subprocesses_get_the_drivers_pythonpath(tmp_path, monkeypatc
     expected = driver or "<unset>"
     assert set(serial.read_text().split()) == {expected}
     assert set(pooled.read_text().split()) == {expected}
+
+
+def test_every_executor_repr_names_its_kind_and_settings():
+    """SerialExecutor, DaskExecutor and RayExecutor printed as ``<zoracle.executors.SerialExecutor
+    object at 0x7f...>`` in a REPL, and JoblibExecutor's repr left out its timeout; none is started
+    by a repr, and a closed one still prints."""
+    import importlib.util
+
+    from zoracle.executors import DaskExecutor, JoblibExecutor, RayExecutor, SerialExecutor
+
+    made = [(SerialExecutor(), "SerialExecutor()"), (SerialExecutor(timeout=5.0), "SerialExecutor(timeout=5.0)"),
+            (JoblibExecutor(2, backend="threading", timeout=3.0),
+             "JoblibExecutor(n_jobs=2, backend='threading', timeout=3.0)")]
+    if importlib.util.find_spec("distributed") is not None:
+        made.append((DaskExecutor("local:2"), "DaskExecutor('local:2', n_workers=2)"))
+    if importlib.util.find_spec("ray") is not None:
+        made.append((RayExecutor(n_workers=2, timeout=9.0), "RayExecutor(None, n_workers=2, timeout=9.0)"))
+    for ex, shown in made:
+        assert repr(ex) == shown
+        ex.close()
+        assert repr(ex) == shown

@@ -444,3 +444,14 @@ def test_adam_update_holds_few_temporaries_and_matches_the_formula_bit_for_bit(w
     step = mhat / (np.sqrt(vhat) + 1e-6) + (weight_decay * p if weight_decay else 0)
     assert new.tobytes() == (p - 0.01 * step).tobytes() and s.mu.tobytes() == m.tobytes()
     assert s.nu.tobytes() == v.tobytes()
+
+
+def test_an_optimizer_repr_is_its_settings():
+    """``zo.sgd(0.1, momentum=0.9)`` echoed in a REPL showed ``init`` and ``update`` as
+    ``<function sgd.<locals>.init at 0x7f...>`` (an address, different in every run); its repr
+    is now the call that builds it, so it evaluates back to the same settings."""
+    for opt in (zo.sgd(0.1, momentum=0.9), zo.adam(zo.cosine_schedule(1e-3, 100), b1=0.5), zo.sign_sgd(0.01)):
+        text = repr(opt)
+        assert "0x" not in text and "<" not in text and text == opt.config
+        assert eval(text, vars(zo)).config == opt.config
+    assert repr(zo.sgd(0.1)) == repr(zo.sgd(0.1))

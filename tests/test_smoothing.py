@@ -381,6 +381,7 @@ def test_zo_smoothing_after_import_zoracle_as_zo_and_batch_slices_and_big_endian
     with pytest.raises(zo.ArgumentError, match="boolean index did not match"):  # NumPy's reason, kept
         batch[np.array([True, False])]
     assert {"smoothing", "testing", "executors"} <= set(dir(zo))  # tab completion before first use
+    assert "annotations" not in dir(zo)  # (`from __future__ import annotations` was listed)
     big = zo.smoothing.certify_batch(clf, X.astype(">f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     small = zo.smoothing.certify_batch(clf, X.astype("<f4"), sigma=0.25, n0=20, n=100, num_classes=2, rng=0)
     np.testing.assert_array_equal(big.radii, small.radii)

@@ -1611,3 +1611,49 @@ def test_a_bar_that_draws_no_text_is_left_alone_on_a_stream_that_is_no_terminal(
     r = zo.train(lambda x: float(x @ x), np.ones(3), epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.1), rng=0,
                  progress=True)
     assert len(r.history.steps) == 6 and ("success", False) in drawn
+
+
+
+
+
+def test_the_repr_of_a_result_summarises_its_history():
+    """``res`` echoed in a REPL printed every step record of the history (149,037 characters
+    for a 1,000-step run): the repr shows the record counts and the last record instead."""
+    X, y, _ = _data()
+    res = zo.train(LinReg(), np.zeros(6), batches=zo.Minibatches((X, y), batch_size=8), epochs=25,
+                   estimator=zo.CGE(), optimizer=zo.sgd(0.01), progress=False, rng=0)
+    assert res.steps == 200 and len(res.history.steps) == 200
+    text = repr(res.history)
+    assert "200 steps" in text and "25 epochs" in text and repr(res.history.epochs[-1]) in text
+    assert len(text) < 500 and len(repr(res)) < 2000
+    assert repr(zo.History()) == "History(0 steps, 0 epochs)"
+    only_steps = zo.History(steps=({"step": 0, "loss": 1.5},))
+    assert repr(only_steps) == "History(1 steps, 0 epochs, last step={'step': 0, 'loss': 1.5})"
+
+
+
+
+
+def test_the_annotations_of_masks_and_minibatches_admit_their_documented_inputs():
+    """A type checker reads the dataclass fields as the constructor's parameters: ``blocks:
+    tuple``, ``ratios: tuple``, ``interval: int`` and ``arrays: tuple`` made mypy reject
+    DynamicMasks' and Minibatches' own documented calls (lists, ``interval="step"``, one array)."""
+    import types
+    import typing
+
+    def accepts(hint, value):
+        if hint is typing.Any:
+            return True
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            return any(accepts(h, value) for h in typing.get_args(hint))
+        return isinstance(value, typing.get_origin(hint) or hint)
+
+    X, y, _ = _data()
+    calls = [(zo.DynamicMasks, dict(blocks=[slice(0, 10), slice(10, 30)], ratios=[0.5, 0.1], seed=0, interval="step")),
+             (zo.DynamicMasks, dict(blocks=[slice(0, 10)], ratios=np.array([0.5]), seed=0, dense=[slice(10, 12)])),
+             (zo.Minibatches, dict(arrays=[X, y], batch_size=8)),
+             (zo.Minibatches, dict(arrays=X, batch_size=8))]
+    for cls, kwargs in calls:
+        cls(**kwargs)  # accepted at run time, as the docstrings say
+        hints = typing.get_type_hints(cls)
+        assert [k for k, v in kwargs.items() if not accepts(hints[k], v)] == [], (cls.__name__, kwargs)

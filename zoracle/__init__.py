@@ -87,7 +87,7 @@ _LAZY = ("smoothing", "testing", "executors")
 
 
 def __dir__():  # tab completion sees the lazy submodules before their first use
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY} - {"annotations"})  # (`from __future__ import annotations`: not ours)
 
 __all__ = [
     "ArgumentError",

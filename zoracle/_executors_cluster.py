@@ -426,6 +426,11 @@ class DaskExecutor(ShardedExecutor):
         self._closing = False  # close() was called (from another thread, a run in progress stops)
         self.n_workers = int(self._count or 1)
 
+    def __repr__(self) -> str:
+        spec = self._spec if self._spec is None or isinstance(self._spec, str) else type(self._spec).__name__
+        return (f"DaskExecutor({spec!r}, n_workers={self.n_workers}"
+                + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
+
     def start(self) -> None:
         if self.client is not None:
             import time
@@ -842,6 +847,10 @@ class RayExecutor(ShardedExecutor):
         self._closing = False  # close() was called (from another thread, a run in progress stops)
         self._refs: dict = {}  # oracle token -> ObjectRef
         self.n_workers = int(self._count or 1)
+
+    def __repr__(self) -> str:
+        return (f"RayExecutor({self.address!r}, n_workers={self.n_workers}"
+                + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
     def start(self) -> None:
         if self._actors:

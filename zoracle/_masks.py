@@ -10,7 +10,9 @@ resumed run redraws exactly the masks an uninterrupted run would have used.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -140,11 +142,12 @@ class DynamicMasks:
     True
     """
 
-    blocks: tuple
-    ratios: tuple
+    # what the constructor takes (stored as tuples, ``interval`` as given): lists, arrays, "step"
+    blocks: Sequence
+    ratios: Any
     seed: int
-    interval: int = 5
-    dense: tuple = field(default=())
+    interval: int | str = 5
+    dense: Sequence = field(default=())
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(_slices(self.blocks)))

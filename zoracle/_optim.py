@@ -52,6 +52,11 @@ class Optimizer(NamedTuple):
     config: str
     weight_decay: float = 0.0
 
+    def __repr__(self) -> str:
+        # the settings, as the call that built it: the tuple's repr showed ``init`` and ``update``
+        # as <function sgd.<locals>.init at 0x7f...>, an address that changes from run to run
+        return self.config
+
 
 class SGDState(NamedTuple):
     count: int

@@ -165,6 +165,8 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     rng : Generator, int or None
     batch : optional
         The data batch (for a DataOracle): DeepZero uses about 25 samples per class.
+    common_random_numbers : bool
+        Both RGEs use the same directions (default True; see above).
     executor : optional
         Passed to :func:`zoracle.estimate_gradient`.
 

@@ -73,7 +73,7 @@ class Minibatches:
     (3, [4, 4, 2], True)
     """
 
-    arrays: tuple
+    arrays: Any  # a tuple or list of arrays, or one array (stored as a tuple)
     batch_size: int
     shuffle: bool = True
     drop_last: bool = False
@@ -208,6 +208,13 @@ class History:
         if not isinstance(other, History):
             return NotImplemented
         return _same_records(self.steps, other.steps) and _same_records(self.epochs, other.epochs)
+
+    def __repr__(self) -> str:
+        """A summary with the last record: the full repr held one dict per step, so echoing a
+        run's result in a REPL printed every step (about 150 kB for 1,000 steps)."""
+        last = self.epochs[-1] if self.epochs else self.steps[-1] if self.steps else None
+        tail = "" if last is None else f", last {'epoch' if self.epochs else 'step'}={last!r}"
+        return f"History({len(self.steps)} steps, {len(self.epochs)} epochs{tail})"
 
     def column(self, name: str, level: str = "step") -> np.ndarray:
         """One field over all step (or ``level="epoch"``) records, NaN where missing. A name that
@@ -900,6 +907,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Parameter blocks; default the oracle's ``param_info``, else its ``blocks``, else one
         block. Records whose ``kind`` is not in ``score_kinds`` (and parameters in no
         block) get dense CGE.
+    score_kinds : sequence of str
+        The record kinds that are scored and masked when ``sparsity`` is set (default
+        ``("conv", "linear")``); other records stay dense.
     ranking : {"magnitude", "grasp"}
         ZO-GraSP ranking (see :func:`zoracle.layer_ratios`).
     fill_small_blocks : bool
@@ -908,6 +918,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         the block with the most (``layer_ratios(fill_small=True)``), so a first layer's biases
         are not frozen for the whole run at extreme sparsity. ``zo.recipes.short_budget`` sets it
         by default from 1,400 steps on (``zo.recipes.FILL_FROM_STEPS``); measured in docs/peers.md.
+    grasp_directions : int
+        Directions of each of ZO-GraSP's two RGEs (``ratios="zo_grasp"``; default 192).
+    grasp_batch : optional
+        The batch ZO-GraSP scores on (default: the first batch).
     mask_shuffle_interval : int or "step"
         Epochs between fresh random masks, or ``"step"`` for a fresh mask every step (the
         short-budget recipe: a few dozen coordinates a step with Adam, see docs/peers.md).
@@ -921,6 +935,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         evaluation at its stop: evaluate ``result.params`` yourself. A value that is neither a
         number nor a dict of numbers, found only when ``eval_fn`` first runs, stops the run with a
         warning and returns its result (``stopped=True``; the epoch's end runs again on resume).
+    eval_every : int
+        Epochs between ``eval_fn`` calls (default 1; the last epoch is always evaluated).
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
         and ``params`` are copies: writing into them cannot change the run or its history); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
@@ -935,6 +951,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
+    checkpoint_every : int or "epoch"
+        Steps between checkpoint saves, or ``"epoch"`` (default) for one at each epoch's end.
     resume : path, True or False, optional
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists and is
         not empty; None or False: start fresh).

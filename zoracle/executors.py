@@ -132,6 +132,9 @@ class SerialExecutor:
     def close(self) -> None:
         pass
 
+    def __repr__(self) -> str:
+        return "SerialExecutor()" if self.timeout is None else f"SerialExecutor(timeout={self.timeout!r})"
+
     def forget(self, oracle) -> None:
         """Nothing to forget: every run uses the oracle as it is now (kept so that code written
         for any executor, ``executor.forget(oracle)`` after a change, runs on this one too)."""
@@ -253,7 +256,8 @@ class JoblibExecutor(StaysHere):
 
 
     def __repr__(self) -> str:
-        return f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r})"
+        return (f"JoblibExecutor(n_jobs={self.n_jobs}, backend={self.backend!r}"
+                + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
 
 class DeviceExecutor(ProcessPool):

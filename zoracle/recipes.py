@@ -336,6 +336,12 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
         Records with ``name``, ``slice`` and ``kind``, such as ``TorchOracle.param_info``.
     params
         Flat parameters; the RMS is taken at these values (the start of training).
+    power : float
+        The exponent (default 0.5).
+    ref : {"largest", "widest"}
+        The reference layer of ``rms_ref``.
+    layers : {"all", "last"}
+        The layers scaled.
 
     Examples
     --------
