@@ -1657,3 +1657,27 @@ def test_the_annotations_of_masks_and_minibatches_admit_their_documented_inputs(
         cls(**kwargs)  # accepted at run time, as the docstrings say
         hints = typing.get_type_hints(cls)
         assert [k for k, v in kwargs.items() if not accepts(hints[k], v)] == [], (cls.__name__, kwargs)
+
+
+def test_a_cge_mu_far_beyond_the_parameters_scale_is_warned_about():
+    """``CGE(mu=5e3)``, typed for ``5e-3``, trained uphill without a word: a forward difference over
+    5e3 of ``sum((x - 1)**2)`` at 0 is ``mu - 2``, and SGD walks towards ``1 - mu / 2`` (a loss of
+    1.8e7 after 20 steps, from 3)."""
+    loss = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    x = np.zeros(3)  # the same 20 steps written by hand: forward differences over 5e3
+    for _ in range(20):
+        g = [(loss(x + 5e3 * e) - loss(x)) / ((x[i] + 5e3) - x[i]) for i, e in enumerate(np.eye(3))]
+        x = x - 0.1 * np.array(g)
+    assert loss(x) > 1e6 > loss(np.zeros(3))  # uphill
+    with pytest.warns(UserWarning, match=r"CGE's mu = 5000 is over 100 times the parameters' scale "
+                                         r"\(max\|params\| = 0, or 1\).*uphill or nowhere.*5000 for 0\.005\?"):
+        res = zo.train(loss, np.zeros(3), epochs=20, estimator=zo.CGE(mu=5e3), optimizer=zo.sgd(0.1), progress=False)
+    np.testing.assert_allclose(res.params, x)
+    with pytest.warns(UserWarning, match=r"CGE's mu = 10000 is over 100 times"):  # a schedule's largest mu
+        zo.train(loss, np.zeros(3), epochs=3, mu=zo.cosine_schedule(1e4, total_steps=3), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a step of the params' own scale, or RGE's smoothing radius: no warning
+        zo.train(loss, np.zeros(3), epochs=2, estimator=zo.CGE(mu=5e-3), progress=False)
+        zo.train(loss, np.zeros(3), epochs=2, estimator=zo.CGE(mu=1.0, scheme="central"), progress=False)
+        zo.train(loss, np.full(3, 1e4), epochs=2, estimator=zo.CGE(mu=5e3), optimizer=zo.sgd(1e-9), progress=False)
+        zo.train(loss, np.zeros(3), epochs=2, estimator=zo.RGE(mu=5e3), optimizer=zo.sgd(1e-9), progress=False)

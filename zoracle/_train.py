@@ -801,6 +801,20 @@ def _steps_per_epoch(batches, steps_per_epoch):
     return steps_per_epoch
 
 
+def _warn_huge_mu(mu: float, scale: float) -> None:
+    """Warn when CGE's ``mu`` is over 100 times both 1 and ``max|params|`` (``5e3`` typed for
+    ``5e-3``): its differences sample the loss far from the params, not its slope, and training goes
+    uphill or nowhere without an error."""
+    if not mu > 100 * max(1.0, scale):
+        return
+    mant, exp = f"{mu:e}".split("e")
+    flipped = float(f"{mant}e{-int(exp)}")  # the exponent's sign typed wrong: 5e3 for 5e-3
+    warnings.warn(f"train: CGE's mu = {mu:g} is over 100 times the parameters' scale (max|params| = {scale:.3g}, "
+                  f"or 1): a difference over a step that large measures the loss far from the params, not its "
+                  f"slope (exact on a quadratic only), and training may go uphill or nowhere; a finite-difference "
+                  f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=3)
+
+
 def _warn_sign_decay(optimizer) -> None:
     """sign_sgd's weight decay is inside the sign: with sparse CGE it moves every unmeasured weight."""
     if optimizer.name == "sign_sgd" and optimizer.weight_decay:
@@ -1148,6 +1162,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 raise StepError(f"{exc} (the `mu` schedule's value at step {t}: `mu` sets the steps' mu)") from None
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
     scale0 = float(xp.max(xp.abs(params)))  # the initial scale: a run that leaves it far behind diverged
+    if isinstance(estimator, CGE):
+        _warn_huge_mu(max(extremes.values()) if extremes else
+                      estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0)
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
