@@ -1197,6 +1197,10 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                 try:
                     for lo in range(0, len(sel), chunk):
                         try:
+                            # each chunk starts from the buffers the query found: a train-mode forward that
+                            # writes and reads them (spectral norm's vectors, a running scale) ran before
+                            # (the previous chunk, ``_reaches``'s in-place forward)
+                            ctx.reset()
                             vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, batched)
                         except RuntimeError:
                             if batched:
@@ -1205,6 +1209,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                             # reach (torchvision's ``out += identity`` after a perturbed downsample):
                             # with the input batched too, every activation is a batched tensor
                             batched = True
+                            ctx.reset()
                             vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, True)
                         if t not in core.vmap_reached:
                             if not _reaches(oracle, ctx, [names[id(p)]], [p], batched):

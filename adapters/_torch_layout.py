@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from zoracle._backend import is_cupy
 from zoracle._errors import ArgumentError
@@ -39,12 +40,52 @@ class ParamInfo:
     read: bool = True
 
 
+# a layer's weight under its reparametrizations: the deprecated hook-based weight_norm's direction
+# and spectral_norm's unnormalized weight (the weight's shape: the entries a mask zeroes)
+_WEIGHTS = ("weight", "weight_v", "weight_orig")
+
+
+def _plain_shape(module, attr: str):
+    """The shape of a Conv / Linear layer's ``weight`` or ``bias`` (``attr``) as the layer makes it,
+    read from its settings (a parametrized tensor computed would run the parametrization: spectral
+    norm's power iteration writes its vectors); None for other layers."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if attr == "bias":
+            return (module.out_channels,)
+        cin, cout = ((module.out_channels, module.in_channels) if module.transposed
+                     else (module.in_channels, module.out_channels))
+        return (cout, cin // module.groups, *module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return (module.out_features,) if attr == "bias" else (module.out_features, module.in_features)
+    return None
+
+
+def _owners(model: nn.Module) -> dict:
+    """``id(parameter) -> (layer, "weight" or "bias")`` for the originals of a parametrized Conv /
+    Linear tensor with that tensor's shape (``torch.nn.utils.parametrizations``' weight_norm
+    direction ``original1``, spectral_norm's and orthogonal's ``original``): the layer's weights all
+    the same, which ZO-GraSP scores. A parametrization's own parameters (a LoRA's factors) and
+    weight_norm's magnitude ``original0`` keep their module."""
+    owners = {}
+    for m in model.modules():
+        if not parametrize.is_parametrized(m):
+            continue
+        for tname, plist in m.parametrizations.items():
+            if tname not in ("weight", "bias"):
+                continue
+            shape = _plain_shape(m, tname)
+            for a, q in plist.named_parameters(recurse=False):  # original, or original0, original1, ...
+                if shape is not None and tuple(q.shape) == tuple(shape):
+                    owners[id(q)] = (m, tname)
+    return owners
+
+
 def _param_kind(module, attr: str) -> str:
     if attr == "bias":
         return "bias"
-    if isinstance(module, nn.modules.conv._ConvNd) and attr == "weight":
+    if isinstance(module, nn.modules.conv._ConvNd) and attr in _WEIGHTS:
         return "conv"
-    if isinstance(module, nn.Linear) and attr == "weight":
+    if isinstance(module, nn.Linear) and attr in _WEIGHTS:
         return "linear"
     if isinstance(module, _NORM):
         return "norm"
@@ -210,6 +251,7 @@ def build_core(model, blocks) -> _Core:
     off = 0
     params, info, block_steps = [], [], []
     mods = {id(p): (m, a) for m in model.modules() for a, p in m.named_parameters(recurse=False)}
+    mods.update(_owners(model))
     cur = None
     for si, attr, p in core.layout:
         n = p.numel()

@@ -85,6 +85,31 @@ def _copy(params):
 _RUNNING_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
+def _refuse_aliased(core) -> None:
+    """Two trainable parameters of the flat vector that are distinct ``Parameter`` objects over the
+    same memory (``head.weight = nn.Parameter(emb.weight)``, a parametrization registered on a tied
+    weight): the vector would hold those elements twice, a load writes the later copy over the
+    earlier one (the earlier one's entries do not move the loss) while the estimates perturb each
+    by name, so the gradient is not the one of the oracle's loss. A weight tied as one ``Parameter``
+    is held once; parameters carved from one flat buffer without overlap are fine."""
+    spans = []
+    for info, p in zip(core.info, core.params):
+        if not p.numel():
+            continue
+        es = p.element_size()
+        start = p.untyped_storage().data_ptr() + p.storage_offset() * es
+        stop = start + (sum((n - 1) * abs(st) for n, st in zip(p.shape, p.stride())) + 1) * es
+        spans.append((start, stop, info.name))
+    spans.sort()
+    for (a0, a1, a), (b0, b1, b) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise ArgumentError(
+                f"`model`'s parameters {a!r} and {b!r} are two Parameters sharing memory (written "
+                "nn.Parameter(other.weight), or a parametrization such as weight_norm registered on a tied weight): "
+                "the flat vector would hold that memory twice and a load writes one copy over the other. Tie "
+                "them as one Parameter (module.weight = other.weight), or give each its own copy (.clone())")
+
+
 def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple:
     """What a cached activation or base loss depends on besides the parameters and the batch:
     every module's train/eval mode and every buffer's identity and version (running statistics
@@ -485,6 +510,7 @@ class TorchOracle:
         self.update_stats = check_flag("update_stats", update_stats)
         self._budget = budget_bytes
         self._core = build_core(model, blocks)
+        _refuse_aliased(self._core)
         if self.dtype not in (torch.float32, torch.float64):
             raise ArgumentError(f"`model`'s parameters are {self.dtype}: TorchOracle runs float32 or float64 models (a "
                                 "finite difference in half precision is mostly rounding); pass dtype=torch.float32")

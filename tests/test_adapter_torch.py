@@ -349,6 +349,53 @@ def test_declared_steps_with_fork():
 
 
 # ---------------------------------------------------------------------------- layout and API
+def test_reparametrized_conv_and_linear_weights_are_scored_as_their_layers():
+    """weight_norm / spectral_norm (torch.nn.utils.parametrizations, and the deprecated hook-based
+    ones) keep a Conv's or Linear's weight as ``parametrizations.weight.original1`` (the direction,
+    the weight's shape), ``.original`` or ``weight_v`` / ``weight_orig``: all were kind "other", so
+    sparse training left those layers dense, and a model whose every layer is weight-normed was
+    refused with "no block has a kind in `score_kinds` ('conv', 'linear')". The tensors with the
+    layer weight's shape are now its kind; weight_norm's magnitude and a LoRA's factors stay "other"."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    class LoRA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A, self.B = nn.Parameter(torch.randn(2, 8)), nn.Parameter(torch.zeros(4, 2))
+
+        def forward(self, W):
+            return W + self.B @ self.A
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        old = nn.utils.weight_norm(nn.Conv2d(4, 4, 3, padding=1))
+    model = nn.Sequential(weight_norm(nn.Conv2d(2, 4, 3, padding=1)), nn.ReLU(),
+                          spectral_norm(nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2)), nn.ReLU(), old, nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), weight_norm(nn.Linear(4, 8)), nn.Tanh(),
+                          nn.Linear(8, 4)).double().eval()
+    parametrize.register_parametrization(model[10], "weight", LoRA())
+    model[10].parametrizations.weight.original.requires_grad_(False)
+    oracle = TorchOracle(model, CE)
+    kinds = {i.name: i.kind for i in oracle.param_info}
+    assert kinds == {
+        "0.parametrizations.weight.original0": "other", "0.parametrizations.weight.original1": "conv",
+        "0.bias": "bias", "2.parametrizations.weight.original": "conv", "2.bias": "bias",
+        "4.weight_g": "other", "4.weight_v": "conv", "4.bias": "bias",
+        "8.parametrizations.weight.original0": "other", "8.parametrizations.weight.original1": "linear",
+        "8.bias": "bias", "10.parametrizations.weight.0.A": "other", "10.parametrizations.weight.0.B": "other",
+        "10.bias": "bias"}, kinds
+    shapes = {i.name: i.shape for i in oracle.param_info}
+    assert shapes["2.parametrizations.weight.original"] == tuple(model[2].weight.shape)
+    x, y = data((2, 6, 6), 8, seed=0, classes=4)
+    with warnings.catch_warnings():  # the hook-based weight_norm: full forwards, and torch's vmap fallback
+        warnings.simplefilter("ignore")
+        res = zo.train(oracle, oracle.initial_params(), batches=[(x, y)], epochs=1, sparsity=0.5,
+                       ratios="uniform", mu=1e-4, optimizer=zo.sgd(0.01), rng=0, progress=False)
+    assert res.steps == 1
+
+
 def test_layout_load_bind_predict():
     torch.manual_seed(11)
     model = DigitsCNN(width=4).double()

@@ -402,6 +402,58 @@ def test_captured_oracle_pickles_for_worker_processes():
     assert np.array_equal(twin.coordinate_losses(theta, coords, 1e-3), oracle.coordinate_losses(theta, coords, 1e-3))
 
 
+class _AliasedHead(nn.Module):
+    """A head "tied" to the embedding by wrapping its weight in a second Parameter: two Parameters,
+    one memory (``flat``: the two carved from one buffer without overlap, which is no tie)."""
+
+    def __init__(self, flat=False):
+        super().__init__()
+        self.emb, self.mix, self.head = nn.Embedding(11, 6), nn.Linear(6, 6), nn.Linear(6, 11, bias=False)
+        if flat:
+            buf = torch.randn(2 * 66)
+            self.emb.weight, self.head.weight = nn.Parameter(buf[:66].view(11, 6)), nn.Parameter(buf[66:].view(11, 6))
+        else:
+            self.head.weight = nn.Parameter(self.emb.weight)
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.head(torch.tanh(self.mix(h)) + h).mean(1)
+
+
+def test_two_parameters_sharing_memory_are_refused():
+    """``head.weight = nn.Parameter(emb.weight)`` (or weight_norm registered on a tied head) makes two
+    Parameters over one memory: both went into the flat vector, a load wrote the head's copy over the
+    embedding's, and the estimates perturbed each by name: the embedding's entries got CGE partials of
+    -0.33 where the oracle's own loss does not move with them at all (a plain call at
+    ``theta + mu * e_i``: 0), with no warning. Refused, naming both; a true tie and parameters carved
+    from one buffer without overlap are kept."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 11, (8, 5)), torch.randint(0, 11, (8,))
+    with pytest.raises(zo.ArgumentError, match="'emb.weight' and 'head.weight' are two Parameters sharing memory"):
+        TorchOracle(_AliasedHead(), CE_ROWS, (x, y))
+    tied = _AliasedHead()
+    tied.head.weight = tied.emb.weight  # the tie as one Parameter
+    weight_norm(tied.head)  # its direction, original1, is a new Parameter over the embedding's memory
+    with pytest.raises(zo.ArgumentError, match="head.parametrizations.weight.original1.* sharing memory"):
+        TorchOracle(tied, CE_ROWS, (x, y))
+    tied = _AliasedHead()
+    tied.head.weight = tied.emb.weight
+    oracle = TorchOracle(tied, CE_ROWS, (x, y))
+    assert oracle.parameter_names == ["emb.weight", "mix.weight", "mix.bias"]
+    oracle = TorchOracle(_AliasedHead(flat=True), CE_ROWS, (x, y))
+    theta = oracle.initial_params()
+    assert theta.size == 2 * 66 + 42
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6))
+    own = []
+    for c in (0, 70):  # an embedding entry and a head entry: the oracle's own plain calls
+        t = theta.copy()
+        t[c] += 1e-6
+        own.append((oracle(t) - oracle(theta)) / ((theta[c] + 1e-6) - theta[c]))
+    np.testing.assert_allclose(est.grad[[0, 70]], own, rtol=1e-6, atol=1e-9)
+
+
 class _TwoBranch(nn.Module):
     """Two parallel branches joined by a concatenation: a perturbation in one branch leaves
     the other's activations unchanged."""
@@ -1735,6 +1787,61 @@ def test_a_forward_that_writes_and_reads_a_buffer_gives_every_query_the_same_buf
         want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in eye])
     np.testing.assert_allclose(est.grad, want, rtol=1e-5, atol=1e-8)
     assert est.loss == pytest.approx(loss(theta), rel=1e-12)
+
+
+class _RunningScale(nn.Module):
+    """A running weight scale the forward writes and then reads, traced into by the capture (whose
+    in-place ``mul_`` retires the split: full forwards)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.fc = nn.Linear(n, n)
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x):
+        if self.training:
+            with torch.no_grad():
+                self.scale.mul_(0.5).add_(0.5 * self.fc.weight.abs().mean())
+        return self.fc(x) / self.scale
+
+
+@pytest.mark.parametrize("blocks", [None, "none"])
+def test_full_forwards_give_every_vectorized_tensor_the_buffers_the_query_found(blocks):
+    """Full forwards vectorize one parameter tensor at a time; the first time for each tensor an
+    in-place forward checks the vectorized one (``_reaches``). A layer after it whose train-mode
+    forward writes a buffer and reads it (a running scale) left that write to the next tensor's
+    vectorized forward: the first layer's bias partials came out -317 and -475 (the split retired,
+    blocks="none") where the textbook loop gives none above 0.05, with no warning. Each vectorized
+    chunk now starts from the buffers the query found."""
+    torch.manual_seed(0)
+    scaled = _RunningScale(5) if blocks is None else _RunningScaleLinear(5, 5)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), scaled, nn.Tanh(), nn.Linear(5, 3)).double().train()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(7, 4, dtype=torch.float64, generator=g), torch.randint(0, 3, (7,), generator=g)
+    ref = copy.deepcopy(model)  # the textbook loop's model: every forward's buffer writes put back
+    kept = {k: b.clone() for k, b in ref.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*write buffers in their train-mode forward")
+        warnings.filterwarnings("ignore", message="TorchOracle: torch.func.vmap failed")
+        warnings.filterwarnings("ignore", message=".*writes into a tensor in place")  # the split, retired
+        oracle = TorchOracle(model, CE_ROWS, (x, y), blocks=blocks)
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="forward"))
+    assert not oracle.blocks  # full forwards
+    params = dict(ref.named_parameters())
+    flat = [params[n] for n in oracle.parameter_names]
+
+    def loss(v):
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.as_tensor(v), flat)
+            out = float(CE_ROWS(ref(x), y).mean())
+            for k, b in ref.named_buffers():
+                b.copy_(kept[k])
+        return out
+
+    base = loss(theta)
+    want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in np.eye(theta.size)])
+    np.testing.assert_allclose(est.grad, want, rtol=1e-5, atol=1e-8)
 
 
 class _RunningVarNorm(nn.Module):
