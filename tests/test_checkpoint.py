@@ -678,3 +678,66 @@ def test_a_state_tuple_of_arrays_resumes_as_a_tuple_of_arrays(tmp_path):
     zo.train(f, np.zeros(5), epochs=2, optimizer=opt, rng=0, progress=False, checkpoint=ck)
     resumed = zo.train(f, np.zeros(5), epochs=4, optimizer=opt, rng=0, progress=False, checkpoint=ck, resume=True)
     assert np.array_equal(resumed.params, full.params), (resumed.params, full.params)
+
+
+def test_a_rewrite_after_resuming_from_the_same_file_is_named(tmp_path):
+    """A run resumed from its own checkpoint path knows that file as its own: another writer's save
+    landing there before the resumed run's first save is named too, not overwritten silently."""
+    import shutil
+
+    ck, other = str(tmp_path / "run.npz"), str(tmp_path / "other.npz")
+    kw = dict(steps_per_epoch=3, optimizer=zo.sgd(0.1), progress=False, checkpoint_every=1)
+    zo.train(lambda x: float(((x + 1) ** 2).sum()), np.zeros(3), epochs=4, checkpoint=other, **kw)
+    f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    zo.train(f, np.zeros(3), epochs=2, checkpoint=ck, **kw)  # step 6 saved
+
+    def meanwhile(event, record, params):  # before the resumed run's first save
+        if event == "step" and record["step"] == 6:
+            shutil.copy(other, ck + ".new")
+            os.replace(ck + ".new", ck)
+
+    with pytest.raises(zo.CheckpointError, match="rewritten by another writer since this run saved"):
+        zo.train(f, np.zeros(3), epochs=4, checkpoint=ck, resume=True, callbacks=[meanwhile], **kw)
+    assert zo.load_checkpoint(ck)[1]["step"] == 12  # the other run's save, left as it is
+
+
+def test_a_rewrite_before_the_final_save_warns_and_returns_the_result(tmp_path):
+    """At the run's final save a rewrite by another writer is warned about and the result returned
+    (the run is done: raising would lose it), as a failed final save is."""
+    import shutil
+
+    ck, other = str(tmp_path / "run.npz"), str(tmp_path / "other.npz")
+    kw = dict(epochs=1, steps_per_epoch=5, optimizer=zo.sgd(0.1), progress=False)
+    zo.train(lambda x: float(((x + 1) ** 2).sum()), np.zeros(3), checkpoint=other, **kw)
+    f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    want = zo.train(f, np.zeros(3), **kw)
+
+    def meanwhile(event, record, params):  # after the save at step 4, before the final one
+        if event == "step" and record["step"] == 4:
+            shutil.copy(other, ck + ".new")
+            os.replace(ck + ".new", ck)
+
+    with pytest.warns(UserWarning, match="rewritten by another writer.*the result is returned") as rec:
+        res = zo.train(f, np.zeros(3), checkpoint=ck, checkpoint_every=2, callbacks=[meanwhile], **kw)
+    assert len([w for w in rec if "rewritten" in str(w.message)]) == 1  # warned once, not again at the end
+    np.testing.assert_array_equal(res.params, want.params)
+    assert zo.load_checkpoint(ck)[1]["step"] == 5 and np.array_equal(zo.load_checkpoint(ck)[0]["params"],
+                                                                      zo.load_checkpoint(other)[0]["params"])
+
+
+def test_a_checkpoint_deleted_during_the_run_is_written_again(tmp_path):
+    """No file at the path (deleted, or cleaned up by the user) is no other writer's save: the next
+    save writes it again, and the run ends as one without the deletion."""
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.1), progress=False, rng=0)
+    f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    want = zo.train(f, np.zeros(3), **kw)
+
+    def cleanup(event, record, params):
+        if event == "step" and record["step"] == 4 and os.path.exists(ck):
+            os.remove(ck)
+
+    res = zo.train(f, np.zeros(3), checkpoint=ck, checkpoint_every=1, callbacks=[cleanup], **kw)
+    np.testing.assert_array_equal(res.params, want.params)
+    arrays, meta = zo.load_checkpoint(ck)
+    assert meta["step"] == 6 and np.array_equal(arrays["params"], want.params)

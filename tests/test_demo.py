@@ -423,3 +423,18 @@ def test_zoracle_cache_is_checked_only_for_a_command_with_a_cache(tmp_path, monk
     args = parser.parse_args(["--quick"])
     assert not hasattr(args, "cache")
     assert check_outputs("demo", args) == []  # nothing made, nothing refused
+
+
+def test_demo_a_missing_executor_extra_is_named_by_main_not_a_usage_error(monkeypatch, capsys):
+    """check() refuses out-of-range executor flags (exit 2); a missing extra (distributed not
+    installed for --dask) is no usage error: main names it and what to install, exit 1."""
+    import zoracle.executors
+    from zoracle._errors import MissingExtra
+
+    def missing(args):
+        raise MissingExtra("DaskExecutor needs the 'dask' extra: pip install 'zoracle[dask]'")
+
+    monkeypatch.setattr(zoracle.executors, "from_args", missing)
+    assert main(["demo", "--quick", "--dask", "local"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'zoracle[dask]'" in err and "usage:" not in err, err

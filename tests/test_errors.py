@@ -1015,3 +1015,79 @@ def test_an_update_that_skips_its_count_later_in_a_run_warns_and_keeps_the_run()
         res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=6, optimizer=opt, rng=0,
                        progress=False)
     assert res.steps == 6 and res.optimizer_state.count == 5
+
+
+def test_a_custom_optimizer_state_is_checked_as_the_docs_say():
+    """zo.Optimizer's contract: init returns a NamedTuple with an int `count`, each update adds
+    exactly one to it. A state that is no NamedTuple (a dataclass) is refused before any query; an
+    update that adds two (a schedule skipping every other step) is refused at its first step; a
+    bool field resumes as a bool."""
+    import dataclasses
+    from typing import Any, NamedTuple
+
+    calls = []
+
+    def loss(x):
+        calls.append(1)
+        return float(x @ x)
+
+    @dataclasses.dataclass
+    class DC:
+        count: int
+        v: Any
+
+    opt = zo.Optimizer(lambda p: DC(0, np.zeros_like(p)), lambda g, s, p, lr=None: (p - lr * g, DC(s.count + 1, g)),
+                       0.1, "dc", "dc(lr=0.1)")
+    with pytest.raises(zo.ArgumentError, match=r"NamedTuple state with an int field `count`"):
+        zo.train(loss, np.ones(3), epochs=2, optimizer=opt, progress=False)
+    assert calls == []
+
+    class State(NamedTuple):
+        count: int
+        flag: bool
+
+    sched = zo.cosine_schedule(0.1, total_steps=10)
+    for jump in (2, -1):
+        skipping = zo.Optimizer(lambda p: State(0, False),
+                                lambda g, s, p, lr=None, j=jump: (p - lr * g, State(s.count + j, True)),
+                                sched, "skip", "skip(cosine)")
+        with pytest.raises(zo.ArgumentError, match=rf"one more than the state it was given \(0 \+ 1\), got {jump}"):
+            zo.train(loss, np.ones(3), epochs=10, optimizer=skipping, progress=False)
+
+
+def test_a_custom_optimizer_states_bool_field_resumes_as_a_bool(tmp_path):
+    from typing import NamedTuple
+
+    class State(NamedTuple):
+        count: int
+        flag: bool
+
+    opt = zo.Optimizer(lambda p: State(0, False), lambda g, s, p, lr=None: (p - lr * g, State(s.count + 1, True)),
+                       0.1, "flagged", "flagged(lr=0.1)")
+    f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    ck = str(tmp_path / "run.npz")
+    zo.train(f, np.zeros(3), epochs=2, steps_per_epoch=2, optimizer=opt, progress=False, checkpoint=ck)
+    full = zo.train(f, np.zeros(3), epochs=2, steps_per_epoch=2, optimizer=opt, progress=False)
+    res = zo.train(f, np.zeros(3), epochs=2, steps_per_epoch=2, optimizer=opt, progress=False, checkpoint=ck,
+                   resume=True)  # already done: the state as the checkpoint holds it
+    assert res.optimizer_state == full.optimizer_state == State(4, True)
+    assert type(res.optimizer_state.flag) is bool
+
+
+@pytest.mark.parametrize("field", ["warmup", 1 + 2j])
+def test_a_custom_optimizer_state_field_of_text_or_complex_is_refused_before_any_query(tmp_path, field):
+    """Not only None (dtype object): a str or complex field is no numeric array a checkpoint holds
+    either; it ran the first epoch's queries and failed at the save."""
+    from typing import Any, NamedTuple
+
+    class State(NamedTuple):
+        count: int
+        mode: Any
+
+    calls = []
+    opt = zo.Optimizer(lambda p: State(0, field), lambda g, s, p, lr=None: (p - lr * g, State(s.count + 1, s.mode)),
+                       0.1, "moded", "moded(lr=0.1)")
+    with pytest.raises(zo.ArgumentError, match=r"its state's field 'mode' is .* at init: a checkpoint holds numeric"):
+        zo.train(lambda x: calls.append(1) or float(x @ x), np.zeros(3), epochs=2, steps_per_epoch=2, optimizer=opt,
+                 progress=False, checkpoint=str(tmp_path / "run.npz"))
+    assert calls == []

@@ -1681,3 +1681,67 @@ def test_a_cge_mu_far_beyond_the_parameters_scale_is_warned_about():
         zo.train(loss, np.zeros(3), epochs=2, estimator=zo.CGE(mu=1.0, scheme="central"), progress=False)
         zo.train(loss, np.full(3, 1e4), epochs=2, estimator=zo.CGE(mu=5e3), optimizer=zo.sgd(1e-9), progress=False)
         zo.train(loss, np.zeros(3), epochs=2, estimator=zo.RGE(mu=5e3), optimizer=zo.sgd(1e-9), progress=False)
+
+
+class _Notebook(io.StringIO):
+    """A notebook's stderr (ipykernel's OutStream): no TTY, yet it shows a ``\\r`` as a redraw."""
+
+
+_Notebook.__module__ = "ipykernel.iostream"
+
+
+class _Flushes(io.StringIO):
+    """A pipe: what was written reaches the reader at a flush; records what was unflushed then."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed = 0
+
+    def flush(self):
+        self.flushed = len(self.getvalue())
+
+
+class _WriteOnly:
+    """A stream with only write and flush (a stderr redirected into a logger): no isatty to ask."""
+
+    def __init__(self):
+        self.buf = io.StringIO()
+
+    def write(self, s):
+        return self.buf.write(s)
+
+    def flush(self):
+        pass
+
+    def getvalue(self):
+        return self.buf.getvalue()
+
+
+def test_the_bar_in_a_notebook_still_redraws_in_place(monkeypatch):
+    text = _long_run_on(_Notebook(), monkeypatch, steps=600)
+    assert text.count("\r") > 100 and "\n" not in text, (text.count("\r"), text.count("\n"))
+
+
+def test_the_lines_on_a_pipe_are_flushed_as_written_and_a_stream_without_isatty_gets_lines(monkeypatch):
+    """Each progress line reaches a pipe's reader when written (not at the buffer's next flush); a
+    stream that cannot say whether it is a terminal is taken for none (lines, no \\r)."""
+    pipe = _Flushes()
+    text = _long_run_on(pipe, monkeypatch, steps=600)
+    assert pipe.flushed == len(text) and text.count("\n") >= 6, (pipe.flushed, len(text))
+    text = _long_run_on(_WriteOnly(), monkeypatch, steps=600)
+    assert "\r" not in text and 6 <= text.count("\n") <= 9, (text.count("\r"), text.count("\n"))
+
+
+def test_prints_beside_the_lines_add_no_progress_lines(monkeypatch):
+    """On a log file what eval_fn or a callback prints starts a line of its own already: the bar is
+    not drawn again after each print (one progress line more per print, every step)."""
+    import sys
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(sys, "stdout", log)
+    zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=50, optimizer=zo.sgd(0.01), rng=0,
+             progress=True, callbacks=[lambda event, rec, p: print("CB", event) if event == "step" else None])
+    lines = log.getvalue().splitlines()
+    assert sum(line.startswith("CB step") for line in lines) == 50
+    assert sum(line.startswith("train") for line in lines) <= 3, lines[:8]  # the first, the last
