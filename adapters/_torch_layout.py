@@ -74,8 +74,11 @@ def _owners(model: nn.Module) -> dict:
             if tname not in ("weight", "bias"):
                 continue
             shape = _plain_shape(m, tname)
+            # weight_norm's magnitude original0 has the weight's shape too where a row is one entry
+            # (Linear(1, k), a 1x1 conv of one input channel per group): only its direction is the weight
+            skip = ("original0",) if any(type(f).__name__ == "_WeightNorm" for f in plist) else ()
             for a, q in plist.named_parameters(recurse=False):  # original, or original0, original1, ...
-                if shape is not None and tuple(q.shape) == tuple(shape):
+                if shape is not None and tuple(q.shape) == tuple(shape) and a not in skip:
                     owners[id(q)] = (m, tname)
     return owners
 

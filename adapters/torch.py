@@ -85,6 +85,14 @@ def _copy(params):
 _RUNNING_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
+def _addresses(p) -> np.ndarray:
+    """The byte address of each of ``p``'s elements (a strided view's own, not its span's)."""
+    off = torch.zeros((), dtype=torch.int64)
+    for n, st in zip(p.shape, p.stride()):
+        off = off.unsqueeze(-1) + torch.arange(n, dtype=torch.int64) * st
+    return (off.reshape(-1).numpy() + p.storage_offset()) * p.element_size() + p.untyped_storage().data_ptr()
+
+
 def _refuse_aliased(core) -> None:
     """Two trainable parameters of the flat vector that are distinct ``Parameter`` objects over the
     same memory (``head.weight = nn.Parameter(emb.weight)``, a parametrization registered on a tied
@@ -99,10 +107,17 @@ def _refuse_aliased(core) -> None:
         es = p.element_size()
         start = p.untyped_storage().data_ptr() + p.storage_offset() * es
         stop = start + (sum((n - 1) * abs(st) for n, st in zip(p.shape, p.stride())) + 1) * es
-        spans.append((start, stop, info.name))
-    spans.sort()
-    for (a0, a1, a), (b0, b1, b) in zip(spans, spans[1:]):
-        if b0 < a1:
+        spans.append((start, stop, info.name, p))
+    spans.sort(key=lambda s: s[:2])
+    pairs = []  # overlapping spans (sorted by start: the ones after the first that starts past a's stop do not)
+    for i, sa in enumerate(spans):
+        for sb in spans[i + 1:]:
+            if sb[0] >= sa[1]:
+                break
+            pairs.append((sa, sb))
+    for (a0, a1, a, pa), (b0, b1, b, pb) in pairs:
+        # whether an element is shared (columns of one matrix interleave without one)
+        if pa.element_size() != pb.element_size() or np.intersect1d(_addresses(pa), _addresses(pb)).size:
             raise ArgumentError(
                 f"`model`'s parameters {a!r} and {b!r} are two Parameters sharing memory (written "
                 "nn.Parameter(other.weight), or a parametrization such as weight_norm registered on a tied weight): "

@@ -396,6 +396,26 @@ def test_reparametrized_conv_and_linear_weights_are_scored_as_their_layers():
     assert res.steps == 1
 
 
+def test_weight_norm_magnitude_of_a_one_input_linear_stays_other():
+    """weight_norm(nn.Linear(1, 4)) (a PINN's first layer on a scalar input): the magnitude
+    ``original0`` has shape (4, 1), the weight's own shape, and was scored as "linear" like the
+    direction ``original1``; the hook-based weight_norm's ``weight_g`` of the same layer is "other",
+    as is weight_norm's magnitude of every other layer."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Linear(1, 4)), nn.Tanh(), weight_norm(nn.Conv1d(1, 3, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        old = nn.Sequential(nn.utils.weight_norm(nn.Linear(1, 4)))
+    kinds = {i.name: i.kind for i in TorchOracle(model, CE).param_info}
+    assert kinds["0.parametrizations.weight.original0"] == "other", kinds
+    assert kinds["0.parametrizations.weight.original1"] == "linear", kinds
+    assert kinds["2.parametrizations.weight.original0"] == "other", kinds
+    assert kinds["2.parametrizations.weight.original1"] == "conv", kinds
+    assert {i.name: i.kind for i in TorchOracle(old, CE).param_info}["0.weight_g"] == "other"
+
+
 def test_layout_load_bind_predict():
     torch.manual_seed(11)
     model = DigitsCNN(width=4).double()

@@ -1791,3 +1791,24 @@ def test_every_executor_repr_names_its_kind_and_settings():
         assert repr(ex) == shown
         ex.close()
         assert repr(ex) == shown
+
+
+def test_a_cluster_executor_repr_shows_only_the_worker_count_it_was_given():
+    """DaskExecutor("tcp://host:8786") printed ``n_workers=1``: a count it was not given (the
+    cluster's own workers run the shards; that repr typed back is refused), as did an unsized
+    local cluster and Ray (whose default is the CPU count, found at start); Ray's
+    allow_network=True was left out."""
+    import importlib.util
+
+    from zoracle.executors import DaskExecutor, RayExecutor
+
+    made = []
+    if importlib.util.find_spec("distributed") is not None:
+        made += [(DaskExecutor("tcp://127.0.0.1:8786"), "DaskExecutor('tcp://127.0.0.1:8786')"),
+                 (DaskExecutor(), "DaskExecutor(None)"), (DaskExecutor("local:3"), "DaskExecutor('local:3', n_workers=3)")]
+    if importlib.util.find_spec("ray") is not None:
+        made += [(RayExecutor("ray://10.0.0.5:10001", allow_network=True),
+                  "RayExecutor('ray://10.0.0.5:10001', allow_network=True)")]
+    for ex, shown in made:
+        assert repr(ex) == shown
+        ex.close()

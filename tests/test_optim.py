@@ -455,3 +455,13 @@ def test_an_optimizer_repr_is_its_settings():
         assert "0x" not in text and "<" not in text and text == opt.config
         assert eval(text, vars(zo)).config == opt.config
     assert repr(zo.sgd(0.1)) == repr(zo.sgd(0.1))
+
+
+def test_an_own_optimizer_with_a_config_that_is_no_text_has_a_repr():
+    """``zo.Optimizer(init, update, lr, name, config)`` with ``config=None`` or a dict trains fine,
+    but its repr returned ``config`` itself: ``TypeError: __repr__ returned non-string``
+    (printing it, a debugger's variables view, an f-string with ``!r``)."""
+    for cfg in (None, {"lr": 0.1}, ""):
+        opt = zo.Optimizer(lambda p: None, lambda g, s, p, lr=None: (p, s), 0.1, "mine", cfg)
+        text = repr(opt)
+        assert isinstance(text, str) and "mine" in text and repr(cfg) in text

@@ -471,6 +471,33 @@ class _TwoBranch(nn.Module):
         return self.head(torch.cat([a, b], dim=1))
 
 
+def test_parameters_over_disjoint_columns_of_one_matrix_are_kept():
+    """Three Parameters cut from one fused (4, 6) matrix by columns (``nn.Parameter(w[:, 0:2])``, ...)
+    share a storage and their spans interleave, but no element: they were refused as "two Parameters
+    sharing memory". Kept, with CGE partials equal to autograd's in float64."""
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w = torch.randn(4, 6, dtype=torch.float64)
+            self.a, self.b, self.c = (nn.Parameter(w[:, i:i + 2]) for i in (0, 2, 4))
+
+        def forward(self, x):
+            return torch.cat([x @ self.a, x @ self.b, x @ self.c], dim=1)
+
+    torch.manual_seed(0)
+    model = Fused()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 6, (8,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y))
+    g = zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE(mu=1e-6, scheme="central")).grad
+    CE_ROWS(model(x), y).mean().backward()
+    ref = torch.cat([model.a.grad.flatten(), model.b.grad.flatten(), model.c.grad.flatten()]).numpy()
+    np.testing.assert_allclose(g, ref, atol=1e-8)
+    model.b = nn.Parameter(model.a[:, 1:])  # one column shared with a: still refused
+    with pytest.raises(zo.ArgumentError, match="'a' and 'b' are two Parameters sharing memory"):
+        TorchOracle(model, CE_ROWS, (x, y))
+
+
+
 def test_suffix_runs_only_the_steps_downstream_of_the_block():
     torch.manual_seed(8)
     model = _TwoBranch().double()

@@ -1745,3 +1745,15 @@ def test_prints_beside_the_lines_add_no_progress_lines(monkeypatch):
     lines = log.getvalue().splitlines()
     assert sum(line.startswith("CB step") for line in lines) == 50
     assert sum(line.startswith("train") for line in lines) <= 3, lines[:8]  # the first, the last
+
+
+def test_callbacks_false_is_no_callbacks():
+    """``callbacks=verbose and [printer]`` is False when not verbose: taken as no callbacks (as
+    before the callbacks check), not refused as "got bool"; 5 and a string still are."""
+    f = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(optimizer=zo.sgd(0.1), epochs=2, progress=False)
+    res = zo.train(f, np.zeros(3), callbacks=False, **kw)
+    np.testing.assert_array_equal(res.params, zo.train(f, np.zeros(3), **kw).params)
+    for bad in (5, "printer", True):
+        with pytest.raises(zo.ArgumentError, match="`callbacks` must be a list of callables"):
+            zo.train(f, np.zeros(3), callbacks=bad, **kw)

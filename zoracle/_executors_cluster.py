@@ -428,7 +428,10 @@ class DaskExecutor(ShardedExecutor):
 
     def __repr__(self) -> str:
         spec = self._spec if self._spec is None or isinstance(self._spec, str) else type(self._spec).__name__
-        return (f"DaskExecutor({spec!r}, n_workers={self.n_workers}"
+        # n_workers as given (or as started): an unsized local cluster gets the CPU count at start, a
+        # running cluster its own workers (n_workers beside a scheduler address is refused)
+        sized = self._count is not None or self.client is not None
+        return (f"DaskExecutor({spec!r}" + (f", n_workers={self.n_workers}" if sized else "")
                 + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
     def start(self) -> None:
@@ -849,7 +852,9 @@ class RayExecutor(ShardedExecutor):
         self.n_workers = int(self._count or 1)
 
     def __repr__(self) -> str:
-        return (f"RayExecutor({self.address!r}, n_workers={self.n_workers}"
+        sized = self._count is not None or bool(self._actors)  # (default: the cluster's CPU count, at start)
+        return (f"RayExecutor({self.address!r}" + (f", n_workers={self.n_workers}" if sized else "")
+                + (", allow_network=True" if self.allow_network else "")
                 + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
     def start(self) -> None:

@@ -55,7 +55,10 @@ class Optimizer(NamedTuple):
     def __repr__(self) -> str:
         # the settings, as the call that built it: the tuple's repr showed ``init`` and ``update``
         # as <function sgd.<locals>.init at 0x7f...>, an address that changes from run to run
-        return self.config
+        if isinstance(self.config, str) and self.config:
+            return self.config
+        # an own optimizer's config that is no text (None, a dict): repr must return a str
+        return f"Optimizer(name={self.name!r}, lr={self.lr!r}, config={self.config!r})"
 
 
 class SGDState(NamedTuple):

@@ -739,11 +739,16 @@ def _count_of(state):
 
 
 def _restore_state(template, saved: dict, count: int, xp):
-    def back(init, a):  # a tuple, list or Python number init gave comes back as one, not as an array
+    def back(init, a, inner=False):  # a tuple, list or Python number init gave comes back as one, not as an array
         if type(init) in (tuple, list):  # each element as init gave it (an array stays an array)
-            return type(init)(back(e, x) for e, x in zip(init, np.asarray(a)))
+            return type(init)(back(e, x, True) for e, x in zip(init, np.asarray(a)))
+        # a tuple was saved as one array of its elements' common type (an int and a float: float64):
+        # each element gets init's own type back (an int stays an int, a float32 array float32)
         if type(init) in (bool, int, float):
-            return np.asarray(a).item()
+            v = np.asarray(a).item()
+            return type(init)(v) if inner else v
+        if inner and isinstance(getattr(init, "dtype", None), np.dtype):
+            return xp.asarray(np.asarray(a).astype(init.dtype, copy=False))
         return xp.asarray(a)
 
     fields = {k: (int(count) if k == "count" else back(v, saved[k])) for k, v in template._asdict().items()}
@@ -1052,7 +1057,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if callable(callbacks):
         raise ArgumentError(f"`callbacks` must be a list of callables; got one, {getattr(callbacks, '__name__', callbacks)!r}: "
                             "pass callbacks=[fn]")
-    if callbacks is None:
+    if callbacks is None or callbacks is False:  # (False: `callbacks=verbose and [printer]`, taken as none before)
         callbacks = ()
     if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__") or getattr(callbacks, "ndim", 1) != 1:
         # a number, a 0-d array or tensor: a TypeError from iterating it otherwise
