@@ -657,6 +657,23 @@ def test_a_second_run_writing_the_same_checkpoint_is_not_overwritten_silently(tm
     assert np.array_equal(arrays["params"], theirs.params) and meta["step"] == 12
 
 
+def test_a_checkpoint_another_run_wrote_before_this_runs_first_save_is_not_overwritten(tmp_path):
+    """Two runs given one path, neither file there when this run started: the other run wrote (and
+    finished) its checkpoint before this run's first save, which replaced it without a word."""
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=2, steps_per_epoch=3, optimizer=zo.sgd(0.1), progress=False)
+    theirs = []
+
+    def meanwhile(event, record, params):  # the other run, whole, during this run's first step
+        if event == "step" and record["step"] == 0:
+            theirs.append(zo.train(lambda x: float(((x + 1) ** 2).sum()), np.zeros(3), checkpoint=ck, **kw))
+
+    with pytest.raises(zo.CheckpointError, match="rewritten by another writer since this run started"):
+        zo.train(lambda x: float(((x - 1) ** 2).sum()), np.zeros(3), checkpoint=ck, callbacks=[meanwhile], **kw)
+    arrays, meta = zo.load_checkpoint(ck)  # the other run's checkpoint, left as it is
+    assert np.array_equal(arrays["params"], theirs[0].params) and meta["step"] == 6
+
+
 def test_a_state_tuple_of_arrays_resumes_as_a_tuple_of_arrays(tmp_path):
     """An own optimizer keeping its last two gradients as a tuple of arrays: a resume gave the tuple
     back as lists of floats (0.3 * list: TypeError); the resumed run must equal the uninterrupted one."""

@@ -91,6 +91,22 @@ def test_timeout_names_the_shard_and_the_worker(kind):
         JoblibExecutor(2, timeout=0)
 
 
+def test_a_timeout_names_the_failure_whose_retry_it_kept_waiting():
+    """Two threads: the base query hangs, coordinate 0's oracle raises. Its retry waits for the
+    other (hung) thread, so the run ends in a ShardTimeout for the base point, whose message did
+    not mention the oracle's own error (ValueError: boom) at all."""
+    def loss(x):
+        if x[0] != 0:
+            raise ValueError("boom")
+        time.sleep(3.0)
+        return 1.0
+
+    with JoblibExecutor(2, backend="threading", timeout=0.5) as ex:
+        with pytest.raises(ShardTimeout, match=r"did not finish within timeout=0.5 s.*meanwhile shard \d/2 "
+                                               r"\(coordinate 0.*ValueError: boom"):
+            zo.estimate_gradient(loss, np.zeros(1), zo.CGE(), executor=ex)
+
+
 class _ScratchSlowOnce:
     """A serial oracle (a scratch buffer, not thread-safe): one slow query at coordinate 3, then fast."""
 

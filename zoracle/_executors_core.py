@@ -984,7 +984,13 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
                 if late:
                     i, w = inflight[late[0]]
                     stuck = [inflight[j][1] for j in late]
-                    raise _timed_out(i, n, shards[i], backend.name(w), timeout, late[0] in loading)
+                    err = _timed_out(i, n, shards[i], backend.name(w), timeout, late[0] in loading)
+                    pending = [(k, failed_on[k][0]) for k in queue if failed_on[k]]
+                    if pending:  # a failure awaiting its retry on another worker: not hidden by the timeout
+                        k, (wk, ck) = pending[0]
+                        err.args = (f"{err.args[0]}; meanwhile shard {k + 1}/{n} ({describe_task(shards[k])}) failed on "
+                                    f"{wk} ({_cause_text(ck)}) and was waiting for another worker to retry it",)
+                    raise err
     except BaseException as exc:
         if inflight:  # the late shards' workers may be inside a hung call, all of them after Ctrl-C;
             # an error elsewhere leaves every worker to finish its shard

@@ -1366,11 +1366,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
                 "fingerprints": prints, "modes": modes}
-        if written[0] is not None and _stamp() not in (None, written[0]):  # not the file this run wrote last
+        if _stamp() not in (None, written[0]):  # not the file this run wrote last (or found at its start)
+            since = (f"this run saved (or resumed from) step {saved[0]}" if saved[0] is not None else
+                     "this run started (before its first save)")
             err = CheckpointError(
-                f"the checkpoint {os.fspath(checkpoint)!r} was rewritten by another writer since this run saved (or "
-                f"resumed from) step {saved[0]}: two runs given the same checkpoint path overwrite each other's "
-                "saves, and a resume continues whichever saved last; give each run its own checkpoint path")
+                f"the checkpoint {os.fspath(checkpoint)!r} was rewritten by another writer since {since}: two runs "
+                "given the same checkpoint path overwrite each other's saves, and a resume continues whichever saved "
+                "last; give each run its own checkpoint path")
             if not last:
                 raise err
             warnings.warn(f"train: {err}; the file is left as it is and the result is returned", UserWarning,
@@ -1405,7 +1407,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     same_file = resume is not None and checkpoint is not None and \
         os.path.realpath(os.fspath(resume)) == os.path.realpath(os.fspath(checkpoint))
     saved = [got["step"] if same_file else None]
-    written = [_stamp() if same_file else None]  # the file this run wrote last (or resumed from)
+    # the file this run wrote last (or resumed from, or found at its start: an earlier run's, overwritten
+    # with a warning, or None): a file another run wrote before this run's first save is not overwritten
+    written = [_stamp() if checkpoint is not None else None]
     warned_at = [None]  # the step whose final save failed (warned once)
 
     from tqdm.auto import tqdm
