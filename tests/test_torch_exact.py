@@ -1793,19 +1793,7 @@ def test_a_forward_that_writes_and_reads_a_buffer_gives_every_query_the_same_buf
     if layer == "running_scale":  # read, always: its output scales with the buffer
         assert "write buffers in their train-mode forward and then read them" in said, said
     assert oracle.blocks  # the split was kept
-    ref = copy.deepcopy(model)  # the textbook loop's model: every forward's buffer writes put back
-    kept = {k: b.clone() for k, b in ref.named_buffers()}
-    params = dict(ref.named_parameters())
-    flat = [params[n] for n in oracle.parameter_names]
-
-    def loss(v):
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(torch.as_tensor(v), flat)
-            out = float(CE_ROWS(ref(x), y).mean())
-            for k, b in ref.named_buffers():
-                b.copy_(kept[k])
-        return out
-
+    loss = _buffers_put_back(copy.deepcopy(model), oracle, x, y)
     eye = np.eye(theta.size)
     if scheme == "central":
         want = np.array([(loss(theta + 1e-6 * e) - loss(theta - 1e-6 * e)) / 2e-6 for e in eye])
@@ -1814,6 +1802,29 @@ def test_a_forward_that_writes_and_reads_a_buffer_gives_every_query_the_same_buf
         want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in eye])
     np.testing.assert_allclose(est.grad, want, rtol=1e-5, atol=1e-8)
     assert est.loss == pytest.approx(loss(theta), rel=1e-12)
+
+
+def _buffers_put_back(ref, oracle, x, y):
+    """The textbook loop's loss on ``ref`` (a copy of the model), every forward's buffer writes put
+    back after it, the parameters set in ``oracle``'s order; with ``oracle=None``, a function of the
+    oracle giving that loss (a copy taken before the oracle first ran the model)."""
+    kept = {k: b.clone() for k, b in ref.named_buffers()}
+
+    def bind(oracle):
+        params = dict(ref.named_parameters())
+        flat = [params[n] for n in oracle.parameter_names]
+
+        def loss(v):
+            with torch.no_grad():
+                torch.nn.utils.vector_to_parameters(torch.as_tensor(v), flat)
+                out = float(CE_ROWS(ref(x), y).mean())
+                for k, b in ref.named_buffers():
+                    b.copy_(kept[k])
+            return out
+
+        return loss
+
+    return bind if oracle is None else bind(oracle)
 
 
 class _RunningScale(nn.Module):
@@ -1845,8 +1856,7 @@ def test_full_forwards_give_every_vectorized_tensor_the_buffers_the_query_found(
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), scaled, nn.Tanh(), nn.Linear(5, 3)).double().train()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(7, 4, dtype=torch.float64, generator=g), torch.randint(0, 3, (7,), generator=g)
-    ref = copy.deepcopy(model)  # the textbook loop's model: every forward's buffer writes put back
-    kept = {k: b.clone() for k, b in ref.named_buffers()}
+    loss = _buffers_put_back(copy.deepcopy(model), oracle=None, x=x, y=y)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*write buffers in their train-mode forward")
         warnings.filterwarnings("ignore", message="TorchOracle: torch.func.vmap failed")
@@ -1855,17 +1865,7 @@ def test_full_forwards_give_every_vectorized_tensor_the_buffers_the_query_found(
         theta = oracle.initial_params()
         est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="forward"))
     assert not oracle.blocks  # full forwards
-    params = dict(ref.named_parameters())
-    flat = [params[n] for n in oracle.parameter_names]
-
-    def loss(v):
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(torch.as_tensor(v), flat)
-            out = float(CE_ROWS(ref(x), y).mean())
-            for k, b in ref.named_buffers():
-                b.copy_(kept[k])
-        return out
-
+    loss = loss(oracle)
     base = loss(theta)
     want = np.array([(loss(theta + 1e-6 * e) - base) / 1e-6 for e in np.eye(theta.size)])
     np.testing.assert_allclose(est.grad, want, rtol=1e-5, atol=1e-8)
