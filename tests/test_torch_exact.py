@@ -3021,3 +3021,25 @@ def test_a_hook_that_changes_nothing_at_a_zero_head_still_retires_the_split():
     base = loss(moved)
     want = np.array([(loss(moved + 1e-3 * e) - base) / 1e-3 for e in np.eye(moved.size)])
     np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-9)
+
+
+def test_the_aliasing_check_finds_a_shared_element_as_a_set_intersection_does():
+    """`_refuse_aliased` marks one parameter's element addresses in a table and looks the other's up
+    (np.intersect1d sorted both: minutes before refusing a tied 50,000 x 768 embedding). Checked
+    against Python's set intersection of the addresses on strided views of one buffer, stride 0
+    (expanded) and overlapping windows included."""
+    from adapters.torch import _addresses, _share_an_element
+
+    rng = np.random.default_rng(0)
+    base = torch.zeros(4096, dtype=torch.float64)
+    for _ in range(400):
+        views = []
+        for _ in range(2):
+            ndim = int(rng.integers(1, 4))
+            shape = tuple(int(n) for n in rng.integers(1, 6, ndim))
+            stride = tuple(int(s) for s in rng.integers(0, 9, ndim))
+            span = sum((n - 1) * s for n, s in zip(shape, stride))
+            views.append(base.as_strided(shape, stride, int(rng.integers(0, 4096 - span))))
+        a, b = views
+        want = bool(set(_addresses(a).tolist()) & set(_addresses(b).tolist()))
+        assert _share_an_element(a, b) == want == _share_an_element(b, a), (a.shape, a.stride(), b.shape, b.stride())
