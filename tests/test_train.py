@@ -1752,8 +1752,9 @@ def test_callbacks_false_is_no_callbacks():
     before the callbacks check), not refused as "got bool"; 5 and a string still are."""
     f = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
     kw = dict(optimizer=zo.sgd(0.1), epochs=2, progress=False)
-    res = zo.train(f, np.zeros(3), callbacks=False, **kw)
-    np.testing.assert_array_equal(res.params, zo.train(f, np.zeros(3), **kw).params)
-    for bad in (5, "printer", True):
+    plain = zo.train(f, np.zeros(3), **kw).params
+    for none in (False, np.False_):  # (NumPy's False, `verbose` read from an array, was refused)
+        np.testing.assert_array_equal(zo.train(f, np.zeros(3), callbacks=none, **kw).params, plain)
+    for bad in (5, "printer", True, np.True_):
         with pytest.raises(zo.ArgumentError, match="`callbacks` must be a list of callables"):
             zo.train(f, np.zeros(3), callbacks=bad, **kw)

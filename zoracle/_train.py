@@ -1057,7 +1057,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if callable(callbacks):
         raise ArgumentError(f"`callbacks` must be a list of callables; got one, {getattr(callbacks, '__name__', callbacks)!r}: "
                             "pass callbacks=[fn]")
-    if callbacks is None or callbacks is False:  # (False: `callbacks=verbose and [printer]`, taken as none before)
+    if callbacks is None or (isinstance(callbacks, (bool, np.bool_)) and not callbacks):
+        # (False, NumPy's too: `callbacks=verbose and [printer]`, taken as none before)
         callbacks = ()
     if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__") or getattr(callbacks, "ndim", 1) != 1:
         # a number, a 0-d array or tensor: a TypeError from iterating it otherwise
