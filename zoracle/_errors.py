@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 __all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
 
 
@@ -100,3 +103,15 @@ def _round_trips(obj) -> bool:
 class MissingExtra(ZoracleError, ImportError):
     """A package an optional feature needs is not installed; the message names the extra that
     installs it (``pip install -e '.[dask]'``)."""
+
+
+def finite_real(value) -> bool:
+    """Whether ``value`` is a real number (not a bool) of finite value. A Fraction, a NumPy scalar
+    or a Python int beyond int64 counts (``np.isfinite`` raises TypeError on the last two); one
+    beyond float (``10**400``) is not finite (``float()`` raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._errors import ArgumentError
+from ._errors import ArgumentError, finite_real
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows
@@ -30,11 +30,7 @@ def _check_choice(name: str, value, valid) -> None:
 
 
 def _check_mu(mu) -> None:
-    try:  # float() first: np.isfinite refuses a Python int beyond int64 (10**30) with a TypeError
-        bad = isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not np.isfinite(float(mu)) or mu <= 0
-    except OverflowError:  # beyond float (10**400)
-        bad = True
-    if bad:
+    if not finite_real(mu) or mu <= 0:
         raise ArgumentError(f"`mu` must be a finite number > 0 (e.g. 5e-3), got {mu!r}")
 
 
@@ -196,12 +192,7 @@ class SNES:
             raise ArgumentError(f"`population` must be an integer >= 2 (e.g. 100) and at most {_MAX_COUNT}, or None for "
                                 f"4 + 3 ln d, got {n!r}")
         r = self.sigma_lr
-        try:  # float() first: np.isfinite refuses a Fraction or a Python int beyond int64 (10**30), as _check_mu
-            bad = r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not np.isfinite(float(r))
-                                     or r < 0)
-        except OverflowError:  # beyond float (10**400)
-            bad = True
-        if bad:
+        if r is not None and (not finite_real(r) or r < 0):
             raise ArgumentError(f"`sigma_lr` must be a finite number >= 0 or None for 0.2 (3 + ln d) / sqrt(d), got {r!r}")
         _plain_numbers(self, mu=float, population=int, sigma_lr=float)
 

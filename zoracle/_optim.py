@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._errors import ArgumentError, check_flag
+from ._errors import ArgumentError, check_flag, finite_real
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
@@ -77,11 +77,7 @@ class SignState(NamedTuple):
 
 
 def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
-    try:  # (math.isfinite(10**400): OverflowError)
-        finite = isinstance(value, numbers.Real) and math.isfinite(value)
-    except OverflowError:
-        finite = False
-    if isinstance(value, bool) or not finite:
+    if not finite_real(value):
         raise ArgumentError(f"`{name}` must be a finite number, got {value!r}")
     if value < lo or value > hi or (hi_open and value == hi):
         bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"

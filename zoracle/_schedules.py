@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from ._errors import ArgumentError
+from ._errors import ArgumentError, finite_real
 
 __all__ = [
     "Schedule",
@@ -40,11 +40,7 @@ FloatOrSchedule = Union[float, Schedule]
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:  # (math.isfinite(10**400): OverflowError)
-        finite = isinstance(value, numbers.Real) and math.isfinite(value)
-    except OverflowError:
-        finite = False
-    if isinstance(value, bool) or not finite:
+    if not finite_real(value):
         raise ArgumentError(f"`{name}` must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ArgumentError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -196,12 +192,7 @@ def as_schedule(value: FloatOrSchedule, name: str = "lr", positive: bool = False
     (a number below 0, or with ``positive`` (``mu``) not above 0)."""
     if callable(value):
         return value
-    try:  # (math.isfinite(10**400): OverflowError)
-        finite = isinstance(value, numbers.Real) and math.isfinite(value)
-    except OverflowError:
-        finite = False
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not finite or value < 0 \
-            or (positive and value <= 0):
+    if not finite_real(value) or value < 0 or (positive and value <= 0):
         raise ArgumentError(
             f"`{name}` must be a {'finite number > 0 (e.g. 5e-3)' if positive else 'number >= 0'} or a schedule "
             f"(a callable step -> value), got {value!r}"

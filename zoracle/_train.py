@@ -1020,9 +1020,6 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     epochs = _count("epochs", epochs, 0)
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
-        if steps_per_epoch > sys.maxsize:  # beyond a list's length: OverflowError deep inside otherwise
-            raise ArgumentError(f"`steps_per_epoch` must be an integer >= 1 and at most {sys.maxsize}, got "
-                                f"{steps_per_epoch!r}")
     eval_every = _count("eval_every", eval_every, 1)
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
-from ._errors import ArgumentError, OracleError, ZoracleError
+from ._errors import ArgumentError, OracleError, ZoracleError, finite_real
 from ._estimators import as_generator
 
 __all__ = [
@@ -67,12 +67,7 @@ def _check_alpha(alpha) -> float:
 
 
 def _check_sigma(sigma) -> float:
-    try:  # float() first: np.isfinite refuses a Python int beyond int64 (10**30) with a TypeError, as _check_mu
-        bad = (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(float(sigma))
-               or sigma <= 0)
-    except OverflowError:  # beyond float (10**400)
-        bad = True
-    if bad:
+    if not finite_real(sigma) or sigma <= 0:
         raise ArgumentError(f"`sigma` must be a finite noise level > 0 (e.g. 0.25), got {sigma!r}")
     return float(sigma)
 
