@@ -63,7 +63,7 @@ class Optimizer(NamedTuple):
 
 class SGDState(NamedTuple):
     count: int
-    momentum: Any  # velocity buffer (zeros when momentum == 0)
+    momentum: Any  # velocity buffer (an empty array when momentum == 0: no d-sized zeros to hold and checkpoint)
 
 
 class AdamState(NamedTuple):
@@ -97,11 +97,12 @@ def _check_params(params, where: str) -> None:
                             "float64 arrays (as train does): use params.astype(np.float32)")
 
 
-def _check_update(name: str, grad, state, params, state_type, signs: bool = False) -> None:
+def _check_update(name: str, grad, state, params, state_type, signs: bool = False, empty_ok=()) -> None:
     """What ``update(grad, state, params)`` needs, checked (a user may call it outside train):
     float params, a gradient of their shape (a (d, 1) one broadcast them to (d, d)), and the
     state this optimizer's ``init`` built for them (another size broadcast silently). ``signs``:
-    the optimizer uses the gradient's signs only, and an infinite entry has one (NaN has none)."""
+    the optimizer uses the gradient's signs only, and an infinite entry has one (NaN has none).
+    ``empty_ok``: state fields that may be empty arrays (a buffer this optimizer does not use)."""
     _check_params(params, f"{name}.update()")
     if not isinstance(state, state_type):
         raise ArgumentError(f"`state` passed to {name}.update() must be the {state_type.__name__} that {name}'s "
@@ -132,7 +133,8 @@ def _check_update(name: str, grad, state, params, state_type, signs: bool = Fals
                             f"index {bad}: the step would make that parameter NaN or infinite (and poison the "
                             "optimizer's state); fix the gradient before the update")
     for field, value in state._asdict().items():
-        if field != "count" and getattr(value, "shape", params.shape) != params.shape:
+        if field != "count" and getattr(value, "shape", params.shape) != params.shape and not (
+                field in empty_ok and getattr(value, "shape", None) == (0,)):
             raise ArgumentError(f"`state` passed to {name}.update() was built for params of shape {value.shape} "
                                 f"(its {field!r}), these have {params.shape}: call {name}'s init(params) for them")
 
@@ -141,6 +143,25 @@ def _lr_at(schedule, state_count, lr):
     if lr is None:
         return schedule_value(schedule, int(state_count), "lr")
     return check_value(lr, "`lr` passed to update()")
+
+
+def _times(params, step, d, own: bool):
+    """``step * d`` (``step`` in params' dtype), written into ``d`` where it is a temporary of the
+    caller's (``own``) of params' dtype: the same products, one d-sized array fewer."""
+    s = params.dtype.type(step)
+    xp = namespace(params)
+    if own and isinstance(d, xp.ndarray) and d.dtype == params.dtype:
+        return xp.multiply(d, s, out=d)
+    return s * d
+
+
+def _minus(params, t):
+    """``params - t`` written into ``t``, a d-sized temporary of the caller's (:func:`_times`'s):
+    the same operation and dtype as ``params - t``, one d-sized array fewer at the update's peak."""
+    xp = namespace(params)
+    if isinstance(t, xp.ndarray) and t.shape == params.shape and t.dtype == xp.result_type(params, t):
+        return xp.subtract(params, t, out=t)
+    return params - t  # a scalar gradient, or a dtype that params - t would change
 
 
 def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:
@@ -167,18 +188,22 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
 
     def init(params):
         _check_params(params, "sgd's init()")
-        return SGDState(0, namespace(params).zeros_like(params))
+        xp = namespace(params)
+        return SGDState(0, xp.zeros_like(params) if momentum else xp.zeros(0, dtype=params.dtype))
 
     def update(grad, state, params, lr=None):
-        _check_update("sgd", grad, state, params, SGDState)
+        # without momentum the velocity is unused: an empty one (or the zeros init made before)
+        _check_update("sgd", grad, state, params, SGDState, empty_ok=() if momentum else ("momentum",))
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad
+        own = bool(weight_decay)  # whether d is this update's own temporary (not grad, not the velocity)
         if momentum:
             v = momentum * state.momentum + g
-            d = g + momentum * v if nesterov else v
-        else:
-            v, d = state.momentum, g
-        new = (params - params.dtype.type(step) * d).astype(params.dtype, copy=False)
+            d, own = (g + momentum * v, True) if nesterov else (v, False)
+        else:  # (a state resumed from an older checkpoint holds d zeros: they are dropped)
+            v, d = state.momentum if state.momentum.shape == (0,) else namespace(params).zeros(0, dtype=params.dtype), g
+        del g  # (weight decay's g, once v or d holds what is needed of it)
+        new = _minus(params, _times(params, step, d, own)).astype(params.dtype, copy=False)
         return new, SGDState(state.count + 1, v.astype(params.dtype, copy=False))
 
     config = f"sgd(lr={describe_schedule(lr)}, momentum={momentum}, nesterov={bool(nesterov)}, weight_decay={weight_decay})"
@@ -288,7 +313,9 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
         xp = namespace(params)
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad
-        new = (params - params.dtype.type(step) * xp.sign(g)).astype(params.dtype, copy=False)
+        signs = xp.sign(g, out=g) if weight_decay else xp.sign(g)  # (weight decay's g is this update's own)
+        del g
+        new = _minus(params, _times(params, step, signs, True)).astype(params.dtype, copy=False)
         return new, SignState(state.count + 1)
 
     config = f"sign_sgd(lr={describe_schedule(lr)}, weight_decay={weight_decay})"

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import CheckpointError, as_path, check_compatible, load_checkpoint
+from ._optim import SGDState
 from ._schedules import schedule_value
 
 __all__ = ["read_resume", "read_history", "compare_fingerprints", "compare_history"]
@@ -186,10 +187,13 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
     """
     p = np.asarray(to_numpy(params))
     expected = {"params": (p.shape, (p.dtype,))}
+    zeros_ok = set()  # sgd's unused velocity: empty now, d zeros in checkpoints written before
     for k, v in state._asdict().items():
         if k != "count":
             v = np.asarray(to_numpy(v))
-            expected[f"opt/{k}"] = (v.shape, (v.dtype,))
+            if isinstance(state, SGDState) and k == "momentum" and v.shape == (0,):
+                zeros_ok.add(f"opt/{k}")
+            expected[f"opt/{k}"] = (None if f"opt/{k}" in zeros_ok else v.shape, (v.dtype,))
     if sparse:
         expected["ratios"] = ((n_scored,), (np.float64,))
     if estimator_state is not None:
@@ -290,6 +294,10 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
     if missing:
         raise CheckpointError(f"checkpoint {path!r} lacks the arrays {missing}; it was written by another run "
                               f"(optimizer, sparsity or oracle); {_FIX}")
+    for k in zeros_ok & set(arrays):
+        if arrays[k].shape not in ((0,), p.shape) or np.any(arrays[k]):
+            raise CheckpointError(f"checkpoint {path!r}: array {k!r} has shape {arrays[k].shape}; sgd without momentum "
+                                  f"keeps an empty one (or {p.shape[0]} zeros, as saved before); {_FIX}")
     for k, a in arrays.items():
         if not k.startswith("oracle/"):  # the oracle's own state may hold inf (an attention mask's -inf)
             _finite(path, k, a)
