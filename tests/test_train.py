@@ -208,6 +208,44 @@ def test_progress_without_a_stderr_trains_without_the_bar(monkeypatch):
     assert np.array_equal(shown.params, quiet.params) and len(shown.history.steps) == 6
 
 
+@pytest.mark.parametrize("tty", [False, True])
+@pytest.mark.parametrize("good_writes", [0, 1])
+def test_a_broken_stderr_pipe_switches_the_bar_off_and_loses_no_work(monkeypatch, tty, good_writes):
+    """`python run.py 2>&1 | head -1`: once the reader has gone, every write to stderr raises
+    BrokenPipeError (EPIPE; tqdm itself only swallows EIO). The bar's first line (good_writes=0) or
+    its last one, in the `finally` after the run's steps (good_writes=1), aborted zo.train with it
+    and the run's result was lost. The bar switches itself off instead; the run is the one
+    progress=False makes."""
+    import io
+    import sys
+
+    class Pipe(io.TextIOBase):
+        def __init__(self):
+            self.writes = 0
+
+        def write(self, s):
+            self.writes += 1
+            if self.writes > good_writes:
+                raise BrokenPipeError(32, "Broken pipe")
+            return len(s)
+
+        def flush(self):
+            if self.writes > good_writes:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self):
+            return tty
+
+    f = lambda x: float(((x - 1.0) ** 2).sum())  # noqa: E731
+    kw = dict(epochs=3, steps_per_epoch=2, optimizer=zo.sgd(0.1), rng=0)
+    quiet = zo.train(f, np.zeros(4), progress=False, **kw)
+    pipe = Pipe()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    shown = zo.train(f, np.zeros(4), progress=True, **kw)
+    assert pipe.writes > good_writes  # the pipe did break under the bar
+    assert np.array_equal(shown.params, quiet.params) and shown.steps == 6 and not shown.stopped
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -437,6 +475,21 @@ class _Calls:
 class _Bindable(_Calls):
     def bind(self, batch):
         return self
+
+
+def test_zo_grasp_spends_no_query_on_a_run_with_no_step():
+    """epochs=0 with sparsity spent ZO-GraSP's 2 * (grasp_directions + 1) = 386 queries (and warned
+    about the blocks it left empty) for a run that takes no step and saves no checkpoint: it
+    spends none, as the dense run of epochs=0 does."""
+    oracle = _Calls()
+    blocks = [slice(0, 2), slice(2, 4)]
+    r = zo.train(oracle, np.linspace(0.2, 0.5, 4), epochs=0, sparsity=0.5, blocks=blocks, rng=0, progress=False)
+    assert r.steps == 0 and r.nfev == 0 and oracle.calls == 0
+    assert r.ratios is None and r.coordinates is None  # no mask drawn, no ratios scored
+    # the same run of one epoch still scores with ZO-GraSP first
+    one = zo.train(oracle, np.linspace(0.2, 0.5, 4), epochs=1, sparsity=0.5, blocks=blocks, grasp_directions=4, rng=0,
+                   progress=False)
+    assert one.steps == 1 and one.ratios is not None and one.nfev == oracle.calls > 2 * (4 + 1)
 
 
 def test_mu_schedule_with_no_step_to_run():

@@ -598,6 +598,34 @@ class _Beside:
         return getattr(self._stream, name)
 
 
+class _BarStream:
+    """The stream the progress bar writes to: a write or flush that fails (a pipe whose reader has
+    gone, ``python run.py 2>&1 | head``; a closed or full stream) switches the bar off instead of
+    aborting the run, which loses no work to a progress line."""
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def _call(self, name, *args):
+        if self.broken:
+            return None
+        try:
+            return getattr(self._stream, name)(*args)
+        except (OSError, ValueError) as exc:
+            self.broken = True
+            log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc)
+            return None
+
+    def write(self, s):
+        return self._call("write", s)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 #: seconds between the progress lines written to a stream that is no terminal (a log file, a pipe, CI)
 _LINE_SECONDS = 10.0
 
@@ -1316,6 +1344,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             keep = smart_ratio(scored, sparsity, kinds=kinds)
         elif ratios == "random":
             keep = random_ratios(scored, sparsity, rng=np.random.default_rng([root, 3]))
+        elif epochs == 0 and checkpoint is None:
+            pass  # no step to draw a mask for, and no checkpoint to keep the ratios for a resume: ZO-GraSP's queries would buy nothing
         else:
             gb = grasp_batch
             if gb is None and batches is not None:
@@ -1338,7 +1368,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
             log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
             _warn_zero_blocks(params, scored, keep, all_blocks, filled=fill_small_blocks)
-    masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse else None
+    masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse and keep is not None else None
 
     steps_text, epochs_text = Records(steps_hist), Records(epoch_hist)  # each record encoded at its first save
 
@@ -1428,9 +1458,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     progress = progress and sys.stderr is not None  # no stderr (pythonw, `2>&-`): no bar to draw, not a crash
     lines = progress and not _redraws(sys.stderr)  # a log file: a line every _LINE_SECONDS, not ten redraws a second
     from tqdm.std import tqdm as text_tqdm
-    lines = lines and getattr(tqdm, "display", None) is text_tqdm.display  # (a notebook's widget bar: no lines)
+    text = getattr(tqdm, "display", None) is text_tqdm.display  # (not a notebook's widget bar)
+    lines = lines and text
     bar = (_line_bar(tqdm) if lines else tqdm)(
         total=total_steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
+        **(dict(file=_BarStream(sys.stderr)) if progress and text else {}),
         leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
