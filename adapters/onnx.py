@@ -261,6 +261,87 @@ def _with_external_data(data: bytes, path: str) -> bytes | str:
                             "beside the .onnx file, as it was exported") from None
 
 
+def _training_mode_nodes(model) -> list:
+    """``(node name, op, what it does)`` for the nodes of a model exported in training mode (torch.onnx.export
+    of a model left in train mode with training=TrainingMode.PRESERVE or TRAINING): BatchNormalization with
+    ``training_mode=1`` (opset 14+) or with its training outputs (opset 9-13), which normalizes every call by
+    the batch's own statistics, and Dropout with a constant ``training_mode`` of True, which drops at random.
+    Empty when the onnx package is missing or cannot parse the model."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:  # pragma: no cover - onnx is in the onnx extra
+        return []
+    try:
+        proto = (onnx.load_model_from_string(model) if isinstance(model, bytes)
+                 else onnx.load_model(model, load_external_data=False))
+    except Exception:
+        return []
+    graph = proto.graph
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                   for a in n.attribute if a.name == "value"})
+    found = []
+    for n in graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type == "BatchNormalization" and (
+                len(n.output) > 1 or any(a.name == "training_mode" and a.i for a in n.attribute)):
+            found.append((n.name or n.output[0], n.op_type, "normalizes each call by its own batch statistics"))
+        elif n.op_type == "Dropout" and len(n.input) > 2 and n.input[2] in consts:
+            try:
+                on = bool(numpy_helper.to_array(consts[n.input[2]]).any())
+            except Exception:
+                on = False
+            if on:
+                found.append((n.name or n.output[0], n.op_type, "drops activations at random"))
+    return found
+
+
+def _svm_label_check(model, score_output: str):
+    """``(label output, class labels, node name)`` when ``score_output`` is the score output of an
+    ``ai.onnx.ml`` SVMClassifier (through Cast / Identity / ZipMap, as skl2onnx writes SVC and NuSVC) and the
+    model also outputs that node's labels, and the node has no probability calibration (``prob_a``); else
+    None. onnxruntime writes a binary SVM's two score columns in the opposite order of its labels when it
+    has no calibration (sklearn-onnx issue 990): the first calls compare the columns' argmax with the labels
+    (``OnnxClassifier._run``)."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is in the onnx extra
+        return None
+    try:
+        graph = (onnx.load_model_from_string(model) if isinstance(model, bytes)
+                 else onnx.load_model(model, load_external_data=False)).graph
+    except Exception:
+        return None
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def source(name):  # the SVMClassifier output that ``name`` passes on unchanged, if any
+        for _ in range(len(graph.node) + 1):
+            n = producer.get(name)
+            if n is None or not n.input:
+                return None, None
+            if n.op_type == "SVMClassifier" and n.domain == "ai.onnx.ml":
+                return n, list(n.output).index(name)
+            if n.op_type not in ("Cast", "Identity", "ZipMap"):
+                return None, None
+            name = n.input[0]
+        return None, None
+
+    svm, index = source(score_output)
+    if svm is None or index != 1:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in svm.attribute}
+    if attrs.get("prob_a"):  # calibrated probabilities (SVC(probability=True)) may differ from the labels
+        return None
+    classes = attrs.get("classlabels_ints") or [c.decode() for c in attrs.get("classlabels_strings") or []]
+    for out in graph.output:
+        n, i = source(out.name)
+        if n is svm and i == 0 and classes:
+            return out.name, np.asarray(classes), svm.name or svm.output[0]
+    return None
+
+
 def _have_onnx() -> bool:
     try:
         import onnx  # noqa: F401
@@ -436,6 +517,14 @@ class OnnxClassifier:
                 what = "is not a loadable ONNX model (truncated, corrupted or not ONNX?)"
             raise ArgumentError(f"`model` {self._source} {what}: {kind}: {str(exc).strip()[:300]}") from None
         self.providers = self.session.get_providers()
+        training = _training_mode_nodes(self._model)
+        if training:
+            name, op, what = training[0]
+            raise ArgumentError(
+                f"`model` {self._source} was exported in training mode: {op} node {name!r} {what} ({len(training)} "
+                "such nodes), so a sample's scores would depend on the other samples of a call (batch_size, padding) "
+                "or change from query to query; re-export it in eval mode (model.eval() before torch.onnx.export, "
+                "whose default training=torch.onnx.TrainingMode.EVAL does this)")
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ArgumentError(
@@ -539,6 +628,7 @@ class OnnxClassifier:
                 "re-export the model with the batch axis first (transpose the output inside the model), or choose "
                 "another output with `output=`")
         self.output_kind = "labels" if is_int_vector else "scores"
+        self._label_check = _svm_label_check(self._model, node.name) if self.output_kind == "scores" else None
         last = node.shape[-1] if (self.output_kind == "scores" and not self._zipmap) else None
         self.num_classes = int(last) if isinstance(last, numbers.Integral) and last > 0 else None
 
@@ -660,11 +750,29 @@ class OnnxClassifier:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        check = getattr(self, "_label_check", None)
+        names = [self.output_name] + ([check[0]] if check else [])
+        out, *labels = self.session.run(names, {self.input_name: x})
         if self._zipmap:
             keys = sorted(out[0])
             out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
-        return np.asarray(out)
+        out = np.asarray(out)
+        if check:  # the scores' argmax must be the model's own label (untied rows)
+            top = np.sort(out, axis=1)
+            untied = top[:, -1] > top[:, -2]
+            label = np.asarray(labels[0]).reshape(-1)
+            wrong = untied & (check[1][out.argmax(axis=1)] != label)
+            if wrong.any():
+                i = int(np.flatnonzero(wrong)[0])
+                raise ZoracleError(
+                    f"output {self.output_name!r} of SVMClassifier node {check[2]!r} disagrees with the model's own "
+                    f"label output {check[0]!r} on {int(wrong.sum())} of {int(untied.sum())} samples (sample {i}: "
+                    f"highest score in column {int(out[i].argmax())}, label {label.tolist()[i]!r}): "
+                    "onnxruntime writes a binary SVM's score columns swapped without probability calibration "
+                    "(sklearn-onnx issue 990); use output=" + repr(check[0]) + " for its labels")
+            if untied.any():
+                self._label_check = None  # checked: one call with untied rows is enough
+        return out
 
     def __call__(self, x) -> np.ndarray:
         """Class scores ``(N, C)`` (or labels ``(N,)`` for a label output) for a batch ``x``."""

@@ -693,3 +693,61 @@ def test_cuda_advice_replaces_the_cpu_onnxruntime(onnx_path):
     message = str(info.value)
     # following the advice leaves no CPU onnxruntime: it is uninstalled before onnxruntime-gpu comes in
     assert "pip uninstall -y onnxruntime &&" in message and "onnx-gpu" in message.split("pip uninstall -y onnxruntime")[1]
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_model_exported_in_training_mode_is_refused(opset):
+    # a model left in train mode and exported with training=PRESERVE: its BatchNormalization uses each
+    # call's batch statistics (onnxruntime called directly: a sample's scores change with its batch mates)
+    # and its Dropout drops at random; the eval-mode export of the same model is accepted
+    import io
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(6, 3)).train()
+    x = torch.randn(5, 6)
+
+    def export(training):
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), f, dynamo=False, opset_version=opset, training=training,
+                              input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+        return f.getvalue()
+
+    train_bytes = export(torch.onnx.TrainingMode.PRESERVE)
+    sess = ort.InferenceSession(train_bytes, providers=["CPUExecutionProvider"])
+    whole, alone = sess.run(None, {"x": x.numpy()})[0][:1], sess.run(None, {"x": x.numpy()[:1]})[0]
+    assert np.abs(whole - alone).max() > 1e-2  # the exported graph couples the samples of a call
+    with pytest.raises(zo.ArgumentError, match=r"training mode: BatchNormalization node .*model\.eval\(\)"):
+        OnnxClassifier(train_bytes)
+    clf = OnnxClassifier(export(torch.onnx.TrainingMode.EVAL))
+    with torch.no_grad():
+        np.testing.assert_allclose(clf(x.numpy()), model.eval()(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn 1.9 deprecates SVC's probA_ (skl2onnx reads it)
+@pytest.mark.parametrize("zipmap", [True, False])
+def test_binary_svc_without_probabilities_never_predicts_the_other_class(zipmap):
+    # skl2onnx's binary SVC(probability=False): onnxruntime writes its two score columns in the opposite
+    # order of the labels (sklearn-onnx#990); predict() must not return the other class for every sample
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.svm import SVC
+
+    X = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    y = (X[:, 1] > 0).astype(int)
+    svc = SVC().fit(X, y)
+    proto = skl2onnx.to_onnx(svc, X[:1], options={id(svc): {"zipmap": zipmap}})
+    clf = OnnxClassifier(proto)
+    try:
+        got = clf.predict(X)
+    except zo.ZoracleError as exc:
+        assert "disagrees with the model's own label output" in str(exc) and "output=" in str(exc)
+    else:
+        np.testing.assert_array_equal(got, svc.predict(X))
+    labels = OnnxClassifier(proto, output=0)  # the label output, as the message says
+    np.testing.assert_array_equal(labels.predict(X), svc.predict(X))
+    calibrated = SVC(probability=True, random_state=0).fit(X, y)  # Platt probabilities: no check
+    proto = skl2onnx.to_onnx(calibrated, X[:1], options={id(calibrated): {"zipmap": zipmap}})
+    probs = OnnxClassifier(proto)  # (their argmax may differ from the labels on a few samples)
+    np.testing.assert_allclose(probs(X), calibrated.predict_proba(X), atol=1e-5)
