@@ -294,6 +294,16 @@ def test_save_checkpoint_refuses_what_load_would_refuse(tmp_path):
     assert (meta["step"], meta["lr"], arrays["mask"].tolist()) == (7, 0.5, [True, False])
 
 
+def test_save_checkpoint_takes_a_longdouble_in_the_header(tmp_path):
+    """np.longdouble(0.1).item() is a np.longdouble again: json's default hook was called on it
+    without end (RecursionError) where np.float32 and np.float64 were saved as numbers."""
+    p = tmp_path / "c.npz"
+    zo.save_checkpoint(p, {"params": np.ones(3)}, {"lr": np.longdouble(0.1), "mu": np.float64(1e-3)})
+    meta = zo.load_checkpoint(p)[1]
+    assert (meta["lr"], meta["mu"]) == (0.1, 1e-3)  # the reference: float() of each, as JSON holds it
+    assert type(meta["lr"]) is float
+
+
 def test_an_oracle_state_with_inf_or_bfloat16_buffers_checkpoints_and_resumes(tmp_path):
     """A buffer holding -inf (an additive attention mask) made every checkpoint of the run refuse to
     resume, advising to delete it; a bfloat16 buffer failed the first save with a bare TypeError,

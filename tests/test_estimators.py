@@ -621,6 +621,31 @@ def test_a_central_step_that_rounds_to_zero_on_its_minus_side_is_refused():
         zo.estimate_gradient(lambda z: float(z[0]), x, zo.CGE(mu=4e-8, scheme="central"))
 
 
+def test_a_sparse_step_refusal_names_the_parameter_index():
+    """Sparse CGE checks the step at params[coordinates]: the refusal named the position in
+    `coordinates` (index 1, params[1] = 1e5) where params[1] is 0 and params[7] is the culprit."""
+    x = np.zeros(10, np.float32)
+    x[7] = 1e5  # float32 spacing 0.0078 there: mu = 1e-3 is no step
+    bad = [i for i in (2, 7) if (x[i] + np.float32(1e-3)) - x[i] <= 0]  # the reference: a direct check
+    assert bad == [7]
+    with pytest.raises(zo.ArgumentError, match=r"at index 7 \(params\[7\] = 100000;"):
+        zo.estimate_gradient(lambda z: float(np.sum(z.astype(np.float64) ** 2)), x, zo.CGE(mu=1e-3),
+                             coordinates=[2, 7])
+
+
+def test_big_endian_params_are_named_as_such():
+    """'>f8' params (a big-endian .npy file, FITS) were refused as "must have dtype float32 or
+    float64, got >f8": the array is float64, byte-swapped; the fix keeps float32 float32."""
+    f = lambda z: float(np.sum(z.astype(np.float64) ** 2))  # noqa: E731
+    for dt, native in ((">f8", "float64"), (">f4", "float32")):
+        x = np.arange(3.0).astype(dt)
+        with pytest.raises(zo.ArgumentError, match=f"`params` is {native} in big-endian byte order .*astype\\(np.{native}\\)"):
+            zo.estimate_gradient(f, x)
+        # the fix it names works, and gives the float64 reference 2 x
+        np.testing.assert_allclose(zo.estimate_gradient(f, x.astype(native), zo.CGE(mu=1e-3, scheme="central")).grad,
+                                   2 * np.arange(3.0), rtol=1e-6)
+
+
 class _DeclaresDtype:
     def __init__(self, dtype, cap=None):
         self.compute_dtype = dtype
@@ -720,6 +745,55 @@ def test_a_bad_block_costs_hint_is_named_before_any_query(costs, match):
     q.block_costs = [0.0, 2.0]  # a good hint (a zero cost too) changes nothing in the estimate
     np.testing.assert_allclose(zo.estimate_gradient(q, np.ones(10), zo.CGE(mu=1e-3, scheme="central")).grad,
                                np.ones(10), atol=1e-9)
+
+
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])
+def test_float8_losses_are_warned_about_as_float16_ones_are(monkeypatch, fmt):
+    """A loss returned as a float8 0-d tensor (3 or 2 mantissa bits) gave a zero gradient without a
+    word, where float16, bfloat16 and integer losses are warned about."""
+    torch = pytest.importorskip("torch")
+    import zoracle._estimators as est_module
+
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    x = np.linspace(0, 1, 4)
+    exact = 2 * (x - 3.0)  # the reference: the loss's own gradient
+    loss = lambda p: torch.tensor(float(np.sum((p - 3.0) ** 2))).to(getattr(torch, fmt))  # noqa: E731
+    with pytest.warns(UserWarning, match=f"returns {fmt} losses"):
+        est = zo.estimate_gradient(loss, x, zo.CGE(mu=1e-3))
+    assert np.all(est.grad == 0) and np.all(exact != 0)  # what the warning is about
+
+
+def test_a_batch_of_bfloat16_losses_is_taken_as_a_plain_call_of_one_is(monkeypatch):
+    """A plain call returning a bfloat16 loss is taken (with the coarse-loss warning); a `batch`
+    returning bfloat16 losses was refused: "could not convert to an array (Got unsupported
+    ScalarType BFloat16)" for a torch tensor, "expected real losses" for an ml_dtypes array."""
+    torch = pytest.importorskip("torch")
+    import zoracle._estimators as est_module
+
+    convs = [lambda v: torch.as_tensor(v).to(torch.bfloat16)]
+    try:
+        import ml_dtypes
+
+        convs.append(lambda v: np.asarray(v).astype(ml_dtypes.bfloat16))
+    except ImportError:
+        pass
+    x = np.linspace(0, 1, 4)
+    for conv in convs:
+        class Plain:
+            def __call__(self, p):
+                return conv(float(np.sum((p - 3.0) ** 2)))
+
+        class Batch(Plain):
+            def batch(self, P):
+                return conv(np.sum((np.asarray(P) - 3.0) ** 2, axis=1))
+
+        # the reference: the same bfloat16 losses, one plain call each (a central difference by hand)
+        want = np.array([(float(Plain()(x + 0.1 * e)) - float(Plain()(x - 0.1 * e))) / 0.2 for e in np.eye(4)])
+        for cls in (Plain, Batch):
+            monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+            with pytest.warns(UserWarning, match="returns bfloat16 losses"):
+                got = zo.estimate_gradient(cls(), x, zo.CGE(mu=0.1, scheme="central")).grad
+            np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_coarse_loss_check_costs_no_gradient_pass_when_the_loss_type_needs_none(monkeypatch):

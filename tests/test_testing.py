@@ -210,6 +210,29 @@ def test_check_oracle_reports_a_failing_oracle_and_refuses_a_vacuous_step():
         check_oracle(lambda p: float(p @ p), x, rtol=-1)
 
 
+def test_check_oracle_takes_a_numpy_scalar_step():
+    """step=np.float64(mu) (a mu from np.logspace or a float32 config) failed every
+    coordinate_losses and suffix check with "oracle.coordinate_losses(...) raised TypeError: can't
+    multiply sequence by non-int of type 'numpy.bool'", blaming a correct oracle."""
+    q = QuadraticOracle(np.diag(np.arange(1.0, 7.0)), np.ones(6), blocks=[slice(0, 2), slice(2, 6)])
+    x = np.linspace(-1, 1, 6)
+    want = check_oracle(q, x, step=1e-2)  # the reference: the same check with a Python float
+    for step in (np.float64(1e-2), np.float32(1e-2)):
+        got = check_oracle(q, x, step=step)
+        assert set(got) == set(want) == {"determinism", "batch", "coordinate_losses", "prefix_suffix", "state"}
+        assert all(v < 1e-9 for v in got.values()), got
+
+
+def test_check_oracle_refuses_an_int_beyond_float_by_name():
+    """step, rtol or atol of 10**400 (a Python int, numbers.Real) reached np.isfinite, which raised
+    a bare TypeError ("ufunc 'isfinite' not supported ...") naming no argument."""
+    x = np.ones(3)
+    for kw, name in (({"step": 10**400}, "step"), ({"rtol": 10**400}, "rtol"), ({"atol": -10**400}, "atol")):
+        with pytest.raises(zo.ArgumentError, match=f"`{name}` must be a finite"):
+            check_oracle(lambda p: float(p @ p), x, **kw)
+    assert check_oracle(lambda p: float(p @ p), x, step=1, rtol=0, atol=1)["determinism"] == 0  # ints still fine
+
+
 def _sq(x):
     return float(np.sum((x - 1.0) ** 2))
 

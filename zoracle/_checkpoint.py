@@ -233,7 +233,8 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
 
     def plain(v):  # NumPy scalars in the header, as the Python numbers they hold
         if isinstance(v, np.generic) and v.dtype.kind in "biuf":
-            return v.item()
+            out = v.item()  # a np.longdouble's item() is itself: json called plain on it again, without end
+            return float(out) if isinstance(out, np.floating) else out
         raise TypeError(f"{type(v).__name__} is not JSON")
 
     header = dict(meta, format=FORMAT, version=VERSION)

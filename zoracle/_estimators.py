@@ -299,6 +299,10 @@ def validate_params(params, name: str = "params"):
             f"use np.asarray({name}, dtype=np.float64)"
         )
     if params.dtype not in (xp.float32, xp.float64):
+        native = params.dtype.newbyteorder("=") if params.dtype.kind == "f" and not params.dtype.isnative else None
+        if native in (np.float32, np.float64):  # '>f8' (np.load of a big-endian file, FITS): float64 byte-swapped
+            raise ArgumentError(f"`{name}` is {native} in big-endian byte order ({params.dtype}); zoracle takes "
+                                f"native-order arrays: use {name}.astype(np.{native})")
         raise ArgumentError(
             f"`{name}` must have dtype float32 or float64, got {params.dtype}; use {name}.astype(np.float64)"
         )
@@ -314,13 +318,14 @@ class StepError(ArgumentError):
     """``mu`` is not a representable step at the params (:func:`check_step`)."""
 
 
-def check_step(params, mu: float, scheme: str, estimator: str) -> None:
+def check_step(params, mu: float, scheme: str, estimator: str, index=None) -> None:
     """Raise :class:`ArgumentError` when ``mu`` is not a representable step at ``params``.
 
     The step is ``(x + mu) - x`` in the parameters' dtype; where it rounds to zero (``mu``
     below the spacing of the floats near ``x``) or overflows, the finite difference is 0,
     NaN or inf. ``params`` (NumPy or CuPy) holds the coordinates that will be perturbed;
-    only the verdict leaves the device.
+    only the verdict leaves the device. ``index`` (optional): the positions in the full
+    parameter vector of ``params``' entries (sparse CGE's coordinates), which the message names.
     """
     xp = namespace(params)
     t = np.dtype(params.dtype).type
@@ -333,6 +338,7 @@ def check_step(params, mu: float, scheme: str, estimator: str) -> None:
         return
     x, bad = to_numpy(params), to_numpy(bad)
     i = int(np.flatnonzero(bad)[0])
+    at = i if index is None else int(index[i])  # the position in the caller's params
     scale = float(np.max(np.abs(x)))
     if not np.isfinite(float(m)) or not np.isfinite(float(x[i]) + float(m)) or float(m) > np.finfo(x.dtype).max / 4:
         fix = "use a smaller mu (e.g. 5e-3)"
@@ -342,8 +348,8 @@ def check_step(params, mu: float, scheme: str, estimator: str) -> None:
         fix = f"use mu >= {need:.3g} (about 1000 float spacings at this scale), or rescale the parameters"
         why = f"rounds to a zero step in {x.dtype}"
     raise StepError(
-        f"{estimator}(mu={mu!r}) is not a representable step: params + mu {why} at index {i} "
-        f"(params[{i}] = {float(x[i]):.6g}; parameter scale max|params| = {scale:.3g}); {fix}"
+        f"{estimator}(mu={mu!r}) is not a representable step: params + mu {why} at index {at} "
+        f"(params[{at}] = {float(x[i]):.6g}; parameter scale max|params| = {scale:.3g}); {fix}"
     )
 
 
@@ -510,7 +516,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         coords = np.arange(d) if coordinates is None else _validate_coordinates(coordinates, d)
         if rng is not None:
             as_generator(rng)  # validate only; CGE is deterministic
-        check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE")
+        check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE", index=coords)
         tasks = [BaseTask()] + plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize,
                                         budget_bytes, n_workers)
         results = _run(executor, wrapped, params, tasks)

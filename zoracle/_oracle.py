@@ -9,6 +9,7 @@ Each capability is its own runtime-checkable Protocol, discovered once per estim
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -134,6 +135,8 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
         step = float(np.spacing(np.float16(abs(loss))))
     elif name == "bfloat16":  # 8 significant bits
         step = abs(loss) * 2.0 ** -7
+    elif bits := re.fullmatch(r"float\d+_e\d+m(\d+)\w*", name):  # float8_e4m3fn, float8_e5m2: m mantissa bits
+        step = abs(loss) * 2.0 ** -int(bits.group(1))
     elif name == "float32" and np.dtype(params_dtype).itemsize == 8:
         step = float(np.spacing(np.float32(abs(loss))))
     else:
@@ -188,7 +191,15 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
         raise OracleError(query_of(j) if np.shape(values) in ((n,), (n, 1)) else what, _describe(values),
                           detail="expected finite losses, got masked values")
     try:
-        arr = np.asarray(to_numpy(values.detach().cpu() if hasattr(values, "detach") else values))
+        v = values.detach().cpu() if hasattr(values, "detach") else values
+        try:
+            arr = np.asarray(to_numpy(v))
+        except TypeError:  # a torch bfloat16 or float8 tensor has no NumPy dtype: exact in float64
+            if not (callable(getattr(v, "is_floating_point", None)) and v.is_floating_point()):
+                raise
+            arr = np.asarray(to_numpy(v.double()))
+        if arr.dtype.kind == "V" and arr.dtype.names is None and arr.dtype.name.startswith(("bfloat16", "float")):
+            arr = arr.astype(np.float64)  # ml_dtypes' bfloat16 and float8 (kind "V"): real numbers
     except Exception as exc:
         raise OracleError(what, _describe(values), detail=f"could not convert to an array ({exc})") from None
     if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":

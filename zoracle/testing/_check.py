@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .._backend import namespace, to_numpy
-from .._errors import ArgumentError, ZoracleError
+from .._errors import ArgumentError, ZoracleError, finite_real
 from .._estimators import as_generator, validate_params
 from .._oracle import capabilities, check_scalar, compute_dtype_of, readonly
 from .._plan import check_blocks, queries_per_call
@@ -158,12 +158,12 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     params = validate_params(params)
     if not callable(oracle):
         raise ArgumentError(f"`oracle` must be callable (params -> loss), got {type(oracle).__name__}")
-    if isinstance(step, bool) or not isinstance(step, numbers.Real) or not np.isfinite(step) or step == 0:
+    if not finite_real(step) or step == 0:  # (np.isfinite raised TypeError on an int beyond int64)
         raise ArgumentError(f"`step` must be a finite nonzero number (the perturbation checked; use the mu you "
                             f"train with), got {step!r}")
+    step = float(step)  # a NumPy scalar (np.float32(mu)) made `step < 0` a np.bool_, which `[0] * alone` refused
     for name, v in (("rtol", rtol), ("atol", atol)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0
-                              or not np.isfinite(v)):
+        if v is not None and (not finite_real(v) or not v >= 0):
             raise ArgumentError(f"`{name}` must be a finite number >= 0 (or None for the dtype's default), got {v!r}")
     for name, v in (("n_coords", n_coords), ("n_rows", n_rows)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
