@@ -31,7 +31,8 @@ from torch.overrides import TorchFunctionMode
 
 from zoracle._errors import ArgumentError
 
-from ._torch_chain import LAYOUT, _BATCHNORM, _DROPOUT, _NoDropout, _stock_forward, norm_context, nudged, vmap_safe
+from ._torch_chain import (LAYOUT, _BATCHNORM, _DROPOUT, _NoDropout, _model_lock, _stock_forward, norm_context, nudged,
+                           vmap_safe)
 from ._torch_graph import BAKED_BUFFERS
 from ._torch_layout import UNREAD, Chain, Step, to_torch
 
@@ -165,7 +166,14 @@ def check_batch_first(out, B: int) -> None:
 
 
 def first_bind(oracle) -> None:
-    """Learn the loss convention and self-check the split, once per oracle (all bound copies)."""
+    """Learn the loss convention and self-check the split, once per oracle (all bound copies).
+    Under the model's lock, as a query is: another thread's query on the shared model (two runs
+    given one oracle) loads its own parameters, or swaps them in by name (vmap), under the check."""
+    with _model_lock(oracle._core.model):
+        _first_bind(oracle)
+
+
+def _first_bind(oracle) -> None:
     core = oracle._core
     if core.scalar_loss is None:
         with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
@@ -604,6 +612,11 @@ def ensure_split(oracle, modes=None) -> bool:
     mode and trained may run the other branch than ``model(x)``; a hook registered after the
     check would not run in the closed forms. ``modes``: the model's key, when the caller has
     it. True when a check ran."""
+    with _model_lock(oracle._core.model):  # as first_bind: not while another thread's query runs
+        return _ensure_split(oracle, modes)
+
+
+def _ensure_split(oracle, modes=None) -> bool:
     core = oracle._core
     if not core.checked or core.checking:
         return False

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import operator
+import threading
 import weakref
 
 import torch
@@ -37,6 +38,11 @@ from torch import nn
 from ._torch_chain import Step
 
 __all__ = ["trace_steps", "downstream"]
+
+#: fx patches ``nn.Module.__call__`` and ``__getattr__`` process-wide while it traces, and puts back
+#: what it found on exit: two traces at once (TorchOracles built in two threads) left them patched
+#: for good, so every later ``model(x)`` in the process raised. One trace at a time
+_TRACE_LOCK = threading.RLock()
 
 #: node targets that act on each sample (row) separately, whatever their arguments
 _ROWWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.getitem,
@@ -79,11 +85,24 @@ class _Tracer(fx.Tracer):
         # buffer (``if self.initialized:``) or converts one (``float(self.scale)``) cannot be
         # traced so: it is traced with tensors, and its buffers join the split's key
         self.proxy_buffer_attributes = proxy_buffers
+        self.thread = threading.get_ident()
+
+    def call_module(self, m, forward, args, kwargs):
+        # while fx traces, every thread's module calls reach this tracer: another thread's forward
+        # (the user's own model, another run's queries) runs as it is, not traced (it raised NameError)
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def trace(self, root, concrete_args=None):
         # fx traces with the caller's torch.autocast off: inside it, the forward's own autocast
         # block left the state as it found it (enabled), and the check below did not see it
-        with contextlib.ExitStack() as off:
+        with _TRACE_LOCK, contextlib.ExitStack() as off:
             for d in ("cpu", "cuda"):
                 if torch.is_autocast_enabled(d):
                     off.enter_context(torch.autocast(d, enabled=False))

@@ -1939,3 +1939,47 @@ def test_bool_targets_for_bce_with_logits_are_told_the_outputs_dtype(dtype):
     ref = float(np.mean(np.logaddexp(0, z) - y[:, 0] * z))
     got = float(oracle.bind((x, y.astype(want)))(oracle.initial_params()))
     assert abs(got - ref) <= (1e-6 if dtype == torch.float32 else 1e-12) * abs(ref)
+
+
+def test_one_oracle_shared_by_two_runs_in_threads_keeps_its_split_and_results():
+    # a sweep that gives one TorchOracle to two zo.train runs at once (ThreadPoolExecutor): the
+    # split checks (first bind, ensure_split) ran outside the model's lock while the other run's
+    # queries held the model in their own state (its parameters loaded, swapped in by vmap), so
+    # a check failed ("a parameter was frozen or unfrozen"), retired the split for both runs, or
+    # raised inside the other thread's query; 4 of 8 such trials went wrong
+    import threading
+
+    torch.manual_seed(0)
+    m0 = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2),
+                       nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
+    rs = np.random.RandomState(0)
+    X = torch.from_numpy(rs.randn(24, 1, 8, 8).astype(np.float32))
+    Y = torch.from_numpy(rs.randint(0, 3, 24))
+    theta0 = TorchOracle(copy.deepcopy(m0), cross_entropy).initial_params()
+
+    def run(oracle, lr, seed):
+        return zo.train(oracle, theta0, batches=zo.Minibatches((X, Y), batch_size=8, seed=seed), epochs=3,
+                        estimator=zo.RGE(mu=5e-3, directions=4), optimizer=zo.sgd(lr, momentum=0.9), rng=seed,
+                        progress=False).params
+
+    jobs = [(0.05, 1), (0.2, 2)]
+    alone = [run(TorchOracle(copy.deepcopy(m0), cross_entropy), *job) for job in jobs]
+    for _ in range(6):
+        shared = TorchOracle(copy.deepcopy(m0), cross_entropy)
+        out, errors = [None, None], []
+
+        def work(i, shared=shared, out=out, errors=errors):
+            try:
+                out[i] = run(shared, *jobs[i])
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a retired split warns from the worker threads
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+        assert not errors, errors[0]
+        assert shared.bind((X[:8], Y[:8])).blocks, "the split was retired"
+        for got, want in zip(out, alone):
+            np.testing.assert_array_equal(got, want)

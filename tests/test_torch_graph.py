@@ -991,3 +991,102 @@ def test_the_memory_probe_counts_a_cell_state_tuple_kept_inside_the_state():
             want.append(sum(t.numel() * t.element_size() for t in leaves(state)) // 7)
     assert nested  # the premise: a step keeps the cell's (h, c) inside its state
     assert got == want
+
+
+class _PausingNet(nn.Module):
+    """A small MLP whose forward, while fx traces it (a Proxy input), tells ``inside`` and waits
+    (at most ``wait_s``) for ``go``: another thread acts while the trace is under way."""
+
+    def __init__(self, inside, go, wait_s=1.0):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
+        self.inside, self.go, self.wait_s = inside, go, wait_s
+
+    def forward(self, x):
+        if isinstance(x, torch.fx.Proxy) and not self.inside.is_set():
+            self.inside.set()
+            self.go.wait(self.wait_s)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _keeping_module_methods(fn):
+    """Run ``fn``; put ``nn.Module.__call__`` / ``__getattr__`` back afterwards whatever it did (a
+    failing run must not break the tests after it); returns whether they had been left as they were."""
+    call, getattr_ = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
+    try:
+        fn()
+        return nn.Module.__dict__["__call__"] is call and nn.Module.__dict__["__getattr__"] is getattr_
+    finally:
+        nn.Module.__call__, nn.Module.__getattr__ = call, getattr_
+
+
+def test_another_threads_forward_runs_while_a_model_is_traced():
+    # a web service's inference (or another run's queries) in one thread while a TorchOracle is built
+    # in another: fx's patched nn.Module.__call__ sent that forward to the tracer (NameError)
+    import threading
+
+    torch.manual_seed(0)
+    inside, go = threading.Event(), threading.Event()
+    traced = _PausingNet(inside, go, wait_s=10.0)
+    user = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        want = user(x)
+    got = []
+
+    def user_thread():
+        inside.wait(10.0)
+        try:
+            with torch.no_grad():
+                got.append(user(x))
+        except Exception as exc:  # noqa: BLE001 - what the user's thread saw
+            got.append(exc)
+        finally:
+            go.set()
+
+    def build():
+        t = threading.Thread(target=user_thread)
+        t.start()
+        TorchOracle(traced, CE_ROWS)
+        t.join()
+
+    assert _keeping_module_methods(build)
+    assert inside.is_set() and len(got) == 1
+    assert torch.is_tensor(got[0]), got[0]
+    assert torch.equal(got[0], want)
+
+
+def test_two_models_traced_at_once_leave_nn_module_as_it_was():
+    # two TorchOracles built at once (a sweep in a ThreadPoolExecutor): fx's patches of
+    # nn.Module.__call__ / __getattr__ were put back out of order and stayed, so every later
+    # model(x) in the process raised NameError("module is not installed as a submodule")
+    import threading
+
+    torch.manual_seed(0)
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    a = _PausingNet(a_inside, b_inside)  # A's trace waits (1 s at most) for B's to start
+    b = _PausingNet(b_inside, a_done)  # B's trace waits for A's construction to end
+    oracles = {}
+
+    def build_b():
+        a_inside.wait(10.0)
+        oracles["b"] = TorchOracle(b, CE_ROWS)
+
+    def both():
+        t = threading.Thread(target=build_b)
+        t.start()
+        try:
+            oracles["a"] = TorchOracle(a, CE_ROWS)
+        finally:
+            a_done.set()
+            t.join()
+
+    assert _keeping_module_methods(both)
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    for name, model in (("a", a), ("b", b)):
+        o = oracles[name]
+        assert o.block_names == ["fc1", "fc2"] and o._core.steps, o._core.reason  # the split was captured
+        theta = o.initial_params()
+        with torch.no_grad():
+            want = float(CE_ROWS(model(x), y).mean())
+        assert o.bind((x, y))(theta) == pytest.approx(want, rel=1e-6)
