@@ -593,6 +593,36 @@ def test_forget_given_the_bound_oracle_forgets_its_parent():
     assert_same(fresh, zo.estimate_gradient(bound, x, zo.CGE()))
 
 
+class _Target:
+    """A user's problem whose bound method ``loss`` is the oracle."""
+
+    def __init__(self):
+        self.target = np.zeros(4)
+
+    def loss(self, x):
+        return float(np.sum((x - self.target) ** 2))
+
+
+@pytest.mark.parametrize("what", ["method", "object"])
+def test_forget_a_bound_method_oracle_resends_its_object(loky2, what):
+    """``obj.loss`` is a new object at every access: ``forget(obj.loss)`` (and ``forget(obj)``)
+    after changing ``obj`` was a silent no-op, and the workers kept the old ``target`` (a
+    curriculum callback trained towards the first target only: 0.95 off, silently)."""
+
+    def run(ex):
+        prob = _Target()
+
+        def curriculum(event, record, params):
+            if event == "epoch":
+                prob.target = prob.target + 1.0
+                ex.forget(prob.loss if what == "method" else prob)
+
+        return zo.train(prob.loss, np.zeros(4), epochs=3, steps_per_epoch=2, executor=ex, progress=False,
+                        estimator=zo.CGE(), optimizer=zo.sgd(0.1), callbacks=[curriculum]).params
+
+    np.testing.assert_array_equal(run(loky2), run(SerialExecutor()))
+
+
 def _sin2(x):
     return float(np.sum(np.sin(x) ** 2))
 
@@ -710,6 +740,44 @@ def test_unpicklable_oracle_names_the_fix():
             zo.estimate_gradient(locked, params(), zo.CGE(), executor=ex)
     with JoblibExecutor(2, backend="threading") as ex:  # threads share the object: fine
         zo.estimate_gradient(locked, params(), zo.CGE(), executor=ex)
+
+
+class _Locked:
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+
+    def loss(self, x):
+        with self.lock:
+            return float(x @ x)
+
+
+def _with_lock(x, lock):
+    return float(x @ x)
+
+
+def test_an_unpicklable_function_method_or_partial_is_named(loky2):
+    """A bound method, a closure and a partial holding a lock were named by their type alone: "the
+    oracle method cannot be sent", "the oracle function", "the oracle partial" (which of the
+    script's oracles?). They are named by what they are of, as a callable object is by its class."""
+    import functools
+    import threading
+
+    lock = threading.Lock()
+
+    def closure(x):
+        with lock:
+            return float(x @ x)
+
+    cases = [(_Locked().loss, "the oracle method _Locked.loss cannot"),
+             (closure, "the oracle function test_an_unpicklable_function_method_or_partial_is_named.<locals>.closure "
+                       "cannot"),
+             (functools.partial(_with_lock, lock=lock), "the oracle partial(function _with_lock) cannot")]
+    for oracle, name in cases:
+        with pytest.raises(zo.ZoracleError) as info:
+            zo.estimate_gradient(oracle, params(), zo.CGE(), executor=loky2)
+        assert name in str(info.value) and "_thread.lock" in str(info.value), str(info.value)
 
 
 class LogsQueries:
@@ -974,6 +1042,45 @@ def test_device_executor_names_a_0d_2d_or_non_integer_array_of_devices():
 
 
 # ----------------------------------------------------------------------------- lifecycle
+_FORKED_EX = None  # the executor the forked processes below inherit
+
+
+def _forked_estimate(t):
+    f = lambda x: float(np.sum((x - t) ** 2 * np.arange(1.0, 5.0)))  # noqa: E731
+    return zo.estimate_gradient(f, np.zeros(4), zo.CGE(), executor=_FORKED_EX).grad
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="multiprocessing's fork: Linux")
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_a_started_executor_used_in_forked_processes(backend):
+    """multiprocessing's "fork" (Linux's default before Python 3.14): processes forked off a driver
+    whose executor was started inherited its workers (the parent's threads, which a child does not
+    have; the parent's worker processes, whose sockets two children then read at once) and hung
+    forever. Each child now starts workers of its own: the serial gradients, the parent's executor
+    untouched."""
+    import multiprocessing
+
+    global _FORKED_EX
+    with JoblibExecutor(2, backend=backend) as ex:
+        _FORKED_EX = ex
+        before = _forked_estimate(0.5)
+        pool = multiprocessing.get_context("fork").Pool(2)
+        try:
+            got = pool.map_async(_forked_estimate, [1.0, 2.0, 3.0, 4.0], chunksize=1).get(timeout=60)
+        finally:
+            pool.terminate()
+            pool.join()
+            _FORKED_EX = None
+        after = zo.estimate_gradient(lambda x: float(np.sum((x - 0.5) ** 2 * np.arange(1.0, 5.0))), np.zeros(4),
+                                     zo.CGE(), executor=ex).grad
+        pids = ex.pids
+    for t, g in zip([1.0, 2.0, 3.0, 4.0], got):
+        f = lambda x, t=t: float(np.sum((x - t) ** 2 * np.arange(1.0, 5.0)))  # noqa: E731
+        np.testing.assert_array_equal(g, zo.estimate_gradient(f, np.zeros(4), zo.CGE()).grad)
+    np.testing.assert_array_equal(after, before)
+    assert backend == "threading" or no_children(pids)
+
+
 def test_close_leaves_no_processes_and_executor_restarts():
     ex = JoblibExecutor(2)
     with ex:
@@ -1812,3 +1919,31 @@ def test_a_cluster_executor_repr_shows_only_the_worker_count_it_was_given():
     for ex, shown in made:
         assert repr(ex) == shown
         ex.close()
+
+
+class _LoggedCalls:
+    """A user's oracle that logs each call into a list shared across processes (a Manager's)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, x):
+        self.log.append(1)
+        return _wave(x)
+
+
+def test_an_oracle_holding_a_multiprocessing_manager_proxy_reaches_process_workers(loky2):
+    """Workers started with ``python -c`` had their own multiprocessing authkey, so an oracle holding
+    a ``multiprocessing.Manager()`` proxy (which multiprocessing's own Pool runs) failed to load on
+    every worker: "AuthenticationError: digest sent was rejected", after a retry. The workers take the
+    driver's key, as spawned processes do: the serial gradient, every query logged in the driver."""
+    import multiprocessing
+
+    x = params()
+    with multiprocessing.Manager() as manager:
+        log = manager.list()
+        got = zo.estimate_gradient(_LoggedCalls(log), x, zo.CGE(), executor=loky2)
+        assert len(log) == got.nfev == D + 1
+        assert_same(got, zo.estimate_gradient(_LoggedCalls([]), x, zo.CGE()))
+
+

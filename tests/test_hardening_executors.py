@@ -474,6 +474,44 @@ def test_dask_in_a_script_without_main_guard_is_one_clear_error(tmp_path):
     assert run.stderr.count("Traceback") == 1
 
 
+def test_dask_local_threads_need_no_main_guard(tmp_path):
+    """``DaskExecutor("local:2", processes=False)`` runs its workers as threads of this process,
+    which re-import nothing: an unguarded script was refused with "starts worker processes that
+    re-import" it (distributed itself runs it). It runs now, with the serial estimate."""
+    pytest.importorskip("distributed")
+    script = tmp_path / "unguarded_threads.py"
+    script.write_text(_UNGUARDED.format(d=str(tmp_path / "scratch"))
+                      .replace('"local:2", ', '"local:2", processes=False, ')
+                      .replace(".grad)", ".grad.tolist(), zo.estimate_gradient(lambda x: float(x @ x), np.ones(3), "
+                                         "zo.CGE()).grad.tolist())"))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got, serial = (np.array(eval(v)) for v in run.stdout.strip().splitlines()[-1].replace("] [", "]|[").split("|"))
+    np.testing.assert_array_equal(got, serial)
+    assert np.allclose(got, 2.0, atol=1e-2)
+
+
+def test_a_dask_executor_left_open_closes_at_exit_without_an_error_log(tmp_path):
+    """A script that never closes its ``DaskExecutor("local:2")``: distributed's own atexit
+    handlers stopped the workers first, and the scheduler logged "ERROR - Removing worker ...
+    caused the cluster to lose scattered data, which can't be recovered" for the oracle copies,
+    at every normal exit. Closed at exit now, as a ``with`` block closes it: nothing logged."""
+    pytest.importorskip("distributed")
+    script = tmp_path / "left_open.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np
+        import zoracle as zo
+        from zoracle.executors import DaskExecutor
+
+        if __name__ == "__main__":
+            ex = DaskExecutor("local:2", local_directory={str(tmp_path / "scratch")!r})
+            print(zo.estimate_gradient(lambda x: float(x @ x), np.ones(3), zo.CGE(), executor=ex).nfev)
+    """))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["4"], run.stderr
+    assert "ERROR" not in run.stderr and "scattered data" not in run.stderr, run.stderr
+
+
 def test_dask_in_a_script_read_from_stdin_is_one_clear_error(tmp_path):
     """``python - < script.py``: every nanny failed to re-import ``<stdin>`` (75 lines, "Nanny
     failed to start"); one error now, naming the fix."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import numbers
 import os
 import shutil
@@ -393,6 +394,16 @@ def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
                                 f"{f'; did you mean {near[0]!r}?' if near else ''}")
 
 
+def _close_at_exit(ref) -> None:
+    """Close a local Dask executor the script left open (atexit; ``ref`` a weak reference)."""
+    ex = ref()
+    if ex is not None:
+        try:
+            ex.close()
+        except Exception:  # exiting: nothing left to report it to
+            pass
+
+
 class DaskExecutor(ShardedExecutor):
     """Shards on a Dask cluster; see :class:`zoracle.executors.DaskExecutor`."""
 
@@ -421,6 +432,7 @@ class DaskExecutor(ShardedExecutor):
         self._owns_client = False
         self._scratch = None  # the local cluster's local_directory, removed on close
         self._reaper = None  # removes it (and stops the workers) if this driver dies
+        self._at_exit = None  # close() at interpreter exit, before distributed's own atexit handlers
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
         self._closing = False  # close() was called (from another thread, a run in progress stops)
@@ -471,13 +483,17 @@ class DaskExecutor(ShardedExecutor):
         """A LocalCluster on 127.0.0.1: no dashboard, no HTTP routes, a private scratch dir."""
         import dask
 
-        check_main_guard("DaskExecutor", self._spec if isinstance(self._spec, str) else "local")
+        if self._cluster_kwargs.get("processes", True):  # worker threads (processes=False) re-import nothing
+            check_main_guard("DaskExecutor", self._spec if isinstance(self._spec, str) else "local")
         kw = dict(n_workers=self._count or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                   host="127.0.0.1", dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0")
         if "local_directory" not in self._cluster_kwargs:
             self._scratch = tempfile.mkdtemp(prefix="zoracle-dask-")
             kw["local_directory"] = self._scratch
         kw.update(self._cluster_kwargs)
+        if not kw.get("processes") and "host" not in self._cluster_kwargs:  # threads talk in-process (inproc://):
+            # no host to bind (127.0.0.1 made the scheduler fail to parse its own inproc address)
+            del kw["host"]
         # Dask always starts an HTTP server; with no routes it serves nothing (no /info,
         # /json/identity.json, /eventstream), and never on the well-known :8787. Broadcast
         # copies of the oracle must stay on every worker: the memory manager must not
@@ -498,6 +514,13 @@ class DaskExecutor(ShardedExecutor):
         self._owns_client = True
         if self._scratch is not None:  # a SIGKILLed driver must not leave its scratch dir behind
             self._reaper = start_reaper(self._scratch)
+        # not closed by the script: distributed's atexit handlers stopped the workers first, and the
+        # scheduler logged an ERROR for the oracle copies they held ("lose scattered data")
+        import atexit
+        import weakref
+
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     def _remove_scratch(self) -> None:
         if self._scratch is not None:
@@ -518,6 +541,11 @@ class DaskExecutor(ShardedExecutor):
             self.client = None
             self.cluster = None
             self._owns_client = False
+            if self._at_exit is not None:
+                import atexit
+
+                atexit.unregister(self._at_exit)
+                self._at_exit = None
             _stop_reaper(self._reaper)
             self._reaper = None
             self._remove_scratch()

@@ -21,6 +21,7 @@ import sys
 import math
 import time
 import traceback
+import types
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
@@ -138,6 +139,16 @@ class Registry:
     def forget(self, obj) -> str | None:
         hit = self._items.pop(id(obj), None)
         return hit[1] if hit is not None else None
+
+    def forget_methods(self, obj) -> list:
+        """Tokens dropped for the bound methods held that ``obj`` names: ``obj.loss`` is a new
+        object at every access, so ``forget(obj.loss)`` (or ``forget(obj)``) must find the one
+        sent by what it is bound to (``__self__`` and ``__func__``), not by identity."""
+        self_, func = (obj.__self__, obj.__func__) if isinstance(obj, types.MethodType) else (obj, None)
+        keys = [k for k, (held, _) in self._items.items()
+                if isinstance(held, types.MethodType) and held.__self__ is self_
+                and (func is None or held.__func__ is func)]
+        return [self._items.pop(k)[1] for k in keys]
 
     def tokens(self) -> set:
         """The tokens of the objects held now."""
@@ -640,6 +651,20 @@ class StaysHere:
         return new
 
 
+def oracle_label(obj) -> str:
+    """How errors name an oracle: its class, or what a function, bound method or partial is of
+    ("function f", "method Problem.loss", "partial(function loss)"), not "function" or "method"."""
+    import functools
+    import types
+
+    if isinstance(obj, functools.partial):
+        return f"partial({oracle_label(obj.func)})"
+    if isinstance(obj, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return f"{type(obj).__name__.replace('builtin_function_or_method', 'function')} " \
+               f"{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+    return type(obj).__name__
+
+
 def unsendable(oracle, exc: BaseException, where: str, running, what: str | None = None) -> ZoracleError:
     """The error for ``oracle`` failing to serialize for ``where``'s workers with ``exc``.
 
@@ -647,7 +672,7 @@ def unsendable(oracle, exc: BaseException, where: str, running, what: str | None
     mislead: the advice to use threads then meets :class:`NestedRunError`); ``running`` is
     the executor sending it. ``what`` names the object (default: "the oracle <its class>").
     """
-    what = what or f"the oracle {type(oracle).__name__}"
+    what = what or f"the oracle {oracle_label(oracle)}"
     seen, e = set(), exc
     while e is not None and id(e) not in seen and not isinstance(e, ExecutorPickled):
         seen.add(id(e))
@@ -746,7 +771,7 @@ def pack(obj, where: str, running, what: str | None = None, module=None) -> Pick
     by default the installed one), or the :func:`unsendable` error naming ``what``."""
     import io
 
-    what = what or f"the oracle {type(obj).__name__}"
+    what = what or f"the oracle {oracle_label(obj)}"
     buf = io.BytesIO()
     try:
         _file_refusing_pickler(module or cloudpickle_module())(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)

@@ -179,8 +179,9 @@ class ShardedExecutor(StaysHere):
         if batch is not None:
             self._bound.forget(_batch_object(fn, parent, batch))
         token = self._registry.forget(parent)
-        if token is not None:
-            self._dropped([token])
+        tokens = ([token] if token is not None else []) + self._registry.forget_methods(parent)
+        if tokens:
+            self._dropped(tokens)
 
     def _dropped(self, tokens) -> None:
         pass
@@ -339,10 +340,15 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     conn = Connection(fd)
     try:
-        _, path, device = pickle.loads(conn.recv_bytes())
+        _, path, device, authkey = pickle.loads(conn.recv_bytes())
     except (EOFError, OSError):
         return
     sys.path[:] = path + [p for p in sys.path if p not in path]
+    # the driver's key, as multiprocessing's spawn hands it down: an oracle holding a Manager's proxy
+    # (a shared list or counter) connects to the driver's manager with it ("digest sent was rejected")
+    import multiprocessing
+
+    multiprocessing.current_process().authkey = authkey
     _CURRENT_DEVICE = device
     state = WorkerState(device)
     reuse_freed_memory()  # the worker runs the step's temporaries: keep freed memory as the driver does
@@ -434,7 +440,9 @@ class _Proc:
         self.params_token = None
         self.jid = None
         self.ready = False
-        self.send(("init", list(sys.path), device))
+        import multiprocessing
+
+        self.send(("init", list(sys.path), device, bytes(multiprocessing.current_process().authkey)))
 
     def wait_ready(self, timeout: float = BOOT_S) -> None:
         """Block until the worker finished starting (its first message), at most ``timeout`` s.
@@ -618,11 +626,26 @@ class ProcessPool(ShardedExecutor):
         self._procs: list = []
         self._blobs: dict = {}
         self._finalizer = None
+        self._pid = None  # the process that started the workers
 
     def start(self) -> None:
+        if self._procs and self._pid != os.getpid():
+            # used in a process forked off the one that started it (multiprocessing's "fork"): the
+            # workers and their sockets are the parent's (children reading each other's answers hung
+            # forever); let go of this process's copies, unstopped, and start workers of its own
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+            for p in self._procs:
+                try:
+                    p.conn.close()
+                except OSError:
+                    pass
+            self._procs = []
         if self._procs:
             return
         self._closed = False
+        self._pid = os.getpid()
         self._procs = [_Proc(i, dev, self.threads) for i, dev in enumerate(self.devices)]
         # interpreter exit or garbage collection must not leave workers behind
         self._finalizer = weakref.finalize(self, _stop_all, self._procs)
@@ -818,10 +841,14 @@ class ThreadPool(ShardedExecutor):
         super().__init__(timeout)
         self.n_workers = int(n_workers)
         self._pool = None
+        self._pid = None  # the process whose threads the pool holds
 
     def start(self) -> None:
+        if self._pool is not None and self._pid != os.getpid():
+            self._pool = None  # forked: the pool's threads stayed in the parent (its jobs were never run)
         if self._pool is None:
             self._closed = False
+            self._pid = os.getpid()
             self._pool = _DaemonThreads(self.n_workers, "zoracle-worker")
 
     def close(self) -> None:
