@@ -19,11 +19,17 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import warnings
+
 import numpy as np
-from phi import math as pm
-from phi.field import StaggeredGrid
-from phi.geom import Box, Sphere
-from phi.physics import advect, diffuse, fluid
+
+with warnings.catch_warnings():  # phiml warns at its own import; `-W error` made that an ImportError-less crash
+    warnings.filterwarnings("ignore", message="symmetric-gradient extrapolation is experimental",
+                            category=DeprecationWarning)
+    from phi import math as pm
+    from phi.field import StaggeredGrid
+    from phi.geom import Box, Sphere
+    from phi.physics import advect, diffuse, fluid
 
 from zoracle._errors import ArgumentError, ZoracleError
 

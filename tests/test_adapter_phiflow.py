@@ -697,3 +697,19 @@ def test_baselines_train_a_float64_net_as_the_oracle_takes_it(reference):
         # the reference: the same fit of the float32 net with the same values
         np.testing.assert_allclose(fit(net64), fit(net32), rtol=0, atol=1e-6)
     assert next(net64.parameters()).dtype == torch.float64  # the caller's net is not changed
+
+
+def test_the_adapter_imports_with_warnings_as_errors():
+    """phiml's DeprecationWarning at its own import ('symmetric-gradient extrapolation is
+    experimental') is not the user's to fix: `python -W error` (PYTHONWARNINGS=error, a CI's
+    setting) imports the adapter and starts `zoracle sol`."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYTHONWARNINGS", None)
+    run = subprocess.run([sys.executable, "-W", "error", "-c", "import zoracle.adapters.phiflow"],
+                         capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-600:]

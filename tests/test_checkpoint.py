@@ -241,6 +241,25 @@ def test_save_is_atomic_and_pickle_free(tmp_path, monkeypatch):
     assert header["format"] == "zoracle-checkpoint"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_a_save_keeps_the_mode_of_the_checkpoint_it_replaces(tmp_path, mode):
+    """A checkpoint its user made private (chmod 600) or shared with a group stays so when a
+    resumed run saves over it (the rename put a new file there with the umask's mode, 644)."""
+    path = tmp_path / "run.npz"
+    kw = dict(estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.05), rng=0, progress=False, checkpoint=path)
+    old = os.umask(0o022)
+    try:
+        zo.train(lambda x: float(np.sum((x - 1.0) ** 2)), np.zeros(4), epochs=2, **kw)
+        assert os.stat(path).st_mode & 0o777 == 0o644  # a new file: the umask's mode
+        os.chmod(path, mode)
+        r = zo.train(lambda x: float(np.sum((x - 1.0) ** 2)), np.zeros(4), epochs=4, resume=True, **kw)
+    finally:
+        os.umask(old)
+    assert zo.load_checkpoint(path)[1]["step"] == 4 and r.nfev > 0  # the resumed run saved over it
+    assert oct(os.stat(path).st_mode & 0o777) == oct(mode)
+
+
 def test_oracle_state_outside_params_is_saved_and_restored(tmp_path):
     class Stateful:
         """A loss whose running mean (like BatchNorm statistics) changes on every plain call."""

@@ -217,6 +217,24 @@ def test_zoracle_plot_draws_a_checkpoint(tmp_path, capsys):
     assert b"<svg" in (tmp_path / "run.svg").read_bytes()[:500]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a folder named with bytes that are not UTF-8")
+@pytest.mark.parametrize("name", ["job$1_$x", os.fsdecode(b"lat\xe9")])
+def test_zoracle_plot_draws_a_checkpoint_whose_path_has_dollars_or_undecodable_bytes(tmp_path, capsys, name):
+    """The default title is the checkpoint's path, drawn as written: two '$' are no TeX (a
+    ParseSyntaxException), a byte that is not UTF-8 (a surrogate escape) no TypeError of matplotlib."""
+    from zoracle.cli import main
+
+    folder = tmp_path / name
+    folder.mkdir()
+    ckpt = folder / "run.npz"
+    _sparse(checkpoint=ckpt)
+    assert main(["plot", str(ckpt), str(tmp_path / "run.png")]) == 0
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = zo.History.from_checkpoint(ckpt).plot(title=str(ckpt))
+    assert fig._suptitle.get_text() == str(ckpt).replace("\udce9", "\ufffd")
+    assert fig._suptitle.get_parse_math() is False
+
+
 @pytest.mark.parametrize("what, match", [
     ("missing", r"checkpoint '.*nope\.npz' does not exist or is not a file; pass the file that zo\.train"),
     ("record", r"header field 'history\.steps\[3\]\.total_nfev' is -1"),

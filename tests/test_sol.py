@@ -109,6 +109,24 @@ def test_an_unwritable_zoracle_cache_is_named_up_front(tmp_path):
     assert "--cache DIR" in lines[0] and "cache_dir" not in lines[0]
 
 
+def test_an_unwritable_default_cache_in_the_home_folder_is_named_up_front(tmp_path):
+    """Neither --cache nor $ZORACLE_CACHE: the default ~/.cache/zoracle under a home that cannot
+    hold it (read-only, or a file) was refused only after PhiFlow had loaded, naming the API's
+    `cache_dir`, a keyword the command line has not."""
+    home = tmp_path / "a-file"
+    home.write_text("not a directory")
+    env = {k: v for k, v in os.environ.items() if k != "ZORACLE_CACHE"}
+    env["HOME"] = str(home)
+    code = ("import sys\nfrom zoracle.cli import main\n"
+            "try:\n    main(['sol', '--quick'])\nexcept SystemExit as e:\n    print(e.code, 'phi' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"zoracle sol: error: --cache (default) {home}/.cache/zoracle: cannot write there"), lines[0]
+    assert "--cache DIR" in lines[0] and "$ZORACLE_CACHE" in lines[0] and "cache_dir" not in lines[0]
+    assert r.stdout.split() == ["2", "False"], r.stdout  # a usage error, and PhiFlow never imported
+
+
 def test_an_unwritable_out_is_refused_before_the_command_loads_phiflow(tmp_path):
     """``zoracle sol --out /proc/...``: the output check ran after sol's own flag check, which
     imports PhiFlow and builds the fine solver (9 s here); before that check existed, 1.3 s."""

@@ -38,6 +38,39 @@ def test_checkpoint_every_saves_after_every_nth_step(tmp_path):
     assert seen == [3 * ((k - 1) // 3) for k in range(1, 9)]
 
 
+def test_checkpoint_every_counts_steps_across_one_step_epochs(tmp_path):
+    """A plain callable takes one step an epoch: checkpoint_every=4 saved at every epoch's end, so
+    at every step (ten saves for ten steps), not after every fourth step as the docs say
+    (training.md: "checkpoint_every=100 saves a hundredth as often"). A resume from the file a
+    crash left is still the uninterrupted run."""
+    path = tmp_path / "run.npz"
+    seen = []
+
+    def cb(event, rec, params):
+        if event == "step":
+            seen.append(len(zo.History.from_checkpoint(path).steps) if os.path.exists(path) else 0)
+
+    loss = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    kw = dict(epochs=10, optimizer=zo.sgd(0.1), checkpoint=path, checkpoint_every=4, progress=False, rng=0)
+    full = zo.train(loss, np.zeros(3), callbacks=[cb], **kw)
+    assert seen == [4 * ((k - 1) // 4) for k in range(1, 11)]
+    assert zo.load_checkpoint(path)[1]["step"] == 10  # the end is always saved
+
+    def crash(event, rec, params):
+        if event == "epoch" and rec["epoch"] == 6:
+            raise KeyboardInterrupt
+
+    path.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        zo.train(loss, np.zeros(3), callbacks=[crash], **kw)
+    assert zo.load_checkpoint(path)[1]["step"] == 4  # steps 5-7 run again on resume
+    res = zo.train(loss, np.zeros(3), resume=True, **kw)
+    assert res.params.tobytes() == full.params.tobytes()
+    for name in ("loss", "total_nfev"):
+        np.testing.assert_array_equal(res.history.column(name), full.history.column(name))
+        np.testing.assert_array_equal(res.history.column(name, "epoch"), full.history.column(name, "epoch"))
+
+
 def test_epoch_records_the_last_steps_lr_and_the_last_epoch_is_evaluated():
     """The epoch record's lr is its last step's (the schedule by hand), and the last epoch is
     evaluated whatever eval_every says (epochs 2 and 3 of four at eval_every=3)."""

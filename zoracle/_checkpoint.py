@@ -256,6 +256,11 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     tmp = _tmp_path(target)
     try:
         with open(tmp, "wb") as f:
+            try:  # the file replaced keeps its mode (a checkpoint made private stays private)
+                if os.chmod in os.supports_fd:
+                    os.chmod(f.fileno(), os.stat(target).st_mode & 0o7777)
+            except FileNotFoundError:
+                pass
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())

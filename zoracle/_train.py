@@ -1579,8 +1579,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     break
             if pos >= len(blist):
                 # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
-                # save when it is the last epoch, or a budget or callback stopped it here
-                save(last=stopped or epoch + 1 == epochs)
+                # save when it is the last epoch, or a budget or callback stopped it here. An int
+                # checkpoint_every saves here only on its own steps (one-step epochs saved every step)
+                if checkpoint_every == "epoch" or step % checkpoint_every == 0 or stopped or epoch + 1 == epochs:
+                    save(last=stopped or epoch + 1 == epochs)
                 t0 = time.perf_counter()
                 k = len(steps_hist)  # the epoch's records are the history's tail: not a scan of the whole run
                 while k and steps_hist[k - 1]["epoch"] == epoch:

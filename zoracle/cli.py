@@ -46,6 +46,10 @@ OUTPUTS = {"plot": "file", "out": "dir", "cache": "dir"}
 #: argument -> the environment variable that is its default (checked as the argument is)
 ENV_DEFAULTS = {"cache": "ZORACLE_CACHE"}
 
+#: argument -> its default path when neither the flag nor its environment variable is set
+#: (``adapters.phiflow.default_cache_dir``'s), checked as the argument is
+PATH_DEFAULTS = {"cache": os.path.join("~", ".cache", "zoracle")}
+
 #: (subcommand, argument) -> the module its output needs (checked before the first query), and
 #: the flag that turns that output off
 OUTPUT_REQUIRES = {("defense", "out"): ("matplotlib", None), ("sol", "out"): ("matplotlib", "no_plot")}
@@ -164,6 +168,11 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
             # the flag's default: named as the user set it (not as the API's keyword, after the imports)
             value, fix = os.environ[ENV_DEFAULTS[attr]], f"; set it to a writable folder or pass {flag} DIR"
             flag = "$" + ENV_DEFAULTS[attr]
+        elif value is None and hasattr(args, attr) and attr in PATH_DEFAULTS:
+            # neither set: the home's default, named with both ways to change it (not `cache_dir`, later)
+            value = os.path.expanduser(PATH_DEFAULTS[attr])
+            fix = f"; pass {flag} DIR or set ${ENV_DEFAULTS[attr]}" if attr in ENV_DEFAULTS else f"; pass {flag} DIR"
+            flag = f"{flag} (default)"
         if value is None:
             continue
         why = _writable(str(value), kind, made)
