@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     def accuracy(params) -> float:
         return float((oracle.predict(params, x_test).argmax(1) == y_test).mean())
 
-    settings = dict(  # DeepZero (Chen et al., ICLR 2024), at this model's size
+    settings: dict = dict(  # DeepZero (Chen et al., ICLR 2024), at this model's size
         batches=batches, epochs=epochs, estimator=zo.CGE(mu=5e-3), sparsity=0.9, ratios="zo_grasp",
         grasp_batch=(x_train[:250], y_train[:250]), mask_shuffle_interval=1,
         optimizer=zo.sgd(zo.cosine_schedule(0.3, total_steps=steps, warmup_steps=len(batches)),

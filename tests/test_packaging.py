@@ -107,6 +107,7 @@ def test_wheel_maps_adapters_into_the_package(tmp_path):
     wheel = next(tmp_path.glob("zoracle-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "zoracle/adapters/__init__.py" in names and "zoracle/apps/__init__.py" in names
+    assert "zoracle/py.typed" in names  # PEP 561: without it mypy and pyright ignore the annotations
     assert not any(n.startswith(("adapters/", "apps/", "tests/")) for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -208,3 +209,60 @@ print(json.dumps(getattr(dist.metadata, "license_expression", None)))
 """
     deprecated, expression = map(json.loads, _run(code, ROOT).splitlines())
     assert deprecated == [] and expression == "MIT", (deprecated, expression)
+
+
+# PEP 561 users: what a type checker sees of the installed wheel. Errors inside zoracle are not
+# theirs (mypy reports none in installed packages); every documented call must be accepted, and
+# (--disallow-untyped-calls, as --strict has it) none may be to an unannotated zoracle function.
+# Third-party typing outside zoracle's reach: frameworks not installed here (a core-only install),
+# stubs sklearn and scipy do not ship, and torch's `Parameter.grad` being Optional (docs/pytorch.md
+# prints `denoiser.weight.grad.shape`). zoracle itself must be found.
+_MYPY_INI = """[mypy]
+ignore_missing_imports = True
+[mypy-zoracle.*]
+ignore_missing_imports = False
+follow_imports = silent
+"""
+_MYPY_FLAGS = ["--no-error-summary", "--hide-error-context", "--show-error-codes", "--no-incremental",
+               "--no-implicit-reexport", "--strict-equality",
+               "--disallow-untyped-calls", "--untyped-calls-exclude=userblocks", "--untyped-calls-exclude=torch"]
+_NOT_OURS = ('Item "None" of "Tensor | None" has no attribute "shape"',)
+
+
+@pytest.mark.slow  # mypy reads NumPy's and torch's annotations: a minute or two on a cold cache
+def test_documented_calls_type_check_against_the_shipped_annotations(tmp_path):
+    pytest.importorskip("mypy")
+    import re
+
+    # the package as the wheel lays it out (adapters/ and apps/ inside zoracle/), linked to this
+    # checkout: an editable install's import hook is invisible to mypy
+    pkg = tmp_path / "site" / "zoracle"
+    pkg.mkdir(parents=True)
+    for entry in (ROOT / "zoracle").iterdir():
+        if entry.name != "__pycache__":
+            (pkg / entry.name).symlink_to(entry)
+    for name in ("adapters", "apps"):
+        (pkg / name).symlink_to(ROOT / name)
+    assert (pkg / "py.typed").is_file()
+    # every ```python block of README.md and docs/ (as test_docs runs them) and every example
+    user = tmp_path / "userblocks"
+    user.mkdir()
+    (user / "__init__.py").write_text("")
+    fence = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for m in fence.finditer(text):
+            line = text.count("\n", 0, m.start()) + 2
+            stem = re.sub(r"\W", "_", str(page.relative_to(ROOT).with_suffix("")))
+            (user / f"{stem}_L{line}.py").write_text(m.group(1))
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        (user / f"examples_{path.name}").write_text(path.read_text())
+    assert len(list(user.glob("*.py"))) >= 12
+    (tmp_path / "mypy.ini").write_text(_MYPY_INI)
+    env = {**os.environ, "MYPYPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"),
+                          "--cache-dir", str(tmp_path / "cache"), *_MYPY_FLAGS, "userblocks"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    errors = [ln for ln in out.stdout.splitlines() if ": error:" in ln and not any(s in ln for s in _NOT_OURS)]
+    assert out.returncode in (0, 1) and not out.stderr.strip(), out.stderr[-2000:]
+    assert not errors, "\n".join(errors)

@@ -24,9 +24,12 @@ import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotations name it
+    from matplotlib.figure import Figure
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
@@ -241,7 +244,7 @@ class History:
         steps, epochs = read_history(path)
         return cls(tuple(steps), tuple(epochs))
 
-    def plot(self, path=None, *, x: str = "queries", title: str | None = None):
+    def plot(self, path=None, *, x: str = "queries", title: str | None = None) -> Figure:
         """A figure of the run: every step's loss and each epoch's mean, and one panel per metric
         ``eval_fn`` returned, against the run's queries (``x="queries"``, ZO-GraSP's included) or
         its steps (``x="step"``). The loss is the first panel, the metrics follow in the order of
@@ -306,7 +309,7 @@ class TrainResult:
         at :attr:`params`: evaluate your loss there for that."""
         return float(self.history.steps[-1]["loss"]) if self.history.steps else float("nan")
 
-    def plot(self, path=None, **kwargs):
+    def plot(self, path=None, **kwargs: Any) -> Figure:
         """``self.history.plot(path, **kwargs)``: see :meth:`History.plot`."""
         return self.history.plot(path, **kwargs)
 
