@@ -509,3 +509,20 @@ def test_smart_ratio_does_not_warn_when_the_linear_layers_take_exactly_the_budge
         warnings.simplefilter("error")
         r = zo.smart_ratio(blocks, 8 / 11)
     assert r.tolist() == [0.0, 0.3]
+
+
+def test_zo_grasp_names_its_first_estimate_when_the_oracle_fails_there():
+    """A failure in ZO-GraSP's first RGE inside a sparse `train` read "oracle returned nan at
+    direction 0 (+mu)": no step, no ZO-GraSP, and directions a CGE run does not have."""
+    theta = np.full(4, 0.3)
+    probe = []
+    zo.zo_grasp(lambda x: probe.append(np.array(x)) or float(np.sum(x ** 2)), theta, mu=5e-3, directions=8, rng=0)
+    target = probe[1].tobytes()  # the query after the base point: direction 0 of the first estimate
+
+    def loss(x):
+        return float("nan") if np.asarray(x).tobytes() == target else float(np.sum(x ** 2))
+
+    with pytest.raises(zo.OracleError, match=r"at direction 0 \(\+mu\) of ZO-GraSP's first estimate, at params") as info:
+        zo.zo_grasp(loss, theta, mu=5e-3, directions=8, rng=0)
+    assert info.value.query == "direction 0 (+mu) of ZO-GraSP's first estimate, at params"
+    assert np.isnan(info.value.value)

@@ -1811,3 +1811,45 @@ def test_callbacks_false_is_no_callbacks():
     for bad in (5, "printer", True, np.True_):
         with pytest.raises(zo.ArgumentError, match="`callbacks` must be a list of callables"):
             zo.train(f, np.zeros(3), callbacks=bad, **kw)
+
+
+def test_a_bind_that_raises_is_named_by_its_training_step(tmp_path):
+    """An oracle's bind(batch) that raised at batch 3 (a data file that fails to load; TorchOracle's
+    first bind runs the model) escaped as the bare exception: no step, no epoch, no OracleError."""
+    class Data:
+        def bind(self, b):
+            if b == 3:
+                raise ValueError("could not load batch-0003.npy")
+            return lambda x: float(np.sum((x - b) ** 2))
+
+    ck = tmp_path / "run.npz"
+    with pytest.raises(zo.OracleError) as info:
+        zo.train(Data(), np.zeros(3), batches=[0, 1, 2, 3, 4], estimator=zo.CGE(1e-3), optimizer=zo.sgd(0.1),
+                 checkpoint=ck, checkpoint_every=1, progress=False, rng=0)
+    err = info.value
+    assert err.query == "bind(batch) of training step 3 (epoch 0, batch 3)"
+    assert "ValueError: could not load batch-0003.npy" in str(err)
+    assert isinstance(err.cause, ValueError) and err.__cause__ is err.cause
+    assert list(zo.History.from_checkpoint(ck).column("step", "step")) == [0, 1, 2]  # the steps before it are kept
+
+
+
+
+def test_a_shard_timeout_names_its_training_step(tmp_path):
+    """A query that hung at step 5 under `timeout=` raised ShardTimeout naming the shard ("the base
+    point") but not the step, where an OracleError is named by its training step."""
+    class Data:
+        def bind(self, b):
+            def f(x):
+                if b == 5:
+                    time.sleep(3)
+                return float(np.sum((x - b) ** 2))
+            return f
+
+    ck = tmp_path / "run.npz"
+    with pytest.raises(zo.executors.ShardTimeout) as info:
+        zo.train(Data(), np.zeros(3), batches=list(range(8)), estimator=zo.CGE(1e-3), optimizer=zo.sgd(0.1),
+                 executor=SerialExecutor(timeout=0.5), checkpoint=ck, checkpoint_every=1, progress=False, rng=0)
+    assert "(at training step 5, epoch 0, batch 5)" in str(info.value)
+    assert "the base point" in str(info.value)
+    assert list(zo.History.from_checkpoint(ck).column("step", "step")) == [0, 1, 2, 3, 4]

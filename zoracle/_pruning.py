@@ -201,7 +201,11 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     gen = as_generator(rng)
     seed1 = int(gen.integers(2**63))
     seed2 = seed1 if common_random_numbers else int(gen.integers(2**63))
-    g1 = estimate_gradient(oracle, params, est, rng=seed1, executor=executor).grad
+    try:
+        g1 = estimate_gradient(oracle, params, est, rng=seed1, executor=executor).grad
+    except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
+        raise exc.located(f"{exc.query} of ZO-GraSP's first estimate, at params",
+                          "; ratios='uniform' skips ZO-GraSP")
     shifted = params + params.dtype.type(mu) * g1
     try:
         g2 = estimate_gradient(oracle, shifted, est, rng=seed2, executor=executor).grad

@@ -33,8 +33,8 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
-from ._errors import ArgumentError, OracleError, check_flag
-from ._executors_core import split_bound
+from ._errors import ArgumentError, OracleError, ZoracleError, check_flag
+from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
@@ -1493,13 +1493,23 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 t0 = time.perf_counter()
                 est = estimator if mu_sched is None else dataclasses.replace(
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
-                bound = _bound(oracle, blist[pos], executor=executor)
+                try:
+                    bound = _bound(oracle, blist[pos], executor=executor)
+                except ZoracleError:
+                    raise
+                except Exception as exc:  # the oracle's bind(batch) (TorchOracle's first one runs the model)
+                    raise OracleError(f"bind(batch) of training step {step} (epoch {epoch}, batch {pos})",
+                                      cause=exc) from exc
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
                 try:
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
                                           state=est_state)
                 except OracleError as exc:  # which training step, added to the query (its shard and worker kept)
                     raise exc.located(f"{exc.query} of training step {step} (epoch {epoch}, batch {pos})")
+                except ShardFailed as exc:  # a shard that timed out or failed twice: which step, too
+                    if exc.args and isinstance(exc.args[0], str):
+                        exc.args = (f"{exc.args[0]} (at training step {step}, epoch {epoch}, batch {pos})", *exc.args[1:])
+                    raise
                 except StepError as exc:
                     scale = float(xp.max(xp.abs(params)))
                     if step == 0 or not scale > 100 * max(1.0, scale0):
