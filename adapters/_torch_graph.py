@@ -322,6 +322,13 @@ def trace_steps(model: nn.Module):
             return None, (f"torch.fx cannot trace a torch.compile'd module ({type(model).__name__}): pass the "
                           "uncompiled module (model._orig_mod, which holds the same parameters) to keep feature "
                           "reuse")
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) and isinstance(
+                getattr(model, "module", None), nn.Module):
+            return None, (f"torch.fx cannot trace {type(model).__name__}: pass the wrapped module (model.module, "
+                          "which holds the same parameters) to keep feature reuse and vectorized full forwards")
+        if isinstance(model, torch.jit.ScriptModule):
+            return None, (f"torch.fx cannot trace a TorchScript module ({type(model).__name__}): pass the module "
+                          "before torch.jit.script / torch.jit.trace to keep feature reuse and vectorized full forwards")
         converted = isinstance(err, TypeError) and any(f"{f}() argument" in str(err) for f in ("float", "int", "bool"))
         if converted:
             hint = ("; float(), int() or bool() of a traced value is a proxy while fx traces: keep a parameter or "

@@ -550,6 +550,14 @@ class TorchOracle:
                                 "TorchOracle runs float32 or float64 models (a finite difference in half precision is "
                                 "mostly rounding); pass dtype=torch.float32, and drop the forward's casts to half "
                                 "precision (.half(), .bfloat16()) if it has any")
+        mixed = [i.name for i, p in zip(self._core.info, self._core.params) if p.dtype != self.dtype]
+        if mixed:  # the flat vector, and the steps estimates take, have the first parameter's dtype
+            other = self._core.params[[i.name for i in self._core.info].index(mixed[0])].dtype
+            raise ArgumentError(f"`model`'s trainable parameters mix {self.dtype} ({self._core.info[0].name!r}, the "
+                                f"first in the flat vector) and {other} ({name_list(mixed)}): the flat vector and its "
+                                f"steps take the first one's dtype (a float32 tensor's steps rounded under float64 "
+                                f"ones, a float64 tensor's values rounded to float32); pass dtype=torch.float64 or "
+                                f"dtype=torch.float32 to convert the whole model")
         if self.dtype == torch.float32:
             note = _tf32_note(self.device)
             if note:

@@ -375,7 +375,7 @@ def test_reparametrized_conv_and_linear_weights_are_scored_as_their_layers():
                           spectral_norm(nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2)), nn.ReLU(), old, nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), weight_norm(nn.Linear(4, 8)), nn.Tanh(),
                           nn.Linear(8, 4)).double().eval()
-    parametrize.register_parametrization(model[10], "weight", LoRA())
+    parametrize.register_parametrization(model[10], "weight", LoRA().double())
     model[10].parametrizations.weight.original.requires_grad_(False)
     oracle = TorchOracle(model, CE)
     kinds = {i.name: i.kind for i in oracle.param_info}

@@ -146,6 +146,33 @@ def test_a_compiled_model_is_refused_naming_the_uncompiled_module():
     assert TorchOracle(compiled._orig_mod, CE_ROWS, (x, y)).blocks
 
 
+@pytest.mark.parametrize("wrap", ["DataParallel", "jit.script", "jit.trace"])
+def test_a_wrapped_model_is_refused_naming_the_module_inside(wrap):
+    """``TorchOracle(nn.DataParallel(model))`` (as CPU scripts wrap unconditionally) and a top-level
+    ``torch.jit.script`` / ``torch.jit.trace`` module ran full forwards one at a time, 90x slower on a
+    small CNN, behind fx's "Proxy object cannot be iterated" or "traced_func_name=forward doesn't
+    exist": the warning names the module to pass, and the losses stay the plain perturbed forwards'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 4)).double()
+    x, y = torch.randn(5, 2, 4, 4, dtype=torch.float64), torch.randint(0, 4, (5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own
+        wrapped = {"DataParallel": lambda: nn.DataParallel(model), "jit.script": lambda: torch.jit.script(model),
+                   "jit.trace": lambda: torch.jit.trace(model, x)}[wrap]()
+    fix = "model.module" if wrap == "DataParallel" else "before torch.jit.script / torch.jit.trace"
+    steps, reason = trace_steps(wrapped)
+    assert steps is None and fix in reason, reason
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        oracle = TorchOracle(wrapped, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        coords = np.arange(0, theta.size, 7)
+        got = oracle.coordinate_losses(theta, coords, 1e-3)
+    assert any(fix in str(m.message) for m in w), [str(m.message) for m in w]
+    want = plain_losses(model, x, y, coords, 1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
 def test_a_float_of_a_parameter_and_a_varargs_forward_are_refused_with_their_own_reasons():
     """``x / float(self.temperature)`` was refused with advice about sizes read from the input
     (a buffer of the largest size); ``forward(self, *args)`` was captured, fed the batch as
