@@ -757,6 +757,12 @@ class OnnxClassifier:
             keys = sorted(out[0])
             out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
         out = np.asarray(out)
+        if check and (out.ndim != 2 or out.shape[1] != len(check[1])):  # not one score per class
+            raise ZoracleError(
+                f"output {self.output_name!r} of SVMClassifier node {check[2]!r} holds {out.shape[-1]} scores per "
+                f"sample for {len(check[1])} classes: without probability calibration onnxruntime writes a multi-class "
+                "SVM's one-vs-one decision values (one per pair of classes), not class scores; use output="
+                + repr(check[0]) + " for its labels, or export SVC(probability=True) for class probabilities")
         if check:  # the scores' argmax must be the model's own label (untied rows)
             top = np.sort(out, axis=1)
             untied = top[:, -1] > top[:, -2]
@@ -768,8 +774,10 @@ class OnnxClassifier:
                     f"output {self.output_name!r} of SVMClassifier node {check[2]!r} disagrees with the model's own "
                     f"label output {check[0]!r} on {int(wrong.sum())} of {int(untied.sum())} samples (sample {i}: "
                     f"highest score in column {int(out[i].argmax())}, label {label.tolist()[i]!r}): "
-                    "onnxruntime writes a binary SVM's score columns swapped without probability calibration "
-                    "(sklearn-onnx issue 990); use output=" + repr(check[0]) + " for its labels")
+                    + ("onnxruntime writes a binary SVM's score columns swapped without probability calibration "
+                       "(sklearn-onnx issue 990)" if len(check[1]) == 2 else "without probability calibration "
+                       "onnxruntime writes a multi-class SVM's one-vs-one decision values, not class scores")
+                    + "; use output=" + repr(check[0]) + " for its labels")
             if untied.any():
                 self._label_check = None  # checked: one call with untied rows is enough
         return out

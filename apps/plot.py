@@ -41,7 +41,9 @@ def main(args) -> int:
         raise zo.ArgumentError(f"the checkpoint {args.checkpoint!r} holds no steps to plot (a run of epochs=0): "
                                "train for at least one step")
     check_plot_path(args.figure, "FIGURE")  # named as the command line names it
-    history.plot(args.figure, x=args.x, title=args.checkpoint if args.title is None else args.title)
+    # the default title is the path, drawn as written: its '$' escaped (two of them were TeX to matplotlib)
+    title = args.checkpoint.replace("$", r"\$") if args.title is None else args.title
+    history.plot(args.figure, x=args.x, title=title)
     last = history.steps[-1]  # plot refused a history without steps
     done = f"{len(history.steps)} steps, {len(history.epochs)} epochs"
     if "total_nfev" in last:  # absent in checkpoints written before steps carried it

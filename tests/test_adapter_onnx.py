@@ -751,3 +751,23 @@ def test_binary_svc_without_probabilities_never_predicts_the_other_class(zipmap)
     proto = skl2onnx.to_onnx(calibrated, X[:1], options={id(calibrated): {"zipmap": zipmap}})
     probs = OnnxClassifier(proto)  # (their argmax may differ from the labels on a few samples)
     np.testing.assert_allclose(probs(X), calibrated.predict_proba(X), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn 1.9 deprecates SVC's probA_ (skl2onnx reads it)
+@pytest.mark.parametrize("n_classes", [3, 4])
+def test_multiclass_one_vs_one_svc_scores_are_refused_by_name(n_classes):
+    # SVC(decision_function_shape="ovo") without probabilities: onnxruntime's SVMClassifier writes the
+    # n(n-1)/2 pairwise decision values as its scores (6 columns for 4 classes). The label check indexed
+    # the classes with their argmax (IndexError: index 4 is out of bounds), or, for 3 classes, blamed
+    # a binary SVM's swapped columns
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.svm import SVC
+
+    X = np.random.default_rng(0).normal(size=(90, 4)).astype(np.float32)
+    y = np.argmax(X[:, :n_classes], axis=1)
+    svc = SVC(decision_function_shape="ovo").fit(X, y)
+    proto = skl2onnx.to_onnx(svc, X[:1], options={id(svc): {"zipmap": False}})
+    with pytest.raises(zo.ZoracleError, match="one-vs-one decision values") as info:
+        OnnxClassifier(proto)(X)
+    assert "swapped" not in str(info.value) and "output='label'" in str(info.value)
+    np.testing.assert_array_equal(OnnxClassifier(proto, output=0).predict(X), svc.predict(X))  # the named fix

@@ -623,6 +623,45 @@ def test_forget_a_bound_method_oracle_resends_its_object(loky2, what):
     np.testing.assert_array_equal(run(loky2), run(SerialExecutor()))
 
 
+def test_forget_while_another_thread_runs_on_the_executor():
+    """forget(obj) scans the oracles held for obj's bound methods. Another thread's run on the same
+    executor adds and drops oracles meanwhile: the scan raised "RuntimeError: OrderedDict mutated
+    during iteration" (into a curriculum callback, or train's bind of a step)."""
+    import threading
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the race shows in every run
+    errors, stop = [], threading.Event()
+    try:
+        with JoblibExecutor(2, backend="threading") as ex:
+            def forgetter():
+                prob = _Target()
+                try:
+                    while not stop.is_set():
+                        ex.forget(prob)
+                except Exception as exc:  # noqa: BLE001 - the test reports it
+                    errors.append(exc)
+
+            def runner():
+                try:
+                    for _ in range(300):
+                        got = zo.estimate_gradient(_Target().loss, np.ones(4), zo.CGE(), executor=ex)
+                        assert np.allclose(got.grad, 2.0, atol=1e-2)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+                finally:
+                    stop.set()
+
+            threads = [threading.Thread(target=forgetter), threading.Thread(target=runner)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+
+
 def _sin2(x):
     return float(np.sum(np.sin(x) ** 2))
 

@@ -253,6 +253,28 @@ def test_sgd_without_momentum_holds_and_checkpoints_no_velocity_and_resumes_an_o
         zo.train(f, p, epochs=5, checkpoint=ckpt, resume=True, **kw)
 
 
+def test_sgd_with_momentum_takes_the_state_of_sgd_without_it():
+    """A momentum warm-up (plain sgd's steps first, then heavy-ball's, one state from sgd's init)
+    ran as the textbook loop while sgd without momentum kept d zeros; its empty velocity was then
+    refused ("built for params of shape (0,): call sgd's init"). An empty velocity is zeros."""
+    plain, heavy = zo.sgd(0.1), zo.sgd(0.1, momentum=0.9, nesterov=False)
+    p = np.linspace(-1.0, 1.0, 5)
+    state = plain.init(p)
+    x, v = p.copy(), np.zeros(5)  # the textbook loop
+    for t in range(6):
+        g = np.cos(3.0 * p + t)
+        p, state = (plain if t < 2 else heavy).update(g, state, p)
+        if t < 2:
+            x = x - 0.1 * g
+        else:
+            v = 0.9 * v + g
+            x = x - 0.1 * v
+    np.testing.assert_allclose(p, x, rtol=1e-15, atol=1e-15)
+    assert state.count == 6 and state.momentum.shape == (5,)
+    _, s2 = zo.sgd(0.1, momentum=0.9, nesterov=True).update(np.ones(5), plain.init(p), p)
+    np.testing.assert_array_equal(s2.momentum, np.ones(5))  # Nesterov's too
+
+
 def test_step_schedule_counts_its_decays_from_the_end_of_the_warm_up():
     s = zo.step_schedule(1.0, step_size=2, gamma=0.5, warmup_steps=3)
     assert [s(t) for t in range(8)] == [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25]

@@ -246,6 +246,39 @@ def test_a_broken_stderr_pipe_switches_the_bar_off_and_loses_no_work(monkeypatch
     assert np.array_equal(shown.params, quiet.params) and shown.steps == 6 and not shown.stopped
 
 
+@pytest.mark.parametrize("to", ["stderr", "stdout"])
+def test_tqdm_write_beside_the_bar_clears_it_first(monkeypatch, to):
+    """tqdm.write (and logging_redirect_tqdm, which writes through it) clears every bar on
+    stdout or stderr before its message and draws it again after. The bar's broken-pipe wrapper
+    compared unequal to sys.stderr, so tqdm left the bar in place and the message continued the
+    bar's line ("train:   0%|...| 0/8 [...]ORACLE-MSG")."""
+    import io
+    import sys
+
+    from tqdm import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    calls = []
+
+    def oracle(x):
+        calls.append(1)
+        if len(calls) == 20:
+            tqdm.write("ORACLE-MSG", file=getattr(sys, to))
+        return float(x @ x)
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    if to == "stdout":
+        monkeypatch.setattr(sys, "stdout", term)
+    zo.train(oracle, np.ones(3), epochs=1, steps_per_epoch=8, estimator=zo.CGE(), optimizer=zo.sgd(0.1), rng=0)
+    out = term.getvalue()
+    assert "train:" in out and "ORACLE-MSG" in out
+    assert out[:out.index("ORACLE-MSG")].rsplit("\r", 1)[-1] == ""  # the message starts a clean line
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

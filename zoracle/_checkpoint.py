@@ -259,7 +259,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
             try:  # the file replaced keeps its mode (a checkpoint made private stays private)
                 if os.chmod in os.supports_fd:
                     os.chmod(f.fileno(), os.stat(target).st_mode & 0o7777)
-            except FileNotFoundError:
+            except OSError:  # (gone meanwhile, or a file system without modes: the save matters more)
                 pass
             np.savez(f, **payload)
             f.flush()

@@ -145,10 +145,11 @@ class Registry:
         object at every access, so ``forget(obj.loss)`` (or ``forget(obj)``) must find the one
         sent by what it is bound to (``__self__`` and ``__func__``), not by identity."""
         self_, func = (obj.__self__, obj.__func__) if isinstance(obj, types.MethodType) else (obj, None)
-        keys = [k for k, (held, _) in self._items.items()
+        # a snapshot (one C call): another thread's run adds and drops oracles on this executor meanwhile
+        keys = [k for k, (held, _) in list(self._items.items())
                 if isinstance(held, types.MethodType) and held.__self__ is self_
                 and (func is None or held.__func__ is func)]
-        return [self._items.pop(k)[1] for k in keys]
+        return [hit[1] for hit in (self._items.pop(k, None) for k in keys) if hit is not None]
 
     def tokens(self) -> set:
         """The tokens of the objects held now."""

@@ -192,13 +192,15 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
         return SGDState(0, xp.zeros_like(params) if momentum else xp.zeros(0, dtype=params.dtype))
 
     def update(grad, state, params, lr=None):
-        # without momentum the velocity is unused: an empty one (or the zeros init made before)
-        _check_update("sgd", grad, state, params, SGDState, empty_ok=() if momentum else ("momentum",))
+        # without momentum the velocity is unused: an empty one (or the zeros init made before); with
+        # momentum an empty one is a velocity of zeros (a state sgd without momentum made: a warm-up)
+        _check_update("sgd", grad, state, params, SGDState, empty_ok=("momentum",))
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad
         own = bool(weight_decay)  # whether d is this update's own temporary (not grad, not the velocity)
         if momentum:
-            v = momentum * state.momentum + g
+            prev = state.momentum if state.momentum.shape != (0,) else namespace(params).zeros_like(params)
+            v = momentum * prev + g
             d, own = (g + momentum * v, True) if nesterov else (v, False)
         else:  # (a state resumed from an older checkpoint holds d zeros: they are dropped)
             v, d = state.momentum if state.momentum.shape == (0,) else namespace(params).zeros(0, dtype=params.dtype), g

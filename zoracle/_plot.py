@@ -144,13 +144,13 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         ax.grid(alpha=0.3)
         if x == "queries":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, not 150000
-    if title:  # as written ('$' in a path is no TeX), a path's undecodable bytes shown as U+FFFD
+    if title:  # a path's undecodable bytes shown as U+FFFD (matplotlib refused the surrogate escape)
         text = str(title)
         try:
             text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         except UnicodeEncodeError:
             text = text.encode("utf-8", "replace").decode("utf-8")
-        fig.suptitle(text, parse_math=False)
+        fig.suptitle(text)  # (mathtext as the caller writes it: r"$\mu$ = 1e-3"; `zoracle plot` escapes a path's '$')
     if path is not None:
         target = os.path.realpath(path)  # through a symlink to its target, as checkpoints are written
         tmp = _tmp_path(target)

@@ -625,6 +625,12 @@ class _BarStream:
     def flush(self):
         return self._call("flush")
 
+    def __eq__(self, other):  # the stream it wraps: tqdm.write(file=sys.stderr) and logging_redirect_tqdm clear
+        return other is self or self._stream == getattr(other, "_stream", other)  # the bar on it, as before
+
+    def __hash__(self):
+        return hash(self._stream)
+
     def __getattr__(self, name):
         return getattr(self._stream, name)
 
