@@ -545,6 +545,29 @@ def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
         _run(tmp_path / "s.npz", resume=other, schedule=sched, epochs=3)
 
 
+def test_a_checkpoint_whose_schedule_wrote_a_float32_field_resumes(tmp_path):
+    """Before schedules stored their fields as Python floats, constant_schedule(np.float32(0.1))
+    wrote value=np.float32(0.1) in its checkpoint (commit 201517d); it is value=0.10000000149011612
+    now, the same number. Read as 0.1 (float64's 0.1), a resume after an upgrade was refused as
+    another setting; it resumes bit for bit, and a float32 of another value is still refused."""
+    sched = zo.constant_schedule(np.float32(0.1))
+    assert "value=0.10000000149011612" in zo.sgd(sched).config
+    ckpt = tmp_path / "c.npz"
+    _run(ckpt, schedule=sched, epochs=1)
+    for now, accepted in (("np.float32(0.1)", True), ("np.float32(0.2)", False)):
+        old = _tamper(ckpt, tmp_path / f"old-{accepted}.npz", meta_edit=lambda m: m["config"].__setitem__(
+            "schedule", m["config"]["schedule"].replace("0.10000000149011612", now)))
+        assert now in zo.load_checkpoint(old)[1]["config"]["schedule"]
+        if accepted:
+            resumed = _run(tmp_path / "r.npz", resume=old, schedule=sched, epochs=3)
+            whole = _run(tmp_path / "w.npz", schedule=sched, epochs=3)
+            assert resumed.steps == 9
+            np.testing.assert_array_equal(resumed.params, whole.params)
+        else:
+            with pytest.raises(zo.CheckpointError, match="schedule: checkpoint has"):
+                _run(tmp_path / "s.npz", resume=old, schedule=sched, epochs=3)
+
+
 class _LinRegData:
     """A data oracle, least squares on its batch; made with the whole data set, it trains on it
     when train gets no `batches`."""

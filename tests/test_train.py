@@ -1073,7 +1073,36 @@ def test_a_resume_with_other_batches_is_refused(tmp_path):
     for k in ("format", "version"):
         meta.pop(k)
     zo.save_checkpoint(path, arrays, meta)
-    assert zo.train(LinReg(), np.zeros(5), batches=mb(), resume=True, **dict(kw, epochs=5)).steps == 25
+    with pytest.warns(UserWarning, match="written before checkpoints recorded the batches: they are not compared"):
+        assert zo.train(LinReg(), np.zeros(5), batches=mb(), resume=True, **dict(kw, epochs=5)).steps == 25
+
+
+def test_a_checkpoint_written_before_batches_were_recorded_warns_on_resume(tmp_path):
+    """Checkpoints written before 591adc8 (201517d's) hold no `batches` setting: resumed with
+    another Minibatches seed or batch size they went on silently, a run neither batches make
+    (the silence 591adc8 ended for newer checkpoints); the resume warns that they are not compared."""
+    X = np.random.default_rng(0).standard_normal((64, 5))
+    y = X @ np.arange(5.0)
+
+    class LinReg:
+        def bind(self, batch):
+            xb, yb = batch
+            return lambda w: float(np.mean((xb @ w - yb) ** 2))
+
+    kw = dict(epochs=4, optimizer=zo.sgd(0.02, momentum=0.9), rng=0, progress=False)
+    path = str(tmp_path / "old.npz")
+    zo.train(LinReg(), np.zeros(5), batches=zo.Minibatches((X, y), 16, seed=3), checkpoint=path,
+             callbacks=[lambda e, r, p: e == "epoch" and r["epoch"] == 1], **kw)
+    arrays, meta = zo.load_checkpoint(path)
+    del meta["config"]["batches"]  # as 201517d wrote it
+    for k in ("format", "version"):
+        meta.pop(k)
+    zo.save_checkpoint(path, arrays, meta)
+    other = zo.Minibatches((X, y), 16, seed=4)
+    with pytest.warns(UserWarning, match="not compared, so another batch size, shuffle seed"):
+        resumed = zo.train(LinReg(), np.zeros(5), batches=other, resume=path, **kw)
+    whole = zo.train(LinReg(), np.zeros(5), batches=other, **kw)
+    assert not np.array_equal(resumed.params, whole.params)  # the run it resumed is neither
 
 
 def test_the_checkpoint_holds_the_mask_of_the_last_step_taken(tmp_path):

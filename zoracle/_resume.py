@@ -137,7 +137,7 @@ def compare_fingerprints(path, saved, current: dict) -> None:
 
 
 #: a NumPy scalar's repr in a settings text (``np.float64(0.05)``): its number is the setting
-_NP_SCALAR = re.compile(r"np\.(?:float|u?int)\d+\(([^()]*)\)")
+_NP_SCALAR = re.compile(r"np\.((?:float|u?int)\d+)\(([^()]*)\)")
 #: a number in a settings text (``final=0``, ``init=1.0``, ``lr=1e-3``)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])")
 
@@ -146,10 +146,21 @@ def _as_float(m) -> str:
     return repr(float(m.group()))
 
 
+def _np_value(m) -> str:
+    """A NumPy scalar's repr as the Python number it holds, as the settings write it now:
+    ``np.float32(0.1)`` is ``0.10000000149011612`` (float(np.float32(0.1))), not ``0.1``."""
+    try:
+        value = np.dtype(m.group(1)).type(m.group(2))
+    except (TypeError, ValueError, OverflowError):
+        return m.group(2)
+    out = value.item()  # (a longdouble's item() is itself)
+    return repr(float(out) if isinstance(out, np.floating) else out)
+
+
 def _numbers_alike(text: str) -> str:
     """A settings text with every number written one way: ``np.float64(0.05)`` (a NumPy scalar in
     a schedule before its fields were stored as floats) as ``0.05``, ``0`` as ``0.0``."""
-    return _NUMBER.sub(_as_float, _NP_SCALAR.sub(r"\1", text))
+    return _NUMBER.sub(_as_float, _NP_SCALAR.sub(_np_value, text))
 
 
 def compare_history(path, steps, schedules: dict) -> None:
@@ -215,6 +226,11 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             # against the oracle's own data (both texts) is compared: those runs differ
             if was is None or now is None or (CALLABLE_BATCHES in (was, now)
                                               and not (isinstance(was, str) and isinstance(now, str))):
+                if was is None and isinstance(now, dict):  # a Minibatches or a list now: nothing to compare it with
+                    warnings.warn(
+                        f"checkpoint {path!r} was written before checkpoints recorded the batches: they are not "
+                        "compared, so another batch size, shuffle seed or list of batches is not caught; resume with "
+                        "the batches that run used (the next checkpoint records them)", UserWarning, stacklevel=5)
                 saved = dict(saved, batches=now)
             elif legacy_batches is not None and was == legacy_batches and was != now:
                 saved = dict(saved, batches=now)  # written before a dict batch's rows were read (then: none)
@@ -242,7 +258,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                 f"the oracle as that run did, or {_FIX}")
         if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
             # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
-            saved = dict(saved, estimator=_NP_SCALAR.sub(r"\1", saved["estimator"]))
+            saved = dict(saved, estimator=_NP_SCALAR.sub(_np_value, saved["estimator"]))
         if isinstance(saved, dict):
             for k in ("optimizer", "schedule", "mu"):
                 # written before schedules stored their fields as Python numbers (final=0, now
