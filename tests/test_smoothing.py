@@ -473,3 +473,35 @@ def test_predict_refuses_an_n_that_cannot_reject_one_half_before_any_query(alpha
     assert calls == []
     assert predict(always_one, np.zeros(3), sigma=0.5, n=least, alpha=alpha, num_classes=2, rng=0) == 1 != ABSTAIN
     assert stats.binomtest(least, least, 0.5).pvalue <= alpha
+
+
+def test_sample_counts_checks_the_declared_num_classes_before_any_query():
+    """docs/defense.md: a num_classes contradicting the classifier's is refused with nothing
+    spent; sample_counts (unlike certify and predict) queried a first batch, then refused the
+    scores' width (or, for labels, returned counts with classes the classifier lacks)."""
+    scores = Declared(lambda z: np.zeros((len(z), 10), np.float32), num_classes=10, input_shape=(None, 1, 8, 8))
+    labels = Declared(lambda z: np.arange(len(z)) % 10, num_classes=10)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    for clf, wrong in ((scores, 2), (labels, 12)):
+        with pytest.raises(zo.ArgumentError, match=rf"`num_classes`={wrong}, but the classifier has 10"):
+            sm.sample_counts(clf, x, 20, 0.1, num_classes=wrong)
+        assert clf.sizes == []
+    assert sm.sample_counts(labels, x, 20, 0.1, num_classes=10, rng=0).tolist() == [[2] * 10]
+
+
+
+
+def test_bfloat16_torch_scores_are_scores():
+    """A torch model run in bfloat16 (autocast, .to(torch.bfloat16)) returns bfloat16 logits,
+    which tensor.numpy() refuses: certify raised a bare TypeError (unsupported ScalarType
+    BFloat16) after its first query. Their argmax is float32's: the same certificate."""
+    torch = pytest.importorskip("torch")
+
+    def scores(z, dtype):
+        z = torch.as_tensor(z.reshape(len(z), -1)[:, :1], dtype=torch.float64)
+        return torch.cat([-z, z, torch.full_like(z, -0.5)], dim=1).to(dtype)
+
+    kw = dict(sigma=0.5, n0=20, n=300, num_classes=3, rng=3)
+    a = sm.certify(lambda z: scores(z, torch.bfloat16), np.array([0.3]), **kw)
+    b = sm.certify(lambda z: scores(z, torch.float32), np.array([0.3]), **kw)
+    assert (a.prediction, a.n_a) == (b.prediction, b.n_a) and a.prediction == 1

@@ -188,7 +188,12 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
     ``sample_of(j)`` names row ``j`` of the batch in errors.
     """
     what = f"a batch of {k} noisy inputs"
-    arr = np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out)
+    if hasattr(out, "detach"):  # a torch tensor; bfloat16 (autocast) or float8 have no NumPy dtype: float32 holds them exactly
+        out = out.detach().cpu()
+        if out.is_floating_point() and str(out.dtype) not in ("torch.float16", "torch.float32", "torch.float64"):
+            out = out.float()
+        out = out.numpy()
+    arr = np.asarray(out)
     shown = f"array of shape {arr.shape}, dtype {arr.dtype}"
     want = f"the classifier must return {k} integer labels (shape ({k},)) or a ({k}, C) float score array"
     if arr.dtype.kind not in "iuf":
@@ -314,7 +319,7 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     _check_classifier(classifier)
     sigma = _check_sigma(sigma)
     num = _check_int("num", num, 1)
-    num_classes = _check_int("num_classes", num_classes, 2)
+    num_classes = _infer_classes(classifier, x, num_classes)  # a declared num_classes it contradicts: refused
     batch_size = _check_int("batch_size", batch_size, 1)
     gen = as_generator(rng)
     x = _points(x)
