@@ -353,6 +353,17 @@ def test_mask_helpers_refuse_overlaps_and_bad_ratios_whatever_the_draw():
     assert zo.DynamicMasks([slice(0, 10)], [0.5], seed=0, interval=2).period(5) == 2
 
 
+def test_per_step_masks_without_step_name_the_argument_dynamicmasks_takes():
+    """``DynamicMasks(interval="step").coordinates(epoch)`` without ``step`` named
+    `mask_shuffle_interval` (train's argument, which DynamicMasks does not take) and gave no fix."""
+    m = zo.DynamicMasks([slice(0, 10)], [0.5], seed=0, interval="step")
+    with pytest.raises(zo.ArgumentError) as err:
+        m.coordinates(0)
+    assert "`interval=\"step\"`" in str(err.value) and "mask_shuffle_interval" not in str(err.value)
+    assert "step=step" in str(err.value)
+    assert m.coordinates(0, step=3).size == 5  # the fix the message names works
+
+
 def test_keep_counts_keep_one_of_a_block_whose_ratio_is_above_zero():
     """A tiny keep ratio rounding to 0 would leave its layer untrained for the whole run."""
     assert zo.keep_counts([slice(0, 100), slice(100, 300)], [0.004, 0.0]).tolist() == [1, 0]

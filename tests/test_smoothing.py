@@ -505,3 +505,21 @@ def test_bfloat16_torch_scores_are_scores():
     a = sm.certify(lambda z: scores(z, torch.bfloat16), np.array([0.3]), **kw)
     b = sm.certify(lambda z: scores(z, torch.float32), np.array([0.3]), **kw)
     assert (a.prediction, a.n_a) == (b.prediction, b.n_a) and a.prediction == 1
+
+def test_bfloat16_scores_certify_as_their_float32_values():
+    """A classifier run in bfloat16 (torch autocast, or JAX's ml_dtypes) returns bfloat16 logits:
+    torch's ended in a raw TypeError ('Got unsupported ScalarType BFloat16') and ml_dtypes' were
+    refused as not float. bfloat16 is exact in float32, so the certificate must be the float32 one."""
+    torch = pytest.importorskip("torch")
+    w = torch.tensor([[1.0, -1.0], [0.5, -0.5]])
+
+    def f32(z):
+        return (torch.as_tensor(z, dtype=torch.float32) @ w).to(torch.bfloat16).float()  # bf16 values, f32 dtype
+
+    kw = dict(sigma=0.25, n0=50, n=500, alpha=0.001, num_classes=2, rng=0)
+    ref = sm.certify(f32, np.array([1.0, 0.5]), **kw)
+    assert ref.prediction == 0 and ref.n_a == 500
+    assert sm.certify(lambda z: f32(z).to(torch.bfloat16), np.array([1.0, 0.5]), **kw) == ref
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    assert sm.certify(lambda z: f32(z).numpy().astype(ml_dtypes.bfloat16), np.array([1.0, 0.5]), **kw) == ref
+

@@ -1279,6 +1279,33 @@ def test_a_generator_refilling_one_buffer_is_refused_and_an_unchanged_one_is_tak
     assert zo.train(_MeanOfBatch(), np.zeros(3), batches=full, epochs=1, progress=False).steps == 4
 
 
+def test_a_generator_refilling_one_bfloat16_tensor_is_refused_as_a_float32_one_is():
+    """The refill check read a tensor's bytes through NumPy, which has no bfloat16: a loader
+    refilling one bfloat16 buffer trained every step on the last batch, silently (params 0.97 after
+    three steps against 0.56 from the same batches as a list), where a float32 one was refused."""
+    torch = pytest.importorskip("torch")
+
+    class MeanOf:
+        def bind(self, b):
+            t = float(b.float().mean())
+            return lambda x: float(((x - t) ** 2).sum())
+
+    for dtype in (torch.float32, torch.bfloat16):
+        def refilling(epoch, dtype=dtype):
+            buf = torch.zeros(4, dtype=dtype)
+            for k in range(3):
+                buf.fill_(k)
+                yield buf
+
+        with pytest.raises(zo.ArgumentError, match="yielded batch 0, then rewrote its memory"):
+            zo.train(MeanOf(), np.zeros(2), batches=refilling, epochs=1, progress=False)
+    fresh = zo.train(MeanOf(), np.zeros(2), epochs=1, progress=False,
+                     batches=lambda e: (torch.full((4,), k, dtype=torch.bfloat16) for k in range(3)))
+    listed = zo.train(MeanOf(), np.zeros(2), epochs=1, progress=False,
+                      batches=[torch.full((4,), k, dtype=torch.bfloat16) for k in range(3)])
+    assert np.array_equal(fresh.params, listed.params) and fresh.steps == 3
+
+
 def test_epochs_hold_one_copy_of_the_data_at_a_time():
     """Each epoch's batches are a copy of the data (rows taken by index): the last epoch's list was
     still held while the next one was drawn, and ZO-GraSP's first epoch for the whole run, so a

@@ -185,7 +185,8 @@ class DynamicMasks:
             _count("step", step)
         if self.per_step:
             if step is None:
-                raise ArgumentError("per-step masks (`mask_shuffle_interval=\"step\"`) need the `step`")
+                raise ArgumentError("per-step masks (`interval=\"step\"`) draw one mask per step: pass it, "
+                                    "coordinates(epoch, step=step)")
             key = [int(self.seed), 0x6D61736B, 0x73746570, int(step)]
         else:
             key = [int(self.seed), 0x6D61736B, self.period(epoch)]

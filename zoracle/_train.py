@@ -365,10 +365,14 @@ def _checksum(a):
         if type(a).__module__.split(".")[0] == "torch":
             if a.device.type != "cpu":
                 return None
-            a = a.detach().numpy()
+            a = a.detach()
+            try:
+                a = a.numpy()
+            except TypeError:  # a dtype NumPy has no name for (bfloat16, float8): its bytes
+                a = a.contiguous().view(sys.modules["torch"].uint8).numpy() if a.dim() >= 1 else None
         if isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype != object:
             return zlib.crc32(np.ascontiguousarray(a).data)
-    except Exception:  # a dtype NumPy cannot view (bfloat16): not checked
+    except Exception:  # an array whose bytes cannot be read here: not checked
         return None
     return None
 

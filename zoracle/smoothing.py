@@ -194,6 +194,8 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
             out = out.float()
         out = out.numpy()
     arr = np.asarray(out)
+    if arr.dtype.kind == "V" and arr.dtype.names is None and arr.dtype.name.startswith(("bfloat16", "float")):
+        arr = arr.astype(np.float32)  # ml_dtypes' bfloat16 and float8 (JAX's): real scores, exact in float32
     shown = f"array of shape {arr.shape}, dtype {arr.dtype}"
     want = f"the classifier must return {k} integer labels (shape ({k},)) or a ({k}, C) float score array"
     if arr.dtype.kind not in "iuf":
