@@ -1942,3 +1942,19 @@ def test_a_shard_timeout_names_its_training_step(tmp_path):
     assert "(at training step 5, epoch 0, batch 5)" in str(info.value)
     assert "the base point" in str(info.value)
     assert list(zo.History.from_checkpoint(ck).column("step", "step")) == [0, 1, 2, 3, 4]
+
+
+def test_a_cge_mu_of_a_few_float_spacings_is_warned_about():
+    """CGE(mu=1e-15) at params of 9 in float64 is half a float spacing: every difference of
+    -sum(x) rounded to 0 and training stood still without a word (at params of 1: -0.8 for -1)."""
+    def loss(x):
+        return float(-np.sum(x))
+
+    x = np.array([9.0, 9.0])
+    with pytest.warns(UserWarning, match=r"mu = 1e-15 is 0\.563 float spacings of float64 .* use mu >= 1\.8e-12"):
+        r = zo.train(loss, x, estimator=zo.CGE(mu=1e-15), optimizer=zo.sgd(0.1), epochs=2, progress=False)
+    assert np.array_equal(r.params, x)  # what the warning is about: no step moved it
+    # the usual settings are quiet (warnings are errors here), in float32 too, and they train
+    r = zo.train(loss, x.astype(np.float32), estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.1), epochs=2,
+                 progress=False)
+    np.testing.assert_allclose(r.params, 9.2, rtol=1e-4)
