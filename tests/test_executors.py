@@ -1986,3 +1986,40 @@ def test_an_oracle_holding_a_multiprocessing_manager_proxy_reaches_process_worke
         assert_same(got, zo.estimate_gradient(_LoggedCalls([]), x, zo.CGE()))
 
 
+def _windows_subprocess():
+    """A fresh copy of the stdlib subprocess module on its Windows code path (fake ``msvcrt`` and
+    ``_winapi`` stand in for the Win32 calls): Popen there refuses ``pass_fds``."""
+    import importlib.util
+    import types
+
+    class _Win32(types.ModuleType):
+        def __getattr__(self, name):
+            return 0 if name.isupper() else (lambda *a, **k: 0)
+
+    saved = {k: sys.modules.get(k) for k in ("_winapi", "msvcrt")}
+    sys.modules["_winapi"], sys.modules["msvcrt"] = _Win32("_winapi"), _Win32("msvcrt")
+    try:
+        spec = importlib.util.find_spec("subprocess")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    assert mod._mswindows
+    return mod
+
+
+def test_process_workers_on_windows_raise_a_clear_error(monkeypatch):
+    import zoracle._executors_local as local
+
+    with monkeypatch.context() as m:  # (undone before pytest reports: its pathlib follows os.name)
+        m.setattr(local, "subprocess", _windows_subprocess())
+        m.setattr(os, "name", "nt")
+        with pytest.raises(zo.ZoracleError, match="backend='threading'"):
+            with JoblibExecutor(2):
+                pass
+        with pytest.raises(zo.ZoracleError, match="POSIX"):
+            DeviceExecutor(["cpu", "cpu"])

@@ -618,6 +618,11 @@ class ProcessPool(ShardedExecutor):
     """Persistent worker processes, one per slot; optionally one device per slot (private)."""
 
     def __init__(self, n_workers: int, devices=None, timeout=None):
+        if os.name == "nt":  # workers get their socket through subprocess's pass_fds, which is POSIX only
+            raise ZoracleError(
+                "process workers (JoblibExecutor(backend='loky'), DeviceExecutor, --workers N) need a POSIX "
+                "system (Linux, macOS): on Windows use JoblibExecutor(n, backend='threading'), DaskExecutor "
+                "or RayExecutor")
         super().__init__(timeout)
         self.n_workers = int(n_workers)
         self.devices = list(devices) if devices is not None else [None] * self.n_workers
