@@ -757,12 +757,16 @@ class OnnxClassifier:
             keys = sorted(out[0])
             out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
         out = np.asarray(out)
+        # the advice: its label output where OnnxClassifier takes it (integer labels; string ones it refuses)
+        use_labels = check and check[1].dtype.kind in "iu"
         if check and (out.ndim != 2 or out.shape[1] != len(check[1])):  # not one score per class
             raise ZoracleError(
                 f"output {self.output_name!r} of SVMClassifier node {check[2]!r} holds {out.shape[-1]} scores per "
                 f"sample for {len(check[1])} classes: without probability calibration onnxruntime writes a multi-class "
-                "SVM's one-vs-one decision values (one per pair of classes), not class scores; use output="
-                + repr(check[0]) + " for its labels, or export SVC(probability=True) for class probabilities")
+                "SVM's one-vs-one decision values (one per pair of classes), not class scores; "
+                + (f"use output={check[0]!r} for its labels, or " if use_labels else "")
+                + "export SVC(probability=True) for class probabilities"
+                + ("" if use_labels else " (its label output holds strings, which OnnxClassifier does not take)"))
         if check:  # the scores' argmax must be the model's own label (untied rows)
             top = np.sort(out, axis=1)
             untied = top[:, -1] > top[:, -2]
@@ -777,7 +781,8 @@ class OnnxClassifier:
                     + ("onnxruntime writes a binary SVM's score columns swapped without probability calibration "
                        "(sklearn-onnx issue 990)" if len(check[1]) == 2 else "without probability calibration "
                        "onnxruntime writes a multi-class SVM's one-vs-one decision values, not class scores")
-                    + "; use output=" + repr(check[0]) + " for its labels")
+                    + (f"; use output={check[0]!r} for its labels" if use_labels else "; export SVC(probability=True) "
+                       "for class probabilities (its label output holds strings, which OnnxClassifier does not take)"))
             if untied.any():
                 self._label_check = None  # checked: one call with untied rows is enough
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import re
 import sys
 import warnings
 
@@ -754,6 +755,51 @@ def test_binary_svc_without_probabilities_never_predicts_the_other_class(zipmap)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn 1.9 deprecates SVC's probA_ (skl2onnx reads it)
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_an_svc_with_string_labels_is_refused_with_advice_that_works(n_classes):
+    # string class labels ("neg", "pos"): the refusal advised output='label', which OnnxClassifier then
+    # refused ("neither class scores (N, C) nor labels (N,)"); it names the export that works instead
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.svm import SVC
+
+    X = np.random.default_rng(0).normal(size=(90, 4)).astype(np.float32)
+    names = np.array(["neg", "pos", "third", "fourth"])
+    y = names[np.argmax(X[:, :n_classes], axis=1)]
+    svc = SVC(decision_function_shape="ovo").fit(X, y)
+    proto = skl2onnx.to_onnx(svc, X[:1], options={id(svc): {"zipmap": False}})
+    with pytest.raises(zo.ZoracleError) as info:
+        OnnxClassifier(proto).predict(X)
+    message = str(info.value)
+    for advised in re.findall(r"output=('\w+')", message):  # each output it advises is one OnnxClassifier takes
+        OnnxClassifier(proto, output=advised.strip("'")).predict(X)
+    assert "SVC(probability=True)" in message
+    calibrated = SVC(probability=True, random_state=0).fit(X, y)  # the advice, followed
+    proto = skl2onnx.to_onnx(calibrated, X[:1], options={id(calibrated): {"zipmap": False}})
+    np.testing.assert_allclose(OnnxClassifier(proto)(X), calibrated.predict_proba(X), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn 1.9 deprecates SVC's probA_ (skl2onnx reads it)
+def test_binary_svc_first_called_on_its_boundary_is_still_checked():
+    # a first call whose samples all lie on the decision boundary (tied scores, -0 and 0) checks nothing:
+    # the calls after it still compare the columns with the labels, and never predict the other class
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.svm import SVC
+
+    X = np.array([[-2.0], [-1.0], [1.0], [2.0]], np.float32)
+    svc = SVC(kernel="linear").fit(X, [0, 0, 1, 1])
+    assert svc.decision_function([[0.0]])[0] == 0  # x = 0 is on the boundary
+    clf = OnnxClassifier(skl2onnx.to_onnx(svc, X[:1], options={id(svc): {"zipmap": False}}))
+    clf(np.zeros((2, 1), np.float32))
+    x = np.array([[-1.5], [-0.5], [0.5], [1.5]], np.float32)
+    try:
+        got = clf.predict(x)
+    except zo.ZoracleError as exc:
+        assert "disagrees with the model's own label output" in str(exc)
+    else:
+        np.testing.assert_array_equal(got, svc.predict(x))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn 1.9 deprecates SVC's probA_ (skl2onnx reads it)
 @pytest.mark.parametrize("n_classes", [3, 4])
 def test_multiclass_one_vs_one_svc_scores_are_refused_by_name(n_classes):
     # SVC(decision_function_shape="ovo") without probabilities: onnxruntime's SVMClassifier writes the
@@ -771,3 +817,43 @@ def test_multiclass_one_vs_one_svc_scores_are_refused_by_name(n_classes):
         OnnxClassifier(proto)(X)
     assert "swapped" not in str(info.value) and "output='label'" in str(info.value)
     np.testing.assert_array_equal(OnnxClassifier(proto, output=0).predict(X), svc.predict(X))  # the named fix
+
+
+def _dropout_model(case):
+    # x (N, 3) -> Dropout(ratio=0.5, training_mode) -> y (N, 3), written with onnx.helper as a converter
+    # other than torch's may write it: training_mode from an initializer or from a Constant node
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    init, nodes = [numpy_helper.from_array(np.array(0.5, np.float32), "ratio")], []
+    on = np.array(case != "off", bool)
+    if case == "constant":
+        nodes.append(helper.make_node("Constant", [], ["on"], value=numpy_helper.from_array(on, "on")))
+    else:
+        init.append(numpy_helper.from_array(on, "on"))
+    nodes.append(helper.make_node("Dropout", ["x", "ratio", "on"], ["y"]))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x_info], [y_info], init),
+                              opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("case", ["initializer", "constant"])
+def test_a_dropout_in_training_mode_is_refused(case):
+    # onnxruntime called directly: the dropout changes a sample's scores from one call to the next
+    data = _dropout_model(case)
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert not np.array_equal(sess.run(None, {"x": x})[0], sess.run(None, {"x": x})[0])
+    with pytest.raises(zo.ArgumentError, match="training mode: Dropout node .* drops activations at random"):
+        OnnxClassifier(data)
+
+
+def test_a_dropout_whose_training_mode_is_off_is_accepted():
+    # training_mode False: Dropout is the identity (onnxruntime called directly), as in an eval export
+    data = _dropout_model("off")
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x)
+    np.testing.assert_array_equal(OnnxClassifier(data)(x), x)

@@ -260,6 +260,26 @@ def test_a_save_keeps_the_mode_of_the_checkpoint_it_replaces(tmp_path, mode):
     assert oct(os.stat(path).st_mode & 0o777) == oct(mode)
 
 
+def test_a_save_whose_mode_copy_is_refused_still_saves(tmp_path, monkeypatch):
+    """Copying the replaced checkpoint's mode is best effort: where chmod is refused (EPERM on a
+    file system without POSIX modes, or a file another user owns) the save still happens and
+    holds what was saved."""
+    path = str(tmp_path / "run.npz")
+    zo.save_checkpoint(path, {"params": np.arange(3.0)}, {"step": 1})
+
+    def refuse(target, mode, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    monkeypatch.setattr(os, "supports_fd", os.supports_fd | {refuse})
+    zo.save_checkpoint(path, {"params": np.arange(3.0) + 1.0}, {"step": 2})
+    monkeypatch.undo()
+    arrays, meta = zo.load_checkpoint(path)
+    assert meta["step"] == 2
+    np.testing.assert_array_equal(arrays["params"], [1.0, 2.0, 3.0])
+    assert [f for f in os.listdir(tmp_path) if f != "run.npz"] == []  # no temporary left behind
+
+
 def test_oracle_state_outside_params_is_saved_and_restored(tmp_path):
     class Stateful:
         """A loss whose running mean (like BatchNorm statistics) changes on every plain call."""

@@ -763,6 +763,26 @@ def test_float8_losses_are_warned_about_as_float16_ones_are(monkeypatch, fmt):
     assert np.all(est.grad == 0) and np.all(exact != 0)  # what the warning is about
 
 
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])
+def test_the_float8_warning_names_the_losses_spacing(monkeypatch, fmt):
+    """The warning's resolution is the float8 spacing near the base loss: at a loss of 32 (a power
+    of two, where the spacing is exactly 32 * eps), 4 apart in e4m3fn (3 mantissa bits) and 8 in
+    e5m2 (2), so a difference over mu = 1e-3 resolves a partial only to 4000 or 8000."""
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import zoracle._estimators as est_module
+
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    spacing = 32.0 * float(ml_dtypes.finfo(getattr(ml_dtypes, fmt)).eps)  # the reference
+    loss = lambda p: torch.tensor(float(np.sum((p - 4.0) ** 2))).to(getattr(torch, fmt))  # noqa: E731
+    assert float(loss(np.zeros(2))) == 32.0
+    with pytest.warns(UserWarning, match=f"returns {fmt} losses") as rec:
+        zo.estimate_gradient(loss, np.zeros(2), zo.CGE(mu=1e-3))
+    text = " ".join(str(w.message) for w in rec)
+    assert f"they are {spacing:.3g} apart" in text, text
+    assert f"only to {spacing / 1e-3:.3g}" in text, text
+
+
 def test_a_batch_of_bfloat16_losses_is_taken_as_a_plain_call_of_one_is(monkeypatch):
     """A plain call returning a bfloat16 loss is taken (with the coarse-loss warning); a `batch`
     returning bfloat16 losses was refused: "could not convert to an array (Got unsupported

@@ -1083,6 +1083,42 @@ def test_another_threads_forward_runs_while_a_model_is_traced():
     assert torch.equal(got[0], want)
 
 
+def test_the_model_being_traced_runs_as_itself_in_another_thread():
+    # the same model called in another thread (a service's inference on the model a TorchOracle is being
+    # built on): its parameters, read through fx's patched nn.Module.__getattr__, are the tensors
+    # themselves there, not the trace's proxies; the result is the model's own output
+    import threading
+
+    torch.manual_seed(0)
+    inside, go = threading.Event(), threading.Event()
+    traced = _PausingNet(inside, go, wait_s=10.0)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        want = traced.fc2(torch.relu(traced.fc1(x)))  # the reference: its layers called one by one
+    got = []
+
+    def user_thread():
+        inside.wait(10.0)
+        try:
+            with torch.no_grad():
+                got.append(traced(x))
+        except Exception as exc:  # noqa: BLE001 - what the user's thread saw
+            got.append(exc)
+        finally:
+            go.set()
+
+    def build():
+        t = threading.Thread(target=user_thread)
+        t.start()
+        TorchOracle(traced, CE_ROWS)
+        t.join()
+
+    assert _keeping_module_methods(build)
+    assert inside.is_set() and len(got) == 1
+    assert torch.is_tensor(got[0]) and not isinstance(got[0], torch.fx.Proxy), got[0]
+    assert torch.equal(got[0], want)
+
+
 def test_two_models_traced_at_once_leave_nn_module_as_it_was():
     # two TorchOracles built at once (a sweep in a ThreadPoolExecutor): fx's patches of
     # nn.Module.__call__ / __getattr__ were put back out of order and stayed, so every later

@@ -246,6 +246,77 @@ def test_a_broken_stderr_pipe_switches_the_bar_off_and_loses_no_work(monkeypatch
     assert np.array_equal(shown.params, quiet.params) and shown.steps == 6 and not shown.stopped
 
 
+def test_a_pipe_gone_with_output_pending_on_stdout_switches_the_bar_off(monkeypatch):
+    """`python run.py 2>&1 | head -1` after a print to stdout still in its buffer (a pipe's stdout is
+    block-buffered) and a line on stderr that head took before leaving: tqdm flushes sys.stdout and
+    sys.stderr itself when the bar's stream is one of them (the bar's wrapper equals sys.stderr),
+    and that flush raised BrokenPipeError out of zo.train before its first step. The bar is off
+    instead; the run is the one progress=False makes."""
+    import io
+    import sys
+
+    class Gone(io.TextIOBase):  # a pipe whose reader has gone: what is written stays pending
+        def __init__(self, pending):
+            self.pending = pending
+
+        def write(self, s):
+            self.pending += len(s)
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            if self.pending:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self):
+            return False
+
+    f = lambda x: float(((x - 1.0) ** 2).sum())  # noqa: E731
+    kw = dict(epochs=3, steps_per_epoch=2, optimizer=zo.sgd(0.1), rng=0)
+    quiet = zo.train(f, np.zeros(4), progress=False, **kw)
+    monkeypatch.setattr(sys, "stdout", Gone(pending=15))  # print("config: lr=0.1") still buffered
+    monkeypatch.setattr(sys, "stderr", Gone(pending=0))
+    shown = zo.train(f, np.zeros(4), progress=True, **kw)
+    assert np.array_equal(shown.params, quiet.params) and shown.steps == 6 and not shown.stopped
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError(32, "Broken pipe"), ValueError("I/O operation on closed file.")])
+def test_a_failed_bar_stream_is_written_no_more_and_reported_once(monkeypatch, caplog, error):
+    """A stream whose first write fails (a broken pipe: OSError; a closed one: ValueError) is tried
+    no more: the bar is off after it, one log warning says so, and the run is the one progress=False
+    makes."""
+    import io
+    import logging
+    import sys
+
+    class Failing(io.TextIOBase):
+        def __init__(self):
+            self.writes = 0
+
+        def write(self, s):
+            self.writes += 1
+            raise error
+
+        def flush(self):  # (nothing written, nothing to fail on)
+            if self.writes:
+                self.writes += 1
+                raise error
+
+        def isatty(self):
+            return False
+
+    f = lambda x: float(((x - 1.0) ** 2).sum())  # noqa: E731
+    kw = dict(epochs=3, steps_per_epoch=2, optimizer=zo.sgd(0.1), rng=0)
+    quiet = zo.train(f, np.zeros(4), progress=False, **kw)
+    stream = Failing()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with caplog.at_level(logging.WARNING, logger="zoracle"):
+        shown = zo.train(f, np.zeros(4), progress=True, **kw)
+    assert np.array_equal(shown.params, quiet.params) and shown.steps == 6 and not shown.stopped
+    assert stream.writes == 1  # nothing more was tried on the failed stream
+    off = [r for r in caplog.records if "progress bar is off" in r.getMessage()]
+    assert len(off) == 1 and type(error).__name__ in off[0].getMessage()
+
+
 @pytest.mark.parametrize("to", ["stderr", "stdout"])
 def test_tqdm_write_beside_the_bar_clears_it_first(monkeypatch, to):
     """tqdm.write (and logging_redirect_tqdm, which writes through it) clears every bar on
@@ -523,6 +594,23 @@ def test_zo_grasp_spends_no_query_on_a_run_with_no_step():
     one = zo.train(oracle, np.linspace(0.2, 0.5, 4), epochs=1, sparsity=0.5, blocks=blocks, grasp_directions=4, rng=0,
                    progress=False)
     assert one.steps == 1 and one.ratios is not None and one.nfev == oracle.calls > 2 * (4 + 1)
+
+
+def test_zo_grasp_scores_a_checkpointed_run_with_no_step_for_its_resume(tmp_path):
+    """epochs=0 with sparsity and a checkpoint still scores ZO-GraSP's ratios and saves them (the
+    first half of a run resumed later): the resumed run of two epochs is the uninterrupted one."""
+    blocks = [slice(0, 2), slice(2, 4)]
+    p0 = np.linspace(0.2, 0.5, 4)
+    kw = dict(sparsity=0.5, blocks=blocks, grasp_directions=4, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    full = zo.train(_Calls(), p0, epochs=2, **kw)
+    path = tmp_path / "run.npz"
+    none = zo.train(_Calls(), p0, epochs=0, checkpoint=path, **kw)
+    assert none.steps == 0 and none.ratios is not None
+    np.testing.assert_array_equal(none.ratios, full.ratios)
+    assert "ratios" in zo.load_checkpoint(path)[0]
+    res = zo.train(_Calls(), p0, epochs=2, checkpoint=path, resume=True, **kw)
+    np.testing.assert_array_equal(res.ratios, full.ratios)
+    assert res.params.tobytes() == full.params.tobytes() and res.steps == full.steps == 2
 
 
 def test_mu_schedule_with_no_step_to_run():

@@ -71,6 +71,35 @@ def test_checkpoint_every_counts_steps_across_one_step_epochs(tmp_path):
         np.testing.assert_array_equal(res.history.column(name, "epoch"), full.history.column(name, "epoch"))
 
 
+@pytest.mark.parametrize("case", ["last epoch", "stopped"])
+def test_checkpoint_every_saves_the_run_end_before_eval_fn_can_fail(tmp_path, case):
+    """With an int checkpoint_every, the run's last epoch (step 10 of 10) and an epoch a callback
+    stopped (step 6) are saved at their end before eval_fn runs, although neither step is one of
+    checkpoint_every=4's: an eval_fn that raises there loses none of the run's steps."""
+    path = tmp_path / "run.npz"
+    end = 10 if case == "last epoch" else 6
+    steps = []
+
+    def stop(event, rec, params):
+        if event == "step":
+            steps.append(rec["step"])
+            return case == "stopped" and len(steps) == end
+        return None
+
+    def eval_fn(params):
+        if len(steps) == end:
+            raise RuntimeError("eval_fn failed")
+        return {"steps": float(len(steps))}
+
+    loss = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    with pytest.raises(RuntimeError, match="eval_fn failed"):
+        zo.train(loss, np.zeros(3), epochs=10, optimizer=zo.sgd(0.1), checkpoint=path, checkpoint_every=4,
+                 eval_fn=eval_fn, callbacks=[stop], progress=False, rng=0)
+    assert len(steps) == end
+    assert zo.load_checkpoint(path)[1]["step"] == end
+    assert len(zo.History.from_checkpoint(path).steps) == end
+
+
 def test_epoch_records_the_last_steps_lr_and_the_last_epoch_is_evaluated():
     """The epoch record's lr is its last step's (the schedule by hand), and the last epoch is
     evaluated whatever eval_every says (epochs 2 and 3 of four at eval_every=3)."""

@@ -1491,10 +1491,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     from tqdm.std import tqdm as text_tqdm
     text = getattr(tqdm, "display", None) is text_tqdm.display  # (not a notebook's widget bar)
     lines = lines and text
-    bar = (_line_bar(tqdm) if lines else tqdm)(
-        total=total_steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
-        **(dict(file=_BarStream(sys.stderr)) if progress and text else {}),
-        leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
+    try:
+        bar = (_line_bar(tqdm) if lines else tqdm)(
+            total=total_steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
+            **(dict(file=_BarStream(sys.stderr)) if progress and text else {}),
+            leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
+    except (OSError, ValueError) as exc:  # tqdm flushes sys.stdout and sys.stderr itself, unwrapped (its stream
+        if not progress:  # equals sys.stderr): output pending to a pipe whose reader has gone (`2>&1 | head`)
+            raise
+        log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc)
+        progress = False
+        bar = tqdm(total=total_steps, initial=step, disable=True, desc="train", unit="step", leave=False)
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
