@@ -2046,3 +2046,19 @@ def test_a_cge_mu_of_a_few_float_spacings_is_warned_about():
     r = zo.train(loss, x.astype(np.float32), estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.1), epochs=2,
                  progress=False)
     np.testing.assert_allclose(r.params, 9.2, rtol=1e-4)
+
+
+def test_a_float32_models_cge_mu_of_a_few_float32_spacings_is_warned_about():
+    """A TorchOracle declares it computes in float32: mu=1e-6 is 8 float32 spacings at 1, so its
+    float32 losses resolve each partial only to about 0.12; mu=5e-3 is quiet."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    torch.manual_seed(0)
+    oracle = TorchOracle(torch.nn.Linear(3, 1), torch.nn.MSELoss())
+    batch = [(torch.randn(8, 3), torch.randn(8, 1))]
+    with pytest.warns(UserWarning, match=r"mu = 1e-06 is 8\.39 float spacings of float32"):
+        zo.train(oracle, oracle.initial_params(), batches=batch, estimator=zo.CGE(mu=1e-6), optimizer=zo.sgd(0.1),
+                 progress=False)
+    zo.train(oracle, oracle.initial_params(), batches=batch, estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1),
+             progress=False)

@@ -39,7 +39,7 @@ from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, 
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
-from ._oracle import has_methods
+from ._oracle import compute_dtype_of, has_methods
 from ._pruning import RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._resume import CALLABLE_BATCHES, compare_history, read_history, read_resume
 from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
@@ -863,9 +863,10 @@ def _warn_huge_mu(mu: float, scale: float) -> None:
 
 def _warn_tiny_mu(mu: float, scale: float, dtype) -> None:
     """Warn when CGE's ``mu`` is under 100 float spacings of the parameters' scale (or 1, a loss's
-    usual one) in the dtype the oracle computes in: a loss of that scale moves over such a step by a
-    few roundings, so each partial is resolved only to about ``spacing / mu`` (``CGE(mu=1e-15)`` at
-    params of 1 gave -0.8 for -1, at 9 exactly 0, without a word)."""
+    usual one) in the dtype the oracle declares it computes in (``compute_dtype``; float64 for one
+    that declares none): a loss of that scale moves over such a step by a few roundings, so each
+    partial is resolved only to about ``spacing / mu`` (``CGE(mu=1e-15)`` at params of 1 gave -0.8
+    for -1, at 9 exactly 0, without a word)."""
     unit = float(np.spacing(np.dtype(dtype).type(max(1.0, scale))))
     if not mu < 100 * unit:
         return
@@ -1226,7 +1227,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                       estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0)
         _warn_tiny_mu(min(extremes.values()) if extremes else
                       estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0,
-                      as_seen(oracle, params).dtype)
+                      compute_dtype_of(oracle) or np.float64)  # (a plain callable may compute in float64 whatever its params)
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
