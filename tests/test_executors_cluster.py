@@ -731,3 +731,132 @@ def test_dask_a_client_that_distributed_closed_is_named_not_a_raw_attribute_erro
         finally:
             ex.close()
             client.close()
+
+
+@pytest.mark.parametrize("spec", ["address", "local:1"])
+def test_dask_a_users_default_client_stays_theirs(dask_dir, spec):
+    """A client the executor starts itself (for a scheduler address or a local cluster) was made the
+    process's default client: the user's dask work inside the `with` block (persist, compute,
+    get_client().submit) went through it and was lost when close() shut it (FutureCancelledError:
+    lost dependencies; 'IOLoop is closed') (helper h227)."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    da = pytest.importorskip("dask.array")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+        client = distributed.Client(cluster)  # as users write it (not `with Client(...)`, which makes it current)
+        try:
+            kw = {"processes": False, "local_directory": str(dask_dir)} if spec == "local:1" else {}
+            x = te.params()
+            with DaskExecutor(cluster.scheduler_address if spec == "address" else spec, **kw) as ex:
+                te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex),
+                               zo.estimate_gradient(_loss, x, zo.CGE()))
+                y = da.arange(10, chunks=5).persist()
+                fut = distributed.get_client().submit(sum, [1, 2, 3])
+                assert distributed.default_client() is client
+            assert y.sum().compute() == 45
+            assert fut.result(timeout=30) == 6
+        finally:
+            client.close()
+
+
+def _dask_held():
+    from zoracle import _executors_cluster
+
+    return sorted(_executors_cluster._DASK_STATE.oracles)
+
+
+def test_dask_close_frees_its_oracle_copies_on_a_cluster_that_stays(dask_dir):
+    """close() on a cluster the user keeps left every worker holding the executor's loaded oracle
+    copies (up to 4 per worker, a model's weights each: 200 MB of RSS stayed), though its docstring
+    says it releases them; another executor's copies on the same workers stay (helper h227)."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+        client = distributed.Client(cluster)
+        try:
+            before = client.run(_dask_held)
+            x = te.params()
+            first, second = (lambda v: _loss(v)), (lambda v: _loss(v) + 1.0)  # two oracles, one per executor
+            ex1, ex2 = DaskExecutor(client), DaskExecutor(client)
+            te.assert_same(zo.estimate_gradient(first, x, zo.CGE(), executor=ex1), zo.estimate_gradient(first, x, zo.CGE()))
+            after1 = client.run(_dask_held)
+            te.assert_same(zo.estimate_gradient(second, x, zo.CGE(), executor=ex2), zo.estimate_gradient(second, x, zo.CGE()))
+            during = client.run(_dask_held)
+            assert all(len(set(during[w]) - set(before[w])) >= 1 for w in during)
+            ex1.close()
+            assert client.run(_dask_held) == {w: sorted(set(before[w]) | (set(during[w]) - set(after1[w])))
+                                              for w in during}
+            te.assert_same(zo.estimate_gradient(second, x, zo.CGE(), executor=ex2), zo.estimate_gradient(second, x, zo.CGE()))
+            ex2.close()
+            assert client.run(_dask_held) == before
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6  # the user's client and cluster still work
+        finally:
+            client.close()
+
+
+class _SlowScaled:
+    """``scale * _loss``, each call 20 ms; its first call on a worker creates ``flag``."""
+
+    def __init__(self, scale, flag):
+        self.scale, self.flag = scale, flag
+
+    def __call__(self, x):
+        open(self.flag, "a").close()
+        time.sleep(0.02)
+        return self.scale * _loss(x)
+
+
+def test_dask_two_drivers_with_one_pid_do_not_share_shard_results(dask_dir, tmp_path, monkeypatch):
+    """Shard keys were f"zoracle-shard-{jid}-{pid}", jid counted from 0 in every process: two drivers
+    with the same pid (pid 1 of two containers) on one scheduler made the same keys at once, and the
+    scheduler handed one driver's shard results to the other (both gradients off by ~2.8e3, silently)
+    (helper h227). Simulated here: a second run in this process whose job counter starts at 0 again."""
+    import itertools
+    import threading
+
+    from zoracle import _executors_core
+
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+        client = distributed.Client(cluster)
+        try:
+            x = te.params()
+            flag = str(tmp_path / "first-call")
+            first, second = _SlowScaled(1.0, flag), _SlowScaled(3.0, str(tmp_path / "unused"))
+            refs = [zo.estimate_gradient(f, x, zo.CGE()) for f in (first, second)]
+            if os.path.exists(flag):
+                os.remove(flag)
+            got = {}
+            with DaskExecutor(client) as ex1, DaskExecutor(client) as ex2:
+                monkeypatch.setattr(_executors_core, "_job_ids", itertools.count())  # "another process": from 0
+                th = threading.Thread(target=lambda: got.setdefault(1, zo.estimate_gradient(first, x, zo.CGE(), executor=ex1)))
+                th.start()
+                end = time.monotonic() + 60
+                while not os.path.exists(flag) and time.monotonic() < end:  # its shards are running
+                    time.sleep(0.01)
+                monkeypatch.setattr(_executors_core, "_job_ids", itertools.count())  # the second driver starts at 0
+                got[2] = zo.estimate_gradient(second, x, zo.CGE(), executor=ex2)
+                th.join(120)
+            te.assert_same(got[1], refs[0])
+            te.assert_same(got[2], refs[1])
+        finally:
+            client.close()
+
+
+def test_dask_a_client_that_is_not_the_default_one_runs(dask_dir):
+    """A Client(..., set_as_default=False) passed to DaskExecutor (the user's only client): every
+    estimate failed with distributed's "ValueError: No clients found", since the backend waited
+    on its futures with distributed.wait(), which goes through the default client (helper h227)."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+        client = distributed.Client(cluster, set_as_default=False)
+        try:
+            x = te.params()
+            with DaskExecutor(client) as ex:
+                te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex),
+                               zo.estimate_gradient(_loss, x, zo.CGE()))
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6  # still the user's, still running
+        finally:
+            client.close()

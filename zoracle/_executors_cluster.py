@@ -11,6 +11,7 @@ import stat
 import sys
 import tempfile
 import threading
+import uuid
 
 import numpy as np
 
@@ -231,6 +232,16 @@ def _dask_run(spec, shard, oracle, batch, params):
     return run_task_guarded(wrapped, shard, params)
 
 
+def _dask_drop(tokens) -> None:
+    """Runs on a Dask worker (``client.run``): drop the copies of a closed executor's oracles."""
+    if _DASK_LOCK.acquire(timeout=5.0):  # not behind an oracle that hangs while loading
+        try:
+            for t in tokens:
+                _DASK_STATE.drop(t)
+        finally:
+            _DASK_LOCK.release()
+
+
 class _DaskBackend:
     def __init__(self, ex: "DaskExecutor", payload: Payload, futs: dict):
         self.ex = ex
@@ -268,19 +279,23 @@ class _DaskBackend:
         with unless_closed(self):
             fut = self.ex.client.submit(
                 _dask_run, self.payload.spec, shard, f["oracle"], f.get("batch"), f["params"],
-                workers=[w[0]], allow_other_workers=True, pure=False, key=f"zoracle-shard-{jid}-{os.getpid()}",
+                # a key no other client of the scheduler makes: another driver with this pid (pid 1 of
+                # another container) makes the same jids, and the scheduler gave it this task's result
+                workers=[w[0]], allow_other_workers=True, pure=False, key=f"zoracle-shard-{jid}-{uuid.uuid4().hex}",
             )
         self.busy[w] = (jid, fut)
 
     def wait(self, timeout=None):
-        from distributed import wait as dask_wait
+        from distributed import client as dask_client
 
         if not self.busy:
             return []
         futs = {fut: (w, jid) for w, (jid, fut) in self.busy.items()}
         failure = None
         try:
-            dask_wait(list(futs), timeout=timeout, return_when="FIRST_COMPLETED")
+            # through this executor's client: distributed.wait() goes through the process's default
+            # client ("No clients found" for a Client(set_as_default=False) the user passed)
+            self.ex.client.sync(dask_client._wait, list(futs), timeout=timeout, return_when="FIRST_COMPLETED")
         except Exception as exc:  # a timeout, or futures cancelled with a dead worker's data
             failure = exc  # the statuses below say which
         done = [f for f in futs if f.done()]
@@ -434,6 +449,7 @@ class DaskExecutor(ShardedExecutor):
         self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._at_exit = None  # close() at interpreter exit, before distributed's own atexit handlers
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
+        self._sent: set = set()  # every oracle token sent: the copies workers hold, dropped on close
         self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
         self._closing = False  # close() was called (from another thread, a run in progress stops)
         self.n_workers = int(self._count or 1)
@@ -469,7 +485,9 @@ class DaskExecutor(ShardedExecutor):
             self._start_local(distributed)
         elif isinstance(self._spec, str):
             try:
-                self.client = distributed.Client(self._spec)
+                # not the process's default client: the user's dask work (compute, persist) must not
+                # go through a client that close() shuts
+                self.client = distributed.Client(self._spec, set_as_default=False)
             except ValueError as exc:  # not an address: distributed's own parse error, deep in its stack
                 raise ArgumentError(f"`client` {self._spec!r} is not a scheduler address ({exc}); pass one such as "
                                     "'tcp://127.0.0.1:8786', or 'local' for a local cluster") from None
@@ -505,7 +523,7 @@ class DaskExecutor(ShardedExecutor):
         try:
             with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
-                self.client = distributed.Client(self.cluster)
+                self.client = distributed.Client(self.cluster, set_as_default=False)
             if kw.get("processes"):  # each worker process, restarted ones too, leaves Ctrl-C to the driver
                 self.client.register_plugin(_ignore_ctrl_c(distributed))
         except BaseException:
@@ -532,6 +550,12 @@ class DaskExecutor(ShardedExecutor):
         self._closing = True  # a run in another thread stops (see _DaskBackend.closed)
         self._futs.clear()
         self._registry.clear()
+        sent, self._sent = sorted(self._sent), set()
+        if sent and self.cluster is None and self.client is not None:  # a cluster that stays: its workers
+            try:  # must not keep this executor's oracle copies (a model's weights) in memory
+                self.client.run(_dask_drop, sent, on_error="ignore")
+            except Exception:  # the scheduler went away: nothing left to free
+                pass
         try:
             if self._owns_client and self.client is not None:
                 self.client.close()
@@ -593,6 +617,7 @@ class DaskExecutor(ShardedExecutor):
             # scattered as bytes, loaded by the shard: an oracle whose __setstate__ raises on a
             # worker is then a shard's error (reported, retried), not a broken scatter
             self._futs[payload.oracle_token] = self._scatter([pack(payload.oracle, "Dask", self)], True)[0]
+            self._sent.add(payload.oracle_token)
         host = np.ascontiguousarray(to_numpy(payload.params))
         # small vectors ride along with each shard; large ones are sent to every worker once
         futs = {"oracle": self._futs[payload.oracle_token],
