@@ -112,23 +112,31 @@ def default_providers() -> list:
 
 
 class _Ledger:
-    """A query counter in a file shared by pickled copies on one machine (flock'ed)."""
+    """Query and call counters in a file shared by pickled copies on one machine (flock'ed)."""
 
     def __init__(self, path: str, host: str):
         self.path, self.host = path, host
 
     @classmethod
-    def create(cls, count: int) -> "_Ledger":
+    def create(cls, count: int, calls: int = 0) -> "_Ledger":
         fd, path = tempfile.mkstemp(prefix="zoracle-onnx-queries-")  # mode 0600
         with os.fdopen(fd, "w") as fh:
-            fh.write(str(int(count)))
+            fh.write(f"{int(count)} {int(calls)}")
         return cls(path, socket.gethostname())
 
     def reachable(self) -> bool:
         return self.host == socket.gethostname() and os.path.exists(self.path)
 
-    def update(self, fn) -> int:
-        """``fn(count) -> new count`` under an exclusive lock; returns the new count."""
+    def update(self, fn, reset_calls: bool = False) -> int:
+        """``fn(count) -> new count`` under an exclusive lock (the call counter set to 0 with
+        ``reset_calls``); returns the new count."""
+        return self._update(fn, 0, reset_calls)[0]
+
+    def calls(self, add: int = 0) -> int:
+        """The shared call counter after adding ``add``."""
+        return self._update(lambda used: used, add)[1]
+
+    def _update(self, fn, add_calls: int, reset_calls: bool = False) -> tuple:
         fd = os.open(self.path, os.O_RDWR)
         try:
             try:
@@ -138,12 +146,13 @@ class _Ledger:
             except ImportError:  # no flock (Windows): copies in one process only are safe
                 pass
             raw = os.pread(fd, 64, 0) if hasattr(os, "pread") else os.read(fd, 64)
-            new = int(fn(int(raw or b"0")))
-            data = str(new).encode()
+            fields = (raw.split() + [b"0", b"0"])[:2]
+            new, calls = int(fn(int(fields[0]))), (0 if reset_calls else int(fields[1])) + int(add_calls)
+            data = f"{new} {calls}".encode()
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, data)
-            return new
+            return new, calls
         finally:
             os.close(fd)  # releases the lock
 
@@ -432,7 +441,8 @@ class OnnxClassifier:
         Samples evaluated so far (padding excluded), by this classifier and its pickled copies;
         a call is counted before it runs, so one that fails partway counts too.
     calls : int
-        onnxruntime ``run`` calls so far.
+        onnxruntime ``run`` calls so far, by this classifier and its pickled copies (counted
+        as ``queries`` is).
 
     Examples
     --------
@@ -470,7 +480,7 @@ class OnnxClassifier:
         self._queries = 0
         self._count_lock = threading.Lock()  # threads of one process share the local counter
         self._ledger = None  # the counter shared with pickled copies, created on first pickling
-        self.calls = 0
+        self._calls = 0
         self._open()
 
     # construction ------------------------------------------------------------------------
@@ -635,7 +645,7 @@ class OnnxClassifier:
     # pickling: sessions do not pickle, the model bytes (or a large model's path) do --------------
     def __getstate__(self):
         if self._ledger is None:  # from now on this object and its copies share one counter
-            self._ledger = _Ledger.create(self._queries)
+            self._ledger = _Ledger.create(self._queries, self._calls)
             weakref.finalize(self, _unlink, self._ledger.path)
         state = self.__dict__.copy()
         del state["session"], state["_count_lock"]
@@ -662,6 +672,22 @@ class OnnxClassifier:
         return self._queries
 
     @property
+    def calls(self) -> int:
+        """onnxruntime ``run`` calls so far, by this classifier and every pickled copy of it."""
+        ledger = self._ledger
+        if ledger is not None and ledger.reachable():
+            return ledger.calls()
+        return self._calls
+
+    def _count_call(self) -> None:
+        ledger = self._ledger
+        if ledger is not None and ledger.reachable():
+            self._calls = ledger.calls(1)
+        else:
+            with self._count_lock:
+                self._calls += 1
+
+    @property
     def remaining(self) -> int | None:
         """Queries left under the budget (None without a budget)."""
         return None if self.budget is None else self.budget - self.queries
@@ -669,9 +695,9 @@ class OnnxClassifier:
     def reset_queries(self) -> None:
         """Set the query and call counters back to zero (the shared one too, for every copy)."""
         self._queries = 0
-        self.calls = 0
+        self._calls = 0
         if self._ledger is not None and self._ledger.reachable():
-            self._ledger.update(lambda used: 0)
+            self._ledger.update(lambda used: 0, reset_calls=True)
 
     def _charge(self, n: int) -> None:
         """Count ``n`` samples before they run, or raise QueryBudgetExceeded without counting."""
@@ -749,7 +775,7 @@ class OnnxClassifier:
         return np.ascontiguousarray(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        self.calls += 1
+        self._count_call()
         check = getattr(self, "_label_check", None)
         names = [self.output_name] + ([check[0]] if check else [])
         out, *labels = self.session.run(names, {self.input_name: x})

@@ -857,3 +857,33 @@ def test_a_dropout_whose_training_mode_is_off_is_accepted():
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x)
     np.testing.assert_array_equal(OnnxClassifier(data)(x), x)
+
+
+def test_calls_count_the_runs_of_pickled_copies_as_queries_does(onnx_path, batch, tmp_path):
+    """``calls`` stayed 0 in the original when only its pickled copies (what process and Dask
+    workers run) called onnxruntime, while ``queries`` counted their samples."""
+    log = tmp_path / "runs"
+
+    class Logged:  # an independent count of the onnxruntime runs each copy makes
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, *args, **kwargs):
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, b"x")
+            os.close(fd)
+            return self.session.run(*args, **kwargs)
+
+    clf = OnnxClassifier(onnx_path, budget=100, batch_size=4)
+    clf.session = Logged(clf.session)
+    clf(batch[:3])  # one run before any copy exists
+    a, b = pickle.loads(pickle.dumps(clf)), pickle.loads(pickle.dumps(clf))
+    a.session, b.session = Logged(a.session), Logged(b.session)
+    a(batch[:10])  # 3 runs of at most 4
+    b(batch[:1])
+    runs = os.path.getsize(log)
+    assert runs == 5
+    assert clf.queries == a.queries == 14
+    assert clf.calls == a.calls == b.calls == runs
+    a.reset_queries()
+    assert clf.calls == b.calls == 0 and clf.queries == 0
