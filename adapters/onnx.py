@@ -791,7 +791,8 @@ class OnnxClassifier:
                 f"sample for {len(check[1])} classes: without probability calibration onnxruntime writes a multi-class "
                 "SVM's one-vs-one decision values (one per pair of classes), not class scores; "
                 + (f"use output={check[0]!r} for its labels, or " if use_labels else "")
-                + "export SVC(probability=True) for class probabilities"
+                + "export a calibrated SVC for class probabilities (CalibratedClassifierCV(SVC(), ensemble=False); "
+                  "SVC(probability=True) before scikit-learn 1.11)"
                 + ("" if use_labels else " (its label output holds strings, which OnnxClassifier does not take)"))
         if check:  # the scores' argmax must be the model's own label (untied rows)
             top = np.sort(out, axis=1)
@@ -807,8 +808,9 @@ class OnnxClassifier:
                     + ("onnxruntime writes a binary SVM's score columns swapped without probability calibration "
                        "(sklearn-onnx issue 990)" if len(check[1]) == 2 else "without probability calibration "
                        "onnxruntime writes a multi-class SVM's one-vs-one decision values, not class scores")
-                    + (f"; use output={check[0]!r} for its labels" if use_labels else "; export SVC(probability=True) "
-                       "for class probabilities (its label output holds strings, which OnnxClassifier does not take)"))
+                    + (f"; use output={check[0]!r} for its labels" if use_labels else "; export a calibrated SVC for "
+                       "class probabilities (CalibratedClassifierCV(SVC(), ensemble=False); SVC(probability=True) "
+                       "before scikit-learn 1.11; its label output holds strings, which OnnxClassifier does not take)"))
             if untied.any():
                 self._label_check = None  # checked: one call with untied rows is enough
         return out

@@ -772,8 +772,10 @@ def test_an_svc_with_string_labels_is_refused_with_advice_that_works(n_classes):
     message = str(info.value)
     for advised in re.findall(r"output=('\w+')", message):  # each output it advises is one OnnxClassifier takes
         OnnxClassifier(proto, output=advised.strip("'")).predict(X)
-    assert "SVC(probability=True)" in message
-    calibrated = SVC(probability=True, random_state=0).fit(X, y)  # the advice, followed
+    assert "CalibratedClassifierCV(SVC(), ensemble=False)" in message
+    from sklearn.calibration import CalibratedClassifierCV
+
+    calibrated = CalibratedClassifierCV(SVC(), ensemble=False).fit(X, y)  # the advice, followed
     proto = skl2onnx.to_onnx(calibrated, X[:1], options={id(calibrated): {"zipmap": False}})
     np.testing.assert_allclose(OnnxClassifier(proto)(X), calibrated.predict_proba(X), atol=1e-5)
 

@@ -860,3 +860,42 @@ def test_dask_a_client_that_is_not_the_default_one_runs(dask_dir):
             assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6  # still the user's, still running
         finally:
             client.close()
+
+
+class _HoldsTheGil:
+    """``_loss``; a call whose first coordinate is perturbed holds the GIL about 20 s (regex backtracking in C)."""
+
+    def __call__(self, x):
+        if x[0] > 1.0:
+            re.match(r"(a+)+$", "a" * 28 + "b")
+        return _loss(x)
+
+
+def test_dask_close_does_not_wait_for_a_stuck_worker(dask_dir):
+    """close() on the user's cluster asked every worker to drop its oracle copies (client.run),
+    the one left inside a timed-out oracle call too: a worker without a nanny (not restarted) in a
+    call holding the GIL answered only when the call ended, and close() waited for it (38 s; for ever
+    for a call that never ends). Before it returned at once."""
+    import subprocess
+
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    with distributed.LocalCluster(n_workers=0, dashboard_address=None, host="127.0.0.1",
+                                  local_directory=str(dask_dir)) as cluster:
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                   "--no-nanny", "--nthreads", "1", "--no-dashboard",
+                                   "--local-directory", str(dask_dir)],
+                                  stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        client = distributed.Client(cluster)
+        try:
+            client.wait_for_workers(1, timeout=60)
+            ex = DaskExecutor(client, timeout=2)
+            with pytest.warns(RuntimeWarning, match="cannot be restarted"), pytest.raises(ShardTimeout):
+                zo.estimate_gradient(_HoldsTheGil(), np.ones(2), zo.CGE(), executor=ex)
+            start = time.monotonic()
+            ex.close()
+            assert time.monotonic() - start < 5
+        finally:
+            worker.kill()
+            worker.wait()
+            client.close()

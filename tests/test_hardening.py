@@ -617,3 +617,26 @@ def test_a_mu_schedule_at_zero_is_named_as_a_bad_value_not_an_unrepresentable_st
     with pytest.raises(zo.ArgumentError, match="must be a finite number > 0"):
         schedule_value(lambda t: 0.0, 3, "mu", positive=True)
     assert schedule_value(lambda t: 0.0, 3, "lr") == 0.0  # a learning rate may be 0
+
+
+def test_a_checkpoint_whose_schedule_wrote_a_longdouble_field_resumes(tmp_path):
+    """As a float32 field (above): constant_schedule(np.longdouble(0.1)) wrote
+    value=np.longdouble('0.10000000000000000555') before schedules stored Python floats; it is
+    value=0.1 now, the same setting (float(np.longdouble(0.1)) == 0.1). The longdouble repr was
+    not read: the resume was refused as another schedule."""
+    sched = zo.constant_schedule(np.longdouble(0.1))
+    assert "value=0.1)" in zo.sgd(sched).config
+    ckpt = tmp_path / "c.npz"
+    _run(ckpt, schedule=sched, epochs=1)
+    for now, accepted in ((repr(np.longdouble(0.1)), True), (repr(np.longdouble(0.2)), False)):
+        old = _tamper(ckpt, tmp_path / f"old-{accepted}.npz", meta_edit=lambda m: m["config"].__setitem__(
+            "schedule", m["config"]["schedule"].replace("value=0.1)", f"value={now})")))
+        assert now in zo.load_checkpoint(old)[1]["config"]["schedule"]
+        if accepted:
+            resumed = _run(tmp_path / "r.npz", resume=old, schedule=sched, epochs=3)
+            whole = _run(tmp_path / "w.npz", schedule=sched, epochs=3)
+            assert resumed.steps == 9
+            np.testing.assert_array_equal(resumed.params, whole.params)
+        else:
+            with pytest.raises(zo.CheckpointError, match="schedule: checkpoint has"):
+                _run(tmp_path / "s.npz", resume=old, schedule=sched, epochs=3)

@@ -489,6 +489,21 @@ def test_sample_counts_checks_the_declared_num_classes_before_any_query():
     assert sm.sample_counts(labels, x, 20, 0.1, num_classes=10, rng=0).tolist() == [[2] * 10]
 
 
+def test_a_contradicted_num_classes_is_refused_with_advice_that_works():
+    """The refusal advised "pass num_classes=10, or leave it out"; sample_counts requires
+    num_classes (leaving it out is a TypeError), so it must advise only what works there, while
+    certify and predict, which default to classifier.num_classes, run without it."""
+    labels = Declared(lambda z: np.arange(len(z)) % 10, num_classes=10)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    with pytest.raises(zo.ArgumentError, match="pass num_classes=10") as info:
+        sm.sample_counts(labels, x, 20, 0.1, num_classes=12)
+    if "leave it out" in str(info.value):
+        sm.sample_counts(labels, x, 20, 0.1, rng=0)  # the advice, followed
+    with pytest.raises(zo.ArgumentError, match="pass num_classes=10, or leave it out"):
+        sm.predict(labels, x[0], sigma=0.1, n=100, num_classes=12)
+    assert sm.predict(labels, x[0], sigma=0.1, n=100, rng=0) == sm.ABSTAIN  # left out: it runs
+
+
 
 
 def test_bfloat16_torch_scores_are_scores():

@@ -553,7 +553,11 @@ class DaskExecutor(ShardedExecutor):
         sent, self._sent = sorted(self._sent), set()
         if sent and self.cluster is None and self.client is not None:  # a cluster that stays: its workers
             try:  # must not keep this executor's oracle copies (a model's weights) in memory
-                self.client.run(_dask_drop, sent, on_error="ignore")
+                # not on a worker left inside an abandoned oracle call: one that holds the GIL (no nanny
+                # to restart it) would answer only when the call ends, and close() waited for it
+                live = [w for w in _dask_workers(self.client) if w not in self._stuck]
+                if live:
+                    self.client.run(_dask_drop, sent, workers=live, on_error="ignore")
             except Exception:  # the scheduler went away: nothing left to free
                 pass
         try:

@@ -137,7 +137,7 @@ def compare_fingerprints(path, saved, current: dict) -> None:
 
 
 #: a NumPy scalar's repr in a settings text (``np.float64(0.05)``): its number is the setting
-_NP_SCALAR = re.compile(r"np\.((?:float|u?int)\d+)\(([^()]*)\)")
+_NP_SCALAR = re.compile(r"np\.((?:float|u?int)\d+|longdouble)\(([^()]*)\)")  # np.longdouble('0.1000...')
 #: a number in a settings text (``final=0``, ``init=1.0``, ``lr=1e-3``)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])")
 
@@ -150,7 +150,7 @@ def _np_value(m) -> str:
     """A NumPy scalar's repr as the Python number it holds, as the settings write it now:
     ``np.float32(0.1)`` is ``0.10000000149011612`` (float(np.float32(0.1))), not ``0.1``."""
     try:
-        value = np.dtype(m.group(1)).type(m.group(2))
+        value = np.dtype(m.group(1)).type(m.group(2).strip("'"))
     except (TypeError, ValueError, OverflowError):
         return m.group(2)
     out = value.item()  # (a longdouble's item() is itself)

@@ -861,17 +861,20 @@ def _warn_huge_mu(mu: float, scale: float) -> None:
                   f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=3)
 
 
-def _warn_tiny_mu(mu: float, scale: float, dtype) -> None:
+def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False) -> None:
     """Warn when CGE's ``mu`` is under 100 float spacings of the parameters' scale (or 1, a loss's
     usual one) in the dtype the oracle declares it computes in (``compute_dtype``; float64 for one
     that declares none): a loss of that scale moves over such a step by a few roundings, so each
     partial is resolved only to about ``spacing / mu`` (``CGE(mu=1e-15)`` at params of 1 gave -0.8
     for -1, at 9 exactly 0, without a word)."""
-    unit = float(np.spacing(np.dtype(dtype).type(max(1.0, scale))))
+    # loss_only: float32 params of an oracle that declares nothing: its loss (float32, as NumPy computes
+    # on them) rounds at 1; the steps themselves are taken exactly whatever the params' scale
+    unit = float(np.spacing(np.dtype(dtype).type(1.0 if loss_only else max(1.0, scale))))
     if not mu < 100 * unit:
         return
-    warnings.warn(f"train: CGE's mu = {mu:g} is {mu / unit:.3g} float spacings of {np.dtype(dtype)} at the "
-                  f"parameters' scale (max|params| = {scale:.3g}, or 1): a loss of that scale changes over such a "
+    at = "1 (a loss's usual scale)" if loss_only else f"the parameters' scale (max|params| = {scale:.3g}, or 1)"
+    warnings.warn(f"train: CGE's mu = {mu:g} is {mu / unit:.3g} float spacings of {np.dtype(dtype)} at "
+                  f"{at}: a loss of that scale changes over such a "
                   f"step by a few roundings, so each partial derivative is resolved only to about {unit / mu:.2g} "
                   f"(for a loss of that scale); use mu >= {1000 * unit:.2g} (1000 spacings; the default is 5e-3)",
                   UserWarning, stacklevel=3)
@@ -1227,7 +1230,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                       estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0)
         _warn_tiny_mu(min(extremes.values()) if extremes else
                       estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0,
-                      compute_dtype_of(oracle) or np.float64)  # (a plain callable may compute in float64 whatever its params)
+                      compute_dtype_of(oracle) or np.dtype(params.dtype),  # (a plain callable: its params' float)
+                      loss_only=compute_dtype_of(oracle) is None and np.dtype(params.dtype) == np.float32)
 
     all_blocks = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])

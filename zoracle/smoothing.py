@@ -321,7 +321,7 @@ def sample_counts(classifier: Callable, x, num: int, sigma: float, *, num_classe
     _check_classifier(classifier)
     sigma = _check_sigma(sigma)
     num = _check_int("num", num, 1)
-    num_classes = _infer_classes(classifier, x, num_classes)  # a declared num_classes it contradicts: refused
+    num_classes = _infer_classes(classifier, x, num_classes, required=True)  # a declared num_classes it contradicts: refused
     batch_size = _check_int("batch_size", batch_size, 1)
     gen = as_generator(rng)
     x = _points(x)
@@ -444,14 +444,15 @@ def _check_classifier(classifier) -> None:
                             f"scores, got {type(classifier).__name__} {classifier!r}")
 
 
-def _infer_classes(classifier, x, num_classes):
+def _infer_classes(classifier, x, num_classes, required=False):
     _check_classifier(classifier)
     n = getattr(classifier, "num_classes", None)
     if num_classes is not None:
         num_classes = _check_int("num_classes", num_classes, 2)
         if isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 2 and n != num_classes:
             raise ArgumentError(f"`num_classes`={num_classes}, but the classifier has {int(n)} classes "
-                                f"(classifier.num_classes): pass num_classes={int(n)}, or leave it out")
+                                f"(classifier.num_classes): pass num_classes={int(n)}"
+                                + ("" if required else ", or leave it out"))  # (sample_counts requires it)
         return num_classes
     if isinstance(n, numbers.Integral) and n >= 2:
         return int(n)
