@@ -155,6 +155,20 @@ def _times(params, step, d, own: bool):
     return s * d
 
 
+def _sign_in_place(g):
+    """``sign(g)`` written into ``g``, a d-sized temporary of the caller's. NumPy's ``np.sign(g,
+    out=g)`` runs without its vectorized loop (9x slower than into another buffer: 5.4 against
+    0.6 ms at d=1e6, NumPy 2.4), so a NumPy array goes through a small scratch buffer, a chunk at
+    a time: the same values, and no second d-sized array."""
+    if not (isinstance(g, np.ndarray) and g.ndim == 1):
+        return namespace(g).sign(g, out=g)
+    buf = np.empty(max(1, min(g.size, 1 << 16)), dtype=g.dtype)
+    for i in range(0, g.size, buf.size):
+        part = g[i:i + buf.size]
+        part[...] = np.sign(part, out=buf[:part.size])
+    return g
+
+
 def _minus(params, t):
     """``params - t`` written into ``t``, a d-sized temporary of the caller's (:func:`_times`'s):
     the same operation and dtype as ``params - t``, one d-sized array fewer at the update's peak."""
@@ -315,7 +329,7 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
         xp = namespace(params)
         step = _lr_at(schedule, state.count, lr)
         g = grad + weight_decay * params if weight_decay else grad
-        signs = xp.sign(g, out=g) if weight_decay else xp.sign(g)  # (weight decay's g is this update's own)
+        signs = _sign_in_place(g) if weight_decay else xp.sign(g)  # (weight decay's g is this update's own)
         del g
         new = _minus(params, _times(params, step, signs, True)).astype(params.dtype, copy=False)
         return new, SignState(state.count + 1)
