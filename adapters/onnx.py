@@ -270,22 +270,33 @@ def _with_external_data(data: bytes, path: str) -> bytes | str:
                             "beside the .onnx file, as it was exported") from None
 
 
-def _training_mode_nodes(model) -> list:
+def _parsed(model):
+    """The model parsed with onnx (without its external data) for the construction-time checks
+    below, or None where the onnx package is missing or cannot parse it. Parsed once for both: a
+    parse of a 50 MB model takes about 45 ms."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is in the onnx extra
+        return None
+    try:
+        return (onnx.load_model_from_string(model) if isinstance(model, bytes)
+                else onnx.load_model(model, load_external_data=False))
+    except Exception:
+        return None
+
+
+def _training_mode_nodes(model, proto=False) -> list:
     """``(node name, op, what it does)`` for the nodes of a model exported in training mode (torch.onnx.export
     of a model left in train mode with training=TrainingMode.PRESERVE or TRAINING): BatchNormalization with
     ``training_mode=1`` (opset 14+) or with its training outputs (opset 9-13), which normalizes every call by
     the batch's own statistics, and Dropout with a constant ``training_mode`` of True, which drops at random.
-    Empty when the onnx package is missing or cannot parse the model."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:  # pragma: no cover - onnx is in the onnx extra
+    Empty when the onnx package is missing or cannot parse the model. ``proto``: the model as
+    :func:`_parsed` gives it, where the caller has it."""
+    proto = _parsed(model) if proto is False else proto
+    if proto is None:
         return []
-    try:
-        proto = (onnx.load_model_from_string(model) if isinstance(model, bytes)
-                 else onnx.load_model(model, load_external_data=False))
-    except Exception:
-        return []
+    from onnx import numpy_helper
+
     graph = proto.graph
     consts = {t.name: t for t in graph.initializer}
     consts.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
@@ -307,22 +318,19 @@ def _training_mode_nodes(model) -> list:
     return found
 
 
-def _svm_label_check(model, score_output: str):
+def _svm_label_check(model, score_output: str, proto=False):
     """``(label output, class labels, node name)`` when ``score_output`` is the score output of an
     ``ai.onnx.ml`` SVMClassifier (through Cast / Identity / ZipMap, as skl2onnx writes SVC and NuSVC) and the
     model also outputs that node's labels, and the node has no probability calibration (``prob_a``); else
     None. onnxruntime writes a binary SVM's two score columns in the opposite order of its labels when it
     has no calibration (sklearn-onnx issue 990): the first calls compare the columns' argmax with the labels
-    (``OnnxClassifier._run``)."""
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - onnx is in the onnx extra
+    (``OnnxClassifier._run``). ``proto``: as :func:`_training_mode_nodes`'."""
+    proto = _parsed(model) if proto is False else proto
+    if proto is None:
         return None
-    try:
-        graph = (onnx.load_model_from_string(model) if isinstance(model, bytes)
-                 else onnx.load_model(model, load_external_data=False)).graph
-    except Exception:
-        return None
+    import onnx
+
+    graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
 
     def source(name):  # the SVMClassifier output that ``name`` passes on unchanged, if any
@@ -527,7 +535,8 @@ class OnnxClassifier:
                 what = "is not a loadable ONNX model (truncated, corrupted or not ONNX?)"
             raise ArgumentError(f"`model` {self._source} {what}: {kind}: {str(exc).strip()[:300]}") from None
         self.providers = self.session.get_providers()
-        training = _training_mode_nodes(self._model)
+        proto = _parsed(self._model)  # once, for both checks
+        training = _training_mode_nodes(self._model, proto)
         if training:
             name, op, what = training[0]
             raise ArgumentError(
@@ -558,7 +567,7 @@ class OnnxClassifier:
         self.input_dtype = np.dtype(_DTYPES[node.type])
         self._check_fixed_batch()
         self._check_batch_axis(self.session.get_outputs(), list(node.shape))
-        self._pick_output(self.session.get_outputs())
+        self._pick_output(self.session.get_outputs(), proto)
 
     def _check_batch_axis(self, outputs, raw_shape=()) -> None:
         """A fixed first input axis that no output starts with is no batch axis (a model exported for
@@ -602,7 +611,7 @@ class OnnxClassifier:
                 "model with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={name: {0: 'batch'}}))"
             )
 
-    def _pick_output(self, outputs) -> None:
+    def _pick_output(self, outputs, proto=False) -> None:
         choice = self._output_choice
         if choice is None:
             scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")
@@ -638,7 +647,7 @@ class OnnxClassifier:
                 "re-export the model with the batch axis first (transpose the output inside the model), or choose "
                 "another output with `output=`")
         self.output_kind = "labels" if is_int_vector else "scores"
-        self._label_check = _svm_label_check(self._model, node.name) if self.output_kind == "scores" else None
+        self._label_check = _svm_label_check(self._model, node.name, proto) if self.output_kind == "scores" else None
         last = node.shape[-1] if (self.output_kind == "scores" and not self._zipmap) else None
         self.num_classes = int(last) if isinstance(last, numbers.Integral) and last > 0 else None
 

@@ -42,3 +42,10 @@ def test_step_time_fraction_sets_the_mask():
     assert [x["fraction"] for x in r] == [0.1, 0.5, 1.0]
     bad = _run("--fraction", "0")
     assert bad.returncode != 0 and "--fraction must lie in (0, 1]" in bad.stderr
+
+
+def test_step_time_help_states_its_whole_first_sentence():
+    out = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse rewraps the description
+    assert "optionally for the code of another checkout, so two versions can be timed side by side" in text
