@@ -113,7 +113,7 @@ def run(data: str = "digits", steps: int = 150, repeats: int = 3, root: str | No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # the whole first sentence
     p.add_argument("--data", choices=("digits", "mnist1d"), default="digits")
     p.add_argument("--steps", type=int, default=150, help="steps a timed repeat (default 150)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
