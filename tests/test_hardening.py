@@ -545,19 +545,24 @@ def test_a_checkpoint_whose_schedule_wrote_an_integer_field_resumes(tmp_path):
         _run(tmp_path / "s.npz", resume=other, schedule=sched, epochs=3)
 
 
-def test_a_checkpoint_whose_schedule_wrote_a_float32_field_resumes(tmp_path):
+@pytest.mark.parametrize("value, now, same, other", [
+    (np.float32(0.1), "0.10000000149011612", "np.float32(0.1)", "np.float32(0.2)"),
+    (np.longdouble(0.1), "0.1", repr(np.longdouble(0.1)), repr(np.longdouble(0.2)))], ids=["float32", "longdouble"])
+def test_a_checkpoint_whose_schedule_wrote_a_numpy_scalar_field_resumes(tmp_path, value, now, same, other):
     """Before schedules stored their fields as Python floats, constant_schedule(np.float32(0.1))
-    wrote value=np.float32(0.1) in its checkpoint (commit 201517d); it is value=0.10000000149011612
-    now, the same number. Read as 0.1 (float64's 0.1), a resume after an upgrade was refused as
-    another setting; it resumes bit for bit, and a float32 of another value is still refused."""
-    sched = zo.constant_schedule(np.float32(0.1))
-    assert "value=0.10000000149011612" in zo.sgd(sched).config
+    wrote value=np.float32(0.1) in its checkpoint (commit 201517d), and np.longdouble(0.1)
+    value=np.longdouble('0.10000000000000000555'); they are value=0.10000000149011612 and 0.1
+    now, the same numbers. Read as float64's 0.1 (the float32), or not read (the longdouble), a
+    resume after an upgrade was refused as another setting; it resumes bit for bit, and a field of
+    another value is still refused."""
+    sched = zo.constant_schedule(value)
+    assert f"value={now})" in zo.sgd(sched).config
     ckpt = tmp_path / "c.npz"
     _run(ckpt, schedule=sched, epochs=1)
-    for now, accepted in (("np.float32(0.1)", True), ("np.float32(0.2)", False)):
+    for text, accepted in ((same, True), (other, False)):
         old = _tamper(ckpt, tmp_path / f"old-{accepted}.npz", meta_edit=lambda m: m["config"].__setitem__(
-            "schedule", m["config"]["schedule"].replace("0.10000000149011612", now)))
-        assert now in zo.load_checkpoint(old)[1]["config"]["schedule"]
+            "schedule", m["config"]["schedule"].replace(f"value={now})", f"value={text})")))
+        assert text in zo.load_checkpoint(old)[1]["config"]["schedule"]
         if accepted:
             resumed = _run(tmp_path / "r.npz", resume=old, schedule=sched, epochs=3)
             whole = _run(tmp_path / "w.npz", schedule=sched, epochs=3)
@@ -617,26 +622,3 @@ def test_a_mu_schedule_at_zero_is_named_as_a_bad_value_not_an_unrepresentable_st
     with pytest.raises(zo.ArgumentError, match="must be a finite number > 0"):
         schedule_value(lambda t: 0.0, 3, "mu", positive=True)
     assert schedule_value(lambda t: 0.0, 3, "lr") == 0.0  # a learning rate may be 0
-
-
-def test_a_checkpoint_whose_schedule_wrote_a_longdouble_field_resumes(tmp_path):
-    """As a float32 field (above): constant_schedule(np.longdouble(0.1)) wrote
-    value=np.longdouble('0.10000000000000000555') before schedules stored Python floats; it is
-    value=0.1 now, the same setting (float(np.longdouble(0.1)) == 0.1). The longdouble repr was
-    not read: the resume was refused as another schedule."""
-    sched = zo.constant_schedule(np.longdouble(0.1))
-    assert "value=0.1)" in zo.sgd(sched).config
-    ckpt = tmp_path / "c.npz"
-    _run(ckpt, schedule=sched, epochs=1)
-    for now, accepted in ((repr(np.longdouble(0.1)), True), (repr(np.longdouble(0.2)), False)):
-        old = _tamper(ckpt, tmp_path / f"old-{accepted}.npz", meta_edit=lambda m: m["config"].__setitem__(
-            "schedule", m["config"]["schedule"].replace("value=0.1)", f"value={now})")))
-        assert now in zo.load_checkpoint(old)[1]["config"]["schedule"]
-        if accepted:
-            resumed = _run(tmp_path / "r.npz", resume=old, schedule=sched, epochs=3)
-            whole = _run(tmp_path / "w.npz", schedule=sched, epochs=3)
-            assert resumed.steps == 9
-            np.testing.assert_array_equal(resumed.params, whole.params)
-        else:
-            with pytest.raises(zo.CheckpointError, match="schedule: checkpoint has"):
-                _run(tmp_path / "s.npz", resume=old, schedule=sched, epochs=3)

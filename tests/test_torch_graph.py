@@ -1047,25 +1047,18 @@ def _keeping_module_methods(fn):
         nn.Module.__call__, nn.Module.__getattr__ = call, getattr_
 
 
-def test_another_threads_forward_runs_while_a_model_is_traced():
-    # a web service's inference (or another run's queries) in one thread while a TorchOracle is built
-    # in another: fx's patched nn.Module.__call__ sent that forward to the tracer (NameError)
+def _called_while_traced(traced, inside, go, call):
+    """``call()`` run in another thread while a TorchOracle traces ``traced`` (a _PausingNet paused
+    inside its forward): what that thread got, an output or the exception it raised."""
     import threading
 
-    torch.manual_seed(0)
-    inside, go = threading.Event(), threading.Event()
-    traced = _PausingNet(inside, go, wait_s=10.0)
-    user = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    x = torch.randn(5, 4)
-    with torch.no_grad():
-        want = user(x)
     got = []
 
     def user_thread():
         inside.wait(10.0)
         try:
             with torch.no_grad():
-                got.append(user(x))
+                got.append(call())
         except Exception as exc:  # noqa: BLE001 - what the user's thread saw
             got.append(exc)
         finally:
@@ -1079,8 +1072,24 @@ def test_another_threads_forward_runs_while_a_model_is_traced():
 
     assert _keeping_module_methods(build)
     assert inside.is_set() and len(got) == 1
-    assert torch.is_tensor(got[0]), got[0]
-    assert torch.equal(got[0], want)
+    return got[0]
+
+
+def test_another_threads_forward_runs_while_a_model_is_traced():
+    # a web service's inference (or another run's queries) in one thread while a TorchOracle is built
+    # in another: fx's patched nn.Module.__call__ sent that forward to the tracer (NameError)
+    import threading
+
+    torch.manual_seed(0)
+    inside, go = threading.Event(), threading.Event()
+    traced = _PausingNet(inside, go, wait_s=10.0)
+    user = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        want = user(x)
+    got = _called_while_traced(traced, inside, go, lambda: user(x))
+    assert torch.is_tensor(got), got
+    assert torch.equal(got, want)
 
 
 def test_the_model_being_traced_runs_as_itself_in_another_thread():
@@ -1095,28 +1104,9 @@ def test_the_model_being_traced_runs_as_itself_in_another_thread():
     x = torch.randn(5, 6)
     with torch.no_grad():
         want = traced.fc2(torch.relu(traced.fc1(x)))  # the reference: its layers called one by one
-    got = []
-
-    def user_thread():
-        inside.wait(10.0)
-        try:
-            with torch.no_grad():
-                got.append(traced(x))
-        except Exception as exc:  # noqa: BLE001 - what the user's thread saw
-            got.append(exc)
-        finally:
-            go.set()
-
-    def build():
-        t = threading.Thread(target=user_thread)
-        t.start()
-        TorchOracle(traced, CE_ROWS)
-        t.join()
-
-    assert _keeping_module_methods(build)
-    assert inside.is_set() and len(got) == 1
-    assert torch.is_tensor(got[0]) and not isinstance(got[0], torch.fx.Proxy), got[0]
-    assert torch.equal(got[0], want)
+    got = _called_while_traced(traced, inside, go, lambda: traced(x))
+    assert torch.is_tensor(got) and not isinstance(got, torch.fx.Proxy), got
+    assert torch.equal(got, want)
 
 
 def test_two_models_traced_at_once_leave_nn_module_as_it_was():
