@@ -385,3 +385,38 @@ def test_a_run_and_its_checkpoint_draw_the_same_panels_in_the_same_order(tmp_pat
     shown = [ax.get_ylabel() for ax in r.plot().axes]
     assert sorted(shown[1:]) == ["auc", "test_acc"]
     assert [ax.get_ylabel() for ax in saved.plot().axes] == shown
+
+
+def test_the_figure_shows_as_an_image_where_a_notebook_ends_a_cell_with_it():
+    """A Figure made without pyplot had no image of its own: in a fresh Jupyter kernel,
+    ``result.plot()`` ending a cell showed the text ``<Figure size 420x340 with 1 Axes>`` only."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+    import io
+
+    fig = _sparse().plot()
+    assert isinstance(fig, Figure)
+    png = fig._repr_png_()  # what IPython's image/png formatter asks for when no printer is registered
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    ref = io.BytesIO()
+    fig.savefig(ref, format="png", bbox_inches="tight")  # as matplotlib-inline draws a figure
+    ref.seek(0)
+    assert imread(io.BytesIO(png)).shape == imread(ref).shape
+
+
+def test_a_notebook_shows_the_figure_once(tmp_path):
+    """The same in a kernel (skipped without Jupyter's tooling): an image in a fresh kernel, and one
+    image, not two, where ``%matplotlib inline`` registered matplotlib's own printer."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = ("import sys; sys.path.insert(0, {!r})\nimport numpy as np, zoracle as zo\n"
+           "zo.train(lambda x: float(np.sum(x ** 2)), np.ones(3), epochs=3, progress=False).plot()").format(root)
+    for first in ("", "%matplotlib inline"):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(first), nbformat.v4.new_code_cell(run)]
+        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        shown = [o for o in nb.cells[1].outputs if "image/png" in o.get("data", {})]
+        assert len(shown) == 1, (first, nb.cells[1].outputs)

@@ -30,6 +30,35 @@ def _figure_class(name: str):
     return Figure
 
 
+_HISTORY_FIGURE = []
+
+
+def _history_figure():
+    """``matplotlib.figure.Figure`` that a notebook shows as an image when it ends a cell: a Figure made
+    without pyplot has no display of its own there until pyplot or ``%matplotlib inline`` registers one
+    (a fresh kernel showed the text ``<Figure size 420x340 with 1 Axes>``); where one is registered,
+    IPython uses that one (found by type), so the figure is still shown once."""
+    base = _figure_class("plot")  # (each time: matplotlib gone since, the error naming the fix)
+    if not _HISTORY_FIGURE:
+        import io
+
+        class HistoryFigure(base):
+            def _repr_png_(self):
+                buf = io.BytesIO()
+                self.savefig(buf, format="png", bbox_inches="tight")
+                return buf.getvalue()
+
+        HistoryFigure.__module__, HistoryFigure.__qualname__ = __name__, "HistoryFigure"
+        _HISTORY_FIGURE.append(HistoryFigure)
+    return _HISTORY_FIGURE[0]
+
+
+def __getattr__(name):  # (a pickled figure names its class: found without a plot drawn first)
+    if name == "HistoryFigure":
+        return _history_figure()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _format(path: str, name: str) -> str:
     """The file format of ``path`` (its suffix; PNG without one), refused when matplotlib cannot write it."""
     fmt = os.path.splitext(path)[1][1:].lower() or "png"
@@ -92,7 +121,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         raise ArgumentError(f"`x` must be one of {', '.join(map(repr, X_AXES))}, got {x!r}")
     if path is not None:
         path, fmt = check_plot_path(path, "path")
-    Figure = _figure_class("plot")
+    Figure = _history_figure()
     from matplotlib.ticker import EngFormatter
     steps, epochs = history.steps, history.epochs
     if not steps:
