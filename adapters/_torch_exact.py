@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zoracle._errors import ArgumentError
+from zoracle._errors import ArgumentError, user_stacklevel
 
 from ._torch_chain import (LAYOUT, _BATCHNORM, _DROPOUT, _NoDropout, _model_lock, _stock_forward, norm_context, nudged,
                            vmap_safe)
@@ -1260,7 +1260,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
             if failed is not None:  # the loop ran where vmap failed (an error of the forward's own raised there)
                 core.vmap_ok = False
                 warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(failed).__name__}: {failed}); "
-                              "full forwards run one at a time", RuntimeWarning, stacklevel=4)
+                              "full forwards run one at a time", RuntimeWarning, stacklevel=user_stacklevel())
     return out
 
 

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from torch import nn
 
 from zoracle._backend import is_cupy, namespace
-from zoracle._errors import ArgumentError, check_flag
+from zoracle._errors import ArgumentError, check_flag, user_stacklevel
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream
@@ -191,7 +191,7 @@ def _autocast_off(oracle):
                       "forwards and runs the model in its dtype (finite differences in half precision are mostly "
                       "rounding, and autocast's cache of the cast weights hides parameters perturbed in place); "
                       "build and query the oracle (zo.estimate_gradient, zo.train) outside torch.autocast",
-                      RuntimeWarning, stacklevel=4)
+                      RuntimeWarning, stacklevel=user_stacklevel())
     return torch.autocast(dev, enabled=False, cache_enabled=False)
 
 

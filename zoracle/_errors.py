@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 __all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the function calling this one point
+    at the first frame outside zoracle (its adapters and apps included): the user's line, however
+    deep inside the library the warning is found (a fixed stacklevel is right from one call path only)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_globals.get("__name__") or "").partition(".")[0] == "zoracle":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class ZoracleError(Exception):

@@ -21,7 +21,7 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ZoracleError
+from ._errors import ZoracleError, user_stacklevel
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle
 from ._plan import BaseTask
@@ -263,7 +263,8 @@ class ShardedExecutor(StaysHere):
                 "(BatchNorm running statistics in train mode), and under this executor it runs on a worker, whose "
                 "copy keeps the update: your model's statistics (what predict, checkpoints and eval mode use) stay "
                 "as they were. The gradients are not affected. Use a threading executor (or none) for such a "
-                "model, or update_stats=False to keep the statistics fixed", RuntimeWarning, stacklevel=4)
+                "model, or update_stats=False to keep the statistics fixed", RuntimeWarning,
+                stacklevel=user_stacklevel())
         shards, costs, groups = reshard(
             tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, oracle.fn, t),
             per_worker=self.shards_per_worker,

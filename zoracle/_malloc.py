@@ -34,6 +34,8 @@ import os
 import platform
 import warnings
 
+from ._errors import user_stacklevel
+
 log = logging.getLogger("zoracle")
 
 TRIM_BYTES = 128 << 20  # M_TRIM_THRESHOLD: free bytes at the heap's top kept before trimming
@@ -124,7 +126,7 @@ def reuse_freed_memory() -> bool:
         return _outcome[0][0]
     apply, reason = plan()
     if os.environ.get("ZORACLE_MALLOC", "").strip().lower() not in _CHOICES:
-        warnings.warn(reason, stacklevel=3)
+        warnings.warn(reason, stacklevel=user_stacklevel())
     if apply:
         try:
             mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, OracleError, check_flag
+from ._errors import ArgumentError, OracleError, check_flag, user_stacklevel
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._masks import _block_list, _slices, check_disjoint
 from ._oracle import has_methods
@@ -379,7 +379,7 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
         keep = total / max(1, sizes[is_lin].sum())
         warnings.warn(
             f"smart_ratio: linear layers at keep ratio {linear_keep} need {lin_budget:.0f} of the {total} kept "
-            f"weights; lowering their keep ratio to {keep:.4f} (conv layers keep 0)", stacklevel=2,
+            f"weights; lowering their keep ratio to {keep:.4f} (conv layers keep 0)", stacklevel=user_stacklevel(),
         )
         target[is_lin] = keep * sizes[is_lin]
     else:
@@ -406,7 +406,7 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
             keep = (lin_budget + remaining) / sizes[is_lin].sum()
             warnings.warn(
                 f"smart_ratio: the conv layers kept whole leave {remaining:.0f} of the {total} kept weights; "
-                f"raising the linear layers' keep ratio from {linear_keep} to {keep:.4f}", stacklevel=2,
+                f"raising the linear layers' keep ratio from {linear_keep} to {keep:.4f}", stacklevel=user_stacklevel(),
             )
             target[is_lin] = keep * sizes[is_lin]
     return _ratios(_exact_counts(target, sizes, total), sizes)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
-from ._errors import ArgumentError, OracleError, ZoracleError, check_flag
+from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
 from ._malloc import reuse_freed_memory
@@ -352,7 +352,10 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
                    f"epoch runs {len(out)} steps{used_up}")
             if epoch == 0:  # before the run's steps: refused, as for a list
                 raise ArgumentError(f"{msg}; pass steps_per_epoch={len(out)}, or give that many batches an epoch")
-            warnings.warn(msg, UserWarning, stacklevel=3)
+            if returned is None or not returned.get("warned_short"):  # once per run, not once per epoch
+                if returned is not None:
+                    returned["warned_short"] = True
+                warnings.warn(f"{msg} (said once per run)", UserWarning, stacklevel=user_stacklevel())
         out = out[:steps_per_epoch]
     if not out:
         raise ArgumentError(f"`batches` gave no batch for epoch {epoch}{used_up}")
