@@ -688,14 +688,6 @@ class OnnxClassifier:
             return ledger.calls()
         return self._calls
 
-    def _count_call(self) -> None:
-        ledger = self._ledger
-        if ledger is not None and ledger.reachable():
-            self._calls = ledger.calls(1)
-        else:
-            with self._count_lock:
-                self._calls += 1
-
     @property
     def remaining(self) -> int | None:
         """Queries left under the budget (None without a budget)."""
@@ -708,8 +700,9 @@ class OnnxClassifier:
         if self._ledger is not None and self._ledger.reachable():
             self._ledger.update(lambda used: 0, reset_calls=True)
 
-    def _charge(self, n: int) -> None:
-        """Count ``n`` samples before they run, or raise QueryBudgetExceeded without counting."""
+    def _charge(self, n: int, runs: int = 0) -> None:
+        """Count ``n`` samples and the ``runs`` onnxruntime calls they take before they run (one
+        ledger transaction for both), or raise QueryBudgetExceeded without counting."""
         budget = self.budget
 
         def add(used):
@@ -721,11 +714,13 @@ class OnnxClassifier:
         if ledger is None:
             with self._count_lock:
                 self._queries = add(self._queries)
+                self._calls += runs
         elif ledger.reachable():
-            self._queries = ledger.update(add)
+            self._queries, self._calls = ledger._update(add, runs)
         elif budget is None:
             with self._count_lock:
                 self._queries += n  # counting only: this copy counts for itself
+                self._calls += runs
         else:
             raise ZoracleError(
                 f"this copy of an OnnxClassifier with budget={budget} cannot reach the shared query counter "
@@ -784,7 +779,6 @@ class OnnxClassifier:
         return np.ascontiguousarray(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        self._count_call()
         check = getattr(self, "_label_check", None)
         names = [self.output_name] + ([check[0]] if check else [])
         out, *labels = self.session.run(names, {self.input_name: x})
@@ -828,9 +822,9 @@ class OnnxClassifier:
         """Class scores ``(N, C)`` (or labels ``(N,)`` for a label output) for a batch ``x``."""
         x = self.check_input(x)
         n = x.shape[0]
-        self._charge(n)  # counted before running: a call that fails partway still counts
         fixed = self.input_shape[0]
         step = fixed if fixed is not None else (self.batch_size or n)
+        self._charge(n, len(range(0, n, step)))  # counted before running: a call that fails partway still counts
         parts = []
         for lo in range(0, n, step):
             chunk = x[lo:lo + step]

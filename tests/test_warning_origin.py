@@ -110,3 +110,21 @@ def test_malloc_warning_points_at_a_direct_call():
     env = dict(os.environ, ZORACLE_MALLOC="bogus", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "<string>:4: UserWarning: ZORACLE_MALLOC='bogus'" in out.stderr, out.stderr
+
+
+def test_vmap_fallback_warning_on_a_worker_thread_names_zoracle_not_threading():
+    # a worker thread's stack holds no user line: the warning is zoracle's own (module filters on
+    # "zoracle" match it), not threading.py's
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+    torch.manual_seed(0)
+    oracle = TorchOracle(_Branchy(), cross_entropy, blocks="none")
+    bound, theta = oracle.bind(XY), oracle.initial_params()
+    with zo.executors.JoblibExecutor(2, backend="threading") as ex:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            zo.estimate_gradient(bound, theta, zo.CGE(mu=5e-3), executor=ex)
+    mine = [w for w in got if "torch.func.vmap failed" in str(w.message)]
+    assert mine, [str(w.message) for w in got]
+    for w in mine:
+        assert os.path.basename(w.filename) != "threading.py", (w.filename, w.lineno)
+        assert os.path.abspath(w.filename).startswith(ROOT), (w.filename, w.lineno)

@@ -16,7 +16,15 @@ def user_stacklevel() -> int:
     frame, level = sys._getframe(1), 1
     while frame is not None and (frame.f_globals.get("__name__") or "").partition(".")[0] == "zoracle":
         frame, level = frame.f_back, level + 1
-    return level
+    rest = frame
+    while rest is not None and rest.f_globals.get("__name__") in _THREAD_START:
+        rest = rest.f_back
+    # a worker thread's stack has no user frame: its thread machinery (threading.py) is no better
+    # a place than zoracle's own line, which keeps the warning matching filters on module "zoracle"
+    return 1 if rest is None and frame is not None else level
+
+
+_THREAD_START = frozenset({"threading", "concurrent.futures.thread", "multiprocessing.pool"})
 
 
 class ZoracleError(Exception):
