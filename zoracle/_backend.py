@@ -37,6 +37,24 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def real_numpy(x, wide) -> np.ndarray:
+    """``x`` (a torch tensor, a CuPy or NumPy array) as a NumPy array, a float type NumPy has no
+    name for converted to ``wide`` (float32 or float64, which hold it exactly): torch's bfloat16
+    and float8 tensors (autocast), ml_dtypes' kind-"V" arrays (JAX's)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        try:
+            return np.asarray(x.numpy())
+        except TypeError:
+            if not x.is_floating_point():
+                raise
+            return x.double().numpy().astype(wide, copy=False)
+    arr = np.asarray(to_numpy(x))
+    if arr.dtype.kind == "V" and arr.dtype.names is None and arr.dtype.name.startswith(("bfloat16", "float")):
+        arr = arr.astype(wide)
+    return arr
+
+
 def asarray_like(values, like):
     """``values`` as an array on the same backend as ``like``."""
     return namespace(like).asarray(values)

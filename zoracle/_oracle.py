@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ._backend import to_numpy
+from ._backend import real_numpy
 from ._errors import ArgumentError, OracleError, exc_text
 
 __all__ = [
@@ -191,15 +191,7 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
         raise OracleError(query_of(j) if np.shape(values) in ((n,), (n, 1)) else what, _describe(values),
                           detail="expected finite losses, got masked values")
     try:
-        v = values.detach().cpu() if hasattr(values, "detach") else values
-        try:
-            arr = np.asarray(to_numpy(v))
-        except TypeError:  # a torch bfloat16 or float8 tensor has no NumPy dtype: exact in float64
-            if not (callable(getattr(v, "is_floating_point", None)) and v.is_floating_point()):
-                raise
-            arr = np.asarray(to_numpy(v.double()))
-        if arr.dtype.kind == "V" and arr.dtype.names is None and arr.dtype.name.startswith(("bfloat16", "float")):
-            arr = arr.astype(np.float64)  # ml_dtypes' bfloat16 and float8 (kind "V"): real numbers
+        arr = real_numpy(values, np.float64)  # (bfloat16 and float8 losses: real numbers)
     except Exception as exc:
         raise OracleError(what, _describe(values), detail=f"could not convert to an array ({exc})") from None
     if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":

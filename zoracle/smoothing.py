@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
+from ._backend import real_numpy
 from ._errors import ArgumentError, OracleError, ZoracleError, finite_real
 from ._estimators import as_generator
 
@@ -188,14 +189,7 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
     ``sample_of(j)`` names row ``j`` of the batch in errors.
     """
     what = f"a batch of {k} noisy inputs"
-    if hasattr(out, "detach"):  # a torch tensor; bfloat16 (autocast) or float8 have no NumPy dtype: float32 holds them exactly
-        out = out.detach().cpu()
-        if out.is_floating_point() and str(out.dtype) not in ("torch.float16", "torch.float32", "torch.float64"):
-            out = out.float()
-        out = out.numpy()
-    arr = np.asarray(out)
-    if arr.dtype.kind == "V" and arr.dtype.names is None and arr.dtype.name.startswith(("bfloat16", "float")):
-        arr = arr.astype(np.float32)  # ml_dtypes' bfloat16 and float8 (JAX's): real scores, exact in float32
+    arr = real_numpy(out, np.float32)  # (bfloat16 and float8 scores, as autocast or JAX give them: exact in float32)
     shown = f"array of shape {arr.shape}, dtype {arr.dtype}"
     want = f"the classifier must return {k} integer labels (shape ({k},)) or a ({k}, C) float score array"
     if arr.dtype.kind not in "iuf":
