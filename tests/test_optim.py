@@ -561,3 +561,21 @@ def test_an_own_optimizer_with_a_config_that_is_no_text_has_a_repr():
         opt = zo.Optimizer(lambda p: None, lambda g, s, p, lr=None: (p, s), 0.1, "mine", cfg)
         text = repr(opt)
         assert isinstance(text, str) and "mine" in text and repr(cfg) in text
+
+
+def test_the_optimizer_docstring_says_what_train_does_with_a_count_that_stops_adding_one():
+    """``Optimizer``'s docstring said train "refuses ... an update that does not add one" to
+    ``count``: only the first update is refused; one at a later step is warned about and the run
+    goes on with the lr of the stuck count (test_errors.py tests both)."""
+    base = zo.sgd(zo.step_schedule(0.1, 2, 0.5))
+
+    def update(g, s, p, lr=None):  # count stuck at 3 from the fourth update on
+        new, s2 = base.update(g, s, p, lr=lr)
+        return new, (s2 if s.count < 3 else s2._replace(count=s.count))
+
+    opt = zo.Optimizer(base.init, update, base.lr, "stuck", "stuck()")
+    with pytest.warns(UserWarning, match="lags the steps"):
+        res = zo.train(lambda x: float(x @ x), np.ones(3), epochs=8, optimizer=opt, rng=0, progress=False)
+    assert res.steps == 8 and res.history.column("lr", "step").tolist() == [0.1, 0.1] + [0.05] * 6
+    doc = " ".join(zo.Optimizer.__doc__.split())
+    assert "a first ``update`` that does not add one to it; a later one is warned about" in doc

@@ -424,3 +424,18 @@ def test_a_batches_callable_returning_no_sequence_is_named_as_train_names_it():
         zo.recipes.short_budget(Softmax(), np.zeros(35), 2_000, batches=lambda epoch: 5, steps_per_epoch=5)
     with pytest.raises(zo.ArgumentError, match=r"for epoch 0 it returned int, not a sequence"):  # train's words
         zo.train(Softmax(), np.zeros(35), batches=lambda epoch: 5, steps_per_epoch=5, progress=False)
+
+
+@pytest.mark.parametrize("steps, per_epoch", [(15, 500), (19, 500), (29, 27), (9, 500), (10, 500), (40, 32)])
+def test_the_warm_up_warning_fires_under_a_tenth_of_the_run_left_to_decay(steps, per_epoch):
+    """training.md: the schedule is "warned about where it leaves under a tenth of the run to decay
+    in". ``steps // 10`` floored the tenth: 15 steps with 14 of warm-up (the last step at the peak
+    rate, 6.7% of the run to decay) and 29 with 27 (6.9%) were not warned about."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kw = zo.recipes.short_budget(None, np.zeros(100), 51 * steps, steps_per_epoch=per_epoch)
+    sched = kw["optimizer"].lr
+    assert sched.total_steps == steps
+    left = sched.total_steps - sched.warmup_steps
+    warned = any("hardly decays" in str(w.message) for w in caught)
+    assert warned == (left / steps < 0.1)

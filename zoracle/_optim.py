@@ -29,7 +29,8 @@ class Optimizer(NamedTuple):
     ``state`` is a NamedTuple with an int field ``count``: 0 from ``init``, one more after each
     ``update`` (:func:`zoracle.train` reads it for the learning rate and checkpoints it; its other
     fields are saved as numeric arrays). ``train`` refuses a state without it before the first
-    query, and an ``update`` that does not add one to it.
+    query, and a first ``update`` that does not add one to it; a later one is warned about once
+    (the run goes on, the optimizer's own schedule lagging the steps).
 
     Attributes
     ----------

@@ -284,7 +284,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if lr is None:
         lr = default_lr(budget, n_scored)
     warm = min(per_epoch, steps - 1)
-    if steps - warm < steps // 10:  # an epoch longer than the run: it would end near the peak rate
+    if 10 * (steps - warm) < steps:  # an epoch longer than the run: it would end near the peak rate
         warnings.warn(f"short_budget: one epoch of warm-up is {warm} of the run's {steps} steps, so the cosine "
                       "schedule hardly decays; pass a smaller steps_per_epoch, or edit kw['optimizer']",
                       UserWarning, stacklevel=2)
