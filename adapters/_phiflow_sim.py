@@ -203,7 +203,9 @@ class WakeFlow:
         return n.astype(np.int64)
 
     def fluid_mask(self) -> np.ndarray:
-        """``(nx, ny)`` boolean mask of cells whose centre lies outside the cylinder."""
+        """``(nx, ny)`` boolean mask of the fluid cells clear of the cylinder: those whose centre lies
+        more than ``radius + 1.5 * max(dx, dy)`` from its centre (the cells the rasterized obstacle
+        touches are left out, with a margin)."""
         xc = (np.arange(self.nx) + 0.5) * self.dx
         yc = (np.arange(self.ny) + 0.5) * self.dy
         X, Y = np.meshgrid(xc, yc, indexing="ij")

@@ -110,7 +110,11 @@ def _as_torch_dtype(dtype):
 
 
 def to_torch(x, device=None, dtype=None) -> torch.Tensor:
-    """``x`` (NumPy, CuPy or torch) as a tensor; CuPy crosses by DLPack, NumPy by ``from_numpy``."""
+    """``x`` (NumPy, CuPy or torch) as a tensor; CuPy crosses by DLPack, NumPy by ``from_numpy``.
+
+    ``device`` moves it; ``dtype`` (float32 or float64: torch, NumPy or a string) converts a
+    floating ``x`` only (integer class labels keep their dtype)."""
+    dtype = _as_torch_dtype(dtype)
     if isinstance(x, torch.Tensor):
         t = x
     elif is_cupy(x):
@@ -124,8 +128,8 @@ def to_torch(x, device=None, dtype=None) -> torch.Tensor:
             t = torch.from_numpy(b) if b.dtype.kind in "biufc" else torch.as_tensor(a.tolist())
         elif not a.flags.writeable:  # a read-only view (as estimate_gradient hands out): copied, not shared
             t = torch.from_numpy(np.array(a, order="C"))
-        else:
-            t = torch.from_numpy(np.ascontiguousarray(a))
+        else:  # (np.ascontiguousarray would make a 0-d array, a loss_fn's NumPy scalar, 1-d)
+            t = torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
     if device is not None or dtype is not None:
         t = t.to(device=device if device is not None else t.device,
                  dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)

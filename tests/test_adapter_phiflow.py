@@ -713,3 +713,11 @@ def test_the_adapter_imports_with_warnings_as_errors():
     run = subprocess.run([sys.executable, "-W", "error", "-c", "import zoracle.adapters.phiflow"],
                          capture_output=True, text=True, cwd=root, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-600:]
+
+
+def test_fluid_mask_leaves_out_the_cylinder_with_its_documented_margin():
+    flow = pf.WakeFlow()
+    xc, yc = (np.arange(flow.nx) + 0.5) * flow.dx, (np.arange(flow.ny) + 0.5) * flow.dy
+    r = np.hypot(xc[:, None] - flow.center[0], yc[None, :] - flow.center[1])
+    np.testing.assert_array_equal(flow.fluid_mask(), r > flow.radius + 1.5 * max(flow.dx, flow.dy))
+    assert (~flow.fluid_mask() & (r > flow.radius)).any()  # not merely the cells outside the cylinder

@@ -1983,3 +1983,45 @@ def test_one_oracle_shared_by_two_runs_in_threads_keeps_its_split_and_results():
         assert shared.bind((X[:8], Y[:8])).blocks, "the split was retired"
         for got, want in zip(out, alone):
             np.testing.assert_array_equal(got, want)
+
+
+def test_numpy_scalar_loss_fn_on_a_batch_of_one():
+    """A black-box ``loss_fn`` returning one mean loss as a Python or NumPy scalar is the
+    documented "one scalar" form at any batch size: on a first minibatch of one sample it was
+    read as one per-sample loss (``to_torch`` made the 0-d scalar 1-d) and every batched query
+    then failed with "must return per-sample losses of shape (2,) ... got shape (1,)"."""
+    from zoracle.adapters.torch import to_torch
+
+    assert to_torch(np.float64(0.5)).shape == () and to_torch(np.array(2.0)).shape == ()
+    torch.manual_seed(3)
+    model = make_mlp(in_features=4, hidden=5, depth=2, num_classes=3).double()
+    x, y = data((4,), 3, seed=3, classes=3)
+
+    def mean_loss(out, target):  # a black box: NumPy in, one mean loss out
+        o, t = out.numpy(), np.asarray(target)
+        o = o - o.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(o).sum(1)) - o[np.arange(len(t)), t]))
+
+    for make in (float, np.float64, np.array):
+        bb = TorchOracle(model, lambda o, t: make(mean_loss(o, t)), (x[:1], y[:1]))
+        ref = TorchOracle(model, nn.CrossEntropyLoss(), (x[:1], y[:1]))  # the same loss as a 0-d tensor
+        theta = ref.initial_params()
+        coords = np.arange(theta.size)
+        np.testing.assert_allclose(bb.coordinate_losses(theta, coords, 1e-3),
+                                   ref.coordinate_losses(theta, coords, 1e-3), rtol=1e-12)
+        assert bb(theta) == pytest.approx(ref(theta), rel=1e-14)
+
+
+def test_to_torch_takes_the_dtypes_torchoracle_takes():
+    """``to_torch(x, dtype=np.float32)`` (or ``"float32"``, as ``TorchOracle(dtype=)`` takes) failed
+    with torch's "to() received an invalid combination of arguments"."""
+    from zoracle.adapters.torch import to_torch
+
+    x = np.arange(3.0)
+    for dtype, want in [(np.float32, torch.float32), ("float32", torch.float32), (np.dtype("f8"), torch.float64),
+                        (torch.float32, torch.float32)]:
+        t = to_torch(x, dtype=dtype)
+        assert t.dtype == want and t.tolist() == [0.0, 1.0, 2.0]
+    assert to_torch(np.arange(3), dtype=np.float32).dtype == torch.int64  # class labels keep theirs
+    with pytest.raises(zo.ArgumentError, match="float32 or float64"):
+        to_torch(x, dtype=torch.float16)

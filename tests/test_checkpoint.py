@@ -842,3 +842,23 @@ def test_a_state_tuple_of_mixed_types_resumes_with_each_elements_type(tmp_path):
     resumed = zo.train(f, x0, epochs=4, optimizer=opt, rng=0, progress=False, checkpoint=ck, resume=True)
     assert set(types) == {(int, np.dtype(np.float32), np.dtype(np.int64))}, set(types)
     assert np.array_equal(resumed.params, full.params), (resumed.params - full.params)
+
+
+def test_load_checkpoint_passes_on_what_check_raises_without_calling_the_file_corrupt(tmp_path):
+    """``check(meta)`` is the caller's verdict on a readable file: a ValueError or KeyError of its
+    own was reported as "corrupt or truncated ...; delete it to start over" (a valid checkpoint)."""
+    path = str(tmp_path / "run.npz")
+    zo.save_checkpoint(path, {"params": np.arange(3.0)}, {"step": 7})
+
+    def needs_step_10(meta):
+        if meta["step"] < 10:
+            raise ValueError("this run needs a checkpoint of step >= 10")
+
+    with pytest.raises(ValueError, match="step >= 10") as info:
+        zo.load_checkpoint(path, check=needs_step_10)
+    assert not isinstance(info.value, zo.CheckpointError)
+    with pytest.raises(KeyError, match="epoch"):
+        zo.load_checkpoint(path, check=lambda meta: meta["epoch"])
+    with pytest.raises(zo.CheckpointError, match="refused here"):
+        zo.load_checkpoint(path, check=lambda meta: (_ for _ in ()).throw(zo.CheckpointError("refused here")))
+    assert zo.load_checkpoint(path)[1]["step"] == 7

@@ -2084,3 +2084,19 @@ def test_a_float32_numpy_losss_cge_mu_of_a_few_float32_spacings_is_warned_about(
     zo.train(loss, p, estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.01), progress=False)  # quiet
     zo.train(lambda x: float(np.sum(x.astype(np.float64) ** 2)), np.full(4, 1e6, np.float32),
              estimator=zo.CGE(mu=1.0), optimizer=zo.sgd(1e-9), progress=False)  # quiet
+
+
+def test_a_ratios_array_must_keep_what_sparsity_asks_up_to_rounding():
+    """`ratios` as an array "must keep 1 - sparsity of the scored weights (to each block's
+    rounding)": ratios keeping 5 + 1 of 10 + 10 weights (no block rounds) passed for sparsity 0.8,
+    which asks for 4 (a tolerance of one weight per block, rounded or not)."""
+    args = dict(steps_per_epoch=1, sparsity=0.8, blocks=[slice(0, 10), slice(10, 20)], progress=False, rng=0)
+    f = lambda x: float(x @ x)  # noqa: E731
+    with pytest.raises(zo.ArgumentError, match=r"`ratios` keeps 6 of the 20 scored weights"):
+        zo.train(f, np.ones(20), ratios=np.array([0.5, 0.1]), **args)
+    for ok in ([0.3, 0.1], [0.2, 0.2], [0.25, 0.15]):  # 4 weights, 4 with rounding (2.5 -> 2, 1.5 -> 2)
+        assert len(zo.train(f, np.ones(20), ratios=np.array(ok), **args).coordinates) == 4
+    # blocks of 3 + 3 + 4 at 0.1 each: 1 weight asked, every block keeps its one (at least 1)
+    r = zo.train(f, np.ones(10), **{**args, "blocks": [slice(0, 3), slice(3, 6), slice(6, 10)], "sparsity": 0.9},
+                 ratios=np.array([0.1, 0.1, 0.1]))
+    assert len(r.coordinates) == 3

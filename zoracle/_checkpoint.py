@@ -321,6 +321,14 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: i
     return out.reshape(shape, order="F" if fortran else "C")
 
 
+class _CheckRaised(Exception):
+    """Carries what ``load_checkpoint``'s ``check`` raised past its corrupt-file handler."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(exc)
+        self.exc = exc
+
+
 def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None):
     """``(arrays, meta)`` from a checkpoint written by :func:`save_checkpoint`.
 
@@ -334,7 +342,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
     prefixes : tuple of str, optional
         Name prefixes of further members to read with ``expected`` (``()``: none).
     check : callable, optional
-        ``check(meta)`` runs after the header is read and before any array is.
+        ``check(meta)`` runs after the header is read and before any array is; what it
+        raises propagates unchanged (raise :class:`CheckpointError` to refuse the file).
 
     Raises
     ------
@@ -386,7 +395,10 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
                 raise CheckpointError(f"checkpoint {path!r} has format version {meta.get('version')!r}, this "
                                       f"zoracle reads version {VERSION}; {_FIX}")
             if check is not None:
-                check(meta)
+                try:
+                    check(meta)
+                except Exception as exc:  # the caller's verdict on a readable file: passed on as raised
+                    raise _CheckRaised(exc) from None
             arrays = {}
             for name, info in members.items():
                 if name == _META:
@@ -403,6 +415,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
                     arrays[name] = _read_member(zf, info, path, size)
     except CheckpointError:
         raise
+    except _CheckRaised as raised:  # (a ValueError of its own is no sign of a corrupt file to delete)
+        raise raised.exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError, UnicodeDecodeError,
             NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
         err = CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}")

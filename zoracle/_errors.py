@@ -32,7 +32,9 @@ class ZoracleError(Exception):
 
 
 class ArgumentError(ZoracleError, ValueError):
-    """An argument was rejected before any oracle query was made.
+    """An argument was rejected: before any oracle query was made wherever it can be checked
+    up front; what only a run can show (a ``batches`` callable's later epochs, an optimizer's
+    ``update`` that does not count its step) is raised when found, after queries.
 
     The message names the argument, shows the value received and says the fix.
     """

@@ -1362,11 +1362,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             if keep.shape != (len(scored),):
                 raise ArgumentError(f"`ratios` must have one keep ratio per scored block ({len(scored)}), got shape {keep.shape}")
             kept, want = int(keep_counts(scored, keep).sum()), round((1 - sparsity) * n_scored)
-            if abs(kept - want) > len(scored):  # more than each block's rounding: `sparsity` would be ignored
+            # the ratios' own count (before each block rounds it) against sparsity's: one block per
+            # block's rounding let ratios keeping 6 of 20 pass for 4 (no block rounded anything)
+            asked = float(keep @ np.array([s.stop - s.start for s in scored], dtype=np.float64))
+            if abs(asked - (1 - sparsity) * n_scored) > 0.5 + 1e-9 * n_scored:  # `sparsity` would be ignored
                 raise ArgumentError(
                     f"`ratios` keeps {kept} of the {n_scored} scored weights ({100 * kept / n_scored:.3g}%), but "
                     f"`sparsity`={sparsity!r} asks for {want} ({100 * (1 - sparsity):.3g}%): with an array the ratios "
-                    f"decide; pass sparsity={1 - kept / n_scored:.6g} to match them, or ratios that keep "
+                    f"decide; pass sparsity={1 - asked / n_scored:.12g} to match them, or ratios that keep "
                     f"{100 * (1 - sparsity):.3g}% of the scored weights")
         elif ratios == "zo_grasp" and round((1 - sparsity) * n_scored) >= n_scored:
             keep = np.ones(len(scored))  # every weight kept: ZO-GraSP's queries could change nothing
