@@ -553,6 +553,7 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     as ``wake-<key>.npz`` under ``cache_dir`` (default :func:`default_cache_dir`), keyed by
     every parameter that changes it: the fine flow's settings, the Reynolds numbers,
     ``warmup``, ``steps``, ``factor``, PhiFlow's global precision and the cache format version.
+    A cached file is used only if this user owns it (another user's is recomputed).
 
     Returns
     -------
@@ -581,7 +582,9 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
         try:
             # our own handle: np.load leaves its file open when the zip is damaged
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-                if str(z["meta"]) == blob:
+                # only a file this user wrote: another's (a shared folder such as /tmp/...) is recomputed
+                mine = not hasattr(os, "getuid") or os.fstat(fh.fileno()).st_uid == os.getuid()
+                if mine and str(z["meta"]) == blob:
                     return Reference(z["vx"], z["vy"], z["re"], str(path), True, float(z["seconds"]))
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a damaged (e.g. truncated) cache file is recomputed and replaced below

@@ -162,6 +162,22 @@ def test_reference_cache_is_keyed_by_parameters(tmp_path):
     assert len(list(tmp_path.glob("wake-*.npz"))) == 2
 
 
+def test_reference_cache_ignores_a_file_another_user_wrote(tmp_path, monkeypatch):
+    """A cache folder others can write (docs/sol.md used /tmp/zoracle-cache): a file planted
+    there under the right key was returned as the reference, its values silently used."""
+    import os
+
+    a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    with np.load(a.path) as z:
+        planted = dict(z)
+    np.savez(a.path, **dict(planted, vx=planted["vx"] + 123.0))
+    real = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real + 1)  # the file is now another user's
+    b = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
+    assert not b.cached
+    np.testing.assert_array_equal(b.vx, a.vx)
+
+
 def test_reference_cache_is_keyed_by_phiflows_precision(tmp_path):
     """After phi.math.set_global_precision(64) the float32 file cached before came back."""
     from phi import math as pm

@@ -400,13 +400,29 @@ def test_local_dask_is_loopback_only_without_http_and_cleans_up(tmp_path, monkey
         workers = list(ex.client.run(lambda dask_worker: dask_worker.http_server.port).values())
         for port in [scheduler] + workers:
             assert port != 8787
-            for path in ("/info", "/json/identity.json", "/eventstream", "/health"):
+            # "/" and "/status": Dask's dashboard where bokeh is installed, its "needs bokeh" page where not
+            for path in ("/info", "/json/identity.json", "/eventstream", "/health", "/", "/status"):
                 assert _http_status(port, path) != 200, f"port {port} serves {path}"
         scratch = list(ex.client.run(lambda dask_worker: dask_worker.local_directory).values())
         assert scratch and all(s.startswith(str(tmp_path)) for s in scratch)
         est = zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex)
         np.testing.assert_allclose(est.grad, _serial(4))
     assert os.listdir(tmp_path) == [], "the local cluster left files behind"
+
+
+def test_local_dask_threads_serve_no_dashboard(tmp_path, monkeypatch):
+    """processes=False: in-process workers (no host to bind) serve no dashboard either."""
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with DaskExecutor("local:1", processes=False) as ex:
+        ours = _listening([os.getpid()])
+        assert ours and all(addr.ip in ("127.0.0.1", "::1") for _, addr in ours), ours
+        ports = [ex.cluster.scheduler.http_server.port] + [w.http_server.port for w in ex.cluster.workers.values()]
+        for port in ports:
+            for path in ("/", "/status", "/info", "/health"):
+                assert _http_status(port, path) != 200, f"port {port} serves {path}"
+        est = zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex)
+        np.testing.assert_allclose(est.grad, _serial(4))
 
 
 def test_ray_local_session_needs_allow_network(ray_env):
@@ -421,6 +437,46 @@ def test_ray_local_session_needs_allow_network(ray_env):
         ex.close()
     with pytest.raises(zo.ArgumentError, match="allow_network"):
         RayExecutor("local", allow_network="yes")
+
+
+@pytest.mark.timeout(180)
+def test_ray_local_session_files_are_private(ray_env):
+    """Ray makes its temp dir and the session's sockets/ and logs/ world-writable (0777): the
+    private temporary directory must keep other users from reaching them."""
+    import ray
+
+    tc._by_value(sys.modules[__name__], ray=True)
+    with RayExecutor("local:1", allow_network=True, log_to_driver=False) as ex:
+        est = zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex)
+        np.testing.assert_allclose(est.grad, _serial(4))
+        sockets = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "sockets")
+        assert os.path.isdir(sockets)
+        chain, d = [], sockets
+        while d != os.path.dirname(d):
+            chain.append((d, oct(os.stat(d).st_mode & 0o777)))
+            d = os.path.dirname(d)
+        # another user reaches the sockets unless some folder on the way denies them entry (o-x)
+        assert any(os.stat(p).st_mode & 0o001 == 0 for p, _ in chain), chain
+    assert not ray.is_initialized()
+
+
+def test_ray_local_session_refuses_to_start_without_token_auth(ray_env, monkeypatch):
+    """RAY_AUTH_MODE=disabled (what Ray's own banner offers) started a session listening on
+    every interface with no authentication, silently: a client without a token connected."""
+    import ray
+
+    token = ray_env / "auth_token"  # as after any earlier session: Ray then starts without complaint
+    if not token.exists():
+        token.write_text("0" * 64)
+        token.chmod(0o600)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ex = RayExecutor("local:1", allow_network=True, _temp_dir=str(ray_env))
+    try:
+        with pytest.raises(zo.ArgumentError, match="RAY_AUTH_MODE=disabled"):
+            ex.start()
+        assert not ray.is_initialized()
+    finally:
+        ex.close()
 
 
 # ----------------------------------------------------------------------------- lost Dask inputs

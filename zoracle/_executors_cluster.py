@@ -419,6 +419,18 @@ def _close_at_exit(ref) -> None:
             pass
 
 
+def _worker_without_dashboard(distributed):
+    """An in-process ``distributed.Worker`` that serves no dashboard (LocalCluster turns it on
+    for any ``worker_dashboard_address``)."""
+
+    class _Worker(distributed.Worker):
+        def __init__(self, *args, **kwargs):
+            kwargs["dashboard"] = False
+            super().__init__(*args, **kwargs)
+
+    return _Worker
+
+
 class DaskExecutor(ShardedExecutor):
     """Shards on a Dask cluster; see :class:`zoracle.executors.DaskExecutor`."""
 
@@ -503,15 +515,24 @@ class DaskExecutor(ShardedExecutor):
 
         if self._cluster_kwargs.get("processes", True):  # worker threads (processes=False) re-import nothing
             check_main_guard("DaskExecutor", self._spec if isinstance(self._spec, str) else "local")
+        # dashboard=False: a dashboard_address alone serves Dask's dashboard where bokeh is installed
+        # (its "needs bokeh" page at / and /status where not); the address keeps the HTTP server off :8787
         kw = dict(n_workers=self._count or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                   host="127.0.0.1", dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0")
         if "local_directory" not in self._cluster_kwargs:
             self._scratch = tempfile.mkdtemp(prefix="zoracle-dask-")
             kw["local_directory"] = self._scratch
         kw.update(self._cluster_kwargs)
+        if "dashboard_address" not in self._cluster_kwargs:  # (one you pass serves the dashboard you asked for)
+            kw["scheduler_kwargs"] = {"dashboard": False, **(self._cluster_kwargs.get("scheduler_kwargs") or {})}
         if not kw.get("processes") and "host" not in self._cluster_kwargs:  # threads talk in-process (inproc://):
             # no host to bind (127.0.0.1 made the scheduler fail to parse its own inproc address)
             del kw["host"]
+        if "worker_dashboard_address" not in self._cluster_kwargs:
+            if kw.get("processes"):  # no worker dashboard; its HTTP server binds `host` (127.0.0.1)
+                kw["worker_dashboard_address"] = None
+            elif "worker_class" not in self._cluster_kwargs:  # in-process workers have no host: their
+                kw["worker_class"] = _worker_without_dashboard(distributed)  # HTTP server keeps the address
         # Dask always starts an HTTP server; with no routes it serves nothing (no /info,
         # /json/identity.json, /eventstream), and never on the well-known :8787. Broadcast
         # copies of the oracle must stay on every worker: the memory manager must not
@@ -956,12 +977,22 @@ class RayExecutor(ShardedExecutor):
                 "allow_network=True to accept that (token authentication is on, the token file private), "
                 "or use DaskExecutor('local') / JoblibExecutor, which stay on loopback"
             )
+        mode = os.environ.get("RAY_AUTH_MODE")
+        if mode is not None and mode.lower() != "token":  # Ray starts it without auth, and says nothing
+            raise ArgumentError(
+                f"RayExecutor({self.address!r}): RAY_AUTH_MODE={mode} in the environment would start a local Ray "
+                "session that listens on every network interface without token authentication (anyone who "
+                "reaches it can run code as you); unset RAY_AUTH_MODE or set it to 'token', or use "
+                "DaskExecutor('local') / JoblibExecutor, which stay on loopback"
+            )
         kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
         kw.setdefault("include_dashboard", False)
         kw.setdefault("configure_logging", False)
         if "_temp_dir" not in kw:  # Ray's socket paths must stay short: a private dir under /tmp
             self._session_dir = tempfile.mkdtemp(prefix="zr", dir="/tmp" if os.path.isdir("/tmp") else None)
-            kw["_temp_dir"] = self._session_dir
+            # Ray makes its temp dir and every folder in it world-writable (0777): a subfolder, so that
+            # the private (0700) one above it keeps other users out of the sockets and logs
+            kw["_temp_dir"] = os.path.join(self._session_dir, "r")
         _private_token()
         try:
             ray.init(**kw)
