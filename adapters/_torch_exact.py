@@ -1338,7 +1338,8 @@ def parameter_names(model: nn.Module) -> dict:
     explicitly, with ``tie_weights=False``."""
     names = {}
     for prefix, mod in model.named_modules():
-        for n, p in mod.named_parameters(recurse=False):
+        # remove_duplicate=False: one Parameter listed twice in a module (nn.ParameterList([w, w])) has both names
+        for n, p in mod.named_parameters(recurse=False, remove_duplicate=False):
             names.setdefault(id(p), []).append(f"{prefix}.{n}" if prefix else n)
     return names
 

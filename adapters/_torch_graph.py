@@ -308,7 +308,8 @@ def trace_steps(model: nn.Module):
             saved = _attributes(model)
             tracer = _Tracer(leaves, proxy)
             try:
-                graph = _without_defaults(tracer.trace(model, concrete_args=_defaults(model) or None))
+                with torch.enable_grad():  # a value computed from a trainable parameter while tracing keeps grad_fn
+                    graph = _without_defaults(tracer.trace(model, concrete_args=_defaults(model) or None))
                 break
             except Exception as exc:  # data-dependent control flow, unsupported Python
                 err = err or exc
@@ -346,6 +347,17 @@ def trace_steps(model: nn.Module):
         else:
             hint = ""
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
+    baked = [n.target for n in graph.nodes if n.op == "get_attr" and _from_parameters(model, n.target)]
+    if baked:
+        ids = {id(p): n for n, p in model.named_parameters()}
+        names = [ids[id(p)] for t in baked for p in _leaves(_value(model, t))
+                 if id(p) in ids]
+        named = ", ".join(repr(n) for n in dict.fromkeys(names)) or "a parameter"
+        return None, (f"{type(model).__name__}'s forward computes a tensor from {named} outside what torch.fx "
+                      f"records (it iterates self.parameters() or named_parameters(), as a penalty summed over them "
+                      f"does, or holds a parameter in a plain list): the captured graph would keep the value it had "
+                      f"at the capture; read each parameter as a module attribute (self.lstm.weight_hh_l0) to keep "
+                      f"feature reuse")
     if tracer.autocast and not all(t.dtype == torch.float64 for t in [*model.parameters(), *model.buffers()]
                                    if t.is_floating_point()):  # (autocast casts no float64 op: nothing to miss)
         return None, (f"{type(model).__name__}'s forward enters torch.autocast, which torch.fx does not capture (the "
@@ -356,6 +368,37 @@ def trace_steps(model: nn.Module):
         else:
             BAKED_BUFFERS.discard(m)
     return _graph_steps(model, list(graph.nodes))
+
+
+def _value(model: nn.Module, target: str):
+    v = model
+    for part in target.split("."):
+        v = getattr(v, part, None)
+    return v
+
+
+def _from_parameters(model: nn.Module, target: str) -> bool:
+    """Whether ``get_attr`` ``target`` is a tensor fx stowed as a constant (``_tensor_constant0``) that was
+    computed from trainable parameters while tracing (it has a grad_fn): a value the forward took from
+    real parameters rather than from fx's proxies, which would stay as it was at the capture."""
+    if not target.rsplit(".", 1)[-1].startswith("_tensor_constant"):
+        return False  # the model's own attribute (model(x) reads it as it is too)
+    v = _value(model, target)
+    return torch.is_tensor(v) and not isinstance(v, nn.Parameter) and v.grad_fn is not None
+
+
+def _leaves(t) -> list:
+    """The tensors autograd accumulates into behind ``t`` (the parameters it was computed from)."""
+    out, seen, todo = [], set(), [t.grad_fn]
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if hasattr(f, "variable"):
+            out.append(f.variable)
+        todo += [g for g, _ in f.next_functions]
+    return out
 
 
 def _defaults(model: nn.Module) -> dict:

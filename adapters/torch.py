@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("zoracle.adapters.torch needs torch: pip install torch==2.13.0 && pip install -e '.[torch]' "
                       "(for the CPU wheel, add --index-url https://download.pytorch.org/whl/cpu to the first)") from exc
 from torch import nn
+from torch.nn.utils import parametrize
 
 from zoracle._backend import is_cupy, namespace
 from zoracle._errors import ArgumentError, check_flag, user_stacklevel
@@ -164,11 +165,23 @@ def _one_query_at_a_time(method):
     perturbs a parameter in place (``nudged``) that another thread would read or undo."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
+        _refuse_parametrize_cache(self._core.model)
         with model_lock(self._core.model), _autocast_off(self):
             if getattr(self, "_aligned_from", None) is not None:
                 self._batch_key()  # an aligned copy of a batch written in place since: made again first
             return method(self, *args, **kwargs)
     return run
+
+
+def _refuse_parametrize_cache(model) -> None:
+    """Queries inside ``torch.nn.utils.parametrize.cached()`` of a parametrized model: the cache keeps
+    each parametrized weight as computed at its first use, so an original perturbed or loaded later
+    reached no forward (its partial derivatives all 0, plain calls at moved originals the stale loss)."""
+    if getattr(parametrize, "_cache_enabled", 0) and any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ArgumentError("TorchOracle: queried inside torch.nn.utils.parametrize.cached(), which keeps each "
+                            "parametrized weight as first computed: the perturbed and loaded originals would reach no "
+                            "forward (their gradient 0); build and query the oracle (zo.estimate_gradient, zo.train) "
+                            "outside cached() (a forward may still use cached() inside itself)")
 
 
 def _autocast_off(oracle):
@@ -524,6 +537,12 @@ class TorchOracle:
             if t.is_meta:
                 raise ArgumentError(f"`model`'s {name!r} is on the meta device (no values): materialize it first, "
                                     "e.g. model.to_empty(device='cpu') and then initialize or load its weights")
+        cplx = [n for n, p in model.named_parameters() if p.requires_grad and p.is_complex()]
+        if cplx:  # before dtype= converts the model: torch's cast to a real dtype drops the imaginary part
+            raise ArgumentError(f"`model`'s parameters {name_list(cplx)} are complex "
+                                f"({model.get_parameter(cplx[0]).dtype}): TorchOracle's flat vector is real; hold the "
+                                "real and imaginary parts as two real Parameters and build the complex tensor in "
+                                "forward (torch.complex(re, im), or torch.view_as_complex of a (..., 2) Parameter)")
         tdtype = _as_torch_dtype(dtype)
         if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral)
                                          or budget_bytes < 1):
@@ -621,6 +640,7 @@ class TorchOracle:
         if self._x.shape[0] == 0:
             raise ArgumentError("`batch` is empty; pass at least one sample")
         if self._core.scalar_loss is None or not self._core.checked:
+            _refuse_parametrize_cache(self._core.model)
             with _autocast_off(self):
                 first_bind(self)
 
@@ -1602,6 +1622,7 @@ class TorchOracle:
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
         train = check_flag("train", train)
+        _refuse_parametrize_cache(self._core.model)
         self._load(params)
         xt = to_torch(x, self.device, self.dtype)
         if xt.dim() == 0 or xt.shape[0] == 0:

@@ -3173,3 +3173,138 @@ def test_a_model_mixing_float32_and_float64_parameters_is_refused(body, head):
     want = np.concatenate([p.grad.reshape(-1).numpy() for p in (model.body.weight, model.body.bias,
                                                                   model.head.weight, model.head.bias)])
     np.testing.assert_allclose(est.grad, want, rtol=0, atol=1e-8)
+
+
+class _Symmetric(nn.Module):
+    def forward(self, X):
+        return (X + X.T) / 2
+
+
+class _SymmetricHidden(nn.Module):
+    """A hidden layer with a registered parametrization; ``cache_inside`` wraps the forward's own
+    uses in ``parametrize.cached()``, as torch's docs suggest for a weight read several times."""
+
+    def __init__(self, cache_inside=False):
+        super().__init__()
+        self.a, self.b, self.cache_inside = nn.Linear(4, 4), nn.Linear(4, 3), cache_inside
+        torch.nn.utils.parametrize.register_parametrization(self.a, "weight", _Symmetric())
+
+    def forward(self, x):
+        if not self.cache_inside:
+            return self.b(torch.tanh(self.a(torch.tanh(self.a(x)))))
+        with torch.nn.utils.parametrize.cached():
+            return self.b(torch.tanh(self.a(torch.tanh(self.a(x)))))
+
+
+def test_queries_inside_parametrize_cached_are_refused():
+    """``torch.nn.utils.parametrize.cached()`` keeps a parametrized weight as first computed: a
+    TorchOracle queried inside it perturbed and loaded the original with no effect on any forward,
+    its CGE entries all 0 (0.258 off autograd's on this model) and plain calls at moved originals
+    the stale loss. Refused; a forward that uses cached() inside itself stays exact."""
+    P = torch.nn.utils.parametrize
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    for cache_inside in (False, True):
+        model = _SymmetricHidden(cache_inside).double()
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        model.zero_grad()
+        CE_ROWS(model(x), y).mean().backward()
+        want = np.concatenate([model.get_parameter(i.name).grad.reshape(-1).numpy() for i in oracle.param_info])
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+        np.testing.assert_allclose(est.grad, want, rtol=0, atol=1e-8)
+        with P.cached():
+            with pytest.raises(zo.ArgumentError, match=r"inside torch\.nn\.utils\.parametrize\.cached\(\)"):
+                oracle(theta)
+            with pytest.raises(zo.OracleError, match=r"inside torch\.nn\.utils\.parametrize\.cached\(\)"):
+                zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+            with pytest.raises(zo.ArgumentError, match=r"parametrize\.cached\(\)"):
+                oracle.predict(theta, x)
+            with pytest.raises(zo.ArgumentError, match=r"parametrize\.cached\(\)"):
+                TorchOracle(_SymmetricHidden(cache_inside).double(), CE_ROWS, (x, y))
+            plain = TorchOracle(nn.Sequential(nn.Linear(4, 3)).double(), CE_ROWS, (x, y))  # nothing parametrized
+            assert np.isfinite(plain(plain.initial_params()))
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))  # outside again
+        np.testing.assert_allclose(est.grad, want, rtol=0, atol=1e-8)
+
+
+
+
+class _ComplexWeight(nn.Module):
+    """A complex linear map (a Fourier-layer style weight); ``split=True`` holds it as a real
+    ``(..., 2)`` Parameter made complex in forward, as the refusal advises."""
+
+    def __init__(self, split=False):
+        super().__init__()
+        w = torch.randn(4, 4, dtype=torch.complex128) * 0.5
+        self.w = nn.Parameter(torch.view_as_real(w).clone() if split else w)
+        self.split, self.out = split, nn.Linear(4, 3).double()
+
+    def forward(self, x):
+        w = torch.view_as_complex(self.w) if self.split else self.w
+        return self.out((x.to(w.dtype) @ w).abs())
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32, torch.float64])
+def test_complex_parameters_are_refused_before_dtype_converts_them(dtype):
+    """A complex Parameter was refused as "half precision ... pass dtype=torch.float32"; following
+    that advice, dtype= cast it to real, dropping its imaginary part (torch's UserWarning only), and
+    the oracle ran another model (loss 1.049 against the model's 0.865)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    model = _ComplexWeight()
+    before = model.w.detach().clone()
+    with pytest.raises(zo.ArgumentError, match=r"parameters 'w' are complex \(torch\.complex128\).*torch\.complex"):
+        TorchOracle(model, CE_ROWS, (x, y), dtype=dtype)
+    assert model.w.dtype == torch.complex128 and torch.equal(model.w.detach(), before)
+    split = _ComplexWeight(split=True)  # the workaround: exact against autograd
+    oracle = TorchOracle(split, CE_ROWS, (x, y), dtype=torch.float64)
+    theta = oracle.initial_params()
+    est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+    split.zero_grad()
+    CE_ROWS(split(x), y).mean().backward()
+    want = np.concatenate([split.get_parameter(i.name).grad.reshape(-1).numpy() for i in oracle.param_info])
+    np.testing.assert_allclose(est.grad, want, rtol=0, atol=1e-8)
+
+
+
+
+class _SharedAcrossDepth(nn.Module):
+    """One weight applied at every depth, listed once per use in an ``nn.ParameterList``."""
+
+    def __init__(self, depth=3):
+        super().__init__()
+        w = nn.Parameter(torch.randn(5, 5) * 0.3)
+        self.ws, self.out = nn.ParameterList([w] * depth), nn.Linear(5, 3)
+
+    def forward(self, x):
+        for w in self.ws:
+            x = torch.tanh(x @ w)
+        return self.out(x)
+
+
+def test_a_parameter_listed_twice_in_a_parameter_list_keeps_vectorized_full_forwards():
+    """``named_parameters(recurse=False)`` names such a weight once ('ws.0'): functional_call left
+    'ws.1' and 'ws.2' unperturbed, so the reach check warned that the forward reads 'ws.0' "through a
+    copy" and every batched query ran one forward at a time (4x slower on a 16-wide model)."""
+    torch.manual_seed(0)
+    model = _SharedAcrossDepth().double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y), blocks="none")
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"))
+        P = theta + 1e-2 * np.random.default_rng(0).standard_normal((4, theta.size))
+        got = oracle.batch(P)
+    want = []
+    for p in P:
+        oracle.load(p)
+        with torch.no_grad():
+            want.append(float(CE_ROWS(model(x), y).mean()))
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    oracle.load(theta)
+    model.zero_grad()
+    CE_ROWS(model(x), y).mean().backward()
+    grad = np.concatenate([model.get_parameter(i.name).grad.reshape(-1).numpy() for i in oracle.param_info])
+    np.testing.assert_allclose(est.grad, grad, rtol=0, atol=1e-8)

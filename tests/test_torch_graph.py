@@ -1143,3 +1143,53 @@ def test_two_models_traced_at_once_leave_nn_module_as_it_was():
         with torch.no_grad():
             want = float(CE_ROWS(model(x), y).mean())
         assert o.bind((x, y))(theta) == pytest.approx(want, rel=1e-6)
+
+
+class _PenaltyInForward(nn.Module):
+    """An L2 penalty on the recurrent weights added in forward (as docs/pytorch.md advises for weight
+    decay), summed over ``named_parameters()``: real tensors while fx traces, not proxies."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.out = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 1)
+
+    def forward(self, x):
+        o, _ = self.lstm(x)
+        pen = sum(p.square().sum() for n, p in self.named_parameters() if "weight_hh" in n)
+        return self.out(o[:, -1]) + 0.05 * pen
+
+
+def test_a_value_computed_from_iterated_parameters_is_not_baked_into_the_split():
+    """fx stowed the penalty as a constant (``_tensor_constant0``); the self-check, which moves a
+    block's first and last coordinate, did not move the LSTM's weight_hh: CGE missed the penalty's
+    gradient on it (3.3e-3 off autograd) and batched queries (RGE, ZO-GraSP) its change (4.9e-4)."""
+    import zoracle as zo
+
+    torch.manual_seed(0)
+    model = _PenaltyInForward().double()
+    x, y = torch.randn(6, 5, 3, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+    mse = nn.MSELoss(reduction="none")
+    steps, reason = trace_steps(model)
+    assert steps is None and "from 'lstm.weight_hh_l0' outside" in reason and "named_parameters()" in reason, reason
+    with warnings.catch_warnings(record=True) as seen:  # the split refused, and torch's vmap of an LSTM
+        warnings.simplefilter("always")
+        oracle = TorchOracle(model, mse, (x, y))
+        theta = oracle.initial_params()
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central")).grad
+        P = theta + 1e-2 * np.random.default_rng(0).standard_normal((3, theta.size))
+        got = oracle.batch(P)
+    assert any("'lstm.weight_hh_l0'" in str(w.message) for w in seen), [str(w.message) for w in seen]
+    names = [i.name for i in oracle.param_info]
+
+    def plain(t):  # named parameters written by hand, an unpatched forward
+        with torch.no_grad():
+            for n, i in zip(names, oracle.param_info):
+                model.get_parameter(n).copy_(torch.from_numpy(np.array(t[i.slice])).view(i.shape))
+            return float(mse(model(x), y).mean())
+
+    np.testing.assert_allclose(got, [plain(p) for p in P], rtol=1e-12)
+    plain(theta)
+    model.zero_grad()
+    mse(model(x), y).mean().backward()
+    want = np.concatenate([model.get_parameter(n).grad.reshape(-1).numpy() for n in names])
+    np.testing.assert_allclose(est, want, rtol=0, atol=1e-8)
