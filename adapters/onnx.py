@@ -27,6 +27,7 @@ import threading
 import os
 import socket
 import tempfile
+import warnings
 import weakref
 
 import numpy as np
@@ -490,6 +491,11 @@ class OnnxClassifier:
         self._ledger = None  # the counter shared with pickled copies, created on first pickling
         self._calls = 0
         self._open()
+        if not _have_onnx():  # onnxruntime alone: the checks that read the graph cannot run
+            warnings.warn(
+                f"OnnxClassifier: the onnx package is not installed, so {self._source} was not checked for "
+                "training-mode nodes (BatchNormalization on batch statistics, Dropout on) or a binary SVM's "
+                "swapped score columns; install it: pip install -e '.[onnx]'", RuntimeWarning, stacklevel=2)
 
     # construction ------------------------------------------------------------------------
     @staticmethod

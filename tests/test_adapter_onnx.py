@@ -939,3 +939,35 @@ def test_a_call_of_a_pickled_classifier_takes_one_ledger_transaction(onnx_path, 
         onnx_adapter._Ledger._update = original
     assert len(seen) == 1
     assert clf.calls == copy.calls == 3 and clf.queries == copy.queries == 10
+
+
+def test_a_training_mode_model_without_the_onnx_package_is_not_accepted_silently(tmp_path, monkeypatch):
+    """With onnxruntime but not onnx installed (``pip install onnxruntime`` beside the core), the
+    training-mode refusal read no graph and a BatchNormalization on batch statistics was accepted
+    without a word: sample 0's scores then changed with the other samples of the call."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "W")] + [
+        numpy_helper.from_array(v(3, np.float32), n) for v, n in
+        ((np.ones, "scale"), (np.zeros, "bias"), (np.zeros, "mean"), (np.ones, "var"))]
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]),
+         helper.make_node("BatchNormalization", ["h", "scale", "bias", "mean", "var"], ["hn", "rm", "rv"],
+                          training_mode=1, name="bn"),
+         helper.make_node("Softmax", ["hn"], ["p"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 3])], inits)
+    path = str(tmp_path / "bn_train.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)]), path)
+    with pytest.raises(zo.ArgumentError, match="exported in training mode"):
+        OnnxClassifier(path)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    alone = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    a = alone.run(None, {"x": x})[0][0]
+    b = alone.run(None, {"x": np.concatenate([x[:1], 10 * x[1:]])})[0][0]
+    assert np.abs(a - b).max() > 0.1  # the reference: sample 0's scores depend on its batch
+    monkeypatch.setitem(sys.modules, "onnx", None)  # onnx not installed
+    with pytest.warns(RuntimeWarning, match=r"onnx package is not installed.*training-mode.*\.\[onnx\]"):
+        OnnxClassifier(path)

@@ -2023,3 +2023,88 @@ def test_process_workers_on_windows_raise_a_clear_error(monkeypatch):
                 pass
         with pytest.raises(zo.ZoracleError, match="POSIX"):
             DeviceExecutor(["cpu", "cpu"])
+
+
+def test_workers_of_a_pip_installed_zoracle_keep_the_standard_library_first(tmp_path):
+    """Workers were started with PYTHONPATH=<the folder above zoracle>, for a pip-installed
+    zoracle the whole site-packages, ahead of the standard library: a package there named like a
+    standard module (enum34's ``enum``, the ``argparse`` backport) shadowed it in every worker,
+    which died at start ("the worker died (exit code 1)") while serial runs worked."""
+    import json
+    import shutil
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    site_dir = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+    shutil.copytree(os.path.dirname(zo.__file__), os.path.join(site_dir, "zoracle"),
+                    ignore=shutil.ignore_patterns("__pycache__"))  # zoracle installed as a wheel installs it
+    import importlib.util
+
+    specs = [importlib.util.find_spec(m) for m in ("numpy", "scipy", "joblib", "tqdm", "cloudpickle")]
+    deps = {os.path.dirname(os.path.dirname(s.origin)) for s in specs if s is not None}
+    with open(os.path.join(site_dir, "deps.pth"), "w") as f:  # the core's dependencies, after the stdlib too
+        f.write("\n".join(sorted(deps)) + "\n")
+    with open(os.path.join(site_dir, "enum.py"), "w") as f:  # as enum34 installs it
+        f.write("raise ImportError('the enum of site-packages shadows the standard library')\n")
+    code = ("import numpy as np, zoracle as zo\n"
+            "from zoracle.executors import JoblibExecutor\n"
+            "with JoblibExecutor(1) as ex:\n"
+            "    est = zo.estimate_gradient(lambda x: float(x @ x), np.arange(4.0), zo.CGE(mu=1e-3), executor=ex)\n"
+            "print(est.grad.round(3).tolist())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    out = subprocess.run([python, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got, 2 * np.arange(4.0) + 1e-3, atol=1e-9)  # (f(x + h e_i) - f(x)) / h
+
+
+def test_closing_a_process_executor_while_its_run_waits_for_answers_gives_the_clear_error(monkeypatch):
+    """close() from another thread closes the workers' sockets one by one before it forgets them:
+    a run waiting on those sockets in that window raised a bare ``OSError: handle is closed`` (about
+    1 run in 4 of the test above on a loaded machine), from its wait and again from the abort that
+    followed, not "the executor was closed ... during this run". Here close() is held in that
+    window, every time."""
+    import multiprocessing.connection as mpc
+    import threading
+
+    import zoracle._executors_local as local
+
+    real_wait, real_stop = mpc.wait, local._Proc.stop
+    release = threading.Event()
+
+    def stop_then_hold(self, grace=2.0):  # close() has closed this worker's socket, not yet forgotten it
+        real_stop(self, grace)
+        release.wait(30)
+
+    ex = JoblibExecutor(2)
+    ex.start()
+    pids = list(ex.pids)
+    closer = threading.Thread(target=ex.close)
+
+    def wait_once_a_socket_is_closed(conns, timeout=None):
+        if closer.ident is None:  # the first wait of the run
+            closer.start()
+            end = time.monotonic() + 20
+            while not any(c.closed for c in conns) and time.monotonic() < end:
+                time.sleep(0.01)
+        return real_wait(conns, timeout)
+
+    monkeypatch.setattr(local._Proc, "stop", stop_then_hold)
+    monkeypatch.setattr(mpc, "wait", wait_once_a_socket_is_closed)
+    try:
+        with pytest.raises(zo.ZoracleError, match="the executor was closed \\(close\\(\\) from another thread\\) "
+                                                  "during this run"):
+            zo.estimate_gradient(_SlowSquares(), np.ones(60), zo.CGE(), executor=ex)
+    finally:
+        release.set()
+        if closer.ident is not None:
+            closer.join()
+    monkeypatch.setattr(mpc, "wait", real_wait)
+    monkeypatch.setattr(local._Proc, "stop", real_stop)
+    assert no_children(pids)
+    got = zo.estimate_gradient(lambda x: float(x @ x), np.ones(6), zo.CGE(mu=1e-3, scheme="central"), executor=ex)
+    np.testing.assert_allclose(got.grad, 2 * np.ones(6), atol=1e-6)  # usable again: it starts anew
+    ex.close()

@@ -409,6 +409,14 @@ _CHILD = ("import sys; from zoracle._executors_local import _worker_main; "
           "_worker_main(*map(int, sys.argv[1:4]))")
 
 
+def _site_dirs() -> set:
+    """The site folders a child of this interpreter puts on its path by itself (after the standard library)."""
+    import site
+
+    dirs = list(site.getsitepackages()) + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    return {os.path.realpath(d) for d in dirs}
+
+
 class _Proc:
     """One worker process and what the driver knows it holds."""
 
@@ -425,7 +433,10 @@ class _Proc:
         # oracle starts (a simulator in its own environment) must not inherit this folder (for
         # a pip-installed zoracle, the whole site-packages)
         env[_DRIVER_PYTHONPATH] = "=" + env["PYTHONPATH"] if "PYTHONPATH" in env else ""
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        # a pip-installed zoracle's folder is a site folder, which the child has anyway, after the standard
+        # library: put first, its other packages shadowed the standard library (enum34's enum: workers died)
+        lead = [] if os.path.realpath(root) in _site_dirs() else [root]
+        env["PYTHONPATH"] = os.pathsep.join(lead + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         if threads is not None:  # n workers x all cores each would oversubscribe the CPU
             for var in _THREAD_VARS:
                 env.setdefault(var, str(threads))
@@ -556,8 +567,13 @@ class _ProcBackend:
             # the socket's end-of-file tells a worker's death, unless a process the oracle forked
             # holds the socket open (a simulator server): then only the worker's exit code does
             left = None if end is None else max(0.0, end - time.monotonic())
-            ready = mp_wait(list(busy), _DEATH_POLL_S if left is None else min(_DEATH_POLL_S, left))
-            gone = [] if ready else [c for c, p in busy.items() if p.proc.poll() is not None and not c.poll()]
+            try:
+                ready = mp_wait(list(busy), _DEATH_POLL_S if left is None else min(_DEATH_POLL_S, left))
+                gone = [] if ready else [c for c, p in busy.items() if p.proc.poll() is not None and not c.poll()]
+            except (OSError, ValueError):  # close() from another thread closed the sockets ("handle is closed")
+                if self.closed():
+                    return []  # schedule() sees closed() and raises its error
+                raise
             if ready or gone or (left is not None and left <= _DEATH_POLL_S):
                 break
         for p in (busy[c] for c in gone):
@@ -605,7 +621,7 @@ class _ProcBackend:
                     finishing.append(p)
         end = time.monotonic() + (self.pool.timeout or ABORT_WAIT_S)
         busy = lambda: [p for p in finishing if p in self.pool._procs and p.jid is not None]  # noqa: E731
-        while busy() and time.monotonic() < end:
+        while busy() and time.monotonic() < end and not self.closed():  # close() stops them all
             self.wait(max(0.0, end - time.monotonic()))  # their answers are read and dropped
         for p in busy():
             self.pool._replace(p)
