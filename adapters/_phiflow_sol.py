@@ -77,7 +77,10 @@ def correction_net(channels: int = 8, kernel: int = 5, layers: int = 3, seed: in
             raise ArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
     if kernel % 2 == 0:
         raise ArgumentError(f"`kernel` must be odd (same-size convolutions), got {kernel}")
-    g = torch.Generator().manual_seed(int(seed))
+    seed = _check_int("seed", seed, 0)  # torch took -1 and truncated 1.5 silently
+    if isinstance(out_scale, bool) or not isinstance(out_scale, numbers.Real) or not np.isfinite(out_scale):
+        raise ArgumentError(f"`out_scale` must be a finite number (e.g. 0.1), got {out_scale!r}")
+    g = torch.Generator().manual_seed(seed)
     net = _CorrectionNet(channels, kernel, layers)
     with torch.no_grad():
         for conv in net.convs:
@@ -523,6 +526,7 @@ def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs:
     """
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
     _check_lr(lr)
     d = _Corrector(net, flow).d  # a net of the wrong shape refused before any simulation
     if params is not None:
@@ -577,6 +581,9 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
     starts = _check_starts(starts, reference, unroll)
     iterations = _check_int("iterations", iterations, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)  # NumPy's bare "expected non-negative integer" otherwise
+    if callback is not None and not callable(callback):  # found after the first unrolled step otherwise
+        raise ArgumentError(f"`callback` must be callable (iteration, loss, net) or None, got {type(callback).__name__}")
     _check_lr(lr)
     d = _Corrector(net, flow).d  # a net of the wrong shape refused before any simulation
     if params is not None:

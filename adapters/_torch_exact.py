@@ -189,6 +189,12 @@ def _first_bind(oracle) -> None:
                     v = to_torch(oracle.loss_fn(out, oracle._y))
                 except RuntimeError as exc:
                     _integer_batch_error(exc, "y", oracle._y, "loss_fn(outputs, y)", out.dtype)
+                    y = oracle._y
+                    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == 1 and not y.is_floating_point() \
+                            and "multi-target" in str(exc):  # labels as a column (df[["label"]].values): torch's bare words
+                        raise ArgumentError(f"`batch`'s y has shape {tuple(y.shape)} and loss_fn(outputs, y) failed on it "
+                                            f"({exc}); class-index losses take one label per sample, shape "
+                                            f"({y.shape[0]},): pass y.ravel() (a torch tensor: y.squeeze(1))") from None
                     raise
         if reads.hit:
             raise ArgumentError(

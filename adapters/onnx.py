@@ -504,8 +504,15 @@ class OnnxClassifier:
             return default_providers()
         if isinstance(providers, str):
             providers = [providers]
+        if not isinstance(providers, (list, tuple)):  # a number: a bare TypeError from iterating it
+            raise ArgumentError(f"`providers` must be a list of execution provider names such as "
+                                f"['CPUExecutionProvider'], got {type(providers).__name__} {providers!r}")
         available = ort.get_available_providers()
         for p in providers:
+            if isinstance(p, tuple) and not (len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict)):
+                # onnxruntime prints "EP Error" and falls back to its CPU provider instead
+                raise ArgumentError(f"`providers`: {p!r} must be a name or a (name, options dict) pair such as "
+                                    "('CUDAExecutionProvider', {'device_id': 0})")
             name = p[0] if isinstance(p, tuple) else p
             if name not in available:
                 raise ArgumentError(

@@ -194,6 +194,21 @@ def test_providers(onnx_path):
             OnnxClassifier(onnx_path, providers=["CUDAExecutionProvider"])
 
 
+def test_malformed_providers_are_named(onnx_path, capfd):
+    """providers=5 raised a bare "TypeError: 'int' object is not iterable"; a (name,) tuple or a
+    (name, "opts") pair passed the check, and onnxruntime printed "EP Error" and fell back to the CPU."""
+    for bad, match in ((5, r"`providers` must be a list of execution provider names.*got int 5"),
+                       ([("CPUExecutionProvider",)], r"`providers`: \('CPUExecutionProvider',\) must be a name or a "
+                                                     r"\(name, options dict\) pair"),
+                       ([("CPUExecutionProvider", "x")], r"must be a name or a \(name, options dict\) pair")):
+        with pytest.raises(zo.ArgumentError, match=match):
+            OnnxClassifier(onnx_path, providers=bad)
+    assert "EP Error" not in capfd.readouterr().out
+    # the reference: a (name, options) pair and a tuple of names still work
+    assert OnnxClassifier(onnx_path, providers=[("CPUExecutionProvider", {})]).providers == ["CPUExecutionProvider"]
+    assert OnnxClassifier(onnx_path, providers=("CPUExecutionProvider",)).providers == ["CPUExecutionProvider"]
+
+
 def test_pickle_roundtrip(onnx_path, batch):
     clf = OnnxClassifier(onnx_path, budget=100)
     clf(batch[:10])

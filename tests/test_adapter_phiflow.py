@@ -737,3 +737,38 @@ def test_fluid_mask_leaves_out_the_cylinder_with_its_documented_margin():
     r = np.hypot(xc[:, None] - flow.center[0], yc[None, :] - flow.center[1])
     np.testing.assert_array_equal(flow.fluid_mask(), r > flow.radius + 1.5 * max(flow.dx, flow.dy))
     assert (~flow.fluid_mask() & (r > flow.radius)).any()  # not merely the cells outside the cylinder
+
+
+def test_baselines_and_net_check_seed_callback_and_out_scale_before_any_simulation(reference, monkeypatch):
+    """fit_differentiable(callback=5) raised a bare TypeError after its first unrolled, back-propagated
+    step; seed=-1 a bare NumPy ValueError there, while fit_offline and correction_net took it (and
+    truncated seed=1.5) silently; correction_net(out_scale=nan) built a NaN network that fit_offline
+    trained into NaN parameters without a word."""
+    coarse = TINY.coarsened(2)
+    net = pf.correction_net(channels=2, kernel=3)
+    one = np.array([[0, 0]])
+    rollouts = []
+    real = pf.WakeFlow.simulate
+    monkeypatch.setattr(pf.WakeFlow, "simulate", lambda self, *a, **k: rollouts.append(1) or real(self, *a, **k))
+    fit_off = lambda **kw: pf.fit_offline(coarse, net, reference, epochs=1, **kw)  # noqa: E731
+    fit_fo = lambda **kw: pf.fit_differentiable(coarse, net, reference, starts=one, unroll=1, iterations=2,  # noqa: E731
+                                                **kw)
+    cases = [
+        (lambda: fit_fo(callback=5), r"`callback` must be callable \(iteration, loss, net\) or None, got int"),
+        (lambda: fit_fo(seed=-1), r"`seed` must be an integer >= 0, got -1"),
+        (lambda: fit_off(seed=-1), r"`seed` must be an integer >= 0, got -1"),
+        (lambda: fit_off(seed=1.5), r"`seed` must be an integer >= 0, got 1.5"),
+        (lambda: pf.correction_net(seed=-1), r"`seed` must be an integer >= 0, got -1"),
+        (lambda: pf.correction_net(out_scale=float("nan")), r"`out_scale` must be a finite number"),
+        (lambda: pf.correction_net(out_scale="0.1"), r"`out_scale` must be a finite number"),
+    ]
+    for call, match in cases:
+        with pytest.raises(zo.ArgumentError, match=match):
+            call()
+    assert rollouts == []  # every refusal came before the first simulation
+    # the reference: valid settings still train, and a callback is called once per iteration
+    seen = []
+    pf.fit_differentiable(coarse, net, reference, starts=one, unroll=1, iterations=2, lr=1e-12, seed=3,
+                          callback=lambda it, loss, n: seen.append((it, np.isfinite(loss))))
+    assert seen == [(0, True), (1, True)]
+    assert np.isfinite(pf.flat_params(pf.correction_net(channels=2, kernel=3, seed=2, out_scale=0.0))).all()

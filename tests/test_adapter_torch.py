@@ -2025,3 +2025,23 @@ def test_to_torch_takes_the_dtypes_torchoracle_takes():
     assert to_torch(np.arange(3), dtype=np.float32).dtype == torch.int64  # class labels keep theirs
     with pytest.raises(zo.ArgumentError, match="float32 or float64"):
         to_torch(x, dtype=torch.float16)
+
+
+def test_class_labels_as_a_column_are_told_to_ravel():
+    """Labels as a (N, 1) column (df[["label"]].to_numpy()) met torch's bare "0D or 1D target tensor
+    expected, multi-target not supported", in TorchOracle(batch=) and at train's first bind."""
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    y = np.arange(6) % 3
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    for loss in (nn.CrossEntropyLoss(reduction="none"), nn.NLLLoss(reduction="none")):
+        with pytest.raises(zo.ArgumentError, match=r"`batch`'s y has shape \(6, 1\) .*multi-target not supported.*"
+                                                   r"one label per sample, shape \(6,\): pass y.ravel\(\)"):
+            TorchOracle(model, loss, (x, y[:, None]))
+    # the reference: the raveled labels give torch's own per-sample losses
+    got = TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), (x, y[:, None].ravel()))(
+        TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).initial_params())
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(model(torch.as_tensor(x)), torch.as_tensor(y)).item()
+    assert got == pytest.approx(want, rel=1e-12)
+
+

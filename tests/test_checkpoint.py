@@ -41,7 +41,8 @@ SETUP = textwrap.dedent(
                         optimizer=zo.sgd(zo.cosine_schedule(0.05, total_steps=36, warmup_steps=6), momentum=0.9,
                                          nesterov=True, weight_decay=5e-4),
                         eval_fn=lambda p: float(np.mean((X @ p[:-1] + p[-1] - y) ** 2)),
-                        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                        checkpoint=checkpoint, resume=resume,
+                        checkpoint_every=checkpoint_every if checkpoint is not None else "epoch",
                         callbacks=callbacks, rng=11, progress=False)
     """
 )

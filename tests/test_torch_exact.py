@@ -3308,3 +3308,29 @@ def test_a_parameter_listed_twice_in_a_parameter_list_keeps_vectorized_full_forw
     CE_ROWS(model(x), y).mean().backward()
     grad = np.concatenate([model.get_parameter(i.name).grad.reshape(-1).numpy() for i in oracle.param_info])
     np.testing.assert_allclose(est.grad, grad, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("estimator", [zo.RGE(directions=20), zo.SNES(population=6)])
+def test_a_model_failing_under_rge_is_an_oracle_error_named_by_its_step(estimator):
+    """RGE and SNES size their batched calls with TorchOracle's max_queries_per_call, which runs the
+    model on the bound batch: a batch the model fails on (a feature column missing) escaped as the
+    bare RuntimeError, with no step, where CGE's base point reports an OracleError naming it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    X = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    batches = [(X[i:i + 8], y[i:i + 8]) for i in range(0, 16, 8)] + [(X[32:, :2], y[32:])]
+    oracle = TorchOracle(model, CE_ROWS)
+    steps = []
+    with pytest.raises(zo.OracleError, match=r"max_queries_per_call .* of training step 2 \(epoch 0, batch 2\): "
+                                             r"RuntimeError: mat1 and mat2 shapes cannot be multiplied") as info:
+        zo.train(oracle, oracle.initial_params(), batches=batches, estimator=estimator, progress=False, rng=0,
+                 callbacks=[lambda e, r, p: steps.append(r["step"]) if e == "step" else None])
+    assert isinstance(info.value.cause, RuntimeError) and steps == [0, 1]
+    # the reference: CGE on the same batches, an OracleError at the step's base point
+    with pytest.raises(zo.OracleError, match=r"base point \(unperturbed params\) of training step 2"):
+        zo.train(oracle, oracle.initial_params(), batches=batches, estimator=zo.CGE(), progress=False, rng=0)
+    with pytest.raises(zo.OracleError, match=r"RuntimeError: mat1 and mat2"):
+        zo.zo_grasp(oracle, oracle.initial_params(), blocks=oracle.param_info, batch=batches[-1], directions=4)
+
+

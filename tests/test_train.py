@@ -2011,6 +2011,60 @@ def test_a_bind_that_raises_is_named_by_its_training_step(tmp_path):
 
 
 
+def test_a_bind_that_refuses_its_batch_names_the_batch_and_keeps_the_type():
+    """TorchOracle's bind refuses a batch whose x and y differ in rows with an ArgumentError, which
+    train passed on bare: "`batch`: x has 8 samples but y has 7" after 479 queries, not saying which
+    of the list's batches it was."""
+    class Data:
+        def __init__(self):
+            self.queries = 0
+
+        def bind(self, b):
+            x, y = b
+            if len(x) != len(y):  # as TorchOracle's bind checks a pair
+                raise zo.ArgumentError(f"`batch`: x has {len(x)} samples but y has {len(y)}")
+
+            def f(p):
+                self.queries += 1
+                return float(np.sum((p - x.mean()) ** 2))
+            return f
+
+    X = np.arange(60.0)
+    batches = list(zip(np.array_split(X, 8), np.array_split(X[:-1], 8)))  # the labels one chunk short
+    data = Data()
+    with pytest.raises(zo.ArgumentError, match=r"^`batch`: x has 8 samples but y has 7 "
+                                               r"\(at bind\(batch\) of training step 3, epoch 0, batch 3\)$"):
+        zo.train(data, np.zeros(3), batches=batches, estimator=zo.CGE(1e-3), progress=False, rng=0)
+    assert data.queries == 3 * 4  # the reference: steps 0-2 ran, 3 + 1 queries each (forward CGE, d = 3)
+
+
+def test_zo_grasps_bind_names_grasp_batch_or_the_first_batch():
+    """ZO-GraSP's bind of a bad `grasp_batch` said "`batch`: ..." (an argument train does not have), and
+    a model that failed on it escaped as the bare RuntimeError, where a training step's is an OracleError."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    oracle = TorchOracle(net, torch.nn.CrossEntropyLoss(reduction="none"))
+    kw = dict(sparsity=0.5, progress=False, rng=0)
+    calls = []
+    oracle.bind = (lambda bind: lambda b: calls.append(1) or bind(b))(oracle.bind)
+    with pytest.raises(zo.ArgumentError, match=r"x has 8 samples but y has 7 \(at bind\(batch\) of ZO-GraSP's batch, "
+                                               r"`grasp_batch`\)$"):
+        zo.train(oracle, oracle.initial_params(), batches=[(X, y)], grasp_batch=(X[:8], y[:7]), **kw)
+    with pytest.raises(zo.OracleError, match=r"^oracle raised at bind\(batch\) of ZO-GraSP's batch \(`grasp_batch`\): "
+                                             r"RuntimeError: mat1 and mat2 shapes cannot be multiplied") as info:
+        zo.train(oracle, oracle.initial_params(), batches=[(X, y)], grasp_batch=(X[:8, :2], y[:8]), **kw)
+    assert isinstance(info.value.cause, RuntimeError)
+    with pytest.raises(zo.ArgumentError, match=r"\(at bind\(batch\) of ZO-GraSP's batch, batches' epoch 0, batch 0\)$"):
+        zo.train(oracle, oracle.initial_params(), batches=[(X[:8], y[:7])], **kw)
+    assert len(calls) == 3  # one bind each, no query: the model ran only inside TorchOracle's own checks
+
+
+
 
 def test_a_shard_timeout_names_its_training_step(tmp_path):
     """A query that hung at step 5 under `timeout=` raised ShardTimeout naming the shard ("the base

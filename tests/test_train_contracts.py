@@ -38,6 +38,28 @@ def test_checkpoint_every_saves_after_every_nth_step(tmp_path):
     assert seen == [3 * ((k - 1) // 3) for k in range(1, 9)]
 
 
+def test_checkpoint_every_without_a_checkpoint_is_refused_before_the_first_query(tmp_path, monkeypatch):
+    """checkpoint_every=5 with no `checkpoint` was accepted and ignored: a run whose black box failed
+    at its 200th query had saved nothing (train refuses the sparse split's settings without
+    `sparsity` for the same reason)."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return float(((x - 1) ** 2).sum())
+
+    with pytest.raises(zo.ArgumentError, match=r"`checkpoint_every`=5 sets how often `checkpoint` is saved, but no "
+                                               r"`checkpoint` path was given"):
+        zo.train(f, np.zeros(3), epochs=10, checkpoint_every=5, progress=False, rng=0)
+    assert calls == [] and os.listdir(tmp_path) == []
+    # the reference: with a path it saves, and the default "epoch" needs none
+    zo.train(f, np.zeros(3), epochs=10, checkpoint=tmp_path / "run.npz", checkpoint_every=5, progress=False, rng=0)
+    assert len(zo.History.from_checkpoint(tmp_path / "run.npz").steps) == 10
+    assert zo.train(f, np.zeros(3), epochs=2, checkpoint_every="epoch", progress=False, rng=0).nfev == 8
+
+
+
 def test_checkpoint_every_counts_steps_across_one_step_epochs(tmp_path):
     """A plain callable takes one step an epoch: checkpoint_every=4 saved at every epoch's end, so
     at every step (ten saves for ten steps), not after every fourth step as the docs say

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace
-from ._errors import ArgumentError, OracleError
+from ._errors import ArgumentError, OracleError, ZoracleError
 from ._oracle import Oracle, readonly
 
 __all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
@@ -30,7 +30,13 @@ DEFAULT_CHUNK = 2048
 def queries_per_call(fn) -> int:
     """The oracle's ``max_queries_per_call``: an integer >= 1, ``math.inf`` for no limit, or
     None / absent for :data:`DEFAULT_CHUNK` (None and inf failed inside ``int()``)."""
-    v = getattr(fn, "max_queries_per_call", None)
+    try:
+        v = getattr(fn, "max_queries_per_call", None)
+    except ZoracleError:
+        raise
+    except Exception as exc:  # a property that runs the model (TorchOracle's): an oracle failure, named as one
+        raise OracleError("the oracle's max_queries_per_call (sizing its batched calls: TorchOracle runs the model on "
+                          "the bound batch for it)", cause=exc) from exc
     if v is None:
         return DEFAULT_CHUNK
     if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == math.inf:

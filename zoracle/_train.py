@@ -1034,7 +1034,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
     checkpoint_every : int or "epoch"
-        Steps between checkpoint saves, or ``"epoch"`` (default) for one at each epoch's end.
+        Steps between checkpoint saves, or ``"epoch"`` (default) for one at each epoch's end. A
+        number needs ``checkpoint`` (without it, nothing would be saved: refused).
     resume : path, True or False, optional
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists and is
         not empty; None or False: start fresh).
@@ -1114,6 +1115,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     mu_sched = as_schedule(mu, "mu", positive=True) if mu is not None else None
     if checkpoint_every != "epoch":
         checkpoint_every = _count("checkpoint_every", checkpoint_every, 1)
+        if checkpoint is None:  # ignored silently: a run that failed later had saved nothing
+            raise ArgumentError(f"`checkpoint_every`={checkpoint_every} sets how often `checkpoint` is saved, but no "
+                                "`checkpoint` path was given, so nothing would be saved; pass checkpoint='run.npz' "
+                                "too, or leave checkpoint_every out")
     if callable(callbacks):
         raise ArgumentError(f"`callbacks` must be a list of callables; got one, {getattr(callbacks, '__name__', callbacks)!r}: "
                             "pass callbacks=[fn]")
@@ -1398,7 +1403,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     f"`max_queries` is {max_queries}, but ZO-GraSP alone takes 2 * (grasp_directions + 1) = "
                     f"{grasp_queries(grasp_directions)} queries; raise `max_queries`, lower `grasp_directions`, "
                     f"or pass `ratios=\"uniform\"`")
-            target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches", executor)
+            which = "`grasp_batch`" if grasp_batch is not None else "batches' epoch 0, batch 0"
+            try:
+                target = _bound(oracle, gb, "grasp_batch" if grasp_batch is not None else "batches", executor)
+            except ZoracleError as exc:  # its type kept; the batch named (TorchOracle's says `batch`)
+                if gb is not None and exc.args and isinstance(exc.args[0], str):
+                    exc.args = (f"{exc.args[0]} (at bind(batch) of ZO-GraSP's batch, {which})", *exc.args[1:])
+                raise
+            except Exception as exc:  # as a training step's bind: TorchOracle's first bind runs the model
+                raise OracleError(f"bind(batch) of ZO-GraSP's batch ({which})", cause=exc) from exc
             try:  # ZO-GraSP's own step: the estimator's mu (a `mu` schedule sets the steps' only)
                 check_step(as_seen(oracle, params), estimator.mu, "forward", "ZO-GraSP's RGE")
             except StepError as exc:
@@ -1541,7 +1554,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
                 try:
                     bound = _bound(oracle, blist[pos], executor=executor)
-                except ZoracleError:
+                except ZoracleError as exc:  # its type kept; which batch of `batches` added (steps were spent)
+                    if blist[pos] is not None and exc.args and isinstance(exc.args[0], str):
+                        exc.args = (f"{exc.args[0]} (at bind(batch) of training step {step}, epoch {epoch}, "
+                                    f"batch {pos})", *exc.args[1:])
                     raise
                 except Exception as exc:  # the oracle's bind(batch) (TorchOracle's first one runs the model)
                     raise OracleError(f"bind(batch) of training step {step} (epoch {epoch}, batch {pos})",
