@@ -439,3 +439,19 @@ def test_the_warm_up_warning_fires_under_a_tenth_of_the_run_left_to_decay(steps,
     left = sched.total_steps - sched.warmup_steps
     warned = any("hardly decays" in str(w.message) for w in caught)
     assert warned == (left / steps < 0.1)
+
+
+def test_module_docstring_states_the_demos_mask_interval_and_lr():
+    """The module docstring calls ``zoracle demo`` the paper's recipe: it names where the demo's
+    defaults differ from the paper's (masks every 5 epochs, lr 0.1)."""
+    import argparse
+
+    from apps.demo import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    d = parser.parse_args([])
+    every = "every epoch" if d.mask_interval == 1 else f"every {d.mask_interval} epochs"
+    doc = " ".join(zo.recipes.__doc__.split())
+    assert f"masks redrawn {every} and peak lr {d.lr}" in doc
+    assert "masks redrawn every 5 epochs" in doc

@@ -167,6 +167,9 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         The data batch (for a DataOracle): DeepZero uses about 25 samples per class.
     common_random_numbers : bool
         Both RGEs use the same directions (default True; see above).
+        The DeepZero reference code draws them independently, per weight tensor
+        (unit norm in each, only the scored weights perturbed), and steps to
+        ``theta + mu**2 ghat``: its keep ratios differ (docs/training.md, "Pruning building blocks").
     executor : optional
         Passed to :func:`zoracle.estimate_gradient`.
 

@@ -6,8 +6,10 @@ stays visible and can be overridden::
     kw = zo.recipes.short_budget(oracle, params, budget=30_000, batches=batches)
     result = zo.train(oracle, params, batches=batches, **kw)
 
-The paper's recipe (DeepZero, ICLR 2024: 90% sparsity, masks redrawn every few epochs, SGD
-with momentum) is the one for budgets of many queries per weight; ``zoracle demo`` runs it.
+The paper's recipe (DeepZero, ICLR 2024: 90% sparsity, masks redrawn every 5 epochs, SGD
+with momentum, lr 0.1 after 3 warm-up epochs) is the one for budgets of many queries per weight;
+``zoracle demo`` runs it scaled to digits, with masks redrawn every epoch and peak lr 0.3 after
+one warm-up epoch (``--mask-interval``, ``--lr``).
 """
 
 from __future__ import annotations
