@@ -402,6 +402,25 @@ def _options_from(settings: dict):
     return options
 
 
+def _too_new(message: str) -> str:
+    """What to say of a model onnxruntime refused for its opset or IR version (a model exported by a
+    newer torch or onnx than this onnxruntime knows), else "". Its message names the versions only
+    after a C++ signature that a 300-character excerpt cuts off."""
+    import re
+
+    m = re.search(r"Opset (\d+) is under development.*?support for domain (\S+) is till opset (\d+)", message, re.S)
+    if m:
+        return (f"is stamped with {m.group(2)} opset {m.group(1)}, newer than onnxruntime {ort.__version__} runs (up "
+                f"to opset {m.group(3)}): upgrade onnxruntime, or export the model at opset {m.group(3)} or older "
+                f"(torch.onnx.export(..., opset_version={m.group(3)}))")
+    m = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", message)
+    if m:
+        return (f"has ONNX IR version {m.group(1)}, newer than onnxruntime {ort.__version__} reads (up to "
+                f"{m.group(2)}): upgrade onnxruntime, or save the model with an onnx package that writes IR "
+                f"version {m.group(2)}")
+    return ""
+
+
 class OnnxClassifier:
     """An ONNX classifier as a query-only black box.
 
@@ -537,13 +556,16 @@ class OnnxClassifier:
             elif isinstance(self._model, str):  # a model too large for bytes, read from its path (a copy's too)
                 what = (f"could not be opened from {self._model!r}, where a model of 2 GiB or more is read (by every "
                         "pickled copy too): keep the .onnx file and its .data files at that path")
-            elif "external data" in str(exc).lower() and not _have_onnx():
+            elif (("external data" in str(exc).lower() or "getfilelength" in str(exc).lower())  # (onnxruntime
+                  and not _have_onnx()):  # 1.16 names only the file: "GetFileLength for ./m.onnx.data failed")
                 what = ("keeps its weights in external data files, which zoracle reads in with the onnx package "
                         "(onnxruntime alone looks for them in the working directory): install it, pip install -e "
                         "'.[onnx]'")
             elif _refers_to_external_data(self._model):
                 what = ("keeps its weights in external data files, which bytes and a ModelProto do not carry: pass "
                         "the .onnx file's path (its .data file beside it), or onnx.load(path) with its external data")
+            elif _too_new(str(exc)):  # valid, but newer than this onnxruntime: not "corrupted"
+                what = _too_new(str(exc))
             else:
                 what = "is not a loadable ONNX model (truncated, corrupted or not ONNX?)"
             raise ArgumentError(f"`model` {self._source} {what}: {kind}: {str(exc).strip()[:300]}") from None

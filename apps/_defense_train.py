@@ -116,12 +116,14 @@ def train_classifier(X, y, *, epochs: int, seed: int, batch: int = 64, lr: float
 
 
 def export_onnx(model: nn.Module, path) -> None:
-    """Export with a dynamic batch axis (TorchScript exporter: no onnxscript needed)."""
+    """Export with a dynamic batch axis (TorchScript exporter: no onnxscript needed), at opset 17:
+    every onnxruntime the apps extra allows (>= 1.16, which runs opsets up to 19) loads it, whatever
+    opset the installed torch would stamp by default (torch 2.13: 20)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(path), input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
+                          dynamo=False, opset_version=17)
 
 
 class NoisyBatches:

@@ -109,6 +109,17 @@ def tiny(tmp_path_factory):
     return clf, path, den, Xtr[:300], ytr[:300]
 
 
+def test_the_exported_classifier_loads_in_the_oldest_onnxruntime_the_extra_allows(tiny):
+    """The apps extra allows onnxruntime 1.16, which runs models of opsets up to 19; torch 2.13's
+    exporter stamps opset 20 by default, so ``zoracle defense`` with onnxruntime 1.16 refused the
+    classifier it had just exported ("is not a loadable ONNX model (truncated, corrupted or not
+    ONNX?)"). The export names its opset."""
+    onnx = pytest.importorskip("onnx")
+    _, path, *_ = tiny
+    opsets = {o.domain or "ai.onnx": o.version for o in onnx.load(str(path)).opset_import}
+    assert opsets.get("ai.onnx", 0) <= 19, opsets
+
+
 def _fo_grad(den, clf, noisy, t):
     den.zero_grad()
     torch.nn.functional.cross_entropy(clf(den(torch.from_numpy(noisy))), torch.from_numpy(t)).backward()

@@ -131,7 +131,10 @@ def test_sparse_cge_equals_dense_on_its_coordinates(scheme, problem, data):
     for oracle in (q, CallOnly(q), BatchOnly(q)):
         dense = zo.estimate_gradient(oracle, x, zo.CGE(scheme=scheme))
         sparse = zo.estimate_gradient(oracle, x, zo.CGE(scheme=scheme), coordinates=np.array(coords))
-        np.testing.assert_allclose(sparse.grad[coords], dense.grad[coords], rtol=1e-12, atol=1e-12)
+        # a batch's rows may round apart by an ulp of the loss with the batch's size (einsum/BLAS):
+        # an ulp over the step (hypothesis 6.80 draws such a case: 2.8e-12 at a loss of -118)
+        tol = 1e-12 if not isinstance(oracle, BatchOnly) else 4 * np.spacing(abs(dense.loss)) / zo.CGE().mu
+        np.testing.assert_allclose(sparse.grad[coords], dense.grad[coords], rtol=1e-12, atol=max(tol, 1e-12))
         rest = np.setdiff1d(np.arange(d), coords)
         assert np.all(sparse.grad[rest] == 0.0)
         nnz = len(coords)

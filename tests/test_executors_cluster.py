@@ -399,7 +399,10 @@ class TestDask(ClusterContract):
         assert pid not in pids() and len(again) >= len(ignored) and all(again.values()), again
 
     def test_local_cluster_is_loopback_only(self, cluster):
-        info = cluster.client.sync(cluster.client.scheduler.identity, n_workers=-1)
+        try:
+            info = cluster.client.sync(cluster.client.scheduler.identity, n_workers=-1)
+        except TypeError:  # distributed before 2025: no count, every worker
+            info = cluster.client.sync(cluster.client.scheduler.identity)
         assert info["address"].startswith("tcp://127.0.0.1:")
         assert info["workers"] and all(a.startswith("tcp://127.0.0.1:") for a in info["workers"])
         assert all(w["nanny"].startswith("tcp://127.0.0.1:") for w in info["workers"].values())
@@ -709,6 +712,33 @@ def test_dask_a_worker_dying_during_a_broadcast_is_sent_again_not_waited_on_fore
         assert not th.is_alive(), "the estimate still waits on a broadcast to a dead worker after 180 s"
         assert "exc" not in out, out.get("exc")
         te.assert_same(out["got"], zo.estimate_gradient(oracle, x, zo.CGE()))
+
+
+def test_dask_workers_ask_an_older_scheduler_without_the_count_it_refuses():
+    """distributed before 2025 has no ``n_workers`` in Scheduler.identity (nor in the client's
+    scheduler_info): each worker listing sent it anyway and fell back, and the scheduler logged an
+    ERROR with a TypeError traceback for every one (three a run, in the user's own process for a
+    local cluster; tests/test_hardening_executors.py's at-exit test fails on them)."""
+    from zoracle._executors_cluster import _dask_workers
+
+    sent = []
+
+    class Scheduler:
+        def identity(self):  # distributed 2023.9 to 2024.12
+            return {"workers": {"tcp://127.0.0.1:1": {"nthreads": 1}}}
+
+    class OldClient:
+        scheduler = Scheduler()
+
+        def scheduler_info(self, **kwargs):
+            return {}
+
+        def sync(self, f, **kw):
+            sent.append(kw)
+            return f(**kw)
+
+    assert _dask_workers(OldClient()) == {"tcp://127.0.0.1:1": {"nthreads": 1}}
+    assert sent == [{}]
 
 
 def test_dask_a_client_that_distributed_closed_is_named_not_a_raw_attribute_error(dask_dir):

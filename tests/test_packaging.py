@@ -186,6 +186,26 @@ def test_sdist_carries_what_the_test_suite_reads(tmp_path):
     assert not missing, f"{len(missing)} files the tests read are not in the sdist, e.g. {missing[:5]}"
 
 
+def test_the_test_extras_pytest_floor_reemits_unmatched_warnings():
+    """Nested ``pytest.warns`` blocks (tests/test_train.py's eval-metric test) need pytest 8, whose
+    ``warns`` re-emits the warnings it did not match to the block around it; under the declared
+    pytest 7 the inner block swallowed them ("DID NOT WARN" on pytest 7.0.0 and 7.4.4; 8.0.0 passes)."""
+    import re
+
+    floor = re.findall(r'"pytest>=([0-9][0-9.]*)"', (ROOT / "pyproject.toml").read_text())
+    assert floor and int(floor[0].split(".")[0]) >= 8, floor
+
+
+def test_the_test_extras_psutil_floor_has_net_connections():
+    """The loopback tests (test_hardening_executors.py, test_executors_cluster.py) list listening
+    sockets with ``psutil.Process.net_connections``, which psutil 6.0 added: under the declared
+    psutil 5.9 they failed with AttributeError before checking anything."""
+    import re
+
+    floor = re.findall(r'"psutil>=([0-9][0-9.]*)"', (ROOT / "pyproject.toml").read_text())
+    assert floor and int(floor[0].split(".")[0]) >= 6, floor
+
+
 def test_pyproject_uses_no_metadata_setuptools_deprecates(tmp_path):
     """``license = { text = "MIT" }`` warned on every build (SetuptoolsDeprecationWarning: "By
     2027-Feb-18, you need to update your project ... or your builds will no longer be
@@ -266,3 +286,15 @@ def test_documented_calls_type_check_against_the_shipped_annotations(tmp_path):
     errors = [ln for ln in out.stdout.splitlines() if ": error:" in ln and not any(s in ln for s in _NOT_OURS)]
     assert out.returncode in (0, 1) and not out.stderr.strip(), out.stderr[-2000:]
     assert not errors, "\n".join(errors)
+
+
+def test_the_dask_extras_floor_starts_a_loopback_only_local_cluster():
+    """The declared dask[distributed] 2023.1 could not start DaskExecutor('local') at all (no
+    Client.register_plugin before 2023.9.2: AttributeError), and up to 2024.8.2 each worker process
+    of the local cluster served its HTTP server on 0.0.0.0 and :: whatever worker_dashboard_address
+    said, where design.md promises loopback-only local clusters. 2024.9.0 is the first that keeps
+    every socket on 127.0.0.1 (tests/test_hardening_executors.py's loopback test)."""
+    import re
+
+    floor = re.findall(r'"dask\[distributed\]>=([0-9][0-9.]*)"', (ROOT / "pyproject.toml").read_text())
+    assert floor and tuple(int(p) for p in floor[0].split(".")) >= (2024, 9), floor

@@ -450,7 +450,7 @@ def test_two_parameters_sharing_memory_are_refused():
     for c in (0, 70):  # an embedding entry and a head entry: the oracle's own plain calls
         t = theta.copy()
         t[c] += 1e-6
-        own.append((oracle(t) - oracle(theta)) / ((theta[c] + 1e-6) - theta[c]))
+        own.append((oracle(t) - oracle(theta)) / ((theta[c] + theta.dtype.type(1e-6)) - theta[c]))  # float32 on NumPy 1.x too
     np.testing.assert_allclose(est.grad[[0, 70]], own, rtol=1e-6, atol=1e-9)
 
 

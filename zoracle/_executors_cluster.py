@@ -167,7 +167,18 @@ def _dask_workers(client) -> dict:
     periodic refresh on the client's event loop overwrites with a summary that lists no
     workers, so now and then it answers that the cluster has none.
     """
+    import inspect
+
+    # Scheduler.identity takes a count since distributed 2025, as Client.scheduler_info does; an
+    # older scheduler refuses it and logs an ERROR with its traceback for each such call (in this
+    # process, for a local cluster): the count is asked for only by a client that knows it
     try:
+        counted = "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):
+        counted = True
+    try:
+        if not counted:
+            raise TypeError
         info = client.sync(client.scheduler.identity, n_workers=-1)
     except TypeError:  # a scheduler whose identity takes no count lists every worker
         info = client.sync(client.scheduler.identity)

@@ -1293,8 +1293,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                             f"{count!r}")
     if checkpoint is not None or resume is not None:  # saved as numeric arrays, read back in init's shapes
         for k, v in state._asdict().items():
-            try:  # (a tuple of arrays of different lengths: NumPy's ValueError)
-                a = np.asarray(to_numpy(v)) if k != "count" else np.zeros(())
+            try:  # (a tuple of arrays of different lengths: NumPy's ValueError; NumPy < 1.24 made an
+                # object array, refused below, with a VisibleDeprecationWarning of its own)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", getattr(np, "exceptions", np).VisibleDeprecationWarning)
+                    a = np.asarray(to_numpy(v)) if k != "count" else np.zeros(())
             except (ValueError, TypeError):
                 a = np.empty((), dtype=object)
             if a.dtype.hasobject or a.dtype.kind not in "biuf":
