@@ -2108,3 +2108,31 @@ def test_closing_a_process_executor_while_its_run_waits_for_answers_gives_the_cl
     got = zo.estimate_gradient(lambda x: float(x @ x), np.ones(6), zo.CGE(mu=1e-3, scheme="central"), executor=ex)
     np.testing.assert_allclose(got.grad, 2 * np.ones(6), atol=1e-6)  # usable again: it starts anew
     ex.close()
+
+
+def test_process_workers_replay_an_oracles_own_generator_as_the_docs_say(loky2, threads2):
+    """An oracle holding its own seeded Generator is copied to every process worker at one state:
+    the workers draw the same numbers (docs/training.md, "Noisy black boxes", and
+    docs/executors.md, "State a call writes", say so); serially and on threads no draw repeats."""
+    from pathlib import Path
+
+    class OwnRng:
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def __call__(self, x):  # the loss is the draw itself: every query's draw is visible
+            return float(self.rng.standard_normal())
+
+    def repeated(ex):
+        oracle, seen = OwnRng(), []
+        for _ in range(4):
+            est = zo.estimate_gradient(oracle, np.zeros(16), zo.CGE(mu=1.0), executor=ex)
+            seen += [est.loss] + list(est.grad + est.loss)
+        seen = np.round(seen, 12)
+        return len(seen) - len(np.unique(seen))
+
+    assert repeated(None) == 0 and repeated(threads2) == 0
+    assert repeated(loky2) > 0
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert "np.random.default_rng(0)`) is worse off there" in (docs / "training.md").read_text()
+    assert "every worker draws the same numbers from it" in (docs / "executors.md").read_text()

@@ -818,3 +818,33 @@ def test_quadratic_oracle_still_takes_lists_and_numpy_scalars():
     x = np.array([1.0, -1.0])
     assert q(x) == 0.5 * (2 + 4) + 0 + 0.5
     np.testing.assert_allclose(q.grad(x), [3.0, -3.0])
+
+
+def test_check_oracle_determinism_failure_does_not_claim_a_tolerance():
+    """Determinism is compared bit for bit, whatever ``rtol`` and ``atol``: the error must not say
+    a difference within ``atol + rtol * |loss|`` was allowed (it listed rtol=1, atol=1 under a
+    failure of 1e-15), nor suggest loosening them, and must say how to check a noisy oracle."""
+    flips = iter([0.0, 1.0] * 10)
+
+    def last_bit(x):  # a reduction in another order each call: a last-bit difference
+        return float(x @ x) * (1.0 + 2.3e-16 * next(flips))
+
+    with pytest.raises(OracleCheckError) as info:
+        check_oracle(last_bit, np.ones(5), rtol=1.0, atol=1.0)
+    msg = str(info.value)
+    assert "determinism: two calls at the same params differ by" in msg
+    assert "rtol and atol do not apply" in msg and "seed" in msg
+    assert "allowed: atol + rtol" not in msg and "pass rtol=1e-5" not in msg
+
+    class LastBitBatch:  # the same with a batch: the state check must not blame a fast path for it
+        def __call__(self, x):
+            return last_bit(x)
+
+        def batch(self, X):
+            return np.array([last_bit(x) for x in X])
+
+    flips = iter([0.0, 1.0] * 100)
+    with pytest.raises(OracleCheckError) as info:
+        check_oracle(LastBitBatch(), np.ones(5))
+    msg = str(info.value)
+    assert "determinism:" in msg and "left state behind" not in msg and "allowed: atol + rtol" not in msg
