@@ -118,12 +118,22 @@ class _Corrector:
         self.inflow = float(flow.inflow)
         self.blocks = _blocks(net)
         self.d = self.blocks[-1].slice.stop
-
-        def one(p, x):
-            return functional_call(self.net, p, (x,))
-
-        self._batched = vmap(one)
+        self._batched = vmap(self._one)
         self._probe(flow.shapes[0])
+
+    def _one(self, p, x):
+        return functional_call(self.net, p, (x,))
+
+    # the vmapped function is made again by a copy: pickle cannot save it, and a deepcopy kept the
+    # original's (which ran the original's net, not the copy's)
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_batched"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._batched = vmap(self._one)
 
     def _probe(self, faces: tuple) -> None:
         """Run the network once on a zero state of the grid: a net of another shape failed inside

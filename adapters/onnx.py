@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "zoracle.adapters.onnx needs onnxruntime: pip install -e '.[onnx]' (or '.[onnx-gpu]' for CUDA)"
     ) from exc
 
-from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag
+from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag, travelling_state
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -75,7 +75,8 @@ class QueryBudgetExceeded(ZoracleError, RuntimeError):
         )
 
     def __reduce__(self):
-        return (self.__class__, (self.requested, self.used, self.budget))
+        return (self.__class__, (self.requested, self.used, self.budget),
+                travelling_state(self, ("requested", "used", "budget")))
 
 
 #: largest input one call of a fixed-batch model may need (padding included)

@@ -772,3 +772,26 @@ def test_baselines_and_net_check_seed_callback_and_out_scale_before_any_simulati
                           callback=lambda it, loss, n: seen.append((it, np.isfinite(loss))))
     assert seen == [(0, True), (1, True)]
     assert np.isfinite(pf.flat_params(pf.correction_net(channels=2, kernel=3, seed=2, out_scale=0.0))).all()
+
+
+def test_oracle_pickles_and_a_deepcopy_runs_its_own_network(reference):
+    """The correction network ran through a vmapped local closure: pickle.dumps failed on it
+    ("Can't pickle local object"), and a deepcopy kept the original's closure, so querying the
+    copy ran the original's module (its hooks fired, the copy's never did)."""
+    import copy
+    import pickle
+
+    net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
+    oracle = pf.SolverInTheLoop(TINY.coarsened(2), net, reference, unroll=1, starts=np.array([[0, 0], [1, 2]]))
+    p = pf.flat_params(net)
+    coords = np.array([3, p.size - 1])
+    est = zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-2), coordinates=coords)
+    for dup in (pickle.loads(pickle.dumps(oracle)), copy.deepcopy(oracle)):
+        assert dup.corrector.net is not oracle.corrector.net
+        calls = []
+        dup.corrector.net.register_forward_hook(lambda *a: calls.append("copy"))
+        hook = oracle.corrector.net.register_forward_hook(lambda *a: calls.append("original"))
+        again = zo.estimate_gradient(dup, p, zo.CGE(mu=1e-2), coordinates=coords)
+        hook.remove()
+        assert np.array_equal(again.grad, est.grad) and again.loss == est.loss
+        assert calls and set(calls) == {"copy"}

@@ -540,6 +540,34 @@ def test_train_results_compare_by_identity_and_minibatches_take_sparse_features(
     assert sorted(np.concatenate(rows).tolist()) == list(range(20)) and all(x.shape == (4, 5) for x, _ in mb(0))
 
 
+def test_errors_keep_their_text_attributes_and_notes_across_pickle_and_copy():
+    """An error zoracle edited after raising it (``located``'s fix, an executor's shard note and
+    ``shard``) and a note the caller added: ``__reduce__`` rebuilt it from its fields alone, so a
+    copy, or the error of a run in a process pool, lost them."""
+    import copy
+
+    from zoracle._executors_core import _annotate
+
+    err = zo.OracleError("direction 0 (+mu)", float("nan"), detail="expected a finite loss").located(
+        "direction 0 (+mu) of ZO-GraSP's first estimate", "; ratios='uniform' skips ZO-GraSP")
+    shard = _annotate(zo.OracleError("coordinate 5 (step +0.6)", float("inf")), 6, 9, None, "thread 0")
+    errors = [err, shard]
+    try:
+        from zoracle.adapters.onnx import QueryBudgetExceeded
+    except ImportError:  # (onnxruntime not installed)
+        pass
+    else:
+        errors.append(_annotate(QueryBudgetExceeded(5, 18, 20), 1, 2, None, "worker 1"))
+    for e in errors:
+        e.add_note("seen by the caller")
+        for back in (pickle.loads(pickle.dumps(e)), copy.copy(e), copy.deepcopy(e)):
+            assert type(back) is type(e) and str(back) == str(e)
+            assert back.__notes__ == ["seen by the caller"]
+            assert getattr(back, "shard", None) == getattr(e, "shard", None)
+    assert str(err).endswith("; ratios='uniform' skips ZO-GraSP") and shard.shard == 6 and "[shard 7/9" in str(shard)
+    assert pickle.loads(pickle.dumps(errors[-1])).used == errors[-1].used
+
+
 def test_oracle_error_pickles_under_tblibs_reducers():
     """Dask installs tblib's reducers, which pickle an exception's ``__cause__`` beside what its
     ``__reduce__`` gives: a cause chained in ``__init__`` did not pickle when the oracle's exception
@@ -559,8 +587,8 @@ def test_oracle_error_pickles_under_tblibs_reducers():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "coordinate 3 (step +0.005) | oracle raised at coordinate 3 (step +0.005): RuntimeError: " \
-                               "Unpicklable: no"
+    # (the original text: the cause travels as a RuntimeError, the message keeps its own type's name)
+    assert r.stdout.strip() == "coordinate 3 (step +0.005) | oracle raised at coordinate 3 (step +0.005): Unpicklable: no"
 
 
 def test_an_unpicklable_unprintable_cause_still_pickles_with_its_query():

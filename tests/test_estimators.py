@@ -935,3 +935,20 @@ def test_cge_plain_calls_see_one_negative_zero_written_past_the_read_only_flag(w
     f0 = pure(x0)
     want = [(pure(x0 + 1e-3 * np.eye(10)[i]) - f0) / ((x0[i] + 1e-3) - x0[i]) for i in range(10)]
     np.testing.assert_array_equal(got, np.array(want))
+
+
+def test_a_gradient_estimate_equals_its_copy_and_reloaded_self():
+    """The generated ``==`` compared ``grad`` elementwise and raised NumPy's ValueError ("truth value
+    of an array ... is ambiguous") for a pickled, deep-copied or rebuilt estimate."""
+    import copy
+    import pickle
+
+    f = lambda x: float(np.sum((x - 3.0) ** 2))  # noqa: E731
+    for est in (zo.estimate_gradient(f, np.zeros(4), zo.CGE(mu=1e-3, scheme="central")),
+                zo.estimate_gradient(f, np.zeros(4), zo.SNES(population=6), rng=0)):
+        for same in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est),
+                     zo.GradientEstimate(est.grad.copy(), est.loss, est.nfev, copy.copy(est.state))):
+            assert same == est and not (same != est)
+        assert est != zo.GradientEstimate(est.grad + 1.0, est.loss, est.nfev, est.state)
+        assert est != zo.GradientEstimate(est.grad, est.loss, est.nfev + 1, est.state)
+        assert est != zo.GradientEstimate(est.grad[:2], est.loss, est.nfev, est.state)

@@ -218,6 +218,22 @@ class Declared(Counting):
         self.input_name = input_name
 
 
+def test_an_abstaining_certificate_equals_its_copy():
+    """Its radius is NaN: the generated ``==`` made it unequal to its pickled copy, and ``cb[i] != cb[i]``."""
+    import copy
+    import pickle
+
+    threshold = lambda x: (np.asarray(x)[:, 0] > 0).astype(int)  # noqa: E731
+    cb = sm.certify_batch(threshold, np.array([[1.0], [0.0]]), sigma=0.5, n0=20, n=200, num_classes=2, rng=0)
+    for i in range(len(cb)):
+        c = cb[i]
+        for same in (cb[i], pickle.loads(pickle.dumps(c)), copy.deepcopy(c)):
+            assert same == c and hash(same) == hash(c)
+    assert cb[1].abstained and np.isnan(cb[1].radius)
+    assert cb[0] != cb[1] and cb[1] != sm.Certificate(sm.ABSTAIN, float("nan"), cb[1].p_lower, cb[1].n_a + 1, cb[1].n)
+    assert len({cb[1], pickle.loads(pickle.dumps(cb[1]))}) == 1
+
+
 def test_what_the_classifier_declares_is_checked_before_any_query():
     """A num_classes contradicting the classifier's, a budget too small for both phases, and a
     point with a batch axis each spent up to a batch of queries (10,000 by default) first, and
@@ -538,3 +554,16 @@ def test_bfloat16_scores_certify_as_their_float32_values():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     assert sm.certify(lambda z: f32(z).numpy().astype(ml_dtypes.bfloat16), np.array([1.0, 0.5]), **kw) == ref
 
+
+
+def test_a_certificate_batch_equals_its_copy_and_reloaded_self():
+    """The generated ``==`` compared the arrays elementwise and raised NumPy's ValueError."""
+    import copy
+    import pickle
+
+    threshold = lambda x: (np.asarray(x)[:, 0] > 0).astype(int)  # noqa: E731
+    cb = sm.certify_batch(threshold, np.array([[1.0], [0.0], [-2.0]]), sigma=0.5, n0=20, n=200, num_classes=2, rng=0)
+    assert np.isnan(cb.radii).any()  # an abstention: NaN radius, equal to itself in a copy
+    for same in (pickle.loads(pickle.dumps(cb)), copy.deepcopy(cb), cb[:]):
+        assert same == cb and not (same != cb)
+    assert cb[:2] != cb and cb != cb[[0, 1, 1]]

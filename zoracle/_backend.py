@@ -37,6 +37,15 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def same_values(a, b) -> bool:
+    """Whether two fields of a result hold the same values: arrays (NumPy or CuPy) by shape and
+    value, a NaN equal to a NaN (a reloaded or copied result equals the original); None only None."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = to_numpy(a), to_numpy(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc"))
+
+
 def real_numpy(x, wide) -> np.ndarray:
     """``x`` (a torch tensor, a CuPy or NumPy array) as a NumPy array, a float type NumPy has no
     name for converted to ``wide`` (float32 or float64, which hold it exactly): torch's bfloat16

@@ -79,7 +79,17 @@ class OracleError(ZoracleError, RuntimeError):
         cause = (self.cause if _round_trips(self.cause)
                  else RuntimeError(f"{type(self.cause).__name__}: {exc_text(self.cause)}"))
         value = self.value if _round_trips(self.value) else repr(self.value)
-        return (_rebuilt, (self.__class__, (self.query, value, cause, self.detail)))
+        return (_rebuilt, (self.__class__, (self.query, value, cause, self.detail)), travelling_state(self))
+
+
+def travelling_state(exc: BaseException, fields=("query", "value", "cause", "detail")) -> dict:
+    """What an exception rebuilt from its fields would lose: its text as edited after ``__init__``
+    (``located``'s fix, an executor's shard note), attributes set later (``shard``), ``add_note``'s
+    notes; each entry only where it round-trips through pickle (a copy's state is set last)."""
+    state = {k: v for k, v in vars(exc).items() if k not in fields and _round_trips(v)}
+    if _round_trips(exc.args):
+        state["args"] = exc.args
+    return state
 
 
 def check_flag(name: str, v) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import namespace, to_numpy
+from ._backend import namespace, same_values, to_numpy
 from ._errors import ArgumentError, finite_real
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
@@ -254,6 +254,13 @@ class GradientEstimate:
     loss: float
     nfev: int
     state: Any = None
+
+    def __eq__(self, other):
+        """Field by field, arrays by value (the generated ``==`` raised NumPy's ValueError on the
+        arrays of a copied or reloaded estimate)."""
+        if not isinstance(other, GradientEstimate):
+            return NotImplemented
+        return all(same_values(getattr(self, f), getattr(other, f)) for f in ("grad", "loss", "nfev", "state"))
 
 
 def as_generator(rng) -> np.random.Generator:

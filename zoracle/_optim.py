@@ -61,6 +61,32 @@ class Optimizer(NamedTuple):
         # an own optimizer's config that is no text (None, a dict): repr must return a str
         return f"Optimizer(name={self.name!r}, lr={self.lr!r}, config={self.config!r})"
 
+    def __reduce__(self):
+        # sgd, adam, sign_sgd and scaled return closures, which pickle cannot save (pickle.dump, joblib.dump,
+        # a spawn worker's arguments): such an optimizer travels as the call that made it, where
+        # that call gives the same fields (not after ``_replace``); any other one as its fields
+        made = getattr(self.update, "_made_by", None)
+        if made is not None:
+            again = _remade(*made)
+            if getattr(again.init, "__code__", None) is getattr(self.init, "__code__", False) \
+                    and tuple(again)[2:] == tuple(self)[2:]:
+                return (_remade, made)
+        return (_optimizer_from, (type(self), tuple(self)))
+
+
+def _remade(factory, kwargs):
+    return factory(**kwargs)
+
+
+def _optimizer_from(cls, fields):
+    return cls(*fields)
+
+
+def _remakeable(opt: Optimizer, factory, **kwargs) -> Optimizer:
+    """``opt``, marked as made by ``factory(**kwargs)`` (how :meth:`Optimizer.__reduce__` pickles it)."""
+    opt.update._made_by = (factory, kwargs)  # (update: scaled shares its optimizer's init)
+    return opt
+
 
 class SGDState(NamedTuple):
     count: int
@@ -224,7 +250,8 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
         return new, SGDState(state.count + 1, v.astype(params.dtype, copy=False))
 
     config = f"sgd(lr={describe_schedule(lr)}, momentum={momentum}, nesterov={bool(nesterov)}, weight_decay={weight_decay})"
-    return Optimizer(init, update, lr, "sgd", config, weight_decay)
+    return _remakeable(Optimizer(init, update, lr, "sgd", config, weight_decay), sgd, lr=lr, momentum=momentum,
+                       nesterov=nesterov, weight_decay=weight_decay)
 
 
 def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Optimizer:
@@ -275,7 +302,8 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
         return new, AdamState(t, m.astype(params.dtype, copy=False), v.astype(params.dtype, copy=False))
 
     config = f"adam(lr={describe_schedule(lr)}, b1={b1}, b2={b2}, eps={eps}, weight_decay={weight_decay})"
-    return Optimizer(init, update, lr, "adam", config, weight_decay)
+    return _remakeable(Optimizer(init, update, lr, "adam", config, weight_decay), adam, lr=lr, b1=b1, b2=b2, eps=eps,
+                       weight_decay=weight_decay)
 
 
 def scaled(optimizer: Optimizer, scale, label: str) -> Optimizer:
@@ -296,7 +324,8 @@ def scaled(optimizer: Optimizer, scale, label: str) -> Optimizer:
             on[key] = xp.asarray(scale).astype(params.dtype, copy=False)
         return params + (new - params) * on[key], state
 
-    return inner._replace(update=update, config=f"{inner.config} * {label}")
+    return _remakeable(inner._replace(update=update, config=f"{inner.config} * {label}"), scaled,
+                       optimizer=optimizer, scale=scale, label=label)
 
 
 def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
@@ -336,4 +365,5 @@ def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
         return new, SignState(state.count + 1)
 
     config = f"sign_sgd(lr={describe_schedule(lr)}, weight_decay={weight_decay})"
-    return Optimizer(init, update, lr, "sign_sgd", config, weight_decay)
+    return _remakeable(Optimizer(init, update, lr, "sign_sgd", config, weight_decay), sign_sgd, lr=lr,
+                       weight_decay=weight_decay)

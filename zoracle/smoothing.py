@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
-from ._backend import real_numpy
+from ._backend import real_numpy, same_values
 from ._errors import ArgumentError, OracleError, ZoracleError, finite_real
 from ._estimators import as_generator
 
@@ -373,6 +373,19 @@ class Certificate:
     n_a: int
     n: int
 
+    def __eq__(self, other):
+        """Field by field, a NaN radius (an abstention) equal to a NaN: the generated ``==`` made an
+        abstaining certificate unequal to its copy, and ``cb[i] != cb[i]``."""
+        if not isinstance(other, Certificate):
+            return NotImplemented
+        return all(a == b or (a != a and b != b) for a, b in zip(self._fields(), other._fields()))
+
+    def __hash__(self):  # (equal certificates hash alike: a NaN's own hash is its identity's)
+        return hash(tuple(None if v != v else v for v in self._fields()))
+
+    def _fields(self) -> tuple:
+        return (self.prediction, self.radius, self.p_lower, self.n_a, self.n)
+
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
@@ -393,6 +406,14 @@ class CertificateBatch:
     n_a: np.ndarray
     n: int
     queries: int
+
+    def __eq__(self, other):
+        """Field by field, arrays by value, NaN radii equal (the generated ``==`` raised NumPy's
+        ValueError on the arrays of a copied or reloaded batch)."""
+        if not isinstance(other, CertificateBatch):
+            return NotImplemented
+        return all(same_values(getattr(self, f), getattr(other, f))
+                   for f in ("predictions", "radii", "p_lower", "n_a", "n", "queries"))
 
     @property
     def abstain_rate(self) -> float:
