@@ -104,7 +104,7 @@ class _Tracer(fx.Tracer):
         # block left the state as it found it (enabled), and the check below did not see it
         with _TRACE_LOCK, contextlib.ExitStack() as off:
             for d in ("cpu", "cuda"):
-                if torch.is_autocast_enabled(d):
+                if is_autocast_enabled(d):
                     off.enter_context(torch.autocast(d, enabled=False))
             self.autocast_at_start = _autocast_state()
             self.autocast = False
@@ -129,8 +129,18 @@ class _Tracer(fx.Tracer):
                    for c in type(m).__mro__[1:])
 
 
+def is_autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, which torch has from 2.4 on; before it,
+    ``torch.is_autocast_enabled()`` took no argument and answered for CUDA only, and
+    ``torch.is_autocast_cpu_enabled()`` for the CPU."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def _autocast_state() -> tuple:
-    return tuple(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
+    return tuple(is_autocast_enabled(d) for d in ("cpu", "cuda"))
 
 
 def _functional(node: fx.Node):
@@ -303,6 +313,7 @@ def trace_steps(model: nn.Module):
     of untraceable modules still splits between them).
     """
     graph, err = None, None
+    held = _held_copies(model)  # before the trace: what it computes from them is not the model's own
     for proxy in (True, False):
         for leaves in (False, True):
             saved = _attributes(model)
@@ -347,10 +358,11 @@ def trace_steps(model: nn.Module):
         else:
             hint = ""
         return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
-    baked = [n.target for n in graph.nodes if n.op == "get_attr" and _from_parameters(model, n.target)]
+    baked = [n.target for n in graph.nodes if n.op == "get_attr" and _from_parameters(model, n.target)
+             and _leaves(_value(model, n.target), held)]
     if baked:
         ids = {id(p): n for n, p in model.named_parameters()}
-        names = [ids[id(p)] for t in baked for p in _leaves(_value(model, t))
+        names = [ids[id(p)] for t in baked for p in _leaves(_value(model, t), held)
                  if id(p) in ids]
         named = ", ".join(repr(n) for n in dict.fromkeys(names)) or "a parameter"
         return None, (f"{type(model).__name__}'s forward computes a tensor from {named} outside what torch.fx "
@@ -387,12 +399,27 @@ def _from_parameters(model: nn.Module, target: str) -> bool:
     return torch.is_tensor(v) and not isinstance(v, nn.Parameter) and v.grad_fn is not None
 
 
-def _leaves(t) -> list:
-    """The tensors autograd accumulates into behind ``t`` (the parameters it was computed from)."""
+def _held_copies(model: nn.Module) -> set:
+    """The grad_fn of each tensor the model holds before the trace (a buffer or plain attribute,
+    alone or in a list, tuple or dict) that was computed from parameters into memory of its own
+    (an anchor ``self.w0 = self.fc.weight.clone()`` taken in ``__init__``): perturbing the parameters
+    changes it no more in ``model(x)`` than in the captured graph. A view of a parameter does change."""
+    found = [t for m in model.modules() for v in [*vars(m).values(), *m._buffers.values()]
+             for t in (v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,))
+             if torch.is_tensor(t) and t.grad_fn is not None]
+    if not found:  # (the usual model: nothing computed from its parameters is held)
+        return set()
+    own = {p.untyped_storage().data_ptr() for p in model.parameters() if p.layout == torch.strided}
+    return {t.grad_fn for t in found if t.layout != torch.strided or t.untyped_storage().data_ptr() not in own}
+
+
+def _leaves(t, held=frozenset()) -> list:
+    """The tensors autograd accumulates into behind ``t`` (the parameters it was computed from),
+    not counting those reached only through ``held`` (:func:`_held_copies`)."""
     out, seen, todo = [], set(), [t.grad_fn]
     while todo:
         f = todo.pop()
-        if f is None or f in seen:
+        if f is None or f in seen or f in held:
             continue
         seen.add(f)
         if hasattr(f, "variable"):

@@ -39,7 +39,7 @@ from zoracle._backend import is_cupy, namespace
 from zoracle._errors import ArgumentError, check_flag, user_stacklevel
 
 from ._torch_blackbox import blackbox
-from ._torch_graph import downstream
+from ._torch_graph import downstream, is_autocast_enabled
 from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind,
                            full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
                            shared_suffix, _one_tensor, _integer_batch_error)
@@ -192,7 +192,7 @@ def _autocast_off(oracle):
     dev = oracle.device.type
     if dev not in ("cpu", "cuda"):
         return contextlib.nullcontext()
-    if not torch.is_autocast_enabled(dev):
+    if not is_autocast_enabled(dev):
         # still a context without autocast's cache: inside any autocast block, a disabled one
         # (`enabled=use_amp`) included, a forward's own autocast block kept the weights it cast
         # on leaving, and read them stale after an in-place perturbation (the gradient 0)
@@ -552,7 +552,9 @@ class TorchOracle:
                                 "nothing to estimate")
         if tdtype is not None or device is not None:
             try:
-                model.to(device=device, dtype=tdtype)
+                model.to(device=device)
+                if tdtype is not None:  # floating tensors only, as model.double() converts: a complex buffer
+                    model.double() if tdtype == torch.float64 else model.float()  # cast to real lost its imaginary part
             except (RuntimeError, AssertionError, TypeError, ValueError) as exc:  # device="xyz", CUDA without a GPU
                 raise ArgumentError(f"`device` {device!r}: {exc}") from None
         self.loss_fn = loss_fn

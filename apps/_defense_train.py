@@ -17,6 +17,7 @@ The two ZO rows spend the same number of black-box loss evaluations per gradient
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from dataclasses import dataclass
@@ -119,11 +120,13 @@ def export_onnx(model: nn.Module, path) -> None:
     """Export with a dynamic batch axis (TorchScript exporter: no onnxscript needed), at opset 17:
     every onnxruntime the apps extra allows (>= 1.16, which runs opsets up to 19) loads it, whatever
     opset the installed torch would stamp by default (torch 2.13: 20)."""
+    # `dynamo` came in torch 2.5 (its default True from 2.9); before it the TorchScript exporter was the only one
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(path), input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False, opset_version=17)
+                          opset_version=17, **legacy)
 
 
 class NoisyBatches:

@@ -863,3 +863,29 @@ def test_load_checkpoint_passes_on_what_check_raises_without_calling_the_file_co
     with pytest.raises(zo.CheckpointError, match="refused here"):
         zo.load_checkpoint(path, check=lambda meta: (_ for _ in ()).throw(zo.CheckpointError("refused here")))
     assert zo.load_checkpoint(path)[1]["step"] == 7
+
+
+def test_what_check_raises_comes_back_without_an_internal_second_error(tmp_path):
+    """A resume refused for changed settings (check's CheckpointError) printed its message twice:
+    first as zoracle._checkpoint._CheckRaised, then "During handling of the above exception, another
+    exception occurred" and the CheckpointError; the check's own error, chained as it was, is all."""
+    import traceback
+
+    path = str(tmp_path / "run.npz")
+    f = lambda x: float(x @ x)  # noqa: E731
+    zo.train(f, np.ones(4), steps_per_epoch=2, checkpoint=path, progress=False, rng=0)
+    with pytest.raises(zo.CheckpointError, match="different settings") as info:
+        zo.train(f, np.ones(4), steps_per_epoch=2, epochs=2, checkpoint=path, resume=True, progress=False, rng=1)
+    text = "".join(traceback.format_exception(info.value))
+    assert "_CheckRaised" not in text and "another exception occurred" not in text, text
+    assert text.count("different settings") == 1
+
+    def check(meta):
+        try:
+            meta["no such key"]
+        except KeyError:
+            raise ValueError("needs an epoch") from None
+
+    with pytest.raises(ValueError, match="needs an epoch") as info:
+        zo.load_checkpoint(path, check=check)
+    assert info.value.__context__ is None or isinstance(info.value.__context__, KeyError)

@@ -120,6 +120,31 @@ def test_the_exported_classifier_loads_in_the_oldest_onnxruntime_the_extra_allow
     assert opsets.get("ai.onnx", 0) <= 19, opsets
 
 
+def test_export_onnx_with_torch_before_2_5_which_has_no_dynamo_keyword(tiny, tmp_path, monkeypatch):
+    """pyproject's apps extra declares torch>=2.1, but ``torch.onnx.export(..., dynamo=...)`` came in
+    torch 2.5: with torch 2.1-2.4's export, ``zoracle defense`` crashed exporting its classifier
+    (TypeError: unexpected keyword argument 'dynamo'). Reference: the torch model's own logits."""
+    ort = pytest.importorskip("onnxruntime")
+    clf, _, _, X, _ = tiny
+    native = torch.onnx.export
+
+    def export_2_4(model, args, f, export_params=True, verbose=False, training=None, input_names=None,
+                   output_names=None, operator_export_type=None, opset_version=None, do_constant_folding=True,
+                   dynamic_axes=None, keep_initializers_as_inputs=None, custom_opsets=None,
+                   export_modules_as_functions=False, autograd_inlining=True):  # torch 2.4's keywords
+        return native(model, args, f, input_names=input_names, output_names=output_names,
+                      opset_version=opset_version, dynamic_axes=dynamic_axes, dynamo=False)
+
+    monkeypatch.setattr(torch.onnx, "export", export_2_4)
+    path = tmp_path / "old.onnx"
+    T.export_onnx(clf, path)
+    x = np.ascontiguousarray(X[:5], dtype=np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.no_grad():
+        want = clf(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def _fo_grad(den, clf, noisy, t):
     den.zero_grad()
     torch.nn.functional.cross_entropy(clf(den(torch.from_numpy(noisy))), torch.from_numpy(t)).backward()

@@ -298,3 +298,20 @@ def test_the_dask_extras_floor_starts_a_loopback_only_local_cluster():
 
     floor = re.findall(r'"dask\[distributed\]>=([0-9][0-9.]*)"', (ROOT / "pyproject.toml").read_text())
     assert floor and tuple(int(p) for p in floor[0].split(".")) >= (2024, 9), floor
+
+
+def test_every_extra_that_needs_torch_declares_one_floor_and_the_docs_name_it():
+    """The torch, phiflow, apps and bench extras each pin torch: a floor raised in one (2.1 was
+    false: TorchOracle's autocast check needs 2.2's fallbacks, guarded in adapters/_torch_graph.py)
+    and left in another lets pip keep a torch that one extra cannot run; getting-started.md says
+    which floor pip keeps."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    floors = {name: re.findall(r"^torch\s*>=\s*([0-9.]+)$", req)[0]
+              for name, reqs in extras.items() for req in reqs if re.match(r"^torch\b", req)}
+    assert {"torch", "phiflow", "apps", "bench"} <= set(floors), floors
+    assert len(set(floors.values())) == 1, floors
+    guide = " ".join((ROOT / "docs" / "getting-started.md").read_text().split())
+    assert f"the extras ask for `torch>={next(iter(floors.values()))}`" in guide

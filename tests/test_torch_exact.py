@@ -2904,6 +2904,47 @@ def test_queries_inside_an_ambient_autocast_run_the_model_in_its_dtype_with_a_wa
     assert any("torch.autocast" in str(w.message) for w in rec), [str(w.message) for w in rec]
 
 
+@pytest.mark.parametrize("blocks", [None, "none"])
+def test_torch_before_2_4_is_autocast_enabled_without_a_device_argument(monkeypatch, blocks):
+    """pyproject declares torch>=2.1, but ``torch.is_autocast_enabled(device_type)`` came in torch 2.4
+    (before it the function took no argument and answered for CUDA only, the CPU's being
+    ``torch.is_autocast_cpu_enabled()``): every TorchOracle query and fx trace raised TypeError
+    there. With torch 2.1-2.3's function in place, the oracle builds, estimates, and still turns
+    off an ambient CPU autocast. Reference: the model in float32 by hand, one coordinate at a time."""
+    import zoracle.adapters._torch_graph as graph_module
+    import zoracle.adapters.torch as torch_module
+
+    native = torch.is_autocast_enabled
+
+    class Torch23:  # torch as the adapters see it (torch's own autocast keeps its API)
+        @staticmethod
+        def is_autocast_enabled():  # torch 2.1-2.3: no device argument, CUDA's state
+            return native("cuda")
+
+        @staticmethod
+        def is_autocast_cpu_enabled():  # deprecated from 2.4 on; warned nothing before it
+            return native("cpu")
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    for module in (torch_module, graph_module):
+        monkeypatch.setattr(module, "torch", Torch23())
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
+    x, y = torch.randn(8, 10), torch.randint(0, 4, (8,))
+    ref = copy.deepcopy(net)
+    oracle = TorchOracle(net, CE_ROWS, (x, y), blocks=blocks)
+    theta = oracle.initial_params()
+    loss = _by_name(ref, oracle, x, y)  # textbook: the model as written, one coordinate at a time, by name
+    want = _float32_differences(loss, theta)
+    np.testing.assert_allclose(zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad, want, atol=1e-4)
+    with pytest.warns(RuntimeWarning, match="queried inside torch.autocast"), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=5e-3)).grad
+    np.testing.assert_allclose(est, want, atol=1e-4)
+
+
 def test_a_forward_entering_autocast_is_refused_when_built_inside_an_ambient_autocast():
     """Built inside the caller's torch.autocast, the forward's own autocast block left the state
     fx's check reads as it found it (enabled), so fx's capture was kept; only the self-check,
@@ -3334,3 +3375,37 @@ def test_a_model_failing_under_rge_is_an_oracle_error_named_by_its_step(estimato
         zo.zo_grasp(oracle, oracle.initial_params(), blocks=oracle.param_info, batch=batches[-1], directions=4)
 
 
+
+
+class _DFTFeatures(nn.Module):
+    """A fixed complex buffer (a DFT matrix) ahead of a real head: nothing complex is trained."""
+
+    def __init__(self, n=8):
+        super().__init__()
+        k = torch.arange(n, dtype=torch.float64)
+        self.register_buffer("F", torch.exp(-2j * torch.pi * k[:, None] * k[None, :] / n))
+        self.head = nn.Linear(n, 3)
+
+    def forward(self, x):
+        return self.head((x.to(self.F.dtype) @ self.F).abs().to(x.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_converts_no_complex_buffer_to_real(dtype):
+    """dtype= converted the model with model.to(dtype=...), which casts a complex buffer to real,
+    dropping its imaginary part (torch's UserWarning only): the oracle ran another model (loss 1.660
+    against the model's 2.122 on this one). It converts floating tensors only, as model.double() does."""
+    torch.manual_seed(0)
+    model = _DFTFeatures()
+    ref = copy.deepcopy(model)
+    ref = ref.double() if dtype == torch.float64 else ref.float()  # the reference: floating tensors converted
+    assert ref.F.dtype == torch.complex128
+    x, y = torch.randn(16, 8, dtype=dtype), torch.randint(0, 3, (16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch's "Casting complex values to real" included
+        oracle = TorchOracle(model, CE_ROWS, (x, y), dtype=dtype)
+        got = oracle(oracle.initial_params())
+    assert model.F.dtype == torch.complex128 and model.head.weight.dtype == dtype
+    with torch.no_grad():
+        want = float(CE_ROWS(ref(x), y).mean())
+    assert got == pytest.approx(want, rel=1e-6)

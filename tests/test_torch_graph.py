@@ -1193,3 +1193,58 @@ def test_a_value_computed_from_iterated_parameters_is_not_baked_into_the_split()
     mse(model(x), y).mean().backward()
     want = np.concatenate([model.get_parameter(n).grad.reshape(-1).numpy() for n in names])
     np.testing.assert_allclose(est, want, rtol=0, atol=1e-8)
+
+
+class _AnchoredPenalty(nn.Module):
+    """L2-SP: a penalty toward the initial weights, copied in ``__init__`` without ``detach()`` (so
+    the copy has a grad_fn back to the weight): its norm is a constant in model(x) as in the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 5), nn.Linear(5, 2)
+        self.w0 = self.fc2.weight.clone()
+
+    def forward(self, x):
+        pen = ((self.fc2.weight - self.w0) ** 2).sum() / self.w0.norm()
+        return self.fc2(torch.tanh(self.fc1(x))) + pen
+
+
+class _HeldView(nn.Module):
+    """A view of a weight kept as an attribute: it moves with the weight, a sum of it baked would not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.wt = self.fc.weight.t()
+
+    def forward(self, x):
+        return self.fc(x) + self.wt.sum()
+
+
+def test_a_copy_of_the_weights_taken_in_init_keeps_the_split():
+    """The check for values computed from parameters outside fx's records followed the anchor's
+    grad_fn back to fc2.weight and refused the split ("iterates self.parameters() ..."), though
+    the anchor is a copy that perturbing fc2.weight does not change: full forwards, a false warning."""
+    torch.manual_seed(0)
+    model = _AnchoredPenalty().double()
+    model.w0 = model.w0.double()
+    steps, reason = trace_steps(model)
+    assert steps is not None, reason
+    view, why = trace_steps(_HeldView())  # a view is no copy: still refused
+    assert view is None and "'fc.weight'" in why, why
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oracle = TorchOracle(model, CE_ROWS, (x, y))
+        theta = oracle.initial_params()
+        P = theta + 1e-2 * np.random.default_rng(0).standard_normal((4, theta.size))
+        got = oracle.batch(P)
+    names = [i.name for i in oracle.param_info]
+
+    def plain(t):  # the parameters written by hand, the model's own forward
+        with torch.no_grad():
+            for n, i in zip(names, oracle.param_info):
+                model.get_parameter(n).copy_(torch.from_numpy(np.array(t[i.slice])).view(i.shape))
+            return float(CE_ROWS(model(x), y).mean())
+
+    np.testing.assert_allclose(got, [plain(p) for p in P], rtol=1e-12)

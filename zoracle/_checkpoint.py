@@ -321,14 +321,6 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: i
     return out.reshape(shape, order="F" if fortran else "C")
 
 
-class _CheckRaised(Exception):
-    """Carries what ``load_checkpoint``'s ``check`` raised past its corrupt-file handler."""
-
-    def __init__(self, exc: BaseException):
-        super().__init__(exc)
-        self.exc = exc
-
-
 def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None):
     """``(arrays, meta)`` from a checkpoint written by :func:`save_checkpoint`.
 
@@ -370,6 +362,7 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path or start without `resume`")
+    from_check = None
     try:
         # one open file for the size and the archive: a run replacing the checkpoint (os.replace)
         # between two opens paired the old file's size with the new one's header ("corrupt")
@@ -398,7 +391,8 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
                 try:
                     check(meta)
                 except Exception as exc:  # the caller's verdict on a readable file: passed on as raised
-                    raise _CheckRaised(exc) from None
+                    from_check = exc  # (re-raised as it is: a wrapper showed as a second error in the traceback)
+                    raise
             arrays = {}
             for name, info in members.items():
                 if name == _META:
@@ -415,10 +409,10 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
                     arrays[name] = _read_member(zf, info, path, size)
     except CheckpointError:
         raise
-    except _CheckRaised as raised:  # (a ValueError of its own is no sign of a corrupt file to delete)
-        raise raised.exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError, UnicodeDecodeError,
             NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
+        if exc is from_check:  # (a ValueError of its own is no sign of a corrupt file to delete)
+            raise
         err = CheckpointError(f"checkpoint {path!r} is corrupt or truncated ({type(exc).__name__}: {exc}); {_FIX}")
         err.corrupt = True
         raise err from None
