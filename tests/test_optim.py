@@ -611,3 +611,38 @@ def test_optimizers_pickle_and_a_reloaded_one_continues_bit_for_bit():
     for changed in (zo.sgd(0.1)._replace(lr=0.5), zo.sgd(0.1)._replace(init=zo.adam(0.1).init)):
         with pytest.raises(Exception, match="local object"):
             pickle.dumps(changed)
+
+
+def test_a_copy_of_an_optimizer_equals_it():
+    """copy.copy and copy.deepcopy of zoracle's optimizers gave a rebuilt optimizer (new closures,
+    != the original) once __reduce__ rebuilt them for pickle; a NamedTuple's copy shares its functions."""
+    import copy
+
+    from zoracle._optim import scaled
+
+    for opt in (zo.sgd(0.1, momentum=0.9), zo.adam(1e-3), zo.sign_sgd(0.01),
+                scaled(scaled(zo.adam(0.01), 0.5, "half"), 2.0, "double")):
+        for made in (copy.copy(opt), copy.deepcopy(opt), copy.deepcopy([opt])[0]):
+            assert made == opt and made.update is opt.update and made.init is opt.init
+            assert type(made) is type(opt)
+
+
+
+
+class _Named(zo.Optimizer):
+    """A user's subclass of Optimizer (module level: pickle finds it by name)."""
+
+    def describe(self) -> str:
+        return f"named {self.name}"
+
+
+def test_a_pickled_subclass_of_optimizer_keeps_its_class():
+    """An Optimizer subclass built from sgd's fields came back from pickle as a plain Optimizer
+    (rebuilt as the sgd call that made its update), its methods gone."""
+    import pickle
+
+    mine = _Named(*zo.sgd(0.1, momentum=0.9))
+    back = pickle.loads(pickle.dumps(mine))
+    assert type(back) is _Named and back.describe() == "named sgd" and repr(back) == repr(mine)
+    p, g = np.arange(3.0), np.array([1.0, -2.0, 0.5])
+    assert np.array_equal(back.update(g, back.init(p), p)[0], mine.update(g, mine.init(p), p)[0])

@@ -70,12 +70,23 @@ class Optimizer(NamedTuple):
             again = _remade(*made)
             if getattr(again.init, "__code__", None) is getattr(self.init, "__code__", False) \
                     and tuple(again)[2:] == tuple(self)[2:]:
-                return (_remade, made)
+                return (_remade, made if type(self) is Optimizer else (*made, type(self)))  # (a subclass stays one)
         return (_optimizer_from, (type(self), tuple(self)))
 
+    # copy and deepcopy go by __reduce_ex__ too: without these they rebuilt sgd/adam's closures, and
+    # the copy was no longer == the optimizer (a NamedTuple's copy shares its functions, as before)
+    def __copy__(self):
+        return _optimizer_from(type(self), tuple(self))
 
-def _remade(factory, kwargs):
-    return factory(**kwargs)
+    def __deepcopy__(self, memo):
+        import copy
+
+        return _optimizer_from(type(self), copy.deepcopy(tuple(self), memo))
+
+
+def _remade(factory, kwargs, cls=None):
+    opt = factory(**kwargs)
+    return opt if cls is None else cls(*opt)
 
 
 def _optimizer_from(cls, fields):
