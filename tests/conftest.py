@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# OpenMP threads (torch's intra-op pool) that finish a parallel region sleep instead of spinning
+# for the next one. On a loaded machine the spinning threads take the cores the others need: a
+# docs block with ResNet20 ran 64 s on 2 threads at load 6, 7 s passive, the same numbers. Set
+# before torch is imported (here, before any test module); inherited by every subprocess.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Everything the suite and the processes it starts put in the temporary directory (Dask's
 # dask-scratch-space, worker files, tmp_path) lands in this session directory, removed at the
 # end: TMPDIR is inherited by every subprocess and worker. Short, for Unix socket paths.

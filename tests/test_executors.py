@@ -1476,6 +1476,7 @@ def test_train_with_executor_equals_serial(loky2):
     assert got.nfev == ref.nfev and got.steps == ref.steps == 6
 
 
+@pytest.mark.slow  # benchmarks/gpu_devices.py end to end: a driver and two worker processes, each importing torch
 def test_gpu_script_dry_run_on_cpu_devices():
     """benchmarks/gpu_devices.py (the multi-GPU check) runs end to end on CPU "devices"."""
     pytest.importorskip("torch")

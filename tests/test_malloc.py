@@ -121,6 +121,7 @@ def test_plan_leaves_a_chosen_policy_alone(env, libc, apply, why):
     assert a is apply and why in reason
 
 
+@pytest.mark.slow  # benchmarks/allocator.py end to end: a torch child process a policy (or checkout) a round
 @glibc
 def test_allocator_benchmark_runs_both_policies_side_by_side(tmp_path):
     pytest.importorskip("torch")
@@ -174,6 +175,7 @@ def test_a_misspelt_choice_warns_and_keeps_glibcs_default():
     assert out.stdout.startswith("False False 1 ZORACLE_MALLOC='sytem' is neither 'system'")
 
 
+@pytest.mark.slow  # benchmarks/allocator.py end to end: a torch child process a policy (or checkout) a round
 @glibc
 def test_allocator_benchmark_times_one_policy_alone(tmp_path):
     """``--policies zoracle``: one child process a round under zoracle's policy, every method in it;
@@ -208,6 +210,7 @@ def test_allocator_benchmark_times_one_policy_alone(tmp_path):
         assert q.returncode == 2 and "--policies must name" in q.stderr, bad
 
 
+@pytest.mark.slow  # benchmarks/allocator.py end to end: a torch child process a policy (or checkout) a round
 def test_allocator_benchmark_times_checkouts_side_by_side(tmp_path):
     """``--roots A,.``: each round one child per checkout, each importing zoracle from its own;
     a copy of this checkout trains to the same accuracy, and the table gives each checkout's

@@ -52,6 +52,7 @@ def test_torch_calls_counts_operators_not_attribute_reads():
     assert step_floor.torch_calls(lambda: None) == 0
 
 
+@pytest.mark.slow  # benchmarks/step_floor.py end to end, every timed path of its table
 def test_step_floor_prints_ratios_side_by_side():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_floor.py"), "--rounds", "1",
                           "--steps", "3", "--root", ROOT], cwd=ROOT, capture_output=True, text=True, timeout=300)

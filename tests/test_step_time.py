@@ -22,6 +22,7 @@ def _run(*args):
     return out
 
 
+@pytest.mark.slow  # benchmarks/step_time.py end to end, twice (installed and --root), each a torch process
 def test_step_time_installed_and_checkout_agree(tmp_path):
     a = _run("--data", "mnist1d")
     assert a.returncode == 0, a.stderr
@@ -36,12 +37,21 @@ def test_step_time_installed_and_checkout_agree(tmp_path):
     assert bad.returncode != 0 and "not a zoracle checkout" in bad.stderr
 
 
-def test_step_time_fraction_sets_the_mask():
-    r = [json.loads(_run("--data", "digits", "--fraction", f).stdout) for f in ("0.1", "0.5", "1")]
+def test_step_time_fraction_sets_the_mask(capsys, one_torch_thread):
+    # the script's main() in this process (the slow test above runs it as a script): three more
+    # interpreters importing torch and scikit-learn took most of this test's time
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    import step_time
+
+    r = []
+    for f in ("0.1", "0.5", "1"):
+        assert step_time.main(["--steps", "2", "--repeats", "1", "--data", "digits", "--fraction", f]) == 0
+        r.append(json.loads(capsys.readouterr().out))
     assert [x["coordinates"] for x in r] == [220, 34 + 36 + 576 + 320, 1898]  # biases dense; 0.5 of 72, 1152, 640
     assert [x["fraction"] for x in r] == [0.1, 0.5, 1.0]
-    bad = _run("--fraction", "0")
-    assert bad.returncode != 0 and "--fraction must lie in (0, 1]" in bad.stderr
+    with pytest.raises(SystemExit) as bad:
+        step_time.main(["--fraction", "0"])
+    assert bad.value.code != 0 and "--fraction must lie in (0, 1]" in capsys.readouterr().err
 
 
 def test_step_time_help_states_its_whole_first_sentence():
