@@ -761,6 +761,7 @@ def test_baselines_and_net_check_seed_callback_and_out_scale_before_any_simulati
         (lambda: pf.correction_net(seed=-1), r"`seed` must be an integer >= 0, got -1"),
         (lambda: pf.correction_net(out_scale=float("nan")), r"`out_scale` must be a finite number"),
         (lambda: pf.correction_net(out_scale="0.1"), r"`out_scale` must be a finite number"),
+        (lambda: pf.correction_net(out_scale=True), r"`out_scale` must be a finite number"),  # not 1.0
     ]
     for call, match in cases:
         with pytest.raises(zo.ArgumentError, match=match):

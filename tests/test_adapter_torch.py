@@ -2045,3 +2045,14 @@ def test_class_labels_as_a_column_are_told_to_ravel():
     assert got == pytest.approx(want, rel=1e-12)
 
 
+
+
+def test_labels_of_two_columns_are_not_told_to_ravel():
+    """Only a single (N, 1) column is one label per sample: (N, 2) integer targets raveled would be
+    2N labels for N samples, so torch's own error stands, with no y.ravel() advice."""
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    y = np.stack([np.arange(6) % 3] * 2, axis=1)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    with pytest.raises(RuntimeError, match="multi-target not supported") as info:
+        TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), (x, y))
+    assert "ravel" not in str(info.value)

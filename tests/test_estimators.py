@@ -952,3 +952,27 @@ def test_a_gradient_estimate_equals_its_copy_and_reloaded_self():
         assert est != zo.GradientEstimate(est.grad + 1.0, est.loss, est.nfev, est.state)
         assert est != zo.GradientEstimate(est.grad, est.loss, est.nfev + 1, est.state)
         assert est != zo.GradientEstimate(est.grad[:2], est.loss, est.nfev, est.state)
+
+
+def test_a_zoracle_error_from_max_queries_per_call_passes_unchanged():
+    """An oracle's max_queries_per_call that refuses with a zoracle error of its own keeps that
+    error's type and words; any other exception there is an OracleError naming the property."""
+    class Refusing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        @property
+        def max_queries_per_call(self):
+            raise self.exc
+
+        def __call__(self, x):
+            return float(x @ x)
+
+        def batch(self, X):
+            return np.einsum("ij,ij->i", X, X)
+
+    with pytest.raises(zo.ArgumentError, match=r"^bind a batch first$"):
+        zo.estimate_gradient(Refusing(zo.ArgumentError("bind a batch first")), np.ones(3), zo.RGE(directions=4))
+    with pytest.raises(zo.OracleError, match=r"max_queries_per_call") as info:
+        zo.estimate_gradient(Refusing(KeyError("k")), np.ones(3), zo.RGE(directions=4))
+    assert isinstance(info.value.cause, KeyError)

@@ -2096,9 +2096,12 @@ def test_closing_a_process_executor_while_its_run_waits_for_answers_gives_the_cl
     monkeypatch.setattr(local._Proc, "stop", stop_then_hold)
     monkeypatch.setattr(mpc, "wait", wait_once_a_socket_is_closed)
     try:
+        t0 = time.monotonic()
         with pytest.raises(zo.ZoracleError, match="the executor was closed \\(close\\(\\) from another thread\\) "
                                                   "during this run"):
             zo.estimate_gradient(_SlowSquares(), np.ones(60), zo.CGE(), executor=ex)
+        # at once: the abort does not wait out ABORT_WAIT_S for answers from workers close() stopped
+        assert time.monotonic() - t0 < local.ABORT_WAIT_S / 2
     finally:
         release.set()
         if closer.ident is not None:
@@ -2137,3 +2140,38 @@ def test_process_workers_replay_an_oracles_own_generator_as_the_docs_say(loky2, 
     docs = Path(__file__).resolve().parents[1] / "docs"
     assert "np.random.default_rng(0)`) is worse off there" in (docs / "training.md").read_text()
     assert "every worker draws the same numbers from it" in (docs / "executors.md").read_text()
+
+
+def test_workers_of_a_pip_install_user_zoracle_keep_the_standard_library_first(tmp_path):
+    """``pip install --user``: zoracle in the user site folder, which a child puts on its path by
+    itself after the standard library, as it does site-packages; a package there named like a
+    standard module (enum34's ``enum``) must not be put ahead of it in the workers."""
+    import importlib.util
+    import json
+    import shutil
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE")}
+    env["PYTHONUSERBASE"] = str(tmp_path / "userbase")
+    user_site = subprocess.run([base, "-c", "import site; print(site.ENABLE_USER_SITE and site.getusersitepackages())"],
+                               env=env, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    if user_site in ("", "False", "None"):
+        pytest.skip("this interpreter has no user site folder")
+    os.makedirs(user_site)
+    shutil.copytree(os.path.dirname(zo.__file__), os.path.join(user_site, "zoracle"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    specs = [importlib.util.find_spec(m) for m in ("numpy", "scipy", "joblib", "tqdm", "cloudpickle")]
+    deps = {os.path.dirname(os.path.dirname(s.origin)) for s in specs if s is not None}
+    with open(os.path.join(user_site, "deps.pth"), "w") as f:  # the core's dependencies, after the stdlib too
+        f.write("\n".join(sorted(deps)) + "\n")
+    with open(os.path.join(user_site, "enum.py"), "w") as f:  # as enum34 installs it
+        f.write("raise ImportError('the enum of the user site shadows the standard library')\n")
+    code = ("import numpy as np, zoracle as zo\n"
+            "from zoracle.executors import JoblibExecutor\n"
+            "with JoblibExecutor(1) as ex:\n"
+            "    est = zo.estimate_gradient(lambda x: float(x @ x), np.arange(4.0), zo.CGE(mu=1e-3), executor=ex)\n"
+            "print(est.grad.round(3).tolist())\n")
+    out = subprocess.run([base, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got, 2 * np.arange(4.0) + 1e-3, atol=1e-9)  # (f(x + h e_i) - f(x)) / h

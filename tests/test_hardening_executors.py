@@ -706,3 +706,62 @@ def test_ctrl_c_stops_the_serial_timeout_thread_before_the_next_estimate():
     assert out["interrupted"], out
     assert out["after"] <= 1, out  # at most the call in flight when Ctrl-C came (41 queries in all)
     assert out["err"] < 1e-4, out
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_local_dask_workers_have_no_dashboard_and_what_you_pass_is_kept(tmp_path, monkeypatch, processes):
+    """A worker's dashboard needs bokeh to serve anything (its /status where bokeh is installed),
+    so HTTP answers alone do not show it here: the workers are asked whether they started one. A
+    dashboard_address, scheduler_kwargs or worker_class of your own is kept as you passed it."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with DaskExecutor("local:1", processes=processes) as ex:
+        if processes:
+            flags = list(ex.client.run(lambda dask_worker: dask_worker._dashboard).values())
+        else:
+            flags = [w._dashboard for w in ex.cluster.workers.values()]
+        assert flags == [False]
+        if _have_bokeh():
+            for port in [w for w in _worker_http_ports(ex, processes)]:
+                assert _http_status(port, "/status") != 200
+    if processes:
+        return
+
+    class Mine(distributed.Worker):
+        pass
+
+    with DaskExecutor("local:1", processes=False, worker_class=Mine, scheduler_kwargs={"idle_timeout": "1h"}) as ex:
+        assert [type(w) for w in ex.cluster.workers.values()] == [Mine]
+        assert ex.cluster.scheduler.idle_timeout == 3600
+    with DaskExecutor("local:1", processes=False, dashboard_address="127.0.0.1:0") as ex:
+        # the dashboard asked for: Dask's page (its "needs bokeh" one where bokeh is missing)
+        assert _http_status(ex.cluster.scheduler.http_server.port, "/") == 200
+
+
+def _have_bokeh():
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _worker_http_ports(ex, processes):
+    if processes:
+        return list(ex.client.run(lambda dask_worker: dask_worker.http_server.port).values())
+    return [w.http_server.port for w in ex.cluster.workers.values()]
+
+
+def test_ray_local_session_takes_token_auth_mode_in_any_case(ray_env, monkeypatch):
+    """Ray reads RAY_AUTH_MODE without regard to case (TOKEN is token authentication, as Ray's own
+    get_authentication_mode says): such a session starts and runs."""
+    import ray
+    from ray._private.authentication.authentication_utils import get_authentication_mode
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "TOKEN")
+    assert get_authentication_mode() == ray._raylet.AuthenticationMode.TOKEN  # the reference: Ray's own reading
+    tc._by_value(sys.modules[__name__], ray=True)
+    with RayExecutor("local:1", allow_network=True, log_to_driver=False) as ex:
+        est = zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex)
+        np.testing.assert_allclose(est.grad, _serial(4))
+    assert not ray.is_initialized()

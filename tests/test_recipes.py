@@ -426,7 +426,7 @@ def test_a_batches_callable_returning_no_sequence_is_named_as_train_names_it():
         zo.train(Softmax(), np.zeros(35), batches=lambda epoch: 5, steps_per_epoch=5, progress=False)
 
 
-@pytest.mark.parametrize("steps, per_epoch", [(15, 500), (19, 500), (29, 27), (9, 500), (10, 500), (40, 32)])
+@pytest.mark.parametrize("steps, per_epoch", [(15, 500), (19, 500), (29, 27), (21, 19), (9, 500), (10, 500), (40, 32)])
 def test_the_warm_up_warning_fires_under_a_tenth_of_the_run_left_to_decay(steps, per_epoch):
     """training.md: the schedule is "warned about where it leaves under a tenth of the run to decay
     in". ``steps // 10`` floored the tenth: 15 steps with 14 of warm-up (the last step at the peak

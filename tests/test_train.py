@@ -2178,3 +2178,39 @@ def test_a_ratios_array_written_to_four_decimals_is_not_refused():
     with pytest.raises(zo.OracleError) as info:
         zo.train(f, np.zeros(d, np.float32), blocks=blocks, sparsity=0.9, ratios=r, progress=False, rng=0)
     assert isinstance(info.value.cause, Accepted)
+
+
+def test_a_ratios_array_is_held_to_sparsity_within_half_a_weight_and_the_advice_works():
+    """The ratios' own count, sum(ratio * block size), must lie within half a weight of what
+    `sparsity` asks (so it rounds to it): 2.5 + 2 of 10 + 10 weights (4.5) pass for 4 and keep 4
+    (each block rounded: 2 + 2), 3 + 2 (5) and 3 + 1.75 (4.75) do not; and the sparsity the refusal suggests is one
+    that train then accepts for those ratios."""
+    import re
+
+    args = dict(steps_per_epoch=1, blocks=[slice(0, 10), slice(10, 20)], progress=False, rng=0)
+    f = lambda x: float(x @ x)  # noqa: E731
+    r = zo.train(f, np.ones(20), sparsity=0.8, ratios=np.array([0.25, 0.2]), **args)
+    assert len(r.coordinates) == 4  # the reference: round(2.5) + round(2.0) with NumPy's rounding
+    for bad in ([0.3, 0.2], [0.3, 0.175]):  # 5 and 4.75 asked for 4: both keep 5 (3 + 2)
+        with pytest.raises(zo.ArgumentError, match=r"`ratios` keeps 5 of the 20 scored weights"):
+            zo.train(f, np.ones(20), sparsity=0.8, ratios=np.array(bad), **args)
+    with pytest.raises(zo.ArgumentError, match=r"pass sparsity=") as info:  # they ask for 5 (2.5 + 2.5)
+        zo.train(f, np.ones(20), sparsity=0.8, ratios=np.array([0.25, 0.25]), **args)
+    advised = float(re.search(r"pass sparsity=([0-9.e-]+)", str(info.value)).group(1))
+    assert advised == pytest.approx(1 - 5 / 20)
+    zo.train(f, np.ones(20), sparsity=advised, ratios=np.array([0.25, 0.25]), **args)  # accepted as advised
+
+
+def test_an_oracle_with_only_bind_and_no_batches_is_told_to_pass_batches_without_naming_a_batch():
+    """An oracle that has bind(batch) but is not callable, trained without `batches`: the refusal
+    names the fix, and no batch (none was given: a training step's or ZO-GraSP's bind is not named)."""
+    class Data:
+        def bind(self, b):
+            return lambda x: float(x @ x)
+
+    for kw in ({}, dict(sparsity=0.5, blocks=[slice(0, 2), slice(2, 4)])):
+        with pytest.raises(zo.ArgumentError, match=r"^the oracle is not callable; pass `batches=` so it can be bound "
+                                                   r"with `bind\(batch\)`$"):
+            zo.train(Data(), np.ones(4), progress=False, rng=0, **kw)
+    r = zo.train(Data(), np.ones(4), batches=[0], estimator=zo.CGE(1e-3), optimizer=zo.sgd(0.1), progress=False)
+    np.testing.assert_allclose(r.params, 1 - 0.1 * (2 + 1e-3))  # the reference: one forward-difference step of x @ x
