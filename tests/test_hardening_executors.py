@@ -463,11 +463,13 @@ def test_ray_local_session_files_are_private(ray_env):
 def test_ray_local_session_refuses_to_start_without_token_auth(ray_env, monkeypatch):
     """RAY_AUTH_MODE=disabled (what Ray's own banner offers) started a session listening on
     every interface with no authentication, silently: a client without a token connected."""
+    import secrets
+
     import ray
 
     token = ray_env / "auth_token"  # as after any earlier session: Ray then starts without complaint
-    if not token.exists():
-        token.write_text("0" * 64)
+    if not token.exists():  # a random one, as Ray's: the run's later sessions (on every interface) use it
+        token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     ex = RayExecutor("local:1", allow_network=True, _temp_dir=str(ray_env))
@@ -477,6 +479,22 @@ def test_ray_local_session_refuses_to_start_without_token_auth(ray_env, monkeypa
         assert not ray.is_initialized()
     finally:
         ex.close()
+
+
+def test_the_token_auth_refusal_test_leaves_no_guessable_token(tmp_path, monkeypatch):
+    """The test above wrote "0" * 64 as Ray's auth token where no session had made one yet (run
+    alone or with -k): the later local sessions of the run, which listen on every interface, took
+    that token. Run in two fresh folders, it leaves two different private tokens."""
+    pytest.importorskip("ray")
+    tokens = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir(mode=0o700)
+        test_ray_local_session_refuses_to_start_without_token_auth(folder, monkeypatch)
+        token = folder / "auth_token"
+        assert oct(token.stat().st_mode & 0o777) == "0o600"
+        tokens.append(token.read_text())
+    assert tokens[0] != tokens[1] and len(set(tokens[0])) > 4, tokens
 
 
 # ----------------------------------------------------------------------------- lost Dask inputs
