@@ -2026,34 +2026,41 @@ def test_process_workers_on_windows_raise_a_clear_error(monkeypatch):
             DeviceExecutor(["cpu", "cpu"])
 
 
+def _zoracle_beside_a_shadowing_enum(folder: str, where: str) -> str:
+    """A copy of zoracle in site folder ``folder``, the core's dependencies on a .pth (after the
+    standard library, as site folders are), and an ``enum.py`` there as enum34 installs it; returns
+    a script that runs CGE on a JoblibExecutor and prints the gradient."""
+    import importlib.util
+    import shutil
+
+    shutil.copytree(os.path.dirname(zo.__file__), os.path.join(folder, "zoracle"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    specs = [importlib.util.find_spec(m) for m in ("numpy", "scipy", "joblib", "tqdm", "cloudpickle")]
+    deps = {os.path.dirname(os.path.dirname(s.origin)) for s in specs if s is not None}
+    with open(os.path.join(folder, "deps.pth"), "w") as f:
+        f.write("\n".join(sorted(deps)) + "\n")
+    with open(os.path.join(folder, "enum.py"), "w") as f:
+        f.write(f"raise ImportError('the enum of {where} shadows the standard library')\n")
+    return ("import numpy as np, zoracle as zo\n"
+            "from zoracle.executors import JoblibExecutor\n"
+            "with JoblibExecutor(1) as ex:\n"
+            "    est = zo.estimate_gradient(lambda x: float(x @ x), np.arange(4.0), zo.CGE(mu=1e-3), executor=ex)\n"
+            "print(est.grad.round(3).tolist())\n")
+
+
 def test_workers_of_a_pip_installed_zoracle_keep_the_standard_library_first(tmp_path):
     """Workers were started with PYTHONPATH=<the folder above zoracle>, for a pip-installed
     zoracle the whole site-packages, ahead of the standard library: a package there named like a
     standard module (enum34's ``enum``, the ``argparse`` backport) shadowed it in every worker,
     which died at start ("the worker died (exit code 1)") while serial runs worked."""
     import json
-    import shutil
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     site_dir = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
                               capture_output=True, text=True, timeout=60).stdout.strip()
-    shutil.copytree(os.path.dirname(zo.__file__), os.path.join(site_dir, "zoracle"),
-                    ignore=shutil.ignore_patterns("__pycache__"))  # zoracle installed as a wheel installs it
-    import importlib.util
-
-    specs = [importlib.util.find_spec(m) for m in ("numpy", "scipy", "joblib", "tqdm", "cloudpickle")]
-    deps = {os.path.dirname(os.path.dirname(s.origin)) for s in specs if s is not None}
-    with open(os.path.join(site_dir, "deps.pth"), "w") as f:  # the core's dependencies, after the stdlib too
-        f.write("\n".join(sorted(deps)) + "\n")
-    with open(os.path.join(site_dir, "enum.py"), "w") as f:  # as enum34 installs it
-        f.write("raise ImportError('the enum of site-packages shadows the standard library')\n")
-    code = ("import numpy as np, zoracle as zo\n"
-            "from zoracle.executors import JoblibExecutor\n"
-            "with JoblibExecutor(1) as ex:\n"
-            "    est = zo.estimate_gradient(lambda x: float(x @ x), np.arange(4.0), zo.CGE(mu=1e-3), executor=ex)\n"
-            "print(est.grad.round(3).tolist())\n")
+    code = _zoracle_beside_a_shadowing_enum(site_dir, "site-packages")  # zoracle as a wheel installs it
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     out = subprocess.run([python, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                          timeout=300)
@@ -2146,9 +2153,7 @@ def test_workers_of_a_pip_install_user_zoracle_keep_the_standard_library_first(t
     """``pip install --user``: zoracle in the user site folder, which a child puts on its path by
     itself after the standard library, as it does site-packages; a package there named like a
     standard module (enum34's ``enum``) must not be put ahead of it in the workers."""
-    import importlib.util
     import json
-    import shutil
 
     base = getattr(sys, "_base_executable", sys.executable)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE")}
@@ -2158,19 +2163,7 @@ def test_workers_of_a_pip_install_user_zoracle_keep_the_standard_library_first(t
     if user_site in ("", "False", "None"):
         pytest.skip("this interpreter has no user site folder")
     os.makedirs(user_site)
-    shutil.copytree(os.path.dirname(zo.__file__), os.path.join(user_site, "zoracle"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    specs = [importlib.util.find_spec(m) for m in ("numpy", "scipy", "joblib", "tqdm", "cloudpickle")]
-    deps = {os.path.dirname(os.path.dirname(s.origin)) for s in specs if s is not None}
-    with open(os.path.join(user_site, "deps.pth"), "w") as f:  # the core's dependencies, after the stdlib too
-        f.write("\n".join(sorted(deps)) + "\n")
-    with open(os.path.join(user_site, "enum.py"), "w") as f:  # as enum34 installs it
-        f.write("raise ImportError('the enum of the user site shadows the standard library')\n")
-    code = ("import numpy as np, zoracle as zo\n"
-            "from zoracle.executors import JoblibExecutor\n"
-            "with JoblibExecutor(1) as ex:\n"
-            "    est = zo.estimate_gradient(lambda x: float(x @ x), np.arange(4.0), zo.CGE(mu=1e-3), executor=ex)\n"
-            "print(est.grad.round(3).tolist())\n")
+    code = _zoracle_beside_a_shadowing_enum(user_site, "the user site")
     out = subprocess.run([base, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

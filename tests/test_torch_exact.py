@@ -2906,7 +2906,7 @@ def test_queries_inside_an_ambient_autocast_run_the_model_in_its_dtype_with_a_wa
 
 @pytest.mark.parametrize("blocks", [None, "none"])
 def test_torch_before_2_4_is_autocast_enabled_without_a_device_argument(monkeypatch, blocks):
-    """pyproject declares torch>=2.1, but ``torch.is_autocast_enabled(device_type)`` came in torch 2.4
+    """pyproject declared torch>=2.1 (2.2 now), but ``torch.is_autocast_enabled(device_type)`` came in torch 2.4
     (before it the function took no argument and answered for CUDA only, the CPU's being
     ``torch.is_autocast_cpu_enabled()``): every TorchOracle query and fx trace raised TypeError
     there. With torch 2.1-2.3's function in place, the oracle builds, estimates, and still turns
