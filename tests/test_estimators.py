@@ -976,3 +976,20 @@ def test_a_zoracle_error_from_max_queries_per_call_passes_unchanged():
     with pytest.raises(zo.OracleError, match=r"max_queries_per_call") as info:
         zo.estimate_gradient(Refusing(KeyError("k")), np.ones(3), zo.RGE(directions=4))
     assert isinstance(info.value.cause, KeyError)
+
+
+def test_an_estimate_whose_state_is_a_tuple_of_arrays_equals_its_copy():
+    """An estimator of the user's own may keep a state of several arrays of different lengths (a
+    mean and a scale, a count): ``==`` on its estimate must compare them by value, not raise
+    NumPy's "inhomogeneous shape" ValueError building one array of them."""
+    import copy
+    import pickle
+
+    state = (np.arange(5.0), np.array([0.5, np.nan]), 3, {"seen": np.ones(2)})
+    est = zo.GradientEstimate(grad=np.arange(5.0), loss=1.5, nfev=6, state=state)
+    for other in (copy.deepcopy(est), pickle.loads(pickle.dumps(est))):
+        assert other == est
+    moved = copy.deepcopy(est)
+    moved.state[0][2] += 1e-12
+    assert moved != est
+    assert zo.GradientEstimate(np.arange(5.0), 1.5, 6, state[:3]) != est  # a field fewer

@@ -42,7 +42,16 @@ def same_values(a, b) -> bool:
     value, a NaN equal to a NaN (a reloaded or copied result equals the original); None only None."""
     if a is None or b is None:
         return a is None and b is None
-    a, b = to_numpy(a), to_numpy(b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):  # a state of several arrays
+        return type(a) is type(b) and len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    try:
+        a, b = to_numpy(a), to_numpy(b)
+    except (TypeError, ValueError):  # (not an array: an object of an estimator's own)
+        return bool(a == b)
+    if a.dtype == object or b.dtype == object:
+        return a.shape == b.shape and all(same_values(x, y) for x, y in zip(a.ravel(), b.ravel()))
     return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc"))
 
 
