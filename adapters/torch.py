@@ -457,7 +457,8 @@ class TorchOracle:
     batch : (x, y), optional
         The minibatch every query sees (NumPy or torch). Without it, use ``bind(batch)``.
     dtype : torch/numpy dtype or str, optional
-        Converts the model's floating parameters and buffers (as ``model.double()`` or ``model.float()``: complex and integer ones keep theirs). Default: the model's dtype.
+        Converts the model's floating parameters and buffers (as ``model.double()`` or
+        ``model.float()``: complex and integer ones keep theirs). Default: the model's dtype.
     device : torch.device or str, optional
         Moves the model. Default: the model's device.
     budget_bytes : int, optional
