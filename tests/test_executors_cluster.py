@@ -929,3 +929,21 @@ def test_dask_close_does_not_wait_for_a_stuck_worker(dask_dir):
             worker.kill()
             worker.wait()
             client.close()
+
+
+def test_ray_temp_dir_example_keeps_socket_paths_short(monkeypatch, tmp_path):
+    """RayExecutor's docstring example for ``_temp_dir``, run where the temporary directory is as
+    long as macOS's ``$TMPDIR`` (``/var/folders/xx/<28 characters>/T/``): Ray refuses a session whose
+    socket path (``<_temp_dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store``) is over
+    107 bytes ("AF_UNIX path length cannot exceed 107 bytes"; macOS allows 103)."""
+    doc = " ".join(RayExecutor.__doc__.split())
+    example = re.search(r"``_temp_dir=(.+?)``", doc).group(1)
+    long_tmp = tmp_path / "var" / "folders" / "zz" / ("z" * 28) / "T"
+    long_tmp.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    temp_dir = eval(example, {"os": os, "tempfile": tempfile})
+    try:
+        socket = os.path.join(temp_dir, "session_2026-12-06_09-51-12_422473_4194304", "sockets", "plasma_store")
+        assert len(socket.encode()) <= 103, (temp_dir, len(socket.encode()))
+    finally:
+        shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)

@@ -361,9 +361,10 @@ class RayExecutor(_Ray):
         Seconds a shard may run before :class:`ShardTimeout` (default: no limit); the actor
         running it is killed and replaced.
     **init_kwargs
-        Passed to ``ray.init``, e.g. ``_temp_dir=os.path.join(tempfile.mkdtemp(), "r")`` to
-        choose where Ray keeps its session files (sockets, logs); Ray limits socket paths to
-        about 100 characters, so keep that directory short. Ray makes that directory, and
+        Passed to ``ray.init``, e.g. ``_temp_dir=os.path.join(tempfile.mkdtemp(dir="/tmp"), "r")``
+        to choose where Ray keeps its session files (sockets, logs); Ray limits socket paths to
+        about 100 characters, so keep that directory short (``$TMPDIR`` can be too long for it:
+        macOS's ``/var/folders/.../T/``). Ray makes that directory, and
         every one it creates there, writable by everyone: put it inside a folder only you can
         enter (``tempfile.mkdtemp()`` makes one), never directly in ``/tmp``.
 
