@@ -188,13 +188,7 @@ def _first_bind(oracle) -> None:
                 try:
                     v = to_torch(oracle.loss_fn(out, oracle._y))
                 except RuntimeError as exc:
-                    _integer_batch_error(exc, "y", oracle._y, "loss_fn(outputs, y)", out.dtype)
-                    y = oracle._y
-                    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == 1 and not y.is_floating_point() \
-                            and "multi-target" in str(exc):  # labels as a column (df[["label"]].values): torch's bare words
-                        raise ArgumentError(f"`batch`'s y has shape {tuple(y.shape)} and loss_fn(outputs, y) failed on it "
-                                            f"({exc}); class-index losses take one label per sample, shape "
-                                            f"({y.shape[0]},): pass y.ravel() (a torch tensor: y.squeeze(1))") from None
+                    _label_error(exc, oracle._y, out.dtype)
                     raise
         if reads.hit:
             raise ArgumentError(
@@ -210,7 +204,13 @@ def _first_bind(oracle) -> None:
             raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({B},) or one mean loss "
                                 f"(a scalar), got shape {tuple(v.shape)}; {_loss_shape_fix(out, oracle._y, v, B)}")
         core.scalar_loss = bool(scalar)
-        if not scalar and _rows_coupled(oracle, out, v):
+        core.batch_kinds = {_batch_kind(oracle)}
+        if not scalar and B < 2:
+            # one sample has no halves to compare: a loss coupling the rows is not found here, and
+            # would mix the k perturbations' rows stacked in one call. A call per perturbation group
+            # (exact either way) until a later bind of two samples or more checks (check_rows_later)
+            core.scalar_loss = core.group_rows = core.rows_unchecked = True
+        elif not scalar and _rows_coupled(oracle, out, v):
             # per-sample losses that depend on the other samples (in-batch negatives, a batch
             # mean): run on k * B stacked rows, each perturbation's rows would meet the others'.
             # Each perturbation group gets a call of its own, as a mean loss's does: exact
@@ -225,6 +225,82 @@ def _first_bind(oracle) -> None:
     if not core.blocks:
         core.checked_modes.add(_modes(core.model))  # repeatable in these modes: no split to check
         _check_full_forward(oracle)
+
+
+def _label_error(exc: RuntimeError, y, out_dtype) -> None:
+    """Raise an ArgumentError naming the fix when ``loss_fn(outputs, y)`` failed on the bound
+    ``y``'s dtype (int32 labels, int 0/1 targets for BCE) or on class labels as an (N, 1) column."""
+    _integer_batch_error(exc, "y", y, "loss_fn(outputs, y)", out_dtype)
+    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] == 1 and not y.is_floating_point() \
+            and "multi-target" in str(exc):  # labels as a column (df[["label"]].values): torch's bare words
+        raise ArgumentError(f"`batch`'s y has shape {tuple(y.shape)} and loss_fn(outputs, y) failed on it "
+                            f"({exc}); class-index losses take one label per sample, shape "
+                            f"({y.shape[0]},): pass y.ravel() (a torch tensor: y.squeeze(1))") from None
+
+
+def _batch_kind(oracle) -> tuple:
+    """What the first bind's checks of the batch depend on: x's dtype, y's dtype and shape past the batch."""
+    y = oracle._y
+    return (oracle._x.dtype, None if y is None else (y.dtype, tuple(y.shape[1:])))
+
+
+def check_batch_kind(oracle) -> None:
+    """At a later bind whose batch is of another kind (:func:`_batch_kind`) than every batch bound
+    before (int32 labels from another loader, labels as an (N, 1) column, uint8 pixels): the first
+    bind's dtype and shape advice, on two of its samples (not its whole batch: no full forward),
+    where torch's bare error met the first query. An error the advice does not cover is left to
+    the query (a loss that needs the whole batch may fail on two samples)."""
+    core = oracle._core
+    kinds = core.__dict__.setdefault("batch_kinds", set())
+    kind = _batch_kind(oracle)
+    if kind in kinds:
+        return
+    probe = _two_samples(oracle)
+    with _model_lock(core.model), torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+        try:
+            out = oracle.model(probe._x)
+        except RuntimeError as exc:
+            _integer_batch_error(exc, "x", oracle._x, "model(x)")
+            kinds.add(kind)  # (not probed again at every bind of this kind: the query names the error)
+            return
+        except Exception:  # noqa: BLE001 - the query names it
+            kinds.add(kind)
+            return
+        try:
+            v = to_torch(oracle.loss_fn(out, probe._y))
+        except RuntimeError as exc:
+            _label_error(exc, oracle._y, getattr(out, "dtype", None))
+            kinds.add(kind)
+            return
+        except Exception:  # noqa: BLE001 - the query names it
+            kinds.add(kind)
+            return
+    n = probe._x.shape[0]
+    if not core.scalar_loss and isinstance(out, torch.Tensor) and v.numel() != 1 \
+            and tuple(v.shape) not in ((n,), (n, 1)):
+        raise ArgumentError(f"`loss_fn` must return per-sample losses of shape ({n},) or one mean loss (a scalar), "
+                            f"got shape {tuple(v.shape)} on {n} samples of this batch; "
+                            f"{_loss_shape_fix(out, probe._y, v, n)}")
+    kinds.add(kind)
+
+
+def check_rows_later(oracle) -> None:
+    """The first bind's check for a per-sample loss coupling the rows (:func:`_rows_coupled`), at
+    the first later bind of two samples or more where the first bound batch had one sample; a loss
+    that does not couple them then runs a perturbation group in one call again."""
+    core = oracle._core
+    with _model_lock(core.model):
+        if not core.__dict__.get("rows_unchecked") or oracle._x.shape[0] < 2:
+            return
+        with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+            out = oracle.model(oracle._x)
+            v = to_torch(oracle.loss_fn(out, oracle._y))
+        B = oracle._x.shape[0]
+        if tuple(v.shape) not in ((B,), (B, 1)):  # no per-sample rows here: the query names it
+            return
+        core.rows_unchecked = False
+        if not _rows_coupled(oracle, out, v):
+            core.scalar_loss = core.group_rows = False
 
 
 #: other seeds a forward that draws random numbers runs with before it counts as random (a draw

@@ -40,8 +40,8 @@ from zoracle._errors import ArgumentError, check_flag, user_stacklevel
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream, is_autocast_enabled
-from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, ensure_split, first_bind,
-                           full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
+from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, check_batch_kind,
+                           check_rows_later, ensure_split, first_bind, full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
                            shared_suffix, _one_tensor, _integer_batch_error)
 from ._torch_chain import (
     Step,
@@ -646,6 +646,11 @@ class TorchOracle:
             _refuse_parametrize_cache(self._core.model)
             with _autocast_off(self):
                 first_bind(self)
+        else:  # a batch of another dtype or label shape than those bound before: the first bind's advice
+            with _autocast_off(self):
+                check_batch_kind(self)
+                if self._core.__dict__.get("rows_unchecked") and self._x.shape[0] > 1:
+                    check_rows_later(self)  # a first bound batch of one sample could not check the rows
 
     def bind(self, batch) -> "TorchOracle":
         """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""

@@ -2047,6 +2047,45 @@ def test_class_labels_as_a_column_are_told_to_ravel():
 
 
 
+def test_a_later_bind_of_another_kind_of_batch_gets_the_first_binds_advice():
+    """The dtype and label-shape advice ran at the first bind only: an oracle first bound to good
+    labels, then (zo.train's oracle.bind(batch), a validation loader) to a (N, 1) label column,
+    int32 labels, uint8 pixels or int 0/1 targets for BCE met torch's bare "0D or 1D target tensor
+    expected, multi-target not supported" (or "expected target dtype to be Long") at its first
+    query. A batch of a kind bound before is not checked again (no loss call)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4)), np.arange(6) % 3
+    model = nn.Linear(4, 3).double()
+    calls = []
+
+    def ce(out, t):
+        calls.append(out.shape[0])
+        return nn.functional.cross_entropy(out, t, reduction="none")
+
+    oracle = TorchOracle(model, ce)
+    p = oracle.initial_params()
+    oracle.bind((x, y))(p)
+    for bad, advice in (((x, y[:, None]), r"`batch`'s y has shape \(6, 1\) .*pass y.ravel\(\)"),
+                        ((x, torch.as_tensor(y)[:, None]), r"y has shape \(6, 1\) .*y.squeeze\(1\)"),
+                        ((x, y.astype(np.int32)), r"`batch`'s y is int32 .*y\.astype\(np\.int64\)"),
+                        (((np.abs(x) * 50).astype(np.uint8), y), r"`batch`'s x is uint8 .*x\.astype\(np\.float32\)")):
+        with pytest.raises(zo.ArgumentError, match=advice):
+            oracle.bind(bad)(p)
+    bce = TorchOracle(nn.Linear(4, 1).double(), nn.BCEWithLogitsLoss(reduction="none"))
+    bce.bind((x, (y[:, None] > 0).astype(np.float64)))(bce.initial_params())
+    with pytest.raises(zo.ArgumentError, match=r"`batch`'s y is int64 .*outputs' dtype, float64"):
+        bce.bind((x, (y[:, None] > 0).astype(np.int64)))
+    # the fixes named give torch's own loss, by hand in float64; a batch of a kind bound before
+    # (a last short batch) is not probed again
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(model(torch.as_tensor(x)), torch.as_tensor(y)).item()
+    for fixed in (y[:, None].ravel(), y.astype(np.int32).astype(np.int64)):
+        assert oracle.bind((x, fixed))(p) == pytest.approx(want, rel=1e-12)
+    before = len(calls)
+    oracle.bind((x[:5], y[:5]))
+    assert len(calls) == before
+
+
 def test_labels_of_two_columns_are_not_told_to_ravel():
     """Only a single (N, 1) column is one label per sample: (N, 2) integer targets raveled would be
     2N labels for N samples, so torch's own error stands, with no y.ravel() advice."""
