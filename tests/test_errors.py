@@ -1119,3 +1119,23 @@ def test_a_custom_optimizer_state_field_of_text_or_complex_is_refused_before_any
         zo.train(lambda x: calls.append(1) or float(x @ x), np.zeros(3), epochs=2, steps_per_epoch=2, optimizer=opt,
                  progress=False, checkpoint=str(tmp_path / "run.npz"))
     assert calls == []
+
+
+def test_a_loss_undefined_in_part_of_the_space_is_pointed_at_projection():
+    """A simulation that fails where a step lands (NaN for a negative damping) stopped the run
+    with "expected a finite loss" and no word of what to do: the error points at docs/training.md's
+    "Bounds" (project the steps), which says a constant penalty in place of the NaN traps the run."""
+    from pathlib import Path
+
+    def sim(p):  # defined only for p[0] >= 0, as an integrator that fails below
+        return float("nan") if p[0] < 0 else float((p[0] + 1.0) ** 2 + p[1] ** 2)
+
+    for est in (zo.CGE(mu=1e-3), zo.RGE(directions=4)):
+        with pytest.raises(zo.OracleError, match=r"expected a finite loss.*keep the steps inside it: "
+                                                 r"docs/training\.md, \"Bounds\"") as info:
+            zo.train(sim, np.array([0.3, 0.2]), epochs=20, estimator=est, optimizer=zo.sgd(0.2), progress=False,
+                     rng=0)
+        assert info.value.value != info.value.value  # the NaN the oracle returned
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text().split())
+    assert "**Bounds, and what else `scipy.optimize.minimize` takes.**" in text
+    assert "A constant finite penalty in place of the NaN does not work either" in text

@@ -100,6 +100,11 @@ class Capabilities:
         return "call"
 
 
+# a loss undefined in part of the space (a simulation that fails there) needs the steps kept out
+_UNDEFINED = ("; where the loss is undefined in part of the space (a simulation that fails there), keep the "
+              "steps inside it: docs/training.md, \"Bounds\"")
+
+
 def capabilities(oracle) -> Capabilities:
     """Discover the optional capabilities of ``oracle`` (or of the oracle it wraps)."""
     if isinstance(oracle, Oracle):
@@ -177,7 +182,7 @@ def check_scalar(value, query: str) -> float:
     except (TypeError, ValueError, OverflowError) as exc:
         raise OracleError(query, _describe(value), detail=f"expected a finite real scalar ({exc})") from None
     if not np.isfinite(out):
-        raise OracleError(query, out, detail="expected a finite loss")
+        raise OracleError(query, out, detail=f"expected a finite loss{_UNDEFINED}")
     return out
 
 
@@ -202,7 +207,8 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         j = int(bad[0])
-        raise OracleError(query_of(j), float(arr[j]), detail=f"expected a finite loss ({bad.size} non-finite in this call)")
+        raise OracleError(query_of(j), float(arr[j]),
+                          detail=f"expected a finite loss ({bad.size} non-finite in this call){_UNDEFINED}")
     return arr
 
 
