@@ -2214,3 +2214,26 @@ def test_an_oracle_with_only_bind_and_no_batches_is_told_to_pass_batches_without
             zo.train(Data(), np.ones(4), progress=False, rng=0, **kw)
     r = zo.train(Data(), np.ones(4), batches=[0], estimator=zo.CGE(1e-3), optimizer=zo.sgd(0.1), progress=False)
     np.testing.assert_allclose(r.params, 1 - 0.1 * (2 + 1e-3))  # the reference: one forward-difference step of x @ x
+
+
+def test_the_last_line_on_a_log_names_the_last_epoch_and_a_slow_rate(monkeypatch):
+    """On a stream that is no terminal the bar's last line said "epoch 3/4" after all four epochs
+    (the description was set after the last step's line, and close() printed only a new count), and
+    a black box of seconds a query showed ``qps=0``."""
+    import re
+    import sys
+
+    import tqdm.std
+
+    stream, clock = io.StringIO(), [1e6]
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])  # tqdm's clock: 20 s a step, a line at every step
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    zo.train(lambda x: float(x @ x), np.ones(1), epochs=4, optimizer=zo.sgd(0.01), estimator=zo.CGE(), rng=0,
+             progress=True, callbacks=[lambda event, rec, p: event == "step" and clock.__setitem__(0, clock[0] + 20)])
+    last = stream.getvalue().splitlines()[-1]
+    assert "epoch 4/4" in last and "4/4 " in last, last
+    assert float(re.search(r"qps=([0-9.e+-]+)", last).group(1)) > 0, last
+    from zoracle._train import _rate_text
+
+    assert [_rate_text(r) for r in (0.25, 0.0041, 4.0, 9.96, 258.4)] == ["0.25", "0.0041", "4", "10", "258"]

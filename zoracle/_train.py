@@ -642,6 +642,12 @@ class _BarStream:
         return getattr(self._stream, name)
 
 
+def _rate_text(qps: float) -> str:
+    """Queries a second for the bar: whole numbers from 10 up, two digits below (a simulator of
+    seconds a query showed ``qps=0``)."""
+    return f"{qps:.0f}" if qps >= 10 else f"{qps:.2g}"
+
+
 #: seconds between the progress lines written to a stream that is no terminal (a log file, a pipe, CI)
 _LINE_SECONDS = 10.0
 
@@ -667,14 +673,17 @@ def _line_bar(tqdm):
             if msg is None:  # (a message is the bar cleared: nothing to clear)
                 self.fp.write(f"{self}\n")
                 self.fp.flush()
+                self.desc_shown = self.desc
             return msg is None
 
         def clear(self, nolock=False):
             pass
 
         def close(self):
-            if not self.disable and self.n != self.last_print_n:
-                self.display()  # the run's last state
+            # the run's last state, also where only the description changed since the last line (the
+            # last epoch's "epoch 4/4", set after its last step's line: the log ended at "epoch 3/4")
+            if not self.disable and (self.n != self.last_print_n or self.desc != getattr(self, "desc_shown", None)):
+                self.display()
             super().close()
 
     return LineBar
@@ -1630,7 +1639,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 n_rate += g.nfev
                 now = time.perf_counter()
                 if progress:
-                    bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}", qps=f"{n_rate / max(now - t_rate, 1e-9):.0f}",
+                    bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}", qps=_rate_text(n_rate / max(now - t_rate, 1e-9)),
                                     refresh=False)
                     bar.update(1)
                 else:
