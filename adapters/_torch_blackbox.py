@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from zoracle._backend import is_cupy, namespace
-from zoracle._errors import ArgumentError, OracleError
+from zoracle._errors import ArgumentError, OracleError, Shown
 from zoracle._estimators import CGE, RGE, as_generator, check_step
 
 __all__ = ["blackbox", "BlackBox"]
@@ -124,7 +124,7 @@ class BlackBox:
                 raise OracleError(query, tuple(out.shape), detail=f"expected each sample's output to have shape "
                                   f"{shape}, as in the forward: fn must keep its output shape")
             if not torch.isfinite(out).all():
-                raise OracleError(query, "non-finite values", detail="expected finite outputs")
+                raise OracleError(query, Shown("non-finite values"), detail="expected finite outputs")
             outs.append(out)
             self.nfev += hi - lo
         return outs[0] if len(outs) == 1 else torch.cat(outs)

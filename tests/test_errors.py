@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import pickle
 import subprocess
@@ -125,6 +127,52 @@ def test_nan_at_coordinate_17_is_named(path, scheme):
     assert np.isnan(err.value)
     assert isinstance(err, RuntimeError)
     np.testing.assert_array_equal(x, before)  # the caller's params are untouched
+
+
+@pytest.mark.parametrize("bad", [None, "overloaded, try later"])
+@pytest.mark.parametrize("estimator", [zo.CGE(), zo.RGE(directions=40)])
+def test_a_null_or_text_row_of_a_json_batch_is_named_by_its_query(bad, estimator):
+    """A batched web API that sends one row's NaN as JSON null (pydantic v2 and JavaScript's
+    JSON.stringify do), or an error text in its place, answers `batch` with a list: the bad row is
+    named as a NaN row is (it was "coordinates 0..29 (30 queries, ...): expected real losses", the
+    list's repr cut before row 25), and good rows of such a list give the plain calls' estimate."""
+    w = np.linspace(1.0, 2.0, 30)
+    q = lambda x: float(np.sum(w * x ** 2))  # noqa: E731
+
+    class Json:
+        def __call__(self, x):
+            return q(x)
+
+        def batch(self, X):  # what json.loads gives: a list of floats, a None or a str among them
+            return [bad if i == 25 and self.fail else q(row) for i, row in enumerate(X)]
+
+    oracle, x = Json(), np.linspace(-1.0, 1.0, 30)
+    oracle.fail = True
+    with pytest.raises(zo.OracleError) as info:
+        zo.estimate_gradient(oracle, x, estimator, rng=0)
+    want = "coordinate 25 " if isinstance(estimator, zo.CGE) else "direction 25 "
+    assert want in info.value.query and want in str(info.value), str(info.value)
+    oracle.fail = False
+    np.testing.assert_array_equal(zo.estimate_gradient(oracle, x, estimator, rng=0).grad,
+                                  zo.estimate_gradient(q, x, estimator, rng=0).grad)
+
+
+@pytest.mark.parametrize("backend", [None, "threading", "loky"])
+def test_a_none_loss_is_shown_as_none_and_a_text_loss_quoted_once(backend):
+    """A web API's JSON null reached the message as "oracle returned 'None'", which reads as the
+    text 'None' (the repr of the repr; the text itself read "'None'" in double quotes)."""
+    from zoracle.executors import JoblibExecutor
+
+    for ret, shown in ((None, "oracle returned None at"), ("None", "oracle returned 'None' at"),
+                       ("busy", "oracle returned 'busy' at")):
+        with JoblibExecutor(2, backend=backend) if backend else contextlib.nullcontext() as ex:
+            with pytest.raises(zo.OracleError) as info:
+                zo.estimate_gradient(functools.partial(_constant, ret), np.zeros(3), zo.CGE(), executor=ex)
+        assert shown in str(info.value), str(info.value)
+
+
+def _constant(value, x):
+    return value
 
 
 def test_raising_oracle_is_wrapped_with_the_query():

@@ -40,6 +40,15 @@ class ArgumentError(ZoracleError, ValueError):
     """
 
 
+class Shown(str):
+    """A description of what an oracle returned (its repr, or "array of shape ..."), shown as it
+    is where an :class:`OracleError` shows ``value!r``: the repr of a repr read ``oracle returned
+    'None'`` for a None, as for the text 'None'."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class OracleError(ZoracleError, RuntimeError):
     """An oracle returned a non-scalar or non-finite value, or raised.
 
@@ -48,7 +57,8 @@ class OracleError(ZoracleError, RuntimeError):
     query : str
         Which query failed, e.g. ``"coordinate 17 (step +0.005)"`` or ``"direction 3 (+mu)"``.
     value : object
-        The value the oracle returned (``None`` when it raised).
+        The value the oracle returned (``None`` when it raised); where it is not a number, its
+        ``repr`` (cut to 200 characters), as text.
     cause : BaseException or None
         The exception the oracle raised, if any (also chained as ``__cause__``).
     """

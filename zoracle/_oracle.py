@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ._backend import real_numpy
-from ._errors import ArgumentError, OracleError, exc_text
+from ._errors import ArgumentError, OracleError, Shown, exc_text
 
 __all__ = [
     "LossOracle",
@@ -160,7 +160,7 @@ def _describe(value) -> str:
         r = repr(value)
     except Exception:  # a repr that fails must not hide the real report
         r = f"<{type(value).__name__}>"
-    return r if len(r) < 200 else r[:197] + "..."
+    return Shown(r if len(r) < 200 else r[:197] + "...")
 
 
 def check_scalar(value, query: str) -> float:
@@ -199,6 +199,12 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
         arr = real_numpy(values, np.float64)  # (bfloat16 and float8 losses: real numbers)
     except Exception as exc:
         raise OracleError(what, _describe(values), detail=f"could not convert to an array ({exc})") from None
+    listed = isinstance(values, (list, tuple)) and len(values) == n
+    if arr.shape in ((n,), (n, 1)) and (arr.dtype.kind == "O" or (arr.dtype.kind in "US" and listed)):
+        # a None (a NaN that JSON sent as null) or a string among the losses: named by its row, as a
+        # NaN is, each row checked as a plain call's loss (np.asarray turns numbers beside text into text)
+        items = values if arr.dtype.kind != "O" else arr.reshape(-1)
+        return np.array([check_scalar(v, query_of(j)) for j, v in enumerate(items)], dtype=np.float64)
     if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":
         raise OracleError(what, _describe(values), detail="expected real losses")
     arr = arr.astype(np.float64, copy=False).reshape(-1) if arr.shape in ((n,), (n, 1)) else arr

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from ._backend import real_numpy, same_values
-from ._errors import ArgumentError, OracleError, ZoracleError, finite_real
+from ._errors import ArgumentError, OracleError, Shown, ZoracleError, finite_real
 from ._estimators import as_generator
 
 __all__ = [
@@ -190,7 +190,7 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
     """
     what = f"a batch of {k} noisy inputs"
     arr = real_numpy(out, np.float32)  # (bfloat16 and float8 scores, as autocast or JAX give them: exact in float32)
-    shown = f"array of shape {arr.shape}, dtype {arr.dtype}"
+    shown = Shown(f"array of shape {arr.shape}, dtype {arr.dtype}")
     want = f"the classifier must return {k} integer labels (shape ({k},)) or a ({k}, C) float score array"
     if arr.dtype.kind not in "iuf":
         raise OracleError(what, shown, detail=want)
@@ -224,7 +224,7 @@ def _labels(out, k: int, num_classes: int | None, sample_of=None) -> np.ndarray:
 
 def _row(scores) -> str:
     r = np.array2string(np.asarray(scores), precision=4, threshold=8)
-    return r if len(r) < 120 else r[:117] + "..."
+    return Shown(r if len(r) < 120 else r[:117] + "...")
 
 
 def _points(x) -> np.ndarray:
