@@ -528,6 +528,18 @@ def test_a_ray_address_that_is_no_address_is_named(ray_env):
         RayExecutor("notanaddress").start()
 
 
+def test_ray_address_of_another_type_is_refused_at_construction(ray_env):
+    """As DaskExecutor(8786) is: RayExecutor(4) (meant as four workers) was taken for a cluster
+    address, constructed, and failed at the first run inside ray.init with a bare TypeError
+    ("argument of type 'int' is not iterable")."""
+    with pytest.raises(zo.ArgumentError, match="`address` must be None or 'local'.*got int 4; for 4 workers pass "
+                                               "n_workers=4"):
+        RayExecutor(4)
+    with pytest.raises(zo.ArgumentError, match="`address` must be None or 'local'.*got PosixPath"):
+        RayExecutor(Path("/tmp/ray"))
+    assert RayExecutor("auto").address == "auto" and RayExecutor(None).address is None
+
+
 @pytest.mark.slow
 def test_dask_names_the_shard_that_kills_its_workers_not_one_that_lost_its_inputs(dask_dir):
     """An oracle killing its worker on coordinate 7: the run ended in a raw FutureCancelledError
@@ -814,11 +826,15 @@ def test_dask_close_frees_its_oracle_copies_on_a_cluster_that_stays(dask_dir):
             during = client.run(_dask_held)
             assert all(len(set(during[w]) - set(before[w])) >= 1 for w in during)
             ex1.close()
-            assert client.run(_dask_held) == {w: sorted(set(before[w]) | (set(during[w]) - set(after1[w])))
-                                              for w in during}
+
+            def new():  # copies beyond those held before (the in-process workers share one registry with
+                # earlier tests' executors, whose finalizers may drop their own copies meanwhile: a flake)
+                return {w: sorted(set(h) - set(before[w])) for w, h in client.run(_dask_held).items()}
+
+            assert new() == {w: sorted(set(during[w]) - set(after1[w])) for w in during}
             te.assert_same(zo.estimate_gradient(second, x, zo.CGE(), executor=ex2), zo.estimate_gradient(second, x, zo.CGE()))
             ex2.close()
-            assert client.run(_dask_held) == before
+            assert new() == {w: [] for w in during}
             assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6  # the user's client and cluster still work
         finally:
             client.close()
