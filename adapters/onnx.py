@@ -896,6 +896,13 @@ class OnnxClassifier:
             i = int(np.flatnonzero(bad)[0])
             raise OracleError(f"OnnxClassifier.predict, sample {i} of {out.shape[0]}", out[i].tolist(),
                               detail="NaN scores have no highest class")
+        # as zoracle.smoothing reads scores: a +inf (an overflow, ties voting for the first) or no
+        # score above -inf has no highest class either ([inf, inf] and [-inf, -inf] became class 0)
+        bad = np.isposinf(out).any(axis=1) | ~(out.max(axis=1) > -np.inf)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise OracleError(f"OnnxClassifier.predict, sample {i} of {out.shape[0]}", out[i].tolist(),
+                              detail="scores must not be +inf and must have one above -inf: no highest class")
         return out.argmax(axis=1).astype(np.int64)
 
     def __repr__(self) -> str:

@@ -80,7 +80,11 @@ _GPU_BUDGET = 1024 * 2**20
 
 
 def _copy(params):
-    return params.clone() if torch.is_tensor(params) else params.copy()
+    if torch.is_tensor(params):
+        return params.clone()
+    # a list or tuple (a plain call takes one) as an array: a tuple has no copy(), and a list key
+    # had no shape for _same to compare
+    return params.copy() if hasattr(params, "shape") else np.array(params)
 
 
 _RUNNING_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -285,18 +289,24 @@ def _params_tensor(name: str, v, device, dtype) -> torch.Tensor:
     """``to_torch(v)`` for ``params`` / ``params_batch``; what torch cannot read as numbers (None,
     a dict, a string) is refused naming the argument (arrays and tensors skip the check)."""
     if torch.is_tensor(v) or isinstance(v, np.ndarray):
-        return to_torch(v, device, dtype)
-    try:
-        return to_torch(v, device, dtype)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ArgumentError(f"`{name}` must be a NumPy array or torch tensor of numbers, got {type(v).__name__}: "
-                            f"{str(exc)[:80]}") from None
+        t = to_torch(v, device, dtype)
+    else:
+        try:
+            t = to_torch(v, device, dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ArgumentError(f"`{name}` must be a NumPy array or torch tensor of numbers, got {type(v).__name__}: "
+                                f"{str(exc)[:80]}") from None
+    # to_torch keeps integers (class labels): integer or boolean params are the model's floats, as a
+    # plain call's load takes them (a batch of int64 rows made int64 losses, 1.0 for 1.0986)
+    return t if t.is_floating_point() or t.is_complex() else t.to(dtype=dtype)
 
 
-def _batch_tensor(name: str, v, device, dtype=None) -> torch.Tensor:
+def _batch_tensor(name: str, v, device, dtype=None, label=None) -> torch.Tensor:
     """``to_torch(v)`` for the bound batch's ``x`` or ``y``; an array torch cannot hold (strings,
     a pandas categorical of strings, a NumPy structured array) is refused naming the fix, not
-    with torch's "too many dimensions 'str'" or "can't convert np.ndarray of type numpy.void"."""
+    with torch's "too many dimensions 'str'" or "can't convert np.ndarray of type numpy.void".
+    ``label`` names the argument in the messages (default: the batch's ``name``)."""
+    label = label or f"`batch`'s {name}"
     try:
         return to_torch(v, device, dtype)
     except (TypeError, ValueError) as exc:
@@ -309,16 +319,16 @@ def _batch_tensor(name: str, v, device, dtype=None) -> torch.Tensor:
         if a is None:
             raise
         if a.dtype.names:
-            raise ArgumentError(f"`batch`'s {name} is a NumPy structured array (fields {', '.join(a.dtype.names)}): "
+            raise ArgumentError(f"{label} is a NumPy structured array (fields {', '.join(a.dtype.names)}): "
                                 f"TorchOracle runs tensors of numbers; pass numpy.lib.recfunctions."
                                 f"structured_to_unstructured({name}), or np.column_stack([{name}[f] for f in "
                                 f"{name}.dtype.names])") from None
         if a.dtype.kind in "USO" and a.size and isinstance(a.flat[0], (str, bytes)):
-            raise ArgumentError(f"`batch`'s {name} holds strings ({str(a.flat[0])!r}, ...): TorchOracle runs tensors of "
+            raise ArgumentError(f"{label} holds strings ({str(a.flat[0])!r}, ...): TorchOracle runs tensors of "
                                 f"numbers; map them to integer class indices, e.g. "
                                 f"{name}_ids = np.unique({name}, return_inverse=True)[1] (a pandas categorical: "
                                 f"{name}.cat.codes.to_numpy('int64'), the same codes for every batch)") from None
-        raise ArgumentError(f"`batch`'s {name} ({type(v).__name__} of dtype {a.dtype}) cannot be made a tensor: "
+        raise ArgumentError(f"{label} ({type(v).__name__} of dtype {a.dtype}) cannot be made a tensor: "
                             f"{exc}") from None
 
 
@@ -1632,7 +1642,7 @@ class TorchOracle:
         train = check_flag("train", train)
         _refuse_parametrize_cache(self._core.model)
         self._load(params)
-        xt = to_torch(x, self.device, self.dtype)
+        xt = _batch_tensor("x", x, self.device, self.dtype, label="`x`")  # as bind(batch) converts its x
         if xt.dim() == 0 or xt.shape[0] == 0:
             raise ArgumentError(f"`x` must hold at least one sample (its first dimension), got shape {tuple(xt.shape)}")
         n = xt.shape[0]

@@ -1027,3 +1027,28 @@ def test_a_training_mode_model_without_the_onnx_package_is_not_accepted_silently
     monkeypatch.setitem(sys.modules, "onnx", None)  # onnx not installed
     with pytest.warns(RuntimeWarning, match=r"onnx package is not installed.*training-mode.*\.\[onnx\]"):
         OnnxClassifier(path)
+
+
+def test_predict_refuses_the_score_rows_smoothing_refuses():
+    """predict refused NaN rows only: [inf, inf] (an overflow) and [-inf, -inf] became class 0,
+    which zoracle.smoothing refuses as scores, so certify(clf.predict, x) certified class 0
+    from such votes while certify(clf, x) raised."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from zoracle.smoothing import certify
+
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    k = numpy_helper.from_array(np.array(1e30, np.float32), "k")  # float32 scores x * 1e30: 1e10 overflows
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g", [x_info], [y_info], [k])
+    clf = OnnxClassifier(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert clf.predict(np.array([[1.0, 2.0], [3.0, -1.0]], np.float32)).tolist() == [1, 0]
+    for row in ([1e10, 1e10], [-1e10, -1e10], [1e10, 1.0]):
+        x = np.array([[0.0, 1.0], row], np.float32)
+        assert np.isinf(clf(x)[1]).any()
+        with pytest.raises(zo.OracleError, match="sample 1 of 2"):
+            clf.predict(x)
+        for c in (clf, clf.predict):  # the same verdict through the scores and through predict's labels
+            with pytest.raises(zo.OracleError):
+                certify(c, x[1], sigma=0.1, n0=10, n=100, num_classes=2, rng=0)

@@ -1690,6 +1690,24 @@ def test_batches_of_strings_or_structured_arrays_are_named_with_their_fix():
     assert float(fixed(oracle.initial_params())) == float(oracle.bind((x, y))(oracle.initial_params()))
 
 
+def test_predict_converts_x_as_bind_does():
+    """bind(batch) names its x when torch cannot hold it (a structured array, a big-endian array as
+    np.load of a FITS or big-endian .npy file gives); predict(params, x) converted x with a bare
+    to_torch: torch's own ValueError or TypeError, naming no argument."""
+    x, y = data((4,), 6, classes=3)
+    oracle = TorchOracle(nn.Linear(4, 3).double(), CE)
+    p = oracle.initial_params()
+    np.testing.assert_array_equal(oracle.predict(p, x), oracle.predict(p, np.asfortranarray(x)))
+    rec = np.zeros(6, dtype=[("a", "f8"), ("b", "f8"), ("c", "f8"), ("d", "f8")])
+    big = x.astype(">f8")
+    for bad, match in ((rec, r"`x` is a NumPy structured array \(fields a, b, c, d\).*structured_to_unstructured"),
+                       (big, r"`x` \(ndarray of dtype >f8\) cannot be made a tensor.*byte order")):
+        with pytest.raises(zo.ArgumentError, match=match):
+            oracle.predict(p, bad)
+        with pytest.raises(zo.ArgumentError, match=r"`batch`'s x"):  # bind's own message, as before
+            oracle.bind((bad, y))
+
+
 def test_dict_batches_and_lists_of_samples_are_named_with_their_fix():
     """A HuggingFace-style dict batch got "`batch` must be a pair (x, y) of arrays or tensors,
     got dict", naming no fix; a list of (x, y) samples got the hint for a third field, "takes no
@@ -2095,3 +2113,47 @@ def test_labels_of_two_columns_are_not_told_to_ravel():
     with pytest.raises(RuntimeError, match="multi-target not supported") as info:
         TorchOracle(model, nn.CrossEntropyLoss(reduction="none"), (x, y))
     assert "ravel" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", [int, bool])
+def test_integer_params_batch_gives_the_losses_of_the_same_float_weights(kind):
+    """batch() kept an integer params_batch as int64: vmap failed on it (and was turned off for
+    the oracle), and the loop's losses were written into an int64 tensor: 1.0 for ln 3 = 1.0986.
+    A plain call of the same rows cast them to the model's floats and was right."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    o = TorchOracle(model, cross_entropy).bind((x, y))
+    P = np.zeros((2, o.size), dtype=int)
+    P[1, -3:] = [1, 0, 2]
+    P = P.astype(kind)
+    m64 = copy.deepcopy(model).double()  # the reference: the same weights in float64, torch directly
+
+    def ref(p):
+        torch.nn.utils.vector_to_parameters(torch.tensor(p, dtype=torch.float64), m64.parameters())
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(m64(x.double()), y).item()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "vmap failed" warning
+        got = o.batch(P)
+    np.testing.assert_allclose(got, [ref(p) for p in P], rtol=1e-6)
+    assert o._core.vmap_ok
+
+
+def test_params_as_a_python_list_or_tuple_are_taken_by_every_method():
+    """A plain call takes a list; a tuple raised AttributeError ('tuple' object has no attribute
+    'copy'), and coordinate_losses after a list call raised one in the cache check ('list' object
+    has no attribute 'shape')."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    o = TorchOracle(model, cross_entropy).bind((x, y))
+    th = o.initial_params()
+    with torch.no_grad():
+        ref = nn.functional.cross_entropy(model(x), y).item()  # torch directly, at the initial weights
+    c = np.array([0, 30])
+    want = o.coordinate_losses(th, c, 0.01)
+    assert o(th.tolist()) == pytest.approx(ref, rel=1e-6) and o(tuple(th.tolist())) == pytest.approx(ref, rel=1e-6)
+    np.testing.assert_array_equal(o.coordinate_losses(th.tolist(), c, 0.01), want)
+    np.testing.assert_array_equal(o.coordinate_losses(tuple(th.tolist()), c, 0.01), want)

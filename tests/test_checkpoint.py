@@ -889,3 +889,61 @@ def test_what_check_raises_comes_back_without_an_internal_second_error(tmp_path)
     with pytest.raises(ValueError, match="needs an epoch") as info:
         zo.load_checkpoint(path, check=check)
     assert info.value.__context__ is None or isinstance(info.value.__context__, KeyError)
+
+
+def test_an_own_state_that_changes_dtype_after_init_is_named_at_the_save(tmp_path):
+    """An own optimizer's state field started as the int 0 (a float from the first update on), or an
+    oracle's state_arrays() entry started so, ran and wrote checkpoints that no resume could read:
+    "array 'opt/best' has shape () dtype float64, this run expects shape () dtype int64; resume with the
+    same settings or delete it". The save now names the field and the fix; started as 0.0, the resumed
+    run is the uninterrupted one."""
+    from typing import Any, NamedTuple
+
+    class St(NamedTuple):
+        count: int
+        best: Any
+
+    def loss(x):
+        return float(np.sum((x - 1.0) ** 2))
+
+    def make(start):
+        return zo.Optimizer(lambda p: St(0, start), lambda g, s, p, lr=None: (p - lr * g, St(s.count + 1, float(np.abs(g).max()))),
+                            0.1, "trk", "trk(0.1)")
+
+    stop = [lambda e, r, p: e == "epoch" and r["epoch"] == 1]
+    kw = dict(epochs=4, rng=0, progress=False)
+    with pytest.raises(zo.ArgumentError, match=r"`optimizer` 'trk': its state's field 'best' is float64 of shape \(\) "
+                                               r"at step 1, where the run started it as int64"):
+        zo.train(loss, np.zeros(3), optimizer=make(0), checkpoint=tmp_path / "a.npz", **kw)
+    zo.train(loss, np.zeros(3), optimizer=make(0.0), checkpoint=tmp_path / "b.npz", callbacks=stop, **kw)
+    resumed = zo.train(loss, np.zeros(3), optimizer=make(0.0), checkpoint=tmp_path / "b.npz", resume=True, **kw)
+    assert np.array_equal(resumed.params, zo.train(loss, np.zeros(3), optimizer=make(0.0), **kw).params)
+
+    class Centered:  # the oracle's own state: a running mean of the targets, updated at each bind
+        def __init__(self, start):
+            self.rm = start
+
+        def bind(self, batch):
+            x, y = batch
+            self.rm = 0.9 * self.rm + 0.1 * float(y.mean())
+            rm = self.rm
+            return lambda w: float(np.mean((x @ w - (y - rm)) ** 2))
+
+        def state_arrays(self):
+            return {"rm": self.rm}
+
+        def load_state_arrays(self, d):
+            self.rm = float(d["rm"])
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    batches = [(X[i:i + 15], X[i:i + 15] @ np.array([1.0, -2.0, 0.5]) + 3) for i in range(0, 60, 15)]
+    kw = dict(batches=batches, epochs=4, optimizer=zo.sgd(0.05), rng=0, progress=False)
+    with pytest.raises(zo.ArgumentError, match=r"the oracle's state_arrays\(\) entry 'rm' is float64 of shape \(\) at "
+                                               r"step 4, where the run started it as int64"):
+        zo.train(Centered(0), np.zeros(3), checkpoint=tmp_path / "c.npz", **kw)
+    zo.train(Centered(0.0), np.zeros(3), checkpoint=tmp_path / "d.npz", callbacks=stop, **kw)
+    o = Centered(0.0)
+    resumed = zo.train(o, np.zeros(3), checkpoint=tmp_path / "d.npz", resume=True, **kw)
+    u = Centered(0.0)
+    assert np.array_equal(resumed.params, zo.train(u, np.zeros(3), **kw).params) and o.rm == u.rm

@@ -854,6 +854,34 @@ def test_cge_plain_calls_see_a_negative_zero_written_past_the_read_only_flag():
 
 
 
+def test_the_coarse_loss_warning_tells_partial_oracles_apart(monkeypatch):
+    """SciPy's ``args=`` is ``functools.partial(loss, a=...)`` here (docs/training.md), and every
+    partial has the class ``partial``: once one partial oracle was warned about, a partial over
+    another function returning float32 losses was quantized without a word (2.0 came out as
+    1.953125), where the same function in a lambda was warned about."""
+    import functools
+
+    import zoracle._estimators as est_module
+
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+
+    def sim_a(x, scale):
+        return np.float32(1e4 + scale * np.sum((x - 3.0) ** 2))
+
+    def sim_b(x, offset):
+        return np.float32(offset + np.sum((x + 1.0) ** 2))
+
+    with pytest.warns(UserWarning, match="returns float32 losses"):
+        zo.estimate_gradient(functools.partial(sim_a, scale=1.0), np.zeros(4), zo.CGE(mu=1e-3))
+    with pytest.warns(UserWarning, match="returns float32 losses") as got:
+        est = zo.estimate_gradient(functools.partial(sim_b, offset=2e4), np.zeros(4), zo.CGE(mu=1e-3))
+    exact = 2.0 * (np.zeros(4) + 1.0)  # the gradient of sim_b, by hand
+    assert len(got) == 1 and np.abs(est.grad - exact).max() > 0.04  # what the warning is about
+    with warnings.catch_warnings():  # the same function again: said once, not at every step
+        warnings.simplefilter("error")
+        zo.estimate_gradient(functools.partial(sim_b, offset=3e4), np.zeros(4), zo.CGE(mu=1e-3))
+
+
 def test_the_coarse_loss_warning_points_at_the_callers_line(monkeypatch):
     """The warning's filename and line are the caller's of estimate_gradient (stacklevel), not
     zoracle's own frames: a user filtering warnings by module sees their own line."""
@@ -993,3 +1021,28 @@ def test_an_estimate_whose_state_is_a_tuple_of_arrays_equals_its_copy():
     moved.state[0][2] += 1e-12
     assert moved != est
     assert zo.GradientEstimate(np.arange(5.0), 1.5, 6, state[:3]) != est  # a field fewer
+
+
+class _Float32BatchList(_Float32Batch):
+    """The batch's float32 losses as a list (list(arr32), or [net(x) for x in X] of a float32 net)."""
+
+    def __init__(self, form):
+        self.form = form
+
+    def batch(self, X):
+        v = super().batch(X)
+        return [int(t) for t in v] if self.form == "int" else list(v)
+
+
+@pytest.mark.parametrize("form", ["float32", "int"])
+def test_coarse_losses_from_a_batch_list_are_warned_about_as_from_an_array(form):
+    """A batch returning a list of np.float32 (or int) losses quantized the estimate as the float32
+    array does (-2.289 for -2 at mu=1e-5), but only the array was warned about."""
+    with pytest.warns(UserWarning, match=f"the oracle returns {form}\\w* losses"):
+        g = zo.estimate_gradient(_Float32BatchList(form), np.zeros(8), zo.CGE(mu=1e-5)).grad
+    # textbook forward differences of the losses as the list rounds them: the estimate is quantized
+    x, h = np.zeros(8), (np.float64(0) + 1e-5) - 0
+    f0 = float(100 + np.sum((x - 1) ** 2))
+    fi = np.float32(100 + (h - 1) ** 2 + 7)
+    want = ((int(fi) if form == "int" else float(fi)) - f0) / h
+    assert g[0] == pytest.approx(want, rel=1e-9) and abs(g[0] + 2) > 0.1

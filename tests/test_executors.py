@@ -2183,3 +2183,38 @@ def test_an_oracles_own_generator_repeats_on_process_workers(tmp_path):
             "four runs, as the shards fell; none serially or on threads") in text
     assert "every worker draws the same numbers from it" in (Path(__file__).resolve().parents[1] / "docs" /
                                                              "executors.md").read_text()
+
+
+class _OwnExecutor:
+    """An executor of one's own, written from the ``Executor`` protocol, that gets its results wrong."""
+
+    n_workers = 3
+
+    def __init__(self, mistake):
+        self.mistake = mistake
+
+    def run(self, oracle, params, tasks):
+        out = [t.run(oracle, params) for t in tasks]
+        return {"reversed": out[::-1], "dropped": out[:-1], "extra": out + out[:1]}[self.mistake]
+
+
+@pytest.mark.parametrize("mistake", ["reversed", "dropped", "extra"])
+@pytest.mark.parametrize("est", [zo.RGE(mu=1e-4, directions=30), zo.CGE(mu=1e-6, scheme="central")],
+                         ids=["rge", "cge"])
+def test_an_own_executor_returning_results_out_of_order_or_miscounted_is_named(mistake, est):
+    """An own executor returning its results reversed (as completed) or one short gave an RGE
+    estimate 2.85 (or 0.65) off the serial one without a word, with nfev 21 for 31 queries, and a
+    CGE one NumPy's bare ValueError; now an ArgumentError names the executor and what run() returns."""
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((40, 12)), rng.standard_normal(40)
+
+    def f(x):
+        return float(np.mean((A @ x - b) ** 2))
+
+    x = np.full(12, 0.3)
+    serial = zo.estimate_gradient(f, x, est, rng=0)
+    good = _OwnExecutor("reversed")
+    good.run = lambda oracle, params, tasks: [t.run(oracle, params) for t in tasks]
+    assert np.array_equal(zo.estimate_gradient(f, x, est, rng=0, executor=good).grad, serial.grad)
+    with pytest.raises(zo.ArgumentError, match=r"executor _OwnExecutor: run\(oracle, params, tasks\) returned"):
+        zo.estimate_gradient(f, x, est, rng=0, executor=_OwnExecutor(mistake))

@@ -439,6 +439,16 @@ def test_ray_local_session_needs_allow_network(ray_env):
         RayExecutor("local", allow_network="yes")
 
 
+def test_ray_allow_network_takes_numpy_booleans_as_every_flag_does(ray_env):
+    """`allow_network` alone checked isinstance(v, bool): np.True_ (a flag read from an array or a
+    config through NumPy) was refused as "must be True or False, got np.True_"; check_flag's other
+    flags (TorchOracle's update_stats, train's progress) take it."""
+    assert RayExecutor("local", allow_network=np.True_).allow_network is True
+    assert RayExecutor("local", allow_network=np.False_).allow_network is False
+    with pytest.raises(zo.ArgumentError, match="`allow_network` must be True or False, got 1"):
+        RayExecutor("local", allow_network=1)
+
+
 @pytest.mark.timeout(180)
 def test_ray_local_session_files_are_private(ray_env):
     """Ray makes its temp dir and the session's sockets/ and logs/ world-writable (0777): the

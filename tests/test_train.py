@@ -135,6 +135,23 @@ def test_callback_stops_training():
     assert res.stopped and res.epochs == 3
 
 
+def test_scipy_result_fields_say_where_train_keeps_them():
+    """``res.fun`` / ``res.x`` (SciPy's OptimizeResult) raised a bare AttributeError, and the
+    field at hand, ``res.loss``, is the last step's base loss, not the loss at ``res.params``."""
+    f = lambda x: float(np.sum((x - 3) ** 2))  # noqa: E731
+    res = zo.train(f, np.zeros(3), epochs=4, optimizer=zo.sgd(0.1), progress=False)
+    with pytest.raises(AttributeError, match=r"'fun' \(a field of SciPy's OptimizeResult\): evaluate your loss at "
+                                             r"result.params \(result.loss is the last step's loss"):
+        res.fun
+    assert f(res.params) != res.loss  # why .loss is not .fun: 4.54 at params, 7.09 the step before
+    with pytest.raises(AttributeError, match=r"'x' \(a field of SciPy's OptimizeResult\): the parameters are result.params"):
+        res.x
+    with pytest.raises(AttributeError, match=r"result.stopped"):
+        res.success
+    with pytest.raises(AttributeError, match=r"^'TrainResult' object has no attribute 'paramz'$"):
+        res.paramz
+    assert not hasattr(res, "fun") and hasattr(res, "params") and res.nfev == 16
+
 def test_a_run_that_completes_every_epoch_is_not_stopped_early():
     """``stopped`` is documented as a callback or the budget ending training early: a budget
     reached on the last step, or a callback stopping after the last epoch, ended nothing, and
@@ -657,6 +674,22 @@ def test_train_refuses_bad_settings_before_any_query(case):
     assert oracle.calls == 0
 
 
+@pytest.mark.parametrize("rng", ["abc", 1.5, True, -5])
+def test_rng_is_checked_on_resume_as_on_a_fresh_run(tmp_path, rng):
+    """A fresh run refuses these seeds (ArgumentError); a resume took "abc", 1.5 and True silently
+    and refused -5 as a checkpoint of other settings (CheckpointError: "seed: checkpoint has 0,
+    this run has -5"), pointing at the file rather than the argument."""
+    ck = tmp_path / "run.npz"
+    zo.train(_Calls(), np.zeros(3), epochs=1, rng=0, checkpoint=ck, progress=False)
+    with pytest.raises(zo.ArgumentError, match="`rng` must be"):
+        zo.train(_Calls(), np.zeros(3), epochs=2, rng=rng, progress=False)
+    oracle = _Calls()
+    with pytest.raises(zo.ArgumentError, match="`rng` must be"):
+        zo.train(oracle, np.zeros(3), epochs=2, rng=rng, checkpoint=ck, resume=True, progress=False)
+    assert oracle.calls == 0
+    assert zo.train(_Calls(), np.zeros(3), epochs=2, rng=0, checkpoint=ck, resume=True, progress=False).steps == 2
+
+
 def test_eval_metric_named_like_a_record_field_is_kept_apart(tmp_path):
     """``eval_fn`` returning ``{"loss": ...}`` used to overwrite the training loss, "seconds" was
     dropped, and "epoch" made the run's own checkpoint unresumable."""
@@ -813,6 +846,31 @@ def test_callbacks_stop_on_numpy_true_and_other_values_are_said():
     with pytest.warns(RuntimeWarning, match=r"returned 'stop' \(str\); only True stops training"):
         r = zo.train(f, np.zeros(3), callbacks=[lambda ev, rec, p: "stop"], **dict(kw, epochs=3))
     assert not r.stopped and r.epochs == 3
+
+
+def test_a_callback_raising_stopiteration_stops_the_run_as_in_scipy():
+    """SciPy's ``minimize`` stops when its callback raises StopIteration (and ignores a returned
+    True): a callback written that way escaped ``train`` as a bare StopIteration, and the run's
+    result was lost. It stops the run as a returned True does, at the step it was raised on."""
+    f = lambda x: float(np.sum((x - 3) ** 2))  # noqa: E731
+
+    def at_step_2(ev, rec, p):
+        if ev == "step" and rec["step"] == 2:
+            raise StopIteration
+
+    def at_epoch_1(ev, rec, p):
+        if ev == "epoch" and rec["epoch"] == 1:
+            raise StopIteration
+
+    kw = dict(epochs=10, estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    r = zo.train(f, np.zeros(3), callbacks=[at_step_2], **kw)
+    x = np.zeros(3)  # the three steps run, by hand: forward differences over the representable step, SGD
+    for _ in range(3):
+        g = np.array([(f(x + 1e-3 * e) - f(x)) / ((x[i] + 1e-3) - x[i]) for i, e in enumerate(np.eye(3))])
+        x = x - 0.1 * g
+    assert r.stopped and r.steps == 3 and r.nfev == 12 and np.array_equal(r.params, x)
+    r = zo.train(f, np.zeros(3), callbacks=[at_epoch_1], **kw)
+    assert r.stopped and r.epochs == 2 and r.steps == 2
 
 
 def test_an_epoch_of_huge_finite_losses_has_a_finite_mean():
@@ -2237,3 +2295,81 @@ def test_the_last_line_on_a_log_names_the_last_epoch_and_a_slow_rate(monkeypatch
     from zoracle._train import _rate_text
 
     assert [_rate_text(r) for r in (0.25, 0.0041, 4.0, 9.96, 258.4)] == ["0.25", "0.0041", "4", "10", "258"]
+
+
+def test_an_own_optimizer_returning_params_of_another_dtype_or_shape_is_named():
+    """The docs' projected optimizer (np.clip against float64 bounds) on float32 params turned the
+    run into float64 without a word: the result came back float64 and its checkpoint could not be
+    resumed ("this run expects ... dtype float32"); a (d, 1) column was refused as "`params` must be
+    1-D ... use params.ravel()", naming neither the optimizer nor the step. Both now name the optimizer."""
+    from typing import NamedTuple
+
+    class St(NamedTuple):
+        count: int
+
+    lo, hi = np.array([-0.5, -0.5]), np.array([0.5, 0.2])
+
+    def loss(x):
+        return float((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2)
+
+    def make(finish):
+        return zo.Optimizer(lambda p: St(0), lambda g, s, p, lr=None: (finish(p - lr * g), St(s.count + 1)),
+                            1e-3, "box_sgd", "box_sgd(1e-3)")
+
+    p0 = np.array([-0.4, 0.1], dtype=np.float32)
+    kw = dict(epochs=5, estimator=zo.CGE(mu=1e-3, scheme="central"), rng=0, progress=False)
+    with pytest.raises(zo.ArgumentError, match=r"`optimizer` 'box_sgd': update\(\) returned params as a ndarray of "
+                                               r"dtype float64 .* at step 0, where it was given .* float32"):
+        zo.train(loss, p0, optimizer=make(lambda p: np.clip(p, lo, hi)), **kw)
+    with pytest.raises(zo.ArgumentError, match=r"`optimizer` 'box_sgd': .*shape \(2, 1\) at step 0"):
+        zo.train(loss, p0, optimizer=make(lambda p: np.clip(p, lo, hi).astype(p.dtype)[:, None]), **kw)
+    # returned as given: the float32 run is the hand-written float32 loop
+    res = zo.train(loss, p0, optimizer=make(lambda p: np.clip(p, lo, hi).astype(p.dtype)), **kw)
+    x = p0.copy()
+    for _ in range(5):
+        g = np.zeros(2, dtype=np.float32)
+        for i in range(2):
+            xp, xm = x.copy(), x.copy()
+            xp[i] += np.float32(1e-3)
+            xm[i] -= np.float32(1e-3)
+            g[i] = (loss(xp) - loss(xm)) / float(xp[i] - xm[i])
+        x = np.clip(x - 1e-3 * g, lo, hi).astype(np.float32)
+    assert res.params.dtype == np.float32
+    np.testing.assert_allclose(res.params, x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [np.ma.masked_invalid([np.nan, np.nan]).mean(), np.ma.masked_array(0.93, mask=True),
+                                    np.ma.masked_array([0.93], mask=[True])])
+def test_a_masked_eval_value_is_refused_not_recorded_as_its_hidden_data(masked):
+    """eval_fn returning a masked value (NumPy's mean of an all-masked array) was recorded as the
+    data behind the mask, 0.0 or a stale 0.93, with no word (float() of it, NumPy's own
+    conversion, gives nan; an oracle returning it is refused): refused as a bad eval value now."""
+    f = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    kw = dict(epochs=2, optimizer=zo.sgd(0.1), rng=0, progress=False)
+    clean = zo.train(f, np.zeros(3), **kw)
+    with pytest.warns(UserWarning, match=r"(?s)`eval_fn` returned at epoch 0 is masked.*must return a number"):
+        got = zo.train(f, np.zeros(3), eval_fn=lambda p: masked, **kw)
+    assert got.stopped and len(got.history.epochs) == 0 and got.steps == 1
+    # the one step taken, as the textbook gradient step gives it: 0 - 0.1 * 2 * (0 - 1) (CGE's forward bias aside)
+    assert np.allclose(got.params, 0.2, atol=1e-3) and clean.steps == 2
+
+
+def test_a_resumed_history_keeps_the_record_keys_in_the_uninterrupted_runs_order(tmp_path):
+    """A checkpoint stores each record with its keys sorted; a resumed run read its earlier records
+    back so ('epoch', 'loss', ..., 'step', ...), where the uninterrupted run has ('step', 'epoch', ...):
+    pandas.DataFrame(history.steps) and printed records came out with other columns after a resume."""
+    def loss(x):
+        return float(np.sum((x - 1.0) ** 2))
+
+    def ev(params):
+        return {"acc": 0.5, "val": float(params.sum())}  # (a checkpoint keeps metrics in name order only)
+
+    kw = dict(epochs=4, estimator=zo.CGE(), optimizer=zo.sgd(0.1), rng=0, progress=False, eval_fn=ev)
+    path = tmp_path / "run.npz"
+    full = zo.train(loss, np.zeros(3), **kw)
+    zo.train(loss, np.zeros(3), checkpoint=path, callbacks=[lambda e, r, p: e == "epoch" and r["epoch"] == 1], **kw)
+    res = zo.train(loss, np.zeros(3), checkpoint=path, resume=True, **kw)
+    assert np.array_equal(res.params, full.params)
+    assert [list(r) for r in res.history.steps] == [list(r) for r in full.history.steps]
+    assert list(full.history.steps[0]) == ["step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"]
+    assert [list(r) for r in res.history.epochs] == [list(r) for r in full.history.epochs]

@@ -320,3 +320,34 @@ def test_a_non_finite_estimate_at_float64_params_is_not_told_to_pass_float64_par
             zo.train(f, np.zeros(2), steps_per_epoch=3, estimator=zo.CGE(mu=mu), optimizer=zo.sgd(1e-3),
                      progress=False, rng=0)
     assert "float64 params" not in str(err.value)
+
+
+class _SimWithBlocks:
+    """A plain black box whose own settings have a field named `blocks` (a simulator's block count,
+    a board), which is no parameter layout."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __call__(self, x):
+        return float(((x - 1.0) ** 2).sum())
+
+
+@pytest.mark.parametrize("blocks", [4, np.zeros((2, 2))])
+def test_a_dense_run_ignores_an_oracle_attribute_named_blocks(blocks):
+    """A dense run reads no block layout: an oracle with a `blocks` attribute that is no layout
+    trains as the plain function does (it raised a bare TypeError / ValueError before the first
+    query), and a sparse run that would read it is refused with an ArgumentError naming it."""
+    plain = zo.train(lambda x: float(((x - 1.0) ** 2).sum()), np.zeros(3), epochs=2, progress=False, rng=0)
+    got = zo.train(_SimWithBlocks(blocks), np.zeros(3), epochs=2, progress=False, rng=0)
+    ref = np.zeros(3)
+    for _ in range(2):  # forward-difference CGE and SGD(0.1) by hand (the default estimator and optimizer)
+        f0 = float(((ref - 1.0) ** 2).sum())
+        g = np.array([(float(((ref + 5e-3 * e - 1.0) ** 2).sum()) - f0) / ((ref + 5e-3 * e) - ref)[i]
+                      for i, e in enumerate(np.eye(3))])
+        ref = ref - 0.1 * g
+    np.testing.assert_array_equal(got.params, plain.params)
+    np.testing.assert_allclose(got.params, ref, rtol=1e-12)
+    if np.ndim(blocks) == 0:
+        with pytest.raises(zo.ArgumentError, match="oracle's `blocks`"):
+            zo.train(_SimWithBlocks(blocks), np.zeros(3), epochs=1, sparsity=0.5, progress=False, rng=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -427,8 +428,31 @@ def _run(executor, oracle: Oracle, params, tasks) -> list:
         results = [t.run(oracle, params) for t in tasks]
     else:
         results = executor.run(oracle, params, tasks)
+        _check_results(executor, tasks, results)
     oracle.nfev = sum(r.size for r in results)
     return results
+
+
+def _check_results(executor, tasks, results) -> None:
+    """An executor's ``run`` must return one result per task, in task order, each of the task's shape
+    ``(len(task.steps), task.size)``: an executor of one's own that dropped one, or returned them in
+    the order they completed, gave an RGE estimate silently wrong (or NumPy's bare ValueError in CGE)."""
+    name = type(executor).__name__
+    try:
+        n = len(results)
+    except TypeError:
+        raise ArgumentError(f"executor {name}: run(oracle, params, tasks) must return a list with one result per "
+                            f"task, got {type(results).__name__}") from None
+    if n != len(tasks):
+        raise ArgumentError(f"executor {name}: run(oracle, params, tasks) returned {n} results for {len(tasks)} "
+                            "tasks; it must return [task.run(oracle, params) for task in tasks]: one result per "
+                            "task, in task order")
+    for i, (t, r) in enumerate(zip(tasks, results)):
+        want = (len(t.steps), t.size)
+        if getattr(r, "shape", None) != want:
+            raise ArgumentError(f"executor {name}: run(oracle, params, tasks) returned, for task {i}, a result of "
+                                f"shape {getattr(r, 'shape', type(r).__name__)} where the task's is {want}; it must "
+                                "return one result per task, in task order (not in the order they complete)")
 
 
 def _narrower_dtype(oracle, params):
@@ -583,9 +607,13 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
     travels from the worker (a :class:`~zoracle._executors_core.LossKind`)."""
     value = wrapped.base_value
     if value is not None and not isinstance(value, float):
-        # once per oracle class (a plain function: per code, as every function's class is `function`)
+        # once per oracle class (a plain function: per code, as every function's class is `function`;
+        # a functools.partial: per the function it wraps, as every partial's class is `partial`)
         # and loss type: every step of a run would repeat it
-        key = (getattr(wrapped.fn, "__code__", None) or type(wrapped.fn), type(value), str(getattr(value, "dtype", "")))
+        fn = wrapped.fn
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        key = (getattr(fn, "__code__", None) or type(fn), type(value), str(getattr(value, "dtype", "")))
         if key not in _COARSE_WARNED:
             def typical():  # O(d): only where the verdict needs it (not for float32 losses at float32 params)
                 g = grad() if callable(grad) else grad

@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, MissingExtra, ZoracleError
+from ._errors import ArgumentError, MissingExtra, ZoracleError, check_flag
 from ._executors_core import (
     KEEP_ORACLES,
     MAX_WORKERS,
@@ -920,6 +920,13 @@ class RayExecutor(ShardedExecutor):
                  timeout=None, **init_kwargs):
         _require("ray", "ray")
         super().__init__(timeout)
+        if address is not None and not isinstance(address, str):  # as DaskExecutor's `client`: RayExecutor(4)
+            # was taken for a cluster address and failed at the first run in ray.init (a bare TypeError)
+            hint = f"; for {address!r} workers pass n_workers={address!r}" if isinstance(address, numbers.Integral) \
+                and not isinstance(address, bool) else ""
+            raise ArgumentError(f"`address` must be None or 'local' (a local Ray session), 'local:N', or a cluster "
+                                f"address such as 'ray://127.0.0.1:10001' or 'auto', got {type(address).__name__} "
+                                f"{address!r}{hint}")
         self.address = address
         self._local, count = parse_local(address, "address")
         self._count = n_workers if n_workers is not None else count
@@ -928,9 +935,8 @@ class RayExecutor(ShardedExecutor):
             raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
         if self._count is not None and self._count > MAX_WORKERS:  # as JoblibExecutor's n_jobs
             raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {self._count!r}")
-        if not isinstance(allow_network, bool):
-            raise ArgumentError(f"`allow_network` must be True or False, got {allow_network!r}")
-        self.allow_network = allow_network
+        # as every other flag (check_flag): NumPy's True too ("must be True or False, got np.True_" before)
+        self.allow_network = check_flag("allow_network", allow_network)
         self._init_kwargs = init_kwargs
         self._owns_ray = False
         self._session_dir = None  # the private temp dir of a local session, removed on close

@@ -336,6 +336,9 @@ class Oracle:
             raise _raised(what, exc) from exc
         self.nfev += n
         dtype = getattr(values, "dtype", None)
+        if dtype is None and isinstance(values, (list, tuple)) and values and not isinstance(values[0], float):
+            # a list of losses (list(arr32), [net(x) for x in X]): its items tell the precision
+            dtype = getattr(values[0], "dtype", type(values[0]).__name__)
         if dtype is not None and n and "float64" not in str(dtype) and (
                 self.base_value is None or isinstance(self.base_value, float)):
             # losses narrower than the base point's (a batch returning float32 beside a float64 plain

@@ -302,6 +302,12 @@ class TrainResult:
     stopped: bool = False
     estimator_state: Any = None
 
+    def __getattr__(self, name: str):
+        # only for names no field or method has: SciPy's OptimizeResult fields say where to look
+        hint = _SCIPY_RESULT_FIELDS.get(name)
+        extra = f" (a field of SciPy's OptimizeResult): {hint}" if hint else ""
+        raise AttributeError(f"'TrainResult' object has no attribute {name!r}{extra}")
+
     @property
     def loss(self) -> float:
         """The last step's loss: the oracle at that step's base point (on its minibatch), before
@@ -312,6 +318,19 @@ class TrainResult:
     def plot(self, path=None, **kwargs: Any) -> Figure:
         """``self.history.plot(path, **kwargs)``: see :meth:`History.plot`."""
         return self.history.plot(path, **kwargs)
+
+
+#: SciPy's ``OptimizeResult`` fields a migrating script reads, and where a TrainResult keeps them
+_SCIPY_RESULT_FIELDS = {
+    "x": "the parameters are result.params",
+    "fun": "evaluate your loss at result.params (result.loss is the last step's loss at its base point, "
+           "before that step's update: not the loss at result.params)",
+    "nit": "the optimizer steps are result.steps",
+    "success": "result.stopped says whether a callback or max_queries ended the run early",
+    "status": "result.stopped says whether a callback or max_queries ended the run early",
+    "message": "result.stopped says whether a callback or max_queries ended the run early",
+    "jac": "train keeps no gradient: zo.estimate_gradient(oracle, result.params) estimates one",
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -543,9 +562,21 @@ def _check_batches(batches) -> None:
 
 
 def _resolve_blocks(oracle, blocks, d):
-    if blocks is None:
-        blocks = getattr(oracle, "param_info", None) or getattr(oracle, "blocks", None) or [slice(0, d)]
-    return list(blocks)
+    if blocks is not None:
+        return list(blocks)
+    for name in ("param_info", "blocks"):  # the oracle's own layout, if it declares one
+        found = getattr(oracle, name, None)
+        if found is None or isinstance(found, (str, bytes)):
+            continue
+        try:
+            found = list(found)  # (an array's truth value is ambiguous: its length decides)
+        except TypeError:  # an attribute of that name that is no layout (a simulator's block count)
+            raise ArgumentError(f"the oracle's `{name}` is {type(found).__name__} {found!r}, not a sequence of "
+                                "parameter blocks (slices, or records with `.slice`); pass blocks=[slice(start, "
+                                "stop), ...] to train") from None
+        if found:
+            return found
+    return [slice(0, d)]
 
 
 def _check_layout(blocks, d: int) -> np.ndarray:
@@ -725,6 +756,15 @@ def _beside(bar, on: bool, clear_now: bool = False):
             bar.refresh()
 
 
+def _called(cb, event, record, params):
+    """``cb(event, record, params)``; a StopIteration it raises (SciPy's way to stop ``minimize``
+    from a callback) reads as a returned True: the run stops and returns its result."""
+    try:
+        return cb(event, record, params)
+    except StopIteration:
+        return True
+
+
 def _stops(value, cb, warned: set) -> bool:
     """Whether a callback's return value stops training: True (NumPy's too). Anything else but
     None and False is said once per callback: only True stops."""
@@ -739,8 +779,8 @@ def _stops(value, cb, warned: set) -> bool:
 
 def _metric(v, where):
     try:
-        if isinstance(v, (str, bytes)) or getattr(v, "shape", ()) not in ((), (1,)):
-            raise TypeError
+        if isinstance(v, (str, bytes)) or getattr(v, "shape", ()) not in ((), (1,)) or np.ma.is_masked(v):
+            raise TypeError  # (a masked value's .item() is the data hidden behind its mask: 0.0, or a stale number)
         return float(v.item() if hasattr(v, "item") else v)
     except (TypeError, ValueError):
         shown = repr(v)
@@ -923,6 +963,18 @@ def _check_overwrite(checkpoint, resume) -> None:
                       UserWarning, stacklevel=3)
 
 
+_STEP_KEYS = ("step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds")
+_EPOCH_KEYS = ("epoch", "loss", "lr", "nfev", "total_nfev")
+
+
+def _in_order(rec: dict, first, last=()) -> dict:
+    """``rec`` with the keys ``first`` leading and ``last`` trailing, in those orders, the others
+    (eval_fn's metrics) between them as they come."""
+    head = {k: rec[k] for k in first if k in rec}
+    tail = {k: rec[k] for k in last if k in rec}
+    return {**head, **{k: v for k, v in rec.items() if k not in head and k not in tail}, **tail}
+
+
 def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False) -> None:
     """Warn of scored blocks (slices) whose weights are all zero and that ZO-GraSP left empty:
     GraSP's score ``-theta * Hg`` is zero there, whatever the block's importance (a
@@ -1030,7 +1082,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Epochs between ``eval_fn`` calls (default 1; the last epoch is always evaluated).
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
-        and ``params`` are copies: writing into them cannot change the run or its history); returning True (or NumPy's True) stops training; a value other than None or False is warned about.
+        and ``params`` are copies: writing into them cannot change the run or its history); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
@@ -1089,6 +1141,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     params = validate_params(params)
     xp = namespace(params)
     d = params.shape[0]
+    params0, dtype0 = params, params.dtype  # what an own optimizer's update() must return params as
     _check_size(oracle, d)
     epochs = _count("epochs", epochs, 0)
     if steps_per_epoch is not None:
@@ -1098,6 +1151,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
     _check_steps_per_epoch(batches, steps_per_epoch)
+    as_generator(rng)  # checked on resume too, which takes its root from the checkpoint ("abc" passed there)
     # the sparse split's settings are checked with or without `sparsity` (a typo must not pass
     # unseen until sparsity is turned on)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
@@ -1250,7 +1304,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                       compute_dtype_of(oracle) or np.dtype(params.dtype),  # (a plain callable: its params' float)
                       loss_only=compute_dtype_of(oracle) is None and np.dtype(params.dtype) == np.float32)
 
-    all_blocks = _resolve_blocks(oracle, blocks, d)
+    all_blocks = _resolve_blocks(oracle, blocks, d) if sparse else []  # a dense run reads no layout
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
     if sparse:
         covered = _check_layout(scored + dense, d)
@@ -1314,6 +1368,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                                     f"checkpoint holds numeric arrays only, and a resume reads each field in the "
                                     f"shape and dtype init(params) gives it; start it as a number or an array "
                                     f"(np.nan, np.zeros(...))")
+    # the shapes and dtypes a resume reads the state in (init's, and the oracle's own state now):
+    # a field that drifts from them (0 at init, a float later) made a checkpoint no resume could read
+    layout = None
+    if checkpoint is not None:
+        own = oracle.state_arrays() if callable(getattr(oracle, "state_arrays", None)) else {}
+        layout = {k: (np.shape(v), np.asarray(v).dtype)
+                  for k, v in {**_state_arrays(state), **{f"oracle/{k}": to_numpy(v) for k, v in own.items()}}.items()}
     est_state = estimator.init(params) if snes else None
     steps_hist, epoch_hist = [], []
     step = epoch = pos = 0
@@ -1328,7 +1389,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
         if got["seed"] is not None and "seed" not in config:  # rng=None resumes the seeded run: it stays seeded
             config["seed"] = got["seed"]
-        steps_hist, epoch_hist = list(got["steps"]), list(got["epochs"])
+        # a checkpoint stores each record with its keys sorted: put them back in the order a run
+        # makes them, so the resumed history reads as the uninterrupted one's (pandas columns, prints)
+        steps_hist = [_in_order(r, _STEP_KEYS) for r in got["steps"]]
+        epoch_hist = [_in_order(r, _EPOCH_KEYS, last=("seconds",)) for r in got["epochs"]]
         if got["modes"] is not None and modes is not None and got["modes"] != modes:
             warnings.warn("train: the oracle's model is in other train/eval modes (or update_stats) than in the run "
                           f"that wrote {os.fspath(resume)!r}: its losses from here on differ from that run's (BatchNorm "
@@ -1459,6 +1523,22 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if sparse:
             arrays["ratios"] = keep
             arrays["coordinates"] = last_mask()
+        for k, (shape, dtype) in layout.items():
+            a = arrays.get(k)
+            if a is not None and np.shape(a) == shape and np.asarray(a).dtype == dtype:
+                continue
+            got = "missing" if a is None else f"{np.asarray(a).dtype} of shape {np.shape(a)}"
+            whose = (f"`optimizer` {optimizer.name!r}: its state's field {k[4:]!r}" if k.startswith("opt/") else
+                     f"the oracle's state_arrays() entry {k[7:]!r}")
+            err = ArgumentError(
+                f"{whose} is {got} at step {step}, where the run started it as {dtype} of shape {shape}: a resume "
+                f"reads it in the shape and dtype it had at the start, so this checkpoint could not be resumed; "
+                f"start it as it stays (0.0 rather than 0, np.zeros(...) of the final shape)")
+            if not last:
+                raise err
+            warnings.warn(f"train: {err}; no checkpoint written at the end, the result is returned", UserWarning,
+                          stacklevel=3)
+            return
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
                 "fingerprints": prints, "modes": modes}
@@ -1609,6 +1689,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
                         f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}") from exc
+                if not (getattr(params, "shape", None) == (d,) and getattr(params, "dtype", None) == dtype0
+                        and namespace(params) is xp):
+                    # an own optimizer's params in another dtype (np.clip against float64 bounds turned a float32
+                    # run into float64, its checkpoint then refused) or shape ((d, 1): an error naming `params`)
+                    got = (f"{type(params).__name__} of dtype {params.dtype} and shape {tuple(params.shape)}"
+                           if hasattr(params, "dtype") and hasattr(params, "shape") else type(params).__name__)
+                    raise ArgumentError(
+                        f"`optimizer` {optimizer.name!r}: update() returned params as a {got} at step {step}, "
+                        f"where it was given a {type(params0).__name__} of dtype {dtype0} and shape ({d},): train "
+                        f"keeps the params as given (a checkpoint of others cannot be resumed); return them so, "
+                        f"e.g. new.astype(params.dtype).reshape(params.shape)")
                 count = getattr(state, "count", None)
                 if _count_of(state) != before + 1 and not count_warned:
                     text = (f"`optimizer` {optimizer.name!r}: update() must return a state whose `count` is one more "
@@ -1647,7 +1738,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 try:
                     with _beside(bar, progress and bool(callbacks)):
                         for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
-                            if _stops(cb("step", dict(rec), params.copy()), cb, cb_warned):
+                            if _stops(_called(cb, "step", dict(rec), params.copy()), cb, cb_warned):
                                 stopped = True
                 except BaseException:
                     # a step callback that raises (or Ctrl-C in one) loses no step: this one is saved
@@ -1702,7 +1793,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 with _beside(bar, progress and bool(callbacks)):
                     for cb in callbacks:
-                        if _stops(cb("epoch", dict(erec), params.copy()), cb, cb_warned):
+                        if _stops(_called(cb, "epoch", dict(erec), params.copy()), cb, cb_warned):
                             stopped = True
                 epoch += 1
                 pos = 0

@@ -98,7 +98,11 @@ BACKENDS = ("loky", "threading")
 
 @runtime_checkable
 class Executor(Protocol):
-    """What ``estimate_gradient(..., executor=...)`` needs: a worker count and a map over shards."""
+    """What ``estimate_gradient(..., executor=...)`` needs: a worker count and a map over shards.
+
+    ``run`` returns ``[task.run(oracle, params) for task in tasks]``, one result per task in task
+    order (not in the order they complete); another count, or a result of another shape than its
+    task's, raises an ``ArgumentError`` naming the executor."""
 
     n_workers: int
 
