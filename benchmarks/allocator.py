@@ -228,7 +228,15 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help=argparse.SUPPRESS)  # a child's checkout
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.out is not None and not a.child:  # before the rounds, not after them
+        from zoracle.cli import _writable
+
+        why = _writable(a.out, "file")
+        if why:
+            p.error(f"--out {a.out}: cannot write there ({why})")
     if a.report:
+        if not os.path.isfile(a.report):
+            p.error(f"--report: no such results file: {a.report}")
         with open(a.report) as f:
             print(table(json.load(f)))
         return 0

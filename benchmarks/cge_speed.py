@@ -11,12 +11,9 @@ Same as ``zoracle bench``; see :mod:`zoracle.apps.bench` for the columns. The ex
 when the benchmark's own gradient check fails.
 """
 
-import argparse
 import sys
 
-from zoracle.apps import bench
+from zoracle.cli import main
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=bench.HELP)
-    bench.add_arguments(parser)
-    sys.exit(bench.main(parser.parse_args()))
+if __name__ == "__main__":  # `zoracle bench` itself: a bad flag value is a one-line usage error (exit 2)
+    sys.exit(main(["bench", *sys.argv[1:]], prog="cge_speed.py"))

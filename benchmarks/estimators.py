@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
+    for flag, value in (("--d", a.d), ("--n", a.n), ("--repeats", a.repeats)):
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     with threadpool_limits(limits=a.threads, user_api="blas"):
         blas = [{"library": i["internal_api"], "threads": i["num_threads"]} for i in threadpool_info()
                 if i["user_api"] == "blas"]

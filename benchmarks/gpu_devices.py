@@ -99,6 +99,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64, help="minibatch size (default 64)")
     p.add_argument("--repeats", type=int, default=2, help="timed estimates each, best kept (default 2)")
     args = p.parse_args(argv)
+    if args.cpu_devices < 0:
+        p.error(f"--cpu-devices must be >= 1 (or left out for the visible GPUs), got {args.cpu_devices}")
+    for flag, value in (("--channels", args.channels), ("--batch", args.batch), ("--repeats", args.repeats)):
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     try:
         import torch
     except ImportError:

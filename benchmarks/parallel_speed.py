@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     if args.dim < 2 or args.repeats < 1 or args.call_ms <= 0:
         p.error("--dim must be >= 2, --repeats >= 1 and --call-ms > 0")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - {"dask", "ray"}:  # a typo ran the executor it meant to skip
+        p.error(f"--skip takes dask and/or ray, got {', '.join(sorted(skip - {'dask', 'ray'}))}")
 
     oracle = calibrate(args.call_ms / 1e3)
     x = np.random.default_rng(0).standard_normal(args.dim)

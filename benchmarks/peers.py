@@ -673,7 +673,10 @@ def summarize(runs, every_setting: bool = False) -> list:
 
 def _summary_row(point, data, d, width, budget, method, chosen) -> dict:
     """One row of :func:`summarize`: the runs of one point and method at setting ``chosen``."""
-    sel = list({r["seed"]: r for r in point if r["setting"] == chosen}.values())
+    sel = sorted({r["seed"]: r for r in point if r["setting"] == chosen}.values(), key=lambda r: r["seed"])
+    # a run that diverged before its first evaluation has no accuracy (NaN): named, not averaged in silence
+    failed = sorted(r["seed"] for r in sel if r["test_acc"] != r["test_acc"])
+    sel = [r for r in sel if r["test_acc"] == r["test_acc"]] or sel
     acc = np.array([r["test_acc"] for r in sel]) * 100
     secs = np.array([r["seconds"] for r in sel])
     return {"data": data, "d": d, "width": width, "budget": budget, "method": method, "setting": chosen,
@@ -681,7 +684,13 @@ def _summary_row(point, data, d, width, budget, method, chosen) -> dict:
             "mean": float(np.nanmean(acc)), "min": float(np.nanmin(acc)), "max": float(np.nanmax(acc)),
             "val_acc": float(np.nanmean([r["val_acc"] for r in sel]) * 100),
             "seconds": float(secs.mean()), "queries": int(np.mean([r["queries"] for r in sel])),
-            "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel]))}
+            "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel])), "failed": failed}
+
+
+def _failed(row) -> str:
+    """``, 2 failed (seeds 1, 2)``: the seeds whose runs diverged before any accuracy, left out of the row's numbers."""
+    seeds = row.get("failed") or []
+    return f", {len(seeds)} failed (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if seeds else ""
 
 
 def _label(row) -> str:
@@ -700,7 +709,7 @@ def table(rows) -> str:
     lines = [head]
     for r in rows:
         accs = " / ".join(f"{a:.2f}" for a in r["test_acc"])
-        mean = f"{r['mean']:.2f}" + (f" ({accs})" if len(r["test_acc"]) > 1 else "")
+        mean = f"{r['mean']:.2f}" + (f" ({accs})" if len(r["test_acc"]) > 1 else "") + _failed(r)
         setting = ", ".join(f"{k} {v}" for k, v in (r["setting"] or {}).items())
         lines.append((r["data"], f"{r['d']:,}", f"{r['queries']:,}", _label(r), setting, mean,
                       f"{r['val_acc']:.2f}", f"{r['seconds']:.1f}", f"{r['qps']:,.0f}"))
@@ -914,6 +923,34 @@ def _verdict(recipe: dict, peers: list) -> str:
     return "level: ranges overlap"
 
 
+def p_text(p: float) -> str:
+    """A p-value to two significant digits, or three where two would round one below 0.05 up to
+    0.05 (printed beside "p < 0.05")."""
+    text = f"{p:.2g}"
+    return f"{p:.3g}" if p < 0.05 <= float(text) else text
+
+
+def rank_test(a, b) -> float:
+    """The two-sided Mann-Whitney U test of two sets of seeds' accuracies: exact where the pooled
+    seeds split at most 100,000 ways (every split counted, tied accuracies given their mean rank),
+    else scipy's normal approximation. (scipy's own choice turns to the approximation at the first
+    tie, and a test digit is 0.28 points: three seeds all above three others got p = 0.077, where
+    2 of the 20 splits are as uneven and p = 0.1.)"""
+    import itertools
+
+    from scipy.stats import mannwhitneyu, rankdata
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n, total = len(a), len(a) + len(b)
+    if math.comb(total, n) > 100_000:
+        return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    ranks = rankdata(np.concatenate([a, b]))
+    centre = n * (total + 1) / 2  # the rank sum's mean under the null, midranks included
+    observed = abs(ranks[:n].sum() - centre)
+    sums = np.array([ranks[list(s)].sum() for s in itertools.combinations(range(total), n)])
+    return float(np.mean(np.abs(sums - centre) >= observed - 1e-9))
+
+
 def leads(groups) -> list:
     """Per query, at each data set's largest size: each DeepZero recipe against the best peer.
 
@@ -922,8 +959,6 @@ def leads(groups) -> list:
     accuracy over its seeds, and the verdict (:func:`_verdict`) weighs every peer. ``p`` is the
     two-sided Mann-Whitney U test of the recipe's seeds against the best peer's: how often
     test accuracies drawn from one distribution would be ranked as unevenly as these."""
-    from scipy.stats import mannwhitneyu
-
     rows = []
     for runs in groups:
         summary = summarize(runs)
@@ -936,7 +971,7 @@ def leads(groups) -> list:
                     continue
                 best = max(peers, key=lambda r: r["mean"])
                 for recipe in (r for m in RECIPES for r in here if r["method"] == m):
-                    p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
+                    p = rank_test(recipe["test_acc"], best["test_acc"])
                     rows.append({"data": data, "d": d, "budget": budget, "recipe": recipe, "best": best,
                                  "lead": recipe["mean"] - best["mean"], "p": p, "verdict": _verdict(recipe, peers),
                                  "default": short_budget_default(recipe["method"], budget, recipe["setting"], d)})
@@ -945,11 +980,11 @@ def leads(groups) -> list:
 
 def leads_table(rows) -> str:
     def acc(r):
-        return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds)"
+        return f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {len(r['test_acc'])} seeds{_failed(r)})"
     head = ("data", "d", "queries", "recipe", "test %", "best peer", "its test %", "lead, points", "rank test p",
             "verdict", "short_budget's default here")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", _label(r["recipe"]), acc(r["recipe"]),
-                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["verdict"],
+                       _label(r["best"]), acc(r["best"]), f"{r['lead']:+.1f}", p_text(r['p']), r["verdict"],
                        {None: "-", True: "yes", False: "no"}[r.get("default")])
                       for r in rows]
     return _markdown(lines)
@@ -1027,8 +1062,6 @@ def wins(studies, speed_rows) -> list:
     instruction sets, only the runs of the set with the most seeds are compared, unless that set
     has no recipe or no peer (a study that reruns the recipes against a peer's earlier runs): then
     every set's, each labelled with its set."""
-    from scipy.stats import mannwhitneyu
-
     fast = {(r["data"], r["d"], r["budget"]): r for r in ratios(speed_rows)}
     rows, seen = [], set()
     for name, runs in studies:
@@ -1045,7 +1078,7 @@ def wins(studies, speed_rows) -> list:
             if not recipes or not peers:
                 continue
             recipe, best = max(recipes, key=lambda r: r["mean"]), max(peers, key=lambda r: r["mean"])
-            p = float(mannwhitneyu(recipe["test_acc"], best["test_acc"], alternative="two-sided").pvalue)
+            p = rank_test(recipe["test_acc"], best["test_acc"])
             rows.append({"data": point[0], "d": point[1], "budget": point[2], "study": name, "recipe": recipe,
                          "best": best, "lead": recipe["mean"] - best["mean"], "p": p,
                          "words": _in_words(recipe, best, p), "speed": fast.get(point)})
@@ -1057,7 +1090,7 @@ def wins(studies, speed_rows) -> list:
 def wins_table(rows) -> str:
     def acc(r):
         n = len(r["test_acc"])
-        return f"{_label(r)} {r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {n} seed{'s' if n > 1 else ''})"
+        return f"{_label(r)} {r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f}, {n} seed{'s' if n > 1 else ''}{_failed(r)})"
 
     def fast(s):
         if s is None:
@@ -1067,7 +1100,7 @@ def wins_table(rows) -> str:
     head = ("data", "d", "queries", "study", "per query: DeepZero recipe, test %", "best peer, test %", "points",
             "rank test p", "per query, who wins", "per second: DeepZero's demo recipe")
     lines = [head] + [(r["data"], f"{r['d']:,}", f"{r['budget']:,}", r["study"],
-                       *((acc(r["recipe"]), acc(r["best"]), f"{r['lead']:+.1f}", f"{r['p']:.2g}", r["words"])
+                       *((acc(r["recipe"]), acc(r["best"]), f"{r['lead']:+.1f}", p_text(r['p']), r["words"])
                          if "recipe" in r else ("-",) * 5), fast(r["speed"])) for r in rows]
     return _markdown(lines)
 
@@ -1156,6 +1189,21 @@ def main(argv=None) -> int:
     p.add_argument("--wins", default=None, metavar="FILES", help="where each method wins, at every size: per query "
                    "from these studies (as --leads), per second from the --ratios files")
     args = p.parse_args(argv)
+    from zoracle.cli import _writable
+
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):  # before the runs, not after them
+        why = _writable(path, "file") if path is not None else None
+        if why:
+            p.error(f"{flag} {path}: cannot write there ({why})")
+    if args.threads < 1 or args.grid < 0:
+        p.error(f"--threads must be >= 1 and --grid >= 0, got {args.threads} and {args.grid}")
+    for flag in ("seeds", "widths", "tune_widths"):
+        try:
+            values = _ints(getattr(args, flag))
+        except ValueError:
+            p.error(f"--{flag.replace('_', '-')} takes comma-separated integers, got {getattr(args, flag)!r}")
+        if any(v < 0 for v in values):
+            p.error(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)!r}")
 
     def check_files(flags, hint, required):
         """Each of ``flags`` (name, value) names existing results files; ``required`` ones must be given."""
@@ -1239,6 +1287,14 @@ def main(argv=None) -> int:
                 p.error(f"--setting must be a JSON object such as '{{\"lr\": 0.1}}': {e}")
             if not isinstance(args.setting, dict) or args.settings_from:
                 p.error("--setting takes a JSON object, and not with --settings-from (which chooses the setting)")
+            import inspect
+
+            for method in args.methods:  # before the first run, not at the method that takes no such key
+                takes = inspect.signature(RUNNERS[method]).parameters
+                unknown = [k for k in args.setting if k not in takes or k == "bench"]
+                if unknown and not any(v.kind is v.VAR_KEYWORD for v in takes.values()):
+                    p.error(f"--setting: {method} takes no {', '.join(map(repr, unknown))} (its settings: "
+                            f"{', '.join(k for k in takes if k != 'bench')})")
         if args.dtype != "float32" and not args.settings_from and args.setting is None:
             p.error("--dtype float64 needs --settings-from or --setting: it runs settings chosen on the float32 black "
                     "box, it does not tune (a tuning would mix the two dtypes' runs)")

@@ -590,8 +590,6 @@ def versus(runs, base: str, others) -> str:
     accuracy of each (worst and best seed), the difference, and the two-sided Mann-Whitney U test of the two sets of
     seeds. A variant run at several learning rates at a point (files of several ``--lr`` runs) gets a row per rate,
     named ``variant@lr``; ``base`` must have one rate there."""
-    from scipy.stats import mannwhitneyu
-
     lines = ["| data | d | queries | variant | seeds | test % | `" + base + "` test % | difference, points | rank test p |",
              "|---|---|---|---|---|---|---|---|---|"]
     for data, d, budget in sorted({(r["data"], r["d"], r["budget"]) for r in runs}):  # a file may hold several sizes
@@ -613,9 +611,9 @@ def versus(runs, base: str, others) -> str:
                     continue
                 a = 100 * np.array([at[label, s]["test_acc"] for s in seeds])
                 b = 100 * np.array([at[base, s]["test_acc"] for s in seeds])
-                p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+                p = peers.rank_test(a, b)
                 lines.append(f"| {data} | {d:,} | {budget:,} | `{label}` | {len(seeds)} | {a.mean():.1f} ({a.min():.1f}-{a.max():.1f}) | "
-                             f"{b.mean():.1f} ({b.min():.1f}-{b.max():.1f}) | {a.mean() - b.mean():+.1f} | {p:.2g} |")
+                             f"{b.mean():.1f} ({b.min():.1f}-{b.max():.1f}) | {a.mean() - b.mean():+.1f} | {peers.p_text(p)} |")
     return "\n".join(lines)
 
 
@@ -731,7 +729,19 @@ def main(argv=None) -> int:
     p.add_argument("--versus", default=None, metavar="VARIANT", help="with --report: each other --variants' test "
                    "accuracy against this one's, on the seeds both ran, with the rank test")
     args = p.parse_args(argv)
+    if args.budget < 1 or args.width < 0:
+        p.error(f"--budget must be >= 1 and --width >= 0, got {args.budget} and {args.width}")
+    try:
+        [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     args.variants = args.variants.split(",")
+    if args.out is not None:  # before the first run, not after it
+        from zoracle.cli import _writable
+
+        why = _writable(args.out, "file")
+        if why:
+            p.error(f"--out {args.out}: cannot write there ({why})")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; pick from {', '.join(VARIANTS)}")

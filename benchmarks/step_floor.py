@@ -409,6 +409,12 @@ def main(argv=None) -> int:
         return 0
     if a.rounds < 1 or a.steps < 1:
         p.error("--rounds and --steps must be at least 1")
+    if a.out is not None:  # before the rounds, not after them
+        from zoracle.cli import _writable
+
+        why = _writable(a.out, "file")
+        if why:
+            p.error(f"--out {a.out}: cannot write there ({why})")
     r = run(a.rounds, a.steps, a.root, a.mask, a.compiled)
     if a.out:
         with open(a.out, "w") as f:

@@ -128,6 +128,16 @@ def test_bad_flags_give_one_line_errors(capsys):
         bench.run(_args(["--model", "mlp", "--sparsity", "1.5"]))
 
 
+def test_the_script_refuses_a_bad_flag_value_as_zoracle_bench_does():
+    """benchmarks/cge_speed.py --sparsity 1.5 ended in an ArgumentError traceback with exit code 1,
+    the code the script keeps for a failed gradient check; `zoracle bench` prints one line, exit 2."""
+    for cmd in ([os.path.join(ROOT, "benchmarks", "cge_speed.py")], ["-m", "zoracle", "bench"]):
+        proc = subprocess.run([sys.executable, *cmd, "--model", "mlp", "--sparsity", "1.5"], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 2, (cmd, proc.returncode)
+        assert "Traceback" not in proc.stderr and "`--sparsity` must be in [0, 1), got 1.5" in proc.stderr
+
+
 @pytest.mark.parametrize("layer, naive", [(0, "60"), (2, "400")])
 def test_the_check_fails_a_fast_path_that_zeroes_a_layer(monkeypatch, layer, naive):
     """The float32 check's tolerance (float32 rounding over mu, 1.75e-3 on the MLP) is above 98.9%

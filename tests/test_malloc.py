@@ -309,3 +309,16 @@ def test_one_call_for_every_block_tables_are_the_saved_runs():
     (d0, d1), (m0, m1) = leads["digits"], leads["mnist1d"]
     assert (f"the lead went from {d0:.1f}x to {d1:.1f}x on digits and from\n  {m0:.1f}x to {m1:.1f}x on MNIST-1D"
             in page)
+
+
+@pytest.mark.parametrize("script, argv, match", [
+    ("allocator.py", ["--report", "no_such_file.json"], "--report: no such results file"),
+    ("parallel_speed.py", ["--skip", "rays", "--dim", "4", "--repeats", "1"], "--skip takes dask and/or ray"),
+])
+def test_benchmark_names_a_wrong_file_or_executor_in_one_line(script, argv, match, tmp_path):
+    """allocator.py --report of a missing file ended in FileNotFoundError; parallel_speed.py --skip rays
+    ran Ray anyway (an unknown name was ignored)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *argv], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-500:]
+    assert match in p.stderr.strip().splitlines()[-1]

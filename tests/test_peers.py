@@ -964,3 +964,53 @@ def test_report_files_that_hold_no_runs_are_named(peers, tmp_path, capsys):
             peers.main(["--report", arg])
         assert match in capsys.readouterr().err
     assert peers._load(None) == [] and peers._load("") == []
+
+
+def test_summary_rows_pair_each_seed_with_its_own_accuracy(peers):
+    """``--report --json`` rows give ``seeds`` and ``test_acc`` side by side: the i-th accuracy is the
+    i-th seed's, whatever order the runs were written in (files merged in another order, --seeds 2,0,1)."""
+    runs = _runs("snes", [0.70, 0.80, 0.90])
+    runs = [runs[2], runs[0], runs[1]]  # seeds 2, 0, 1 in the file
+    (row,) = peers.summarize(runs)
+    truth = {r["seed"]: 100 * r["test_acc"] for r in runs}
+    assert row["seeds"] == [0, 1, 2]
+    assert row["test_acc"] == pytest.approx([truth[s] for s in row["seeds"]])
+
+
+def test_a_seed_without_an_accuracy_is_named_not_averaged_in_silence(peers):
+    """A run that diverges before its first evaluation records a NaN accuracy (rge at c = 1e30): the
+    row averaged the other seeds and still counted it, "95.5 (95.0-96.0, 4 seeds)" for two results."""
+    nan = float("nan")
+    study = _runs("deepzero-krs", [0.90, 0.91, 0.92, 0.93]) + _runs("snes", [0.95, nan, nan, 0.96])
+    (row,) = [r for r in peers.summarize(study) if r["method"] == "snes"]
+    assert row["seeds"] == [0, 3] and row["failed"] == [1, 2]
+    assert row["test_acc"] == pytest.approx([95.0, 96.0]) and row["mean"] == pytest.approx(95.5)
+    text = peers.wins_table(peers.wins([("demo", study)], []))
+    assert "snes 95.5 (95.0-96.0, 2 seeds, 2 failed (seeds 1, 2))" in text
+    assert "deepzero-krs 91.5 (90.0-93.0, 4 seeds) |" in text
+
+
+def test_the_rank_test_counts_the_splits_of_tied_seeds_exactly(peers):
+    """With a tied accuracy (one test digit is 0.28 points) scipy's default turned to its normal
+    approximation: three seeds all below three others got p = 0.077, under the 0.1 that 2 of the
+    20 splits give (the docs' long_small row at d = 1,898)."""
+    import itertools
+
+    from scipy.stats import rankdata
+
+    def splits(a, b):  # every split of the pooled seeds, as uneven in rank sums or more: the reference
+        x = np.concatenate([a, b])
+        r, n = rankdata(x), len(a)
+        c = n * (len(x) + 1) / 2
+        obs = abs(r[:n].sum() - c)
+        s = [abs(r[list(i)].sum() - c) >= obs - 1e-9 for i in itertools.combinations(range(len(x)), n)]
+        return sum(s) / len(s)
+
+    recipe, snes = [93.87, 93.87, 94.71], [95.26, 95.82, 96.38]
+    rows = peers.wins([("s", _runs("deepzero-krs", np.array(recipe) / 100) + _runs("snes", np.array(snes) / 100))], [])
+    assert rows[0]["p"] == pytest.approx(splits(np.array(recipe), np.array(snes))) == pytest.approx(0.1)
+    assert peers.rank_test(recipe, snes) == pytest.approx(0.1)
+    rng = np.random.default_rng(0)
+    for n, m in ((3, 3), (6, 6), (6, 3), (4, 7)):
+        a, b = rng.integers(0, 6, n) * 0.28 + 90, rng.integers(0, 6, m) * 0.28 + 90.5
+        assert peers.rank_test(a, b) == pytest.approx(splits(a, b)), (a, b)

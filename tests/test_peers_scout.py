@@ -597,7 +597,7 @@ def test_versus_compares_two_variants_on_the_seeds_both_ran(scout, tmp_path, cap
             + [run("floor-small", s, a, d=13258) for s, a in enumerate([0.95, 0.97])])
     table = scout.versus(runs, "recipe", ["floor-small", "cycle"])
     p = mannwhitneyu([70, 72, 74], [80, 82, 84]).pvalue
-    p13 = mannwhitneyu([95, 97], [90, 90]).pvalue
+    p13 = 2 / 6  # 2 of the 6 splits of the four seeds are as uneven (scipy's default, with the tie: 0.22)
     assert table.splitlines()[2:] == [
         f"| digits | 1,898 | {BUDGET:,} | `floor-small` | 3 | 72.0 (70.0-74.0) | 82.0 (80.0-84.0) | -10.0 | {p:.2g} |",
         f"| digits | 13,258 | {BUDGET:,} | `floor-small` | 2 | 96.0 (95.0-97.0) | 90.0 (90.0-90.0) | +6.0 | {p13:.2g} |"]
