@@ -619,7 +619,17 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
     os.close(fd)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, vx=vxs, vy=vys, re=re, meta=np.array(blob), seconds=np.array(seconds))
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, vx=vxs, vy=vys, re=re, meta=np.array(blob), seconds=np.array(seconds))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError as exc:  # a disk filled during the simulation: its result is used, uncached
+        try:
+            os.remove(tmp)  # (a partial file left behind kept the disk full)
+        except OSError:
+            pass
+        warnings.warn(f"reference_trajectories: the fine trajectories ({seconds:.1f} s) could not be cached at "
+                      f"{str(path)!r} ({type(exc).__name__}: {exc}); they are used uncached, and the next run "
+                      "computes them again: free space or pass another `cache_dir`", UserWarning, stacklevel=2)
+        return Reference(vxs, vys, re, "", False, seconds)
     return Reference(vxs, vys, re, str(path), False, seconds)

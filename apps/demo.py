@@ -349,10 +349,15 @@ def _main(args, methods) -> int:
             executor.__exit__(None, None, None)
     ordered = {m: results[m] for m in METHODS if m in results}
     failed = {m: r["error"] for m, r in ordered.items() if "error" in r}
+    unwritten = None  # a figure that fails at the end (a disk filled meanwhile) must not lose the results
     if args.plot and len(failed) < len(ordered):
-        _plot({m: r for m, r in ordered.items() if m not in failed}, args.plot,
-              title=SMOKE_NOTE.format(epochs=args.epochs).split(":")[0] + ": not a comparison" if args.quick else None)
-        log(f"saved training curves to {args.plot}")
+        try:
+            _plot({m: r for m, r in ordered.items() if m not in failed}, args.plot,
+                  title=SMOKE_NOTE.format(epochs=args.epochs).split(":")[0] + ": not a comparison" if args.quick else None)
+            log(f"saved training curves to {args.plot}")
+        except OSError as exc:
+            unwritten = (f"the training curves {args.plot!r} could not be written ({type(exc).__name__}: {exc}); "
+                         "the results are printed above")
     if args.json:  # strict JSON: a NaN loss is null
         print(json.dumps(_finite({m: r if "error" in r else {k: r[k] for k in ("test_acc", "queries", "seconds")} | {
             "details": {k: v for k, v in r.items() if k not in ("test_acc", "queries", "seconds")}}
@@ -363,6 +368,10 @@ def _main(args, methods) -> int:
         print(SMOKE_NOTE.format(epochs=args.epochs), file=sys.stderr if args.json else sys.stdout)
     if failed:  # after the results: exit 1 naming what failed
         raise ArgumentError("; ".join(f"{m} {e}" for m, e in failed.items()))
+    if unwritten is not None:  # after the results: exit 1 naming the file
+        from zoracle._errors import ZoracleError
+
+        raise ZoracleError(unwritten)
     return 0
 
 

@@ -43,7 +43,11 @@ def main(args) -> int:
     check_plot_path(args.figure, "FIGURE")  # named as the command line names it
     # the default title is the path, drawn as written: its '$' escaped (two of them were TeX to matplotlib)
     title = args.checkpoint.replace("$", r"\$") if args.title is None else args.title
-    history.plot(args.figure, x=args.x, title=title)
+    try:
+        history.plot(args.figure, x=args.x, title=title)
+    except OSError as exc:  # checked writable above; a disk that fills while the figure is written
+        raise zo.ZoracleError(f"FIGURE {args.figure!r} could not be written ({type(exc).__name__}: "
+                              f"{exc.strerror or exc}); free space or choose another folder") from None
     last = history.steps[-1]  # plot refused a history without steps
     done = f"{len(history.steps)} steps, {len(history.epochs)} epochs"
     if "total_nfev" in last:  # absent in checkpoints written before steps carried it

@@ -202,7 +202,7 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
     ref = pf.reference_trajectories(fine, all_re, factor=cfg.factor, warmup=cfg.warmup, steps=cfg.steps,
                                     cache_dir=cache, progress=log)
     log(f"reference: fine {fine.nx}x{fine.ny} -> coarse {coarse.nx}x{coarse.ny}, "
-        f"{'loaded from ' + ref.path if ref.cached else f'computed in {ref.seconds:.1f} s, cached at ' + ref.path}")
+        f"{'loaded from ' + ref.path if ref.cached else f'computed in {ref.seconds:.1f} s, ' + (('cached at ' + ref.path) if ref.path else 'not cached')}")
     n_train = len(cfg.train_re)
     train = ref.select(np.arange(n_train))
     test = ref.select(np.arange(n_train, len(all_re)))
@@ -279,7 +279,10 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
         results[n] = replace(results[n], mae=float(m))
     vort = None
     if plot_path is not None:
-        vort = _plot(pf, coarse, test, traj, names, plot_path, cfg)
+        try:
+            vort = _plot(pf, coarse, test, traj, names, plot_path, cfg)
+        except OSError as exc:  # a disk filled meanwhile: the results are kept (written and printed)
+            log(f"the vorticity plot {os.fspath(plot_path)!r} could not be written ({type(exc).__name__}: {exc})")
     return SolResult(cfg, tuple(results[n] for n in METHODS), ref.seconds, ref.cached, speedup, vort)
 
 
@@ -365,4 +368,8 @@ def main(args) -> int:
         if res.vorticity_path:
             print(f"vorticity plot: {res.vorticity_path}")
         print(f"total wall time {total:.1f} s")
+    if plot is not None and res.vorticity_path is None:  # after the results: exit 1 naming the file
+        from zoracle._errors import ZoracleError
+
+        raise ZoracleError(f"the vorticity plot {plot!r} could not be written; the results are printed above")
     return 0

@@ -796,3 +796,26 @@ def test_oracle_pickles_and_a_deepcopy_runs_its_own_network(reference):
         hook.remove()
         assert np.array_equal(again.grad, est.grad) and again.loss == est.loss
         assert calls and set(calls) == {"copy"}
+
+
+def test_a_cache_write_that_fails_keeps_the_trajectories_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The cache folder is probed before the simulation; a disk that filled during it made the write
+    raise a bare OSError after the whole simulation (minutes at the default size), and left the partial
+    ``tmp*.npz.tmp`` behind, holding the disk full."""
+    import adapters._phiflow_sim as sim
+
+    want = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path / "ok")
+    real = np.savez
+
+    def full(fh, **arrays):
+        fh.write(b"PK\x03\x04" + b"\0" * 64)  # part of the file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sim.np, "savez", full)
+    with pytest.warns(UserWarning, match=r"could not be cached at .*wake-.*\.npz' \(OSError: \[Errno 28\] No space "
+                                         r"left on device\); they are used uncached"):
+        got = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path / "full")
+    monkeypatch.setattr(sim.np, "savez", real)
+    assert not got.cached and got.path == ""
+    assert np.array_equal(got.vx, want.vx) and np.array_equal(got.vy, want.vy)
+    assert list((tmp_path / "full").iterdir()) == []  # no partial file left

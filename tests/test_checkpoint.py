@@ -947,3 +947,59 @@ def test_an_own_state_that_changes_dtype_after_init_is_named_at_the_save(tmp_pat
     resumed = zo.train(o, np.zeros(3), checkpoint=tmp_path / "d.npz", resume=True, **kw)
     u = Centered(0.0)
     assert np.array_equal(resumed.params, zo.train(u, np.zeros(3), **kw).params) and o.rm == u.rm
+
+
+def test_a_failed_save_does_not_claim_a_deleted_checkpoint_still_holds_the_run(tmp_path, monkeypatch):
+    """The disk filled after the checkpoint was deleted (to free space): the error said "the checkpoint
+    there still holds step 3 (resume=True continues from it)", and resume=True then started over."""
+    import zoracle._train as tr
+
+    real, calls = tr.save_checkpoint, [0]
+    ck = str(tmp_path / "run.npz")
+
+    def save(path, arrays, meta):
+        calls[0] += 1
+        if calls[0] > 3:
+            raise OSError(28, "No space left on device")
+        return real(path, arrays, meta)
+
+    def freed(event, rec, params):
+        if event == "epoch" and rec["epoch"] == 2:
+            os.remove(ck)
+
+    monkeypatch.setattr(tr, "save_checkpoint", save)
+    loss = lambda x: float(((x - 1) ** 2).sum())
+    with pytest.raises(zo.CheckpointError) as info:
+        zo.train(loss, np.zeros(3), epochs=6, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=ck,
+                 callbacks=[freed])
+    assert not os.path.exists(ck)
+    assert "could not be written at step 4" in str(info.value)
+    assert "still holds" not in str(info.value) and "no longer there" in str(info.value)
+
+
+def test_a_checkpoint_this_process_may_not_read_is_not_called_corrupt(tmp_path, monkeypatch):
+    """A healthy checkpoint of mode 000 (another account's, umask 077) was reported as "corrupt or
+    truncated (PermissionError ...); delete it to start over": advice that destroys a good run."""
+    import builtins
+
+    import zoracle._checkpoint as ck
+
+    loss = lambda x: float(((x - 1) ** 2).sum())
+    path = str(tmp_path / "run.npz")
+    zo.train(loss, np.zeros(3), epochs=2, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=path)
+
+    def denied(file, *args, **kwargs):  # as open() of a file of mode 000 for a user other than root
+        if os.fspath(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(ck, "open", denied, raising=False)
+    with pytest.raises(zo.CheckpointError, match=r"cannot be read \(PermissionError: Permission denied\); check its "
+                                                 r"permissions") as info:
+        zo.train(loss, np.zeros(3), epochs=4, optimizer=zo.sgd(0.1), rng=0, progress=False, resume=path)
+    assert "delete it" not in str(info.value) and "corrupt" not in str(info.value)
+    # not overwritten by a run that does not resume from it, as before
+    with pytest.raises(zo.ArgumentError, match="cannot be read as a checkpoint"):
+        zo.train(loss, np.zeros(3), epochs=4, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=path)
+    monkeypatch.undo()
+    assert zo.train(loss, np.zeros(3), epochs=4, optimizer=zo.sgd(0.1), rng=0, progress=False, resume=path).steps == 4

@@ -438,3 +438,20 @@ def test_demo_a_missing_executor_extra_is_named_by_main_not_a_usage_error(monkey
     assert main(["demo", "--quick", "--dask", "local"]) == 1
     err = capsys.readouterr().err
     assert "pip install 'zoracle[dask]'" in err and "usage:" not in err, err
+
+
+def test_demo_a_figure_that_fails_at_the_end_keeps_the_results(tmp_path, capsys, monkeypatch):
+    """The --plot path is checked at the start; a disk that filled during the run made the figure's
+    write raise a bare OSError traceback after training, and the results table was never printed."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    plot = str(tmp_path / "curves.png")
+    assert main(["demo", "--quick", "--epochs", "1", "--methods", "fo", "--plot", plot]) == 1
+    captured = capsys.readouterr()
+    assert any(line.startswith("first-order") for line in captured.out.splitlines())  # the results, printed
+    assert f"{plot!r} could not be written (OSError: [Errno 28] No space left on device)" in captured.err

@@ -1187,3 +1187,78 @@ def test_a_loss_undefined_in_part_of_the_space_is_pointed_at_projection():
     text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text().split())
     assert "**Bounds, and what else `scipy.optimize.minimize` takes.**" in text
     assert "A constant finite penalty in place of the NaN does not work either" in text
+
+
+def test_async_oracle_refused_before_any_query_naming_the_fix():
+    """An `async def` oracle (or `batch`) returns a coroutine, not a loss: it is refused before any query,
+    with an error naming the fix, and leaves no 'coroutine was never awaited' warning behind."""
+    import asyncio
+    import gc
+    import warnings
+
+    from zoracle.executors import JoblibExecutor
+    from zoracle.testing import check_oracle
+
+    calls = []
+
+    async def aloss(x):
+        calls.append(1)
+        return float(np.sum((x - 3.0) ** 2))
+
+    class AsyncBatch:
+        def __call__(self, x):
+            return float(np.sum((x - 3.0) ** 2))
+
+        async def batch(self, X):
+            calls.append(1)
+            return np.sum((X - 3.0) ** 2, axis=1)
+
+    class AsyncCall:
+        async def __call__(self, x):
+            calls.append(1)
+            return float(np.sum((x - 3.0) ** 2))
+
+    class AsyncBind:
+        def __call__(self, x):
+            return float(np.sum((x - 3.0) ** 2))
+
+        async def bind(self, batch):
+            calls.append(1)
+            return self
+
+    x = np.zeros(6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for oracle in (aloss, AsyncBatch(), AsyncCall(), functools.partial(aloss)):
+            runs = [lambda o=oracle: zo.estimate_gradient(o, x, zo.CGE(mu=1e-3)),
+                    lambda o=oracle: zo.train(o, x, epochs=2, optimizer=zo.sgd(0.05), rng=0, progress=False),
+                    lambda o=oracle: check_oracle(o, x)]
+            for run in runs:
+                with pytest.raises(zo.ArgumentError, match=r"async def.*asyncio\.run"):
+                    run()
+        with pytest.raises(zo.ArgumentError, match=r"`bind`.*async def.*asyncio\.run"):
+            zo.train(AsyncBind(), x, batches=[1, 2], optimizer=zo.sgd(0.05), rng=0, progress=False)
+        with JoblibExecutor(2, backend="threading") as ex:
+            with pytest.raises(zo.ArgumentError, match=r"async def.*asyncio\.run"):
+                zo.estimate_gradient(aloss, x, zo.CGE(mu=1e-3), executor=ex)
+        # a plain wrapper that hides the coroutine function still gets the hint, at its first query
+        with pytest.raises(zo.OracleError, match=r"coroutine.*asyncio\.run"):
+            zo.estimate_gradient(lambda p: aloss(p), x, zo.CGE(mu=1e-3))
+        gc.collect()
+    assert calls == []  # no coroutine ran, no query was made
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+    # the fix the message names gives the synchronous oracle's result bit for bit, in a running loop too
+    def loss(p):
+        return asyncio.run(aloss(p))
+
+    def plain(p):
+        return float(np.sum((p - 3.0) ** 2))
+
+    want = zo.train(plain, x, epochs=3, optimizer=zo.sgd(0.05), rng=0, progress=False)
+
+    async def main():
+        return await asyncio.to_thread(zo.train, loss, x, epochs=3, optimizer=zo.sgd(0.05), rng=0, progress=False)
+
+    got = asyncio.run(main())
+    assert np.array_equal(got.params, want.params) and got.nfev == want.nfev

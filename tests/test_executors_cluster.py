@@ -963,3 +963,29 @@ def test_ray_temp_dir_example_keeps_socket_paths_short(monkeypatch, tmp_path):
         assert len(socket.encode()) <= 103, (temp_dir, len(socket.encode()))
     finally:
         shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
+
+
+def test_dask_an_asynchronous_client_on_its_own_loop_is_named_with_the_fix(dask_dir):
+    """A Client(asynchronous=True) (an async app, Jupyter's loop) passed to DaskExecutor and run from the
+    loop's thread: the first estimate failed with a raw AttributeError: 'coroutine' object has no attribute
+    'get' (client.sync returns coroutines there), and left a 'never awaited' warning. It is named, with
+    the fix; the same client from a thread (asyncio.to_thread) runs and equals serial."""
+    import asyncio
+
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    x = te.params()
+    ref = zo.estimate_gradient(_loss, x, zo.CGE())
+
+    async def main():
+        async with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, asynchronous=True,
+                                            dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+            async with distributed.Client(cluster, asynchronous=True, set_as_default=False) as client:
+                ex = DaskExecutor(client)
+                with pytest.raises(zo.ArgumentError, match=r"asynchronous.*asyncio\.to_thread"):
+                    zo.estimate_gradient(_loss, x, zo.CGE(), executor=ex)
+                got = await asyncio.wait_for(
+                    asyncio.to_thread(zo.estimate_gradient, _loss, x, zo.CGE(), executor=ex), 60)
+                await asyncio.to_thread(ex.close)
+                return got
+
+    te.assert_same(asyncio.run(main()), ref)

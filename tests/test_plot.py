@@ -420,3 +420,25 @@ def test_a_notebook_shows_the_figure_once(tmp_path):
                                 resources={"metadata": {"path": str(tmp_path)}}).execute()
         shown = [o for o in nb.cells[1].outputs if "image/png" in o.get("data", {})]
         assert len(shown) == 1, (first, nb.cells[1].outputs)
+
+
+def test_zoracle_plot_a_figure_whose_write_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    """The path check writes one byte; a disk with less room than the PNG failed in savefig with a
+    Python traceback (PIL's fp.write: OSError ENOSPC) instead of the command's one-line error."""
+    from matplotlib.figure import Figure
+
+    from zoracle.cli import main
+
+    ckpt = tmp_path / "run.npz"
+    _sparse(checkpoint=ckpt)
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    figure = tmp_path / "run.png"
+    assert main(["plot", str(ckpt), str(figure)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zoracle plot: error: FIGURE "), err
+    assert "could not be written (OSError: No space left on device)" in err[0]
+    assert not figure.exists() and os.listdir(tmp_path) == ["run.npz"]

@@ -158,3 +158,23 @@ def test_a_tilde_in_out_cache_and_zoracle_cache_means_the_home_folder(tmp_path, 
     ref = pf.reference_trajectories(flow, [200.0], factor=2, warmup=0, steps=1, cache_dir="~/zc")
     assert ref.path.startswith(str(home / "zc"))
     assert not (cwd / "~").exists()
+
+
+@pytest.mark.slow  # the --quick run (about a minute)
+def test_a_vorticity_plot_that_fails_at_the_end_keeps_the_results(tmp_path, capsys, monkeypatch):
+    """--out is checked at the start; a disk that filled during the run made the figure's write raise
+    a bare OSError inside run(): no results.md, no results.json and no table, after the whole run."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    out = tmp_path / "out"
+    assert cli.main(["sol", "--quick", "--json", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 1
+    captured = capsys.readouterr()
+    maes = json.loads(captured.out.strip().splitlines()[-1])
+    assert set(maes) == {"SRC", "NON", "ZO-SOL", "FO-SOL"}
+    assert json.loads((out / "results.json").read_text())["mae"] == maes
+    assert "vorticity.png' could not be written (OSError: [Errno 28] No space left on device)" in captured.err

@@ -2373,3 +2373,21 @@ def test_a_resumed_history_keeps_the_record_keys_in_the_uninterrupted_runs_order
     assert [list(r) for r in res.history.steps] == [list(r) for r in full.history.steps]
     assert list(full.history.steps[0]) == ["step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds"]
     assert [list(r) for r in res.history.epochs] == [list(r) for r in full.history.epochs]
+
+
+def test_a_ratios_array_not_written_to_four_decimals_gets_no_four_decimal_slack():
+    """The slack for ratios written to 4 decimals (5e-5 of each block) was given to every array: at
+    a million scored weights, ratios of 1.5e-4 (150 weights) passed for sparsity=0.9999 (100), and
+    the run took 50% more queries a step than its recorded sparsity says. 4-decimal ratios keep it."""
+    d = 10**6
+    args = dict(steps_per_epoch=1, sparsity=0.9999, blocks=[slice(0, d // 2), slice(d // 2, d)], progress=False,
+                rng=0, estimator=zo.CGE(mu=1e-3))
+    f = lambda x: float(np.sum(x[:10] ** 2))  # noqa: E731
+    want = round((1 - 0.9999) * d)  # the reference: what sparsity asks
+    assert want == 100
+    with pytest.raises(zo.ArgumentError, match=r"`ratios` keeps 150 of the 1000000 scored weights"):
+        zo.train(f, np.zeros(d), ratios=np.array([1.5e-4, 1.5e-4]), **args)
+    assert len(zo.train(f, np.zeros(d), ratios=np.array([1e-4, 1e-4]), **args).coordinates) == want
+    # written to 4 decimals (also as float32, read back): the documented slack stays
+    for r in (np.array([1e-4, 2e-4]), np.array([1e-4, 2e-4], np.float32)):
+        assert len(zo.train(f, np.zeros(d), ratios=r, **args).coordinates) == 150

@@ -351,3 +351,47 @@ def test_a_dense_run_ignores_an_oracle_attribute_named_blocks(blocks):
     if np.ndim(blocks) == 0:
         with pytest.raises(zo.ArgumentError, match="oracle's `blocks`"):
             zo.train(_SimWithBlocks(blocks), np.zeros(3), epochs=1, sparsity=0.5, progress=False, rng=0)
+
+
+def test_async_callbacks_and_eval_fn_are_refused_before_any_query():
+    """An `async def` callback returned a coroutine that train never awaited: its body never ran (an
+    early stop returning True from it never stopped the run: 6 epochs instead of 4), with a warning
+    that only True stops training; an async eval_fn stopped the run after its first epoch's queries."""
+    import functools
+    import gc
+    import warnings
+
+    calls, ran = [], []
+
+    def loss(x):
+        calls.append(1)
+        return float(np.sum((x - 3.0) ** 2))
+
+    async def early_stop(event, record, params):
+        ran.append(1)
+        return event == "epoch" and record["loss"] < 10.0
+
+    async def aeval(params):
+        ran.append(1)
+        return 0.5
+
+    class AsyncCall:
+        async def __call__(self, event, record, params):
+            ran.append(1)
+
+    settings = dict(epochs=6, estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for kwargs in (dict(callbacks=[early_stop]), dict(callbacks=[AsyncCall()]),
+                       dict(callbacks=[functools.partial(early_stop)]), dict(eval_fn=aeval)):
+            with pytest.raises(zo.ArgumentError, match=r"async def.*asyncio\.run"):
+                zo.train(loss, np.zeros(4), **settings, **kwargs)
+        gc.collect()
+    assert not calls and not ran
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+    # the reference: the same callback written synchronously stops after 4 epochs (losses 36, 23.0, 14.7, 9.44)
+    def sync_stop(event, record, params):
+        return event == "epoch" and record["loss"] < 10.0
+
+    assert zo.train(loss, np.zeros(4), **settings, callbacks=[sync_stop]).epochs == 4

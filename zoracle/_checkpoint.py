@@ -363,10 +363,17 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path or start without `resume`")
     from_check = None
+    try:  # a file this process may not read (its mode, another user's) is no corrupt file to delete
+        fh = open(path, "rb")
+    except OSError as exc:
+        err = CheckpointError(f"checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); "
+                              "check its permissions (or copy it where this process may read it) and try again")
+        err.corrupt = True  # (unreadable: not overwritten by a run that does not resume from it)
+        raise err from None
     try:
         # one open file for the size and the archive: a run replacing the checkpoint (os.replace)
         # between two opens paired the old file's size with the new one's header ("corrupt")
-        with open(path, "rb") as f, contextlib.ExitStack() as stack:
+        with fh as f, contextlib.ExitStack() as stack:
             size = os.fstat(f.fileno()).st_size
             magic = f.read(6)
             if magic[:2] != b"PK" and magic != b"\x93NUMPY":  # every .npz is a zip archive

@@ -486,6 +486,16 @@ class DaskExecutor(ShardedExecutor):
                 + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
     def start(self) -> None:
+        client = self.client if self.client is not None else (
+            None if self._local or isinstance(self._spec, str) else self._spec)
+        if getattr(client, "asynchronous", False) is True:
+            # Client(asynchronous=True), asked from its event loop's thread: its calls return coroutines
+            # (a raw AttributeError deep in the first run), and a synchronous run there would block the loop
+            raise ArgumentError(
+                "DaskExecutor: its distributed.Client is asynchronous (Client(..., asynchronous=True)) and this "
+                "run is on that client's event loop, which a synchronous zoracle run would block; run zoracle in "
+                "a thread (`await asyncio.to_thread(zo.train, ...)`, or loop.run_in_executor) or pass a "
+                "synchronous Client")
         if self.client is not None:
             import time
 

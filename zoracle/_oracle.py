@@ -8,6 +8,7 @@ Each capability is its own runtime-checkable Protocol, discovered once per estim
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -155,6 +156,37 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
             "as a float64 (a Python float of a float64 computation), or raise mu")
 
 
+_ASYNC_HINT = ("zoracle calls the oracle synchronously, and an `async def` oracle returns a coroutine, not a loss: "
+               "wrap it in a plain function, `def loss(x): return asyncio.run(aloss(x))`; inside a running event "
+               "loop (Jupyter, an async app), run zoracle in a thread there: "
+               "`await asyncio.to_thread(zo.train, loss, ...)`")
+
+
+def _awaitable(value, what: str) -> ArgumentError | None:
+    """The error for ``value``, an awaitable (a coroutine) where a loss or an oracle was expected, or None.
+    A coroutine is closed, so that no 'coroutine was never awaited' warning follows the error."""
+    if not inspect.isawaitable(value):
+        return None
+    if inspect.iscoroutine(value):
+        value.close()
+    return ArgumentError(f"{what} returned {type(value).__name__} {getattr(value, '__qualname__', '')!s}".rstrip()
+                         + f"; {_ASYNC_HINT}")
+
+
+def reject_async(fn) -> None:
+    """Refuse, before any query, an oracle (or a capability method of one) defined with ``async def``."""
+    for name in ("__call__", "batch", "coordinate_losses", "prefix", "suffix", "bind"):
+        f = fn if name == "__call__" else getattr(fn, name, None)
+        if f is None:
+            continue
+        if name == "__call__" and not inspect.iscoroutinefunction(f):
+            f = getattr(type(fn), "__call__", None)  # a class with `async def __call__`
+        if inspect.iscoroutinefunction(f):
+            what = "the oracle" if name == "__call__" else f"the oracle's `{name}`"
+            raise ArgumentError(f"{what} ({getattr(f, '__qualname__', type(fn).__name__)}) is an `async def` "
+                                f"function; {_ASYNC_HINT}")
+
+
 def _describe(value) -> str:
     try:
         r = repr(value)
@@ -180,6 +212,8 @@ def check_scalar(value, query: str) -> float:
     try:
         out = float(value.item() if hasattr(value, "item") else value)
     except (TypeError, ValueError, OverflowError) as exc:
+        if (why := _awaitable(value, "the oracle")) is not None:  # an async oracle wrapped so as to hide it
+            raise OracleError(query, _describe(value), detail=str(why)) from None
         raise OracleError(query, _describe(value), detail=f"expected a finite real scalar ({exc})") from None
     if not np.isfinite(out):
         raise OracleError(query, out, detail=f"expected a finite loss{_UNDEFINED}")
@@ -206,6 +240,8 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
         items = values if arr.dtype.kind != "O" else arr.reshape(-1)
         return np.array([check_scalar(v, query_of(j)) for j, v in enumerate(items)], dtype=np.float64)
     if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":
+        if (why := _awaitable(values, "the oracle")) is not None:  # an `async def batch` (or a wrapper hiding one)
+            raise OracleError(what, _describe(values), detail=str(why))
         raise OracleError(what, _describe(values), detail="expected real losses")
     arr = arr.astype(np.float64, copy=False).reshape(-1) if arr.shape in ((n,), (n, 1)) else arr
     if arr.shape != (n,):
@@ -302,6 +338,9 @@ class Oracle:
     def __init__(self, fn):
         if isinstance(fn, Oracle):
             fn = fn.fn
+        if (exc := _awaitable(fn, "`bind(batch)` or the code that made the oracle")) is not None:
+            raise exc
+        reject_async(fn)
         if not callable(fn):
             from ._errors import ArgumentError
 

@@ -207,6 +207,7 @@ class CoordTask:
                     X[...] = params  # a broadcast copy: several times faster than tile
                     X[xp.arange(len(c)), xp.asarray(c)] += params.dtype.type(step)
                     out[si, lo:hi] = oracle.batch(X, query_of, what)
+                    del X  # freed before the next chunk's: two chunks held at once took twice the budget
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
         return out
@@ -414,6 +415,10 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
                 part = cb[lo:hi]
                 tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps)))
         return tasks
+    if mode == "batch" and d * itemsize > budget_bytes:
+        # not one perturbed row fits the budget: a batch call would allocate and fill a dense
+        # (1, d) row past it for every query (O(d) each); plain calls edit one array in place
+        mode = "call"
     if mode == "batch":
         chunk = max(1, min(chunk, budget_bytes // max(1, d * itemsize)))
     elif mode == "call":

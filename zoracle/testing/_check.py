@@ -9,7 +9,7 @@ import numpy as np
 from .._backend import namespace, to_numpy
 from .._errors import ArgumentError, ZoracleError, finite_real
 from .._estimators import as_generator, validate_params
-from .._oracle import capabilities, check_scalar, compute_dtype_of, readonly
+from .._oracle import capabilities, check_scalar, compute_dtype_of, readonly, reject_async
 from .._plan import check_blocks, queries_per_call
 
 __all__ = ["OracleCheckError", "check_oracle"]
@@ -159,6 +159,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     params = validate_params(params)
     if not callable(oracle):
         raise ArgumentError(f"`oracle` must be callable (params -> loss), got {type(oracle).__name__}")
+    reject_async(oracle)
     if not finite_real(step) or step == 0:  # (np.isfinite raised TypeError on an int beyond int64)
         raise ArgumentError(f"`step` must be a finite nonzero number (the perturbation checked; use the mu you "
                             f"train with), got {step!r}")
