@@ -941,6 +941,8 @@ def rank_test(a, b) -> float:
     from scipy.stats import mannwhitneyu, rankdata
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.isnan(a).any() or np.isnan(b).any():  # (a method whose every seed failed): no ranks, as scipy's nan
+        return float("nan")
     n, total = len(a), len(a) + len(b)
     if math.comb(total, n) > 100_000:
         return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)

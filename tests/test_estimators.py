@@ -777,6 +777,28 @@ def test_a_bad_block_costs_hint_is_named_before_any_query(costs, match):
                                np.ones(10), atol=1e-9)
 
 
+def test_the_integer_loss_warning_does_not_advise_float_for_a_count(monkeypatch):
+    """An error count returned as an int was warned about with "return the loss as a float64":
+    float(count) silenced the warning and left every partial the same multiple of 1 / mu (200 at
+    mu = 5e-3), since a count moves in whole units whatever its type."""
+    import zoracle._estimators as est_module
+
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = X @ rng.standard_normal(5) > 0
+    count = lambda x: int(np.sum((X @ x > 0) != y))  # noqa: E731
+    x0 = np.full(5, 0.1)
+    with pytest.warns(UserWarning, match=r"returns int losses") as rec:
+        as_int = zo.estimate_gradient(count, x0, zo.CGE(mu=5e-3))
+    as_float = zo.estimate_gradient(lambda x: float(count(x)), x0, zo.CGE(mu=5e-3))
+    np.testing.assert_array_equal(as_float.grad, as_int.grad)  # float() changes nothing:
+    units = as_int.grad * 5e-3
+    assert np.count_nonzero(units) >= 3 and np.allclose(units, np.round(units), atol=1e-9)  # whole units over mu
+    text = str(rec[0].message)
+    assert "float(count) changes nothing" in text and "smooth surrogate" in text, text
+
+
 @pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])
 def test_float8_losses_are_warned_about_as_float16_ones_are(monkeypatch, fmt):
     """A loss returned as a float8 0-d tensor (3 or 2 mantissa bits) gave a zero gradient without a

@@ -2218,3 +2218,29 @@ def test_an_own_executor_returning_results_out_of_order_or_miscounted_is_named(m
     assert np.array_equal(zo.estimate_gradient(f, x, est, rng=0, executor=good).grad, serial.grad)
     with pytest.raises(zo.ArgumentError, match=r"executor _OwnExecutor: run\(oracle, params, tasks\) returned"):
         zo.estimate_gradient(f, x, est, rng=0, executor=_OwnExecutor(mistake))
+
+
+@pytest.mark.parametrize("est", [zo.RGE(mu=1e-4, directions=30), zo.CGE(mu=1e-6, scheme="central")],
+                         ids=["rge", "cge"])
+def test_an_own_executor_whose_workers_reply_in_json_lists_gives_the_serial_estimate(est):
+    """An own executor whose workers send each task's result back as JSON (nested lists, in task order,
+    of the task's shape) was refused as "a result of shape list ... not in the order they complete",
+    though nothing was out of order. The reference: the serial estimate."""
+    import json
+
+    class JsonReplies:
+        n_workers = 2
+
+        def run(self, oracle, params, tasks):
+            return [json.loads(json.dumps(t.run(oracle, params).tolist())) for t in tasks]
+
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((40, 12)), rng.standard_normal(40)
+
+    def f(x):
+        return float(np.mean((A @ x - b) ** 2))
+
+    x = np.full(12, 0.3)
+    serial = zo.estimate_gradient(f, x, est, rng=0)
+    got = zo.estimate_gradient(f, x, est, rng=0, executor=JsonReplies())
+    assert np.array_equal(got.grad, serial.grad) and got.nfev == serial.nfev

@@ -1014,3 +1014,17 @@ def test_the_rank_test_counts_the_splits_of_tied_seeds_exactly(peers):
     for n, m in ((3, 3), (6, 6), (6, 3), (4, 7)):
         a, b = rng.integers(0, 6, n) * 0.28 + 90, rng.integers(0, 6, m) * 0.28 + 90.5
         assert peers.rank_test(a, b) == pytest.approx(splits(a, b)), (a, b)
+
+
+def test_a_method_whose_every_seed_failed_gets_no_rank_test_p(peers):
+    """Every seed of the recipe diverged before its first evaluation (NaN accuracies, kept since no
+    seed is left): the rank test ranked the NaNs and gave p = 0, and the wins table read "snes in
+    the mean (p < 0.05)" with p 0; scipy's Mann-Whitney U (the reference) gives nan on NaN input."""
+    from scipy.stats import mannwhitneyu
+
+    nan = float("nan")
+    study = _runs("deepzero-krs", [nan, nan, nan]) + _runs("snes", [0.90, 0.91, 0.92])
+    assert np.isnan(mannwhitneyu([nan] * 3, [90.0, 91.0, 92.0], alternative="two-sided").pvalue)
+    assert np.isnan(peers.rank_test([nan] * 3, [90.0, 91.0, 92.0]))
+    (row,) = peers.wins([("demo", study)], [])
+    assert np.isnan(row["p"]) and "p < 0.05" not in row["words"]

@@ -623,3 +623,38 @@ def test_zo_grasp_warns_of_a_long_second_step():
     with pytest.warns(RuntimeWarning, match=r"second point params \+ mu \* g lies [0-9.]+ from params \(0.89 of "
                                             r"\|params\|.*a mean rather than a sum.*smaller mu"):
         assert round(corr(1000.0), 2) == 0.68
+
+
+def test_zo_grasp_no_long_step_warning_for_a_mean_loss_at_small_params():
+    """A mean loss (order 1: logistic regression's BCE, 0.69) at params started near 0 (|theta| 0.004)
+    stepped 0.0026 to its second point, 0.69 of |theta|: warned as "the Hessian is read that far away
+    ... return a mean rather than a sum", though the loss is a mean and the scores are those of a
+    second point 1000x nearer (mu=1e-6). The reference: exact GraSP -theta * H g by autograd."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    rng = np.random.default_rng(0)
+    n, k = 200, 10
+    X = np.c_[rng.standard_normal((n, k)), np.ones(n)]
+    y = (X @ rng.standard_normal(k + 1) + 0.5 * rng.standard_normal(n) > 0).astype(float)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+
+    def net(w):
+        return torch.nn.functional.binary_cross_entropy_with_logits(Xt @ w, yt)
+
+    def loss(w):
+        with torch.no_grad():
+            return float(net(torch.from_numpy(np.array(w))))
+
+    theta = 1e-3 * rng.standard_normal(k + 1)
+    p = torch.tensor(theta, requires_grad=True)
+    g, = torch.autograd.grad(net(p), p, create_graph=True)
+    hg, = torch.autograd.grad(g, p, grad_outputs=g.detach())
+    exact = -theta * hg.detach().numpy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = zo.zo_grasp(loss, theta, directions=20 * theta.size, rng=0)
+    near = zo.zo_grasp(loss, theta, directions=20 * theta.size, rng=0, mu=1e-6)
+    assert not [w for w in caught if "second point" in str(w.message)], [str(w.message) for w in caught]
+    # the step does the scores no harm: as near the exact ones as those of a second point 1000x nearer
+    assert abs(np.corrcoef(scores, exact)[0, 1] - np.corrcoef(near, exact)[0, 1]) < 0.01

@@ -873,6 +873,7 @@ def test_a_callback_raising_stopiteration_stops_the_run_as_in_scipy():
     assert r.stopped and r.epochs == 2 and r.steps == 2
 
 
+@pytest.mark.filterwarnings("ignore:train. every gradient estimate:UserWarning")
 def test_an_epoch_of_huge_finite_losses_has_a_finite_mean():
     """Two step losses of 1.5e308 gave the epoch the loss 'inf', a string."""
     r = zo.train(lambda x: 1.5e308, np.zeros(2), epochs=1, steps_per_epoch=2, estimator=zo.CGE(),
@@ -2144,6 +2145,7 @@ def test_a_shard_timeout_names_its_training_step(tmp_path):
     assert list(zo.History.from_checkpoint(ck).column("step", "step")) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.filterwarnings("ignore:train. every gradient estimate:UserWarning")
 def test_a_cge_mu_of_a_few_float_spacings_is_warned_about():
     """CGE(mu=1e-15) at params of 9 in float64 is half a float spacing: every difference of
     -sum(x) rounded to 0 and training stood still without a word (at params of 1: -0.8 for -1)."""
@@ -2375,6 +2377,7 @@ def test_a_resumed_history_keeps_the_record_keys_in_the_uninterrupted_runs_order
     assert [list(r) for r in res.history.epochs] == [list(r) for r in full.history.epochs]
 
 
+@pytest.mark.filterwarnings("ignore:train. every gradient estimate:UserWarning")
 def test_a_ratios_array_not_written_to_four_decimals_gets_no_four_decimal_slack():
     """The slack for ratios written to 4 decimals (5e-5 of each block) was given to every array: at
     a million scored weights, ratios of 1.5e-4 (150 weights) passed for sparsity=0.9999 (100), and
@@ -2391,3 +2394,56 @@ def test_a_ratios_array_not_written_to_four_decimals_gets_no_four_decimal_slack(
     # written to 4 decimals (also as float32, read back): the documented slack stays
     for r in (np.array([1e-4, 2e-4]), np.array([1e-4, 2e-4], np.float32)):
         assert len(zo.train(f, np.zeros(d), ratios=r, **args).coordinates) == 150
+
+
+def test_an_epoch_of_exactly_zero_estimates_is_warned_about():
+    """A piecewise-constant loss (an error count returned as a float) on one of its plateaus gave
+    every step an exactly zero estimate: 75 queries, the params never moved, and nothing said so.
+    Warned once; not for a smooth loss, nor for one whose epoch had a nonzero estimate."""
+    plateau = lambda x: float(np.sum(x > 5.0))  # noqa: E731  (0 near the start, at every step of mu)
+    with pytest.warns(UserWarning, match=r"every gradient estimate of epoch 0 \(5 steps\) was exactly 0") as rec:
+        res = zo.train(plateau, np.zeros(4), epochs=3, steps_per_epoch=5, estimator=zo.CGE(mu=5e-3),
+                       optimizer=zo.adam(0.1), rng=0, progress=False)
+    assert np.all(res.params == 0) and res.nfev == 75  # the reference: no step moved anything
+    assert sum("exactly 0" in str(w.message) for w in rec) == 1  # once per run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zo.train(lambda x: float(np.sum((x - 1.0) ** 2)), np.zeros(4), epochs=2, steps_per_epoch=3,
+                 estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+        # a step function whose first step is on the edge: one nonzero estimate in the epoch
+        zo.train(lambda x: float(np.sum(x > 0.001)), np.zeros(4), epochs=1, steps_per_epoch=2,
+                 estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(1e-6), rng=0, progress=False)
+
+
+def test_a_resumed_history_keeps_eval_fns_metric_order(tmp_path):
+    """eval_fn's metrics not in name order ("val" before "acc"): the records read back from the
+    checkpoint had them as ('acc', 'val'), the resumed run's own ones ('val', 'acc'), the
+    uninterrupted run's all ('val', 'acc'): one history with two column orders. The reference:
+    the uninterrupted run's records."""
+    def loss(x):
+        return float(np.sum((x - 1.0) ** 2))
+
+    def ev(params):
+        return {"val": float(params.sum()), "acc": 0.5}
+
+    kw = dict(epochs=4, estimator=zo.CGE(), optimizer=zo.sgd(0.1), rng=0, progress=False, eval_fn=ev)
+    path = tmp_path / "run.npz"
+    full = zo.train(loss, np.zeros(3), **kw)
+    zo.train(loss, np.zeros(3), checkpoint=path, callbacks=[lambda e, r, p: e == "epoch" and r["epoch"] == 1], **kw)
+    res = zo.train(loss, np.zeros(3), checkpoint=path, resume=True, **kw)
+    assert list(full.history.epochs[0]) == ["epoch", "loss", "lr", "nfev", "total_nfev", "val", "acc", "seconds"]
+    assert [list(r) for r in res.history.epochs] == [list(r) for r in full.history.epochs]
+    assert [r["val"] for r in res.history.epochs] == [r["val"] for r in full.history.epochs]
+
+
+def test_stopped_after_a_bad_eval_value_is_what_its_docs_and_the_scipy_hint_say():
+    """A bad eval_fn value ends the run with ``stopped=True`` (as train's eval_fn docs say), where
+    no callback and no max_queries did: TrainResult's docstring and the hint for SciPy's
+    ``success`` named only those two, so a migrating script read stopped as "a budget or callback"."""
+    f = lambda x: float(np.sum((x - 1.0) ** 2))  # noqa: E731
+    with pytest.warns(UserWarning, match="must return a number"):
+        res = zo.train(f, np.zeros(3), epochs=3, optimizer=zo.sgd(0.1), rng=0, progress=False, eval_fn=lambda p: "oops")
+    assert res.stopped and res.epochs == 0 and res.steps == 1
+    assert "eval_fn" in zo.TrainResult.__doc__.split("stopped : bool", 1)[1].split("estimator_state", 1)[0]
+    with pytest.raises(AttributeError, match="eval_fn"):
+        res.success

@@ -428,12 +428,12 @@ def _run(executor, oracle: Oracle, params, tasks) -> list:
         results = [t.run(oracle, params) for t in tasks]
     else:
         results = executor.run(oracle, params, tasks)
-        _check_results(executor, tasks, results)
+        results = _check_results(executor, tasks, results)
     oracle.nfev = sum(r.size for r in results)
     return results
 
 
-def _check_results(executor, tasks, results) -> None:
+def _check_results(executor, tasks, results) -> list:
     """An executor's ``run`` must return one result per task, in task order, each of the task's shape
     ``(len(task.steps), task.size)``: an executor of one's own that dropped one, or returned them in
     the order they completed, gave an RGE estimate silently wrong (or NumPy's bare ValueError in CGE)."""
@@ -447,12 +447,25 @@ def _check_results(executor, tasks, results) -> None:
         raise ArgumentError(f"executor {name}: run(oracle, params, tasks) returned {n} results for {len(tasks)} "
                             "tasks; it must return [task.run(oracle, params) for task in tasks]: one result per "
                             "task, in task order")
+    # nested lists (a worker's reply sent as JSON) are the numbers task.run returned: read as its array
+    results = [_as_result(r) for r in results]
     for i, (t, r) in enumerate(zip(tasks, results)):
         want = (len(t.steps), t.size)
         if getattr(r, "shape", None) != want:
             raise ArgumentError(f"executor {name}: run(oracle, params, tasks) returned, for task {i}, a result of "
                                 f"shape {getattr(r, 'shape', type(r).__name__)} where the task's is {want}; it must "
                                 "return one result per task, in task order (not in the order they complete)")
+    return results
+
+
+def _as_result(r):
+    """A task's result sent back as nested lists, as the float64 array ``task.run`` returned; else as given."""
+    if isinstance(r, (list, tuple)):
+        try:
+            return np.asarray(r, dtype=np.float64)
+        except (TypeError, ValueError):  # ragged, or not numbers: named by the shape check
+            return r
+    return r
 
 
 def _narrower_dtype(oracle, params):

@@ -151,9 +151,13 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
         typical = typical()
     if step / mu <= 1e-3 * typical:
         return ""
+    fix = ("return the loss as a float64 (a Python float of a float64 computation), or raise mu"
+           if not name.startswith(("int", "uint")) else
+           "return the loss unrounded as a float64 where it is a rounded one; a count (errors, events) moves in "
+           "whole units whatever its type, so float(count) changes nothing: raise mu, or train on a smooth "
+           "surrogate (a margin or cross-entropy loss)")
     return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
-            f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; return the loss "
-            "as a float64 (a Python float of a float64 computation), or raise mu")
+            f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; {fix}")
 
 
 _ASYNC_HINT = ("zoracle calls the oracle synchronously, and an `async def` oracle returns a coroutine, not a loss: "

@@ -161,7 +161,7 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     mu : float
         Smoothing of both RGEs and the finite-difference step of the Hessian-gradient product
         (the second point is ``params + mu * g``, in the loss's units: a warning where it lies
-        more than half of ``|params|`` away, as for a loss summed over samples).
+        more than half of ``max(|params|, 1)`` away, as for a loss summed over samples).
     directions : int
         q per RGE estimate; queries = ``2 (q + 1)``.
     rng : Generator, int or None
@@ -232,12 +232,14 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
 def _check_second_point(params, g1, mu: float) -> None:
     """Warn where ZO-GraSP's second point ``theta + mu ghat`` lies far from ``theta``: the step is in
     the loss's units (the paper's formula), so a loss summed over samples or in large units reads
-    the Hessian far away and the scores turn to noise (warned over half of ||theta||; on a tanh MLP, loss x1000: a step of 0.9
+    the Hessian far away and the scores turn to noise (warned over half of max(||theta||, 1); on a tanh MLP, loss x1000: a step of 0.9
     ||theta||, scores correlating 0.68 with the exact ones, 0.87 unscaled, 0.88 at x100 and a step of 0.09 ||theta||;
     tests/test_pruning.py::test_zo_grasp_warns_of_a_long_second_step)."""
     step = float(mu) * float(np.linalg.norm(to_numpy(g1).astype(np.float64)))
     norm = float(np.linalg.norm(to_numpy(params).astype(np.float64)))
-    if norm > 0 and step > 0.5 * norm:
+    # (half of |params|, but at least half a unit: a loss of order 1 at params near 0, a model started
+    # small, steps a few thousandths and reads the Hessian where it is: no drift to warn of)
+    if norm > 0 and step > 0.5 * max(norm, 1.0):
         warnings.warn(
             f"ZO-GraSP's second point params + mu * g lies {step:.3g} from params ({step / norm:.2g} of |params| = "
             f"{norm:.3g}; the step is mu = {mu:g} times the estimated gradient, whose norm {step / mu:.3g} is in the "

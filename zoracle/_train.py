@@ -282,7 +282,8 @@ class TrainResult:
         The last mask used (sparse training only).
     optimizer_state : NamedTuple
     stopped : bool
-        True when a callback or ``max_queries`` stopped training early.
+        True when a callback or ``max_queries`` stopped training early, or ``eval_fn`` returned a
+        value that is no metric (the run stopped there with a warning).
     estimator_state : ndarray or None
         SNES's search widths ``sigma`` at the end (None for CGE and RGE).
     loss : float
@@ -326,9 +327,9 @@ _SCIPY_RESULT_FIELDS = {
     "fun": "evaluate your loss at result.params (result.loss is the last step's loss at its base point, "
            "before that step's update: not the loss at result.params)",
     "nit": "the optimizer steps are result.steps",
-    "success": "result.stopped says whether a callback or max_queries ended the run early",
-    "status": "result.stopped says whether a callback or max_queries ended the run early",
-    "message": "result.stopped says whether a callback or max_queries ended the run early",
+    "success": "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early",
+    "status": "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early",
+    "message": "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early",
     "jac": "train keeps no gradient: zo.estimate_gradient(oracle, result.params) estimates one",
 }
 
@@ -1384,6 +1385,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                   for k, v in {**_state_arrays(state), **{f"oracle/{k}": to_numpy(v) for k, v in own.items()}}.items()}
     est_state = estimator.init(params) if snes else None
     steps_hist, epoch_hist = [], []
+    resumed_metrics = 0  # the records read back from a checkpoint, their metrics in name order (see below)
     step = epoch = pos = 0
     nfev = 0
     keep = None
@@ -1400,6 +1402,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         # makes them, so the resumed history reads as the uninterrupted one's (pandas columns, prints)
         steps_hist = [_in_order(r, _STEP_KEYS) for r in got["steps"]]
         epoch_hist = [_in_order(r, _EPOCH_KEYS, last=("seconds",)) for r in got["epochs"]]
+        resumed_metrics = len(epoch_hist)
         if got["modes"] is not None and modes is not None and got["modes"] != modes:
             warnings.warn("train: the oracle's model is in other train/eval modes (or update_stats) than in the run "
                           f"that wrote {os.fspath(resume)!r}: its losses from here on differ from that run's (BatchNorm "
@@ -1638,6 +1641,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
     cb_warned = set()
+    flat_warned = False  # an epoch whose every estimate was exactly 0 (a plateau): said once
     t_rate, n_rate = time.perf_counter(), 0
     try:
         while epoch < epochs:
@@ -1654,6 +1658,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             # end was saved before eval_fn and the callbacks ran, and one of them was interrupted)
             if sparse and not masks.per_step:
                 coords = masks.coordinates(epoch)
+            ran = flat = 0  # this epoch's steps, and those whose estimate was exactly 0
             while pos < len(blist):
                 if sparse and masks.per_step:  # drawn once per step, where the step runs
                     coords = masks.coordinates(epoch, step=step)
@@ -1733,6 +1738,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"lower the learning rate (lr was {lr:g})"
                     )
                 nfev += g.nfev
+                ran += 1
+                flat += not bool(xp.any(g.grad))
                 width = float(est.mu)
                 if snes:  # the widths this step sampled with, before its update
                     width = float(np.mean(est_state))
@@ -1771,6 +1778,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     save()
                 if stopped:
                     break
+            if pos >= len(blist) and ran and flat == ran and not flat_warned:
+                flat_warned = True
+                warnings.warn(f"train: every gradient estimate of epoch {epoch} ({ran} step{'s' * (ran > 1)}) was exactly 0, "
+                              "so the estimates moved no parameter (weight decay and momentum aside): each step's "
+                              f"queries at +-mu = {est.mu:g} returned the same loss. Where the loss is flat there, "
+                              "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
+                              "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
+                              "cross-entropy loss)", UserWarning, stacklevel=2)
             if pos >= len(blist):
                 # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
                 # save when it is the last epoch, or a budget or callback stopped it here. An int
@@ -1801,6 +1816,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         break
                 erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
                 epoch_hist.append(erec)
+                if resumed_metrics and set(erec) - set(_EPOCH_KEYS) - {"seconds"}:
+                    # the checkpoint kept eval_fn's metrics in name order: the records read back from it
+                    # take this run's order (eval_fn's), as the uninterrupted run has them
+                    order = [k for k in erec if k not in _EPOCH_KEYS and k != "seconds"]
+                    epoch_hist[:resumed_metrics] = [_in_order(r, (*_EPOCH_KEYS, *order), last=("seconds",))
+                                                    for r in epoch_hist[:resumed_metrics]]
+                    resumed_metrics = 0
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
                 with _beside(bar, progress and log.isEnabledFor(logging.INFO), clear_now=True):
                     log.info("epoch %d/%d: %s", epoch + 1, epochs, shown)

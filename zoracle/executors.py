@@ -101,8 +101,9 @@ class Executor(Protocol):
     """What ``estimate_gradient(..., executor=...)`` needs: a worker count and a map over shards.
 
     ``run`` returns ``[task.run(oracle, params) for task in tasks]``, one result per task in task
-    order (not in the order they complete); another count, or a result of another shape than its
-    task's, raises an ``ArgumentError`` naming the executor."""
+    order (not in the order they complete; a result sent back as nested lists is read as its array);
+    another count, or a result of another shape than its task's, raises an ``ArgumentError`` naming
+    the executor."""
 
     n_workers: int
 
