@@ -355,12 +355,16 @@ def main(args) -> int:
         raise ZoracleError(f"{exc}; install with: pip install -e \".[phiflow,apps]\"  (from the zoracle clone)") from None
     table = markdown(res)
     total = time.perf_counter() - t0
+    unwritten = []  # a disk that filled during the run must not lose the printed results
     if out is not None:
-        with open(os.path.join(out, "results.md"), "w") as fh:
-            fh.write(table + f"\n\nTotal wall time {total:.1f} s.\n")
-        with open(os.path.join(out, "results.json"), "w") as fh:
-            json.dump({"mae": res.maes(), "config": asdict(cfg), "speedup": res.speedup,
-                       "methods": [asdict(m) for m in res.methods], "seconds": total}, fh, indent=2)
+        try:
+            with open(os.path.join(out, "results.md"), "w") as fh:
+                fh.write(table + f"\n\nTotal wall time {total:.1f} s.\n")
+            with open(os.path.join(out, "results.json"), "w") as fh:
+                json.dump({"mae": res.maes(), "config": asdict(cfg), "speedup": res.speedup,
+                           "methods": [asdict(m) for m in res.methods], "seconds": total}, fh, indent=2)
+        except OSError as exc:
+            unwritten.append(f"the results could not be written to {out!r} ({type(exc).__name__}: {exc})")
     if args.json:
         print(json.dumps(res.maes()))
     else:
@@ -369,7 +373,9 @@ def main(args) -> int:
             print(f"vorticity plot: {res.vorticity_path}")
         print(f"total wall time {total:.1f} s")
     if plot is not None and res.vorticity_path is None:  # after the results: exit 1 naming the file
+        unwritten.insert(0, f"the vorticity plot {plot!r} could not be written")
+    if unwritten:
         from zoracle._errors import ZoracleError
 
-        raise ZoracleError(f"the vorticity plot {plot!r} could not be written; the results are printed above")
+        raise ZoracleError("; ".join(unwritten) + "; the results are printed above")
     return 0

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed estimates each, best kept (default 2)")
     args = p.parse_args(argv)
     if args.cpu_devices < 0:
-        p.error(f"--cpu-devices must be >= 1 (or left out for the visible GPUs), got {args.cpu_devices}")
+        p.error(f"--cpu-devices must be >= 1 (0, or left out: the visible GPUs), got {args.cpu_devices}")
     for flag, value in (("--channels", args.channels), ("--batch", args.batch), ("--repeats", args.repeats)):
         if value < 1:
             p.error(f"{flag} must be >= 1, got {value}")

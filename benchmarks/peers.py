@@ -924,10 +924,13 @@ def _verdict(recipe: dict, peers: list) -> str:
 
 
 def p_text(p: float) -> str:
-    """A p-value to two significant digits, or three where two would round one below 0.05 up to
+    """A p-value to two significant digits, or more where two would round one below 0.05 up to
     0.05 (printed beside "p < 0.05")."""
-    text = f"{p:.2g}"
-    return f"{p:.3g}" if p < 0.05 <= float(text) else text
+    text, digits = f"{p:.2g}", 2
+    while p < 0.05 <= float(text) and digits < 17:  # (0.04996: three digits still read 0.05)
+        digits += 1
+        text = f"{p:.{digits}g}"
+    return text
 
 
 def rank_test(a, b) -> float:

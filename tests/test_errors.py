@@ -1262,3 +1262,40 @@ def test_async_oracle_refused_before_any_query_naming_the_fix():
 
     got = asyncio.run(main())
     assert np.array_equal(got.params, want.params) and got.nfev == want.nfev
+
+
+def test_an_async_methods_refusal_names_the_fix_for_that_method():
+    """An `async def batch` (or bind, coordinate_losses, ...) was told to wrap the oracle as
+    `def loss(x): return asyncio.run(aloss(x))`, a loss function: the fix for a method is a plain
+    method of that name. The fix the message names runs and equals the plain oracle's estimate."""
+    import asyncio
+    import re
+
+    def f(x):
+        return float(np.sum((x - 1.0) ** 2))
+
+    class Async:
+        def __call__(self, x):
+            return f(x)
+
+        async def batch(self, X):
+            return [f(x) for x in np.asarray(X)]
+
+    x = np.zeros(5)
+    with pytest.raises(zo.ArgumentError) as info:
+        zo.estimate_gradient(Async(), x, zo.CGE(mu=1e-3))
+    text = str(info.value)
+    assert re.search(r"def batch\(self, \*args\): return asyncio\.run\(self\.abatch\(\*args\)\)", text), text
+
+    class Fixed:  # as the message says: the async method renamed abatch, a plain batch calling it
+        def __call__(self, x):
+            return f(x)
+
+        async def abatch(self, X):
+            return [f(x) for x in np.asarray(X)]
+
+        def batch(self, *args):
+            return asyncio.run(self.abatch(*args))
+
+    got = zo.estimate_gradient(Fixed(), x, zo.CGE(mu=1e-3)).grad
+    assert np.array_equal(got, zo.estimate_gradient(f, x, zo.CGE(mu=1e-3)).grad)

@@ -1028,3 +1028,11 @@ def test_a_method_whose_every_seed_failed_gets_no_rank_test_p(peers):
     assert np.isnan(peers.rank_test([nan] * 3, [90.0, 91.0, 92.0]))
     (row,) = peers.wins([("demo", study)], [])
     assert np.isnan(row["p"]) and "p < 0.05" not in row["words"]
+
+
+def test_a_p_value_below_005_never_reads_005(peers):
+    """p_text prints a p-value beside the verdict "p < 0.05": one below 0.05 must not read 0.05
+    (three digits rounded 0.04996 up to it as two did 0.0498)."""
+    for p in (0.0498, 0.04996, 0.049951, 0.0499999, 0.04):
+        assert float(peers.p_text(p)) < 0.05, (p, peers.p_text(p))
+    assert peers.p_text(0.0498) == "0.0498" and peers.p_text(0.056) == "0.056" and peers.p_text(0.05) == "0.05"

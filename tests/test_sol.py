@@ -178,3 +178,35 @@ def test_a_vorticity_plot_that_fails_at_the_end_keeps_the_results(tmp_path, caps
     assert set(maes) == {"SRC", "NON", "ZO-SOL", "FO-SOL"}
     assert json.loads((out / "results.json").read_text())["mae"] == maes
     assert "vorticity.png' could not be written (OSError: [Errno 28] No space left on device)" in captured.err
+
+
+@pytest.mark.slow  # the --quick run (about half a minute)
+def test_a_full_disk_at_the_end_still_prints_the_results(tmp_path, capsys, monkeypatch):
+    """A disk that filled during the run fails the figure and then results.md: the table must still
+    be printed and the exit be 1 naming both files (results.md's OSError was a traceback before the
+    table, losing the whole run's results)."""
+    pytest.importorskip("matplotlib")
+    import builtins
+    import importlib
+
+    from matplotlib.figure import Figure
+
+    sol = importlib.import_module("zoracle.apps.sol")
+    out = tmp_path / "out"
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).startswith(str(out)):
+            raise OSError(28, "No space left on device")
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    monkeypatch.setattr(sol, "open", full_open, raising=False)
+    rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
+                   "--zo-steps", "1", "--no-fo", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "| ZO-SOL |" in captured.out  # the table, printed
+    assert "the results could not be written" in captured.err and "vorticity.png' could not be written" in captured.err

@@ -395,3 +395,36 @@ def test_async_callbacks_and_eval_fn_are_refused_before_any_query():
         return event == "epoch" and record["loss"] < 10.0
 
     assert zo.train(loss, np.zeros(4), **settings, callbacks=[sync_stop]).epochs == 4
+
+
+def test_an_async_callbacks_fix_works_in_a_running_event_loop():
+    """The refusal of an `async def` callback names `def fn(...): return asyncio.run(afn(...))`; in a
+    running event loop (Jupyter, where async callbacks are written) that raises "asyncio.run() cannot be
+    called from a running event loop" at the first step: the message must name the thread that works."""
+    import asyncio
+    import re
+
+    async def astop(event, record, params):
+        return event == "epoch" and record["loss"] < 10.0
+
+    def loss(x):
+        return float(np.sum((x - 3.0) ** 2))
+
+    settings = dict(epochs=6, estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    with pytest.raises(zo.ArgumentError) as info:
+        zo.train(loss, np.zeros(4), **settings, callbacks=[astop])
+    text = str(info.value)
+
+    def fn(event, record, params):  # the fix the message names
+        return asyncio.run(astop(event, record, params))
+
+    async def cell():  # a notebook cell: the loop is running
+        assert re.search(r"asyncio\.to_thread\(zo\.train", text), text  # the way that works there
+        return await asyncio.to_thread(zo.train, loss, np.zeros(4), **settings, callbacks=[fn])
+
+    def sync_stop(event, record, params):
+        return event == "epoch" and record["loss"] < 10.0
+
+    got = asyncio.run(cell())
+    want = zo.train(loss, np.zeros(4), **settings, callbacks=[sync_stop])
+    assert got.epochs == want.epochs == 4 and np.array_equal(got.params, want.params)

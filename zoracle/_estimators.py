@@ -436,7 +436,8 @@ def _run(executor, oracle: Oracle, params, tasks) -> list:
 def _check_results(executor, tasks, results) -> list:
     """An executor's ``run`` must return one result per task, in task order, each of the task's shape
     ``(len(task.steps), task.size)``: an executor of one's own that dropped one, or returned them in
-    the order they completed, gave an RGE estimate silently wrong (or NumPy's bare ValueError in CGE)."""
+    the order they completed, gave an RGE estimate silently wrong (or NumPy's bare ValueError in CGE).
+    Only a count or a shape gives the mistake away: results of equal shapes reordered pass unseen."""
     name = type(executor).__name__
     try:
         n = len(results)

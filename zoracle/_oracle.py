@@ -187,8 +187,13 @@ def reject_async(fn) -> None:
             f = getattr(type(fn), "__call__", None)  # a class with `async def __call__`
         if inspect.iscoroutinefunction(f):
             what = "the oracle" if name == "__call__" else f"the oracle's `{name}`"
+            hint = _ASYNC_HINT if name == "__call__" else (
+                f"zoracle calls `{name}` synchronously, and an `async def` method returns a coroutine: rename it "
+                f"`a{name}` and add a plain one, `def {name}(self, *args): return asyncio.run(self.a{name}(*args))`; "
+                "inside a running event loop (Jupyter, an async app), run zoracle in a thread there: "
+                "`await asyncio.to_thread(zo.train, oracle, ...)`")
             raise ArgumentError(f"{what} ({getattr(f, '__qualname__', type(fn).__name__)}) is an `async def` "
-                                f"function; {_ASYNC_HINT}")
+                                f"function; {hint}")
 
 
 def _describe(value) -> str:

@@ -522,7 +522,9 @@ def _check_arity(fn, n: int, name: str, args: str) -> None:
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(type(fn), "__call__", None)):
         raise ArgumentError(f"{name} ({getattr(fn, '__qualname__', type(fn).__name__)}) is an `async def` function: "
                             "train calls it synchronously and would get a coroutine, whose body never runs; give a "
-                            f"plain function, e.g. `def fn{args}: return asyncio.run(afn{args})`")
+                            f"plain function, e.g. `def fn{args}: return asyncio.run(afn{args})`; inside a running "
+                            "event loop (Jupyter, an async app), where asyncio.run fails, run train in a thread there: "
+                            "`await asyncio.to_thread(zo.train, ...)`")
     try:
         sig = inspect.signature(fn, follow_wrapped=False)  # a decorator's wrapper is what train calls
     except (TypeError, ValueError):
@@ -960,10 +962,12 @@ def _check_overwrite(checkpoint, resume) -> None:
         raise ArgumentError(f"`checkpoint` {path!r} is a file zoracle did not write, and training would overwrite "
                             "it; pass a new path, or move that file away first")
     if kind == "unreadable" and not same:
-        raise ArgumentError(f"`checkpoint` {path!r} cannot be read as a checkpoint (a corrupt or truncated zip file, "
-                            "or one this process may not read; zoracle writes its checkpoints whole, so it is likely "
-                            "not one of them), and training would overwrite it; pass a new path, or move that file "
-                            "away first")
+        readable = os.access(path, os.R_OK)
+        why = ("a corrupt or truncated zip file; zoracle writes its checkpoints whole, so it is likely not one of "
+               "them" if readable else "this process may not read it: check its permissions, it may be a run's "
+               "checkpoint")
+        raise ArgumentError(f"`checkpoint` {path!r} cannot be read as a checkpoint ({why}), and training would "
+                            "overwrite it; pass a new path, or move that file away first")
     if kind == "run" and not same:
         warnings.warn(f"`checkpoint` {path!r} holds an earlier run, which this run does not resume from: its first "
                       "save overwrites it. Pass resume=True to continue that run, or another path to keep it",

@@ -103,7 +103,8 @@ class Executor(Protocol):
     ``run`` returns ``[task.run(oracle, params) for task in tasks]``, one result per task in task
     order (not in the order they complete; a result sent back as nested lists is read as its array);
     another count, or a result of another shape than its task's, raises an ``ArgumentError`` naming
-    the executor."""
+    the executor. Results of equal shapes in another order cannot be told apart: they give a wrong
+    estimate without an error (shards of one plan mostly share a shape)."""
 
     n_workers: int
 
