@@ -75,6 +75,14 @@ def _cupy_or_reason():
     return cupy, ""
 
 
+def pytest_collection_modifyitems(config, items):
+    """The CuPy half of every ``xp`` test carries the declared ``gpu`` marker: ``pytest -m gpu``
+    runs the GPU tests, ``-m "not gpu"`` leaves them out."""
+    for item in items:
+        if getattr(getattr(item, "callspec", None), "params", {}).get("xp") == "cupy":
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture(params=["numpy", "cupy"])
 def xp(request):
     """The same test body on NumPy and, where a GPU exists, on CuPy."""

@@ -101,4 +101,6 @@ def test_command_wrapping_examples_name_themselves_in_usage_and_errors(tmp_path,
     assert r.stdout.startswith(f"usage: python examples/{name}.py ")
     r = subprocess.run([sys.executable, script, "--out", "/proc/zoracle-test"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
+    if r.returncode != 0 and "pip install" in r.stderr:  # --help needs no extra; a run checks the extra first
+        pytest.skip(r.stderr.strip().splitlines()[-1])
     assert r.returncode != 0 and f"python examples/{name}.py: error: --out /proc/zoracle-test" in r.stderr

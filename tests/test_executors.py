@@ -1652,6 +1652,30 @@ def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
     assert calls == [("torch", 0)] and "cupy" not in sys.modules
 
 
+def test_a_worker_for_a_device_index_makes_its_gpu_the_current_device(monkeypatch):
+    """DeviceExecutor takes device indices ([0, 1], range(2), np.arange(2)), which torch reads as
+    cuda:0, cuda:1 (TorchOracle.to_device(1) moves the model to cuda:1), but the worker for 1
+    left GPU 0 current in torch and CuPy: only strings starting with "cuda" were read."""
+    import sys
+    import types
+
+    from zoracle._executors_core import WorkerState, use_device
+
+    calls = []
+    torch_like = types.SimpleNamespace(cuda=types.SimpleNamespace(set_device=lambda i: calls.append(("torch", i))))
+    device = types.SimpleNamespace(use=lambda: calls.append(("cupy", "use")))
+    cupy_like = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: calls.append(("cupy", i)) or device))
+    monkeypatch.setitem(sys.modules, "torch", torch_like)
+    monkeypatch.setitem(sys.modules, "cupy", cupy_like)
+    for index in (1, np.int64(1), range(3)[1], np.arange(2)[1]):
+        calls.clear()
+        WorkerState(index).put_oracle("t", _wave)
+        assert calls == [("torch", 1), ("cupy", 1), ("cupy", "use")], index
+    calls.clear()
+    use_device(True)  # not an index (DeviceExecutor refuses it)
+    assert calls == []
+
+
 class _Scripted:
     """A schedule() backend whose shards answer as ``behave(worker, shard, attempt)`` says."""
 

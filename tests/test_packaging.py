@@ -315,3 +315,15 @@ def test_every_extra_that_needs_torch_declares_one_floor_and_the_docs_name_it():
     assert len(set(floors.values())) == 1, floors
     guide = " ".join((ROOT / "docs" / "getting-started.md").read_text().split())
     assert f"the extras ask for `torch>={next(iter(floors.values()))}`" in guide
+
+
+def test_the_gpu_marker_selects_the_cupy_tests():
+    """pyproject declares a ``gpu`` marker ("needs a CUDA GPU") that no test carried: on a GPU
+    machine ``pytest -m gpu`` ran nothing (exit 5) and ``-m "not gpu"`` kept the CuPy tests."""
+    test = "tests/test_estimators.py::test_backends_agree_on_quadratic"
+    ids = {}
+    for mark in ("gpu", "not gpu"):
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              "-m", mark, test], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        ids[mark] = [line for line in out.stdout.splitlines() if line.startswith(test)]
+    assert ids == {"gpu": [test + "[cupy]"], "not gpu": [test + "[numpy]"]}

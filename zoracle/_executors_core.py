@@ -19,6 +19,7 @@ import itertools
 import pickle
 import sys
 import math
+import numbers
 import time
 import traceback
 import types
@@ -212,14 +213,18 @@ def use_device(device) -> None:
     """Make a CUDA ``device`` ("cuda:1") the current device of torch and CuPy, where the process
     has imported them (a worker imports neither for an oracle that does not use them): what
     allocates without naming a device (CuPy arrays, torch.cuda.synchronize(), a kernel's
-    workspace) then lands on the worker's GPU, not on GPU 0. Anything else: nothing."""
-    text = str(device)
-    if not text.startswith("cuda"):
-        return
-    try:
-        index = int(text.partition(":")[2] or 0)
-    except ValueError:  # not a CUDA index: to_device says what it means
-        return
+    workspace) then lands on the worker's GPU, not on GPU 0. A bare index (1, np.int64(1): torch's
+    cuda:1) counts as "cuda:1". Anything else: nothing."""
+    if isinstance(device, numbers.Integral) and not isinstance(device, bool):
+        index = int(device)
+    else:
+        text = str(device)
+        if not text.startswith("cuda"):
+            return
+        try:
+            index = int(text.partition(":")[2] or 0)
+        except ValueError:  # not a CUDA index: to_device says what it means
+            return
     torch, cupy = sys.modules.get("torch"), sys.modules.get("cupy")
     try:  # no such GPU: to_device reports what is wrong
         if torch is not None:
