@@ -714,6 +714,46 @@ class ArrayKey:
         return float(self.scale @ x ** 2)
 
 
+class BigKey:
+    """A request's oracle whose ``executor_key()`` is its 1 MB data array."""
+
+    def __init__(self, seed):
+        self.target = np.random.default_rng(seed).normal(size=131_072)
+
+    def executor_key(self):
+        return self.target
+
+    def __call__(self, x):
+        return float(np.sum((x - self.target[:x.size]) ** 2))
+
+
+def test_a_long_lived_executor_keeps_no_key_of_oracles_it_dropped():
+    """A service runs a new oracle per request on one executor: the registry keeps the last
+    KEEP_ORACLES oracles, but every executor_key() value ever sent was kept (1 MB per request
+    here, the driver grew without bound)."""
+    import gc
+    import tracemalloc
+
+    x = params()
+
+    def serve(seeds):
+        for seed in seeds:
+            o = BigKey(seed)
+            est = zo.estimate_gradient(o, x, zo.CGE(1e-4, "central"), executor=ex)
+            np.testing.assert_allclose(est.grad, 2 * (x - o.target[:x.size]), rtol=1e-6, atol=1e-6)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()  # (blocks allocated before it started are not subtracted when freed)
+    try:
+        with JoblibExecutor(2, backend="threading") as ex:
+            steady = serve(range(2 * core.KEEP_ORACLES))  # the executor holds all it ever will
+            grown = serve(range(100, 120)) - steady
+    finally:
+        tracemalloc.stop()
+    assert grown < 4 * 2**20, f"{grown / 2**20:.1f} MB kept after 20 requests"
+
+
 def test_a_mutable_executor_key_is_compared_as_it_was_when_sent(loky2):
     """The key was kept by reference: a dict changed in place always equalled itself and the
     workers kept the stale oracle (gradients 10x off, silently); an array key raised "the truth

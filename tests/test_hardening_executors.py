@@ -293,6 +293,49 @@ def test_workers_die_with_a_sigkilled_driver(kind, tmp_path, request):
                 pass
 
 
+_STARTING_DRIVER = """
+import sys, time
+import distributed
+from zoracle.executors import DaskExecutor
+
+
+class _Starting(distributed.LocalCluster):  # a cluster still starting when the driver is killed
+    def __init__(self, *args, **kwargs):
+        print(kwargs["local_directory"], flush=True)
+        time.sleep(120)
+
+
+if __name__ == "__main__":
+    distributed.LocalCluster = _Starting
+    DaskExecutor("local:1").start()
+"""
+
+
+def test_dask_scratch_dir_goes_with_a_driver_killed_while_the_cluster_starts(tmp_path):
+    """A LocalCluster takes seconds to start: a driver SIGKILLed then leaves no scratch dir."""
+    pytest.importorskip("distributed")
+    files = tmp_path / "tmp"
+    files.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(_STARTING_DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env=dict(os.environ, TMPDIR=str(files),
+                                                  PYTHONPATH=os.path.dirname(os.path.dirname(zo.__file__))))
+    try:
+        scratch = driver.stdout.readline().strip()
+        assert scratch.startswith(str(files)) and os.path.isdir(scratch)
+        tree = _tree(driver.pid)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        assert te.no_children(set(tree) - {driver.pid}, timeout=15)
+        end = time.monotonic() + 10
+        while os.listdir(files) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert os.listdir(files) == []
+    finally:
+        driver.kill()
+
+
 # ----------------------------------------------------------------------------- nesting, interrupts
 def test_nested_run_on_a_threading_executor_raises():
     ex = JoblibExecutor(2, backend="threading")

@@ -562,6 +562,8 @@ class DaskExecutor(ShardedExecutor):
                  "distributed.scheduler.active-memory-manager.start": False}
         if self._scratch is not None:  # the scheduler's own scratch space too
             quiet["temporary-directory"] = self._scratch
+        # a driver SIGKILLed while the cluster starts (seconds) must not leave its scratch dir behind either
+        starting = start_reaper(self._scratch) if self._scratch is not None else None
         try:
             with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
@@ -569,11 +571,13 @@ class DaskExecutor(ShardedExecutor):
             if kw.get("processes"):  # each worker process, restarted ones too, leaves Ctrl-C to the driver
                 self.client.register_plugin(_ignore_ctrl_c(distributed))
         except BaseException:
+            _stop_reaper(starting)
             self._remove_scratch()
             raise
         self._owns_client = True
         if self._scratch is not None:  # a SIGKILLed driver must not leave its scratch dir behind
-            self._reaper = start_reaper(self._scratch)
+            self._reaper = start_reaper(self._scratch)  # (this one knows the workers' processes)
+        _stop_reaper(starting)
         # not closed by the script: distributed's atexit handlers stopped the workers first, and the
         # scheduler logged an ERROR for the oracle copies they held ("lose scattered data")
         import atexit

@@ -204,6 +204,9 @@ class ShardedExecutor(StaysHere):
                 if dropped:
                     self._dropped(dropped)
             self._keys[otoken] = key
+            held = self._registry.tokens()  # the keys of oracles the registry dropped (or forgot) go too
+            for stale in [t for t in self._keys if t not in held]:
+                del self._keys[stale]
         bobj = _batch_object(oracle.fn, parent, batch)
         btoken = self._bound.token(bobj)[0] if batch is not None else None
         if batch is not None:  # one bound object rebound in place to another batch: that batch goes, not the parent
