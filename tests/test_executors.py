@@ -1195,7 +1195,41 @@ def test_argument_errors():
             JoblibExecutor(bad)
     with pytest.raises(zo.ArgumentError, match="'loky', 'threading'"):
         JoblibExecutor(2, backend="dask")
-    assert JoblibExecutor(-1).n_workers == max(1, os.cpu_count() or 1)
+    import joblib
+
+    assert JoblibExecutor(-1).n_workers == joblib.cpu_count()
+
+
+_AFFINITY_CHILD = """
+import os, sys
+import numpy as np
+import zoracle as zo
+from zoracle.executors import JoblibExecutor
+
+def threads(x):
+    return float(os.environ["OMP_NUM_THREADS"])
+
+with JoblibExecutor(1) as ex:
+    seen = zo.estimate_gradient(threads, np.ones(1), zo.CGE(), executor=ex).loss
+print(JoblibExecutor(-1).n_workers, int(seen))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_worker_threads_follow_the_cpus_this_process_may_use():
+    """Under an affinity mask of one CPU (taskset, SLURM, a container's cpuset), os.cpu_count()
+    still counts the machine: JoblibExecutor(1)'s worker got 2 threads on 1 CPU and
+    JoblibExecutor(-1) 2 workers, where joblib/loky count 1 (and torch in the driver used 1)."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "LOKY_MAX_CPU_COUNT")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+                                        + [p for p in [env.get("PYTHONPATH")] if p])
+    out = subprocess.run([sys.executable, "-c", _AFFINITY_CHILD], capture_output=True, text=True, timeout=120,
+                         env=env, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1"]  # one worker for -1, one thread for a worker on one CPU
 
 
 # ----------------------------------------------------------------------------- CLI helpers
@@ -1533,6 +1567,58 @@ def test_gpu_script_dry_run_on_cpu_devices():
     # the one-device baseline had all cores against one worker's share: 11-18x "speed-up" from 2 CPU
     # workers on a 2-core machine, thread oversubscription measured instead of devices
     assert res["one_device_threads"] == res["worker_threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def _exit_slowly(x):
+    import atexit
+
+    if not getattr(_exit_slowly, "registered", False):  # as joblib's loky pool shuts down at exit: seconds
+        _exit_slowly.registered = True
+        path = os.path.join(os.environ["ZO_TEST_ATEXIT_DIR"], str(os.getpid()))
+        atexit.register(lambda: (time.sleep(3.0), open(path, "w").close()))
+    return float(np.sum(x ** 2))
+
+
+def test_close_lets_idle_workers_finish_their_exit(tmp_path, monkeypatch):
+    """close() killed (SIGKILL) a worker that took over 2 s to exit: an oracle using sklearn's
+    n_jobs (a loky pool in the worker) lost its atexit clean-up, and loky printed "leaked semlock
+    objects" warnings after every run."""
+    monkeypatch.setenv("ZO_TEST_ATEXIT_DIR", str(tmp_path))
+    ex = JoblibExecutor(2)
+    with ex:
+        zo.estimate_gradient(_exit_slowly, np.ones(3), zo.CGE(), executor=ex)
+        procs = [p.proc for p in ex._impl._procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sorted(os.listdir(tmp_path)) == sorted(str(p.pid) for p in procs)
+
+
+def _start_pool_then_hang(x):
+    from joblib import Parallel, delayed
+
+    Parallel(n_jobs=2)(delayed(abs)(i) for i in range(4))  # as sklearn's n_jobs does: a loky pool
+    kids = [c.pid for c in psutil.Process().children(recursive=True)]
+    with open(os.path.join(os.environ["ZO_TEST_KIDS_DIR"], str(os.getpid())), "w") as f:
+        f.write(" ".join(map(str, kids)))
+    time.sleep(600)
+    return 0.0
+
+
+def test_timed_out_worker_takes_its_oracles_processes_with_it(tmp_path, monkeypatch):
+    """A worker killed after ShardTimeout left the loky pool its oracle had started (sklearn's
+    n_jobs) running as orphans for minutes, holding the script's stdout and stderr."""
+    monkeypatch.setenv("ZO_TEST_KIDS_DIR", str(tmp_path))
+    with pytest.raises(zo.executors.ShardTimeout):
+        with JoblibExecutor(1, timeout=5) as ex:
+            zo.estimate_gradient(_start_pool_then_hang, np.ones(1), zo.CGE(), executor=ex)
+    kids = [int(k) for f in os.listdir(tmp_path) for k in (tmp_path / f).read_text().split()]
+    assert kids
+    deadline = time.monotonic() + 10
+    while [k for k in kids if psutil.pid_exists(k)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+    for k in left:
+        psutil.Process(k).kill()
+    assert left == []
 
 
 def test_threading_executors_never_closed_leave_no_threads():

@@ -399,8 +399,22 @@ def _worker_main(fd: int, parent: int = 0, pdeathsig: int = 0) -> None:
             return
 
 
+#: seconds an idle worker asked to stop may take to exit (its atexit handlers) before it is killed
+STOP_GRACE_S = 15.0
+
 #: seconds a worker process may take to start before its first shard is sent anyway
 BOOT_S = 60.0
+
+def usable_cpus() -> int:
+    """CPUs this process may run on, as joblib/loky count them: its affinity mask and cgroup CPU
+    quota (taskset, SLURM, ``docker --cpus``) and ``LOKY_MAX_CPU_COUNT``, not the machine's cores."""
+    try:
+        from joblib import cpu_count
+
+        return max(1, int(cpu_count()))
+    except Exception:  # pragma: no cover - joblib is a dependency
+        return max(1, os.cpu_count() or 1)
+
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                 "NUMEXPR_NUM_THREADS")
@@ -446,8 +460,11 @@ class _Proc:
         self.threads = threads
         main_thread = threading.current_thread() is threading.main_thread()
         argv = [str(theirs.fileno()), str(os.getpid()), str(int(main_thread))]
+        # a process group of its own: a worker killed (timeout, close) takes the processes its oracle
+        # started with it (joblib's loky pool for sklearn's n_jobs), which were left orphaned for minutes
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, *argv],
-                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)  # (setsid: Python 3.10 lacks process_group=)
         theirs.close()
         self.conn = Connection(mine.detach())
         self.has: set = set()  # oracle tokens
@@ -502,7 +519,10 @@ class _Proc:
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
             self.proc.wait()
         self.conn.close()
 
@@ -515,7 +535,9 @@ def _stop_all(procs) -> None:
         except (OSError, ValueError):
             pass
     for p in list(procs):
-        p.stop()
+        # an idle worker asked to stop is only exiting: its atexit handlers (joblib/loky shutting down
+        # the pool an oracle's n_jobs started takes 2-4 s) must not be cut off by SIGKILL
+        p.stop(grace=STOP_GRACE_S if p.jid is None else 2.0)
     procs.clear()
 
 
@@ -647,7 +669,7 @@ class ProcessPool(ShardedExecutor):
         self.n_workers = int(n_workers)
         self.devices = list(devices) if devices is not None else [None] * self.n_workers
         #: threads per worker for OpenMP/BLAS/torch (cores / workers, like loky); None: library default
-        self.threads = max(1, (os.cpu_count() or 1) // self.n_workers)
+        self.threads = max(1, usable_cpus() // self.n_workers)
         self._procs: list = []
         self._blobs: dict = {}
         self._finalizer = None

@@ -74,7 +74,7 @@ from ._executors_core import (
     check_timeout,
     describe_task,
 )
-from ._executors_local import ProcessPool, ThreadPool, current_device
+from ._executors_local import ProcessPool, ThreadPool, current_device, usable_cpus
 
 __all__ = [
     "Executor",
@@ -195,7 +195,7 @@ def _check_count(name: str, value, allow_all: bool = False) -> int:
         raise ArgumentError(f"`{name}` must be an integer >= 1{hint}, got {value!r}")
     if value > MAX_WORKERS:  # 10**30 workers: accepted, and the first run hung starting them
         raise ArgumentError(f"`{name}` must be at most {MAX_WORKERS} workers, got {value!r}")
-    return int(value) if value != -1 else max(1, os.cpu_count() or 1)
+    return int(value) if value != -1 else usable_cpus()
 
 
 class JoblibExecutor(StaysHere):
