@@ -2157,3 +2157,26 @@ def test_params_as_a_python_list_or_tuple_are_taken_by_every_method():
     assert o(th.tolist()) == pytest.approx(ref, rel=1e-6) and o(tuple(th.tolist())) == pytest.approx(ref, rel=1e-6)
     np.testing.assert_array_equal(o.coordinate_losses(th.tolist(), c, 0.01), want)
     np.testing.assert_array_equal(o.coordinate_losses(tuple(th.tolist()), c, 0.01), want)
+
+
+def test_integer_params_batch_of_a_float64_model_is_computed_in_float64():
+    """Integer params rows are cast to the model's own float: a float64 model's batch losses equal
+    those of torch called directly in float64 (the reference) to float64 precision, not float32's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    o = TorchOracle(model, cross_entropy).bind((x, y))
+    P = np.zeros((3, o.size), dtype=int)
+    P[1, :7] = [1, -1, 2, 0, 1, 3, -2]
+    P[2, -3:] = [1, 0, 2]
+    m64 = copy.deepcopy(model)
+
+    def ref(p):
+        torch.nn.utils.vector_to_parameters(torch.tensor(p, dtype=torch.float64), m64.parameters())
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(m64(x), y).item()
+
+    got = o.batch(P)
+    assert np.asarray(got).dtype == np.float64
+    np.testing.assert_allclose(got, [ref(p) for p in P], rtol=1e-13)
+    np.testing.assert_allclose([o(p) for p in P], [ref(p) for p in P], rtol=1e-13)

@@ -1036,3 +1036,14 @@ def test_a_p_value_below_005_never_reads_005(peers):
     for p in (0.0498, 0.04996, 0.049951, 0.0499999, 0.04):
         assert float(peers.p_text(p)) < 0.05, (p, peers.p_text(p))
     assert peers.p_text(0.0498) == "0.0498" and peers.p_text(0.056) == "0.056" and peers.p_text(0.05) == "0.05"
+
+
+@pytest.mark.parametrize("p", [0.0498, 0.04951, 0.0496, 0.05, 0.0504, 0.077, 0.1, 0.00123])
+def test_a_printed_p_value_falls_on_the_same_side_of_005_as_the_p_value(peers, p):
+    """The tables print p beside a verdict at p < 0.05: a p under 0.05 must not read 0.05 (2
+    significant digits round 0.0498 up to it, beside a 'p < 0.05' verdict), and one at or above
+    0.05 must not read below it; the text is the p-value to two significant digits or more."""
+    text = peers.p_text(p)
+    assert (float(text) < 0.05) == (p < 0.05)  # the reference: the comparison of the p-value itself
+    half = 0.5 * 10.0 ** (np.floor(np.log10(p)) - 1)  # half a unit of the second significant digit
+    assert abs(float(text) - p) <= half * (1 + 1e-9)  # rounded to 2 significant digits or more

@@ -2447,3 +2447,43 @@ def test_stopped_after_a_bad_eval_value_is_what_its_docs_and_the_scipy_hint_say(
     assert "eval_fn" in zo.TrainResult.__doc__.split("stopped : bool", 1)[1].split("estimator_state", 1)[0]
     with pytest.raises(AttributeError, match="eval_fn"):
         res.success
+
+
+def test_ratios_slack_is_half_the_last_written_decimal():
+    """The slack given to a `ratios` array against `sparsity` is half of its last written decimal
+    of each block (5e-5 for ratios written to 4 decimals, as apps/demo.py stores them): counted by
+    hand, ratios keeping 200 of a million weights are no 4-decimal rounding of sparsity=0.9999's
+    100 (slack 50), nor ratios of 1e-3 and 2e-3 (3 decimals: keeping 1500) one of 0.999's 1000."""
+    d = 10**6
+    f = lambda x: float(np.sum(x[:10] ** 2))  # noqa: E731
+    args = dict(steps_per_epoch=1, blocks=[slice(0, d // 2), slice(d // 2, d)], progress=False, rng=0,
+                estimator=zo.CGE(mu=1e-3))
+    for sparsity, r in ((0.9999, [2e-4, 2e-4]), (0.999, [1e-3, 2e-3])):
+        kept = sum(round(ri * (d // 2)) for ri in r)  # the reference: each block's count by hand
+        want = round((1 - sparsity) * d)
+        assert kept - want > 0.5 + 5e-5 * d  # beyond the documented slack of 4-decimal ratios
+        with pytest.raises(zo.ArgumentError, match=rf"`ratios` keeps {kept} of the {d} scored weights"):
+            zo.train(f, np.zeros(d), ratios=np.array(r), sparsity=sparsity, **args)
+
+
+
+class _LayoutAttr:
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+    def __call__(self, x):
+        return float(((x - np.arange(x.size)) ** 2).sum())
+
+
+@pytest.mark.parametrize("attrs", [dict(blocks="per-layer"), dict(param_info=b"abc"), dict(param_info=[]),
+                                   dict(param_info=[], blocks=())])
+def test_a_sparse_run_reads_no_layout_from_a_text_or_empty_attribute(attrs):
+    """An oracle attribute `param_info` or `blocks` that is text, or empty, declares no layout: a
+    sparse run scores every parameter as one block, as for the plain function (the reference)."""
+    f = lambda x: float(((x - np.arange(x.size)) ** 2).sum())  # noqa: E731
+    args = dict(epochs=2, sparsity=0.5, ratios="uniform", progress=False, rng=0)
+    plain = zo.train(f, np.zeros(8), **args)
+    got = zo.train(_LayoutAttr(**attrs), np.zeros(8), **args)
+    assert len(plain.coordinates) == 4
+    np.testing.assert_array_equal(got.coordinates, plain.coordinates)
+    np.testing.assert_array_equal(got.params, plain.params)
