@@ -2348,6 +2348,17 @@ class _OwnExecutor:
         return {"reversed": out[::-1], "dropped": out[:-1], "extra": out + out[:1]}[self.mistake]
 
 
+def _least_squares():
+    """A 12-parameter least-squares loss and a point: the own-executor tests' problem."""
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((40, 12)), rng.standard_normal(40)
+
+    def f(x):
+        return float(np.mean((A @ x - b) ** 2))
+
+    return f, np.full(12, 0.3)
+
+
 @pytest.mark.parametrize("mistake", ["reversed", "dropped", "extra"])
 @pytest.mark.parametrize("est", [zo.RGE(mu=1e-4, directions=30), zo.CGE(mu=1e-6, scheme="central")],
                          ids=["rge", "cge"])
@@ -2355,13 +2366,7 @@ def test_an_own_executor_returning_results_out_of_order_or_miscounted_is_named(m
     """An own executor returning its results reversed (as completed) or one short gave an RGE
     estimate 2.85 (or 0.65) off the serial one without a word, with nfev 21 for 31 queries, and a
     CGE one NumPy's bare ValueError; now an ArgumentError names the executor and what run() returns."""
-    rng = np.random.default_rng(0)
-    A, b = rng.standard_normal((40, 12)), rng.standard_normal(40)
-
-    def f(x):
-        return float(np.mean((A @ x - b) ** 2))
-
-    x = np.full(12, 0.3)
+    f, x = _least_squares()
     serial = zo.estimate_gradient(f, x, est, rng=0)
     good = _OwnExecutor("reversed")
     good.run = lambda oracle, params, tasks: [t.run(oracle, params) for t in tasks]
@@ -2384,13 +2389,7 @@ def test_an_own_executor_whose_workers_reply_in_json_lists_gives_the_serial_esti
         def run(self, oracle, params, tasks):
             return [json.loads(json.dumps(t.run(oracle, params).tolist())) for t in tasks]
 
-    rng = np.random.default_rng(0)
-    A, b = rng.standard_normal((40, 12)), rng.standard_normal(40)
-
-    def f(x):
-        return float(np.mean((A @ x - b) ** 2))
-
-    x = np.full(12, 0.3)
+    f, x = _least_squares()
     serial = zo.estimate_gradient(f, x, est, rng=0)
     got = zo.estimate_gradient(f, x, est, rng=0, executor=JsonReplies())
     assert np.array_equal(got.grad, serial.grad) and got.nfev == serial.nfev

@@ -280,10 +280,7 @@ def test_workers_die_with_a_sigkilled_driver(kind, tmp_path, request):
         driver.wait(10)
         assert te.no_children(set(pids + tree) - {driver.pid}, timeout=15), "processes outlived the killed driver"
         if kind == "dask":  # the executor's private scratch dir went with it
-            end = time.monotonic() + 10
-            while os.listdir(files) and time.monotonic() < end:
-                time.sleep(0.2)
-            assert os.listdir(files) == []
+            assert _emptied(files) == []
     finally:
         driver.kill()
         for pid in set(pids + tree) - {driver.pid}:  # on failure, leave nothing behind
@@ -328,10 +325,7 @@ def test_dask_scratch_dir_goes_with_a_driver_killed_while_the_cluster_starts(tmp
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
         assert te.no_children(set(tree) - {driver.pid}, timeout=15)
-        end = time.monotonic() + 10
-        while os.listdir(files) and time.monotonic() < end:
-            time.sleep(0.2)
-        assert os.listdir(files) == []
+        assert _emptied(files) == []
     finally:
         driver.kill()
 
@@ -836,3 +830,12 @@ def test_ray_local_session_takes_token_auth_mode_in_any_case(ray_env, monkeypatc
         est = zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex)
         np.testing.assert_allclose(est.grad, _serial(4))
     assert not ray.is_initialized()
+
+
+def _emptied(folder, timeout: float = 10.0) -> list:
+    """``folder``'s entries once it is empty, or after ``timeout`` s (a killed driver's reaper works
+    asynchronously)."""
+    end = time.monotonic() + timeout
+    while os.listdir(folder) and time.monotonic() < end:
+        time.sleep(0.2)
+    return os.listdir(folder)
