@@ -792,6 +792,45 @@ def test_a_rewrite_before_the_final_save_warns_and_returns_the_result(tmp_path):
                                                                       zo.load_checkpoint(other)[0]["params"])
 
 
+def test_two_runs_saving_at_once_do_not_both_pass_the_other_writer_check(tmp_path, monkeypatch):
+    """Two runs given one path whose saves overlap (twin jobs ending together): the check before a
+    save and the save itself are one step for other writers, so the run that saves second names the
+    other writer (at its final save: a warning) instead of both runs ending silently with one run's
+    checkpoint lost. Run A is held inside its save (after its file is written, before the rename);
+    run B saves meanwhile."""
+    import threading
+    import warnings
+
+    ck = str(tmp_path / "run.npz")
+    kw = dict(epochs=1, steps_per_epoch=3, progress=False, rng=0)
+    f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+    in_save, go = threading.Event(), threading.Event()
+    real_fsync, runner = os.fsync, {}
+
+    def held_fsync(fd):  # run A's first fsync: its temporary file, before os.replace
+        if threading.current_thread() is runner.get("a") and not in_save.is_set():
+            in_save.set()
+            go.wait(1.5)  # B saves meanwhile (or, held by A's save, waits for it)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    out = {}
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        a = threading.Thread(target=lambda: out.setdefault("a", zo.train(f, np.zeros(3), checkpoint=ck,
+                                                                         optimizer=zo.sgd(0.1), **kw)))
+        runner["a"] = a
+        a.start()
+        assert in_save.wait(30)
+        out["b"] = zo.train(f, np.zeros(3), checkpoint=ck, optimizer=zo.sgd(0.05), **kw)
+        go.set()
+        a.join(30)
+    named = [w for w in rec if "rewritten by another writer" in str(w.message)]
+    assert len(named) == 1, [str(w.message) for w in rec]  # not both runs silent
+    held = zo.load_checkpoint(ck)[0]["params"]  # the file left is one run's, whole
+    assert any(np.array_equal(held, out[k].params) for k in "ab")
+
+
 def test_a_checkpoint_deleted_during_the_run_is_written_again(tmp_path):
     """No file at the path (deleted, or cleaned up by the user) is no other writer's save: the next
     save writes it again, and the run ends as one without the deletion."""

@@ -201,6 +201,28 @@ def _placeholders(value, raw: dict):
     return value
 
 
+@contextlib.contextmanager
+def writer_lock(path):
+    """Hold an exclusive lock on the folder of ``path`` (``flock``) for other processes' saves: a
+    run's check that the file is still its own, its save and its reading of what it wrote are then
+    one step for another run given the same path. Where the platform or the file system cannot lock
+    (no ``fcntl``, a folder that cannot be opened), nothing is locked."""
+    fd = None
+    try:
+        import fcntl
+        fd = os.open(os.path.dirname(os.path.realpath(path)) or ".", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # (releases the lock)
+
+
 def save_checkpoint(path, arrays: dict, meta: dict) -> str:
     """Atomically write ``arrays`` (name -> array) and ``meta`` (JSON-serializable) to ``path``.
 

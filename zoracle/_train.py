@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
     from matplotlib.figure import Figure
 
 from ._backend import namespace, to_numpy
-from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint, writer_lock
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
@@ -1559,38 +1559,39 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
                 "fingerprints": prints, "modes": modes}
-        if _stamp() not in (None, written[0]):  # not the file this run wrote last (or found at its start)
-            since = (f"this run saved (or resumed from) step {saved[0]}" if saved[0] is not None else
-                     "this run started (before its first save)")
-            err = CheckpointError(
-                f"the checkpoint {os.fspath(checkpoint)!r} was rewritten by another writer since {since}: two runs "
-                "given the same checkpoint path overwrite each other's saves, and a resume continues whichever saved "
-                "last; give each run its own checkpoint path")
-            if not last:
-                raise err
-            warnings.warn(f"train: {err}; the file is left as it is and the result is returned", UserWarning,
-                          stacklevel=3)
-            warned_at[0] = step  # not again at the end
-            return
-        try:
-            save_checkpoint(checkpoint, arrays, meta)
-        except OSError as exc:  # a full disk, a folder removed: which file, and what is still there
-            if saved[0] is None:
-                held = "no checkpoint of this run was written before"
-            elif _stamp() is None:  # deleted meanwhile (to free space): resume=True would start over
-                held = (f"the checkpoint of step {saved[0]} is no longer there (deleted since), so resume=True "
-                        "would start the run over")
-            else:
-                held = f"the checkpoint there still holds step {saved[0]} (resume=True continues from it)"
-            err = CheckpointError(f"the checkpoint {os.fspath(checkpoint)!r} could not be written at step {step} "
-                                  f"({type(exc).__name__}: {exc}); {held}; free space or pass another path")
-            if not last:
-                raise err from exc
-            warnings.warn(f"train: {err}; the result is returned", UserWarning, stacklevel=3)
-            warned_at[0] = step  # not again at the end
-            return
-        saved[0] = step
-        written[0] = _stamp()
+        with writer_lock(checkpoint):  # the check, the save and its stamp: one step for other writers
+            if _stamp() not in (None, written[0]):  # not the file this run wrote last (or found at its start)
+                since = (f"this run saved (or resumed from) step {saved[0]}" if saved[0] is not None else
+                         "this run started (before its first save)")
+                err = CheckpointError(
+                    f"the checkpoint {os.fspath(checkpoint)!r} was rewritten by another writer since {since}: two runs "
+                    "given the same checkpoint path overwrite each other's saves, and a resume continues whichever saved "
+                    "last; give each run its own checkpoint path")
+                if not last:
+                    raise err
+                warnings.warn(f"train: {err}; the file is left as it is and the result is returned", UserWarning,
+                              stacklevel=3)
+                warned_at[0] = step  # not again at the end
+                return
+            try:
+                save_checkpoint(checkpoint, arrays, meta)
+            except OSError as exc:  # a full disk, a folder removed: which file, and what is still there
+                if saved[0] is None:
+                    held = "no checkpoint of this run was written before"
+                elif _stamp() is None:  # deleted meanwhile (to free space): resume=True would start over
+                    held = (f"the checkpoint of step {saved[0]} is no longer there (deleted since), so resume=True "
+                            "would start the run over")
+                else:
+                    held = f"the checkpoint there still holds step {saved[0]} (resume=True continues from it)"
+                err = CheckpointError(f"the checkpoint {os.fspath(checkpoint)!r} could not be written at step {step} "
+                                      f"({type(exc).__name__}: {exc}); {held}; free space or pass another path")
+                if not last:
+                    raise err from exc
+                warnings.warn(f"train: {err}; the result is returned", UserWarning, stacklevel=3)
+                warned_at[0] = step  # not again at the end
+                return
+            saved[0] = step
+            written[0] = _stamp()
 
     def _stamp():
         """What identifies the file at ``checkpoint`` as one save's (each save is a new file, renamed
