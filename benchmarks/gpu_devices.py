@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import zoracle as zo
-from zoracle.executors import DeviceExecutor
+from zoracle.executors import DeviceExecutor, usable_cpus
 
 
 class DeviceTorchOracle:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         # pins each to cores / workers unless OMP_NUM_THREADS is set), or the speed-up compares
         # thread counts, not devices (all cores here against one per worker: 11-18x on 2 cores)
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0)
-                              or max(1, (os.cpu_count() or 1) // args.cpu_devices))
+                              or max(1, usable_cpus() // args.cpu_devices))
     else:
         n = torch.cuda.device_count()
         if n < 1:

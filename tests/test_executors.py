@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -1566,7 +1567,27 @@ def test_gpu_script_dry_run_on_cpu_devices():
     assert res["max_rel_diff"] <= 1e-9 and res["shards"] >= 2
     # the one-device baseline had all cores against one worker's share: 11-18x "speed-up" from 2 CPU
     # workers on a 2-core machine, thread oversubscription measured instead of devices
-    assert res["one_device_threads"] == res["worker_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert res["one_device_threads"] == res["worker_threads"] == max(1, zo.executors.usable_cpus() // 2)
+
+
+@pytest.mark.slow  # as the dry run above: a driver and a worker, each importing torch
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_gpu_script_baseline_gets_a_workers_threads_under_an_affinity_mask():
+    """Under taskset (one CPU of two) the worker got 1 thread (usable CPUs) but the one-device
+    baseline 2 (os.cpu_count()): the speed-up compared thread counts again, not devices."""
+    pytest.importorskip("torch")
+    import json
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_devices.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LOKY_MAX_CPU_COUNT")}
+    out = subprocess.run([sys.executable, script, "--cpu-devices", "1", "--channels", "2", "--batch", "4",
+                          "--repeats", "1", "--json"], capture_output=True, text=True, timeout=240, env=env,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["one_device_threads"] == res["worker_threads"] == 1
 
 
 def _exit_slowly(x):
@@ -1590,6 +1611,64 @@ def test_close_lets_idle_workers_finish_their_exit(tmp_path, monkeypatch):
         procs = [p.proc for p in ex._impl._procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert sorted(os.listdir(tmp_path)) == sorted(str(p.pid) for p in procs)
+
+
+def _start_a_thread(x):
+    import threading
+
+    if not getattr(_start_a_thread, "started", False):  # a helper thread the oracle never stops
+        _start_a_thread.started = True
+        threading.Thread(target=time.sleep, args=(600,), name="helper").start()  # not a daemon
+    return float(np.sum(x ** 2))
+
+
+def test_close_gives_idle_workers_one_grace_in_all(monkeypatch):
+    """close() waited STOP_GRACE_S for each worker in turn: workers kept alive by an oracle's
+    non-daemon thread took n x 15 s to close (30 s for 2, 2 min for 8), though all were asked at once."""
+    from zoracle import _executors_local as local
+
+    monkeypatch.setattr(local, "STOP_GRACE_S", 2.0)
+    ex = JoblibExecutor(3)
+    with ex:
+        zo.estimate_gradient(_start_a_thread, np.ones(6), zo.CGE(), executor=ex)
+        procs = [p.proc for p in ex._impl._procs]
+        t = time.monotonic()
+    took = time.monotonic() - t
+    assert all(p.returncode is not None for p in procs)
+    # (one grace in all: about 2 s and the kills; one each, as before: at least 6 s)
+    assert took < 5.0, f"close() took {took:.1f} s for 3 workers with a 2 s grace"
+
+
+def test_ctrl_c_while_close_waits_leaves_no_worker_running(monkeypatch):
+    """close() waits up to STOP_GRACE_S (15 s) for each idle worker: a Ctrl-C meanwhile left the
+    workers running, and a second close() did not stop them (they lived as long as the driver)."""
+    import signal
+    import threading
+
+    from zoracle import _executors_local as local
+
+    monkeypatch.setattr(local, "STOP_GRACE_S", 5.0)
+    ex = JoblibExecutor(2)
+    zo.estimate_gradient(_start_a_thread, np.ones(6), zo.CGE(), executor=ex)
+    procs = [p.proc for p in ex._impl._procs]
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.close()
+            time.sleep(30)  # (never reached where close() is interrupted)
+        ex.close()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        left = [p.pid for p in procs if p.poll() is None]
+    finally:
+        timer.cancel()
+        for p in procs:
+            p.kill()
+    assert left == []
 
 
 def _start_pool_then_hang(x):
@@ -1619,6 +1698,56 @@ def test_timed_out_worker_takes_its_oracles_processes_with_it(tmp_path, monkeypa
     for k in left:
         psutil.Process(k).kill()
     assert left == []
+
+
+_JOB_DRIVER = """
+import os, subprocess, sys
+import numpy as np
+import zoracle as zo
+from zoracle.executors import JoblibExecutor
+
+def simulate(x):  # an oracle running an external simulator per query
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    open(os.path.join(os.environ["ZO_TEST_KIDS_DIR"], str(p.pid)), "w").close()
+    p.wait()
+    return float(np.sum(x ** 2))
+
+with JoblibExecutor(2) as ex:
+    zo.estimate_gradient(simulate, np.ones(2), zo.CGE(), executor=ex)
+"""
+
+
+def test_a_signal_to_the_job_reaches_the_oracles_processes(tmp_path):
+    """Workers in a session of their own: a signal to the script's process group (the terminal,
+    `timeout 60 python script.py`, `kill -- -PGID`) killed the driver and, through it, the workers,
+    but left the simulators their oracle had started running as orphans."""
+    env = dict(os.environ, ZO_TEST_KIDS_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+                                          + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    driver = subprocess.Popen([sys.executable, "-c", _JOB_DRIVER], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kids = [int(f) for f in os.listdir(tmp_path)]
+        assert len(kids) == 2
+        os.killpg(driver.pid, signal.SIGTERM)  # as the terminal or `timeout` signals a job
+        driver.wait(10)
+        deadline = time.monotonic() + 10
+        alive = lambda: [k for k in kids if psutil.pid_exists(k)  # noqa: E731
+                         and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive() == []
+    finally:
+        driver.kill()
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_threading_executors_never_closed_leave_no_threads():

@@ -460,11 +460,10 @@ class _Proc:
         self.threads = threads
         main_thread = threading.current_thread() is threading.main_thread()
         argv = [str(theirs.fileno()), str(os.getpid()), str(int(main_thread))]
-        # a process group of its own: a worker killed (timeout, close) takes the processes its oracle
-        # started with it (joblib's loky pool for sklearn's n_jobs), which were left orphaned for minutes
+        # in the driver's process group: what signals the whole job (the terminal, `timeout`, `kill -- -pgid`)
+        # reaches the processes its oracle started too (a session of its own left them orphaned)
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, *argv],
-                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)  # (setsid: Python 3.10 lacks process_group=)
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(mine.detach())
         self.has: set = set()  # oracle tokens
@@ -519,12 +518,43 @@ class _Proc:
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                self.proc.kill()
-            self.proc.wait()
+            self.kill()
         self.conn.close()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and the processes its oracle started (joblib's loky pool for sklearn's
+        n_jobs: left orphaned for minutes when the worker alone was killed), then reap it."""
+        tree = _descendants(self.proc.pid)
+        self.proc.kill()
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.proc.wait()
+
+
+def _descendants(pid: int) -> list:
+    """The processes ``pid`` started, and theirs, from /proc (Linux); empty elsewhere."""
+    kids: dict = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    out, frontier = [], [pid]
+    while frontier:
+        for kid in kids.get(frontier.pop(), ()):
+            out.append(kid)
+            frontier.append(kid)
+    return out
 
 
 def _stop_all(procs) -> None:
@@ -534,10 +564,19 @@ def _stop_all(procs) -> None:
                 p.send(("stop",))
         except (OSError, ValueError):
             pass
-    for p in list(procs):
-        # an idle worker asked to stop is only exiting: its atexit handlers (joblib/loky shutting down
-        # the pool an oracle's n_jobs started takes 2-4 s) must not be cut off by SIGKILL
-        p.stop(grace=STOP_GRACE_S if p.jid is None else 2.0)
+    end = time.monotonic() + STOP_GRACE_S  # one grace for all: they were all asked at once
+    try:
+        for p in list(procs):
+            # an idle worker asked to stop is only exiting: its atexit handlers (joblib/loky shutting down
+            # the pool an oracle's n_jobs started takes 2-4 s) must not be cut off by SIGKILL
+            p.stop(grace=max(0.0, end - time.monotonic()) if p.jid is None else 2.0)
+    except BaseException:  # Ctrl-C while waiting: no worker is left running with nothing left to stop it
+        for p in list(procs):
+            if p.proc.poll() is None:
+                p.kill()
+            p.conn.close()
+        procs.clear()
+        raise
     procs.clear()
 
 
