@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import namedtuple
 
 import numpy as np
@@ -1047,3 +1048,68 @@ def test_a_checkpoint_this_process_may_not_read_is_not_called_corrupt(tmp_path, 
     assert "corrupt" not in str(info.value)
     monkeypatch.undo()
     assert zo.train(loss, np.zeros(3), epochs=4, optimizer=zo.sgd(0.1), rng=0, progress=False, resume=path).steps == 4
+
+
+def test_a_folder_locked_by_another_program_does_not_hang_the_save(tmp_path):
+    """`flock . python script.py` (a job kept alone in its folder) holds a lock on the folder for the
+    whole job: train's save, which locked the checkpoint's folder against another run's save, waited
+    for it forever (h279). The lock is a private file of zoracle's now; the run saves at once."""
+    import threading
+
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               f"fd = os.open({str(tmp_path)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    out = {}
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        ck = str(tmp_path / "run.npz")
+        f = lambda x: float(((x - 1) ** 2).sum())  # noqa: E731
+        run = threading.Thread(target=lambda: out.setdefault("r", zo.train(
+            f, np.zeros(3), epochs=1, steps_per_epoch=2, progress=False, rng=0, optimizer=zo.sgd(0.1),
+            checkpoint=ck)), daemon=True)
+        run.start()
+        run.join(20)
+        assert not run.is_alive(), "the save still waits for a lock held by another program"
+    finally:
+        holder.kill()
+        holder.wait()
+    np.testing.assert_array_equal(zo.load_checkpoint(ck)[0]["params"], out["r"].params)
+    assert sorted(os.listdir(tmp_path)) == ["run.npz"]  # no lock file beside the user's
+
+
+def test_a_save_waits_for_another_saver_of_the_same_checkpoint_a_bounded_time(tmp_path, monkeypatch):
+    """The lock is per checkpoint (its real path, through a symlinked folder too), waited for at most
+    LOCK_WAIT_S (a holder stopped with Ctrl-Z must not hang every later save), and a Ctrl-C while
+    waiting leaves no descriptor open (h279: one more each time, in a notebook's long-lived kernel)."""
+    import threading
+
+    from zoracle import _checkpoint
+    from zoracle._checkpoint import writer_lock
+
+    ck = str(tmp_path / "run.npz")
+    os.symlink(tmp_path, tmp_path / "link")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "from zoracle._checkpoint import _lock_file; "
+                               f"fd = os.open(_lock_file({ck!r}), os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        monkeypatch.setattr(_checkpoint, "LOCK_WAIT_S", 1.0)
+        t = time.monotonic()
+        with writer_lock(str(tmp_path / "link" / "run.npz")):  # the same file: waited for, then gone on
+            waited = time.monotonic() - t
+        assert waited >= 1.0
+        with writer_lock(str(tmp_path / "other.npz")):  # another checkpoint in the folder: not waited for
+            pass
+        monkeypatch.setattr(_checkpoint, "LOCK_WAIT_S", 30.0)
+        before = sorted(os.listdir("/proc/self/fd"))
+        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            with writer_lock(ck):
+                time.sleep(30)  # (never reached while the lock is held elsewhere)
+        timer.join()
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    finally:
+        holder.kill()
+        holder.wait()

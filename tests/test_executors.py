@@ -1639,6 +1639,26 @@ def test_close_gives_idle_workers_one_grace_in_all(monkeypatch):
     assert took < 5.0, f"close() took {took:.1f} s for 3 workers with a 2 s grace"
 
 
+def test_close_gives_busy_workers_one_grace_in_all():
+    """Workers inside an oracle call (a Ctrl-C during a run leaves the `with` block) got 2 s each
+    in turn: n x 2 s (16 s for 8 workers), though all were asked to stop at once."""
+    import signal
+
+    from zoracle import _executors_local as local
+
+    procs = [local._Proc(i, None, 1) for i in range(3)]
+    for p in procs:
+        p.wait_ready(30)
+        p.jid = 7  # a shard running on it
+        os.kill(p.pid, signal.SIGSTOP)  # busy: it does not read the stop message
+    t = time.monotonic()
+    local._stop_all(procs)
+    took = time.monotonic() - t
+    assert all(p.proc.returncode is not None for p in procs)
+    # (one 2 s grace in all, then the kills; one each: at least 6 s)
+    assert took < 4.5, f"close() took {took:.1f} s for 3 busy workers"
+
+
 def test_ctrl_c_while_close_waits_leaves_no_worker_running(monkeypatch):
     """close() waits up to STOP_GRACE_S (15 s) for each idle worker: a Ctrl-C meanwhile left the
     workers running, and a second close() did not stop them (they lived as long as the driver)."""
@@ -1748,6 +1768,43 @@ def test_a_signal_to_the_job_reaches_the_oracles_processes(tmp_path):
                 os.kill(k, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_a_second_ctrl_c_while_close_kills_leaves_no_worker_running(monkeypatch):
+    """A Ctrl-C during close()'s wait, then another while the workers were being killed (inside
+    the /proc scan, slowed here): the workers were left running and a second close() did nothing."""
+    import signal
+    import threading
+
+    from zoracle import _executors_local as local
+
+    monkeypatch.setattr(local, "STOP_GRACE_S", 5.0)
+    real = local._descendants
+
+    def slow(pid):
+        time.sleep(1.0)
+        return real(pid)
+
+    monkeypatch.setattr(local, "_descendants", slow)
+    ex = JoblibExecutor(2)
+    zo.estimate_gradient(_start_a_thread, np.ones(6), zo.CGE(), executor=ex)
+    procs = [p.proc for p in ex._impl._procs]
+    timers = [threading.Timer(s, lambda: os.kill(os.getpid(), signal.SIGINT)) for s in (1.0, 1.5)]
+    for timer in timers:
+        timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.close()
+            time.sleep(30)  # (never reached where close() is interrupted)
+        for timer in timers:
+            timer.join()
+        ex.close()
+        assert [p.poll() for p in procs] == [-signal.SIGKILL] * 2
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_threading_executors_never_closed_leave_no_threads():

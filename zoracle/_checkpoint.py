@@ -201,21 +201,61 @@ def _placeholders(value, raw: dict):
     return value
 
 
+#: seconds a save waits for another zoracle process's save of the same checkpoint (a save takes
+#: seconds) before it goes on without the lock (a holder stopped with Ctrl-Z must not hang it)
+LOCK_WAIT_S = 60.0
+
+
+def _lock_file(path) -> str:
+    """A lock file private to this user for the checkpoint ``path`` (by its real path), in the temp
+    folder: not the checkpoint's folder, which another program may lock (``flock . python run.py``
+    kept a job alone in its folder, and a save waiting on that folder's lock waited for good), and
+    where no file is left beside the user's."""
+    import hashlib
+    import stat
+    import tempfile
+
+    folder = os.path.join(tempfile.gettempdir(), f"zoracle-locks-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # planted by another user: not used
+        raise OSError(f"{folder} is not this user's folder")
+    return os.path.join(folder, hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32] + ".lock")
+
+
 @contextlib.contextmanager
 def writer_lock(path):
-    """Hold an exclusive lock on the folder of ``path`` (``flock``) for other processes' saves: a
+    """Hold an exclusive lock for ``path`` against other processes' saves of the same checkpoint: a
     run's check that the file is still its own, its save and its reading of what it wrote are then
-    one step for another run given the same path. Where the platform or the file system cannot lock
-    (no ``fcntl``, a folder that cannot be opened), nothing is locked."""
+    one step for another run given the same path. The lock is a ``flock`` on a private file named by
+    the checkpoint's real path (:func:`_lock_file`), waited for at most ``LOCK_WAIT_S``; where the
+    platform cannot lock (no ``fcntl``, no ``getuid``, a temp folder that cannot be used), or the wait
+    ends, the save goes on unlocked."""
+    import time
+
     fd = None
     try:
-        import fcntl
-        fd = os.open(os.path.dirname(os.path.realpath(path)) or ".", os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except (ImportError, OSError):
+        try:
+            import fcntl
+
+            fd = os.open(_lock_file(path), os.O_RDWR | os.O_CREAT, 0o600)
+            end = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= end:
+                        raise
+                    time.sleep(0.05)
+        except (ImportError, OSError, AttributeError):
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    except BaseException:  # Ctrl-C while waiting: no descriptor (or lock) left behind
         if fd is not None:
             os.close(fd)
-        fd = None
+        raise
     try:
         yield
     finally:

@@ -564,17 +564,24 @@ def _stop_all(procs) -> None:
                 p.send(("stop",))
         except (OSError, ValueError):
             pass
-    end = time.monotonic() + STOP_GRACE_S  # one grace for all: they were all asked at once
+    now = time.monotonic()
+    end, busy_end = now + STOP_GRACE_S, now + 2.0  # one grace for all: they were all asked at once
     try:
         for p in list(procs):
             # an idle worker asked to stop is only exiting: its atexit handlers (joblib/loky shutting down
             # the pool an oracle's n_jobs started takes 2-4 s) must not be cut off by SIGKILL
-            p.stop(grace=max(0.0, end - time.monotonic()) if p.jid is None else 2.0)
+            p.stop(grace=max(0.0, (end if p.jid is None else busy_end) - time.monotonic()))
     except BaseException:  # Ctrl-C while waiting: no worker is left running with nothing left to stop it
-        for p in list(procs):
-            if p.proc.poll() is None:
-                p.kill()
-            p.conn.close()
+        pending = list(procs)
+        while pending:  # a second Ctrl-C inside a kill (the /proc scan) left the rest running, for good
+            try:
+                p = pending[0]
+                if p.proc.poll() is None:
+                    p.kill()
+                p.conn.close()
+                pending.pop(0)
+            except KeyboardInterrupt:
+                continue
         procs.clear()
         raise
     procs.clear()
