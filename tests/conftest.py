@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import shutil
 import tempfile
 
@@ -103,3 +104,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raising KeyboardInterrupt in this process, as in a terminal: a background job (nohup,
+    `cmd &`, CI) starts with SIGINT ignored, and a test sending itself SIGINT then waited in vain."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)

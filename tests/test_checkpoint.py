@@ -1077,7 +1077,7 @@ def test_a_folder_locked_by_another_program_does_not_hang_the_save(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["run.npz"]  # no lock file beside the user's
 
 
-def test_a_save_waits_for_another_saver_of_the_same_checkpoint_a_bounded_time(tmp_path, monkeypatch):
+def test_a_save_waits_for_another_saver_of_the_same_checkpoint_a_bounded_time(tmp_path, monkeypatch, ctrl_c):
     """The lock is per checkpoint (its real path, through a symlinked folder too), waited for at most
     LOCK_WAIT_S (a holder stopped with Ctrl-Z must not hang every later save), and a Ctrl-C while
     waiting leaves no descriptor open (h279: one more each time, in a notebook's long-lived kernel)."""

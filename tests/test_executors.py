@@ -1659,7 +1659,7 @@ def test_close_gives_busy_workers_one_grace_in_all():
     assert took < 4.5, f"close() took {took:.1f} s for 3 busy workers"
 
 
-def test_ctrl_c_while_close_waits_leaves_no_worker_running(monkeypatch):
+def test_ctrl_c_while_close_waits_leaves_no_worker_running(monkeypatch, ctrl_c):
     """close() waits up to STOP_GRACE_S (15 s) for each idle worker: a Ctrl-C meanwhile left the
     workers running, and a second close() did not stop them (they lived as long as the driver)."""
     import signal
@@ -1770,7 +1770,7 @@ def test_a_signal_to_the_job_reaches_the_oracles_processes(tmp_path):
                 pass
 
 
-def test_a_second_ctrl_c_while_close_kills_leaves_no_worker_running(monkeypatch):
+def test_a_second_ctrl_c_while_close_kills_leaves_no_worker_running(monkeypatch, ctrl_c):
     """A Ctrl-C during close()'s wait, then another while the workers were being killed (inside
     the /proc scan, slowed here): the workers were left running and a second close() did nothing."""
     import signal
