@@ -1943,16 +1943,10 @@ def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
     them (checked with stand-ins: no GPU here); nothing else is imported, and a device that is
     not a CUDA index is left to to_device."""
     import sys
-    import types
 
     from zoracle._executors_core import WorkerState, use_device
 
-    calls = []
-    torch_like = types.SimpleNamespace(cuda=types.SimpleNamespace(set_device=lambda i: calls.append(("torch", i))))
-    device = types.SimpleNamespace(use=lambda: calls.append(("cupy", "use")))
-    cupy_like = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: calls.append(("cupy", i)) or device))
-    monkeypatch.setitem(sys.modules, "torch", torch_like)
-    monkeypatch.setitem(sys.modules, "cupy", cupy_like)
+    calls = _stand_in_gpu_modules(monkeypatch)
     WorkerState("cuda:3").put_oracle("t", _wave)
     assert calls == [("torch", 3), ("cupy", 3), ("cupy", "use")]
     calls.clear()
@@ -1964,14 +1958,11 @@ def test_a_cuda_worker_makes_its_gpu_the_current_device(monkeypatch):
     assert calls == [("torch", 0)] and "cupy" not in sys.modules
 
 
-def test_a_worker_for_a_device_index_makes_its_gpu_the_current_device(monkeypatch):
-    """DeviceExecutor takes device indices ([0, 1], range(2), np.arange(2)), which torch reads as
-    cuda:0, cuda:1 (TorchOracle.to_device(1) moves the model to cuda:1), but the worker for 1
-    left GPU 0 current in torch and CuPy: only strings starting with "cuda" were read."""
+def _stand_in_gpu_modules(monkeypatch) -> list:
+    """Stand-ins for torch and CuPy in ``sys.modules`` that record the current-device calls (no GPU
+    here); the list they record into."""
     import sys
     import types
-
-    from zoracle._executors_core import WorkerState, use_device
 
     calls = []
     torch_like = types.SimpleNamespace(cuda=types.SimpleNamespace(set_device=lambda i: calls.append(("torch", i))))
@@ -1979,6 +1970,16 @@ def test_a_worker_for_a_device_index_makes_its_gpu_the_current_device(monkeypatc
     cupy_like = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: calls.append(("cupy", i)) or device))
     monkeypatch.setitem(sys.modules, "torch", torch_like)
     monkeypatch.setitem(sys.modules, "cupy", cupy_like)
+    return calls
+
+
+def test_a_worker_for_a_device_index_makes_its_gpu_the_current_device(monkeypatch):
+    """DeviceExecutor takes device indices ([0, 1], range(2), np.arange(2)), which torch reads as
+    cuda:0, cuda:1 (TorchOracle.to_device(1) moves the model to cuda:1), but the worker for 1
+    left GPU 0 current in torch and CuPy: only strings starting with "cuda" were read."""
+    from zoracle._executors_core import WorkerState, use_device
+
+    calls = _stand_in_gpu_modules(monkeypatch)
     for index in (1, np.int64(1), range(3)[1], np.arange(2)[1]):
         calls.clear()
         WorkerState(index).put_oracle("t", _wave)
