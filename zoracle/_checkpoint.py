@@ -220,7 +220,7 @@ def _lock_file(path) -> str:
     st = os.lstat(folder)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # planted by another user: not used
         raise OSError(f"{folder} is not this user's folder")
-    return os.path.join(folder, hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32] + ".lock")
+    return os.path.join(folder, hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32] + ".lock")
 
 
 @contextlib.contextmanager
@@ -248,7 +248,7 @@ def writer_lock(path):
                     if time.monotonic() >= end:
                         raise
                     time.sleep(0.05)
-        except (ImportError, OSError, AttributeError):
+        except (ImportError, OSError, AttributeError, ValueError):  # (no lock rather than no save)
             if fd is not None:
                 os.close(fd)
             fd = None
