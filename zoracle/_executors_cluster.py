@@ -31,7 +31,7 @@ from ._executors_core import (
     run_task_guarded,
     unless_closed,
 )
-from ._executors_local import ShardedExecutor
+from ._executors_local import ShardedExecutor, _descendants, _proc_table
 
 __all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
 
@@ -762,24 +762,6 @@ if folder:
 """
 
 
-def _proc_table() -> dict:
-    """``{pid: (ppid, start time)}`` from /proc (Linux); empty elsewhere."""
-    table = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return table
-    for name in names:
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                table[int(name)] = (int(fields[1]), fields[19])
-            except (OSError, IndexError, ValueError):
-                continue
-    return table
-
-
 def start_reaper(folder: str | None):
     """A watchdog that SIGKILLs this driver's current descendants (and removes ``folder``)
     if the driver dies without closing, e.g. on SIGKILL. Linux only; returns the process."""
@@ -788,13 +770,7 @@ def start_reaper(folder: str | None):
     if not sys.platform.startswith("linux"):
         return None
     table, me = _proc_table(), os.getpid()
-    kids, frontier = [], [me]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, start) in table.items():
-            if ppid == parent:
-                kids.append(f"{pid}:{start}")
-                frontier.append(pid)
+    kids = [f"{pid}:{table[pid][1]}" for pid in _descendants(me, table)]
     return subprocess.Popen([sys.executable, "-c", _REAPER, str(me), folder or "", *kids],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

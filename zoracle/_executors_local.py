@@ -534,21 +534,30 @@ class _Proc:
         self.proc.wait()
 
 
-def _descendants(pid: int) -> list:
-    """The processes ``pid`` started, and theirs, from /proc (Linux); empty elsewhere."""
-    kids: dict = {}
+def _proc_table() -> dict:
+    """``{pid: (ppid, start time)}`` from /proc (Linux); empty elsewhere."""
+    table = {}
     try:
         names = os.listdir("/proc")
     except OSError:
-        return []
+        return table
     for name in names:
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                table[int(name)] = (int(fields[1]), fields[19])
             except (OSError, IndexError, ValueError):
                 continue
-            kids.setdefault(ppid, []).append(int(name))
+    return table
+
+
+def _descendants(pid: int, table: dict | None = None) -> list:
+    """The processes ``pid`` started, and theirs (from ``table``, default :func:`_proc_table`);
+    empty where there is no /proc."""
+    kids: dict = {}
+    for child, (ppid, _) in (_proc_table() if table is None else table).items():
+        kids.setdefault(ppid, []).append(child)
     out, frontier = [], [pid]
     while frontier:
         for kid in kids.get(frontier.pop(), ()):

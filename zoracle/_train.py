@@ -327,11 +327,9 @@ _SCIPY_RESULT_FIELDS = {
     "fun": "evaluate your loss at result.params (result.loss is the last step's loss at its base point, "
            "before that step's update: not the loss at result.params)",
     "nit": "the optimizer steps are result.steps",
-    "success": "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early",
-    "status": "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early",
-    "message": "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early",
     "jac": "train keeps no gradient: zo.estimate_gradient(oracle, result.params) estimates one",
-}
+} | dict.fromkeys(("success", "status", "message"),
+                  "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early")
 
 
 # --------------------------------------------------------------------------------------
@@ -1744,7 +1742,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     )
                 nfev += g.nfev
                 ran += 1
-                flat += not bool(xp.any(g.grad))
+                if flat == ran - 1 and not flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
+                    flat += not bool(xp.any(g.grad))
                 width = float(est.mu)
                 if snes:  # the widths this step sampled with, before its update
                     width = float(np.mean(est_state))
