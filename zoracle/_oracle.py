@@ -65,7 +65,10 @@ class SplitOracle(Protocol):
     ``prefix(params, block)`` returns the activations entering ``block`` (they do not depend
     on the block's own parameters); ``suffix(features, params, block, coords, step)`` returns
     the losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``
-    (the representable step, as for :class:`CoordinateOracle`).
+    (the representable step, as for :class:`CoordinateOracle`). One block's features go to
+    every suffix call of the block: they arrive read-only where they are NumPy arrays (alone,
+    or in a tuple, list or dict), and a torch tensor among them written in place raises
+    :class:`OracleError`; compute out of place.
     """
 
     blocks: Sequence[slice]
@@ -308,10 +311,47 @@ def private(params):
     return params.copy()
 
 
+def _feature_items(features):
+    """The arrays a ``prefix`` returned: the value itself, or the items of a tuple, list or dict."""
+    if type(features) in (tuple, list):
+        return features
+    return features.values() if type(features) is dict else (features,)
+
+
+def shared_features(features):
+    """``features`` as a ``suffix`` call sees them: NumPy arrays (the value, or the items of a
+    tuple, list or dict) as read-only views, free; anything else as it is. One block's features go
+    to every suffix call of the block (each chunk of coordinates, both steps of a central scheme):
+    a suffix that wrote into them (``feats += ...``, an in-place ReLU) moved the later calls'
+    losses, a central gradient off by orders of magnitude."""
+    def view(a):
+        return readonly(a) if isinstance(a, np.ndarray) else a
+
+    if type(features) in (tuple, list):
+        return type(features)(view(a) for a in features)
+    if type(features) is dict:
+        return {k: view(a) for k, a in features.items()}
+    return view(features)
+
+
+def _tensor_versions(features) -> list:
+    """``(tensor, version)`` of each torch tensor among the features: a write in place moves its
+    version counter (tensors have no read-only flag)."""
+    out = []
+    for a in _feature_items(features):
+        if type(a).__module__.startswith("torch"):
+            try:
+                out.append((a, a._version))
+            except (AttributeError, RuntimeError):  # an inference-mode tensor keeps no version (nor takes writes)
+                pass
+    return out
+
+
 _READONLY_HINT = (
-    "the oracle tried to modify an array it was given (the parameters, or the coordinates of "
-    "coordinate_losses / suffix), which are read-only so that no query can corrupt another; work on a "
-    "copy (x = x.copy(), or local = coords - start) inside the oracle"
+    "the oracle tried to modify an array it was given (the parameters, the coordinates of "
+    "coordinate_losses / suffix, or suffix's features, which every suffix call of a block shares), which are "
+    "read-only so that no query can corrupt another; work on a copy (x = x.copy(), local = coords - start, "
+    "h = features + ...) inside the oracle"
 )
 
 
@@ -421,9 +461,16 @@ class Oracle:
             raise _raised(f"prefix of block {block}", exc) from exc
 
     def suffix(self, features, params, block, coords, step, query_of, what) -> np.ndarray:
-        return self._vector(
-            lambda: self.fn.suffix(features, private(params), block, coords, step), len(coords), query_of, what
-        )
+        seen = _tensor_versions(features)
+        values = self._vector(lambda: self.fn.suffix(shared_features(features), private(params), block, coords, step),
+                              len(coords), query_of, what)
+        if any(t._version != v for t, v in seen):
+            raise OracleError(what, cause=RuntimeError(f"suffix wrote into the features prefix(params, {block}) "
+                                                       "returned, a tensor written in place"),
+                              detail="every suffix call of the block gets these features (each chunk of coordinates, "
+                                     "both steps of a central scheme): compute out of place inside the oracle "
+                                     "(h = features + ..., not features.add_(...))")
+        return values
 
     def __repr__(self) -> str:
         return f"Oracle({self.fn!r}, caps={self.caps})"

@@ -1091,7 +1091,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Epochs between ``eval_fn`` calls (default 1; the last epoch is always evaluated).
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
-        and ``params`` are copies: writing into them cannot change the run or its history); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
+        and ``params`` are copies: a callback may keep them, and writing into them cannot change the run
+        or its history, so constraints are kept by projecting in the optimizer's update); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
@@ -1448,7 +1449,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if sparse and keep is None:
         if not isinstance(ratios, str):
             try:
-                keep = np.asarray(ratios, dtype=np.float64).ravel()
+                keep = np.array(ratios, dtype=np.float64).ravel()  # (a copy: result.ratios is not the caller's array)
             except (TypeError, ValueError):
                 raise ArgumentError(f"`ratios` must be 'zo_grasp', 'smart', 'uniform', 'random' or one keep ratio "
                                     f"(a number in [0, 1]) per scored block, got {ratios!r}") from None

@@ -9,7 +9,7 @@ import numpy as np
 from .._backend import namespace, to_numpy
 from .._errors import ArgumentError, ZoracleError, finite_real
 from .._estimators import as_generator, validate_params
-from .._oracle import capabilities, check_scalar, compute_dtype_of, readonly, reject_async
+from .._oracle import capabilities, check_scalar, compute_dtype_of, readonly, reject_async, shared_features
 from .._plan import check_blocks, queries_per_call
 
 __all__ = ["OracleCheckError", "check_oracle"]
@@ -283,7 +283,7 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                     feats = _ask(f"oracle.prefix(params, {b}){where}", oracle.prefix, at.copy(), b)
                     for s in (step, -step):
                         got, note = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _chunked(
-                            lambda c: oracle.suffix(feats, at.copy(), b, c, s), cb, cap, first_alone=s < 0))
+                            lambda c: oracle.suffix(shared_features(feats), at.copy(), b, c, s), cb, cap, first_alone=s < 0))
                         want = [call(perturbed(at, int(i), s)) for i in cb]
                         ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                         worst = max(worst, dev)
