@@ -58,7 +58,8 @@ class OracleError(ZoracleError, RuntimeError):
         Which query failed, e.g. ``"coordinate 17 (step +0.005)"`` or ``"direction 3 (+mu)"``.
     value : object
         The value the oracle returned (``None`` when it raised); where it is not a number, its
-        ``repr`` (cut to 200 characters), as text.
+        ``repr`` (cut to 200 characters), as text. The message shows it on one line, cut to 200
+        characters, whatever was passed here.
     cause : BaseException or None
         The exception the oracle raised, if any (also chained as ``__cause__``).
     """
@@ -71,7 +72,7 @@ class OracleError(ZoracleError, RuntimeError):
         if cause is not None:
             msg = f"oracle raised at {query}: {type(cause).__name__}: {exc_text(cause)}{'; ' + detail if detail else ''}"
         else:
-            msg = f"oracle returned {value!r} at {query}{': ' + detail if detail else ''}"
+            msg = f"oracle returned {short_repr(value)} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)
 
     def located(self, where: str, fix: str = "") -> "OracleError":
@@ -100,6 +101,22 @@ def travelling_state(exc: BaseException, fields=("query", "value", "cause", "det
     if _round_trips(exc.args):
         state["args"] = exc.args
     return state
+
+
+def short_repr(value, limit: int = 200) -> str:
+    """``repr(value)`` on one line (NumPy's rows of a 2-D array joined), cut to ``limit`` characters.
+    A repr that fails does not replace the report it is for: an int beyond Python's limit on the
+    digits it writes (4300) is named by its size, anything else by its type."""
+    try:
+        r = repr(value)
+    except Exception:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            r = f"<int of about {int(int(value).bit_length() * math.log10(2)) + 1} digits>"
+        else:
+            r = f"<{type(value).__name__}>"
+    if "\n" in r:  # (a str's repr escapes its newlines: these are a repr's own line breaks)
+        r = " ".join(line.strip() for line in r.splitlines())
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 def check_flag(name: str, v) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import namespace, same_values, to_numpy
+from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, finite_real
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
@@ -224,7 +224,7 @@ def nes_utilities(losses) -> np.ndarray:
 
 
 def _check_sigma(state, d: int) -> np.ndarray:
-    s = np.asarray(to_numpy(state), dtype=np.float64)
+    s = np.asarray(real_numpy(state, np.float64), dtype=np.float64)  # (a bfloat16 tensor's too: exact)
     if s.shape != (d,):
         raise ArgumentError(f"`state` (SNES's sigma) must have shape ({d},), got {s.shape}; start from SNES(...).init(params)")
     if not (np.isfinite(s).all() and (s > 0).all()):

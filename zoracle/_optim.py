@@ -303,7 +303,10 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
         # the same operations and dtypes as mhat / (sqrt(vhat) + eps), without named intermediates:
         # NumPy reuses temporaries in place (4 d-sized arrays at the peak, the new m, v and params
         # and one temporary; named mhat, vhat and sqrt(vhat) held 7)
-        den = xp.sqrt(v / (1 - b2**t)) + eps
+        with np.errstate(over="ignore"):  # (an overflow here is found below, and that step taken again)
+            den = xp.sqrt(v / (1 - b2**t)) + eps
+        if den.size and not math.isfinite(float(xp.max(den))):
+            den = _wide_den(den, v, grad, state.nu, b2, t, eps)
         d = (m / (1 - b1**t)) / den
         del den
         if weight_decay:
@@ -315,6 +318,28 @@ def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weig
     config = f"adam(lr={describe_schedule(lr)}, b1={b1}, b2={b2}, eps={eps}, weight_decay={weight_decay})"
     return _remakeable(Optimizer(init, update, lr, "adam", config, weight_decay), adam, lr=lr, b1=b1, b2=b2, eps=eps,
                        weight_decay=weight_decay)
+
+
+def _wide_den(den, v, grad, nu, b2: float, t: int, eps: float):
+    """Adam's ``sqrt(v_hat) + eps`` where the one in params' dtype was not finite: ``v / (1 - b2**t)``
+    overflowed (float32 at gradients above about 1.8e19, whose step was then 0), or ``v`` did (its
+    ``g * g``). Those entries are computed again in float64 as ``sqrt(v) / sqrt(1 - b2**t)``, which
+    does not overflow where ``v`` does not; every other entry keeps its value, bit for bit. Where
+    ``v`` itself overflowed, this step reads it from the state and gradient in float64, but the
+    state keeps ``v`` in params' dtype: inf (float32 beyond about 5.8e20), and that coordinate's
+    later steps are 0; a ``v`` beyond float64 stays infinite here too: a step of 0."""
+    xp = namespace(den)
+    bad = xp.logical_not(xp.isfinite(den))
+    wide = v[bad].astype(np.float64)
+    over = xp.logical_not(xp.isfinite(wide))  # ``v`` itself overflowed: from the state and gradient in float64
+    if bool(xp.any(over)):
+        g = xp.asarray(grad, dtype=np.float64)
+        g = g[bad] if g.ndim else g
+        with np.errstate(over="ignore"):  # (float64 params: numpy has warned of v's overflow already)
+            wide = xp.where(over, b2 * nu[bad].astype(np.float64) + (1 - b2) * g * g, wide)
+    den = den.copy()
+    den[bad] = (xp.sqrt(wide) / math.sqrt(1 - b2**t) + eps).astype(den.dtype)
+    return den
 
 
 def scaled(optimizer: Optimizer, scale, label: str) -> Optimizer:

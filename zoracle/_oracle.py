@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ._backend import real_numpy
-from ._errors import ArgumentError, OracleError, Shown, exc_text
+from ._errors import ArgumentError, OracleError, Shown, exc_text, short_repr
 
 __all__ = [
     "LossOracle",
@@ -200,11 +200,7 @@ def reject_async(fn) -> None:
 
 
 def _describe(value) -> str:
-    try:
-        r = repr(value)
-    except Exception:  # a repr that fails must not hide the real report
-        r = f"<{type(value).__name__}>"
-    return Shown(r if len(r) < 200 else r[:197] + "...")
+    return Shown(short_repr(value))  # (a repr that fails must not hide the real report)
 
 
 def check_scalar(value, query: str) -> float:

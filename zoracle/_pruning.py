@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from ._backend import to_numpy
+from ._backend import real_numpy, to_numpy
 from ._errors import ArgumentError, OracleError, check_flag, user_stacklevel
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._masks import _block_list, _slices, check_disjoint
@@ -281,7 +281,7 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     fill_small = check_flag("fill_small", fill_small)
     sl = _block_slices(blocks)
     check_disjoint(sl)
-    s = to_numpy(scores)
+    s = real_numpy(scores, np.float64)  # (torch's bfloat16 scores: exact in float64)
     if np.iscomplexobj(s):  # the cast would drop the imaginary part
         raise ArgumentError(f"`scores` must be real, got dtype {s.dtype}")
     s = np.asarray(s, dtype=np.float64).ravel()

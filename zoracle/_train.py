@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint, writer_lock
-from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, user_stacklevel
+from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, short_repr, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
 from ._malloc import reuse_freed_memory
@@ -789,12 +789,10 @@ def _metric(v, where):
         if isinstance(v, (str, bytes)) or getattr(v, "shape", ()) not in ((), (1,)) or np.ma.is_masked(v):
             raise TypeError  # (a masked value's .item() is the data hidden behind its mask: 0.0, or a stale number)
         return float(v.item() if hasattr(v, "item") else v)
-    except (TypeError, ValueError):
-        shown = repr(v)
-        raise ArgumentError(
-            f"{where} is {shown if len(shown) < 80 else shown[:77] + '...'}; `eval_fn` must return a number "
-            "or a dict of numbers"
-        ) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # (OverflowError: an int such as 10**400)
+        big = " (too large for a float)" if isinstance(exc, OverflowError) else ""
+        raise ArgumentError(f"{where} is {short_repr(v, 80)}{big}; `eval_fn` must return a number "
+                            "or a dict of numbers") from None
 
 
 #: an epoch record's own fields: a metric of the same name is stored as ``eval_<name>``
@@ -860,22 +858,29 @@ def _restore_state(template, saved: dict, count: int, xp):
 CHECKED_STEPS = 100_000
 
 
-def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = False) -> dict:
+def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = False, prints=None) -> dict:
     """Every step's learning rate and ``mu`` of a run of known length, checked before the first
     query (by :func:`schedule_value`): a schedule that turns negative or raises at step 11
     must not fail after 11 steps' work. Returns ``{step: mu}`` at the steps of the smallest and
     the largest ``mu`` checked (empty without a ``mu`` schedule or a known length), whose
     steps must be representable too. A learning rate that is 0 over the run's last steps is
     warned about, unless a query budget or a callback may end the run before them
-    (``may_stop``: ``short_budget``'s schedule ends where its budget does)."""
+    (``may_stop``: ``short_budget``'s schedule ends where its budget does). ``prints``: the
+    schedules' :func:`fingerprint` values (``{"lr": ..., "mu": ...}``), taken as they are: a
+    schedule is called once a step here (one that counts its calls, or is slow, sees no second)."""
     if total is None:
         return {}
     extremes = {}
     for sched, name, positive in ((lr_of, lr_name, False), (mu_sched, "mu", True)):
         if sched is None:
             continue
+        fp = (prints or {}).get("mu" if sched is mu_sched else "lr") or {"steps": (), "values": ()}
+        known = dict(zip(fp["steps"], fp["values"]))
         values = []
         for t in range(min(total, CHECKED_STEPS)):
+            if t in known:  # (checked by fingerprint's schedule_value already)
+                values.append(known[t])
+                continue
             try:  # the plain value first: schedule_value's message is built only for a bad one
                 v = sched(t)
                 good = type(v) is float and (v > 0 if positive else v >= 0) and v != math.inf
@@ -920,23 +925,29 @@ def _warn_huge_mu(mu: float, scale: float) -> None:
                   f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=3)
 
 
-def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False) -> None:
+def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False, loss: float | None = None) -> bool:
     """Warn when CGE's ``mu`` is under 100 float spacings of the parameters' scale (or 1, a loss's
     usual one) in the dtype the oracle declares it computes in (``compute_dtype``; float64 for one
     that declares none): a loss of that scale moves over such a step by a few roundings, so each
     partial is resolved only to about ``spacing / mu`` (``CGE(mu=1e-15)`` at params of 1 gave -0.8
-    for -1, at 9 exactly 0, without a word)."""
+    for -1, at 9 exactly 0, without a word). Returns whether the verdict waits for ``loss``."""
     # loss_only: float32 params of an oracle that declares nothing: its loss (float32, as NumPy computes
     # on them) rounds at 1; the steps themselves are taken exactly whatever the params' scale
     unit = float(np.spacing(np.dtype(dtype).type(1.0 if loss_only else max(1.0, scale))))
     if not mu < 100 * unit:
-        return
+        return False
+    if loss_only:  # whether the loss is float32's is measured: the first step's base loss (``loss``)
+        if loss is None:
+            return True
+        if float(np.float32(loss)) != loss:  # not a float32 number: computed wider (a callable's own float64)
+            return False
     at = "1 (a loss's usual scale)" if loss_only else f"the parameters' scale (max|params| = {scale:.3g}, or 1)"
     warnings.warn(f"train: CGE's mu = {mu:g} is {mu / unit:.3g} float spacings of {np.dtype(dtype)} at "
                   f"{at}: a loss of that scale changes over such a "
                   f"step by a few roundings, so each partial derivative is resolved only to about {unit / mu:.2g} "
                   f"(for a loss of that scale); use mu >= {1000 * unit:.2g} (1000 spacings; the default is 5e-3)",
                   UserWarning, stacklevel=3)
+    return False
 
 
 def _warn_sign_decay(optimizer) -> None:
@@ -1293,7 +1304,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     prints = {"lr": fingerprint(lr_of, lr_name, total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
     extremes = _check_every_step(lr_of, lr_name, mu_sched, total,
-                                 may_stop=max_queries is not None or bool(callbacks))
+                                 may_stop=max_queries is not None or bool(callbacks), prints=prints)
     # the steps as the oracle takes them: a float32 model given float64 params (compute_dtype) is
     # estimated at params rounded to float32, where a smaller mu rounds to no step at all
     if mu_sched is None:  # a step not representable at the initial params fails now
@@ -1307,13 +1318,17 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 raise StepError(f"{exc} (the `mu` schedule's value at step {t}: `mu` sets the steps' mu)") from None
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
     scale0 = float(xp.max(xp.abs(params)))  # the initial scale: a run that leaves it far behind diverged
+    tiny = None
     if isinstance(estimator, CGE):
-        _warn_huge_mu(max(extremes.values()) if extremes else
-                      estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0)
-        _warn_tiny_mu(min(extremes.values()) if extremes else
-                      estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True), scale0,
-                      compute_dtype_of(oracle) or np.dtype(params.dtype),  # (a plain callable: its params' float)
-                      loss_only=compute_dtype_of(oracle) is None and np.dtype(params.dtype) == np.float32)
+        # (the first mu once: a schedule is called once here, where the run's length left no values checked)
+        mu0 = (None if extremes else estimator.mu if mu_sched is None
+               else schedule_value(mu_sched, 0, "mu", positive=True))
+        declared = compute_dtype_of(oracle)
+        _warn_huge_mu(max(extremes.values()) if extremes else mu0, scale0)
+        tiny = (min(extremes.values()) if extremes else mu0, scale0,
+                declared or np.dtype(params.dtype),  # (a plain callable: its params' float)
+                declared is None and np.dtype(params.dtype) == np.float32)
+        tiny = tiny if _warn_tiny_mu(*tiny) else None  # (one whose loss is judged at the first step's)
 
     all_blocks = _resolve_blocks(oracle, blocks, d) if sparse else []  # a dense run reads no layout
     scored, dense = split_blocks(all_blocks, score_kinds) if sparse else ([], [])
@@ -1699,6 +1714,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"training diverged at step {step} (epoch {epoch}): max|params| grew to "
                         f"{scale:.3g} (from {scale0:.3g}), where mu = {est.mu:g} is no longer a representable step; "
                         f"lower the learning rate{last}") from exc
+                if tiny:  # a float32 loss or a wider one: the base loss measured says which
+                    tiny = _warn_tiny_mu(*tiny, loss=g.loss)
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     lr_name)
                 try:

@@ -165,15 +165,18 @@ def certified_accuracy(radii, correct, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndar
     >>> certified_accuracy([0.3, np.nan, 0.8, 0.1], [True, False, True, False], [0, 0.5]).tolist()
     [0.5, 0.25]
     """
-    radii = np.asarray(radii, dtype=np.float64).reshape(-1)
-    correct = np.asarray(correct).reshape(-1)
+    # (torch tensors, bfloat16 ones too, whose NumPy conversion raised TypeError: read exactly)
+    radii = np.asarray(real_numpy(radii, np.float64), dtype=np.float64).reshape(-1)
+    given = getattr(correct, "dtype", None)  # (named as passed: a torch dtype, bfloat16's read as float64)
+    correct = real_numpy(correct, np.float64).reshape(-1)
     if correct.dtype != bool:
-        raise ArgumentError(f"`correct` must be a boolean array, got dtype {correct.dtype}; use preds == labels")
+        shown = given if given is not None else correct.dtype
+        raise ArgumentError(f"`correct` must be a boolean array, got dtype {shown}; use preds == labels")
     if radii.shape != correct.shape:
         raise ArgumentError(f"`radii` and `correct` must have the same length, got {radii.shape} and {correct.shape}")
     if radii.size == 0:
         raise ArgumentError("`radii` is empty; certify at least one point")
-    grid = np.asarray(r_grid, dtype=np.float64).reshape(-1)
+    grid = np.asarray(real_numpy(r_grid, np.float64), dtype=np.float64).reshape(-1)
     ok = correct & ~np.isnan(radii)
     with np.errstate(invalid="ignore"):
         return np.array([np.mean(ok & (radii >= r)) for r in grid])
@@ -421,7 +424,7 @@ class CertificateBatch:
 
     def correct(self, labels) -> np.ndarray:
         """Boolean array: prediction equals label (False where abstaining)."""
-        labels = np.asarray(labels).reshape(-1)
+        labels = real_numpy(labels, np.float64).reshape(-1)  # (a torch tensor's, bfloat16 too)
         if labels.shape != self.predictions.shape:  # one label would broadcast to every point
             raise ArgumentError(f"`labels` must hold one label per point ({self.predictions.size}), got {labels.size}")
         return self.predictions == labels
