@@ -124,7 +124,19 @@ def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentError(f"`{name}` must be a file path such as {example!r}, got {type(path).__name__} {path!r}")
     path = os.fspath(path)
-    return os.path.expanduser(os.fsdecode(path) if isinstance(path, bytes) else path)
+    path = os.fsdecode(path) if isinstance(path, bytes) else path
+    word = _CONFIG_WORDS.get(path.strip().lower(), "")
+    if word != "":  # str(None) or a config's null or boolean as text: a file "None" written, or read, silently
+        fix = (f"pass {name}={word}" if name == "resume" else f"pass a file path such as {example!r}"
+               if word is True or name == "path" else f"leave `{name}` out (None)")
+        raise ArgumentError(f"`{name}` is the text {path!r}, a null or a boolean written out (as a config file or a "
+                            f"command line gives it), not a file name: {fix} (or './{path.strip()}' for a file of "
+                            "that name)")
+    return os.path.expanduser(path)
+
+
+# what a config's null or boolean becomes as text (str(None), YAML's null, JSON's true)
+_CONFIG_WORDS = {"none": None, "null": None, "true": True, "false": False}
 
 
 def _file_path(path, name: str, example: str) -> str:

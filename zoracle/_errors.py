@@ -124,8 +124,44 @@ def check_flag(name: str, v) -> bool:
     import numpy as np
 
     if not isinstance(v, (bool, np.bool_)):
-        raise ArgumentError(f"`{name}` must be True or False, got {v!r}")
+        raise ArgumentError(f"`{name}` must be True or False, got {v!r}{config_hint(name, v, 'flag')}")
     return bool(v)
+
+
+_FLAG_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def config_hint(name: str, value, want: str) -> str:
+    """The fix for a value as a config file or a command line gives it, to end a refusal with: text
+    for a number or a flag (``"1e-3"``, ``"3"``, ``"true"``) or a whole float for a count (``3.0``)
+    is never converted silently, so the message says what to pass. ``want``: ``"int"``,
+    ``"number"`` or ``"flag"``. Empty for any other value."""
+    if isinstance(value, str):
+        text = value.strip()
+        if want == "flag":
+            word = _FLAG_WORDS.get(text.lower())
+            return "" if word is None else f"; that is text, not a bool: pass {name}={word}"
+        try:
+            number = float(text)
+        except ValueError:
+            return ""
+        if not math.isfinite(number) or (want == "int" and not _whole(number)):
+            return ""
+        shown = int(number) if want == "int" else number
+        return f"; that is text (as a config file or a command line gives it), not a number: pass {name}={shown!r}"
+    if want == "int" and isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        try:
+            whole = _whole(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return ""
+        if whole:  # never truncated silently: 3.5 epochs would be 3
+            return f"; a float is not taken as a count: pass {name}={int(value)}"
+    return ""
+
+
+def _whole(number: float) -> bool:
+    """A count a float stands for exactly (3.0; not 3.5, -1.0 or 1e300)."""
+    return math.isfinite(number) and number.is_integer() and 0 <= number <= sys.maxsize
 
 
 def exc_text(exc) -> str:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint, writer_lock
-from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, short_repr, user_stacklevel
+from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
 from ._malloc import reuse_freed_memory
@@ -141,7 +141,8 @@ class Minibatches:
                                     "(ds['x'], ds['y']) for named columns")
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
-            raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}")
+            raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}"
+                                f"{config_hint('batch_size', bs, 'int')}")
         for flag in ("shuffle", "drop_last"):  # a string from a config ("False") would count as true
             check_flag(flag, getattr(self, flag))
         if self.drop_last and bs > _rows(arrays[0]):
@@ -570,6 +571,13 @@ def _check_batches(batches) -> None:
 
 def _resolve_blocks(oracle, blocks, d):
     if blocks is not None:
+        # a string (a config's text) was iterated into characters, a dict into its keys, and a
+        # number raised a bare TypeError
+        if isinstance(blocks, (str, bytes, dict)) or not hasattr(blocks, "__iter__"):
+            raise ArgumentError(f"`blocks` must be a sequence of parameter blocks (slices, or records with `.slice`), "
+                                f"got {type(blocks).__name__} {blocks!r}: pass blocks=[slice(start, stop), ...]"
+                                f"{' (a dict: list(d.values()))' if isinstance(blocks, dict) else ''}, or leave it "
+                                "out for the oracle's own layout")
         return list(blocks)
     for name in ("param_info", "blocks"):  # the oracle's own layout, if it declares one
         found = getattr(oracle, name, None)
@@ -1178,6 +1186,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     # unseen until sparsity is turned on)
     grasp_directions = _count("grasp_directions", grasp_directions, 1)
     score_kinds = check_score_kinds(score_kinds)
+    if ratios is None and sparsity is not None:  # (a config's null: read as an array holding NaN before)
+        raise ArgumentError(f"`ratios` is None; pass one of {', '.join(map(repr, RATIO_METHODS))} or an array of keep "
+                            "ratios, or leave it out for the default 'zo_grasp'")
     if isinstance(ratios, str) and ratios not in RATIO_METHODS:
         raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
     if ranking not in RANKINGS:  # before ZO-GraSP's queries
@@ -1247,7 +1258,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if not isinstance(estimator, CGE):
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
-            raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}")
+            raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}"
+                                f"{config_hint('sparsity', sparsity, 'number')}")
         _warn_sign_decay(optimizer)
     if not sparse or not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
         # ZO-GraSP's own settings, set away from their defaults, would be ignored silently (a

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError
+from ._errors import ArgumentError, config_hint
 from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
@@ -237,12 +237,13 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if lr is not None:
         lr = _positive("lr", lr)
     if isinstance(b1, bool) or not isinstance(b1, numbers.Real) or not 0 <= b1 < 1:
-        raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}")
+        raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}{config_hint('b1', b1, 'number')}")
     weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
     layer_steps = _positive("layer_steps", layer_steps, allow_zero=True)
     if fill_small_blocks is not None and not isinstance(fill_small_blocks, (bool, np.bool_)):
         raise ArgumentError(f"`fill_small_blocks` must be True, False or None (filled from {FILL_FROM_STEPS:,} steps "
-                            f"on), got {fill_small_blocks!r}")
+                            f"on), got {fill_small_blocks!r}"
+                            f"{config_hint('fill_small_blocks', fill_small_blocks, 'flag')}")
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
     _check_batches(batches)  # what train refuses (an iterator, more steps an epoch than batches), refused here first
