@@ -31,7 +31,7 @@ with warnings.catch_warnings():  # phiml warns at its own import; `-W error` mad
     from phi.geom import Box, Sphere
     from phi.physics import advect, diffuse, fluid
 
-from zoracle._errors import ArgumentError, ZoracleError
+from zoracle._errors import ArgumentError, ZoracleError, user_stacklevel
 
 __all__ = [
     "WakeFlow",
@@ -485,9 +485,12 @@ def vorticity(flow: WakeFlow, vx, vy) -> np.ndarray:
     return np.gradient(uy, flow.dx, axis=-2) - np.gradient(ux, flow.dy, axis=-1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reference:
-    """Downsampled fine trajectories: ``vx (R, T + 1, nx + 1, ny)``, ``vy (R, T + 1, nx, ny)``."""
+    """Downsampled fine trajectories: ``vx (R, T + 1, nx + 1, ny)``, ``vy (R, T + 1, nx, ny)``.
+
+    Two are equal when their arrays are (shapes and values) and their other fields are; like its
+    arrays, a Reference has no hash."""
 
     vx: np.ndarray
     vy: np.ndarray
@@ -521,6 +524,15 @@ class Reference:
         object.__setattr__(self, "re", re)
         object.__setattr__(self, "vx", vx)
         object.__setattr__(self, "vy", vy)
+
+    # the dataclass's == compared the arrays' elementwise results as truth values (a ValueError)
+    def __eq__(self, other):
+        if not isinstance(other, Reference):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, k), getattr(other, k)) for k in ("vx", "vy", "re")) and \
+            (self.path, self.cached, self.seconds) == (other.path, other.cached, other.seconds)
+
+    __hash__ = None
 
     def select(self, runs) -> "Reference":
         """The runs ``runs`` (an index or a sequence of them: the run axis is kept)."""
@@ -630,6 +642,7 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
             pass
         warnings.warn(f"reference_trajectories: the fine trajectories ({seconds:.1f} s) could not be cached at "
                       f"{str(path)!r} ({type(exc).__name__}: {exc}); they are used uncached, and the next run "
-                      "computes them again: free space or pass another `cache_dir`", UserWarning, stacklevel=2)
+                      "computes them again: free space or pass another `cache_dir`",
+                      UserWarning, stacklevel=user_stacklevel())
         return Reference(vxs, vys, re, "", False, seconds)
     return Reference(vxs, vys, re, str(path), False, seconds)

@@ -296,6 +296,12 @@ class SolverInTheLoop:
 
     def __init__(self, flow: WakeFlow, net: nn.Module, reference: Reference, *, starts=None, unroll: int = 4,
                  max_queries_per_call: int = 64, relative: bool = False):
+        if not isinstance(net, nn.Module):  # (an AttributeError on named_parameters, naming neither)
+            hint = ("; load it into the module it came from (net.load_state_dict(...)) and pass that module"
+                    if isinstance(net, dict) else "; a function is not one: wrap it in an nn.Module whose forward "
+                    "calls it" if callable(net) else "")
+            raise ArgumentError(f"`net` must be a torch.nn.Module (the correction network, e.g. correction_net()), "
+                                f"got {type(net).__name__}{hint}")
         unroll = _check_unroll(unroll, reference)
         T = reference.vx.shape[1] - 1
         if tuple(reference.vx.shape[2:]) != flow.shapes[0]:

@@ -97,7 +97,7 @@ def _rows_coupled(oracle, out, v) -> bool:
             warnings.warn(f"TorchOracle: loss_fn raised on half of the batch ({type(exc).__name__}: "
                           f"{str(exc).strip()[:200]}): it runs one call per perturbation (slower), as a loss coupling "
                           "the samples does; a per-sample loss that works on any rows runs a perturbation group "
-                          "in one call", RuntimeWarning, stacklevel=2)
+                          "in one call", RuntimeWarning, stacklevel=user_stacklevel())
             return True
         w, want = w.reshape(-1).double(), rows[part].double().to(w.device)
         if w.shape != want.shape:
@@ -169,8 +169,16 @@ def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies).
     Under the model's lock, as a query is: another thread's query on the shared model (two runs
     given one oracle) loads its own parameters, or swaps them in by name (vmap), under the check."""
-    with _model_lock(oracle._core.model):
+    with _model_lock(oracle._core.model), rng_kept():  # a forward drawing noise: the user's seeded stream kept
         _first_bind(oracle)
+
+
+def rng_kept():
+    """``torch.random.fork_rng`` of the CPU's and every GPU's generator: the checks' forwards (one
+    drawing noise: torch.randn in forward, functional dropout) and their reseeding leave torch's
+    random streams as the user seeded them."""
+    # torch.manual_seed reseeds every CUDA device: every one's generator is put back
+    return torch.random.fork_rng(list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
 
 
 def _first_bind(oracle) -> None:
@@ -256,7 +264,7 @@ def check_batch_kind(oracle) -> None:
     if kind in kinds:
         return
     probe = _two_samples(oracle)
-    with _model_lock(core.model), torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
+    with _model_lock(core.model), rng_kept(), torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
         try:
             out = oracle.model(probe._x)
         except RuntimeError as exc:
@@ -289,7 +297,7 @@ def check_rows_later(oracle) -> None:
     the first later bind of two samples or more where the first bound batch had one sample; a loss
     that does not couple them then runs a perturbation group in one call again."""
     core = oracle._core
-    with _model_lock(core.model):
+    with _model_lock(core.model), rng_kept():
         if not core.__dict__.get("rows_unchecked") or oracle._x.shape[0] < 2:
             return
         with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
@@ -316,10 +324,8 @@ def _not_repeatable(oracle) -> bool:
     depth, may come out the same twice); then the same of ``loss_fn`` (a Monte Carlo term), on
     two samples. torch's generators are left as they were."""
     core, model, x = oracle._core, oracle.model, oracle._x
-    # torch.manual_seed reseeds every CUDA device: every one's generator is put back
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     what = ""
-    with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, torch.random.fork_rng(devices):
+    with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, rng_kept():
         out = model(x)
         ctx.reset()  # the second forward starts from the buffers the first found, as every query does
         again, drew = _drawing(oracle, lambda: model(x))
@@ -352,7 +358,7 @@ def _not_repeatable(oracle) -> bool:
     if core.blocks:
         retire_split(oracle, why)
     else:
-        warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=5)
+        warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=user_stacklevel())
     return True
 
 
@@ -449,7 +455,7 @@ def _check_full_forward(oracle) -> None:
                       "activations run out of place, as the oracle runs them: its forward reads a tensor that an "
                       "in-place activation overwrote. The oracle's losses are those of the out-of-place forward; "
                       "make that activation out of place (inplace=False) for model(x) to agree",
-                      RuntimeWarning, stacklevel=4)
+                      RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _two_samples(oracle, start: int = 0):
@@ -1365,8 +1371,7 @@ def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False
     xs, dim = (x.unsqueeze(0), 0) if batched_input else (x, None)
     # both losses from one seed: a loss_fn drawing its own noise (a Monte Carlo term, already
     # warned about as not repeatable) gave two draws, read as a copy; torch's generators kept
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices):
+    with rng_kept():
         torch.manual_seed(0)
         ctx.reset()
         got = float(probe._loss(vmap(run, in_dims=(0, dim), randomness="error")([w.unsqueeze(0) for w in moved], xs)[0],
@@ -1400,14 +1405,14 @@ def _holding(params, values):
                 p.copy_(v)
 
 
-def _vmap_off(oracle, what: str, stacklevel: int = 5) -> None:
+def _vmap_off(oracle, what: str) -> None:
     """Turn vectorized full forwards off, saying why: the forward reads ``what`` (a parameter)
     through a copy they do not reach."""
     oracle._core.vmap_ok = False
     warnings.warn(f"TorchOracle: the forward reads {what} through a copy that vectorized full forwards do not reach "
                   "(they put each perturbed parameter in by its name, torch.func.functional_call; a plain attribute, "
                   "list or object holding it, or a detached view, keeps the old values there): full forwards run one "
-                  "at a time, perturbed in place", RuntimeWarning, stacklevel=stacklevel)
+                  "at a time, perturbed in place", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def parameter_names(model: nn.Module) -> dict:

@@ -356,8 +356,10 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise ArgumentError(f"cross_entropy takes `outputs` of shape (N, classes) and one class index per row in "
                             f"`targets`; got outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)}")
     if targets.is_floating_point() and bool((targets != targets.trunc()).any()):  # .long() would truncate them
-        raise ValueError("cross_entropy takes class indices; got targets that are not whole numbers (class "
-                         "probabilities?): pass integer labels, or nn.CrossEntropyLoss(reduction='none') for soft targets")
+        bad = targets.reshape(-1)[(targets != targets.trunc()).reshape(-1)]
+        raise ArgumentError(f"cross_entropy's `targets` must be class indices; got targets that are not whole numbers "
+                            f"({bad.numel()} of {targets.numel()}, the first {float(bad[0]):g}: class probabilities?): "
+                            "pass integer labels, or nn.CrossEntropyLoss(reduction='none') for soft targets")
     picked = outputs.gather(1, targets.reshape(-1, 1).long()).squeeze(1)
     if outputs.shape[0] == 0 or not outputs.is_floating_point():
         return torch.logsumexp(outputs, dim=1) - picked

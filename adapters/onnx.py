@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "zoracle.adapters.onnx needs onnxruntime: pip install -e '.[onnx]' (or '.[onnx-gpu]' for CUDA)"
     ) from exc
 
-from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag, travelling_state
+from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag, travelling_state, user_stacklevel
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -515,7 +515,8 @@ class OnnxClassifier:
             warnings.warn(
                 f"OnnxClassifier: the onnx package is not installed, so {self._source} was not checked for "
                 "training-mode nodes (BatchNormalization on batch statistics, Dropout on) or a binary SVM's "
-                "swapped score columns; install it: pip install -e '.[onnx]'", RuntimeWarning, stacklevel=2)
+                "swapped score columns; install it: pip install -e '.[onnx]'",
+                RuntimeWarning, stacklevel=user_stacklevel())
 
     # construction ------------------------------------------------------------------------
     @staticmethod

@@ -593,7 +593,7 @@ class TorchOracle:
         if self.dtype == torch.float32:
             note = _tf32_note(self.device)
             if note:
-                warnings.warn(note, RuntimeWarning, stacklevel=2)
+                warnings.warn(note, RuntimeWarning, stacklevel=user_stacklevel())
         self._x = self._y = None
         if batch is not None:
             self._set_batch(batch)
@@ -887,7 +887,7 @@ class TorchOracle:
         core = self._core
         if not core.warned and core.reason and not core.blocks:
             core.warned = True
-            warnings.warn(f"TorchOracle: {core.reason}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"TorchOracle: {core.reason}", RuntimeWarning, stacklevel=user_stacklevel())
 
     def _key(self):
         return tuple(self._x.shape[1:])
@@ -1122,7 +1122,7 @@ class TorchOracle:
                           "quantization observer, a running scale): every query, the plain call included, leaves them "
                           "as it found them, so the loss is a function of the parameters, the same on any executor; "
                           "they do not follow training (move them yourself, with model(x) calls in train mode)",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=user_stacklevel())
         return value
 
     def _plain(self, params, flags, update: bool, keep_written: bool = False) -> float:
@@ -1256,7 +1256,7 @@ class TorchOracle:
                     with torch.no_grad(), norm_context(self.model) as ctx:
                         ok = _reaches(self, ctx, [names[id(p)] for p in core.params], core.params)
                     if not ok:
-                        _vmap_off(self, "a parameter", stacklevel=4)
+                        _vmap_off(self, "a parameter")
                         return self._full_loop(P)
                     core.vmap_reached.add(-1)
                 return out
@@ -1264,7 +1264,7 @@ class TorchOracle:
                 out = self._full_loop(P)  # raises the forward's own error (vmap stays on)
                 core.vmap_ok = False  # the loop ran where vmap failed: say so once
                 warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
-                              "batched queries run one full forward each", RuntimeWarning, stacklevel=4)
+                              "batched queries run one full forward each", RuntimeWarning, stacklevel=user_stacklevel())
                 return out
         return self._full_loop(P)
 

@@ -128,3 +128,52 @@ def test_vmap_fallback_warning_on_a_worker_thread_names_zoracle_not_threading():
     for w in mine:
         assert os.path.basename(w.filename) != "threading.py", (w.filename, w.lineno)
         assert os.path.abspath(w.filename).startswith(ROOT), (w.filename, w.lineno)
+
+
+class _Noisy(torch.nn.Module):  # noise on the input: the loss is not a function of the parameters
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x + 0.1 * torch.randn_like(x))
+
+
+@pytest.mark.filterwarnings("ignore:TorchOracle. step:RuntimeWarning")  # (the traced draw mixes samples)
+@pytest.mark.parametrize("blocks", [None, "none"])  # the split retired, or none to retire: two paths that warn
+def test_not_repeatable_warning_points_at_the_bind_call(blocks):
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+    kw = {} if blocks is None else {"blocks": blocks}
+    _assert_here(lambda: TorchOracle(_Noisy(), cross_entropy, **kw).bind(XY), "is not repeatable")
+
+
+def _warnings_of(code, cwd):
+    """The warnings ``python -c code`` prints, run in ``cwd`` (its folder first on sys.path)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONWARNINGS="always")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stderr
+
+
+def test_adapters_imported_by_their_own_name_warn_at_the_users_line():
+    """From the clone's root, `from adapters.torch import TorchOracle` runs the same files as
+    zoracle.adapters.torch under the module names adapters.*: the walk to the user's line stopped
+    at the first of them (the warning named adapters/torch.py)."""
+    code = ("import torch\n"
+            "from adapters.torch import TorchOracle, cross_entropy\n"
+            "o = TorchOracle(torch.nn.Sequential(torch.nn.Linear(4, 3)), cross_entropy)\n"
+            "b = o.bind((torch.randn(6, 4), torch.arange(6) % 3))\n"
+            "with torch.autocast('cpu'):\n"
+            "    b(o.initial_params())\n")
+    err = _warnings_of(code, ROOT)
+    assert "<string>:6: RuntimeWarning: TorchOracle: queried inside torch.autocast" in err, err
+
+
+def test_a_users_own_package_named_adapters_is_the_users_line(tmp_path):
+    """Only zoracle's own adapters are walked over: a package of the user's named `adapters` is theirs."""
+    (tmp_path / "adapters").mkdir()
+    (tmp_path / "adapters" / "__init__.py").write_text(
+        "import numpy as np\nimport zoracle as zo\n\n\ndef run():\n"
+        "    zo.train(lambda x: float(x @ x), np.ones(2), epochs=1, eval_every=2, progress=False)\n")
+    err = _warnings_of("import adapters\nadapters.run()\n", tmp_path)
+    assert f"{tmp_path / 'adapters' / '__init__.py'}:6: UserWarning: train: `eval_every`=2" in err, err

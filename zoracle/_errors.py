@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import numbers
+import os
 import sys
 
 __all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
@@ -14,7 +17,7 @@ def user_stacklevel() -> int:
     at the first frame outside zoracle (its adapters and apps included): the user's line, however
     deep inside the library the warning is found (a fixed stacklevel is right from one call path only)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_globals.get("__name__") or "").partition(".")[0] == "zoracle":
+    while frame is not None and _own(frame):
         frame, level = frame.f_back, level + 1
     rest = frame
     while rest is not None and rest.f_globals.get("__name__") in _THREAD_START:
@@ -25,6 +28,34 @@ def user_stacklevel() -> int:
 
 
 _THREAD_START = frozenset({"threading", "concurrent.futures.thread", "multiprocessing.pool"})
+
+#: zoracle's subpackages that a clone's root also imports by their own names (``import adapters``,
+#: ``from adapters.torch import TorchOracle``): the same files as ``zoracle.adapters`` / ``zoracle.apps``
+_ALSO_TOP = ("adapters", "apps")
+
+
+def _own(frame) -> bool:
+    """Whether ``frame`` runs zoracle's code: a module of ``zoracle``, or one of its adapters or apps
+    imported by the top-level name (a user's own package of that name, elsewhere, is not)."""
+    top = (frame.f_globals.get("__name__") or "").partition(".")[0]
+    if top == "zoracle":
+        return True
+    if top not in _ALSO_TOP:
+        return False
+    folder = _own_folder(top)
+    here = os.path.realpath(os.path.dirname(frame.f_code.co_filename))
+    return folder is not None and (here == folder or here.startswith(folder + os.sep))
+
+
+@functools.lru_cache(maxsize=None)
+def _own_folder(top: str) -> str | None:
+    """The folder of ``zoracle.<top>`` (its files), or None where it is not installed."""
+    try:
+        spec = importlib.util.find_spec(f"zoracle.{top}")
+    except (ImportError, ValueError):
+        return None
+    where = list(spec.submodule_search_locations or []) if spec is not None else []
+    return os.path.realpath(where[0]) if where else None
 
 
 class ZoracleError(Exception):

@@ -346,7 +346,13 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
         return [None] * (steps_per_epoch or 1)
     used_up = ""  # why a callable's epoch may run short: the iterator it returned was used up before
     if callable(batches):
-        got = batches(epoch)
+        try:
+            got = batches(epoch)
+        except StopIteration as exc:  # escaping train bare, it would end a caller's loop or generator, silently
+            raise ArgumentError(f"`batches({epoch})` raised StopIteration (a next() on a used-up iterator?): a "
+                                "`batches` callable gives the batches of each of the `epochs`; return a list of "
+                                "batches or a new iterator each call, and stop a run early with fewer `epochs` or "
+                                "from a callback (return True)") from exc
         if isinstance(got, (list, tuple)):
             out = list(got)
         else:
@@ -362,7 +368,14 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
                 used_up = (f" (it returned a {type(got).__name__}, an iterator read once: one returned again for "
                            f"every epoch, as `lambda epoch: it` does, runs out; return a list of batches or a new "
                            f"iterator each call, e.g. `lambda epoch: iter(data)`)")
-            out = _drain(it, epoch, steps_per_epoch)  # (an endless generator stops at steps_per_epoch)
+            try:
+                out = _drain(it, epoch, steps_per_epoch)  # (an endless generator stops at steps_per_epoch)
+            except RuntimeError as exc:
+                if not isinstance(exc.__cause__, StopIteration):
+                    raise
+                raise ArgumentError(f"`batches({epoch})`'s generator raised StopIteration inside it, which Python "
+                                    "turns into RuntimeError (a next() on a used-up iterator, as `yield next(it)` "
+                                    "does at its end); end the generator with `return`, or `yield from it`") from exc
     else:
         out = list(batches)
     if steps_per_epoch is not None:
@@ -1107,7 +1120,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         number nor a dict of numbers, found only when ``eval_fn`` first runs, stops the run with a
         warning and returns its result (``stopped=True``; the epoch's end runs again on resume).
     eval_every : int
-        Epochs between ``eval_fn`` calls (default 1; the last epoch is always evaluated).
+        Epochs between ``eval_fn`` calls (default 1; the last epoch is always evaluated); without
+        ``eval_fn``, a value other than 1 is warned about (it has no effect).
     callbacks : sequence of callable
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
         and ``params`` are copies: a callback may keep them, and writing into them cannot change the run
@@ -1177,6 +1191,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     if steps_per_epoch is not None:
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
     eval_every = _count("eval_every", eval_every, 1)
+    if eval_fn is None and eval_every != 1:  # (its default, 1, cannot be told from one passed)
+        warnings.warn(f"train: `eval_every`={eval_every} has no effect without `eval_fn`: nothing is evaluated; pass "
+                      "eval_fn=params -> metric to evaluate every that many epochs, or drop eval_every",
+                      UserWarning, stacklevel=user_stacklevel())
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
@@ -1837,7 +1855,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         "total_nfev": int(nfev)}
                 if eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
                     with _beside(bar, progress):  # a print in eval_fn starts its own line
-                        value = eval_fn(params.copy())
+                        try:
+                            value = eval_fn(params.copy())
+                        except StopIteration as exc:  # escaping train bare, it would end a caller's loop silently
+                            raise ArgumentError(
+                                f"`eval_fn` raised StopIteration at epoch {epoch} (a next() on a used-up iterator?): "
+                                "it must return a number or a dict of numbers; to stop the run early, return True "
+                                "or raise StopIteration from a callback in `callbacks`") from exc
                     try:
                         erec.update(_metrics(value, epoch))
                     except ArgumentError as exc:  # found only now: the run's work is returned, not lost

@@ -10,6 +10,7 @@ a usage error, exit code 2 as for argparse's own (a run that fails later exits 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -114,7 +115,9 @@ def _writable(path: str, kind: str, made: list | None = None) -> str | None:
     made = [] if made is None else made
     if not path:  # "" (an unset $OUT): a run would write nowhere, or fail after its work
         return f"it is empty; give a {'folder' if kind == 'dir' else 'file'} name"
-    target = os.path.abspath(os.path.expanduser(path))
+    # as the saves resolve it (checkpoints, figures): through symlinks, and ".." after the folders
+    # it would make ("a/b/../../c" is ./c; abspath's is the same only where no symlink precedes "..")
+    target = os.path.realpath(os.path.expanduser(path))
     try:
         if kind == "dir":
             if os.path.exists(target) and not os.path.isdir(target):
@@ -135,6 +138,16 @@ def _writable(path: str, kind: str, made: list | None = None) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def _as_checked(args, attr: str, kind: str) -> None:
+    """Set ``args.<attr>`` to the path that was checked where the system would not find its folder as
+    written: "a/b/../../c/x.png" through folders that do not exist (or "f/../c", ``f`` a file) was
+    checked, and its folder made, at ./c; the command's own save, after the run, opened it as written."""
+    value = getattr(args, attr)
+    folder = value if kind == "dir" else (os.path.dirname(value) or os.curdir)
+    if not os.path.isdir(folder):
+        setattr(args, attr, os.path.realpath(value))
 
 
 def threads(text: str) -> int:
@@ -180,6 +193,8 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
             _remove_empty(made)
             raise _usage_error(f"{prog or 'zoracle ' + name}: error: {flag} {value or repr(value)}: cannot write there "
                                f"({why}){fix}")
+        if not fix:
+            _as_checked(args, attr, kind)
     for (cmd, attr), (module, off) in OUTPUT_REQUIRES.items():
         if cmd == name and getattr(args, attr, None) is not None and not (off and getattr(args, off, False)) \
                 and importlib.util.find_spec(module) is None:
@@ -199,9 +214,37 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
     return made
 
 
+@contextlib.contextmanager
+def _printable():
+    """stdout and stderr writing a character their encoding lacks as an escape (``\\u2211``), not
+    failing on it: a path under PYTHONIOENCODING=ascii or on a latin-1 terminal crashed ``zoracle
+    plot`` after its figure was written. Put back after."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):  # a wrapper that cannot change it: as it is
+                continue
+            changed.append(stream)
+    try:
+        yield
+    finally:
+        for stream in changed:
+            try:
+                stream.reconfigure(errors="strict")
+            except (AttributeError, ValueError, OSError):  # closed meanwhile
+                pass
+
+
 def main(argv=None, prog: str | None = None) -> int:
     """Run ``zoracle COMMAND ...``; ``prog`` names the program in usage and error lines (the
     examples that wrap a command pass their own name)."""
+    with _printable():
+        return _main(argv, prog)
+
+
+def _main(argv, prog: str | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # the subcommand's own arguments come from its module, loaded only for that command
