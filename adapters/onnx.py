@@ -568,6 +568,16 @@ class OnnxClassifier:
                         "the .onnx file's path (its .data file beside it), or onnx.load(path) with its external data")
             elif _too_new(str(exc)):  # valid, but newer than this onnxruntime: not "corrupted"
                 what = _too_new(str(exc))
+            elif "Type Error" in str(exc) and "ZipMap" in str(exc) and "tensor(double)" in str(exc):
+                # skl2onnx's default for a float64 model: a ZipMap onnxruntime only runs on float32
+                what = ("ends in a ZipMap of float64 probabilities, which onnxruntime cannot run (its ZipMap takes "
+                        "float32; skl2onnx writes one for a classifier converted with float64 inputs): convert it "
+                        "with options={id(clf): {'zipmap': False}} (clf: the scikit-learn classifier), whose "
+                        "probabilities tensor (N, C) OnnxClassifier reads, or with float32 inputs")
+            elif "INVALID_GRAPH" in str(exc) or "Type Error" in str(exc):  # it parsed: a node's input type is
+                # one its operator does not take
+                what = ("is an ONNX graph that onnxruntime refuses (onnx.checker.check_model(model, full_check=True) "
+                        "names the node); fix or re-export the model")
             else:
                 what = "is not a loadable ONNX model (truncated, corrupted or not ONNX?)"
             raise ArgumentError(f"`model` {self._source} {what}: {kind}: {str(exc).strip()[:300]}") from None
@@ -584,8 +594,10 @@ class OnnxClassifier:
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ArgumentError(
-                f"`model` {self._source} has {len(inputs)} inputs {[i.name for i in inputs]}; OnnxClassifier feeds "
-                "exactly one: export the model with a single input (fold the others in as constants)"
+                f"`model` {self._source} has {len(inputs)} inputs {[i.name for i in inputs]} to feed; OnnxClassifier "
+                "feeds exactly one (the samples): export the model with a single input (fold the others in as "
+                "constants; weights as inputs come from torch.onnx.export(..., export_params=False): re-export with "
+                "export_params=True, the default)"
             )
         if self._input_choice is None:
             node = inputs[0]
@@ -669,9 +681,13 @@ class OnnxClassifier:
         self._zipmap = node.type.startswith("seq(map(")
         is_int_vector = _is_labels(node)
         if not (self._zipmap or is_int_vector or (node.type in _DTYPES and len(node.shape) == 2)):
+            others = [o.name for o in outputs if o.name != node.name]
             raise ArgumentError(
-                f"output {node.name!r} ({node.type}, shape {node.shape}) is neither class scores (N, C) nor "
-                f"labels (N,); choose another with `output=`"
+                f"output {node.name!r} ({node.type}" + (f", shape {node.shape}" if node.type in _DTYPES else "")
+                + ") is neither class scores nor labels: OnnxClassifier reads a float tensor of scores (N, C), "
+                "integer labels (N,) or a ZipMap's list of {class: probability} maps; "
+                + (f"choose another output with `output=` (others: {others})" if others else
+                   "the model has no other output: re-export it with one of these")
             )
         if not (self._zipmap or is_int_vector) and node.shape[1] == 1:
             raise ArgumentError(_ONE_COLUMN.format(name=node.name))

@@ -289,8 +289,19 @@ def _main(args, methods) -> int:
         flag = "--dask" if args.dask else "--ray" if args.ray else "--workers"
         try:
             executor.__enter__()
-        except (ConnectionError, TimeoutError, OSError, ValueError) as exc:
+        except Exception as exc:
             address = args.dask or args.ray or args.workers
+            ray = sys.modules.get("ray") if args.ray else None  # (imported by the executor that failed)
+            denied = getattr(getattr(ray, "exceptions", None), "AuthenticationError", ())
+            if isinstance(exc, denied):  # Ray's traceback, then several lines of its help
+                detail = (str(getattr(exc, "message", "")).strip().splitlines() or ["no detail"])[0][:200]
+                raise ArgumentError(f"--ray {address}: the Ray cluster refused this driver's authentication "
+                                    f"({detail}); "
+                                    "check that the cluster's auth token is on this machine (~/.ray/auth_token, the "
+                                    "file RAY_AUTH_TOKEN_PATH names, or RAY_AUTH_TOKEN) and that RAY_AUTH_MODE=token "
+                                    "is set, as on the cluster") from None
+            if not isinstance(exc, (ConnectionError, TimeoutError, OSError, ValueError)):
+                raise
             fix = (f"use {flag} local" if flag != "--workers" else "use fewer --workers, or none")
             raise ArgumentError(f"{flag} {address}: could not start or reach the cluster ({type(exc).__name__}: "
                                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'no detail'}); "

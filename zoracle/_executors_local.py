@@ -48,6 +48,7 @@ from ._executors_core import (
     schedule,
     split_bound,
 )
+from ._reloaded import check_not_reloaded
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
 
@@ -146,6 +147,7 @@ class ShardedExecutor(StaysHere):
         self._batch_keys: dict = {}  # bound batch token -> the bound oracle's batch_key() when sent
         self._batch_seen: dict = {}  # bound batch token -> the batch unbind() returned (_batch_items)
         self._warned: set = set()  # oracle tokens warned about state their base point updates
+        self._modules: dict = {}  # module name -> its __spec__ when its first oracle was sent (_reloaded)
         self._costs = CostModel()
         self._lock = threading.Lock()
         self._owner = None  # the thread inside run()
@@ -256,6 +258,10 @@ class ShardedExecutor(StaysHere):
 
     def _run_locked(self, oracle, params, tasks) -> list:
         self.start()
+        if not self.shares_memory:  # (no oracle held: workers new since close(), or none sent yet)
+            if not self._registry.tokens():
+                self._modules.clear()
+            check_not_reloaded(self._modules, split_bound(oracle.fn)[0])
         payload = self._payload(oracle, params)
         if (not self.shares_memory and payload.oracle_token not in self._warned
                 and getattr(payload.oracle, "plain_call_updates_state", False)

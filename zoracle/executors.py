@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 from typing import Protocol, runtime_checkable
 
 from ._errors import ArgumentError
@@ -276,7 +277,10 @@ class DeviceExecutor(ProcessPool):
         oracle arrives on worker ``i`` and defines ``to_device(device)``, the worker queries
         ``oracle.to_device(devices[i])`` (called once per oracle; return the moved copy, or
         ``self`` when it moves in place: anything not callable raises :class:`ToDeviceError`).
-        Code inside a worker can read its device with :func:`current_device`.
+        Code inside a worker can read its device with :func:`current_device`. A name no backend
+        reads as one device (``"gpu"``, ``"GPU0"``, ``"cuda0"``, ``"cuda:-1"``, ``"cuda:x"``, or
+        a negative index) raises :class:`~zoracle.ArgumentError` here, naming the CUDA name meant;
+        any other name is for the oracle's ``to_device`` to judge.
     timeout : float, optional
         Seconds a shard may run before :class:`ShardTimeout` (default: no limit).
 
@@ -298,10 +302,39 @@ class DeviceExecutor(ProcessPool):
         if bad:  # found only by the worker's to_device(), after the run's first shards were spent
             raise ArgumentError(f"`devices` entries must be device names or indices such as 'cuda:0' or 0, got "
                                 f"{bad[0]!r} in {devices!r}")
+        for d in devices:  # else torch refuses it in every worker's to_device(), after they started
+            fix = _device_fix(d)
+            if fix is not None:
+                raise ArgumentError(f"`devices` entry {d!r} in {list(devices)!r} names no device: use {fix!r} "
+                                    f"(or the index {int(fix[5:])})")
         super().__init__(len(devices), devices=list(devices), timeout=timeout)
 
     def __repr__(self) -> str:
         return f"DeviceExecutor({self.devices!r})"
+
+
+# "gpu", "GPU0", "cuda0", "CUDA:1", "cuda:-1", "cuda:x": no backend's name for one device. Other names
+# ("cpu:1", "mps", "xla:0", TensorFlow's "GPU:0", a user's own) are the oracle's to_device's to judge.
+_CUDA_LIKE = re.compile(r"(cuda|gpu)\s*(\d*)\s*(?::(.*))?", re.IGNORECASE | re.ASCII)
+
+
+def _device_fix(device) -> str | None:
+    """The CUDA name meant by a mistaken ``device`` ("gpu" -> "cuda:0"), or None to pass it on."""
+    if isinstance(device, numbers.Integral) and not isinstance(device, bool):
+        return "cuda:0" if device < 0 else None
+    if not isinstance(device, str):
+        return None
+    m = _CUDA_LIKE.fullmatch(device.strip())
+    if m is None:
+        return None
+    kind, digits, index = m.groups()
+    if kind == "cuda" and not digits and (index is None or re.fullmatch(r"0|[1-9]\d*", index, re.ASCII)) \
+            and device == device.strip():
+        return None  # torch's own names: "cuda", "cuda:1"
+    if kind.lower() == "gpu" and not digits and index is not None:
+        return None  # "gpu:0", "GPU:0": TensorFlow's and JAX's spelling
+    number = digits or (index if index is not None and re.fullmatch(r"\d+", index.strip(), re.ASCII) else "0")
+    return f"cuda:{int(number)}"
 
 
 class DaskExecutor(_Dask):

@@ -1,0 +1,78 @@
+"""An oracle's module reloaded in the driver (Jupyter's importlib.reload) while a process
+executor's workers keep the version they imported first."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+from zoracle.executors import JoblibExecutor
+
+_SOURCE = ("import numpy as np\n\n\nclass Loss:\n    def __call__(self, x):\n"
+           "        return float(np.sum(x ** 2) * {k})\n\n\ndef loss(x):\n    return float(np.sum(x ** 2) * {k})\n")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module of the user's own, importable by the driver and its workers (sys.path travels)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = f"zoracle_user_oracle_{tmp_path.name.replace('-', '_')}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(_SOURCE.format(k="1.0"))
+    module = importlib.import_module(name)
+
+    def edit(k):  # (a size of its own: the import system cannot take it for the old file)
+        path.write_text(_SOURCE.format(k=k))
+        importlib.invalidate_caches()
+        return importlib.reload(module)
+
+    module.edit = edit
+    yield module
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("kind", ["instance", "function"])
+def test_a_reloaded_oracle_module_is_refused_not_run_as_the_old_code(user_module, kind):
+    """After editing the module and importlib.reload, the workers kept the old module: the
+    estimate was the old code's (gradient 2x instead of 20x), with no error."""
+    make = (lambda m: m.Loss()) if kind == "instance" else (lambda m: m.loss)
+    x = np.ones(3)
+    with JoblibExecutor(2) as ex:
+        first = zo.estimate_gradient(make(user_module), x, zo.CGE(), executor=ex)
+        np.testing.assert_allclose(first.grad, zo.estimate_gradient(make(user_module), x, zo.CGE()).grad)
+        edited = user_module.edit("10.0")
+        new = make(edited)
+        expected = zo.estimate_gradient(new, x, zo.CGE()).grad  # this process runs the new code
+        assert not np.allclose(expected, first.grad)
+        with pytest.raises(zo.ZoracleError, match=rf"module '{user_module.__name__}' of the oracle "
+                                                  rf"{'Loss' if kind == 'instance' else 'loss'} was reloaded in this "
+                                                  r"process \(importlib.reload\) after the executor's worker processes "
+                                                  r"imported it; .* close the executor"):
+            zo.estimate_gradient(new, x, zo.CGE(), executor=ex)
+        ex.close()  # the fix the message names: workers start anew, with the new code
+        np.testing.assert_allclose(zo.estimate_gradient(new, x, zo.CGE(), executor=ex).grad, expected)
+
+
+def test_a_module_reloaded_before_its_first_oracle_was_sent_is_fine(user_module):
+    x = np.ones(3)
+    with JoblibExecutor(2) as ex:
+        edited = user_module.edit("3.0")
+        np.testing.assert_allclose(zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex).grad,
+                                   zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
+        again = edited.Loss()  # another object of the same module version: nothing to refuse
+        zo.estimate_gradient(again, x, zo.CGE(), executor=ex)
+
+
+def test_threads_share_the_reloaded_module(user_module):
+    """Threads run this process's modules: the reload reaches them, nothing is refused."""
+    x = np.ones(3)
+    with JoblibExecutor(2, backend="threading") as ex:
+        zo.estimate_gradient(user_module.Loss(), x, zo.CGE(), executor=ex)
+        edited = user_module.edit("10.0")
+        np.testing.assert_allclose(zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex).grad,
+                                   zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
