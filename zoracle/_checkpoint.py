@@ -36,10 +36,33 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compa
 
 FORMAT = "zoracle-checkpoint"
 VERSION = 1
+#: the header field naming the zoracle release that wrote a checkpoint: a reader of an older
+#: release meeting a newer format (or a field it does not know) names both releases
+WRITER = "zoracle_version"
 _META = "__meta__"
 _FIX = "delete it to start over, or resume from another checkpoint"
 # a file zoracle did not write is the user's: never advise deleting it
 _FOREIGN = "pass the path of a checkpoint that zo.train or save_checkpoint wrote"
+
+
+def release() -> str:
+    """This zoracle's release (``zoracle.__version__``)."""
+    from . import __version__  # (the package is initialized by the time a checkpoint is read or written)
+
+    return __version__
+
+
+def written_by(meta: dict) -> str:
+    """The release that wrote a checkpoint, from its header: "zoracle 0.2.0", or "a newer zoracle"
+    for a header without the field (written before it was recorded, or by hand)."""
+    v = meta.get(WRITER) if isinstance(meta, dict) else None
+    return f"zoracle {v}" if isinstance(v, str) and v else "a newer zoracle"
+
+
+def upgrade(reads: str = "") -> str:
+    """The advice for a checkpoint newer than this reader (``reads``: what this one reads): it is
+    the user's run, kept (upgrading reads it; deleting it, the advice for a damaged one, loses it)."""
+    return f"this is zoracle {release()}{reads}: upgrade zoracle (pip install --upgrade zoracle) to read it"
 
 
 class CheckpointError(ZoracleError):
@@ -280,7 +303,10 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
 
     The file is first written next to ``path`` (same directory, so ``os.replace`` is an
     atomic rename) under a name unique to this writer, flushed and fsynced; a symlink is
-    followed (its target is written). Returns the path written.
+    followed (its target is written). Returns the path written. The header also holds
+    ``format``, ``version`` (of the file format) and ``zoracle_version`` (the release that wrote
+    it), in place of any keys of those names in ``meta``: a reader of an older release refuses
+    a newer format naming both releases.
 
     Examples
     --------
@@ -311,7 +337,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
             return float(out) if isinstance(out, np.floating) else out
         raise TypeError(f"{type(v).__name__} is not JSON")
 
-    header = dict(meta, format=FORMAT, version=VERSION)
+    header = dict(meta, format=FORMAT, version=VERSION, **{WRITER: release()})
     raw: dict = {}
     try:
         text = json.dumps(_placeholders(header, raw), sort_keys=True, allow_nan=True, default=plain)
@@ -465,8 +491,12 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise _foreign(f"{path!r} is not a zoracle checkpoint (format "
                                f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(f"checkpoint {path!r} has format version {meta.get('version')!r}, this "
+            version = meta.get("version")
+            if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+                raise CheckpointError(f"checkpoint {path!r} has format version {version}, written by "
+                                      f"{written_by(meta)}; {upgrade(f', which reads format version {VERSION} only')}")
+            if version != VERSION:
+                raise CheckpointError(f"checkpoint {path!r} has format version {version!r}, this "
                                       f"zoracle reads version {VERSION}; {_FIX}")
             if check is not None:
                 try:

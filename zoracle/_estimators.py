@@ -14,7 +14,7 @@ from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
-from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows
+from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
@@ -505,7 +505,8 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         Flat 1-D float32/float64 NumPy or CuPy array; never modified. Tensors of other
         libraries (torch, JAX) are rejected with the conversion to use. The oracle never
         gets an array through which it could corrupt another query: a read-only view per
-        query, or a private copy per capability call (see :class:`zoracle.Oracle`; successive
+        query and per prefix / suffix call (one that writes into it gets a copy), or a private
+        copy per ``coordinate_losses`` call (see :class:`zoracle.Oracle`; successive
         plain-call CGE queries may get the same array object, edited in place between them:
         do not cache by identity). A ``mu``
         that is not a representable step at ``params`` (``(x + mu) - x`` zero or not
@@ -565,7 +566,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
             as_generator(rng)  # validate only; CGE is deterministic
         check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE", index=coords)
         tasks = [BaseTask()] + plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize,
-                                        budget_bytes, n_workers)
+                                        budget_bytes, n_workers, seal(params) if wrapped.caps.split else None)
         results = _run(executor, wrapped, params, tasks)
         f0 = float(results[0][0, 0])
         vals = np.concatenate([r for r in results[1:]], axis=1)
@@ -655,6 +656,7 @@ def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -
         U = direction_block(root, lo, hi, d, distribution)
         for acc, (w, f) in zip(sums, terms):
             acc += w[lo:hi] @ (U if f is None else f(U))
+        del U  # freed before the next block is drawn: two blocks held at once took twice the budget
     return sums
 
 

@@ -375,8 +375,12 @@ class Oracle:
     estimate for the base point; plain-call CGE edits one array between its queries, so
     successive queries may get the same view object with other contents: an oracle must not
     cache by identity; one that writes past the read-only flag has the queries that may have
-    read its write run again, which ``nfev`` does not count), and a capability call (``coordinate_losses``, ``prefix``,
-    ``suffix``), which answers many queries at once, gets its own copy of the parameters.
+    read its write run again, which ``nfev`` does not count), and ``coordinate_losses``, which
+    answers many queries at once, gets its own copy of the parameters. ``prefix`` and ``suffix``
+    get a read-only view (a split estimate makes one or two such calls per block, and a copy of
+    all d parameters for each was most of its time at large d); one that writes into it (NumPy
+    raises) is called again with its own copy, as is every later call, and one that writes past
+    the read-only flag (``torch.from_numpy``) fails its block with an :class:`OracleError`.
     A batch is built fresh for each call and never reused.
     """
 
@@ -396,6 +400,7 @@ class Oracle:
         self.fn = fn
         self.caps = capabilities(fn)
         self.nfev = 0
+        self.own_copies = False  # prefix / suffix wrote into a read-only view: a copy per call from then on
         self.base_value = None  # what the oracle returned at the base point, as it returned it
 
     # plain calls -----------------------------------------------------------------------
@@ -448,9 +453,29 @@ class Oracle:
     def blocks(self) -> Sequence[slice]:
         return self.fn.blocks
 
+    def _split_call(self, call, params):
+        """``call(p)``, ``p`` a read-only view of ``params``: a copy per prefix / suffix call cost O(d)
+        each, most of a sparse estimate's time at d = 1e7 with few coordinates per block. An oracle
+        that writes into it (NumPy raises) is called again with its own copy, as it always got one,
+        and so is every later call (a write past the read-only flag is caught by the task)."""
+        if self.own_copies or not isinstance(params, np.ndarray):
+            return call(private(params))
+        try:
+            return call(readonly(params))
+        except ValueError as exc:
+            if "read-only" not in exc_text(exc):
+                raise
+        self.own_copies = True
+        try:
+            return call(private(params))
+        except ValueError as exc:  # read-only again: the coordinates it was given, not the parameters
+            if "read-only" in exc_text(exc):
+                self.own_copies = False
+            raise
+
     def prefix(self, params, block: int):
         try:
-            return self.fn.prefix(private(params), block)
+            return self._split_call(lambda p: self.fn.prefix(p, block), params)
         except OracleError:
             raise
         except Exception as exc:
@@ -458,8 +483,8 @@ class Oracle:
 
     def suffix(self, features, params, block, coords, step, query_of, what) -> np.ndarray:
         seen = _tensor_versions(features)
-        values = self._vector(lambda: self.fn.suffix(shared_features(features), private(params), block, coords, step),
-                              len(coords), query_of, what)
+        values = self._vector(lambda: self._split_call(
+            lambda p: self.fn.suffix(shared_features(features), p, block, coords, step), params), len(coords), query_of, what)
         if any(t._version != v for t, v in seen):
             raise OracleError(what, cause=RuntimeError(f"suffix wrote into the features prefix(params, {block}) "
                                                        "returned, a tensor written in place"),

@@ -164,12 +164,28 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
     return out
 
 
+def seal(params):
+    """A checksum of ``params``' bits (NumPy; None for other arrays, which the oracle gets copies
+    of): one read per split task, where a copy per prefix / suffix call cost a read, a write and
+    an allocation each."""
+    if not isinstance(params, np.ndarray):
+        return None
+    return int(np.add.reduce(_bits(params), dtype=np.uint64))
+
+
+_WROTE_PAST = ("the oracle's prefix or suffix wrote into the parameters it was given, past their read-only flag "
+               "(torch.from_numpy(params) ignores it, with a warning): the parameters the later queries of this "
+               "estimate read would have changed; work on a copy (params.copy(), torch.tensor(params))")
+
+
 @dataclass(frozen=True)
 class CoordTask:
     """Losses at ``params + s * e_i`` for each ``i`` in ``coords`` and each ``s`` in ``steps``.
 
     ``mode`` is the capability used: ``"split"`` (feature reuse inside ``block``),
     ``"coordinate"``, ``"batch"`` (dense ``(k, d)`` chunks of ``rows`` rows) or ``"call"``.
+    ``seal``: the :func:`seal` of the estimate's parameters, checked after a split task (its
+    prefix and suffix calls get read-only views of the parameters, not copies).
     """
 
     coords: np.ndarray
@@ -178,6 +194,7 @@ class CoordTask:
     block: int = -1
     chunk: int = DEFAULT_CHUNK
     cost: float = field(default=0.0, compare=False)
+    seal: Any = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -210,6 +227,8 @@ class CoordTask:
                     del X  # freed before the next chunk's: two chunks held at once took twice the budget
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
+        if self.mode == "split" and self.seal is not None and seal(params) != self.seal:
+            raise OracleError(f"block {self.block} (prefix and suffix calls)", detail=_WROTE_PAST)
         return out
 
 
@@ -321,9 +340,10 @@ class DirectionTask:
         for clo, chi in _chunks(self.size, self.chunk):
             if self.scale is None:
                 U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution, xp, params.dtype)
-            else:  # sigma * z in float64, then the parameters' dtype
+            else:  # sigma * z in float64 (in place: a fresh block, not the cached rows), then params' dtype
                 U = direction_block(self.root, self.lo + clo, self.lo + chi, d, self.distribution)
-                U = xp.asarray(U * self.scale[None, :], dtype=params.dtype)
+                U *= self.scale[None, :]
+                U = xp.asarray(U, dtype=params.dtype)
             for si, step in enumerate(self.steps):
                 # SNES's samples params + sigma * z_i: no +-mu step
                 tag, unit = ("+mu" if step > 0 else "-mu", "direction") if self.scale is None else ("+sigma z", "sample")
@@ -332,13 +352,19 @@ class DirectionTask:
                     return f"{unit} {base + j} ({tag})"
 
                 what = f"{unit}s {self.lo + clo}..{self.lo + chi - 1} ({tag})"
-                X = params[None, :] + params.dtype.type(step) * U
+                # step * u + params, the sum built in place (the same bits as params + step * u): a
+                # temporary of the block's size beside it took the budget past its bound
+                X = params.dtype.type(step) * U
+                X += params[None, :]
                 if self.use_batch:
                     out[si, clo:chi] = oracle.batch(X, query_of, what)
                 else:
                     Xv = readonly(X) if isinstance(X, np.ndarray) else X
                     for j in range(chi - clo):
                         out[si, clo + j] = oracle(Xv[j], query_of(j))
+                    del Xv
+                del X  # freed before the next step's or chunk's: two blocks held at once took twice the budget
+            del U
         return out
 
 
@@ -385,8 +411,9 @@ def _block_costs(fn, n_blocks: int):
 
 
 def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize: int,
-             budget_bytes: int, n_workers: int = 1) -> list:
-    """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has.
+             budget_bytes: int, n_workers: int = 1, seal=None) -> list:
+    """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has
+    (``seal``: the parameters' :func:`seal`, which each split task checks at its end).
 
     A serial plan (``n_workers`` 1) for a split oracle that sets ``fused_coordinate_losses =
     True`` (``TorchOracle``) is one ``coordinate_losses`` task: the oracle declares that call
@@ -413,7 +440,8 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
             w = float(costs[b]) if costs is not None else 1.0
             for lo, hi in call_groups(len(cb), chunk, n_workers):
                 part = cb[lo:hi]
-                tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps)))
+                tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps),
+                                       seal=seal))
         return tasks
     if mode == "batch" and d * itemsize > budget_bytes:
         # not one perturbed row fits the budget: a batch call would allocate and fill a dense

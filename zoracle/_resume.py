@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ._backend import to_numpy
-from ._checkpoint import CheckpointError, as_path, check_compatible, load_checkpoint
+from ._checkpoint import WRITER, CheckpointError, as_path, check_compatible, load_checkpoint, release, upgrade, written_by
 from ._optim import SGDState
 from ._schedules import schedule_value
 
@@ -183,6 +183,27 @@ def compare_history(path, steps, schedules: dict) -> None:
                     f"{key} {old!r}, this run's schedule gives {new!r} there; resume with the same schedule, or {_FIX}")
 
 
+#: the header fields a training checkpoint of this format holds (zo.train writes them)
+HEADER_FIELDS = frozenset({"format", "version", WRITER, "config", "root", "step", "epoch", "pos", "nfev", "opt_count",
+                           "history", "fingerprints", "modes"})
+
+
+def _unknown_fields(path, meta: dict, saved, config: dict) -> None:
+    """Refuse a header field or a setting this release does not know: a newer zoracle writes what it
+    needs to resume a run, and a resume that skipped it would continue another run, silently."""
+    unknown = sorted(k for k in meta if k not in HEADER_FIELDS)
+    if isinstance(saved, dict):  # ("seed": an int rng; a run resumed with rng=None keeps it)
+        unknown += [f"config.{k}" for k in sorted(saved) if k not in config and k != "seed"]
+    if not unknown:
+        return
+    names = ("field " if len(unknown) == 1 else "fields ") + ", ".join(map(repr, unknown))
+    if meta.get(WRITER) == release():  # this release writes no such field: the header was edited
+        raise CheckpointError(f"checkpoint {path!r} has header {names} that zoracle {release()}, which wrote "
+                              f"it, never writes: the header was edited; {_FIX}")
+    raise CheckpointError(f"checkpoint {path!r} has header {names}, written by {written_by(meta)}, that this "
+                          f"zoracle does not know, so it cannot resume that run as it would continue; {upgrade()}")
+
+
 def _finite(path, name, a):
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise CheckpointError(f"checkpoint {path!r}: array {name!r} holds NaN or inf; {_FIX}")
@@ -217,6 +238,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
 
     def check(meta):
         saved = meta.get("config")
+        _unknown_fields(path, meta, saved, config)
         if isinstance(saved, dict) and "ratios" not in saved:
             saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
         if isinstance(saved, dict):

@@ -198,9 +198,14 @@ class History:
 
     Step records: ``step, epoch, loss, lr, mu, nfev`` (the step's queries), ``total_nfev``
     (the run's queries after the step, ZO-GraSP's included), ``seconds``. Epoch records:
-    ``epoch, loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev``, ``total_nfev``,
-    ``seconds`` and every metric ``eval_fn`` returned (one named like a field of the record,
-    such as a validation ``loss``, as ``eval_loss``, with a warning).
+    ``epoch, loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev`` (the sum of its
+    steps'), ``total_nfev``, ``seconds`` and every metric ``eval_fn`` returned (one named like a
+    field of the record, such as a validation ``loss``, as ``eval_loss``, with a warning).
+
+    The queries ZO-GraSP spends before the first step (``ratios="zo_grasp"``: ``2 *
+    (grasp_directions + 1)``) belong to no step: they are in every ``total_nfev`` and in
+    :attr:`TrainResult.nfev`, in no record's ``nfev``. So the sum of the epochs' ``nfev`` is
+    ``result.nfev`` less them, and ``steps[0]["total_nfev"] - steps[0]["nfev"]`` is their number.
     """
 
     steps: tuple = ()
@@ -272,7 +277,8 @@ class TrainResult:
         Final parameters (the input's backend and dtype).
     history : History
     nfev : int
-        Every loss value queried, pruning scores included.
+        Every loss value queried, pruning scores included: ZO-GraSP's, which no ``nfev`` of the
+        history counts (its ``total_nfev`` do; see :class:`History`).
     steps, epochs : int
         Optimizer steps and completed epochs.
     seconds : float
