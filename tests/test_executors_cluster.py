@@ -10,6 +10,7 @@ import os
 import shutil
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,6 +113,28 @@ class HangAt:
         if x[self.i] != 0.0:
             time.sleep(self.seconds)
         return _loss(x)
+
+
+class RunsProgramAt:
+    """Runs a program that hangs (a simulator) when coordinate ``i`` moves away from 0; ``marker``
+    in its command line finds it."""
+
+    def __init__(self, i, marker):
+        self.i, self.marker = i, marker
+
+    def __call__(self, x):
+        if x[self.i] != 0.0:
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(120)", self.marker], check=True)
+        return _loss(x)
+
+
+def _programs(marker) -> list:
+    """Live (not zombie) processes with ``marker`` in their command line."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if marker in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            out.append(p)
+    return out
 
 
 def _sigint_ignored():
@@ -345,6 +368,27 @@ class TestDask(ClusterContract):
     @classmethod
     def cluster(cls, dask_dir):
         yield from dask_cluster(dask_dir)
+
+    def test_a_timeout_kills_the_program_the_oracle_started(self, cluster, tmp_path):
+        """The nanny's restart killed the worker process alone: the simulator its hung call waited
+        for ran on, orphaned (parent pid 1), after the ShardTimeout and after close(), as a
+        JoblibExecutor's killed worker's children do not."""
+        marker = f"zoracle-test-program-{tmp_path.name}"
+        cluster.timeout = 1.5
+        try:
+            with pytest.raises(ShardTimeout):
+                zo.estimate_gradient(RunsProgramAt(2, marker), np.zeros(D), zo.CGE(), executor=cluster)
+        finally:
+            cluster.timeout = None
+        left, end = _programs(marker), time.monotonic() + 20.0
+        while left and time.monotonic() < end:  # (a kill is seen at once; a wide margin for a loaded machine)
+            time.sleep(0.2)
+            left = _programs(marker)
+        for p in left:
+            p.kill()
+        assert not left, f"the program outlived the worker's restart: {[(p.pid, p.ppid()) for p in left]}"
+        x = te.params()
+        te.assert_same(zo.estimate_gradient(_loss, x, zo.CGE(), executor=cluster), zo.estimate_gradient(_loss, x, zo.CGE()))
 
     def test_a_scatter_to_a_worker_that_just_died_is_tried_again(self, cluster, monkeypatch):
         """A worker killed between two runs (a step's callback, an OOM kill) was still listed by the

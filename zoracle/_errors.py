@@ -101,7 +101,9 @@ class OracleError(ZoracleError, RuntimeError):
         self.cause = cause
         self.detail = detail
         if cause is not None:
-            msg = f"oracle raised at {query}: {type(cause).__name__}: {exc_text(cause)}{'; ' + detail if detail else ''}"
+            text, out = exc_text(cause), program_output(cause)
+            text = f"{text.rstrip('.')}; {out}" if out else text
+            msg = f"oracle raised at {query}: {type(cause).__name__}: {text}{'; ' + detail if detail else ''}"
         else:
             msg = f"oracle returned {short_repr(value)} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)
@@ -193,6 +195,25 @@ def config_hint(name: str, value, want: str) -> str:
 def _whole(number: float) -> bool:
     """A count a float stands for exactly (3.0; not 3.5, -1.0 or 1e300)."""
     return math.isfinite(number) and number.is_integer() and 0 <= number <= sys.maxsize
+
+
+def program_output(exc, limit: int = 2000) -> str:
+    """What the program behind a ``subprocess.CalledProcessError`` or ``TimeoutExpired`` wrote, as
+    a clause for a message: the end (``limit`` characters) of its captured stderr, else of its
+    stdout; empty when neither was captured or ``exc`` is another error. Their ``str()`` shows only
+    the command and its exit status or time limit, and a simulator that fails says why on stderr."""
+    sub = sys.modules.get("subprocess")  # not imported: no such error can exist
+    if sub is None or not isinstance(exc, (sub.CalledProcessError, sub.TimeoutExpired)):
+        return ""
+    for name in ("stderr", "stdout"):
+        text = getattr(exc, name, None)
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode(errors="replace")
+        if isinstance(text, str) and text.strip():
+            text = text.strip()
+            text = ("..." if len(text) > limit else "") + text[-limit:]
+            return f"the program's {name} ends with:\n    " + text.replace("\n", "\n    ")
+    return ""
 
 
 def exc_text(exc) -> str:

@@ -31,7 +31,7 @@ from ._executors_core import (
     run_task_guarded,
     unless_closed,
 )
-from ._executors_local import ShardedExecutor, _descendants, _proc_table
+from ._executors_local import ShardedExecutor, _descendants, _proc_table, kill_programs
 
 __all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
 
@@ -634,6 +634,10 @@ class DaskExecutor(ShardedExecutor):
         nanny = [a for a in addrs if a in info and info[a].get("nanny")]
         bare = [a for a in addrs if a in info and not info[a].get("nanny")]
         if nanny:
+            try:  # a program the abandoned call started outlived the worker's restart, orphaned
+                self.client.run(kill_programs, workers=nanny, nanny=True, on_error="ignore")
+            except Exception:  # a nanny out of reach: the restart below reports it
+                pass
             try:
                 status = self.client.restart_workers(nanny, timeout=_RESTART_S, raise_for_error=False) or {}
                 failed = {a: v for a, v in status.items() if str(v).upper() != "OK"}

@@ -572,6 +572,20 @@ def _descendants(pid: int, table: dict | None = None) -> list:
     return out
 
 
+def kill_programs(dask_worker=None) -> int:
+    """Run on a Dask nanny (``client.run(..., nanny=True)``): SIGKILL the processes its worker
+    process started (a simulator an abandoned oracle call is waiting for), which the worker's
+    restart leaves running as orphans. How many it killed."""
+    pid = getattr(dask_worker, "pid", None)
+    tree = _descendants(int(pid)) if pid else []
+    for kid in tree:
+        try:
+            os.kill(kid, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(tree)
+
+
 def _stop_all(procs) -> None:
     for p in list(procs):  # ask all first, so they wind down in parallel
         try:
