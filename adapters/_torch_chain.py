@@ -117,6 +117,9 @@ class _NormState:
         #: ``(buffer, value, version)`` of the buffers train-mode modules write on every forward
         #: (spectral norm's power-iteration vectors, InstanceNorm's running statistics)
         self.saved = []
+        #: the context patched no forward, switched no flag and saved no buffer: entering another
+        #: one on the same model would do the same (nothing)
+        self.inert = False
 
     def reset(self) -> None:
         """Put back every saved buffer a forward wrote: each perturbation's forward then starts
@@ -330,6 +333,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                 # a recurrent layer's dropout between its layers runs inside its kernel
                 flags.append((m, "dropout", m.dropout))
                 m.dropout = 0.0
+        ctx.inert = not (patched or flags or saved)
         mode.__enter__()
         try:
             yield ctx
@@ -671,7 +675,8 @@ def _split_roles(bp: BlockParams, local, device):
 
 
 def _t(a, device):
-    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t if device.type == "cpu" else t.to(device)  # (on the CPU ``.to`` returns t: one call less)
 
 
 def perturbed_outputs(kind: str, module, x, out, cache, bp: BlockParams, local, h):
@@ -840,40 +845,47 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
     k = len(local)
     dev = out.device
     ch = np.empty(k, dtype=np.int64)
-    col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=dev)
+    col = None  # allocated when the coordinates span several parameters (one parameter: its values are col)
     for role, pos, idx in _split_roles(bp, local, dev):
         hr = h if pos is None else h[pos]
-        dst = col if pos is None else None
+        if pos is not None and col is None:
+            col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=dev)
+        # a run of positions is a contiguous slab of col: the values are computed into it (the
+        # same elementwise operation, no temporary and no copy), else written by index
+        dst = col[pos] if isinstance(pos, slice) else None
         if kind == "linear":
             if role == "weight":
                 i, j = np.divmod(idx, module.in_features)
-                val = torch.addcmul(out.index_select(1, _t(i, dev)).T, hr[:, None], x.index_select(1, _t(j, dev)).T)
+                val = torch.addcmul(out.index_select(1, _t(i, dev)).T, hr[:, None], x.index_select(1, _t(j, dev)).T,
+                                    out=dst)
             else:
                 i = idx
-                val = out.index_select(1, _t(i, dev)).T + hr[:, None]
+                val = torch.add(out.index_select(1, _t(i, dev)).T, hr[:, None], out=dst)
         elif kind == "conv2d":
             if role == "weight":
                 i, ci, p, q = _conv_index(module, idx)
                 G = conv_patches(module, cache, ci, p, q, out, dev)  # (B, k, Ho, Wo)
-                val = torch.addcmul(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1), G.transpose(0, 1))
+                val = torch.addcmul(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1),
+                                    G.transpose(0, 1), out=dst)
             else:
                 i = idx
-                val = out.index_select(1, _t(i, dev)).transpose(0, 1) + hr.view(-1, 1, 1, 1)
+                val = torch.add(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1), out=dst)
         else:  # bn
             i = idx
             it = _t(i, dev)
             sl = out.index_select(1, it).transpose(0, 1)
             shape = (-1,) + (1,) * (sl.dim() - 1)
             if role == "weight":
-                val = torch.addcmul(sl, hr.view(shape), cache.index_select(1, it).transpose(0, 1))
+                val = torch.addcmul(sl, hr.view(shape), cache.index_select(1, it).transpose(0, 1), out=dst)
             else:
-                val = sl + hr.view(shape)
-        if dst is None:
-            col[pos] = val
-            ch[pos if isinstance(pos, slice) else pos.cpu().numpy()] = i
-        else:
+                val = torch.add(sl, hr.view(shape), out=dst)
+        if pos is None:
             col = val
             ch[:] = i
+        else:
+            if dst is None:
+                col[pos] = val
+            ch[pos if isinstance(pos, slice) else pos.cpu().numpy()] = i
     return _t(ch, dev), col
 
 

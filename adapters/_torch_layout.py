@@ -109,6 +109,31 @@ def _as_torch_dtype(dtype):
     return table[name]
 
 
+def _param_views(core, t, dst) -> list:
+    """``t[info.slice].view_as(p)`` for each parameter ``p`` of ``dst`` (``core.params``' data): one
+    ``as_strided`` each where ``t`` is contiguous, from the spans and shapes worked out once
+    (``core.load_geometry``, made again when the parameters' layout or shapes change)."""
+    shapes = [p.shape for p in dst]
+    geo = core.__dict__.get("load_geometry")
+    if geo is None or geo[0] is not core.info or geo[1] != shapes:
+        spans = []
+        for p, info in zip(dst, core.info):
+            sl = info.slice
+            if sl.step not in (None, 1) or sl.stop - sl.start != p.numel():
+                spans = None  # not one contiguous span of the parameter's size: the slices say how (or raise)
+                break
+            strides, n = [], 1
+            for size in reversed(p.shape):
+                strides.append(n)
+                n *= size
+            spans.append((tuple(p.shape), tuple(reversed(strides)), sl.start))
+        geo = core.load_geometry = (core.info, shapes, spans)
+    if geo[2] is None or not t.is_contiguous():
+        return [t[info.slice].view_as(p) for p, info in zip(dst, core.info)]
+    off = t.storage_offset()
+    return [t.as_strided(shape, strides, off + start) for shape, strides, start in geo[2]]
+
+
 def to_torch(x, device=None, dtype=None) -> torch.Tensor:
     """``x`` (NumPy, CuPy or torch) as a tensor; CuPy crosses by DLPack, NumPy by ``from_numpy``.
 
@@ -158,6 +183,7 @@ class _Core:
         self.probe = {}      # per-sample shape key -> per-step state bytes per sample
         self.costs = {}      # per-sample shape key -> block costs
         self.base_out = None  # the last plain call's output (params, output, model state, batch): see _chain_is_model
+        self.inert_context = True  # the last norm_context of coordinate_losses was inert (a hint: which way to run)
 
     # the keys of ``checked_modes`` name modules by id: a copy (a worker's) has other ids, so they
     # travel as positions in ``model.modules()`` and come back as the copy's ids
@@ -166,6 +192,7 @@ class _Core:
 
         state = dict(self.__dict__)
         state["base_out"] = None  # an output of this process's last plain call: not the copy's
+        state.pop("load_geometry", None)  # worked out again from the copy's parameters
         mods = list(self.model.modules())
         pos = {id(m): i for i, m in enumerate(mods)}
         state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key) for key in self.checked_modes]

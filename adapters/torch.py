@@ -70,8 +70,8 @@ from ._torch_chain import (
     tile,
     vmap_safe,
 )
-from ._torch_layout import (UNREAD, ParamInfo, _as_torch_dtype, build_core, class_major, class_major_loss, cross_entropy,
-                            repeat_rows, run_owned, to_torch)
+from ._torch_layout import (UNREAD, ParamInfo, _as_torch_dtype, _param_views, build_core, class_major, class_major_loss,
+                            cross_entropy, repeat_rows, run_owned, to_torch)
 
 __all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "cross_entropy", "to_torch"]
 
@@ -872,7 +872,7 @@ class TorchOracle:
             # one fused copy into every parameter (the per-parameter loop's dispatches cost more
             # than the copies on small models, and a step loads the parameters several times)
             dst = [p.data for p in core.params]
-            torch._foreach_copy_(dst, [t[info.slice].view_as(p) for p, info in zip(dst, core.info)])
+            torch._foreach_copy_(dst, _param_views(core, t, dst))
         return t
 
     # ---------------------------------------------------------------- evaluation helpers
@@ -1000,7 +1000,7 @@ class TorchOracle:
             return None
         L = base_losses.unsqueeze(0).expand(k, B).clone()
         if n:
-            r, b = flat // B, flat % B
+            r, b = torch.floor_divide(flat, B), torch.remainder(flat, B)  # flat // B, flat % B (no operator wrapper)
             tail = tuple(col.shape[2:])
             delta = D.reshape((k * B,) + tail).index_select(0, flat)
             chs = ch.index_select(0, r)
@@ -1341,13 +1341,27 @@ class TorchOracle:
         with torch.no_grad():
             base = theta[torch.as_tensor(c, device=self.device)]
             h = (base + step) - base  # as suffix computes them, coordinate by coordinate
-        for b in np.unique(owner).tolist():
-            sel = np.flatnonzero(owner == b)
-            feats = self._features(params, b, states, now)
-            local, hb = c[sel] - core.blocks[b].start, h[torch.as_tensor(sel, device=self.device)]
-            for lo in range(0, len(sel), call):
-                out[sel[lo:lo + call]] = self._block_losses(feats, b, local[lo:lo + call], hb[lo:lo + call])
-        return out
+        blocks = np.unique(owner).tolist()
+
+        def work(ctx):
+            for b in blocks:
+                sel = np.flatnonzero(owner == b)
+                feats = self._features(params, b, states, now, ctx)
+                local, hb = c[sel] - core.blocks[b].start, h[torch.as_tensor(sel, device=self.device)]
+                for lo in range(0, len(sel), call):
+                    out[sel[lo:lo + call]] = self._block_losses(feats, b, local[lo:lo + call], hb[lo:lo + call], ctx)
+            return out
+
+        # a norm_context that patches, switches and saves nothing (stock layers, no dropout, BatchNorm
+        # or in-place activation to handle) is the same for every prefix and suffix: entered once for
+        # all of them; any other, each prefix and suffix enters its own, as split calls do
+        # (``inert_context``: what the last one was, so that a model needing its own is not tried again)
+        if blocks and getattr(core, "inert_context", True):  # (a core unpickled from an older version has none)
+            with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:
+                core.inert_context = ctx.inert
+                if ctx.inert:
+                    return work(ctx)
+        return work(None)
 
     @_one_query_at_a_time
     def prefix(self, params, block: int) -> _Features:
@@ -1369,15 +1383,17 @@ class TorchOracle:
         feats.at, feats.x = theta.clone(), self._x
         return feats
 
-    def _features(self, params, block: int, states, now=None) -> _Features:
+    def _features(self, params, block: int, states, now=None, ctx=None) -> _Features:
         """``prefix``'s work, the parameters loaded and ``states`` theirs (``now``: the model's
-        :func:`_model_state`, when the caller has it)."""
+        :func:`_model_state`, when the caller has it; ``ctx``: the inert ``norm_context`` it
+        runs in, when the caller has entered one)."""
         core = self._core
         si = core.block_steps[block]
         st = core.chain.steps[si]
         kind = core.kinds[block]
         state = states[si]
-        with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn):
+        with torch.no_grad(), (norm_context(self.model, loss_fn=self.loss_fn) if ctx is None
+                               else contextlib.nullcontext()):
             out = cache = walk = None
             if kind:
                 x = state[0]
@@ -1386,7 +1402,9 @@ class TorchOracle:
                 cache = prepare_cache(kind, st.module, x, out)
                 if channel_ok(kind, out):
                     walk = self._walk(si, out, state[1:], params, states if st.fn is None else None, now)
-        mask = core.downstream.setdefault(si, downstream(core.chain.steps, si))
+        mask = core.downstream.get(si, False)
+        if mask is False:
+            mask = core.downstream[si] = downstream(core.chain.steps, si)
         keep = None if mask is None or all(mask[si + 1:]) else (mask, states)
         return _Features(block, state, out, cache, self._x.shape[0], walk, keep)
 
@@ -1544,9 +1562,10 @@ class TorchOracle:
             h = (base + step) - base  # the representable step, as a perturbed copy would see it
         return self._block_losses(features, block, c - blk.start, h)
 
-    def _block_losses(self, features, block: int, local, h) -> np.ndarray:
+    def _block_losses(self, features, block: int, local, h, ctx=None) -> np.ndarray:
         """``suffix``'s work, the parameters loaded: ``local`` indices inside ``block``, ``h``
-        their representable steps (torch)."""
+        their representable steps (torch); ``ctx``: the inert ``norm_context`` it runs in, when
+        the caller has entered one."""
         core = self._core
         chunk = self._chunk(block, features)
         # on the CPU each chunk's losses leave torch at once: small tensors kept across chunks sat between
@@ -1557,7 +1576,8 @@ class TorchOracle:
         LAYOUT.nhwc = not getattr(LAYOUT, "off", False) and all(
             layout_free(st) for st in steps[core.block_steps[block] + 1:])
         try:
-            with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:
+            with torch.no_grad(), (norm_context(self.model, loss_fn=self.loss_fn) if ctx is None
+                                   else contextlib.nullcontext(ctx)) as ctx:
                 for lo in range(0, len(local), chunk):
                     ctx.groups = 1
                     part = self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx)
