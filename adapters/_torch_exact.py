@@ -169,8 +169,14 @@ def first_bind(oracle) -> None:
     """Learn the loss convention and self-check the split, once per oracle (all bound copies).
     Under the model's lock, as a query is: another thread's query on the shared model (two runs
     given one oracle) loads its own parameters, or swaps them in by name (vmap), under the check."""
-    with _model_lock(oracle._core.model), rng_kept():  # a forward drawing noise: the user's seeded stream kept
+    core = oracle._core  # (rng_kept: a forward drawing noise leaves the user's seeded stream as it was)
+    with _model_lock(core.model), rng_kept(), core.undone_unless_finished(_FIRST_BIND_STATE):
         _first_bind(oracle)
+
+
+#: what the first bind learns: put back as it was when the bind does not finish (Ctrl-C in the model
+#: or loss_fn during its checks), so that the next bind checks again rather than trust it half found
+_FIRST_BIND_STATE = ("scalar_loss", "group_rows", "rows_unchecked", "batch_kinds", "checked")
 
 
 def rng_kept():
@@ -761,6 +767,7 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
     before = _modes(core.model)  # what the check's own forwards write is unwatched after it, too
     # these modes count as checked from here on: the check's own prefix and suffix calls must
     # not start it again (a failed check retires the split, and then nothing is checked)
+    checked = set(core.checked_modes)  # (as they are again where the check comes to no verdict)
     core.checked_modes.add(_modes(core.model))
     core.checking = True  # the check's own forwards may write buffers the key holds
     try:
@@ -789,10 +796,15 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
             reason = _unread_check(oracle)
             if reason:  # read outside the graph: a parameter swapped in by name (vmap) would not reach that read
                 core.vmap_ok = False
-    except ArgumentError:
-        raise
-    except Exception as exc:  # any error on the fast path: refuse it
+    except Exception as exc:  # any error on the fast path: refuse it; not one of model(x)'s own (a
+        # simulator inside it that failed): the split is not to blame, and is checked at the next query
+        if isinstance(exc, ArgumentError) or _model_fails(oracle, theta):
+            core.checked_modes.intersection_update(checked)  # no verdict: not checked in these modes
+            raise
         reason = f"the captured split failed ({type(exc).__name__}: {str(exc)[:200]})"
+    except BaseException:  # Ctrl-C (or sys.exit) in the model during the check: no verdict, so the next
+        core.checked_modes.intersection_update(checked)  # query checks again, not a split never checked
+        raise
     finally:
         oracle._load(theta)
         core.checking = False
@@ -805,6 +817,17 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
         failed = reason.startswith("the captured split failed")  # an error, not a different loss
         retire_split(oracle, why + ((failed and _hook_reparametrized(core.model)) or reason
                                     + (_sequence_first(core.model) if failed else _hooked(core.model))))
+
+
+def _model_fails(oracle, theta) -> bool:
+    """Whether the plain ``model(x)`` and its loss raise too, at ``theta`` on the whole bound batch
+    (not the check's two samples: a loss of weights for the whole batch fails on those alone)."""
+    try:
+        oracle._load(theta)
+        reference_loss(oracle, oracle._x, oracle._y)
+    except Exception:  # noqa: BLE001 - the check's own error is the one raised
+        return True
+    return False
 
 
 def _hooked(model: nn.Module) -> str:

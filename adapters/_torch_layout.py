@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,6 +185,23 @@ class _Core:
         self.costs = {}      # per-sample shape key -> block costs
         self.base_out = None  # the last plain call's output (params, output, model state, batch): see _chain_is_model
         self.inert_context = True  # the last norm_context of coordinate_losses was inert (a hint: which way to run)
+
+    @contextlib.contextmanager
+    def undone_unless_finished(self, names):
+        """The attributes ``names`` and ``checked_modes`` put back as they were where the block
+        raises (a KeyboardInterrupt in the model or loss_fn, an error of the model's own)."""
+        before = {k: self.__dict__[k] for k in names if k in self.__dict__}
+        modes = set(self.checked_modes)
+        try:
+            yield
+        except BaseException:
+            for k in names:
+                if k in before:
+                    self.__dict__[k] = before[k]
+                else:
+                    self.__dict__.pop(k, None)
+            self.checked_modes.intersection_update(modes)
+            raise
 
     # the keys of ``checked_modes`` name modules by id: a copy (a worker's) has other ids, so they
     # travel as positions in ``model.modules()`` and come back as the copy's ids

@@ -8,6 +8,7 @@ import math
 import numbers
 import os
 import sys
+import traceback
 
 __all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
 
@@ -244,6 +245,39 @@ def _round_trips(obj) -> bool:
         return True
     except Exception:
         return False
+
+
+def traceback_text(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as text: the oracle's own exception (an OracleError's cause) with
+    its chain, else ``exc``'s; the innermost frames, where the user's line is (a model's forward is
+    a dozen frames below the worker's loop, and the outermost ones cut it off)."""
+    root = exc.cause if isinstance(exc, OracleError) and isinstance(exc.cause, BaseException) else exc
+    try:
+        return "".join(traceback.format_exception(type(root), root, root.__traceback__, limit=-_TB_FRAMES))
+    except Exception:  # (no text rather than no report: the exception itself still travels)
+        return ""
+
+
+#: the innermost frames of each exception a worker's traceback text keeps
+_TB_FRAMES = 12
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text: chained as the
+    ``__cause__`` of the exception that came back (pickling drops its traceback), so that
+    the traceback shows the line of the oracle that raised."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]).rstrip("\n") if self.args else ""
+
+
+def with_worker_traceback(exc: BaseException, text) -> BaseException:
+    """``exc``, that came back from a worker, with the worker's traceback ``text`` chained under
+    the oracle's own exception (an OracleError's cause, else ``exc``) where it has none of its own."""
+    inner = exc.cause if isinstance(exc, OracleError) and isinstance(exc.cause, BaseException) else exc
+    if isinstance(text, str) and text and inner.__traceback__ is None and inner.__cause__ is None:
+        inner.__cause__ = WorkerTraceback(text)
+    return exc
 
 
 class MissingExtra(ZoracleError, ImportError):

@@ -21,7 +21,6 @@ import sys
 import math
 import numbers
 import time
-import traceback
 import types
 import uuid
 from collections import OrderedDict, deque
@@ -29,7 +28,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._errors import OracleError, ZoracleError, _round_trips, exc_text
+from ._errors import (OracleError, WorkerTraceback, ZoracleError, _round_trips, exc_text, traceback_text,
+                      with_worker_traceback)
 from ._oracle import Oracle
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
@@ -399,7 +399,7 @@ def error_outcome(exc: BaseException) -> tuple:
     (an oracle's client library, installed on the workers only) may not unpickle on the driver.
     """
     sent = portable_error(exc)
-    return ("err", Either(sent, as_text(sent)), traceback.format_exc(limit=8), str(exc))
+    return ("err", Either(sent, as_text(sent)), traceback_text(exc), str(exc))
 
 
 def as_text(exc: BaseException) -> BaseException:
@@ -967,6 +967,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
                 started.pop(jid, None)
                 if outcome[0] == "err" and isinstance(outcome[1], Either):  # one that did not travel (threads)
                     outcome = ("err", outcome[1].obj) + tuple(outcome[2:])
+                elif outcome[0] == "err" and len(outcome) > 2:  # it lost its traceback on the way: the worker's text
+                    with_worker_traceback(outcome[1], outcome[2])
                 if outcome[0] == "ok":
                     results[i] = outcome[1]
                     busy += outcome[2]
@@ -1000,6 +1002,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
                     (w1, c1), (w2, c2) = failed_on[i]
                     if isinstance(cause, OracleError):
                         raise _annotate(cause, i, n, shards[i], f"{w2}, after failing on {w1} too")
+                    if isinstance(c2.__cause__, WorkerTraceback):  # the message below shows it
+                        c2.__cause__ = None
                     err = ShardFailed(
                         f"shard {i + 1}/{n} ({describe_task(shards[i])}) failed twice: on {w1}: "
                         f"{_cause_text(c1)}; then on {w2}: {_cause_text(c2)}"

@@ -26,7 +26,9 @@ Faults
     (a process worker that died is replaced). A second failure raises: an
     :class:`~zoracle.OracleError` naming the query, the shard and the workers when the
     oracle raised, else a :class:`ShardFailed` (a ZoracleError) naming the shard and both
-    causes. A wrong loss value (NaN, wrong shape) is deterministic: it raises the
+    causes. An exception from a worker process carries the worker's traceback, chained
+    under the oracle's own exception, so that it shows the line that raised. A wrong loss
+    value (NaN, wrong shape) is deterministic: it raises the
     OracleError without a retry (on JoblibExecutor and DeviceExecutor once the shards in flight
     on other workers have ended, or after ``timeout``, 10 s without one). An estimate is all-or-nothing: no partial
     gradient is returned, so parameters and optimizer state are never half-updated.
