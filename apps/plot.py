@@ -29,7 +29,8 @@ def main(args) -> int:
 
     from zoracle._checkpoint import as_path
 
-    figure, checkpoint = as_path(args.figure, "FIGURE"), as_path(args.checkpoint, "CHECKPOINT")  # "~" expanded
+    figure = as_path(args.figure, "FIGURE", example="run.png")  # "~" expanded
+    checkpoint = as_path(args.checkpoint, "CHECKPOINT")
     if os.path.exists(figure) and os.path.exists(checkpoint) and os.path.samefile(figure, checkpoint):
         raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
                                "figure its own path (e.g. run.png)")

@@ -76,3 +76,39 @@ def test_threads_share_the_reloaded_module(user_module):
         edited = user_module.edit("10.0")
         np.testing.assert_allclose(zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex).grad,
                                    zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
+
+
+def test_forgetting_the_oracle_does_not_hide_the_reload(user_module):
+    """forget() (the fix for an oracle changed in place) drops the oracle, not the module the
+    workers imported: emptying the record when no oracle was held let the next run compute with
+    the old code (gradient 2 instead of 20), without a word."""
+    x = np.ones(3)
+    with JoblibExecutor(2) as ex:
+        old = user_module.Loss()
+        zo.estimate_gradient(old, x, zo.CGE(), executor=ex)
+        ex.forget(old)
+        edited = user_module.edit("10.0")
+        with pytest.raises(zo.ZoracleError, match=r"was reloaded in this process .* close the executor"):
+            zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex)
+        ex.close()
+        np.testing.assert_allclose(zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex).grad,
+                                   zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
+
+
+def test_a_module_cloudpickle_sends_by_value_is_not_refused(user_module):
+    """cloudpickle.register_pickle_by_value(module), cloudpickle's remedy for a module edited while
+    workers run, sends its classes and functions by value: the workers run the reloaded code, and
+    the refusal was false."""
+    from zoracle._executors_core import cloudpickle_module
+
+    pickler = cloudpickle_module()
+    pickler.register_pickle_by_value(user_module)
+    try:
+        x = np.ones(3)
+        with JoblibExecutor(2) as ex:
+            zo.estimate_gradient(user_module.Loss(), x, zo.CGE(), executor=ex)
+            edited = user_module.edit("10.0")
+            np.testing.assert_allclose(zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex).grad,
+                                       zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
+    finally:
+        pickler.unregister_pickle_by_value(user_module)

@@ -150,8 +150,9 @@ def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
     path = os.fsdecode(path) if isinstance(path, bytes) else path
     word = _CONFIG_WORDS.get(path.strip().lower(), "")
     if word != "":  # str(None) or a config's null or boolean as text: a file "None" written, or read, silently
-        fix = (f"pass {name}={word}" if name == "resume" else f"pass a file path such as {example!r}"
-               if word is True or name == "path" else f"leave `{name}` out (None)")
+        # (left out only where None is what the argument takes: a path to read, or a command's, needs one)
+        fix = (f"pass {name}={word}" if name == "resume" else f"leave `{name}` out (None)"
+               if word is not True and name in _OPTIONAL_PATHS else f"pass a file path such as {example!r}")
         raise ArgumentError(f"`{name}` is the text {path!r}, a null or a boolean written out (as a config file or a "
                             f"command line gives it), not a file name: {fix} (or './{path.strip()}' for a file of "
                             "that name)")
@@ -160,6 +161,8 @@ def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
 
 # what a config's null or boolean becomes as text (str(None), YAML's null, JSON's true)
 _CONFIG_WORDS = {"none": None, "null": None, "true": True, "false": False}
+#: train's path arguments whose None turns them off
+_OPTIONAL_PATHS = ("checkpoint", "plot")
 
 
 def _file_path(path, name: str, example: str) -> str:

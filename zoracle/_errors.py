@@ -165,11 +165,12 @@ def check_flag(name: str, v) -> bool:
 _FLAG_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
-def config_hint(name: str, value, want: str) -> str:
+def config_hint(name: str, value, want: str, ok=None) -> str:
     """The fix for a value as a config file or a command line gives it, to end a refusal with: text
     for a number or a flag (``"1e-3"``, ``"3"``, ``"true"``) or a whole float for a count (``3.0``)
     is never converted silently, so the message says what to pass. ``want``: ``"int"``,
-    ``"number"`` or ``"flag"``. Empty for any other value."""
+    ``"number"`` or ``"flag"``; ``ok(number)``: whether the number is one the check takes (where
+    not, passing it is no fix, and the hint says so). Empty for any other value."""
     if isinstance(value, str):
         text = value.strip()
         if want == "flag":
@@ -182,13 +183,16 @@ def config_hint(name: str, value, want: str) -> str:
         if not math.isfinite(number) or (want == "int" and not _whole(number)):
             return ""
         shown = int(number) if want == "int" else number
+        if ok is not None and not ok(shown):  # ("-1e-3" for lr: -0.001 is refused as well)
+            return f"; that is text (as a config file or a command line gives it), and as a number, {shown!r}, " \
+                   "it would be refused too"
         return f"; that is text (as a config file or a command line gives it), not a number: pass {name}={shown!r}"
     if want == "int" and isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         try:
             whole = _whole(float(value))
         except (TypeError, ValueError, OverflowError):
             return ""
-        if whole:  # never truncated silently: 3.5 epochs would be 3
+        if whole and (ok is None or ok(int(value))):  # never truncated silently: 3.5 epochs would be 3
             return f"; a float is not taken as a count: pass {name}={int(value)}"
     return ""
 

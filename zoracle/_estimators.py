@@ -33,7 +33,7 @@ def _check_choice(name: str, value, valid) -> None:
 def _check_mu(mu) -> None:
     if not finite_real(mu) or mu <= 0:
         raise ArgumentError(f"`mu` must be a finite number > 0 (e.g. 5e-3), got {mu!r}"
-                            f"{config_hint('mu', mu, 'number')}")
+                            f"{config_hint('mu', mu, 'number', lambda v: v > 0)}")
 
 
 def _plain_numbers(est, **kinds) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import numbers
 import os
 import shutil
@@ -596,6 +597,7 @@ class DaskExecutor(ShardedExecutor):
         self._closing = True  # a run in another thread stops (see _DaskBackend.closed)
         self._futs.clear()
         self._registry.clear()
+        self._modules.clear()
         sent, self._sent = sorted(self._sent), set()
         if sent and self.cluster is None and self.client is not None:  # a cluster that stays: its workers
             try:  # must not keep this executor's oracle copies (a model's weights) in memory
@@ -1050,6 +1052,7 @@ class RayExecutor(ShardedExecutor):
         self._actors = []
         self._refs.clear()
         self._registry.clear()
+        self._modules.clear()
         try:
             if self._owns_ray and ray.is_initialized():
                 ray.shutdown()
@@ -1067,6 +1070,9 @@ class RayExecutor(ShardedExecutor):
                     a.has.discard(t)
                     a.bound.drop(t)
                     a.handle.drop.remote(t)
+
+    def _pickler(self):  # Ray sends with its own copy (its own registry of modules sent by value)
+        return importlib.import_module("ray.cloudpickle")
 
     def _backend(self, payload, oracle):
         import ray

@@ -236,6 +236,10 @@ class ShardedExecutor(StaysHere):
     def _backend(self, payload, oracle):  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _pickler(self):
+        """The cloudpickle module an oracle that plain pickle cannot send travels with."""
+        return cloudpickle_module()
+
     def run(self, oracle, params, tasks) -> list:
         """Losses for every task (in task order), computed on the workers."""
         if not tasks:
@@ -258,10 +262,8 @@ class ShardedExecutor(StaysHere):
 
     def _run_locked(self, oracle, params, tasks) -> list:
         self.start()
-        if not self.shares_memory:  # (no oracle held: workers new since close(), or none sent yet)
-            if not self._registry.tokens():
-                self._modules.clear()
-            check_not_reloaded(self._modules, split_bound(oracle.fn)[0])
+        if not self.shares_memory:  # (emptied where the workers start anew: an oracle forgotten stays imported)
+            check_not_reloaded(self._modules, split_bound(oracle.fn)[0], self._pickler())
         payload = self._payload(oracle, params)
         if (not self.shares_memory and payload.oracle_token not in self._warned
                 and getattr(payload.oracle, "plain_call_updates_state", False)
@@ -768,6 +770,7 @@ class ProcessPool(ShardedExecutor):
             return
         self._closed = False
         self._pid = os.getpid()
+        self._modules.clear()  # new workers import each module as it is now
         self._procs = [_Proc(i, dev, self.threads) for i, dev in enumerate(self.devices)]
         # interpreter exit or garbage collection must not leave workers behind
         self._finalizer = weakref.finalize(self, _stop_all, self._procs)

@@ -116,7 +116,8 @@ class SignState(NamedTuple):
 
 def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
     if not finite_real(value):
-        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}{config_hint(name, value, 'number')}")
+        hint = config_hint(name, value, "number", lambda v: lo <= v <= hi and not (hi_open and v == hi))
+        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}{hint}")
     if value < lo or value > hi or (hi_open and value == hi):
         bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"
         raise ArgumentError(f"`{name}` must be {bound}, got {value!r}")

@@ -9,13 +9,20 @@ import sys
 from ._errors import ZoracleError
 
 
-def check_not_reloaded(seen: dict, oracle) -> None:
+def check_not_reloaded(seen: dict, oracle, pickler=None) -> None:
     """Raise where the module of ``oracle`` (its class's, or a function's own) was reloaded here
     since an oracle from it was first sent to the workers. ``seen`` maps a module's name to its
     ``__spec__`` at that first send (``importlib.reload`` gives the module a new one); the caller
-    empties it when its workers start anew. ``__main__`` travels by value: never stale."""
+    empties it when its workers start anew. ``__main__`` travels by value: never stale; so does a
+    module registered with ``pickler.register_pickle_by_value`` (``pickler``: the cloudpickle the
+    executor sends with), cloudpickle's own remedy for a module edited while workers run."""
     names = {getattr(oracle, "__module__", None), type(oracle).__module__}
+    listed = getattr(pickler, "list_registry_pickle_by_value", None)
+    by_value = set(listed()) if callable(listed) else set()
     for name in sorted(n for n in names if isinstance(n, str) and n not in ("__main__", "builtins")):
+        parts = name.split(".")  # (a package registered covers its submodules)
+        if any(".".join(parts[:i]) in by_value for i in range(1, len(parts) + 1)):
+            continue
         spec = getattr(sys.modules.get(name), "__spec__", None)
         if spec is None:
             continue

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from ._errors import ArgumentError, config_hint, finite_real
+from ._errors import ArgumentError, config_hint, finite_real, short_repr
 
 __all__ = [
     "Schedule",
@@ -41,7 +41,8 @@ FloatOrSchedule = Union[float, Schedule]
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
     if not finite_real(value):
-        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}{config_hint(name, value, 'number')}")
+        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}"
+                            f"{config_hint(name, value, 'number', lambda v: v > 0 or (allow_zero and v == 0))}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ArgumentError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return float(value)
@@ -65,7 +66,7 @@ def _count(name: str, value, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or value > sys.maxsize:
         # (beyond sys.maxsize: a budget of 10**400 overflowed a float division deep inside)
         raise ArgumentError(f"`{name}` must be an integer >= {minimum} and at most {sys.maxsize}, got {value!r}"
-                            f"{config_hint(name, value, 'int')}")
+                            f"{config_hint(name, value, 'int', lambda v: v >= minimum)}")
     return int(value)
 
 
@@ -196,7 +197,8 @@ def as_schedule(value: FloatOrSchedule, name: str = "lr", positive: bool = False
     if not finite_real(value) or value < 0 or (positive and value <= 0):
         raise ArgumentError(
             f"`{name}` must be a {'finite number > 0 (e.g. 5e-3)' if positive else 'number >= 0'} or a schedule "
-            f"(a callable step -> value), got {value!r}{config_hint(name, value, 'number')}"
+            f"(a callable step -> value), got {value!r}"
+            f"{config_hint(name, value, 'number', lambda v: v > 0 if positive else v >= 0)}"
         )
     return constant_schedule(float(value))
 
@@ -212,12 +214,11 @@ def check_value(raw, where: str, positive: bool = False) -> float:
     bad = isinstance(raw, (bool, str, bytes)) or getattr(raw, "shape", ()) not in ((), (1,))
     try:
         value = float(raw.item() if hasattr(raw, "item") else raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: an int such as 10**400)
         bad, value = True, math.nan
     if bad or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        shown = repr(raw)
-        shown = shown if len(shown) < 80 else shown[:77] + "..."
-        raise ArgumentError(f"{where} is {shown}; it must be a finite number {'> 0' if positive else '>= 0'}")
+        raise ArgumentError(f"{where} is {short_repr(raw, 80)}; it must be a finite number "
+                            f"{'> 0' if positive else '>= 0'}")
     return value
 
 

@@ -142,7 +142,7 @@ class Minibatches:
         bs = self.batch_size
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {bs!r}"
-                                f"{config_hint('batch_size', bs, 'int')}")
+                                f"{config_hint('batch_size', bs, 'int', lambda v: v >= 1)}")
         for flag in ("shuffle", "drop_last"):  # a string from a config ("False") would count as true
             check_flag(flag, getattr(self, flag))
         if self.drop_last and bs > _rows(arrays[0]):
@@ -1283,7 +1283,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
             raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}"
-                                f"{config_hint('sparsity', sparsity, 'number')}")
+                                f"{config_hint('sparsity', sparsity, 'number', lambda v: 0 <= v < 1)}")
         _warn_sign_decay(optimizer)
     if not sparse or not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
         # ZO-GraSP's own settings, set away from their defaults, would be ignored silently (a

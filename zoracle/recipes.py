@@ -237,7 +237,8 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if lr is not None:
         lr = _positive("lr", lr)
     if isinstance(b1, bool) or not isinstance(b1, numbers.Real) or not 0 <= b1 < 1:
-        raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}{config_hint('b1', b1, 'number')}")
+        raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}"
+                            f"{config_hint('b1', b1, 'number', lambda v: 0 <= v < 1)}")
     weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
     layer_steps = _positive("layer_steps", layer_steps, allow_zero=True)
     if fill_small_blocks is not None and not isinstance(fill_small_blocks, (bool, np.bool_)):
