@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from zoracle._backend import fields_hash
 from zoracle._errors import ArgumentError
 
 from ._phiflow_sim import Reference, SimulationError, WakeFlow
@@ -42,6 +43,8 @@ class ParamBlock:
     slice: slice
     shape: tuple
     kind: str  # "conv" (scored by sparse CGE) or "bias" (estimated densely)
+
+    __hash__ = fields_hash  # (the generated hash raised TypeError on the slice before Python 3.12)
 
 
 class _CorrectionNet(nn.Module):

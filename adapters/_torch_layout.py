@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from zoracle._backend import is_cupy
+from zoracle._backend import fields_hash, is_cupy
 from zoracle._errors import ArgumentError
 
 from ._torch_chain import (_NORM, CL_POOLS, BlockParams, Chain, Step, extract_steps, fast_kind,
@@ -39,6 +39,8 @@ class ParamInfo:
     shape: tuple
     kind: str
     read: bool = True
+
+    __hash__ = fields_hash  # (the generated hash raised TypeError on the slice before Python 3.12)
 
 
 # a layer's weight under its reparametrizations: the deprecated hook-based weight_norm's direction

@@ -7,6 +7,7 @@ a CuPy array, CuPy is already imported), never imported here.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -47,12 +48,27 @@ def same_values(a, b) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
     try:
-        a, b = to_numpy(a), to_numpy(b)
+        na, nb = to_numpy(a), to_numpy(b)
     except (TypeError, ValueError):  # (not an array: an object of an estimator's own)
         return bool(a == b)
-    if a.dtype == object or b.dtype == object:
-        return a.shape == b.shape and all(same_values(x, y) for x, y in zip(a.ravel(), b.ravel()))
+    if na.dtype == object or nb.dtype == object:
+        if na.ndim == 0 or nb.ndim == 0:  # an object NumPy wrapped, not an array: its one element is
+            return a is b or bool(a == b)  # the object again (compared element-wise: RecursionError)
+        return na.shape == nb.shape and all(same_values(x, y) for x, y in zip(na.ravel(), nb.ravel()))
+    a, b = na, nb
     return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc"))
+
+
+def fields_hash(obj) -> int:
+    """``hash`` of a frozen dataclass by its fields, as the generated one, each slice by its
+    ``(start, stop, step)``: slices are unhashable before Python 3.12, so the generated hash of a
+    record holding one (a block, a parameter's place) raised TypeError in a set or as a dict key."""
+    def key(v):
+        if isinstance(v, slice):
+            return ("slice", v.start, v.stop, v.step)
+        return tuple(key(x) for x in v) if isinstance(v, tuple) else v
+
+    return hash(tuple(key(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.compare))
 
 
 def real_numpy(x, wide) -> np.ndarray:

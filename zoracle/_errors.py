@@ -153,6 +153,24 @@ def short_repr(value, limit: int = 200) -> str:
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
+def shown_address(address):
+    """A cluster address as repr, error messages and logs may show it: the credentials of a URL
+    (``scheme://user:password@host``, or a token in place of the user) replaced by ``***``;
+    anything else (None, 'local', a Client) as it is."""
+    return hide_credentials(address, address) if isinstance(address, str) else address
+
+
+def hide_credentials(text: str, address) -> str:
+    """``text`` (an error's message: one a cluster library raised may repeat the address, its
+    scheme dropped) with the credentials of ``address`` replaced by ``***``."""
+    if not isinstance(address, str):
+        return text
+    rest = address.partition("://")[2] or address
+    authority = rest.partition("/")[0]
+    credentials = authority.rpartition("@")[0]
+    return text.replace(credentials + "@", "***@") if credentials else text
+
+
 def check_flag(name: str, v) -> bool:
     """``v`` as a bool; a string ("False", "no") would be read as its truth value."""
     import numpy as np

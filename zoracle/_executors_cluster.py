@@ -17,7 +17,7 @@ import uuid
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, MissingExtra, ZoracleError, check_flag
+from ._errors import ArgumentError, MissingExtra, ZoracleError, check_flag, hide_credentials, shown_address
 from ._executors_core import (
     KEEP_ORACLES,
     MAX_WORKERS,
@@ -416,7 +416,9 @@ def _check_cluster_kwargs(kwargs: dict, local: bool, client) -> None:
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
     for name in sorted(kwargs):
         if name not in known:
-            near = difflib.get_close_matches(name, sorted(known | {"n_workers"}), n=1)
+            # JoblibExecutor's name for the worker count is too far from n_workers for difflib
+            near = (["n_workers"] if name == "n_jobs"
+                    else difflib.get_close_matches(name, sorted(known | {"n_workers"}), n=1))
             raise ArgumentError(f"`{name}` is not an argument of distributed.LocalCluster or its workers"
                                 f"{f'; did you mean {near[0]!r}?' if near else ''}")
 
@@ -483,7 +485,7 @@ class DaskExecutor(ShardedExecutor):
         # n_workers as given (or as started): an unsized local cluster gets the CPU count at start, a
         # running cluster its own workers (n_workers beside a scheduler address is refused)
         sized = self._count is not None or self.client is not None
-        return (f"DaskExecutor({spec!r}" + (f", n_workers={self.n_workers}" if sized else "")
+        return (f"DaskExecutor({shown_address(spec)!r}" + (f", n_workers={self.n_workers}" if sized else "")
                 + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
     def start(self) -> None:
@@ -507,7 +509,7 @@ class DaskExecutor(ShardedExecutor):
                 time.sleep(0.1)
             status = str(getattr(self.client, "status", "running"))
             if status in ("closing", "closed"):  # its calls would fail on a None inside distributed
-                where = f" at {self._spec}" if isinstance(self._spec, str) else ""
+                where = f" at {shown_address(self._spec)}" if isinstance(self._spec, str) else ""
                 raise ZoracleError(
                     f"DaskExecutor: its distributed.Client is {status}: the Dask scheduler{where} went away "
                     "(distributed closes a client that cannot reconnect within its connect timeout) or the client was "
@@ -523,7 +525,8 @@ class DaskExecutor(ShardedExecutor):
                 # go through a client that close() shuts
                 self.client = distributed.Client(self._spec, set_as_default=False)
             except ValueError as exc:  # not an address: distributed's own parse error, deep in its stack
-                raise ArgumentError(f"`client` {self._spec!r} is not a scheduler address ({exc}); pass one such as "
+                raise ArgumentError(f"`client` {shown_address(self._spec)!r} is not a scheduler address "
+                                    f"({hide_credentials(str(exc), self._spec)}); pass one such as "
                                     "'tcp://127.0.0.1:8786', or 'local' for a local cluster") from None
             self._owns_client = True
         else:
@@ -933,6 +936,9 @@ class RayExecutor(ShardedExecutor):
             raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {self._count!r}")
         # as every other flag (check_flag): NumPy's True too ("must be True or False, got np.True_" before)
         self.allow_network = check_flag("allow_network", allow_network)
+        if "n_jobs" in init_kwargs:  # JoblibExecutor's name: ray.init refused it at the first run (RuntimeError)
+            raise ArgumentError(f"`n_jobs` is not an argument of RayExecutor or ray.init; did you mean 'n_workers'? "
+                                f"(n_workers={init_kwargs['n_jobs']!r})")
         self._init_kwargs = init_kwargs
         self._owns_ray = False
         self._session_dir = None  # the private temp dir of a local session, removed on close
@@ -944,7 +950,7 @@ class RayExecutor(ShardedExecutor):
 
     def __repr__(self) -> str:
         sized = self._count is not None or bool(self._actors)  # (default: the cluster's CPU count, at start)
-        return (f"RayExecutor({self.address!r}" + (f", n_workers={self.n_workers}" if sized else "")
+        return (f"RayExecutor({shown_address(self.address)!r}" + (f", n_workers={self.n_workers}" if sized else "")
                 + (", allow_network=True" if self.allow_network else "")
                 + ("" if self.timeout is None else f", timeout={self.timeout!r}") + ")")
 
@@ -961,7 +967,8 @@ class RayExecutor(ShardedExecutor):
                 try:
                     ray.init(address=self.address, **kw)
                 except ValueError as exc:  # not an address: Ray's own parse error
-                    raise ArgumentError(f"`address` {self.address!r} is not a Ray cluster address ({exc}); pass one "
+                    raise ArgumentError(f"`address` {shown_address(self.address)!r} is not a Ray cluster address "
+                                        f"({hide_credentials(str(exc), self.address)}); pass one "
                                         "such as 'ray://127.0.0.1:10001' or '127.0.0.1:6379', or 'local'") from None
             self._owns_ray = True
         n = self._count or max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import fields_hash
 from ._errors import ArgumentError
 
 __all__ = ["keep_counts", "random_masks", "DynamicMasks"]
@@ -149,6 +150,8 @@ class DynamicMasks:
     interval: int | str = 5
     dense: Sequence = field(default=())
 
+    __hash__ = fields_hash  # (the generated hash raised TypeError on the blocks' slices before Python 3.12)
+
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(_slices(self.blocks)))
         object.__setattr__(self, "dense", tuple(_slices(self.dense, "dense")))
@@ -164,6 +167,7 @@ class DynamicMasks:
         object.__setattr__(self, "interval", check_interval(self.interval))
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ArgumentError(f"`seed` must be an integer >= 0 (masks are drawn from it), got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))  # (NumPy's int64 read `seed=np.int64(0)` in the repr)
         # every parameter in one block at most: an overlap is found here, not when a draw first repeats an index
         check_disjoint(self.blocks, dense=self.dense)
 

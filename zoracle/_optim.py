@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._backend import namespace, to_numpy
+from ._backend import namespace, same_values, to_numpy
 from ._errors import ArgumentError, check_flag, config_hint, finite_real
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
@@ -61,6 +61,30 @@ class Optimizer(NamedTuple):
         # an own optimizer's config that is no text (None, a dict): repr must return a str
         return f"Optimizer(name={self.name!r}, lr={self.lr!r}, config={self.config!r})"
 
+    def __eq__(self, other):
+        # by value, as the estimators: two ``adam(1e-3)`` (or one and its pickled copy) hold closures
+        # of their own, so the tuple's == made equal settings unequal, and a sweep keyed by optimizers
+        # could not be looked up with the call that made one. Equal where made by the same call and
+        # unchanged since (else, as before, where their functions are the same objects).
+        if not isinstance(other, Optimizer):
+            return NotImplemented
+        if type(self) is not type(other) or tuple(self)[2:] != tuple(other)[2:]:
+            return False
+        if self.init is other.init and self.update is other.update:
+            return True
+        made, made_other = getattr(self.update, "_made_by", None), getattr(other.update, "_made_by", None)
+        return (made is not None and made_other is not None and made[0] is made_other[0]
+                and getattr(self.init, "__code__", None) is getattr(other.init, "__code__", False)
+                and made[1].keys() == made_other[1].keys()
+                and all(_same_argument(made[1][k], made_other[1][k]) for k in made[1]))
+
+    def __ne__(self, other):
+        same = self.__eq__(other)
+        return same if same is NotImplemented else not same
+
+    def __hash__(self):  # (equal optimizers share name and config; a config that is no text is left out)
+        return hash((type(self).__name__, self.name, self.config if isinstance(self.config, str) else None))
+
     def __reduce__(self):
         # sgd, adam, sign_sgd and scaled return closures, which pickle cannot save (pickle.dump, joblib.dump,
         # a spawn worker's arguments): such an optimizer travels as the call that made it, where
@@ -82,6 +106,19 @@ class Optimizer(NamedTuple):
         import copy
 
         return _optimizer_from(type(self), copy.deepcopy(tuple(self), memo))
+
+
+def _same_argument(a, b) -> bool:
+    """Whether two arguments of the calls that made two optimizers are the same (scaled's optimizer
+    and scale array among them)."""
+    if a is b:
+        return True
+    if isinstance(a, Optimizer) or isinstance(b, Optimizer):
+        return a == b
+    try:
+        return same_values(a, b)
+    except Exception:  # (an argument that cannot be compared is no proof of equal settings)
+        return False
 
 
 def _remade(factory, kwargs, cls=None):

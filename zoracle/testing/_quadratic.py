@@ -41,6 +41,10 @@ class QuadraticOracle:
             blocks = [slice(0, d)]
         self.blocks = list(blocks)
 
+    def __repr__(self) -> str:
+        # the default repr (an address) was all a failing property test's report showed of the oracle
+        return f"QuadraticOracle(d={self.A.shape[0]}, blocks={len(self.blocks)}, c={self.c!r})"
+
     def __call__(self, x) -> float:
         x = x.astype(self.A.dtype)
         return float(0.5 * x @ self.A @ x + self.b @ x + self.c)
