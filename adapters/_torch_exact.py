@@ -498,12 +498,13 @@ def module_key(m: nn.Module) -> tuple:
     """What the split of a model depends on, per module, besides parameters and buffers: the
     module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
     train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
-    forward hook is registered on it (the closed forms do not run hooks); which of its
-    parameters train (one unfrozen after the oracle was built is not in its flat vector); and
-    its plain attributes (numbers, flags, strings a forward may read)."""
+    forward hook is registered on it (the closed forms do not run hooks); its parameters and
+    which of them train (one unfrozen after the oracle was built is not in its flat vector, nor
+    is a ``Parameter`` assigned over one, ``layer.weight = nn.Parameter(...)``); and its plain
+    attributes (numbers, flags, strings a forward may read)."""
     ps = m._parameters
     return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
-            tuple([p.requires_grad for p in ps.values() if p is not None]) if ps else (),
+            tuple([(id(p), p.requires_grad) for p in ps.values() if p is not None]) if ps else (),
             _plain_values(m))
 
 
@@ -693,7 +694,7 @@ def _what_changed(old: tuple, new: tuple) -> str:
     if [k[1] for k in old] != [k[1] for k in new]:
         parts.append("train/eval modes changed")
     if [k[3] for k in old] != [k[3] for k in new]:
-        parts.append("a parameter was frozen or unfrozen")
+        parts.append("a parameter was frozen, unfrozen or assigned")
     if [k[4] for k in old] != [k[4] for k in new]:
         parts.append("a module's attribute changed (a number or flag its forward may read)")
     return " and ".join(parts) or "the model changed"
@@ -730,17 +731,38 @@ def _ensure_split(oracle, modes=None) -> bool:
     return True
 
 
+def check_held(core) -> None:
+    """The flat vector's tensors must still be the model's parameters: one a ``Parameter`` was
+    assigned over (``layer.weight = nn.Parameter(...)``, ``load_state_dict(..., assign=True)``, a
+    weight tied to another) is read by no forward, so loading and perturbing it would change
+    nothing the model computes."""
+    with _model_lock(core.model):  # not while another thread's vmap has tensors swapped in by name
+        held = {id(p) for p in core.model.parameters()}
+    gone = [info.name for info, p in zip(core.info, core.params) if id(p) not in held]
+    if gone:
+        raise ArgumentError(
+            f"{type(core.model).__name__}'s parameters {name_list(gone)} are no longer the model's (a Parameter "
+            "assigned over them, layer.weight = nn.Parameter(...), load_state_dict(..., assign=True) or a weight "
+            "tied to another, since the TorchOracle was built): its flat vector would load and perturb tensors the "
+            "forward does not read; build a new TorchOracle for the changed model")
+
+
 def _check_parameters(oracle) -> None:
-    """The model's trainable parameters must still be the oracle's: a module swapped in brings
-    parameters the flat vector does not hold."""
+    """The model's trainable parameters must still be the oracle's: a module swapped in, or a
+    ``Parameter`` assigned, brings parameters the flat vector does not hold."""
     core = oracle._core
     mine = {id(p) for p in core.params}
-    theirs = [p for p in core.model.parameters() if p.requires_grad and p.numel()]  # an empty one has no coordinate
-    if {id(p) for p in theirs} - mine:
+    # an empty parameter has no coordinate
+    theirs = [(n, p) for n, p in core.model.named_parameters() if p.requires_grad and p.numel()]
+    new = [n for n, p in theirs if id(p) not in mine]
+    if new:
         raise ArgumentError(
-            f"{type(core.model).__name__} has trainable parameters the oracle's flat vector does not hold (a module "
-            f"replaced, or a parameter unfrozen with requires_grad_(True), since the TorchOracle was built: "
-            f"{len(core.params)} tensors then, {len(theirs)} now); build a new TorchOracle for the changed model")
+            f"{type(core.model).__name__} has trainable parameters the oracle's flat vector does not hold "
+            f"({name_list(new)}: a module replaced, a Parameter assigned, layer.weight = nn.Parameter(...) or "
+            f"load_state_dict(..., assign=True), or a parameter unfrozen with requires_grad_(True), since the "
+            f"TorchOracle was built: {len(core.params)} tensors then, {len(theirs)} now); build a new TorchOracle "
+            "for the changed model")
+    check_held(core)  # a weight tied to another since: nothing new, one tensor of the flat vector gone
     frozen = [info.name for info, p in zip(core.info, core.params) if not p.requires_grad]
     if frozen:  # still in the flat vector: every load would write them, and training would move them
         raise ArgumentError(

@@ -205,8 +205,9 @@ class _Core:
             self.checked_modes.intersection_update(modes)
             raise
 
-    # the keys of ``checked_modes`` name modules by id: a copy (a worker's) has other ids, so they
-    # travel as positions in ``model.modules()`` and come back as the copy's ids
+    # the keys of ``checked_modes`` name modules and parameters by id: a copy (a worker's) has
+    # other ids, so they travel as positions in ``model.modules()`` (and in its parameters) and
+    # come back as the copy's ids
     def __getstate__(self):
         from ._torch_exact import _PLAIN_NAMES
 
@@ -215,7 +216,11 @@ class _Core:
         state.pop("load_geometry", None)  # worked out again from the copy's parameters
         mods = list(self.model.modules())
         pos = {id(m): i for i, m in enumerate(mods)}
-        state["checked_modes"] = [tuple((pos.get(k[0], -1),) + tuple(k[1:]) for k in key) for key in self.checked_modes]
+        ppos = {}
+        for p in _module_params(mods):
+            ppos.setdefault(id(p), len(ppos))
+        state["checked_modes"] = [tuple((pos.get(k[0], -1),) + k[1:3] + (_ids_as(k[3], ppos, -1),) + k[4:]
+                                        for k in key) for key in self.checked_modes]
         # which plain attributes are watched (those a forward writes are not): the copy's modules
         # are new objects, and would watch them again until their first check
         state["plain_names"] = [_PLAIN_NAMES.get(m) for m in mods]
@@ -227,11 +232,28 @@ class _Core:
         plain = state.pop("plain_names", None)
         self.__dict__.update(state)
         mods = list(self.model.modules())
-        self.checked_modes = {tuple((id(mods[k[0]]) if 0 <= k[0] < len(mods) else None,) + tuple(k[1:]) for k in key)
+        ids = []
+        for p in _module_params(mods):
+            if id(p) not in ids:
+                ids.append(id(p))
+        back = dict(enumerate(ids))
+        self.checked_modes = {tuple((id(mods[k[0]]) if 0 <= k[0] < len(mods) else None,) + k[1:3]
+                                    + (_ids_as(k[3], back, None),) + k[4:] for k in key)
                               for key in state["checked_modes"]}
         for m, names in zip(mods, plain or ()):
             if names is not None:
                 _PLAIN_NAMES[m] = names
+
+
+def _module_params(mods) -> list:
+    """Every module's own parameters in ``mods``' order (a tied one once per module holding it)."""
+    return [p for m in mods for p in m._parameters.values() if p is not None]
+
+
+def _ids_as(pairs: tuple, table: dict, missing) -> tuple:
+    """A module key's ``(id, requires_grad)`` pairs of its parameters with each id looked up in
+    ``table`` (ids to positions for a copy, positions back to the copy's ids)."""
+    return tuple((table.get(i, missing), rg) for i, rg in pairs)
 
 
 def build_core(model, blocks) -> _Core:

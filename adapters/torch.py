@@ -40,7 +40,7 @@ from zoracle._errors import ArgumentError, check_flag, user_stacklevel
 
 from ._torch_blackbox import blackbox
 from ._torch_graph import downstream, is_autocast_enabled
-from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, check_batch_kind,
+from ._torch_exact import (_modes, _reaches, _self_check, _vmap_off, check_batch_first, check_batch_kind, check_held,
                            check_rows_later, ensure_split, first_bind, full_coordinate_losses, module_key, name_list, parameter_names, reference_loss,
                            shared_suffix, _one_tensor, _integer_batch_error)
 from ._torch_chain import (
@@ -860,6 +860,7 @@ class TorchOracle:
 
     def load(self, params) -> None:
         """Write the flat vector ``params`` into the module's parameters."""
+        check_held(self._core)  # not into a tensor a Parameter was assigned over since
         self._load(params)
 
     def _load(self, params) -> torch.Tensor:
@@ -1661,6 +1662,7 @@ class TorchOracle:
             raise ArgumentError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
         train = check_flag("train", train)
         _refuse_parametrize_cache(self._core.model)
+        check_held(self._core)
         self._load(params)
         xt = _batch_tensor("x", x, self.device, self.dtype, label="`x`")  # as bind(batch) converts its x
         if xt.dim() == 0 or xt.shape[0] == 0:

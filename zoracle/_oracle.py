@@ -351,9 +351,20 @@ _READONLY_HINT = (
 )
 
 
+# how a write into a read-only array is refused: NumPy and Cython ("read-only"), a memoryview or ctypes'
+# from_buffer ("read-only memory", "not writable"), np.ctypeslib.as_ctypes ("readonly"), pybind11 ("not
+# writeable"), torch.from_numpy's warning turned into an error (-W error, pytest's filterwarnings)
+_WRITE_REFUSED = re.compile(r"read-?only|not writ(e)?able", re.IGNORECASE)
+
+
+def write_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a refusal to write into (or to take as writable) a read-only array."""
+    return (isinstance(exc, (ValueError, TypeError, BufferError, Warning))
+            and bool(_WRITE_REFUSED.search(exc_text(exc))))
+
+
 def _raised(query: str, exc: Exception) -> OracleError:
-    ro = isinstance(exc, ValueError) and "read-only" in exc_text(exc)
-    return OracleError(query, cause=exc, detail=_READONLY_HINT if ro else "")
+    return OracleError(query, cause=exc, detail=_READONLY_HINT if write_refused(exc) else "")
 
 
 class Oracle:
@@ -378,8 +389,9 @@ class Oracle:
     read its write run again, which ``nfev`` does not count), and ``coordinate_losses``, which
     answers many queries at once, gets its own copy of the parameters. ``prefix`` and ``suffix``
     get a read-only view (a split estimate makes one or two such calls per block, and a copy of
-    all d parameters for each was most of its time at large d); one that writes into it (NumPy
-    raises) is called again with its own copy, as is every later call, and one that writes past
+    all d parameters for each was most of its time at large d); one that writes into it (NumPy,
+    ctypes or a C extension refuses; or takes it as writable: ``torch.from_numpy``'s warning as an
+    error) is called again with its own copy, as is every later call, and one that writes past
     the read-only flag (``torch.from_numpy``) fails its block with an :class:`OracleError`.
     A batch is built fresh for each call and never reused.
     """
@@ -456,20 +468,21 @@ class Oracle:
     def _split_call(self, call, params):
         """``call(p)``, ``p`` a read-only view of ``params``: a copy per prefix / suffix call cost O(d)
         each, most of a sparse estimate's time at d = 1e7 with few coordinates per block. An oracle
-        that writes into it (NumPy raises) is called again with its own copy, as it always got one,
-        and so is every later call (a write past the read-only flag is caught by the task)."""
+        that writes into it (NumPy, ctypes or a C extension refuses it: :func:`write_refused`) is
+        called again with its own copy, as it always got one, and so is every later call (a write
+        past the read-only flag is caught by the task)."""
         if self.own_copies or not isinstance(params, np.ndarray):
             return call(private(params))
         try:
             return call(readonly(params))
-        except ValueError as exc:
-            if "read-only" not in exc_text(exc):
+        except (ValueError, TypeError, BufferError, Warning) as exc:  # (a C extension's refusal, a warning as error)
+            if not write_refused(exc):
                 raise
         self.own_copies = True
         try:
             return call(private(params))
-        except ValueError as exc:  # read-only again: the coordinates it was given, not the parameters
-            if "read-only" in exc_text(exc):
+        except (ValueError, TypeError, BufferError, Warning) as exc:  # read-only again: the coordinates it was
+            if write_refused(exc):  # given, not the parameters
                 self.own_copies = False
             raise
 

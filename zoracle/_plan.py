@@ -170,7 +170,14 @@ def seal(params):
     an allocation each."""
     if not isinstance(params, np.ndarray):
         return None
-    return int(np.add.reduce(_bits(params), dtype=np.uint64))
+    params = np.ascontiguousarray(params)  # (the same seal whatever the layout: a copy only where strided)
+    if params.dtype.itemsize >= 8:
+        return int(np.add.reduce(_bits(params), dtype=np.uint64))
+    # narrower items summed as the 64-bit words they fill (any write still moves the sum): each
+    # float32 widened to uint64 for the sum took 3x a copy of the parameters at d = 1e7
+    raw = params.reshape(-1).view(np.uint8)
+    cut = raw.size - raw.size % 8
+    return (int(np.add.reduce(raw[:cut].view(np.uint64))), raw[cut:].tobytes())
 
 
 _WROTE_PAST = ("the oracle's prefix or suffix wrote into the parameters it was given, past their read-only flag "
@@ -228,7 +235,8 @@ class CoordTask:
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
         if self.mode == "split" and self.seal is not None and seal(params) != self.seal:
-            raise OracleError(f"block {self.block} (prefix and suffix calls)", detail=_WROTE_PAST)
+            # (a cause, not a value: "oracle returned None at block ..." named a return that never was)
+            raise OracleError(f"block {self.block} (prefix and suffix calls)", cause=RuntimeError(_WROTE_PAST))
         return out
 
 
