@@ -61,8 +61,11 @@ def written_by(meta: dict) -> str:
 
 def upgrade(reads: str = "") -> str:
     """The advice for a checkpoint newer than this reader (``reads``: what this one reads): it is
-    the user's run, kept (upgrading reads it; deleting it, the advice for a damaged one, loses it)."""
-    return f"this is zoracle {release()}{reads}: upgrade zoracle (pip install --upgrade zoracle) to read it"
+    the user's run, kept (upgrading reads it; deleting it, the advice for a damaged one, loses it). zoracle
+    is installed from its clone (``pip install -e``), so the upgrade is made there: ``pip install
+    --upgrade zoracle`` would not touch that install."""
+    return (f"this is zoracle {release()}{reads}: upgrade zoracle to read it (git pull in the zoracle clone, "
+            "then pip install -e . there)")
 
 
 class CheckpointError(ZoracleError):

@@ -176,7 +176,7 @@ def check_flag(name: str, v) -> bool:
     import numpy as np
 
     if not isinstance(v, (bool, np.bool_)):
-        raise ArgumentError(f"`{name}` must be True or False, got {v!r}{config_hint(name, v, 'flag')}")
+        raise ArgumentError(f"`{name}` must be True or False, got {short_repr(v)}{config_hint(name, v, 'flag')}")
     return bool(v)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
-from ._errors import ArgumentError, config_hint, finite_real
+from ._errors import ArgumentError, config_hint, finite_real, short_repr
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
@@ -32,7 +32,7 @@ def _check_choice(name: str, value, valid) -> None:
 
 def _check_mu(mu) -> None:
     if not finite_real(mu) or mu <= 0:
-        raise ArgumentError(f"`mu` must be a finite number > 0 (e.g. 5e-3), got {mu!r}"
+        raise ArgumentError(f"`mu` must be a finite number > 0 (e.g. 5e-3), got {short_repr(mu)}"
                             f"{config_hint('mu', mu, 'number', lambda v: v > 0)}")
 
 

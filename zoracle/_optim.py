@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._backend import namespace, same_values, to_numpy
-from ._errors import ArgumentError, check_flag, config_hint, finite_real
+from ._errors import ArgumentError, check_flag, config_hint, finite_real, short_repr
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
@@ -154,7 +154,7 @@ class SignState(NamedTuple):
 def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
     if not finite_real(value):
         hint = config_hint(name, value, "number", lambda v: lo <= v <= hi and not (hi_open and v == hi))
-        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}{hint}")
+        raise ArgumentError(f"`{name}` must be a finite number, got {short_repr(value)}{hint}")
     if value < lo or value > hi or (hi_open and value == hi):
         bound = f"in [{lo}, {hi})" if hi_open else f">= {lo}"
         raise ArgumentError(f"`{name}` must be {bound}, got {value!r}")

@@ -180,9 +180,11 @@ def seal(params):
     return (int(np.add.reduce(raw[:cut].view(np.uint64))), raw[cut:].tobytes())
 
 
+# (as a cause: with none, the OracleError read "oracle returned None at block ...", a value never returned)
 _WROTE_PAST = ("the oracle's prefix or suffix wrote into the parameters it was given, past their read-only flag "
-               "(torch.from_numpy(params) ignores it, with a warning): the parameters the later queries of this "
-               "estimate read would have changed; work on a copy (params.copy(), torch.tensor(params))")
+               "(torch.from_numpy(params) ignores it, with a warning)")
+_WROTE_PAST_FIX = ("the parameters the later queries of this estimate read would have changed; work on a copy "
+                   "(params.copy(), torch.tensor(params))")
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,8 @@ class CoordTask:
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
         if self.mode == "split" and self.seal is not None and seal(params) != self.seal:
-            # (a cause, not a value: "oracle returned None at block ..." named a return that never was)
-            raise OracleError(f"block {self.block} (prefix and suffix calls)", cause=RuntimeError(_WROTE_PAST))
+            raise OracleError(f"block {self.block} (prefix and suffix calls)", cause=RuntimeError(_WROTE_PAST),
+                              detail=_WROTE_PAST_FIX)
         return out
 
 

@@ -41,7 +41,7 @@ FloatOrSchedule = Union[float, Schedule]
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
     if not finite_real(value):
-        raise ArgumentError(f"`{name}` must be a finite number, got {value!r}"
+        raise ArgumentError(f"`{name}` must be a finite number, got {short_repr(value)}"
                             f"{config_hint(name, value, 'number', lambda v: v > 0 or (allow_zero and v == 0))}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ArgumentError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -65,7 +65,8 @@ def _step(step) -> None:
 def _count(name: str, value, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or value > sys.maxsize:
         # (beyond sys.maxsize: a budget of 10**400 overflowed a float division deep inside)
-        raise ArgumentError(f"`{name}` must be an integer >= {minimum} and at most {sys.maxsize}, got {value!r}"
+        raise ArgumentError(f"`{name}` must be an integer >= {minimum} and at most {sys.maxsize}, got "
+                            f"{short_repr(value)}"
                             f"{config_hint(name, value, 'int', lambda v: v >= minimum)}")
     return int(value)
 
@@ -197,7 +198,7 @@ def as_schedule(value: FloatOrSchedule, name: str = "lr", positive: bool = False
     if not finite_real(value) or value < 0 or (positive and value <= 0):
         raise ArgumentError(
             f"`{name}` must be a {'finite number > 0 (e.g. 5e-3)' if positive else 'number >= 0'} or a schedule "
-            f"(a callable step -> value), got {value!r}"
+            f"(a callable step -> value), got {short_repr(value)}"
             f"{config_hint(name, value, 'number', lambda v: v > 0 if positive else v >= 0)}"
         )
     return constant_schedule(float(value))

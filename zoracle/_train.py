@@ -1282,7 +1282,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         if not isinstance(estimator, CGE):
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
-            raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {sparsity!r}"
+            raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {short_repr(sparsity)}"
                                 f"{config_hint('sparsity', sparsity, 'number', lambda v: 0 <= v < 1)}")
         _warn_sign_decay(optimizer)
     if not sparse or not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array

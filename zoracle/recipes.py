@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, config_hint
+from ._errors import ArgumentError, config_hint, short_repr
 from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
@@ -237,7 +237,7 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if lr is not None:
         lr = _positive("lr", lr)
     if isinstance(b1, bool) or not isinstance(b1, numbers.Real) or not 0 <= b1 < 1:
-        raise ArgumentError(f"`b1` must be in [0, 1), got {b1!r}"
+        raise ArgumentError(f"`b1` must be in [0, 1), got {short_repr(b1)}"
                             f"{config_hint('b1', b1, 'number', lambda v: 0 <= v < 1)}")
     weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
     layer_steps = _positive("layer_steps", layer_steps, allow_zero=True)
