@@ -186,6 +186,23 @@ def _dask_workers(client) -> dict:
     return dict(info.get("workers") or {})
 
 
+def _close_half_made(exc, client_class) -> None:
+    """Close the Client whose constructor raised ``exc``: distributed starts its event-loop thread
+    before it connects, and a bad address left that thread running and the Client unclosed, in a
+    reference cycle. Its close in ``Client.__del__``, run by whichever thread collected it, waited
+    on LoopRunner's lock: in a later Client's new loop thread, whose start holds it, for 10 s."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+        client = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+        if isinstance(client, client_class):
+            try:
+                client.close()
+            except Exception:  # the constructor's own error is the one to report
+                pass
+            return
+
+
 def _broadcast(client, data):
     """``client.scatter(data, broadcast=True)``, given up when a worker leaves during it.
 
@@ -524,7 +541,11 @@ class DaskExecutor(ShardedExecutor):
                 # not the process's default client: the user's dask work (compute, persist) must not
                 # go through a client that close() shuts
                 self.client = distributed.Client(self._spec, set_as_default=False)
-            except ValueError as exc:  # not an address: distributed's own parse error, deep in its stack
+            except Exception as exc:
+                _close_half_made(exc, distributed.Client)
+                if not isinstance(exc, ValueError):
+                    raise
+                # not an address: distributed's own parse error, deep in its stack
                 raise ArgumentError(f"`client` {shown_address(self._spec)!r} is not a scheduler address "
                                     f"({hide_credentials(str(exc), self._spec)}); pass one such as "
                                     "'tcp://127.0.0.1:8786', or 'local' for a local cluster") from None
