@@ -112,3 +112,21 @@ def test_a_module_cloudpickle_sends_by_value_is_not_refused(user_module):
                                        zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
     finally:
         pickler.unregister_pickle_by_value(user_module)
+
+
+def test_a_dask_executor_closed_and_reused_runs_the_reloaded_module(user_module, tmp_path):
+    """close() is the fix the refusal names, on Dask too: its own cluster's workers start anew,
+    and the record of the modules they imported goes with them (kept, the reloaded module was
+    refused again on the new workers, which import it as it is now)."""
+    pytest.importorskip("distributed", reason="dask[distributed] not installed (pip install -e '.[dask]')")
+    from zoracle.executors import DaskExecutor
+
+    x = np.ones(3)
+    with DaskExecutor("local:1", local_directory=str(tmp_path / "dask")) as ex:
+        zo.estimate_gradient(user_module.Loss(), x, zo.CGE(), executor=ex)
+        edited = user_module.edit("10.0")
+        with pytest.raises(zo.ZoracleError, match=r"was reloaded in this process .* close the executor"):
+            zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex)
+        ex.close()
+        np.testing.assert_allclose(zo.estimate_gradient(edited.Loss(), x, zo.CGE(), executor=ex).grad,
+                                   zo.estimate_gradient(edited.Loss(), x, zo.CGE()).grad)
