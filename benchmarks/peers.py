@@ -681,10 +681,18 @@ def _summary_row(point, data, d, width, budget, method, chosen) -> dict:
     secs = np.array([r["seconds"] for r in sel])
     return {"data": data, "d": d, "width": width, "budget": budget, "method": method, "setting": chosen,
             "seeds": sorted(r["seed"] for r in sel), "test_acc": acc.tolist(),
-            "mean": float(np.nanmean(acc)), "min": float(np.nanmin(acc)), "max": float(np.nanmax(acc)),
-            "val_acc": float(np.nanmean([r["val_acc"] for r in sel]) * 100),
+            "mean": _finite_stat(np.mean, acc), "min": _finite_stat(np.min, acc), "max": _finite_stat(np.max, acc),
+            "val_acc": _finite_stat(np.mean, [r["val_acc"] for r in sel]) * 100,
             "seconds": float(secs.mean()), "queries": int(np.mean([r["queries"] for r in sel])),
             "qps": float(np.mean([r["queries"] / max(r["seconds"], 1e-9) for r in sel])), "failed": failed}
+
+
+def _finite_stat(f, values) -> float:
+    """``f`` of the numbers among ``values`` that are not NaN; NaN where none is (every seed failed),
+    without NumPy's "Mean of empty slice" / "All-NaN slice" warnings in the report's output."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    return float(f(a)) if a.size else float("nan")
 
 
 def _failed(row) -> str:

@@ -1016,6 +1016,7 @@ def test_the_rank_test_counts_the_splits_of_tied_seeds_exactly(peers):
         assert peers.rank_test(a, b) == pytest.approx(splits(a, b)), (a, b)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # (its report printed NumPy's "Mean of empty slice" warnings)
 def test_a_method_whose_every_seed_failed_gets_no_rank_test_p(peers):
     """Every seed of the recipe diverged before its first evaluation (NaN accuracies, kept since no
     seed is left): the rank test ranked the NaNs and gave p = 0, and the wins table read "snes in
