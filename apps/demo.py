@@ -290,7 +290,9 @@ def _main(args, methods) -> int:
         try:
             executor.__enter__()
         except Exception as exc:
-            address = args.dask or args.ray or args.workers
+            from zoracle._errors import shown_address
+
+            address = shown_address(args.dask or args.ray or args.workers)  # (a password in it masked, as the executor's)
             ray = sys.modules.get("ray") if args.ray else None  # (imported by the executor that failed)
             denied = getattr(getattr(ray, "exceptions", None), "AuthenticationError", ())
             if isinstance(exc, denied):  # Ray's traceback, then several lines of its help

@@ -295,8 +295,12 @@ class WorkerTraceback(Exception):
 
 def with_worker_traceback(exc: BaseException, text) -> BaseException:
     """``exc``, that came back from a worker, with the worker's traceback ``text`` chained under
-    the oracle's own exception (an OracleError's cause, else ``exc``) where it has none of its own."""
-    inner = exc.cause if isinstance(exc, OracleError) and isinstance(exc.cause, BaseException) else exc
+    the oracle's own exception (an OracleError's cause, else ``exc``) where it has none of its own.
+    Not under an OracleError with no cause (a value the oracle returned, refused): the oracle raised
+    nothing, and the text was zoracle's frames only, ending with the message once more."""
+    if isinstance(exc, OracleError) and not isinstance(exc.cause, BaseException):
+        return exc
+    inner = exc.cause if isinstance(exc, OracleError) else exc
     if isinstance(text, str) and text and inner.__traceback__ is None and inner.__cause__ is None:
         inner.__cause__ = WorkerTraceback(text)
     return exc

@@ -601,9 +601,9 @@ def _deterministic(exc) -> bool:
 
 
 def _annotate(exc: BaseException, shard: int, n: int, task, where) -> BaseException:
-    note = f" [shard {shard + 1}/{n}: {describe_task(task)}, on {where}]"
+    note = f"[shard {shard + 1}/{n}: {describe_task(task)}, on {where}]"  # (a line of its own below a program's stderr)
     if exc.args and isinstance(exc.args[0], str):
-        exc.args = (exc.args[0] + note,) + tuple(exc.args[1:])
+        exc.args = (exc.args[0] + ("\n" if "\n" in exc.args[0] else " ") + note,) + tuple(exc.args[1:])
     exc.shard = shard
     return exc
 

@@ -534,11 +534,7 @@ class _Proc:
         n_jobs: left orphaned for minutes when the worker alone was killed), then reap it."""
         tree = _descendants(self.proc.pid)
         self.proc.kill()
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        _kill_all(tree)
         self.proc.wait()
 
 
@@ -580,12 +576,17 @@ def kill_programs(dask_worker=None) -> int:
     restart leaves running as orphans. How many it killed."""
     pid = getattr(dask_worker, "pid", None)
     tree = _descendants(int(pid)) if pid else []
-    for kid in tree:
+    _kill_all(tree)
+    return len(tree)
+
+
+def _kill_all(pids) -> None:
+    """SIGKILL each of ``pids``; one already gone is passed over."""
+    for pid in pids:
         try:
-            os.kill(kid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    return len(tree)
 
 
 def _stop_all(procs) -> None:

@@ -357,6 +357,17 @@ def _tensor_versions(features) -> list:
     return out
 
 
+def check_features(seen, block, what) -> None:
+    """Raise :class:`OracleError` where a tensor of ``seen`` (:func:`_tensor_versions` of a block's
+    features, taken before a suffix call) was written in place by the call."""
+    if any(t._version != v for t, v in seen):
+        raise OracleError(what, cause=RuntimeError(f"suffix wrote into the features prefix(params, {block}) "
+                                                   "returned, a tensor written in place"),
+                          detail="every suffix call of the block gets these features (each chunk of coordinates, "
+                                 "both steps of a central scheme): compute out of place inside the oracle "
+                                 "(h = features + ..., not features.add_(...))")
+
+
 _READONLY_HINT = (
     "the oracle tried to modify an array it was given (the parameters, the coordinates of "
     "coordinate_losses / suffix, or suffix's features, which every suffix call of a block shares), which are "
@@ -512,12 +523,7 @@ class Oracle:
         seen = _tensor_versions(features)
         values = self._vector(lambda: self._split_call(
             lambda p: self.fn.suffix(shared_features(features), p, block, coords, step), params), len(coords), query_of, what)
-        if any(t._version != v for t, v in seen):
-            raise OracleError(what, cause=RuntimeError(f"suffix wrote into the features prefix(params, {block}) "
-                                                       "returned, a tensor written in place"),
-                              detail="every suffix call of the block gets these features (each chunk of coordinates, "
-                                     "both steps of a central scheme): compute out of place inside the oracle "
-                                     "(h = features + ..., not features.add_(...))")
+        check_features(seen, block, what)
         return values
 
     def __repr__(self) -> str:

@@ -226,6 +226,8 @@ class CoordTask:
                 what = f"coordinates {int(c[0])}..{int(c[-1])} ({len(c)} queries, step {tag})"
                 if self.mode == "split":
                     out[si, lo:hi] = oracle.suffix(feats, params, self.block, c, step, query_of, what)
+                    if si == lo == 0 and (len(self.steps) > 1 or hi < len(coords)):  # more calls to come:
+                        self._check_seal(params)  # (a write past the flag that a later call undid read as none at the end)
                 elif self.mode == "coordinate":
                     out[si, lo:hi] = oracle.coordinate_losses(params, c, step, query_of, what)
                 elif self.mode == "batch":
@@ -236,10 +238,18 @@ class CoordTask:
                     del X  # freed before the next chunk's: two chunks held at once took twice the budget
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
-        if self.mode == "split" and self.seal is not None and seal(params) != self.seal:
+        if self.mode == "split":
+            self._check_seal(params)
+        return out
+
+    def _check_seal(self, params) -> None:
+        """Refuse parameters written past their read-only flag: checked after the task's first suffix
+        call and at its end. At the end alone, a central scheme's oracle that left its +step write in
+        place and took its -step snapshot from it put the bits back, and the gradient was silently
+        wrong (every -step loss of the block but the last read the stray write)."""
+        if self.seal is not None and seal(params) != self.seal:
             raise OracleError(f"block {self.block} (prefix and suffix calls)", cause=RuntimeError(_WROTE_PAST),
                               detail=_WROTE_PAST_FIX)
-        return out
 
 
 class _RowCache:

@@ -7,10 +7,11 @@ import numbers
 import numpy as np
 
 from .._backend import namespace, to_numpy
-from .._errors import ArgumentError, ZoracleError, finite_real
+from .._errors import ArgumentError, OracleError, ZoracleError, finite_real
 from .._estimators import as_generator, validate_params
-from .._oracle import capabilities, check_scalar, compute_dtype_of, readonly, reject_async, shared_features
-from .._plan import check_blocks, queries_per_call
+from .._oracle import (Oracle, capabilities, check_features, check_scalar, compute_dtype_of, readonly, reject_async,
+                       shared_features, _tensor_versions)
+from .._plan import _WROTE_PAST, _WROTE_PAST_FIX, check_blocks, queries_per_call, seal
 
 __all__ = ["OracleCheckError", "check_oracle"]
 
@@ -116,7 +117,9 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     a caller's coordinates keep their order); for a SplitOracle, ``blocks`` are contiguous,
     ordered, disjoint and cover ``[0, d)``, and ``prefix`` + ``suffix`` equal full evaluations
     for coordinates sampled in every block and the block's first and last (where slice bugs
-    sit), in an unsorted order and with both signs; for a bound data oracle with ``unbind()``,
+    sit), in an unsorted order and with both signs, each call given what ``estimate_gradient`` gives it
+    (a read-only view of the parameters, the block's features shared; a write into either past
+    its read-only flag fails the check as it fails the estimate); for a bound data oracle with ``unbind()``,
     ``parent.bind(batch)`` of what it returns answers as the oracle does (process and cluster
     workers rebuild it so). A failure names the coordinate that deviates most.
 
@@ -276,14 +279,29 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                     failures.append(f"blocks: {exc}")
             if not any(f.startswith("blocks") for f in failures):
                 worst = report.get("prefix_suffix", 0.0)
+                split = Oracle(oracle)
                 for b, blk in enumerate(blocks):
                     n = min(max(1, n_coords // 2), blk.stop - blk.start)
                     cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
                     cb = _unsorted(np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64))
-                    feats = _ask(f"oracle.prefix(params, {b}){where}", oracle.prefix, at.copy(), b)
+                    # as estimate_gradient calls them: a read-only view of the parameters (a copy for one that
+                    # writes into it), shared features, a tensor among them or the parameters written past the
+                    # read-only flag refused (a check that gave copies passed oracles the estimate refuses)
+                    mine = at.copy()
+                    feats = _ask(f"oracle.prefix(params, {b}){where}", lambda: split._split_call(
+                        lambda p: oracle.prefix(p, b), mine))
                     for s in (step, -step):
-                        got, note = _ask(f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})", lambda: _chunked(
-                            lambda c: oracle.suffix(shared_features(feats), at.copy(), b, c, s), cb, cap, first_alone=s < 0))
+                        what = f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})"
+
+                        def ask(c, s=s):
+                            seen = _tensor_versions(feats)
+                            got = split._split_call(lambda p: oracle.suffix(shared_features(feats), p, b, c, s), mine)
+                            check_features(seen, b, f"block {b}")
+                            if seal(mine) != seal(at):
+                                raise OracleError(f"block {b}", cause=RuntimeError(_WROTE_PAST), detail=_WROTE_PAST_FIX)
+                            return got
+
+                        got, note = _ask(what, lambda: _chunked(ask, cb, cap, first_alone=s < 0))
                         want = [call(perturbed(at, int(i), s)) for i in cb]
                         ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                         worst = max(worst, dev)
