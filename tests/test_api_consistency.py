@@ -93,6 +93,7 @@ def test_records_with_slices_hash_by_the_slices_values():
 
 
 def test_a_references_repr_is_bounded():
+    pytest.importorskip("phi")  # (the adapter's own ImportError is not one importorskip skips)
     phiflow = pytest.importorskip("zoracle.adapters.phiflow")
     vx, vy = np.zeros((8, 101, 33, 64), np.float32), np.zeros((8, 101, 32, 64), np.float32)
     ref = phiflow.Reference(vx, vy, np.linspace(100.0, 900.0, 8), "cache/ref.npz", cached=True)

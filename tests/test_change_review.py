@@ -16,6 +16,7 @@ from zoracle import cli
 def test_zoracle_plot_given_a_config_word_says_a_fix_that_works(tmp_path, monkeypatch, capsys, argv, name, example):
     """A positional path of `zoracle plot` cannot be left out: the refusal of 'None' told the user to
     "leave `CHECKPOINT` out (None)", and FIGURE's example was a checkpoint's name ('run.npz')."""
+    pytest.importorskip("matplotlib")  # (`zoracle plot` is refused first without it)
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) != 0
     err = capsys.readouterr().err

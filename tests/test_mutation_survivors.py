@@ -141,6 +141,7 @@ def test_adam_float32_takes_a_scalar_gradient_whose_second_moment_overflows():
 
 @pytest.mark.parametrize("path", ["x.png", os.path.join("sub", "x.png")])
 def test_a_plot_path_in_an_existing_folder_is_left_as_written(tmp_path, monkeypatch, path):
+    pytest.importorskip("matplotlib")  # (--plot is refused first without it)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     args = argparse.Namespace(plot=path)

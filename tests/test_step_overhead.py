@@ -3,14 +3,15 @@ coordinates): fewer ``norm_context`` entries and torch calls, the same losses bi
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
-import zoracle as zo
-from zoracle.adapters import _torch_chain
-from zoracle.adapters import torch as torch_adapter
-from zoracle.adapters.torch import TorchOracle
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+import zoracle as zo  # noqa: E402
+from zoracle.adapters import _torch_chain  # noqa: E402
+from zoracle.adapters import torch as torch_adapter  # noqa: E402
+from zoracle.adapters.torch import TorchOracle  # noqa: E402
 
 CE = nn.CrossEntropyLoss(reduction="none")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import functools
 import importlib
 import numbers
@@ -330,7 +331,8 @@ class _DaskBackend:
         done = [f for f in futs if f.done()]
         if self.closed():  # close() from another thread: its futures went with the client
             raise closed_during_run()
-        if not done and failure is not None and not isinstance(failure, TimeoutError):
+        # (distributed's timeout is asyncio's TimeoutError: the builtin one from 3.11 on, its own class on 3.10)
+        if not done and failure is not None and not isinstance(failure, (TimeoutError, asyncio.TimeoutError)):
             raise failure  # e.g. the scheduler went away: nothing to retry on
         out = []
         for fut in done:
