@@ -113,3 +113,27 @@ def ctrl_c():
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, old)
+
+
+def edit_checkpoint_header(path, edit) -> None:
+    """Rewrite a checkpoint's JSON header with ``edit(header)`` applied, as a later release would
+    write it (save_checkpoint would stamp this release's format and version)."""
+    import json
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["__meta__"].tobytes())
+    edit(header)
+    arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def split_calls(oracle, theta, coords, step):
+    """The losses of a prefix and suffix call per block (in max_queries_per_call chunks)."""
+    call = oracle.max_queries_per_call
+    starts = np.array([b.start for b in oracle.blocks])
+    owner = np.searchsorted(starts, coords, side="right") - 1
+    return np.concatenate([oracle.suffix(oracle.prefix(theta, b), theta, b, cb[lo:lo + call], step)
+                           for b in np.unique(owner) for cb in [coords[owner == b]]
+                           for lo in range(0, cb.size, call)])

@@ -3,7 +3,6 @@ session's own tests did not pin down (each test here failed against a mutant of 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import traceback
@@ -16,6 +15,8 @@ import zoracle as zo
 from zoracle import _estimators, _plan
 from zoracle.executors import JoblibExecutor, ShardFailed
 from zoracle.testing import QuadraticOracle
+
+from conftest import edit_checkpoint_header, split_calls
 
 BLOCKS = [slice(0, 10), slice(10, 20), slice(20, 30)]
 
@@ -76,20 +77,10 @@ def ckpt(tmp_path):
     return path
 
 
-def _edit_header(path, edit) -> None:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    header = json.loads(arrays["__meta__"].tobytes())
-    edit(header)
-    arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
 @pytest.mark.parametrize("writer", [5, ["9.0.0"], ""])
 def test_a_newer_format_with_a_writer_that_is_no_release_says_a_newer_zoracle(ckpt, writer):
     """A header edited by hand (or by another tool) with a non-text release is not named as one."""
-    _edit_header(ckpt, lambda h: h.update(version=2, zoracle_version=writer))
+    edit_checkpoint_header(ckpt, lambda h: h.update(version=2, zoracle_version=writer))
     with pytest.raises(zo.CheckpointError) as info:
         zo.load_checkpoint(ckpt)
     assert "written by a newer zoracle;" in str(info.value) and "upgrade zoracle" in str(info.value)
@@ -151,7 +142,6 @@ def test_a_worker_traceback_is_the_oracles_exception_not_the_report_again():
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     assert "WORKER-LINE" in text
     assert text.count("oracle raised at") == 1, text
-
 
 
 class _FailsToLoad:
@@ -251,16 +241,6 @@ def test_torch_load_refuses_a_parameter_resized_after_the_oracle_was_built():
         oracle(np.arange(6.0))
 
 
-def _split_calls(oracle, theta, coords, step):
-    """The losses of a prefix and suffix call per block (in max_queries_per_call chunks)."""
-    call = oracle.max_queries_per_call
-    starts = np.array([b.start for b in oracle.blocks])
-    owner = np.searchsorted(starts, coords, side="right") - 1
-    return np.concatenate([oracle.suffix(oracle.prefix(theta, b), theta, b, cb[lo:lo + call], step)
-                           for b in np.unique(owner) for cb in [coords[owner == b]]
-                           for lo in range(0, cb.size, call)])
-
-
 @pytest.mark.filterwarnings("ignore:TorchOracle.*write buffers in their train-mode forward:RuntimeWarning")
 def test_a_context_that_saves_buffers_is_not_shared_between_blocks():
     """Spectral norm's power iteration writes its vectors on every train-mode forward: the
@@ -283,7 +263,7 @@ def test_a_context_that_saves_buffers_is_not_shared_between_blocks():
     oracle = TorchOracle(make(), ce, (x, y))
     theta = oracle.initial_params()
     coords = np.arange(0, oracle.size, 2)
-    want = _split_calls(TorchOracle(make(), ce, (x, y)), theta, coords, 1e-4)
+    want = split_calls(TorchOracle(make(), ce, (x, y)), theta, coords, 1e-4)
     oracle(theta)
     for _ in range(2):
         assert np.array_equal(oracle.coordinate_losses(theta, coords, 1e-4), want)

@@ -3,12 +3,12 @@ upgrade (never the advice to delete it, the user's run)."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 import zoracle as zo
+from conftest import edit_checkpoint_header
 
 KW = dict(estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.05), rng=0, progress=False)
 
@@ -22,18 +22,6 @@ def ckpt(tmp_path):
     path = tmp_path / "run.npz"
     zo.train(loss, np.zeros(4), epochs=2, checkpoint=path, **KW)
     return path
-
-
-def edit_header(path, edit) -> None:
-    """Rewrite the checkpoint's JSON header with ``edit(header)`` applied, as a later release
-    would write it (save_checkpoint would stamp this release's format and version)."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    header = json.loads(arrays["__meta__"].tobytes())
-    edit(header)
-    arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
 
 
 def test_a_checkpoint_names_the_release_that_wrote_it(ckpt):
@@ -53,7 +41,7 @@ def test_a_newer_format_says_so_and_asks_for_an_upgrade(ckpt, writer, named):
         if writer is not None:
             h["zoracle_version"] = writer
 
-    edit_header(ckpt, newer)
+    edit_checkpoint_header(ckpt, newer)
     want = (f"has format version 2, written by {named}; this is zoracle {zo.__version__}, which reads format "
             "version 1 only: upgrade zoracle")
     for read in (lambda: zo.train(loss, np.zeros(4), epochs=3, checkpoint=ckpt, resume=True, **KW),
@@ -64,7 +52,7 @@ def test_a_newer_format_says_so_and_asks_for_an_upgrade(ckpt, writer, named):
 
 
 def test_an_older_format_is_still_refused_as_before(ckpt):
-    edit_header(ckpt, lambda h: h.update(version=0))
+    edit_checkpoint_header(ckpt, lambda h: h.update(version=0))
     with pytest.raises(zo.CheckpointError, match="has format version 0, this zoracle reads version 1; delete it"):
         zo.load_checkpoint(ckpt)
 
@@ -78,7 +66,7 @@ def test_a_field_this_release_does_not_know_is_refused_on_resume(ckpt, where, fi
         (h if where == "header" else h["config"])[field.strip("'").split(".")[-1]] = 0.5
         h["zoracle_version"] = "9.0.0"
 
-    edit_header(ckpt, newer)
+    edit_checkpoint_header(ckpt, newer)
     with pytest.raises(zo.CheckpointError, match="upgrade zoracle") as info:
         zo.train(loss, np.zeros(4), epochs=3, checkpoint=ckpt, resume=True, **KW)
     text = str(info.value)
@@ -89,7 +77,7 @@ def test_a_field_this_release_does_not_know_is_refused_on_resume(ckpt, where, fi
     def edited(h):  # the same field in a file of this release: an edit, not a newer zoracle
         h["zoracle_version"] = zo.__version__
 
-    edit_header(ckpt, edited)
+    edit_checkpoint_header(ckpt, edited)
     with pytest.raises(zo.CheckpointError, match=f"zoracle {zo.__version__}, which wrote it, never writes: the "
                                                  "header was edited; delete it"):
         zo.train(loss, np.zeros(4), epochs=3, checkpoint=ckpt, resume=True, **KW)

@@ -13,6 +13,8 @@ from zoracle.adapters import _torch_chain  # noqa: E402
 from zoracle.adapters import torch as torch_adapter  # noqa: E402
 from zoracle.adapters.torch import TorchOracle  # noqa: E402
 
+from conftest import split_calls  # noqa: E402
+
 CE = nn.CrossEntropyLoss(reduction="none")
 
 
@@ -57,16 +59,6 @@ def _entries(monkeypatch) -> list:
     return seen
 
 
-def _split_calls(oracle, theta, coords, step):
-    """The losses of a prefix and suffix call per block (in max_queries_per_call chunks)."""
-    call = oracle.max_queries_per_call
-    starts = np.array([b.start for b in oracle.blocks])
-    owner = np.searchsorted(starts, coords, side="right") - 1
-    return np.concatenate([oracle.suffix(oracle.prefix(theta, b), theta, b, cb[lo:lo + call], step)
-                           for b in np.unique(owner) for cb in [coords[owner == b]]
-                           for lo in range(0, cb.size, call)])
-
-
 @pytest.mark.parametrize("budget", [None, 16 * 2**10])
 def test_an_inert_context_is_entered_once_for_every_block(monkeypatch, budget):
     """A model whose norm_context patches, switches and saves nothing (stock layers, no dropout,
@@ -81,7 +73,7 @@ def test_an_inert_context_is_entered_once_for_every_block(monkeypatch, budget):
     coords = np.sort(np.random.default_rng(2).choice(oracle.size, 80, replace=False))
     if budget is not None:
         assert oracle.max_queries_per_call < 40  # several chunks a block
-    want = _split_calls(TorchOracle(_net(), CE, (x, y), budget_bytes=budget), theta, coords, 1e-4)
+    want = split_calls(TorchOracle(_net(), CE, (x, y), budget_bytes=budget), theta, coords, 1e-4)
     fresh = TorchOracle(_net(), CE, (x, y), budget_bytes=budget).coordinate_losses(theta, coords, 1e-4)
     assert np.array_equal(fresh, want) and np.ptp(want) > 0
     oracle(theta)  # the base rows cached: the blocks' contexts are all coordinate_losses enters
@@ -107,7 +99,7 @@ def test_a_context_with_work_to_undo_stays_one_a_call(monkeypatch):
     oracle = TorchOracle(net, CE, (x, y))
     theta = oracle.initial_params()
     coords = np.arange(0, oracle.size, 3)
-    want = _split_calls(TorchOracle(_net(dropout=True).train(), CE, (x, y)), theta, coords, 1e-4)
+    want = split_calls(TorchOracle(_net(dropout=True).train(), CE, (x, y)), theta, coords, 1e-4)
     oracle(theta)
     seen = _entries(monkeypatch)
     assert np.array_equal(oracle.coordinate_losses(theta, coords, 1e-4), want)
