@@ -199,3 +199,13 @@ def test_optimizers_made_by_the_same_call_are_equal_as_estimators_are():
     assert zo.sgd(0.1)._replace(init=zo.adam(0.1).init) != zo.sgd(0.1)
     own = zo.Optimizer(zo.sgd(0.1).init, zo.sgd(0.1).update, 0.1, "own", {"lr": 0.1})  # a config that is no text
     assert hash(own) == hash(copy.copy(own)) and own == copy.copy(own)
+
+
+def test_a_serial_executor_takes_its_timeout_by_keyword_only():
+    # the other executors' first argument is a worker count: switching JoblibExecutor(4) to
+    # SerialExecutor(4) set a 4-second time limit on every task, without a word (h289)
+    from zoracle.executors import SerialExecutor
+
+    with pytest.raises(zo.ArgumentError, match=r"by keyword only, got the positional 4: pass timeout=4 .*JoblibExecutor\(4\)"):
+        SerialExecutor(4)
+    assert SerialExecutor(timeout=4).timeout == 4 and SerialExecutor().timeout is None

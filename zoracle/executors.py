@@ -119,7 +119,10 @@ class SerialExecutor:
 
     Parameters
     ----------
-    timeout : float, optional
+    *args
+        None taken: a positional value raises :class:`~zoracle.ArgumentError` (the other
+        executors' first argument is a worker count; ``SerialExecutor(4)`` set a 4-second limit).
+    timeout : float, optional (keyword only)
         Seconds a task may run; a longer one raises :class:`ShardTimeout`. With a timeout
         each task runs in a helper thread that the caller waits for (a hung oracle call cannot be
         stopped: its thread is left to finish that call in the background, and makes no further
@@ -128,7 +131,11 @@ class SerialExecutor:
 
     n_workers = 1
 
-    def __init__(self, timeout=None):
+    def __init__(self, *args, timeout=None):
+        if args:  # SerialExecutor(4) set a 4-second timeout where the other executors' first argument is a worker count
+            raise ArgumentError(f"SerialExecutor takes `timeout` by keyword only, got the positional {args[0]!r}: "
+                                f"pass timeout={args[0]!r} for a time limit a task, or use JoblibExecutor({args[0]!r}) "
+                                "for that many workers (SerialExecutor runs every task in this process)")
         self.timeout = check_timeout(timeout)
         self.last_run = None  # RunStats of the last run (every task a shard, none retried)
 
