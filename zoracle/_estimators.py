@@ -647,7 +647,9 @@ _COARSE_WARNED: set = set()
 
 def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:
     """``sum_i w_i f(u_i)`` over the directions ``u_i`` of ``root`` for each ``(w, f)`` in
-    ``terms`` (``f`` None: ``u_i`` itself), drawing the rows a block within the budget at a time."""
+    ``terms`` (``f`` None: ``u_i`` itself), drawing the rows a block within the budget at a time.
+    The last term's ``f`` may overwrite the block it gets (a fresh array, not the cached rows; the
+    terms before it read the block first): a block-sized result beside it took twice the budget."""
     n = len(terms[0][0])
     chunk = max(1, budget_bytes // (8 * d))
     sums = [np.zeros(d) for _ in terms]
@@ -658,6 +660,13 @@ def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -
             acc += w[lo:hi] @ (U if f is None else f(U))
         del U  # freed before the next block is drawn: two blocks held at once took twice the budget
     return sums
+
+
+def _squared_less_one(Z: np.ndarray) -> np.ndarray:
+    """``Z * Z - 1.0`` in place (the same bits): SNES's width sum over a block :func:`_row_sums` drew."""
+    np.multiply(Z, Z, out=Z)
+    Z -= 1.0
+    return Z
 
 
 def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes: int, state) -> GradientEstimate:
@@ -678,7 +687,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     results = _run(executor, wrapped, params, tasks)
     losses = np.concatenate([r[0] for r in results])
     u = nes_utilities(losses)
-    move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, lambda Z: Z * Z - 1.0))
+    move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, _squared_less_one))
     release_rows(root)  # its reservation (up to 256 MiB) was held until the next estimate else
     grad = xp.asarray(-sigma * move, dtype=params.dtype)
     # a converged width shrinks geometrically: kept at the smallest normal float, not 0 (the
