@@ -166,8 +166,8 @@ def _plain_calls(oracle: Oracle, params, coords, step, query_of) -> np.ndarray:
 
 def seal(params):
     """A checksum of ``params``' bits (NumPy; None for other arrays, which the oracle gets copies
-    of): one read per split task, where a copy per prefix / suffix call cost a read, a write and
-    an allocation each."""
+    of): one read per split task (and two of its block), where a copy per prefix / suffix call cost
+    a read, a write and an allocation each."""
     if not isinstance(params, np.ndarray):
         return None
     params = np.ascontiguousarray(params)  # (the same seal whatever the layout: a copy only where strided)
@@ -178,6 +178,13 @@ def seal(params):
     raw = params.reshape(-1).view(np.uint8)
     cut = raw.size - raw.size % 8
     return (int(np.add.reduce(raw[:cut].view(np.uint64))), raw[cut:].tobytes())
+
+
+def _block_part(blocks, block: int, d: int):
+    """The slice of the parameters that ``blocks[block]`` covers where it is under half of them, else
+    None (a whole seal)."""
+    blk = blocks[block]
+    return slice(int(blk.start), int(blk.stop)) if 2 * (blk.stop - blk.start) < d else None
 
 
 # (as a cause: with none, the OracleError read "oracle returned None at block ...", a value never returned)
@@ -194,7 +201,8 @@ class CoordTask:
     ``mode`` is the capability used: ``"split"`` (feature reuse inside ``block``),
     ``"coordinate"``, ``"batch"`` (dense ``(k, d)`` chunks of ``rows`` rows) or ``"call"``.
     ``seal``: the :func:`seal` of the estimate's parameters, checked after a split task (its
-    prefix and suffix calls get read-only views of the parameters, not copies).
+    prefix and suffix calls get read-only views of the parameters, not copies) and, where more
+    calls follow, its block's after the first suffix call.
     """
 
     coords: np.ndarray
@@ -214,6 +222,12 @@ class CoordTask:
         out = np.empty((len(self.steps), len(coords)))
         xp = namespace(params)
         if self.mode == "split":
+            # more calls after the first: the first's writes are checked before the next (a write undone by a
+            # later call read as none at the end) over the block alone where it is under half the parameters
+            # (a whole read per task was most of a sparse estimate's time at d = 1e7, few coordinates a block)
+            more = self.seal is not None and (len(self.steps) > 1 or len(coords) > max(1, int(self.chunk)))
+            part = _block_part(oracle.blocks, self.block, params.size) if more else None
+            first = seal(params[part]) if part is not None else self.seal
             feats = oracle.prefix(params, self.block)
         for si, step in enumerate(self.steps):
             tag = _fmt_step(step)
@@ -226,8 +240,8 @@ class CoordTask:
                 what = f"coordinates {int(c[0])}..{int(c[-1])} ({len(c)} queries, step {tag})"
                 if self.mode == "split":
                     out[si, lo:hi] = oracle.suffix(feats, params, self.block, c, step, query_of, what)
-                    if si == lo == 0 and (len(self.steps) > 1 or hi < len(coords)):  # more calls to come:
-                        self._check_seal(params)  # (a write past the flag that a later call undid read as none at the end)
+                    if si == lo == 0 and more:
+                        self._check_seal(params, part, first)
                 elif self.mode == "coordinate":
                     out[si, lo:hi] = oracle.coordinate_losses(params, c, step, query_of, what)
                 elif self.mode == "batch":
@@ -239,15 +253,16 @@ class CoordTask:
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
         if self.mode == "split":
-            self._check_seal(params)
+            self._check_seal(params, None, self.seal)
         return out
 
-    def _check_seal(self, params) -> None:
-        """Refuse parameters written past their read-only flag: checked after the task's first suffix
-        call and at its end. At the end alone, a central scheme's oracle that left its +step write in
+    def _check_seal(self, params, part, want) -> None:
+        """Refuse parameters written past their read-only flag (``part``: the slice of them checked, all
+        where None, against its seal ``want``): checked after the task's first suffix call (its block)
+        and at its end. At the end alone, a central scheme's oracle that left its +step write in
         place and took its -step snapshot from it put the bits back, and the gradient was silently
         wrong (every -step loss of the block but the last read the stray write)."""
-        if self.seal is not None and seal(params) != self.seal:
+        if want is not None and seal(params if part is None else params[part]) != want:
             raise OracleError(f"block {self.block} (prefix and suffix calls)", cause=RuntimeError(_WROTE_PAST),
                               detail=_WROTE_PAST_FIX)
 
@@ -433,7 +448,8 @@ def _block_costs(fn, n_blocks: int):
 def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize: int,
              budget_bytes: int, n_workers: int = 1, seal=None) -> list:
     """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has
-    (``seal``: the parameters' :func:`seal`, which each split task checks at its end).
+    (``seal``: the parameters' :func:`seal`, which each split task checks at its end; its block,
+    after its first suffix call, is checked by the task).
 
     A serial plan (``n_workers`` 1) for a split oracle that sets ``fused_coordinate_losses =
     True`` (``TorchOracle``) is one ``coordinate_losses`` task: the oracle declares that call
