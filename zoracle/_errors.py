@@ -168,7 +168,13 @@ def hide_credentials(text: str, address) -> str:
     rest = address.partition("://")[2] or address
     authority = rest.partition("/")[0]
     credentials = authority.rpartition("@")[0]
-    return text.replace(credentials + "@", "***@") if credentials else text
+    if not credentials:
+        return text
+    text = text.replace(credentials + "@", "***@")
+    # the password alone before its "@": distributed parses "user:password@host" without a port as host
+    # "user", port "password@host", and its error repeats that ("invalid literal ...: 's3cret@host'")
+    password = credentials.partition(":")[2]
+    return text.replace(password + "@", "***@") if password else text
 
 
 def check_flag(name: str, v) -> bool:
