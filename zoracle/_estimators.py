@@ -566,7 +566,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
             as_generator(rng)  # validate only; CGE is deterministic
         check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE", index=coords)
         tasks = [BaseTask()] + plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize,
-                                        budget_bytes, n_workers, seal(params) if wrapped.caps.split else None)
+                                        budget_bytes, n_workers, lambda: seal(params))
         results = _run(executor, wrapped, params, tasks)
         f0 = float(results[0][0, 0])
         vals = np.concatenate([r for r in results[1:]], axis=1)

@@ -446,10 +446,10 @@ def _block_costs(fn, n_blocks: int):
 
 
 def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize: int,
-             budget_bytes: int, n_workers: int = 1, seal=None) -> list:
+             budget_bytes: int, n_workers: int = 1, seal_of=None) -> list:
     """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has
-    (``seal``: the parameters' :func:`seal`, which each split task checks at its end; its block,
-    after its first suffix call, is checked by the task).
+    (``seal_of()``: the :func:`seal` of the estimate's parameters, which each split task checks at
+    its end, and its block's after its first suffix call; called only for a plan of split tasks).
 
     A serial plan (``n_workers`` 1) for a split oracle that sets ``fused_coordinate_losses =
     True`` (``TorchOracle``) is one ``coordinate_losses`` task: the oracle declares that call
@@ -469,6 +469,7 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
         check_blocks(blocks, d)
         costs = _block_costs(oracle.fn, len(blocks))
         owner = _block_of(coords, blocks)
+        sealed = seal_of() if seal_of is not None else None  # (one read of them for every split task)
         for b in np.unique(owner):
             cb = coords[owner == b]
             # one prefix per task: only split a block when workers would otherwise idle, and
@@ -477,7 +478,7 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
             for lo, hi in call_groups(len(cb), chunk, n_workers):
                 part = cb[lo:hi]
                 tasks.append(CoordTask(part, steps, "split", int(b), chunk, cost=w * len(part) * len(steps),
-                                       seal=seal))
+                                       seal=sealed))
         return tasks
     if mode == "batch" and d * itemsize > budget_bytes:
         # not one perturbed row fits the budget: a batch call would allocate and fill a dense

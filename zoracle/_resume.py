@@ -18,6 +18,7 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import WRITER, CheckpointError, as_path, check_compatible, load_checkpoint, release, upgrade, written_by
+from ._errors import short_repr
 from ._optim import SGDState
 from ._schedules import schedule_value
 
@@ -32,9 +33,8 @@ CALLABLE_BATCHES = "a callable epoch -> batches"
 
 
 def _bad(path, field, value, want):
-    shown = repr(value)
-    shown = shown if len(shown) < 80 else shown[:77] + "..."
-    return CheckpointError(f"checkpoint {path!r}: header field {field!r} is {shown}, expected {want}; {_FIX}")
+    return CheckpointError(f"checkpoint {path!r}: header field {field!r} is {short_repr(value, 79)}, expected {want}; "
+                           f"{_FIX}")
 
 
 def _int(meta, key, path, lo=0, hi=_MAX_COUNT, field=None):
