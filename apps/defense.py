@@ -293,14 +293,12 @@ def markdown(report: DefenseReport, out: str | None = "results/defense") -> str:
 
 def plot(report: DefenseReport, path: str) -> None:
     """Certified accuracy against radius, one curve per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # (not pyplot: the backend and pyplot's figures stay the caller's)
 
     from zoracle.smoothing import certified_accuracy
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     finite = [r for row in report.rows.values() for r in row.radii if np.isfinite(r)]
     grid = np.linspace(0, max(finite + [0.8]) * 1.02, 200)
     for name in ("none", "mse", "deepzero", "hybrid", "fo"):
@@ -316,7 +314,6 @@ def plot(report: DefenseReport, path: str) -> None:
     from zoracle._plot import save_figure
 
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def write(report: DefenseReport, out: str) -> list:

@@ -235,12 +235,10 @@ SMOKE_NOTE = ("smoke test (--quick, {epochs} epochs): checks that every method r
 
 
 def _plot(results: dict, path: str, title: str | None = None) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # (not pyplot: the backend and pyplot's figures stay the caller's)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for m, r in results.items():
         ep = range(1, len(r["curve"]) + 1)
         axes[0].plot(ep, [100 * a for a in r["curve"]], marker=".", label=m)
@@ -256,7 +254,6 @@ def _plot(results: dict, path: str, title: str | None = None) -> None:
     from zoracle._plot import save_figure
 
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(args) -> int:

@@ -187,13 +187,18 @@ def check(args) -> None:
 
 def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
     """Run the whole benchmark for ``cfg``; ``log`` receives progress lines."""
+    with warnings.catch_warnings():  # PhiFlow's own warnings off for this run: the caller's filters put back
+        warnings.filterwarnings("ignore", module="phi")
+        warnings.filterwarnings("ignore", module="phiml")
+        return _run(cfg, cache, log, plot_path)
+
+
+def _run(cfg: Config, cache, log, plot_path) -> SolResult:
     import torch
 
     import zoracle as zo
     from zoracle.adapters import phiflow as pf
 
-    warnings.filterwarnings("ignore", module="phi")
-    warnings.filterwarnings("ignore", module="phiml")
     torch.manual_seed(cfg.seed)
     fine = pf.WakeFlow(nx=cfg.fine_nx, ny=2 * cfg.fine_nx)
     coarse = fine.coarsened(cfg.factor)
@@ -287,10 +292,7 @@ def run(cfg: Config, *, cache=None, log=print, plot_path=None) -> SolResult:
 
 
 def _plot(pf, coarse, test, traj, names, path, cfg):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # (not pyplot: the backend and pyplot's figures stay the caller's)
 
     run_i, t = 0, traj[0].shape[2] - 1
     panels = [("reference (fine, downsampled)", test.vx[run_i, t], test.vy[run_i, t])]
@@ -299,7 +301,8 @@ def _plot(pf, coarse, test, traj, names, path, cfg):
         panels.append((n, traj[0][j, run_i, t], traj[1][j, run_i, t]))
     w = [pf.vorticity(coarse, vx, vy) for _, vx, vy in panels]
     lim = max(float(np.abs(v).max()) for v in w) or 1.0
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 5), squeeze=False)
+    fig = Figure(figsize=(3 * len(panels), 5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, _, _), v in zip(axes[0], panels, w):
         ax.imshow(v.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
                   extent=(0, coarse.width, 0, coarse.height))
@@ -311,7 +314,6 @@ def _plot(pf, coarse, test, traj, names, path, cfg):
     from zoracle._plot import save_figure
 
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 

@@ -1748,8 +1748,10 @@ def _long_run_on(stream, monkeypatch, steps=3600, seconds_per_step=0.1):
 
     import tqdm.std
 
+    import zoracle._train
+
     clock = [1e6]
-    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    monkeypatch.setattr(zoracle._train, "_bar_clock", lambda: clock[0])
     monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)  # (no monitor thread on the real clock)
     monkeypatch.setattr(sys, "stderr", stream)
     zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=steps, optimizer=zo.sgd(0.01), rng=0,
@@ -2285,9 +2287,11 @@ def test_the_last_line_on_a_log_names_the_last_epoch_and_a_slow_rate(monkeypatch
 
     import tqdm.std
 
+    import zoracle._train
+
     stream, clock = io.StringIO(), [1e6]
     monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])  # tqdm's clock: 20 s a step, a line at every step
+    monkeypatch.setattr(zoracle._train, "_bar_clock", lambda: clock[0])  # the bar's clock: 20 s a step, a line each
     monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
     zo.train(lambda x: float(x @ x), np.ones(1), epochs=4, optimizer=zo.sgd(0.01), estimator=zo.CGE(), rng=0,
              progress=True, callbacks=[lambda event, rec, p: event == "step" and clock.__setitem__(0, clock[0] + 20)])

@@ -493,6 +493,7 @@ class DaskExecutor(ShardedExecutor):
         self._scratch = None  # the local cluster's local_directory, removed on close
         self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._at_exit = None  # close() at interpreter exit, before distributed's own atexit handlers
+        self._environ: dict = {}  # variable -> (this process's value before the cluster, the nannies' value)
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self._sent: set = set()  # every oracle token sent: the copies workers hold, dropped on close
         self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
@@ -591,6 +592,7 @@ class DaskExecutor(ShardedExecutor):
             quiet["temporary-directory"] = self._scratch
         # a driver SIGKILLed while the cluster starts (seconds) must not leave its scratch dir behind either
         starting = start_reaper(self._scratch) if self._scratch is not None else None
+        before = dict(os.environ)
         try:
             with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
@@ -598,9 +600,11 @@ class DaskExecutor(ShardedExecutor):
             if kw.get("processes"):  # each worker process, restarted ones too, leaves Ctrl-C to the driver
                 self.client.register_plugin(_ignore_ctrl_c(distributed))
         except BaseException:
+            self._environ_back(before)
             _stop_reaper(starting)
             self._remove_scratch()
             raise
+        self._environ_back(before)
         self._owns_client = True
         if self._scratch is not None:  # a SIGKILLed driver must not leave its scratch dir behind
             self._reaper = start_reaper(self._scratch)  # (this one knows the workers' processes)
@@ -612,6 +616,22 @@ class DaskExecutor(ShardedExecutor):
 
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)
+
+    def _environ_back(self, before: dict | None = None) -> None:
+        """This process's environment variables as before the local cluster started (``before``: noted
+        then). Its nannies set theirs for the workers they spawn (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1,
+        MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED, ...) in os.environ here, again at each restart, and leave
+        them: a torch imported later ran on one thread, and every process the program started after
+        inherited them. A variable set since to another value (the program's own) is left as it is."""
+        if before is not None:
+            self._environ.update({k: (before.get(k), os.environ.get(k)) for k in set(before) | set(os.environ)
+                                  if before.get(k) != os.environ.get(k)})
+        for key, (old, dask_value) in self._environ.items():
+            if os.environ.get(key) == dask_value:
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
 
     def _remove_scratch(self) -> None:
         if self._scratch is not None:
@@ -651,6 +671,8 @@ class DaskExecutor(ShardedExecutor):
             _stop_reaper(self._reaper)
             self._reaper = None
             self._remove_scratch()
+            self._environ_back()  # (a restarted worker's nanny set them again)
+            self._environ = {}
 
     def _restart(self, addrs) -> None:
         """Restart the worker processes at ``addrs``, whose running shard was abandoned (a
@@ -671,6 +693,7 @@ class DaskExecutor(ShardedExecutor):
                 failed = {a: v for a, v in status.items() if str(v).upper() != "OK"}
             except Exception as exc:  # the worker is stuck either way: stop using it
                 failed = {a: f"{type(exc).__name__}: {exc}" for a in nanny}
+            self._environ_back()  # (the nannies set their variables here again to spawn the new workers)
             if failed:
                 self._stuck.update(failed)
                 warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(failed)} failed "
@@ -935,6 +958,38 @@ class _RayBackend:
                     w.handle.drop.remote(self.payload.oracle_token)
 
 
+def _ray_driver_state() -> tuple:
+    """What ``ray.init`` changes in the driver for its session and ``ray.shutdown`` leaves: the
+    SIGTERM handler (Ray's ``sys.exit``, in place of the program's), PYTHONBREAKPOINT (Ray's
+    debugger: a later ``breakpoint()`` went to it) and faulthandler (turned on)."""
+    import faulthandler
+    import signal
+
+    sig = signal.SIGBREAK if sys.platform == "win32" else signal.SIGTERM
+    return sig, signal.getsignal(sig), os.environ.get("PYTHONBREAKPOINT"), faulthandler.is_enabled()
+
+
+def _ray_driver_state_back(state) -> None:
+    """``state`` (:func:`_ray_driver_state`, before ``ray.init``) back where Ray's is still in place."""
+    if state is None:
+        return
+    import faulthandler
+    import signal
+
+    sig, handler, hook, fault = state
+    now = signal.getsignal(sig)
+    if handler is not None and now is not handler and getattr(now, "__module__", "").startswith("ray"):
+        if threading.current_thread() is threading.main_thread():  # (signal.signal's rule)
+            signal.signal(sig, handler)
+    if os.environ.get("PYTHONBREAKPOINT", "").startswith("ray.") and hook != os.environ["PYTHONBREAKPOINT"]:
+        if hook is None:
+            os.environ.pop("PYTHONBREAKPOINT", None)
+        else:
+            os.environ["PYTHONBREAKPOINT"] = hook
+    if not fault and faulthandler.is_enabled():
+        faulthandler.disable()
+
+
 class RayExecutor(ShardedExecutor):
     """Shards on Ray actors; see :class:`zoracle.executors.RayExecutor`."""
 
@@ -964,6 +1019,7 @@ class RayExecutor(ShardedExecutor):
                                 f"(n_workers={init_kwargs['n_jobs']!r})")
         self._init_kwargs = init_kwargs
         self._owns_ray = False
+        self._before_ray = None  # this process's state that ray.init changes and ray.shutdown leaves, as before
         self._session_dir = None  # the private temp dir of a local session, removed on close
         self._reaper = None  # kills the local session's processes if this driver dies
         self._actors: list = []
@@ -984,15 +1040,13 @@ class RayExecutor(ShardedExecutor):
         ray = _import("ray", "ray")
         if not ray.is_initialized():
             kw = dict(self._init_kwargs)
-            if self._local:
-                self._init_local(ray, kw)
-            else:
-                try:
-                    ray.init(address=self.address, **kw)
-                except ValueError as exc:  # not an address: Ray's own parse error
-                    raise ArgumentError(f"`address` {shown_address(self.address)!r} is not a Ray cluster address "
-                                        f"({hide_credentials(str(exc), self.address)}); pass one "
-                                        "such as 'ray://127.0.0.1:10001' or '127.0.0.1:6379', or 'local'") from None
+            self._before_ray = _ray_driver_state()
+            try:
+                self._init(ray, kw)
+            except BaseException:  # (Ray's SIGTERM handler is in place before it connects)
+                if not ray.is_initialized():
+                    _ray_driver_state_back(self._before_ray)
+                raise
             self._owns_ray = True
         n = self._count or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.n_workers = int(n)
@@ -1010,6 +1064,17 @@ class RayExecutor(ShardedExecutor):
         self._actors = [_RayActor(h, i, p) for i, (h, p) in enumerate(zip(handles, pids))]
         if self._owns_ray and self._local:  # Ray's agents outlive a killed driver: reap them
             self._reaper = start_reaper(self._session_dir)
+
+    def _init(self, ray, kw) -> None:
+        if self._local:
+            self._init_local(ray, kw)
+            return
+        try:
+            ray.init(address=self.address, **kw)
+        except ValueError as exc:  # not an address: Ray's own parse error
+            raise ArgumentError(f"`address` {shown_address(self.address)!r} is not a Ray cluster address "
+                                f"({hide_credentials(str(exc), self.address)}); pass one "
+                                "such as 'ray://127.0.0.1:10001' or '127.0.0.1:6379', or 'local'") from None
 
     def _init_local(self, ray, kw) -> None:
         """Start a local Ray session: only with ``allow_network=True`` (see the class notes)."""
@@ -1087,6 +1152,9 @@ class RayExecutor(ShardedExecutor):
             if self._owns_ray and ray.is_initialized():
                 ray.shutdown()
         finally:
+            if not ray.is_initialized():
+                _ray_driver_state_back(self._before_ray)
+                self._before_ray = None
             self._owns_ray = False
             _stop_reaper(self._reaper)  # a clean close: nothing to reap
             self._reaper = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -726,7 +727,65 @@ def _redraws(stream) -> bool:
         return False
 
 
-def _line_bar(tqdm):
+#: the wall clock's reading at import less the monotonic clock's: :func:`_bar_clock` reads as wall
+#: time (tqdm's monitor thread compares a bar's times with its own ``time.time``) but never jumps
+_WALL_OFFSET = time.time() - time.monotonic()
+
+
+def _bar_clock() -> float:
+    """The progress bar's clock: monotonic, so a wall-clock step (NTP, DST on a clock kept in local
+    time, a VM resumed) cannot freeze the bar or show a negative elapsed time and ETA."""
+    return time.monotonic() + _WALL_OFFSET
+
+
+@functools.lru_cache(maxsize=None)  # one class per tqdm class, as _line_bar: tqdm's monitor thread is per class
+def _steady_bar(tqdm):
+    """``tqdm`` timed by :func:`_bar_clock`: tqdm's own clock is ``time.time``, and a wall clock set an
+    hour back froze the bar (no redraw, no log line) for an hour, then showed ``[-58:20<-8:45:00]``."""
+
+    class SteadyBar(tqdm):
+        @property
+        def _time(self):  # what tqdm reads for start, elapsed, rate and ETA
+            return _bar_clock
+
+        @_time.setter
+        def _time(self, clock):  # tqdm.__init__ sets time.time: not taken
+            pass
+
+    return SteadyBar
+
+
+class _NoBar:
+    """The bar of a run without one (``progress=False``, or its stream failed): no tqdm is made,
+    whose first bar starts a monitor thread that outlives the run and fixes multiprocessing's
+    start method (a later ``set_start_method`` raised RuntimeError)."""
+
+    def _nothing(self, *args, **kwargs):
+        return None
+
+    update = set_postfix = set_description = clear = refresh = close = _nothing
+
+
+def _tqdm_lock() -> None:
+    """tqdm's write lock made before its first bar, in multiprocessing's default start method named
+    outright: tqdm makes it in the default context, which fixes the program's start method (a later
+    ``multiprocessing.set_start_method`` raised RuntimeError: context has already been set)."""
+    import multiprocessing
+
+    try:
+        from tqdm.std import TqdmDefaultWriteLock
+    except ImportError:  # (another tqdm: its own way)
+        return
+    if hasattr(TqdmDefaultWriteLock, "mp_lock") or multiprocessing.get_start_method(allow_none=True) is not None:
+        return  # made already, or the start method chosen: nothing left to fix
+    try:  # (the first of get_all_start_methods is the default)
+        TqdmDefaultWriteLock.mp_lock = multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]).RLock()
+    except (ImportError, OSError):  # no semaphores (as tqdm: a lock for this process's threads only)
+        TqdmDefaultWriteLock.mp_lock = None
+
+
+@functools.lru_cache(maxsize=None)  # one class per tqdm: tqdm starts a monitor thread per class, never
+def _line_bar(tqdm):  # stopped (a class made per run left a thread and an atexit handler per run)
     """``tqdm`` for a stream that is no terminal: each redraw is a line of its own (no ``\\r``), at most
     one every ``mininterval`` seconds, and one at the end; nothing is cleared, so what user code
     prints starts a line of its own already (:func:`_beside` leaves it alone)."""
@@ -1136,7 +1195,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
         end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
         eval loses no steps) and at the end; a step callback that raises has its step saved
-        first. A path that cannot be written, or that holds a
+        first, and so has an error or interrupt inside a step the steps before it (an oracle's
+        state that a step may change mid-way aside; docs/training.md, "Preemption"). A path
+        that cannot be written, or that holds a
         file zoracle did not write, raises :class:`~zoracle.ArgumentError` before the first
         query; an earlier run's checkpoint that this run does not resume from is overwritten
         at the first save, with a warning.
@@ -1681,9 +1742,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     from tqdm.std import tqdm as text_tqdm
     text = getattr(tqdm, "display", None) is text_tqdm.display  # (not a notebook's widget bar)
     lines = lines and text
+    if progress:
+        _tqdm_lock()
     try:
-        bar = (_line_bar(tqdm) if lines else tqdm)(
-            total=total_steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
+        bar = _NoBar() if not progress else _steady_bar(_line_bar(tqdm) if lines else tqdm)(
+            total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
             **(dict(file=_BarStream(sys.stderr)) if progress and text else {}),
             leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
     except (OSError, ValueError) as exc:  # tqdm flushes sys.stdout and sys.stderr itself, unwrapped (its stream
@@ -1691,13 +1754,18 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             raise
         log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc)
         progress = False
-        bar = tqdm(total=total_steps, initial=step, disable=True, desc="train", unit="step", leave=False)
+        bar = _NoBar()
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
     cb_warned = set()
     flat_warned = False  # an epoch whose every estimate was exactly 0 (a plateau): said once
     t_rate, n_rate = time.perf_counter(), 0
+    step_began, first_step = None, step  # the step in flight (None between steps); this run's first step
+    # a mid-step error saves the steps before it only where the step cannot have changed the oracle's
+    # saved state yet (a TorchOracle's plain call updates BatchNorm's running statistics in train mode)
+    save_mid_step = checkpoint is not None and not (callable(getattr(oracle, "state_arrays", None))
+                                                    and getattr(oracle, "plain_call_updates_state", True))
     try:
         while epoch < epochs:
             if stopped and pos == 0:  # stopped at an epoch's end: the next epoch's batches are not drawn
@@ -1718,6 +1786,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if sparse and masks.per_step:  # drawn once per step, where the step runs
                     coords = masks.coordinates(epoch, step=step)
                 t0 = time.perf_counter()
+                step_began = step
                 est = estimator if mu_sched is None else dataclasses.replace(
                     estimator, mu=schedule_value(mu_sched, step, "mu", positive=True))
                 try:
@@ -1750,6 +1819,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         f"training diverged at step {step} (epoch {epoch}): max|params| grew to "
                         f"{scale:.3g} (from {scale0:.3g}), where mu = {est.mu:g} is no longer a representable step; "
                         f"lower the learning rate{last}") from exc
+                step_began = None
                 if tiny:  # a float32 loss or a wider one: the base loss measured says which
                     tiny = _warn_tiny_mu(*tiny, loss=g.loss)
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
@@ -1898,6 +1968,20 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                             stopped = True
                 epoch += 1
                 pos = 0
+    except BaseException:
+        # an error (or SIGTERM turned into SystemExit, or Ctrl-C) inside a step's bind or estimate: the
+        # params and optimizer state are still those of the steps before it, which are saved first (with
+        # checkpoint_every="epoch", a slow oracle's kill lost up to an epoch); the step in flight is lost
+        if save_mid_step and step_began == step and saved[0] != step and step > first_step:
+            try:
+                save()
+            except Exception:  # the error that stopped the run is the one to see
+                pass
+            else:  # (SystemExit, a SIGTERM handler's, shows no traceback: this line says what is kept)
+                log.warning("train: stopped inside step %d (%s); the checkpoint %r holds the %d steps before it: "
+                            "resume=True continues there", step, type(sys.exc_info()[1]).__name__,
+                            os.fspath(checkpoint), step)
+        raise
     finally:
         bar.close()
     if checkpoint is not None:

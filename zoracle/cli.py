@@ -237,6 +237,20 @@ def _printable():
                 pass
 
 
+@contextlib.contextmanager
+def _torch_rng_kept():
+    """torch's random streams as the calling program left them: a command seeds torch for its own
+    runs (``--seed``), which reseeded the caller's generator when ``main`` runs inside a program."""
+    torch = sys.modules.get("torch")  # (not imported yet: the caller has no stream of its own)
+    if torch is None:
+        yield
+        return
+    cuda = getattr(torch, "cuda", None)  # GPUs' generators too where CUDA is up (not started for this)
+    devices = list(range(cuda.device_count())) if cuda is not None and cuda.is_initialized() else []
+    with torch.random.fork_rng(devices):
+        yield
+
+
 def main(argv=None, prog: str | None = None) -> int:
     """Run ``zoracle COMMAND ...``; ``prog`` names the program in usage and error lines (the
     examples that wrap a command pass their own name)."""
@@ -273,7 +287,8 @@ def _main(argv, prog: str | None) -> int:
             return 130
         rc = 1
         try:
-            rc = int(mod.main(args) or 0)
+            with _torch_rng_kept():
+                rc = int(mod.main(args) or 0)
             return rc
         except ModuleNotFoundError as exc:  # a dependency imported late (e.g. matplotlib for --plot)
             print(str(_missing(argv[0], str(exc), prog)), file=sys.stderr)
