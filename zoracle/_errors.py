@@ -94,7 +94,13 @@ class OracleError(ZoracleError, RuntimeError):
         characters, whatever was passed here.
     cause : BaseException or None
         The exception the oracle raised, if any (also chained as ``__cause__``).
+    params : array or None
+        A copy of the parameters of the failing query, where it was a plain call (``None`` for
+        a batched, coordinate or split call, which answers many queries); the message shows
+        their first 20 values after the query.
     """
+
+    params = None
 
     def __init__(self, query: str, value=None, cause: BaseException | None = None, detail: str = ""):
         self.query = query
@@ -108,6 +114,16 @@ class OracleError(ZoracleError, RuntimeError):
         else:
             msg = f"oracle returned {short_repr(value)} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)
+
+    def at_params(self, params) -> "OracleError":
+        """Keep a copy of the failing query's ``params`` and show them after the query in the
+        message (a solver that fails at some parameter values says which); the error itself."""
+        self.params = params.copy()
+        flat = params.reshape(-1)
+        shown = short_repr(flat[:20].tolist()) + (f" (the first 20 of {flat.size})" if flat.size > 20 else "")
+        if self.args and isinstance(self.args[0], str) and self.query in self.args[0]:
+            self.args = (self.args[0].replace(self.query, f"{self.query}, params {shown}", 1), *self.args[1:])
+        return self
 
     def located(self, where: str, fix: str = "") -> "OracleError":
         """Name the query by where the caller made it (``where`` replaces ``query`` in the
@@ -218,7 +234,30 @@ def config_hint(name: str, value, want: str, ok=None) -> str:
             return ""
         if whole and (ok is None or ok(int(value))):  # never truncated silently: 3.5 epochs would be 3
             return f"; a float is not taken as a count: pass {name}={int(value)}"
-    return ""
+    return _zero_d_hint(name, value, want, ok)
+
+
+def _zero_d_hint(name: str, value, want: str, ok=None) -> str:
+    """The fix for a 0-d array (JAX's ``jnp.float32(1e-3)``, NumPy's, a torch tensor's): one number
+    to the eye, refused by its type with "must be a finite number > 0, got Array(0.001)"."""
+    import numpy as np
+
+    if isinstance(value, (str, bytes, numbers.Number, np.generic)) or getattr(value, "shape", None) != () \
+            or not hasattr(value, "item"):  # (a NumPy scalar is taken as the number it is: refused by value)
+        return ""
+    try:
+        number = value.item()
+    except Exception:  # noqa: BLE001 - not one number after all: no hint
+        return ""
+    conv = {"flag": "bool", "int": "int"}.get(want, "float")
+    if isinstance(number, bool) != (want == "flag") or not isinstance(number, (bool, int, float)) or (
+            want == "int" and not (isinstance(number, int) or _whole(number))):
+        return ""
+    shown = {"bool": bool, "int": int, "float": float}[conv](number)
+    kind = f"a 0-d {type(value).__module__.split('.')[0]}.{type(value).__name__}"
+    if ok is not None and not ok(shown) or not math.isfinite(shown):
+        return f"; that is {kind}, not a Python number, and as a number, {shown!r}, it would be refused too"
+    return f"; that is {kind}, not a Python number: pass {name}={conv}({name}) ({shown!r})"
 
 
 def _whole(number: float) -> bool:

@@ -129,7 +129,8 @@ class RGE:
         _check_mu(self.mu)
         q = self.directions
         if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1 or q > _MAX_COUNT:
-            raise ArgumentError(f"`directions` must be an integer >= 1 (e.g. 192) and at most {_MAX_COUNT}, got {q!r}")
+            raise ArgumentError(f"`directions` must be an integer >= 1 (e.g. 192) and at most {_MAX_COUNT}, got {q!r}"
+                                f"{config_hint('directions', q, 'int', lambda v: 1 <= v <= _MAX_COUNT)}")
         _check_choice("distribution", self.distribution, DISTRIBUTIONS)
         _check_choice("scheme", self.scheme, SCHEMES)
         _check_choice("shaping", self.shaping, SHAPINGS)

@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 
-from ._backend import to_numpy
+from ._backend import jax_x64_runtime_env, to_numpy
 from ._errors import ArgumentError, MissingExtra, ZoracleError, check_flag, hide_credentials, shown_address
 from ._executors_core import (
     KEEP_ORACLES,
@@ -1096,6 +1096,7 @@ class RayExecutor(ShardedExecutor):
         kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
         kw.setdefault("include_dashboard", False)
         kw.setdefault("configure_logging", False)
+        jax_x64_runtime_env(kw)  # (jax.config.update in the driver's script does not reach Ray's workers)
         if "_temp_dir" not in kw:  # Ray's socket paths must stay short: a private dir under /tmp
             self._session_dir = tempfile.mkdtemp(prefix="zr", dir="/tmp" if os.path.isdir("/tmp") else None)
             # Ray makes its temp dir and every folder in it world-writable (0777): a subfolder, so that

@@ -20,7 +20,7 @@ from concurrent.futures import wait as futures_wait
 
 import numpy as np
 
-from ._backend import to_numpy
+from ._backend import jax_x64, to_numpy
 from ._errors import ZoracleError, user_stacklevel
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle
@@ -465,6 +465,7 @@ class _Proc:
         if threads is not None:  # n workers x all cores each would oversubscribe the CPU
             for var in _THREAD_VARS:
                 env.setdefault(var, str(threads))
+        jax_x64(env)
         self.threads = threads
         main_thread = threading.current_thread() is threading.main_thread()
         argv = [str(theirs.fileno()), str(os.getpid()), str(int(main_thread))]

@@ -156,12 +156,18 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
     if step / mu <= 1e-3 * typical:
         return ""
     fix = ("return the loss as a float64 (a Python float of a float64 computation), or raise mu"
+           + (_JAX_X64 if name == "float32" and type(value).__module__.startswith(("jax.", "jaxlib.")) else "")
            if not name.startswith(("int", "uint")) else
            "return the loss unrounded as a float64 where it is a rounded one; a count (errors, events) moves in "
            "whole units whatever its type, so float(count) changes nothing: raise mu, or train on a smooth "
            "surrogate (a margin or cross-entropy loss)")
     return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
             f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; {fix}")
+
+
+# a JAX loss is float32 because JAX computes in float32 by default: float(loss) keeps its roundings
+_JAX_X64 = ("; JAX computes in float32 unless its x64 mode is on: jax.config.update(\"jax_enable_x64\", True) "
+            "at the start of the script (or JAX_ENABLE_X64=1 in the environment), with float64 params")
 
 
 _ASYNC_HINT = ("zoracle calls the oracle synchronously, and an `async def` oracle returns a coroutine, not a loss: "
@@ -447,11 +453,15 @@ class Oracle:
         except OracleError:
             raise
         except Exception as exc:
-            raise _raised(query, exc) from exc
+            raise _raised(query, exc).at_params(params) from exc
         self.nfev += 1
         if fresh:  # the base point: its type tells the losses' precision (see coarse_losses)
             self.base_value = value
-        return check_scalar(value, query)
+        try:
+            return check_scalar(value, query)
+        except OracleError as exc:  # a NaN from a solver that fails there: at which params
+            exc.at_params(params)
+            raise
 
     def _vector(self, thunk, n, query_of, what) -> np.ndarray:
         try:

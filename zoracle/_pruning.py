@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from ._backend import real_numpy, to_numpy
-from ._errors import ArgumentError, OracleError, check_flag, user_stacklevel
+from ._errors import ArgumentError, OracleError, check_flag, config_hint, user_stacklevel
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._masks import _block_list, _slices, check_disjoint
 from ._oracle import has_methods
@@ -86,7 +86,8 @@ def check_score_kinds(score_kinds) -> tuple:
 
 def _check_sparsity(sparsity) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
-        raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9 = keep 10%), got {sparsity!r}")
+        raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9 = keep 10%), got {sparsity!r}"
+                            f"{config_hint('sparsity', sparsity, 'number', lambda v: 0 <= v < 1)}")
     return float(sparsity)
 
 

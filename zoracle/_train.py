@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
 
 from ._backend import namespace, to_numpy
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint, writer_lock
+from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, named_blocks, noise_note, still_text
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
@@ -1760,6 +1761,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     coords = None
     cb_warned = set()
     flat_warned = False  # an epoch whose every estimate was exactly 0 (a plateau): said once
+    # a dense CGE run's blocks whose estimates stay 0 (dead ReLUs, an unused layer), and params that
+    # stay where they start (updates below their float spacing): read over the run's first steps only
+    named = named_blocks(oracle, d) if isinstance(estimator, CGE) and not sparse else []
+    block_watch = BlockWatch(named) if named else None
+    still_watch = StillWatch(params)
     t_rate, n_rate = time.perf_counter(), 0
     step_began, first_step = None, step  # the step in flight (None between steps); this run's first step
     # a mid-step error saves the steps before it only where the step cannot have changed the oracle's
@@ -1818,12 +1824,13 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): max|params| grew to "
                         f"{scale:.3g} (from {scale0:.3g}), where mu = {est.mu:g} is no longer a representable step; "
-                        f"lower the learning rate{last}") from exc
+                        f"lower the learning rate{last}{noise_note(bound, params)}") from exc
                 step_began = None
                 if tiny:  # a float32 loss or a wider one: the base loss measured says which
                     tiny = _warn_tiny_mu(*tiny, loss=g.loss)
                 lr = schedule_value(lr_of, step if lr_sched is not None else int(state.count),
                                     lr_name)
+                prev = params  # (the step's base point: a diverged run's message probes the loss there)
                 try:
                     before = int(state.count)
                     params, state = optimizer.update(g.grad, state, params, lr=lr)
@@ -1835,7 +1842,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                                ", or pass float64 params" if g.grad.dtype != np.float64 else ""))
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): the gradient estimate is non-finite "
-                        f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}") from exc
+                        f"(the losses' differences over mu = {est.mu:g} overflow {g.grad.dtype}); {fix}"
+                        f"{noise_note(bound, prev)}") from exc
                 if not (getattr(params, "shape", None) == (d,) and getattr(params, "dtype", None) == dtype0
                         and namespace(params) is xp):
                     # an own optimizer's params in another dtype (np.clip against float64 bounds turned a float32
@@ -1862,10 +1870,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if not bool(xp.isfinite(params).all()):
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): params became non-finite; "
-                        f"lower the learning rate (lr was {lr:g})"
+                        f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev)}"
                     )
                 nfev += g.nfev
                 ran += 1
+                if block_watch is not None:
+                    block_watch.see(g.grad)
+                    block_watch = None if block_watch.done else block_watch
+                if still_watch is not None:
+                    still_watch.see(g.grad, lr)
                 if flat == ran - 1 and not flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
                     flat += not bool(xp.any(g.grad))
                 width = float(est.mu)
@@ -1914,6 +1927,15 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                               "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
                               "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
                               "cross-entropy loss)", UserWarning, stacklevel=2)
+            if pos >= len(blist) and block_watch is not None and block_watch.steps >= WATCH_STEPS:
+                dead = block_watch.dead()
+                if dead:
+                    warnings.warn(dead_blocks_text(dead, block_watch.steps, est.mu), UserWarning, stacklevel=2)
+                block_watch = None
+            if pos >= len(blist) and still_watch is not None and still_watch.pushed:
+                if still_watch.still(params):
+                    warnings.warn(still_text(epoch, still_watch.lr, params), UserWarning, stacklevel=2)
+                still_watch = None
             if pos >= len(blist):
                 # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
                 # save when it is the last epoch, or a budget or callback stopped it here. An int
