@@ -466,6 +466,9 @@ def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None)
         raise ArgumentError(f"`check` must be a callable check(meta) or None, got {type(check).__name__} {check!r}")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory; pass the checkpoint file (e.g. run.npz) inside it")
+    if os.path.exists(path) and not os.path.isfile(path):  # (not "does not exist": it does)
+        raise CheckpointError(f"checkpoint {path!r} is not a regular file (a device, pipe or socket); pass the "
+                              "checkpoint file (e.g. run.npz)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path or start without `resume`")
     from_check = None

@@ -455,8 +455,9 @@ def _check_results(executor, tasks, results) -> list:
     for i, (t, r) in enumerate(zip(tasks, results)):
         want = (len(t.steps), t.size)
         if getattr(r, "shape", None) != want:
+            got = f"shape {r.shape}" if hasattr(r, "shape") else f"{type(r).__name__} {short_repr(r, 79)} (no array)"
             raise ArgumentError(f"executor {name}: run(oracle, params, tasks) returned, for task {i}, a result of "
-                                f"shape {getattr(r, 'shape', type(r).__name__)} where the task's is {want}; it must "
+                                f"{got} where the task's shape is {want}; it must "
                                 "return one result per task, in task order (not in the order they complete)")
     return results
 
