@@ -160,11 +160,13 @@ def test_demo_plot_without_a_suffix_is_written_where_it_says(tmp_path):
     assert os.listdir(tmp_path) == ["curves"] and (tmp_path / "curves").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_demo_with_no_cluster_to_reach_is_one_line_naming_the_flag(monkeypatch):
+def test_demo_with_no_cluster_to_reach_is_one_line_naming_the_flag(monkeypatch, tmp_path):
     # --ray auto with no Ray running ended in Ray's ConnectionError traceback (naming a --address
-    # flag zoracle does not have)
+    # flag zoracle does not have). Ray's temp folder is the test's own: "auto" reads the address of
+    # the host's running cluster from /tmp/ray, where another job's cluster made this test fail
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path)
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", "--quick", "--ray", "auto"], capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode != 0 and "Traceback" not in r.stderr
