@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
     from matplotlib.figure import Figure
 
 from ._backend import namespace, to_numpy
+from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint, writer_lock
 from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, named_blocks, noise_note, still_text
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
@@ -1193,9 +1194,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         and ``params`` are copies: a callback may keep them, and writing into them cannot change the run
         or its history, so constraints are kept by projecting in the optimizer's update); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
     checkpoint : path, optional
-        Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int) or at the
-        end of each epoch (``"epoch"``, before ``eval_fn`` and the callbacks run, so a failing
-        eval loses no steps) and at the end; a step callback that raises has its step saved
+        Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int), at the first
+        step end after that much time (a duration) or at the end of each epoch (``"epoch"``,
+        before ``eval_fn`` and the callbacks run, so a failing eval loses no steps) and at the
+        end; a step callback that raises has its step saved
         first, and so has an error or interrupt inside a step the steps before it (an oracle's
         state that a step may change mid-way aside; docs/training.md, "Preemption"). A path
         that cannot be written, or that holds a
@@ -1205,9 +1207,14 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
         saved and restored too.
-    checkpoint_every : int or "epoch"
-        Steps between checkpoint saves, or ``"epoch"`` (default) for one at each epoch's end. A
-        number needs ``checkpoint`` (without it, nothing would be saved: refused).
+    checkpoint_every : int, "epoch", datetime.timedelta or str
+        Steps between checkpoint saves, ``"epoch"`` (default) for one at each epoch's end, or a
+        time: a ``datetime.timedelta`` or text ``"30s"``, ``"10min"``, ``"1.5h"`` (a number > 0
+        and one unit: s, sec, second(s), min, minute(s), h, hour(s)) saves at the first step end
+        that much monotonic time after the last save (or the run's start), so a kill loses about
+        that much work (and the step in flight); saves stay at step boundaries, a resume is still
+        the uninterrupted run. Not part of the checkpoint's settings: a run resumes with another.
+        Anything but ``"epoch"`` needs ``checkpoint`` (without it, nothing would be saved: refused).
     resume : path, True or False, optional
         Continue from this checkpoint (``True``: from ``checkpoint`` if the file exists and is
         not empty; None or False: start fresh).
@@ -1295,12 +1302,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                             f"wrapped as zo.Optimizer(init, update, lr, name, config), got {type(optimizer).__name__}")
     lr_sched = as_schedule(schedule, "schedule") if schedule is not None else None
     mu_sched = as_schedule(mu, "mu", positive=True) if mu is not None else None
-    if checkpoint_every != "epoch":
-        checkpoint_every = _count("checkpoint_every", checkpoint_every, 1)
-        if checkpoint is None:  # ignored silently: a run that failed later had saved nothing
-            raise ArgumentError(f"`checkpoint_every`={checkpoint_every} sets how often `checkpoint` is saved, but no "
-                                "`checkpoint` path was given, so nothing would be saved; pass checkpoint='run.npz' "
-                                "too, or leave checkpoint_every out")
+    cadence = save_cadence(checkpoint_every, checkpoint)  # (a time cadence counts from here)
     if callable(callbacks):
         raise ArgumentError(f"`callbacks` must be a list of callables; got one, {getattr(callbacks, '__name__', callbacks)!r}: "
                             "pass callbacks=[fn]")
@@ -1704,6 +1706,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 return
             saved[0] = step
             written[0] = _stamp()
+            cadence.saved()
 
     def _stamp():
         """What identifies the file at ``checkpoint`` as one save's (each save is a new file, renamed
@@ -1914,8 +1917,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     raise
                 if max_queries is not None and nfev >= max_queries:
                     stopped = True
-                if (checkpoint_every != "epoch" and step % checkpoint_every == 0 and pos < len(blist)
-                        and not stopped):
+                if pos < len(blist) and not stopped and cadence.due(step):
                     save()
                 if stopped:
                     break
@@ -1938,9 +1940,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 still_watch = None
             if pos >= len(blist):
                 # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
-                # save when it is the last epoch, or a budget or callback stopped it here. An int
-                # checkpoint_every saves here only on its own steps (one-step epochs saved every step)
-                if checkpoint_every == "epoch" or step % checkpoint_every == 0 or stopped or epoch + 1 == epochs:
+                # save when it is the last epoch, or a budget or callback stopped it here. An int or
+                # time checkpoint_every saves here only when due (one-step epochs saved every step)
+                if cadence.due(step, epoch_end=True) or stopped or epoch + 1 == epochs:
                     save(last=stopped or epoch + 1 == epochs)
                 t0 = time.perf_counter()
                 k = len(steps_hist)  # the epoch's records are the history's tail: not a scan of the whole run

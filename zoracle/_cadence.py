@@ -1,0 +1,89 @@
+"""``checkpoint_every``: when :func:`zoracle.train` saves its checkpoint.
+
+Every N steps (an int), at each epoch's end (``"epoch"``), or by wall time: a
+``datetime.timedelta`` or text as a config file gives it (``"30s"``, ``"10min"``, ``"2h"``),
+saved at the first step end after that much monotonic time since the last save (or the run's
+start), so a SIGKILL loses about that much work at most, plus the step in flight. Saves stay at
+step boundaries, so a resume is the uninterrupted run whichever save it starts from. The
+cadence is not among a checkpoint's settings: a run resumes with another one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import numbers
+import re
+from time import monotonic  # (looked up here at each call: a test fakes the clock through it)
+
+import numpy as np
+
+from ._errors import ArgumentError, config_hint, short_repr
+from ._schedules import _count
+
+# a duration's units, one explicit table: "m" is not one (minutes, or months?), nor are days
+UNITS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "min": 60, "minute": 60, "minutes": 60,
+         "h": 3600, "hour": 3600, "hours": 3600}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)\s*")
+FORMS = ('an integer >= 1 (steps between saves), "epoch" (at each epoch\'s end), or a time between saves: a '
+         'datetime.timedelta, or text such as "30s", "10min", "1.5h" (a number > 0 and one unit of '
+         f"{', '.join(UNITS)})")
+
+
+class SaveCadence:
+    """When to save: ``due(step)`` at a step's end inside an epoch, ``due(step, epoch_end=True)``
+    at an epoch's end; ``saved()`` after each save (a time cadence counts from there)."""
+
+    def __init__(self, steps: int | None = None, seconds: float | None = None):
+        self.steps, self.seconds = steps, seconds
+        self.last = monotonic()  # the run's start: nothing is saved before its first step
+
+    def due(self, step: int, epoch_end: bool = False) -> bool:
+        if self.seconds is not None:
+            return monotonic() - self.last >= self.seconds
+        return step % self.steps == 0 if self.steps is not None else epoch_end
+
+    def saved(self) -> None:
+        self.last = monotonic()
+
+
+def save_cadence(value, checkpoint) -> SaveCadence:
+    """``checkpoint_every`` checked (before the first query) and read as a :class:`SaveCadence`.
+
+    Examples
+    --------
+    >>> save_cadence("10min", "run.npz").seconds, save_cadence(100, "run.npz").steps
+    (600.0, 100)
+    """
+    name = "checkpoint_every"
+    if isinstance(value, str) and value == "epoch":
+        return SaveCadence()
+    seconds = steps = None
+    if isinstance(value, (datetime.timedelta, np.timedelta64)):  # (pandas' Timedelta too)
+        try:  # (NumPy's is an integer type: int() of one in "s" raised a bare TypeError before)
+            seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value / np.timedelta64(1, "s")
+        except TypeError:  # months or years: no fixed number of seconds
+            seconds = float("nan")
+        if not seconds > 0:
+            raise ArgumentError(f"`{name}` is {short_repr(value)}: the time between saves must be > 0 (and fixed: "
+                                f"no months or years); pass {FORMS}")
+    elif isinstance(value, str) and _DURATION.fullmatch(value):
+        number, unit = _DURATION.fullmatch(value).groups()
+        if unit.lower() == "m":
+            raise ArgumentError(f"`{name}` is {value!r}: \"m\" is no unit here (minutes, or months?); pass "
+                                f"{name}=\"{number}min\" for minutes. Accepted: {FORMS}")
+        if unit.lower() not in UNITS:
+            raise ArgumentError(f"`{name}` is {value!r}, whose unit {unit!r} is none of the accepted; pass {FORMS}")
+        seconds = float(number) * UNITS[unit.lower()]
+        if not 0 < seconds < math.inf:  # (400 digits: an endless time, never due)
+            raise ArgumentError(f"`{name}` is {value!r}: the time between saves must be > 0 and finite; pass {FORMS}")
+    elif (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or config_hint(name, value, "int"):
+        steps = _count(name, value, 1)  # (text or a float naming a count: refused with the int to pass)
+    else:
+        raise ArgumentError(f"`{name}` must be {FORMS}; got {short_repr(value)}")
+    if checkpoint is None:  # ignored silently: a run that failed later had saved nothing
+        shown = steps if steps is not None else short_repr(value)
+        raise ArgumentError(f"`{name}`={shown} sets how often `checkpoint` is saved, but no "
+                            "`checkpoint` path was given, so nothing would be saved; pass checkpoint='run.npz' "
+                            f"too, or leave {name} out")
+    return SaveCadence(steps, seconds)
