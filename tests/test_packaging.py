@@ -65,7 +65,9 @@ import zoracle.adapters, zoracle.apps
 url = json.loads(dist.read_text("direct_url.json") or "{}")
 print(json.dumps([zoracle.adapters.__file__, bool(url.get("dir_info", {}).get("editable"))]))
 """
-    found = json.loads(_run(code, tmp_path))
+    # nor PYTHONPATH: a zoracle.egg-info in the checkout (an in-tree build's, an editable install's) answered
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = json.loads(_run(code, tmp_path, env))
     if found is None:
         pytest.skip("zoracle is not pip-installed here (CI installs it editable)")
     path, editable = found
@@ -90,6 +92,22 @@ def _setuptools_below_build_minimum():
     return f"setuptools {setuptools.__version__} < {need} ([build-system] requires)" if have < need else None
 
 
+def _source_copy(dst: Path, trees=(), files=()) -> Path:
+    """A copy of the package's sources (and ``trees`` and ``files``) to build from. A build in the
+    checkout leaves build/ and zoracle.egg-info there, and the next build ships their stale files:
+    build/lib's (a module since removed) in the wheel, SOURCES.txt's in the sdist."""
+    import shutil
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("zoracle", "adapters", "apps", *trees):
+        shutil.copytree(ROOT / name, dst / name, ignore=skip)
+    for name in ("README.md", "LICENSE", "pyproject.toml", "MANIFEST.in", *files):
+        if (ROOT / name).exists():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dst / name)
+    return dst
+
+
 def test_wheel_maps_adapters_into_the_package(tmp_path):
     pytest.importorskip("setuptools")
     import importlib.util
@@ -99,8 +117,9 @@ def test_wheel_maps_adapters_into_the_package(tmp_path):
 
     if importlib.util.find_spec("setuptools.command.bdist_wheel") is None and importlib.util.find_spec("wheel") is None:
         pytest.skip("no bdist_wheel here (setuptools < 70.1 without the wheel package): --no-build-isolation cannot build")
+    src = _source_copy(tmp_path / "src")  # (built in ROOT, it left build/ and zoracle.egg-info there)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]
@@ -166,17 +185,9 @@ def test_sdist_carries_what_the_test_suite_reads(tmp_path):
     pytest.importorskip("setuptools")  # (a Python 3.12+ venv has none: --no-isolation builds with this one)
     if _setuptools_below_build_minimum():  # (a Python 3.10 venv's own is 65)
         pytest.skip(_setuptools_below_build_minimum())
-    import shutil
     import tarfile
 
-    src = tmp_path / "src"  # a clean copy: a stale zoracle.egg-info/SOURCES.txt in ROOT would add its files
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("zoracle", "adapters", "apps", *SDIST_TREES):
-        shutil.copytree(ROOT / name, src / name, ignore=skip)
-    for name in (*SDIST_FILES, "MANIFEST.in"):
-        if (ROOT / name).exists():
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, src / name)
+    src = _source_copy(tmp_path / "src", SDIST_TREES, SDIST_FILES)
     out = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path / "dist"),
                           str(src)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
