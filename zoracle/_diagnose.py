@@ -70,33 +70,53 @@ def dead_blocks_text(names: list, steps: int, mu: float) -> str:
             f"did not change when they moved by mu = {mu:g}, so they are not trained and their queries are spent "
             "for nothing. Usual causes: ReLUs that are dead for every input before them (a large negative bias, "
             "a bad input scale), a layer the forward pass does not use or detaches (.detach(), torch.no_grad()), "
-            "a loss computed from other outputs, or a float32 loss that rounds their changes away (raise mu). "
-            "Fix the model, or pass params without these blocks")
+            "a loss computed from other outputs, a bias right before a BatchNorm or InstanceNorm in train mode (its "
+            "mean subtraction cancels it: bias=False there), or a float32 loss that rounds their changes away "
+            "(raise mu). Fix the model, or pass params without these blocks")
 
 
 class StillWatch:
     """Whether the params stayed bit for bit where they started though the estimates were nonzero and
     the learning rate > 0: every update ``lr * g`` was below half the params' float spacing (a
-    learning rate far too small for their dtype, or an optimizer that returns its input)."""
+    learning rate far too small for their dtype, or an optimizer that returns its input). Read over
+    ``WATCH_STEPS`` such steps at least (a plain oracle's epoch is one step), and on past each epoch
+    whose learning rate rose (a warm-up's first updates round away in float32, its later ones not).
+    ``peak``: the largest learning rate of the steps before (a resumed run's): one the schedule has
+    lowered since (a cosine's last steps) rounds away as it should."""
 
-    def __init__(self, params):
+    def __init__(self, params, peak: float = 0.0):
         self.start = params.copy()  # (an own optimizer may write into the params it was given)
-        self.pushed = False  # a step with lr > 0 and a nonzero estimate
-        self.lr = 0.0
+        self.peak = peak
+        self.pushed = 0  # steps with lr > 0 and a nonzero estimate
+        self.low = None  # the learning rate of the first such step (of the last epoch that deferred)
+        self.lr = 0.0  # the learning rate of the last such step
+        self.epoch = None  # the epoch of the first such step
 
-    def see(self, grad, lr: float) -> None:
-        if not self.pushed and lr > 0 and bool(namespace(grad).any(grad)):  # (read until the first such step)
-            self.pushed, self.lr = True, lr
+    def see(self, grad, lr: float, epoch: int) -> None:
+        if lr > 0 and (self.pushed >= WATCH_STEPS or bool(namespace(grad).any(grad))):  # (an O(d) pass: a few steps)
+            self.pushed += 1
+            if self.low is None:
+                self.low, self.epoch = lr, epoch
+            self.lr = lr
 
-    def still(self, params) -> bool:
-        xp = namespace(params)
-        return self.pushed and bool(xp.all(params == self.start))
+    def verdict(self, params):
+        """At an epoch's end: ``None`` to watch on, else whether to warn that the params stayed (the
+        watch ends)."""
+        if self.pushed < WATCH_STEPS:
+            return None
+        if not bool(namespace(params).all(params == self.start)):
+            return False
+        if self.lr > self.low:  # a learning rate still rising (a warm-up): its later steps may move them
+            self.low = self.lr
+            return None
+        return self.lr >= self.peak
 
 
-def still_text(epoch: int, lr: float, params) -> str:
+def still_text(first: int, epoch: int, lr: float, params) -> str:
     p = to_numpy(params)
     scale = float(np.max(np.abs(p))) if p.size else 0.0
-    return (f"train: the params did not change over epoch {epoch}, though the gradient estimates were nonzero and "
+    over = f"epoch {epoch}" if first == epoch else f"epochs {first} to {epoch}"
+    return (f"train: the params did not change over {over}, though the gradient estimates were nonzero and "
             f"lr > 0 (lr was {lr:g}): each update lr * grad was below half the float spacing of the params "
             f"({p.dtype}, max|params| = {scale:.3g}), so it rounded away. Raise the learning rate by orders of "
             "magnitude (or use zo.adam, whose steps are about lr in every coordinate); an own optimizer must "

@@ -740,11 +740,16 @@ def _bar_clock() -> float:
     return time.monotonic() + _WALL_OFFSET
 
 
-@functools.lru_cache(maxsize=None)  # one class per tqdm class, as _line_bar: tqdm's monitor thread is per class
 def _steady_bar(tqdm):
     """``tqdm`` timed by :func:`_bar_clock`: tqdm's own clock is ``time.time``, and a wall clock set an
-    hour back froze the bar (no redraw, no log line) for an hour, then showed ``[-58:20<-8:45:00]``."""
+    hour back froze the bar (no redraw, no log line) for an hour, then showed ``[-58:20<-8:45:00]``.
+    A ``tqdm.auto.tqdm`` that is no class (``functools.partial(tqdm, ...)``, set by the program) is
+    called as it is: a class cannot derive from it."""
+    return _steady_class(tqdm) if isinstance(tqdm, type) else tqdm
 
+
+@functools.lru_cache(maxsize=None)  # one class per tqdm class, as _line_bar: tqdm's monitor thread is per class
+def _steady_class(tqdm):
     class SteadyBar(tqdm):
         @property
         def _time(self):  # what tqdm reads for start, elapsed, rate and ETA
@@ -1768,7 +1773,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     # stay where they start (updates below their float spacing): read over the run's first steps only
     named = named_blocks(oracle, d) if isinstance(estimator, CGE) and not sparse else []
     block_watch = BlockWatch(named) if named else None
-    still_watch = StillWatch(params)
+    still_watch = StillWatch(params, max((float(r["lr"]) for r in steps_hist), default=0.0))
     t_rate, n_rate = time.perf_counter(), 0
     step_began, first_step = None, step  # the step in flight (None between steps); this run's first step
     # a mid-step error saves the steps before it only where the step cannot have changed the oracle's
@@ -1881,7 +1886,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     block_watch.see(g.grad)
                     block_watch = None if block_watch.done else block_watch
                 if still_watch is not None:
-                    still_watch.see(g.grad, lr)
+                    still_watch.see(g.grad, lr, epoch)
                 if flat == ran - 1 and not flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
                     flat += not bool(xp.any(g.grad))
                 width = float(est.mu)
@@ -1934,9 +1939,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if dead:
                     warnings.warn(dead_blocks_text(dead, block_watch.steps, est.mu), UserWarning, stacklevel=2)
                 block_watch = None
-            if pos >= len(blist) and still_watch is not None and still_watch.pushed:
-                if still_watch.still(params):
-                    warnings.warn(still_text(epoch, still_watch.lr, params), UserWarning, stacklevel=2)
+            if pos >= len(blist) and still_watch is not None and (still := still_watch.verdict(params)) is not None:
+                if still:
+                    warnings.warn(still_text(still_watch.epoch, epoch, still_watch.lr, params), UserWarning,
+                                  stacklevel=2)
                 still_watch = None
             if pos >= len(blist):
                 # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
