@@ -98,7 +98,7 @@ def test_params_that_never_move_name_a_learning_rate_below_their_float_spacing()
     # float32 params of about 0.3 have a spacing of about 3e-8: lr 1e-14 times a gradient of about 1
     # rounds away in every entry, and the run returned its initial params, loss for loss
     with pytest.warns(UserWarning, match=r"the params did not change over epoch 0, though the gradient estimates "
-                                         r"were nonzero and lr > 0 \(lr was 1e-14\).*Raise the learning rate"):
+                                         r"were nonzero and lr > 0 \(lr was 1e-14\).*raise the learning rate"):
         r = _torch_run(_mlp(), optimizer=zo.sgd(1e-14))
     assert np.array_equal(r.params, TorchOracle(_mlp(), torch.nn.CrossEntropyLoss()).initial_params())
     _torch_run(_mlp(), optimizer=zo.sgd(1e-6))  # small but moving: quiet

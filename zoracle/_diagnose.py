@@ -117,10 +117,11 @@ def still_text(first: int, epoch: int, lr: float, params) -> str:
     scale = float(np.max(np.abs(p))) if p.size else 0.0
     over = f"epoch {epoch}" if first == epoch else f"epochs {first} to {epoch}"
     return (f"train: the params did not change over {over}, though the gradient estimates were nonzero and "
-            f"lr > 0 (lr was {lr:g}): each update lr * grad was below half the float spacing of the params "
-            f"({p.dtype}, max|params| = {scale:.3g}), so it rounded away. Raise the learning rate by orders of "
-            "magnitude (or use zo.adam, whose steps are about lr in every coordinate); an own optimizer must "
-            "return the updated params")
+            f"lr > 0 (lr was {lr:g}): either each update lr * grad was below half the float spacing of the params "
+            f"({p.dtype}, max|params| = {scale:.3g}), so it rounded away: raise the learning rate by orders of "
+            "magnitude (or use zo.adam, whose steps are about lr in every coordinate); or an own optimizer "
+            "returned its input (it must return the updated params) or kept them where they were (a projection "
+            "onto bounds every coordinate starts on, pushed outwards)")
 
 
 def noise_note(loss, point) -> str:
