@@ -2,14 +2,17 @@
 
 ``train`` keeps them to the run's first steps (an estimate's zeros per block, the params
 before the first updates) and to its error path (a diverged run queries its loss twice at one
-point: a loss that answers differently is noise, not only a learning rate too large).
+point: a loss that answers differently is noise, not only a learning rate too large; one that
+answers alike has its fast paths asked there: a ``batch`` computing another loss than the plain
+call moves every difference).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._backend import namespace, to_numpy
+from ._backend import namespace, real_numpy, to_numpy
 from ._masks import _slices
+from ._oracle import loss_type
 
 #: steps a block is watched before its estimates count as "always exactly 0" (a few minibatches)
 WATCH_STEPS = 3
@@ -132,9 +135,39 @@ def noise_note(loss, point) -> str:
     except Exception:  # the run is failing anyway: the divergence is the error to see, not this probe's
         return ""
     # (a GPU's or a thread pool's sums in another order differ by a few roundings: that is no noise)
-    if not (np.isfinite(a) and np.isfinite(b)) or abs(a - b) <= 1e-4 * max(abs(a), abs(b)):
+    if not (np.isfinite(a) and np.isfinite(b)):
         return ""
+    if abs(a - b) <= 1e-4 * max(abs(a), abs(b)):
+        return _fast_path_note(loss, point, a)
     return (f". The loss is not deterministic: two calls at the same params gave {a:.6g} and {b:.6g}, and each "
             "CGE difference carries that noise divided by mu; a loss that draws its own minibatch or noise at "
             "every call needs it fixed per step: pass the data as `batches` (or seeds, see 'Noisy black boxes' "
             "in docs/training.md), and check the oracle with zoracle.testing.check_oracle")
+
+
+def _fast_path_note(loss, point, plain: float) -> str:
+    """For a diverged run's message: the loss's fast paths (``batch``, ``coordinate_losses`` at a step
+    of 0) at the step's base point against its plain call there, ``plain``. The estimate takes the
+    base loss from the plain call and the perturbed ones from a fast path: one that computes another
+    loss (a mean where the call sums, another order) moves every difference by the gap over mu."""
+    probes = []
+    if callable(getattr(loss, "batch", None)):
+        probes.append(("batch", "batch(params[None])", lambda: loss.batch(point[None, :].copy())))
+    if callable(getattr(loss, "coordinate_losses", None)):
+        probes.append(("coordinate_losses", "coordinate_losses(params, [0], 0.0)",
+                       lambda: loss.coordinate_losses(point.copy(), np.zeros(1, dtype=np.int64), 0.0)))
+    for method, call, probe in probes:
+        try:
+            got = probe()
+            kind = loss_type(got)
+            values = real_numpy(got, np.float64).reshape(-1)
+            fast = float(values[0]) if values.size == 1 else np.nan
+        except Exception:  # the run is failing anyway: the divergence is the error to see, not this probe's
+            continue
+        if np.isfinite(fast) and abs(fast - plain) > 1e-4 * max(abs(fast), abs(plain)):
+            return (f". The oracle's `{method}` disagrees with its plain call at the step's base point: "
+                    f"{call} gave {fast:.6g} ({kind}), the plain call {plain:.6g}; the estimate takes the base loss "
+                    f"from the plain call and the perturbed ones from `{method}`, so each difference carries the gap "
+                    f"divided by mu: make `{method}` compute the plain call's loss (the same reduction, minibatch "
+                    "and order, unrounded), and check the oracle with zoracle.testing.check_oracle")
+    return ""

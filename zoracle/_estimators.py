@@ -638,7 +638,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
                 g = grad() if callable(grad) else grad
                 return float(np.median(np.abs(g))) if len(g) else 0.0
 
-            why = coarse_losses(value, loss, mu, dtype, typical)
+            why = coarse_losses(value, loss, mu, dtype, typical, getattr(wrapped, "base_source", None))
             if why:
                 _COARSE_WARNED.add(key)
                 warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)

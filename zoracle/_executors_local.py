@@ -23,7 +23,7 @@ import numpy as np
 from ._backend import jax_x64, to_numpy
 from ._errors import ZoracleError, user_stacklevel
 from ._malloc import reuse_freed_memory
-from ._oracle import Oracle
+from ._oracle import Oracle, loss_type, precision_bits
 from ._plan import BaseTask
 from ._executors_core import (
     abandon,
@@ -283,7 +283,9 @@ class ShardedExecutor(StaysHere):
         backend = self._backend(payload, oracle)
 
         def seen(kind):  # the losses' type a worker saw, for the warning about coarse losses
-            if getattr(oracle, "base_value", False) is None:
+            held = getattr(oracle, "base_value", False)
+            # the narrowest a worker saw: a shard of bfloat16 batch losses after the base point's np.float32
+            if held is None or (held is not False and precision_bits(kind) < precision_bits(loss_type(held))):
                 oracle.base_value = LossKind(kind)
 
         t0 = time.perf_counter()

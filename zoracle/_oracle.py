@@ -129,14 +129,31 @@ def has_methods(oracle, *names) -> bool:
     return all(callable(getattr(oracle, name, None)) for name in names)
 
 
-def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
+def loss_type(value) -> str:
+    """The name of the type of a loss ``value``: its dtype's (``float32``, ``bfloat16``), else its
+    Python type's (``float``, ``int``)."""
+    return str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
+
+
+def precision_bits(name: str) -> int:
+    """Significant bits of losses of type ``name`` (a :func:`loss_type`): 0 for integers, 53 for
+    float64, a Python float and types not judged."""
+    if name.startswith(("int", "uint")):
+        return 0
+    if bits := re.fullmatch(r"float\d+_e\d+m(\d+)\w*", name):
+        return int(bits.group(1)) + 1
+    return {"float16": 11, "bfloat16": 8, "float32": 24}.get(name, 53)
+
+
+def coarse_losses(value, loss: float, mu: float, params_dtype, typical, source=None) -> str:
     """Why differences of losses like ``value`` over ``mu`` are coarse, or empty: an integer loss
     (differences of 0 or at least 1 / mu), or a float32 / float16 one where params are float64
-    (differences in steps of the loss's float spacing over mu). Checked on the base point's value;
-    coarse means a resolution above 1e-3 of the ``typical`` partial derivative estimated (their
-    median magnitude: one large partial must not hide the rest). An integer 0 may be a sum
-    that met every margin (``sum([])``): not judged."""
-    name = str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
+    (differences in steps of the loss's float spacing over mu). Checked on the base point's value,
+    or on a fast path's narrower one (``source``: ``(method, the plain call's loss type)``, named in
+    the message); coarse means a resolution above 1e-3 of the ``typical`` partial derivative
+    estimated (their median magnitude: one large partial must not hide the rest). An integer 0 may
+    be a sum that met every margin (``sum([])``): not judged."""
+    name = loss_type(value)
     if name.startswith(("int", "uint")):
         if loss == 0:
             return ""
@@ -161,8 +178,15 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical) -> str:
            "return the loss unrounded as a float64 where it is a rounded one; a count (errors, events) moves in "
            "whole units whatever its type, so float(count) changes nothing: raise mu, or train on a smooth "
            "surrogate (a margin or cross-entropy loss)")
-    return (f"the oracle returns {name} losses: near the base loss {loss:.6g} they are {step:.3g} apart, so a "
-            f"difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; {fix}")
+    who = ""
+    if source is not None:  # a fast path narrower than the plain call: the estimate differences the two
+        method, plain = source
+        who = (f" (from its `{method}`, where its plain call returns {plain}: the estimate takes the base loss "
+               "from the plain call and the perturbed ones from it)")
+        fix = (f"make `{method}` compute the losses as the plain call does and return them unrounded "
+               "(a float64 array), or raise mu")
+    return (f"the oracle returns {name} losses{who}: near the base loss {loss:.6g} they are {step:.3g} apart, so "
+            f"a difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; {fix}")
 
 
 # a JAX loss is float32 because JAX computes in float32 by default: float(loss) keeps its roundings
@@ -445,6 +469,7 @@ class Oracle:
         self.nfev = 0
         self.own_copies = False  # prefix / suffix wrote into a read-only view: a copy per call from then on
         self.base_value = None  # what the oracle returned at the base point, as it returned it
+        self.base_source = None  # (method, the plain call's loss type) where a fast path's narrower losses replaced it
 
     # plain calls -----------------------------------------------------------------------
     def __call__(self, params, query: str = "the query point", fresh: bool = False) -> float:
@@ -463,7 +488,7 @@ class Oracle:
             exc.at_params(params)
             raise
 
-    def _vector(self, thunk, n, query_of, what) -> np.ndarray:
+    def _vector(self, thunk, n, query_of, what, method) -> np.ndarray:
         try:
             values = thunk()
         except OracleError:
@@ -475,17 +500,22 @@ class Oracle:
         if dtype is None and isinstance(values, (list, tuple)) and values and not isinstance(values[0], float):
             # a list of losses (list(arr32), [net(x) for x in X]): its items tell the precision
             dtype = getattr(values[0], "dtype", type(values[0]).__name__)
-        if dtype is not None and n and "float64" not in str(dtype) and (
-                self.base_value is None or isinstance(self.base_value, float)):
-            # losses narrower than the base point's (a batch returning float32 beside a float64 plain
-            # call) quantize the differences: one of them tells the precision (see coarse_losses)
-            self.base_value = values[0]
+        if dtype is not None and n:
+            seen = self.base_value
+            if precision_bits(str(dtype).replace("torch.", "")) < precision_bits(
+                    "float64" if seen is None else loss_type(seen)):
+                # losses narrower than the base point's (a batch returning float32 beside a float64 plain
+                # call; bfloat16 beside a np.float32 one, which was not compared) quantize the differences:
+                # one of them tells the precision (see coarse_losses)
+                self.base_value = values[0]
+                if seen is not None and self.base_source is None:
+                    self.base_source = (method, "a Python float" if isinstance(seen, float) else loss_type(seen))
         return check_vector(values, n, query_of, what)
 
     # capabilities ---------------------------------------------------------------------
     def batch(self, params_batch, query_of, what) -> np.ndarray:
         try:
-            return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what)
+            return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what, "batch")
         except OracleError as exc:
             if isinstance(exc.__cause__, TypeError):  # a `batch` method with another meaning (a data loader's)
                 exc.args = (f"{exc.args[0]} (zoracle calls {type(self.fn).__name__}.batch(params_batch) as the "
@@ -494,7 +524,8 @@ class Oracle:
             raise
 
     def coordinate_losses(self, params, coords, step, query_of, what) -> np.ndarray:
-        return self._vector(lambda: self.fn.coordinate_losses(private(params), coords, step), len(coords), query_of, what)
+        return self._vector(lambda: self.fn.coordinate_losses(private(params), coords, step), len(coords), query_of,
+                            what, "coordinate_losses")
 
     @property
     def blocks(self) -> Sequence[slice]:
@@ -532,7 +563,8 @@ class Oracle:
     def suffix(self, features, params, block, coords, step, query_of, what) -> np.ndarray:
         seen = _tensor_versions(features)
         values = self._vector(lambda: self._split_call(
-            lambda p: self.fn.suffix(shared_features(features), p, block, coords, step), params), len(coords), query_of, what)
+            lambda p: self.fn.suffix(shared_features(features), p, block, coords, step), params), len(coords), query_of,
+            what, "suffix")
         check_features(seen, block, what)
         return values
 

@@ -6,11 +6,11 @@ import numbers
 
 import numpy as np
 
-from .._backend import namespace, to_numpy
+from .._backend import namespace, real_numpy
 from .._errors import ArgumentError, OracleError, ZoracleError, finite_real
 from .._estimators import as_generator, validate_params
-from .._oracle import (Oracle, capabilities, check_features, check_scalar, compute_dtype_of, readonly, reject_async,
-                       shared_features, _tensor_versions)
+from .._oracle import (Oracle, capabilities, check_features, check_scalar, compute_dtype_of, loss_type, precision_bits,
+                       readonly, reject_async, shared_features, _tensor_versions)
 from .._plan import _WROTE_PAST, _WROTE_PAST_FIX, check_blocks, queries_per_call, seal
 
 __all__ = ["OracleCheckError", "check_oracle"]
@@ -53,20 +53,63 @@ def _close(a, b, rtol, atol, base=None, group=True):
     return ok, float(np.max(dev))
 
 
-def _worst(got, want, coords) -> str:
-    """Where a capability's losses deviate most from the calls', for the message."""
+def _worst(got, want, coords, method: str = "", kinds=(), plain: str = "float", unit: str = "coordinate") -> str:
+    """Where a capability's losses deviate most from the calls', with both values there and, given
+    ``method`` (the capability), why they differ where the losses show it, and the fix."""
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     if got.shape != want.shape or not got.size:
         return ""
-    return f" (most at coordinate {int(coords[int(np.argmax(np.abs(got - want)))])})"
+    j = int(np.argmax(np.abs(got - want)))
+    where = f" (most at {unit} {int(coords[j])})"
+    if not method:
+        return where
+    return f"{where}: `{method}` gave {got[j]:.10g}, the plain call {want[j]:.10g}; {_why(got, want, method, kinds, plain)}"
 
 
-def _losses(value, k: int) -> np.ndarray:
+def _why(got, want, method: str, kinds, plain: str) -> str:
+    """Why a capability's losses ``got`` differ from the plain calls' ``want``, as the losses show it,
+    and the fix: a narrower type, another order, a factor (another reduction), an offset."""
+    narrow = min(kinds, key=precision_bits, default=None)
+    if narrow is not None and precision_bits(narrow) < precision_bits(plain):
+        return (f"`{method}` returns {narrow} losses, the plain call {'a Python float' if plain == 'float' else plain}: "
+                "compute them as the plain call does and return them unrounded (a float64 array)")
+    generic = (f"`{method}` must compute the plain call's loss: not another minibatch or reduction, nor with dropout "
+               "or noise on")
+    if got.size < 2:  # (one loss fits a factor and an offset alike)
+        return generic
+    if np.max(np.abs(np.sort(got) - np.sort(want))) <= 1e-9 * max(1.0, float(np.max(np.abs(want)))):
+        return (f"`{method}` returns the plain calls' losses in another order: return the loss of query i at "
+                "position i")
+    diff = got - want
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = got / want
+        # each spread against the size of the disagreement it would explain: 0 for the right one
+        by_factor = float(np.ptp(ratio) / abs(np.median(ratio) - 1.0))
+        by_offset = float(np.ptp(diff) / abs(np.median(diff)))
+    if by_factor <= 1e-6 and not by_offset < by_factor:
+        return (f"`{method}`'s losses are the plain calls' times {float(np.median(ratio)):.6g} (another reduction: "
+                "a mean where the call sums, or a sum where it averages): compute the same loss both ways")
+    if by_offset <= 1e-6:
+        return (f"`{method}`'s losses are the plain calls' {float(np.median(diff)):+.6g} (a term one of them leaves "
+                "out: a regularizer, a constant): compute the same loss both ways")
+    return generic
+
+
+def _result_type(value) -> str:
+    """The loss type of a capability's result: its dtype's name, or its first item's type (a list)."""
+    if getattr(value, "dtype", None) is None and isinstance(value, (list, tuple)) and value:
+        return loss_type(value[0])
+    return loss_type(value)
+
+
+def _losses(value, k: int, kinds=None) -> np.ndarray:
     """A capability's losses as float64; the shapes estimate_gradient takes, (k,) or (k, 1), as
-    (k,), any other shape kept (and failed by the caller)."""
-    if callable(getattr(value, "detach", None)):  # a torch tensor that requires grad, as estimate_gradient takes it
-        value = value.detach().cpu()
-    got = np.asarray(to_numpy(value), dtype=np.float64)
+    (k,), any other shape kept (and failed by the caller). ``kinds``: a list the result's
+    :func:`_result_type` is added to."""
+    if kinds is not None:
+        kinds.append(_result_type(value))
+    # (a torch tensor that requires grad, a bfloat16 one, as estimate_gradient takes them)
+    got = np.asarray(real_numpy(value, np.float64), dtype=np.float64)
     return got.reshape(-1) if got.shape in ((k,), (k, 1)) else got
 
 
@@ -76,7 +119,7 @@ def _unsorted(coords: np.ndarray) -> np.ndarray:
     return coords[::-1].copy() if len(coords) > 1 and bool(np.all(np.diff(coords) > 0)) else coords
 
 
-def _chunked(ask, coords, cap: int, first_alone: bool = False) -> tuple:
+def _chunked(ask, coords, cap: int, first_alone: bool = False, kinds=None) -> tuple:
     """``ask(c)``'s losses for ``coords`` in calls of at most ``cap`` coordinates, each given as a
     read-only copy (as the planner sends them), and a note: empty, or, for a call of the wrong
     shape (returned as it is), its size and shape. ``first_alone``: the first coordinate in a
@@ -87,7 +130,7 @@ def _chunked(ask, coords, cap: int, first_alone: bool = False) -> tuple:
     starts = [0] * alone + list(range(int(alone), len(coords), cap))
     for lo, hi in zip(starts, starts[1:] + [len(coords)]):
         c = readonly(np.array(coords[lo:hi]))
-        got = _losses(ask(c), len(c))
+        got = _losses(ask(c), len(c), kinds)
         if got.shape != (len(c),):
             return got, (f"a call of {len(c)} coordinate(s) returned shape {got.shape} (estimate_gradient takes "
                          f"({len(c)},) or ({len(c)}, 1)), ")
@@ -121,7 +164,10 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     (a read-only view of the parameters, the block's features shared; a write into either past
     its read-only flag fails the check as it fails the estimate); for a bound data oracle with ``unbind()``,
     ``parent.bind(batch)`` of what it returns answers as the oracle does (process and cluster
-    workers rebuild it so). A failure names the coordinate that deviates most.
+    workers rebuild it so). A failure names the coordinate (or ``batch`` row) that deviates most, the
+    fast path's and the plain call's losses there, and what they show with the fix: a narrower loss
+    type than the plain call's, the losses in another order, a constant factor (another reduction)
+    or offset (a term one of them leaves out).
 
     A fast path's loss passes when it is within ``atol + rtol * |loss|`` of the plain call's
     (rounding), or within 0.1% of its own loss change (the estimators use the changes: under a
@@ -208,7 +254,15 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
         x[i] = x[i] + dt(s)
         return x
 
-    base = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params)"))
+    plain = []  # the plain call's loss type, against which the fast paths' are compared
+
+    def first():
+        value = oracle(frozen(params))
+        plain.append(loss_type(value))
+        return check_scalar(value, "oracle(params)")
+
+    base = _ask("oracle(params)", first)
+    plain = plain[0]
     if reference is not None:
         ok, dev = _close(base, call(params), rtol, atol)
         report["reference"] = dev
@@ -244,10 +298,11 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                                 ("one row alone", dense[:1])):
                 X = xp.stack(group)
                 want = [call(X[r]) for r in range(X.shape[0])]
-                parts = []
+                parts, kinds = [], []
                 for lo in range(0, X.shape[0], cap):
                     part = X[lo:lo + cap]
-                    parts.append(_ask(f"oracle.batch(X){where}", lambda: _losses(oracle.batch(part.copy()), part.shape[0])))
+                    parts.append(_ask(f"oracle.batch(X){where}",
+                                      lambda: _losses(oracle.batch(part.copy()), part.shape[0], kinds)))
                 bad = [g for g in parts if g.ndim != 1]
                 got = bad[0] if bad else np.concatenate(parts)
                 # each group its own tolerance: the dense rows' larger changes must not widen the other's
@@ -255,20 +310,21 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                 report["batch"] = max(report.get("batch", 0.0), dev)
                 if not ok:
                     failures.append(f"batch{where}: {got.shape} result ({kind}) deviates from a loop of calls by "
-                                    f"{dev:.3g}")
+                                    f"{dev:.3g}{_worst(got, want, range(len(want)), 'batch', kinds, plain, 'row')}")
         if caps.coordinate:
             shuffled = _unsorted(gen.permutation(coords))
             worst = report.get("coordinate_losses", 0.0)
             for s in (step, -step):
+                kinds = []
                 got, note = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g}){where}", lambda: _chunked(
-                    lambda c: oracle.coordinate_losses(at.copy(), c, s), shuffled, cap, first_alone=s < 0))
+                    lambda c: oracle.coordinate_losses(at.copy(), c, s), shuffled, cap, first_alone=s < 0, kinds=kinds))
                 want = [call(perturbed(at, int(i), s)) for i in shuffled]
                 ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                 worst = max(worst, dev)
                 if not ok:
                     failures.append(f"coordinate_losses{where}: {note}deviates from calls at "
                                     f"params {'+' if s > 0 else '-'} step*e_i (coordinates {shuffled.tolist()}) by "
-                                    f"{dev:.3g}{_worst(got, want, shuffled)}")
+                                    f"{dev:.3g}{_worst(got, want, shuffled, 'coordinate_losses', kinds, plain)}")
             report["coordinate_losses"] = worst
         if caps.split:
             blocks = list(oracle.blocks)
@@ -301,14 +357,15 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
                                 raise OracleError(f"block {b}", cause=RuntimeError(_WROTE_PAST), detail=_WROTE_PAST_FIX)
                             return got
 
-                        got, note = _ask(what, lambda: _chunked(ask, cb, cap, first_alone=s < 0))
+                        kinds = []
+                        got, note = _ask(what, lambda: _chunked(ask, cb, cap, first_alone=s < 0, kinds=kinds))
                         want = [call(perturbed(at, int(i), s)) for i in cb]
                         ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
                         worst = max(worst, dev)
                         if not ok:
                             failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}, coordinates "
                                             f"{cb.tolist()}: {note}deviates from calls by {dev:.3g}"
-                                            f"{_worst(got, want, cb)}")
+                                            f"{_worst(got, want, cb, 'suffix', kinds, plain)}")
                 report["prefix_suffix"] = worst
     # a bound data oracle's unbind() -> (parent, batch): process and cluster workers rebuild it as
     # parent.bind(batch), which must answer as it does (an unbind off by a sample trained the
