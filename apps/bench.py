@@ -52,6 +52,7 @@ from zoracle.cli import threads
 HELP = "run the CGE speed benchmark (reference vs naive vs batched vs feature reuse vs FLOP limit)"
 MODELS = ("mlp", "cnn", "resnet20", "resnet18", "mobilenet_v3_small", "deepzero", "fallback")
 DEFAULT_MODELS = ("mlp", "cnn", "resnet18", "mobilenet_v3_small", "deepzero", "fallback")
+SPECIAL = ("deepzero", "fallback")  # comparisons of their own, without the columns (a)-(d)
 ZOO_MODELS = ("resnet18", "mobilenet_v3_small")  # torchvision-style, from torch_models.ZOO
 FALLBACK_WIDTH = 24  # torchvision-style ResNet-18 at width 24: 1.59M parameters
 
@@ -126,13 +127,27 @@ def _default_batch(name, args):
     return {"mlp": 128, "cnn": 128, "resnet20": 2}.get(name, 32)
 
 
+def _inputs(make, batch):
+    """``make()``, the random minibatch of ``--batch`` ``batch``; one too large to allocate is refused
+    naming the flag (``--batch 10**23`` ended in numpy's traceback)."""
+    try:
+        return make()
+    except (MemoryError, ValueError) as exc:  # ValueError: "Maximum allowed dimension exceeded"
+        if isinstance(exc, ValueError) and "dimension" not in str(exc):
+            raise
+        from zoracle import ArgumentError
+
+        raise ArgumentError(f"`--batch` {batch}: its inputs cannot be allocated ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120]}); pass a smaller --batch") from None
+
+
 def _build(name, args, torch):
     from zoracle.adapters.torch_models import ZOO, ResNet20, make_cnn, make_mlp, zoo_batch
 
     torch.manual_seed(args.seed)
     B = _default_batch(name, args)
     if name in ZOO_MODELS:
-        x, y = zoo_batch(name, B, seed=args.seed, dtype=args.dtype)
+        x, y = _inputs(lambda: zoo_batch(name, B, seed=args.seed, dtype=args.dtype), B)
         return ZOO[name].build(), x, y
     if name == "mlp":
         model, shape = make_mlp(), (64,)
@@ -141,7 +156,7 @@ def _build(name, args, torch):
     else:
         model, shape = ResNet20(), (3, 32, 32)
     rng = np.random.default_rng(args.seed)
-    x = rng.standard_normal((B,) + shape).astype(args.dtype)
+    x = _inputs(lambda: rng.standard_normal((B,) + shape).astype(args.dtype), B)
     y = rng.integers(0, 10, B)
     return model, x, y
 
@@ -530,7 +545,8 @@ def bench_fallback(args, torch) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = resnet18(width=FALLBACK_WIDTH).to(device=device, dtype=getattr(torch, args.dtype)).train()
-    x, y = zoo_batch("resnet18", _default_batch("fallback", args), seed=args.seed, dtype=args.dtype)
+    B = _default_batch("fallback", args)
+    x, y = _inputs(lambda: zoo_batch("resnet18", B, seed=args.seed, dtype=args.dtype), B)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # blocks="none" is asked for, not a fallback
         oracle = TorchOracle(model, cross_entropy, (x, y), update_stats=False, blocks="none")
@@ -619,18 +635,7 @@ def run(args) -> dict:
         import torch
     except ImportError:  # pragma: no cover - torch is an extra
         raise SystemExit("zoracle bench needs torch: pip install -e '.[torch]'") from None
-    import zoracle as zo
-
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise zo.ArgumentError(f"`--device {args.device}`: no CUDA device is available; use --device cpu")
-    try:
-        torch.device(args.device)
-        torch.empty(0, device=args.device)  # a device this torch build has no support for (mps, xpu) fails here
-    except (RuntimeError, AssertionError, ImportError) as exc:  # (xpu: "Torch not compiled with XPU enabled")
-        raise zo.ArgumentError(f"`--device` must be a torch device this machine has, such as cpu or cuda, got "
-                               f"{args.device!r} ({str(exc).splitlines()[0][:120]})") from None
-    if args.sparsity is not None and not 0 <= args.sparsity < 1:
-        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
+    check(args)
     tf32 = None
     if str(args.device).startswith("cuda"):  # every method in full float32: TF32 would round the finite differences
         conv = getattr(torch.backends.cudnn, "conv", None)
@@ -655,11 +660,29 @@ def run(args) -> dict:
 
 
 def check(args) -> None:
-    """The flags' values that need no torch, refused before any work (exit 2, as for argparse's errors)."""
+    """The flags' values, refused before any work (exit 2, as for argparse's errors); ``--device``
+    too (``--device foo`` was refused by run, after torch's import: exit 1)."""
     import zoracle as zo
 
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
         raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
+    models = list(dict.fromkeys(args.model or DEFAULT_MODELS))
+    for flag, value in (("--sparsity", args.sparsity), ("--naive-coords", args.naive_coords)):
+        if value is not None and all(m in SPECIAL for m in models):  # (taken, and ignored, by them)
+            raise zo.ArgumentError(f"`{flag}` sets the columns (a)-(d) of the other models; --model "
+                                   f"{' --model '.join(models)} has none: drop it, or add a --model such as mlp")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is an extra (main names it)
+        return
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise zo.ArgumentError(f"`--device {args.device}`: no CUDA device is available; use --device cpu")
+    try:
+        torch.device(args.device)
+        torch.empty(0, device=args.device)  # a device this torch build has no support for (mps, xpu) fails here
+    except (RuntimeError, AssertionError, ImportError) as exc:  # (xpu: "Torch not compiled with XPU enabled")
+        raise zo.ArgumentError(f"`--device` must be a torch device this machine has, such as cpu or cuda, got "
+                               f"{args.device!r} ({str(exc).splitlines()[0][:120]})") from None
 
 
 def main(args) -> int:

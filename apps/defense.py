@@ -411,8 +411,10 @@ def config_from_args(args) -> DefenseConfig:
     config = replace(config, **changes)
     if not 0 < config.alpha < 1:
         raise ArgumentError(f"`--alpha` must be in (0, 1), got {config.alpha}")
-    from zoracle.smoothing import _check_n_can_certify, _noise_overflows
+    from zoracle.smoothing import _check_int, _check_n_can_certify, _noise_overflows
 
+    for flag, count in (("--n0", config.n0), ("--n", config.n)):  # (an --n0 past int64 failed after the training,
+        _check_int(flag, count, 1)                                 # naming `n0`; an --n, naming `n_a` and `n`)
     _check_n_can_certify(config.n, config.alpha, "`--n`", "`--alpha`")  # before training: it would certify nothing
 
     if _noise_overflows(config.sigma, np.float32):  # its noise is drawn in float32

@@ -18,6 +18,7 @@ object ``{"deepzero": {...}, "fo": {...}, "rge": {...}}``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -30,6 +31,23 @@ HELP = "train a small CNN on scikit-learn digits with DeepZero vs first-order vs
 
 METHODS = ("deepzero", "fo", "rge")
 
+DIGITS = 1797  # images in scikit-learn's digits: an epoch takes at most that many steps
+
+
+class _Noted(argparse.Action):
+    """argparse action of a flag that only some methods use: stores the value and notes the flag in
+    ``args.given`` (``--methods fo --lr 0.5`` trained with --fo-lr's default and said nothing)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = set(getattr(namespace, "given", ())) | {self.dest}
+
+
+#: flag -> (its attribute, the methods it sets something for)
+METHOD_FLAGS = {"--sparsity": ("sparsity", ("deepzero", "rge")), "--ratios": ("ratios", ("deepzero", "rge")),
+                "--mask-interval": ("mask_interval", ("deepzero", "rge")), "--lr": ("lr", ("deepzero", "rge")),
+                "--fo-lr": ("fo_lr", ("fo",)), "--rge-lr": ("rge_lr", ("rge",)), "--mu": ("mu", ("deepzero", "rge"))}
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
@@ -37,16 +55,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a 3-epoch smoke test of the pipeline; too short to rank the methods (not a comparison)")
     parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
-    parser.add_argument("--sparsity", type=float, default=0.9,
+    parser.add_argument("--sparsity", action=_Noted, type=float, default=0.9,
                         help="DeepZero gradient sparsity over conv/linear weights, in [0, 1) (default 0.9)")
-    parser.add_argument("--ratios", default="zo_grasp", choices=("zo_grasp", "smart", "uniform", "random"),
+    parser.add_argument("--ratios", action=_Noted, default="zo_grasp",
+                        choices=("zo_grasp", "smart", "uniform", "random"),
                         help="layer-wise keep ratios of DeepZero (default zo_grasp)")
-    parser.add_argument("--mask-interval", type=int, default=1,
+    parser.add_argument("--mask-interval", action=_Noted, type=int, default=1,
                         help="epochs between fresh random masks (default 1; the paper uses 5 over 50 epochs)")
-    parser.add_argument("--lr", type=float, default=0.3, help="peak learning rate of DeepZero (default 0.3)")
-    parser.add_argument("--fo-lr", type=float, default=0.1, help="peak learning rate of first-order SGD (default 0.1)")
-    parser.add_argument("--rge-lr", type=float, default=0.02, help="peak learning rate of the RGE run (default 0.02)")
-    parser.add_argument("--mu", type=float, default=5e-3, help="finite-difference step of CGE and RGE (default 5e-3)")
+    parser.add_argument("--lr", action=_Noted, type=float, default=0.3,
+                        help="peak learning rate of DeepZero (default 0.3)")
+    parser.add_argument("--fo-lr", action=_Noted, type=float, default=0.1,
+                        help="peak learning rate of first-order SGD (default 0.1)")
+    parser.add_argument("--rge-lr", action=_Noted, type=float, default=0.02,
+                        help="peak learning rate of the RGE run (default 0.02)")
+    parser.add_argument("--mu", action=_Noted, type=float, default=5e-3,
+                        help="finite-difference step of CGE and RGE (default 5e-3)")
     parser.add_argument("--methods", default="deepzero,fo,rge",
                         help="comma-separated subset of deepzero,fo,rge to run (default all three; rge alone "
                              "still sizes its query budget from a DeepZero run of the same settings)")
@@ -72,6 +95,10 @@ def _check(args) -> list:
         raise ArgumentError(f"--epochs must be >= 1, got {args.epochs}")
     if args.batch_size < 1:
         raise ArgumentError(f"--batch-size must be >= 1, got {args.batch_size}")
+    most = (2**63 - 1) // -(-DIGITS // args.batch_size)  # the schedules count steps in 64 bits
+    if args.epochs > most:  # (refused after the data had loaded, naming the schedule's `total_steps`)
+        raise ArgumentError(f"--epochs must be at most {most} at --batch-size {args.batch_size} (its steps are "
+                            f"counted in 64 bits), got {args.epochs}")
     if not 0 <= args.sparsity < 1:
         raise ArgumentError(f"--sparsity must be in [0, 1) (0.9 = keep 10%), got {args.sparsity}")
     if args.mask_interval < 1:
@@ -89,6 +116,19 @@ def _check(args) -> list:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ArgumentError(f"--methods must list some of {', '.join(METHODS)}, got {args.methods!r}")
+    given = getattr(args, "given", ())
+    for flag, (attr, used_by) in METHOD_FLAGS.items():
+        if attr in given and not set(used_by) & set(methods):
+            raise ArgumentError(f"{flag} is for {' and '.join(used_by)}, which --methods {args.methods} does not run; "
+                                f"drop it, or add {used_by[0]} to --methods")
+    if not {"deepzero", "rge"} & set(methods):  # first-order SGD makes no queries: main drops the executor
+        given = [flag for flag, on in (("--workers", getattr(args, "workers", 1) not in (None, 1)),
+                                       ("--dask", getattr(args, "dask", None) is not None),
+                                       ("--ray", getattr(args, "ray", None) is not None),
+                                       ("--shard-timeout", getattr(args, "timeout", None) is not None)) if on]
+        if given:  # (`--methods fo --dask ADDRESS` ran serially and said nothing)
+            raise ArgumentError(f"{given[0]} does nothing with --methods {args.methods} (first-order SGD makes no "
+                                "queries to spread or time out); drop it, or add deepzero or rge to --methods")
     return methods
 
 

@@ -24,16 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default=None, help="a title over the panels (default: the checkpoint's path)")
 
 
-def main(args) -> int:
+def check(args) -> None:
+    """The arguments that need no reading, refused before any work (exit 2, as for argparse's errors;
+    a missing checkpoint and a figure suffix matplotlib cannot write were refused by main: exit 1)."""
     import zoracle as zo
 
     from zoracle._checkpoint import as_path
+    from zoracle._plot import _format
 
     figure = as_path(args.figure, "FIGURE", example="run.png")  # "~" expanded
     checkpoint = as_path(args.checkpoint, "CHECKPOINT")
-    if os.path.exists(figure) and os.path.exists(checkpoint) and os.path.samefile(figure, checkpoint):
+    if not os.path.isfile(checkpoint):
+        raise zo.ArgumentError(f"checkpoint {args.checkpoint!r} does not exist or is not a file; pass the file that "
+                               "zo.train(checkpoint=...) writes")
+    if os.path.exists(figure) and os.path.samefile(figure, checkpoint):
         raise zo.ArgumentError(f"FIGURE {args.figure!r} is the checkpoint: the figure would replace it; give the "
                                "figure its own path (e.g. run.png)")
+    if not os.path.isdir(figure):  # (a folder: check_plot_path names the file to give)
+        _format(figure, "FIGURE")
+
+
+def main(args) -> int:
+    import zoracle as zo
+
+    check(args)
     from zoracle._plot import check_plot_path
 
     # the checkpoint read first: a refused one leaves no folder the figure's check made

@@ -116,6 +116,9 @@ def config_from_args(args) -> Config:
         if v is not None:
             over[field] = v
     if getattr(args, "no_fo", False):
+        if getattr(args, "fo_steps", None):  # (`--no-fo --fo-steps 50` skipped FO-SOL and said nothing)
+            raise ArgumentError(f"`--no-fo` skips FO-SOL, which `--fo-steps` {args.fo_steps} asks to run; "
+                                "drop one of them")
         over["fo_steps"] = 0
     cfg = replace(cfg, **over)
     # --factor 1 makes the coarse solver the fine one: SRC's loss is 0 and the relative loss 0/0

@@ -226,7 +226,9 @@ def test_a_refused_command_leaves_no_folders_behind(tmp_path, capsys):
             main(argv)
         assert exc.value.code == 2
     # zoracle plot made the figure's folders before it read the checkpoint it then refused
-    assert main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "figs" / "a" / "run.png")]) == 1
+    with pytest.raises(SystemExit) as exc:  # a usage error, exit 2
+        main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "figs" / "a" / "run.png")])
+    assert exc.value.code == 2
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
     with pytest.raises(SystemExit):
@@ -263,8 +265,10 @@ def test_bench_flags_are_refused_in_plain_words(argv, said, capsys):
 def test_flags_refused_in_one_line_that_ended_in_tracebacks(capsys):
     """--device mps (a device this torch build lacks) and a defense --seed of 2**64 ended in
     tracebacks after the flags were taken; a --shard-timeout error named the API's `timeout`."""
-    for device in ("mps", "xpu"):
-        assert main(["bench", "--device", device, "--model", "mlp", "--quick"]) == 1
+    for device in ("mps", "xpu"):  # (a usage error, refused before the run: exit 2)
+        with pytest.raises(SystemExit) as info:
+            main(["bench", "--device", device, "--model", "mlp", "--quick"])
+        assert info.value.code == 2
         assert "`--device` must be a torch device this machine has" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["defense", "--quick", "--seed", str(2**64)])

@@ -256,7 +256,12 @@ def test_zoracle_plot_errors_are_one_line_naming_the_field(tmp_path, capsys, wha
         ckpt = _tampered(ckpt, tmp_path / "bad.npz", lambda m: m["history"]["steps"][3].__setitem__("total_nfev", -1))
     elif what == "counter":
         ckpt = _tampered(ckpt, tmp_path / "bad.npz", lambda m: m.__setitem__("step", 7))
-    assert main(["plot", str(ckpt), str(figure)]) == 1
+    if what in ("missing", "figure"):  # a usage error, refused before any work: exit 2, as argparse's
+        with pytest.raises(SystemExit) as info:
+            main(["plot", str(ckpt), str(figure)])
+        assert info.value.code == 2
+    else:
+        assert main(["plot", str(ckpt), str(figure)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zoracle plot: error: ")
     assert re.search(match, err[0]), err[0]
@@ -271,7 +276,9 @@ def test_zoracle_plot_refuses_to_draw_over_its_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "runckpt"
     _sparse(checkpoint=ckpt)
     before = ckpt.read_bytes()
-    assert main(["plot", str(ckpt), str(ckpt)]) == 1
+    with pytest.raises(SystemExit) as info:  # a usage error: exit 2
+        main(["plot", str(ckpt), str(ckpt)])
+    assert info.value.code == 2
     assert "is the checkpoint: the figure would replace it" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
 
@@ -299,7 +306,9 @@ def test_zoracle_plot_of_a_missing_checkpoint_over_an_existing_figure_is_one_lin
     from zoracle.cli import main
 
     (tmp_path / "run.png").write_bytes(b"old figure")
-    assert main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "run.png")]) == 1
+    with pytest.raises(SystemExit) as info:  # a usage error: exit 2
+        main(["plot", str(tmp_path / "missing.npz"), str(tmp_path / "run.png")])
+    assert info.value.code == 2
     assert "does not exist or is not a file" in capsys.readouterr().err
 
 

@@ -224,7 +224,8 @@ def _lr_at(schedule, state_count, lr):
 def _times(params, step, d, own: bool):
     """``step * d`` (``step`` in params' dtype), written into ``d`` where it is a temporary of the
     caller's (``own``) of params' dtype: the same products, one d-sized array fewer."""
-    s = params.dtype.type(step)
+    with np.errstate(over="ignore"):  # a step past the dtype's range is inf: the divergence check names the lr
+        s = params.dtype.type(step)  # (numpy's "overflow encountered in cast" came first, naming this line)
     xp = namespace(params)
     if own and isinstance(d, xp.ndarray) and d.dtype == params.dtype:
         return xp.multiply(d, s, out=d)

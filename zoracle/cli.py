@@ -10,10 +10,12 @@ a usage error, exit code 2 as for argparse's own (a run that fails later exits 1
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 
@@ -58,7 +60,28 @@ OUTPUT_REQUIRES = {("defense", "out"): ("matplotlib", None), ("sol", "out"): ("m
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump, exit code 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {_plain(message)}\n")
+
+
+def _plain(message: str) -> str:
+    """argparse's "invalid float value: '0,5'" in the words of the commands' own number types, with
+    the fix where the value is a decimal comma (a German or Turkish locale's way to write 0.5)."""
+    found = re.fullmatch(r"(argument [^:]+: )invalid (int|float) value: (.*)", message, re.S)
+    if found is None:
+        return message
+    head, kind, shown = found.groups()
+    text = f"{head}expected {'an integer' if kind == 'int' else 'a number'}, got {shown}"
+    if kind == "int":
+        return text
+    try:
+        value = ast.literal_eval(shown)
+        fixed = value.strip().replace(",", ".")
+        float(fixed)
+    except (ValueError, SyntaxError, AttributeError):
+        return text
+    if "," in value:
+        text += f" (write a decimal point, whatever the locale: {fixed})"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

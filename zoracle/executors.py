@@ -56,9 +56,12 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import numbers
 import os
 import re
+import time
+import weakref
 from typing import Protocol, runtime_checkable
 
 from ._errors import ArgumentError
@@ -97,6 +100,30 @@ __all__ = [
 ]
 
 BACKENDS = ("loky", "threading")
+
+#: seconds the interpreter's exit waits, in all, for the threads left inside calls a timeout gave up on
+EXIT_WAIT = 5.0
+
+_LEFT: list = []  # weak references to those threads
+
+
+def _leave(thread) -> None:
+    """Note ``thread``, left inside an oracle call a timeout gave up on, to be waited for at exit."""
+    if not _LEFT:
+        atexit.register(_wait_left)
+    _LEFT[:] = [ref for ref in _LEFT if ref() is not None and ref().is_alive()] + [weakref.ref(thread)]
+
+
+def _wait_left(limit: float = EXIT_WAIT) -> None:
+    """Wait, up to ``limit`` seconds in all, for the threads left in abandoned calls to return
+    (:func:`abandon` stops each at its next query): one still inside a C++ extension's call
+    (torch's forward) when the interpreter finalizes aborted the process ("terminate called
+    without an active exception", exit 134) after the program had reported its timeout."""
+    end = time.monotonic() + limit
+    for ref in list(_LEFT):
+        thread = ref()
+        if thread is not None and thread.is_alive():
+            thread.join(max(0.0, end - time.monotonic()))
 
 
 @runtime_checkable
@@ -184,9 +211,11 @@ class SerialExecutor:
             worker.join(self.timeout)
         except BaseException:  # Ctrl-C while waiting: the rest of the task must not run beside the next call
             abandon(oracle)
+            _leave(worker)
             raise
         if worker.is_alive():
             abandon(oracle)  # its thread stops at its next query, not beside the caller's next estimate
+            _leave(worker)  # and is waited for at exit, a while
             err = ShardTimeout(
                 f"shard {i + 1}/{n} ({describe_task(task)}) did not finish within timeout={self.timeout:g} s "
                 f"on the calling process (SerialExecutor); the oracle hangs or is slower than the limit: "
@@ -475,6 +504,11 @@ def from_args(args):
             n = parse_local(value, flag)[1]  # validates 'local:N'
             if n is not None and n > most:  # a local cluster of N worker processes, as --workers N
                 raise ArgumentError(f"{flag} local:N must have N at most {most} (8 per core on this machine), got {n}")
+    if getattr(args, "allow_network", False) and ray and not parse_local(ray, "--ray")[0]:  # (taken, and ignored)
+        from ._errors import shown_address
+
+        raise ArgumentError(f"--allow-network lets --ray local start a Ray session; --ray {shown_address(ray)} joins a "
+                            "running cluster, where it does nothing: drop it")
     if dask:
         return DaskExecutor(dask, timeout=timeout)
     if ray:
