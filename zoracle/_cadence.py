@@ -60,10 +60,17 @@ def save_cadence(value, checkpoint) -> SaveCadence:
         return SaveCadence()
     seconds = steps = None
     if isinstance(value, (datetime.timedelta, np.timedelta64)):  # (pandas' Timedelta too)
+        if isinstance(value, np.timedelta64) and np.datetime_data(value.dtype)[0] == "generic" and not np.isnat(value):
+            # (NumPy reads a unitless one as any unit: np.timedelta64(10) was taken as 10 seconds)
+            raise ArgumentError(f"`{name}` is {short_repr(value)}, a time with no unit (seconds, minutes?); pass "
+                                f"np.timedelta64({int(value.astype(np.int64))}, \"s\") for seconds, or {FORMS}")
         try:  # (NumPy's is an integer type: int() of one in "s" raised a bare TypeError before)
             seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value / np.timedelta64(1, "s")
         except TypeError:  # months or years: no fixed number of seconds
             seconds = float("nan")
+        except OverflowError:  # attoseconds: NumPy finds no common unit with seconds (a bare OverflowError)
+            unit, count = np.datetime_data(value.dtype)
+            seconds = float(value.astype(np.int64)) * count * {"fs": 1e-15, "as": 1e-18}.get(unit, math.nan)
         if not seconds > 0:
             raise ArgumentError(f"`{name}` is {short_repr(value)}: the time between saves must be > 0 (and fixed: "
                                 f"no months or years); pass {FORMS}")

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._errors import (OracleError, WorkerTraceback, ZoracleError, _round_trips, exc_text, traceback_text,
                       with_worker_traceback)
-from ._oracle import Oracle
+from ._oracle import Oracle, loss_type
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
@@ -339,7 +339,7 @@ def loss_kind(oracle: Oracle):
     value = getattr(oracle, "base_value", None)
     if value is None or isinstance(value, float):
         return None
-    return str(getattr(value, "dtype", type(value).__name__))
+    return loss_type(value)  # ("bfloat16", not "torch.bfloat16": the driver compares precisions by name)
 
 
 class LossKind:

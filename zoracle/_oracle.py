@@ -184,7 +184,10 @@ def coarse_losses(value, loss: float, mu: float, params_dtype, typical, source=N
         who = (f" (from its `{method}`, where its plain call returns {plain}: the estimate takes the base loss "
                "from the plain call and the perturbed ones from it)")
         fix = (f"make `{method}` compute the losses as the plain call does and return them unrounded "
-               "(a float64 array), or raise mu")
+               "(a float64 array), or raise mu" + (
+                   "; where the plain call's loss is a count too (errors, events), it moves in whole units whatever "
+                   "its type, so float(count) changes nothing: raise mu, or train on a smooth surrogate (a margin or "
+                   "cross-entropy loss)" if name.startswith(("int", "uint")) else ""))
     return (f"the oracle returns {name} losses{who}: near the base loss {loss:.6g} they are {step:.3g} apart, so "
             f"a difference over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g}; {fix}")
 
