@@ -249,3 +249,19 @@ def test_the_bar_clock_is_monotonic(monkeypatch):
     assert "3/3" in last and "[" in last, last
     times = last[last.index("[") + 1:last.index("]")]
     assert "-" not in times, last
+
+
+def test_a_run_that_diverges_inside_a_step_keeps_its_last_scheduled_save(tmp_path):
+    """The save on an error inside a step wrote the diverged params (max|params| about 1e13) over the
+    last scheduled save, whose params were still sane: a divergence keeps that save as it was."""
+    ckpt = tmp_path / "run.npz"
+    with pytest.raises(zo.ArgumentError, match="training diverged"):
+        zo.train(lambda x: float(x @ x), np.ones(3, dtype=np.float32), epochs=1, steps_per_epoch=50,
+                 optimizer=zo.sgd(1e6), estimator=zo.CGE(), checkpoint=ckpt, rng=0, progress=False)
+    assert not ckpt.exists()  # no epoch ended: nothing was scheduled, and the diverged state is not saved
+    with pytest.raises(zo.ArgumentError, match="training diverged"):
+        zo.train(lambda x: float(x @ x), np.ones(3, dtype=np.float32), epochs=1, steps_per_epoch=50,
+                 optimizer=zo.sgd(1e6), estimator=zo.CGE(), checkpoint=ckpt, checkpoint_every=1, rng=0,
+                 progress=False)
+    arrays, _ = zo.load_checkpoint(ckpt)
+    assert np.abs(arrays["params"]).max() < 1e12, np.abs(arrays["params"]).max()  # the last sane step's

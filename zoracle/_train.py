@@ -773,22 +773,39 @@ class _NoBar:
     update = set_postfix = set_description = clear = refresh = close = _nothing
 
 
-def _tqdm_lock() -> None:
+def _tqdm_lock():
     """tqdm's write lock made before its first bar, in multiprocessing's default start method named
     outright: tqdm makes it in the default context, which fixes the program's start method (a later
-    ``multiprocessing.set_start_method`` raised RuntimeError: context has already been set)."""
+    ``multiprocessing.set_start_method`` raised RuntimeError: context has already been set). The
+    lock made here (``None`` where none was), for :func:`_tqdm_unlock` after the run's bar."""
     import multiprocessing
 
     try:
         from tqdm.std import TqdmDefaultWriteLock
     except ImportError:  # (another tqdm: its own way)
-        return
+        return None
     if hasattr(TqdmDefaultWriteLock, "mp_lock") or multiprocessing.get_start_method(allow_none=True) is not None:
-        return  # made already, or the start method chosen: nothing left to fix
+        return None  # made already, or the start method chosen: nothing left to fix
     try:  # (the first of get_all_start_methods is the default)
-        TqdmDefaultWriteLock.mp_lock = multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]).RLock()
+        lock = multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]).RLock()
     except (ImportError, OSError):  # no semaphores (as tqdm: a lock for this process's threads only)
         TqdmDefaultWriteLock.mp_lock = None
+        return None
+    TqdmDefaultWriteLock.mp_lock = lock
+    return lock
+
+
+def _tqdm_unlock(lock) -> None:
+    """Take back the lock :func:`_tqdm_lock` made for a run's bar (the run's bar class keeps it): left
+    to tqdm, a program that chose another start method after the run ("spawn") had it sent to the
+    processes tqdm's ``process_map`` starts, which raised RuntimeError (a SemLock created in a fork
+    context is being shared with a process in a spawn context). tqdm's next bar makes its own."""
+    if lock is None:
+        return
+    from tqdm.std import TqdmDefaultWriteLock
+
+    if getattr(TqdmDefaultWriteLock, "mp_lock", None) is lock:
+        del TqdmDefaultWriteLock.mp_lock
 
 
 @functools.lru_cache(maxsize=None)  # one class per tqdm: tqdm starts a monitor thread per class, never
@@ -1751,8 +1768,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     from tqdm.std import tqdm as text_tqdm
     text = getattr(tqdm, "display", None) is text_tqdm.display  # (not a notebook's widget bar)
     lines = lines and text
-    if progress:
-        _tqdm_lock()
+    tqdm_lock = _tqdm_lock() if progress else None
     try:
         bar = _NoBar() if not progress else _steady_bar(_line_bar(tqdm) if lines else tqdm)(
             total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
@@ -1829,6 +1845,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                         raise  # a step this mu does not make at parameters of the run's own scale
                     # training moved the params where mu is no step: they grew by orders of magnitude
                     last = f" (lr was {steps_hist[-1]['lr']:g})" if steps_hist else ""
+                    step_began = None  # (diverged params: no save over the last scheduled one, which holds sane ones)
                     raise ArgumentError(
                         f"training diverged at step {step} (epoch {epoch}): max|params| grew to "
                         f"{scale:.3g} (from {scale0:.3g}), where mu = {est.mu:g} is no longer a representable step; "
@@ -2014,6 +2031,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         raise
     finally:
         bar.close()
+        _tqdm_unlock(tqdm_lock)
     if checkpoint is not None:
         save(last=True)  # the run is done: a failure must not lose its result
     if sparse and coords is None and steps_hist:
