@@ -18,7 +18,9 @@ def test_zoracle_plot_given_a_config_word_says_a_fix_that_works(tmp_path, monkey
     "leave `CHECKPOINT` out (None)", and FIGURE's example was a checkpoint's name ('run.npz')."""
     pytest.importorskip("matplotlib")  # (`zoracle plot` is refused first without it)
     monkeypatch.chdir(tmp_path)
-    assert cli.main(argv) != 0
+    with pytest.raises(SystemExit) as info:  # a usage error: argparse's exit 2, one line
+        cli.main(argv)
+    assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"`{name}` is the text" in err
     assert "leave `" not in err and f"pass a file path such as {example!r}" in err
