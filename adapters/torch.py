@@ -1301,6 +1301,15 @@ class TorchOracle:
             return self._loss(outs.reshape((k * x.shape[0],) + tuple(outs.shape[2:])), k)
 
     @property
+    def fast_paths_checked(self) -> bool:
+        """Its fast paths check themselves against ``model(x)`` at the first bind (the captured split
+        retired with a warning where they differ): zoracle's own check of a fast path against the plain
+        call, one query more, is not made. False for a subclass that overrides ``batch``,
+        ``coordinate_losses``, ``prefix`` or ``suffix``."""
+        t = type(self)
+        return all(getattr(t, m) is getattr(TorchOracle, m) for m in ("batch", "coordinate_losses", "prefix", "suffix"))
+
+    @property
     def fused_coordinate_losses(self) -> bool:
         """``coordinate_losses`` covers every block in one call, with the same prefix and suffix
         work as one ``prefix`` and ``suffix`` call per block (the same chunks, bit for bit): the

@@ -244,9 +244,14 @@ def test_check_oracle_names_a_coordinate_losses_factor():
 def test_a_diverged_run_names_a_batch_that_disagrees_with_the_plain_call():
     """A batch returning a mean where the plain call sums moved every CGE difference by most of the loss
     over mu: the run diverged with "lower the learning rate", which does not help. Its error now asks
-    the batch at the diverged step's base point (only on the error path: nothing for a healthy run)."""
+    the batch at the diverged step's base point (only on the error path: nothing for a healthy run). The
+    run's first estimate refuses such a batch now (tests/test_fast_path_first_check.py): this one declares
+    its fast paths checked, so the error path is what sees it."""
+    class ClaimsChecked(_Disagrees):
+        fast_paths_checked = True
+
     with pytest.raises(zo.ArgumentError, match=r"training diverged.*The oracle's `batch` disagrees with its plain call "
                                                r"at the step's base point: batch\(params\[None\]\) gave [-\d.e+]+ "
                                                r"\(float64\), the plain call [-\d.e+]+; .*make `batch` compute the "
                                                r"plain call's loss"):
-        zo.train(_Disagrees("factor"), np.zeros(D), steps_per_epoch=200, optimizer=zo.sgd(0.05), progress=False)
+        zo.train(ClaimsChecked("factor"), np.zeros(D), steps_per_epoch=200, optimizer=zo.sgd(0.05), progress=False)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, short_repr
+from ._fastcheck import check_fast_paths, usable_caps
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
@@ -425,6 +426,20 @@ def _executor_workers(executor) -> int:
     return int(getattr(executor, "n_workers", 1))
 
 
+def _probe_run(executor, oracle: Oracle, params, tasks) -> list:
+    """:func:`_run` for the fast-path check's plain calls: the executor's ``last_run`` stays the estimate's."""
+    holder = getattr(executor, "_impl", executor)  # (JoblibExecutor reads its implementation's)
+    last = getattr(holder, "last_run", None)
+    try:
+        return _run(executor, oracle, params, tasks)
+    finally:
+        if last is not None:
+            try:
+                holder.last_run = last
+            except AttributeError:  # an executor of one's own that reports it read-only: as it ran
+                pass
+
+
 def _run(executor, oracle: Oracle, params, tasks) -> list:
     if executor is None:
         results = [t.run(oracle, params) for t in tasks]
@@ -545,6 +560,7 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     if state is not None and not isinstance(estimator, SNES):
         raise ArgumentError(f"`state` is SNES's sigma; {type(estimator).__name__} keeps no state: drop `state`")
     wrapped = Oracle(oracle)
+    wrapped.caps = usable_caps(wrapped.fn, wrapped.caps)  # fast paths refused at an earlier estimate: not used
     params = validate_params(params)
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) or budget_bytes < 1:
         raise ArgumentError(f"`budget_bytes` must be a positive integer, got {budget_bytes!r}")
@@ -567,9 +583,14 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         if rng is not None:
             as_generator(rng)  # validate only; CGE is deterministic
         check_step(params[xp.asarray(coords)], estimator.mu, estimator.scheme, "CGE", index=coords)
-        tasks = [BaseTask()] + plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize,
-                                        budget_bytes, n_workers, lambda: seal(params))
+        def plan():
+            return plan_cge(wrapped, coords, estimator.steps, d, params.dtype.itemsize, budget_bytes, n_workers,
+                            lambda: seal(params))
+
+        tasks = [BaseTask()] + plan()
         results = _run(executor, wrapped, params, tasks)
+        tasks, results = check_fast_paths(wrapped, params, tasks, results,
+                                          lambda ts: _probe_run(executor, wrapped, params, ts), plan)
         f0 = float(results[0][0, 0])
         vals = np.concatenate([r for r in results[1:]], axis=1)
         order = np.concatenate([t.coords for t in tasks[1:]])
@@ -594,9 +615,14 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     check_step(params, estimator.mu, estimator.scheme, "RGE")
     root = int(gen.integers(2**63))
     q = estimator.directions
-    tasks = [BaseTask()] + plan_rge(wrapped, root, q, estimator.steps, estimator.distribution, d,
-                                    params.dtype.itemsize, budget_bytes, n_workers)
+    def plan():
+        return plan_rge(wrapped, root, q, estimator.steps, estimator.distribution, d, params.dtype.itemsize,
+                        budget_bytes, n_workers)
+
+    tasks = [BaseTask()] + plan()
     results = _run(executor, wrapped, params, tasks)
+    tasks, results = check_fast_paths(wrapped, params, tasks, results, lambda ts: _probe_run(executor, wrapped, params, ts),
+                                      plan)
     f0 = float(results[0][0, 0])
     vals = np.concatenate([r for r in results[1:]], axis=1)
     base = f0

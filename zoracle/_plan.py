@@ -21,7 +21,7 @@ from ._backend import namespace
 from ._errors import ArgumentError, OracleError, ZoracleError
 from ._oracle import Oracle, readonly
 
-__all__ = ["CoordTask", "DirectionTask", "BaseTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
+__all__ = ["CoordTask", "DirectionTask", "BaseTask", "PointTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
 
 #: queries per oracle call when the oracle does not declare ``max_queries_per_call``
 DEFAULT_CHUNK = 2048
@@ -84,6 +84,36 @@ class BaseTask:
 
     def run(self, oracle: Oracle, params) -> np.ndarray:
         return np.array([[oracle(params, "the base point (unperturbed params)", fresh=True)]])
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """The plain call at one point a fast-path task queried: coordinate ``coord`` moved by ``step``
+    (CGE), or ``step`` along direction ``direction`` of ``root`` (RGE), built as that task built it
+    (the same bits). The first estimate through a fast path compares the two (zoracle._fastcheck)."""
+
+    step: float
+    coord: int = -1
+    root: int = 0
+    direction: int = -1
+    distribution: str = "gaussian"
+    steps: tuple = (0.0,)
+    size: int = 1
+    cost: float = 1.0
+
+    def run(self, oracle: Oracle, params) -> np.ndarray:
+        if self.direction < 0:
+            x = params.copy()
+            x[self.coord] = params[self.coord] + params.dtype.type(self.step)
+            query = f"coordinate {self.coord} (step {_fmt_step(self.step)}), a plain call checking the fast path"
+        else:
+            U = direction_block(self.root, self.direction, self.direction + 1, params.shape[0], self.distribution,
+                                namespace(params), params.dtype)
+            x = params.dtype.type(self.step) * U
+            x += params[None, :]
+            x = x[0]
+            query = f"direction {self.direction} ({'+mu' if self.step > 0 else '-mu'}), a plain call checking the fast path"
+        return np.array([[oracle(readonly(x) if isinstance(x, np.ndarray) else x, query)]])
 
 
 def _query_array(params) -> tuple:

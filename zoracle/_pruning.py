@@ -27,6 +27,7 @@ import numpy as np
 from ._backend import real_numpy, to_numpy
 from ._errors import ArgumentError, OracleError, check_flag, config_hint, user_stacklevel
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
+from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
 from ._oracle import has_methods
 
@@ -208,14 +209,14 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     seed1 = int(gen.integers(2**63))
     seed2 = seed1 if common_random_numbers else int(gen.integers(2**63))
     try:
-        g1 = estimate_gradient(oracle, params, est, rng=seed1, executor=executor).grad
+        g1 = unchecked(estimate_gradient)(oracle, params, est, rng=seed1, executor=executor).grad
     except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
         raise exc.located(f"{exc.query} of ZO-GraSP's first estimate, at params",
                           "; ratios='uniform' skips ZO-GraSP")
     _check_second_point(params, g1, mu)
     shifted = params + params.dtype.type(mu) * g1
     try:
-        g2 = estimate_gradient(oracle, shifted, est, rng=seed2, executor=executor).grad
+        g2 = unchecked(estimate_gradient)(oracle, shifted, est, rng=seed2, executor=executor).grad
     except OracleError as exc:  # not at the caller's params: at ZO-GraSP's own second point
         step = float(np.linalg.norm(to_numpy(shifted - params).astype(np.float64)))
         raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at params + mu * g (a step of norm {step:.3g} "

@@ -39,6 +39,7 @@ from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, na
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
+from ._fastcheck import share_verdicts
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
@@ -1796,6 +1797,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     # saved state yet (a TorchOracle's plain call updates BatchNorm's running statistics in train mode)
     save_mid_step = checkpoint is not None and not (callable(getattr(oracle, "state_arrays", None))
                                                     and getattr(oracle, "plain_call_updates_state", True))
+    verdicts: dict = {}  # the run's fast paths checked against the plain call: once a run, whatever it binds
     try:
         while epoch < epochs:
             if stopped and pos == 0:  # stopped at an epoch's end: the next epoch's batches are not drawn
@@ -1829,6 +1831,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 except Exception as exc:  # the oracle's bind(batch) (TorchOracle's first one runs the model)
                     raise OracleError(f"bind(batch) of training step {step} (epoch {epoch}, batch {pos})",
                                       cause=exc) from exc
+                share_verdicts(bound, verdicts)
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
                 try:
                     g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,

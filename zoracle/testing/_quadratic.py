@@ -17,6 +17,10 @@ class QuadraticOracle:
     ``l(x + s e_i) = l(x) + s (Ax + b)_i + s^2 A_ii / 2``.
     """
 
+    #: its batch, coordinate_losses and suffix are the plain call's closed forms: zoracle's one-time
+    #: check of a fast path against the plain call (one query more) is not made
+    fast_paths_checked = True
+
     def __init__(self, A, b=None, c: float = 0.0, blocks=None):
         xp = namespace(A)
         try:

@@ -1,0 +1,206 @@
+"""The first estimate through a user oracle's fast path checks it against the plain call.
+
+An estimate takes the base loss from the oracle's plain call and the perturbed losses from a fast
+path (``batch``, ``coordinate_losses``, ``prefix`` / ``suffix``): one that computes another loss
+(the rows in another order, a constant offset, a sum where the call takes a mean) moves every
+difference, and the run trains to a wrong point without an error. So the first estimate of a
+``train`` run that uses a fast path (one per run and fast path, whatever oracles the run binds)
+asks the plain call once more, at the point of one of the fast path's queries, and compares. One
+that disagrees past the losses' rounding is refused with a warning naming why: the estimate is
+made again with plain calls, and so is every later one of the run. ``estimate_gradient`` called
+alone makes no check (its ``nfev`` stays a function of its arguments). An oracle that checks its
+own fast paths (``TorchOracle``) sets ``fast_paths_checked = True`` and is not asked.
+"""
+from __future__ import annotations
+
+import collections
+import contextvars
+import dataclasses
+import threading
+import warnings
+import weakref
+
+import numpy as np
+
+from ._errors import user_stacklevel
+from ._oracle import compute_dtype_of, loss_type, precision_bits
+from ._plan import CoordTask, DirectionTask, PointTask
+
+#: units of the narrowest loss type's last place a fast path may differ from the plain call by
+ROUNDING_ULPS = 64
+#: the part of the largest difference an estimate takes that a disagreement may move it by
+EFFECT = 1e-3
+
+#: set while ZO-GraSP scores layers: its estimates are no training step, and its queries a fixed count
+_OFF = contextvars.ContextVar("zoracle_fast_path_check_off", default=False)
+
+_METHOD = {"batch": "batch", "coordinate": "coordinate_losses", "split": "prefix and suffix"}
+
+
+class _Verdicts:
+    """Each oracle object's verdicts (``{capability: passed}``), held weakly: a ``train`` run gives
+    every oracle it binds one dict of its own (:func:`share_verdicts`)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.held = {}  # id -> (weak reference, verdicts)
+        self.kept = collections.OrderedDict()  # objects without weak references: id -> (type, verdicts)
+
+    def get(self, obj):
+        """``obj``'s verdicts, or None where no ``train`` run gave it any."""
+        with self.lock:
+            found = self.held.get(id(obj))
+            if found is not None and found[0]() is obj:
+                return found[1]
+            got = self.kept.get(id(obj))
+            return got[1] if found is None and got is not None and got[0] is type(obj) else None
+
+    def of(self, obj, verdicts=None) -> dict:
+        key = id(obj)
+        with self.lock:
+            found = self.held.get(key)
+            if found is not None and found[0]() is obj and verdicts is None:
+                return found[1]
+            got = self.kept.get(key)
+            if found is None and got is not None and got[0] is type(obj) and verdicts is None:
+                return got[1]
+            verdicts = {} if verdicts is None else verdicts
+            try:
+                ref = weakref.ref(obj, lambda r, key=key: self._drop(key, r))
+            except TypeError:  # (no weak references: __slots__) at most 64 kept; a reused id skips a check
+                self.kept[key] = (type(obj), verdicts)
+                while len(self.kept) > 64:
+                    self.kept.popitem(last=False)
+                return verdicts
+            self.held[key] = (ref, verdicts)
+            return verdicts
+
+    def _drop(self, key, ref) -> None:
+        with self.lock:
+            if self.held.get(key, (None,))[0] is ref:
+                del self.held[key]
+
+
+_VERDICTS = _Verdicts()
+
+
+def share_verdicts(oracle, verdicts: dict) -> None:
+    """Give ``oracle`` (a ``train`` run's bound oracle) the run's ``verdicts``: checked once a run."""
+    _VERDICTS.of(oracle, verdicts)
+
+
+def unchecked(estimate):
+    """``estimate`` (``estimate_gradient``) making no fast-path check (ZO-GraSP's scoring estimates)."""
+    def run(*args, **kwargs):
+        token = _OFF.set(True)
+        try:
+            return estimate(*args, **kwargs)
+        finally:
+            _OFF.reset(token)
+    return run
+
+
+def usable_caps(fn, caps):
+    """``caps`` less the fast paths of ``fn`` refused before."""
+    if not (caps.batch or caps.coordinate or caps.split):
+        return caps
+    verdicts = _VERDICTS.get(fn)
+    refused = [k for k, ok in verdicts.items() if not ok] if verdicts else []
+    return dataclasses.replace(caps, **{k: False for k in refused}) if refused else caps
+
+
+def _fast_task(tasks):
+    """``(index, capability)`` of the first task of ``tasks`` that uses a fast path, or None."""
+    for i, t in enumerate(tasks):
+        if isinstance(t, CoordTask) and t.mode != "call":
+            return i, t.mode
+        if isinstance(t, DirectionTask) and t.use_batch and t.scale is None:
+            return i, "batch"
+    return None
+
+
+def _probe(task, row, f0) -> tuple:
+    """``(j, PointTask)``: the query of ``task``'s first call, in the first half of its rows (a
+    reversed batch leaves its middle row in place), whose fast loss lies farthest from ``f0``."""
+    m = min(task.size, max(1, int(task.chunk)))
+    cand = np.abs(row[:max(1, m // 2)] - f0)
+    j = int(np.argmax(cand))
+    if isinstance(task, CoordTask):
+        return j, PointTask(float(task.steps[0]), coord=int(task.coords[j]))
+    return j, PointTask(float(task.steps[0]), root=task.root, direction=task.lo + j, distribution=task.distribution)
+
+
+def _tolerance(wrapped, params, plain: float, fast: float, spread: float) -> float:
+    """Round-off of the narrowest of the losses' types, the params' and the declared compute dtype,
+    or a ``EFFECT`` part of the largest difference the estimate takes (what would move no partial
+    derivative by more than that part of the largest)."""
+    names = ["float64" if wrapped.base_value is None else loss_type(wrapped.base_value), str(params.dtype)]
+    try:
+        cd = compute_dtype_of(wrapped.fn)
+    except Exception:  # (refused where the estimate plans: not this check's to name)
+        cd = None
+    if cd is not None:
+        names.append(str(cd))
+    bits = min(precision_bits(n) for n in names)
+    rounding = ROUNDING_ULPS * 2.0 ** (1 - bits) * max(abs(plain), abs(fast)) if bits else 0.5  # integers: equal
+    return max(rounding, EFFECT * spread)
+
+
+def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
+    """``(tasks, results)`` of an estimate, its first through a fast path of ``wrapped.fn`` checked
+    (``run(tasks)``: their results through the estimate's executor, ``nfev`` set to theirs;
+    ``replan()``: the estimate's tasks after the base point, planned on ``wrapped.caps``). One that
+    disagrees is refused, and the estimate's tasks are planned and run again without it."""
+    fn = wrapped.fn
+    if _OFF.get() or getattr(fn, "fast_paths_checked", False) is True:
+        return tasks, results
+    found = _fast_task(tasks)
+    if found is None:
+        return tasks, results
+    verdicts = _VERDICTS.get(fn)
+    i, cap = found
+    if verdicts is None or cap in verdicts:  # (an estimate outside a train run: not checked)
+        return tasks, results
+    spent = wrapped.nfev
+    f0 = float(results[0][0, 0])
+    row = results[i][0]
+    j, probe = _probe(tasks[i], row, f0)
+    plain = float(run([probe])[0][0, 0])
+    fast = float(row[j])
+    spread = max(float(np.max(np.abs(r - f0))) for r in results[1:])
+    tol = _tolerance(wrapped, params, plain, fast, spread)
+    asked = 1
+    if abs(plain - fast) > tol:
+        again = float(run([probe])[0][0, 0])  # a plain call that answers differently: noise, not judged here
+        asked = 2
+        if abs(again - plain) > _tolerance(wrapped, params, plain, again, 0.0):
+            verdicts[cap] = True
+            wrapped.nfev = spent + asked
+            return tasks, results
+        verdicts[cap] = False
+        warnings.warn(_refused_text(fn, cap, probe, plain, fast), RuntimeWarning,
+                      stacklevel=user_stacklevel())
+        wrapped.caps = usable_caps(fn, wrapped.caps)
+        again_tasks = replan()
+        again_results = run(again_tasks)
+        spent += asked + wrapped.nfev
+        tasks, results = [tasks[0]] + again_tasks, [results[0]] + again_results
+        wrapped.nfev = spent
+        return check_fast_paths(wrapped, params, tasks, results, run, replan)  # (a next fast path: unchecked)
+    verdicts[cap] = True
+    wrapped.nfev = spent + asked
+    return tasks, results
+
+
+def _refused_text(fn, cap, probe, plain: float, fast: float) -> str:
+    method = _METHOD[cap]
+    where = (f"params with coordinate {probe.coord} moved by {probe.step:g}" if probe.direction < 0 else
+             f"params moved {probe.step:g} along direction {probe.direction}")
+    return (f"{type(fn).__name__}: its `{method}` disagrees with its plain call at {where}: `{method}` gave "
+            f"{fast:.10g}, the plain call {plain:.10g} (asked twice, alike). An estimate takes the base loss from the "
+            f"plain call and the perturbed ones from `{method}`, so each difference would carry the gap over mu and "
+            f"training would go to a wrong point: `{method}` is not used in the rest of this run (its queries go to "
+            f"plain calls, or to another fast path of the oracle, checked in turn: slower, and the estimate the "
+            f"plain call's). Make `{method}` compute the plain call's "
+            "loss (the same reduction, minibatch and order of rows, unrounded; noise drawn at each call fixed "
+            "per step: docs/training.md, 'Noisy black boxes'), and check it with zoracle.testing.check_oracle")
