@@ -87,15 +87,34 @@ class StillWatch:
     ``peak``: the largest learning rate of the steps before (a resumed run's): one the schedule has
     lowered since (a cosine's last steps) rounds away as it should."""
 
-    def __init__(self, params, peak: float = 0.0):
-        self.start = params.copy()  # (an own optimizer may write into the params it was given)
+    def __init__(self, peak: float = 0.0):
+        # no copy of the params: each update is compared with the step's base point, which train
+        # holds anyway (a copy kept for the run was one more d-sized array at huge d)
+        self.moved = False
+        self.start = None  # a copy, only for an optimizer that writes into the params it is given
         self.peak = peak
         self.pushed = 0  # steps with lr > 0 and a nonzero estimate
         self.low = None  # the learning rate of the first such step (of the last epoch that deferred)
         self.lr = 0.0  # the learning rate of the last such step
         self.epoch = None  # the epoch of the first such step
 
-    def see(self, grad, lr: float, epoch: int) -> None:
+    def see(self, grad, lr: float, epoch: int, prev, params) -> None:
+        """One step: its estimate ``grad`` at ``lr``, the params before its update (``prev``) and after."""
+        if self.moved:
+            return
+        xp = namespace(params)
+        shares = getattr(xp, "may_share_memory", None)
+        if params is prev or shares is None or shares(params, prev):
+            # updated in place (or the input returned): this step's change cannot be read; the watch
+            # starts over from here, against a copy
+            if self.start is None:
+                self.start = params.copy()
+                self.pushed, self.low, self.lr, self.epoch = 0, None, 0.0, None
+                return
+        elif not bool(xp.array_equal(prev, params)):
+            self.moved = True
+            self.start = None
+            return
         if lr > 0 and (self.pushed >= WATCH_STEPS or bool(namespace(grad).any(grad))):  # (an O(d) pass: a few steps)
             self.pushed += 1
             if self.low is None:
@@ -105,9 +124,11 @@ class StillWatch:
     def verdict(self, params):
         """At an epoch's end: ``None`` to watch on, else whether to warn that the params stayed (the
         watch ends)."""
+        if self.moved:
+            return False
         if self.pushed < WATCH_STEPS:
             return None
-        if not bool(namespace(params).all(params == self.start)):
+        if self.start is not None and not bool(namespace(params).array_equal(params, self.start)):
             return False
         if self.lr > self.low:  # a learning rate still rising (a warm-up): its later steps may move them
             self.low = self.lr

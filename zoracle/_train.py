@@ -1790,7 +1790,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     # stay where they start (updates below their float spacing): read over the run's first steps only
     named = named_blocks(oracle, d) if isinstance(estimator, CGE) and not sparse else []
     block_watch = BlockWatch(named) if named else None
-    still_watch = StillWatch(params, max((float(r["lr"]) for r in steps_hist), default=0.0))
+    still_watch = StillWatch(max((float(r["lr"]) for r in steps_hist), default=0.0))
     t_rate, n_rate = time.perf_counter(), 0
     step_began, first_step = None, step  # the step in flight (None between steps); this run's first step
     # a mid-step error saves the steps before it only where the step cannot have changed the oracle's
@@ -1906,7 +1906,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     block_watch.see(g.grad)
                     block_watch = None if block_watch.done else block_watch
                 if still_watch is not None:
-                    still_watch.see(g.grad, lr, epoch)
+                    still_watch.see(g.grad, lr, epoch, prev, params)
+                prev = None  # (not kept into the next step: one d-sized array more at its peak)
                 if flat == ran - 1 and not flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
                     flat += not bool(xp.any(g.grad))
                 width = float(est.mu)
