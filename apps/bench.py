@@ -132,8 +132,9 @@ def _inputs(make, batch):
     naming the flag (``--batch 10**23`` ended in numpy's traceback)."""
     try:
         return make()
-    except (MemoryError, ValueError) as exc:  # ValueError: "Maximum allowed dimension exceeded"
-        if isinstance(exc, ValueError) and "dimension" not in str(exc):
+    except (MemoryError, ValueError) as exc:
+        # ValueError: "Maximum allowed dimension exceeded" (10**23), "array is too big" (10**18)
+        if isinstance(exc, ValueError) and not ("dimension" in str(exc) or "too big" in str(exc)):
             raise
         from zoracle import ArgumentError
 

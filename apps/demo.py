@@ -48,6 +48,9 @@ METHOD_FLAGS = {"--sparsity": ("sparsity", ("deepzero", "rge")), "--ratios": ("r
                 "--mask-interval": ("mask_interval", ("deepzero", "rge")), "--lr": ("lr", ("deepzero", "rge")),
                 "--fo-lr": ("fo_lr", ("fo",)), "--rge-lr": ("rge_lr", ("rge",)), "--mu": ("mu", ("deepzero", "rge"))}
 
+#: method -> the flag of its learning rate
+LR_FLAGS = {"deepzero": "--lr", "fo": "--fo-lr", "rge": "--rge-lr"}
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
@@ -119,8 +122,15 @@ def _check(args) -> list:
     given = getattr(args, "given", ())
     for flag, (attr, used_by) in METHOD_FLAGS.items():
         if attr in given and not set(used_by) & set(methods):
-            raise ArgumentError(f"{flag} is for {' and '.join(used_by)}, which --methods {args.methods} does not run; "
-                                f"drop it, or add {used_by[0]} to --methods")
+            value = getattr(args, attr)
+            meant = ""  # a learning rate: most likely meant for a method run (`--methods fo --lr 0.5`)
+            if flag in LR_FLAGS.values():
+                ours = list(dict.fromkeys(LR_FLAGS[m] for m in METHODS if m in methods))
+                meant = (f" (for the learning rate of --methods {args.methods}, pass {ours[0]} {value})"
+                         if len(ours) == 1 else f" (the learning rates of --methods {args.methods} are "
+                         f"{' and '.join(ours)})")
+            raise ArgumentError(f"{flag} {value} is for {' and '.join(used_by)}, which --methods {args.methods} does "
+                                f"not run; drop it{meant}, or add {used_by[0]} to --methods")
     if not {"deepzero", "rge"} & set(methods):  # first-order SGD makes no queries: main drops the executor
         given = [flag for flag, on in (("--workers", getattr(args, "workers", 1) not in (None, 1)),
                                        ("--dask", getattr(args, "dask", None) is not None),

@@ -211,7 +211,7 @@ def test_a_script_exits_after_a_threading_timeout(tmp_path):
                                                        + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        out, _ = proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=30)  # (its exit waits up to 5 s for the thread: EXIT_WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()

@@ -989,6 +989,8 @@ class ThreadPool(ShardedExecutor):
     def _abandon(self) -> None:
         """Leave a pool whose thread hangs in an oracle (after a timeout) to finish alone."""
         if self._pool is not None:
+            from .executors import _leave  # waited for at exit (one inside torch there aborted: exit 134)
+            _leave(*self._pool._threads)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 

@@ -107,23 +107,43 @@ EXIT_WAIT = 5.0
 _LEFT: list = []  # weak references to those threads
 
 
-def _leave(thread) -> None:
-    """Note ``thread``, left inside an oracle call a timeout gave up on, to be waited for at exit."""
+def _leave(*threads) -> None:
+    """Note ``threads``, left inside oracle calls a timeout gave up on, to be waited for at exit
+    (those still running: a threading pool's idle ones end at once)."""
+    alive = [weakref.ref(thread) for thread in threads if thread.is_alive()]
+    if not alive:  # (registered once: the list is never empty again)
+        return
     if not _LEFT:
         atexit.register(_wait_left)
-    _LEFT[:] = [ref for ref in _LEFT if ref() is not None and ref().is_alive()] + [weakref.ref(thread)]
+    _LEFT[:] = [ref for ref in _LEFT if ref() is not None and ref().is_alive()] + alive
 
 
-def _wait_left(limit: float = EXIT_WAIT) -> None:
-    """Wait, up to ``limit`` seconds in all, for the threads left in abandoned calls to return
-    (:func:`abandon` stops each at its next query): one still inside a C++ extension's call
-    (torch's forward) when the interpreter finalizes aborted the process ("terminate called
-    without an active exception", exit 134) after the program had reported its timeout."""
-    end = time.monotonic() + limit
-    for ref in list(_LEFT):
-        thread = ref()
-        if thread is not None and thread.is_alive():
-            thread.join(max(0.0, end - time.monotonic()))
+def _wait_left(limit: float | None = None) -> None:
+    """Wait, up to ``limit`` seconds in all (:data:`EXIT_WAIT`), for the threads left in abandoned
+    calls to return (:func:`abandon` stops each at its next query): one still inside a C++
+    extension's call (torch's forward) when the interpreter finalizes aborted the process
+    ("terminate called without an active exception", exit 134) after the program had reported its
+    timeout. A Ctrl-C meanwhile ends the process as interrupted (SIGINT), at once: atexit printed
+    its KeyboardInterrupt as a traceback and the program exited 0, as if it had finished."""
+    end = time.monotonic() + (EXIT_WAIT if limit is None else limit)
+    try:
+        for ref in list(_LEFT):
+            thread = ref()
+            if thread is not None and thread.is_alive():
+                thread.join(max(0.0, end - time.monotonic()))
+    except KeyboardInterrupt:
+        import signal
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):  # (what the program printed is not lost)
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        if os.name == "posix":
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(130)  # (where SIGINT does not end a process: 128 + SIGINT, a shell's code for it)
 
 
 @runtime_checkable
