@@ -14,6 +14,7 @@ own fast paths (``TorchOracle``) sets ``fast_paths_checked = True`` and is not a
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import threading
@@ -31,8 +32,16 @@ ROUNDING_ULPS = 64
 #: the part of the largest difference an estimate takes that a disagreement may move it by
 EFFECT = 1e-3
 
+#: a gap below this part of the loss may be a reduced precision's rounding (bfloat16 keeps 8 bits):
+#: the refusal's warning then names the opt-out for a fast path that is sound
+REDUCED_ROUNDING = 2.0 ** -7
+
 #: set while ZO-GraSP scores layers: its estimates are no training step, and its queries a fixed count
 _OFF = contextvars.ContextVar("zoracle_fast_path_check_off", default=False)
+
+#: ``(oracle, verdicts)`` of the ``train`` step estimating in this thread: a run's own, which another run
+#: on the same oracle object in another thread (a sweep on a thread pool) neither reads nor writes
+_RUN = contextvars.ContextVar("zoracle_fast_path_run", default=None)
 
 _METHOD = {"batch": "batch", "coordinate": "coordinate_losses", "split": "prefix and suffix"}
 
@@ -89,6 +98,24 @@ def share_verdicts(oracle, verdicts: dict) -> None:
     _VERDICTS.of(oracle, verdicts)
 
 
+@contextlib.contextmanager
+def checking(oracle, verdicts: dict):
+    """A ``train`` step's estimate through ``oracle`` (the run's bound oracle), checked with the run's
+    ``verdicts``: those of this thread's run, whatever other runs share the oracle object."""
+    share_verdicts(oracle, verdicts)
+    token = _RUN.set((oracle, verdicts))
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+def _verdicts_of(fn):
+    """``fn``'s verdicts: this thread's run's while one estimates through it, else the registry's."""
+    run = _RUN.get()
+    return run[1] if run is not None and run[0] is fn else _VERDICTS.get(fn)
+
+
 def unchecked(estimate):
     """``estimate`` (``estimate_gradient``) making no fast-path check (ZO-GraSP's scoring estimates)."""
     def run(*args, **kwargs):
@@ -104,7 +131,7 @@ def usable_caps(fn, caps):
     """``caps`` less the fast paths of ``fn`` refused before."""
     if not (caps.batch or caps.coordinate or caps.split):
         return caps
-    verdicts = _VERDICTS.get(fn)
+    verdicts = _verdicts_of(fn)
     refused = [k for k, ok in verdicts.items() if not ok] if verdicts else []
     return dataclasses.replace(caps, **{k: False for k in refused}) if refused else caps
 
@@ -157,7 +184,7 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
     found = _fast_task(tasks)
     if found is None:
         return tasks, results
-    verdicts = _VERDICTS.get(fn)
+    verdicts = _verdicts_of(fn)
     i, cap = found
     if verdicts is None or cap in verdicts:  # (an estimate outside a train run: not checked)
         return tasks, results
@@ -203,4 +230,14 @@ def _refused_text(fn, cap, probe, plain: float, fast: float) -> str:
             f"plain calls, or to another fast path of the oracle, checked in turn: slower, and the estimate the "
             f"plain call's). Make `{method}` compute the plain call's "
             "loss (the same reduction, minibatch and order of rows, unrounded; noise drawn at each call fixed "
-            "per step: docs/training.md, 'Noisy black boxes'), and check it with zoracle.testing.check_oracle")
+            "per step: docs/training.md, 'Noisy black boxes'), and check it with zoracle.testing.check_oracle"
+            + (_rounding_hint(method) if abs(plain - fast) <= REDUCED_ROUNDING * max(abs(plain), abs(fast)) else ""))
+
+
+def _rounding_hint(method: str) -> str:
+    """What a gap of a reduced precision's size may be: a float16 or bfloat16 model (autocast), or a GPU's
+    TF32, rounds a batched run otherwise than a single one, by more than the loss's type tells."""
+    return (f". The gap is below {REDUCED_ROUNDING:.2%} of the loss: if the oracle computes in a reduced precision "
+            f"(a float16 or bfloat16 model, autocast, a GPU's TF32) and `{method}` runs the plain call's computation "
+            "batched, the gap is that precision's rounding and the fast path is sound: set "
+            "`fast_paths_checked = True` on the oracle to keep it (this check is then not made)")

@@ -85,6 +85,18 @@ def _history(meta, path, step, epoch, pos):
     return steps, epochs
 
 
+def _fast_paths(meta, path) -> dict:
+    """The run's fast paths checked against the plain call and their verdicts (``{"batch": True}``):
+    a resumed run checks them no more, so its queries are the uninterrupted run's. Absent in
+    checkpoints written before the check, or where no fast path was checked: checked at the next
+    one's first use."""
+    got = meta.get("fast_paths", {})
+    known = ("batch", "coordinate", "split")
+    if not isinstance(got, dict) or any(k not in known or not isinstance(v, bool) for k, v in got.items()):
+        raise _bad(path, "fast_paths", got, f"an object mapping some of {', '.join(map(repr, known))} to true or false")
+    return got
+
+
 def read_history(path) -> tuple[list, list]:
     """The step and epoch records of a training checkpoint, checked as a resume checks them
     (counters, every record); no array is read."""
@@ -185,7 +197,7 @@ def compare_history(path, steps, schedules: dict) -> None:
 
 #: the header fields a training checkpoint of this format holds (zo.train writes them)
 HEADER_FIELDS = frozenset({"format", "version", WRITER, "config", "root", "step", "epoch", "pos", "nfev", "opt_count",
-                           "history", "fingerprints", "modes"})
+                           "history", "fingerprints", "modes", "fast_paths"})
 
 
 def _unknown_fields(path, meta: dict, saved, config: dict) -> None:
@@ -291,6 +303,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         check_compatible(path, saved, config)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
         header["modes"] = meta.get("modes")  # the oracle's train/eval modes (compared by train, a warning)
+        header["fast_paths"] = _fast_paths(meta, path)
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
             compare_fingerprints(path, meta.get("fingerprints"), fingerprints)
         root = meta.get("root")

@@ -39,7 +39,7 @@ from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, na
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, estimate_gradient, finite_mean, validate_params
-from ._fastcheck import share_verdicts
+from ._fastcheck import checking
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, _slices, check_interval, keep_counts
 from ._optim import Optimizer, sgd
@@ -1530,6 +1530,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     step = epoch = pos = 0
     nfev = 0
     keep = None
+    # the run's fast paths checked against the plain call (zoracle._fastcheck): once a run, whatever it
+    # binds; ``checked`` as of the last step taken, which a checkpoint keeps (a resume checks none again)
+    verdicts: dict = {}
+    checked: dict = {}
     if resume is not None:
         got = read_resume(resume, config=config, fingerprints=prints, params=params, state=state, sparse=sparse,
                           n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch, estimator_state=est_state,
@@ -1537,6 +1541,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         params = xp.asarray(got["params"])
         state = _restore_state(state, got["opt"], got["opt_count"], xp)
         root, step, epoch, pos, nfev = got["root"], got["step"], got["epoch"], got["pos"], got["nfev"]
+        verdicts, checked = dict(got["fast_paths"]), dict(got["fast_paths"])
         if got["seed"] is not None and "seed" not in config:  # rng=None resumes the seeded run: it stays seeded
             config["seed"] = got["seed"]
         # a checkpoint stores each record with its keys sorted: put them back in the order a run
@@ -1696,6 +1701,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
                 "fingerprints": prints, "modes": modes}
+        if checked:  # (absent where no fast path was checked: a reader before the field reads the file)
+            meta["fast_paths"] = dict(checked)
         with writer_lock(checkpoint):  # the check, the save and its stamp: one step for other writers
             if _stamp() not in (None, written[0]):  # not the file this run wrote last (or found at its start)
                 since = (f"this run saved (or resumed from) step {saved[0]}" if saved[0] is not None else
@@ -1797,7 +1804,6 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     # saved state yet (a TorchOracle's plain call updates BatchNorm's running statistics in train mode)
     save_mid_step = checkpoint is not None and not (callable(getattr(oracle, "state_arrays", None))
                                                     and getattr(oracle, "plain_call_updates_state", True))
-    verdicts: dict = {}  # the run's fast paths checked against the plain call: once a run, whatever it binds
     try:
         while epoch < epochs:
             if stopped and pos == 0:  # stopped at an epoch's end: the next epoch's batches are not drawn
@@ -1831,11 +1837,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 except Exception as exc:  # the oracle's bind(batch) (TorchOracle's first one runs the model)
                     raise OracleError(f"bind(batch) of training step {step} (epoch {epoch}, batch {pos})",
                                       cause=exc) from exc
-                share_verdicts(bound, verdicts)
                 step_rng = np.random.default_rng([root, 1, step]) if isinstance(est, (RGE, SNES)) else None
                 try:
-                    g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
-                                          state=est_state)
+                    with checking(bound, verdicts):
+                        g = estimate_gradient(bound, params, est, coordinates=coords, rng=step_rng, executor=executor,
+                                              state=est_state)
                 except OracleError as exc:  # which training step, added to the query (its shard and worker kept)
                     raise exc.located(f"{exc.query} of training step {step} (epoch {epoch}, batch {pos})")
                 except ShardFailed as exc:  # a shard that timed out or failed twice: which step, too
@@ -1917,6 +1923,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 rec = {"step": step, "epoch": epoch, "loss": _json_number(g.loss), "lr": lr, "mu": width,
                        "nfev": int(g.nfev), "total_nfev": int(nfev), "seconds": time.perf_counter() - t0}
                 steps_hist.append(rec)
+                checked = dict(verdicts)
                 step += 1
                 pos += 1
                 n_rate += g.nfev
