@@ -31,7 +31,7 @@ from ._schedules import constant_schedule, cosine_schedule, linear_warmup, step_
 from ._train import History, Minibatches, TrainResult, train
 from . import recipes  # noqa: E402  (imports train)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _map_source_tree(name: str) -> None:
