@@ -115,6 +115,10 @@ class StillWatch:
             self.moved = True
             self.start = None
             return
+        elif self.start is None:
+            # equal, in other memory: the params stayed, or an optimizer wrote into its input and returned a
+            # copy (`p -= ...; return p.astype(p.dtype)`); an epoch's end compares with this step's params
+            self.start = params.copy()
         if lr > 0 and (self.pushed >= WATCH_STEPS or bool(namespace(grad).any(grad))):  # (an O(d) pass: a few steps)
             self.pushed += 1
             if self.low is None:

@@ -209,11 +209,23 @@ def _unknown_fields(path, meta: dict, saved, config: dict) -> None:
     if not unknown:
         return
     names = ("field " if len(unknown) == 1 else "fields ") + ", ".join(map(repr, unknown))
-    if meta.get(WRITER) == release():  # this release writes no such field: the header was edited
-        raise CheckpointError(f"checkpoint {path!r} has header {names} that zoracle {release()}, which wrote "
+    writer = meta.get(WRITER)
+    if writer == release() or _not_newer(writer):  # a release that writes no such field: the header was edited
+        raise CheckpointError(f"checkpoint {path!r} has header {names} that zoracle {writer}, which wrote "
                               f"it, never writes: the header was edited; {_FIX}")
     raise CheckpointError(f"checkpoint {path!r} has header {names}, written by {written_by(meta)}, that this "
                           f"zoracle does not know, so it cannot resume that run as it would continue; {upgrade()}")
+
+
+def _not_newer(writer) -> bool:
+    """Whether release ``writer`` (a header's ``zoracle_version``) is this one or an earlier one: every
+    field it writes, this one knows (0.2.0 added ``fast_paths``). False where it does not read as
+    dotted numbers."""
+    parts = writer.split(".") if isinstance(writer, str) else []
+    if not parts or not all(p.isdecimal() for p in parts):
+        return False
+    mine = release().split(".")
+    return all(p.isdecimal() for p in mine) and tuple(map(int, parts)) <= tuple(map(int, mine))
 
 
 def _finite(path, name, a):
