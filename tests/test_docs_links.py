@@ -11,9 +11,11 @@ these read the pages and import zoracle and the adapters whose frameworks are in
 
 from __future__ import annotations
 
+import ast
 import functools
 import html
 import importlib
+import importlib.util
 import inspect
 import re
 import unicodedata
@@ -309,6 +311,41 @@ def public_callables() -> dict:
     return out
 
 
+def _source_parameters(module: str) -> set:
+    """The parameter names of the public callables of ``module``, whose framework is not
+    installed here, read from its source and the private modules it imports from (a
+    dataclass's fields are its constructor's parameters), so a core-only install still knows
+    ``TorchOracle``'s keywords."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return set()
+    main = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    trees = [main] + [ast.parse((Path(spec.origin).parent / f"{node.module}.py").read_text(encoding="utf-8"))
+                      for node in main.body if isinstance(node, ast.ImportFrom) and node.level == 1
+                      and node.module and (Path(spec.origin).parent / f"{node.module}.py").is_file()]
+    public = {n for node in main.body if isinstance(node, ast.Assign)
+              and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+              for n in ast.literal_eval(node.value)}
+
+    def names(fn) -> set:
+        a = fn.args
+        return {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs} - {"self", "cls"}
+
+    out = set()
+    for tree in trees:
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in public:
+                out |= names(node)
+            elif isinstance(node, ast.ClassDef) and node.name in public:
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                            item.name == "__init__" or not item.name.startswith("_")):
+                        out |= names(item)
+                    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        out.add(item.target.id)
+    return out
+
+
 def _parameters(obj):
     """(names, takes **kwargs, names without a default) of a callable; None where it has no
     signature to read."""
@@ -366,6 +403,11 @@ def api_problems(spans) -> list:
                 fn = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
                 if not attr.startswith("_") and callable(fn):
                     every_parameter |= set((_parameters(fn) or ([],))[0])
+    for module in MODULES:  # an adapter whose framework is missing: its keywords from its source
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            every_parameter |= _source_parameters(module)
     bad = []
     # a paragraph that writes out a signature (``zo.sgd(lr, *, momentum, ...)``) lists
     # signatures: a call there whose arguments are all names shows the parameters' names
@@ -495,3 +537,12 @@ def test_every_command_line_names_flags_its_program_takes():
         bad += [f"{where}: no {f} (it takes {', '.join(sorted(accepted_flags(program)))})"
                 for f in flags if f not in accepted_flags(program)]
     assert bad == [], "\n".join(bad)
+
+
+def test_an_adapter_whose_framework_is_missing_still_names_its_keywords():
+    """Without torch or PhiFlow (Python 3.10 and 3.13 had no torch wheels) the adapters do not
+    import, and `read=False` (ParamInfo's field) and `relative=True` (the SOL oracle's) were
+    reported as keywords no public callable takes: their source names them."""
+    assert {"read", "blocks"} <= _source_parameters("zoracle.adapters.torch")
+    assert "relative" in _source_parameters("zoracle.adapters.phiflow")
+    assert "no_such_keyword" not in _source_parameters("zoracle.adapters.torch")

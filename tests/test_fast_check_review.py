@@ -183,3 +183,36 @@ def test_a_damaged_verdicts_field_is_refused_naming_it(tmp_path, bad):
     with pytest.raises(zo.CheckpointError, match=r"header field 'fast_paths' is .*expected an object mapping some of "
                                                  r"'batch', 'coordinate', 'split' to true or false"):
         zo.train(Healthy(), np.zeros(D), epochs=2, checkpoint=path, resume=True, **KW)
+
+
+def test_a_dead_oracles_callback_during_registration_does_not_hang(monkeypatch):
+    """A garbage collection while the verdict registry held its lock (making a weak reference
+    allocates) ran a dead oracle's callback in the same thread, which waited for that lock: a full
+    suite run on 3.13 hung there twice. The callback is run inside the lock here, as the collection did."""
+    import threading
+    import weakref
+
+    from zoracle import _fastcheck
+
+    registry = _fastcheck._Verdicts()
+
+    class Oracle:
+        pass
+
+    dead = Oracle()
+    registry.of(dead)
+    key, old = id(dead), registry.held[id(dead)][0]
+    real_ref = weakref.ref
+
+    def ref_with_a_collection(obj, callback=None):
+        registry._drop(key, old)  # the dead oracle's callback, run by a collection inside the lock
+        return real_ref(obj, callback)
+
+    monkeypatch.setattr(_fastcheck.weakref, "ref", ref_with_a_collection)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(registry.of(Oracle())), daemon=True)
+    worker.start()
+    worker.join(20)
+    monkeypatch.undo()
+    assert not worker.is_alive() and done == [{}]
+    assert key not in registry.held or registry.held[key][0] is not old

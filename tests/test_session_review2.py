@@ -23,6 +23,8 @@ import zoracle as zo
 import zoracle._estimators as est_module
 from zoracle.testing import OracleCheckError, check_oracle
 
+from test_checkpoint_time import unitless_timedelta64  # noqa: E402  (NumPy 2.5 deprecates making one)
+
 D = 12
 _rng = np.random.default_rng(11)
 A = _rng.standard_normal((30, D))
@@ -45,7 +47,7 @@ def test_a_unitless_timedelta64_is_refused_not_read_as_seconds(tmp_path):
     with pytest.raises(zo.ArgumentError, match=r"`checkpoint_every` is np.timedelta64\(10\), a time with no unit "
                                                r"\(seconds, minutes\?\); pass np.timedelta64\(10, \"s\"\) for seconds"):
         zo.train(lambda x: float(x @ x), np.ones(3), checkpoint=tmp_path / "run.npz",
-                 checkpoint_every=np.timedelta64(10), progress=False)
+                 checkpoint_every=unitless_timedelta64(10), progress=False)
     assert not (tmp_path / "run.npz").exists()
 
 

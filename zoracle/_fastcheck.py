@@ -51,7 +51,9 @@ class _Verdicts:
     every oracle it binds one dict of its own (:func:`share_verdicts`)."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # reentrant: a garbage collection inside the lock (making a weak reference allocates) may run a
+        # dead oracle's callback, _drop, in this thread, which takes the lock again (a Lock hung there)
+        self.lock = threading.RLock()
         self.held = {}  # id -> (weak reference, verdicts)
         self.kept = collections.OrderedDict()  # objects without weak references: id -> (type, verdicts)
 
