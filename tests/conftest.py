@@ -115,6 +115,25 @@ def ctrl_c():
     signal.signal(signal.SIGINT, old)
 
 
+class Clock:
+    """A monotonic clock that only a test moves on (tests/test_checkpoint_time.py's oracles add
+    one second a query)."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A :class:`Clock` in place of the one ``checkpoint_every`` as a time reads."""
+    c = Clock()
+    monkeypatch.setattr("zoracle._cadence.monotonic", c)  # (train reads the clock there)
+    return c
+
+
 def edit_checkpoint_header(path, edit) -> None:
     """Rewrite a checkpoint's JSON header with ``edit(header)`` applied, as a later release would
     write it (save_checkpoint would stamp this release's format and version)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import zoracle as zo
+from conftest import Clock
 
 
 def unitless_timedelta64(value):
@@ -23,23 +24,6 @@ def unitless_timedelta64(value):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return np.timedelta64(value)
-
-
-class Clock:
-    """A monotonic clock that only the oracle's queries move on (one second a query)."""
-
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = Clock()
-    monkeypatch.setattr("zoracle._cadence.monotonic", c)  # (train reads the clock there)
-    return c
 
 
 def _oracle(clock, calls=None):

@@ -36,23 +36,6 @@ def _fresh(code: str, tmp_path, *args: str) -> dict:
 
 # ---- checkpoint_every as a time (zoracle/_cadence.py) ------------------------------------------
 
-class Clock:
-    """A monotonic clock only the oracle's queries move on (one second a query)."""
-
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = Clock()
-    monkeypatch.setattr("zoracle._cadence.monotonic", c)
-    return c
-
-
 def _saves_seen(tmp_path, clock, every, steps=12):
     """What the checkpoint held at each step's callback (before that step's save): d=3 with forward
     CGE is 4 queries, 4 fake seconds, a step; epochs of 4 steps."""
