@@ -1252,7 +1252,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         tqdm progress bar with loss, lr and queries/s (prints in ``eval_fn`` and callbacks start
         a line of their own). On a stderr that is no terminal (a log file, a pipe) the bar is a
         plain line every 10 seconds and one at the end. Either way ``logging`` (logger
-        ``zoracle``) gets a line at INFO per epoch; off, also one at DEBUG per step.
+        ``zoracle``) gets a record at INFO per epoch and per checkpoint save; off, also one at
+        DEBUG per step. Each carries its numbers as ``record.zoracle`` (a dict: the history's
+        record, or a save's ``path``, ``steps``, ``total_nfev`` and ``loss``) and
+        ``record.zoracle_event`` (``"epoch"``, ``"checkpoint"`` or ``"step"``).
     max_queries : int, optional
         A query budget: training stops after the first step at which the run's queries
         (ZO-GraSP's included, and those before a resume) reach it, so the last step may pass it
@@ -1737,6 +1740,12 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             saved[0] = step
             written[0] = _stamp()
             cadence.saved()
+        if log.isEnabledFor(logging.INFO):  # a log shipper's heartbeat: checkpoint_every="10min" gives one that often
+            fields = {"path": os.fspath(checkpoint), "steps": int(step), "total_nfev": int(nfev),
+                      "loss": steps_hist[-1]["loss"] if steps_hist else None}
+            with _beside(bar, progress, clear_now=True):
+                log.info("checkpoint %s saved after %d steps, %d queries", fields["path"], step, nfev,
+                         extra={"zoracle_event": "checkpoint", "zoracle": fields})
 
     def _stamp():
         """What identifies the file at ``checkpoint`` as one save's (each save is a new file, renamed
@@ -1932,8 +1941,9 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}", qps=_rate_text(n_rate / max(now - t_rate, 1e-9)),
                                     refresh=False)
                     bar.update(1)
-                else:
-                    log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev)
+                elif log.isEnabledFor(logging.DEBUG):  # (a copy: the history's own record stays as it is)
+                    log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", step, epoch, g.loss, lr, g.nfev,
+                              extra={"zoracle_event": "step", "zoracle": dict(rec)})
                 try:
                     with _beside(bar, progress and bool(callbacks)):
                         for cb in callbacks:  # (copies: a callback rounding or popping a field changed the history)
@@ -2017,7 +2027,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                     resumed_metrics = 0
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
                 with _beside(bar, progress and log.isEnabledFor(logging.INFO), clear_now=True):
-                    log.info("epoch %d/%d: %s", epoch + 1, epochs, shown)
+                    log.info("epoch %d/%d: %s", epoch + 1, epochs, shown,
+                             extra={"zoracle_event": "epoch", "zoracle": dict(erec)})
                 if progress:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
                 with _beside(bar, progress and bool(callbacks)):
