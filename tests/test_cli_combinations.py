@@ -291,6 +291,7 @@ def test_generated_flag_combinations_run_or_refuse_in_one_line(name, data, capsy
     ran = []
     monkeypatch.setattr(mod, "main", lambda args: ran.append(args) or 0)
     monkeypatch.setenv("ZORACLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # a relative `--out 1` that passes the checks makes its folder (left in the checkout before)
     argv = data.draw(_argv(name, str(tmp_path)))
     capsys.readouterr()
     try:
