@@ -26,6 +26,7 @@ import numbers
 import threading
 import os
 import socket
+import stat
 import tempfile
 import warnings
 import weakref
@@ -127,7 +128,12 @@ class _Ledger:
         return cls(path, socket.gethostname())
 
     def reachable(self) -> bool:
-        return self.host == socket.gethostname() and os.path.exists(self.path)
+        """On this machine, and the file this user made (once the original removed it, its name in the
+        temp folder, which every user may write, can be anyone's file or a symlink to one)."""
+        try:
+            return self.host == socket.gethostname() and _own_file(os.lstat(self.path))
+        except OSError:
+            return False
 
     def update(self, fn, reset_calls: bool = False) -> int:
         """``fn(count) -> new count`` under an exclusive lock (the call counter set to 0 with
@@ -139,8 +145,12 @@ class _Ledger:
         return self._update(lambda used: used, add)[1]
 
     def _update(self, fn, add_calls: int, reset_calls: bool = False) -> tuple:
-        fd = os.open(self.path, os.O_RDWR)
+        fd = os.open(self.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))  # (a symlink planted meanwhile: ELOOP)
         try:
+            if not _own_file(os.fstat(fd)):
+                raise ZoracleError(f"the shared query counter {self.path} is no longer the file this classifier made "
+                                   "(another user's file took its name); keep the original classifier alive while "
+                                   "its copies run")
             try:
                 import fcntl
 
@@ -168,6 +178,12 @@ def _is_labels(node) -> bool:
     """An integer output of labels (N,), or a label column (N, 1) as some exporters write it."""
     return node.type in ("tensor(int64)", "tensor(int32)") and (
         len(node.shape) == 1 or (len(node.shape) == 2 and node.shape[1] == 1))
+
+
+def _own_file(st) -> bool:
+    """Whether ``st`` (an ``os.stat_result``) is a regular file of this user (any regular file where
+    there are no user ids)."""
+    return stat.S_ISREG(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == os.getuid())
 
 
 def _unlink(path: str) -> None:

@@ -319,7 +319,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if "fingerprints" in meta or any("<" in str(config.get(k)) for k in ("schedule", "mu", "optimizer")):
             compare_fingerprints(path, meta.get("fingerprints"), fingerprints)
         root = meta.get("root")
-        if not isinstance(root, str) or not root.isdigit() or int(root) >= 2**63:
+        # (ASCII digits, at most 19 of them: int() refuses '²', which isdigit() takes, and 5,000 digits)
+        if not isinstance(root, str) or not (root.isascii() and root.isdigit() and len(root) <= 19) or int(root) >= 2**63:
             raise _bad(path, "root", root, "a decimal seed string below 2**63")
         step = _int(meta, "step", path)
         epoch = _int(meta, "epoch", path, hi=step)
