@@ -1413,6 +1413,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 if a.dtype.hasobject or a.dtype.kind not in "biuf":
                     raise ArgumentError(f"the oracle's state {k!r} has dtype {a.dtype}: a checkpoint holds numeric "
                                         "arrays only (bool, int, float); convert it, or train without `checkpoint`")
+    if isinstance(plot, (bool, np.bool_)):  # plot=True as a switch (a notebook's inline figure): named, with the way
+        raise ArgumentError(f"`plot` is the file the figure is written to (e.g. plot='run.png'), not a switch: got "
+                            f"{plot!r}; leave it out for no file, and show the figure in a notebook by ending a cell "
+                            "with result.plot()")
     if plot is not None:
         from ._plot import check_plot_path
 
@@ -2047,6 +2051,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
             except Exception:  # the error that stopped the run is the one to see
                 pass
             else:  # (SystemExit, a SIGTERM handler's, shows no traceback: this line says what is kept)
+                with contextlib.suppress(Exception):  # the line starts its own line, not the bar's
+                    bar.clear()
                 log.warning("train: stopped inside step %d (%s); the checkpoint %r holds the %d steps before it: "
                             "resume=True continues there", step, type(sys.exc_info()[1]).__name__,
                             os.fspath(checkpoint), step)

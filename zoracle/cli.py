@@ -60,7 +60,11 @@ OUTPUT_REQUIRES = {("defense", "out"): ("matplotlib", None), ("sol", "out"): ("m
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump, exit code 2
-        self.exit(2, f"{self.prog}: error: {_plain(message)}\n")
+        self._print_message(f"{self.prog}: error: {_plain(message)}\n", sys.stderr)
+        # with no chain: raised while argparse's own error or a command's check is handled, main() called in a
+        # notebook cell showed IPython's AttributeError ('tuple' object has no attribute 'tb_frame') from
+        # its display of the SystemExit's chain, not "SystemExit: 2"
+        raise SystemExit(2) from None
 
 
 def _plain(message: str) -> str:
