@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from zoracle._backend import fields_hash, is_cupy
-from zoracle._errors import ArgumentError
+from zoracle._errors import ArgumentError, masked_entries
 
 from ._torch_chain import (_NORM, CL_POOLS, BlockParams, Chain, Step, extract_steps, fast_kind,
                            pooled_channels_last, steps_from_items)
@@ -135,6 +135,22 @@ def _param_views(core, t, dst) -> list:
         return [t[info.slice].view_as(p) for p, info in zip(dst, core.info)]
     off = t.storage_offset()
     return [t.as_strided(shape, strides, off + start) for shape, strides, start in geo[2]]
+
+
+def check_params_array(name: str, v) -> None:
+    """Refuse, naming ``name``, the params arrays torch would load wrongly (a masked array's hidden
+    data as values, a complex array's real part only, with a warning) or refuse naming no argument
+    (a big-endian or long double array: torch has no tensor for them)."""
+    if isinstance(v, np.ma.MaskedArray) and np.ma.is_masked(v):
+        raise ArgumentError(f"`{name}` is a numpy.MaskedArray{masked_entries(v)}: the data hidden behind the mask "
+                            f"would be loaded as values; fill the masked entries first, e.g. {name}.filled(0.0)")
+    if (torch.is_tensor(v) and v.is_complex()) or (isinstance(v, np.ndarray) and v.dtype.kind == "c"):
+        raise ArgumentError(f"`{name}` is complex ({v.dtype}); the model's parameters are real and would get the "
+                            f"real part only: pass real values ({name}.real, when the imaginary part is 0)")
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f" and (not v.dtype.isnative or v.dtype.itemsize > 8):
+        why = "in big-endian byte order" if not v.dtype.isnative else "a long double"
+        raise ArgumentError(f"`{name}` has dtype {v.dtype} ({why}), which torch has no tensor for; use "
+                            f"{name}.astype(np.float64)")
 
 
 def to_torch(x, device=None, dtype=None) -> torch.Tensor:

@@ -70,8 +70,8 @@ from ._torch_chain import (
     tile,
     vmap_safe,
 )
-from ._torch_layout import (UNREAD, ParamInfo, _as_torch_dtype, _param_views, build_core, class_major, class_major_loss,
-                            cross_entropy, repeat_rows, run_owned, to_torch)
+from ._torch_layout import (UNREAD, ParamInfo, _as_torch_dtype, _param_views, build_core, check_params_array, class_major,
+                            class_major_loss, cross_entropy, repeat_rows, run_owned, to_torch)
 
 __all__ = ["TorchOracle", "ParamInfo", "Step", "fork", "blackbox", "cross_entropy", "to_torch"]
 
@@ -288,6 +288,7 @@ def _compact(batch):
 def _params_tensor(name: str, v, device, dtype) -> torch.Tensor:
     """``to_torch(v)`` for ``params`` / ``params_batch``; what torch cannot read as numbers (None,
     a dict, a string) is refused naming the argument (arrays and tensors skip the check)."""
+    check_params_array(name, v)
     if torch.is_tensor(v) or isinstance(v, np.ndarray):
         t = to_torch(v, device, dtype)
     else:

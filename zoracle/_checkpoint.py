@@ -28,7 +28,7 @@ import zlib
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, ZoracleError
+from ._errors import ArgumentError, ZoracleError, masked_entries
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible", "check_writable",
            "existing_checkpoint",
@@ -331,6 +331,12 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
         raise ArgumentError(f"`meta` must be a dict (the JSON header), got {type(meta).__name__}")
     if _META in arrays:
         raise ArgumentError(f"array name {_META!r} is reserved for the header")
+    for k, v in arrays.items():
+        if isinstance(v, np.ma.MaskedArray) and np.ma.is_masked(v):  # np.asarray drops the mask, keeps what it hid
+            raise ArgumentError(f"array {k!r} is a numpy.MaskedArray{masked_entries(v)}: a checkpoint holds plain "
+                                "arrays, and the data hidden behind the mask would come back as values; save the "
+                                f"mask as an array of its own, e.g. {{{k!r}: a.filled(0.0), {k + '_mask'!r}: "
+                                "np.ma.getmaskarray(a)}")
     payload = {k: np.asarray(to_numpy(v)) for k, v in arrays.items()}
     for k, a in payload.items():
         if a.dtype.hasobject or a.dtype.kind not in "biuf":

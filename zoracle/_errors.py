@@ -366,3 +366,17 @@ def finite_real(value) -> bool:
         return math.isfinite(float(value))
     except OverflowError:
         return False
+
+
+def masked_entries(value) -> str:
+    """`` with N masked entries (the first at index i)`` for a NumPy masked array that has masked
+    entries, else ``""``: what a refusal of it names, because ``np.asarray`` of it passes on the
+    data hidden behind its mask (0.0, or a stale number) as if it were a value."""
+    import numpy as np  # (this module stays importable without NumPy's import cost)
+
+    mask = np.ma.getmaskarray(value)
+    if not mask.any():
+        return ""
+    n = int(mask.sum())
+    at = tuple(int(i) for i in np.argwhere(mask)[0])
+    return f" with {n} masked entr{'y' if n == 1 else 'ies'} (the first at index {at[0] if len(at) == 1 else at})"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
-from ._errors import ArgumentError, config_hint, finite_real, short_repr
+from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr
 from ._fastcheck import check_fast_paths, usable_caps
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
@@ -227,7 +227,15 @@ def nes_utilities(losses) -> np.ndarray:
 
 
 def _check_sigma(state, d: int) -> np.ndarray:
-    s = np.asarray(real_numpy(state, np.float64), dtype=np.float64)  # (a bfloat16 tensor's too: exact)
+    if isinstance(state, np.ma.MaskedArray) and np.ma.is_masked(state):  # np.asarray keeps what the mask hides
+        raise ArgumentError(f"`state` (SNES's sigma) is a numpy.MaskedArray{masked_entries(state)}: the data "
+                            "hidden behind the mask would be used as widths; fill the masked entries first "
+                            "(state.filled(w), w > 0) or start from SNES(...).init(params)")
+    s = real_numpy(state, np.float64)
+    if np.iscomplexobj(s):  # (NumPy's cast drops the imaginary part, with a ComplexWarning only)
+        raise ArgumentError(f"`state` (SNES's sigma) must hold real widths > 0, got dtype {s.dtype}; start from "
+                            "SNES(...).init(params)")
+    s = np.asarray(s, dtype=np.float64)  # (a bfloat16 tensor's too: exact)
     if s.shape != (d,):
         raise ArgumentError(f"`state` (SNES's sigma) must have shape ({d},), got {s.shape}; start from SNES(...).init(params)")
     if not (np.isfinite(s).all() and (s > 0).all()):
@@ -288,26 +296,41 @@ def validate_params(params, name: str = "params"):
             f"Pass np.asarray({name}.detach().cpu()) (torch) or np.from_dlpack({name}), and convert the "
             "result back yourself (e.g. torch.from_numpy(result))"
         )
+    flat = "" if getattr(params, "ndim", 1) == 1 else ".ravel()"  # (a DataFrame has ndim, no dtype)
     if not hasattr(params, "dtype") or not hasattr(params, "ndim"):
         raise ArgumentError(
             f"`{name}` must be a 1-D float32 or float64 array, got {type(params).__name__}; "
-            f"use np.asarray({name}, dtype=np.float64)"
+            f"use np.asarray({name}, dtype=np.float64){flat}"
+        )
+    if isinstance(params, np.ma.MaskedArray) and np.ma.is_masked(params):
+        # np.asarray (the fix given below) keeps the data behind the mask, as if it were a value
+        raise ArgumentError(
+            f"`{name}` is a numpy.MaskedArray{masked_entries(params)}, not a plain NumPy array; "
+            f"np.asarray({name}) would pass on the data hidden behind the mask as values: fill the masked "
+            f"entries first, e.g. np.asarray({name}.filled(0.0), dtype=np.float64){flat}"
         )
     if isinstance(params, (np.matrix, np.ma.MaskedArray)):
         # a masked entry ignores the writes of its perturbation (its partial came out 0); a matrix
         # stays 2-D through ravel()
         raise ArgumentError(
             f"`{name}` is a numpy.{type(params).__name__}, not a plain NumPy array; "
-            f"use np.asarray({name}, dtype=np.float64)" + (".ravel()" if params.ndim != 1 else "")
+            f"use np.asarray({name}, dtype=np.float64){flat}"
+        )
+    if xp is np and not isinstance(params, (np.ndarray, np.generic)):  # a Series indexes params[coords] by label
+        # (before the shape check: an h5py dataset has no ravel(); a NumPy scalar has, and is 0-D)
+        raise ArgumentError(
+            f"`{name}` is a {type(params).__module__.split('.')[0]}.{type(params).__name__}, not a NumPy array; "
+            f"use np.asarray({name}, dtype=np.float64){flat}"
         )
     if params.ndim != 1:
         raise ArgumentError(
             f"`{name}` must be 1-D (one flat parameter vector), got shape {tuple(params.shape)}; use {name}.ravel()"
         )
-    if xp is np and not isinstance(params, np.ndarray):  # a pandas Series indexes params[coords] by label
+    if params.dtype.kind == "c":  # astype(np.float64) drops the imaginary part (NumPy's ComplexWarning only)
         raise ArgumentError(
-            f"`{name}` is a {type(params).__module__.split('.')[0]}.{type(params).__name__}, not a NumPy array; "
-            f"use np.asarray({name}, dtype=np.float64)"
+            f"`{name}` is complex ({params.dtype}); zoracle estimates real parameters: optimize the real and "
+            f"imaginary parts as real ones, np.concatenate([{name}.real, {name}.imag]), and rebuild the complex "
+            "values inside the oracle (x[:d] + 1j * x[d:])"
         )
     if params.dtype not in (xp.float32, xp.float64):
         native = params.dtype.newbyteorder("=") if params.dtype.kind == "f" and not params.dtype.isnative else None
@@ -320,8 +343,10 @@ def validate_params(params, name: str = "params"):
     if params.shape[0] == 0:
         raise ArgumentError(f"`{name}` is empty; there is nothing to estimate")
     if not bool(xp.isfinite(params).all()):
-        bad = int(to_numpy(xp.flatnonzero(~xp.isfinite(params)))[0])
-        raise ArgumentError(f"`{name}` must be finite, got {params[bad]} at index {bad}")
+        bad = to_numpy(xp.flatnonzero(~xp.isfinite(params)))
+        n = f" ({bad.size} entries are not finite)" if bad.size > 1 else ""
+        raise ArgumentError(f"`{name}` must be finite, got {params[int(bad[0])]} at index {int(bad[0])}{n}; "
+                            f"start from finite values, e.g. np.where(np.isfinite({name}), {name}, 0.0)")
     return params
 
 
@@ -382,6 +407,10 @@ def _is_foreign_array(params) -> bool:
 
 
 def _validate_coordinates(coordinates, d: int) -> np.ndarray:
+    if isinstance(coordinates, np.ma.MaskedArray) and np.ma.is_masked(coordinates):  # np.asarray drops the mask
+        raise ArgumentError(f"`coordinates` is a numpy.MaskedArray{masked_entries(coordinates)}: its mask would be "
+                            "ignored (the masked entries estimated too); pass what to estimate only, "
+                            "coordinates.compressed() (indices) or coordinates.filled(False) (a boolean mask)")
     c = to_numpy(coordinates)
     if c.dtype == bool:
         if c.shape != (d,):

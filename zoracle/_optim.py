@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._backend import namespace, same_values, to_numpy
-from ._errors import ArgumentError, check_flag, config_hint, finite_real, short_repr
+from ._errors import ArgumentError, check_flag, config_hint, finite_real, masked_entries, short_repr
 from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
@@ -163,11 +163,23 @@ def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
 
 def _check_params(params, where: str) -> None:
     kind = getattr(getattr(params, "dtype", None), "kind", None)
+    if isinstance(params, np.ma.MaskedArray):  # a masked entry never moved (sgd, adam), or lost its mask (sign_sgd)
+        raise ArgumentError(f"`params` passed to {where} is a numpy.MaskedArray{masked_entries(params)}; the "
+                            "optimizers update plain arrays: pass np.ma.getdata(params) (every value, masked or "
+                            "not) or params.filled(value)")
     # integers and booleans would round every step away; complex has no order for sign or Adam
     if kind is None or kind in "biuc" or getattr(params, "ndim", None) != 1:
         got = f"{params.dtype} array of shape {params.shape}" if kind is not None else type(params).__name__
-        raise ArgumentError(f"`params` passed to {where} must be a 1-D floating-point array, got {got}; an integer "
-                            "array would round every step away: use params.astype(np.float64)")
+        if kind is None:  # (a list has no astype)
+            fix = "use np.asarray(params, dtype=np.float64)"
+        elif kind == "c":
+            fix = ("complex numbers have no order for a sign or Adam's steps: update the real and imaginary parts "
+                   "as real parameters, np.concatenate([params.real, params.imag])")
+        elif kind == "f":  # (np.matrix stays 2-D through its own ravel())
+            fix = "use np.asarray(params).ravel()" if isinstance(params, np.matrix) else "use params.ravel()"
+        else:
+            fix = "an integer array would round every step away: use params.astype(np.float64)"
+        raise ArgumentError(f"`params` passed to {where} must be a 1-D floating-point array, got {got}; {fix}")
     if params.dtype.itemsize < 4:  # float16: Adam's eps (1e-8) rounds to 0, so an unmeasured coordinate is 0 / 0
         raise ArgumentError(f"`params` passed to {where} have dtype {params.dtype}; the optimizers update float32 or "
                             "float64 arrays (as train does): use params.astype(np.float32)")
