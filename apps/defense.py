@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from zoracle._checkpoint import replacing
 from zoracle._errors import ArgumentError
 from zoracle.cli import threads
 
@@ -320,7 +321,7 @@ def write(report: DefenseReport, out: str) -> list:
     """``defense.md``, ``defense.png`` and ``defense.json`` under ``out``; returns the paths."""
     os.makedirs(out, exist_ok=True)
     md, png, js = (os.path.join(out, f"defense.{ext}") for ext in ("md", "png", "json"))
-    with open(md, "w") as fh:
+    with replacing(md) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # (a failed write keeps the last report)
         fh.write(markdown(report, out))
     data = {
         "config": asdict(report.config),
@@ -333,7 +334,8 @@ def write(report: DefenseReport, out: str) -> list:
         "seconds": report.seconds,
         "command": command_line(report.config, out),
     }
-    with open(js, "w") as fh:  # the numbers before the figure: a plot that fails keeps them
+    # the numbers before the figure: a plot that fails keeps them
+    with replacing(js) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)
     plot(report, png)
     return [md, png, js]
@@ -445,11 +447,19 @@ def main(args) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     report = run_defense(config, out=args.out)
+    unwritten = None  # a disk that filled during the run must not lose the results (a traceback, nothing printed)
     if args.out:
-        for p in write(report, args.out):
-            print(f"wrote {p}", file=sys.stderr)
+        try:
+            for p in write(report, args.out):
+                print(f"wrote {p}", file=sys.stderr)
+        except OSError as exc:
+            unwritten = f"the report could not be written to {args.out!r} ({type(exc).__name__}: {exc})"
     if args.json:
         print(json.dumps(report.certified()))
     else:
         print(markdown(report, args.out))
+    if unwritten is not None:
+        from zoracle._errors import ZoracleError
+
+        raise ZoracleError(f"{unwritten}; the results are printed above; free space or pass another --out")
     return 0

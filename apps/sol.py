@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from zoracle._checkpoint import replacing
 from zoracle._errors import ArgumentError
 
 from . import percent
@@ -363,9 +364,10 @@ def main(args) -> int:
     unwritten = []  # a disk that filled during the run must not lose the printed results
     if out is not None:
         try:
-            with open(os.path.join(out, "results.md"), "w") as fh:
+            # (through a temporary file each: a failed write keeps the previous run's results, not half of them)
+            with replacing(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(table + f"\n\nTotal wall time {total:.1f} s.\n")
-            with open(os.path.join(out, "results.json"), "w") as fh:
+            with replacing(os.path.join(out, "results.json")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
                 json.dump({"mae": res.maes(), "config": asdict(cfg), "speedup": res.speedup,
                            "methods": [asdict(m) for m in res.methods], "seconds": total}, fh, indent=2)
         except OSError as exc:

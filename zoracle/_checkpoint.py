@@ -16,10 +16,12 @@ truncated, corrupt or foreign file raises :class:`CheckpointError`, never a sile
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import numbers
 import os
+import re
 import socket
 import uuid
 import zipfile
@@ -86,13 +88,52 @@ def _host_tag() -> str:
     return format(zlib.crc32(socket.gethostname().encode("utf-8", "replace")), "08x")
 
 
+#: the most bytes a temporary name adds after its prefix (host, pid and token: "-".join of 8, up to 10 and 12)
+_TMP_TAIL = 32
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name (in bytes) ``folder``'s file system takes: 255 on most (ext4, XFS, APFS,
+    NTFS), less on some (eCryptfs: 143); 255 where it cannot be asked (the folder not made yet)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError, TypeError):  # (no pathconf on Windows)
+        return 255
+
+
 def _tmp_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}.tmp-"
+    """The start of ``path``'s temporary names: ``.NAME.tmp-``, with NAME shortened (and a hash of the
+    whole name added) where the temporary name would pass the longest name the folder takes: a
+    checkpoint named with 220 of the 255 bytes a name may have was refused as "File name too long"."""
+    base = os.path.basename(path)
+    prefix, most = f".{base}.tmp-", _name_max(os.path.dirname(os.path.abspath(path))) - _TMP_TAIL
+    if len(os.fsencode(prefix)) <= most:
+        return prefix
+    tag = format(zlib.crc32(os.fsencode(base)), "08x")
+    while base and len(os.fsencode(f".{base}~{tag}.tmp-")) > most:
+        base = base[:-1]
+    return f".{base}~{tag}.tmp-"
 
 
 def _tmp_path(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     return os.path.join(folder, f"{_tmp_prefix(path)}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """A temporary path next to ``path`` (its target's, through a symlink) for the caller to write,
+    renamed onto ``path`` when the block ends without an error and removed otherwise: a write that
+    fails (a full disk) leaves what ``path`` held as it was, and no temporary file. A report
+    written in place was cut short, and the previous run's report with it."""
+    target = os.path.realpath(path)
+    tmp = _tmp_path(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _alive(pid: int) -> bool:
@@ -181,6 +222,44 @@ def _file_path(path, name: str, example: str) -> str:
     return path
 
 
+#: errno -> what to do when a save fails with it (others: another path). The advice "free space" said
+#: for every failure was wrong for a folder remounted read-only (after a disk error) or a mounted file
+_SAVE_FIXES = {getattr(errno, "EDQUOT", errno.ENOSPC): "free space (the disk quota is used up) or pass another path",
+               errno.ENOSPC: "free space or pass another path",  # (after: ENOSPC's own where there is no EDQUOT)
+               errno.EROFS: "its file system became read-only (remounted after a disk error?): pass a path on "
+                            "another one",
+               errno.EACCES: "its folder is no longer writable: make it writable again or pass another path",
+               errno.EPERM: "its folder is no longer writable: make it writable again or pass another path",
+               errno.EBUSY: "the file is a mount point of its own (a single file mounted, as `docker run -v "
+                            "file:file` does), which a save cannot rename a new file onto: mount its folder instead, "
+                            "or pass another path"}
+
+
+def save_fix(exc: OSError) -> str:
+    """The fix to name for a save that failed with ``exc``."""
+    return _SAVE_FIXES.get(exc.errno, "pass another path")
+
+
+def _mounted_file(path: str) -> bool:
+    """Whether ``path`` (a real path) is a file mounted on its own (``docker run -v a.npz:/x/a.npz``,
+    Kubernetes' subPath): a rename onto it fails (EBUSY), so every save would. Linux only (read from
+    /proc/self/mountinfo); False elsewhere or when that cannot be read."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+
+    def unescape(m):  # mountinfo writes a space in a path as \040
+        return bytes([int(m.group(1), 8)])
+
+    want = os.fsencode(path)
+    return any(len(fields) > 4 and re.sub(rb"\\([0-7]{3})", unescape, fields[4]) == want
+               for fields in (line.split(b" ") for line in lines))
+
+
 def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> str:
     """Fail now, before any query, when ``path`` cannot be written; returns the path.
 
@@ -189,10 +268,17 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
     :func:`clean_stale`). ``example``: the file name the message suggests inside a directory.
     """
     path = _file_path(path, name, example)
-    tmp = _tmp_path(os.path.realpath(path))  # a symlink's target is what a save writes
-    made = False
+    target = os.path.realpath(path)  # a symlink's target is what a save writes
+    if _mounted_file(target):  # (found at the first save, after its work)
+        raise ArgumentError(f"`{name}` {path!r} is a file mounted on its own (as `docker run -v file:file` mounts "
+                            "one): a save writes a new file and renames it onto the old one, which a mount point "
+                            "refuses; mount its folder instead and pass a path inside it")
+    made, tmp = False, None
     try:
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = _tmp_path(target)  # (after the folder is made: its file system's longest name)
+        if len(os.fsencode(os.path.basename(target))) > _name_max(os.path.dirname(target)):  # (the save's rename)
+            raise OSError(errno.ENAMETOOLONG, "File name too long")
         with open(tmp, "xb") as f:
             made = True
             f.write(b"0")
@@ -203,10 +289,15 @@ def check_writable(path, name: str = "checkpoint", example: str = "run.npz") -> 
                 os.remove(tmp)
             except OSError:
                 pass
-        raise ArgumentError(
-            f"`{name}` {path!r} cannot be written ({type(exc).__name__}: {exc.strerror or exc}); "
-            "choose a writable folder"
-        ) from None
+        why, fix = f"{type(exc).__name__}: {exc.strerror or exc}", "choose a writable folder"
+        if exc.errno == errno.ENAMETOOLONG:
+            fix = f"pass a shorter path (a file name there may have {_name_max(os.path.dirname(target))} bytes)"
+        up = os.path.dirname(target)
+        while os.path.dirname(up) != up and not os.path.lexists(up):
+            up = os.path.dirname(up)
+        if os.path.exists(up) and not os.path.isdir(up):  # ("File exists" from makedirs named no file)
+            why, fix = f"{up!r} is a file, not a folder", "pass a path inside a folder"
+        raise ArgumentError(f"`{name}` {path!r} cannot be written ({why}); {fix}") from None
     clean_stale(os.path.realpath(path))
     return path
 

@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
 
 from ._backend import namespace, to_numpy
 from ._cadence import save_cadence
-from ._checkpoint import CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint, writer_lock
+from ._checkpoint import (CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint,
+                          save_fix, writer_lock)
 from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, named_blocks, noise_note, still_text
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
 from ._executors_core import ShardFailed, split_bound
@@ -1735,7 +1736,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                 else:
                     held = f"the checkpoint there still holds step {saved[0]} (resume=True continues from it)"
                 err = CheckpointError(f"the checkpoint {os.fspath(checkpoint)!r} could not be written at step {step} "
-                                      f"({type(exc).__name__}: {exc}); {held}; free space or pass another path")
+                                      f"({type(exc).__name__}: {exc}); {held}; {save_fix(exc)}")
                 if not last:
                     raise err from exc
                 warnings.warn(f"train: {err}; the result is returned", UserWarning, stacklevel=3)
