@@ -123,6 +123,14 @@ def check_main_guard(what: str, spec: str) -> None:
     """
     import multiprocessing
 
+    if multiprocessing.current_process().daemon:  # (multiprocessing's own refusal came inside every nanny,
+        # pages of AssertionError tracebacks ending in "Nanny failed to start")
+        raise ZoracleError(
+            f"{what}({spec!r}) starts worker processes, and this process is a daemonic one "
+            f"({multiprocessing.current_process().name}, e.g. a multiprocessing.Pool worker), which may not have "
+            "children; pass processes=False for worker threads, use JoblibExecutor (its workers are no "
+            "multiprocessing children), or run this code in a concurrent.futures.ProcessPoolExecutor, whose "
+            "workers are not daemonic")
     try:
         import dask
 

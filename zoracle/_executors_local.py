@@ -48,6 +48,7 @@ from ._executors_core import (
     schedule,
     split_bound,
 )
+from ._forked import run_lock
 from ._reloaded import check_not_reloaded
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
@@ -149,8 +150,7 @@ class ShardedExecutor(StaysHere):
         self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._modules: dict = {}  # module name -> its __spec__ when its first oracle was sent (_reloaded)
         self._costs = CostModel()
-        self._lock = threading.Lock()
-        self._owner = None  # the thread inside run()
+        self._lock, self._owner = run_lock(self), None  # one run at a time; the thread inside run()
         #: seconds a shard may run before :class:`ShardTimeout` (None: no limit)
         self.timeout = check_timeout(timeout)
         self.last_run: RunStats | None = None

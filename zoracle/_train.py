@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -664,18 +665,55 @@ def _json_number(v):
 
 class _Beside:
     """``sys.stdout`` or ``sys.stderr`` while user code runs under the progress bar: its first
-    write clears the bar (see :func:`_beside`)."""
+    write clears the bar (see :func:`_beside`). Where other runs' bars are drawn beside it (runs in
+    threads), it writes whole lines, each with every bar cleared and drawn again, as ``tqdm.write``:
+    clearing this bar alone, a print overwrote another bar's line and moved them all down a line,
+    which left the old lines behind, and a bar redrawn between a print's text and its newline
+    overwrote the text. Only the run's own thread writes through it: other threads' writes, and
+    every write once the block is over (``bar`` None), go on to the stream it wraps; a thread in no run's
+    block (one the user code started) writes as the run's own."""
 
-    def __init__(self, stream, clear):
-        self._stream, self._clear = stream, clear
+    def __init__(self, stream, clear, bar=None):
+        self._stream, self._clear, self.bar, self._held = stream, clear, bar, ""
+        self._thread = threading.get_ident()
 
     def write(self, s):
-        if s:
-            self._clear()
+        me = threading.get_ident()
+        if not s or self.bar is None or (me != self._thread and me in _IN_BLOCK):
+            return self._stream.write(s)
+        if self._held or _others_drawn(self.bar):
+            self._held, n = self._held + s, len(s)
+            done, newline, self._held = self._held.rpartition("\n")
+            if newline:
+                self.release(done + newline)
+            return n
+        self._clear()
         return self._stream.write(s)
+
+    def release(self, text=None):
+        """``text`` (what is held: the end of the block) written with every bar cleared."""
+        text, self._held = (self._held, "") if text is None else (text, self._held)
+        if text:
+            with type(self.bar).external_write_mode(file=self.bar.fp):
+                self._stream.write(text)
+                self._stream.flush()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def _unwrapped(stream, every: bool = False):
+    """``stream`` less the :class:`_Beside` of blocks that are over (another run's block, entered
+    after this one in another thread, may have kept it), or ``every`` one: the stream of a bar, which
+    another run's block (a run in another thread, in its ``eval_fn``) must not stand between."""
+    while isinstance(stream, _Beside) and (every or stream.bar is None):
+        stream = stream._stream
+    return stream
+
+
+#: taken to put a block's streams in ``sys`` and take them back (runs in threads: one at a time)
+_SWAP = threading.Lock()
+_IN_BLOCK: dict = {}  # thread id -> how many blocks of :func:`_beside` it is in
 
 
 class _BarStream:
@@ -839,6 +877,17 @@ def _line_bar(tqdm):  # stopped (a class made per run left a thread and an atexi
     return LineBar
 
 
+def _others_drawn(bar) -> bool:
+    """Whether text bars of other runs (in other threads) are drawn on the stream of ``bar``."""
+    from tqdm.std import tqdm as text_tqdm
+
+    cls = type(bar)
+    if getattr(cls, "display", None) is not text_tqdm.display:  # (a notebook's widgets: apart)
+        return False
+    with cls.get_lock():  # (tqdm adds and removes its bars under it)
+        return any(b is not bar and not b.disable and b.fp == bar.fp for b in getattr(cls, "_instances", ()))
+
+
 @contextlib.contextmanager
 def _beside(bar, on: bool, clear_now: bool = False):
     """Run user code (``eval_fn``, a callback) or a log line beside the progress bar: the bar is
@@ -855,17 +904,31 @@ def _beside(bar, on: bool, clear_now: bool = False):
             cleared.append(True)
             bar.clear()
 
+    if clear_now and _others_drawn(bar):  # (a log line: short, written with every bar cleared)
+        with type(bar).external_write_mode(file=bar.fp):
+            yield
+        return
     if clear_now:
         clear()
-    out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Beside(out, clear), _Beside(err, clear)
+    with _SWAP:
+        out, err = sys.stdout, sys.stderr
+        mine = _Beside(out, clear, bar), _Beside(err, clear, bar)
+        sys.stdout, sys.stderr = mine
+        _IN_BLOCK[mine[0]._thread] = _IN_BLOCK.get(mine[0]._thread, 0) + 1
     try:
         yield
     finally:
-        if isinstance(sys.stdout, _Beside):
-            sys.stdout = out
-        if isinstance(sys.stderr, _Beside):
-            sys.stderr = err
+        for w in mine:
+            try:
+                w.release()
+            finally:
+                w.bar = None  # (kept by another run's block, entered after this one: writes straight on)
+        with _SWAP:  # (the streams of another run's block, entered after this one, stay until it ends)
+            left = _IN_BLOCK.pop(mine[0]._thread) - 1
+            if left:
+                _IN_BLOCK[mine[0]._thread] = left
+            sys.stdout = _unwrapped(out if sys.stdout is mine[0] else sys.stdout)
+            sys.stderr = _unwrapped(err if sys.stderr is mine[1] else sys.stderr)
         if cleared:
             for stream in (out, err):
                 try:
@@ -1794,7 +1857,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     try:
         bar = _NoBar() if not progress else _steady_bar(_line_bar(tqdm) if lines else tqdm)(
             total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-            **(dict(file=_BarStream(sys.stderr)) if progress and text else {}),
+            **(dict(file=_BarStream(_unwrapped(sys.stderr, every=True))) if progress and text else {}),
             leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
     except (OSError, ValueError) as exc:  # tqdm flushes sys.stdout and sys.stderr itself, unwrapped (its stream
         if not progress:  # equals sys.stderr): output pending to a pipe whose reader has gone (`2>&1 | head`)
@@ -2059,7 +2122,11 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                             os.fspath(checkpoint), step)
         raise
     finally:
+        bar_pos = abs(getattr(bar, "pos", 0) or 0)  # (0 but for a run beside others, in threads)
         bar.close()
+        if bar_pos and getattr(type(bar), "display", None) is text_tqdm.display:
+            with type(bar).get_lock():  # tqdm clears a bar below the first and leaves the cursor at the end of
+                bar.fp.write("\r")  # its blank line: the next print began 100 columns in
         _tqdm_unlock(tqdm_lock)
     if checkpoint is not None:
         save(last=True)  # the run is done: a failure must not lose its result
