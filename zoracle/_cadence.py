@@ -14,11 +14,12 @@ import datetime
 import math
 import numbers
 import re
+import warnings
 from time import monotonic  # (looked up here at each call: a test fakes the clock through it)
 
 import numpy as np
 
-from ._errors import ArgumentError, config_hint, short_repr
+from ._errors import ArgumentError, config_hint, short_repr, user_stacklevel
 from ._schedules import _count
 
 # a duration's units, one explicit table: "m" is not one (minutes, or months?), nor are days
@@ -94,3 +95,44 @@ def save_cadence(value, checkpoint) -> SaveCadence:
                             "`checkpoint` path was given, so nothing would be saved; pass checkpoint='run.npz' "
                             f"too, or leave {name} out")
     return SaveCadence(steps, seconds)
+
+
+#: the bytes a run's saves may write in all before :func:`warn_rewrites` warns: each save rewrites
+#: the whole history so far, so a run saving every step writes bytes quadratic in its steps
+REWRITE_WARN_BYTES = 100e9
+#: a step record's bytes in a checkpoint (its JSON), and an epoch record's (measured: 146 and 150)
+RECORD_BYTES = 150
+
+
+def rewrite_bytes(cadence: SaveCadence, total: int | None, per_epoch: int | None) -> float | None:
+    """About the bytes the saves of a run of ``total`` steps (``per_epoch`` an epoch) write, each
+    rewriting the history so far: ``RECORD_BYTES`` a step and an epoch, times the history's steps
+    summed over the saves. None where the saves cannot be counted before the run (a time cadence,
+    or a run of unknown length)."""
+    if cadence.seconds is not None or not total or not per_epoch:
+        return None
+    every = cadence.steps if cadence.steps is not None else per_epoch
+    saves = total // every
+    return RECORD_BYTES * (1 + 1 / per_epoch) * every * float(saves) * (saves + 1) / 2  # (floats: no int too large)
+
+
+def warn_rewrites(cadence: SaveCadence, value, total: int | None, per_epoch: int | None,
+                  max_queries: int | None = None) -> None:
+    """Warn, before the first query, when the saves of a run will write more than
+    ``REWRITE_WARN_BYTES`` in all (``value``: ``checkpoint_every`` as given; ``max_queries`` bounds
+    the steps, each taking a query at least: ``epochs=10**6`` is a bound there). A cheap oracle then
+    spends most of its run saving: at 100,000 one-step epochs (a plain callable's default with
+    ``checkpoint_every="epoch"``) the saves write about 1.5 TB, a step taking 0.09 ms and the last
+    saves some 40 ms each."""
+    if total is not None and max_queries is not None:
+        total = min(total, max_queries)
+    written = rewrite_bytes(cadence, total, per_epoch)
+    if written is None or written < REWRITE_WARN_BYTES:
+        return
+    every = cadence.steps if cadence.steps is not None else per_epoch
+    warnings.warn(
+        f"train: checkpoint_every={value!r} saves the checkpoint {total // every:,} times over the run's {total:,} "
+        f"steps, and each save rewrites the whole history so far (about {RECORD_BYTES * (1 + 1 / per_epoch):.0f} "
+        f"bytes a step): about {written / 1e9:,.0f} GB written in all, most of a cheap oracle's run spent saving; "
+        f"pass checkpoint_every=\"10min\" (a time between saves) or a step count such as {max(1, total // 100)}",
+        UserWarning, stacklevel=user_stacklevel())

@@ -306,17 +306,27 @@ class Records:
     """A list of JSON records that only grows (a run's history), for a checkpoint's header: each
     record is encoded once, at the first save that holds it. Encoding the whole history again at
     every save made a run saving at each step quadratic in its steps (0.34 s a save at 100,000
-    steps). The text is the one ``json.dumps`` gives the list; a record must not change once
-    saved."""
+    steps). The encoded records are kept as one UTF-8 buffer, which a save writes as it is (a text
+    per record, about 55 bytes of object each on top of its JSON, was joined, bracketed, spliced
+    into the header and encoded at each save: five copies of the history, three held at once). The
+    text is the one ``json.dumps`` gives the list; a record must not change once saved."""
 
     def __init__(self, records: list):
         self.records = records
-        self._parts: list = []
+        self._count = 0  # the records encoded so far
+        self._body = bytearray()  # their JSON, ", "-separated, without the brackets
+
+    def body(self, default) -> bytearray:
+        """The records' JSON between the list's brackets (UTF-8), the new ones encoded now."""
+        new = self.records[self._count:]
+        if new:
+            part = ", ".join(json.dumps(rec, sort_keys=True, allow_nan=True, default=default) for rec in new)
+            self._body += (b", " if self._count else b"") + part.encode("utf-8")
+            self._count += len(new)
+        return self._body
 
     def text(self, default) -> str:
-        for rec in self.records[len(self._parts):]:
-            self._parts.append(json.dumps(rec, sort_keys=True, allow_nan=True, default=default))
-        return "[" + ", ".join(self._parts) + "]"
+        return "[" + self.body(default).decode("utf-8") + "]"
 
 
 def _placeholders(value, raw: dict):
@@ -446,13 +456,14 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
         text = json.dumps(_placeholders(header, raw), sort_keys=True, allow_nan=True, default=plain)
         if any(text.count(json.dumps(token)) != 1 for token in raw):  # a value of the header holds a token
             text, raw = json.dumps(_placeholders(header, None), sort_keys=True, allow_nan=True, default=plain), {}
-        for token, records in raw.items():
-            text = text.replace(json.dumps(token), records.text(plain), 1)
+        pieces, start = [], 0  # the header's bytes around each history's: its own buffer, written as it is
+        for at, token in sorted((text.index(json.dumps(token)), token) for token in raw):
+            pieces += [text[start:at].encode("utf-8"), b"[", raw[token].body(plain), b"]"]
+            start = at + len(json.dumps(token))
+        pieces.append(text[start:].encode("utf-8"))
     except (TypeError, ValueError) as exc:
         raise ArgumentError(f"`meta` must hold JSON values (str, numbers, bools, None, lists, dicts with str keys): "
                             f"{exc}") from None
-    blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    payload[_META] = blob
     target = os.path.realpath(path)  # through a symlink to its target (replacing the link would leave it stale)
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
@@ -464,7 +475,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
                     os.chmod(f.fileno(), os.stat(target).st_mode & 0o7777)
             except OSError:  # (gone meanwhile, or a file system without modes: the save matters more)
                 pass
-            np.savez(f, **payload)
+            _write_npz(f, payload, pieces)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -481,6 +492,21 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
         pass
     clean_stale(path)
     return path
+
+
+def _write_npz(f, arrays: dict, header: list) -> None:
+    """The archive ``np.savez(f, **arrays, __meta__=...)`` writes (members stored, each zip64), the
+    header's member (``uint8``) written from its pieces (``header``, bytes): the history, a run's
+    largest part, is not copied into one array first, nor that array into a chunk to write."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fid:
+                np.lib.format.write_array(fid, a, allow_pickle=False)
+        with zf.open(f"{_META}.npy", "w", force_zip64=True) as fid:
+            np.lib.format.write_array_header_1_0(fid, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                       "fortran_order": False, "shape": (sum(map(len, header)),)})
+            for piece in header:
+                fid.write(piece)
 
 
 # -------------------------------------------------------------------------------- reading

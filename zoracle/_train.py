@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotatio
     from matplotlib.figure import Figure
 
 from ._backend import namespace, to_numpy
-from ._cadence import save_cadence
+from ._cadence import save_cadence, warn_rewrites
 from ._checkpoint import (CheckpointError, Records, as_path, check_writable, existing_checkpoint, save_checkpoint,
                           save_fix, writer_lock)
 from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, named_blocks, noise_note, still_text
@@ -1493,6 +1493,8 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
                                 "replace the checkpoint; give the figure its own path (e.g. run.png)")
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
+    if checkpoint is not None and not callbacks:  # (a callback may stop the run: epochs=10**6 as a bound)
+        warn_rewrites(cadence, checkpoint_every, total, per_epoch, max_queries)
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     lr_name = "schedule" if lr_sched is not None else "lr"  # the argument its values come from
     prints = {"lr": fingerprint(lr_of, lr_name, total),

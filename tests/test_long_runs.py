@@ -1,0 +1,175 @@
+"""Long runs (1e5-1e6 steps of a cheap oracle, or a week of a slow one): what a checkpoint costs
+as its history grows. Each save rewrites the whole file, the history included, so a save's bytes
+grow with the steps; what it costs beyond those bytes must not. Nothing here is timed: the tests
+count encodings, bytes held and bytes allocated (tracemalloc)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+from zoracle._checkpoint import Records
+
+
+def _records(n: int, start: int = 0) -> list:
+    """Step records as a run makes them (Python ints and floats)."""
+    return [{"step": i, "epoch": i // 100, "loss": 1.0 / (i + 1), "lr": 1e-3, "mu": 0.005, "nfev": 21,
+             "total_nfev": 21 * (i + 1), "seconds": 1e-4 * (1 + i % 7)} for i in range(start, start + n)]
+
+
+def _quadratic(x):
+    return float(((x - 1.0) ** 2).sum())
+
+
+def test_a_checkpoints_encoded_history_is_held_in_about_its_own_bytes():
+    """The records' JSON kept between saves (each encoded once) was a str per record, about 55 bytes
+    of object each on top of its ~146 bytes of text: 201 bytes a step, 38% more than the text, held for
+    the whole run beside the history itself. One buffer holds them now (its growth's slack aside)."""
+    made = _records(10_000)  # the run's records (not the cache's): made before the count starts
+    steps = []
+    r = Records(steps)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(0, len(made), 500):  # the saves of a growing run: 500 new records each
+            steps += made[k:k + 500]
+            r.text(None)
+        held = tracemalloc.get_traced_memory()[0] - before - 8 * len(steps) * 1.2  # (less the list's pointers)
+    finally:
+        tracemalloc.stop()
+    text = r.text(None)
+    assert text == json.dumps(steps, sort_keys=True)
+    assert held <= 1.2 * len(text.encode("utf-8")), (held, len(text))
+
+
+def test_a_save_allocates_no_copy_of_the_history(tmp_path):
+    """A save at 20,000 steps allocated three times the file's bytes at its peak (the records
+    joined, bracketed, spliced into the header, encoded, copied into an array and into NumPy's
+    chunk to write); the records' buffer is written as it is now, and a save allocates a small
+    part of the file's bytes (the header around the history)."""
+    steps = _records(20_000)
+    epochs = [{"epoch": j, "loss": 0.5, "lr": 1e-3, "nfev": 2100, "total_nfev": 2100 * (j + 1), "seconds": 0.01}
+              for j in range(200)]
+    path = tmp_path / "run.npz"
+    meta = {"step": len(steps), "history": {"steps": Records(steps), "epochs": Records(epochs)}}
+    zo.save_checkpoint(path, {"params": np.zeros(10)}, meta)  # every record encoded (kept for later saves)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        zo.save_checkpoint(path, {"params": np.zeros(10)}, meta)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    size = os.path.getsize(path)
+    assert peak <= 0.5 * size, (peak, size)
+    with np.load(path) as f:  # the header is the one json.dumps gives the plain lists
+        assert json.loads(bytes(f["__meta__"]))["history"] == {"steps": steps, "epochs": epochs}
+
+
+def test_each_record_is_encoded_once_over_a_run_saving_every_step(tmp_path, monkeypatch):
+    """A run saving at every step (one-step epochs, the default cadence) encodes each of its
+    records once, whatever the number of saves: the work of the JSON is linear in the steps."""
+    encoded = []
+    real = json.dumps
+
+    def counting(obj, *args, **kwargs):
+        if isinstance(obj, dict) and ("step" in obj or "epoch" in obj) and "config" not in obj:
+            encoded.append(obj.get("step", "epoch"))
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", counting)
+    n = 60
+    path = tmp_path / "run.npz"
+    res = zo.train(_quadratic, np.zeros(3), epochs=n, checkpoint=path, progress=False, rng=0)
+    monkeypatch.setattr(json, "dumps", real)
+    assert len(res.history.steps) == n and len(res.history.epochs) == n
+    assert len(encoded) == 2 * n  # each step record and each epoch record, once: not once a save
+    assert zo.History.from_checkpoint(path) == res.history
+
+
+def test_a_checkpoint_grows_by_about_the_same_bytes_each_step(tmp_path):
+    """The file's size is linear in the steps (a record's bytes each), so a save late in a run
+    writes no more per step of history than an early one."""
+    path = tmp_path / "run.npz"
+    sizes = {}
+
+    def size_at(event, record, params):
+        if event == "epoch":
+            sizes[record["epoch"]] = os.path.getsize(path)
+
+    zo.train(_quadratic, np.zeros(3), epochs=40, steps_per_epoch=25, checkpoint=path, callbacks=[size_at],
+             progress=False, rng=0)
+    early, late = sizes[2] - sizes[1], sizes[39] - sizes[38]
+    assert 0 < late <= 1.2 * early, (early, late)
+
+
+def test_a_resume_from_a_long_history_is_the_uninterrupted_run(tmp_path):
+    """A run stopped after thousands of steps (its records encoded once, over many saves) resumes
+    bit for bit: the header a save splices together reads back as the records the run made."""
+    path = tmp_path / "run.npz"
+    kw = dict(epochs=30, steps_per_epoch=100, optimizer=zo.sgd(1e-4), checkpoint=path, checkpoint_every=50,
+              progress=False, rng=1)
+    whole = zo.train(_quadratic, np.zeros(4), **{**kw, "checkpoint": tmp_path / "whole.npz"})
+    zo.train(_quadratic, np.zeros(4), **{**kw, "epochs": 17})
+    rest = zo.train(_quadratic, np.zeros(4), **kw, resume=True)
+    np.testing.assert_array_equal(rest.params, whole.params)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rest.history.steps] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in whole.history.steps]
+
+
+def _calls(counter):
+    def f(x):
+        counter.append(1)
+        return _quadratic(x)
+
+    return f
+
+
+def test_a_run_whose_saves_would_write_too_much_is_warned_before_its_first_query(tmp_path, monkeypatch):
+    """``epochs=100_000`` of a plain callable with a checkpoint (one-step epochs, each saved) wrote
+    1.5 TB: each save rewrites the whole history, so the bytes are quadratic in the steps, and a
+    cheap oracle's run spent some 30 times its steps' time saving. The run is warned about before
+    its first query, with the cadences that bound the saves (the limit lowered here)."""
+    from zoracle import _cadence
+
+    monkeypatch.setattr(_cadence, "REWRITE_WARN_BYTES", 1e6)  # 100 one-step epochs write about 1.5 MB
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="rewrites the whole history") as got:
+            zo.train(_calls(calls), np.zeros(3), epochs=100, checkpoint=tmp_path / "a.npz", progress=False)
+    assert calls == []
+    assert "checkpoint_every='epoch'" in str(got.value) and 'checkpoint_every="10min"' in str(got.value)
+    for kw in (dict(checkpoint_every="10min"), dict(checkpoint_every=50), dict(max_queries=40),
+               dict(callbacks=[lambda event, record, params: None])):  # bounded saves, or a run a callback may stop
+        zo.train(_quadratic, np.zeros(3), epochs=100, checkpoint=tmp_path / "b.npz", progress=False, **kw)
+        os.remove(tmp_path / "b.npz")
+
+
+def test_the_estimate_of_a_runs_saved_bytes_is_what_its_saves_write(tmp_path):
+    """The warning's count of bytes: the history's bytes summed over the saves of a run, as written."""
+    from zoracle._cadence import rewrite_bytes, save_cadence
+
+    path = tmp_path / "run.npz"
+    written = []
+
+    def history_bytes(event, record, params):
+        if event == "epoch":
+            h = zo.load_checkpoint(path, expected={})[1]["history"]
+            written.append(len(json.dumps(h["steps"])) + len(json.dumps(h["epochs"])))
+
+    zo.train(_quadratic, np.zeros(3), epochs=40, checkpoint=path, callbacks=[history_bytes],
+             eval_fn=lambda p: {"acc": float(p.sum())}, progress=False, rng=0)
+    estimate = rewrite_bytes(save_cadence("epoch", path), 40, 1)
+    # (each save at an epoch's end comes before that epoch's record: 39 epoch records in the last)
+    assert 0.75 * sum(written) <= estimate <= 1.25 * sum(written), (estimate, sum(written))
