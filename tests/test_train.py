@@ -1400,7 +1400,7 @@ def test_a_generator_refilling_one_buffer_is_refused_and_an_unchanged_one_is_tak
 
     assert zo.train(_MeanOfBatch(), np.zeros(3), batches=endless, steps_per_epoch=2, epochs=2,
                     progress=False).steps == 4
-    import zoracle._train as T  # without steps_per_epoch it is refused (it grew memory without end)
+    import zoracle._epochs as T  # without steps_per_epoch it is refused (it grew memory without end)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(T, "DRAIN_LIMIT", 50)
@@ -1757,7 +1757,7 @@ def _long_run_on(stream, monkeypatch, steps=3600, seconds_per_step=0.1):
     import zoracle._train
 
     clock = [1e6]
-    monkeypatch.setattr(zoracle._train, "_bar_clock", lambda: clock[0])
+    monkeypatch.setattr(zoracle._bar, "_bar_clock", lambda: clock[0])
     monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)  # (no monitor thread on the real clock)
     monkeypatch.setattr(sys, "stderr", stream)
     zo.train(lambda x: float(x @ x), np.ones(3), epochs=1, steps_per_epoch=steps, optimizer=zo.sgd(0.01), rng=0,
@@ -2297,7 +2297,7 @@ def test_the_last_line_on_a_log_names_the_last_epoch_and_a_slow_rate(monkeypatch
 
     stream, clock = io.StringIO(), [1e6]
     monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(zoracle._train, "_bar_clock", lambda: clock[0])  # the bar's clock: 20 s a step, a line each
+    monkeypatch.setattr(zoracle._bar, "_bar_clock", lambda: clock[0])  # the bar's clock: 20 s a step, a line each
     monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
     zo.train(lambda x: float(x @ x), np.ones(1), epochs=4, optimizer=zo.sgd(0.01), estimator=zo.CGE(), rng=0,
              progress=True, callbacks=[lambda event, rec, p: event == "step" and clock.__setitem__(0, clock[0] + 20)])

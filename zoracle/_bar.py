@@ -1,0 +1,289 @@
+"""``train``'s progress bar: tqdm on a steady clock, a line a while where no terminal redraws, and
+log lines and warnings written beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import sys
+import threading
+import time
+
+
+log = logging.getLogger("zoracle")
+
+
+class _Beside:
+    """``sys.stdout`` or ``sys.stderr`` while user code runs under the progress bar: its first
+    write clears the bar (see :func:`_beside`). Where other runs' bars are drawn beside it (runs in
+    threads), it writes whole lines, each with every bar cleared and drawn again, as ``tqdm.write``:
+    clearing this bar alone, a print overwrote another bar's line and moved them all down a line,
+    which left the old lines behind, and a bar redrawn between a print's text and its newline
+    overwrote the text. Only the run's own thread writes through it: other threads' writes, and
+    every write once the block is over (``bar`` None), go on to the stream it wraps; a thread in no run's
+    block (one the user code started) writes as the run's own."""
+
+    def __init__(self, stream, clear, bar=None):
+        self._stream, self._clear, self.bar, self._held = stream, clear, bar, ""
+        self._thread = threading.get_ident()
+
+    def write(self, s):
+        me = threading.get_ident()
+        if not s or self.bar is None or (me != self._thread and me in _IN_BLOCK):
+            return self._stream.write(s)
+        if self._held or _others_drawn(self.bar):
+            self._held, n = self._held + s, len(s)
+            done, newline, self._held = self._held.rpartition("\n")
+            if newline:
+                self.release(done + newline)
+            return n
+        self._clear()
+        return self._stream.write(s)
+
+    def release(self, text=None):
+        """``text`` (what is held: the end of the block) written with every bar cleared."""
+        text, self._held = (self._held, "") if text is None else (text, self._held)
+        if text:
+            with type(self.bar).external_write_mode(file=self.bar.fp):
+                self._stream.write(text)
+                self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _unwrapped(stream, every: bool = False):
+    """``stream`` less the :class:`_Beside` of blocks that are over (another run's block, entered
+    after this one in another thread, may have kept it), or ``every`` one: the stream of a bar, which
+    another run's block (a run in another thread, in its ``eval_fn``) must not stand between."""
+    while isinstance(stream, _Beside) and (every or stream.bar is None):
+        stream = stream._stream
+    return stream
+
+
+#: taken to put a block's streams in ``sys`` and take them back (runs in threads: one at a time)
+_SWAP = threading.Lock()
+_IN_BLOCK: dict = {}  # thread id -> how many blocks of :func:`_beside` it is in
+
+
+class _BarStream:
+    """The stream the progress bar writes to: a write or flush that fails (a pipe whose reader has
+    gone, ``python run.py 2>&1 | head``; a closed or full stream) switches the bar off instead of
+    aborting the run, which loses no work to a progress line."""
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def _call(self, name, *args):
+        if self.broken:
+            return None
+        try:
+            return getattr(self._stream, name)(*args)
+        except (OSError, ValueError) as exc:
+            self.broken = True
+            log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc)
+            return None
+
+    def write(self, s):
+        return self._call("write", s)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __eq__(self, other):  # the stream it wraps: tqdm.write(file=sys.stderr) and logging_redirect_tqdm clear
+        return other is self or self._stream == getattr(other, "_stream", other)  # the bar on it, as before
+
+    def __hash__(self):
+        return hash(self._stream)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _rate_text(qps: float) -> str:
+    """Queries a second for the bar: whole numbers from 10 up, two digits below (a simulator of
+    seconds a query showed ``qps=0``)."""
+    return f"{qps:.0f}" if qps >= 10 else f"{qps:.2g}"
+
+
+#: seconds between the progress lines written to a stream that is no terminal (a log file, a pipe, CI)
+_LINE_SECONDS = 10.0
+
+
+def _redraws(stream) -> bool:
+    """Whether ``stream`` shows a ``\\r`` as a redraw in place: a terminal, or a notebook's output
+    (no TTY, but it does). A log file, a pipe or a CI log keeps every redraw."""
+    try:
+        return bool(stream.isatty()) or type(stream).__module__.startswith("ipykernel")
+    except Exception:  # (a closed or odd stream)
+        return False
+
+
+#: the wall clock's reading at import less the monotonic clock's: :func:`_bar_clock` reads as wall
+#: time (tqdm's monitor thread compares a bar's times with its own ``time.time``) but never jumps
+_WALL_OFFSET = time.time() - time.monotonic()
+
+
+def _bar_clock() -> float:
+    """The progress bar's clock: monotonic, so a wall-clock step (NTP, DST on a clock kept in local
+    time, a VM resumed) cannot freeze the bar or show a negative elapsed time and ETA."""
+    return time.monotonic() + _WALL_OFFSET
+
+
+def _steady_bar(tqdm):
+    """``tqdm`` timed by :func:`_bar_clock`: tqdm's own clock is ``time.time``, and a wall clock set an
+    hour back froze the bar (no redraw, no log line) for an hour, then showed ``[-58:20<-8:45:00]``.
+    A ``tqdm.auto.tqdm`` that is no class (``functools.partial(tqdm, ...)``, set by the program) is
+    called as it is: a class cannot derive from it."""
+    return _steady_class(tqdm) if isinstance(tqdm, type) else tqdm
+
+
+@functools.lru_cache(maxsize=None)  # one class per tqdm class, as _line_bar: tqdm's monitor thread is per class
+def _steady_class(tqdm):
+    class SteadyBar(tqdm):
+        @property
+        def _time(self):  # what tqdm reads for start, elapsed, rate and ETA
+            return _bar_clock
+
+        @_time.setter
+        def _time(self, clock):  # tqdm.__init__ sets time.time: not taken
+            pass
+
+    return SteadyBar
+
+
+class _NoBar:
+    """The bar of a run without one (``progress=False``, or its stream failed): no tqdm is made,
+    whose first bar starts a monitor thread that outlives the run and fixes multiprocessing's
+    start method (a later ``set_start_method`` raised RuntimeError)."""
+
+    def _nothing(self, *args, **kwargs):
+        return None
+
+    update = set_postfix = set_description = clear = refresh = close = _nothing
+
+
+def _tqdm_lock():
+    """tqdm's write lock made before its first bar, in multiprocessing's default start method named
+    outright: tqdm makes it in the default context, which fixes the program's start method (a later
+    ``multiprocessing.set_start_method`` raised RuntimeError: context has already been set). The
+    lock made here (``None`` where none was), for :func:`_tqdm_unlock` after the run's bar."""
+    import multiprocessing
+
+    try:
+        from tqdm.std import TqdmDefaultWriteLock
+    except ImportError:  # (another tqdm: its own way)
+        return None
+    if hasattr(TqdmDefaultWriteLock, "mp_lock") or multiprocessing.get_start_method(allow_none=True) is not None:
+        return None  # made already, or the start method chosen: nothing left to fix
+    try:  # (the first of get_all_start_methods is the default)
+        lock = multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]).RLock()
+    except (ImportError, OSError):  # no semaphores (as tqdm: a lock for this process's threads only)
+        TqdmDefaultWriteLock.mp_lock = None
+        return None
+    TqdmDefaultWriteLock.mp_lock = lock
+    return lock
+
+
+def _tqdm_unlock(lock) -> None:
+    """Take back the lock :func:`_tqdm_lock` made for a run's bar (the run's bar class keeps it): left
+    to tqdm, a program that chose another start method after the run ("spawn") had it sent to the
+    processes tqdm's ``process_map`` starts, which raised RuntimeError (a SemLock created in a fork
+    context is being shared with a process in a spawn context). tqdm's next bar makes its own."""
+    if lock is None:
+        return
+    from tqdm.std import TqdmDefaultWriteLock
+
+    if getattr(TqdmDefaultWriteLock, "mp_lock", None) is lock:
+        del TqdmDefaultWriteLock.mp_lock
+
+
+@functools.lru_cache(maxsize=None)  # one class per tqdm: tqdm starts a monitor thread per class, never
+def _line_bar(tqdm):  # stopped (a class made per run left a thread and an atexit handler per run)
+    """``tqdm`` for a stream that is no terminal: each redraw is a line of its own (no ``\\r``), at most
+    one every ``mininterval`` seconds, and one at the end; nothing is cleared, so what user code
+    prints starts a line of its own already (:func:`_beside` leaves it alone)."""
+
+    class LineBar(tqdm):
+        lines = True
+
+        def display(self, msg=None, pos=None):
+            if msg is None:  # (a message is the bar cleared: nothing to clear)
+                self.fp.write(f"{self}\n")
+                self.fp.flush()
+                self.desc_shown = self.desc
+            return msg is None
+
+        def clear(self, nolock=False):
+            pass
+
+        def close(self):
+            # the run's last state, also where only the description changed since the last line (the
+            # last epoch's "epoch 4/4", set after its last step's line: the log ended at "epoch 3/4")
+            if not self.disable and (self.n != self.last_print_n or self.desc != getattr(self, "desc_shown", None)):
+                self.display()
+            super().close()
+
+    return LineBar
+
+
+def _others_drawn(bar) -> bool:
+    """Whether text bars of other runs (in other threads) are drawn on the stream of ``bar``."""
+    from tqdm.std import tqdm as text_tqdm
+
+    cls = type(bar)
+    if getattr(cls, "display", None) is not text_tqdm.display:  # (a notebook's widgets: apart)
+        return False
+    with cls.get_lock():  # (tqdm adds and removes its bars under it)
+        return any(b is not bar and not b.disable and b.fp == bar.fp for b in getattr(cls, "_instances", ()))
+
+
+@contextlib.contextmanager
+def _beside(bar, on: bool, clear_now: bool = False):
+    """Run user code (``eval_fn``, a callback) or a log line beside the progress bar: the bar is
+    cleared before the first thing written to stdout or stderr (``clear_now``: at once, for a
+    logging handler's stream) and drawn again after, so a ``print`` starts a line of its own
+    instead of continuing the bar's. Code that writes nothing costs no redraw."""
+    if not on or getattr(bar, "lines", False):
+        yield
+        return
+    cleared = []
+
+    def clear():
+        if not cleared:
+            cleared.append(True)
+            bar.clear()
+
+    if clear_now and _others_drawn(bar):  # (a log line: short, written with every bar cleared)
+        with type(bar).external_write_mode(file=bar.fp):
+            yield
+        return
+    if clear_now:
+        clear()
+    with _SWAP:
+        out, err = sys.stdout, sys.stderr
+        mine = _Beside(out, clear, bar), _Beside(err, clear, bar)
+        sys.stdout, sys.stderr = mine
+        _IN_BLOCK[mine[0]._thread] = _IN_BLOCK.get(mine[0]._thread, 0) + 1
+    try:
+        yield
+    finally:
+        for w in mine:
+            try:
+                w.release()
+            finally:
+                w.bar = None  # (kept by another run's block, entered after this one: writes straight on)
+        with _SWAP:  # (the streams of another run's block, entered after this one, stay until it ends)
+            left = _IN_BLOCK.pop(mine[0]._thread) - 1
+            if left:
+                _IN_BLOCK[mine[0]._thread] = left
+            sys.stdout = _unwrapped(out if sys.stdout is mine[0] else sys.stdout)
+            sys.stderr = _unwrapped(err if sys.stderr is mine[1] else sys.stderr)
+        if cleared:
+            for stream in (out, err):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            bar.refresh()

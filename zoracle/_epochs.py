@@ -1,0 +1,221 @@
+"""An epoch's batches for ``train``: drawn, drained, checked and described."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import warnings
+import zlib
+
+import numpy as np
+
+from ._errors import ArgumentError, user_stacklevel
+from ._executors_core import split_bound
+from ._history import Minibatches, _rows
+from ._oracle import has_methods
+from ._resume import CALLABLE_BATCHES
+
+
+def _shown_ratios(ratios) -> str:
+    """``ratios`` as an error message shows it: a name or None as written, an array by its size."""
+    return repr(ratios) if isinstance(ratios, str) or ratios is None else f"an array of {np.size(ratios)}"
+
+
+def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None = None):
+    """One epoch's batches; ``returned`` (one dict for a run) keeps the iterator a callable returned
+    for the epoch before, to tell one iterator returned again (used up) from a new, short one."""
+    if batches is None:
+        return [None] * (steps_per_epoch or 1)
+    used_up = ""  # why a callable's epoch may run short: the iterator it returned was used up before
+    if callable(batches):
+        try:
+            got = batches(epoch)
+        except StopIteration as exc:  # escaping train bare, it would end a caller's loop or generator, silently
+            raise ArgumentError(f"`batches({epoch})` raised StopIteration (a next() on a used-up iterator?): a "
+                                "`batches` callable gives the batches of each of the `epochs`; return a list of "
+                                "batches or a new iterator each call, and stop a run early with fewer `epochs` or "
+                                "from a callback (return True)") from exc
+        if isinstance(got, (list, tuple)):
+            out = list(got)
+        else:
+            try:
+                it = iter(got)
+            except TypeError:
+                raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch {epoch} it returned "
+                                    f"{type(got).__name__}, not a sequence of batches") from None
+            again = returned is not None and returned.get("it") is got
+            if returned is not None:
+                returned["it"] = got if it is got else None
+            if again:  # the iterator of the epoch before, returned again: read once, it ran out
+                used_up = (f" (it returned a {type(got).__name__}, an iterator read once: one returned again for "
+                           f"every epoch, as `lambda epoch: it` does, runs out; return a list of batches or a new "
+                           f"iterator each call, e.g. `lambda epoch: iter(data)`)")
+            try:
+                out = _drain(it, epoch, steps_per_epoch)  # (an endless generator stops at steps_per_epoch)
+            except RuntimeError as exc:
+                if not isinstance(exc.__cause__, StopIteration):
+                    raise
+                raise ArgumentError(f"`batches({epoch})`'s generator raised StopIteration inside it, which Python "
+                                    "turns into RuntimeError (a next() on a used-up iterator, as `yield next(it)` "
+                                    "does at its end); end the generator with `return`, or `yield from it`") from exc
+    else:
+        out = list(batches)
+    if steps_per_epoch is not None:
+        if callable(batches) and len(out) < steps_per_epoch:  # sized batches are refused before the run
+            msg = (f"`batches({epoch})` gave {len(out)} batches, fewer than `steps_per_epoch`={steps_per_epoch}: the "
+                   f"epoch runs {len(out)} steps{used_up}")
+            if epoch == 0:  # before the run's steps: refused, as for a list
+                raise ArgumentError(f"{msg}; pass steps_per_epoch={len(out)}, or give that many batches an epoch")
+            if returned is None or not returned.get("warned_short"):  # once per run, not once per epoch
+                if returned is not None:
+                    returned["warned_short"] = True
+                warnings.warn(f"{msg} (said once per run)", UserWarning, stacklevel=user_stacklevel())
+        out = out[:steps_per_epoch]
+    if not out:
+        raise ArgumentError(f"`batches` gave no batch for epoch {epoch}{used_up}")
+    return out
+
+
+def _checksum(a):
+    """A checksum of a host array's bytes (NumPy, or a CPU torch tensor), else None."""
+    try:
+        if type(a).__module__.split(".")[0] == "torch":
+            if a.device.type != "cpu":
+                return None
+            a = a.detach()
+            try:
+                a = a.numpy()
+            except TypeError:  # a dtype NumPy has no name for (bfloat16, float8): its bytes
+                a = a.contiguous().view(sys.modules["torch"].uint8).numpy() if a.dim() >= 1 else None
+        if isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype != object:
+            return zlib.crc32(np.ascontiguousarray(a).data)
+    except Exception:  # an array whose bytes cannot be read here: not checked
+        return None
+    return None
+
+
+def _leaves(b):
+    """The arrays of a batch, through tuples, lists and dicts."""
+    if isinstance(b, dict):
+        for v in b.values():
+            yield from _leaves(v)
+    elif isinstance(b, (tuple, list)):
+        for v in b:
+            yield from _leaves(v)
+    else:
+        yield b
+
+
+#: batches an endless generator may yield without steps_per_epoch before it is refused
+DRAIN_LIMIT = 100_000
+
+
+def _drain(it, epoch: int, limit=None) -> list:
+    """The batches an iterator (a generator ``epoch -> batches``) yields, up to ``limit``: the
+    epoch is drawn before its first step. A loader that refills one buffer for every batch
+    rewrites what it yielded before (through the same array, a view of it of any size, or a
+    tensor sharing it), or yields one list or dict whose items it replaces: every step would
+    then train on the last batch written. Each array's bytes are summed as it is yielded and
+    again at the end; a change is refused, naming the fix (a batch yielded again unchanged,
+    such as the full batch every step, is taken)."""
+    out, marks, boxes = [], [], {}
+    for k, b in enumerate(it):
+        if isinstance(b, (list, dict)):
+            items = tuple(map(id, b.values() if isinstance(b, dict) else b))
+            first = boxes.setdefault(id(b), (k, items, b))
+            if first[1] != items:
+                raise ArgumentError(
+                    f"`batches({epoch})` yielded one {type(b).__name__} object in batch {first[0]} and again, its "
+                    f"items replaced, in batch {k}: train draws an epoch's batches before its first step, so every "
+                    "step would see the last batch; yield a new container for each batch")
+        marks.extend((k, a, c) for a in _leaves(b) for c in [_checksum(a)] if c is not None)
+        out.append(b)
+        if limit is not None and len(out) >= limit:
+            break
+        if limit is None and len(out) > DRAIN_LIMIT:
+            raise ArgumentError(f"`batches({epoch})` yielded more than {DRAIN_LIMIT:,} batches for one epoch (an endless "
+                                "generator?): train draws an epoch before its first step; pass steps_per_epoch")
+    for k, a, c in marks:
+        if _checksum(a) != c:
+            raise ArgumentError(
+                f"`batches({epoch})` yielded batch {k}, then rewrote its memory before the epoch's last batch (a loader "
+                "refilling one buffer): train draws an epoch's batches before its first step, so every step would "
+                "see the last batch written; yield a copy of each batch (buf.copy(), or new arrays)")
+    return out
+
+
+def _batches_print(batches, steps_per_epoch=None, dict_rows=True):
+    """What a resume compares of ``batches``: a Minibatches' settings and its arrays' shapes and
+    dtypes, a list's number of batches and rows per batch (as a short hash: a long list would
+    grow every checkpoint's header); a text for none (the oracle's own data); a text for a
+    callable, whose batches are known per epoch (a resume compares nothing of them against a
+    Minibatches or a list, but refuses the oracle's own data). The data's values are not read."""
+    def dtype(a):
+        return str(getattr(a, "dtype", type(a).__name__)).replace("torch.", "")  # the same data in NumPy or torch
+
+    if isinstance(batches, Minibatches):
+        return {"minibatches": {"batch_size": int(batches.batch_size), "seed": int(batches.seed),
+                                "shuffle": bool(batches.shuffle), "drop_last": bool(batches.drop_last),
+                                "fields": [[[int(n) for n in getattr(a, "shape", ())], dtype(a)]
+                                           for a in batches.arrays]}}
+    if batches is None:  # a run on the oracle's own data: resumed with batches (or without), it would differ
+        return "none (the oracle's own data)"
+    if callable(batches):
+        return CALLABLE_BATCHES
+    used = list(batches)[:steps_per_epoch]  # the batches a run draws
+    # a dict batch ({"x": ..., "y": ...}, as a HuggingFace-style pipeline holds one) by its first field
+    fields = [list(b.values()) if isinstance(b, dict) and dict_rows else b for b in used]
+    rows = [_rows(b[0]) if isinstance(b, (tuple, list)) and b and getattr(b[0], "ndim", 1)
+            and (hasattr(b[0], "__len__") or getattr(b[0], "shape", None)) else None for b in fields]
+    return {"batches": len(used), "rows": _short_hash(rows)}
+
+
+def _layout_print(oracle):
+    """The oracle's flat layout as a resume compares it: a short hash of its parameters' names
+    and shapes in flat order (``param_info``), or None for an oracle without named parameters.
+    A vector laid out otherwise (another model; a TorchOracle built in other train/eval modes,
+    which can order its parameters otherwise) would load into the wrong tensors."""
+    info = getattr(oracle, "param_info", None)
+    if not info or not all(hasattr(i, "name") and hasattr(i, "shape") for i in info):
+        return None
+    return _short_hash([[str(i.name), [int(n) for n in i.shape]] for i in info])
+
+
+def _short_hash(rows) -> str:
+    """A short hash of JSON-able ``rows``, for a checkpoint's header (a list of them would grow it)."""
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def _bound(oracle, batch, name: str = "batches", executor=None):
+    """``oracle.bind(batch)``. A ``bind`` that rebinds the oracle in place and returns it (and
+    has no ``unbind``) is one object for every batch: an executor that ships oracles once per
+    object would keep the first batch, so the executor forgets it and ships it again. So does a
+    ``bind`` without ``unbind`` that rebinds one bound object of its own in place and returns it
+    (a new bound object is not held yet, so forgetting it costs nothing). With ``unbind`` the
+    executor sees the batch: it sends a bound object's new batch, not the parent, again."""
+    if batch is None:
+        if not callable(oracle):
+            raise ArgumentError("the oracle is not callable; pass `batches=` so it can be bound with `bind(batch)`")
+        return oracle
+    if not has_methods(oracle, "bind"):
+        raise ArgumentError(
+            f"`{name}` {'were' if name == 'batches' else 'was'} given but the oracle ({type(oracle).__name__}) has no "
+            f"`bind(batch)`; drop `{name}` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
+        )
+    bound = oracle.bind(batch)
+    if not callable(bound):  # a bind that returns None (it bound in place): named, not "oracle must be callable"
+        raise ArgumentError(f"{type(oracle).__name__}.bind(batch) returned {type(bound).__name__}, not an oracle: bind "
+                            "must return the bound oracle (a bind that binds in place: end it with `return self`)")
+    if executor is not None and callable(getattr(executor, "forget", None)) and split_bound(bound)[1] is None:
+        executor.forget(bound)  # (a bound object made for this batch is not held yet: nothing to forget)
+    return bound
+
+
+def _steps_per_epoch(batches, steps_per_epoch):
+    """Steps of one epoch when known before the run (for schedule fingerprints)."""
+    if batches is None:
+        return steps_per_epoch or 1
+    if hasattr(batches, "__len__"):
+        return min(len(batches), steps_per_epoch or len(batches))
+    return steps_per_epoch
