@@ -22,6 +22,7 @@ from ._oracle import (
     SplitOracle,
     capabilities,
 )
+from ._retrying import RetriesExhausted, retrying
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._malloc import reuse_freed_memory
 from ._masks import DynamicMasks, keep_counts, random_masks
@@ -106,6 +107,8 @@ __all__ = [
     "ZoracleError",
     "capabilities",
     "estimate_gradient",
+    "RetriesExhausted",
+    "retrying",
     # training (DeepZero)
     "AdamState",
     "CheckpointError",

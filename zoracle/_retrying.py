@@ -1,0 +1,189 @@
+"""Asking a query again after a transient failure: :func:`retrying`.
+
+An oracle served over a network (a model behind an HTTP API) fails now and then for reasons
+that have nothing to do with the query: a 503 while the service restarts, a 429 from its
+rate limit, a connection reset. Without a retry one such failure ends the run (serially) or
+costs a whole shard's queries (on an executor, which runs a failed shard again once).
+:func:`retrying` asks the failed call again, with the same arguments, and keeps every fast
+path of the oracle it wraps.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from ._errors import ArgumentError, ZoracleError, exc_text
+
+__all__ = ["retrying", "Retrying", "RetriesExhausted"]
+
+log = logging.getLogger("zoracle")
+
+#: methods that answer queries: each call is retried as a whole, with the same arguments
+_QUERIES = ("batch", "coordinate_losses", "prefix", "suffix")
+#: methods that return an oracle to query: what they return is wrapped with the same settings
+_MAKERS = ("bind", "to_device")
+
+
+class RetriesExhausted(ZoracleError):
+    """Every one of ``tries`` calls failed with a transient error (the last one is chained).
+
+    Attributes
+    ----------
+    errors : list of str
+        Each try's error, ``"Type: message"``, in order.
+    """
+
+    def __init__(self, message: str, errors=()):
+        super().__init__(message)
+        self.errors = list(errors)
+
+    def __reduce__(self):  # a process worker's report travels pickled: the message and the errors' texts
+        return type(self), (self.args[0], self.errors)
+
+
+def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), backoff: float = 0.5) -> "Retrying":
+    """Wrap ``oracle`` so that a call failing with a transient error is asked again.
+
+    Each call the estimators make (a plain call, and each ``batch``, ``coordinate_losses``,
+    ``prefix`` and ``suffix`` call of an oracle that has them) is tried up to ``tries``
+    times, with the same arguments: a retry asks the same query again and cannot change the
+    result. An error that ``on`` does not match (a 400, a wrong input, a bug) is raised at
+    its first occurrence, never retried; after ``tries`` matching failures the call raises
+    :class:`RetriesExhausted`, which lists each try's error (``estimate_gradient`` and
+    ``train`` report it as the :class:`~zoracle.OracleError` of the query).
+
+    Parameters
+    ----------
+    oracle : callable
+        Any oracle (or a DataOracle: an object with ``bind(batch)``). Its capabilities
+        (``batch``, ``coordinate_losses``, a SplitOracle's ``prefix``, ``suffix`` and
+        ``blocks``, ``bind`` / ``unbind``) and other attributes
+        (``max_queries_per_call``, ``executor_key``, ...) are the wrapper's too: an oracle
+        without ``batch`` gives a wrapper without ``batch``. ``bind(batch)`` and
+        ``to_device(device)`` return the oracle they return wrapped the same way.
+    tries : int
+        Calls made at most for one call of the estimators (>= 1; 1 retries nothing).
+    on : exception class, tuple of exception classes, or callable
+        The transient errors: a call raising one of these classes is tried again; a callable
+        ``exc -> bool`` decides for each exception (e.g. also urllib's ``HTTPError`` with
+        ``exc.code`` 429 or 503, which is no ``ConnectionError``).
+    backoff : float
+        Seconds to wait after the first failure (>= 0), doubled after each further one:
+        0.5, 1, 2, ... A rate-limited service needs time to let the next request through.
+
+    Returns
+    -------
+    Retrying
+        The wrapped oracle (picklable where ``oracle`` is: it runs on every executor).
+
+    Notes
+    -----
+    ``nfev`` counts the losses the oracle returned, not the failed tries: a paid service
+    bills those too. A retried failure is logged at INFO on logger ``"zoracle"`` (in this
+    process; a process worker's records stay in the worker). On an executor, a call whose
+    ``tries`` all fail fails its shard, which the executor runs once more on another worker
+    (see docs/executors.md, "Faults").
+
+    Examples
+    --------
+    >>> import numpy as np, zoracle as zo
+    >>> calls = []
+    >>> def flaky(x):
+    ...     calls.append(1)
+    ...     if len(calls) == 2:
+    ...         raise ConnectionResetError("connection reset by peer")
+    ...     return float(np.sum(x ** 2))
+    >>> est = zo.estimate_gradient(zo.retrying(flaky, backoff=0), np.ones(3), zo.CGE())
+    >>> est.nfev, len(calls)
+    (4, 5)
+    """
+    if not (callable(oracle) or callable(getattr(oracle, "bind", None))):
+        raise ArgumentError(f"`oracle` must be callable (params -> float) or have bind(batch), got "
+                            f"{type(oracle).__name__}; pass the oracle itself, not its result")
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ArgumentError(f"`tries` must be an int >= 1 (calls made at most), got {tries!r}")
+    if isinstance(on, type) and issubclass(on, BaseException):
+        on = (on,)
+    if isinstance(on, tuple):
+        bad = [c for c in on if not (isinstance(c, type) and issubclass(c, Exception))]
+        if bad or not on:
+            raise ArgumentError(f"`on` must be exception classes or a callable exc -> bool, got {on!r}; e.g. "
+                                "on=(ConnectionError, TimeoutError)")
+    elif not callable(on):
+        raise ArgumentError(f"`on` must be exception classes or a callable exc -> bool, got {on!r}; e.g. "
+                            "on=(ConnectionError, TimeoutError)")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
+        raise ArgumentError(f"`backoff` must be a number of seconds >= 0, got {backoff!r}")
+    return Retrying(oracle, tries, on, float(backoff))
+
+
+class Retrying:
+    """An oracle whose calls are tried again after a transient error: see :func:`retrying`."""
+
+    def __init__(self, oracle, tries, on, backoff, parent=None):
+        self.oracle = oracle
+        self.tries = tries
+        self.on = on
+        self.backoff = backoff
+        self._parent = parent  # the Retrying whose bind() made this one: unbind() names it, the same object each step
+        # the oracle's module and name, which process executors check was not reloaded since their workers imported it
+        self.__module__ = getattr(oracle, "__module__", None) or type(oracle).__module__
+        self.__qualname__ = getattr(oracle, "__qualname__", None) or type(oracle).__qualname__
+
+    def _transient(self, exc) -> bool:
+        return isinstance(exc, self.on) if isinstance(self.on, tuple) else bool(self.on(exc))
+
+    def _ask(self, what, fn, *args):
+        errors = []
+        for attempt in range(self.tries):
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not self._transient(exc):
+                    raise
+                errors.append(exc)
+                if attempt + 1 < self.tries:
+                    wait = self.backoff * 2 ** attempt
+                    log.info("%s failed (%s: %s), try %d of %d; asking again in %g s", what, type(exc).__name__,
+                             exc_text(exc), attempt + 1, self.tries, wait)
+                    if wait:
+                        time.sleep(wait)
+        texts = [f"{type(e).__name__}: {exc_text(e)}" for e in errors]
+        causes = "; ".join(f"try {i + 1}: {t}" for i, t in enumerate(texts))
+        raise RetriesExhausted(f"{what} failed all {self.tries} tries ({causes}); raise `tries` or `backoff` if the "
+                               "service recovers more slowly", texts) from errors[-1]
+
+    def __call__(self, params):
+        return self._ask("the call", self.oracle, params)
+
+    def _wrap(self, made):
+        return Retrying(made, self.tries, self.on, self.backoff, parent=self)
+
+    def __getattr__(self, name):
+        # only what is not set on the instance: the oracle's capabilities and attributes, and none
+        # during unpickling (no fields yet) or for dunders, which Python looks up on the class
+        if name.startswith("__") or name in ("oracle", "tries", "on", "backoff", "_parent"):
+            raise AttributeError(name)
+        value = getattr(self.oracle, name)
+        if not callable(value):
+            return value
+        if name in _QUERIES:
+            return functools.wraps(value)(functools.partial(self._ask, f"`{name}`", value))
+        if name in _MAKERS:
+            return functools.wraps(value)(lambda *a, **k: self._wrap(value(*a, **k)))
+        if name == "unbind":
+            return functools.wraps(value)(lambda: self._unbound(value()))
+        return value
+
+    def _unbound(self, pair):
+        if pair is None:
+            return None
+        parent, batch = pair
+        if self._parent is not None and parent is self._parent.oracle:
+            return self._parent, batch
+        return Retrying(parent, self.tries, self.on, self.backoff), batch
+
+    def __repr__(self) -> str:
+        return f"retrying({self.oracle!r}, tries={self.tries}, on={self.on!r}, backoff={self.backoff:g})"
