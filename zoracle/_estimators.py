@@ -621,16 +621,26 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         tasks, results = check_fast_paths(wrapped, params, tasks, results,
                                           lambda ts: _probe_run(executor, wrapped, params, ts), plan)
         f0 = float(results[0][0, 0])
-        vals = np.concatenate([r for r in results[1:]], axis=1)
-        order = np.concatenate([t.coords for t in tasks[1:]])
+        # one task's losses and coordinates as they are (a dense estimate's single task: each
+        # concatenation copied 2x the float32 params' size), then the operations in place
+        vals = _joined([r for r in results[1:]], axis=1)
+        order = _joined([t.coords for t in tasks[1:]])
+        del results, tasks
         # representable steps, computed in the caller's dtype
         x = to_numpy(params[xp.asarray(order)])
         h = (x + x.dtype.type(estimator.mu)) - x
-        if estimator.scheme == "forward":
-            g = (vals[0] - f0) / h.astype(np.float64)
-        else:
-            hm = x - (x - x.dtype.type(estimator.mu))
-            g = (vals[0] - vals[1]) / (h.astype(np.float64) + hm.astype(np.float64))
+        den = h.astype(np.float64)
+        del h
+        if estimator.scheme != "forward":
+            den += (x - (x - x.dtype.type(estimator.mu))).astype(np.float64)
+        del x
+        # the losses' own array (the tasks' results, nothing else holds them) where it may be written
+        # (a cluster's results may be read-only views of its object store): in place
+        g = vals[0] if vals.flags.writeable else vals[0].copy()
+        g -= f0 if estimator.scheme == "forward" else vals[1]
+        del vals
+        g /= den
+        del den
         grad = xp.zeros(d, dtype=params.dtype)
         grad[xp.asarray(order)] = xp.asarray(g, dtype=params.dtype)
         _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g)
@@ -667,10 +677,17 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         coef = (vals[0] - vals[1]) / (2 * estimator.mu)
     phi = d if estimator.distribution == "sphere" else 1.0
     (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
+    release_rows(root)  # summed: the cached rows (up to 64 MiB) were held until the next estimate else
+    acc *= phi / q  # in place: a scaled copy beside the sum took 2x float32 params more
     if estimator.shaping != "ranks":  # ranks use the losses' order only
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, lambda: acc * (phi / q))
-    grad = xp.asarray(acc * (phi / q), dtype=params.dtype)
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc)
+    grad = xp.asarray(acc, dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
+
+
+def _joined(parts: list, axis: int = 0):
+    """``np.concatenate(parts, axis)``, or the one part itself (no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
 def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
@@ -713,8 +730,16 @@ def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         U = direction_block(root, lo, hi, d, distribution)
-        for acc, (w, f) in zip(sums, terms):
-            acc += w[lo:hi] @ (U if f is None else f(U))
+        for t, (acc, (w, f)) in enumerate(zip(sums, terms)):
+            if hi - lo == 1 and t == len(terms) - 1:
+                # one row (every block where d >= budget_bytes / 8): its weighted row formed in the
+                # row itself, the same bits as the (1,) @ (1, d) product, which took 2x float32 params more
+                V = U if f is None else f(U)
+                V[0] *= w[lo]
+                acc += V[0]
+                del V
+            else:
+                acc += w[lo:hi] @ (U if f is None else f(U))
         del U  # freed before the next block is drawn: two blocks held at once took twice the budget
     return sums
 

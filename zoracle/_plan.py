@@ -332,6 +332,14 @@ class _RowCache:
         with self.lock:
             return self.rows.get(i) if key == self.key else None
 
+    def fits(self, key, nbytes: int) -> bool:
+        """Whether :meth:`put` would keep one more row of ``nbytes`` for ``key``."""
+        with self.lock:
+            held = len(self.rows) if key == self.key else 0
+            root, reserved = self.reserved
+            limit = max(self.default, reserved) if key[0] == root else self.default
+            return (held + 1) * nbytes <= limit
+
     def put(self, key, i, row) -> None:
         with self.lock:
             if key != self.key:
@@ -367,12 +375,17 @@ def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=n
     U = np.empty((hi - lo, d))
     for r, i in enumerate(range(lo, hi)):
         row = _ROWS.get(key, i)
-        if row is None:
-            row = np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(d)
-            if distribution == "sphere":
-                row /= np.linalg.norm(row[None, :], axis=1)[0]  # the reduction the (n, d) block used
-            _ROWS.put(key, i, row)
-        U[r] = row
+        if row is not None:
+            U[r] = row
+            continue
+        # drawn straight into the block (a row drawn beside it, then copied, took 2x float32 params
+        # more at d = 1e7); a copy is cached only where the cache would keep it
+        row = U[r]
+        np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(out=row)
+        if distribution == "sphere":
+            row /= np.linalg.norm(row[None, :], axis=1)[0]  # the reduction the (n, d) block used
+        if _ROWS.fits(key, row.nbytes):
+            _ROWS.put(key, i, row.copy())
     return xp.asarray(U, dtype=dtype)
 
 

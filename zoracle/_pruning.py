@@ -221,8 +221,17 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         step = float(np.linalg.norm(to_numpy(shifted - params).astype(np.float64)))
         raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at params + mu * g (a step of norm {step:.3g} "
                           "from params)", "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' skips ZO-GraSP")
-    hg = (to_numpy(g2).astype(np.float64) - to_numpy(g1).astype(np.float64)) / mu
-    scores = -to_numpy(params).astype(np.float64) * hg
+    del shifted
+    # the same operations in place (float64 copies of g1 and params and each result beside them
+    # took up to 8x float32 parameters more at d = 1e7)
+    hg = to_numpy(g2).astype(np.float64)
+    del g2
+    hg -= to_numpy(g1)
+    hg /= mu
+    scores = to_numpy(params).astype(np.float64)
+    np.negative(scores, out=scores)
+    scores *= hg
+    del hg
     if blocks is not None:
         keep = np.zeros(scores.shape[0], dtype=bool)
         for s in blocks:
@@ -291,13 +300,22 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
         raise ArgumentError(f"`blocks` reach past the {s.shape[0]} scores; pass scores for the whole parameter vector")
     if not np.all(np.isfinite(s)):
         raise ArgumentError("`scores` must be finite")
-    vals = np.concatenate([s[b] for b in sl])
+    # blocks that follow each other from 0 rank the scores' own array; the owner of each kept
+    # position found from the blocks' edges, and -|s| formed in place (a concatenated copy, an
+    # owner per score and an |s| beside -|s| took 2x float32 parameters each at d = 1e7)
+    contiguous = all(b.start == (sl[i - 1].stop if i else 0) for i, b in enumerate(sl))
+    vals = s[:sl[-1].stop] if contiguous else np.concatenate([s[b] for b in sl])
     sizes = _sizes(sl)
-    owner = np.repeat(np.arange(len(sl)), sizes)
-    key = -np.abs(vals) if ranking == "magnitude" else vals
+    if ranking == "magnitude":
+        key = np.abs(vals)
+        np.negative(key, out=key)
+    else:
+        key = vals
     total = int(round((1 - sparsity) * vals.size))
     kept = np.argsort(key, kind="stable")[:total]
-    counts = np.bincount(owner[kept], minlength=len(sl))
+    del key
+    owner = np.searchsorted(np.cumsum(sizes), kept, side="right")
+    counts = np.bincount(owner, minlength=len(sl))
     if fill_small:
         counts = fill_small_blocks(counts, sizes)
     return _ratios(counts, sizes)
