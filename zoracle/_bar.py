@@ -256,8 +256,17 @@ def _beside(bar, on: bool, clear_now: bool = False):
             bar.clear()
 
     if clear_now and _others_drawn(bar):  # (a log line: short, written with every bar cleared)
-        with type(bar).external_write_mode(file=bar.fp):
+        cls = type(bar)  # (its handlers run outside tqdm's lock: one calling tqdm.write under its own lock,
+        with cls.get_lock():  # for another run's eval_fn, waited for tqdm's, held here waiting for its own)
+            drawn = [b for b in list(getattr(cls, "_instances", ())) if hasattr(b, "start_t") and b.fp == bar.fp]
+            for b in drawn:
+                b.clear(nolock=True)
+        try:
             yield
+        finally:
+            with cls.get_lock():
+                for b in drawn:
+                    b.refresh(nolock=True)  # (a bar closed meanwhile is disabled: not drawn)
         return
     if clear_now:
         clear()
@@ -269,17 +278,18 @@ def _beside(bar, on: bool, clear_now: bool = False):
     try:
         yield
     finally:
-        for w in mine:
-            try:
+        try:  # (a held line whose write fails, a closed pipe, must not leave these streams in sys)
+            for w in mine:
                 w.release()
-            finally:
+        finally:
+            for w in mine:
                 w.bar = None  # (kept by another run's block, entered after this one: writes straight on)
-        with _SWAP:  # (the streams of another run's block, entered after this one, stay until it ends)
-            left = _IN_BLOCK.pop(mine[0]._thread) - 1
-            if left:
-                _IN_BLOCK[mine[0]._thread] = left
-            sys.stdout = _unwrapped(out if sys.stdout is mine[0] else sys.stdout)
-            sys.stderr = _unwrapped(err if sys.stderr is mine[1] else sys.stderr)
+            with _SWAP:  # (the streams of another run's block, entered after this one, stay until it ends)
+                left = _IN_BLOCK.pop(mine[0]._thread) - 1
+                if left:
+                    _IN_BLOCK[mine[0]._thread] = left
+                sys.stdout = _unwrapped(out if sys.stdout is mine[0] else sys.stdout)
+                sys.stderr = _unwrapped(err if sys.stderr is mine[1] else sys.stderr)
         if cleared:
             for stream in (out, err):
                 try:

@@ -116,16 +116,31 @@ def rewrite_bytes(cadence: SaveCadence, total: int | None, per_epoch: int | None
     return RECORD_BYTES * (1 + 1 / per_epoch) * every * float(saves) * (saves + 1) / 2  # (floats: no int too large)
 
 
+def least_step_queries(estimator, d: int, sparse: bool) -> int:
+    """The queries a step of ``estimator`` takes at least on ``d`` params: ``d`` for each point a
+    dense CGE steps to (``2d`` central), ``directions`` for each an RGE steps to, else 1 (a sparse
+    CGE's mask or SNES's population are not counted here)."""
+    from ._estimators import CGE, RGE
+
+    if isinstance(estimator, CGE) and not sparse:
+        return max(1, d * len(estimator.steps))
+    if isinstance(estimator, RGE):
+        return max(1, estimator.directions * len(estimator.steps))
+    return 1
+
+
 def warn_rewrites(cadence: SaveCadence, value, total: int | None, per_epoch: int | None,
-                  max_queries: int | None = None) -> None:
+                  max_queries: int | None = None, step_queries: int = 1) -> None:
     """Warn, before the first query, when the saves of a run will write more than
     ``REWRITE_WARN_BYTES`` in all (``value``: ``checkpoint_every`` as given; ``max_queries`` bounds
-    the steps, each taking a query at least: ``epochs=10**6`` is a bound there). A cheap oracle then
+    the steps, each taking ``step_queries`` queries at least, e.g. ``d`` for dense forward CGE:
+    ``epochs=10**6`` is a bound there, and 200,000 queries are 1,981 steps of a 100-parameter CGE,
+    not 200,000). A cheap oracle then
     spends most of its run saving: at 100,000 one-step epochs (a plain callable's default with
     ``checkpoint_every="epoch"``) the saves write about 1.5 TB, a step taking 0.09 ms and the last
     saves some 40 ms each."""
     if total is not None and max_queries is not None:
-        total = min(total, max_queries)
+        total = min(total, max_queries // max(1, step_queries))
     written = rewrite_bytes(cadence, total, per_epoch)
     if written is None or written < REWRITE_WARN_BYTES:
         return

@@ -163,7 +163,9 @@ def _number(name, value, lo=0.0, hi=math.inf, hi_open=False):
 
 def _check_params(params, where: str) -> None:
     kind = getattr(getattr(params, "dtype", None), "kind", None)
-    if isinstance(params, np.ma.MaskedArray):  # a masked entry never moved (sgd, adam), or lost its mask (sign_sgd)
+    # a masked entry never moved (sgd, adam), or lost its mask (sign_sgd); one with nothing masked (netCDF4's
+    # arrays without fill values) is updated as its plain array, as before: no refusal
+    if isinstance(params, np.ma.MaskedArray) and np.ma.is_masked(params):
         raise ArgumentError(f"`params` passed to {where} is a numpy.MaskedArray{masked_entries(params)}; the "
                             "optimizers update plain arrays: pass np.ma.getdata(params) (every value, masked or "
                             "not) or params.filled(value)")

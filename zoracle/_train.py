@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._cadence import save_cadence, warn_rewrites
+from ._cadence import least_step_queries, save_cadence, warn_rewrites
 from ._checkpoint import CheckpointError, Records, as_path, check_writable, save_checkpoint, save_fix, writer_lock
 from ._diagnose import WATCH_STEPS, BlockWatch, StillWatch, dead_blocks_text, named_blocks, noise_note, still_text
 from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
@@ -351,7 +351,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
     if checkpoint is not None and not callbacks:  # (a callback may stop the run: epochs=10**6 as a bound)
-        warn_rewrites(cadence, checkpoint_every, total, per_epoch, max_queries)
+        warn_rewrites(cadence, checkpoint_every, total, per_epoch, max_queries, least_step_queries(estimator, d, sparse))
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     lr_name = "schedule" if lr_sched is not None else "lr"  # the argument its values come from
     prints = {"lr": fingerprint(lr_of, lr_name, total),
