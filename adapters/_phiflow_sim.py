@@ -32,6 +32,7 @@ with warnings.catch_warnings():  # phiml warns at its own import; `-W error` mad
     from phi.physics import advect, diffuse, fluid
 
 from zoracle._errors import ArgumentError, ZoracleError, user_stacklevel
+from zoracle._forked import ForkSafeLock
 
 __all__ = [
     "WakeFlow",
@@ -52,7 +53,7 @@ CACHE_VERSION = 2
 MAX_SUBSTEPS = 1000
 
 
-_ONE_SIMULATION = threading.RLock()  # see WakeFlow.simulate
+_ONE_SIMULATION = ForkSafeLock(threading.RLock)  # see WakeFlow.simulate
 
 
 class SimulationError(ZoracleError, FloatingPointError):

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoracle._forked import ForkSafeLock
+
 __all__ = ["Step", "fork", "Chain", "norm_context"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -357,7 +359,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
 
 
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+_LOCKS_GUARD = ForkSafeLock()
 
 
 def _model_lock(model: nn.Module):
@@ -365,7 +367,7 @@ def _model_lock(model: nn.Module):
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
+            lock = _LOCKS[model] = ForkSafeLock(threading.RLock)
         return lock
 
 
@@ -576,7 +578,7 @@ def _pair(v) -> tuple:
 #: when it would pass ``_UNFOLD_INDEX_BYTES`` (an index that large alone is not kept)
 _UNFOLD_INDEX: dict = {}
 _UNFOLD_INDEX_BYTES = 64 * 2**20
-_UNFOLD_LOCK = threading.Lock()  # threads of one process share the cache
+_UNFOLD_LOCK = ForkSafeLock()  # threads of one process share the cache
 
 
 def _unfold_index(C, H, W, kh, kw, dh, dw, sh, sw, Ho, Wo, positions_first: bool):

@@ -35,6 +35,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from zoracle._forked import ForkSafeLock
+
 from ._torch_chain import Step
 
 __all__ = ["trace_steps", "downstream"]
@@ -42,7 +44,7 @@ __all__ = ["trace_steps", "downstream"]
 #: fx patches ``nn.Module.__call__`` and ``__getattr__`` process-wide while it traces, and puts back
 #: what it found on exit: two traces at once (TorchOracles built in two threads) left them patched
 #: for good, so every later ``model(x)`` in the process raised. One trace at a time
-_TRACE_LOCK = threading.RLock()
+_TRACE_LOCK = ForkSafeLock(threading.RLock)
 
 #: node targets that act on each sample (row) separately, whatever their arguments
 _ROWWISE_FUNCS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.getitem,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import numbers
-import threading
 import os
 import socket
 import stat
@@ -41,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag, travelling_state, user_stacklevel
+from zoracle._forked import ForkSafeLock
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -523,7 +523,7 @@ class OnnxClassifier:
         self.batch_size = None if batch_size is None else int(batch_size)
         self._input_choice, self._output_choice = input, output
         self._queries = 0
-        self._count_lock = threading.Lock()  # threads of one process share the local counter
+        self._count_lock = ForkSafeLock()  # threads of one process share the local counter
         self._ledger = None  # the counter shared with pickled copies, created on first pickling
         self._calls = 0
         self._open()
@@ -737,7 +737,7 @@ class OnnxClassifier:
         if isinstance(settings, dict):
             state = dict(state, _session_options=_options_from(settings))
         self.__dict__.update(state)
-        self._count_lock = threading.Lock()
+        self._count_lock = ForkSafeLock()
         self._open()
 
     # queries ---------------------------------------------------------------------------

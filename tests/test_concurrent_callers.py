@@ -96,13 +96,13 @@ def _start_local_dask(_):
 
 @pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                     reason="dask not installed (pip install -e '.[dask]')")
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="multiprocessing's fork: Linux")
 def test_a_local_dask_cluster_in_a_daemonic_pool_worker_says_why_and_the_fix():
     """A multiprocessing.Pool worker is daemonic and may not start processes: DaskExecutor("local:N")
     there failed with pages of "daemonic processes are not allowed to have children" tracebacks
     inside every nanny, then "RuntimeError: Nanny failed to start". It now refuses before anything
     starts, saying why and what runs there instead."""
-    pool = multiprocessing.get_context("fork").Pool(1)
+    # spawned: a forked worker of this process (onnxruntime's and torch's threads from earlier tests) hung
+    pool = multiprocessing.get_context("spawn").Pool(1)
     try:
         got = pool.apply_async(_start_local_dask, (None,)).get(timeout=120)
     finally:

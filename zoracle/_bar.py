@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from ._forked import ForkSafeLock
 
 log = logging.getLogger("zoracle")
 
@@ -63,7 +64,7 @@ def _unwrapped(stream, every: bool = False):
 
 
 #: taken to put a block's streams in ``sys`` and take them back (runs in threads: one at a time)
-_SWAP = threading.Lock()
+_SWAP = ForkSafeLock()
 _IN_BLOCK: dict = {}  # thread id -> how many blocks of :func:`_beside` it is in
 
 

@@ -28,6 +28,7 @@ from ._executors_core import (
     unless_closed,
 )
 from ._executors_local import ShardedExecutor, kill_programs
+from ._forked import ForkSafeLock
 from ._cluster_common import (_REAPER, _import, _is_main_test, _missing, _require, _stop_reaper, check_main_guard,
                               parse_local, start_reaper, unguarded_main_line)
 from ._executors_ray import (RayExecutor, _ACTOR_START_S, _RayActor, _RayBackend, _RayWorker, _private_token,
@@ -45,7 +46,7 @@ _INLINE_BYTES = 1 << 20
 #: seconds to wait for an abandoned worker to be restarted (killed, and its replacement up)
 _RESTART_S = 30.0
 _DASK_STATE = WorkerState(keep=KEEP_ORACLES)  # every shard brings its oracle: a bounded cache
-_DASK_LOCK = threading.Lock()
+_DASK_LOCK = ForkSafeLock()
 #: a broadcast checks every this many seconds whether a worker left, and is given up (and tried
 #: again) this many seconds after one did
 _BROADCAST_POLL_S = 1.0

@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 from ._errors import user_stacklevel
+from ._forked import ForkSafeLock
 from ._oracle import compute_dtype_of, loss_type, precision_bits
 from ._plan import CoordTask, DirectionTask, PointTask
 
@@ -53,7 +54,7 @@ class _Verdicts:
     def __init__(self):
         # reentrant: a garbage collection inside the lock (making a weak reference allocates) may run a
         # dead oracle's callback, _drop, in this thread, which takes the lock again (a Lock hung there)
-        self.lock = threading.RLock()
+        self.lock = ForkSafeLock(threading.RLock)
         self.held = {}  # id -> (weak reference, verdicts)
         self.kept = collections.OrderedDict()  # objects without weak references: id -> (type, verdicts)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ._backend import namespace
 from ._errors import ArgumentError, OracleError, ZoracleError
+from ._forked import ForkSafeLock
 from ._oracle import Oracle, readonly
 
 __all__ = ["CoordTask", "DirectionTask", "BaseTask", "PointTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
@@ -307,7 +307,7 @@ class _RowCache:
 
     def __init__(self, limit: int = 64 * 2**20, cap: int = 256 * 2**20):
         self.default, self.cap, self.reserved = limit, cap, (None, 0)
-        self.key, self.rows, self.lock = None, {}, threading.Lock()
+        self.key, self.rows, self.lock = None, {}, ForkSafeLock()
 
     def reserve(self, root: int, nbytes: int) -> None:
         """Let the rows of ``root`` use up to ``min(nbytes, cap)`` bytes (never below the default)."""
