@@ -47,6 +47,13 @@ _FIX = "delete it to start over, or resume from another checkpoint"
 _FOREIGN = "pass the path of a checkpoint that zo.train or save_checkpoint wrote"
 
 
+def new_run(path) -> str:
+    """The way to go on from a checkpoint with other settings (a resume continues one run only)."""
+    return (f"to go on from its parameters with other settings, start a new run from them with a checkpoint of its "
+            f"own: zo.train(oracle, zo.load_checkpoint({os.fspath(path)!r})[0]['params'], ..., checkpoint='new.npz') "
+            "(its optimizer state, step count and history start afresh)")
+
+
 def release() -> str:
     """This zoracle's release (``zoracle.__version__``)."""
     from . import __version__  # (the package is initialized by the time a checkpoint is read or written)
@@ -728,5 +735,5 @@ def check_compatible(path, saved: dict, expected: dict) -> None:
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} was written by a run with different settings ("
             + "; ".join(diffs)
-            + "); resume with the same settings, or delete the checkpoint to start over"
+            + "); resume with the same settings, or delete the checkpoint to start over; " + new_run(path)
         )

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ._backend import to_numpy
-from ._checkpoint import WRITER, CheckpointError, as_path, check_compatible, load_checkpoint, release, upgrade, written_by
+from ._checkpoint import WRITER, CheckpointError, as_path, check_compatible, load_checkpoint, new_run, release, upgrade, written_by
 from ._errors import short_repr
 from ._optim import SGDState
 from ._schedules import schedule_value
@@ -134,7 +134,7 @@ def compare_fingerprints(path, saved, current: dict) -> None:
         if fp is None or old is None:
             raise CheckpointError(
                 f"checkpoint {path!r} was written with{'out' if old is None else ''} a `{name}` schedule, this run "
-                f"has {'one' if old is None else 'none'}; resume with the same settings, or {_FIX}"
+                f"has {'one' if old is None else 'none'}; resume with the same settings, or {_FIX}; {new_run(path)}"
             )
         if (not isinstance(old, dict) or not isinstance(old.get("steps"), list) or not isinstance(old.get("values"), list)
                 or len(old["steps"]) != len(old["values"])):
@@ -144,7 +144,7 @@ def compare_fingerprints(path, saved, current: dict) -> None:
             if t in mine and mine[t] != v:
                 raise CheckpointError(
                     f"checkpoint {path!r} was written with another `{name}` schedule: at step {t} it gave {v!r}, "
-                    f"this run's gives {mine[t]!r}; resume with the same schedule, or {_FIX}"
+                    f"this run's gives {mine[t]!r}; resume with the same schedule, or {_FIX}; {new_run(path)}"
                 )
 
 
@@ -192,7 +192,8 @@ def compare_history(path, steps, schedules: dict) -> None:
             if new != old:
                 raise CheckpointError(
                     f"checkpoint {path!r} was written with another `{name}` schedule: its step {t} ran with "
-                    f"{key} {old!r}, this run's schedule gives {new!r} there; resume with the same schedule, or {_FIX}")
+                    f"{key} {old!r}, this run's schedule gives {new!r} there; resume with the same schedule, or "
+                    f"{_FIX}; {new_run(path)}")
 
 
 #: the header fields a training checkpoint of this format holds (zo.train writes them)

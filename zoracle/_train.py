@@ -357,7 +357,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     prints = {"lr": fingerprint(lr_of, lr_name, total),
               "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
     extremes = _check_every_step(lr_of, lr_name, mu_sched, total,
-                                 may_stop=max_queries is not None or bool(callbacks), prints=prints)
+                                 may_stop=max_queries is not None or bool(callbacks), prints=prints, resume=resume)
     # the steps as the oracle takes them: a float32 model given float64 params (compute_dtype) is
     # estimated at params rounded to float32, where a smaller mu rounds to no step at all
     if mu_sched is None:  # a step not representable at the initial params fails now

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ._backend import to_numpy
-from ._checkpoint import existing_checkpoint
+from ._checkpoint import existing_checkpoint, new_run
 from ._errors import ArgumentError
 from ._masks import _slices
 from ._schedules import schedule_value
@@ -142,7 +142,8 @@ def _check_layout(blocks, d: int) -> np.ndarray:
 CHECKED_STEPS = 100_000
 
 
-def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = False, prints=None) -> dict:
+def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = False, prints=None,
+                      resume=None) -> dict:
     """Every step's learning rate and ``mu`` of a run of known length, checked before the first
     query (by :func:`schedule_value`): a schedule that turns negative or raises at step 11
     must not fail after 11 steps' work. Returns ``{step: mu}`` at the steps of the smallest and
@@ -151,7 +152,9 @@ def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = Fal
     warned about, unless a query budget or a callback may end the run before them
     (``may_stop``: ``short_budget``'s schedule ends where its budget does). ``prints``: the
     schedules' :func:`fingerprint` values (``{"lr": ..., "mu": ...}``), taken as they are: a
-    schedule is called once a step here (one that counts its calls, or is slow, sees no second)."""
+    schedule is called once a step here (one that counts its calls, or is slow, sees no second).
+    ``resume``: the checkpoint a resumed run continues, whose schedule it keeps (the warning's fix
+    is then a new run from its parameters, not a longer schedule, which the resume would refuse)."""
     if total is None:
         return {}
     extremes = {}
@@ -179,9 +182,11 @@ def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = Fal
             while zero and values[zero - 1] == 0:
                 zero -= 1
             if 0 < zero <= total - 2:  # a schedule that ends before the run does
+                fix = (f"give the schedule the run's length (total_steps={total}: epochs x steps per epoch)"
+                       if resume is None else
+                       f"a resume keeps the schedule of the run it continues (another is refused); {new_run(resume)}")
                 warnings.warn(f"train: the {lr_name} is 0 from step {zero} on: the last {total - zero} of the run's "
-                              f"{total} steps spend their queries without moving the parameters; give the schedule "
-                              f"the run's length (total_steps={total}: epochs x steps per epoch)",
+                              f"{total} steps spend their queries without moving the parameters; {fix}",
                               UserWarning, stacklevel=3)
     return extremes
 
