@@ -111,12 +111,12 @@ class _FirstStep(Exception):
 def study_mask(zo, data: str = "digits") -> np.ndarray:
     """The boolean mask of the first step of the study's demo-recipe run (``peers.py``'s
     ``deepzero``, seed 0, the timing runs' setting): read from the run itself, by wrapping
-    ``zoracle._train.estimate_gradient`` for its first call, which ends the run."""
+    ``zoracle._run_loop.estimate_gradient`` (the training step's) for its first call, which ends the run."""
     import peers
-    import zoracle._train as train_module
+    import zoracle._run_loop as loop_module
 
     got = {}
-    real = train_module.estimate_gradient
+    real = loop_module.estimate_gradient
 
     def first(oracle, params, estimator, **kw):
         got["mask"], got["d"] = kw["coordinates"], params.size
@@ -124,13 +124,13 @@ def study_mask(zo, data: str = "digits") -> np.ndarray:
 
     bench = peers.Bench(peers.load_data(data, 0), data, 0 if data == "digits" else 16, 0, BUDGET)
     runs = peers._merged([os.path.join(step_time.HERE, "peers_results", f"{data}.json")])
-    train_module.estimate_gradient = first
+    loop_module.estimate_gradient = first
     try:
         peers.run_one(bench, "deepzero", peers.timing_setting(runs, data, bench.width, "deepzero", 30_000))
     except _FirstStep:
         pass
     finally:
-        train_module.estimate_gradient = real
+        loop_module.estimate_gradient = real
     c = np.asarray(got["mask"])
     mask = np.zeros(got["d"], dtype=bool)
     mask[np.flatnonzero(c) if c.dtype == bool else c] = True

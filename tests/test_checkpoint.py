@@ -469,7 +469,7 @@ def test_save_checkpoint_names_a_directory_and_history_readers_get_a_readers_adv
 def test_a_checkpoint_that_cannot_be_written_names_its_file_step_and_the_last_good_one(tmp_path, monkeypatch):
     """A full disk raised a bare OSError naming neither the checkpoint nor the step, and at the
     final save the run's result was lost with it."""
-    import zoracle._train as tr
+    import zoracle._run_save as tr
 
     real, calls = tr.save_checkpoint, []
 
@@ -992,7 +992,7 @@ def test_an_own_state_that_changes_dtype_after_init_is_named_at_the_save(tmp_pat
 def test_a_failed_save_does_not_claim_a_deleted_checkpoint_still_holds_the_run(tmp_path, monkeypatch):
     """The disk filled after the checkpoint was deleted (to free space): the error said "the checkpoint
     there still holds step 3 (resume=True continues from it)", and resume=True then started over."""
-    import zoracle._train as tr
+    import zoracle._run_save as tr
 
     real, calls = tr.save_checkpoint, [0]
     ck = str(tmp_path / "run.npz")

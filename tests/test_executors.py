@@ -1847,7 +1847,7 @@ def test_an_oracle_shipped_to_dask_lets_go_of_its_bytes_once_loaded():
     for an 80 MB oracle, 78 MB before the oracle was sent as bytes)."""
     import pickle
 
-    from zoracle._executors_core import Pickled
+    from zoracle._pickling import Pickled
 
     shipped = pickle.loads(pickle.dumps(Pickled(pickle.dumps(np.arange(5.0)))))  # as a worker receives it
     first = shipped.load()

@@ -76,7 +76,7 @@ def test_a_save_that_fails_for_another_reason_than_a_full_disk_names_that_reason
     """Every failed save said "free space or pass another path": wrong for a folder remounted
     read-only after a disk error (EROFS), one whose permissions changed (EACCES), or a file
     mounted on its own (EBUSY, the rename refused)."""
-    import zoracle._train as tr
+    import zoracle._run_save as tr
 
     real, calls = tr.save_checkpoint, []
 
@@ -95,7 +95,7 @@ def test_a_save_that_fails_for_another_reason_than_a_full_disk_names_that_reason
 
 
 def test_a_full_disk_still_says_free_space(tmp_path, monkeypatch):
-    import zoracle._train as tr
+    import zoracle._run_save as tr
 
     real = tr.save_checkpoint
     monkeypatch.setattr(tr, "save_checkpoint", lambda p, a, m: real(p, a, m) if m["step"] < 2 else

@@ -654,7 +654,7 @@ def test_a_packages_main_module_is_not_read_as_an_unguarded_script(tmp_path):
     pkg = tmp_path / "zrun"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "__main__.py").write_text("from zoracle._executors_cluster import unguarded_main_line\n"
+    (pkg / "__main__.py").write_text("from zoracle._cluster_common import unguarded_main_line\n"
                                      "print(unguarded_main_line())\n")
     out = subprocess.run([sys.executable, "-m", "zrun"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.stdout.split() == ["None"], out.stderr
@@ -670,11 +670,11 @@ def test_a_packages_main_module_is_not_read_as_an_unguarded_script(tmp_path):
 
 
 def test_main_guard_detection_accepts_guarded_code(tmp_path):
-    from zoracle._executors_cluster import unguarded_main_line
+    from zoracle._cluster_common import unguarded_main_line
 
     body = textwrap.dedent("""
         import sys
-        from zoracle._executors_cluster import unguarded_main_line
+        from zoracle._cluster_common import unguarded_main_line
         def main():
             return unguarded_main_line()
         if sys.argv[1] == "top":

@@ -84,9 +84,9 @@ def test_checkpoint_saves_are_logged_within_a_long_epoch(tmp_path, caplog):
 def test_a_save_that_fails_is_not_logged_as_saved(tmp_path, caplog, monkeypatch):
     """Only a checkpoint written is reported as saved: the write that fails raises (or, the run's
     last, warns), and the record of the save before it stays the last one."""
-    import zoracle._train as train_module
+    import zoracle._run_save as save_module
 
-    real, calls = train_module.save_checkpoint, []
+    real, calls = save_module.save_checkpoint, []
 
     def full_disk(*args, **kwargs):
         calls.append(1)
@@ -94,7 +94,7 @@ def test_a_save_that_fails_is_not_logged_as_saved(tmp_path, caplog, monkeypatch)
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", full_disk)
+    monkeypatch.setattr(save_module, "save_checkpoint", full_disk)
     with caplog.at_level(logging.INFO, logger="zoracle"), pytest.raises(zo.CheckpointError, match="at step 4"):
         zo.train(_sphere, np.ones(3), epochs=1, steps_per_epoch=6, progress=False, rng=0,
                  checkpoint=tmp_path / "c.npz", checkpoint_every=2)

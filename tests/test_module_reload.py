@@ -99,7 +99,7 @@ def test_a_module_cloudpickle_sends_by_value_is_not_refused(user_module):
     """cloudpickle.register_pickle_by_value(module), cloudpickle's remedy for a module edited while
     workers run, sends its classes and functions by value: the workers run the reloaded code, and
     the refusal was false."""
-    from zoracle._executors_core import cloudpickle_module
+    from zoracle._pickling import cloudpickle_module
 
     pickler = cloudpickle_module()
     pickler.register_pickle_by_value(user_module)

@@ -1206,7 +1206,7 @@ def test_a_resume_with_other_batches_is_refused(tmp_path):
                 zo.train(LinReg(), np.zeros(5), batches=other, resume=True, **kw)
     torch = pytest.importorskip("torch")  # the same data as tensors: the same print
 
-    from zoracle._train import _batches_print
+    from zoracle._epochs import _batches_print
 
     # the same batches otherwise given resume: through a callable (one more step), or as torch tensors
     zo.train(LinReg(), np.zeros(5), batches=lambda e: mb()(e), resume=True, **dict(kw, max_queries=54))
@@ -1626,7 +1626,7 @@ def test_a_checkpoint_of_dict_batches_written_before_their_rows_were_read_still_
     """A checkpoint of dict batches written before their rows were read (the batches' print held
     no rows for them) was refused as "different settings (batches: ...)" with the very batches
     it was written with."""
-    from zoracle._train import _short_hash
+    from zoracle._epochs import _short_hash
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((16, 3)), rng.standard_normal(16)
 
@@ -1693,7 +1693,7 @@ def test_a_resume_of_a_dict_batch_checkpoint_without_rows_warns_that_sizes_are_n
     """Such a checkpoint holds only its number of dict batches: a resume with the same number of
     batches of other sizes (2 rows each, not 4) was taken silently; it warns now, and a new
     checkpoint, which holds the rows, refuses it."""
-    from zoracle._train import _short_hash
+    from zoracle._epochs import _short_hash
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((16, 3)), rng.standard_normal(16)
 
@@ -1754,7 +1754,7 @@ def _long_run_on(stream, monkeypatch, steps=3600, seconds_per_step=0.1):
 
     import tqdm.std
 
-    import zoracle._train
+    import zoracle._bar
 
     clock = [1e6]
     monkeypatch.setattr(zoracle._bar, "_bar_clock", lambda: clock[0])
@@ -2293,7 +2293,7 @@ def test_the_last_line_on_a_log_names_the_last_epoch_and_a_slow_rate(monkeypatch
 
     import tqdm.std
 
-    import zoracle._train
+    import zoracle._bar
 
     stream, clock = io.StringIO(), [1e6]
     monkeypatch.setattr(sys, "stderr", stream)
@@ -2304,7 +2304,7 @@ def test_the_last_line_on_a_log_names_the_last_epoch_and_a_slow_rate(monkeypatch
     last = stream.getvalue().splitlines()[-1]
     assert "epoch 4/4" in last and "4/4 " in last, last
     assert float(re.search(r"qps=([0-9.e+-]+)", last).group(1)) > 0, last
-    from zoracle._train import _rate_text
+    from zoracle._bar import _rate_text
 
     assert [_rate_text(r) for r in (0.25, 0.0041, 4.0, 9.96, 258.4)] == ["0.25", "0.0041", "4", "10", "258"]
 

@@ -29,7 +29,8 @@ from ._masks import DynamicMasks, keep_counts, random_masks
 from ._optim import AdamState, Optimizer, SGDState, SignState, adam, sgd, sign_sgd
 from ._pruning import layer_ratios, random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp
 from ._schedules import constant_schedule, cosine_schedule, linear_warmup, step_schedule
-from ._train import History, Minibatches, TrainResult, train
+from ._history import History, Minibatches, TrainResult
+from ._train import train
 from . import recipes  # noqa: E402  (imports train)
 
 __version__ = "0.2.0"

@@ -29,15 +29,9 @@ from ._executors_core import (
 )
 from ._executors_local import ShardedExecutor, kill_programs
 from ._forked import ForkSafeLock
-from ._cluster_common import (_REAPER, _import, _is_main_test, _missing, _require, _stop_reaper, check_main_guard,
-                              parse_local, start_reaper, unguarded_main_line)
-from ._executors_ray import (RayExecutor, _ACTOR_START_S, _RayActor, _RayBackend, _RayWorker, _private_token,
-                             _ray_driver_state, _ray_driver_state_back, _short, _token_path)
-# moved out and read nowhere here: still importable from here
-_MOVED_OUT = (_ACTOR_START_S, _REAPER, _RayActor, _RayBackend, _RayWorker, _is_main_test, _missing, _private_token,
-              _ray_driver_state, _ray_driver_state_back, _short, _token_path, unguarded_main_line)
+from ._cluster_common import _import, _require, _stop_reaper, check_main_guard, parse_local, start_reaper
 
-__all__ = ["DaskExecutor", "RayExecutor", "parse_local"]
+__all__ = ["DaskExecutor"]
 
 
 # ----------------------------------------------------------------------------- Dask

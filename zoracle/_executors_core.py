@@ -32,8 +32,7 @@ from ._errors import (OracleError, WorkerTraceback, ZoracleError, _round_trips, 
                       with_worker_traceback)
 from ._oracle import Oracle, loss_type
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
-from ._pickling import Pickled, _FILE_PICKLERS, _file_refusing_pickler, _writable, cloudpickle_module
-_MOVED_OUT = (_FILE_PICKLERS, _writable)  # moved out and read nowhere here: still importable from here
+from ._pickling import Pickled, _file_refusing_pickler, cloudpickle_module
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",

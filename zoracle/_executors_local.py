@@ -25,6 +25,7 @@ from ._errors import ZoracleError, user_stacklevel
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, loss_type, precision_bits
 from ._plan import BaseTask
+from ._pickling import cloudpickle_module
 from ._executors_core import (
     abandon,
     BatchMirror,
@@ -39,7 +40,6 @@ from ._executors_core import (
     batch_name,
     check_timeout,
     closed_during_run,
-    cloudpickle_module,
     error_outcome,
     pack,
     reshard,

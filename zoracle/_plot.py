@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checkpoint import _tmp_path, as_path, check_writable
 from ._errors import ArgumentError
-from ._train import EPOCH_FIELDS
+from ._train_records import EPOCH_FIELDS
 
 #: Fields of the history's records that are not ``eval_fn`` metrics.
 RECORD_FIELDS = frozenset(EPOCH_FIELDS)

@@ -143,7 +143,7 @@ CHECKED_STEPS = 100_000
 
 
 def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = False, prints=None,
-                      resume=None) -> dict:
+                      stacklevel: int = 3, resume=None) -> dict:
     """Every step's learning rate and ``mu`` of a run of known length, checked before the first
     query (by :func:`schedule_value`): a schedule that turns negative or raises at step 11
     must not fail after 11 steps' work. Returns ``{step: mu}`` at the steps of the smallest and
@@ -187,11 +187,11 @@ def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = Fal
                        f"a resume keeps the schedule of the run it continues (another is refused); {new_run(resume)}")
                 warnings.warn(f"train: the {lr_name} is 0 from step {zero} on: the last {total - zero} of the run's "
                               f"{total} steps spend their queries without moving the parameters; {fix}",
-                              UserWarning, stacklevel=3)
+                              UserWarning, stacklevel=stacklevel)
     return extremes
 
 
-def _warn_huge_mu(mu: float, scale: float) -> None:
+def _warn_huge_mu(mu: float, scale: float, stacklevel: int = 3) -> None:
     """Warn when CGE's ``mu`` is over 100 times both 1 and ``max|params|`` (``5e3`` typed for
     ``5e-3``): its differences sample the loss far from the params, not its slope, and training goes
     uphill or nowhere without an error."""
@@ -202,10 +202,11 @@ def _warn_huge_mu(mu: float, scale: float) -> None:
     warnings.warn(f"train: CGE's mu = {mu:g} is over 100 times the parameters' scale (max|params| = {scale:.3g}, "
                   f"or 1): a difference over a step that large measures the loss far from the params, not its "
                   f"slope (exact on a quadratic only), and training may go uphill or nowhere; a finite-difference "
-                  f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=3)
+                  f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=stacklevel)
 
 
-def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False, loss: float | None = None) -> bool:
+def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False, loss: float | None = None,
+                  stacklevel: int = 3) -> bool:
     """Warn when CGE's ``mu`` is under 100 float spacings of the parameters' scale (or 1, a loss's
     usual one) in the dtype the oracle declares it computes in (``compute_dtype``; float64 for one
     that declares none): a loss of that scale moves over such a step by a few roundings, so each
@@ -226,21 +227,21 @@ def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False, loss:
                   f"{at}: a loss of that scale changes over such a "
                   f"step by a few roundings, so each partial derivative is resolved only to about {unit / mu:.2g} "
                   f"(for a loss of that scale); use mu >= {1000 * unit:.2g} (1000 spacings; the default is 5e-3)",
-                  UserWarning, stacklevel=3)
+                  UserWarning, stacklevel=stacklevel)
     return False
 
 
-def _warn_sign_decay(optimizer) -> None:
+def _warn_sign_decay(optimizer, stacklevel: int = 3) -> None:
     """sign_sgd's weight decay is inside the sign: with sparse CGE it moves every unmeasured weight."""
     if optimizer.name == "sign_sgd" and optimizer.weight_decay:
         warnings.warn(
             f"train: sign_sgd(weight_decay={optimizer.weight_decay}) with sparse CGE moves every weight by the full lr each "
             "step, toward zero, since sign(0 + weight_decay * params) = sign(params) for the weights the mask "
             "skips; pass weight_decay=0.0, or use zo.adam(..., weight_decay=...) (decoupled, scaled by lr)",
-            UserWarning, stacklevel=3)
+            UserWarning, stacklevel=stacklevel)
 
 
-def _check_overwrite(checkpoint, resume) -> None:
+def _check_overwrite(checkpoint, resume, stacklevel: int = 3) -> None:
     """Refuse to overwrite a file zoracle did not write; warn before overwriting an earlier run
     that this one does not resume from (its first save replaces it)."""
     path = os.fspath(checkpoint)
@@ -260,10 +261,10 @@ def _check_overwrite(checkpoint, resume) -> None:
     if kind == "run" and not same:
         warnings.warn(f"`checkpoint` {path!r} holds an earlier run, which this run does not resume from: its first "
                       "save overwrites it. Pass resume=True to continue that run, or another path to keep it",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=stacklevel)
 
 
-def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False) -> None:
+def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False, stacklevel: int = 3) -> None:
     """Warn of scored blocks (slices) whose weights are all zero and that ZO-GraSP left empty:
     GraSP's score ``-theta * Hg`` is zero there, whatever the block's importance (a
     zero-initialized head), and sparse CGE would never train them. ``blocks``: the records
@@ -278,4 +279,4 @@ def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False) -> Non
                       "estimate it densely (leave its kind out of `score_kinds`), or pass "
                       + ("ratios=\"uniform\" (fill_small_blocks fills only empty blocks up to the kept count)" if filled
                          else "fill_small_blocks=True (it fills empty blocks up to the kept count) or "
-                              "ratios=\"uniform\""), RuntimeWarning, stacklevel=3)
+                              "ratios=\"uniform\""), RuntimeWarning, stacklevel=stacklevel)

@@ -25,7 +25,7 @@ def _called(cb, event, record, params):
         return True
 
 
-def _stops(value, cb, warned: set) -> bool:
+def _stops(value, cb, warned: set, stacklevel: int = 3) -> bool:
     """Whether a callback's return value stops training: True (NumPy's too). Anything else but
     None and False is said once per callback: only True stops."""
     if value is None or isinstance(value, (bool, np.bool_)):
@@ -33,7 +33,7 @@ def _stops(value, cb, warned: set) -> bool:
     if id(cb) not in warned:
         warned.add(id(cb))
         warnings.warn(f"callback {getattr(cb, '__name__', cb)!r} returned {value!r} ({type(value).__name__}); only "
-                      "True stops training (return None or False to go on)", RuntimeWarning, stacklevel=3)
+                      "True stops training (return None or False to go on)", RuntimeWarning, stacklevel=stacklevel)
     return False
 
 
@@ -53,7 +53,7 @@ def _metric(v, where):
 EPOCH_FIELDS = ("step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds")
 
 
-def _metrics(value, epoch) -> dict:
+def _metrics(value, epoch, stacklevel: int = 3) -> dict:
     if value is None:
         return {}
     where = f"the value `eval_fn` returned at epoch {epoch}"
@@ -69,7 +69,7 @@ def _metrics(value, epoch) -> dict:
             new = "eval_" + new
         out[new] = out.pop(k)
         warnings.warn(f"`eval_fn` returned a metric named {k!r}, a field of the epoch record (training's own); "
-                      f"it is stored as {new!r}", RuntimeWarning, stacklevel=3)
+                      f"it is stored as {new!r}", RuntimeWarning, stacklevel=stacklevel)
     return out
 
 

@@ -66,8 +66,8 @@ from typing import Protocol, runtime_checkable
 
 from ._errors import ArgumentError
 from ._executors_cluster import DaskExecutor as _Dask
-from ._executors_cluster import RayExecutor as _Ray
-from ._executors_cluster import parse_local
+from ._executors_ray import RayExecutor as _Ray
+from ._cluster_common import parse_local
 from ._executors_core import (
     MAX_WORKERS,
     abandon,

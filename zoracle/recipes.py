@@ -27,7 +27,8 @@ from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
-from ._train import _check_batches, _check_layout, _check_size, _check_steps_per_epoch, _resolve_blocks, _steps_per_epoch
+from ._epochs import _steps_per_epoch
+from ._train_checks import _check_batches, _check_layout, _check_size, _check_steps_per_epoch, _resolve_blocks
 
 __all__ = ["SHORT_BUDGET_KINDS", "FILL_FROM_STEPS", "LR_SCALE", "LR_MAX", "LR_MIN", "COORDINATES", "WIDE_COORDINATES",
            "WIDE_FROM", "default_lr", "default_coordinates", "short_budget", "layer_scales"]

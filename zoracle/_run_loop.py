@@ -1,0 +1,331 @@
+"""``zoracle.train``'s loop over epochs and steps: a step estimates the gradient at the step's batch,
+updates the params and records the step; an epoch's end saves, evaluates and records the epoch.
+
+``run`` (:class:`Run`) carries what the loop reads and changes, under the names ``train`` gives them.
+A warning's fixed ``stacklevel`` counts the frames from here up to ``train``'s caller."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+import types
+import warnings
+
+import numpy as np
+
+from ._backend import namespace
+from ._bar import _beside, _rate_text, log
+from ._checkpoint import CheckpointError
+from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
+from ._epochs import _bound
+from ._errors import ArgumentError, OracleError, ZoracleError
+from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
+from ._executors_core import ShardFailed
+from ._fastcheck import checking
+from ._schedules import schedule_value
+from ._train_checks import _warn_tiny_mu
+from ._train_records import _EPOCH_KEYS, _called, _count_of, _in_order, _json_number, _metrics, _stops
+
+__all__ = ["Run", "run_epochs", "save", "save_before_error"]
+
+
+class Run(types.SimpleNamespace):
+    """A run's state over its loop: what stays fixed (the oracle, estimator, optimizer, schedules,
+    callbacks, checkpoint, ...) and what the steps change (``params``, ``state``, ``est_state``,
+    ``step``, ``epoch``, ``pos``, ``nfev``, the records, ``stopped``, ...)."""
+
+
+def save(run, last: bool = False, stacklevel: int = 4) -> None:
+    """Write the run's checkpoint as it stands (zoracle._run_save.Saver); ``stacklevel`` of a failed
+    last save's warning (4: ``train``'s caller, from ``train``)."""
+    run.saver.save(last, params=run.params, state=run.state, est_state=run.est_state, step=run.step, epoch=run.epoch,
+                   pos=run.pos, nfev=run.nfev, checked=run.checked, steps_hist=run.steps_hist, bar=run.bar,
+                   progress=run.progress, stacklevel=stacklevel)
+
+
+def run_epochs(run) -> None:
+    """The run's epochs from ``run.epoch`` (step ``run.pos`` of it) on, until the last or a stop."""
+    while run.epoch < run.epochs:
+        if run.stopped and run.pos == 0:  # stopped at an epoch's end: the next epoch's batches are not drawn
+            break
+        blist = None  # the last epoch's batches go before this one's are drawn
+        blist = run.epoch_batches(run.epoch)
+        if run.pos > len(blist):
+            raise CheckpointError(f"checkpoint {run.resume!r}: header field 'pos' is {run.pos}, but epoch {run.epoch} "
+                                  f"has only {len(blist)} batches; resume with the same batches or start over")
+        if run.stopped and run.pos < len(blist):  # a resumed run at its budget mid-epoch: no step to take
+            break
+        # (a resumed run at its budget with pos at the epoch's end still finishes that epoch: its
+        # end was saved before eval_fn and the callbacks ran, and one of them was interrupted)
+        if run.sparse and not run.masks.per_step:
+            run.coords = run.masks.coordinates(run.epoch)
+        run.ran = run.flat = 0  # this epoch's steps, and those whose estimate was exactly 0
+        while run.pos < len(blist):
+            if take_step(run, blist):
+                break
+        epoch_warnings(run, blist)
+        if run.pos >= len(blist) and end_epoch(run):
+            break
+
+
+def take_step(run, blist) -> bool:
+    """One training step on batch ``blist[run.pos]``: estimate, update, record; whether the run stops."""
+    t0, bound, g = _estimate(run, blist)
+    run.held = bound, g  # until the next step's replace them (as train's locals were: the next bind is a new id)
+    lr, prev = _update(run, g, bound)
+    return _record(run, t0, g, lr, prev, blist)
+
+
+def _estimate(run, blist):
+    """The step's gradient estimate at the batch (the oracle bound to it); the step's start time."""
+    if run.sparse and run.masks.per_step:  # drawn once per step, where the step runs
+        run.coords = run.masks.coordinates(run.epoch, step=run.step)
+    t0 = time.perf_counter()
+    run.step_began = run.step
+    run.est = run.estimator if run.mu_sched is None else dataclasses.replace(
+        run.estimator, mu=schedule_value(run.mu_sched, run.step, "mu", positive=True))
+    try:
+        bound = _bound(run.oracle, blist[run.pos], executor=run.executor)
+    except ZoracleError as exc:  # its type kept; which batch of `batches` added (steps were spent)
+        if blist[run.pos] is not None and exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]} (at bind(batch) of training step {run.step}, epoch {run.epoch}, "
+                        f"batch {run.pos})", *exc.args[1:])
+        raise
+    except Exception as exc:  # the oracle's bind(batch) (TorchOracle's first one runs the model)
+        raise OracleError(f"bind(batch) of training step {run.step} (epoch {run.epoch}, batch {run.pos})",
+                          cause=exc) from exc
+    step_rng = np.random.default_rng([run.root, 1, run.step]) if isinstance(run.est, (RGE, SNES)) else None
+    try:
+        with checking(bound, run.verdicts):
+            g = estimate_gradient(bound, run.params, run.est, coordinates=run.coords, rng=step_rng,
+                                  executor=run.executor, state=run.est_state)
+    except OracleError as exc:  # which training step, added to the query (its shard and worker kept)
+        raise exc.located(f"{exc.query} of training step {run.step} (epoch {run.epoch}, batch {run.pos})")
+    except ShardFailed as exc:  # a shard that timed out or failed twice: which step, too
+        if exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]} (at training step {run.step}, epoch {run.epoch}, batch {run.pos})",
+                        *exc.args[1:])
+        raise
+    except StepError as exc:
+        scale = float(run.xp.max(run.xp.abs(run.params)))
+        if run.step == 0 or not scale > 100 * max(1.0, run.scale0):
+            raise  # a step this mu does not make at parameters of the run's own scale
+        # training moved the params where mu is no step: they grew by orders of magnitude
+        last = f" (lr was {run.steps_hist[-1]['lr']:g})" if run.steps_hist else ""
+        run.step_began = None  # (diverged params: no save over the last scheduled one, which holds sane ones)
+        raise ArgumentError(
+            f"training diverged at step {run.step} (epoch {run.epoch}): max|params| grew to "
+            f"{scale:.3g} (from {run.scale0:.3g}), where mu = {run.est.mu:g} is no longer a representable step; "
+            f"lower the learning rate{last}{noise_note(bound, run.params)}") from exc
+    run.step_began = None
+    if run.tiny:  # a float32 loss or a wider one: the base loss measured says which
+        run.tiny = _warn_tiny_mu(*run.tiny, loss=g.loss, stacklevel=6)
+    return t0, bound, g
+
+
+def _update(run, g, bound):
+    """The optimizer's update of ``run.params`` by the estimate, checked; the step's lr and its base point."""
+    lr = schedule_value(run.lr_of, run.step if run.lr_sched is not None else int(run.state.count),
+                        run.lr_name)
+    prev = run.params  # (the step's base point: a diverged run's message probes the loss there)
+    try:
+        before = int(run.state.count)
+        run.params, run.state = run.optimizer.update(g.grad, run.state, run.params, lr=lr)
+    except ArgumentError as exc:  # the optimizer's own check: train names the step, not update()
+        if bool(run.xp.isfinite(g.grad).all()):
+            raise
+        fix = (f"lower the learning rate (lr was {run.steps_hist[-1]['lr']:g}) or scale the loss down"
+               if run.steps_hist else "scale the loss down" + (  # (no step taken yet)
+                   ", or pass float64 params" if g.grad.dtype != np.float64 else ""))
+        raise ArgumentError(
+            f"training diverged at step {run.step} (epoch {run.epoch}): the gradient estimate is non-finite "
+            f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {fix}"
+            f"{noise_note(bound, prev)}") from exc
+    if not (getattr(run.params, "shape", None) == (run.d,) and getattr(run.params, "dtype", None) == run.dtype0
+            and namespace(run.params) is run.xp):
+        # an own optimizer's params in another dtype (np.clip against float64 bounds turned a float32
+        # run into float64, its checkpoint then refused) or shape ((d, 1): an error naming `params`)
+        got = (f"{type(run.params).__name__} of dtype {run.params.dtype} and shape {tuple(run.params.shape)}"
+               if hasattr(run.params, "dtype") and hasattr(run.params, "shape") else type(run.params).__name__)
+        raise ArgumentError(
+            f"`optimizer` {run.optimizer.name!r}: update() returned params as a {got} at step {run.step}, "
+            f"where it was given a {type(run.params0).__name__} of dtype {run.dtype0} and shape ({run.d},): train "
+            f"keeps the params as given (a checkpoint of others cannot be resumed); return them so, "
+            f"e.g. new.astype(params.dtype).reshape(params.shape)")
+    count = getattr(run.state, "count", None)
+    if _count_of(run.state) != before + 1 and not run.count_warned:
+        text = (f"`optimizer` {run.optimizer.name!r}: update() must return a state whose `count` is one more "
+                f"than the state it was given ({before} + 1), got {count!r}: train reads it for the "
+                f"learning rate (a schedule would stay at one step) and checkpoints it")
+        if before == run.first_count:  # its first update: refused, nothing much spent
+            raise ArgumentError(text)
+        # later (an update that skipped a step, say): the run's work is kept, the user told once
+        warnings.warn(f"train: {text}; from step {run.step} on, the optimizer's own schedule lags the steps"
+                      + (" and this run's checkpoint cannot be resumed" if run.checkpoint is not None else ""),
+                      UserWarning, stacklevel=5)
+        run.count_warned = True
+    if not bool(run.xp.isfinite(run.params).all()):
+        raise ArgumentError(
+            f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
+            f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev)}"
+        )
+    return lr, prev
+
+
+def _record(run, t0, g, lr, prev, blist) -> bool:
+    """The step's record, its progress and callbacks, and a save when one is due; whether the run stops."""
+    run.nfev += g.nfev
+    run.ran += 1
+    if run.block_watch is not None:
+        run.block_watch.see(g.grad)
+        run.block_watch = None if run.block_watch.done else run.block_watch
+    if run.still_watch is not None:
+        run.still_watch.see(g.grad, lr, run.epoch, prev, run.params)
+    prev = None  # (not kept into the next step: one d-sized array more at its peak)
+    if run.flat == run.ran - 1 and not run.flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
+        run.flat += not bool(run.xp.any(g.grad))
+    width = float(run.est.mu)
+    if run.snes:  # the widths this step sampled with, before its update
+        width = float(np.mean(run.est_state))
+        run.est_state = g.state
+    rec = {"step": run.step, "epoch": run.epoch, "loss": _json_number(g.loss), "lr": lr, "mu": width,
+           "nfev": int(g.nfev), "total_nfev": int(run.nfev), "seconds": time.perf_counter() - t0}
+    run.steps_hist.append(rec)
+    run.checked = dict(run.verdicts)
+    run.step += 1
+    run.pos += 1
+    run.n_rate += g.nfev
+    now = time.perf_counter()
+    if run.progress:
+        run.bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}",
+                            qps=_rate_text(run.n_rate / max(now - run.t_rate, 1e-9)), refresh=False)
+        run.bar.update(1)
+    elif log.isEnabledFor(logging.DEBUG):  # (a copy: the history's own record stays as it is)
+        log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", run.step, run.epoch, g.loss, lr, g.nfev,
+                  extra={"zoracle_event": "step", "zoracle": dict(rec)})
+    try:
+        with _beside(run.bar, run.progress and bool(run.callbacks)):
+            for cb in run.callbacks:  # (copies: a callback rounding or popping a field changed the history)
+                if _stops(_called(cb, "step", dict(rec), run.params.copy()), cb, run.cb_warned, stacklevel=6):
+                    run.stopped = True
+    except BaseException:
+        # a step callback that raises (or Ctrl-C in one) loses no step: this one is saved
+        # first (on an epoch's last step or a checkpoint_every step the save came after)
+        if run.saver.saved != run.step:
+            try:
+                save(run)
+            except Exception:  # the callback's error is the one to see
+                pass
+        raise
+    if run.max_queries is not None and run.nfev >= run.max_queries:
+        run.stopped = True
+    if run.pos < len(blist) and not run.stopped and run.cadence.due(run.step):
+        save(run)
+    return run.stopped
+
+
+def epoch_warnings(run, blist) -> None:
+    """At an epoch's end: an epoch of estimates all 0, blocks whose estimates stay 0, params that stay."""
+    if run.pos >= len(blist) and run.ran and run.flat == run.ran and not run.flat_warned:
+        run.flat_warned = True
+        warnings.warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
+                      "so the estimates moved no parameter (weight decay and momentum aside): each step's "
+                      f"queries at +-mu = {run.est.mu:g} returned the same loss. Where the loss is flat there, "
+                      "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
+                      "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
+                      "cross-entropy loss)", UserWarning, stacklevel=4)
+    if run.pos >= len(blist) and run.block_watch is not None and run.block_watch.steps >= WATCH_STEPS:
+        dead = run.block_watch.dead()
+        if dead:
+            warnings.warn(dead_blocks_text(dead, run.block_watch.steps, run.est.mu), UserWarning, stacklevel=4)
+        run.block_watch = None
+    if (run.pos >= len(blist) and run.still_watch is not None
+            and (still := run.still_watch.verdict(run.params)) is not None):
+        if still:
+            warnings.warn(still_text(run.still_watch.epoch, run.epoch, run.still_watch.lr, run.params), UserWarning,
+                          stacklevel=4)
+        run.still_watch = None
+
+
+def end_epoch(run) -> bool:
+    """An epoch's end: its save, evaluation, record, log line and callbacks; whether the run stops
+    here without them (``eval_fn`` returned no metric)."""
+    # the epoch's steps are safe before eval_fn or a callback can fail; the run's last
+    # save when it is the last epoch, or a budget or callback stopped it here. An int or
+    # time checkpoint_every saves here only when due (one-step epochs saved every step)
+    if run.cadence.due(run.step, epoch_end=True) or run.stopped or run.epoch + 1 == run.epochs:
+        save(run, last=run.stopped or run.epoch + 1 == run.epochs, stacklevel=6)
+    t0 = time.perf_counter()
+    k = len(run.steps_hist)  # the epoch's records are the history's tail: not a scan of the whole run
+    while k and run.steps_hist[k - 1]["epoch"] == run.epoch:
+        k -= 1
+    mine = run.steps_hist[k:]
+    losses = [float(r["loss"]) for r in mine]
+    erec = {"epoch": run.epoch, "loss": _json_number(finite_mean(losses)) if losses else None,
+            "lr": mine[-1]["lr"] if mine else None, "nfev": int(sum(r["nfev"] for r in mine)),
+            "total_nfev": int(run.nfev)}
+    if run.eval_fn is not None and ((run.epoch + 1) % run.eval_every == 0 or run.epoch + 1 == run.epochs):
+        with _beside(run.bar, run.progress):  # a print in eval_fn starts its own line
+            try:
+                value = run.eval_fn(run.params.copy())
+            except StopIteration as exc:  # escaping train bare, it would end a caller's loop silently
+                raise ArgumentError(
+                    f"`eval_fn` raised StopIteration at epoch {run.epoch} (a next() on a used-up iterator?): "
+                    "it must return a number or a dict of numbers; to stop the run early, return True "
+                    "or raise StopIteration from a callback in `callbacks`") from exc
+        try:
+            erec.update(_metrics(value, run.epoch, stacklevel=5))
+        except ArgumentError as exc:  # found only now: the run's work is returned, not lost
+            then = ("fix `eval_fn` and resume from the checkpoint to evaluate it and go on"
+                    if run.checkpoint is not None else "fix `eval_fn` (pass checkpoint= to resume a run "
+                    "after such a failure)")
+            warnings.warn(f"train: {exc}. The run stops here and returns its result, without this "
+                          f"epoch's record; {then}", UserWarning, stacklevel=4)
+            run.stopped = True
+            return True
+    erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
+    run.epoch_hist.append(erec)
+    if run.resumed_metrics and set(erec) - set(_EPOCH_KEYS) - {"seconds"}:
+        # the checkpoint kept eval_fn's metrics in name order: the records read back from it
+        # take this run's order (eval_fn's), as the uninterrupted run has them
+        order = [k for k in erec if k not in _EPOCH_KEYS and k != "seconds"]
+        run.epoch_hist[:run.resumed_metrics] = [_in_order(r, (*_EPOCH_KEYS, *order), last=("seconds",))
+                                                for r in run.epoch_hist[:run.resumed_metrics]]
+        run.resumed_metrics = 0
+    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
+    with _beside(run.bar, run.progress and log.isEnabledFor(logging.INFO), clear_now=True):
+        log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
+                 extra={"zoracle_event": "epoch", "zoracle": dict(erec)})
+    if run.progress:
+        run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
+    with _beside(run.bar, run.progress and bool(run.callbacks)):
+        for cb in run.callbacks:
+            if _stops(_called(cb, "epoch", dict(erec), run.params.copy()), cb, run.cb_warned, stacklevel=5):
+                run.stopped = True
+    run.epoch += 1
+    run.pos = 0
+    return False
+
+
+def save_before_error(run) -> None:
+    """An error (or SIGTERM turned into SystemExit, or Ctrl-C) inside a step's bind or estimate: the
+    params and optimizer state are still those of the steps before it, which are saved first (with
+    checkpoint_every="epoch", a slow oracle's kill lost up to an epoch); the step in flight is lost."""
+    # an error (or SIGTERM turned into SystemExit, or Ctrl-C) inside a step's bind or estimate: the
+    # params and optimizer state are still those of the steps before it, which are saved first (with
+    # checkpoint_every="epoch", a slow oracle's kill lost up to an epoch); the step in flight is lost
+    if run.save_mid_step and run.step_began == run.step and run.saver.saved != run.step and run.step > run.first_step:
+        try:
+            save(run)
+        except Exception:  # the error that stopped the run is the one to see
+            pass
+        else:  # (SystemExit, a SIGTERM handler's, shows no traceback: this line says what is kept)
+            with contextlib.suppress(Exception):  # the line starts its own line, not the bar's
+                run.bar.clear()
+            log.warning("train: stopped inside step %d (%s); the checkpoint %r holds the %d steps before it: "
+                        "resume=True continues there", run.step, type(sys.exc_info()[1]).__name__,
+                        os.fspath(run.checkpoint), run.step)
