@@ -4,10 +4,12 @@ the check that a script guards its ``__main__``, and the reaper of a dead driver
 from __future__ import annotations
 
 import ast
+import numbers
 import os
 import sys
 
 from ._errors import ArgumentError, MissingExtra, ZoracleError
+from ._executors_core import MAX_WORKERS
 from ._executors_local import _descendants, _proc_table
 
 
@@ -25,6 +27,17 @@ def parse_local(address, what: str):
             raise ArgumentError(f"`{what}` 'local:N' needs a worker count N >= 1, got {address!r} (e.g. 'local:2')")
         return True, int(tail)
     return False, None
+
+
+def worker_count(n_workers, count):
+    """A local cluster's workers: ``n_workers``, else the N of ``'local:N'`` (``count``), else None;
+    refused unless an integer from 1 to ``MAX_WORKERS``."""
+    n = n_workers if n_workers is not None else count
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
+    if n is not None and n > MAX_WORKERS:  # as JoblibExecutor's n_jobs
+        raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {n!r}")
+    return n
 
 
 def _missing(name: str, extra: str) -> MissingExtra:

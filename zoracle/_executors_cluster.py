@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import numbers
 import os
 import shutil
 import tempfile
@@ -17,7 +16,6 @@ from ._backend import to_numpy
 from ._errors import ArgumentError, ZoracleError, hide_credentials, shown_address
 from ._executors_core import (
     KEEP_ORACLES,
-    MAX_WORKERS,
     Payload,
     WorkerState,
     batch_name,
@@ -29,7 +27,8 @@ from ._executors_core import (
 )
 from ._executors_local import ShardedExecutor, kill_programs
 from ._forked import ForkSafeLock
-from ._cluster_common import _import, _require, _stop_reaper, check_main_guard, parse_local, start_reaper
+from ._cluster_common import (_import, _require, _stop_reaper, check_main_guard, parse_local, start_reaper,
+                              worker_count)
 
 __all__ = ["DaskExecutor"]
 
@@ -361,12 +360,7 @@ class DaskExecutor(ShardedExecutor):
                                 f"{client!r}")
         self._spec = client
         self._local, count = parse_local(client, "client")
-        self._count = n_workers if n_workers is not None else count
-        if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
-                                        or self._count < 1):
-            raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
-        if self._count is not None and self._count > MAX_WORKERS:  # as JoblibExecutor's n_jobs
-            raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {self._count!r}")
+        self._count = worker_count(n_workers, count)
         if n_workers is not None and not self._local:  # a running cluster keeps its own workers: it was ignored
             raise ArgumentError(f"`n_workers` sizes a local cluster; with `client`={client!r} the cluster's own "
                                 "workers run the shards and it would be ignored: drop it (or use 'local:N')")

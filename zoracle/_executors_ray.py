@@ -15,9 +15,9 @@ import threading
 import numpy as np
 
 from ._backend import jax_x64_runtime_env, to_numpy
-from ._cluster_common import _import, _require, _stop_reaper, parse_local, start_reaper
+from ._cluster_common import _import, _require, _stop_reaper, parse_local, start_reaper, worker_count
 from ._errors import ArgumentError, ZoracleError, check_flag, hide_credentials, shown_address
-from ._executors_core import (MAX_WORKERS, BatchMirror, Payload, WorkerState, batch_name, closed_during_run, pack,
+from ._executors_core import (BatchMirror, Payload, WorkerState, batch_name, closed_during_run, pack,
                               run_guarded, unless_closed)
 from ._executors_local import ShardedExecutor
 
@@ -219,12 +219,7 @@ class RayExecutor(ShardedExecutor):
                                 f"{address!r}{hint}")
         self.address = address
         self._local, count = parse_local(address, "address")
-        self._count = n_workers if n_workers is not None else count
-        if self._count is not None and (isinstance(self._count, bool) or not isinstance(self._count, numbers.Integral)
-                                        or self._count < 1):
-            raise ArgumentError(f"`n_workers` must be an integer >= 1, got {n_workers!r}")
-        if self._count is not None and self._count > MAX_WORKERS:  # as JoblibExecutor's n_jobs
-            raise ArgumentError(f"`n_workers` must be at most {MAX_WORKERS} workers, got {self._count!r}")
+        self._count = worker_count(n_workers, count)
         # as every other flag (check_flag): NumPy's True too ("must be True or False, got np.True_" before)
         self.allow_network = check_flag("allow_network", allow_network)
         if "n_jobs" in init_kwargs:  # JoblibExecutor's name: ray.init refused it at the first run (RuntimeError)
