@@ -76,8 +76,8 @@ def take_step(run, blist) -> bool:
     """One training step on batch ``blist[run.pos]``: estimate, update, record; whether the run stops."""
     t0, bound, g = _estimate(run, blist)
     run.held = bound, g  # until the next step's replace them (as train's locals were: the next bind is a new id)
-    lr, prev = _update(run, g, bound)
-    return _record(run, t0, g, lr, prev, blist)
+    lr = _update(run, g, bound)
+    return _record(run, t0, g, lr, blist)
 
 
 def _estimate(run, blist):
@@ -128,10 +128,12 @@ def _estimate(run, blist):
 
 
 def _update(run, g, bound):
-    """The optimizer's update of ``run.params`` by the estimate, checked; the step's lr and its base point."""
+    """The optimizer's update of ``run.params`` by the estimate, checked; the step's lr. ``run.prev``: the
+    step's base point, until the step's watches have read it (not a local of the step's callers, which
+    kept one d-sized array more alive through its callbacks and saves)."""
     lr = schedule_value(run.lr_of, run.step if run.lr_sched is not None else int(run.state.count),
                         run.lr_name)
-    prev = run.params  # (the step's base point: a diverged run's message probes the loss there)
+    prev = run.prev = run.params  # (the step's base point: a diverged run's message probes the loss there)
     try:
         before = int(run.state.count)
         run.params, run.state = run.optimizer.update(g.grad, run.state, run.params, lr=lr)
@@ -173,10 +175,10 @@ def _update(run, g, bound):
             f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
             f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev)}"
         )
-    return lr, prev
+    return lr
 
 
-def _record(run, t0, g, lr, prev, blist) -> bool:
+def _record(run, t0, g, lr, blist) -> bool:
     """The step's record, its progress and callbacks, and a save when one is due; whether the run stops."""
     run.nfev += g.nfev
     run.ran += 1
@@ -184,8 +186,8 @@ def _record(run, t0, g, lr, prev, blist) -> bool:
         run.block_watch.see(g.grad)
         run.block_watch = None if run.block_watch.done else run.block_watch
     if run.still_watch is not None:
-        run.still_watch.see(g.grad, lr, run.epoch, prev, run.params)
-    prev = None  # (not kept into the next step: one d-sized array more at its peak)
+        run.still_watch.see(g.grad, lr, run.epoch, run.prev, run.params)
+    run.prev = None  # (not kept into the callbacks, saves and next step: one d-sized array more at its peak)
     if run.flat == run.ran - 1 and not run.flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
         run.flat += not bool(run.xp.any(g.grad))
     width = float(run.est.mu)

@@ -303,7 +303,10 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
         n_rate=n_rate, nfev=nfev, params=params, pos=pos, progress=progress, resumed_metrics=resumed_metrics,
         state=state, step=step, step_began=step_began, steps_hist=steps_hist, still_watch=still_watch,
         stopped=stopped, t_rate=t_rate, tiny=tiny, verdicts=verdicts,
-        est=None, ran=0, flat=0, held=None)
+        est=None, ran=0, flat=0, held=None, prev=None)
+    # the run's own from here (run.params, ...): the first step's params and optimizer state replace these, as
+    # the loop's locals were (kept here, the start's params and an adam's moments stayed alive through the run)
+    params = state = est_state = None
     try:
         run_epochs(run)
     except BaseException:
