@@ -13,8 +13,8 @@ from torch.nn.utils import parametrize
 from zoracle._backend import fields_hash, is_cupy
 from zoracle._errors import ArgumentError, masked_entries
 
-from ._torch_chain import (_NORM, CL_POOLS, BlockParams, Chain, Step, extract_steps, fast_kind,
-                           pooled_channels_last, steps_from_items)
+from ._torch_chain import _NORM, BlockParams, Chain, Step, extract_steps, fast_kind, steps_from_items
+from ._torch_channels import CL_POOLS, pooled_channels_last
 from ._torch_graph import _arrange
 
 #: the name of the last step that holds the parameters no step of the split reads
@@ -225,7 +225,7 @@ class _Core:
     # other ids, so they travel as positions in ``model.modules()`` (and in its parameters) and
     # come back as the copy's ids
     def __getstate__(self):
-        from ._torch_exact import _PLAIN_NAMES
+        from ._torch_watch import _PLAIN_NAMES
 
         state = dict(self.__dict__)
         state["base_out"] = None  # an output of this process's last plain call: not the copy's
@@ -243,7 +243,7 @@ class _Core:
         return state
 
     def __setstate__(self, state):
-        from ._torch_exact import _PLAIN_NAMES
+        from ._torch_watch import _PLAIN_NAMES
 
         plain = state.pop("plain_names", None)
         self.__dict__.update(state)

@@ -270,7 +270,7 @@ def test_unfold_long_rows(w, sw):
 def test_nonzero_rows_is_any_nonzero(vals):
     """The sparse-rows test of which (perturbation, sample) rows changed is ``(D != 0).any``
     per row: NaN, infinities and subnormals count as changed, +0 and -0 do not."""
-    from zoracle.adapters.torch import _nonzero_rows
+    from zoracle.adapters._torch_tensors import _nonzero_rows
 
     D = torch.tensor(vals, dtype=torch.float32).view(2, 3, 2, 1)
     assert torch.equal(_nonzero_rows(D, 6), (D != 0).reshape(6, -1).any(dim=-1))
@@ -733,6 +733,7 @@ def test_absorb_is_the_convolution_of_the_changed_input(k, b, c, o, hw, ks, stri
     from torch.nn import functional as F
 
     from zoracle.adapters import _torch_chain as C
+    from zoracle.adapters import _torch_channels as CH
 
     if hw + 2 * pad < dil * (ks - 1) + 1:
         return  # no output position
@@ -745,16 +746,16 @@ def test_absorb_is_the_convolution_of_the_changed_input(k, b, c, o, hw, ks, stri
     col = torch.randn(k, b, hw, hw, generator=g, dtype=torch.float64)
     m.weight.requires_grad_(False)
     base_out = F.conv2d(x, m.weight, None, stride, pad, dil)
-    C.LAYOUT.nhwc = False
+    CH.LAYOUT.nhwc = False
     if layout == "nhwc":  # as TorchOracle.suffix runs it: channels-last rows; float32 only there
         m, x, col, base_out = m.float(), x.float(), col.float(), base_out.float()
         base_out = base_out.contiguous(memory_format=torch.channels_last)
-        C.LAYOUT.nhwc = True
+        CH.LAYOUT.nhwc = True
     try:
         with torch.no_grad():  # as the oracle runs it
-            got = C.absorb(C.Step(m), col, ch, x, base_out)
+            got = CH.absorb(C.Step(m), col, ch, x, base_out)
     finally:
-        C.LAYOUT.nhwc = False
+        CH.LAYOUT.nhwc = False
     for r in range(k):
         xr = x.clone()
         xr[:, ch[r]] = col[r]
@@ -792,6 +793,7 @@ def test_channel_step_pools_equal_the_modules_bit_for_bit(k, b, h, w, ks, stride
     the CPU) gives exactly the module's own values on the same tensor, and the pooled rows are
     those of pooling each perturbed input whole; so do the dense suffix's ``(N, C, ...)`` rows."""
     from zoracle.adapters import _torch_chain as C
+    from zoracle.adapters import _torch_channels as CH
 
     if pad > ks // 2:
         return  # torch rejects padding over half the window
@@ -805,7 +807,7 @@ def test_channel_step_pools_equal_the_modules_bit_for_bit(k, b, h, w, ks, stride
         if x.shape[-1] + 2 * pad < ks or (x.dim() == 4 and x.shape[-2] + 2 * pad < ks):
             continue  # no output position
         with torch.no_grad():
-            got = C.channel_step(C.Step(m), x, torch.zeros(k, dtype=torch.long), True)
+            got = CH.channel_step(C.Step(m), x, torch.zeros(k, dtype=torch.long), True)
             assert got.is_contiguous()
             assert torch.equal(got, m(x))  # the NCHW kernel on the same (k, B, ...) planes
             whole = m(x.reshape((k * b, 1) + tuple(x.shape[2:]))).reshape(got.shape)
@@ -819,6 +821,7 @@ def test_split_roles_consecutive_positions_are_slices():
     """Positions of one parameter that follow each other come back as a slice, scattered ones
     as an index tensor; both select the same coordinates, so the perturbed channels agree."""
     from zoracle.adapters import _torch_chain as C
+    from zoracle.adapters import _torch_channels as CH
 
     conv = nn.Conv2d(2, 3, 3, padding=1)
     bp = C.BlockParams([conv.weight, conv.bias], ["weight", "bias"], np.array([0, 54, 57]))
@@ -834,9 +837,9 @@ def test_split_roles_consecutive_positions_are_slices():
         out = conv(x)
         cache = C.prepare_cache("conv2d", conv, x, out)
         h = torch.full((4,), 1e-2)
-        ch_a, col_a = C.perturbed_channels("conv2d", conv, x, out, cache, bp, mixed, h)
+        ch_a, col_a = CH.perturbed_channels("conv2d", conv, x, out, cache, bp, mixed, h)
         order = np.argsort(mixed)
-        ch_b, col_b = C.perturbed_channels("conv2d", conv, x, out, cache, bp, mixed[order], h[order])
+        ch_b, col_b = CH.perturbed_channels("conv2d", conv, x, out, cache, bp, mixed[order], h[order])
     assert torch.equal(ch_a[order], ch_b) and torch.equal(col_a[order], col_b)
     for r, li in enumerate(mixed.tolist()):  # each against the convolution with that weight changed
         c2 = nn.Conv2d(2, 3, 3, padding=1)
@@ -1306,7 +1309,7 @@ def test_an_rnn_costs_no_extra_split_check_and_a_local_enum_attribute_runs_on_th
     # unpicklable, an error on thread executors, which pickle nothing
     import enum
 
-    import zoracle.adapters._torch_exact as exact
+    import zoracle.adapters._torch_watch as watch
 
     class Head(nn.Module):
         def __init__(self):
@@ -1318,14 +1321,14 @@ def test_an_rnn_costs_no_extra_split_check_and_a_local_enum_attribute_runs_on_th
 
     torch.manual_seed(0)
     model = Head()
-    before = exact._modes(model)
+    before = watch._modes(model)
     bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind(
         (torch.randn(16, 5, 4), torch.randint(0, 3, (16,))))
     p = bound.initial_params()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zo.estimate_gradient(bound, p, zo.RGE(mu=1e-3, directions=8), rng=0)
-    assert exact._modes(model) == before and len(bound._core.checked_modes) == 1
+    assert watch._modes(model) == before and len(bound._core.checked_modes) == 1
 
     class Act(str, enum.Enum):
         RELU = "relu"
@@ -1455,6 +1458,7 @@ def test_the_base_point_comparison_keeps_watching_and_stays_quiet_on_correct_spl
     # prefix / suffix path. Masked -inf logits (-inf - -inf is NaN) and an output change the loss
     # ignores made the base-point comparison recheck the split at every estimate.
     import zoracle.adapters._torch_exact as exact
+    import zoracle.adapters._torch_watch as watch
 
     class Baked(nn.Module):
         def __init__(self):
@@ -1469,7 +1473,7 @@ def test_the_base_point_comparison_keeps_watching_and_stays_quiet_on_correct_spl
     model = Baked().double().eval()
     x, y = torch.randn(16, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (16,))
     bound = TorchOracle(model, nn.CrossEntropyLoss(reduction="none")).bind((x, y))
-    assert ("buffer", "big") in exact._PLAIN_NAMES[model][1]  # still watched after the first bind's check
+    assert ("buffer", "big") in watch._PLAIN_NAMES[model][1]  # still watched after the first bind's check
     p = bound.initial_params()
     with torch.no_grad():
         model.big.mul_(3.0)
@@ -1545,7 +1549,7 @@ def test_a_float32_model_on_cpu_with_bfloat16_matmuls_is_warned_about():
     on a CPU with bfloat16 units (AVX512-BF16, AMX): the oracle's batched forwards (large
     matmuls) rounded, its base forward (small) not, and CGE at mu = 5e-3 was off by 0.036 on a
     largest gradient of 0.12 (autograd in float64), silently. The CPU warns now, as CUDA's TF32."""
-    from zoracle.adapters.torch import _tf32_note
+    from zoracle.adapters._torch_guards import _tf32_note
     before = torch.get_float32_matmul_precision()
     net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     data = (np.zeros((5, 4), np.float32), np.array([0, 1, 1, 0, 1]))
@@ -1586,7 +1590,7 @@ def test_a_float32_model_on_cuda_in_tf32_is_warned_about():
     mu = 5e-3, and the closed-form paths (exact steps) disagree with full forwards. A float32
     TorchOracle on CUDA names the settings to change; the CPU never runs TF32. (Checked here
     on the settings; the warning itself needs a GPU.)"""
-    from zoracle.adapters.torch import _tf32_note
+    from zoracle.adapters._torch_guards import _tf32_note
 
     conv = torch.backends.cudnn.conv
     before = conv.fp32_precision

@@ -1,7 +1,9 @@
 """STYLE.md caps a module at 1,000 lines: zoracle/_train.py (2,078), _executors_cluster.py
 (1,189) and _executors_core.py (1,035) broke it until their helpers moved to modules by topic
 (h322). Their importers then read the moved names from the new modules (h330), with no tuple of
-re-exports left behind, and ``train`` became a driver over functions of a screen or two."""
+re-exports left behind, and ``train`` became a driver over functions of a screen or two.
+adapters/torch.py (1,706), _torch_exact.py (1,498) and _torch_chain.py (1,101) broke it too until
+theirs moved the same way (h341): TorchOracle's batch machinery and chain walk into mixins."""
 
 from __future__ import annotations
 
@@ -9,14 +11,27 @@ import ast
 import importlib
 from pathlib import Path
 
+import pytest
+
 import zoracle
+import zoracle.adapters
 
 PACKAGE = Path(zoracle.__file__).parent
 SPLIT = ("_train.py", "_executors_cluster.py", "_executors_core.py")
+ADAPTERS = Path(zoracle.adapters.__file__).parent
+ADAPTERS_SPLIT = ("torch.py", "_torch_exact.py", "_torch_chain.py", "_torch_batches.py", "_torch_walk.py",
+                  "_torch_guards.py", "_torch_tensors.py", "_torch_reference.py", "_torch_repeat.py", "_torch_watch.py",
+                  "_torch_hooks.py", "_torch_channels.py")
 
 
 def test_every_module_of_the_package_is_under_1000_lines():
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in sorted(PACKAGE.glob("*.py"))}
+    assert {name: n for name, n in sizes.items() if n >= 1000} == {}
+
+
+def test_every_module_of_the_adapters_is_under_1000_lines():
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in sorted(ADAPTERS.glob("*.py"))}
+    assert "torch.py" in sizes
     assert {name: n for name, n in sizes.items() if n >= 1000} == {}
 
 
@@ -35,10 +50,34 @@ def test_the_moved_names_are_imported_from_their_new_modules_with_no_reexport_tu
     assert zoracle.History is importlib.import_module("zoracle._history").History
 
 
-def test_the_split_modules_import_lines_fit_120_characters():
+def test_the_adapters_moved_names_live_in_their_new_modules_and_the_public_ones_stay():
+    pytest.importorskip("torch")
+    torch_adapter = importlib.import_module("zoracle.adapters.torch")
+    new = {"_torch_guards": ["_one_query_at_a_time", "_tf32_note", "_model_state"],
+           "_torch_tensors": ["_Features", "_nonzero_rows", "_batch_tensor"], "_torch_batches": ["_Batches"],
+           "_torch_walk": ["_Walk"], "_torch_reference": ["reference_loss", "plain_context"],
+           "_torch_repeat": ["_not_repeatable", "_finite_probe"], "_torch_watch": ["_modes", "_PLAIN_NAMES"],
+           "_torch_hooks": ["_hook_check", "name_list"], "_torch_channels": ["LAYOUT", "perturbed_channels", "absorb"]}
+    for module, names in new.items():
+        mod = importlib.import_module(f"zoracle.adapters.{module}")
+        assert [n for n in names if not hasattr(mod, n)] == [], module
+    for name in ("torch", "_torch_exact", "_torch_chain"):
+        mod = importlib.import_module(f"zoracle.adapters.{name}")
+        assert not hasattr(mod, "_MOVED_OUT"), name
+        assert [n for n in mod.__all__ if not hasattr(mod, n)] == [], name
+    oracle = torch_adapter.TorchOracle
+    assert [c.__name__ for c in oracle.__mro__[1:3]] == ["_Batches", "_Walk"]
+    assert oracle._chunk is importlib.import_module("zoracle.adapters._torch_batches")._Batches._chunk
+    assert oracle.suffix.__module__ == "zoracle.adapters.torch"  # the public methods stay on TorchOracle
+    reference = importlib.import_module("zoracle.adapters._torch_reference").reference_loss
+    assert importlib.import_module("zoracle.adapters._torch_exact").reference_loss is reference  # in its __all__
+
+
+@pytest.mark.parametrize("folder,names", [(PACKAGE, SPLIT), (ADAPTERS, ADAPTERS_SPLIT)])
+def test_the_split_modules_import_lines_fit_120_characters(folder, names):
     long = []
-    for name in SPLIT:
-        text = (PACKAGE / name).read_text(encoding="utf-8")
+    for name in names:
+        text = (folder / name).read_text(encoding="utf-8")
         lines = text.splitlines()
         for node in ast.parse(text).body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):

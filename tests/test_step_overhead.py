@@ -9,7 +9,7 @@ from torch import nn  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
 import zoracle as zo  # noqa: E402
-from zoracle.adapters import _torch_chain  # noqa: E402
+from zoracle.adapters import _torch_batches, _torch_chain, _torch_channels, _torch_walk  # noqa: E402
 from zoracle.adapters import torch as torch_adapter  # noqa: E402
 from zoracle.adapters.torch import TorchOracle  # noqa: E402
 
@@ -55,7 +55,8 @@ def _entries(monkeypatch) -> list:
         seen.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch_adapter, "norm_context", counted)
+    for module in (torch_adapter, _torch_batches, _torch_walk):  # TorchOracle's methods, in these modules
+        monkeypatch.setattr(module, "norm_context", counted)
     return seen
 
 
@@ -148,14 +149,14 @@ def test_perturbed_channels_writes_each_parameters_run_in_place():
         args = (core.kinds[block], st.module, feats.state[0], feats.out, feats.cache, core.block_params[block],
                 local, h)
         with _Calls() as calls:
-            ch, col = _torch_chain.perturbed_channels(*args)
+            ch, col = _torch_channels.perturbed_channels(*args)
         assert "__setitem__" not in calls.names  # was one a parameter
         # the values as computed before: each parameter's run by its own operation, then copied in
         want = torch.empty_like(col)
         for role, pos, idx in _torch_chain._split_roles(core.block_params[block], local, col.device):
             one = np.zeros_like(local, dtype=bool)
             one[pos] = True
-            part_ch, part = _torch_chain.perturbed_channels(*args[:6], local[one], h[torch.as_tensor(one)])
+            part_ch, part = _torch_channels.perturbed_channels(*args[:6], local[one], h[torch.as_tensor(one)])
             want[pos] = part
             assert torch.equal(ch[torch.as_tensor(one)], part_ch)
         assert torch.equal(col, want)

@@ -3103,7 +3103,7 @@ def test_the_aliasing_check_finds_a_shared_element_as_a_set_intersection_does():
     (np.intersect1d sorted both: minutes before refusing a tied 50,000 x 768 embedding). Checked
     against Python's set intersection of the addresses on strided views of one buffer, stride 0
     (expanded) and overlapping windows included."""
-    from adapters.torch import _addresses, _share_an_element
+    from adapters._torch_guards import _addresses, _share_an_element
 
     rng = np.random.default_rng(0)
     base = torch.zeros(4096, dtype=torch.float64)

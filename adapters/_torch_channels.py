@@ -1,0 +1,332 @@
+"""Channel deltas for the step chain: one perturbation changes one output unit or channel of
+its layer, absorbed into the next layer; the channels-last layout of the running suffix, and the rows
+a delta couples."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._torch_chain import (BlockParams, Conv2dView, Step, _BATCHNORM, _BN, _DROPOUT, _as2d, _conv_index, _fork,
+                           _identity, _split_roles, _t, conv_patches, unfold)
+
+
+_ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
+        nn.Softplus, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Identity) + _DROPOUT
+
+
+def channel_ok(kind: str, out) -> bool:
+    """Whether the channel-delta path applies to this block's output layout."""
+    return ((kind == "linear" and out.dim() == 2) or (kind == "conv2d" and out.dim() in (2, 4))
+            or (kind == "bn" and out.dim() in (2, 3, 4)) or (kind == "conv1d" and out.dim() == 3))
+
+
+_POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOL1D = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
+
+
+def is_fork(step: Step) -> bool:
+    return step.fn is _fork
+
+
+def channel_local(step: Step, base) -> bool:
+    """A step acting on each unit / channel separately (the delta stays in one channel)."""
+    if step.fn is not None:
+        return False
+    m = step.module
+    return (type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
+            or (type(m) in _POOL1D and base.dim() == 3))
+
+
+def flatten_linear(steps, j: int, base) -> bool:
+    """``Flatten()`` then ``Linear`` on a 3-D / 4-D activation: a one-channel delta is a small matmul."""
+    if j + 1 >= len(steps) or base.dim() not in (3, 4):
+        return False
+    f, lin = steps[j], steps[j + 1]
+    return (f.fn is None and type(f.module) is nn.Flatten and f.module.start_dim == 1 and f.module.end_dim == -1
+            and lin.fn is None and type(lin.module) is nn.Linear)
+
+
+def absorbs(step: Step, base_in) -> bool:
+    """A layer that turns a one-channel delta into a dense output cheaply."""
+    m = step.module
+    if step.fn is not None:
+        return False
+    if type(m) is nn.Linear:
+        return base_in.dim() == 2
+    return ((type(m) is nn.Conv2d and base_in.dim() == 4) or (type(m) is nn.Conv1d and base_in.dim() == 3)) \
+        and m.groups == 1
+
+
+def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local, h):
+    """``(ch, col)``: the channel each perturbation changes and its new values ``(k, B, ...)``.
+
+    ``local`` holds NumPy indices inside the block, ``h`` the representable steps (torch).
+    """
+    if kind == "conv1d":
+        kind, module, x, out = _as2d(kind, module, x, out)
+        ch, col = perturbed_channels(kind, module, x, out, cache, bp, local, h)
+        return ch, col.squeeze(2)
+    k = len(local)
+    dev = out.device
+    ch = np.empty(k, dtype=np.int64)
+    col = None  # allocated when the coordinates span several parameters (one parameter: its values are col)
+    for role, pos, idx in _split_roles(bp, local, dev):
+        hr = h if pos is None else h[pos]
+        if pos is not None and col is None:
+            col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=dev)
+        # a run of positions is a contiguous slab of col: the values are computed into it (the
+        # same elementwise operation, no temporary and no copy), else written by index
+        dst = col[pos] if isinstance(pos, slice) else None
+        if kind == "linear":
+            if role == "weight":
+                i, j = np.divmod(idx, module.in_features)
+                val = torch.addcmul(out.index_select(1, _t(i, dev)).T, hr[:, None], x.index_select(1, _t(j, dev)).T,
+                                    out=dst)
+            else:
+                i = idx
+                val = torch.add(out.index_select(1, _t(i, dev)).T, hr[:, None], out=dst)
+        elif kind == "conv2d":
+            if role == "weight":
+                i, ci, p, q = _conv_index(module, idx)
+                G = conv_patches(module, cache, ci, p, q, out, dev)  # (B, k, Ho, Wo)
+                val = torch.addcmul(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1),
+                                    G.transpose(0, 1), out=dst)
+            else:
+                i = idx
+                val = torch.add(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1), out=dst)
+        else:  # bn
+            i = idx
+            it = _t(i, dev)
+            sl = out.index_select(1, it).transpose(0, 1)
+            shape = (-1,) + (1,) * (sl.dim() - 1)
+            if role == "weight":
+                val = torch.addcmul(sl, hr.view(shape), cache.index_select(1, it).transpose(0, 1), out=dst)
+            else:
+                val = torch.add(sl, hr.view(shape), out=dst)
+        if pos is None:
+            col = val
+            ch[:] = i
+        else:
+            if dst is None:
+                col[pos] = val
+            ch[pos if isinstance(pos, slice) else pos.cpu().numpy()] = i
+    return _t(ch, dev), col
+
+
+# the pools pooled_channels_last runs channels-last (run_owned checks the type before calling it)
+CL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AvgPool1d)
+
+
+def pooled_channels_last(m, x):
+    """``m(x)`` run channels-last for a stock ``MaxPool2d`` / ``AvgPool2d`` on a 4-D CPU input or
+    ``AvgPool1d`` on a 3-D one, else None. On the CPU the channels-last kernels run many small
+    planes 1.5-3x faster, with the same sum per output element (average pooling) or maximum,
+    so the same values; not the adaptive average, whose channels-last kernel adds in another
+    order. torch's average_pool1d is the 2-D one on ``(N, C, 1, L)``."""
+    t = type(m)
+    if x.device.type != "cpu" or t not in CL_POOLS:
+        return None
+    if t is not nn.AvgPool1d and x.dim() == 4 and not getattr(m, "return_indices", False):
+        return m(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    if t is nn.AvgPool1d and x.dim() == 3:
+        (kw,), (sw,), (pw,) = m.kernel_size, m.stride, m.padding
+        y = F.avg_pool2d(x.unsqueeze(2).contiguous(memory_format=torch.channels_last), (1, kw), (1, sw), (0, pw),
+                         m.ceil_mode, m.count_include_pad)
+        return y.squeeze(2).contiguous()
+    return None
+
+
+def channel_step(step: Step, col, ch, groups_stats: bool):
+    """Apply a channel-local step to the changed channels ``col`` (k, B, ...)."""
+    m = step.module
+    if type(m) in _POOL or type(m) is nn.AvgPool1d:  # pools each (perturbation, sample) plane
+        y = pooled_channels_last(m, col)
+        return m(col) if y is None else y
+    if type(m) not in _BN:
+        return _identity(col) if type(m) in _DROPOUT else m(col)
+    shape = (col.shape[0],) + (1,) * (col.dim() - 1)
+    if m.training or m.running_mean is None:
+        # (k, B, ...) as one sample of k channels: the native kernel's per-channel statistics
+        # over B * spatial values are each perturbation's batch statistics
+        flat = col.reshape(1, col.shape[0], -1)
+        w = None if m.weight is None else m.weight[ch]
+        b = None if m.bias is None else m.bias[ch]
+        return F.batch_norm(flat, None, None, w, b, True, 0.0, m.eps).view(col.shape)
+    else:
+        y = (col - m.running_mean[ch].view(shape)) * torch.rsqrt(m.running_var[ch].view(shape) + m.eps)
+    if m.weight is not None:
+        y = y * m.weight[ch].view(shape) + m.bias[ch].view(shape)
+    return y
+
+
+def absorb(step: Step, col, ch, base_in, base_out, delta=None):
+    """Dense ``(k, B, ...)`` output of a Linear/Conv2d whose input changed in one channel
+    (``delta``: ``col`` minus its base, when the caller has it)."""
+    m = step.module
+    if delta is None:
+        delta = col - base_in.index_select(1, ch).transpose(0, 1)  # (k, B, ...)
+    if type(m) is nn.Linear:
+        w = m.weight.index_select(1, ch).T  # (k, out)
+        Z = torch.empty((delta.shape[0],) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
+        return torch.addcmul(base_out.unsqueeze(0), delta.unsqueeze(-1), w.unsqueeze(1), out=Z)
+    k = delta.shape[0]
+    Z = rows_like(k, base_out)
+    if type(m) is nn.Conv1d:  # as a Conv2d of height 1
+        v = Conv2dView(m)
+        d = one_channel_conv(v, delta.transpose(0, 1).unsqueeze(2), v.weight.index_select(1, ch).transpose(0, 1),
+                             (1, base_out.shape[-1]))  # (B, k, O, 1, Lo)
+        return torch.add(base_out.unsqueeze(0), d.squeeze(3).transpose(0, 1), out=Z)
+    w = m.weight.index_select(1, ch).transpose(0, 1)  # (k, O, kh, kw)
+    if _nhwc_absorb(m, base_out, Z):
+        return _absorb_nhwc(m, delta, w, base_out, Z)
+    d = one_channel_conv(m, delta.transpose(0, 1), w, tuple(base_out.shape[-2:])).transpose(0, 1)
+    return torch.add(base_out.unsqueeze(0), d, out=Z)
+
+
+def _nhwc_absorb(m, base_out, Z) -> bool:
+    cl = torch.channels_last
+    return (m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and base_out.is_contiguous(memory_format=cl) and Z.flatten(0, 1).is_contiguous(memory_format=cl))
+
+
+def _absorb_nhwc(m, delta, w, base_out, Z):
+    """``base_out + conv(delta)`` written straight into the channels-last ``Z``: one batched
+    ``baddbmm`` of each perturbation's patches (B*L, taps) by its channel's weights (taps, O)."""
+    k, B = delta.shape[0], delta.shape[1]
+    O = w.shape[1]
+    taps = w.shape[2] * w.shape[3]
+    U = unfold(delta.reshape((k * B, 1) + tuple(delta.shape[2:])), m.kernel_size, dilation=m.dilation,
+               padding=m.padding, stride=m.stride, positions_first=True)  # (k*B, L, taps)
+    L = U.shape[1]
+    base = base_out.permute(0, 2, 3, 1).reshape(1, B * L, O)  # a view: channels-last
+    Zp = Z.permute(0, 1, 3, 4, 2).view(k, B * L, O)  # a view of Z (channels-last rows)
+    wt = w.reshape(k, O, taps).transpose(1, 2)  # (k, taps, O)
+    torch.baddbmm(base.expand(k, B * L, O), U.view(k, B * L, taps), wt, out=Zp)
+    return Z
+
+
+_FEW_POSITIONS = 32  # output positions per sample up to which one_channel_conv makes a product per group
+
+
+def one_channel_conv(m, inp, w, out_hw):
+    """``(B, k, O, Ho, Wo)``: Conv2d ``m`` (no bias) applied to one input channel per group.
+
+    ``inp`` is ``(B, k, H, W)``, ``w`` the ``(k, O, kh, kw)`` weights of each group's channel.
+    On CPU, patches and one batched matrix product: several times faster than a grouped
+    convolution with one input channel per group.
+    """
+    B, k = inp.shape[0], inp.shape[1]
+    O = w.shape[1]
+    if m.padding_mode != "zeros":
+        inp = F.pad(inp, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        pad = 0
+    else:
+        pad = m.padding
+    if inp.device.type == "cpu" and not isinstance(pad, str):
+        U = unfold(inp, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)  # (B, k*kh*kw, L)
+        taps, L = w.shape[2] * w.shape[3], U.shape[-1]
+        if B == 1 or L > _FEW_POSITIONS:
+            d = torch.matmul(w.reshape(k, O, taps), U.view(B, k, taps, L))  # (B, k, O, L)
+            return d.view((B, k, O) + tuple(out_hw))
+        # few positions: one product per group over every sample's positions, (O, taps) x
+        # (taps, B*L); the matmul broadcast over the samples makes B*k tiny products, each paying
+        # a call's overhead (2-3.5x slower on the (32*k, 16, 3) x (3, 20) products of MNIST-1D's
+        # first block; on long rows the broadcast wins, without the copy of the patches below)
+        Uk = U.view(B, k, taps, L).permute(1, 2, 0, 3).reshape(k, taps, B * L)
+        d = torch.bmm(w.reshape(k, O, taps), Uk)  # (k, O, B*L)
+        return d.view((k, O, B) + tuple(out_hw)).permute(2, 0, 1, 3, 4)  # (B, k, O, Ho, Wo), a view
+    d = F.conv2d(inp, w.reshape(k * O, 1, *w.shape[2:]), None, m.stride, pad, m.dilation, groups=k)
+    return d.reshape((B, k, O) + tuple(d.shape[-2:]))
+
+
+def absorb_flatten_linear(lin: nn.Linear, col, ch, base_in, base_out, delta=None):
+    """Dense ``(k, B, out)`` output of ``Linear(Flatten(x))`` when ``x`` changed in one channel
+    (``delta``: ``col`` minus its base, when the caller has it)."""
+    k, B = col.shape[0], col.shape[1]
+    if delta is None:
+        delta = col - base_in.index_select(1, ch).transpose(0, 1)
+    delta = delta.reshape(k, B, -1)  # (k, B, H*W)
+    C = base_in.shape[1]
+    w = lin.weight.view(lin.out_features, C, -1).index_select(1, ch).permute(1, 2, 0)  # (k, H*W, out)
+    Z = torch.empty((k,) + tuple(base_out.shape), dtype=base_out.dtype, device=base_out.device)
+    return torch.baddbmm(base_out.unsqueeze(0).expand(k, -1, -1), delta, w, out=Z)
+
+
+#: ``nhwc``: the running suffix keeps its 4-D float32 CPU activations channels-last (set by
+#: ``TorchOracle.suffix`` when every step after the block is known not to depend on the layout)
+LAYOUT = threading.local()
+
+
+def layout_free(step: Step) -> bool:
+    """A step whose result does not depend on its inputs' memory layout (no ``.view``)."""
+    if step.fn is None:
+        return type(step.module).__module__.startswith("torch.nn")
+    return step.fn is _fork or bool(getattr(step.fn, "layout_free", False))
+
+
+def nhwc_on(t) -> bool:
+    return (getattr(LAYOUT, "nhwc", False) and t.dim() == 4 and t.device.type == "cpu"
+            and t.dtype == torch.float32)
+
+
+def rows_like(k: int, base):
+    """Uninitialized ``(k, B, ...)`` tensor for ``k`` copies of ``base``; flattened to ``k * B``
+    rows it is channels-last for 4-D CPU float32 activations when ``LAYOUT.nhwc``."""
+    if nhwc_on(base):
+        Z = torch.empty((k * base.shape[0],) + tuple(base.shape[1:]), dtype=base.dtype,
+                        memory_format=torch.channels_last)
+        return Z.view((k,) + tuple(base.shape))
+    return torch.empty((k,) + tuple(base.shape), dtype=base.dtype, device=base.device)
+
+
+def tile(base, k: int):
+    """``base`` repeated ``k`` times along the rows, in the layout of :func:`rows_like` (one copy)."""
+    Z = rows_like(k, base)
+    Z.copy_(base.unsqueeze(0).expand_as(Z))
+    return Z.flatten(0, 1)
+
+
+def materialize(base, col, ch):
+    """Dense ``(k, B, ...)`` tensor: ``base`` repeated with channel ``ch[r]`` replaced by ``col[r]``."""
+    k = col.shape[0]
+    Y = rows_like(k, base)
+    Y.copy_(base.unsqueeze(0).expand_as(Y))
+    Y[torch.arange(k, device=base.device), :, ch] = col
+    return Y
+
+
+def absorb_rows(kind: str, m, delta, chs, base_out_rows):
+    """Like :func:`absorb` for ``M`` (perturbation, sample) rows: ``delta`` is ``(M, ...)``."""
+    M = delta.shape[0]
+    if kind == "flatten":
+        C = m.in_features // delta[0].numel()
+        w = m.weight.view(m.out_features, C, -1).index_select(1, chs).permute(1, 2, 0)  # (M, H*W, out)
+        return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
+    if type(m) is nn.Linear:
+        return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight.t().contiguous().index_select(0, chs))
+    if type(m) is nn.Conv1d:  # as a Conv2d of height 1
+        v = Conv2dView(m)
+        w = v.weight.transpose(0, 1).contiguous().index_select(0, chs)  # (M, O, 1, k)
+        d = one_channel_conv(v, delta.unsqueeze(0).unsqueeze(2), w, (1, base_out_rows.shape[-1]))[0]
+        return base_out_rows + d.squeeze(2)  # (M, O, Lo)
+    w = m.weight.transpose(0, 1).contiguous().index_select(0, chs)  # (M, O, kh, kw)
+    d = one_channel_conv(m, delta.unsqueeze(0), w, tuple(base_out_rows.shape[-2:]))[0]  # (M, O, Ho, Wo)
+    return base_out_rows + d
+
+
+def sample_coupling(steps) -> bool:
+    """Whether any of ``steps`` may mix samples (BatchNorm with batch statistics, or a
+    captured function step not known to act row by row)."""
+    for st in steps:
+        if st.fn is not None and not st.rowwise:
+            return True
+        mods = st.module.modules() if st.module is not None else ()
+        for m in mods:
+            if isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
+                return True
+    return False

@@ -1,0 +1,193 @@
+"""Exact or refuse, on randomness: whether a forward draws random numbers that change its output
+(a seed of its own, other seeds, two samples that differ), and the finite-probe pairs."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+
+from zoracle._errors import user_stacklevel
+
+from ._torch_chain import norm_context
+from ._torch_layout import to_torch
+from ._torch_reference import _close, reference_loss, retire_split, rng_kept
+
+
+#: other seeds a forward that draws random numbers runs with before it counts as random (a draw
+#: that cannot change the output: a LayerDrop or DropPath of probability 0, noise times 0)
+_RNG_SEEDS = 16
+
+
+def _not_repeatable(oracle) -> bool:
+    """Warn (retiring the split) when the loss in the model's current modes is not a function of
+    the parameters and the batch: two forwards whose outputs differ beyond round-off (GPU atomics
+    reorder sums: not noise a difference would measure), or a forward that draws random numbers
+    and gives another output under another seed (a draw once a call, batch-wise stochastic
+    depth, may come out the same twice); then the same of ``loss_fn`` (a Monte Carlo term), on
+    two samples. torch's generators are left as they were."""
+    core, model, x = oracle._core, oracle.model, oracle._x
+    what = ""
+    with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, rng_kept():
+        out = model(x)
+        ctx.reset()  # the second forward starts from the buffers the first found, as every query does
+        again, drew = _drawing(oracle, lambda: model(x))
+        ctx.reset()
+        if not (torch.is_tensor(out) and torch.is_tensor(again)):
+            return False
+        if out.shape != again.shape or _differ(out, again) or (
+                drew and _seeds_change(_two_or_all(model, x, ctx), ctx)):
+            what = "model(x)"
+        else:
+            # a mean loss, or one coupling the samples (either may run on the whole batch only: every
+            # query calls it on a whole batch), on all of them
+            n = out.shape[0] if core.scalar_loss else 2
+            y2 = None if oracle._y is None else oracle._y[:n]
+
+            def loss():
+                return to_torch(oracle.loss_fn(out[:n], y2), out.device)
+
+            first = loss()
+            second, drew = _drawing(oracle, loss)
+            if first.shape != second.shape or _differ(first, second) or (drew and _seeds_change(loss, ctx)):
+                what = "loss_fn(model(x), y)"
+    if not what:
+        return False
+    why = (f"{what} is not repeatable: two evaluations at the same parameters and batch differ (a random op such as "
+           "torch.randn_like: the oracle switches nn.Dropout off, not others; or state the forward changes), so "
+           "finite differences of the loss measure that noise, not the gradient; make it deterministic in the mode "
+           "you query the model in (draw the noise under `if self.training:` and call model.eval()), or fix its "
+           "random numbers per call")
+    if core.blocks:
+        retire_split(oracle, why)
+    else:
+        warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=user_stacklevel())
+    return True
+
+
+def _drawing(oracle, fn) -> tuple:
+    """``fn()`` and whether it drew from torch's random generators."""
+    rng = _rng_states(oracle.device)
+    got = fn()
+    return got, not _same_rng(_rng_states(oracle.device), rng)
+
+
+def _two_or_all(model, x, ctx):
+    """``model`` on two samples of ``x`` for :func:`_seeds_change`; on all of them where the forward
+    runs on the whole batch only (weights captured for it, as a loss may be: the split's own check
+    retires the split there, and the two-sample seed check crashed the first query)."""
+    rows = [x[:2]]
+
+    def run():
+        try:
+            return model(rows[0])
+        except RuntimeError:
+            if rows[0] is x:
+                raise
+            ctx.reset()
+            rows[0] = x
+            return model(x)
+    return run
+
+
+def _seeds_change(fn, ctx) -> bool:
+    """Whether ``fn()`` (two samples) gives another result under another seed (``_RNG_SEEDS`` tried)."""
+    torch.manual_seed(0)
+    first = fn()
+    ctx.reset()
+    for seed in range(1, _RNG_SEEDS + 1):
+        torch.manual_seed(seed)
+        other = fn()
+        ctx.reset()
+        if other.shape != first.shape or _differ(first, other):
+            return True
+    return False
+
+
+def _rng_states(device) -> tuple:
+    """torch's random generators a forward on ``device`` draws from (the CPU's, and the GPU's)."""
+    cpu = torch.random.get_rng_state()
+    if device.type == "cuda":
+        return cpu, torch.cuda.get_rng_state(device)
+    return (cpu,)
+
+
+def _same_rng(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` differ beyond round-off: by more than a relative 1e-9 (float64) or 2.4e-4
+    (narrower floats) of the median magnitude of ``a``'s nonzero finite entries, or a NaN or
+    infinity on one side only. NaN where both have NaN and equal infinities are equal."""
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+    if not a.is_floating_point():
+        return not torch.equal(a, b)
+    same = (a == b) | (a.isnan() & b.isnan())
+    if bool(same.all()):
+        return False
+    rel = 1e-9 if a.dtype == torch.float64 else 2000 * torch.finfo(torch.float32).eps
+    a64, b64 = a.double(), b.double()
+    finite = a64[torch.isfinite(a64)].abs()
+    finite = finite[finite > 0]  # ReLU outputs' zeros, a masked -1e9 logit: neither sets the scale
+    scale = float(finite.median()) if finite.numel() else 1.0
+    gap = (a64 - b64).abs().masked_fill(same, 0.0).nan_to_num(nan=float("inf"))
+    return bool((gap > rel * scale).any())
+
+
+def _check_full_forward(oracle) -> None:
+    """Warn when the oracle's full forward differs from ``model(x)``: the oracle runs in-place
+    activations out of place (its cached activations must not be overwritten), which changes a
+    forward that reads a tensor after an in-place activation overwrote it (``out = conv(relu_(x))
+    + x``). Checked once, on two samples, for a model with in-place modules."""
+    model = oracle.model
+    if not any(getattr(m, "inplace", False) is True for m in model.modules()):
+        return
+    probe = _two_samples(oracle)
+    x, y = probe._x, probe._y
+    try:
+        want = reference_loss(oracle, x.clone(), y)
+        with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn):
+            out = model(x.clone())
+            got = float(probe._scalar(out, y)) if oracle._core.scalar_loss else float(probe._loss(out, 1)[0])
+    except Exception:  # a forward that needs more samples (train-mode BatchNorm on one): no verdict
+        return
+    if not _close(got, want, want, oracle.dtype):
+        warnings.warn(f"TorchOracle: {type(model).__name__} gives loss {want:.10g}, but {got:.10g} with its in-place "
+                      "activations run out of place, as the oracle runs them: its forward reads a tensor that an "
+                      "in-place activation overwrote. The oracle's losses are those of the out-of-place forward; "
+                      "make that activation out of place (inplace=False) for model(x) to agree",
+                      RuntimeWarning, stacklevel=user_stacklevel())
+
+
+def _two_samples(oracle, start: int = 0):
+    """A copy of the bound ``oracle`` on (at most) two samples of its batch from ``start``, caches
+    empty."""
+    probe = copy.copy(oracle)
+    n = min(2, oracle._x.shape[0] - start)
+    probe._x = oracle._x[start:start + n].clone()
+    probe._y = None if oracle._y is None else oracle._y[start:start + n].clone()
+    probe._base_rows = probe._ycache = probe._state_cache = None
+    probe._aligned_from = None  # its two samples are its own (a write into the caller's batch must not refill them)
+    return probe
+
+
+#: pairs of samples tried for one whose loss is finite (a NaN in a sample, targets ignored)
+_PROBE_PAIRS = 8
+
+
+def _finite_probe(oracle):
+    """The first of :func:`_two_samples`'s pairs (from the start of the batch, ``_PROBE_PAIRS`` at
+    most) whose ``model(x)`` loss is finite, or None: a check that compares two NaN losses (a NaN
+    in the first sample, a mean loss over targets all ignored) can tell nothing."""
+    for start in range(0, min(oracle._x.shape[0], 2 * _PROBE_PAIRS), 2):
+        probe = _two_samples(oracle, start)
+        try:
+            if math.isfinite(reference_loss(oracle, probe._x, probe._y)):
+                return probe
+        except Exception:  # a forward that fails here fails in the check too, which names it
+            return probe
+    return None

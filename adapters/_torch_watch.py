@@ -1,0 +1,224 @@
+"""Exact or refuse, on a module's plain attributes: the values a forward reads (keyed into the
+caches) and the ones it writes (watched, then unwatched when they change)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import numbers
+import types
+import weakref
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._torch_graph import BAKED_BUFFERS
+from ._torch_reference import plain_context
+
+
+def module_key(m: nn.Module) -> tuple:
+    """What the split of a model depends on, per module, besides parameters and buffers: the
+    module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
+    train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
+    forward hook is registered on it (the closed forms do not run hooks); its parameters and
+    which of them train (one unfrozen after the oracle was built is not in its flat vector, nor
+    is a ``Parameter`` assigned over one, ``layer.weight = nn.Parameter(...)``); and its plain
+    attributes (numbers, flags, strings a forward may read)."""
+    ps = m._parameters
+    return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
+            tuple([(id(p), p.requires_grad) for p in ps.values() if p is not None]) if ps else (),
+            _plain_values(m))
+
+
+_PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _plain_values(m: nn.Module) -> tuple:
+    """The values of ``m``'s plain attributes (tensors as identity and version), and of its
+    buffers where the capture read them as values (``BAKED_BUFFERS``). Their names are read once
+    per module: an attribute a forward reads exists when the forward is first run (the capture),
+    so new names do not matter."""
+    baked = m in BAKED_BUFFERS
+    got = _PLAIN_NAMES.get(m)
+    if got is None or got[0] != baked:
+        d = m.__dict__
+        names = tuple(k for k, v in d.items() if k not in _TOGGLED and k not in _MODULE_OWN and _watched(v))
+        if baked:
+            names += tuple((_BUFFER, k) for k in m._buffers)
+        got = _PLAIN_NAMES[m] = (baked, names)
+    names = got[1]
+    return tuple([_value_key(_read(m, k)) for k in names]) if names else ()
+
+
+_BUFFER = "buffer"
+
+
+def _read(m: nn.Module, name):
+    if type(name) is not tuple:
+        return m.__dict__.get(name)
+    b = m._buffers.get(name[1])
+    # by value when small: the oracle puts buffers back after its queries (a copy, a new version)
+    return ("values", b.dtype, tuple(b.reshape(-1).tolist())) if torch.is_tensor(b) and b.numel() <= 256 else b
+
+
+#: the types of plain attributes a forward may read (``self.temperature``, ``negative_slope``,
+#: ``self.use_residual``, a NumPy scalar from a schedule, ``self.scales = (1.0, 2.0)``, an
+#: optional value set later, ``self.task = Task.A`` picking a head): torch.fx bakes them into the captured graph, and cached
+#: activations hold them
+_PLAIN = (numbers.Number, np.generic, str, type(None), enum.Enum)
+#: attributes the oracle itself switches while it runs (``norm_context``), or that are the key already
+_TOGGLED = frozenset({"training", "inplace", "dropout"})
+#: ``nn.Module``'s own bookkeeping (its parameter, buffer, submodule and hook dicts): keyed otherwise
+_MODULE_OWN = frozenset(nn.Module().__dict__)
+
+
+def _scalar(v) -> bool:
+    if not isinstance(v, _PLAIN):
+        return False
+    try:  # the key is hashed (a structured NumPy scalar is not hashable)
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
+#: the most entries of a container attribute watched, and how deep containers are followed
+_MAX_ENTRIES, _MAX_DEPTH = 64, 3
+
+
+def _config_object(v) -> bool:
+    """A settings object a forward may read fields of (``self.cfg.temperature``): a dataclass
+    instance, ``types.SimpleNamespace`` or ``argparse.Namespace``."""
+    return isinstance(v, (types.SimpleNamespace, argparse.Namespace)) or (
+        dataclasses.is_dataclass(v) and not isinstance(v, type))
+
+
+def _entries(v):
+    """The (name, value) entries of a dict or settings object, or None when ``v`` is neither or
+    has too many to watch."""
+    if isinstance(v, dict):
+        d = v
+    elif _config_object(v):
+        d = vars(v)
+    else:
+        return None
+    return d.items() if len(d) <= _MAX_ENTRIES else None
+
+
+def _watched(v, depth: int = 0) -> bool:
+    """A plain attribute whose value the split depends on: a scalar, string or None, a tensor
+    that is not a registered buffer (``self.mask = torch.ones(n)``: a forward reading it reads it
+    live, but cached activations hold it, and an expression of it alone is baked into the
+    graph), a tuple or list of those (``self.masks[0]``), or a dict or settings object with such
+    entries (``self.opts["scale"]``, ``self.cfg.temperature``: ``torch.fx`` bakes what it reads
+    of them into the graph)."""
+    if isinstance(v, nn.Parameter):  # a module's own parameters (an RNN's ``_flat_weights``): keyed otherwise
+        return False
+    if _scalar(v) or torch.is_tensor(v):
+        return True
+    if depth >= _MAX_DEPTH:
+        return False
+    if isinstance(v, (tuple, list, set, frozenset)):  # a set: ``self.tasks = {"a"}``, ``if "a" in self.tasks``
+        return len(v) <= _MAX_ENTRIES and all(_watched(e, depth + 1) for e in v)
+    entries = _entries(v)
+    return entries is not None and any(_watched(e, depth + 1) for _, e in entries)
+
+
+def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
+    """Stop watching the plain attributes and buffers that a plain forward of ``model`` on ``x``
+    changes (a counter, an attention map kept for display, the weight an old-style
+    ``weight_norm`` hook recomputes): they are outputs, not settings, and would change the key
+    at every call. Buffers are put back afterwards."""
+    before = _modes(model)
+    with plain_context(model):
+        try:
+            model(x)
+        except Exception:  # the check that follows reports it
+            return
+        _unwatch_changed(model, before)  # compared before plain_context puts buffers back
+
+
+def _unwatch_changed(model: nn.Module, before: tuple, tensors: bool = True) -> None:
+    """Stop watching the plain attributes whose values differ from those in ``before`` (the
+    model's key taken before some forwards of the oracle's own ran): what those forwards wrote
+    are outputs (a value logged every third call shows only over several forwards).
+    ``tensors=False``: keep watching buffers and tensors whose only change is their version
+    (the self-check puts buffers back by ``copy_``, a new version, not a forward's write)."""
+    for m, key in zip(model.modules(), before):
+        got = _PLAIN_NAMES.get(m)
+        if not got or not got[1] or key[0] != id(m):
+            continue
+        baked, names = got
+
+        def kept(k, was):
+            now = _value_key(_read(m, k))
+            if _same_value(was, now):
+                return True
+            if not tensors and (type(k) is tuple or (type(was) is tuple and was[:1] == ("tensor",)
+                                                     and type(now) is tuple and now[:2] == was[:2])):
+                return True  # a buffer, or the same tensor at another version: put back, not written
+            return False
+
+        keep = tuple(k for k, was in zip(names, key[4]) if kept(k, was))
+        if keep != names:
+            _PLAIN_NAMES[m] = (baked, keep)
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # an attribute whose == is not a truth value
+        return False
+
+
+_AS_IS = frozenset({int, float, bool, str, type(None)})
+
+
+def _value_key(v, depth: int = 0):
+    t = type(v)
+    if t in _AS_IS:  # the common case first: this runs for every module at every query
+        return v
+    if torch.is_tensor(v):  # an inference-mode tensor has no version (nor can it be written outside that mode)
+        return ("tensor", id(v), None if v.is_inference() else v._version)
+    if isinstance(v, (set, frozenset)):  # its entries are hashable: the set of their keys
+        return ("set", frozenset([_value_key(e, depth + 1) for e in v]))
+    if t is tuple or t is list or isinstance(v, (tuple, list)):
+        for e in v:
+            if type(e) not in _AS_IS:
+                return tuple([_value_key(e, depth + 1) for e in v])
+        return v if t is tuple else tuple(v)
+    entries = None if depth >= _MAX_DEPTH else _entries(v)
+    if entries is not None:  # the watched entries, by name (a settings object also by identity)
+        return (type(v).__name__, id(v) if not isinstance(v, dict) else None,
+                tuple([(k, _value_key(e, depth + 1)) for k, e in entries if _watched(e, depth + 1)]))
+    try:  # the key is hashed (checked_modes is a set): a value set later may not be (an array)
+        hash(v)
+    except TypeError:
+        return ("unhashable", type(v).__name__, id(v))
+    return v
+
+
+def _modes(model) -> tuple:
+    """The split key of ``model`` now (the first part of ``_model_state``). Global forward hooks
+    (``register_module_forward_hook``) are left out: tools that observe every module register
+    them (``FlopCounterMode``, profilers), and a check of the split under them would run, and be
+    counted, inside the tool."""
+    return tuple(module_key(m) for m in model.modules())
+
+
+def _what_changed(old: tuple, new: tuple) -> str:
+    """In words, how the split key ``new`` differs from ``old``."""
+    parts = []
+    if [k[0] for k in old] != [k[0] for k in new]:
+        parts.append("a module was replaced, added or removed")
+    if [k[2] for k in old] != [k[2] for k in new]:
+        parts.append("a forward hook was registered or removed")
+    if [k[1] for k in old] != [k[1] for k in new]:
+        parts.append("train/eval modes changed")
+    if [k[3] for k in old] != [k[3] for k in new]:
+        parts.append("a parameter was frozen, unfrozen or assigned")
+    if [k[4] for k in old] != [k[4] for k in new]:
+        parts.append("a module's attribute changed (a number or flag its forward may read)")
+    return " and ".join(parts) or "the model changed"
