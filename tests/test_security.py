@@ -100,12 +100,9 @@ def _identity_model() -> bytes:
     return model.SerializeToString()
 
 
-@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX symlinks")
-def test_a_copy_never_writes_through_a_symlink_planted_at_the_removed_query_counter(tmp_path):
-    """The counter file shared by pickled copies lives in the temp folder under a name ``ls`` shows;
-    the original removes it when collected. A symlink planted at that name then made each copy's
-    query truncate and overwrite the file it points to with "N M" (where the file held a number or
-    nothing; other text made every query of the copy fail with a ValueError)."""
+def _orphaned_copy():
+    """A pickled copy of an OnnxClassifier whose original is collected, and the path of the query
+    counter the original shared with it (removed with the original, its name still known)."""
     pytest.importorskip("onnxruntime")
     from zoracle.adapters.onnx import OnnxClassifier
 
@@ -114,6 +111,16 @@ def test_a_copy_never_writes_through_a_symlink_planted_at_the_removed_query_coun
     ledger = clf._ledger.path
     del clf
     gc.collect()
+    return copy, ledger
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX symlinks")
+def test_a_copy_never_writes_through_a_symlink_planted_at_the_removed_query_counter(tmp_path):
+    """The counter file shared by pickled copies lives in the temp folder under a name ``ls`` shows;
+    the original removes it when collected. A symlink planted at that name then made each copy's
+    query truncate and overwrite the file it points to with "N M" (where the file held a number or
+    nothing; other text made every query of the copy fail with a ValueError)."""
+    copy, ledger = _orphaned_copy()
     assert not os.path.exists(ledger)
     victim = tmp_path / "notes.txt"
     victim.write_text("41\n")  # (a file of one number, e.g. a pid or a timestamp)
@@ -131,14 +138,7 @@ def test_a_copy_never_writes_through_a_symlink_planted_at_the_removed_query_coun
 def test_a_copy_never_uses_another_users_file_at_the_removed_query_counter(tmp_path):
     """Another user's regular file at the counter's name (made after the original removed it, mode
     0666) was read and rewritten by every copy: its owner set the copies' count, and their budget."""
-    pytest.importorskip("onnxruntime")
-    from zoracle.adapters.onnx import OnnxClassifier
-
-    clf = OnnxClassifier(_identity_model())
-    copy = pickle.loads(pickle.dumps(clf))
-    ledger = clf._ledger.path
-    del clf
-    gc.collect()
+    copy, ledger = _orphaned_copy()
     with open(ledger, "w") as fh:
         fh.write("1000 7")
     os.chown(ledger, 12345, 12345)

@@ -134,8 +134,8 @@ def warn_rewrites(cadence: SaveCadence, value, total: int | None, per_epoch: int
     """Warn, before the first query, when the saves of a run will write more than
     ``REWRITE_WARN_BYTES`` in all (``value``: ``checkpoint_every`` as given; ``max_queries`` bounds
     the steps, each taking ``step_queries`` queries at least, e.g. ``d`` for dense forward CGE:
-    ``epochs=10**6`` is a bound there, and 200,000 queries are 1,981 steps of a 100-parameter CGE,
-    not 200,000). A cheap oracle then
+    ``epochs=10**6`` is a bound there, and 200,000 queries bound a 100-parameter CGE run at 2,000
+    steps, not 200,000). A cheap oracle then
     spends most of its run saving: at 100,000 one-step epochs (a plain callable's default with
     ``checkpoint_every="epoch"``) the saves write about 1.5 TB, a step taking 0.09 ms and the last
     saves some 40 ms each."""

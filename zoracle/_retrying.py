@@ -106,12 +106,8 @@ def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), back
         raise ArgumentError(f"`tries` must be an int >= 1 (calls made at most), got {tries!r}")
     if isinstance(on, type) and issubclass(on, BaseException):
         on = (on,)
-    if isinstance(on, tuple):
-        bad = [c for c in on if not (isinstance(c, type) and issubclass(c, Exception))]
-        if bad or not on:
-            raise ArgumentError(f"`on` must be exception classes or a callable exc -> bool, got {on!r}; e.g. "
-                                "on=(ConnectionError, TimeoutError)")
-    elif not callable(on):
+    classes = isinstance(on, tuple) and bool(on) and all(isinstance(c, type) and issubclass(c, Exception) for c in on)
+    if not (classes or (not isinstance(on, tuple) and callable(on))):
         raise ArgumentError(f"`on` must be exception classes or a callable exc -> bool, got {on!r}; e.g. "
                             "on=(ConnectionError, TimeoutError)")
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
