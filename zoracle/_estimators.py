@@ -6,13 +6,14 @@ import functools
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr
 from ._fastcheck import check_fast_paths, usable_caps
+from ._foreign_args import GRADIENT_HINTS, refuse_foreign, visible_signature
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
@@ -286,6 +287,18 @@ def as_generator(rng) -> np.random.Generator:
     raise ArgumentError(f"`rng` must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
+def _ndim(params) -> int:
+    """``params.ndim``, or that of ``np.asarray(params)`` (a number's 0, a nested list's 2: the fix
+    shown for them needs ``.ravel()``, as scipy's minimize takes ``x0=3.0``); 1 when unknown."""
+    ndim = getattr(params, "ndim", None)
+    if ndim is None and isinstance(params, (numbers.Number, list, tuple)):
+        try:
+            ndim = np.ndim(params)
+        except Exception:  # a ragged list: np.asarray's own error is the one to see
+            ndim = 1
+    return 1 if ndim is None else ndim
+
+
 def validate_params(params, name: str = "params"):
     """Check ``params`` is a finite 1-D float32/float64 NumPy or CuPy array."""
     xp = namespace(params)
@@ -296,7 +309,7 @@ def validate_params(params, name: str = "params"):
             f"Pass np.asarray({name}.detach().cpu()) (torch) or np.from_dlpack({name}), and convert the "
             "result back yourself (e.g. torch.from_numpy(result))"
         )
-    flat = "" if getattr(params, "ndim", 1) == 1 else ".ravel()"  # (a DataFrame has ndim, no dtype)
+    flat = "" if _ndim(params) == 1 else ".ravel()"  # (a DataFrame has ndim, no dtype)
     if not hasattr(params, "dtype") or not hasattr(params, "ndim"):
         raise ArgumentError(
             f"`{name}` must be a 1-D float32 or float64 array, got {type(params).__name__}; "
@@ -535,9 +548,14 @@ def as_seen(oracle, params):
     return params if narrow is None else params.astype(narrow)
 
 
-def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=None, executor=None,
-                      budget_bytes: int = DEFAULT_BUDGET, state=None) -> GradientEstimate:
+def estimate_gradient(oracle, params, estimator=None, *extra: NoReturn, coordinates=None, rng=None, executor=None,
+                      budget_bytes: int = DEFAULT_BUDGET, state=None, **unknown: NoReturn) -> GradientEstimate:
     """Estimate the gradient of ``oracle`` at ``params`` from loss values only.
+
+    SciPy's ``approx_fprime(xk, f, epsilon, *args)`` takes the point first: here the oracle comes
+    first, the step is the estimator's (``zo.CGE(mu=epsilon)``) and extra arguments go into the oracle;
+    ``*extra`` and ``**unknown`` only gather arguments it does not take, which are refused naming
+    their counterpart.
 
     Parameters
     ----------
@@ -582,10 +600,14 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
     GradientEstimate
         ``grad`` (params' backend and dtype), ``loss`` at params, ``nfev``.
     """
+    refuse_foreign(estimate_gradient, oracle, params, extra, unknown, GRADIENT_HINTS)  # approx_fprime's ways
     if estimator is None:
         estimator = CGE()
     if not isinstance(estimator, (CGE, RGE, SNES)):
-        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")
+        step = (f" (a number here is scipy approx_fprime's epsilon: pass estimator=zo.CGE(mu={estimator!r}))"
+                if finite_real(estimator) else "")
+        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got "
+                            f"{type(estimator).__name__}{step}")
     if state is not None and not isinstance(estimator, SNES):
         raise ArgumentError(f"`state` is SNES's sigma; {type(estimator).__name__} keeps no state: drop `state`")
     wrapped = Oracle(oracle)
@@ -683,6 +705,9 @@ def estimate_gradient(oracle, params, estimator=None, *, coordinates=None, rng=N
         _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc)
     grad = xp.asarray(acc, dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
+
+
+estimate_gradient.__signature__ = visible_signature(estimate_gradient)  # type: ignore[attr-defined]
 
 
 def _joined(parts: list, axis: int = 0):

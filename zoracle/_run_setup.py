@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import os
 import warnings
@@ -97,6 +98,20 @@ def check_tools(checkpoint, checkpoint_every, estimator, optimizer, schedule, mu
     return checkpoint, estimator, snes, optimizer, lr_sched, mu_sched, cadence
 
 
+#: a callback written for scipy.optimize.minimize, callback(xk) or callback(intermediate_result)
+_SCIPY_CALLBACK = ("; one written for scipy's minimize, fn(xk) or fn(intermediate_result), reads `params` as xk "
+                   "and record['loss'] as fun (the step's loss, before its update), and returns at once when "
+                   "event == 'epoch' (called once a step, as scipy's is)")
+
+
+def _takes_one(fn) -> bool:
+    try:
+        inspect.signature(fn).bind(None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def check_callables(callbacks, eval_fn):
     """``callbacks`` as a list of callables of (event, record, params); ``eval_fn`` of (params)."""
     if callable(callbacks):
@@ -113,7 +128,7 @@ def check_callables(callbacks, eval_fn):
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise ArgumentError(f"`callbacks[{i}]` must be callable (event, record, params), got {type(cb).__name__}")
-        _check_arity(cb, 3, f"`callbacks[{i}]`", "(event, record, params)")
+        _check_arity(cb, 3, f"`callbacks[{i}]`", "(event, record, params)", _SCIPY_CALLBACK if _takes_one(cb) else "")
     if eval_fn is not None and not callable(eval_fn):
         raise ArgumentError(f"`eval_fn` must be callable params -> float or dict, got {type(eval_fn).__name__}")
     if eval_fn is not None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NoReturn
 
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
 from ._estimators import CGE, as_generator
+from ._foreign_args import TRAIN_HINTS, refuse_foreign, visible_signature
 from ._masks import DynamicMasks
 from ._optim import Optimizer
 from ._pruning import SCORED_KINDS
@@ -32,20 +34,23 @@ from ._train_records import _count_of
 __all__ = ["train"]
 
 
-def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
+def train(oracle, params, *extra: NoReturn, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
           estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
           sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
           ranking: str = "magnitude", fill_small_blocks: bool = False, grasp_directions: int = 192, grasp_batch=None,
           mask_shuffle_interval: int | str = 5, executor=None, eval_fn=None, eval_every: int = 1,
           callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
-          progress: bool = True, max_queries: int | None = None, plot=None) -> TrainResult:
+          progress: bool = True, max_queries: int | None = None, plot=None,
+          **unknown: NoReturn) -> TrainResult:
     """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
 
     Per step: bind the oracle to the step's batch (every query of the step sees it),
     estimate the gradient (sparse CGE over the epoch's mask when ``sparsity`` is set),
     apply ``optimizer``. This is DeepZero's loop when ``estimator=CGE()``,
     ``sparsity=0.9``, ``ratios="zo_grasp"``, ``optimizer=sgd(0.1, momentum=0.9,
-    weight_decay=5e-4)`` with a cosine schedule.
+    weight_decay=5e-4)`` with a cosine schedule. An argument it does not take (SciPy ``minimize``'s
+    ``args``, ``callback``, ``bounds``, ``options``, ...) is refused naming its counterpart here
+    (``*extra`` and ``**unknown`` only gather such arguments; docs/training.md, "Coming from SciPy").
 
     Parameters
     ----------
@@ -190,6 +195,7 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     (True, 250)
     """
     t_start = time.perf_counter()
+    refuse_foreign(train, oracle, params, extra, unknown, TRAIN_HINTS)  # scipy's args=, callback=, bounds=, ...
     params, xp, d, params0, dtype0, epochs, steps_per_epoch, eval_every, max_queries = check_counts(
         oracle, params, batches, epochs, steps_per_epoch, eval_fn, eval_every, max_queries, rng)
     grasp_directions, score_kinds, mask_shuffle_interval = check_split_names(
@@ -322,3 +328,6 @@ def train(oracle, params, *, batches=None, epochs: int = 1, steps_per_epoch: int
     return finish_run(oracle, run.params, run.state, run.est_state, run.steps_hist, run.epoch_hist, plot, keep,
                       run.coords, nfev=run.nfev, step=run.step, epoch=run.epoch, epochs=epochs, stopped=run.stopped,
                       t_start=t_start)
+
+
+train.__signature__ = visible_signature(train)  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ def _check_size(oracle, d: int) -> None:
                             "pass oracle.initial_params(), or a vector of that length")
 
 
-def _check_arity(fn, n: int, name: str, args: str) -> None:
+def _check_arity(fn, n: int, name: str, args: str, hint: str = "") -> None:
     """A function train calls with ``n`` positional arguments that cannot take them fails now,
     not after an epoch's queries (a signature that cannot be read is taken as it is). An ``async def``
     one is refused too: train would get a coroutine, never run its body (an async callback's True never
@@ -61,7 +61,7 @@ def _check_arity(fn, n: int, name: str, args: str) -> None:
         sig.bind(*range(n))
     except TypeError as exc:
         raise ArgumentError(f"{name} is called as fn{args}, which its signature {sig} cannot take ({exc}); "
-                            f"give it the parameters {args}") from None
+                            f"give it the parameters {args}{hint}") from None
 
 
 def _check_batches(batches) -> None:

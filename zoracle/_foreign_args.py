@@ -1,0 +1,105 @@
+"""Arguments that :func:`zoracle.train` and :func:`zoracle.estimate_gradient` do not take, refused
+with zoracle's way to say the same thing.
+
+A script ported from ``scipy.optimize.minimize`` (or ``approx_fprime``, Nevergrad, Optuna) passes
+``args=``, ``callback=``, ``bounds=``, ``options={...}``; Python's own TypeError said only
+"unexpected keyword argument", so ``callback=`` beside ``callbacks=`` left the reader guessing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from ._errors import ArgumentError
+
+_ARGS = ("zoracle calls the oracle with the parameters alone: bind the extra arguments into it, "
+         "`lambda x: fun(x, *args)` (functools.partial(fun, a=...) for keyword ones)")
+_GRADIENT = ("zoracle estimates the gradient from loss queries (the `estimator`): drop it (with an exact "
+             "gradient at hand, a gradient method such as scipy's serves better)")
+_STEP = "the difference step is the estimator's `mu`: estimator=zo.CGE(mu=...)"
+
+#: names other optimizers take, and what train takes instead
+TRAIN_HINTS = {
+    "fun": "the loss function is the first argument, `oracle`",
+    "x0": "the starting point is the second argument, `params` (a 1-D float array)",
+    "args": _ARGS,
+    "callback": ("pass callbacks=[fn], fn(event, record, params): `params` is scipy's xk (intermediate_result.x), "
+                 "record['loss'] the step's loss; raise StopIteration or return True to stop"),
+    "method": ("choose the update with optimizer= (zo.sgd(lr), zo.adam(lr), zo.sign_sgd(lr)) and the gradient "
+               "estimate with estimator= (zo.CGE(), zo.RGE(...), zo.SNES(...))"),
+    "jac": _GRADIENT, "hess": _GRADIENT, "hessp": _GRADIENT,
+    "bounds": ("train keeps no bounds: project the parameters in the optimizer's update, or reparameterize "
+               "inside the oracle (docs/training.md, 'Bounds, and what else scipy.optimize.minimize takes')"),
+    "tol": ("train has no convergence test: it runs `epochs` (one step an epoch for a plain function) or until "
+            "`max_queries`; stop earlier from a callback"),
+    "options": ("train takes no options dict: maxiter is `epochs` (one step an epoch for a plain function), "
+                "maxfev is `max_queries`, eps is the estimator's `mu` (estimator=zo.CGE(mu=...)), disp is `progress`"),
+    "maxiter": "the steps are `epochs` (one step an epoch for a plain function; steps_per_epoch with `batches`)",
+    "budget": "a query budget is `max_queries` (give `epochs` enough for it to stop the run)",
+    "eps": _STEP, "epsilon": _STEP,
+    "disp": "`progress` shows the run", "verbose": "`progress` shows the run",
+    "seed": "the seed is `rng`", "random_state": "the seed is `rng`",
+    "workers": "parallel queries take executor=zoracle.executors.JoblibExecutor(n_jobs)",
+    "lr": "the learning rate belongs to the optimizer: optimizer=zo.sgd(lr) or zo.adam(lr)",
+}
+TRAIN_HINTS |= dict.fromkeys(("constraints",), TRAIN_HINTS["bounds"])
+TRAIN_HINTS |= dict.fromkeys(("maxfev", "maxfun", "n_trials"), TRAIN_HINTS["budget"])
+TRAIN_HINTS |= dict.fromkeys(("learning_rate",), TRAIN_HINTS["lr"])
+TRAIN_HINTS |= dict.fromkeys(("n_jobs", "num_workers"), TRAIN_HINTS["workers"])
+
+#: scipy.optimize.approx_fprime's names, and what estimate_gradient takes instead
+GRADIENT_HINTS = {
+    "f": TRAIN_HINTS["fun"], "fun": TRAIN_HINTS["fun"],
+    "xk": "the point is the second argument, `params` (a 1-D float array)", "x0": TRAIN_HINTS["x0"],
+    "epsilon": _STEP, "eps": _STEP, "args": _ARGS,
+}
+
+
+def refuse_foreign(fn, oracle, params, extra: tuple, unknown: dict, hints: dict) -> None:
+    """Raise an :class:`ArgumentError` (a TypeError too, as Python's own was) for positional
+    arguments past ``fn``'s, keywords it does not take, or the function and the point given in
+    ``approx_fprime``'s order ``(xk, f)``, naming what ``fn`` takes instead.
+
+    ``fn`` gathers them in ``*extra`` and ``**unknown`` (typed ``NoReturn``, so that a type checker
+    still refuses them) rather than through a wrapper: a wrapper's frame would shift every warning's
+    fixed ``stacklevel`` off the caller's line."""
+    if not (extra or unknown or (callable(params) and not callable(oracle))):  # (every call: no signature read)
+        return
+    sig = inspect.signature(fn)  # (the public one, without *extra and **unknown: see visible_signature)
+    by_position = [n for n, p in sig.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    if extra or unknown:
+        raise ForeignArgument(_refusal(fn.__name__, by_position, frozenset(sig.parameters),
+                                       len(by_position) + len(extra), unknown, hints))
+    if callable(params) and not callable(oracle) and not hasattr(oracle, "bind"):
+        raise ForeignArgument(
+            f"`{fn.__name__}` takes the function first and the point second, ({', '.join(by_position[:2])}); "
+            f"got a {type(oracle).__name__} first and a callable second (scipy approx_fprime's order, "
+            f"(xk, f)): swap them, {fn.__name__}(f, xk)")
+
+
+def visible_signature(fn) -> inspect.Signature:
+    """``fn``'s signature without its ``*extra`` and ``**unknown`` catch-alls (for help(), inspect, IDEs)."""
+    sig = inspect.signature(fn)
+    return sig.replace(parameters=[p for p in sig.parameters.values()
+                                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
+
+
+class ForeignArgument(ArgumentError, TypeError):
+    """An argument the function does not take (Python raised a plain TypeError for it)."""
+
+
+def _refusal(name, by_position, names, n_args, kwargs, hints) -> str:
+    parts = []
+    if n_args > len(by_position):
+        extra = "; scipy's `args=(...)`: " + _ARGS if "args" in hints else ""
+        parts.append(f"`{name}` takes {len(by_position)} arguments by position ({', '.join(by_position)}), got "
+                     f"{n_args}: pass the others by keyword (see help(zo.{name})){extra}")
+    for key in sorted(set(kwargs) - names):
+        hint = hints.get(key)
+        if hint is None:
+            near = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = (f"the nearest name it takes is `{near[0]}`" if near
+                    else f"see help(zo.{name}) for the arguments it takes")
+        parts.append(f"`{name}` has no argument `{key}`: {hint}")
+    return "; ".join(parts)
