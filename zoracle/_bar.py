@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from ._errors import user_stacklevel
 from ._forked import ForkSafeLock
 
 log = logging.getLogger("zoracle")
@@ -83,7 +84,8 @@ class _BarStream:
             return getattr(self._stream, name)(*args)
         except (OSError, ValueError) as exc:
             self.broken = True
-            log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc)
+            log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc,
+                        stacklevel=user_stacklevel(through=("tqdm",)))  # (inside tqdm's redraw)
             return None
 
     def write(self, s):
@@ -280,8 +282,10 @@ def _beside(bar, on: bool, clear_now: bool = False):
         yield
     finally:
         try:  # (a held line whose write fails, a closed pipe, must not leave these streams in sys)
-            for w in mine:
-                w.release()
+            try:
+                mine[0].release()
+            finally:  # (nor drop what stderr holds: written, then stdout's error raised)
+                mine[1].release()
         finally:
             for w in mine:
                 w.bar = None  # (kept by another run's block, entered after this one: writes straight on)

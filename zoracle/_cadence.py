@@ -104,16 +104,18 @@ REWRITE_WARN_BYTES = 100e9
 RECORD_BYTES = 150
 
 
-def rewrite_bytes(cadence: SaveCadence, total: int | None, per_epoch: int | None) -> float | None:
+def rewrite_bytes(cadence: SaveCadence, total: int | None, per_epoch: int | None, start: int = 0) -> float | None:
     """About the bytes the saves of a run of ``total`` steps (``per_epoch`` an epoch) write, each
     rewriting the history so far: ``RECORD_BYTES`` a step and an epoch, times the history's steps
-    summed over the saves. None where the saves cannot be counted before the run (a time cadence,
-    or a run of unknown length)."""
+    summed over the saves, those after step ``start`` (a resumed run's: its saves still rewrite the
+    steps before it). None where the saves cannot be counted before the run (a time cadence, or a
+    run of unknown length)."""
     if cadence.seconds is not None or not total or not per_epoch:
         return None
     every = cadence.steps if cadence.steps is not None else per_epoch
-    saves = total // every
-    return RECORD_BYTES * (1 + 1 / per_epoch) * every * float(saves) * (saves + 1) / 2  # (floats: no int too large)
+    saves, before = total // every, min(start, total) // every
+    # (floats: no int too large) the saves numbered before+1 .. saves, the j-th writing j * every steps
+    return RECORD_BYTES * (1 + 1 / per_epoch) * every * (float(saves) * (saves + 1) - float(before) * (before + 1)) / 2
 
 
 def least_step_queries(estimator, d: int, sparse: bool) -> int:
@@ -130,24 +132,27 @@ def least_step_queries(estimator, d: int, sparse: bool) -> int:
 
 
 def warn_rewrites(cadence: SaveCadence, value, total: int | None, per_epoch: int | None,
-                  max_queries: int | None = None, step_queries: int = 1) -> None:
+                  max_queries: int | None = None, step_queries: int = 1, start: int = 0) -> None:
     """Warn, before the first query, when the saves of a run will write more than
     ``REWRITE_WARN_BYTES`` in all (``value``: ``checkpoint_every`` as given; ``max_queries`` bounds
     the steps, each taking ``step_queries`` queries at least, e.g. ``d`` for dense forward CGE:
     ``epochs=10**6`` is a bound there, and 200,000 queries bound a 100-parameter CGE run at 2,000
-    steps, not 200,000). A cheap oracle then
+    steps, not 200,000; ``start``: the step a resumed run starts at, whose saves before it are
+    written already). A cheap oracle then
     spends most of its run saving: at 100,000 one-step epochs (a plain callable's default with
     ``checkpoint_every="epoch"``) the saves write about 1.5 TB, a step taking 0.09 ms and the last
-    saves some 40 ms each."""
+    saves some 40 ms each; resumed at step 25,000 of 26,000, about 8 GB are left to write."""
     if total is not None and max_queries is not None:
         total = min(total, max_queries // max(1, step_queries))
-    written = rewrite_bytes(cadence, total, per_epoch)
+    written = rewrite_bytes(cadence, total, per_epoch, start)
     if written is None or written < REWRITE_WARN_BYTES:
         return
     every = cadence.steps if cadence.steps is not None else per_epoch
+    steps = f"{total:,} steps" if not start else f"{total - start:,} steps left of its {total:,}"
+    saves = total // every - min(start, total) // every
     warnings.warn(
-        f"train: checkpoint_every={value!r} saves the checkpoint {total // every:,} times over the run's {total:,} "
-        f"steps, and each save rewrites the whole history so far (about {RECORD_BYTES * (1 + 1 / per_epoch):.0f} "
+        f"train: checkpoint_every={value!r} saves the checkpoint {saves:,} times over the run's {steps}, and each "
+        f"save rewrites the whole history so far (about {RECORD_BYTES * (1 + 1 / per_epoch):.0f} "
         f"bytes a step): about {written / 1e9:,.0f} GB written in all, most of a cheap oracle's run spent saving; "
         f"pass checkpoint_every=\"10min\" (a time between saves) or a step count such as {max(1, total // 100)}",
         UserWarning, stacklevel=user_stacklevel())

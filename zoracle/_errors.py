@@ -13,12 +13,16 @@ import traceback
 __all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
 
 
-def user_stacklevel() -> int:
+def user_stacklevel(through: tuple = ()) -> int:
     """The ``stacklevel`` that makes a ``warnings.warn`` in the function calling this one point
     at the first frame outside zoracle (its adapters and apps included): the user's line, however
-    deep inside the library the warning is found (a fixed stacklevel is right from one call path only)."""
+    deep inside the library the warning is found (a fixed stacklevel is right from one call path only).
+    A log record takes it too (``log.info(..., stacklevel=user_stacklevel())``: ``logging`` counts
+    the frames as ``warnings`` does, for a Logger's own methods from Python 3.10 on).
+    ``through``: top-level packages whose frames are passed as zoracle's (``("tqdm",)``: the bar's
+    redraw, which calls zoracle's bar stream back)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and _own(frame):
+    while frame is not None and (_own(frame) or (frame.f_globals.get("__name__") or "").partition(".")[0] in through):
         frame, level = frame.f_back, level + 1
     rest = frame
     while rest is not None and rest.f_globals.get("__name__") in _THREAD_START:

@@ -138,5 +138,6 @@ def reuse_freed_memory() -> bool:
         except (OSError, AttributeError) as exc:
             apply, reason = False, f"mallopt unavailable ({exc})"
     _outcome.append((apply, reason))
-    log.debug("zoracle: keep freed heap memory for reuse: %s (%s)", "yes" if apply else "no", reason)
+    log.debug("zoracle: keep freed heap memory for reuse: %s (%s)", "yes" if apply else "no", reason,
+              stacklevel=user_stacklevel())
     return apply

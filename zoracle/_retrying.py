@@ -10,16 +10,23 @@ path of the oracle it wraps.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import functools
 import logging
+import math
+import numbers
+import random
 import time
 
-from ._errors import ArgumentError, ZoracleError, exc_text
+from ._errors import ArgumentError, ZoracleError, exc_text, user_stacklevel
 
 __all__ = ["retrying", "Retrying", "RetriesExhausted"]
 
 log = logging.getLogger("zoracle")
 
+#: the longest wait between tries unless ``max_delay`` says otherwise (seconds)
+MAX_DELAY = 60.0
 #: methods that answer queries: each call is retried as a whole, with the same arguments
 _QUERIES = ("batch", "coordinate_losses", "prefix", "suffix")
 #: methods that return an oracle to query: what they return is wrapped with the same settings
@@ -43,7 +50,8 @@ class RetriesExhausted(ZoracleError):
         return type(self), (self.args[0], self.errors)
 
 
-def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), backoff: float = 0.5) -> "Retrying":
+def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), backoff: float = 0.5,
+             max_delay: float = MAX_DELAY, jitter: float = 0.0) -> "Retrying":
     """Wrap ``oracle`` so that a call failing with a transient error is asked again.
 
     Each call the estimators make (a plain call, and each ``batch``, ``coordinate_losses``,
@@ -72,6 +80,16 @@ def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), back
     backoff : float
         Seconds to wait after the first failure (>= 0), doubled after each further one:
         0.5, 1, 2, ... A rate-limited service needs time to let the next request through.
+        An error that says how long to wait takes its own wait instead: a ``Retry-After``
+        (see Notes).
+    max_delay : float
+        The longest wait in seconds (>= 0; ``math.inf``: none): the doubled ``backoff`` stops
+        growing there, and a longer ``Retry-After`` is cut to it.
+    jitter : float
+        Spread of the ``backoff`` waits, from 0 (the default: every wait as above, the same in
+        each run) to 1: each wait is drawn uniformly from ``[(1 - jitter) * w, w]`` (Python's
+        ``random``), so that workers failing together (a 503 for all) do not come back together.
+        A ``Retry-After`` wait is not spread: it is the earliest time the service asked for.
 
     Returns
     -------
@@ -80,6 +98,12 @@ def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), back
 
     Notes
     -----
+    A transient error that carries a ``Retry-After`` waits what it says (cut to ``max_delay``)
+    in place of the ``backoff`` wait: an attribute ``exc.retry_after`` (seconds, or a
+    ``datetime.timedelta``), else a ``Retry-After`` header in ``exc.headers`` (urllib's
+    ``HTTPError``) or ``exc.response.headers`` (requests' and httpx's errors), in seconds
+    (``"120"``) or as an HTTP date. A value that is neither (or negative) is ignored.
+
     ``nfev`` counts the losses the oracle returned, not the failed tries: a paid service
     bills those too. A retried failure is logged at INFO on logger ``"zoracle"`` (in this
     process; a process worker's records stay in the worker). On an executor, a call whose
@@ -112,17 +136,58 @@ def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), back
                             "on=(ConnectionError, TimeoutError)")
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
         raise ArgumentError(f"`backoff` must be a number of seconds >= 0, got {backoff!r}")
-    return Retrying(oracle, tries, on, float(backoff))
+    if isinstance(max_delay, bool) or not isinstance(max_delay, (int, float)) or not max_delay >= 0:
+        raise ArgumentError(f"`max_delay` must be a number of seconds >= 0 (math.inf: no limit), got {max_delay!r}")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+        raise ArgumentError(f"`jitter` must be a number from 0 (waits as they are) to 1 (each drawn from 0 to its "
+                            f"length), got {jitter!r}")
+    return Retrying(oracle, tries, on, float(backoff), max_delay=float(max_delay), jitter=float(jitter))
+
+
+def retry_after(exc) -> float | None:
+    """The seconds ``exc`` says to wait before asking again (its ``retry_after``, or a ``Retry-After``
+    header of its own or of its ``response``), None where it says nothing usable."""
+    value = getattr(exc, "retry_after", None)
+    for holder in (exc, getattr(exc, "response", None)) if value is None else ():
+        get = getattr(getattr(holder, "headers", None), "get", None)
+        value = (get("Retry-After") or get("retry-after")) if callable(get) else None
+        if value is not None:
+            break
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, (str, bytes)):
+        value = _header_seconds(value.decode("latin-1") if isinstance(value, bytes) else value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # (NumPy's numbers too)
+        return None
+    seconds = float(value)
+    return seconds if 0 <= seconds < math.inf else None
+
+
+def _header_seconds(text: str) -> float | None:
+    """A ``Retry-After`` header's seconds: a number, or the time from now to an HTTP date (0 once past)."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # (HTTP dates are GMT)
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 class Retrying:
     """An oracle whose calls are tried again after a transient error: see :func:`retrying`."""
 
-    def __init__(self, oracle, tries, on, backoff, parent=None):
+    def __init__(self, oracle, tries, on, backoff, parent=None, max_delay=MAX_DELAY, jitter=0.0):
         self.oracle = oracle
         self.tries = tries
         self.on = on
         self.backoff = backoff
+        self.max_delay = max_delay
+        self.jitter = jitter
         self._parent = parent  # the Retrying whose bind() made this one: unbind() names it, the same object each step
         # the oracle's module and name, which process executors check was not reloaded since their workers imported it
         self.__module__ = getattr(oracle, "__module__", None) or type(oracle).__module__
@@ -141,9 +206,9 @@ class Retrying:
                     raise
                 errors.append(exc)
                 if attempt + 1 < self.tries:
-                    wait = self.backoff * 2 ** attempt
-                    log.info("%s failed (%s: %s), try %d of %d; asking again in %g s", what, type(exc).__name__,
-                             exc_text(exc), attempt + 1, self.tries, wait)
+                    wait, why = self._wait(exc, attempt)
+                    log.info("%s failed (%s: %s), try %d of %d; asking again in %g s%s", what, type(exc).__name__,
+                             exc_text(exc), attempt + 1, self.tries, wait, why, stacklevel=user_stacklevel())
                     if wait:
                         time.sleep(wait)
         texts = [f"{type(e).__name__}: {exc_text(e)}" for e in errors]
@@ -151,16 +216,26 @@ class Retrying:
         raise RetriesExhausted(f"{what} failed all {self.tries} tries ({causes}); raise `tries` or `backoff` if the "
                                "service recovers more slowly", texts) from errors[-1]
 
+    def _wait(self, exc, attempt):
+        """Seconds to wait after failed try ``attempt`` (from 0), and what the log line adds."""
+        hint = retry_after(exc)
+        if hint is not None:
+            wait = min(hint, self.max_delay)
+            return wait, f" (its Retry-After: {hint:g} s{', cut to max_delay' if wait < hint else ''})"
+        wait = min(self.backoff * 2.0 ** min(attempt, 1000), self.max_delay)  # (2.0 ** 1024 overflows: tries=5000)
+        return (wait * (1 - self.jitter * random.random()) if self.jitter else wait), ""
+
     def __call__(self, params):
         return self._ask("the call", self.oracle, params)
 
     def _wrap(self, made):
-        return Retrying(made, self.tries, self.on, self.backoff, parent=self)
+        return Retrying(made, self.tries, self.on, self.backoff, parent=self, max_delay=self.max_delay,
+                        jitter=self.jitter)
 
     def __getattr__(self, name):
         # only what is not set on the instance: the oracle's capabilities and attributes, and none
         # during unpickling (no fields yet) or for dunders, which Python looks up on the class
-        if name.startswith("__") or name in ("oracle", "tries", "on", "backoff", "_parent"):
+        if name.startswith("__") or name in ("oracle", "tries", "on", "backoff", "max_delay", "jitter", "_parent"):
             raise AttributeError(name)
         value = getattr(self.oracle, name)
         if not callable(value):
@@ -179,7 +254,9 @@ class Retrying:
         parent, batch = pair
         if self._parent is not None and parent is self._parent.oracle:
             return self._parent, batch
-        return Retrying(parent, self.tries, self.on, self.backoff), batch
+        return Retrying(parent, self.tries, self.on, self.backoff, max_delay=self.max_delay, jitter=self.jitter), batch
 
     def __repr__(self) -> str:
-        return f"retrying({self.oracle!r}, tries={self.tries}, on={self.on!r}, backoff={self.backoff:g})"
+        more = (f", max_delay={self.max_delay:g}" if self.max_delay != MAX_DELAY else "") + (
+            f", jitter={self.jitter:g}" if self.jitter else "")
+        return f"retrying({self.oracle!r}, tries={self.tries}, on={self.on!r}, backoff={self.backoff:g}{more})"

@@ -22,7 +22,7 @@ from ._bar import _beside, _rate_text, log
 from ._checkpoint import CheckpointError
 from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
-from ._errors import ArgumentError, OracleError, ZoracleError
+from ._errors import ArgumentError, OracleError, ZoracleError, user_stacklevel
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
 from ._executors_core import ShardFailed
 from ._fastcheck import checking
@@ -208,7 +208,7 @@ def _record(run, t0, g, lr, blist) -> bool:
         run.bar.update(1)
     elif log.isEnabledFor(logging.DEBUG):  # (a copy: the history's own record stays as it is)
         log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", run.step, run.epoch, g.loss, lr, g.nfev,
-                  extra={"zoracle_event": "step", "zoracle": dict(rec)})
+                  extra={"zoracle_event": "step", "zoracle": dict(rec)}, stacklevel=user_stacklevel())
     try:
         with _beside(run.bar, run.progress and bool(run.callbacks)):
             for cb in run.callbacks:  # (copies: a callback rounding or popping a field changed the history)
@@ -301,7 +301,7 @@ def end_epoch(run) -> bool:
     shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
     with _beside(run.bar, run.progress and log.isEnabledFor(logging.INFO), clear_now=True):
         log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
-                 extra={"zoracle_event": "epoch", "zoracle": dict(erec)})
+                 extra={"zoracle_event": "epoch", "zoracle": dict(erec)}, stacklevel=user_stacklevel())
     if run.progress:
         run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
     with _beside(run.bar, run.progress and bool(run.callbacks)):
@@ -330,4 +330,4 @@ def save_before_error(run) -> None:
                 run.bar.clear()
             log.warning("train: stopped inside step %d (%s); the checkpoint %r holds the %d steps before it: "
                         "resume=True continues there", run.step, type(sys.exc_info()[1]).__name__,
-                        os.fspath(run.checkpoint), run.step)
+                        os.fspath(run.checkpoint), run.step, stacklevel=user_stacklevel())

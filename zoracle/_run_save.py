@@ -12,7 +12,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._bar import _beside, log
 from ._checkpoint import CheckpointError, Records, save_checkpoint, save_fix, writer_lock
-from ._errors import ArgumentError
+from ._errors import ArgumentError, user_stacklevel
 from ._train_records import _state_arrays
 
 __all__ = ["Saver", "last_mask"]
@@ -132,4 +132,4 @@ class Saver:
                       "loss": steps_hist[-1]["loss"] if steps_hist else None}
             with _beside(bar, progress, clear_now=True):
                 log.info("checkpoint %s saved after %d steps, %d queries", fields["path"], step, nfev,
-                         extra={"zoracle_event": "checkpoint", "zoracle": fields})
+                         extra={"zoracle_event": "checkpoint", "zoracle": fields}, stacklevel=user_stacklevel())

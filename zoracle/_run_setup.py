@@ -189,7 +189,8 @@ def check_resume(resume, checkpoint):
         resume = checkpoint if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) == 0) \
             else None
         if resume is None:
-            log.info("no checkpoint at %s yet: starting a fresh run", os.fspath(checkpoint))
+            log.info("no checkpoint at %s yet: starting a fresh run", os.fspath(checkpoint),
+                     stacklevel=user_stacklevel())
     elif resume is False:  # "do not resume", as None
         resume = None
     elif resume is not None:
@@ -400,7 +401,7 @@ def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored
                           rng=np.random.default_rng([root, 2]), executor=executor)
         nfev += grasp_queries(grasp_directions)
         keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
-        log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist())
+        log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist(), stacklevel=user_stacklevel())
         _warn_zero_blocks(params, scored, keep, all_blocks, filled=fill_small_blocks, stacklevel=4)
     return keep, first, nfev
 
@@ -453,7 +454,7 @@ def resumed(got, resume, *, oracle, d, xp, state, est_state, config, modes, lr_o
         raise ArgumentError(f"`epochs`={epochs}, but checkpoint {resume!r} has already run {ran} "
                             f"({step} steps); pass epochs={need} (or more, to go on) to resume it, or "
                             "resume=False to start a run of this length")
-    log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
+    log.info("resumed from %s at epoch %d, step %d", resume, epoch, step, stacklevel=user_stacklevel())
     return (params, state, est_state, root, step, epoch, pos, nfev, verdicts, checked, steps_hist, epoch_hist,
             resumed_metrics, keep)
 

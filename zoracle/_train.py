@@ -168,7 +168,8 @@ def train(oracle, params, *extra: NoReturn, batches=None, epochs: int = 1, steps
         ``zoracle``) gets a record at INFO per epoch and per checkpoint save; off, also one at
         DEBUG per step. Each carries its numbers as ``record.zoracle`` (a dict: the history's
         record, or a save's ``path``, ``steps``, ``total_nfev`` and ``loss``) and
-        ``record.zoracle_event`` (``"epoch"``, ``"checkpoint"`` or ``"step"``).
+        ``record.zoracle_event`` (``"epoch"``, ``"checkpoint"`` or ``"step"``). As a warning's,
+        a record's ``pathname``, ``funcName`` and ``lineno`` name the line that called ``train``.
     max_queries : int, optional
         A query budget: training stops after the first step at which the run's queries
         (ZO-GraSP's included, and those before a resume) reach it, so the last step may pass it
@@ -211,9 +212,6 @@ def train(oracle, params, *extra: NoReturn, batches=None, epochs: int = 1, steps
     plot = check_plot(plot, epochs, resume, checkpoint)
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
-    if checkpoint is not None and not callbacks:  # (a callback may stop the run: epochs=10**6 as a bound)
-        warn_rewrites(cadence, checkpoint_every, total, per_epoch, max_queries,
-                      least_step_queries(estimator, d, sparse))
     lr_of, lr_name, prints, scale0, tiny = check_steps(oracle, params, xp, estimator, optimizer, lr_sched, mu_sched,
                                                        total, max_queries, callbacks, resume=resume)
 
@@ -247,6 +245,9 @@ def train(oracle, params, *extra: NoReturn, batches=None, epochs: int = 1, steps
     else:
         root = int(as_generator(rng).integers(2**63))
         params = params.copy()
+    if checkpoint is not None and not callbacks:  # (a callback may stop the run: epochs=10**6 as a bound)
+        warn_rewrites(cadence, checkpoint_every, total, per_epoch, max_queries,  # (a resumed run's saves from its step)
+                      least_step_queries(estimator, d, sparse), start=step)
 
     first = None
     returned: dict = {}  # the iterator a batches callable returned last (see _epoch_batches)

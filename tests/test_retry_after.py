@@ -1,0 +1,204 @@
+"""``zo.retrying`` waits what a transient error's ``Retry-After`` says (an attribute, urllib's
+``HTTPError.headers``, a requests-style ``exc.response.headers``), cut to ``max_delay``, which
+also stops the doubled ``backoff``; ``jitter`` (off by default) spreads the backoff waits only.
+Waits are recorded through a patched ``time.sleep``: no test waits."""
+
+from __future__ import annotations
+
+import datetime
+import email.message
+import email.utils
+import logging
+import pickle
+import random
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+import zoracle._retrying as _retrying
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    got = []
+    monkeypatch.setattr(_retrying.time, "sleep", got.append)
+    return got
+
+
+def _failing(*errors):
+    """An oracle raising ``errors`` in turn, then answering 1.0."""
+    left = list(errors)
+
+    def oracle(x):
+        if left:
+            raise left.pop(0)
+        return 1.0
+
+    return oracle
+
+
+def _http_error(code=429, **headers):
+    message = email.message.Message()
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    return urllib.error.HTTPError("http://127.0.0.1/", code, "Too Many Requests", message, None)
+
+
+def _is_http(exc):
+    return isinstance(exc, urllib.error.HTTPError) or isinstance(exc, ConnectionError)
+
+
+class _Busy(BaseHTTPRequestHandler):
+    """127.0.0.1: the first request answers 429 with Retry-After: 3, every later one the loss."""
+
+    count = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).count += 1
+        body = b"" if type(self).count == 1 else b"2.5"
+        self.send_response(429 if type(self).count == 1 else 200)
+        if type(self).count == 1:
+            self.send_header("Retry-After", "3")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_429_from_an_http_service_waits_its_retry_after_not_the_backoff(waits, caplog):
+    _Busy.count = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+
+    def remote(x):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=30) as answer:
+                return float(answer.read())
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise
+
+    try:
+        with caplog.at_level(logging.INFO, logger="zoracle"):
+            assert zo.retrying(remote, on=_is_http)(np.zeros(2)) == 2.5
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert waits == [3.0] and _Busy.count == 2
+    assert "asking again in 3 s (its Retry-After: 3 s)" in caplog.text
+
+
+@pytest.mark.parametrize("error, wait", [
+    (_http_error(Retry_After="7"), 7.0),                 # urllib's HTTPError: seconds
+    (_http_error(Retry_After=" 0 "), 0.0),               # "come back now"
+    (_http_error(Retry_After="600"), 60.0),              # cut to the default max_delay
+    (_http_error(Retry_After="soon"), 0.5),              # not a time: the backoff
+    (_http_error(Retry_After="-5"), 0.5),
+    (_http_error(Retry_After=email.utils.format_datetime(
+        datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc), usegmt=True)), 0.0),  # a date passed
+    (_http_error(Retry_After=email.utils.format_datetime(
+        datetime.datetime(2999, 1, 1, tzinfo=datetime.timezone.utc), usegmt=True)), 60.0),  # far ahead: cut
+    (_http_error(), 0.5),                                # no hint
+])
+def test_the_wait_after_an_http_error(waits, error, wait):
+    zo.retrying(_failing(error), on=_is_http)(np.zeros(2))
+    assert waits == ([wait] if wait else [])  # (no sleep for none)
+
+
+class _ServiceBusy(ConnectionError):
+    def __init__(self, retry_after):
+        super().__init__("busy")
+        self.retry_after = retry_after
+
+
+class _Response:
+    def __init__(self, headers):
+        self.headers = headers
+
+
+class _ClientError(ConnectionError):
+    """As requests' and httpx's errors: the response (and its headers) on ``exc.response``."""
+
+    def __init__(self, headers):
+        super().__init__("429 Too Many Requests")
+        self.response = _Response(headers)
+
+
+@pytest.mark.parametrize("error, wait", [
+    (_ServiceBusy(2.5), 2.5),
+    (_ServiceBusy(np.int64(2)), 2.0),
+    (_ServiceBusy(datetime.timedelta(seconds=4)), 4.0),
+    (_ServiceBusy(float("nan")), 0.5),
+    (_ServiceBusy(True), 0.5),
+    (_ServiceBusy(1e9), 60.0),
+    (_ClientError({"retry-after": "9"}), 9.0),
+    (_ClientError({"Retry-After": b"11"}), 11.0),
+    (_ClientError({}), 0.5),
+])
+def test_the_wait_after_an_error_carrying_its_own_hint(waits, error, wait):
+    zo.retrying(_failing(error))(np.zeros(2))
+    assert waits == [wait]
+
+
+def test_max_delay_caps_the_doubling_backoff_and_the_hints(waits, caplog):
+    with caplog.at_level(logging.INFO, logger="zoracle"):
+        zo.retrying(_failing(*[TimeoutError("slow")] * 5, _ServiceBusy(30)), tries=7, backoff=1, max_delay=5)(
+            np.zeros(2))
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert "(its Retry-After: 30 s, cut to max_delay)" in caplog.records[-1].getMessage()
+
+
+def test_a_long_run_of_tries_waits_max_delay_without_overflow(waits):
+    zo.retrying(_failing(*[TimeoutError("slow")] * 1100), tries=1101, backoff=1, max_delay=2)(np.zeros(2))
+    assert len(waits) == 1100 and waits[-1] == 2.0
+
+
+def test_jitter_is_off_by_default_and_spreads_only_the_backoff_waits(waits, monkeypatch):
+    zo.retrying(_failing(TimeoutError(), TimeoutError()), backoff=1)(np.zeros(2))
+    zo.retrying(_failing(TimeoutError(), TimeoutError()), backoff=1)(np.zeros(2))
+    assert waits == [1.0, 2.0] * 2  # the same waits each time
+    waits.clear()
+    monkeypatch.setattr(_retrying, "random", random.Random(0))  # (seeded: the draws below are fixed)
+    zo.retrying(_failing(*[TimeoutError()] * 8), tries=9, backoff=1, max_delay=8, jitter=0.5)(np.zeros(2))
+    plain = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]
+    assert all(w / 2 <= got <= w for got, w in zip(waits, plain)) and waits != plain
+    waits.clear()
+    zo.retrying(_failing(_ServiceBusy(3)), jitter=1)(np.zeros(2))
+    assert waits == [3.0]  # the service's own time: not spread
+
+
+def test_the_settings_travel_with_pickles_bind_and_repr():
+    class Data:
+        def __call__(self, x):
+            return 0.0
+
+        def bind(self, batch):
+            return lambda x: float(batch)
+
+    wrapped = zo.retrying(Data(), backoff=0, max_delay=3, jitter=0.25)
+    bound = wrapped.bind(1.0)
+    assert (bound.max_delay, bound.jitter) == (3.0, 0.25)
+    back = pickle.loads(pickle.dumps(zo.retrying(np.sum, max_delay=3, jitter=0.25)))
+    assert (back.max_delay, back.jitter) == (3.0, 0.25)
+    assert repr(back).endswith("backoff=0.5, max_delay=3, jitter=0.25)")
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(max_delay=-1), "`max_delay` must be a number of seconds >= 0"),
+    (dict(max_delay=float("nan")), "`max_delay` must be a number of seconds >= 0"),
+    (dict(max_delay="60"), "`max_delay` must be a number of seconds >= 0"),
+    (dict(jitter=1.5), "`jitter` must be a number from 0"),
+    (dict(jitter=True), "`jitter` must be a number from 0"),
+])
+def test_the_new_arguments_are_checked(kw, msg):
+    with pytest.raises(zo.ArgumentError, match=msg):
+        zo.retrying(lambda x: 0.0, **kw)
