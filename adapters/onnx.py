@@ -42,6 +42,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag, travelling_state, user_stacklevel
 from zoracle._forked import ForkSafeLock
 
+from ._onnx_checks import copy_disagreement, per_call_refusal, undeclared_shape
+
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
 _DTYPES = {
@@ -453,9 +455,10 @@ class OnnxClassifier:
         onnxruntime execution providers; default :func:`default_providers` (CUDA when
         available, else CPU). Names not offered by this onnxruntime build are rejected.
     output : str or int, optional
-        Which model output to return. Default: the first floating-point output of rank 2
-        (class scores: logits or probabilities); else a scikit-learn ZipMap probability
-        output (list of dicts, converted to an array); else the first output. An integer
+        Which model output to return. Default: the floating-point output of rank 2 (class
+        scores: logits or probabilities; a model with several, features and logits, is refused
+        until one is named); else a scikit-learn ZipMap probability output (list of dicts,
+        converted to an array); else the first output. An integer
         rank-1 output (e.g. skl2onnx's ``label``) makes ``__call__`` return labels.
     budget : int, optional
         Most samples this classifier may evaluate in all; a call that would exceed it raises
@@ -467,11 +470,14 @@ class OnnxClassifier:
         Cast floating inputs of another float dtype to the declared one instead of raising.
     batch_size : int, optional
         Most samples per onnxruntime call (dynamic batch axis); a fixed batch axis always
-        uses its declared size, padding the last chunk.
+        uses its declared size, padding the last chunk. A model quantized per call
+        (``quantize_dynamic``: a sample's scores depend on its batch mates) needs 1.
     session_options : onnxruntime.SessionOptions, optional
         Pickled copies (process and cluster executors) rebuild it from its settings (threads,
         graph optimization level, execution mode, ...); session config entries
         (``add_session_config_entry``) and registered custom-op libraries do not travel.
+        Nor do ``add_initializer``'s weights: where a copy would compute other outputs (on an
+        uncounted probe input), the first pickling raises :class:`~zoracle.ArgumentError`.
 
     Attributes
     ----------
@@ -530,8 +536,8 @@ class OnnxClassifier:
         if not _have_onnx():  # onnxruntime alone: the checks that read the graph cannot run
             warnings.warn(
                 f"OnnxClassifier: the onnx package is not installed, so {self._source} was not checked for "
-                "training-mode nodes (BatchNormalization on batch statistics, Dropout on) or a binary SVM's "
-                "swapped score columns; install it: pip install -e '.[onnx]'",
+                "training-mode nodes (BatchNormalization on batch statistics, Dropout on), activations quantized "
+                "per call or a binary SVM's swapped score columns; install it: pip install -e '.[onnx]'",
                 RuntimeWarning, stacklevel=user_stacklevel())
 
     # construction ------------------------------------------------------------------------
@@ -609,11 +615,16 @@ class OnnxClassifier:
                 "whose default training=torch.onnx.TrainingMode.EVAL does this)")
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
+            labels = [(i.name, _DTYPES[i.type].__name__, _shape_str(_dims(i.shape)))  # (x, y) -> loss: labels
+                      for i in inputs[1:] if _is_labels(i)]  # fed beside the samples
             raise ArgumentError(
                 f"`model` {self._source} has {len(inputs)} inputs {[i.name for i in inputs]} to feed; OnnxClassifier "
-                "feeds exactly one (the samples): export the model with a single input (fold the others in as "
-                "constants; weights as inputs come from torch.onnx.export(..., export_params=False): re-export with "
-                "export_params=True, the default)"
+                "feeds exactly one (the samples): "
+                + ("input {!r} ({}, {}) looks like the labels of a loss computed inside the model: export the model "
+                   "without its loss (its class scores) and compute the loss on the scores OnnxClassifier "
+                   "returns".format(*labels[0]) if labels else
+                   "export the model with a single input (fold the others in as constants; weights as inputs come "
+                   "from torch.onnx.export(..., export_params=False): re-export with export_params=True, the default)")
             )
         if self._input_choice is None:
             node = inputs[0]
@@ -626,13 +637,17 @@ class OnnxClassifier:
         if node.type not in _DTYPES:
             raise ArgumentError(f"unsupported input type {node.type} for input {node.name!r}")
         if len(node.shape) == 0:
-            raise ArgumentError(f"input {node.name!r} is a scalar; a classifier needs a batch axis")
+            raise ArgumentError(undeclared_shape(proto, node.name, node.type)
+                                or f"input {node.name!r} is a scalar; a classifier needs a batch axis")
         self.input_name = node.name
         self.input_shape = _dims(node.shape)
         self.input_dtype = np.dtype(_DTYPES[node.type])
         self._check_fixed_batch()
         self._check_batch_axis(self.session.get_outputs(), list(node.shape))
-        self._pick_output(self.session.get_outputs(), proto)
+        refusal = per_call_refusal(proto, self._source, self.input_shape[0], self.batch_size)
+        if refusal:
+            raise ArgumentError(refusal)
+        self._pick_output(self.session.get_outputs(), proto, list(node.shape))
 
     def _check_batch_axis(self, outputs, raw_shape=()) -> None:
         """A fixed first input axis that no output starts with is no batch axis (a model exported for
@@ -676,14 +691,24 @@ class OnnxClassifier:
                 "model with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={name: {0: 'batch'}}))"
             )
 
-    def _pick_output(self, outputs, proto=False) -> None:
+    def _pick_output(self, outputs, proto=False, raw_shape=()) -> None:
         choice = self._output_choice
         if choice is None:
             scores = [o for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")
                       and len(o.shape) == 2 and o.shape[1] != 1]  # one column: no classes to take the argmax of
+            later = [d for d in raw_shape[1:] if isinstance(d, str) and d]
+            batch = _dims(raw_shape[:1])[0] if raw_shape else None
+            per_sample = [o for o in scores if not (  # an output led by another axis (a (T, N) state, a constant)
+                o.shape[0] in later or (isinstance(o.shape[0], numbers.Integral) and o.shape[0] > 0
+                                        and o.shape[0] != batch))]
+            if len(per_sample) > 1:  # features and logits, probabilities and logits: which is meant?
+                named = ", ".join(f"{o.name!r} {_shape_str(_dims(o.shape))}" for o in per_sample)
+                raise ArgumentError(
+                    f"`output`: the model has {len(per_sample)} outputs that could be class scores: {named}; choose "
+                    "one with `output=` (its name or index), e.g. the logits rather than features or an embedding")
             zipmaps = [o for o in outputs if o.type.startswith("seq(map(")]
             labels = [o for o in outputs if _is_labels(o)]
-            node = (scores or zipmaps or labels or list(outputs))[0]
+            node = (per_sample or scores or zipmaps or labels or list(outputs))[0]
         elif isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
             if not 0 <= choice < len(outputs):
                 raise ArgumentError(f"`output`={choice} is out of range; the model has {len(outputs)} outputs")
@@ -704,6 +729,10 @@ class OnnxClassifier:
                 "integer labels (N,) or a ZipMap's list of {class: probability} maps; "
                 + (f"choose another output with `output=` (others: {others})" if others else
                    "the model has no other output: re-export it with one of these")
+                + ("; if it is a loss computed inside the model, export the model without its loss (its class "
+                   "scores) and compute the loss on the scores OnnxClassifier returns"
+                   if node.type in _DTYPES and len(node.shape) <= 1 and _DTYPES[node.type] in (
+                       np.float16, np.float32, np.float64) else "")
             )
         if not (self._zipmap or is_int_vector) and node.shape[1] == 1:
             raise ArgumentError(_ONE_COLUMN.format(name=node.name))
@@ -722,6 +751,11 @@ class OnnxClassifier:
 
     # pickling: sessions do not pickle, the model bytes (or a large model's path) do --------------
     def __getstate__(self):
+        if self._session_options is not None and not getattr(self, "_options_travel", False):  # checked once
+            refusal = copy_disagreement(self, _options_from(_options_settings(self._session_options)))
+            if refusal:
+                raise ArgumentError(refusal)
+            self._options_travel = True
         if self._ledger is None:  # from now on this object and its copies share one counter
             self._ledger = _Ledger.create(self._queries, self._calls)
             weakref.finalize(self, _unlink, self._ledger.path)

@@ -1,0 +1,83 @@
+"""Checks of :class:`~zoracle.adapters.onnx.OnnxClassifier`: on the model parsed with onnx, and on what
+its pickled copies compute."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+#: operators that quantize their input with the range of the whole tensor, computed on each call
+#: (onnxruntime.quantization.quantize_dynamic writes the first; onnxruntime fuses it into the second)
+_PER_CALL_QUANTIZERS = {("", "DynamicQuantizeLinear"), ("ai.onnx", "DynamicQuantizeLinear"),
+                        ("com.microsoft", "DynamicQuantizeMatMul")}
+
+
+def per_call_quantizers(proto) -> list:
+    """``(node name, op)`` for the nodes of ``proto`` (the main graph; None: no model parsed) that
+    quantize activations with the range of every sample in the call, so that a sample's scores
+    depend on the other samples of a call."""
+    if proto is None:
+        return []
+    return [(n.name or n.output[0], n.op_type) for n in proto.graph.node
+            if (n.domain, n.op_type) in _PER_CALL_QUANTIZERS]
+
+
+def per_call_refusal(proto, source: str, fixed, batch_size) -> str:
+    """Why a model with :func:`per_call_quantizers` cannot run calls of several samples (a fixed batch
+    axis of ``fixed`` samples, else calls of ``batch_size``, None: all of a call's); "" where it can."""
+    found = per_call_quantizers(proto)
+    if not found or (fixed if fixed is not None else batch_size) == 1:
+        return ""
+    (name, op), n = found[0], len(found)
+    return (f"`model` {source} quantizes its activations per call ({op} node {name!r}, as onnxruntime.quantization."
+            f"quantize_dynamic writes; {n} such node{'s' if n > 1 else ''}): the int8 scale is the range of every "
+            "sample in a call, so a sample's scores would depend on the other samples of a call"
+            + (f" and on the padding of its fixed batch of {fixed}: re-export the model with a dynamic batch axis "
+               "and pass batch_size=1" if fixed is not None else ": pass batch_size=1 (one sample per onnxruntime "
+               "call)") + ", or quantize it with quantize_static (scales fixed at calibration)")
+
+
+def copy_disagreement(clf, rebuilt) -> str:
+    """Why ``clf``'s pickled copies, whose session is built with the SessionOptions ``rebuilt`` from its
+    options' settings, would compute other outputs than ``clf`` on a probe input; "" where they agree or
+    the probe does not run (a dimension of 1 too small for the model). Nothing reads back what the options
+    hold besides their settings: the initializers ``add_initializer`` added, for one. A model whose own two
+    runs differ (one that draws noise) is not judged."""
+    probe = np.random.default_rng(0).uniform(0, 1, [d or 1 for d in clf.input_shape]).astype(clf.input_dtype)
+    names = [o.name for o in clf.session.get_outputs() if o.type.startswith("tensor(") and o.type != "tensor(string)"]
+
+    def differ(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+    try:
+        copy = ort.InferenceSession(clf._model, sess_options=rebuilt, providers=clf.providers_requested)
+        runs = [s.run(names, {clf.input_name: probe}) for s in (clf.session, clf.session, copy)]
+    except Exception:
+        return ""
+    if any(map(differ, runs[0], runs[1])):  # a model that draws noise (RandomNormalLike): nothing to compare
+        return ""
+    for name, a, b in zip(names, runs[0], runs[2]):
+        if differ(a, b):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            return ("`session_options` change what the model computes in a way its pickled copies cannot rebuild: a "
+                    f"copy (process and cluster executors ship one) gave output {name!r} "
+                    + (f"up to {float(np.nanmax(np.abs(a - b))):.3g} apart" if a.shape == b.shape else "another shape")
+                    + " on a probe input; copies rebuild the options' settings (threads, optimization level, ...), not "
+                    "initializers added with add_initializer or add_external_initializers, free-dimension overrides "
+                    "or config entries: write such weights into the model (onnx.numpy_helper.from_array into "
+                    "model.graph.initializer) or run in threads (JoblibExecutor(n, backend='threading'))")
+    return ""
+
+
+def undeclared_shape(proto, name: str, type_name: str) -> str:
+    """Why input ``name`` (``type_name`` as onnxruntime writes it: ``tensor(float)``), which onnxruntime
+    shows with shape [], is refused where ``proto`` declares no shape for it (rank unknown, not a
+    scalar); "" otherwise."""
+    inputs = [i.name for i in proto.graph.input] if proto is not None else []
+    if name not in inputs or proto.graph.input[inputs.index(name)].type.tensor_type.HasField("shape"):
+        return ""
+    return (f"input {name!r} declares no shape (its rank is unknown): OnnxClassifier takes the batch axis and the "
+            f"sample's shape from it; declare it, model.graph.input[{inputs.index(name)}].CopyFrom(onnx.helper."
+            f"make_tensor_value_info({name!r}, onnx.TensorProto.{type_name[7:-1].upper()}, ['N', ...])) with the "
+            "sample's dimensions for ..., or re-export the model with its shape")
