@@ -721,8 +721,22 @@ def existing_checkpoint(path) -> str | None:
     return "run"
 
 
-def check_compatible(path, saved: dict, expected: dict) -> None:
-    """Raise :class:`CheckpointError` listing every setting in ``expected`` that ``saved`` contradicts."""
+def other_release(meta) -> str:
+    """For a refusal of a checkpoint that another release wrote (``meta``: its header), both releases
+    named and the way on where a default changed between them; ``""`` for this release's own. An
+    upgrade that changed a default (a recipe's learning rate) was refused as settings the user had
+    changed, with the advice to resume with the same settings: the call was the same."""
+    v = meta.get(WRITER) if isinstance(meta, dict) else release()
+    if v == release():
+        return ""
+    who = f"zoracle {v}" if isinstance(v, str) and v else "zoracle 0.1.0 (before checkpoints recorded their release)"
+    return (f"it was written by {who} and this is zoracle {release()}: where a default changed between them (such as "
+            "zo.recipes.short_budget's lr), pass the checkpoint's value explicitly to continue that run; ")
+
+
+def check_compatible(path, saved: dict, expected: dict, meta=None) -> None:
+    """Raise :class:`CheckpointError` listing every setting in ``expected`` that ``saved`` contradicts
+    (``meta``, the header, names the release that wrote it where that is another one)."""
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {os.fspath(path)!r}: header field 'config' is {type(saved).__name__}, "
                               f"expected an object; {_FIX}")
@@ -735,5 +749,6 @@ def check_compatible(path, saved: dict, expected: dict) -> None:
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} was written by a run with different settings ("
             + "; ".join(diffs)
-            + "); resume with the same settings, or delete the checkpoint to start over; " + new_run(path)
+            + "); " + other_release(meta) + "resume with the same settings, or delete the checkpoint to start over; "
+            + new_run(path)
         )

@@ -85,6 +85,19 @@ def _history(meta, path, step, epoch, pos):
     return steps, epochs
 
 
+def _with_totals(steps: list, nfev: int) -> list:
+    """``steps`` with each record's ``total_nfev``: written before step records carried it, it is the
+    header's ``nfev`` less the later steps' queries (what newer records hold, and are checked for). A
+    resumed older run mixed records with and without it, unlike the run it continues."""
+    if all("total_nfev" in r for r in steps):
+        return steps
+    out, total = [], nfev
+    for r in reversed(steps):
+        out.append(r if "total_nfev" in r else dict(r, total_nfev=total))
+        total -= int(r["nfev"])
+    return out[::-1]
+
+
 def _fast_paths(meta, path) -> dict:
     """The run's fast paths checked against the plain call and their verdicts (``{"batch": True}``):
     a resumed run checks them no more, so its queries are the uninterrupted run's. Absent in
@@ -110,7 +123,10 @@ def read_history(path) -> tuple[list, list]:
         step = _int(meta, "step", path)
         epoch = _int(meta, "epoch", path, hi=step)
         pos = _int(meta, "pos", path)
-        found["history"] = _history(meta, path, step, epoch, pos)
+        steps, epochs = _history(meta, path, step, epoch, pos)
+        if not all("total_nfev" in r for r in steps):
+            steps = _with_totals(steps, _int(meta, "nfev", path, lo=sum(int(r["nfev"]) for r in steps)))
+        found["history"] = steps, epochs
 
     try:
         load_checkpoint(path, expected={}, check=check)
@@ -150,6 +166,8 @@ def compare_fingerprints(path, saved, current: dict) -> None:
 
 #: a NumPy scalar's repr in a settings text (``np.float64(0.05)``): its number is the setting
 _NP_SCALAR = re.compile(r"np\.((?:float|u?int)\d+|longdouble)\(([^()]*)\)")  # np.longdouble('0.1000...')
+#: an RGE's repr before it took ``shaping`` (zoracle 0.1.0 of 2026-11-30 and before)
+_RGE_UNSHAPED = re.compile(r"RGE\((?!.*shaping=).*scheme='\w+'\)")
 #: a number in a settings text (``final=0``, ``init=1.0``, ``lr=1e-3``)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.])")
 
@@ -306,6 +324,16 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         if isinstance(saved, dict) and isinstance(saved.get("estimator"), str):
             # written before estimators kept Python numbers: CGE(mu=np.float64(0.005)) is CGE(mu=0.005)
             saved = dict(saved, estimator=_NP_SCALAR.sub(_np_value, saved["estimator"]))
+            if WRITER not in meta and _RGE_UNSHAPED.fullmatch(saved["estimator"]):
+                if "fingerprints" not in meta:  # (written from f48a224 on; RGE's draws changed before, at 9d81c58)
+                    raise CheckpointError(
+                        f"checkpoint {path!r} was written by zoracle 0.1.0 before 2026-11-30 (its header has no "
+                        "'fingerprints'), with an RGE whose directions some of those versions drew otherwise; this is "
+                        f"zoracle {release()}, which cannot tell whether it would continue that run as it was going: "
+                        "finish it with the zoracle that wrote it, or " + new_run(path))
+                # written before RGE took `shaping` (and before checkpoints named their release): that
+                # RGE is shaping='none', bit for bit; it was refused as other settings no run could match
+                saved = dict(saved, estimator=saved["estimator"][:-1] + ", shaping='none')")
         if isinstance(saved, dict):
             for k in ("optimizer", "schedule", "mu"):
                 # written before schedules stored their fields as Python numbers (final=0, now
@@ -313,7 +341,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                 if isinstance(saved.get(k), str) and isinstance(config.get(k), str) \
                         and _numbers_alike(saved[k]) == _numbers_alike(config[k]):
                     saved = dict(saved, **{k: config[k]})
-        check_compatible(path, saved, config)
+        check_compatible(path, saved, config, meta)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
         header["modes"] = meta.get("modes")  # the oracle's train/eval modes (compared by train, a warning)
         header["fast_paths"] = _fast_paths(meta, path)
@@ -332,8 +360,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
         steps, epochs = _history(meta, path, step, epoch, pos)
         used = sum(int(r["nfev"]) for r in steps)
         nfev = _int(meta, "nfev", path, lo=used)
-        totals = [r for r in steps if "total_nfev" in r]
-        if totals and len(totals) == len(steps):  # each step's running total is the one before plus its queries
+        steps = _with_totals(steps, nfev)
+        if steps:  # each step's running total is the one before plus its queries
             before = int(steps[0]["total_nfev"]) - int(steps[0]["nfev"])  # ZO-GraSP's queries, before any step
             if before < 0:
                 raise _bad(path, "history.steps[0].total_nfev", steps[0]["total_nfev"],
