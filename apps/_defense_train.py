@@ -18,6 +18,7 @@ The two ZO rows spend the same number of black-box loss evaluations per gradient
 from __future__ import annotations
 
 import inspect
+import io
 import time
 import warnings
 from dataclasses import dataclass
@@ -119,14 +120,19 @@ def train_classifier(X, y, *, epochs: int, seed: int, batch: int = 64, lr: float
 def export_onnx(model: nn.Module, path) -> None:
     """Export with a dynamic batch axis (TorchScript exporter: no onnxscript needed), at opset 17:
     every onnxruntime the apps extra allows (>= 1.16, which runs opsets up to 19) loads it, whatever
-    opset the installed torch would stamp by default (torch 2.13: 20)."""
+    opset the installed torch would stamp by default (torch 2.13: 20). Written by Python, not by torch's
+    C++ side, which refused a path that is not UTF-8 (a folder named in latin-1 bytes: ``--out`` failed
+    after the classifier's training with a TypeError that printed its weights)."""
     # `dynamo` came in torch 2.5 (its default True from 2.9); before it the TorchScript exporter was the only one
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    data = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(path), input_names=["image"],
+        torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), data, input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, **legacy)
+    with open(path, "wb") as fh:
+        fh.write(data.getvalue())
 
 
 class NoisyBatches:

@@ -321,7 +321,9 @@ def write(report: DefenseReport, out: str) -> list:
     """``defense.md``, ``defense.png`` and ``defense.json`` under ``out``; returns the paths."""
     os.makedirs(out, exist_ok=True)
     md, png, js = (os.path.join(out, f"defense.{ext}") for ext in ("md", "png", "json"))
-    with replacing(md) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # (a failed write keeps the last report)
+    # (a failed write keeps the last report; a folder named in other bytes than UTF-8, held as surrogate
+    # escapes, is written back as those bytes in the regenerate line: "surrogates not allowed" lost the run)
+    with replacing(md) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
         fh.write(markdown(report, out))
     data = {
         "config": asdict(report.config),

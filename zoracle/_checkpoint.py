@@ -23,6 +23,7 @@ import numbers
 import os
 import re
 import socket
+import sys
 import uuid
 import zipfile
 import zlib
@@ -207,7 +208,15 @@ def as_path(path, name: str = "checkpoint", example: str = "run.npz") -> str:
         raise ArgumentError(f"`{name}` is the text {path!r}, a null or a boolean written out (as a config file or a "
                             f"command line gives it), not a file name: {fix} (or './{path.strip()}' for a file of "
                             "that name)")
-    return os.path.expanduser(path)
+    path = os.path.expanduser(path)
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as exc:  # (LC_ALL=C without UTF-8 mode, a latin-1 locale and a Japanese name): the
+        # first os.path call raised it bare, naming neither the argument nor the fix; a resume path "did not exist"
+        raise ArgumentError(f"`{name}` {path!r} holds {path[exc.start]!r}, which file names cannot hold under this "
+                            f"locale (its file system encoding is {sys.getfilesystemencoding()}); pass a path "
+                            "without it, or run Python in UTF-8 mode (PYTHONUTF8=1 or python -X utf8)") from None
+    return path
 
 
 # what a config's null or boolean becomes as text (str(None), YAML's null, JSON's true)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -9,6 +10,9 @@ import numbers
 import os
 import sys
 import traceback
+import warnings
+
+from ._forked import ForkSafeLock
 
 __all__ = ["ZoracleError", "OracleError", "ArgumentError", "MissingExtra"]
 
@@ -61,6 +65,59 @@ def _own_folder(top: str) -> str | None:
         return None
     where = list(spec.submodule_search_locations or []) if spec is not None else []
     return os.path.realpath(where[0]) if where else None
+
+
+#: id of a stream's buffer -> [blocks of :func:`escaping` using it, the stream]: the first block in makes
+#: it escape, the last one out puts it back strict (runs in threads warning at once: the first one done
+#: put it back while another's warning was still to be written)
+_ESCAPING: dict = {}
+_ESCAPING_LOCK = ForkSafeLock()
+
+
+@contextlib.contextmanager
+def escaping(*streams):
+    """``streams`` writing a character their encoding lacks as an escape (``\\u2211``), not failing
+    on it, and put back after: a stream opened strict (a terminal's stdout under
+    PYTHONIOENCODING=ascii or in latin-1, ``sys.stderr = open("run.log", "w")`` in cp1252 or ASCII)
+    raised UnicodeEncodeError on a path or a metric named in another script. A stream that cannot
+    change it (no ``reconfigure``) is left as it is."""
+    mine = []
+    with _ESCAPING_LOCK:
+        for stream in streams:
+            key = id(getattr(stream, "buffer", stream))  # (the stream train wraps beside its bar: its own)
+            held = _ESCAPING.get(key)
+            if held is None:
+                if getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+                    continue
+                try:
+                    stream.reconfigure(errors="backslashreplace")
+                except (AttributeError, ValueError, OSError):  # a wrapper that cannot change it: as it is
+                    continue
+                held = _ESCAPING[key] = [0, stream]
+            held[0] += 1
+            mine.append(key)
+    try:
+        yield
+    finally:
+        with _ESCAPING_LOCK:
+            for key in mine:
+                held = _ESCAPING[key]
+                held[0] -= 1
+                if not held[0]:
+                    del _ESCAPING[key]
+                    try:
+                        held[1].reconfigure(errors="strict")
+                    except (AttributeError, ValueError, OSError):  # closed meanwhile
+                        pass
+
+
+def warn(message: str, category: type = UserWarning, stacklevel: int = 1) -> None:
+    """``warnings.warn`` whose text (and the user's line it shows) is written with :func:`escaping`:
+    on a ``sys.stderr`` that cannot encode a character of a path or a name in it, Python's warnings
+    let the UnicodeEncodeError through, which failed the run (a result lost to a warning that said
+    it was returned). ``stacklevel`` counts from the caller, as ``warnings.warn``'s."""
+    with escaping(sys.stderr):
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 class ZoracleError(Exception):

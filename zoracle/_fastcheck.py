@@ -18,12 +18,11 @@ import contextlib
 import contextvars
 import dataclasses
 import threading
-import warnings
 import weakref
 
 import numpy as np
 
-from ._errors import user_stacklevel
+from ._errors import user_stacklevel, warn
 from ._forked import ForkSafeLock
 from ._oracle import compute_dtype_of, loss_type, precision_bits
 from ._plan import CoordTask, DirectionTask, PointTask
@@ -208,8 +207,8 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
             wrapped.nfev = spent + asked
             return tasks, results
         verdicts[cap] = False
-        warnings.warn(_refused_text(fn, cap, probe, plain, fast), RuntimeWarning,
-                      stacklevel=user_stacklevel())
+        warn(_refused_text(fn, cap, probe, plain, fast), RuntimeWarning,
+             stacklevel=user_stacklevel())
         wrapped.caps = usable_caps(fn, wrapped.caps)
         again_tasks = replan()
         again_results = run(again_tasks)

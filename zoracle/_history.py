@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotations name it
     from matplotlib.figure import Figure
 
-from ._errors import ArgumentError, check_flag, config_hint
+from ._errors import ArgumentError, check_flag, config_hint, warn
 from ._resume import read_history
 
 
@@ -200,9 +199,9 @@ class History:
         recs = self.steps if level == "step" else self.epochs
         if recs and not any(name in r for r in recs):  # a typo, or a metric no record got (eval_every)
             have = sorted({k for r in recs for k in r})
-            warnings.warn(f"History.column: no {level} record has the field {name!r}, so the column is all NaN; "
-                          f"the {level} records have {have}" + ("" if level == "epoch" else " (eval_fn's metrics "
-                          "are in the epoch records: level='epoch')"), UserWarning, stacklevel=2)
+            warn(f"History.column: no {level} record has the field {name!r}, so the column is all NaN; "
+                 f"the {level} records have {have}" + ("" if level == "epoch" else " (eval_fn's metrics "
+                 "are in the epoch records: level='epoch')"), UserWarning, stacklevel=2)
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
 
     @classmethod

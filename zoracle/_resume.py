@@ -12,13 +12,12 @@ from __future__ import annotations
 import numbers
 import os
 import re
-import warnings
 
 import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import WRITER, CheckpointError, as_path, check_compatible, load_checkpoint, new_run, release, upgrade, written_by
-from ._errors import short_repr
+from ._errors import short_repr, warn
 from ._optim import SGDState
 from ._schedules import schedule_value
 
@@ -292,14 +291,14 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             if was is None or now is None or (CALLABLE_BATCHES in (was, now)
                                               and not (isinstance(was, str) and isinstance(now, str))):
                 if was is None and isinstance(now, dict):  # a Minibatches or a list now: nothing to compare it with
-                    warnings.warn(
+                    warn(
                         f"checkpoint {path!r} was written before checkpoints recorded the batches: they are not "
                         "compared, so another batch size, shuffle seed or list of batches is not caught; resume with "
                         "the batches that run used (the next checkpoint records them)", UserWarning, stacklevel=5)
                 saved = dict(saved, batches=now)
             elif legacy_batches is not None and was == legacy_batches and was != now:
                 saved = dict(saved, batches=now)  # written before a dict batch's rows were read (then: none)
-                warnings.warn(
+                warn(
                     f"checkpoint {path!r} was written before checkpoints recorded the rows of dict batches: only "
                     f"their number ({was.get('batches')}) is compared, so dict batches of other sizes are not caught; "
                     "resume with the batches that run used (the next checkpoint records their rows)",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 
 from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _line_bar, _redraws, _steady_bar, _tqdm_lock, _tqdm_unlock,
                    _unwrapped, log)
-from ._errors import user_stacklevel
+from ._errors import user_stacklevel, warn
 from ._history import History, TrainResult
 from ._oracle import has_methods
 
@@ -64,16 +63,16 @@ def finish_run(oracle, params, state, est_state, steps_hist, epoch_hist, plot, k
         try:
             oracle.load(params)
         except Exception as exc:  # a late failure must not lose the result
-            warnings.warn(f"train: the oracle could not load the trained parameters into its model ({type(exc).__name__}: "
-                          f"{exc}); the result is returned: load them with oracle.load(result.params)", UserWarning,
-                          stacklevel=3)
+            warn(f"train: the oracle could not load the trained parameters into its model ({type(exc).__name__}: "
+                 f"{exc}); the result is returned: load them with oracle.load(result.params)", UserWarning,
+                 stacklevel=3)
     history = History(tuple(steps_hist), tuple(epoch_hist))
     if plot is not None:
         try:
             history.plot(plot)
         except Exception as exc:  # checked before the first query; a late failure must not lose the result
-            warnings.warn(f"train: the plot {os.fspath(plot)!r} could not be written ({type(exc).__name__}: {exc}); "
-                          "the result is returned: draw it again with result.plot(path)", UserWarning, stacklevel=3)
+            warn(f"train: the plot {os.fspath(plot)!r} could not be written ({type(exc).__name__}: {exc}); "
+                 "the result is returned: draw it again with result.plot(path)", UserWarning, stacklevel=3)
     return TrainResult(
         params=params,
         history=history,

@@ -22,7 +22,7 @@ from ._bar import _beside, _rate_text, log
 from ._checkpoint import CheckpointError
 from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
-from ._errors import ArgumentError, OracleError, ZoracleError, user_stacklevel
+from ._errors import ArgumentError, OracleError, ZoracleError, user_stacklevel, warn
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
 from ._executors_core import ShardFailed
 from ._fastcheck import checking
@@ -166,9 +166,9 @@ def _update(run, g, bound):
         if before == run.first_count:  # its first update: refused, nothing much spent
             raise ArgumentError(text)
         # later (an update that skipped a step, say): the run's work is kept, the user told once
-        warnings.warn(f"train: {text}; from step {run.step} on, the optimizer's own schedule lags the steps"
-                      + (" and this run's checkpoint cannot be resumed" if run.checkpoint is not None else ""),
-                      UserWarning, stacklevel=5)
+        warn(f"train: {text}; from step {run.step} on, the optimizer's own schedule lags the steps"
+             + (" and this run's checkpoint cannot be resumed" if run.checkpoint is not None else ""),
+             UserWarning, stacklevel=5)
         run.count_warned = True
     if not bool(run.xp.isfinite(run.params).all()):
         raise ArgumentError(
@@ -243,7 +243,7 @@ def epoch_warnings(run, blist) -> None:
     if run.pos >= len(blist) and run.block_watch is not None and run.block_watch.steps >= WATCH_STEPS:
         dead = run.block_watch.dead()
         if dead:
-            warnings.warn(dead_blocks_text(dead, run.block_watch.steps, run.est.mu), UserWarning, stacklevel=4)
+            warn(dead_blocks_text(dead, run.block_watch.steps, run.est.mu), UserWarning, stacklevel=4)
         run.block_watch = None
     if (run.pos >= len(blist) and run.still_watch is not None
             and (still := run.still_watch.verdict(run.params)) is not None):
@@ -285,8 +285,8 @@ def end_epoch(run) -> bool:
             then = ("fix `eval_fn` and resume from the checkpoint to evaluate it and go on"
                     if run.checkpoint is not None else "fix `eval_fn` (pass checkpoint= to resume a run "
                     "after such a failure)")
-            warnings.warn(f"train: {exc}. The run stops here and returns its result, without this "
-                          f"epoch's record; {then}", UserWarning, stacklevel=4)
+            warn(f"train: {exc}. The run stops here and returns its result, without this "
+                 f"epoch's record; {then}", UserWarning, stacklevel=4)
             run.stopped = True
             return True
     erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)

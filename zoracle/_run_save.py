@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import numpy as np
 
 from ._backend import to_numpy
 from ._bar import _beside, log
 from ._checkpoint import CheckpointError, Records, save_checkpoint, save_fix, writer_lock
-from ._errors import ArgumentError, user_stacklevel
+from ._errors import ArgumentError, user_stacklevel, warn
 from ._train_records import _state_arrays
 
 __all__ = ["Saver", "last_mask"]
@@ -85,8 +84,8 @@ class Saver:
                 f"start it as it stays (0.0 rather than 0, np.zeros(...) of the final shape)")
             if not last:
                 raise err
-            warnings.warn(f"train: {err}; no checkpoint written at the end, the result is returned", UserWarning,
-                          stacklevel=stacklevel)
+            warn(f"train: {err}; no checkpoint written at the end, the result is returned", UserWarning,
+                 stacklevel=stacklevel)
             return
         meta = {"config": config, "root": str(root), "step": step, "epoch": epoch, "pos": pos, "nfev": nfev,
                 "opt_count": int(state.count), "history": {"steps": steps_text, "epochs": epochs_text},
@@ -103,8 +102,8 @@ class Saver:
                     "last; give each run its own checkpoint path")
                 if not last:
                     raise err
-                warnings.warn(f"train: {err}; the file is left as it is and the result is returned", UserWarning,
-                              stacklevel=stacklevel)
+                warn(f"train: {err}; the file is left as it is and the result is returned", UserWarning,
+                     stacklevel=stacklevel)
                 self.warned_at = step  # not again at the end
                 return
             try:
@@ -121,7 +120,7 @@ class Saver:
                                       f"({type(exc).__name__}: {exc}); {held}; {save_fix(exc)}")
                 if not last:
                     raise err from exc
-                warnings.warn(f"train: {err}; the result is returned", UserWarning, stacklevel=stacklevel)
+                warn(f"train: {err}; the result is returned", UserWarning, stacklevel=stacklevel)
                 self.warned_at = step  # not again at the end
                 return
             self.saved = step

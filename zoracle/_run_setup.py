@@ -15,7 +15,8 @@ from ._bar import log
 from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, as_path, check_writable
 from ._epochs import _batches_print, _bound, _epoch_batches, _layout_print, _shown_ratios
-from ._errors import ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel
+from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, short_repr, user_stacklevel,
+                      warn)
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import check_interval, keep_counts
@@ -422,10 +423,10 @@ def resumed(got, resume, *, oracle, d, xp, state, est_state, config, modes, lr_o
     epoch_hist = [_in_order(r, _EPOCH_KEYS, last=("seconds",)) for r in got["epochs"]]
     resumed_metrics = len(epoch_hist)
     if got["modes"] is not None and modes is not None and got["modes"] != modes:
-        warnings.warn("train: the oracle's model is in other train/eval modes (or update_stats) than in the run "
-                      f"that wrote {os.fspath(resume)!r}: its losses from here on differ from that run's (BatchNorm "
-                      "and dropout act otherwise); set the modes as they were to continue that run", UserWarning,
-                      stacklevel=3)
+        warn("train: the oracle's model is in other train/eval modes (or update_stats) than in the run "
+             f"that wrote {os.fspath(resume)!r}: its losses from here on differ from that run's (BatchNorm "
+             "and dropout act otherwise); set the modes as they were to continue that run", UserWarning,
+             stacklevel=3)
     # every step already run, at its recorded lr and mu (SNES records its widths there)
     compare_history(resume, steps_hist, {"lr": (lr_of, lr_name),
                                          "mu": (None if snes else mu_sched, "mu")})

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import existing_checkpoint, new_run
-from ._errors import ArgumentError
+from ._errors import ArgumentError, warn
 from ._masks import _slices
 from ._schedules import schedule_value
 
@@ -259,9 +259,9 @@ def _check_overwrite(checkpoint, resume, stacklevel: int = 3) -> None:
         raise ArgumentError(f"`checkpoint` {path!r} cannot be read as a checkpoint ({why}), and training would "
                             "overwrite it; pass a new path, or move that file away first")
     if kind == "run" and not same:
-        warnings.warn(f"`checkpoint` {path!r} holds an earlier run, which this run does not resume from: its first "
-                      "save overwrites it. Pass resume=True to continue that run, or another path to keep it",
-                      UserWarning, stacklevel=stacklevel)
+        warn(f"`checkpoint` {path!r} holds an earlier run, which this run does not resume from: its first "
+             "save overwrites it. Pass resume=True to continue that run, or another path to keep it",
+             UserWarning, stacklevel=stacklevel)
 
 
 def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False, stacklevel: int = 3) -> None:
@@ -274,9 +274,9 @@ def _warn_zero_blocks(params, scored, keep, blocks, filled: bool = False, stackl
     if zero:
         names = {(s.start, s.stop): getattr(b, "name", None) for b, s in zip(blocks, _slices(blocks))}
         shown = [names.get((s.start, s.stop)) or f"params[{s.start}:{s.stop}]" for s in zero]
-        warnings.warn(f"train: ZO-GraSP keeps no coordinates of {', '.join(shown)}: its values are all zero, where "
-                      "GraSP's score -theta * Hg is zero, so sparse CGE never trains it; initialize it nonzero, "
-                      "estimate it densely (leave its kind out of `score_kinds`), or pass "
-                      + ("ratios=\"uniform\" (fill_small_blocks fills only empty blocks up to the kept count)" if filled
-                         else "fill_small_blocks=True (it fills empty blocks up to the kept count) or "
-                              "ratios=\"uniform\""), RuntimeWarning, stacklevel=stacklevel)
+        warn(f"train: ZO-GraSP keeps no coordinates of {', '.join(shown)}: its values are all zero, where "
+             "GraSP's score -theta * Hg is zero, so sparse CGE never trains it; initialize it nonzero, "
+             "estimate it densely (leave its kind out of `score_kinds`), or pass "
+             + ("ratios=\"uniform\" (fill_small_blocks fills only empty blocks up to the kept count)" if filled
+                else "fill_small_blocks=True (it fills empty blocks up to the kept count) or "
+                     "ratios=\"uniform\""), RuntimeWarning, stacklevel=stacklevel)

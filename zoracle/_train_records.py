@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, short_repr
+from ._errors import ArgumentError, short_repr, warn
 
 
 def _json_number(v):
@@ -32,8 +31,8 @@ def _stops(value, cb, warned: set, stacklevel: int = 3) -> bool:
         return bool(value)
     if id(cb) not in warned:
         warned.add(id(cb))
-        warnings.warn(f"callback {getattr(cb, '__name__', cb)!r} returned {value!r} ({type(value).__name__}); only "
-                      "True stops training (return None or False to go on)", RuntimeWarning, stacklevel=stacklevel)
+        warn(f"callback {getattr(cb, '__name__', cb)!r} returned {value!r} ({type(value).__name__}); only "
+             "True stops training (return None or False to go on)", RuntimeWarning, stacklevel=stacklevel)
     return False
 
 
@@ -68,8 +67,8 @@ def _metrics(value, epoch, stacklevel: int = 3) -> dict:
         while new in out:
             new = "eval_" + new
         out[new] = out.pop(k)
-        warnings.warn(f"`eval_fn` returned a metric named {k!r}, a field of the epoch record (training's own); "
-                      f"it is stored as {new!r}", RuntimeWarning, stacklevel=stacklevel)
+        warn(f"`eval_fn` returned a metric named {k!r}, a field of the epoch record (training's own); "
+             f"it is stored as {new!r}", RuntimeWarning, stacklevel=stacklevel)
     return out
 
 

@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 
-from ._errors import ZoracleError
+from ._errors import ZoracleError, escaping
 
 #: how a user installs an extra: zoracle is not on PyPI, so always from the clone
 INSTALL = 'pip install -e ".[{extra}]"  (from the zoracle clone)'
@@ -242,29 +242,6 @@ def check_outputs(name: str, args, prog: str | None = None) -> list:
 
 
 @contextlib.contextmanager
-def _printable():
-    """stdout and stderr writing a character their encoding lacks as an escape (``\\u2211``), not
-    failing on it: a path under PYTHONIOENCODING=ascii or on a latin-1 terminal crashed ``zoracle
-    plot`` after its figure was written. Put back after."""
-    changed = []
-    for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
-            try:
-                stream.reconfigure(errors="backslashreplace")
-            except (AttributeError, ValueError, OSError):  # a wrapper that cannot change it: as it is
-                continue
-            changed.append(stream)
-    try:
-        yield
-    finally:
-        for stream in changed:
-            try:
-                stream.reconfigure(errors="strict")
-            except (AttributeError, ValueError, OSError):  # closed meanwhile
-                pass
-
-
-@contextlib.contextmanager
 def _torch_rng_kept():
     """torch's random streams as the calling program left them: a command seeds torch for its own
     runs (``--seed``), which reseeded the caller's generator when ``main`` runs inside a program."""
@@ -281,8 +258,8 @@ def _torch_rng_kept():
 def main(argv=None, prog: str | None = None) -> int:
     """Run ``zoracle COMMAND ...``; ``prog`` names the program in usage and error lines (the
     examples that wrap a command pass their own name)."""
-    with _printable():
-        return _main(argv, prog)
+    with escaping(sys.stdout, sys.stderr):  # a path under PYTHONIOENCODING=ascii or on a latin-1 terminal
+        return _main(argv, prog)  # crashed `zoracle plot` after its figure was written
 
 
 def _main(argv, prog: str | None) -> int:
