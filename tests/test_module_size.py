@@ -3,7 +3,10 @@
 (h322). Their importers then read the moved names from the new modules (h330), with no tuple of
 re-exports left behind, and ``train`` became a driver over functions of a screen or two.
 adapters/torch.py (1,706), _torch_exact.py (1,498) and _torch_chain.py (1,101) broke it too until
-theirs moved the same way (h341): TorchOracle's batch machinery and chain walk into mixins."""
+theirs moved the same way (h341): TorchOracle's batch machinery and chain walk into mixins.
+Every function of the package and the adapters is held under 150 lines of code, not only train's
+parts, and the benchmark scripts under 1,000 lines (h342: check_oracle was 205 lines of code,
+benchmarks/peers.py 1,327 lines)."""
 
 from __future__ import annotations
 
@@ -103,3 +106,31 @@ def test_train_and_its_parts_are_each_under_150_lines_of_code():
         lengths.update(_code_lengths(PACKAGE / name))
     assert {f: n for f, n in lengths.items() if n > 150} == {}
     assert lengths["_train.py:train"] < 150
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _long_functions(folder, pattern="**/*.py"):
+    lengths = {}
+    for path in sorted(folder.glob(pattern)):
+        lengths.update({f"{path.relative_to(folder.parent)}:{name.split(':', 1)[1]}": n
+                        for name, n in _code_lengths(path).items()})
+    assert lengths
+    return {f: n for f, n in lengths.items() if n > 150}
+
+
+@pytest.mark.parametrize("folder", [PACKAGE, ADAPTERS], ids=["zoracle", "adapters"])
+def test_every_function_of_the_package_and_the_adapters_is_under_150_lines_of_code(folder):
+    # zoracle/testing/_check.py's check_oracle was 205 lines of code (h342): its checks became a
+    # _Checker's methods; schedule, short_budget and the train driver's parts are held here too
+    assert _long_functions(folder) == {}
+
+
+def test_the_benchmark_scripts_are_under_1000_lines_and_their_functions_under_150():
+    # benchmarks/peers.py was 1,327 lines with a main of 168 (h342): its black box and methods, its
+    # results and its acceptance tables moved to peers_bench.py, peers_results.py and peers_study.py
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in sorted(BENCHMARKS.glob("*.py"))}
+    assert "peers.py" in sizes
+    assert {name: n for name, n in sizes.items() if n >= 1000} == {}
+    assert _long_functions(BENCHMARKS, "*.py") == {}

@@ -826,143 +826,170 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
     any other non-``Exception``) raised by the oracle propagates as it is. A backend's optional
     ``closed()`` says the executor was closed during the run (from another thread): the run raises.
     """
-    n = len(shards)
-    results = [None] * n
-    queue = deque(sorted(range(n), key=lambda i: -costs[i]))
-    failed_on = [[] for _ in range(n)]
-    lost = [0] * n  # times each shard was lost through no failure of its own
-    inflight = {}  # jid -> (shard index, worker)
-    stuck = []  # the workers of the shards a timeout found late
-    started = {}  # jid -> perf_counter at submission (or when its worker finished loading the oracle)
-    loading = set()  # jids whose worker is still loading the oracle (LOAD_S, not timeout, applies)
-    retries = 0
-    busy = 0.0
-
-    def limit(jid) -> float:
-        return max(timeout, LOAD_S) if jid in loading else timeout
-
-    starved = None  # perf_counter since when shards have waited with no worker to take them
-    naps = 0
+    run = _Run(backend, shards, costs, stats_cb, timeout, kind_cb)
     closed = getattr(backend, "closed", None)  # close() from another thread during this run
     try:
-        while queue or inflight:
+        while run.queue or run.inflight:
             if closed is not None and closed():
-                raise closed_during_run(f", with {len(inflight) + len(queue)} of its {n} shards unfinished")
-            for w in backend.idle():
-                if not queue:
-                    break
-                live = {backend.name(x) for x in backend.workers()}
-                pick = None
-                for i in queue:
-                    bad = {name for name, _ in failed_on[i]}
-                    if backend.name(w) not in bad or not (live - bad):
-                        pick = i
-                        break
-                if pick is None:
-                    continue
-                queue.remove(pick)
-                jid = next(_job_ids)
-                inflight[jid] = (pick, w)
-                if backend.submit(w, jid, shards[pick]):
-                    loading.add(jid)
-                started[jid] = time.perf_counter()  # after submit: a worker's start-up is not the shard's
-            if not inflight:  # shards wait and no worker took one: none is known (see the docstring)
-                now = time.perf_counter()
-                starved = now if starved is None else starved
-                if now - starved >= NO_WORKER_WAIT_S:
-                    i = queue[0]
-                    raise ZoracleError(
-                        f"no worker took shard {i + 1}/{n} ({describe_task(shards[i])}) within "
-                        f"{NO_WORKER_WAIT_S:g} s: the executor knows no live worker; start workers (or check "
-                        "the scheduler's address and that its workers are running), then run again"
-                    )
-                refresh = getattr(backend, "refresh", None)
-                if refresh is not None:
-                    refresh()
-                time.sleep(min(0.25, 0.002 * 2 ** naps))
-                naps += 1
+                raise closed_during_run(f", with {len(run.inflight) + len(run.queue)} of its {run.n} shards unfinished")
+            run.submit_to_idle_workers()
+            if not run.inflight:  # shards wait and no worker took one: none is known (see the docstring)
+                run.wait_for_a_worker()
                 continue
-            starved, naps = None, 0
+            run.starved, run.naps = None, 0
             if timeout is None:
                 answers = backend.wait()
             else:
-                left = min(started[j] + limit(j) for j in inflight) - time.perf_counter() if inflight else 0.0
+                left = min(run.started[j] + run.limit(j) for j in run.inflight) - time.perf_counter()
                 answers = backend.wait(max(0.0, left))
             for w, jid, outcome in answers:
-                if jid not in inflight:
-                    continue  # a stale answer from an aborted run
-                if outcome[0] == "loaded":  # the oracle is loaded: the shard's own time starts now
-                    loading.discard(jid)
-                    started[jid] = time.perf_counter()
-                    continue
-                loading.discard(jid)
-                i, _ = inflight.pop(jid)
-                started.pop(jid, None)
-                if outcome[0] == "err" and isinstance(outcome[1], Either):  # one that did not travel (threads)
-                    outcome = ("err", outcome[1].obj) + tuple(outcome[2:])
-                elif outcome[0] == "err" and len(outcome) > 2:  # it lost its traceback on the way: the worker's text
-                    with_worker_traceback(outcome[1], outcome[2])
-                if outcome[0] == "ok":
-                    results[i] = outcome[1]
-                    busy += outcome[2]
-                    if kind_cb is not None and len(outcome) > 3 and outcome[3] is not None:
-                        kind_cb(outcome[3])  # the type of the losses a worker saw (float32, int)
-                    if stats_cb is not None:
-                        stats_cb(shards[i], outcome[2])
-                    continue
-                if outcome[0] == "lost":
-                    lost[i] += 1
-                    if lost[i] <= LOST_RETRIES:  # not its failure: it runs again, and blames no one
-                        queue.appendleft(i)
-                        continue
-                    outcome = ("err", ShardFailed(f"lost {lost[i]} times as other workers died ({outcome[1]})"), "")
-                where = backend.name(w)
-                if outcome[0] == "err" and not isinstance(outcome[1], Exception):
-                    raise outcome[1]  # KeyboardInterrupt, SystemExit: never retried nor wrapped
-                if outcome[0] == "dead":
-                    cause = WorkerDied(f"the worker died ({outcome[1]})")
-                    tb = ""
-                else:
-                    cause, tb = outcome[1], outcome[2]
-                    if len(outcome) > 3 and isinstance(outcome[3], str) and str(cause) != outcome[3]:
-                        cause.args = (outcome[3],)  # the original text, details included
-                if _deterministic(cause):
-                    if isinstance(cause, OracleError) and isinstance(cause.cause, NestedRunError):
-                        cause = cause.cause  # a nested run on threads: NestedRunError, as on processes
-                    raise _annotate(cause, i, n, shards[i], where)
-                failed_on[i].append((where, cause))
-                if len(failed_on[i]) >= 2:
-                    (w1, c1), (w2, c2) = failed_on[i]
-                    if isinstance(cause, OracleError):
-                        raise _annotate(cause, i, n, shards[i], f"{w2}, after failing on {w1} too")
-                    if isinstance(c2.__cause__, WorkerTraceback):  # the message below shows it
-                        c2.__cause__ = None
-                    err = ShardFailed(
-                        f"shard {i + 1}/{n} ({describe_task(shards[i])}) failed twice: on {w1}: "
-                        f"{_cause_text(c1)}; then on {w2}: {_cause_text(c2)}"
-                        + (f"\nworker traceback:\n{tb}" if tb else "")
-                    )
-                    err.shard = i
-                    raise err from cause
-                retries += 1
-                queue.appendleft(i)
+                run.take(w, jid, outcome)
             if timeout is not None:
-                now = time.perf_counter()
-                late = [j for j in inflight if now - started[j] >= limit(j)]
-                if late:
-                    i, w = inflight[late[0]]
-                    stuck = [inflight[j][1] for j in late]
-                    err = _timed_out(i, n, shards[i], backend.name(w), timeout, late[0] in loading)
-                    pending = [(k, failed_on[k][0]) for k in queue if failed_on[k]]
-                    if pending:  # a failure awaiting its retry on another worker: not hidden by the timeout
-                        k, (wk, ck) = pending[0]
-                        err.args = (f"{err.args[0]}; meanwhile shard {k + 1}/{n} ({describe_task(shards[k])}) failed on "
-                                    f"{wk} ({_cause_text(ck)}) and was waiting for another worker to retry it",)
-                    raise err
+                run.raise_if_late()
     except BaseException as exc:
-        if inflight:  # the late shards' workers may be inside a hung call, all of them after Ctrl-C;
+        if run.inflight:  # the late shards' workers may be inside a hung call, all of them after Ctrl-C;
             # an error elsewhere leaves every worker to finish its shard
-            hung = stuck if isinstance(exc, ShardTimeout) else isinstance(exc, KeyboardInterrupt)
-            backend.abort([w for _, w in inflight.values()], hung=hung)
+            hung = run.stuck if isinstance(exc, ShardTimeout) else isinstance(exc, KeyboardInterrupt)
+            backend.abort([w for _, w in run.inflight.values()], hung=hung)
         raise
-    return results, retries, busy
+    return run.results, run.retries, run.busy
+
+
+class _Run:
+    """One :func:`schedule` call: its shards waiting, in flight and failed, their results, and the
+    steps of its loop (submit, wait for a worker, take an answer, find the late)."""
+
+    def __init__(self, backend, shards, costs, stats_cb, timeout, kind_cb):
+        self.backend, self.shards, self.timeout = backend, shards, timeout
+        self.stats_cb, self.kind_cb = stats_cb, kind_cb
+        self.n = n = len(shards)
+        self.results, self.retries, self.busy = [None] * n, 0, 0.0
+        self.queue = deque(sorted(range(n), key=lambda i: -costs[i]))
+        self.failed_on = [[] for _ in range(n)]
+        self.lost = [0] * n  # times each shard was lost through no failure of its own
+        self.inflight = {}  # jid -> (shard index, worker)
+        self.stuck = []  # the workers of the shards a timeout found late
+        self.started = {}  # jid -> perf_counter at submission (or when its worker finished loading the oracle)
+        self.loading = set()  # jids whose worker is still loading the oracle (LOAD_S, not timeout, applies)
+        self.starved, self.naps = None, 0  # perf_counter since when shards have waited with no worker to take them
+
+    def limit(self, jid) -> float:
+        return max(self.timeout, LOAD_S) if jid in self.loading else self.timeout
+
+    def submit_to_idle_workers(self) -> None:
+        """Each idle worker takes the first waiting shard that has not failed on it (or that has failed on
+        every live worker)."""
+        backend, queue = self.backend, self.queue
+        for w in backend.idle():
+            if not queue:
+                break
+            live = {backend.name(x) for x in backend.workers()}
+            pick = None
+            for i in queue:
+                bad = {name for name, _ in self.failed_on[i]}
+                if backend.name(w) not in bad or not (live - bad):
+                    pick = i
+                    break
+            if pick is None:
+                continue
+            queue.remove(pick)
+            jid = next(_job_ids)
+            self.inflight[jid] = (pick, w)
+            if backend.submit(w, jid, self.shards[pick]):
+                self.loading.add(jid)
+            self.started[jid] = time.perf_counter()  # after submit: a worker's start-up is not the shard's
+
+    def wait_for_a_worker(self) -> None:
+        """Shards wait and none is in flight: ask for the worker list again (``refresh()``) and back off;
+        raise once that has lasted :data:`NO_WORKER_WAIT_S` seconds."""
+        now = time.perf_counter()
+        self.starved = now if self.starved is None else self.starved
+        if now - self.starved >= NO_WORKER_WAIT_S:
+            i, n = self.queue[0], self.n
+            raise ZoracleError(
+                f"no worker took shard {i + 1}/{n} ({describe_task(self.shards[i])}) within "
+                f"{NO_WORKER_WAIT_S:g} s: the executor knows no live worker; start workers (or check "
+                "the scheduler's address and that its workers are running), then run again"
+            )
+        refresh = getattr(self.backend, "refresh", None)
+        if refresh is not None:
+            refresh()
+        time.sleep(min(0.25, 0.002 * 2 ** self.naps))
+        self.naps += 1
+
+    def take(self, w, jid, outcome) -> None:
+        """One answer: a result kept, a lost shard queued again, a failure retried once on another worker
+        or raised (at once where it is deterministic)."""
+        inflight, shards, n = self.inflight, self.shards, self.n
+        if jid not in inflight:
+            return  # a stale answer from an aborted run
+        if outcome[0] == "loaded":  # the oracle is loaded: the shard's own time starts now
+            self.loading.discard(jid)
+            self.started[jid] = time.perf_counter()
+            return
+        self.loading.discard(jid)
+        i, _ = inflight.pop(jid)
+        self.started.pop(jid, None)
+        if outcome[0] == "err" and isinstance(outcome[1], Either):  # one that did not travel (threads)
+            outcome = ("err", outcome[1].obj) + tuple(outcome[2:])
+        elif outcome[0] == "err" and len(outcome) > 2:  # it lost its traceback on the way: the worker's text
+            with_worker_traceback(outcome[1], outcome[2])
+        if outcome[0] == "ok":
+            self.results[i] = outcome[1]
+            self.busy += outcome[2]
+            if self.kind_cb is not None and len(outcome) > 3 and outcome[3] is not None:
+                self.kind_cb(outcome[3])  # the type of the losses a worker saw (float32, int)
+            if self.stats_cb is not None:
+                self.stats_cb(shards[i], outcome[2])
+            return
+        if outcome[0] == "lost":
+            self.lost[i] += 1
+            if self.lost[i] <= LOST_RETRIES:  # not its failure: it runs again, and blames no one
+                self.queue.appendleft(i)
+                return
+            outcome = ("err", ShardFailed(f"lost {self.lost[i]} times as other workers died ({outcome[1]})"), "")
+        where = self.backend.name(w)
+        if outcome[0] == "err" and not isinstance(outcome[1], Exception):
+            raise outcome[1]  # KeyboardInterrupt, SystemExit: never retried nor wrapped
+        if outcome[0] == "dead":
+            cause, tb = WorkerDied(f"the worker died ({outcome[1]})"), ""
+        else:
+            cause, tb = outcome[1], outcome[2]
+            if len(outcome) > 3 and isinstance(outcome[3], str) and str(cause) != outcome[3]:
+                cause.args = (outcome[3],)  # the original text, details included
+        if _deterministic(cause):
+            if isinstance(cause, OracleError) and isinstance(cause.cause, NestedRunError):
+                cause = cause.cause  # a nested run on threads: NestedRunError, as on processes
+            raise _annotate(cause, i, n, shards[i], where)
+        self.failed_on[i].append((where, cause))
+        if len(self.failed_on[i]) >= 2:
+            (w1, c1), (w2, c2) = self.failed_on[i]
+            if isinstance(cause, OracleError):
+                raise _annotate(cause, i, n, shards[i], f"{w2}, after failing on {w1} too")
+            if isinstance(c2.__cause__, WorkerTraceback):  # the message below shows it
+                c2.__cause__ = None
+            err = ShardFailed(
+                f"shard {i + 1}/{n} ({describe_task(shards[i])}) failed twice: on {w1}: "
+                f"{_cause_text(c1)}; then on {w2}: {_cause_text(c2)}"
+                + (f"\nworker traceback:\n{tb}" if tb else "")
+            )
+            err.shard = i
+            raise err from cause
+        self.retries += 1
+        self.queue.appendleft(i)
+
+    def raise_if_late(self) -> None:
+        """A shard past its limit raises :class:`ShardTimeout` (naming a failure that awaits its retry)."""
+        inflight, shards, n, failed_on = self.inflight, self.shards, self.n, self.failed_on
+        now = time.perf_counter()
+        late = [j for j in inflight if now - self.started[j] >= self.limit(j)]
+        if late:
+            i, w = inflight[late[0]]
+            self.stuck = [inflight[j][1] for j in late]
+            err = _timed_out(i, n, shards[i], self.backend.name(w), self.timeout, late[0] in self.loading)
+            pending = [(k, failed_on[k][0]) for k in self.queue if failed_on[k]]
+            if pending:  # a failure awaiting its retry on another worker: not hidden by the timeout
+                k, (wk, ck) = pending[0]
+                err.args = (f"{err.args[0]}; meanwhile shard {k + 1}/{n} ({describe_task(shards[k])}) failed on "
+                            f"{wk} ({_cause_text(ck)}) and was waiting for another worker to retry it",)
+            raise err

@@ -230,43 +230,9 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     params = validate_params(params)
     d = int(params.shape[0])
     _check_size(oracle, d)
-    budget = _count("budget", budget, 1)
-    if coordinates is not None:
-        coordinates = _count("coordinates", coordinates, 1)
-    grasp_directions = _count("grasp_directions", grasp_directions, 1)
-    mu = _positive("mu", mu)
-    if lr is not None:
-        lr = _positive("lr", lr)
-    if isinstance(b1, bool) or not isinstance(b1, numbers.Real) or not 0 <= b1 < 1:
-        raise ArgumentError(f"`b1` must be in [0, 1), got {short_repr(b1)}"
-                            f"{config_hint('b1', b1, 'number', lambda v: 0 <= v < 1)}")
-    weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
-    layer_steps = _positive("layer_steps", layer_steps, allow_zero=True)
-    if fill_small_blocks is not None and not isinstance(fill_small_blocks, (bool, np.bool_)):
-        raise ArgumentError(f"`fill_small_blocks` must be True, False or None (filled from {FILL_FROM_STEPS:,} steps "
-                            f"on), got {fill_small_blocks!r}"
-                            f"{config_hint('fill_small_blocks', fill_small_blocks, 'flag')}")
-    if steps_per_epoch is not None:
-        steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
-    _check_batches(batches)  # what train refuses (an iterator, more steps an epoch than batches), refused here first
-    _check_steps_per_epoch(batches, steps_per_epoch)
-    per_epoch = _steps_per_epoch(batches, steps_per_epoch)
-    if per_epoch is None:
-        raise ArgumentError("`batches` has no len(): pass `steps_per_epoch` too, so the recipe knows an epoch's length")
-    if per_epoch < 1:
-        raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
-    if callable(batches) and steps_per_epoch is not None:  # train takes what the callable gives, at most this
-        # at most steps_per_epoch of them, as train draws: an endless generator never ends
-        got = batches(0)
-        try:
-            given = len(list(itertools.islice(iter(got), steps_per_epoch)))
-        except TypeError:  # as train says it
-            raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch 0 it returned "
-                                f"{type(got).__name__}, not a sequence of batches") from None
-        if given < steps_per_epoch:
-            raise ArgumentError(f"`batches(0)` gives {given} batches, fewer than `steps_per_epoch`={steps_per_epoch}: "
-                                f"the run would take {given} steps an epoch and stop far short of the budget, its "
-                                f"schedule undecayed; pass steps_per_epoch={given}")
+    budget, coordinates, grasp_directions, mu, lr, weight_decay, layer_steps, steps_per_epoch = _checked_numbers(
+        budget, coordinates, grasp_directions, mu, lr, b1, weight_decay, layer_steps, fill_small_blocks, steps_per_epoch)
+    per_epoch = _epoch_length(batches, steps_per_epoch)
 
     resolved = _resolve_blocks(oracle, blocks, d)
     scored, dense = split_blocks(resolved, SHORT_BUDGET_KINDS)
@@ -317,6 +283,56 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
     if fill_small_blocks:
         kw["fill_small_blocks"] = True
     return kw
+
+
+def _checked_numbers(budget, coordinates, grasp_directions, mu, lr, b1, weight_decay, layer_steps, fill_small_blocks,
+                     steps_per_epoch) -> tuple:
+    """:func:`short_budget`'s numbers and flags refused as it documents them, in its order; the numbers
+    as ``(budget, coordinates, grasp_directions, mu, lr, weight_decay, layer_steps, steps_per_epoch)``."""
+    budget = _count("budget", budget, 1)
+    if coordinates is not None:
+        coordinates = _count("coordinates", coordinates, 1)
+    grasp_directions = _count("grasp_directions", grasp_directions, 1)
+    mu = _positive("mu", mu)
+    if lr is not None:
+        lr = _positive("lr", lr)
+    if isinstance(b1, bool) or not isinstance(b1, numbers.Real) or not 0 <= b1 < 1:
+        raise ArgumentError(f"`b1` must be in [0, 1), got {short_repr(b1)}"
+                            f"{config_hint('b1', b1, 'number', lambda v: 0 <= v < 1)}")
+    weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
+    layer_steps = _positive("layer_steps", layer_steps, allow_zero=True)
+    if fill_small_blocks is not None and not isinstance(fill_small_blocks, (bool, np.bool_)):
+        raise ArgumentError(f"`fill_small_blocks` must be True, False or None (filled from {FILL_FROM_STEPS:,} steps "
+                            f"on), got {fill_small_blocks!r}"
+                            f"{config_hint('fill_small_blocks', fill_small_blocks, 'flag')}")
+    if steps_per_epoch is not None:
+        steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
+    return budget, coordinates, grasp_directions, mu, lr, weight_decay, layer_steps, steps_per_epoch
+
+
+def _epoch_length(batches, steps_per_epoch) -> int:
+    """The steps of an epoch of ``batches`` as ``train`` takes them, refusing what ``train`` would refuse
+    (first) and a callable that gives fewer batches than ``steps_per_epoch``."""
+    _check_batches(batches)  # what train refuses (an iterator, more steps an epoch than batches), refused here first
+    _check_steps_per_epoch(batches, steps_per_epoch)
+    per_epoch = _steps_per_epoch(batches, steps_per_epoch)
+    if per_epoch is None:
+        raise ArgumentError("`batches` has no len(): pass `steps_per_epoch` too, so the recipe knows an epoch's length")
+    if per_epoch < 1:
+        raise ArgumentError("`batches` is empty: an epoch needs at least one batch")
+    if callable(batches) and steps_per_epoch is not None:  # train takes what the callable gives, at most this
+        # at most steps_per_epoch of them, as train draws: an endless generator never ends
+        got = batches(0)
+        try:
+            given = len(list(itertools.islice(iter(got), steps_per_epoch)))
+        except TypeError:  # as train says it
+            raise ArgumentError(f"`batches` is a callable epoch -> batches, but for epoch 0 it returned "
+                                f"{type(got).__name__}, not a sequence of batches") from None
+        if given < steps_per_epoch:
+            raise ArgumentError(f"`batches(0)` gives {given} batches, fewer than `steps_per_epoch`={steps_per_epoch}: "
+                                f"the run would take {given} steps an epoch and stop far short of the budget, its "
+                                f"schedule undecayed; pass steps_per_epoch={given}")
+    return per_epoch
 
 
 def _layer(name: str) -> str:

@@ -210,6 +210,37 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
         Listing every failed check with the deviation found.
     """
     params = validate_params(params)
+    step = _checked_arguments(oracle, step, rtol, atol, n_coords, n_rows)
+    check = _Checker(oracle, params, step, rtol, atol, rng)
+    check.first_calls()
+    gen, d, caps = check.gen, check.d, check.caps
+    coords = gen.choice(d, size=min(n_coords, d), replace=False)  # unsorted: a caller's order is kept
+    coords = np.concatenate([coords, [i for i in (d - 1, 0) if i not in coords]]).astype(np.int64)  # the ends too
+    # the capabilities at params and again at a second point (every entry moved by about `step`):
+    # a fast path that caches what it computed at the first point (a base loss, prefix features)
+    # and serves it at the next shows only there
+    # bounded moves (half a step at the second point, a step in the dense rows): an oracle defined
+    # near a boundary (p > 0) is asked only where the one-coordinate checks already go
+    second = params + check.xp.asarray((0.5 * step * gen.choice([-1.0, 1.0], d)).astype(params.dtype))
+    # batch rows go as estimate_gradient sends them: at most max_queries_per_call a call
+    cap = queries_per_call(oracle)  # (and coordinate_losses / suffix calls, as the planner chunks them)
+    for at, where in ((params, ""), (second, " at a second point (params moved by step/2 in every entry)")):
+        # changes are measured from here
+        ref0 = check.call(at) if check.reference is not None or at is not params else check.base
+        if caps.batch:
+            check.batch(at, where, ref0, coords, n_rows, cap)
+        if caps.coordinate:
+            check.coordinate_losses(at, where, ref0, coords, cap)
+        if caps.split:
+            check.prefix_suffix(at, where, ref0, n_coords, cap)
+    check.unbind(coords)
+    check.state()
+    check.raise_failures()
+    return check.report
+
+
+def _checked_arguments(oracle, step, rtol, atol, n_coords, n_rows) -> float:
+    """:func:`check_oracle`'s arguments refused as it documents them, before any call; ``step`` as a float."""
     if not callable(oracle):
         raise ArgumentError(f"`oracle` must be callable (params -> loss), got {type(oracle).__name__}")
     reject_async(oracle)
@@ -223,194 +254,228 @@ def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: fl
     for name, v in (("n_coords", n_coords), ("n_rows", n_rows)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ArgumentError(f"`{name}` must be an integer >= 1, got {v!r}")
-    # an oracle that computes in float32 (``compute_dtype``: a float32 model given float64 params)
-    # differs from its reference by float32 rounding, whatever params' dtype
-    computes = compute_dtype_of(oracle) or params.dtype
-    single = params.dtype == np.float32 or computes == np.float32
-    rtol = (1e-5 if single else 1e-10) if rtol is None else rtol
-    atol = (1e-7 if single else 1e-12) if atol is None else atol
-    xp = namespace(params)
-    gen = as_generator(rng)
-    d = params.shape[0]
-    caps = capabilities(oracle)
-    failures, report = [], {}
-    dt = params.dtype.type
+    return step
 
-    # an oracle that runs a model through its own machinery (TorchOracle) offers the plain,
-    # unpatched evaluation as ``reference_loss``: every fast path is compared against it
-    reference = getattr(oracle, "reference_loss", None)
+
+class _Checker:
+    """One :func:`check_oracle` run: the oracle, its tolerances, and the failures and deviations found,
+    each capability's check a method, called in the order the docstring gives."""
+
+    def __init__(self, oracle, params, step, rtol, atol, rng):
+        self.oracle, self.params, self.step = oracle, params, step
+        # an oracle that computes in float32 (``compute_dtype``: a float32 model given float64 params)
+        # differs from its reference by float32 rounding, whatever params' dtype
+        computes = compute_dtype_of(oracle) or params.dtype
+        self.single = params.dtype == np.float32 or computes == np.float32
+        self.rtol = (1e-5 if self.single else 1e-10) if rtol is None else rtol
+        self.atol = (1e-7 if self.single else 1e-12) if atol is None else atol
+        self.xp = namespace(params)
+        self.gen = as_generator(rng)
+        self.d = params.shape[0]
+        self.caps = capabilities(oracle)
+        self.failures, self.report = [], {}
+        self.dt = params.dtype.type
+        # an oracle that runs a model through its own machinery (TorchOracle) offers the plain,
+        # unpatched evaluation as ``reference_loss``: every fast path is compared against it
+        self.reference = getattr(oracle, "reference_loss", None)
+        self.plain = None  # the plain call's loss type, against which the fast paths' are compared
+        self.base = None  # the plain call's loss at params
 
     # the oracle gets what estimate_gradient gives it: a read-only array per call, a private copy
     # per capability call (one that writes into its input must not change the reference's)
+    @staticmethod
     def frozen(x):
         x = x.copy()
         if isinstance(x, np.ndarray):
             x.flags.writeable = False
         return x
 
-    def call(x):
+    def call(self, x):
+        reference, oracle = self.reference, self.oracle
         what = "reference_loss(x)" if reference is not None else "oracle(x)"
-        x = frozen(x)
+        x = self.frozen(x)
         return _ask(what, lambda: check_scalar(reference(x) if reference is not None else oracle(x), what))
 
-    def perturbed(at, i, s):
+    def perturbed(self, at, i, s):
         x = at.copy()
-        x[i] = x[i] + dt(s)
+        x[i] = x[i] + self.dt(s)
         return x
 
-    plain = []  # the plain call's loss type, against which the fast paths' are compared
+    def close(self, got, want, ref0):
+        """A capability's losses ``got`` against the calls' ``want``, measured from ``ref0``: (ok, deviation)."""
+        if got.shape != (len(want),):
+            return False, np.inf
+        return _close(got, want, self.rtol, self.atol, ref0, self.single)
 
-    def first():
-        value = oracle(frozen(params))
-        plain.append(loss_type(value))
-        return check_scalar(value, "oracle(params)")
+    def first_calls(self) -> None:
+        """The plain call at params: a finite scalar, equal to ``reference_loss``, and the same bits twice."""
+        oracle, params, plain = self.oracle, self.params, []
 
-    base = _ask("oracle(params)", first)
-    plain = plain[0]
-    if reference is not None:
-        ok, dev = _close(base, call(params), rtol, atol)
-        report["reference"] = dev
+        def first():
+            value = oracle(self.frozen(params))
+            plain.append(loss_type(value))
+            return check_scalar(value, "oracle(params)")
+
+        self.base = base = _ask("oracle(params)", first)
+        self.plain = plain[0]
+        if self.reference is not None:
+            ok, dev = _close(base, self.call(params), self.rtol, self.atol)
+            self.report["reference"] = dev
+            if not ok:
+                self.failures.append(f"reference: oracle(params) deviates from reference_loss(params) by {dev:.3g}")
+        again = _ask("oracle(params)", lambda: check_scalar(oracle(self.frozen(params)), "oracle(params), a second time"))
+        ok, dev = _close(base, again, 0, 0)
+        self.report["determinism"] = dev
         if not ok:
-            failures.append(f"reference: oracle(params) deviates from reference_loss(params) by {dev:.3g}")
-    again = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), a second time"))
-    ok, dev = _close(base, again, 0, 0)
-    report["determinism"] = dev
-    if not ok:
-        failures.append(f"determinism: two calls at the same params differ by {dev:.3g} (compared bit for bit: "
-                        f"rtol and atol do not apply; check an oracle that draws noise with its noise fixed, e.g. "
-                        f"bound to a seed)")
+            self.failures.append(f"determinism: two calls at the same params differ by {dev:.3g} (compared bit for bit: "
+                                 f"rtol and atol do not apply; check an oracle that draws noise with its noise fixed, "
+                                 f"e.g. bound to a seed)")
 
-    coords = gen.choice(d, size=min(n_coords, d), replace=False)  # unsorted: a caller's order is kept
-    coords = np.concatenate([coords, [i for i in (d - 1, 0) if i not in coords]]).astype(np.int64)  # the ends too
-    # the capabilities at params and again at a second point (every entry moved by about `step`):
-    # a fast path that caches what it computed at the first point (a base loss, prefix features)
-    # and serves it at the next shows only there
-    # bounded moves (half a step at the second point, a step in the dense rows): an oracle defined
-    # near a boundary (p > 0) is asked only where the one-coordinate checks already go
-    second = params + xp.asarray((0.5 * step * gen.choice([-1.0, 1.0], d)).astype(params.dtype))
-    # batch rows go as estimate_gradient sends them: at most max_queries_per_call a call
-    cap = queries_per_call(oracle)  # (and coordinate_losses / suffix calls, as the planner chunks them)
-    for at, where in ((params, ""), (second, " at a second point (params moved by step/2 in every entry)")):
-        ref0 = call(at) if reference is not None or at is not params else base  # changes are measured from here
-        if caps.batch:
-            # rows that each move one coordinate, and rows that move every coordinate (RGE's)
-            rows = min(n_rows, d)
-            # steps within +-step, where the one-coordinate checks go (an oracle with a bounded domain)
-            one = [perturbed(at, int(i), step * (r + 1) / rows) for r, i in enumerate(coords[:rows])]
-            dense = [at + xp.asarray((step * gen.choice([-1.0, 1.0], d)).astype(params.dtype)) for _ in range(n_rows)]
-            for kind, group in (("rows that move one coordinate", one), ("rows that move every coordinate", dense),
-                                ("one row alone", dense[:1])):
-                X = xp.stack(group)
-                want = [call(X[r]) for r in range(X.shape[0])]
-                parts, kinds = [], []
-                for lo in range(0, X.shape[0], cap):
-                    part = X[lo:lo + cap]
-                    parts.append(_ask(f"oracle.batch(X){where}",
-                                      lambda: _losses(oracle.batch(part.copy()), part.shape[0], kinds)))
-                bad = [g for g in parts if g.ndim != 1]
-                got = bad[0] if bad else np.concatenate(parts)
-                # each group its own tolerance: the dense rows' larger changes must not widen the other's
-                ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
-                report["batch"] = max(report.get("batch", 0.0), dev)
-                if not ok:
-                    failures.append(f"batch{where}: {got.shape} result ({kind}) deviates from a loop of calls by "
-                                    f"{dev:.3g}{_worst(got, want, range(len(want)), 'batch', kinds, plain, 'row')}")
-        if caps.coordinate:
-            shuffled = _unsorted(gen.permutation(coords))
-            worst = report.get("coordinate_losses", 0.0)
-            for s in (step, -step):
+    def batch(self, at, where, ref0, coords, n_rows, cap) -> None:
+        """``batch`` at ``at``: rows that each move one coordinate, rows that move every coordinate (RGE's)
+        and one row alone, each group against a loop of calls."""
+        oracle, xp, step, d = self.oracle, self.xp, self.step, self.d
+        rows = min(n_rows, d)
+        # steps within +-step, where the one-coordinate checks go (an oracle with a bounded domain)
+        one = [self.perturbed(at, int(i), step * (r + 1) / rows) for r, i in enumerate(coords[:rows])]
+        dense = [at + xp.asarray((step * self.gen.choice([-1.0, 1.0], d)).astype(self.params.dtype))
+                 for _ in range(n_rows)]
+        for kind, group in (("rows that move one coordinate", one), ("rows that move every coordinate", dense),
+                            ("one row alone", dense[:1])):
+            X = xp.stack(group)
+            want = [self.call(X[r]) for r in range(X.shape[0])]
+            parts, kinds = [], []
+            for lo in range(0, X.shape[0], cap):
+                part = X[lo:lo + cap]
+                parts.append(_ask(f"oracle.batch(X){where}",
+                                  lambda: _losses(oracle.batch(part.copy()), part.shape[0], kinds)))
+            bad = [g for g in parts if g.ndim != 1]
+            got = bad[0] if bad else np.concatenate(parts)
+            # each group its own tolerance: the dense rows' larger changes must not widen the other's
+            ok, dev = self.close(got, want, ref0)
+            self.report["batch"] = max(self.report.get("batch", 0.0), dev)
+            if not ok:
+                self.failures.append(f"batch{where}: {got.shape} result ({kind}) deviates from a loop of calls by "
+                                     f"{dev:.3g}{_worst(got, want, range(len(want)), 'batch', kinds, self.plain, 'row')}")
+
+    def coordinate_losses(self, at, where, ref0, coords, cap) -> None:
+        """``coordinate_losses`` at ``at``, both signs, against calls at ``at +- step * e_i``."""
+        oracle, step = self.oracle, self.step
+        shuffled = _unsorted(self.gen.permutation(coords))
+        worst = self.report.get("coordinate_losses", 0.0)
+        for s in (step, -step):
+            kinds = []
+            got, note = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g}){where}", lambda: _chunked(
+                lambda c: oracle.coordinate_losses(at.copy(), c, s), shuffled, cap, first_alone=s < 0, kinds=kinds))
+            want = [self.call(self.perturbed(at, int(i), s)) for i in shuffled]
+            ok, dev = self.close(got, want, ref0)
+            worst = max(worst, dev)
+            if not ok:
+                self.failures.append(f"coordinate_losses{where}: {note}deviates from calls at "
+                                     f"params {'+' if s > 0 else '-'} step*e_i (coordinates {shuffled.tolist()}) by "
+                                     f"{dev:.3g}{_worst(got, want, shuffled, 'coordinate_losses', kinds, self.plain)}")
+        self.report["coordinate_losses"] = worst
+
+    def prefix_suffix(self, at, where, ref0, n_coords, cap) -> None:
+        """A SplitOracle's ``blocks`` (at params), and ``prefix`` + ``suffix`` at ``at`` for coordinates of every
+        block, both signs, against full evaluations."""
+        oracle = self.oracle
+        blocks = list(oracle.blocks)
+        if at is self.params:
+            try:
+                check_blocks(blocks, self.d)  # the planner's own check
+            except ArgumentError as exc:
+                self.failures.append(f"blocks: {exc}")
+        if any(f.startswith("blocks") for f in self.failures):
+            return
+        worst = self.report.get("prefix_suffix", 0.0)
+        split = Oracle(oracle)
+        for b, blk in enumerate(blocks):
+            n = min(max(1, n_coords // 2), blk.stop - blk.start)
+            cb = self.gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
+            cb = _unsorted(np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64))
+            # as estimate_gradient calls them: a read-only view of the parameters (a copy for one that
+            # writes into it), shared features, a tensor among them or the parameters written past the
+            # read-only flag refused (a check that gave copies passed oracles the estimate refuses)
+            mine = at.copy()
+            feats = _ask(f"oracle.prefix(params, {b}){where}", lambda: split._split_call(
+                lambda p: oracle.prefix(p, b), mine))
+            for s in (self.step, -self.step):
+                what = f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})"
+
+                def ask(c, s=s):
+                    seen = _tensor_versions(feats)
+                    got = split._split_call(lambda p: oracle.suffix(shared_features(feats), p, b, c, s), mine)
+                    check_features(seen, b, f"block {b}")
+                    if seal(mine) != seal(at):
+                        raise OracleError(f"block {b}", cause=RuntimeError(_WROTE_PAST), detail=_WROTE_PAST_FIX)
+                    return got
+
                 kinds = []
-                got, note = _ask(f"oracle.coordinate_losses(params, {shuffled.tolist()}, {s:g}){where}", lambda: _chunked(
-                    lambda c: oracle.coordinate_losses(at.copy(), c, s), shuffled, cap, first_alone=s < 0, kinds=kinds))
-                want = [call(perturbed(at, int(i), s)) for i in shuffled]
-                ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
+                got, note = _ask(what, lambda: _chunked(ask, cb, cap, first_alone=s < 0, kinds=kinds))
+                want = [self.call(self.perturbed(at, int(i), s)) for i in cb]
+                ok, dev = self.close(got, want, ref0)
                 worst = max(worst, dev)
                 if not ok:
-                    failures.append(f"coordinate_losses{where}: {note}deviates from calls at "
-                                    f"params {'+' if s > 0 else '-'} step*e_i (coordinates {shuffled.tolist()}) by "
-                                    f"{dev:.3g}{_worst(got, want, shuffled, 'coordinate_losses', kinds, plain)}")
-            report["coordinate_losses"] = worst
-        if caps.split:
-            blocks = list(oracle.blocks)
-            if at is params:
-                try:
-                    check_blocks(blocks, d)  # the planner's own check
-                except ArgumentError as exc:
-                    failures.append(f"blocks: {exc}")
-            if not any(f.startswith("blocks") for f in failures):
-                worst = report.get("prefix_suffix", 0.0)
-                split = Oracle(oracle)
-                for b, blk in enumerate(blocks):
-                    n = min(max(1, n_coords // 2), blk.stop - blk.start)
-                    cb = gen.choice(np.arange(blk.start, blk.stop), size=n, replace=False)  # unsorted
-                    cb = _unsorted(np.concatenate([cb, [i for i in (blk.stop - 1, blk.start) if i not in cb]]).astype(np.int64))
-                    # as estimate_gradient calls them: a read-only view of the parameters (a copy for one that
-                    # writes into it), shared features, a tensor among them or the parameters written past the
-                    # read-only flag refused (a check that gave copies passed oracles the estimate refuses)
-                    mine = at.copy()
-                    feats = _ask(f"oracle.prefix(params, {b}){where}", lambda: split._split_call(
-                        lambda p: oracle.prefix(p, b), mine))
-                    for s in (step, -step):
-                        what = f"oracle.suffix(features, params, {b}, {cb.tolist()}, {s:g})"
+                    self.failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}, coordinates "
+                                         f"{cb.tolist()}: {note}deviates from calls by {dev:.3g}"
+                                         f"{_worst(got, want, cb, 'suffix', kinds, self.plain)}")
+        self.report["prefix_suffix"] = worst
 
-                        def ask(c, s=s):
-                            seen = _tensor_versions(feats)
-                            got = split._split_call(lambda p: oracle.suffix(shared_features(feats), p, b, c, s), mine)
-                            check_features(seen, b, f"block {b}")
-                            if seal(mine) != seal(at):
-                                raise OracleError(f"block {b}", cause=RuntimeError(_WROTE_PAST), detail=_WROTE_PAST_FIX)
-                            return got
-
-                        kinds = []
-                        got, note = _ask(what, lambda: _chunked(ask, cb, cap, first_alone=s < 0, kinds=kinds))
-                        want = [call(perturbed(at, int(i), s)) for i in cb]
-                        ok, dev = _close(got, want, rtol, atol, ref0, single) if got.shape == (len(want),) else (False, np.inf)
-                        worst = max(worst, dev)
-                        if not ok:
-                            failures.append(f"prefix+suffix{where}: block {b}, step {s:+g}, coordinates "
-                                            f"{cb.tolist()}: {note}deviates from calls by {dev:.3g}"
-                                            f"{_worst(got, want, cb, 'suffix', kinds, plain)}")
-                report["prefix_suffix"] = worst
-    # a bound data oracle's unbind() -> (parent, batch): process and cluster workers rebuild it as
-    # parent.bind(batch), which must answer as it does (an unbind off by a sample trained the
-    # workers on another loss, and nothing said so)
-    unbind = getattr(oracle, "unbind", None)
-    got = _ask("oracle.unbind()", unbind) if callable(unbind) else None
-    if got is not None:
+    def unbind(self, coords) -> None:
+        """A bound data oracle's unbind() -> (parent, batch): process and cluster workers rebuild it as
+        parent.bind(batch), which must answer as it does (an unbind off by a sample trained the
+        workers on another loss, and nothing said so)."""
+        oracle, params = self.oracle, self.params
+        unbind = getattr(oracle, "unbind", None)
+        got = _ask("oracle.unbind()", unbind) if callable(unbind) else None
+        if got is None:
+            return
         if not (isinstance(got, tuple) and len(got) == 2):
-            failures.append(f"unbind: returned {type(got).__name__}, not (parent, batch) or None")
-        else:
-            rebound = _ask("parent.bind(batch) of oracle.unbind()", got[0].bind, got[1])
-            worst, bad = 0.0, False
-            for x in (params, perturbed(params, int(coords[0]), step)):
-                mine = _ask("oracle(x)", lambda: check_scalar(oracle(frozen(x)), "oracle(x)"))
-                theirs = _ask("parent.bind(batch)(x)",
-                              lambda: check_scalar(rebound(frozen(x)), "parent.bind(batch)(x)"))
-                ok, dev = _close(theirs, mine, rtol, atol)
-                worst, bad = max(worst, dev), bad or not ok
-            report["unbind"] = worst
-            if bad:
-                failures.append(f"unbind: parent.bind(batch) of oracle.unbind() deviates from the oracle by "
-                                f"{worst:.3g} "
-                                "(process and cluster workers rebuild the oracle so: unbind must return the parent and "
-                                "the very batch it was bound to)")
-    # the capability calls must leave the oracle as they found it (a mode switched and not put back
-    # changes every later call)
-    if caps.batch or caps.coordinate or caps.split:
-        after = _ask("oracle(params)", lambda: check_scalar(oracle(frozen(params)), "oracle(params), after the checks"))
-        ok, report["state"] = _close(base, after, 0, 0)
-        if not ok and report["determinism"] == 0:  # (a nondeterministic oracle differs anyway: said above)
-            failures.append(f"state: oracle(params) after the capability calls differs from before them by "
-                            f"{report['state']:.3g} (a fast path left state behind: a mode, a cache, a buffer; or the "
-                            f"oracle's calls differ by themselves, as sums in another order each call do)")
-    if failures:
+            self.failures.append(f"unbind: returned {type(got).__name__}, not (parent, batch) or None")
+            return
+        rebound = _ask("parent.bind(batch) of oracle.unbind()", got[0].bind, got[1])
+        worst, bad = 0.0, False
+        for x in (params, self.perturbed(params, int(coords[0]), self.step)):
+            mine = _ask("oracle(x)", lambda: check_scalar(oracle(self.frozen(x)), "oracle(x)"))
+            theirs = _ask("parent.bind(batch)(x)",
+                          lambda: check_scalar(rebound(self.frozen(x)), "parent.bind(batch)(x)"))
+            ok, dev = _close(theirs, mine, self.rtol, self.atol)
+            worst, bad = max(worst, dev), bad or not ok
+        self.report["unbind"] = worst
+        if bad:
+            self.failures.append(f"unbind: parent.bind(batch) of oracle.unbind() deviates from the oracle by "
+                                 f"{worst:.3g} "
+                                 "(process and cluster workers rebuild the oracle so: unbind must return the parent "
+                                 "and the very batch it was bound to)")
+
+    def state(self) -> None:
+        """The capability calls must leave the oracle as they found it (a mode switched and not put back
+        changes every later call)."""
+        caps = self.caps
+        if not (caps.batch or caps.coordinate or caps.split):
+            return
+        after = _ask("oracle(params)",
+                     lambda: check_scalar(self.oracle(self.frozen(self.params)), "oracle(params), after the checks"))
+        ok, self.report["state"] = _close(self.base, after, 0, 0)
+        if not ok and self.report["determinism"] == 0:  # (a nondeterministic oracle differs anyway: said above)
+            self.failures.append(f"state: oracle(params) after the capability calls differs from before them by "
+                                 f"{self.report['state']:.3g} (a fast path left state behind: a mode, a cache, a "
+                                 f"buffer; or the oracle's calls differ by themselves, as sums in another order each "
+                                 f"call do)")
+
+    def raise_failures(self) -> None:
+        """One :class:`OracleCheckError` listing every failure, with the tolerances where they applied."""
+        failures, single = self.failures, self.single
+        if not failures:
+            return
         exact = all(f.startswith(("determinism:", "state:")) for f in failures)  # bit for bit: no tolerance
         raise OracleCheckError(
-            f"check_oracle found {len(failures)} problem(s) with {type(oracle).__name__}:\n  - "
+            f"check_oracle found {len(failures)} problem(s) with {type(self.oracle).__name__}:\n  - "
             + "\n  - ".join(failures)
-            + ("" if exact else f"\n(allowed: atol + rtol * |loss| with rtol={rtol:g}, atol={atol:g}, or {DIFF_RTOL:g} of "
-            + ("the largest loss change of the query's group (float32)" if single else "the query's own loss change")
-            + ("" if single else "; an oracle that computes in float32 while its params are float64 differs by "
-               "float32 rounding: give it compute_dtype = np.float32, or pass rtol=1e-5, atol=1e-7") + ")")
+            + ("" if exact else f"\n(allowed: atol + rtol * |loss| with rtol={self.rtol:g}, atol={self.atol:g}, or "
+               f"{DIFF_RTOL:g} of "
+               + ("the largest loss change of the query's group (float32)" if single else "the query's own loss change")
+               + ("" if single else "; an oracle that computes in float32 while its params are float64 differs by "
+                  "float32 rounding: give it compute_dtype = np.float32, or pass rtol=1e-5, atol=1e-7") + ")")
         )
-    return report
