@@ -14,8 +14,9 @@ from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, visible_signature
+from ._grid import coarse_grid, may_be_gridded
 from ._malloc import reuse_freed_memory
-from ._oracle import Oracle, coarse_losses, compute_dtype_of
+from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
@@ -661,11 +662,13 @@ def estimate_gradient(oracle, params, estimator=None, *extra: NoReturn, coordina
         g = vals[0] if vals.flags.writeable else vals[0].copy()
         g -= f0 if estimator.scheme == "forward" else vals[1]
         del vals
+        # the differences themselves, where the base loss may lie on a grid (O(1) to tell): read by _warn_coarse
+        diffs = g.copy() if may_be_gridded(f0) else None
         g /= den
         del den
         grad = xp.zeros(d, dtype=params.dtype)
         grad[xp.asarray(order)] = xp.asarray(g, dtype=params.dtype)
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g)
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g, diffs, lambda: to_numpy(params[xp.asarray(order)]))
         return GradientEstimate(grad, f0, wrapped.nfev)
 
     if coordinates is not None:
@@ -693,16 +696,15 @@ def estimate_gradient(oracle, params, estimator=None, *extra: NoReturn, coordina
             base, vals = w[0], w[1:][None]
         else:
             vals = centered_ranks(vals.reshape(-1)).reshape(vals.shape)
-    if estimator.scheme == "forward":
-        coef = (vals[0] - base) / estimator.mu
-    else:
-        coef = (vals[0] - vals[1]) / (2 * estimator.mu)
+    coef = vals[0] - base if estimator.scheme == "forward" else vals[0] - vals[1]
+    diffs = coef.copy() if estimator.shaping != "ranks" and may_be_gridded(f0) else None
+    coef /= estimator.mu if estimator.scheme == "forward" else 2 * estimator.mu
     phi = d if estimator.distribution == "sphere" else 1.0
     (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
     release_rows(root)  # summed: the cached rows (up to 64 MiB) were held until the next estimate else
     acc *= phi / q  # in place: a scaled copy beside the sum took 2x float32 params more
     if estimator.shaping != "ranks":  # ranks use the losses' order only
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc)
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc, diffs)
     grad = xp.asarray(acc, dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
 
@@ -715,30 +717,51 @@ def _joined(parts: list, axis: int = 0):
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
-def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad) -> None:
+def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=None, points=None) -> None:
     """Warn when the base point's loss came back in a precision too coarse for differences over
     ``mu`` (an integer, or float32 with float64 params) against the estimate ``grad`` (NumPy, or a
     function returning it, called only when the verdict needs it):
     the estimate is quantized, silently else. On a process or cluster executor only the loss's type
-    travels from the worker (a :class:`~zoracle._executors_core.LossKind`)."""
+    travels from the worker (a :class:`~zoracle._executors_core.LossKind`). A loss whose type passes
+    (a Python float, a float32 one at float32 params) is judged by its values: the differences
+    ``diffs`` (None where the base loss lies on no grid) and the base loss, on a grid coarser than
+    float32's (a float16 model's ``float(loss)``, ``round(loss, 4)``, a count; see
+    :func:`~zoracle._grid.coarse_grid`; ``points``: CGE's perturbed coordinates, as a function)."""
     value = wrapped.base_value
-    if value is not None and not isinstance(value, float):
-        # once per oracle class (a plain function: per code, as every function's class is `function`;
-        # a functools.partial: per the function it wraps, as every partial's class is `partial`)
-        # and loss type: every step of a run would repeat it
-        fn = wrapped.fn
-        while isinstance(fn, functools.partial):
-            fn = fn.func
-        key = (getattr(fn, "__code__", None) or type(fn), type(value), str(getattr(value, "dtype", "")))
-        if key not in _COARSE_WARNED:
-            def typical():  # O(d): only where the verdict needs it (not for float32 losses at float32 params)
-                g = grad() if callable(grad) else grad
-                return float(np.median(np.abs(g))) if len(g) else 0.0
+    typed = value is not None and not isinstance(value, float) and precision_bits(loss_type(value)) < 53
+    if not typed and diffs is None:
+        return
+    # once per oracle class (a plain function: per code, as every function's class is `function`;
+    # a functools.partial: per the function it wraps, as every partial's class is `partial`)
+    # and loss type: every step of a run would repeat it
+    fn = wrapped.fn
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    owner = getattr(fn, "__code__", None) or type(fn)
+    seen = []
 
-            why = coarse_losses(value, loss, mu, dtype, typical, getattr(wrapped, "base_source", None))
-            if why:
-                _COARSE_WARNED.add(key)
-                warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
+    def typical():  # O(d), once: only where the verdict needs it (not for float32 losses at float32 params)
+        if not seen:
+            g = grad() if callable(grad) else grad
+            seen.append(float(np.median(np.abs(g))) if len(g) else 0.0)
+        return seen[0]
+
+    if typed:
+        key = (owner, type(value), str(getattr(value, "dtype", "")))
+        if key in _COARSE_WARNED:  # (warned of by its type: not again by its values)
+            return
+        why = coarse_losses(value, loss, mu, dtype, typical, getattr(wrapped, "base_source", None))
+        if why:
+            _COARSE_WARNED.add(key)
+            warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
+            return
+        # (a type that passes, float32 losses at float32 params: judged by their values)
+    if diffs is None or (owner, "values") in _COARSE_WARNED:
+        return
+    why = coarse_grid(loss, diffs, mu, typical, points)
+    if why:
+        _COARSE_WARNED.add((owner, "values"))
+        warnings.warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
 
 
 _COARSE_WARNED: set = set()

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._errors import user_stacklevel, warn
 from ._forked import ForkSafeLock
+from ._grid import NARROW_BITS, value_bits
 from ._oracle import compute_dtype_of, loss_type, precision_bits
 from ._plan import CoordTask, DirectionTask, PointTask
 
@@ -159,9 +160,11 @@ def _probe(task, row, f0) -> tuple:
     return j, PointTask(float(task.steps[0]), root=task.root, direction=task.lo + j, distribution=task.distribution)
 
 
-def _tolerance(wrapped, params, plain: float, fast: float, spread: float) -> float:
+def _tolerance(wrapped, params, plain: float, fast: float, spread: float, seen=()) -> float:
     """Round-off of the narrowest of the losses' types, the params' and the declared compute dtype,
-    or a ``EFFECT`` part of the largest difference the estimate takes (what would move no partial
+    and the precision the losses ``seen`` carry (a float16 or bfloat16 model's losses returned as
+    Python floats: a float64 type, 11 or 8 bits; see :func:`~zoracle._grid.value_bits`), or a
+    ``EFFECT`` part of the largest difference the estimate takes (what would move no partial
     derivative by more than that part of the largest)."""
     names = ["float64" if wrapped.base_value is None else loss_type(wrapped.base_value), str(params.dtype)]
     try:
@@ -171,6 +174,9 @@ def _tolerance(wrapped, params, plain: float, fast: float, spread: float) -> flo
     if cd is not None:
         names.append(str(cd))
     bits = min(precision_bits(n) for n in names)
+    carried = value_bits(np.concatenate([np.ravel(v) for v in (plain, fast, *seen)]))
+    if carried <= NARROW_BITS:  # (a float32 loss's values show fewer than its 24 bits by chance: not judged so)
+        bits = min(bits, carried)
     rounding = ROUNDING_ULPS * 2.0 ** (1 - bits) * max(abs(plain), abs(fast)) if bits else 0.5  # integers: equal
     return max(rounding, EFFECT * spread)
 
@@ -197,12 +203,12 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
     plain = float(run([probe])[0][0, 0])
     fast = float(row[j])
     spread = max(float(np.max(np.abs(r - f0))) for r in results[1:])
-    tol = _tolerance(wrapped, params, plain, fast, spread)
+    tol = _tolerance(wrapped, params, plain, fast, spread, (f0, row))
     asked = 1
     if abs(plain - fast) > tol:
         again = float(run([probe])[0][0, 0])  # a plain call that answers differently: noise, not judged here
         asked = 2
-        if abs(again - plain) > _tolerance(wrapped, params, plain, again, 0.0):
+        if abs(again - plain) > _tolerance(wrapped, params, plain, again, 0.0, (f0, row)):
             verdicts[cap] = True
             wrapped.nfev = spent + asked
             return tasks, results
