@@ -51,7 +51,7 @@ class RetriesExhausted(ZoracleError):
 
 
 def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), backoff: float = 0.5,
-             max_delay: float = MAX_DELAY, jitter: float = 0.0) -> "Retrying":
+             max_delay: float | None = None, jitter: float = 0.0) -> "Retrying":
     """Wrap ``oracle`` so that a call failing with a transient error is asked again.
 
     Each call the estimators make (a plain call, and each ``batch``, ``coordinate_losses``,
@@ -82,9 +82,10 @@ def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), back
         0.5, 1, 2, ... A rate-limited service needs time to let the next request through.
         An error that says how long to wait takes its own wait instead: a ``Retry-After``
         (see Notes).
-    max_delay : float
+    max_delay : float, optional
         The longest wait in seconds (>= 0; ``math.inf``: none): the doubled ``backoff`` stops
-        growing there, and a longer ``Retry-After`` is cut to it.
+        growing there, and a longer ``Retry-After`` is cut to it. Default: 60, or ``backoff``
+        where that is longer (a ``backoff`` the call names is waited, as before ``max_delay`` was).
     jitter : float
         Spread of the ``backoff`` waits, from 0 (the default: every wait as above, the same in
         each run) to 1: each wait is drawn uniformly from ``[(1 - jitter) * w, w]`` (Python's
@@ -134,8 +135,10 @@ def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), back
     if not (classes or (not isinstance(on, tuple) and callable(on))):
         raise ArgumentError(f"`on` must be exception classes or a callable exc -> bool, got {on!r}; e.g. "
                             "on=(ConnectionError, TimeoutError)")
-    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
-        raise ArgumentError(f"`backoff` must be a number of seconds >= 0, got {backoff!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < math.inf:
+        raise ArgumentError(f"`backoff` must be a number of seconds >= 0 (finite: the first wait), got {backoff!r}")
+    if max_delay is None:  # (retrying(f, backoff=120) waited 120 s before max_delay existed, not 60)
+        max_delay = max(MAX_DELAY, float(backoff))
     if isinstance(max_delay, bool) or not isinstance(max_delay, (int, float)) or not max_delay >= 0:
         raise ArgumentError(f"`max_delay` must be a number of seconds >= 0 (math.inf: no limit), got {max_delay!r}")
     if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
@@ -197,7 +200,7 @@ class Retrying:
         return isinstance(exc, self.on) if isinstance(self.on, tuple) else bool(self.on(exc))
 
     def _ask(self, what, fn, *args):
-        errors = []
+        errors, knobs = [], {"`tries`"}
         for attempt in range(self.tries):
             try:
                 return fn(*args)
@@ -206,24 +209,32 @@ class Retrying:
                     raise
                 errors.append(exc)
                 if attempt + 1 < self.tries:
-                    wait, why = self._wait(exc, attempt)
+                    wait, why, knob = self._wait(exc, attempt)
+                    knobs.add(knob)  # (what would have made this wait longer)
                     log.info("%s failed (%s: %s), try %d of %d; asking again in %g s%s", what, type(exc).__name__,
                              exc_text(exc), attempt + 1, self.tries, wait, why, stacklevel=user_stacklevel())
                     if wait:
                         time.sleep(wait)
         texts = [f"{type(e).__name__}: {exc_text(e)}" for e in errors]
         causes = "; ".join(f"try {i + 1}: {t}" for i, t in enumerate(texts))
-        raise RetriesExhausted(f"{what} failed all {self.tries} tries ({causes}); raise `tries` or `backoff` if the "
-                               "service recovers more slowly", texts) from errors[-1]
+        # (a Retry-After wait ignores `backoff`, and a wait cut to `max_delay` grows no longer with it)
+        *most, last = [k for k in ("`tries`", "`backoff`", "`max_delay`") if k in knobs]
+        raise RetriesExhausted(f"{what} failed all {self.tries} tries ({causes}); raise "
+                               f"{', '.join(most) + ' or ' if most else ''}{last} if the service recovers more slowly",
+                               texts) from errors[-1]
 
     def _wait(self, exc, attempt):
-        """Seconds to wait after failed try ``attempt`` (from 0), and what the log line adds."""
+        """Seconds to wait after failed try ``attempt`` (from 0), what the log line adds, and the argument
+        that would lengthen it (for the advice once every try has failed)."""
         hint = retry_after(exc)
         if hint is not None:
             wait = min(hint, self.max_delay)
-            return wait, f" (its Retry-After: {hint:g} s{', cut to max_delay' if wait < hint else ''})"
-        wait = min(self.backoff * 2.0 ** min(attempt, 1000), self.max_delay)  # (2.0 ** 1024 overflows: tries=5000)
-        return (wait * (1 - self.jitter * random.random()) if self.jitter else wait), ""
+            return (wait, f" (its Retry-After: {hint:g} s{', cut to max_delay' if wait < hint else ''})",
+                    "`max_delay`" if wait < hint else "`tries`")
+        full = self.backoff * 2.0 ** min(attempt, 1000)  # (2.0 ** 1024 overflows: tries=5000)
+        wait = min(full, self.max_delay)
+        return ((wait * (1 - self.jitter * random.random()) if self.jitter else wait), "",
+                "`max_delay`" if wait < full else "`backoff`")
 
     def __call__(self, params):
         return self._ask("the call", self.oracle, params)
