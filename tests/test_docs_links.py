@@ -380,12 +380,14 @@ def _top_level(args: str) -> list:
 
 
 #: keyword arguments the prose shows for other libraries' calls: torch's, subprocess's, SciPy's
-#: (``abs_step``; ``bounds`` and ``maxfev``, which ``train`` has not), Dask's ``LocalCluster``
+#: (``abs_step``; ``bounds``, ``maxfev``, ``method``, ``jac``, ``options``, ``disp``, which ``train``
+#: refuses naming its way: docs/training.md's "Coming from SciPy"), Dask's ``LocalCluster``
 #: and ``ray.init``'s (``security``, ``_temp_dir``: through the executors' ``**kwargs``)
 FOREIGN_KEYWORDS = {"reduction", "track_running_stats", "log_to_driver", "drop_last", "capture_output", "check",
                     "inplace", "requires_grad", "assign", "cwd", "env", "args", "output", "training", "min", "max",
                     "threads_per_worker", "broadcast", "alternative", "dynamo", "dtype", "update_stats", "target",
-                    "abs_step", "bounds", "maxfev", "security", "_temp_dir"}
+                    "abs_step", "bounds", "maxfev", "method", "jac", "options", "disp", "security",
+                    "_temp_dir"}
 
 
 def _has(cls, attr: str) -> bool:
