@@ -326,8 +326,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             if WRITER not in meta and _RGE_UNSHAPED.fullmatch(saved["estimator"]):
                 if "fingerprints" not in meta:  # (written from f48a224 on; RGE's draws changed before, at 9d81c58)
                     raise CheckpointError(
-                        f"checkpoint {path!r} was written by zoracle 0.1.0 before 2026-11-30 (its header has no "
-                        "'fingerprints'), with an RGE whose directions some of those versions drew otherwise; this is "
+                        f"checkpoint {path!r} was written by zoracle 0.1.0 before commit f48a224 of 2026-11-30 (its header "
+                        "has no 'fingerprints'), with an RGE whose directions some of those versions drew otherwise; this is "
                         f"zoracle {release()}, which cannot tell whether it would continue that run as it was going: "
                         "finish it with the zoracle that wrote it, or " + new_run(path))
                 # written before RGE took `shaping` (and before checkpoints named their release): that
