@@ -195,3 +195,31 @@ def test_the_defense_report_names_a_folder_named_in_other_bytes(tmp_path, monkey
     defense.write(report, out)
     with open(os.path.join(out, "defense.md"), "rb") as fh:
         assert b"--out '" + os.fsencode(out) + b"'" in fh.read()  # (shlex-quoted)
+
+
+def test_a_warning_showing_the_users_line_in_another_script_keeps_the_run_on_an_ascii_stderr(tmp_path):
+    """A warning shows the user's source line it points at: a line with a name or comment in
+    another script (here a comment) raised UnicodeEncodeError from Python's warnings on a strict
+    ASCII stderr and failed the run, whatever the warning's own text; every warning of zoracle's
+    is written with the escaping now, not only those carrying a path or a name."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        sys.stderr = open(sys.argv[1], "w", encoding="ascii")
+        import numpy as np
+        import zoracle as zo
+
+        def loss(x):
+            return float(((x - 1) ** 2).sum())
+        res = zo.train(loss, np.zeros(3), estimator=zo.CGE(mu=500.0), epochs=1, rng=0, progress=False)  # 日本
+        print("steps", res.steps)
+        sys.stderr.flush()
+    """), encoding="utf-8")
+    log = tmp_path / "stderr.txt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script), str(log)], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=ROOT)
+    err = log.read_text(encoding="ascii") if log.exists() else ""
+    assert proc.returncode == 0, proc.stderr[-2000:] + err[-2000:]
+    assert proc.stdout.split() == ["steps", "1"]
+    assert "over 100 times the parameters' scale" in err and "# \\u65e5\\u672c" in err, err

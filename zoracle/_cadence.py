@@ -14,12 +14,11 @@ import datetime
 import math
 import numbers
 import re
-import warnings
 from time import monotonic  # (looked up here at each call: a test fakes the clock through it)
 
 import numpy as np
 
-from ._errors import ArgumentError, config_hint, short_repr, user_stacklevel
+from ._errors import ArgumentError, config_hint, short_repr, user_stacklevel, warn
 from ._schedules import _count
 
 # a duration's units, one explicit table: "m" is not one (minutes, or months?), nor are days
@@ -150,7 +149,7 @@ def warn_rewrites(cadence: SaveCadence, value, total: int | None, per_epoch: int
     every = cadence.steps if cadence.steps is not None else per_epoch
     steps = f"{total:,} steps" if not start else f"{total - start:,} steps left of its {total:,}"
     saves = total // every - min(start, total) // every
-    warnings.warn(
+    warn(
         f"train: checkpoint_every={value!r} saves the checkpoint {saves:,} times over the run's {steps}, and each "
         f"save rewrites the whole history so far (about {RECORD_BYTES * (1 + 1 / per_epoch):.0f} "
         f"bytes a step): about {written / 1e9:,.0f} GB written in all, most of a cheap oracle's run spent saving; "

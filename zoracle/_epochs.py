@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import warnings
 import zlib
 
 import numpy as np
 
-from ._errors import ArgumentError, user_stacklevel
+from ._errors import ArgumentError, user_stacklevel, warn
 from ._executors_core import split_bound
 from ._history import Minibatches, _rows
 from ._oracle import has_methods
@@ -70,7 +69,7 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
             if returned is None or not returned.get("warned_short"):  # once per run, not once per epoch
                 if returned is not None:
                     returned["warned_short"] = True
-                warnings.warn(f"{msg} (said once per run)", UserWarning, stacklevel=user_stacklevel())
+                warn(f"{msg} (said once per run)", UserWarning, stacklevel=user_stacklevel())
         out = out[:steps_per_epoch]
     if not out:
         raise ArgumentError(f"`batches` gave no batch for epoch {epoch}{used_up}")

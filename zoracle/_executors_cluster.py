@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, ZoracleError, hide_credentials, shown_address
+from ._errors import ArgumentError, ZoracleError, hide_credentials, shown_address, warn
 from ._executors_core import (
     KEEP_ORACLES,
     Payload,
@@ -557,8 +557,6 @@ class DaskExecutor(ShardedExecutor):
         """Restart the worker processes at ``addrs``, whose running shard was abandoned (a
         timeout, Ctrl-C); a worker without a nanny cannot be restarted: it is no longer given
         shards, with a warning saying so."""
-        import warnings
-
         info = _dask_workers(self.client)
         nanny = [a for a in addrs if a in info and info[a].get("nanny")]
         bare = [a for a in addrs if a in info and not info[a].get("nanny")]
@@ -575,12 +573,12 @@ class DaskExecutor(ShardedExecutor):
             self._environ_back()  # (the nannies set their variables here again to spawn the new workers)
             if failed:
                 self._stuck.update(failed)
-                warnings.warn(f"DaskExecutor: restarting worker(s) {', '.join(failed)} failed "
-                              f"({'; '.join(map(str, failed.values()))}); zoracle gives them no more shards",
-                              RuntimeWarning, stacklevel=2)
+                warn(f"DaskExecutor: restarting worker(s) {', '.join(failed)} failed "
+                     f"({'; '.join(map(str, failed.values()))}); zoracle gives them no more shards",
+                     RuntimeWarning, stacklevel=2)
         if bare:
             self._stuck.update(bare)
-            warnings.warn(
+            warn(
                 f"DaskExecutor: worker(s) {', '.join(bare)} may still be inside an abandoned oracle call and "
                 "cannot be restarted (no nanny): zoracle gives them no more shards. Restart them yourself, or "
                 "run workers under a nanny (the default of `dask worker`) so that zoracle can",

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 import weakref
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
@@ -21,7 +20,7 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ._backend import jax_x64, to_numpy
-from ._errors import ZoracleError, user_stacklevel
+from ._errors import ZoracleError, user_stacklevel, warn
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, loss_type, precision_bits
 from ._plan import BaseTask
@@ -269,7 +268,7 @@ class ShardedExecutor(StaysHere):
                 and getattr(payload.oracle, "plain_call_updates_state", False)
                 and any(isinstance(t, BaseTask) for t in tasks)):
             self._warned.add(payload.oracle_token)
-            warnings.warn(
+            warn(
                 f"{type(payload.oracle).__name__}: its plain call at the base point updates the model's own state "
                 "(BatchNorm running statistics in train mode), and under this executor it runs on a worker, whose "
                 "copy keeps the update: your model's statistics (what predict, checkpoints and eval mode use) stay "

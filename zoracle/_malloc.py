@@ -32,9 +32,8 @@ import ctypes.util
 import logging
 import os
 import platform
-import warnings
 
-from ._errors import user_stacklevel
+from ._errors import user_stacklevel, warn
 
 log = logging.getLogger("zoracle")
 
@@ -126,7 +125,7 @@ def reuse_freed_memory() -> bool:
         return _outcome[0][0]
     apply, reason = plan()
     if os.environ.get("ZORACLE_MALLOC", "").strip().lower() not in _CHOICES:
-        warnings.warn(reason, stacklevel=user_stacklevel())
+        warn(reason, stacklevel=user_stacklevel())
     if apply:
         try:
             mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt

@@ -20,12 +20,11 @@ Blocks are slices of the flat parameter vector, or records with ``.slice`` (and
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 
 from ._backend import real_numpy, to_numpy
-from ._errors import ArgumentError, OracleError, check_flag, config_hint, user_stacklevel
+from ._errors import ArgumentError, OracleError, check_flag, config_hint, user_stacklevel, warn
 from ._estimators import RGE, as_generator, estimate_gradient, validate_params
 from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
@@ -251,7 +250,7 @@ def _check_second_point(params, g1, mu: float) -> None:
     # (half of |params|, but at least half a unit: a loss of order 1 at params near 0, a model started
     # small, steps a few thousandths and reads the Hessian where it is: no drift to warn of)
     if norm > 0 and step > 0.5 * max(norm, 1.0):
-        warnings.warn(
+        warn(
             f"ZO-GraSP's second point params + mu * g lies {step:.3g} from params ({step / norm:.2g} of |params| = "
             f"{norm:.3g}; the step is mu = {mu:g} times the estimated gradient, whose norm {step / mu:.3g} is in the "
             "loss's units): the Hessian is read that far away and the scores drift from GraSP's; return a mean "
@@ -422,7 +421,7 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     lin_budget = float(linear_keep * sizes[is_lin].sum())
     if lin_budget > total:
         keep = total / max(1, sizes[is_lin].sum())
-        warnings.warn(
+        warn(
             f"smart_ratio: linear layers at keep ratio {linear_keep} need {lin_budget:.0f} of the {total} kept "
             f"weights; lowering their keep ratio to {keep:.4f} (conv layers keep 0)", stacklevel=user_stacklevel(),
         )
@@ -449,7 +448,7 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
         target[idx] = p[idx] * sizes[idx]
         if remaining > 0.5:  # every conv layer whole (or none): the linear layers take the rest of the budget
             keep = (lin_budget + remaining) / sizes[is_lin].sum()
-            warnings.warn(
+            warn(
                 f"smart_ratio: the conv layers kept whole leave {remaining:.0f} of the {total} kept weights; "
                 f"raising the linear layers' keep ratio from {linear_keep} to {keep:.4f}", stacklevel=user_stacklevel(),
             )

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import types
-import warnings
 
 import numpy as np
 
@@ -234,12 +233,12 @@ def epoch_warnings(run, blist) -> None:
     """At an epoch's end: an epoch of estimates all 0, blocks whose estimates stay 0, params that stay."""
     if run.pos >= len(blist) and run.ran and run.flat == run.ran and not run.flat_warned:
         run.flat_warned = True
-        warnings.warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
-                      "so the estimates moved no parameter (weight decay and momentum aside): each step's "
-                      f"queries at +-mu = {run.est.mu:g} returned the same loss. Where the loss is flat there, "
-                      "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
-                      "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
-                      "cross-entropy loss)", UserWarning, stacklevel=4)
+        warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
+             "so the estimates moved no parameter (weight decay and momentum aside): each step's "
+             f"queries at +-mu = {run.est.mu:g} returned the same loss. Where the loss is flat there, "
+             "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
+             "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
+             "cross-entropy loss)", UserWarning, stacklevel=4)
     if run.pos >= len(blist) and run.block_watch is not None and run.block_watch.steps >= WATCH_STEPS:
         dead = run.block_watch.dead()
         if dead:
@@ -248,8 +247,8 @@ def epoch_warnings(run, blist) -> None:
     if (run.pos >= len(blist) and run.still_watch is not None
             and (still := run.still_watch.verdict(run.params)) is not None):
         if still:
-            warnings.warn(still_text(run.still_watch.epoch, run.epoch, run.still_watch.lr, run.params), UserWarning,
-                          stacklevel=4)
+            warn(still_text(run.still_watch.epoch, run.epoch, run.still_watch.lr, run.params), UserWarning,
+                 stacklevel=4)
         run.still_watch = None
 
 

@@ -50,9 +50,9 @@ def check_counts(oracle, params, batches, epochs, steps_per_epoch, eval_fn, eval
         steps_per_epoch = _count("steps_per_epoch", steps_per_epoch, 1)
     eval_every = _count("eval_every", eval_every, 1)
     if eval_fn is None and eval_every != 1:  # (its default, 1, cannot be told from one passed)
-        warnings.warn(f"train: `eval_every`={eval_every} has no effect without `eval_fn`: nothing is evaluated; pass "
-                      "eval_fn=params -> metric to evaluate every that many epochs, or drop eval_every",
-                      UserWarning, stacklevel=user_stacklevel())
+        warn(f"train: `eval_every`={eval_every} has no effect without `eval_fn`: nothing is evaluated; pass "
+             "eval_fn=params -> metric to evaluate every that many epochs, or drop eval_every",
+             UserWarning, stacklevel=user_stacklevel())
     if max_queries is not None:
         max_queries = _count("max_queries", max_queries, 1)
     _check_batches(batches)
@@ -361,9 +361,9 @@ def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored
         keep = np.ones(len(scored))  # every weight kept: ZO-GraSP's queries could change nothing
     elif round((1 - sparsity) * n_scored) == 0:  # (with dense blocks; without, refused above)
         keep = np.zeros(len(scored))  # nothing kept: ZO-GraSP's queries could change nothing either
-        warnings.warn(f"train: `sparsity`={sparsity!r} keeps round((1 - sparsity) * {n_scored}) = 0 of the "
-                      f"{n_scored} scored weights: only the dense blocks train; lower `sparsity` below "
-                      f"{1 - 0.5 / n_scored:.6g} to train scored weights too", UserWarning, stacklevel=3)
+        warn(f"train: `sparsity`={sparsity!r} keeps round((1 - sparsity) * {n_scored}) = 0 of the "
+             f"{n_scored} scored weights: only the dense blocks train; lower `sparsity` below "
+             f"{1 - 0.5 / n_scored:.6g} to train scored weights too", UserWarning, stacklevel=3)
     elif ratios == "uniform" or (ratios == "zo_grasp" and len(scored) == 1):
         keep = uniform_ratios(scored, sparsity)
     elif ratios == "smart":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -185,9 +184,9 @@ def _check_every_step(lr_of, lr_name: str, mu_sched, total, may_stop: bool = Fal
                 fix = (f"give the schedule the run's length (total_steps={total}: epochs x steps per epoch)"
                        if resume is None else
                        f"a resume keeps the schedule of the run it continues (another is refused); {new_run(resume)}")
-                warnings.warn(f"train: the {lr_name} is 0 from step {zero} on: the last {total - zero} of the run's "
-                              f"{total} steps spend their queries without moving the parameters; {fix}",
-                              UserWarning, stacklevel=stacklevel)
+                warn(f"train: the {lr_name} is 0 from step {zero} on: the last {total - zero} of the run's "
+                     f"{total} steps spend their queries without moving the parameters; {fix}",
+                     UserWarning, stacklevel=stacklevel)
     return extremes
 
 
@@ -199,10 +198,10 @@ def _warn_huge_mu(mu: float, scale: float, stacklevel: int = 3) -> None:
         return
     mant, exp = f"{mu:e}".split("e")
     flipped = float(f"{mant}e{-int(exp)}")  # the exponent's sign typed wrong: 5e3 for 5e-3
-    warnings.warn(f"train: CGE's mu = {mu:g} is over 100 times the parameters' scale (max|params| = {scale:.3g}, "
-                  f"or 1): a difference over a step that large measures the loss far from the params, not its "
-                  f"slope (exact on a quadratic only), and training may go uphill or nowhere; a finite-difference "
-                  f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=stacklevel)
+    warn(f"train: CGE's mu = {mu:g} is over 100 times the parameters' scale (max|params| = {scale:.3g}, "
+         f"or 1): a difference over a step that large measures the loss far from the params, not its "
+         f"slope (exact on a quadratic only), and training may go uphill or nowhere; a finite-difference "
+         f"step is small (the default is 5e-3; {mu:g} for {flipped:g}?)", UserWarning, stacklevel=stacklevel)
 
 
 def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False, loss: float | None = None,
@@ -223,18 +222,18 @@ def _warn_tiny_mu(mu: float, scale: float, dtype, loss_only: bool = False, loss:
         if float(np.float32(loss)) != loss:  # not a float32 number: computed wider (a callable's own float64)
             return False
     at = "1 (a loss's usual scale)" if loss_only else f"the parameters' scale (max|params| = {scale:.3g}, or 1)"
-    warnings.warn(f"train: CGE's mu = {mu:g} is {mu / unit:.3g} float spacings of {np.dtype(dtype)} at "
-                  f"{at}: a loss of that scale changes over such a "
-                  f"step by a few roundings, so each partial derivative is resolved only to about {unit / mu:.2g} "
-                  f"(for a loss of that scale); use mu >= {1000 * unit:.2g} (1000 spacings; the default is 5e-3)",
-                  UserWarning, stacklevel=stacklevel)
+    warn(f"train: CGE's mu = {mu:g} is {mu / unit:.3g} float spacings of {np.dtype(dtype)} at "
+         f"{at}: a loss of that scale changes over such a "
+         f"step by a few roundings, so each partial derivative is resolved only to about {unit / mu:.2g} "
+         f"(for a loss of that scale); use mu >= {1000 * unit:.2g} (1000 spacings; the default is 5e-3)",
+         UserWarning, stacklevel=stacklevel)
     return False
 
 
 def _warn_sign_decay(optimizer, stacklevel: int = 3) -> None:
     """sign_sgd's weight decay is inside the sign: with sparse CGE it moves every unmeasured weight."""
     if optimizer.name == "sign_sgd" and optimizer.weight_decay:
-        warnings.warn(
+        warn(
             f"train: sign_sgd(weight_decay={optimizer.weight_decay}) with sparse CGE moves every weight by the full lr each "
             "step, toward zero, since sign(0 + weight_decay * params) = sign(params) for the weights the mask "
             "skips; pass weight_decay=0.0, or use zo.adam(..., weight_decay=...) (decoupled, scaled by lr)",

@@ -17,12 +17,11 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import warnings
 
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, config_hint, short_repr
+from ._errors import ArgumentError, config_hint, short_repr, warn
 from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
 from ._pruning import grasp_queries, split_blocks
@@ -256,9 +255,9 @@ def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: 
         lr = default_lr(budget, n_scored)
     warm = min(per_epoch, steps - 1)
     if 10 * (steps - warm) < steps:  # an epoch longer than the run: it would end near the peak rate
-        warnings.warn(f"short_budget: one epoch of warm-up is {warm} of the run's {steps} steps, so the cosine "
-                      "schedule hardly decays; pass a smaller steps_per_epoch, or edit kw['optimizer']",
-                      UserWarning, stacklevel=2)
+        warn(f"short_budget: one epoch of warm-up is {warm} of the run's {steps} steps, so the cosine "
+             "schedule hardly decays; pass a smaller steps_per_epoch, or edit kw['optimizer']",
+             UserWarning, stacklevel=2)
     optimizer = adam(cosine_schedule(lr, total_steps=steps, warmup_steps=warm), b1=b1, weight_decay=weight_decay)
     if layer_steps:
         scale = layer_scales(resolved, params, power=layer_steps)
