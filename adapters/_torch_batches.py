@@ -14,7 +14,7 @@ from zoracle._errors import ArgumentError, user_stacklevel
 
 from ._torch_chain import norm_context, vmap_safe
 from ._torch_channels import absorb, absorb_rows
-from ._torch_exact import _reaches, _vmap_off, ensure_split, parameter_names, _one_tensor
+from ._torch_exact import _reaches, _vmap_off, ensure_split, parameter_names, _one_tensor, vmap_failed_text
 from ._torch_guards import _version
 from ._torch_layout import class_major, class_major_loss, run_owned, to_torch
 from ._torch_tensors import _CPU_BUDGET, _GPU_BUDGET, _keep, _nonzero_rows, _rows
@@ -258,8 +258,8 @@ class _Batches:
             except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                 out = self._full_loop(P)  # raises the forward's own error (vmap stays on)
                 core.vmap_ok = False  # the loop ran where vmap failed: say so once
-                warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); "
-                              "batched queries run one full forward each", RuntimeWarning, stacklevel=user_stacklevel())
+                warnings.warn(vmap_failed_text(exc, "batched queries run one full forward each"), RuntimeWarning,
+                              stacklevel=user_stacklevel())
                 return out
         return self._full_loop(P)
 

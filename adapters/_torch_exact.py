@@ -756,8 +756,8 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                     oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
             if failed is not None:  # the loop ran where vmap failed (an error of the forward's own raised there)
                 core.vmap_ok = False
-                warnings.warn(f"TorchOracle: torch.func.vmap failed ({type(failed).__name__}: {failed}); "
-                              "full forwards run one at a time", RuntimeWarning, stacklevel=user_stacklevel())
+                warnings.warn(vmap_failed_text(failed, "full forwards run one at a time"), RuntimeWarning,
+                              stacklevel=user_stacklevel())
     return out
 
 
@@ -790,6 +790,16 @@ def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False
             ctx.reset()
             want = float(probe._loss(oracle.model(x), 1)[0])
     return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
+
+
+def vmap_failed_text(exc, then: str) -> str:
+    """The warning that vectorized full forwards failed with ``exc`` and what runs instead. A forward
+    that draws random numbers is said so, without torch's advice to pass vmap a randomness flag:
+    the oracle calls vmap, and one forward a query draws as model(x) does."""
+    if "randomness" in str(exc) and "vmap" in str(exc):
+        return ("TorchOracle: torch.func.vmap failed (the forward draws random numbers, which vmap does not batch "
+                f"as model(x) draws them: nothing to set for it); {then}, with the losses model(x) gives")
+    return f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); {then}"
 
 
 def _vmap_off(oracle, what: str) -> None:

@@ -152,22 +152,32 @@ def still_text(first: int, epoch: int, lr: float, params) -> str:
             "onto bounds every coordinate starts on, pushed outwards)")
 
 
-def noise_note(loss, point) -> str:
-    """For a diverged run's message: two calls of the step's loss at one point. A loss that answers
-    differently draws its own noise or minibatch at each call, which CGE divides by mu."""
-    try:
-        a, b = float(loss(point)), float(loss(point))
-    except Exception:  # the run is failing anyway: the divergence is the error to see, not this probe's
-        return ""
-    # (a GPU's or a thread pool's sums in another order differ by a few roundings: that is no noise)
-    if not (np.isfinite(a) and np.isfinite(b)):
-        return ""
-    if abs(a - b) <= 1e-4 * max(abs(a), abs(b)):
-        return _fast_path_note(loss, point, a)
-    return (f". The loss is not deterministic: two calls at the same params gave {a:.6g} and {b:.6g}, and each "
-            "CGE difference carries that noise divided by mu; a loss that draws its own minibatch or noise at "
+def noise_note(loss, point, start=None) -> str:
+    """For a diverged run's message: two calls of the step's loss at one point, then at ``start`` (the
+    run's first params): a noise added to the loss drowns in a diverged loss's size (0.05 on a loss of
+    1e88 at params of 1e22), where the start shows it. A loss that answers differently draws its own
+    noise or minibatch at each call, which CGE divides by mu."""
+    plain = None
+    for at, where in ((point, ""), (start, " (the run's first)")):
+        if at is None:
+            continue
+        try:
+            a, b = float(loss(at)), float(loss(at))
+        except Exception:  # the run is failing anyway: the divergence is the error to see, not this probe's
+            continue
+        # (a GPU's or a thread pool's sums in another order differ by a few roundings: that is no noise)
+        if not (np.isfinite(a) and np.isfinite(b)):
+            continue
+        if abs(a - b) > 1e-4 * max(abs(a), abs(b)):
+            break
+        plain = a if at is point else plain
+    else:
+        return _fast_path_note(loss, point, plain) if plain is not None else ""
+    return (f". The loss is not deterministic: two calls at the same params{where} gave {a:.6g} and {b:.6g}, and "
+            "each CGE difference carries that noise divided by mu; a loss that draws its own minibatch or noise at "
             "every call needs it fixed per step: pass the data as `batches` (or seeds, see 'Noisy black boxes' "
-            "in docs/training.md), and check the oracle with zoracle.testing.check_oracle")
+            "in docs/training.md; noise that cannot be fixed, a hardware reading's, needs averaged readings or a "
+            "larger mu), and check the oracle with zoracle.testing.check_oracle")
 
 
 def _fast_path_note(loss, point, plain: float) -> str:

@@ -208,9 +208,12 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
     if abs(plain - fast) > tol:
         again = float(run([probe])[0][0, 0])  # a plain call that answers differently: noise, not judged here
         asked = 2
-        if abs(again - plain) > _tolerance(wrapped, params, plain, again, 0.0, (f0, row)):
+        # noise the estimate feels (a jitter below the tolerance, a thread pool's round-off, kept a fast
+        # path off by a constant silently: the two plain calls are alike as far as the estimate goes)
+        if abs(again - plain) > _tolerance(wrapped, params, plain, again, spread, (f0, row)):
             verdicts[cap] = True
             wrapped.nfev = spent + asked
+            warn(_noisy_text(fn, probe, plain, again, spread), RuntimeWarning, stacklevel=user_stacklevel())
             return tasks, results
         verdicts[cap] = False
         warn(_refused_text(fn, cap, probe, plain, fast), RuntimeWarning,
@@ -240,6 +243,25 @@ def _refused_text(fn, cap, probe, plain: float, fast: float) -> str:
             "loss (the same reduction, minibatch and order of rows, unrounded; noise drawn at each call fixed "
             "per step: docs/training.md, 'Noisy black boxes'), and check it with zoracle.testing.check_oracle"
             + (_rounding_hint(method) if abs(plain - fast) <= REDUCED_ROUNDING * max(abs(plain), abs(fast)) else ""))
+
+
+def _noisy_text(fn, probe, plain: float, again: float, spread: float) -> str:
+    """A plain call that answered twice differently at one point: the noise each difference carries
+    over mu, against the largest difference the estimate took, and what fixes it."""
+    gap, mu = abs(again - plain), abs(probe.step)
+    share = (f", {gap / spread:.1%} of the largest loss difference that estimate took ({spread:.3g})"
+             if spread > 0 else ", and that estimate's losses all equal its base loss")
+    return (f"{type(fn).__name__}: its plain call is not deterministic: asked twice at the same params (a query "
+            f"of this run's first estimate through a fast path, checked against it), it gave {plain:.10g} and "
+            f"{again:.10g}, {gap:.3g} apart{share}. Each difference of the estimate carries the noise over mu "
+            f"(mu = {mu:g}: about {gap / mu:.3g} in a partial derivative, the largest measured {spread / mu:.3g}), "
+            "whatever the learning rate. Fix the noise per step where you can: a `bind(seed)` whose loss draws "
+            "its noise (or minibatch) from the seed, the seeds passed as `batches` (common random numbers: every "
+            "query of a step sees the same noise; docs/training.md, 'Noisy black boxes'); where you cannot (a "
+            "hardware reading), average repeated readings inside the oracle (noise over the root of their "
+            "number) or raise mu towards 2 * sqrt(noise / curvature) (noise over mu falls, a curved loss's bias "
+            "grows as mu). The fast path is kept unjudged; this check asked the plain call twice (2 queries, "
+            "counted in nfev)")
 
 
 def _rounding_hint(method: str) -> str:

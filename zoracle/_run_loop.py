@@ -119,7 +119,7 @@ def _estimate(run, blist):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): max|params| grew to "
             f"{scale:.3g} (from {run.scale0:.3g}), where mu = {run.est.mu:g} is no longer a representable step; "
-            f"lower the learning rate{last}{noise_note(bound, run.params)}") from exc
+            f"lower the learning rate{last}{noise_note(bound, run.params, run.params0)}") from exc
     run.step_began = None
     if run.tiny:  # a float32 loss or a wider one: the base loss measured says which
         run.tiny = _warn_tiny_mu(*run.tiny, loss=g.loss, stacklevel=6)
@@ -145,7 +145,7 @@ def _update(run, g, bound):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): the gradient estimate is non-finite "
             f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {fix}"
-            f"{noise_note(bound, prev)}") from exc
+            f"{noise_note(bound, prev, run.params0)}") from exc
     if not (getattr(run.params, "shape", None) == (run.d,) and getattr(run.params, "dtype", None) == run.dtype0
             and namespace(run.params) is run.xp):
         # an own optimizer's params in another dtype (np.clip against float64 bounds turned a float32
@@ -172,7 +172,7 @@ def _update(run, g, bound):
     if not bool(run.xp.isfinite(run.params).all()):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
-            f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev)}"
+            f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev, run.params0)}"
         )
     return lr
 
