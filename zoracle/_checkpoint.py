@@ -381,6 +381,15 @@ def _lock_file(path) -> str:
     return os.path.join(folder, hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32] + ".lock")
 
 
+def _same_file(fd: int, name: str) -> bool:
+    """Whether ``name`` is still the file open at ``fd`` (not removed, nor made again, since)."""
+    try:
+        a, b = os.fstat(fd), os.stat(name)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @contextlib.contextmanager
 def writer_lock(path):
     """Hold an exclusive lock for ``path`` against other processes' saves of the same checkpoint: a
@@ -388,24 +397,34 @@ def writer_lock(path):
     one step for another run given the same path. The lock is a ``flock`` on a private file named by
     the checkpoint's real path (:func:`_lock_file`), waited for at most ``LOCK_WAIT_S``; where the
     platform cannot lock (no ``fcntl``, no ``getuid``, a temp folder that cannot be used), or the wait
-    ends, the save goes on unlocked."""
+    ends, the save goes on unlocked. The holder removes the file before it lets go (a sweep of runs,
+    each with its own checkpoint, left one file a run in the temp folder): a waiter that then gets the
+    lock of a removed file opens the path again."""
     import time
 
-    fd = None
+    fd = name = None
     try:
         try:
             import fcntl
 
-            fd = os.open(_lock_file(path), os.O_RDWR | os.O_CREAT, 0o600)
+            name = _lock_file(path)
             end = time.monotonic() + LOCK_WAIT_S
             while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= end:
+                            raise
+                        time.sleep(0.05)
+                if _same_file(fd, name):
                     break
-                except BlockingIOError:
-                    if time.monotonic() >= end:
-                        raise
-                    time.sleep(0.05)
+                fd, gone = None, fd
+                os.close(gone)  # locked after its holder removed it: another saver may hold the path's new file
+                if time.monotonic() >= end:
+                    raise BlockingIOError
         except (ImportError, OSError, AttributeError, ValueError):  # (no lock rather than no save)
             if fd is not None:
                 os.close(fd)
@@ -418,6 +437,10 @@ def writer_lock(path):
         yield
     finally:
         if fd is not None:
+            try:
+                os.unlink(name)  # while held: a saver waiting on it finds it gone, and opens the path again
+            except OSError:
+                pass
             os.close(fd)  # (releases the lock)
 
 

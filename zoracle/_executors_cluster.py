@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -336,6 +337,51 @@ def _close_at_exit(ref) -> None:
             pass
 
 
+def _release_servers() -> None:
+    """Let the Scheduler (and in-process Workers) of a closed local cluster be garbage collected.
+
+    distributed caches, for each handler it dispatches to, whether it takes a ``comm`` argument
+    (``distributed.core._expects_comm``, an unbounded ``functools.cache``) keyed by the handler: a
+    bound method, which holds its server. Every local cluster a process started and closed stayed
+    in memory with its task records, logs and the ``DequeHandler`` each server adds to the
+    ``distributed.scheduler`` / ``distributed.worker`` loggers: a sweep starting a cluster a run
+    grew by megabytes a run. The cache saves an ``inspect.signature`` call only: emptied, the
+    servers still running fill it again."""
+    cached = getattr(sys.modules.get("distributed.core"), "_expects_comm", None)
+    clear = getattr(cached, "cache_clear", None)
+    if callable(clear):
+        clear()
+
+
+def _server_dirs(cluster) -> set:
+    """The scratch folders of a local cluster's servers in this process (its scheduler, and its
+    nannies or in-process workers): each put its own at the front of ``sys.path``."""
+    servers = [getattr(cluster, "scheduler", None), *dict(getattr(cluster, "workers", None) or {}).values()]
+    return {d for d in (getattr(s, "local_directory", None) for s in servers) if isinstance(d, str) and d}
+
+
+def _drop_paths(before, dirs=(), under=None) -> None:
+    """Take out of ``sys.path`` what a local cluster's servers put there and left: ``dirs``, or any
+    folder inside ``under``, not in ``before`` (its entries when the cluster started). distributed
+    takes a server's folder out only while it is still first, so servers closing in another order
+    left theirs: ``sys.path`` grew with every cluster, by folders removed since, in the temporary
+    directory, at its front (where anyone who made that path again would supply the modules
+    imported next)."""
+    top = os.path.abspath(under) if under else None
+
+    def left(entry) -> bool:
+        if not isinstance(entry, str) or not entry or entry in before:
+            return False
+        full = os.path.abspath(entry)
+        return entry in dirs or (top is not None and (full == top or full.startswith(top + os.sep)))
+
+    for entry in [e for e in sys.path if left(e)]:
+        while entry in sys.path:
+            sys.path.remove(entry)
+    for entry in [e for e in list(sys.path_importer_cache) if left(e)]:  # (the ones distributed took out too)
+        sys.path_importer_cache.pop(entry, None)
+
+
 def _worker_without_dashboard(distributed):
     """An in-process ``distributed.Worker`` that serves no dashboard (LocalCluster turns it on
     for any ``worker_dashboard_address``)."""
@@ -373,6 +419,7 @@ class DaskExecutor(ShardedExecutor):
         self._reaper = None  # removes it (and stops the workers) if this driver dies
         self._at_exit = None  # close() at interpreter exit, before distributed's own atexit handlers
         self._environ: dict = {}  # variable -> (this process's value before the cluster, the nannies' value)
+        self._path_before: frozenset = frozenset()  # sys.path's entries before the local cluster started
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self._sent: set = set()  # every oracle token sent: the copies workers hold, dropped on close
         self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
@@ -472,6 +519,7 @@ class DaskExecutor(ShardedExecutor):
         # a driver SIGKILLed while the cluster starts (seconds) must not leave its scratch dir behind either
         starting = start_reaper(self._scratch) if self._scratch is not None else None
         before = dict(os.environ)
+        self._path_before = frozenset(sys.path)
         try:
             with dask.config.set(quiet):
                 self.cluster = distributed.LocalCluster(**kw)
@@ -481,6 +529,7 @@ class DaskExecutor(ShardedExecutor):
         except BaseException:
             self._environ_back(before)
             _stop_reaper(starting)
+            _drop_paths(self._path_before, under=self._scratch)
             self._remove_scratch()
             raise
         self._environ_back(before)
@@ -533,12 +582,16 @@ class DaskExecutor(ShardedExecutor):
                     self.client.run(_dask_drop, sent, workers=live, on_error="ignore")
             except Exception:  # the scheduler went away: nothing left to free
                 pass
+        dirs = _server_dirs(self.cluster) if self.cluster is not None else set()
         try:
             if self._owns_client and self.client is not None:
                 self.client.close()
             if self.cluster is not None:
                 self.cluster.close()
         finally:
+            if self.cluster is not None:
+                _release_servers()
+                _drop_paths(self._path_before, dirs, under=self._scratch)
             self.client = None
             self.cluster = None
             self._owns_client = False
