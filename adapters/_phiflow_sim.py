@@ -31,7 +31,7 @@ with warnings.catch_warnings():  # phiml warns at its own import; `-W error` mad
     from phi.geom import Box, Sphere
     from phi.physics import advect, diffuse, fluid
 
-from zoracle._errors import ArgumentError, ZoracleError, user_stacklevel
+from zoracle._errors import ArgumentError, ZoracleError, user_stacklevel, warn
 from zoracle._forked import ForkSafeLock
 
 __all__ = [
@@ -647,9 +647,9 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
             os.remove(tmp)  # (a partial file left behind kept the disk full)
         except OSError:
             pass
-        warnings.warn(f"reference_trajectories: the fine trajectories ({seconds:.1f} s) could not be cached at "
-                      f"{str(path)!r} ({type(exc).__name__}: {exc}); they are used uncached, and the next run "
-                      "computes them again: free space or pass another `cache_dir`",
-                      UserWarning, stacklevel=user_stacklevel())
+        warn(f"reference_trajectories: the fine trajectories ({seconds:.1f} s) could not be cached at "
+             f"{str(path)!r} ({type(exc).__name__}: {exc}); they are used uncached, and the next run "
+             "computes them again: free space or pass another `cache_dir`",
+             UserWarning, stacklevel=user_stacklevel())
         return Reference(vxs, vys, re, "", False, seconds)
     return Reference(vxs, vys, re, str(path), False, seconds)

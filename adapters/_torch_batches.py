@@ -4,13 +4,12 @@ chunks within the memory budget, and the batched (vmap) and looped full forwards
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from zoracle._errors import ArgumentError, user_stacklevel
+from zoracle._errors import ArgumentError, user_stacklevel, warn
 
 from ._torch_chain import norm_context, vmap_safe
 from ._torch_channels import absorb, absorb_rows
@@ -36,7 +35,7 @@ class _Batches:
         core = self._core
         if not core.warned and core.reason and not core.blocks:
             core.warned = True
-            warnings.warn(f"TorchOracle: {core.reason}", RuntimeWarning, stacklevel=user_stacklevel())
+            warn(f"TorchOracle: {core.reason}", RuntimeWarning, stacklevel=user_stacklevel())
 
     def _key(self):
         return tuple(self._x.shape[1:])
@@ -258,8 +257,8 @@ class _Batches:
             except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                 out = self._full_loop(P)  # raises the forward's own error (vmap stays on)
                 core.vmap_ok = False  # the loop ran where vmap failed: say so once
-                warnings.warn(vmap_failed_text(exc, "batched queries run one full forward each"), RuntimeWarning,
-                              stacklevel=user_stacklevel())
+                warn(vmap_failed_text(exc, "batched queries run one full forward each"), RuntimeWarning,
+                     stacklevel=user_stacklevel())
                 return out
         return self._full_loop(P)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zoracle._errors import ArgumentError, user_stacklevel
+from zoracle._errors import ArgumentError, user_stacklevel, warn
 
 from ._torch_chain import _BATCHNORM, _model_lock, _stock_forward, norm_context, nudged, vmap_safe
 from ._torch_channels import LAYOUT
@@ -54,10 +54,10 @@ def _rows_coupled(oracle, out, v) -> bool:
             with torch.no_grad(), norm_context(oracle.model, loss_fn=oracle.loss_fn):
                 w = to_torch(oracle.loss_fn(out[part], None if y is None else y[part]))
         except Exception as exc:  # a loss that needs the whole batch (two views: out.view(2, -1, C) on an odd half)
-            warnings.warn(f"TorchOracle: loss_fn raised on half of the batch ({type(exc).__name__}: "
-                          f"{str(exc).strip()[:200]}): it runs one call per perturbation (slower), as a loss coupling "
-                          "the samples does; a per-sample loss that works on any rows runs a perturbation group "
-                          "in one call", RuntimeWarning, stacklevel=user_stacklevel())
+            warn(f"TorchOracle: loss_fn raised on half of the batch ({type(exc).__name__}: "
+                 f"{str(exc).strip()[:200]}): it runs one call per perturbation (slower), as a loss coupling "
+                 "the samples does; a per-sample loss that works on any rows runs a perturbation group "
+                 "in one call", RuntimeWarning, stacklevel=user_stacklevel())
             return True
         w, want = w.reshape(-1).double(), rows[part].double().to(w.device)
         if w.shape != want.shape:
@@ -756,8 +756,8 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                     oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
             if failed is not None:  # the loop ran where vmap failed (an error of the forward's own raised there)
                 core.vmap_ok = False
-                warnings.warn(vmap_failed_text(failed, "full forwards run one at a time"), RuntimeWarning,
-                              stacklevel=user_stacklevel())
+                warn(vmap_failed_text(failed, "full forwards run one at a time"), RuntimeWarning,
+                     stacklevel=user_stacklevel())
     return out
 
 
@@ -806,10 +806,10 @@ def _vmap_off(oracle, what: str) -> None:
     """Turn vectorized full forwards off, saying why: the forward reads ``what`` (a parameter)
     through a copy they do not reach."""
     oracle._core.vmap_ok = False
-    warnings.warn(f"TorchOracle: the forward reads {what} through a copy that vectorized full forwards do not reach "
-                  "(they put each perturbed parameter in by its name, torch.func.functional_call; a plain attribute, "
-                  "list or object holding it, or a detached view, keeps the old values there): full forwards run one "
-                  "at a time, perturbed in place", RuntimeWarning, stacklevel=user_stacklevel())
+    warn(f"TorchOracle: the forward reads {what} through a copy that vectorized full forwards do not reach "
+         "(they put each perturbed parameter in by its name, torch.func.functional_call; a plain attribute, "
+         "list or object holding it, or a detached view, keeps the old values there): full forwards run one "
+         "at a time, perturbed in place", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def parameter_names(model: nn.Module) -> dict:

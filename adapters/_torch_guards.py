@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from zoracle._errors import ArgumentError, user_stacklevel
+from zoracle._errors import ArgumentError, user_stacklevel, warn
 
 from ._torch_chain import _model_lock as model_lock
 from ._torch_graph import is_autocast_enabled
@@ -137,11 +136,11 @@ def _autocast_off(oracle):
     if oracle.dtype != torch.float64 and not oracle._core.__dict__.get("warned_autocast"):
         # (a float64 model: autocast casts no float64 op, and caches no cast weight; it is turned off all the same)
         oracle._core.warned_autocast = True
-        warnings.warn(f"TorchOracle: queried inside torch.autocast({dev!r}): the oracle turns it off for its own "
-                      "forwards and runs the model in its dtype (finite differences in half precision are mostly "
-                      "rounding, and autocast's cache of the cast weights hides parameters perturbed in place); "
-                      "build and query the oracle (zo.estimate_gradient, zo.train) outside torch.autocast",
-                      RuntimeWarning, stacklevel=user_stacklevel())
+        warn(f"TorchOracle: queried inside torch.autocast({dev!r}): the oracle turns it off for its own "
+             "forwards and runs the model in its dtype (finite differences in half precision are mostly "
+             "rounding, and autocast's cache of the cast weights hides parameters perturbed in place); "
+             "build and query the oracle (zo.estimate_gradient, zo.train) outside torch.autocast",
+             RuntimeWarning, stacklevel=user_stacklevel())
     return torch.autocast(dev, enabled=False, cache_enabled=False)
 
 def _tf32_note(device: torch.device) -> str:

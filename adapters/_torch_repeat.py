@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 
 import torch
 
-from zoracle._errors import user_stacklevel
+from zoracle._errors import user_stacklevel, warn
 
 from ._torch_chain import norm_context
 from ._torch_layout import to_torch
@@ -63,7 +62,7 @@ def _not_repeatable(oracle) -> bool:
     if core.blocks:
         retire_split(oracle, why)
     else:
-        warnings.warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=user_stacklevel())
+        warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=user_stacklevel())
     return True
 
 
@@ -156,11 +155,11 @@ def _check_full_forward(oracle) -> None:
     except Exception:  # a forward that needs more samples (train-mode BatchNorm on one): no verdict
         return
     if not _close(got, want, want, oracle.dtype):
-        warnings.warn(f"TorchOracle: {type(model).__name__} gives loss {want:.10g}, but {got:.10g} with its in-place "
-                      "activations run out of place, as the oracle runs them: its forward reads a tensor that an "
-                      "in-place activation overwrote. The oracle's losses are those of the out-of-place forward; "
-                      "make that activation out of place (inplace=False) for model(x) to agree",
-                      RuntimeWarning, stacklevel=user_stacklevel())
+        warn(f"TorchOracle: {type(model).__name__} gives loss {want:.10g}, but {got:.10g} with its in-place "
+             "activations run out of place, as the oracle runs them: its forward reads a tensor that an "
+             "in-place activation overwrote. The oracle's losses are those of the out-of-place forward; "
+             "make that activation out of place (inplace=False) for model(x) to agree",
+             RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _two_samples(oracle, start: int = 0):

@@ -27,7 +27,6 @@ import os
 import socket
 import stat
 import tempfile
-import warnings
 import weakref
 
 import numpy as np
@@ -39,10 +38,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "zoracle.adapters.onnx needs onnxruntime: pip install -e '.[onnx]' (or '.[onnx-gpu]' for CUDA)"
     ) from exc
 
-from zoracle._errors import ArgumentError, OracleError, ZoracleError, check_flag, travelling_state, user_stacklevel
+from zoracle._errors import (ArgumentError, OracleError, ZoracleError, check_flag, travelling_state, user_stacklevel,
+                              warn)
 from zoracle._forked import ForkSafeLock
 
-from ._onnx_checks import copy_disagreement, per_call_refusal, undeclared_shape
+from ._onnx_checks import copy_disagreement, one_sample_note, per_call_refusal, undeclared_shape
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -534,7 +534,7 @@ class OnnxClassifier:
         self._calls = 0
         self._open()
         if not _have_onnx():  # onnxruntime alone: the checks that read the graph cannot run
-            warnings.warn(
+            warn(
                 f"OnnxClassifier: the onnx package is not installed, so {self._source} was not checked for "
                 "training-mode nodes (BatchNormalization on batch statistics, Dropout on), activations quantized "
                 "per call or a binary SVM's swapped score columns; install it: pip install -e '.[onnx]'",
@@ -648,6 +648,8 @@ class OnnxClassifier:
         if refusal:
             raise ArgumentError(refusal)
         self._pick_output(self.session.get_outputs(), proto, list(node.shape))
+        self._one_sample = one_sample_note(proto, self._source, self.input_name, self.output_name,  # said once
+                                           self.input_shape[0])
 
     def _check_batch_axis(self, outputs, raw_shape=()) -> None:
         """A fixed first input axis that no output starts with is no batch axis (a model exported for
@@ -928,6 +930,9 @@ class OnnxClassifier:
         fixed = self.input_shape[0]
         step = fixed if fixed is not None else (self.batch_size or n)
         self._charge(n, len(range(0, n, step)))  # counted before running: a call that fails partway still counts
+        if n > 1 and getattr(self, "_one_sample", ""):
+            note, self._one_sample = self._one_sample, ""
+            warn(note, RuntimeWarning, stacklevel=user_stacklevel())
         parts = []
         for lo in range(0, n, step):
             chunk = x[lo:lo + step]

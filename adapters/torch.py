@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import numbers
-import warnings
 
 import numpy as np
 
@@ -36,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                       "(for the CPU wheel, add --index-url https://download.pytorch.org/whl/cpu to the first)") from exc
 from torch import nn
 
-from zoracle._errors import ArgumentError, check_flag, user_stacklevel
+from zoracle._errors import ArgumentError, check_flag, user_stacklevel, warn
 
 from ._torch_batches import _Batches
 from ._torch_blackbox import blackbox
@@ -215,7 +214,7 @@ class TorchOracle(_Batches, _Walk):
         if self.dtype == torch.float32:
             note = _tf32_note(self.device)
             if note:
-                warnings.warn(note, RuntimeWarning, stacklevel=user_stacklevel())
+                warn(note, RuntimeWarning, stacklevel=user_stacklevel())
         self._x = self._y = None
         if batch is not None:
             self._set_batch(batch)
@@ -534,12 +533,12 @@ class TorchOracle(_Batches, _Walk):
                 b.copy_(before)
         if not self._core.__dict__.get("warned_written"):
             self._core.warned_written = True
-            warnings.warn(f"TorchOracle: {name_list([n or type(self.model).__name__ for n in moved])} write "
-                          "buffers in their train-mode forward and then read them (spectral norm's vectors, a "
-                          "quantization observer, a running scale): every query, the plain call included, leaves them "
-                          "as it found them, so the loss is a function of the parameters, the same on any executor; "
-                          "they do not follow training (move them yourself, with model(x) calls in train mode)",
-                          RuntimeWarning, stacklevel=user_stacklevel())
+            warn(f"TorchOracle: {name_list([n or type(self.model).__name__ for n in moved])} write "
+                 "buffers in their train-mode forward and then read them (spectral norm's vectors, a "
+                 "quantization observer, a running scale): every query, the plain call included, leaves them "
+                 "as it found them, so the loss is a function of the parameters, the same on any executor; "
+                 "they do not follow training (move them yourself, with model(x) calls in train mode)",
+                 RuntimeWarning, stacklevel=user_stacklevel())
         return value
 
     def _plain(self, params, flags, update: bool, keep_written: bool = False) -> float:

@@ -120,6 +120,17 @@ def warn(message: str, category: type = UserWarning, stacklevel: int = 1) -> Non
         warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
+def log_path(path):
+    """``path`` as a log line shows it (``%s``): as it is, unless it holds a control character or a line
+    separator, then as its repr. A newline in a checkpoint's path split one record into two lines (a
+    parser reading a line a record took the rest for another), a carriage return or an escape rewrote
+    the terminal's line; a path without one prints as before, for the parsers reading it."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    if isinstance(text, str) and any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in text):
+        return repr(text)
+    return text
+
+
 class ZoracleError(Exception):
     """Base class of every error the library raises on purpose."""
 
