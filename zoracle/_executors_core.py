@@ -32,7 +32,7 @@ from ._errors import (OracleError, WorkerTraceback, ZoracleError, _round_trips, 
                       with_worker_traceback)
 from ._oracle import Oracle, loss_type
 from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
-from ._pickling import Pickled, _file_refusing_pickler, cloudpickle_module
+from ._pickling import Pickled, _file_refusing_pickler, cloudpickle_module, spawned_main_by_value
 
 __all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
@@ -712,8 +712,10 @@ def pack(obj, where: str, running, what: str | None = None, module=None) -> Pick
 
     what = what or f"the oracle {oracle_label(obj)}"
     buf = io.BytesIO()
+    module = module or cloudpickle_module()
     try:
-        _file_refusing_pickler(module or cloudpickle_module())(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        with spawned_main_by_value(module):
+            _file_refusing_pickler(module)(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     except Exception as exc:
         raise unsendable(obj, exc, where, running, what) from exc
     return Pickled(buf.getvalue(), what)

@@ -3,10 +3,12 @@ that receives one), and the cloudpickle pickler that refuses a file open for wri
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sys
 
 from ._errors import ZoracleError
+from ._forked import ForkSafeLock
 
 
 def cloudpickle_module():
@@ -46,6 +48,45 @@ class Pickled:
 
 
 _FILE_PICKLERS: dict = {}
+
+#: name of the script's module in a process that multiprocessing started with "spawn" or "forkserver"
+SPAWNED_MAIN = "__mp_main__"
+_BY_VALUE = ForkSafeLock()
+_BY_VALUE_USERS: dict = {}  # cloudpickle module -> dumps in progress that registered SPAWNED_MAIN
+
+
+@contextlib.contextmanager
+def spawned_main_by_value(module):
+    """Let ``module`` (a cloudpickle) ship the script's classes and functions by value inside a
+    process that multiprocessing's "spawn" or "forkserver" started (the default on macOS and
+    Windows; a ``ProcessPoolExecutor`` running a training there): that process runs the script
+    again as ``__mp_main__``, which cloudpickle sends by reference (it does so by value only for
+    ``__main__``), and a zoracle worker, which never runs the script, failed to load every oracle
+    defined in it ("Can't get attribute 'Model' on <module '__main__'>"). Registered for the dump
+    only, not for the other users of cloudpickle in the process (loky, Dask), whose own workers
+    may import the script."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", None) != SPAWNED_MAIN or sys.modules.get(SPAWNED_MAIN) is not main \
+            or not hasattr(module, "register_pickle_by_value"):  # (cloudpickle < 2.0: no such registry)
+        yield
+        return
+    registered = getattr(getattr(module, "cloudpickle", module), "_PICKLE_BY_VALUE_MODULES", set())
+    with _BY_VALUE:
+        ours = module in _BY_VALUE_USERS or SPAWNED_MAIN not in registered  # (else the program's own: left as is)
+        if ours:
+            if module not in _BY_VALUE_USERS:
+                module.register_pickle_by_value(main)
+            _BY_VALUE_USERS[module] = _BY_VALUE_USERS.get(module, 0) + 1
+    try:
+        yield
+    finally:
+        if ours:
+            with _BY_VALUE:
+                _BY_VALUE_USERS[module] -= 1
+                if not _BY_VALUE_USERS[module]:
+                    del _BY_VALUE_USERS[module]
+                    if SPAWNED_MAIN in registered:
+                        module.unregister_pickle_by_value(main)
 
 
 def _writable(stream) -> bool:
