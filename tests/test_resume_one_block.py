@@ -1,4 +1,4 @@
-"""A checkpoint of zo.recipes.short_budget(..., blocks=...) written before 2026-12-05 (f228acd): the
+"""A checkpoint of zo.recipes.short_budget(..., blocks=...) written before commit f228acd (2026-12-04): the
 recipe planned with the blocks but did not pass them to train, so that run scored its weights as one
 block. Resumed with today's keyword arguments (which carry the blocks) it is refused as "blocks differ",
 and the refusal said nothing of the way on: blocks=None (del kw['blocks']) continues it."""
@@ -45,8 +45,8 @@ def test_an_old_recipe_checkpoint_refused_for_its_blocks_names_blocks_none(tmp_p
     text = str(info.value)
     assert ("(blocks: checkpoint has [[0, 120]], this run has [[0, 60], [60, 120]]); its run scored all 120 "
             "weights as one block, as train does without `blocks`: to continue it, pass blocks=None "
-            "(zo.recipes.short_budget(..., blocks=...) before 2026-12-05 planned with the blocks but did not pass "
-            "them on to train: del kw['blocks'] from its keyword arguments); it was written by zoracle 0.1.0"
+            "(zo.recipes.short_budget(..., blocks=...) before commit f228acd of 2026-12-04 planned with the "
+            "blocks but did not pass them on to train: del kw['blocks'] from its keyword arguments); it was written by zoracle 0.1.0"
             in text), text
     kw = _kw()
     del kw["blocks"]  # the way the message names: the run continues

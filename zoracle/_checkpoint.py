@@ -769,14 +769,15 @@ def other_release(meta) -> str:
 def _one_block(saved: dict, expected: dict, meta) -> str:
     """The way on where the checkpoint's run scored all its weights as one block and this run splits
     them into several: that run had no ``blocks`` (zo.recipes.short_budget's keyword arguments carried
-    none before 2026-12-05, whatever ``blocks`` it planned with), and blocks=None continues it."""
+    none before commit f228acd of 2026-12-04, whatever ``blocks`` it planned with), and blocks=None continues it."""
     was, now, d = saved.get("blocks"), expected.get("blocks"), saved.get("d")
     if was != [[0, d]] or saved.get("dense") or not (isinstance(now, list) and len(now) > 1):
         return ""
     old = isinstance(meta, dict) and WRITER not in meta  # written before f005dc0 (2026-12-06)
     return (f"its run scored all {d} weights as one block, as train does without `blocks`: to continue it, pass "
-            "blocks=None" + (" (zo.recipes.short_budget(..., blocks=...) before 2026-12-05 planned with the blocks "
-                             "but did not pass them on to train: del kw['blocks'] from its keyword arguments)"
+            "blocks=None" + (" (zo.recipes.short_budget(..., blocks=...) before commit f228acd of 2026-12-04 planned "
+                             "with the blocks but did not pass them on to train: del kw['blocks'] from its keyword "
+                             "arguments)"
                              if old else "") + "; ")
 
 

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
-from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, warn
+from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, visible_signature
 from ._grid import coarse_grid, may_be_gridded
@@ -752,7 +752,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
         why = coarse_losses(value, loss, mu, dtype, typical, getattr(wrapped, "base_source", None))
         if why:
             _COARSE_WARNED.add(key)
-            warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
+            warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())
             return
         # (a type that passes, float32 losses at float32 params: judged by their values)
     if diffs is None or (owner, "values") in _COARSE_WARNED:
@@ -760,7 +760,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
     why = coarse_grid(loss, diffs, mu, typical, points)
     if why:
         _COARSE_WARNED.add((owner, "values"))
-        warn(f"estimate_gradient: {why}", UserWarning, stacklevel=3)
+        warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())
 
 
 _COARSE_WARNED: set = set()

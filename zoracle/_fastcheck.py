@@ -22,9 +22,10 @@ import weakref
 
 import numpy as np
 
+from ._backend import to_numpy
 from ._errors import user_stacklevel, warn
 from ._forked import ForkSafeLock
-from ._grid import NARROW_BITS, value_bits
+from ._grid import NARROW_BITS, exact_points, value_bits
 from ._oracle import compute_dtype_of, loss_type, precision_bits
 from ._plan import CoordTask, DirectionTask, PointTask
 
@@ -32,6 +33,10 @@ from ._plan import CoordTask, DirectionTask, PointTask
 ROUNDING_ULPS = 64
 #: the part of the largest difference an estimate takes that a disagreement may move it by
 EFFECT = 1e-3
+#: the fewest significant bits of a float that losses are rounded to (bfloat16's): losses that show fewer
+#: are short numbers computed exactly (a count's mean over 4 rows, a quadratic at integer params and
+#: mu = 0.25), no narrower float's rounding, and a fast path off by 0.5 passed a tolerance of 4x the loss
+FEWEST_BITS = 8
 
 #: a gap below this part of the loss may be a reduced precision's rounding (bfloat16 keeps 8 bits):
 #: the refusal's warning then names the opt-out for a fast path that is sound
@@ -160,10 +165,19 @@ def _probe(task, row, f0) -> tuple:
     return j, PointTask(float(task.steps[0]), root=task.root, direction=task.lo + j, distribution=task.distribution)
 
 
-def _tolerance(wrapped, params, plain: float, fast: float, spread: float, seen=()) -> float:
+def _exact_at(params, step: float) -> bool:
+    """:func:`~zoracle._grid.exact_points` of ``params`` and ``step``, its first 1024 entries first (a
+    model's random params tell at once: no O(d) temporaries)."""
+    x = to_numpy(params).reshape(-1)
+    return exact_points(x[:1024], step) and exact_points(x, step)
+
+
+def _tolerance(wrapped, params, plain: float, fast: float, spread: float, seen=(), exact=lambda: False) -> float:
     """Round-off of the narrowest of the losses' types, the params' and the declared compute dtype,
     and the precision the losses ``seen`` carry (a float16 or bfloat16 model's losses returned as
-    Python floats: a float64 type, 11 or 8 bits; see :func:`~zoracle._grid.value_bits`), or a
+    Python floats: a float64 type, 11 or 8 bits; see :func:`~zoracle._grid.value_bits`; not where
+    ``exact()``, the probe's point short numbers a polynomial is computed at exactly, nor losses of fewer
+    than ``FEWEST_BITS``: short numbers, whole numbers save), or a
     ``EFFECT`` part of the largest difference the estimate takes (what would move no partial
     derivative by more than that part of the largest)."""
     names = ["float64" if wrapped.base_value is None else loss_type(wrapped.base_value), str(params.dtype)]
@@ -175,7 +189,8 @@ def _tolerance(wrapped, params, plain: float, fast: float, spread: float, seen=(
         names.append(str(cd))
     bits = min(precision_bits(n) for n in names)
     carried = value_bits(np.concatenate([np.ravel(v) for v in (plain, fast, *seen)]))
-    if carried <= NARROW_BITS:  # (a float32 loss's values show fewer than its 24 bits by chance: not judged so)
+    # (a float32 loss's values show fewer than its 24 bits by chance: not judged so)
+    if carried == 0 or (FEWEST_BITS <= carried <= NARROW_BITS and not exact()):
         bits = min(bits, carried)
     rounding = ROUNDING_ULPS * 2.0 ** (1 - bits) * max(abs(plain), abs(fast)) if bits else 0.5  # integers: equal
     return max(rounding, EFFECT * spread)
@@ -203,14 +218,16 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
     plain = float(run([probe])[0][0, 0])
     fast = float(row[j])
     spread = max(float(np.max(np.abs(r - f0))) for r in results[1:])
-    tol = _tolerance(wrapped, params, plain, fast, spread, (f0, row))
+    # a coordinate's query at short params and mu: a polynomial loss there has few bits, exactly
+    exact = (lambda: _exact_at(params, probe.step)) if probe.direction < 0 else (lambda: False)
+    tol = _tolerance(wrapped, params, plain, fast, spread, (f0, row), exact)
     asked = 1
     if abs(plain - fast) > tol:
         again = float(run([probe])[0][0, 0])  # a plain call that answers differently: noise, not judged here
         asked = 2
         # noise the estimate feels (a jitter below the tolerance, a thread pool's round-off, kept a fast
         # path off by a constant silently: the two plain calls are alike as far as the estimate goes)
-        if abs(again - plain) > _tolerance(wrapped, params, plain, again, spread, (f0, row)):
+        if abs(again - plain) > _tolerance(wrapped, params, plain, again, spread, (f0, row), exact):
             verdicts[cap] = True
             wrapped.nfev = spent + asked
             warn(_noisy_text(fn, probe, plain, again, spread), RuntimeWarning, stacklevel=user_stacklevel())

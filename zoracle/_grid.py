@@ -104,8 +104,9 @@ def loss_grid(loss: float, diffs) -> tuple | None:
     """``(spacing, what, fix)`` of a grid coarser than float32's that the base ``loss`` and every
     one of ``diffs`` (the perturbed losses less the base one, or less each other) lie on, ``what``
     saying what it looks like and ``fix`` what to do; None where there is none, and where every
-    difference is 0 (a flat loss looks alike) save at a base loss of 2 to 8 decimals (a loss printed
-    to 6 decimals at a mu of 1e-8: a flat float64 loss is none)."""
+    difference is 0 (a flat loss looks alike) save at a base loss of 2 to 8 decimals and 3 significant
+    digits or more (a loss printed to 6 decimals at a mu of 1e-8: a flat float64 loss is none; a floor
+    such as ``max(loss, 0.01)`` is a round number)."""
     if not may_be_gridded(loss):
         return None
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
@@ -122,7 +123,9 @@ def loss_grid(loss: float, diffs) -> tuple | None:
     elif int(_bits(base)[0]) <= NARROW_BITS:  # every difference 0 at a short binary (3.0, 0.25): a flat loss's too
         return None
     k = _decimals(base, np.float64)
-    if k is None or (not nz.size and k < 2):  # (flat at a decimal of 2 places or more: no flat float64 loss is one)
+    # (flat at a decimal of 2 places or more and 3 digits or more, a loss printed with %.6f: no flat float64 loss
+    # is one; a floor or a constant a person wrote, max(loss, 0.01), 1e-6, has one or two)
+    if k is None or (not nz.size and (k < 2 or round(abs(loss) * 10.0**k) < 100)):
         return None
     q = 10.0**-k
     if q <= float(np.spacing(np.float32(abs(loss)))):  # finer than a float32 loss: not judged, as float32 is not
