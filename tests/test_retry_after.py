@@ -151,14 +151,14 @@ def test_the_wait_after_an_error_carrying_its_own_hint(waits, error, wait):
 
 def test_max_delay_caps_the_doubling_backoff_and_the_hints(waits, caplog):
     with caplog.at_level(logging.INFO, logger="zoracle"):
-        zo.retrying(_failing(*[TimeoutError("slow")] * 5, _ServiceBusy(30)), tries=7, backoff=1, max_delay=5)(
+        zo.retrying(_failing(*_timeouts(5), _ServiceBusy(30)), tries=7, backoff=1, max_delay=5)(
             np.zeros(2))
     assert waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
     assert "(its Retry-After: 30 s, cut to max_delay)" in caplog.records[-1].getMessage()
 
 
 def test_a_long_run_of_tries_waits_max_delay_without_overflow(waits):
-    zo.retrying(_failing(*[TimeoutError("slow")] * 1100), tries=1101, backoff=1, max_delay=2)(np.zeros(2))
+    zo.retrying(_failing(*_timeouts(1100)), tries=1101, backoff=1, max_delay=2)(np.zeros(2))
     assert len(waits) == 1100 and waits[-1] == 2.0
 
 
@@ -202,3 +202,68 @@ def test_the_settings_travel_with_pickles_bind_and_repr():
 def test_the_new_arguments_are_checked(kw, msg):
     with pytest.raises(zo.ArgumentError, match=msg):
         zo.retrying(lambda x: 0.0, **kw)
+
+
+# the session review (h351): what the change did where it should not have
+
+def _timeouts(n):
+    return [TimeoutError("slow")] * n
+
+
+class _Hinted(Exception):
+    def __init__(self, seconds):
+        super().__init__(f"busy, retry after {seconds} s")
+        self.retry_after = seconds
+
+
+def test_a_backoff_longer_than_the_default_max_delay_is_still_waited(waits):
+    """retrying(f, backoff=120) waited 120 s, then 240 s, before max_delay existed; its default of
+    60 s silently cut the wait the call names to half. The default bounds the doubling only."""
+    wrapped = zo.retrying(_failing(*_timeouts(2)), backoff=120)
+    wrapped(np.zeros(2))
+    assert waits == [120.0, 120.0]
+    assert wrapped.max_delay == 120.0
+    waits.clear()
+    zo.retrying(_failing(*_timeouts(4)), tries=5, backoff=20)(np.zeros(2))  # the default 60 s cap as before
+    assert waits == [20.0, 40.0, 60.0, 60.0]
+    waits.clear()
+    zo.retrying(_failing(*_timeouts(2)), backoff=120, max_delay=30)(np.zeros(2))  # an explicit cap is the caller's
+    assert waits == [30.0, 30.0]
+
+
+def test_the_exhausted_advice_names_what_would_have_waited_longer(waits):
+    """Every try failed: "raise `tries` or `backoff`" was the advice even where the waits were a
+    Retry-After's cut to max_delay, which no backoff lengthens (the service asked for 120 s and got
+    60 s twice): raising backoff changed nothing."""
+    on = (_Hinted, TimeoutError)
+    with pytest.raises(zo.RetriesExhausted) as info:
+        zo.retrying(_failing(*[_Hinted(120)] * 3), on=on, backoff=5)(np.zeros(2))
+    assert waits == [60.0, 60.0]
+    assert str(info.value).endswith("raise `tries` or `max_delay` if the service recovers more slowly")
+    # the advice works: a max_delay that holds the service's wait lets the call through
+    waits.clear()
+    assert zo.retrying(_failing(_Hinted(120)), on=on, tries=2, max_delay=120)(np.zeros(2)) == 1.0
+    assert waits == [120.0]
+    # backoff waits (uncut): backoff is the knob, as before
+    with pytest.raises(zo.RetriesExhausted, match=r"raise `tries` or `backoff` if the service"):
+        zo.retrying(_failing(*[TimeoutError()] * 3), backoff=1)(np.zeros(2))
+    # backoff waits cut to max_delay: raising backoff alone does not lengthen them
+    with pytest.raises(zo.RetriesExhausted, match=r"raise `tries`, `backoff` or `max_delay` if"):
+        zo.retrying(_failing(*[TimeoutError()] * 4), tries=4, backoff=1, max_delay=1.5)(np.zeros(2))
+
+
+def test_an_infinite_backoff_is_refused_when_wrapping_not_at_the_first_failure(waits):
+    """backoff=math.inf passed the check and failed at the first transient error, mid-run, with
+    OverflowError from time.sleep (the 60 s default cap hid it; a cap that follows backoff does not)."""
+    import math
+
+    with pytest.raises(zo.ArgumentError, match=r"`backoff` must be a number of seconds >= 0 \(finite"):
+        zo.retrying(_failing(*_timeouts(1)), backoff=math.inf)
+    assert zo.retrying(_failing(*_timeouts(1)), backoff=1, max_delay=math.inf)(np.zeros(2)) == 1.0  # an uncapped wait
+    assert waits == [1.0]
+
+
+def test_a_single_try_is_told_to_raise_tries_alone(waits):
+    with pytest.raises(zo.RetriesExhausted, match=r"raise `tries` if the service recovers more slowly"):
+        zo.retrying(_failing(*_timeouts(1)), tries=1)(np.zeros(2))
+    assert waits == []
