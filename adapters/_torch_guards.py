@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
 import torch
@@ -96,7 +97,10 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
             buffers += [(id(p), p._version) for p in m._parameters.values() if p is not None and not p.requires_grad]
     return (tuple(keys) if flags is None else flags), tuple(buffers)
 
-def _one_query_at_a_time(method):
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _one_query_at_a_time(method: _Method) -> _Method:
     """Threads that share the model (a threading executor) take turns through a whole query: its
     parameter load and every forward after it. Between a load and its forward another thread's
     query could load its own parameters (a batch's last row), and a step with no closed form
@@ -108,7 +112,7 @@ def _one_query_at_a_time(method):
             if getattr(self, "_aligned_from", None) is not None:
                 self._batch_key()  # an aligned copy of a batch written in place since: made again first
             return method(self, *args, **kwargs)
-    return run
+    return cast(_Method, run)
 
 def _refuse_parametrize_cache(model) -> None:
     """Queries inside ``torch.nn.utils.parametrize.cached()`` of a parametrized model: the cache keeps

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -283,7 +284,7 @@ class TorchOracle(_Batches, _Walk):
                 if self._core.__dict__.get("rows_unchecked") and self._x.shape[0] > 1:
                     check_rows_later(self)  # a first bound batch of one sample could not check the rows
 
-    def bind(self, batch) -> "TorchOracle":
+    def bind(self, batch: Any) -> "TorchOracle":
         """A copy that evaluates on ``batch = (x, y)`` (NumPy or torch), sharing the model."""
         new = copy.copy(self)
         new._set_batch(batch)
@@ -291,7 +292,7 @@ class TorchOracle(_Batches, _Walk):
         new._raw_batch = batch
         return new
 
-    def unbind(self):
+    def unbind(self) -> tuple[TorchOracle, Any] | None:
         """``(parent, batch)`` for an oracle made by ``bind``, else None.
 
         Parallel executors use it to ship the (large) model once per worker and only the
@@ -479,7 +480,7 @@ class TorchOracle(_Batches, _Walk):
             flat = torch.cat([p.detach().reshape(-1) for p in self._core.params])
         return flat.cpu().numpy().copy()
 
-    def load(self, params) -> None:
+    def load(self, params: Any) -> None:
         """Write the flat vector ``params`` into the module's parameters."""
         check_held(self._core)  # not into a tensor a Parameter was assigned over since
         self._load(params)
@@ -497,7 +498,7 @@ class TorchOracle(_Batches, _Walk):
             torch._foreach_copy_(dst, _param_views(core, t, dst))
         return t
 
-    def batch_key(self):
+    def batch_key(self) -> Any:
         """What a process or cluster executor compares before every run to see whether the bound
         batch changed in place since it sent it (then it sends the batch again): the bound
         tensors' version counters. None when nothing is bound."""
@@ -792,7 +793,7 @@ class TorchOracle(_Batches, _Walk):
         return self._block_losses(features, block, c - blk.start, h)
 
     # ---------------------------------------------------------------- evaluation
-    def predict(self, params, x, *, batch_size: int = 1024, train: bool = False) -> np.ndarray:
+    def predict(self, params: Any, x: Any, *, batch_size: int = 1024, train: bool = False) -> np.ndarray:
         """Model outputs for ``x`` at ``params`` (no grad, in chunks of ``batch_size``).
 
         ``train=False`` evaluates in eval mode (BatchNorm running statistics, no dropout) and

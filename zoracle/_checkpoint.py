@@ -27,6 +27,7 @@ import sys
 import uuid
 import zipfile
 import zlib
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -589,7 +590,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: i
     return out.reshape(shape, order="F" if fortran else "C")
 
 
-def load_checkpoint(path, expected: dict | None = None, prefixes=(), check=None):
+def load_checkpoint(path: str | os.PathLike[str], expected: dict[str, Any] | None = None, prefixes: Sequence[str] = (),
+                    check: Callable[[dict[str, Any]], object] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(arrays, meta)`` from a checkpoint written by :func:`save_checkpoint`.
 
     Parameters

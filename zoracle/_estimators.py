@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import numbers
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ._grid import coarse_grid, may_be_gridded
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
+
+if TYPE_CHECKING:
+    from .executors import Executor
 
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
@@ -548,8 +551,9 @@ def as_seen(oracle, params):
     return params if narrow is None else params.astype(narrow)
 
 
-def estimate_gradient(oracle, params, estimator=None, *extra: NoReturn, coordinates=None, rng=None, executor=None,
-                      budget_bytes: int = DEFAULT_BUDGET, state=None, **unknown: NoReturn) -> GradientEstimate:
+def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: NoReturn,
+                      coordinates: Any = None, rng: Any = None, executor: Executor | None = None,
+                      budget_bytes: int = DEFAULT_BUDGET, state: Any = None, **unknown: NoReturn) -> GradientEstimate:
     """Estimate the gradient of ``oracle`` at ``params`` from loss values only.
 
     SciPy's ``approx_fprime(xk, f, epsilon, *args)`` takes the point first: here the oracle comes

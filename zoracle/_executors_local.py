@@ -14,8 +14,8 @@ import threading
 import time
 import uuid
 import weakref
-from concurrent.futures import FIRST_COMPLETED, Future
-from concurrent.futures import wait as futures_wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait as futures_wait
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -55,9 +55,10 @@ __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
 _CURRENT_DEVICE = None
 #: ids of the executors whose shard the current thread is running (nested-run detection)
 _RUNNING = threading.local()
+_E = TypeVar("_E")  # an executor's own type, which `with` gives back
 
 
-def current_device():
+def current_device() -> Any:
     """The device of the DeviceExecutor worker running this code (None elsewhere)."""
     return _CURRENT_DEVICE
 
@@ -155,11 +156,11 @@ class ShardedExecutor(StaysHere):
         self.last_run: RunStats | None = None
 
     # context manager -----------------------------------------------------------------
-    def __enter__(self):
+    def __enter__(self: _E) -> _E:
         self.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # matplotlib is optional (the apps extra); only the annotations name it
+if TYPE_CHECKING:  # names only the annotations use (matplotlib is optional: the apps extra)
+    import os
+
     from matplotlib.figure import Figure
 
 from ._errors import ArgumentError, check_flag, config_hint, warn
@@ -173,8 +175,8 @@ class History:
     ``result.nfev`` less them, and ``steps[0]["total_nfev"] - steps[0]["nfev"]`` is their number.
     """
 
-    steps: tuple = ()
-    epochs: tuple = ()
+    steps: tuple[dict[str, Any], ...] = ()
+    epochs: tuple[dict[str, Any], ...] = ()
 
     def __eq__(self, other):
         """Record by record, a NaN equal to a NaN: a run's history equals its checkpoint's when a
@@ -205,7 +207,7 @@ class History:
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
 
     @classmethod
-    def from_checkpoint(cls, path) -> History:
+    def from_checkpoint(cls, path: str | os.PathLike[str]) -> History:
         """The history saved in a :func:`train` checkpoint, checked as a resume checks it.
 
         Checkpoints are written atomically, so this reads a run that is still going (``zoracle

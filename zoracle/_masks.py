@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def keep_counts(blocks, ratios) -> np.ndarray:
     return np.minimum(k, sizes)
 
 
-def random_masks(blocks, ratios, rng, *, dense=()) -> np.ndarray:
+def random_masks(blocks: Any, ratios: Any, rng: Any, *, dense: Sequence[slice] = ()) -> np.ndarray:
     """One random coordinate set: exactly ``keep_counts(blocks, ratios)[l]`` per block.
 
     Parameters

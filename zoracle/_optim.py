@@ -18,7 +18,7 @@ import numpy as np
 
 from ._backend import namespace, same_values, to_numpy
 from ._errors import ArgumentError, check_flag, config_hint, finite_real, masked_entries, short_repr
-from ._schedules import as_schedule, check_value, describe_schedule, schedule_value
+from ._schedules import FloatOrSchedule, as_schedule, check_value, describe_schedule, schedule_value
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "SignState", "sgd", "adam", "sign_sgd"]
 
@@ -269,7 +269,7 @@ def _minus(params, t):
     return params - t  # a scalar gradient, or a dtype that params - t would change
 
 
-def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:
+def sgd(lr: FloatOrSchedule = 0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:
     r"""Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
 
     With ``g = grad + weight_decay * params`` and velocity ``v``:
@@ -318,7 +318,7 @@ def sgd(lr=0.1, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
                        nesterov=nesterov, weight_decay=weight_decay)
 
 
-def adam(lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Optimizer:
+def adam(lr: FloatOrSchedule = 1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Optimizer:
     r"""Adam with bias correction; ``weight_decay`` is decoupled (AdamW).
 
     ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``,
@@ -417,7 +417,7 @@ def scaled(optimizer: Optimizer, scale, label: str) -> Optimizer:
                        optimizer=optimizer, scale=scale, label=label)
 
 
-def sign_sgd(lr=0.01, *, weight_decay: float = 0.0) -> Optimizer:
+def sign_sgd(lr: FloatOrSchedule = 0.01, *, weight_decay: float = 0.0) -> Optimizer:
     """Sign-SGD: ``params <- params - lr * sign(grad + weight_decay * params)``.
 
     Robust to the scale of a noisy ZO estimate (only signs are used). The weight decay is

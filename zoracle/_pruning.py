@@ -20,6 +20,7 @@ Blocks are slices of the flat parameter vector, or records with ``.slice`` (and
 from __future__ import annotations
 
 import numbers
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,7 +50,7 @@ SCORED_KINDS = ("conv", "linear")
 RANKINGS = ("magnitude", "grasp")
 
 
-def split_blocks(blocks, score_kinds=SCORED_KINDS):
+def split_blocks(blocks: Any, score_kinds: Sequence[str] = SCORED_KINDS) -> tuple[list[slice], list[slice]]:
     """``(scored, dense)`` lists of slices from block records.
 
     Records with a ``.kind`` are scored when their kind is in ``score_kinds``; plain slices

@@ -18,6 +18,7 @@ import math
 import numbers
 import random
 import time
+from typing import Any, Callable, Sequence
 
 from ._errors import ArgumentError, ZoracleError, exc_text, user_stacklevel
 
@@ -42,7 +43,7 @@ class RetriesExhausted(ZoracleError):
         Each try's error, ``"Type: message"``, in order.
     """
 
-    def __init__(self, message: str, errors=()):
+    def __init__(self, message: str, errors: Sequence[BaseException] = ()):
         super().__init__(message)
         self.errors = list(errors)
 
@@ -50,7 +51,9 @@ class RetriesExhausted(ZoracleError):
         return type(self), (self.args[0], self.errors)
 
 
-def retrying(oracle, *, tries: int = 3, on=(ConnectionError, TimeoutError), backoff: float = 0.5,
+def retrying(oracle: Any, *, tries: int = 3,
+             on: type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], object]
+             = (ConnectionError, TimeoutError), backoff: float = 0.5,
              max_delay: float | None = None, jitter: float = 0.0) -> "Retrying":
     """Wrap ``oracle`` so that a call failing with a transient error is asked again.
 
@@ -236,7 +239,7 @@ class Retrying:
         return ((wait * (1 - self.jitter * random.random()) if self.jitter else wait), "",
                 "`max_delay`" if wait < full else "`backoff`")
 
-    def __call__(self, params):
+    def __call__(self, params: Any) -> Any:
         return self._ask("the call", self.oracle, params)
 
     def _wrap(self, made):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
@@ -31,16 +31,27 @@ from ._history import TrainResult
 from ._epochs import _batches_print, _epoch_batches, _short_hash, _steps_per_epoch
 from ._train_records import _count_of
 
+if TYPE_CHECKING:
+    import datetime
+
+    from ._schedules import FloatOrSchedule
+    from .executors import Executor
+
 __all__ = ["train"]
 
 
-def train(oracle, params, *extra: NoReturn, batches=None, epochs: int = 1, steps_per_epoch: int | None = None,
-          estimator=None, optimizer: Optimizer | None = None, schedule=None, mu=None,
-          sparsity: float | None = None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
-          ranking: str = "magnitude", fill_small_blocks: bool = False, grasp_directions: int = 192, grasp_batch=None,
-          mask_shuffle_interval: int | str = 5, executor=None, eval_fn=None, eval_every: int = 1,
-          callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None, rng=None,
-          progress: bool = True, max_queries: int | None = None, plot=None,
+def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epochs: int = 1,
+          steps_per_epoch: int | None = None, estimator: Any = None,
+          optimizer: Optimizer | None = None, schedule: FloatOrSchedule | None = None, mu: FloatOrSchedule | None = None,
+          sparsity: float | None = None, ratios: Any = "zo_grasp", blocks: Any = None,
+          score_kinds: Sequence[str] = SCORED_KINDS, ranking: str = "magnitude", fill_small_blocks: bool = False,
+          grasp_directions: int = 192, grasp_batch: Any = None, mask_shuffle_interval: int | str = 5,
+          executor: Executor | None = None, eval_fn: Callable[[Any], object] | None = None, eval_every: int = 1,
+          callbacks: Sequence[Callable[[str, dict[str, Any], Any], object]] | None = (),
+          checkpoint: str | os.PathLike[str] | None = None,
+          checkpoint_every: int | str | datetime.timedelta = "epoch",
+          resume: str | os.PathLike[str] | bool | None = None, rng: Any = None,
+          progress: bool = True, max_queries: int | None = None, plot: str | os.PathLike[str] | None = None,
           **unknown: NoReturn) -> TrainResult:
     """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
 

@@ -62,7 +62,7 @@ import os
 import re
 import time
 import weakref
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ._errors import ArgumentError
 from ._executors_cluster import DaskExecutor as _Dask
@@ -80,7 +80,10 @@ from ._executors_core import (
     check_timeout,
     describe_task,
 )
-from ._executors_local import ProcessPool, ThreadPool, current_device, usable_cpus
+from ._executors_local import _E, ProcessPool, ThreadPool, current_device, usable_cpus
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "Executor",
@@ -156,9 +159,10 @@ class Executor(Protocol):
     the executor. Results of equal shapes in another order cannot be told apart: they give a wrong
     estimate without an error (shards of one plan mostly share a shape)."""
 
-    n_workers: int
+    @property
+    def n_workers(self) -> int: ...  # (read-only here: a plain attribute or a property satisfies it)
 
-    def run(self, oracle, params, tasks) -> list: ...
+    def run(self, oracle: Any, params: Any, tasks: Any) -> list[Any]: ...
 
 
 class SerialExecutor:
@@ -178,7 +182,7 @@ class SerialExecutor:
 
     n_workers = 1
 
-    def __init__(self, *args, timeout=None):
+    def __init__(self, *args: object, timeout: float | None = None) -> None:
         if args:  # SerialExecutor(4) set a 4-second timeout where the other executors' first argument is a worker count
             raise ArgumentError(f"SerialExecutor takes `timeout` by keyword only, got the positional {args[0]!r}: "
                                 f"pass timeout={args[0]!r} for a time limit a task, or use JoblibExecutor({args[0]!r}) "
@@ -186,10 +190,10 @@ class SerialExecutor:
         self.timeout = check_timeout(timeout)
         self.last_run = None  # RunStats of the last run (every task a shard, none retried)
 
-    def __enter__(self):
+    def __enter__(self: _E) -> _E:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def close(self) -> None:
@@ -283,7 +287,7 @@ class JoblibExecutor(StaysHere):
     last run; ``pids`` lists the worker processes (``"loky"``).
     """
 
-    def __init__(self, n_jobs: int = 2, backend: str = "loky", *, timeout=None):
+    def __init__(self, n_jobs: int = 2, backend: str = "loky", *, timeout: float | None = None) -> None:
         self.n_jobs = _check_count("n_jobs", n_jobs, allow_all=True)
         if backend not in BACKENDS:
             raise ArgumentError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
@@ -291,16 +295,27 @@ class JoblibExecutor(StaysHere):
         pool = ProcessPool if backend == "loky" else ThreadPool
         self._impl = pool(self.n_jobs, timeout=timeout)
 
-    n_workers = property(lambda self: self._impl.n_workers)
-    last_run = property(lambda self: self._impl.last_run)
-    timeout = property(lambda self: self._impl.timeout)
-    pids = property(lambda self: self._impl.pids if self.backend == "loky" else [os.getpid()])
+    @property
+    def n_workers(self) -> int:
+        return self._impl.n_workers
 
-    def __enter__(self):
+    @property
+    def last_run(self) -> RunStats | None:
+        return self._impl.last_run
+
+    @property
+    def timeout(self) -> float | None:
+        return self._impl.timeout
+
+    @property
+    def pids(self) -> list[int]:
+        return self._impl.pids if self.backend == "loky" else [os.getpid()]
+
+    def __enter__(self: _E) -> _E:
         self._impl.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
@@ -349,7 +364,7 @@ class DeviceExecutor(ProcessPool):
     oracle. Shards are balanced by measured cost, so a slower device gets less work.
     """
 
-    def __init__(self, devices, *, timeout=None):
+    def __init__(self, devices: Any, *, timeout: float | None = None) -> None:
         # a 0-d array has __len__ but len() raises; a 2-d one would be one worker with a row as its device
         if isinstance(devices, (str, bytes)) or not hasattr(devices, "__len__") or getattr(devices, "ndim", 1) != 1 \
                 or len(devices) == 0:
@@ -493,7 +508,7 @@ def add_executor_arguments(parser) -> None:
                        help="fail a shard that runs longer than SECONDS (default: no limit)")
 
 
-def from_args(args):
+def from_args(args: argparse.Namespace) -> JoblibExecutor | DaskExecutor | RayExecutor | None:
     """The executor the parsed ``args`` ask for (a context manager), or None for serial.
 
     Raises :class:`~zoracle.ArgumentError` when more than one of ``--workers N`` (N > 1),

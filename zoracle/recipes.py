@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -110,10 +111,10 @@ def default_coordinates(budget: int, sampled: int) -> int:
     return int(min(sampled, WIDE_COORDINATES if q >= WIDE_FROM else COORDINATES))
 
 
-def short_budget(oracle, params, budget: int, *, batches=None, steps_per_epoch: int | None = None,
+def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, steps_per_epoch: int | None = None,
                  lr: float | None = None, coordinates: int | None = None, b1: float = 0.0, mu: float = 5e-3,
-                 weight_decay: float = 5e-4, grasp_directions: int = 192, blocks=None,
-                 layer_steps: float = 0.0, fill_small_blocks: bool | None = None) -> dict:
+                 weight_decay: float = 5e-4, grasp_directions: int = 192, blocks: Any = None,
+                 layer_steps: float = 0.0, fill_small_blocks: bool | None = None) -> dict[str, Any]:
     r"""DeepZero for short budgets (measured at 0.25-79 queries per weight): ``train`` keyword arguments.
 
     Sparse CGE on ``coordinates`` weights a step (biases included in the sparse set), spread

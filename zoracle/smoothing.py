@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
@@ -75,7 +75,7 @@ def _check_sigma(sigma) -> float:
 
 # ---------------------------------------------------------------------------------------
 # the statistics
-def lower_confidence_bound(n_a, n, alpha):
+def lower_confidence_bound(n_a: Any, n: Any, alpha: float) -> Any:
     r"""One-sided Clopper-Pearson lower bound on a binomial proportion.
 
     .. math:: \underline{p_A} = \mathrm{Beta}^{-1}(\alpha;\, n_A,\, n - n_A + 1)
@@ -122,7 +122,7 @@ def lower_confidence_bound(n_a, n, alpha):
     return float(bound) if bound.ndim == 0 else bound
 
 
-def radius(n_a, n, alpha, sigma):
+def radius(n_a: Any, n: Any, alpha: float, sigma: float) -> Any:
     r"""Certified L2 radius ``sigma * Phi^-1(pA_lower)`` from top-class counts.
 
     ``pA_lower`` is :func:`lower_confidence_bound`. The value is negative (``-inf`` when
@@ -142,7 +142,7 @@ def radius(n_a, n, alpha, sigma):
     return float(r) if np.ndim(r) == 0 else r
 
 
-def certified_accuracy(radii, correct, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
+def certified_accuracy(radii: Any, correct: Any, r_grid: Any = (0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
     """Share of points predicted correctly with a certified radius ``>= r``, for each ``r``.
 
     Parameters
@@ -429,7 +429,7 @@ class CertificateBatch:
             raise ArgumentError(f"`labels` must hold one label per point ({self.predictions.size}), got {labels.size}")
         return self.predictions == labels
 
-    def certified_accuracy(self, labels, r_grid=(0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
+    def certified_accuracy(self, labels: Any, r_grid: Any = (0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
         return certified_accuracy(self.radii, self.correct(labels), r_grid)
 
     def __len__(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -150,8 +151,8 @@ def _ask(what: str, fn, *args):
         raise OracleCheckError(f"check_oracle: {what} raised {type(exc).__name__}: {exc}") from exc
 
 
-def check_oracle(oracle, params, *, n_coords: int = 8, n_rows: int = 8, step: float = 1e-2,
-                 rtol: float | None = None, atol: float | None = None, rng=0) -> dict:
+def check_oracle(oracle: Any, params: Any, *, n_coords: int = 8, n_rows: int = 8, step: float = 1e-2,
+                 rtol: float | None = None, atol: float | None = None, rng: Any = 0) -> dict[str, Any]:
     """Check ``oracle``'s declared capabilities against plain calls at ``params``.
 
     Checks: the oracle returns a finite scalar and is deterministic (two calls at ``params``

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._backend import namespace
@@ -53,18 +55,18 @@ class QuadraticOracle:
         x = x.astype(self.A.dtype)
         return float(0.5 * x @ self.A @ x + self.b @ x + self.c)
 
-    def grad(self, x):
+    def grad(self, x: Any) -> Any:
         return self.A @ x.astype(self.A.dtype) + self.b
 
-    def hessian(self):
+    def hessian(self) -> Any:
         return self.A
 
-    def batch(self, X):
+    def batch(self, X: Any) -> Any:
         xp = namespace(X)
         X = X.astype(self.A.dtype)
         return 0.5 * xp.einsum("ki,ij,kj->k", X, self.A, X) + X @ self.b + self.c
 
-    def coordinate_losses(self, x, coords, step):
+    def coordinate_losses(self, x: Any, coords: Any, step: Any) -> Any:
         xp = namespace(x)
         x64 = x.astype(self.A.dtype)
         c = xp.asarray(coords)
