@@ -80,24 +80,35 @@ def exact_points(points, mu: float) -> bool:
     return short([mu], np.float64) and short(x, x.dtype if x.dtype.kind == "f" else np.float64)
 
 
+def _short_bits(loss: float) -> tuple[float, int]:
+    """The lowest set bit of the nonzero finite ``loss`` and its significant bits, as :func:`_lowest_bit`
+    and :func:`_bits` give for one value, in Python floats (NumPy's calls on one value cost microseconds
+    each, on every estimate)."""
+    m, e = math.frexp(abs(loss))
+    mant = int(m * 2.0**53)  # exact: m in [0.5, 1)
+    low = mant & -mant
+    return math.ldexp(float(low), e - 53), 54 - low.bit_length()
+
+
+def _loss_decimals(loss: float) -> int | None:
+    """:func:`_decimals` of the one nonzero finite ``loss`` at float64's rounding, in Python floats."""
+    ulp = 8 * math.ulp(loss)
+    for k in range(MAX_DECIMALS + 1):
+        scaled, tol = loss * 10.0**k, ulp * 10.0**k
+        if tol > 0.01:
+            return None
+        if abs(scaled - round(scaled)) <= tol:
+            return k
+    return None
+
+
 def may_be_gridded(loss: float) -> bool:
     """O(1), on every estimate: whether the base ``loss`` lies on a grid coarser than float32's (few
     significant bits, or few decimals); only then are the differences read."""
     if loss == 0 or not math.isfinite(loss):
         return False
     # in Python floats (NumPy's calls on one value took 80 us, half of a 10-parameter estimate)
-    m, e = math.frexp(abs(loss))
-    mant = int(m * 2.0**53)
-    if 54 - (mant & -mant).bit_length() <= NARROW_BITS:
-        return True
-    ulp = 8 * math.ulp(loss)
-    for k in range(MAX_DECIMALS + 1):
-        scaled, tol = loss * 10.0**k, ulp * 10.0**k
-        if tol > 0.01:
-            return False
-        if abs(scaled - round(scaled)) <= tol:
-            return True
-    return False
+    return _short_bits(loss)[1] <= NARROW_BITS or _loss_decimals(loss) is not None
 
 
 def loss_grid(loss: float, diffs) -> tuple | None:
@@ -111,18 +122,18 @@ def loss_grid(loss: float, diffs) -> tuple | None:
         return None
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
     nz = d[(d != 0) & np.isfinite(d)]
-    base = np.array([loss])
+    low, base_bits = _short_bits(loss)  # (the base loss in Python floats: 25 us of NumPy calls a step before)
     if nz.size:
-        q = min(float(_lowest_bit(base)[0]), float(_lowest_bit(nz).min()))
-        bits = int(np.frexp(abs(loss))[1] - np.log2(q))
+        q = min(low, float(_lowest_bit(nz).min()))
+        bits = math.frexp(abs(loss))[1] - int(math.log2(q))
         if bits <= NARROW_BITS:
             if q >= 1:
                 return q, "are whole numbers (a count, or a loss rounded to an integer)", _COUNT
             return q, (f"carry only {bits} significant bits (float16 keeps 11, bfloat16 8, float32 24: the loss is "
                        "computed in a narrower float than the Python float it comes back as)"), _NARROW
-    elif int(_bits(base)[0]) <= NARROW_BITS:  # every difference 0 at a short binary (3.0, 0.25): a flat loss's too
+    elif base_bits <= NARROW_BITS:  # every difference 0 at a short binary (3.0, 0.25): a flat loss's too
         return None
-    k = _decimals(base, np.float64)
+    k = _loss_decimals(loss)
     # (flat at a decimal of 2 places or more and 3 digits or more, a loss printed with %.6f: no flat float64 loss
     # is one; a floor or a constant a person wrote, max(loss, 0.01), 1e-6, has one or two)
     if k is None or (not nz.size and (k < 2 or round(abs(loss) * 10.0**k) < 100)):
