@@ -470,7 +470,9 @@ class OnnxClassifier:
         Cast floating inputs of another float dtype to the declared one instead of raising.
     batch_size : int, optional
         Most samples per onnxruntime call (dynamic batch axis); a fixed batch axis always
-        uses its declared size, padding the last chunk. A model quantized per call
+        uses its declared size, padding the last chunk (a fixed batch of 1: one onnxruntime call
+        per sample, which a RuntimeWarning says once, naming the export with a dynamic batch axis).
+        A model quantized per call
         (``quantize_dynamic``: a sample's scores depend on its batch mates) needs 1.
     session_options : onnxruntime.SessionOptions, optional
         Pickled copies (process and cluster executors) rebuild it from its settings (threads,
