@@ -29,7 +29,8 @@ def _dask_state(distributed) -> dict:
         # every Scheduler and Worker adds a DequeHandler to its logger, taken off when it is collected
         "handlers": sum(len(logging.getLogger(name).handlers)
                         for name in ("distributed.scheduler", "distributed.worker")),
-        "servers": sum(isinstance(o, distributed.core.Server) for o in gc.get_objects()),
+        # (type(), not isinstance: isinstance reads __class__, which warns on a deprecated torch.distributed object)
+        "servers": sum(issubclass(type(o), distributed.core.Server) for o in gc.get_objects()),
         "sys.path": list(sys.path),
         "importer cache": sorted(k for k in sys.path_importer_cache
                                  if isinstance(k, str) and "dask-scratch-space" in k),

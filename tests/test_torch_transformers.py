@@ -2,10 +2,10 @@
 train mode is noise, found at the first bind."""
 
 import pytest
-import torch
-import torch.nn as nn
 
-from zoracle.adapters.torch import TorchOracle
+torch = pytest.importorskip("torch")
+nn = torch.nn
+from zoracle.adapters.torch import TorchOracle  # noqa: E402
 
 CE_ROWS = nn.CrossEntropyLoss(reduction="none")
 
