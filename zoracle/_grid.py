@@ -138,17 +138,18 @@ def loss_grid(loss: float, diffs) -> tuple | None:
     # is one; a floor or a constant a person wrote, max(loss, 0.01), 1e-6, has one or two)
     if k is None or (not nz.size and (k < 2 or round(abs(loss) * 10.0**k) < 100)):
         return None
-    for k in range(k, MAX_DECIMALS + 1 if nz.size else k + 1):  # (a base loss 0.120 at 3 decimals reads as 2)
-        q = 10.0**-k
-        if q <= float(np.spacing(np.float32(abs(loss)))):  # finer than a float32 loss: not judged, as float32 is not
+    # (one grid, the base loss's own: a base loss 0.120 rounded to 3 decimals reads as 2 and is missed; trying
+    # finer grids until the differences fit called a hinge or an L1 loss at a round base loss rounded, its
+    # differences exact multiples of mu)
+    q = 10.0**-k
+    if q <= float(np.spacing(np.float32(abs(loss)))):  # finer than a float32 loss: not judged, as float32 is not
+        return None
+    if nz.size:
+        tol = 8 * float(np.spacing(abs(loss) + float(np.abs(nz).max()))) / q
+        r = nz / q
+        if not (tol <= 0.01 and bool(np.all(np.abs(r - np.round(r)) <= tol))):
             return None
-        if nz.size:
-            tol = 8 * float(np.spacing(abs(loss) + float(np.abs(nz).max()))) / q
-            r = nz / q
-            if not (tol <= 0.01 and bool(np.all(np.abs(r - np.round(r)) <= tol))):
-                continue
-        return q, f"are multiples of {q:g} (a loss rounded to {k} decimals, or printed so)", _ROUNDED
-    return None
+    return q, f"are multiples of {q:g} (a loss rounded to {k} decimals, or printed so)", _ROUNDED
 
 
 _COUNT = ("a count (errors, events) moves in whole steps whatever its type: raise mu, or train on a smooth "
