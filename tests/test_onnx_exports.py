@@ -15,17 +15,9 @@ import zoracle as zo
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
+from test_adapter_onnx import TinyCNN as _Net  # noqa: E402  (the adapter tests' small CNN)
+
 from zoracle.adapters.onnx import OnnxClassifier  # noqa: E402
-
-
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 class _FeaturesAndLogits(torch.nn.Module):
