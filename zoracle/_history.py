@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # names only the annotations use (matplotlib is optional: the
 
 from ._errors import ArgumentError, check_flag, config_hint, warn
 from ._resume import read_history
+from ._train_records import _EPOCH_KEYS, _STEP_KEYS, _in_order
 
 
 def _rows(a) -> int:
@@ -215,7 +216,11 @@ class History:
         :class:`~zoracle.CheckpointError` naming the field.
         """
         steps, epochs = read_history(path)
-        return cls(tuple(steps), tuple(epochs))
+        # a checkpoint stores each record's keys sorted: put back in the order the run makes them (its
+        # metrics in name order), as the run's own history and a resumed run's hold them (a CSV's or a
+        # DataFrame's columns read ``a, epoch, loss, ...`` here, where the run's read ``epoch, loss, ...``)
+        return cls(tuple(_in_order(r, _STEP_KEYS) for r in steps),
+                   tuple(_in_order(r, _EPOCH_KEYS, last=("seconds",)) for r in epochs))
 
     def plot(self, path=None, *, x: str = "queries", title: str | None = None) -> Figure:
         """A figure of the run: every step's loss and each epoch's mean, and one panel per metric

@@ -25,7 +25,7 @@ from ._errors import ArgumentError, OracleError, ZoracleError, user_stacklevel, 
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
 from ._executors_core import ShardFailed
 from ._fastcheck import checking
-from ._schedules import schedule_value
+from ._schedules import fingerprints, schedule_value
 from ._train_checks import _warn_tiny_mu
 from ._train_records import _EPOCH_KEYS, _called, _count_of, _in_order, _json_number, _metrics, _stops
 
@@ -41,6 +41,16 @@ class Run(types.SimpleNamespace):
 def save(run, last: bool = False, stacklevel: int = 4) -> None:
     """Write the run's checkpoint as it stands (zoracle._run_save.Saver); ``stacklevel`` of a failed
     last save's warning (4: ``train``'s caller, from ``train``)."""
+    # the schedules' values as they stand: a schedule that a callback changes as the run goes (a
+    # learning rate lowered on a plateau) gave its steps since the start other values than it did
+    # there, which a checkpoint holding the start's fingerprints contradicted (its own history did),
+    # so a resume with the schedule rebuilt as it stood was refused
+    if run.checkpoint is not None:
+        try:
+            prints = fingerprints(run.lr_of, run.lr_name, run.mu_sched, run.total)
+        except ArgumentError:  # a value no step may take, at a step to come: that step raises it, not this
+            prints = run.saver.prints  # save (the run's last one keeps its result); the earlier ones stand
+        run.saver.prints = prints
     run.saver.save(last, params=run.params, state=run.state, est_state=run.est_state, step=run.step, epoch=run.epoch,
                    pos=run.pos, nfev=run.nfev, checked=run.checked, steps_hist=run.steps_hist, bar=run.bar,
                    progress=run.progress, stacklevel=stacklevel)
@@ -206,7 +216,7 @@ def _record(run, t0, g, lr, blist) -> bool:
                             qps=_rate_text(run.n_rate / max(now - run.t_rate, 1e-9)), refresh=False)
         run.bar.update(1)
     elif log.isEnabledFor(logging.DEBUG):  # (a copy: the history's own record stays as it is)
-        log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", run.step, run.epoch, g.loss, lr, g.nfev,
+        log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", rec["step"], rec["epoch"], g.loss, lr, g.nfev,
                   extra={"zoracle_event": "step", "zoracle": dict(rec)}, stacklevel=user_stacklevel())
     try:
         with _beside(run.bar, run.progress and bool(run.callbacks)):

@@ -25,7 +25,7 @@ from ._oracle import compute_dtype_of, reject_async
 from ._pruning import (RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios,
                        smart_ratio, split_blocks, uniform_ratios, zo_grasp)
 from ._resume import compare_history
-from ._schedules import _count, as_schedule, describe_schedule, fingerprint, schedule_value
+from ._schedules import _count, as_schedule, describe_schedule, fingerprints, schedule_value
 from ._train_checks import (RATIO_METHODS, _check_arity, _check_batches, _check_every_step, _check_layout,
                             _check_overwrite, _check_size, _check_steps_per_epoch, _resolve_blocks, _warn_huge_mu,
                             _warn_sign_decay, _warn_tiny_mu, _warn_zero_blocks)
@@ -467,8 +467,7 @@ def check_steps(oracle, params, xp, estimator, optimizer, lr_sched, mu_sched, to
     the schedules' fingerprints, the params' initial scale and the tiny-mu verdict left for the first loss."""
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     lr_name = "schedule" if lr_sched is not None else "lr"  # the argument its values come from
-    prints = {"lr": fingerprint(lr_of, lr_name, total),
-              "mu": fingerprint(mu_sched, "mu", total, positive=True) if mu_sched is not None else None}
+    prints = fingerprints(lr_of, lr_name, mu_sched, total)
     extremes = _check_every_step(lr_of, lr_name, mu_sched, total,
                                  may_stop=max_queries is not None or bool(callbacks), prints=prints,
                                  stacklevel=4, resume=resume)

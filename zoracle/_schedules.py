@@ -28,6 +28,7 @@ __all__ = [
     "schedule_value",
     "check_value",
     "fingerprint",
+    "fingerprints",
     "FINGERPRINT_STEPS",
 ]
 
@@ -252,6 +253,13 @@ def fingerprint(schedule: Schedule, name: str, total_steps: int | None, positive
     else:
         steps = [t for t in FINGERPRINT_STEPS if t < total_steps]
     return {"steps": steps, "values": [schedule_value(schedule, t, name, positive) for t in steps]}
+
+
+def fingerprints(lr_of: Schedule, lr_name: str, mu_sched: Schedule | None, total_steps: int | None) -> dict:
+    """A run's schedule fingerprints (:func:`fingerprint` of its ``lr`` and, where it has one, its
+    ``mu`` schedule), as a checkpoint records them."""
+    return {"lr": fingerprint(lr_of, lr_name, total_steps),
+            "mu": fingerprint(mu_sched, "mu", total_steps, positive=True) if mu_sched is not None else None}
 
 
 def describe_schedule(value) -> str:

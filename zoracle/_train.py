@@ -167,8 +167,9 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         not empty; None or False: start fresh).
         A corrupt or mismatched checkpoint raises :class:`~zoracle.CheckpointError`: the
         settings, the learning-rate and ``mu`` schedules (their values at every step already
-        run, against the history's, and at a fixed set of later steps, so a changed callable
-        is caught too), every header field and every array's
+        run, against the history's, and at a fixed set of later steps as the last save found them,
+        so a changed callable is caught too; one a callback lowers as the run goes resumes when
+        rebuilt as it stood), every header field and every array's
         dtype, shape and values are checked against this run before anything is used.
     rng : Generator, int or None
         Root of every random choice (directions, masks, ZO-GraSP).
@@ -312,7 +313,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     run = Run(
         oracle=oracle, executor=executor, estimator=estimator, optimizer=optimizer, snes=snes, mu_sched=mu_sched,
         lr_sched=lr_sched, lr_of=lr_of, lr_name=lr_name, d=d, xp=xp, dtype0=dtype0, params0=params0, scale0=scale0,
-        sparse=sparse, masks=masks, root=root, epochs=epochs, callbacks=callbacks, eval_fn=eval_fn,
+        sparse=sparse, masks=masks, root=root, epochs=epochs, total=total, callbacks=callbacks, eval_fn=eval_fn,
         eval_every=eval_every, checkpoint=checkpoint, resume=resume, max_queries=max_queries, cadence=cadence,
         saver=saver, save_mid_step=save_mid_step, epoch_batches=epoch_batches, first_count=first_count,
         first_step=first_step,
