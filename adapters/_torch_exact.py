@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from zoracle._errors import ArgumentError, user_stacklevel, warn
 
-from ._torch_chain import _BATCHNORM, _model_lock, _stock_forward, norm_context, nudged, vmap_safe
+from ._torch_chain import _BATCHNORM, _model_lock, _stock_forward, fast_kind, norm_context, nudged, vmap_safe
 from ._torch_channels import LAYOUT
 from ._torch_hooks import (_CHECK_STEP, _check_moves, _holding, _hook_check, _hook_reparametrized, _hooked,
                            _integer_batch_error, _loss_shape_fix, _model_fails, _sequence_first, name_list)
@@ -348,6 +348,7 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
     core = oracle._core
     if not core.blocks:
         return
+    _closed_forms_now(core)
     theta = oracle._load(oracle.initial_params()).clone()
     # the split's structure does not depend on the batch size: check on (at most) 2 samples
     probe = _finite_probe(oracle)
@@ -408,6 +409,21 @@ def _self_check(oracle, why: str = "", modes_changed: bool = False) -> None:
         failed = reason.startswith("the captured split failed")  # an error, not a different loss
         retire_split(oracle, why + ((failed and _hook_reparametrized(core.model)) or reason
                                     + (_sequence_first(core.model) if failed else _hooked(core.model))))
+
+
+def _closed_forms_now(core) -> None:
+    """A block's closed form was chosen for its layer's class at the capture. A layer of another class
+    now (``torch.nn.utils.parametrize.register_parametrization`` since the build makes an ``nn.Linear``
+    a ``ParametrizedLinear`` over the same ``Parameter``, its weight computed from that original: the
+    closed form took the original for the weight, and a symmetric or masked weight passed the check,
+    whose coordinates lie on the diagonal) runs its own forward from here on, its parameters perturbed
+    in place, as a layer parametrized before the build does. A closed form is not taken up again."""
+    stale = [b for b, kind in enumerate(core.kinds)
+             if kind and fast_kind(core.chain.steps[core.block_steps[b]].module) != kind]
+    for b in stale:
+        core.kinds[b] = ""
+    if stale:
+        core.costs.clear()  # measured with the closed forms
 
 
 def _check_split_without_channels_last(probe, theta) -> str:

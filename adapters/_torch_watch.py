@@ -25,11 +25,13 @@ def module_key(m: nn.Module) -> tuple:
     forward hook is registered on it (the closed forms do not run hooks); its parameters and
     which of them train (one unfrozen after the oracle was built is not in its flat vector, nor
     is a ``Parameter`` assigned over one, ``layer.weight = nn.Parameter(...)``); and its plain
-    attributes (numbers, flags, strings a forward may read)."""
+    attributes (numbers, flags, strings a forward may read); last its class and whether a forward is set
+    on the instance (a parametrization registered makes an ``nn.Linear`` a ``ParametrizedLinear``,
+    ``layer.forward = ...`` replaces its forward: the closed forms were chosen for the layer as it was)."""
     ps = m._parameters
     return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
             tuple([(id(p), p.requires_grad) for p in ps.values() if p is not None]) if ps else (),
-            _plain_values(m))
+            _plain_values(m), (type(m).__qualname__, "forward" in m.__dict__))
 
 
 _PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -221,4 +223,6 @@ def _what_changed(old: tuple, new: tuple) -> str:
         parts.append("a parameter was frozen, unfrozen or assigned")
     if [k[4] for k in old] != [k[4] for k in new]:
         parts.append("a module's attribute changed (a number or flag its forward may read)")
+    if [k[5:] for k in old] != [k[5:] for k in new]:
+        parts.append("a module's class or forward changed (a parametrization registered, a forward set on it)")
     return " and ".join(parts) or "the model changed"
