@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import zoracle._executors_core as core
-from zoracle._executors_core import CostModel, Registry, reshard, schedule
-from zoracle._plan import BaseTask, CoordTask, DirectionTask, call_groups
+from zoracle._executors_core import CostModel, Registry, schedule
+from zoracle._plan import BaseTask, CoordTask, DirectionTask, call_groups, reshard
 from zoracle.executors import (
     DeviceExecutor,
     JoblibExecutor,

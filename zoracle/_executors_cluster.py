@@ -397,6 +397,8 @@ def _worker_without_dashboard(distributed):
 class DaskExecutor(ShardedExecutor):
     """Shards on a Dask cluster; see :class:`zoracle.executors.DaskExecutor`."""
 
+    min_shard_s = 0.01  # (a task's round trip through Dask's scheduler takes milliseconds)
+
     def __init__(self, client=None, *, n_workers: int | None = None, timeout=None, **cluster_kwargs):
         _require("distributed", "dask")
         super().__init__(timeout)

@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import pickle
 import sys
-import math
 import numbers
 import time
 import types
@@ -31,10 +30,11 @@ import numpy as np
 from ._errors import (OracleError, WorkerTraceback, ZoracleError, _round_trips, exc_text, traceback_text,
                       with_worker_traceback)
 from ._oracle import Oracle, loss_type
-from ._plan import BaseTask, CoordTask, DirectionTask, call_groups
-from ._pickling import Pickled, _file_refusing_pickler, cloudpickle_module, spawned_main_by_value
+from ._plan import BaseTask, CoordTask, DirectionTask
+from ._pickling import LoadFailed, Pickled, _file_refusing_pickler, cloudpickle_module, spawned_main_by_value
+from ._retrying import RetriesExhausted
 
-__all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "reshard", "describe_task",
+__all__ = ["Registry", "WorkerState", "BatchMirror", "Payload", "RunStats", "schedule", "describe_task",
            "ShardFailed", "ShardTimeout", "NestedRunError", "check_timeout", "ExecutorPickled", "StaysHere",
            "unsendable", "ToDeviceError", "Pickled", "pack", "LossKind", "abandon"]
 
@@ -498,52 +498,6 @@ def cost_key(task):
     return ("base",)
 
 
-def batched(task) -> bool:
-    """Whether one oracle call of ``task`` covers several queries (``task.chunk`` of them)."""
-    if isinstance(task, CoordTask):
-        return task.mode != "call"
-    return isinstance(task, DirectionTask) and task.use_batch
-
-
-def _pieces(task, p: int) -> list:
-    """``task`` cut into at most ``p`` pieces, between oracle calls when calls are batched.
-
-    Each piece keeps ``task.chunk`` and starts on a call boundary, so the pieces make the
-    very oracle calls ``task`` would make: the losses are bitwise those of the whole task.
-    """
-    if p <= 1 or not isinstance(task, (CoordTask, DirectionTask)):
-        return [task]
-    spans = call_groups(task.size, task.chunk if batched(task) else 1, p)
-    if isinstance(task, CoordTask):
-        return [replace(task, coords=task.coords[a:b], cost=task.cost * (b - a) / task.size) for a, b in spans]
-    return [replace(task, lo=task.lo + a, hi=task.lo + b, cost=task.cost * (b - a) / task.size) for a, b in spans]
-
-
-def reshard(tasks, n_workers: int, unit_cost, per_worker: int = 3, min_size: int = 1):
-    """Split tasks so that shards have balanced estimated cost.
-
-    ``unit_cost(task)`` is the estimated seconds (or any consistent unit) per column of
-    ``task`` (a coordinate or a direction, all its steps included). Tasks costlier than
-    ``total / (per_worker * n_workers)`` are cut into that many equal pieces (never below
-    ``min_size`` columns). Returns ``(shards, costs, groups)``: ``groups[i]`` lists the shard
-    indices whose results, concatenated along columns, give task ``i``'s result.
-    """
-    est = [float(unit_cost(t)) * t.size for t in tasks]
-    total = sum(est)
-    target = total / max(1, per_worker * n_workers) if n_workers > 1 else math.inf
-    shards, costs, groups = [], [], []
-    for t, c in zip(tasks, est):
-        p = 1
-        if isinstance(t, (CoordTask, DirectionTask)) and c > target > 0:
-            p = min(math.ceil(c / target), max(1, t.size // max(1, min_size)))
-        pieces = _pieces(t, p)
-        groups.append(list(range(len(shards), len(shards) + len(pieces))))
-        for piece in pieces:
-            shards.append(piece)
-            costs.append(c * piece.size / t.size)
-    return shards, costs, groups
-
-
 class CostModel:
     """Seconds per query, learnt from the shards workers ran, per oracle and task kind.
 
@@ -577,6 +531,10 @@ class CostModel:
                 return float(hinted[task.block]) * scale
         return float(np.median(list(measured.values()))) if measured else 1.0
 
+    def measured(self, token) -> bool:
+        """Whether a shard of ``token``'s oracle was timed (:meth:`unit` gives seconds then)."""
+        return any(tok == token for tok, _ in self._seen)
+
     def learn(self, token, task, seconds: float) -> None:
         if task.size <= 0 or seconds <= 0:
             return
@@ -594,11 +552,14 @@ def _deterministic(exc) -> bool:
     """A loss value that is wrong (NaN, wrong shape) will be wrong again: no retry.
 
     So will a nested run of the executor from inside its own oracle, and an oracle whose
-    ``to_device`` does not return it.
+    ``to_device`` does not return it, an oracle or batch that a worker could not load
+    (:class:`~zoracle._pickling.LoadFailed`: every worker would fail the same way), and a
+    ``zo.retrying`` call that failed all its tries (the shard again would pay its queries again).
     """
-    if isinstance(exc, (NestedRunError, ToDeviceError)):
+    if isinstance(exc, (NestedRunError, ToDeviceError, LoadFailed)):
         return True
-    return isinstance(exc, OracleError) and (exc.cause is None or isinstance(exc.cause, NestedRunError))
+    final = (NestedRunError, RetriesExhausted)
+    return isinstance(exc, OracleError) and (exc.cause is None or isinstance(exc.cause, final))
 
 
 def _annotate(exc: BaseException, shard: int, n: int, task, where) -> BaseException:

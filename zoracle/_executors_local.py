@@ -23,7 +23,7 @@ from ._backend import jax_x64, to_numpy
 from ._errors import ZoracleError, user_stacklevel, warn
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, loss_type, precision_bits
-from ._plan import BaseTask
+from ._plan import BaseTask, assemble, shard_tasks
 from ._pickling import cloudpickle_module
 from ._executors_core import (
     abandon,
@@ -41,7 +41,6 @@ from ._executors_core import (
     closed_during_run,
     error_outcome,
     pack,
-    reshard,
     run_guarded,
     run_task_guarded,
     schedule,
@@ -140,6 +139,7 @@ class ShardedExecutor(StaysHere):
     n_workers: int = 1
     #: shards per worker the cost balancer aims for (more = better balance, more overhead)
     shards_per_worker: int = 3
+    min_shard_s: float = 0.002  #: measured seconds of queries a shard holds at least (shard_tasks)
 
     def __init__(self, timeout=None):
         self._registry = Registry()
@@ -276,9 +276,10 @@ class ShardedExecutor(StaysHere):
                 "as they were. The gradients are not affected. Use a threading executor (or none) for such a "
                 "model, or update_stats=False to keep the statistics fixed", RuntimeWarning,
                 stacklevel=user_stacklevel())
-        shards, costs, groups = reshard(
+        shards, costs, groups, back = shard_tasks(
             tasks, self.n_workers, lambda t: self._costs.unit(payload.oracle_token, oracle.fn, t),
-            per_worker=self.shards_per_worker,
+            per_worker=self.shards_per_worker,  # a shard's round trip is paid for seconds, not for a few us
+            min_cost=self.min_shard_s if self._costs.measured(payload.oracle_token) else 0.0,
         )
         backend = self._backend(payload, oracle)
 
@@ -295,8 +296,7 @@ class ShardedExecutor(StaysHere):
         )
         wall = time.perf_counter() - t0
         self.last_run = RunStats(len(shards), retries, wall, busy, self.n_workers)
-        return [results[g[0]] if len(g) == 1 else np.concatenate([results[j] for j in g], axis=1)
-                for g in groups]
+        return assemble(results, groups, back)
 
 
 # ----------------------------------------------------------------------------- processes

@@ -206,6 +206,8 @@ def _ray_driver_state_back(state) -> None:
 class RayExecutor(ShardedExecutor):
     """Shards on Ray actors; see :class:`zoracle.executors.RayExecutor`."""
 
+    min_shard_s = 0.01  # (a task's round trip through Ray's scheduler takes milliseconds)
+
     def __init__(self, address=None, *, n_workers: int | None = None, allow_network: bool = False,
                  timeout=None, **init_kwargs):
         _require("ray", "ray")

@@ -19,16 +19,45 @@ def cloudpickle_module():
     return cloudpickle
 
 
+class LoadFailed(ZoracleError):
+    """An object sent to workers (the oracle, a bound batch) could not be loaded there for a
+    reason another worker shares (a module it cannot import, a ``__setstate__`` that raises):
+    the run stops at the first such failure, with no retry on another worker."""
+
+
+#: load failures that another worker (or a later try) may not meet (a file not there yet, a lost
+#: connection, a timeout, memory): these stay a shard's error, retried once on another worker
+_TRANSIENT_LOAD = (OSError, MemoryError)
+
+
+def _load_fix(exc) -> str:
+    """What to do about ``exc``, raised by unpickling on a worker."""
+    if isinstance(exc, ImportError) and getattr(exc, "name", None):
+        top = exc.name.partition(".")[0]
+        return (f"the module {exc.name!r} must be importable on the workers: install it there or put its "
+                f"folder on their PYTHONPATH, or send it by value with cloudpickle.register_pickle_by_value"
+                f"({top}) in the driver (ray.cloudpickle's for RayExecutor)")
+    if isinstance(exc, AttributeError) and str(exc).startswith("Can't get attribute"):
+        return ("the workers' copy of the module it names lacks that class or function (another version of "
+                "your code there): give the workers the same code, or send the module by value with "
+                "cloudpickle.register_pickle_by_value (ray.cloudpickle's for RayExecutor)")
+    return ("the modules its classes come from must be importable there, and its __setstate__ must work "
+            "there (open files or load weights lazily, in its first call)")
+
+
 class Pickled:
     """An object travelling as its cloudpickle bytes, loaded by the worker that receives it.
 
     cloudpickle ships classes defined in the driver's ``__main__`` by value (plain pickle
     names them, and a worker cannot import the driver's script); loading gives the worker a
     private copy whose arrays it may write (not a read-only view of an object store), and an
-    object whose ``__setstate__`` raises there is a shard's error (reported, retried), not a
-    broken transfer. Loaded, it keeps the object and lets go of the bytes, so a worker that
-    holds it (a Dask scatter) keeps one copy, not two. A load that fails keeps the bytes and
-    raises a :class:`ZoracleError` naming ``what`` failed.
+    object whose ``__setstate__`` raises there is a shard's error, not a broken transfer.
+    Loaded, it keeps the object and lets go of the bytes, so a worker that holds it (a Dask
+    scatter) keeps one copy, not two. A load that fails keeps the bytes and raises a
+    :class:`ZoracleError` naming ``what`` failed and the fix: a :class:`LoadFailed`, which stops
+    the run without a retry (every worker would fail the same way), unless the cause is an
+    ``OSError`` (a file not there yet, a lost connection, a timeout) or a lack of memory: retried
+    once on another worker, as a failed shard.
     """
 
     def __init__(self, blob: bytes, what: str = "the oracle"):
@@ -39,10 +68,9 @@ class Pickled:
             try:
                 self.obj = pickle.loads(self.blob)  # cloudpickle output loads with plain pickle
             except Exception as exc:
-                raise ZoracleError(
-                    f"{self.what} could not be loaded (unpickled) on the worker ({type(exc).__name__}: {exc}); the "
-                    "modules its classes come from must be importable there, and its __setstate__ must work there"
-                ) from exc
+                cls = ZoracleError if isinstance(exc, _TRANSIENT_LOAD) else LoadFailed
+                raise cls(f"{self.what} could not be loaded (unpickled) on the worker ({type(exc).__name__}: "
+                          f"{exc}); {_load_fix(exc)}") from exc
             self.blob = None
         return self.obj
 

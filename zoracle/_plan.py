@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ from ._errors import ArgumentError, OracleError, ZoracleError
 from ._forked import ForkSafeLock
 from ._oracle import Oracle, readonly
 
-__all__ = ["CoordTask", "DirectionTask", "BaseTask", "PointTask", "plan_cge", "plan_rge", "direction_block", "call_groups"]
+__all__ = ["CoordTask", "DirectionTask", "BaseTask", "PointTask", "plan_cge", "plan_rge", "direction_block", "call_groups",
+           "merge_calls", "reshard", "shard_tasks", "assemble"]
 
 #: queries per oracle call when the oracle does not declare ``max_queries_per_call``
 DEFAULT_CHUNK = 2048
@@ -552,3 +553,98 @@ def plan_rge(oracle: Oracle, root: int, q: int, steps: tuple, distribution: str,
                       scale=scale)
         for lo, hi in spans
     ]
+
+
+# ----------------------------------------------------------------------------- sharding (executors)
+def batched(task) -> bool:
+    """Whether one oracle call of ``task`` covers several queries (``task.chunk`` of them)."""
+    if isinstance(task, CoordTask):
+        return task.mode != "call"
+    return isinstance(task, DirectionTask) and task.use_batch
+
+
+def _pieces(task, p: int) -> list:
+    """``task`` cut into at most ``p`` pieces, between oracle calls when calls are batched.
+
+    Each piece keeps ``task.chunk`` and starts on a call boundary, so the pieces make the
+    very oracle calls ``task`` would make: the losses are bitwise those of the whole task.
+    """
+    if p <= 1 or not isinstance(task, (CoordTask, DirectionTask)):
+        return [task]
+    spans = call_groups(task.size, task.chunk if batched(task) else 1, p)
+    if isinstance(task, CoordTask):
+        return [replace(task, coords=task.coords[a:b], cost=task.cost * (b - a) / task.size) for a, b in spans]
+    return [replace(task, lo=task.lo + a, hi=task.lo + b, cost=task.cost * (b - a) / task.size) for a, b in spans]
+
+
+def merge_calls(tasks) -> tuple:
+    """Runs of plain-call :class:`CoordTask` s (same steps) merged into one task each, for
+    :func:`reshard` to cut again by cost: a plain-call plan holds one task per coordinate
+    when there are few coordinates (``d / (4 * n_workers)`` rounded up), one shard each, whose
+    fixed cost a cheap oracle's queries do not repay. A plain call's loss depends on its query
+    alone, so the merged tasks return the same bits. Returns ``(merged, back)``: task ``i`` is
+    columns ``back[i][1]:back[i][2]`` of merged task ``back[i][0]``'s result."""
+    merged, back, run = [], [], []
+
+    def flush():
+        if run:
+            coords = np.concatenate([t.coords for t in run])
+            merged.append(replace(run[0], coords=coords, chunk=max(1, len(coords)),
+                                  cost=float(len(coords) * len(run[0].steps))))
+            run.clear()
+
+    for t in tasks:
+        if not (isinstance(t, CoordTask) and t.mode == "call" and (not run or t.steps == run[0].steps)):
+            flush()
+        if isinstance(t, CoordTask) and t.mode == "call":
+            lo = sum(r.size for r in run)
+            back.append((len(merged), lo, lo + t.size))
+            run.append(t)
+        else:
+            back.append((len(merged), None, None))
+            merged.append(t)
+    flush()
+    return merged, back
+
+
+def reshard(tasks, n_workers: int, unit_cost, per_worker: int = 3, min_size: int = 1, min_cost: float = 0.0):
+    """Split tasks so that shards have balanced estimated cost.
+
+    ``unit_cost(task)`` is the estimated seconds (or any consistent unit) per column of
+    ``task`` (a coordinate or a direction, all its steps included). Tasks costlier than
+    ``total / (per_worker * n_workers)`` are cut into that many equal pieces (never below
+    ``min_size`` columns, nor below ``min_cost`` each: a shard's fixed cost, its round trip to a
+    worker, is then not paid for a few microseconds of queries). Returns ``(shards, costs,
+    groups)``: ``groups[i]`` lists the shard indices whose results, concatenated along columns,
+    give task ``i``'s result.
+    """
+    est = [float(unit_cost(t)) * t.size for t in tasks]
+    total = sum(est)
+    target = total / max(1, per_worker * n_workers) if n_workers > 1 else math.inf
+    shards, costs, groups = [], [], []
+    for t, c in zip(tasks, est):
+        p = 1
+        if isinstance(t, (CoordTask, DirectionTask)) and c > target > 0:
+            p = min(math.ceil(c / target), max(1, t.size // max(1, min_size)))
+            if min_cost > 0:
+                p = max(1, min(p, int(c // min_cost)))
+        pieces = _pieces(t, p)
+        groups.append(list(range(len(shards), len(shards) + len(pieces))))
+        for piece in pieces:
+            shards.append(piece)
+            costs.append(c * piece.size / t.size)
+    return shards, costs, groups
+
+
+def shard_tasks(tasks, n_workers: int, unit_cost, per_worker: int = 3, min_cost: float = 0.0) -> tuple:
+    """:func:`reshard` of ``tasks``, whose plain-call runs are merged first (:func:`merge_calls`)
+    where ``min_cost`` > 0 (the oracle's queries were timed: ``unit_cost`` gives seconds).
+    Returns ``(shards, costs, groups, back)``; :func:`assemble` gives each task's result."""
+    merged, back = merge_calls(tasks) if min_cost > 0 else (tasks, None)
+    return reshard(merged, n_workers, unit_cost, per_worker=per_worker, min_cost=min_cost) + (back,)
+
+
+def assemble(results, groups, back=None) -> list:
+    """Each task's result from its shards' ``results`` (see :func:`shard_tasks`)."""
+    out = [results[g[0]] if len(g) == 1 else np.concatenate([results[j] for j in g], axis=1) for g in groups]
+    return out if back is None else [out[m] if lo is None else out[m][:, lo:hi].copy() for m, lo, hi in back]

@@ -110,9 +110,9 @@ def retrying(oracle: Any, *, tries: int = 3,
 
     ``nfev`` counts the losses the oracle returned, not the failed tries: a paid service
     bills those too. A retried failure is logged at INFO on logger ``"zoracle"`` (in this
-    process; a process worker's records stay in the worker). On an executor, a call whose
-    ``tries`` all fail fails its shard, which the executor runs once more on another worker
-    (see docs/executors.md, "Faults").
+    process; a process worker's records stay in the worker). A call whose ``tries`` all fail
+    stops the run on an executor as serially: its shard is not run again on another worker,
+    which would pay for its other queries again (see docs/executors.md, "Faults").
 
     Examples
     --------
