@@ -12,7 +12,7 @@ import numpy as np
 from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
-from ._foreign_args import GRADIENT_HINTS, refuse_foreign, visible_signature
+from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
 from ._grid import coarse_grid, may_be_gridded
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
@@ -712,7 +712,7 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     return GradientEstimate(grad, f0, wrapped.nfev)
 
 
-estimate_gradient.__signature__ = visible_signature(estimate_gradient)  # type: ignore[attr-defined]
+seal_signature(estimate_gradient)  # (its signature for help(); SciPy's fun=, x0= reach its refusal)
 
 
 def _joined(parts: list, axis: int = 0):

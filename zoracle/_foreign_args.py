@@ -58,19 +58,22 @@ GRADIENT_HINTS = {
 
 def refuse_foreign(fn, oracle, params, extra: tuple, unknown: dict, hints: dict) -> None:
     """Raise an :class:`ArgumentError` (a TypeError too, as Python's own was) for positional
-    arguments past ``fn``'s, keywords it does not take, or the function and the point given in
-    ``approx_fprime``'s order ``(xk, f)``, naming what ``fn`` takes instead.
+    arguments past ``fn``'s, keywords it does not take, the function or the point left out (given as
+    SciPy's ``fun=``, ``x0=``: see :func:`seal_signature`), or the two given in ``approx_fprime``'s
+    order ``(xk, f)``, naming what ``fn`` takes instead.
 
     ``fn`` gathers them in ``*extra`` and ``**unknown`` (typed ``NoReturn``, so that a type checker
     still refuses them) rather than through a wrapper: a wrapper's frame would shift every warning's
     fixed ``stacklevel`` off the caller's line."""
-    if not (extra or unknown or (callable(params) and not callable(oracle))):  # (every call: no signature read)
+    if not (extra or unknown or oracle is REQUIRED or params is REQUIRED
+            or (callable(params) and not callable(oracle))):  # (every call: no signature read)
         return
     sig = inspect.signature(fn)  # (the public one, without *extra and **unknown: see visible_signature)
     by_position = [n for n, p in sig.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
-    if extra or unknown:
+    missing = [n for n, value in zip(by_position, (oracle, params)) if value is REQUIRED]
+    if extra or unknown or missing:
         raise ForeignArgument(_refusal(fn.__name__, by_position, frozenset(sig.parameters),
-                                       len(by_position) + len(extra), unknown, hints))
+                                       len(by_position) + len(extra), unknown, hints, missing))
     if callable(params) and not callable(oracle) and not hasattr(oracle, "bind"):
         raise ForeignArgument(
             f"`{fn.__name__}` takes the function first and the point second, ({', '.join(by_position[:2])}); "
@@ -85,12 +88,34 @@ def visible_signature(fn) -> inspect.Signature:
                                    if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
 
 
+class _Required:
+    """The runtime default of ``oracle`` and ``params`` (see :func:`seal_signature`)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()
+
+
+def seal_signature(fn) -> None:
+    """Give ``fn`` its visible signature (help(), inspect, IDEs), then, at run time only, the default
+    ``REQUIRED`` for ``oracle`` and ``params``, so that ``train(fun=f, x0=x)`` (SciPy's names) reaches
+    :func:`refuse_foreign` rather than Python's "missing 2 required positional arguments". The
+    annotations and the signature keep both required, so a type checker still refuses ``train()``."""
+    fn.__signature__ = visible_signature(fn)
+    fn.__defaults__ = (REQUIRED, REQUIRED, *(fn.__defaults__ or ()))
+
+
 class ForeignArgument(ArgumentError, TypeError):
     """An argument the function does not take (Python raised a plain TypeError for it)."""
 
 
-def _refusal(name, by_position, names, n_args, kwargs, hints) -> str:
+def _refusal(name, by_position, names, n_args, kwargs, hints, missing=()) -> str:
     parts = []
+    if missing:
+        parts.append(f"`{name}` is missing {' and '.join(f'`{n}`' for n in missing)}: pass the function and the "
+                     f"point first, by position: {name}({', '.join(by_position[:2])}, ...)")
     if n_args > len(by_position):
         extra = "; scipy's `args=(...)`: " + _ARGS if "args" in hints else ""
         parts.append(f"`{name}` takes {len(by_position)} arguments by position ({', '.join(by_position)}), got "

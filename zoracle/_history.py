@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -288,6 +288,13 @@ class TrainResult:
         extra = f" (a field of SciPy's OptimizeResult): {hint}" if hint else ""
         raise AttributeError(f"'TrainResult' object has no attribute {name!r}{extra}")
 
+    if not TYPE_CHECKING:  # (at run time only: a type checker still refuses result["x"])
+        def __getitem__(self, key):
+            # SciPy's OptimizeResult is a dict too, read as res["x"]: say where a TrainResult keeps it
+            raise TypeError(_no_items(key))
+
+        __iter__ = None  # (a class with __getitem__ would be iterable: it stays not, as before)
+
     @property
     def loss(self) -> float:
         """The last step's loss: the oracle at that step's base point (on its minibatch), before
@@ -309,3 +316,20 @@ _SCIPY_RESULT_FIELDS = {
     "jac": "train keeps no gradient: zo.estimate_gradient(oracle, result.params) estimates one",
 } | dict.fromkeys(("success", "status", "message"),
                   "result.stopped says whether a callback, max_queries or a bad eval_fn value ended the run early")
+_SCIPY_RESULT_FIELDS |= dict.fromkeys(("hess", "hess_inv"), "train keeps no Hessian: it estimates gradients only")
+_SCIPY_RESULT_FIELDS |= dict.fromkeys(("njev", "nhev"), "train evaluates no gradient or Hessian: every query is a loss "
+                                                        "value, counted in result.nfev")
+_SCIPY_RESULT_FIELDS["maxcv"] = ("train takes no constraints (docs/training.md, 'Bounds, and what else "
+                                 "scipy.optimize.minimize takes')")
+
+
+def _no_items(key) -> str:
+    """Why ``result[key]`` fails: where a TrainResult keeps SciPy's field ``key``, or its own attribute's name."""
+    text = "'TrainResult' object is not subscriptable"
+    if not isinstance(key, str):
+        return text
+    if key in _SCIPY_RESULT_FIELDS:
+        return f"{text}; result[{key!r}] is SciPy's OptimizeResult's: {_SCIPY_RESULT_FIELDS[key]}"
+    if key in {f.name for f in fields(TrainResult)} | {"loss"}:
+        return f"{text}: read the attribute, result.{key}"
+    return text

@@ -252,7 +252,12 @@ def check_scalar(value, query: str) -> float:
         raise OracleError(query, _describe(value), detail="expected a finite real scalar")
     shape = getattr(value, "shape", ())
     if shape not in ((), (1,)):
-        raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {tuple(shape)}")
+        shape = tuple(shape)
+        size = math.prod(shape)
+        fix = ("return `loss.item()`, a float (a 1-element array of more dimensions, which SciPy takes, is refused: "
+               "it is often a loss not yet reduced)" if size == 1 else
+               "reduce it to one number (`.mean()`)" if size else "an empty array holds no loss")
+        raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {shape}: {fix}")
     try:
         out = float(value.item() if hasattr(value, "item") else value)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -121,7 +121,8 @@ def check_callables(callbacks, eval_fn):
     if callbacks is None or (isinstance(callbacks, (bool, np.bool_)) and not callbacks):
         # (False, NumPy's too: `callbacks=verbose and [printer]`, taken as none before)
         callbacks = ()
-    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__") or getattr(callbacks, "ndim", 1) != 1:
+    if (isinstance(callbacks, (str, bytes)) or getattr(callbacks, "__iter__", None) is None
+            or getattr(callbacks, "ndim", 1) != 1):
         # a number, a 0-d array or tensor: a TypeError from iterating it otherwise
         raise ArgumentError(f"`callbacks` must be a list of callables (event, record, params), got "
                             f"{type(callbacks).__name__}: pass callbacks=[fn, ...] or leave it out")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
 
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
 from ._estimators import CGE, as_generator
-from ._foreign_args import TRAIN_HINTS, refuse_foreign, visible_signature
+from ._foreign_args import TRAIN_HINTS, refuse_foreign, seal_signature
 from ._masks import DynamicMasks
 from ._optim import Optimizer
 from ._pruning import SCORED_KINDS
@@ -47,7 +47,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
           score_kinds: Sequence[str] = SCORED_KINDS, ranking: str = "magnitude", fill_small_blocks: bool = False,
           grasp_directions: int = 192, grasp_batch: Any = None, mask_shuffle_interval: int | str = 5,
           executor: Executor | None = None, eval_fn: Callable[[Any], object] | None = None, eval_every: int = 1,
-          callbacks: Sequence[Callable[[str, dict[str, Any], Any], object]] | None = (),
+          callbacks: Sequence[Callable[[str, dict[str, Any], Any], object]] | Literal[False] | None = (),
           checkpoint: str | os.PathLike[str] | None = None,
           checkpoint_every: int | str | datetime.timedelta = "epoch",
           resume: str | os.PathLike[str] | bool | None = None, rng: Any = None,
@@ -136,10 +136,11 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     eval_every : int
         Epochs between ``eval_fn`` calls (default 1; the last epoch is always evaluated); without
         ``eval_fn``, a value other than 1 is warned about (it has no effect).
-    callbacks : sequence of callable
+    callbacks : sequence of callable, None or False
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
         and ``params`` are copies: a callback may keep them, and writing into them cannot change the run
         or its history, so constraints are kept by projecting in the optimizer's update); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
+        None or False (``callbacks=verbose and [printer]``) means none.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int), at the first
         step end after that much time (a duration) or at the end of each epoch (``"epoch"``,
@@ -343,4 +344,4 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
                       t_start=t_start)
 
 
-train.__signature__ = visible_signature(train)  # type: ignore[attr-defined]
+seal_signature(train)  # (its signature for help(); SciPy's fun=, x0= reach its refusal)

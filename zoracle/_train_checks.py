@@ -101,7 +101,7 @@ def _resolve_blocks(oracle, blocks, d):
     if blocks is not None:
         # a string (a config's text) was iterated into characters, a dict into its keys, and a
         # number raised a bare TypeError
-        if isinstance(blocks, (str, bytes, dict)) or not hasattr(blocks, "__iter__"):
+        if isinstance(blocks, (str, bytes, dict)) or getattr(blocks, "__iter__", None) is None:
             raise ArgumentError(f"`blocks` must be a sequence of parameter blocks (slices, or records with `.slice`), "
                                 f"got {type(blocks).__name__} {blocks!r}: pass blocks=[slice(start, stop), ...]"
                                 f"{' (a dict: list(d.values()))' if isinstance(blocks, dict) else ''}, or leave it "

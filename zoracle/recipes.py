@@ -375,7 +375,7 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     [1.0, 1.0, 1.0, 0.5, 0.5]
     """
     p = np.asarray(to_numpy(params), dtype=np.float64).reshape(-1)
-    if blocks is None or isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
+    if blocks is None or isinstance(blocks, (str, bytes)) or getattr(blocks, "__iter__", None) is None:
         raise ArgumentError(f"`blocks` must be records with name, slice and kind (TorchOracle.param_info), got "
                             f"{type(blocks).__name__}")
     blocks = list(blocks)

@@ -21,3 +21,7 @@ zo.train(loss, p0, callbacks=loss)  # refused: one callback, not a list of them
 zo.train(loss, p0, checkpoint_every=2.5)  # refused: neither steps, "epoch" nor a time
 zo.sgd("0.1")  # refused
 zo.train(loss, p0, progress=False, epochs=2, steps_per_epoch=3)
+zo.train()  # refused: the function and the point are required (zoracle's refusal only at run time)
+zo.train(fun=loss, x0=p0)  # refused: SciPy's names for them
+zo.estimate_gradient(f=loss, xk=p0)  # refused: approx_fprime's
+zo.train(loss, p0, progress=False)["x"]  # refused: a TrainResult is no dict (its hint only at run time)

@@ -62,10 +62,13 @@ def plain_run(path: Path) -> zo.TrainResult:
                      checkpoint_every=datetime.timedelta(seconds=30), rng=np.random.default_rng(0))
     every_10 = zo.train(loss, p0, steps_per_epoch=20, optimizer=zo.sign_sgd(zo.linear_warmup(0.01, 5)),
                         checkpoint=path, checkpoint_every=10, callbacks=None, progress=False)
+    verbose = path.suffix == ".log"
+    quiet = zo.train(loss, p0, callbacks=False, progress=False).nfev + zo.train(
+        loss, p0, callbacks=verbose and [log_step], progress=verbose).nfev  # None or False: no callback
     hist: zo.History = result.history
     losses: npt.NDArray[np.float64] = hist.column("loss")
     last: float = result.loss
-    queries: int = result.nfev + again.nfev + every_10.nfev
+    queries: int = result.nfev + again.nfev + every_10.nfev + quiet
     print(losses.mean(), last, queries, result.steps, result.epochs, result.seconds, result.stopped)
     for record in hist.epochs:
         epoch_loss: float = record["loss"]
