@@ -42,18 +42,16 @@ from ._executors_core import (
     error_outcome,
     pack,
     run_guarded,
-    run_task_guarded,
     schedule,
     split_bound,
 )
 from ._forked import run_lock
+from ._pool_threads import RUNNING as _RUNNING, run_in_thread, torch_threads
 from ._reloaded import check_not_reloaded
 
 __all__ = ["ShardedExecutor", "ProcessPool", "ThreadPool", "current_device"]
 
 _CURRENT_DEVICE = None
-#: ids of the executors whose shard the current thread is running (nested-run detection)
-_RUNNING = threading.local()
 _E = TypeVar("_E")  # an executor's own type, which `with` gives back
 
 
@@ -859,7 +857,9 @@ class _ThreadBackend:
         pool = self.pool._pool
         if pool is None:  # closed between schedule's check and here
             raise closed_during_run()
-        self.busy[w] = (jid, pool.submit(_run_in_thread, id(self.pool), self.oracle, shard, self.params))
+        # the caller's torch thread count: threadpoolctl limits it in the calling thread alone
+        threads = torch_threads()
+        self.busy[w] = (jid, pool.submit(run_in_thread, id(self.pool), threads, self.oracle, shard, self.params))
 
     def wait(self, timeout=None):
         if not self.busy:
@@ -890,18 +890,6 @@ class _ThreadBackend:
         if stuck:  # later runs get fresh threads instead of queueing behind a hung oracle
             abandon(self.oracle)  # the threads left behind stop at their next query
             self.pool._abandon()
-
-
-def _run_in_thread(owner: int, oracle, shard, params):
-    """A shard in a pool thread, marked so that a nested run of ``owner`` fails fast."""
-    ids = getattr(_RUNNING, "ids", None)
-    if ids is None:
-        ids = _RUNNING.ids = set()
-    ids.add(owner)
-    try:
-        return run_task_guarded(oracle, shard, params)
-    finally:
-        ids.discard(owner)
 
 
 def _daemon_loop(jobs) -> None:
