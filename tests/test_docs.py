@@ -8,6 +8,7 @@ block). Bash blocks are commands for the reader and stay documentation.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import inspect
 import io
@@ -49,6 +50,24 @@ def test_needed_modules_sees_frameworks_behind_adapters():
     assert "x" not in needed_modules(code)
 
 
+def release(version: str) -> tuple:
+    """The leading numbers of a release, ``"1.11.0rc1"`` as ``(1, 11, 0)``."""
+    return tuple(int(n) for n in re.match(r"\d+(?:\.\d+)*", version).group().split("."))
+
+
+def stated_releases(code: str) -> list:
+    """(distribution, release) for each ``# scipy >= 1.11`` a block's comments state: an API newer
+    than the floor pyproject declares for the core's dependency (a lab's older SciPy runs zoracle,
+    not that block)."""
+    return [(dist, release(v)) for dist, v in re.findall(r"#.*?\b(numpy|scipy|joblib) >= (\d+(?:\.\d+)*)", code)]
+
+
+def test_stated_releases_reads_a_blocks_comments():
+    code = "x = 1  # scipy >= 1.11: once an iteration\ny = 2  # numpy >= 2\nz = 'scipy >= 9'\n"
+    assert stated_releases(code) == [("scipy", (1, 11)), ("numpy", (2,))]
+    assert release("1.11.0rc1") == (1, 11, 0) and release("2.4.6") > (2,) and release("1.9.2")[:2] < (1, 11)
+
+
 def python_blocks():
     """(page, line, code) for every ```python block, in page order."""
     out = []
@@ -74,6 +93,10 @@ def test_python_block_runs_as_written(page, line, code, tmp_path, monkeypatch):
     for module in sorted(needed_modules(code) & set(OPTIONAL)):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"needs {OPTIONAL[module]}")
+    for dist, need in stated_releases(code):  # a newer release than pyproject's floor, as the block says
+        have = importlib.metadata.version(dist)
+        if release(have)[:len(need)] < need:
+            pytest.skip(f"needs {dist} >= {'.'.join(map(str, need))}, as the block says ({have} here)")
     # in this process (one torch import for all blocks), in an empty directory, in a fresh
     # namespace run as a script; the suite's filters make zoracle's warnings errors here too
     monkeypatch.chdir(tmp_path)

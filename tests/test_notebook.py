@@ -77,6 +77,7 @@ def test_a_usage_error_of_main_is_a_plain_system_exit(argv, tmp_path, monkeypatc
     """``zoracle.cli.main([...])`` in a cell: a usage error is SystemExit(2) after its one line, as
     argparse's own; it was raised while another exception was handled, and IPython's display of that
     chain failed (AttributeError: 'tuple' object has no attribute 'tb_frame') instead of showing it."""
+    pytest.importorskip("matplotlib", reason="zoracle plot needs the apps extra before it reads its arguments")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as got:
         main(argv)

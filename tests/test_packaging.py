@@ -333,6 +333,7 @@ def test_a_strictly_typed_user_script_type_checks_and_foreign_calls_are_refused(
     of 2.5, ``sgd("0.1")``) went through. ``train``'s and ``estimate_gradient``'s ``*extra`` and
     ``**unknown`` catch-alls (typed NoReturn) must refuse SciPy's arguments."""
     pytest.importorskip("mypy")
+    pytest.importorskip("torch", reason="the script's TorchOracle part imports torch (the torch extra)")
     site = _typed_site(tmp_path)
     (tmp_path / "mypy.ini").write_text("[mypy]\n[mypy-zoracle.*]\nfollow_imports = silent\n")
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--config-file", str(tmp_path / "mypy.ini"),

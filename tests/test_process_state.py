@@ -38,8 +38,9 @@ TRAIN = """
         zo.train(lambda p: float(np.sum((p - 1.0) ** 2)), np.zeros(4), epochs=1, steps_per_epoch=2,
                  estimator=zo.CGE(), optimizer=zo.sgd(0.1), progress=progress)
 
-    def monitors():
-        return sum(t.name == "tqdm_monitor" for t in threading.enumerate())
+    def monitors():  # (by class: tqdm names the thread "tqdm_monitor" only from 4.68.1 on)
+        from tqdm._monitor import TMonitor
+        return sum(isinstance(t, TMonitor) for t in threading.enumerate())
 
     count = getattr(atexit, "_ncallbacks", lambda: 0)
     progress = sys.argv[1] == "bar"
