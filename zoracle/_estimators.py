@@ -587,8 +587,11 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     coordinates : int array or bool mask, optional
         Sparse CGE: estimate only these coordinates, exact zeros elsewhere. CGE only.
     rng : Generator, int or None
-        Seeds RGE's directions (each direction its own child seed, so a sharded run draws
-        the same directions as a serial one).
+        Seeds RGE's and SNES's directions (each direction its own child seed, so a sharded run
+        draws the same directions as a serial one). In a loop of your own, make one
+        ``np.random.default_rng(seed)`` before it and pass it to every call: each call draws
+        fresh directions, and the loop is reproducible from the seed. The same int at every
+        call draws the same directions every time; None draws unseeded ones.
     executor : optional
         Runs the planned tasks (see :mod:`zoracle.executors`); serial when None.
     budget_bytes : int
@@ -602,7 +605,12 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     Returns
     -------
     GradientEstimate
-        ``grad`` (params' backend and dtype), ``loss`` at params, ``nfev``.
+        ``grad`` (params' backend and dtype: float64 for SciPy's ``x``, a float32 model's
+        dtype for its flat parameters; a new 1-D C-contiguous writable array, the caller's to
+        keep, as ``scipy.optimize.minimize``'s ``jac`` and ``torch.from_numpy`` take it),
+        ``loss`` at params (``jac=True``'s value), ``nfev`` (this call's queries, the base
+        point's included). docs/training.md, "Using zoracle's estimates in your own loop",
+        sets torch parameters' ``.grad`` from it.
     """
     refuse_foreign(estimate_gradient, oracle, params, extra, unknown, GRADIENT_HINTS)  # approx_fprime's ways
     if estimator is None:

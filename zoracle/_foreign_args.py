@@ -19,8 +19,20 @@ _GRADIENT = ("zoracle estimates the gradient from loss queries (the `estimator`)
              "gradient at hand, a gradient method such as scipy's serves better)")
 _STEP = "the difference step is the estimator's `mu`: estimator=zo.CGE(mu=...)"
 
+#: the estimators' own arguments, given to train or estimate_gradient (the nearest name either takes misled:
+#: `directions` pointed at ZO-GraSP's `grasp_directions`, `scheme` at the learning rate's `schedule`)
+ESTIMATOR_HINTS = {
+    "scheme": 'the difference scheme belongs to the estimator: estimator=zo.CGE(scheme="central") (or zo.RGE(...))',
+    "directions": "the number of directions belongs to the estimator: estimator=zo.RGE(directions=...)",
+    "distribution": 'the directions\' distribution belongs to the estimator: estimator=zo.RGE(distribution="sphere")',
+    "shaping": 'fitness shaping belongs to the estimator: estimator=zo.RGE(shaping="ranks")',
+    "population": "the population belongs to the estimator: estimator=zo.SNES(population=...)",
+    "sigma_lr": "SNES's width learning rate belongs to the estimator: estimator=zo.SNES(sigma_lr=...)",
+}
+ESTIMATOR_HINTS |= dict.fromkeys(("q", "n_directions", "num_directions"), ESTIMATOR_HINTS["directions"])
+
 #: names other optimizers take, and what train takes instead
-TRAIN_HINTS = {
+TRAIN_HINTS = ESTIMATOR_HINTS | {
     "fun": "the loss function is the first argument, `oracle`",
     "x0": "the starting point is the second argument, `params` (a 1-D float array)",
     "args": _ARGS,
@@ -53,6 +65,9 @@ GRADIENT_HINTS = {
     "f": TRAIN_HINTS["fun"], "fun": TRAIN_HINTS["fun"],
     "xk": "the point is the second argument, `params` (a 1-D float array)", "x0": TRAIN_HINTS["x0"],
     "epsilon": _STEP, "eps": _STEP, "args": _ARGS,
+} | ESTIMATOR_HINTS | {
+    "mu": _STEP, "abs_step": _STEP,
+    **{k: TRAIN_HINTS[k] for k in ("seed", "random_state", "workers", "n_jobs", "num_workers")},
 }
 
 
