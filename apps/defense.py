@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from zoracle._checkpoint import replacing
-from zoracle._errors import ArgumentError
+from zoracle._errors import ArgumentError, to_stderr
 from zoracle.cli import threads
 
 HELP = "train a denoiser in front of a black-box ONNX classifier (DeepZero vs ZO-AE-DS vs FO); certify it"
@@ -132,7 +132,7 @@ def run_defense(config: DefenseConfig = QUICK, *, out: str | None = None, log=No
     """
     import torch
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or (lambda msg: to_stderr(msg, flush=True))
     threads = torch.get_num_threads()
     # tiny convolutions: extra threads cost more in synchronization than they save
     torch.set_num_threads(config.threads)
@@ -453,7 +453,7 @@ def main(args) -> int:
     if args.out:
         try:
             for p in write(report, args.out):
-                print(f"wrote {p}", file=sys.stderr)
+                to_stderr(f"wrote {p}")
         except OSError as exc:
             unwritten = f"the report could not be written to {args.out!r} ({type(exc).__name__}: {exc})"
     if args.json:

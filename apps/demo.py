@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+from zoracle._errors import to_stderr
+
 from . import percent
 
 HELP = "train a small CNN on scikit-learn digits with DeepZero vs first-order vs RGE"
@@ -366,7 +368,7 @@ def _main(args, methods) -> int:
                                 f"{_first_line(str(exc))}); "
                                 f"check the address and that the cluster is running, or {fix}") from None
     results = {}
-    log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
+    log = to_stderr if not args.json else (lambda msg: None)
     try:  # the executor is closed whatever fails from here on (loading the data included)
         data = load_digits_split(seed=args.seed)
         from zoracle.adapters.torch import TorchOracle
@@ -435,7 +437,7 @@ def _main(args, methods) -> int:
     else:
         print(_table(ordered, args))
     if args.quick:  # on stdout under the table; on stderr with --json (stdout stays one JSON object)
-        print(SMOKE_NOTE.format(epochs=args.epochs), file=sys.stderr if args.json else sys.stdout)
+        (to_stderr if args.json else print)(SMOKE_NOTE.format(epochs=args.epochs))
     if failed:  # after the results: exit 1 naming what failed
         raise ArgumentError("; ".join(f"{m} {e}" for m, e in failed.items()))
     if unwritten is not None:  # after the results: exit 1 naming the file

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from zoracle._checkpoint import replacing
-from zoracle._errors import ArgumentError
+from zoracle._errors import ArgumentError, to_stderr
 
 from . import percent
 
@@ -350,7 +350,7 @@ def main(args) -> int:
     out = None if args.out is None else os.path.expanduser(args.out)  # where the CLI checked it (~ expanded)
     if out is not None:
         os.makedirs(out, exist_ok=True)
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    log = to_stderr if args.json else print
     t0 = time.perf_counter()
     plot = None if (out is None or args.no_plot) else os.path.join(out, "vorticity.png")
     try:

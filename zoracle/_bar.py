@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from ._errors import user_stacklevel
+from ._errors import logging_kept_out, user_stacklevel
 from ._forked import ForkSafeLock
 
 log = logging.getLogger("zoracle")
@@ -84,8 +84,9 @@ class _BarStream:
             return getattr(self._stream, name)(*args)
         except (OSError, ValueError) as exc:
             self.broken = True
-            log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc,
-                        stacklevel=user_stacklevel(through=("tqdm",)))  # (inside tqdm's redraw)
+            with logging_kept_out():
+                log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc,
+                            stacklevel=user_stacklevel(through=("tqdm",)))  # (inside tqdm's redraw)
             return None
 
     def write(self, s):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import math
 import numbers
 import os
@@ -118,6 +119,30 @@ def warn(message: str, category: type = UserWarning, stacklevel: int = 1) -> Non
     it was returned). ``stacklevel`` counts from the caller, as ``warnings.warn``'s."""
     with escaping(sys.stderr):
         warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def logging_kept_out():
+    """A log call of zoracle's whose handler raises (a log shipper's ``emit`` that lets a
+    ConnectionError through, a filter with a bug) or whose last-resort handler writes to a closed
+    ``sys.stderr``: the run goes on, as ``logging``'s own handlers do (their ``handleError``). A log
+    line failed the run it reported on, after hours of steps. The traceback goes to ``sys.stderr``
+    where ``logging.raiseExceptions`` says so and there is one to write to; nothing is raised."""
+    try:
+        yield
+    except Exception:  # (not Ctrl-C nor SystemExit)
+        if logging.raiseExceptions:
+            with contextlib.suppress(Exception):  # no stderr (None, closed): nowhere to say it
+                sys.stderr.write("--- Logging error in a record of logger 'zoracle'; the run goes on ---\n")
+                traceback.print_exc(file=sys.stderr)
+
+
+def to_stderr(text: str, flush: bool = False) -> None:
+    """``print(text, file=sys.stderr)``, or nothing where there is no stderr (pythonw, ``2>&-``, a
+    daemon's ``sys.stderr = None``): ``print(file=None)`` writes to stdout, which put a note or a
+    progress line into the JSON a ``--json`` command prints there (a parser read "Extra data")."""
+    if sys.stderr is not None:
+        print(text, file=sys.stderr, flush=flush)
 
 
 def log_path(path):

@@ -7,7 +7,6 @@ import os
 import pickle
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from ._executors_core import (
     split_bound,
 )
 from ._forked import run_lock
+from ._fds import socket_pair
 from ._pool_threads import RUNNING as _RUNNING, run_in_thread, torch_threads
 from ._reloaded import check_not_reloaded
 
@@ -450,7 +450,7 @@ class _Proc:
 
         self.index = index
         self.device = device
-        mine, theirs = socket.socketpair()
+        mine, theirs = socket_pair()
         env = dict(os.environ)
         # the child must import this very zoracle, whatever its cwd
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

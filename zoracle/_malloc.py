@@ -33,7 +33,7 @@ import logging
 import os
 import platform
 
-from ._errors import user_stacklevel, warn
+from ._errors import logging_kept_out, user_stacklevel, warn
 
 log = logging.getLogger("zoracle")
 
@@ -137,6 +137,7 @@ def reuse_freed_memory() -> bool:
         except (OSError, AttributeError) as exc:
             apply, reason = False, f"mallopt unavailable ({exc})"
     _outcome.append((apply, reason))
-    log.debug("zoracle: keep freed heap memory for reuse: %s (%s)", "yes" if apply else "no", reason,
-              stacklevel=user_stacklevel())
+    with logging_kept_out():
+        log.debug("zoracle: keep freed heap memory for reuse: %s (%s)", "yes" if apply else "no", reason,
+                  stacklevel=user_stacklevel())
     return apply

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any, Callable, Sequence
 
-from ._errors import ArgumentError, ZoracleError, exc_text, user_stacklevel
+from ._errors import ArgumentError, ZoracleError, exc_text, logging_kept_out, user_stacklevel
 
 __all__ = ["retrying", "Retrying", "RetriesExhausted"]
 
@@ -214,8 +214,9 @@ class Retrying:
                 if attempt + 1 < self.tries:
                     wait, why, knob = self._wait(exc, attempt)
                     knobs.add(knob)  # (what would have made this wait longer)
-                    log.info("%s failed (%s: %s), try %d of %d; asking again in %g s%s", what, type(exc).__name__,
-                             exc_text(exc), attempt + 1, self.tries, wait, why, stacklevel=user_stacklevel())
+                    with logging_kept_out():
+                        log.info("%s failed (%s: %s), try %d of %d; asking again in %g s%s", what, type(exc).__name__,
+                                 exc_text(exc), attempt + 1, self.tries, wait, why, stacklevel=user_stacklevel())
                     if wait:
                         time.sleep(wait)
         texts = [f"{type(e).__name__}: {exc_text(e)}" for e in errors]

@@ -8,7 +8,7 @@ import time
 
 from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _line_bar, _redraws, _steady_bar, _tqdm_lock, _tqdm_unlock,
                    _unwrapped, log)
-from ._errors import user_stacklevel, warn
+from ._errors import logging_kept_out, user_stacklevel, warn
 from ._history import History, TrainResult
 from ._oracle import has_methods
 
@@ -34,8 +34,9 @@ def open_bar(progress, total_steps, step):
     except (OSError, ValueError) as exc:  # tqdm flushes sys.stdout and sys.stderr itself, unwrapped (its stream
         if not progress:  # equals sys.stderr): output pending to a pipe whose reader has gone (`2>&1 | head`)
             raise
-        log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc,
-                    stacklevel=user_stacklevel())
+        with logging_kept_out():
+            log.warning("train: the progress bar is off: its stream failed (%s: %s)", type(exc).__name__, exc,
+                        stacklevel=user_stacklevel())
         progress = False
         bar = _NoBar()
     return bar, progress, tqdm_lock

@@ -21,7 +21,7 @@ from ._bar import _beside, _rate_text, log
 from ._checkpoint import CheckpointError
 from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
-from ._errors import ArgumentError, OracleError, ZoracleError, user_stacklevel, warn
+from ._errors import ArgumentError, OracleError, ZoracleError, logging_kept_out, user_stacklevel, warn
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
 from ._executors_core import ShardFailed
 from ._fastcheck import checking
@@ -83,6 +83,7 @@ def run_epochs(run) -> None:
 
 def take_step(run, blist) -> bool:
     """One training step on batch ``blist[run.pos]``: estimate, update, record; whether the run stops."""
+    run.between = False  # (until the step is recorded: its update changes the params before the step count)
     t0, bound, g = _estimate(run, blist)
     run.held = bound, g  # until the next step's replace them (as train's locals were: the next bind is a new id)
     lr = _update(run, g, bound)
@@ -130,9 +131,9 @@ def _estimate(run, blist):
             f"training diverged at step {run.step} (epoch {run.epoch}): max|params| grew to "
             f"{scale:.3g} (from {run.scale0:.3g}), where mu = {run.est.mu:g} is no longer a representable step; "
             f"lower the learning rate{last}{noise_note(bound, run.params, run.params0)}") from exc
-    run.step_began = None
     if run.tiny:  # a float32 loss or a wider one: the base loss measured says which
         run.tiny = _warn_tiny_mu(*run.tiny, loss=g.loss, stacklevel=6)
+    run.step_began = None  # (after its warning: under -W error, an error inside the step, the steps before it saved)
     return t0, bound, g
 
 
@@ -209,6 +210,7 @@ def _record(run, t0, g, lr, blist) -> bool:
     run.checked = dict(run.verdicts)
     run.step += 1
     run.pos += 1
+    run.between = True  # the step is the run's: an error from here to the next step's start saves it first
     run.n_rate += g.nfev
     now = time.perf_counter()
     if run.progress:
@@ -216,8 +218,9 @@ def _record(run, t0, g, lr, blist) -> bool:
                             qps=_rate_text(run.n_rate / max(now - run.t_rate, 1e-9)), refresh=False)
         run.bar.update(1)
     elif log.isEnabledFor(logging.DEBUG):  # (a copy: the history's own record stays as it is)
-        log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", rec["step"], rec["epoch"], g.loss, lr, g.nfev,
-                  extra={"zoracle_event": "step", "zoracle": dict(rec)}, stacklevel=user_stacklevel())
+        with logging_kept_out():
+            log.debug("step %d epoch %d loss %.6g lr %.4g nfev %d", rec["step"], rec["epoch"], g.loss, lr, g.nfev,
+                      extra={"zoracle_event": "step", "zoracle": dict(rec)}, stacklevel=user_stacklevel())
     try:
         with _beside(run.bar, run.progress and bool(run.callbacks)):
             for cb in run.callbacks:  # (copies: a callback rounding or popping a field changed the history)
@@ -299,6 +302,7 @@ def end_epoch(run) -> bool:
             run.stopped = True
             return True
     erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
+    run.between = False  # (the epoch's record is the history's before the epoch count moves on)
     run.epoch_hist.append(erec)
     if run.resumed_metrics and set(erec) - set(_EPOCH_KEYS) - {"seconds"}:
         # the checkpoint kept eval_fn's metrics in name order: the records read back from it
@@ -309,8 +313,9 @@ def end_epoch(run) -> bool:
         run.resumed_metrics = 0
     shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
     with _beside(run.bar, run.progress and log.isEnabledFor(logging.INFO), clear_now=True):
-        log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
-                 extra={"zoracle_event": "epoch", "zoracle": dict(erec)}, stacklevel=user_stacklevel())
+        with logging_kept_out():
+            log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
+                     extra={"zoracle_event": "epoch", "zoracle": dict(erec)}, stacklevel=user_stacklevel())
     if run.progress:
         run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
     with _beside(run.bar, run.progress and bool(run.callbacks)):
@@ -319,17 +324,21 @@ def end_epoch(run) -> bool:
                 run.stopped = True
     run.epoch += 1
     run.pos = 0
+    run.between = True
     return False
 
 
 def save_before_error(run) -> None:
     """An error (or SIGTERM turned into SystemExit, or Ctrl-C) inside a step's bind or estimate: the
     params and optimizer state are still those of the steps before it, which are saved first (with
-    checkpoint_every="epoch", a slow oracle's kill lost up to an epoch); the step in flight is lost."""
-    # an error (or SIGTERM turned into SystemExit, or Ctrl-C) inside a step's bind or estimate: the
-    # params and optimizer state are still those of the steps before it, which are saved first (with
-    # checkpoint_every="epoch", a slow oracle's kill lost up to an epoch); the step in flight is lost
-    if run.save_mid_step and run.step_began == run.step and run.saver.saved != run.step and run.step > run.first_step:
+    checkpoint_every="epoch", a slow oracle's kill lost up to an epoch); the step in flight is lost.
+    So is one between steps (``run.between``: an epoch's end before its record, ``eval_fn``, the next
+    epoch's batches), where the steps are all the run has: a warning of zoracle's made an error
+    (``python -W error``, ``warnings.simplefilter("error")``) at an epoch's end lost the epoch."""
+    exc = sys.exc_info()[1]
+    inside = run.step_began == run.step
+    if (run.save_mid_step and (inside or run.between) and run.saver.saved != run.step and run.step > run.first_step
+            and not isinstance(exc, CheckpointError)):  # (a save that failed: not tried again)
         try:
             save(run)
         except Exception:  # the error that stopped the run is the one to see
@@ -337,6 +346,12 @@ def save_before_error(run) -> None:
         else:  # (SystemExit, a SIGTERM handler's, shows no traceback: this line says what is kept)
             with contextlib.suppress(Exception):  # the line starts its own line, not the bar's
                 run.bar.clear()
-            log.warning("train: stopped inside step %d (%s); the checkpoint %r holds the %d steps before it: "
-                        "resume=True continues there", run.step, type(sys.exc_info()[1]).__name__,
-                        os.fspath(run.checkpoint), run.step, stacklevel=user_stacklevel())
+            with logging_kept_out():
+                if inside:
+                    log.warning("train: stopped inside step %d (%s); the checkpoint %r holds the %d steps before it: "
+                                "resume=True continues there", run.step, type(exc).__name__,
+                                os.fspath(run.checkpoint), run.step, stacklevel=user_stacklevel())
+                else:
+                    log.warning("train: stopped after %d steps (%s); the checkpoint %r holds them: resume=True "
+                                "continues there", run.step, type(exc).__name__, os.fspath(run.checkpoint),
+                                stacklevel=user_stacklevel())

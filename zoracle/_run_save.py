@@ -11,7 +11,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._bar import _beside, log
 from ._checkpoint import CheckpointError, Records, save_checkpoint, save_fix, writer_lock
-from ._errors import ArgumentError, log_path, user_stacklevel, warn
+from ._errors import ArgumentError, log_path, logging_kept_out, user_stacklevel, warn
 from ._train_records import _state_arrays
 
 __all__ = ["Saver", "last_mask"]
@@ -130,5 +130,6 @@ class Saver:
             fields = {"path": os.fspath(checkpoint), "steps": int(step), "total_nfev": int(nfev),
                       "loss": steps_hist[-1]["loss"] if steps_hist else None}
             with _beside(bar, progress, clear_now=True):
-                log.info("checkpoint %s saved after %d steps, %d queries", log_path(fields["path"]), step, nfev,
-                         extra={"zoracle_event": "checkpoint", "zoracle": fields}, stacklevel=user_stacklevel())
+                with logging_kept_out():
+                    log.info("checkpoint %s saved after %d steps, %d queries", log_path(fields["path"]), step, nfev,
+                             extra={"zoracle_event": "checkpoint", "zoracle": fields}, stacklevel=user_stacklevel())

@@ -15,8 +15,8 @@ from ._bar import log
 from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, as_path, check_writable
 from ._epochs import _batches_print, _bound, _epoch_batches, _layout_print, _shown_ratios
-from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, log_path, short_repr,
-                      user_stacklevel, warn)
+from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, log_path, logging_kept_out,
+                      short_repr, user_stacklevel, warn)
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import check_interval, keep_counts
@@ -191,8 +191,9 @@ def check_resume(resume, checkpoint):
         resume = checkpoint if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) == 0) \
             else None
         if resume is None:
-            log.info("no checkpoint at %s yet: starting a fresh run", log_path(checkpoint),
-                     stacklevel=user_stacklevel())
+            with logging_kept_out():
+                log.info("no checkpoint at %s yet: starting a fresh run", log_path(checkpoint),
+                         stacklevel=user_stacklevel())
     elif resume is False:  # "do not resume", as None
         resume = None
     elif resume is not None:
@@ -403,7 +404,8 @@ def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored
                           rng=np.random.default_rng([root, 2]), executor=executor)
         nfev += grasp_queries(grasp_directions)
         keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
-        log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist(), stacklevel=user_stacklevel())
+        with logging_kept_out():
+            log.info("ZO-GraSP keep ratios per block: %s", np.round(keep, 4).tolist(), stacklevel=user_stacklevel())
         _warn_zero_blocks(params, scored, keep, all_blocks, filled=fill_small_blocks, stacklevel=4)
     return keep, first, nfev
 
@@ -456,7 +458,8 @@ def resumed(got, resume, *, oracle, d, xp, state, est_state, config, modes, lr_o
         raise ArgumentError(f"`epochs`={epochs}, but checkpoint {resume!r} has already run {ran} "
                             f"({step} steps); pass epochs={need} (or more, to go on) to resume it, or "
                             "resume=False to start a run of this length")
-    log.info("resumed from %s at epoch %d, step %d", log_path(resume), epoch, step, stacklevel=user_stacklevel())
+    with logging_kept_out():
+        log.info("resumed from %s at epoch %d, step %d", log_path(resume), epoch, step, stacklevel=user_stacklevel())
     return (params, state, est_state, root, step, epoch, pos, nfev, verdicts, checked, steps_hist, epoch_hist,
             resumed_metrics, keep)
 

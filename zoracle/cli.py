@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 
-from ._errors import ZoracleError, escaping
+from ._errors import ZoracleError, escaping, to_stderr
 
 #: how a user installs an extra: zoracle is not on PyPI, so always from the clone
 INSTALL = 'pip install -e ".[{extra}]"  (from the zoracle clone)'
@@ -192,7 +192,7 @@ def threads(text: str) -> int:
 
 def _usage_error(line: str) -> SystemExit:
     """``line`` on stderr, and the exit of a usage error: code 2, as argparse's own."""
-    print(line, file=sys.stderr)
+    to_stderr(line)
     return SystemExit(2)
 
 
@@ -287,7 +287,7 @@ def _main(argv, prog: str | None) -> int:
                     _remove_empty(made)
                     raise
         except KeyboardInterrupt:
-            print(f"{name}: interrupted", file=sys.stderr)
+            to_stderr(f"{name}: interrupted")
             return 130
         rc = 1
         try:
@@ -295,7 +295,7 @@ def _main(argv, prog: str | None) -> int:
                 rc = int(mod.main(args) or 0)
             return rc
         except ModuleNotFoundError as exc:  # a dependency imported late (e.g. matplotlib for --plot)
-            print(str(_missing(argv[0], str(exc), prog)), file=sys.stderr)
+            to_stderr(str(_missing(argv[0], str(exc), prog)))
             return 1
         except ZoracleError as exc:
             text = str(exc)
@@ -303,10 +303,10 @@ def _main(argv, prog: str | None) -> int:
                 # a shard timeout set on the command line: name the flag, not the API's argument
                 text = text.replace("a larger `timeout`", "a larger --shard-timeout").replace(
                     "a `timeout` above", "a --shard-timeout above")
-            print(f"{name}: error: {text}", file=sys.stderr)
+            to_stderr(f"{name}: error: {text}")
             return 1
         except KeyboardInterrupt:
-            print(f"{name}: interrupted", file=sys.stderr)
+            to_stderr(f"{name}: interrupted")
             return 130
         finally:
             if rc != 0:  # refused (or failed): the folders made for its outputs go where still empty
