@@ -152,15 +152,19 @@ def still_text(first: int, epoch: int, lr: float, params) -> str:
             "onto bounds every coordinate starts on, pushed outwards)")
 
 
-def noise_note(loss, point, start=None) -> str:
+def noise_note(loss, point, start=None, budget=None) -> str:
     """For a diverged run's message: two calls of the step's loss at one point, then at ``start`` (the
     run's first params): a noise added to the loss drowns in a diverged loss's size (0.05 on a loss of
     1e88 at params of 1e22), where the start shows it. A loss that answers differently draws its own
-    noise or minibatch at each call, which CGE divides by mu."""
+    noise or minibatch at each call, which CGE divides by mu. ``budget``: the queries ``max_queries``
+    leaves the run (None: no budget); these probes are counted in no ``nfev``, so none passes it
+    (a paid oracle with its budget spent was asked up to 6 times more, after the run's last step)."""
     plain = None
+    left = np.inf if budget is None else budget
     for at, where in ((point, ""), (start, " (the run's first)")):
-        if at is None:
+        if at is None or left < 2:
             continue
+        left -= 2
         try:
             a, b = float(loss(at)), float(loss(at))
         except Exception:  # the run is failing anyway: the divergence is the error to see, not this probe's
@@ -172,7 +176,7 @@ def noise_note(loss, point, start=None) -> str:
             break
         plain = a if at is point else plain
     else:
-        return _fast_path_note(loss, point, plain) if plain is not None else ""
+        return _fast_path_note(loss, point, plain, left) if plain is not None else ""
     return (f". The loss is not deterministic: two calls at the same params{where} gave {a:.6g} and {b:.6g}, and "
             "each CGE difference carries that noise divided by mu; a loss that draws its own minibatch or noise at "
             "every call needs it fixed per step: pass the data as `batches` (or seeds, see 'Noisy black boxes' "
@@ -180,7 +184,7 @@ def noise_note(loss, point, start=None) -> str:
             "larger mu), and check the oracle with zoracle.testing.check_oracle")
 
 
-def _fast_path_note(loss, point, plain: float) -> str:
+def _fast_path_note(loss, point, plain: float, left=np.inf) -> str:
     """For a diverged run's message: the loss's fast paths (``batch``, ``coordinate_losses`` at a step
     of 0) at the step's base point against its plain call there, ``plain``. The estimate takes the
     base loss from the plain call and the perturbed ones from a fast path: one that computes another
@@ -191,7 +195,7 @@ def _fast_path_note(loss, point, plain: float) -> str:
     if callable(getattr(loss, "coordinate_losses", None)):
         probes.append(("coordinate_losses", "coordinate_losses(params, [0], 0.0)",
                        lambda: loss.coordinate_losses(point.copy(), np.zeros(1, dtype=np.int64), 0.0)))
-    for method, call, probe in probes:
+    for method, call, probe in probes[:max(0, int(min(left, len(probes))))]:  # one query each
         try:
             got = probe()
             kind = loss_type(got)

@@ -130,11 +130,17 @@ def _estimate(run, blist):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): max|params| grew to "
             f"{scale:.3g} (from {run.scale0:.3g}), where mu = {run.est.mu:g} is no longer a representable step; "
-            f"lower the learning rate{last}{noise_note(bound, run.params, run.params0)}") from exc
+            f"lower the learning rate{last}{noise_note(bound, run.params, run.params0, _left(run))}") from exc
     if run.tiny:  # a float32 loss or a wider one: the base loss measured says which
         run.tiny = _warn_tiny_mu(*run.tiny, loss=g.loss, stacklevel=6)
     run.step_began = None  # (after its warning: under -W error, an error inside the step, the steps before it saved)
     return t0, bound, g
+
+
+def _left(run, g=None):
+    """The queries ``max_queries`` leaves a run that diverged (None: no budget), the step's own
+    estimate ``g`` spent (not yet in ``run.nfev``): a diverged run's message asks the loss no more."""
+    return None if run.max_queries is None else run.max_queries - run.nfev - (g.nfev if g is not None else 0)
 
 
 def _update(run, g, bound):
@@ -156,7 +162,7 @@ def _update(run, g, bound):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): the gradient estimate is non-finite "
             f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {fix}"
-            f"{noise_note(bound, prev, run.params0)}") from exc
+            f"{noise_note(bound, prev, run.params0, _left(run, g))}") from exc
     if not (getattr(run.params, "shape", None) == (run.d,) and getattr(run.params, "dtype", None) == run.dtype0
             and namespace(run.params) is run.xp):
         # an own optimizer's params in another dtype (np.clip against float64 bounds turned a float32
@@ -183,7 +189,7 @@ def _update(run, g, bound):
     if not bool(run.xp.isfinite(run.params).all()):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
-            f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev, run.params0)}"
+            f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev, run.params0, _left(run, g))}"
         )
     return lr
 

@@ -25,6 +25,7 @@ from ._backend import to_numpy
 from ._errors import ArgumentError, config_hint, short_repr, warn
 from ._estimators import CGE, validate_params
 from ._optim import adam, scaled
+from ._oracle import capabilities
 from ._pruning import grasp_queries, split_blocks
 from ._schedules import _count, _positive, cosine_schedule
 from ._epochs import _steps_per_epoch
@@ -111,6 +112,17 @@ def default_coordinates(budget: int, sampled: int) -> int:
     return int(min(sampled, WIDE_COORDINATES if q >= WIDE_FROM else COORDINATES))
 
 
+def _check_queries(oracle) -> int:
+    """The queries ``train``'s check of a fast path adds to a run that passes it (docs/concepts.md):
+    one where the oracle has ``batch``, ``coordinate_losses`` or ``prefix`` / ``suffix`` and does not
+    check them itself (a data oracle's own methods: what its ``bind`` returns is not known before a
+    batch is bound, and is not bound here)."""
+    if oracle is None or getattr(oracle, "fast_paths_checked", False) is True:
+        return 0
+    caps = capabilities(oracle)
+    return int(caps.batch or caps.coordinate or caps.split)
+
+
 def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, steps_per_epoch: int | None = None,
                  lr: float | None = None, coordinates: int | None = None, b1: float = 0.0, mu: float = 5e-3,
                  weight_decay: float = 5e-4, grasp_directions: int = 192, blocks: Any = None,
@@ -125,9 +137,15 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
     first time at step ``t`` moves by ``lr * sqrt((1 - b2**t) / (1 - b2))`` before the
     schedule (``lr`` at the first step, about ``31 lr`` at step 3,000), since Adam's bias
     correction counts the steps of all weights. The run takes as many whole steps as fit in
-    ``budget`` after ZO-GraSP, and ``max_queries`` stops it there: it never spends more than
-    ``budget``. From ``FILL_FROM_STEPS`` (1,400) steps on (71,786 queries at 50 coordinates a
-    step, when every block is sampled), every small block that ZO-GraSP's split
+    ``budget`` after ZO-GraSP (and after the one query of ``train``'s check of a fast path, for
+    an oracle with ``batch``, ``coordinate_losses`` or ``prefix`` / ``suffix`` that does not
+    set ``fast_paths_checked = True``, as ``TorchOracle`` does), and ``max_queries`` stops it
+    there: it never spends more than ``budget``, unless that check warns (a plain call that
+    answers twice differently costs one query more, a refused fast path its step's queries
+    again) or a data oracle's ``bind`` returns oracles with fast paths that the data oracle
+    itself lacks (their check's query is not reserved: pass ``budget - 1``). From
+    ``FILL_FROM_STEPS`` (1,400) steps on (71,786 queries at 50 coordinates a step, when every
+    block is sampled), every small block that ZO-GraSP's split
     leaves empty gets one coordinate a step (``fill_small_blocks``).
 
     Measured in ``docs/peers.md`` (30,000 queries): at d = 110-121k, over 6 seeds, it has the
@@ -248,10 +266,12 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
     # one block (uniform ratios) or every weight sampled (nothing to rank): no ZO-GraSP
     grasp = grasp_queries(grasp_directions) if len(scored) > 1 and coordinates < n_scored else 0
     per_step = coordinates + (d - n_scored) + 1  # sampled weights, the dense rest, the base point
-    if budget < grasp + 2 * per_step:
-        raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}; "
-                            f"pass budget >= {grasp + 2 * per_step} for two steps, or lower `coordinates`")
-    steps = (budget - grasp) // per_step
+    check = _check_queries(oracle)
+    if budget < grasp + check + 2 * per_step:
+        raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}"
+                            f"{' (and train checks the fast path once)' if check else ''}; "
+                            f"pass budget >= {grasp + check + 2 * per_step} for two steps, or lower `coordinates`")
+    steps = (budget - grasp - check) // per_step
     if lr is None:
         lr = default_lr(budget, n_scored)
     warm = min(per_epoch, steps - 1)
@@ -265,6 +285,7 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
         optimizer = scaled(optimizer, scale, f"layer_steps({layer_steps}, {_describe(scale)})")
     kw = {
         "epochs": -(-steps // per_epoch),
+        # (not + check: a run whose check is not made, a data oracle's plain bound ones, stops at its steps)
         "max_queries": grasp + steps * per_step,
         "estimator": CGE(mu=mu),
         "optimizer": optimizer,
