@@ -118,6 +118,15 @@ def test_a_one_element_loss_of_more_dimensions_is_refused_naming_item(shape):
     assert zo.train(lambda x: loss(x).item(), np.zeros(2), progress=False).steps == 1
 
 
+@pytest.mark.parametrize("shape", [(0,), (3, 0)])
+def test_an_empty_loss_is_told_what_to_return(shape):
+    """An empty array's refusal said "an empty array holds no loss", and no fix."""
+    with pytest.raises(zo.OracleError, match=re.escape(f"expected a scalar, got shape {shape}: an empty array holds "
+                                                       "no loss (a mask or a batch that selected nothing?): return "
+                                                       "one number, a float")):
+        zo.estimate_gradient(lambda x: np.zeros(shape), np.zeros(2))
+
+
 def test_a_loss_of_several_values_is_told_to_reduce_it():
     with pytest.raises(zo.OracleError, match=r"expected a scalar, got shape \(2, 3\): reduce it to one number "
                                              r"\(`\.mean\(\)`\)"):

@@ -256,7 +256,8 @@ def check_scalar(value, query: str) -> float:
         size = math.prod(shape)
         fix = ("return `loss.item()`, a float (a 1-element array of more dimensions, which SciPy takes, is refused: "
                "it is often a loss not yet reduced)" if size == 1 else
-               "reduce it to one number (`.mean()`)" if size else "an empty array holds no loss")
+               "reduce it to one number (`.mean()`)" if size else
+               "an empty array holds no loss (a mask or a batch that selected nothing?): return one number, a float")
         raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {shape}: {fix}")
     try:
         out = float(value.item() if hasattr(value, "item") else value)
