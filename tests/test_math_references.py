@@ -15,6 +15,7 @@ from scipy import special, stats
 from scipy.optimize import brentq
 
 import zoracle as zo
+import zoracle._estimators as est_module
 from zoracle._estimators import centered_ranks, nes_utilities
 from zoracle._masks import keep_counts, random_masks
 from zoracle._pruning import layer_ratios, smart_ratio
@@ -227,6 +228,9 @@ _SPECIAL = [0.0, -0.0, 1e-310, 1e-40, 0.5, 1.0, -2.0, 4096.0, 1e7, 3e8, -1e15, 1
 def test_cge_is_the_difference_quotient_over_the_step_taken(x, dtype, scheme, mu, batch, data):
     """Extreme scales, subnormal steps, float32: the textbook quotient over ``(x + mu) - x``, or a
     refusal exactly where that step is 0 (``approx_fprime``'s convention)."""
+    # (the coarse-loss warning, an error here, is given once per oracle code: each example its own, or the
+    # replay of one that warned passes and reads as flaky)
+    est_module._COARSE_WARNED.clear()
     x = np.asarray(x, dtype)
     d = x.size
     c = np.asarray(data.draw(st.lists(st.floats(-2, 2), min_size=d, max_size=d)))

@@ -13,7 +13,7 @@ from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
-from ._grid import coarse_grid, may_be_gridded
+from ._grid import coarse_grid, loss_spread, may_be_gridded
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
@@ -668,18 +668,23 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         if estimator.scheme != "forward":
             den += (x - (x - x.dtype.type(estimator.mu))).astype(np.float64)
         del x
+        gridded = may_be_gridded(f0)  # (O(1) to tell)
+        # central: how far the losses differenced lie from the base loss (two near 1e69 are 0 apart), read
+        # before g is written over vals[0]
+        far = loss_spread(vals, f0) if gridded and estimator.scheme != "forward" else 0.0
         # the losses' own array (the tasks' results, nothing else holds them) where it may be written
         # (a cluster's results may be read-only views of its object store): in place
         g = vals[0] if vals.flags.writeable else vals[0].copy()
         g -= f0 if estimator.scheme == "forward" else vals[1]
         del vals
-        # the differences themselves, where the base loss may lie on a grid (O(1) to tell): read by _warn_coarse
-        diffs = g.copy() if may_be_gridded(f0) else None
+        # the differences themselves, where the base loss may lie on a grid: read by _warn_coarse
+        diffs = g.copy() if gridded else None
         g /= den
         del den
         grad = xp.zeros(d, dtype=params.dtype)
         grad[xp.asarray(order)] = xp.asarray(g, dtype=params.dtype)
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g, diffs, lambda: to_numpy(params[xp.asarray(order)]))
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g, diffs, lambda: to_numpy(params[xp.asarray(order)]),
+                     far)
         return GradientEstimate(grad, f0, wrapped.nfev)
 
     if coordinates is not None:
@@ -709,13 +714,14 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
             vals = centered_ranks(vals.reshape(-1)).reshape(vals.shape)
     coef = vals[0] - base if estimator.scheme == "forward" else vals[0] - vals[1]
     diffs = coef.copy() if estimator.shaping != "ranks" and may_be_gridded(f0) else None
+    far = loss_spread(vals, f0) if diffs is not None and estimator.scheme != "forward" else 0.0
     coef /= estimator.mu if estimator.scheme == "forward" else 2 * estimator.mu
     phi = d if estimator.distribution == "sphere" else 1.0
     (acc,) = _row_sums(root, d, estimator.distribution, budget_bytes, (coef, None))
     release_rows(root)  # summed: the cached rows (up to 64 MiB) were held until the next estimate else
     acc *= phi / q  # in place: a scaled copy beside the sum took 2x float32 params more
     if estimator.shaping != "ranks":  # ranks use the losses' order only
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc, diffs)
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc, diffs, far=far)
     grad = xp.asarray(acc, dtype=params.dtype)
     return GradientEstimate(grad, f0, wrapped.nfev)
 
@@ -728,7 +734,7 @@ def _joined(parts: list, axis: int = 0):
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
-def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=None, points=None) -> None:
+def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=None, points=None, far=0.0) -> None:
     """Warn when the base point's loss came back in a precision too coarse for differences over
     ``mu`` (an integer, or float32 with float64 params) against the estimate ``grad`` (NumPy, or a
     function returning it, called only when the verdict needs it):
@@ -737,7 +743,8 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
     (a Python float, a float32 one at float32 params) is judged by its values: the differences
     ``diffs`` (None where the base loss lies on no grid) and the base loss, on a grid coarser than
     float32's (a float16 model's ``float(loss)``, ``round(loss, 4)``, a count; see
-    :func:`~zoracle._grid.coarse_grid`; ``points``: CGE's perturbed coordinates, as a function)."""
+    :func:`~zoracle._grid.coarse_grid`; ``points``: CGE's perturbed coordinates, as a function; ``far``: the
+    farthest a central scheme's perturbed loss lies from the base one)."""
     value = wrapped.base_value
     typed = value is not None and not isinstance(value, float) and precision_bits(loss_type(value)) < 53
     if not typed and diffs is None:
@@ -769,7 +776,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
         # (a type that passes, float32 losses at float32 params: judged by their values)
     if diffs is None or (owner, "values") in _COARSE_WARNED:
         return
-    why = coarse_grid(loss, diffs, mu, typical, points)
+    why = coarse_grid(loss, diffs, mu, typical, points, far)
     if why:
         _COARSE_WARNED.add((owner, "values"))
         warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())

@@ -111,22 +111,45 @@ def may_be_gridded(loss: float) -> bool:
     return _short_bits(loss)[1] <= NARROW_BITS or _loss_decimals(loss) is not None
 
 
-def loss_grid(loss: float, diffs) -> tuple | None:
+def loss_spread(values, base: float) -> float:
+    """The farthest any of the finite ``values`` (losses) lies from ``base``, O(n) with no temporaries;
+    inf where it overflows."""
+    v = np.asarray(values)
+    if not v.size:
+        return 0.0
+    return max(float(v.max()) - base, base - float(v.min()))
+
+
+def loss_grid(loss: float, diffs, far: float = 0.0) -> tuple | None:
     """``(spacing, what, fix)`` of a grid coarser than float32's that the base ``loss`` and every
     one of ``diffs`` (the perturbed losses less the base one, or less each other) lie on, ``what``
     saying what it looks like and ``fix`` what to do; None where there is none, and where every
     difference is 0 (a flat loss looks alike) save at a base loss of 2 to 8 decimals and 3 significant
     digits or more (a loss printed to 6 decimals at a mu of 1e-8: a flat float64 loss is none; a floor
-    such as ``max(loss, 0.01)`` is a round number)."""
+    such as ``max(loss, 0.01)`` is a round number).
+
+    ``far``: where ``diffs`` are taken between perturbed losses (the central scheme's), how far the
+    farthest of them lies from the base loss (:func:`loss_spread`): a step of the grid too, or no grid
+    (at a minimum, f(x + mu) == f(x - mu) off the base loss's grid). None also where float64 resolves the
+    losses differenced no finer than 1/800 of the grid (8 of its units within 0.01 of a step, as for the
+    base loss): at a base loss of 0.00361 two losses near 1e69 are the same float, 0 apart, whatever the
+    loss; subnormal losses are multiples of 5e-324, as few bits as float16's. A nonzero difference must
+    be a step or more (a rounded loss's values are equal or a step apart): one of a few units of float64
+    is a float64 loss's."""
     if not may_be_gridded(loss):
         return None
     d = np.asarray(diffs, dtype=np.float64).reshape(-1)
-    nz = d[(d != 0) & np.isfinite(d)]
+    nz = d[d != 0]
+    if not math.isfinite(far) or not bool(np.all(np.isfinite(nz))):  # (overflowed: at float64's end)
+        return None
+    far = max(far, float(nz.max()), -float(nz.min())) if nz.size else far
+    # 8 units of float64 at the losses differenced: a grid 100 times that is told from float64's own
+    ulps = 8 * math.ulp(abs(loss) + far)
     low, base_bits = _short_bits(loss)  # (the base loss in Python floats: 25 us of NumPy calls a step before)
     if nz.size:
-        q = min(low, float(_lowest_bit(nz).min()))
+        q = min(low, float(_lowest_bit(nz).min()), _short_bits(far)[0])
         bits = math.frexp(abs(loss))[1] - int(math.log2(q))
-        if bits <= NARROW_BITS:
+        if bits <= NARROW_BITS and ulps <= 0.01 * q:
             if q >= 1:
                 return q, "are whole numbers (a count, or a loss rounded to an integer)", _COUNT
             return q, (f"carry only {bits} significant bits (float16 keeps 11, bfloat16 8, float32 24: the loss is "
@@ -134,9 +157,13 @@ def loss_grid(loss: float, diffs) -> tuple | None:
     elif base_bits <= NARROW_BITS:  # every difference 0 at a short binary (3.0, 0.25): a flat loss's too
         return None
     k = _loss_decimals(loss)
+    if k is None:
+        return None
+    digits = round(abs(loss) * 10.0**k)
     # (flat at a decimal of 2 places or more and 3 digits or more, a loss printed with %.6f: no flat float64 loss
-    # is one; a floor or a constant a person wrote, max(loss, 0.01), 1e-6, has one or two)
-    if k is None or (not nz.size and (k < 2 or round(abs(loss) * 10.0**k) < 100)):
+    # is one; a floor or a constant a person wrote, max(loss, 0.01), 1e-6, has one or two. None at all: a loss
+    # within float64's rounding of 0, 1e-323, is written in no decimals, rounded to none)
+    if not digits or (not nz.size and (k < 2 or digits < 100)):
         return None
     # (one grid, the base loss's own: a base loss 0.120 rounded to 3 decimals reads as 2 and is missed; trying
     # finer grids until the differences fit called a hinge or an L1 loss at a round base loss rounded, its
@@ -144,10 +171,11 @@ def loss_grid(loss: float, diffs) -> tuple | None:
     q = 10.0**-k
     if q <= float(np.spacing(np.float32(abs(loss)))):  # finer than a float32 loss: not judged, as float32 is not
         return None
-    if nz.size:
-        tol = 8 * float(np.spacing(abs(loss) + float(np.abs(nz).max()))) / q
-        r = nz / q
-        if not (tol <= 0.01 and bool(np.all(np.abs(r - np.round(r)) <= tol))):
+    if nz.size or far:  # (each a nonzero number of steps)
+        tol = ulps / q
+        r = np.append(nz, far) / q
+        n = np.round(r)
+        if not (tol <= 0.01 and bool(np.all(np.abs(r - n) <= tol)) and bool(np.all(n != 0))):
             return None
     return q, f"are multiples of {q:g} (a loss rounded to {k} decimals, or printed so)", _ROUNDED
 
@@ -159,12 +187,12 @@ _NARROW = ("compute the loss in float64 (a torch model in float16 or bfloat16, o
 _ROUNDED = ("return the loss unrounded (printed by a program: print it with repr or %.17g), or raise mu")
 
 
-def coarse_grid(loss: float, diffs, mu: float, typical, points=None) -> str:
+def coarse_grid(loss: float, diffs, mu: float, typical, points=None, far: float = 0.0) -> str:
     """Why the differences ``diffs`` over ``mu`` are coarse, read from the values, or empty: as
     :func:`~zoracle._oracle.coarse_losses` for a loss's type, with the grid :func:`loss_grid` finds
     (``points``: a function returning CGE's perturbed coordinates, read only where a grid is found,
-    :func:`exact_points` then not judged)."""
-    found = loss_grid(loss, diffs)
+    :func:`exact_points` then not judged; ``far``: as for :func:`loss_grid`)."""
+    found = loss_grid(loss, diffs, far)
     if found is None:
         return ""
     step, what, fix = found
