@@ -16,6 +16,7 @@ from zoracle._errors import ArgumentError, user_stacklevel, warn
 
 from ._torch_chain import _model_lock as model_lock
 from ._torch_graph import is_autocast_enabled
+from ._torch_hooks import name_list
 from ._torch_watch import module_key
 
 
@@ -107,12 +108,38 @@ def _one_query_at_a_time(method: _Method) -> _Method:
     perturbs a parameter in place (``nudged``) that another thread would read or undo."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        _refuse_parametrize_cache(self._core.model)
+        core = self._core
+        _refuse_parametrize_cache(core.model)
+        if core.params[0].dtype is not core.__dict__.get("built_dtype", core.params[0].dtype):
+            check_dtype(core)  # the model converted (model.half()); one layer alone: at the next bind or load
         with model_lock(self._core.model), _autocast_off(self):
             if getattr(self, "_aligned_from", None) is not None:
                 self._batch_key()  # an aligned copy of a batch written in place since: made again first
             return method(self, *args, **kwargs)
     return cast(_Method, run)
+
+def check_dtype(core) -> None:
+    """The trainable parameters still have the dtype the oracle was built with: ``model.half()``,
+    ``model.float()`` or ``model.double()`` on a built oracle's model converts them in place, where
+    its flat vector, bound batch and caches keep the dtype it was built with (the next query named
+    a ``dtype`` argument nobody passed, or failed in torch with "mat1 and mat2 must have the same
+    dtype")."""
+    built = core.__dict__.get("built_dtype")  # (a core unpickled from an older version has none)
+    if built is None:
+        return
+    changed = [(info.name, p.dtype) for info, p in zip(core.info, core.params) if p.dtype is not built]
+    if not changed:
+        return
+    now = changed[0][1]
+    back = "model.double()" if built == torch.float64 else "model.float()"
+    new = ("" if now in (torch.float32, torch.float64) else
+           f" (a {now} model is refused: a finite difference in half precision is mostly rounding)")
+    raise ArgumentError(
+        f"`model`'s parameters {name_list([n for n, _ in changed])} are {now} now, but the TorchOracle was built on "
+        f"{built} ones (model.half(), .float(), .double() or .to(dtype) converted them in place since): its flat "
+        f"vector and bound batch are {built}; convert the model back ({back}), or build a new TorchOracle for the "
+        f"converted model{new}")
+
 
 def _refuse_parametrize_cache(model) -> None:
     """Queries inside ``torch.nn.utils.parametrize.cached()`` of a parametrized model: the cache keeps

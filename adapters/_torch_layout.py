@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -84,6 +84,32 @@ def _owners(model: nn.Module) -> dict:
                 if shape is not None and tuple(q.shape) == tuple(shape) and a not in skip:
                     owners[id(q)] = (m, tname)
     return owners
+
+
+def follow_names(core) -> None:
+    """Rename the flat vector's parameters (``core.info``) that the model holds under another name
+    now: a parametrization registered after the build keeps a layer's weight, the same tensor, as
+    ``parametrizations.weight.original``, and ``weight`` is then the tensor it computes, no
+    Parameter (a ``.grad`` set on it by the old name reached no optimizer). Read from the modules'
+    own parameter dicts: reading ``weight`` would run the parametrization."""
+    model, stale = core.model, []
+    for i, (info, p) in enumerate(zip(core.info, core.params)):
+        owner, _, attr = info.name.rpartition(".")
+        try:
+            if model.get_submodule(owner)._parameters.get(attr) is p:
+                continue
+        except AttributeError:  # the module was removed or renamed
+            pass
+        stale.append(i)
+    if not stale:
+        return
+    now = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        now.setdefault(id(p), name)
+    info = list(core.info)
+    for i in stale:
+        info[i] = replace(info[i], name=now.get(id(core.params[i]), info[i].name))
+    core.info = info
 
 
 def _param_kind(module, attr: str) -> str:

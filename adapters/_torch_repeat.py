@@ -12,8 +12,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from zoracle._errors import user_stacklevel, warn
 
 from ._torch_chain import norm_context
+from ._torch_hooks import _check_moves, _holding, name_list
 from ._torch_layout import to_torch
 from ._torch_reference import _close, reference_loss, retire_split, rng_kept
+from ._torch_watch import _MODULE_OWN, _modes, _unwatch_changed
 
 
 #: other seeds a forward that draws random numbers runs with before it counts as random (a draw
@@ -29,7 +31,7 @@ def _not_repeatable(oracle) -> bool:
     depth, may come out the same twice); then the same of ``loss_fn`` (a Monte Carlo term), on
     two samples. torch's generators are left as they were."""
     core, model, x = oracle._core, oracle.model, oracle._x
-    what = ""
+    what, held = "", None
     with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, rng_kept():
         out = model(x)
         ctx.reset()  # the second forward starts from the buffers the first found, as every query does
@@ -53,18 +55,81 @@ def _not_repeatable(oracle) -> bool:
             second, drew = _drawing(oracle, loss)
             if first.shape != second.shape or _differ(first, second) or (drew and _seeds_change(loss, ctx)):
                 what = "loss_fn(model(x), y)"
-    if not what:
+        held = None if what else _held_state(oracle, out, ctx)
+    if held is not None:
+        why = (f"model(x) is not repeatable: it keeps state between calls outside its parameters and buffers "
+               f"({held}): after one forward at other parameters, model(x) at the same parameters and batch gives "
+               "another output, so every query moves that state and finite differences of the loss measure the "
+               "drift (repeated plain calls differ), not the gradient; make the state a buffer (register_buffer: "
+               "the oracle puts buffers back after its queries), update it only in train mode and query the model "
+               "in eval mode, or remove the hook")
+    elif not what:
         return False
-    why = (f"{what} is not repeatable: two evaluations at the same parameters and batch differ (a random op such as "
-           "torch.randn_like: the oracle switches nn.Dropout off, not others; or state the forward changes), so "
-           "finite differences of the loss measure that noise, not the gradient; make it deterministic in the mode "
-           "you query the model in (draw the noise under `if self.training:` and call model.eval()), or fix its "
-           "random numbers per call")
+    else:
+        why = (f"{what} is not repeatable: two evaluations at the same parameters and batch differ (a random op such "
+               "as torch.randn_like: the oracle switches nn.Dropout off, not others; or state the forward changes), "
+               "so finite differences of the loss measure that noise, not the gradient; make it deterministic in the "
+               "mode you query the model in (draw the noise under `if self.training:` and call model.eval()), or fix "
+               "its random numbers per call")
     if core.blocks:
         retire_split(oracle, why)
     else:
         warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=user_stacklevel())
     return True
+
+
+def _held_state(oracle, out, ctx):
+    """What keeps state between forwards outside the model's parameters and buffers (a running
+    average a forward hook keeps in its closure, a plain attribute the forward updates and reads),
+    in words, or None: ``model(x)`` again after one forward at moved parameters must give ``out``
+    (a forward of two samples and one of the bound batch, once per oracle and set of train/eval
+    modes; state that
+    depends on the batch and parameters only settles on one repeated call, which the check of
+    two calls in a row cannot see). Buffers are put back after each forward, as every query does."""
+    core, model, x = oracle._core, oracle.model, oracle._x
+    before, key = _plain_attributes(model), _modes(model)
+    try:
+        with _holding(core.params, _check_moves(core.params)):
+            _two_or_all(model, x, ctx)()  # (two samples move such state as the whole batch does)
+            ctx.reset()
+        again = model(x)
+        ctx.reset()
+    except Exception:  # a forward that fails at moved parameters (a NaN check): no verdict here
+        return None
+    if not torch.is_tensor(again) or (again.shape == out.shape and not _differ(out, again)):
+        return None
+    _unwatch_changed(model, key)  # written by every forward: not a setting (the split's key would change at each)
+    after = _plain_attributes(model)
+    named = [f"{name or type(model).__name__}.{a}" for name, a in sorted(set(before) | set(after))
+             if before.get((name, a), _GONE) != after.get((name, a), _GONE)]
+    hooks = [f"{getattr(fn, '__name__', type(fn).__name__)}() on {name or type(model).__name__!r}"
+             for name, m in model.named_modules()
+             for fn in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()]]
+    parts = ([f"the attributes {name_list(named)}, which its forward writes"] if named else []) + (
+        [f"the forward hooks {', '.join(hooks[:3])}" + (f" and {len(hooks) - 3} more" if len(hooks) > 3 else "")]
+        if hooks else [])
+    return " or ".join(parts) or "a closure, a global or an object its forward updates"
+
+
+_GONE = object()
+
+
+def _plain_attributes(model) -> dict:
+    """``(module name, attribute) -> a token of its value`` for every module's plain attributes (what
+    :func:`_held_state` names when a forward changed one): a tensor by identity and version, a
+    number or string by value, anything else by identity."""
+    got = {}
+    for name, m in model.named_modules():
+        for a, v in m.__dict__.items():
+            if a in _MODULE_OWN or a == "training":
+                continue
+            if torch.is_tensor(v):
+                got[(name, a)] = (id(v), None if v.is_inference() else v._version)
+            elif isinstance(v, (int, float, str, bool, type(None))):
+                got[(name, a)] = ("value", v)
+            else:
+                got[(name, a)] = id(v)
+    return got
 
 
 def _drawing(oracle, fn) -> tuple:

@@ -50,9 +50,9 @@ from ._torch_chain import (
 from ._torch_exact import (_self_check, check_batch_first, check_batch_kind, check_held, check_rows_later, ensure_split,
                            first_bind, full_coordinate_losses, reference_loss)
 from ._torch_guards import (_RUNNING_STATS, _autocast_off, _copy, _model_state, _one_query_at_a_time, _refuse_aliased,
-                            _refuse_parametrize_cache, _retired, _tf32_note, _version)
+                            _refuse_parametrize_cache, _retired, _tf32_note, _version, check_dtype)
 from ._torch_hooks import name_list, _integer_batch_error
-from ._torch_layout import ParamInfo, _as_torch_dtype, _param_views, build_core, cross_entropy, to_torch
+from ._torch_layout import ParamInfo, _as_torch_dtype, _param_views, build_core, cross_entropy, follow_names, to_torch
 from ._torch_tensors import (_Features, _batch_tensor, _compact, _indices, _odd_layout, _params_tensor,
                              _persistent_buffers, _private, _same)
 from ._torch_walk import _Walk
@@ -212,6 +212,7 @@ class TorchOracle(_Batches, _Walk):
                                 f"steps take the first one's dtype (a float32 tensor's steps rounded under float64 "
                                 f"ones, a float64 tensor's values rounded to float32); pass dtype=torch.float64 or "
                                 f"dtype=torch.float32 to convert the whole model")
+        self._core.built_dtype = self.dtype  # a model converted in place after this is refused (check_dtype)
         if self.dtype == torch.float32:
             note = _tf32_note(self.device)
             if note:
@@ -251,6 +252,7 @@ class TorchOracle(_Batches, _Walk):
                 f"`batch`'s x is a {type(x).__name__}: TorchOracle feeds the model one input, an array or tensor "
                 "of samples; for a model taking several inputs, wrap it in a module whose forward takes one "
                 "(e.g. the inputs concatenated along dimension 1, split again in forward)")
+        check_dtype(self._core)  # (the batch is converted to the model's dtype)
         self._base_rows = None  # base losses belong to one minibatch
         self._state_cache = None  # and so do the cached activations
         dev, dt = self.device, self.dtype
@@ -408,6 +410,7 @@ class TorchOracle(_Batches, _Walk):
 
     @property
     def parameter_names(self) -> list:
+        follow_names(self._core)  # a parametrization registered since moved a weight to another name
         return [i.name for i in self._core.info]
 
     @property
@@ -419,7 +422,10 @@ class TorchOracle(_Batches, _Walk):
 
     @property
     def param_info(self) -> list:
-        """``ParamInfo(name, slice, shape, kind)`` for every trainable parameter, in flat order."""
+        """``ParamInfo(name, slice, shape, kind)`` for every trainable parameter, in flat order, named
+        as the model holds it now (``model.get_parameter(name)``: a parametrization registered since
+        the build holds a layer's weight as ``parametrizations.weight.original``)."""
+        follow_names(self._core)
         return list(self._core.info)
 
     @property
@@ -476,6 +482,7 @@ class TorchOracle(_Batches, _Walk):
 
     def initial_params(self) -> np.ndarray:
         """The module's current trainable parameters as one flat NumPy array (model dtype)."""
+        check_dtype(self._core)
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for p in self._core.params])
         return flat.cpu().numpy().copy()
@@ -483,6 +490,7 @@ class TorchOracle(_Batches, _Walk):
     def load(self, params: Any) -> None:
         """Write the flat vector ``params`` into the module's parameters."""
         check_held(self._core)  # not into a tensor a Parameter was assigned over since
+        check_dtype(self._core)
         self._load(params)
 
     def _load(self, params) -> torch.Tensor:
@@ -805,6 +813,7 @@ class TorchOracle(_Batches, _Walk):
         train = check_flag("train", train)
         _refuse_parametrize_cache(self._core.model)
         check_held(self._core)
+        check_dtype(self._core)
         self._load(params)
         xt = _batch_tensor("x", x, self.device, self.dtype, label="`x`")  # as bind(batch) converts its x
         if xt.dim() == 0 or xt.shape[0] == 0:
