@@ -35,6 +35,7 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
                                 "`batches` callable gives the batches of each of the `epochs`; return a list of "
                                 "batches or a new iterator each call, and stop a run early with fewer `epochs` or "
                                 "from a callback (return True)") from exc
+        _warn_unreplayed_loader(got, epoch, returned)
         if isinstance(got, (list, tuple)):
             out = list(got)
         else:
@@ -71,9 +72,42 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
                     returned["warned_short"] = True
                 warn(f"{msg} (said once per run)", UserWarning, stacklevel=user_stacklevel())
         out = out[:steps_per_epoch]
+        if used_up and len(out) == steps_per_epoch and returned.get("replayed") and not returned.get("warned_again"):
+            returned["warned_again"] = True  # (an endless iterator returned again runs on, and a resume restarts it)
+            warn(f"`batches({epoch})` returned the {type(got).__name__} it returned for the epoch before, which "
+                 "runs on from where that epoch stopped: a resumed run makes it afresh and starts it over, so it "
+                 "trains on other batches than the run it continues; return an iterator made for the epoch, e.g. "
+                 "`lambda epoch: itertools.islice(make_stream(seed=epoch), steps_per_epoch)` (said once per run)",
+                 UserWarning, stacklevel=user_stacklevel())
     if not out:
-        raise ArgumentError(f"`batches` gave no batch for epoch {epoch}{used_up}")
+        given = f" (`batches({epoch})` returned an empty {type(got).__name__})" if callable(batches) and not used_up \
+            else ""
+        raise ArgumentError(f"`batches` gave no batch for epoch {epoch}{given}{used_up}; every epoch needs at least "
+                            "one: return one or more batches from `batches(epoch)`, or run fewer `epochs`")
     return out
+
+
+def _warn_unreplayed_loader(got, epoch: int, returned: dict | None) -> None:
+    """A run that checkpoints or resumes whose ``batches(epoch)`` returns a shuffling torch
+    DataLoader drawing from torch's global generator, or one loader (with its own generator)
+    for every epoch: its order runs on from epoch to epoch, and a resumed run, starting the
+    generator afresh, trained other batches than the run it continues, silently. Warned once."""
+    if returned is None or not returned.get("replayed") or returned.get("warned_loader"):
+        return
+    if not (hasattr(got, "dataset") and hasattr(got, "batch_size")) or \
+            type(getattr(got, "sampler", None)).__name__ != "RandomSampler":
+        return
+    again, returned["loader"] = returned.get("loader") is got, got
+    if got.sampler.generator is not None and not again:  # (a new loader each epoch, with a generator of its own)
+        return
+    returned["warned_loader"] = True
+    how = ("torch's global generator (no `generator=`)" if got.sampler.generator is None
+           else "one generator that runs on from epoch to epoch (the same loader for every epoch)")
+    warn(f"`batches({epoch})` returned a DataLoader that shuffles by {how}: a resumed run does not replay that order, "
+         "so it trains on other batches than the run it continues; make the epoch's loader seeded by epoch, "
+         "`lambda epoch: DataLoader(dataset, batch_size, shuffle=True, generator=torch.Generator().manual_seed(epoch))`"
+         ", or pass zo.Minibatches((X, y), batch_size, seed=0) (said once per run)", UserWarning,
+         stacklevel=user_stacklevel())
 
 
 def _checksum(a):

@@ -71,7 +71,8 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         Initial flat parameters (not modified).
     batches : list, callable or Minibatches, optional
         The batches of an epoch: a list (same order each epoch), or ``epoch -> batches``
-        (:class:`Minibatches` shuffles by ``(seed, epoch)``). Must be replayable for resume.
+        (:class:`Minibatches` shuffles by ``(seed, epoch)``). Must be replayable for resume
+        (a shuffling DataLoader: one made for each epoch, its generator seeded by the epoch).
         An epoch's batches are drawn before its first step: a generator must yield a new
         array for each batch (one refilling a buffer is refused), and an endless one needs
         ``steps_per_epoch`` (it is refused after 100,000 batches).
@@ -263,7 +264,8 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
                       least_step_queries(estimator, d, sparse), start=step)
 
     first = None
-    returned: dict = {}  # the iterator a batches callable returned last (see _epoch_batches)
+    # the iterator a batches callable returned last, and whether a resume replays this run (see _epoch_batches)
+    returned: dict = {"replayed": checkpoint is not None or resume is not None}
     if sparse and keep is None:
         keep, first, nfev = choose_keep(
             oracle, params, estimator, executor, ratios=ratios, sparsity=sparsity, scored=scored,

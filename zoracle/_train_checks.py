@@ -78,17 +78,42 @@ def _check_batches(batches) -> None:
             f"{fields}, which train "
             f"would read as {k} batches, one array each; pass [{fields}] for a full batch every step, or "
             f"zo.Minibatches({fields}, batch_size, seed=0) (batches of one array each: pass them as a list)")
+    if isinstance(batches, (str, bytes)):  # a Sequence, of characters: each bound as a batch, failing in the oracle
+        raise ArgumentError(f"`batches` is a {type(batches).__name__} ({batches[:60]!r}), which train would read as "
+                            "batches of one character each; load the data and pass zo.Minibatches((X, y), "
+                            "batch_size, seed=0), or a list of batches")
+    if isinstance(batches, Sequence) and not callable(batches) and len(batches) == 0:
+        raise ArgumentError(f"`batches` is empty: an epoch needs at least one batch, and this {type(batches).__name__} "
+                            "holds none; pass one or more, or leave `batches` out for the oracle's own data")
     if callable(batches) and not isinstance(batches, Sequence):  # called as batches(epoch): fail now, not mid-run
         _check_arity(batches, 1, "`batches`", "(epoch)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
         return
     if hasattr(batches, "dataset") and hasattr(batches, "batch_size"):  # a torch DataLoader (re-iterable, reshuffled)
-        why = ("a DataLoader: train draws an epoch's batches in an order a resume can replay; pass "
-               "zo.Minibatches(loader.dataset.tensors, loader.batch_size, seed=0) for a TensorDataset (shuffled by "
-               "(seed, epoch)), or lambda epoch: list(loader) (a shuffling loader's order is then not replayed on "
-               "resume)")
+        why = "a DataLoader: train draws an epoch's batches in an order a resume can replay; pass " + (
+            "zo.Minibatches(loader.dataset.tensors, loader.batch_size, seed=0) for a TensorDataset (shuffled by "
+            "(seed, epoch)), or " if hasattr(batches.dataset, "tensors") else "") + (
+            "a function that makes the epoch's loader, seeded by epoch: lambda epoch: DataLoader(dataset, batch_size, "
+            "shuffle=True, generator=torch.Generator().manual_seed(epoch)) (`lambda epoch: loader` shuffles by "
+            "torch's generator, which a resume does not replay); an endless IterableDataset's: lambda epoch: loader, "
+            "with steps_per_epoch")
     elif isinstance(batches, Iterator):  # (not iter(batches): a DataLoader's would start its workers)
-        why = "an iterator cannot be replayed on resume"
+        why = ("an iterator cannot be replayed on resume); it is read once, so every epoch after the first would "
+               "have no batch: pass list(it) for the same batches every epoch, or a function epoch -> batches that "
+               "returns a new iterator each call (a generator function `def batches(epoch): yield ...`, or "
+               "`lambda epoch: itertools.cycle(data)` with steps_per_epoch for an endless one")
+    elif isinstance(batches, dict):
+        why = ("a dict, such as one batch of named fields: pass [d] for that batch every step, or "
+               "zo.Minibatches(tuple(d.values()), batch_size, seed=0) for minibatches of its rows")
+    elif hasattr(batches, "columns") and hasattr(batches, "iloc"):  # a pandas DataFrame (iterated: its column names)
+        why = ("a DataFrame, whose iteration gives its column names: pass zo.Minibatches((df[features], df[target]), "
+               "batch_size, seed=0), or [(df[features], df[target])] for the full batch every step")
+    elif hasattr(batches, "tensors") and hasattr(batches, "__getitem__"):  # a torch TensorDataset: samples, not batches
+        why = ("a TensorDataset, whose items are samples, not batches: pass zo.Minibatches(dataset.tensors, "
+               "batch_size, seed=0)")
+    elif getattr(batches, "ndim", 0) >= 1 and hasattr(batches, "shape"):  # an array: a sequence to NumPy, not to train
+        why = (f"an array of shape {tuple(batches.shape)}: pass list(arr) for one batch per entry of its first axis, "
+               "or zo.Minibatches((X, y), batch_size, seed=0) for minibatches of a data set's rows")
     else:
         why = "not a list of batches; pass [batch, ...] or zo.Minibatches((X, y), batch_size, seed=0)"
     raise ArgumentError(
