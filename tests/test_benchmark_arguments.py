@@ -19,6 +19,7 @@ CASES = [
     ("estimators.py", ["--repeats", "0"], "--repeats"),
     ("estimators.py", ["--n", "-5"], "--n"),
     ("gpu_devices.py", ["--cpu-devices", "-1"], "--cpu-devices"),
+    ("own_loop.py", ["--repeats", "0"], "--repeats"),
     ("gpu_devices.py", ["--cpu-devices", "2", "--repeats", "0"], "--repeats"),
     ("peers.py", ["--seeds", "a", "--methods", "deepzero"], "--seeds"),
     ("peers.py", ["--widths", "-3", "--methods", "deepzero"], "--widths"),

@@ -299,7 +299,10 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     if any(b.stop > s.shape[0] for b in sl):
         raise ArgumentError(f"`blocks` reach past the {s.shape[0]} scores; pass scores for the whole parameter vector")
     if not np.all(np.isfinite(s)):
-        raise ArgumentError("`scores` must be finite")
+        bad = np.flatnonzero(~np.isfinite(s))
+        raise ArgumentError(f"`scores` must be finite, got {bad.size} non-finite of {s.size} (scores[{bad[0]}] = "
+                            f"{float(s[bad[0]])!r}); score a loss that stays finite around params (zo.zo_grasp), "
+                            "or give those entries a value first (np.nan_to_num(scores))")
     # blocks that follow each other from 0 rank the scores' own array; the owner of each kept
     # position found from the blocks' edges, and -|s| formed in place (a concatenated copy, an
     # owner per score and an |s| beside -|s| took 2x float32 parameters each at d = 1e7)
