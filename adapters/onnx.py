@@ -42,7 +42,7 @@ from zoracle._errors import (ArgumentError, OracleError, ZoracleError, check_fla
                               warn)
 from zoracle._forked import ForkSafeLock
 
-from ._onnx_checks import copy_disagreement, one_sample_note, per_call_refusal, undeclared_shape
+from ._onnx_checks import coarse_cast_note, copy_disagreement, one_sample_note, per_call_refusal, undeclared_shape
 
 __all__ = ["OnnxClassifier", "QueryBudgetExceeded", "default_providers"]
 
@@ -467,7 +467,9 @@ class OnnxClassifier:
         The name of the model's input, checked against it. The model must have exactly one
         input (the samples); export other inputs as constants.
     cast : bool
-        Cast floating inputs of another float dtype to the declared one instead of raising.
+        Cast floating inputs of another float dtype to the declared one instead of raising. A cast
+        to a narrower float (float64 to a float16 model) of successive calls that move the inputs by
+        a few of its spacings (a zeroth-order estimate's steps over mu) warns once.
     batch_size : int, optional
         Most samples per onnxruntime call (dynamic batch axis); a fixed batch axis always
         uses its declared size, padding the last chunk (a fixed batch of 1: one onnxruntime call
@@ -479,7 +481,9 @@ class OnnxClassifier:
         graph optimization level, execution mode, ...); session config entries
         (``add_session_config_entry``) and registered custom-op libraries do not travel.
         Nor do ``add_initializer``'s weights: where a copy would compute other outputs (on an
-        uncounted probe input), the first pickling raises :class:`~zoracle.ArgumentError`.
+        uncounted probe input), the first pickling raises :class:`~zoracle.ArgumentError`. Keep the
+        ``OrtValue`` you add alive: onnxruntime holds no reference to it, nor can OnnxClassifier
+        reach it (collected, it crashes the process or the scores read freed memory).
 
     Attributes
     ----------
@@ -765,6 +769,8 @@ class OnnxClassifier:
             weakref.finalize(self, _unlink, self._ledger.path)
         state = self.__dict__.copy()
         del state["session"], state["_count_lock"]
+        if state.get("_last_cast") is not False:  # the previous call's input (False: coarse_cast_note said)
+            state.pop("_last_cast", None)
         # SessionOptions do not pickle: their settings do, and a copy rebuilds them (threads,
         # graph optimization level, ...: a copy must compute what the original computes)
         state["_session_options"] = _options_settings(self._session_options)
@@ -927,7 +933,13 @@ class OnnxClassifier:
 
     def __call__(self, x) -> np.ndarray:
         """Class scores ``(N, C)`` (or labels ``(N,)`` for a label output) for a batch ``x``."""
-        x = self.check_input(x)
+        raw, x = x, self.check_input(x)
+        if (self.cast and getattr(self, "_last_cast", None) is not False and isinstance(raw, np.ndarray)
+                and x.dtype.itemsize < raw.dtype.itemsize):  # a float cast to a narrower float
+            note = coarse_cast_note(getattr(self, "_last_cast", None), raw, x.dtype, self._source, self.input_name)
+            if note:  # said once
+                warn(note, RuntimeWarning, stacklevel=user_stacklevel())
+            self._last_cast = False if note else raw.astype(np.float64)
         n = x.shape[0]
         fixed = self.input_shape[0]
         step = fixed if fixed is not None else (self.batch_size or n)
