@@ -63,6 +63,7 @@ _SPAWNED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # (a spawned process starting Ray and Dask: about 15 s)
 @pytest.mark.skipif("spawn" not in multiprocessing.get_all_start_methods(), reason="no spawn start method")
 def test_ray_and_dask_train_the_script_oracles_of_a_spawned_process_as_serially(tmp_path):
     """A sweep on a ``ProcessPoolExecutor(mp_context=spawn)`` runs the script again as

@@ -114,6 +114,7 @@ def test_a_run_with_stderr_closed_and_a_progress_bar_returns_its_result(tmp_path
     assert out.stdout.split() == ["24", "6"]
 
 
+@pytest.mark.slow  # (a whole demo run: about 13 s)
 def test_demo_json_with_no_stderr_prints_only_the_json():
     """Without a stderr (pythonw, ``2>&-``: ``sys.stderr`` is None) ``print(..., file=sys.stderr)``
     writes to stdout: ``zoracle demo --json``'s smoke-test note followed its JSON there, and a parser
