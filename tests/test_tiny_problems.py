@@ -4,7 +4,6 @@ say or refuses in zoracle's words."""
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -21,48 +20,15 @@ _FLOAT_CONSTANTS = _CONSTANTS.map(float)
 
 @given(d=st.integers(1, 3), population=st.one_of(st.none(), st.integers(2, 6)), value=_CONSTANTS,
        sigma=st.floats(1e-3, 10.0), seed=st.integers(0, 2**31))
-def test_snes_on_a_constant_loss_estimates_zero_and_keeps_its_widths(d, population, value, sigma, seed):
-    """Every sample of a constant loss ties: the samples rank nothing, so SNES's estimate is 0 and
-    its widths stay (as rank-shaped RGE's estimate, whose tied ranks are averaged). The stable order of
-    ties gave the first sample the best utility: a population of 2 stepped towards sample 0 and
-    rescaled sigma by its z^2, on a loss that was 0 everywhere."""
+def test_snes_on_a_constant_loss_takes_a_finite_random_step(d, population, value, sigma, seed):
+    """Every sample of a constant loss ties and ranks by sample order: a random step, as reference SNES
+    implementations take (an estimate of 0 there froze SNES on a 0-1 error's plateaus, h377), finite,
+    with finite positive widths and the loss the samples returned."""
     p = np.linspace(-0.5, 0.5, d)
     est = zo.estimate_gradient(lambda x: value, p, zo.SNES(mu=sigma, population=population), rng=seed)
-    np.testing.assert_array_equal(est.grad, np.zeros(d))
-    np.testing.assert_array_equal(est.state, np.full(d, sigma))
+    assert est.grad.shape == (d,) and np.all(np.isfinite(est.grad))
+    assert np.all(np.isfinite(est.state)) and np.all(est.state > 0)
     assert est.loss == pytest.approx(float(value), rel=1e-15, abs=0)  # (the mean of n equal losses: to an ulp)
-
-
-def test_nes_utilities_of_tied_losses_are_zero_only_when_every_loss_ties():
-    from zoracle._estimators import nes_utilities
-
-    for n in (2, 3, 7):
-        np.testing.assert_array_equal(nes_utilities(np.full(n, 4.0)), np.zeros(n))
-    u = nes_utilities([1.0, 1.0, 2.0])  # a partial tie keeps its stable order (test_nes.py)
-    assert u[0] > u[1] > u[2] and abs(u.sum()) < 1e-15
-
-
-@pytest.mark.parametrize("population", [2, None])
-def test_snes_training_on_a_zero_loss_leaves_params_and_says_the_estimates_were_zero(population):
-    p = np.array([0.25, -1.0])
-    with pytest.warns(UserWarning, match=r"every gradient estimate of epoch 0 \(3 steps\) was exactly 0.*"
-                                         r"SNES's samples at sigma = 0\.1"):
-        res = zo.train(lambda x: 0.0, p, estimator=zo.SNES(population=population), optimizer=zo.sgd(1.0),
-                       steps_per_epoch=3, rng=0, progress=False)
-    np.testing.assert_array_equal(res.params, p)
-    np.testing.assert_array_equal(res.estimator_state, np.full(2, 0.1))
-    assert res.steps == 3 and not res.stopped
-
-
-def test_snes_on_a_loss_that_varies_still_moves_with_a_population_of_two():
-    """Only the all-tied case changes: two samples with different losses still step."""
-    est = zo.estimate_gradient(lambda x: float(np.sum((x - 1) ** 2)), np.zeros(1), zo.SNES(population=2), rng=0)
-    assert est.grad[0] != 0 and est.state[0] != 0.1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = zo.train(lambda x: float(np.sum((x - 1) ** 2)), np.zeros(1), estimator=zo.SNES(population=2),
-                       steps_per_epoch=3, rng=0, progress=False)
-    assert res.params[0] != 0
 
 
 def test_layer_ratios_refusing_non_finite_scores_shows_them_and_the_fix():
@@ -73,8 +39,7 @@ def test_layer_ratios_refusing_non_finite_scores_shows_them_and_the_fix():
 
 
 _ESTIMATORS = {"CGE forward": zo.CGE(), "CGE central": zo.CGE(scheme="central"), "RGE q=1": zo.RGE(directions=1),
-               "RGE q>d": zo.RGE(directions=5), "RGE ranks": zo.RGE(directions=3, shaping="ranks"),
-               "SNES population 2": zo.SNES(population=2), "SNES default": zo.SNES()}
+               "RGE q>d": zo.RGE(directions=5), "RGE ranks": zo.RGE(directions=3, shaping="ranks")}
 _OPTIMIZERS = {"sgd": zo.sgd(0.1), "momentum": zo.sgd(0.1, momentum=0.9), "adam": zo.adam(0.1),
                "sign": zo.sign_sgd(0.1)}
 
@@ -85,7 +50,7 @@ _OPTIMIZERS = {"sgd": zo.sgd(0.1), "momentum": zo.sgd(0.1, momentum=0.9), "adam"
 def test_a_constant_loss_leaves_params_with_every_estimator_and_optimizer_and_says_so(d, estimator, optimizer, value,
                                                                                       start, dtype):
     """A loss that is the same everywhere (0, a constant, a loss wired to nothing) gives nothing to
-    follow: every estimator estimates 0, the params come back as they went in, and the run says why."""
+    follow: every differencing estimator (SNES, which ranks samples, takes a random step) estimates 0, the params come back as they went in, and the run says why."""
     p = np.full(d, start, dtype=dtype)
     with pytest.warns(UserWarning, match=r"every gradient estimate of epoch 0 \(2 steps\) was exactly 0"):
         res = zo.train(lambda x: value, p, estimator=_ESTIMATORS[estimator], optimizer=_OPTIMIZERS[optimizer],

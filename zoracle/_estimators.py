@@ -164,8 +164,7 @@ class SNES:
     place. ``sigma`` is the estimator's state: :func:`zoracle.train` carries it from step to
     step and saves it in checkpoints; :func:`estimate_gradient` takes it as ``state`` and
     returns the updated one as ``GradientEstimate.state``. Like rank-shaped RGE the result is
-    unchanged by any strictly increasing transform of the loss, and a step whose samples all
-    returned the same loss (a constant loss, a plateau) estimates 0 and keeps ``sigma``.
+    unchanged by any strictly increasing transform of the loss.
 
     Queries: ``population`` a step (no base point; ``GradientEstimate.loss`` is the mean of
     the population's losses, the loss of the search distribution). Directions are seeded one
@@ -222,12 +221,9 @@ class SNES:
 
 def nes_utilities(losses) -> np.ndarray:
     """NES utilities of ``losses`` (lowest loss best): ``max(0, log(n/2 + 1) - log k) / sum - 1/n``
-    for the k-th lowest; they sum to 0. Ties keep their order (stable sort), except where every loss
-    ties (a constant loss, a plateau): the samples then rank nothing, and every utility is 0."""
+    for the k-th lowest; they sum to 0. Ties keep their order (stable sort)."""
     losses = np.asarray(losses, dtype=np.float64)
     n = losses.size
-    if n and np.all(losses == losses[0]):
-        return np.zeros(n)
     w = np.maximum(0.0, np.log(n / 2 + 1) - np.log(np.arange(1, n + 1)))
     u = np.empty(n)
     u[np.argsort(losses, kind="stable")] = w / w.sum() - 1.0 / n

@@ -252,15 +252,12 @@ def epoch_warnings(run, blist) -> None:
     """At an epoch's end: an epoch of estimates all 0, blocks whose estimates stay 0, params that stay."""
     if run.pos >= len(blist) and run.ran and run.flat == run.ran and not run.flat_warned:
         run.flat_warned = True
-        # (SNES: its widths, which a step of tied samples keeps, in place of CGE's and RGE's mu)
-        where = (f"SNES's samples at sigma = {float(np.mean(run.est_state)):g} (their mean width)" if run.snes
-                 else f"queries at +-mu = {run.est.mu:g}")
         warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
-             f"so the estimates moved no parameter (weight decay and momentum aside): each step's {where} "
-             "returned the same loss. Where the loss is flat there, "
+             "so the estimates moved no parameter (weight decay and momentum aside): each step's "
+             f"queries at +-mu = {run.est.mu:g} returned the same loss. Where the loss is flat there, "
              "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
-             f"plateau, raise {'SNES(mu=...)' if run.snes else 'mu'} past its steps, or train on a smooth surrogate "
-             "(a margin or cross-entropy loss)", UserWarning, stacklevel=4)
+             "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
+             "cross-entropy loss)", UserWarning, stacklevel=4)
     if run.pos >= len(blist) and run.block_watch is not None and run.block_watch.steps >= WATCH_STEPS:
         dead = run.block_watch.dead()
         if dead:
