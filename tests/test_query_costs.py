@@ -150,3 +150,35 @@ def test_probes_of_a_run_whose_params_became_non_finite_stay_within_max_queries(
         with pytest.raises(zo.ArgumentError, match="params became non-finite"):
             zo.train(Paid(path, fast, power=4), p0, max_queries=budget, **kw)
         assert step <= billed(path) <= budget, (budget, billed(path))
+
+
+class PaidSplit(Paid):
+    """``Paid`` with ``prefix`` / ``suffix`` over ``BLOCKS`` (the loss of the other blocks, and the block's
+    own added back): train's check of a split asks the plain call once in each block it reaches."""
+
+    blocks = BLOCKS
+
+    def prefix(self, x, block):
+        s = BLOCKS[block]
+        x = np.asarray(x, dtype=np.float64)
+        return np.array([float(self._f(x)) - float(self._f(x[s]))])
+
+    def suffix(self, feats, x, block, coords, step):
+        self._bill(len(coords))
+        s = BLOCKS[block]
+        P = np.repeat(np.asarray(x, dtype=np.float64)[None, s], len(coords), axis=0)
+        P[np.arange(len(coords)), np.asarray(coords) - s.start] += step
+        return feats[0] + self._f(P)
+
+
+@pytest.mark.filterwarnings("ignore:short_budget. one epoch of warm-up")
+@pytest.mark.parametrize("budget", [60, 61, 62, 63])
+def test_the_short_budget_recipe_reserves_a_split_oracles_check_in_each_block(budget, tmp_path):
+    """A ``prefix`` / ``suffix`` oracle's check asks one query in each block (a pair wrong in a later block
+    alone passed a check of the first): the recipe reserves one a block, and spends at most its budget
+    (61 of 60 when it reserved one query: 6 coordinates reach both blocks, the first step 7 + 2)."""
+    path = tmp_path / "bill"
+    p0 = np.full(D, 0.5)
+    kw = zo.recipes.short_budget(PaidSplit(path), p0, budget, coordinates=6, grasp_directions=4, blocks=BLOCKS)
+    res = zo.train(PaidSplit(path), p0, rng=0, progress=False, **kw)
+    assert res.nfev == billed(path) <= budget

@@ -85,7 +85,7 @@ def test_checkpoint_every_counts_steps_across_one_step_epochs(tmp_path):
     path.unlink()
     with pytest.raises(KeyboardInterrupt):
         zo.train(loss, np.zeros(3), callbacks=[crash], **kw)
-    assert zo.load_checkpoint(path)[1]["step"] == 4  # steps 5-7 run again on resume
+    assert zo.load_checkpoint(path)[1]["step"] == 7  # epoch 6, its record in, is saved before the error
     res = zo.train(loss, np.zeros(3), resume=True, **kw)
     assert res.params.tobytes() == full.params.tobytes()
     for name in ("loss", "total_nfev"):

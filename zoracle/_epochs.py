@@ -28,6 +28,7 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
         return [None] * (steps_per_epoch or 1)
     used_up = ""  # why a callable's epoch may run short: the iterator it returned was used up before
     if callable(batches):
+        seen = _generator_states(returned)
         try:
             got = batches(epoch)
         except StopIteration as exc:  # escaping train bare, it would end a caller's loop or generator, silently
@@ -35,7 +36,7 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
                                 "`batches` callable gives the batches of each of the `epochs`; return a list of "
                                 "batches or a new iterator each call, and stop a run early with fewer `epochs` or "
                                 "from a callback (return True)") from exc
-        _warn_unreplayed_loader(got, epoch, returned)
+        _warn_unreplayed_loader(got, epoch, returned, seen)
         if isinstance(got, (list, tuple)):
             out = list(got)
         else:
@@ -87,22 +88,45 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
     return out
 
 
-def _warn_unreplayed_loader(got, epoch: int, returned: dict | None) -> None:
+def _generator_states(returned: dict | None):
+    """Before ``batches(epoch)`` is called, in a run that checkpoints or resumes where torch is
+    imported: torch's global generator and the one the epoch before's loader shuffled by, each with
+    its state, for :func:`_warn_unreplayed_loader` to tell a call that seeds them (replayed) from one
+    that leaves them running on; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or returned is None or not returned.get("replayed") or returned.get("warned_loader"):
+        return None
+    gens = [torch.default_generator] + [g for g in (returned.get("gen"),) if g is not None]
+    return [(g, g.get_state()) for g in gens]
+
+
+def _warn_unreplayed_loader(got, epoch: int, returned: dict | None, seen=None) -> None:
     """A run that checkpoints or resumes whose ``batches(epoch)`` returns a shuffling torch
-    DataLoader drawing from torch's global generator, or one loader (with its own generator)
-    for every epoch: its order runs on from epoch to epoch, and a resumed run, starting the
-    generator afresh, trained other batches than the run it continues, silently. Warned once."""
-    if returned is None or not returned.get("replayed") or returned.get("warned_loader"):
+    DataLoader drawing from torch's global generator, or from the generator of the epoch before's
+    loader, that the call left as it was (``seen``: the generators' states before it): its order
+    runs on from epoch to epoch, and a resumed run, starting the generator afresh, trained other
+    batches than the run it continues, silently. A call that seeds the generator
+    (``torch.manual_seed(epoch)``, ``g.manual_seed(epoch)``) replays its order. Warned once."""
+    if seen is None or returned.get("warned_loader"):
         return
     if not (hasattr(got, "dataset") and hasattr(got, "batch_size")) or \
             type(getattr(got, "sampler", None)).__name__ != "RandomSampler":
         return
-    again, returned["loader"] = returned.get("loader") is got, got
-    if got.sampler.generator is not None and not again:  # (a new loader each epoch, with a generator of its own)
+    own = got.sampler.generator
+    gen = own if own is not None else seen[0][0]
+    again, returned["gen"] = own is not None and returned.get("gen") is own, own
+    if own is not None and not again:  # (a generator of the epoch's own: seeded for it, or new)
         return
+    before = next((state for g, state in seen if g is gen), None)
+    if before is None or not bool((gen.get_state() == before).all()):  # the call seeded it: replayed
+        return
+    if own is None:  # as just seeded (by the call, or the script with nothing drawn since): the next epoch tells
+        torch = sys.modules["torch"]
+        if bool((before == torch.Generator().manual_seed(torch.initial_seed()).get_state()).all()):
+            return
     returned["warned_loader"] = True
-    how = ("torch's global generator (no `generator=`)" if got.sampler.generator is None
-           else "one generator that runs on from epoch to epoch (the same loader for every epoch)")
+    how = ("torch's global generator (no `generator=`)" if own is None
+           else "one generator that runs on from epoch to epoch (the same generator for every epoch)")
     warn(f"`batches({epoch})` returned a DataLoader that shuffles by {how}: a resumed run does not replay that order, "
          "so it trains on other batches than the run it continues; make the epoch's loader seeded by epoch, "
          "`lambda epoch: DataLoader(dataset, batch_size, shuffle=True, generator=torch.Generator().manual_seed(epoch))`"

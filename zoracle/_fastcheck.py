@@ -5,7 +5,8 @@ path (``batch``, ``coordinate_losses``, ``prefix`` / ``suffix``): one that compu
 (the rows in another order, a constant offset, a sum where the call takes a mean) moves every
 difference, and the run trains to a wrong point without an error. So the first estimate of a
 ``train`` run that uses a fast path (one per run and fast path, whatever oracles the run binds)
-asks the plain call once more, at the point of one of the fast path's queries, and compares. One
+asks the plain call once more, at the point of one of the fast path's queries (``prefix`` / ``suffix``:
+one in each block), and compares. One
 that disagrees past the losses' rounding is refused with a warning naming why: the estimate is
 made again with plain calls, and so is every later one of the run. ``estimate_gradient`` called
 alone makes no check (its ``nfev`` stays a function of its arguments). An oracle that checks its
@@ -154,6 +155,20 @@ def _fast_task(tasks):
     return None
 
 
+def _split_firsts(tasks, i: int) -> list:
+    """Indices of ``tasks`` to probe for a split fast path found at ``i``: the first task of each block. Each
+    block's losses come from its own ``prefix`` (the features entering it) and ``suffix``: the first block's
+    prefix is mostly the input itself, so a pair that composes wrong in a later block alone (a hidden layer's
+    features computed otherwise than the plain call) passed a check of the first block, and trained wrong."""
+    out, seen = [i], {tasks[i].block}
+    for k in range(i + 1, len(tasks)):
+        t = tasks[k]
+        if isinstance(t, CoordTask) and t.mode == "split" and t.block not in seen:
+            seen.add(t.block)
+            out.append(k)
+    return out
+
+
 def _probe(task, row, f0) -> tuple:
     """``(j, PointTask)``: the query of ``task``'s first call, in the first half of its rows (a
     reversed batch leaves its middle row in place), whose fast loss lies farthest from ``f0``."""
@@ -213,46 +228,54 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
         return tasks, results
     spent = wrapped.nfev
     f0 = float(results[0][0, 0])
-    row = results[i][0]
-    j, probe = _probe(tasks[i], row, f0)
-    plain = float(run([probe])[0][0, 0])
-    fast = float(row[j])
     spread = max(float(np.max(np.abs(r - f0))) for r in results[1:])
-    # a coordinate's query at short params and mu: a polynomial loss there has few bits, exactly
-    exact = (lambda: _exact_at(params, probe.step)) if probe.direction < 0 else (lambda: False)
-    tol = _tolerance(wrapped, params, plain, fast, spread, (f0, row), exact)
-    asked = 1
-    if abs(plain - fast) > tol:
-        again = float(run([probe])[0][0, 0])  # a plain call that answers differently: noise, not judged here
-        asked = 2
-        # noise the estimate feels (a jitter below the tolerance, a thread pool's round-off, kept a fast
-        # path off by a constant silently: the two plain calls are alike as far as the estimate goes)
-        if abs(again - plain) > _tolerance(wrapped, params, plain, again, spread, (f0, row), exact):
-            verdicts[cap] = True
-            wrapped.nfev = spent + asked
-            warn(_noisy_text(fn, probe, plain, again, spread), RuntimeWarning, stacklevel=user_stacklevel())
-            return tasks, results
-        verdicts[cap] = False
-        warn(_refused_text(fn, cap, probe, plain, fast), RuntimeWarning,
-             stacklevel=user_stacklevel())
-        wrapped.caps = usable_caps(fn, wrapped.caps)
-        again_tasks = replan()
-        again_results = run(again_tasks)
-        spent += asked + wrapped.nfev
-        tasks, results = [tasks[0]] + again_tasks, [results[0]] + again_results
-        wrapped.nfev = spent
-        return check_fast_paths(wrapped, params, tasks, results, run, replan)  # (a next fast path: unchecked)
-    verdicts[cap] = True
-    wrapped.nfev = spent + asked
-    return tasks, results
+    asked = 0
+    # one query a fast path; prefix and suffix: one a block, block by block until one disagrees
+    for k in _split_firsts(tasks, i) if cap == "split" else [i]:
+        row = results[k][0]
+        j, probe = _probe(tasks[k], row, f0)
+        plain = float(run([probe])[0][0, 0])
+        asked += 1
+        fast = float(row[j])
+        # a coordinate's query at short params and mu: a polynomial loss there has few bits, exactly
+        exact = (lambda at=probe: _exact_at(params, at.step)) if probe.direction < 0 else (lambda: False)
+        tol = _tolerance(wrapped, params, plain, fast, spread, (f0, row), exact)
+        if abs(plain - fast) > tol:
+            break
+    else:
+        verdicts[cap] = True
+        wrapped.nfev = spent + asked
+        return tasks, results
+    again = float(run([probe])[0][0, 0])  # a plain call that answers differently: noise, not judged here
+    asked += 1
+    # noise the estimate feels (a jitter below the tolerance, a thread pool's round-off, kept a fast
+    # path off by a constant silently: the two plain calls are alike as far as the estimate goes)
+    if abs(again - plain) > _tolerance(wrapped, params, plain, again, spread, (f0, row), exact):
+        verdicts[cap] = True
+        wrapped.nfev = spent + asked
+        warn(_noisy_text(fn, probe, plain, again, spread), RuntimeWarning, stacklevel=user_stacklevel())
+        return tasks, results
+    verdicts[cap] = False
+    warn(_refused_text(fn, cap, probe, plain, fast, tasks[k].block if cap == "split" else None), RuntimeWarning,
+         stacklevel=user_stacklevel())
+    wrapped.caps = usable_caps(fn, wrapped.caps)
+    again_tasks = replan()
+    again_results = run(again_tasks)
+    spent += asked + wrapped.nfev
+    tasks, results = [tasks[0]] + again_tasks, [results[0]] + again_results
+    wrapped.nfev = spent
+    return check_fast_paths(wrapped, params, tasks, results, run, replan)  # (a next fast path: unchecked)
 
 
-def _refused_text(fn, cap, probe, plain: float, fast: float) -> str:
+def _refused_text(fn, cap, probe, plain: float, fast: float, block=None) -> str:
     method = _METHOD[cap]
     where = (f"params with coordinate {probe.coord} moved by {probe.step:g}" if probe.direction < 0 else
              f"params moved {probe.step:g} along direction {probe.direction}")
     return (f"{type(fn).__name__}: its `{method}` disagrees with its plain call at {where}: `{method}` gave "
-            f"{fast:.10g}, the plain call {plain:.10g} (asked twice, alike). An estimate takes the base loss from the "
+            f"{fast:.10g}, the plain call {plain:.10g} (asked twice, alike)."
+            + (f" The gap is in block {block}: its `prefix` (the features entering it) or its `suffix` computes "
+               "otherwise than the plain call." if block is not None else "")
+            + f" An estimate takes the base loss from the "
             f"plain call and the perturbed ones from `{method}`, so each difference would carry the gap over mu and "
             f"training would go to a wrong point: `{method}` is not used in the rest of this run (its queries go to "
             f"plain calls, or to another fast path of the oracle, checked in turn: slower, and the estimate the "

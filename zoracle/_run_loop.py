@@ -151,8 +151,8 @@ def _update(run, g, bound):
                         run.lr_name)
     prev = run.prev = run.params  # (the step's base point: a diverged run's message probes the loss there)
     try:
-        before = int(run.state.count)
-        run.params, run.state = run.optimizer.update(g.grad, run.state, run.params, lr=lr)
+        before, prev_state = int(run.state.count), run.state
+        out = run.optimizer.update(g.grad, run.state, run.params, lr=lr)
     except ArgumentError as exc:  # the optimizer's own check: train names the step, not update()
         if bool(run.xp.isfinite(g.grad).all()):
             raise
@@ -163,6 +163,12 @@ def _update(run, g, bound):
             f"training diverged at step {run.step} (epoch {run.epoch}): the gradient estimate is non-finite "
             f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {fix}"
             f"{noise_note(bound, prev, run.params0, _left(run, g))}") from exc
+    if not isinstance(out, (tuple, list)) or len(out) != 2:  # (the new params alone: a bare "too many values to unpack")
+        got = (f"a {type(out).__name__} of {len(out)} entries" if isinstance(out, (tuple, list)) else
+               f"a {type(out).__name__}" + (f" of shape {tuple(out.shape)}" if hasattr(out, "shape") else ""))
+        raise ArgumentError(f"`optimizer` {run.optimizer.name!r}: update() returned {got} at step {run.step}; it "
+                            f"must return the pair (params, state): `return new_params, new_state`")
+    run.params, run.state = out
     if not (getattr(run.params, "shape", None) == (run.d,) and getattr(run.params, "dtype", None) == run.dtype0
             and namespace(run.params) is run.xp):
         # an own optimizer's params in another dtype (np.clip against float64 bounds turned a float32
@@ -176,8 +182,12 @@ def _update(run, g, bound):
             f"e.g. new.astype(params.dtype).reshape(params.shape)")
     count = getattr(run.state, "count", None)
     if _count_of(run.state) != before + 1 and not run.count_warned:
+        # (a plain tuple's `count` is its method: named as the state's type, not a bound method's repr)
+        plain = isinstance(run.state, tuple) and not hasattr(run.state, "_fields")
+        got = (f"a plain {type(run.state).__name__}, no NamedTuple (return the state as init builds it: "
+               f"{type(prev_state).__name__}(count=state.count + 1, ...))" if plain else repr(count))
         text = (f"`optimizer` {run.optimizer.name!r}: update() must return a state whose `count` is one more "
-                f"than the state it was given ({before} + 1), got {count!r}: train reads it for the "
+                f"than the state it was given ({before} + 1), got {got}: train reads it for the "
                 f"learning rate (a schedule would stay at one step) and checkpoints it")
         if before == run.first_count:  # its first update: refused, nothing much spent
             raise ArgumentError(text)
@@ -318,16 +328,23 @@ def end_epoch(run) -> bool:
                                                 for r in run.epoch_hist[:run.resumed_metrics]]
         run.resumed_metrics = 0
     shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in erec.items())
-    with _beside(run.bar, run.progress and log.isEnabledFor(logging.INFO), clear_now=True):
-        with logging_kept_out():
-            log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
-                     extra={"zoracle_event": "epoch", "zoracle": dict(erec)}, stacklevel=user_stacklevel())
-    if run.progress:
-        run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
-    with _beside(run.bar, run.progress and bool(run.callbacks)):
-        for cb in run.callbacks:
-            if _stops(_called(cb, "epoch", dict(erec), run.params.copy()), cb, run.cb_warned, stacklevel=5):
-                run.stopped = True
+    try:
+        with _beside(run.bar, run.progress and log.isEnabledFor(logging.INFO), clear_now=True):
+            with logging_kept_out():
+                log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
+                         extra={"zoracle_event": "epoch", "zoracle": dict(erec)}, stacklevel=user_stacklevel())
+        if run.progress:
+            run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
+        with _beside(run.bar, run.progress and bool(run.callbacks)):
+            for cb in run.callbacks:
+                if _stops(_called(cb, "epoch", dict(erec), run.params.copy()), cb, run.cb_warned, stacklevel=5):
+                    run.stopped = True
+    except BaseException:
+        # an epoch callback that raises (or Ctrl-C in one, or a handler's KeyboardInterrupt): the epoch, its
+        # record in the history, is the run's, saved first as its next epoch's start (as a raising step
+        # callback's step is); saved with the epoch count before it, a resume recorded the epoch twice
+        run.epoch, run.pos, run.between = run.epoch + 1, 0, True
+        raise
     run.epoch += 1
     run.pos = 0
     run.between = True

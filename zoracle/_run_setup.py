@@ -93,10 +93,30 @@ def check_tools(checkpoint, checkpoint_every, estimator, optimizer, schedule, mu
     if not isinstance(optimizer, Optimizer):
         raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, or be your own pure pair "
                             f"wrapped as zo.Optimizer(init, update, lr, name, config), got {type(optimizer).__name__}")
+    _check_optimizer_calls(optimizer)
     lr_sched = as_schedule(schedule, "schedule") if schedule is not None else None
     mu_sched = as_schedule(mu, "mu", positive=True) if mu is not None else None
     cadence = save_cadence(checkpoint_every, checkpoint)  # (a time cadence counts from here)
     return checkpoint, estimator, snes, optimizer, lr_sched, mu_sched, cadence
+
+
+def _check_optimizer_calls(optimizer) -> None:
+    """An own optimizer's ``init`` and ``update`` that cannot take the arguments train passes fail now, not
+    with a bare TypeError after the first step's queries (``update`` gets the step's lr by keyword)."""
+    for fn, args, kwargs, shown in ((optimizer.init, (0,), {}, "init(params)"),
+                                    (optimizer.update, (0, 1, 2), {"lr": None}, "update(grad, state, params, lr=lr)")):
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # (a signature that cannot be read is taken as it is)
+            continue
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentError(f"`optimizer` {optimizer.name!r}: train calls {shown}, which its signature {sig} "
+                                f"cannot take ({exc}); define it as "
+                                + ("def init(params)" if shown.startswith("init") else
+                                   "def update(grad, state, params, lr=None) (train passes each step's learning "
+                                   "rate as `lr`, from the optimizer's own `lr` or train's `schedule`)")) from None
 
 
 #: a callback written for scipy.optimize.minimize, callback(xk) or callback(intermediate_result)

@@ -112,15 +112,16 @@ def default_coordinates(budget: int, sampled: int) -> int:
     return int(min(sampled, WIDE_COORDINATES if q >= WIDE_FROM else COORDINATES))
 
 
-def _check_queries(oracle) -> int:
-    """The queries ``train``'s check of a fast path adds to a run that passes it (docs/concepts.md):
-    one where the oracle has ``batch``, ``coordinate_losses`` or ``prefix`` / ``suffix`` and does not
-    check them itself (a data oracle's own methods: what its ``bind`` returns is not known before a
-    batch is bound, and is not bound here)."""
+def _check_queries(oracle, n_blocks: int) -> int:
+    """The queries ``train``'s check of a fast path adds at most to a run that passes it
+    (docs/concepts.md): one where the oracle has ``batch`` or ``coordinate_losses``, and one a block
+    (of ``n_blocks``) where it has ``prefix`` / ``suffix``, when it does not check them itself (a data
+    oracle's own methods: what its ``bind`` returns is not known before a batch is bound, and is not
+    bound here)."""
     if oracle is None or getattr(oracle, "fast_paths_checked", False) is True:
         return 0
     caps = capabilities(oracle)
-    return int(caps.batch or caps.coordinate or caps.split)
+    return max(1, n_blocks) if caps.split else int(caps.batch or caps.coordinate)
 
 
 def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, steps_per_epoch: int | None = None,
@@ -137,8 +138,9 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
     first time at step ``t`` moves by ``lr * sqrt((1 - b2**t) / (1 - b2))`` before the
     schedule (``lr`` at the first step, about ``31 lr`` at step 3,000), since Adam's bias
     correction counts the steps of all weights. The run takes as many whole steps as fit in
-    ``budget`` after ZO-GraSP (and after the one query of ``train``'s check of a fast path, for
-    an oracle with ``batch``, ``coordinate_losses`` or ``prefix`` / ``suffix`` that does not
+    ``budget`` after ZO-GraSP (and after the queries of ``train``'s check of a fast path, one,
+    or one a block for ``prefix`` / ``suffix``, for an oracle with ``batch``, ``coordinate_losses``
+    or ``prefix`` / ``suffix`` that does not
     set ``fast_paths_checked = True``, as ``TorchOracle`` does), and ``max_queries`` stops it
     there: it never spends more than ``budget``, unless that check warns (a plain call that
     answers twice differently costs one query more, a refused fast path its step's queries
@@ -266,10 +268,10 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
     # one block (uniform ratios) or every weight sampled (nothing to rank): no ZO-GraSP
     grasp = grasp_queries(grasp_directions) if len(scored) > 1 and coordinates < n_scored else 0
     per_step = coordinates + (d - n_scored) + 1  # sampled weights, the dense rest, the base point
-    check = _check_queries(oracle)
+    check = _check_queries(oracle, len(resolved))
     if budget < grasp + check + 2 * per_step:
         raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}"
-                            f"{' (and train checks the fast path once)' if check else ''}; "
+                            f"{f' (and train checks the fast path: up to {check} queries)' if check else ''}; "
                             f"pass budget >= {grasp + check + 2 * per_step} for two steps, or lower `coordinates`")
     steps = (budget - grasp - check) // per_step
     if lr is None:
