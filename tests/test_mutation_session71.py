@@ -17,6 +17,8 @@ from zoracle._pickling import LoadFailed, Pickled
 from zoracle._plan import BaseTask, CoordTask, assemble, merge_calls, reshard, shard_tasks
 from zoracle.executors import JoblibExecutor
 
+from test_executor_carryovers import _FailsLoading  # noqa: E402  (an oracle whose loading raises)
+
 
 def _answer(task) -> np.ndarray:
     """A stand-in for ``task.run``: each column's losses name its step and coordinate, so a column
@@ -124,18 +126,6 @@ def test_an_empty_loss_array_is_told_it_holds_no_loss(shape):
         zo.estimate_gradient(lambda x: np.zeros(shape), np.zeros(2))
 
 
-class _FailsLoading:
-    """Loading it (unpickling, on a worker) raises ``error``."""
-
-    def __init__(self, error):
-        self.error = error
-
-    def __call__(self, x):
-        return float(x @ x)
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        raise self.error
 
 
 def _load_error(error) -> zo.ZoracleError:
