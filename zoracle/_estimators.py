@@ -668,7 +668,8 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         if estimator.scheme != "forward":
             den += (x - (x - x.dtype.type(estimator.mu))).astype(np.float64)
         del x
-        gridded = may_be_gridded(f0)  # (O(1) to tell)
+        # (O(1) to tell; once the oracle's loss values were warned of, they are not read again: no copy, no spread)
+        gridded = may_be_gridded(f0) and not _values_warned(wrapped)
         # central: how far the losses differenced lie from the base loss (two near 1e69 are 0 apart), read
         # before g is written over vals[0]
         far = loss_spread(vals, f0) if gridded and estimator.scheme != "forward" else 0.0
@@ -713,7 +714,8 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         else:
             vals = centered_ranks(vals.reshape(-1)).reshape(vals.shape)
     coef = vals[0] - base if estimator.scheme == "forward" else vals[0] - vals[1]
-    diffs = coef.copy() if estimator.shaping != "ranks" and may_be_gridded(f0) else None
+    diffs = coef.copy() if estimator.shaping != "ranks" and may_be_gridded(f0) and not _values_warned(wrapped) \
+        else None
     far = loss_spread(vals, f0) if diffs is not None and estimator.scheme != "forward" else 0.0
     coef /= estimator.mu if estimator.scheme == "forward" else 2 * estimator.mu
     phi = d if estimator.distribution == "sphere" else 1.0
@@ -749,13 +751,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
     typed = value is not None and not isinstance(value, float) and precision_bits(loss_type(value)) < 53
     if not typed and diffs is None:
         return
-    # once per oracle class (a plain function: per code, as every function's class is `function`;
-    # a functools.partial: per the function it wraps, as every partial's class is `partial`)
-    # and loss type: every step of a run would repeat it
-    fn = wrapped.fn
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    owner = getattr(fn, "__code__", None) or type(fn)
+    owner = _coarse_owner(wrapped)
     seen = []
 
     def typical():  # O(d), once: only where the verdict needs it (not for float32 losses at float32 params)
@@ -783,6 +779,23 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
 
 
 _COARSE_WARNED: set = set()
+
+
+def _coarse_owner(wrapped: Oracle):
+    """What :func:`_warn_coarse` warns once per: the oracle's class (a plain function: its code, as
+    every function's class is `function`; a functools.partial: the function it wraps, as every
+    partial's class is `partial`), with the loss type: every step of a run would repeat it."""
+    fn = wrapped.fn
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__code__", None) or type(fn)
+
+
+def _values_warned(wrapped: Oracle) -> bool:
+    """Whether the oracle's loss values were warned of as lying on a grid: :func:`_warn_coarse` reads
+    no differences of them again, so an estimate need not copy them nor measure their spread
+    (:func:`~zoracle._grid.loss_spread`, 5-10 us of a 10-coordinate central estimate's 100)."""
+    return bool(_COARSE_WARNED) and (_coarse_owner(wrapped), "values") in _COARSE_WARNED
 
 
 def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:
