@@ -9,6 +9,7 @@ another loss than the plain call in a later block alone is refused by the run's 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -60,6 +61,30 @@ def test_an_update_without_lr_is_refused_before_any_query():
                                                r"def update\(grad, state, params, lr=None\)"):
         zo.train(oracle, np.zeros(4), epochs=2, optimizer=opt, rng=0, progress=False)
     assert oracle.calls == 0
+
+
+def test_an_update_decorated_with_functools_wraps_that_takes_lr_trains():
+    """A wrapper that takes ``lr=`` and calls an update without it (``functools.wraps`` copies the inner
+    signature) was refused before any query, though train's call ``update(..., lr=lr)`` works; the bare
+    wrapper and a ``functools.partial`` train as the plain update does."""
+
+    def fixed_lr(update):
+        @functools.wraps(update)
+        def wrapper(grad, state, params, lr=None):
+            return update(grad, state, params)
+        return wrapper
+
+    @fixed_lr
+    def update(grad, state, params):
+        return (params - 0.1 * grad).astype(params.dtype), LionState(state.count + 1, state.m)
+
+    def plain(grad, state, params, lr=None):
+        return (params - 0.1 * grad).astype(params.dtype), LionState(state.count + 1, state.m)
+
+    want = zo.train(quadratic, np.zeros(4), epochs=2, optimizer=_own(plain), rng=0, progress=False)
+    for own in (update, functools.partial(plain)):
+        got = zo.train(quadratic, np.zeros(4), epochs=2, optimizer=_own(own), rng=0, progress=False)
+        assert got.params.tobytes() == want.params.tobytes()
 
 
 def test_an_update_returning_the_params_alone_names_the_pair():

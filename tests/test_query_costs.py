@@ -182,3 +182,16 @@ def test_the_short_budget_recipe_reserves_a_split_oracles_check_in_each_block(bu
     kw = zo.recipes.short_budget(PaidSplit(path), p0, budget, coordinates=6, grasp_directions=4, blocks=BLOCKS)
     res = zo.train(PaidSplit(path), p0, rng=0, progress=False, **kw)
     assert res.nfev == billed(path) <= budget
+
+
+@pytest.mark.filterwarnings("ignore:short_budget. one epoch of warm-up")
+@pytest.mark.parametrize("budget", [50, 57, 64])
+def test_the_short_budget_recipe_reserves_the_oracles_own_blocks_not_the_blocks_passed(budget, tmp_path):
+    """The check probes one query in each of the oracle's own ``blocks`` (where its prefix / suffix split):
+    ``blocks=`` passed for ZO-GraSP's layout (one here) reserved one query for it, and the run spent
+    budget + 1 (51 of 50, 58 of 57, 65 of 64)."""
+    path = tmp_path / "bill"
+    p0 = np.full(D, 0.5)
+    kw = zo.recipes.short_budget(PaidSplit(path), p0, budget, coordinates=6, grasp_directions=4, blocks=[slice(0, D)])
+    res = zo.train(PaidSplit(path), p0, rng=0, progress=False, **kw)
+    assert res.nfev == billed(path) <= budget

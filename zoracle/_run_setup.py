@@ -102,11 +102,13 @@ def check_tools(checkpoint, checkpoint_every, estimator, optimizer, schedule, mu
 
 def _check_optimizer_calls(optimizer) -> None:
     """An own optimizer's ``init`` and ``update`` that cannot take the arguments train passes fail now, not
-    with a bare TypeError after the first step's queries (``update`` gets the step's lr by keyword)."""
+    with a bare TypeError after the first step's queries (``update`` gets the step's lr by keyword). A
+    decorated function's own signature is read, not the one ``functools.wraps`` copies from the function it
+    wraps (a wrapper that takes ``lr`` and calls an update without it was refused, and trains)."""
     for fn, args, kwargs, shown in ((optimizer.init, (0,), {}, "init(params)"),
                                     (optimizer.update, (0, 1, 2), {"lr": None}, "update(grad, state, params, lr=lr)")):
         try:
-            sig = inspect.signature(fn)
+            sig = inspect.signature(fn, follow_wrapped=False)
         except (TypeError, ValueError):  # (a signature that cannot be read is taken as it is)
             continue
         try:

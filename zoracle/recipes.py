@@ -112,16 +112,17 @@ def default_coordinates(budget: int, sampled: int) -> int:
     return int(min(sampled, WIDE_COORDINATES if q >= WIDE_FROM else COORDINATES))
 
 
-def _check_queries(oracle, n_blocks: int) -> int:
+def _check_queries(oracle) -> int:
     """The queries ``train``'s check of a fast path adds at most to a run that passes it
     (docs/concepts.md): one where the oracle has ``batch`` or ``coordinate_losses``, and one a block
-    (of ``n_blocks``) where it has ``prefix`` / ``suffix``, when it does not check them itself (a data
-    oracle's own methods: what its ``bind`` returns is not known before a batch is bound, and is not
-    bound here)."""
+    of the oracle's own ``blocks`` (those its ``prefix`` / ``suffix`` split at, not the ``blocks``
+    passed for ZO-GraSP's layout) where it has ``prefix`` / ``suffix``, when it does not check them
+    itself (a data oracle's own methods: what its ``bind`` returns is not known before a batch is
+    bound, and is not bound here)."""
     if oracle is None or getattr(oracle, "fast_paths_checked", False) is True:
         return 0
     caps = capabilities(oracle)
-    return max(1, n_blocks) if caps.split else int(caps.batch or caps.coordinate)
+    return max(1, len(oracle.blocks)) if caps.split else int(caps.batch or caps.coordinate)
 
 
 def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, steps_per_epoch: int | None = None,
@@ -139,8 +140,8 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
     schedule (``lr`` at the first step, about ``31 lr`` at step 3,000), since Adam's bias
     correction counts the steps of all weights. The run takes as many whole steps as fit in
     ``budget`` after ZO-GraSP (and after the queries of ``train``'s check of a fast path, one,
-    or one a block for ``prefix`` / ``suffix``, for an oracle with ``batch``, ``coordinate_losses``
-    or ``prefix`` / ``suffix`` that does not
+    or one in each of the oracle's own ``blocks`` for ``prefix`` / ``suffix``, for an oracle
+    with ``batch``, ``coordinate_losses`` or ``prefix`` / ``suffix`` that does not
     set ``fast_paths_checked = True``, as ``TorchOracle`` does), and ``max_queries`` stops it
     there: it never spends more than ``budget``, unless that check warns (a plain call that
     answers twice differently costs one query more, a refused fast path its step's queries
@@ -268,7 +269,7 @@ def short_budget(oracle: Any, params: Any, budget: int, *, batches: Any = None, 
     # one block (uniform ratios) or every weight sampled (nothing to rank): no ZO-GraSP
     grasp = grasp_queries(grasp_directions) if len(scored) > 1 and coordinates < n_scored else 0
     per_step = coordinates + (d - n_scored) + 1  # sampled weights, the dense rest, the base point
-    check = _check_queries(oracle, len(resolved))
+    check = _check_queries(oracle)
     if budget < grasp + check + 2 * per_step:
         raise ArgumentError(f"`budget` is {budget}, but ZO-GraSP takes {grasp} queries and a step {per_step}"
                             f"{f' (and train checks the fast path: up to {check} queries)' if check else ''}; "
