@@ -32,9 +32,14 @@ def namespace(*arrays):
 
 
 def to_numpy(x) -> np.ndarray:
-    """A NumPy view or copy of ``x`` (device-to-host copy for CuPy arrays)."""
+    """A NumPy view or copy of ``x`` (device-to-host copy for CuPy arrays, also those in a list or
+    tuple: ``np.asarray`` refuses a CuPy array, so a batch oracle's ``[loss(p) for p in rows]`` of
+    0-d CuPy losses was refused where its plain call's 0-d loss was taken)."""
     if is_cupy(x):
         return x.get()
+    if isinstance(x, (list, tuple)) and "cupy" in sys.modules and any(is_cupy(v) or isinstance(v, (list, tuple))
+                                                                      for v in x):
+        return np.asarray([to_numpy(v) for v in x])
     return np.asarray(x)
 
 

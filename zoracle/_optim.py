@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._backend import namespace, same_values, to_numpy
+from ._backend import is_cupy, namespace, same_values, to_numpy
 from ._errors import ArgumentError, check_flag, config_hint, finite_real, masked_entries, short_repr
 from ._schedules import FloatOrSchedule, as_schedule, check_value, describe_schedule, schedule_value
 
@@ -207,10 +207,12 @@ def _check_update(name: str, grad, state, params, state_type, signs: bool = Fals
     scalar = isinstance(grad, numbers.Real) and not isinstance(grad, bool)
     if not scalar and not (namespace(grad) is xp and isinstance(grad, (xp.ndarray, np.generic))):
         # a torch tensor or a list failed inside the arithmetic (a TypeError about concatenation), or not at all
+        # (np.asarray keeps a NumPy gradient on the host beside CuPy params, and CuPy refuses it for a CuPy one)
+        fix = ("cupy.asarray(grad, dtype=params.dtype)" if xp is not np else "cupy.asnumpy(grad)" if is_cupy(grad)
+               else "np.asarray(grad, dtype=params.dtype) (a torch tensor: grad.detach().cpu().numpy())")
         raise ArgumentError(f"`grad` passed to {name}.update() must be an array like `params` "
                             f"({type(params).__module__.split('.')[0]}.{type(params).__name__}), got "
-                            f"{type(grad).__module__.split('.')[0]}.{type(grad).__name__}; convert it: "
-                            "np.asarray(grad, dtype=params.dtype) (a torch tensor: grad.detach().cpu().numpy())")
+                            f"{type(grad).__module__.split('.')[0]}.{type(grad).__name__}; convert it: {fix}")
     if getattr(getattr(grad, "dtype", None), "kind", "f") not in "iuf":
         raise ArgumentError(f"`grad` passed to {name}.update() must hold real numbers, got dtype {grad.dtype}")
     # one pass over the gradient (isnan's result negated was a second one, and a second temporary)

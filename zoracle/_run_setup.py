@@ -350,7 +350,7 @@ def init_state(oracle, params, optimizer, checkpoint, resume):
 def array_keep(ratios, scored, sparsity, n_scored):
     """Keep ratios passed as an array, checked against the scored blocks and `sparsity`."""
     try:
-        keep = np.array(ratios, dtype=np.float64).ravel()  # (a copy: result.ratios is not the caller's array)
+        keep = np.array(to_numpy(ratios), dtype=np.float64).ravel()  # (a copy: result.ratios is not the caller's array)
     except (TypeError, ValueError):
         raise ArgumentError(f"`ratios` must be 'zo_grasp', 'smart', 'uniform', 'random' or one keep ratio "
                             f"(a number in [0, 1]) per scored block, got {ratios!r}") from None
@@ -457,7 +457,7 @@ def resumed(got, resume, *, oracle, d, xp, state, est_state, config, modes, lr_o
                                          "mu": (None if snes else mu_sched, "mu")})
     keep = got["keep"]
     if sparse and not isinstance(ratios, str):
-        given = np.asarray(ratios, dtype=np.float64).ravel()
+        given = np.asarray(to_numpy(ratios), dtype=np.float64).ravel()
         if given.shape != keep.shape or not np.array_equal(given, keep):
             raise CheckpointError(f"checkpoint {resume!r} was written with the keep ratios {keep.tolist()}, this run "
                                   f"has `ratios`={given.tolist()}; resume with the same settings, or delete the "

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
-from ._backend import real_numpy, same_values
+from ._backend import is_cupy, real_numpy, same_values
 from ._errors import ArgumentError, OracleError, Shown, ZoracleError, finite_real
 from ._estimators import as_generator
 
@@ -230,9 +230,19 @@ def _row(scores) -> str:
     return Shown(r if len(r) < 120 else r[:117] + "...")
 
 
+def _host(x) -> np.ndarray:
+    """``x`` as a NumPy array; a CuPy array refused naming the copy to make (np.asarray's raw TypeError
+    named neither the argument nor the fix)."""
+    if is_cupy(x):
+        raise ArgumentError("`x` is a CuPy array; zoracle.smoothing draws its noise with NumPy on the host: pass "
+                            "cupy.asnumpy(x), and move each noisy batch to the GPU inside the classifier "
+                            "(cupy.asarray(batch))")
+    return np.asarray(x)
+
+
 def _points(x) -> np.ndarray:
     """``x`` as a float32 or float64 array of points along axis 0 (integers become float32)."""
-    x = np.asarray(x)
+    x = _host(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ArgumentError(f"`x` must hold at least one point along axis 0, got shape {x.shape}")
     if x.size == 0:  # points with no features (certify(np.zeros(0)) certified one)
@@ -542,7 +552,7 @@ def certify(classifier: Callable, x, *, sigma: float, n0: int = 100, n: int = 10
     >>> c.prediction, c.radius > 0.5
     (1, True)
     """
-    x = np.asarray(x)
+    x = _host(x)
     return certify_batch(classifier, x[None], sigma=sigma, n0=n0, n=n, alpha=alpha, num_classes=num_classes,
                          batch_size=batch_size, rng=rng)[0]
 
@@ -572,7 +582,7 @@ def predict(classifier: Callable, x, *, sigma: float, n: int = 100_000, alpha: f
         raise ArgumentError(f"`n`={n} cannot predict at `alpha`={alpha:g}: even if all {n} samples agree, the "
                             f"two-sided test's p-value is {stats.binomtest(n, n, 0.5).pvalue:.3g} > alpha, so it "
                             f"would abstain; pass n >= {least} at this alpha (or a larger alpha)")
-    x = np.asarray(x)
+    x = _host(x)
     num_classes = _infer_classes(classifier, x, num_classes)
     counts = sample_counts(classifier, x[None], n, sigma, num_classes=num_classes, batch_size=batch_size,
                            rng=as_generator(rng))[0]
