@@ -239,6 +239,39 @@ def _describe(value) -> str:
     return Shown(short_repr(value))  # (a repr that fails must not hide the real report)
 
 
+# one number per query is all zoracle reads: a (loss, metrics) pair or a dict of them is refused, pointing here
+_METRICS = ("; metrics beside the loss (an accuracy) go in `train`'s `eval_fn`, which the history records per "
+            "epoch, or in a step callback: docs/training.md, \"Metrics beside the loss\"")
+
+
+def _fix_for(value) -> str:
+    """The fix for a loss ``value`` refused for its type (``: ...``), or empty: a (loss, metrics) tuple,
+    a dict, None, a boolean, text, a complex number, a tensor on the meta device."""
+    dtype = str(getattr(value, "dtype", ""))
+    if isinstance(value, dict):
+        key = next((k for k in value if k in ("loss", "objective", "value")), None)
+        return (f": return the loss alone, a float ({f'`out[{key!r}]`' if key is not None else 'not a dict'})"
+                + _METRICS)
+    if isinstance(value, (tuple, list)):
+        return (": return the number itself, a float (`out[0]`)" if len(value) == 1 else
+                ": return the loss alone, a float (`loss`, not `(loss, ...)`), one number per query"
+                + _METRICS)
+    if value is None:
+        return ": the oracle returned nothing; does every path of it end in `return loss`?"
+    if isinstance(value, (bool, np.bool_)) or "bool" in dtype:
+        return (": a boolean (a comparison, a success flag) is no loss, nor 0 or 1 of one; return the number it "
+                "compares (a float)")
+    if isinstance(value, (str, bytes, np.str_, np.bytes_)):
+        return ": text is not read as a number; parse it where the oracle reads it (`float(text)`)"
+    if isinstance(value, (complex, np.complexfloating)) or "complex" in dtype:
+        return ": return its real part (`loss.real`) where the imaginary part is zero by construction"
+    if getattr(getattr(value, "device", None), "type", None) == "meta":
+        return (": a tensor on the meta device holds no values (a model built under torch.device('meta') or with "
+                "empty weights); materialize it first (model.to_empty(device='cpu'), then initialize or load its "
+                "weights)")
+    return ""
+
+
 def check_scalar(value, query: str) -> float:
     """``value`` as a Python float, or :class:`OracleError` naming ``query``."""
     if type(value) is float and math.isfinite(value):  # the common case, on every query
@@ -249,7 +282,7 @@ def check_scalar(value, query: str) -> float:
     kind, name = getattr(dtype, "kind", ""), str(dtype)  # NumPy dtypes have a kind; torch's a name
     if (isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating)) or (kind and kind in "bcUS")
             or "bool" in name or "complex" in name):  # text parses as a number, a boolean as 0 or 1: not losses
-        raise OracleError(query, _describe(value), detail="expected a finite real scalar")
+        raise OracleError(query, _describe(value), detail="expected a finite real scalar" + _fix_for(value))
     shape = getattr(value, "shape", ())
     if shape not in ((), (1,)):
         shape = tuple(shape)
@@ -261,13 +294,37 @@ def check_scalar(value, query: str) -> float:
         raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {shape}: {fix}")
     try:
         out = float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RuntimeError, NotImplementedError) as exc:  # (torch: a meta tensor)
         if (why := _awaitable(value, "the oracle")) is not None:  # an async oracle wrapped so as to hide it
             raise OracleError(query, _describe(value), detail=str(why)) from None
-        raise OracleError(query, _describe(value), detail=f"expected a finite real scalar ({exc})") from None
+        raise OracleError(query, _describe(value),
+                          detail=f"expected a finite real scalar ({exc_text(exc)}){_fix_for(value)}") from None
     if not np.isfinite(out):
         raise OracleError(query, out, detail=f"expected a finite loss{_UNDEFINED}")
     return out
+
+
+def _vector_fix(values, n: int, arr=None) -> str:
+    """The fix for losses ``values`` of a call answering ``n`` queries, refused for their type or shape
+    (``arr``: them as an array, where they converted), or empty."""
+    if isinstance(values, (tuple, list)) and any(  # (losses, metrics), [(loss, acc), ...], [{"loss": ...}, ...]
+            isinstance(v, (tuple, list, dict)) or tuple(getattr(v, "shape", ())) not in ((), (1,)) for v in values):
+        return (f": return the {n} losses alone, a list or a ({n},) array, one number per query in their "
+                f"order{_METRICS}")
+    if hasattr(values, "__next__"):  # a generator, a map: read once, not an array
+        return f": return a list or an array of the {n} losses (`list(...)`), not an iterator"
+    if isinstance(values, dict):
+        return f": return the {n} losses alone, a list or a ({n},) array, one number per query in their order{_METRICS}"
+    if arr is None or values is None or getattr(values, "is_meta", False):
+        return _fix_for(values)
+    if np.iscomplexobj(arr) or arr.dtype == bool:
+        return _fix_for(arr.flat[0] if arr.size else arr)
+    if arr.ndim == 0:
+        return (f": one number for all {n} queries (a loss reduced over them, `.mean()`?); return one loss per "
+                "query, in their order")
+    if arr.size == n and arr.ndim > 1:
+        return f": return them as a ({n},) array, one loss per query in their order (`losses.reshape(-1)`)"
+    return f": return {n} losses, one per query in their order"
 
 
 def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> np.ndarray:
@@ -282,7 +339,8 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
     try:
         arr = real_numpy(values, np.float64)  # (bfloat16 and float8 losses: real numbers)
     except Exception as exc:
-        raise OracleError(what, _describe(values), detail=f"could not convert to an array ({exc})") from None
+        raise OracleError(what, _describe(values),
+                          detail=f"could not convert to an array ({exc}){_vector_fix(values, n)}") from None
     listed = isinstance(values, (list, tuple)) and len(values) == n
     if arr.shape in ((n,), (n, 1)) and (arr.dtype.kind == "O" or (arr.dtype.kind in "US" and listed)):
         # a None (a NaN that JSON sent as null) or a string among the losses: named by its row, as a
@@ -292,10 +350,12 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
     if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":
         if (why := _awaitable(values, "the oracle")) is not None:  # an `async def batch` (or a wrapper hiding one)
             raise OracleError(what, _describe(values), detail=str(why))
-        raise OracleError(what, _describe(values), detail="expected real losses")
+        raise OracleError(what, _describe(values), detail="expected real losses" + _vector_fix(
+            values, n, arr if np.iscomplexobj(arr) or arr.dtype == bool else None))
     arr = arr.astype(np.float64, copy=False).reshape(-1) if arr.shape in ((n,), (n, 1)) else arr
     if arr.shape != (n,):
-        raise OracleError(what, _describe(values), detail=f"expected {n} losses, got shape {arr.shape}")
+        raise OracleError(what, _describe(values),
+                          detail=f"expected {n} losses, got shape {arr.shape}{_vector_fix(values, n, arr)}")
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         j = int(bad[0])
@@ -511,7 +571,7 @@ class Oracle:
         if dtype is None and isinstance(values, (list, tuple)) and values and not isinstance(values[0], float):
             # a list of losses (list(arr32), [net(x) for x in X]): its items tell the precision
             dtype = getattr(values[0], "dtype", type(values[0]).__name__)
-        if dtype is not None and n:
+        if dtype is not None and n and getattr(values, "ndim", 1):  # (a 0-d value, one loss for all: refused below)
             seen = self.base_value
             if precision_bits(str(dtype).replace("torch.", "")) < precision_bits(
                     "float64" if seen is None else loss_type(seen)):
@@ -521,7 +581,12 @@ class Oracle:
                 self.base_value = values[0]
                 if seen is not None and self.base_source is None:
                     self.base_source = (method, "a Python float" if isinstance(seen, float) else loss_type(seen))
-        return check_vector(values, n, query_of, what)
+        try:
+            return check_vector(values, n, query_of, what)
+        except OracleError as exc:  # which method returned it: an oracle may have several (batch, coordinate_losses)
+            if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith("oracle returned "):
+                exc.args = (f"oracle's `{method}` returned {exc.args[0][len('oracle returned '):]}", *exc.args[1:])
+            raise
 
     # capabilities ---------------------------------------------------------------------
     def batch(self, params_batch, query_of, what) -> np.ndarray:
