@@ -230,6 +230,18 @@ def nes_utilities(losses) -> np.ndarray:
     return u
 
 
+def float64_values(value, arr: np.ndarray, name: str, fix: str) -> np.ndarray:
+    """``arr`` (``value`` as NumPy) as float64; text (NumPy parses "0.1"), dates and objects that
+    are no numbers raise an ArgumentError naming ``name`` rather than NumPy's own message."""
+    if arr.dtype.kind not in "USMm":
+        try:
+            return np.asarray(arr, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+    raise ArgumentError(f"`{name}` must hold real numbers, got {type(value).__name__} {short_repr(value)} (dtype "
+                        f"{arr.dtype}); {fix}")
+
+
 def _check_sigma(state, d: int) -> np.ndarray:
     if isinstance(state, np.ma.MaskedArray) and np.ma.is_masked(state):  # np.asarray keeps what the mask hides
         raise ArgumentError(f"`state` (SNES's sigma) is a numpy.MaskedArray{masked_entries(state)}: the data "
@@ -239,7 +251,10 @@ def _check_sigma(state, d: int) -> np.ndarray:
     if np.iscomplexobj(s):  # (NumPy's cast drops the imaginary part, with a ComplexWarning only)
         raise ArgumentError(f"`state` (SNES's sigma) must hold real widths > 0, got dtype {s.dtype}; start from "
                             "SNES(...).init(params)")
-    s = np.asarray(s, dtype=np.float64)  # (a bfloat16 tensor's too: exact)
+    if s.dtype.kind == "b":  # (True read as a width of 1.0)
+        raise ArgumentError(f"`state` (SNES's sigma) must hold real widths > 0, got dtype {s.dtype}; start from "
+                            "SNES(...).init(params)")
+    s = float64_values(state, s, "state", "start from SNES(...).init(params)")  # (a bfloat16 tensor's too: exact)
     if s.shape != (d,):
         raise ArgumentError(f"`state` (SNES's sigma) must have shape ({d},), got {s.shape}; start from SNES(...).init(params)")
     if not (np.isfinite(s).all() and (s > 0).all()):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._backend import real_numpy, to_numpy
 from ._errors import ArgumentError, OracleError, check_flag, config_hint, user_stacklevel, warn
-from ._estimators import RGE, as_generator, estimate_gradient, validate_params
+from ._estimators import RGE, as_generator, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
 from ._oracle import has_methods
@@ -287,7 +287,7 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     [0.5, 0.5]
     """
     sparsity = _check_sparsity(sparsity)
-    if ranking not in RANKINGS:
+    if not isinstance(ranking, str) or ranking not in RANKINGS:  # (an array's `in` is ambiguous, not False)
         raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
     fill_small = check_flag("fill_small", fill_small)
     sl = _block_slices(blocks)
@@ -295,7 +295,7 @@ def layer_ratios(scores, blocks, sparsity: float = 0.9, *, ranking: str = "magni
     s = real_numpy(scores, np.float64)  # (torch's bfloat16 scores: exact in float64)
     if np.iscomplexobj(s):  # the cast would drop the imaginary part
         raise ArgumentError(f"`scores` must be real, got dtype {s.dtype}")
-    s = np.asarray(s, dtype=np.float64).ravel()
+    s = float64_values(scores, s, "scores", "pass one score per parameter (zo.zo_grasp(...))").ravel()
     if any(b.stop > s.shape[0] for b in sl):
         raise ArgumentError(f"`blocks` reach past the {s.shape[0]} scores; pass scores for the whole parameter vector")
     if not np.all(np.isfinite(s)):
@@ -409,6 +409,10 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
     blocks = _block_list(blocks)  # read twice: a generator would be spent by the first
     sl = _block_slices(blocks)
     check_disjoint(sl)
+    if kinds is not None and (isinstance(kinds, (str, bytes)) or getattr(kinds, "__iter__", None) is None
+                              or getattr(kinds, "shape", None) == ()):  # (0-d: `__iter__`, raising)
+        raise ArgumentError(f"`kinds` must name one kind per block, such as ['conv', 'linear'], got {kinds!r}; or "
+                            "leave it out to read each block's `.kind`")
     kinds = [getattr(b, "kind", None) or "conv" for b in blocks] if kinds is None else list(kinds)
     bad = [(i, k) for i, k in enumerate(kinds) if k not in ("conv", "linear")]
     if bad:  # a typo ("lineer"), or a bias / norm block, counted as a conv (and shifting the others' shares)

@@ -72,7 +72,7 @@ def check_split_names(sparsity, ratios, score_kinds, ranking, grasp_directions, 
                             "ratios, or leave it out for the default 'zo_grasp'")
     if isinstance(ratios, str) and ratios not in RATIO_METHODS:
         raise ArgumentError(f"`ratios` must be one of {', '.join(map(repr, RATIO_METHODS))} or an array; got {ratios!r}")
-    if ranking not in RANKINGS:  # before ZO-GraSP's queries
+    if not isinstance(ranking, str) or ranking not in RANKINGS:  # before ZO-GraSP's queries (an array: ambiguous)
         raise ArgumentError(f"`ranking` must be one of {', '.join(map(repr, RANKINGS))}; got {ranking!r}")
     mask_shuffle_interval = check_interval(mask_shuffle_interval)
     return grasp_directions, score_kinds, mask_shuffle_interval

@@ -125,13 +125,18 @@ def _check_batches(batches) -> None:
 def _resolve_blocks(oracle, blocks, d):
     if blocks is not None:
         # a string (a config's text) was iterated into characters, a dict into its keys, and a
-        # number raised a bare TypeError
-        if isinstance(blocks, (str, bytes, dict)) or getattr(blocks, "__iter__", None) is None:
+        # number raised a bare TypeError (a 0-d array has `__iter__` but raises on iteration)
+        if isinstance(blocks, (str, bytes, dict)) or getattr(blocks, "__iter__", None) is None \
+                or getattr(blocks, "shape", None) == ():
             raise ArgumentError(f"`blocks` must be a sequence of parameter blocks (slices, or records with `.slice`), "
                                 f"got {type(blocks).__name__} {blocks!r}: pass blocks=[slice(start, stop), ...]"
                                 f"{' (a dict: list(d.values()))' if isinstance(blocks, dict) else ''}, or leave it "
                                 "out for the oracle's own layout")
-        return list(blocks)
+        blocks = list(blocks)
+        if not blocks:  # (read before as "no block has a kind in `score_kinds`", naming other arguments)
+            raise ArgumentError("`blocks` is empty: pass blocks=[slice(start, stop), ...] (or records with `.slice`), "
+                                "or leave it out for the oracle's own layout")
+        return blocks
     for name in ("param_info", "blocks"):  # the oracle's own layout, if it declares one
         found = getattr(oracle, name, None)
         if found is None or isinstance(found, (str, bytes)):

@@ -289,7 +289,7 @@ class JoblibExecutor(StaysHere):
 
     def __init__(self, n_jobs: int = 2, backend: str = "loky", *, timeout: float | None = None) -> None:
         self.n_jobs = _check_count("n_jobs", n_jobs, allow_all=True)
-        if backend not in BACKENDS:
+        if not isinstance(backend, str) or backend not in BACKENDS:  # (an array's `in` is ambiguous, not False)
             raise ArgumentError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
         self.backend = backend
         pool = ProcessPool if backend == "loky" else ThreadPool

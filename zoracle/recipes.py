@@ -23,7 +23,7 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._errors import ArgumentError, config_hint, short_repr, warn
-from ._estimators import CGE, validate_params
+from ._estimators import CGE, float64_values, validate_params
 from ._optim import adam, scaled
 from ._oracle import capabilities
 from ._pruning import grasp_queries, split_blocks
@@ -365,6 +365,9 @@ def _layer(name: str) -> str:
     return head if tail in ("weight", "bias") else name
 
 
+_CHOICES = {"ref": ("largest", "widest"), "layers": ("all", "last")}
+
+
 def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layers: str = "all"):
     r"""Step multipliers per coordinate, one per layer: ``(rms / rms_ref) ** power``.
 
@@ -398,8 +401,10 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     >>> layer_scales(info, np.array([2.0, -2.0, 0.1, 0.5, 0.5])).tolist()
     [1.0, 1.0, 1.0, 0.5, 0.5]
     """
-    p = np.asarray(to_numpy(params), dtype=np.float64).reshape(-1)
-    if blocks is None or isinstance(blocks, (str, bytes)) or getattr(blocks, "__iter__", None) is None:
+    p = float64_values(params, np.asarray(to_numpy(params)), "params",
+                       "pass the oracle's flat parameters (oracle.initial_params())").reshape(-1)
+    if blocks is None or isinstance(blocks, (str, bytes)) or getattr(blocks, "__iter__", None) is None \
+            or getattr(blocks, "shape", None) == ():  # (a 0-d array has `__iter__` but raises on iteration)
         raise ArgumentError(f"`blocks` must be records with name, slice and kind (TorchOracle.param_info), got "
                             f"{type(blocks).__name__}")
     blocks = list(blocks)
@@ -415,12 +420,16 @@ def layer_scales(blocks, params, power: float = 0.5, ref: str = "largest", layer
     # a layer the forward does not read (``read=False``: an unpicked head, placed last) keeps 1
     weights = [b for b in blocks if b.kind in ("conv", "linear") and getattr(b, "read", True)]
     if not weights:
-        raise ArgumentError("layer step scales need at least one conv or linear block; leave `layer_steps` at 0")
+        raise ArgumentError(f"layer step scales need at least one conv or linear block in `blocks`, got "
+                            f"{short_repr(blocks)}; pass blocks=oracle.param_info, or leave `layer_steps` at 0")
     rms = {_layer(b.name): float(np.sqrt(np.mean(p[b.slice] ** 2))) for b in weights}
     zero = [name for name, r in rms.items() if not r > 0]
     if zero:
         raise ArgumentError(f"layer {zero[0]!r} has all-zero weights in `params`, so its step would be 0; "
                             "initialize it, or leave `layer_steps` at 0")
+    if not isinstance(ref, str) or not isinstance(layers, str):  # (an array's == is elementwise: ambiguous)
+        name, value = ("ref", ref) if not isinstance(ref, str) else ("layers", layers)
+        raise ArgumentError(f"`{name}` must be {' or '.join(map(repr, _CHOICES[name]))}, got {short_repr(value)}")
     if ref == "largest":
         r0 = max(rms.values())
     elif ref == "widest":
