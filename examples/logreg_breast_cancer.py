@@ -12,10 +12,16 @@ Needs scikit-learn, from the ``apps`` extra: pip install -e ".[apps]".
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import train_test_split
 
 import zoracle as zo
+from zoracle.cli import INSTALL
+
+try:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+except ImportError as exc:  # a core-only install, or one extra alone: the extra, not a traceback
+    raise SystemExit(f"python examples/logreg_breast_cancer.py: needs the 'apps' extra ({exc}); install it with: "
+                     + INSTALL.format(extra="apps")) from None
 
 
 def load(seed: int = 0):

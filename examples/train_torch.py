@@ -22,12 +22,20 @@ import os
 import time
 
 import numpy as np
-import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import zoracle as zo
-from zoracle.adapters.torch import TorchOracle
+from zoracle.cli import INSTALL
+
+try:
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    import matplotlib  # noqa: F401  (the plot at the end: missing, refused now, not after the run)
+
+    from zoracle.adapters.torch import TorchOracle
+except ImportError as exc:  # a core-only install, or one extra alone: the extra, not a traceback
+    raise SystemExit(f"python examples/train_torch.py: needs the 'apps' extra ({exc}); install it with: "
+                     + INSTALL.format(extra="apps")) from None
 
 
 class Net(torch.nn.Module):
