@@ -31,6 +31,7 @@ from ._pruning import layer_ratios, random_ratios, smart_ratio, split_blocks, un
 from ._schedules import constant_schedule, cosine_schedule, linear_warmup, step_schedule
 from ._history import History, Minibatches, TrainResult
 from ._train import train
+from ._ask_tell import AskTell
 from . import recipes  # noqa: E402  (imports train)
 
 __version__ = "0.2.0"
@@ -112,6 +113,7 @@ __all__ = [
     "retrying",
     # training (DeepZero)
     "AdamState",
+    "AskTell",
     "CheckpointError",
     "DynamicMasks",
     "History",

@@ -7,6 +7,7 @@ A warning's fixed ``stacklevel`` counts the frames from here up to ``train``'s c
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -29,7 +30,10 @@ from ._schedules import fingerprints, schedule_value
 from ._train_checks import _warn_tiny_mu
 from ._train_records import _EPOCH_KEYS, _called, _count_of, _in_order, _json_number, _metrics, _stops
 
-__all__ = ["Run", "run_epochs", "save", "save_before_error"]
+__all__ = ["RUNNING", "Run", "run_epochs", "save", "save_before_error"]
+
+#: the run whose epochs this thread runs (zoracle.AskTell reads its params and records between its steps)
+RUNNING: contextvars.ContextVar = contextvars.ContextVar("zoracle_running", default=None)
 
 
 class Run(types.SimpleNamespace):

@@ -22,7 +22,7 @@ from ._optim import Optimizer
 from ._pruning import SCORED_KINDS
 from ._resume import read_resume
 from ._run_end import close_bar, finish_run, open_bar
-from ._run_loop import Run, run_epochs, save, save_before_error
+from ._run_loop import RUNNING, Run, run_epochs, save, save_before_error
 from ._run_save import Saver, last_mask
 from ._run_setup import (check_callables, check_checkpoint, check_counts, check_plot, check_resume,
                          check_sparse_split, check_split_names, check_steps, check_tools, choose_keep, init_state,
@@ -329,12 +329,14 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     # the run's own from here (run.params, ...): the first step's params and optimizer state replace these, as
     # the loop's locals were (kept here, the start's params and an adam's moments stayed alive through the run)
     params = state = est_state = None
+    token = RUNNING.set(run)  # (zoracle.AskTell reads the run's params and records between its steps)
     try:
         run_epochs(run)
     except BaseException:
         save_before_error(run)
         raise
     finally:
+        RUNNING.reset(token)
         close_bar(run.bar, tqdm_lock)
     if checkpoint is not None:
         save(run, last=True)  # the run is done: a failure must not lose its result

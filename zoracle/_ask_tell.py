@@ -1,0 +1,349 @@
+"""``zoracle.AskTell``: training through a black box that cannot be called as a function.
+
+A lab's hardware, a human rater, a batch job on a cluster queue: the caller asks for the points
+to evaluate, evaluates them where and when it can, and tells the losses back (nevergrad's, pycma's
+and Optuna's ask/tell). The run is :func:`zoracle.train` itself, in a thread of its own, given an
+oracle whose every loss is one the caller told and an executor that turns each estimate's tasks
+into one ask: the tasks run once against a recorder that collects their query points (the points
+the serial run would query, in its order), the caller tells their losses, and the tasks run again
+answered from those losses. So the masks, ZO-GraSP, the optimizers, schedules, budgets, checkpoints
+and resumes are train's own, and an ask/tell loop answered by a function ``f`` is ``train(f, ...)``
+bit for bit.
+
+The two threads take turns: the run's thread runs while the caller waits in the constructor or in
+:meth:`AskTell.tell` (until the next queries are posted or the run ends) and waits while the
+caller holds the queries. An AskTell that is closed, dropped (garbage collected, or left at the
+interpreter's exit) or interrupted (Ctrl-C while the caller waits) makes the run raise at its next
+query, which ends the thread: it is a daemon thread, which the interpreter's exit never waits for.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ._backend import namespace
+from ._errors import ZoracleError
+from ._history import History, TrainResult
+from ._oracle import Oracle, check_vector
+from ._pruning import SCORED_KINDS
+from ._run_loop import RUNNING
+from ._train import train
+
+__all__ = ["AskTell"]
+
+#: seconds :meth:`AskTell.close` (and a dropped AskTell's finalizer) waits for the run's thread to end
+CLOSE_WAIT = 30.0
+
+
+class _Closed(BaseException):
+    """Raised in the run's thread at its next query once its AskTell is closed, dropped or interrupted:
+    no ``Exception``, so that no ``except Exception`` on the way up (the oracle's wrapper) turns it
+    into an OracleError, and train saves the steps before it as for Ctrl-C."""
+
+
+class _Channel:
+    """Where the run's thread and the caller's meet (neither holds the AskTell: it can be collected)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.queries = None  # the points the run waits on, until their losses are told
+        self.asked = False  # ``queries`` handed out by ask()
+        self.losses = None  # told, until the run takes them
+        self.closed = False
+        self.done = False
+        self.result = None
+        self.error = None
+        self.run = None  # the Run of the step asking (zoracle._run_loop); None before the first step
+
+    def query(self, points) -> np.ndarray:
+        """The run's thread: post ``points``, wait for their losses."""
+        with self.cond:
+            if self.closed:
+                raise _Closed
+            self.run = RUNNING.get()
+            self.queries, self.asked, self.losses = points, False, None
+            self.cond.notify_all()
+            while self.losses is None and not self.closed:
+                self.cond.wait()
+            if self.closed:
+                raise _Closed
+            losses, self.queries, self.losses = self.losses, None, None
+            return losses
+
+    def end(self, result=None, error=None, done: bool = True) -> None:
+        """The run's thread at its end (``done=False``: closed before it). After an error, ``run`` stays:
+        the params and records as the error left them."""
+        with self.cond:
+            self.result, self.error, self.done, self.queries = result, error, done, None
+            self.run = self.run if error is not None else None
+            self.cond.notify_all()
+
+    def turn(self, losses=None) -> None:
+        """The caller's thread: hand the run ``losses`` (if any), wait until it posts its next queries
+        or ends. An interrupt (Ctrl-C) on the way closes the run: the caller does not go on with it."""
+        try:
+            with self.cond:
+                if losses is not None:
+                    self.losses, self.asked = losses, False
+                    self.cond.notify_all()
+                while not (self.done or self.closed) and (self.queries is None or self.losses is not None):
+                    self.cond.wait()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+class _Recorder:
+    """The oracle of an estimate's first pass: keeps each query point, answers 0."""
+
+    def __init__(self, seen: list):
+        self.seen = seen
+
+    def __call__(self, x) -> float:
+        self.seen.append(x.copy())
+        return 0.0
+
+
+class _Told:
+    """The oracle ``train`` runs on: each loss one the caller told (the executor's second pass); a
+    query outside an estimate's executor, should one come, is an ask of its own."""
+
+    def __init__(self, channel: _Channel):
+        self.channel = channel
+        self.losses = None  # an iterator over the told losses while the executor replays
+
+    def __call__(self, x) -> float:
+        if self.losses is not None:
+            return next(self.losses)
+        return float(self.channel.query(x.copy()[None])[0])
+
+
+class _AskExecutor:
+    """Runs an estimate's tasks as one ask: once against a recorder, then answered by the told losses
+    (the tasks are deterministic: the second pass queries the points of the first, in order)."""
+
+    n_workers = 1  # the serial run's plan
+
+    def __init__(self, channel: _Channel, told: _Told):
+        self.channel, self.told = channel, told
+
+    def run(self, oracle, params, tasks) -> list:
+        seen: list = []
+        record = Oracle(_Recorder(seen))
+        for t in tasks:
+            t.run(record, params)
+        losses = self.channel.query(namespace(params).stack(seen))
+        self.told.losses = iter(losses.tolist())
+        try:
+            return [t.run(oracle, params) for t in tasks]
+        finally:
+            self.told.losses = None
+
+
+def _drive(channel: _Channel, params, options: dict) -> None:
+    """The run's thread: ``train`` to its end, its result or error left on ``channel``."""
+    told = _Told(channel)
+    try:
+        result = train(told, params, executor=_AskExecutor(channel, told), **options)
+    except _Closed:
+        channel.end(done=False)
+    except BaseException as exc:  # the caller's next ask or tell raises it
+        channel.end(error=exc)
+    else:
+        channel.end(result=result)
+
+
+def _shut(channel: _Channel, thread: threading.Thread) -> None:
+    """Close the run and wait (a bounded time) for its thread: close(), and an AskTell dropped."""
+    channel.close()
+    if thread is not threading.current_thread() and thread.ident is not None:
+        thread.join(CLOSE_WAIT)
+
+
+class AskTell:
+    """:func:`zoracle.train` driven by the caller: ``ask()`` the points, ``tell(losses)`` their losses.
+
+    For a black box that cannot be called as ``params -> float`` (lab hardware, a human rater, a job
+    on a cluster queue, a simulator in another system): each :meth:`ask` returns the query points of
+    the run's next gradient estimate (a training step's, or one of ZO-GraSP's two before the first
+    step), to evaluate in any order, in parallel, days later; :meth:`tell` takes their losses in the
+    points' order. Answered by a function ``f`` (``opt.tell([f(x) for x in opt.ask()])`` until
+    ``opt.done``), the result is ``zo.train(f, params, ...)``'s with the same arguments, bit for bit
+    (the records' ``seconds`` aside).
+
+    Parameters
+    ----------
+    params : array
+        Initial flat parameters (not modified).
+    epochs, steps_per_epoch, estimator, optimizer, schedule, mu : optional
+        As :func:`zoracle.train`'s. A step asks the estimate's points at once: ``d + 1`` of them for
+        forward CGE (fewer with ``sparsity``), ``directions + 1`` for forward RGE.
+    sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions : optional
+        As :func:`zoracle.train`'s (ZO-GraSP's scoring on the first asks when ``sparsity`` is set).
+    mask_shuffle_interval, eval_fn, eval_every, callbacks : optional
+        As :func:`zoracle.train`'s; ``eval_fn`` and the callbacks run in the run's thread, while the
+        caller waits in :meth:`tell`.
+    checkpoint, checkpoint_every, resume, rng, progress, max_queries, plot : optional
+        As :func:`zoracle.train`'s. A save that is due is written before :meth:`tell` returns (by
+        default at each epoch's end: every step with one-step epochs), so the process may stop
+        between a tell and the next ask, or between an ask and its tell (that step's points are
+        asked again); ``AskTell(..., checkpoint=path, resume=True)`` goes on as the uninterrupted run.
+
+    Attributes
+    ----------
+    done : bool
+        The run has ended (its epochs, ``max_queries`` or a callback): read :attr:`result`.
+    result : TrainResult
+        :func:`zoracle.train`'s result once ``done`` (refused before).
+
+    Notes
+    -----
+    ``train`` runs in a daemon thread; the two threads take turns, so the caller's code and the run
+    never run at once. :meth:`close` (or leaving a ``with`` block, or dropping the object, or Ctrl-C
+    while :meth:`tell` waits) ends the run at its next query, saving its steps as a Ctrl-C in
+    ``train`` does. An error of the run (a diverged step, a callback's) is raised by the
+    constructor, :meth:`ask` or :meth:`tell` that waits on it. An ask holds all its points,
+    ``(n, d)``: dense CGE at large ``d`` asks ``d + 1`` rows.
+
+    Examples
+    --------
+    >>> import numpy as np, zoracle as zo
+    >>> opt = zo.AskTell(np.zeros(4), epochs=50, optimizer=zo.sgd(0.1), progress=False)
+    >>> while not opt.done:
+    ...     X = opt.ask()
+    ...     opt.tell([float(((x - 3) ** 2).sum()) for x in X])
+    >>> np.allclose(opt.params, 3, atol=1e-2), opt.result.nfev
+    (True, 250)
+    """
+
+    def __init__(self, params: Any, *, epochs=1, steps_per_epoch=None, estimator=None, optimizer=None,
+                 schedule=None, mu=None, sparsity=None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
+                 ranking="magnitude", fill_small_blocks=False, grasp_directions=192, mask_shuffle_interval=5,
+                 eval_fn=None, eval_every=1, callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None,
+                 rng=None, progress=True, max_queries=None, plot=None) -> None:
+        options = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, estimator=estimator, optimizer=optimizer,
+                       schedule=schedule, mu=mu, sparsity=sparsity, ratios=ratios, blocks=blocks,
+                       score_kinds=score_kinds, ranking=ranking, fill_small_blocks=fill_small_blocks,
+                       grasp_directions=grasp_directions, mask_shuffle_interval=mask_shuffle_interval,
+                       eval_fn=eval_fn, eval_every=eval_every, callbacks=callbacks, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, resume=resume, rng=rng, progress=progress,
+                       max_queries=max_queries, plot=plot)
+        self._params0 = params.copy() if hasattr(params, "copy") else params  # (.params before the first step)
+        self._channel = channel = _Channel()
+        self._reported = False  # the run's error raised once; later calls say so
+        self._thread = threading.Thread(target=_drive, args=(channel, params, options), daemon=True,
+                                        name="zoracle.AskTell")
+        self._finalizer = weakref.finalize(self, _shut, channel, self._thread)
+        self._thread.start()
+        self._wait()
+
+    def _wait(self, losses=None) -> None:
+        """Hand the run ``losses``; wait until it posts its next queries or ends; its error raised here."""
+        self._channel.turn(losses)
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        error = self._channel.error
+        if error is None:
+            return
+        if not self._reported:
+            self._reported = True
+            raise error
+        raise ZoracleError(f"the run stopped with {type(error).__name__}: {error}; start a new AskTell "
+                           "(resume=True continues from its checkpoint)") from error
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended (read :attr:`result`)."""
+        return self._channel.done
+
+    @property
+    def result(self) -> TrainResult:
+        """``train``'s :class:`~zoracle.TrainResult` once :attr:`done` (refused before)."""
+        self._raise_error()
+        if self._channel.result is None:
+            raise ZoracleError("the run has not ended: ask() and tell() until .done (.params and .history are "
+                               "the run's as they stand)")
+        return self._channel.result
+
+    def ask(self) -> Any:
+        """The points of the run's next estimate: an array of shape ``(n, d)`` in params' backend and
+        dtype (yours to keep; ``n`` may change from one ask to the next). Tell their losses before
+        asking again."""
+        ch = self._channel
+        self._raise_error()
+        if ch.closed:
+            raise ZoracleError("ask() on a closed AskTell (close(), a `with` block's end or Ctrl-C ended its "
+                               "run): start a new one (resume=True continues from its checkpoint)")
+        if ch.done:
+            raise ZoracleError("ask() after the run ended: read .result (or .params and .history)")
+        if ch.asked:
+            raise ZoracleError(f"ask() twice without tell(): tell the {ch.queries.shape[0]} losses of the points "
+                               "the last ask() returned first (call ask() once per tell())")
+        ch.asked = True
+        return ch.queries.copy()
+
+    def tell(self, losses: Any) -> None:
+        """The losses of the points the last :meth:`ask` returned, in their order (a sequence or array
+        of ``n`` finite numbers). Returns when the run has posted its next points or ended (a save
+        that is due written). A wrong count or a non-finite loss is refused naming the query, and
+        the points stay asked: tell again."""
+        ch = self._channel
+        self._raise_error()
+        if ch.closed or ch.done or not ch.asked:
+            what = ("the AskTell is closed" if ch.closed else "the run has ended" if ch.done else
+                    "no points were asked")
+            raise ZoracleError(f"tell() without ask(): {what}; call ask() for the points, evaluate them, then "
+                               "tell() their losses")
+        n = ch.queries.shape[0]
+        values = check_vector(losses, n, lambda j: f"query {j} of the last ask() (row {j} of its points)",
+                              f"the losses told for the {n} points of the last ask()")
+        self._wait(values)
+
+    @property
+    def params(self) -> Any:
+        """The run's current parameters (a copy): the result's once :attr:`done`, before the first
+        step the initial ones."""
+        ch = self._channel
+        if ch.result is not None:
+            return ch.result.params.copy()
+        run = ch.run
+        return (run.params if run is not None else self._params0).copy()
+
+    @property
+    def history(self) -> History:
+        """The run's :class:`~zoracle.History` so far (the result's once :attr:`done`)."""
+        ch = self._channel
+        if ch.result is not None:
+            return ch.result.history
+        run = ch.run
+        if run is None:
+            return History()
+        return History(tuple(dict(r) for r in run.steps_hist), tuple(dict(r) for r in run.epoch_hist))
+
+    def close(self) -> None:
+        """End the run at its next query (its steps saved as for Ctrl-C, where ``checkpoint`` is set); a
+        closed AskTell asks nothing more. Waits for the run's thread a bounded time."""
+        self._finalizer()
+
+    def __enter__(self) -> AskTell:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ch = self._channel
+        state = ("done" if ch.done else "closed" if ch.closed else
+                 f"{ch.queries.shape[0]} points {'asked' if ch.asked else 'to ask'}" if ch.queries is not None else
+                 "running")
+        return f"AskTell({state})"
