@@ -150,10 +150,12 @@ class WakeFlow:
     # geometry ----------------------------------------------------------------------------
     @property
     def dx(self) -> float:
+        """Cell width, ``width / nx``."""
         return self.width / self.nx
 
     @property
     def dy(self) -> float:
+        """Cell height, ``height / ny``."""
         return self.height / self.ny
 
     @property
@@ -180,7 +182,8 @@ class WakeFlow:
         return self.inflow * 2 * self.radius / re
 
     def substeps(self, re) -> int:
-        """Explicit-diffusion sub-steps that keep ``nu dt / dx^2`` under 0.2 (stable).
+        """Explicit-diffusion sub-steps that keep ``nu dt / dx^2`` under 0.2 (stable) at Reynolds
+        number(s) ``re``.
 
         For several Reynolds numbers, the largest count (that of the lowest Re);
         :meth:`simulate` gives each batch entry its own count.
@@ -226,7 +229,8 @@ class WakeFlow:
 
     # states ------------------------------------------------------------------------------
     def initial(self, batch: int = 1, dtype=np.float32) -> tuple:
-        """Uniform inflow plus a small asymmetric x-velocity blob behind the cylinder."""
+        """Uniform inflow plus a small asymmetric x-velocity blob behind the cylinder: face arrays
+        ``(vx, vy)`` of ``batch`` equal states, in ``dtype``."""
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ArgumentError(f"`batch` must be an integer >= 1, got {batch!r}")
         (sx, sy) = self.shapes
@@ -240,7 +244,8 @@ class WakeFlow:
         return vx.copy(), vy
 
     def to_phi(self, vx, vy, template=None):
-        """A PhiFlow ``StaggeredGrid`` (batch dimension ``sim``) from face arrays."""
+        """A PhiFlow ``StaggeredGrid`` (batch dimension ``sim``) from face arrays ``vx``, ``vy``, on
+        ``template``'s grid and boundaries (default: this flow's)."""
         if template is None:
             template, _ = self._phi()
         tx = pm.wrap(vx, pm.batch("sim"), pm.spatial("x,y"))
@@ -249,7 +254,8 @@ class WakeFlow:
 
     @staticmethod
     def from_phi(v, native: bool = False) -> tuple:
-        """Face arrays ``(vx, vy)`` (batch first) of a ``StaggeredGrid`` with batch dim ``sim``."""
+        """Face arrays ``(vx, vy)`` (batch first) of ``v``, a ``StaggeredGrid`` with batch dim ``sim``:
+        NumPy arrays, or the backend's own tensors with ``native=True``."""
         tx, ty = pm.unstack(v.values, "~vector")
         if native:
             return tx.native("sim,x,y"), ty.native("sim,x,y")
@@ -446,7 +452,7 @@ class WakeFlow:
             )
 
     def divergence(self, vx, vy) -> np.ndarray:
-        """Finite-volume divergence ``(B, nx, ny)`` of face velocities (inflow face included)."""
+        """Finite-volume divergence ``(B, nx, ny)`` of face velocities ``vx``, ``vy`` (inflow face included)."""
         vx, vy = np.asarray(vx), np.asarray(vy)
         inflow = np.full(vy.shape[:-1] + (1,), self.inflow, dtype=vy.dtype)
         fy = np.concatenate([inflow, vy], axis=-1)
@@ -454,7 +460,7 @@ class WakeFlow:
 
 
 def downsample(vx, vy, factor: int) -> tuple:
-    """Fine face velocities to a grid ``factor`` times coarser, conserving face fluxes.
+    """Fine face velocities ``vx``, ``vy`` to a grid ``factor`` times coarser, conserving face fluxes.
 
     A coarse face carries the mean of the ``factor`` fine faces it covers, so the coarse
     divergence of a cell is the mean of the fine divergences inside it (a divergence-free
@@ -477,7 +483,8 @@ def downsample(vx, vy, factor: int) -> tuple:
 
 
 def vorticity(flow: WakeFlow, vx, vy) -> np.ndarray:
-    """Vorticity ``dvy/dx - dvx/dy`` at cell centres, shape ``(..., nx, ny)``."""
+    """Vorticity ``dvy/dx - dvx/dy`` of the face velocities ``vx``, ``vy`` on ``flow``'s grid, at
+    cell centres, shape ``(..., nx, ny)``."""
     vx, vy = np.asarray(vx, dtype=np.float64), np.asarray(vy, dtype=np.float64)
     ux = 0.5 * (vx[..., 1:, :] + vx[..., :-1, :])
     inflow = np.full(vy.shape[:-1] + (1,), flow.inflow)
@@ -488,7 +495,9 @@ def vorticity(flow: WakeFlow, vx, vy) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Reference:
-    """Downsampled fine trajectories: ``vx (R, T + 1, nx + 1, ny)``, ``vy (R, T + 1, nx, ny)``.
+    """Downsampled fine trajectories: ``vx (R, T + 1, nx + 1, ny)``, ``vy (R, T + 1, nx, ny)``, one
+    run per Reynolds number in ``re`` (R,); ``path`` is the cache file ("" where not cached),
+    ``cached`` whether it was read from there, ``seconds`` the fine solver's time.
 
     Two are equal when their arrays are (shapes and values) and their other fields are; like its
     arrays, a Reference has no hash."""
@@ -565,7 +574,8 @@ def _key(fine: WakeFlow, re, warmup, steps, factor) -> tuple:
 
 def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int = 0, steps: int = 100,
                            cache_dir=None, progress=None) -> Reference:
-    """Fine trajectories for each Reynolds number, downsampled by ``factor``; cached on disk.
+    """Trajectories of the ``fine`` flow for each Reynolds number in ``re``, downsampled by
+    ``factor``; cached on disk.
 
     The fine solver runs all Reynolds numbers as one batch for ``warmup`` steps (the
     initial transient, not recorded) and then ``steps`` recorded steps. The result is stored
@@ -573,6 +583,7 @@ def reference_trajectories(fine: WakeFlow, re, *, factor: int = 4, warmup: int =
     every parameter that changes it: the fine flow's settings, the Reynolds numbers,
     ``warmup``, ``steps``, ``factor``, PhiFlow's global precision and the cache format version.
     A cached file is used only if this user owns it (another user's is recomputed).
+    ``progress``, where given, is called with a line of text before each solver phase.
 
     Returns
     -------

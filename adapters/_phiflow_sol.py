@@ -37,7 +37,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ParamBlock:
-    """One tensor of the network inside the flat parameter vector."""
+    """One tensor of the network inside the flat parameter vector: its ``name`` in the network,
+    its ``slice`` of the vector, its ``shape``, and its ``kind``: ``"conv"`` (a weight, scored by
+    sparse CGE) or ``"bias"`` (estimated densely)."""
 
     name: str
     slice: slice
@@ -68,7 +70,8 @@ class _CorrectionNet(nn.Module):
 
 def correction_net(channels: int = 8, kernel: int = 5, layers: int = 3, seed: int = 0,
                    out_scale: float = 0.1) -> nn.Module:
-    """A small CNN ``(N, 3, nx + 1, ny) -> (N, 2, nx + 1, ny)``.
+    """A small CNN ``(N, 3, nx + 1, ny) -> (N, 2, nx + 1, ny)``: ``layers`` same-size convolutions
+    of ``kernel`` x ``kernel`` (odd), ``channels`` wide between them, initialised from ``seed``.
 
     Inputs: ``vx``, ``vy - inflow`` (zero-padded to ``vx``'s shape) and the Reynolds-number feature
     ``log(Re / 200)``. Output: the velocity correction (``vy``'s channel is cropped back).
@@ -96,7 +99,7 @@ def correction_net(channels: int = 8, kernel: int = 5, layers: int = 3, seed: in
 
 
 def flat_params(net: nn.Module) -> np.ndarray:
-    """The network's parameters as one flat float64 NumPy vector (``named_parameters`` order)."""
+    """The parameters of ``net`` as one flat float64 NumPy vector (``named_parameters`` order)."""
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).double().numpy()
 
 
@@ -441,8 +444,10 @@ class SolverInTheLoop:
 def rollout(flow: WakeFlow, net: nn.Module, reference: Reference, params_batch, steps: int, *, frame: int = 0):
     """Corrected coarse trajectories for every parameter vector and every reference run.
 
-    All ``k x R`` simulations run as one batch. A zero parameter vector is the uncorrected
-    solver (SRC).
+    ``flow`` is the coarse solver, ``net`` the correction network (run with each of the ``k``
+    rows of ``params_batch`` as its parameters), ``steps`` the solver steps from the
+    ``reference``'s ``frame``. All ``k x R`` simulations run as one batch. A zero parameter
+    vector is the uncorrected solver (SRC).
 
     Returns
     -------
@@ -480,7 +485,8 @@ def _check_span(steps, frame, recorded: int) -> None:
 
 
 def mean_abs_error(traj, reference: Reference, *, frame: int = 0) -> np.ndarray:
-    """MAE per parameter vector: mean ``|v - v_ref|`` over runs, steps ``1..T`` and faces."""
+    """MAE per parameter vector: mean ``|v - v_ref|`` over runs, steps ``1..T`` and faces, of
+    ``traj``, the ``(vx, vy)`` that :func:`rollout` returned from ``frame``, against ``reference``."""
     try:
         tx, ty = (np.asarray(a) for a in traj)
     except (TypeError, ValueError):
@@ -538,6 +544,9 @@ def fit_offline(flow: WakeFlow, net: nn.Module, reference: Reference, *, epochs:
     Every recorded frame ``t`` of every run is advanced by one coarse step (one batched
     simulation); the network learns ``net(step(ref_t)) ~ ref_{t+1} - step(ref_t)`` with Adam
     and autograd through the network only; the solver is not in the training loop.
+    ``flow`` is the coarse solver, ``reference`` the fine trajectories; ``epochs`` passes over
+    the pairs in minibatches of ``batch_size``, shuffled from ``seed``, at learning rate ``lr``,
+    starting from ``params`` (default: ``net``'s own; ``net`` itself is not changed).
 
     Returns
     -------
@@ -586,7 +595,10 @@ def fit_differentiable(flow: WakeFlow, net: nn.Module, reference: Reference, *, 
     The coarse solver runs on PhiFlow's torch backend (the pressure solve is differentiated
     implicitly by PhiFlow), so the gradient flows through ``unroll`` solver steps.
     ``callback(iteration, loss, net)`` runs after each step (the gradients are still held
-    in ``net``'s parameters).
+    in ``net``'s parameters). Each of the ``iterations`` Adam steps (learning rate ``lr``)
+    unrolls ``batch_size`` rows drawn (from ``seed``) of ``starts``, ``(run, frame)`` rows of
+    ``reference``, on the coarse solver ``flow``, starting from ``params`` (default: ``net``'s
+    own; ``net`` itself is not changed: ``callback`` gets the copy in training).
 
     Returns
     -------

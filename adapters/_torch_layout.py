@@ -26,7 +26,8 @@ __all__ = ["ParamInfo", "to_torch", "build_core", "cross_entropy", "class_major"
 
 @dataclass(frozen=True)
 class ParamInfo:
-    """One trainable parameter in the flat vector.
+    """One trainable parameter in the flat vector: its ``name`` (as ``named_parameters`` gives
+    it), its ``slice`` of the vector and its ``shape`` in the model.
 
     ``kind`` is ``"conv"`` / ``"linear"`` (weights of Conv / Linear layers, the ones ZO-GraSP
     scores), ``"norm"`` (normalization weights), ``"bias"`` or ``"other"``. ``read`` is False
@@ -454,7 +455,7 @@ _VIEWS = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dr
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-sample cross-entropy ``logsumexp(outputs) - outputs[target]``, shape ``(N,)``.
 
-    Equal to ``nn.CrossEntropyLoss(reduction="none")`` for class-index targets, and several
+    Equal to ``nn.CrossEntropyLoss(reduction="none")`` for class-index ``targets`` ``(N,)``, and several
     times faster than its row kernel on CPU for the narrow outputs of batched perturbations
     (through ``TorchOracle`` a stock ``nn.CrossEntropyLoss(reduction="none")`` on 2-15 classes
     runs class-major instead, about as fast: :func:`class_major_loss`).

@@ -348,7 +348,7 @@ class TorchOracle(_Batches, _Walk):
         return _model_state(self._core.model, read_only=True)
 
     def load_state_arrays(self, arrays: dict) -> None:
-        """Restore buffers saved by :meth:`state_arrays` (names and shapes must match)."""
+        """Restore buffers saved by :meth:`state_arrays` from ``arrays`` (names and shapes must match)."""
         model = self._core.model
         buffers = _persistent_buffers(model)
         derived = set(dict(model.named_buffers())) - set(buffers)  # saved by older versions: recomputed, not restored
@@ -373,10 +373,12 @@ class TorchOracle(_Batches, _Walk):
     # ---------------------------------------------------------------- public layout
     @property
     def model(self) -> nn.Module:
+        """The wrapped model."""
         return self._core.model
 
     @property
     def device(self) -> torch.device:
+        """The device the model's parameters are on."""
         return self._core.params[0].device
 
     @property
@@ -388,6 +390,7 @@ class TorchOracle(_Batches, _Walk):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The torch dtype of the model's parameters."""
         return self._core.params[0].dtype
 
     @property
@@ -406,10 +409,13 @@ class TorchOracle(_Batches, _Walk):
 
     @property
     def block_names(self) -> list:
+        """A name for each of ``blocks``: its first step's in the model (or the last block's
+        ``"(parameters the forward does not read)"``)."""
         return list(self._core.block_names)
 
     @property
     def parameter_names(self) -> list:
+        """The trainable parameters' names in flat-vector order (as ``param_info`` lists them)."""
         follow_names(self._core)  # a parametrization registered since moved a weight to another name
         return [i.name for i in self._core.info]
 
@@ -773,7 +779,8 @@ class TorchOracle(_Batches, _Walk):
 
     @_one_query_at_a_time
     def suffix(self, features, params, block: int, coords, step) -> np.ndarray:
-        """Losses for perturbing each coordinate in ``coords`` (all inside ``block``) by ``step``."""
+        """Losses at ``params`` for perturbing each coordinate in ``coords`` (all inside ``block``) by
+        ``step``, from the ``features`` that ``prefix(params, block)`` returned."""
         self._require_batch()
         ensure_split(self)
         block = self._check_block(block)

@@ -530,6 +530,7 @@ ZOO = {
     "shared_sequential": ZooEntry(shared_sequential, (8,)),
     "bn_act": ZooEntry(BNActNet, (3, 8, 8)),
 }
+"""The zoo: a :class:`ZooEntry` per model name (the names :func:`zoo_batch` takes)."""
 
 
 def zoo_batch(name: str, batch: int, seed: int = 0, dtype: str = "float64", num_classes: int = 10):

@@ -59,7 +59,8 @@ class CGE:
         \hat g_i = \frac{l(\theta + \mu e_i) - l(\theta - \mu e_i)}{2\mu} \quad\text{(central)}
 
     Bias is O(mu) for forward differences (at most ``mu * max|H_ii| / 2`` per coordinate)
-    and O(mu^2) for central ones (exact on quadratics). Queries: ``n + 1`` (forward) or
+    and O(mu^2) for central ones (exact on quadratics), ``scheme="forward"`` (the default) or
+    ``"central"``. Queries: ``n + 1`` (forward) or
     ``2n + 1`` (central; the ``+1`` is the loss at ``theta``, reported as
     ``GradientEstimate.loss``), with ``n = d`` or the number of sparse coordinates.
     The divisor is the representable step ``(theta_i + mu) - theta_i``, as in
@@ -83,6 +84,7 @@ class CGE:
 
     @property
     def steps(self) -> tuple:
+        """The signed steps each direction is queried at: ``(mu,)`` forward, ``(mu, -mu)`` central."""
         return (self.mu,) if self.scheme == "forward" else (self.mu, -self.mu)
 
 
@@ -143,6 +145,7 @@ class RGE:
 
     @property
     def steps(self) -> tuple:
+        """The signed steps each direction is queried at: ``(mu,)`` forward, ``(mu, -mu)`` central."""
         return (self.mu,) if self.scheme == "forward" else (self.mu, -self.mu)
 
 
@@ -215,7 +218,7 @@ class SNES:
         return float(self.sigma_lr) if self.sigma_lr is not None else 0.2 * (3 + np.log(d)) / np.sqrt(d)
 
     def init(self, params) -> np.ndarray:
-        """The initial state: ``sigma = mu`` for every parameter (float64)."""
+        """The initial state: ``sigma = mu`` for every parameter of ``params`` (float64)."""
         return np.full(int(params.shape[0]), float(self.mu))
 
 

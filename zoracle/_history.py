@@ -34,7 +34,8 @@ class Minibatches:
     position, whatever their index; a list becomes a NumPy array). ``arrays`` itself is a
     tuple (or list) of such arrays, or one array; a list of Python lists or tuples (rows, or
     (x, y) samples) is refused as ambiguous. Because the order is a function of
-    ``(seed, epoch)``, a resumed run sees the same batches.
+    ``(seed, epoch)``, a resumed run sees the same batches. ``shuffle=False`` keeps the rows
+    in order; ``drop_last=True`` leaves out a last batch smaller than ``batch_size``.
 
     Examples
     --------
@@ -123,6 +124,7 @@ class Minibatches:
 
     @property
     def n(self) -> int:
+        """The number of samples (rows of the first array)."""
         return _rows(self.arrays[0])
 
     def __len__(self) -> int:
@@ -162,7 +164,8 @@ def _same_records(a, b) -> bool:
 
 @dataclass(frozen=True)
 class History:
-    """Per-step and per-epoch records (dicts of plain numbers).
+    """Per-step and per-epoch records (dicts of plain numbers): ``steps`` and ``epochs``, tuples
+    of them.
 
     Step records: ``step, epoch, loss, lr, mu, nfev`` (the step's queries), ``total_nfev``
     (the run's queries after the step, ZO-GraSP's included), ``seconds``. Epoch records:
@@ -194,7 +197,7 @@ class History:
         return f"History({len(self.steps)} steps, {len(self.epochs)} epochs{tail})"
 
     def column(self, name: str, level: str = "step") -> np.ndarray:
-        """One field over all step (or ``level="epoch"``) records, NaN where missing. A name that
+        """The field ``name`` over all step (or ``level="epoch"``) records, NaN where missing. A name that
         no record has (a typo: ``"test_accuracy"`` for ``"test_acc"``; or a metric a short run
         never evaluated) gives a warning naming the fields there are."""
         if level not in ("step", "epoch"):
@@ -213,7 +216,7 @@ class History:
 
         Checkpoints are written atomically, so this reads a run that is still going (``zoracle
         plot run.npz run.png`` draws it). A missing, corrupt or foreign file raises
-        :class:`~zoracle.CheckpointError` naming the field.
+        :class:`~zoracle.CheckpointError` naming the field. ``path`` is the checkpoint file.
         """
         steps, epochs = read_history(path)
         # a checkpoint stores each record's keys sorted: put back in the order the run makes them (its
@@ -233,6 +236,7 @@ class History:
         the :class:`matplotlib.figure.Figure` (no pyplot state: add to its ``axes``, then
         ``savefig``); with ``path`` it is also written there, in the format of the suffix
         (PNG without one), through a temporary file so a reader never sees half a figure.
+        ``title``, where given, is the figure's title.
         """
         from ._plot import plot_history
 

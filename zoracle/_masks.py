@@ -68,7 +68,9 @@ def check_disjoint(slices, name: str = "blocks", **more) -> None:
 
 
 def keep_counts(blocks, ratios) -> np.ndarray:
-    """Kept coordinates per block: ``round(ratio * size)``, at least 1 where the ratio is > 0."""
+    """Kept coordinates per block: ``round(ratio * size)``, at least 1 where the ratio is > 0,
+    for ``blocks`` (slices or records with ``.slice``) and one keep ratio in [0, 1] per block in
+    ``ratios``."""
     sl = _slices(blocks)
     try:
         r = np.asarray(ratios, dtype=np.float64)
@@ -133,6 +135,9 @@ class DynamicMasks:
     """Masks redrawn every ``interval`` epochs from ``(seed, epoch // interval)``, or every
     step from ``(seed, step)`` when ``interval="step"``.
 
+    Each draw is :func:`random_masks` of ``blocks`` (slices or records with ``.slice``) with
+    one keep ratio per block in ``ratios``; the ``dense`` blocks are always kept whole.
+
     Examples
     --------
     >>> m = DynamicMasks([slice(0, 10), slice(10, 30)], [0.5, 0.1], seed=0, interval=2)
@@ -173,6 +178,7 @@ class DynamicMasks:
 
     @property
     def per_step(self) -> bool:
+        """Whether a fresh mask is drawn every step (``interval="step"``)."""
         return self.interval == "step"
 
     def period(self, epoch: int) -> int:
@@ -198,4 +204,5 @@ class DynamicMasks:
 
     @property
     def counts(self) -> np.ndarray:
+        """Kept coordinates per block (:func:`keep_counts` of ``blocks`` and ``ratios``)."""
         return keep_counts(self.blocks, self.ratios)

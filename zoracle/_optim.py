@@ -137,17 +137,24 @@ def _remakeable(opt: Optimizer, factory, **kwargs) -> Optimizer:
 
 
 class SGDState(NamedTuple):
+    """:func:`sgd`'s state: the step ``count`` and the ``momentum`` (velocity) buffer, empty
+    without momentum."""
+
     count: int
     momentum: Any  # velocity buffer (an empty array when momentum == 0: no d-sized zeros to hold and checkpoint)
 
 
 class AdamState(NamedTuple):
+    """:func:`adam`'s state: the step ``count`` and the first and second moments ``mu`` and ``nu``."""
+
     count: int
     mu: Any  # first moment
     nu: Any  # second moment
 
 
 class SignState(NamedTuple):
+    """:func:`sign_sgd`'s state: the step ``count`` alone."""
+
     count: int
 
 
@@ -275,7 +282,7 @@ def sgd(lr: FloatOrSchedule = 0.1, *, momentum: float = 0.0, nesterov: bool = Fa
     r"""Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
 
     With ``g = grad + weight_decay * params`` and velocity ``v``:
-    ``v <- momentum * v + g``; step ``d = g + momentum * v`` (Nesterov) or ``d = v``;
+    ``v <- momentum * v + g``; step ``d = g + momentum * v`` (``nesterov=True``) or ``d = v``;
     ``params <- params - lr * d`` (PyTorch's convention, no dampening).
 
     Examples

@@ -42,14 +42,17 @@ class LossOracle(Protocol):
 
 @runtime_checkable
 class BatchOracle(Protocol):
-    """Evaluates many parameter vectors in one call: ``(k, d) -> (k,)``."""
+    """Evaluates many parameter vectors in one call: ``batch(params_batch)``, the ``(k, d)``
+    rows -> ``(k,)`` losses."""
 
-    def batch(self, params_batch) -> Any: ...
+    def batch(self, params_batch) -> Any:
+        """The losses of the ``(k, d)`` rows of ``params_batch``, shape ``(k,)``."""
 
 
 @runtime_checkable
 class CoordinateOracle(Protocol):
-    """CGE fast path: the loss at ``params + step * e_i`` for each ``i`` in ``coords``.
+    """CGE fast path: ``coordinate_losses(params, coords, step)``, the loss at
+    ``params + step * e_i`` for each ``i`` in ``coords``.
 
     The point is ``params`` with ``params[i]`` replaced by ``params[i] + step`` computed in
     ``params``' dtype: the step taken is the representable ``(params[i] + step) - params[i]``,
@@ -57,7 +60,8 @@ class CoordinateOracle(Protocol):
     against it: float32 parameters of a few hundred).
     """
 
-    def coordinate_losses(self, params, coords, step) -> Any: ...
+    def coordinate_losses(self, params, coords, step) -> Any:
+        """The losses at ``params + step * e_i`` for each ``i`` in ``coords``, shape ``(len(coords),)``."""
 
 
 @runtime_checkable
@@ -75,21 +79,27 @@ class SplitOracle(Protocol):
 
     blocks: Sequence[slice]
 
-    def prefix(self, params, block: int) -> Any: ...
+    def prefix(self, params, block: int) -> Any:
+        """The features entering ``block`` at ``params`` (an array, or a tuple, list or dict of them)."""
 
-    def suffix(self, features, params, block: int, coords, step) -> Any: ...
+    def suffix(self, features, params, block: int, coords, step) -> Any:
+        """The losses for perturbing each of ``coords`` (inside ``block``) by ``step``, from the
+        ``features`` that ``prefix(params, block)`` returned; shape ``(len(coords),)``."""
 
 
 @runtime_checkable
 class DataOracle(Protocol):
     """Minibatch training: ``bind(batch)`` returns an oracle every query of a step shares."""
 
-    def bind(self, batch) -> LossOracle: ...
+    def bind(self, batch) -> LossOracle:
+        """The oracle of one minibatch ``batch``: ``params -> loss`` on it."""
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Which optional protocols an oracle implements (checked once)."""
+    """Which optional protocols an oracle implements (checked once): ``batch``
+    (:class:`BatchOracle`), ``coordinate`` (:class:`CoordinateOracle`), ``split``
+    (:class:`SplitOracle`) and ``data`` (:class:`DataOracle`), each False where it does not."""
 
     batch: bool = False
     coordinate: bool = False
@@ -590,6 +600,8 @@ class Oracle:
 
     # capabilities ---------------------------------------------------------------------
     def batch(self, params_batch, query_of, what) -> np.ndarray:
+        """The wrapped oracle's ``batch(params_batch)``, checked as ``(k,)`` finite float64 losses;
+        ``query_of(j)`` names row ``j`` and ``what`` the whole call in an :class:`OracleError`."""
         try:
             return self._vector(lambda: self.fn.batch(params_batch), params_batch.shape[0], query_of, what, "batch")
         except OracleError as exc:
@@ -600,11 +612,14 @@ class Oracle:
             raise
 
     def coordinate_losses(self, params, coords, step, query_of, what) -> np.ndarray:
+        """The wrapped oracle's ``coordinate_losses(params, coords, step)`` on its own copy of
+        ``params``, checked as :meth:`batch` checks (``query_of``, ``what``)."""
         return self._vector(lambda: self.fn.coordinate_losses(private(params), coords, step), len(coords), query_of,
                             what, "coordinate_losses")
 
     @property
     def blocks(self) -> Sequence[slice]:
+        """The wrapped oracle's ``blocks`` (a :class:`SplitOracle`'s contiguous parameter blocks)."""
         return self.fn.blocks
 
     def _split_call(self, call, params):
@@ -629,6 +644,7 @@ class Oracle:
             raise
 
     def prefix(self, params, block: int):
+        """The wrapped oracle's ``prefix(params, block)`` on a read-only view of ``params``."""
         try:
             return self._split_call(lambda p: self.fn.prefix(p, block), params)
         except OracleError:
@@ -637,6 +653,9 @@ class Oracle:
             raise _raised(f"prefix of block {block}", exc) from exc
 
     def suffix(self, features, params, block, coords, step, query_of, what) -> np.ndarray:
+        """The wrapped oracle's ``suffix(features, params, block, coords, step)`` (the features
+        read-only, a torch tensor among them written in place an :class:`OracleError`), checked as
+        :meth:`batch` checks (``query_of``, ``what``)."""
         seen = _tensor_versions(features)
         values = self._vector(lambda: self._split_call(
             lambda p: self.fn.suffix(shared_features(features), p, block, coords, step), params), len(coords), query_of,

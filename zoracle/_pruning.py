@@ -51,7 +51,7 @@ RANKINGS = ("magnitude", "grasp")
 
 
 def split_blocks(blocks: Any, score_kinds: Sequence[str] = SCORED_KINDS) -> tuple[list[slice], list[slice]]:
-    """``(scored, dense)`` lists of slices from block records.
+    """``(scored, dense)`` lists of slices from ``blocks``, a sequence of records or slices.
 
     Records with a ``.kind`` are scored when their kind is in ``score_kinds``; plain slices
     (no kind) are all scored.
@@ -349,7 +349,8 @@ def fill_small_blocks(counts, sizes) -> np.ndarray:
 
 
 def uniform_ratios(blocks, sparsity: float = 0.9) -> np.ndarray:
-    """The same keep ratio ``1 - sparsity`` in every block (total kept count exact).
+    """The same keep ratio ``1 - sparsity`` in every one of ``blocks`` (slices or records; total
+    kept count exact).
 
     Examples
     --------
@@ -365,7 +366,9 @@ def uniform_ratios(blocks, sparsity: float = 0.9) -> np.ndarray:
 
 
 def random_ratios(blocks, sparsity: float = 0.9, rng=None) -> np.ndarray:
-    """Ratios of a random global pruning (random scores through :func:`layer_ratios`)."""
+    """Ratios of a random global pruning (random scores through :func:`layer_ratios`) of
+    ``blocks`` (slices or records) at ``sparsity``, the scores drawn from ``rng`` (a Generator,
+    an int seed or None)."""
     sl = _block_slices(blocks)
     n = int(max(s.stop for s in sl))
     return layer_ratios(as_generator(rng).random(n), sl, sparsity)

@@ -137,7 +137,8 @@ class cosine_schedule:
 
 @dataclass(frozen=True)
 class step_schedule:
-    """Multiply by ``gamma`` every ``step_size`` steps (after a linear warm-up).
+    """Start at ``init`` and multiply by ``gamma`` every ``step_size`` steps (after a linear
+    warm-up over the first ``warmup_steps`` steps, from whose end the steps are counted).
 
     Examples
     --------

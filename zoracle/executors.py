@@ -160,9 +160,11 @@ class Executor(Protocol):
     estimate without an error (shards of one plan mostly share a shape)."""
 
     @property
-    def n_workers(self) -> int: ...  # (read-only here: a plain attribute or a property satisfies it)
+    def n_workers(self) -> int:  # (read-only here: a plain attribute or a property satisfies it)
+        """How many tasks run at once (the planner shards for this many)."""
 
-    def run(self, oracle: Any, params: Any, tasks: Any) -> list[Any]: ...
+    def run(self, oracle: Any, params: Any, tasks: Any) -> list[Any]:
+        """``[task.run(oracle, params) for task in tasks]``, in task order."""
 
 
 class SerialExecutor:
@@ -197,7 +199,7 @@ class SerialExecutor:
         return False
 
     def close(self) -> None:
-        pass
+        """Nothing to close (kept so that code written for any executor runs on this one too)."""
 
     def __repr__(self) -> str:
         return "SerialExecutor()" if self.timeout is None else f"SerialExecutor(timeout={self.timeout!r})"
@@ -207,6 +209,7 @@ class SerialExecutor:
         for any executor, ``executor.forget(oracle)`` after a change, runs on this one too)."""
 
     def run(self, oracle, params, tasks) -> list:
+        """``[task.run(oracle, params) for task in tasks]``, in this process (see :class:`Executor`)."""
         import time
 
         t0 = time.perf_counter()
@@ -297,18 +300,22 @@ class JoblibExecutor(StaysHere):
 
     @property
     def n_workers(self) -> int:
+        """The number of workers, ``n_jobs`` resolved."""
         return self._impl.n_workers
 
     @property
     def last_run(self) -> RunStats | None:
+        """:class:`RunStats` of the last :meth:`run` (None before the first)."""
         return self._impl.last_run
 
     @property
     def timeout(self) -> float | None:
+        """Seconds a task may run (None: no limit)."""
         return self._impl.timeout
 
     @property
     def pids(self) -> list[int]:
+        """Process ids of the live workers (``"loky"``); this process's for ``"threading"``."""
         return self._impl.pids if self.backend == "loky" else [os.getpid()]
 
     def __enter__(self: _E) -> _E:
@@ -332,6 +339,8 @@ class JoblibExecutor(StaysHere):
         self._impl.forget(oracle)
 
     def run(self, oracle, params, tasks) -> list:
+        """``[task.run(oracle, params) for task in tasks]``, in task order, computed on the workers
+        (see :class:`Executor`)."""
         return self._impl.run(oracle, params, tasks)
 
 
@@ -491,7 +500,8 @@ class RayExecutor(_Ray):
 # ----------------------------------------------------------------------------- CLI
 def add_executor_arguments(parser) -> None:
     """Add ``--workers N``, ``--dask ADDRESS``, ``--ray ADDRESS``, ``--allow-network`` and
-    ``--shard-timeout SECONDS`` to an argparse parser (read back by :func:`from_args`)."""
+    ``--shard-timeout SECONDS`` to ``parser``, an ``argparse.ArgumentParser`` (read back by
+    :func:`from_args`)."""
     group = parser.add_argument_group("parallelism (pick at most one)")
     group.add_argument("--workers", type=int, default=1, metavar="N",
                        help="evaluate shards in N local worker processes (default 1: serial; at most 8 per core)")

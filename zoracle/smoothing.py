@@ -125,7 +125,8 @@ def lower_confidence_bound(n_a: Any, n: Any, alpha: float) -> Any:
 def radius(n_a: Any, n: Any, alpha: float, sigma: float) -> Any:
     r"""Certified L2 radius ``sigma * Phi^-1(pA_lower)`` from top-class counts.
 
-    ``pA_lower`` is :func:`lower_confidence_bound`. The value is negative (``-inf`` when
+    ``pA_lower`` is :func:`lower_confidence_bound` of ``n_a`` top-class counts out of ``n``
+    samples at failure probability ``alpha``; ``sigma`` is the noise level. The value is negative (``-inf`` when
     ``n_a == 0``) exactly when ``pA_lower < 1/2``: :func:`certify` abstains there. More
     agreeing samples never shrink the radius (it is nondecreasing in ``n_a``).
 
@@ -401,6 +402,7 @@ class Certificate:
 
     @property
     def abstained(self) -> bool:
+        """Whether the prediction is ``ABSTAIN``."""
         return self.prediction == ABSTAIN
 
 
@@ -430,16 +432,19 @@ class CertificateBatch:
 
     @property
     def abstain_rate(self) -> float:
+        """The share of points whose prediction is ``ABSTAIN``."""
         return float(np.mean(self.predictions == ABSTAIN))
 
     def correct(self, labels) -> np.ndarray:
-        """Boolean array: prediction equals label (False where abstaining)."""
+        """Boolean array: prediction equals label (False where abstaining), one of ``labels`` per point."""
         labels = real_numpy(labels, np.float64).reshape(-1)  # (a torch tensor's, bfloat16 too)
         if labels.shape != self.predictions.shape:  # one label would broadcast to every point
             raise ArgumentError(f"`labels` must hold one label per point ({self.predictions.size}), got {labels.size}")
         return self.predictions == labels
 
     def certified_accuracy(self, labels: Any, r_grid: Any = (0.0, 0.25, 0.5, 0.75)) -> np.ndarray:
+        """:func:`certified_accuracy` of these certificates against ``labels`` (one per point) at
+        the radii of ``r_grid``."""
         return certified_accuracy(self.radii, self.correct(labels), r_grid)
 
     def __len__(self) -> int:
@@ -543,6 +548,9 @@ def certify(classifier: Callable, x, *, sigma: float, n0: int = 100, n: int = 10
             rng=None) -> Certificate:
     """CERTIFY one point ``x`` (no leading point axis); see :func:`certify_batch`.
 
+    ``classifier``, ``sigma``, ``n0``, ``n``, ``alpha``, ``num_classes``, ``batch_size`` and
+    ``rng`` are as there; returns the point's :class:`Certificate`.
+
     Examples
     --------
     >>> import numpy as np
@@ -564,7 +572,8 @@ def predict(classifier: Callable, x, *, sigma: float, n: int = 100_000, alpha: f
     Draws ``n`` noisy samples; with top two counts ``n_A >= n_B`` it returns the top class
     when a two-sided binomial test of ``n_A`` out of ``n_A + n_B`` against 1/2 has p-value
     ``<= alpha``, else abstains. The probability of returning a class other than ``g(x)``
-    is at most ``alpha``.
+    is at most ``alpha``. ``classifier``, ``sigma``, ``num_classes``, ``batch_size`` (noisy
+    inputs per classifier call) and ``rng`` are as in :func:`certify_batch`.
 
     Examples
     --------

@@ -198,7 +198,8 @@ def check_oracle(oracle: Any, params: Any, *, n_coords: int = 8, n_rows: int = 8
     ``batch`` that squeezes a one-row result to a scalar), each group against its own tolerance
     and sent in calls of at most the oracle's ``max_queries_per_call`` rows; ``coordinate_losses``
     and ``suffix`` get one coordinate in a call of its own too (at ``-step``); a plain call after
-    the capability calls must equal the first (nothing left behind).
+    the capability calls must equal the first (nothing left behind). ``rng`` (a Generator, an
+    int or None; default 0, so a check repeats) draws the sampled coordinates, rows and signs.
 
     Returns
     -------
@@ -209,6 +210,8 @@ def check_oracle(oracle: Any, params: Any, *, n_coords: int = 8, n_rows: int = 8
     ------
     OracleCheckError
         Listing every failed check with the deviation found.
+    ArgumentError
+        An argument out of range (``step`` 0, a negative tolerance, ``n_coords`` < 1), before any call.
     """
     params = validate_params(params)
     step = _checked_arguments(oracle, step, rtol, atol, n_coords, n_rows)

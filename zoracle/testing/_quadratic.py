@@ -56,17 +56,22 @@ class QuadraticOracle:
         return float(0.5 * x @ self.A @ x + self.b @ x + self.c)
 
     def grad(self, x: Any) -> Any:
+        """The exact gradient ``A x + b`` at ``x``."""
         return self.A @ x.astype(self.A.dtype) + self.b
 
     def hessian(self) -> Any:
+        """The exact Hessian ``A`` (symmetrized)."""
         return self.A
 
     def batch(self, X: Any) -> Any:
+        """The losses of the ``(k, d)`` rows of ``X``, shape ``(k,)`` (:class:`~zoracle.BatchOracle`)."""
         xp = namespace(X)
         X = X.astype(self.A.dtype)
         return 0.5 * xp.einsum("ki,ij,kj->k", X, self.A, X) + X @ self.b + self.c
 
     def coordinate_losses(self, x: Any, coords: Any, step: Any) -> Any:
+        """The losses at ``x + step * e_i`` for each ``i`` in ``coords``, in closed form
+        (:class:`~zoracle.CoordinateOracle`)."""
         xp = namespace(x)
         x64 = x.astype(self.A.dtype)
         c = xp.asarray(coords)
@@ -76,9 +81,12 @@ class QuadraticOracle:
         return self(x) + s * g[c] + 0.5 * s**2 * self.A[c, c]
 
     def prefix(self, x, block: int):
+        """The features ``A x`` entering ``block`` (the same for every block)."""
         return self.A @ x.astype(self.A.dtype)
 
     def suffix(self, features, x, block: int, coords, step):
+        """:meth:`coordinate_losses` of ``x``, ``coords`` and ``step``, each coordinate inside
+        ``block`` (else ValueError); ``features`` are not needed by the closed form."""
         blk = self.blocks[block]
         c = np.asarray(coords)
         if ((c < blk.start) | (c >= blk.stop)).any():

@@ -17,8 +17,9 @@ __all__ = ["params_arrays", "quadratic_oracles", "quadratic_problems"]
 
 
 def params_arrays(dim=st.integers(1, 50), dtype=np.float64, scale: float = 10.0):
-    """Finite 1-D parameter arrays of the given dtype, entries in ``[-scale, scale]`` (rounded
-    inwards to float32: the entries are float32 values)."""
+    """Finite 1-D parameter arrays of the given ``dtype``, entries in ``[-scale, scale]`` (rounded
+    inwards to float32: the entries are float32 values), their length drawn from ``dim`` (a
+    strategy of ints)."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < np.inf:
         raise ArgumentError(f"`scale` must be a finite number > 0, got {scale!r}")
     hi = np.float32(min(float(scale), float(np.finfo(np.float32).max)))
@@ -34,7 +35,9 @@ def params_arrays(dim=st.integers(1, 50), dtype=np.float64, scale: float = 10.0)
 
 @st.composite
 def quadratic_oracles(draw, dim=st.integers(1, 50), n_blocks=st.integers(1, 4), psd: bool = False):
-    """``QuadraticOracle`` with random A (symmetric; PSD if asked), b, and contiguous blocks."""
+    """``QuadraticOracle`` with random A (symmetric; PSD if ``psd``), b, and contiguous blocks: its
+    dimension drawn from ``dim`` and its number of blocks from ``n_blocks`` (strategies of ints;
+    at most the dimension)."""
     d = draw(dim)
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -50,7 +53,8 @@ def quadratic_oracles(draw, dim=st.integers(1, 50), n_blocks=st.integers(1, 4), 
 
 @st.composite
 def quadratic_problems(draw, dim=st.integers(1, 50), **kw):
-    """``(oracle, params)`` pairs with a known gradient ``oracle.grad(params)``."""
+    """``(oracle, params)`` pairs with a known gradient ``oracle.grad(params)``: the oracle from
+    :func:`quadratic_oracles` with ``dim`` and ``**kw`` (``n_blocks``, ``psd``)."""
     oracle = draw(quadratic_oracles(dim=dim, **kw))
     d = oracle.A.shape[0]
     seed = draw(st.integers(0, 2**32 - 1))
