@@ -129,6 +129,35 @@ def _tmp_path(path: str) -> str:
     return os.path.join(folder, f"{_tmp_prefix(path)}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
 
+#: True on Windows, where a file that another program holds open cannot be replaced
+_WINDOWS = os.name == "nt"
+
+#: seconds a rename refused on Windows (PermissionError) is tried again before it fails: a virus
+#: scanner, the search indexer, a sync tool (OneDrive, Dropbox) or a reader holds the file a moment
+REPLACE_WAIT_S = 2.0
+
+
+def replace_file(src: str, dst: str) -> None:
+    """``os.replace(src, dst)``. On Windows a file open in another program cannot be replaced
+    (PermissionError, "Access is denied"): a virus scanner or a sync tool looking at the previous
+    save for a moment ended the run; the rename is tried again for up to ``REPLACE_WAIT_S``."""
+    if not _WINDOWS:
+        os.replace(src, dst)
+        return
+    import time
+
+    end, pause = time.monotonic() + REPLACE_WAIT_S, 0.01
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if time.monotonic() >= end:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.2)
+
+
 @contextlib.contextmanager
 def replacing(path):
     """A temporary path next to ``path`` (its target's, through a symlink) for the caller to write,
@@ -139,7 +168,7 @@ def replacing(path):
     tmp = _tmp_path(target)
     try:
         yield tmp
-        os.replace(tmp, target)
+        replace_file(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -254,6 +283,10 @@ _SAVE_FIXES = {getattr(errno, "EDQUOT", errno.ENOSPC): "free space (the disk quo
 
 def save_fix(exc: OSError) -> str:
     """The fix to name for a save that failed with ``exc``."""
+    if _WINDOWS and isinstance(exc, PermissionError):  # (Windows says "Access is denied" for both causes)
+        return ("another program holds the file open (Windows cannot replace an open file: a viewer, a script "
+                "reading it, a virus scanner or a sync tool such as OneDrive), or its folder is not writable: close "
+                "that program, or pass a path outside a synced folder")
     return _SAVE_FIXES.get(exc.errno, "pass another path")
 
 
@@ -518,7 +551,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> str:
             _write_npz(f, payload, pieces)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        replace_file(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

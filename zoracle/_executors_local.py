@@ -743,7 +743,7 @@ class ProcessPool(ShardedExecutor):
             raise ZoracleError(
                 "process workers (JoblibExecutor(backend='loky'), DeviceExecutor, --workers N) need a POSIX "
                 "system (Linux, macOS): on Windows use JoblibExecutor(n, backend='threading'), DaskExecutor "
-                "or RayExecutor")
+                "or RayExecutor (on the command line: --dask local:N in place of --workers N)")
         super().__init__(timeout)
         self.n_workers = int(n_workers)
         self.devices = list(devices) if devices is not None else [None] * self.n_workers

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from ._checkpoint import _tmp_path, as_path, check_writable
+from ._checkpoint import _tmp_path, as_path, check_writable, replace_file
 from ._errors import ArgumentError
 from ._train_records import EPOCH_FIELDS
 
@@ -185,7 +185,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         tmp = _tmp_path(target)
         try:
             fig.savefig(tmp, format=fmt, dpi=110)
-            os.replace(tmp, target)  # a reader never sees half a file
+            replace_file(tmp, target)  # a reader never sees half a file
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
