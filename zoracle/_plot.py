@@ -48,6 +48,14 @@ def _history_figure():
                 self.savefig(buf, format="png", bbox_inches="tight")
                 return buf.getvalue()
 
+            def show(self, warn=True):  # matplotlib's AttributeError said to make it with pyplot.figure()
+                if self.canvas.manager is not None:  # (one the program gave to pyplot: its window)
+                    return super().show(warn)
+                raise AttributeError("the figure of a run is no pyplot figure (zoracle keeps no pyplot state: "
+                                     "plt.show() does not show it either); write it to a file with "
+                                     "fig.savefig('run.png') or result.plot('run.png'), or end a notebook cell "
+                                     "with it to see it there")
+
         HistoryFigure.__module__, HistoryFigure.__qualname__ = __name__, "HistoryFigure"
         _HISTORY_FIGURE.append(HistoryFigure)
     return _HISTORY_FIGURE[0]
@@ -115,6 +123,14 @@ def step_queries(steps: list | tuple, epochs: list | tuple) -> np.ndarray:
     return np.where(known, total, cum + offset)
 
 
+def _faded(ax, color, alpha: float) -> tuple:
+    """``color`` at ``alpha`` over the axes' background, as an opaque colour: PostScript (.eps, .ps) has no
+    transparency (matplotlib logged a warning for each such figure and drew the colour at full strength)."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(float(v) for v in alpha * np.array(to_rgb(color)) + (1 - alpha) * np.array(to_rgb(ax.get_facecolor())))
+
+
 def plot_history(history, path=None, *, x: str = "queries", title: str | None = None):
     """See :meth:`zoracle.History.plot`."""
     if x not in X_AXES:
@@ -146,11 +162,11 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         fig.delaxes(ax)
     axes = grid[:panels]
     ax = axes[0]
-    ax.plot(sx, step_loss, lw=0.8, alpha=0.45, label="step",
+    ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, "C0", 0.45), label="step",
             marker="." if len(sx) == 1 else None)  # one step: a line of one point draws nothing
     if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
         mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in epoch_ids]
-        ax.plot(mid, epoch_loss, marker=".", label="epoch mean")
+        ax.plot(mid, epoch_loss, marker=".", color="C1", label="epoch mean")
         ax.legend(frameon=False)
     finite = step_loss[np.isfinite(step_loss)]
     if finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
@@ -169,8 +185,10 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
             ax.legend(frameon=False)
         ax.set_xlabel(label)
         ax.set_ylabel(str(name), parse_math=False)  # a metric's name as written: '$' is no TeX there
+    import matplotlib
+
     for ax in axes:
-        ax.grid(alpha=0.3)
+        ax.grid(color=_faded(ax, matplotlib.rcParams["grid.color"], 0.3))
         if x == "queries":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, not 150000
     if title:  # a path's undecodable bytes shown as U+FFFD (matplotlib refused the surrogate escape)

@@ -39,6 +39,9 @@ def open_bar(progress, total_steps, step):
                         stacklevel=user_stacklevel())
         progress = False
         bar = _NoBar()
+    if progress and getattr(bar, "disable", False) is True:  # hidden by tqdm (TQDM_DISABLE=1): a run without a bar,
+        bar.close()  # which logs each step at DEBUG
+        progress, bar = False, _NoBar()
     return bar, progress, tqdm_lock
 
 

@@ -78,9 +78,14 @@ def run_epochs(run) -> None:
             run.coords = run.masks.coordinates(run.epoch)
         run.ran = run.flat = 0  # this epoch's steps, and those whose estimate was exactly 0
         while run.pos < len(blist):
-            if take_step(run, blist):
+            # what the step writes (the loss's print or warning, run in this process; a warning of
+            # zoracle's) starts a line of its own, as eval_fn's does: it continued the bar's line
+            with _beside(run.bar, run.progress):
+                stop = take_step(run, blist)
+            if stop:
                 break
-        epoch_warnings(run, blist)
+        with _beside(run.bar, run.progress):
+            epoch_warnings(run, blist)
         if run.pos >= len(blist) and end_epoch(run):
             break
 
@@ -292,7 +297,8 @@ def end_epoch(run) -> bool:
     # save when it is the last epoch, or a budget or callback stopped it here. An int or
     # time checkpoint_every saves here only when due (one-step epochs saved every step)
     if run.cadence.due(run.step, epoch_end=True) or run.stopped or run.epoch + 1 == run.epochs:
-        save(run, last=run.stopped or run.epoch + 1 == run.epochs, stacklevel=6)
+        with _beside(run.bar, run.progress):  # (a failed last save warns)
+            save(run, last=run.stopped or run.epoch + 1 == run.epochs, stacklevel=6)
     t0 = time.perf_counter()
     k = len(run.steps_hist)  # the epoch's records are the history's tail: not a scan of the whole run
     while k and run.steps_hist[k - 1]["epoch"] == run.epoch:
@@ -311,16 +317,17 @@ def end_epoch(run) -> bool:
                     f"`eval_fn` raised StopIteration at epoch {run.epoch} (a next() on a used-up iterator?): "
                     "it must return a number or a dict of numbers; to stop the run early, return True "
                     "or raise StopIteration from a callback in `callbacks`") from exc
-        try:
-            erec.update(_metrics(value, run.epoch, stacklevel=5))
-        except ArgumentError as exc:  # found only now: the run's work is returned, not lost
-            then = ("fix `eval_fn` and resume from the checkpoint to evaluate it and go on"
-                    if run.checkpoint is not None else "fix `eval_fn` (pass checkpoint= to resume a run "
-                    "after such a failure)")
-            warn(f"train: {exc}. The run stops here and returns its result, without this "
-                 f"epoch's record; {then}", UserWarning, stacklevel=4)
-            run.stopped = True
-            return True
+        with _beside(run.bar, run.progress):  # (its warnings)
+            try:
+                erec.update(_metrics(value, run.epoch, stacklevel=5))
+            except ArgumentError as exc:  # found only now: the run's work is returned, not lost
+                then = ("fix `eval_fn` and resume from the checkpoint to evaluate it and go on"
+                        if run.checkpoint is not None else "fix `eval_fn` (pass checkpoint= to resume a run "
+                        "after such a failure)")
+                warn(f"train: {exc}. The run stops here and returns its result, without this "
+                     f"epoch's record; {then}", UserWarning, stacklevel=4)
+                run.stopped = True
+                return True
     erec["seconds"] = float(sum(r["seconds"] for r in mine) + time.perf_counter() - t0)
     run.between = False  # (the epoch's record is the history's before the epoch count moves on)
     run.epoch_hist.append(erec)
