@@ -135,8 +135,10 @@ def test_resnet20_split_check_oracle_and_autograd():
     assert len(oracle.blocks) == 39  # every conv and BatchNorm, plus the head (reference: 12)
     theta = oracle.initial_params()
     check_oracle(oracle, theta, n_coords=4, rng=1)
-    coords = _spread_coords(oracle, np.random.default_rng(0), 2000)
-    assert len(coords) >= 2000
+    # central differences against autograd, coordinate by coordinate: 400 put 8 or more in each of
+    # the 39 blocks (a block's suffix returning its losses out of order fails it, as with 2,000)
+    coords = _spread_coords(oracle, np.random.default_rng(0), 400)
+    assert len(coords) >= 400
     owner = np.searchsorted([b.start for b in oracle.blocks], coords, side="right") - 1
     assert set(owner.tolist()) == set(range(39))
     est = zo.estimate_gradient(oracle, theta, zo.CGE(mu=1e-6, scheme="central"), coordinates=coords)

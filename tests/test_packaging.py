@@ -407,9 +407,17 @@ def test_the_gpu_marker_selects_the_cupy_tests():
     """pyproject declares a ``gpu`` marker ("needs a CUDA GPU") that no test carried: on a GPU
     machine ``pytest -m gpu`` ran nothing (exit 5) and ``-m "not gpu"`` kept the CuPy tests."""
     test = "tests/test_estimators.py::test_backends_agree_on_quadratic"
-    ids = {}
-    for mark in ("gpu", "not gpu"):
-        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                              "-m", mark, test], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        ids[mark] = [line for line in out.stdout.splitlines() if line.startswith(test)]
-    assert ids == {"gpu": [test + "[cupy]"], "not gpu": [test + "[numpy]"]}
+    # both selections in one fresh process: pytest and the suite's imports are paid once, not twice
+    script = ("import sys, pytest\n"
+              "for mark in ('gpu', 'not gpu'):\n"
+              "    print('-m', mark, flush=True)\n"
+              "    pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', '-m', mark, sys.argv[1]])\n")
+    out = subprocess.run([sys.executable, "-c", script, test], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    ids, mark = {}, None
+    for line in out.stdout.splitlines():
+        if line.startswith("-m "):
+            mark = line[3:]
+            ids[mark] = []
+        elif line.startswith(test):
+            ids[mark].append(line)
+    assert ids == {"gpu": [test + "[cupy]"], "not gpu": [test + "[numpy]"]}, out.stdout + out.stderr

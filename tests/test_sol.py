@@ -80,9 +80,10 @@ def test_log_reports_the_trained_loss_and_the_exact_sparsity(tmp_path, monkeypat
         return res
 
     monkeypatch.setattr(zo, "train", spy)
-    with pytest.warns(UserWarning, match=r"keeps round\(\(1 - sparsity\) \* 594\) = 0 of the 594 scored weights"):
-        rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
-                       "--zo-steps", "2", "--no-fo", "--no-plot", "--sparsity", "0.9999", "--json",
+    # --quick under the flags: 3 Reynolds numbers, not 5, and the CI size's offline fit and speed probe
+    with pytest.warns(UserWarning, match=r"keeps round\(\(1 - sparsity\) \* 324\) = 0 of the 324 scored weights"):
+        rc = cli.main(["sol", "--quick", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3",
+                       "--unroll", "1", "--zo-steps", "2", "--no-fo", "--no-plot", "--sparsity", "0.9999", "--json",
                        "--cache", str(tmp_path)])
     assert rc == 0
     err = capsys.readouterr().err
@@ -149,8 +150,8 @@ def test_a_tilde_in_out_cache_and_zoracle_cache_means_the_home_folder(tmp_path, 
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("ZORACLE_CACHE", "~/env-cache")
-    rc = cli.main(["sol", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3", "--unroll", "1",
-                   "--zo-steps", "1", "--no-fo", "--no-plot", "--json", "--out", "~/res"])
+    rc = cli.main(["sol", "--quick", "--fine-nx", "16", "--factor", "2", "--warmup", "2", "--steps", "3",
+                   "--unroll", "1", "--zo-steps", "1", "--no-fo", "--no-plot", "--json", "--out", "~/res"])
     assert rc == 0
     assert (home / "res" / "results.json").is_file() and (home / "res" / "results.md").is_file()
     assert len(list((home / "env-cache").glob("wake-*.npz"))) == 1
