@@ -19,14 +19,17 @@ query, which ends the thread: it is a daemon thread, which the interpreter's exi
 
 from __future__ import annotations
 
+import numbers
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ._backend import namespace
-from ._errors import ZoracleError
+from ._errors import OracleError, ZoracleError, short_repr
+from ._foreign_args import refuse_ask_tell_foreign, visible_signature
 from ._history import History, TrainResult
 from ._oracle import Oracle, check_vector
 from ._pruning import SCORED_KINDS
@@ -58,6 +61,7 @@ class _Channel:
         self.result = None
         self.error = None
         self.run = None  # the Run of the step asking (zoracle._run_loop); None before the first step
+        self.ticket = 0  # counts the queries posted: a tell answers the ones its ask() was handed
 
     def query(self, points) -> np.ndarray:
         """The run's thread: post ``points``, wait for their losses."""
@@ -66,6 +70,7 @@ class _Channel:
                 raise _Closed
             self.run = RUNNING.get()
             self.queries, self.asked, self.losses = points, False, None
+            self.ticket += 1
             self.cond.notify_all()
             while self.losses is None and not self.closed:
                 self.cond.wait()
@@ -75,16 +80,20 @@ class _Channel:
             return losses
 
     def end(self, result=None, error=None, done: bool = True) -> None:
-        """The run's thread at its end (``done=False``: closed before it). After an error, ``run`` stays:
-        the params and records as the error left them."""
+        """The run's thread at its end (``done=False``: closed before it). ``run`` stays: the params and
+        records as an error or a close left them."""
         with self.cond:
             self.result, self.error, self.done, self.queries = result, error, done, None
-            self.run = self.run if error is not None else None
             self.cond.notify_all()
 
-    def turn(self, losses=None) -> None:
-        """The caller's thread: hand the run ``losses`` (if any), wait until it posts its next queries
-        or ends. An interrupt (Ctrl-C) on the way closes the run: the caller does not go on with it."""
+    def turn(self, losses=None, ticket=None) -> None:
+        """The caller's thread: hand the run ``losses`` (if any) for the queries ``ticket`` numbers, wait
+        until it posts its next queries or ends. An interrupt (Ctrl-C) on the way closes the run: the
+        caller does not go on with it."""
+        with self.cond:
+            if losses is not None and not (ticket == self.ticket and self.asked and self.losses is None):
+                raise ZoracleError("tell(): the points of the ask() these losses answer were told already (by "
+                                   "another thread's tell()?): ask() and tell() from one thread, or under one lock")
         try:
             with self.cond:
                 if losses is not None:
@@ -100,6 +109,23 @@ class _Channel:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+
+
+class _NotCopied(ZoracleError, TypeError):
+    """pickle, copy and deepcopy of an AskTell (TypeError, as pickle's own refusals are)."""
+
+
+def _by_row(losses: Mapping, n: int, what: str) -> list:
+    """``{row: loss}`` as the list of the ``n`` rows' losses, in their order."""
+    rows = {int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k: v
+            for k, v in losses.items()}
+    missing, unknown = sorted(set(range(n)) - set(rows)), [k for k in rows if k not in range(n)]
+    if missing or unknown:
+        detail = (f"expected one loss for each row 0 to {n - 1} of the points"
+                  + (f"; row(s) {short_repr(missing, 80)} missing" if missing else "")
+                  + (f"; {short_repr(unknown, 80)} no row of them" if unknown else "") + ": tell them all")
+        raise OracleError(what, dict(losses), detail=detail)
+    return [rows[j] for j in range(n)]
 
 
 class _Recorder:
@@ -176,9 +202,10 @@ class AskTell:
     on a cluster queue, a simulator in another system): each :meth:`ask` returns the query points of
     the run's next gradient estimate (a training step's, or one of ZO-GraSP's two before the first
     step), to evaluate in any order, in parallel, days later; :meth:`tell` takes their losses in the
-    points' order. Answered by a function ``f`` (``opt.tell([f(x) for x in opt.ask()])`` until
-    ``opt.done``), the result is ``zo.train(f, params, ...)``'s with the same arguments, bit for bit
-    (the records' ``seconds`` aside).
+    points' order, or as ``{row: loss}`` (collected as they complete). Answered by a function ``f``
+    (``opt.tell([f(x) for x in opt.ask()])`` until ``opt.done``), the result is
+    ``zo.train(f, params, ...)``'s with the same arguments, bit for bit (the records' ``seconds``
+    aside).
 
     Parameters
     ----------
@@ -210,9 +237,11 @@ class AskTell:
     ``train`` runs in a daemon thread; the two threads take turns, so the caller's code and the run
     never run at once. :meth:`close` (or leaving a ``with`` block, or dropping the object, or Ctrl-C
     while :meth:`tell` waits) ends the run at its next query, saving its steps as a Ctrl-C in
-    ``train`` does. An error of the run (a diverged step, a callback's) is raised by the
-    constructor, :meth:`ask` or :meth:`tell` that waits on it. An ask holds all its points,
-    ``(n, d)``: dense CGE at large ``d`` asks ``d + 1`` rows.
+    ``train`` does (``.params`` and ``.history`` stay where it stopped). One thread asks and tells
+    (a tell that another thread's answered first is refused); it cannot be pickled. An error of
+    the run (a diverged step, a callback's) is raised by the constructor, :meth:`ask` or
+    :meth:`tell` that waits on it. An ask holds all its points, ``(n, d)``: dense CGE at large
+    ``d`` asks ``d + 1`` rows.
 
     Examples
     --------
@@ -225,11 +254,12 @@ class AskTell:
     (True, 250)
     """
 
-    def __init__(self, params: Any, *, epochs=1, steps_per_epoch=None, estimator=None, optimizer=None,
+    def __init__(self, params: Any, *extra, epochs=1, steps_per_epoch=None, estimator=None, optimizer=None,
                  schedule=None, mu=None, sparsity=None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
                  ranking="magnitude", fill_small_blocks=False, grasp_directions=192, mask_shuffle_interval=5,
                  eval_fn=None, eval_every=1, callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None,
-                 rng=None, progress=True, max_queries=None, plot=None) -> None:
+                 rng=None, progress=True, max_queries=None, plot=None, **unknown) -> None:
+        refuse_ask_tell_foreign(AskTell.__init__, params, extra, unknown)
         options = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, estimator=estimator, optimizer=optimizer,
                        schedule=schedule, mu=mu, sparsity=sparsity, ratios=ratios, blocks=blocks,
                        score_kinds=score_kinds, ranking=ranking, fill_small_blocks=fill_small_blocks,
@@ -246,9 +276,9 @@ class AskTell:
         self._thread.start()
         self._wait()
 
-    def _wait(self, losses=None) -> None:
+    def _wait(self, losses=None, ticket=None) -> None:
         """Hand the run ``losses``; wait until it posts its next queries or ends; its error raised here."""
-        self._channel.turn(losses)
+        self._channel.turn(losses, ticket)
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -270,6 +300,9 @@ class AskTell:
     def result(self) -> TrainResult:
         """``train``'s :class:`~zoracle.TrainResult` once :attr:`done` (refused before)."""
         self._raise_error()
+        if self._channel.result is None and self._channel.closed:
+            raise ZoracleError(".result of a closed AskTell: its run ended before its last step (.params and "
+                               ".history are where it stopped; resume=True continues from its checkpoint)")
         if self._channel.result is None:
             raise ZoracleError("the run has not ended: ask() and tell() until .done (.params and .history are "
                                "the run's as they stand)")
@@ -281,6 +314,10 @@ class AskTell:
         asking again."""
         ch = self._channel
         self._raise_error()
+        with ch.cond:  # (two threads asking at once: one gets the points, the other is refused)
+            return self._take(ch)
+
+    def _take(self, ch: _Channel) -> Any:  # (ask() under the channel's lock)
         if ch.closed:
             raise ZoracleError("ask() on a closed AskTell (close(), a `with` block's end or Ctrl-C ended its "
                                "run): start a new one (resume=True continues from its checkpoint)")
@@ -294,20 +331,24 @@ class AskTell:
 
     def tell(self, losses: Any) -> None:
         """The losses of the points the last :meth:`ask` returned, in their order (a sequence or array
-        of ``n`` finite numbers). Returns when the run has posted its next points or ended (a save
-        that is due written). A wrong count or a non-finite loss is refused naming the query, and
-        the points stay asked: tell again."""
+        of ``n`` finite numbers), or by row, ``{row: loss}`` (losses collected as they complete). Returns
+        when the run has posted its next points or ended (a save that is due written). A wrong count,
+        a row missing or a non-finite loss is refused naming the query, and the points stay asked:
+        tell again."""
         ch = self._channel
         self._raise_error()
-        if ch.closed or ch.done or not ch.asked:
-            what = ("the AskTell is closed" if ch.closed else "the run has ended" if ch.done else
-                    "no points were asked")
-            raise ZoracleError(f"tell() without ask(): {what}; call ask() for the points, evaluate them, then "
-                               "tell() their losses")
-        n = ch.queries.shape[0]
-        values = check_vector(losses, n, lambda j: f"query {j} of the last ask() (row {j} of its points)",
-                              f"the losses told for the {n} points of the last ask()")
-        self._wait(values)
+        with ch.cond:
+            if ch.closed or ch.done or not ch.asked:
+                raise ZoracleError(
+                    "tell() on a closed AskTell: start a new one (resume=True continues from its checkpoint)"
+                    if ch.closed else "tell() after the run has ended: read .result" if ch.done else
+                    "tell() without ask(): no points were asked; call ask() for the points, evaluate them, then "
+                    "tell() their losses")
+            n, ticket = ch.queries.shape[0], ch.ticket
+        what = f"the losses told for the {n} points of the last ask()"
+        values = check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
+                              lambda j: f"query {j} of the last ask() (row {j} of its points)", what)
+        self._wait(values, ticket)
 
     @property
     def params(self) -> Any:
@@ -335,6 +376,11 @@ class AskTell:
         closed AskTell asks nothing more. Waits for the run's thread a bounded time."""
         self._finalizer()
 
+    def __reduce_ex__(self, protocol):
+        raise _NotCopied("an AskTell cannot be pickled or copied: its run is a thread of this process. Save "
+                         "the run with checkpoint='run.npz' and start AskTell(..., checkpoint='run.npz', "
+                         "resume=True) where it should go on (.params and .history are plain values to keep)")
+
     def __enter__(self) -> AskTell:
         return self
 
@@ -347,3 +393,6 @@ class AskTell:
                  f"{ch.queries.shape[0]} points {'asked' if ch.asked else 'to ask'}" if ch.queries is not None else
                  "running")
         return f"AskTell({state})"
+
+
+AskTell.__init__.__signature__ = visible_signature(AskTell.__init__)  # (help(): without *extra, **unknown)
