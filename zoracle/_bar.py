@@ -64,6 +64,18 @@ def _unwrapped(stream, every: bool = False):
     return stream
 
 
+def _pruned(stream):
+    """``stream`` less the :class:`_Beside` of every block that is over, also those under a block still
+    open: one that ended under another run's, entered after it, stayed in the chain, and runs in
+    threads (each step a block) added one a step: a print went through them all (RecursionError
+    after some 500 steps of two runs). Called with ``_SWAP`` held."""
+    top = stream = _unwrapped(stream)
+    while isinstance(stream, _Beside):
+        stream._stream = _unwrapped(stream._stream)  # (what it passes on to: the same stream, sooner)
+        stream = stream._stream
+    return top
+
+
 #: taken to put a block's streams in ``sys`` and take them back (runs in threads: one at a time)
 _SWAP = ForkSafeLock()
 _IN_BLOCK: dict = {}  # thread id -> how many blocks of :func:`_beside` it is in
@@ -294,8 +306,8 @@ def _beside(bar, on: bool, clear_now: bool = False):
                 left = _IN_BLOCK.pop(mine[0]._thread) - 1
                 if left:
                     _IN_BLOCK[mine[0]._thread] = left
-                sys.stdout = _unwrapped(out if sys.stdout is mine[0] else sys.stdout)
-                sys.stderr = _unwrapped(err if sys.stderr is mine[1] else sys.stderr)
+                sys.stdout = _pruned(out if sys.stdout is mine[0] else sys.stdout)
+                sys.stderr = _pruned(err if sys.stderr is mine[1] else sys.stderr)
         if cleared:
             for stream in (out, err):
                 try:

@@ -329,6 +329,8 @@ def _vector_fix(values, n: int, arr=None) -> str:
         return _fix_for(values)
     if np.iscomplexobj(arr) or arr.dtype == bool:
         return _fix_for(arr.flat[0] if arr.size else arr)
+    if arr.ndim == 0 and n == 1:  # (no reduction: a one-row result squeezed, `.squeeze()` or `.item()`)
+        return ": a one-row call's loss squeezed to a scalar; return a (1,) array (`np.atleast_1d(losses)`)"
     if arr.ndim == 0:
         return (f": one number for all {n} queries (a loss reduced over them, `.mean()`?); return one loss per "
                 "query, in their order")

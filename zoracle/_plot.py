@@ -126,9 +126,15 @@ def step_queries(steps: list | tuple, epochs: list | tuple) -> np.ndarray:
 def _faded(ax, color, alpha: float) -> tuple:
     """``color`` at ``alpha`` over the axes' background, as an opaque colour: PostScript (.eps, .ps) has no
     transparency (matplotlib logged a warning for each such figure and drew the colour at full strength)."""
-    from matplotlib.colors import to_rgb
+    from matplotlib.colors import to_rgb, to_rgba
 
-    return tuple(float(v) for v in alpha * np.array(to_rgb(color)) + (1 - alpha) * np.array(to_rgb(ax.get_facecolor())))
+    # the background seen: the axes' colour over the figure's over white paper (a transparent axes,
+    # ``axes.facecolor: none``, has RGB black: the line was blended with black, dark blue)
+    back = np.ones(3)
+    for face in (ax.figure.get_facecolor(), ax.get_facecolor()):
+        rgba = np.array(to_rgba(face))
+        back = rgba[3] * rgba[:3] + (1 - rgba[3]) * back
+    return tuple(float(v) for v in alpha * np.array(to_rgb(color)) + (1 - alpha) * back)
 
 
 def plot_history(history, path=None, *, x: str = "queries", title: str | None = None):
