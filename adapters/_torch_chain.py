@@ -250,7 +250,8 @@ _ANY_LOSS = object()  # norm_context's default: the loss run inside is unknown, 
 
 def _needs_dropout_mode(model: nn.Module) -> bool:
     """False when every submodule (the root included) runs a stock forward (a type from
-    ``_NO_FUNCTIONAL_DROPOUT``, or a Sequential subclass keeping Sequential's forward) and no
+    ``_NO_FUNCTIONAL_DROPOUT``, or a Sequential subclass keeping Sequential's forward, or one of
+    zoracle's own models whose class sets ``_no_functional_dropout``) and no
     forward hook is registered: nothing can then reach a functional dropout. The type check is
     part of the per-model cache of ``_model_info``; hooks come and go, so they are checked on
     every call."""
@@ -392,7 +393,10 @@ def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
         mods = list(model.modules())
         special = [m for m in mods if isinstance(m, (_BATCHNORM, nn.MultiheadAttention, nn.RNNBase) + _DROPOUT)
                    or hasattr(m, "inplace") or m._buffers]
-        hit = _INFO[model] = _ModelInfo(n, special, all(map(_stock_forward, mods)))
+        # zoracle's own models that call no functional dropout (ResNet20) set ``_no_functional_dropout``
+        # on their class; a subclass, which may call some, does not inherit it
+        stock = all(_stock_forward(m) or type(m).__dict__.get("_no_functional_dropout", False) for m in mods)
+        hit = _INFO[model] = _ModelInfo(n, special, stock)
     return hit
 
 

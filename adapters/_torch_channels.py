@@ -300,13 +300,34 @@ def materialize(base, col, ch):
     return Y
 
 
+#: weight elements a gathered copy must hold per run of rows on one channel before
+#: :func:`absorb_rows` reads each run's weights as a view (a call per run) instead
+_RUN_ELEMENTS = 16384
+
+
 def absorb_rows(kind: str, m, delta, chs, base_out_rows):
     """Like :func:`absorb` for ``M`` (perturbation, sample) rows: ``delta`` is ``(M, ...)``."""
     M = delta.shape[0]
     if kind == "flatten":
         C = m.in_features // delta[0].numel()
-        w = m.weight.view(m.out_features, C, -1).index_select(1, chs).permute(1, 2, 0)  # (M, H*W, out)
-        return torch.baddbmm(base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1), w).squeeze(1)
+        W = m.weight.view(m.out_features, C, -1)
+        b1, d1 = base_out_rows.unsqueeze(1), delta.reshape(M, 1, -1)
+        gathered = M * W.shape[2] * W.shape[0]  # the per-row copy of the weights below: M * H*W * out floats
+        if gathered >= 2 * _RUN_ELEMENTS and delta.device.type == "cpu":
+            # a wide layer (100 MB a chunk on the study's largest model): each run of rows on one
+            # channel reads that channel's weights as a view instead, the same products bit for bit;
+            # runs are few, as ``chs`` follows the coordinates, sorted by parameter and output channel
+            chans, counts = torch.unique_consecutive(chs, return_counts=True)
+            if len(chans) * _RUN_ELEMENTS <= gathered:
+                out = torch.empty_like(b1)
+                at = 0
+                for c, n in zip(chans.tolist(), counts.tolist()):
+                    w = W[:, c].t().unsqueeze(0).expand(n, -1, -1)  # (n, H*W, out), a view
+                    torch.baddbmm(b1[at:at + n], d1[at:at + n], w, out=out[at:at + n])
+                    at += n
+                return out.squeeze(1)
+        w = W.index_select(1, chs).permute(1, 2, 0)  # (M, H*W, out)
+        return torch.baddbmm(b1, d1, w).squeeze(1)
     if type(m) is nn.Linear:
         return torch.addcmul(base_out_rows, delta.unsqueeze(-1), m.weight.t().contiguous().index_select(0, chs))
     if type(m) is nn.Conv1d:  # as a Conv2d of height 1

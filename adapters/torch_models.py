@@ -41,6 +41,8 @@ __all__ = ["ResNet20", "BasicBlock", "DigitsCNN", "make_mlp", "make_cnn",
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus an option-A shortcut (subsample, zero-pad channels)."""
 
+    _no_functional_dropout = True  # no F.dropout in its forward or steps: TorchOracle needs no dropout mode
+
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -99,6 +101,8 @@ class ResNet20(nn.Module):
     width : int
         Planes of the first stage (16 in the paper).
     """
+
+    _no_functional_dropout = True  # no F.dropout in its forward or steps: TorchOracle needs no dropout mode
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16):
         super().__init__()
