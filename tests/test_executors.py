@@ -1847,13 +1847,14 @@ def test_an_oracle_shipped_to_dask_lets_go_of_its_bytes_once_loaded():
     for an 80 MB oracle, 78 MB before the oracle was sent as bytes)."""
     import pickle
 
-    from zoracle._pickling import Pickled
+    from zoracle._pickling import LoadFailed, Pickled
 
     shipped = pickle.loads(pickle.dumps(Pickled(pickle.dumps(np.arange(5.0)))))  # as a worker receives it
     first = shipped.load()
     assert shipped.blob is None and shipped.load() is first and first.tolist() == [0, 1, 2, 3, 4]
     broken = Pickled(b"not a pickle")
-    with pytest.raises(Exception):
+    with pytest.raises(LoadFailed, match=r"^the oracle could not be loaded \(unpickled\) on the worker "
+                                         r"\(UnpicklingError: "):  # a shard's error naming the fix, not the raw one
         broken.load()
     assert broken.blob == b"not a pickle"  # a failed load keeps the bytes: retried as a shard's error
 

@@ -92,6 +92,7 @@ def test_ipython_shows_a_usage_error_of_main(tmp_path, monkeypatch, capsys):
     """The same through IPython's own formatter (as a notebook shows a SystemExit: the exception only),
     where IPython is installed."""
     ultratb = pytest.importorskip("IPython.core.ultratb", reason="IPython is not installed")
+    pytest.importorskip("matplotlib", reason="zoracle plot needs the apps extra before it reads its arguments")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as got:
         main(["plot", "nosuch.npz", "run.png"])
