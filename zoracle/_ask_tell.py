@@ -42,10 +42,11 @@ __all__ = ["AskTell"]
 CLOSE_WAIT = 30.0
 
 
-class _Closed(BaseException):
-    """Raised in the run's thread at its next query once its AskTell is closed, dropped or interrupted:
-    no ``Exception``, so that no ``except Exception`` on the way up (the oracle's wrapper) turns it
-    into an OracleError, and train saves the steps before it as for Ctrl-C."""
+class AskTellClosed(BaseException):
+    """Raised in the run's thread at its next query once its AskTell is closed, dropped or interrupted
+    (its name is what train's "stopped inside step N (...)" line shows): no ``Exception``, so that no
+    ``except Exception`` on the way up (the oracle's wrapper) turns it into an OracleError, and train
+    saves the steps before it as for Ctrl-C."""
 
 
 class _Channel:
@@ -67,7 +68,7 @@ class _Channel:
         """The run's thread: post ``points``, wait for their losses."""
         with self.cond:
             if self.closed:
-                raise _Closed
+                raise AskTellClosed
             self.run = RUNNING.get()
             self.queries, self.asked, self.losses = points, False, None
             self.ticket += 1
@@ -75,7 +76,7 @@ class _Channel:
             while self.losses is None and not self.closed:
                 self.cond.wait()
             if self.closed:
-                raise _Closed
+                raise AskTellClosed
             losses, self.queries, self.losses = self.losses, None, None
             return losses
 
@@ -180,7 +181,7 @@ def _drive(channel: _Channel, params, options: dict) -> None:
     told = _Told(channel)
     try:
         result = train(told, params, executor=_AskExecutor(channel, told), **options)
-    except _Closed:
+    except AskTellClosed:
         channel.end(done=False)
     except BaseException as exc:  # the caller's next ask or tell raises it
         channel.end(error=exc)
