@@ -42,6 +42,24 @@ __all__ = ["AskTell"]
 CLOSE_WAIT = 30.0
 
 
+
+_TOLD = (("oracle returned ", "tell() got "),
+         ("the oracle returned nothing; does every path of it end in `return loss`?",
+          "no loss was told for it; tell a number for every point (measure a failed point again; or, with a "
+          "checkpoint, close() now and resume=True later, which asks this step's points again)"),
+         ("parse it where the oracle reads it", "parse it before telling it"),
+         ("; return ", "; tell "), (": return ", ": tell "),
+         ("one per query in their order", "one per point of the last ask(), in its rows' order"),
+         ("one loss per query, in their order", "one loss per point, in its rows' order"))
+
+
+def _as_told(msg: str) -> str:
+    """An oracle check's message as it reads for losses the caller told (``tell()`` got ..., tell ...)."""
+    for old, new in _TOLD:
+        msg = msg.replace(old, new, 1) if old == "oracle returned " else msg.replace(old, new)
+    return msg
+
+
 class AskTellClosed(BaseException):
     """Raised in the run's thread at its next query once its AskTell is closed, dropped or interrupted
     (its name is what train's "stopped inside step N (...)" line shows): no ``Exception``, so that no
@@ -347,8 +365,12 @@ class AskTell:
                     "tell() their losses")
             n, ticket = ch.queries.shape[0], ch.ticket
         what = f"the losses told for the {n} points of the last ask()"
-        values = check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
-                              lambda j: f"query {j} of the last ask() (row {j} of its points)", what)
+        try:
+            values = check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
+                                  lambda j: f"query {j} of the last ask() (row {j} of its points)", what)
+        except OracleError as exc:  # worded for a told value, not for a function zoracle called
+            exc.args = (_as_told(str(exc.args[0]) if exc.args else str(exc)), *exc.args[1:])
+            raise
         self._wait(values, ticket)
 
     @property
