@@ -586,8 +586,9 @@ class OnnxClassifier:
             elif isinstance(self._model, str):  # a model too large for bytes, read from its path (a copy's too)
                 what = (f"could not be opened from {self._model!r}, where a model of 2 GiB or more is read (by every "
                         "pickled copy too): keep the .onnx file and its .data files at that path")
-            elif (("external data" in str(exc).lower() or "getfilelength" in str(exc).lower())  # (onnxruntime
-                  and not _have_onnx()):  # 1.16 names only the file: "GetFileLength for ./m.onnx.data failed")
+            elif (any(w in str(exc).lower() for w in ("external data", "getfilelength", "cannot get file size"))
+                  and not _have_onnx()):  # (onnxruntime 1.16 and 1.19 name only the file: "GetFileLength for
+                # ./m.onnx.data failed", "filesystem error: cannot get file size: ... [m.onnx.data]")
                 what = ("keeps its weights in external data files, which zoracle reads in with the onnx package "
                         "(onnxruntime alone looks for them in the working directory): install it, pip install -e "
                         "'.[onnx]'")

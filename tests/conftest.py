@@ -156,3 +156,14 @@ def split_calls(oracle, theta, coords, step):
     return np.concatenate([oracle.suffix(oracle.prefix(theta, b), theta, b, cb[lo:lo + call], step)
                            for b in np.unique(owner) for cb in [coords[owner == b]]
                            for lo in range(0, cb.size, call)])
+
+
+def onnx_map_type(key_type, value_type):
+    """An ONNX map type proto (``key_type`` a TensorProto element type, ``value_type`` a type proto),
+    built by hand: ``onnx.helper.make_map_type_proto`` came in onnx 1.15 and the [onnx] extra admits 1.14."""
+    import onnx
+
+    out = onnx.TypeProto()
+    out.map_type.key_type = key_type
+    out.map_type.value_type.CopyFrom(value_type)
+    return out

@@ -6,6 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("torch")
+pytest.importorskip("sklearn")  # the demo is in the apps extra
 
 from zoracle.cli import main  # noqa: E402
 

@@ -821,10 +821,14 @@ def test_ray_local_session_takes_token_auth_mode_in_any_case(ray_env, monkeypatc
     """Ray reads RAY_AUTH_MODE without regard to case (TOKEN is token authentication, as Ray's own
     get_authentication_mode says): such a session starts and runs."""
     import ray
-    from ray._private.authentication.authentication_utils import get_authentication_mode
 
     monkeypatch.setenv("RAY_AUTH_MODE", "TOKEN")
-    assert get_authentication_mode() == ray._raylet.AuthenticationMode.TOKEN  # the reference: Ray's own reading
+    try:  # the [ray] extra's floor, Ray 2.10, has no token authentication (nor this module)
+        from ray._private.authentication.authentication_utils import get_authentication_mode
+    except ImportError:
+        pass
+    else:
+        assert get_authentication_mode() == ray._raylet.AuthenticationMode.TOKEN  # the reference: Ray's own reading
     tc._by_value(sys.modules[__name__], ray=True)
     with RayExecutor("local:1", allow_network=True, log_to_driver=False) as ex:
         est = zo.estimate_gradient(quad, np.ones(4), zo.CGE(), executor=ex)

@@ -192,11 +192,12 @@ def test_a_zipmap_onnxruntime_refuses_for_another_type_is_not_called_float64():
     from onnx import TensorProto as T
     from onnx import helper as h
 
+    from conftest import onnx_map_type
     from zoracle.adapters.onnx import OnnxClassifier
 
     w = h.make_tensor("W", T.FLOAT16, [3, 2], np.arange(6.0).tolist())
     out = h.make_value_info("output_probability", h.make_sequence_type_proto(
-        h.make_map_type_proto(T.INT64, h.make_tensor_type_proto(T.FLOAT16, []))))
+        onnx_map_type(T.INT64, h.make_tensor_type_proto(T.FLOAT16, []))))
     graph = h.make_graph([h.make_node("MatMul", ["x", "W"], ["s"]), h.make_node("Softmax", ["s"], ["p"], axis=1),
                           h.make_node("ZipMap", ["p"], ["output_probability"], domain="ai.onnx.ml",
                                       classlabels_int64s=[0, 1])],

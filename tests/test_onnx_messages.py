@@ -12,6 +12,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 
+from conftest import onnx_map_type  # noqa: E402
 from zoracle.adapters.onnx import OnnxClassifier  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def _softmax_of(x_type, out_nodes, outputs, ml=False):
 
 def _zipmap_of(x_type, value_type):
     out = h.make_value_info("output_probability", h.make_sequence_type_proto(
-        h.make_map_type_proto(T.INT64, h.make_tensor_type_proto(value_type, []))))
+        onnx_map_type(T.INT64, h.make_tensor_type_proto(value_type, []))))
     return _softmax_of(x_type, [h.make_node("ZipMap", ["p"], ["output_probability"], domain="ai.onnx.ml",
                                             classlabels_int64s=[0, 1])], [out], ml=True)
 
