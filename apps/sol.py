@@ -68,7 +68,16 @@ class Config:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``zoracle sol``."""
+    """Flags of ``zoracle sol`` (their help names the default and ``--quick``'s value, from :class:`Config`)."""
+    full, quick = Config(), Config.quick()
+
+    def default(field, fmt=str):  # "default 60, quick 6" (a value --quick keeps is said once)
+        a, b = fmt(getattr(full, field)), fmt(getattr(quick, field))
+        return f"default {a}" + ("" if a == b else f", quick {b}")
+
+    def res(v):
+        return ",".join(f"{r:g}" for r in v)
+
     parser.add_argument("--quick", action="store_true", help="CI size: small grids, few steps (about a minute)")
     parser.add_argument("--json", action="store_true",
                         help='print only {"SRC", "NON", "ZO-SOL", "FO-SOL": test MAE or null} as JSON')
@@ -77,19 +86,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="cache of fine trajectories (default $ZORACLE_CACHE or ~/.cache/zoracle)")
     parser.add_argument("--fine-nx", type=int, default=None,
-                        help="fine grid cells along x (y gets twice as many; default 128, quick 64)")
-    parser.add_argument("--factor", type=int, default=None, help="coarsening factor fine -> coarse (default 4)")
-    parser.add_argument("--warmup", type=int, default=None, help="fine steps simulated before recording (transient)")
-    parser.add_argument("--steps", type=int, default=None, help="recorded steps per run (also the test rollout length)")
-    parser.add_argument("--train-re", type=_floats, default=None, help="training Reynolds numbers, comma-separated")
-    parser.add_argument("--test-re", type=_floats, default=None, help="test Reynolds numbers, comma-separated")
-    parser.add_argument("--unroll", type=int, default=None, help="solver steps unrolled per loss (paper: 16)")
-    parser.add_argument("--zo-steps", type=int, default=None, help="ZO-SOL optimizer steps")
-    parser.add_argument("--sparsity", type=float, default=None, help="gradient sparsity of sparse CGE (default 0.95)")
-    parser.add_argument("--lr", type=float, default=None, help="ZO-SOL and FO-SOL learning rate (Adam; default 1e-4, quick 3e-4)")
+                        help=f"fine grid cells along x (y gets twice as many; {default('fine_nx')})")
+    parser.add_argument("--factor", type=int, default=None,
+                        help=f"coarsening factor fine -> coarse ({default('factor')})")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help=f"fine steps simulated before recording (transient; {default('warmup')})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"recorded steps per run (also the test rollout length; {default('steps')})")
+    parser.add_argument("--train-re", type=_floats, default=None,
+                        help=f"training Reynolds numbers, comma-separated ({default('train_re', res)})")
+    parser.add_argument("--test-re", type=_floats, default=None,
+                        help=f"test Reynolds numbers, comma-separated ({default('test_re', res)})")
+    parser.add_argument("--unroll", type=int, default=None,
+                        help=f"solver steps unrolled per loss (paper: 16; {default('unroll')})")
+    parser.add_argument("--zo-steps", type=int, default=None, help=f"ZO-SOL optimizer steps ({default('zo_steps')})")
+    parser.add_argument("--sparsity", type=float, default=None,
+                        help=f"gradient sparsity of sparse CGE ({default('sparsity')})")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"ZO-SOL and FO-SOL learning rate (Adam; {default('lr', lambda v: f'{v:g}')})")
     parser.add_argument("--init", choices=("non", "zero"), default=None,
                         help="start ZO-SOL and FO-SOL from the NON fit (default) or from no correction")
-    parser.add_argument("--fo-steps", type=int, default=None, help="FO-SOL optimizer steps (0 skips FO-SOL)")
+    parser.add_argument("--fo-steps", type=int, default=None,
+                        help=f"FO-SOL optimizer steps, 0 skips FO-SOL ({default('fo_steps')})")
     parser.add_argument("--no-fo", action="store_true", help="skip FO-SOL (reported as null)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the vorticity plot")
     parser.add_argument("--seed", type=int, default=None, help="seed of the network init and ZO masks (default 0)")
