@@ -251,10 +251,10 @@ _ANY_LOSS = object()  # norm_context's default: the loss run inside is unknown, 
 def _needs_dropout_mode(model: nn.Module) -> bool:
     """False when every submodule (the root included) runs a stock forward (a type from
     ``_NO_FUNCTIONAL_DROPOUT``, or a Sequential subclass keeping Sequential's forward, or one of
-    zoracle's own models whose class sets ``_no_functional_dropout``) and no
-    forward hook is registered: nothing can then reach a functional dropout. The type check is
-    part of the per-model cache of ``_model_info``; hooks come and go, so they are checked on
-    every call."""
+    zoracle's own models whose class sets ``_no_functional_dropout``), none has a function of
+    its own in its ``__dict__`` (a replaced ``forward``) and no forward hook is registered: nothing
+    can then reach a functional dropout. The type check is part of the per-model cache of
+    ``_model_info``; hooks come and go, so they are checked on every call."""
     return _dropout_mode_and_special(model)[0]
 
 
@@ -394,8 +394,10 @@ def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
         special = [m for m in mods if isinstance(m, (_BATCHNORM, nn.MultiheadAttention, nn.RNNBase) + _DROPOUT)
                    or hasattr(m, "inplace") or m._buffers]
         # zoracle's own models that call no functional dropout (ResNet20) set ``_no_functional_dropout``
-        # on their class; a subclass, which may call some, does not inherit it
-        stock = all(_stock_forward(m) or type(m).__dict__.get("_no_functional_dropout", False) for m in mods)
+        # on their class; a subclass, which may call some, does not inherit it. A module given a function
+        # of its own (``m.forward = ...``, a block's ``join`` replaced) runs code no type vouches for
+        stock = all((_stock_forward(m) or type(m).__dict__.get("_no_functional_dropout", False))
+                    and not any(map(callable, vars(m).values())) for m in mods)
         hit = _INFO[model] = _ModelInfo(n, special, stock)
     return hit
 

@@ -109,20 +109,23 @@ class _Channel:
         """The caller's thread: hand the run ``losses`` (if any) for the queries ``ticket`` numbers, wait
         until it posts its next queries or ends. An interrupt (Ctrl-C) on the way closes the run: the
         caller does not go on with it."""
-        with self.cond:
-            if losses is not None and not (ticket == self.ticket and self.asked and self.losses is None):
-                raise ZoracleError("tell(): the points of the ask() these losses answer were told already (by "
-                                   "another thread's tell()?): ask() and tell() from one thread, or under one lock")
+        stale = False
         try:
-            with self.cond:
+            with self.cond:  # (the check and the hand-over under one hold: another tell cannot come between)
                 if losses is not None:
-                    self.losses, self.asked = losses, False
-                    self.cond.notify_all()
-                while not (self.done or self.closed) and (self.queries is None or self.losses is not None):
+                    stale = not (ticket == self.ticket and self.asked and self.losses is None)
+                    if not stale:
+                        self.losses, self.asked = losses, False
+                        self.cond.notify_all()
+                while not stale and not (self.done or self.closed) and (self.queries is None or
+                                                                      self.losses is not None):
                     self.cond.wait()
         except BaseException:
             self.close()
             raise
+        if stale:
+            raise ZoracleError("tell(): the points of the ask() these losses answer were told already (by "
+                               "another thread's tell()?): ask() and tell() from one thread, or under one lock")
 
     def close(self) -> None:
         with self.cond:
