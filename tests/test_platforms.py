@@ -169,6 +169,7 @@ _SIMULATED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # (about 15 s: a fresh interpreter running the demo on 2 spawned workers; CI runs it with -m slow)
 def test_spawn_and_no_posix_only_calls_in_a_fresh_interpreter(tmp_path):
     """``import zoracle``, a checkpointed run resumed on process workers, and ``zoracle demo --quick``
     with --workers, in an interpreter without fcntl, os.fork, os.register_at_fork (until torch),
