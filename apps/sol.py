@@ -199,6 +199,15 @@ def _check_reynolds(fine, cfg: Config) -> None:
             raise zo.ArgumentError(f"{flag}: {exc}") from None
 
 
+def seen_test_note(cfg: Config) -> str | None:
+    """A line for the log when a test Reynolds number is also a training one (its flow is no unseen one)."""
+    seen = sorted({float(r) for r in cfg.test_re} & {float(r) for r in cfg.train_re})
+    if not seen:
+        return None
+    return (f"note: test Re {', '.join(f'{r:g}' for r in seen)} also in --train-re: its test rollout is on a "
+            "flow the correction trained on, not an unseen one (pass other --test-re values for that)")
+
+
 def check(args) -> None:
     """The flags' values, refused before any work (``zoracle sol`` exits 2, as for argparse's errors)."""
     cfg = config_from_args(args)
@@ -225,6 +234,8 @@ def _run(cfg: Config, cache, log, plot_path) -> SolResult:
     fine = pf.WakeFlow(nx=cfg.fine_nx, ny=2 * cfg.fine_nx)
     coarse = fine.coarsened(cfg.factor)
     _check_reynolds(fine, cfg)
+    if (note := seen_test_note(cfg)) is not None:
+        log(note)
     all_re = tuple(cfg.train_re) + tuple(cfg.test_re)
     ref = pf.reference_trajectories(fine, all_re, factor=cfg.factor, warmup=cfg.warmup, steps=cfg.steps,
                                     cache_dir=cache, progress=log)

@@ -34,3 +34,15 @@ def test_sol_help_names_the_default_and_quick_size_of_every_size_flag(capsys, mo
     assert "default 200,450, quick 300" in line
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("--factor "))
     assert "(default 4)" in line  # --quick keeps it: said once
+
+
+def test_a_test_reynolds_number_seen_in_training_is_said_in_the_log():
+    """docs/sol.md calls the test Reynolds numbers unseen; `--test-re` repeating a `--train-re` value
+    trained and tested on the same flow without a word."""
+    sol = pytest.importorskip("zoracle.apps.sol")
+    import dataclasses
+
+    cfg = sol.Config()
+    assert sol.seen_test_note(cfg) is None  # the defaults: 200 and 450 are unseen
+    note = sol.seen_test_note(dataclasses.replace(cfg, test_re=(300.0, 450.0)))
+    assert note is not None and "test Re 300 also in --train-re" in note and "450" not in note
