@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math as _math
 import os
 import tempfile
 import threading

@@ -31,7 +31,6 @@ import copy
 import json
 import os
 import shlex
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace

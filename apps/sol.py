@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace

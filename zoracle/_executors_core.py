@@ -23,7 +23,7 @@ import time
 import types
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
