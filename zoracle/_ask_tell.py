@@ -232,7 +232,9 @@ class AskTell:
     Parameters
     ----------
     params : array
-        Initial flat parameters (not modified).
+        Initial flat parameters (not modified), whose backend the run follows: CuPy params (float32 or
+        float64) give CuPy points of their dtype from :meth:`ask`, and CuPy ``.params`` and
+        ``.result.params``; :meth:`tell` takes NumPy or CuPy losses (an array, a list of scalars).
     epochs, steps_per_epoch, estimator, optimizer, schedule, mu : optional
         As :func:`zoracle.train`'s. A step asks the estimate's points at once: ``d + 1`` of them for
         forward CGE (fewer with ``sparsity``), ``directions + 1`` for forward RGE.
