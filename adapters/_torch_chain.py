@@ -23,7 +23,9 @@ tensor, then flattened to ``k * B`` rows for the rest of the chain:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import types
 import weakref
 import dataclasses
 from dataclasses import dataclass
@@ -261,7 +263,7 @@ def _needs_dropout_mode(model: nn.Module) -> bool:
 def _dropout_mode_and_special(model: nn.Module) -> tuple:
     """``(_needs_dropout_mode(model), _special_modules(model))`` from one walk over the modules."""
     mods = list(model.modules())
-    info = _model_info(model, len(mods))
+    info = _model_info(model, _layout(mods))
     if not info.stock:
         return True, info.special
     return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
@@ -309,12 +311,12 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     try:
         for m in special:
             if type(m) in _BN:
-                m.forward = (lambda x, m=m: _bn_forward(m, ctx, x))
+                m.forward = _patch(lambda x, m=m: _bn_forward(m, ctx, x))
                 patched.append(m)
             elif isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
                 if not update:
                     saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
-                m.forward = (lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
+                m.forward = _patch(lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
                 patched.append(m)
             elif isinstance(m, _DROPOUT):
                 m.forward = _identity
@@ -374,7 +376,7 @@ def _model_lock(model: nn.Module):
 
 @dataclass(frozen=True)
 class _ModelInfo:
-    count: int  # submodules when cached: a changed count refreshes the entry
+    count: tuple  # ``_layout`` of the submodules when cached: a changed one refreshes the entry
     special: list  # the ones ``norm_context`` patches (BatchNorm, dropout, in-place, attention, recurrent
     # layers) or whose buffers it restores
     stock: bool  # every forward is a stock one (see ``_needs_dropout_mode``)
@@ -383,11 +385,38 @@ class _ModelInfo:
 _INFO = weakref.WeakKeyDictionary()
 
 
-def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
+def _patch(forward):
+    """``forward``, marked as ``norm_context``'s own patch of a module's (not the user's function)."""
+    forward._norm_patch = True
+    return forward
+
+
+def _own(v) -> bool:
+    """Whether ``v``, in a module's instance dict, is a function of the user's that may reach a functional
+    dropout: not ``norm_context``'s patch, nor a torch function other than a dropout or an attention (an
+    activation kept as ``self.act = F.relu``, or a ``functools.partial`` of one)."""
+    if not callable(v) or getattr(v, "_norm_patch", False):
+        return False
+    f = v.func if isinstance(v, functools.partial) else v
+    name, where = getattr(f, "__name__", ""), getattr(f, "__module__", None) or ""
+    return not (isinstance(f, (types.FunctionType, types.BuiltinFunctionType))
+                and where in ("torch", "torch.nn.functional", "torch._C._nn", "torch.special")
+                and "dropout" not in name and "attention" not in name)
+
+
+def _layout(mods: list) -> tuple:
+    """The number of modules ``mods`` and of the attributes in their instance dicts (``norm_context``'s
+    patches not counted, so a nested one reads the outer one's entry): an attribute set after a model
+    was first run (``m.forward = ...``) changes it, and with it ``_model_info``'s entry."""
+    dicts = [m.__dict__ for m in mods]
+    return len(mods), sum(map(len, dicts)) - sum(1 for d in dicts if getattr(d.get("forward"), "_norm_patch", False))
+
+
+def _model_info(model: nn.Module, n: Optional[tuple] = None) -> _ModelInfo:
     """What ``norm_context`` needs of ``model``, from one walk over its submodules, cached per
     model (weakly: the entry holds no reference to the model itself) and refreshed when its
-    number of submodules changes (``n``, when the caller has counted them)."""
-    n = sum(1 for _ in model.modules()) if n is None else n
+    ``_layout`` changes (``n``, when the caller has taken it)."""
+    n = _layout(list(model.modules())) if n is None else n
     hit = _INFO.get(model)
     if hit is None or hit.count != n:
         mods = list(model.modules())
@@ -397,7 +426,8 @@ def _model_info(model: nn.Module, n: Optional[int] = None) -> _ModelInfo:
         # on their class; a subclass, which may call some, does not inherit it. A module given a function
         # of its own (``m.forward = ...``, a block's ``join`` replaced) runs code no type vouches for
         stock = all((_stock_forward(m) or type(m).__dict__.get("_no_functional_dropout", False))
-                    and not any(map(callable, vars(m).values())) for m in mods)
+                    and not any(_own(v) for k, v in vars(m).items() if k != "_compiled_call_impl") for m in mods)
+        # (``_compiled_call_impl``: ``m.compile()``'s, which runs the same stock forward)
         hit = _INFO[model] = _ModelInfo(n, special, stock)
     return hit
 
@@ -438,6 +468,7 @@ def vmap_safe(model: nn.Module) -> bool:
         and not any(isinstance(m, nn.Embedding) and m.max_norm is not None for m in model.modules())
 
 
+@_patch
 def _identity(x, *args, **kwargs):
     return x
 

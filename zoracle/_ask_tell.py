@@ -31,7 +31,7 @@ from ._backend import namespace
 from ._errors import OracleError, ZoracleError, short_repr
 from ._foreign_args import refuse_ask_tell_foreign, visible_signature
 from ._history import History, TrainResult
-from ._oracle import Oracle, check_vector
+from ._oracle import _ASYNC_HINT, Oracle, check_vector
 from ._pruning import SCORED_KINDS
 from ._run_loop import RUNNING
 from ._train import train
@@ -47,6 +47,9 @@ _TOLD = (("oracle returned ", "tell() got "),
          ("the oracle returned nothing; does every path of it end in `return loss`?",
           "no loss was told for it; tell a number for every point (measure a failed point again; or, with a "
           "checkpoint, close() now and resume=True later, which asks this step's points again)"),
+         ("one number per query in their order", "one number per point, in its rows' order"),
+         ("one loss per query in their order", "one loss per point, in its rows' order"),
+         ("go in `train`'s `eval_fn`", "go in AskTell's `eval_fn`"),
          ("parse it where the oracle reads it", "parse it before telling it"),
          ("; return ", "; tell "), (": return ", ": tell "),
          ("one per query in their order", "one per point of the last ask(), in its rows' order"),
@@ -55,6 +58,10 @@ _TOLD = (("oracle returned ", "tell() got "),
 
 def _as_told(msg: str) -> str:
     """An oracle check's message as it reads for losses the caller told (``tell()`` got ..., tell ...)."""
+    head, sep, _ = msg.partition("; " + _ASYNC_HINT)  # a coroutine told: the hint's code is an oracle's
+    if sep:
+        msg = (head.rpartition(": the oracle returned ")[0] + ": a coroutine is no loss; await it (`await "
+               "aloss(x)`, or `asyncio.run(aloss(x))` outside an event loop) and tell the number it gives")
     for old, new in _TOLD:
         msg = msg.replace(old, new, 1) if old == "oracle returned " else msg.replace(old, new)
     return msg

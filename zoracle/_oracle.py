@@ -354,9 +354,11 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
         raise OracleError(what, _describe(values),
                           detail=f"could not convert to an array ({exc}){_vector_fix(values, n)}") from None
     listed = isinstance(values, (list, tuple)) and len(values) == n
-    if arr.shape in ((n,), (n, 1)) and (arr.dtype.kind == "O" or (arr.dtype.kind in "US" and listed)):
-        # a None (a NaN that JSON sent as null) or a string among the losses: named by its row, as a
-        # NaN is, each row checked as a plain call's loss (np.asarray turns numbers beside text into text)
+    if arr.shape in ((n,), (n, 1)) and (arr.dtype.kind == "O" or (arr.dtype.kind in "US" and listed) or (
+            listed and arr.dtype.kind == "f" and any(isinstance(v, (bool, np.bool_)) for v in values))):
+        # a None (a NaN that JSON sent as null), a string or a boolean among the losses: named by its row,
+        # as a NaN is, each row checked as a plain call's loss (np.asarray turns numbers beside text into
+        # text, and a boolean beside numbers into 0 or 1)
         items = values if arr.dtype.kind != "O" else arr.reshape(-1)
         return np.array([check_scalar(v, query_of(j)) for j, v in enumerate(items)], dtype=np.float64)
     if np.iscomplexobj(arr) or arr.dtype == bool or arr.dtype.kind not in "fiu":
