@@ -19,8 +19,8 @@ from zoracle import _bar, _fastcheck, _forked, _plan
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
 
 
-def _child_can_take(lock) -> bool:
-    """Hold ``lock`` in another thread, fork, and report whether the child takes it within 5 s."""
+def _child_can_take(lock, wait: float = 5.0) -> bool:
+    """Hold ``lock`` in another thread, fork, and report whether the child takes it within ``wait`` s."""
     held, done = threading.Event(), threading.Event()
 
     def hold():
@@ -36,7 +36,7 @@ def _child_can_take(lock) -> bool:
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:  # the child: no pytest machinery, only the exit code
-            code = 0 if lock.acquire(timeout=5) else 1
+            code = 0 if lock.acquire(timeout=wait) else 1
             os._exit(code)
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status) == 0
@@ -85,4 +85,6 @@ def test_the_lock_a_plain_threading_lock_would_be_hangs_in_the_child_so_the_chec
     """The check itself: a plain lock another thread held stays held in the child."""
     if sys.platform == "darwin":
         pytest.skip("fork with threads is unreliable on macOS")
-    assert not _child_can_take(threading.Lock())
+    # the child waits out its whole timeout here (the thread holding the lock was not forked: nothing
+    # in the child releases it), so a shorter one gives the same answer without 5 s of waiting
+    assert not _child_can_take(threading.Lock(), wait=0.5)

@@ -189,6 +189,8 @@ import numpy as np
 import zoracle as zo
 from zoracle.executors import JoblibExecutor, ShardTimeout
 
+zo.executors.EXIT_WAIT = 0.5  # the exit's wait for the hung thread, 5 s by default: the 60 s call outlasts both
+
 def hang(x):
     if x[5] != 0:
         time.sleep(60)  # a deadlocked call
@@ -211,7 +213,7 @@ def test_a_script_exits_after_a_threading_timeout(tmp_path):
                                                        + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        out, _ = proc.communicate(timeout=30)  # (its exit waits up to 5 s for the thread: EXIT_WAIT)
+        out, _ = proc.communicate(timeout=30)  # (its exit waits up to 0.5 s for the thread: EXIT_WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
