@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -54,11 +55,9 @@ MODULE = textwrap.dedent(
         from zoracle.executors import JoblibExecutor
 
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # as docs/training.md says
-        # SystemExit is not a Ctrl-C: the workers' blocked shards get ABORT_WAIT_S (10 s) to finish before
-        # they are stopped; 0.5 s takes the same path without 10 s of waiting
-        import zoracle._executors_local as local
-        local.ABORT_WAIT_S = 0.5
-        executor = JoblibExecutor(2) if sys.argv[2] == "processes" else None
+        zo.executors.EXIT_WAIT = 0.5  # (the threads left in the blocked query, after the save: 5 s at exit)
+        make = {"processes": lambda: JoblibExecutor(2), "threads": lambda: JoblibExecutor(2, backend="threading")}
+        executor = make[sys.argv[2]]() if sys.argv[2] in make else None
         try:
             run(checkpoint=sys.argv[1], callbacks=[block_after_step_6], executor=executor)
         finally:
@@ -97,13 +96,32 @@ def _terminated(tmp_path, how):
             time.sleep(0.05)
         assert p.poll() is None and (tmp_path / "blocked").exists(), p.communicate()[1].decode()[-2000:]
         kids = [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        before = os.stat(tmp_path / "c.npz").st_ino  # the epoch's save (step 4); the step-6 save replaces it
+        saved = [None]  # seconds from SIGTERM to the checkpoint of the steps finished
+
+        def watch(start):  # until the save, or the job's exit without one (looked for once more after it)
+            while True:
+                ended = p.poll() is not None
+                try:
+                    replaced = os.stat(tmp_path / "c.npz").st_ino != before
+                except OSError:  # (no file: nothing replaced yet)
+                    replaced = False
+                if replaced:
+                    saved[0] = time.monotonic() - start
+                if replaced or ended:
+                    return
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, args=(time.monotonic(),), daemon=True)
         p.send_signal(signal.SIGTERM)
+        watcher.start()
         _, err = p.communicate(timeout=300)
+        watcher.join(10)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    return p.returncode, err.decode(), kids
+    return p.returncode, err.decode(), kids, saved[0]
 
 
 @pytest.mark.parametrize("how", ["serial", "processes"])
@@ -112,7 +130,7 @@ def test_sigterm_in_a_slow_query_keeps_every_step_finished(tmp_path, job, how):
     7th step lost the steps since the last save: with checkpoint_every="epoch", steps 5 and 6 (a slow
     black box's epoch: hours). Now the 6 steps finished are saved on the way out, the run resumes from
     there bit for bit, the exit status is the handler's, and no worker process is left."""
-    rc, err, kids = _terminated(tmp_path, how)
+    rc, err, kids, _ = _terminated(tmp_path, how)
     assert rc == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped inside step 6 (SystemExit)" in err and "holds the 6 steps" in err, err[-2000:]
     assert (len(kids) >= 2) == (how == "processes"), kids
@@ -129,6 +147,18 @@ def test_sigterm_in_a_slow_query_keeps_every_step_finished(tmp_path, job, how):
     whole = job.run()
     assert resumed.params.tobytes() == whole.params.tobytes() and resumed.nfev == whole.nfev
     assert [r["loss"] for r in resumed.history.steps] == [r["loss"] for r in whole.history.steps]
+
+
+@pytest.mark.parametrize("how", ["processes", "threads"])
+def test_sigterm_saves_the_steps_finished_before_the_workers_grace(tmp_path, job, how):
+    """SIGTERM (SystemExit) inside a slow query on process or thread workers waited ABORT_WAIT_S (10 s)
+    for the blocked shards before the save of the finished steps, where Ctrl-C did not: a scheduler
+    that kills a job less than 10 s after its SIGTERM lost them. The save now comes first (a bound
+    for a loaded machine: it took over 10 s)."""
+    rc, err, kids, saved = _terminated(tmp_path, how)
+    assert rc == 128 + signal.SIGTERM, err[-2000:]
+    assert saved is not None and saved < 5.0, (saved, err[-2000:])
+    assert zo.load_checkpoint(tmp_path / "c.npz")[1]["step"] == 6
 
 
 def _losses(fail_at, error, calls):

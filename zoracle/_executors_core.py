@@ -767,8 +767,9 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
     ``("err", exc, traceback_text)``, ``("dead", reason)`` or ``("lost", reason)`` (the shard
     never failed: an input it needed went with another worker that died; it runs again, without
     counting as a failure, up to :data:`LOST_RETRIES` times); ``abort(workers, hung)`` stops
-    in-flight work (``hung``: the workers a timeout found late, or True after Ctrl-C: they may
-    be inside the oracle; False after an error).
+    in-flight work (``hung``: the workers a timeout found late, or True after Ctrl-C, and after
+    SystemExit where the backend's optional ``quick_abort`` is True: they may be inside the oracle;
+    False after an error).
     ``submit`` may return True when the worker first loads the oracle and will report the
     end of loading with the outcome ``("loaded",)``: until then the shard may take
     ``max(timeout, LOAD_S)`` seconds, and its ``timeout`` starts when loading ends.
@@ -811,8 +812,12 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
                 run.raise_if_late()
     except BaseException as exc:
         if run.inflight:  # the late shards' workers may be inside a hung call, all of them after Ctrl-C;
-            # an error elsewhere leaves every worker to finish its shard
-            hung = run.stuck if isinstance(exc, ShardTimeout) else isinstance(exc, KeyboardInterrupt)
+            # an error elsewhere leaves every worker to finish its shard. A SIGTERM handler's SystemExit must
+            # reach the run's save at once: local workers are replaced as after Ctrl-C (waiting ABORT_WAIT_S
+            # for their shards held the save back 10 s), a cluster's are not restarted first (seconds)
+            stop_now = isinstance(exc, KeyboardInterrupt) or (
+                not isinstance(exc, (Exception, GeneratorExit)) and getattr(backend, "quick_abort", False))
+            hung = run.stuck if isinstance(exc, ShardTimeout) else stop_now
             backend.abort([w for _, w in run.inflight.values()], hung=hung)
         raise
     return run.results, run.retries, run.busy

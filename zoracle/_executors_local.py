@@ -621,6 +621,8 @@ def _stop_all(procs) -> None:
 
 
 class _ProcBackend:
+    quick_abort = True  # (SystemExit replaces the busy workers: see schedule)
+
     def __init__(self, pool: "ProcessPool", payload: Payload):
         self.pool = pool
         self.payload = payload
@@ -713,7 +715,7 @@ class _ProcBackend:
         return out
 
     def abort(self, workers, hung=True) -> None:
-        """After a timeout or Ctrl-C (``hung``), replace the workers running shards; after an error
+        """After a timeout, Ctrl-C or SystemExit (``hung``), replace the workers running shards; after an error
         elsewhere, let them finish theirs (a paid query is not cut off, the oracle not loaded again),
         dropping the answers, as threads do: those still busy after ``timeout`` (or ABORT_WAIT_S) s go."""
         finishing = []
@@ -835,6 +837,8 @@ ABORT_WAIT_S = 10.0
 
 
 class _ThreadBackend:
+    quick_abort = True  # (SystemExit abandons the busy threads: see schedule)
+
     def __init__(self, pool: "ThreadPool", oracle, params):
         self.pool = pool
         self.oracle = oracle
