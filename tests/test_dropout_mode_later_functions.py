@@ -17,7 +17,9 @@ from torch.nn import functional as F  # noqa: E402
 from zoracle.adapters._torch_chain import _needs_dropout_mode, norm_context  # noqa: E402
 from zoracle.adapters.torch import TorchOracle  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              # (torch's own: nn.Module.compile touches torch.jit.script_method, deprecated in torch 2.13)
+              pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
 
 def test_a_forward_replaced_after_a_first_run_keeps_dropout_blocked():
