@@ -339,6 +339,9 @@ def _vector_fix(values, n: int, arr=None) -> str:
     return f": return {n} losses, one per query in their order"
 
 
+_BOOLS = frozenset((bool, np.bool_))  # (a type lookup at C speed, not an isinstance per loss: bool has no subclasses)
+
+
 def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> np.ndarray:
     """``values`` as a finite float64 host array of shape ``(n,)``.
 
@@ -355,7 +358,7 @@ def check_vector(values, n: int, query_of: Callable[[int], str], what: str) -> n
                           detail=f"could not convert to an array ({exc}){_vector_fix(values, n)}") from None
     listed = isinstance(values, (list, tuple)) and len(values) == n
     if arr.shape in ((n,), (n, 1)) and (arr.dtype.kind == "O" or (arr.dtype.kind in "US" and listed) or (
-            listed and arr.dtype.kind == "f" and any(isinstance(v, (bool, np.bool_)) for v in values))):
+            listed and arr.dtype.kind == "f" and not _BOOLS.isdisjoint(map(type, values)))):
         # a None (a NaN that JSON sent as null), a string or a boolean among the losses: named by its row,
         # as a NaN is, each row checked as a plain call's loss (np.asarray turns numbers beside text into
         # text, and a boolean beside numbers into 0 or 1)
