@@ -116,8 +116,6 @@ def test_params_and_history_of_a_closed_ask_tell_are_where_its_run_stopped():
 
 
 @pytest.mark.parametrize("kwargs, says", [
-    (dict(batches=[0, 1]), "`AskTell` has no argument `batches`: AskTell asks points, not batches"),
-    (dict(grasp_batch=0), "`AskTell` has no argument `grasp_batch`: AskTell asks points, not batches"),
     (dict(executor=None), "`AskTell` has no argument `executor`: the points are yours to run"),
     (dict(oracle=f), "`AskTell` has no argument `oracle`: AskTell takes no loss function"),
     (dict(x0=X0), "`AskTell` has no argument `x0`: the starting point is the first argument, `params`"),

@@ -61,12 +61,13 @@ def test_the_ask_tell_and_metrics_blocks_type_check_strictly(tmp_path):
     text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     blocks = [m.group(1) for m in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.S | re.M)
               if "zo.AskTell(" in m.group(1) or "def log_step(" in m.group(1)]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for i, code in enumerate(blocks):
         (tmp_path / f"block{i}.py").write_text(code)
     ini = "[mypy]\nignore_missing_imports = True\n[mypy-zoracle.*]\nfollow_imports = silent\n"
     (tmp_path / "mypy.ini").write_text(ini)
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--config-file", "mypy.ini", "--cache-dir",
-                          str(tmp_path / "cache"), "--no-error-summary", "block0.py", "block1.py"], cwd=tmp_path,
-                         env={**os.environ, "MYPYPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+                          str(tmp_path / "cache"), "--no-error-summary", *(f"block{i}.py" for i in range(len(blocks)))],
+                         cwd=tmp_path, env={**os.environ, "MYPYPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0 and not out.stderr.strip(), out.stdout + out.stderr[-2000:]

@@ -87,15 +87,16 @@ class _Channel:
         self.result = None
         self.error = None
         self.run = None  # the Run of the step asking (zoracle._run_loop); None before the first step
+        self.batch = None  # the batch ``queries`` are to be evaluated on (None: the unbound loss)
         self.ticket = 0  # counts the queries posted: a tell answers the ones its ask() was handed
 
-    def query(self, points) -> np.ndarray:
-        """The run's thread: post ``points``, wait for their losses."""
+    def query(self, points, batch=None) -> np.ndarray:
+        """The run's thread: post ``points`` (to be evaluated on ``batch``), wait for their losses."""
         with self.cond:
             if self.closed:
                 raise AskTellClosed
             self.run = RUNNING.get()
-            self.queries, self.asked, self.losses = points, False, None
+            self.queries, self.asked, self.losses, self.batch = points, False, None, batch
             self.ticket += 1
             self.cond.notify_all()
             while self.losses is None and not self.closed:
@@ -170,16 +171,25 @@ class _Recorder:
 
 class _Told:
     """The oracle ``train`` runs on: each loss one the caller told (the executor's second pass); a
-    query outside an estimate's executor, should one come, is an ask of its own."""
+    query outside an estimate's executor, should one come, is an ask of its own. ``batch``: the batch
+    its points are asked with (that of the ``bind(batch)`` that made it; None unbound)."""
 
-    def __init__(self, channel: _Channel):
-        self.channel = channel
+    def __init__(self, channel: _Channel, batch=None):
+        self.channel, self.batch = channel, batch
         self.losses = None  # an iterator over the told losses while the executor replays
 
     def __call__(self, x) -> float:
         if self.losses is not None:
             return next(self.losses)
-        return float(self.channel.query(x.copy()[None])[0])
+        return float(self.channel.query(x.copy()[None], self.batch)[0])
+
+
+class _ToldData(_Told):
+    """``train``'s oracle where ``batches`` (or ``grasp_batch``) is given: ``bind(batch)`` gives one
+    asking its points with that batch, which :attr:`AskTell.batch` hands the caller."""
+
+    def bind(self, batch) -> _Told:
+        return _Told(self.channel, batch)
 
 
 class _AskExecutor:
@@ -192,21 +202,24 @@ class _AskExecutor:
         self.channel, self.told = channel, told
 
     def run(self, oracle, params, tasks) -> list:
+        told = getattr(oracle, "fn", None)  # (the oracle bound to the step's batch, in train's Oracle wrapper)
+        told = told if isinstance(told, _Told) else self.told
         seen: list = []
         record = Oracle(_Recorder(seen))
         for t in tasks:
             t.run(record, params)
-        losses = self.channel.query(namespace(params).stack(seen))
-        self.told.losses = iter(losses.tolist())
+        losses = self.channel.query(namespace(params).stack(seen), told.batch)
+        told.losses = iter(losses.tolist())
         try:
             return [t.run(oracle, params) for t in tasks]
         finally:
-            self.told.losses = None
+            told.losses = None
 
 
 def _drive(channel: _Channel, params, options: dict) -> None:
     """The run's thread: ``train`` to its end, its result or error left on ``channel``."""
-    told = _Told(channel)
+    data = options["batches"] is not None or options["grasp_batch"] is not None
+    told = _ToldData(channel) if data else _Told(channel)
     try:
         result = train(told, params, executor=_AskExecutor(channel, told), **options)
     except AskTellClosed:
@@ -234,7 +247,9 @@ class AskTell:
     points' order, or as ``{row: loss}`` (collected as they complete). Answered by a function ``f``
     (``opt.tell([f(x) for x in opt.ask()])`` until ``opt.done``), the result is
     ``zo.train(f, params, ...)``'s with the same arguments, bit for bit (the records' ``seconds``
-    aside).
+    aside). With ``batches``, each ask's points are to be evaluated on the batch :attr:`batch`
+    names: answered by ``oracle.bind(opt.batch)``, the run is ``zo.train(oracle, params,
+    batches=...)``'s, bit for bit.
 
     Parameters
     ----------
@@ -242,11 +257,16 @@ class AskTell:
         Initial flat parameters (not modified), whose backend the run follows: CuPy params (float32 or
         float64) give CuPy points of their dtype from :meth:`ask`, and CuPy ``.params`` and
         ``.result.params``; :meth:`tell` takes NumPy or CuPy losses (an array, a list of scalars).
+    batches : list, callable or Minibatches, optional
+        As :func:`zoracle.train`'s: a step's points are to be evaluated on its batch, which
+        :attr:`batch` gives after :meth:`ask` (the object ``batches`` gave, as ``train`` hands it to
+        ``bind``). Without it (and ``grasp_batch``) the points need no data.
     epochs, steps_per_epoch, estimator, optimizer, schedule, mu : optional
         As :func:`zoracle.train`'s. A step asks the estimate's points at once: ``d + 1`` of them for
         forward CGE (fewer with ``sparsity``), ``directions + 1`` for forward RGE.
-    sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions : optional
-        As :func:`zoracle.train`'s (ZO-GraSP's scoring on the first asks when ``sparsity`` is set).
+    sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions, grasp_batch : optional
+        As :func:`zoracle.train`'s (ZO-GraSP's scoring on the first asks when ``sparsity`` is set; their
+        :attr:`batch` is ``grasp_batch``, by default the first batch of ``batches``).
     mask_shuffle_interval, eval_fn, eval_every, callbacks : optional
         As :func:`zoracle.train`'s; ``eval_fn`` and the callbacks run in the run's thread, while the
         caller waits in :meth:`tell`.
@@ -262,6 +282,9 @@ class AskTell:
         The run has ended (its epochs, ``max_queries`` or a callback): read :attr:`result`.
     result : TrainResult
         :func:`zoracle.train`'s result once ``done`` (refused before).
+    batch : object
+        With ``batches`` (or ``grasp_batch``): the batch the points of the last :meth:`ask` are to be
+        evaluated on (before an ask, those it will return); ``None`` for points of the plain loss.
 
     Notes
     -----
@@ -285,22 +308,25 @@ class AskTell:
     (True, 250)
     """
 
-    def __init__(self, params: Any, *extra, epochs=1, steps_per_epoch=None, estimator=None, optimizer=None,
-                 schedule=None, mu=None, sparsity=None, ratios="zo_grasp", blocks=None, score_kinds=SCORED_KINDS,
-                 ranking="magnitude", fill_small_blocks=False, grasp_directions=192, mask_shuffle_interval=5,
-                 eval_fn=None, eval_every=1, callbacks=(), checkpoint=None, checkpoint_every="epoch", resume=None,
-                 rng=None, progress=True, max_queries=None, plot=None, **unknown) -> None:
+    def __init__(self, params: Any, *extra, batches=None, epochs=1, steps_per_epoch=None, estimator=None,
+                 optimizer=None, schedule=None, mu=None, sparsity=None, ratios="zo_grasp", blocks=None,
+                 score_kinds=SCORED_KINDS, ranking="magnitude", fill_small_blocks=False, grasp_directions=192,
+                 grasp_batch=None, mask_shuffle_interval=5, eval_fn=None, eval_every=1, callbacks=(), checkpoint=None,
+                 checkpoint_every="epoch", resume=None, rng=None, progress=True, max_queries=None, plot=None,
+                 **unknown) -> None:
         refuse_ask_tell_foreign(AskTell.__init__, params, extra, unknown)
-        options = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, estimator=estimator, optimizer=optimizer,
-                       schedule=schedule, mu=mu, sparsity=sparsity, ratios=ratios, blocks=blocks,
+        options = dict(batches=batches, epochs=epochs, steps_per_epoch=steps_per_epoch, estimator=estimator,
+                       optimizer=optimizer, schedule=schedule, mu=mu, sparsity=sparsity, ratios=ratios, blocks=blocks,
                        score_kinds=score_kinds, ranking=ranking, fill_small_blocks=fill_small_blocks,
-                       grasp_directions=grasp_directions, mask_shuffle_interval=mask_shuffle_interval,
+                       grasp_directions=grasp_directions, grasp_batch=grasp_batch,
+                       mask_shuffle_interval=mask_shuffle_interval,
                        eval_fn=eval_fn, eval_every=eval_every, callbacks=callbacks, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, resume=resume, rng=rng, progress=progress,
                        max_queries=max_queries, plot=plot)
         self._params0 = params.copy() if hasattr(params, "copy") else params  # (.params before the first step)
         self._channel = channel = _Channel()
         self._reported = False  # the run's error raised once; later calls say so
+        self._data = batches is not None or grasp_batch is not None  # (.batch names the points' batch)
         self._thread = threading.Thread(target=_drive, args=(channel, params, options), daemon=True,
                                         name="zoracle.AskTell")
         self._finalizer = weakref.finalize(self, _shut, channel, self._thread)
@@ -359,6 +385,24 @@ class AskTell:
                                "the last ask() returned first (call ask() once per tell())")
         ch.asked = True
         return ch.queries.copy()
+
+    @property
+    def batch(self) -> Any:
+        """The batch the points of the last :meth:`ask` are to be evaluated on (before an ask, those
+        it will return): the object ``batches`` gave for the step (``train`` binds its oracle to it),
+        ``grasp_batch`` (by default the first batch) for ZO-GraSP's scoring asks; ``None`` for points
+        of the plain loss (steps without ``batches`` beside a ``grasp_batch``)."""
+        ch = self._channel
+        if not self._data:
+            raise ZoracleError(".batch of an AskTell without `batches`: its points need no data (to evaluate "
+                               "each ask on a minibatch, pass batches=..., as to zo.train)")
+        self._raise_error()
+        with ch.cond:
+            if ch.queries is None:
+                raise ZoracleError(".batch of a closed AskTell: it asks no more points (start a new one; "
+                                   "resume=True continues from its checkpoint)" if ch.closed else
+                                   ".batch after the run ended: no points are left to evaluate (read .result)")
+            return ch.batch
 
     def tell(self, losses: Any) -> None:
         """The losses of the points the last :meth:`ask` returned, in their order (a sequence or array

@@ -147,20 +147,18 @@ def _refusal(name, by_position, names, n_args, kwargs, hints, missing=()) -> str
 
 _RUN_THEM = ("the points are yours to run: evaluate ask()'s rows in parallel (pool.map(f, X) keeps their order; "
              "results as they complete go in as tell({row: loss}))")
-_NO_DATA = ("AskTell asks points, not batches: evaluate each point on the data your black box uses (with a data "
-            "oracle at hand, zo.train(oracle, params, batches=...) runs it)")
 _NO_ORACLE = ("AskTell takes no loss function: ask() returns the points, you evaluate them and tell() their "
               "losses (with a function at hand, zo.train(f, params, ...) is the same run)")
-#: what zoracle.AskTell takes instead of train's oracle, batches and executor (and of other libraries' names)
+#: what zoracle.AskTell takes instead of train's oracle and executor (and of other libraries' names)
 ASK_TELL_HINTS = {k: v for k, v in TRAIN_HINTS.items() if k != "args"} | dict.fromkeys(("oracle", "fun", "f"),
                                                                                       _NO_ORACLE) | {
-    "batches": _NO_DATA, "grasp_batch": _NO_DATA, "x0": "the starting point is the first argument, `params`",
+    "x0": "the starting point is the first argument, `params`",
 } | dict.fromkeys(("executor", "workers", "n_jobs", "num_workers"), _RUN_THEM)
 
 
 def refuse_ask_tell_foreign(init, params, extra: tuple, unknown: dict) -> None:
-    """:func:`refuse_foreign` for ``zoracle.AskTell(params, ...)``: train's ``oracle``, ``batches`` and
-    ``executor`` (and a loss function given first, train's way) named with what AskTell does instead."""
+    """:func:`refuse_foreign` for ``zoracle.AskTell(params, ...)``: train's ``oracle`` and ``executor`` (and
+    a loss function given first, train's way) named with what AskTell does instead."""
     function = callable(params) and not hasattr(params, "__array__")
     if not (extra or unknown or function):
         return
