@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -129,11 +130,32 @@ _LINE_SECONDS = 10.0
 
 def _redraws(stream) -> bool:
     """Whether ``stream`` shows a ``\\r`` as a redraw in place: a terminal, or a notebook's output
-    (no TTY, but it does). A log file, a pipe or a CI log keeps every redraw."""
+    (no TTY, but it does). A log file, a pipe or a CI log keeps every redraw; a terminal that TERM=dumb
+    says moves no cursor (Emacs' shell, an editor's console) showed the ``ESC [A`` of bars drawn beside
+    each other (runs in threads) as text: it gets lines too."""
     try:
-        return bool(stream.isatty()) or type(stream).__module__.startswith("ipykernel")
+        return (bool(stream.isatty()) and not _dumb(stream)) or type(stream).__module__.startswith("ipykernel")
     except Exception:  # (a closed or odd stream)
         return False
+
+
+def _dumb(stream) -> bool:
+    """Whether ``stream`` is the terminal TERM=dumb describes: a TTY by its file descriptor (a stream
+    that only says it is one, with no descriptor, is no device TERM names)."""
+    if os.environ.get("TERM") != "dumb":
+        return False
+    try:
+        return os.isatty(stream.fileno())
+    except Exception:  # (no descriptor: io.UnsupportedOperation; a closed stream)
+        return False
+
+
+def _colourless(lines: bool) -> bool:
+    """Whether the bar is drawn without colour. zoracle adds none, but tqdm colours its bar as
+    TQDM_COLOUR says (read as tqdm is imported): NO_COLOR set (no-color.org) takes
+    it off, and so do lines to a log file, a pipe or a dumb terminal, where its escape codes were
+    noise, unless FORCE_COLOR asks for them (a CI log that shows colours)."""
+    return bool(os.environ.get("NO_COLOR")) or (lines and not os.environ.get("FORCE_COLOR"))
 
 
 #: the wall clock's reading at import less the monotonic clock's: :func:`_bar_clock` reads as wall

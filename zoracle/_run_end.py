@@ -6,8 +6,8 @@ import os
 import sys
 import time
 
-from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _line_bar, _redraws, _steady_bar, _tqdm_lock, _tqdm_unlock,
-                   _unwrapped, log)
+from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _colourless, _line_bar, _redraws, _steady_bar, _tqdm_lock,
+                   _tqdm_unlock, _unwrapped, log)
 from ._errors import logging_kept_out, user_stacklevel, warn
 from ._history import History, TrainResult
 from ._oracle import has_methods
@@ -30,6 +30,7 @@ def open_bar(progress, total_steps, step):
         bar = _NoBar() if not progress else _steady_bar(_line_bar(tqdm) if lines else tqdm)(
             total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
             **(dict(file=_BarStream(_unwrapped(sys.stderr, every=True))) if progress and text else {}),
+            **(dict(colour=None) if progress and text and _colourless(lines) else {}),  # (over TQDM_COLOUR)
             leave=False, **(dict(mininterval=_LINE_SECONDS, maxinterval=2 * _LINE_SECONDS) if lines else {}))
     except (OSError, ValueError) as exc:  # tqdm flushes sys.stdout and sys.stderr itself, unwrapped (its stream
         if not progress:  # equals sys.stderr): output pending to a pipe whose reader has gone (`2>&1 | head`)
