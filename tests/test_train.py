@@ -2497,3 +2497,25 @@ def test_a_sparse_run_reads_no_layout_from_a_text_or_empty_attribute(attrs):
     assert len(plain.coordinates) == 4
     np.testing.assert_array_equal(got.coordinates, plain.coordinates)
     np.testing.assert_array_equal(got.params, plain.params)
+
+
+def test_a_line_of_the_bar_names_the_epoch_it_is_in(monkeypatch):
+    """The bar's description named the last epoch ended: "train" through the first epoch, "epoch 4/5"
+    while the fifth ran. Each step's line names its own epoch now, as Keras' "Epoch 5/5" does."""
+    import re
+    import sys
+
+    import tqdm.std
+
+    import zoracle._bar
+
+    stream, clock = io.StringIO(), [1e6]
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(zoracle._bar, "_bar_clock", lambda: clock[0])  # 20 s a step: a line each
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    zo.train(lambda x: float(x @ x), np.ones(1), steps_per_epoch=2, epochs=3, optimizer=zo.sgd(0.01),
+             estimator=zo.CGE(), rng=0, progress=True,
+             callbacks=[lambda event, rec, p: event == "step" and clock.__setitem__(0, clock[0] + 20)])
+    shown = [(int(m.group(2)), m.group(1)) for m in re.finditer(r"^(\S.*?):.*?\b(\d)/6 ", stream.getvalue(), re.M)]
+    assert {n for n, _ in shown} >= {2, 3, 4, 5, 6}, stream.getvalue()  # (the first: "train", 0/6, at the start)
+    assert all(desc == f"epoch {(n + 1) // 2}/3" for n, desc in shown if n), shown  # steps 1-2: epoch 1, ...

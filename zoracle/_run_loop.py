@@ -76,6 +76,8 @@ def run_epochs(run) -> None:
         # end was saved before eval_fn and the callbacks ran, and one of them was interrupted)
         if run.sparse and not run.masks.per_step:
             run.coords = run.masks.coordinates(run.epoch)
+        if run.progress:  # the epoch running, as its lines show it (Keras' "Epoch 5/5"), to the run's end
+            run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
         run.ran = run.flat = 0  # this epoch's steps, and those whose estimate was exactly 0
         while run.pos < len(blist):
             # what the step writes (the loss's print or warning, run in this process; a warning of
@@ -344,8 +346,6 @@ def end_epoch(run) -> bool:
             with logging_kept_out():
                 log.info("epoch %d/%d: %s", run.epoch + 1, run.epochs, shown,
                          extra={"zoracle_event": "epoch", "zoracle": dict(erec)}, stacklevel=user_stacklevel())
-        if run.progress:
-            run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
         with _beside(run.bar, run.progress and bool(run.callbacks)):
             for cb in run.callbacks:
                 if _stops(_called(cb, "epoch", dict(erec), run.params.copy()), cb, run.cb_warned, stacklevel=5):
