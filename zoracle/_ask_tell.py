@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import namespace
-from ._errors import OracleError, ZoracleError, short_repr
-from ._foreign_args import refuse_ask_tell_foreign, visible_signature
+from ._backend import namespace, real_numpy, to_numpy
+from ._errors import HANDED_OVER, ArgumentError, OracleError, ZoracleError, short_repr, user_stacklevel, warn
+from ._foreign_args import ForeignArgument, refuse_ask_tell_foreign, visible_signature
 from ._history import History, TrainResult
 from ._oracle import _ASYNC_HINT, Oracle, check_vector
 from ._pruning import SCORED_KINDS
@@ -89,6 +89,16 @@ class _Channel:
         self.run = None  # the Run of the step asking (zoracle._run_loop); None before the first step
         self.batch = None  # the batch ``queries`` are to be evaluated on (None: the unbound loss)
         self.ticket = 0  # counts the queries posted: a tell answers the ones its ask() was handed
+        self.warnings = []  # (message, category) of zoracle's warnings in the run, for the caller to issue
+
+    def hand(self, message, category) -> bool:
+        """The run's thread: keep a warning of zoracle's for the waiting caller to issue at its line
+        (:data:`zoracle._errors.HANDED_OVER`); a closed run's caller waits no more: issued in the thread."""
+        with self.cond:
+            if self.closed:
+                return False
+            self.warnings.append((message, category))
+            return True
 
     def query(self, points, batch=None) -> np.ndarray:
         """The run's thread: post ``points`` (to be evaluated on ``batch``), wait for their losses."""
@@ -158,6 +168,62 @@ def _by_row(losses: Mapping, n: int, what: str) -> list:
     return [rows[j] for j in range(n)]
 
 
+_TELL_FORMS = "tell(losses), or tell(X, losses) with X the points ask() returned"
+
+
+def _told_points(points, asked, losses) -> None:
+    """``tell(X, losses)`` (pycma's and scikit-optimize's order: the points, then their losses): ``X``
+    must be the points the last ask() returned, ``asked``, exactly; refused naming the first row that
+    differs (a point repaired or rounded after ask() is another point, whose loss would train a wrong
+    gradient)."""
+    n, d = asked.shape
+    try:
+        arr = (np.stack([real_numpy(p, np.float64) for p in points]) if isinstance(points, (list, tuple)) and points
+               else real_numpy(points, np.float64))
+    except Exception:  # (ragged rows, objects that are no numbers)
+        arr = None
+    if arr is not None and arr.dtype.kind not in "fiu":
+        arr = None
+    if arr is not None and arr.shape == (d,) and n == 1:  # (one point asked: nevergrad's tell(x, loss))
+        arr = arr[None]
+    if arr is None or arr.shape != (n, d):
+        shape = "no array of numbers" if arr is None else f"shape {arr.shape}"
+        try:
+            swapped = arr is not None and arr.shape in ((n,), (n, 1)) and np.shape(losses) == (n, d)
+        except Exception:  # (ragged losses: refused as losses below)
+            swapped = False
+        if swapped:
+            fix = "the points come first, then their losses: tell(X, losses) (or tell(losses) alone)"
+        elif arr is not None and arr.shape == (d,):
+            fix = (f"one point and its loss (nevergrad's and scikit-optimize's tell(x, loss)) is no tell here: an "
+                   f"ask() returns the {n} points of a step at once, told together, tell(X, [f(x) for x in X]), or "
+                   "by row as they complete, tell({row: loss, ...})")
+        else:
+            fix = f"tell the losses alone, tell(losses), or the {n} asked points first: tell(X, losses)"
+        raise ArgumentError(f"tell(X, losses) got {short_repr(points, 120)} as X ({shape}), where the points of "
+                            f"the last ask() are ({n}, {d}): {fix}")
+    host = to_numpy(asked)
+    differ = np.flatnonzero(~(arr == host).all(axis=1))
+    if differ.size:
+        j = int(differ[0])
+        c = int(np.flatnonzero(arr[j] != host[j])[0])
+        raise ArgumentError(
+            f"tell(X, losses): row {j} of X is not row {j} of the points the last ask() returned (coordinate {c} "
+            f"is {arr[j, c].item()!r}, asked {host[j, c].item()!r}; {differ.size} of the {n} rows differ): the losses "
+            "must be those of the asked points, unchanged, in their rows' order (a point clipped, repaired or "
+            "rounded after ask() is another point: keep bounds inside the loss, a penalty or a projection); "
+            "tell the asked points' losses, or tell(losses) alone")
+
+
+#: other ask/tell libraries' names read on an AskTell, with what AskTell has instead
+_OTHER_NAMES = dict.fromkeys(("stop", "should_stop"), "the run's end is .done: `while not opt.done:` (pycma's "
+                                                      "es.stop())") | dict.fromkeys(
+    ("recommend", "provide_recommendation", "best", "xbest", "get_result"),
+    ".params is the run's current parameters, and once .done .result is train's TrainResult (its .params the "
+    "run's last)") | dict.fromkeys(
+    ("optimize", "minimize"), "with a function at hand, zo.train(f, params, ...) is the same run")
+
+
 class _Recorder:
     """The oracle of an estimate's first pass: keeps each query point, answers 0."""
 
@@ -220,6 +286,7 @@ def _drive(channel: _Channel, params, options: dict) -> None:
     """The run's thread: ``train`` to its end, its result or error left on ``channel``."""
     data = options["batches"] is not None or options["grasp_batch"] is not None
     told = _ToldData(channel) if data else _Told(channel)
+    HANDED_OVER.set(channel.hand)  # (this thread's context alone)
     try:
         result = train(told, params, executor=_AskExecutor(channel, told), **options)
     except AskTellClosed:
@@ -294,8 +361,9 @@ class AskTell:
     ``train`` does (``.params`` and ``.history`` stay where it stopped). One thread asks and tells
     (a tell that another thread's answered first is refused); it cannot be pickled. An error of
     the run (a diverged step, a callback's) is raised by the constructor, :meth:`ask` or
-    :meth:`tell` that waits on it. An ask holds all its points, ``(n, d)``: dense CGE at large
-    ``d`` asks ``d + 1`` rows.
+    :meth:`tell` that waits on it; zoracle's warnings are issued by the constructor or :meth:`tell`
+    that waited on them, at the caller's line, where its warning filters act. An ask holds all its
+    points, ``(n, d)``: dense CGE at large ``d`` asks ``d + 1`` rows.
 
     Examples
     --------
@@ -336,7 +404,18 @@ class AskTell:
     def _wait(self, losses=None, ticket=None) -> None:
         """Hand the run ``losses``; wait until it posts its next queries or ends; its error raised here."""
         self._channel.turn(losses, ticket)
+        self._hand_over()
         self._raise_error()
+
+    def _hand_over(self) -> None:
+        """Issue the run's warnings since the last turn at the caller's line (the constructor's or
+        tell()'s), where the caller's filters act on them: "error" raises there, "default" shows one
+        once for that line, not once a step."""
+        ch = self._channel
+        with ch.cond:
+            pending, ch.warnings = ch.warnings, []
+        for message, category in pending:
+            warn(message, category, stacklevel=user_stacklevel())
 
     def _raise_error(self) -> None:
         error = self._channel.error
@@ -404,12 +483,23 @@ class AskTell:
                                    ".batch after the run ended: no points are left to evaluate (read .result)")
             return ch.batch
 
-    def tell(self, losses: Any) -> None:
+    def tell(self, losses: Any, *more: Any, **unknown: Any) -> None:
         """The losses of the points the last :meth:`ask` returned, in their order (a sequence or array
         of ``n`` finite numbers), or by row, ``{row: loss}`` (losses collected as they complete). Returns
         when the run has posted its next points or ended (a save that is due written). A wrong count,
         a row missing or a non-finite loss is refused naming the query, and the points stay asked:
-        tell again."""
+        tell again. ``tell(X, losses)`` (pycma's and scikit-optimize's order) takes the points back
+        first: ``X`` must be the points asked, exactly (a row that differs is refused), and the losses
+        come second, as ``more`` (``tell(X, losses)``; more arguments are refused). Keywords other
+        libraries' ``tell`` takes (``unknown``: ``copy=``, ``function_values=``) are refused naming
+        the two forms. Warnings of the run are issued here, at the caller's line."""
+        if unknown or len(more) > 1:
+            got = ", ".join([f"{len(more) + 1} arguments by position"] * (len(more) > 1) +
+                            [f"`{k}`={short_repr(v, 60)}" for k, v in unknown.items()])
+            raise ForeignArgument(f"tell() got {got}: it takes {_TELL_FORMS} (no other library's options: "
+                                  "a step's points are all told at once, in their rows' order)")
+        if more:
+            points, losses = losses, more[0]
         ch = self._channel
         self._raise_error()
         with ch.cond:
@@ -419,7 +509,11 @@ class AskTell:
                     if ch.closed else "tell() after the run has ended: read .result" if ch.done else
                     "tell() without ask(): no points were asked; call ask() for the points, evaluate them, then "
                     "tell() their losses")
-            n, ticket = ch.queries.shape[0], ch.ticket
+            n, ticket, asked = ch.queries.shape[0], ch.ticket, ch.queries
+        if more:
+            _told_points(points, asked, losses)
+        if n == 1 and not isinstance(losses, (Mapping, str, bytes)) and np.ndim(losses) == 0:
+            losses = [losses]  # (one point asked: its loss alone, a number or a 0-d array, is unambiguous)
         what = f"the losses told for the {n} points of the last ask()"
         try:
             values = check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
@@ -454,6 +548,11 @@ class AskTell:
         """End the run at its next query (its steps saved as for Ctrl-C, where ``checkpoint`` is set); a
         closed AskTell asks nothing more. Waits for the run's thread a bounded time."""
         self._finalizer()
+
+    def __getattr__(self, name: str) -> Any:  # (only names the class and instance lack)
+        if name in _OTHER_NAMES:
+            raise AttributeError(f"AskTell has no `{name}`: {_OTHER_NAMES[name]}", name=name, obj=self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
 
     def __reduce_ex__(self, protocol):
         raise _NotCopied("an AskTell cannot be pickled or copied: its run is a thread of this process. Save "

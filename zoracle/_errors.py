@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib.util
 import logging
@@ -112,11 +113,22 @@ def escaping(*streams):
                         pass
 
 
+#: where :func:`warn` hands zoracle's warnings in this context instead of issuing them: a function of
+#: ``(message, category)`` that returns True when it took the warning. ``zoracle.AskTell``'s run thread
+#: sets it, and the caller's ``tell()`` (or the constructor) issues them at the caller's line (issued in
+#: that thread they showed zoracle's own line, and a filter's "error" raised there, not at the caller)
+HANDED_OVER: contextvars.ContextVar = contextvars.ContextVar("zoracle_warnings_handed_over", default=None)
+
+
 def warn(message: str, category: type = UserWarning, stacklevel: int = 1) -> None:
     """``warnings.warn`` whose text (and the user's line it shows) is written with :func:`escaping`:
     on a ``sys.stderr`` that cannot encode a character of a path or a name in it, Python's warnings
     let the UnicodeEncodeError through, which failed the run (a result lost to a warning that said
-    it was returned). ``stacklevel`` counts from the caller, as ``warnings.warn``'s."""
+    it was returned). ``stacklevel`` counts from the caller, as ``warnings.warn``'s. Handed over
+    instead where :data:`HANDED_OVER` takes it."""
+    hand = HANDED_OVER.get()
+    if hand is not None and hand(message, category):
+        return
     with escaping(sys.stderr):
         warnings.warn(message, category, stacklevel=stacklevel + 1)
 
