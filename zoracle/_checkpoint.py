@@ -433,7 +433,9 @@ def writer_lock(path):
     platform cannot lock (no ``fcntl``, no ``getuid``, a temp folder that cannot be used), or the wait
     ends, the save goes on unlocked. The holder removes the file before it lets go (a sweep of runs,
     each with its own checkpoint, left one file a run in the temp folder): a waiter that then gets the
-    lock of a removed file opens the path again."""
+    lock of a removed file opens the path again. The temp folder is a machine's own: savers on other
+    machines (two batch jobs given one checkpoint on a shared file system) take turns on
+    :func:`_shared_lock` too. Yields whether both locks are held."""
     import time
 
     fd = name = None
@@ -468,7 +470,8 @@ def writer_lock(path):
             os.close(fd)
         raise
     try:
-        yield
+        with _shared_lock(path) as shared:
+            yield fd is not None and shared
     finally:
         if fd is not None:
             try:
@@ -476,6 +479,104 @@ def writer_lock(path):
             except OSError:
                 pass
             os.close(fd)  # (releases the lock)
+
+
+def _lock_holder(name: str):
+    """``(host tag, pid, (inode, mtime))`` of the lock file ``name``; None where it is gone (or unreadable)."""
+    try:
+        with open(name, "rb") as f:
+            st = os.fstat(f.fileno())
+            host, _, pid = f.read(64).decode("ascii", "replace").strip().partition(" ")
+    except FileNotFoundError:
+        return None
+    except OSError:  # (another user's: a holder that cannot be told, as one of another machine)
+        try:
+            st, host, pid = os.stat(name), "", ""
+        except OSError:
+            return None
+    return host, int(pid) if pid.isdigit() else 0, (st.st_ino, st.st_mtime_ns)
+
+
+def _take(name: str):
+    """Create the lock file ``name`` (``O_EXCL``: atomic on local file systems and NFSv3+), holding this
+    host's tag and this process's id; its inode and mtime, or None where another saver holds it."""
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    try:
+        os.write(fd, f"{_host_tag()} {os.getpid()}\n".encode("ascii"))
+    except BaseException:  # (a full disk: no lock file that names no holder left behind)
+        os.close(fd)
+        os.remove(name)
+        raise
+    os.close(fd)
+    st = os.stat(name)  # (after the close: a network file system's own times)
+    return st.st_ino, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _shared_lock(path):
+    """Take turns with savers of ``path`` on other machines: a lock file beside the checkpoint (where
+    they all see it), created with ``O_EXCL`` and removed after the save. A holder on this machine
+    whose process is gone (SIGKILL mid-save) is removed at once; one of another machine is waited for
+    at most ``LOCK_WAIT_S``, then taken as stale (removed, if still the file first seen) or, held by a
+    live process of this machine (stopped with Ctrl-Z), left and gone on without. Where the file cannot
+    be made (a read-only folder) the save goes on unlocked, and reports its own error. Yields whether
+    the lock is held."""
+    import time
+
+    target = os.path.realpath(path)
+    name = os.path.join(os.path.dirname(target), _tmp_prefix(target) + "lock")
+    held = None
+    try:
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)  # (the first save makes the folder)
+            first = end = None  # the holder waited for, and until when
+            while True:
+                held = _take(name)
+                holder = None if held is not None else _lock_holder(name)
+                if holder is None:  # taken (or let go meanwhile: tried again)
+                    if held is not None:
+                        break
+                    continue
+                host, pid, seen = holder
+                here = host == _host_tag() and os.name == "posix"  # (Windows' os.kill(pid, 0) is a Ctrl-C)
+                if here and pid != os.getpid() and not _alive(pid):
+                    _remove_if(name, seen)  # left by a saver of this machine that was killed mid-save
+                    continue
+                if seen != first:  # a holder of its own (another saver took it since): waited for afresh
+                    first, end = seen, time.monotonic() + LOCK_WAIT_S
+                if time.monotonic() < end:
+                    time.sleep(0.05)
+                    continue
+                if not here:  # another machine's, unchanged for LOCK_WAIT_S: its saver is gone
+                    _remove_if(name, seen)
+                    held = _take(name)
+                break  # (a live saver of this machine, stopped: gone on without, as writer_lock does)
+        except OSError:  # (no lock rather than no save)
+            pass
+    except BaseException:  # Ctrl-C while taking it: no lock file left behind
+        if held is not None:
+            _remove_if(name, None, held)
+        raise
+    try:
+        yield held is not None
+    finally:
+        if held is not None:
+            _remove_if(name, None, held)
+
+
+def _remove_if(name: str, seen, mine=None) -> None:
+    """Remove the lock file ``name`` if it is still the one seen (``seen``: its inode and mtime) or
+    this saver's (``mine``, as :func:`_take` returned it): never a lock another saver took since."""
+    holder = _lock_holder(name)
+    if holder is None or holder[2] != (seen if seen is not None else mine):
+        return
+    try:
+        os.remove(name)
+    except OSError:
+        pass
 
 
 def save_checkpoint(path, arrays: dict, meta: dict) -> str:

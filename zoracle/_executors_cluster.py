@@ -26,7 +26,7 @@ from ._executors_core import (
     run_task_guarded,
     unless_closed,
 )
-from ._executors_local import ShardedExecutor, kill_programs
+from ._executors_local import ShardedExecutor, kill_programs, usable_cpus
 from ._forked import ForkSafeLock
 from ._cluster_common import (_import, _require, _stop_reaper, check_main_guard, parse_local, start_reaper,
                               worker_count)
@@ -494,7 +494,7 @@ class DaskExecutor(ShardedExecutor):
             check_main_guard("DaskExecutor", self._spec if isinstance(self._spec, str) else "local")
         # dashboard=False: a dashboard_address alone serves Dask's dashboard where bokeh is installed
         # (its "needs bokeh" page at / and /status where not); the address keeps the HTTP server off :8787
-        kw = dict(n_workers=self._count or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+        kw = dict(n_workers=self._count or usable_cpus(), threads_per_worker=1, processes=True,
                   host="127.0.0.1", dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0")
         if "local_directory" not in self._cluster_kwargs:
             self._scratch = tempfile.mkdtemp(prefix="zoracle-dask-")

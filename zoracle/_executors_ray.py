@@ -19,7 +19,7 @@ from ._cluster_common import _import, _require, _stop_reaper, parse_local, start
 from ._errors import ArgumentError, ZoracleError, check_flag, hide_credentials, shown_address
 from ._executors_core import (BatchMirror, Payload, WorkerState, batch_name, closed_during_run, pack,
                               run_guarded, unless_closed)
-from ._executors_local import ShardedExecutor
+from ._executors_local import ShardedExecutor, usable_cpus
 
 
 #: seconds to wait for the actors to come up before reporting a cluster without room
@@ -303,7 +303,7 @@ class RayExecutor(ShardedExecutor):
                 "reaches it can run code as you); unset RAY_AUTH_MODE or set it to 'token', or use "
                 "DaskExecutor('local') / JoblibExecutor, which stay on loopback"
             )
-        kw.setdefault("num_cpus", self._count or os.cpu_count() or 1)
+        kw.setdefault("num_cpus", self._count or usable_cpus())  # (the CPUs this job may use: SLURM, taskset)
         kw.setdefault("include_dashboard", False)
         kw.setdefault("configure_logging", False)
         jax_x64_runtime_env(kw)  # (jax.config.update in the driver's script does not reach Ray's workers)

@@ -427,8 +427,9 @@ class DaskExecutor(_Dask):
     client : distributed.Client, str or None
         A connected client (left open on ``close``), a scheduler address such as
         ``"tcp://10.0.0.5:8786"``, or ``"local"`` / ``"local:N"`` / None to start a
-        ``LocalCluster`` with ``N`` single-threaded worker processes (default: one per CPU),
-        stopped on ``close``. A local cluster listens on 127.0.0.1 only, serves no dashboard
+        ``LocalCluster`` with ``N`` single-threaded worker processes (default: one per CPU this
+        process may use: its affinity mask and CPU quota, a batch job's CPUs rather than the
+        node's), stopped on ``close``. A local cluster listens on 127.0.0.1 only, serves no dashboard
         and no HTTP routes, and keeps its scratch files in a private temporary directory
         removed on ``close``. Its workers are spawned processes that re-import the calling
         script: a script without ``if __name__ == "__main__":`` around the code that starts
@@ -465,9 +466,9 @@ class RayExecutor(_Ray):
     ----------
     address : str or None
         None, ``"local"`` or ``"local:N"``: start Ray on this machine (no dashboard, ``N``
-        CPUs, default all) and shut it down on ``close``; otherwise the address of a running
-        cluster (``"auto"``, ``"ray://host:10001"``). An already initialised Ray session is
-        reused and left running.
+        CPUs, default those this process may use, as DaskExecutor counts them) and shut it
+        down on ``close``; otherwise the address of a running cluster (``"auto"``,
+        ``"ray://host:10001"``). An already initialised Ray session is reused and left running.
     n_workers : int, optional
         Number of actors (default: the cluster's CPU count).
     allow_network : bool
