@@ -159,11 +159,13 @@ def _by_row(losses: Mapping, n: int, what: str) -> list:
     """``{row: loss}`` as the list of the ``n`` rows' losses, in their order."""
     rows = {int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k: v
             for k, v in losses.items()}
-    missing, unknown = sorted(set(range(n)) - set(rows)), [k for k in rows if k not in range(n)]
+    unknown = [k for k in rows if type(k) is not int or not 0 <= k < n]  # (True and 1.0 equal 1: no rows)
+    missing = sorted(set(range(n)) - set(rows).difference(unknown))
     if missing or unknown:
         detail = (f"expected one loss for each row 0 to {n - 1} of the points"
                   + (f"; row(s) {short_repr(missing, 80)} missing" if missing else "")
-                  + (f"; {short_repr(unknown, 80)} no row of them" if unknown else "") + ": tell them all")
+                  + (f"; {short_repr(unknown, 80)} no row of them" if unknown else "")
+                  + (" (a row is an int)" if any(type(k) is not int for k in unknown) else "") + ": tell them all")
         raise OracleError(what, dict(losses), detail=detail)
     return [rows[j] for j in range(n)]
 
