@@ -6,6 +6,7 @@ a stream that is no terminal; and a run's figure whose lines differ in more than
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -276,6 +277,8 @@ _TQDM_COLOUR = textwrap.dedent("""
 
 
 @needs_pty
+@pytest.mark.skipif(not hasattr(importlib.import_module("tqdm.utils"), "envwrap"),
+                    reason="this tqdm reads no TQDM_* variables (its TQDM_COLOUR colours nothing)")
 def test_tqdms_own_colour_stays_off_logs_dumb_terminals_and_no_color(tmp_path):
     """TQDM_COLOUR=green (set for tqdm's bars in a shell's profile) wrote "ESC [32m" into every line
     of a log file and on a dumb terminal, and NO_COLOR did not take it off. It colours the bar on a

@@ -158,6 +158,51 @@ def _colourless(lines: bool) -> bool:
     return bool(os.environ.get("NO_COLOR")) or (lines and not os.environ.get("FORCE_COLOR"))
 
 
+#: what a terminal too narrow for tqdm's own line keeps first (after ``n/total``): a key of the
+#: postfix, ``desc`` (the epoch), then the times (elapsed<left), the percentage, the rate in steps
+_KEPT_FIRST = ("loss", "lr", "desc", "postfix", "times", "percentage", "rate")
+
+
+def _fitted_line(meter, kw) -> str:
+    """The bar's line on a terminal of ``kw["ncols"]`` columns, by tqdm's ``format_meter`` (``meter``).
+    Where tqdm's own line fits with the bar it draws where no width is known (10 cells), it is drawn as
+    tqdm does (its bar as wide as the terminal lets it). Narrower, tqdm cut the line at the width: at
+    80 columns the queries/s went, at 40 the loss and the learning rate, while a cell of bar stayed.
+    There the bar goes, and the line holds ``n/total``, then the first of :data:`_KEPT_FIRST` that fit,
+    each whole, in tqdm's order: ``epoch 2/5: 37% 37/100, loss=0.42, lr=0.01, qps=310 [00:03<00:06, 9.80step/s]``."""
+    from tqdm.utils import disp_len, disp_trim
+
+    ncols = kw["ncols"]
+    if disp_len(meter(**{**kw, "ncols": None})) <= ncols:
+        return meter(**kw)
+    fields = meter(**{**kw, "ncols": None, "bar_format": "\x1f".join(
+        ("{n_fmt}/{total_fmt}", "{percentage:3.0f}%", "{elapsed}<{remaining}", "{rate_fmt}"))}).split("\x1f")
+    postfix = kw.get("postfix")
+    items = postfix.split(", ") if isinstance(postfix, str) and postfix else [str(postfix)] if postfix else []
+    shown = {"n": fields[0], "percentage": fields[1].strip(), "times": fields[2], "rate": fields[3]}
+    desc = kw.get("prefix")
+    if desc:  # (as tqdm: "epoch 2/5: ", set_description's, or a colon added)
+        shown["desc"] = desc.rstrip() if desc.endswith(": ") else f"{desc}:"
+    shown.update((i, item) for i, item in enumerate(items))
+
+    def rank(key):  # a postfix item by its name (loss=...), any other after the named ones
+        name = items[key].partition("=")[0] if isinstance(key, int) else key
+        return _KEPT_FIRST.index(name) if name in _KEPT_FIRST else _KEPT_FIRST.index("postfix")
+
+    def line(keys):
+        head = " ".join(shown[k] for k in ("desc", "percentage", "n") if k in keys)
+        post = [shown[i] for i in range(len(items)) if i in keys]
+        tail = [shown[k] for k in ("times", "rate") if k in keys]
+        return head + "".join(f", {p}" for p in post) + (f" [{', '.join(tail)}]" if tail else "")
+
+    keys = {"n"}
+    for key in sorted(set(shown) - keys, key=lambda k: (rank(k), k if isinstance(k, int) else -1)):
+        if disp_len(line(keys | {key})) > ncols:
+            break  # (none less important in its place: a field shown, every more important one is)
+        keys.add(key)
+    return disp_trim(line(keys), ncols)
+
+
 #: the wall clock's reading at import less the monotonic clock's: :func:`_bar_clock` reads as wall
 #: time (tqdm's monitor thread compares a bar's times with its own ``time.time``) but never jumps
 _WALL_OFFSET = time.time() - time.monotonic()
@@ -175,6 +220,21 @@ def _steady_bar(tqdm):
     A ``tqdm.auto.tqdm`` that is no class (``functools.partial(tqdm, ...)``, set by the program) is
     called as it is: a class cannot derive from it."""
     return _steady_class(tqdm) if isinstance(tqdm, type) else tqdm
+
+
+@functools.lru_cache(maxsize=None)  # one class per tqdm class, as _line_bar
+def _fitted_bar(tqdm):
+    """``tqdm`` (a text bar's class) whose line keeps its numbers on a narrow terminal (:func:`_fitted_line`)."""
+    meter = tqdm.format_meter
+
+    class FittedBar(tqdm):
+        @staticmethod
+        def format_meter(*args, **kw):  # (tqdm's own and a width's line: as tqdm draws it)
+            if args or kw.get("bar_format") or not kw.get("ncols") or not kw.get("total"):
+                return meter(*args, **kw)
+            return _fitted_line(meter, kw)
+
+    return FittedBar
 
 
 @functools.lru_cache(maxsize=None)  # one class per tqdm class, as _line_bar: tqdm's monitor thread is per class

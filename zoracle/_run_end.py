@@ -6,8 +6,8 @@ import os
 import sys
 import time
 
-from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _colourless, _line_bar, _redraws, _steady_bar, _tqdm_lock,
-                   _tqdm_unlock, _unwrapped, log)
+from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _colourless, _fitted_bar, _line_bar, _redraws, _steady_bar,
+                   _tqdm_lock, _tqdm_unlock, _unwrapped, log)
 from ._errors import logging_kept_out, user_stacklevel, warn
 from ._history import History, TrainResult
 from ._oracle import has_methods
@@ -26,8 +26,9 @@ def open_bar(progress, total_steps, step):
     text = getattr(tqdm, "display", None) is text_tqdm.display  # (not a notebook's widget bar)
     lines = lines and text
     tqdm_lock = _tqdm_lock() if progress else None
+    kind = _fitted_bar(_line_bar(tqdm) if lines else tqdm) if text else tqdm  # (fitted to a narrow terminal)
     try:
-        bar = _NoBar() if not progress else _steady_bar(_line_bar(tqdm) if lines else tqdm)(
+        bar = _NoBar() if not progress else _steady_bar(kind)(
             total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
             **(dict(file=_BarStream(_unwrapped(sys.stderr, every=True))) if progress and text else {}),
             **(dict(colour=None) if progress and text and _colourless(lines) else {}),  # (over TQDM_COLOUR)
