@@ -74,6 +74,10 @@ def _pure(n: fx.Node) -> bool:
     return n.target is not operator.setitem and not (name.endswith("_") and not name.endswith("__"))
 
 
+#: classes whose subclasses are traced through: they hold modules and compute nothing themselves
+_CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 class _Tracer(fx.Tracer):
     """fx's default leaves (``torch.nn`` modules) plus any subclass of a stock ``torch.nn``
     class: its own ``forward`` runs as written, as one opaque step."""
@@ -127,8 +131,11 @@ class _Tracer(fx.Tracer):
             return False
         if self.all_leaves or super().is_leaf_module(m, qualname):
             return True
-        return any(c.__module__.startswith("torch.nn") and c is not nn.Module and c is not nn.Sequential
-                   for c in type(m).__mro__[1:])
+        # a subclass of a stock layer runs its own forward whole; a container's (torchvision's
+        # DenseNet block, an ``nn.ModuleDict`` with a forward of its own) only composes its
+        # children, and is traced through as any module is (kept whole, a train-mode BatchNorm
+        # inside it made the whole model run full forwards)
+        return any(c.__module__.startswith("torch.nn") and c not in _CONTAINERS for c in type(m).__mro__[1:])
 
 
 def is_autocast_enabled(device_type: str) -> bool:

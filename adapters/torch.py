@@ -126,7 +126,8 @@ class TorchOracle(_Batches, _Walk):
 
     **Split.** The model's graph is captured once (``torch.fx``: residual adds, shared
     modules, tied weights, in-place activations made out of place; stock ``torch.nn``
-    modules and their subclasses are leaves). Each step that first uses a parameter is one
+    modules and their subclasses are leaves, a container's subclass with its own ``forward`` is
+    traced through). Each step that first uses a parameter is one
     block; ``prefix`` returns the activations entering it (cached for the bound
     minibatch), ``suffix`` builds the ``k`` perturbed outputs of the block (closed form for
     exact ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Embedding`` and affine
