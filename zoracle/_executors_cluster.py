@@ -26,7 +26,7 @@ from ._executors_core import (
     run_task_guarded,
     unless_closed,
 )
-from ._executors_local import ShardedExecutor, kill_programs, usable_cpus
+from ._executors_local import ShardedExecutor, _descendants, _kill_all, kill_programs, usable_cpus
 from ._forked import ForkSafeLock
 from ._cluster_common import (_import, _require, _stop_reaper, check_main_guard, parse_local, start_reaper,
                               worker_count)
@@ -157,7 +157,21 @@ def _dask_drop(tokens) -> None:
             _DASK_LOCK.release()
 
 
+def _stop_abandoned(dask_worker=None) -> None:
+    """Runs on a Dask nanny of a local cluster about to close (``client.run(..., nanny=True)``): its worker
+    process, left inside an abandoned oracle call (Ctrl-C, SIGTERM), SIGKILLed with the programs it started. Asked
+    to stop, the worker waited for that call, and the close for 4 s before the nanny killed it; the nanny
+    closes, as at a cluster's close, instead of starting a new worker."""
+    pid = getattr(dask_worker, "pid", None)
+    if not pid:
+        return
+    dask_worker.close_gracefully()
+    _kill_all([*_descendants(int(pid)), int(pid)])
+
+
 class _DaskBackend:
+    quick_abort = True  # (SystemExit, a SIGTERM handler's, marks the busy workers for a restart too: see abort)
+
     def __init__(self, ex: "DaskExecutor", payload: Payload, futs: dict):
         self.ex = ex
         self.payload = payload
@@ -256,7 +270,10 @@ class _DaskBackend:
 
         Dask's cancel does not stop a task that is running: the worker's thread stays inside
         the oracle (a hung call may never return), and later shards queued behind it would
-        time out in turn. Its process is restarted instead.
+        time out in turn. Its process is restarted instead: after a timeout at once, after
+        Ctrl-C (or SIGTERM's SystemExit) when the executor next runs or closes, so that train's
+        checkpoint is written and the interrupt raised first (the restart took seconds); a local
+        cluster's close kills it at once (its nanny waited 4 s for the abandoned call).
         """
         if self.closed():  # close() from another thread took the client, its futures and workers along
             self.busy.clear()
@@ -269,7 +286,9 @@ class _DaskBackend:
                 if hung is True or (hung and w in hung):  # the rest finish their shards on their own
                     stuck.add(w[0])
         self._slots = None
-        if stuck:
+        if stuck and hung is True:  # Ctrl-C or SIGTERM: the run's checkpoint is saved first (a restart took
+            self.ex._abandoned.update(stuck)  # seconds); restarted when the executor next runs or closes
+        elif stuck:
             self.ex._restart(sorted(stuck))
 
 
@@ -425,6 +444,7 @@ class DaskExecutor(ShardedExecutor):
         self._futs: dict = {}  # oracle token -> future of the oracle held on every worker
         self._sent: set = set()  # every oracle token sent: the copies workers hold, dropped on close
         self._stuck: set = set()  # addresses of workers left inside an oracle call, no longer used
+        self._abandoned: set = set()  # addresses of workers Ctrl-C (SIGTERM) left inside an oracle call, to restart
         self._closing = False  # close() was called (from another thread, a run in progress stops)
         self.n_workers = int(self._count or 1)
 
@@ -575,6 +595,10 @@ class DaskExecutor(ShardedExecutor):
         self._registry.clear()
         self._modules.clear()
         sent, self._sent = sorted(self._sent), set()
+        try:  # (this executor's own cluster, closed below: stopped; another one's: restarted, as after a timeout)
+            self._restart_abandoned(stopping=self.cluster is not None)
+        except Exception:  # the scheduler went away: nothing left to restart
+            pass
         if sent and self.cluster is None and self.client is not None:  # a cluster that stays: its workers
             try:  # must not keep this executor's oracle copies (a model's weights) in memory
                 # not on a worker left inside an abandoned oracle call: one that holds the GIL (no nanny
@@ -607,6 +631,21 @@ class DaskExecutor(ShardedExecutor):
             self._remove_scratch()
             self._environ_back()  # (a restarted worker's nanny set them again)
             self._environ = {}
+
+    def _restart_abandoned(self, stopping: bool = False) -> None:
+        """Restart the workers Ctrl-C or SIGTERM left inside an oracle call (:meth:`_DaskBackend.abort`), before
+        the next run or at close; ``stopping``: stop them instead (this executor's local cluster, about
+        to close)."""
+        addrs, self._abandoned = sorted(self._abandoned), set()
+        if not addrs or self.client is None:
+            return
+        if not stopping:
+            self._restart(addrs)
+            return
+        try:
+            self.client.run(_stop_abandoned, workers=addrs, nanny=True, on_error="ignore")
+        except Exception:  # a nanny out of reach: closing the cluster stops what it can
+            pass
 
     def _restart(self, addrs) -> None:
         """Restart the worker processes at ``addrs``, whose running shard was abandoned (a
@@ -690,6 +729,7 @@ class DaskExecutor(ShardedExecutor):
                 time.sleep(0.25 * 2 ** attempt)
 
     def _backend(self, payload, oracle):
+        self._restart_abandoned()
         return _DaskBackend(self, payload, self._inputs(payload))
 
 

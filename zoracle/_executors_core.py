@@ -814,7 +814,7 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
         if run.inflight:  # the late shards' workers may be inside a hung call, all of them after Ctrl-C;
             # an error elsewhere leaves every worker to finish its shard. A SIGTERM handler's SystemExit must
             # reach the run's save at once: local workers are replaced as after Ctrl-C (waiting ABORT_WAIT_S
-            # for their shards held the save back 10 s), a cluster's are not restarted first (seconds)
+            # for their shards held the save back 10 s), a cluster's restarted at its next run or close (seconds)
             stop_now = isinstance(exc, KeyboardInterrupt) or (
                 not isinstance(exc, (Exception, GeneratorExit)) and getattr(backend, "quick_abort", False))
             hung = run.stuck if isinstance(exc, ShardTimeout) else stop_now

@@ -11,6 +11,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from ._executors_local import ShardedExecutor, usable_cpus
 
 #: seconds to wait for the actors to come up before reporting a cluster without room
 _ACTOR_START_S = 120.0
+#: seconds of one ray.wait in a run's wait for its shards (a Ctrl-C is seen between two)
+_WAIT_SLICE_S = 0.1
 class _RayWorker:
     """A Ray actor holding oracles by token (the class is wrapped by ``ray.remote`` lazily)."""
 
@@ -99,6 +102,8 @@ class _RayActor:
 
 
 class _RayBackend:
+    quick_abort = True  # (SystemExit, a SIGTERM handler's, kills the busy actors too: see abort)
+
     def __init__(self, ex: "RayExecutor", payload: Payload, refs: dict):
         self.ex = ex
         self.payload = payload
@@ -129,8 +134,15 @@ class _RayBackend:
 
         if not self.busy:
             return []
-        with unless_closed(self):  # the actors (and Ray) may have gone with close()
-            ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=timeout)
+        # in slices: a wait of Ray's own sees a Ctrl-C about once a second (its KeyboardInterrupt, and so
+        # train's checkpoint, came up to a second after the SIGINT)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _WAIT_SLICE_S if end is None else max(0.0, min(_WAIT_SLICE_S, end - time.monotonic()))
+            with unless_closed(self):  # the actors (and Ray) may have gone with close()
+                ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=left)
+            if ready or self.closed() or (end is not None and time.monotonic() >= end):
+                break
         if self.closed():
             raise closed_during_run()
         out = []
@@ -151,7 +163,7 @@ class _RayBackend:
         return out
 
     def abort(self, workers, hung=True) -> None:
-        """After a timeout or Ctrl-C (``hung``), or with a shard timeout set, replace the actors
+        """After a timeout, Ctrl-C or SystemExit (``hung``), or with a shard timeout set, replace the actors
         running shards; else, after an error elsewhere, let them finish theirs (an actor queues its
         next shard behind it): every actor was replaced, a paid oracle cut off mid-query."""
         if self.closed():  # close() from another thread killed them all
@@ -163,7 +175,7 @@ class _RayBackend:
                 # with a shard timeout, a shard queued behind the unfinished one would time out
                 # falsely: replaced then, as before
                 if hung is True or (hung and w in hung) or self.ex.timeout is not None:
-                    self.ex._replace(w)
+                    self.ex._retire(w)  # its replacement starts with the next run: train saves first
                 else:
                     w.ref = None
                     # its unread answer may be an oracle that failed to load: send it again next time
@@ -233,6 +245,7 @@ class RayExecutor(ShardedExecutor):
         self._session_dir = None  # the private temp dir of a local session, removed on close
         self._reaper = None  # kills the local session's processes if this driver dies
         self._actors: list = []
+        self._retired: list = []  # actors killed (a Ctrl-C, a timeout), replaced at the next run (_renew)
         self._closing = False  # close() was called (from another thread, a run in progress stops)
         self._refs: dict = {}  # oracle token -> ObjectRef
         self.n_workers = int(self._count or 1)
@@ -326,6 +339,13 @@ class RayExecutor(ShardedExecutor):
             self._session_dir = None
 
     def _replace(self, w) -> None:
+        self._retire(w)
+        self._renew()
+
+    def _retire(self, w) -> None:
+        """Kill actor ``w`` (a call it runs stops); :meth:`_renew` starts its replacement. After Ctrl-C
+        that waits for the next run: a new actor took a second or more to start, and train's
+        checkpoint and the interrupt waited for it."""
         import ray
 
         if self._closing or w not in self._actors:  # closed during the run: no new actor
@@ -334,9 +354,20 @@ class RayExecutor(ShardedExecutor):
             ray.kill(w.handle)
         except Exception:  # already gone
             pass
-        h = self._remote.remote()
-        i = self._actors.index(w)
-        self._actors[i] = _RayActor(h, w.index, ray.get(h.pid.remote()))
+        w.ref = None
+        if w not in self._retired:
+            self._retired.append(w)
+
+    def _renew(self) -> None:
+        """Replace the actors :meth:`_retire` killed, starting the new ones together."""
+        import ray
+
+        old, self._retired = [w for w in self._retired if w in self._actors], []
+        if self._closing or not old:
+            return
+        handles = [self._remote.remote() for _ in old]
+        for w, h, pid in zip(old, handles, ray.get([h.pid.remote() for h in handles])):
+            self._actors[self._actors.index(w)] = _RayActor(h, w.index, pid)
 
     @property
     def pids(self) -> list:
@@ -356,6 +387,7 @@ class RayExecutor(ShardedExecutor):
             except Exception:  # already gone
                 pass
         self._actors = []
+        self._retired = []
         self._refs.clear()
         self._registry.clear()
         self._modules.clear()
@@ -386,6 +418,7 @@ class RayExecutor(ShardedExecutor):
     def _backend(self, payload, oracle):
         import ray
 
+        self._renew()
         if payload.oracle_token not in self._refs:
             # pickled here (checked), loaded by each actor: a private copy whose arrays the oracle
             # may write (what the object store hands out is read-only), as on the other executors
