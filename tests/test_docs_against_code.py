@@ -60,8 +60,8 @@ def test_the_ask_tell_and_metrics_blocks_type_check_strictly(tmp_path):
 
     text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     blocks = [m.group(1) for m in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.S | re.M)
-              if "zo.AskTell(" in m.group(1) or "def log_step(" in m.group(1)]
-    assert len(blocks) == 3
+              if "zo.AskTell" in m.group(1) or "def log_step(" in m.group(1)]
+    assert len(blocks) == 4
     for i, code in enumerate(blocks):
         (tmp_path / f"block{i}.py").write_text(code)
     ini = "[mypy]\nignore_missing_imports = True\n[mypy-zoracle.*]\nfollow_imports = silent\n"

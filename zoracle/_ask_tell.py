@@ -461,6 +461,10 @@ class AskTell:
                                "run): start a new one (resume=True continues from its checkpoint)")
         if ch.done:
             raise ZoracleError("ask() after the run ended: read .result (or .params and .history)")
+        if ch.queries is None or ch.losses is not None:  # (told, the run's next points not yet posted)
+            raise ZoracleError("ask() while a tell() is still waiting for the run's next points (in another "
+                               "thread: an `asyncio.to_thread(opt.tell, losses)` not awaited?): let that tell "
+                               "return, then ask")
         if ch.asked:
             raise ZoracleError(f"ask() twice without tell(): tell the {ch.queries.shape[0]} losses of the points "
                                "the last ask() returned first (call ask() once per tell())")
