@@ -41,6 +41,9 @@ __all__ = ["AskTell"]
 #: seconds :meth:`AskTell.close` (and a dropped AskTell's finalizer) waits for the run's thread to end
 CLOSE_WAIT = 30.0
 
+#: bytes over which one ask of all an estimate's points is warned of (without ``max_points``)
+ASK_WARN_BYTES = 2**30
+
 
 
 _TOLD = (("oracle returned ", "tell() got "),
@@ -227,14 +230,31 @@ _OTHER_NAMES = dict.fromkeys(("stop", "should_stop"), "the run's end is .done: `
 
 
 class _Recorder:
-    """The oracle of an estimate's first pass: keeps each query point, answers 0."""
+    """The oracle of an estimate's first pass: writes each query point into the next row of an ask of
+    ``rows`` rows, answers 0; a full ask is posted (:meth:`post`) before the next point, its losses
+    kept in ``losses``. ``rows``: the estimate's points (one ask), or ``max_points`` (asks of at most
+    that many, never all of the estimate's held)."""
 
-    def __init__(self, seen: list):
-        self.seen = seen
+    def __init__(self, channel: _Channel, batch, xp, rows: int):
+        self.channel, self.batch, self.xp, self.rows = channel, batch, xp, max(1, int(rows))
+        self.points = None  # (rows, d), allocated at the first point, refilled ask after ask
+        self.n = 0  # rows of ``points`` filled
+        self.losses: list = []
 
     def __call__(self, x) -> float:
-        self.seen.append(x.copy())
+        if self.points is None:
+            self.points = self.xp.empty((self.rows, *x.shape), dtype=x.dtype)
+        self.points[self.n] = x
+        self.n += 1
+        if self.n == self.rows:
+            self.post()
         return 0.0
+
+    def post(self) -> None:
+        """Ask the points filled so far (none: nothing), their losses added to ``losses``."""
+        if self.n:
+            n, self.n = self.n, 0
+            self.losses.extend(self.channel.query(self.points[:n], self.batch).tolist())
 
 
 class _Told:
@@ -261,42 +281,72 @@ class _ToldData(_Told):
 
 
 class _AskExecutor:
-    """Runs an estimate's tasks as one ask: once against a recorder, then answered by the told losses
-    (the tasks are deterministic: the second pass queries the points of the first, in order)."""
+    """Runs an estimate's tasks as asks: once against a recorder, then answered by the told losses
+    (the tasks are deterministic: the second pass queries the points of the first, in order). The
+    estimate's points are one ask, or asks of at most ``max_points`` rows, posted as the first pass
+    reaches them."""
 
     n_workers = 1  # the serial run's plan
 
-    def __init__(self, channel: _Channel, told: _Told):
-        self.channel, self.told = channel, told
+    def __init__(self, channel: _Channel, told: _Told, max_points=None):
+        self.channel, self.told, self.max_points = channel, told, max_points
+        self.warned = False
 
     def run(self, oracle, params, tasks) -> list:
         told = getattr(oracle, "fn", None)  # (the oracle bound to the step's batch, in train's Oracle wrapper)
         told = told if isinstance(told, _Told) else self.told
-        seen: list = []
-        record = Oracle(_Recorder(seen))
+        n = sum(len(t.steps) * t.size for t in tasks)  # (the estimate's points, as the results count them)
+        if self.max_points is None and not self.warned:
+            self.warned = _warn_large(n, params)
+        rows = min(n, self.max_points) if self.max_points is not None else n
+        recorder = _Recorder(self.channel, told.batch, namespace(params), rows)
+        record = Oracle(recorder)
         for t in tasks:
             t.run(record, params)
-        losses = self.channel.query(namespace(params).stack(seen), told.batch)
-        told.losses = iter(losses.tolist())
+        recorder.post()
+        told.losses = iter(recorder.losses)
         try:
             return [t.run(oracle, params) for t in tasks]
         finally:
             told.losses = None
 
 
-def _drive(channel: _Channel, params, options: dict) -> None:
+def _warn_large(n: int, params) -> bool:
+    """Warn (once a run) where one ask of an estimate's ``n`` points would take more than
+    :data:`ASK_WARN_BYTES`, before they are built: True where it warned."""
+    d, itemsize = params.shape[0], params.dtype.itemsize
+    nbytes = n * d * itemsize
+    if nbytes <= ASK_WARN_BYTES:
+        return False
+    rows = max(1, ASK_WARN_BYTES // 4 // (d * itemsize))
+    warn(f"AskTell: this estimate asks its {n} points of d = {d} at once, ({n}, {d}) {params.dtype}: "
+         f"{nbytes / 2**30:.1f} GiB for the ask, and as much again for the copy ask() returns "
+         f"(zo.train evaluates them a few at a time); pass max_points= to ask at most that many rows at a time "
+         f"(max_points={rows}: {rows * d * itemsize / 2**20:.0f} MiB an ask, the same run, told ask by ask), "
+         "or fewer points a step: sparsity= (CGE over the unpruned coordinates) or estimator=zo.RGE(directions=q)")
+    return True
+
+
+def _drive(channel: _Channel, params, options: dict, max_points=None) -> None:
     """The run's thread: ``train`` to its end, its result or error left on ``channel``."""
     data = options["batches"] is not None or options["grasp_batch"] is not None
     told = _ToldData(channel) if data else _Told(channel)
     HANDED_OVER.set(channel.hand)  # (this thread's context alone)
     try:
-        result = train(told, params, executor=_AskExecutor(channel, told), **options)
+        result = train(told, params, executor=_AskExecutor(channel, told, max_points), **options)
     except AskTellClosed:
         channel.end(done=False)
     except BaseException as exc:  # the caller's next ask or tell raises it
         channel.end(error=exc)
     else:
         channel.end(result=result)
+
+
+def _check_max_points(max_points) -> None:
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral)
+                                   or max_points < 1):
+        raise ArgumentError(f"`max_points` must be None (an estimate's points in one ask) or an integer >= 1 (at "
+                            f"most that many rows an ask), got {short_repr(max_points, 60)}; e.g. max_points=1000")
 
 
 def _shut(channel: _Channel, thread: threading.Thread) -> None:
@@ -344,6 +394,12 @@ class AskTell:
         default at each epoch's end: every step with one-step epochs), so the process may stop
         between a tell and the next ask, or between an ask and its tell (that step's points are
         asked again); ``AskTell(..., checkpoint=path, resume=True)`` goes on as the uninterrupted run.
+    max_points : int, optional
+        At most this many rows an :meth:`ask` (None: an estimate's points in one ask). An estimate of
+        more points is asked in pieces of ``max_points`` rows, each told before the next is built, so an
+        ask holds ``max_points * d`` numbers, not ``(d + 1) * d`` (dense forward CGE): the run, its
+        queries and their order are the same (``zo.train(f, ...)``'s, bit for bit), in more asks. An
+        estimate whose one ask would pass 1 GiB is warned of without it.
 
     Attributes
     ----------
@@ -365,7 +421,7 @@ class AskTell:
     the run (a diverged step, a callback's) is raised by the constructor, :meth:`ask` or
     :meth:`tell` that waits on it; zoracle's warnings are issued by the constructor or :meth:`tell`
     that waited on them, at the caller's line, where its warning filters act. An ask holds all its
-    points, ``(n, d)``: dense CGE at large ``d`` asks ``d + 1`` rows.
+    points, ``(n, d)``: dense CGE at large ``d`` asks ``d + 1`` rows (``max_points`` bounds them).
 
     Examples
     --------
@@ -383,8 +439,9 @@ class AskTell:
                  score_kinds=SCORED_KINDS, ranking="magnitude", fill_small_blocks=False, grasp_directions=192,
                  grasp_batch=None, mask_shuffle_interval=5, eval_fn=None, eval_every=1, callbacks=(), checkpoint=None,
                  checkpoint_every="epoch", resume=None, rng=None, progress=True, max_queries=None, plot=None,
-                 **unknown) -> None:
+                 max_points=None, **unknown) -> None:
         refuse_ask_tell_foreign(AskTell.__init__, params, extra, unknown)
+        _check_max_points(max_points)
         options = dict(batches=batches, epochs=epochs, steps_per_epoch=steps_per_epoch, estimator=estimator,
                        optimizer=optimizer, schedule=schedule, mu=mu, sparsity=sparsity, ratios=ratios, blocks=blocks,
                        score_kinds=score_kinds, ranking=ranking, fill_small_blocks=fill_small_blocks,
@@ -397,7 +454,7 @@ class AskTell:
         self._channel = channel = _Channel()
         self._reported = False  # the run's error raised once; later calls say so
         self._data = batches is not None or grasp_batch is not None  # (.batch names the points' batch)
-        self._thread = threading.Thread(target=_drive, args=(channel, params, options), daemon=True,
+        self._thread = threading.Thread(target=_drive, args=(channel, params, options, max_points), daemon=True,
                                         name="zoracle.AskTell")
         self._finalizer = weakref.finalize(self, _shut, channel, self._thread)
         self._thread.start()
@@ -448,8 +505,8 @@ class AskTell:
 
     def ask(self) -> Any:
         """The points of the run's next estimate: an array of shape ``(n, d)`` in params' backend and
-        dtype (yours to keep; ``n`` may change from one ask to the next). Tell their losses before
-        asking again."""
+        dtype (yours to keep; ``n`` may change from one ask to the next, at most ``max_points``: an
+        estimate of more points is asked in pieces). Tell their losses before asking again."""
         ch = self._channel
         self._raise_error()
         with ch.cond:  # (two threads asking at once: one gets the points, the other is refused)
