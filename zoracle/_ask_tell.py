@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from ._backend import namespace, real_numpy, to_numpy
-from ._errors import HANDED_OVER, ArgumentError, OracleError, ZoracleError, short_repr, user_stacklevel, warn
+from ._errors import HANDED_OVER, TOLD, ArgumentError, OracleError, ZoracleError, short_repr, user_stacklevel, warn
 from ._foreign_args import ForeignArgument, refuse_ask_tell_foreign, visible_signature
 from ._history import History, TrainResult
-from ._oracle import _ASYNC_HINT, Oracle, check_vector
+from ._oracle import Oracle, check_vector
 from ._pruning import SCORED_KINDS
 from ._run_loop import RUNNING
 from ._train import train
@@ -43,31 +43,6 @@ CLOSE_WAIT = 30.0
 
 #: bytes over which one ask of all an estimate's points is warned of (without ``max_points``)
 ASK_WARN_BYTES = 2**30
-
-
-
-_TOLD = (("oracle returned ", "tell() got "),
-         ("the oracle returned nothing; does every path of it end in `return loss`?",
-          "no loss was told for it; tell a number for every point (measure a failed point again; or, with a "
-          "checkpoint, close() now and resume=True later, which asks this step's points again)"),
-         ("one number per query in their order", "one number per point, in its rows' order"),
-         ("one loss per query in their order", "one loss per point, in its rows' order"),
-         ("go in `train`'s `eval_fn`", "go in AskTell's `eval_fn`"),
-         ("parse it where the oracle reads it", "parse it before telling it"),
-         ("; return ", "; tell "), (": return ", ": tell "),
-         ("one per query in their order", "one per point of the last ask(), in its rows' order"),
-         ("one loss per query, in their order", "one loss per point, in its rows' order"))
-
-
-def _as_told(msg: str) -> str:
-    """An oracle check's message as it reads for losses the caller told (``tell()`` got ..., tell ...)."""
-    head, sep, _ = msg.partition("; " + _ASYNC_HINT)  # a coroutine told: the hint's code is an oracle's
-    if sep:
-        msg = (head.rpartition(": the oracle returned ")[0] + ": a coroutine is no loss; await it (`await "
-               "aloss(x)`, or `asyncio.run(aloss(x))` outside an event loop) and tell the number it gives")
-    for old, new in _TOLD:
-        msg = msg.replace(old, new, 1) if old == "oracle returned " else msg.replace(old, new)
-    return msg
 
 
 class AskTellClosed(BaseException):
@@ -332,6 +307,7 @@ def _drive(channel: _Channel, params, options: dict, max_points=None) -> None:
     data = options["batches"] is not None or options["grasp_batch"] is not None
     told = _ToldData(channel) if data else _Told(channel)
     HANDED_OVER.set(channel.hand)  # (this thread's context alone)
+    TOLD.set(True)  # (train's messages speak of losses told, of AskTell's resume, not of an oracle's)
     try:
         result = train(told, params, executor=_AskExecutor(channel, told, max_points), **options)
     except AskTellClosed:
@@ -578,12 +554,12 @@ class AskTell:
         if n == 1 and not isinstance(losses, (Mapping, str, bytes)) and np.ndim(losses) == 0:
             losses = [losses]  # (one point asked: its loss alone, a number or a 0-d array, is unambiguous)
         what = f"the losses told for the {n} points of the last ask()"
+        mark = TOLD.set(True)  # worded for a told value, not for a function zoracle called
         try:
             values = check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
                                   lambda j: f"query {j} of the last ask() (row {j} of its points)", what)
-        except OracleError as exc:  # worded for a told value, not for a function zoracle called
-            exc.args = (_as_told(str(exc.args[0]) if exc.args else str(exc)), *exc.args[1:])
-            raise
+        finally:
+            TOLD.reset(mark)
         self._wait(values, ticket)
 
     @property

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, ZoracleError, masked_entries
+from ._errors import ArgumentError, ZoracleError, masked_entries, told
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible", "check_writable",
            "existing_checkpoint",
@@ -46,13 +46,14 @@ WRITER = "zoracle_version"
 _META = "__meta__"
 _FIX = "delete it to start over, or resume from another checkpoint"
 # a file zoracle did not write is the user's: never advise deleting it
-_FOREIGN = "pass the path of a checkpoint that zo.train or save_checkpoint wrote"
+_FOREIGN = "pass the path of a checkpoint that zo.train{} or save_checkpoint wrote"  # ({}: AskTell's name, where told)
 
 
 def new_run(path) -> str:
     """The way to go on from a checkpoint with other settings (a resume continues one run only)."""
+    start = told("zo.train(oracle, ", "zo.AskTell(")  # (an AskTell's run: no oracle, a new AskTell)
     return (f"to go on from its parameters with other settings, start a new run from them with a checkpoint of its "
-            f"own: zo.train(oracle, zo.load_checkpoint({os.fspath(path)!r})[0]['params'], ..., checkpoint='new.npz') "
+            f"own: {start}zo.load_checkpoint({os.fspath(path)!r})[0]['params'], ..., checkpoint='new.npz') "
             "(its optimizer state, step count and history start afresh)")
 
 
@@ -87,7 +88,7 @@ class CheckpointError(ZoracleError):
 
 
 def _foreign(message: str) -> CheckpointError:
-    exc = CheckpointError(f"{message}; {_FOREIGN}")
+    exc = CheckpointError(f"{message}; {_FOREIGN.format(told('', ', zo.AskTell'))}")
     exc.foreign = True
     return exc
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import namespace, real_numpy, to_numpy
+from ._errors import told
 from ._masks import _slices
 from ._oracle import loss_type
 
@@ -177,11 +178,14 @@ def noise_note(loss, point, start=None, budget=None) -> str:
         plain = a if at is point else plain
     else:
         return _fast_path_note(loss, point, plain, left) if plain is not None else ""
-    return (f". The loss is not deterministic: two calls at the same params{where} gave {a:.6g} and {b:.6g}, and "
+    # (an AskTell's losses were told for one point asked twice: no oracle to check)
+    calls, check = told(("two calls", ", and check the oracle with zoracle.testing.check_oracle"),
+                        ("two losses told", ""))
+    return (f". The loss is not deterministic: {calls} at the same params{where} gave {a:.6g} and {b:.6g}, and "
             "each CGE difference carries that noise divided by mu; a loss that draws its own minibatch or noise at "
             "every call needs it fixed per step: pass the data as `batches` (or seeds, see 'Noisy black boxes' "
             "in docs/training.md; noise that cannot be fixed, a hardware reading's, needs averaged readings or a "
-            "larger mu), and check the oracle with zoracle.testing.check_oracle")
+            f"larger mu){check}")
 
 
 def _fast_path_note(loss, point, plain: float, left=np.inf) -> str:

@@ -120,6 +120,18 @@ def escaping(*streams):
 HANDED_OVER: contextvars.ContextVar = contextvars.ContextVar("zoracle_warnings_handed_over", default=None)
 
 
+#: whether the losses zoracle checks in this context are values a caller told (``zoracle.AskTell``'s
+#: ``tell()`` and its run's thread set it), not values a function zoracle called returned: the messages
+#: that name the oracle, ``return`` or ``zo.train(oracle, ...)`` read it through :func:`told`
+TOLD: contextvars.ContextVar = contextvars.ContextVar("zoracle_losses_told", default=False)
+
+
+def told(returned, asktell):
+    """A message's words (a text, or a tuple of texts) for an oracle's returned values, ``returned``,
+    or, where :data:`TOLD` is set, for values an AskTell's caller told, ``asktell``."""
+    return asktell if TOLD.get() else returned
+
+
 def warn(message: str, category: type = UserWarning, stacklevel: int = 1) -> None:
     """``warnings.warn`` whose text (and the user's line it shows) is written with :func:`escaping`:
     on a ``sys.stderr`` that cannot encode a character of a path or a name in it, Python's warnings
@@ -221,7 +233,8 @@ class OracleError(ZoracleError, RuntimeError):
             text = f"{text.rstrip('.')}; {out}" if out else text
             msg = f"oracle raised at {query}: {type(cause).__name__}: {text}{'; ' + detail if detail else ''}"
         else:
-            msg = f"oracle returned {short_repr(value)} at {query}{': ' + detail if detail else ''}"
+            said = told("oracle returned", "tell() got")  # (AskTell: a value its caller told)
+            msg = f"{said} {short_repr(value)} at {query}{': ' + detail if detail else ''}"
         super().__init__(msg)
 
     def at_params(self, params) -> "OracleError":

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ._errors import told
+
 #: at most this many significant bits, losses are a narrower float's than float32 (float16 keeps 11,
 #: bfloat16 8): 8 bits below float32's 24, which a float32 loss's values show by chance with odds of
 #: 2**-8 each, and every one of an estimate's together far less
@@ -180,11 +182,12 @@ def loss_grid(loss: float, diffs, far: float = 0.0) -> tuple | None:
     return q, f"are multiples of {q:g} (a loss rounded to {k} decimals, or printed so)", _ROUNDED
 
 
+# ({do}: "return", or "tell" where the losses were told to an AskTell)
 _COUNT = ("a count (errors, events) moves in whole steps whatever its type: raise mu, or train on a smooth "
-          "surrogate (a margin or cross-entropy loss); a loss rounded to an integer: return it unrounded")
+          "surrogate (a margin or cross-entropy loss); a loss rounded to an integer: {do} it unrounded")
 _NARROW = ("compute the loss in float64 (a torch model in float16 or bfloat16, or under autocast: run it in float32 "
            "or float64), or raise mu")
-_ROUNDED = ("return the loss unrounded (printed by a program: print it with repr or %.17g), or raise mu")
+_ROUNDED = ("{do} the loss unrounded (printed by a program: print it with repr or %.17g), or raise mu")
 
 
 def coarse_grid(loss: float, diffs, mu: float, typical, points=None, far: float = 0.0) -> str:
@@ -202,6 +205,7 @@ def coarse_grid(loss: float, diffs, mu: float, typical, points=None, far: float 
         return ""
     d = np.asarray(diffs).reshape(-1)
     zeros = int(np.count_nonzero(d == 0))
-    return (f"the oracle's losses {what}: near the base loss {loss:.6g} they are {step:.3g} apart, so a difference "
+    whose = told("the oracle's losses", "the losses told")  # (an AskTell's: told, not returned)
+    return (f"{whose} {what}: near the base loss {loss:.6g} they are {step:.3g} apart, so a difference "
             f"over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g} ({zeros} of the {d.size} "
-            f"differences were exactly 0); {fix}")
+            f"differences were exactly 0); {fix.format(do=told('return', 'tell'))}")

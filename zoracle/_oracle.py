@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ._backend import real_numpy
-from ._errors import ArgumentError, OracleError, Shown, exc_text, short_repr
+from ._errors import TOLD, ArgumentError, OracleError, Shown, exc_text, short_repr, told
 
 __all__ = [
     "LossOracle",
@@ -222,6 +222,9 @@ def _awaitable(value, what: str) -> ArgumentError | None:
         return None
     if inspect.iscoroutine(value):
         value.close()
+    if TOLD.get():  # (an AskTell's caller told it: the hint's code above is an oracle's)
+        return ArgumentError("a coroutine is no loss; await it (`await aloss(x)`, or `asyncio.run(aloss(x))` "
+                             "outside an event loop) and tell the number it gives")
     return ArgumentError(f"{what} returned {type(value).__name__} {getattr(value, '__qualname__', '')!s}".rstrip()
                          + f"; {_ASYNC_HINT}")
 
@@ -250,8 +253,14 @@ def _describe(value) -> str:
 
 
 # one number per query is all zoracle reads: a (loss, metrics) pair or a dict of them is refused, pointing here
-_METRICS = ("; metrics beside the loss (an accuracy) go in `train`'s `eval_fn`, which the history records per "
-            "epoch, or in a step callback: docs/training.md, \"Metrics beside the loss\"")
+def _metrics() -> str:
+    return (f"; metrics beside the loss (an accuracy) go in {told('`train`', 'AskTell')}'s `eval_fn`, which the "
+            "history records per epoch, or in a step callback: docs/training.md, \"Metrics beside the loss\"")
+
+
+def _do() -> str:
+    """What a fix asks for the loss: ``return`` it (an oracle), or ``tell`` it (an AskTell's caller)."""
+    return told("return", "tell")
 
 
 def _fix_for(value) -> str:
@@ -260,21 +269,24 @@ def _fix_for(value) -> str:
     dtype = str(getattr(value, "dtype", ""))
     if isinstance(value, dict):
         key = next((k for k in value if k in ("loss", "objective", "value")), None)
-        return (f": return the loss alone, a float ({f'`out[{key!r}]`' if key is not None else 'not a dict'})"
-                + _METRICS)
+        return (f": {_do()} the loss alone, a float ({f'`out[{key!r}]`' if key is not None else 'not a dict'})"
+                + _metrics())
     if isinstance(value, (tuple, list)):
-        return (": return the number itself, a float (`out[0]`)" if len(value) == 1 else
-                ": return the loss alone, a float (`loss`, not `(loss, ...)`), one number per query"
-                + _METRICS)
+        return (f": {_do()} the number itself, a float (`out[0]`)" if len(value) == 1 else
+                f": {_do()} the loss alone, a float (`loss`, not `(loss, ...)`), one number per "
+                + told("query", "point") + _metrics())
     if value is None:
-        return ": the oracle returned nothing; does every path of it end in `return loss`?"
+        return told(": the oracle returned nothing; does every path of it end in `return loss`?",
+                    ": no loss was told for it; tell a number for every point (measure a failed point again; or, "
+                    "with a checkpoint, close() now and resume=True later, which asks this step's points again)")
     if isinstance(value, (bool, np.bool_)) or "bool" in dtype:
-        return (": a boolean (a comparison, a success flag) is no loss, nor 0 or 1 of one; return the number it "
+        return (f": a boolean (a comparison, a success flag) is no loss, nor 0 or 1 of one; {_do()} the number it "
                 "compares (a float)")
     if isinstance(value, (str, bytes, np.str_, np.bytes_)):
-        return ": text is not read as a number; parse it where the oracle reads it (`float(text)`)"
+        return ": text is not read as a number; parse it " + told("where the oracle reads it", "before telling it") \
+            + " (`float(text)`)"
     if isinstance(value, (complex, np.complexfloating)) or "complex" in dtype:
-        return ": return its real part (`loss.real`) where the imaginary part is zero by construction"
+        return f": {_do()} its real part (`loss.real`) where the imaginary part is zero by construction"
     if getattr(getattr(value, "device", None), "type", None) == "meta":
         return (": a tensor on the meta device holds no values (a model built under torch.device('meta') or with "
                 "empty weights); materialize it first (model.to_empty(device='cpu'), then initialize or load its "
@@ -297,10 +309,10 @@ def check_scalar(value, query: str) -> float:
     if shape not in ((), (1,)):
         shape = tuple(shape)
         size = math.prod(shape)
-        fix = ("return `loss.item()`, a float (a 1-element array of more dimensions, which SciPy takes, is refused: "
+        fix = (f"{_do()} `loss.item()`, a float (a 1-element array of more dimensions, which SciPy takes, is refused: "
                "it is often a loss not yet reduced)" if size == 1 else
                "reduce it to one number (`.mean()`)" if size else
-               "an empty array holds no loss (a mask or a batch that selected nothing?): return one number, a float")
+               f"an empty array holds no loss (a mask or a batch that selected nothing?): {_do()} one number, a float")
         raise OracleError(query, _describe(value), detail=f"expected a scalar, got shape {shape}: {fix}")
     try:
         out = float(value.item() if hasattr(value, "item") else value)
@@ -319,24 +331,29 @@ def _vector_fix(values, n: int, arr=None) -> str:
     (``arr``: them as an array, where they converted), or empty."""
     if isinstance(values, (tuple, list)) and any(  # (losses, metrics), [(loss, acc), ...], [{"loss": ...}, ...]
             isinstance(v, (tuple, list, dict)) or tuple(getattr(v, "shape", ())) not in ((), (1,)) for v in values):
-        return (f": return the {n} losses alone, a list or a ({n},) array, one number per query in their "
-                f"order{_METRICS}")
+        return f": {_do()} the {n} losses alone, a list or a ({n},) array, {_in_order('one number')}{_metrics()}"
     if hasattr(values, "__next__"):  # a generator, a map: read once, not an array
-        return f": return a list or an array of the {n} losses (`list(...)`), not an iterator"
+        return f": {_do()} a list or an array of the {n} losses (`list(...)`), not an iterator"
     if isinstance(values, dict):
-        return f": return the {n} losses alone, a list or a ({n},) array, one number per query in their order{_METRICS}"
+        return f": {_do()} the {n} losses alone, a list or a ({n},) array, {_in_order('one number')}{_metrics()}"
     if arr is None or values is None or getattr(values, "is_meta", False):
         return _fix_for(values)
     if np.iscomplexobj(arr) or arr.dtype == bool:
         return _fix_for(arr.flat[0] if arr.size else arr)
     if arr.ndim == 0 and n == 1:  # (no reduction: a one-row result squeezed, `.squeeze()` or `.item()`)
-        return ": a one-row call's loss squeezed to a scalar; return a (1,) array (`np.atleast_1d(losses)`)"
+        return f": a one-row call's loss squeezed to a scalar; {_do()} a (1,) array (`np.atleast_1d(losses)`)"
     if arr.ndim == 0:
-        return (f": one number for all {n} queries (a loss reduced over them, `.mean()`?); return one loss per "
-                "query, in their order")
+        return (f": one number for all {n} queries (a loss reduced over them, `.mean()`?); {_do()} one loss per "
+                + told("query, in their order", "point, in its rows' order"))
     if arr.size == n and arr.ndim > 1:
-        return f": return them as a ({n},) array, one loss per query in their order (`losses.reshape(-1)`)"
-    return f": return {n} losses, one per query in their order"
+        return f": {_do()} them as a ({n},) array, {_in_order('one loss')} (`losses.reshape(-1)`)"
+    return f": {_do()} {n} losses, " + told("one per query in their order", "one per point of the last ask(), in its "
+                                           "rows' order")
+
+
+def _in_order(each: str) -> str:
+    """``each`` (one number, one loss) per query in their order, or per told point in its rows' order."""
+    return told(f"{each} per query in their order", f"{each} per point, in its rows' order")
 
 
 _BOOLS = frozenset((bool, np.bool_))  # (a type lookup at C speed, not an isinstance per loss: bool has no subclasses)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._backend import real_numpy, to_numpy
-from ._errors import ArgumentError, OracleError, check_flag, config_hint, user_stacklevel, warn
+from ._errors import ArgumentError, OracleError, check_flag, config_hint, told, user_stacklevel, warn
 from ._estimators import RGE, as_generator, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
@@ -254,8 +254,9 @@ def _check_second_point(params, g1, mu: float) -> None:
         warn(
             f"ZO-GraSP's second point params + mu * g lies {step:.3g} from params ({step / norm:.2g} of |params| = "
             f"{norm:.3g}; the step is mu = {mu:g} times the estimated gradient, whose norm {step / mu:.3g} is in the "
-            "loss's units): the Hessian is read that far away and the scores drift from GraSP's; return a mean "
-            "rather than a sum over samples (a loss of order 1), or pass a smaller mu", RuntimeWarning,
+            "loss's units): the Hessian is read that far away and the scores drift from GraSP's; "
+            f"{told('return', 'tell')} a mean rather than a sum over samples (a loss of order 1), or pass a smaller mu",
+            RuntimeWarning,
             stacklevel=user_stacklevel())
 
 

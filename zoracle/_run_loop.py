@@ -22,7 +22,7 @@ from ._bar import _beside, _rate_text, log
 from ._checkpoint import CheckpointError
 from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
-from ._errors import ArgumentError, OracleError, ZoracleError, logging_kept_out, user_stacklevel, warn
+from ._errors import ArgumentError, OracleError, ZoracleError, logging_kept_out, told, user_stacklevel, warn
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
 from ._executors_core import ShardFailed
 from ._fastcheck import checking
@@ -275,8 +275,8 @@ def epoch_warnings(run, blist) -> None:
         run.flat_warned = True
         warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
              "so the estimates moved no parameter (weight decay and momentum aside): each step's "
-             f"queries at +-mu = {run.est.mu:g} returned the same loss. Where the loss is flat there, "
-             "piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
+             f"queries at +-mu = {run.est.mu:g} {told('returned', 'were told')} the same loss. Where the loss is "
+             "flat there, piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
              "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
              "cross-entropy loss)", UserWarning, stacklevel=4)
     if run.pos >= len(blist) and run.block_watch is not None and run.block_watch.steps >= WATCH_STEPS:

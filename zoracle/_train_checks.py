@@ -11,7 +11,7 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._checkpoint import existing_checkpoint, new_run
-from ._errors import ArgumentError, warn
+from ._errors import ArgumentError, told, warn
 from ._masks import _slices
 from ._schedules import schedule_value
 
@@ -48,10 +48,13 @@ def _check_arity(fn, n: int, name: str, args: str, hint: str = "") -> None:
     stopped the run, its logging never happened) and warn about the wrong thing."""
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(type(fn), "__call__", None)):
         raise ArgumentError(f"{name} ({getattr(fn, '__qualname__', type(fn).__name__)}) is an `async def` function: "
-                            "train calls it synchronously and would get a coroutine, whose body never runs; give a "
-                            f"plain function, e.g. `def fn{args}: return asyncio.run(afn{args})`; inside a running "
-                            "event loop (Jupyter, an async app), where asyncio.run fails, run train in a thread there: "
-                            "`await asyncio.to_thread(zo.train, ...)`")
+                            f"{told('train', 'the run')} calls it synchronously and would get a coroutine, whose "
+                            "body never runs; give a plain function, e.g. "
+                            f"`def fn{args}: return asyncio.run(afn{args})`" + told(
+                                "; inside a running event loop (Jupyter, an async app), where asyncio.run fails, run "
+                                "train in a thread there: `await asyncio.to_thread(zo.train, ...)`",
+                                " (AskTell's run calls it in a thread of its own, where no event loop runs: "
+                                "asyncio.run works there)"))
     try:
         sig = inspect.signature(fn, follow_wrapped=False)  # a decorator's wrapper is what train calls
     except (TypeError, ValueError):
@@ -75,16 +78,17 @@ def _check_batches(batches) -> None:
         fields = "(X, y)" if k == 2 else "(X, y, ...)"
         raise ArgumentError(
             f"`batches` is a tuple of {'two' if k == 2 else k} arrays of {batches[0].shape[0]} rows each: one batch "
-            f"{fields}, which train "
-            f"would read as {k} batches, one array each; pass [{fields}] for a full batch every step, or "
+            f"{fields}, which {told('train would read', 'would be read')} as {k} batches, one array each; pass "
+            f"[{fields}] for a full batch every step, or "
             f"zo.Minibatches({fields}, batch_size, seed=0) (batches of one array each: pass them as a list)")
     if isinstance(batches, (str, bytes)):  # a Sequence, of characters: each bound as a batch, failing in the oracle
-        raise ArgumentError(f"`batches` is a {type(batches).__name__} ({batches[:60]!r}), which train would read as "
-                            "batches of one character each; load the data and pass zo.Minibatches((X, y), "
-                            "batch_size, seed=0), or a list of batches")
+        raise ArgumentError(f"`batches` is a {type(batches).__name__} ({batches[:60]!r}), which "
+                            f"{told('train would read', 'would be read')} as batches of one character each; load the "
+                            "data and pass zo.Minibatches((X, y), batch_size, seed=0), or a list of batches")
     if isinstance(batches, Sequence) and not callable(batches) and len(batches) == 0:
         raise ArgumentError(f"`batches` is empty: an epoch needs at least one batch, and this {type(batches).__name__} "
-                            "holds none; pass one or more, or leave `batches` out for the oracle's own data")
+                            "holds none; pass one or more, or leave `batches` out for "
+                            + told("the oracle's own data", "points that need no data"))
     if callable(batches) and not isinstance(batches, Sequence):  # called as batches(epoch): fail now, not mid-run
         _check_arity(batches, 1, "`batches`", "(epoch)")
     if batches is None or callable(batches) or isinstance(batches, Sequence):
