@@ -498,6 +498,11 @@ def _lock_holder(name: str):
     return host, int(pid) if pid.isdigit() else 0, (st.st_ino, st.st_mtime_ns)
 
 
+#: the lock files beside checkpoints that this process's savers hold (:func:`_take`, :func:`_shared_lock`):
+#: one that names this process's pid and is not among them was left by an earlier process of that pid
+_HELD: set = set()
+
+
 def _take(name: str):
     """Create the lock file ``name`` (``O_EXCL``: atomic on local file systems and NFSv3+), holding this
     host's tag and this process's id; its inode and mtime, or None where another saver holds it."""
@@ -505,14 +510,20 @@ def _take(name: str):
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return None
+    _HELD.add(name)  # (before the file names this process: another thread reads it as held)
     try:
         os.write(fd, f"{_host_tag()} {os.getpid()}\n".encode("ascii"))
     except BaseException:  # (a full disk: no lock file that names no holder left behind)
+        _HELD.discard(name)
         os.close(fd)
         os.remove(name)
         raise
     os.close(fd)
-    st = os.stat(name)  # (after the close: a network file system's own times)
+    try:
+        st = os.stat(name)  # (after the close: a network file system's own times)
+    except OSError:
+        _HELD.discard(name)
+        raise
     return st.st_ino, st.st_mtime_ns
 
 
@@ -520,7 +531,10 @@ def _take(name: str):
 def _shared_lock(path):
     """Take turns with savers of ``path`` on other machines: a lock file beside the checkpoint (where
     they all see it), created with ``O_EXCL`` and removed after the save. A holder on this machine
-    whose process is gone (SIGKILL mid-save) is removed at once; one of another machine is waited for
+    whose process is gone (SIGKILL mid-save) is removed at once, and so is one that names this
+    process but none of its threads holds (a container restarted after a kill mid-save runs as the
+    same pid: each of its saves waited ``LOCK_WAIT_S``, went on unlocked and left the file); one of
+    another machine is waited for
     at most ``LOCK_WAIT_S``, then taken as stale (removed, if still the file first seen) or, held by a
     live process of this machine (stopped with Ctrl-Z), left and gone on without. Where the file cannot
     be made (a read-only folder) the save goes on unlocked, and reports its own error. Yields whether
@@ -543,7 +557,7 @@ def _shared_lock(path):
                     continue
                 host, pid, seen = holder
                 here = host == _host_tag() and os.name == "posix"  # (Windows' os.kill(pid, 0) is a Ctrl-C)
-                if here and pid != os.getpid() and not _alive(pid):
+                if here and (name not in _HELD if pid == os.getpid() else not _alive(pid)):
                     _remove_if(name, seen)  # left by a saver of this machine that was killed mid-save
                     continue
                 if seen != first:  # a holder of its own (another saver took it since): waited for afresh
@@ -559,12 +573,14 @@ def _shared_lock(path):
             pass
     except BaseException:  # Ctrl-C while taking it: no lock file left behind
         if held is not None:
+            _HELD.discard(name)
             _remove_if(name, None, held)
         raise
     try:
         yield held is not None
     finally:
         if held is not None:
+            _HELD.discard(name)
             _remove_if(name, None, held)
 
 
