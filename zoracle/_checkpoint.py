@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._backend import to_numpy
-from ._errors import ArgumentError, ZoracleError, masked_entries, told
+from ._errors import ArgumentError, ZoracleError, masked_entries, told, user_stacklevel, warn
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible", "check_writable",
            "existing_checkpoint",
@@ -568,6 +568,10 @@ def _shared_lock(path):
                 if not here:  # another machine's, unchanged for LOCK_WAIT_S: its saver is gone
                     _remove_if(name, seen)
                     held = _take(name)
+                warn(f"checkpoint {path!r}: its lock file {name!r} (a save by {host or 'another user'}, pid "
+                     f"{pid}) stayed {LOCK_WAIT_S:.0f} s; " + ("taken as left by a saver killed mid-save" if
+                     not here else "saved without it (its saver is stopped)") + ": if another job saves to "
+                     "this path, give each job a checkpoint of its own", stacklevel=user_stacklevel())
                 break  # (a live saver of this machine, stopped: gone on without, as writer_lock does)
         except OSError:  # (no lock rather than no save)
             pass
