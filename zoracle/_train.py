@@ -179,7 +179,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         tqdm progress bar with loss, lr and queries/s (prints in ``eval_fn``, callbacks and a loss
         run in this process, and warnings, start a line of their own). On a stderr that is no terminal (a log file, a pipe) or a
         ``TERM=dumb`` one, the bar is a plain line every 10 seconds and one at the end. On a narrow terminal its
-        graphic goes first: the step, loss and lr stay. Either way ``logging`` (logger
+        graphic goes first, then the numbers, least needed first (from 40 columns the step and loss stay). Either way ``logging`` (logger
         ``zoracle``) gets a record at INFO per epoch and per checkpoint save; off, also one at
         DEBUG per step. Each carries its numbers as ``record.zoracle`` (a dict: the history's
         record, or a save's ``path``, ``steps``, ``total_nfev`` and ``loss``) and
