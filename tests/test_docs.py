@@ -236,6 +236,10 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     home = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
     assert "python3 -m venv" in home and "Quickstart" in home  # the README's first screen is the site's
+    changelog = (tmp_path / "site" / "changelog" / "index.html").read_text(encoding="utf-8")
+    from zoracle import __version__
+
+    assert f"[{__version__}]" in changelog and "replaced by" not in changelog  # CHANGELOG.md, not the stub
     api = (tmp_path / "site" / "api" / "core" / "index.html").read_text(encoding="utf-8")
     assert "estimate_gradient" in api and "Parameters" in api  # rendered from the docstrings
     # the docstrings' Sphinx roles and math directives are not shown raw (":func:certify", ".. math::")

@@ -1,8 +1,9 @@
-"""MkDocs hook: the site's home page is README.md, so the README's first screen is the site's.
+"""MkDocs hook: the site's home page is README.md, so the README's first screen is the site's,
+and its changelog page is CHANGELOG.md.
 
-``docs/index.md`` is a stub; this hook replaces its text with README.md and rewrites the
-README's links into ``docs/`` (``docs/training.md``) to site-relative ones (``training.md``),
-so that strict mode checks them like every other link.
+``docs/index.md`` and ``docs/changelog.md`` are stubs; this hook replaces their text with the
+root file's and rewrites its links into ``docs/`` (``docs/training.md``) to site-relative ones
+(``training.md``), so that strict mode checks them like every other link.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+#: the site page (a stub in docs/) -> the root file that replaces it
+ROOT_PAGES = {"index.md": README, "changelog.md": ROOT / "CHANGELOG.md"}
 
 
 def on_page_markdown(markdown, page, config, files):
-    if page.file.src_uri != "index.md":
+    source = ROOT_PAGES.get(page.file.src_uri)
+    if source is None:
         return markdown
-    text = README.read_text(encoding="utf-8")
+    text = source.read_text(encoding="utf-8")
     return re.sub(r"\]\(docs/", "](", text)
