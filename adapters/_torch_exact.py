@@ -25,6 +25,7 @@ from zoracle._errors import ArgumentError, user_stacklevel, warn
 
 from ._torch_chain import _BATCHNORM, _model_lock, _stock_forward, fast_kind, norm_context, nudged, vmap_safe
 from ._torch_channels import LAYOUT
+from ._torch_graph import step_what, whole_note
 from ._torch_hooks import (_CHECK_STEP, _check_moves, _holding, _hook_check, _hook_reparametrized, _hooked,
                            _integer_batch_error, _loss_shape_fix, _model_fails, _sequence_first, name_list)
 from ._torch_layout import UNREAD, to_torch
@@ -524,7 +525,7 @@ def _check_split(oracle, theta) -> str:
                 mod = core.steps[core.block_steps[b]].module
                 what = f"{name} ({type(mod).__name__})" if mod is not None else name
                 return (f"block {what}: the loss with parameter {i} moved by {_CHECK_STEP} is {got:.10g} "
-                        f"on the {_split_kind(core)} but {want:.10g} on model(x)")
+                        f"on the {_split_kind(core)} but {want:.10g} on model(x){whole_note(core, mod, name)}")
     return ""
 
 
@@ -585,17 +586,20 @@ def _mixing_step(core, states, ctx) -> str:
             except Exception:  # a step that cannot run on one sample alone reads the others
                 mixed, merged = True, False
             if mixed:
-                what = f" ({type(m).__name__})" if m is not None else ""
+                what = step_what(core.model, st)
                 if merged:  # x.view(b * t, c), x.flatten(0, 1): rows still per sample, the batch folded into them
                     rows = next(o.shape[0] for o in out if isinstance(o, torch.Tensor) and o.is_floating_point()) // B
                     return (f"step {st.name or j}{what} folds the batch dimension into the next one (each sample "
                             f"becomes {rows} rows, as x.view(b * t, c), x.reshape(-1, c) or x.flatten(0, 1) do): it "
                             "mixes no samples, but the fast paths keep one row per sample and are not checked "
                             "on a fold; keep the batch dimension apart (nn.Linear and nn.LayerNorm act on the last "
-                            "dimension of (b, t, c) as it is)")
+                            f"dimension of (b, t, c) as it is){whole_note(core, m, st.name)}")
                 return (f"step {st.name or j}{what} mixes samples: its output for one sample depends on the others "
                         "(a batch statistic, the batch size, or rows paired or shifted along the batch), and the "
-                        "fast paths stack perturbations along the batch")
+                        "fast paths stack perturbations along the batch" + (
+                            whole_note(core, m, st.name) or "; a statistic per sample (over the dimensions "
+                            "after the batch) keeps feature reuse, and so does an nn.BatchNorm layer in place of a "
+                            "hand-written batch statistic (the oracle takes its statistics per perturbation)"))
     return ""
 
 
@@ -670,11 +674,15 @@ def _run_watching_writes(core, x) -> tuple:
         for t, v, what in seen.values():
             if t._version != v:
                 name = st.name or f"step {j}"
-                mod = f" ({type(st.module).__name__})" if st.module is not None else ""
-                tail = ("the fast paths would perturb the values it leaves there, not the parameters'"
+                mod = step_what(core.model, st)
+                tail = ("; the fast paths would perturb the values it leaves there, not the parameters' (leave "
+                        "the parameters as they are in forward: nn.Embedding with max_norm=None, any renormalizing "
+                        "done out of place on what it returns)"
                         if what.endswith("parameter") else
-                        "which the fast paths read from their cache: they would see it overwritten")
-                return states, f"step {name}{mod} writes in place into {what}; {tail}"
+                        ", which the fast paths read from their cache: they would see it overwritten (write into a "
+                        "new tensor, x = x.clamp(...) rather than x.clamp_(...), to keep feature reuse)")
+                return states, (f"step {name}{mod} writes in place into {what}{tail}"
+                                f"{whole_note(core, st.module, st.name)}")
         for t in state:
             watch(t, f"the output of step {st.name or j}")
     return states, ""

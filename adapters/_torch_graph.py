@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import linecache
 import operator
+import os
 import threading
 import weakref
 
@@ -222,6 +224,13 @@ def _aliases(n: fx.Node, model: nn.Module | None = None) -> bool:
     return False
 
 
+def _node_where(n: fx.Node):
+    """``(qualified name, class name)`` of the innermost module whose forward holds ``n`` (fx
+    records the modules a trace entered), or None for the model's own forward."""
+    return next(((k, v[1].__name__) for k, v in reversed(n.meta.get("nn_module_stack", {}).items())
+                 if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], type)), None)
+
+
 def _stale_after_in_place(nodes: list, order: dict, model: nn.Module | None = None) -> str:
     """Why the steps, which run in-place calls out of place (:func:`_functional`), would
     compute another function than ``forward``: a call writing into a tensor in place
@@ -262,6 +271,8 @@ def _stale_after_in_place(nodes: list, order: dict, model: nn.Module | None = No
                 what = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}.get(what, what)
                 fix = (f"h = h.{what[:-1]}(...) rather than h.{what}(...) alone" if what.endswith("_")
                        else "h = h + ... rather than +=, or inplace=False")
+                where = _node_where(n)
+                what += f", in the forward of {where[0]!r}, {where[1]}" if where else ""
                 return (f"writes into a tensor in place ({what}) and reads that memory after the write (at {m.name}), "
                         f"which the captured steps, running it out of place, would not see; assign the result and "
                         f"read that instead ({fix}; on a view, h = torch.cat of the parts)")
@@ -274,6 +285,7 @@ class _Program:
     def __init__(self, root: nn.Module, nodes: list, inputs: list, out_names: list):
         self.root = root
         self.nodes = [(n.name, n.op) + _functional(n) for n in nodes]
+        self.where = _node_where(nodes[-1])  # for messages
         self.inputs = inputs
         self.out_names = out_names
         used = {i.name for n in nodes for i in n.all_input_nodes}
@@ -321,8 +333,9 @@ def trace_steps(model: nn.Module):
     fails, it is retried with every non-container submodule as a leaf (an ``nn.Sequential``
     of untraceable modules still splits between them).
     """
-    graph, err = None, None
+    graph, err, where = None, None, None
     held = _held_copies(model)  # before the trace: what it computes from them is not the model's own
+    UNTRACED.pop(model, None)
     for proxy in (True, False):
         for leaves in (False, True):
             saved = _attributes(model)
@@ -332,7 +345,8 @@ def trace_steps(model: nn.Module):
                     graph = _without_defaults(tracer.trace(model, concrete_args=_defaults(model) or None))
                 break
             except Exception as exc:  # data-dependent control flow, unsupported Python
-                err = err or exc
+                if err is None:
+                    err, where = exc, _failed_at(model, exc)
             finally:  # what the traced forward assigned (``self.calls += 1`` on a buffer stores a Proxy)
                 _restore_attributes(saved)
         if graph is not None:
@@ -365,8 +379,11 @@ def trace_steps(model: nn.Module):
                     "traced: build such a tensor once as a buffer of the largest size and slice it "
                     "(self.mask[:T, :T]); docs/pytorch.md")
         else:
-            hint = ""
-        return None, f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]}){hint}"
+            hint = _control_flow_hint(err)
+        return None, (f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {str(err)[:200]})"
+                      f"{_where_text(where)}{hint}")
+    if tracer.all_leaves and err is not None:  # the retry kept every submodule whole: say why where it costs
+        UNTRACED[model] = (f"{type(err).__name__}: {str(err)[:200]}", where, _control_flow_hint(err))
     baked = [n.target for n in graph.nodes if n.op == "get_attr" and _from_parameters(model, n.target)
              and _leaves(_value(model, n.target), held)]
     if baked:
@@ -466,6 +483,74 @@ def _without_defaults(graph: fx.Graph) -> fx.Graph:
         if n in fixed:
             graph.erase_node(n)
     return graph
+
+
+#: models captured by the retry with every submodule a leaf: the full trace's error, where it
+#: was raised (:func:`_failed_at`) and a hint, for messages about a step kept whole (:func:`whole_note`)
+UNTRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _failed_at(model: nn.Module, exc: BaseException):
+    """``(qualname, "file:line", source)`` of the innermost forward of ``model``'s modules (and the
+    innermost line of code outside torch) that ``exc`` passed through while fx traced, or None.
+    Strings only: the traceback's frames (proxies, the model) are not kept."""
+    names = {id(m): n for n, m in model.named_modules()}
+    torch_dir = os.path.dirname(torch.__file__)
+    qual, line, tb = None, None, exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code  # the first argument: a forward's ``self``, whatever it is called
+        me = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if id(me) in names and isinstance(me, nn.Module):
+            qual = names[id(me)]
+        file = frame.f_code.co_filename
+        if not file.startswith(torch_dir) and os.path.dirname(file) != os.path.dirname(__file__):
+            line = (f"{os.path.basename(file)}:{tb.tb_lineno}", linecache.getline(file, tb.tb_lineno).strip())
+        tb = tb.tb_next
+    if qual is None:
+        return None
+    return (qual, *line) if line else (qual, "", "")
+
+
+def _where_text(where) -> str:
+    if not where:
+        return ""
+    qual, line, src = where
+    at = f" at {line}" + (f" ({src})" if src else "") if line else ""
+    return f" in the forward of {repr(qual) if qual else 'the model'}{at}"
+
+
+def _control_flow_hint(err) -> str:
+    if type(err).__name__ == "TraceError" and "control flow" in str(err):
+        return ("; a Python if, while, and/or, any() or bool() on a tensor (if h.sum() > 0, any(t.requires_grad "
+                "for t in inputs)) cannot be traced: write the branch with torch.where, decide it from a plain "
+                "attribute set outside forward, or drop it (torchvision's DenseNet: memory_efficient=False; no "
+                "backward runs here, so its checkpointing saves nothing)")
+    return ""
+
+
+def step_what(model: nn.Module, st) -> str:
+    """Where step ``st`` is, for messages: its module's class, or the forward its function is in."""
+    if st.module is not None:
+        return f" ({type(st.module).__name__})"
+    where = getattr(st.fn, "where", False)
+    if where is False:  # a declared step's function, or one of the chain's own
+        return ""
+    return f" (in the forward of {where[0]!r}, {where[1]})" if where else f" (in {type(model).__name__}.forward)"
+
+
+def whole_note(core, module, name: str) -> str:
+    """What to add to a message about step ``name`` (``module``) of ``core``'s captured split when
+    the capture kept it whole only because fx could not trace a forward inside it (see
+    ``UNTRACED``), else '' (a declared split's steps are whole as declared)."""
+    found = UNTRACED.get(core.model)
+    if core.blocks_arg is not None or hasattr(core.model, "zoracle_steps"):
+        return ""
+    if found is None or module is None or not name or _Tracer().is_leaf_module(module, name):
+        return ""
+    text, where, hint = found
+    return (f"; {name} runs as one step (its layers get no blocks of their own) because torch.fx could not "
+            f"trace through it ({text}){_where_text(where)}{hint}")
 
 
 #: modules whose forward was traced with their buffers as values (see ``_Tracer``)

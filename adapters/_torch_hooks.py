@@ -39,7 +39,9 @@ def _hooked(model: nn.Module) -> str:
              if m._forward_hooks or m._forward_pre_hooks]
     if not names:
         return ""
-    return f"; {name_list(names)} run(s) forward hooks, which the split's closed forms do not run"
+    return (f"; {name_list(names)} run(s) forward hooks, which the split's closed forms do not run: remove a hook "
+            "that changes what its module computes, or do that in the forward of a module of your own wrapping "
+            "the layer, to keep feature reuse (a hook that only observes, returning None, keeps it)")
 
 
 def _hook_check(oracle, theta) -> str:

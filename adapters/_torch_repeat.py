@@ -33,10 +33,16 @@ def _not_repeatable(oracle) -> bool:
     core, model, x = oracle._core, oracle.model, oracle._x
     what, held = "", None
     with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, rng_kept():
+        kept = [vars(m).copy() for m in model.modules()]  # (held: an id freed in between is not reused)
+        before = _plain_attributes(model)
         out = model(x)
         ctx.reset()  # the second forward starts from the buffers the first found, as every query does
         again, drew = _drawing(oracle, lambda: model(x))
         ctx.reset()
+        after = _plain_attributes(model)
+        del kept
+        wrote = [f"{name or type(model).__name__}.{a}" for name, a in sorted(set(before) | set(after))
+                 if before.get((name, a), _GONE) != after.get((name, a), _GONE)]
         if not (torch.is_tensor(out) and torch.is_tensor(again)):
             return False
         if out.shape != again.shape or _differ(out, again) or (
@@ -65,6 +71,12 @@ def _not_repeatable(oracle) -> bool:
                "in eval mode, or remove the hook")
     elif not what:
         return False
+    elif what == "model(x)" and wrote and not drew:  # no random draw: the attributes it writes are the state
+        why = (f"model(x) is not repeatable: two evaluations at the same parameters and batch differ, and its "
+               f"forward writes the attributes {name_list(wrote)} (state kept between calls outside its parameters "
+               "and buffers, read by the next call), so finite differences of the loss measure that drift, not the "
+               "gradient; make the state a buffer (register_buffer: the oracle puts buffers back after its "
+               "queries), update it only in train mode and query the model in eval mode, or do not read it back")
     else:
         why = (f"{what} is not repeatable: two evaluations at the same parameters and batch differ (a random op such "
                "as torch.randn_like: the oracle switches nn.Dropout off, not others; or state the forward changes), "
