@@ -1190,7 +1190,7 @@ def test_a_loss_undefined_in_part_of_the_space_is_pointed_at_projection():
                      rng=0)
         assert info.value.value != info.value.value  # the NaN the oracle returned
     text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text().split())
-    assert "**Bounds, and what else `scipy.optimize.minimize` takes.**" in text
+    assert "### Bounds, and what else `scipy.optimize.minimize` takes " in text  # the section it names
     assert "A constant finite penalty in place of the NaN does not work either" in text
 
 

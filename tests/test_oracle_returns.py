@@ -71,7 +71,7 @@ def test_a_loss_with_its_metrics_points_to_the_documented_way(value):
     msg = _refused(value)
     assert "return the loss alone" in msg and "`eval_fn`" in msg
     assert 'docs/training.md, "Metrics beside the loss"' in msg
-    assert "**Metrics beside the loss.**" in DOCS.read_text(encoding="utf-8")  # the paragraph it names
+    assert "\n### Metrics beside the loss\n" in DOCS.read_text(encoding="utf-8")  # the section it names
 
 
 def test_a_dict_of_loss_and_metrics_says_which_entry_to_return():
