@@ -19,6 +19,7 @@ query, which ends the thread: it is a daemon thread, which the interpreter's exi
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 import threading
 import weakref
@@ -68,6 +69,7 @@ class _Channel:
         self.batch = None  # the batch ``queries`` are to be evaluated on (None: the unbound loss)
         self.ticket = 0  # counts the queries posted: a tell answers the ones its ask() was handed
         self.warnings = []  # (message, category) of zoracle's warnings in the run, for the caller to issue
+        self.told = None  # the last tell handed over: a _TellRecord of tell(X, losses), or False for tell(losses)
 
     def hand(self, message, category) -> bool:
         """The run's thread: keep a warning of zoracle's for the waiting caller to issue at its line
@@ -101,18 +103,22 @@ class _Channel:
             self.result, self.error, self.done, self.queries = result, error, done, None
             self.cond.notify_all()
 
-    def turn(self, losses=None, ticket=None) -> None:
+    def turn(self, losses=None, ticket=None, told=None) -> None:
         """The caller's thread: hand the run ``losses`` (if any) for the queries ``ticket`` numbers, wait
-        until it posts its next queries or ends. An interrupt (Ctrl-C) on the way closes the run: the
-        caller does not go on with it."""
+        until it posts its next queries or ends. ``told`` records a tell(X, losses) (``_TellRecord``):
+        one that another thread handed over first with the same points and losses is its retry, which
+        waits as it does. An interrupt (Ctrl-C) on the way closes the run: the caller does not go on
+        with it."""
         stale = False
         try:
             with self.cond:  # (the check and the hand-over under one hold: another tell cannot come between)
                 if losses is not None:
                     stale = not (ticket == self.ticket and self.asked and self.losses is None)
                     if not stale:
-                        self.losses, self.asked = losses, False
+                        self.losses, self.asked, self.told = losses, False, told or False
                         self.cond.notify_all()
+                    elif told is not None and told.same(self.told):  # (a retry racing its first send)
+                        stale = False
                 while not stale and not (self.done or self.closed) and (self.queries is None or
                                                                       self.losses is not None):
                     self.cond.wait()
@@ -151,19 +157,46 @@ def _by_row(losses: Mapping, n: int, what: str) -> list:
 _TELL_FORMS = "tell(losses), or tell(X, losses) with X the points ask() returned"
 
 
-def _told_points(points, asked, losses) -> None:
-    """``tell(X, losses)`` (pycma's and scikit-optimize's order: the points, then their losses): ``X``
-    must be the points the last ask() returned, ``asked``, exactly; refused naming the first row that
-    differs (a point repaired or rounded after ask() is another point, whose loss would train a wrong
-    gradient)."""
-    n, d = asked.shape
+def _points_array(points):
+    """The points of a tell(X, losses) as a float64 host array, or None (ragged rows, no numbers)."""
     try:
         arr = (np.stack([real_numpy(p, np.float64) for p in points]) if isinstance(points, (list, tuple)) and points
                else real_numpy(points, np.float64))
     except Exception:  # (ragged rows, objects that are no numbers)
-        arr = None
-    if arr is not None and arr.dtype.kind not in "fiu":
-        arr = None
+        return None
+    return arr if arr.dtype.kind in "fiu" else None
+
+
+class _TellRecord:
+    """A tell(X, losses) handed over: its points' shape and a digest of some of their rows, and its
+    losses (a retry sends them again). Only the points asked now are taken as a tell's, compared whole;
+    any other points a caller holds are those of an ask told already, so this one tell's rows and
+    losses, exactly, tell a retry of it from another (the points are not kept: an ask's worth of memory,
+    and no pass over them all)."""
+
+    ROWS = 64  # rows digested: first, last and evenly between
+
+    def __init__(self, arr, values):
+        self.shape, self.digest, self.values = arr.shape, self.digest_of(arr), values
+
+    @classmethod
+    def digest_of(cls, arr) -> bytes:
+        rows = np.unique(np.linspace(0, arr.shape[0] - 1, min(arr.shape[0], cls.ROWS)).astype(np.intp))
+        sample = np.ascontiguousarray(arr[rows], dtype=np.float64) + 0.0  # (-0.0 as 0.0: JavaScript writes -0 as 0)
+        return hashlib.sha256(repr(arr.shape).encode() + sample.tobytes()).digest()
+
+    def same(self, other) -> bool:
+        return (isinstance(other, _TellRecord) and other.shape == self.shape and other.digest == self.digest
+                and np.array_equal(other.values, self.values))
+
+
+def _told_points(points, asked, losses):
+    """``tell(X, losses)`` (pycma's and scikit-optimize's order: the points, then their losses): ``X``
+    must be the points the last ask() returned, ``asked``, exactly; refused naming the first row that
+    differs (a point repaired or rounded after ask() is another point, whose loss would train a wrong
+    gradient). Returns ``X`` as a float64 host array."""
+    n, d = asked.shape
+    arr = _points_array(points)
     if arr is not None and arr.shape == (d,) and n == 1:  # (one point asked: nevergrad's tell(x, loss))
         arr = arr[None]
     if arr is None or arr.shape != (n, d):
@@ -193,6 +226,7 @@ def _told_points(points, asked, losses) -> None:
             "must be those of the asked points, unchanged, in their rows' order (a point clipped, repaired or "
             "rounded after ask() is another point: keep bounds inside the loss, a penalty or a projection); "
             "tell the asked points' losses, or tell(losses) alone")
+    return arr
 
 
 #: other ask/tell libraries' names read on an AskTell, with what AskTell has instead
@@ -436,9 +470,9 @@ class AskTell:
         self._thread.start()
         self._wait()
 
-    def _wait(self, losses=None, ticket=None) -> None:
+    def _wait(self, losses=None, ticket=None, told=None) -> None:
         """Hand the run ``losses``; wait until it posts its next queries or ends; its error raised here."""
-        self._channel.turn(losses, ticket)
+        self._channel.turn(losses, ticket, told)
         self._hand_over()
         self._raise_error()
 
@@ -531,7 +565,12 @@ class AskTell:
         first: ``X`` must be the points asked, exactly (a row that differs is refused), and the losses
         come second, as ``more`` (``tell(X, losses)``; more arguments are refused). Keywords other
         libraries' ``tell`` takes (``unknown``: ``copy=``, ``function_values=``) are refused naming
-        the two forms. Warnings of the run are issued here, at the caller's line."""
+        the two forms. Warnings of the run are issued here, at the caller's line.
+
+        The last ``tell(X, losses)`` sent again (a network retry: its points, not those asked now) is
+        taken as told: it waits for that tell if it is still under way and changes nothing; other losses
+        for its points are refused naming the row. ``tell(losses)`` alone names no ask: sent again, it is
+        refused ("tell() without ask()")."""
         if unknown or len(more) > 1:
             got = ", ".join([f"{len(more) + 1} arguments by position"] * (len(more) > 1) +
                             [f"`{k}`={short_repr(v, 60)}" for k, v in unknown.items()])
@@ -542,25 +581,69 @@ class AskTell:
         ch = self._channel
         self._raise_error()
         with ch.cond:
-            if ch.closed or ch.done or not ch.asked:
-                raise ZoracleError(
-                    "tell() on a closed AskTell: start a new one (resume=True continues from its checkpoint)"
-                    if ch.closed else "tell() after the run has ended: read .result" if ch.done else
-                    "tell() without ask(): no points were asked; call ask() for the points, evaluate them, then "
-                    "tell() their losses")
-            n, ticket, asked = ch.queries.shape[0], ch.ticket, ch.queries
+            closed, done, last, ticket = ch.closed, ch.done, ch.told, ch.ticket
+            asked = ch.queries if ch.asked and not (closed or done) else None
+        if asked is None:
+            if more and not closed and self._retried(points, losses, last, None):
+                return
+            raise ZoracleError(
+                "tell() on a closed AskTell: start a new one (resume=True continues from its checkpoint)"
+                if closed else "tell() after the run has ended: read .result" if done else
+                "tell() without ask(): no points were asked; call ask() for the points, evaluate them, then "
+                "tell() their losses" + ("" if last is None else
+                                         " (a tell sent again, a network retry? The last ask()'s points were "
+                                         "told already; tell(X, losses) with the asked points takes a retry "
+                                         "of the same losses as told, and refuses other losses)"))
+        n, record = asked.shape[0], None
         if more:
-            _told_points(points, asked, losses)
+            try:
+                arr = _told_points(points, asked, losses)
+            except ArgumentError:
+                if self._retried(points, losses, last, asked):
+                    return
+                raise
+        values = self._values(losses, n)
+        if more:
+            record = _TellRecord(arr, values)
+        self._wait(values, ticket, record)
+
+    def _values(self, losses, n: int) -> np.ndarray:
+        """The told ``losses`` of ``n`` points checked (refused naming the row): a float64 array."""
         if n == 1 and not isinstance(losses, (Mapping, str, bytes)) and np.ndim(losses) == 0:
             losses = [losses]  # (one point asked: its loss alone, a number or a 0-d array, is unambiguous)
         what = f"the losses told for the {n} points of the last ask()"
         mark = TOLD.set(True)  # worded for a told value, not for a function zoracle called
         try:
-            values = check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
-                                  lambda j: f"query {j} of the last ask() (row {j} of its points)", what)
+            return check_vector(_by_row(losses, n, what) if isinstance(losses, Mapping) else losses, n,
+                                lambda j: f"query {j} of the last ask() (row {j} of its points)", what)
         finally:
             TOLD.reset(mark)
-        self._wait(values, ticket)
+
+    def _retried(self, points, losses, last, asked) -> bool:
+        """Whether ``tell(points, losses)`` sends the last tell(X, losses) again (a network retry: the
+        points of the tell before, told already, and not those asked now): then it waits as that tell does
+        (until the run has posted its next points or ended) and True; with other losses, refused."""
+        if not isinstance(last, _TellRecord):
+            return False
+        arr = _points_array(points)
+        if arr is not None and arr.ndim == 1 and last.shape == (1, arr.shape[0]):  # (nevergrad's tell(x, loss))
+            arr = arr[None]
+        if arr is None or arr.shape != last.shape or _TellRecord.digest_of(arr) != last.digest:
+            return False
+        try:
+            values = self._values(losses, arr.shape[0])
+        except OracleError:
+            values = None
+        if values is None or not np.array_equal(values, last.values):
+            j = 0 if values is None else int(np.flatnonzero(values != last.values)[0])
+            now = short_repr(losses, 80) if values is None else repr(values[j].item())
+            raise ArgumentError(
+                f"tell(X, losses): X is the points of the last tell(), told already, with other losses (row {j} "
+                f"was told {last.values[j].item()!r}, now {now}): a tell is taken once (the same losses sent "
+                "again, a retry, are taken as told); ask() for the next points and tell their losses"
+                + ("" if asked is None else f" (the {asked.shape[0]} points asked now)"))
+        self._wait()  # (the first send's turn, if it is still waiting: returns once it has returned)
+        return True
 
     @property
     def params(self) -> Any:

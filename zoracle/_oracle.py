@@ -277,7 +277,8 @@ def _fix_for(value) -> str:
                 + told("query", "point") + _metrics())
     if value is None:
         return told(": the oracle returned nothing; does every path of it end in `return loss`?",
-                    ": no loss was told for it; tell a number for every point (measure a failed point again; or, "
+                    ": no loss was told for it (JSON's null: JavaScript's JSON.stringify writes NaN and Infinity as "
+                    "null); tell a number for every point (measure a failed point again; or, "
                     "with a checkpoint, close() now and resume=True later, which asks this step's points again)")
     if isinstance(value, (bool, np.bool_)) or "bool" in dtype:
         return (f": a boolean (a comparison, a success flag) is no loss, nor 0 or 1 of one; {_do()} the number it "
