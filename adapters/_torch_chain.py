@@ -380,6 +380,7 @@ class _ModelInfo:
     special: list  # the ones ``norm_context`` patches (BatchNorm, dropout, in-place, attention, recurrent
     # layers) or whose buffers it restores
     stock: bool  # every forward is a stock one (see ``_needs_dropout_mode``)
+    mods: tuple = ()  # the submodules ``count`` holds the ids of: kept, so that no other module takes an id
 
 
 _INFO = weakref.WeakKeyDictionary()
@@ -405,11 +406,14 @@ def _own(v) -> bool:
 
 
 def _layout(mods: list) -> tuple:
-    """The number of modules ``mods`` and of the attributes in their instance dicts (``norm_context``'s
-    patches not counted, so a nested one reads the outer one's entry): an attribute set after a model
-    was first run (``m.forward = ...``) changes it, and with it ``_model_info``'s entry."""
+    """The modules ``mods`` (their ids) and the number of the attributes in their instance dicts
+    (``norm_context``'s patches not counted, so a nested one reads the outer one's entry): an attribute
+    set after a model was first run (``m.forward = ...``) changes it, and so does a module replaced by
+    another of its type (``model[1] = nn.Dropout(0.3)``, which no count sees: the new dropout was not
+    among the modules ``norm_context`` switches off), and with it ``_model_info``'s entry."""
     dicts = [m.__dict__ for m in mods]
-    return len(mods), sum(map(len, dicts)) - sum(1 for d in dicts if getattr(d.get("forward"), "_norm_patch", False))
+    return (tuple(map(id, mods)),
+            sum(map(len, dicts)) - sum(1 for d in dicts if getattr(d.get("forward"), "_norm_patch", False)))
 
 
 def _model_info(model: nn.Module, n: Optional[tuple] = None) -> _ModelInfo:
@@ -428,7 +432,7 @@ def _model_info(model: nn.Module, n: Optional[tuple] = None) -> _ModelInfo:
         stock = all((_stock_forward(m) or type(m).__dict__.get("_no_functional_dropout", False))
                     and not any(_own(v) for k, v in vars(m).items() if k != "_compiled_call_impl") for m in mods)
         # (``_compiled_call_impl``: ``m.compile()``'s, which runs the same stock forward)
-        hit = _INFO[model] = _ModelInfo(n, special, stock)
+        hit = _INFO[model] = _ModelInfo(n, special, stock, tuple(mods))
     return hit
 
 

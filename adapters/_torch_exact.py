@@ -292,12 +292,20 @@ def _ensure_split(oracle, modes=None) -> bool:
     if _not_repeatable(oracle):  # noise drawn under `if self.training:`, the model trained after eval
         core.checked_modes.add(now)
         return True
+    old = next(iter(core.checked_modes)) if core.checked_modes else now
+    # an in-place activation swapped in (or switched on) since, whose input is read again after it:
+    # full forwards run it out of place, another function than model(x), which the first bind's
+    # check of them did not see
+    swapped = [(k[0], k[4]) for k in old] != [(k[0], k[4]) for k in now]
     if not core.blocks:  # no split to check: the parameters were the question
         core.checked_modes.add(now)
+        if swapped:
+            _check_full_forward(oracle)
         return False
-    old = next(iter(core.checked_modes)) if core.checked_modes else now
     _self_check(oracle, f"since the split was checked, {_what_changed(old, now)}: ",
                 modes_changed=[k[1] for k in old] != [k[1] for k in now])
+    if swapped and not core.blocks:  # retired: full forwards from here on
+        _check_full_forward(oracle)
     return True
 
 

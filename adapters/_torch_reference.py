@@ -39,9 +39,12 @@ def plain_context(model: nn.Module):
 
 
 def reference_loss(oracle, x, y) -> float:
-    """Loss of the plain ``model(x)`` (module parameters as loaded), dropout off."""
+    """Loss of the plain ``model(x)`` (module parameters as loaded), dropout off, on a copy of
+    ``x``: a forward writing into its input (an in-place activation first, ``out += x`` on the
+    input) wrote into the bound batch or a check's probe, whose next forward (the captured graph
+    it is compared with) then read the written values and agreed with it."""
     with plain_context(oracle.model):
-        out = oracle.model(x)
+        out = oracle.model(x.clone())
         v = to_torch(oracle.loss_fn(out, y), out.device)
     return float(v.double().mean())
 

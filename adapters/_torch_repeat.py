@@ -35,7 +35,10 @@ def _not_repeatable(oracle) -> bool:
     with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, rng_kept():
         kept = [vars(m).copy() for m in model.modules()]  # (held: an id freed in between is not reused)
         before = _plain_attributes(model)
+        version = None if x.is_inference() else x._version
         out = model(x)
+        # a forward that writes into its input (x -= mean; in-place modules run out of place here)
+        wrote_input = version is not None and x._version != version
         ctx.reset()  # the second forward starts from the buffers the first found, as every query does
         again, drew = _drawing(oracle, lambda: model(x))
         ctx.reset()
@@ -71,6 +74,12 @@ def _not_repeatable(oracle) -> bool:
                "in eval mode, or remove the hook")
     elif not what:
         return False
+    elif wrote_input and what == "model(x)":
+        why = ("model(x) is not repeatable: its forward writes into its input x in place (an in-place operation on "
+               "the batch it is given, such as x -= mean, x.mul_(s) or out += x where out is x; nn.ReLU(inplace=True) "
+               "and the other in-place modules the oracle runs out of place), so every forward runs on the batch the "
+               "one before wrote, and the oracle's queries, which all read the one bound batch, measure that drift, "
+               "not the gradient; write it out of place (x = x - mean)")
     elif what == "model(x)" and wrote and not drew:  # no random draw: the attributes it writes are the state
         why = (f"model(x) is not repeatable: two evaluations at the same parameters and batch differ, and its "
                f"forward writes the attributes {name_list(wrote)} (state kept between calls outside its parameters "

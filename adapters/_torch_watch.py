@@ -132,11 +132,13 @@ def _unwatch_what_a_forward_writes(model: nn.Module, x) -> None:
     """Stop watching the plain attributes and buffers that a plain forward of ``model`` on ``x``
     changes (a counter, an attention map kept for display, the weight an old-style
     ``weight_norm`` hook recomputes): they are outputs, not settings, and would change the key
-    at every call. Buffers are put back afterwards."""
+    at every call. Buffers are put back afterwards, and ``x`` is left as it was (the forward
+    runs on a copy: an in-place activation swapped in first wrote into the check's probe, which
+    the split and ``model(x)`` then both read written, and agreed)."""
     before = _modes(model)
     with plain_context(model):
         try:
-            model(x)
+            model(x.clone())
         except Exception:  # the check that follows reports it
             return
         _unwatch_changed(model, before)  # compared before plain_context puts buffers back
