@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import zoracle as zo
-from zoracle import _ask_tell
+from zoracle import _ask_tell_run
 
 ROOT = Path(__file__).resolve().parents[1]
 X0 = np.linspace(-1.0, 1.0, 12)
@@ -167,7 +167,7 @@ def test_max_points_is_refused_where_it_is_no_positive_integer(bad):
 
 
 def test_an_estimate_whose_one_ask_passes_the_bound_is_warned_of_before_its_points_are_built(monkeypatch):
-    monkeypatch.setattr(_ask_tell, "ASK_WARN_BYTES", 12 * 8 * 10)  # 10 rows of X0's: CGE asks 13
+    monkeypatch.setattr(_ask_tell_run, "ASK_WARN_BYTES", 12 * 8 * 10)  # 10 rows of X0's: CGE asks 13
     with pytest.raises(UserWarning, match=r"asks its 13 points of d = 12 at once, \(13, 12\) float64: 0\.0 GiB "
                                           r"for the ask.*pass max_points= .*max_points=2: .*sparsity= .*zo\.RGE"):
         zo.AskTell(X0, epochs=2, progress=False)

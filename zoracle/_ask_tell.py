@@ -4,11 +4,13 @@ A lab's hardware, a human rater, a batch job on a cluster queue: the caller asks
 to evaluate, evaluates them where and when it can, and tells the losses back (nevergrad's, pycma's
 and Optuna's ask/tell). The run is :func:`zoracle.train` itself, in a thread of its own, given an
 oracle whose every loss is one the caller told and an executor that turns each estimate's tasks
-into one ask: the tasks run once against a recorder that collects their query points (the points
-the serial run would query, in its order), the caller tells their losses, and the tasks run again
-answered from those losses. So the masks, ZO-GraSP, the optimizers, schedules, budgets, checkpoints
-and resumes are train's own, and an ask/tell loop answered by a function ``f`` is ``train(f, ...)``
-bit for bit.
+into asks (:mod:`zoracle._ask_tell_run`): the tasks run once against a recorder that collects their
+query points (the points the serial run would query, in its order; one ask, or pieces of
+``max_points`` rows), the caller tells their losses, and the tasks run again answered from those
+losses. What :meth:`AskTell.tell` takes besides a list (by row, ``tell(X, losses)``, a retry of it)
+is checked in :mod:`zoracle._ask_tell_told`. So the masks, ZO-GraSP, the optimizers, schedules,
+budgets, checkpoints and resumes are train's own, and an ask/tell loop answered by a function ``f``
+is ``train(f, ...)`` bit for bit.
 
 The two threads take turns: the run's thread runs while the caller waits in the constructor or in
 :meth:`AskTell.tell` (until the next queries are posted or the run ends) and waits while the
@@ -19,7 +21,6 @@ query, which ends the thread: it is a daemon thread, which the interpreter's exi
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 import threading
 import weakref
@@ -28,205 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import namespace, real_numpy, to_numpy
-from ._errors import HANDED_OVER, TOLD, ArgumentError, OracleError, ZoracleError, short_repr, user_stacklevel, warn
+from ._ask_tell_run import _Channel, _drive
+from ._ask_tell_told import _TELL_FORMS, _TellRecord, _by_row, _points_array, _told_points
+from ._errors import TOLD, ArgumentError, OracleError, ZoracleError, short_repr, user_stacklevel, warn
 from ._foreign_args import ForeignArgument, refuse_ask_tell_foreign, visible_signature
 from ._history import History, TrainResult
-from ._oracle import Oracle, check_vector
+from ._oracle import check_vector
 from ._pruning import SCORED_KINDS
-from ._run_loop import RUNNING
-from ._train import train
 
 __all__ = ["AskTell"]
 
 #: seconds :meth:`AskTell.close` (and a dropped AskTell's finalizer) waits for the run's thread to end
 CLOSE_WAIT = 30.0
 
-#: bytes over which one ask of all an estimate's points is warned of (without ``max_points``)
-ASK_WARN_BYTES = 2**30
-
-
-class AskTellClosed(BaseException):
-    """Raised in the run's thread at its next query once its AskTell is closed, dropped or interrupted
-    (its name is what train's "stopped inside step N (...)" line shows): no ``Exception``, so that no
-    ``except Exception`` on the way up (the oracle's wrapper) turns it into an OracleError, and train
-    saves the steps before it as for Ctrl-C."""
-
-
-class _Channel:
-    """Where the run's thread and the caller's meet (neither holds the AskTell: it can be collected)."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.queries = None  # the points the run waits on, until their losses are told
-        self.asked = False  # ``queries`` handed out by ask()
-        self.losses = None  # told, until the run takes them
-        self.closed = False
-        self.done = False
-        self.result = None
-        self.error = None
-        self.run = None  # the Run of the step asking (zoracle._run_loop); None before the first step
-        self.batch = None  # the batch ``queries`` are to be evaluated on (None: the unbound loss)
-        self.ticket = 0  # counts the queries posted: a tell answers the ones its ask() was handed
-        self.warnings = []  # (message, category) of zoracle's warnings in the run, for the caller to issue
-        self.told = None  # the last tell handed over: a _TellRecord of tell(X, losses), or False for tell(losses)
-
-    def hand(self, message, category) -> bool:
-        """The run's thread: keep a warning of zoracle's for the waiting caller to issue at its line
-        (:data:`zoracle._errors.HANDED_OVER`); a closed run's caller waits no more: issued in the thread."""
-        with self.cond:
-            if self.closed:
-                return False
-            self.warnings.append((message, category))
-            return True
-
-    def query(self, points, batch=None) -> np.ndarray:
-        """The run's thread: post ``points`` (to be evaluated on ``batch``), wait for their losses."""
-        with self.cond:
-            if self.closed:
-                raise AskTellClosed
-            self.run = RUNNING.get()
-            self.queries, self.asked, self.losses, self.batch = points, False, None, batch
-            self.ticket += 1
-            self.cond.notify_all()
-            while self.losses is None and not self.closed:
-                self.cond.wait()
-            if self.closed:
-                raise AskTellClosed
-            losses, self.queries, self.losses = self.losses, None, None
-            return losses
-
-    def end(self, result=None, error=None, done: bool = True) -> None:
-        """The run's thread at its end (``done=False``: closed before it). ``run`` stays: the params and
-        records as an error or a close left them."""
-        with self.cond:
-            self.result, self.error, self.done, self.queries = result, error, done, None
-            self.cond.notify_all()
-
-    def turn(self, losses=None, ticket=None, told=None) -> None:
-        """The caller's thread: hand the run ``losses`` (if any) for the queries ``ticket`` numbers, wait
-        until it posts its next queries or ends. ``told`` records a tell(X, losses) (``_TellRecord``):
-        one that another thread handed over first with the same points and losses is its retry, which
-        waits as it does. An interrupt (Ctrl-C) on the way closes the run: the caller does not go on
-        with it."""
-        stale = False
-        try:
-            with self.cond:  # (the check and the hand-over under one hold: another tell cannot come between)
-                if losses is not None:
-                    stale = not (ticket == self.ticket and self.asked and self.losses is None)
-                    if not stale:
-                        self.losses, self.asked, self.told = losses, False, told or False
-                        self.cond.notify_all()
-                    elif told is not None and told.same(self.told):  # (a retry racing its first send)
-                        stale = False
-                while not stale and not (self.done or self.closed) and (self.queries is None or
-                                                                      self.losses is not None):
-                    self.cond.wait()
-        except BaseException:
-            self.close()
-            raise
-        if stale:
-            raise ZoracleError("tell(): the points of the ask() these losses answer were told already (by "
-                               "another thread's tell()?): ask() and tell() from one thread, or under one lock")
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
 
 class _NotCopied(ZoracleError, TypeError):
     """pickle, copy and deepcopy of an AskTell (TypeError, as pickle's own refusals are)."""
-
-
-def _by_row(losses: Mapping, n: int, what: str) -> list:
-    """``{row: loss}`` as the list of the ``n`` rows' losses, in their order."""
-    rows = {int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k: v
-            for k, v in losses.items()}
-    unknown = [k for k in rows if type(k) is not int or not 0 <= k < n]  # (True and 1.0 equal 1: no rows)
-    missing = sorted(set(range(n)) - set(rows).difference(unknown))
-    if missing or unknown:
-        detail = (f"expected one loss for each row 0 to {n - 1} of the points"
-                  + (f"; row(s) {short_repr(missing, 80)} missing" if missing else "")
-                  + (f"; {short_repr(unknown, 80)} no row of them" if unknown else "")
-                  + (" (a row is an int)" if any(type(k) is not int for k in unknown) else "") + ": tell them all")
-        raise OracleError(what, dict(losses), detail=detail)
-    return [rows[j] for j in range(n)]
-
-
-_TELL_FORMS = "tell(losses), or tell(X, losses) with X the points ask() returned"
-
-
-def _points_array(points):
-    """The points of a tell(X, losses) as a float64 host array, or None (ragged rows, no numbers)."""
-    try:
-        arr = (np.stack([real_numpy(p, np.float64) for p in points]) if isinstance(points, (list, tuple)) and points
-               else real_numpy(points, np.float64))
-    except Exception:  # (ragged rows, objects that are no numbers)
-        return None
-    return arr if arr.dtype.kind in "fiu" else None
-
-
-class _TellRecord:
-    """A tell(X, losses) handed over: its points' shape and a digest of some of their rows, and its
-    losses (a retry sends them again). Only the points asked now are taken as a tell's, compared whole;
-    any other points a caller holds are those of an ask told already, so this one tell's rows and
-    losses, exactly, tell a retry of it from another (the points are not kept: an ask's worth of memory,
-    and no pass over them all)."""
-
-    ROWS = 64  # rows digested: first, last and evenly between
-
-    def __init__(self, arr, values):
-        self.shape, self.digest, self.values = arr.shape, self.digest_of(arr), values
-
-    @classmethod
-    def digest_of(cls, arr) -> bytes:
-        rows = np.unique(np.linspace(0, arr.shape[0] - 1, min(arr.shape[0], cls.ROWS)).astype(np.intp))
-        sample = np.ascontiguousarray(arr[rows], dtype=np.float64) + 0.0  # (-0.0 as 0.0: JavaScript writes -0 as 0)
-        return hashlib.sha256(repr(arr.shape).encode() + sample.tobytes()).digest()
-
-    def same(self, other) -> bool:
-        return (isinstance(other, _TellRecord) and other.shape == self.shape and other.digest == self.digest
-                and np.array_equal(other.values, self.values))
-
-
-def _told_points(points, asked, losses):
-    """``tell(X, losses)`` (pycma's and scikit-optimize's order: the points, then their losses): ``X``
-    must be the points the last ask() returned, ``asked``, exactly; refused naming the first row that
-    differs (a point repaired or rounded after ask() is another point, whose loss would train a wrong
-    gradient). Returns ``X`` as a float64 host array."""
-    n, d = asked.shape
-    arr = _points_array(points)
-    if arr is not None and arr.shape == (d,) and n == 1:  # (one point asked: nevergrad's tell(x, loss))
-        arr = arr[None]
-    if arr is None or arr.shape != (n, d):
-        shape = "no array of numbers" if arr is None else f"shape {arr.shape}"
-        try:
-            swapped = arr is not None and arr.shape in ((n,), (n, 1)) and np.shape(losses) == (n, d)
-        except Exception:  # (ragged losses: refused as losses below)
-            swapped = False
-        if swapped:
-            fix = "the points come first, then their losses: tell(X, losses) (or tell(losses) alone)"
-        elif arr is not None and arr.shape == (d,):
-            fix = (f"one point and its loss (nevergrad's and scikit-optimize's tell(x, loss)) is no tell here: an "
-                   f"ask() returns the {n} points of a step at once, told together, tell(X, [f(x) for x in X]), or "
-                   "by row as they complete, tell({row: loss, ...})")
-        else:
-            fix = f"tell the losses alone, tell(losses), or the {n} asked points first: tell(X, losses)"
-        raise ArgumentError(f"tell(X, losses) got {short_repr(points, 120)} as X ({shape}), where the points of "
-                            f"the last ask() are ({n}, {d}): {fix}")
-    host = to_numpy(asked)
-    differ = np.flatnonzero(~(arr == host).all(axis=1))
-    if differ.size:
-        j = int(differ[0])
-        c = int(np.flatnonzero(arr[j] != host[j])[0])
-        raise ArgumentError(
-            f"tell(X, losses): row {j} of X is not row {j} of the points the last ask() returned (coordinate {c} "
-            f"is {arr[j, c].item()!r}, asked {host[j, c].item()!r}; {differ.size} of the {n} rows differ): the losses "
-            "must be those of the asked points, unchanged, in their rows' order (a point clipped, repaired or "
-            "rounded after ask() is another point: keep bounds inside the loss, a penalty or a projection); "
-            "tell the asked points' losses, or tell(losses) alone")
-    return arr
 
 
 #: other ask/tell libraries' names read on an AskTell, with what AskTell has instead
@@ -236,120 +54,6 @@ _OTHER_NAMES = dict.fromkeys(("stop", "should_stop"), "the run's end is .done: `
     ".params is the run's current parameters, and once .done .result is train's TrainResult (its .params the "
     "run's last)") | dict.fromkeys(
     ("optimize", "minimize"), "with a function at hand, zo.train(f, params, ...) is the same run")
-
-
-class _Recorder:
-    """The oracle of an estimate's first pass: writes each query point into the next row of an ask of
-    ``rows`` rows, answers 0; a full ask is posted (:meth:`post`) before the next point, its losses
-    kept in ``losses``. ``rows``: the estimate's points (one ask), or ``max_points`` (asks of at most
-    that many, never all of the estimate's held)."""
-
-    def __init__(self, channel: _Channel, batch, xp, rows: int):
-        self.channel, self.batch, self.xp, self.rows = channel, batch, xp, max(1, int(rows))
-        self.points = None  # (rows, d), allocated at the first point, refilled ask after ask
-        self.n = 0  # rows of ``points`` filled
-        self.losses: list = []
-
-    def __call__(self, x) -> float:
-        if self.points is None:
-            self.points = self.xp.empty((self.rows, *x.shape), dtype=x.dtype)
-        self.points[self.n] = x
-        self.n += 1
-        if self.n == self.rows:
-            self.post()
-        return 0.0
-
-    def post(self) -> None:
-        """Ask the points filled so far (none: nothing), their losses added to ``losses``."""
-        if self.n:
-            n, self.n = self.n, 0
-            self.losses.extend(self.channel.query(self.points[:n], self.batch).tolist())
-
-
-class _Told:
-    """The oracle ``train`` runs on: each loss one the caller told (the executor's second pass); a
-    query outside an estimate's executor, should one come, is an ask of its own. ``batch``: the batch
-    its points are asked with (that of the ``bind(batch)`` that made it; None unbound)."""
-
-    def __init__(self, channel: _Channel, batch=None):
-        self.channel, self.batch = channel, batch
-        self.losses = None  # an iterator over the told losses while the executor replays
-
-    def __call__(self, x) -> float:
-        if self.losses is not None:
-            return next(self.losses)
-        return float(self.channel.query(x.copy()[None], self.batch)[0])
-
-
-class _ToldData(_Told):
-    """``train``'s oracle where ``batches`` (or ``grasp_batch``) is given: ``bind(batch)`` gives one
-    asking its points with that batch, which :attr:`AskTell.batch` hands the caller."""
-
-    def bind(self, batch) -> _Told:
-        return _Told(self.channel, batch)
-
-
-class _AskExecutor:
-    """Runs an estimate's tasks as asks: once against a recorder, then answered by the told losses
-    (the tasks are deterministic: the second pass queries the points of the first, in order). The
-    estimate's points are one ask, or asks of at most ``max_points`` rows, posted as the first pass
-    reaches them."""
-
-    n_workers = 1  # the serial run's plan
-
-    def __init__(self, channel: _Channel, told: _Told, max_points=None):
-        self.channel, self.told, self.max_points = channel, told, max_points
-        self.warned = False
-
-    def run(self, oracle, params, tasks) -> list:
-        told = getattr(oracle, "fn", None)  # (the oracle bound to the step's batch, in train's Oracle wrapper)
-        told = told if isinstance(told, _Told) else self.told
-        n = sum(len(t.steps) * t.size for t in tasks)  # (the estimate's points, as the results count them)
-        if self.max_points is None and not self.warned:
-            self.warned = _warn_large(n, params)
-        rows = min(n, self.max_points) if self.max_points is not None else n
-        recorder = _Recorder(self.channel, told.batch, namespace(params), rows)
-        record = Oracle(recorder)
-        for t in tasks:
-            t.run(record, params)
-        recorder.post()
-        told.losses = iter(recorder.losses)
-        try:
-            return [t.run(oracle, params) for t in tasks]
-        finally:
-            told.losses = None
-
-
-def _warn_large(n: int, params) -> bool:
-    """Warn (once a run) where one ask of an estimate's ``n`` points would take more than
-    :data:`ASK_WARN_BYTES`, before they are built: True where it warned."""
-    d, itemsize = params.shape[0], params.dtype.itemsize
-    nbytes = n * d * itemsize
-    if nbytes <= ASK_WARN_BYTES:
-        return False
-    rows = max(1, ASK_WARN_BYTES // 4 // (d * itemsize))
-    warn(f"AskTell: this estimate asks its {n} points of d = {d} at once, ({n}, {d}) {params.dtype}: "
-         f"{nbytes / 2**30:.1f} GiB for the ask, and as much again for the copy ask() returns "
-         f"(zo.train evaluates them a few at a time); pass max_points= to ask at most that many rows at a time "
-         f"(max_points={rows}: {rows * d * itemsize / 2**20:.0f} MiB an ask, the same run, told ask by ask), "
-         "or fewer points a step: sparsity= (CGE over the unpruned coordinates) or estimator=zo.RGE(directions=q)")
-    return True
-
-
-def _drive(channel: _Channel, params, options: dict, max_points=None) -> None:
-    """The run's thread: ``train`` to its end, its result or error left on ``channel``."""
-    data = options["batches"] is not None or options["grasp_batch"] is not None
-    told = _ToldData(channel) if data else _Told(channel)
-    HANDED_OVER.set(channel.hand)  # (this thread's context alone)
-    TOLD.set(True)  # (train's messages speak of losses told, of AskTell's resume, not of an oracle's)
-    try:
-        result = train(told, params, executor=_AskExecutor(channel, told, max_points), **options)
-    except AskTellClosed:
-        channel.end(done=False)
-    except BaseException as exc:  # the caller's next ask or tell raises it
-        channel.end(error=exc)
-    else:
-        channel.end(result=result)
 
 
 def _check_max_points(max_points) -> None:
@@ -391,8 +95,9 @@ class AskTell:
         :attr:`batch` gives after :meth:`ask` (the object ``batches`` gave, as ``train`` hands it to
         ``bind``). Without it (and ``grasp_batch``) the points need no data.
     epochs, steps_per_epoch, estimator, optimizer, schedule, mu : optional
-        As :func:`zoracle.train`'s. A step asks the estimate's points at once: ``d + 1`` of them for
-        forward CGE (fewer with ``sparsity``), ``directions + 1`` for forward RGE.
+        As :func:`zoracle.train`'s. A step asks the estimate's points: ``d + 1`` of them for forward
+        CGE (fewer with ``sparsity``), ``directions + 1`` for forward RGE, at once or, with
+        ``max_points``, in pieces.
     sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions, grasp_batch : optional
         As :func:`zoracle.train`'s (ZO-GraSP's scoring on the first asks when ``sparsity`` is set; their
         :attr:`batch` is ``grasp_batch``, by default the first batch of ``batches``).
@@ -426,12 +131,13 @@ class AskTell:
     ``train`` runs in a daemon thread; the two threads take turns, so the caller's code and the run
     never run at once. :meth:`close` (or leaving a ``with`` block, or dropping the object, or Ctrl-C
     while :meth:`tell` waits) ends the run at its next query, saving its steps as a Ctrl-C in
-    ``train`` does (``.params`` and ``.history`` stay where it stopped). One thread asks and tells
-    (a tell that another thread's answered first is refused); it cannot be pickled. An error of
-    the run (a diverged step, a callback's) is raised by the constructor, :meth:`ask` or
-    :meth:`tell` that waits on it; zoracle's warnings are issued by the constructor or :meth:`tell`
-    that waited on them, at the caller's line, where its warning filters act. An ask holds all its
-    points, ``(n, d)``: dense CGE at large ``d`` asks ``d + 1`` rows (``max_points`` bounds them).
+    ``train`` does (``.params`` and ``.history`` stay where it stopped). Ask and tell one at a time:
+    from one thread, from several in turn (``await asyncio.to_thread(opt.tell, losses)``) or under one
+    lock (a tell that another thread's answered first is refused, and so is an ask while another
+    thread's tell waits); it cannot be pickled. An error of the run (a diverged step, a callback's) is
+    raised by the constructor, :meth:`ask` or :meth:`tell` that waits on it; zoracle's warnings are
+    issued by the constructor or :meth:`tell` that waited on them, at the caller's line, where its
+    warning filters act.
 
     Examples
     --------
@@ -640,7 +346,8 @@ class AskTell:
             raise ArgumentError(
                 f"tell(X, losses): X is the points of the last tell(), told already, with other losses (row {j} "
                 f"was told {last.values[j].item()!r}, now {now}): a tell is taken once (the same losses sent "
-                "again, a retry, are taken as told); ask() for the next points and tell their losses"
+                "again, a retry, are taken as told); " + ("the run has ended: read .result" if self._channel.done else
+                                                         "ask() for the next points and tell their losses")
                 + ("" if asked is None else f" (the {asked.shape[0]} points asked now)"))
         self._wait()  # (the first send's turn, if it is still waiting: returns once it has returned)
         return True
