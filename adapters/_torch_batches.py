@@ -257,7 +257,7 @@ class _Batches:
             except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                 out = self._full_loop(P)  # raises the forward's own error (vmap stays on)
                 core.vmap_ok = False  # the loop ran where vmap failed: say so once
-                warn(vmap_failed_text(exc, "batched queries run one full forward each"), RuntimeWarning,
+                warn(vmap_failed_text(exc, "batched queries run one full forward each", self.model), RuntimeWarning,
                      stacklevel=user_stacklevel())
                 return out
         return self._full_loop(P)

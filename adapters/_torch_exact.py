@@ -25,7 +25,7 @@ from zoracle._errors import ArgumentError, user_stacklevel, warn
 
 from ._torch_chain import _BATCHNORM, _model_lock, _stock_forward, fast_kind, norm_context, nudged, vmap_safe
 from ._torch_channels import LAYOUT
-from ._torch_graph import step_what, whole_note
+from ._torch_graph import _failed_at, step_what, whole_note
 from ._torch_hooks import (_CHECK_STEP, _check_moves, _holding, _hook_check, _hook_reparametrized, _hooked,
                            _integer_batch_error, _loss_shape_fix, _model_fails, _sequence_first, name_list)
 from ._torch_layout import UNREAD, to_torch
@@ -192,6 +192,24 @@ def _first_bind(oracle) -> None:
     if not core.blocks:
         core.checked_modes.add(_modes(core.model))  # repeatable in these modes: no split to check
         _check_full_forward(oracle)
+    else:
+        _note_whole(oracle)
+
+
+def _note_whole(oracle) -> None:
+    """Warn, once per oracle, where the split passed its check but keeps a submodule whole only
+    because fx could not trace through it (:func:`whole_note`): the estimates are exact, but the
+    layers inside it lose their own blocks and closed forms (a speed cost, said as one)."""
+    core = oracle._core
+    notes = [whole_note(core, st.module, st.name) for st in core.chain.steps
+             if st.module is not None and any(True for _ in st.module.children())]
+    notes = [n[2:] for n in notes if n]
+    if notes and not core.__dict__.get("warned_whole"):
+        core.warned_whole = True
+        warn(f"TorchOracle: a speed cost, not an error (the estimates are exact): {'; '.join(notes)}; a "
+             "coordinate of such a step reruns all of it, where its layers' own blocks would rerun from their own "
+             "inputs",
+             RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _label_error(exc: RuntimeError, y, out_dtype) -> None:
@@ -788,7 +806,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                     oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
             if failed is not None:  # the loop ran where vmap failed (an error of the forward's own raised there)
                 core.vmap_ok = False
-                warn(vmap_failed_text(failed, "full forwards run one at a time"), RuntimeWarning,
+                warn(vmap_failed_text(failed, "full forwards run one at a time", model), RuntimeWarning,
                      stacklevel=user_stacklevel())
     return out
 
@@ -824,14 +842,37 @@ def _reaches(oracle, ctx, names: list, params: list, batched_input: bool = False
     return _close(got, want, max(abs(got), abs(want)), oracle.dtype)
 
 
-def vmap_failed_text(exc, then: str) -> str:
-    """The warning that vectorized full forwards failed with ``exc`` and what runs instead. A forward
-    that draws random numbers is said so, without torch's advice to pass vmap a randomness flag:
-    the oracle calls vmap, and one forward a query draws as model(x) does."""
+def vmap_failed_text(exc, then: str, model: nn.Module | None = None) -> str:
+    """The warning that vectorized full forwards failed with ``exc`` and what runs instead: the
+    forward of ``model``'s module it was raised in (and the line), the cost, and the fix for the
+    causes torch names. A forward that draws random numbers is said so, without torch's advice to
+    pass vmap a randomness flag: the oracle calls vmap, and one forward a query draws as model(x) does."""
     if "randomness" in str(exc) and "vmap" in str(exc):
         return ("TorchOracle: torch.func.vmap failed (the forward draws random numbers, which vmap does not batch "
                 f"as model(x) draws them: nothing to set for it); {then}, with the losses model(x) gives")
-    return f"TorchOracle: torch.func.vmap failed ({type(exc).__name__}: {exc}); {then}"
+    where = _failed_at(model, exc) if model is not None else None
+    at = ""
+    if where:
+        qual, line, src = where
+        at = (f" in the forward of {qual!r} ({type(model.get_submodule(qual)).__name__})" if qual
+              else f" in {type(model).__name__}.forward")
+        at += f" at {line}" + (f" ({src})" if src else "") if line else ""
+    text = str(exc)
+    if "escaped" in text:
+        fix = ("a tensor one forward keeps on the module (self.prev = h) and the next reads escapes vmap: keep no "
+               "such state, or make it a buffer updated only in train mode and query the model in eval mode")
+    elif "broadcast shape" in text or "in-place" in text:
+        fix = ("an in-place write of a value computed from the parameters into a tensor without the perturbations' "
+               "dimension cannot be batched: for a buffer (a running statistic), query the model in eval mode with "
+               "the update under `if self.training:`; for a tensor made in forward, assign the result (h = h + ... "
+               "rather than h += ...)")
+    elif ".item()" in text or "data-dependent" in text or "control flow" in text:
+        fix = ("a tensor's value read in Python (.item(), float(t), an if on a tensor) cannot be batched: compute it "
+               "with tensor ops (torch.where, clamp) instead")
+    else:
+        fix = "an op vmap cannot batch: write that line with plain tensor ops"
+    return (f"TorchOracle: torch.func.vmap failed{at} ({type(exc).__name__}: {text[:300]}); {then} (one forward per "
+            f"perturbation, where one vectorized call ran them all); {fix}, to vectorize them again")
 
 
 def _vmap_off(oracle, what: str) -> None:

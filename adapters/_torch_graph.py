@@ -273,6 +273,13 @@ def _stale_after_in_place(nodes: list, order: dict, model: nn.Module | None = No
                        else "h = h + ... rather than +=, or inplace=False")
                 where = _node_where(n)
                 what += f", in the forward of {where[0]!r}, {where[1]}" if where else ""
+                if root.op == "get_attr" and model is not None and root.target in dict(model.named_buffers()):
+                    # a running statistic or counter: h = h.mul(...) is an activation's fix, not a buffer's
+                    return (f"writes into a tensor in place ({what}), the buffer {root.target!r}, and reads it after "
+                            f"the write (at {m.name}), which the captured steps, running the write out of place, would "
+                            "not see; query the model in eval mode (model.eval(), with the update under `if "
+                            "self.training:`), or update the buffer after the forward's last read of it, to keep "
+                            "feature reuse")
                 return (f"writes into a tensor in place ({what}) and reads that memory after the write (at {m.name}), "
                         f"which the captured steps, running it out of place, would not see; assign the result and "
                         f"read that instead ({fix}; on a view, h = torch.cat of the parts)")

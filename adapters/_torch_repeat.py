@@ -92,10 +92,14 @@ def _not_repeatable(oracle) -> bool:
                "so finite differences of the loss measure that noise, not the gradient; make it deterministic in the "
                "mode you query the model in (draw the noise under `if self.training:` and call model.eval()), or fix "
                "its random numbers per call")
+    # once per oracle and cause: a forward that writes what it reads changes the model's key at
+    # every call, so each query checks again (and comes to the same verdict)
+    told = core.__dict__.setdefault("told_unrepeatable", set())
     if core.blocks:
         retire_split(oracle, why)
-    else:
+    elif why not in told:
         warn(f"TorchOracle: {why}", RuntimeWarning, stacklevel=user_stacklevel())
+    told.add(why)
     return True
 
 
