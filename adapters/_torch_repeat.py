@@ -112,6 +112,7 @@ def _held_state(oracle, out, ctx):
     depends on the batch and parameters only settles on one repeated call, which the check of
     two calls in a row cannot see). Buffers are put back after each forward, as every query does."""
     core, model, x = oracle._core, oracle.model, oracle._x
+    kept = [vars(m).copy() for m in model.modules()]  # (held: a value freed in between lends its id to the next)
     before, key = _plain_attributes(model), _modes(model)
     try:
         with _holding(core.params, _check_moves(core.params)):
@@ -125,6 +126,7 @@ def _held_state(oracle, out, ctx):
         return None
     _unwatch_changed(model, key)  # written by every forward: not a setting (the split's key would change at each)
     after = _plain_attributes(model)
+    del kept
     named = [f"{name or type(model).__name__}.{a}" for name, a in sorted(set(before) | set(after))
              if before.get((name, a), _GONE) != after.get((name, a), _GONE)]
     hooks = [f"{getattr(fn, '__name__', type(fn).__name__)}() on {name or type(model).__name__!r}"
