@@ -265,9 +265,9 @@ def _dropout_mode_and_special(model: nn.Module) -> tuple:
     mods = list(model.modules())
     info = _model_info(model, _layout(mods))
     if not info.stock:
-        return True, info.special
+        return True, info.special_of(model)
     return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-                or any(m._forward_hooks or m._forward_pre_hooks for m in mods)), info.special
+                or any(m._forward_hooks or m._forward_pre_hooks for m in mods)), info.special_of(model)
 
 
 def _stock_forward(m: nn.Module) -> bool:
@@ -378,9 +378,14 @@ def _model_lock(model: nn.Module):
 class _ModelInfo:
     count: tuple  # ``_layout`` of the submodules when cached: a changed one refreshes the entry
     special: list  # the ones ``norm_context`` patches (BatchNorm, dropout, in-place, attention, recurrent
-    # layers) or whose buffers it restores
+    # layers) or whose buffers it restores, the model itself left out (see ``root``)
     stock: bool  # every forward is a stock one (see ``_needs_dropout_mode``)
     mods: tuple = ()  # the submodules ``count`` holds the ids of: kept, so that no other module takes an id
+    root: bool = False  # the model itself is one of ``special`` (a buffer of its own, a root BatchNorm).
+    # The entry, a weak key's value, holds no reference to the model: it would keep it alive for good
+
+    def special_of(self, model: nn.Module) -> list:
+        return [model, *self.special] if self.root else self.special
 
 
 _INFO = weakref.WeakKeyDictionary()
@@ -432,13 +437,14 @@ def _model_info(model: nn.Module, n: Optional[tuple] = None) -> _ModelInfo:
         stock = all((_stock_forward(m) or type(m).__dict__.get("_no_functional_dropout", False))
                     and not any(_own(v) for k, v in vars(m).items() if k != "_compiled_call_impl") for m in mods)
         # (``_compiled_call_impl``: ``m.compile()``'s, which runs the same stock forward)
-        hit = _INFO[model] = _ModelInfo(n, special, stock, tuple(mods))
+        hit = _INFO[model] = _ModelInfo(n, [m for m in special if m is not model], stock,
+                                        tuple(m for m in mods if m is not model), special[:1] == [model])
     return hit
 
 
 def _special_modules(model: nn.Module) -> list:
     """The submodules ``norm_context`` patches (BatchNorm, dropout, in-place, attention)."""
-    return _model_info(model).special
+    return _model_info(model).special_of(model)
 
 
 def chain_is_forward(model: nn.Module, steps) -> bool:

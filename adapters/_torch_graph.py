@@ -556,6 +556,8 @@ def whole_note(core, module, name: str) -> str:
     if found is None or module is None or not name or _Tracer().is_leaf_module(module, name):
         return ""
     text, where, hint = found
+    if where and where[0] != name and not where[0].startswith(f"{name}."):  # (fx failed in another step)
+        return ""
     return (f"; {name} runs as one step (its layers get no blocks of their own) because torch.fx could not "
             f"trace through it ({text}){_where_text(where)}{hint}")
 

@@ -83,9 +83,10 @@ def _not_repeatable(oracle) -> bool:
     elif what == "model(x)" and wrote and not drew:  # no random draw: the attributes it writes are the state
         why = (f"model(x) is not repeatable: two evaluations at the same parameters and batch differ, and its "
                f"forward writes the attributes {name_list(wrote)} (state kept between calls outside its parameters "
-               "and buffers, read by the next call), so finite differences of the loss measure that drift, not the "
-               "gradient; make the state a buffer (register_buffer: the oracle puts buffers back after its "
-               "queries), update it only in train mode and query the model in eval mode, or do not read it back")
+               "and buffers, if the next call reads them; if not, a random draw outside torch's generators, NumPy's "
+               "or Python's random), so finite differences of the loss measure that drift, not the gradient; make "
+               "the state a buffer (register_buffer: the oracle puts buffers back after its queries), update it only "
+               "in train mode and query the model in eval mode, or do not read it back")
     else:
         why = (f"{what} is not repeatable: two evaluations at the same parameters and batch differ (a random op such "
                "as torch.randn_like: the oracle switches nn.Dropout off, not others; or state the forward changes), "

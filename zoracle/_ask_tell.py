@@ -341,11 +341,14 @@ class AskTell:
         except OracleError:
             values = None
         if values is None or not np.array_equal(values, last.values):
-            j = 0 if values is None else int(np.flatnonzero(values != last.values)[0])
-            now = short_repr(losses, 80) if values is None else repr(values[j].item())
+            if values is None:  # (no losses to tell: a NaN, a row missing; compared whole)
+                which = f"{short_repr(last.values.tolist(), 80)} were told, now {short_repr(losses, 80)}"
+            else:
+                j = int(np.flatnonzero(values != last.values)[0])
+                which = f"row {j} was told {last.values[j].item()!r}, now {values[j].item()!r}"
             raise ArgumentError(
-                f"tell(X, losses): X is the points of the last tell(), told already, with other losses (row {j} "
-                f"was told {last.values[j].item()!r}, now {now}): a tell is taken once (the same losses sent "
+                f"tell(X, losses): X is the points of the last tell(), told already, with other losses ({which}): "
+                "a tell is taken once (the same losses sent "
                 "again, a retry, are taken as told); " + ("the run has ended: read .result" if self._channel.done else
                                                          "ask() for the next points and tell their losses")
                 + ("" if asked is None else f" (the {asked.shape[0]} points asked now)"))
