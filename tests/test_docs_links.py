@@ -382,12 +382,13 @@ def _top_level(args: str) -> list:
 #: keyword arguments the prose shows for other libraries' calls: torch's, subprocess's, SciPy's
 #: (``abs_step``; ``bounds``, ``maxfev``, ``method``, ``jac``, ``options``, ``disp``, which ``train``
 #: refuses naming its way: docs/training.md's "Coming from SciPy"), Dask's ``LocalCluster``
-#: and ``ray.init``'s (``security``, ``_temp_dir``: through the executors' ``**kwargs``)
+#: and ``ray.init``'s (``security``, ``_temp_dir``: through the executors' ``**kwargs``), torchvision's
+#: DenseNet's (``memory_efficient``: docs/pytorch.md's untraceable submodule)
 FOREIGN_KEYWORDS = {"reduction", "track_running_stats", "log_to_driver", "drop_last", "capture_output", "check",
                     "inplace", "requires_grad", "assign", "cwd", "env", "args", "output", "training", "min", "max",
                     "threads_per_worker", "broadcast", "alternative", "dynamo", "dtype", "update_stats", "target",
                     "abs_step", "bounds", "maxfev", "method", "jac", "options", "disp", "security",
-                    "_temp_dir"}
+                    "_temp_dir", "memory_efficient"}
 
 
 def _has(cls, attr: str) -> bool:
