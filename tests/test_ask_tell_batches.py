@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import zoracle as zo
+from test_ask_tell import same_run  # (the equality of two runs, as test_ask_tell.py checks it)
 
 DATA = np.random.default_rng(0).standard_normal((40, 6))
 TARGET = DATA @ np.linspace(-1.0, 1.0, 6) + 0.1 * np.sin(np.arange(40))
@@ -67,18 +68,6 @@ def answered(opt, oracle=None, tells=None, batches=None):
     return batches
 
 
-def timeless(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
-
-def same_run(a, b):
-    assert a.params.dtype == b.params.dtype and np.array_equal(a.params, b.params)
-    assert timeless(a.history.steps) == timeless(b.history.steps)
-    assert timeless(a.history.epochs) == timeless(b.history.epochs)
-    assert (a.nfev, a.steps, a.epochs, a.stopped) == (b.nfev, b.steps, b.epochs, b.stopped)
-    assert (a.coordinates is None) == (b.coordinates is None)
-    if a.coordinates is not None:
-        assert np.array_equal(a.coordinates, b.coordinates)
 
 
 def same_batch(a, b) -> bool:

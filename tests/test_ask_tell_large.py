@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import zoracle as zo
+from test_ask_tell import same_run, timeless  # (two runs compared as test_ask_tell.py does)
 from zoracle import _ask_tell_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,17 +54,6 @@ def answered(opt, fn=f, tells=None, sizes=None, by_batch=False):
     return sizes
 
 
-def timeless(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
-
-def same_run(a, b):
-    assert a.params.dtype == b.params.dtype and np.array_equal(a.params, b.params)
-    assert timeless(a.history.steps) == timeless(b.history.steps)
-    assert timeless(a.history.epochs) == timeless(b.history.epochs)
-    assert (a.nfev, a.steps, a.epochs, a.stopped) == (b.nfev, b.steps, b.epochs, b.stopped)
-    if a.coordinates is not None or b.coordinates is not None:
-        assert np.array_equal(a.coordinates, b.coordinates)
 
 
 SETTINGS = {
