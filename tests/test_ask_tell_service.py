@@ -101,7 +101,8 @@ class Server:
         self.httpd.daemon_threads = True
         self.httpd.service = self.service = Service(root)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)  # (shutdown() waits up to one poll)
         self.thread.start()
 
     def get(self, sid: str) -> dict:

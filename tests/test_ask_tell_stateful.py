@@ -360,7 +360,9 @@ class AskTellMachine(RuleBasedStateMachine):
             assert not self.opt._thread.is_alive()
 
 
-AskTellMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30)
+# 80 examples in the default run (the derandomized run draws a float row key by the 70th: the
+# `tell_refused(kind="key")` check fails there before h416's fix, not at 50); the slow class runs 1,000.
+AskTellMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30)
 TestAskTellAgainstTrain = AskTellMachine.TestCase
 
 

@@ -4,7 +4,8 @@ is written and the interrupt raised before any worker is restarted.
 Dask restarted the workers left inside the abandoned query first (about 5 s on a local cluster:
 each nanny waited 4 s for the call before killing its worker), and Ray started new actors (a
 second): the checkpoint and the prompt waited for them. The restart now comes with the executor's
-next run, or its close. Each test starts its own cluster: it leaves workers inside a query.
+next run, or its close. The two tests of the ``dask`` fixture share its cluster (each ends with a run
+that restarts the workers it left inside a query); the others start their own.
 """
 
 from __future__ import annotations
@@ -99,13 +100,13 @@ def sigterm_exits():
     signal.signal(signal.SIGTERM, old)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dask(dask_dir):
     tc._by_value(sys.modules[__name__])
     yield from tc.dask_cluster(dask_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dask_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("dask")
 

@@ -379,7 +379,8 @@ def check_estimates(oracle, model, x, y, rng, caught):
         assert caught, "the split was refused without a warning"
 
 
-@settings(max_examples=50)
+# The default run draws 25 models and 15 changes; the slow run's copies below draw 200 and 100.
+@settings(max_examples=25)
 @given(cases())
 def test_random_models_equal_the_textbook_loop(case):
     check_model(case)
@@ -393,7 +394,7 @@ _SWAPS = [("relu", True), ("relu", False), ("gelu",), ("identity",), ("dropout",
           ("dropout", 0.0, "model"), ("mode",), ("module mode",)]
 
 
-@settings(max_examples=30)
+@settings(max_examples=15)
 @given(cases(), st.integers(0, 64), st.sampled_from(_SWAPS))
 def test_a_model_changed_after_an_estimate(case, where, swap):
     """``model.act = nn.GELU()``, ``model[1] = nn.Dropout(0.3)``, ``model.eval()``, ``bn.eval()``
@@ -422,6 +423,20 @@ def test_a_model_changed_after_an_estimate(case, where, swap):
             else:
                 setattr(parent, name, build(swap, None).double().train(parent.training))
         check_estimates(oracle, model, x, y, np.random.default_rng(case[3]), caught)
+
+
+@pytest.mark.slow
+@settings(max_examples=200)
+@given(cases())
+def test_random_models_equal_the_textbook_loop_longer(case):
+    check_model(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=100)
+@given(cases(), st.integers(0, 64), st.sampled_from(_SWAPS))
+def test_a_model_changed_after_an_estimate_longer(case, where, swap):
+    test_a_model_changed_after_an_estimate.hypothesis.inner_test(case, where, swap)
 
 
 def test_a_dropout_replaced_by_another_is_switched_off_too():
