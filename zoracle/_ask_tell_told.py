@@ -17,6 +17,7 @@ from ._errors import ArgumentError, OracleError, short_repr
 
 __all__ = ["_TELL_FORMS", "_TellRecord", "_by_row", "_points_array", "_told_points"]
 
+
 def _by_row(losses: Mapping, n: int, what: str) -> list:
     """``{row: loss}`` as the list of the ``n`` rows' losses, in their order."""
     rows = {int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k: v
