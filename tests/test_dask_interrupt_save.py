@@ -125,6 +125,7 @@ def test_ctrl_c_on_dask_saves_before_the_workers_restart(dask, tmp_path, ctrl_c)
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_sigterm_on_dask_restarts_the_workers_left_in_the_query(dask, tmp_path, sigterm_exits):
     """SystemExit (a SIGTERM handler's) left the workers inside the abandoned query, never restarted:
     the next run's shards waited behind it. They are restarted as after Ctrl-C, after the save."""
@@ -167,6 +168,7 @@ def test_a_local_dask_cluster_closes_without_waiting_for_an_abandoned_query(tmp_
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_ctrl_c_on_ray_saves_before_new_actors_start(tmp_path, ctrl_c):
     """Ray started the new actors (a second or more) before train could save; the actors inside the
     query are killed at once now, and replaced at the next run."""
@@ -191,6 +193,7 @@ def test_ctrl_c_on_ray_saves_before_new_actors_start(tmp_path, ctrl_c):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_ctrl_c_on_a_dask_cluster_that_stays_restarts_its_workers_after_the_save(tmp_path, ctrl_c):
     """On a cluster the executor only connects to, the workers left inside the query are restarted
     when the executor closes (or runs again), as after a timeout, but after the save."""

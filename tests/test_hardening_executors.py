@@ -489,6 +489,7 @@ def test_ray_allow_network_takes_numpy_booleans_as_every_flag_does(ray_env):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_ray_local_session_files_are_private(ray_env):
     """Ray makes its temp dir and the session's sockets/ and logs/ world-writable (0777): the
     private temporary directory must keep other users from reaching them."""
@@ -819,6 +820,7 @@ def _worker_http_ports(ex, processes):
     return [w.http_server.port for w in ex.cluster.workers.values()]
 
 
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_ray_local_session_takes_token_auth_mode_in_any_case(ray_env, monkeypatch):
     """Ray reads RAY_AUTH_MODE without regard to case (TOKEN is token authentication, as Ray's own
     get_authentication_mode says): such a session starts and runs."""

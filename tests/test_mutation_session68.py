@@ -366,6 +366,7 @@ def test_a_local_dask_cluster_gives_back_the_programs_own_values(tmp_path, monke
     assert dict(os.environ) == before
 
 
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_a_restarted_dask_worker_leaves_the_environment_as_found(tmp_path, dask_env):
     from zoracle.executors import DaskExecutor, ShardTimeout
 
@@ -431,6 +432,7 @@ def _need_ray():
     return conftest.RAY_DIR
 
 
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_a_local_ray_session_gives_back_the_programs_hook_and_keeps_what_it_set_meanwhile(tmp_path):
     got = _fresh(RAY, tmp_path, _need_ray())
     assert got["first"] == {"sigterm": True, "breakpoint": "pdb.set_trace"}
@@ -456,6 +458,7 @@ RAY_X64 = """
 """
 
 
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_a_local_ray_sessions_workers_get_the_drivers_x64_switch(tmp_path):
     assert _fresh(RAY_X64, tmp_path, _need_ray())["loss"] == 105.0
 

@@ -200,6 +200,7 @@ RAY = """
 """
 
 
+@pytest.mark.slow  # (a cluster start: run in CI's slow suite, keeping the default run under 10 min loaded)
 def test_a_local_ray_session_gives_back_the_programs_sigterm_handler_and_breakpoint(tmp_path):
     """ray.init puts its own SIGTERM handler (sys.exit) in place of the program's, points
     PYTHONBREAKPOINT at Ray's debugger and turns faulthandler on; ray.shutdown leaves all three. After
