@@ -6,6 +6,7 @@ time::
 
     zoracle plot run.npz run.png              # loss and eval metrics against the queries
     zoracle plot run.npz run.svg --x step     # against the steps
+    zoracle plot run.npz run.pdf --x seconds  # against the seconds its records count
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ HELP = "draw a training run (loss and eval metrics) from its checkpoint, while i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by zo.train(checkpoint=...)")
     parser.add_argument("figure", help="the file to write; the format follows the suffix (.png, .pdf, .svg, ...)")
-    parser.add_argument("--x", choices=("queries", "step"), default="queries",
-                        help="horizontal axis: the run's queries, ZO-GraSP's included (default), or its steps")
+    parser.add_argument("--x", choices=("queries", "step", "seconds"), default="queries",
+                        help="horizontal axis: the run's queries, ZO-GraSP's included (default), its steps, or the "
+                             "seconds its records count")
     parser.add_argument("--title", default=None, help="a title over the panels (default: the checkpoint's path)")
 
 

@@ -195,7 +195,7 @@ def test_plot_refuses_an_empty_history_and_an_unknown_axis():
     with pytest.raises(zo.ArgumentError, match="no steps to plot"):
         zo.History().plot()
     r = zo.train(loss, np.zeros(2), epochs=2, progress=False)
-    with pytest.raises(zo.ArgumentError, match="`x` must be one of 'queries', 'step', got 'epoch'"):
+    with pytest.raises(zo.ArgumentError, match="`x` must be one of 'queries', 'step', 'seconds', got 'epoch'"):
         r.plot(x="epoch")
 
 

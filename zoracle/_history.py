@@ -168,10 +168,13 @@ class History:
     of them.
 
     Step records: ``step, epoch, loss, lr, mu, nfev`` (the step's queries), ``total_nfev``
-    (the run's queries after the step, ZO-GraSP's included), ``seconds``. Epoch records:
-    ``epoch, loss`` (mean over the epoch's steps), ``lr`` (last), ``nfev`` (the sum of its
-    steps'), ``total_nfev``, ``seconds`` and every metric ``eval_fn`` returned (one named like a
-    field of the record, such as a validation ``loss``, as ``eval_loss``, with a warning).
+    (the run's queries after the step, ZO-GraSP's included), ``seconds`` (the step's own wall
+    time: its estimate and update). Epoch records: ``epoch, loss`` (mean over the epoch's
+    steps), ``lr`` (last), ``nfev`` (the sum of its steps'), ``total_nfev``, ``seconds`` (its
+    steps' and its evaluation's) and every metric ``eval_fn`` returned (one named like a field
+    of the record, such as a validation ``loss``, as ``eval_loss``, with a warning), only in the
+    records of the epochs it evaluated (``eval_every``). Checkpoint saves and callbacks are in no
+    record's ``seconds``. ``pandas.DataFrame(history.steps)`` is a table of the records.
 
     The queries ZO-GraSP spends before the first step (``ratios="zo_grasp"``: ``2 *
     (grasp_directions + 1)``) belong to no step: they are in every ``total_nfev`` and in
@@ -227,9 +230,11 @@ class History:
 
     def plot(self, path=None, *, x: str = "queries", title: str | None = None) -> Figure:
         """A figure of the run: every step's loss and each epoch's mean, and one panel per metric
-        ``eval_fn`` returned, against the run's queries (``x="queries"``, ZO-GraSP's included) or
-        its steps (``x="step"``). The loss is the first panel, the metrics follow in the order of
-        their names (as a checkpoint stores them, so ``zoracle plot`` draws the same figure).
+        ``eval_fn`` returned, against the run's queries (``x="queries"``, ZO-GraSP's included), its
+        steps (``x="step"``) or its recorded time (``x="seconds"``: the records' ``seconds``
+        summed, evaluations included, saves and callbacks not). The loss is the first panel, the
+        metrics follow in the order of their names (as a checkpoint stores them, so ``zoracle
+        plot`` draws the same figure). :meth:`plot_runs` draws several runs over each other.
 
         Needs matplotlib (``pip install matplotlib``; in the ``apps`` extra). The loss axis is
         logarithmic when every loss is positive and they span more than a factor of 10. Returns
@@ -241,6 +246,22 @@ class History:
         from ._plot import plot_history
 
         return plot_history(self, path, x=x, title=title)
+
+    @staticmethod
+    def plot_runs(runs, path=None, *, x: str = "queries", title: str | None = None) -> Figure:
+        """Several runs in one figure, to compare them: each run's loss in the loss panel (its
+        epochs' means, its steps faded), and its metrics in the panel of each metric any run has,
+        one colour a run, against the queries, steps or seconds (``x``, as for :meth:`plot`).
+
+        ``runs`` is a dict ``{label: history}`` (its labels in the legend) or a list of histories
+        (labelled ``run 0``, ``run 1``, ...); a :class:`TrainResult` stands for its history, and
+        :meth:`from_checkpoint` reads one from a checkpoint. ``path`` and ``title`` are as for
+        :meth:`plot`; returns the :class:`matplotlib.figure.Figure` (docs/training.md, "Reading
+        and comparing runs").
+        """
+        from ._plot import plot_runs
+
+        return plot_runs(runs, path, x=x, title=title)
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: field-wise == on arrays raised NumPy's ValueError

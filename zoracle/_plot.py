@@ -17,7 +17,7 @@ from ._train_records import EPOCH_FIELDS
 
 #: Fields of the history's records that are not ``eval_fn`` metrics.
 RECORD_FIELDS = frozenset(EPOCH_FIELDS)
-X_AXES = ("queries", "step")
+X_AXES = ("queries", "step", "seconds")
 PANELS_PER_ROW = 4
 
 
@@ -123,6 +123,40 @@ def step_queries(steps: list | tuple, epochs: list | tuple) -> np.ndarray:
     return np.where(known, total, cum + offset)
 
 
+def record_seconds(steps: list | tuple, epochs: list | tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The run's recorded time after each step record and after each epoch record, in seconds.
+
+    The records' ``seconds`` summed: each step's own (its estimate and update), and at each
+    epoch's end the time its record counts beyond its steps' (its evaluation). Saves, callbacks
+    and ZO-GraSP's scoring are in no record, so the last value is less than the wall time.
+    """
+    secs = np.array([r.get("seconds", np.nan) for r in steps], dtype=np.float64)
+    step_epochs = np.array([r["epoch"] for r in steps])
+    after = np.zeros(len(steps))  # each epoch's evaluation, after its last step
+    last = {}  # epoch -> the index of its last step record
+    for r in epochs:
+        mine = np.flatnonzero(step_epochs == r["epoch"])
+        if mine.size:  # (an epoch record's seconds are never less than its steps': 0 guards round-off)
+            last[r["epoch"]] = int(mine[-1])
+            after[mine[-1]] = max(float(r.get("seconds", np.nan)) - secs[mine].sum(), 0.0)
+    ends = np.cumsum(secs + after)
+    epoch_x = np.array([ends[last[r["epoch"]]] if r["epoch"] in last else np.nan for r in epochs], dtype=np.float64)
+    return ends - after, epoch_x
+
+
+def _axis_values(history, x: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The horizontal positions of the step and epoch records for ``x``, and the axis label."""
+    steps, epochs = history.steps, history.epochs
+    if x == "queries":
+        return (step_queries(steps, epochs),
+                np.array([r.get("total_nfev", np.nan) for r in epochs], dtype=np.float64), "queries")
+    if x == "seconds":
+        return (*record_seconds(steps, epochs), "seconds")
+    step_epochs, epoch_ids = history.column("epoch"), history.column("epoch", "epoch")
+    return (history.column("step") + 1,
+            np.searchsorted(step_epochs, epoch_ids, side="right").astype(np.float64), "steps")
+
+
 def _faded(ax, color, alpha: float) -> tuple:
     """``color`` at ``alpha`` over the axes' background, as an opaque colour: PostScript (.eps, .ps) has no
     transparency (matplotlib logged a warning for each such figure and drew the colour at full strength)."""
@@ -137,28 +171,8 @@ def _faded(ax, color, alpha: float) -> tuple:
     return tuple(float(v) for v in alpha * np.array(to_rgb(color)) + (1 - alpha) * back)
 
 
-def plot_history(history, path=None, *, x: str = "queries", title: str | None = None):
-    """See :meth:`zoracle.History.plot`."""
-    if x not in X_AXES:
-        raise ArgumentError(f"`x` must be one of {', '.join(map(repr, X_AXES))}, got {x!r}")
-    if path is not None:
-        path, fmt = check_plot_path(path, "path")
-    Figure = _history_figure()
-    from matplotlib.ticker import EngFormatter
-    steps, epochs = history.steps, history.epochs
-    if not steps:
-        raise ArgumentError("the history has no steps to plot: train for at least one step")
-    step_loss, step_epochs = history.column("loss"), history.column("epoch")
-    epoch_loss, epoch_ids = history.column("loss", "epoch"), history.column("epoch", "epoch")
-    if x == "queries":
-        sx, ex, label = step_queries(steps, epochs), np.array([r.get("total_nfev", np.nan) for r in epochs], dtype=np.float64), "queries"
-    else:
-        sx = history.column("step") + 1
-        ex = np.searchsorted(step_epochs, epoch_ids, side="right").astype(np.float64)
-        label = "steps"
-    # by name: a checkpoint stores each record's fields sorted, so the run's own order is lost there and
-    # `zoracle plot run.npz` drew the panels in another order than result.plot() of the same run
-    metrics = sorted({k for r in epochs for k in r if k not in RECORD_FIELDS})
+def _panels(metrics: list, Figure):
+    """A figure with a panel for the loss and one for each metric, four to a row."""
     panels = 1 + len(metrics)
     cols = min(panels, PANELS_PER_ROW)
     rows = -(-panels // cols)
@@ -166,37 +180,38 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     grid = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in grid[panels:]:  # the last row's unused places
         fig.delaxes(ax)
-    axes = grid[:panels]
-    ax = axes[0]
-    ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, "C0", 0.45), label="step",
-            marker="." if len(sx) == 1 else None)  # one step: a line of one point draws nothing
-    if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
-        mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in epoch_ids]
-        ax.plot(mid, epoch_loss, marker=".", color="C1", label="epoch mean")
+    return fig, grid[:panels]
+
+
+def _metric_line(ax, history, name: str, ex, color=None, label=None) -> None:
+    y = history.column(name, "epoch")
+    # epochs evaluated (the others, between `eval_every`, are joined over); a NaN or inf an
+    # evaluation returned stays in as a gap in the line, not joined over as if not evaluated
+    keep = np.array([name in r for r in history.epochs], dtype=bool)
+    shown = np.where(np.isfinite(y), y, np.nan)[keep]
+    ax.plot(ex[keep], shown, marker=".", color=color, label=label)
+    if not np.isfinite(shown).all():
+        ax.plot(ex[keep][~np.isfinite(shown)], np.full((~np.isfinite(shown)).sum(), np.nanmin(shown)
+                if np.isfinite(shown).any() else 0.0), "x", color="C3", label="NaN or inf")
         ax.legend(frameon=False)
-    finite = step_loss[np.isfinite(step_loss)]
+
+
+def _finish(fig, axes, path, fmt, x: str, label: str, losses: list, metrics: list, title) -> None:
+    """Axes labels, scales and grids, the title, and the figure written to ``path`` (when given)."""
+    import matplotlib
+    from matplotlib.ticker import EngFormatter
+
+    finite = np.concatenate([v[np.isfinite(v)] for v in losses])
     if finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
-        ax.set_yscale("log")
-    ax.set(xlabel=label, ylabel="loss")
+        axes[0].set_yscale("log")
+    axes[0].set(xlabel=label, ylabel="loss")
     for ax, name in zip(axes[1:], metrics):
-        y = history.column(name, "epoch")
-        # epochs evaluated (the others, between `eval_every`, are joined over); a NaN or inf an
-        # evaluation returned stays in as a gap in the line, not joined over as if not evaluated
-        keep = np.array([name in r for r in history.epochs], dtype=bool)
-        shown = np.where(np.isfinite(y), y, np.nan)[keep]
-        ax.plot(ex[keep], shown, marker=".")
-        if not np.isfinite(shown).all():
-            ax.plot(ex[keep][~np.isfinite(shown)], np.full((~np.isfinite(shown)).sum(), np.nanmin(shown)
-                    if np.isfinite(shown).any() else 0.0), "x", color="C3", label="NaN or inf")
-            ax.legend(frameon=False)
         ax.set_xlabel(label)
         ax.set_ylabel(str(name), parse_math=False)  # a metric's name as written: '$' is no TeX there
-    import matplotlib
-
     for ax in axes:
         ax.grid(color=_faded(ax, matplotlib.rcParams["grid.color"], 0.3))
-        if x == "queries":
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, not 150000
+        if x != "step":  # 150k, not 150000; 2ms, not 0.0020
+            ax.xaxis.set_major_formatter(EngFormatter(unit="s" if x == "seconds" else "", sep=""))
     if title:  # a path's undecodable bytes shown as U+FFFD (matplotlib refused the surrogate escape)
         text = str(title)
         try:
@@ -213,4 +228,94 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def _check_x(x) -> None:
+    if x not in X_AXES:
+        raise ArgumentError(f"`x` must be one of {', '.join(map(repr, X_AXES))}, got {x!r}")
+
+
+def plot_history(history, path=None, *, x: str = "queries", title: str | None = None):
+    """See :meth:`zoracle.History.plot`."""
+    _check_x(x)
+    fmt = None
+    if path is not None:
+        path, fmt = check_plot_path(path, "path")
+    Figure = _history_figure()
+    steps, epochs = history.steps, history.epochs
+    if not steps:
+        raise ArgumentError("the history has no steps to plot: train for at least one step")
+    step_loss, step_epochs = history.column("loss"), history.column("epoch")
+    epoch_loss, epoch_ids = history.column("loss", "epoch"), history.column("epoch", "epoch")
+    sx, ex, label = _axis_values(history, x)
+    # by name: a checkpoint stores each record's fields sorted, so the run's own order is lost there and
+    # `zoracle plot run.npz` drew the panels in another order than result.plot() of the same run
+    metrics = sorted({k for r in epochs for k in r if k not in RECORD_FIELDS})
+    fig, axes = _panels(metrics, Figure)
+    ax = axes[0]
+    ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, "C0", 0.45), label="step",
+            marker="." if len(sx) == 1 else None)  # one step: a line of one point draws nothing
+    if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
+        mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in epoch_ids]
+        ax.plot(mid, epoch_loss, marker=".", color="C1", label="epoch mean")
+        ax.legend(frameon=False)
+    for ax, name in zip(axes[1:], metrics):
+        _metric_line(ax, history, name, ex)
+    _finish(fig, axes, path, fmt, x, label, [step_loss], metrics, title)
+    return fig
+
+
+def _runs(runs) -> list:
+    """``runs`` as (label, History) pairs: a dict's keys are the labels, a sequence's entries are numbered."""
+    from ._history import History
+
+    if isinstance(runs, dict):
+        pairs = [(str(k), v) for k, v in runs.items()]
+    elif isinstance(runs, (list, tuple)):
+        pairs = [(f"run {i}", v) for i, v in enumerate(runs)]
+    else:
+        raise ArgumentError(f"`runs` must be a dict {{label: history}} or a list of histories (History or "
+                            f"TrainResult), got {type(runs).__name__}")
+    if not pairs:
+        raise ArgumentError("`runs` is empty: pass the histories to draw, such as {'cge': a.history, 'rge': b.history}")
+    out = []
+    for name, h in pairs:
+        h = getattr(h, "history", h)  # a TrainResult draws its history
+        if not isinstance(h, History):
+            raise ArgumentError(f"`runs` entry {name!r} must be a History or a TrainResult, got {type(h).__name__}; "
+                                "zo.History.from_checkpoint(path) reads one from a checkpoint")
+        if not h.steps:
+            raise ArgumentError(f"`runs` entry {name!r} has no steps to plot: train for at least one step")
+        out.append((name, h))
+    return out
+
+
+def plot_runs(runs, path=None, *, x: str = "queries", title: str | None = None):
+    """See :meth:`zoracle.History.plot_runs`."""
+    _check_x(x)
+    pairs = _runs(runs)
+    fmt = None
+    if path is not None:
+        path, fmt = check_plot_path(path, "path")
+    Figure = _history_figure()
+    metrics = sorted({k for _, h in pairs for r in h.epochs for k in r if k not in RECORD_FIELDS})
+    fig, axes = _panels(metrics, Figure)
+    losses = []
+    for i, (name, h) in enumerate(pairs):
+        color = f"C{i % 10}"
+        sx, ex, label = _axis_values(h, x)
+        step_loss, step_epochs = h.column("loss"), h.column("epoch")
+        losses.append(step_loss)
+        ax = axes[0]
+        if len(h.epochs) and len(h.steps) > len(h.epochs):  # the steps faded, the epochs' means in the run's colour
+            ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, color, 0.3))
+            mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in h.column("epoch", "epoch")]
+            ax.plot(mid, h.column("loss", "epoch"), marker=".", color=color, label=name)
+        else:
+            ax.plot(sx, step_loss, lw=1.0, color=color, label=name, marker="." if len(sx) == 1 else None)
+        for ax, metric in zip(axes[1:], metrics):
+            if any(metric in r for r in h.epochs):  # (a run without this metric: no line)
+                _metric_line(ax, h, metric, ex, color=color, label=name)
+    axes[0].legend(frameon=False)
+    _finish(fig, axes, path, fmt, x, label, losses, metrics, title)
     return fig
