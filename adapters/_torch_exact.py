@@ -788,7 +788,7 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                             vals = _vmapped_tensor(oracle, names[id(p)], p, loc[lo:lo + chunk], step, True)
                         if t not in core.vmap_reached:
                             if not _reaches(oracle, ctx, [names[id(p)]], [p], batched):
-                                _vmap_off(oracle, f"parameter {names[id(p)][0]!r}")
+                                _vmap_off(oracle, f"parameter {names[id(p)][0]!r}", names[id(p)][0])
                                 break  # this tensor, from this chunk on, one forward at a time
                             core.vmap_reached.add(t)
                         out[sel[lo:lo + chunk]] = vals
@@ -875,14 +875,16 @@ def vmap_failed_text(exc, then: str, model: nn.Module | None = None) -> str:
             f"perturbation, where one vectorized call ran them all); {fix}, to vectorize them again")
 
 
-def _vmap_off(oracle, what: str) -> None:
-    """Turn vectorized full forwards off, saying why: the forward reads ``what`` (a parameter)
-    through a copy they do not reach."""
+def _vmap_off(oracle, what: str, name: str | None = None) -> None:
+    """Turn vectorized full forwards off, saying why: the forward reads ``what`` (a parameter,
+    named ``name`` in the model where known) through a copy they do not reach, and the fix."""
     oracle._core.vmap_ok = False
     warn(f"TorchOracle: the forward reads {what} through a copy that vectorized full forwards do not reach "
          "(they put each perturbed parameter in by its name, torch.func.functional_call; a plain attribute, "
          "list or object holding it, or a detached view, keeps the old values there): full forwards run one "
-         "at a time, perturbed in place", RuntimeWarning, stacklevel=user_stacklevel())
+         "at a time, perturbed in place; read it in the forward as a module attribute "
+         f"(self.{name or 'weight'}), not through such a copy, to vectorize them again",
+         RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def parameter_names(model: nn.Module) -> dict:

@@ -71,7 +71,9 @@ def _epoch_batches(batches, epoch: int, steps_per_epoch, returned: dict | None =
             if returned is None or not returned.get("warned_short"):  # once per run, not once per epoch
                 if returned is not None:
                     returned["warned_short"] = True
-                warn(f"{msg} (said once per run)", UserWarning, stacklevel=user_stacklevel())
+                fix = "" if used_up else (f"; give {steps_per_epoch} batches every epoch, or pass a "
+                                          "`steps_per_epoch` no larger than the fewest an epoch gives")
+                warn(f"{msg}{fix} (said once per run)", UserWarning, stacklevel=user_stacklevel())
         out = out[:steps_per_epoch]
         if used_up and len(out) == steps_per_epoch and returned.get("replayed") and not returned.get("warned_again"):
             returned["warned_again"] = True  # (an endless iterator returned again runs on, and a resume restarts it)

@@ -77,7 +77,8 @@ def plan(environ=None, libc: str | None = None) -> tuple:
         return False, "ZORACLE_MALLOC=system"
     if choice not in _CHOICES:
         return False, (f"ZORACLE_MALLOC={choice_env['ZORACLE_MALLOC']!r} is neither 'system' (glibc's default "
-                       f"policy) nor 'zoracle' (keep freed memory): glibc's default kept")
+                       f"policy) nor 'zoracle' (keep freed memory): glibc's default kept; set ZORACLE_MALLOC=system "
+                       "or ZORACLE_MALLOC=zoracle, or unset it")
     if libc != "glibc":
         return False, f"the C library is not glibc ({libc or 'unknown'})"
     chosen = [k for k in _GLIBC_ENV if k in env]

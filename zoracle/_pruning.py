@@ -435,7 +435,9 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
         keep = total / max(1, sizes[is_lin].sum())
         warn(
             f"smart_ratio: linear layers at keep ratio {linear_keep} need {lin_budget:.0f} of the {total} kept "
-            f"weights; lowering their keep ratio to {keep:.4f} (conv layers keep 0)", stacklevel=user_stacklevel(),
+            f"weights; lowering their keep ratio to {keep:.4f} (conv layers keep 0): pass linear_keep below "
+            f"{keep:.4g} (`linear_keep`={linear_keep!r} now), or a lower `sparsity` than {sparsity!r}, for the conv "
+            "layers to keep weights", stacklevel=user_stacklevel(),
         )
         target[is_lin] = keep * sizes[is_lin]
     else:
@@ -462,7 +464,10 @@ def smart_ratio(blocks, sparsity: float = 0.9, *, kinds=None, linear_keep: float
             keep = (lin_budget + remaining) / sizes[is_lin].sum()
             warn(
                 f"smart_ratio: the conv layers kept whole leave {remaining:.0f} of the {total} kept weights; "
-                f"raising the linear layers' keep ratio from {linear_keep} to {keep:.4f}", stacklevel=user_stacklevel(),
+                f"raising the linear layers' keep ratio from {linear_keep} to {keep:.4f}; pass linear_keep="
+                f"{keep:.4g} (`linear_keep`={linear_keep!r} now) to set it so yourself, or a higher `sparsity` "
+                f"than {sparsity!r} to keep fewer weights",
+                stacklevel=user_stacklevel(),
             )
             target[is_lin] = keep * sizes[is_lin]
     return _ratios(_exact_counts(target, sizes, total), sizes)

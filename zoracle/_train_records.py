@@ -68,7 +68,8 @@ def _metrics(value, epoch, stacklevel: int = 3) -> dict:
             new = "eval_" + new
         out[new] = out.pop(k)
         warn(f"`eval_fn` returned a metric named {k!r}, a field of the epoch record (training's own); "
-             f"it is stored as {new!r}", RuntimeWarning, stacklevel=stacklevel)
+             f"it is stored as {new!r}; give it another name in eval_fn's dict to choose the name yourself",
+             RuntimeWarning, stacklevel=stacklevel)
     return out
 
 
