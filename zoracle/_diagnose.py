@@ -153,13 +153,16 @@ def still_text(first: int, epoch: int, lr: float, params) -> str:
             "onto bounds every coordinate starts on, pushed outwards)")
 
 
-def noise_note(loss, point, start=None, budget=None) -> str:
+def noise_note(loss, point, start=None, budget=None, first=None) -> str:
     """For a diverged run's message: two calls of the step's loss at one point, then at ``start`` (the
     run's first params): a noise added to the loss drowns in a diverged loss's size (0.05 on a loss of
     1e88 at params of 1e22), where the start shows it. A loss that answers differently draws its own
     noise or minibatch at each call, which CGE divides by mu. ``budget``: the queries ``max_queries``
     leaves the run (None: no budget); these probes are counted in no ``nfev``, so none passes it
-    (a paid oracle with its budget spent was asked up to 6 times more, after the run's last step)."""
+    (a paid oracle with its budget spent was asked up to 6 times more, after the run's last step).
+    ``first``: the loss the run's first step read at ``start`` with this same loss (None where it
+    cannot be compared: another batch, no such step): the two calls now far from it, and close to
+    each other, are a reading that drifts with time (a trend, not noise)."""
     plain = None
     left = np.inf if budget is None else budget
     for at, where in ((point, ""), (start, " (the run's first)")):
@@ -173,6 +176,10 @@ def noise_note(loss, point, start=None, budget=None) -> str:
         # (a GPU's or a thread pool's sums in another order differ by a few roundings: that is no noise)
         if not (np.isfinite(a) and np.isfinite(b)):
             continue
+        if at is start and first is not None and np.isfinite(first):
+            moved = abs((a + b) / 2 - first)
+            if moved > 1e-4 * max(abs(a), abs(b), abs(first)) and moved > 100 * abs(a - b):
+                return _drift_text(first, a, b)
         if abs(a - b) > 1e-4 * max(abs(a), abs(b)):
             break
         plain = a if at is point else plain
@@ -186,6 +193,19 @@ def noise_note(loss, point, start=None, budget=None) -> str:
             "every call needs it fixed per step: pass the data as `batches` (or seeds, see 'Noisy black boxes' "
             "in docs/training.md; noise that cannot be fixed, a hardware reading's, needs averaged readings or a "
             f"larger mu){check}")
+
+
+def _drift_text(first: float, a: float, b: float) -> str:
+    """A diverged run's loss at its first params: read ``first`` at the run's first step, ``a`` and ``b``
+    now (two calls in a row): far from ``first`` and close to each other, a drift, which averaging does
+    not remove (the advice for noise would mislead)."""
+    return (f". The loss drifts with time: at the run's first params it read {first:.6g} at the first step "
+            f"and {a:.6g}, then {b:.6g} now, two calls in a row {abs(a - b):.3g} apart; a reading that changes "
+            "between queries (a sensor warming up, a gain drifting) moves each CGE difference by the drift between "
+            "its two queries over mu (forward: more for each later coordinate), whatever the learning rate, and "
+            "averaging readings does not remove it: read a fixed reference point beside each query and return "
+            "the difference (the ratio, for a drifting gain), or raise mu (see 'Drift, spikes and hangs' in "
+            "docs/training.md)")
 
 
 def _fast_path_note(loss, point, plain: float, left=np.inf) -> str:

@@ -253,7 +253,7 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
     if abs(again - plain) > _tolerance(wrapped, params, plain, again, spread, (f0, row), exact):
         verdicts[cap] = True
         wrapped.nfev = spent + asked
-        warn(_noisy_text(fn, probe, plain, again, spread), RuntimeWarning, stacklevel=user_stacklevel())
+        warn(_noisy_text(fn, probe, plain, again, spread, fast), RuntimeWarning, stacklevel=user_stacklevel())
         return tasks, results
     verdicts[cap] = False
     warn(_refused_text(fn, cap, probe, plain, fast, tasks[k].block if cap == "split" else None), RuntimeWarning,
@@ -285,10 +285,20 @@ def _refused_text(fn, cap, probe, plain: float, fast: float, block=None) -> str:
             + (_rounding_hint(method) if abs(plain - fast) <= REDUCED_ROUNDING * max(abs(plain), abs(fast)) else ""))
 
 
-def _noisy_text(fn, probe, plain: float, again: float, spread: float) -> str:
+def _noisy_text(fn, probe, plain: float, again: float, spread: float, fast: float | None = None) -> str:
     """A plain call that answered twice differently at one point: the noise each difference carries
-    over mu, against the largest difference the estimate took, and what fixes it."""
+    over mu, against the largest difference the estimate took, and what fixes it. ``fast``: the fast
+    path's reading there, made earlier, during the estimate: with the two plain calls after it moving the
+    same way, and far more than they move between them, the readings may drift with time (a trend that
+    averaging does not remove), which the text then says."""
     gap, mu = abs(again - plain), abs(probe.step)
+    trend = ""
+    if fast is not None and (plain - fast) * (again - plain) > 0 and abs(plain - fast) > 10 * gap:
+        trend = (f" The estimate's own reading there, made earlier, was {fast:.10g}: the three move one way, the "
+                 "earlier gap the larger. If the reading drifts with time (a sensor warming up, a gain drifting), "
+                 "averaging readings does not remove it: read a fixed reference point beside each query and return "
+                 "the difference (the ratio, for a drifting gain), or raise mu (docs/training.md, 'Drift, spikes "
+                 "and hangs').")
     share = (f", {gap / spread:.1%} of the largest loss difference that estimate took ({spread:.3g})"
              if spread > 0 else ", and that estimate's losses all equal its base loss")
     return (f"{type(fn).__name__}: its plain call is not deterministic: asked twice at the same params (a query "
@@ -300,8 +310,8 @@ def _noisy_text(fn, probe, plain: float, again: float, spread: float) -> str:
             "query of a step sees the same noise; docs/training.md, 'Noisy black boxes'); where you cannot (a "
             "hardware reading), average repeated readings inside the oracle (noise over the root of their "
             "number) or raise mu towards 2 * sqrt(noise / curvature) (noise over mu falls, a curved loss's bias "
-            "grows as mu). The fast path is kept unjudged; this check asked the plain call twice (2 queries, "
-            "counted in nfev)")
+            f"grows as mu).{trend} The fast path is kept unjudged; this check asked the plain call twice (2 "
+            "queries, counted in nfev)")
 
 
 def _rounding_hint(method: str) -> str:

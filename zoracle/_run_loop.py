@@ -141,7 +141,8 @@ def _estimate(run, blist):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): max|params| grew to "
             f"{scale:.3g} (from {run.scale0:.3g}), where mu = {run.est.mu:g} is no longer a representable step; "
-            f"lower the learning rate{last}{noise_note(bound, run.params, run.params0, _left(run))}") from exc
+            f"lower the learning rate{last}"
+            f"{noise_note(bound, run.params, run.params0, _left(run), _first_loss(run, bound))}") from exc
     if run.tiny:  # a float32 loss or a wider one: the base loss measured says which
         run.tiny = _warn_tiny_mu(*run.tiny, loss=g.loss, stacklevel=6)
     run.step_began = None  # (after its warning: under -W error, an error inside the step, the steps before it saved)
@@ -152,6 +153,15 @@ def _left(run, g=None):
     """The queries ``max_queries`` leaves a run that diverged (None: no budget), the step's own
     estimate ``g`` spent (not yet in ``run.nfev``): a diverged run's message asks the loss no more."""
     return None if run.max_queries is None else run.max_queries - run.nfev - (g.nfev if g is not None else 0)
+
+
+def _first_loss(run, bound):
+    """The loss this run's first step read at its first params, where ``bound`` is the loss it read it
+    with (a plain oracle: a step bound to another batch reads another loss); else None (a resumed run:
+    its first step was another process's, at the params the first run was given)."""
+    if bound is not run.oracle or isinstance(run.est, SNES) or run.first_step != 0 or not run.steps_hist:
+        return None
+    return run.steps_hist[0]["loss"]
 
 
 def _update(run, g, bound):
@@ -173,7 +183,7 @@ def _update(run, g, bound):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): the gradient estimate is non-finite "
             f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {fix}"
-            f"{noise_note(bound, prev, run.params0, _left(run, g))}") from exc
+            f"{noise_note(bound, prev, run.params0, _left(run, g), _first_loss(run, bound))}") from exc
     if not isinstance(out, (tuple, list)) or len(out) != 2:  # (the new params alone: a bare "too many values to unpack")
         got = (f"a {type(out).__name__} of {len(out)} entries" if isinstance(out, (tuple, list)) else
                f"a {type(out).__name__}" + (f" of shape {tuple(out.shape)}" if hasattr(out, "shape") else ""))
@@ -210,7 +220,8 @@ def _update(run, g, bound):
     if not bool(run.xp.isfinite(run.params).all()):
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
-            f"lower the learning rate (lr was {lr:g}){noise_note(bound, prev, run.params0, _left(run, g))}"
+            f"lower the learning rate (lr was {lr:g})"
+            f"{noise_note(bound, prev, run.params0, _left(run, g), _first_loss(run, bound))}"
         )
     return lr
 
