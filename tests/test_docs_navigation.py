@@ -70,9 +70,9 @@ def test_the_training_guides_topics_are_headings():
 
 
 def messages_naming_sections() -> list:
-    """(source file, page, section) for each ``docs/PAGE.md, "Section"`` in zoracle's strings."""
+    """(source file, page, section) for each ``docs/PAGE.md, "Section"`` in the strings of zoracle, its adapters and apps."""
     out = []
-    for path in sorted((ROOT / "zoracle").rglob("*.py")):
+    for path in sorted(p for top in ("zoracle", "adapters", "apps") for p in (ROOT / top).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 for m in re.finditer(r"([\w-]+\.md), (?:\"([A-Z][^\"\n]*)\"|'([A-Z][^'\n]*)')", node.value):
