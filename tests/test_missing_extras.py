@@ -64,6 +64,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
     ("train_torch.py", "sklearn"),
     ("train_torch.py", "matplotlib"),  # (its plot at the end: refused before the run, not after it)
     ("logreg_breast_cancer.py", "sklearn"),
+    ("policy_search.py", "gymnasium"),
 ])
 def test_an_example_without_its_extra_names_it_in_one_line(script, missing):
     """`python examples/train_torch.py` with the 'torch' extra alone ended in a ModuleNotFoundError

@@ -24,6 +24,9 @@ NARROW_BITS = 16
 MAX_DECIMALS = 8
 #: a partial derivative resolved to coarser than this part of the typical one is coarse (as for types)
 RESOLUTION = 1e-3
+#: losses on a grid of 1/n for an n up to this are named as a mean of whole numbers over n items too (the
+#: returns of n episodes of integer rewards, an error count over a batch of n): neither rounded nor narrow
+MAX_MEAN_COUNT = 100
 
 
 def _lowest_bit(v: np.ndarray) -> np.ndarray:
@@ -206,6 +209,31 @@ def coarse_grid(loss: float, diffs, mu: float, typical, points=None, far: float 
     d = np.asarray(diffs).reshape(-1)
     zeros = int(np.count_nonzero(d == 0))
     whose = told("the oracle's losses", "the losses told")  # (an AskTell's: told, not returned)
+    n = None if fix is _COUNT else mean_count(loss, d, far)  # (whole numbers: a count, named as such)
+    fix = fix.format(do=told("return", "tell"))
+    if n is not None:  # (a mean of CartPole's returns over 5 episodes read as "rounded to 1 decimals")
+        what += f", or are multiples of 1/{n} (a mean of whole numbers over {n} items or episodes)"
+        fix += (f"; a mean of whole numbers (integer rewards over {n} episodes, an error count over a batch) moves "
+                f"in steps of 1/{n} whatever its type: raise mu, or train on a smooth surrogate")
     return (f"{whose} {what}: near the base loss {loss:.6g} they are {step:.3g} apart, so a difference "
             f"over mu = {mu:g} resolves a partial derivative only to {step / mu:.3g} ({zeros} of the {d.size} "
-            f"differences were exactly 0); {fix.format(do=told('return', 'tell'))}")
+            f"differences were exactly 0); {fix}")
+
+
+def mean_count(loss: float, diffs, far: float = 0.0, most: int = MAX_MEAN_COUNT) -> int | None:
+    """The smallest ``n`` from 2 to ``most`` for which the base ``loss`` and every one of ``diffs`` (and
+    ``far``, as for :func:`loss_grid`) are whole multiples of ``1/n``, up to 8 units of float64 at the
+    losses, or None: a mean of whole numbers over ``n`` (or a multiple of ``n``) items. Read only where
+    a grid is warned of (a loop over ``n``: not on every estimate)."""
+    v = np.append(np.asarray(diffs, dtype=np.float64).reshape(-1), [loss, far])
+    v = np.unique(v[v != 0])
+    if not v.size or not bool(np.all(np.isfinite(v))):
+        return None
+    ulps = 8 * math.ulp(abs(loss) + abs(far))
+    for n in range(1, most + 1):
+        if ulps * n > 0.01:
+            return None
+        scaled = v * n
+        if bool(np.all(np.abs(scaled - np.round(scaled)) <= ulps * n)):
+            return n if n > 1 else None  # (whole numbers: a count, which the verdict names)
+    return None

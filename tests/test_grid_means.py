@@ -1,0 +1,81 @@
+"""A loss that is a mean of whole numbers over n items (minus the mean return of n episodes of
+CartPole's reward of 1 a step, an error count over a batch of n) lies on a grid of 1/n. The coarse-loss
+warning read it as "a loss rounded to 1 decimals" (n = 5 or 10: "return the loss unrounded") or as
+"computed in a narrower float" (n = 2, 4 or 8: "compute the loss in float64"), fixes that such an
+oracle cannot apply. It now names the mean of whole numbers beside those, with its own fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+import zoracle._estimators as est_module
+from zoracle import _grid
+
+D = 6
+_rng = np.random.default_rng(0)
+W = _rng.standard_normal((20, D))  # 20 "episodes", each a whole number of steps survived
+X0 = np.random.default_rng(0).standard_normal(D)  # a point where no mean below is a whole number
+
+
+def episodes(x) -> np.ndarray:
+    return np.floor(100.0 * (1.0 + np.tanh(W @ np.asarray(x, dtype=np.float64))))  # whole numbers, 0 to 200
+
+
+def mean_return(n):
+    def loss(x) -> float:
+        return -float(np.mean(episodes(x)[:n]))  # minus the mean over n episodes
+    return loss
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())  # (given once per oracle: each test its own)
+
+
+@pytest.mark.parametrize("n, other", [(5, r"are multiples of 0\.\d+ \(a loss rounded"),
+                                      (10, r"are multiples of 0\.1 \(a loss"),
+                                      (4, r"carry only \d+ significant bits")])
+def test_a_mean_of_whole_numbers_is_named_with_its_fix(n, other):
+    with pytest.warns(UserWarning, match=rf"the oracle's losses {other}.*, or are multiples of 1/{n} \(a mean of "
+                                         rf"whole numbers over {n} items or episodes\).*moves in steps of 1/{n} "
+                                         r"whatever its type: raise mu"):
+        zo.estimate_gradient(mean_return(n), X0, zo.CGE(mu=0.01), rng=0)
+
+
+def test_a_told_mean_is_named_too():
+    loss = mean_return(5)
+    with pytest.warns(UserWarning, match=r"the losses told are .*, or are multiples of 1/5 \(a mean"):
+        with zo.AskTell(X0, epochs=1, steps_per_epoch=1, estimator=zo.CGE(mu=0.01), progress=False) as opt:
+            while not opt.done:
+                opt.tell([loss(x) for x in opt.ask()])
+
+
+def test_mean_count_reads_the_smallest_n_and_nothing_from_float64_losses():
+    assert _grid.mean_count(-277.8, np.array([0.2, -0.4, 0.0])) == 5
+    assert _grid.mean_count(-18.5, np.array([0.5, 1.0])) == 2
+    assert _grid.mean_count(-18.0, np.array([0.25, -0.75])) == 4
+    assert _grid.mean_count(-1.0 / 3.0, np.array([2.0 / 3.0])) == 3
+    assert _grid.mean_count(3.0, np.array([0.0])) is None  # whole numbers: a count, named as such elsewhere
+    assert _grid.mean_count(0.123456789, np.array([1e-3 * np.pi])) is None
+    assert _grid.mean_count(round(np.pi, 3), np.array([0.001, -0.003])) is None  # 1/1000: past MAX_MEAN_COUNT
+    assert _grid.mean_count(1.0, np.array([np.nan])) is None
+
+
+def test_a_float16_loss_and_a_rounded_one_are_told_as_before():
+    """Their grids are 1/n for no n up to 100: the warning names no mean there."""
+    A = _rng.standard_normal((40, D))
+    Y = _rng.standard_normal(40)
+
+    def half(x) -> float:
+        r = A.astype(np.float16) @ np.asarray(x, dtype=np.float16) - Y.astype(np.float16)
+        return float(np.mean(r * r, dtype=np.float16))
+
+    def rounded(x) -> float:
+        return round(float(np.mean((A @ x - Y) ** 2)), 3)
+
+    for oracle, names in [(half, "carry only 11 significant bits"), (rounded, "are multiples of 0.001")]:
+        with pytest.warns(UserWarning, match=names) as got:
+            zo.estimate_gradient(oracle, X0, rng=0)
+        assert not any("a mean of whole numbers" in str(w.message) for w in got)
