@@ -84,6 +84,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
 
 
+_DESELECTED_SLOW: list = []
+
+
+def pytest_deselected(items):
+    _DESELECTED_SLOW.extend(item for item in items if item.get_closest_marker("slow") is not None)
+
+
+def _naming_arg(config, nodeid: str):
+    """The command line's test id (``tests/x.py::test_y``, as typed) that names ``nodeid``, or None."""
+    for arg in config.args:
+        path, sep, rest = arg.partition("::")
+        try:
+            rel = os.path.relpath(os.path.join(str(config.invocation_params.dir), path), str(config.rootpath))
+        except ValueError:  # (another drive)
+            continue
+        named = rel.replace(os.sep, "/") + sep + rest
+        if sep and (nodeid == named or nodeid.startswith((named + "[", named + "::"))):
+            return arg
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A slow test named by its id (``pytest tests/x.py::test_y``) was deselected by pyproject's
+    ``-m 'not slow'`` with only "1 deselected" to show for it: say how to run it."""
+    args = dict.fromkeys(a for a in (_naming_arg(config, item.nodeid) for item in _DESELECTED_SLOW) if a)
+    if args and config.option.markexpr == "not slow":
+        terminalreporter.write_line(
+            f"{', '.join(args)}: marked slow, which the default run leaves out (pyproject's addopts "
+            f"-m 'not slow'); run it with: python -m pytest -m slow {' '.join(args)}")
+
+
 @pytest.fixture(params=["numpy", "cupy"])
 def xp(request):
     """The same test body on NumPy and, where a GPU exists, on CuPy."""

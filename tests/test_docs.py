@@ -240,6 +240,8 @@ def test_site_builds_in_strict_mode(tmp_path):
     from zoracle import __version__
 
     assert f"[{__version__}]" in changelog and "replaced by" not in changelog  # CHANGELOG.md, not the stub
+    contributing = (tmp_path / "site" / "contributing" / "index.html").read_text(encoding="utf-8")
+    assert "HYPOTHESIS_PROFILE" in contributing and "replaced by" not in contributing  # CONTRIBUTING.md
     api = (tmp_path / "site" / "api" / "core" / "index.html").read_text(encoding="utf-8")
     assert "estimate_gradient" in api and "Parameters" in api  # rendered from the docstrings
     # the docstrings' Sphinx roles and math directives are not shown raw (":func:certify", ".. math::")

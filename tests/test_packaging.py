@@ -173,7 +173,7 @@ print(zoracle.adapters.__file__, zoracle.apps.__file__)
 #: what the test suite reads besides the package: the sdist carries it, so that ``python -m pytest``
 #: runs in an unpacked sdist (as a distribution's packager runs it)
 SDIST_TREES = ("tests", "examples", "docs", "benchmarks")
-SDIST_FILES = ("README.md", "CHANGELOG.md", "LICENSE", "pyproject.toml", "mkdocs.yml", ".ci/run")
+SDIST_FILES = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "pyproject.toml", "mkdocs.yml", ".ci/run")
 
 
 def test_sdist_carries_what_the_test_suite_reads(tmp_path):
