@@ -601,18 +601,25 @@ def _as2d(kind: str, module, *tensors):
 _UNFOLD_BYTES = 256 * 2**20
 
 
-def conv_patches(module, cache, ci, p, q, out, dev):
-    """``(B, k, Ho, Wo)``: input channel ``ci`` shifted by ``(p, q)`` for each perturbation."""
+def conv_patches(module, cache, ci, p, q, out, dev, rows=None):
+    """``(B, k, Ho, Wo)``: input channel ``ci`` shifted by ``(p, q)`` for each perturbation
+    (``rows``: their rows in the unfolded patches, ``patch_rows(module, ci, p, q, dev)``, when
+    the caller has them)."""
     Ho, Wo = out.shape[-2], out.shape[-1]
-    kh, kw = module.kernel_size
     if cache.dim() == 3:  # unfolded patches
-        rows = _t(ci * (kh * kw) + p * kw + q, dev)
+        rows = patch_rows(module, ci, p, q, dev) if rows is None else rows
         return cache.index_select(1, rows).view(cache.shape[0], -1, Ho, Wo)
     sh, sw = module.stride
     dh, dw = module.dilation
     rows = _t(p[:, None] * dh + sh * np.arange(Ho)[None, :], dev)
     cols = _t(q[:, None] * dw + sw * np.arange(Wo)[None, :], dev)
     return cache[:, _t(ci, dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def patch_rows(module, ci, p, q, dev):
+    """The rows of input channel ``ci`` shifted by ``(p, q)`` in :func:`unfold`'s patches (torch)."""
+    kh, kw = module.kernel_size
+    return _t(ci * (kh * kw) + p * kw + q, dev)
 
 
 def _pair(v) -> tuple:

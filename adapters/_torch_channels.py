@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._torch_chain import (BlockParams, Conv2dView, Step, _BATCHNORM, _BN, _DROPOUT, _as2d, _conv_index, _fork,
-                           _identity, _split_roles, _t, conv_patches, unfold)
+                           _identity, _split_roles, _t, conv_patches, patch_rows, unfold)
 
 
 _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
@@ -62,20 +62,50 @@ def absorbs(step: Step, base_in) -> bool:
         and m.groups == 1
 
 
-def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local, h):
+def channel_plan(kind: str, module, bp: BlockParams, local, dev) -> tuple:
+    """``(ch, parts)``: the index work of :func:`perturbed_channels`, which depends only on the
+    coordinates ``local`` (NumPy indices inside the block), the block's layer and the device,
+    not on the parameters' values or the batch (so a caller may keep it for a mask's steps).
+    ``ch`` is the channel each perturbation changes (torch), ``parts`` one ``(role, pos, ix)``
+    for each parameter the coordinates touch (``pos`` as :func:`_split_roles` gives it, ``ix``
+    its torch indices: the output channels, and the input columns of a Linear weight or the
+    ``(ci, p, q, patch rows)`` of a convolution's)."""
+    kind, module = _as2d(kind, module)
+    ch = np.empty(len(local), dtype=np.int64)
+    parts = []
+    for role, pos, idx in _split_roles(bp, local, dev):
+        if kind == "linear" and role == "weight":
+            i, j = np.divmod(idx, module.in_features)
+            ix = (_t(i, dev), _t(j, dev))
+        elif kind == "conv2d" and role == "weight":
+            i, ci, p, q = _conv_index(module, idx)
+            ix = (_t(i, dev), (ci, p, q, patch_rows(module, ci, p, q, dev)))
+        else:
+            i = idx
+            ix = (_t(i, dev),)
+        parts.append((role, pos, ix))
+        if pos is None:
+            ch[:] = i
+        else:
+            ch[pos if isinstance(pos, slice) else pos.cpu().numpy()] = i
+    return _t(ch, dev), tuple(parts)
+
+
+def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local, h, plan=None):
     """``(ch, col)``: the channel each perturbation changes and its new values ``(k, B, ...)``.
 
-    ``local`` holds NumPy indices inside the block, ``h`` the representable steps (torch).
+    ``local`` holds NumPy indices inside the block, ``h`` the representable steps (torch);
+    ``plan``: :func:`channel_plan` of ``local``, when the caller keeps it.
     """
     if kind == "conv1d":
         kind, module, x, out = _as2d(kind, module, x, out)
-        ch, col = perturbed_channels(kind, module, x, out, cache, bp, local, h)
+        ch, col = perturbed_channels(kind, module, x, out, cache, bp, local, h, plan)
         return ch, col.squeeze(2)
     k = len(local)
     dev = out.device
-    ch = np.empty(k, dtype=np.int64)
+    ch, parts = channel_plan(kind, module, bp, local, dev) if plan is None else plan
     col = None  # allocated when the coordinates span several parameters (one parameter: its values are col)
-    for role, pos, idx in _split_roles(bp, local, dev):
+    for role, pos, ix in parts:
         hr = h if pos is None else h[pos]
         if pos is not None and col is None:
             col = torch.empty((k, out.shape[0]) + tuple(out.shape[2:]), dtype=out.dtype, device=dev)
@@ -84,24 +114,19 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
         dst = col[pos] if isinstance(pos, slice) else None
         if kind == "linear":
             if role == "weight":
-                i, j = np.divmod(idx, module.in_features)
-                val = torch.addcmul(out.index_select(1, _t(i, dev)).T, hr[:, None], x.index_select(1, _t(j, dev)).T,
-                                    out=dst)
+                val = torch.addcmul(out.index_select(1, ix[0]).T, hr[:, None], x.index_select(1, ix[1]).T, out=dst)
             else:
-                i = idx
-                val = torch.add(out.index_select(1, _t(i, dev)).T, hr[:, None], out=dst)
+                val = torch.add(out.index_select(1, ix[0]).T, hr[:, None], out=dst)
         elif kind == "conv2d":
             if role == "weight":
-                i, ci, p, q = _conv_index(module, idx)
-                G = conv_patches(module, cache, ci, p, q, out, dev)  # (B, k, Ho, Wo)
-                val = torch.addcmul(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1),
+                ci, p, q, rows = ix[1]
+                G = conv_patches(module, cache, ci, p, q, out, dev, rows)  # (B, k, Ho, Wo)
+                val = torch.addcmul(out.index_select(1, ix[0]).transpose(0, 1), hr.view(-1, 1, 1, 1),
                                     G.transpose(0, 1), out=dst)
             else:
-                i = idx
-                val = torch.add(out.index_select(1, _t(i, dev)).transpose(0, 1), hr.view(-1, 1, 1, 1), out=dst)
+                val = torch.add(out.index_select(1, ix[0]).transpose(0, 1), hr.view(-1, 1, 1, 1), out=dst)
         else:  # bn
-            i = idx
-            it = _t(i, dev)
+            it = ix[0]
             sl = out.index_select(1, it).transpose(0, 1)
             shape = (-1,) + (1,) * (sl.dim() - 1)
             if role == "weight":
@@ -110,12 +135,9 @@ def perturbed_channels(kind: str, module, x, out, cache, bp: BlockParams, local,
                 val = torch.add(sl, hr.view(shape), out=dst)
         if pos is None:
             col = val
-            ch[:] = i
-        else:
-            if dst is None:
-                col[pos] = val
-            ch[pos if isinstance(pos, slice) else pos.cpu().numpy()] = i
-    return _t(ch, dev), col
+        elif dst is None:
+            col[pos] = val
+    return ch, col
 
 
 # the pools pooled_channels_last runs channels-last (run_owned checks the type before calling it)

@@ -257,6 +257,7 @@ class _Core:
         state = dict(self.__dict__)
         state["base_out"] = None  # an output of this process's last plain call: not the copy's
         state.pop("load_geometry", None)  # worked out again from the copy's parameters
+        state.pop("index_plans", None)  # index tensors on this process's device: made again where needed
         mods = list(self.model.modules())
         pos = {id(m): i for i, m in enumerate(mods)}
         ppos = {}

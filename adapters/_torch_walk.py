@@ -11,14 +11,45 @@ import torch
 from zoracle._errors import ArgumentError
 
 from ._torch_chain import generic_outputs, norm_context, perturbed_outputs, prepare_cache
-from ._torch_channels import (absorb, absorb_flatten_linear, absorbs, channel_local, is_fork, channel_ok, channel_step,
-                              flatten_linear, materialize, perturbed_channels, sample_coupling, LAYOUT, layout_free,
-                              tile)
+from ._torch_channels import (absorb, absorb_flatten_linear, absorbs, channel_local, channel_plan, is_fork, channel_ok,
+                              channel_step, flatten_linear, materialize, perturbed_channels, sample_coupling, LAYOUT,
+                              layout_free, tile)
 from ._torch_exact import shared_suffix
 from ._torch_graph import downstream
 from ._torch_guards import _copy, _model_state
 from ._torch_layout import UNREAD, repeat_rows, run_owned
 from ._torch_tensors import _Features, _keep, _nhwc, _same
+
+
+#: what a core's index plans may hold before they are emptied (a fresh mask every step makes new
+#: ones every step, for nothing): coordinate sets of ``coordinate_losses``, plans, and coordinates
+#: in all (a dense step on a 121k model is 121k)
+_PLAN_SETS = 8
+_PLANS = 1024
+_PLAN_COORDS = 2**18
+
+
+def kept_plan(core, device, key, n: int, make):
+    """``make()``, kept on ``core`` under ``key`` (the bytes of ``n`` coordinates, and what they
+    are for, ``"coords"`` for a coordinate set): the index work a sparse step repeats while its
+    coordinates stay the same. A new mask, or a batch of another shape that cuts a block into
+    other chunks, has other keys; all are made again when the split (``core.blocks``, emptied when
+    it retires), the step chain or ``device`` change. Every bound copy of an oracle shares its
+    core, and its plans."""
+    held = core.__dict__.get("index_plans")
+    if held is None or held[0] is not core.blocks or held[1] is not core.chain or held[2] != device:
+        held = core.index_plans = [core.blocks, core.chain, device, {}, 0, 0]
+    plan = held[3].get(key)
+    if plan is None:
+        plan = make()
+        sets = key[0] == "coords"
+        if len(held[3]) >= _PLANS or held[4] + n > _PLAN_COORDS or held[5] + sets > _PLAN_SETS:
+            held[3].clear()
+            held[4] = held[5] = 0
+        held[3][key] = plan
+        held[4] += n
+        held[5] += sets
+    return plan
 
 
 class _Walk:
@@ -151,6 +182,35 @@ class _Walk:
             LAYOUT.nhwc = False
         return (j, kind, h, base_out, base_losses, (rest, joins, fork_at))
 
+    def _coordinate_plan(self, c) -> tuple:
+        """``(c_t, blocks)`` for ``coordinate_losses`` on the int64 indices ``c``: ``c`` as a
+        torch index, and for each block they touch, in ascending order, ``(b, sel, local, at)``:
+        ``sel`` the positions in ``c`` of its coordinates, ``local`` their indices inside the
+        block, ``at`` ``sel`` as a slice where it is one run (the planner's sorted order), else as
+        a torch index. Kept per coordinate set (:func:`kept_plan`)."""
+        core = self._core
+
+        def make():
+            starts = np.array([b.start for b in core.blocks])
+            owner = np.searchsorted(starts, c, side="right") - 1
+            blocks = []
+            for b in np.unique(owner).tolist():
+                sel = np.flatnonzero(owner == b)
+                at = (slice(int(sel[0]), int(sel[-1]) + 1) if sel[-1] - sel[0] + 1 == len(sel)
+                      else torch.as_tensor(sel, device=self.device))
+                local = c[sel] - core.blocks[b].start
+                sel.flags.writeable = local.flags.writeable = False  # kept: no caller may write into them
+                blocks.append((b, sel, local, at))
+            # a copy: ``as_tensor`` would share the caller's array, which it may write new coordinates into
+            return torch.tensor(c, device=self.device), tuple(blocks)
+
+        return kept_plan(core, self.device, ("coords", c.dtype.str, c.tobytes()), len(c), make)
+
+    def _channel_plan(self, block: int, kind: str, module, local, dev) -> tuple:
+        """:func:`channel_plan` of ``local`` in ``block``, kept per coordinate set (:func:`kept_plan`)."""
+        return kept_plan(self._core, dev, ("channels", block, local.dtype.str, local.tobytes()), len(local),
+                         lambda: channel_plan(kind, module, self._core.block_params[block], local, dev))
+
     def _check_block(self, block) -> int:
         n = len(self._core.blocks)
         if isinstance(block, bool) or not isinstance(block, numbers.Integral) or not 0 <= block < n:
@@ -168,14 +228,21 @@ class _Walk:
         # forwards); on a GPU they stay there until the end (one copy to the host, no sync per chunk)
         out = np.empty(len(local)) if torch.device(self.device).type == "cpu" else []
         steps = core.chain.steps
+        # the chunks' index plans, found or made before any chunk runs: made between the chunks, the
+        # kept ones would sit between their freed temporaries as the losses did
+        plans = [None] * -(-len(local) // chunk)
+        if features.walk is not None and not core.shared[block] and core.block_names[block] != UNREAD:
+            si = core.block_steps[block]
+            plans = [self._channel_plan(block, core.kinds[block], steps[si].module, local[lo:lo + chunk],
+                                        features.out.device) for lo in range(0, len(local), chunk)]
         LAYOUT.nhwc = not getattr(LAYOUT, "off", False) and all(
             layout_free(st) for st in steps[core.block_steps[block] + 1:])
         try:
             with torch.no_grad(), (norm_context(self.model, loss_fn=self.loss_fn) if ctx is None
                                    else contextlib.nullcontext(ctx)) as ctx:
-                for lo in range(0, len(local), chunk):
+                for lo, plan in zip(range(0, len(local), chunk), plans):
                     ctx.groups = 1
-                    part = self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx)
+                    part = self._suffix_chunk(features, block, local[lo:lo + chunk], h[lo:lo + chunk], ctx, plan)
                     if isinstance(out, list):
                         out.append(part)
                     else:
@@ -184,7 +251,8 @@ class _Walk:
             LAYOUT.nhwc = False
         return torch.cat(out).double().cpu().numpy() if isinstance(out, list) else out
 
-    def _suffix_chunk(self, feats: _Features, block: int, local, h, ctx) -> torch.Tensor:
+    def _suffix_chunk(self, feats: _Features, block: int, local, h, ctx, plan=None) -> torch.Tensor:
+        """One chunk's losses (``plan``: the chunk's :meth:`_channel_plan`, when the caller has it)."""
         core = self._core
         ctx.reset()  # a chunk's forward starts from the buffers the query found, as the first one did
         si = core.block_steps[block]
@@ -198,7 +266,8 @@ class _Walk:
         if True:
             if feats.walk is not None:
                 ch, col = perturbed_channels(kind, st.module, feats.state[0], feats.out, feats.cache,
-                                             core.block_params[block], local, h)
+                                             core.block_params[block], local, h,
+                                             plan or self._channel_plan(block, kind, st.module, local, feats.out.device))
                 stop, absorbed, base_in, base_out, base_losses, (base_rest, joins, fork_at) = feats.walk
                 skip = None
                 for j in range(si + 1, stop):

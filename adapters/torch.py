@@ -708,23 +708,20 @@ class TorchOracle(_Batches, _Walk):
         if not core.blocks:
             self._warn_fallback()
             return full_coordinate_losses(self, params, c, step)
-        starts = np.array([b.start for b in core.blocks])
-        owner = np.searchsorted(starts, c, side="right") - 1
+        c_t, plan = self._coordinate_plan(c)
         call = self.max_queries_per_call
         theta = self._load(params)
         states = self._chain_is_model(params, now, self._states(params, now))
         if states is None:
             return full_coordinate_losses(self, params, c, step)
         with torch.no_grad():
-            base = theta[torch.as_tensor(c, device=self.device)]
+            base = theta[c_t]
             h = (base + step) - base  # as suffix computes them, coordinate by coordinate
-        blocks = np.unique(owner).tolist()
 
         def work(ctx):
-            for b in blocks:
-                sel = np.flatnonzero(owner == b)
+            for b, sel, local, at in plan:
                 feats = self._features(params, b, states, now, ctx)
-                local, hb = c[sel] - core.blocks[b].start, h[torch.as_tensor(sel, device=self.device)]
+                hb = h[at]
                 for lo in range(0, len(sel), call):
                     out[sel[lo:lo + call]] = self._block_losses(feats, b, local[lo:lo + call], hb[lo:lo + call], ctx)
             return out
@@ -733,7 +730,7 @@ class TorchOracle(_Batches, _Walk):
         # or in-place activation to handle) is the same for every prefix and suffix: entered once for
         # all of them; any other, each prefix and suffix enters its own, as split calls do
         # (``inert_context``: what the last one was, so that a model needing its own is not tried again)
-        if blocks and getattr(core, "inert_context", True):  # (a core unpickled from an older version has none)
+        if plan and getattr(core, "inert_context", True):  # (a core unpickled from an older version has none)
             with torch.no_grad(), norm_context(self.model, loss_fn=self.loss_fn) as ctx:
                 core.inert_context = ctx.inert
                 if ctx.inert:
