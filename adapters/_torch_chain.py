@@ -121,6 +121,11 @@ class _NormState:
         #: ``(buffer, value, version)`` of the buffers train-mode modules write on every forward
         #: (spectral norm's power-iteration vectors, InstanceNorm's running statistics)
         self.saved = []
+        #: ``(module, name, buffer)`` of the buffers in ``saved``: a forward that assigns one out of place
+        #: (``self.count = self.count + 1``, a running statistic kept by hand) registers another tensor,
+        #: which ``reset`` and the context's exit replace by the saved one (a value assigned inside a
+        #: vectorized forward would otherwise escape it and be read by the next forward)
+        self.slots = []
         #: the context patched no forward, switched no flag and saved no buffer: entering another
         #: one on the same model would do the same (nothing)
         self.inert = False
@@ -129,10 +134,25 @@ class _NormState:
         """Put back every saved buffer a forward wrote: each perturbation's forward then starts
         from the state the query found (spectral norm's next power iteration reads its vector)."""
         if self.saved:
+            _put_back_slots(self.slots)
             with torch.no_grad():
                 for b, v, version in self.saved:
                     if b._version != version or not _same_values(b, v):
                         b.copy_(v)
+
+
+def _put_back_slots(slots) -> None:
+    for m, name, b in slots:
+        if m._buffers.get(name) is not b:
+            m._buffers[name] = b
+
+
+def _save_buffers(ctx, m: nn.Module) -> None:
+    """Save ``m``'s own buffers (the tensors, their values and versions) for ``ctx`` to put back."""
+    for name, b in m._buffers.items():
+        if b is not None:
+            ctx.saved.append((b, b.clone(), b._version))
+            ctx.slots.append((m, name, b))
 
 
 def _same_values(b: torch.Tensor, v: torch.Tensor) -> bool:
@@ -207,6 +227,19 @@ def _dropout_funcs():
     return _DROPOUT_FUNCS
 
 
+def _off(func, args, kwargs):
+    """A functional dropout, off: its input's values; a new tensor where torch's gives one (training,
+    ``p > 0``, not inplace), as for a dropout module (``norm_context``). The signatures are
+    ``(input, p, training/train, inplace)``; ``F.alpha_dropout``'s and ``F.feature_alpha_dropout``'s
+    ``training`` defaults to False, ``F.dropout``'s and ``F.dropout1d/2d/3d``'s to True."""
+    x = args[0] if args else kwargs["input"]
+    p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+    train = args[2] if len(args) > 2 else kwargs.get("training", kwargs.get(
+        "train", func not in (F.alpha_dropout, F.feature_alpha_dropout)))
+    inplace = args[3] if len(args) > 3 else kwargs.get("inplace", False)
+    return x.clone() if train and p and not inplace else x
+
+
 class _NoDropout(torch.overrides.TorchFunctionMode):
     """Functional dropout is the identity and attention runs with ``dropout_p = 0``."""
 
@@ -214,7 +247,7 @@ class _NoDropout(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         ident, attn = _dropout_funcs()
         if func in ident:
-            return args[0] if args else kwargs["input"]
+            return _off(func, args, kwargs)
         if func in attn:
             if func is F.scaled_dot_product_attention:
                 if len(args) > 4:
@@ -315,15 +348,18 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                 patched.append(m)
             elif isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
                 if not update:
-                    saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
+                    _save_buffers(ctx, m)
                 m.forward = _patch(lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
                 patched.append(m)
             elif isinstance(m, _DROPOUT):
-                m.forward = _identity
+                # off: its input's values. A new tensor where torch's dropout gives one (train mode, p > 0, not
+                # inplace): ``out = self.drop(x); out += x`` writes into the dropout's output there, not into x
+                m.forward = _fresh if m.training and m.p and not getattr(m, "inplace", False) else _identity
                 patched.append(m)
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
                 flags.append((m, "inplace", True))
+                SWITCHED_OFF[m] = True
             if m.training and not isinstance(m, _BATCHNORM) and m._buffers and (
                     not update or not (keep_written or isinstance(m, _INSTANCENORM))):
                 # buffers a module writes in train mode: a query leaves them as it found them. A plain
@@ -333,7 +369,7 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
                 # quantization observer): with them moved by the base point's call, the estimate's
                 # queries would see two states (and on an executor's workers, whichever copy ran the
                 # base point another one)
-                saved += [(b, b.clone(), b._version) for b in m.buffers(recurse=False)]
+                _save_buffers(ctx, m)
             if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
                 # a recurrent layer's dropout between its layers runs inside its kernel
                 flags.append((m, "dropout", m.dropout))
@@ -349,7 +385,10 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             m.__dict__.pop("forward", None)
         for m, attr, v in flags:
             setattr(m, attr, v)
+            if attr == "inplace":
+                SWITCHED_OFF.pop(m, None)
         try:
+            _put_back_slots(ctx.slots)
             with torch.no_grad():
                 for b, v, version in saved:
                     # written: put back (one left untouched keeps its version and bits). Compared
@@ -361,6 +400,9 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
             guard.__exit__(None, None, None)
 
 
+#: the modules whose ``inplace=True`` ``norm_context`` has set to False while it runs: the user's
+#: value is True there (the split's key reads it, so that a user's own flip is seen, not the oracle's)
+SWITCHED_OFF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = ForkSafeLock()
 
@@ -481,6 +523,11 @@ def vmap_safe(model: nn.Module) -> bool:
 @_patch
 def _identity(x, *args, **kwargs):
     return x
+
+
+@_patch
+def _fresh(x, *args, **kwargs):
+    return x.clone()
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ._torch_chain import _DROPOUT, _NoDropout
+from ._torch_chain import _DROPOUT, _NoDropout, _put_back_slots
 from ._torch_layout import Chain, Step, to_torch
 
 
@@ -19,6 +19,8 @@ def plain_context(model: nn.Module):
     buffers (running statistics) restored afterwards, nothing else touched."""
     flags = []
     saved = [(b, b.detach().clone()) for b in model.buffers()]
+    # the tensors registered: a forward assigning a buffer out of place (``self.count = self.count + 1``) registers another
+    slots = [(m, name, b) for m in model.modules() for name, b in m._buffers.items() if b is not None]
     for m in model.modules():
         if isinstance(m, _DROPOUT) and m.p:
             flags.append((m, "p", m.p))
@@ -33,6 +35,7 @@ def plain_context(model: nn.Module):
     finally:
         for m, attr, v in flags:
             setattr(m, attr, v)
+        _put_back_slots(slots)
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)

@@ -34,7 +34,7 @@ def _not_repeatable(oracle) -> bool:
     what, held = "", None
     with torch.no_grad(), norm_context(model, loss_fn=oracle.loss_fn) as ctx, rng_kept():
         kept = [vars(m).copy() for m in model.modules()]  # (held: an id freed in between is not reused)
-        before = _plain_attributes(model)
+        before, key = _plain_attributes(model), _modes(model)
         version = None if x.is_inference() else x._version
         out = model(x)
         # a forward that writes into its input (x -= mean; in-place modules run out of place here)
@@ -81,6 +81,10 @@ def _not_repeatable(oracle) -> bool:
                "one before wrote, and the oracle's queries, which all read the one bound batch, measure that drift, "
                "not the gradient; write it out of place (x = x - mean)")
     elif what == "model(x)" and wrote and not drew:  # no random draw: the attributes it writes are the state
+        # written by every forward: not a setting. Keyed, they changed the model's key at every call, and a
+        # query checked again (running this check's forwards, which move that state) or not as a freed id
+        # was reused or not: the estimates of one such run differed from another's
+        _unwatch_changed(model, key)
         why = (f"model(x) is not repeatable: two evaluations at the same parameters and batch differ, and its "
                f"forward writes the attributes {name_list(wrote)} (state kept between calls outside its parameters "
                "and buffers, if the next call reads them; if not, a random draw outside torch's generators, NumPy's "

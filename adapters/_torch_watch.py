@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._torch_chain import SWITCHED_OFF
 from ._torch_graph import BAKED_BUFFERS
 from ._torch_reference import plain_context
 
@@ -51,7 +52,13 @@ def _plain_values(m: nn.Module) -> tuple:
             names += tuple((_BUFFER, k) for k in m._buffers)
         got = _PLAIN_NAMES[m] = (baked, names)
     names = got[1]
-    return tuple([_value_key(_read(m, k)) for k in names]) if names else ()
+    values = tuple([_value_key(_read(m, k)) for k in names]) if names else ()
+    inplace = m.__dict__.get("inplace")
+    if inplace is None:
+        return values
+    # the user's flag (``relu.inplace = True`` set after the capture): True while ``norm_context``
+    # runs the module out of place. Last, so ``_unwatch_changed``'s zip with the names stops before it
+    return values + (("inplace", inplace is True or (bool(SWITCHED_OFF) and m in SWITCHED_OFF)),)
 
 
 _BUFFER = "buffer"
@@ -71,6 +78,7 @@ def _read(m: nn.Module, name):
 #: activations hold them
 _PLAIN = (numbers.Number, np.generic, str, type(None), enum.Enum)
 #: attributes the oracle itself switches while it runs (``norm_context``), or that are the key already
+#: (``inplace`` is keyed apart, as the user's value: ``_plain_values``)
 _TOGGLED = frozenset({"training", "inplace", "dropout"})
 #: ``nn.Module``'s own bookkeeping (its parameter, buffer, submodule and hook dicts): keyed otherwise
 _MODULE_OWN = frozenset(nn.Module().__dict__)
