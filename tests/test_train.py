@@ -1967,7 +1967,8 @@ def test_a_cge_mu_far_beyond_the_parameters_scale_is_warned_about():
         x = x - 0.1 * np.array(g)
     assert loss(x) > 1e6 > loss(np.zeros(3))  # uphill
     with pytest.warns(UserWarning, match=r"CGE's mu = 5000 is over 100 times the parameters' scale "
-                                         r"\(max\|params\| = 0, or 1\).*uphill or nowhere.*5000 for 0\.005\?"):
+                                         r"\(max\|params\| = 0, or 1\).*uphill or nowhere.*5000 for 0\.005\?"), \
+            pytest.warns(UserWarning, match=r"the run ended far above where it started: .* is 1\.8e\+07, against 3 "):
         res = zo.train(loss, np.zeros(3), epochs=20, estimator=zo.CGE(mu=5e3), optimizer=zo.sgd(0.1), progress=False)
     np.testing.assert_allclose(res.params, x)
     with pytest.warns(UserWarning, match=r"CGE's mu = 10000 is over 100 times"):  # a schedule's largest mu

@@ -65,6 +65,7 @@ SITES: dict = {
                                          ("smart_ratio: the conv layers kept whole leave",)],
     "zoracle/_resume.py::check": [("was written before checkpoints recorded the batches",),
                                   ("recorded the rows of dict batches",)],
+    "zoracle/_run_end.py::_warn_ended_above": [("train: the run ended far above where it started", "zoracle/_diagnose.py")],
     "zoracle/_run_end.py::finish_run": [("train: the oracle could not load the trained parameters into its model",),
                                         ("train: the plot",)],
     "zoracle/_run_loop.py::_update": [("update() must return a state whose `count` is one more",)],

@@ -234,3 +234,64 @@ def _fast_path_note(loss, point, plain: float, left=np.inf) -> str:
                     f"divided by mu: make `{method}` compute the plain call's loss (the same reduction, minibatch "
                     "and order, unrounded), and check the oracle with zoracle.testing.check_oracle")
     return ""
+
+
+#: the steps a run's history needs before its end is compared with its start
+ENDED_MIN_STEPS = 10
+#: the first steps whose losses' step-to-step changes measure the loss's noise (up to a fifth of the
+#: run's), and the last steps whose median is the run's end
+ENDED_HEAD, ENDED_TAIL = 20, 5
+#: how far above its start a run's end warns: ``end - start > ENDED_RISE * scale`` (for a positive
+#: loss that is steady from step to step: the end at 10 times the start or more)
+ENDED_RISE = 9.0
+
+
+def ended_above(steps_hist, first_step: int):
+    """Whether a run ended far above where it started, read from its steps' losses: ``(start, end,
+    tail)``, the loss of its first step and the median of the losses of its last ``tail`` steps, or
+    None. The end is a median: one reading that spikes (100 times the loss) moves a mean of 5
+    twentyfold, a median not at all; they are the params the run returns (a run a spike threw far
+    climbs back down and is thrown again: its last 20 steps' median read 100 where it returned
+    params at 3.5e24). The start is the first step alone, the params the run was given: a drift or
+    a learning rate too large throws the params from the first update on (a warming sensor's second
+    step read 467, its first 12.5). The end warns where it lies more than ``ENDED_RISE`` times
+    ``scale`` above the start, ``scale`` being the larger of ``|start|`` and the mean change from one
+    step's loss to the next over the first steps: a minibatch loss's noise (a first batch that read
+    far below the others is no start to compare with), or the fall of a run's first steps. A mean,
+    not a median: one sample's loss near a solution is mostly about 0 and now and then about 1 (the
+    median change made a run whose first sample read 6e-9 warn at 0.02, its loss over all the data
+    unchanged); the largest change left out: a learning rate too large, or a spike, throws the
+    params in one step, which a short run's few first changes would count as noise. None where the
+    history holds fewer than ``ENDED_MIN_STEPS`` steps, does not begin at step 0, or this run took
+    no step (a resumed run that had ended: the run that ended it was told)."""
+    n = len(steps_hist)
+    if n < ENDED_MIN_STEPS or steps_hist[0]["step"] != 0 or steps_hist[-1]["step"] < first_step:
+        return None
+    head = np.array([float(r["loss"]) for r in steps_hist[:min(ENDED_HEAD, n // 5) + 1]])
+    tail = np.array([float(r["loss"]) for r in steps_hist[-min(ENDED_TAIL, n // 5):]])
+    if not (np.isfinite(head).all() and np.isfinite(tail).all()):
+        return None
+    start, end = float(head[0]), float(np.median(tail))
+    changes = np.sort(np.abs(np.diff(head)))[:-1]  # (the largest left out: one throw is no noise)
+    scale = max(abs(start), float(np.mean(changes)) if changes.size else 0.0)
+    if scale > 0 and end - start > ENDED_RISE * scale:
+        return start, end, len(tail)
+    return None
+
+
+def ended_above_text(start: float, end: float, tail: int, n: int, lrs) -> str:
+    """The warning of a run that ended far above where it started (:func:`ended_above`); ``n`` its
+    steps, ``lrs`` their learning rates."""
+    top = max(lrs)
+    lr = f"lr was {top:g}" if min(lrs) == top else f"lr reached {top:g}"
+    reading, inside = told(("a reading", "inside the oracle"), ("a value told", "before telling it"))
+    return (f"train: the run ended far above where it started: the median loss of its last {tail} steps is "
+            f"{end:.4g}, against {start:.4g} at its first step (of {n} steps); the params it returns are its "
+            f"last step's. Likely causes, in this order: a learning rate too large ({lr}): lower it tenfold; "
+            f"{reading} that now and then spikes (one in hundreds far off throws an SGD step far away): take "
+            f"the median of three readings {inside}, or train with zo.sign_sgd, or RGE with shaping='ranks'; "
+            f"{reading} that drifts with time: read a fixed reference point beside each query and return the "
+            "difference, or raise mu; noise over mu: average readings or raise mu; a start at the optimum, "
+            "where forward differences' bias (of order mu) holds the run above it: a smaller mu or "
+            "scheme='central'. See 'Drift, spikes and hangs' in docs/training.md (a loss meant to rise over the "
+            "run, a curriculum's, aside)")

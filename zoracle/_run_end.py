@@ -8,6 +8,7 @@ import time
 
 from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _colourless, _fitted_bar, _line_bar, _redraws, _steady_bar,
                    _tqdm_lock, _tqdm_unlock, _unwrapped, log)
+from ._diagnose import ended_above, ended_above_text
 from ._errors import logging_kept_out, user_stacklevel, warn
 from ._history import History, TrainResult
 from ._oracle import has_methods
@@ -59,10 +60,23 @@ def close_bar(bar, tqdm_lock):
     _tqdm_unlock(tqdm_lock)
 
 
+def _warn_ended_above(steps_hist, first_step):
+    """Warn where the run's last steps' losses lie far above its first steps' (zoracle._diagnose.ended_above):
+    a learning rate too large, or readings that spike or drift, can throw the params where the
+    loss is orders of magnitude above the start without a divergence error (they stay finite, mu
+    still a step there), and the run returned as if it had trained."""
+    found = ended_above(steps_hist, first_step)
+    if found is not None:
+        warn(ended_above_text(*found, len(steps_hist), [float(r["lr"]) for r in steps_hist]), UserWarning,
+             stacklevel=4)
+
+
 def finish_run(oracle, params, state, est_state, steps_hist, epoch_hist, plot, keep, coords, *, nfev, step, epoch,
-               epochs, stopped, t_start):
+               epochs, stopped, t_start, first_step=0):
     """The result of a run that ended: the trained params loaded into the oracle's model (where it holds
-    one), the history drawn to ``plot``. A failure of either warns: the result is returned."""
+    one), the history drawn to ``plot``. A failure of either warns: the result is returned. A run that
+    ended far above where it started warns (``first_step``: this run's first step, a resumed run's)."""
+    _warn_ended_above(steps_hist, first_step)
     if has_methods(oracle, "load", "initial_params") and getattr(oracle, "param_info", None) is not None:
         # an oracle over a model it holds (TorchOracle): its queries left the model at the last
         # perturbed point; it holds the trained parameters now (torch.save(model.state_dict()) saves them)

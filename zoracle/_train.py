@@ -346,7 +346,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         run.coords = last_mask(masks, run.steps_hist, run.epoch, run.step)
     return finish_run(oracle, run.params, run.state, run.est_state, run.steps_hist, run.epoch_hist, plot, keep,
                       run.coords, nfev=run.nfev, step=run.step, epoch=run.epoch, epochs=epochs, stopped=run.stopped,
-                      t_start=t_start)
+                      t_start=t_start, first_step=run.first_step)
 
 
 seal_signature(train)  # (its signature for help(); SciPy's fun=, x0= reach its refusal)
