@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -252,6 +253,8 @@ def _record(run, t0, g, lr, blist) -> bool:
     run.n_rate += g.nfev
     now = time.perf_counter()
     if run.progress:
+        if run.max_queries is not None and run.bar_steps is not None:  # (batches of no length: no total, as before)
+            run.bar.total = _bar_total(run)
         run.bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}",
                             qps=_rate_text(run.n_rate / max(now - run.t_rate, 1e-9)), refresh=False)
         run.bar.update(1)
@@ -278,6 +281,17 @@ def _record(run, t0, g, lr, blist) -> bool:
     if run.pos < len(blist) and not run.stopped and run.cadence.due(run.step):
         save(run)
     return run.stopped
+
+
+def _bar_total(run):
+    """The steps the bar counts to in a run bounded by ``max_queries``: those its epochs hold, or fewer
+    where the queries left run out first, at this run's queries a step so far (the run stops there).
+    The epochs' steps alone, a budget of 30% of them ended the run at 30% of the bar, whose time left
+    was the epochs' (3.6 times the real one)."""
+    per_step = run.n_rate / (run.step - run.first_step)
+    if not per_step > 0:
+        return run.bar_steps
+    return min(run.bar_steps, run.step + math.ceil(max(run.max_queries - run.nfev, 0) / per_step))
 
 
 def epoch_warnings(run, blist) -> None:

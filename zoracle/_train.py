@@ -320,7 +320,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         sparse=sparse, masks=masks, root=root, epochs=epochs, total=total, callbacks=callbacks, eval_fn=eval_fn,
         eval_every=eval_every, checkpoint=checkpoint, resume=resume, max_queries=max_queries, cadence=cadence,
         saver=saver, save_mid_step=save_mid_step, epoch_batches=epoch_batches, first_count=first_count,
-        first_step=first_step,
+        first_step=first_step, bar_steps=total_steps,
         bar=bar, block_watch=block_watch, cb_warned=cb_warned, checked=checked, coords=coords,
         count_warned=count_warned, epoch=epoch, epoch_hist=epoch_hist, est_state=est_state, flat_warned=flat_warned,
         n_rate=n_rate, nfev=nfev, params=params, pos=pos, progress=progress, resumed_metrics=resumed_metrics,
