@@ -249,8 +249,12 @@ class _Batches:
                     names = parameter_names(self.model)
                     with torch.no_grad(), norm_context(self.model) as ctx:
                         ok = _reaches(self, ctx, [names[id(p)] for p in core.params], core.params)
+                        # the one read through a copy, by name (once, two forwards a tensor: the warning
+                        # named none and showed `self.weight` as the attribute to read)
+                        bad = None if ok else next((names[id(p)][0] for p in core.params
+                                                    if not _reaches(self, ctx, [names[id(p)]], [p])), None)
                     if not ok:
-                        _vmap_off(self, "a parameter")
+                        _vmap_off(self, "a parameter" if bad is None else f"parameter {bad!r}", bad)
                         return self._full_loop(P)
                     core.vmap_reached.add(-1)
                 return out

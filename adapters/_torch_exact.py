@@ -883,7 +883,7 @@ def _vmap_off(oracle, what: str, name: str | None = None) -> None:
          "(they put each perturbed parameter in by its name, torch.func.functional_call; a plain attribute, "
          "list or object holding it, or a detached view, keeps the old values there): full forwards run one "
          "at a time, perturbed in place; read it in the forward as a module attribute "
-         f"(self.{name or 'weight'}), not through such a copy, to vectorize them again",
+         f"({'self.' + name if name else 'self.<its name>'}), not through such a copy, to vectorize them again",
          RuntimeWarning, stacklevel=user_stacklevel())
 
 

@@ -6,6 +6,8 @@ oracle cannot apply. It now names the mean of whole numbers beside those, with i
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,47 @@ def test_a_float16_loss_and_a_rounded_one_are_told_as_before():
         with pytest.warns(UserWarning, match=names) as got:
             zo.estimate_gradient(oracle, X0, rng=0)
         assert not any("a mean of whole numbers" in str(w.message) for w in got)
+
+
+def test_a_mean_read_far_from_its_base_loss_is_named_by_its_own_n():
+    """A base loss of 0.2 and a perturbed one of 3.4 (means over 5): their difference, 3.2, rounds at
+    3.4's float spacing, which a tolerance at 0.2's missed, so the warning named a mean over 25."""
+    x0 = np.random.default_rng(0).standard_normal(D)
+
+    def loss(x) -> float:
+        up = np.asarray(x) > x0 + 0.005  # the coordinates forward CGE perturbs (by +mu)
+        return float(np.mean([1 + 16 * up[0] + 2 * up[1], 3 * up[2], 0, 0, 0]))  # 5 whole numbers
+
+    with pytest.warns(UserWarning, match=r", or are multiples of 1/5 \(a mean of whole numbers over 5 items") as got:
+        zo.estimate_gradient(loss, x0, zo.CGE(mu=0.01), rng=0)
+    assert "1/25" not in str(got[0].message)
+    assert _grid.mean_count(0.2, np.array([3.4 - 0.2, 0.6 - 0.2, 0.0])) == 5
+
+
+def test_the_policy_search_guide_says_which_means_are_warned_of():
+    """docs/training.md, 'Policy search': the guide said CGE warns wherever a mean of k whole returns
+    lies on its grid of 1/k, for the k = 3 of its own example too, where no warning comes (the grid
+    is read from the losses' decimals or bits: found where 1/k is a short decimal or binary fraction)."""
+    import re
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8").split())
+    m = re.search(r"coarse-loss warning names such a grid where `k` is ([\d, ]+) or another product of 2s and 5s "
+                  r"\(`1/k` a short decimal or binary fraction\); at another `k`, as the (\d+) here, no warning comes",
+                  text)
+    assert m, "the guide's sentence on which means the coarse-loss warning names"
+    named, silent = [int(k) for k in m.group(1).replace(",", " ").split()], int(m.group(2))
+    for n in [*named, 16, 20, silent, 6, 7, 12]:
+        est_module._COARSE_WARNED.clear()
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            zo.estimate_gradient(mean_return(n), X0, zo.CGE(mu=0.01), rng=0)
+        texts = [str(w.message) for w in got if "resolves a partial derivative" in str(w.message)]
+        rest = n
+        for p in (2, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:  # a product of 2s and 5s
+            assert len(texts) == 1 and f"1/{n} (a mean of whole numbers over {n} items" in texts[0], (n, texts)
+        else:
+            assert texts == [], (n, texts)

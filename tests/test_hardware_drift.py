@@ -60,7 +60,7 @@ def test_a_diverged_run_names_a_drifting_reading_not_noise():
     assert "The loss drifts with time: at the run's first params it read 12.51 at the first step" in text
     assert "not deterministic" not in text and "needs averaged readings" not in text  # noise's advice
     assert "averaging readings does not remove it: read a fixed reference point beside each query" in text
-    assert "'Drift, spikes and hangs' in docs/training.md" in text
+    assert "(docs/training.md, 'Drift, spikes and hangs')" in text
 
 
 def test_a_diverged_run_with_noise_is_still_told_of_noise():
@@ -143,3 +143,51 @@ def test_a_drifting_gain_diverges_a_run_and_its_error_says_so():
     cured = zo.train(lambda x: device(x) / device(ref) * f(ref), np.zeros(D), epochs=1, steps_per_epoch=100,
                      optimizer=zo.sgd(0.2), rng=0, progress=False)
     assert f(cured.params) < 1e-3 * f(ref)
+
+
+def test_the_guides_numbers_for_a_drifting_gain_are_what_the_runs_end_at():
+    """docs/training.md, 'Drift, spikes and hangs': the run a drifting gain diverges, and where the
+    ratio and the difference to a reference reading (read right before each query, as the guide
+    says) end; a review found the difference's number measured with the reference read after the
+    query (16.5, where the guide's order ends at 2.1)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    text = " ".join(text.split())
+    within = int(re.search(r"a gain rising 1e-4 a reading diverged within (\d+) steps at `lr = 0\.2`", text).group(1))
+    ratio, difference = re.search(r"ended at ([\d.e-]+), and the difference at ([\d.]+)\.", text).groups()
+
+    def shown(value, like):  # the value at the digits the guide shows
+        digits = len(like.split("e")[0].replace(".", "").lstrip("0"))
+        return float(f"{value:.{digits}g}")
+
+    with pytest.raises(zo.ArgumentError, match=r"training diverged at step (\d+)") as err:
+        zo.train(Gain(1e-4), np.zeros(D), epochs=1, steps_per_epoch=100, optimizer=zo.sgd(0.2), rng=0,
+                 progress=False)
+    assert int(re.search(r"diverged at step (\d+)", str(err.value)).group(1)) < within
+    ref = np.zeros(D)
+    ends = {}
+    for name in ("ratio", "difference"):
+        device = Gain(1e-4)
+
+        def referenced(x, name=name, device=device):
+            r = device(ref)  # the reference first, then the query
+            return device(x) / r * f(ref) if name == "ratio" else device(x) - r
+
+        run = zo.train(referenced, np.zeros(D), epochs=1, steps_per_epoch=100, optimizer=zo.sgd(0.2), rng=0,
+                       progress=False)
+        ends[name] = f(run.params)
+    assert (shown(ends["ratio"], ratio), shown(ends["difference"], difference)) == (float(ratio), float(difference))
+
+
+def test_the_diverged_run_and_the_fast_path_check_give_one_fix_for_a_drift():
+    """Both messages that find a drift say its fix in the same words (one text in the code; the two
+    copies had drifted apart in how they named the guide's section)."""
+    diverged = _diverge(Warming(0.01))
+    with pytest.warns(RuntimeWarning, match="the three move one way") as seen:
+        zo.train(WarmingBatch(1e-3), np.zeros(D), epochs=1, steps_per_epoch=3, optimizer=zo.sgd(0.2), rng=0,
+                 progress=False)
+    fix = diverged[diverged.index("averaging readings does not remove it"):]
+    assert fix.endswith("(docs/training.md, 'Drift, spikes and hangs')")
+    assert fix in str(seen[0].message)

@@ -247,7 +247,8 @@ def test_smart_ratio_raising_the_linear_keep_ratio_names_the_argument_and_fix():
     assert "pass linear_keep=0.45 (`linear_keep`=0.3 now)" in text and "a higher `sparsity`" in text
 
 
-def test_a_parameter_read_through_a_copy_names_the_fix():
+@pytest.mark.parametrize("estimator", ["cge", "rge"])  # (CGE's coordinate path, RGE's full forwards)
+def test_a_parameter_read_through_a_copy_names_the_fix(estimator):
     torch = pytest.importorskip("torch")
     from adapters.torch import TorchOracle
 
@@ -268,7 +269,8 @@ def test_a_parameter_read_through_a_copy_names_the_fix():
     oracle = TorchOracle(model, torch.nn.functional.cross_entropy, (x, y))
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        zo.estimate_gradient(oracle, oracle.initial_params())
+        zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE() if estimator == "cge" else zo.RGE(directions=4),
+                             rng=0)
     texts = [str(w.message) for w in rec if "through a copy" in str(w.message)]
     assert len(texts) == 1, [str(w.message) for w in rec]
     assert "parameter 'lin.weight'" in texts[0]

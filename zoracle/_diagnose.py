@@ -195,6 +195,12 @@ def noise_note(loss, point, start=None, budget=None, first=None) -> str:
             f"larger mu){check}")
 
 
+#: the fix for a reading that drifts with time, in each message that finds one (a diverged run's, the fast-path
+#: check's); its section named as tests/test_docs_navigation.py finds it
+DRIFT_FIX = ("averaging readings does not remove it: read a fixed reference point beside each query and return the "
+             "difference (the ratio, for a drifting gain), or raise mu (docs/training.md, 'Drift, spikes and hangs')")
+
+
 def _drift_text(first: float, a: float, b: float) -> str:
     """A diverged run's loss at its first params: read ``first`` at the run's first step, ``a`` and ``b``
     now (two calls in a row): far from ``first`` and close to each other, a drift, which averaging does
@@ -203,9 +209,7 @@ def _drift_text(first: float, a: float, b: float) -> str:
             f"and {a:.6g}, then {b:.6g} now, two calls in a row {abs(a - b):.3g} apart; a reading that changes "
             "between queries (a sensor warming up, a gain drifting) moves each CGE difference by the drift between "
             "its two queries over mu (forward: more for each later coordinate), whatever the learning rate, and "
-            "averaging readings does not remove it: read a fixed reference point beside each query and return "
-            "the difference (the ratio, for a drifting gain), or raise mu (see 'Drift, spikes and hangs' in "
-            "docs/training.md)")
+            + DRIFT_FIX)
 
 
 def _fast_path_note(loss, point, plain: float, left=np.inf) -> str:

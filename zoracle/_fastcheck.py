@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 from ._backend import to_numpy
+from ._diagnose import DRIFT_FIX
 from ._errors import user_stacklevel, warn
 from ._forked import ForkSafeLock
 from ._grid import NARROW_BITS, exact_points, value_bits
@@ -296,9 +297,7 @@ def _noisy_text(fn, probe, plain: float, again: float, spread: float, fast: floa
     if fast is not None and (plain - fast) * (again - plain) > 0 and abs(plain - fast) > 10 * gap:
         trend = (f" The estimate's own reading there, made earlier, was {fast:.10g}: the three move one way, the "
                  "earlier gap the larger. If the reading drifts with time (a sensor warming up, a gain drifting), "
-                 "averaging readings does not remove it: read a fixed reference point beside each query and return "
-                 "the difference (the ratio, for a drifting gain), or raise mu (docs/training.md, 'Drift, spikes "
-                 "and hangs').")
+                 f"{DRIFT_FIX}.")
     share = (f", {gap / spread:.1%} of the largest loss difference that estimate took ({spread:.3g})"
              if spread > 0 else ", and that estimate's losses all equal its base loss")
     return (f"{type(fn).__name__}: its plain call is not deterministic: asked twice at the same params (a query "

@@ -229,7 +229,9 @@ def mean_count(loss: float, diffs, far: float = 0.0, most: int = MAX_MEAN_COUNT)
     v = np.unique(v[v != 0])
     if not v.size or not bool(np.all(np.isfinite(v))):
         return None
-    ulps = 8 * math.ulp(abs(loss) + abs(far))
+    # (at the largest loss differenced, as loss_grid's: a difference of 3.2 from a base loss of 0.2 rounds
+    # at 3.4's spacing, and a tolerance at 0.2's read a mean over 5 as one over 25)
+    ulps = 8 * math.ulp(abs(loss) + float(np.max(np.abs(v))))
     for n in range(1, most + 1):
         if ulps * n > 0.01:
             return None

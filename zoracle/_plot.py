@@ -157,6 +157,12 @@ def _axis_values(history, x: str) -> tuple[np.ndarray, np.ndarray, str]:
             np.searchsorted(step_epochs, epoch_ids, side="right").astype(np.float64), "steps")
 
 
+def _epoch_mids(sx: np.ndarray, history) -> list:
+    """Each epoch's place at the middle of its steps' places ``sx`` (NaN for an epoch without steps)."""
+    step_epochs = history.column("epoch")
+    return [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in history.column("epoch", "epoch")]
+
+
 def _faded(ax, color, alpha: float) -> tuple:
     """``color`` at ``alpha`` over the axes' background, as an opaque colour: PostScript (.eps, .ps) has no
     transparency (matplotlib logged a warning for each such figure and drew the colour at full strength)."""
@@ -245,8 +251,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     steps, epochs = history.steps, history.epochs
     if not steps:
         raise ArgumentError("the history has no steps to plot: train for at least one step")
-    step_loss, step_epochs = history.column("loss"), history.column("epoch")
-    epoch_loss, epoch_ids = history.column("loss", "epoch"), history.column("epoch", "epoch")
+    step_loss = history.column("loss")
     sx, ex, label = _axis_values(history, x)
     # by name: a checkpoint stores each record's fields sorted, so the run's own order is lost there and
     # `zoracle plot run.npz` drew the panels in another order than result.plot() of the same run
@@ -256,8 +261,7 @@ def plot_history(history, path=None, *, x: str = "queries", title: str | None = 
     ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, "C0", 0.45), label="step",
             marker="." if len(sx) == 1 else None)  # one step: a line of one point draws nothing
     if len(epochs) and len(steps) > len(epochs):  # each epoch's mean loss at the middle of its steps
-        mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in epoch_ids]
-        ax.plot(mid, epoch_loss, marker=".", color="C1", label="epoch mean")
+        ax.plot(_epoch_mids(sx, history), history.column("loss", "epoch"), marker=".", color="C1", label="epoch mean")
         ax.legend(frameon=False)
     for ax, name in zip(axes[1:], metrics):
         _metric_line(ax, history, name, ex)
@@ -304,13 +308,12 @@ def plot_runs(runs, path=None, *, x: str = "queries", title: str | None = None):
     for i, (name, h) in enumerate(pairs):
         color = f"C{i % 10}"
         sx, ex, label = _axis_values(h, x)
-        step_loss, step_epochs = h.column("loss"), h.column("epoch")
+        step_loss = h.column("loss")
         losses.append(step_loss)
         ax = axes[0]
         if len(h.epochs) and len(h.steps) > len(h.epochs):  # the steps faded, the epochs' means in the run's colour
             ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, color, 0.3))
-            mid = [sx[step_epochs == e].mean() if e in step_epochs else np.nan for e in h.column("epoch", "epoch")]
-            ax.plot(mid, h.column("loss", "epoch"), marker=".", color=color, label=name)
+            ax.plot(_epoch_mids(sx, h), h.column("loss", "epoch"), marker=".", color=color, label=name)
         else:
             ax.plot(sx, step_loss, lw=1.0, color=color, label=name, marker="." if len(sx) == 1 else None)
         for ax, metric in zip(axes[1:], metrics):
