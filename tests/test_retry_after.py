@@ -1,6 +1,6 @@
 """``zo.retrying`` waits what a transient error's ``Retry-After`` says (an attribute, urllib's
 ``HTTPError.headers``, a requests-style ``exc.response.headers``), cut to ``max_delay``, which
-also stops the doubled ``backoff``; ``jitter`` (off by default) spreads the backoff waits only.
+also stops the doubled ``backoff``; ``jitter`` (off by default) spreads the backoff waits, and a Retry-After wait upwards only.
 Waits are recorded through a patched ``time.sleep``: no test waits."""
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_a_long_run_of_tries_waits_max_delay_without_overflow(waits):
     assert len(waits) == 1100 and waits[-1] == 2.0
 
 
-def test_jitter_is_off_by_default_and_spreads_only_the_backoff_waits(waits, monkeypatch):
+def test_jitter_is_off_by_default_and_spreads_retry_after_waits_upwards_only(waits, monkeypatch):
     zo.retrying(_failing(TimeoutError(), TimeoutError()), backoff=1)(np.zeros(2))
     zo.retrying(_failing(TimeoutError(), TimeoutError()), backoff=1)(np.zeros(2))
     assert waits == [1.0, 2.0] * 2  # the same waits each time
@@ -172,8 +172,15 @@ def test_jitter_is_off_by_default_and_spreads_only_the_backoff_waits(waits, monk
     plain = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]
     assert all(w / 2 <= got <= w for got, w in zip(waits, plain)) and waits != plain
     waits.clear()
-    zo.retrying(_failing(_ServiceBusy(3)), jitter=1)(np.zeros(2))
-    assert waits == [3.0]  # the service's own time: not spread
+    zo.retrying(_failing(*[_ServiceBusy(3)] * 6), tries=7, jitter=1)(np.zeros(2))
+    # the service's own time spread upwards only: never sooner than asked, not all at the same instant
+    assert all(3.0 <= w <= 6.0 for w in waits) and len(set(waits)) > 1, waits
+    waits.clear()
+    zo.retrying(_failing(*[_ServiceBusy(3)] * 6), tries=7, jitter=1, max_delay=4)(np.zeros(2))
+    assert all(3.0 <= w <= 4.0 for w in waits), waits  # cut to max_delay, which is past what it asked
+    waits.clear()
+    zo.retrying(_failing(_ServiceBusy(3)))(np.zeros(2))
+    assert waits == [3.0]  # no jitter: exactly the service's time
 
 
 def test_the_settings_travel_with_pickles_bind_and_repr():

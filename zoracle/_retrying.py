@@ -93,7 +93,9 @@ def retrying(oracle: Any, *, tries: int = 3,
         Spread of the ``backoff`` waits, from 0 (the default: every wait as above, the same in
         each run) to 1: each wait is drawn uniformly from ``[(1 - jitter) * w, w]`` (Python's
         ``random``), so that workers failing together (a 503 for all) do not come back together.
-        A ``Retry-After`` wait is not spread: it is the earliest time the service asked for.
+        A ``Retry-After`` wait, the earliest time the service asked for, is spread upwards only,
+        from ``[w, (1 + jitter) * w]`` (cut to ``max_delay``): workers a rate limit turned away
+        together, each told the same instant, do not all come back at it.
 
     Returns
     -------
@@ -231,8 +233,8 @@ class Retrying:
         """Seconds to wait after failed try ``attempt`` (from 0), what the log line adds, and the argument
         that would lengthen it (for the advice once every try has failed)."""
         hint = retry_after(exc)
-        if hint is not None:
-            wait = min(hint, self.max_delay)
+        if hint is not None:  # spread upwards only: never sooner than the service asked
+            wait = min(hint * (1 + self.jitter * random.random()) if self.jitter else hint, self.max_delay)
             return (wait, f" (its Retry-After: {hint:g} s{', cut to max_delay' if wait < hint else ''})",
                     "`max_delay`" if wait < hint else "`tries`")
         full = self.backoff * 2.0 ** min(attempt, 1000)  # (2.0 ** 1024 overflows: tries=5000)
