@@ -206,13 +206,14 @@ def bn_normalized(mod, x):
     return F.batch_norm(x, mod.running_mean, mod.running_var, None, None, False, 0.0, mod.eps)
 
 
-def _own_forward_grouped(mod, ctx: _NormState, x, *args, **kwargs):
-    """A BatchNorm subclass's own forward, run once per row group (its statistics per group)."""
-    fwd = type(mod).forward
+def _own_forward_grouped(mod, ctx: _NormState, x, *args, own=None, **kwargs):
+    """A BatchNorm subclass's own forward (``own``: the function set on the instance, when the user set
+    one), run once per row group (its statistics per group)."""
+    fwd = functools.partial(type(mod).forward, mod) if own is None else own
     g = ctx.groups
     if g == 1:
-        return fwd(mod, x, *args, **kwargs)
-    return torch.cat([fwd(mod, part, *args, **kwargs) for part in x.chunk(g)])
+        return fwd(x, *args, **kwargs)
+    return torch.cat([fwd(part, *args, **kwargs) for part in x.chunk(g)])
 
 
 _DROPOUT_FUNCS = None
@@ -343,19 +344,23 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
     guard.__enter__()
     try:
         for m in special:
-            if type(m) in _BN:
+            # a forward the user set on the instance (``bn.forward = ...``) runs, and is there again
+            # afterwards; a patch of an enclosing context (the same model's) comes back at the exit
+            was = m.__dict__.get("forward")
+            own = None if was is None or getattr(was, "_norm_patch", False) else was
+            if type(m) in _BN and own is None:
                 m.forward = _patch(lambda x, m=m: _bn_forward(m, ctx, x))
-                patched.append(m)
+                patched.append((m, was))
             elif isinstance(m, _BATCHNORM) and (m.training or m.running_mean is None):
                 if not update:
                     _save_buffers(ctx, m)
-                m.forward = _patch(lambda x, *a, m=m, **kw: _own_forward_grouped(m, ctx, x, *a, **kw))
-                patched.append(m)
-            elif isinstance(m, _DROPOUT):
+                m.forward = _patch(lambda x, *a, m=m, own=own, **kw: _own_forward_grouped(m, ctx, x, *a, own=own, **kw))
+                patched.append((m, was))
+            elif isinstance(m, _DROPOUT) and own is None:
                 # off: its input's values. A new tensor where torch's dropout gives one (train mode, p > 0, not
                 # inplace): ``out = self.drop(x); out += x`` writes into the dropout's output there, not into x
-                m.forward = _fresh if m.training and m.p and not getattr(m, "inplace", False) else _identity
-                patched.append(m)
+                m.forward = _fresh if m.training and m.p and not writes_input(m) else _identity
+                patched.append((m, was))
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
                 flags.append((m, "inplace", True))
@@ -381,8 +386,11 @@ def norm_context(model: nn.Module, groups: int = 1, update: bool = False, loss_f
         finally:
             mode.__exit__(None, None, None)
     finally:
-        for m in patched:
-            m.__dict__.pop("forward", None)
+        for m, was in reversed(patched):
+            if was is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.__dict__["forward"] = was
         for m, attr, v in flags:
             setattr(m, attr, v)
             if attr == "inplace":
@@ -528,6 +536,16 @@ def _identity(x, *args, **kwargs):
 @_patch
 def _fresh(x, *args, **kwargs):
     return x.clone()
+
+
+#: the dropouts whose forward passes no ``inplace`` to torch's function: a new tensor whatever the flag says
+_NOT_INPLACE = frozenset({nn.AlphaDropout.forward, nn.FeatureAlphaDropout.forward})
+
+
+def writes_input(m: nn.Module) -> bool:
+    """``m``'s ``inplace=True`` is honoured: its forward writes into its input (``nn.AlphaDropout`` and
+    ``nn.FeatureAlphaDropout`` keep the flag and ignore it)."""
+    return getattr(m, "inplace", False) is True and type(m).forward not in _NOT_INPLACE
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,8 +38,10 @@ def channel_local(step: Step, base) -> bool:
     if step.fn is not None:
         return False
     m = step.module
-    return (type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
-            or (type(m) in _POOL1D and base.dim() == 3))
+    own = m.__dict__.get("forward")  # a forward the user set on the instance: not the closed form's layer
+    return (own is None or getattr(own, "_norm_patch", False)) and (
+        type(m) in _ACT or type(m) in _BN or (type(m) in _POOL and base.dim() == 4)
+        or (type(m) in _POOL1D and base.dim() == 3))
 
 
 def flatten_linear(steps, j: int, base) -> bool:

@@ -39,7 +39,7 @@ from torch import nn
 
 from zoracle._forked import ForkSafeLock
 
-from ._torch_chain import Step
+from ._torch_chain import Step, writes_input
 
 __all__ = ["trace_steps", "downstream"]
 
@@ -243,7 +243,7 @@ def _stale_after_in_place(nodes: list, order: dict, model: nn.Module | None = No
         module = None
         if n.op == "call_module" and model is not None and n.args and isinstance(n.args[0], fx.Node):
             module = model.get_submodule(n.target)
-            if getattr(module, "inplace", False) is not True:
+            if not writes_input(module):
                 continue
         elif not _in_place(n):
             continue

@@ -22,7 +22,10 @@ def plain_context(model: nn.Module):
     # the tensors registered: a forward assigning a buffer out of place (``self.count = self.count + 1``) registers another
     slots = [(m, name, b) for m in model.modules() for name, b in m._buffers.items() if b is not None]
     for m in model.modules():
-        if isinstance(m, _DROPOUT) and m.p:
+        # a stock dropout's F.dropout is switched off by the mode below, which returns a new tensor where
+        # torch's dropout does, as norm_context's does (p = 0 would return the input itself: ``out =
+        # self.drop(h); out += h`` would write into h); another forward is run with p = 0
+        if isinstance(m, _DROPOUT) and m.p and (type(m) not in _DROPOUT or "forward" in m.__dict__):
             flags.append((m, "p", m.p))
             m.p = 0.0
         if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and m.dropout:
