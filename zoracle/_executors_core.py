@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import pickle
 import sys
 import numbers
@@ -758,7 +759,7 @@ def unless_closed(backend):
 LOST_RETRIES = 3
 
 
-def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
+def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None, speeds=None):
     """Run ``shards`` on ``backend``'s workers; results in shard order.
 
     ``backend`` provides ``idle()`` (idle worker handles), ``workers()`` (all live ones),
@@ -789,8 +790,12 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
     worker (no retry; ``abort`` stops the in-flight work). A ``KeyboardInterrupt`` (or
     any other non-``Exception``) raised by the oracle propagates as it is. A backend's optional
     ``closed()`` says the executor was closed during the run (from another thread): the run raises.
+
+    ``speeds`` (a :class:`~zoracle._executors_speed.WorkerSpeeds`) holds a worker much slower than
+    the others back from a shard it would finish after they finished everything left, and learns
+    from this run's shards.
     """
-    run = _Run(backend, shards, costs, stats_cb, timeout, kind_cb)
+    run = _Run(backend, shards, costs, stats_cb, timeout, kind_cb, speeds)
     closed = getattr(backend, "closed", None)  # close() from another thread during this run
     try:
         while run.queue or run.inflight:
@@ -820,6 +825,8 @@ def schedule(backend, shards, costs, stats_cb=None, timeout=None, kind_cb=None):
             hung = run.stuck if isinstance(exc, ShardTimeout) else stop_now
             backend.abort([w for _, w in run.inflight.values()], hung=hung)
         raise
+    if speeds is not None:
+        speeds.learn(run.done, {backend.name(w) for w in backend.workers()})
     return run.results, run.retries, run.busy
 
 
@@ -827,8 +834,9 @@ class _Run:
     """One :func:`schedule` call: its shards waiting, in flight and failed, their results, and the
     steps of its loop (submit, wait for a worker, take an answer, find the late)."""
 
-    def __init__(self, backend, shards, costs, stats_cb, timeout, kind_cb):
+    def __init__(self, backend, shards, costs, stats_cb, timeout, kind_cb, speeds=None):
         self.backend, self.shards, self.timeout = backend, shards, timeout
+        self.costs, self.speeds, self.done = costs, speeds, {}  # done: what each worker ran (speeds.note)
         self.stats_cb, self.kind_cb = stats_cb, kind_cb
         self.n = n = len(shards)
         self.results, self.retries, self.busy = [None] * n, 0, 0.0
@@ -844,18 +852,24 @@ class _Run:
     def limit(self, jid) -> float:
         return max(self.timeout, LOAD_S) if jid in self.loading else self.timeout
 
-    def submit_to_idle_workers(self) -> None:
+    def submit_to_idle_workers(self, limited=True) -> None:
         """Each idle worker takes the first waiting shard that has not failed on it (or that has failed on
-        every live worker)."""
-        backend, queue = self.backend, self.queue
+        every live worker) and that it is not too slow for (``speeds``; where none took one, any)."""
+        backend, queue, costs = self.backend, self.queue, self.costs
+        limited = limited and self.speeds is not None
         for w in backend.idle():
             if not queue:
                 break
             live = {backend.name(x) for x in backend.workers()}
+            largest = math.inf
+            if limited:
+                others = [x for x in backend.workers() if x != w]
+                remaining = sum(costs[i] for i in queue) + sum(costs[i] for i, _ in self.inflight.values())
+                largest = self.speeds.largest(w, others, remaining, backend.name)
             pick = None
             for i in queue:
                 bad = {name for name, _ in self.failed_on[i]}
-                if backend.name(w) not in bad or not (live - bad):
+                if costs[i] <= largest and (backend.name(w) not in bad or not (live - bad)):
                     pick = i
                     break
             if pick is None:
@@ -866,6 +880,8 @@ class _Run:
             if backend.submit(w, jid, self.shards[pick]):
                 self.loading.add(jid)
             self.started[jid] = time.perf_counter()  # after submit: a worker's start-up is not the shard's
+        if limited and queue and not self.inflight:  # (a retry only a slow worker may take)
+            self.submit_to_idle_workers(limited=False)
 
     def wait_for_a_worker(self) -> None:
         """Shards wait and none is in flight: ask for the worker list again (``refresh()``) and back off;
@@ -905,6 +921,8 @@ class _Run:
         if outcome[0] == "ok":
             self.results[i] = outcome[1]
             self.busy += outcome[2]
+            if self.speeds is not None:
+                self.speeds.note(self.done, self.backend.name(w), cost_key(shards[i]), outcome[2], self.costs[i])
             if self.kind_cb is not None and len(outcome) > 3 and outcome[3] is not None:
                 self.kind_cb(outcome[3])  # the type of the losses a worker saw (float32, int)
             if self.stats_cb is not None:

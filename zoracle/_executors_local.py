@@ -22,6 +22,7 @@ from ._backend import jax_x64, to_numpy
 from ._errors import ZoracleError, user_stacklevel, warn
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, loss_type, precision_bits
+from ._executors_speed import WorkerSpeeds
 from ._plan import BaseTask, assemble, shard_tasks
 from ._pickling import cloudpickle_module
 from ._executors_core import (
@@ -147,7 +148,7 @@ class ShardedExecutor(StaysHere):
         self._batch_seen: dict = {}  # bound batch token -> the batch unbind() returned (_batch_items)
         self._warned: set = set()  # oracle tokens warned about state their base point updates
         self._modules: dict = {}  # module name -> its __spec__ when its first oracle was sent (_reloaded)
-        self._costs = CostModel()
+        self._costs, self._speeds = CostModel(), WorkerSpeeds()  # seconds per query; each worker's speed
         self._lock, self._owner = run_lock(self), None  # one run at a time; the thread inside run()
         #: seconds a shard may run before :class:`ShardTimeout` (None: no limit)
         self.timeout = check_timeout(timeout)
@@ -290,7 +291,7 @@ class ShardedExecutor(StaysHere):
         t0 = time.perf_counter()
         results, retries, busy = schedule(
             backend, shards, costs, lambda t, s: self._costs.learn(payload.oracle_token, t, s),
-            timeout=self.timeout, kind_cb=seen,
+            timeout=self.timeout, kind_cb=seen, speeds=None if self.shares_memory else self._speeds,  # (threads: any is any)
         )
         wall = time.perf_counter() - t0
         self.last_run = RunStats(len(shards), retries, wall, busy, self.n_workers)
