@@ -134,3 +134,22 @@ def test_the_records_make_a_table():
     assert sorted(epochs.columns) == ["epoch", "err", "loss", "lr", "nfev", "seconds", "total_nfev"]
     np.testing.assert_array_equal(epochs["err"].isna(), [True, False, False])  # evaluated every 2nd epoch
     assert epochs["total_nfev"].iloc[-1] == r.nfev == steps["nfev"].sum()
+
+
+def test_many_runs_with_long_labels_keep_the_panels_drawable(tmp_path):
+    """27 runs named by long checkpoint paths: the legend goes beside the panels, labels cut to their
+    end; inside the loss panel it left the panels no room (matplotlib's constrained-layout warning)."""
+    import warnings
+
+    runs = {}
+    for i in range(27):
+        r = zo.train(lambda x: float(np.sum(x ** 2)), np.ones(3), epochs=2, progress=False, rng=i)
+        runs[f"/very/long/path/to/some/experiment/directory/run_{i:02d}/checkpoint.npz"] = r
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = zo.History.plot_runs(runs, tmp_path / "many.png")
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(texts) == 27 and texts[3].endswith("run_03/checkpoint.npz") and all(len(t) <= 40 for t in texts)
+    assert fig.axes[0].get_window_extent().width > 100  # the loss panel kept its room
+    few = zo.History.plot_runs(dict(list(runs.items())[:3]))
+    assert not few.legends and few.axes[0].get_legend() is not None  # a few runs: inside the loss panel

@@ -319,6 +319,28 @@ def plot_runs(runs, path=None, *, x: str = "queries", title: str | None = None):
         for ax, metric in zip(axes[1:], metrics):
             if any(metric in r for r in h.epochs):  # (a run without this metric: no line)
                 _metric_line(ax, h, metric, ex, color=color, label=name)
-    axes[0].legend(frameon=False)
+    _runs_legend(fig, axes[0], len(pairs))
     _finish(fig, axes, path, fmt, x, label, losses, metrics, title)
     return fig
+
+
+#: runs a legend inside the loss panel holds; more go beside the panels, whose figure grows for them
+LEGEND_INSIDE = 8
+#: characters of a run's label the legend shows (a longer one keeps its end, where paths differ)
+LABEL_CHARS = 40
+
+
+def _runs_legend(fig, ax, n: int) -> None:
+    """The runs' legend: in the loss panel for a few runs; for more, beside the panels (the figure
+    wider by the legend's width), in columns of 20, labels cut to their last :data:`LABEL_CHARS`
+    characters: 27 runs named by long checkpoint paths inside the panel left the panels no room, and
+    the constrained layout failed with matplotlib's warning."""
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [t if len(t) <= LABEL_CHARS else "…" + t[-(LABEL_CHARS - 1):] for t in labels]
+    if n <= LEGEND_INSIDE:
+        ax.legend(handles, labels, frameon=False)
+        return
+    cols = -(-n // 20)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + cols * 0.09 * max(len(t) for t in labels), max(height, 0.22 * min(n, 20)))
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small", ncols=cols)
