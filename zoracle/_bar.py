@@ -139,6 +139,21 @@ def _redraws(stream) -> bool:
         return False
 
 
+def _pool_worker() -> str:
+    """``"[name pid N] "`` in a worker process of a pool (``multiprocessing.Pool``, a ``concurrent.futures``
+    process pool, joblib's loky, Dask's worker processes: multiprocessing's children), else ``""``.
+    Tasks of a sweep run there side by side, all on the terminal of the parent: each redrew its bar
+    with ``\\r`` on the one line they share, which showed one bar flickering between the runs (the loss
+    and lr of one, the step of another). There ``train`` writes lines, each named by its process."""
+    mp = sys.modules.get("multiprocessing")  # (not imported: no child of it)
+    try:
+        if mp is None or mp.parent_process() is None:
+            return ""
+        return f"[{mp.current_process().name} pid {os.getpid()}] "
+    except Exception:  # (an odd multiprocessing state: as a process of its own)
+        return ""
+
+
 def _dumb(stream) -> bool:
     """Whether ``stream`` is the terminal TERM=dumb describes: a TTY by its file descriptor (a stream
     that only says it is one, with no descriptor, is no device TERM names)."""
@@ -338,13 +353,20 @@ def _line_bar(tqdm):  # stopped (a class made per run left a thread and an atexi
 
         def display(self, msg=None, pos=None):
             if msg is None:  # (a message is the bar cleared: nothing to clear)
-                self.fp.write(f"{self}\n")
+                tag = _pool_worker()
+                self.fp.write(f"{tag}{self._narrowed(len(tag)) if tag else self}\n")
                 self.fp.flush()
                 self.desc_shown = self.desc
             return msg is None
 
         def clear(self, nolock=False):
             pass
+
+        def _narrowed(self, by):  # the line ``by`` columns narrower, beside a tag of that width
+            kw = self.format_dict
+            if kw.get("ncols"):
+                kw["ncols"] = max(10, kw["ncols"] - by)
+            return self.format_meter(**kw)
 
         def close(self):
             # the run's last state, also where only the description changed since the last line (the

@@ -6,8 +6,8 @@ import os
 import sys
 import time
 
-from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _colourless, _fitted_bar, _line_bar, _redraws, _steady_bar,
-                   _tqdm_lock, _tqdm_unlock, _unwrapped, log)
+from ._bar import (_BarStream, _LINE_SECONDS, _NoBar, _colourless, _fitted_bar, _line_bar, _pool_worker, _redraws,
+                   _steady_bar, _tqdm_lock, _tqdm_unlock, _unwrapped, log)
 from ._diagnose import ended_above, ended_above_text
 from ._errors import logging_kept_out, user_stacklevel, warn
 from ._history import History, TrainResult
@@ -23,6 +23,7 @@ def open_bar(progress, total_steps, step):
 
     progress = progress and sys.stderr is not None  # no stderr (pythonw, `2>&-`): no bar to draw, not a crash
     lines = progress and not _redraws(sys.stderr)  # a log file: a line every _LINE_SECONDS, not ten redraws a second
+    lines = lines or (progress and bool(_pool_worker()))  # a sweep's task: lines, not bars redrawn over each other
     from tqdm.std import tqdm as text_tqdm
     text = getattr(tqdm, "display", None) is text_tqdm.display  # (not a notebook's widget bar)
     lines = lines and text

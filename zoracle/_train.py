@@ -178,7 +178,9 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     progress : bool
         tqdm progress bar with loss, lr and queries/s (prints in ``eval_fn``, callbacks and a loss
         run in this process, and warnings, start a line of their own). On a stderr that is no terminal (a log file, a pipe) or a
-        ``TERM=dumb`` one, the bar is a plain line every 10 seconds and one at the end. On a narrow terminal its
+        ``TERM=dumb`` one, the bar is a plain line every 10 seconds and one at the end; so it is in a pool's worker
+        process (a sweep's task: ``multiprocessing``, ``concurrent.futures``, joblib, Dask), each line starting with
+        ``[worker-name pid N]``. On a narrow terminal its
         graphic goes first, then the numbers, least needed first (from 40 columns the step and loss stay). Either way ``logging`` (logger
         ``zoracle``) gets a record at INFO per epoch and per checkpoint save; off, also one at
         DEBUG per step. Each carries its numbers as ``record.zoracle`` (a dict: the history's
