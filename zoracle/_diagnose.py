@@ -243,8 +243,9 @@ def _fast_path_note(loss, point, plain: float, left=np.inf) -> str:
 #: the steps a run's history needs before its end is compared with its start
 ENDED_MIN_STEPS = 10
 #: the first steps whose losses' step-to-step changes measure the loss's noise (up to a fifth of the
-#: run's), and the last steps whose median is the run's end
-ENDED_HEAD, ENDED_TAIL = 20, 5
+#: run's), and the last steps whose median is the run's end (a fifth of a shorter run's, but 3 at least:
+#: the median of 2 is their mean, which one spike at a 10-step run's last step moved 50 times)
+ENDED_HEAD, ENDED_TAIL, ENDED_TAIL_MIN = 20, 5, 3
 #: how far above its start a run's end warns: ``end - start > ENDED_RISE * scale`` (for a positive
 #: loss that is steady from step to step: the end at 10 times the start or more)
 ENDED_RISE = 9.0
@@ -272,7 +273,7 @@ def ended_above(steps_hist, first_step: int):
     if n < ENDED_MIN_STEPS or steps_hist[0]["step"] != 0 or steps_hist[-1]["step"] < first_step:
         return None
     head = np.array([float(r["loss"]) for r in steps_hist[:min(ENDED_HEAD, n // 5) + 1]])
-    tail = np.array([float(r["loss"]) for r in steps_hist[-min(ENDED_TAIL, n // 5):]])
+    tail = np.array([float(r["loss"]) for r in steps_hist[-min(ENDED_TAIL, max(ENDED_TAIL_MIN, n // 5)):]])
     if not (np.isfinite(head).all() and np.isfinite(tail).all()):
         return None
     start, end = float(head[0]), float(np.median(tail))
