@@ -296,6 +296,17 @@ def _run_rate(first, last):
     return (last[0] - first[0]) / (last[1] - first[1])
 
 
+def _set_total(bar, total) -> None:
+    """``bar.total = total``, and a notebook's widget bar with it, whose length tqdm set once, at its
+    start: under ``max_queries`` (:func:`zoracle._run_loop._bar_total`) the widget filled to 6/20 at a
+    run's end while its text read 6/6."""
+    bar.total = total
+    try:
+        bar.container.children[1].max = total
+    except (AttributeError, IndexError):  # (a text bar: no widget)
+        pass
+
+
 class _NoBar:
     """The bar of a run without one (``progress=False``, or its stream failed): no tqdm is made,
     whose first bar starts a monitor thread that outlives the run and fixes multiprocessing's

@@ -21,6 +21,8 @@ RECOVER = 0.9
 #: one worker's shards of one kind this many times apart in seconds per estimated cost: the
 #: oracle's cost varies by point (a simulator slower for some parameters), not the workers' speed
 SPREAD = 3.0
+#: runs within which a second run whose times spread shows the oracle's cost varies by point
+RECUR = 10
 
 
 class WorkerSpeeds:
@@ -30,6 +32,7 @@ class WorkerSpeeds:
     def __init__(self):
         self._slow: dict = {}  # worker name -> slowness
         self.varies, self.runs = False, 0  # varies: the oracle's cost was seen to vary by point (learn)
+        self.spread = None  # the last run whose shards' times spread (SPREAD), counted as ``runs``
 
     def slowness(self, name) -> float:
         return self._slow.get(name, 1.0)
@@ -59,11 +62,15 @@ class WorkerSpeeds:
         """Learn from one run: ``done`` as :meth:`note` filled it; ``live``: the names of the run's
         workers. Where one worker's shards of one kind took seconds per cost this far apart
         (:data:`SPREAD`), the oracle's cost varies by point: a worker that drew the costly shards
-        would seem slow, so no worker is held back any more (by this executor)."""
+        would seem slow: the speeds are forgotten, and where another run within :data:`RECUR` spreads too,
+        no worker is held back any more (by this executor). One run's spread is no proof: a shard the
+        OS kept waiting (another job on the core, a straggler's very cause) or a new oracle's first call
+        (its warm-up) spread a run, which turned the holding back off for good."""
         self.runs += 1  # (a first run's first calls may be slow everywhere: imports, warm-up)
         if self.runs > 1 and any(hi > SPREAD * lo for _, _, kinds in done.values() for lo, hi in kinds.values()):
-            self.varies = True
-        if self.varies:
+            self.varies = self.varies or (self.spread is not None and self.runs - self.spread <= RECUR)
+            self.spread = self.runs
+        if self.varies or self.spread == self.runs:
             self._slow.clear()
             return
         for name in [k for k in self._slow if k not in live]:  # a replaced worker's name goes with it

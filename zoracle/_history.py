@@ -254,7 +254,8 @@ class History:
         one colour a run, against the queries, steps or seconds (``x``, as for :meth:`plot`).
 
         ``runs`` is a dict ``{label: history}`` (its labels in the legend, beside the panels for more
-        than 8 runs, cut to their last 40 characters) or a list of histories
+        than 8 runs, cut to 40 characters: their ends, or from where they differ where the ends are
+        alike) or a list of histories
         (labelled ``run 0``, ``run 1``, ...); a :class:`TrainResult` stands for its history, and
         :meth:`from_checkpoint` reads one from a checkpoint. ``path`` and ``title`` are as for
         :meth:`plot`; returns the :class:`matplotlib.figure.Figure` (docs/training.md, "Reading

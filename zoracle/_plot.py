@@ -304,7 +304,7 @@ def plot_runs(runs, path=None, *, x: str = "queries", title: str | None = None):
     Figure = _history_figure()
     metrics = sorted({k for _, h in pairs for r in h.epochs for k in r if k not in RECORD_FIELDS})
     fig, axes = _panels(metrics, Figure)
-    losses = []
+    losses, handles = [], []  # handles: each run's line in the legend
     for i, (name, h) in enumerate(pairs):
         color = f"C{i % 10}"
         sx, ex, label = _axis_values(h, x)
@@ -313,13 +313,13 @@ def plot_runs(runs, path=None, *, x: str = "queries", title: str | None = None):
         ax = axes[0]
         if len(h.epochs) and len(h.steps) > len(h.epochs):  # the steps faded, the epochs' means in the run's colour
             ax.plot(sx, step_loss, lw=0.8, color=_faded(ax, color, 0.3))
-            ax.plot(_epoch_mids(sx, h), h.column("loss", "epoch"), marker=".", color=color, label=name)
+            handles += ax.plot(_epoch_mids(sx, h), h.column("loss", "epoch"), marker=".", color=color, label=name)
         else:
-            ax.plot(sx, step_loss, lw=1.0, color=color, label=name, marker="." if len(sx) == 1 else None)
+            handles += ax.plot(sx, step_loss, lw=1.0, color=color, label=name, marker="." if len(sx) == 1 else None)
         for ax, metric in zip(axes[1:], metrics):
             if any(metric in r for r in h.epochs):  # (a run without this metric: no line)
                 _metric_line(ax, h, metric, ex, color=color, label=name)
-    _runs_legend(fig, axes[0], len(pairs))
+    _runs_legend(fig, axes[0], handles, [str(name) for name, _ in pairs])
     _finish(fig, axes, path, fmt, x, label, losses, metrics, title)
     return fig
 
@@ -330,13 +330,14 @@ LEGEND_INSIDE = 8
 LABEL_CHARS = 40
 
 
-def _runs_legend(fig, ax, n: int) -> None:
+def _runs_legend(fig, ax, handles, labels) -> None:
     """The runs' legend: in the loss panel for a few runs; for more, beside the panels (the figure
     wider by the legend's width), in columns of 20, labels cut to their last :data:`LABEL_CHARS`
     characters: 27 runs named by long checkpoint paths inside the panel left the panels no room, and
-    the constrained layout failed with matplotlib's warning."""
-    handles, labels = ax.get_legend_handles_labels()
-    labels = [t if len(t) <= LABEL_CHARS else "…" + t[-(LABEL_CHARS - 1):] for t in labels]
+    the constrained layout failed with matplotlib's warning. Every run is in it, named as given (one
+    named ``_sweep/seed_3.npz`` was left out as matplotlib leaves out a label starting with ``_``, and
+    more than 8 such failed the plot)."""
+    n, labels = len(labels), _short_labels(labels)
     if n <= LEGEND_INSIDE:
         ax.legend(handles, labels, frameon=False)
         return
@@ -344,3 +345,19 @@ def _runs_legend(fig, ax, n: int) -> None:
     width, height = fig.get_size_inches()
     fig.set_size_inches(width + cols * 0.09 * max(len(t) for t in labels), max(height, 0.22 * min(n, 20)))
     fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small", ncols=cols)
+
+
+def _short_labels(labels):
+    """``labels`` cut to :data:`LABEL_CHARS` characters, each told apart still: their ends where those
+    differ, else from where they begin to differ (paths of one sweep end alike:
+    ``seed_3/checkpoints/final.npz``, which cut to its end named all 27 runs the same), else whole."""
+    ends = [t if len(t) <= LABEL_CHARS else "…" + t[-(LABEL_CHARS - 1):] for t in labels]
+    if len(set(ends)) == len(set(labels)):
+        return ends
+    shared = len(os.path.commonprefix(labels))
+    cut = []
+    for t in labels:
+        at = max(0, min(shared - 10, len(t) - LABEL_CHARS + 1))  # (10 before where they differ: `seed_3`)
+        piece = t[at:at + LABEL_CHARS - 2] if len(t) > LABEL_CHARS else t
+        cut.append(piece if piece == t else ("…" if at else "") + piece + ("…" if at + len(piece) < len(t) else ""))
+    return cut if len(set(cut)) == len(set(labels)) else labels

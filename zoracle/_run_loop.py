@@ -19,7 +19,7 @@ import types
 import numpy as np
 
 from ._backend import namespace
-from ._bar import _beside, _rate_text, log
+from ._bar import _beside, _rate_text, _set_total, log
 from ._checkpoint import CheckpointError
 from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
@@ -254,7 +254,7 @@ def _record(run, t0, g, lr, blist) -> bool:
     now = time.perf_counter()
     if run.progress:
         if run.max_queries is not None and run.bar_steps is not None:  # (batches of no length: no total, as before)
-            run.bar.total = _bar_total(run)
+            _set_total(run.bar, _bar_total(run))
         run.bar.set_postfix(loss=f"{g.loss:.4g}", lr=f"{lr:.3g}",
                             qps=_rate_text(run.n_rate / max(now - run.t_rate, 1e-9)), refresh=False)
         run.bar.update(1)
