@@ -231,14 +231,18 @@ def schedule_value(schedule: Schedule, step: int, name: str = "lr", positive: bo
     A negative, NaN, infinite or non-numeric value (or an exception) names the schedule,
     the step and the value.
     """
-    where = f"the `{name}` schedule {_label(schedule)} at step {step}"
     try:
         raw = schedule(int(step))
     except ArgumentError:
         raise
     except Exception as exc:
-        raise ArgumentError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-    return check_value(raw, f"the value of {where}", positive)
+        raise ArgumentError(f"the `{name}` schedule {_label(schedule)} at step {step} raised "
+                            f"{type(exc).__name__}: {exc}") from exc
+    # a plain float that passes: returned as check_value returns it, with no message made (the
+    # schedule's repr in it cost a step of a cheap oracle's run more than the value's check)
+    if type(raw) is float and math.isfinite(raw) and (raw > 0 if positive else raw >= 0):
+        return raw
+    return check_value(raw, f"the value of the `{name}` schedule {_label(schedule)} at step {step}", positive)
 
 
 def fingerprint(schedule: Schedule, name: str, total_steps: int | None, positive: bool = False) -> dict:
