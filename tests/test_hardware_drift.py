@@ -58,7 +58,7 @@ def test_a_diverged_run_names_a_drifting_reading_not_noise():
     text = _diverge(Warming(0.01))
     # the loss at the first params, read at the first step and twice now
     assert "The loss drifts with time: at the run's first params it read 12.51 at the first step" in text
-    assert "not deterministic" not in text and "needs averaged readings" not in text  # noise's advice
+    assert "not deterministic" not in text and "average repeated readings" not in text  # noise's advice
     assert "averaging readings does not remove it: read a fixed reference point beside each query" in text
     assert "(docs/training.md, 'Drift, spikes and hangs')" in text
 

@@ -186,13 +186,13 @@ def noise_note(loss, point, start=None, budget=None, first=None) -> str:
     else:
         return _fast_path_note(loss, point, plain, left) if plain is not None else ""
     # (an AskTell's losses were told for one point asked twice: no oracle to check)
-    calls, check = told(("two calls", ", and check the oracle with zoracle.testing.check_oracle"),
-                        ("two losses told", ""))
-    return (f". The loss is not deterministic: {calls} at the same params{where} gave {a:.6g} and {b:.6g}, and "
+    calls, check, fix = told(
+        ("two calls", ", and check the oracle with zoracle.testing.check_oracle", NOISE_FIX),
+        ("two losses told", "", NOISE_FIX.replace("inside the oracle", "before telling each loss")))
+    return (f"{NOISY}: {calls} at the same params{where} gave {a:.6g} and {b:.6g}, and "
             "each CGE difference carries that noise divided by mu; a loss that draws its own minibatch or noise at "
             "every call needs it fixed per step: pass the data as `batches` (or seeds, see 'Noisy black boxes' "
-            "in docs/training.md; noise that cannot be fixed, a hardware reading's, needs averaged readings or a "
-            f"larger mu){check}")
+            f"in docs/training.md); where it cannot be fixed (a hardware reading), {fix}{check}")
 
 
 #: the fix for a reading that drifts with time, in each message that finds one (a diverged run's, the fast-path
@@ -201,11 +201,31 @@ DRIFT_FIX = ("averaging readings does not remove it: read a fixed reference poin
              "difference (the ratio, for a drifting gain), or raise mu (docs/training.md, 'Drift, spikes and hangs')")
 
 
+#: the fix for a loss that answers differently at one point and cannot be seeded (a hardware reading), in each
+#: message that finds one
+NOISE_FIX = ("average repeated readings inside the oracle (noise over the root of their number) or raise mu towards "
+             "2 * sqrt(noise / curvature) (noise over mu falls, a curved loss's bias grows as mu)")
+
+#: how noise_note's text opens when it finds the loss noisy, or drifting: cause_first reads them
+NOISY, DRIFTS = ". The loss is not deterministic", ". The loss drifts with time"
+
+
+def cause_first(note: str, fix: str) -> str:
+    """A diverged run's advice ``fix`` (lower the learning rate, ...), led by the fix for the cause that
+    ``note`` (noise_note's text) found: a noisy or drifting loss diverges at any learning rate, a lower
+    one only delaying it."""
+    if note.startswith(DRIFTS):
+        return f"remove the loss's drift (a reference reading beside each query, or a larger mu: below), or {fix}"
+    if note.startswith(NOISY):
+        return f"fix the loss's noise (a seed per step, averaged readings or a larger mu: below), or {fix}"
+    return fix
+
+
 def _drift_text(first: float, a: float, b: float) -> str:
     """A diverged run's loss at its first params: read ``first`` at the run's first step, ``a`` and ``b``
     now (two calls in a row): far from ``first`` and close to each other, a drift, which averaging does
     not remove (the advice for noise would mislead)."""
-    return (f". The loss drifts with time: at the run's first params it read {first:.6g} at the first step "
+    return (f"{DRIFTS}: at the run's first params it read {first:.6g} at the first step "
             f"and {a:.6g}, then {b:.6g} now, two calls in a row {abs(a - b):.3g} apart; a reading that changes "
             "between queries (a sensor warming up, a gain drifting) moves each CGE difference by the drift between "
             "its two queries over mu (forward: more for each later coordinate), whatever the learning rate, and "

@@ -23,7 +23,7 @@ import weakref
 import numpy as np
 
 from ._backend import to_numpy
-from ._diagnose import DRIFT_FIX
+from ._diagnose import DRIFT_FIX, NOISE_FIX
 from ._errors import user_stacklevel, warn
 from ._forked import ForkSafeLock
 from ._grid import NARROW_BITS, exact_points, value_bits
@@ -313,10 +313,8 @@ def _noisy_text(fn, probe, plain: float, again: float, spread: float, fast: floa
             "whatever the learning rate. Fix the noise per step where you can: a `bind(seed)` whose loss draws "
             "its noise (or minibatch) from the seed, the seeds passed as `batches` (common random numbers: every "
             "query of a step sees the same noise; docs/training.md, 'Noisy black boxes'); where you cannot (a "
-            "hardware reading), average repeated readings inside the oracle (noise over the root of their "
-            "number) or raise mu towards 2 * sqrt(noise / curvature) (noise over mu falls, a curved loss's bias "
-            f"grows as mu).{trend} The fast path is kept unjudged; this check asked the plain call twice (2 "
-            "queries, counted in nfev)")
+            f"hardware reading), {NOISE_FIX}.{trend} The fast path is kept unjudged; this check asked the plain "
+            "call twice (2 queries, counted in nfev)")
 
 
 def _rounding_hint(method: str) -> str:

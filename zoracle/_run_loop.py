@@ -21,7 +21,7 @@ import numpy as np
 from ._backend import namespace
 from ._bar import _beside, _rate_text, _set_total, log
 from ._checkpoint import CheckpointError
-from ._diagnose import WATCH_STEPS, dead_blocks_text, noise_note, still_text
+from ._diagnose import WATCH_STEPS, cause_first, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
 from ._errors import ArgumentError, OracleError, ZoracleError, logging_kept_out, told, user_stacklevel, warn
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
@@ -139,11 +139,11 @@ def _estimate(run, blist):
         # training moved the params where mu is no step: they grew by orders of magnitude
         last = f" (lr was {run.steps_hist[-1]['lr']:g})" if run.steps_hist else ""
         run.step_began = None  # (diverged params: no save over the last scheduled one, which holds sane ones)
+        note = noise_note(bound, run.params, run.params0, _left(run), _first_loss(run, bound))
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): max|params| grew to "
             f"{scale:.3g} (from {run.scale0:.3g}), where mu = {run.est.mu:g} is no longer a representable step; "
-            f"lower the learning rate{last}"
-            f"{noise_note(bound, run.params, run.params0, _left(run), _first_loss(run, bound))}") from exc
+            f"{cause_first(note, 'lower the learning rate' + last)}{note}") from exc
     if run.tiny:  # a float32 loss or a wider one: the base loss measured says which
         run.tiny = _warn_tiny_mu(*run.tiny, loss=g.loss, stacklevel=6)
     run.step_began = None  # (after its warning: under -W error, an error inside the step, the steps before it saved)
@@ -181,10 +181,11 @@ def _update(run, g, bound):
         fix = (f"lower the learning rate (lr was {run.steps_hist[-1]['lr']:g}) or scale the loss down"
                if run.steps_hist else "scale the loss down" + (  # (no step taken yet)
                    ", or pass float64 params" if g.grad.dtype != np.float64 else ""))
+        note = noise_note(bound, prev, run.params0, _left(run, g), _first_loss(run, bound))
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): the gradient estimate is non-finite "
-            f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {fix}"
-            f"{noise_note(bound, prev, run.params0, _left(run, g), _first_loss(run, bound))}") from exc
+            f"(the losses' differences over mu = {run.est.mu:g} overflow {g.grad.dtype}); {cause_first(note, fix)}"
+            f"{note}") from exc
     if not isinstance(out, (tuple, list)) or len(out) != 2:  # (the new params alone: a bare "too many values to unpack")
         got = (f"a {type(out).__name__} of {len(out)} entries" if isinstance(out, (tuple, list)) else
                f"a {type(out).__name__}" + (f" of shape {tuple(out.shape)}" if hasattr(out, "shape") else ""))
@@ -219,10 +220,10 @@ def _update(run, g, bound):
              UserWarning, stacklevel=5)
         run.count_warned = True
     if not bool(run.xp.isfinite(run.params).all()):
+        note = noise_note(bound, prev, run.params0, _left(run, g), _first_loss(run, bound))
         raise ArgumentError(
             f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
-            f"lower the learning rate (lr was {lr:g})"
-            f"{noise_note(bound, prev, run.params0, _left(run, g), _first_loss(run, bound))}"
+            f"{cause_first(note, f'lower the learning rate (lr was {lr:g})')}{note}"
         )
     return lr
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import namespace, real_numpy
+from .._diagnose import DRIFT_FIX, NOISE_FIX
 from .._errors import ArgumentError, OracleError, ZoracleError, finite_real
 from .._estimators import as_generator, validate_params
 from .._oracle import (Oracle, capabilities, check_features, check_scalar, compute_dtype_of, loss_type, precision_bits,
@@ -333,7 +334,9 @@ class _Checker:
         if not ok:
             self.failures.append(f"determinism: two calls at the same params differ by {dev:.3g} (compared bit for bit: "
                                  f"rtol and atol do not apply; check an oracle that draws noise with its noise fixed, "
-                                 f"e.g. bound to a seed)")
+                                 f"e.g. bound to a seed). A reading that cannot be seeded (hardware) fails this check "
+                                 f"whatever you do; to train on it (docs/training.md, 'Noisy black boxes'), "
+                                 f"{NOISE_FIX}; if the reading drifts with time, {DRIFT_FIX}")
 
     def batch(self, at, where, ref0, coords, n_rows, cap) -> None:
         """``batch`` at ``at``: rows that each move one coordinate, rows that move every coordinate (RGE's)
