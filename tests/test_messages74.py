@@ -13,23 +13,7 @@ import pytest
 import zoracle as zo
 from zoracle.testing import OracleCheckError, check_oracle
 
-D = 20
-A = np.linspace(0.5, 2.0, D)
-
-
-def f(x):
-    return float(0.5 * np.sum(A * (x - 1) ** 2))
-
-
-class Warming:
-    """A sensor warming up: each reading ``c`` above the last."""
-
-    def __init__(self, c):
-        self.c, self.t = c, 0
-
-    def __call__(self, x):
-        self.t += 1
-        return f(x) + self.c * self.t
+from test_hardware_drift import D, Warming, f  # (the quadratic and the sensor warming up)
 
 
 def _advice(text):
