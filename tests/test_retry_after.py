@@ -274,3 +274,38 @@ def test_a_single_try_is_told_to_raise_tries_alone(waits):
     with pytest.raises(zo.RetriesExhausted, match=r"raise `tries` if the service recovers more slowly"):
         zo.retrying(_failing(*_timeouts(1)), tries=1)(np.zeros(2))
     assert waits == []
+
+
+# a Retry-After past max_delay (h469): cut to max_delay, the jitter's spread was gone
+
+def _came_back(waits, hint, workers, **kw):
+    """The wait of each of ``workers`` wrappers turned away together by one Retry-After of ``hint`` s
+    (``waits``: the fake sleep's record; each worker's clock starts at the refusal)."""
+    start = len(waits)
+    for _ in range(workers):
+        zo.retrying(_failing(_ServiceBusy(hint)), **kw)(np.zeros(2))
+    return waits[start:]
+
+
+def test_workers_a_retry_after_past_max_delay_turned_away_do_not_come_back_together(waits, monkeypatch):
+    """Retry-After: 120 with max_delay=60 and jitter=0.5 sent every worker back at 60 s exactly (the
+    upward spread, then the cut), where the service turned them away together again. The service's
+    time cannot be kept under the cap; the waits are spread below it, as backoff waits are."""
+    monkeypatch.setattr(_retrying, "random", random.Random(0))
+    back = _came_back(waits, 120, 8, max_delay=60, jitter=0.5)
+    assert len(back) == 8 and all(30.0 <= w <= 60.0 for w in back), back
+    assert len(set(back)) == 8 and max(back) - min(back) > 10, back  # not in lock step
+    # a Retry-After just under the cap: spread over what fits, [hint, max_delay], uniformly, not mostly at the cap
+    back = _came_back(waits, 3, 200, max_delay=4, jitter=1)
+    assert all(3.0 <= w <= 4.0 for w in back) and back.count(4.0) == 0
+    assert 0.4 < np.mean(np.array(back) < 3.5) < 0.6  # (seeded: 200 uniform draws; was 0 with 2/3 at 4.0)
+    # no jitter: the cut as documented, each run the same
+    assert _came_back(waits, 120, 3, max_delay=60) == [60.0] * 3
+
+
+def test_a_spread_wait_under_the_cap_is_logged_as_cut(waits, monkeypatch, caplog):
+    monkeypatch.setattr(_retrying, "random", random.Random(1))
+    with caplog.at_level(logging.INFO, logger="zoracle"):
+        zo.retrying(_failing(_ServiceBusy(90)), max_delay=60, jitter=0.5)(np.zeros(2))
+    assert len(waits) == 1 and 30.0 <= waits[0] < 60.0  # (seeded; the old cut: 60 exactly)
+    assert f"asking again in {waits[0]:g} s (its Retry-After: 90 s, cut to max_delay)" in caplog.text

@@ -94,8 +94,10 @@ def retrying(oracle: Any, *, tries: int = 3,
         each run) to 1: each wait is drawn uniformly from ``[(1 - jitter) * w, w]`` (Python's
         ``random``), so that workers failing together (a 503 for all) do not come back together.
         A ``Retry-After`` wait, the earliest time the service asked for, is spread upwards only,
-        from ``[w, (1 + jitter) * w]`` (cut to ``max_delay``): workers a rate limit turned away
-        together, each told the same instant, do not all come back at it.
+        from ``[w, min((1 + jitter) * w, max_delay)]``: workers a rate limit turned away
+        together, each told the same instant, do not all come back at it. One that reaches
+        ``max_delay`` cannot be kept, and is spread below the cap as a backoff wait is, from
+        ``[(1 - jitter) * max_delay, max_delay]``.
 
     Returns
     -------
@@ -233,8 +235,15 @@ class Retrying:
         """Seconds to wait after failed try ``attempt`` (from 0), what the log line adds, and the argument
         that would lengthen it (for the advice once every try has failed)."""
         hint = retry_after(exc)
-        if hint is not None:  # spread upwards only: never sooner than the service asked
-            wait = min(hint * (1 + self.jitter * random.random()) if self.jitter else hint, self.max_delay)
+        if hint is not None:
+            if not self.jitter:
+                wait = min(hint, self.max_delay)
+            elif hint < self.max_delay:  # spread upwards only, never sooner than the service asked, over
+                # what fits under max_delay (not cut to it: most draws at max_delay brought workers back together)
+                wait = hint + (min(hint * (1 + self.jitter), self.max_delay) - hint) * random.random()
+            else:  # the service's time is past max_delay and cannot be kept: spread below the cap, as a backoff
+                # wait is (cut to max_delay every worker turned away together came back at one instant)
+                wait = self.max_delay * (1 - self.jitter * random.random())
             return (wait, f" (its Retry-After: {hint:g} s{', cut to max_delay' if wait < hint else ''})",
                     "`max_delay`" if wait < hint else "`tries`")
         full = self.backoff * 2.0 ** min(attempt, 1000)  # (2.0 ** 1024 overflows: tries=5000)
