@@ -202,16 +202,40 @@ class History:
     def column(self, name: str, level: str = "step") -> np.ndarray:
         """The field ``name`` over all step (or ``level="epoch"``) records, NaN where missing. A name that
         no record has (a typo: ``"test_accuracy"`` for ``"test_acc"``; or a metric a short run
-        never evaluated) gives a warning naming the fields there are."""
-        if level not in ("step", "epoch"):
-            raise ArgumentError(f"`level` must be 'step' or 'epoch', got {level!r}")
-        recs = self.steps if level == "step" else self.epochs
+        never evaluated) gives a warning naming the fields there are.
+
+        A NaN is also what a record holds where its value was NaN (an evaluation that diverged):
+        :meth:`recorded` tells the two apart."""
+        recs = self._records(level)
         if recs and not any(name in r for r in recs):  # a typo, or a metric no record got (eval_every)
             have = sorted({k for r in recs for k in r})
             warn(f"History.column: no {level} record has the field {name!r}, so the column is all NaN; "
                  f"the {level} records have {have}" + ("" if level == "epoch" else " (eval_fn's metrics "
                  "are in the epoch records: level='epoch')"), UserWarning, stacklevel=2)
         return np.array([r.get(name, np.nan) for r in recs], dtype=np.float64)
+
+    def recorded(self, name: str, level: str = "step") -> np.ndarray:
+        """Where :meth:`column` holds a record's value: a bool array, True for each step (or
+        ``level="epoch"``) record that has the field ``name``, False where the column's NaN only
+        fills a gap (an epoch ``eval_every`` did not evaluate). A NaN where it is True is the value
+        the run recorded. A name no record has gives all False, without the warning of
+        :meth:`column`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> h = History(epochs=({"epoch": 0, "acc": 0.5}, {"epoch": 1}, {"epoch": 2, "acc": float("nan")}))
+        >>> h.column("acc", "epoch"), h.recorded("acc", "epoch")
+        (array([0.5, nan, nan]), array([ True, False,  True]))
+        >>> h.column("acc", "epoch")[h.recorded("acc", "epoch")]   # the evaluated epochs' values
+        array([0.5, nan])
+        """
+        return np.array([name in r for r in self._records(level)], dtype=bool)
+
+    def _records(self, level: str) -> tuple[dict[str, Any], ...]:
+        if level not in ("step", "epoch"):
+            raise ArgumentError(f"`level` must be 'step' or 'epoch', got {level!r}")
+        return self.steps if level == "step" else self.epochs
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str]) -> History:

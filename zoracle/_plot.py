@@ -193,7 +193,7 @@ def _metric_line(ax, history, name: str, ex, color=None, label=None) -> None:
     y = history.column(name, "epoch")
     # epochs evaluated (the others, between `eval_every`, are joined over); a NaN or inf an
     # evaluation returned stays in as a gap in the line, not joined over as if not evaluated
-    keep = np.array([name in r for r in history.epochs], dtype=bool)
+    keep = history.recorded(name, "epoch")
     shown = np.where(np.isfinite(y), y, np.nan)[keep]
     ax.plot(ex[keep], shown, marker=".", color=color, label=label)
     if not np.isfinite(shown).all():
