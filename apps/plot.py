@@ -4,7 +4,8 @@
 atomically, so the figure of :meth:`zoracle.History.plot` can be drawn from the file at any
 time::
 
-    zoracle plot run.npz run.png              # loss and eval metrics against the queries
+    zoracle plot run.npz                      # run.png beside it: loss and eval metrics against the queries
+    zoracle plot run.npz run.png              # the same, to the file named
     zoracle plot run.npz run.svg --x step     # against the steps
     zoracle plot run.npz run.pdf --x seconds  # against the seconds its records count
 """
@@ -19,7 +20,9 @@ HELP = "draw a training run (loss and eval metrics) from its checkpoint, while i
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by zo.train(checkpoint=...)")
-    parser.add_argument("figure", help="the file to write; the format follows the suffix (.png, .pdf, .svg, ...)")
+    parser.add_argument("figure", nargs="?", default=None,
+                        help="the file to write; the format follows the suffix (.png, .pdf, .svg, ...); default: "
+                             "the checkpoint's path with .png for its suffix (run.npz: run.png), written over")
     parser.add_argument("--x", choices=("queries", "step", "seconds"), default="queries",
                         help="horizontal axis: the run's queries, ZO-GraSP's included (default), its steps, or the "
                              "seconds its records count")
@@ -34,8 +37,10 @@ def check(args) -> None:
     from zoracle._checkpoint import as_path
     from zoracle._plot import _format
 
-    figure = as_path(args.figure, "FIGURE", example="run.png")  # "~" expanded
     checkpoint = as_path(args.checkpoint, "CHECKPOINT")
+    if args.figure is None:  # `zoracle plot run.npz` (as the docs write it) was a usage error asking for FIGURE
+        args.figure = default_figure(args.checkpoint)
+    figure = as_path(args.figure, "FIGURE", example="run.png")  # "~" expanded
     if not os.path.isfile(checkpoint):
         raise zo.ArgumentError(f"checkpoint {args.checkpoint!r} does not exist or is not a file; pass the file that "
                                "zo.train(checkpoint=...) writes")
@@ -44,6 +49,13 @@ def check(args) -> None:
                                "figure its own path (e.g. run.png)")
     if not os.path.isdir(figure):  # (a folder: check_plot_path names the file to give)
         _format(figure, "FIGURE")
+
+
+def default_figure(checkpoint: str) -> str:
+    """The figure ``zoracle plot CHECKPOINT`` writes: beside the checkpoint, its suffix replaced by .png
+    (``run.npz``: ``run.png``; a checkpoint named ``run.png``: ``run.png.png``, never the checkpoint)."""
+    stem, suffix = os.path.splitext(checkpoint)
+    return checkpoint + ".png" if suffix.lower() == ".png" else stem + ".png"
 
 
 def main(args) -> int:

@@ -218,6 +218,29 @@ def test_zoracle_plot_draws_a_checkpoint(tmp_path, capsys):
     assert b"<svg" in (tmp_path / "run.svg").read_bytes()[:500]
 
 
+def test_zoracle_plot_of_one_checkpoint_writes_the_png_beside_it(tmp_path, capsys):
+    """``zoracle plot run.npz``, as the docs write it, was a usage error (FIGURE required): it writes
+    run.png beside the checkpoint, the figure ``zoracle plot run.npz run.png`` writes, and again over
+    it while the run goes on."""
+    from zoracle.cli import main
+
+    ckpt = tmp_path / "run.npz"
+    r = _sparse(checkpoint=ckpt)
+    assert main(["plot", str(ckpt), str(tmp_path / "named.png")]) == 0
+    capsys.readouterr()
+    (tmp_path / "run.png").write_bytes(b"an earlier drawing")
+    assert main(["plot", str(ckpt)]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'run.png'}: 12 steps, 3 epochs, {r.nfev:,} queries"
+    assert (tmp_path / "run.png").read_bytes() == (tmp_path / "named.png").read_bytes()  # the same figure
+    assert sorted(os.listdir(tmp_path)) == ["named.png", "run.npz", "run.png"]
+    # a checkpoint whose own name ends in .png is never drawn over
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(ckpt.read_bytes())
+    assert main(["plot", str(odd), "--x", "step"]) == 0
+    assert odd.read_bytes() == ckpt.read_bytes()
+    assert (tmp_path / "odd.png.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a folder named with bytes that are not UTF-8")
 @pytest.mark.parametrize("name", ["job$1_$x", os.fsdecode(b"lat\xe9")])
 def test_zoracle_plot_draws_a_checkpoint_whose_path_has_dollars_or_undecodable_bytes(tmp_path, capsys, name):
