@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import numbers
 from dataclasses import dataclass
@@ -792,6 +793,7 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
     if not typed and diffs is None:
         return
     owner = _coarse_owner(wrapped)
+    given = RUN_WARNED.get()  # the running train's record (given before a resume too), or None
     seen = []
 
     def typical():  # O(d), once: only where the verdict needs it (not for float32 losses at float32 params)
@@ -801,24 +803,33 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
         return seen[0]
 
     if typed:
+        kind = f"{type(value).__module__}.{type(value).__qualname__} {getattr(value, 'dtype', '')}".rstrip()
         key = (owner, type(value), str(getattr(value, "dtype", "")))
-        if key in _COARSE_WARNED:  # (warned of by its type: not again by its values)
-            return
+        if key in _COARSE_WARNED or (given is not None and f"coarse {kind}" in given):
+            return  # (warned of by its type: not again by its values)
         why = coarse_losses(value, loss, mu, dtype, typical, getattr(wrapped, "base_source", None))
         if why:
             _COARSE_WARNED.add(key)
+            if given is not None:
+                given.add(f"coarse {kind}")
             warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())
             return
         # (a type that passes, float32 losses at float32 params: judged by their values)
-    if diffs is None or (owner, "values") in _COARSE_WARNED:
+    if diffs is None or (owner, "values") in _COARSE_WARNED or (given is not None and "coarse values" in given):
         return
     why = coarse_grid(loss, diffs, mu, typical, points, far)
     if why:
         _COARSE_WARNED.add((owner, "values"))
+        if given is not None:
+            given.add("coarse values")
         warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())
 
 
 _COARSE_WARNED: set = set()
+#: the warnings the running ``train`` gave (its ``run.warned``, which its checkpoint keeps, so a resumed run,
+#: in a new process, gives none of them again), or None outside a run: the coarse-loss warning's keys are
+#: ``"coarse values"`` and ``"coarse <loss type> <dtype>"``
+RUN_WARNED: contextvars.ContextVar = contextvars.ContextVar("zoracle_run_warned", default=None)
 
 
 def _coarse_owner(wrapped: Oracle):
@@ -835,7 +846,9 @@ def _values_warned(wrapped: Oracle) -> bool:
     """Whether the oracle's loss values were warned of as lying on a grid: :func:`_warn_coarse` reads
     no differences of them again, so an estimate need not copy them nor measure their spread
     (:func:`~zoracle._grid.loss_spread`, 5-10 us of a 10-coordinate central estimate's 100)."""
-    return bool(_COARSE_WARNED) and (_coarse_owner(wrapped), "values") in _COARSE_WARNED
+    given = RUN_WARNED.get()
+    return (bool(_COARSE_WARNED) and (_coarse_owner(wrapped), "values") in _COARSE_WARNED) or (
+        given is not None and "coarse values" in given)
 
 
 def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:

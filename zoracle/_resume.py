@@ -9,6 +9,7 @@ naming the field; nothing reaches the training loop as a raw ``KeyError`` or ``T
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import re
@@ -276,6 +277,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
     if callable(getattr(oracle, "state_arrays", None)):
         template = {k: np.asarray(to_numpy(v)) for k, v in oracle.state_arrays().items()}
         expected.update({f"oracle/{k}": (v.shape, (v.dtype,)) for k, v in template.items()})
+    expected[WARNED] = (None, (np.uint8,))  # (absent from checkpoints that recorded no warning, or written before)
     header = {}
 
     def check(meta):
@@ -382,7 +384,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
 
     arrays, _ = load_checkpoint(path, expected, prefixes=() if template is not None else ("oracle/",), check=check)
 
-    missing = [k for k in expected if k not in arrays]
+    missing = [k for k in expected if k not in arrays and k != WARNED]
     if missing:
         raise CheckpointError(f"checkpoint {path!r} lacks the arrays {missing}; it was written by another run "
                               f"(optimizer, sparsity or oracle); {_FIX}")
@@ -400,4 +402,25 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
             raise CheckpointError(f"checkpoint {path!r}: keep ratios must lie in [0, 1], got {keep.tolist()}; {_FIX}")
     extra = {k[len("oracle/"):]: v for k, v in arrays.items() if k.startswith("oracle/")}
     opt = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
-    return dict(header, params=arrays["params"], opt=opt, keep=keep, oracle=extra, estimator=arrays.get("est/sigma"))
+    return dict(header, params=arrays["params"], opt=opt, keep=keep, oracle=extra, estimator=arrays.get("est/sigma"),
+                warned=_warned(path, arrays.get(WARNED)))
+
+
+#: the checkpoint's member that records the warnings the run gave (see zoracle._run_save.Saver): an array, not
+#: a header field, as zoracle 0.2.0 refuses a header field it does not know and reads past a member it does not
+WARNED = "warned"
+
+
+def _warned(path, blob) -> set:
+    """The warnings a checkpoint records its run gave (its ``warned`` member, JSON text as ``uint8``): a set of
+    keys such as ``"flat"``; empty where the member is absent."""
+    if blob is None:
+        return set()
+    try:
+        got = json.loads(blob.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        got = None
+    if blob.ndim != 1 or not isinstance(got, list) or not all(isinstance(k, str) for k in got):
+        raise CheckpointError(f"checkpoint {path!r}: array {WARNED!r} is not a JSON list of texts (the warnings the "
+                              f"run gave); {_FIX}")
+    return set(got)

@@ -13,7 +13,7 @@ from ._errors import logging_kept_out, user_stacklevel, warn
 from ._history import History, TrainResult
 from ._oracle import has_methods
 
-__all__ = ["open_bar", "close_bar", "finish_run"]
+__all__ = ["open_bar", "close_bar", "ended_above_once", "finish_run"]
 
 
 def open_bar(progress, total_steps, step):
@@ -61,23 +61,35 @@ def close_bar(bar, tqdm_lock):
     _tqdm_unlock(tqdm_lock)
 
 
-def _warn_ended_above(steps_hist, first_step):
-    """Warn where the run's last steps' losses lie far above its first steps' (zoracle._diagnose.ended_above):
+def ended_above_once(steps_hist, first_step: int, warned: set):
+    """:func:`~zoracle._diagnose.ended_above`'s verdict for the run's end, None where the run's record of its
+    warnings (``warned``, a checkpoint's: before a resume too) holds it given; recorded there where it is to be
+    given (before the run's last save, which keeps it: a run stopped by max_queries and resumed warned at each
+    end)."""
+    if "ended_above" in warned:
+        return None
+    found = ended_above(steps_hist, first_step)
+    if found is not None:
+        warned.add("ended_above")
+    return found
+
+
+def _warn_ended_above(steps_hist, found):
+    """Warn where the run's last steps' losses lie far above its first steps' (``found``: ended_above_once's):
     a learning rate too large, or readings that spike or drift, can throw the params where the
     loss is orders of magnitude above the start without a divergence error (they stay finite, mu
     still a step there), and the run returned as if it had trained."""
-    found = ended_above(steps_hist, first_step)
     if found is not None:
         warn(ended_above_text(*found, len(steps_hist), [float(r["lr"]) for r in steps_hist]), UserWarning,
              stacklevel=4)
 
 
 def finish_run(oracle, params, state, est_state, steps_hist, epoch_hist, plot, keep, coords, *, nfev, step, epoch,
-               epochs, stopped, t_start, first_step=0):
+               epochs, stopped, t_start, ended=None):
     """The result of a run that ended: the trained params loaded into the oracle's model (where it holds
     one), the history drawn to ``plot``. A failure of either warns: the result is returned. A run that
-    ended far above where it started warns (``first_step``: this run's first step, a resumed run's)."""
-    _warn_ended_above(steps_hist, first_step)
+    ended far above where it started warns (``ended``: ended_above_once's verdict)."""
+    _warn_ended_above(steps_hist, ended)
     if has_methods(oracle, "load", "initial_params") and getattr(oracle, "param_info", None) is not None:
         # an oracle over a model it holds (TorchOracle): its queries left the model at the last
         # perturbed point; it holds the trained parameters now (torch.save(model.state_dict()) saves them)

@@ -29,7 +29,7 @@ from ._executors_core import ShardFailed
 from ._fastcheck import checking
 from ._schedules import fingerprints, schedule_value
 from ._train_checks import _warn_tiny_mu
-from ._train_records import _EPOCH_KEYS, _called, _count_of, _in_order, _json_number, _metrics, _stops
+from ._train_records import _EPOCH_KEYS, _called, _count_of, _in_order, _json_number, _metrics, _stops, callback_key
 
 __all__ = ["RUNNING", "Run", "run_epochs", "save", "save_before_error"]
 
@@ -58,7 +58,14 @@ def save(run, last: bool = False, stacklevel: int = 4) -> None:
         run.saver.prints = prints
     run.saver.save(last, params=run.params, state=run.state, est_state=run.est_state, step=run.step, epoch=run.epoch,
                    pos=run.pos, nfev=run.nfev, checked=run.checked, steps_hist=run.steps_hist, bar=run.bar,
-                   progress=run.progress, stacklevel=stacklevel)
+                   progress=run.progress, stacklevel=stacklevel, warned=warned_keys(run))
+
+
+def warned_keys(run) -> set:
+    """The one-off warnings the run gave (before a resume too), which its checkpoint keeps so a resumed run
+    gives none again: ``run.warned`` (``"flat"``, ``"still"``, ``"ended_above"``, ``"dead_block <name>"``,
+    estimate_gradient's ``"coarse ..."``) and the callbacks warned of (:func:`callback_key`)."""
+    return run.warned | {callback_key(i, cb) for i, cb in enumerate(run.callbacks) if id(cb) in run.cb_warned}
 
 
 def run_epochs(run) -> None:
@@ -299,6 +306,7 @@ def epoch_warnings(run, blist) -> None:
     """At an epoch's end: an epoch of estimates all 0, blocks whose estimates stay 0, params that stay."""
     if run.pos >= len(blist) and run.ran and run.flat == run.ran and not run.flat_warned:
         run.flat_warned = True
+        run.warned.add("flat")
         warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
              "so the estimates moved no parameter (weight decay and momentum aside): each step's "
              f"queries at +-mu = {run.est.mu:g} {told('returned', 'were told')} the same loss. Where the loss is "
@@ -306,13 +314,16 @@ def epoch_warnings(run, blist) -> None:
              "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
              "cross-entropy loss)", UserWarning, stacklevel=4)
     if run.pos >= len(blist) and run.block_watch is not None and run.block_watch.steps >= WATCH_STEPS:
-        dead = run.block_watch.dead()
+        # (a block named before a resume is not named again; another block found dead now is)
+        dead = [n for n in run.block_watch.dead() if f"dead_block {n}" not in run.warned]
         if dead:
+            run.warned.update(f"dead_block {n}" for n in dead)
             warn(dead_blocks_text(dead, run.block_watch.steps, run.est.mu), UserWarning, stacklevel=4)
         run.block_watch = None
     if (run.pos >= len(blist) and run.still_watch is not None
             and (still := run.still_watch.verdict(run.params)) is not None):
         if still:
+            run.warned.add("still")
             warn(still_text(run.still_watch.epoch, run.epoch, run.still_watch.lr, run.params), UserWarning,
                  stacklevel=4)
         run.still_watch = None

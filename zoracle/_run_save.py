@@ -3,6 +3,7 @@ the one this run wrote last (another writer's file is not overwritten)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -12,6 +13,7 @@ from ._backend import to_numpy
 from ._bar import _beside, log
 from ._checkpoint import CheckpointError, Records, save_checkpoint, save_fix, writer_lock
 from ._errors import ArgumentError, log_path, logging_kept_out, user_stacklevel, warn
+from ._resume import WARNED
 from ._train_records import _state_arrays
 
 __all__ = ["Saver", "last_mask"]
@@ -53,9 +55,10 @@ class Saver:
         return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
     def save(self, last, *, params, state, est_state, step, epoch, pos, nfev, checked, steps_hist, bar, progress,
-             stacklevel=4):
+             stacklevel=4, warned=()):
         """Write the checkpoint; ``last``: the run's final save (a failure warns, the result is
-        returned)."""
+        returned). ``warned``: the keys of the warnings the run gave (its resumes give them no more), kept in
+        the member ``warned`` (none where there are none: such a file is the one written before)."""
         checkpoint, oracle, optimizer, snes, sparse = (self.checkpoint, self.oracle, self.optimizer, self.snes,
                                                        self.sparse)
         keep, layout, config, root, prints, modes = (self.keep, self.layout, self.config, self.root, self.prints,
@@ -68,6 +71,8 @@ class Saver:
             arrays["est/sigma"] = est_state
         if callable(getattr(oracle, "state_arrays", None)):  # e.g. BatchNorm running statistics
             arrays.update({f"oracle/{k}": to_numpy(v) for k, v in oracle.state_arrays().items()})
+        if warned:  # (a member, not a header field: zoracle 0.2.0 reads past it, and refuses a field it does not know)
+            arrays[WARNED] = np.frombuffer(json.dumps(sorted(warned)).encode("utf-8"), dtype=np.uint8)
         if sparse:
             arrays["ratios"] = keep
             arrays["coordinates"] = last_mask(self.masks, steps_hist, epoch, step)

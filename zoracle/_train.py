@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
 
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
-from ._estimators import CGE, as_generator
+from ._estimators import CGE, RUN_WARNED, as_generator
 from ._foreign_args import TRAIN_HINTS, refuse_foreign, seal_signature
 from ._masks import DynamicMasks
 from ._optim import Optimizer
 from ._pruning import SCORED_KINDS
 from ._resume import read_resume
-from ._run_end import close_bar, finish_run, open_bar
+from ._run_end import close_bar, ended_above_once, finish_run, open_bar
 from ._run_loop import RUNNING, Run, run_epochs, save, save_before_error
 from ._run_save import Saver, last_mask
 from ._run_setup import (check_callables, check_checkpoint, check_counts, check_plot, check_resume,
@@ -29,7 +29,7 @@ from ._run_setup import (check_callables, check_checkpoint, check_counts, check_
                          resumed, run_config, split_layout)
 from ._history import TrainResult
 from ._epochs import _batches_print, _epoch_batches, _short_hash, _steps_per_epoch
-from ._train_records import _count_of
+from ._train_records import _count_of, callback_key
 
 if TYPE_CHECKING:
     import datetime
@@ -251,6 +251,9 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     # binds; ``checked`` as of the last step taken, which a checkpoint keeps (a resume checks none again)
     verdicts: dict = {}
     checked: dict = {}
+    # the one-off warnings the run gave (zoracle._run_loop.warned_keys): a checkpoint keeps them, so a resumed
+    # run gives none of them again (a run resumed 20 times on preemptible machines said each 20 times)
+    warned: set = set()
     if resume is not None:
         got = read_resume(resume, config=config, fingerprints=prints, params=params, state=state, sparse=sparse,
                           n_scored=len(scored), oracle=oracle, steps_per_epoch=per_epoch, estimator_state=est_state,
@@ -259,6 +262,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
          resumed_metrics, keep) = resumed(
             got, resume, oracle=oracle, d=d, xp=xp, state=state, est_state=est_state, config=config, modes=modes,
             lr_of=lr_of, lr_name=lr_name, mu_sched=mu_sched, snes=snes, sparse=sparse, ratios=ratios, epochs=epochs)
+        warned = set(got["warned"])
     else:
         root = int(as_generator(rng).integers(2**63))
         params = params.copy()
@@ -302,13 +306,13 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
-    cb_warned = set()
-    flat_warned = False  # an epoch whose every estimate was exactly 0 (a plateau): said once
+    cb_warned = {id(cb) for i, cb in enumerate(callbacks) if callback_key(i, cb) in warned}
+    flat_warned = "flat" in warned  # an epoch whose every estimate was exactly 0 (a plateau): said once
     # a dense CGE run's blocks whose estimates stay 0 (dead ReLUs, an unused layer), and params that
     # stay where they start (updates below their float spacing): read over the run's first steps only
     named = named_blocks(oracle, d) if isinstance(estimator, CGE) and not sparse else []
     block_watch = BlockWatch(named) if named else None
-    still_watch = StillWatch(max((float(r["lr"]) for r in steps_hist), default=0.0))
+    still_watch = None if "still" in warned else StillWatch(max((float(r["lr"]) for r in steps_hist), default=0.0))
     t_rate, n_rate = time.perf_counter(), 0
     step_began, first_step = None, step  # the step in flight (None between steps); this run's first step
     # a mid-step error saves the steps before it only where the step cannot have changed the oracle's
@@ -327,20 +331,23 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         count_warned=count_warned, epoch=epoch, epoch_hist=epoch_hist, est_state=est_state, flat_warned=flat_warned,
         n_rate=n_rate, nfev=nfev, params=params, pos=pos, progress=progress, resumed_metrics=resumed_metrics,
         state=state, step=step, step_began=step_began, steps_hist=steps_hist, still_watch=still_watch,
-        stopped=stopped, t_rate=t_rate, tiny=tiny, verdicts=verdicts,
+        stopped=stopped, t_rate=t_rate, tiny=tiny, verdicts=verdicts, warned=warned,
         est=None, ran=0, flat=0, held=None, prev=None, between=False)
     # the run's own from here (run.params, ...): the first step's params and optimizer state replace these, as
     # the loop's locals were (kept here, the start's params and an adam's moments stayed alive through the run)
     params = state = est_state = None
     token = RUNNING.set(run)  # (zoracle.AskTell reads the run's params and records between its steps)
+    given = RUN_WARNED.set(warned)  # (the coarse-loss warning of estimate_gradient records itself there)
     try:
         run_epochs(run)
     except BaseException:
         save_before_error(run)
         raise
     finally:
+        RUN_WARNED.reset(given)
         RUNNING.reset(token)
         close_bar(run.bar, tqdm_lock)
+    ended = ended_above_once(run.steps_hist, run.first_step, warned)  # (given below, kept by the last save)
     if checkpoint is not None:
         save(run, last=True)  # the run is done: a failure must not lose its result
     if sparse and run.coords is None and run.steps_hist:
@@ -348,7 +355,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         run.coords = last_mask(masks, run.steps_hist, run.epoch, run.step)
     return finish_run(oracle, run.params, run.state, run.est_state, run.steps_hist, run.epoch_hist, plot, keep,
                       run.coords, nfev=run.nfev, step=run.step, epoch=run.epoch, epochs=epochs, stopped=run.stopped,
-                      t_start=t_start, first_step=run.first_step)
+                      t_start=t_start, ended=ended)
 
 
 seal_signature(train)  # (its signature for help(); SciPy's fun=, x0= reach its refusal)

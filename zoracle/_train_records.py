@@ -24,6 +24,12 @@ def _called(cb, event, record, params):
         return True
 
 
+def callback_key(i: int, cb) -> str:
+    """The key of :func:`_stops`'s warning about callback ``i`` (``cb``) in a run's record of the warnings it
+    gave (which its checkpoint keeps: a resumed run's callbacks are other objects, of the same place and name)."""
+    return f"callback {i} {getattr(cb, '__qualname__', type(cb).__qualname__)}"
+
+
 def _stops(value, cb, warned: set, stacklevel: int = 3) -> bool:
     """Whether a callback's return value stops training: True (NumPy's too). Anything else but
     None and False is said once per callback: only True stops."""
