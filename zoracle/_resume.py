@@ -261,7 +261,7 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
     ``estimator_state`` (SNES's initial sigma), when given, that of ``est/sigma``.
     """
     p = np.asarray(to_numpy(params))
-    expected = {"params": (p.shape, (p.dtype,))}
+    expected: dict = {"params": (p.shape, (p.dtype,))}
     zeros_ok = set()  # sgd's unused velocity: empty now, d zeros in checkpoints written before
     for k, v in state._asdict().items():
         if k != "count":

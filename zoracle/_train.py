@@ -306,7 +306,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     stopped = max_queries is not None and nfev >= max_queries  # a resumed run already at its budget
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
-    cb_warned = {id(cb) for i, cb in enumerate(callbacks) if callback_key(i, cb) in warned}
+    cb_warned: set = {id(cb) for i, cb in enumerate(callbacks or ()) if callback_key(i, cb) in warned}
     flat_warned = "flat" in warned  # an epoch whose every estimate was exactly 0 (a plateau): said once
     # a dense CGE run's blocks whose estimates stay 0 (dead ReLUs, an unused layer), and params that
     # stay where they start (updates below their float spacing): read over the run's first steps only
