@@ -26,7 +26,7 @@ class Counted:
 @pytest.mark.parametrize("name, value, fix", [
     ("callback", lambda xk: None, "callbacks=[fn], fn(event, record, params)"),
     ("args", (3.0,), "lambda x: fun(x, *args)"),
-    ("bounds", [(0, 1), (0, 1)], "project the parameters in the optimizer's update"),
+    ("constraints", {"type": "ineq", "fun": sum}, "bounds=(lo, hi)"),
     ("options", {"maxiter": 5}, "maxiter is `epochs`"),
     ("maxiter", 5, "`epochs`"),
     ("maxfev", 50, "`max_queries`"),
@@ -37,7 +37,7 @@ class Counted:
 ])
 def test_scipy_keywords_are_refused_before_any_query_naming_zoracles_way(name, value, fix):
     """Python's own TypeError said "unexpected keyword argument 'callback'" beside `callbacks`,
-    and nothing of where `args`, `bounds` or `options={'maxiter': ...}` go."""
+    and nothing of where `args`, `constraints` or `options={'maxiter': ...}` go."""
     fun = Counted()
     with pytest.raises(zo.ArgumentError, match=rf"`train` has no argument `{name}`: .*{re.escape(fix)}") as info:
         zo.train(fun, np.zeros(2), progress=False, **{name: value})

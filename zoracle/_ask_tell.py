@@ -115,6 +115,9 @@ class AskTell:
         ask holds ``max_points * d`` numbers, not ``(d + 1) * d`` (dense forward CGE): the run, its
         queries and their order are the same (``zo.train(f, ...)``'s, bit for bit), in more asks. An
         estimate whose one ask would pass 1 GiB is warned of without it.
+    bounds : optional
+        As :func:`zoracle.train`'s: every point :meth:`ask` returns lies inside the box (for a lab's
+        hardware that must not be driven out of range); refused before the first ask where it cannot be.
 
     Attributes
     ----------
@@ -155,7 +158,7 @@ class AskTell:
                  score_kinds=SCORED_KINDS, ranking="magnitude", fill_small_blocks=False, grasp_directions=192,
                  grasp_batch=None, mask_shuffle_interval=5, eval_fn=None, eval_every=1, callbacks=(), checkpoint=None,
                  checkpoint_every="epoch", resume=None, rng=None, progress=True, max_queries=None, plot=None,
-                 max_points=None, **unknown) -> None:
+                 max_points=None, bounds=None, **unknown) -> None:
         refuse_ask_tell_foreign(AskTell.__init__, params, extra, unknown)
         _check_max_points(max_points)
         options = dict(batches=batches, epochs=epochs, steps_per_epoch=steps_per_epoch, estimator=estimator,
@@ -165,7 +168,7 @@ class AskTell:
                        mask_shuffle_interval=mask_shuffle_interval,
                        eval_fn=eval_fn, eval_every=eval_every, callbacks=callbacks, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, resume=resume, rng=rng, progress=progress,
-                       max_queries=max_queries, plot=plot)
+                       max_queries=max_queries, plot=plot, bounds=bounds)
         self._params0 = params.copy() if hasattr(params, "copy") else params  # (.params before the first step)
         self._channel = channel = _Channel()
         self._reported = False  # the run's error raised once; later calls say so

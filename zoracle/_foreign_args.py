@@ -2,7 +2,7 @@
 with zoracle's way to say the same thing.
 
 A script ported from ``scipy.optimize.minimize`` (or ``approx_fprime``, Nevergrad, Optuna) passes
-``args=``, ``callback=``, ``bounds=``, ``options={...}``; Python's own TypeError said only
+``args=``, ``callback=``, ``constraints=``, ``options={...}``; Python's own TypeError said only
 "unexpected keyword argument", so ``callback=`` beside ``callbacks=`` left the reader guessing.
 """
 
@@ -41,8 +41,9 @@ TRAIN_HINTS = ESTIMATOR_HINTS | {
     "method": ("choose the update with optimizer= (zo.sgd(lr), zo.adam(lr), zo.sign_sgd(lr)) and the gradient "
                "estimate with estimator= (zo.CGE(), zo.RGE(...), zo.SNES(...))"),
     "jac": _GRADIENT, "hess": _GRADIENT, "hessp": _GRADIENT,
-    "bounds": ("train keeps no bounds: project the parameters in the optimizer's update, or reparameterize "
-               "inside the oracle (docs/training.md, 'Bounds, and what else scipy.optimize.minimize takes')"),
+    "constraints": ("train keeps a box only, bounds=(lo, hi) (or scipy's list of (lo, hi) pairs): for other "
+                    "constraints project the parameters in the optimizer's update, or reparameterize inside the "
+                    "oracle (docs/training.md, 'Bounds, and what else scipy.optimize.minimize takes')"),
     "tol": ("train has no convergence test: it runs `epochs` (one step an epoch for a plain function) or until "
             "`max_queries`; stop earlier from a callback"),
     "options": ("train takes no options dict: maxiter is `epochs` (one step an epoch for a plain function), "
@@ -55,7 +56,6 @@ TRAIN_HINTS = ESTIMATOR_HINTS | {
     "workers": "parallel queries take executor=zoracle.executors.JoblibExecutor(n_jobs)",
     "lr": "the learning rate belongs to the optimizer: optimizer=zo.sgd(lr) or zo.adam(lr)",
 }
-TRAIN_HINTS |= dict.fromkeys(("constraints",), TRAIN_HINTS["bounds"])
 TRAIN_HINTS |= dict.fromkeys(("maxfev", "maxfun", "n_trials"), TRAIN_HINTS["budget"])
 TRAIN_HINTS |= dict.fromkeys(("learning_rate",), TRAIN_HINTS["lr"])
 TRAIN_HINTS |= dict.fromkeys(("n_jobs", "num_workers"), TRAIN_HINTS["workers"])

@@ -282,7 +282,9 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
 
     def check(meta):
         saved = meta.get("config")
-        _unknown_fields(path, meta, saved, config)
+        # a run without `bounds` records none (its checkpoints are as before bounds= was added): one with
+        # them is told from it as a setting of this run's, None
+        _unknown_fields(path, meta, saved, config if "bounds" in config else dict(config, bounds=None))
         if isinstance(saved, dict) and "ratios" not in saved:
             saved = dict(saved, ratios=config.get("ratios"))  # written before the ratio settings were saved
         if isinstance(saved, dict):
@@ -342,7 +344,8 @@ def read_resume(path, *, config: dict, fingerprints: dict, params, state, sparse
                 if isinstance(saved.get(k), str) and isinstance(config.get(k), str) \
                         and _numbers_alike(saved[k]) == _numbers_alike(config[k]):
                     saved = dict(saved, **{k: config[k]})
-        check_compatible(path, saved, config, meta)
+        check_compatible(path, saved, config if not (isinstance(saved, dict) and "bounds" in saved)
+                         else dict({"bounds": None}, **config), meta)
         header["seed"] = saved.get("seed")  # a resume with rng=None keeps the run's seed in what it saves
         header["modes"] = meta.get("modes")  # the oracle's train/eval modes (compared by train, a warning)
         header["fast_paths"] = _fast_paths(meta, path)

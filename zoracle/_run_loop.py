@@ -127,6 +127,10 @@ def _estimate(run, blist):
     except Exception as exc:  # the oracle's bind(batch) (TorchOracle's first one runs the model)
         raise OracleError(f"bind(batch) of training step {run.step} (epoch {run.epoch}, batch {run.pos})",
                           cause=exc) from exc
+    if run.box is not None and (run.step == run.first_step or run.mu_sched is not None):
+        # the box this step's mu needs (each update clips into its own step's): the start, or a resumed
+        # run's params, where a start within mu of a side moves in; a mu schedule's larger value moves them in
+        run.params = run.box.project(run.params, run.est.mu)
     step_rng = np.random.default_rng([run.root, 1, run.step]) if isinstance(run.est, (RGE, SNES)) else None
     try:
         with checking(bound, run.verdicts):
@@ -210,6 +214,8 @@ def _update(run, g, bound):
             f"where it was given a {type(run.params0).__name__} of dtype {run.dtype0} and shape ({run.d},): train "
             f"keeps the params as given (a checkpoint of others cannot be resumed); return them so, "
             f"e.g. new.astype(params.dtype).reshape(params.shape)")
+    if run.box is not None:  # the projected step: every query of the next step (at this mu) inside `bounds`
+        run.params = run.box.project(run.params, run.est.mu)
     count = getattr(run.state, "count", None)
     if _count_of(run.state) != before + 1 and not run.count_warned:
         # (a plain tuple's `count` is its method: named as the state's type, not a bound method's repr)

@@ -13,6 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
 
+from ._bounds import check_bounds
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
 from ._estimators import CGE, RUN_WARNED, as_generator
@@ -52,7 +53,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
           checkpoint_every: int | str | datetime.timedelta = "epoch",
           resume: str | os.PathLike[str] | bool | None = None, rng: Any = None,
           progress: bool = True, max_queries: int | None = None, plot: str | os.PathLike[str] | None = None,
-          **unknown: NoReturn) -> TrainResult:
+          bounds: Any = None, **unknown: NoReturn) -> TrainResult:
     """Train ``params`` through a loss oracle with zeroth-order gradient estimates.
 
     Per step: bind the oracle to the step's batch (every query of the step sees it),
@@ -60,7 +61,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     apply ``optimizer``. This is DeepZero's loop when ``estimator=CGE()``,
     ``sparsity=0.9``, ``ratios="zo_grasp"``, ``optimizer=sgd(0.1, momentum=0.9,
     weight_decay=5e-4)`` with a cosine schedule. An argument it does not take (SciPy ``minimize``'s
-    ``args``, ``callback``, ``bounds``, ``options``, ...) is refused naming its counterpart here
+    ``args``, ``callback``, ``constraints``, ``options``, ...) is refused naming its counterpart here
     (``*extra`` and ``**unknown`` only gather such arguments; docs/training.md, "Coming from SciPy").
 
     Parameters
@@ -199,6 +200,21 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         a missing matplotlib, a format it cannot write or a path that cannot be written raises
         :class:`~zoracle.ArgumentError` before the first query. Should the write still fail at
         the end (a disk filled meanwhile), a warning says so and the result is returned.
+    bounds : tuple (lo, hi), list of (lo, hi) pairs or scipy.optimize.Bounds, optional
+        A box every query of the run stays inside (hardware or a simulator that refuses settings
+        out of range): ``(lo, hi)``, each a number, None (no bound) or an array of ``params``' shape,
+        or SciPy's list of ``d`` pairs with None for no bound (a list is read as pairs when it holds
+        ``d`` pairs). The params are kept in the box shrunk by the estimator's step on the sides its
+        queries step towards, ``[lo, hi - mu]`` for forward CGE and ``[lo + mu, hi - mu]`` for central
+        (each update is clipped into it, as a projected optimizer's is; the shrunk box is rounded
+        inwards in the params' dtype, so ``params + mu`` itself stays at or below ``hi``), so the run
+        equals the plain estimate at projected params. A start outside ``[lo, hi]`` is refused naming
+        ``params``; one inside but within ``mu`` of a side is moved in to the shrunk box before the
+        first query. Needs ``estimator=CGE(...)`` (RGE's and SNES's random directions leave any box)
+        and, with ``sparsity``, ratios other than ``"zo_grasp"``; a box narrower than ``mu`` (forward)
+        or ``2 * mu`` (central) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
+        values: at the step that takes one). Part of the checkpoint's settings: a resume needs the
+        same bounds.
 
     Returns
     -------
@@ -213,13 +229,14 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     (True, 250)
     """
     t_start = time.perf_counter()
-    refuse_foreign(train, oracle, params, extra, unknown, TRAIN_HINTS)  # scipy's args=, callback=, bounds=, ...
+    refuse_foreign(train, oracle, params, extra, unknown, TRAIN_HINTS)  # scipy's args=, callback=, constraints=, ...
     params, xp, d, params0, dtype0, epochs, steps_per_epoch, eval_every, max_queries = check_counts(
         oracle, params, batches, epochs, steps_per_epoch, eval_fn, eval_every, max_queries, rng)
     grasp_directions, score_kinds, mask_shuffle_interval = check_split_names(
         sparsity, ratios, score_kinds, ranking, grasp_directions, mask_shuffle_interval)
     checkpoint, estimator, snes, optimizer, lr_sched, mu_sched, cadence = check_tools(
         checkpoint, checkpoint_every, estimator, optimizer, schedule, mu)
+    box = check_bounds(bounds, params, xp, estimator, mu_sched, sparsity is not None, ratios)
     callbacks = check_callables(callbacks, eval_fn)
     sparse, fill_small_blocks, progress = check_sparse_split(
         sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions, mask_shuffle_interval,
@@ -237,6 +254,8 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     config = run_config(oracle, params, d, batches, steps_per_epoch, estimator, optimizer, schedule, mu, sparse,
                         sparsity, ratios, fill_small_blocks, ranking, grasp_directions, mask_shuffle_interval,
                         scored, dense, rng)
+    if box is not None:  # (only then: a run without bounds writes the checkpoints it wrote before bounds=)
+        config["bounds"] = box.config()
 
     modes_of = getattr(oracle, "run_modes", None)  # a model's train/eval modes (TorchOracle): resumed otherwise, warned
     modes = _short_hash(modes_of()) if callable(modes_of) else None
@@ -326,7 +345,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         sparse=sparse, masks=masks, root=root, epochs=epochs, total=total, callbacks=callbacks, eval_fn=eval_fn,
         eval_every=eval_every, checkpoint=checkpoint, resume=resume, max_queries=max_queries, cadence=cadence,
         saver=saver, save_mid_step=save_mid_step, epoch_batches=epoch_batches, first_count=first_count,
-        first_step=first_step, bar_steps=total_steps,
+        first_step=first_step, bar_steps=total_steps, box=box,
         bar=bar, block_watch=block_watch, cb_warned=cb_warned, checked=checked, coords=coords,
         count_warned=count_warned, epoch=epoch, epoch_hist=epoch_hist, est_state=est_state, flat_warned=flat_warned,
         n_rate=n_rate, nfev=nfev, params=params, pos=pos, progress=progress, resumed_metrics=resumed_metrics,

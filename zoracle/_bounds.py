@@ -1,0 +1,186 @@
+"""``train(bounds=...)``: a box that every query of the run stays inside.
+
+CGE's queries step from the params by ``mu`` along one coordinate: ``x + mu e_i`` (forward), and
+``x - mu e_i`` as well (central). Keeping the params in the box shrunk by ``mu`` on the sides the
+queries step towards (``[lo, hi - mu]`` forward, ``[lo + mu, hi - mu]`` central) keeps every query
+in ``[lo, hi]`` with the estimators, oracles and executors unchanged: the run is a projected
+optimizer's step (a clip after each update) and the plain estimate at the clipped params.
+
+The shrunk box is computed in the params' dtype, the way the estimators form a query
+(``x + dtype(mu)``): ``hi - mu`` rounded up could put ``(hi - mu) + mu`` one unit in the last place past
+``hi``, so each side is moved in by a unit in the last place until the query it allows rounds inside.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._backend import to_numpy
+from ._errors import ArgumentError, short_repr
+
+__all__ = ["Box", "check_bounds"]
+
+
+def _side(value, d: int, name: str, fill: float) -> np.ndarray:
+    """One side of the box as ``d`` float64 values (None: no bound on that side)."""
+    if value is None:
+        return np.full(d, fill)
+    try:
+        a = np.asarray(to_numpy(value) if hasattr(value, "shape") else value, dtype=object)
+    except Exception as exc:  # (a ragged list)
+        raise ArgumentError(f"`bounds`: {name} must be a number, None or an array of the params' shape ({d},), got "
+                            f"{short_repr(value)}") from exc
+    if a.ndim == 0:
+        a = np.full(d, a.item(), dtype=object)
+    if a.shape != (d,):
+        raise ArgumentError(f"`bounds`: {name} must be a number, None or an array of the params' shape ({d},), got "
+                            f"shape {a.shape}")
+    out = np.empty(d)
+    for i, v in enumerate(a):
+        if v is None:
+            out[i] = fill
+        elif isinstance(v, numbers.Real) and not isinstance(v, bool):
+            out[i] = float(v)
+        else:
+            raise ArgumentError(f"`bounds`: {name}[{i}] must be a number or None, got {short_repr(v)}")
+    if np.isnan(out).any():
+        raise ArgumentError(f"`bounds`: {name}[{int(np.flatnonzero(np.isnan(out))[0])}] is NaN; use None (or "
+                            f"{'-' if fill < 0 else ''}np.inf) for no bound")
+    return out
+
+
+def _pair(x) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) == 2
+
+
+def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``bounds`` as float64 ``(lo, hi)`` of ``d`` values each: a tuple ``(lo, hi)`` (each a number, None
+    or an array of ``d``), SciPy's list of ``d`` pairs ``[(lo_0, hi_0), ...]`` or a ``scipy.optimize.Bounds``."""
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
+        lo_in, hi_in = bounds.lb, bounds.ub
+    elif isinstance(bounds, list) and len(bounds) == d and all(_pair(b) for b in bounds):  # SciPy's pairs
+        lo_in = [b[0] for b in bounds]
+        hi_in = [b[1] for b in bounds]
+    elif isinstance(bounds, (tuple, list)) and len(bounds) == 2:
+        lo_in, hi_in = bounds
+    else:
+        raise ArgumentError(f"`bounds` must be a tuple (lo, hi) (each a number, None or an array of the params' "
+                            f"shape ({d},)), a list of {d} (lo, hi) pairs as scipy.optimize.minimize takes, or a "
+                            f"scipy.optimize.Bounds; got {short_repr(bounds)}")
+    lo, hi = _side(lo_in, d, "lo", -np.inf), _side(hi_in, d, "hi", np.inf)
+    bad = np.flatnonzero(~(lo <= hi))
+    if bad.size:
+        i = int(bad[0])
+        raise ArgumentError(f"`bounds`: lo[{i}] = {lo[i]!r} is above hi[{i}] = {hi[i]!r}; give each lower bound "
+                            f"first, (lo, hi)")
+    return lo, hi
+
+
+class Box:
+    """A run's bounds and the box each ``mu`` shrinks them to, in the params' dtype and backend."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool):
+        self.lo, self.hi, self.dtype, self.xp, self.central = lo, hi, np.dtype(dtype), xp, central
+        self._shrunk: dict = {}  # mu -> (lower, upper) as xp arrays of the params' dtype
+
+    def sides(self, mu: float) -> tuple[np.ndarray, np.ndarray]:
+        """The params' box for queries at ``mu`` as NumPy arrays of the params' dtype (lower may be above
+        upper where the box is narrower than the queries need)."""
+        t = self.dtype.type
+        m = t(mu)
+        lo, hi = self.lo.astype(self.dtype), self.hi.astype(self.dtype)
+        # the params' dtype rounds a bound to the nearest value, perhaps outside it: the one inside instead
+        up = lo.astype(np.float64) < self.lo
+        lo[up] = np.nextafter(lo[up], t(np.inf))
+        down = hi.astype(np.float64) > self.hi
+        hi[down] = np.nextafter(hi[down], t(-np.inf))
+        upper = hi - m
+        for _ in range(4):  # (one unit in the last place moves it in: a loop for safety only)
+            out = upper + m > hi
+            if not out.any():
+                break
+            upper[out] = np.nextafter(upper[out], t(-np.inf))
+        lower = lo
+        if self.central:
+            lower = lo + m
+            for _ in range(4):
+                out = lower - m < lo
+                if not out.any():
+                    break
+                lower[out] = np.nextafter(lower[out], t(np.inf))
+        return lower, upper
+
+    def check_width(self, mu: float, where: str = "") -> None:
+        """Refuse a box narrower than the queries at ``mu`` need, naming ``mu``."""
+        lower, upper = self.sides(mu)
+        narrow = np.flatnonzero(~(lower <= upper))
+        if narrow.size:
+            i = int(narrow[0])
+            need = "2 * mu" if self.central else "mu"
+            raise ArgumentError(
+                f"`bounds`: the box at index {i}, [{self.lo[i]!r}, {self.hi[i]!r}], is narrower than {need} = "
+                f"{(2 if self.central else 1) * float(mu):g}{where} ({len(narrow)} such coordinate"
+                f"{'s' * (len(narrow) > 1)}): {'central' if self.central else 'forward'} CGE queries params "
+                f"{'+-' if self.central else '+'} mu on each coordinate, which must stay inside it; lower `mu` "
+                f"(estimator=zo.CGE(mu=...)) or widen the box")
+
+    def project(self, params, mu: float):
+        """``params`` clipped into the box the queries at ``mu`` need (the same array where already inside)."""
+        key = float(mu)
+        if key not in self._shrunk:
+            self.check_width(mu, where=" (the `mu` schedule's value at this step)")
+            if len(self._shrunk) > 8:  # (a mu schedule: one per value; the last few kept)
+                self._shrunk.clear()
+            lower, upper = self.sides(mu)
+            self._shrunk[key] = (self.xp.asarray(lower), self.xp.asarray(upper))
+        lower, upper = self._shrunk[key]
+        if bool(((params >= lower) & (params <= upper)).all()):
+            return params
+        return self.xp.minimum(self.xp.maximum(params, lower), upper)
+
+    def config(self):
+        """What a checkpoint records of the bounds (a resume must have the same): the two sides'
+        values where they are one number each, else a digest of them."""
+        def plain(v):
+            return None if np.isinf(v) else float(v)
+        if (self.lo == self.lo[0]).all() and (self.hi == self.hi[0]).all():
+            return [plain(self.lo[0]), plain(self.hi[0])]
+        import hashlib
+        return "sha256:" + hashlib.sha256(self.lo.tobytes() + self.hi.tobytes()).hexdigest()[:16]
+
+
+def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios) -> Box | None:
+    """``bounds`` read and checked before the first query: the estimator and ratios whose queries a box
+    cannot keep refused, a start outside the box refused, a box narrower than the first step's queries
+    refused (a ``mu`` schedule's later values are checked as their steps come)."""
+    if bounds is None:
+        return None
+    from ._estimators import CGE
+    from ._schedules import schedule_value
+
+    d = int(params.shape[0])
+    lo, hi = as_box(bounds, d)
+    if (lo == -np.inf).all() and (hi == np.inf).all():  # (SciPy's [(None, None)] * d): no box to keep
+        return None
+    if not isinstance(estimator, CGE):
+        raise ArgumentError(
+            f"`bounds` with estimator={type(estimator).__name__}(...): its queries step from the params along random "
+            "directions of any length (Gaussian ones, or SNES's samples), so no box keeps them inside; use "
+            "estimator=zo.CGE(...) (forward or central), whose queries step by mu along one coordinate")
+    if sparse and isinstance(ratios, str) and ratios == "zo_grasp":
+        raise ArgumentError(
+            "`bounds` with ratios='zo_grasp': ZO-GraSP scores the layers with queries along Gaussian directions, "
+            "which leave any box; pass ratios='smart', 'uniform', 'random' or an array of keep ratios")
+    x = np.asarray(to_numpy(params), dtype=np.float64)
+    out = np.flatnonzero(~((x >= lo) & (x <= hi)))
+    if out.size:
+        i = int(out[0])
+        raise ArgumentError(
+            f"`params` lies outside `bounds` at index {i}: {x[i]!r} is not in [{lo[i]!r}, {hi[i]!r}] ({out.size} "
+            f"coordinate{'s' * (out.size > 1)} outside); start inside the box, e.g. np.clip(params, lo, hi)")
+    box = Box(lo, hi, params.dtype, xp, central=estimator.scheme != "forward")
+    mu0 = estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True)
+    box.check_width(mu0, where="" if mu_sched is None else " (the `mu` schedule's value at step 0)")
+    return box
