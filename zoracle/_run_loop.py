@@ -215,6 +215,9 @@ def _update(run, g, bound):
             f"keeps the params as given (a checkpoint of others cannot be resumed); return them so, "
             f"e.g. new.astype(params.dtype).reshape(params.shape)")
     if run.box is not None:  # the projected step: every query of the next step (at this mu) inside `bounds`
+        # (the update as the optimizer made it, for the still-params watch: params the box holds at a
+        # wall were moved by their update, no learning rate too small)
+        run.unclipped = run.params
         run.params = run.box.project(run.params, run.est.mu)
     count = getattr(run.state, "count", None)
     if _count_of(run.state) != before + 1 and not run.count_warned:
@@ -249,7 +252,8 @@ def _record(run, t0, g, lr, blist) -> bool:
         run.block_watch.see(g.grad)
         run.block_watch = None if run.block_watch.done else run.block_watch
     if run.still_watch is not None:
-        run.still_watch.see(g.grad, lr, run.epoch, run.prev, run.params)
+        run.still_watch.see(g.grad, lr, run.epoch, run.prev, run.params if run.unclipped is None else run.unclipped)
+    run.unclipped = None
     run.prev = None  # (not kept into the callbacks, saves and next step: one d-sized array more at its peak)
     if run.flat == run.ran - 1 and not run.flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
         run.flat += not bool(run.xp.any(g.grad))

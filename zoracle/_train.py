@@ -351,7 +351,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         n_rate=n_rate, nfev=nfev, params=params, pos=pos, progress=progress, resumed_metrics=resumed_metrics,
         state=state, step=step, step_began=step_began, steps_hist=steps_hist, still_watch=still_watch,
         stopped=stopped, t_rate=t_rate, tiny=tiny, verdicts=verdicts, warned=warned,
-        est=None, ran=0, flat=0, held=None, prev=None, between=False)
+        est=None, ran=0, flat=0, held=None, prev=None, unclipped=None, between=False)
     # the run's own from here (run.params, ...): the first step's params and optimizer state replace these, as
     # the loop's locals were (kept here, the start's params and an adam's moments stayed alive through the run)
     params = state = est_state = None

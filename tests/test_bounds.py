@@ -1,0 +1,226 @@
+"""``train(bounds=...)``: every query inside the box, the run equal to the textbook projected loop.
+
+The oracles here raise on any query outside ``[lo, hi]``, as hardware that refuses (or is damaged by)
+a setting out of range would: a run that finishes made none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import zoracle as zo
+
+
+class Hardware:
+    """A loss that refuses any setting outside ``[lo, hi]``; keeps every query's point."""
+
+    def __init__(self, lo, hi, target):
+        self.lo, self.hi, self.target = np.asarray(lo, float), np.asarray(hi, float), np.asarray(target, float)
+        self.points = []
+
+    def __call__(self, x):
+        x64 = np.asarray(x, dtype=np.float64)
+        if not ((x64 >= self.lo) & (x64 <= self.hi)).all():
+            raise RuntimeError(f"setting out of range: {x64!r} not in [{self.lo!r}, {self.hi!r}]")
+        self.points.append(x64.copy())
+        return float(np.sum((x64 - self.target) ** 2 * np.arange(1, x64.size + 1)))
+
+
+def textbook(f, x0, lo, hi, mu, central, lr, steps):
+    """Projected gradient descent with the textbook CGE: the params clipped into [lo, hi - mu]
+    (forward) or [lo + mu, hi - mu] (central), at the start and after each step."""
+    lb = lo + mu if central else lo
+    ub = hi - mu
+    x = np.clip(x0, lb, ub)
+    losses = []
+    for _ in range(steps):
+        f0 = f(x)
+        g = np.zeros_like(x)
+        for i in range(x.size):
+            e = np.zeros_like(x)
+            e[i] = mu
+            if central:
+                g[i] = (f(x + e) - f(x - e)) / (((x[i] + mu) - x[i]) + (x[i] - (x[i] - mu)))
+            else:
+                g[i] = (f(x + e) - f0) / ((x[i] + mu) - x[i])
+        losses.append(f0)
+        x = np.clip(x - lr * g, lb, ub)
+    return x, losses
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_a_run_against_a_wall_queries_only_inside_and_equals_the_textbook_projected_loop(scheme):
+    lo, hi = np.array([0.0, -1.0, 0.5]), np.array([5.0, 0.25, 2.0])
+    target = np.array([7.0, 1.0, -3.0])  # outside the box on every coordinate: the run ends against its walls
+    x0 = np.array([4.99, 0.2, 1.0])  # (forward: within mu of hi on coordinate 0, moved in to hi - mu)
+    mu, lr, steps = 0.05, 0.05, 40
+    hw = Hardware(lo, hi, target)
+    res = zo.train(hw, x0, epochs=steps, optimizer=zo.sgd(lr), estimator=zo.CGE(mu=mu, scheme=scheme),
+                   bounds=(lo, hi), progress=False)
+    assert res.steps == steps
+    ref, losses = textbook(Hardware(lo, hi, target), x0, lo, hi, mu, scheme == "central", lr, steps)
+    np.testing.assert_allclose(res.params, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.history.column("loss"), losses, rtol=1e-12, atol=0)
+    pts = np.array(hw.points)
+    assert pts.max(axis=0)[0] == pytest.approx(5.0)  # the queries reach the wall, not past it
+    assert pts.min(axis=0)[2] == pytest.approx(0.5)
+
+
+def test_the_shrunk_box_is_rounded_inwards_so_the_query_at_hi_minus_mu_plus_mu_stays_inside():
+    """(hi - mu) + mu rounds above hi for these two (float64): a clip into [lo, hi - mu] alone let the
+    query one unit in the last place past hi."""
+    hi, mu = -0.9342256142260483, 0.09654994806006474
+    assert (hi - mu) + mu > hi  # the case this test is about
+    lo = -3.0
+    hw = Hardware([lo], [hi], [10.0])
+    res = zo.train(hw, np.array([hi]), epochs=5, optimizer=zo.sgd(0.1), estimator=zo.CGE(mu=mu),
+                   bounds=(lo, hi), progress=False)
+    assert max(p[0] for p in hw.points) <= hi
+    assert res.params[0] < hi - mu
+
+
+@pytest.mark.parametrize("optimizer", [zo.adam(0.3), zo.sgd(0.2, momentum=0.9)])
+def test_an_oracle_that_raises_outside_the_box_trains_to_completion_with_any_optimizer(optimizer):
+    lo, hi = np.zeros(4), np.ones(4)
+    hw = Hardware(lo, hi, np.full(4, 3.0))
+    res = zo.train(hw, np.full(4, 0.5), epochs=30, optimizer=optimizer, bounds=(0.0, 1.0), progress=False)
+    assert res.steps == 30
+    np.testing.assert_allclose(res.params, 1.0 - zo.CGE().mu)  # pinned to the top of the shrunk box
+
+
+box_cases = st.integers(1, 5).flatmap(lambda d: st.tuples(
+    st.lists(st.floats(-10, 10), min_size=d, max_size=d),
+    st.lists(st.floats(0.0, 3.0), min_size=d, max_size=d),
+    st.lists(st.floats(0, 1), min_size=d, max_size=d),
+    st.lists(st.floats(-30, 30), min_size=d, max_size=d),
+))
+
+
+@given(case=box_cases, log_mu=st.floats(-5, -1), central=st.booleans(), sparse=st.booleans(),
+       float32=st.booleans(), lr=st.floats(0.01, 2.0))
+def test_no_query_leaves_the_box(case, log_mu, central, sparse, float32, lr):
+    lo_l, extra, where, target = case
+    d = len(lo_l)
+    mu = 10.0 ** log_mu
+    lo = np.array(lo_l)
+    hi = lo + (2 * mu if central else mu) * 1.01 + np.array(extra)  # at least as wide as the queries need
+    dtype = np.float32 if float32 else np.float64
+    x0 = (lo + np.array(where) * (hi - lo)).astype(dtype)  # (float32 may round it just outside: moved in)
+    x0 = np.where(x0 < lo, np.nextafter(x0, dtype(np.inf)), x0).astype(dtype)
+    x0 = np.where(x0 > hi, np.nextafter(x0, dtype(-np.inf)), x0).astype(dtype)
+    hw = Hardware(lo, hi, target)
+    kw = dict(sparsity=0.5, ratios="uniform", mask_shuffle_interval=1) if sparse and d > 1 else {}
+    try:
+        res = zo.train(hw, x0, epochs=6, optimizer=zo.sgd(lr), estimator=zo.CGE(mu=mu, scheme="central" if central
+                                                                                    else "forward"),
+                       bounds=(lo, hi), progress=False, rng=0, **kw)
+    except zo.ArgumentError as exc:  # float32 may round the box narrower than mu: refused naming mu, never queried
+        assert "mu" in str(exc) and not hw.points
+        return
+    assert hw.points  # every query was inside (Hardware raises otherwise)
+    assert ((res.params >= lo) & (res.params <= hi)).all()
+
+
+def test_scipys_list_of_pairs_and_bounds_object_and_none_sides_are_the_same_box():
+    lo, hi = np.array([-np.inf, 0.0]), np.array([0.5, np.inf])
+    runs = []
+    for bounds in ([(None, 0.5), (0.0, None)], (lo, hi), __import__("scipy").optimize.Bounds(lo, hi)):
+        hw = Hardware(lo, hi, [2.0, -2.0])
+        runs.append(zo.train(hw, np.array([0.0, 1.0]), epochs=10, optimizer=zo.sgd(0.2), bounds=bounds,
+                             progress=False).params)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+    assert runs[0][0] == 0.5 - zo.CGE().mu and runs[0][1] == 0.0
+
+
+def test_no_bound_on_any_side_is_the_run_without_bounds():
+    f = Hardware([-np.inf] * 2, [np.inf] * 2, [1.0, 2.0])
+    a = zo.train(f, np.zeros(2), epochs=5, bounds=[(None, None)] * 2, progress=False)
+    b = zo.train(f, np.zeros(2), epochs=5, progress=False)
+    np.testing.assert_array_equal(a.params, b.params)
+
+
+class Counted:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return float(np.sum(x ** 2))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(estimator=zo.RGE(directions=2)), r"`bounds` with estimator=RGE.*estimator=zo.CGE"),
+    (dict(estimator=zo.SNES(population=4)), r"`bounds` with estimator=SNES.*estimator=zo.CGE"),
+    (dict(sparsity=0.5), r"`bounds` with ratios='zo_grasp'.*ratios='smart'"),
+    (dict(bounds=(0.0, 0.004)), r"narrower than mu = 0.005.*lower `mu`"),
+    (dict(bounds=(0.0, 0.008), estimator=zo.CGE(scheme="central")), r"narrower than 2 \* mu = 0.01"),
+    (dict(bounds=(0.0, 1.0), mu=lambda t: 2.0), r"narrower than mu = 2 \(the `mu` schedule's value at step 0\)"),
+    (dict(bounds=(0.5, 1.0)), r"`params` lies outside `bounds` at index 0: 0.0 is not in \[0.5, 1.0\]"),
+    (dict(bounds=(1.0, 0.0)), r"lo\[0\] = 1.0 is above hi\[0\] = 0.0"),
+    (dict(bounds=(0.0, [1.0, 1.0])), r"shape \(4,\)"),
+    (dict(bounds=[0.0]), r"`bounds` must be a tuple \(lo, hi\)"),
+    (dict(bounds=(np.nan, 1.0)), r"lo\[0\] is NaN"),
+])
+def test_refusals_name_the_argument_and_come_before_any_query(kwargs, match):
+    f = Counted()
+    kwargs = dict(dict(bounds=(-1.0, 1.0), ratios="zo_grasp"), **kwargs)
+    with pytest.raises(zo.ArgumentError, match=match):
+        zo.train(f, np.zeros(4), epochs=2, progress=False, **kwargs)
+    assert f.calls == 0
+
+
+def test_a_mu_schedule_keeps_each_steps_queries_inside_and_one_too_wide_later_is_refused_at_its_step():
+    lo, hi = np.zeros(2), np.ones(2)
+    hw = Hardware(lo, hi, [3.0, 3.0])
+    res = zo.train(hw, np.array([0.5, 0.5]), epochs=8, optimizer=zo.sgd(0.5), bounds=(lo, hi),
+                   mu=lambda t: 0.01 * (t + 1), progress=False)  # growing: the params move in with it
+    assert res.steps == 8
+    np.testing.assert_allclose(res.params, 1 - 0.08)
+    hw = Hardware(lo, hi, [3.0, 3.0])
+    with pytest.raises(zo.ArgumentError, match=r"narrower than mu = 1.5 \(the `mu` schedule's value at this step\)"):
+        zo.train(hw, np.array([0.5, 0.5]), epochs=4, bounds=(lo, hi), mu=lambda t: 0.01 if t < 2 else 1.5,
+                 progress=False)
+    assert len(hw.points) == 2 * 3  # steps 0 and 1 ran; step 2 made no query
+
+
+def test_resume_with_the_same_bounds_is_the_uninterrupted_run_and_other_bounds_are_refused(tmp_path):
+    lo, hi = np.zeros(3), np.ones(3)
+    kw = dict(optimizer=zo.adam(0.1), bounds=(lo, hi), progress=False, rng=0)
+    full = zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=10, **kw)
+    path = tmp_path / "run.npz"
+
+    def stop(event, record, params):
+        return event == "step" and record["step"] == 3
+
+    zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=10, checkpoint=path, callbacks=[stop], **kw)
+    again = zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=10, checkpoint=path, resume=True, **kw)
+    np.testing.assert_array_equal(again.params, full.params)
+    for other in ((lo, np.full(3, 0.9)), None):
+        with pytest.raises(zo.CheckpointError, match=r"bounds: checkpoint has \[0.0, 1.0\], this run has"):
+            zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=10, checkpoint=path, resume=True,
+                     **dict(kw, bounds=other))
+    # a checkpoint of a run without bounds (as every one before bounds= was): resumed without, refused with
+    plain = tmp_path / "plain.npz"
+    zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=2, checkpoint=plain, **dict(kw, bounds=None))
+    zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=3, checkpoint=plain, resume=True,
+             **dict(kw, bounds=None))
+    with pytest.raises(zo.CheckpointError, match=r"bounds: checkpoint has None, this run has \[0.0, 1.0\]"):
+        zo.train(Hardware(lo, hi, [2, 2, -1]), np.full(3, 0.5), epochs=4, checkpoint=plain, resume=True, **kw)
+
+
+def test_ask_tell_asks_only_points_inside_the_box_and_is_train_bit_for_bit():
+    lo, hi = np.zeros(3), np.ones(3)
+    kw = dict(epochs=15, optimizer=zo.sgd(0.3), bounds=(lo, hi), progress=False,
+              estimator=zo.CGE(scheme="central"))
+    hw = Hardware(lo, hi, [2.0, -1.0, 0.5])
+    opt = zo.AskTell(np.full(3, 0.999), **kw)
+    while not opt.done:
+        opt.tell([hw(x) for x in opt.ask()])
+    ref = zo.train(Hardware(lo, hi, [2.0, -1.0, 0.5]), np.full(3, 0.999), **kw)
+    np.testing.assert_array_equal(opt.result.params, ref.params)
+    with pytest.raises(zo.ArgumentError, match="`bounds` with estimator=RGE"):
+        zo.AskTell(np.full(3, 0.5), estimator=zo.RGE(), bounds=(lo, hi), progress=False)
