@@ -92,7 +92,9 @@ def test_every_argument_of_minimize_and_approx_fprime_has_a_hint():
 
     from zoracle._foreign_args import GRADIENT_HINTS, TRAIN_HINTS
 
-    assert set(inspect.signature(minimize).parameters) - {"fun", "x0"} <= set(TRAIN_HINTS)
+    # (bounds: train takes it, as minimize does)
+    assert set(inspect.signature(minimize).parameters) - {"fun", "x0", "bounds"} <= set(TRAIN_HINTS)
+    assert "bounds" in inspect.signature(zo.train).parameters
     assert set(inspect.signature(fprime).parameters) - {"f", "xk"} <= set(GRADIENT_HINTS)
     assert {"fun", "x0"} <= set(TRAIN_HINTS) and {"f", "xk"} <= set(GRADIENT_HINTS)
 

@@ -103,6 +103,6 @@ def _told_points(points, asked, losses):
             f"tell(X, losses): row {j} of X is not row {j} of the points the last ask() returned (coordinate {c} "
             f"is {arr[j, c].item()!r}, asked {host[j, c].item()!r}; {differ.size} of the {n} rows differ): the losses "
             "must be those of the asked points, unchanged, in their rows' order (a point clipped, repaired or "
-            "rounded after ask() is another point: keep bounds inside the loss, a penalty or a projection); "
+            "rounded after ask() is another point: AskTell(..., bounds=(lo, hi)) asks only points inside a box); "
             "tell the asked points' losses, or tell(losses) alone")
     return arr
