@@ -136,6 +136,24 @@ def test_scipys_list_of_pairs_and_bounds_object_and_none_sides_are_the_same_box(
     assert runs[0][0] == 0.5 - zo.CGE().mu and runs[0][1] == 0.0
 
 
+def test_a_pair_of_pairs_that_reads_as_two_boxes_for_two_parameters_is_refused():
+    """[[0, 1], [2, 3]] is SciPy's pairs lo = [0, 2], hi = [1, 3], or (lo, hi) lo = [0, 1], hi = [2, 3]."""
+    f = Counted()
+    for bounds in ([[0.0, 1.0], [2.0, 3.0]], ((0.0, 1.0), (2.0, 3.0))):
+        with pytest.raises(zo.ArgumentError, match=r"reads as SciPy's \(lo, hi\) pairs and as \(lo, hi\) alike"):
+            zo.train(f, np.array([1.0, 2.5]), bounds=bounds, progress=False)
+    assert f.calls == 0
+    # SciPy's own form, a list of tuples, and (lo, hi) of three parameters are read as meant
+    hw = Hardware([0.0, 2.0], [1.0, 3.0], [5.0, 5.0])
+    zo.train(hw, np.array([0.5, 2.5]), epochs=20, optimizer=zo.sgd(0.3), bounds=[(0.0, 1.0), (2.0, 3.0)],
+             progress=False)
+    hw = Hardware([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0])
+    zo.train(hw, np.full(3, 0.5), epochs=20, optimizer=zo.sgd(0.3), bounds=((0, 0, 0), (1, 1, 1)), progress=False)
+    hw = Hardware([0.0, 2.0, 4.0], [1.0, 3.0, 5.0], [9.0, 9.0, 9.0])
+    zo.train(hw, np.array([0.5, 2.5, 4.5]), epochs=20, optimizer=zo.sgd(0.3),
+             bounds=((0, 1), (2, 3), (4, 5)), progress=False)
+
+
 def test_no_bound_on_any_side_is_the_run_without_bounds():
     f = Hardware([-np.inf] * 2, [np.inf] * 2, [1.0, 2.0])
     a = zo.train(f, np.zeros(2), epochs=5, bounds=[(None, None)] * 2, progress=False)

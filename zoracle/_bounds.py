@@ -58,9 +58,18 @@ def _pair(x) -> bool:
 def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
     """``bounds`` as float64 ``(lo, hi)`` of ``d`` values each: a tuple ``(lo, hi)`` (each a number, None
     or an array of ``d``), SciPy's list of ``d`` pairs ``[(lo_0, hi_0), ...]`` or a ``scipy.optimize.Bounds``."""
+    pairs = isinstance(bounds, (tuple, list)) and len(bounds) == d and all(_pair(b) for b in bounds)
+    if pairs and d == 2 and not (isinstance(bounds, list) and all(isinstance(b, tuple) for b in bounds)):
+        # [[0, 1], [2, 3]] at d = 2: SciPy's pairs (lo = [0, 2]) or (lo, hi) (lo = [0, 1]), two other boxes
+        lo_p, hi_p = as_box(list(map(tuple, bounds)), d)
+        lo_t, hi_t = _side(bounds[0], d, "lo", -np.inf), _side(bounds[1], d, "hi", np.inf)
+        if not (np.array_equal(lo_p, lo_t) and np.array_equal(hi_p, hi_t)):
+            raise ArgumentError(f"`bounds` {short_repr(bounds)} reads as SciPy's (lo, hi) pairs and as (lo, hi) "
+                                "alike for 2 parameters, two other boxes: pass a list of tuples for SciPy's pairs, "
+                                "[(lo_0, hi_0), (lo_1, hi_1)], or arrays for (lo, hi), (np.array(lo), np.array(hi))")
     if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
         lo_in, hi_in = bounds.lb, bounds.ub
-    elif isinstance(bounds, list) and len(bounds) == d and all(_pair(b) for b in bounds):  # SciPy's pairs
+    elif pairs and (d != 2 or isinstance(bounds, list)):  # SciPy's pairs (d = 2: a list of tuples, as above)
         lo_in = [b[0] for b in bounds]
         hi_in = [b[1] for b in bounds]
     elif isinstance(bounds, (tuple, list)) and len(bounds) == 2:

@@ -203,8 +203,8 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     bounds : tuple (lo, hi), list of (lo, hi) pairs or scipy.optimize.Bounds, optional
         A box every query of the run stays inside (hardware or a simulator that refuses settings
         out of range): ``(lo, hi)``, each a number, None (no bound) or an array of ``params``' shape,
-        or SciPy's list of ``d`` pairs with None for no bound (a list is read as pairs when it holds
-        ``d`` pairs). The params are kept in the box shrunk by the estimator's step on the sides its
+        or SciPy's list of ``d`` pairs with None for no bound (for ``d = 2``, a list of tuples; a pair of
+        lists that reads as two boxes is refused). The params are kept in the box shrunk by the estimator's step on the sides its
         queries step towards, ``[lo, hi - mu]`` for forward CGE and ``[lo + mu, hi - mu]`` for central
         (each update is clipped into it, as a projected optimizer's is; the shrunk box is rounded
         inwards in the params' dtype, so ``params + mu`` itself stays at or below ``hi``), so the run
