@@ -242,3 +242,55 @@ def test_ask_tell_asks_only_points_inside_the_box_and_is_train_bit_for_bit():
     np.testing.assert_array_equal(opt.result.params, ref.params)
     with pytest.raises(zo.ArgumentError, match="`bounds` with estimator=RGE"):
         zo.AskTell(np.full(3, 0.5), estimator=zo.RGE(), bounds=(lo, hi), progress=False)
+
+
+class FastHardware(Hardware):
+    """The same loss with both CGE fast paths, each checking the points it is asked for."""
+
+    def batch(self, X):
+        return np.array([self(x) for x in np.asarray(X)])
+
+    def coordinate_losses(self, params, coords, step):
+        out = []
+        for i in np.asarray(coords):
+            x = np.array(params, copy=True)
+            x[i] = x[i] + x.dtype.type(step)  # (the point as the plain queries form it)
+            out.append(self(x))
+        return np.array(out)
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_fast_paths_and_an_executor_keep_the_queries_inside_and_the_plain_run(scheme):
+    from zoracle.executors import ThreadPool
+
+    lo, hi = np.array([0.0, -1.0, 0.5, 0.0]), np.array([1.0, 0.0, 2.0, 3.0])
+    kw = dict(epochs=12, optimizer=zo.adam(0.2), estimator=zo.CGE(mu=0.01, scheme=scheme), bounds=(lo, hi),
+              progress=False)
+    x0 = np.array([1.0, -1.0, 2.0, 1.5])  # on the walls
+    plain = zo.train(Hardware(lo, hi, [3, 3, -3, 1]), x0, **kw)
+    fast = FastHardware(lo, hi, [3, 3, -3, 1])
+    assert np.array_equal(zo.train(fast, x0, **kw).params, plain.params)
+    with ThreadPool(2) as ex:
+        pooled = FastHardware(lo, hi, [3, 3, -3, 1])
+        assert np.array_equal(zo.train(pooled, x0, executor=ex, **kw).params, plain.params)
+    assert fast.points and pooled.points
+
+
+def test_cupy_params_stay_on_the_device_inside_the_box_and_equal_the_host_run(monkeypatch):
+    """The backend follows the data (the CPU stand-in for CuPy refuses implicit host conversions)."""
+    import _fakecupy
+
+    lo, hi = np.array([0.0, -1.0, 0.5]), np.array([1.0, 0.0, 2.0])
+    kw = dict(epochs=10, optimizer=zo.adam(0.2), bounds=(lo, hi), progress=False)
+    host = zo.train(Hardware(lo, hi, [3, 3, -3]), np.array([0.5, -0.5, 1.0], dtype=np.float32), **kw)
+    cp = _fakecupy.install(monkeypatch)
+    kinds = set()
+
+    def loss(x):
+        kinds.add(type(x).__module__.split(".")[0])
+        return Hardware(lo, hi, [3, 3, -3])(cp.asnumpy(x))
+
+    res = zo.train(loss, cp.asarray(np.array([0.5, -0.5, 1.0], dtype=np.float32)), **kw)
+    assert isinstance(res.params, cp.ndarray) and res.params.dtype == np.float32
+    assert kinds == {type(cp.zeros(1)).__module__.split(".")[0]}
+    assert np.array_equal(cp.asnumpy(res.params), host.params)
