@@ -294,3 +294,33 @@ def test_cupy_params_stay_on_the_device_inside_the_box_and_equal_the_host_run(mo
     assert isinstance(res.params, cp.ndarray) and res.params.dtype == np.float32
     assert kinds == {type(cp.zeros(1)).__module__.split(".")[0]}
     assert np.array_equal(cp.asnumpy(res.params), host.params)
+
+
+def test_a_torch_oracles_feature_reuse_runs_inside_the_box_as_its_plain_calls_do():
+    """TorchOracle's coordinate_losses and prefix/suffix form the queries themselves: the run equals
+    the one through its plain call, whose every query is checked against the box."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle, cross_entropy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    oracle = TorchOracle(model, cross_entropy, (x, y))
+    theta = oracle.initial_params()
+    lo, hi = theta - 0.05, theta + 0.03
+    kw = dict(epochs=6, optimizer=zo.sgd(2.0), estimator=zo.CGE(mu=0.01, scheme="central"), bounds=(lo, hi),
+              progress=False)
+    fast = zo.train(oracle, theta, **kw)
+    checked = []
+
+    def plain(p):
+        assert ((p >= lo) & (p <= hi)).all()
+        checked.append(1)
+        return float(oracle(p))
+
+    ref = zo.train(plain, theta, **kw)
+    assert checked and ((fast.params >= lo) & (fast.params <= hi)).all()
+    np.testing.assert_allclose(fast.params, ref.params, rtol=0, atol=1e-9)
+    walls = np.isclose(fast.params, hi - 0.01, rtol=0, atol=1e-15) | np.isclose(fast.params, lo + 0.01, rtol=0,
+                                                                                 atol=1e-15)
+    assert walls.any()  # the box held the run somewhere
