@@ -324,3 +324,13 @@ def test_a_torch_oracles_feature_reuse_runs_inside_the_box_as_its_plain_calls_do
     walls = np.isclose(fast.params, hi - 0.01, rtol=0, atol=1e-15) | np.isclose(fast.params, lo + 0.01, rtol=0,
                                                                                  atol=1e-15)
     assert walls.any()  # the box held the run somewhere
+
+
+def test_bounds_past_float32s_range_keep_float32_params_inside_without_a_numpy_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (NumPy's "overflow encountered in cast")
+        res = zo.train(Hardware([-1e300], [1e300], [5.0]), np.array([0.5], dtype=np.float32), epochs=3,
+                       bounds=(-1e300, 1e300), progress=False)
+    assert res.params.dtype == np.float32 and res.params[0] > 0.5

@@ -99,7 +99,8 @@ class Box:
         upper where the box is narrower than the queries need)."""
         t = self.dtype.type
         m = t(mu)
-        lo, hi = self.lo.astype(self.dtype), self.hi.astype(self.dtype)
+        with np.errstate(over="ignore"):  # (1e300 in float32 params: inf, then the largest float32 below)
+            lo, hi = self.lo.astype(self.dtype), self.hi.astype(self.dtype)
         # the params' dtype rounds a bound to the nearest value, perhaps outside it: the one inside instead
         up = lo.astype(np.float64) < self.lo
         lo[up] = np.nextafter(lo[up], t(np.inf))
