@@ -191,7 +191,7 @@ def test_refusals_name_the_argument_and_come_before_any_query(kwargs, match):
     assert f.calls == 0
 
 
-def test_a_mu_schedule_keeps_each_steps_queries_inside_and_one_too_wide_later_is_refused_at_its_step():
+def test_a_mu_schedule_keeps_each_steps_queries_inside_and_one_too_wide_later_is_refused_at_its_step(tmp_path):
     lo, hi = np.zeros(2), np.ones(2)
     hw = Hardware(lo, hi, [3.0, 3.0])
     res = zo.train(hw, np.array([0.5, 0.5]), epochs=8, optimizer=zo.sgd(0.5), bounds=(lo, hi),
@@ -201,8 +201,9 @@ def test_a_mu_schedule_keeps_each_steps_queries_inside_and_one_too_wide_later_is
     hw = Hardware(lo, hi, [3.0, 3.0])
     with pytest.raises(zo.ArgumentError, match=r"narrower than mu = 1.5 \(the `mu` schedule's value at this step\)"):
         zo.train(hw, np.array([0.5, 0.5]), epochs=4, bounds=(lo, hi), mu=lambda t: 0.01 if t < 2 else 1.5,
-                 progress=False)
+                 progress=False, checkpoint=tmp_path / "run.npz", checkpoint_every=10)
     assert len(hw.points) == 2 * 3  # steps 0 and 1 ran; step 2 made no query
+    assert zo.load_checkpoint(tmp_path / "run.npz")[1]["step"] == 2  # the steps before it kept
 
 
 def test_resume_with_the_same_bounds_is_the_uninterrupted_run_and_other_bounds_are_refused(tmp_path):
