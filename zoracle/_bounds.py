@@ -82,8 +82,8 @@ def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
     bad = np.flatnonzero(~(lo <= hi))
     if bad.size:
         i = int(bad[0])
-        raise ArgumentError(f"`bounds`: lo[{i}] = {float(lo[i])!r} is above hi[{i}] = {float(hi[i])!r}; give each lower bound "
-                            f"first, (lo, hi)")
+        raise ArgumentError(f"`bounds`: lo[{i}] = {float(lo[i])!r} is above hi[{i}] = {float(hi[i])!r}; give each "
+                            f"lower bound first, (lo, hi)")
     return lo, hi
 
 
@@ -130,7 +130,8 @@ class Box:
             i = int(narrow[0])
             need = "2 * mu" if self.central else "mu"
             raise ArgumentError(
-                f"`bounds`: the box at index {i}, [{float(self.lo[i])!r}, {float(self.hi[i])!r}], is narrower than {need} = "
+                f"`bounds`: the box at index {i}, [{float(self.lo[i])!r}, {float(self.hi[i])!r}], is narrower than "
+                f"{need} = "
                 f"{(2 if self.central else 1) * float(mu):g}{where} ({len(narrow)} such coordinate"
                 f"{'s' * (len(narrow) > 1)}): {'central' if self.central else 'forward'} CGE queries params "
                 f"{'+-' if self.central else '+'} mu on each coordinate, which must stay inside it; lower `mu` "
@@ -188,7 +189,8 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios) 
     if out.size:
         i = int(out[0])
         raise ArgumentError(
-            f"`params` lies outside `bounds` at index {i}: {float(x[i])!r} is not in [{float(lo[i])!r}, {float(hi[i])!r}] ({out.size} "
+            f"`params` lies outside `bounds` at index {i}: {float(x[i])!r} is not in [{float(lo[i])!r}, "
+            f"{float(hi[i])!r}] ({out.size} "
             f"coordinate{'s' * (out.size > 1)} outside); start inside the box, e.g. np.clip(params, lo, hi)")
     box = Box(lo, hi, params.dtype, xp, central=estimator.scheme != "forward")
     mu0 = estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True)
