@@ -6,6 +6,8 @@ a setting out of range would: a run that finishes made none.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -176,7 +178,11 @@ class Counted:
     (dict(sparsity=0.5), r"`bounds` with ratios='zo_grasp'.*ratios='smart'"),
     (dict(bounds=(0.0, 0.004)), r"narrower than mu = 0.005.*lower `mu`"),
     (dict(bounds=(0.0, 0.008), estimator=zo.CGE(scheme="central")), r"narrower than 2 \* mu = 0.01"),
-    (dict(bounds=(0.0, 1.0), mu=lambda t: 2.0), r"narrower than mu = 2 \(the `mu` schedule's value at step 0\)"),
+    (dict(bounds=(0.0, 1.0), mu=lambda t: 2.0),
+     r"narrower than mu = 2 \(the `mu` schedule's value at step 0\).*lower the `mu` schedule's values"),
+    (dict(bounds=(0.0, 1.0), mu=lambda t: 0.01 if t < 1 else 1.5),  # (a later step's: before the first query too)
+     r"narrower than mu = 1.5 \(the `mu` schedule's value at step 1\)"),
+    (dict(bounds=([-1, 0, -1, -1], [1, 0, 1, 1])), r"lo\[1\] == hi\[1\] = 0.0 pins.*out of `params`"),
     (dict(bounds=(0.5, 1.0)), r"`params` lies outside `bounds` at index 0: 0.0 is not in \[0.5, 1.0\]"),
     (dict(bounds=(1.0, 0.0)), r"lo\[0\] = 1.0 is above hi\[0\] = 0.0"),
     (dict(bounds=(0.0, [1.0, 1.0])), r"shape \(4,\)"),
@@ -199,9 +205,16 @@ def test_a_mu_schedule_keeps_each_steps_queries_inside_and_one_too_wide_later_is
     assert res.steps == 8
     np.testing.assert_allclose(res.params, 1 - 0.08)
     hw = Hardware(lo, hi, [3.0, 3.0])
-    with pytest.raises(zo.ArgumentError, match=r"narrower than mu = 1.5 \(the `mu` schedule's value at this step\)"):
+    with pytest.raises(zo.ArgumentError, match=r"narrower than mu = 1.5 \(the `mu` schedule's value at step 2\)"):
         zo.train(hw, np.array([0.5, 0.5]), epochs=4, bounds=(lo, hi), mu=lambda t: 0.01 if t < 2 else 1.5,
-                 progress=False, checkpoint=tmp_path / "run.npz", checkpoint_every=10)
+                 progress=False)  # a run of known length: every step's mu is known before the first query
+    assert hw.points == []
+    hw = Hardware(lo, hi, [3.0, 3.0])
+    with pytest.raises(zo.ArgumentError, match=r"narrower than mu = 1.5 \(the `mu` schedule's value at this step\)"):
+        zo.train(types.SimpleNamespace(bind=lambda batch: hw), np.array([0.5, 0.5]), epochs=4,
+                 batches=lambda epoch: iter([epoch]),  # (batches of no length: the run's length not known)
+                 bounds=(lo, hi), mu=lambda t: 0.01 if t < 2 else 1.5, progress=False,
+                 checkpoint=tmp_path / "run.npz", checkpoint_every=10)
     assert len(hw.points) == 2 * 3  # steps 0 and 1 ran; step 2 made no query
     assert zo.load_checkpoint(tmp_path / "run.npz")[1]["step"] == 2  # the steps before it kept
 
@@ -335,3 +348,27 @@ def test_bounds_past_float32s_range_keep_float32_params_inside_without_a_numpy_w
         res = zo.train(Hardware([-1e300], [1e300], [5.0]), np.array([0.5], dtype=np.float32), epochs=3,
                        bounds=(-1e300, 1e300), progress=False)
     assert res.params.dtype == np.float32 and res.params[0] > 0.5
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_an_oracle_computing_in_float32_is_asked_float32_points_inside_the_box_of_float64_params(scheme):
+    """An oracle declaring compute_dtype = float32 is estimated at the float64 params rounded to float32,
+    with float32 steps: float32(0.09) + float32(0.01) rounds to float32(0.1), above hi = 0.1, where
+    the box was kept in float64."""
+
+    class Float32Model(Hardware):
+        compute_dtype = np.float32
+
+        def __call__(self, x):
+            assert x.dtype == np.float32
+            return super().__call__(x)
+
+    lo, hi = np.full(3, -0.1), np.full(3, 0.1)
+    hw = Float32Model(lo, hi, [3.0, -3.0, 3.0])  # every coordinate pressed against a wall
+    res = zo.train(hw, np.zeros(3), epochs=20, optimizer=zo.adam(0.1), bounds=(lo, hi),
+                   estimator=zo.CGE(mu=0.01, scheme=scheme), progress=False)
+    assert res.params.dtype == np.float64 and res.steps == 20
+    assert np.abs(res.params).max() > 0.089  # (the walls reached: 0.1 - mu, within float32's rounding)
+    points = np.array(hw.points)
+    assert ((points >= lo) & (points <= hi)).all()
+

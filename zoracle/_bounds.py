@@ -9,6 +9,9 @@ optimizer's step (a clip after each update) and the plain estimate at the clippe
 The shrunk box is computed in the params' dtype, the way the estimators form a query
 (``x + dtype(mu)``): ``hi - mu`` rounded up could put ``(hi - mu) + mu`` one unit in the last place past
 ``hi``, so each side is moved in by a unit in the last place until the query it allows rounds inside.
+An oracle declaring a narrower ``compute_dtype`` (a float32 model given float64 params) is queried at
+the params rounded to it, with steps of its ``mu``: the box is then computed in that dtype, whose sides,
+values of it, keep the rounded params (rounding is monotone) and their steps inside.
 """
 
 from __future__ import annotations
@@ -90,12 +93,15 @@ def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
 class Box:
     """A run's bounds and the box each ``mu`` shrinks them to, in the params' dtype and backend."""
 
-    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool):
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool, store=None):
+        # dtype: the float the queries are formed in (the params', or an oracle's narrower compute_dtype);
+        # store: the params' own, which project() returns
         self.lo, self.hi, self.dtype, self.xp, self.central = lo, hi, np.dtype(dtype), xp, central
+        self.store = np.dtype(dtype if store is None else store)
         self._shrunk: dict = {}  # mu -> (lower, upper) as xp arrays of the params' dtype
 
     def sides(self, mu: float) -> tuple[np.ndarray, np.ndarray]:
-        """The params' box for queries at ``mu`` as NumPy arrays of the params' dtype (lower may be above
+        """The params' box for queries at ``mu`` as NumPy arrays of the queries' dtype (lower may be above
         upper where the box is narrower than the queries need)."""
         t = self.dtype.type
         m = t(mu)
@@ -123,19 +129,26 @@ class Box:
         return lower, upper
 
     def check_width(self, mu: float, where: str = "") -> None:
-        """Refuse a box narrower than the queries at ``mu`` need, naming ``mu``."""
+        """Refuse a box narrower than the queries at ``mu`` need, naming ``mu`` (``where``: the ``mu``
+        schedule's step it comes from, "" for the estimator's own)."""
         lower, upper = self.sides(mu)
         narrow = np.flatnonzero(~(lower <= upper))
-        if narrow.size:
-            i = int(narrow[0])
-            need = "2 * mu" if self.central else "mu"
-            raise ArgumentError(
-                f"`bounds`: the box at index {i}, [{float(self.lo[i])!r}, {float(self.hi[i])!r}], is narrower than "
-                f"{need} = "
-                f"{(2 if self.central else 1) * float(mu):g}{where} ({len(narrow)} such coordinate"
+        if not narrow.size:
+            return
+        i = int(narrow[0])
+        need = "2 * mu" if self.central else "mu"
+        head = (f"`bounds`: the box at index {i}, [{float(self.lo[i])!r}, {float(self.hi[i])!r}], is narrower than "
+                f"{need} = {(2 if self.central else 1) * float(mu):g}{where} ({len(narrow)} such coordinate"
                 f"{'s' * (len(narrow) > 1)}): {'central' if self.central else 'forward'} CGE queries params "
-                f"{'+-' if self.central else '+'} mu on each coordinate, which must stay inside it; lower `mu` "
-                f"(estimator=zo.CGE(mu=...)) or widen the box")
+                f"{'+-' if self.central else '+'} mu on each coordinate, which must stay inside it; ")
+        pinned = np.flatnonzero(self.lo[narrow] == self.hi[narrow])
+        if pinned.size:  # (no mu fits a side of width 0: a fixed value is no parameter to train)
+            j = int(narrow[pinned[0]])
+            raise ArgumentError(
+                f"{head}lo[{j}] == hi[{j}] = {float(self.lo[j])!r} pins that parameter, which no step may move: "
+                "leave pinned parameters out of `params` (a constant inside the loss), or give them a range")
+        fix = "lower the `mu` schedule's values" if where else "lower `mu` (estimator=zo.CGE(mu=...))"
+        raise ArgumentError(f"{head}{fix} or widen the box")
 
     def project(self, params, mu: float):
         """``params`` clipped into the box the queries at ``mu`` need (the same array where already inside)."""
@@ -145,7 +158,7 @@ class Box:
             if len(self._shrunk) > 8:  # (a mu schedule: one per value; the last few kept)
                 self._shrunk.clear()
             lower, upper = self.sides(mu)
-            self._shrunk[key] = (self.xp.asarray(lower), self.xp.asarray(upper))
+            self._shrunk[key] = tuple(self.xp.asarray(side.astype(self.store)) for side in (lower, upper))
         lower, upper = self._shrunk[key]
         if bool(((params >= lower) & (params <= upper)).all()):
             return params
@@ -162,13 +175,17 @@ class Box:
         return "sha256:" + hashlib.sha256(self.lo.tobytes() + self.hi.tobytes()).hexdigest()[:16]
 
 
-def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios) -> Box | None:
+def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, oracle=None) -> Box | None:
     """``bounds`` read and checked before the first query: the estimator and ratios whose queries a box
     cannot keep refused, a start outside the box refused, a box narrower than the first step's queries
-    refused (a ``mu`` schedule's later values are checked as their steps come)."""
+    refused (a ``mu`` schedule's later values: by ``check_steps`` where the run's length is known, else as
+    their steps come). An ``oracle`` that declares a narrower ``compute_dtype`` than the params' (a float32
+    model given float64 params) is estimated at the params rounded to it, with its steps: the box is then
+    kept in that dtype, each side a value of it inside ``[lo, hi]``."""
     if bounds is None:
         return None
     from ._estimators import CGE
+    from ._oracle import compute_dtype_of
     from ._schedules import schedule_value
 
     d = int(params.shape[0])
@@ -192,7 +209,9 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios) 
             f"`params` lies outside `bounds` at index {i}: {float(x[i])!r} is not in [{float(lo[i])!r}, "
             f"{float(hi[i])!r}] ({out.size} "
             f"coordinate{'s' * (out.size > 1)} outside); start inside the box, e.g. np.clip(params, lo, hi)")
-    box = Box(lo, hi, params.dtype, xp, central=estimator.scheme != "forward")
+    cd = compute_dtype_of(oracle)
+    queries = cd if cd is not None and cd.kind == "f" and cd.itemsize < params.dtype.itemsize else params.dtype
+    box = Box(lo, hi, queries, xp, central=estimator.scheme != "forward", store=params.dtype)
     mu0 = estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True)
     box.check_width(mu0, where="" if mu_sched is None else " (the `mu` schedule's value at step 0)")
     return box

@@ -487,9 +487,10 @@ def resumed(got, resume, *, oracle, d, xp, state, est_state, config, modes, lr_o
 
 
 def check_steps(oracle, params, xp, estimator, optimizer, lr_sched, mu_sched, total, max_queries, callbacks,
-                resume=None):
+                resume=None, box=None):
     """Every step's lr and mu checked before the first query (where the run's length is known), and
-    the first step's mu at the params as the oracle sees them; the lr schedule and its argument's name,
+    the first step's mu at the params as the oracle sees them (and, with ``bounds``, the box ``box`` at
+    the largest mu of a schedule); the lr schedule and its argument's name,
     the schedules' fingerprints, the params' initial scale and the tiny-mu verdict left for the first loss."""
     lr_of = lr_sched if lr_sched is not None else as_schedule(optimizer.lr, "lr")
     lr_name = "schedule" if lr_sched is not None else "lr"  # the argument its values come from
@@ -508,6 +509,9 @@ def check_steps(oracle, params, xp, estimator, optimizer, lr_sched, mu_sched, to
                 check_step(as_seen(oracle, params), extremes[t], estimator.scheme, type(estimator).__name__)
             except StepError as exc:
                 raise StepError(f"{exc} (the `mu` schedule's value at step {t}: `mu` sets the steps' mu)") from None
+        if box is not None and extremes:  # a later step's wider mu: refused now, not after the steps before it
+            t = max(extremes, key=extremes.get)
+            box.check_width(extremes[t], where=f" (the `mu` schedule's value at step {t})")
     reuse_freed_memory()  # every step frees and re-allocates the same temporaries (glibc: keep them)
     scale0 = float(xp.max(xp.abs(params)))  # the initial scale: a run that leaves it far behind diverged
     tiny = None

@@ -207,14 +207,16 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         lists that reads as two boxes is refused). The params are kept in the box shrunk by the estimator's step on the sides its
         queries step towards, ``[lo, hi - mu]`` for forward CGE and ``[lo + mu, hi - mu]`` for central
         (each update is clipped into it, as a projected optimizer's is; the shrunk box is rounded
-        inwards in the params' dtype, so ``params + mu`` itself stays at or below ``hi``), so the run
+        inwards in the dtype of the queries, the params' or an oracle's narrower ``compute_dtype``,
+        so ``params + mu`` itself stays at or below ``hi``), so the run
         equals the plain estimate at projected params. A start outside ``[lo, hi]`` is refused naming
         ``params``; one inside but within ``mu`` of a side is moved in to the shrunk box before the
         first query. Needs ``estimator=CGE(...)`` (RGE's and SNES's random directions leave any box)
         and, with ``sparsity``, ratios other than ``"zo_grasp"``; a box narrower than ``mu`` (forward)
         or ``2 * mu`` (central) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
-        values: at the step that takes one). Part of the checkpoint's settings: a resume needs the
-        same bounds.
+        values: before the first query in a run of known length, else at the step that takes one),
+        and so is ``lo == hi`` (leave a fixed parameter out of ``params``). Part of the checkpoint's
+        settings: a resume needs the same bounds.
 
     Returns
     -------
@@ -236,7 +238,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         sparsity, ratios, score_kinds, ranking, grasp_directions, mask_shuffle_interval)
     checkpoint, estimator, snes, optimizer, lr_sched, mu_sched, cadence = check_tools(
         checkpoint, checkpoint_every, estimator, optimizer, schedule, mu)
-    box = check_bounds(bounds, params, xp, estimator, mu_sched, sparsity is not None, ratios)
+    box = check_bounds(bounds, params, xp, estimator, mu_sched, sparsity is not None, ratios, oracle)
     callbacks = check_callables(callbacks, eval_fn)
     sparse, fill_small_blocks, progress = check_sparse_split(
         sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions, mask_shuffle_interval,
@@ -247,7 +249,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     per_epoch = _steps_per_epoch(batches, steps_per_epoch)
     total = None if per_epoch is None else epochs * per_epoch
     lr_of, lr_name, prints, scale0, tiny = check_steps(oracle, params, xp, estimator, optimizer, lr_sched, mu_sched,
-                                                       total, max_queries, callbacks, resume=resume)
+                                                       total, max_queries, callbacks, resume=resume, box=box)
 
     all_blocks, scored, dense, n_scored = split_layout(oracle, d, sparse, blocks, score_kinds, ratios, sparsity)
 
