@@ -372,3 +372,33 @@ def test_an_oracle_computing_in_float32_is_asked_float32_points_inside_the_box_o
     points = np.array(hw.points)
     assert ((points >= lo) & (points <= hi)).all()
 
+
+def test_an_update_to_inf_is_a_diverged_run_with_bounds_as_without_not_a_clip_to_the_wall():
+    sgd = zo.sgd(0.1)
+
+    def update(grad, state, params, lr=None):
+        params, state = sgd.update(grad, state, params, lr)
+        return np.where(np.arange(params.size) == 1, np.inf, params), state  # (an overflow of lr * grad)
+
+    wild = zo.Optimizer(sgd.init, update, sgd.lr, "wild", "wild")
+    for bounds in (None, (-1.0, 1.0)):
+        hw = Hardware([-1.0] * 3, [1.0] * 3, [3.0, 3.0, 3.0])
+        with pytest.raises(zo.ArgumentError, match="training diverged at step 0.*params became non-finite"):
+            zo.train(hw, np.zeros(3), epochs=3, optimizer=wild, bounds=bounds, progress=False)
+
+
+def test_a_diverged_run_started_within_mu_of_a_wall_reads_no_drift_at_its_first_params():
+    """The start moved in by the box is the run's first params: the diverged run's message reads the loss
+    again there, beside the first step's reading, not at the start given (a move of mu read as drift)."""
+    sgd = zo.sgd(0.01)
+
+    def update(grad, state, params, lr=None):
+        params, state = sgd.update(grad, state, params, lr)
+        return (params * np.inf if int(state.count) >= 3 else params), state  # (a deterministic loss)
+
+    wild = zo.Optimizer(sgd.init, update, sgd.lr, "wild", "wild")
+    hw = Hardware([-1.0] * 3, [1.0] * 3, [5.0, 5.0, 5.0])
+    with pytest.raises(zo.ArgumentError, match="params became non-finite") as info:
+        zo.train(hw, np.ones(3), epochs=5, optimizer=wild, bounds=(-1.0, 1.0), estimator=zo.CGE(mu=0.1),
+                 progress=False)  # (started at hi: moved in to hi - mu before the first query)
+    assert "drift" not in str(info.value)

@@ -131,6 +131,8 @@ def _estimate(run, blist):
         # the box this step's mu needs (each update clips into its own step's): the start, or a resumed
         # run's params, where a start within mu of a side moves in; a mu schedule's larger value moves them in
         run.params = run.box.project(run.params, run.est.mu)
+        if run.step == 0:  # the first params queried: a diverged run's message reads the loss there again,
+            run.params0 = run.params  # beside the first step's reading (at the start given, a move read as drift)
     step_rng = np.random.default_rng([run.root, 1, run.step]) if isinstance(run.est, (RGE, SNES)) else None
     try:
         with checking(bound, run.verdicts):
@@ -214,11 +216,6 @@ def _update(run, g, bound):
             f"where it was given a {type(run.params0).__name__} of dtype {run.dtype0} and shape ({run.d},): train "
             f"keeps the params as given (a checkpoint of others cannot be resumed); return them so, "
             f"e.g. new.astype(params.dtype).reshape(params.shape)")
-    if run.box is not None:  # the projected step: every query of the next step (at this mu) inside `bounds`
-        # (the update as the optimizer made it, for the still-params watch: params the box holds at a
-        # wall were moved by their update, no learning rate too small)
-        run.unclipped = run.params
-        run.params = run.box.project(run.params, run.est.mu)
     count = getattr(run.state, "count", None)
     if _count_of(run.state) != before + 1 and not run.count_warned:
         # (a plain tuple's `count` is its method: named as the state's type, not a bound method's repr)
@@ -241,6 +238,12 @@ def _update(run, g, bound):
             f"training diverged at step {run.step} (epoch {run.epoch}): params became non-finite; "
             f"{cause_first(note, f'lower the learning rate (lr was {lr:g})')}{note}"
         )
+    if run.box is not None:  # the projected step: every query of the next step (at this mu) inside `bounds`
+        # (after the check above: an update to inf, clipped to a wall, would hide a diverged run; the update
+        # as the optimizer made it, for the still-params watch: params the box holds at a wall were moved
+        # by their update, no learning rate too small)
+        run.unclipped = run.params
+        run.params = run.box.project(run.params, run.est.mu)
     return lr
 
 
