@@ -144,6 +144,11 @@ def test_a_pair_of_pairs_that_reads_as_two_boxes_for_two_parameters_is_refused()
     for bounds in ([[0.0, 1.0], [2.0, 3.0]], ((0.0, 1.0), (2.0, 3.0))):
         with pytest.raises(zo.ArgumentError, match=r"reads as SciPy's \(lo, hi\) pairs and as \(lo, hi\) alike"):
             zo.train(f, np.array([1.0, 2.5]), bounds=bounds, progress=False)
+    # ([1, 0], [2, 3]): (lo, hi) a box, SciPy's pairs none (1 above 0): not the pairs' lo[0] > hi[0] refusal
+    with pytest.raises(zo.ArgumentError, match=r"alike for 2 parameters, no box as SciPy's pairs.*np.array\(lo\)"):
+        zo.train(f, np.array([1.5, 2.5]), bounds=([1.0, 0.0], [2.0, 3.0]), progress=False)
+    with pytest.raises(zo.ArgumentError, match=r"lo\[0\] = 3.0 is above hi\[0\] = 2.0"):  # (no box either way)
+        zo.train(f, np.array([1.5, 2.5]), bounds=([3.0, 4.0], [2.0, 1.0]), progress=False)
     assert f.calls == 0
     # SciPy's own form, a list of tuples, and (lo, hi) of three parameters are read as meant
     hw = Hardware([0.0, 2.0], [1.0, 3.0], [5.0, 5.0])

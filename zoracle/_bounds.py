@@ -64,11 +64,18 @@ def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
     pairs = isinstance(bounds, (tuple, list)) and len(bounds) == d and all(_pair(b) for b in bounds)
     if pairs and d == 2 and not (isinstance(bounds, list) and all(isinstance(b, tuple) for b in bounds)):
         # [[0, 1], [2, 3]] at d = 2: SciPy's pairs (lo = [0, 2]) or (lo, hi) (lo = [0, 1]), two other boxes
-        lo_p, hi_p = as_box(list(map(tuple, bounds)), d)
+        try:
+            scipys = as_box(list(map(tuple, bounds)), d)
+        except ArgumentError:  # ([1, 0], [2, 3]): lo[0] = 1 above hi[0] = 0 as SciPy's pairs, a box as (lo, hi)
+            scipys = None
         lo_t, hi_t = _side(bounds[0], d, "lo", -np.inf), _side(bounds[1], d, "hi", np.inf)
-        if not (np.array_equal(lo_p, lo_t) and np.array_equal(hi_p, hi_t)):
+        if (scipys is not None or (lo_t <= hi_t).all()) and not (
+                scipys is not None and np.array_equal(scipys[0], lo_t) and np.array_equal(scipys[1], hi_t)):
+            # (neither reading a box: the (lo, hi) reading's refusal below says why)
+            other = ("two other boxes" if scipys is not None
+                     else "no box as SciPy's pairs (a lower bound above its upper)")
             raise ArgumentError(f"`bounds` {short_repr(bounds)} reads as SciPy's (lo, hi) pairs and as (lo, hi) "
-                                "alike for 2 parameters, two other boxes: pass a list of tuples for SciPy's pairs, "
+                                f"alike for 2 parameters, {other}: pass a list of tuples for SciPy's pairs, "
                                 "[(lo_0, hi_0), (lo_1, hi_1)], or arrays for (lo, hi), (np.array(lo), np.array(hi))")
     if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
         lo_in, hi_in = bounds.lb, bounds.ub
