@@ -407,3 +407,34 @@ def test_a_diverged_run_started_within_mu_of_a_wall_reads_no_drift_at_its_first_
         zo.train(hw, np.ones(3), epochs=5, optimizer=wild, bounds=(-1.0, 1.0), estimator=zo.CGE(mu=0.1),
                  progress=False)  # (started at hi: moved in to hi - mu before the first query)
     assert "drift" not in str(info.value)
+
+
+def test_a_float32_torch_oracle_given_float64_params_is_queried_inside_the_box():
+    """TorchOracle on a float32 model declares compute_dtype = float32: the run through its feature reuse
+    equals the one through a plain call declaring the same, whose every (float32) query is checked."""
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(16, 3)
+    oracle = TorchOracle(model, lambda out, t: torch.mean((out - t) ** 2), (x, 10 * torch.ones(16, 1)))
+    theta = np.clip(oracle.initial_params().astype(np.float64), -0.1, 0.1)  # (float64: the model rounds them)
+    kw = dict(epochs=30, optimizer=zo.adam(0.05), estimator=zo.CGE(mu=0.01, scheme="central"), bounds=(-0.1, 0.1),
+              progress=False)
+    fast = zo.train(oracle, theta, **kw)
+
+    class Plain:
+        compute_dtype = np.float32
+        points = []
+
+        def __call__(self, p):
+            assert p.dtype == np.float32
+            self.points.append(np.asarray(p, dtype=np.float64))
+            return float(oracle(p))
+
+    plain = Plain()
+    ref = zo.train(plain, theta, **kw)
+    points = np.array(plain.points)
+    assert ((points >= -0.1) & (points <= 0.1)).all() and (points > 0.1 - 1e-6).any()  # (at a wall, and inside)
+    np.testing.assert_array_equal(fast.params, ref.params)
