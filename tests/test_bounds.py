@@ -178,7 +178,11 @@ class Counted:
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(estimator=zo.RGE(directions=2)), r"`bounds` with estimator=RGE.*estimator=zo.CGE"),
+    (dict(estimator=zo.RGE(directions=2)), r"`bounds` with estimator=RGE.*estimator=zo.CGE.*distribution=\"sphere\""),
+    (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="sphere")),
+     r"narrower than 2 \* mu = 0.01.*RGE's directions on the unit sphere.*zo.RGE\(mu=...\)"),
+    (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="sphere", scheme="central")),
+     r"narrower than 2 \* mu = 0.01"),
     (dict(estimator=zo.SNES(population=4)), r"`bounds` with estimator=SNES.*estimator=zo.CGE"),
     (dict(sparsity=0.5), r"`bounds` with ratios='zo_grasp'.*ratios='smart'"),
     (dict(bounds=(0.0, 0.004)), r"narrower than mu = 0.005.*lower `mu`"),
@@ -438,3 +442,113 @@ def test_a_float32_torch_oracle_given_float64_params_is_queried_inside_the_box()
     points = np.array(plain.points)
     assert ((points >= -0.1) & (points <= 0.1)).all() and (points > 0.1 - 1e-6).any()  # (at a wall, and inside)
     np.testing.assert_array_equal(fast.params, ref.params)
+
+
+def textbook_sphere_rge(f, x0, lo, hi, mu, q, central, lr, steps, seed):
+    """Projected gradient descent with the textbook RGE on the unit sphere, its directions drawn as
+    zoracle documents (step t's from ``default_rng([root, 1, t])``, direction i from Philox keyed by
+    ``(that generator's draw, i)``), the params clipped into [lo + mu, hi - mu] at the start and after each
+    step (a unit direction steps by up to mu either way on each coordinate, forward or central)."""
+    d = x0.size
+    root = int(np.random.default_rng(seed).integers(2**63))
+    x = np.clip(x0, lo + mu, hi - mu)
+    for t in range(steps):
+        key = int(np.random.default_rng([root, 1, t]).integers(2**63))
+        f0 = f(x)
+        g = np.zeros(d)
+        for i in range(q):
+            u = np.random.Generator(np.random.Philox(key=[key, i])).standard_normal(d)
+            u /= np.linalg.norm(u)
+            diff = f(x + mu * u) - f(x - mu * u) if central else f(x + mu * u) - f0
+            g += diff / (2 * mu if central else mu) * u
+        x = np.clip(x - lr * (d / q) * g, lo + mu, hi - mu)
+    return x
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_sphere_rge_against_a_wall_queries_only_inside_and_equals_the_textbook_projected_loop(scheme):
+    lo, hi = np.array([0.0, -1.0, 0.5]), np.array([5.0, 0.25, 2.0])
+    target = np.array([7.0, 1.0, -3.0])  # outside the box on every coordinate: the run ends against its walls
+    x0 = np.array([4.99, 0.2, 0.5])  # within mu of hi on coordinate 0, on lo on coordinate 2: moved in
+    mu, lr, steps = 0.05, 0.02, 60
+    hw = Hardware(lo, hi, target)
+    est = zo.RGE(mu=mu, directions=3, distribution="sphere", scheme=scheme)
+    res = zo.train(hw, x0, epochs=steps, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), rng=7,
+                   progress=False)
+    assert res.steps == steps
+    ref = textbook_sphere_rge(Hardware(lo, hi, target), x0, lo, hi, mu, 3, scheme == "central", lr, steps, 7)
+    np.testing.assert_allclose(res.params, ref, rtol=0, atol=1e-12)
+    assert res.params[2] == lo[2] + mu  # the wall held the run (coordinate 2's pull is the strongest)
+    pts = np.array(hw.points)
+    assert pts[:, 0].max() > hi[0] - mu and pts[:, 2].min() < lo[2] + mu  # queried past the shrunk box
+
+
+@given(case=box_cases, log_mu=st.floats(-5, -1), central=st.booleans(), q=st.integers(1, 4),
+       float32=st.booleans(), lr=st.floats(0.01, 2.0))
+def test_no_sphere_rge_query_leaves_the_box(case, log_mu, central, q, float32, lr):
+    lo_l, extra, where, target = case
+    mu = 10.0 ** log_mu
+    lo = np.array(lo_l)
+    hi = lo + 2 * mu * 1.01 + np.array(extra)  # at least as wide as the queries need (up to mu either way)
+    dtype = np.float32 if float32 else np.float64
+    x0 = (lo + np.array(where) * (hi - lo)).astype(dtype)  # (float32 may round it just outside: moved in)
+    x0 = np.where(x0 < lo, np.nextafter(x0, dtype(np.inf)), x0).astype(dtype)
+    x0 = np.where(x0 > hi, np.nextafter(x0, dtype(-np.inf)), x0).astype(dtype)
+    hw = Hardware(lo, hi, target)
+    est = zo.RGE(mu=mu, directions=q, distribution="sphere", scheme="central" if central else "forward")
+    try:
+        res = zo.train(hw, x0, epochs=6, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), progress=False,
+                       rng=0)
+    except zo.ArgumentError as exc:  # float32 may round the box narrower than 2 mu: refused naming mu, never queried
+        assert "narrower than 2 * mu" in str(exc) and not hw.points
+        return
+    assert hw.points  # every query was inside (Hardware raises otherwise)
+    m = dtype(mu)  # the params kept where a step of mu either way (in their dtype) stays inside
+    assert ((res.params - m >= lo) & (res.params + m <= hi)).all()
+
+
+def test_sphere_rge_through_a_batch_oracle_an_executor_a_float32_model_and_ask_tell_stays_inside():
+    from zoracle.executors import ThreadPool
+
+    class Float32Model(Hardware):
+        compute_dtype = np.float32
+
+        def __call__(self, x):
+            assert x.dtype == np.float32
+            return super().__call__(x)
+
+    lo, hi = np.array([0.0, -1.0, 0.5, 0.0]), np.array([1.0, 0.0, 2.0, 3.0])
+    target = [3, 3, -3, 1]
+    kw = dict(epochs=12, optimizer=zo.adam(0.2), bounds=(lo, hi), progress=False, rng=3,
+              estimator=zo.RGE(mu=0.01, directions=5, distribution="sphere", scheme="central"))
+    x0 = np.array([1.0, -1.0, 2.0, 1.5])  # on the walls
+    plain = zo.train(Hardware(lo, hi, target), x0, **kw)
+    fast = FastHardware(lo, hi, target)  # (its batch is what RGE uses)
+    assert np.array_equal(zo.train(fast, x0, **kw).params, plain.params)
+    with ThreadPool(2) as ex:
+        pooled = FastHardware(lo, hi, target)
+        assert np.array_equal(zo.train(pooled, x0, executor=ex, **kw).params, plain.params)
+    assert fast.points and pooled.points
+    f32 = Float32Model(lo, hi, target)
+    zo.train(f32, x0, **kw)
+    points = np.array(f32.points)
+    assert ((points >= lo) & (points <= hi)).all() and len(points) == 12 * 11
+    hw = Hardware(lo, hi, target)
+    opt = zo.AskTell(x0, **kw)
+    while not opt.done:
+        opt.tell([hw(x) for x in opt.ask()])
+    np.testing.assert_array_equal(opt.result.params, plain.params)
+
+
+def test_rank_shaped_sphere_rge_keeps_the_box_as_the_plain_one():
+    """shaping="ranks" replaces the losses by their ranks: the queries are the same points."""
+    lo, hi = np.zeros(3), np.ones(3)
+    kw = dict(epochs=10, optimizer=zo.adam(0.1), bounds=(lo, hi), progress=False, rng=1)
+    runs = []
+    for shaping in ("none", "ranks"):
+        hw = Hardware(lo, hi, [2.0, -1.0, 0.5])
+        zo.train(hw, np.full(3, 0.98), estimator=zo.RGE(mu=0.05, directions=4, distribution="sphere",
+                                                          shaping=shaping), **kw)
+        runs.append(np.array(hw.points))
+    assert runs[1].shape == runs[0].shape
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])  # (the same start, moved in to hi - mu)

@@ -6,6 +6,14 @@ queries step towards (``[lo, hi - mu]`` forward, ``[lo + mu, hi - mu]`` central)
 in ``[lo, hi]`` with the estimators, oracles and executors unchanged: the run is a projected
 optimizer's step (a clip after each update) and the plain estimate at the clipped params.
 
+RGE with ``distribution="sphere"`` queries ``x + mu u`` (and ``x - mu u``, central) with ``u`` a unit
+vector: each coordinate steps by ``mu |u_i| <= mu``, either way whatever the scheme, so its params are kept
+in ``[lo + mu, hi - mu]``. The bound holds in floating point too: ``|g_i| <= ||g||`` as NumPy computes the
+norm (a sum of the rounded squares, each at most the sum, whose square root rounds to at least ``|g_i|``;
+an underflow would need every entry of the standard normal ``g`` below 1e-154), so ``g_i / ||g||``, its rounding to the params' dtype and ``dtype(mu) * u_i`` are at most 1 and ``dtype(mu)``
+in size, and a query rounds to no farther out than ``(hi - mu) + mu``. Gaussian directions (of any
+length) and SNES's samples have no such bound.
+
 The shrunk box is computed in the params' dtype, the way the estimators form a query
 (``x + dtype(mu)``): ``hi - mu`` rounded up could put ``(hi - mu) + mu`` one unit in the last place past
 ``hi``, so each side is moved in by a unit in the last place until the query it allows rounds inside.
@@ -100,10 +108,12 @@ def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
 class Box:
     """A run's bounds and the box each ``mu`` shrinks them to, in the params' dtype and backend."""
 
-    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool, store=None):
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool, store=None, sphere: bool = False):
         # dtype: the float the queries are formed in (the params', or an oracle's narrower compute_dtype);
-        # store: the params' own, which project() returns
-        self.lo, self.hi, self.dtype, self.xp, self.central = lo, hi, np.dtype(dtype), xp, central
+        # store: the params' own, which project() returns; central: the queries step by up to mu either way
+        # (central CGE, or RGE on the sphere: sphere names it in the messages)
+        self.lo, self.hi, self.dtype, self.xp, self.central = lo, hi, np.dtype(dtype), xp, central or sphere
+        self.sphere = sphere
         self.store = np.dtype(dtype if store is None else store)
         self._shrunk: dict = {}  # mu -> (lower, upper) as xp arrays of the params' dtype
 
@@ -144,17 +154,20 @@ class Box:
             return
         i = int(narrow[0])
         need = "2 * mu" if self.central else "mu"
+        queries = ("RGE's directions on the unit sphere step by up to mu either way on each coordinate"
+                   if self.sphere else f"{'central' if self.central else 'forward'} CGE queries params "
+                   f"{'+-' if self.central else '+'} mu on each coordinate")
         head = (f"`bounds`: the box at index {i}, [{float(self.lo[i])!r}, {float(self.hi[i])!r}], is narrower than "
                 f"{need} = {(2 if self.central else 1) * float(mu):g}{where} ({len(narrow)} such coordinate"
-                f"{'s' * (len(narrow) > 1)}): {'central' if self.central else 'forward'} CGE queries params "
-                f"{'+-' if self.central else '+'} mu on each coordinate, which must stay inside it; ")
+                f"{'s' * (len(narrow) > 1)}): {queries}, which must stay inside it; ")
         pinned = np.flatnonzero(self.lo[narrow] == self.hi[narrow])
         if pinned.size:  # (no mu fits a side of width 0: a fixed value is no parameter to train)
             j = int(narrow[pinned[0]])
             raise ArgumentError(
                 f"{head}lo[{j}] == hi[{j}] = {float(self.lo[j])!r} pins that parameter, which no step may move: "
                 "leave pinned parameters out of `params` (a constant inside the loss), or give them a range")
-        fix = "lower the `mu` schedule's values" if where else "lower `mu` (estimator=zo.CGE(mu=...))"
+        fix = ("lower the `mu` schedule's values" if where else
+               f"lower `mu` (estimator=zo.{'RGE' if self.sphere else 'CGE'}(mu=...))")
         raise ArgumentError(f"{head}{fix} or widen the box")
 
     def project(self, params, mu: float):
@@ -191,7 +204,7 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, 
     kept in that dtype, each side a value of it inside ``[lo, hi]``."""
     if bounds is None:
         return None
-    from ._estimators import CGE
+    from ._estimators import CGE, RGE
     from ._oracle import compute_dtype_of
     from ._schedules import schedule_value
 
@@ -199,11 +212,13 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, 
     lo, hi = as_box(bounds, d)
     if (lo == -np.inf).all() and (hi == np.inf).all():  # (SciPy's [(None, None)] * d): no box to keep
         return None
-    if not isinstance(estimator, CGE):
+    sphere = isinstance(estimator, RGE) and estimator.distribution == "sphere"
+    if not isinstance(estimator, CGE) and not sphere:
         raise ArgumentError(
             f"`bounds` with estimator={type(estimator).__name__}(...): its queries step from the params along random "
             "directions of any length (Gaussian ones, or SNES's samples), so no box keeps them inside; use "
-            "estimator=zo.CGE(...) (forward or central), whose queries step by mu along one coordinate")
+            "estimator=zo.CGE(...) (forward or central), whose queries step by mu along one coordinate, or "
+            "zo.RGE(..., distribution=\"sphere\"), whose unit directions step by at most mu on each coordinate")
     if sparse and isinstance(ratios, str) and ratios == "zo_grasp":
         raise ArgumentError(
             "`bounds` with ratios='zo_grasp': ZO-GraSP scores the layers with queries along Gaussian directions, "
@@ -218,7 +233,7 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, 
             f"coordinate{'s' * (out.size > 1)} outside); start inside the box, e.g. np.clip(params, lo, hi)")
     cd = compute_dtype_of(oracle)
     queries = cd if cd is not None and cd.kind == "f" and cd.itemsize < params.dtype.itemsize else params.dtype
-    box = Box(lo, hi, queries, xp, central=estimator.scheme != "forward", store=params.dtype)
+    box = Box(lo, hi, queries, xp, central=estimator.scheme != "forward", store=params.dtype, sphere=sphere)
     mu0 = estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True)
     box.check_width(mu0, where="" if mu_sched is None else " (the `mu` schedule's value at step 0)")
     return box

@@ -211,9 +211,11 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         so ``params + mu`` itself stays at or below ``hi``), so the run
         equals the plain estimate at projected params. A start outside ``[lo, hi]`` is refused naming
         ``params``; one inside but within ``mu`` of a side is moved in to the shrunk box before the
-        first query. Needs ``estimator=CGE(...)`` (RGE's and SNES's random directions leave any box)
-        and, with ``sparsity``, ratios other than ``"zo_grasp"``; a box narrower than ``mu`` (forward)
-        or ``2 * mu`` (central) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
+        first query. Needs ``estimator=CGE(...)`` or ``RGE(..., distribution="sphere")`` (whose unit
+        directions step by at most ``mu`` on each coordinate, either way: its params are kept in
+        ``[lo + mu, hi - mu]``, forward or central; Gaussian RGE's and SNES's directions leave any box)
+        and, with ``sparsity``, ratios other than ``"zo_grasp"``; a box narrower than ``mu`` (forward CGE)
+        or ``2 * mu`` (central CGE, sphere RGE) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
         values: before the first query in a run of known length, else at the step that takes one),
         and so is ``lo == hi`` (leave a fixed parameter out of ``params``). Part of the checkpoint's
         settings: a resume needs the same bounds.
