@@ -4,7 +4,8 @@ The loss comes from an external program (a stand-in for a lab device's driver: s
 batch of points, it reads them as JSON lines on stdin and writes their measured losses, with a
 little noise, in the order its channels finish). Nothing here can call it, so the loop turns
 around: ``ask()`` a step's points, send them to the instrument, ``tell()`` their losses by row.
-Each step is saved to a checkpoint: a stopped run (Ctrl-C, ``--stop-after``) goes on where it
+The instrument takes each knob from -1.5 to 2.0 and refuses any other setting: ``bounds=`` keeps
+every point asked inside that range (the best setting of one knob is at its top). Each step is saved to a checkpoint: a stopped run (Ctrl-C, ``--stop-after``) goes on where it
 stopped when the script runs again.
 
     python examples/ask_tell.py --stop-after 20   # 20 steps, then stops as the lab closes
@@ -38,6 +39,8 @@ noise = random.Random(int(sys.argv[1]))
 out = []
 for line in sys.stdin:
     q = json.loads(line)
+    if not all(-1.5 <= x <= 2.0 for x in q["x"]):  # each knob's range: the device refuses any other setting
+        sys.exit(f"instrument: setting out of range [-1.5, 2.0], row {q['row']}: {q['x']}")
     err = sum((i + 1) / 4 * (x - b) ** 2 for i, (x, b) in enumerate(zip(q["x"], best)))
     out.append({"row": q["row"], "loss": err + noise.gauss(0.0, 1e-4)})
 noise.shuffle(out)  # its channels finish in any order
@@ -48,9 +51,11 @@ print("\n".join(map(json.dumps, out)))
 def measure(X: np.ndarray, step: int) -> dict:
     """One run of the instrument on the rows of ``X``: ``{row: loss}``, in the order they came back."""
     lines = "".join(json.dumps({"row": j, "x": x.tolist()}) + "\n" for j, x in enumerate(X))
-    out = subprocess.run([sys.executable, "-c", INSTRUMENT, str(step)], input=lines, capture_output=True,
-                         text=True, check=True).stdout
-    return {r["row"]: r["loss"] for r in map(json.loads, out.splitlines())}
+    run = subprocess.run([sys.executable, "-c", INSTRUMENT, str(step)], input=lines, capture_output=True,
+                         text=True)
+    if run.returncode:
+        raise RuntimeError(run.stderr.strip())  # the instrument's own message (a setting it refused)
+    return {r["row"]: r["loss"] for r in map(json.loads, run.stdout.splitlines())}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,9 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     # (as noise / mu), where RGE's random directions add their own variance on top. sparsity=0.5 moves
     # a new half of the 8 knobs each step (5 points, not 9); ratios="uniform" skips ZO-GraSP, whose
     # scoring would spend 386 measurements before the first step.
+    # bounds: the knobs' range in the instrument's manual, -1.5 to 2.0, which it refuses to leave (without
+    # them, the momentum's overshoot of the fourth knob's best setting, 2.0 at the top of its range, asks
+    # it for 2.12 at step 5). Every point asked stays inside: the params are kept in [-1.5, 2.0 - mu].
     opt = zo.AskTell(np.zeros(8), epochs=100, max_queries=200,  # the lab's budget: 40 steps of 5 points
                      estimator=zo.CGE(mu=1e-2), sparsity=0.5, ratios="uniform", mask_shuffle_interval=1,
-                     optimizer=zo.sgd(0.2, momentum=0.5), checkpoint="ask_tell.npz",
+                     optimizer=zo.sgd(0.2, momentum=0.5), bounds=(-1.5, 2.0), checkpoint="ask_tell.npz",
                      resume=True, rng=0, progress=False)  # resume: from the checkpoint, where there is one
     first = len(opt.history.steps)
     if first:
