@@ -170,6 +170,41 @@ def test_a_checkpoint_without_a_record_of_a_run_that_ended_far_above_resumed_end
         assert zo.train(lambda x: float(np.sum(x ** 2)), np.ones(2), resume=True, **kw).steps == 30
 
 
+
+class _Float32Loss:
+    def __call__(self, x):
+        return np.float32(np.sum((x - 1) ** 2))
+
+
+class _OtherFloat32Loss:
+    def __call__(self, x):
+        return np.float32(np.sum(x ** 2))
+
+
+_LAMBDAS = (lambda x: np.float32(np.sum((x - 1) ** 2)),  # (two functions of one name, told apart by their lines)
+            lambda x: np.float32(np.sum(x ** 2)))
+
+
+@pytest.mark.parametrize("oracles", [(_quad32, _LAMBDAS[1]), _LAMBDAS, (_Float32Loss(), _OtherFloat32Loss())])
+def test_another_oracle_estimated_during_a_run_is_warned_of_in_its_own_right(monkeypatch, oracles):
+    """The run's record of its coarse-loss warning keyed the loss type alone: a callback's estimate of
+    another oracle returning float32 losses, after the run's own was warned of, found the key and was
+    not warned of (before the record each oracle was, once)."""
+    monkeypatch.setattr(est_module, "_COARSE_WARNED", set())
+    run_loss, other = oracles
+
+    def probe(event, record, params):
+        if event == "step" and record["step"] == 0:
+            zo.estimate_gradient(other, np.full(3, 2.0), zo.CGE(mu=1e-6))  # base loss 12
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        zo.train(run_loss, np.zeros(3), epochs=3, optimizer=zo.sgd(0.1), estimator=zo.CGE(mu=1e-6), rng=0,
+                 progress=False, callbacks=[probe])  # base loss 3
+    said = [str(w.message) for w in got if "the oracle returns float32 losses" in str(w.message)]
+    assert len(said) == 2 and "near the base loss 3 " in said[0] and "near the base loss 12 " in said[1], said
+
+
 class _Says:
     """A callback object (no ``__qualname__`` of its own: its key names its class) returning a text
     from step ``when`` on."""

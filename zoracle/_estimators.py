@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -794,6 +795,9 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
         return
     owner = _coarse_owner(wrapped)
     given = RUN_WARNED.get()  # the running train's record (given before a resume too), or None
+    # (its keys name the oracle: another one estimated during the run, in a callback or eval_fn, is warned of
+    # in its own right, and does not stand for the run's oracle)
+    name = _owner_name(owner) if given is not None else ""
     seen = []
 
     def typical():  # O(d), once: only where the verdict needs it (not for float32 losses at float32 params)
@@ -805,30 +809,31 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
     if typed:
         kind = f"{type(value).__module__}.{type(value).__qualname__} {getattr(value, 'dtype', '')}".rstrip()
         key = (owner, type(value), str(getattr(value, "dtype", "")))
-        if key in _COARSE_WARNED or (given is not None and f"coarse {kind}" in given):
+        if key in _COARSE_WARNED or (given is not None and f"coarse {kind} of {name}" in given):
             return  # (warned of by its type: not again by its values)
         why = coarse_losses(value, loss, mu, dtype, typical, getattr(wrapped, "base_source", None))
         if why:
             _COARSE_WARNED.add(key)
             if given is not None:
-                given.add(f"coarse {kind}")
+                given.add(f"coarse {kind} of {name}")
             warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())
             return
         # (a type that passes, float32 losses at float32 params: judged by their values)
-    if diffs is None or (owner, "values") in _COARSE_WARNED or (given is not None and "coarse values" in given):
+    if diffs is None or (owner, "values") in _COARSE_WARNED or (
+            given is not None and f"coarse values of {name}" in given):
         return
     why = coarse_grid(loss, diffs, mu, typical, points, far)
     if why:
         _COARSE_WARNED.add((owner, "values"))
         if given is not None:
-            given.add("coarse values")
+            given.add(f"coarse values of {name}")
         warn(f"estimate_gradient: {why}", UserWarning, stacklevel=user_stacklevel())
 
 
 _COARSE_WARNED: set = set()
 #: the warnings the running ``train`` gave (its ``run.warned``, which its checkpoint keeps, so a resumed run,
 #: in a new process, gives none of them again), or None outside a run: the coarse-loss warning's keys are
-#: ``"coarse values"`` and ``"coarse <loss type> <dtype>"``
+#: ``"coarse values of <oracle>"`` and ``"coarse <loss type> <dtype> of <oracle>"`` (:func:`_owner_name`)
 RUN_WARNED: contextvars.ContextVar = contextvars.ContextVar("zoracle_run_warned", default=None)
 
 
@@ -848,7 +853,16 @@ def _values_warned(wrapped: Oracle) -> bool:
     (:func:`~zoracle._grid.loss_spread`, 5-10 us of a 10-coordinate central estimate's 100)."""
     given = RUN_WARNED.get()
     return (bool(_COARSE_WARNED) and (_coarse_owner(wrapped), "values") in _COARSE_WARNED) or (
-        given is not None and "coarse values" in given)
+        given is not None and f"coarse values of {_owner_name(_coarse_owner(wrapped))}" in given)
+
+
+def _owner_name(owner) -> str:
+    """:func:`_coarse_owner`'s ``owner`` as text that a resumed run, in another process, writes alike: a
+    function's file name, line and name (``run.py:12 make.<locals>.<lambda>``), a class's module and name."""
+    code = getattr(owner, "co_filename", None)
+    if code is not None:
+        return f"{os.path.basename(code)}:{owner.co_firstlineno} {getattr(owner, 'co_qualname', owner.co_name)}"
+    return f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', repr(owner))}"
 
 
 def _row_sums(root: int, d: int, distribution: str, budget_bytes: int, *terms) -> list:
