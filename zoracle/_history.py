@@ -173,7 +173,7 @@ class History:
     steps), ``lr`` (last), ``nfev`` (the sum of its steps'), ``total_nfev``, ``seconds`` (its
     steps' and its evaluation's) and every metric ``eval_fn`` returned (one named like a field
     of the record, such as a validation ``loss``, as ``eval_loss``, with a warning), only in the
-    records of the epochs it evaluated (``eval_every``). Checkpoint saves and callbacks are in no
+    records of the epochs it evaluated (``eval_every``; :meth:`recorded` says which). Checkpoint saves and callbacks are in no
     record's ``seconds``. ``pandas.DataFrame(history.steps)`` is a table of the records.
 
     The queries ZO-GraSP spends before the first step (``ratios="zo_grasp"``: ``2 *

@@ -87,8 +87,8 @@ def retrying(oracle: Any, *, tries: int = 3,
         (see Notes).
     max_delay : float, optional
         The longest wait in seconds (>= 0; ``math.inf``: none): the doubled ``backoff`` stops
-        growing there, and a longer ``Retry-After`` is cut to it. Default: 60, or ``backoff``
-        where that is longer (a ``backoff`` the call names is waited, as before ``max_delay`` was).
+        growing there, and a longer ``Retry-After`` is cut to it (with ``jitter``, spread below
+        it). Default: 60, or ``backoff`` where that is longer (a ``backoff`` the call names is waited, as before ``max_delay`` was).
     jitter : float
         Spread of the ``backoff`` waits, from 0 (the default: every wait as above, the same in
         each run) to 1: each wait is drawn uniformly from ``[(1 - jitter) * w, w]`` (Python's

@@ -141,7 +141,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     callbacks : sequence of callable, None or False
         ``callback(event, record, params)`` with event ``"step"`` or ``"epoch"`` (``record``
         and ``params`` are copies: a callback may keep them, and writing into them cannot change the run
-        or its history, so constraints are kept by projecting in the optimizer's update); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
+        or its history, so a box is kept by ``bounds``, other constraints by projecting in the optimizer's update); returning True (or NumPy's True), or raising StopIteration as SciPy's callbacks do, stops training; a value other than None or False is warned about.
         None or False (``callbacks=verbose and [printer]``) means none.
     checkpoint : path, optional
         Checkpoint file (``.npz``), saved every ``checkpoint_every`` steps (int), at the first
@@ -156,7 +156,9 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         at the first save, with a warning.
         An oracle with ``state_arrays() -> dict`` and ``load_state_arrays(dict)`` (state
         outside the flat parameters, such as BatchNorm running statistics) has that state
-        saved and restored too.
+        saved and restored too. The checkpoint also keeps the one-off warnings the run gave (the
+        run-end warning, estimates all 0, params that do not move, a coarse loss, ...): a resumed run
+        does not give them again.
     checkpoint_every : int, "epoch", datetime.timedelta or str
         Steps between checkpoint saves, ``"epoch"`` (default) for one at each epoch's end, or a
         time: a ``datetime.timedelta`` or text ``"30s"``, ``"10min"``, ``"1.5h"`` (a number > 0
