@@ -157,3 +157,10 @@ def test_a_scipy_callback_is_refused_with_how_to_port_it(arg):
 def test_the_docs_have_a_coming_from_scipy_section():
     text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     assert "## Coming from SciPy" in text
+
+
+def test_estimate_gradient_with_bounds_points_to_train_bounds():
+    """zo.train took bounds= (session 75) and estimate_gradient did not: its refusal said only
+    "has no argument `bounds`", where the way on is train's box."""
+    with pytest.raises(zo.ArgumentError, match=r"zo\.train\(\.\.\., bounds=\(lo, hi\)\)"):
+        zo.estimate_gradient(lambda x: float(x @ x), np.ones(3), bounds=(0.0, 1.0))

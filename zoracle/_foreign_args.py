@@ -68,6 +68,9 @@ GRADIENT_HINTS = {
 } | ESTIMATOR_HINTS | {
     "mu": _STEP, "abs_step": _STEP,
     **{k: TRAIN_HINTS[k] for k in ("seed", "random_state", "workers", "n_jobs", "num_workers")},
+    "bounds": ("estimate_gradient queries params + mu (forward) or +- mu (central) wherever params are: keep "
+               "them that far inside the box, or train with zo.train(..., bounds=(lo, hi)), which keeps every "
+               "query inside it"),
 }
 
 
