@@ -30,11 +30,22 @@ def test_a_learning_rate_too_small_after_its_warm_up_is_still_named():
     assert np.array_equal(r.params, np.full(4, 100.0, np.float32))
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # (torch's kernels round otherwise on 2 threads here)
 def test_a_bias_that_batchnorm_cancels_is_named_with_that_cause():
     """A float32 Linear (bias=True, PyTorch's default) before a BatchNorm1d in train mode: the mean
-    subtraction cancels the bias, its estimates are exactly 0, and the warning named dead ReLUs, an
-    unused layer or a detached one as the usual causes, none of which this model has."""
+    subtraction cancels the bias, its estimates are 0 up to rounding, and the warning named dead ReLUs,
+    an unused layer or a detached one as the usual causes, none of which this model has.
+
+    The warning's trigger is exact (each estimate exactly 0), and whether rounding leaves these ones
+    exactly 0 depends on the CPU's kernels and torch's thread count: on 2 threads on an Intel Xeon
+    some were one or two units in the last place of the loss over mu, and the run was rightly not
+    warned. So the run is compared with itself: warned about 0.bias exactly where 0.bias did not move
+    (lr 0.1 times a nonzero estimate moves it), and the message names the BatchNorm cause whenever
+    given."""
+    import warnings
+
     torch = pytest.importorskip("torch")
+    from zoracle._diagnose import dead_blocks_text
     from zoracle.adapters.torch import TorchOracle
 
     rng = np.random.default_rng(0)
@@ -43,10 +54,20 @@ def test_a_bias_that_batchnorm_cancels_is_named_with_that_cause():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
     oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
-    with pytest.warns(UserWarning, match=r"the gradient estimates of 0\.bias were exactly 0 .*a bias right before a "
-                                         r"BatchNorm or InstanceNorm in train mode .*bias=False there"):
-        zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), batch_size=16, seed=0), epochs=1,
-                 estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    p0 = oracle.initial_params()
+    bias = slice(48, 54)  # (0.weight's 48 entries come first)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = zo.train(oracle, p0, batches=zo.Minibatches((x, y), batch_size=16, seed=0), epochs=1,
+                     estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    said = [str(w.message) for w in caught]
+    named = [m for m in said if m.startswith("train: the gradient estimates of 0.bias were exactly 0 ")]
+    assert len(said) == len(named) <= 1, said  # (nothing else to say about this run)
+    assert bool(named) == np.array_equal(r.params[bias], p0[bias]), (said, r.params[bias] - p0[bias])
+    cause = ("a bias right before a BatchNorm or InstanceNorm in train mode (its mean subtraction cancels it: "
+             "bias=False there)")
+    assert all(cause in m for m in named), named
+    assert cause in dead_blocks_text(["0.bias"], 4, 5e-3)  # (the message, on a CPU whose rounding leaves it unsaid)
 
 
 def test_a_tqdm_the_program_set_that_is_no_class_still_draws_the_bar(monkeypatch, capsys):
