@@ -236,7 +236,11 @@ def test_an_interrupt_mid_step_of_a_batchnorm_model_in_train_mode_keeps_its_runn
 
     def oracle():
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)).train()
+        # (no bias before the BatchNorm, whose mean subtraction cancels it: its float32 estimates are 0 up to
+        # rounding, and which of them rounding leaves nonzero changes with the CPU's kernels and torch's thread
+        # count; on a CPU where all were exactly 0, train would warn of a dead block)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.BatchNorm1d(4),
+                                    torch.nn.Linear(4, 1)).train()
         return TorchOracle(model, torch.nn.functional.mse_loss)
 
     g = torch.Generator().manual_seed(1)
