@@ -236,8 +236,16 @@ class _Batches:
         sizes = self._probe()
         budget = self._budget_bytes()
         chunk = max(1, budget // max(1, 3 * max(sizes) * B + P.shape[1] * P.element_size()))
+        was_on = self._core.vmap_ok
         for lo in range(0, k, chunk):
             out[lo:lo + chunk] = self._full_chunk(P[lo:lo + chunk])
+            if was_on and not self._core.vmap_ok and lo:
+                # vmap turned off in this chunk: the chunks before it, vmapped, are computed again as every
+                # later call computes them (one forward each), so that this call equals the next bit for bit
+                # (vmap's batched kernels and single forwards round differently on some CPUs: oneDNN on AVX2)
+                for before in range(0, lo, chunk):
+                    out[before:before + chunk] = self._full_loop(P[before:before + chunk])
+                was_on = False
         return out
 
     def _full_chunk(self, P: torch.Tensor) -> torch.Tensor:

@@ -760,6 +760,19 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
     budget = oracle._budget or (1024 * 2**20 if oracle.device.type == "cuda" else 16 * 2**20)
     per = 3 * max(oracle._probe()) * B  # a first probe runs a forward: before the parameters are loaded
     oracle._load(params)
+    vmapped = np.zeros(len(c), dtype=bool)
+
+    def loop(rows, p, locs):  # one forward per coordinate, perturbed in place and restored exactly
+        for r, j in zip(rows.tolist(), locs.tolist()):
+            with nudged(p, j, step):
+                ctx.reset()
+                versions = [q._version for q in core.params]
+                out[r] = float(oracle._loss(model(oracle._x), 1)[0])
+                wrote = any(q._version != v for q, v in zip(core.params, versions))
+            if wrote:  # the forward wrote into the parameters (nn.Embedding's max_norm renormalizes
+                oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
+            vmapped[r] = False
+
     with torch.no_grad(), norm_context(model) as ctx:
         for t in np.unique(owner).tolist():
             sel = np.flatnonzero(owner == t)
@@ -792,22 +805,23 @@ def full_coordinate_losses(oracle, params, c: np.ndarray, step) -> np.ndarray:
                                 break  # this tensor, from this chunk on, one forward at a time
                             core.vmap_reached.add(t)
                         out[sel[lo:lo + chunk]] = vals
+                        vmapped[sel[lo:lo + chunk]] = True
                     else:
                         continue
                 except Exception as exc:  # an op vmap cannot batch, or the forward's own error: the loop tells
                     failed = exc
-            for r, j in zip(sel[lo:].tolist(), loc[lo:].tolist()):
-                with nudged(p, j, step):
-                    ctx.reset()
-                    versions = [q._version for q in core.params]
-                    out[r] = float(oracle._loss(model(oracle._x), 1)[0])
-                    wrote = any(q._version != v for q, v in zip(core.params, versions))
-                if wrote:  # the forward wrote into the parameters (nn.Embedding's max_norm renormalizes
-                    oracle._load(params)  # the rows it looks up): the next one starts from ``params`` again
+            loop(sel[lo:], p, loc[lo:])
             if failed is not None:  # the loop ran where vmap failed (an error of the forward's own raised there)
                 core.vmap_ok = False
                 warn(vmap_failed_text(failed, "full forwards run one at a time", model), RuntimeWarning,
                      stacklevel=user_stacklevel())
+        if not core.vmap_ok and vmapped.any():
+            # vmap turned off during this call: the losses it gave before are computed again as every
+            # later call computes them, one forward each, so that this call equals the next bit for bit
+            # (vmap's batched kernels and single forwards round differently on some CPUs: oneDNN on AVX2)
+            for t in np.unique(owner[vmapped]).tolist():
+                rows = np.flatnonzero(vmapped & (owner == t))
+                loop(rows, core.params[t], c[rows] - int(starts[t]))
     return out
 
 

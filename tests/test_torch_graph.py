@@ -554,6 +554,49 @@ def test_spectral_norm_in_train_mode_starts_every_perturbation_from_the_same_vec
         np.testing.assert_allclose(oracle.batch(P), want[:8], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("query", ["coordinate_losses", "batch"])
+def test_a_call_in_which_vmap_fails_equals_the_next_call_bit_for_bit(monkeypatch, query):
+    """vmap gave the chunks before the one it failed on, the loop the rest; every later call runs
+    the loop. With oneDNN on AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 on an Intel Xeon) batched convolutions
+    round otherwise than single forwards, and the spectral-norm test above saw its first call differ
+    from its second in the last bit: the chunks vmap gave are computed again by the loop. Here vmap's values are off by 1e-7 of their own (a stand-in for such rounding) and
+    it fails from its second chunk on."""
+    import zoracle.adapters._torch_batches as batches
+    import zoracle.adapters._torch_exact as exact
+
+    calls = []
+
+    def failing_later(real):
+        def vmapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("an op vmap cannot batch")
+            return real(*args, **kwargs) + 1e-7
+        return vmapped
+
+    if query == "coordinate_losses":
+        monkeypatch.setattr(exact, "_vmapped_tensor", failing_later(exact._vmapped_tensor))
+    else:
+        monkeypatch.setattr(batches._Batches, "_vmapped", failing_later(batches._Batches._vmapped))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    oracle = TorchOracle(model, CE_ROWS, (x, y), blocks="none", budget_bytes=8 * 1024)
+    theta = oracle.initial_params()
+    coords = np.arange(0, 30)  # the first layer's weight, in chunks of a few
+    P = np.repeat(theta[None], 30, 0)
+    P[np.arange(30), coords] += 1e-3
+
+    def run():
+        return oracle.coordinate_losses(theta, coords, 1e-3) if query == "coordinate_losses" else oracle.batch(P)
+
+    with pytest.warns(RuntimeWarning, match="TorchOracle: torch.func.vmap failed"):
+        first = run()
+    assert len(calls) >= 2  # (vmap gave the first chunk, then failed)
+    assert np.array_equal(first, run())
+    np.testing.assert_allclose(first, _reference_rows(oracle, theta, coords, 1e-3), rtol=0, atol=1e-12)
+
+
 def test_an_element_of_a_max_read_by_attribute_splits():
     """``h.max(dim=1).values`` was taken for shape metadata: the model fell back to full forwards,
     with the false reason that its output did not depend on its input."""
