@@ -24,28 +24,22 @@ def test_a_warm_up_whose_first_one_step_epochs_round_away_is_not_told_to_raise_t
 
 def test_a_learning_rate_too_small_after_its_warm_up_is_still_named():
     with pytest.warns(UserWarning, match=r"the params did not change over epochs 0 to 5, though the gradient "
-                                         r"estimates were nonzero and lr > 0 \(lr was 1e-09\)"):
+                                         r"estimates were nonzero \(beyond the loss's rounding\) and lr > 0 "
+                                         r"\(lr was 1e-09\)"):
         r = zo.train(_far, np.full(4, 100.0, np.float32), epochs=8, estimator=zo.CGE(mu=1e-1),
                      optimizer=zo.sgd(zo.linear_warmup(1e-9, warmup_steps=5)), rng=0, progress=False)
     assert np.array_equal(r.params, np.full(4, 100.0, np.float32))
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # (torch's kernels round otherwise on 2 threads here)
-def test_a_bias_that_batchnorm_cancels_is_named_with_that_cause():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bias_that_batchnorm_cancels_is_named_with_that_cause(threads):
     """A float32 Linear (bias=True, PyTorch's default) before a BatchNorm1d in train mode: the mean
-    subtraction cancels the bias, its estimates are 0 up to rounding, and the warning named dead ReLUs,
-    an unused layer or a detached one as the usual causes, none of which this model has.
-
-    The warning's trigger is exact (each estimate exactly 0), and whether rounding leaves these ones
-    exactly 0 depends on the CPU's kernels and torch's thread count: on 2 threads on an Intel Xeon
-    some were one or two units in the last place of the loss over mu, and the run was rightly not
-    warned. So the run is compared with itself: warned about 0.bias exactly where 0.bias did not move
-    (lr 0.1 times a nonzero estimate moves it), and the message names the BatchNorm cause whenever
-    given."""
-    import warnings
-
+    subtraction cancels the bias, its estimates are 0 to within the loss's rounding, and the warning
+    named dead ReLUs, an unused layer or a detached one as the usual causes, none of which this model
+    has. Whether rounding leaves those estimates exactly 0 depends on the CPU's kernels and torch's
+    thread count (on 2 threads on an Intel Xeon some were one or two units in the last place of the
+    loss over mu, and nothing was said); judged to within the loss's rounding, it is named either way."""
     torch = pytest.importorskip("torch")
-    from zoracle._diagnose import dead_blocks_text
     from zoracle.adapters.torch import TorchOracle
 
     rng = np.random.default_rng(0)
@@ -54,20 +48,16 @@ def test_a_bias_that_batchnorm_cancels_is_named_with_that_cause():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
     oracle = TorchOracle(model, torch.nn.CrossEntropyLoss(reduction="none"))
-    p0 = oracle.initial_params()
-    bias = slice(48, 54)  # (0.weight's 48 entries come first)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        r = zo.train(oracle, p0, batches=zo.Minibatches((x, y), batch_size=16, seed=0), epochs=1,
-                     estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
-    said = [str(w.message) for w in caught]
-    named = [m for m in said if m.startswith("train: the gradient estimates of 0.bias were exactly 0 ")]
-    assert len(said) == len(named) <= 1, said  # (nothing else to say about this run)
-    assert bool(named) == np.array_equal(r.params[bias], p0[bias]), (said, r.params[bias] - p0[bias])
-    cause = ("a bias right before a BatchNorm or InstanceNorm in train mode (its mean subtraction cancels it: "
-             "bias=False there)")
-    assert all(cause in m for m in named), named
-    assert cause in dead_blocks_text(["0.bias"], 4, 5e-3)  # (the message, on a CPU whose rounding leaves it unsaid)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with pytest.warns(UserWarning, match=r"the gradient estimates of 0\.bias were 0 to within the loss's "
+                                             r"rounding .*a bias right before a BatchNorm or InstanceNorm in train "
+                                             r"mode .*bias=False there"):
+            zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), batch_size=16, seed=0),
+                     epochs=1, estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_tqdm_the_program_set_that_is_no_class_still_draws_the_bar(monkeypatch, capsys):

@@ -15,8 +15,19 @@ from ._errors import told
 from ._masks import _slices
 from ._oracle import loss_type
 
-#: steps a block is watched before its estimates count as "always exactly 0" (a few minibatches)
+#: steps a block is watched before its estimates count as "always 0" (a few minibatches)
 WATCH_STEPS = 3
+
+
+def beyond_rounding(grad, rounding: float = 0.0):
+    """Which entries of the estimate ``grad`` are nonzero beyond the losses' rounding: ``|grad| > rounding``
+    (a :class:`~zoracle.GradientEstimate`'s ``_rounding``: their loss differences more than a few units of
+    the loss's last place), ``grad != 0`` where ``rounding`` is 0 (not judged). Whether a difference rounds
+    to exactly 0 or to a few units depends on the CPU (its vector width, its summation order): judged so,
+    the checks below say the same on any. On the estimate's backend, one O(d) pass."""
+    if not rounding:
+        return grad != 0
+    return namespace(grad).abs(grad) > rounding
 
 
 def named_blocks(oracle, d: int) -> list:
@@ -39,9 +50,10 @@ def named_blocks(oracle, d: int) -> list:
 
 
 class BlockWatch:
-    """Which blocks a dense CGE run's estimates left exactly 0 at every step watched: the loss
-    does not change with them over ``mu`` (dead ReLUs before them, a layer the forward pass does not
-    use, a loss that detaches them, or a float32 loss that rounds their changes away)."""
+    """Which blocks a dense CGE run's estimates left 0 at every step watched, to within the losses'
+    rounding (:func:`beyond_rounding`): the loss does not change with them over ``mu`` (dead ReLUs
+    before them, a layer the forward pass does not use, a loss that detaches them, or a float32 loss
+    that rounds their changes away)."""
 
     def __init__(self, blocks: list):
         self.names = [n for n, _ in blocks]
@@ -54,9 +66,11 @@ class BlockWatch:
     def done(self) -> bool:
         return bool(self.moved.all())
 
-    def see(self, grad) -> None:
-        """One step's estimate: a block moves when any of its entries is nonzero."""
-        nz = np.concatenate([[0], np.cumsum(to_numpy(grad) != 0)])  # (one O(d) pass, one transfer from a GPU)
+    def see(self, grad, rounding: float = 0.0) -> None:
+        """One step's estimate (its ``_rounding``): a block moves when any of its entries is nonzero beyond
+        the losses' rounding."""
+        # (one O(d) pass, one transfer of d booleans from a GPU)
+        nz = np.concatenate([[0], np.cumsum(to_numpy(beyond_rounding(grad, rounding)))])
         self.moved |= nz[self.stops] > nz[self.starts]
         self.steps += 1
 
@@ -70,9 +84,11 @@ class BlockWatch:
 
 def dead_blocks_text(names: list, steps: int, mu: float) -> str:
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    return (f"train: the gradient estimates of {shown} were exactly 0 at each of the first {steps} steps: the loss "
-            f"did not change when they moved by mu = {mu:g}, so they are not trained and their queries are spent "
-            "for nothing. Usual causes: ReLUs that are dead for every input before them (a large negative bias, "
+    return (f"train: the gradient estimates of {shown} were 0 to within the loss's rounding at each of the first "
+            f"{steps} steps: the loss did not change when they moved by mu = {mu:g} (its differences were 0 or a few "
+            "units of its last place, which a CPU's rounding alone makes), so they are not trained and their "
+            "queries are spent for nothing. Usual causes: ReLUs that are dead for every input before them (a large "
+            "negative bias, "
             "a bad input scale), a layer the forward pass does not use or detaches (.detach(), torch.no_grad()), "
             "a loss computed from other outputs, a bias right before a BatchNorm or InstanceNorm in train mode (its "
             "mean subtraction cancels it: bias=False there), or a float32 loss that rounds their changes away "
@@ -99,8 +115,9 @@ class StillWatch:
         self.lr = 0.0  # the learning rate of the last such step
         self.epoch = None  # the epoch of the first such step
 
-    def see(self, grad, lr: float, epoch: int, prev, params) -> None:
-        """One step: its estimate ``grad`` at ``lr``, the params before its update (``prev``) and after."""
+    def see(self, grad, lr: float, epoch: int, prev, params, rounding: float = 0.0) -> None:
+        """One step: its estimate ``grad`` at ``lr``, the params before its update (``prev``) and after;
+        ``rounding``: the estimate's ``_rounding`` (entries at or below it are 0, :func:`beyond_rounding`)."""
         if self.moved:
             return
         xp = namespace(params)
@@ -120,7 +137,8 @@ class StillWatch:
             # equal, in other memory: the params stayed, or an optimizer wrote into its input and returned a
             # copy (`p -= ...; return p.astype(p.dtype)`); an epoch's end compares with this step's params
             self.start = params.copy()
-        if lr > 0 and (self.pushed >= WATCH_STEPS or bool(namespace(grad).any(grad))):  # (an O(d) pass: a few steps)
+        # (an O(d) pass: a few steps)
+        if lr > 0 and (self.pushed >= WATCH_STEPS or bool(namespace(grad).any(beyond_rounding(grad, rounding)))):
             self.pushed += 1
             if self.low is None:
                 self.low, self.epoch = lr, epoch
@@ -145,7 +163,8 @@ def still_text(first: int, epoch: int, lr: float, params) -> str:
     p = to_numpy(params)
     scale = float(np.max(np.abs(p))) if p.size else 0.0
     over = f"epoch {epoch}" if first == epoch else f"epochs {first} to {epoch}"
-    return (f"train: the params did not change over {over}, though the gradient estimates were nonzero and "
+    return (f"train: the params did not change over {over}, though the gradient estimates were nonzero (beyond "
+            "the loss's rounding) and "
             f"lr > 0 (lr was {lr:g}): either each update lr * grad was below half the float spacing of the params "
             f"({p.dtype}, max|params| = {scale:.3g}), so it rounded away: raise the learning rate by orders of "
             "magnitude (or use zo.adam, whose steps are about lr in every coordinate); or an own optimizer "

@@ -15,7 +15,7 @@ from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
-from ._grid import coarse_grid, loss_spread, may_be_gridded
+from ._grid import coarse_grid, loss_bits, loss_rounding, loss_spread, may_be_gridded
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
@@ -290,6 +290,13 @@ class GradientEstimate:
     loss: float
     nfev: int
     state: Any = None
+
+    # (not a field: no argument, not compared) the largest |grad| entry the losses' rounding alone can make
+    # (their differences within ROUNDING_ULPS units of the base loss's last place, at its precision, over
+    # the step): train's checks for estimates that stay 0 read an entry at or below it as 0, the same on any
+    # CPU (a rounding that leaves a cancelled bias's differences exactly 0 on one leaves a few units on
+    # another); 0.0 where not judged (SNES, ranks), inf where the whole estimate is rounding (RGE)
+    _rounding = 0.0
 
     def __eq__(self, other):
         """Field by field, arrays by value (the generated ``==`` raised NumPy's ValueError on the
@@ -677,7 +684,8 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         # it takes; the gradient comes back in params' dtype.
         est = estimate_gradient(oracle, params.astype(narrow), estimator, coordinates=coordinates, rng=rng,
                                 executor=executor, budget_bytes=budget_bytes, state=state)
-        return GradientEstimate(est.grad.astype(params.dtype), est.loss, est.nfev, est.state)
+        return _rounded(GradientEstimate(est.grad.astype(params.dtype), est.loss, est.nfev, est.state),
+                        est._rounding)
     xp = namespace(params)
     d = params.shape[0]
     params = params.copy()  # nothing the oracle does can reach the caller's array
@@ -715,6 +723,9 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         # central: how far the losses differenced lie from the base loss (two near 1e69 are 0 apart), read
         # before g is written over vals[0]
         far = loss_spread(vals, f0) if gridded and estimator.scheme != "forward" else 0.0
+        # the rounding of the losses differenced (read before vals[0] is written over), over the widest step:
+        # no difference beyond it reads as rounding
+        rounding = _diff_rounding(wrapped, f0, vals) / (float(den.max()) if den.size else 1.0)
         # the losses' own array (the tasks' results, nothing else holds them) where it may be written
         # (a cluster's results may be read-only views of its object store): in place
         g = vals[0] if vals.flags.writeable else vals[0].copy()
@@ -728,7 +739,7 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         grad[xp.asarray(order)] = xp.asarray(g, dtype=params.dtype)
         _warn_coarse(wrapped, f0, estimator.mu, params.dtype, g, diffs, lambda: to_numpy(params[xp.asarray(order)]),
                      far)
-        return GradientEstimate(grad, f0, wrapped.nfev)
+        return _rounded(GradientEstimate(grad, f0, wrapped.nfev), rounding)
 
     if coordinates is not None:
         raise ArgumentError("`coordinates` (sparse estimation) is only supported by CGE; use zo.CGE() or drop it")
@@ -756,6 +767,10 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         else:
             vals = centered_ranks(vals.reshape(-1)).reshape(vals.shape)
     coef = vals[0] - base if estimator.scheme == "forward" else vals[0] - vals[1]
+    # every difference within the losses' rounding: the whole estimate is rounding (each entry mixes every
+    # direction's difference, so none is judged alone otherwise)
+    rounding = 0.0 if estimator.shaping == "ranks" or not coef.size or float(np.max(np.abs(coef))) > _diff_rounding(
+        wrapped, f0, vals) else np.inf
     diffs = coef.copy() if estimator.shaping != "ranks" and may_be_gridded(f0) and not _values_warned(wrapped) \
         else None
     far = loss_spread(vals, f0) if diffs is not None and estimator.scheme != "forward" else 0.0
@@ -767,7 +782,25 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     if estimator.shaping != "ranks":  # ranks use the losses' order only
         _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc, diffs, far=far)
     grad = xp.asarray(acc, dtype=params.dtype)
-    return GradientEstimate(grad, f0, wrapped.nfev)
+    return _rounded(GradientEstimate(grad, f0, wrapped.nfev), rounding)
+
+
+def _diff_rounding(wrapped: Oracle, f0: float, vals) -> float:
+    """How far two losses near the base loss ``f0`` may differ by rounding alone (see
+    :func:`~zoracle._grid.loss_rounding`), at the precision the losses carry: their type's (the base point's
+    value, or a fast path's narrower one), else what ``f0`` and up to 8 of the perturbed ``vals`` (the
+    ``(1 or 2, n)`` losses) show (float32 numbers, TorchOracle's float32 losses as Python floats). O(1)."""
+    value = wrapped.base_value
+    typed = 53 if value is None or isinstance(value, float) else precision_bits(loss_type(value))
+    row = vals[0]
+    sample = row[::max(1, row.shape[0] // 8)][:8].tolist() if row.shape[0] else []
+    return loss_rounding(f0, loss_bits([f0, *sample], typed))
+
+
+def _rounded(est: GradientEstimate, rounding: float) -> GradientEstimate:
+    """``est`` with its ``_rounding`` (see :class:`GradientEstimate`) set."""
+    object.__setattr__(est, "_rounding", float(rounding))
+    return est
 
 
 seal_signature(estimate_gradient)  # (its signature for help(); SciPy's fun=, x0= reach its refusal)

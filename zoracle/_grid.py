@@ -116,6 +116,37 @@ def may_be_gridded(loss: float) -> bool:
     return _short_bits(loss)[1] <= NARROW_BITS or _loss_decimals(loss) is not None
 
 
+#: losses within this many units of their last place of each other differ by rounding alone: a CPU's vector
+#: width or summation order moves them that far (a bias a BatchNorm cancels: its float32 differences exactly 0
+#: on one CPU, a unit or two on another). Half the 8 units loss_grid allows float64's rounding: a float32 loss
+#: at mu = 1e-6 whose differences of 2 to 6 units carry its gradient (true values 0.4 to 7) is not read as 0
+ROUNDING_ULPS = 4
+
+
+def loss_bits(values, typed: int = 53) -> int:
+    """The significant bits a loss's ``values`` (the base loss, then a few perturbed ones) were computed
+    with: ``typed`` (their type's, :func:`~zoracle._oracle.precision_bits`: 0 for integers) where it is
+    narrower; else 24 where every one is a float32 number (a float32 loss returned as a Python float, as
+    TorchOracle's are: a float64 loss's values are so with odds of 2**-29 each), else 53. In Python floats,
+    O(len(values))."""
+    if typed < 24:
+        return typed
+    for v in values:
+        v = float(v)
+        if v != 0 and math.isfinite(v) and (_short_bits(v)[1] > 24 or not 2.0**-126 <= abs(v) < 2.0**128):
+            return typed  # (a float32 number has at most 24 bits inside float32's normal range)
+    return 24
+
+
+def loss_rounding(loss: float, bits: int) -> float:
+    """``ROUNDING_ULPS`` units of the last place of ``loss`` at ``bits`` significant bits: two losses near
+    ``loss`` (the base loss) that differ by this or less differ by rounding alone, not by a change of the
+    loss. 0 where nothing rounds (an integer loss, ``bits == 0``; a base loss of 0 or not finite)."""
+    if bits <= 0 or loss == 0 or not math.isfinite(loss):
+        return 0.0
+    return ROUNDING_ULPS * math.ldexp(1.0, math.frexp(abs(loss))[1] - bits)
+
+
 def loss_spread(values, base: float) -> float:
     """The farthest any of the finite ``values`` (losses) lies from ``base``, O(n) with no temporaries;
     inf where it overflows."""

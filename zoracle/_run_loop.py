@@ -21,7 +21,7 @@ import numpy as np
 from ._backend import namespace
 from ._bar import _beside, _rate_text, _set_total, log
 from ._checkpoint import CheckpointError
-from ._diagnose import WATCH_STEPS, cause_first, dead_blocks_text, noise_note, still_text
+from ._diagnose import WATCH_STEPS, beyond_rounding, cause_first, dead_blocks_text, noise_note, still_text
 from ._epochs import _bound
 from ._errors import ArgumentError, OracleError, ZoracleError, logging_kept_out, told, user_stacklevel, warn
 from ._estimators import RGE, SNES, StepError, estimate_gradient, finite_mean
@@ -86,7 +86,7 @@ def run_epochs(run) -> None:
             run.coords = run.masks.coordinates(run.epoch)
         if run.progress:  # the epoch running, as its lines show it (Keras' "Epoch 5/5"), to the run's end
             run.bar.set_description(f"epoch {run.epoch + 1}/{run.epochs}", refresh=False)
-        run.ran = run.flat = 0  # this epoch's steps, and those whose estimate was exactly 0
+        run.ran = run.flat = 0  # this epoch's steps, and those whose estimate was 0 (to within the loss's rounding)
         while run.pos < len(blist):
             # what the step writes (the loss's print or warning, run in this process; a warning of
             # zoracle's) starts a line of its own, as eval_fn's does: it continued the bar's line
@@ -252,14 +252,15 @@ def _record(run, t0, g, lr, blist) -> bool:
     run.nfev += g.nfev
     run.ran += 1
     if run.block_watch is not None:
-        run.block_watch.see(g.grad)
+        run.block_watch.see(g.grad, g._rounding)
         run.block_watch = None if run.block_watch.done else run.block_watch
     if run.still_watch is not None:
-        run.still_watch.see(g.grad, lr, run.epoch, run.prev, run.params if run.unclipped is None else run.unclipped)
+        run.still_watch.see(g.grad, lr, run.epoch, run.prev, run.params if run.unclipped is None else run.unclipped,
+                            g._rounding)
     run.unclipped = None
     run.prev = None  # (not kept into the callbacks, saves and next step: one d-sized array more at its peak)
     if run.flat == run.ran - 1 and not run.flat_warned:  # (read until an estimate moves: an O(d) pass, a GPU sync)
-        run.flat += not bool(run.xp.any(g.grad))
+        run.flat += not bool(run.xp.any(beyond_rounding(g.grad, g._rounding)))
     width = float(run.est.mu)
     if run.snes:  # the widths this step sampled with, before its update
         width = float(np.mean(run.est_state))
@@ -320,9 +321,11 @@ def epoch_warnings(run, blist) -> None:
     if run.pos >= len(blist) and run.ran and run.flat == run.ran and not run.flat_warned:
         run.flat_warned = True
         run.warned.add("flat")
-        warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was exactly 0, "
-             "so the estimates moved no parameter (weight decay and momentum aside): each step's "
-             f"queries at +-mu = {run.est.mu:g} {told('returned', 'were told')} the same loss. Where the loss is "
+        warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was 0 to "
+             "within the loss's rounding, so the estimates moved no parameter beyond rounding noise (weight decay "
+             f"and momentum aside): each step's queries at +-mu = {run.est.mu:g} "
+             f"{told('returned', 'were told')} the same loss, or losses a few units of its last place apart (a "
+             "CPU's rounding). Where the loss is "
              "flat there, piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
              "plateau, raise mu past its steps, or train on a smooth surrogate (a margin or "
              "cross-entropy loss)", UserWarning, stacklevel=4)
