@@ -792,9 +792,11 @@ def _diff_rounding(wrapped: Oracle, f0: float, vals) -> float:
     ``(1 or 2, n)`` losses) show (float32 numbers, TorchOracle's float32 losses as Python floats). O(1)."""
     value = wrapped.base_value
     typed = 53 if value is None or isinstance(value, float) else precision_bits(loss_type(value))
-    row = vals[0]
-    sample = row[::max(1, row.shape[0] // 8)][:8].tolist() if row.shape[0] else []
-    return loss_rounding(f0, loss_bits([f0, *sample], typed))
+    bits = loss_bits((f0,), typed)
+    if bits == 24 and vals.shape[1]:  # (a float64 loss's base value may be a short number, 3.0: the others say)
+        row = vals[0]
+        bits = loss_bits(row[::max(1, row.shape[0] // 8)][:8].tolist(), typed)
+    return loss_rounding(f0, bits)
 
 
 def _rounded(est: GradientEstimate, rounding: float) -> GradientEstimate:
