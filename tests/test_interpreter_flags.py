@@ -51,8 +51,9 @@ def test_a_warning_made_an_error_at_an_epochs_end_keeps_the_epochs_steps(tmp_pat
 
 
 def test_the_flat_epoch_warning_made_an_error_keeps_the_epoch(tmp_path, caplog):
-    """The "every gradient estimate of epoch 0 was exactly 0" warning came before the epoch's save:
-    with checkpoint_every="epoch", `python -W error` lost epoch 0. What is kept is logged."""
+    """The "every gradient estimate of epoch 0 was 0 to within the loss's rounding" warning came before
+    the epoch's save: with checkpoint_every="epoch", `python -W error` lost epoch 0. What is kept is
+    logged."""
     path = tmp_path / "run.npz"
     flat = lambda x: float(np.floor(x.sum()))  # noqa: E731  (piecewise constant: each estimate is 0)
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="zoracle"):

@@ -119,7 +119,7 @@ def test_a_run_that_warned_of_nothing_writes_no_record(tmp_path):
 def test_a_record_of_another_shape_is_refused(tmp_path):
     """``blob.ndim != 1`` dropped read a 2-D member's bytes as the record."""
     path = tmp_path / "run.npz"
-    with pytest.warns(UserWarning, match="was exactly 0"):
+    with pytest.warns(UserWarning, match="was 0 to within the loss's rounding"):
         zo.train(lambda x: 1.0, np.ones(2), epochs=10, optimizer=zo.sgd(0.1), rng=0, progress=False, checkpoint=path,
                  max_queries=9)
     with np.load(path) as z:

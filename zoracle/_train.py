@@ -332,7 +332,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
     first_count, count_warned = _count_of(state), False  # (the optimizer's count at this run's first update)
     coords = None
     cb_warned: set = {id(cb) for i, cb in enumerate(callbacks or ()) if callback_key(i, cb) in warned}
-    flat_warned = "flat" in warned  # an epoch whose every estimate was exactly 0 (a plateau): said once
+    flat_warned = "flat" in warned  # an epoch whose every estimate was 0 (to its loss's rounding): said once
     # a dense CGE run's blocks whose estimates stay 0 (dead ReLUs, an unused layer), and params that
     # stay where they start (updates below their float spacing): read over the run's first steps only
     named = named_blocks(oracle, d) if isinstance(estimator, CGE) and not sparse else []
