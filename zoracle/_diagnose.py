@@ -96,8 +96,8 @@ def dead_blocks_text(names: list, steps: int, mu: float) -> str:
 
 
 class StillWatch:
-    """Whether the params stayed bit for bit where they started though the estimates were nonzero and
-    the learning rate > 0: every update ``lr * g`` was below half the params' float spacing (a
+    """Whether the params stayed bit for bit where they started though the estimates were nonzero
+    (beyond the losses' rounding: :func:`beyond_rounding`) and the learning rate > 0: every update ``lr * g`` was below half the params' float spacing (a
     learning rate far too small for their dtype, or an optimizer that returns its input). Read over
     ``WATCH_STEPS`` such steps at least (a plain oracle's epoch is one step), and on past each epoch
     whose learning rate rose (a warm-up's first updates round away in float32, its later ones not).
