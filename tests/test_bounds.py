@@ -184,7 +184,9 @@ class Counted:
     (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="sphere", scheme="central")),
      r"narrower than 2 \* mu = 0.01"),
     (dict(estimator=zo.SNES(population=4)), r"`bounds` with estimator=SNES.*estimator=zo.CGE"),
-    (dict(sparsity=0.5), r"`bounds` with ratios='zo_grasp'.*ratios='smart'"),
+    (dict(sparsity=0.5, blocks=[slice(0, 2), slice(2, 4)]),
+     r"`bounds` with ratios='zo_grasp': ZO-GraSP would score the 2 scored blocks \(to keep 2 of 4 weights\).*"
+     r"ratios='uniform'.*short_budget\(\.\.\., bounds=\.\.\.\)"),
     (dict(bounds=(0.0, 0.004)), r"narrower than mu = 0.005.*lower `mu`"),
     (dict(bounds=(0.0, 0.008), estimator=zo.CGE(scheme="central")), r"narrower than 2 \* mu = 0.01"),
     (dict(bounds=(0.0, 1.0), mu=lambda t: 2.0),
@@ -204,6 +206,50 @@ def test_refusals_name_the_argument_and_come_before_any_query(kwargs, match):
     with pytest.raises(zo.ArgumentError, match=match):
         zo.train(f, np.zeros(4), epochs=2, progress=False, **kwargs)
     assert f.calls == 0
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 3])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("epochs, keep", [(2, False), (0, False), (0, True)])
+def test_bounds_refuse_zo_grasp_exactly_where_it_queries_and_before_any_query(n_blocks, sparsity, epochs, keep,
+                                                                              tmp_path):
+    """The run without bounds says whether ZO-GraSP queried (its queries are in ``nfev``, in no step's):
+    with bounds that run is refused before any query, and every other one runs inside the box as without.
+    Sparsity 0.1 keeps round(0.9 * 6) = 5 of 6 weights (ZO-GraSP ranks); 0.0 all (no ranking); one
+    block, or no step and no checkpoint to keep the ratios in: no ZO-GraSP either."""
+    blocks = [slice(0, 6)] if n_blocks == 1 else [slice(0, 3), slice(3, 6)] if n_blocks == 2 else \
+        [slice(0, 2), slice(2, 4), slice(4, 6)]
+    x0 = np.linspace(0.1, 0.6, 6)  # (non-zero weights: ZO-GraSP's scores name no block all zero)
+    kw = dict(epochs=epochs, sparsity=sparsity, blocks=blocks, grasp_directions=2, optimizer=zo.sgd(0.05),
+              progress=False, rng=0)
+    free = zo.train(Hardware(np.full(6, -np.inf), np.full(6, np.inf), np.zeros(6)), x0,
+                    checkpoint=tmp_path / "free.npz" if keep else None, **kw)
+    grasp = free.nfev - int(sum(free.history.column("nfev"))) if free.steps else free.nfev
+    assert grasp in (0, 2 * (2 + 1))
+    hw = Hardware(np.zeros(6), np.ones(6), np.zeros(6))
+    if grasp:
+        assert n_blocks > 1 and sparsity == 0.5 or sparsity == 0.1
+        with pytest.raises(zo.ArgumentError, match="`bounds` with ratios='zo_grasp': ZO-GraSP would score"):
+            zo.train(hw, x0, bounds=(0.0, 1.0), checkpoint=tmp_path / "box.npz" if keep else None, **kw)
+        assert hw.points == []
+    else:
+        boxed = zo.train(hw, x0, bounds=(0.0, 1.0), checkpoint=tmp_path / "box.npz" if keep else None, **kw)
+        assert boxed.nfev == free.nfev == len(hw.points)  # (none outside: Hardware raises there)
+        np.testing.assert_array_equal(boxed.params, free.params)  # (the box never binds: the params stay in [0.1, 0.6])
+
+
+def test_the_short_budget_recipe_at_sparsity_0_trains_inside_a_box_as_without():
+    """At d = 50 and 3,000 queries the recipe samples every weight (sparsity 0) with ratios='zo_grasp':
+    ZO-GraSP makes no query there, so bounds= takes the recipe as it is."""
+    x0 = np.full(50, 0.05)
+    kw = zo.recipes.short_budget(None, x0, 3_000)
+    assert (kw["sparsity"], kw["ratios"]) == (0.0, "zo_grasp")
+    hw = Hardware(np.zeros(50), np.full(50, 0.2), np.full(50, 0.1))
+    boxed = zo.train(hw, x0, bounds=(0, 0.2), progress=False, rng=0, **kw)
+    free = zo.train(Hardware(np.full(50, -np.inf), np.full(50, np.inf), np.full(50, 0.1)), x0, progress=False,
+                    rng=0, **kw)
+    assert boxed.nfev == free.nfev == kw["max_queries"] == len(hw.points)
+    np.testing.assert_array_equal(boxed.params, free.params)  # (the box never binds here: the target is inside)
 
 
 def test_a_mu_schedule_keeps_each_steps_queries_inside_and_one_too_wide_later_is_refused_at_its_step(tmp_path):

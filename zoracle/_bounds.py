@@ -31,7 +31,7 @@ import numpy as np
 from ._backend import to_numpy
 from ._errors import ArgumentError, short_repr
 
-__all__ = ["Box", "check_bounds"]
+__all__ = ["Box", "check_bounds", "refuse_grasp"]
 
 
 def _side(value, d: int, name: str, fill: float) -> np.ndarray:
@@ -195,9 +195,9 @@ class Box:
         return "sha256:" + hashlib.sha256(self.lo.tobytes() + self.hi.tobytes()).hexdigest()[:16]
 
 
-def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, oracle=None) -> Box | None:
-    """``bounds`` read and checked before the first query: the estimator and ratios whose queries a box
-    cannot keep refused, a start outside the box refused, a box narrower than the first step's queries
+def check_bounds(bounds, params, xp, estimator, mu_sched, oracle=None) -> Box | None:
+    """``bounds`` read and checked before the first query: the estimators whose queries a box cannot keep
+    refused (ZO-GraSP's: by ``refuse_grasp``, once the split says whether it scores), a start outside the box refused, a box narrower than the first step's queries
     refused (a ``mu`` schedule's later values: by ``check_steps`` where the run's length is known, else as
     their steps come). An ``oracle`` that declares a narrower ``compute_dtype`` than the params' (a float32
     model given float64 params) is estimated at the params rounded to it, with its steps: the box is then
@@ -219,10 +219,6 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, 
             "directions of any length (Gaussian ones, or SNES's samples), so no box keeps them inside; use "
             "estimator=zo.CGE(...) (forward or central), whose queries step by mu along one coordinate, or "
             "zo.RGE(..., distribution=\"sphere\"), whose unit directions step by at most mu on each coordinate")
-    if sparse and isinstance(ratios, str) and ratios == "zo_grasp":
-        raise ArgumentError(
-            "`bounds` with ratios='zo_grasp': ZO-GraSP scores the layers with queries along Gaussian directions, "
-            "which leave any box; pass ratios='smart', 'uniform', 'random' or an array of keep ratios")
     x = np.asarray(to_numpy(params), dtype=np.float64)
     out = np.flatnonzero(~((x >= lo) & (x <= hi)))
     if out.size:
@@ -237,3 +233,14 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, sparse: bool, ratios, 
     mu0 = estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True)
     box.check_width(mu0, where="" if mu_sched is None else " (the `mu` schedule's value at step 0)")
     return box
+
+
+def refuse_grasp(n_blocks: int, kept: int, n_scored: int) -> None:
+    """Refuse a run inside ``bounds`` whose ``ratios="zo_grasp"`` would score its ``n_blocks`` blocks (keeping
+    ``kept`` of ``n_scored`` weights): called before any query, only where ZO-GraSP queries at all (not at
+    sparsity 0, with one scored block, or with no step to take and no checkpoint)."""
+    raise ArgumentError(
+        f"`bounds` with ratios='zo_grasp': ZO-GraSP would score the {n_blocks} scored blocks (to keep {kept} of "
+        f"{n_scored} weights) with queries along Gaussian directions, which leave any box; pass ratios='uniform', "
+        "'smart', 'random' or an array of keep ratios (zo.recipes.short_budget(..., bounds=...) picks "
+        "ratios='uniform' for a box)")

@@ -33,7 +33,7 @@ from ._train_records import _EPOCH_KEYS, _STEP_KEYS, _count_of, _in_order, _rest
 
 __all__ = ["check_counts", "check_split_names", "check_tools", "check_callables", "check_sparse_split",
            "check_resume", "check_checkpoint", "check_plot", "split_layout", "run_config", "init_state", "array_keep",
-           "choose_keep", "resumed",
+           "choose_keep", "grasp_scores", "resumed",
            "check_steps"]
 
 
@@ -373,6 +373,15 @@ def array_keep(ratios, scored, sparsity, n_scored):
     return keep
 
 
+def grasp_scores(ratios, sparsity, scored, n_scored, epochs, checkpoint) -> bool:
+    """Whether :func:`choose_keep` queries ZO-GraSP for a sparse run's keep ratios: ``ratios="zo_grasp"``
+    with more than one scored block, a split that keeps some but not all of their weights, and a step to
+    draw a mask for or a checkpoint to keep the ratios in (``train(bounds=...)`` refuses only then)."""
+    if not (isinstance(ratios, str) and ratios == "zo_grasp") or len(scored) < 2:
+        return False
+    return 0 < round((1 - sparsity) * n_scored) < n_scored and not (epochs == 0 and checkpoint is None)
+
+
 def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored, all_blocks, n_scored, score_kinds,
                 ranking, fill_small_blocks, grasp_directions, grasp_batch, batches, steps_per_epoch, returned, root,
                 epochs, checkpoint, max_queries, nfev):
@@ -396,7 +405,7 @@ def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored
         keep = smart_ratio(scored, sparsity, kinds=kinds)
     elif ratios == "random":
         keep = random_ratios(scored, sparsity, rng=np.random.default_rng([root, 3]))
-    elif epochs == 0 and checkpoint is None:
+    elif not grasp_scores(ratios, sparsity, scored, n_scored, epochs, checkpoint):
         pass  # no step to draw a mask for, and no checkpoint to keep the ratios for a resume: ZO-GraSP's queries would buy nothing
     else:
         gb = grasp_batch

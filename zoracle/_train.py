@@ -13,7 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
 
-from ._bounds import check_bounds
+from ._bounds import check_bounds, refuse_grasp
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
 from ._estimators import CGE, RUN_WARNED, as_generator
@@ -26,8 +26,8 @@ from ._run_end import close_bar, ended_above_once, finish_run, open_bar
 from ._run_loop import RUNNING, Run, run_epochs, save, save_before_error
 from ._run_save import Saver, last_mask
 from ._run_setup import (check_callables, check_checkpoint, check_counts, check_plot, check_resume,
-                         check_sparse_split, check_split_names, check_steps, check_tools, choose_keep, init_state,
-                         resumed, run_config, split_layout)
+                         check_sparse_split, check_split_names, check_steps, check_tools, choose_keep, grasp_scores,
+                         init_state, resumed, run_config, split_layout)
 from ._history import TrainResult
 from ._epochs import _batches_print, _epoch_batches, _short_hash, _steps_per_epoch
 from ._train_records import _count_of, callback_key
@@ -242,7 +242,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         sparsity, ratios, score_kinds, ranking, grasp_directions, mask_shuffle_interval)
     checkpoint, estimator, snes, optimizer, lr_sched, mu_sched, cadence = check_tools(
         checkpoint, checkpoint_every, estimator, optimizer, schedule, mu)
-    box = check_bounds(bounds, params, xp, estimator, mu_sched, sparsity is not None, ratios, oracle)
+    box = check_bounds(bounds, params, xp, estimator, mu_sched, oracle)
     callbacks = check_callables(callbacks, eval_fn)
     sparse, fill_small_blocks, progress = check_sparse_split(
         sparsity, ratios, blocks, score_kinds, ranking, fill_small_blocks, grasp_directions, mask_shuffle_interval,
@@ -256,6 +256,8 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
                                                        total, max_queries, callbacks, resume=resume, box=box)
 
     all_blocks, scored, dense, n_scored = split_layout(oracle, d, sparse, blocks, score_kinds, ratios, sparsity)
+    if box is not None and sparse and grasp_scores(ratios, sparsity, scored, n_scored, epochs, checkpoint):
+        refuse_grasp(len(scored), round((1 - sparsity) * n_scored), n_scored)  # (before any query: ZO-GraSP's first)
 
     config = run_config(oracle, params, d, batches, steps_per_epoch, estimator, optimizer, schedule, mu, sparse,
                         sparsity, ratios, fill_small_blocks, ranking, grasp_directions, mask_shuffle_interval,
