@@ -24,7 +24,12 @@ from zoracle.cli import main as cli  # noqa: E402
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """``zoracle defense --quick --json --out DIR`` once for the module (about 20 s)."""
+    """``zoracle defense --quick --json --out DIR`` once for the module (about 20 s quiet, 33 s
+    of a loaded default run): its two tests are marked slow, the CI script's slow run keeps them.
+    The pieces the run chains stay in the default run: the gradient paths
+    (test_deepzero_estimate_matches_white_box_gradient, test_hybrid_chain_matches_white_box_gradient),
+    the black-box discipline (test_deepzero_training_only_queries_the_black_box) and the report
+    (test_the_numbers_are_written_before_the_figure, test_the_report_names_what_ran_...)."""
     out = tmp_path_factory.mktemp("defense")
     import contextlib
     import io
@@ -35,6 +40,7 @@ def quick_run(tmp_path_factory):
     return rc, buf.getvalue(), out
 
 
+@pytest.mark.slow  # shares quick_run, see there
 def test_quick_json_deepzero_beats_no_denoiser(quick_run):
     rc, stdout, _ = quick_run
     assert rc == 0
@@ -52,6 +58,7 @@ def test_quick_json_deepzero_beats_no_denoiser(quick_run):
         assert result[name]["0.25"] > result["none"]["0.25"] + 0.03
 
 
+@pytest.mark.slow  # shares quick_run, see there
 def test_quick_writes_report(quick_run):
     _, stdout, out = quick_run
     md = (out / "defense.md").read_text()
