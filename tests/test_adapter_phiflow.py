@@ -193,15 +193,28 @@ def test_reference_cache_is_keyed_by_phiflows_precision(tmp_path):
     assert again.cached and again.path == a.path  # the float32 key as before
 
 
-def test_oracle_passes_check_oracle_and_batches_equal_calls(reference):
+def _check_oracle_setup(reference):
     coarse = TINY.coarsened(2)
     net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
     oracle = pf.SolverInTheLoop(coarse, net, reference, unroll=1).bind(np.array([[0, 0], [1, 2]]))
-    p = pf.flat_params(net)
-    caps = zo.capabilities(oracle)
-    assert caps.batch and caps.coordinate and caps.data and not caps.split
+    return oracle, pf.flat_params(net)
+
+
+# check_oracle makes about 80 oracle calls, each a PhiFlow step (about 0.2-0.4 s, the time going
+# into PhiFlow's geometry per step): 18 s alone, 35 s of a loaded default run. The default run
+# keeps test_batches_equal_calls below (the same oracle: sparse CGE through the batched path
+# against one-by-one calls) and test_threads_sharing_the_oracle_give_the_serial_gradient.
+@pytest.mark.slow
+def test_oracle_passes_check_oracle(reference):
+    oracle, p = _check_oracle_setup(reference)
     report = check_oracle(oracle, p, step=1e-2, n_coords=3, n_rows=2)
     assert report["batch"] < 1e-6 and report["coordinate_losses"] < 1e-6
+
+
+def test_batches_equal_calls(reference):
+    oracle, p = _check_oracle_setup(reference)
+    caps = zo.capabilities(oracle)
+    assert caps.batch and caps.coordinate and caps.data and not caps.split
     # sparse CGE through the batched path equals one-by-one forward differences
     coords = np.array([7, p.size - 1])
     est = zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-2), coordinates=coords)
