@@ -28,6 +28,9 @@ class Hardware:
         if not ((x64 >= self.lo) & (x64 <= self.hi)).all():
             raise RuntimeError(f"setting out of range: {x64!r} not in [{self.lo!r}, {self.hi!r}]")
         self.points.append(x64.copy())
+        return self.loss(x64)
+
+    def loss(self, x64):
         return float(np.sum((x64 - self.target) ** 2 * np.arange(1, x64.size + 1)))
 
 

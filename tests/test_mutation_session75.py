@@ -17,6 +17,7 @@ import zoracle as zo
 import zoracle._estimators as est_module
 import zoracle._retrying as _retrying
 
+from test_bounds import Hardware
 from test_resume_warnings import having, segments
 from test_retry_after import _came_back
 
@@ -254,18 +255,10 @@ def test_a_callback_added_before_a_resume_at_a_warned_ones_place_is_told(tmp_pat
 # ---- bounds= (only mutated here: tests/test_bounds.py is another helper's)
 
 
-class _Hardware:
-    """A loss that refuses any setting outside ``[lo, hi]`` (as tests/test_bounds.py's Hardware)."""
+class _Hardware(Hardware):
+    """tests/test_bounds.py's Hardware (refuses any setting outside ``[lo, hi]``), its loss unweighted."""
 
-    def __init__(self, lo, hi, target):
-        self.lo, self.hi, self.target = np.asarray(lo, float), np.asarray(hi, float), np.asarray(target, float)
-        self.points = []
-
-    def __call__(self, x):
-        x64 = np.asarray(x, dtype=np.float64)
-        if not ((x64 >= self.lo) & (x64 <= self.hi)).all():
-            raise RuntimeError(f"setting out of range: {x64!r} not in [{self.lo!r}, {self.hi!r}]")
-        self.points.append(x64.copy())
+    def loss(self, x64):
         return float(np.sum((x64 - self.target) ** 2))
 
 
