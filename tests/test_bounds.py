@@ -7,6 +7,7 @@ a setting out of range would: a run that finishes made none.
 from __future__ import annotations
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -187,9 +188,6 @@ class Counted:
     (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="sphere", scheme="central")),
      r"narrower than 2 \* mu = 0.01"),
     (dict(estimator=zo.SNES(population=4)), r"`bounds` with estimator=SNES.*estimator=zo.CGE"),
-    (dict(sparsity=0.5, blocks=[slice(0, 2), slice(2, 4)]),
-     r"`bounds` with ratios='zo_grasp': ZO-GraSP would score the 2 scored blocks \(to keep 2 of 4 weights\).*"
-     r"ratios='uniform'.*short_budget\(\.\.\., bounds=\.\.\.\)"),
     (dict(bounds=(0.0, 0.004)), r"narrower than mu = 0.005.*lower `mu`"),
     (dict(bounds=(0.0, 0.008), estimator=zo.CGE(scheme="central")), r"narrower than 2 \* mu = 0.01"),
     (dict(bounds=(0.0, 1.0), mu=lambda t: 2.0),
@@ -214,12 +212,13 @@ def test_refusals_name_the_argument_and_come_before_any_query(kwargs, match):
 @pytest.mark.parametrize("n_blocks", [1, 2, 3])
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("epochs, keep", [(2, False), (0, False), (0, True)])
-def test_bounds_refuse_zo_grasp_exactly_where_it_queries_and_before_any_query(n_blocks, sparsity, epochs, keep,
-                                                                              tmp_path):
+def test_bounds_keep_zo_grasp_inside_the_box_and_change_nothing_where_it_makes_no_query(n_blocks, sparsity, epochs,
+                                                                                        keep, tmp_path):
     """The run without bounds says whether ZO-GraSP queried (its queries are in ``nfev``, in no step's):
-    with bounds that run is refused before any query, and every other one runs inside the box as without.
-    Sparsity 0.1 keeps round(0.9 * 6) = 5 of 6 weights (ZO-GraSP ranks); 0.0 all (no ranking); one
-    block, or no step and no checkpoint to keep the ratios in: no ZO-GraSP either."""
+    with bounds that run queries as many times, every query inside the box (Rademacher directions), and
+    every other one runs inside the box as without. Sparsity 0.1 keeps round(0.9 * 6) = 5 of 6 weights
+    (ZO-GraSP ranks); 0.0 all (no ranking); one block, or no step and no checkpoint to keep the ratios
+    in: no ZO-GraSP either."""
     blocks = [slice(0, 6)] if n_blocks == 1 else [slice(0, 3), slice(3, 6)] if n_blocks == 2 else \
         [slice(0, 2), slice(2, 4), slice(4, 6)]
     x0 = np.linspace(0.1, 0.6, 6)  # (non-zero weights: ZO-GraSP's scores name no block all zero)
@@ -230,14 +229,16 @@ def test_bounds_refuse_zo_grasp_exactly_where_it_queries_and_before_any_query(n_
     grasp = free.nfev - int(sum(free.history.column("nfev"))) if free.steps else free.nfev
     assert grasp in (0, 2 * (2 + 1))
     hw = Hardware(np.zeros(6), np.ones(6), np.zeros(6))
+    boxed = zo.train(hw, x0, bounds=(0.0, 1.0), checkpoint=tmp_path / "box.npz" if keep else None, **kw)
+    assert boxed.nfev == free.nfev == len(hw.points)  # (none outside: Hardware raises there)
     if grasp:
         assert n_blocks > 1 and sparsity == 0.5 or sparsity == 0.1
-        with pytest.raises(zo.ArgumentError, match="`bounds` with ratios='zo_grasp': ZO-GraSP would score"):
-            zo.train(hw, x0, bounds=(0.0, 1.0), checkpoint=tmp_path / "box.npz" if keep else None, **kw)
-        assert hw.points == []
+        steps = free.nfev - grasp
+        # ZO-GraSP's queries: the base point and each Rademacher direction, every coordinate moved by exactly mu
+        for base, rows in ((hw.points[0], hw.points[1:3]), (hw.points[3], hw.points[4:6])):
+            np.testing.assert_allclose(np.abs(np.array(rows) - base), 5e-3, rtol=1e-9)
+        assert len(hw.points) - grasp == steps
     else:
-        boxed = zo.train(hw, x0, bounds=(0.0, 1.0), checkpoint=tmp_path / "box.npz" if keep else None, **kw)
-        assert boxed.nfev == free.nfev == len(hw.points)  # (none outside: Hardware raises there)
         np.testing.assert_array_equal(boxed.params, free.params)  # (the box never binds: the params stay in [0.1, 0.6])
 
 
@@ -601,3 +602,29 @@ def test_rank_shaped_sphere_rge_keeps_the_box_as_the_plain_one():
         runs.append(np.array(hw.points))
     assert runs[1].shape == runs[0].shape
     np.testing.assert_array_equal(runs[0][0], runs[1][0])  # (the same start, moved in to hi - mu)
+
+
+@given(seed=st.integers(0, 2**32 - 1), width=st.floats(0.011, 2.0), dtype=st.sampled_from([np.float32, np.float64]))
+def test_zo_grasp_in_train_never_queries_outside_the_box_from_a_start_on_its_faces(seed, width, dtype):
+    """ZO-GraSP's queries (Rademacher, from points clipped into [lo + mu, hi - mu]) and the steps' stay in the
+    box wherever the start lies in it, its faces included, and whatever ZO-GraSP's second step (a steep loss)."""
+    r = np.random.default_rng(seed)
+    lo = r.uniform(-1, 0, 6)
+    hi = lo + width
+    x0 = np.where(r.random(6) < 0.5, lo, hi).astype(dtype)
+    x0 = np.where((x0 < lo) | (x0 > hi), (0.5 * (lo + hi)).astype(dtype), x0)  # (a side rounded out in float32)
+    hw = Hardware(lo, hi, r.uniform(-5, 5, 6))
+    with warnings.catch_warnings():  # (the steep loss's long second ZO-GraSP step: clipped, warned)
+        warnings.filterwarnings("ignore", "ZO-GraSP's second point", RuntimeWarning)
+        res = zo.train(hw, x0, epochs=2, sparsity=0.5, blocks=[slice(0, 3), slice(3, 6)], grasp_directions=3,
+                       optimizer=zo.sgd(0.01), bounds=(lo, hi), progress=False, rng=seed)
+    assert res.nfev == len(hw.points) and res.nfev > 2 * (3 + 1)  # (ZO-GraSP's queries and the steps')
+
+
+def test_train_refuses_zo_grasp_in_a_box_narrower_than_two_mu_before_any_query():
+    """Forward CGE's steps fit a box mu wide; ZO-GraSP's Rademacher queries need 2 mu."""
+    f = Counted()
+    with pytest.raises(zo.ArgumentError, match=r"narrower than 2 \* mu = 0.01 at coordinate 0.*smaller mu"):
+        zo.train(f, np.full(4, 0.004), epochs=2, sparsity=0.5, blocks=[slice(0, 2), slice(2, 4)],
+                 bounds=(0.0, 0.008), progress=False)
+    assert f.calls == 0

@@ -658,3 +658,89 @@ def test_zo_grasp_no_long_step_warning_for_a_mean_loss_at_small_params():
     assert not [w for w in caught if "second point" in str(w.message)], [str(w.message) for w in caught]
     # the step does the scores no harm: as near the exact ones as those of a second point 1000x nearer
     assert abs(np.corrcoef(scores, exact)[0, 1] - np.corrcoef(near, exact)[0, 1]) < 0.01
+
+
+# ZO-GraSP inside a box (bounds=): Rademacher directions, points clipped into the box shrunk by mu ------------
+
+
+class _Boxed:
+    """A loss that raises at any point outside ``[lo, hi]`` and records every query; ``batch`` optional."""
+
+    def __init__(self, A, b, lo, hi):
+        self.A, self.b, self.lo, self.hi, self.points = A, b, lo, hi, []
+
+    def __call__(self, x):
+        x64 = np.asarray(x, dtype=np.float64)
+        if not ((x64 >= self.lo) & (x64 <= self.hi)).all():
+            raise RuntimeError(f"query outside the box: {x64!r}")
+        self.points.append(x64.copy())
+        return float(0.5 * x64 @ self.A @ x64 + self.b @ x64)
+
+
+class _BoxedBatch(_Boxed):
+    def batch(self, X):
+        return np.array([self(x) for x in X])
+
+
+@pytest.mark.filterwarnings("ignore:ZO-GraSP's second point")  # (a steep loss: its long step clips)
+@given(d=st.integers(1, 6), q=st.integers(1, 5), seed=st.integers(0, 2**32 - 1), batch=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), data=st.data())
+def test_zo_grasp_in_bounds_never_queries_outside_the_box(d, q, seed, batch, dtype, data):
+    r = np.random.default_rng(seed)
+    lo = r.uniform(-2, 1, d)
+    hi = lo + r.uniform(0.011, 3, d)  # (at least 2 mu wide)
+    mu = 5e-3
+    t = data.draw(st.sampled_from(["inside", "at lo", "at hi"]))
+    theta = lo if t == "at lo" else hi if t == "at hi" else r.uniform(lo, hi)
+    theta = theta.astype(dtype)
+    out = (theta < lo) | (theta > hi)  # (a bound rounded out of the box in float32: the middle there)
+    theta[out] = (0.5 * (lo + hi)).astype(dtype)[out]
+    M = r.standard_normal((d, d))
+    f = (_BoxedBatch if batch else _Boxed)(1e3 * (M @ M.T), 1e3 * r.standard_normal(d), lo, hi)  # (steep: clips)
+    s = zo.zo_grasp(f, theta, mu=mu, directions=q, rng=seed, bounds=(lo, hi))
+    assert len(f.points) == 2 * (q + 1) and np.isfinite(s).all()
+
+
+@pytest.mark.filterwarnings("ignore:ZO-GraSP's second point")  # (a steep loss: its long step clips)
+def test_zo_grasp_in_bounds_is_the_textbook_computation_from_its_own_queries():
+    """Read back from the queries: the base point is params clipped into [lo + mu, hi - mu], each
+    direction moves every coordinate by exactly mu (Rademacher), the second point is base + mu * ghat
+    clipped into the same box, the second estimate reuses the first's directions, and the scores are
+    -params * (ghat2 - ghat1) / mu, all recomputed here with the plain loop."""
+    d, q, mu = 5, 7, 0.01
+    lo, hi = np.full(d, -1.0), np.full(d, 1.0)
+    theta = np.array([1.0, -1.0, 0.3, 0.995, -0.2])  # two on the box's faces, one within mu of one
+    r = np.random.default_rng(3)
+    M = r.standard_normal((d, d))
+    f = _Boxed(M @ M.T, 50 * r.standard_normal(d), lo, hi)  # (a large gradient: the second point clips)
+    s = zo.zo_grasp(f, theta, mu=mu, directions=q, rng=0, bounds=(-1.0, 1.0))
+    P = np.array(f.points)
+    x1, x2 = P[0], P[q + 1]
+    np.testing.assert_array_equal(x1, np.clip(theta, -1 + mu, 1 - mu))
+    U1, U2 = (P[1:q + 1] - x1) / mu, (P[q + 2:] - x2) / mu
+    np.testing.assert_allclose(np.abs(U1), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(U1, U2, rtol=1e-6)
+    U = np.round(U1)
+    loss = [f.__class__.__call__(_Boxed(f.A, f.b, lo, hi), x) for x in P]
+    g1 = sum((loss[1 + j] - loss[0]) / mu * U[j] for j in range(q)) / q
+    g2 = sum((loss[q + 2 + j] - loss[q + 1]) / mu * U[j] for j in range(q)) / q
+    expected_x2 = np.clip(x1 + mu * g1, -1 + mu, 1 - mu)
+    assert (expected_x2 != x1 + mu * g1).any()  # (the second point clipped: the step projected onto the box)
+    np.testing.assert_allclose(x2, expected_x2, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(s, -theta * (g2 - g1) / mu, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zo_grasp_in_a_box_that_never_binds_matches_exact_grasp_scores_on_a_quadratic(seed):
+    oracle, theta, exact = _quadratic(seed)
+    scores = zo.zo_grasp(oracle, theta, directions=20 * theta.size, rng=seed, bounds=(-1e3, 1e3))
+    assert np.corrcoef(scores, exact)[0, 1] >= 0.9
+
+
+def test_zo_grasp_refuses_a_box_narrower_than_two_mu_before_any_query():
+    f = _Boxed(np.eye(3), np.zeros(3), np.zeros(3), np.ones(3))
+    with pytest.raises(zo.ArgumentError, match=r"`bounds` is narrower than 2 \* mu = 0.01 at coordinate 1"):
+        zo.zo_grasp(f, np.zeros(3), mu=5e-3, bounds=([0, 0, 0], [1, 0.008, 1]))
+    with pytest.raises(zo.ArgumentError, match=r"`bounds` must be a pair \(lo, hi\)"):
+        zo.zo_grasp(f, np.zeros(3), bounds=[0.0])
+    assert f.points == []

@@ -12,7 +12,9 @@ in ``[lo + mu, hi - mu]``. The bound holds in floating point too: ``|g_i| <= ||g
 norm (a sum of the rounded squares, each at most the sum, whose square root rounds to at least ``|g_i|``;
 an underflow would need every entry of the standard normal ``g`` below 1e-154), so ``g_i / ||g||``, its rounding to the params' dtype and ``dtype(mu) * u_i`` are at most 1 and ``dtype(mu)``
 in size, and a query rounds to no farther out than ``(hi - mu) + mu``. Gaussian directions (of any
-length) and SNES's samples have no such bound.
+length) and SNES's samples have no such bound; ZO-GraSP inside a box (``zo_grasp(bounds=...)``) uses
+Rademacher directions instead, each coordinate stepping by exactly ``mu`` from points kept in
+``[lo + mu, hi - mu]`` (``grasp_box`` gives it the sides in the queries' dtype).
 
 The shrunk box is computed in the params' dtype, the way the estimators form a query
 (``x + dtype(mu)``): ``hi - mu`` rounded up could put ``(hi - mu) + mu`` one unit in the last place past
@@ -30,8 +32,9 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._errors import ArgumentError, short_repr
+from ._pruning import inward
 
-__all__ = ["Box", "check_bounds", "refuse_grasp"]
+__all__ = ["Box", "check_bounds", "grasp_box"]
 
 
 def _side(value, d: int, name: str, fill: float) -> np.ndarray:
@@ -197,7 +200,7 @@ class Box:
 
 def check_bounds(bounds, params, xp, estimator, mu_sched, oracle=None) -> Box | None:
     """``bounds`` read and checked before the first query: the estimators whose queries a box cannot keep
-    refused (ZO-GraSP's: by ``refuse_grasp``, once the split says whether it scores), a start outside the box refused, a box narrower than the first step's queries
+    refused, a start outside the box refused, a box narrower than the first step's queries
     refused (a ``mu`` schedule's later values: by ``check_steps`` where the run's length is known, else as
     their steps come). An ``oracle`` that declares a narrower ``compute_dtype`` than the params' (a float32
     model given float64 params) is estimated at the params rounded to it, with its steps: the box is then
@@ -235,12 +238,9 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, oracle=None) -> Box | 
     return box
 
 
-def refuse_grasp(n_blocks: int, kept: int, n_scored: int) -> None:
-    """Refuse a run inside ``bounds`` whose ``ratios="zo_grasp"`` would score its ``n_blocks`` blocks (keeping
-    ``kept`` of ``n_scored`` weights): called before any query, only where ZO-GraSP queries at all (not at
-    sparsity 0, with one scored block, or with no step to take and no checkpoint)."""
-    raise ArgumentError(
-        f"`bounds` with ratios='zo_grasp': ZO-GraSP would score the {n_blocks} scored blocks (to keep {kept} of "
-        f"{n_scored} weights) with queries along Gaussian directions, which leave any box; pass ratios='uniform', "
-        "'smart', 'random' or an array of keep ratios (zo.recipes.short_budget(..., bounds=...) picks "
-        "ratios='uniform' for a box)")
+def grasp_box(box: Box, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """The box for ZO-GraSP's queries (``zo_grasp(bounds=...)``): ``box``'s sides rounded inwards in the dtype
+    the queries are formed in (an oracle's narrower ``compute_dtype`` too), as float64, so a query clipped into
+    them stays in the box once cast to that dtype."""
+    return (inward(box.lo, box.dtype, d, up=True).astype(np.float64),
+            inward(box.hi, box.dtype, d, up=False).astype(np.float64))

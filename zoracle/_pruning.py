@@ -29,7 +29,7 @@ from ._errors import ArgumentError, OracleError, check_flag, config_hint, told, 
 from ._estimators import RGE, as_generator, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
-from ._oracle import has_methods
+from ._oracle import Oracle, has_methods
 
 __all__ = [
     "SCORED_KINDS",
@@ -138,7 +138,7 @@ def grasp_queries(directions: int) -> int:
 
 
 def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int = 192, rng=None,
-             batch=None, common_random_numbers: bool = True, executor=None) -> np.ndarray:
+             batch=None, common_random_numbers: bool = True, executor=None, bounds=None) -> np.ndarray:
     r"""ZO-GraSP scores: GraSP's ``-theta * (H g)`` from loss values only.
 
     .. math::
@@ -175,7 +175,19 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         (unit norm in each, only the scored weights perturbed), and steps to
         ``theta + mu**2 ghat``: its keep ratios differ (docs/training.md, "Pruning building blocks").
     executor : optional
-        Passed to :func:`zoracle.estimate_gradient`.
+        Passed to :func:`zoracle.estimate_gradient` (not used with ``bounds``: its queries go to the
+        oracle's ``batch``, else one call each).
+    bounds : (lo, hi), optional
+        A box every query stays inside, each side a number or ``d`` values (``train(bounds=...)``
+        passes its own). The directions are then Rademacher (each entry +-1, the second moment of
+        Gaussian ones: each query moves every coordinate by exactly ``mu``), the base point is
+        ``params`` clipped into the box shrunk by ``mu`` on both sides, ``[lo + mu, hi - mu]``, and the
+        second point ``base + mu * ghat(base)`` is clipped into it too (each query is also clipped
+        into ``[lo, hi]`` after rounding, a unit in the last place at most). The scores then estimate
+        GraSP with the step projected onto the box: ``-params * P (grad(x2) - grad(x1)) / mu`` with
+        ``x1``, ``x2`` the two clipped points; equal to the unbounded estimate's target where nothing
+        clips. A box narrower than ``2 * mu`` on a coordinate is refused before any query. On the
+        demo CNNs the keep ratios train as well as the Gaussian ones (docs/training.md, "Bounds").
 
     Returns
     -------
@@ -208,6 +220,8 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     gen = as_generator(rng)
     seed1 = int(gen.integers(2**63))
     seed2 = seed1 if common_random_numbers else int(gen.integers(2**63))
+    if bounds is not None:
+        return _boxed_grasp(oracle, params, blocks, mu, directions, seed1, seed2, bounds)
     try:
         g1 = unchecked(estimate_gradient)(oracle, params, est, rng=seed1, executor=executor).grad
     except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
@@ -234,6 +248,77 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     del hg
     if blocks is not None:
         keep = np.zeros(scores.shape[0], dtype=bool)
+        for s in blocks:
+            keep[s] = True
+        scores[~keep] = 0.0
+    return scores
+
+
+def inward(bound, dtype, d: int, up: bool) -> np.ndarray:
+    """``bound`` (a scalar or d values) in ``dtype``, rounded to the nearest value inside the box where the
+    cast rounds it out (``up``: a lower bound, moved up)."""
+    b64 = np.broadcast_to(np.asarray(bound, dtype=np.float64), (d,))
+    with np.errstate(over="ignore"):
+        b = b64.astype(dtype)
+    out = b.astype(np.float64) < b64 if up else b.astype(np.float64) > b64
+    b[out] = np.nextafter(b[out], dtype.type(np.inf if up else -np.inf))
+    return b
+
+
+def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: int, bounds) -> np.ndarray:
+    """ZO-GraSP inside ``bounds = (lo, hi)``: Rademacher directions (each query moves every coordinate by exactly
+    mu), the base point clipped into the box shrunk by mu on both sides, the second point
+    ``base + mu * ghat(base)`` clipped into it too, and every query clipped into ``[lo, hi]`` after rounding (a
+    unit in the last place at most)."""
+    params = real_numpy(to_numpy(params)) if not isinstance(params, np.ndarray) else params
+    dtype = params.dtype if params.dtype.kind == "f" else np.dtype(np.float64)
+    d = params.shape[0]
+    try:
+        lo_raw, hi_raw = bounds
+    except (TypeError, ValueError):
+        raise ArgumentError(f"`bounds` must be a pair (lo, hi), got {bounds!r}") from None
+    lo64 = np.broadcast_to(np.asarray(lo_raw, dtype=np.float64), (d,))
+    hi64 = np.broadcast_to(np.asarray(hi_raw, dtype=np.float64), (d,))
+    narrow = np.flatnonzero(hi64 - lo64 < 2 * mu)
+    if narrow.size:
+        i = int(narrow[0])
+        raise ArgumentError(f"`bounds` is narrower than 2 * mu = {2 * mu:g} at coordinate {i} ([{lo64[i]:g}, "
+                            f"{hi64[i]:g}]): ZO-GraSP's Rademacher queries move each coordinate by mu either way; "
+                            "pass a smaller mu or ratios='uniform'")
+    lo, hi = inward(lo64, dtype, d, up=True), inward(hi64, dtype, d, up=False)
+    m = dtype.type(mu)
+    lower, upper = lo + m, hi - m  # (rounding may leave a query an ulp out: clipped to [lo, hi] below)
+    w = Oracle(oracle)
+    rows = max(1, min(q, (1 << 22) // max(d, 1)))  # directions per batch: at most 4M numbers drawn at once
+
+    def ghat(x: np.ndarray, seed: int, which: str) -> np.ndarray:
+        base = w(x, f"the base point of ZO-GraSP's {which} estimate", fresh=True)
+        draw = np.random.default_rng(seed)
+        g = np.zeros(d, dtype=np.float64)
+        for start in range(0, q, rows):
+            k = min(rows, q - start)
+            U = draw.integers(0, 2, size=(k, d), dtype=np.int8).astype(dtype)
+            U *= 2
+            U -= 1
+            X = x[None, :] + m * U
+            np.clip(X, lo, hi, out=X)
+            what = f"ZO-GraSP's {which} estimate (Rademacher directions {start}-{start + k - 1})"
+            if w.caps.batch:
+                losses = w.batch(X, lambda j: f"direction {start + j} of {what}", what)
+            else:
+                losses = np.array([w(X[j], f"direction {start + j} of {what}") for j in range(k)])
+            g += ((np.asarray(losses, dtype=np.float64) - base) / mu) @ U.astype(np.float64)
+        g /= q
+        return g
+
+    x1 = np.clip(params.astype(dtype), lower, upper)
+    g1 = ghat(x1, seed1, "first")
+    _check_second_point(x1, g1, mu)
+    x2 = np.clip(x1 + m * g1.astype(dtype), lower, upper)
+    g2 = ghat(x2, seed2, "second")
+    scores = -params.astype(np.float64) * ((g2 - g1) / mu)
+    if blocks is not None:
+        keep = np.zeros(d, dtype=bool)
         for s in blocks:
             keep[s] = True
         scores[~keep] = 0.0

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._backend import namespace, to_numpy
 from ._bar import log
+from ._bounds import grasp_box
 from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, as_path, check_writable
 from ._epochs import _batches_print, _bound, _epoch_batches, _layout_print, _shown_ratios
@@ -384,7 +385,7 @@ def grasp_scores(ratios, sparsity, scored, n_scored, epochs, checkpoint) -> bool
 
 def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored, all_blocks, n_scored, score_kinds,
                 ranking, fill_small_blocks, grasp_directions, grasp_batch, batches, steps_per_epoch, returned, root,
-                epochs, checkpoint, max_queries, nfev):
+                epochs, checkpoint, max_queries, nfev, box=None):
     """The keep ratios of a sparse run's scored blocks, by `ratios` (ZO-GraSP spends its queries here),
     epoch 0's batches where ZO-GraSP drew them, and the queries spent so far."""
     first = keep = None
@@ -432,7 +433,8 @@ def choose_keep(oracle, params, estimator, executor, *, ratios, sparsity, scored
             raise StepError(f"{exc}. ZO-GraSP scores with the estimator's mu, not `mu`: set it with "
                             f"estimator={type(estimator).__name__}(mu=...)") from None
         scores = zo_grasp(target, params, blocks=scored, mu=estimator.mu, directions=grasp_directions,
-                          rng=np.random.default_rng([root, 2]), executor=executor)
+                          rng=np.random.default_rng([root, 2]), executor=executor,
+                          bounds=None if box is None else grasp_box(box, params.shape[0]))
         nfev += grasp_queries(grasp_directions)
         keep = layer_ratios(scores, scored, sparsity, ranking=ranking, fill_small=fill_small_blocks)
         with logging_kept_out():

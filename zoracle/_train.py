@@ -13,7 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
 
-from ._bounds import check_bounds, refuse_grasp
+from ._bounds import check_bounds
 from ._cadence import least_step_queries, warn_rewrites
 from ._diagnose import BlockWatch, StillWatch, named_blocks
 from ._estimators import CGE, RUN_WARNED, as_generator
@@ -26,7 +26,7 @@ from ._run_end import close_bar, ended_above_once, finish_run, open_bar
 from ._run_loop import RUNNING, Run, run_epochs, save, save_before_error
 from ._run_save import Saver, last_mask
 from ._run_setup import (check_callables, check_checkpoint, check_counts, check_plot, check_resume,
-                         check_sparse_split, check_split_names, check_steps, check_tools, choose_keep, grasp_scores,
+                         check_sparse_split, check_split_names, check_steps, check_tools, choose_keep,
                          init_state, resumed, run_config, split_layout)
 from ._history import TrainResult
 from ._epochs import _batches_print, _epoch_batches, _short_hash, _steps_per_epoch
@@ -215,8 +215,10 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         ``params``; one inside but within ``mu`` of a side is moved in to the shrunk box before the
         first query. Needs ``estimator=CGE(...)`` or ``RGE(..., distribution="sphere")`` (whose unit
         directions step by at most ``mu`` on each coordinate, either way: its params are kept in
-        ``[lo + mu, hi - mu]``, forward or central; Gaussian RGE's and SNES's directions leave any box)
-        and, with ``sparsity``, ratios other than ``"zo_grasp"``; a box narrower than ``mu`` (forward CGE)
+        ``[lo + mu, hi - mu]``, forward or central; Gaussian RGE's and SNES's directions leave any box).
+        With ``sparsity`` and ``ratios="zo_grasp"``, ZO-GraSP queries along Rademacher directions from
+        params clipped into ``[lo + mu, hi - mu]``, its second point clipped there too
+        (:func:`zoracle.zo_grasp`, ``bounds``: GraSP with the step projected onto the box). A box narrower than ``mu`` (forward CGE)
         or ``2 * mu`` (central CGE, sphere RGE) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
         values: before the first query in a run of known length, else at the step that takes one),
         and so is ``lo == hi`` (leave a fixed parameter out of ``params``). Part of the checkpoint's
@@ -256,8 +258,6 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
                                                        total, max_queries, callbacks, resume=resume, box=box)
 
     all_blocks, scored, dense, n_scored = split_layout(oracle, d, sparse, blocks, score_kinds, ratios, sparsity)
-    if box is not None and sparse and grasp_scores(ratios, sparsity, scored, n_scored, epochs, checkpoint):
-        refuse_grasp(len(scored), round((1 - sparsity) * n_scored), n_scored)  # (before any query: ZO-GraSP's first)
 
     config = run_config(oracle, params, d, batches, steps_per_epoch, estimator, optimizer, schedule, mu, sparse,
                         sparsity, ratios, fill_small_blocks, ranking, grasp_directions, mask_shuffle_interval,
@@ -306,7 +306,7 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
             all_blocks=all_blocks, n_scored=n_scored, score_kinds=score_kinds, ranking=ranking,
             fill_small_blocks=fill_small_blocks, grasp_directions=grasp_directions, grasp_batch=grasp_batch,
             batches=batches, steps_per_epoch=steps_per_epoch, returned=returned, root=root, epochs=epochs,
-            checkpoint=checkpoint, max_queries=max_queries, nfev=nfev)
+            checkpoint=checkpoint, max_queries=max_queries, nfev=nfev, box=box)
     masks = DynamicMasks(scored, keep, seed=root, interval=mask_shuffle_interval, dense=dense) if sparse and keep is not None else None
 
     # the step the file at `checkpoint` holds (resumed from that file: the step it held)
