@@ -1,11 +1,12 @@
-"""What ``zo.recipes.short_budget(bounds=...)`` costs: uniform ratios in place of ZO-GraSP.
+"""What ``zo.recipes.short_budget(bounds=...)`` costs: ZO-GraSP inside the box (Rademacher directions).
 
-ZO-GraSP queries along Gaussian directions, which leave any box, so the recipe given ``bounds``
-spreads its coordinates a step by ``ratios="uniform"`` and spends ZO-GraSP's queries on steps.
-This runs the recipe with and without a box on the peers study's demo CNN (``benchmarks/peers.py``:
-digits, d = 1,898, or MNIST-1D's twin at width 16, d = 1,914), the same seeds for both, the box
-(-10, 10) wide enough never to bind (the difference is the ratios'), and prints each run's test
-accuracy and the paired difference::
+Inside ``bounds`` ZO-GraSP queries along Rademacher directions (each query moves every coordinate by
+exactly mu), its points kept in the box shrunk by mu (``zo.zo_grasp(bounds=...)``); without, along
+Gaussian ones. This runs three plans on the peers study's demo CNN (``benchmarks/peers.py``: digits,
+d = 1,898, or MNIST-1D's twin at width 16, d = 1,914), the same seeds for all: the recipe without a
+box (Gaussian ZO-GraSP), the recipe with the box (-10, 10), wide enough never to bind (Rademacher
+ZO-GraSP: the difference is the directions'), and that plan with ``ratios="uniform"`` in place of
+ZO-GraSP (its queries left unspent), and prints each run's test accuracy and the paired differences::
 
     OMP_NUM_THREADS=1 python benchmarks/recipe_bounds.py --data digits --budget 30000 --seeds 0-11
 """
@@ -63,26 +64,34 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     data = load_data(args.data)
     width = 16 if args.data == "mnist1d" else 0
-    acc: dict = {False: [], True: []}
+    plans = ("zo_grasp", "box:zo_grasp", "box:uniform")
+    acc: dict = {plan: [] for plan in plans}
     for seed in args.seeds:
-        for boxed in (False, True):
+        for plan in plans:
             b = Bench(data, args.data, width, seed, args.budget)
             kw = zo.recipes.short_budget(b.oracle, b.p0, args.budget, batches=b.batches,
-                                         bounds=(-10.0, 10.0) if boxed else None)
+                                         bounds=(-10.0, 10.0) if plan.startswith("box") else None)
+            if plan == "box:uniform" and kw["ratios"] == "zo_grasp":  # (its steps; ZO-GraSP's queries not made)
+                kw["ratios"] = "uniform"
+                kw["max_queries"] -= grasp_queries(kw.pop("grasp_directions"))
             spent = grasp_queries(kw["grasp_directions"]) if kw["ratios"] == "zo_grasp" else 0
             b.start()
             t = time.perf_counter()
             res = zo.train(b.oracle, b.p0, batches=b.batches, callbacks=[step_recorder(b, spent)], rng=seed,
                            grasp_batch=per_class(data["x"], data["y"], 25, seed=seed), progress=False, **kw)
             b.final(res.params)
-            acc[boxed].append(b.curve[-1][3])
-            print(f"{args.data} d={b.d} seed {seed} ratios={kw['ratios']:9s} nfev={res.nfev} "
+            acc[plan].append(b.curve[-1][3])
+            print(f"{args.data} d={b.d} seed {seed} plan={plan:12s} nfev={res.nfev} "
                   f"test={b.curve[-1][3]:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
-    a, u = np.array(acc[False]), np.array(acc[True])
-    print(f"{args.data} {args.budget}: zo_grasp test {100 * a.mean():.1f}% ({100 * a.min():.1f}-{100 * a.max():.1f}), "
-          f"uniform {100 * u.mean():.1f}% ({100 * u.min():.1f}-{100 * u.max():.1f}), paired mean difference "
-          f"(uniform - zo_grasp) {100 * (u - a).mean():+.1f} points, uniform ahead in {int((u > a).sum())} of {len(a)} "
-          "seeds")
+    a = np.array(acc["zo_grasp"])
+    for plan in plans[1:]:
+        r = np.array(acc[plan])
+        diff = r - a
+        sem = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        print(f"{args.data} {args.budget}: {plan} {100 * r.mean():.1f}% ({100 * r.min():.1f}-{100 * r.max():.1f}) "
+              f"against zo_grasp without the box {100 * a.mean():.1f}% ({100 * a.min():.1f}-{100 * a.max():.1f}): "
+              f"paired mean difference {100 * diff.mean():+.1f} points (standard error {100 * sem:.1f}), "
+              f"ahead in {int((r > a).sum())} of {len(a)} seeds")
     return 0
 
 

@@ -1,6 +1,6 @@
 """benchmarks/recipe_bounds.py, whose twelve-seed numbers docs/training.md quotes: one seed at
-a small budget runs the recipe with and without the box, the boxed run on uniform ratios and the
-other on ZO-GraSP's, each within the budget, and prints the paired summary."""
+a small budget runs the recipe without the box, with it (ZO-GraSP inside it) and with it on uniform
+ratios, each within the budget, and prints the paired summaries."""
 
 from __future__ import annotations
 
@@ -23,13 +23,16 @@ def _load():
     return mod
 
 
-def test_one_seed_runs_both_plans_within_the_budget(capsys):
+def test_one_seed_runs_the_three_plans_within_the_budget(capsys):
     assert _load().main(["--data", "digits", "--budget", "3000", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
-    runs = re.findall(r"seed 0 ratios=(\w+)\s+nfev=(\d+) test=([0-9.]+)", out)
-    assert [r[0] for r in runs] == ["zo_grasp", "uniform"], out
+    runs = re.findall(r"seed 0 plan=([\w:]+)\s+nfev=(\d+) test=([0-9.]+)", out)
+    assert [r[0] for r in runs] == ["zo_grasp", "box:zo_grasp", "box:uniform"], out
     assert all(0 < int(n) <= 3000 and 0.0 <= float(t) <= 1.0 for _, n, t in runs), out
-    assert re.search(r"uniform ahead in [01] of 1 seeds", out), out
+    # ZO-GraSP's 2 * 193 queries made in the box as without it; the uniform plan makes none of them
+    assert runs[0][1] == runs[1][1] and int(runs[2][1]) <= int(runs[0][1]) - 2 * 193 + 30, out  # (+ train's check)
+    for plan in ("box:zo_grasp", "box:uniform"):
+        assert re.search(rf"{plan} .*paired mean difference [+-][0-9.]+ points .*ahead in [01] of 1 seeds", out), out
 
 
 def test_a_budget_or_seeds_out_of_range_is_refused_naming_the_flag(capsys):

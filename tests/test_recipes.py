@@ -474,25 +474,23 @@ class BoxedSoftmax(Softmax):
         return f
 
 
-def test_short_budget_with_bounds_splits_by_uniform_ratios_and_trains_inside_the_box():
-    """ZO-GraSP's Gaussian queries leave a box: with ``bounds`` the recipe keeps the same coordinates a
-    step, spread by uniform ratios (no queries), and spends ZO-GraSP's queries on steps."""
+def test_short_budget_with_bounds_keeps_zo_grasp_and_trains_inside_the_box():
+    """With ``bounds`` the plan is the one without (ZO-GraSP's split and all) plus the box, and train runs
+    ZO-GraSP inside it (Rademacher directions): every query in the box, ZO-GraSP's 2 * 193 among them."""
     X, y = _data()
     batches = zo.Minibatches((X, y), 40, seed=0)
     p0 = np.full(35, 0.01)
     free = zo.recipes.short_budget(Softmax(), p0, 600, batches=batches, coordinates=8, lr=0.1)
     kw = zo.recipes.short_budget(Softmax(), p0, 600, batches=batches, coordinates=8, lr=0.1, bounds=(-0.5, 0.5))
-    assert (free["ratios"], kw["ratios"], kw["bounds"]) == ("zo_grasp", "uniform", (-0.5, 0.5))
-    assert "grasp_directions" not in kw and kw["sparsity"] == free["sparsity"] == pytest.approx(1 - 8 / 33)
+    assert kw.pop("bounds") == (-0.5, 0.5) and kw["ratios"] == "zo_grasp"
+    assert {k: v for k, v in kw.items() if k != "optimizer"} == {k: v for k, v in free.items() if k != "optimizer"}
+    assert kw["optimizer"].config == free["optimizer"].config
     per_step = 8 + 2 + 1  # 8 sampled weights, the 2 dense scalars, the base point
-    assert free["max_queries"] == 2 * 193 + (600 - 2 * 193) // per_step * per_step
-    assert kw["max_queries"] == 600 // per_step * per_step  # (no ZO-GraSP: its queries are steps)
+    assert kw["max_queries"] == 2 * 193 + (600 - 2 * 193) // per_step * per_step
     hw = BoxedSoftmax(-0.5, 0.5)
-    res = zo.train(hw, p0, batches=batches, rng=0, progress=False, **kw)  # (a query outside raises)
+    res = zo.train(hw, p0, batches=batches, rng=0, progress=False, bounds=(-0.5, 0.5), **kw)  # (outside raises)
     assert res.nfev == hw.queries == kw["max_queries"] and res.history.column("nfev").tolist() == [per_step] * res.steps
     assert Softmax.loss(res.params, X, y) < 0.9 * Softmax.loss(p0, X, y)
-    with pytest.raises(zo.ArgumentError, match="`bounds` with ratios='zo_grasp'.*short_budget"):
-        zo.train(BoxedSoftmax(-0.5, 0.5), p0, batches=batches, bounds=(-0.5, 0.5), progress=False, **free)
 
 
 def test_short_budget_with_bounds_where_zo_grasp_makes_no_query_is_the_recipe_with_bounds():
@@ -510,13 +508,10 @@ def test_short_budget_with_bounds_where_zo_grasp_makes_no_query_is_the_recipe_wi
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(grasp_directions=8), r"`grasp_directions` sets ZO-GraSP's split, which `bounds` replaces with "
-                               r"ratios='uniform'"),
-    (dict(fill_small_blocks=True), r"`fill_small_blocks` sets ZO-GraSP's split"),
     (dict(bounds=(1.0, 0.0)), r"`bounds`: lo\[0\] = 1.0 is above hi\[0\] = 0.0"),
     (dict(bounds=(0.0, [1.0, 1.0])), r"`bounds`: hi must be .* shape \(35,\)"),
 ])
-def test_short_budget_with_bounds_refuses_zo_grasps_settings_and_a_bad_box(kwargs, match):
+def test_short_budget_with_bounds_refuses_a_bad_box(kwargs, match):
     kwargs = dict(dict(bounds=(-1.0, 1.0), batches=zo.Minibatches(_data(), 40, seed=0), coordinates=8), **kwargs)
     with pytest.raises(zo.ArgumentError, match=match):
         zo.recipes.short_budget(Softmax(), np.zeros(35), 900, **kwargs)
