@@ -109,6 +109,9 @@ def test_coordinate_losses_narrower_than_the_plain_call_are_warned_about():
     assert np.max(np.abs(got - want)) > 0.5
 
 
+# (the bfloat16 losses' differences at mu = 5e-3 lie within their rounding, which train's flat-epoch
+# warning says too, since estimates are judged 0 to within the losses' rounding: a second true warning)
+@pytest.mark.filterwarnings("ignore:train. every gradient estimate of epoch 0 .2 steps. was 0 to within")
 def test_train_and_zo_grasp_warn_of_a_bfloat16_batch_beside_a_float32_plain_call():
     """Both estimate through estimate_gradient: CGE steps in train, two RGEs in zo_grasp."""
     oracle = _oracle(_plain("numpy"), _narrow("bfloat16"))
