@@ -16,6 +16,7 @@ import tempfile
 import threading
 import zipfile
 from dataclasses import asdict, dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import warnings
@@ -27,7 +28,7 @@ with warnings.catch_warnings():  # phiml warns at its own import; `-W error` mad
                             category=DeprecationWarning)
     from phi import math as pm
     from phi.field import StaggeredGrid
-    from phi.geom import Box, Sphere
+    from phi.geom import Box, Sphere, UniformGrid
     from phi.physics import advect, diffuse, fluid
 
 from zoracle._errors import ArgumentError, ZoracleError, user_stacklevel, warn
@@ -53,6 +54,36 @@ MAX_SUBSTEPS = 1000
 
 
 _ONE_SIMULATION = ForkSafeLock(threading.RLock)  # see WakeFlow.simulate
+
+#: whether the NumPy solver reuses one grid (its faces computed once) per flow; off, it builds the
+#: template anew each call as PhiFlow alone would (the tests compare the two bit for bit)
+_REUSE_GRID = True
+
+
+class _FacesOnce(UniformGrid):
+    """A ``UniformGrid`` that computes its faces once.
+
+    PhiFlow 3.4's ``UniformGrid.faces`` rebuilds the staggered face grids on each access, and
+    each staggered ``Field`` built reads them for its shape check: dozens of times a solver
+    step, about a quarter of a step's time on the 8x16 and 32x64 grids. A grid is a frozen dataclass, so
+    the faces it computed once are the ones it would compute again."""
+
+    @cached_property
+    def faces(self):
+        return super().faces
+
+
+@lru_cache(maxsize=8)
+def _numpy_template(flow: "WakeFlow", precision: int):
+    """``flow._phi()`` on a grid that keeps its faces, built once per flow (its grid, domain,
+    boundaries and obstacle: every field of the frozen ``WakeFlow``) and precision."""
+    template, obstacle = flow._phi()
+    grid = template.geometry
+    with pm.NUMPY:
+        kept = _FacesOnce(grid.resolution, grid.bounds)
+    if kept != grid:  # PhiFlow's grid equality: a changed UniformGrid would not be taken silently
+        raise AssertionError(f"the reused grid {kept} differs from PhiFlow's {grid}")
+    return template.with_geometry(kept), obstacle
 
 
 class SimulationError(ZoracleError, FloatingPointError):
@@ -362,7 +393,10 @@ class WakeFlow:
         return self.to_phi(take(cat(parts_x), inv), take(cat(parts_y), inv), template)
 
     def _loop(self, vx, vy, nu, groups, steps, correct, record, start, check, is_torch):
-        template, obstacle = self._phi()
+        if _REUSE_GRID and not is_torch:
+            template, obstacle = _numpy_template(self, pm.get_precision())
+        else:
+            template, obstacle = self._phi()
         # the backward pass's pressure solve (first-order training, fit_differentiable) to the relative
         # tolerance alone: the loss gradient reaching it is about as small as the absolute one (a mean
         # over faces, ~1e-5), with which its CG stopped early (partials 2-28% off). A tol below what

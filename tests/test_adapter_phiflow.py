@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 import warnings
 
 import numpy as np
@@ -832,3 +833,50 @@ def test_a_cache_write_that_fails_keeps_the_trajectories_and_leaves_no_partial_f
     assert not got.cached and got.path == ""
     assert np.array_equal(got.vx, want.vx) and np.array_equal(got.vy, want.vy)
     assert list((tmp_path / "full").iterdir()) == []  # no partial file left
+
+
+def _plain_and_reused(monkeypatch, run):
+    """``run()`` with the NumPy solver building its grid anew each call (as PhiFlow alone does) and
+    with the grid it keeps per flow (faces computed once)."""
+    sim = sys.modules[pf.WakeFlow.__module__]  # the solver's module (not adapters._phiflow_sim, a second copy)
+    monkeypatch.setattr(sim, "_REUSE_GRID", False)
+    plain = run()
+    monkeypatch.setattr(sim, "_REUSE_GRID", True)
+    return plain, run()
+
+
+def test_the_kept_grid_gives_the_plain_solvers_states_and_losses_bit_for_bit(reference, monkeypatch):
+    # every batch entry's own diffusion sub-steps (Re 20 and 500 differ), one entry and several
+    flow = pf.WakeFlow(nx=16, ny=32)
+    runs = [(1, [150.0]), (3, [20.0, 500.0, 150.0])]
+    plain, kept = _plain_and_reused(monkeypatch, lambda: [
+        flow.simulate(*flow.initial(b), re, 2, record=True) for b, re in runs])
+    for p, k in zip(plain, kept):
+        for a, b in zip(p, k):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    # the oracle's losses: plain calls, a batch and coordinate losses, unrolled through 2 steps
+    net = pf.correction_net(channels=3, kernel=3, seed=1, out_scale=1.0)
+    p = pf.flat_params(net)
+    P = p + 0.05 * np.random.default_rng(0).standard_normal((3, p.size))
+    oracle = pf.SolverInTheLoop(TINY.coarsened(2), net, reference, unroll=2).bind(np.array([[0, 0], [1, 2]]))
+    plain, kept = _plain_and_reused(monkeypatch, lambda: np.concatenate([
+        [oracle(p)], oracle.batch(P), np.ravel(oracle.coordinate_losses(p, np.array([0, p.size - 1]), 1e-2))]))
+    assert plain.tobytes() == kept.tobytes()
+
+
+def test_the_kept_grid_is_rebuilt_for_another_grid_or_obstacle(monkeypatch):
+    sim = sys.modules[pf.WakeFlow.__module__]
+
+    base = pf.WakeFlow(nx=8, ny=16)
+    others = [pf.WakeFlow(nx=16, ny=16), pf.WakeFlow(nx=8, ny=16, center=(40.0, 70.0)),
+              pf.WakeFlow(nx=8, ny=16, radius=7.0), pf.WakeFlow(nx=8, ny=16, height=160.0)]
+    template, obstacle = sim._numpy_template(base, 32)
+    assert sim._numpy_template(pf.WakeFlow(nx=8, ny=16), 32)[0] is template  # an equal flow reuses it
+    for flow in others:
+        t, o = sim._numpy_template(flow, 32)
+        plain_t, plain_o = flow._phi()
+        assert t is not template and t.geometry == plain_t.geometry and o == plain_o
+    # simulating one flow after the other gives each its own plain result
+    for flow in [base] + others:
+        plain, kept = _plain_and_reused(monkeypatch, lambda: flow.simulate(*flow.initial(2), [150.0, 300.0], 1))
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(plain, kept))
