@@ -32,7 +32,6 @@ import numpy as np
 
 from ._backend import to_numpy
 from ._errors import ArgumentError, short_repr
-from ._pruning import inward
 
 __all__ = ["Box", "check_bounds", "grasp_box"]
 
@@ -108,6 +107,17 @@ def as_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def inward(bound, dtype, d: int, up: bool) -> np.ndarray:
+    """``bound`` (a scalar or d values) in ``dtype``, rounded to the nearest value inside the box where the
+    cast rounds it out (``up``: a lower bound, moved up)."""
+    b64 = np.broadcast_to(np.asarray(bound, dtype=np.float64), (d,))
+    with np.errstate(over="ignore"):
+        b = b64.astype(dtype)
+    out = b.astype(np.float64) < b64 if up else b.astype(np.float64) > b64
+    b[out] = np.nextafter(b[out], dtype.type(np.inf if up else -np.inf))
+    return b
+
+
 class Box:
     """A run's bounds and the box each ``mu`` shrinks them to, in the params' dtype and backend."""
 
@@ -125,13 +135,10 @@ class Box:
         upper where the box is narrower than the queries need)."""
         t = self.dtype.type
         m = t(mu)
-        with np.errstate(over="ignore"):  # (1e300 in float32 params: inf, then the largest float32 below)
-            lo, hi = self.lo.astype(self.dtype), self.hi.astype(self.dtype)
         # the params' dtype rounds a bound to the nearest value, perhaps outside it: the one inside instead
-        up = lo.astype(np.float64) < self.lo
-        lo[up] = np.nextafter(lo[up], t(np.inf))
-        down = hi.astype(np.float64) > self.hi
-        hi[down] = np.nextafter(hi[down], t(-np.inf))
+        # (1e300 in float32 params: inf, then the largest float32 below)
+        d = self.lo.shape[0]
+        lo, hi = inward(self.lo, self.dtype, d, up=True), inward(self.hi, self.dtype, d, up=False)
         upper = hi - m
         for _ in range(4):  # (one unit in the last place moves it in: a loop for safety only)
             out = upper + m > hi

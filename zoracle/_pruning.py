@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._backend import real_numpy, to_numpy
+from ._bounds import inward
 from ._errors import ArgumentError, OracleError, check_flag, config_hint, told, user_stacklevel, warn
 from ._estimators import RGE, as_generator, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
@@ -252,17 +253,6 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
             keep[s] = True
         scores[~keep] = 0.0
     return scores
-
-
-def inward(bound, dtype, d: int, up: bool) -> np.ndarray:
-    """``bound`` (a scalar or d values) in ``dtype``, rounded to the nearest value inside the box where the
-    cast rounds it out (``up``: a lower bound, moved up)."""
-    b64 = np.broadcast_to(np.asarray(bound, dtype=np.float64), (d,))
-    with np.errstate(over="ignore"):
-        b = b64.astype(dtype)
-    out = b.astype(np.float64) < b64 if up else b.astype(np.float64) > b64
-    b[out] = np.nextafter(b[out], dtype.type(np.inf if up else -np.inf))
-    return b
 
 
 def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: int, bounds) -> np.ndarray:
