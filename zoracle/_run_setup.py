@@ -377,7 +377,7 @@ def array_keep(ratios, scored, sparsity, n_scored):
 def grasp_scores(ratios, sparsity, scored, n_scored, epochs, checkpoint) -> bool:
     """Whether :func:`choose_keep` queries ZO-GraSP for a sparse run's keep ratios: ``ratios="zo_grasp"``
     with more than one scored block, a split that keeps some but not all of their weights, and a step to
-    draw a mask for or a checkpoint to keep the ratios in (``train(bounds=...)`` refuses only then)."""
+    draw a mask for or a checkpoint to keep the ratios in."""
     if not (isinstance(ratios, str) and ratios == "zo_grasp") or len(scored) < 2:
         return False
     return 0 < round((1 - sparsity) * n_scored) < n_scored and not (epochs == 0 and checkpoint is None)
