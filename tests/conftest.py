@@ -22,7 +22,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Everything the suite and the processes it starts put in the temporary directory (Dask's
 # dask-scratch-space, worker files, tmp_path) lands in this session directory, removed at the
 # end: TMPDIR is inherited by every subprocess and worker. Short, for Unix socket paths.
-_SESSION_TMP = tempfile.mkdtemp(prefix="zt-", dir=tempfile.gettempdir())
+# pytest-xdist's workers inherit the controller's TMPDIR: each puts its own directory beside the
+# controller's, not inside it (Ray's socket paths under a nested one passed 107 bytes).
+_PREVIOUS_PARENT = os.environ.get("ZORACLE_TEST_TMP_PARENT")
+_PARENT = _PREVIOUS_PARENT or tempfile.gettempdir()
+os.environ["ZORACLE_TEST_TMP_PARENT"] = _PARENT
+_SESSION_TMP = tempfile.mkdtemp(prefix="zt-", dir=_PARENT)
 _PREVIOUS_TMPDIR = os.environ.get("TMPDIR")
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # recomputed from TMPDIR on next use
@@ -44,6 +49,8 @@ def pytest_unconfigure(config):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    if _PREVIOUS_PARENT is None:
+        os.environ.pop("ZORACLE_TEST_TMP_PARENT", None)
     if _PREVIOUS_TMPDIR is None:
         os.environ.pop("TMPDIR", None)
     else:
@@ -105,10 +112,31 @@ def _naming_arg(config, nodeid: str):
     return None
 
 
+def _slow_args(config) -> list:
+    """The command line's test ids that named a slow test this process deselected."""
+    return list(dict.fromkeys(a for a in (_naming_arg(config, item.nodeid) for item in _DESELECTED_SLOW) if a))
+
+
+_SLOW_ARGS_OF_WORKERS: list = []
+
+
+def pytest_sessionfinish(session):
+    """In a pytest-xdist worker (which collects, and so deselects, where the controller does not):
+    hand the controller the ids for its summary."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["zoracle_slow_args"] = _slow_args(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _SLOW_ARGS_OF_WORKERS.extend(getattr(node, "workeroutput", {}).get("zoracle_slow_args", ()))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """A slow test named by its id (``pytest tests/x.py::test_y``) was deselected by pyproject's
     ``-m 'not slow'`` with only "1 deselected" to show for it: say how to run it."""
-    args = dict.fromkeys(a for a in (_naming_arg(config, item.nodeid) for item in _DESELECTED_SLOW) if a)
+    args = dict.fromkeys(_slow_args(config) + _SLOW_ARGS_OF_WORKERS)
     if args and config.option.markexpr == "not slow":
         terminalreporter.write_line(
             f"{', '.join(args)}: marked slow, which the default run leaves out (pyproject's addopts "

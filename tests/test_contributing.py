@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_changelog import name_problems
 from test_docs_links import FENCE, SCRIPT, accepted_flags, prose
 
@@ -87,8 +89,10 @@ def _pytest_problems(args: list) -> list:
     bad, i = [], 0
     while i < len(args):
         a = args[i]
-        if a in ("-m", "-k", "-p"):
+        if a in ("-m", "-k", "-p", "-n"):
             value = args[i + 1]
+            if a == "-n" and not (value.isdigit() or value in ("auto", "logical")):
+                bad.append(f"-n {value}: pytest-xdist takes a number of processes, auto or logical")
             if a == "-m":
                 bad += _marker_problems(value)
             elif a == "-p" and not value.startswith("no:") and not (ROOT / "tests" / f"{value}.py").is_file():
@@ -209,7 +213,7 @@ python -m pytest -q -m slow tests/test_changelog.py::test_the_checks_see_a_chang
 HYPOTHESIS_PROFILE=dev python -m pytest -q tests/test_estimators.py -k central
 mkdocs build --strict
 zoracle bench --quick
-PYTHONPATH=tests python -m pytest -q -p leakcheck tests/test_changelog.py
+PYTHONPATH=tests python -m pytest -q -n 0 -p leakcheck tests/test_changelog.py
 ```
 """
 
@@ -237,6 +241,7 @@ def test_the_checks_see_a_contributing_page_that_went_wrong():
         "a command of an unknown kind": ("mkdocs build --strict", "make docs"),
         "a venv git does not ignore": ("venv .venv", "venv env/"),
         "a plugin": ("-p leakcheck", "-p leakchecks"),
+        "a process count": ("-n 0", "-n none"),
         "a folder on the path": ("PYTHONPATH=tests", "PYTHONPATH=test"),
         "another venv activated": ("activate", "activate.fish"),
     }
@@ -245,14 +250,16 @@ def test_the_checks_see_a_contributing_page_that_went_wrong():
         assert problems(GOOD.replace(old, new)), what
 
 
-def test_a_slow_test_named_by_its_id_says_how_to_run_it():
+@pytest.mark.parametrize("how", [["--collect-only"], ["-n", "2"], ["-n", "0"]], ids=["collect", "workers", "one-process"])
+def test_a_slow_test_named_by_its_id_says_how_to_run_it(how):
     """``pytest tests/x.py::test_slow`` deselected the test (pyproject's ``-m 'not slow'``) and
-    printed only "1 deselected": the run ends with the command that runs it."""
+    printed only "1 deselected": the run ends with the command that runs it. Also where
+    pytest-xdist's workers collect (and deselect) and the controller prints the summary."""
     name = "test_a_strictly_typed_user_script_type_checks_and_foreign_calls_are_refused"
     test = f"tests/test_packaging.py::{name}"
     source = (ROOT / "tests" / "test_packaging.py").read_text(encoding="utf-8")
     assert re.search(rf"@pytest\.mark\.slow.*\ndef {name}\(", source)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", test],
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", *how, test],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr[-2000:]  # nothing ran
     assert f"run it with: python -m pytest -m slow {test}" in out.stdout, out.stdout[-2000:]
