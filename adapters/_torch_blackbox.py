@@ -185,9 +185,12 @@ class BlackBox:
         q, mu = est.directions, est.mu
         gen = torch.Generator(device=x.device)
         gen.manual_seed(int(self._rng.integers(2**63)))
-        U = torch.randn((q, N, D), generator=gen, device=x.device, dtype=x.dtype)
-        if est.distribution == "sphere":
-            U = U / U.norm(dim=-1, keepdim=True)
+        if est.distribution == "rademacher":  # +-1, each with probability 1/2
+            U = torch.randint(0, 2, (q, N, D), generator=gen, device=x.device).to(x.dtype).mul_(2).sub_(1)
+        else:
+            U = torch.randn((q, N, D), generator=gen, device=x.device, dtype=x.dtype)
+            if est.distribution == "sphere":
+                U = U / U.norm(dim=-1, keepdim=True)
         if est.scheme == "forward":
             fp = self._phi((xf.unsqueeze(0) + mu * U).reshape((q * N,) + tuple(x.shape[1:])), context, q, grad_out)
             coef = (fp - phi0) / mu
@@ -229,7 +232,7 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
 
     - ``zo.RGE(mu, directions=q, distribution, scheme)``: ``q`` random directions per
       sample, ``g_n = (phi/q) sum_i [phi_n(x_n + mu u_i) - phi_n(x_n)] / mu * u_i``
-      (``phi = D`` for ``"sphere"``, 1 for ``"gaussian"``); ``q * N`` rows per backward
+      (``phi = D`` for ``"sphere"``, 1 for ``"gaussian"`` and ``"rademacher"``); ``q * N`` rows per backward
       (twice that for the central scheme).
     - ``zo.CGE(mu, scheme)``: one query per input coordinate and sample, ``D * N`` rows
       (``2 D N`` central); exact up to O(mu) / O(mu^2).

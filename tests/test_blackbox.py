@@ -59,7 +59,7 @@ def test_rge_backward_is_seeded_and_points_the_right_way():
         assert cosine(grads[0][n], want[n]) > 0.9
 
 
-@pytest.mark.parametrize("distribution", ["sphere", "gaussian"])
+@pytest.mark.parametrize("distribution", ["sphere", "gaussian", "rademacher"])
 def test_rge_backward_has_the_gradients_size_not_only_its_direction(distribution):
     """Halving RGE's scale (``D / q`` to ``D / 2q``) passed every test: they checked the direction
     (cosine) and that training goes down. On a linear black box RGE is unbiased: over many

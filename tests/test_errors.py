@@ -69,7 +69,7 @@ def test_bad_input_rejected_before_any_query(kwargs, message):
         (lambda: zo.CGE(scheme="backward"), "`scheme` must be one of 'forward', 'central'; got 'backward'"),
         (lambda: zo.RGE(directions=0), "`directions` must be an integer >= 1"),
         (lambda: zo.RGE(directions=2.5), "`directions`"),
-        (lambda: zo.RGE(distribution="uniform"), "'gaussian', 'sphere'"),
+        (lambda: zo.RGE(distribution="uniform"), "'gaussian', 'sphere', 'rademacher'"),
     ],
 )
 def test_estimator_hyperparameters_validated(make, message):
@@ -845,7 +845,7 @@ def test_snes_sigma_lr_momentum_and_schedule_values_beyond_int64_are_named_as_mu
     [
         (lambda: zo.CGE(scheme=np.array(["forward", "central"])), "`scheme` must be one of 'forward', 'central'"),
         (lambda: zo.RGE(scheme=np.array(["forward"])), "`scheme` must be one of 'forward', 'central'"),
-        (lambda: zo.RGE(distribution=np.array(["gaussian", "sphere"])), "`distribution` must be one of 'gaussian', 'sphere'"),
+        (lambda: zo.RGE(distribution=np.array(["gaussian", "sphere"])), "`distribution` must be one of 'gaussian', 'sphere', 'rademacher'"),
         (lambda: zo.RGE(shaping=np.array(["none", "ranks"])), "`shaping` must be one of 'none', 'ranks'"),
     ],
 )

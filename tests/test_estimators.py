@@ -326,10 +326,13 @@ def test_direction_rows_are_reused_bitwise_and_bounded():
     from zoracle import _plan
 
     def fresh(root, lo, hi, d, dist):
-        U = np.stack([np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(d) for i in range(lo, hi)])
+        gens = [np.random.Generator(np.random.Philox(key=[root, i])) for i in range(lo, hi)]
+        if dist == "rademacher":
+            return np.stack([np.where(g.random(d) < 0.5, -1.0, 1.0) for g in gens])
+        U = np.stack([g.standard_normal(d) for g in gens])
         return U / np.linalg.norm(U, axis=1, keepdims=True) if dist == "sphere" else U
 
-    for dist in ("gaussian", "sphere"):
+    for dist in ("gaussian", "sphere", "rademacher"):
         first = _plan.direction_block(11, 0, 6, 50, dist)
         again = _plan.direction_block(11, 2, 9, 50, dist)  # overlapping rows: served from the cache
         np.testing.assert_array_equal(first, fresh(11, 0, 6, 50, dist))

@@ -119,6 +119,7 @@ ESTIMATORS = {
     "sparse": (zo.CGE(mu=1e-4), np.arange(3, D, 3)),
     "rge": (zo.RGE(mu=1e-3, directions=23), None),
     "rge-sphere-central": (zo.RGE(mu=1e-3, directions=9, distribution="sphere", scheme="central"), None),
+    "rge-rademacher": (zo.RGE(mu=1e-3, directions=11, distribution="rademacher"), None),
     "snes": (zo.SNES(mu=1e-2, population=19), None),
 }
 

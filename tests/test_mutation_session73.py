@@ -169,7 +169,7 @@ def test_central_cge_runs_both_signs_in_one_call_where_that_makes_as_many_calls(
     assert all(sorted(set(cols)) == [j] for j, cols in enumerate(calls[1:]))  # coordinate j at +mu and -mu
 
 
-@pytest.mark.parametrize("distribution", ["gaussian", "sphere"])
+@pytest.mark.parametrize("distribution", ["gaussian", "sphere", "rademacher"])
 def test_central_rge_on_a_linear_fn_is_the_forward_estimate(distribution):
     """On a linear fn both schemes' difference quotients are <a, u> for the same directions (one rng):
     the central one's +mu and -mu rows, run in one call, give the forward estimate (to rounding)."""

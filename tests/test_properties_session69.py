@@ -316,8 +316,12 @@ def test_cge_is_the_textbook_difference_quotient_bit_for_bit(dtype, data, mu, sc
 
 
 def _philox_rows(root, n, d, distribution):
-    """The (n, d) directions: Philox rows, each divided by its norm (the (n, d) matrix's row norms) on the sphere."""
-    rows = np.stack([np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(d) for i in range(n)])
+    """The (n, d) directions: Philox rows, each divided by its norm (the (n, d) matrix's row norms) on the sphere;
+    Rademacher: -1 where the row's uniforms are below 1/2, else +1."""
+    gens = [np.random.Generator(np.random.Philox(key=[root, i])) for i in range(n)]
+    if distribution == "rademacher":
+        return np.stack([np.where(g.random(d) < 0.5, -1.0, 1.0) for g in gens]).reshape(n, d)
+    rows = np.stack([g.standard_normal(d) for g in gens])
     if distribution == "sphere":
         rows = rows / np.linalg.norm(rows, axis=1)[:, None]
     return rows
@@ -325,7 +329,7 @@ def _philox_rows(root, n, d, distribution):
 
 @FAST
 @given(root=st.integers(0, 2**63 - 1), q=st.integers(1, 9), d=st.integers(1, 40),
-       distribution=st.sampled_from(["gaussian", "sphere"]), rows_a_block=st.sampled_from([1, 2, 3, 1000]),
+       distribution=st.sampled_from(["gaussian", "sphere", "rademacher"]), rows_a_block=st.sampled_from([1, 2, 3, 1000]),
        data=st.data(), second=st.booleans())
 def test_rge_row_sums_are_the_matrix_products_of_the_philox_rows(root, q, d, distribution, rows_a_block, data, second):
     """``sum_i w_i u_i`` (and SNES's ``sum_i w_i (u_i^2 - 1)``) against the (q, d) matrix of the

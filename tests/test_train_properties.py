@@ -265,14 +265,15 @@ def _centred_ranks(v):
 
 
 @given(d=st.integers(1, 10), q=st.integers(1, 6), scheme=st.sampled_from(["forward", "central"]),
-       distribution=st.sampled_from(["gaussian", "sphere"]), shaping=st.sampled_from(["none", "ranks"]),
+       distribution=st.sampled_from(["gaussian", "sphere", "rademacher"]), shaping=st.sampled_from(["none", "ranks"]),
        batch=st.booleans(), threads=st.booleans(), seed=st.integers(0, 2**16))
 @settings(max_examples=60)
 def test_rge_is_the_textbook_average_over_the_queried_directions(pool, d, q, scheme, distribution, shaping, batch,
                                                                 threads, seed):
     """RGE over the directions the oracle was queried along (u = (point - x) / mu, recovered from
     the queries): phi / q * sum_i c_i u_i with c_i the forward or central difference quotient
-    (of centred ranks for shaping="ranks"), phi = d on the sphere; q + 1 or 2q + 1 queries."""
+    (of centred ranks for shaping="ranks"), phi = d on the sphere (Rademacher: |u_i| = 1 on every
+    coordinate); q + 1 or 2q + 1 queries."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=d)
     mu = 1e-2
@@ -308,6 +309,8 @@ def test_rge_is_the_textbook_average_over_the_queried_directions(pool, d, q, sch
     assert len(U) == q
     if distribution == "sphere":
         np.testing.assert_allclose(np.linalg.norm(U, axis=1), 1.0, rtol=1e-9)
+    if distribution == "rademacher":  # every coordinate moved by mu, up or down
+        np.testing.assert_allclose(np.abs(U), 1.0, rtol=1e-9)
     phi = d if distribution == "sphere" else 1.0
     np.testing.assert_allclose(g.grad, phi / q * (coef @ U), rtol=1e-8, atol=1e-8 * (1 + np.abs(coef).max() * d))
 

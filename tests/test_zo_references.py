@@ -119,7 +119,7 @@ class _Cubic:
 
 
 @given(d=st.integers(1, 6), data=st.data(), scheme=st.sampled_from(["forward", "central"]),
-       distribution=st.sampled_from(["gaussian", "sphere"]), mu=st.sampled_from([1e-2, 0.3, 1.0]),
+       distribution=st.sampled_from(["gaussian", "sphere", "rademacher"]), mu=st.sampled_from([1e-2, 0.3, 1.0]),
        seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=30)
 def test_rge_over_many_directions_is_the_smoothed_gradient_with_its_scaling(d, data, scheme, distribution, mu, seed):
@@ -127,7 +127,9 @@ def test_rge_over_many_directions_is_the_smoothed_gradient_with_its_scaling(d, d
     directions against the gradient of the smoothed cubic, in closed form. Gaussian
     directions, scale 1/q: ``E l(x + mu u)``, gradient ``b + 3 c (x^2 + mu^2)``. Directions on
     the unit sphere, scale d/q: the ball-smoothed ``E_{|v| <= 1} l(x + mu v)``, gradient
-    ``b + 3 c (x^2 + mu^2 / (d + 2))``. Forward and central alike (both are unbiased for the
+    ``b + 3 c (x^2 + mu^2 / (d + 2))``. Rademacher directions (+-1 entries), scale 1/q:
+    ``E l(x + mu u)`` over them, gradient ``b + 3 c (x^2 + mu^2 / 3)`` (``u_i^4 = 1`` where a
+    Gaussian's fourth moment is 3). Forward and central alike (both are unbiased for the
     smoothed gradient). Within 6 standard errors, measured on directions drawn here."""
     draw = lambda s: np.asarray(data.draw(st.lists(s, min_size=d, max_size=d)))  # noqa: E731
     c, b, x = draw(st.floats(-1, 1)), draw(st.floats(-2, 2)), draw(st.floats(-2, 2))
@@ -135,10 +137,13 @@ def test_rge_over_many_directions_is_the_smoothed_gradient_with_its_scaling(d, d
     q = 8_000
     est = zo.estimate_gradient(oracle, x, zo.RGE(mu=mu, directions=q, distribution=distribution, scheme=scheme),
                                rng=seed)
-    second = 1.0 if distribution == "gaussian" else 1.0 / (d + 2)  # E u_i^2 over N(0, I) or the unit ball
+    # phi E u_i^4 / 3: over N(0, I), the unit sphere (as E u_i^2 over the unit ball), +-1 entries
+    second = {"gaussian": 1.0, "sphere": 1.0 / (d + 2), "rademacher": 1.0 / 3}[distribution]
     want = b + 3 * c * (x ** 2 + mu ** 2 * second)
     # the spread of one direction's term, on directions of the same law drawn here
     U = np.random.default_rng(seed ^ 0x5EED).standard_normal((q, d))
+    if distribution == "rademacher":
+        U = np.sign(U)
     phi = 1.0
     if distribution == "sphere":
         U /= np.linalg.norm(U, axis=1, keepdims=True)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["RGE", "CGE", "SNES", "GradientEstimate", "estimate_gradient", "as_generator", "validate_params"]
 
 SCHEMES = ("forward", "central")
-DISTRIBUTIONS = ("gaussian", "sphere")
+DISTRIBUTIONS = ("gaussian", "sphere", "rademacher")
 SHAPINGS = ("none", "ranks")
 DEFAULT_BUDGET = 64 * 2**20
 _MAX_COUNT = np.iinfo(np.intp).max  # a count NumPy can size an array by (10**30 directions: ValueError deep inside)
@@ -97,10 +97,15 @@ class RGE:
     .. math::
         \hat g = \frac{\phi}{q}\sum_{i=1}^q \frac{l(\theta + \mu u_i) - l(\theta)}{\mu} u_i
 
-    with ``u_i ~ N(0, I)`` and ``phi = 1`` (``distribution="gaussian"``) or ``u_i`` uniform on
-    the unit sphere and ``phi = d`` (``"sphere"``). The central scheme uses
+    with ``u_i ~ N(0, I)`` and ``phi = 1`` (``distribution="gaussian"``), ``u_i`` uniform on
+    the unit sphere and ``phi = d`` (``"sphere"``), or ``u_i`` with entries +-1 each with
+    probability 1/2 and ``phi = 1`` (``"rademacher"``: SPSA's simultaneous perturbation, q
+    directions; ``E u u^T = I`` as for gaussian). The central scheme uses
     ``[l(theta + mu u) - l(theta - mu u)] / (2 mu)``. Unbiased for the gradient of the
-    Gaussian-smoothed loss ``E l(theta + mu u)`` (gaussian), biased for ``l`` itself.
+    Gaussian-smoothed loss ``E l(theta + mu u)`` (gaussian), biased for ``l`` itself; all three
+    are unbiased on a linear loss (``phi E u u^T = I``). A Rademacher query moves every
+    coordinate by exactly ``mu``, never more, which is what a box needs: ``train(bounds=...)``
+    takes it as it takes the sphere (Gaussian steps have no bound).
     Queries: ``q + 1`` (forward) or ``2q + 1`` (central, counting the base value).
 
     The division is by ``mu``, not by the step the parameters' floats take: in float32, far

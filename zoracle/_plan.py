@@ -382,9 +382,17 @@ def direction_block(root: int, lo: int, hi: int, d: int, distribution: str, xp=n
         # drawn straight into the block (a row drawn beside it, then copied, took 2x float32 params
         # more at d = 1e7); a copy is cached only where the cache would keep it
         row = U[r]
-        np.random.Generator(np.random.Philox(key=[root, i])).standard_normal(out=row)
-        if distribution == "sphere":
-            row /= np.linalg.norm(row[None, :], axis=1)[0]  # the reduction the (n, d) block used
+        gen = np.random.Generator(np.random.Philox(key=[root, i]))
+        if distribution == "rademacher":
+            # +-1 each with probability 1/2, in place: uniforms k / 2**53 below 1/2 (2**52 of them) give -1,
+            # the other 2**52 (1/2 itself included, whose difference is +0.0) +1
+            gen.random(out=row)
+            row -= 0.5
+            np.copysign(1.0, row, out=row)
+        else:
+            gen.standard_normal(out=row)
+            if distribution == "sphere":
+                row /= np.linalg.norm(row[None, :], axis=1)[0]  # the reduction the (n, d) block used
         if _ROWS.fits(key, row.nbytes):
             _ROWS.put(key, i, row.copy())
     return xp.asarray(U, dtype=dtype)
