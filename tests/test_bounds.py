@@ -182,11 +182,14 @@ class Counted:
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(estimator=zo.RGE(directions=2)), r"`bounds` with estimator=RGE.*estimator=zo.CGE.*distribution=\"sphere\""),
+    (dict(estimator=zo.RGE(directions=2)),
+     r"`bounds` with estimator=RGE.*estimator=zo.CGE.*distribution=\"sphere\".*distribution=\"rademacher\""),
     (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="sphere")),
      r"narrower than 2 \* mu = 0.01.*RGE's directions on the unit sphere.*zo.RGE\(mu=...\)"),
     (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="sphere", scheme="central")),
      r"narrower than 2 \* mu = 0.01"),
+    (dict(bounds=(0.0, 0.008), estimator=zo.RGE(distribution="rademacher")),
+     r"narrower than 2 \* mu = 0.01.*RGE's Rademacher directions step by mu either way.*zo.RGE\(mu=...\)"),
     (dict(estimator=zo.SNES(population=4)), r"`bounds` with estimator=SNES.*estimator=zo.CGE"),
     (dict(bounds=(0.0, 0.004)), r"narrower than mu = 0.005.*lower `mu`"),
     (dict(bounds=(0.0, 0.008), estimator=zo.CGE(scheme="central")), r"narrower than 2 \* mu = 0.01"),
@@ -494,11 +497,12 @@ def test_a_float32_torch_oracle_given_float64_params_is_queried_inside_the_box()
     np.testing.assert_array_equal(fast.params, ref.params)
 
 
-def textbook_sphere_rge(f, x0, lo, hi, mu, q, central, lr, steps, seed):
+def textbook_sphere_rge(f, x0, lo, hi, mu, q, central, lr, steps, seed, distribution="sphere"):
     """Projected gradient descent with the textbook RGE on the unit sphere, its directions drawn as
     zoracle documents (step t's from ``default_rng([root, 1, t])``, direction i from Philox keyed by
     ``(that generator's draw, i)``), the params clipped into [lo + mu, hi - mu] at the start and after each
-    step (a unit direction steps by up to mu either way on each coordinate, forward or central)."""
+    step (a unit direction steps by up to mu either way on each coordinate, forward or central). Rademacher:
+    direction i's entries -1 where that Philox generator's uniforms are below 1/2, else +1, and phi = 1."""
     d = x0.size
     root = int(np.random.default_rng(seed).integers(2**63))
     x = np.clip(x0, lo + mu, hi - mu)
@@ -507,35 +511,45 @@ def textbook_sphere_rge(f, x0, lo, hi, mu, q, central, lr, steps, seed):
         f0 = f(x)
         g = np.zeros(d)
         for i in range(q):
-            u = np.random.Generator(np.random.Philox(key=[key, i])).standard_normal(d)
-            u /= np.linalg.norm(u)
+            gen = np.random.Generator(np.random.Philox(key=[key, i]))
+            if distribution == "rademacher":
+                u = np.where(gen.random(d) < 0.5, -1.0, 1.0)
+            else:
+                u = gen.standard_normal(d)
+                u /= np.linalg.norm(u)
             diff = f(x + mu * u) - f(x - mu * u) if central else f(x + mu * u) - f0
             g += diff / (2 * mu if central else mu) * u
-        x = np.clip(x - lr * (d / q) * g, lo + mu, hi - mu)
+        phi = d if distribution == "sphere" else 1.0
+        x = np.clip(x - lr * (phi / q) * g, lo + mu, hi - mu)
     return x
 
 
+@pytest.mark.parametrize("distribution", ["sphere", "rademacher"])
 @pytest.mark.parametrize("scheme", ["forward", "central"])
-def test_sphere_rge_against_a_wall_queries_only_inside_and_equals_the_textbook_projected_loop(scheme):
+def test_sphere_rge_against_a_wall_queries_only_inside_and_equals_the_textbook_projected_loop(scheme, distribution):
     lo, hi = np.array([0.0, -1.0, 0.5]), np.array([5.0, 0.25, 2.0])
     target = np.array([7.0, 1.0, -3.0])  # outside the box on every coordinate: the run ends against its walls
     x0 = np.array([4.99, 0.2, 0.5])  # within mu of hi on coordinate 0, on lo on coordinate 2: moved in
     mu, lr, steps = 0.05, 0.02, 60
     hw = Hardware(lo, hi, target)
-    est = zo.RGE(mu=mu, directions=3, distribution="sphere", scheme=scheme)
-    res = zo.train(hw, x0, epochs=steps, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), rng=7,
-                   progress=False)
+    est = zo.RGE(mu=mu, directions=3, distribution=distribution, scheme=scheme)
+    with warnings.catch_warnings():  # (Rademacher from x0 on a 0.05 grid: every query on it, a loss on a grid)
+        warnings.filterwarnings("ignore", "estimate_gradient: the oracle's losses are multiples", UserWarning)
+        res = zo.train(hw, x0, epochs=steps, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), rng=7,
+                       progress=False)
     assert res.steps == steps
-    ref = textbook_sphere_rge(Hardware(lo, hi, target), x0, lo, hi, mu, 3, scheme == "central", lr, steps, 7)
+    ref = textbook_sphere_rge(Hardware(lo, hi, target), x0, lo, hi, mu, 3, scheme == "central", lr, steps, 7,
+                              distribution)
     np.testing.assert_allclose(res.params, ref, rtol=0, atol=1e-12)
     assert res.params[2] == lo[2] + mu  # the wall held the run (coordinate 2's pull is the strongest)
     pts = np.array(hw.points)
     assert pts[:, 0].max() > hi[0] - mu and pts[:, 2].min() < lo[2] + mu  # queried past the shrunk box
 
 
+@pytest.mark.parametrize("distribution", ["sphere", "rademacher"])
 @given(case=box_cases, log_mu=st.floats(-5, -1), central=st.booleans(), q=st.integers(1, 4),
        float32=st.booleans(), lr=st.floats(0.01, 2.0))
-def test_no_sphere_rge_query_leaves_the_box(case, log_mu, central, q, float32, lr):
+def test_no_sphere_rge_query_leaves_the_box(distribution, case, log_mu, central, q, float32, lr):
     lo_l, extra, where, target = case
     mu = 10.0 ** log_mu
     lo = np.array(lo_l)
@@ -545,7 +559,7 @@ def test_no_sphere_rge_query_leaves_the_box(case, log_mu, central, q, float32, l
     x0 = np.where(x0 < lo, np.nextafter(x0, dtype(np.inf)), x0).astype(dtype)
     x0 = np.where(x0 > hi, np.nextafter(x0, dtype(-np.inf)), x0).astype(dtype)
     hw = Hardware(lo, hi, target)
-    est = zo.RGE(mu=mu, directions=q, distribution="sphere", scheme="central" if central else "forward")
+    est = zo.RGE(mu=mu, directions=q, distribution=distribution, scheme="central" if central else "forward")
     try:
         res = zo.train(hw, x0, epochs=6, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), progress=False,
                        rng=0)
@@ -557,7 +571,8 @@ def test_no_sphere_rge_query_leaves_the_box(case, log_mu, central, q, float32, l
     assert ((res.params - m >= lo) & (res.params + m <= hi)).all()
 
 
-def test_sphere_rge_through_a_batch_oracle_an_executor_a_float32_model_and_ask_tell_stays_inside():
+@pytest.mark.parametrize("distribution", ["sphere", "rademacher"])
+def test_sphere_rge_through_a_batch_oracle_an_executor_a_float32_model_and_ask_tell_stays_inside(distribution):
     from zoracle.executors import ThreadPool
 
     class Float32Model(Hardware):
@@ -570,7 +585,7 @@ def test_sphere_rge_through_a_batch_oracle_an_executor_a_float32_model_and_ask_t
     lo, hi = np.array([0.0, -1.0, 0.5, 0.0]), np.array([1.0, 0.0, 2.0, 3.0])
     target = [3, 3, -3, 1]
     kw = dict(epochs=12, optimizer=zo.adam(0.2), bounds=(lo, hi), progress=False, rng=3,
-              estimator=zo.RGE(mu=0.01, directions=5, distribution="sphere", scheme="central"))
+              estimator=zo.RGE(mu=0.01, directions=5, distribution=distribution, scheme="central"))
     x0 = np.array([1.0, -1.0, 2.0, 1.5])  # on the walls
     plain = zo.train(Hardware(lo, hi, target), x0, **kw)
     fast = FastHardware(lo, hi, target)  # (its batch is what RGE uses)

@@ -8,13 +8,14 @@ optimizer's step (a clip after each update) and the plain estimate at the clippe
 
 RGE with ``distribution="sphere"`` queries ``x + mu u`` (and ``x - mu u``, central) with ``u`` a unit
 vector: each coordinate steps by ``mu |u_i| <= mu``, either way whatever the scheme, so its params are kept
-in ``[lo + mu, hi - mu]``. The bound holds in floating point too: ``|g_i| <= ||g||`` as NumPy computes the
+in ``[lo + mu, hi - mu]``. With ``distribution="rademacher"`` each ``u_i`` is +-1: every coordinate steps by
+exactly ``mu`` either way (``dtype(mu) * u_i`` is ``+-dtype(mu)`` exactly), and the same box keeps it. The bound holds in floating point too: ``|g_i| <= ||g||`` as NumPy computes the
 norm (a sum of the rounded squares, each at most the sum, whose square root rounds to at least ``|g_i|``;
 an underflow would need every entry of the standard normal ``g`` below 1e-154), so ``g_i / ||g||``, its rounding to the params' dtype and ``dtype(mu) * u_i`` are at most 1 and ``dtype(mu)``
 in size, and a query rounds to no farther out than ``(hi - mu) + mu``. Gaussian directions (of any
-length) and SNES's samples have no such bound; ZO-GraSP inside a box (``zo_grasp(bounds=...)``) uses
-Rademacher directions instead, each coordinate stepping by exactly ``mu`` from points kept in
-``[lo + mu, hi - mu]`` (``grasp_box`` gives it the sides in the queries' dtype).
+length) and SNES's samples have no such bound; ZO-GraSP inside a box (``zo_grasp(bounds=...)``) estimates
+with Rademacher RGE from points kept in ``[lo + mu, hi - mu]`` (``grasp_box`` gives it the sides rounded
+inwards in the queries' dtype, ``Box.sides`` the shrunk box).
 
 The shrunk box is computed in the params' dtype, the way the estimators form a query
 (``x + dtype(mu)``): ``hi - mu`` rounded up could put ``(hi - mu) + mu`` one unit in the last place past
@@ -34,6 +35,9 @@ from ._backend import to_numpy
 from ._errors import ArgumentError, short_repr
 
 __all__ = ["Box", "check_bounds", "grasp_box"]
+
+#: RGE's distributions whose queries a box keeps: each coordinate steps by at most ``mu`` either way
+BOXED = ("sphere", "rademacher")
 
 
 def _side(value, d: int, name: str, fill: float) -> np.ndarray:
@@ -121,12 +125,12 @@ def inward(bound, dtype, d: int, up: bool) -> np.ndarray:
 class Box:
     """A run's bounds and the box each ``mu`` shrinks them to, in the params' dtype and backend."""
 
-    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool, store=None, sphere: bool = False):
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, dtype, xp, central: bool, store=None, rge: str = ""):
         # dtype: the float the queries are formed in (the params', or an oracle's narrower compute_dtype);
         # store: the params' own, which project() returns; central: the queries step by up to mu either way
-        # (central CGE, or RGE on the sphere: sphere names it in the messages)
-        self.lo, self.hi, self.dtype, self.xp, self.central = lo, hi, np.dtype(dtype), xp, central or sphere
-        self.sphere = sphere
+        # (central CGE, or RGE, whose directions step either way: rge, its distribution, names it in the messages)
+        self.lo, self.hi, self.dtype, self.xp, self.central = lo, hi, np.dtype(dtype), xp, central or bool(rge)
+        self.rge = rge
         self.store = np.dtype(dtype if store is None else store)
         self._shrunk: dict = {}  # mu -> (lower, upper) as xp arrays of the params' dtype
 
@@ -165,7 +169,8 @@ class Box:
         i = int(narrow[0])
         need = "2 * mu" if self.central else "mu"
         queries = ("RGE's directions on the unit sphere step by up to mu either way on each coordinate"
-                   if self.sphere else f"{'central' if self.central else 'forward'} CGE queries params "
+                   if self.rge == "sphere" else "RGE's Rademacher directions step by mu either way on each coordinate"
+                   if self.rge else f"{'central' if self.central else 'forward'} CGE queries params "
                    f"{'+-' if self.central else '+'} mu on each coordinate")
         head = (f"`bounds`: the box at index {i}, [{float(self.lo[i])!r}, {float(self.hi[i])!r}], is narrower than "
                 f"{need} = {(2 if self.central else 1) * float(mu):g}{where} ({len(narrow)} such coordinate"
@@ -177,7 +182,7 @@ class Box:
                 f"{head}lo[{j}] == hi[{j}] = {float(self.lo[j])!r} pins that parameter, which no step may move: "
                 "leave pinned parameters out of `params` (a constant inside the loss), or give them a range")
         fix = ("lower the `mu` schedule's values" if where else
-               f"lower `mu` (estimator=zo.{'RGE' if self.sphere else 'CGE'}(mu=...))")
+               f"lower `mu` (estimator=zo.{'RGE' if self.rge else 'CGE'}(mu=...))")
         raise ArgumentError(f"{head}{fix} or widen the box")
 
     def project(self, params, mu: float):
@@ -222,13 +227,14 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, oracle=None) -> Box | 
     lo, hi = as_box(bounds, d)
     if (lo == -np.inf).all() and (hi == np.inf).all():  # (SciPy's [(None, None)] * d): no box to keep
         return None
-    sphere = isinstance(estimator, RGE) and estimator.distribution == "sphere"
-    if not isinstance(estimator, CGE) and not sphere:
+    rge = estimator.distribution if isinstance(estimator, RGE) and estimator.distribution in BOXED else ""
+    if not isinstance(estimator, CGE) and not rge:
         raise ArgumentError(
             f"`bounds` with estimator={type(estimator).__name__}(...): its queries step from the params along random "
             "directions of any length (Gaussian ones, or SNES's samples), so no box keeps them inside; use "
-            "estimator=zo.CGE(...) (forward or central), whose queries step by mu along one coordinate, or "
-            "zo.RGE(..., distribution=\"sphere\"), whose unit directions step by at most mu on each coordinate")
+            "estimator=zo.CGE(...) (forward or central), whose queries step by mu along one coordinate, "
+            "zo.RGE(..., distribution=\"sphere\"), whose unit directions step by at most mu on each coordinate, or "
+            "zo.RGE(..., distribution=\"rademacher\"), whose +-1 directions step by exactly mu on each coordinate")
     x = np.asarray(to_numpy(params), dtype=np.float64)
     out = np.flatnonzero(~((x >= lo) & (x <= hi)))
     if out.size:
@@ -239,7 +245,7 @@ def check_bounds(bounds, params, xp, estimator, mu_sched, oracle=None) -> Box | 
             f"coordinate{'s' * (out.size > 1)} outside); start inside the box, e.g. np.clip(params, lo, hi)")
     cd = compute_dtype_of(oracle)
     queries = cd if cd is not None and cd.kind == "f" and cd.itemsize < params.dtype.itemsize else params.dtype
-    box = Box(lo, hi, queries, xp, central=estimator.scheme != "forward", store=params.dtype, sphere=sphere)
+    box = Box(lo, hi, queries, xp, central=estimator.scheme != "forward", store=params.dtype, rge=rge)
     mu0 = estimator.mu if mu_sched is None else schedule_value(mu_sched, 0, "mu", positive=True)
     box.check_width(mu0, where="" if mu_sched is None else " (the `mu` schedule's value at step 0)")
     return box

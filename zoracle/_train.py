@@ -213,13 +213,14 @@ def train(oracle: Any, params: Any, *extra: NoReturn, batches: Any = None, epoch
         so ``params + mu`` itself stays at or below ``hi``), so the run
         equals the plain estimate at projected params. A start outside ``[lo, hi]`` is refused naming
         ``params``; one inside but within ``mu`` of a side is moved in to the shrunk box before the
-        first query. Needs ``estimator=CGE(...)`` or ``RGE(..., distribution="sphere")`` (whose unit
+        first query. Needs ``estimator=CGE(...)``, ``RGE(..., distribution="sphere")`` (whose unit
         directions step by at most ``mu`` on each coordinate, either way: its params are kept in
-        ``[lo + mu, hi - mu]``, forward or central; Gaussian RGE's and SNES's directions leave any box).
-        With ``sparsity`` and ``ratios="zo_grasp"``, ZO-GraSP queries along Rademacher directions from
+        ``[lo + mu, hi - mu]``, forward or central) or ``RGE(..., distribution="rademacher")`` (+-1
+        directions, exactly ``mu`` either way: the same box); Gaussian RGE's and SNES's directions leave
+        any box. With ``sparsity`` and ``ratios="zo_grasp"``, ZO-GraSP estimates with Rademacher RGE from
         params clipped into ``[lo + mu, hi - mu]``, its second point clipped there too
         (:func:`zoracle.zo_grasp`, ``bounds``: GraSP with the step projected onto the box). A box narrower than ``mu`` (forward CGE)
-        or ``2 * mu`` (central CGE, sphere RGE) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
+        or ``2 * mu`` (central CGE, sphere or Rademacher RGE) on a coordinate is refused naming ``mu`` (a ``mu`` schedule's later
         values: before the first query in a run of known length, else at the step that takes one),
         and so is ``lo == hi`` (leave a fixed parameter out of ``params``). Part of the checkpoint's
         settings: a resume needs the same bounds.
