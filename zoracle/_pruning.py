@@ -24,13 +24,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._backend import real_numpy, to_numpy
-from ._bounds import inward
+from ._backend import namespace, real_numpy, to_numpy
+from ._bounds import Box
 from ._errors import ArgumentError, OracleError, check_flag, config_hint, told, user_stacklevel, warn
-from ._estimators import RGE, as_generator, estimate_gradient, float64_values, validate_params
+from ._estimators import RGE, as_generator, as_seen, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
-from ._oracle import Oracle, has_methods
+from ._oracle import has_methods
 
 __all__ = [
     "SCORED_KINDS",
@@ -176,15 +176,15 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         (unit norm in each, only the scored weights perturbed), and steps to
         ``theta + mu**2 ghat``: its keep ratios differ (docs/training.md, "Pruning building blocks").
     executor : optional
-        Passed to :func:`zoracle.estimate_gradient` (not used with ``bounds``: its queries go to the
-        oracle's ``batch``, else one call each).
+        Passed to :func:`zoracle.estimate_gradient` (with ``bounds`` too).
     bounds : (lo, hi), optional
         A box every query stays inside, each side a number or ``d`` values (``train(bounds=...)``
-        passes its own). The directions are then Rademacher (each entry +-1, the second moment of
-        Gaussian ones: each query moves every coordinate by exactly ``mu``), the base point is
-        ``params`` clipped into the box shrunk by ``mu`` on both sides, ``[lo + mu, hi - mu]``, and the
-        second point ``base + mu * ghat(base)`` is clipped into it too (each query is also clipped
-        into ``[lo, hi]`` after rounding, a unit in the last place at most). The scores then estimate
+        passes its own). The estimates are then ``RGE(mu, directions, distribution="rademacher")``
+        (each entry +-1, the second moment of Gaussian ones: each query moves every coordinate by
+        exactly ``mu``), the base point is ``params`` clipped into the box shrunk by ``mu`` on both
+        sides, ``[lo + mu, hi - mu]`` (rounded inwards in the queries' dtype, so that every query,
+        rounded, lies in ``[lo, hi]``), and the second point ``base + mu * ghat(base)`` is clipped
+        into it too. The scores then estimate
         GraSP with the step projected onto the box: ``-params * P (grad(x2) - grad(x1)) / mu`` with
         ``x1``, ``x2`` the two clipped points; equal to the unbounded estimate's target where nothing
         clips. A box narrower than ``2 * mu`` on a coordinate is refused before any query. On the
@@ -222,7 +222,7 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     seed1 = int(gen.integers(2**63))
     seed2 = seed1 if common_random_numbers else int(gen.integers(2**63))
     if bounds is not None:
-        return _boxed_grasp(oracle, params, blocks, mu, directions, seed1, seed2, bounds)
+        return _boxed_grasp(oracle, params, blocks, mu, directions, seed1, seed2, bounds, executor)
     try:
         g1 = unchecked(estimate_gradient)(oracle, params, est, rng=seed1, executor=executor).grad
     except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
@@ -237,6 +237,11 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at params + mu * g (a step of norm {step:.3g} "
                           "from params)", "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' skips ZO-GraSP")
     del shifted
+    return _scores(params, g1, g2, mu, blocks)
+
+
+def _scores(params, g1, g2, mu: float, blocks) -> np.ndarray:
+    """``-params * (g2 - g1) / mu`` as float64 NumPy, 0 outside ``blocks`` (None: every parameter)."""
     # the same operations in place (float64 copies of g1 and params and each result beside them
     # took up to 8x float32 parameters more at d = 1e7)
     hg = to_numpy(g2).astype(np.float64)
@@ -255,13 +260,14 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     return scores
 
 
-def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: int, bounds) -> np.ndarray:
-    """ZO-GraSP inside ``bounds = (lo, hi)``: Rademacher directions (each query moves every coordinate by exactly
-    mu), the base point clipped into the box shrunk by mu on both sides, the second point
-    ``base + mu * ghat(base)`` clipped into it too, and every query clipped into ``[lo, hi]`` after rounding (a
-    unit in the last place at most)."""
-    params = real_numpy(to_numpy(params)) if not isinstance(params, np.ndarray) else params
-    dtype = params.dtype if params.dtype.kind == "f" else np.dtype(np.float64)
+def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: int, bounds, executor) -> np.ndarray:
+    """ZO-GraSP inside ``bounds = (lo, hi)``: two forward RGEs with Rademacher directions (each query moves
+    every coordinate by exactly mu) through :func:`estimate_gradient` (its executors and batching), the base
+    point clipped into the box shrunk by mu on both sides, the second point ``base + mu * ghat(base)`` clipped
+    into it too. The shrunk box is ``train(bounds=...)``'s for sphere RGE (:meth:`Box.sides`), in the dtype
+    the queries are formed in: ``x + dtype(mu) * (+-1)`` rounds to no farther out than ``(hi - mu) + mu``,
+    which that box keeps at or below ``hi`` (and at ``lo`` alike), so no query needs clipping."""
+    xp = namespace(params)
     d = params.shape[0]
     try:
         lo_raw, hi_raw = bounds
@@ -269,50 +275,35 @@ def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: i
         raise ArgumentError(f"`bounds` must be a pair (lo, hi), got {bounds!r}") from None
     lo64 = np.broadcast_to(np.asarray(lo_raw, dtype=np.float64), (d,))
     hi64 = np.broadcast_to(np.asarray(hi_raw, dtype=np.float64), (d,))
-    narrow = np.flatnonzero(hi64 - lo64 < 2 * mu)
+    # the queries' dtype: the params', or an oracle's narrower compute_dtype (estimate_gradient estimates at
+    # the params rounded to it, which the sides, values of it, keep inside: rounding is monotone)
+    box = Box(lo64, hi64, as_seen(oracle, params).dtype, np, central=True, rge="rademacher")
+    lower, upper = box.sides(mu)
+    narrow = np.flatnonzero((hi64 - lo64 < 2 * mu) | ~(lower <= upper))
     if narrow.size:
         i = int(narrow[0])
         raise ArgumentError(f"`bounds` is narrower than 2 * mu = {2 * mu:g} at coordinate {i} ([{lo64[i]:g}, "
                             f"{hi64[i]:g}]): ZO-GraSP's Rademacher queries move each coordinate by mu either way; "
                             "pass a smaller mu or ratios='uniform'")
-    lo, hi = inward(lo64, dtype, d, up=True), inward(hi64, dtype, d, up=False)
-    m = dtype.type(mu)
-    lower, upper = lo + m, hi - m  # (rounding may leave a query an ulp out: clipped to [lo, hi] below)
-    w = Oracle(oracle)
-    rows = max(1, min(q, (1 << 22) // max(d, 1)))  # directions per batch: at most 4M numbers drawn at once
-
-    def ghat(x: np.ndarray, seed: int, which: str) -> np.ndarray:
-        base = w(x, f"the base point of ZO-GraSP's {which} estimate", fresh=True)
-        draw = np.random.default_rng(seed)
-        g = np.zeros(d, dtype=np.float64)
-        for start in range(0, q, rows):
-            k = min(rows, q - start)
-            U = draw.integers(0, 2, size=(k, d), dtype=np.int8).astype(dtype)
-            U *= 2
-            U -= 1
-            X = x[None, :] + m * U
-            np.clip(X, lo, hi, out=X)
-            what = f"ZO-GraSP's {which} estimate (Rademacher directions {start}-{start + k - 1})"
-            if w.caps.batch:
-                losses = w.batch(X, lambda j: f"direction {start + j} of {what}", what)
-            else:
-                losses = np.array([w(X[j], f"direction {start + j} of {what}") for j in range(k)])
-            g += ((np.asarray(losses, dtype=np.float64) - base) / mu) @ U.astype(np.float64)
-        g /= q
-        return g
-
-    x1 = np.clip(params.astype(dtype), lower, upper)
-    g1 = ghat(x1, seed1, "first")
+    lower, upper = (xp.asarray(side.astype(params.dtype)) for side in (lower, upper))
+    est = RGE(mu=mu, directions=q, distribution="rademacher")
+    x1 = xp.minimum(xp.maximum(params, lower), upper)
+    try:
+        g1 = unchecked(estimate_gradient)(oracle, x1, est, rng=seed1, executor=executor).grad
+    except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
+        raise exc.located(f"{exc.query} of ZO-GraSP's first estimate, at params clipped into the box shrunk by mu",
+                          "; ratios='uniform' skips ZO-GraSP")
     _check_second_point(x1, g1, mu)
-    x2 = np.clip(x1 + m * g1.astype(dtype), lower, upper)
-    g2 = ghat(x2, seed2, "second")
-    scores = -params.astype(np.float64) * ((g2 - g1) / mu)
-    if blocks is not None:
-        keep = np.zeros(d, dtype=bool)
-        for s in blocks:
-            keep[s] = True
-        scores[~keep] = 0.0
-    return scores
+    x2 = xp.minimum(xp.maximum(x1 + params.dtype.type(mu) * g1, lower), upper)
+    try:
+        g2 = unchecked(estimate_gradient)(oracle, x2, est, rng=seed2, executor=executor).grad
+    except OracleError as exc:
+        step = float(np.linalg.norm(to_numpy(x2 - x1).astype(np.float64)))
+        raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at x1 + mu * g clipped into the box (a step "
+                          f"of norm {step:.3g} from x1, params clipped into it)",
+                          "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' "
+                          "skips ZO-GraSP")
+    return _scores(params, g1, g2, mu, blocks)
 
 
 def _check_second_point(params, g1, mu: float) -> None:
