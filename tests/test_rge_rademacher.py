@@ -179,3 +179,23 @@ def test_boxed_zo_grasp_with_a_float32_model_given_float64_params_stays_inside()
     s = zo.zo_grasp(f, np.array([0.1, 0.7, 0.4, 0.1 + 1e-9, 0.7 - 1e-9, 0.3]), mu=1e-2, directions=9, rng=0,
                     bounds=(lo, hi))
     assert len(f.points) == 20 and np.isfinite(s).all()
+
+
+def test_a_failing_query_of_boxed_zo_grasp_names_which_estimate_and_where():
+    """Through estimate_gradient the failures keep ZO-GraSP's locations: the first estimate at the params
+    clipped into the shrunk box, the second at its own point."""
+    lo, hi = np.full(4, -1.0), np.full(4, 1.0)
+
+    def nan_up(x):  # NaN at any query that moved coordinate 0 up from the base point's -0.5
+        return float("nan") if x[0] > -0.5 + 1e-3 else float(np.sum(x ** 2))
+
+    with pytest.raises(zo.OracleError, match=r"of ZO-GraSP's first estimate, at params clipped into the box shrunk "
+                                             r"by mu.*ratios='uniform' skips ZO-GraSP"):
+        zo.zo_grasp(nan_up, np.full(4, -0.5), mu=1e-2, directions=8, rng=0, bounds=(lo, hi))
+
+    def nan_away(x):  # NaN past the first estimate's queries (0.5 +- mu on coordinate 0): the second's fail
+        return float(np.sum(x ** 2)) if abs(x[0] - 0.5) < 0.015 else float("nan")
+
+    with pytest.raises(zo.OracleError, match=r"of ZO-GraSP's second estimate, at x1 \+ mu \* g clipped into the box "
+                                             r"\(a step of norm [0-9.]+ from x1.*smaller `mu`"):
+        zo.zo_grasp(nan_away, np.full(4, 0.5), mu=1e-2, directions=8, rng=0, bounds=(lo, hi))
