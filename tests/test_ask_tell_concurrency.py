@@ -183,7 +183,8 @@ def test_a_process_pools_results_told_by_row_as_they_complete_are_the_serial_run
 def test_dask_futures_told_by_row_as_they_complete_are_the_serial_run(kind, tmp_path):
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                  scheduler_kwargs={"dashboard": False},
                                   local_directory=str(tmp_path)) as cluster, distributed.Client(cluster) as client:
         opt = zo.AskTell(X0, **SETTINGS[kind])
         while not opt.done:

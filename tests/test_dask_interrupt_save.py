@@ -199,7 +199,7 @@ def test_ctrl_c_on_a_dask_cluster_that_stays_restarts_its_workers_after_the_save
     when the executor closes (or runs again), as after a timeout, but after the save."""
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed (pip install -e '.[dask]')")
     tc._by_value(te, tc, sys.modules[__name__])
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                   local_directory=str(tmp_path / "dask")) as cluster:
         with zo.executors.DaskExecutor(cluster.scheduler_address) as ex:
             pids, alive = _train_until(signal.SIGINT, ex, tmp_path)

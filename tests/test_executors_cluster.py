@@ -807,7 +807,8 @@ def test_dask_a_client_that_distributed_closed_is_named_not_a_raw_attribute_erro
     distributed (helper h194). Such a client is named, with what to do."""
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                  local_directory=str(dask_dir)) as cluster:
         client = distributed.Client(cluster)
         ex = DaskExecutor(client)
         try:
@@ -831,7 +832,7 @@ def test_dask_a_users_default_client_stays_theirs(dask_dir, spec):
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     da = pytest.importorskip("dask.array")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
-                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+                                  dashboard_address="127.0.0.1:0", local_directory=str(dask_dir)) as cluster:
         client = distributed.Client(cluster)  # as users write it (not `with Client(...)`, which makes it current)
         try:
             kw = {"processes": False, "local_directory": str(dask_dir)} if spec == "local:1" else {}
@@ -860,7 +861,8 @@ def test_dask_close_frees_its_oracle_copies_on_a_cluster_that_stays(dask_dir):
     says it releases them; another executor's copies on the same workers stay (helper h227)."""
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                  local_directory=str(dask_dir)) as cluster:
         client = distributed.Client(cluster)
         try:
             before = client.run(_dask_held)
@@ -911,7 +913,8 @@ def test_dask_two_drivers_with_one_pid_do_not_share_shard_results(dask_dir, tmp_
 
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                  local_directory=str(dask_dir)) as cluster:
         client = distributed.Client(cluster)
         try:
             x = te.params()
@@ -943,7 +946,8 @@ def test_dask_a_client_that_is_not_the_default_one_runs(dask_dir):
     on its futures with distributed.wait(), which goes through the default client (helper h227)."""
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                  local_directory=str(dask_dir)) as cluster:
         client = distributed.Client(cluster, set_as_default=False)
         try:
             x = te.params()
@@ -972,7 +976,7 @@ def test_dask_close_does_not_wait_for_a_stuck_worker(dask_dir):
     import subprocess
 
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
-    with distributed.LocalCluster(n_workers=0, dashboard_address=None, host="127.0.0.1",
+    with distributed.LocalCluster(n_workers=0, dashboard_address="127.0.0.1:0", host="127.0.0.1",
                                   local_directory=str(dask_dir)) as cluster:
         worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
                                    "--no-nanny", "--nthreads", "1", "--no-dashboard",
@@ -1024,8 +1028,10 @@ def test_dask_an_asynchronous_client_on_its_own_loop_is_named_with_the_fix(dask_
     ref = zo.estimate_gradient(_loss, x, zo.CGE())
 
     async def main():
-        async with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, asynchronous=True,
-                                            dashboard_address=None, local_directory=str(dask_dir)) as cluster:
+        async with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                            asynchronous=True, dashboard_address="127.0.0.1:0",
+                                            worker_dashboard_address="127.0.0.1:0",
+                                            local_directory=str(dask_dir)) as cluster:
             async with distributed.Client(cluster, asynchronous=True, set_as_default=False) as client:
                 ex = DaskExecutor(client)
                 with pytest.raises(zo.ArgumentError, match=r"asynchronous.*asyncio\.to_thread"):

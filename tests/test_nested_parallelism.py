@@ -173,7 +173,7 @@ def test_a_sweep_of_dask_tasks_matches_serial_and_writes_named_lines():
     lrs = [0.01, 0.03]
     serial = [_task(lr) for lr in lrs]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as client:
         outs = client.gather([client.submit(_dask_task, lr, pure=False) for lr in lrs])
     for (out, name, pid, params, threads), want in zip(outs, serial):
         assert params == (want, want)

@@ -22,3 +22,27 @@ def test_ray_socket_paths_under_the_session_directory_fit_a_unix_socket():
     path = os.path.join(conftest.RAY_DIR, "sro4p7pbe", "r",
                         "session_2026-12-07_14-33-49_727930_3022000", "sockets", "plasma_store")
     assert len(path) <= 107, (len(path), path)
+
+
+def test_the_tests_own_dask_clusters_listen_on_loopback_only():
+    """A ``distributed.LocalCluster`` a test starts itself (a user's cluster, handed to DaskExecutor)
+    listened on every interface, its HTTP server on the fixed port 8787, without ``host=`` and with
+    ``dashboard_address=None`` (in-process workers: without ``worker_dashboard_address``): off
+    loopback, and taken by one test process while another wanted it."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "LocalCluster":
+                kw = {k.arg: k.value for k in node.keywords}
+                threads = isinstance(kw.get("processes"), ast.Constant) and kw["processes"].value is False
+                # (workers in the test's process: its scheduler is inproc://, which host= breaks, and
+                # each worker serves an HTTP server of its own)
+                need = ("worker_dashboard_address", "127.0.0.1:") if threads else ("host", "127.0.0.1")
+                ok = all(isinstance(kw.get(k), ast.Constant) and str(kw[k].value).startswith(v)
+                         for k, v in (need, ("dashboard_address", "127.0.0.1:")))
+                found.append((f"{path.name}:{node.lineno}", ok))
+    assert len(found) >= 10, found
+    assert [where for where, ok in found if not ok] == []
