@@ -744,3 +744,24 @@ def test_zo_grasp_refuses_a_box_narrower_than_two_mu_before_any_query():
     with pytest.raises(zo.ArgumentError, match=r"`bounds` must be a pair \(lo, hi\)"):
         zo.zo_grasp(f, np.zeros(3), bounds=[0.0])
     assert f.points == []
+
+
+def test_zo_grasp_in_bounds_keeps_a_box_a_rounding_short_of_two_mu_that_train_keeps():
+    """``hi - lo`` rounds to just below ``2 * mu`` in float64, yet the one point ``c = lo + mu`` has both
+    queries ``c -+ mu`` inside ``[lo, hi]``: ``train(bounds=...)`` keeps such a box (it tests the rounded
+    queries), and ZO-GraSP refused it in a sparse run of that very box ("narrower than 2 * mu", a float64
+    width test beside the queries' own) before any query."""
+    mu, lo, hi = 0.01, 0.10235142339002296, 0.12235142339002295
+    c = lo + mu
+    assert hi - lo < 2 * mu and c - mu >= lo and c + mu <= hi  # (the plain float64 arithmetic of the queries)
+    d = 8
+    L, H = np.full(d, -1.0), np.full(d, 1.0)
+    L[1], H[1] = lo, hi
+    f = _BoxedBatch(np.eye(d), np.ones(d), L, H)
+    s = zo.zo_grasp(f, np.full(d, 0.11), mu=mu, directions=5, rng=0, bounds=(L, H))
+    assert len(f.points) == 12 and np.isfinite(s).all()
+    assert {p[1] for p in f.points} <= {c - mu, c, c + mu}  # (the one point of the shrunk box, +-mu)
+    res = zo.train(_Boxed(np.eye(d), np.ones(d), L, H), np.full(d, 0.11), epochs=2, optimizer=zo.sgd(0.1),
+                   estimator=zo.CGE(mu=mu, scheme="central"), bounds=(L, H), sparsity=0.5, ratios="zo_grasp",
+                   blocks=[slice(0, 4), slice(4, 8)], progress=False)
+    assert res.params[1] == c

@@ -187,8 +187,9 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
         into it too. The scores then estimate
         GraSP with the step projected onto the box: ``-params * P (grad(x2) - grad(x1)) / mu`` with
         ``x1``, ``x2`` the two clipped points; equal to the unbounded estimate's target where nothing
-        clips. A box narrower than ``2 * mu`` on a coordinate is refused before any query. On the
-        demo CNNs the keep ratios train as well as the Gaussian ones (docs/training.md, "Bounds").
+        clips. A box narrower than ``2 * mu`` on a coordinate (its rounded queries would leave it) is
+        refused before any query. On the demo CNNs the keep ratios train as well as the Gaussian
+        ones (docs/training.md, "Bounds").
 
     Returns
     -------
@@ -279,7 +280,9 @@ def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: i
     # the params rounded to it, which the sides, values of it, keep inside: rounding is monotone)
     box = Box(lo64, hi64, as_seen(oracle, params).dtype, np, central=True, rge="rademacher")
     lower, upper = box.sides(mu)
-    narrow = np.flatnonzero((hi64 - lo64 < 2 * mu) | ~(lower <= upper))
+    # train(bounds=...)'s own test, the sides its queries need: a float64 width ``hi - lo < 2 * mu`` also
+    # refused a box a rounding short of 2 * mu whose rounded queries fit, which train had taken
+    narrow = np.flatnonzero(~(lower <= upper))
     if narrow.size:
         i = int(narrow[0])
         raise ArgumentError(f"`bounds` is narrower than 2 * mu = {2 * mu:g} at coordinate {i} ([{lo64[i]:g}, "
