@@ -321,7 +321,7 @@ def test_the_figures_lines_differ_in_more_than_their_colour(tmp_path, rc):
     in each panel no two lines share their line style, marker and width (the step losses a thin line,
     the epoch means dots on a thicker one, a NaN metric an 'x'), also in a style of one colour; and in
     the default colours the two loss lines differ in grey too. Drawn with Agg."""
-    import matplotlib
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install -e '.[apps]')")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     result = _history_with_a_bad_metric()

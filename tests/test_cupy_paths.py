@@ -3,6 +3,7 @@
 operands as CuPy does, so a path that converts a CuPy array implicitly fails here as on a GPU.
 The real-CuPy halves of the ``xp`` tests still skip where no GPU answers."""
 
+import importlib.util
 import os
 import sys
 
@@ -69,14 +70,15 @@ SETUPS = {
 def test_a_run_stays_on_the_device(cp, tmp_path, setup):
     """The backend follows the data: every query, callback and the result hold device arrays, the
     optimizer's state too; a checkpoint (host arrays) resumes onto the device and continues the run
-    exactly; the history holds numbers and plots."""
+    exactly; the history holds numbers and plots (where matplotlib, the 'apps' extra, is installed)."""
     kw = dict(SETUPS[setup], steps_per_epoch=2, progress=False, rng=0)
+    plots = importlib.util.find_spec("matplotlib") is not None
     seen = []
     callback = lambda event, record, params: seen.append(type(params).__module__)  # noqa: E731
     oracle = _Quadratic(cp)
     p0 = cp.zeros(D, dtype=cp.float32)
     first = zo.train(oracle, p0, epochs=2, checkpoint=tmp_path / "run.npz", callbacks=[callback],
-                     plot=tmp_path / "run.png", **kw)
+                     plot=tmp_path / "run.png" if plots else None, **kw)
     again = zo.train(oracle, p0, epochs=3, resume=tmp_path / "run.npz", **kw)
     straight = zo.train(_Quadratic(cp), p0, epochs=3, **kw)
     assert oracle.kinds == {"cupy"} and set(seen) == {"cupy"}
@@ -87,7 +89,7 @@ def test_a_run_stays_on_the_device(cp, tmp_path, setup):
     arrays, meta = zo.load_checkpoint(tmp_path / "run.npz")
     assert type(arrays["params"]) is np.ndarray  # a checkpoint holds host arrays
     assert all(isinstance(r["loss"], float) for r in again.history.steps)
-    assert (tmp_path / "run.png").stat().st_size > 0
+    assert not plots or (tmp_path / "run.png").stat().st_size > 0
     if "sparsity" in kw:  # the masks and ratios a run keeps are host arrays (docs/design.md)
         assert type(first.coordinates) is np.ndarray and type(first.ratios) is np.ndarray
     if setup == "snes":

@@ -24,7 +24,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 # a block that imports one of these is skipped where it is not installed (core-only installs)
 OPTIONAL = {"torch": "torch", "sklearn": "scikit-learn", "onnxruntime": "onnxruntime", "phi": "phiflow",
-            "dask": "dask", "ray": "ray", "matplotlib": "matplotlib", "jax": "jax", "gymnasium": "gymnasium"}
+            "dask": "dask", "ray": "ray", "matplotlib": "matplotlib", "jax": "jax", "gymnasium": "gymnasium",
+            "pandas": "pandas"}
 
 
 ADAPTERS = {"torch": "torch", "torch_models": "torch", "onnx": "onnxruntime", "phiflow": "phi"}

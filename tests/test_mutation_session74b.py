@@ -178,6 +178,8 @@ def test_a_run_started_at_a_loss_of_exactly_0_is_not_far_above_a_tiny_end():
 
 @pytest.fixture(scope="module")
 def many_runs():
+    """20 short runs, for the figures of the tests below (drawn with matplotlib, the 'apps' extra)."""
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install -e '.[apps]')")
     import zoracle as zo
 
     return {f"run {i}": zo.train(lambda x: float(np.sum(x ** 2)), np.ones(3), epochs=2, progress=False, rng=i)

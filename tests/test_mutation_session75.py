@@ -56,7 +56,7 @@ def test_the_default_figure_of_a_checkpoint_named_png_in_capitals_is_never_the_c
     on a file system that ignores case (macOS, Windows), refused as drawing over it."""
     from zoracle.cli import _load
 
-    default_figure = _load("plot").default_figure
+    default_figure = _load("plot", help_only=True).default_figure  # (the module, without matplotlib too)
     assert default_figure("runs/RUN.PNG") == "runs/RUN.PNG.png"
     assert default_figure("runs/run.Png") == "runs/run.Png.png"
     assert default_figure("runs/run.npz") == "runs/run.png"
@@ -66,6 +66,7 @@ def test_the_default_figure_of_a_checkpoint_named_png_in_capitals_is_never_the_c
 def test_an_empty_figure_is_refused_not_read_as_no_figure(tmp_path, capsys):
     """``if not args.figure`` for ``is None`` drew ``zoracle plot run.npz ""`` (an unset shell variable)
     to run.png, where the empty path is refused naming FIGURE."""
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install -e '.[apps]')")
     from zoracle.cli import main
 
     ckpt = _checkpoint(tmp_path / "run.npz")
@@ -78,6 +79,7 @@ def test_the_default_figure_is_echoed_as_the_checkpoint_was_spelled(tmp_path, mo
     """The default figure follows the checkpoint as the command line spelled it (``~/runs/a.png``, as a
     named FIGURE is echoed), written into the home folder; made from the expanded path, it was echoed
     as ``/home/...``."""
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install -e '.[apps]')")
     from zoracle.cli import _load
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
