@@ -533,10 +533,8 @@ def test_sphere_rge_against_a_wall_queries_only_inside_and_equals_the_textbook_p
     mu, lr, steps = 0.05, 0.02, 60
     hw = Hardware(lo, hi, target)
     est = zo.RGE(mu=mu, directions=3, distribution=distribution, scheme=scheme)
-    with warnings.catch_warnings():  # (Rademacher from x0 on a 0.05 grid: every query on it, a loss on a grid)
-        warnings.filterwarnings("ignore", "estimate_gradient: the oracle's losses are multiples", UserWarning)
-        res = zo.train(hw, x0, epochs=steps, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), rng=7,
-                       progress=False)
+    res = zo.train(hw, x0, epochs=steps, optimizer=zo.sgd(lr), estimator=est, bounds=(lo, hi), rng=7,
+                   progress=False)
     assert res.steps == steps
     ref = textbook_sphere_rge(Hardware(lo, hi, target), x0, lo, hi, mu, 3, scheme == "central", lr, steps, 7,
                               distribution)

@@ -4,6 +4,7 @@ from the (root, i)-keyed Philox generators as the other distributions; ZO-GraSP 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -199,3 +200,24 @@ def test_a_failing_query_of_boxed_zo_grasp_names_which_estimate_and_where():
     with pytest.raises(zo.OracleError, match=r"of ZO-GraSP's second estimate, at x1 \+ mu \* g clipped into the box "
                                              r"\(a step of norm [0-9.]+ from x1.*smaller `mu`"):
         zo.zo_grasp(nan_away, np.full(4, 0.5), mu=1e-2, directions=8, rng=0, bounds=(lo, hi))
+
+
+# ------------------------------------------------------------- short params: exact losses, as for CGE
+def test_a_polynomial_loss_at_short_params_is_not_called_rounded():
+    """A Rademacher query moves every coordinate by exactly mu: at short params and mu a quadratic's losses are
+    short numbers on a grid of their own, as at CGE's queries, which are not warned of. Rademacher RGE
+    warned "the oracle's losses are multiples of 0.0001 (a loss rounded to 4 decimals)" there (its points
+    were not read); a loss that is rounded is still named, at params that are not short."""
+    f = lambda x: float(np.sum((x - 0.3) ** 2))  # noqa: E731
+    x0 = np.array([0.1, 0.25, -0.4, 1.0])
+    for scheme in ("forward", "central"):
+        for est in (zo.CGE(mu=1e-2, scheme=scheme), zo.RGE(mu=1e-2, directions=3, distribution="rademacher",
+                                                            scheme=scheme)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                zo.estimate_gradient(f, x0, est, rng=0)
+    x1 = np.random.default_rng(0).uniform(-1, 1, 4)
+    with pytest.warns(UserWarning, match=r"losses are multiples of 0.0001 \(a loss rounded to 4 decimals"):
+        zo.estimate_gradient(lambda x: round(f(x), 4), x1, zo.RGE(mu=1e-2, directions=3, distribution="rademacher"),
+                             rng=0)
+

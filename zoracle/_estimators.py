@@ -785,7 +785,10 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     release_rows(root)  # summed: the cached rows (up to 64 MiB) were held until the next estimate else
     acc *= phi / q  # in place: a scaled copy beside the sum took 2x float32 params more
     if estimator.shaping != "ranks":  # ranks use the losses' order only
-        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc, diffs, far=far)
+        # a Rademacher query moves every coordinate by exactly mu: at short params a polynomial's losses lie
+        # on a grid of their own, as at CGE's queries (Gaussian and sphere steps are no short numbers)
+        points = (lambda: to_numpy(params)) if estimator.distribution == "rademacher" else None
+        _warn_coarse(wrapped, f0, estimator.mu, params.dtype, acc, diffs, points, far)
     grad = xp.asarray(acc, dtype=params.dtype)
     return _rounded(GradientEstimate(grad, f0, wrapped.nfev), rounding)
 
@@ -827,7 +830,8 @@ def _warn_coarse(wrapped: Oracle, loss: float, mu: float, dtype, grad, diffs=Non
     (a Python float, a float32 one at float32 params) is judged by its values: the differences
     ``diffs`` (None where the base loss lies on no grid) and the base loss, on a grid coarser than
     float32's (a float16 model's ``float(loss)``, ``round(loss, 4)``, a count; see
-    :func:`~zoracle._grid.coarse_grid`; ``points``: CGE's perturbed coordinates, as a function; ``far``: the
+    :func:`~zoracle._grid.coarse_grid`; ``points``: the perturbed coordinates (CGE's, or every one for
+    Rademacher RGE), as a function; ``far``: the
     farthest a central scheme's perturbed loss lies from the base one)."""
     value = wrapped.base_value
     typed = value is not None and not isinstance(value, float) and precision_bits(loss_type(value)) < 53

@@ -71,8 +71,8 @@ def _decimals(v: np.ndarray, dtype, most: int = MAX_DECIMALS, rel: float = 0.0) 
 
 
 def exact_points(points, mu: float) -> bool:
-    """Whether ``mu`` and every one of ``points`` (the coordinates CGE perturbs) are short numbers (at
-    most 12 significant bits, or 6 decimals): a polynomial loss there is computed exactly, its values
+    """Whether ``mu`` and every one of ``points`` (the coordinates CGE, or Rademacher RGE, moves by mu) are
+    short numbers (at most 12 significant bits, or 6 decimals): a polynomial loss there is computed exactly, its values
     on a grid of their own (a test at ``np.ones`` with mu = 1e-3), which is no rounding of the oracle.
     Up to 1e-12 of each: steps of SGD from 0 on a quadratic (0.02, 0.0396) carry their round-off, which
     the losses there do not show (near-decimals squared are near-decimals)."""
@@ -227,7 +227,8 @@ _ROUNDED = ("{do} the loss unrounded (printed by a program: print it with repr o
 def coarse_grid(loss: float, diffs, mu: float, typical, points=None, far: float = 0.0) -> str:
     """Why the differences ``diffs`` over ``mu`` are coarse, read from the values, or empty: as
     :func:`~zoracle._oracle.coarse_losses` for a loss's type, with the grid :func:`loss_grid` finds
-    (``points``: a function returning CGE's perturbed coordinates, read only where a grid is found,
+    (``points``: a function returning the perturbed coordinates, CGE's or every one for Rademacher RGE, whose
+    queries step by exactly mu, read only where a grid is found,
     :func:`exact_points` then not judged; ``far``: as for :func:`loss_grid`)."""
     found = loss_grid(loss, diffs, far)
     if found is None:
