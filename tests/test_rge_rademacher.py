@@ -221,3 +221,30 @@ def test_a_polynomial_loss_at_short_params_is_not_called_rounded():
         zo.estimate_gradient(lambda x: round(f(x), 4), x1, zo.RGE(mu=1e-2, directions=3, distribution="rademacher"),
                              rng=0)
 
+
+class OffBatch:
+    """``x @ x``, its ``batch`` 0.5 too high: a fast path that disagrees with the plain call."""
+
+    def __call__(self, x):
+        return float(np.asarray(x) @ np.asarray(x))
+
+    def batch(self, X):
+        X = np.asarray(X)
+        return np.einsum("ij,ij->i", X, X) + 0.5
+
+
+def test_a_batch_off_by_half_at_short_params_is_refused_as_for_cge():
+    """At whole params with mu = 0.25 the losses carry few bits, which the fast path's check took for a
+    narrow float's rounding (a tolerance of some 10% of the loss) where the probe's point is not known to be
+    short: a Rademacher probe's is (every coordinate +-mu), as CGE's. The batch off by 0.5 passed, the run
+    trained on its losses, and the short losses were warned of as "only 7 significant bits"."""
+    x0 = np.array([1.0, 2.0, 3.0, 4.0])
+    est = zo.RGE(mu=0.25, directions=4, distribution="rademacher")
+    kw = dict(epochs=2, estimator=est, optimizer=zo.sgd(0.01), progress=False, rng=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.warns(RuntimeWarning, match=r"its `batch` disagrees with its plain call at params moved 0.25 "
+                                                r"along direction"):
+            got = zo.train(OffBatch(), x0, **kw)
+    plain = zo.train(lambda x: float(x @ x), x0, **kw)
+    np.testing.assert_array_equal(got.params, plain.params)

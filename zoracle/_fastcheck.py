@@ -244,8 +244,10 @@ def check_fast_paths(wrapped, params, tasks, results, run, replan) -> tuple:
         plain = float(run([probe])[0][0, 0])
         asked += 1
         fast = float(row[j])
-        # a coordinate's query at short params and mu: a polynomial loss there has few bits, exactly
-        exact = (lambda at=probe: _exact_at(params, at.step)) if probe.direction < 0 else (lambda: False)
+        # a coordinate's query (or a Rademacher direction's, every coordinate moved by exactly mu) at short params
+        # and mu: a polynomial loss there has few bits, exactly
+        exact = (lambda at=probe: _exact_at(params, at.step)) if probe.direction < 0 or \
+            probe.distribution == "rademacher" else (lambda: False)
         tol = _tolerance(wrapped, params, plain, fast, spread, (f0, row), exact)
         if abs(plain - fast) > tol:
             break
