@@ -741,8 +741,32 @@ def test_zo_grasp_refuses_a_box_narrower_than_two_mu_before_any_query():
     f = _Boxed(np.eye(3), np.zeros(3), np.zeros(3), np.ones(3))
     with pytest.raises(zo.ArgumentError, match=r"`bounds` is narrower than 2 \* mu = 0.01 at coordinate 1"):
         zo.zo_grasp(f, np.zeros(3), mu=5e-3, bounds=([0, 0, 0], [1, 0.008, 1]))
-    with pytest.raises(zo.ArgumentError, match=r"`bounds` must be a pair \(lo, hi\)"):
+    with pytest.raises(zo.ArgumentError, match=r"`bounds` must be a tuple \(lo, hi\)"):
         zo.zo_grasp(f, np.zeros(3), bounds=[0.0])
+    assert f.points == []
+
+
+def test_zo_grasp_in_bounds_reads_the_box_as_train_does():
+    """``train(bounds=...)``'s forms (None for no bound, SciPy's pairs, ``scipy.optimize.Bounds``) and refusals:
+    ZO-GraSP read None as NaN and refused it as "narrower than 2 * mu", refused SciPy's pairs as no pair, called
+    lo above hi "narrower than 2 * mu", and raised NumPy's ValueError at a side of another length or a string."""
+    lo, hi = np.array([-1.0, -np.inf, 0.0]), np.array([np.inf, 1.0, 0.75])
+    theta = np.array([0.3, -0.2, 0.75])
+    A = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 3.0]])
+    ref = zo.zo_grasp(_Boxed(A, np.ones(3), lo, hi), theta, mu=1e-2, directions=6, rng=0, bounds=(lo, hi))
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    for bounds in ([-1.0, None, 0.0], [None, 1.0, 0.75]), [(-1.0, None), (None, 1.0), (0.0, 0.75)], \
+            scipy_optimize.Bounds(lo, hi):
+        f = _Boxed(A, np.ones(3), lo, hi)
+        np.testing.assert_array_equal(zo.zo_grasp(f, theta, mu=1e-2, directions=6, rng=0, bounds=bounds), ref)
+        assert len(f.points) == 14
+    f = _Boxed(A, np.ones(3), lo, hi)
+    for bounds, match in [((1.0, -1.0), r"`bounds`: lo\[0\] = 1.0 is above hi\[0\] = -1.0"),
+                          ((np.nan, 1.0), r"`bounds`: lo\[0\] is NaN; use None"),
+                          ((np.zeros(2), 1.0), r"`bounds`: lo must be a number, None or an array of the params' shape"),
+                          (("a", 1.0), r"`bounds`: lo\[0\] must be a number or None")]:
+        with pytest.raises(zo.ArgumentError, match=match):
+            zo.zo_grasp(f, theta, bounds=bounds)
     assert f.points == []
 
 

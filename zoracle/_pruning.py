@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._backend import namespace, real_numpy, to_numpy
-from ._bounds import Box
+from ._bounds import Box, as_box
 from ._errors import ArgumentError, OracleError, check_flag, config_hint, told, user_stacklevel, warn
 from ._estimators import RGE, as_generator, as_seen, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
@@ -178,7 +178,8 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     executor : optional
         Passed to :func:`zoracle.estimate_gradient` (with ``bounds`` too).
     bounds : (lo, hi), optional
-        A box every query stays inside, each side a number or ``d`` values (``train(bounds=...)``
+        A box every query stays inside, in ``train(bounds=...)``'s forms: each side a number, None
+        (no bound) or ``d`` values; SciPy's ``d`` pairs or a ``scipy.optimize.Bounds`` (``train``
         passes its own). The estimates are then ``RGE(mu, directions, distribution="rademacher")``
         (each entry +-1, the second moment of Gaussian ones: each query moves every coordinate by
         exactly ``mu``), the base point is ``params`` clipped into the box shrunk by ``mu`` on both
@@ -270,12 +271,7 @@ def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: i
     which that box keeps at or below ``hi`` (and at ``lo`` alike), so no query needs clipping."""
     xp = namespace(params)
     d = params.shape[0]
-    try:
-        lo_raw, hi_raw = bounds
-    except (TypeError, ValueError):
-        raise ArgumentError(f"`bounds` must be a pair (lo, hi), got {bounds!r}") from None
-    lo64 = np.broadcast_to(np.asarray(lo_raw, dtype=np.float64), (d,))
-    hi64 = np.broadcast_to(np.asarray(hi_raw, dtype=np.float64), (d,))
+    lo64, hi64 = as_box(bounds, d)  # train's forms (None: no bound; SciPy's pairs) and refusals (NaN, lo > hi)
     # the queries' dtype: the params', or an oracle's narrower compute_dtype (estimate_gradient estimates at
     # the params rounded to it, which the sides, values of it, keep inside: rounding is monotone)
     box = Box(lo64, hi64, as_seen(oracle, params).dtype, np, central=True, rge="rademacher")
