@@ -248,3 +248,15 @@ def test_a_batch_off_by_half_at_short_params_is_refused_as_for_cge():
             got = zo.train(OffBatch(), x0, **kw)
     plain = zo.train(lambda x: float(x @ x), x0, **kw)
     np.testing.assert_array_equal(got.params, plain.params)
+
+
+def test_distribution_given_to_train_or_estimate_gradient_names_every_distribution_rge_takes():
+    """``train(..., distribution="rademacher")`` was told ``estimator=zo.RGE(distribution="sphere")``, the one
+    value its hint knew: the fix names each of RGE's distributions (kept with ``DISTRIBUTIONS``)."""
+    from zoracle._estimators import DISTRIBUTIONS
+
+    for call in (lambda **kw: zo.train(lambda x: float(x @ x), np.zeros(2), **kw),
+                 lambda **kw: zo.estimate_gradient(lambda x: float(x @ x), np.zeros(2), **kw)):
+        with pytest.raises(zo.ArgumentError, match=r"has no argument `distribution`: .*estimator=zo\.RGE\(") as e:
+            call(distribution="rademacher")
+        assert all(f'"{name}"' in str(e.value) for name in DISTRIBUTIONS), str(e.value)

@@ -24,7 +24,8 @@ _STEP = "the difference step is the estimator's `mu`: estimator=zo.CGE(mu=...)"
 ESTIMATOR_HINTS = {
     "scheme": 'the difference scheme belongs to the estimator: estimator=zo.CGE(scheme="central") (or zo.RGE(...))',
     "directions": "the number of directions belongs to the estimator: estimator=zo.RGE(directions=...)",
-    "distribution": 'the directions\' distribution belongs to the estimator: estimator=zo.RGE(distribution="sphere")',
+    "distribution": ('the directions\' distribution belongs to the estimator: estimator=zo.RGE(distribution=...), '
+                     '"gaussian" (its default), "sphere" or "rademacher"'),
     "shaping": 'fitness shaping belongs to the estimator: estimator=zo.RGE(shaping="ranks")',
     "population": "the population belongs to the estimator: estimator=zo.SNES(population=...)",
     "sigma_lr": "SNES's width learning rate belongs to the estimator: estimator=zo.SNES(sigma_lr=...)",
