@@ -260,3 +260,20 @@ def test_distribution_given_to_train_or_estimate_gradient_names_every_distributi
         with pytest.raises(zo.ArgumentError, match=r"has no argument `distribution`: .*estimator=zo\.RGE\(") as e:
             call(distribution="rademacher")
         assert all(f'"{name}"' in str(e.value) for name in DISTRIBUTIONS), str(e.value)
+
+
+def test_a_boxed_rademacher_run_resumes_bit_for_bit_and_another_distribution_is_refused(tmp_path):
+    """The checkpoint records the estimator with its distribution: the same run resumes bit for bit, a resume
+    with RGE on the sphere (the same box, the same queries' count) is refused naming the estimator."""
+    f = lambda x: float(np.sum((x - 0.3) ** 2 * np.arange(1, 5)))  # noqa: E731
+    est = zo.RGE(mu=1e-2, directions=3, distribution="rademacher", scheme="central")
+    kw = dict(optimizer=zo.sgd(0.05), rng=0, progress=False, estimator=est, bounds=(-0.2, 1.0))
+    x0, path = np.full(4, -0.2), str(tmp_path / "run.npz")
+    whole = zo.train(f, x0, epochs=10, **kw)
+    zo.train(f, x0, epochs=4, checkpoint=path, **kw)
+    resumed = zo.train(f, x0, epochs=10, checkpoint=path, resume=path, **kw)
+    assert resumed.params.tobytes() == whole.params.tobytes() and resumed.nfev == whole.nfev
+    sphere = zo.RGE(mu=1e-2, directions=3, distribution="sphere", scheme="central")
+    with pytest.raises(zo.CheckpointError, match=r"estimator: checkpoint has .*distribution='rademacher'.*"
+                                                 r"this run has .*distribution='sphere'"):
+        zo.train(f, x0, epochs=10, resume=path, **dict(kw, estimator=sphere))
