@@ -3,7 +3,11 @@
 Not loaded by default (it costs a few milliseconds a test and reports library import side
 effects too); run it over some test files, in any order, with
 
-    PYTHONPATH=$PWD:$PWD/tests python -m pytest -p leakcheck tests/test_a.py tests/test_b.py
+    PYTHONPATH=$PWD:$PWD/tests python -m pytest -n 0 -p leakcheck tests/test_a.py tests/test_b.py
+
+in one process (``-n 0``: pyproject's ``addopts`` runs pytest-xdist's workers, each its own tests in
+its own order, whose findings the controller never saw, and whose files in /tmp are each other's);
+a run with workers is refused.
 
 After each test it compares: the threads and child processes alive, os.environ, the working
 directory, warnings.filters, SIGINT/SIGTERM/SIGCHLD handlers, the files this process holds open
@@ -112,6 +116,14 @@ def pytest_runtest_protocol(item, nextitem):
     for kind in ("open", "tmp", "/tmp"):
         for p in sorted(a[kind] - b[kind]):
             _report({"open": "OPEN", "tmp": "TMPDIR", "/tmp": "/TMP"}[kind], where, p)
+
+
+def pytest_configure(config):
+    # (pytest-xdist's controller: dist is "no" in one process and in each worker)
+    if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("-p leakcheck compares each test with the one before it in one process, and "
+                                "pytest-xdist's workers (pyproject's -n logical) report nothing to this one: "
+                                "add -n 0")
 
 
 def pytest_sessionfinish(session):

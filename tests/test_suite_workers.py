@@ -46,3 +46,26 @@ def test_the_tests_own_dask_clusters_listen_on_loopback_only():
                 found.append((f"{path.name}:{node.lineno}", ok))
     assert len(found) >= 10, found
     assert [where for where, ok in found if not ok] == []
+
+
+def test_leakcheck_refuses_a_run_with_workers_and_reports_in_one_process():
+    """``-p leakcheck`` under pyproject's ``-n logical`` ran in the workers, whose findings the controller
+    never saw: it printed "leakcheck: 0 change(s) left behind" whatever the tests left. Refused, naming
+    ``-n 0``; with ``-n 0`` it reports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tests")]))
+    env.pop("PYTEST_XDIST_WORKER", None)
+    test = "tests/test_suite_workers.py::test_ray_socket_paths_under_the_session_directory_fit_a_unix_socket"
+    runs = {}
+    for n in ("2", "0"):
+        runs[n] = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", n,
+                                  "-p", "leakcheck", test], cwd=root, env=env, capture_output=True, text=True,
+                                 timeout=300)
+    out = runs["2"].stdout + runs["2"].stderr
+    assert runs["2"].returncode == 4 and "-p leakcheck compares each test" in out and "add -n 0" in out, out[-2000:]
+    out = runs["0"].stdout + runs["0"].stderr
+    assert runs["0"].returncode == 0 and "leakcheck: " in out and "1 passed" in out, out[-2000:]
