@@ -170,6 +170,20 @@ def test_an_estimate_whose_one_ask_passes_the_bound_is_warned_of_before_its_poin
     answered(zo.AskTell(X0, epochs=2, estimator=zo.RGE(directions=4), progress=False))  # 5 rows
 
 
+def test_the_large_ask_warning_of_a_run_in_a_box_names_an_rge_the_box_takes(monkeypatch):
+    """It named zo.RGE(directions=q), Gaussian, which bounds= refuses; its Rademacher version runs in the box."""
+    monkeypatch.setattr(_ask_tell_run, "ASK_WARN_BYTES", 12 * 8 * 10)
+    with pytest.raises(UserWarning, match=r'asks its 13 points.*estimator=zo\.RGE\(directions=q, '
+                                          r'distribution="rademacher"\)$'):
+        zo.AskTell(X0, epochs=2, bounds=(-2.0, 2.0), progress=False)
+    with pytest.raises(UserWarning, match=r"estimator=zo\.RGE\(directions=q\)$"):  # no box: Gaussian's fine
+        zo.AskTell(X0, epochs=2, progress=False)
+    opt = zo.AskTell(X0, epochs=2, bounds=(-2.0, 2.0), progress=False,
+                     estimator=zo.RGE(directions=4, distribution="rademacher"))
+    answered(opt)  # the fix it names runs in that box, unwarned (5 rows an ask)
+    assert opt.done
+
+
 MEASURE = textwrap.dedent("""
     import sys, tracemalloc
     import numpy as np

@@ -174,8 +174,9 @@ class _AskExecutor:
 
     n_workers = 1  # the serial run's plan
 
-    def __init__(self, channel: _Channel, told: _Told, max_points=None):
-        self.channel, self.told, self.max_points = channel, told, max_points
+    def __init__(self, channel: _Channel, told: _Told, max_points=None, boxed: bool = False):
+        # boxed: the run has bounds=, which refuses Gaussian RGE (the warning below names a direction kind it takes)
+        self.channel, self.told, self.max_points, self.boxed = channel, told, max_points, boxed
         self.warned = False
 
     def run(self, oracle, params, tasks) -> list:
@@ -183,7 +184,7 @@ class _AskExecutor:
         told = told if isinstance(told, _Told) else self.told
         n = sum(len(t.steps) * t.size for t in tasks)  # (the estimate's points, as the results count them)
         if self.max_points is None and not self.warned:
-            self.warned = _warn_large(n, params)
+            self.warned = _warn_large(n, params, self.boxed)
         rows = min(n, self.max_points) if self.max_points is not None else n
         recorder = _Recorder(self.channel, told.batch, namespace(params), rows)
         record = Oracle(recorder)
@@ -197,9 +198,11 @@ class _AskExecutor:
             told.losses = None
 
 
-def _warn_large(n: int, params) -> bool:
+def _warn_large(n: int, params, boxed: bool = False) -> bool:
     """Warn (once a run) where one ask of an estimate's ``n`` points would take more than
-    :data:`ASK_WARN_BYTES`, before they are built: True where it warned."""
+    :data:`ASK_WARN_BYTES`, before they are built: True where it warned. ``boxed``: the run has
+    ``bounds=``, where RGE must step by at most ``mu`` a coordinate (sphere or Rademacher directions)."""
+    rge = 'zo.RGE(directions=q, distribution="rademacher")' if boxed else "zo.RGE(directions=q)"
     d, itemsize = params.shape[0], params.dtype.itemsize
     nbytes = n * d * itemsize
     if nbytes <= ASK_WARN_BYTES:
@@ -209,7 +212,7 @@ def _warn_large(n: int, params) -> bool:
          f"{nbytes / 2**30:.1f} GiB for the ask, and as much again for the copy ask() returns "
          f"(zo.train evaluates them a few at a time); pass max_points= to ask at most that many rows at a time "
          f"(max_points={rows}: {rows * d * itemsize / 2**20:.0f} MiB an ask, the same run, told ask by ask), "
-         "or fewer points a step: sparsity= (CGE over the unpruned coordinates) or estimator=zo.RGE(directions=q)")
+         f"or fewer points a step: sparsity= (CGE over the unpruned coordinates) or estimator={rge}")
     return True
 
 
@@ -220,7 +223,8 @@ def _drive(channel: _Channel, params, options: dict, max_points=None) -> None:
     HANDED_OVER.set(channel.hand)  # (this thread's context alone)
     TOLD.set(True)  # (train's messages speak of losses told, of AskTell's resume, not of an oracle's)
     try:
-        result = train(told, params, executor=_AskExecutor(channel, told, max_points), **options)
+        executor = _AskExecutor(channel, told, max_points, boxed=options.get("bounds") is not None)
+        result = train(told, params, executor=executor, **options)
     except AskTellClosed:
         channel.end(done=False)
     except BaseException as exc:  # the caller's next ask or tell raises it
