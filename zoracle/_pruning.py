@@ -225,21 +225,30 @@ def zo_grasp(oracle, params, *, blocks=None, mu: float = 5e-3, directions: int =
     seed2 = seed1 if common_random_numbers else int(gen.integers(2**63))
     if bounds is not None:
         return _boxed_grasp(oracle, params, blocks, mu, directions, seed1, seed2, bounds, executor)
-    try:
-        g1 = unchecked(estimate_gradient)(oracle, params, est, rng=seed1, executor=executor).grad
-    except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
-        raise exc.located(f"{exc.query} of ZO-GraSP's first estimate, at params",
-                          "; ratios='uniform' skips ZO-GraSP")
-    _check_second_point(params, g1, mu)
-    shifted = params + params.dtype.type(mu) * g1
-    try:
-        g2 = unchecked(estimate_gradient)(oracle, shifted, est, rng=seed2, executor=executor).grad
-    except OracleError as exc:  # not at the caller's params: at ZO-GraSP's own second point
-        step = float(np.linalg.norm(to_numpy(shifted - params).astype(np.float64)))
-        raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at params + mu * g (a step of norm {step:.3g} "
-                          "from params)", "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' skips ZO-GraSP")
-    del shifted
+    g1, g2 = _two_estimates(oracle, params, est, seed1, seed2, executor, lambda x: x,
+                            ("params", "params + mu * g", "params"))
     return _scores(params, g1, g2, mu, blocks)
+
+
+def _two_estimates(oracle, x1, est, seed1: int, seed2: int, executor, project, where) -> tuple:
+    """ZO-GraSP's two estimates: at ``x1``, then at ``project(x1 + mu * g1)``; ``where``: how a failed
+    query's message names the first point, the second and the one its step is measured from."""
+    mu = est.mu
+    try:
+        g1 = unchecked(estimate_gradient)(oracle, x1, est, rng=seed1, executor=executor).grad
+    except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
+        raise exc.located(f"{exc.query} of ZO-GraSP's first estimate, at {where[0]}",
+                          "; ratios='uniform' skips ZO-GraSP")
+    _check_second_point(x1, g1, mu)
+    x2 = project(x1 + x1.dtype.type(mu) * g1)
+    try:
+        g2 = unchecked(estimate_gradient)(oracle, x2, est, rng=seed2, executor=executor).grad
+    except OracleError as exc:  # not at the caller's params: at ZO-GraSP's own second point
+        step = float(np.linalg.norm(to_numpy(x2 - x1).astype(np.float64)))
+        raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at {where[1]} (a step of norm {step:.3g} "
+                          f"from {where[2]})", "; a smaller `mu` (train passes its estimator's) shortens that step, "
+                          "or ratios='uniform' skips ZO-GraSP")
+    return g1, g2
 
 
 def _scores(params, g1, g2, mu: float, blocks) -> np.ndarray:
@@ -286,22 +295,12 @@ def _boxed_grasp(oracle, params, blocks, mu: float, q: int, seed1: int, seed2: i
                             "pass a smaller mu or ratios='uniform'")
     lower, upper = (xp.asarray(side.astype(params.dtype)) for side in (lower, upper))
     est = RGE(mu=mu, directions=q, distribution="rademacher")
-    x1 = xp.minimum(xp.maximum(params, lower), upper)
-    try:
-        g1 = unchecked(estimate_gradient)(oracle, x1, est, rng=seed1, executor=executor).grad
-    except OracleError as exc:  # ZO-GraSP's directions, not the caller's estimator's queries
-        raise exc.located(f"{exc.query} of ZO-GraSP's first estimate, at params clipped into the box shrunk by mu",
-                          "; ratios='uniform' skips ZO-GraSP")
-    _check_second_point(x1, g1, mu)
-    x2 = xp.minimum(xp.maximum(x1 + params.dtype.type(mu) * g1, lower), upper)
-    try:
-        g2 = unchecked(estimate_gradient)(oracle, x2, est, rng=seed2, executor=executor).grad
-    except OracleError as exc:
-        step = float(np.linalg.norm(to_numpy(x2 - x1).astype(np.float64)))
-        raise exc.located(f"{exc.query} of ZO-GraSP's second estimate, at x1 + mu * g clipped into the box (a step "
-                          f"of norm {step:.3g} from x1, params clipped into it)",
-                          "; a smaller `mu` (train passes its estimator's) shortens that step, or ratios='uniform' "
-                          "skips ZO-GraSP")
+    def clip(x):
+        return xp.minimum(xp.maximum(x, lower), upper)
+
+    g1, g2 = _two_estimates(oracle, clip(params), est, seed1, seed2, executor, clip,
+                            ("params clipped into the box shrunk by mu", "x1 + mu * g clipped into the box",
+                             "x1, params clipped into it"))
     return _scores(params, g1, g2, mu, blocks)
 
 
