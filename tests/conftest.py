@@ -27,7 +27,37 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _PREVIOUS_PARENT = os.environ.get("ZORACLE_TEST_TMP_PARENT")
 _PARENT = _PREVIOUS_PARENT or tempfile.gettempdir()
 os.environ["ZORACLE_TEST_TMP_PARENT"] = _PARENT
+_OWNER = ".owner"  # "host pid" of the process whose session directory it is
+
+
+def _sweep_stale(parent: str) -> None:
+    """Remove the session directories of this host's test processes that have died (a run killed
+    by a signal or a timeout never reaches ``pytest_unconfigure``): each names its owner in
+    ``.owner``. A directory without one, another host's or a living process's is left alone."""
+    host = os.uname().nodename
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith("zt-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, _OWNER)) as f:
+                owner_host, pid = f.read().split()
+            if owner_host != host or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):  # no owner file, not ours to signal, unreadable
+            continue
+
+
+if _PREVIOUS_PARENT is None:  # the controller (or a run without workers): once a run
+    _sweep_stale(_PARENT)
 _SESSION_TMP = tempfile.mkdtemp(prefix="zt-", dir=_PARENT)
+with open(os.path.join(_SESSION_TMP, _OWNER), "w") as _f:
+    _f.write(f"{os.uname().nodename} {os.getpid()}\n")
 _PREVIOUS_TMPDIR = os.environ.get("TMPDIR")
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # recomputed from TMPDIR on next use

@@ -1,10 +1,13 @@
 """The suite's own set-up under pytest-xdist (pyproject's ``addopts`` runs one test process a
 CPU): each worker's temporary directory lies beside the controller's, never inside it, so the
-Unix socket paths Ray makes under it stay within the kernel's 107 bytes."""
+Unix socket paths Ray makes under it stay within the kernel's 107 bytes. A run killed before its
+end leaves its directories behind; the next run removes those of this host's dead processes."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import conftest
 
@@ -69,3 +72,26 @@ def test_leakcheck_refuses_a_run_with_workers_and_reports_in_one_process():
     assert runs["2"].returncode == 4 and "-p leakcheck compares each test" in out and "add -n 0" in out, out[-2000:]
     out = runs["0"].stdout + runs["0"].stderr
     assert runs["0"].returncode == 0 and "leakcheck: " in out and "1 passed" in out, out[-2000:]
+
+
+def test_a_killed_runs_session_directories_are_removed_by_the_next_run(tmp_path):
+    """Each session directory names its owner ("host pid"); a run removes those of dead processes
+    on this host, and leaves a living process's, another host's and one without an owner file."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = os.uname().nodename
+    owners = {"zt-dead": f"{host} {dead_pid}", "zt-alive": f"{host} {os.getpid()}",
+              "zt-elsewhere": f"another-{host} {dead_pid}", "zt-garbled": "no pid here", "zt-none": None,
+              "other-dead": f"{host} {dead_pid}"}
+    for name, owner in owners.items():
+        (tmp_path / name / "sub").mkdir(parents=True)
+        if owner is not None:
+            (tmp_path / name / conftest._OWNER).write_text(owner + "\n")
+    conftest._sweep_stale(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(owners) - {"zt-dead"})
+
+
+def test_this_session_directory_names_its_owner():
+    with open(os.path.join(conftest._SESSION_TMP, conftest._OWNER)) as f:
+        assert f.read().split() == [os.uname().nodename, str(os.getpid())]
