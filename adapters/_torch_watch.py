@@ -111,7 +111,10 @@ def _entries(v):
     if isinstance(v, dict):
         d = v
     elif _config_object(v):
-        d = vars(v)
+        try:
+            d = vars(v)
+        except TypeError:  # a dataclass with ``__slots__`` (the pytree specs of a torch.export module)
+            d = {f.name: getattr(v, f.name, None) for f in dataclasses.fields(v)}
     else:
         return None
     return d.items() if len(d) <= _MAX_ENTRIES else None

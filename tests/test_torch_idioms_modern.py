@@ -386,3 +386,19 @@ def test_idiom_the_split_refuses_is_named_and_cge_still_equals_the_loop(name):
     assert any(re.search(cause, m) for m in ours), ours
     assert not oracle._core.blocks
     _close(got, kept, want)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed batch", "dynamic batch"])
+def test_a_torch_export_module_is_taken_and_cge_equals_the_eager_models_loop(dynamic):
+    # torch.export's module holds its input and output pytree specs, dataclasses with __slots__:
+    # watching its plain attributes raised TypeError (vars() argument must have __dict__ attribute)
+    model, exported = _exported(8 if dynamic else 4)
+    x, y = _batch((4,))
+    oracle, got, kept, want, ours = _estimate(exported, x, y, reference=model)
+    if dynamic:  # the batch may grow: the split is kept
+        assert not ours, ours
+        assert oracle._core.blocks
+    else:  # the export's guard on the batch size refuses k * B rows, and says so
+        assert any("Guard failed" in m for m in ours), ours
+        assert not oracle._core.blocks
+    _close(got, kept, want)
