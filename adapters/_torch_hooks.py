@@ -14,6 +14,7 @@ from torch import nn
 from zoracle._errors import ArgumentError
 
 from ._torch_reference import _close, reference_loss
+from ._torch_watch import user_global_hooks
 
 
 #: relative step of the self-check's perturbations: large, so a wrong path cannot hide in round-off
@@ -37,11 +38,44 @@ def _hooked(model: nn.Module) -> str:
     capture only shows as a different loss)."""
     names = [name or type(model).__name__ for name, m in model.named_modules()
              if m._forward_hooks or m._forward_pre_hooks]
-    if not names:
+    glob = _global_hook_names()
+    if not names and not glob:
         return ""
-    return (f"; {name_list(names)} run(s) forward hooks, which the split's closed forms do not run: remove a hook "
+    who = [f"{name_list(names)} run(s) forward hooks"] if names else []
+    if glob:
+        who.append(f"global forward hooks {name_list(glob)} (register_module_forward_hook or _pre_hook) run on "
+                   "every module")
+    return (f"; {' and '.join(who)}, which the split's closed forms do not run: remove a hook "
             "that changes what its module computes, or do that in the forward of a module of your own wrapping "
             "the layer, to keep feature reuse (a hook that only observes, returning None, keeps it)")
+
+
+def _global_hooks() -> list:
+    """The global forward hooks and pre-hooks that are not torch's own tools' (``user_global_hooks``)."""
+    mod, ids = nn.modules.module, set(user_global_hooks())
+    return [h for h in (*mod._global_forward_pre_hooks.values(), *mod._global_forward_hooks.values()) if id(h) in ids]
+
+
+def _global_hook_names() -> list:
+    return [getattr(h, "__qualname__", None) or type(h).__name__ for h in _global_hooks()]
+
+
+@contextlib.contextmanager
+def _without_global_hooks():
+    """The user's global forward hooks taken out of torch's tables, and put back as they were."""
+    mod = nn.modules.module
+    tables = (mod._global_forward_pre_hooks, mod._global_forward_hooks)
+    saved = [dict(t) for t in tables]
+    ids = set(user_global_hooks())
+    try:
+        for t in tables:
+            for k in [k for k, h in t.items() if id(h) in ids]:
+                del t[k]
+        yield
+    finally:
+        for t, kept in zip(tables, saved):
+            t.clear()
+            t.update(kept)
 
 
 def _hook_check(oracle, theta) -> str:
@@ -53,7 +87,8 @@ def _hook_check(oracle, theta) -> str:
     observing hook, which returns None and writes nothing, keeps the split)."""
     core = oracle._core
     mods = [m for m in core.model.modules() if m._forward_hooks or m._forward_pre_hooks]
-    if not mods:
+    glob = bool(user_global_hooks())  # (register_module_forward_hook): on every module's call
+    if not mods and not glob:
         return ""
     # a pre-hook that recomputes a weight into a plain attribute (torch.nn.utils.prune, the old
     # weight_norm): the check below, without hooks, reads the weight the hooked call just wrote,
@@ -63,12 +98,13 @@ def _hook_check(oracle, theta) -> str:
         return reparametrized
     x, y = oracle._x, oracle._y
 
-    def without_hooks(off) -> float:
+    def without_hooks(off, glob_off=glob) -> float:
         saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in off]
         try:
             for m in off:
                 m._forward_hooks, m._forward_pre_hooks = type(m._forward_hooks)(), type(m._forward_pre_hooks)()
-            return reference_loss(oracle, x, y)
+            with _without_global_hooks() if glob_off else contextlib.nullcontext():
+                return reference_loss(oracle, x, y)
         finally:
             for m, f, pre in saved:
                 m._forward_hooks, m._forward_pre_hooks = f, pre
@@ -79,9 +115,9 @@ def _hook_check(oracle, theta) -> str:
         except Exception:  # a hook model(x) cannot run without (an LSTM's hook picking its output in a
             # Sequential): the split, which passed its check, runs it; the other modules' hooks one at a time
             out = []
-            for m in mods:
+            for off in ([[m] for m in mods] + ([[]] if glob and mods else [])):
                 try:
-                    out.append(without_hooks([m]))
+                    out.append(without_hooks(off, glob_off=glob and not off))
                 except Exception:
                     pass
             return out

@@ -23,16 +23,36 @@ def module_key(m: nn.Module) -> tuple:
     """What the split of a model depends on, per module, besides parameters and buffers: the
     module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
     train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
-    forward hook is registered on it (the closed forms do not run hooks); its parameters and
+    forward hook is registered on it, or a global one (:func:`user_global_hooks`) runs on every
+    module (the closed forms do not run hooks); its parameters and
     which of them train (one unfrozen after the oracle was built is not in its flat vector, nor
     is a ``Parameter`` assigned over one, ``layer.weight = nn.Parameter(...)``); and its plain
     attributes (numbers, flags, strings a forward may read); last its class and whether a forward is set
     on the instance (a parametrization registered makes an ``nn.Linear`` a ``ParametrizedLinear``,
     ``layer.forward = ...`` replaces its forward: the closed forms were chosen for the layer as it was)."""
     ps = m._parameters
-    return (id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
+    hooked = bool(m._forward_hooks or m._forward_pre_hooks)
+    glob = user_global_hooks()  # run on every module: a module's hook key holds them
+    return (id(m), m.training, (hooked, glob) if glob else hooked,
             tuple([(id(p), p.requires_grad) for p in ps.values() if p is not None]) if ps else (),
             _plain_values(m), (type(m).__qualname__, "forward" in m.__dict__))
+
+
+def _torch_own(hook) -> bool:
+    """A global hook of torch's own observing tools (``FlopCounterMode``'s ``ModuleTracker``,
+    ``CommDebugMode``), which return None: a check of the split under them would run, and be
+    counted, inside the tool."""
+    return str(getattr(hook, "__module__", None) or "").startswith("torch.")
+
+
+def user_global_hooks() -> tuple:
+    """The ids of the global forward hooks and pre-hooks (``register_module_forward_hook``,
+    ``register_module_forward_pre_hook``) other than torch's own tools': they run on every
+    module's call, and the split's closed forms do not run them."""
+    pre, post = nn.modules.module._global_forward_pre_hooks, nn.modules.module._global_forward_hooks
+    if not (pre or post):
+        return ()
+    return tuple([id(h) for h in (*pre.values(), *post.values()) if not _torch_own(h)])
 
 
 _PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -217,10 +237,15 @@ def _value_key(v, depth: int = 0):
 
 def _modes(model) -> tuple:
     """The split key of ``model`` now (the first part of ``_model_state``). Global forward hooks
-    (``register_module_forward_hook``) are left out: tools that observe every module register
-    them (``FlopCounterMode``, profilers), and a check of the split under them would run, and be
-    counted, inside the tool."""
+    (``register_module_forward_hook``) are in each module's key, but for torch's own tools'
+    (``FlopCounterMode``'s): a check of the split under them would run, and be counted, inside
+    the tool (:func:`user_global_hooks`)."""
     return tuple(module_key(m) for m in model.modules())
+
+
+def _global_part(key: tuple) -> tuple:
+    """The global hooks in a module's key (:func:`module_key`)."""
+    return key[2][1] if isinstance(key[2], tuple) else ()
 
 
 def _what_changed(old: tuple, new: tuple) -> str:
@@ -229,7 +254,9 @@ def _what_changed(old: tuple, new: tuple) -> str:
     if [k[0] for k in old] != [k[0] for k in new]:
         parts.append("a module was replaced, added or removed")
     if [k[2] for k in old] != [k[2] for k in new]:
-        parts.append("a forward hook was registered or removed")
+        glob = [_global_part(k) for k in old[:1]] != [_global_part(k) for k in new[:1]]  # as every module's key
+        parts.append(("a global forward hook (register_module_forward_hook or _pre_hook) was registered or "
+                      "removed") if glob else "a forward hook was registered or removed")
     if [k[1] for k in old] != [k[1] for k in new]:
         parts.append("train/eval modes changed")
     if [k[3] for k in old] != [k[3] for k in new]:
