@@ -1,6 +1,7 @@
 """TorchOracle on torch 2.x idioms written the way users write them: ``nn.RMSNorm`` and
-``F.rms_norm``, ``F.scaled_dot_product_attention`` (``is_causal``, a float mask),
-``nn.MultiheadAttention(batch_first=True)`` with ``need_weights=False``, ``nn.Buffer`` and
+``F.rms_norm``, ``F.scaled_dot_product_attention`` (``is_causal``, a float mask,
+``enable_gqa``), ``nn.MultiheadAttention(batch_first=True)`` with ``need_weights=False``,
+``bias=False`` on ``LayerNorm`` and a pre-norm ``TransformerEncoderLayer``, ``nn.Buffer`` and
 non-persistent buffers, the new ``parametrizations.weight_norm`` and ``orthogonal``,
 ``torch.func.functional_call`` on a child, non-reentrant ``checkpoint``, ``Module.compile()``,
 a ``torch.export`` module, ``ModuleDict`` / ``ParameterList`` / ``ParameterDict`` / ``Identity``,
@@ -98,6 +99,35 @@ class MHA(nn.Module):
         else:
             a, _ = self.attn(h, h, h, need_weights=False)
         return self.out(a + h).mean(1)
+
+
+class BiasFree(nn.Module):
+    """torch >= 2.1's ``bias=False`` on ``LayerNorm`` and ``TransformerEncoderLayer`` (pre-norm, GELU)."""
+
+    def __init__(self, encoder=False):
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, 8), nn.Linear(8, 3, bias=False)
+        self.body = nn.LayerNorm(8, bias=False)
+        if encoder:
+            self.body = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", batch_first=True,
+                                                   norm_first=True, bias=False)
+
+    def forward(self, x):
+        return self.out(F.gelu(self.body(self.inp(x)))).mean(1)
+
+
+class GroupedQuery(nn.Module):
+    """Grouped-query attention: four query heads on two key/value heads (``enable_gqa=True``), causal, scaled."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv, self.out = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        q = self.q(x).unflatten(-1, (4, 2)).transpose(1, 2)
+        k, v = self.kv(x).unflatten(-1, (4, 2)).transpose(1, 2).chunk(2, 1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True)
+        return self.out(o.transpose(1, 2).flatten(2)).mean(1)
 
 
 # ---- buffers, parametrizations, functional calls, checkpointing, containers
@@ -253,6 +283,9 @@ KEPT = {
     "mha need_weights=False": (MHA, (5, 4), 2),
     "mha causal mask": (lambda: MHA("causal"), (5, 4), 2),
     "mha key_padding_mask": (lambda: MHA("padding"), (5, 4), 2),
+    "sdpa enable_gqa": (GroupedQuery, (5, 4), 1),
+    "LayerNorm(bias=False)": (BiasFree, (5, 4), 1),
+    "TransformerEncoderLayer(bias=False, norm_first=True)": (lambda: BiasFree(encoder=True), (5, 4), 3),
     "nn.Buffer, persistent=False": (Buffers, (4,), 1),
     "parametrizations.weight_norm": (_weight_norm, (4,), 1),
     "parametrizations.orthogonal": (_orthogonal("matrix_exp"), (4,), 1),
