@@ -300,7 +300,8 @@ class GradientEstimate:
     # (their differences within ROUNDING_ULPS units of the base loss's last place, at its precision, over
     # the step): train's checks for estimates that stay 0 read an entry at or below it as 0, the same on any
     # CPU (a rounding that leaves a cancelled bias's differences exactly 0 on one leaves a few units on
-    # another); 0.0 where not judged (SNES, ranks), inf where the whole estimate is rounding (RGE)
+    # another); 0.0 where not judged, inf where the whole estimate is rounding (RGE, ranked or not, and SNES:
+    # their entries mix every direction's difference, so the estimate is judged whole)
     _rounding = 0.0
 
     def __eq__(self, other):
@@ -764,6 +765,11 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
                                       plan)
     f0 = float(results[0][0, 0])
     vals = np.concatenate([r for r in results[1:]], axis=1)
+    # every difference the estimate is built from within the losses' rounding: the whole estimate is
+    # rounding (each entry mixes every direction's difference, so none is judged alone otherwise). Read
+    # from the losses themselves, before any ranks: ranks order losses a few units of their last place
+    # apart as far apart as any, a noise step on a flat loss, which is judged as plain RGE's is
+    rounding = _rge_rounding(wrapped, f0, vals, estimator.scheme)
     base = f0
     if estimator.shaping == "ranks":  # NES fitness shaping: centred ranks replace the loss values
         if estimator.scheme == "forward":
@@ -772,10 +778,6 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         else:
             vals = centered_ranks(vals.reshape(-1)).reshape(vals.shape)
     coef = vals[0] - base if estimator.scheme == "forward" else vals[0] - vals[1]
-    # every difference within the losses' rounding: the whole estimate is rounding (each entry mixes every
-    # direction's difference, so none is judged alone otherwise)
-    rounding = 0.0 if estimator.shaping == "ranks" or not coef.size or float(np.max(np.abs(coef))) > _diff_rounding(
-        wrapped, f0, vals) else np.inf
     diffs = coef.copy() if estimator.shaping != "ranks" and may_be_gridded(f0) and not _values_warned(wrapped) \
         else None
     far = loss_spread(vals, f0) if diffs is not None and estimator.scheme != "forward" else 0.0
@@ -805,6 +807,33 @@ def _diff_rounding(wrapped: Oracle, f0: float, vals) -> float:
         row = vals[0]
         bits = loss_bits(row[::max(1, row.shape[0] // 8)][:8].tolist(), typed)
     return loss_rounding(f0, bits)
+
+
+def _rge_rounding(wrapped: Oracle, f0: float, vals, scheme: str) -> float:
+    """An RGE estimate's ``_rounding`` from its raw losses (``(1 or 2, q)``, before any ranks): inf where
+    every difference it is built from (each direction's loss less the base loss, forward; its two losses,
+    central) lies within the losses' rounding near ``f0`` (:func:`_losses_rounding`), else 0.0. Rank shaping
+    is judged by the same differences, so a ranked and a plain RGE that query the same points are judged
+    alike; the directions' order (and a central pair's) changes nothing. O(q)."""
+    if not vals.size:
+        return 0.0
+    # (forward: max |v - f0| is the losses' spread about f0, with no temporary; rounding is monotone)
+    far = loss_spread(vals, f0) if scheme == "forward" else float(np.max(np.abs(vals[0] - vals[1])))
+    return 0.0 if far > _losses_rounding(wrapped, f0, vals) else np.inf
+
+
+def _losses_rounding(wrapped: Oracle, ref: float, vals) -> float:
+    """How far losses near ``ref`` may differ by rounding alone (:func:`~zoracle._grid.loss_rounding`), at the
+    precision they carry: their type's (the base point's value, or a fast path's narrower one), else float32
+    where ``ref`` and every one of ``vals`` is a float32 number, else float64. Every value is read, so the
+    order the queries came back in changes nothing (:func:`_diff_rounding` reads 8 of CGE's d losses); for
+    RGE's and SNES's q losses, O(q) in Python floats, stopping at the first that is no float32 number."""
+    value = wrapped.base_value
+    typed = 53 if value is None or isinstance(value, float) else precision_bits(loss_type(value))
+    bits = loss_bits((ref,), typed)
+    if bits == 24:
+        bits = loss_bits(np.ravel(vals).tolist(), typed)
+    return loss_rounding(ref, bits)
 
 
 def _rounded(est: GradientEstimate, rounding: float) -> GradientEstimate:
@@ -958,6 +987,11 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
                      _executor_workers(executor), scale=sigma)
     results = _run(executor, wrapped, params, tasks)
     losses = np.concatenate([r[0] for r in results])
+    # every sample's loss within the losses' rounding of every other's: the utilities rank rounding alone
+    # (their stable sort orders exact ties by sample), a noise step, judged as a flat RGE step is. No base
+    # point: the differences SNES ranks are between its samples, their spread; at the last place of the
+    # largest (all lie within a few units of it, or the step is not rounding)
+    rounding = _snes_rounding(wrapped, losses)
     u = nes_utilities(losses)
     move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, _squared_less_one))
     release_rows(root)  # its reservation (up to 256 MiB) was held until the next estimate else
@@ -966,7 +1000,16 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     # next step refused a sigma of 0, ending the run); one whose samples would overflow is
     # refused at the next step, against the parameters it samples around
     new_sigma = np.maximum(sigma * np.exp(0.5 * estimator.rate(d) * spread), np.finfo(np.float64).tiny)
-    return GradientEstimate(grad, finite_mean(losses), wrapped.nfev, new_sigma)
+    return _rounded(GradientEstimate(grad, finite_mean(losses), wrapped.nfev, new_sigma), rounding)
+
+
+def _snes_rounding(wrapped: Oracle, losses) -> float:
+    """A SNES estimate's ``_rounding``: inf where its samples' losses all lie within the losses' rounding of
+    each other (:func:`_losses_rounding`, at the largest one's last place), else 0.0. O(population)."""
+    if not losses.size:
+        return 0.0
+    lo, hi = float(np.min(losses)), float(np.max(losses))
+    return np.inf if hi - lo <= _losses_rounding(wrapped, hi if abs(hi) >= abs(lo) else lo, losses) else 0.0
 
 
 def finite_mean(values) -> float:

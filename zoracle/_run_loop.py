@@ -321,9 +321,16 @@ def epoch_warnings(run, blist) -> None:
     if run.pos >= len(blist) and run.ran and run.flat == run.ran and not run.flat_warned:
         run.flat_warned = True
         run.warned.add("flat")
+        # (SNES and rank-shaped RGE rank losses a few units of their last place apart as any others, SNES
+        # tied ones by sample: their steps there are of full size in a random direction, not of rounding's)
+        ranked = run.snes or getattr(run.est, "shaping", "none") == "ranks"
+        moved = ("the steps followed rounding noise alone (the losses' ranks, which order losses a few units of "
+                 "their last place apart as any others: a random step of full size)" if ranked else
+                 "the estimates moved no parameter beyond rounding noise (weight decay and momentum aside)")
+        where = (f"samples (widths sigma, from mu = {run.est.mu:g})" if run.snes else
+                 f"queries at +-mu = {run.est.mu:g}")
         warn(f"train: every gradient estimate of epoch {run.epoch} ({run.ran} step{'s' * (run.ran > 1)}) was 0 to "
-             "within the loss's rounding, so the estimates moved no parameter beyond rounding noise (weight decay "
-             f"and momentum aside): each step's queries at +-mu = {run.est.mu:g} "
+             f"within the loss's rounding, so {moved}: each step's {where} "
              f"{told('returned', 'were told')} the same loss, or losses a few units of its last place apart (a "
              "CPU's rounding). Where the loss is "
              "flat there, piecewise constant (an error rate or count, a simulator rounding to a grid) or on a "
