@@ -81,6 +81,26 @@ def test_cnn_batchnorm_central_cge_matches_autograd(mode):
     assert relerr(est.grad, autograd(model, x, y)) < 1e-6
 
 
+@pytest.mark.parametrize("make", [lambda: DigitsCNN(width=4), lambda: make_cnn(4), lambda: make_cnn(4, batchnorm=False)],
+                         ids=["DigitsCNN", "make_cnn", "make_cnn-no-batchnorm"])
+def test_the_zoo_cnns_spend_no_queries_on_a_bias_batchnorm_cancels(make):
+    """A convolution's bias right before a BatchNorm in train mode is cancelled by its mean subtraction:
+    its coordinates were queries spent for nothing, and train named 0.bias and 3.bias as estimates that
+    stay 0. The zoo's CNNs leave that bias out (torchvision's bias=False); without BatchNorm it stays."""
+    torch.manual_seed(0)
+    model = make()
+    layers = list(model)
+    for conv, nxt in zip(layers, layers[1:]):
+        if isinstance(conv, nn.Conv2d):
+            assert (conv.bias is None) == isinstance(nxt, nn.BatchNorm2d), (conv, nxt)
+    oracle = TorchOracle(model, CE)
+    x, y = data((1, 8, 8), 48, seed=0, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="train. the gradient estimates of")
+        zo.train(oracle, oracle.initial_params(), batches=zo.Minibatches((x, y), batch_size=16, seed=0), epochs=1,
+                 estimator=zo.CGE(mu=5e-3), optimizer=zo.sgd(0.1), rng=0, progress=False)
+
+
 def test_cnn_float32_forward_cosine():
     torch.manual_seed(2)
     model = make_cnn(channels=8)
@@ -429,7 +449,8 @@ def test_layout_load_bind_predict():
     assert "1.weight" not in names and names[0] == "0.weight"
     info = {i.name: i for i in oracle.param_info}
     assert info["0.weight"].kind == "conv" and info["8.weight"].kind == "linear"
-    assert info["0.bias"].kind == "bias" and info["4.weight"].kind == "norm"
+    assert info["8.bias"].kind == "bias" and info["4.weight"].kind == "norm"
+    assert "0.bias" not in info and "3.bias" not in info  # (no bias before a BatchNorm, which cancels it)
     assert sum(i.slice.stop - i.slice.start for i in oracle.param_info) == oracle.size
     theta = oracle.initial_params()
     assert theta.shape == (oracle.size,) and theta.dtype == np.float64
