@@ -169,3 +169,20 @@ def test_a_snes_judgement_is_the_same_for_any_order_of_its_samples(base, dtype, 
     # widest last place of them): every pair of samples within rounding of each other
     ref = max(values, key=abs)
     assert judged == _judged([ref, *values], zo.RGE(mu=MU, directions=len(values)))
+
+
+_LOSS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),                      # float64 numbers, mostly
+    st.floats(width=32, allow_nan=False, allow_infinity=False),          # float32 numbers
+    st.sampled_from([0.0, -0.0, 2.0**-126, 2.0**-127, 2.0**-149, float(np.finfo(np.float32).max),
+                     float(np.finfo(np.float32).max) * (1 + 2.0**-30), 2.0**128, 1 / 3, 3.0]),
+)
+
+
+@given(st.lists(_LOSS, max_size=12))
+def test_float32_numbers_in_numpy_is_loss_bits_test_in_python(values):
+    """``float32_numbers`` (NumPy, for an RGE or SNES step's q losses) says what ``loss_bits``'s Python loop
+    says: every value a float32 number inside float32's normal range (0, inf and NaN pass over)."""
+    from zoracle._grid import float32_numbers, loss_bits
+
+    assert float32_numbers(np.array(values, dtype=np.float64)) == (loss_bits(values, 53) == 24)

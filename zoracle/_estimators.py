@@ -15,7 +15,7 @@ from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
-from ._grid import coarse_grid, loss_bits, loss_rounding, loss_spread, may_be_gridded
+from ._grid import coarse_grid, float32_numbers, loss_bits, loss_rounding, loss_spread, may_be_gridded
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
@@ -827,12 +827,12 @@ def _losses_rounding(wrapped: Oracle, ref: float, vals) -> float:
     precision they carry: their type's (the base point's value, or a fast path's narrower one), else float32
     where ``ref`` and every one of ``vals`` is a float32 number, else float64. Every value is read, so the
     order the queries came back in changes nothing (:func:`_diff_rounding` reads 8 of CGE's d losses); for
-    RGE's and SNES's q losses, O(q) in Python floats, stopping at the first that is no float32 number."""
+    RGE's and SNES's q losses, O(q) in NumPy (:func:`~zoracle._grid.float32_numbers`)."""
     value = wrapped.base_value
     typed = 53 if value is None or isinstance(value, float) else precision_bits(loss_type(value))
     bits = loss_bits((ref,), typed)
-    if bits == 24:
-        bits = loss_bits(np.ravel(vals).tolist(), typed)
+    if bits == 24 and not float32_numbers(vals):  # (bits 24: typed is 24 or more)
+        bits = typed
     return loss_rounding(ref, bits)
 
 
