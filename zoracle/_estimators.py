@@ -15,9 +15,10 @@ from ._backend import namespace, real_numpy, same_values, to_numpy
 from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
-from ._grid import coarse_grid, float32_numbers, loss_bits, loss_rounding, loss_spread, may_be_gridded
+from ._grid import coarse_grid, loss_spread, may_be_gridded
 from ._malloc import reuse_freed_memory
 from ._oracle import Oracle, coarse_losses, compute_dtype_of, loss_type, precision_bits
+from ._rounding import diff_rounding, rge_rounding, snes_rounding
 from ._plan import BaseTask, direction_block, plan_cge, plan_rge, release_rows, reserve_rows, seal
 
 if TYPE_CHECKING:
@@ -731,7 +732,7 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         far = loss_spread(vals, f0) if gridded and estimator.scheme != "forward" else 0.0
         # the rounding of the losses differenced (read before vals[0] is written over), over the widest step:
         # no difference beyond it reads as rounding
-        rounding = _diff_rounding(wrapped, f0, vals) / (float(den.max()) if den.size else 1.0)
+        rounding = diff_rounding(wrapped, f0, vals) / (float(den.max()) if den.size else 1.0)
         # the losses' own array (the tasks' results, nothing else holds them) where it may be written
         # (a cluster's results may be read-only views of its object store): in place
         g = vals[0] if vals.flags.writeable else vals[0].copy()
@@ -769,7 +770,7 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     # rounding (each entry mixes every direction's difference, so none is judged alone otherwise). Read
     # from the losses themselves, before any ranks: ranks order losses a few units of their last place
     # apart as far apart as any, a noise step on a flat loss, which is judged as plain RGE's is
-    rounding = _rge_rounding(wrapped, f0, vals, estimator.scheme)
+    rounding = rge_rounding(wrapped, f0, vals, estimator.scheme)
     base = f0
     if estimator.shaping == "ranks":  # NES fitness shaping: centred ranks replace the loss values
         if estimator.scheme == "forward":
@@ -795,45 +796,10 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     return _rounded(GradientEstimate(grad, f0, wrapped.nfev), rounding)
 
 
-def _diff_rounding(wrapped: Oracle, f0: float, vals) -> float:
-    """How far two losses near the base loss ``f0`` may differ by rounding alone (see
-    :func:`~zoracle._grid.loss_rounding`), at the precision the losses carry: their type's (the base point's
-    value, or a fast path's narrower one), else what ``f0`` and up to 8 of the perturbed ``vals`` (the
-    ``(1 or 2, n)`` losses) show (float32 numbers, TorchOracle's float32 losses as Python floats). O(1)."""
-    value = wrapped.base_value
-    typed = 53 if value is None or isinstance(value, float) else precision_bits(loss_type(value))
-    bits = loss_bits((f0,), typed)
-    if bits == 24 and vals.shape[1]:  # (a float64 loss's base value may be a short number, 3.0: the others say)
-        row = vals[0]
-        bits = loss_bits(row[::max(1, row.shape[0] // 8)][:8].tolist(), typed)
-    return loss_rounding(f0, bits)
 
 
-def _rge_rounding(wrapped: Oracle, f0: float, vals, scheme: str) -> float:
-    """An RGE estimate's ``_rounding`` from its raw losses (``(1 or 2, q)``, before any ranks): inf where
-    every difference it is built from (each direction's loss less the base loss, forward; its two losses,
-    central) lies within the losses' rounding near ``f0`` (:func:`_losses_rounding`), else 0.0. Rank shaping
-    is judged by the same differences, so a ranked and a plain RGE that query the same points are judged
-    alike; the directions' order (and a central pair's) changes nothing. O(q)."""
-    if not vals.size:
-        return 0.0
-    # (forward: max |v - f0| is the losses' spread about f0, with no temporary; rounding is monotone)
-    far = loss_spread(vals, f0) if scheme == "forward" else float(np.max(np.abs(vals[0] - vals[1])))
-    return 0.0 if far > _losses_rounding(wrapped, f0, vals) else np.inf
 
 
-def _losses_rounding(wrapped: Oracle, ref: float, vals) -> float:
-    """How far losses near ``ref`` may differ by rounding alone (:func:`~zoracle._grid.loss_rounding`), at the
-    precision they carry: their type's (the base point's value, or a fast path's narrower one), else float32
-    where ``ref`` and every one of ``vals`` is a float32 number, else float64. Every value is read, so the
-    order the queries came back in changes nothing (:func:`_diff_rounding` reads 8 of CGE's d losses); for
-    RGE's and SNES's q losses, O(q) in NumPy (:func:`~zoracle._grid.float32_numbers`)."""
-    value = wrapped.base_value
-    typed = 53 if value is None or isinstance(value, float) else precision_bits(loss_type(value))
-    bits = loss_bits((ref,), typed)
-    if bits == 24 and not float32_numbers(vals):  # (bits 24: typed is 24 or more)
-        bits = typed
-    return loss_rounding(ref, bits)
 
 
 def _rounded(est: GradientEstimate, rounding: float) -> GradientEstimate:
@@ -991,7 +957,7 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     # (their stable sort orders exact ties by sample), a noise step, judged as a flat RGE step is. No base
     # point: the differences SNES ranks are between its samples, their spread; at the last place of the
     # largest (all lie within a few units of it, or the step is not rounding)
-    rounding = _snes_rounding(wrapped, losses)
+    rounding = snes_rounding(wrapped, losses)
     u = nes_utilities(losses)
     move, spread = _row_sums(root, d, "gaussian", budget_bytes, (u, None), (u, _squared_less_one))
     release_rows(root)  # its reservation (up to 256 MiB) was held until the next estimate else
@@ -1003,13 +969,6 @@ def _snes(wrapped: Oracle, params, estimator: SNES, rng, executor, budget_bytes:
     return _rounded(GradientEstimate(grad, finite_mean(losses), wrapped.nfev, new_sigma), rounding)
 
 
-def _snes_rounding(wrapped: Oracle, losses) -> float:
-    """A SNES estimate's ``_rounding``: inf where its samples' losses all lie within the losses' rounding of
-    each other (:func:`_losses_rounding`, at the largest one's last place), else 0.0. O(population)."""
-    if not losses.size:
-        return 0.0
-    lo, hi = float(np.min(losses)), float(np.max(losses))
-    return np.inf if hi - lo <= _losses_rounding(wrapped, hi if abs(hi) >= abs(lo) else lo, losses) else 0.0
 
 
 def finite_mean(values) -> float:
