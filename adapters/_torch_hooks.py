@@ -53,7 +53,7 @@ def _hooked(model: nn.Module) -> str:
 def _global_hooks() -> list:
     """The global forward hooks and pre-hooks that are not torch's own tools' (``user_global_hooks``)."""
     mod, ids = nn.modules.module, set(user_global_hooks())
-    return [h for h in (*mod._global_forward_pre_hooks.values(), *mod._global_forward_hooks.values()) if id(h) in ids]
+    return [h for k, h in (*mod._global_forward_pre_hooks.items(), *mod._global_forward_hooks.items()) if k in ids]
 
 
 def _global_hook_names() -> list:
@@ -69,7 +69,7 @@ def _without_global_hooks():
     ids = set(user_global_hooks())
     try:
         for t in tables:
-            for k in [k for k, h in t.items() if id(h) in ids]:
+            for k in [k for k in t if k in ids]:
                 del t[k]
         yield
     finally:

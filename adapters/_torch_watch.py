@@ -46,13 +46,16 @@ def _torch_own(hook) -> bool:
 
 
 def user_global_hooks() -> tuple:
-    """The ids of the global forward hooks and pre-hooks (``register_module_forward_hook``,
+    """The handle ids of the global forward hooks and pre-hooks (``register_module_forward_hook``,
     ``register_module_forward_pre_hook``) other than torch's own tools': they run on every
-    module's call, and the split's closed forms do not run them."""
+    module's call, and the split's closed forms do not run them. Their handles' ids (torch's keys
+    for them, drawn from one counter), not ``id()`` of the hook functions: a hook removed is freed,
+    and one registered next (a function of the same size) is often at its address, which read as
+    the hook the split was checked with."""
     pre, post = nn.modules.module._global_forward_pre_hooks, nn.modules.module._global_forward_hooks
     if not (pre or post):
         return ()
-    return tuple([id(h) for h in (*pre.values(), *post.values()) if not _torch_own(h)])
+    return tuple([k for k, h in (*pre.items(), *post.items()) if not _torch_own(h)])
 
 
 _PLAIN_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -515,3 +515,49 @@ def test_a_global_hook_that_only_observes_keeps_the_split():
     assert calls and oracle._core.blocks
     kept = np.arange(theta.size)
     _close(got, kept, _textbook(model, oracle, x, y, theta, kept))
+
+
+def _linear_hook(modify):
+    """A new hook function each call, of one size either way: CPython often puts one made after another
+    was freed at its address."""
+    if modify:
+        def hook(mod, args, out):
+            return out * 2.0 + 0.3 if isinstance(mod, nn.Linear) else None
+    else:
+        def hook(mod, args, out):
+            return None
+    return hook
+
+
+@pytest.mark.parametrize("where", ["global"])
+def test_a_hook_that_observes_swapped_for_one_that_changes_the_output_retires_the_split(where):
+    # the split's key held id() of a global hook: an observing hook removed, a changing one registered
+    # in its place (often at the freed one's address) read as the hook checked, and CGE was off by 50%,
+    # silently. Torch's handle ids are never reused
+    model, x, y = _global_case()
+    oracle = TorchOracle(model, CE_ROWS, update_stats=False).bind((x, y))
+    theta = oracle.initial_params()
+    cge = zo.CGE(mu=MU, scheme="central")
+    zo.estimate_gradient(oracle, theta, cge)
+
+    def register(hook):
+        return (nn.modules.module.register_module_forward_hook(hook) if where == "global"
+                else model[0].register_forward_hook(hook))
+
+    handle = register(_linear_hook(modify=False))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            zo.estimate_gradient(oracle, theta, cge)
+    finally:
+        handle.remove()
+    assert oracle._core.blocks  # an observing hook keeps the split
+    handle = register(_linear_hook(modify=True))
+    try:
+        with pytest.warns(RuntimeWarning, match="forward hook"):
+            got = zo.estimate_gradient(oracle, theta, cge).grad
+        kept = np.arange(theta.size)
+        _close(got, kept, _textbook(model, oracle, x, y, theta, kept))
+    finally:
+        handle.remove()
+    assert not oracle._core.blocks
