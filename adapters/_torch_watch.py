@@ -22,18 +22,20 @@ from ._torch_reference import plain_context
 def module_key(m: nn.Module) -> tuple:
     """What the split of a model depends on, per module, besides parameters and buffers: the
     module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
-    train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and whether a
-    forward hook is registered on it, or a global one (:func:`user_global_hooks`) runs on every
-    module (the closed forms do not run hooks); its parameters and
+    train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and which
+    forward hooks are registered on it, or global ones (:func:`user_global_hooks`) that run on every
+    module (the closed forms do not run hooks), by their handles' ids; its parameters and
     which of them train (one unfrozen after the oracle was built is not in its flat vector, nor
     is a ``Parameter`` assigned over one, ``layer.weight = nn.Parameter(...)``); and its plain
     attributes (numbers, flags, strings a forward may read); last its class and whether a forward is set
     on the instance (a parametrization registered makes an ``nn.Linear`` a ``ParametrizedLinear``,
     ``layer.forward = ...`` replaces its forward: the closed forms were chosen for the layer as it was)."""
     ps = m._parameters
-    hooked = bool(m._forward_hooks or m._forward_pre_hooks)
+    # its hooks' handle ids (torch's keys for them, never drawn twice), not whether it has one: an
+    # observing hook removed and one that changes the output registered in its place is another split
+    hooked = (*m._forward_pre_hooks, *m._forward_hooks) if m._forward_hooks or m._forward_pre_hooks else ()
     glob = user_global_hooks()  # run on every module: a module's hook key holds them
-    return (id(m), m.training, (hooked, glob) if glob else hooked,
+    return (id(m), m.training, (hooked, glob) if hooked or glob else False,
             tuple([(id(p), p.requires_grad) for p in ps.values() if p is not None]) if ps else (),
             _plain_values(m), (type(m).__qualname__, "forward" in m.__dict__))
 
@@ -248,7 +250,7 @@ def _modes(model) -> tuple:
 
 def _global_part(key: tuple) -> tuple:
     """The global hooks in a module's key (:func:`module_key`)."""
-    return key[2][1] if isinstance(key[2], tuple) else ()
+    return key[2][1] if key[2] else ()
 
 
 def _what_changed(old: tuple, new: tuple) -> str:

@@ -529,11 +529,11 @@ def _linear_hook(modify):
     return hook
 
 
-@pytest.mark.parametrize("where", ["global"])
+@pytest.mark.parametrize("where", ["global", "module"])
 def test_a_hook_that_observes_swapped_for_one_that_changes_the_output_retires_the_split(where):
-    # the split's key held id() of a global hook: an observing hook removed, a changing one registered
-    # in its place (often at the freed one's address) read as the hook checked, and CGE was off by 50%,
-    # silently. Torch's handle ids are never reused
+    # the split's key held id() of a global hook (a module's: only whether it had one): an observing
+    # hook removed, a changing one registered in its place (often at the freed one's address) read as
+    # the hook checked, and CGE was off by 30-50%, silently. Torch's handle ids are never reused
     model, x, y = _global_case()
     oracle = TorchOracle(model, CE_ROWS, update_stats=False).bind((x, y))
     theta = oracle.initial_params()
