@@ -27,14 +27,29 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _PREVIOUS_PARENT = os.environ.get("ZORACLE_TEST_TMP_PARENT")
 _PARENT = _PREVIOUS_PARENT or tempfile.gettempdir()
 os.environ["ZORACLE_TEST_TMP_PARENT"] = _PARENT
-_OWNER = ".owner"  # "host pid" of the process whose session directory it is
+_OWNER = ".owner"  # "host pid-namespace pid" of the process whose session directory it is
+
+
+def _pid_namespace() -> str:
+    """The PID namespace this process's pids are numbered in (Linux: ``pid:[4026531836]``), ``-`` where
+    there is none to read. Two containers may share a host name and /tmp (a Kubernetes pod's, an emptyDir)
+    with pid namespaces of their own: a pid of the other one's is no process here, alive or dead."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "-"
+
+
+def _owner_line(pid: int) -> str:
+    return f"{os.uname().nodename} {_pid_namespace()} {pid}"
 
 
 def _sweep_stale(parent: str) -> None:
     """Remove the session directories of this host's test processes that have died (a run killed
     by a signal or a timeout never reaches ``pytest_unconfigure``): each names its owner in
-    ``.owner``. A directory without one, another host's or a living process's is left alone."""
-    host = os.uname().nodename
+    ``.owner``. A directory without one, another host's or pid namespace's (a container sharing /tmp),
+    another user's or a living process's is left alone."""
+    host, ns = os.uname().nodename, _pid_namespace()
     try:
         names = [n for n in os.listdir(parent) if n.startswith("zt-")]
     except OSError:
@@ -43,8 +58,8 @@ def _sweep_stale(parent: str) -> None:
         path = os.path.join(parent, name)
         try:
             with open(os.path.join(path, _OWNER)) as f:
-                owner_host, pid = f.read().split()
-            if owner_host != host or os.stat(path).st_uid != os.getuid():
+                owner_host, owner_ns, pid = f.read().split()
+            if owner_host != host or owner_ns != ns or os.stat(path).st_uid != os.getuid():
                 continue
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -57,7 +72,7 @@ if _PREVIOUS_PARENT is None:  # the controller (or a run without workers): once 
     _sweep_stale(_PARENT)
 _SESSION_TMP = tempfile.mkdtemp(prefix="zt-", dir=_PARENT)
 with open(os.path.join(_SESSION_TMP, _OWNER), "w") as _f:
-    _f.write(f"{os.uname().nodename} {os.getpid()}\n")
+    _f.write(_owner_line(os.getpid()) + "\n")
 _PREVIOUS_TMPDIR = os.environ.get("TMPDIR")
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # recomputed from TMPDIR on next use

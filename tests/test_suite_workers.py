@@ -75,15 +75,17 @@ def test_leakcheck_refuses_a_run_with_workers_and_reports_in_one_process():
 
 
 def test_a_killed_runs_session_directories_are_removed_by_the_next_run(tmp_path):
-    """Each session directory names its owner ("host pid"); a run removes those of dead processes
-    on this host, and leaves a living process's, another host's and one without an owner file."""
+    """Each session directory names its owner ("host pid-namespace pid"); a run removes those of dead
+    processes on this host, and leaves a living process's, another host's, another pid namespace's (a
+    container beside this one, sharing its host name and /tmp: its pids are none of this one's, and a
+    live run's read as dead) and one without an owner file."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead_pid = int(dead.stdout)
-    host = os.uname().nodename
-    owners = {"zt-dead": f"{host} {dead_pid}", "zt-alive": f"{host} {os.getpid()}",
-              "zt-elsewhere": f"another-{host} {dead_pid}", "zt-garbled": "no pid here", "zt-none": None,
-              "other-dead": f"{host} {dead_pid}"}
+    host, ns = os.uname().nodename, conftest._pid_namespace()
+    owners = {"zt-dead": conftest._owner_line(dead_pid), "zt-alive": conftest._owner_line(os.getpid()),
+              "zt-elsewhere": f"another-{host} {ns} {dead_pid}", "zt-other-ns": f"{host} pid:[1{ns}] {dead_pid}",
+              "zt-garbled": "no pid here", "zt-none": None, "other-dead": conftest._owner_line(dead_pid)}
     for name, owner in owners.items():
         (tmp_path / name / "sub").mkdir(parents=True)
         if owner is not None:
@@ -94,4 +96,4 @@ def test_a_killed_runs_session_directories_are_removed_by_the_next_run(tmp_path)
 
 def test_this_session_directory_names_its_owner():
     with open(os.path.join(conftest._SESSION_TMP, conftest._OWNER)) as f:
-        assert f.read().split() == [os.uname().nodename, str(os.getpid())]
+        assert f.read().split() == [os.uname().nodename, conftest._pid_namespace(), str(os.getpid())]
