@@ -299,6 +299,11 @@ def ensure_split(oracle, modes=None) -> bool:
         return _ensure_split(oracle, modes)
 
 
+#: how many of the model's keys (:func:`_modes`) the split is remembered as checked in: a forward hook
+#: registered anew (each handle its own key) at every step would otherwise add one a step, for good
+MODES_KEPT = 64
+
+
 def _ensure_split(oracle, modes=None) -> bool:
     core = oracle._core
     if not core.checked or core.checking:
@@ -311,6 +316,9 @@ def _ensure_split(oracle, modes=None) -> bool:
         core.checked_modes.add(now)
         return True
     old = next(iter(core.checked_modes)) if core.checked_modes else now
+    if len(core.checked_modes) >= MODES_KEPT:  # (a hook registered anew at every step: a key a step)
+        core.checked_modes.clear()  # forgotten keys are checked again when they come back: never wrong
+        core.checked_modes.add(old)
     # an in-place activation swapped in (or switched on) since, whose input is read again after it:
     # full forwards run it out of place, another function than model(x), which the first bind's
     # check of them did not see

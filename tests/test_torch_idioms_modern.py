@@ -561,3 +561,25 @@ def test_a_hook_that_observes_swapped_for_one_that_changes_the_output_retires_th
     finally:
         handle.remove()
     assert not oracle._core.blocks
+
+
+def test_a_hook_registered_anew_at_every_step_keeps_the_checked_keys_bounded_and_the_split_exact():
+    """Each registration is a key of its own (its handle's id): one a step, for good, in the set of keys
+    the split was checked in. The set stays within MODES_KEPT; every estimate equals the textbook loop."""
+    from zoracle.adapters._torch_exact import MODES_KEPT
+
+    model, x, y = _global_case()
+    oracle = TorchOracle(model, CE_ROWS, update_stats=False).bind((x, y))
+    theta = oracle.initial_params()
+    cge = zo.CGE(mu=MU, scheme="central")
+    kept = np.arange(theta.size)
+    reference = _textbook(model, oracle, x, y, theta, kept)
+    for _ in range(MODES_KEPT + 6):
+        handle = model[0].register_forward_hook(_linear_hook(modify=False))
+        try:
+            got = zo.estimate_gradient(oracle, theta, cge).grad
+        finally:
+            handle.remove()
+        assert len(oracle._core.checked_modes) <= MODES_KEPT
+    assert oracle._core.blocks
+    _close(got, kept, reference)
