@@ -3,6 +3,7 @@ and one temporary directory per test session that is removed when the session en
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
@@ -73,6 +74,18 @@ if _PREVIOUS_PARENT is None:  # the controller (or a run without workers): once 
 _SESSION_TMP = tempfile.mkdtemp(prefix="zt-", dir=_PARENT)
 with open(os.path.join(_SESSION_TMP, _OWNER), "w") as _f:
     _f.write(_owner_line(os.getpid()) + "\n")
+
+
+def _remove_at_exit(pid: int = os.getpid()) -> None:
+    """A process that imports this module without running pytest (a spawned multiprocessing or Dask
+    worker unpickling a test's function imports its test module, and so this one) never reaches
+    ``pytest_unconfigure``: its directory goes when it exits. Only in the process that made it: a
+    forked child inherits this handler and the directory of a parent that is still running."""
+    if os.getpid() == pid:
+        shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+atexit.register(_remove_at_exit)
 _PREVIOUS_TMPDIR = os.environ.get("TMPDIR")
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # recomputed from TMPDIR on next use

@@ -97,3 +97,18 @@ def test_a_killed_runs_session_directories_are_removed_by_the_next_run(tmp_path)
 def test_this_session_directory_names_its_owner():
     with open(os.path.join(conftest._SESSION_TMP, conftest._OWNER)) as f:
         assert f.read().split() == [os.uname().nodename, conftest._pid_namespace(), str(os.getpid())]
+
+
+def test_a_process_that_imports_the_suites_conftest_without_pytest_leaves_no_directory(tmp_path):
+    """A spawned worker unpickling a test's function imports its test module and this conftest, which
+    makes a session directory; it never runs ``pytest_unconfigure`` (ci675 left six, each with its Ray
+    directory). It removes its own at exit; a child it forks and that exits leaves the parent's."""
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); import conftest; "
+            "assert os.path.isdir(conftest._SESSION_TMP); pid = os.fork()\n"
+            "if pid == 0: sys.exit(0)\n"  # a forked child's exit runs the inherited handler: not its directory
+            "os.waitpid(pid, 0); assert os.path.isdir(conftest._SESSION_TMP), 'the forked child removed it'")
+    env = dict(os.environ, ZORACLE_TEST_TMP_PARENT=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(conftest.__file__)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == []
