@@ -22,12 +22,8 @@ def diff_rounding(wrapped: Oracle, f0: float, vals) -> float:
     :func:`~zoracle._grid.loss_rounding`), at the precision the losses carry: their type's (the base point's
     value, or a fast path's narrower one), else what ``f0`` and up to 8 of the perturbed ``vals`` (the
     ``(1 or 2, n)`` losses) show (float32 numbers, TorchOracle's float32 losses as Python floats). O(1)."""
-    typed = typed_bits(wrapped)
-    bits = loss_bits((f0,), typed)
-    if bits == 24 and vals.shape[1]:  # (a float64 loss's base value may be a short number, 3.0: the others say)
-        row = vals[0]
-        bits = loss_bits(row[::max(1, row.shape[0] // 8)][:8].tolist(), typed)
-    return loss_rounding(f0, bits)
+    row = vals[0]
+    return losses_rounding(wrapped, f0, row[::max(1, row.shape[0] // 8)][:8])
 
 
 def rge_rounding(wrapped: Oracle, f0: float, vals, scheme: str) -> float:
