@@ -17,7 +17,7 @@ from zoracle._errors import ArgumentError, user_stacklevel, warn
 from ._torch_chain import _model_lock as model_lock
 from ._torch_graph import is_autocast_enabled
 from ._torch_hooks import name_list
-from ._torch_watch import module_key
+from ._torch_watch import module_key, user_global_hooks
 
 
 def _copy(params):
@@ -89,9 +89,10 @@ def _model_state(model: nn.Module, read_only: bool = False, flags=None) -> tuple
     BatchNorm or InstanceNorm in train mode, which its forward does not read (a plain call
     updates them every step); every other buffer, a forward may read."""
     keys, buffers = [], []
+    glob = user_global_hooks() if flags is None else ()  # (once for the walk, not per module)
     for m in model.modules():  # one walk for both
         if flags is None:
-            keys.append(module_key(m))
+            keys.append(module_key(m, glob))
         if m._buffers and not (read_only and m.training and isinstance(m, _RUNNING_STATS)):
             buffers += [(id(b), b._version) for b in m._buffers.values() if b is not None]
         if m._parameters:  # frozen weights (requires_grad=False) are not in the flat vector: read like buffers

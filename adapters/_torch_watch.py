@@ -19,7 +19,7 @@ from ._torch_graph import BAKED_BUFFERS
 from ._torch_reference import plain_context
 
 
-def module_key(m: nn.Module) -> tuple:
+def module_key(m: nn.Module, glob: "tuple | None" = None) -> tuple:
     """What the split of a model depends on, per module, besides parameters and buffers: the
     module itself (one swapped in after the capture runs in ``model(x)``, not in the chain), its
     train/eval mode (``torch.fx`` keeps the branch on ``self.training`` it traced) and which
@@ -29,12 +29,14 @@ def module_key(m: nn.Module) -> tuple:
     is a ``Parameter`` assigned over one, ``layer.weight = nn.Parameter(...)``); and its plain
     attributes (numbers, flags, strings a forward may read); last its class and whether a forward is set
     on the instance (a parametrization registered makes an ``nn.Linear`` a ``ParametrizedLinear``,
-    ``layer.forward = ...`` replaces its forward: the closed forms were chosen for the layer as it was)."""
+    ``layer.forward = ...`` replaces its forward: the closed forms were chosen for the layer as it was).
+    ``glob``: :func:`user_global_hooks` where the caller read it once for a whole model's walk."""
     ps = m._parameters
     # its hooks' handle ids (torch's keys for them, never drawn twice), not whether it has one: an
     # observing hook removed and one that changes the output registered in its place is another split
     hooked = (*m._forward_pre_hooks, *m._forward_hooks) if m._forward_hooks or m._forward_pre_hooks else ()
-    glob = user_global_hooks()  # run on every module: a module's hook key holds them
+    if glob is None:  # run on every module: a module's hook key holds them
+        glob = user_global_hooks()
     return (id(m), m.training, (hooked, glob) if hooked or glob else False,
             tuple([(id(p), p.requires_grad) for p in ps.values() if p is not None]) if ps else (),
             _plain_values(m), (type(m).__qualname__, "forward" in m.__dict__))
@@ -245,7 +247,8 @@ def _modes(model) -> tuple:
     (``register_module_forward_hook``) are in each module's key, but for torch's own tools'
     (``FlopCounterMode``'s): a check of the split under them would run, and be counted, inside
     the tool (:func:`user_global_hooks`)."""
-    return tuple(module_key(m) for m in model.modules())
+    glob = user_global_hooks()  # (once for the walk, not per module)
+    return tuple(module_key(m, glob) for m in model.modules())
 
 
 def _global_part(key: tuple) -> tuple:
