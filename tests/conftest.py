@@ -141,12 +141,32 @@ def _cupy_or_reason():
     return cupy, ""
 
 
+# The variants of parametrized tests (and a hypothesis state machine's TestCase) that take 3 s or more on
+# the slowest CPU CI ran on (an AVX2 AMD EPYC, 2 cores), marked slow here where their siblings stay in the
+# default run; a whole test of 3 s or more carries ``@pytest.mark.slow`` itself (CONTRIBUTING.md).
+SLOW_VARIANTS = frozenset({
+    "tests/test_ask_tell_stateful.py::TestAskTellAgainstTrain::runTest",
+    "tests/test_contributing.py::test_a_slow_test_named_by_its_id_says_how_to_run_it[collect]",
+    "tests/test_contributing.py::test_a_slow_test_named_by_its_id_says_how_to_run_it[workers]",
+    "tests/test_errors.py::test_a_none_loss_is_shown_as_none_and_a_text_loss_quoted_once[loky]",
+    "tests/test_hardening_executors.py::test_timeout_names_the_shard_and_the_worker[loky]",
+    "tests/test_missing_extras.py::test_an_example_without_its_extra_names_it_in_one_line[train_torch.py-matplotlib]",
+    "tests/test_reuse_after_failure.py::test_an_error_from_a_process_worker_shows_the_line_that_raised_it[plain-0]",
+    "tests/test_torch_exact.py::test_batch_equals_the_plain_model_on_every_zoo_model[mobilenet_v3_small]",
+    "tests/test_torch_exact.py::test_the_zoo_keeps_its_split_under_the_sample_mixing_check[mobilenet_v3_small]",
+    *(f"tests/test_torch_families.py::test_family_keeps_its_split_and_cge_rge_equal_the_textbook_loop[{f}-train]"
+      for f in ("inception", "resnext_regnet", "shufflenet_v2", "unet")),
+})
+
+
 def pytest_collection_modifyitems(config, items):
     """The CuPy half of every ``xp`` test carries the declared ``gpu`` marker: ``pytest -m gpu``
-    runs the GPU tests, ``-m "not gpu"`` leaves them out."""
+    runs the GPU tests, ``-m "not gpu"`` leaves them out. The ids in ``SLOW_VARIANTS`` carry ``slow``."""
     for item in items:
         if getattr(getattr(item, "callspec", None), "params", {}).get("xp") == "cupy":
             item.add_marker(pytest.mark.gpu)
+        if item.nodeid in SLOW_VARIANTS:
+            item.add_marker(pytest.mark.slow)
 
 
 _DESELECTED_SLOW: list = []

@@ -69,6 +69,7 @@ def test_batched_simulation_equals_one_by_one():
         np.testing.assert_allclose(sy[0], by[i], atol=10 * flow.tol)
 
 
+@pytest.mark.slow
 def test_each_batch_entry_gets_its_own_diffusion_substeps():
     """Every entry used to diffuse with the sub-step count of the batch's lowest Re: on the
     default 128x256 fine grid a Re 600 run next to a Re 150 one was 5.1e-3 off after 3 steps
@@ -253,6 +254,7 @@ def test_bind_validates_start_states(reference):
         pf.SolverInTheLoop(coarse, pf.correction_net(channels=2, kernel=3), reference, unroll=7)
 
 
+@pytest.mark.slow
 def test_fo_gradient_matches_finite_differences(reference):
     """PhiFlow's torch backend differentiates the unrolled loss (FO-SOL's premise)."""
     coarse = TINY.coarsened(2)
@@ -273,6 +275,7 @@ def test_fo_gradient_matches_finite_differences(reference):
     np.testing.assert_allclose(est.grad[coords], grads["g"][coords], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_fo_gradient_does_not_depend_on_the_solver_tolerance(reference):
     """The backward pass's pressure solve took the forward's absolute tolerance (1e-5), about the
     size of the loss gradient reaching it: its CG stopped early, and FO-SOL's gradient was 0.9% off
@@ -488,6 +491,7 @@ def test_coarsening_and_references_name_what_is_wrong(reference):
         pf.Reference(reference.vx, reference.vy, reference.re[:1])
 
 
+@pytest.mark.slow
 def test_rollout_and_oracle_run_under_phiflows_64_bit_precision(reference):
     """Under phi.math.set_global_precision(64) the solver's float64 state met the float32
     correction network: every rollout and oracle call failed ("Input type (double) and bias type
@@ -515,6 +519,7 @@ def test_rollout_and_oracle_run_under_phiflows_64_bit_precision(reference):
     np.testing.assert_allclose(fo64, fo32, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_threads_sharing_the_oracle_give_the_serial_gradient(reference):
     """PhiFlow's default backend and geometry caches are process-wide, and every call swapped
     parameters into one shared net: on a threading executor 2-4 of 6 estimates were wrong (by
@@ -714,6 +719,7 @@ def test_mean_abs_error_names_its_own_arguments(reference):
     assert pf.mean_abs_error(traj, reference)[0] == pytest.approx(by_hand, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_baselines_train_a_float64_net_as_the_oracle_takes_it(reference):
     """SolverInTheLoop and rollout run any net in float32; fit_offline and fit_differentiable fed a
     float64 net (net.double(), or one built under torch.set_default_dtype(torch.float64)) float32
@@ -729,6 +735,7 @@ def test_baselines_train_a_float64_net_as_the_oracle_takes_it(reference):
     assert next(net64.parameters()).dtype == torch.float64  # the caller's net is not changed
 
 
+@pytest.mark.slow
 def test_the_adapter_imports_with_warnings_as_errors():
     """phiml's DeprecationWarning at its own import ('symmetric-gradient extrapolation is
     experimental') is not the user's to fix: `python -W error` (PYTHONWARNINGS=error, a CI's
@@ -789,6 +796,7 @@ def test_baselines_and_net_check_seed_callback_and_out_scale_before_any_simulati
     assert np.isfinite(pf.flat_params(pf.correction_net(channels=2, kernel=3, seed=2, out_scale=0.0))).all()
 
 
+@pytest.mark.slow
 def test_oracle_pickles_and_a_deepcopy_runs_its_own_network(reference):
     """The correction network ran through a vmapped local closure: pickle.dumps failed on it
     ("Can't pickle local object"), and a deepcopy kept the original's closure, so querying the
@@ -845,6 +853,7 @@ def _plain_and_reused(monkeypatch, run):
     return plain, run()
 
 
+@pytest.mark.slow
 def test_the_kept_grid_gives_the_plain_solvers_states_and_losses_bit_for_bit(reference, monkeypatch):
     # every batch entry's own diffusion sub-steps (Re 20 and 500 differ), one entry and several
     flow = pf.WakeFlow(nx=16, ny=32)
@@ -864,6 +873,7 @@ def test_the_kept_grid_gives_the_plain_solvers_states_and_losses_bit_for_bit(ref
     assert plain.tobytes() == kept.tobytes()
 
 
+@pytest.mark.slow
 def test_the_kept_grid_is_rebuilt_for_another_grid_or_obstacle(monkeypatch):
     sim = sys.modules[pf.WakeFlow.__module__]
 

@@ -146,6 +146,7 @@ def _spread_coords(oracle, rng, total):
     return np.sort(np.concatenate(parts))
 
 
+@pytest.mark.slow
 def test_resnet20_split_check_oracle_and_autograd():
     torch.manual_seed(4)
     model = ResNet20().double()
@@ -531,6 +532,7 @@ def test_cross_entropy_helper_matches_torch():
     torch.testing.assert_close(cross_entropy(logits, t), CE(logits, t))
 
 
+@pytest.mark.slow
 def test_unbind_state_arrays_and_resume_keep_batchnorm_statistics(tmp_path):
     import zoracle as zo
     from zoracle.executors import DeviceExecutor

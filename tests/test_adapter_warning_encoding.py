@@ -116,6 +116,7 @@ def test_a_model_class_named_in_another_script_is_warned_about_on_an_ascii_stder
     assert here in err, err
 
 
+@pytest.mark.slow
 def test_a_cache_folder_named_in_another_script_is_warned_about_on_an_ascii_stderr(tmp_path):
     """The fine trajectories' cache write failing (a full disk) is warned about naming the file: the
     warning raised UnicodeEncodeError, and the simulation's result was lost."""

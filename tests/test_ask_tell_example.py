@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "examples" / "ask_tell.py")
 FINAL = re.compile(r"final loss (\S+) \(start (\S+)\) after (\d+) steps, (\d+) queries \((\d+) steps measured by this run\)")
@@ -20,6 +22,7 @@ def _run(cwd, *argv):
     return r.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_ask_tell_example_trains_stops_and_resumes(tmp_path):
     first = _run(tmp_path, "--stop-after", "20")
     assert first[-1] == "stopped after step 20: run the script again to resume", first

@@ -300,6 +300,7 @@ def _ask_tell_threads() -> int:
     return sum(t.name == "zoracle.AskTell" and t.is_alive() for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_many_idle_sessions_a_thread_each_freed_when_dropped():
     """200 sessions at d = 100, each asked and waiting for its losses: one thread each and a few
     hundred KB (its points, 80 KB, twice); dropped from the dict without close(), each one's thread

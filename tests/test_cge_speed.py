@@ -25,6 +25,7 @@ def _args(argv):
     return p.parse_args(argv)
 
 
+@pytest.mark.slow
 def test_quick_json_run_checks_itself():
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "cge_speed.py"), "--quick", "--json",
            "--model", "mlp", "--model", "cnn", "--naive-coords", "60", "--coords", "1500", "--repeat", "2"]
@@ -65,6 +66,7 @@ def test_torchvision_style_models_agree_with_the_textbook_loop():
         assert r["ratios"]["inplace"] > 0 and r["reuse_s"] > 0
 
 
+@pytest.mark.slow
 def test_deepzero_split_is_resnet20_and_its_gradient_matches_zoracle():
     args = _args(["--model", "deepzero", "--coords", "40", "--batch", "4", "--repeat", "1", "--dtype", "float64",
                   "--mu", "1e-6"])
@@ -165,6 +167,7 @@ def test_the_check_fails_a_fast_path_that_zeroes_a_layer(monkeypatch, layer, nai
     assert c["max_abs_diff_vs_inplace_float64"] > 1e3 * c["tol_float64"] and not c["ok"]
 
 
+@pytest.mark.slow
 def test_the_strong_baselines_agree_with_zoracle(tmp_path):
     """benchmarks/strong_baselines.py, the hand-written baselines benchmarks.md compares with
     (a module cache with vmap among them), exits 0 only when every baseline gives zoracle's

@@ -173,6 +173,7 @@ def test_a_decimal_comma_is_refused_with_its_fix(argv, said, capsys):
         assert "decimal point" not in line  # an integer has none
 
 
+@pytest.mark.slow
 def test_a_shard_timeout_on_the_calling_process_exits_with_its_error_not_an_abort(tmp_path):
     """`zoracle demo --shard-timeout` with no workers: the timeout's thread, left inside torch's
     forward, was still running when the interpreter finalized: "terminate called without an active

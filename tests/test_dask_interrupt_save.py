@@ -112,6 +112,7 @@ def dask_dir(tmp_path_factory):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_ctrl_c_on_dask_saves_before_the_workers_restart(dask, tmp_path, ctrl_c):
     """The workers inside the query are still the same processes when train raises: the save came
     first. The next run restarts them (an abandoned call would hold its shards back) and is right."""

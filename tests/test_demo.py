@@ -16,6 +16,7 @@ pytest.importorskip("sklearn")
 from zoracle.cli import main  # noqa: E402
 
 
+@pytest.mark.slow
 def test_demo_quick_json_and_plot(tmp_path, capsys):
     plot = tmp_path / "curves.png"
     assert main(["demo", "--quick", "--json", "--plot", str(plot)]) == 0
@@ -44,6 +45,7 @@ def test_demo_quick_json_and_plot(tmp_path, capsys):
     assert plot.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_demo_quick_prints_the_table():
     # the real console entry point, as a user runs it
     r = subprocess.run([sys.executable, "-m", "zoracle", "demo", "--quick", "--epochs", "1", "--methods", "fo,deepzero"],
@@ -279,6 +281,7 @@ def test_bench_flags_are_refused_in_plain_words(argv, said, capsys):
     assert said in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_flags_refused_in_one_line_that_ended_in_tracebacks(capsys):
     """--device mps (a device this torch build lacks) and a defense --seed of 2**64 ended in
     tracebacks after the flags were taken; a --shard-timeout error named the API's `timeout`."""

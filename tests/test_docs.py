@@ -231,6 +231,7 @@ def test_ci_runs_the_readmes_test_command_in_a_venv():
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
                     reason="needs the docs extra (pip install -e '.[docs]')")
+@pytest.mark.slow
 def test_site_builds_in_strict_mode(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

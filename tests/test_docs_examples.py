@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_torch_example_trains_checkpoints_resumes_and_plots(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")

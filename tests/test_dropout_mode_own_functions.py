@@ -35,6 +35,7 @@ def _with_dropout(model, where):
 
 
 @pytest.mark.parametrize("where", ["forward", "join"])
+@pytest.mark.slow
 def test_a_resnet20_with_a_function_of_its_own_keeps_dropout_blocked(where):
     torch.manual_seed(0)
     model = ResNet20(width=2)

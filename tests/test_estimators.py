@@ -159,6 +159,7 @@ def test_estimators_are_linear_in_the_loss(problem, a, b, seed):
         np.testing.assert_allclose(lhs, rhs, atol=1e-9 * scale / est.mu * 1e-2 + 1e-9 * scale)
 
 
+@pytest.mark.slow
 def test_rge_mean_converges_to_smoothed_gradient():
     """Probabilistic (seeds fixed): E[RGE] = grad of the Gaussian-smoothed loss.
 

@@ -1601,6 +1601,7 @@ def _exit_slowly(x):
     return float(np.sum(x ** 2))
 
 
+@pytest.mark.slow
 def test_close_lets_idle_workers_finish_their_exit(tmp_path, monkeypatch):
     """close() killed (SIGKILL) a worker that took over 2 s to exit: an oracle using sklearn's
     n_jobs (a loky pool in the worker) lost its atexit clean-up, and loky printed "leaked semlock
@@ -1623,6 +1624,7 @@ def _start_a_thread(x):
     return float(np.sum(x ** 2))
 
 
+@pytest.mark.slow
 def test_close_gives_idle_workers_one_grace_in_all(monkeypatch):
     """close() waited STOP_GRACE_S for each worker in turn: workers kept alive by an oracle's
     non-daemon thread took n x 15 s to close (30 s for 2, 2 min for 8), though all were asked at once."""
@@ -1703,6 +1705,7 @@ def _start_pool_then_hang(x):
     return 0.0
 
 
+@pytest.mark.slow
 def test_timed_out_worker_takes_its_oracles_processes_with_it(tmp_path, monkeypatch):
     """A worker killed after ShardTimeout left the loky pool its oracle had started (sklearn's
     n_jobs) running as orphans for minutes, holding the script's stdout and stderr."""
@@ -1771,6 +1774,7 @@ def test_a_signal_to_the_job_reaches_the_oracles_processes(tmp_path):
                 pass
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_while_close_kills_leaves_no_worker_running(monkeypatch, ctrl_c):
     """A Ctrl-C during close()'s wait, then another while the workers were being killed (inside
     the /proc scan, slowed here): the workers were left running and a second close() did nothing."""

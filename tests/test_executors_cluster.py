@@ -250,6 +250,7 @@ class ClusterContract:
             te.assert_same(zo.estimate_gradient(bound, x, zo.CGE(), executor=cluster),
                            zo.estimate_gradient(bound, x, zo.CGE()))
 
+    @pytest.mark.slow
     def test_torch_oracle_feature_reuse(self, cluster):
         torch = pytest.importorskip("torch")
         tz = pytest.importorskip("zoracle.adapters.torch")
@@ -322,6 +323,7 @@ class ClusterContract:
         with pytest.raises(NestedRunError, match="holds the (Dask|Ray)Executor that runs it"):
             zo.estimate_gradient(nested, np.zeros(4), zo.CGE(), executor=cluster)
 
+    @pytest.mark.slow
     def test_timeout_names_shard_and_worker(self, cluster):
         x = np.zeros(D)
         cluster.timeout = 1.5
@@ -369,6 +371,7 @@ class TestDask(ClusterContract):
     def cluster(cls, dask_dir):
         yield from dask_cluster(dask_dir)
 
+    @pytest.mark.slow
     def test_a_timeout_kills_the_program_the_oracle_started(self, cluster, tmp_path):
         """The nanny's restart killed the worker process alone: the simulator its hung call waited
         for ran on, orphaned (parent pid 1), after the ShardTimeout and after close(), as a
@@ -455,6 +458,7 @@ class TestDask(ClusterContract):
                 if c.status == psutil.CONN_LISTEN:
                     assert c.laddr.ip in ("127.0.0.1", "::1"), f"worker pid {pid} listens on {c.laddr}"
 
+    @pytest.mark.slow
     def test_an_oracle_error_leaves_the_busy_workers_running(self, cluster):
         """Only a timeout or Ctrl-C may leave a worker inside a call: an oracle's error used to
         restart every worker with a shard in flight too (a second longer, and on a shared
@@ -666,6 +670,7 @@ def _closed_during_a_run(ex):
     te.assert_same(got, zo.estimate_gradient(_loss, te.params(), zo.CGE()))
 
 
+@pytest.mark.slow
 def test_closing_a_dask_executor_during_a_run_stops_it_with_a_clear_error(dask_dir):
     """close() from another thread during a run ended in "'NoneType' object has no attribute
     'identity'" or distributed's ClosedClientError."""
@@ -735,6 +740,7 @@ def test_dask_a_scatter_that_timed_out_is_not_tried_again():
     assert Client.calls == 1
 
 
+@pytest.mark.slow
 def test_dask_a_worker_dying_during_a_broadcast_is_sent_again_not_waited_on_forever(dask_dir):
     """A worker SIGKILLed while the scheduler's replicate() copied a new oracle (or a step's large
     parameters, broadcast too) to it: replicate() keeps the workers it started with and tried the
@@ -974,6 +980,7 @@ class _HoldsTheGil:
         return _loss(x)
 
 
+@pytest.mark.slow
 def test_dask_close_does_not_wait_for_a_stuck_worker(dask_dir):
     """close() on the user's cluster asked every worker to drop its oracle copies (client.run),
     the one left inside a timed-out oracle call too: a worker without a nanny (not restarted) in a

@@ -178,6 +178,7 @@ def test_an_oracle_that_failed_to_load_is_sent_again(tmp_path, watch):
     assert (tmp_path / "loaded").exists()  # loading really failed once
 
 
+@pytest.mark.slow
 def test_shard_killing_every_worker_raises_naming_shard_and_cause(watch):
     x = params()
     with JoblibExecutor(2) as ex:
@@ -285,6 +286,7 @@ class SlowAtZeroNanAtFive:
         return float("nan") if x[5] != 0 else float(x @ x)
 
 
+@pytest.mark.slow
 def test_an_oracle_error_lets_the_other_process_workers_finish_their_shards(tmp_path, watch):
     """A NaN (raised at once) on one worker killed the other worker in the middle of its query: a
     paid query cut off, the worker started again and the oracle loaded again at the next run. Threads,

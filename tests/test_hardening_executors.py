@@ -163,6 +163,7 @@ class SlowToLoad:
         return quad(x)
 
 
+@pytest.mark.slow
 def test_a_shards_timeout_starts_once_the_oracle_is_loaded():
     """The clock counted the unpickling, so an oracle slower to load than the limit never ran
     (and every retry on a fresh worker paid the load again)."""
@@ -548,6 +549,7 @@ def test_the_token_auth_refusal_test_leaves_no_guessable_token(tmp_path, monkeyp
 
 
 # ----------------------------------------------------------------------------- lost Dask inputs
+@pytest.mark.slow
 def test_dask_shard_whose_inputs_died_with_a_worker_is_retried(dask_dir):
     """The flaky 'already forgotten' crash: Dask's memory manager may keep a scattered oracle
     on one worker only; when that worker dies the scheduler forgets it and cancels every

@@ -58,6 +58,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy
 
 
 @glibc
+@pytest.mark.slow
 def test_train_and_estimate_keep_freed_memory_and_system_keeps_the_default():
     base = faults("nothing")
     assert base > 500  # glibc's default: the 12 MiB freed at the top go back to the kernel each round

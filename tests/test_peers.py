@@ -70,6 +70,7 @@ def test_black_box_counts_queries_and_walks_the_shared_minibatch_stream(peers, d
     assert bench.queries == 3
 
 
+@pytest.mark.slow
 def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tmp_path):
     out = tmp_path / "runs.json"
     argv = ["--budget", "500", "--seeds", "0,1", "--grid", "2", "--out", str(out), "--json"]
@@ -158,6 +159,7 @@ def test_zoracle_snes_spends_the_budget_in_generations_like_evotorch_snes(peers,
         assert r["curve"][-1][0] == 300 and 0 <= r["curve"][-1][3] <= 1
 
 
+@pytest.mark.slow
 def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
     out = tmp_path / "speed.json"
     peers.main(["--speed", "", "--budget", "2000", "--methods", "deepzero,snes,fdsgd", "--out", str(out)])
@@ -181,6 +183,7 @@ def test_speed_table_times_every_method_side_by_side(peers, tmp_path):
     assert "GMAC" in peers.speed_table(rows)
 
 
+@pytest.mark.slow
 def test_speed_takes_the_settings_tuned_at_another_budget(peers, tmp_path):
     """--settings-budget: a 150,000-query timing with the settings chosen at 30,000 queries."""
     tuned = tmp_path / "tuned.json"
@@ -217,6 +220,7 @@ def test_multiply_adds_two_ways(peers, digits):
                                                      1e-3))[1] < 32 * 23_680
 
 
+@pytest.mark.slow
 def test_settings_from_runs_new_seeds_of_the_chosen_settings_without_tuning(peers, tmp_path):
     first, fresh = tmp_path / "a.json", tmp_path / "b.json"
     peers.main(["--budget", "500", "--seeds", "0", "--grid", "2", "--methods", "deepzero-krs,snes", "--out", str(first),
@@ -380,6 +384,7 @@ def test_leads_judge_every_peer_at_the_largest_size_by_the_seed_spread(peers):
     assert lead(_runs("snes", [0.90, 0.91, 0.92]))["p"] == pytest.approx(1.0)  # the same seeds: no difference
 
 
+@pytest.mark.slow
 def test_fill_small_blocks_recipe_spends_the_budget_and_is_judged_as_a_recipe(peers, digits):
     import zoracle as zo
     from zoracle._pruning import fill_small_blocks

@@ -206,6 +206,7 @@ def test_main_appends_resumes_and_reports(scout, tmp_path, capsys):
         scout.main(["--variants", "nope"])
 
 
+@pytest.mark.slow
 def test_lr_applies_to_every_run_and_the_report_can_keep_some_variants(scout, tmp_path, capsys):
     out = str(tmp_path / "s.json")
     base = ["--data", "digits", "--width", "0", "--seeds", "0", "--budget", str(BUDGET), "--out", out]
@@ -349,6 +350,7 @@ def test_averaging_recorder_records_the_bias_corrected_moving_average(scout):
         np.testing.assert_allclose(average(), params.mean(0) if expect is None else expect, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_average_and_schedule_variants_spend_the_recipes_budget(scout, digits):
     a = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
     for name in ("average-0.1", "wsd-0.2"):

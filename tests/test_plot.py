@@ -437,6 +437,7 @@ def test_the_figure_shows_as_an_image_where_a_notebook_ends_a_cell_with_it():
     assert imread(io.BytesIO(png)).shape == imread(ref).shape
 
 
+@pytest.mark.slow
 def test_a_notebook_shows_the_figure_once(tmp_path):
     """The same in a kernel (skipped without Jupyter's tooling): an image in a fresh kernel, and one
     image, not two, where ``%matplotlib inline`` registered matplotlib's own printer."""

@@ -22,6 +22,7 @@ def _run(tmp_path, *argv):
     return r.stdout.strip()
 
 
+@pytest.mark.slow
 def test_policy_search_trains_and_resumes_on_workers_as_it_runs_serially(tmp_path):
     pytest.importorskip("gymnasium")
     whole = _run(tmp_path, "--epochs", "2")

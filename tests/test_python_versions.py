@@ -34,6 +34,7 @@ def _unguarded_imports(path: pathlib.Path) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_test_modules_skip_rather_than_error_without_an_optional_extra():
     """tests/test_step_overhead.py imported torch at module level: in an environment without torch
     (Python 3.10, 3.12 or 3.13 with the core and test extras) collection errored, and pytest ran

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "rate_limit.py")
 
@@ -36,6 +38,7 @@ def _cases(stdout):
     return cases
 
 
+@pytest.mark.slow
 def test_quick_run_a_paced_run_gets_no_429_and_too_many_workers_get_some():
     proc = subprocess.run([sys.executable, SCRIPT, "--quick"], capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})

@@ -23,6 +23,7 @@ def _load():
     return mod
 
 
+@pytest.mark.slow
 def test_one_seed_runs_the_three_plans_within_the_budget(capsys):
     assert _load().main(["--data", "digits", "--budget", "3000", "--seeds", "0"]) == 0
     out = capsys.readouterr().out

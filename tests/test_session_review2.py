@@ -79,6 +79,7 @@ class _SlowTorchBatch:
         return torch.tensor([loss64(r) for r in np.asarray(X)], dtype=torch.float32).to(torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_a_process_worker_reports_a_torch_bfloat16_batch():
     """Serially the bfloat16 batch is warned about (its estimate is off by about 50, against a gradient
     of at most 5); on process workers it went unwarned, the driver reading "torch.bfloat16" as wide."""

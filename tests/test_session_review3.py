@@ -78,6 +78,7 @@ TORCH_LEFT_BEHIND = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_thread_a_threading_pools_timeout_left_inside_torch_is_waited_for_at_exit(tmp_path):
     """The exit waited for the threads a SerialExecutor's timeout left behind, not for those of a
     threading pool: one still inside torch's matmul when the interpreter finalized aborted the

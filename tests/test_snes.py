@@ -221,6 +221,7 @@ def test_snes_reports_the_failing_sample():
         zo.estimate_gradient(f, np.zeros(3), zo.SNES(mu=1.0, population=30), rng=0)
 
 
+@pytest.mark.slow
 def test_a_converged_sigma_stays_positive_and_a_diverged_one_is_named():
     """On a loss with an exact minimum (an L1 term) sigma shrinks geometrically to 0.0 (after
     7,006 steps of ``sum|x|``), and the next step refused "`state` (SNES's sigma) must be finite

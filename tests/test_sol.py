@@ -62,6 +62,7 @@ def test_bad_reynolds_list_is_a_usage_error(capsys):
     assert "comma-separated" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_log_reports_the_trained_loss_and_the_exact_sparsity(tmp_path, monkeypatch, capsys):
     """The log printed the last step's minibatch loss *before* its update as the trained loss,
     and ``--sparsity 0.9999`` as "100% gradient sparsity"."""
@@ -139,6 +140,7 @@ def test_an_unwritable_out_is_refused_before_the_command_loads_phiflow(tmp_path)
     assert r.stdout.split() == ["2", "False"], r.stdout  # refused, and PhiFlow never imported
 
 
+@pytest.mark.slow
 def test_a_tilde_in_out_cache_and_zoracle_cache_means_the_home_folder(tmp_path, monkeypatch, capsys):
     """The CLI checked `--out ~/res` (and `--cache`, `$ZORACLE_CACHE`) with ~ expanded, creating
     $HOME/res, then wrote every file into a folder literally named ~ in the working directory."""

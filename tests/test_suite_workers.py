@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import conftest
+import pytest
 
 
 def test_the_session_directory_is_not_inside_another_session_directory():
@@ -27,6 +28,7 @@ def test_ray_socket_paths_under_the_session_directory_fit_a_unix_socket():
     assert len(path) <= 107, (len(path), path)
 
 
+@pytest.mark.slow
 def test_the_tests_own_dask_clusters_listen_on_loopback_only():
     """A ``distributed.LocalCluster`` a test starts itself (a user's cluster, handed to DaskExecutor)
     listened on every interface, its HTTP server on the fixed port 8787, without ``host=`` and with
@@ -51,6 +53,7 @@ def test_the_tests_own_dask_clusters_listen_on_loopback_only():
     assert [where for where, ok in found if not ok] == []
 
 
+@pytest.mark.slow
 def test_leakcheck_refuses_a_run_with_workers_and_reports_in_one_process():
     """``-p leakcheck`` under pyproject's ``-n logical`` ran in the workers, whose findings the controller
     never saw: it printed "leakcheck: 0 change(s) left behind" whatever the tests left. Refused, naming

@@ -37,6 +37,7 @@ def _dask_state(distributed) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_sweep_of_runs_each_with_its_own_local_dask_cluster_leaves_no_server_behind():
     """Each closed local cluster stayed in memory (its Scheduler and in-process Workers, with their
     logs and task records: megabytes a run), held by distributed's unbounded cache of handler

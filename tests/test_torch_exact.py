@@ -590,6 +590,7 @@ def test_conv1d_padding_modes_in_the_absorbing_conv_are_exact(mode):
 
 
 @pytest.mark.parametrize("train", [True, False])
+@pytest.mark.slow
 def test_resnet20_walk_through_joins_and_forks_is_exact(train):
     # a perturbed conv2 / bn2 changes one channel through the declared join (relu of the
     # residual sum) and the next fork, up to the next block's conv1 (train: dense suffix;

@@ -382,6 +382,7 @@ def check_estimates(oracle, model, x, y, rng, caught):
 # The default run draws 25 models and 15 changes; the slow run's copies below draw 200 and 100.
 @settings(max_examples=25)
 @given(cases())
+@pytest.mark.slow
 def test_random_models_equal_the_textbook_loop(case):
     check_model(case)
 
@@ -396,6 +397,7 @@ _SWAPS = [("relu", True), ("relu", False), ("gelu",), ("identity",), ("dropout",
 
 @settings(max_examples=15)
 @given(cases(), st.integers(0, 64), st.sampled_from(_SWAPS))
+@pytest.mark.slow
 def test_a_model_changed_after_an_estimate(case, where, swap):
     """``model.act = nn.GELU()``, ``model[1] = nn.Dropout(0.3)``, ``model.eval()``, ``bn.eval()``
     between two estimates: the second equals the textbook loop on

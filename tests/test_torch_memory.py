@@ -48,6 +48,7 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.slow
 def test_cge_peak_memory_stays_near_budget_plus_forward():
     # 448 one-coordinate chunks, each returning its losses: kept as small tensors across the
     # chunks, they sat between the chunks' freed (varying-size) activations and glibc's heap grew

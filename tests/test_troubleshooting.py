@@ -200,6 +200,7 @@ def test_the_check_sees_every_warn_call():
     assert found >= 50  # (59 when the page was written)
 
 
+@pytest.mark.slow
 def test_a_new_warning_without_an_entry_fails(tmp_path):
     """A module with a warn() call no entry names, and an entry whose words left the code or the page."""
     for folder in ("zoracle", "adapters"):

@@ -80,6 +80,7 @@ def test_autocast_warning_points_at_the_users_line(how):
         _assert_here(calls[how], "torch.autocast")
 
 
+@pytest.mark.slow
 def test_worker_state_warning_points_at_the_users_line():
     oracle = _mlp(norm=True)  # BatchNorm in train mode: its statistics update on the worker
     with zo.executors.JoblibExecutor(2) as ex:
@@ -155,6 +156,7 @@ def _warnings_of(code, cwd):
     return out.stderr
 
 
+@pytest.mark.slow
 def test_adapters_imported_by_their_own_name_warn_at_the_users_line():
     """From the clone's root, `from adapters.torch import TorchOracle` runs the same files as
     zoracle.adapters.torch under the module names adapters.*: the walk to the user's line stopped

@@ -122,6 +122,7 @@ class _Cubic:
        distribution=st.sampled_from(["gaussian", "sphere", "rademacher"]), mu=st.sampled_from([1e-2, 0.3, 1.0]),
        seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=30)
+@pytest.mark.slow
 def test_rge_over_many_directions_is_the_smoothed_gradient_with_its_scaling(d, data, scheme, distribution, mu, seed):
     """Probabilistic (hypothesis's derandomized draws fix the seeds): RGE with q = 8,000
     directions against the gradient of the smoothed cubic, in closed form. Gaussian
@@ -196,6 +197,7 @@ class _Net:
        ranking=st.sampled_from(["magnitude", "grasp"]))
 @settings(max_examples=15)
 @needs_torch
+@pytest.mark.slow
 def test_zo_grasp_is_autograds_grasp_score_on_tiny_nets(seed, din, hidden, k, with_blocks, sparsity, ranking):
     """ZO-GraSP against GraSP's ``-theta * (H g)`` with ``H g`` a Hessian-vector product by
     torch autograd (double backward), on tiny tanh MLPs in float64: with q = 100 d common
