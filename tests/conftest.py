@@ -141,19 +141,36 @@ def _cupy_or_reason():
     return cupy, ""
 
 
-# The variants of parametrized tests (and a hypothesis state machine's TestCase) that take 3 s or more on
+# The variants of parametrized tests (and a hypothesis state machine's TestCase) that take 1.5 s or more on
 # the slowest CPU CI ran on (an AVX2 AMD EPYC, 2 cores), marked slow here where their siblings stay in the
-# default run; a whole test of 3 s or more carries ``@pytest.mark.slow`` itself (CONTRIBUTING.md).
+# default run; a whole test of 1.5 s or more carries ``@pytest.mark.slow`` itself (CONTRIBUTING.md).
 SLOW_VARIANTS = frozenset({
+    "tests/test_adapter_torch.py::test_serial_cge_is_one_coordinate_call_equal_to_the_split_calls[65536-_tv_resnet-eval]",
+    "tests/test_adapter_torch.py::test_serial_cge_is_one_coordinate_call_equal_to_the_split_calls[65536-_tv_resnet-train]",
     "tests/test_ask_tell_stateful.py::TestAskTellAgainstTrain::runTest",
+    "tests/test_concurrent_callers.py::test_a_process_forked_while_another_thread_runs_on_the_executor[loky]",
     "tests/test_contributing.py::test_a_slow_test_named_by_its_id_says_how_to_run_it[collect]",
     "tests/test_contributing.py::test_a_slow_test_named_by_its_id_says_how_to_run_it[workers]",
+    "tests/test_demo.py::test_out_of_range_flags_exit_2_as_argparse_errors[argv9---train-re]",
+    "tests/test_dropout_mode_later_functions.py::test_a_torch_function_without_dropout_keeps_the_fast_path[compile]",
     "tests/test_errors.py::test_a_none_loss_is_shown_as_none_and_a_text_loss_quoted_once[loky]",
+    "tests/test_executors.py::test_a_started_executor_used_in_forked_processes[loky]",
+    "tests/test_executors.py::test_closing_an_executor_during_a_run_stops_the_run_with_a_clear_error[<lambda>1]",
+    "tests/test_executors_cluster.py::test_dask_a_users_default_client_stays_theirs[address]",
     "tests/test_hardening_executors.py::test_timeout_names_the_shard_and_the_worker[loky]",
     "tests/test_missing_extras.py::test_an_example_without_its_extra_names_it_in_one_line[train_torch.py-matplotlib]",
+    "tests/test_missing_extras.py::test_an_example_without_its_extra_names_it_in_one_line[train_torch.py-sklearn]",
+    "tests/test_mutation_session76.py::test_the_suite_leaves_the_tmp_parent_variable_as_it_found_it[unset]",
+    "tests/test_preemption.py::test_sigterm_in_a_slow_query_keeps_every_step_finished[processes]",
+    "tests/test_preemption.py::test_sigterm_saves_the_steps_finished_before_the_workers_grace[processes]",
     "tests/test_reuse_after_failure.py::test_an_error_from_a_process_worker_shows_the_line_that_raised_it[plain-0]",
+    "tests/test_reuse_after_failure.py::test_an_error_from_a_process_worker_shows_the_line_that_raised_it[plain-20]",
     "tests/test_torch_exact.py::test_batch_equals_the_plain_model_on_every_zoo_model[mobilenet_v3_small]",
+    "tests/test_torch_exact.py::test_batch_equals_the_plain_model_on_every_zoo_model[resnet18]",
     "tests/test_torch_exact.py::test_the_zoo_keeps_its_split_under_the_sample_mixing_check[mobilenet_v3_small]",
+    "tests/test_torch_families.py::test_family_keeps_its_split_and_cge_rge_equal_the_textbook_loop[densenet-eval]",
+    "tests/test_torch_families.py::test_family_keeps_its_split_and_cge_rge_equal_the_textbook_loop[densenet-train]",
+    "tests/test_torch_families.py::test_family_keeps_its_split_and_cge_rge_equal_the_textbook_loop[unet-eval]",
     *(f"tests/test_torch_families.py::test_family_keeps_its_split_and_cge_rge_equal_the_textbook_loop[{f}-train]"
       for f in ("inception", "resnext_regnet", "shufflenet_v2", "unet")),
 })

@@ -57,6 +57,7 @@ def test_step_is_finite_and_divergence_free_to_solver_tolerance():
     assert np.abs(flow.divergence(vx, vy)[:, flow.fluid_mask()]).max() > 100 * flow.tol
 
 
+@pytest.mark.slow
 def test_batched_simulation_equals_one_by_one():
     flow = TINY
     vx, vy = flow.initial(3)
@@ -92,6 +93,7 @@ def test_each_batch_entry_gets_its_own_diffusion_substeps():
     np.testing.assert_allclose(tx[2].numpy(), ox[0].numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_reference_of_one_reynolds_number_does_not_depend_on_the_others(tmp_path):
     both = pf.reference_trajectories(TINY, [2.0, 20.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
     alone = pf.reference_trajectories(TINY, [20.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
@@ -151,6 +153,7 @@ def test_arguments_are_validated():
         TINY.initial(-1)
 
 
+@pytest.mark.slow
 def test_reference_cache_is_keyed_by_parameters(tmp_path):
     a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=1, steps=2, cache_dir=tmp_path)
     assert not a.cached and a.vx.shape == (1, 3, 9, 16) and a.vy.shape == (1, 3, 8, 16)
@@ -164,6 +167,7 @@ def test_reference_cache_is_keyed_by_parameters(tmp_path):
     assert len(list(tmp_path.glob("wake-*.npz"))) == 2
 
 
+@pytest.mark.slow
 def test_reference_cache_ignores_a_file_another_user_wrote(tmp_path, monkeypatch):
     """A cache folder others can write (docs/sol.md used /tmp/zoracle-cache): a file planted
     there under the right key was returned as the reference, its values silently used."""
@@ -180,6 +184,7 @@ def test_reference_cache_ignores_a_file_another_user_wrote(tmp_path, monkeypatch
     np.testing.assert_array_equal(b.vx, a.vx)
 
 
+@pytest.mark.slow
 def test_reference_cache_is_keyed_by_phiflows_precision(tmp_path):
     """After phi.math.set_global_precision(64) the float32 file cached before came back."""
     from phi import math as pm
@@ -213,6 +218,7 @@ def test_oracle_passes_check_oracle(reference):
     assert report["batch"] < 1e-6 and report["coordinate_losses"] < 1e-6
 
 
+@pytest.mark.slow
 def test_batches_equal_calls(reference):
     oracle, p = _check_oracle_setup(reference)
     caps = zo.capabilities(oracle)
@@ -232,6 +238,7 @@ def test_batches_equal_calls(reference):
         zo.estimate_gradient(oracle, p, zo.CGE(mu=1e-9, scheme="central"), coordinates=coords)
 
 
+@pytest.mark.slow
 def test_zero_params_are_the_uncorrected_solver(reference):
     coarse = TINY.coarsened(2)
     net = pf.correction_net(channels=3, kernel=3)
@@ -365,6 +372,7 @@ def test_empty_coordinates_and_batches_give_empty_losses(reference):
     assert ox.shape == (0, 3) + coarse.shapes[0] and oy.shape == (0, 3) + coarse.shapes[1]
 
 
+@pytest.mark.slow
 def test_baselines_validate_params_starts_and_sizes_before_any_work(reference):
     """A longer params vector was silently truncated, a shorter one a raw torch RuntimeError, NaN
     params came back as NaN params; a negative frame trained on frames counted from the end;
@@ -399,6 +407,7 @@ def test_baselines_validate_params_starts_and_sizes_before_any_work(reference):
     np.testing.assert_allclose(out, p.astype(np.float32), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_damaged_cache_file_is_recomputed(tmp_path):
     """A truncated wake-<key>.npz raised zipfile.BadZipFile (the code promised a recompute)."""
     a = pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path)
@@ -412,6 +421,7 @@ def test_damaged_cache_file_is_recomputed(tmp_path):
     assert pf.reference_trajectories(TINY, [200.0], factor=2, warmup=0, steps=1, cache_dir=tmp_path).cached
 
 
+@pytest.mark.slow
 def test_reference_and_error_arguments_are_named(reference, tmp_path):
     """re=[] said "`batch` must be an integer >= 1", a 2-D re gave a TypeError, and
     mean_abs_error broadcast a one-run rollout against every reference run."""
@@ -592,6 +602,7 @@ def test_a_net_of_the_wrong_shape_is_refused_where_it_is_given(reference):
     pf.SolverInTheLoop(coarse, Net().to("meta"), reference, unroll=1)
 
 
+@pytest.mark.slow
 def test_a_blown_up_but_finite_state_gives_a_finite_loss(reference):
     """Squares of float32 differences overflowed to inf above 1.8e19: the loss was inf (not the
     documented SimulationError, the state being finite); it is summed in float64 there."""
@@ -603,6 +614,7 @@ def test_a_blown_up_but_finite_state_gives_a_finite_loss(reference):
     assert small == pytest.approx(oracle(p), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_diverging_query_is_named_by_its_row_and_coordinate(reference):
     """Named by its entry in the flattened simulation batch ("batch entries 4, 5 of 6"), which
     a caller cannot map back: now the parameter row, and through CGE the coordinate."""
@@ -820,6 +832,7 @@ def test_oracle_pickles_and_a_deepcopy_runs_its_own_network(reference):
         assert calls and set(calls) == {"copy"}
 
 
+@pytest.mark.slow
 def test_a_cache_write_that_fails_keeps_the_trajectories_and_leaves_no_partial_file(tmp_path, monkeypatch):
     """The cache folder is probed before the simulation; a disk that filled during it made the write
     raise a bare OSError after the whole simulation (minutes at the default size), and left the partial

@@ -62,6 +62,7 @@ def test_an_onnx_file_named_in_another_script_is_warned_about_on_an_ascii_stderr
     assert here in err, err
 
 
+@pytest.mark.slow
 def test_a_module_named_in_another_script_is_warned_about_on_an_ascii_stderr(tmp_path):
     """A train-mode spectral norm writes and reads its vectors: the warning naming the module raised
     UnicodeEncodeError from the estimate."""
@@ -88,6 +89,7 @@ def test_a_module_named_in_another_script_is_warned_about_on_an_ascii_stderr(tmp
     assert here in err, err
 
 
+@pytest.mark.slow
 def test_a_model_class_named_in_another_script_is_warned_about_on_an_ascii_stderr(tmp_path):
     """A forward reading what an in-place activation overwrote: the warning naming the model's class
     raised UnicodeEncodeError from the construction."""

@@ -94,6 +94,7 @@ def test_context_rows_follow_their_samples():
     np.testing.assert_allclose(x.grad.numpy(), true_vjp(x.detach().numpy(), onehot), atol=1e-8)
 
 
+@pytest.mark.slow
 def test_train_white_box_model_in_front_of_black_box():
     torch.manual_seed(0)
     rng = np.random.default_rng(1)

@@ -795,6 +795,7 @@ def test_a_rewrite_before_the_final_save_warns_and_returns_the_result(tmp_path):
                                                                       zo.load_checkpoint(other)[0]["params"])
 
 
+@pytest.mark.slow
 def test_two_runs_saving_at_once_do_not_both_pass_the_other_writer_check(tmp_path, monkeypatch):
     """Two runs given one path whose saves overlap (twin jobs ending together): the check before a
     save and the save itself are one step for other writers, so the run that saves second names the
@@ -1079,6 +1080,7 @@ def test_a_folder_locked_by_another_program_does_not_hang_the_save(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["run.npz"]  # no lock file beside the user's
 
 
+@pytest.mark.slow
 def test_a_save_waits_for_another_saver_of_the_same_checkpoint_a_bounded_time(tmp_path, monkeypatch, ctrl_c):
     """The lock is per checkpoint (its real path, through a symlinked folder too), waited for at most
     LOCK_WAIT_S (a holder stopped with Ctrl-Z must not hang every later save), and a Ctrl-C while

@@ -251,6 +251,7 @@ def test_the_checks_see_a_contributing_page_that_went_wrong():
 
 
 @pytest.mark.parametrize("how", [["--collect-only"], ["-n", "2"], ["-n", "0"]], ids=["collect", "workers", "one-process"])
+@pytest.mark.slow
 def test_a_slow_test_named_by_its_id_says_how_to_run_it(how):
     """``pytest tests/x.py::test_slow`` deselected the test (pyproject's ``-m 'not slow'``) and
     printed only "1 deselected": the run ends with the command that runs it. Also where

@@ -162,6 +162,7 @@ def test_demo_plot_without_a_suffix_is_written_where_it_says(tmp_path):
     assert os.listdir(tmp_path) == ["curves"] and (tmp_path / "curves").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_demo_with_no_cluster_to_reach_is_one_line_naming_the_flag(monkeypatch, tmp_path):
     # --ray auto with no Ray running ended in Ray's ConnectionError traceback (naming a --address
     # flag zoracle does not have). Ray's temp folder is the test's own: "auto" reads the address of
@@ -209,6 +210,7 @@ def test_threads_are_bounded_before_any_work(command):
                                f"(8 per core), got 1000"
 
 
+@pytest.mark.slow
 def test_a_method_that_diverges_leaves_the_others_results(tmp_path, capsys):
     """RGE diverging (it runs last, after minutes in the full demo) threw away the finished
     methods' table and plot; a diverging first-order run exited 0 at 10% accuracy, its losses

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import re
 
+import pytest
+
 from test_docs_links import DOCS, ROOT, _names, _norm, headings, plain, prose
 
 
@@ -80,6 +82,7 @@ def messages_naming_sections() -> list:
     return out
 
 
+@pytest.mark.slow
 def test_every_section_a_message_names_is_a_heading():
     found = messages_naming_sections()
     assert ("training.md", "Metrics beside the loss") in {(p, s) for _, p, s in found}

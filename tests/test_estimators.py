@@ -632,6 +632,7 @@ def test_losses_too_coarse_for_the_differences_are_warned_about(monkeypatch):
         zo.estimate_gradient(Hinge(), np.zeros(10))
 
 
+@pytest.mark.slow
 def test_rge_with_one_direction_is_unbiased_on_a_linear_loss():
     """Probabilistic (seeds fixed): E[(g.u) u] = g, so the mean over seeds of a one-direction
     estimate is g; dividing by q + 1 instead of q halves it (at q = 50 a 2% bias the smoothed-

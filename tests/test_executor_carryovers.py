@@ -231,6 +231,7 @@ def test_a_tiny_run_is_not_cut_into_a_shard_a_query(backend):
         assert min(_shards_of_later_runs(ex, _slow, 5)) >= 4
 
 
+@pytest.mark.slow
 def test_a_tiny_run_on_dask_is_not_cut_into_a_shard_a_query(tmp_path):
     """Dask's round trip per shard is milliseconds: a tiny run paid it 6 times a step (now 2), same bits."""
     pytest.importorskip("distributed", reason="dask[distributed] not installed")

@@ -458,6 +458,7 @@ for ex in (JoblibExecutor(2), DeviceExecutor(["cpu", "cpu"])):
 """
 
 
+@pytest.mark.slow
 def test_a_batch_whose_class_lives_in_the_script_reaches_process_workers(tmp_path):
     """Plain pickle named the class ``__main__.Batch``, which a worker (started with ``python
     -c``) cannot resolve: unpickling the message killed every worker it reached ("the worker
@@ -1162,6 +1163,7 @@ def test_a_started_executor_used_in_forked_processes(backend):
     assert backend == "threading" or no_children(pids)
 
 
+@pytest.mark.slow
 def test_close_leaves_no_processes_and_executor_restarts():
     ex = JoblibExecutor(2)
     with ex:
@@ -1438,6 +1440,7 @@ class ForksThenDies:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="forks a helper process")
+@pytest.mark.slow
 def test_a_worker_that_dies_while_a_process_it_forked_lives_is_found_dead(tmp_path):
     """The driver waited on the worker's socket only: a process the oracle had forked held the
     socket open, no end-of-file came, and the estimate hung for ever. The worker's exit code is
@@ -1642,6 +1645,7 @@ def test_close_gives_idle_workers_one_grace_in_all(monkeypatch):
     assert took < 5.0, f"close() took {took:.1f} s for 3 workers with a 2 s grace"
 
 
+@pytest.mark.slow
 def test_close_gives_busy_workers_one_grace_in_all():
     """Workers inside an oracle call (a Ctrl-C during a run leaves the `with` block) got 2 s each
     in turn: n x 2 s (16 s for 8 workers), though all were asked to stop at once."""
@@ -1662,6 +1666,7 @@ def test_close_gives_busy_workers_one_grace_in_all():
     assert took < 4.5, f"close() took {took:.1f} s for 3 busy workers"
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_close_waits_leaves_no_worker_running(monkeypatch, ctrl_c):
     """close() waits up to STOP_GRACE_S (15 s) for each idle worker: a Ctrl-C meanwhile left the
     workers running, and a second close() did not stop them (they lived as long as the driver)."""

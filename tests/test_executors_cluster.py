@@ -518,6 +518,7 @@ class TestRay(ClusterContract):
         assert len(cluster.pids) == 2 and all(psutil.pid_exists(p) for p in cluster.pids)
         assert [n["Alive"] for n in ray.nodes()] == [True]
 
+    @pytest.mark.slow
     def test_an_oracle_error_leaves_the_busy_actors_running(self, cluster):
         """As Dask's: Ray replaced every actor with a shard in flight after any oracle error (its
         loaded oracle lost, a paid oracle cut off mid-query); only a timeout or Ctrl-C does now."""
@@ -643,6 +644,7 @@ def test_the_dask_backend_reports_a_cancelled_or_vanished_result_as_lost(monkeyp
     assert out == {1: "lost", 2: "lost", 3: "ok"}
 
 
+@pytest.mark.slow
 def test_a_users_preloads_stay_as_given_beside_the_ctrl_c_plugin(dask_dir):
     """The Ctrl-C fix first appended a preload: a preload given as one string (as distributed
     takes it) was split into characters, a config preload was dropped, and a preload_argv list
@@ -913,6 +915,7 @@ class _SlowScaled:
         return self.scale * _loss(x)
 
 
+@pytest.mark.slow
 def test_dask_two_drivers_with_one_pid_do_not_share_shard_results(dask_dir, tmp_path, monkeypatch):
     """Shard keys were f"zoracle-shard-{jid}-{pid}", jid counted from 0 in every process: two drivers
     with the same pid (pid 1 of two containers) on one scheduler made the same keys at once, and the

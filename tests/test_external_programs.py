@@ -54,6 +54,7 @@ def test_program_output_falls_back_to_stdout_decodes_bytes_and_keeps_the_end():
     assert program_output(ValueError("x")) == ""
 
 
+@pytest.mark.slow
 def test_a_program_cut_off_by_its_own_timeout_is_named_with_its_output():
     """The pattern the docs give for a hanging simulator: ``subprocess.run(..., timeout=)`` kills
     it, and the OracleError names the query and shows what the program had printed."""

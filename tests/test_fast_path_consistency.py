@@ -136,6 +136,7 @@ class _SlowBatch:
         return np.array([loss64(r) for r in np.asarray(X)]).astype(np.float16)
 
 
+@pytest.mark.slow
 def test_a_process_worker_reports_a_batch_narrower_than_its_base_point():
     """On process workers only the losses' type name travels, and the driver kept the first a worker
     sent: the base point's float32 where it came first (the batch's float16 came later, and the estimate

@@ -148,6 +148,7 @@ def watch():
     assert gone(children() - before)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_replaced_and_shard_retried(tmp_path, watch):
     x = params()
     ref = zo.estimate_gradient(_loss, x, zo.CGE())

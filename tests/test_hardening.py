@@ -298,6 +298,7 @@ def test_concurrent_writers_do_not_collide_and_stale_temp_files_are_removed(tmp_
         live.wait()
 
 
+@pytest.mark.slow
 def test_a_huge_extra_member_is_never_read_and_declared_sizes_are_checked(tmp_path):
     ckpt = tmp_path / "c.npz"
     _run(ckpt)

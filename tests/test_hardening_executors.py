@@ -129,6 +129,7 @@ class _ScratchSlowOnce:
 
 @pytest.mark.parametrize("make", [lambda: SerialExecutor(timeout=1.0), lambda: ThreadPool(1, timeout=1.0)],
                          ids=["serial", "threads"])
+@pytest.mark.slow
 def test_a_timeout_stops_the_abandoned_shard_before_the_next_estimate(make):
     """After a ShardTimeout the thread left behind went on through the rest of its shard (every
     coordinate), querying the oracle beside the caller's next estimate: an oracle with a scratch
@@ -173,6 +174,7 @@ def test_a_shards_timeout_starts_once_the_oracle_is_loaded():
             np.testing.assert_allclose(est.grad, _serial(6))
 
 
+@pytest.mark.slow
 def test_an_oracle_that_never_loads_times_out_saying_so(monkeypatch):
     import zoracle._executors_core as core
 
@@ -311,6 +313,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_dask_scratch_dir_goes_with_a_driver_killed_while_the_cluster_starts(tmp_path):
     """A LocalCluster takes seconds to start: a driver SIGKILLed then leaves no scratch dir."""
     pytest.importorskip("distributed")
@@ -617,6 +620,7 @@ def test_dask_local_threads_need_no_main_guard(tmp_path):
     assert np.allclose(got, 2.0, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_a_dask_executor_left_open_closes_at_exit_without_an_error_log(tmp_path):
     """A script that never closes its ``DaskExecutor("local:2")``: distributed's own atexit
     handlers stopped the workers first, and the scheduler logged "ERROR - Removing worker ...
@@ -713,6 +717,7 @@ class _BatchedSlowOnce:
         return P @ np.arange(1.0, P.shape[1] + 1)
 
 
+@pytest.mark.slow
 def test_a_serial_timeout_stops_the_abandoned_shard_of_a_batched_oracle_too():
     """The abandoned shard's thread makes no further query through the oracle's ``batch`` method
     either (an attribute of the oracle, not a call of it): only the rows up to the slow call."""

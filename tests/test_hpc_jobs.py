@@ -113,6 +113,7 @@ def _usr1_job(tmp_path):
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1") or not hasattr(os, "killpg"), reason="POSIX signals")
 @pytest.mark.parametrize("to", ["driver", "group"])
+@pytest.mark.slow
 def test_sigusr1_turned_into_systemexit_saves_the_steps_finished(tmp_path, monkeypatch, to):
     """SLURM's ``--signal=USR1@60`` (a warning ahead of the time limit) handled as docs/training.md
     handles SIGTERM, ``signal.signal(signal.SIGUSR1, lambda s, f: sys.exit(128 + s))``: the run saves

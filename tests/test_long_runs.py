@@ -113,6 +113,7 @@ def test_a_checkpoint_grows_by_about_the_same_bytes_each_step(tmp_path):
     assert 0 < late <= 1.2 * early, (early, late)
 
 
+@pytest.mark.slow
 def test_a_resume_from_a_long_history_is_the_uninterrupted_run(tmp_path):
     """A run stopped after thousands of steps (its records encoded once, over many saves) resumes
     bit for bit: the header a save splices together reads back as the records the run made."""

@@ -114,6 +114,7 @@ def test_a_module_cloudpickle_sends_by_value_is_not_refused(user_module):
         pickler.unregister_pickle_by_value(user_module)
 
 
+@pytest.mark.slow
 def test_a_dask_executor_closed_and_reused_runs_the_reloaded_module(user_module, tmp_path):
     """close() is the fix the refusal names, on Dask too: its own cluster's workers start anew,
     and the record of the modules they imported goes with them (kept, the reloaded module was

@@ -384,6 +384,7 @@ def test_a_restarted_dask_worker_leaves_the_environment_as_found(tmp_path, dask_
     assert dict(os.environ) == before
 
 
+@pytest.mark.slow
 def test_a_dask_worker_its_nanny_restarts_leaves_the_environment_as_found_after_close(tmp_path, dask_env):
     from zoracle.executors import DaskExecutor
 

@@ -284,6 +284,7 @@ def test_a_drift_is_named_where_the_estimate_overflows_too():
 # ---- the slow-test-by-id hint (tests/conftest.py)
 
 
+@pytest.mark.slow
 def test_a_slow_test_class_named_by_its_id_says_how_to_run_it():
     """A slow class named by its id (its tests' ids run on past it: ``...::Class::runTest``) gets the
     hint too (mutant: only an id equal to the test's own)."""

@@ -108,6 +108,7 @@ def _source_copy(dst: Path, trees=(), files=()) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_wheel_maps_adapters_into_the_package(tmp_path):
     pytest.importorskip("setuptools")
     import importlib.util
@@ -176,6 +177,7 @@ SDIST_TREES = ("tests", "examples", "docs", "benchmarks")
 SDIST_FILES = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "pyproject.toml", "mkdocs.yml", ".ci/run")
 
 
+@pytest.mark.slow
 def test_sdist_carries_what_the_test_suite_reads(tmp_path):
     """setuptools puts tests/test_*.py in the sdist by default, but not tests/conftest.py (the
     ``xp`` fixture, the hypothesis profile), tests/peers_pages.py, nor the examples, docs and
@@ -403,6 +405,7 @@ def test_every_extra_that_needs_torch_declares_one_floor_and_the_docs_name_it():
     assert f"the extras ask for `torch>={next(iter(floors.values()))}`" in guide
 
 
+@pytest.mark.slow
 def test_the_gpu_marker_selects_the_cupy_tests():
     """pyproject declares a ``gpu`` marker ("needs a CUDA GPU") that no test carried: on a GPU
     machine ``pytest -m gpu`` ran nothing (exit 5) and ``-m "not gpu"`` kept the CuPy tests."""

@@ -104,6 +104,7 @@ def test_every_method_stops_at_the_same_budget_and_tunes_on_validation(peers, tm
     assert "| deepzero |" in peers.table(rows)
 
 
+@pytest.mark.slow
 def test_runs_record_the_instruction_set_that_torch_kernels_use(peers):
     """The same seed trains a different model under another instruction set (docs/peers.md), so
     every run records the one it used: lowering it with ATEN_CPU_CAPABILITY shows in the record."""
@@ -467,6 +468,7 @@ def test_setting_runs_every_seed_with_the_setting_given(peers, tmp_path):
             peers.main(["--budget", "500", "--seeds", "0", "--methods", "deepzero-krs", "--setting", bad])
 
 
+@pytest.mark.slow
 def test_every_setting_reports_a_row_per_setting_in_the_order_run(peers, tmp_path):
     out = tmp_path / "a.json"
     for setting in ('{"lr": 0.3, "sparsity": 0.5}', '{"lr": 0.3}'):

@@ -36,6 +36,7 @@ def _bench(scout, digits):
     return scout.peers.Bench(digits, "digits", 0, 0, BUDGET)
 
 
+@pytest.mark.slow
 def test_the_recipe_variant_is_the_studys_deepzero_krs(scout, digits):
     a = scout.peers.run_one(_bench(scout, digits), "deepzero-krs", {"lr": 0.1})
     b = scout.peers.run_one(_bench(scout, digits), "scout", scout.VARIANTS["recipe"][1])
@@ -57,6 +58,7 @@ def test_fixed_counts_move_only_the_named_blocks_and_spend_the_budget(scout, dig
     assert bench.queries == (BUDGET // 51) * 51  # no ZO-GraSP: every query goes to steps of 50 + the base
 
 
+@pytest.mark.slow
 def test_the_spread_variants_hold_fixed_what_they_say(scout, digits):
     """split-0-start-0 / -coords / -batches keep seed 0's start, minibatches or draws at another seed."""
     counts = scout.VARIANTS["split-0"][1]["counts"]
@@ -145,6 +147,7 @@ def test_importance_draws_favour_rows_and_columns_with_large_partials(scout):
     assert np.allclose(p.ravel(), 0.8 * q / q.sum() + 0.2 / 12)
 
 
+@pytest.mark.slow
 def test_importance_masks_keep_the_counts_learn_from_the_steps_and_are_undone(scout, digits):
     import zoracle as zo
 
@@ -291,6 +294,7 @@ def test_the_docs_table_is_the_report_of_the_saved_results(scout):
         assert len({r["data"] for r in runs}) == 2 and scout.report(runs) in docs
 
 
+@pytest.mark.slow
 def test_cycled_masks_draw_every_weight_once_a_cycle_and_are_undone(scout, digits):
     import zoracle as zo
 

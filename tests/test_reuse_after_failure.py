@@ -159,6 +159,7 @@ def _fresh(make, loss):
 
 
 @pytest.mark.filterwarnings("ignore:TorchOracle. .*full forward:RuntimeWarning")
+@pytest.mark.slow
 def test_ctrl_c_during_the_split_self_check_leaves_it_to_check_again():
     """Ctrl-C inside the model while the first bind checked the split left it marked as checked:
     the same oracle's next estimate ran on the unchecked split, and a split the check retires (a

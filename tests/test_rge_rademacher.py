@@ -117,6 +117,7 @@ def test_the_same_directions_whatever_the_chunking_the_executor_and_the_worker_c
 @given(g=st.lists(st.floats(-5, 5), min_size=1, max_size=6), scheme=st.sampled_from(["forward", "central"]),
        q=st.integers(1, 4))
 @settings(max_examples=20, deadline=None)
+@pytest.mark.slow
 def test_unbiased_on_a_linear_loss(g, scheme, q):
     """Probabilistic (seeds 0..299 fixed): E[(g.u) u] = g for +-1 entries (E u u^T = I): the mean of 300
     estimates within 5 standard errors of g (exact where d = 1: (g u) u = g for u = +-1)."""

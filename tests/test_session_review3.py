@@ -33,6 +33,7 @@ LEFT_BEHIND = textwrap.dedent("""
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT sent to a child process")
+@pytest.mark.slow
 def test_a_ctrl_c_during_the_exit_wait_ends_the_program_as_interrupted(tmp_path):
     """A Ctrl-C while the exit waited for a thread a timeout left behind printed "Exception ignored in
     atexit callback" and a traceback of zoracle's, and the program exited 0, as if it had finished:

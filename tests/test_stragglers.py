@@ -193,6 +193,7 @@ def _held_back(ex, tmp_path):
     assert min(seconds[1:]) < 61 * SLOW  # very generous: the fast worker alone takes 61 * FAST
 
 
+@pytest.mark.slow
 def test_a_slow_process_worker_is_held_back_and_the_estimates_stay_bitwise_serial(tmp_path):
     with JoblibExecutor(2) as ex:
         _held_back(ex, tmp_path)

@@ -2127,6 +2127,7 @@ class _Guarded(nn.Module):
         return torch.tanh(x)
 
 
+@pytest.mark.slow
 def test_threads_sharing_the_oracle_take_turns_through_whole_queries():
     """A query loaded the parameters under the model's lock and ran its forward under it again: between
     the two, another thread's batch loop could load its rows, and the plain call returned the loss at
@@ -2810,6 +2811,7 @@ def test_a_declared_fork_then_relu_before_the_absorbing_layer_keeps_rows_the_ski
     assert np.abs(got - want).max() <= 1e-8 * np.abs(want).max()
 
 
+@pytest.mark.slow
 def test_every_chunk_starts_from_the_buffers_the_query_found():
     # train-mode spectral norm downstream of the perturbed blocks writes its vectors at every
     # forward; a small budget splits each block's coordinates into several chunks

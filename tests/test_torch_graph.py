@@ -125,6 +125,7 @@ def test_untraceable_model_is_refused_with_a_reason():
     assert steps is None and "cannot trace Branchy" in reason
 
 
+@pytest.mark.slow
 def test_a_compiled_model_is_refused_naming_the_uncompiled_module():
     """``TorchOracle(torch.compile(model))`` ran full forwards (13x slower on a small CNN) behind fx's
     "Module [OptimizedModule] is missing the required 'forward' function": the warning names the fix,

@@ -178,6 +178,7 @@ def problems(sites: dict, page_text: str, root: Path = ROOT) -> list:
     return bad
 
 
+@pytest.mark.slow
 def test_every_warning_has_its_entry_on_the_page():
     bad = problems(warn_sites(), PAGE.read_text(encoding="utf-8"))
     assert bad == [], "\n".join(bad)
