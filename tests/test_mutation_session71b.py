@@ -8,6 +8,7 @@ import itertools
 import re
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -305,7 +306,15 @@ def test_pool_threads_keep_their_count_between_runs_and_set_nothing_the_second_t
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from zoracle.executors import JoblibExecutor
 
+    # the first run must reach both pool threads (on a loaded machine one thread could take every shard, and
+    # the other then set its count in a later run): each thread's first call waits for the other's
+    both, seen, warmed = threading.Barrier(2, timeout=60), threading.local(), set()
+
     def loss(theta):
+        if warming and not getattr(seen, "ran", False):
+            seen.ran = True
+            warmed.add(threading.get_ident())
+            both.wait()
         t = torch.tensor(theta)
         return float((t * t).sum())
 
@@ -316,7 +325,10 @@ def test_pool_threads_keep_their_count_between_runs_and_set_nothing_the_second_t
         with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
             with JoblibExecutor(2, backend="threading") as ex:
                 x = np.linspace(-1.0, 1.0, 6)
+                warming = True
                 zo.estimate_gradient(loss, x, zo.CGE(scheme="central"), executor=ex)
+                warming = False
+                assert len(warmed) == 2 and threading.get_ident() not in warmed
                 monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
                 for _ in range(3):
                     zo.estimate_gradient(loss, x, zo.CGE(scheme="central"), executor=ex)
