@@ -19,12 +19,9 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from zoracle.adapters.torch import TorchOracle  # noqa: E402
+from test_torch_exact import CE_ROWS, _by_name, _textbook  # noqa: E402  (the textbook loop, parameters by name)
 
-MU = 1e-6
-
-
-def _rows(out, y):
-    return nn.functional.cross_entropy(out, y, reduction="none")
+MU = 1e-6  # the step of test_torch_exact's _textbook
 
 
 def _scale_on_the_whole_batch(mod, args, out):
@@ -41,23 +38,16 @@ def _lstm_model():
     return nn.Sequential(lstm, nn.Linear(6, 3)).double()
 
 
-def _textbook(ref, oracle, x, y):
+def _want(ref, oracle, x, y):
     """Forward differences, one parameter coordinate at a time, of ``ref`` (a copy of the oracle's model,
     hooks and all: the global hook runs in it too), each parameter placed by name."""
-    def loss(th):
-        p = {i.name: torch.from_numpy(th[i.slice].reshape(i.shape)) for i in oracle.param_info}
-        with torch.no_grad():
-            return float(_rows(torch.func.functional_call(ref, p, (x,)), y).mean())
-
-    theta = oracle.initial_params()
-    base = loss(theta)
-    return np.array([(loss(theta + MU * e) - base) / MU for e in np.eye(theta.size)])
+    return _textbook(_by_name(ref, oracle, x, y), oracle.initial_params(), step=MU)
 
 
 def _estimate(model, x, y):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        oracle = TorchOracle(model, _rows, update_stats=False).bind((x, y))
+        oracle = TorchOracle(model, CE_ROWS, update_stats=False).bind((x, y))
         est = zo.estimate_gradient(oracle, oracle.initial_params(), zo.CGE(mu=MU)).grad
     return oracle, est, [str(w.message) for w in seen if str(w.message).startswith("TorchOracle")]
 
@@ -71,7 +61,7 @@ def test_a_global_hook_beside_a_hook_the_model_needs_retires_the_split():
     handle = nn.modules.module.register_module_forward_hook(_scale_on_the_whole_batch)
     try:
         oracle, est, said = _estimate(model, x, y)
-        want = _textbook(ref, oracle, x, y)
+        want = _want(ref, oracle, x, y)
     finally:
         handle.remove()
     np.testing.assert_allclose(est, want, rtol=1e-6, atol=1e-8)
@@ -87,5 +77,5 @@ def test_a_hook_the_model_needs_alone_keeps_the_split_and_the_gradient():
     ref = copy.deepcopy(model)
     x, y = torch.randn(8, 5, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
     oracle, est, said = _estimate(model, x, y)
-    np.testing.assert_allclose(est, _textbook(ref, oracle, x, y), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(est, _want(ref, oracle, x, y), rtol=1e-6, atol=1e-8)
     assert oracle._core.blocks and not said, said
