@@ -176,9 +176,24 @@ SLOW_VARIANTS = frozenset({
 })
 
 
+def unmatched_slow_variants(nodeids, named_by_id=()) -> list:
+    """The ids in ``SLOW_VARIANTS`` whose file was collected (``nodeids``) but which name none of its tests:
+    a variant renamed, or its test, would otherwise go back to the default run unseen. A file that the
+    command line names by test id (``named_by_id``: collected in part) is not judged."""
+    ids = set(nodeids)
+    files = {i.split("::")[0] for i in ids} - set(named_by_id)
+    return sorted(v for v in SLOW_VARIANTS if v.split("::")[0] in files and v not in ids)
+
+
+COLLECTED = pytest.StashKey[tuple]()  # (every collected test id, before -m deselects; the files named by id)
+
+
 def pytest_collection_modifyitems(config, items):
     """The CuPy half of every ``xp`` test carries the declared ``gpu`` marker: ``pytest -m gpu``
-    runs the GPU tests, ``-m "not gpu"`` leaves them out. The ids in ``SLOW_VARIANTS`` carry ``slow``."""
+    runs the GPU tests, ``-m "not gpu"`` leaves them out. The ids in ``SLOW_VARIANTS`` carry ``slow``
+    (tests/test_slow_variants.py checks that each names a collected test)."""
+    config.stash[COLLECTED] = ([item.nodeid for item in items],
+                               {_naming_file(config, a) for a in config.args if "::" in a})
     for item in items:
         if getattr(getattr(item, "callspec", None), "params", {}).get("xp") == "cupy":
             item.add_marker(pytest.mark.gpu)
@@ -193,15 +208,22 @@ def pytest_deselected(items):
     _DESELECTED_SLOW.extend(item for item in items if item.get_closest_marker("slow") is not None)
 
 
+def _naming_file(config, arg: str) -> str:
+    """The test file of a command-line argument (as typed, relative to where pytest started), relative to
+    the root dir, as node ids spell it."""
+    path = arg.partition("::")[0]
+    try:
+        rel = os.path.relpath(os.path.join(str(config.invocation_params.dir), path), str(config.rootpath))
+    except ValueError:  # (another drive)
+        return path
+    return rel.replace(os.sep, "/")
+
+
 def _naming_arg(config, nodeid: str):
     """The command line's test id (``tests/x.py::test_y``, as typed) that names ``nodeid``, or None."""
     for arg in config.args:
-        path, sep, rest = arg.partition("::")
-        try:
-            rel = os.path.relpath(os.path.join(str(config.invocation_params.dir), path), str(config.rootpath))
-        except ValueError:  # (another drive)
-            continue
-        named = rel.replace(os.sep, "/") + sep + rest
+        _, sep, rest = arg.partition("::")
+        named = _naming_file(config, arg) + sep + rest
         if sep and (nodeid == named or nodeid.startswith((named + "[", named + "::"))):
             return arg
     return None
