@@ -502,3 +502,36 @@ def masked_entries(value) -> str:
     n = int(mask.sum())
     at = tuple(int(i) for i in np.argwhere(mask)[0])
     return f" with {n} masked entr{'y' if n == 1 else 'ies'} (the first at index {at[0] if len(at) == 1 else at})"
+
+
+_ESTIMATOR_NAMES = {"cge": "zo.CGE()", "rge": "zo.RGE()", "snes": "zo.SNES()"}
+_OPTIMIZER_NAMES = {"sgd": "zo.sgd(0.1)", "adam": "zo.adam(1e-3)", "sign_sgd": "zo.sign_sgd(0.01)"}
+
+
+def estimator_hint(value) -> str:
+    """What an ``estimator`` that is not an estimator object most likely meant, as `` (...)``, or ``""``: the
+    class itself (``zo.CGE``, not ``zo.CGE()``), its name as text, or a number (scipy approx_fprime's
+    epsilon)."""
+    if isinstance(value, type) and value.__name__ in ("CGE", "RGE", "SNES") and value.__module__.startswith("zoracle"):
+        return f" (the class zo.{value.__name__} itself: pass an instance, estimator=zo.{value.__name__}())"
+    name = value.strip().lower().replace("-", "_") if isinstance(value, str) else None
+    if name in _ESTIMATOR_NAMES:
+        return f" ({value!r} is text: pass estimator={_ESTIMATOR_NAMES[name]})"
+    if finite_real(value):
+        return f" (a number here is scipy approx_fprime's epsilon: pass estimator=zo.CGE(mu={value!r}))"
+    return ""
+
+
+def optimizer_hint(value) -> str:
+    """What an ``optimizer`` that is not an ``Optimizer`` most likely meant, as `` (...)``, or ``""``: zoracle's
+    factory itself (``zo.adam``, not ``zo.adam(1e-3)``), its name as text, or a torch optimizer class."""
+    name = getattr(value, "__name__", None)
+    if callable(value) and name in _OPTIMIZER_NAMES and getattr(value, "__module__", "").startswith("zoracle"):
+        return f" (the function zo.{name} itself: call it with a learning rate, optimizer={_OPTIMIZER_NAMES[name]})"
+    text = value.strip().lower().replace("-", "_") if isinstance(value, str) else None
+    if text in _OPTIMIZER_NAMES:
+        return f" ({value!r} is text: pass optimizer={_OPTIMIZER_NAMES[text]})"
+    if isinstance(value, type) and value.__module__.startswith("torch.optim"):
+        return (f" (torch's {value.__name__} updates a module's tensors from their .grad; zoracle updates the flat "
+                f"params itself: pass zoracle's own, e.g. optimizer=zo.adam(1e-3) or zo.sgd(0.1, momentum=0.9))")
+    return ""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
-from ._errors import ArgumentError, config_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
+from ._errors import ArgumentError, config_hint, estimator_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
 from ._grid import coarse_grid, loss_spread, may_be_gridded
@@ -672,10 +672,8 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
     if estimator is None:
         estimator = CGE()
     if not isinstance(estimator, (CGE, RGE, SNES)):
-        step = (f" (a number here is scipy approx_fprime's epsilon: pass estimator=zo.CGE(mu={estimator!r}))"
-                if finite_real(estimator) else "")
         raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got "
-                            f"{type(estimator).__name__}{step}")
+                            f"{type(estimator).__name__}{estimator_hint(estimator)}")
     if state is not None and not isinstance(estimator, SNES):
         raise ArgumentError(f"`state` is SNES's sigma; {type(estimator).__name__} keeps no state: drop `state`")
     wrapped = Oracle(oracle)

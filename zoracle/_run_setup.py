@@ -16,8 +16,8 @@ from ._bounds import grasp_box
 from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, as_path, check_writable
 from ._epochs import _batches_print, _bound, _epoch_batches, _layout_print, _shown_ratios
-from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, log_path, logging_kept_out,
-                      short_repr, user_stacklevel, warn)
+from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, estimator_hint, log_path,
+                      logging_kept_out, optimizer_hint, short_repr, user_stacklevel, warn)
 from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, validate_params
 from ._malloc import reuse_freed_memory
 from ._masks import check_interval, keep_counts
@@ -85,7 +85,8 @@ def check_tools(checkpoint, checkpoint_every, estimator, optimizer, schedule, mu
         checkpoint = as_path(checkpoint, "checkpoint")
     estimator = CGE() if estimator is None else estimator
     if not isinstance(estimator, (CGE, RGE, SNES)):
-        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}")
+        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}"
+                            f"{estimator_hint(estimator)}")
     snes = isinstance(estimator, SNES)
     if snes and mu is not None:
         raise ArgumentError("`mu` schedules set CGE's and RGE's step; SNES adapts its own sigma (start: "
@@ -93,7 +94,8 @@ def check_tools(checkpoint, checkpoint_every, estimator, optimizer, schedule, mu
     optimizer = sgd(0.1) if optimizer is None else optimizer
     if not isinstance(optimizer, Optimizer):
         raise ArgumentError(f"`optimizer` must be built by zo.sgd / zo.adam / zo.sign_sgd, or be your own pure pair "
-                            f"wrapped as zo.Optimizer(init, update, lr, name, config), got {type(optimizer).__name__}")
+                            f"wrapped as zo.Optimizer(init, update, lr, name, config), got {type(optimizer).__name__}"
+                            f"{optimizer_hint(optimizer)}")
     _check_optimizer_calls(optimizer)
     lr_sched = as_schedule(schedule, "schedule") if schedule is not None else None
     mu_sched = as_schedule(mu, "mu", positive=True) if mu is not None else None

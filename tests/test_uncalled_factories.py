@@ -1,0 +1,82 @@
+"""An estimator or optimizer given the way users slip (the class or factory not called, its name as text,
+torch's optimizer class) is refused before any query with the call that works: ``got type`` alone left
+the user to see that ``zo.CGE`` wanted ``()``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import zoracle as zo
+
+
+class _Counting:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return float(x @ x)
+
+
+def _train_refusal(**kw):
+    f = _Counting()
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.train(f, np.ones(3), epochs=1, progress=False, **kw)
+    assert f.calls == 0, "refused after querying"
+    return str(err.value)
+
+
+@pytest.mark.parametrize("given, fix", [
+    (zo.CGE, "(the class zo.CGE itself: pass an instance, estimator=zo.CGE())"),
+    (zo.RGE, "(the class zo.RGE itself: pass an instance, estimator=zo.RGE())"),
+    (zo.SNES, "(the class zo.SNES itself: pass an instance, estimator=zo.SNES())"),
+    ("CGE", "('CGE' is text: pass estimator=zo.CGE())"),
+    (" rge", "(' rge' is text: pass estimator=zo.RGE())"),
+    (1e-3, "(a number here is scipy approx_fprime's epsilon: pass estimator=zo.CGE(mu=0.001))"),
+])
+def test_an_estimator_slip_names_the_call(given, fix):
+    said = _train_refusal(estimator=given)
+    assert said.startswith("`estimator` must be zo.CGE(...)") and said.endswith(fix), said
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.estimate_gradient(_Counting(), np.ones(3), given)
+    assert str(err.value).endswith(fix), err.value
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.AskTell(np.ones(3), estimator=given)
+    assert str(err.value).endswith(fix), err.value
+
+
+@pytest.mark.parametrize("given, fix", [
+    (zo.sgd, "(the function zo.sgd itself: call it with a learning rate, optimizer=zo.sgd(0.1))"),
+    (zo.adam, "(the function zo.adam itself: call it with a learning rate, optimizer=zo.adam(1e-3))"),
+    (zo.sign_sgd, "(the function zo.sign_sgd itself: call it with a learning rate, optimizer=zo.sign_sgd(0.01))"),
+    ("Adam", "('Adam' is text: pass optimizer=zo.adam(1e-3))"),
+    ("sign-sgd", "('sign-sgd' is text: pass optimizer=zo.sign_sgd(0.01))"),
+])
+def test_an_optimizer_slip_names_the_call(given, fix):
+    said = _train_refusal(optimizer=given)
+    assert said.startswith("`optimizer` must be built by zo.sgd") and said.endswith(fix), said
+
+
+def test_torch_optimizer_class_names_zoracles_own():
+    torch = pytest.importorskip("torch")
+    said = _train_refusal(optimizer=torch.optim.Adam)
+    assert said.endswith("got type (torch's Adam updates a module's tensors from their .grad; zoracle updates the "
+                         "flat params itself: pass zoracle's own, e.g. optimizer=zo.adam(1e-3) or "
+                         "zo.sgd(0.1, momentum=0.9))"), said
+
+
+def test_lookalikes_get_no_hint():
+    """A user's own class named CGE, a function named adam from elsewhere, other text: the plain refusal,
+    no fix that would be wrong."""
+    class CGE:
+        pass
+
+    def adam(params):
+        return params
+
+    assert _train_refusal(estimator=CGE).endswith("got type")
+    assert _train_refusal(estimator="cge-ish").endswith("got str")
+    assert _train_refusal(optimizer=adam).endswith("got function")
+    assert _train_refusal(optimizer="rmsprop").endswith("got str")
+    assert _train_refusal(optimizer=dict).endswith("got type")
