@@ -57,6 +57,27 @@ TRAIN_HINTS = ESTIMATOR_HINTS | {
     "workers": "parallel queries take executor=zoracle.executors.JoblibExecutor(n_jobs)",
     "lr": "the learning rate belongs to the optimizer: optimizer=zo.sgd(lr) or zo.adam(lr)",
 }
+#: names a torch training loop (or Keras' fit) uses, and what train takes instead
+_DATA = ("the minibatches are `batches`: a list of batches (x, y), a callable epoch -> batches, or "
+         "zo.Minibatches((x, y), batch_size, seed=0)")
+_DATA_NAMES = ("data", "dataset", "loader", "dataloader", "train_loader", "train_data")
+TRAIN_HINTS |= dict.fromkeys(_DATA_NAMES, _DATA + "; the oracle is given each one bound (oracle.bind(batch), TorchOracle's)")
+TRAIN_HINTS |= dict.fromkeys(("batch_size",), (
+    "the batch size is that of the `batches`: batches=zo.Minibatches((x, y), batch_size, seed=0)"))
+TRAIN_HINTS |= dict.fromkeys(("steps", "num_steps", "n_steps", "n_iter", "iterations", "max_steps"), (
+    "the steps are `epochs` (one step an epoch for a plain function; steps_per_epoch with `batches`), or stop "
+    "by queries with `max_queries`"))
+TRAIN_HINTS |= dict.fromkeys(("momentum", "weight_decay", "nesterov", "betas"), (
+    "momentum and weight decay belong to the optimizer: optimizer=zo.sgd(lr, momentum=0.9, weight_decay=5e-4) "
+    "or zo.adam(lr, b1=0.9, b2=0.999, weight_decay=...)"))
+_MODEL_NAMES = ("loss_fn", "criterion", "model", "device")
+TRAIN_HINTS |= dict.fromkeys(_MODEL_NAMES, (
+    "the model, its loss and its device make the oracle: oracle=TorchOracle(model, loss_fn, device=...) from "
+    "zoracle.adapters.torch"))
+TRAIN_HINTS |= dict.fromkeys(("val_data", "validation_data", "val_loader", "eval_data", "test_data"), (
+    "evaluation is `eval_fn`: a function params -> float or dict, run every `eval_every` epochs"))
+TRAIN_HINTS |= dict.fromkeys(("save_every", "checkpoint_interval"), (
+    "checkpoints are saved every `checkpoint_every` steps or time (\"10min\"), to `checkpoint`"))
 TRAIN_HINTS |= dict.fromkeys(("maxfev", "maxfun", "n_trials"), TRAIN_HINTS["budget"])
 TRAIN_HINTS |= dict.fromkeys(("learning_rate",), TRAIN_HINTS["lr"])
 TRAIN_HINTS |= dict.fromkeys(("n_jobs", "num_workers"), TRAIN_HINTS["workers"])
@@ -157,7 +178,10 @@ _NO_ORACLE = ("AskTell takes no loss function: ask() returns the points, you eva
 ASK_TELL_HINTS = {k: v for k, v in TRAIN_HINTS.items() if k != "args"} | dict.fromkeys(("oracle", "fun", "f"),
                                                                                       _NO_ORACLE) | {
     "x0": "the starting point is the first argument, `params`",
-} | dict.fromkeys(("executor", "workers", "n_jobs", "num_workers"), _RUN_THEM)
+} | dict.fromkeys(("executor", "workers", "n_jobs", "num_workers"), _RUN_THEM) | dict.fromkeys(
+    _DATA_NAMES, _DATA + "; AskTell.batch names the batch of the last ask's points") | dict.fromkeys(
+    _MODEL_NAMES, "AskTell takes no model or loss: ask() returns the points, you evaluate them (your model, its loss, "
+                  "on its device) and tell() their losses")
 
 
 def refuse_ask_tell_foreign(init, params, extra: tuple, unknown: dict) -> None:

@@ -1,6 +1,10 @@
-"""An estimator or optimizer given the way users slip (the class or factory not called, its name as text,
-torch's optimizer class) is refused before any query with the call that works: ``got type`` alone left
-the user to see that ``zo.CGE`` wanted ``()``."""
+"""Arguments given the way users slip, refused before any query with the call that works:
+
+- an estimator or optimizer as the class or factory not called, its name as text, torch's optimizer class
+  (``got type`` alone left the user to see that ``zo.CGE`` wanted ``()``);
+- a torch training loop's names (``data``, ``batch_size``, ``steps``, ``loss_fn``, ``device``, ...) given to
+  ``zo.train`` or ``zo.AskTell`` (``see help(zo.train)``, or a nearest name that misled: ``save_every`` ->
+  ``eval_every``)."""
 
 from __future__ import annotations
 
@@ -80,3 +84,48 @@ def test_lookalikes_get_no_hint():
     assert _train_refusal(optimizer=adam).endswith("got function")
     assert _train_refusal(optimizer="rmsprop").endswith("got str")
     assert _train_refusal(optimizer=dict).endswith("got type")
+
+
+# ---- a torch training loop's (or Keras fit's) names given to train and AskTell
+
+
+@pytest.mark.parametrize("name, fix", [
+    ("data", "the minibatches are `batches`"), ("train_loader", "the minibatches are `batches`"),
+    ("batch_size", "batches=zo.Minibatches((x, y), batch_size, seed=0)"),
+    ("steps", "the steps are `epochs`"), ("n_iter", "the steps are `epochs`"),
+    ("iterations", "the steps are `epochs`"),  # (the nearest name was `ratios`)
+    ("momentum", "optimizer=zo.sgd(lr, momentum=0.9"), ("weight_decay", "optimizer=zo.sgd(lr, momentum=0.9"),
+    ("loss_fn", "oracle=TorchOracle(model, loss_fn, device=...)"), ("device", "TorchOracle(model, loss_fn, device"),
+    ("val_data", "evaluation is `eval_fn`"),
+    ("save_every", "every `checkpoint_every` steps"),  # (the nearest name was `eval_every`)
+])
+def test_a_torch_loops_name_points_at_trains(name, fix):
+    said = _train_refusal(**{name: 1})
+    assert said.startswith(f"`train` has no argument `{name}`: ") and fix in said, said
+
+
+@pytest.mark.parametrize("name, fix", [
+    ("data", "the minibatches are `batches`: a list of batches (x, y), a callable epoch -> batches, or "
+             "zo.Minibatches((x, y), batch_size, seed=0); AskTell.batch names the batch of the last ask's points"),
+    ("model", "AskTell takes no model or loss: ask() returns the points, you evaluate them"),
+    ("loss_fn", "AskTell takes no model or loss"),
+    ("steps", "the steps are `epochs`"),
+])
+def test_asktell_names_its_own_way(name, fix):
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.AskTell(np.ones(3), **{name: 1})
+    assert str(err.value).startswith(f"`AskTell` has no argument `{name}`: ") and fix in str(err.value), err.value
+
+
+def test_asktell_hints_name_only_what_it_takes():
+    """Every `name` an AskTell hint points at is one AskTell takes (train's hints are checked so in
+    tests/test_scipy_port.py), and no hint hides a name it takes."""
+    import inspect
+    import re
+
+    from zoracle._foreign_args import ASK_TELL_HINTS
+
+    takes = set(inspect.signature(zo.AskTell).parameters)
+    assert not takes & set(ASK_TELL_HINTS)
+    named = {n for text in ASK_TELL_HINTS.values() for n in re.findall(r"`([a-z_]+)`", text)}
+    assert named - {"mu"} <= takes, named - takes
