@@ -129,3 +129,27 @@ def test_asktell_hints_name_only_what_it_takes():
     assert not takes & set(ASK_TELL_HINTS)
     named = {n for text in ASK_TELL_HINTS.values() for n in re.findall(r"`([a-z_]+)`", text)}
     assert named - {"mu"} <= takes, named - takes
+
+
+# ---- numbers as a config file or a percentage gives them
+
+
+@pytest.mark.parametrize("given, end", [
+    (90, "got 90; a percentage? 90% is sparsity=0.9"),
+    (95.0, "got 95.0; a percentage? 95.0% is sparsity=0.95"),
+    (1.5, "got 1.5"), (100, "got 100"), (-5, "got -5"),
+])
+def test_a_sparsity_as_a_percentage_names_the_fraction(given, end):
+    assert _train_refusal(sparsity=given).endswith(end)
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.uniform_ratios([slice(0, 3), slice(3, 5)], given)  # (ZO-GraSP's layer ratios check it so too)
+    assert str(err.value).endswith(end), err.value
+
+
+@pytest.mark.parametrize("given, end", [
+    ("0", "got str; that is text (as a config file or a command line gives it), not a number: pass rng=0"),
+    (3.0, "got float; a float is not taken as a count: pass rng=3"),
+    ("-1", "got str"), ("seed", "got str"),
+])
+def test_a_seed_as_text_names_the_int(given, end):
+    assert _train_refusal(rng=given).endswith(end)

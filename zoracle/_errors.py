@@ -535,3 +535,11 @@ def optimizer_hint(value) -> str:
         return (f" (torch's {value.__name__} updates a module's tensors from their .grad; zoracle updates the flat "
                 f"params itself: pass zoracle's own, e.g. optimizer=zo.adam(1e-3) or zo.sgd(0.1, momentum=0.9))")
     return ""
+
+
+def percent_hint(name: str, value) -> str:
+    """``; a percentage? ...`` for a fraction given as a whole percentage (``sparsity=90`` for 0.9), else ``""``
+    (1.5 is no percentage anyone writes for a sparsity, and 1 or 100 not one it takes)."""
+    if finite_real(value) and float(value).is_integer() and 1 < float(value) < 100:
+        return f"; a percentage? {value!r}% is {name}={float(value) / 100!r}"
+    return ""

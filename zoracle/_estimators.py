@@ -321,7 +321,8 @@ def as_generator(rng) -> np.random.Generator:
         raise ArgumentError(f"`rng` must be a non-negative int seed, a numpy Generator or None, got {rng}")
     if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)) and not isinstance(rng, bool):
         return np.random.default_rng(rng)
-    raise ArgumentError(f"`rng` must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
+    raise ArgumentError(f"`rng` must be a numpy Generator, an int seed or None, got {type(rng).__name__}"
+                        f"{config_hint('rng', rng, 'int', lambda v: v >= 0)}")
 
 
 def _ndim(params) -> int:
