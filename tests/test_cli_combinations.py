@@ -307,3 +307,14 @@ def test_generated_flag_combinations_run_or_refuse_in_one_line(name, data, capsy
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, (argv, code, err)
     assert lines[0].startswith(f"zoracle {name}: error: ") and "-" in lines[0].split("error: ", 1)[1], (argv, err)
+
+
+@pytest.mark.parametrize("given, end", [("90", "got 90.0; a percentage? give --sparsity 0.9"),
+                                        ("1.5", "got 1.5"), ("100", "got 100.0")])
+def test_demo_names_the_fraction_of_a_percentage_sparsity(capsys, never_run, given, end):
+    """`--sparsity 90` said only that it must be in [0, 1): give 0.9 (a whole percentage only)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    never_run("demo")
+    line = _usage_error(capsys, ["demo", "--sparsity", given])
+    assert line.startswith("zoracle demo: error: --sparsity must be in [0, 1) (0.9 = keep 10%), ") and line.endswith(end)
