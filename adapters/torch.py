@@ -158,7 +158,9 @@ class TorchOracle(_Batches, _Walk):
     def __init__(self, model, loss_fn, batch=None, *, dtype=None, device=None, budget_bytes=None,
                  blocks=None, update_stats: bool = True):
         if not isinstance(model, nn.Module):
-            raise ArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+            raise ArgumentError("`model` must be a torch.nn.Module, got " + (
+                f"the class {model.__name__}, not an instance: build it first, {model.__name__}(...)"
+                if isinstance(model, type) and issubclass(model, nn.Module) else type(model).__name__))
         if not callable(loss_fn):
             raise ArgumentError(f"`loss_fn` must be callable (outputs, targets) -> per-sample losses, got {loss_fn!r}")
         if isinstance(loss_fn, type) and issubclass(loss_fn, nn.Module):  # nn.CrossEntropyLoss, not an instance
@@ -182,8 +184,10 @@ class TorchOracle(_Batches, _Walk):
                                          or budget_bytes < 1):
             raise ArgumentError(f"`budget_bytes` must be a positive integer (bytes), got {budget_bytes!r}")
         if not any(p.requires_grad for p in model.parameters()):  # before the model is converted
+            swapped = isinstance(loss_fn, nn.Module) and any(p.requires_grad for p in loss_fn.parameters())
             raise ArgumentError(f"`model` ({type(model).__name__}) has no trainable parameters (requires_grad=True): "
-                                "nothing to estimate")
+                                "nothing to estimate" + (f"; `loss_fn` ({type(loss_fn).__name__}) has them: the two "
+                                                         "swapped? TorchOracle(model, loss_fn)" if swapped else ""))
         if tdtype is not None or device is not None:
             try:
                 model.to(device=device)

@@ -153,3 +153,61 @@ def test_a_sparsity_as_a_percentage_names_the_fraction(given, end):
 ])
 def test_a_seed_as_text_names_the_int(given, end):
     assert _train_refusal(rng=given).endswith(end)
+
+
+# ---- a torch model where an oracle goes, and TorchOracle's arguments
+
+
+def test_a_torch_model_given_as_the_oracle_names_torchoracle():
+    """zo.train(model, ...) called the model on the flat NumPy params and reported only torch's TypeError."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    for call in (lambda: zo.train(model, np.zeros(15), epochs=1, progress=False),
+                 lambda: zo.estimate_gradient(model, np.zeros(15))):
+        with pytest.raises(zo.OracleError) as err:
+            call()
+        said = str(err.value)
+        assert "TypeError: linear(): argument 'input'" in said, said
+        assert said.endswith("the oracle is a torch module (Sequential), called with the flat NumPy params as its "
+                             "input: a model maps inputs to outputs, an oracle params to a loss; wrap the model and "
+                             "its loss, oracle = TorchOracle(model, loss_fn) from zoracle.adapters.torch, start from "
+                             "oracle.initial_params() and give the minibatches as `batches` (docs/pytorch.md)"), said
+
+
+def test_a_torch_module_written_as_an_oracle_runs_and_its_own_errors_get_no_hint():
+    torch = pytest.importorskip("torch")
+
+    class Loss(torch.nn.Module):  # a module that takes the params: an oracle like any other
+        def forward(self, p):
+            return float((p ** 2).sum())
+
+    class Fails(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, p):
+            raise ValueError("solver diverged")
+
+    assert zo.train(Loss(), np.ones(3), epochs=2, progress=False).params[0] < 1
+    with pytest.raises(zo.OracleError) as err:
+        zo.train(Fails(), np.ones(3), epochs=1, progress=False)
+    assert str(err.value).endswith("ValueError: solver diverged"), err.value
+
+
+def test_torchoracle_names_a_class_not_built_and_arguments_swapped():
+    torch = pytest.importorskip("torch")
+    from zoracle.adapters.torch import TorchOracle
+
+    model, loss = torch.nn.Linear(4, 3), torch.nn.CrossEntropyLoss(reduction="none")
+    with pytest.raises(zo.ArgumentError, match=r"^`model` must be a torch.nn.Module, got the class Linear, not an "
+                                               r"instance: build it first, Linear\(...\)$"):
+        TorchOracle(torch.nn.Linear, loss)
+    with pytest.raises(zo.ArgumentError, match=r"^`model` must be a torch.nn.Module, got function$"):
+        TorchOracle(lambda x: x, loss)
+    with pytest.raises(zo.ArgumentError, match=r"has no trainable parameters \(requires_grad=True\): nothing to "
+                                               r"estimate; `loss_fn` \(Linear\) has them: the two swapped\? "
+                                               r"TorchOracle\(model, loss_fn\)$"):
+        TorchOracle(loss, model)
+    with pytest.raises(zo.ArgumentError, match=r"nothing to estimate$"):  # (no swap to name)
+        TorchOracle(torch.nn.ReLU(), loss)

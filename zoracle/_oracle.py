@@ -524,8 +524,23 @@ def write_refused(exc: BaseException) -> bool:
             and bool(_WRITE_REFUSED.search(exc_text(exc))))
 
 
-def _raised(query: str, exc: Exception) -> OracleError:
-    return OracleError(query, cause=exc, detail=_READONLY_HINT if write_refused(exc) else "")
+def _is_torch_module(fn) -> bool:
+    """Whether ``fn`` is a ``torch.nn.Module`` (read from its classes: the core does not import torch)."""
+    return any(c.__name__ == "Module" and c.__module__ == "torch.nn.modules.module" for c in type(fn).__mro__)
+
+
+def _raised(query: str, exc: Exception, fn=None) -> OracleError:
+    if write_refused(exc):
+        detail = _READONLY_HINT
+    elif isinstance(exc, (TypeError, AttributeError)) and fn is not None and _is_torch_module(fn) and any(
+            True for _ in fn.parameters()):  # (a module written to take the params works, and is not refused)
+        detail = (f"the oracle is a torch module ({type(fn).__name__}), called with the flat NumPy params as its "
+                  "input: a model maps inputs to outputs, an oracle params to a loss; wrap the model and its "
+                  "loss, oracle = TorchOracle(model, loss_fn) from zoracle.adapters.torch, start from "
+                  "oracle.initial_params() and give the minibatches as `batches` (docs/pytorch.md)")
+    else:
+        detail = ""
+    return OracleError(query, cause=exc, detail=detail)
 
 
 class Oracle:
@@ -584,7 +599,7 @@ class Oracle:
         except OracleError:
             raise
         except Exception as exc:
-            raise _raised(query, exc).at_params(params) from exc
+            raise _raised(query, exc, self.fn).at_params(params) from exc
         self.nfev += 1
         if fresh:  # the base point: its type tells the losses' precision (see coarse_losses)
             self.base_value = value
