@@ -12,15 +12,7 @@ import numpy as np
 import pytest
 
 import zoracle as zo
-
-
-class _Counting:
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, x):
-        self.calls += 1
-        return float(x @ x)
+from test_errors import Counting as _Counting  # (a quadratic that counts its calls)
 
 
 def _train_refusal(**kw):
