@@ -203,3 +203,33 @@ def test_torchoracle_names_a_class_not_built_and_arguments_swapped():
         TorchOracle(loss, model)
     with pytest.raises(zo.ArgumentError, match=r"nothing to estimate$"):  # (no swap to name)
         TorchOracle(torch.nn.ReLU(), loss)
+
+
+# ---- executors
+
+
+@pytest.mark.parametrize("given, end", [
+    (4, "got int; for 4 worker processes, pass executor=zoracle.executors.JoblibExecutor(4)"),
+    ("JoblibExecutor", "got type (the class JoblibExecutor itself: build it, executor=JoblibExecutor(...))"),
+    ("pool", "got ThreadPoolExecutor; zoracle runs its queries on its own executors, which split them into shards: "
+             "for threads pass executor=zoracle.executors.JoblibExecutor(2, backend='threading'), for processes "
+             "zoracle.executors.JoblibExecutor(2)"),
+    (dict, "got type (the class dict itself)"), (0, "got int"), (True, "got bool"),
+])
+def test_an_executor_slip_names_the_executor(given, end):
+    """``executor=JoblibExecutor`` (not built) failed with ``int() argument must be ... not 'property'``;
+    a worker count and a concurrent.futures pool got only ``got int`` / ``got ThreadPoolExecutor``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zoracle.executors import JoblibExecutor
+
+    given = {"JoblibExecutor": JoblibExecutor, "pool": ThreadPoolExecutor(1)}.get(given, given) \
+        if isinstance(given, str) else given
+    said = _train_refusal(executor=given, sparsity=0.5)  # (ZO-GraSP's queries would be the first)
+    assert said.startswith("`executor` must be None (serial) or an executor from zoracle.executors") and \
+        said.endswith(end), said
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.estimate_gradient(_Counting(), np.ones(3), executor=given)
+    assert str(err.value).endswith(end), err.value
+    if isinstance(given, ThreadPoolExecutor):
+        given.shutdown()

@@ -543,3 +543,41 @@ def percent_hint(name: str, value) -> str:
     if finite_real(value) and float(value).is_integer() and 1 < float(value) < 100:
         return f"; a percentage? {value!r}% is {name}={float(value) / 100!r}"
     return ""
+
+
+#: a kind of executor named as a string -> the executor that runs it (``executor="dask"`` was answered
+#: with ``DaskExecutor('dask')``, an address no scheduler has, and ``"threads"`` with a cluster's)
+_EXECUTOR_NAMES = {
+    "serial": "None (serial)",
+    "threads": "zoracle.executors.JoblibExecutor(2, backend='threading')",
+    "processes": "zoracle.executors.JoblibExecutor(2) (worker processes)",
+    "dask": "zoracle.executors.DaskExecutor('local') or DaskExecutor('tcp://host:8786') "
+            "(the 'dask' extra: pip install -e '.[dask]')",
+    "ray": "zoracle.executors.RayExecutor('auto') for a running cluster, or RayExecutor('local', "
+           "allow_network=True) (the 'ray' extra: pip install -e '.[ray]')",
+}
+_EXECUTOR_NAMES.update(thread=_EXECUTOR_NAMES["threads"], threading=_EXECUTOR_NAMES["threads"],
+                       process=_EXECUTOR_NAMES["processes"], loky=_EXECUTOR_NAMES["processes"],
+                       multiprocessing=_EXECUTOR_NAMES["processes"], distributed=_EXECUTOR_NAMES["dask"])
+
+
+def executor_hint(value) -> str:
+    """What an ``executor`` that is not one most likely meant, to end its refusal with, or ``""``: a kind
+    named as text, a cluster's address, a worker count, zoracle's executor class not built, or a
+    ``concurrent.futures`` pool."""
+    named = _EXECUTOR_NAMES.get(value.strip().lower()) if isinstance(value, str) else None
+    if named is not None:
+        return f" {value!r}; for that, pass executor={named}"
+    if isinstance(value, str):
+        return (f"; a cluster address such as {value!r} goes to zoracle.executors.DaskExecutor({value!r}) "
+                f"or RayExecutor({value!r})")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return f"; for {value} worker processes, pass executor=zoracle.executors.JoblibExecutor({value})"
+    if isinstance(value, type):
+        if value.__module__.startswith("zoracle"):
+            return f" (the class {value.__name__} itself: build it, executor={value.__name__}(...))"
+        return f" (the class {value.__name__} itself)"
+    if type(value).__module__.startswith("concurrent.futures"):
+        return ("; zoracle runs its queries on its own executors, which split them into shards: for threads "
+                f"pass executor={_EXECUTOR_NAMES['threads']}, for processes zoracle.executors.JoblibExecutor(2)")
+    return ""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
-from ._errors import ArgumentError, config_hint, estimator_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
+from ._errors import ArgumentError, config_hint, estimator_hint, executor_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
 from ._grid import coarse_grid, loss_spread, may_be_gridded
@@ -497,34 +497,10 @@ def _validate_coordinates(coordinates, d: int) -> np.ndarray:
     return c
 
 
-#: a kind of executor named as a string -> the executor that runs it (``executor="dask"`` was answered
-#: with ``DaskExecutor('dask')``, an address no scheduler has, and ``"threads"`` with a cluster's)
-_EXECUTOR_NAMES = {
-    "serial": "None (serial)",
-    "threads": "zoracle.executors.JoblibExecutor(2, backend='threading')",
-    "processes": "zoracle.executors.JoblibExecutor(2) (worker processes)",
-    "dask": "zoracle.executors.DaskExecutor('local') or DaskExecutor('tcp://host:8786') "
-            "(the 'dask' extra: pip install -e '.[dask]')",
-    "ray": "zoracle.executors.RayExecutor('auto') for a running cluster, or RayExecutor('local', "
-           "allow_network=True) (the 'ray' extra: pip install -e '.[ray]')",
-}
-_EXECUTOR_NAMES.update(thread=_EXECUTOR_NAMES["threads"], threading=_EXECUTOR_NAMES["threads"],
-                       process=_EXECUTOR_NAMES["processes"], loky=_EXECUTOR_NAMES["processes"],
-                       multiprocessing=_EXECUTOR_NAMES["processes"], distributed=_EXECUTOR_NAMES["dask"])
-
-
 def _executor_workers(executor) -> int:
-    if executor is not None and not callable(getattr(executor, "run", None)):
-        named = _EXECUTOR_NAMES.get(executor.strip().lower()) if isinstance(executor, str) else None
-        if named is not None:
-            hint = f" {executor!r}; for that, pass executor={named}"
-        elif isinstance(executor, str):
-            hint = (f"; a cluster address such as {executor!r} goes to zoracle.executors.DaskExecutor({executor!r}) "
-                    f"or RayExecutor({executor!r})")
-        else:
-            hint = ""
+    if executor is not None and (isinstance(executor, type) or not callable(getattr(executor, "run", None))):
         raise ArgumentError(f"`executor` must be None (serial) or an executor from zoracle.executors "
-                            f"(e.g. JoblibExecutor(2)), got {type(executor).__name__}{hint}")
+                            f"(e.g. JoblibExecutor(2)), got {type(executor).__name__}{executor_hint(executor)}")
     return int(getattr(executor, "n_workers", 1))
 
 
