@@ -163,7 +163,8 @@ def test_a_torch_model_given_as_the_oracle_names_torchoracle():
         assert said.endswith("the oracle is a torch module (Sequential), called with the flat NumPy params as its "
                              "input: a model maps inputs to outputs, an oracle params to a loss; wrap the model and "
                              "its loss, oracle = TorchOracle(model, loss_fn) from zoracle.adapters.torch, start from "
-                             "oracle.initial_params() and give the minibatches as `batches` (docs/pytorch.md)"), said
+                             "oracle.initial_params(), and give it the data as zo.train's `batches` or by "
+                             "oracle.bind((x, y)) (docs/pytorch.md)"), said
 
 
 def test_a_torch_module_written_as_an_oracle_runs_and_its_own_errors_get_no_hint():

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from ._backend import namespace, real_numpy, same_values, to_numpy
-from ._errors import ArgumentError, config_hint, estimator_hint, executor_hint, finite_real, masked_entries, short_repr, user_stacklevel, warn
+from ._errors import (ArgumentError, config_hint, estimator_hint, executor_hint, finite_real, masked_entries, short_repr,
+                      user_stacklevel, warn)
 from ._fastcheck import check_fast_paths, usable_caps
 from ._foreign_args import GRADIENT_HINTS, refuse_foreign, seal_signature
 from ._grid import coarse_grid, loss_spread, may_be_gridded

@@ -537,7 +537,8 @@ def _raised(query: str, exc: Exception, fn=None) -> OracleError:
         detail = (f"the oracle is a torch module ({type(fn).__name__}), called with the flat NumPy params as its "
                   "input: a model maps inputs to outputs, an oracle params to a loss; wrap the model and its "
                   "loss, oracle = TorchOracle(model, loss_fn) from zoracle.adapters.torch, start from "
-                  "oracle.initial_params() and give the minibatches as `batches` (docs/pytorch.md)")
+                  "oracle.initial_params(), and give it the data as zo.train's `batches` or by "
+                  "oracle.bind((x, y)) (docs/pytorch.md)")
     else:
         detail = ""
     return OracleError(query, cause=exc, detail=detail)
