@@ -182,10 +182,17 @@ def test_a_torch_module_written_as_an_oracle_runs_and_its_own_errors_get_no_hint
         def forward(self, p):
             raise ValueError("solver diverged")
 
+    class Typo(torch.nn.Module):  # written to take the params (no weights of its own), with a bug of its own
+        def forward(self, p):
+            return float(p.sum() + "1")
+
     assert zo.train(Loss(), np.ones(3), epochs=2, progress=False).params[0] < 1
     with pytest.raises(zo.OracleError) as err:
         zo.train(Fails(), np.ones(3), epochs=1, progress=False)
     assert str(err.value).endswith("ValueError: solver diverged"), err.value
+    with pytest.raises(zo.OracleError) as err:
+        zo.train(Typo(), np.ones(3), epochs=1, progress=False)
+    assert "TypeError" in str(err.value) and "torch module" not in str(err.value), err.value
 
 
 def test_torchoracle_names_a_class_not_built_and_arguments_swapped():
