@@ -205,6 +205,8 @@ def test_torchoracle_names_a_class_not_built_and_arguments_swapped():
         TorchOracle(torch.nn.Linear, loss)
     with pytest.raises(zo.ArgumentError, match=r"^`model` must be a torch.nn.Module, got function$"):
         TorchOracle(lambda x: x, loss)
+    with pytest.raises(zo.ArgumentError, match=r"^`model` must be a torch.nn.Module, got type$"):  # (no module)
+        TorchOracle(dict, loss)
     with pytest.raises(zo.ArgumentError, match=r"has no trainable parameters \(requires_grad=True\): nothing to "
                                                r"estimate; `loss_fn` \(Linear\) has them: the two swapped\? "
                                                r"TorchOracle\(model, loss_fn\)$"):
