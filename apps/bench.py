@@ -47,6 +47,7 @@ import warnings
 
 import numpy as np
 
+from zoracle._errors import percent_hint
 from zoracle.cli import threads
 
 HELP = "run the CGE speed benchmark (reference vs naive vs batched vs feature reuse vs FLOP limit)"
@@ -311,7 +312,7 @@ def _model_coords(name, d, args, rng):
     if not 0 <= sparsity < 1:
         import zoracle as zo
 
-        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {sparsity}")
+        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {sparsity}{percent_hint('--sparsity', sparsity)}")
     coords = np.arange(d)
     if sparsity > 0:
         coords = np.sort(rng.choice(d, size=max(1, int(round(d * (1 - sparsity)))), replace=False))
@@ -666,7 +667,7 @@ def check(args) -> None:
     import zoracle as zo
 
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
-        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}")
+        raise zo.ArgumentError(f"`--sparsity` must be in [0, 1), got {args.sparsity}{percent_hint('--sparsity', args.sparsity)}")
     models = list(dict.fromkeys(args.model or DEFAULT_MODELS))
     for flag, value in (("--sparsity", args.sparsity), ("--naive-coords", args.naive_coords)):
         if value is not None and all(m in SPECIAL for m in models):  # (taken, and ignored, by them)

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from zoracle._errors import to_stderr
+from zoracle._errors import percent_hint, to_stderr
 
 from . import percent
 
@@ -105,9 +105,8 @@ def _check(args) -> list:
         raise ArgumentError(f"--epochs must be at most {most} at --batch-size {args.batch_size} (its steps are "
                             f"counted in 64 bits), got {args.epochs}")
     if not 0 <= args.sparsity < 1:
-        pct = f"; a percentage? give --sparsity {args.sparsity / 100:g}" if (
-            args.sparsity.is_integer() and 1 < args.sparsity < 100) else ""
-        raise ArgumentError(f"--sparsity must be in [0, 1) (0.9 = keep 10%), got {args.sparsity}{pct}")
+        raise ArgumentError(f"--sparsity must be in [0, 1) (0.9 = keep 10%), got {args.sparsity}"
+                            f"{percent_hint('--sparsity', args.sparsity)}")
     if args.mask_interval < 1:
         raise ArgumentError(f"--mask-interval must be >= 1, got {args.mask_interval}")
     for name in ("lr", "fo_lr", "rge_lr", "mu"):

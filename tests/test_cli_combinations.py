@@ -311,10 +311,13 @@ def test_generated_flag_combinations_run_or_refuse_in_one_line(name, data, capsy
 
 @pytest.mark.parametrize("given, end", [("90", "got 90.0; a percentage? give --sparsity 0.9"),
                                         ("1.5", "got 1.5"), ("100", "got 100.0")])
-def test_demo_names_the_fraction_of_a_percentage_sparsity(capsys, never_run, given, end):
+def test_demo_and_bench_name_the_fraction_of_a_percentage_sparsity(capsys, never_run, given, end):
     """`--sparsity 90` said only that it must be in [0, 1): give 0.9 (a whole percentage only)."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     never_run("demo")
+    never_run("bench")
     line = _usage_error(capsys, ["demo", "--sparsity", given])
     assert line.startswith("zoracle demo: error: --sparsity must be in [0, 1) (0.9 = keep 10%), ") and line.endswith(end)
+    line = _usage_error(capsys, ["bench", "--quick", "--sparsity", given])
+    assert line.startswith("zoracle bench: error: `--sparsity` must be in [0, 1), ") and line.endswith(end), line

@@ -538,9 +538,12 @@ def optimizer_hint(value) -> str:
 
 
 def percent_hint(name: str, value) -> str:
-    """``; a percentage? ...`` for a fraction given as a whole percentage (``sparsity=90`` for 0.9), else ``""``
-    (1.5 is no percentage anyone writes for a sparsity, and 1 or 100 not one it takes)."""
+    """``; a percentage? ...`` for a fraction given as a whole percentage (``sparsity=90`` for 0.9; a command
+    line's ``--sparsity 90``, where ``name`` is the flag, for ``--sparsity 0.9``), else ``""`` (1.5 is no
+    percentage anyone writes for a sparsity, and 1 or 100 not one it takes)."""
     if finite_real(value) and float(value).is_integer() and 1 < float(value) < 100:
+        if name.startswith("--"):
+            return f"; a percentage? give {name} {float(value) / 100:g}"
         return f"; a percentage? {value!r}% is {name}={float(value) / 100!r}"
     return ""
 
