@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from zoracle._backend import is_cupy, namespace
-from zoracle._errors import ArgumentError, OracleError, Shown
-from zoracle._estimators import CGE, RGE, as_generator, check_step
+from zoracle._errors import ArgumentError, OracleError, Shown, estimator_hint
+from zoracle._estimators import CGE, RGE, SNES, as_generator, check_step
 
 __all__ = ["blackbox", "BlackBox"]
 
@@ -272,7 +272,10 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
     if estimator is None:
         estimator = RGE(mu=5e-3, directions=192, distribution="sphere")
     if not isinstance(estimator, (CGE, RGE)):
-        raise ArgumentError(f"`estimator` must be zo.RGE(...) or zo.CGE(...), got {type(estimator).__name__}")
+        snes = estimator is SNES or isinstance(estimator, SNES) or (  # (no hint towards what blackbox refuses)
+            isinstance(estimator, str) and estimator.strip().lower() == "snes")
+        raise ArgumentError(f"`estimator` must be zo.RGE(...) or zo.CGE(...), got {type(estimator).__name__}"
+                            + ("" if snes else estimator_hint(estimator)))
     if getattr(estimator, "shaping", "none") != "none":
         raise ArgumentError("`estimator`: blackbox needs a linear estimate of each vector-Jacobian product, and "
                             "rank shaping is not linear in the losses; use zo.RGE(..., shaping='none')")

@@ -243,3 +243,20 @@ def test_an_executor_slip_names_the_executor(given, end):
     assert str(err.value).endswith(end), err.value
     if isinstance(given, ThreadPoolExecutor):
         given.shutdown()
+
+
+def test_blackbox_names_the_estimator_call_but_never_snes():
+    """``blackbox`` takes CGE and RGE only: the class not built and its name as text get the call, SNES (which
+    it refuses) the plain refusal."""
+    pytest.importorskip("torch")
+    from zoracle.adapters.torch import blackbox
+
+    def refusal(estimator):
+        with pytest.raises(zo.ArgumentError) as err:
+            blackbox(lambda x: x, estimator=estimator)
+        return str(err.value)
+
+    assert refusal(zo.RGE).endswith("got type (the class zo.RGE itself: pass an instance, estimator=zo.RGE())")
+    assert refusal("cge").endswith("got str ('cge' is text: pass estimator=zo.CGE())")
+    assert refusal(zo.SNES).endswith("got type") and refusal(" SNES").endswith("got str")
+    assert refusal(zo.SNES()).endswith("got SNES")
