@@ -260,3 +260,44 @@ def test_blackbox_names_the_estimator_call_but_never_snes():
     assert refusal("cge").endswith("got str ('cge' is text: pass estimator=zo.CGE())")
     assert refusal(zo.SNES).endswith("got type") and refusal(" SNES").endswith("got str")
     assert refusal(zo.SNES()).endswith("got SNES")
+
+
+# ---- a plain function that takes the batch, given batches
+
+
+def _fit(p, batch):
+    x, y = batch
+    return float(np.mean((x @ p - y) ** 2))
+
+
+def _fit_xy(p, x, y):
+    return float(np.mean((x @ p - y) ** 2))
+
+
+@pytest.mark.parametrize("oracle, end", [
+    (_fit, "; _fit takes the batch after the params: give train an object whose bind(batch) returns the step's "
+           "loss, e.g. `class Data: bind = lambda self, batch: lambda params: _fit(params, batch)` and "
+           "zo.train(Data(), params, batches=...) (docs/concepts.md, DataOracle)"),
+    (_fit_xy, "e.g. `class Data: bind = lambda self, batch: lambda params: _fit_xy(params, *batch)`"),
+    (lambda p, b: 0.0, "; the oracle takes the batch after the params: give train an object whose bind(batch) returns "
+                       "the step's loss, e.g. with f the oracle, `class Data: bind = lambda self, batch: lambda "
+                       "params: f(params, batch)`"),
+    (lambda p: 0.0, "wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"),
+])
+def test_a_function_that_takes_the_batch_is_shown_its_data_oracle(oracle, end):
+    """A plain ``loss(params, batch)`` given ``batches`` was told to wrap "the model" in a DataOracle, with a
+    torch adapter for its example; the refusal now writes the one-line DataOracle for it, and that line runs."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    with pytest.raises(zo.ArgumentError) as err:
+        zo.train(oracle, np.zeros(3), epochs=1, progress=False, batches=[(x, y)])
+    said = str(err.value)
+    assert said.startswith("`batches` were given but the oracle (function) has no `bind(batch)`; drop `batches` ")
+    assert end in said and said.endswith("(at bind(batch) of training step 0, epoch 0, batch 0)"), said
+    if oracle is _fit or oracle is _fit_xy:  # the line as written, run on the same batches
+        code = said.split("`")[-2]
+        space = {oracle.__name__: oracle}
+        exec(code, space)  # noqa: S102  (the message's own code)
+        res = zo.train(space["Data"](), np.zeros(3), epochs=3, progress=False, batches=[(x, y)],
+                       optimizer=zo.sgd(0.05), rng=0)
+        assert res.steps == 3 and _fit(res.params, (x, y)) < _fit(np.zeros(3), (x, y))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import sys
 import zlib
@@ -246,6 +247,25 @@ def _short_hash(rows) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+def _bind_hint(oracle) -> str:
+    """For a plain function that takes the batch as well (``loss(params, batch)``, ``loss(params, x, y)``):
+    the DataOracle that runs it, written out, or ``""``."""
+    try:
+        params = inspect.signature(oracle).parameters.values()
+    except (TypeError, ValueError):  # (a builtin without a signature)
+        return ""
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return ""
+    name = getattr(oracle, "__name__", "")
+    who, name = (name, name) if name.isidentifier() else ("the oracle", "f")  # (a lambda: f = it)
+    call = f"{name}(params, batch)" if len(positional) == 2 else f"{name}(params, *batch)"
+    return (f"; {who} takes the batch after the params: give train an object whose bind(batch) returns the step's "
+            f"loss, e.g. {'with f the oracle, ' if name == 'f' else ''}"
+            f"`class Data: bind = lambda self, batch: lambda params: {call}` and "
+            "zo.train(Data(), params, batches=...) (docs/concepts.md, DataOracle)")
+
+
 def _bound(oracle, batch, name: str = "batches", executor=None):
     """``oracle.bind(batch)``. A ``bind`` that rebinds the oracle in place and returns it (and
     has no ``unbind``) is one object for every batch: an executor that ships oracles once per
@@ -261,6 +281,7 @@ def _bound(oracle, batch, name: str = "batches", executor=None):
         raise ArgumentError(
             f"`{name}` {'were' if name == 'batches' else 'was'} given but the oracle ({type(oracle).__name__}) has no "
             f"`bind(batch)`; drop `{name}` or wrap the model in a DataOracle (e.g. zoracle.adapters.torch.TorchOracle)"
+            f"{_bind_hint(oracle)}"
         )
     bound = oracle.bind(batch)
     if not callable(bound):  # a bind that returns None (it bound in place): named, not "oracle must be callable"
