@@ -272,7 +272,7 @@ def blackbox(fn, estimator=None, rng=None, *, max_rows: int = 65536) -> BlackBox
     if estimator is None:
         estimator = RGE(mu=5e-3, directions=192, distribution="sphere")
     if not isinstance(estimator, (CGE, RGE)):
-        snes = estimator is SNES or isinstance(estimator, SNES) or (  # (no hint towards what blackbox refuses)
+        snes = estimator is SNES or (  # (no hint towards what blackbox refuses; an instance gets none anyway)
             isinstance(estimator, str) and estimator.strip().lower() == "snes")
         raise ArgumentError(f"`estimator` must be zo.RGE(...) or zo.CGE(...), got {type(estimator).__name__}"
                             + ("" if snes else estimator_hint(estimator)))

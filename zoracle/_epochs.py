@@ -261,7 +261,7 @@ def _bind_hint(oracle) -> str:
     who, name = (name, name) if name.isidentifier() else ("the oracle", "f")  # (a lambda: f = it)
     call = f"{name}(params, batch)" if len(positional) == 2 else f"{name}(params, *batch)"
     return (f"; {who} takes the batch after the params: give train an object whose bind(batch) returns the step's "
-            f"loss, e.g. {'with f the oracle, ' if name == 'f' else ''}"
+            f"loss, e.g. {'with f the oracle, ' if who == 'the oracle' else ''}"
             f"`class Data: bind = lambda self, batch: lambda params: {call}` and "
             "zo.train(Data(), params, batches=...) (docs/concepts.md, DataOracle)")
 

@@ -533,7 +533,7 @@ def optimizer_hint(value) -> str:
         return f" ({value!r} is text: pass optimizer={_OPTIMIZER_NAMES[text]})"
     if isinstance(value, type) and value.__module__.startswith("torch.optim"):
         return (f" (torch's {value.__name__} updates a module's tensors from their .grad; zoracle updates the flat "
-                f"params itself: pass zoracle's own, e.g. optimizer=zo.adam(1e-3) or zo.sgd(0.1, momentum=0.9))")
+                "params itself: pass zoracle's own, e.g. optimizer=zo.adam(1e-3) or zo.sgd(0.1, momentum=0.9))")
     return ""
 
 

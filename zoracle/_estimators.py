@@ -498,6 +498,17 @@ def _validate_coordinates(coordinates, d: int) -> np.ndarray:
     return c
 
 
+def check_estimator(estimator):
+    """``estimator`` (None: ``CGE()``) as ``estimate_gradient`` and ``train`` take it: CGE, RGE or SNES, else
+    refused naming what was most likely meant."""
+    if estimator is None:
+        return CGE()
+    if not isinstance(estimator, (CGE, RGE, SNES)):
+        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got "
+                            f"{type(estimator).__name__}{estimator_hint(estimator)}")
+    return estimator
+
+
 def _executor_workers(executor) -> int:
     if executor is not None and (isinstance(executor, type) or not callable(getattr(executor, "run", None))):
         raise ArgumentError(f"`executor` must be None (serial) or an executor from zoracle.executors "
@@ -647,11 +658,7 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         sets torch parameters' ``.grad`` from it.
     """
     refuse_foreign(estimate_gradient, oracle, params, extra, unknown, GRADIENT_HINTS)  # approx_fprime's ways
-    if estimator is None:
-        estimator = CGE()
-    if not isinstance(estimator, (CGE, RGE, SNES)):
-        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got "
-                            f"{type(estimator).__name__}{estimator_hint(estimator)}")
+    estimator = check_estimator(estimator)
     if state is not None and not isinstance(estimator, SNES):
         raise ArgumentError(f"`state` is SNES's sigma; {type(estimator).__name__} keeps no state: drop `state`")
     wrapped = Oracle(oracle)

@@ -62,8 +62,7 @@ _DATA = ("the minibatches are `batches`: a list of batches (x, y), a callable ep
          "zo.Minibatches((x, y), batch_size, seed=0)")
 _DATA_NAMES = ("data", "dataset", "loader", "dataloader", "train_loader", "train_data")
 TRAIN_HINTS |= dict.fromkeys(_DATA_NAMES, _DATA + "; the oracle is given each one bound (oracle.bind(batch), TorchOracle's)")
-TRAIN_HINTS |= dict.fromkeys(("batch_size",), (
-    "the batch size is that of the `batches`: batches=zo.Minibatches((x, y), batch_size, seed=0)"))
+TRAIN_HINTS["batch_size"] = "the batch size is that of the `batches`: batches=zo.Minibatches((x, y), batch_size, seed=0)"
 TRAIN_HINTS |= dict.fromkeys(("steps", "num_steps", "n_steps", "n_iter", "iterations", "max_steps"), (
     "the steps are `epochs` (one step an epoch for a plain function; steps_per_epoch with `batches`), or stop "
     "by queries with `max_queries`"))

@@ -532,8 +532,8 @@ def _is_torch_module(fn) -> bool:
 def _raised(query: str, exc: Exception, fn=None) -> OracleError:
     if write_refused(exc):
         detail = _READONLY_HINT
-    elif isinstance(exc, (TypeError, AttributeError)) and fn is not None and _is_torch_module(fn) and any(
-            True for _ in fn.parameters()):  # (a module written to take the params works, and is not refused)
+    elif isinstance(exc, (TypeError, AttributeError)) and fn is not None and _is_torch_module(fn) and next(
+            fn.parameters(), None) is not None:  # (a module written to take the params works, and is not refused)
         detail = (f"the oracle is a torch module ({type(fn).__name__}), called with the flat NumPy params as its "
                   "input: a model maps inputs to outputs, an oracle params to a loss; wrap the model and its "
                   "loss, oracle = TorchOracle(model, loss_fn) from zoracle.adapters.torch, start from "

@@ -16,9 +16,10 @@ from ._bounds import grasp_box
 from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, as_path, check_writable
 from ._epochs import _batches_print, _bound, _epoch_batches, _layout_print, _shown_ratios
-from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, estimator_hint, log_path,
+from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, log_path,
                       logging_kept_out, optimizer_hint, percent_hint, short_repr, user_stacklevel, warn)
-from ._estimators import CGE, RGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_step, validate_params
+from ._estimators import (CGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_estimator, check_step,
+                          validate_params)
 from ._malloc import reuse_freed_memory
 from ._masks import check_interval, keep_counts
 from ._optim import Optimizer, sgd
@@ -83,10 +84,7 @@ def check_tools(checkpoint, checkpoint_every, estimator, optimizer, schedule, mu
     """The checkpoint path, estimator, optimizer, schedules and save cadence."""
     if checkpoint is not None:
         checkpoint = as_path(checkpoint, "checkpoint")
-    estimator = CGE() if estimator is None else estimator
-    if not isinstance(estimator, (CGE, RGE, SNES)):
-        raise ArgumentError(f"`estimator` must be zo.CGE(...), zo.RGE(...) or zo.SNES(...), got {type(estimator).__name__}"
-                            f"{estimator_hint(estimator)}")
+    estimator = check_estimator(estimator)
     snes = isinstance(estimator, SNES)
     if snes and mu is not None:
         raise ArgumentError("`mu` schedules set CGE's and RGE's step; SNES adapts its own sigma (start: "
