@@ -5,7 +5,7 @@ atomically, so the figure of :meth:`zoracle.History.plot` can be drawn from the 
 time::
 
     zoracle plot run.npz                      # run.png beside it: loss and eval metrics against the queries
-    zoracle plot run.npz run.png              # the same, to the file named
+    zoracle plot run.npz run.png              # the same, to the file named (or: -o run.png)
     zoracle plot run.npz run.svg --x step     # against the steps
     zoracle plot run.npz run.pdf --x seconds  # against the seconds its records count
 """
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("figure", nargs="?", default=None,
                         help="the file to write; the format follows the suffix (.png, .pdf, .svg, ...); default: "
                              "the checkpoint's path with .png for its suffix (run.npz: run.png), written over")
+    parser.add_argument("-o", "--output", metavar="FIGURE", default=None,
+                        help="the file to write, the same as FIGURE (give one or the other)")
     parser.add_argument("--x", choices=("queries", "step", "seconds"), default="queries",
                         help="horizontal axis: the run's queries, ZO-GraSP's included (default), its steps, or the "
                              "seconds its records count")
@@ -38,6 +40,11 @@ def check(args) -> None:
     from zoracle._plot import _format
 
     checkpoint = as_path(args.checkpoint, "CHECKPOINT")
+    if args.output is not None:  # -o run.png: was "unrecognized arguments: -o"
+        if args.figure is not None and args.figure != args.output:
+            raise zo.ArgumentError(f"FIGURE {args.figure!r} and -o {args.output!r} name two files; give the figure "
+                                   "once, as FIGURE or with -o")
+        args.figure = args.output
     if args.figure is None:  # `zoracle plot run.npz` (as the docs write it) was a usage error asking for FIGURE
         args.figure = default_figure(args.checkpoint)
     figure = as_path(args.figure, "FIGURE", example="run.png")  # "~" expanded

@@ -240,6 +240,31 @@ def test_plot_refuses_its_arguments_as_usage_errors(case, tmp_path, capsys):
     assert main(["plot", "--x=step", str(ckpt), str(tmp_path / "d\u00e9j\u00e0" / "a b.svg")]) == 0
 
 
+def test_plot_takes_its_figure_with_dash_o_too(tmp_path, capsys):
+    """`zoracle plot run.npz -o run.png` was refused ("unrecognized arguments: -o"); it now draws what
+    `zoracle plot run.npz run.png` draws, and a figure given twice as two files is refused, naming both."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    import zoracle as zo
+
+    ckpt = tmp_path / "run.npz"
+    zo.train(lambda p: float(np.sum(p ** 2)), np.ones(3), epochs=1, steps_per_epoch=2, optimizer=zo.sgd(0.1),
+             progress=False, checkpoint=ckpt)
+    title = ["--title", "t"]  # the default title is the checkpoint's path: the same in both figures
+    assert main(["plot", str(ckpt), str(tmp_path / "a.png"), *title]) == 0
+    assert main(["plot", str(ckpt), "-o", str(tmp_path / "b.png"), *title]) == 0
+    assert main(["plot", str(ckpt), f"--output={tmp_path / 'c.png'}", *title]) == 0
+    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes() == (tmp_path / "c.png").read_bytes()
+    assert main(["plot", str(ckpt), str(tmp_path / "d.png"), "-o", str(tmp_path / "d.png"), *title]) == 0
+    capsys.readouterr()
+    line = _usage_error(capsys, ["plot", str(ckpt), str(tmp_path / "e.png"), "-o", str(tmp_path / "f.png")])
+    assert "name two files" in line and "e.png" in line and "f.png" in line
+    line = _usage_error(capsys, ["plot", str(ckpt), "-o", str(tmp_path / "a.xyz")])
+    assert "matplotlib cannot write '.xyz' files" in line
+    assert not (tmp_path / "e.png").exists() and not (tmp_path / "f.png").exists()
+
+
 def test_a_learning_rate_past_float32s_range_is_reported_as_a_divergence_alone():
     """`zoracle demo --lr 1e300`: numpy's "RuntimeWarning: overflow encountered in cast" (naming a line
     of zoracle/_optim.py) came before the divergence's error, and was itself the error where warnings
