@@ -41,7 +41,8 @@ def check(args) -> None:
 
     checkpoint = as_path(args.checkpoint, "CHECKPOINT")
     if args.output is not None:  # -o run.png: was "unrecognized arguments: -o"
-        if args.figure is not None and args.figure != args.output:
+        if args.figure is not None and (os.path.abspath(as_path(args.figure, "FIGURE"))
+                                        != os.path.abspath(as_path(args.output, "-o"))):
             raise zo.ArgumentError(f"FIGURE {args.figure!r} and -o {args.output!r} name two files; give the figure "
                                    "once, as FIGURE or with -o")
         args.figure = args.output

@@ -257,6 +257,7 @@ def test_plot_takes_its_figure_with_dash_o_too(tmp_path, capsys):
     assert main(["plot", str(ckpt), f"--output={tmp_path / 'c.png'}", *title]) == 0
     assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes() == (tmp_path / "c.png").read_bytes()
     assert main(["plot", str(ckpt), str(tmp_path / "d.png"), "-o", str(tmp_path / "d.png"), *title]) == 0
+    assert main(["plot", str(ckpt), str(tmp_path / "d.png"), "-o", f"{tmp_path}/./d.png", *title]) == 0  # one file
     capsys.readouterr()
     line = _usage_error(capsys, ["plot", str(ckpt), str(tmp_path / "e.png"), "-o", str(tmp_path / "f.png")])
     assert "name two files" in line and "e.png" in line and "f.png" in line
