@@ -26,7 +26,8 @@ import numpy as np
 
 from ._backend import namespace, real_numpy, to_numpy
 from ._bounds import Box, as_box
-from ._errors import ArgumentError, OracleError, check_flag, config_hint, percent_hint, told, user_stacklevel, warn
+from ._errors import (ArgumentError, OracleError, check_flag, config_hint, percent_hint, short_repr, told,
+                      user_stacklevel, warn)
 from ._estimators import RGE, as_generator, as_seen, estimate_gradient, float64_values, validate_params
 from ._fastcheck import unchecked
 from ._masks import _block_list, _slices, check_disjoint
@@ -87,8 +88,9 @@ def check_score_kinds(score_kinds) -> tuple:
 
 
 def _check_sparsity(sparsity) -> float:
+    """``sparsity`` as a float, or the refusal that names it (train's and the ratio functions' alike)."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
-        raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9 = keep 10%), got {sparsity!r}"
+        raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9 = keep 10%), got {short_repr(sparsity)}"
                             f"{config_hint('sparsity', sparsity, 'number', lambda v: 0 <= v < 1)}"
                             f"{percent_hint('sparsity', sparsity)}")
     return float(sparsity)

@@ -16,16 +16,16 @@ from ._bounds import grasp_box
 from ._cadence import save_cadence
 from ._checkpoint import CheckpointError, as_path, check_writable
 from ._epochs import _batches_print, _bound, _epoch_batches, _layout_print, _shown_ratios
-from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, config_hint, log_path,
-                      logging_kept_out, optimizer_hint, percent_hint, short_repr, user_stacklevel, warn)
+from ._errors import (ArgumentError, OracleError, ZoracleError, check_flag, log_path, logging_kept_out, optimizer_hint,
+                      user_stacklevel, warn)
 from ._estimators import (CGE, SNES, StepError, _check_sigma, as_generator, as_seen, check_estimator, check_step,
                           validate_params)
 from ._malloc import reuse_freed_memory
 from ._masks import check_interval, keep_counts
 from ._optim import Optimizer, sgd
 from ._oracle import compute_dtype_of, reject_async
-from ._pruning import (RANKINGS, SCORED_KINDS, check_score_kinds, grasp_queries, layer_ratios, random_ratios,
-                       smart_ratio, split_blocks, uniform_ratios, zo_grasp)
+from ._pruning import (RANKINGS, SCORED_KINDS, _check_sparsity, check_score_kinds, grasp_queries, layer_ratios,
+                       random_ratios, smart_ratio, split_blocks, uniform_ratios, zo_grasp)
 from ._resume import compare_history
 from ._schedules import _count, as_schedule, describe_schedule, fingerprints, schedule_value
 from ._train_checks import (RATIO_METHODS, _check_arity, _check_batches, _check_every_step, _check_layout,
@@ -187,10 +187,7 @@ def check_sparse_split(sparsity, ratios, blocks, score_kinds, ranking, fill_smal
     if sparse:
         if not isinstance(estimator, CGE):
             raise ArgumentError(f"`sparsity` needs zo.CGE() (sparse CGE); {type(estimator).__name__} perturbs every parameter")
-        if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
-            raise ArgumentError(f"`sparsity` must be a fraction in [0, 1) (e.g. 0.9), got {short_repr(sparsity)}"
-                                f"{config_hint('sparsity', sparsity, 'number', lambda v: 0 <= v < 1)}"
-                                f"{percent_hint('sparsity', sparsity)}")
+        _check_sparsity(sparsity)
         _warn_sign_decay(optimizer, stacklevel=4)
     if not sparse or not (isinstance(ratios, str) and ratios == "zo_grasp"):  # ratios may be an array
         # ZO-GraSP's own settings, set away from their defaults, would be ignored silently (a
