@@ -40,12 +40,13 @@ def check(args) -> None:
     from zoracle._plot import _format
 
     checkpoint = as_path(args.checkpoint, "CHECKPOINT")
-    if args.output is not None:  # -o run.png: was "unrecognized arguments: -o"
+    output = getattr(args, "output", None)  # (a Namespace built by hand, as main's callers do, may lack it)
+    if output is not None:  # -o run.png: was "unrecognized arguments: -o"
         if args.figure is not None and (os.path.abspath(as_path(args.figure, "FIGURE"))
-                                        != os.path.abspath(as_path(args.output, "-o"))):
-            raise zo.ArgumentError(f"FIGURE {args.figure!r} and -o {args.output!r} name two files; give the figure "
+                                        != os.path.abspath(as_path(output, "-o"))):
+            raise zo.ArgumentError(f"FIGURE {args.figure!r} and -o {output!r} name two files; give the figure "
                                    "once, as FIGURE or with -o")
-        args.figure = args.output
+        args.figure = output
     if args.figure is None:  # `zoracle plot run.npz` (as the docs write it) was a usage error asking for FIGURE
         args.figure = default_figure(args.checkpoint)
     figure = as_path(args.figure, "FIGURE", example="run.png")  # "~" expanded
