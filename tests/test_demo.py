@@ -184,8 +184,16 @@ def test_demo_with_no_cluster_to_reach_is_one_line_naming_the_flag(monkeypatch, 
         return False
 
     others = gcs_running()
-    r = subprocess.run([sys.executable, "-m", "zoracle", "demo", "--quick", "--ray", "auto"], capture_output=True,
-                       text=True, timeout=120, env=env)
+    try:
+        r = subprocess.run([sys.executable, "-m", "zoracle", "demo", "--quick", "--ray", "auto"], capture_output=True,
+                           text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired as exc:
+        # (ci691: the slow run's other worker had a Ray cluster of its own, found by that scan of the host's
+        # processes as it closed; Ray waited on its GCS past the 120 s): no premise of this test, no verdict
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        if "Connecting to existing Ray cluster" in err:
+            pytest.skip(f"Ray found another job's cluster on this host and waited on it: {err.strip()[:300]}")
+        raise
     assert r.returncode != 0 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("zoracle demo: error: --ray auto: "), last
