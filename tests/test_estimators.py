@@ -1135,3 +1135,33 @@ def test_cge_batch_oracle_stays_within_a_budget_below_one_row(scheme):
             want[i] = (fp - q(y)) / (((x[i] + 1e-4) - x[i]) + (x[i] - (x[i] - 1e-4)))
     np.testing.assert_array_equal(got.grad, want)
     assert got.nfev == len(coords) * len(est.steps) + 1
+
+
+def test_cge_batch_oracle_makes_plain_calls_where_one_row_alone_fits_the_budget():
+    """Where the budget held one perturbed row but not two, sparse CGE called ``batch`` with one
+    (1, d) row per query, each allocated and filled afresh: O(d) per query with nothing batched
+    (7 ms a query at d = 1e7 float32 against 3 us for a plain call editing one array in place,
+    while float64 params, whose row is past a 64 MiB budget, already made plain calls). Counted
+    here: no batch call, and the plain calls' values."""
+    rows = []
+
+    class Rec(BatchOnly):
+        def batch(self, X):
+            rows.append(X.shape[0])
+            return super().batch(X)
+
+    d = 1000
+    rng = np.random.default_rng(5)
+    q = QuadraticOracle(np.diag(rng.uniform(1, 2, d)), rng.standard_normal(d))
+    x = rng.standard_normal(d)
+    coords = np.array([1, 40, 600, 998])
+    for budget in (d * 8, 2 * d * 8 - 1):  # one float64 row fits, two do not
+        rows.clear()
+        got = zo.estimate_gradient(Rec(q), x, zo.CGE(mu=1e-4), coordinates=coords, budget_bytes=budget)
+        assert rows == [], rows
+        want = zo.estimate_gradient(q.__call__, x, zo.CGE(mu=1e-4), coordinates=coords)
+        np.testing.assert_array_equal(got.grad, want.grad)
+        assert got.nfev == len(coords) + 1
+    rows.clear()
+    zo.estimate_gradient(Rec(q), x, zo.CGE(mu=1e-4), coordinates=coords, budget_bytes=2 * d * 8)
+    assert rows == [2, 2]  # two rows fit: batched

@@ -641,8 +641,8 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         Runs the planned tasks (see :mod:`zoracle.executors`); serial when None.
     budget_bytes : int
         Memory for one dense chunk of perturbed parameters (BatchOracle path). A sparse CGE
-        never allocates a dense ``(k, d)`` matrix beyond this budget (where not one row of
-        ``d`` parameters fits it, CGE makes plain calls instead of batch calls).
+        never allocates a dense ``(k, d)`` matrix beyond this budget (where fewer than two rows
+        of ``d`` parameters fit it, CGE makes plain calls instead of batch calls).
     state : array, optional
         SNES only: the search widths ``sigma`` (default ``estimator.init(params)``); the
         updated ones come back as ``GradientEstimate.state``.
