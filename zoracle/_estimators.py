@@ -618,8 +618,8 @@ def estimate_gradient(oracle: Any, params: Any, estimator: Any = None, *extra: N
         Flat 1-D float32/float64 NumPy or CuPy array; never modified. Tensors of other
         libraries (torch, JAX) are rejected with the conversion to use. The oracle never
         gets an array through which it could corrupt another query: a read-only view per
-        query and per prefix / suffix call (one that writes into it gets a copy), or a private
-        copy per ``coordinate_losses`` call (see :class:`zoracle.Oracle`; successive
+        query and per prefix / suffix / ``coordinate_losses`` call (one that writes into it gets
+        a copy; see :class:`zoracle.Oracle`; successive
         plain-call CGE queries may get the same array object, edited in place between them:
         do not cache by identity). A ``mu``
         that is not a representable step at ``params`` (``(x + mu) - x`` zero or not

@@ -219,7 +219,7 @@ def _block_part(blocks, block: int, d: int):
 
 
 # (as a cause: with none, the OracleError read "oracle returned None at block ...", a value never returned)
-_WROTE_PAST = ("the oracle's prefix or suffix wrote into the parameters it was given, past their read-only flag "
+_WROTE_PAST = ("the oracle's {} wrote into the parameters it was given, past their read-only flag "
                "(torch.from_numpy(params) ignores it, with a warning)")
 _WROTE_PAST_FIX = ("the parameters the later queries of this estimate read would have changed; work on a copy "
                    "(params.copy(), torch.tensor(params))")
@@ -231,9 +231,9 @@ class CoordTask:
 
     ``mode`` is the capability used: ``"split"`` (feature reuse inside ``block``),
     ``"coordinate"``, ``"batch"`` (dense ``(k, d)`` chunks of ``rows`` rows) or ``"call"``.
-    ``seal``: the :func:`seal` of the estimate's parameters, checked after a split task (its
-    prefix and suffix calls get read-only views of the parameters, not copies) and, where more
-    calls follow, its block's after the first suffix call.
+    ``seal``: the :func:`seal` of the estimate's parameters, checked after a split or coordinate
+    task (its prefix, suffix and coordinate_losses calls get read-only views of the parameters, not
+    copies) and, where more calls follow, after the first call (a split task's: its block's).
     """
 
     coords: np.ndarray
@@ -252,13 +252,14 @@ class CoordTask:
         coords = self.coords
         out = np.empty((len(self.steps), len(coords)))
         xp = namespace(params)
+        # split and coordinate calls get read-only views of the parameters. More calls after the first: the
+        # first's writes past the flag are checked before the next (a write undone by a later call read as none
+        # at the end), a split task's over its block alone where it is under half the parameters (a whole read
+        # per task was most of a sparse estimate's time at d = 1e7, few coordinates a block)
+        more = self.seal is not None and (len(self.steps) > 1 or len(coords) > max(1, int(self.chunk)))
+        part = _block_part(oracle.blocks, self.block, params.size) if more and self.mode == "split" else None
+        first = seal(params[part]) if part is not None else self.seal
         if self.mode == "split":
-            # more calls after the first: the first's writes are checked before the next (a write undone by a
-            # later call read as none at the end) over the block alone where it is under half the parameters
-            # (a whole read per task was most of a sparse estimate's time at d = 1e7, few coordinates a block)
-            more = self.seal is not None and (len(self.steps) > 1 or len(coords) > max(1, int(self.chunk)))
-            part = _block_part(oracle.blocks, self.block, params.size) if more else None
-            first = seal(params[part]) if part is not None else self.seal
             feats = oracle.prefix(params, self.block)
         for si, step in enumerate(self.steps):
             tag = _fmt_step(step)
@@ -275,6 +276,8 @@ class CoordTask:
                         self._check_seal(params, part, first)
                 elif self.mode == "coordinate":
                     out[si, lo:hi] = oracle.coordinate_losses(params, c, step, query_of, what)
+                    if si == lo == 0 and more:
+                        self._check_seal(params, None, first)
                 elif self.mode == "batch":
                     X = xp.empty((len(c), params.shape[0]), dtype=params.dtype)
                     X[...] = params  # a broadcast copy: several times faster than tile
@@ -283,7 +286,7 @@ class CoordTask:
                     del X  # freed before the next chunk's: two chunks held at once took twice the budget
                 else:
                     out[si, lo:hi] = _plain_calls(oracle, params, c, params.dtype.type(step), query_of)
-        if self.mode == "split":
+        if self.mode in ("split", "coordinate"):
             self._check_seal(params, None, self.seal)
         return out
 
@@ -294,7 +297,11 @@ class CoordTask:
         place and took its -step snapshot from it put the bits back, and the gradient was silently
         wrong (every -step loss of the block but the last read the stray write)."""
         if want is not None and seal(params if part is None else params[part]) != want:
-            raise OracleError(f"block {self.block} (prefix and suffix calls)", cause=RuntimeError(_WROTE_PAST),
+            split = self.mode == "split"
+            raise OracleError(f"block {self.block} (prefix and suffix calls)" if split else
+                              f"coordinates {int(self.coords[0])}..{int(self.coords[-1])} (coordinate_losses calls)",
+                              cause=RuntimeError(_WROTE_PAST.format("prefix or suffix" if split else
+                                                                    "coordinate_losses")),
                               detail=_WROTE_PAST_FIX)
 
 
@@ -500,8 +507,8 @@ def _block_costs(fn, n_blocks: int):
 def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize: int,
              budget_bytes: int, n_workers: int = 1, seal_of=None) -> list:
     """Tasks for (sparse) CGE over ``coords`` with the best capability the oracle has
-    (``seal_of()``: the :func:`seal` of the estimate's parameters, which each split task checks at
-    its end, and its block's after its first suffix call; called only for a plan of split tasks).
+    (``seal_of()``: the :func:`seal` of the estimate's parameters, which each split or coordinate
+    task checks at its end and after its first call; called only for a plan of such tasks).
 
     A serial plan (``n_workers`` 1) for a split oracle that sets ``fused_coordinate_losses =
     True`` (``TorchOracle``) is one ``coordinate_losses`` task: the oracle declares that call
@@ -513,7 +520,8 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
             and getattr(oracle.fn, "fused_coordinate_losses", False) is True:
         # one call for every block: an oracle that declares it runs, block by block, the
         # prefixes and suffix calls a split plan would make, without each call's own costs
-        return [CoordTask(coords, steps, "coordinate", -1, max(1, len(coords)), cost=float(len(coords) * len(steps)))]
+        return [CoordTask(coords, steps, "coordinate", -1, max(1, len(coords)), cost=float(len(coords) * len(steps)),
+                          seal=seal_of() if seal_of is not None else None)]
     chunk = queries_per_call(oracle.fn)
     tasks = []
     if mode == "split":
@@ -542,8 +550,10 @@ def plan_cge(oracle: Oracle, coords: np.ndarray, steps: tuple, d: int, itemsize:
     elif mode == "call":
         chunk = max(1, -(-len(coords) // (4 * n_workers))) if n_workers > 1 else max(1, len(coords))
     per_task = chunk if n_workers > 1 or mode == "call" else max(chunk, len(coords))
+    # (coordinate_losses calls get read-only views of the parameters, as split ones: each task checks them)
+    sealed = seal_of() if mode == "coordinate" and seal_of is not None else None
     for lo, hi in _chunks(len(coords), per_task):
-        tasks.append(CoordTask(coords[lo:hi], steps, mode, -1, chunk, cost=float((hi - lo) * len(steps))))
+        tasks.append(CoordTask(coords[lo:hi], steps, mode, -1, chunk, cost=float((hi - lo) * len(steps)), seal=sealed))
     return tasks
 
 
