@@ -7,6 +7,7 @@ import importlib
 import numbers
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -27,6 +28,58 @@ from ._executors_local import ShardedExecutor, usable_cpus
 _ACTOR_START_S = 120.0
 #: seconds of one ray.wait in a run's wait for its shards (a Ctrl-C is seen between two)
 _WAIT_SLICE_S = 0.1
+#: seconds a cluster address gets to accept a TCP connection before ray.init is called
+_REACH_S = 10.0
+
+
+class ClusterUnreachable(ZoracleError, ConnectionError):
+    """Nothing accepts a connection at a Ray cluster address (refused, no route, no such host)."""
+
+
+def _host_port(address: str):
+    """``(host, port)`` of a Ray cluster address (``'HOST:PORT'``, ``'ray://[user@]HOST:PORT[/...]'``),
+    or None where it names no port (``'auto'``, ``'ray://HOST'``, another scheme): Ray decides then."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        rest = address
+    elif scheme != "ray":
+        return None
+    authority = rest.partition("/")[0].rpartition("@")[2]
+    host, sep, port = authority.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str) -> None:
+    """Raise :class:`ClusterUnreachable` where nothing accepts a connection at ``address``'s host
+    and port within :data:`_REACH_S`: Ray 2.60 tried a refused address 20 times, about 41 s each
+    (more than 10 minutes, its log warning every few seconds) before its ConnectionError. A loopback
+    host is tried as Ray connects to it too, at this node's address."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    host, port = hp
+    hosts = [host]
+    if host == "localhost" or host.startswith("127.") or host == "::1":  # Ray swaps in the node's own IP
+        try:
+            from ray.util import get_node_ip_address
+
+            hosts.append(get_node_ip_address())
+        except Exception:  # (no such function in this Ray, or no address found): the loopback alone
+            pass
+    failure = None
+    for h in hosts:
+        try:
+            socket.create_connection((h, port), timeout=_REACH_S).close()
+            return
+        except OSError as exc:
+            failure = failure or exc
+    reason = failure.strerror or str(failure) or type(failure).__name__
+    raise ClusterUnreachable(
+        f"RayExecutor: nothing accepts a connection at `address` {shown_address(address)!r} ({reason}); "
+        "check the host and port and that the cluster is running (`ray start --head` on its head node; a Ray "
+        "Client address is 'ray://HOST:10001', a cluster's GCS 'HOST:6379'), or use 'local'")
 class _RayWorker:
     """A Ray actor holding oracles by token (the class is wrapped by ``ray.remote`` lazily)."""
 
@@ -292,6 +345,7 @@ class RayExecutor(ShardedExecutor):
         if self._local:
             self._init_local(ray, kw)
             return
+        _check_reachable(self.address)  # (Ray tries a refused address for more than 10 minutes)
         try:
             ray.init(address=self.address, **kw)
         except ValueError as exc:  # not an address: Ray's own parse error
