@@ -6,11 +6,13 @@ ray.init is replaced in each test by one that notes its calls: no Ray session is
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
+import zoracle._executors_ray as ray_executor  # noqa: E402
 from zoracle.executors import RayExecutor  # noqa: E402
 from zoracle._executors_ray import ClusterUnreachable, _host_port  # noqa: E402
 from zoracle import ZoracleError  # noqa: E402
@@ -22,6 +24,7 @@ class Reached(Exception):
 
 @pytest.fixture
 def inits(monkeypatch):
+    monkeypatch.setattr(ray_executor, "_REACH_S", 1.0)  # (30 s: a refused address is tried that long)
     calls = []
 
     def init(*args, **kwargs):
@@ -76,7 +79,25 @@ def test_a_refused_address_is_named_before_ray_is_called(inits):
     assert isinstance(info.value, ConnectionError) and isinstance(info.value, ZoracleError)
     msg = str(info.value)
     assert f"`address` 'ray://***@127.0.0.1:{port}'" in msg and "secret" not in msg
-    assert "refused" in msg.lower() and "ray start --head" in msg
+    assert "within 1 s" in msg and "refused" in msg.lower() and "ray start --head" in msg
+
+
+def test_a_cluster_still_starting_is_waited_for(inits, monkeypatch):
+    # a driver started beside its cluster (`dask scheduler &`'s way): the address refuses at first,
+    # as Ray's and Dask's own connects wait for it, so must this check
+    monkeypatch.setattr(ray_executor, "_REACH_S", 60.0)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    listen = threading.Timer(1.0, s.listen, args=(8,))
+    listen.start()
+    try:
+        with pytest.raises(Reached):
+            RayExecutor(f"127.0.0.1:{port}").start()
+    finally:
+        listen.cancel()
+        s.close()
+    assert inits == [f"127.0.0.1:{port}"]
 
 
 def test_an_address_that_accepts_goes_on_to_ray(inits, listening):
@@ -117,5 +138,5 @@ def test_zoracle_demo_names_the_flag_in_one_line(inits, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"zoracle demo: error: --ray 127.0.0.1:{port}: could not start or reach the cluster "
-                          f"(ClusterUnreachable: RayExecutor: nothing accepts a connection at `address`"), err
+                          f"(ClusterUnreachable: RayExecutor: nothing accepted a connection at `address`"), err
     assert inits == []

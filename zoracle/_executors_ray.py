@@ -28,8 +28,9 @@ from ._executors_local import ShardedExecutor, usable_cpus
 _ACTOR_START_S = 120.0
 #: seconds of one ray.wait in a run's wait for its shards (a Ctrl-C is seen between two)
 _WAIT_SLICE_S = 0.1
-#: seconds a cluster address gets to accept a TCP connection before ray.init is called
-_REACH_S = 10.0
+#: seconds a cluster address gets to accept a TCP connection before ray.init is called (tried
+#: again each half second, as Dask's connect timeout: a cluster still starting is waited for)
+_REACH_S = 30.0
 
 
 class ClusterUnreachable(ZoracleError, ConnectionError):
@@ -53,9 +54,10 @@ def _host_port(address: str):
 
 def _check_reachable(address: str) -> None:
     """Raise :class:`ClusterUnreachable` where nothing accepts a connection at ``address``'s host
-    and port within :data:`_REACH_S`: Ray 2.60 tried a refused address 20 times, about 41 s each
-    (more than 10 minutes, its log warning every few seconds) before its ConnectionError. A loopback
-    host is tried as Ray connects to it too, at this node's address."""
+    and port within :data:`_REACH_S` (tried again each half second, for a cluster still starting):
+    Ray 2.60 tried a refused address 20 times, about 41 s each (more than 10 minutes, its log
+    warning every few seconds), before its ConnectionError. A loopback host is tried as Ray
+    connects to it too, at this node's address."""
     hp = _host_port(address)
     if hp is None:
         return
@@ -68,18 +70,25 @@ def _check_reachable(address: str) -> None:
             hosts.append(get_node_ip_address())
         except Exception:  # (no such function in this Ray, or no address found): the loopback alone
             pass
-    failure = None
-    for h in hosts:
-        try:
-            socket.create_connection((h, port), timeout=_REACH_S).close()
-            return
-        except OSError as exc:
-            failure = failure or exc
+    end = time.monotonic() + _REACH_S
+    while True:
+        failure = None
+        for h in hosts:
+            try:
+                socket.create_connection((h, port), timeout=max(0.1, min(5.0, end - time.monotonic()))).close()
+                return
+            except OSError as exc:
+                failure = failure or exc
+        if time.monotonic() + 0.5 >= end:
+            break
+        time.sleep(0.5)
     reason = failure.strerror or str(failure) or type(failure).__name__
     raise ClusterUnreachable(
-        f"RayExecutor: nothing accepts a connection at `address` {shown_address(address)!r} ({reason}); "
-        "check the host and port and that the cluster is running (`ray start --head` on its head node; a Ray "
-        "Client address is 'ray://HOST:10001', a cluster's GCS 'HOST:6379'), or use 'local'")
+        f"RayExecutor: nothing accepted a connection at `address` {shown_address(address)!r} within "
+        f"{_REACH_S:g} s ({reason}); check the host and port and that the cluster is running (`ray start --head` "
+        "on its head node; a Ray Client address is 'ray://HOST:10001', a cluster's GCS 'HOST:6379'), or use 'local'")
+
+
 class _RayWorker:
     """A Ray actor holding oracles by token (the class is wrapped by ``ray.remote`` lazily)."""
 

@@ -469,9 +469,9 @@ class RayExecutor(_Ray):
         CPUs, default those this process may use, as DaskExecutor counts them) and shut it
         down on ``close``; otherwise the address of a running cluster (``"auto"``,
         ``"ray://host:10001"``). An already initialised Ray session is reused and left running.
-        An address with a port gets one TCP connection of up to 10 s before ``ray.init``: where
-        nothing accepts it, ``ConnectionError`` (a :class:`~zoracle.ZoracleError`) names it at
-        once (Ray tried a refused address for more than 10 minutes).
+        An address with a port must accept a TCP connection within 30 s (tried each half
+        second) before ``ray.init``: where nothing does, ``ConnectionError`` (a
+        :class:`~zoracle.ZoracleError`) names it (Ray tried a refused address for more than 10 minutes).
     n_workers : int, optional
         Number of actors (default: the cluster's CPU count).
     allow_network : bool
