@@ -56,6 +56,28 @@ _OTHER_NAMES = dict.fromkeys(("stop", "should_stop"), "the run's end is .done: `
     ("optimize", "minimize"), "with a function at hand, zo.train(f, params, ...) is the same run")
 
 
+def _copies(records: list, copied: list) -> tuple:
+    """Copies of a run's records (its history, which only grows), each copied once over the reads of
+    ``AskTell.history``: ``copied`` holds the records copied so far, their copies, which later reads
+    share, and the tuple of them last returned (returned again while no record is added). Copying them
+    all at every read made a loop reading ``opt.history`` at each tell (``step = len(opt.history.steps)``)
+    quadratic in its steps: 11 ms a tell at 20,000 steps. A history whose records were replaced (a
+    resumed run's epoch records, put in the run's order of metrics at its first epoch's end) is copied
+    afresh."""
+    seen, out, made = copied
+    n = len(seen)
+    if n and (n > len(records) or records[0] is not seen[0] or records[n - 1] is not seen[n - 1]):
+        seen.clear()
+        out.clear()
+        n, made = 0, None
+    new = records[n:]  # (one slice: the run's thread may append meanwhile)
+    if new or made is None:
+        seen += new
+        out += [dict(r) for r in new]
+        made = copied[2] = tuple(out)
+    return made
+
+
 def _check_max_points(max_points) -> None:
     if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral)
                                    or max_points < 1):
@@ -173,6 +195,10 @@ class AskTell:
         self._channel = channel = _Channel()
         self._reported = False  # the run's error raised once; later calls say so
         self._data = batches is not None or grasp_batch is not None  # (.batch names the points' batch)
+        # the run's records copied so far, each once, for .history (originals, copies and their tuple last
+        # returned, steps' and epochs')
+        self._copied = [[], [], None], [[], [], None]
+        self._copying = threading.Lock()  # (.history read from two threads at once: each record copied once)
         self._thread = threading.Thread(target=_drive, args=(channel, params, options, max_points), daemon=True,
                                         name="zoracle.AskTell")
         self._finalizer = weakref.finalize(self, _shut, channel, self._thread)
@@ -370,14 +396,17 @@ class AskTell:
 
     @property
     def history(self) -> History:
-        """The run's :class:`~zoracle.History` so far (the result's once :attr:`done`)."""
+        """The run's :class:`~zoracle.History` so far (the result's once :attr:`done`): copies of the
+        run's records, each copied once and shared by later reads (a read costs no copy of the whole
+        history)."""
         ch = self._channel
         if ch.result is not None:
             return ch.result.history
         run = ch.run
         if run is None:
             return History()
-        return History(tuple(dict(r) for r in run.steps_hist), tuple(dict(r) for r in run.epoch_hist))
+        with self._copying:
+            return History(_copies(run.steps_hist, self._copied[0]), _copies(run.epoch_hist, self._copied[1]))
 
     def close(self) -> None:
         """End the run at its next query (its steps saved as for Ctrl-C, where ``checkpoint`` is set); a
