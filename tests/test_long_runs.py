@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import zoracle as zo
 from zoracle._checkpoint import Records
@@ -241,3 +243,61 @@ def test_a_resume_reads_its_checkpoints_header_once(tmp_path, monkeypatch):
     reads.clear()
     zo.train(_quadratic, np.zeros(3), **{**kw, "epochs": 5}, resume=path)  # the same file, by its path
     assert reads.count("__meta__.npy") == 1, reads
+
+
+def test_reading_a_long_history_checks_its_plain_records_in_one_test_each(tmp_path, monkeypatch):
+    """A resume (or a plot) checks every step record; as JSON's plain ints and floats, each is checked in
+    one test, not field by field with each field's name made and the numbers' abstract classes asked
+    (eight checks a record: 0.96 s at 100,000 steps, three times the JSON's parsing, now 0.14 s)."""
+    from zoracle import _resume
+
+    path = tmp_path / "run.npz"
+    zo.train(_quadratic, np.zeros(3), epochs=20, steps_per_epoch=50, checkpoint=path, progress=False, rng=0)
+    calls = []
+    for name in ("_int", "_number"):
+        real = getattr(_resume, name)
+        monkeypatch.setattr(_resume, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    history = zo.History.from_checkpoint(path)
+    assert len(history.steps) == 1000 and len(calls) <= 10, len(calls)  # the header's counters alone
+
+
+_ODD = (0, 1, -1, 2, 0.5, -0.5, 0.0, -0.0, float("nan"), float("inf"), float("-inf"), True, False, None, "nan",
+        "inf", "x", 2**53, 2**53 + 1, [])  # ([]: the field left out)
+_FIELDS = ("step", "epoch", "loss", "lr", "mu", "nfev", "total_nfev", "seconds")
+
+
+def _read_both_ways(fields: dict) -> tuple:
+    """A one-step history whose record is a plain one with ``fields`` replaced, read by ``_history`` with
+    the one test of a plain record and with the checks field by field alone: the two readings (or refusals)."""
+    from zoracle import _resume
+
+    plain = {"step": 0, "epoch": 1, "loss": 0.5, "lr": 0.1, "mu": 0.005, "nfev": 7, "total_nfev": 7, "seconds": 0.01}
+    rec = {k: v for k, v in {**plain, **fields}.items() if not (isinstance(v, list) and v == [])}
+    meta = {"history": {"steps": [rec], "epochs": [{"epoch": 0}]}}
+
+    def read(plain_step):
+        try:
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(_resume, "_plain_step", plain_step)
+                return _resume._history(meta, "run.npz", 1, 1, 1 if rec.get("epoch") == 1 else 0)
+        except zo.CheckpointError as exc:
+            return str(exc)
+
+    return read(_resume._plain_step), read(lambda *a: False)
+
+
+def test_a_record_passed_at_once_is_one_the_fields_checks_pass():
+    """The one test of a plain record passes none that the checks field by field refuse, and both
+    read the same records as the same history: each field in turn set to each odd value, or left out."""
+    for field in _FIELDS:
+        for value in _ODD:
+            at_once, by_field = _read_both_ways({field: value})
+            assert at_once == by_field, (field, value)
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.sampled_from(_FIELDS), st.sampled_from(_ODD), max_size=8))
+def test_a_record_of_odd_fields_passed_at_once_is_one_the_fields_checks_pass(fields):
+    """As above, several fields odd at once."""
+    at_once, by_field = _read_both_ways(fields)
+    assert at_once == by_field
