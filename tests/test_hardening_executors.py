@@ -854,3 +854,45 @@ def _emptied(folder, timeout: float = 10.0) -> list:
     while os.listdir(folder) and time.monotonic() < end:
         time.sleep(0.2)
     return os.listdir(folder)
+
+
+def test_a_coordinate_oracle_perturbing_its_view_in_place_is_not_read_by_other_threads():
+    """``coordinate_losses`` (and prefix / suffix) calls get read-only views of the estimate's
+    parameters. An oracle that writes through one past the flag (``torch.from_numpy(params)``, the
+    textbook loop: perturb a coordinate, evaluate, put the value back exactly) left no trace a seal
+    could see, and under a threading executor another task's call read its perturbation meanwhile:
+    a wrong gradient, silently. Here the two tasks meet at a barrier while the first holds its
+    perturbation, so the second's first loss is taken then; each task now works on its own copy."""
+    import threading
+
+    met = threading.Barrier(2, timeout=20)
+
+    class InPlace:
+        max_queries_per_call = 8
+
+        def __call__(self, x):
+            x = np.asarray(x, dtype=np.float64)
+            return float(0.5 * np.sum(np.arange(1, x.size + 1) * x * x))
+
+        def coordinate_losses(self, x, coords, step):
+            w = np.ndarray(x.shape, x.dtype, buffer=memoryview(x.base if x.base is not None else x).cast("B"))
+            first, out = int(coords[0]), []
+            for i in coords.tolist():
+                old = w[i]
+                w[i] = old + x.dtype.type(step)
+                if i == first and first in (0, 8):
+                    met.wait()  # both tasks hold their first perturbation: each loss taken now
+                out.append(self(w))
+                if i == first and first in (0, 8):
+                    met.wait()
+                w[i] = old  # put back bit for bit: no seal sees the write
+                if i == first and first in (0, 8):
+                    met.wait()
+            return np.array(out)
+
+    x = np.linspace(-1.0, 1.0, 16)
+    want = zo.estimate_gradient(InPlace().__call__, x, zo.CGE(mu=1e-3))
+    with JoblibExecutor(2, backend="threading") as ex:
+        got = zo.estimate_gradient(InPlace(), x, zo.CGE(mu=1e-3), executor=ex)
+    np.testing.assert_allclose(got.grad, want.grad, rtol=1e-9, atol=1e-9)
+    assert (x == np.linspace(-1.0, 1.0, 16)).all()

@@ -844,6 +844,8 @@ class _ThreadBackend:
         self.pool = pool
         self.oracle = oracle
         self.params = params
+        if pool.n_workers > 1:  # its tasks read one parameter array at once (see CoordTask.run)
+            oracle.threads_share_params = True
         self.busy: dict = {}  # slot -> (jid, future)
 
     def workers(self):

@@ -590,6 +590,9 @@ class Oracle:
         self.caps = capabilities(fn)
         self.nfev = 0
         self.own_copies = False  # prefix / suffix wrote into a read-only view: a copy per call from then on
+        # tasks run at once in threads of this process (a threading executor's): a split or coordinate task
+        # copies the parameters for its calls' views (see CoordTask.run)
+        self.threads_share_params = False
         self.base_value = None  # what the oracle returned at the base point, as it returned it
         self.base_source = None  # (method, the plain call's loss type) where a fast path's narrower losses replaced it
 

@@ -251,6 +251,11 @@ class CoordTask:
     def run(self, oracle: Oracle, params) -> np.ndarray:
         coords = self.coords
         out = np.empty((len(self.steps), len(coords)))
+        if self.seal is not None and getattr(oracle, "threads_share_params", False):
+            # tasks running at once in threads of this process read one array: an oracle writing into its view
+            # past the flag (torch.from_numpy(params)) and putting the bits back, which no seal sees, moved the
+            # losses another thread's calls took meanwhile. One copy per task (its calls still get views of it)
+            params = params.copy()
         xp = namespace(params)
         # split and coordinate calls get read-only views of the parameters. More calls after the first: the
         # first's writes past the flag are checked before the next (a write undone by a later call read as none
