@@ -1058,3 +1058,59 @@ def test_dask_an_asynchronous_client_on_its_own_loop_is_named_with_the_fix(dask_
                 return got
 
     te.assert_same(asyncio.run(main()), ref)
+
+
+# the barrier the two tasks of _InPlaceCoords meet at, looked up by this module's name in the in-process workers
+# (this module's classes travel by value: a barrier among their globals could not be pickled)
+_MET, _HERE = {}, __name__
+
+
+class _InPlaceCoords:
+    """coordinate_losses perturbing its read-only view in place, past the flag, and putting each value
+    back bit for bit; the calls for coordinates 0 and 8 meet while both hold their first perturbation."""
+
+    max_queries_per_call = 8
+
+    def __call__(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        return float(0.5 * np.sum(np.arange(1, x.size + 1) * x * x))
+
+    def coordinate_losses(self, x, coords, step):
+        w = np.ndarray(x.shape, x.dtype, buffer=memoryview(x.base if x.base is not None else x).cast("B"))
+        first, out = int(coords[0]), []
+        met = sys.modules[_HERE]._MET
+        for i in coords.tolist():
+            meet = i == first and first in (0, 8)
+            old = w[i]
+            w[i] = old + x.dtype.type(step)
+            if meet:
+                met["barrier"].wait()
+            out.append(self(w))
+            if meet:
+                met["barrier"].wait()
+            w[i] = old
+            if meet:
+                met["barrier"].wait()
+        return np.array(out)
+
+
+def test_dask_a_worker_with_two_threads_gives_each_coordinate_task_its_own_parameters(dask_dir):
+    """A Dask worker with several threads runs shards at once on one copy of the parameters; their
+    coordinate_losses calls get read-only views of it, and an oracle writing through one past the flag
+    (torch.from_numpy) and putting the bits back, which no seal sees, moved the losses the other
+    thread's task took meanwhile: max error 1.0 on this gradient, silently. Each task now copies."""
+    import threading
+
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
+    _MET["barrier"] = threading.Barrier(2, timeout=30)
+    x = np.linspace(-1.0, 1.0, 16)
+    want = zo.estimate_gradient(_InPlaceCoords().__call__, x, zo.CGE(mu=1e-3))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                  local_directory=str(dask_dir)) as cluster, distributed.Client(cluster) as client:
+        ex = DaskExecutor(client)
+        try:
+            got = zo.estimate_gradient(_InPlaceCoords(), x, zo.CGE(mu=1e-3), executor=ex)
+        finally:
+            ex.close()
+    np.testing.assert_allclose(got.grad, want.grad, rtol=1e-9, atol=1e-9)

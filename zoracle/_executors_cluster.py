@@ -144,7 +144,19 @@ def _dask_run(spec, shard, oracle, batch, params):
     except BaseException as exc:  # reported to the driver, which decides about retries
         return error_outcome(exc)
     wrapped.base_value = None  # (kept between runs: the loss kind this task saw, not an earlier one's)
+    wrapped.threads_share_params = _worker_threads() > 1  # (its threads run shards on one params: see CoordTask.run)
     return run_task_guarded(wrapped, shard, params)
+
+
+def _worker_threads() -> int:
+    """The threads of the Dask worker running this task (2 where it cannot be told: tasks may share
+    its parameters)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError, TypeError):  # (no worker found; another distributed)
+        return 2
 
 
 def _dask_drop(tokens) -> None:
