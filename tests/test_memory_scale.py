@@ -179,3 +179,29 @@ def test_coordinate_losses_writing_into_its_view_gets_a_copy_and_one_writing_pas
 
     with pytest.raises(zo.OracleError, match="coordinate_losses wrote into the parameters"):
         zo.estimate_gradient(PastTheFlag(), x, zo.CGE(mu=1e-3), coordinates=coords)
+
+
+def test_an_oracle_writing_into_its_view_is_called_twice_once_not_at_every_step():
+    """Each estimate wraps its oracle afresh: one whose coordinate_losses writes into its read-only
+    view was refused and called again with a copy at the first call of every estimate, a train step
+    each time (the call's work, and what it did before its write, twice a step: 10 calls for 5
+    steps). The refusal is remembered for the oracle: once in the run."""
+    calls = []
+
+    class InPlace(Prefix):
+        def coordinate_losses(self, x, coords, step):
+            calls.append(x.flags.writeable)
+            out = []
+            for i in coords.tolist():
+                old = x[i]
+                x[i] = old + x.dtype.type(step)
+                out.append(self(x))
+                x[i] = old
+            return np.array(out)
+
+    x = np.random.default_rng(3).standard_normal(50)
+    run = dict(estimator=zo.CGE(mu=1e-3), optimizer=zo.sgd(0.01), epochs=1, steps_per_epoch=5, progress=False)
+    got = zo.train(InPlace(), x, **run)
+    assert calls == [False] + [True] * 5, calls
+    want = zo.train(Prefix().__call__, x, **run)
+    np.testing.assert_array_equal(got.params, want.params)

@@ -13,6 +13,7 @@ import functools
 import inspect
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -439,6 +440,25 @@ def compute_dtype_of(oracle):
                         f"'float32'), got {cd!r}")
 
 
+#: the oracles (held weakly) whose prefix, suffix or coordinate_losses wrote into a read-only view: the wrapper
+#: of a later estimate gives them copies from its first call. Each estimate wraps its oracle afresh, and such an
+#: oracle was called twice at its first call of every estimate (a train step each time): the call's work, and
+#: what it did before its write, twice
+_WRITERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _writer(fn, wrote=None) -> bool:
+    """Whether ``fn`` wrote into its read-only view in an earlier call; with ``wrote``, noted so first."""
+    try:
+        if wrote:
+            _WRITERS.add(fn)
+        elif wrote is not None:
+            _WRITERS.discard(fn)
+        return fn in _WRITERS
+    except TypeError:  # no weak reference to it, or unhashable: each estimate finds out anew
+        return bool(wrote)
+
+
 def private(params):
     """A fresh copy of ``params`` (for capability calls, made once per call of many queries)."""
     return params.copy()
@@ -568,7 +588,7 @@ class Oracle:
     a coordinate one a call per 2048 queries, and a copy of all d parameters for each was most
     of its time at large d); one that writes into it (NumPy, ctypes or a C extension refuses; or
     takes it as writable: ``torch.from_numpy``'s warning as an error) is called again with its own
-    copy, as is every later call, and one that writes past the read-only flag
+    copy, as is every later call (later estimates' too), and one that writes past the read-only flag
     (``torch.from_numpy``) fails its task with an :class:`OracleError`.
     A batch is built fresh for each call and never reused.
     """
@@ -589,7 +609,9 @@ class Oracle:
         self.fn = fn
         self.caps = capabilities(fn)
         self.nfev = 0
-        self.own_copies = False  # prefix / suffix wrote into a read-only view: a copy per call from then on
+        # prefix / suffix / coordinate_losses wrote into a read-only view (here or in an earlier estimate): a
+        # copy per call from then on
+        self.own_copies = _writer(fn)
         # tasks run at once in threads of this process (a threading executor's): a split or coordinate task
         # copies the parameters for its calls' views (see CoordTask.run)
         self.threads_share_params = False
@@ -681,12 +703,12 @@ class Oracle:
         except (ValueError, TypeError, BufferError, Warning) as exc:  # (a C extension's refusal, a warning as error)
             if not write_refused(exc):
                 raise
-        self.own_copies = True
+        self.own_copies = _writer(self.fn, True)
         try:
             return call(private(params))
         except (ValueError, TypeError, BufferError, Warning) as exc:  # read-only again: the coordinates it was
             if write_refused(exc):  # given, not the parameters
-                self.own_copies = False
+                self.own_copies = _writer(self.fn, False)
             raise
 
     def prefix(self, params, block: int):
