@@ -309,3 +309,32 @@ def test_a_spread_wait_under_the_cap_is_logged_as_cut(waits, monkeypatch, caplog
         zo.retrying(_failing(_ServiceBusy(90)), max_delay=60, jitter=0.5)(np.zeros(2))
     assert len(waits) == 1 and 30.0 <= waits[0] < 60.0  # (seeded; the old cut: 60 exactly)
     assert f"asking again in {waits[0]:g} s (its Retry-After: 90 s, cut to max_delay)" in caplog.text
+
+
+@pytest.mark.parametrize("on", [(Exception,), lambda exc: True])
+def test_a_write_into_a_read_only_view_is_not_retried_but_gets_its_copy(on):
+    """coordinate_losses gets a read-only view of the parameters, and one that writes into it is called
+    again with its own copy. Under ``on=Exception`` (or an ``on`` that takes every error) the refusal
+    was retried as transient, each try refused alike, and the RetriesExhausted stopped an oracle that
+    the copy makes work (it got a copy per call before views)."""
+    tries = []
+
+    class InPlace:
+        def __call__(self, x):
+            return float(0.5 * np.sum(np.asarray(x) ** 2))
+
+        def coordinate_losses(self, x, coords, step):
+            tries.append(x.flags.writeable)
+            out = []
+            for i in coords.tolist():
+                old = x[i]
+                x[i] = old + x.dtype.type(step)
+                out.append(self(x))
+                x[i] = old
+            return np.array(out)
+
+    x = np.linspace(-1.0, 1.0, 20)
+    got = zo.estimate_gradient(zo.retrying(InPlace(), on=on, backoff=0), x, zo.CGE(mu=1e-3))
+    want = zo.estimate_gradient(InPlace().__call__, x, zo.CGE(mu=1e-3))
+    np.testing.assert_array_equal(got.grad, want.grad)
+    assert tries == [False, True]

@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ._errors import ArgumentError, ZoracleError, exc_text, logging_kept_out, user_stacklevel
+from ._oracle import write_refused
 
 __all__ = ["retrying", "Retrying", "RetriesExhausted"]
 
@@ -60,8 +61,9 @@ def retrying(oracle: Any, *, tries: int = 3,
     Each call the estimators make (a plain call, and each ``batch``, ``coordinate_losses``,
     ``prefix`` and ``suffix`` call of an oracle that has them) is tried up to ``tries``
     times, with the same arguments: a retry asks the same query again and cannot change the
-    result. An error that ``on`` does not match (a 400, a wrong input, a bug) is raised at
-    its first occurrence, never retried; after ``tries`` matching failures the call raises
+    result. An error that ``on`` does not match (a 400, a wrong input, a bug), or a write into
+    the read-only parameters (the estimate then calls with a copy), is raised at its first
+    occurrence, never retried; after ``tries`` matching failures the call raises
     :class:`RetriesExhausted`, which lists each try's error (``estimate_gradient`` and
     ``train`` report it as the :class:`~zoracle.OracleError` of the query).
 
@@ -212,7 +214,10 @@ class Retrying:
             try:
                 return fn(*args)
             except Exception as exc:
-                if not self._transient(exc):
+                # a write into a read-only view of the parameters is no transient error: raised at once, the
+                # estimate calls again with a copy (retried under on=Exception, the tries all failed and the
+                # RetriesExhausted stopped an oracle a copy made work)
+                if write_refused(exc) or not self._transient(exc):
                     raise
                 errors.append(exc)
                 if attempt + 1 < self.tries:
