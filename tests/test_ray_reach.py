@@ -100,6 +100,16 @@ def test_a_cluster_still_starting_is_waited_for(inits, monkeypatch):
     assert inits == [f"127.0.0.1:{port}"]
 
 
+def test_a_host_that_does_not_resolve_is_named_without_the_wait(inits, monkeypatch):
+    # a typo in the host name is no cluster still starting: no 30 s of tries
+    monkeypatch.setattr(ray_executor, "_REACH_S", 600.0)
+    with pytest.raises(ClusterUnreachable) as info:
+        RayExecutor("no-such-host.invalid:6379").start()
+    msg = str(info.value)
+    assert "`address` 'no-such-host.invalid:6379' (" in msg and "within" not in msg, msg
+    assert inits == []
+
+
 def test_an_address_that_accepts_goes_on_to_ray(inits, listening):
     with pytest.raises(Reached):
         RayExecutor(f"127.0.0.1:{listening}").start()

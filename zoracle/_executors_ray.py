@@ -72,20 +72,24 @@ def _check_reachable(address: str) -> None:
             pass
     end = time.monotonic() + _REACH_S
     while True:
-        failure = None
+        failures = []
         for h in hosts:
             try:
                 socket.create_connection((h, port), timeout=max(0.1, min(5.0, end - time.monotonic()))).close()
                 return
             except OSError as exc:
-                failure = failure or exc
+                failures.append(exc)
+        failure = failures[0]
+        if all(isinstance(e, socket.gaierror) for e in failures):  # no such host: a typo, not a cluster starting
+            break
         if time.monotonic() + 0.5 >= end:
             break
         time.sleep(0.5)
     reason = failure.strerror or str(failure) or type(failure).__name__
+    waited = "" if isinstance(failure, socket.gaierror) else f" within {_REACH_S:g} s"
     raise ClusterUnreachable(
-        f"RayExecutor: nothing accepted a connection at `address` {shown_address(address)!r} within "
-        f"{_REACH_S:g} s ({reason}); check the host and port and that the cluster is running (`ray start --head` "
+        f"RayExecutor: nothing accepted a connection at `address` {shown_address(address)!r}{waited} "
+        f"({reason}); check the host and port and that the cluster is running (`ray start --head` "
         "on its head node; a Ray Client address is 'ray://HOST:10001', a cluster's GCS 'HOST:6379'), or use 'local'")
 
 
