@@ -14,7 +14,7 @@ from zoracle._backend import fields_hash, is_cupy
 from zoracle._errors import ArgumentError, masked_entries
 
 from ._torch_chain import _NORM, BlockParams, Chain, Step, extract_steps, fast_kind, steps_from_items
-from ._torch_channels import CL_POOLS, pooled_channels_last
+from ._torch_channels import CL_POOLS, cropped_conv, pooled_channels_last
 from ._torch_graph import _arrange
 
 #: the name of the last step that holds the parameters no step of the split reads
@@ -433,6 +433,14 @@ def run_owned(steps, state, start: int, mask=None, fill=None):
             # CPU pooling of many small planes: channels-last, the same values (max pooling an
             # order of magnitude faster, average pooling 1.5x)
             out = pooled_channels_last(m, state[0])
+            if out is not None:
+                state = (out,) + tuple(state[1:])
+                fresh = True
+                continue
+        if type(m) is nn.Conv2d:
+            # a kernel larger than the map (the last stages' 1x1 and 2x2 maps): the taps that only
+            # meet zero padding dropped, the same sums
+            out = cropped_conv(m, state[0])
             if out is not None:
                 state = (out,) + tuple(state[1:])
                 fresh = True

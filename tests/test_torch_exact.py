@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -587,6 +589,138 @@ def test_conv1d_padding_modes_in_the_absorbing_conv_are_exact(mode):
     oracle = check_exact(model, x, y, CE_ROWS)
     theta = oracle.initial_params()
     assert [oracle.prefix(theta, b).walk[1] for b in range(2)] == ["layer", "flatten"]
+
+
+def _textbook_conv2d(x, w, b, stride, padding, dilation, groups):
+    """Conv2d as its definition: every output position sums its taps over the zero-padded input."""
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    x, w = x.numpy(), w.numpy()
+    out = np.zeros((N, O, Ho, Wo))
+    for o in range(O):
+        g = o // (O // groups)
+        for i, j, c, p, q in np.ndindex(Ho, Wo, Cg, kh, kw):
+            r, s = i * sh + p * dh - ph, j * sw + q * dw - pw
+            if 0 <= r < H and 0 <= s < W:
+                out[:, o, i, j] += x[:, g * Cg + c, r, s] * w[o, c, p, q]
+        if b is not None:
+            out[:, o] += b[o].item()
+    return torch.from_numpy(out)
+
+
+@st.composite
+def _small_map_convs(draw):
+    """A Conv2d and an input whose map is at most a little larger than the kernel's reach."""
+    c = draw(st.sampled_from([1, 2, 3, 4]))
+    groups = draw(st.sampled_from([1, c] + ([2] if c % 2 == 0 else [])))
+    out = groups * draw(st.sampled_from([1, 2])) if groups > 1 and draw(st.booleans()) else (
+        c if groups == c else groups * draw(st.integers(1, 3)))
+    k = (draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3, 5])))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
+    pad = (draw(st.integers(0, 4)), draw(st.integers(0, 4)))
+    hw = (draw(st.sampled_from([1, 1, 2, 3])), draw(st.sampled_from([1, 2, 3])))
+    return (c, out, k, stride, pad, dil, groups, draw(st.booleans()), hw, draw(st.booleans()), draw(st.integers(0, 99)))
+
+
+@settings(max_examples=60)
+@given(_small_map_convs())
+def test_a_conv_on_a_map_smaller_than_its_kernel_equals_f_conv2d_and_its_definition(case):
+    # the suffix's Conv2d on small maps (cropped_conv): the taps that read only zero padding at every
+    # output position dropped (one weight a channel for a depthwise conv left one tap); the same
+    # values as torch's conv and the textbook sum, or refused (None) where nothing is dropped
+    from zoracle.adapters._torch_channels import cropped_conv
+
+    c, out, k, stride, pad, dil, groups, bias, (h, w), nhwc, seed = case
+    torch.manual_seed(seed)
+    m = nn.Conv2d(c, out, k, stride, pad, dil, groups, bias=bias).double()
+    m.requires_grad_(False)
+    x = torch.randn(2, c, h, w, dtype=torch.float64)
+    if nhwc:
+        x = x.contiguous(memory_format=torch.channels_last)
+    try:
+        want = F.conv2d(x, m.weight, m.bias, stride, pad, dil, groups)
+    except RuntimeError:  # no output position (kernel reach past the padded map)
+        assert cropped_conv(m, x) is None
+        return
+    got = cropped_conv(m, x)
+    if got is None:
+        return
+    assert got.shape == want.shape
+    tol = 1e-12 * max(1.0, float(want.abs().max()))
+    assert float((got - want).abs().max()) <= tol
+    ref = _textbook_conv2d(x, m.weight, m.bias, stride, pad, dil, groups)
+    assert float((got - ref).abs().max()) <= tol
+
+
+def test_cropped_conv_covers_the_last_stages_and_refuses_what_is_not_a_stock_conv():
+    from zoracle.adapters._torch_channels import cropped_conv
+
+    torch.manual_seed(0)
+    dw = nn.Conv2d(6, 6, 5, 1, 2, groups=6, bias=False).double()  # MobileNet's 1x1 maps: one tap, a product
+    x1 = torch.randn(3, 6, 1, 1, dtype=torch.float64)
+    assert torch.equal(cropped_conv(dw, x1), x1 * dw.weight[:, 0, 2, 2].view(1, 6, 1, 1))
+    for m, x in [(dw, x1), (nn.Conv2d(6, 6, 5, 2, 2, groups=6).double(), torch.randn(3, 6, 2, 2).double()),
+                 (nn.Conv2d(6, 4, 3, 1, 1).double(), x1),  # strided 5x5 on 2x2, ResNet's 3x3 on 1x1
+                 (nn.Conv2d(6, 6, 5, 1, 4, 2, groups=6).double(), x1),  # dilated: the middle tap, no padding left
+                 (nn.Conv2d(6, 3, 3, 1, (2, 1), (2, 1)).double(), torch.randn(3, 6, 1, 2).double())]:
+        got = cropped_conv(m, x)
+        assert got is not None and torch.allclose(got, m(x), rtol=0, atol=1e-13)
+    assert cropped_conv(dw, torch.randn(3, 6, 5, 5, dtype=torch.float64)) is None  # every tap reads the map
+
+    class OwnForward(nn.Conv2d):  # a subclass with its own forward: its own computation runs
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    def same(m):
+        return m
+
+    cases = [OwnForward(6, 6, 5, 1, 2, groups=6).double(),
+             nn.Conv2d(6, 6, 5, 1, 2, groups=6, padding_mode="reflect").double(),
+             nn.Conv2d(6, 6, 5, 1, "same", groups=6).double()]
+    hooked = nn.Conv2d(6, 6, 5, 1, 2, groups=6).double()
+    hooked.register_forward_hook(lambda mod, inp, out: out + 1)
+    patched = nn.Conv2d(6, 6, 5, 1, 2, groups=6).double()
+    patched.forward = lambda x: x
+    inf = nn.Conv2d(6, 6, 5, 1, 2, groups=6).double()
+    with torch.no_grad():
+        inf.weight[0, 0, 0, 0] = float("inf")  # a tap on the padding: the im2col product's 0 * inf
+    for m in cases + [hooked, patched, inf]:
+        assert cropped_conv(m, x1) is None, m
+
+
+def _mobilenet_tail():
+    # MobileNetV3's last stages on 2x2 and 1x1 maps: a 5x5 depthwise conv of stride 2 (2x2 -> 1x1,
+    # four live taps), then one on 1x1 (one tap), SE with its own forward, ``result += x``
+    return nn.Sequential(tm.ConvBNAct(3, 8, 3, 2, act=nn.Hardswish),  # 4x4 -> 2x2
+                         tm.InvertedResidual(8, 5, 16, 8, True, nn.Hardswish, 2),
+                         tm.InvertedResidual(8, 5, 16, 8, True, nn.Hardswish, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def _resnet_tail():
+    # ResNet-18's last block on 1x1 maps: 3x3 convs of one live tap, ``out += identity``
+    return nn.Sequential(tm.ConvBNAct(3, 8, 3, 4), tm.TVBasicBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("make", [_mobilenet_tail, _resnet_tail])
+def test_small_maps_in_torchvision_blocks_equal_the_textbook_loop(make, monkeypatch):
+    # written as torchvision writes them (in-place activations): the suffix's convolutions drop
+    # the taps on padding, and CGE equals the textbook loop
+    from zoracle.adapters import _torch_layout
+
+    calls = []
+    real = _torch_layout.cropped_conv
+    monkeypatch.setattr(_torch_layout, "cropped_conv", lambda m, x: calls.append(real(m, x) is not None) or real(m, x))
+    torch.manual_seed(5)
+    model = make().double()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((4, 3, 4, 4)), rng.integers(0, 4, 4)
+    check_exact(model, x, y, CE_ROWS)
+    assert any(calls)
 
 
 @pytest.mark.parametrize("train", [True, False])
