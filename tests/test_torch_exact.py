@@ -691,6 +691,39 @@ def test_cropped_conv_covers_the_last_stages_and_refuses_what_is_not_a_stock_con
         assert cropped_conv(m, x1) is None, m
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (2, 2), (3, 3)])
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+def test_train_mode_batchnorm_per_perturbation_equals_a_batchnorm_per_group(hw, nhwc, affine, monkeypatch):
+    # the suffix's train-mode BatchNorm: each of g row groups (one perturbation's batch) with its own
+    # statistics; on maps of up to 4 positions one kernel over the groups side by side, on larger ones
+    # a kernel per group: both equal F.batch_norm on each group and the definition
+    from zoracle.adapters import _torch_chain
+    from zoracle.adapters._torch_chain import _grouped_bn
+
+    side = []
+    real = _torch_chain._regrouped_bn
+    monkeypatch.setattr(_torch_chain, "_regrouped_bn", lambda *a: side.append(1) or real(*a))
+    torch.manual_seed(3)
+    g, r, c = 5, 4, 3
+    x = torch.randn(g * r, c, *hw, dtype=torch.float64) * 2 + 1
+    if nhwc:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = (torch.randn(c, dtype=torch.float64), torch.randn(c, dtype=torch.float64)) if affine else (None, None)
+    got = _grouped_bn(x, g, w, b, 1e-5)
+    assert bool(side) == (hw[0] * hw[1] <= 4)
+    assert got.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    want = torch.cat([F.batch_norm(part, None, None, w, b, True, 0.0, 1e-5) for part in x.chunk(g)])
+    assert torch.allclose(got, want, rtol=0, atol=1e-13)
+    parts = x.view(g, r, c, -1)
+    mean = parts.mean((1, 3), keepdim=True)
+    var = ((parts - mean) ** 2).mean((1, 3), keepdim=True)
+    ref = (parts - mean) / torch.sqrt(var + 1e-5)
+    if affine:
+        ref = ref * w.view(1, 1, c, 1) + b.view(1, 1, c, 1)
+    assert torch.allclose(got, ref.view_as(x), rtol=0, atol=1e-12)
+
+
 def _mobilenet_tail():
     # MobileNetV3's last stages on 2x2 and 1x1 maps: a 5x5 depthwise conv of stride 2 (2x2 -> 1x1,
     # four live taps), then one on 1x1 (one tap), SE with its own forward, ``result += x``
