@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._torch_chain import (BlockParams, Conv2dView, Step, _BATCHNORM, _BN, _DROPOUT, _as2d, _conv_index, _fork,
-                           _identity, _split_roles, _t, conv_patches, patch_rows, unfold)
+                           _identity, _pair, _split_roles, _t, conv_patches, patch_rows, unfold)
 
 
 _ACT = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Hardtanh,
@@ -210,10 +210,17 @@ def cropped_conv(m, x):
             or nn.modules.module._global_forward_pre_hooks):
         return None
     w, b = m.weight, m.bias
-    if (x.shape[1] != m.in_channels or w.dim() != 4 or x.dtype != w.dtype
-            or (b is not None and b.dtype != w.dtype)):
+    if not isinstance(w, torch.Tensor) or w.dim() != 4 or x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
         return None
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+    # the geometry F.conv2d reads: the weight's own shape (a weight replaced after construction
+    # leaves kernel_size and the channel counts as they were), a number for a pair (m.stride = 2)
+    (out_c, cg, kh, kw), groups = w.shape, m.groups
+    stride, dilation, padding = _pair(m.stride), _pair(m.dilation), _pair(m.padding)
+    if (x.shape[1] != cg * groups or out_c % groups or (b is not None and tuple(b.shape) != (out_c,))
+            or not len(stride) == len(dilation) == len(padding) == 2
+            or min(stride + dilation) < 1 or min(padding) < 0):
+        return None  # the plain call's error
+    (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
     rows = _cropped(x.shape[2], kh, sh, dh, ph)
     cols = _cropped(x.shape[3], kw, sw, dw, pw)
     if rows is None or cols is None or (rows[1], cols[1]) == (kh, kw):
@@ -221,14 +228,13 @@ def cropped_conv(m, x):
     if not bool(torch.isfinite(w).all()):
         return None
     (r0, th, ph2), (c0, tw, pw2) = rows, cols
-    if (th, tw, ph2, pw2) == (1, 1, 0, 0) and m.groups == m.in_channels == m.out_channels:
+    if (th, tw, ph2, pw2) == (1, 1, 0, 0) and cg == 1 and groups == out_c:
         # a depthwise convolution with one live tap: each channel times its weight at that tap
         # (no padding left, so output position o reads input position o * stride)
-        C = m.out_channels
-        y = x[:, :, ::sh, ::sw] * w[:, 0, r0, c0].view(1, C, 1, 1)
-        return y if b is None else y.add_(b.view(1, C, 1, 1))
+        y = x[:, :, ::sh, ::sw] * w[:, 0, r0, c0].view(1, out_c, 1, 1)
+        return y if b is None else y.add_(b.view(1, out_c, 1, 1))
     wc = w[:, :, r0:r0 + th, c0:c0 + tw].contiguous()
-    return F.conv2d(x, wc, b, m.stride, (ph2, pw2), m.dilation, m.groups)
+    return F.conv2d(x, wc, b, stride, (ph2, pw2), dilation, groups)
 
 
 def channel_step(step: Step, col, ch, groups_stats: bool):

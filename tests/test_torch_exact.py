@@ -724,6 +724,35 @@ def test_train_mode_batchnorm_per_perturbation_equals_a_batchnorm_per_group(hw, 
     assert torch.allclose(got, ref.view_as(x), rtol=0, atol=1e-12)
 
 
+def test_cropped_conv_reads_the_geometry_the_plain_call_reads():
+    # a conv changed after construction, as users change them: `m.stride = 2` (F.conv2d takes a number
+    # for a pair; the fast path unpacked it, TypeError), and a weight replaced by a larger or smaller
+    # one (kernel_size and out_channels keep their old values; F.conv2d reads the weight's shape)
+    from zoracle.adapters._torch_channels import cropped_conv
+
+    torch.manual_seed(0)
+    x1 = torch.randn(3, 6, 1, 1, dtype=torch.float64)
+    cases = []
+    for attr, value, pad in [("stride", 2, 1), ("padding", 1, 0), ("dilation", 2, 2), ("kernel_size", 3, 1)]:
+        m = nn.Conv2d(6, 6, 3, 1, pad, groups=6).double()
+        setattr(m, attr, value)
+        cases.append((m, x1))
+    twice = nn.Conv2d(6, 6, 3, 1, 1, groups=6).double()  # a depthwise multiplier of 2 in place of 1
+    twice.weight = nn.Parameter(torch.randn(12, 1, 3, 3, dtype=torch.float64))
+    twice.bias = nn.Parameter(torch.randn(12, dtype=torch.float64))
+    wider = nn.Conv2d(6, 4, 1, 1, 1).double()  # a 3x3 weight in a module built 1x1
+    wider.weight = nn.Parameter(torch.randn(4, 6, 3, 3, dtype=torch.float64))
+    cases += [(twice, x1), (wider, x1)]
+    for m, x in cases:
+        got = cropped_conv(m, x)
+        assert got is not None, m
+        assert torch.allclose(got, m(x), rtol=0, atol=1e-13), m
+    narrower = nn.Conv2d(6, 6, 3, 1, 1, groups=6).double()  # a 1x1 weight under kernel_size 3: no tap to drop
+    narrower.weight = nn.Parameter(torch.randn(6, 1, 1, 1, dtype=torch.float64))
+    assert cropped_conv(narrower, x1) is None
+    assert cropped_conv(nn.Conv2d(5, 6, 3, 1, 1).double(), x1) is None  # the plain call's error
+
+
 def _mobilenet_tail():
     # MobileNetV3's last stages on 2x2 and 1x1 maps: a 5x5 depthwise conv of stride 2 (2x2 -> 1x1,
     # four live taps), then one on 1x1 (one tap), SE with its own forward, ``result += x``
