@@ -191,7 +191,10 @@ def _grouped_bn(x, g, weight, bias, eps):
         return torch.cat([F.batch_norm(part, None, None, weight, bias, True, 0.0, eps) for part in x.chunk(g)])
     out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     c = x.shape[1]
-    if x.dim() == 4 and x.shape[2] * x.shape[3] <= _FEW_POSITIONS_BN and x.device.type == "cpu":
+    if x.dim() == 4 and x.device.type == "cpu" and (x.shape[2] * x.shape[3] == 1 or (
+            x.shape[2] * x.shape[3] <= _FEW_POSITIONS_BN and c > 1)):
+        # (one channel of 2-4 positions, contiguous both ways, torch reduces otherwise than the same
+        # values as one of g channels, 1-2 ulps apart: a kernel per group there, as F.batch_norm)
         return _regrouped_bn(x, g, weight, bias, eps, nhwc, out)
     save_mean = torch.empty(c, dtype=x.dtype, device=x.device)
     save_invstd = torch.empty(c, dtype=x.dtype, device=x.device)
