@@ -183,7 +183,7 @@ def _grouped_bn(x, g, weight, bias, eps):
     One native batch-norm kernel per group, each writing its slice of one output tensor:
     a fused statistics pass and a fused affine pass per group, no concatenation copy; on the
     CPU's maps of at most ``_FEW_POSITIONS_BN`` positions, one kernel over the groups side by side
-    (:func:`_regrouped_bn`).
+    (:func:`_regrouped_bn`, which names the shapes left to a kernel per group).
     """
     n = x.shape[0]
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
@@ -191,10 +191,12 @@ def _grouped_bn(x, g, weight, bias, eps):
         return torch.cat([F.batch_norm(part, None, None, weight, bias, True, 0.0, eps) for part in x.chunk(g)])
     out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     c = x.shape[1]
-    if x.dim() == 4 and x.device.type == "cpu" and (x.shape[2] * x.shape[3] == 1 or (
-            x.shape[2] * x.shape[3] <= _FEW_POSITIONS_BN and c > 1)):
-        # (one channel of 2-4 positions, contiguous both ways, torch reduces otherwise than the same
-        # values as one of g channels, 1-2 ulps apart: a kernel per group there, as F.batch_norm)
+    hw = x.shape[2] * x.shape[3] if x.dim() == 4 else 0
+    if (x.device.type == "cpu" and 0 < hw <= _FEW_POSITIONS_BN and (hw == 1 or c > 1)
+            and n // g * hw > torch.get_num_threads()):
+        # a kernel per group, as F.batch_norm, where torch's kernel reduces the same values
+        # otherwise as one of g channels (1-2 ulps apart): one channel of 2-4 positions (contiguous
+        # both ways), and no more values a channel than threads (another branch of its kernel)
         return _regrouped_bn(x, g, weight, bias, eps, nhwc, out)
     save_mean = torch.empty(c, dtype=x.dtype, device=x.device)
     save_invstd = torch.empty(c, dtype=x.dtype, device=x.device)
@@ -217,7 +219,10 @@ def _regrouped_bn(x, g, weight, bias, eps, nhwc, out):
     as ``(r, g * C, H, W)`` (a copy in the same memory format), each (group, channel) a channel of its
     own, with the weight and bias repeated. Each channel's statistics and outputs are computed
     from the same values in the same order as by a kernel per group (the same bits on the AVX2
-    CPU it was measured on, 1x1 to 8x8 maps, float32 and float64)."""
+    CPU it was measured on: 1x1 to 8x8 maps on one thread, up to 4 positions on 2, 8 and 16,
+    float32 and float64) where :func:`_grouped_bn` calls it: not for one channel of 2-4
+    positions, nor for groups of no more values a channel (rows times positions) than torch has
+    threads (its kernel reduces them another way there, 1-2 ulps from a kernel per group)."""
     n, c, h, w = x.shape
     r = n // g
     if nhwc:

@@ -753,24 +753,30 @@ def test_cropped_conv_reads_the_geometry_the_plain_call_reads():
     assert cropped_conv(nn.Conv2d(5, 6, 3, 1, 1).double(), x1) is None  # the plain call's error
 
 
-@pytest.mark.parametrize("c", [1, 2, 5])
+@pytest.mark.parametrize("c", [1, 2, 5, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_train_mode_batchnorm_per_perturbation_has_the_bits_of_f_batch_norm_per_group(c, dtype):
-    # the suffix's BatchNorm per perturbation against the plain call's kernel, bit for bit: one
-    # channel of 2-4 positions was 1-2 ulps off side by side (torch's kernel takes a lone channel,
-    # laid out both ways, another way), moving forward differences against the plain base loss
+@pytest.mark.parametrize("threads", [1, 4])
+def test_train_mode_batchnorm_per_perturbation_has_the_bits_of_f_batch_norm_per_group(c, dtype, threads):
+    # the suffix's BatchNorm per perturbation against the plain call's kernel, bit for bit, which
+    # forward differences against the plain base loss need: side by side, one channel of 2-4
+    # positions came out 1-2 ulps off, and so did the groups of no more positions than threads
     from zoracle.adapters._torch_chain import _grouped_bn
 
     torch.manual_seed(4)
-    g, r = 7, 3
-    for hw in [(1, 1), (1, 2), (2, 2), (1, 4)]:
-        for nhwc in [False, True]:
-            x = torch.randn(g * r, c, *hw, dtype=dtype) * 3 + 2
-            if nhwc:
-                x = x.contiguous(memory_format=torch.channels_last)
-            w, b = torch.randn(c, dtype=dtype), torch.randn(c, dtype=dtype)
-            want = torch.cat([F.batch_norm(part, None, None, w, b, True, 0.0, 1e-5) for part in x.chunk(g)])
-            assert torch.equal(_grouped_bn(x, g, w, b, 1e-5), want), (hw, nhwc)
+    g = 7
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for r, hw in [(3, (1, 1)), (3, (1, 2)), (3, (2, 2)), (1, (1, 4)), (2, (1, 1)), (4, (1, 1)), (2, (1, 2))]:
+            for nhwc in [False, True]:
+                x = torch.randn(g * r, c, *hw, dtype=dtype) * 3 + 2
+                if nhwc:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                w, b = torch.randn(c, dtype=dtype), torch.randn(c, dtype=dtype)
+                want = torch.cat([F.batch_norm(part, None, None, w, b, True, 0.0, 1e-5) for part in x.chunk(g)])
+                assert torch.equal(_grouped_bn(x, g, w, b, 1e-5), want), (r, hw, nhwc)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mobilenet_tail():
