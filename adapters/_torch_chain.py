@@ -189,7 +189,6 @@ def _grouped_bn(x, g, weight, bias, eps):
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     if x.dim() < 2 or n % g or not (x.is_contiguous() or nhwc) or x.dtype not in (torch.float32, torch.float64):
         return torch.cat([F.batch_norm(part, None, None, weight, bias, True, 0.0, eps) for part in x.chunk(g)])
-    out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     c = x.shape[1]
     hw = x.shape[2] * x.shape[3] if x.dim() == 4 else 0
     if (x.device.type == "cpu" and 0 < hw <= _FEW_POSITIONS_BN and (hw == 1 or c > 1)
@@ -197,7 +196,8 @@ def _grouped_bn(x, g, weight, bias, eps):
         # a kernel per group, as F.batch_norm, where torch's kernel reduces the same values
         # otherwise as one of g channels (1-2 ulps apart): one channel of 2-4 positions (contiguous
         # both ways), and no more values a channel than threads (another branch of its kernel)
-        return _regrouped_bn(x, g, weight, bias, eps, nhwc, out)
+        return _regrouped_bn(x, g, weight, bias, eps, nhwc)
+    out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     save_mean = torch.empty(c, dtype=x.dtype, device=x.device)
     save_invstd = torch.empty(c, dtype=x.dtype, device=x.device)
     r = n // g
@@ -214,7 +214,7 @@ def _grouped_bn(x, g, weight, bias, eps):
 _FEW_POSITIONS_BN = 4
 
 
-def _regrouped_bn(x, g, weight, bias, eps, nhwc, out):
+def _regrouped_bn(x, g, weight, bias, eps, nhwc):
     """``_grouped_bn`` as one native kernel: the ``g`` row groups of ``(g * r, C, H, W)`` side by side
     as ``(r, g * C, H, W)`` (a copy in the same memory format), each (group, channel) a channel of its
     own, with the weight and bias repeated. Each channel's statistics and outputs are computed
@@ -232,6 +232,10 @@ def _regrouped_bn(x, g, weight, bias, eps, nhwc, out):
         side = x.reshape(g, r, c, h * w).transpose(0, 1).reshape(r, g * c, h, w)
     y = torch.native_batch_norm(side, None if weight is None else weight.repeat(g),
                                 None if bias is None else bias.repeat(g), None, None, True, 0.0, eps)[0]
+    del side  # (freed before the output is made: three tensors of x's size at once, as the chunk budget counts)
+    if nhwc:
+        del rows
+    out = torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     if nhwc:
         out.permute(0, 2, 3, 1).view(g, r, h * w, c).copy_(
             y.permute(0, 2, 3, 1).reshape(r, h * w, g, c).permute(2, 0, 1, 3))
